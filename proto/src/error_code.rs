@@ -1,0 +1,143 @@
+//! The one list of error codes, shared by server and client. The same number is used in an `Error` reply on the
+//! control stream, in a stream reset and as a QUIC application close code, so a peer sees one reason however the
+//! failure reaches it.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $name:ident = $value:literal, )*) => {
+        /// Why a request, a stream or a connection failed. Serialized as its number; a number this build does not
+        /// know decodes as [`ErrorCode::Unknown`] so that a newer peer's codes are reported, not rejected.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+        #[non_exhaustive]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $name, )*
+            /// A code this build does not know (sent by a newer peer).
+            Unknown(#[cfg_attr(test, proptest(strategy = "1000u32.."))] u32),
+        }
+
+        impl ErrorCode {
+            /// The wire number of this code.
+            pub fn to_u32(self) -> u32 {
+                match self {
+                    $( ErrorCode::$name => $value, )*
+                    ErrorCode::Unknown(n) => n,
+                }
+            }
+
+            /// The code with wire number `n`.
+            pub fn from_u32(n: u32) -> Self {
+                match n {
+                    $( $value => ErrorCode::$name, )*
+                    other => ErrorCode::Unknown(other),
+                }
+            }
+
+            /// Every known code, for documentation and tests.
+            pub const ALL: &'static [ErrorCode] = &[ $( ErrorCode::$name, )* ];
+        }
+    };
+}
+
+error_codes! {
+    /// Normal close: nothing went wrong.
+    NoError = 0,
+    /// The server is shutting down; reconnect later (possibly elsewhere).
+    GoingAway = 1,
+    /// The peer sent bytes that do not decode, or a message that is not allowed at this point.
+    ProtocolViolation = 2,
+    /// A frame's length prefix is above `Limits::max_frame`.
+    FrameTooLarge = 3,
+    /// Hello named a protocol version the server does not speak.
+    UnsupportedVersion = 4,
+    /// A request other than Hello came before Hello, or Hello came twice.
+    HelloRequired = 5,
+    /// The connection did not send Hello within the handshake timeout.
+    HandshakeTimeout = 6,
+    /// The request is well-formed but its arguments are not acceptable (e.g. an empty room name).
+    BadRequest = 7,
+    /// The server knows this request but does not serve it (yet, or in this configuration).
+    Unsupported = 8,
+    /// The client is not allowed to do this.
+    PermissionDenied = 9,
+    /// The connection already has `Limits::max_rooms` rooms joined.
+    TooManyRooms = 10,
+    /// The post body is larger than `Limits::max_body`.
+    BodyTooLarge = 11,
+    /// The connection already has `Limits::max_subscriptions` tick subscriptions.
+    TooManySubscriptions = 12,
+    /// The connection already claims `Limits::max_publish_channels` channels.
+    TooManyChannels = 13,
+    /// The room (or channel) is not joined (subscribed, claimed) on this connection.
+    NotJoined = 14,
+    /// The room is already joined on this connection.
+    AlreadyJoined = 15,
+    /// A room stream fell more than `Limits::room_queue_bytes` behind; rejoin from the last seq.
+    SlowConsumer = 16,
+    /// A tick payload does not fit the path's datagram size.
+    DatagramTooLarge = 17,
+    /// Too many requests in too short a time.
+    RateLimited = 18,
+    /// Something failed inside the server; not the client's fault.
+    Internal = 19,
+}
+
+impl ErrorCode {
+    /// A short human-readable name, stable across releases.
+    pub fn name(self) -> String {
+        match self {
+            ErrorCode::Unknown(n) => format!("unknown error code {n}"),
+            known => {
+                let debug = format!("{known:?}");
+                // "SlowConsumer" -> "slow consumer"
+                let mut out = String::with_capacity(debug.len() + 4);
+                for (i, c) in debug.chars().enumerate() {
+                    if c.is_ascii_uppercase() && i > 0 {
+                        out.push(' ');
+                    }
+                    out.push(c.to_ascii_lowercase());
+                }
+                out
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.to_u32())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u32(self.to_u32())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        u32::deserialize(deserializer).map(ErrorCode::from_u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for &code in ErrorCode::ALL {
+            assert!(seen.insert(code.to_u32()), "{code:?} reuses a number");
+            assert_eq!(ErrorCode::from_u32(code.to_u32()), code);
+        }
+        assert_eq!(ErrorCode::from_u32(4242), ErrorCode::Unknown(4242));
+    }
+
+    #[test]
+    fn display_names_the_code() {
+        assert_eq!(ErrorCode::SlowConsumer.to_string(), "slow consumer (16)");
+    }
+}

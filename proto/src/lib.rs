@@ -1,0 +1,50 @@
+//! Quiver's wire format, shared by server and clients. Sans-IO: no runtime, no sockets, no clock reads.
+//!
+//! - [`control`]: the control stream (client requests, server replies and pushes).
+//! - [`room`]: room streams (one server-opened unidirectional stream per joined room).
+//! - [`tick`]: the tick datagram header.
+//! - [`frame`]: `varint length || postcard(message)` stream framing with a size limit.
+//! - [`ErrorCode`]: the one list of reasons, used in replies, stream resets and connection closes.
+//! - [`Limits`]: every bound the server enforces, reported to the client in `Welcome`.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use quiver_proto::{FrameCodec, Request, RequestBody};
+//!
+//! let codec = FrameCodec::new(quiver_proto::Limits::default().max_frame as usize);
+//! let ping = Request { req_id: 7, body: RequestBody::Ping { client_time_us: 42 } };
+//! let mut wire = codec.encode_to_vec(&ping).unwrap();
+//! let mut partial = wire.split_to(2);
+//! assert_eq!(codec.decode::<Request>(&mut partial).unwrap(), None); // not all there yet
+//! partial.unsplit(wire);
+//! assert_eq!(codec.decode::<Request>(&mut partial).unwrap(), Some(ping));
+//! ```
+
+pub mod control;
+mod error_code;
+pub mod frame;
+mod limits;
+pub mod room;
+pub mod tick;
+pub mod varint;
+
+pub use control::{
+    Failure, Hello, Join, Joined, Position, Post, Reply, Request, RequestBody, ServerMsg, Welcome,
+};
+pub use error_code::ErrorCode;
+pub use frame::{DecodeError, EncodeError, FrameCodec};
+pub use limits::Limits;
+pub use room::{EventKind, RoomEvent, RoomFrame};
+pub use tick::{DatagramError, TickHeader};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// ALPN of native Quiver clients.
+pub const ALPN_QUIVER: &[u8] = b"quiver/1";
+
+/// ALPN of browsers (WebTransport over HTTP/3), served on the same endpoint.
+pub const ALPN_H3: &[u8] = b"h3";
+
+#[cfg(test)]
+mod tests;

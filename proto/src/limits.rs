@@ -1,0 +1,45 @@
+//! Every limit of the protocol, in one place. The server is configured with a [`Limits`], enforces it, and reports
+//! it to each client in `Welcome`, so a client knows the bounds before it hits them.
+
+use serde::{Deserialize, Serialize};
+
+/// The bounds a server enforces on each connection. Defaults are documented on each field and in `docs/limits.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Limits {
+    /// Largest stream frame (length prefix value) either side accepts, in bytes. Default 65,536.
+    pub max_frame: u32,
+    /// Largest post body, in bytes. Default 16,384 (leaves room for the frame's other fields).
+    pub max_body: u32,
+    /// Longest room or channel name, in bytes of UTF-8. Default 128.
+    pub max_name: u32,
+    /// Rooms one connection may have joined at once. Default 64.
+    pub max_rooms: u32,
+    /// Tick channels one connection may subscribe to at once. Default 256.
+    pub max_subscriptions: u32,
+    /// Tick channels one connection may claim for publishing at once. Default 64.
+    pub max_publish_channels: u32,
+    /// Bytes a room stream may have queued toward a slow client before it is reset with `SlowConsumer`.
+    /// Default 262,144.
+    pub room_queue_bytes: u32,
+    /// Control requests a client may have outstanding (sent, not yet answered). Default 256.
+    pub max_pending_requests: u32,
+    /// Time a new connection has to send Hello, in milliseconds. Default 10,000.
+    pub handshake_timeout_ms: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: 64 * 1024,
+            max_body: 16 * 1024,
+            max_name: 128,
+            max_rooms: 64,
+            max_subscriptions: 256,
+            max_publish_channels: 64,
+            room_queue_bytes: 256 * 1024,
+            max_pending_requests: 256,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}

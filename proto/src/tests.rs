@@ -1,0 +1,156 @@
+//! Round-trip property tests for every message type, and the framing rules.
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::*;
+
+/// Proptest strategy for `Bytes` fields.
+pub(crate) fn bytes() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..256).prop_map(Bytes::from)
+}
+
+fn codec() -> FrameCodec {
+    FrameCodec::new(Limits::default().max_frame as usize)
+}
+
+/// Encodes `msg`, then decodes it back from every split of the bytes into two deliveries.
+fn round_trip<M: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
+    msg: &M,
+) -> Result<(), TestCaseError> {
+    let wire = codec().encode_to_vec(msg).unwrap().freeze();
+    let mut whole = BytesMut::from(&wire[..]);
+    let decoded = codec().decode::<M>(&mut whole).unwrap();
+    prop_assert_eq!(decoded.as_ref(), Some(msg));
+    prop_assert!(whole.is_empty());
+    // Partial input never errors and never consumes; the rest completes the frame.
+    for cut in [0, 1, wire.len() / 2, wire.len() - 1] {
+        let mut buf = BytesMut::from(&wire[..cut]);
+        prop_assert_eq!(codec().decode::<M>(&mut buf).unwrap(), None);
+        prop_assert_eq!(buf.len(), cut);
+        buf.extend_from_slice(&wire[cut..]);
+        let decoded = codec().decode::<M>(&mut buf).unwrap();
+        prop_assert_eq!(decoded.as_ref(), Some(msg));
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip(msg in any::<Request>()) { round_trip(&msg)?; }
+
+    #[test]
+    fn server_messages_round_trip(msg in any::<ServerMsg>()) { round_trip(&msg)?; }
+
+    #[test]
+    fn room_frames_round_trip(msg in any::<RoomFrame>()) { round_trip(&msg)?; }
+
+    #[test]
+    fn limits_round_trip(msg in any::<Limits>()) { round_trip(&msg)?; }
+
+    #[test]
+    fn error_codes_round_trip(code in any::<ErrorCode>()) { round_trip(&code)?; }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let small = FrameCodec::new(300);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let _ = small.decode::<Request>(&mut buf);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let _ = small.decode::<ServerMsg>(&mut buf);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let _ = small.decode::<RoomFrame>(&mut buf);
+    }
+
+    #[test]
+    fn several_frames_in_one_buffer(msgs in proptest::collection::vec(any::<Request>(), 1..8)) {
+        let mut buf = BytesMut::new();
+        for msg in &msgs { codec().encode(msg, &mut buf).unwrap(); }
+        for msg in &msgs {
+            let decoded = codec().decode::<Request>(&mut buf).unwrap();
+            prop_assert_eq!(decoded.as_ref(), Some(msg));
+        }
+        prop_assert_eq!(codec().decode::<Request>(&mut buf).unwrap(), None);
+    }
+}
+
+#[test]
+fn oversized_length_is_refused_before_the_body_arrives() {
+    let codec = FrameCodec::new(1024);
+    // Announces 1 GiB - 1; only the 4-byte prefix is present.
+    let mut buf = BytesMut::from(&[0xbf, 0xff, 0xff, 0xff][..]);
+    assert_eq!(
+        codec.decode::<Request>(&mut buf),
+        Err(DecodeError::FrameTooLarge {
+            len: 0x3fff_ffff,
+            max: 1024
+        })
+    );
+    assert!(
+        buf.capacity() < 1024,
+        "nothing was reserved for the announced body"
+    );
+}
+
+#[test]
+fn trailing_bytes_are_an_error() {
+    let ping = Request {
+        req_id: 1,
+        body: RequestBody::Ping { client_time_us: 2 },
+    };
+    let body = postcard::to_allocvec(&ping).unwrap();
+    let mut frame = BytesMut::new();
+    varint::encode(body.len() as u64 + 2, &mut frame).unwrap();
+    frame.extend_from_slice(&body);
+    frame.extend_from_slice(&[0, 0]);
+    assert_eq!(
+        codec().decode::<Request>(&mut frame),
+        Err(DecodeError::TrailingData {
+            extra: 2,
+            len: body.len() + 2
+        })
+    );
+}
+
+#[test]
+fn encode_refuses_frames_above_the_limit() {
+    let post = Request {
+        req_id: 1,
+        body: RequestBody::Post(Post {
+            room: "r".into(),
+            client_msg_id: 1,
+            body: Bytes::from(vec![0u8; 100]),
+        }),
+    };
+    assert!(matches!(
+        FrameCodec::new(50).encode_to_vec(&post),
+        Err(EncodeError::FrameTooLarge { max: 50, .. })
+    ));
+}
+
+#[test]
+fn hello_version_is_readable_whatever_follows_it() {
+    let hello = Request {
+        req_id: 300,
+        body: RequestBody::Hello(Hello {
+            version: 77,
+            agent: "x".into(),
+            name: None,
+            token: None,
+        }),
+    };
+    let body = postcard::to_allocvec(&hello).unwrap();
+    assert_eq!(frame::peek_hello_version(&body), Some(77));
+    // A future Hello with different later fields still shows its version.
+    assert_eq!(
+        frame::peek_hello_version(&[0x05, 0x00, 0x02, 0xff, 0xff, 0xff]),
+        Some(2)
+    );
+    let ping = postcard::to_allocvec(&Request {
+        req_id: 1,
+        body: RequestBody::Ping { client_time_us: 0 },
+    })
+    .unwrap();
+    assert_eq!(frame::peek_hello_version(&ping), None);
+}

@@ -10,9 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, KeyPair, SanType, PKCS_ECDSA_P256_SHA256,
-};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
 use rustls_pki_types::CertificateDer;
 
 use crate::{pem, CertError, CertKey};
@@ -39,10 +37,7 @@ pub enum DevCertStatus {
 
 /// The dev certificate from `data_dir`, generated (and the directory created) when absent, unusable, or within
 /// [`RENEW_BEFORE`] of expiry at `now`.
-pub fn load_or_generate(
-    data_dir: &Path,
-    now: SystemTime,
-) -> Result<(CertKey, DevCertStatus), CertError> {
+pub fn load_or_generate(data_dir: &Path, now: SystemTime) -> Result<(CertKey, DevCertStatus), CertError> {
     let cert_path = data_dir.join(CERT_FILE);
     let key_path = data_dir.join(KEY_FILE);
     let reason = match pem::load(&cert_path, &key_path) {
@@ -50,29 +45,19 @@ pub fn load_or_generate(
             let not_after = validity(&stored.chain[0], &cert_path)?.1;
             match not_after.duration_since(now) {
                 Ok(left) if left > RENEW_BEFORE => return Ok((stored, DevCertStatus::Reused)),
-                _ => format!(
-                    "stored certificate expires within {} h",
-                    RENEW_BEFORE.as_secs() / 3600
-                ),
+                _ => format!("stored certificate expires within {} h", RENEW_BEFORE.as_secs() / 3600),
             }
         }
         Err(CertError::Missing { path }) => format!("{} does not exist", path.display()),
         // A corrupt dev certificate is ours to replace; a file we cannot read is the user's to fix.
-        Err(
-            err @ (CertError::Malformed { .. }
-            | CertError::NoCertificate { .. }
-            | CertError::NoPrivateKey { .. }),
-        ) => {
+        Err(err @ (CertError::Malformed { .. } | CertError::NoCertificate { .. } | CertError::NoPrivateKey { .. })) => {
             tracing::warn!(%err, "replacing unusable dev certificate");
             format!("stored certificate unusable: {err}")
         }
         Err(other) => return Err(other),
     };
     let (cert_pem, key_pem) = generate_pem(now)?;
-    std::fs::create_dir_all(data_dir).map_err(|e| CertError::Write {
-        path: data_dir.to_owned(),
-        source: e,
-    })?;
+    std::fs::create_dir_all(data_dir).map_err(|e| CertError::Write { path: data_dir.to_owned(), source: e })?;
     write_atomic(&key_path, key_pem.as_bytes(), true)?;
     write_atomic(&cert_path, cert_pem.as_bytes(), false)?;
     let stored = pem::load(&cert_path, &key_path)?;
@@ -88,25 +73,14 @@ pub fn read(data_dir: &Path) -> Result<CertificateDer<'static>, CertError> {
 }
 
 /// `(not_before, not_after)` of a DER certificate; `path` is only used to name it in errors.
-pub fn validity(
-    cert: &CertificateDer<'_>,
-    path: &Path,
-) -> Result<(SystemTime, SystemTime), CertError> {
-    let malformed = |reason: String| CertError::Malformed {
-        path: path.to_owned(),
-        reason,
-    };
-    let (_, parsed) =
-        x509_parser::parse_x509_certificate(cert).map_err(|e| malformed(format!("{e}")))?;
+pub fn validity(cert: &CertificateDer<'_>, path: &Path) -> Result<(SystemTime, SystemTime), CertError> {
+    let malformed = |reason: String| CertError::Malformed { path: path.to_owned(), reason };
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| malformed(format!("{e}")))?;
     let to_system = |t: &x509_parser::time::ASN1Time| -> Result<SystemTime, CertError> {
-        let secs =
-            u64::try_from(t.timestamp()).map_err(|_| malformed("validity before 1970".into()))?;
+        let secs = u64::try_from(t.timestamp()).map_err(|_| malformed("validity before 1970".into()))?;
         Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
     };
-    Ok((
-        to_system(&parsed.validity().not_before)?,
-        to_system(&parsed.validity().not_after)?,
-    ))
+    Ok((to_system(&parsed.validity().not_before)?, to_system(&parsed.validity().not_after)?))
 }
 
 /// A new dev certificate and key as PEM text, valid from `now - BACKDATE` for `VALIDITY`.
@@ -123,10 +97,7 @@ fn generate_pem(now: SystemTime) -> Result<(String, String), CertError> {
     params.distinguished_name = name;
     // Whole seconds: X.509 times have no fractions, and a truncated end must not land past 14 days.
     let start = now - BACKDATE;
-    let start_secs = start
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let start_secs = start.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(start_secs);
     params.not_before = start.into();
     params.not_after = (start + VALIDITY).into();
@@ -137,10 +108,7 @@ fn generate_pem(now: SystemTime) -> Result<(String, String), CertError> {
 /// Writes `content` to a temporary file beside `path`, then renames it over `path`: a reader never sees half a
 /// file. `private` files are readable by their owner only.
 fn write_atomic(path: &Path, content: &[u8], private: bool) -> Result<(), CertError> {
-    let write_err = |source| CertError::Write {
-        path: path.to_owned(),
-        source,
-    };
+    let write_err = |source| CertError::Write { path: path.to_owned(), source };
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -152,9 +120,7 @@ fn write_atomic(path: &Path, content: &[u8], private: bool) -> Result<(), CertEr
     #[cfg(not(unix))]
     let _ = private;
     let mut file = options.open(&tmp).map_err(write_err)?;
-    file.write_all(content)
-        .and_then(|()| file.sync_all())
-        .map_err(write_err)?;
+    file.write_all(content).and_then(|()| file.sync_all()).map_err(write_err)?;
     std::fs::rename(&tmp, path).map_err(write_err)
 }
 
@@ -173,36 +139,15 @@ mod tests {
 
         let not_before = parsed.validity().not_before.timestamp();
         let not_after = parsed.validity().not_after.timestamp();
-        assert!(
-            not_after - not_before <= 14 * 24 * 3600,
-            "validity over 14 days"
-        );
-        let now_secs = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        assert!(
-            (now_secs - 3601..=now_secs - 3599).contains(&not_before),
-            "starts one hour ago"
-        );
-        assert!(
-            not_after - now_secs > 13 * 24 * 3600,
-            "valid for about 14 days from now"
-        );
+        assert!(not_after - not_before <= 14 * 24 * 3600, "validity over 14 days");
+        let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert!((now_secs - 3601..=now_secs - 3599).contains(&not_before), "starts one hour ago");
+        assert!(not_after - now_secs > 13 * 24 * 3600, "valid for about 14 days from now");
 
         // ECDSA with the P-256 curve.
         let spki = parsed.public_key();
-        assert_eq!(
-            spki.algorithm.algorithm,
-            oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
-        );
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .unwrap()
-            .as_oid()
-            .unwrap();
+        assert_eq!(spki.algorithm.algorithm, oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY);
+        let curve = spki.algorithm.parameters.as_ref().unwrap().as_oid().unwrap();
         assert_eq!(curve, oid_registry::OID_EC_P256);
 
         let san = parsed.subject_alternative_name().unwrap().unwrap().value;
@@ -215,14 +160,7 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect();
-        assert_eq!(
-            names,
-            [
-                "localhost",
-                "[127, 0, 0, 1]",
-                "[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]"
-            ]
-        );
+        assert_eq!(names, ["localhost", "[127, 0, 0, 1]", "[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]"]);
     }
 
     #[test]
@@ -244,10 +182,7 @@ mod tests {
         let (first, _) = load_or_generate(dir.path(), now).unwrap();
         let near_end = now + Duration::from_secs(13 * 24 * 3600 - 3600 + 60); // 23 h left
         let (second, status) = load_or_generate(dir.path(), near_end).unwrap();
-        assert!(
-            matches!(status, DevCertStatus::Generated(ref why) if why.contains("expires")),
-            "{status:?}"
-        );
+        assert!(matches!(status, DevCertStatus::Generated(ref why) if why.contains("expires")), "{status:?}");
         assert_ne!(first.fingerprint(), second.fingerprint());
         let (_, not_after) = validity(&second.chain[0], Path::new("x")).unwrap();
         assert!(not_after.duration_since(near_end).unwrap() > Duration::from_secs(13 * 24 * 3600));
@@ -259,10 +194,7 @@ mod tests {
         load_or_generate(dir.path(), SystemTime::now()).unwrap();
         std::fs::write(dir.path().join(CERT_FILE), b"garbage").unwrap();
         let (_, status) = load_or_generate(dir.path(), SystemTime::now()).unwrap();
-        assert!(
-            matches!(status, DevCertStatus::Generated(ref why) if why.contains("unusable")),
-            "{status:?}"
-        );
+        assert!(matches!(status, DevCertStatus::Generated(ref why) if why.contains("unusable")), "{status:?}");
     }
 
     #[test]
@@ -270,10 +202,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join(CERT_FILE)).unwrap();
         std::fs::write(dir.path().join(KEY_FILE), b"").unwrap();
-        assert!(matches!(
-            load_or_generate(dir.path(), SystemTime::now()),
-            Err(CertError::Unreadable { .. })
-        ));
+        assert!(matches!(load_or_generate(dir.path(), SystemTime::now()), Err(CertError::Unreadable { .. })));
     }
 
     #[test]
@@ -283,10 +212,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
         }
     }

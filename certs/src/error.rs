@@ -63,13 +63,8 @@ impl CertError {
     /// Maps a read failure of `path` to `Missing` or `Unreadable`.
     pub(crate) fn reading(path: &std::path::Path, source: std::io::Error) -> Self {
         match source.kind() {
-            std::io::ErrorKind::NotFound => CertError::Missing {
-                path: path.to_owned(),
-            },
-            _ => CertError::Unreadable {
-                path: path.to_owned(),
-                source,
-            },
+            std::io::ErrorKind::NotFound => CertError::Missing { path: path.to_owned() },
+            _ => CertError::Unreadable { path: path.to_owned(), source },
         }
     }
 }

@@ -32,10 +32,7 @@ impl FromStr for Fingerprint {
 
     /// 64 hex digits; `:` separators (as `openssl x509 -fingerprint` prints) are allowed.
     fn from_str(input: &str) -> Result<Self, CertError> {
-        let bad = |reason| CertError::BadFingerprint {
-            input: input.to_string(),
-            reason,
-        };
+        let bad = |reason| CertError::BadFingerprint { input: input.to_string(), reason };
         let digits: Vec<u8> = input.trim().bytes().filter(|&b| b != b':').collect();
         if digits.len() != 64 {
             return Err(bad("expected 64 hex digits (SHA-256)"));
@@ -56,29 +53,15 @@ mod tests {
     #[test]
     fn hex_round_trip_and_known_digest() {
         let empty = sha256(b"");
-        assert_eq!(
-            empty.to_string(),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(empty.to_string(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(empty.to_string().parse::<Fingerprint>().unwrap(), empty);
-        let colons = empty
-            .0
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let colons = empty.0.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
         assert_eq!(colons.parse::<Fingerprint>().unwrap(), empty);
     }
 
     #[test]
     fn bad_hex_is_refused() {
-        assert!(matches!(
-            "abc".parse::<Fingerprint>(),
-            Err(CertError::BadFingerprint { .. })
-        ));
-        assert!(matches!(
-            "zz".repeat(32).parse::<Fingerprint>(),
-            Err(CertError::BadFingerprint { .. })
-        ));
+        assert!(matches!("abc".parse::<Fingerprint>(), Err(CertError::BadFingerprint { .. })));
+        assert!(matches!("zz".repeat(32).parse::<Fingerprint>(), Err(CertError::BadFingerprint { .. })));
     }
 }

@@ -36,9 +36,6 @@ impl CertKey {
     /// SHA-256 of the leaf certificate's DER.
     pub fn fingerprint(&self) -> Fingerprint {
         // A CertKey is only built with a non-empty chain (see `pem::load` and `dev`).
-        self.chain
-            .first()
-            .map(|leaf| sha256(leaf))
-            .unwrap_or(Fingerprint([0; 32]))
+        self.chain.first().map(|leaf| sha256(leaf)).unwrap_or(Fingerprint([0; 32]))
     }
 }

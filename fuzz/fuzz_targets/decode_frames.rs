@@ -16,5 +16,5 @@ fuzz_target!(|data: &[u8]| {
     drain::<Request>(data);
     drain::<ServerMsg>(data);
     drain::<RoomFrame>(data);
-    let _ = quiver_proto::frame::peek_hello_version(data);
+    let _ = quiver_proto::frame::peek_hello(data);
 });

@@ -147,10 +147,7 @@ pub struct Failure {
 impl Failure {
     /// A failure with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Failure {
-            code,
-            message: message.into(),
-        }
+        Failure { code, message: message.into() }
     }
 }
 

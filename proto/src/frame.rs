@@ -36,9 +36,7 @@ impl DecodeError {
     pub fn code(&self) -> ErrorCode {
         match self {
             DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-            DecodeError::Malformed(_) | DecodeError::TrailingData { .. } => {
-                ErrorCode::ProtocolViolation
-            }
+            DecodeError::Malformed(_) | DecodeError::TrailingData { .. } => ErrorCode::ProtocolViolation,
         }
     }
 }
@@ -79,10 +77,7 @@ impl FrameCodec {
 
     /// Takes one frame off the front of `buf` and decodes it as `M`. `Ok(None)` when `buf` does not hold a whole
     /// frame yet (nothing is consumed). On error the stream is unusable: framing is lost.
-    pub fn decode<M: DeserializeOwned>(
-        &self,
-        buf: &mut BytesMut,
-    ) -> Result<Option<M>, DecodeError> {
+    pub fn decode<M: DeserializeOwned>(&self, buf: &mut BytesMut) -> Result<Option<M>, DecodeError> {
         match self.next_frame(buf)? {
             Some(frame) => decode_body(&frame).map(Some),
             None => Ok(None),
@@ -97,10 +92,7 @@ impl FrameCodec {
             return Ok(None);
         };
         if len > self.max_frame as u64 {
-            return Err(DecodeError::FrameTooLarge {
-                len,
-                max: self.max_frame,
-            });
+            return Err(DecodeError::FrameTooLarge { len, max: self.max_frame });
         }
         let len = len as usize; // <= max_frame, a usize
         if buf.len() < prefix + len {
@@ -115,17 +107,11 @@ impl FrameCodec {
     pub fn encode<M: Serialize>(&self, msg: &M, out: &mut BytesMut) -> Result<(), EncodeError> {
         let len = postcard::experimental::serialized_size(msg).map_err(EncodeError::Serialize)?;
         if len > self.max_frame {
-            return Err(EncodeError::FrameTooLarge {
-                len,
-                max: self.max_frame,
-            });
+            return Err(EncodeError::FrameTooLarge { len, max: self.max_frame });
         }
         out.reserve(varint::encoded_len(len as u64) + len);
         // len <= max_frame fits a varint for any sane limit; a limit above 2^62 is a caller bug caught here.
-        varint::encode(len as u64, out).map_err(|_| EncodeError::FrameTooLarge {
-            len,
-            max: self.max_frame,
-        })?;
+        varint::encode(len as u64, out).map_err(|_| EncodeError::FrameTooLarge { len, max: self.max_frame })?;
         let writer = out.writer();
         postcard::to_io(msg, writer).map_err(EncodeError::Serialize)?;
         Ok(())
@@ -143,21 +129,26 @@ impl FrameCodec {
 pub fn decode_body<M: DeserializeOwned>(frame: &[u8]) -> Result<M, DecodeError> {
     let (msg, rest) = postcard::take_from_bytes::<M>(frame).map_err(DecodeError::Malformed)?;
     if !rest.is_empty() {
-        return Err(DecodeError::TrailingData {
-            extra: rest.len(),
-            len: frame.len(),
-        });
+        return Err(DecodeError::TrailingData { extra: rest.len(), len: frame.len() });
     }
     Ok(msg)
 }
 
-/// Reads the protocol version out of the first frame's body without decoding the rest of it, so that a Hello
-/// from another protocol version (whose later fields may differ) is refused for its version, not as garbage.
+/// The start of a Hello request, read without decoding the rest of the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloPrefix {
+    /// The request's id, for the reply.
+    pub req_id: u64,
+    /// The protocol version the client speaks.
+    pub version: u32,
+}
+
+/// Reads the request id and protocol version out of a first frame's body without decoding the rest, so that a
+/// Hello from another protocol version (whose later fields may differ) is refused for its version, not as garbage.
 /// `None` when the frame is not a Hello request.
-pub fn peek_hello_version(frame_body: &[u8]) -> Option<u32> {
+pub fn peek_hello(frame_body: &[u8]) -> Option<HelloPrefix> {
     // Request { req_id: u64, body: RequestBody::Hello(Hello { version: u32, .. }) }: req_id varint, the variant
     // index (Hello = 0) as a varint, then the version varint.
-    let ((_req_id, variant, version), _) =
-        postcard::take_from_bytes::<(u64, u32, u32)>(frame_body).ok()?;
-    (variant == 0).then_some(version)
+    let ((req_id, variant, version), _) = postcard::take_from_bytes::<(u64, u32, u32)>(frame_body).ok()?;
+    (variant == 0).then_some(HelloPrefix { req_id, version })
 }

@@ -16,9 +16,7 @@ fn codec() -> FrameCodec {
 }
 
 /// Encodes `msg`, then decodes it back from every split of the bytes into two deliveries.
-fn round_trip<M: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
-    msg: &M,
-) -> Result<(), TestCaseError> {
+fn round_trip<M: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(msg: &M) -> Result<(), TestCaseError> {
     let wire = codec().encode_to_vec(msg).unwrap().freeze();
     let mut whole = BytesMut::from(&wire[..]);
     let decoded = codec().decode::<M>(&mut whole).unwrap();
@@ -80,77 +78,40 @@ fn oversized_length_is_refused_before_the_body_arrives() {
     let codec = FrameCodec::new(1024);
     // Announces 1 GiB - 1; only the 4-byte prefix is present.
     let mut buf = BytesMut::from(&[0xbf, 0xff, 0xff, 0xff][..]);
-    assert_eq!(
-        codec.decode::<Request>(&mut buf),
-        Err(DecodeError::FrameTooLarge {
-            len: 0x3fff_ffff,
-            max: 1024
-        })
-    );
-    assert!(
-        buf.capacity() < 1024,
-        "nothing was reserved for the announced body"
-    );
+    assert_eq!(codec.decode::<Request>(&mut buf), Err(DecodeError::FrameTooLarge { len: 0x3fff_ffff, max: 1024 }));
+    assert!(buf.capacity() < 1024, "nothing was reserved for the announced body");
 }
 
 #[test]
 fn trailing_bytes_are_an_error() {
-    let ping = Request {
-        req_id: 1,
-        body: RequestBody::Ping { client_time_us: 2 },
-    };
+    let ping = Request { req_id: 1, body: RequestBody::Ping { client_time_us: 2 } };
     let body = postcard::to_allocvec(&ping).unwrap();
     let mut frame = BytesMut::new();
     varint::encode(body.len() as u64 + 2, &mut frame).unwrap();
     frame.extend_from_slice(&body);
     frame.extend_from_slice(&[0, 0]);
-    assert_eq!(
-        codec().decode::<Request>(&mut frame),
-        Err(DecodeError::TrailingData {
-            extra: 2,
-            len: body.len() + 2
-        })
-    );
+    assert_eq!(codec().decode::<Request>(&mut frame), Err(DecodeError::TrailingData { extra: 2, len: body.len() + 2 }));
 }
 
 #[test]
 fn encode_refuses_frames_above_the_limit() {
     let post = Request {
         req_id: 1,
-        body: RequestBody::Post(Post {
-            room: "r".into(),
-            client_msg_id: 1,
-            body: Bytes::from(vec![0u8; 100]),
-        }),
+        body: RequestBody::Post(Post { room: "r".into(), client_msg_id: 1, body: Bytes::from(vec![0u8; 100]) }),
     };
-    assert!(matches!(
-        FrameCodec::new(50).encode_to_vec(&post),
-        Err(EncodeError::FrameTooLarge { max: 50, .. })
-    ));
+    assert!(matches!(FrameCodec::new(50).encode_to_vec(&post), Err(EncodeError::FrameTooLarge { max: 50, .. })));
 }
 
 #[test]
 fn hello_version_is_readable_whatever_follows_it() {
     let hello = Request {
         req_id: 300,
-        body: RequestBody::Hello(Hello {
-            version: 77,
-            agent: "x".into(),
-            name: None,
-            token: None,
-        }),
+        body: RequestBody::Hello(Hello { version: 77, agent: "x".into(), name: None, token: None }),
     };
     let body = postcard::to_allocvec(&hello).unwrap();
-    assert_eq!(frame::peek_hello_version(&body), Some(77));
+    assert_eq!(frame::peek_hello(&body), Some(frame::HelloPrefix { req_id: 300, version: 77 }));
     // A future Hello with different later fields still shows its version.
-    assert_eq!(
-        frame::peek_hello_version(&[0x05, 0x00, 0x02, 0xff, 0xff, 0xff]),
-        Some(2)
-    );
-    let ping = postcard::to_allocvec(&Request {
-        req_id: 1,
-        body: RequestBody::Ping { client_time_us: 0 },
-    })
-    .unwrap();
-    assert_eq!(frame::peek_hello_version(&ping), None);
+    assert_eq!(frame::peek_hello(&[0x05, 0x00, 0x02, 0xff, 0xff, 0xff]).map(|h| h.version), Some(2));
+    let ping = postcard::to_allocvec(&Request { req_id: 1, body: RequestBody::Ping { client_time_us: 0 } }).unwrap();
+    assert_eq!(frame::peek_hello(&ping), None);
 }

@@ -36,9 +36,7 @@ impl TickHeader {
 
     /// Encoded length of this header.
     pub fn encoded_len(&self) -> usize {
-        varint::encoded_len(self.channel_id)
-            + varint::encoded_len(self.seq)
-            + varint::encoded_len(self.sent_time_us)
+        varint::encoded_len(self.channel_id) + varint::encoded_len(self.seq) + varint::encoded_len(self.sent_time_us)
     }
 
     /// Appends the header to `buf`.
@@ -53,16 +51,12 @@ impl TickHeader {
     pub fn decode(datagram: &Bytes) -> Result<(TickHeader, Bytes), DatagramError> {
         let mut at = 0;
         let mut field = |name: &'static str| -> Result<u64, DatagramError> {
-            let (value, len) =
-                varint::decode(&datagram[at..]).ok_or(DatagramError::Truncated { field: name })?;
+            let (value, len) = varint::decode(&datagram[at..]).ok_or(DatagramError::Truncated { field: name })?;
             at += len;
             Ok(value)
         };
-        let header = TickHeader {
-            channel_id: field("channel_id")?,
-            seq: field("seq")?,
-            sent_time_us: field("sent_time_us")?,
-        };
+        let header =
+            TickHeader { channel_id: field("channel_id")?, seq: field("seq")?, sent_time_us: field("sent_time_us")? };
         Ok((header, datagram.slice(at..)))
     }
 }
@@ -94,21 +88,11 @@ mod tests {
 
     #[test]
     fn truncation_names_the_field() {
-        assert_eq!(
-            TickHeader::decode(&Bytes::new()),
-            Err(DatagramError::Truncated {
-                field: "channel_id"
-            })
-        );
+        assert_eq!(TickHeader::decode(&Bytes::new()), Err(DatagramError::Truncated { field: "channel_id" }));
         assert_eq!(
             TickHeader::decode(&Bytes::from_static(&[1, 2])),
-            Err(DatagramError::Truncated {
-                field: "sent_time_us"
-            })
+            Err(DatagramError::Truncated { field: "sent_time_us" })
         );
-        assert_eq!(
-            TickHeader::decode(&Bytes::from_static(&[1, 0x80])),
-            Err(DatagramError::Truncated { field: "seq" })
-        );
+        assert_eq!(TickHeader::decode(&Bytes::from_static(&[1, 0x80])), Err(DatagramError::Truncated { field: "seq" }));
     }
 }

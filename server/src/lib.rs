@@ -1,0 +1,23 @@
+//! The Quiver server: one QUIC endpoint that serves, per client connection, a control stream, one reliable stream
+//! per joined room and unreliable tick datagrams.
+//!
+//! - [`session`]: the control stream's state machine (Hello, then requests), without sockets or clocks.
+//! - [`net`]: the only part that touches quinn: endpoint, accept loop, one task per connection, error → close code.
+//! - [`config`]: what the server is started with: address, data directory, certificate, [`quiver_proto::Limits`].
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), quiver_server::ServerError> {
+//! let config = quiver_server::ServerConfig::dev("127.0.0.1:0".parse().unwrap(), ".quiver".into());
+//! let server = quiver_server::Server::bind(config)?;
+//! println!("listening on {}", server.local_addr());
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! server.run(shutdown).await;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod net;
+pub mod session;
+
+pub use config::{ServerConfig, TlsSource};
+pub use net::{Server, ServerError};

@@ -1,0 +1,184 @@
+//! One task per connection: the QUIC handshake, then the control stream (Hello first, within the handshake
+//! timeout), answering each request in order, until the peer leaves, breaks the protocol, or the server shuts down.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use bytes::BytesMut;
+use quiver_proto::{frame, ErrorCode, FrameCodec, Request, ServerMsg, ALPN_H3, PROTOCOL_VERSION};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    net::close::close,
+    session::{ControlSession, Step},
+    ServerConfig,
+};
+
+/// How long a refusal's reply (or a GoAway) may take to reach the peer before the connection is closed anyway.
+const FLUSH_BEFORE_CLOSE: Duration = Duration::from_millis(500);
+
+pub(super) async fn serve(incoming: quinn::Incoming, config: Arc<ServerConfig>, shutdown: CancellationToken) {
+    let remote = incoming.remote_address();
+    let deadline = Instant::now() + Duration::from_millis(u64::from(config.limits.handshake_timeout_ms));
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(err) => return tracing::debug!(%remote, %err, "handshake failed"),
+    };
+    let conn = match tokio::time::timeout_at(deadline, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => return tracing::debug!(%remote, %err, "handshake failed"),
+        Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
+    };
+    let session_id = rand::random::<u64>();
+    let span = tracing::info_span!("conn", session = %format_args!("{session_id:016x}"), %remote);
+    async move {
+        if alpn(&conn).as_deref() == Some(ALPN_H3) {
+            close(&conn, ErrorCode::Unsupported, "WebTransport is not served yet");
+            return;
+        }
+        tracing::debug!("connected");
+        let reason = control(&conn, &config, session_id, deadline, &shutdown).await;
+        tracing::info!(%reason, "connection ended");
+    }
+    .instrument(span)
+    .await
+}
+
+fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let data = conn.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?;
+    data.protocol
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Serves the control stream; returns why the connection ended (for the log). The connection is closed on return.
+async fn control(
+    conn: &quinn::Connection,
+    config: &ServerConfig,
+    session_id: u64,
+    hello_deadline: Instant,
+    shutdown: &CancellationToken,
+) -> String {
+    let timeout_ms = config.limits.handshake_timeout_ms;
+    let (mut send, mut recv) = tokio::select! {
+        stream = conn.accept_bi() => match stream {
+            Ok(stream) => stream,
+            Err(err) => return format!("closed before opening the control stream: {err}"),
+        },
+        () = tokio::time::sleep_until(hello_deadline) => {
+            close(conn, ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
+            return "handshake timeout".into();
+        }
+        () = shutdown.cancelled() => return going_away(conn, None).await,
+    };
+    let codec = FrameCodec::new(config.limits.max_frame as usize);
+    let mut session = ControlSession::new(session_id, config.limits.clone());
+    let mut inbound = BytesMut::new();
+    let mut outbound = BytesMut::new();
+    loop {
+        let awaiting_hello = session.identity().is_none();
+        tokio::select! {
+            chunk = recv.read_chunk(usize::MAX, true) => match chunk {
+                Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
+                Ok(None) => {
+                    close(conn, ErrorCode::NoError, "control stream finished");
+                    return "client finished the control stream".into();
+                }
+                Err(err) => return format!("control stream: {err}"),
+            },
+            () = tokio::time::sleep_until(hello_deadline), if awaiting_hello => {
+                close(conn, ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
+                return "handshake timeout".into();
+            }
+            () = shutdown.cancelled() => return going_away(conn, Some(&mut send)).await,
+        }
+        while let Some(step) = match next_step(&codec, &mut inbound, &mut session) {
+            Ok(step) => step,
+            Err((code, reason)) => {
+                close(conn, code, &reason);
+                return format!("protocol error: {reason}");
+            }
+        } {
+            match step {
+                Step::Reply(msg) => encode(&codec, &msg, &mut outbound),
+                Step::ReplyAndClose(msg, code, reason) => {
+                    encode(&codec, &msg, &mut outbound);
+                    flush_and_close(conn, &mut send, &outbound, code, &reason).await;
+                    return format!("refused: {reason}");
+                }
+            }
+        }
+        if !outbound.is_empty() {
+            if let Err(err) = send.write_all(&outbound).await {
+                return format!("control stream: {err}");
+            }
+            outbound.clear();
+        }
+    }
+}
+
+/// Decodes the next whole request in `inbound` and runs it through the session. `Ok(None)`: wait for more bytes.
+/// `Err`: the peer broke the protocol; close with this code and reason.
+fn next_step(
+    codec: &FrameCodec,
+    inbound: &mut BytesMut,
+    session: &mut ControlSession,
+) -> Result<Option<Step>, (ErrorCode, String)> {
+    let Some(body) = codec.next_frame(inbound).map_err(|e| (e.code(), e.to_string()))? else { return Ok(None) };
+    match frame::decode_body::<Request>(&body) {
+        Ok(request) => Ok(Some(session.on_request(request, now_us()))),
+        Err(err) => match frame::peek_hello(&body) {
+            // A Hello of another protocol version need not decode as ours: refuse it for its version.
+            Some(hello) if session.identity().is_none() && hello.version != PROTOCOL_VERSION => {
+                Ok(Some(ControlSession::refuse_version(hello.req_id, hello.version)))
+            }
+            _ => Err((err.code(), err.to_string())),
+        },
+    }
+}
+
+fn encode(codec: &FrameCodec, msg: &ServerMsg, out: &mut BytesMut) {
+    // Replies are built by the server from bounded inputs; one that does not fit is a server bug, reported as such.
+    if let Err(err) = codec.encode(msg, out) {
+        tracing::error!(%err, "reply does not fit a frame");
+        let failure = quiver_proto::Failure::new(ErrorCode::Internal, "reply too large");
+        let _ = codec.encode(&ServerMsg::Error(failure), out);
+    }
+}
+
+/// Sends what is queued, finishes the control stream, gives the peer a moment to receive it, then closes.
+async fn flush_and_close(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    outbound: &[u8],
+    code: ErrorCode,
+    reason: &str,
+) {
+    let delivered = async {
+        send.write_all(outbound).await.ok()?;
+        send.finish().ok()?;
+        send.stopped().await.ok()
+    };
+    let _ = tokio::time::timeout(FLUSH_BEFORE_CLOSE, delivered).await;
+    close(conn, code, reason);
+}
+
+async fn going_away(conn: &quinn::Connection, send: Option<&mut quinn::SendStream>) -> String {
+    let reason = "server shutting down";
+    match send {
+        Some(send) => {
+            let codec = FrameCodec::new(usize::MAX);
+            let mut out = BytesMut::new();
+            encode(&codec, &ServerMsg::GoAway { code: ErrorCode::GoingAway, reason: reason.into() }, &mut out);
+            flush_and_close(conn, send, &out, ErrorCode::GoingAway, reason).await;
+        }
+        None => close(conn, ErrorCode::GoingAway, reason),
+    }
+    "server shutdown".into()
+}

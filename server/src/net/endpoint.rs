@@ -1,0 +1,81 @@
+//! Binding: the certificate, rustls (ring, TLS 1.3 only, ALPN), and a dual-stack UDP socket with large buffers.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use quiver_certs::{CertError, CertKey, Fingerprint};
+use quiver_proto::{ALPN_H3, ALPN_QUIVER};
+
+use crate::{config::TlsSource, net::transport, ServerConfig};
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The certificate or key could not be loaded or generated.
+    #[error("certificate: {0}")]
+    Certificate(#[from] CertError),
+    /// rustls refused the certificate/key pair (e.g. the key does not match, or its type is unsupported).
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The UDP socket could not be created or bound.
+    #[error("cannot bind UDP socket: {0}")]
+    Bind(std::io::Error),
+}
+
+pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, Fingerprint), ServerError> {
+    let cert = match &config.tls {
+        TlsSource::Dev => {
+            let (cert, status) = quiver_certs::dev::load_or_generate(&config.data_dir, std::time::SystemTime::now())?;
+            tracing::debug!(?status, "dev certificate");
+            cert
+        }
+        TlsSource::Pem { cert, key } => quiver_certs::pem::load(cert, key)?,
+    };
+    let fingerprint = cert.fingerprint();
+    let server_config = quic_server_config(cert, &config.limits)?;
+    let socket = udp_socket(config.listen).map_err(ServerError::Bind)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| ServerError::Bind(std::io::Error::other("no async runtime (call from within tokio)")))?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
+        .map_err(ServerError::Bind)?;
+    Ok((endpoint, fingerprint))
+}
+
+fn quic_server_config(cert: CertKey, limits: &quiver_proto::Limits) -> Result<quinn::ServerConfig, ServerError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(cert.chain, cert.key)?;
+    tls.alpn_protocols = vec![ALPN_QUIVER.to_vec(), ALPN_H3.to_vec()];
+    // 0-RTT is off: replayable requests (posts) must not be accepted before the handshake completes.
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| ServerError::Tls(rustls::Error::General(e.to_string())))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport::server_transport(limits));
+    Ok(server)
+}
+
+/// A UDP socket on `addr`; an IPv6 wildcard is dual-stack so IPv4 clients reach it too.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    for (what, result) in [
+        ("receive", socket.set_recv_buffer_size(transport::SOCKET_BUFFER)),
+        ("send", socket.set_send_buffer_size(transport::SOCKET_BUFFER)),
+    ] {
+        if let Err(err) = result {
+            tracing::warn!(%err, "cannot set UDP {what} buffer size");
+        }
+    }
+    tracing::debug!(
+        recv = socket.recv_buffer_size().unwrap_or(0),
+        send = socket.send_buffer_size().unwrap_or(0),
+        "UDP socket buffers (the kernel caps them at net.core.rmem_max / wmem_max)"
+    );
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}

@@ -1,0 +1,73 @@
+//! The only part of the server that touches quinn: binding the endpoint, the accept loop, one task per connection,
+//! and the mapping of errors to close codes.
+
+pub mod close;
+mod connection;
+mod endpoint;
+pub mod transport;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use quiver_certs::Fingerprint;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::ServerConfig;
+pub use endpoint::ServerError;
+
+/// How long shutdown waits for connections to take their GoAway and close before it stops waiting.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// A bound server, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    fingerprint: Fingerprint,
+    config: Arc<ServerConfig>,
+}
+
+impl Server {
+    /// Loads or generates the certificate and binds the UDP socket. Nothing is accepted until [`Server::run`].
+    pub fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        let (endpoint, fingerprint) = endpoint::bind(&config)?;
+        let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
+        Ok(Server { endpoint, local_addr, fingerprint, config: Arc::new(config) })
+    }
+
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// SHA-256 of the certificate the server presents.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, sends every connection GoAway and closes it
+    /// with `GoingAway`, and returns once they are closed (or after [`SHUTDOWN_GRACE`]).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tasks = TaskTracker::new();
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let config = self.config.clone();
+                    let shutdown = shutdown.child_token();
+                    tasks.spawn(connection::serve(incoming, config, shutdown));
+                }
+                () = shutdown.cancelled() => break,
+            }
+        }
+        // Refuse new connections from now on; existing ones see the cancellation and close themselves.
+        self.endpoint.set_server_config(None);
+        tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+            tracing::warn!(remaining = tasks.len(), "connections still open after the shutdown grace period");
+        }
+        self.endpoint.close(close::quic_code(quiver_proto::ErrorCode::GoingAway), b"server shutting down");
+        // Let the CONNECTION_CLOSE frames leave before the socket goes.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        tracing::info!("server stopped");
+    }
+}

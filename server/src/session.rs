@@ -1,0 +1,215 @@
+//! The control stream's state machine, without sockets or clocks: Hello first (version check, identity), then
+//! requests, each answered exactly once. The connection code feeds it decoded requests and the time, and sends
+//! what it returns.
+
+use quiver_proto::{
+    ErrorCode, Failure, Hello, Limits, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION,
+};
+
+/// What the connection must do after a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Send this reply; the session goes on.
+    Reply(ServerMsg),
+    /// Send this reply, then close the connection with `code`.
+    ReplyAndClose(ServerMsg, ErrorCode, String),
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitingHello,
+    Open { identity: String },
+}
+
+/// One client's control session.
+#[derive(Debug)]
+pub struct ControlSession {
+    session_id: u64,
+    limits: Limits,
+    state: State,
+}
+
+impl ControlSession {
+    /// A session awaiting Hello.
+    pub fn new(session_id: u64, limits: Limits) -> Self {
+        ControlSession { session_id, limits, state: State::AwaitingHello }
+    }
+
+    /// The identity the client was admitted with, once Hello succeeded.
+    pub fn identity(&self) -> Option<&str> {
+        match &self.state {
+            State::Open { identity } => Some(identity),
+            State::AwaitingHello => None,
+        }
+    }
+
+    /// Handles one request received at `now_us` (server clock, µs since the Unix epoch).
+    pub fn on_request(&mut self, request: Request, now_us: u64) -> Step {
+        let req_id = request.req_id;
+        let reply = |result| ServerMsg::Reply { req_id, result };
+        match (&self.state, request.body) {
+            (State::AwaitingHello, RequestBody::Hello(hello)) => match self.admit(&hello, now_us) {
+                Ok(welcome) => Step::Reply(reply(Ok(Reply::Welcome(welcome)))),
+                Err(failure) => refuse(req_id, failure),
+            },
+            (State::AwaitingHello, _) => {
+                refuse(req_id, Failure::new(ErrorCode::HelloRequired, "the first request must be Hello"))
+            }
+            (State::Open { .. }, RequestBody::Hello(_)) => {
+                refuse(req_id, Failure::new(ErrorCode::HelloRequired, "Hello was already received"))
+            }
+            (State::Open { .. }, RequestBody::Ping { client_time_us }) => {
+                Step::Reply(reply(Ok(Reply::Pong { client_time_us, server_time_us: now_us })))
+            }
+            (State::Open { .. }, other) => Step::Reply(reply(Err(Failure::new(
+                ErrorCode::Unsupported,
+                format!("{} is not served by this server yet", request_name(&other)),
+            )))),
+        }
+    }
+
+    /// Answer to a first frame that does not decode but announces another protocol version.
+    pub fn refuse_version(req_id: u64, version: u32) -> Step {
+        refuse(req_id, version_failure(version))
+    }
+
+    fn admit(&mut self, hello: &Hello, now_us: u64) -> Result<Welcome, Failure> {
+        if hello.version != PROTOCOL_VERSION {
+            return Err(version_failure(hello.version));
+        }
+        let identity = match &hello.name {
+            Some(name) => {
+                check_name(name, self.limits.max_name as usize)?;
+                name.clone()
+            }
+            None => format!("anon-{:016x}", self.session_id),
+        };
+        self.state = State::Open { identity: identity.clone() };
+        Ok(Welcome {
+            version: PROTOCOL_VERSION,
+            session_id: self.session_id,
+            server_time_us: now_us,
+            identity,
+            limits: self.limits.clone(),
+        })
+    }
+}
+
+fn refuse(req_id: u64, failure: Failure) -> Step {
+    let (code, message) = (failure.code, failure.message.clone());
+    Step::ReplyAndClose(ServerMsg::Reply { req_id, result: Err(failure) }, code, message)
+}
+
+fn version_failure(version: u32) -> Failure {
+    Failure::new(
+        ErrorCode::UnsupportedVersion,
+        format!("client speaks protocol version {version}; this server speaks {PROTOCOL_VERSION} only"),
+    )
+}
+
+/// Names (identities, rooms, channels) are 1..=max bytes of printable UTF-8.
+pub fn check_name(name: &str, max: usize) -> Result<(), Failure> {
+    if name.is_empty() || name.len() > max {
+        return Err(Failure::new(ErrorCode::BadRequest, format!("name must be 1 to {max} bytes, got {}", name.len())));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Failure::new(ErrorCode::BadRequest, "name contains control characters"));
+    }
+    Ok(())
+}
+
+fn request_name(body: &RequestBody) -> &'static str {
+    match body {
+        RequestBody::Hello(_) => "Hello",
+        RequestBody::Join(_) => "Join",
+        RequestBody::Leave { .. } => "Leave",
+        RequestBody::Post(_) => "Post",
+        RequestBody::Subscribe { .. } => "Subscribe",
+        RequestBody::Unsubscribe { .. } => "Unsubscribe",
+        RequestBody::Publish { .. } => "Publish",
+        RequestBody::Ping { .. } => "Ping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(version: u32, name: Option<&str>) -> Request {
+        Request {
+            req_id: 1,
+            body: RequestBody::Hello(Hello { version, agent: "test".into(), name: name.map(Into::into), token: None }),
+        }
+    }
+
+    fn failure_code(step: &Step) -> Option<ErrorCode> {
+        match step {
+            Step::Reply(ServerMsg::Reply { result: Err(f), .. })
+            | Step::ReplyAndClose(ServerMsg::Reply { result: Err(f), .. }, _, _) => Some(f.code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn hello_then_ping() {
+        let mut session = ControlSession::new(0xabc, Limits::default());
+        let Step::Reply(ServerMsg::Reply { req_id: 1, result: Ok(Reply::Welcome(welcome)) }) =
+            session.on_request(hello(PROTOCOL_VERSION, Some("alice")), 5)
+        else {
+            panic!("no welcome")
+        };
+        assert_eq!((welcome.session_id, welcome.server_time_us, welcome.identity.as_str()), (0xabc, 5, "alice"));
+        assert_eq!(welcome.limits, Limits::default());
+        let step = session.on_request(Request { req_id: 2, body: RequestBody::Ping { client_time_us: 9 } }, 10);
+        let pong = Reply::Pong { client_time_us: 9, server_time_us: 10 };
+        assert_eq!(step, Step::Reply(ServerMsg::Reply { req_id: 2, result: Ok(pong) }));
+    }
+
+    #[test]
+    fn anonymous_identity_comes_from_the_session_id() {
+        let mut session = ControlSession::new(0x10, Limits::default());
+        session.on_request(hello(PROTOCOL_VERSION, None), 0);
+        assert_eq!(session.identity(), Some("anon-0000000000000010"));
+    }
+
+    #[test]
+    fn wrong_version_is_refused_naming_both_versions() {
+        let mut session = ControlSession::new(1, Limits::default());
+        let step = session.on_request(hello(PROTOCOL_VERSION + 1, None), 0);
+        let Step::ReplyAndClose(ServerMsg::Reply { result: Err(failure), .. }, ErrorCode::UnsupportedVersion, _) = step
+        else {
+            panic!("not refused: {step:?}")
+        };
+        assert!(failure.message.contains(&format!("version {}", PROTOCOL_VERSION + 1)), "{}", failure.message);
+        assert!(failure.message.contains(&format!("speaks {PROTOCOL_VERSION}")), "{}", failure.message);
+        assert_eq!(session.identity(), None);
+    }
+
+    #[test]
+    fn requests_before_hello_and_second_hello_are_refused() {
+        let mut session = ControlSession::new(1, Limits::default());
+        let ping = Request { req_id: 3, body: RequestBody::Ping { client_time_us: 0 } };
+        assert_eq!(failure_code(&session.on_request(ping, 0)), Some(ErrorCode::HelloRequired));
+        session.on_request(hello(PROTOCOL_VERSION, None), 0);
+        let again = session.on_request(hello(PROTOCOL_VERSION, None), 0);
+        assert!(matches!(again, Step::ReplyAndClose(_, ErrorCode::HelloRequired, _)));
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for name in ["", "a\nb", &"x".repeat(200)] {
+            let mut session = ControlSession::new(1, Limits::default());
+            let step = session.on_request(hello(PROTOCOL_VERSION, Some(name)), 0);
+            assert_eq!(failure_code(&step), Some(ErrorCode::BadRequest), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn unserved_requests_get_unsupported_and_the_session_goes_on() {
+        let mut session = ControlSession::new(1, Limits::default());
+        session.on_request(hello(PROTOCOL_VERSION, None), 0);
+        let step = session.on_request(Request { req_id: 4, body: RequestBody::Leave { room: "r".into() } }, 0);
+        assert!(matches!(step, Step::Reply(_)));
+        assert_eq!(failure_code(&step), Some(ErrorCode::Unsupported));
+    }
+}

@@ -90,6 +90,10 @@ async fn control(
                     close(conn, ErrorCode::NoError, "control stream finished");
                     return "client finished the control stream".into();
                 }
+                Err(quinn::ReadError::ConnectionLost(err)) => {
+                    let (code, reason) = crate::net::close::describe(&err);
+                    return format!("connection closed: {code}: {reason}");
+                }
                 Err(err) => return format!("control stream: {err}"),
             },
             () = tokio::time::sleep_until(hello_deadline), if awaiting_hello => {

@@ -1,0 +1,75 @@
+//! The latency summary every Quiver report uses: count and p50/p90/p99/p99.9/max in µs, from an HdrHistogram.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Percentiles of a set of latencies, in µs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LatencySummary {
+    /// Number of samples.
+    pub count: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Largest sample.
+    pub max_us: u64,
+}
+
+/// Records latencies with 3 significant digits, from 1 µs to one hour.
+#[derive(Debug, Clone)]
+pub struct LatencyRecorder {
+    histogram: Histogram<u64>,
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        let histogram = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid");
+        LatencyRecorder { histogram }
+    }
+}
+
+impl LatencyRecorder {
+    /// Adds one sample; values above the range are clamped to it.
+    pub fn record(&mut self, latency: Duration) {
+        let us = (latency.as_micros() as u64).clamp(1, self.histogram.high());
+        self.histogram.saturating_record(us);
+    }
+
+    /// The summary of everything recorded.
+    pub fn summary(&self) -> LatencySummary {
+        let h = &self.histogram;
+        let q = |q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+        LatencySummary {
+            count: h.len(),
+            p50_us: q(0.50),
+            p90_us: q(0.90),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            max_us: if h.is_empty() { 0 } else { h.max() },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_set() {
+        let mut rec = LatencyRecorder::default();
+        for us in 1..=1000u64 {
+            rec.record(Duration::from_micros(us));
+        }
+        let s = rec.summary();
+        assert_eq!(s.count, 1000);
+        assert_eq!((s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us), (500, 900, 990, 999, 1000));
+        assert_eq!(LatencyRecorder::default().summary().count, 0);
+    }
+}

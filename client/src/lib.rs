@@ -1,0 +1,27 @@
+//! The Quiver client library: connect to a Quiver server over QUIC, open the session, and make requests.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use quiver_client::{Client, TrustOptions};
+//!
+//! // A server on this machine: trust the dev certificate it keeps in ./.quiver.
+//! let client = Client::connect("127.0.0.1:4433", TrustOptions::default()).await?;
+//! println!("session {:016x}, rtt {:?}", client.welcome().session_id, client.ping().await?.rtt);
+//! # Ok(()) }
+//! ```
+//!
+//! - [`Client`]: the session (control stream requests; rooms and ticks come on top).
+//! - [`TrustOptions`]: which server certificate to accept.
+//! - [`latency`]: the latency summary shape every report uses.
+
+mod client;
+mod error;
+pub mod latency;
+mod requests;
+pub mod trust;
+
+pub use client::{Client, ConnectOptions, Pong};
+pub use error::{ConnectError, RequestError};
+pub use trust::{quinn_client_config, TrustError, TrustOptions};
+
+pub(crate) use quiver_server::net::close::close;

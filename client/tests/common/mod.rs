@@ -1,0 +1,77 @@
+//! A real server on 127.0.0.1:0 in the test's runtime, and raw quinn connections for hostile-peer tests.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::BytesMut;
+use quiver_client::{Client, ConnectOptions, TrustOptions};
+use quiver_proto::{FrameCodec, Limits, ServerMsg};
+use quiver_server::{Server, ServerConfig};
+use tokio_util::sync::CancellationToken;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data_dir: tempfile::TempDir,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub fn start(limits: Limits) -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
+        let config = ServerConfig {
+            limits,
+            ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().to_owned())
+        };
+        let server = Server::bind(config).unwrap();
+        let addr = server.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        TestServer { addr, data_dir, shutdown, task }
+    }
+
+    pub fn trust(&self) -> TrustOptions {
+        TrustOptions::Auto { data_dir: self.data_dir.path().to_owned() }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addr.to_string(), self.trust()).await.unwrap()
+    }
+
+    pub async fn client_with(&self, options: ConnectOptions) -> Result<Client, quiver_client::ConnectError> {
+        Client::connect_with(&self.addr.to_string(), ConnectOptions { trust: self.trust(), ..options }).await
+    }
+
+    /// A bare QUIC connection with ALPN `quiver/1` that has not said anything yet.
+    pub async fn raw(&self) -> quinn::Connection {
+        let config = quiver_client::quinn_client_config(&self.trust(), self.addr, quiver_proto::ALPN_QUIVER).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(config);
+        endpoint.connect(self.addr, "localhost").unwrap().await.unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("server stops in time").unwrap();
+    }
+}
+
+/// Reads one server message from a raw control stream.
+pub async fn read_msg(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Option<ServerMsg> {
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    loop {
+        if let Some(msg) = codec.decode::<ServerMsg>(buf).unwrap() {
+            return Some(msg);
+        }
+        match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            _ => return None,
+        }
+    }
+}
+
+/// The application close code and reason a connection ended with.
+pub async fn closed_with(conn: &quinn::Connection) -> (quiver_proto::ErrorCode, String) {
+    let err = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("closed in time");
+    quiver_server::net::close::describe(&err)
+}

@@ -201,9 +201,9 @@ async fn connect(server: &str, options: ConnectOptions) -> Result<Client, Connec
     let (tls, pin) = trust::tls_config(&options.trust, addr, ALPN_QUIVER)?;
     let config = trust::quic_config(tls);
     let default_limits = Limits::default();
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|_| {
-        ConnectError::Socket(std::io::Error::other("unparsable wildcard address"))
-    })?;
+    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|_| ConnectError::Socket(std::io::Error::other("unparsable wildcard address")))?;
     let endpoint = quinn::Endpoint::client(bind).map_err(ConnectError::Socket)?;
     let conn = match endpoint.connect_with(config, addr, &host)?.await {
         Ok(conn) => conn,
@@ -250,7 +250,8 @@ async fn connect(server: &str, options: ConnectOptions) -> Result<Client, Connec
     let codec = FrameCodec::new(welcome.limits.max_frame as usize);
     let outstanding = Arc::new(Mutex::new(Outstanding::new(1)));
     tokio::spawn(read_replies(conn.clone(), recv, inbound, codec, outstanding.clone()));
-    let shared = Shared { conn, endpoint, welcome, server: addr, codec, send: tokio::sync::Mutex::new(send), outstanding };
+    let shared =
+        Shared { conn, endpoint, welcome, server: addr, codec, send: tokio::sync::Mutex::new(send), outstanding };
     Ok(Client { shared: Arc::new(shared) })
 }
 

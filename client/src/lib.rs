@@ -17,6 +17,7 @@
 mod client;
 mod error;
 pub mod latency;
+pub mod pace;
 mod requests;
 pub mod trust;
 

@@ -86,9 +86,7 @@ struct PingReport {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -120,12 +118,7 @@ fn main() -> ExitCode {
 async fn ping(args: PingArgs) -> Result<(), String> {
     let client = args.server.connect().await?;
     if !args.json {
-        eprintln!(
-            "pinging {} ({} pings, one every {} ms)",
-            client.server_addr(),
-            args.count,
-            args.interval_ms
-        );
+        eprintln!("pinging {} ({} pings, one every {} ms)", client.server_addr(), args.count, args.interval_ms);
     }
     let interval = Duration::from_millis(args.interval_ms);
     let timeout = Duration::from_millis(args.timeout_ms);
@@ -134,7 +127,7 @@ async fn ping(args: PingArgs) -> Result<(), String> {
     for i in 0..args.count {
         // Fixed schedule: a slow reply does not delay later sends (no coordinated omission).
         let scheduled = start + interval * u32::try_from(i).unwrap_or(u32::MAX);
-        tokio::time::sleep_until(scheduled).await;
+        quiver_client::pace::until(scheduled).await;
         let client = client.clone();
         in_flight.spawn(async move {
             match tokio::time::timeout(timeout, client.ping()).await {
@@ -168,7 +161,10 @@ async fn ping(args: PingArgs) -> Result<(), String> {
         println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
     } else {
         println!("{} answered, {lost} lost", s.count);
-        println!("rtt µs   p50 {}   p90 {}   p99 {}   p99.9 {}   max {}", s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us);
+        println!(
+            "rtt µs   p50 {}   p90 {}   p99 {}   p99.9 {}   max {}",
+            s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us
+        );
     }
     Ok(())
 }

@@ -19,10 +19,8 @@ pub struct TestServer {
 impl TestServer {
     pub fn start(limits: Limits) -> TestServer {
         let data_dir = tempfile::tempdir().unwrap();
-        let config = ServerConfig {
-            limits,
-            ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().to_owned())
-        };
+        let config =
+            ServerConfig { limits, ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().to_owned()) };
         let server = Server::bind(config).unwrap();
         let addr = server.local_addr();
         let shutdown = CancellationToken::new();

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The foundation's "done when" by hand: a release quiver-server on 127.0.0.1:0 with a fresh data directory, and
+# `quiver ping --count 200 --json` against it, which must answer every ping. Builds the release binaries first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --workspace --release --locked
+dir=$(mktemp -d)
+out="$dir/server.out"
+./target/release/quiver-server --listen 127.0.0.1:0 --data-dir "$dir/data" >"$out" 2>"$dir/server.err" &
+pid=$!
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do
+  grep -q '^certificate sha256 ' "$out" && break
+  kill -0 "$pid" 2>/dev/null || { cat "$dir/server.err" >&2; exit 1; }
+  sleep 0.1
+done
+cat "$out"
+addr=$(sed -n 's/^listening on //p' "$out")
+report=$(./target/release/quiver ping --server "$addr" --data-dir "$dir/data" --count 200 --json)
+echo "$report"
+echo "$report" | grep -q '"count":200,"lost":0,' || { echo "smoke: not every ping answered" >&2; exit 1; }
+kill -TERM "$pid"
+for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$pid" 2>/dev/null; then echo "smoke: server still running 5 s after SIGTERM" >&2; exit 1; fi
+wait "$pid" || { echo "smoke: server exited with status $?" >&2; exit 1; }
+echo "smoke: ok"

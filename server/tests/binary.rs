@@ -1,0 +1,86 @@
+//! The `quiver-server` binary: what it prints, how it stops, how it reports bad certificate files.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn server() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_quiver-server"))
+}
+
+#[cfg(unix)]
+#[test]
+fn prints_address_and_hash_then_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = server()
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    let addr: std::net::SocketAddr = listening.strip_prefix("listening on ").unwrap().parse().unwrap();
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 0, "the bound port is printed, not 0");
+    let hash_line = lines.next().unwrap().unwrap();
+    let hash = hash_line.strip_prefix("certificate sha256 ").unwrap();
+    let stored = quiver_certs::dev::read(dir.path()).unwrap();
+    assert_eq!(hash, quiver_certs::sha256(&stored).to_string());
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "did not exit within 5 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn missing_certificate_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = server()
+        .args(["--listen", "127.0.0.1:0", "--cert"])
+        .arg(dir.path().join("cert.pem"))
+        .arg("--key")
+        .arg(dir.path().join("key.pem"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cert.pem: no such file"), "{stderr}");
+}
+
+#[test]
+fn key_that_does_not_match_the_certificate_is_refused() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    quiver_certs::dev::load_or_generate(a.path(), std::time::SystemTime::now()).unwrap();
+    quiver_certs::dev::load_or_generate(b.path(), std::time::SystemTime::now()).unwrap();
+    let output = server()
+        .args(["--listen", "127.0.0.1:0", "--cert"])
+        .arg(a.path().join(quiver_certs::dev::CERT_FILE))
+        .arg("--key")
+        .arg(b.path().join(quiver_certs::dev::KEY_FILE))
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a mismatched key must not start a server");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("TLS configuration"), "{stderr}");
+}
+
+#[test]
+fn cert_without_key_is_a_usage_error() {
+    let output = server().args(["--cert", "x.pem"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--key"));
+}

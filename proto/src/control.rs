@@ -53,6 +53,15 @@ pub enum RequestBody {
         /// The client's clock when it sent the ping, in µs (any epoch; echoed back).
         client_time_us: u64,
     },
+    /// Read a room's retained messages without joining it.
+    History {
+        /// Room name.
+        room: String,
+        /// Only messages with a seq above this one.
+        since: Option<u64>,
+        /// At most this many messages (the server may return fewer to fit a frame; see `HistoryPage::more`).
+        limit: u32,
+    },
 }
 
 /// Opens a session.
@@ -199,6 +208,26 @@ pub enum Reply {
         /// The server's clock when it answered, in µs since the Unix epoch.
         server_time_us: u64,
     },
+    /// Answer to History.
+    History(HistoryPage),
+}
+
+/// Retained messages of a room, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct HistoryPage {
+    /// Room name.
+    pub room: String,
+    /// The room's epoch (0 when the room does not exist).
+    pub epoch: u64,
+    /// Message events (`EventKind::Message` only), in seq order.
+    #[cfg_attr(
+        test,
+        proptest(strategy = "proptest::collection::vec(proptest::prelude::any::<crate::RoomEvent>(), 0..3)")
+    )]
+    pub messages: Vec<crate::RoomEvent>,
+    /// True when more messages after the last one returned are retained (ask again with `since`).
+    pub more: bool,
 }
 
 /// The session is open.

@@ -28,7 +28,9 @@ pub mod room;
 pub mod tick;
 pub mod varint;
 
-pub use control::{Failure, Hello, Join, Joined, Position, Post, Reply, Request, RequestBody, ServerMsg, Welcome};
+pub use control::{
+    Failure, Hello, HistoryPage, Join, Joined, Position, Post, Reply, Request, RequestBody, ServerMsg, Welcome,
+};
 pub use error_code::ErrorCode;
 pub use frame::{DecodeError, EncodeError, FrameCodec};
 pub use limits::Limits;

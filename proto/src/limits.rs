@@ -26,6 +26,17 @@ pub struct Limits {
     pub max_pending_requests: u32,
     /// Time a new connection has to send Hello, in milliseconds. Default 10,000.
     pub handshake_timeout_ms: u32,
+    /// Messages each room retains for history and resume. Default 1,000.
+    pub history_max_messages: u32,
+    /// Seconds a message stays in a room's history. Default 86,400 (one day).
+    pub history_max_age_s: u32,
+    /// Latest messages replayed on a Join whose `since` cannot be recovered. Default 100.
+    pub gap_replay: u32,
+    /// Seconds a `(identity, client_msg_id)` is remembered per room so a retried post is not delivered twice.
+    /// Default 600.
+    pub dedupe_window_s: u32,
+    /// `(identity, client_msg_id)` entries remembered per room at most (oldest forgotten first). Default 10,000.
+    pub dedupe_max_entries: u32,
 }
 
 impl Default for Limits {
@@ -40,6 +51,11 @@ impl Default for Limits {
             room_queue_bytes: 256 * 1024,
             max_pending_requests: 256,
             handshake_timeout_ms: 10_000,
+            history_max_messages: 1_000,
+            history_max_age_s: 86_400,
+            gap_replay: 100,
+            dedupe_window_s: 600,
+            dedupe_max_entries: 10_000,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod config;
+pub mod hub;
 pub mod net;
 pub mod session;
 

@@ -128,6 +128,7 @@ fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::Unsubscribe { .. } => "Unsubscribe",
         RequestBody::Publish { .. } => "Publish",
         RequestBody::Ping { .. } => "Ping",
+        RequestBody::History { .. } => "History",
     }
 }
 

@@ -1,0 +1,117 @@
+//! Room history behind [`HistoryStore`], and the bounded in-memory store used by default.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use bytes::Bytes;
+use quiver_proto::RoomEvent;
+
+/// A retained message: the event and its frame, encoded once and shared by every replay.
+#[derive(Debug)]
+pub struct StoredMessage {
+    /// The message event (kind `Message`).
+    pub event: RoomEvent,
+    /// `event` framed as `RoomFrame::Event`, ready to send.
+    pub frame: Bytes,
+}
+
+/// Where a room keeps its messages. Seqs are appended in increasing order; the store may forget the oldest.
+pub trait HistoryStore: Send + std::fmt::Debug {
+    /// Appends the message with the next seq.
+    fn append(&mut self, message: Arc<StoredMessage>);
+    /// Forgets what its bounds no longer allow at `now_us`.
+    fn trim(&mut self, now_us: u64);
+    /// Seq of the oldest retained message, if any.
+    fn first_seq(&self) -> Option<u64>;
+    /// Up to `limit` messages with a seq above `after`, oldest first.
+    fn after(&self, after: u64, limit: usize) -> Vec<Arc<StoredMessage>>;
+    /// The newest `n` messages, oldest first.
+    fn latest(&self, n: usize) -> Vec<Arc<StoredMessage>>;
+}
+
+/// In-memory history bounded by message count and age.
+#[derive(Debug)]
+pub struct MemoryHistory {
+    messages: VecDeque<Arc<StoredMessage>>,
+    max_messages: usize,
+    max_age_us: u64,
+}
+
+impl MemoryHistory {
+    /// Keeps at most `max_messages`, none older than `max_age_us`.
+    pub fn new(max_messages: usize, max_age_us: u64) -> Self {
+        MemoryHistory { messages: VecDeque::new(), max_messages, max_age_us }
+    }
+}
+
+impl HistoryStore for MemoryHistory {
+    fn append(&mut self, message: Arc<StoredMessage>) {
+        self.messages.push_back(message);
+        while self.messages.len() > self.max_messages {
+            self.messages.pop_front();
+        }
+    }
+
+    fn trim(&mut self, now_us: u64) {
+        let oldest_allowed = now_us.saturating_sub(self.max_age_us);
+        while self.messages.front().is_some_and(|m| m.event.time_us < oldest_allowed) {
+            self.messages.pop_front();
+        }
+    }
+
+    fn first_seq(&self) -> Option<u64> {
+        self.messages.front().map(|m| m.event.seq)
+    }
+
+    fn after(&self, after: u64, limit: usize) -> Vec<Arc<StoredMessage>> {
+        // Seqs are contiguous, so the position of `after + 1` is computed, not searched.
+        let Some(first) = self.first_seq() else { return Vec::new() };
+        let start = usize::try_from((after + 1).saturating_sub(first)).unwrap_or(usize::MAX);
+        self.messages.iter().skip(start).take(limit).cloned().collect()
+    }
+
+    fn latest(&self, n: usize) -> Vec<Arc<StoredMessage>> {
+        let skip = self.messages.len().saturating_sub(n);
+        self.messages.iter().skip(skip).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_proto::EventKind;
+
+    fn msg(seq: u64, time_us: u64) -> Arc<StoredMessage> {
+        let kind = EventKind::Message { sender: "a".into(), client_msg_id: seq, body: Bytes::new() };
+        Arc::new(StoredMessage { event: RoomEvent { seq, time_us, kind }, frame: Bytes::new() })
+    }
+
+    fn seqs(messages: &[Arc<StoredMessage>]) -> Vec<u64> {
+        messages.iter().map(|m| m.event.seq).collect()
+    }
+
+    #[test]
+    fn bounded_by_count() {
+        let mut h = MemoryHistory::new(3, u64::MAX);
+        for seq in 1..=5 {
+            h.append(msg(seq, 0));
+        }
+        assert_eq!(h.first_seq(), Some(3));
+        assert_eq!(seqs(&h.after(0, 10)), [3, 4, 5]);
+        assert_eq!(seqs(&h.after(3, 10)), [4, 5]);
+        assert_eq!(seqs(&h.after(4, 1)), [5]);
+        assert_eq!(seqs(&h.after(5, 10)), Vec::<u64>::new());
+        assert_eq!(seqs(&h.latest(2)), [4, 5]);
+    }
+
+    #[test]
+    fn bounded_by_age() {
+        let mut h = MemoryHistory::new(100, 1_000);
+        for seq in 1..=5 {
+            h.append(msg(seq, seq * 500));
+        }
+        h.trim(2_600); // keeps time >= 1600: seqs 4 and 5
+        assert_eq!(seqs(&h.latest(10)), [4, 5]);
+        h.trim(10_000);
+        assert_eq!(h.first_seq(), None);
+    }
+}

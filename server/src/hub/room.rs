@@ -1,0 +1,225 @@
+//! One room's state machine: sequencing, history, dedupe, members and delivery to subscribers' outboxes. Every
+//! operation runs under the room's lock, so a join's history replay and its live subscription start at the same
+//! point of the room's order: nothing is missed or doubled between them.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use bytes::Bytes;
+use quiver_proto::{
+    ErrorCode, EventKind, Failure, FrameCodec, HistoryPage, Joined, Limits, Position, RoomEvent, RoomFrame,
+};
+
+use super::{
+    dedupe::DedupeWindow,
+    history::{HistoryStore, MemoryHistory, StoredMessage},
+    Outbox, Posted, SubscriberId,
+};
+
+#[derive(Debug)]
+struct Subscriber {
+    identity: String,
+    outbox: Arc<dyn Outbox>,
+}
+
+/// A room.
+#[derive(Debug)]
+pub struct Room {
+    name: String,
+    epoch: u64,
+    last_seq: u64,
+    /// Identity → number of its subscriptions (one identity may be in a room from several connections).
+    members: BTreeMap<String, u32>,
+    subscribers: HashMap<SubscriberId, Subscriber>,
+    history: Box<dyn HistoryStore>,
+    dedupe: DedupeWindow,
+    codec: FrameCodec,
+    gap_replay: usize,
+}
+
+impl Room {
+    /// A new, empty room with the given epoch and the in-memory history `limits` describe.
+    pub fn new(name: String, epoch: u64, limits: &Limits) -> Room {
+        let history =
+            MemoryHistory::new(limits.history_max_messages as usize, u64::from(limits.history_max_age_s) * 1_000_000);
+        Room::with_history(name, epoch, limits, Box::new(history))
+    }
+
+    /// A new room over the given history store.
+    pub fn with_history(name: String, epoch: u64, limits: &Limits, history: Box<dyn HistoryStore>) -> Room {
+        Room {
+            name,
+            epoch,
+            last_seq: 0,
+            members: BTreeMap::new(),
+            subscribers: HashMap::new(),
+            history,
+            dedupe: DedupeWindow::new(
+                u64::from(limits.dedupe_window_s) * 1_000_000,
+                limits.dedupe_max_entries as usize,
+            ),
+            codec: FrameCodec::new(limits.max_frame as usize),
+            gap_replay: limits.gap_replay as usize,
+        }
+    }
+
+    /// The room's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Seq of the newest message (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Identities present, sorted.
+    pub fn members(&self) -> Vec<String> {
+        self.members.keys().cloned().collect()
+    }
+
+    /// Number of subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    /// Subscribes `outbox` as `identity`: queues the stream's Open frame, then the replay `since` asks for (or,
+    /// when it cannot be recovered, the latest messages), then this member's join event to everyone.
+    pub fn join(
+        &mut self,
+        subscriber: SubscriberId,
+        identity: &str,
+        since: Option<Position>,
+        outbox: Arc<dyn Outbox>,
+        now_us: u64,
+    ) -> Joined {
+        self.history.trim(now_us);
+        let (recovered, replay) = self.replay_for(since);
+        let replay_from = replay.first().map_or(self.last_seq + 1, |m| m.event.seq);
+        let open = RoomFrame::Open { room: self.name.clone(), epoch: self.epoch };
+        // Open is a few bytes more than the room name, which is bounded by max_name.
+        let opened = self.encode(&open).is_some_and(|frame| outbox.push(frame));
+        let replayed = opened && replay.iter().all(|m| outbox.push(m.frame.clone()));
+        if replayed {
+            self.subscribers.insert(subscriber, Subscriber { identity: identity.to_string(), outbox });
+            let count = self.members.entry(identity.to_string()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                self.broadcast(EventKind::MemberJoined { member: identity.to_string() }, now_us);
+            }
+        }
+        // A replay larger than the outbox bound overflowed it: that stream is reset with SlowConsumer and the
+        // client rejoins from what it got, so the reply is still the truth about what was replayed.
+        Joined {
+            room: self.name.clone(),
+            epoch: self.epoch,
+            recovered,
+            replay_from,
+            last_seq: self.last_seq,
+            members: self.members(),
+        }
+    }
+
+    fn replay_for(&self, since: Option<Position>) -> (bool, Vec<Arc<StoredMessage>>) {
+        let Some(since) = since else { return (true, Vec::new()) };
+        let first_needed = since.seq + 1;
+        let recoverable = since.epoch == self.epoch
+            && since.seq <= self.last_seq
+            && (first_needed > self.last_seq || self.history.first_seq().is_some_and(|first| first <= first_needed));
+        if recoverable {
+            (true, self.history.after(since.seq, usize::MAX))
+        } else {
+            (false, self.history.latest(self.gap_replay))
+        }
+    }
+
+    /// Removes a subscription; the last subscription of an identity makes it leave. False if unknown.
+    pub fn leave(&mut self, subscriber: SubscriberId, now_us: u64) -> bool {
+        let Some(gone) = self.subscribers.remove(&subscriber) else { return false };
+        self.drop_membership(&gone.identity, now_us);
+        true
+    }
+
+    fn drop_membership(&mut self, identity: &str, now_us: u64) {
+        if let Some(count) = self.members.get_mut(identity) {
+            *count -= 1;
+            if *count == 0 {
+                self.members.remove(identity);
+                self.broadcast(EventKind::MemberLeft { member: identity.to_string() }, now_us);
+            }
+        }
+    }
+
+    /// Sequences a post (or finds the seq of its earlier copy) and delivers it.
+    pub fn post(&mut self, identity: &str, client_msg_id: u64, body: Bytes, now_us: u64) -> Result<Posted, Failure> {
+        if let Some(seq) = self.dedupe.lookup(identity, client_msg_id, now_us) {
+            return Ok(Posted { seq, duplicate: true });
+        }
+        self.history.trim(now_us);
+        let seq = self.last_seq + 1;
+        let event = RoomEvent {
+            seq,
+            time_us: now_us,
+            kind: EventKind::Message { sender: identity.to_string(), client_msg_id, body },
+        };
+        let frame = self.codec.encode_to_vec(&RoomFrame::Event(event.clone())).map_err(|err| {
+            Failure::new(ErrorCode::BodyTooLarge, format!("message does not fit a room frame: {err}"))
+        })?;
+        let frame = frame.freeze();
+        self.last_seq = seq;
+        self.dedupe.record(identity, client_msg_id, seq, now_us);
+        let stored = Arc::new(StoredMessage { event, frame: frame.clone() });
+        self.history.append(stored);
+        self.deliver(frame, now_us);
+        Ok(Posted { seq, duplicate: false })
+    }
+
+    /// Retained messages after `since`, at most `limit`, and no more than fit `budget` encoded bytes.
+    pub fn history(&mut self, since: Option<u64>, limit: usize, budget: usize, now_us: u64) -> HistoryPage {
+        self.history.trim(now_us);
+        let after = since.unwrap_or(0);
+        let candidates = self.history.after(after, limit.saturating_add(1));
+        let mut messages = Vec::new();
+        let mut used = 0;
+        let mut more = false;
+        for (i, m) in candidates.iter().enumerate() {
+            if i == limit || used + m.frame.len() > budget {
+                more = true;
+                break;
+            }
+            used += m.frame.len();
+            messages.push(m.event.clone());
+        }
+        HistoryPage { room: self.name.clone(), epoch: self.epoch, messages, more }
+    }
+
+    fn broadcast(&mut self, kind: EventKind, now_us: u64) {
+        let event = RoomEvent { seq: self.last_seq, time_us: now_us, kind };
+        if let Some(frame) = self.encode(&RoomFrame::Event(event)) {
+            self.deliver(frame, now_us);
+        }
+    }
+
+    /// Pushes `frame` to every subscriber; the ones whose outbox overflows are dropped (their stream is reset by
+    /// the outbox's owner) and leave the room like any other member.
+    fn deliver(&mut self, frame: Bytes, now_us: u64) {
+        let overflowed: Vec<SubscriberId> =
+            self.subscribers.iter().filter(|(_, s)| !s.outbox.push(frame.clone())).map(|(id, _)| *id).collect();
+        for id in overflowed {
+            tracing::debug!(room = %self.name, subscriber = id, "slow consumer dropped");
+            self.leave(id, now_us);
+        }
+    }
+
+    fn encode(&self, frame: &RoomFrame) -> Option<Bytes> {
+        match self.codec.encode_to_vec(frame) {
+            Ok(bytes) => Some(bytes.freeze()),
+            Err(err) => {
+                tracing::error!(room = %self.name, %err, "room frame does not fit max_frame");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The room state machine without sockets: order, contiguity, dedupe, history bounds, resume, presence, slow
+//! consumers.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use quiver_proto::{EventKind, FrameCodec, Limits, Position, RoomFrame};
+
+use super::*;
+
+/// An outbox that decodes what it is given, up to `bound` bytes.
+#[derive(Debug)]
+struct Collect {
+    frames: Mutex<Vec<RoomFrame>>,
+    bytes: Mutex<usize>,
+    bound: usize,
+}
+
+impl Collect {
+    fn new(bound: usize) -> Arc<Collect> {
+        Arc::new(Collect { frames: Mutex::new(Vec::new()), bytes: Mutex::new(0), bound })
+    }
+
+    fn frames(&self) -> Vec<RoomFrame> {
+        self.frames.lock().unwrap().clone()
+    }
+
+    /// Seqs of the message events received.
+    fn message_seqs(&self) -> Vec<u64> {
+        self.frames()
+            .into_iter()
+            .filter_map(|f| match f {
+                RoomFrame::Event(e) if matches!(e.kind, EventKind::Message { .. }) => Some(e.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn presence(&self) -> Vec<String> {
+        self.frames()
+            .into_iter()
+            .filter_map(|f| match f {
+                RoomFrame::Event(e) => match e.kind {
+                    EventKind::MemberJoined { member } => Some(format!("+{member}")),
+                    EventKind::MemberLeft { member } => Some(format!("-{member}")),
+                    EventKind::Message { .. } => None,
+                },
+                RoomFrame::Open { .. } => None,
+            })
+            .collect()
+    }
+}
+
+impl Outbox for Collect {
+    fn push(&self, frame: Bytes) -> bool {
+        let mut bytes = self.bytes.lock().unwrap();
+        if *bytes + frame.len() > self.bound {
+            return false;
+        }
+        *bytes += frame.len();
+        let mut buf = BytesMut::from(&frame[..]);
+        let decoded = FrameCodec::new(1 << 20).decode::<RoomFrame>(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty(), "one frame per push");
+        self.frames.lock().unwrap().push(decoded);
+        true
+    }
+}
+
+fn room(limits: &Limits) -> Room {
+    Room::new("lobby".into(), 77, limits)
+}
+
+fn post(room: &mut Room, who: &str, id: u64, now: u64) -> Posted {
+    room.post(who, id, Bytes::from(format!("{who}-{id}")), now).unwrap()
+}
+
+#[test]
+fn seqs_are_contiguous_and_everyone_sees_one_order() {
+    let mut room = room(&Limits::default());
+    let (a, b) = (Collect::new(usize::MAX), Collect::new(usize::MAX));
+    room.join(1, "alice", None, a.clone(), 0);
+    room.join(2, "bob", None, b.clone(), 0);
+    for i in 0..100 {
+        let who = if i % 3 == 0 { "alice" } else { "bob" };
+        assert_eq!(post(&mut room, who, i, i).seq, i + 1);
+    }
+    assert_eq!(a.message_seqs(), (1..=100).collect::<Vec<_>>());
+    assert_eq!(a.frames()[2..], b.frames()[1..], "the same events in the same order from bob's join on");
+    assert!(matches!(&a.frames()[0], RoomFrame::Open { room, epoch: 77 } if room == "lobby"));
+}
+
+#[test]
+fn retried_post_gets_its_original_seq_and_is_not_delivered_twice() {
+    let limits = Limits { dedupe_window_s: 10, ..Limits::default() };
+    let mut room = room(&limits);
+    let a = Collect::new(usize::MAX);
+    room.join(1, "alice", None, a.clone(), 0);
+    assert_eq!(post(&mut room, "alice", 5, 0), Posted { seq: 1, duplicate: false });
+    assert_eq!(post(&mut room, "bob", 5, 0), Posted { seq: 2, duplicate: false }, "ids are per identity");
+    assert_eq!(post(&mut room, "alice", 5, 9_000_000), Posted { seq: 1, duplicate: true });
+    assert_eq!(a.message_seqs(), [1, 2]);
+    // Past the window the id is forgotten (documented): the same id is a new message.
+    assert_eq!(post(&mut room, "alice", 5, 20_000_000), Posted { seq: 3, duplicate: false });
+}
+
+#[test]
+fn history_is_bounded_by_count_and_age() {
+    let limits = Limits { history_max_messages: 10, history_max_age_s: 100, ..Limits::default() };
+    let mut room = room(&limits);
+    for i in 0..25 {
+        post(&mut room, "a", i, i * 1_000_000);
+    }
+    let page = room.history(None, 100, usize::MAX, 25_000_000);
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (16..=25).collect::<Vec<_>>());
+    // 200 s later all of it is older than 100 s.
+    assert!(room.history(None, 100, usize::MAX, 225_000_000).messages.is_empty());
+}
+
+#[test]
+fn history_pages_by_limit_and_budget() {
+    let mut room = room(&Limits::default());
+    for i in 0..10 {
+        post(&mut room, "a", i, 0);
+    }
+    let page = room.history(Some(2), 3, usize::MAX, 0);
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 4, 5]);
+    assert!(page.more);
+    let page = room.history(Some(8), 10, usize::MAX, 0);
+    assert!(!page.more);
+    let tiny = room.history(None, 10, 30, 0);
+    assert!(tiny.messages.len() < 10 && tiny.more, "budget cuts the page: {}", tiny.messages.len());
+}
+
+#[test]
+fn resume_inside_history_replays_exactly_what_was_missed() {
+    let mut room = room(&Limits::default());
+    for i in 0..10 {
+        post(&mut room, "a", i, 0);
+    }
+    let late = Collect::new(usize::MAX);
+    let joined = room.join(1, "bob", Some(Position { epoch: 77, seq: 6 }), late.clone(), 0);
+    assert!(joined.recovered);
+    assert_eq!((joined.replay_from, joined.last_seq), (7, 10));
+    post(&mut room, "a", 100, 0);
+    assert_eq!(late.message_seqs(), [7, 8, 9, 10, 11], "replay then live, no gap, no duplicate");
+    // Resuming at the head replays nothing and is recovered.
+    let head = Collect::new(usize::MAX);
+    let joined = room.join(2, "carol", Some(Position { epoch: 77, seq: 11 }), head.clone(), 0);
+    assert!(joined.recovered);
+    assert_eq!(joined.replay_from, 12);
+    assert!(head.message_seqs().is_empty());
+}
+
+#[test]
+fn resume_outside_history_says_so_and_replays_the_latest() {
+    let limits = Limits { history_max_messages: 5, gap_replay: 3, ..Limits::default() };
+    let mut room = room(&limits);
+    for i in 0..20 {
+        post(&mut room, "a", i, 0);
+    }
+    for since in [Position { epoch: 77, seq: 2 }, Position { epoch: 1, seq: 19 }, Position { epoch: 77, seq: 99 }] {
+        let out = Collect::new(usize::MAX);
+        let joined = room.join(since.seq, "bob", Some(since), out.clone(), 0);
+        assert!(!joined.recovered, "{since:?}");
+        assert_eq!(out.message_seqs(), [18, 19, 20], "{since:?}");
+        assert_eq!(joined.replay_from, 18);
+    }
+    // The oldest retained message is 16: resuming after 15 is complete, after 14 is not.
+    assert!(room.join(100, "x", Some(Position { epoch: 77, seq: 15 }), Collect::new(usize::MAX), 0).recovered);
+    assert!(!room.join(101, "y", Some(Position { epoch: 77, seq: 14 }), Collect::new(usize::MAX), 0).recovered);
+}
+
+#[test]
+fn presence_is_ordered_and_counts_connections() {
+    let mut room = room(&Limits::default());
+    let watcher = Collect::new(usize::MAX);
+    room.join(1, "watcher", None, watcher.clone(), 0);
+    room.join(2, "alice", None, Collect::new(usize::MAX), 0);
+    post(&mut room, "alice", 1, 0);
+    // A second connection of alice: no second join event; leaving one of the two: no leave event.
+    let joined = room.join(3, "alice", None, Collect::new(usize::MAX), 0);
+    assert_eq!(joined.members, ["alice", "watcher"]);
+    assert!(room.leave(2, 0));
+    assert!(!room.leave(2, 0), "leaving twice is a no-op");
+    assert_eq!(watcher.presence(), ["+watcher", "+alice"]);
+    room.leave(3, 0);
+    assert_eq!(watcher.presence(), ["+watcher", "+alice", "-alice"]);
+    assert_eq!(room.members(), ["watcher"]);
+    // Presence events carry the seq of the message before them.
+    let seq_of_leave = watcher.frames().into_iter().rev().find_map(|f| match f {
+        RoomFrame::Event(e) => Some(e.seq),
+        RoomFrame::Open { .. } => None,
+    });
+    assert_eq!(seq_of_leave, Some(1));
+}
+
+#[test]
+fn slow_consumer_is_dropped_and_others_keep_receiving() {
+    let mut room = room(&Limits::default());
+    let slow = Collect::new(400);
+    let fast = Collect::new(usize::MAX);
+    room.join(1, "slow", None, slow.clone(), 0);
+    room.join(2, "fast", None, fast.clone(), 0);
+    for i in 0..50 {
+        post(&mut room, "fast", i, 0);
+    }
+    assert_eq!(room.subscriber_count(), 1, "the slow subscriber was dropped");
+    assert_eq!(fast.message_seqs(), (1..=50).collect::<Vec<_>>());
+    assert!(fast.presence().contains(&"-slow".to_string()));
+    let got = slow.message_seqs();
+    assert!(!got.is_empty() && got.len() < 50);
+    // It resumes from what it got and receives the rest, without gap or duplicate.
+    let again = Collect::new(usize::MAX);
+    let last = *got.last().unwrap();
+    assert!(room.join(3, "slow", Some(Position { epoch: 77, seq: last }), again.clone(), 0).recovered);
+    let mut all = got;
+    all.extend(again.message_seqs());
+    assert_eq!(all, (1..=50).collect::<Vec<_>>());
+}
+
+#[test]
+fn oversized_message_is_refused_not_truncated() {
+    let limits = Limits { max_frame: 100, ..Limits::default() };
+    let mut room = room(&limits);
+    let err = room.post("a", 1, Bytes::from(vec![0u8; 200]), 0).unwrap_err();
+    assert_eq!(err.code, quiver_proto::ErrorCode::BodyTooLarge);
+    assert_eq!(room.last_seq(), 0, "no seq consumed");
+}
+
+#[tokio::test]
+async fn local_hub_creates_rooms_on_first_use() {
+    let hub = LocalHub::new(Limits::default());
+    let out = Collect::new(usize::MAX);
+    let join = JoinRoom { room: "r".into(), identity: "a".into(), since: None, outbox: out.clone(), now_us: 0 };
+    let (joined, id) = hub.join(join).await.unwrap();
+    assert_eq!(joined.last_seq, 0);
+    assert_ne!(joined.epoch, 0);
+    assert_eq!(hub.post("r", "a", 1, Bytes::from_static(b"hi"), 0).await.unwrap().seq, 1);
+    assert_eq!(hub.history("r", None, 10, usize::MAX, 0).await.messages.len(), 1);
+    assert_eq!(hub.history("nope", None, 10, usize::MAX, 0).await.epoch, 0);
+    hub.leave("r", id, 0).await;
+    hub.leave("nope", id, 0).await;
+}

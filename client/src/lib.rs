@@ -7,10 +7,17 @@
 //! // A server on this machine: trust the dev certificate it keeps in ./.quiver.
 //! let client = Client::connect("127.0.0.1:4433", TrustOptions::default()).await?;
 //! println!("session {:016x}, rtt {:?}", client.welcome().session_id, client.ping().await?.rtt);
+//! let mut lobby = client.join("lobby").await?;
+//! let seq = lobby.post("hello").await?;
+//! while let Some(event) = lobby.next().await {
+//!     println!("{event:?}");
+//! }
+//! # let _ = seq;
 //! # Ok(()) }
 //! ```
 //!
-//! - [`Client`]: the session (control stream requests; rooms and ticks come on top).
+//! - [`Client`]: the session; reconnects on its own, rejoining rooms and re-sending unacknowledged posts.
+//! - [`Room`]: a joined room's events in order (messages, presence, `Resumed`), posting, members.
 //! - [`TrustOptions`]: which server certificate to accept.
 //! - [`latency`]: the latency summary shape every report uses.
 
@@ -19,10 +26,13 @@ mod error;
 pub mod latency;
 pub mod pace;
 mod requests;
+pub mod room;
+mod session;
 pub mod trust;
 
 pub use client::{Client, ConnectOptions, Pong};
 pub use error::{ConnectError, RequestError};
+pub use room::{Message, Room, RoomEvent};
 pub use trust::{quinn_client_config, TrustError, TrustOptions};
 
 pub(crate) use quiver_server::net::close::close;

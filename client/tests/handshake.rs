@@ -202,7 +202,7 @@ async fn silent_connection_is_closed_after_the_handshake_timeout() {
 async fn unserved_requests_are_answered_and_the_connection_stays() {
     let server = TestServer::start(Limits::default());
     let client = server.client().await;
-    let err = client.request(RequestBody::Leave { room: "lobby".into() }).await.unwrap_err();
+    let err = client.request(RequestBody::Subscribe { channel: "prices".into() }).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Unsupported), "{err}");
     client.ping().await.unwrap();
     server.stop().await;
@@ -211,7 +211,8 @@ async fn unserved_requests_are_answered_and_the_connection_stays() {
 #[tokio::test]
 async fn shutdown_closes_connections_with_going_away() {
     let server = TestServer::start(Limits::default());
-    let client = server.client().await;
+    let options = ConnectOptions { reconnect: false, ..ConnectOptions::default() };
+    let client = server.client_with(options).await.unwrap();
     client.ping().await.unwrap();
     let started = std::time::Instant::now();
     server.stop().await;

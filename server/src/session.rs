@@ -3,7 +3,7 @@
 //! what it returns.
 
 use quiver_proto::{
-    ErrorCode, Failure, Hello, Limits, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION,
+    ErrorCode, Failure, Hello, Join, Limits, Post, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION,
 };
 
 /// What the connection must do after a request.
@@ -13,6 +13,38 @@ pub enum Step {
     Reply(ServerMsg),
     /// Send this reply, then close the connection with `code`.
     ReplyAndClose(ServerMsg, ErrorCode, String),
+    /// A valid room request from an admitted client: the connection carries it out (hub and streams) and replies.
+    Room {
+        /// The request's id.
+        req_id: u64,
+        /// The client's identity.
+        identity: String,
+        /// What to do.
+        request: RoomRequest,
+    },
+}
+
+/// Room requests that passed the session's checks (names and body within limits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomRequest {
+    /// Join, optionally resuming.
+    Join(Join),
+    /// Leave.
+    Leave {
+        /// Room name.
+        room: String,
+    },
+    /// Post a message.
+    Post(Post),
+    /// Read history.
+    History {
+        /// Room name.
+        room: String,
+        /// After this seq.
+        since: Option<u64>,
+        /// At most this many.
+        limit: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -61,6 +93,16 @@ impl ControlSession {
             (State::Open { .. }, RequestBody::Ping { client_time_us }) => {
                 Step::Reply(reply(Ok(Reply::Pong { client_time_us, server_time_us: now_us })))
             }
+            (
+                State::Open { identity },
+                body @ (RequestBody::Join(_)
+                | RequestBody::Leave { .. }
+                | RequestBody::Post(_)
+                | RequestBody::History { .. }),
+            ) => match self.room_request(body) {
+                Ok(request) => Step::Room { req_id, identity: identity.clone(), request },
+                Err(failure) => Step::Reply(reply(Err(failure))),
+            },
             (State::Open { .. }, other) => Step::Reply(reply(Err(Failure::new(
                 ErrorCode::Unsupported,
                 format!("{} is not served by this server yet", request_name(&other)),
@@ -71,6 +113,40 @@ impl ControlSession {
     /// Answer to a first frame that does not decode but announces another protocol version.
     pub fn refuse_version(req_id: u64, version: u32) -> Step {
         refuse(req_id, version_failure(version))
+    }
+
+    fn room_request(&self, body: RequestBody) -> Result<RoomRequest, Failure> {
+        let max_name = self.limits.max_name as usize;
+        Ok(match body {
+            RequestBody::Join(join) => {
+                check_name(&join.room, max_name)?;
+                RoomRequest::Join(join)
+            }
+            RequestBody::Leave { room } => {
+                check_name(&room, max_name)?;
+                RoomRequest::Leave { room }
+            }
+            RequestBody::Post(post) => {
+                check_name(&post.room, max_name)?;
+                if post.body.len() > self.limits.max_body as usize {
+                    return Err(Failure::new(
+                        ErrorCode::BodyTooLarge,
+                        format!("body of {} bytes exceeds the limit of {}", post.body.len(), self.limits.max_body),
+                    ));
+                }
+                RoomRequest::Post(post)
+            }
+            RequestBody::History { room, since, limit } => {
+                check_name(&room, max_name)?;
+                RoomRequest::History { room, since, limit }
+            }
+            other => {
+                return Err(Failure::new(
+                    ErrorCode::Internal,
+                    format!("{} is not a room request", request_name(&other)),
+                ))
+            }
+        })
     }
 
     fn admit(&mut self, hello: &Hello, now_us: u64) -> Result<Welcome, Failure> {
@@ -209,8 +285,26 @@ mod tests {
     fn unserved_requests_get_unsupported_and_the_session_goes_on() {
         let mut session = ControlSession::new(1, Limits::default());
         session.on_request(hello(PROTOCOL_VERSION, None), 0);
-        let step = session.on_request(Request { req_id: 4, body: RequestBody::Leave { room: "r".into() } }, 0);
+        let step = session.on_request(Request { req_id: 4, body: RequestBody::Subscribe { channel: "c".into() } }, 0);
         assert!(matches!(step, Step::Reply(_)));
         assert_eq!(failure_code(&step), Some(ErrorCode::Unsupported));
+    }
+
+    #[test]
+    fn room_requests_are_checked_then_handed_to_the_connection() {
+        let limits = Limits { max_body: 4, ..Limits::default() };
+        let mut session = ControlSession::new(1, limits);
+        session.on_request(hello(PROTOCOL_VERSION, Some("ann")), 0);
+        let post = |body: &'static [u8]| Request {
+            req_id: 5,
+            body: RequestBody::Post(Post { room: "r".into(), client_msg_id: 1, body: bytes::Bytes::from_static(body) }),
+        };
+        assert_eq!(failure_code(&session.on_request(post(b"12345"), 0)), Some(ErrorCode::BodyTooLarge));
+        let step = session.on_request(post(b"1234"), 0);
+        assert!(
+            matches!(step, Step::Room { req_id: 5, ref identity, request: RoomRequest::Post(_) } if identity == "ann")
+        );
+        let bad_room = Request { req_id: 6, body: RequestBody::Leave { room: String::new() } };
+        assert_eq!(failure_code(&session.on_request(bad_room, 0)), Some(ErrorCode::BadRequest));
     }
 }

@@ -31,6 +31,10 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     /// Queues one frame. False when the queue is over its bound: the subscriber is then dropped from the room,
     /// and the owner resets its stream with `SlowConsumer`.
     fn push(&self, frame: Bytes) -> bool;
+    /// Queues a frame of a join (the stream's Open and the history replay) outside the live bound: a replay is
+    /// what the client asked to catch up on, bounded by the history limits, and must not reset the stream before
+    /// it starts. The live bound applies to what comes after.
+    fn push_replay(&self, frame: Bytes);
 }
 
 /// The acknowledgement of a post.

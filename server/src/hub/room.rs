@@ -99,19 +99,18 @@ impl Room {
         let (recovered, replay) = self.replay_for(since);
         let replay_from = replay.first().map_or(self.last_seq + 1, |m| m.event.seq);
         let open = RoomFrame::Open { room: self.name.clone(), epoch: self.epoch };
-        // Open is a few bytes more than the room name, which is bounded by max_name.
-        let opened = self.encode(&open).is_some_and(|frame| outbox.push(frame));
-        let replayed = opened && replay.iter().all(|m| outbox.push(m.frame.clone()));
-        if replayed {
-            self.subscribers.insert(subscriber, Subscriber { identity: identity.to_string(), outbox });
-            let count = self.members.entry(identity.to_string()).or_insert(0);
-            *count += 1;
-            if *count == 1 {
-                self.broadcast(EventKind::MemberJoined { member: identity.to_string() }, now_us);
-            }
+        if let Some(frame) = self.encode(&open) {
+            outbox.push_replay(frame);
         }
-        // A replay larger than the outbox bound overflowed it: that stream is reset with SlowConsumer and the
-        // client rejoins from what it got, so the reply is still the truth about what was replayed.
+        for message in &replay {
+            outbox.push_replay(message.frame.clone());
+        }
+        self.subscribers.insert(subscriber, Subscriber { identity: identity.to_string(), outbox });
+        let count = self.members.entry(identity.to_string()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.broadcast(EventKind::MemberJoined { member: identity.to_string() }, now_us);
+        }
         Joined {
             room: self.name.clone(),
             epoch: self.epoch,

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    net::close::close,
+    hub::RoomHub,
+    net::{close::close, rooms::ConnectionRooms},
     session::{ControlSession, Step},
     ServerConfig,
 };
@@ -21,7 +22,12 @@ use crate::{
 /// How long a refusal's reply (or a GoAway) may take to reach the peer before the connection is closed anyway.
 const FLUSH_BEFORE_CLOSE: Duration = Duration::from_millis(500);
 
-pub(super) async fn serve(incoming: quinn::Incoming, config: Arc<ServerConfig>, shutdown: CancellationToken) {
+pub(super) async fn serve<H: RoomHub>(
+    incoming: quinn::Incoming,
+    config: Arc<ServerConfig>,
+    hub: Arc<H>,
+    shutdown: CancellationToken,
+) {
     let remote = incoming.remote_address();
     let deadline = Instant::now() + Duration::from_millis(u64::from(config.limits.handshake_timeout_ms));
     let connecting = match incoming.accept() {
@@ -41,7 +47,9 @@ pub(super) async fn serve(incoming: quinn::Incoming, config: Arc<ServerConfig>, 
             return;
         }
         tracing::debug!("connected");
-        let reason = control(&conn, &config, session_id, deadline, &shutdown).await;
+        let mut rooms = ConnectionRooms::new(hub, config.limits.clone());
+        let reason = control(&conn, &config, &mut rooms, session_id, deadline, &shutdown).await;
+        rooms.leave_all(now_us()).await;
         tracing::info!(%reason, "connection ended");
     }
     .instrument(span)
@@ -58,9 +66,10 @@ fn now_us() -> u64 {
 }
 
 /// Serves the control stream; returns why the connection ended (for the log). The connection is closed on return.
-async fn control(
+async fn control<H: RoomHub>(
     conn: &quinn::Connection,
     config: &ServerConfig,
+    rooms: &mut ConnectionRooms<H>,
     session_id: u64,
     hello_deadline: Instant,
     shutdown: &CancellationToken,
@@ -115,6 +124,10 @@ async fn control(
                     encode(&codec, &msg, &mut outbound);
                     flush_and_close(conn, &mut send, &outbound, code, &reason).await;
                     return format!("refused: {reason}");
+                }
+                Step::Room { req_id, identity, request } => {
+                    let result = rooms.handle(conn, &identity, request, now_us()).await;
+                    encode(&codec, &ServerMsg::Reply { req_id, result }, &mut outbound);
                 }
             }
         }

@@ -4,6 +4,7 @@
 pub mod close;
 mod connection;
 mod endpoint;
+mod rooms;
 pub mod transport;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -11,27 +12,45 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use quiver_certs::Fingerprint;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::ServerConfig;
+use crate::{
+    hub::{LocalHub, RoomHub},
+    ServerConfig,
+};
 pub use endpoint::ServerError;
 
 /// How long shutdown waits for connections to take their GoAway and close before it stops waiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// A bound server, ready to [`run`](Server::run).
+/// A bound server, ready to [`run`](Server::run), with its rooms behind `H`.
 #[derive(Debug)]
-pub struct Server {
+pub struct Server<H = LocalHub> {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     fingerprint: Fingerprint,
     config: Arc<ServerConfig>,
+    hub: Arc<H>,
 }
 
-impl Server {
-    /// Loads or generates the certificate and binds the UDP socket. Nothing is accepted until [`Server::run`].
-    pub fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+impl Server<LocalHub> {
+    /// Loads or generates the certificate and binds the UDP socket, with rooms in this process's memory.
+    /// Nothing is accepted until [`Server::run`].
+    pub fn bind(config: ServerConfig) -> Result<Server<LocalHub>, ServerError> {
+        let hub = Arc::new(LocalHub::new(config.limits.clone()));
+        Server::bind_with_hub(config, hub)
+    }
+}
+
+impl<H: RoomHub> Server<H> {
+    /// Like [`Server::bind`], with rooms behind the given hub.
+    pub fn bind_with_hub(config: ServerConfig, hub: Arc<H>) -> Result<Server<H>, ServerError> {
         let (endpoint, fingerprint) = endpoint::bind(&config)?;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
-        Ok(Server { endpoint, local_addr, fingerprint, config: Arc::new(config) })
+        Ok(Server { endpoint, local_addr, fingerprint, config: Arc::new(config), hub })
+    }
+
+    /// The rooms this server serves.
+    pub fn hub(&self) -> &Arc<H> {
+        &self.hub
     }
 
     /// The bound address (with the real port when port 0 was asked for).
@@ -54,7 +73,7 @@ impl Server {
                     let Some(incoming) = incoming else { break };
                     let config = self.config.clone();
                     let shutdown = shutdown.child_token();
-                    tasks.spawn(connection::serve(incoming, config, shutdown));
+                    tasks.spawn(connection::serve(incoming, config, self.hub.clone(), shutdown));
                 }
                 () = shutdown.cancelled() => break,
             }

@@ -1,0 +1,246 @@
+//! A connection's rooms: one server-opened unidirectional stream per joined room, fed from a bounded
+//! [`StreamOutbox`] by a pump task. A room whose outbox overflows has its stream reset with `SlowConsumer`; the
+//! rest of the connection is untouched.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use quiver_proto::{ErrorCode, Failure, Limits, Reply};
+use tokio::sync::Notify;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    hub::{JoinRoom, Outbox, RoomHub, SubscriberId},
+    net::close::quic_code,
+    session::RoomRequest,
+};
+
+/// How long opening a room stream may wait for the client to grant a stream slot.
+const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// Frames waiting for one room stream, at most `bound` bytes.
+#[derive(Debug)]
+pub(crate) struct StreamOutbox {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    overflow: CancellationToken,
+    bound: usize,
+}
+
+impl StreamOutbox {
+    pub(crate) fn new(bound: usize) -> Arc<StreamOutbox> {
+        Arc::new(StreamOutbox {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            overflow: CancellationToken::new(),
+            bound,
+        })
+    }
+
+    /// No more frames: the pump finishes the stream once the queue is drained.
+    pub(crate) fn close(&self) {
+        lock(&self.queue).closed = true;
+        self.wake.notify_one();
+    }
+
+    /// True once the subscriber fell behind and its stream is (being) reset.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflow.is_cancelled()
+    }
+}
+
+impl Outbox for StreamOutbox {
+    fn push(&self, frame: Bytes) -> bool {
+        if self.overflow.is_cancelled() {
+            return false;
+        }
+        let mut queue = lock(&self.queue);
+        if queue.closed {
+            // Left already; not an overflow.
+            return true;
+        }
+        if queue.bytes + frame.len() > self.bound {
+            drop(queue);
+            self.overflow.cancel();
+            return false;
+        }
+        queue.bytes += frame.len();
+        queue.frames.push_back(frame);
+        drop(queue);
+        self.wake.notify_one();
+        true
+    }
+
+    fn push_replay(&self, frame: Bytes) {
+        lock(&self.queue).frames.push_back(frame);
+        self.wake.notify_one();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Moves frames from `outbox` to `send` until the room is left (finish), the subscriber overflows (reset with
+/// `SlowConsumer`), the connection ends, or `stop` is cancelled.
+async fn pump(outbox: Arc<StreamOutbox>, mut send: quinn::SendStream, stop: CancellationToken) {
+    loop {
+        let batch: Vec<Bytes> = {
+            let mut queue = lock(&outbox.queue);
+            queue.bytes = 0;
+            let batch: Vec<Bytes> = queue.frames.drain(..).collect();
+            if batch.is_empty() && queue.closed {
+                drop(queue);
+                let _ = send.finish();
+                return;
+            }
+            batch
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                () = outbox.wake.notified() => continue,
+                () = outbox.overflow.cancelled() => break,
+                () = stop.cancelled() => return,
+            }
+        }
+        for frame in batch {
+            tokio::select! {
+                written = send.write_chunk(frame) => if written.is_err() { return },
+                () = outbox.overflow.cancelled() => break,
+                () = stop.cancelled() => return,
+            }
+        }
+        if outbox.overflowed() {
+            break;
+        }
+    }
+    let _ = send.reset(quic_code(ErrorCode::SlowConsumer));
+}
+
+#[derive(Debug)]
+struct JoinedRoom {
+    subscriber: SubscriberId,
+    outbox: Arc<StreamOutbox>,
+}
+
+/// The rooms one connection has joined.
+#[derive(Debug)]
+pub(crate) struct ConnectionRooms<H> {
+    hub: Arc<H>,
+    limits: Limits,
+    joined: HashMap<String, JoinedRoom>,
+    pumps: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl<H: RoomHub> ConnectionRooms<H> {
+    pub(crate) fn new(hub: Arc<H>, limits: Limits) -> Self {
+        ConnectionRooms {
+            hub,
+            limits,
+            joined: HashMap::new(),
+            pumps: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Carries out one room request and returns the reply.
+    pub(crate) async fn handle(
+        &mut self,
+        conn: &quinn::Connection,
+        identity: &str,
+        request: RoomRequest,
+        now_us: u64,
+    ) -> Result<Reply, Failure> {
+        match request {
+            RoomRequest::Join(join) => {
+                if let Some(existing) = self.joined.get(&join.room) {
+                    if !existing.outbox.overflowed() {
+                        return Err(Failure::new(ErrorCode::AlreadyJoined, format!("already in room {}", join.room)));
+                    }
+                    // Reset for falling behind: this join is the client resuming; the old subscription is gone.
+                    self.leave(&join.room, now_us).await;
+                }
+                if self.joined.len() >= self.limits.max_rooms as usize {
+                    return Err(Failure::new(
+                        ErrorCode::TooManyRooms,
+                        format!("at most {} rooms per connection", self.limits.max_rooms),
+                    ));
+                }
+                let send = match tokio::time::timeout(OPEN_STREAM_TIMEOUT, conn.open_uni()).await {
+                    Ok(Ok(send)) => send,
+                    Ok(Err(err)) => {
+                        return Err(Failure::new(ErrorCode::Internal, format!("cannot open stream: {err}")))
+                    }
+                    Err(_) => {
+                        return Err(Failure::new(ErrorCode::TooManyRooms, "client grants no stream for another room"))
+                    }
+                };
+                let outbox = StreamOutbox::new(self.limits.room_queue_bytes as usize);
+                self.pumps.spawn(pump(outbox.clone(), send, self.stop.clone()));
+                let request = JoinRoom {
+                    room: join.room.clone(),
+                    identity: identity.to_string(),
+                    since: join.since,
+                    outbox: outbox.clone(),
+                    now_us,
+                };
+                match self.hub.join(request).await {
+                    Ok((joined, subscriber)) => {
+                        self.joined.insert(join.room, JoinedRoom { subscriber, outbox });
+                        Ok(Reply::Joined(joined))
+                    }
+                    Err(failure) => {
+                        outbox.close();
+                        Err(failure)
+                    }
+                }
+            }
+            RoomRequest::Leave { room } => {
+                if self.leave(&room, now_us).await {
+                    Ok(Reply::Left { room })
+                } else {
+                    Err(Failure::new(ErrorCode::NotJoined, format!("not in room {room}")))
+                }
+            }
+            RoomRequest::Post(post) => {
+                let posted = self.hub.post(&post.room, identity, post.client_msg_id, post.body, now_us).await?;
+                Ok(Reply::Posted { room: post.room, seq: posted.seq, duplicate: posted.duplicate })
+            }
+            RoomRequest::History { room, since, limit } => {
+                // Leave room in the frame for the reply's own fields.
+                let budget = (self.limits.max_frame as usize).saturating_sub(1024);
+                Ok(Reply::History(self.hub.history(&room, since, limit, budget, now_us).await))
+            }
+        }
+    }
+
+    async fn leave(&mut self, room: &str, now_us: u64) -> bool {
+        let Some(joined) = self.joined.remove(room) else { return false };
+        joined.outbox.close();
+        self.hub.leave(room, joined.subscriber, now_us).await;
+        true
+    }
+
+    /// Leaves every room (the connection is ending) and stops the pumps.
+    pub(crate) async fn leave_all(&mut self, now_us: u64) {
+        let rooms: Vec<String> = self.joined.keys().cloned().collect();
+        for room in rooms {
+            self.leave(&room, now_us).await;
+        }
+        self.stop.cancel();
+        self.pumps.close();
+        self.pumps.wait().await;
+    }
+}

@@ -200,14 +200,26 @@ impl Client {
         result
     }
 
-    /// Posts `body` to `room` (joined or not); resolves to the seq it got. Posts are sent in order, retried after
-    /// a reconnect until acknowledged, and delivered once (the server deduplicates by `client_msg_id`).
-    pub async fn post(&self, room: &str, body: impl Into<Bytes>) -> Result<u64, RequestError> {
+    /// Posts `body` to `room` (joined or not); the returned future resolves to the seq it got. The post is queued
+    /// when this is called, not when the future is first polled: posts go out in the order of `post` calls. They
+    /// are pipelined, retried after a reconnect until acknowledged, and delivered once (the server deduplicates
+    /// by `client_msg_id`).
+    pub fn post(
+        &self,
+        room: &str,
+        body: impl Into<Bytes>,
+    ) -> impl Future<Output = Result<u64, RequestError>> + Send + 'static {
         let (done, result) = oneshot::channel();
         let client_msg_id = self.inner.next_msg_id.fetch_add(1, Ordering::Relaxed);
         let job = PostJob { room: room.to_string(), client_msg_id, body: body.into(), done };
-        self.inner.posts.send(job).map_err(|_| closed(self.end_reason()))?;
-        result.await.unwrap_or_else(|_| Err(closed(self.end_reason())))
+        let queued = self.inner.posts.send(job);
+        let inner = self.inner.clone();
+        async move {
+            if queued.is_err() {
+                return Err(closed(inner.end_reason()));
+            }
+            result.await.unwrap_or_else(|_| Err(closed(inner.end_reason())))
+        }
     }
 
     /// A room's retained messages after `since`, at most `limit` (fewer when they do not fit one frame: see
@@ -250,7 +262,7 @@ impl Client {
     }
 
     fn end_reason(&self) -> (ErrorCode, String) {
-        lock(&self.inner.ended).clone().unwrap_or((ErrorCode::NoError, "client closed".into()))
+        self.inner.end_reason()
     }
 
     /// A live session, waiting up to the connect timeout for a reconnect.
@@ -273,6 +285,10 @@ fn placeholder_welcome() -> Welcome {
 }
 
 impl Inner {
+    fn end_reason(&self) -> (ErrorCode, String) {
+        lock(&self.ended).clone().unwrap_or((ErrorCode::NoError, "client closed".into()))
+    }
+
     fn end(&self, why: (ErrorCode, String)) {
         lock(&self.ended).get_or_insert(why.clone());
         if let Some(session) = self.current.borrow().as_ref() {

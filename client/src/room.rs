@@ -154,10 +154,10 @@ impl Room {
         self.events.recv().await
     }
 
-    /// Posts `body`; resolves to the seq the message got. Retried across reconnects until acknowledged (the
-    /// server deduplicates retries), so it is delivered once.
-    pub async fn post(&self, body: impl Into<Bytes>) -> Result<u64, RequestError> {
-        self.client.post(&self.shared.name, body).await
+    /// Posts `body`; the future resolves to the seq the message got. Queued at the call (posts keep the order of
+    /// the calls), retried across reconnects until acknowledged (the server deduplicates retries): delivered once.
+    pub fn post(&self, body: impl Into<Bytes>) -> impl std::future::Future<Output = Result<u64, RequestError>> {
+        self.client.post(&self.shared.name, body)
     }
 
     /// Members present, as of the events delivered to the room's reader so far.

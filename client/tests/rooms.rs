@@ -247,3 +247,31 @@ async fn history_reads_retained_messages_without_joining() {
     assert_eq!(client.history("nothing-here", None, 10).await.unwrap().messages.len(), 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_is_survived_and_the_lost_history_is_surfaced() {
+    let server = TestServer::start(Limits::default());
+    let client = named(&server, "survivor").await;
+    let mut room = client.join("lobby").await.unwrap();
+    assert_eq!(client.post("lobby", "before").await.unwrap(), 1);
+    messages(&mut room, 1).await;
+    let old_epoch = room.position().unwrap().epoch;
+    let server = server.restart(Limits::default()).await;
+    // The client reconnects on its own; the new server lost the room, so the resume cannot be complete.
+    let event = tokio::time::timeout(WAIT, async {
+        loop {
+            match room.next().await.expect("room stream ended") {
+                RoomEvent::Resumed { recovered, epoch } => break (recovered, epoch),
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!event.0, "a lost history is never reported as recovered");
+    assert_ne!(event.1, old_epoch, "the restarted server's room has a new epoch");
+    assert_eq!(client.post("lobby", "after").await.unwrap(), 1, "seqs restart in the new epoch");
+    let (after, _) = messages(&mut room, 1).await;
+    assert_eq!(after[0].body, "after");
+    server.stop().await;
+}

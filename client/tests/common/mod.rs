@@ -18,9 +18,19 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(limits: Limits) -> TestServer {
-        let data_dir = tempfile::tempdir().unwrap();
-        let config =
-            ServerConfig { limits, ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().to_owned()) };
+        Self::start_at("127.0.0.1:0".parse().unwrap(), tempfile::tempdir().unwrap(), limits)
+    }
+
+    /// Stops the server and starts a new one (empty rooms) on the same address and data directory.
+    pub async fn restart(self, limits: Limits) -> TestServer {
+        let TestServer { addr, data_dir, shutdown, task } = self;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task).await.expect("server stops in time").unwrap();
+        TestServer::start_at(addr, data_dir, limits)
+    }
+
+    pub fn start_at(addr: SocketAddr, data_dir: tempfile::TempDir, limits: Limits) -> TestServer {
+        let config = ServerConfig { limits, ..ServerConfig::dev(addr, data_dir.path().to_owned()) };
         let server = Server::bind(config).unwrap();
         let addr = server.local_addr();
         let shutdown = CancellationToken::new();

@@ -39,6 +39,36 @@ pub struct Limits {
     pub dedupe_max_entries: u32,
 }
 
+impl Limits {
+    /// Bytes a room event adds around a post body at most: seq, time, client_msg_id (10 bytes each as varints),
+    /// the sender name (length + `max_name` bytes), enum tags and the body's length prefix.
+    pub fn event_overhead(&self) -> u32 {
+        3 * 10 + 5 + self.max_name + 16
+    }
+
+    /// Checks that the limits fit together: any post within `max_body` must fit a room frame, and a room stream's
+    /// queue must hold at least one frame.
+    pub fn check(&self) -> Result<(), String> {
+        let needed = self.max_body.saturating_add(self.event_overhead());
+        if self.max_frame < needed {
+            return Err(format!(
+                "max_frame {} is too small for max_body {} (a room event needs up to {needed} bytes)",
+                self.max_frame, self.max_body
+            ));
+        }
+        if self.room_queue_bytes < self.max_frame {
+            return Err(format!(
+                "room_queue_bytes {} is smaller than max_frame {}",
+                self.room_queue_bytes, self.max_frame
+            ));
+        }
+        if self.max_name == 0 || self.max_rooms == 0 {
+            return Err("max_name and max_rooms must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -57,5 +87,19 @@ impl Default for Limits {
             dedupe_window_s: 600,
             dedupe_max_entries: 10_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fit_together_and_bad_combinations_are_named() {
+        Limits::default().check().unwrap();
+        let err = Limits { max_frame: 1000, ..Limits::default() }.check().unwrap_err();
+        assert!(err.contains("max_frame 1000"), "{err}");
+        let err = Limits { room_queue_bytes: 10, ..Limits::default() }.check().unwrap_err();
+        assert!(err.contains("room_queue_bytes 10"), "{err}");
     }
 }

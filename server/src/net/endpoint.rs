@@ -19,9 +19,13 @@ pub enum ServerError {
     /// The UDP socket could not be created or bound.
     #[error("cannot bind UDP socket: {0}")]
     Bind(std::io::Error),
+    /// The configured limits contradict each other.
+    #[error("limits: {0}")]
+    Limits(String),
 }
 
 pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, Fingerprint), ServerError> {
+    config.limits.check().map_err(ServerError::Limits)?;
     let cert = match &config.tls {
         TlsSource::Dev => {
             let (cert, status) = quiver_certs::dev::load_or_generate(&config.data_dir, std::time::SystemTime::now())?;

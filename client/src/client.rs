@@ -10,7 +10,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant, SystemTime},
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     room::{self, Room, RoomShared},
     session::{closed, lock, Session, Target},
+    ticks::{PubShared, SubShared, TickPublisher, TickSubscription},
     ConnectError, RequestError, TrustOptions,
 };
 
@@ -94,6 +95,10 @@ struct Inner {
     next_msg_id: AtomicU64,
     posts: mpsc::UnboundedSender<PostJob>,
     last_welcome: Mutex<Welcome>,
+    subscriptions: Mutex<HashMap<String, Arc<SubShared>>>,
+    publishers: Mutex<HashMap<String, Arc<PubShared>>>,
+    /// Server clock minus this machine's clock, in µs, estimated from Ping/Pong at each connect.
+    clock_offset_us: Arc<AtomicI64>,
 }
 
 #[derive(Debug)]
@@ -128,10 +133,14 @@ impl Client {
             next_msg_id: AtomicU64::new(rand::random::<u64>() >> 2),
             posts,
             last_welcome: Mutex::new(placeholder_welcome()),
+            subscriptions: Mutex::default(),
+            publishers: Mutex::default(),
+            clock_offset_us: Arc::new(AtomicI64::new(0)),
         });
         let session =
             tokio::time::timeout(timeout, open_session(&inner)).await.map_err(|_| ConnectError::Timeout(timeout))??;
         *lock(&inner.last_welcome) = session.welcome.clone();
+        estimate_clock_offset(&inner, &session).await;
         inner.current.send_replace(Some(session));
         tokio::spawn(supervise(inner.clone()));
         tokio::spawn(send_posts(inner.clone(), jobs));
@@ -156,6 +165,58 @@ impl Client {
     /// The current QUIC connection (statistics, RTT estimate), if connected.
     pub fn connection(&self) -> Option<quinn::Connection> {
         self.inner.current.borrow().as_ref().map(|s| s.conn.clone())
+    }
+
+    pub(crate) fn connection_with_id(&self) -> Option<(quinn::Connection, usize)> {
+        self.inner.current.borrow().as_ref().map(|s| (s.conn.clone(), s.id))
+    }
+
+    /// Now on the server's clock (this machine's clock plus the offset estimated from Ping/Pong), µs since the
+    /// Unix epoch.
+    pub fn server_clock_us(&self) -> u64 {
+        unix_us().saturating_add_signed(self.inner.clock_offset_us.load(Ordering::Relaxed))
+    }
+
+    /// Subscribes to a tick channel. Resubscribed on its own after a reconnect.
+    pub async fn subscribe(&self, channel: &str) -> Result<TickSubscription, RequestError> {
+        let shared = lock(&self.inner.subscriptions)
+            .entry(channel.to_string())
+            .or_insert_with(|| SubShared::new(channel.to_string()))
+            .clone();
+        let session = self.session().await?;
+        if let Err(err) = subscribe_on(&session, &shared).await {
+            lock(&self.inner.subscriptions).remove(channel);
+            return Err(err);
+        }
+        Ok(TickSubscription { shared, client: self.clone() })
+    }
+
+    pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<(), RequestError> {
+        lock(&self.inner.subscriptions).remove(channel);
+        match self.request(RequestBody::Unsubscribe { channel: channel.to_string() }).await? {
+            Reply::Unsubscribed { .. } => Ok(()),
+            other => Err(RequestError::UnexpectedReply(format!("{other:?}"))),
+        }
+    }
+
+    /// Claims the right to publish on a tick channel. Claimed again on its own after a reconnect.
+    pub async fn publisher(&self, channel: &str) -> Result<TickPublisher, RequestError> {
+        self.publisher_with_max_age(channel, None).await
+    }
+
+    /// Like [`Client::publisher`], asking the server to drop ticks of this channel older than `max_age` instead of
+    /// sending them late.
+    pub async fn publisher_with_max_age(
+        &self,
+        channel: &str,
+        max_age: Option<Duration>,
+    ) -> Result<TickPublisher, RequestError> {
+        let max_age_ms = max_age.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
+        let shared = PubShared::new(channel.to_string(), max_age_ms);
+        let session = self.session().await?;
+        claim_on(&session, &shared).await?;
+        lock(&self.inner.publishers).insert(channel.to_string(), shared.clone());
+        Ok(TickPublisher { shared, client: self.clone() })
     }
 
     /// One Ping/Pong round trip on the control stream.
@@ -313,9 +374,53 @@ pub(crate) fn unix_us() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
+async fn subscribe_on(session: &Session, shared: &Arc<SubShared>) -> Result<(), RequestError> {
+    match session.request(RequestBody::Subscribe { channel: shared.channel.clone() }).await? {
+        Reply::Subscribed { channel_id, .. } => {
+            lock(&session.ticks).insert(channel_id, shared.clone());
+            Ok(())
+        }
+        other => Err(RequestError::UnexpectedReply(format!("{other:?}"))),
+    }
+}
+
+async fn claim_on(session: &Session, shared: &PubShared) -> Result<(), RequestError> {
+    let body = RequestBody::Publish { channel: shared.channel.clone(), max_age_ms: shared.max_age_ms };
+    match session.request(body).await? {
+        Reply::Publishing { channel_id, .. } => {
+            *lock(&shared.claim) = Some((session.id, channel_id));
+            Ok(())
+        }
+        other => Err(RequestError::UnexpectedReply(format!("{other:?}"))),
+    }
+}
+
+/// Pings a few times and keeps the offset (server clock minus ours) of the fastest round trip, whose midpoint
+/// is the best guess of when the server read its clock.
+async fn estimate_clock_offset(inner: &Inner, session: &Session) {
+    let mut best: Option<(Duration, i64)> = None;
+    for _ in 0..5 {
+        let sent_at = Instant::now();
+        let client_time_us = unix_us();
+        let Ok(Reply::Pong { server_time_us, .. }) = session.request(RequestBody::Ping { client_time_us }).await else {
+            return;
+        };
+        let rtt = sent_at.elapsed();
+        let midpoint = client_time_us + (rtt.as_micros() as u64) / 2;
+        let offset = server_time_us as i64 - midpoint as i64;
+        if best.is_none_or(|(best_rtt, _)| rtt < best_rtt) {
+            best = Some((rtt, offset));
+        }
+    }
+    if let Some((rtt, offset)) = best {
+        tracing::debug!(offset_us = offset, ?rtt, "clock offset to the server");
+        inner.clock_offset_us.store(offset, Ordering::Relaxed);
+    }
+}
+
 async fn open_session(inner: &Arc<Inner>) -> Result<Arc<Session>, ConnectError> {
     let weak = Arc::downgrade(inner);
-    Session::open(&inner.target, &inner.options, move |recv| {
+    Session::open(&inner.target, &inner.options, inner.clock_offset_us.clone(), move |recv| {
         let Some(inner) = weak.upgrade() else { return };
         let max_frame = lock(&inner.last_welcome).limits.max_frame as usize;
         // The stream reader holds a Client without the close guard: it must not keep the client alive.
@@ -361,10 +466,24 @@ async fn supervise(inner: Arc<Inner>) {
             attempt = attempt.saturating_add(1);
         };
         *lock(&inner.last_welcome) = session.welcome.clone();
-        inner.current.send_replace(Some(session));
+        estimate_clock_offset(&inner, &session).await;
+        inner.current.send_replace(Some(session.clone()));
         let rooms: Vec<Arc<RoomShared>> = lock(&inner.rooms).values().cloned().collect();
         for shared in rooms {
             rejoin(&inner, shared).await;
+        }
+        let subscriptions: Vec<Arc<SubShared>> = lock(&inner.subscriptions).values().cloned().collect();
+        for shared in subscriptions {
+            shared.resync();
+            if let Err(err) = subscribe_on(&session, &shared).await {
+                tracing::warn!(channel = %shared.channel, %err, "cannot resubscribe");
+            }
+        }
+        let publishers: Vec<Arc<PubShared>> = lock(&inner.publishers).values().cloned().collect();
+        for shared in publishers {
+            if let Err(err) = claim_on(&session, &shared).await {
+                tracing::warn!(channel = %shared.channel, %err, "cannot claim channel again");
+            }
         }
     }
 }

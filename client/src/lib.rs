@@ -18,6 +18,7 @@
 //!
 //! - [`Client`]: the session; reconnects on its own, rejoining rooms and re-sending unacknowledged posts.
 //! - [`Room`]: a joined room's events in order (messages, presence, `Resumed`), posting, members.
+//! - [`TickSubscription`] / [`TickPublisher`]: ticks over datagrams, latest wins, with loss/staleness/latency stats.
 //! - [`TrustOptions`]: which server certificate to accept.
 //! - [`latency`]: the latency summary shape every report uses.
 
@@ -28,11 +29,13 @@ pub mod pace;
 mod requests;
 pub mod room;
 mod session;
+pub mod ticks;
 pub mod trust;
 
 pub use client::{Client, ConnectOptions, Pong};
 pub use error::{ConnectError, RequestError};
 pub use room::{Message, Room, RoomEvent};
+pub use ticks::{Tick, TickError, TickPublisher, TickStats, TickSubscription};
 pub use trust::{quinn_client_config, TrustError, TrustOptions};
 
 pub(crate) use quiver_server::net::close::close;

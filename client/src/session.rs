@@ -2,25 +2,35 @@
 //! the caller's task, replies read by a spawned task) and room streams accepted as the server opens them.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicI64, AtomicUsize, Ordering},
+        Arc, Mutex, Weak,
+    },
 };
 
 use bytes::BytesMut;
 use quiver_proto::{
-    ErrorCode, Failure, FrameCodec, Hello, Reply, Request, RequestBody, ServerMsg, Welcome, ALPN_QUIVER,
+    ErrorCode, Failure, FrameCodec, Hello, Reply, Request, RequestBody, ServerMsg, TickHeader, Welcome, ALPN_QUIVER,
 };
 use tokio::sync::oneshot;
 
-use crate::{requests::Outstanding, trust, ConnectError, ConnectOptions, RequestError};
+use crate::{requests::Outstanding, ticks::SubShared, trust, ConnectError, ConnectOptions, RequestError};
+
+/// Numbers sessions, so that what was set up on one connection (a publish claim) is not used on the next.
+static SESSION_IDS: AtomicUsize = AtomicUsize::new(1);
 
 pub(crate) type Waiter = oneshot::Sender<Result<Reply, RequestError>>;
 
 /// A live (or just closed) connection and its control stream.
 #[derive(Debug)]
 pub(crate) struct Session {
+    pub(crate) id: usize,
     pub(crate) conn: quinn::Connection,
     pub(crate) welcome: Welcome,
+    /// Subscriptions by their channel id on this connection.
+    pub(crate) ticks: Mutex<HashMap<u64, Arc<SubShared>>>,
     codec: FrameCodec,
     send: tokio::sync::Mutex<quinn::SendStream>,
     outstanding: Arc<Mutex<Outstanding<Waiter>>>,
@@ -73,6 +83,7 @@ impl Session {
     pub(crate) async fn open(
         target: &Target,
         options: &ConnectOptions,
+        clock_offset_us: Arc<AtomicI64>,
         on_room_stream: impl Fn(quinn::RecvStream) + Send + 'static,
     ) -> Result<Arc<Session>, ConnectError> {
         let connecting = target.endpoint.connect_with(target.config.clone(), target.addr, &target.host)?;
@@ -124,7 +135,10 @@ impl Session {
         tokio::spawn(read_replies(conn.clone(), recv, inbound, codec, outstanding.clone()));
         tokio::spawn(accept_room_streams(conn.clone(), on_room_stream));
         let send = tokio::sync::Mutex::new(send);
-        Ok(Arc::new(Session { conn, welcome, codec, send, outstanding }))
+        let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session { id, conn, welcome, ticks: Mutex::default(), codec, send, outstanding });
+        tokio::spawn(read_datagrams(session.conn.clone(), Arc::downgrade(&session), clock_offset_us));
+        Ok(session)
     }
 
     /// Writes one request; the receiver gets its reply (or why it will not come).
@@ -157,6 +171,23 @@ impl Session {
 
     pub(crate) fn close_reason(&self) -> Option<(ErrorCode, String)> {
         self.conn.close_reason().map(|e| quiver_server::net::close::describe(&e))
+    }
+}
+
+/// Routes tick datagrams to their subscriptions; anything undecodable or unknown is dropped.
+async fn read_datagrams(conn: quinn::Connection, session: Weak<Session>, clock_offset_us: Arc<AtomicI64>) {
+    while let Ok(datagram) = conn.read_datagram().await {
+        let now = crate::client::unix_us().saturating_add_signed(clock_offset_us.load(Ordering::Relaxed));
+        let Ok((header, payload)) = TickHeader::decode(&datagram) else {
+            tracing::debug!("undecodable datagram dropped");
+            continue;
+        };
+        let Some(session) = session.upgrade() else { return };
+        let subscription = lock(&session.ticks).get(&header.channel_id).cloned();
+        match subscription {
+            Some(sub) => sub.on_tick(header, payload, now),
+            None => tracing::debug!(channel_id = header.channel_id, "datagram for no subscription dropped"),
+        }
     }
 }
 

@@ -47,6 +47,9 @@ pub enum RequestBody {
     Publish {
         /// Channel name.
         channel: String,
+        /// Ticks older than this (time since the server received them) are dropped instead of sent. The
+        /// channel keeps the smallest value any of its publishers asked for.
+        max_age_ms: Option<u32>,
     },
     /// Round-trip probe; also feeds the client's clock-offset estimate.
     Ping {

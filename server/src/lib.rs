@@ -19,6 +19,7 @@ pub mod config;
 pub mod hub;
 pub mod net;
 pub mod session;
+pub mod stats;
 
 pub use config::{ServerConfig, TlsSource};
 pub use net::{Server, ServerError};

@@ -22,6 +22,35 @@ pub enum Step {
         /// What to do.
         request: RoomRequest,
     },
+    /// A valid tick request from an admitted client: the connection carries it out and replies.
+    Tick {
+        /// The request's id.
+        req_id: u64,
+        /// What to do.
+        request: TickRequest,
+    },
+}
+
+/// Tick channel requests that passed the session's checks (channel name within limits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TickRequest {
+    /// Receive a channel's ticks.
+    Subscribe {
+        /// Channel name.
+        channel: String,
+    },
+    /// Stop receiving them.
+    Unsubscribe {
+        /// Channel name.
+        channel: String,
+    },
+    /// Claim the right to publish.
+    Publish {
+        /// Channel name.
+        channel: String,
+        /// Requested maximum tick age.
+        max_age_ms: Option<u32>,
+    },
 }
 
 /// Room requests that passed the session's checks (names and body within limits).
@@ -103,16 +132,28 @@ impl ControlSession {
                 Ok(request) => Step::Room { req_id, identity: identity.clone(), request },
                 Err(failure) => Step::Reply(reply(Err(failure))),
             },
-            (State::Open { .. }, other) => Step::Reply(reply(Err(Failure::new(
-                ErrorCode::Unsupported,
-                format!("{} is not served by this server yet", request_name(&other)),
-            )))),
+            (State::Open { .. }, RequestBody::Subscribe { channel }) => {
+                self.tick_request(req_id, channel, |channel| TickRequest::Subscribe { channel })
+            }
+            (State::Open { .. }, RequestBody::Unsubscribe { channel }) => {
+                self.tick_request(req_id, channel, |channel| TickRequest::Unsubscribe { channel })
+            }
+            (State::Open { .. }, RequestBody::Publish { channel, max_age_ms }) => {
+                self.tick_request(req_id, channel, |channel| TickRequest::Publish { channel, max_age_ms })
+            }
         }
     }
 
     /// Answer to a first frame that does not decode but announces another protocol version.
     pub fn refuse_version(req_id: u64, version: u32) -> Step {
         refuse(req_id, version_failure(version))
+    }
+
+    fn tick_request(&self, req_id: u64, channel: String, request: impl FnOnce(String) -> TickRequest) -> Step {
+        match check_name(&channel, self.limits.max_name as usize) {
+            Ok(()) => Step::Tick { req_id, request: request(channel) },
+            Err(failure) => Step::Reply(ServerMsg::Reply { req_id, result: Err(failure) }),
+        }
     }
 
     fn room_request(&self, body: RequestBody) -> Result<RoomRequest, Failure> {
@@ -282,12 +323,13 @@ mod tests {
     }
 
     #[test]
-    fn unserved_requests_get_unsupported_and_the_session_goes_on() {
+    fn tick_requests_are_checked_then_handed_to_the_connection() {
         let mut session = ControlSession::new(1, Limits::default());
         session.on_request(hello(PROTOCOL_VERSION, None), 0);
         let step = session.on_request(Request { req_id: 4, body: RequestBody::Subscribe { channel: "c".into() } }, 0);
-        assert!(matches!(step, Step::Reply(_)));
-        assert_eq!(failure_code(&step), Some(ErrorCode::Unsupported));
+        assert_eq!(step, Step::Tick { req_id: 4, request: TickRequest::Subscribe { channel: "c".into() } });
+        let step = session.on_request(Request { req_id: 5, body: RequestBody::Unsubscribe { channel: "".into() } }, 0);
+        assert_eq!(failure_code(&step), Some(ErrorCode::BadRequest));
     }
 
     #[test]

@@ -1,12 +1,15 @@
-//! Rooms: sequencing, history, presence and delivery, as plain state machines fed with requests and the time.
-//! No quinn here: events leave through [`Outbox`]es, which the network layer drains into room streams.
+//! Rooms and tick channels as plain state machines fed with requests and the time. No quinn here: room events
+//! leave through [`Outbox`]es, which the network layer drains into room streams; ticks through
+//! [`ticks::TickSink`]s, which conflate (latest wins) in front of the datagram sender.
 //!
 //! The connection code talks to rooms only through [`RoomHub`], so a clustered backend (per-room sequence,
 //! history and fan-out in Redis, DESIGN.md §6) can replace [`LocalHub`] without touching it.
 
+pub mod conflate;
 mod dedupe;
 pub mod history;
 mod room;
+pub mod ticks;
 
 use std::{
     collections::HashMap,

@@ -13,21 +13,27 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    hub::RoomHub,
-    net::{close::close, rooms::ConnectionRooms},
+    hub::{ticks::TickHub, RoomHub},
+    net::{close::close, rooms::ConnectionRooms, ticks::ConnectionTicks},
     session::{ControlSession, Step},
+    stats::ServerStats,
     ServerConfig,
 };
+
+/// What every connection of a server shares.
+#[derive(Debug)]
+pub(super) struct Shared<H> {
+    pub(super) config: Arc<ServerConfig>,
+    pub(super) hub: Arc<H>,
+    pub(super) ticks: Arc<dyn TickHub>,
+    pub(super) stats: Arc<ServerStats>,
+}
 
 /// How long a refusal's reply (or a GoAway) may take to reach the peer before the connection is closed anyway.
 const FLUSH_BEFORE_CLOSE: Duration = Duration::from_millis(500);
 
-pub(super) async fn serve<H: RoomHub>(
-    incoming: quinn::Incoming,
-    config: Arc<ServerConfig>,
-    hub: Arc<H>,
-    shutdown: CancellationToken,
-) {
+pub(super) async fn serve<H: RoomHub>(incoming: quinn::Incoming, shared: Shared<H>, shutdown: CancellationToken) {
+    let Shared { config, hub, ticks, stats } = shared;
     let remote = incoming.remote_address();
     let deadline = Instant::now() + Duration::from_millis(u64::from(config.limits.handshake_timeout_ms));
     let connecting = match incoming.accept() {
@@ -48,7 +54,9 @@ pub(super) async fn serve<H: RoomHub>(
         }
         tracing::debug!("connected");
         let mut rooms = ConnectionRooms::new(hub, config.limits.clone());
-        let reason = control(&conn, &config, &mut rooms, session_id, deadline, &shutdown).await;
+        let mut ticks = ConnectionTicks::start(&conn, ticks, config.limits.clone(), stats);
+        let reason = control(&conn, &config, &mut rooms, &mut ticks, session_id, deadline, &shutdown).await;
+        ticks.stop().await;
         rooms.leave_all(now_us()).await;
         tracing::info!(%reason, "connection ended");
     }
@@ -70,6 +78,7 @@ async fn control<H: RoomHub>(
     conn: &quinn::Connection,
     config: &ServerConfig,
     rooms: &mut ConnectionRooms<H>,
+    ticks: &mut ConnectionTicks,
     session_id: u64,
     hello_deadline: Instant,
     shutdown: &CancellationToken,
@@ -127,6 +136,10 @@ async fn control<H: RoomHub>(
                 }
                 Step::Room { req_id, identity, request } => {
                     let result = rooms.handle(conn, &identity, request, now_us()).await;
+                    encode(&codec, &ServerMsg::Reply { req_id, result }, &mut outbound);
+                }
+                Step::Tick { req_id, request } => {
+                    let result = ticks.handle(request);
                     encode(&codec, &ServerMsg::Reply { req_id, result }, &mut outbound);
                 }
             }

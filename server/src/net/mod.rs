@@ -5,6 +5,7 @@ pub mod close;
 mod connection;
 mod endpoint;
 mod rooms;
+mod ticks;
 pub mod transport;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -13,7 +14,11 @@ use quiver_certs::Fingerprint;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    hub::{LocalHub, RoomHub},
+    hub::{
+        ticks::{LocalTicks, TickHub},
+        LocalHub, RoomHub,
+    },
+    stats::ServerStats,
     ServerConfig,
 };
 pub use endpoint::ServerError;
@@ -29,6 +34,8 @@ pub struct Server<H = LocalHub> {
     fingerprint: Fingerprint,
     config: Arc<ServerConfig>,
     hub: Arc<H>,
+    ticks: Arc<dyn TickHub>,
+    stats: Arc<ServerStats>,
 }
 
 impl Server<LocalHub> {
@@ -45,7 +52,14 @@ impl<H: RoomHub> Server<H> {
     pub fn bind_with_hub(config: ServerConfig, hub: Arc<H>) -> Result<Server<H>, ServerError> {
         let (endpoint, fingerprint) = endpoint::bind(&config)?;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
-        Ok(Server { endpoint, local_addr, fingerprint, config: Arc::new(config), hub })
+        let ticks: Arc<dyn TickHub> = Arc::new(LocalTicks::default());
+        let stats = Arc::new(ServerStats::default());
+        Ok(Server { endpoint, local_addr, fingerprint, config: Arc::new(config), hub, ticks, stats })
+    }
+
+    /// The server's counters (keep the handle: it stays valid while and after the server runs).
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.stats.clone()
     }
 
     /// The rooms this server serves.
@@ -73,7 +87,13 @@ impl<H: RoomHub> Server<H> {
                     let Some(incoming) = incoming else { break };
                     let config = self.config.clone();
                     let shutdown = shutdown.child_token();
-                    tasks.spawn(connection::serve(incoming, config, self.hub.clone(), shutdown));
+                    let shared = connection::Shared {
+                        config,
+                        hub: self.hub.clone(),
+                        ticks: self.ticks.clone(),
+                        stats: self.stats.clone(),
+                    };
+                    tasks.spawn(connection::serve(incoming, shared, shutdown));
                 }
                 () = shutdown.cancelled() => break,
             }
@@ -87,6 +107,6 @@ impl<H: RoomHub> Server<H> {
         self.endpoint.close(close::quic_code(quiver_proto::ErrorCode::GoingAway), b"server shutting down");
         // Let the CONNECTION_CLOSE frames leave before the socket goes.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
-        tracing::info!("server stopped");
+        tracing::info!(stats = ?self.stats.snapshot(), "server stopped");
     }
 }

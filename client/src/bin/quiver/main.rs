@@ -2,6 +2,7 @@
 
 mod chat;
 mod ping;
+mod tick;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -26,6 +27,9 @@ enum Command {
     Post(chat::PostArgs),
     /// Print a room's retained messages.
     History(chat::HistoryArgs),
+    /// Ticks over datagrams: publish or subscribe.
+    #[command(subcommand)]
+    Tick(tick::TickCommand),
 }
 
 /// Where the server is and how to trust it.
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             Command::Chat(args) => tokio::spawn(chat::chat(args)).await,
             Command::Post(args) => tokio::spawn(chat::post(args)).await,
             Command::History(args) => tokio::spawn(chat::history(args)).await,
+            Command::Tick(command) => tokio::spawn(tick::run(command)).await,
         }
     });
     match outcome {

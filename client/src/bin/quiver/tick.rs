@@ -1,0 +1,196 @@
+//! `quiver tick pub` and `quiver tick sub`: ticks from the command line, with live statistics.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use quiver_client::{latency::LatencySummary, TickError, TickStats};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::ServerArgs;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TickCommand {
+    /// Publish ticks at a fixed rate.
+    Pub(PubArgs),
+    /// Subscribe and print statistics once a second and at the end.
+    Sub(SubArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PubArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Channel to publish on.
+    #[arg(long)]
+    channel: String,
+    /// Ticks per second.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Payload bytes per tick (the first 8 carry a counter).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Ask the server to drop ticks older than this many ms instead of sending them late.
+    #[arg(long)]
+    max_age_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Channel to subscribe to.
+    #[arg(long)]
+    channel: String,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Print one JSON object at the end instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(command: TickCommand) -> Result<(), String> {
+    match command {
+        TickCommand::Pub(args) => publish(args).await,
+        TickCommand::Sub(args) => subscribe(args).await,
+    }
+}
+
+fn deadline(duration: Option<f64>) -> Result<Option<Instant>, String> {
+    duration
+        .map(|secs| {
+            Duration::try_from_secs_f64(secs).map(|d| Instant::now() + d).map_err(|e| format!("--duration: {e}"))
+        })
+        .transpose()
+}
+
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn publish(args: PubArgs) -> Result<(), String> {
+    if !(args.rate > 0.0 && args.rate <= 1_000_000.0) {
+        return Err("--rate must be above 0 and at most 1,000,000".into());
+    }
+    let client = args.server.connect().await?;
+    let max_age = args.max_age_ms.map(Duration::from_millis);
+    let publisher =
+        client.publisher_with_max_age(&args.channel, max_age).await.map_err(|e| format!("cannot publish: {e}"))?;
+    let max = publisher.max_payload().map_err(|e| e.to_string())?;
+    if args.size > max {
+        return Err(TickError::TooLarge { size: args.size, max_payload: max }.to_string());
+    }
+    let end = deadline(args.duration)?;
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    eprintln!("publishing {} ticks/s of {} bytes on {}", args.rate, args.size, args.channel);
+    let start = Instant::now();
+    let (mut sent, mut unsent) = (0u64, 0u64);
+    let mut payload = vec![0u8; args.size];
+    let mut report = start + Duration::from_secs(1);
+    for i in 0u64.. {
+        let scheduled = start + interval.mul_f64(i as f64);
+        if end.is_some_and(|end| scheduled >= end) {
+            break;
+        }
+        tokio::select! {
+            () = quiver_client::pace::until(scheduled) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let counter = i.to_be_bytes();
+        let n = counter.len().min(payload.len());
+        payload[..n].copy_from_slice(&counter[..n]);
+        match publisher.send(payload.clone()) {
+            Ok(_) => sent += 1,
+            Err(TickError::NotConnected) => unsent += 1,
+            Err(err) => return Err(err.to_string()),
+        }
+        if Instant::now() >= report {
+            eprintln!("sent {sent} ticks ({unsent} while reconnecting)");
+            report += Duration::from_secs(1);
+        }
+    }
+    println!("sent {sent} ticks in {:.1} s ({unsent} not sent while reconnecting)", start.elapsed().as_secs_f64());
+    client.close().await;
+    Ok(())
+}
+
+/// `quiver tick sub --json` output.
+#[derive(Debug, Serialize)]
+struct SubReport {
+    channel: String,
+    received: u64,
+    lost: u64,
+    stale_dropped: u64,
+    latency: LatencySummary,
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
+fn line(stats: &TickStats, rate: f64) -> String {
+    let seen = stats.received + stats.lost;
+    format!(
+        "{rate:>8.0}/s  received {:>8}  lost {:>5.2}%  stale {:>5.2}%  latency p50 {} µs  p99 {} µs",
+        stats.received,
+        percent(stats.lost, seen),
+        percent(stats.stale_dropped, stats.received + stats.stale_dropped),
+        stats.latency.p50_us,
+        stats.latency.p99_us
+    )
+}
+
+async fn subscribe(args: SubArgs) -> Result<(), String> {
+    let client = args.server.connect().await?;
+    let subscription = client.subscribe(&args.channel).await.map_err(|e| format!("cannot subscribe: {e}"))?;
+    let end = deadline(args.duration)?;
+    if !args.json {
+        eprintln!("subscribed to {}", args.channel);
+    }
+    let mut second = tokio::time::interval_at(Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
+    let mut previous = 0;
+    loop {
+        tokio::select! {
+            _ = second.tick() => {
+                let stats = subscription.stats();
+                if !args.json {
+                    println!("{}", line(&stats, (stats.received - previous) as f64));
+                }
+                previous = stats.received;
+            }
+            () = until(end) => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let stats = subscription.stats();
+    if args.json {
+        let report = SubReport {
+            channel: args.channel,
+            received: stats.received,
+            lost: stats.lost,
+            stale_dropped: stats.stale_dropped,
+            latency: stats.latency,
+        };
+        println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+    } else {
+        println!("total: received {}  lost {}  stale {}", stats.received, stats.lost, stats.stale_dropped);
+        let l = stats.latency;
+        println!(
+            "latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+        );
+    }
+    client.close().await;
+    Ok(())
+}

@@ -57,8 +57,8 @@ struct SubState {
     latest: Option<Tick>,
     /// Seq of the newest accepted tick; `None` until the first (and again after a resubscribe).
     last_seq: Option<u64>,
-    /// Seq of the last tick `next()` returned.
-    last_returned: Option<u64>,
+    /// True when `latest` has not been returned by `next()` yet.
+    fresh: bool,
     received: u64,
     lost: u64,
     stale_dropped: u64,
@@ -82,7 +82,6 @@ impl SubShared {
     pub(crate) fn resync(&self) {
         let mut state = lock(&self.state);
         state.last_seq = None;
-        state.last_returned = None;
     }
 
     /// A datagram for this subscription arrived at `now_us` (server clock).
@@ -100,6 +99,7 @@ impl SubShared {
         let tick = Tick { seq: header.seq, sent_time_us: header.sent_time_us, received_time_us: now_us, payload };
         state.latency.record(tick.latency());
         state.latest = Some(tick);
+        state.fresh = true;
         drop(state);
         self.arrived.notify_waiters();
     }
@@ -123,16 +123,16 @@ impl TickSubscription {
         lock(&self.shared.state).latest.clone()
     }
 
-    /// Waits for a tick newer than the last one returned and returns the newest: ticks come in seq order and a
-    /// slow reader skips to the latest value instead of working through old ones.
+    /// Waits for a tick not returned yet and returns the newest: ticks come in seq order (older arrivals are
+    /// dropped as stale) and a slow reader skips to the latest value instead of working through old ones.
     pub async fn next(&mut self) -> Tick {
         loop {
             let arrived = self.shared.arrived.notified();
             {
                 let mut state = lock(&self.shared.state);
-                if let Some(latest) = state.latest.clone() {
-                    if state.last_returned.is_none_or(|last| latest.seq > last) {
-                        state.last_returned = Some(latest.seq);
+                if state.fresh {
+                    if let Some(latest) = state.latest.clone() {
+                        state.fresh = false;
                         return latest;
                     }
                 }
@@ -226,21 +226,18 @@ impl TickPublisher {
             _ => return Err(TickError::NotConnected),
         };
         let max = conn.max_datagram_size().ok_or(TickError::Unsupported)?;
+        // The limit counts the largest header, so it does not shift as seqs and ids grow.
+        let max_payload = max.saturating_sub(TickHeader::MAX_LEN);
+        if payload.len() > max_payload {
+            return Err(TickError::TooLarge { size: payload.len(), max_payload });
+        }
         let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
         let header = TickHeader { channel_id, seq, sent_time_us: self.client.server_clock_us() };
-        if header.encoded_len() + payload.len() > max {
-            return Err(TickError::TooLarge {
-                size: payload.len(),
-                max_payload: max.saturating_sub(TickHeader::MAX_LEN),
-            });
-        }
         let mut datagram = BytesMut::with_capacity(header.encoded_len() + payload.len());
         header.encode(&mut datagram).map_err(|_| TickError::Unsupported)?;
         datagram.put_slice(&payload);
         conn.send_datagram(datagram.freeze()).map_err(|err| match err {
-            quinn::SendDatagramError::TooLarge => {
-                TickError::TooLarge { size: payload.len(), max_payload: max.saturating_sub(TickHeader::MAX_LEN) }
-            }
+            quinn::SendDatagramError::TooLarge => TickError::TooLarge { size: payload.len(), max_payload },
             quinn::SendDatagramError::ConnectionLost(_) => TickError::NotConnected,
             _ => TickError::Unsupported,
         })?;

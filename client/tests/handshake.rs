@@ -199,11 +199,11 @@ async fn silent_connection_is_closed_after_the_handshake_timeout() {
 }
 
 #[tokio::test]
-async fn unserved_requests_are_answered_and_the_connection_stays() {
+async fn a_failed_request_is_answered_and_the_connection_stays() {
     let server = TestServer::start(Limits::default());
     let client = server.client().await;
-    let err = client.request(RequestBody::Subscribe { channel: "prices".into() }).await.unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::Unsupported), "{err}");
+    let err = client.request(RequestBody::Unsubscribe { channel: "prices".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotJoined), "{err}");
     client.ping().await.unwrap();
     server.stop().await;
 }

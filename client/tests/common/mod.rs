@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub stats: std::sync::Arc<quiver_server::stats::ServerStats>,
     pub data_dir: tempfile::TempDir,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
@@ -23,7 +24,7 @@ impl TestServer {
 
     /// Stops the server and starts a new one (empty rooms) on the same address and data directory.
     pub async fn restart(self, limits: Limits) -> TestServer {
-        let TestServer { addr, data_dir, shutdown, task } = self;
+        let TestServer { addr, data_dir, shutdown, task, .. } = self;
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), task).await.expect("server stops in time").unwrap();
         TestServer::start_at(addr, data_dir, limits)
@@ -33,9 +34,10 @@ impl TestServer {
         let config = ServerConfig { limits, ..ServerConfig::dev(addr, data_dir.path().to_owned()) };
         let server = Server::bind(config).unwrap();
         let addr = server.local_addr();
+        let stats = server.stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        TestServer { addr, data_dir, shutdown, task }
+        TestServer { addr, stats, data_dir, shutdown, task }
     }
 
     pub fn trust(&self) -> TrustOptions {

@@ -436,7 +436,12 @@ async fn supervise(inner: Arc<Inner>) {
         let Some(session) = inner.current.borrow().clone() else { return };
         tokio::select! {
             _ = session.conn.closed() => {}
-            () = inner.stop.cancelled() => return,
+            () = inner.stop.cancelled() => {
+                // Every clone was dropped (or close() was called): the connection goes with the client. Its
+                // reader tasks hold connection handles, so it would otherwise live on, kept alive by keep-alives.
+                inner.end((ErrorCode::NoError, "client dropped".into()));
+                return;
+            }
         }
         let why = session.close_reason().unwrap_or((ErrorCode::Internal, "connection lost".into()));
         if !inner.options.reconnect {

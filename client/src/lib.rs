@@ -24,6 +24,7 @@
 
 mod client;
 mod error;
+pub mod impair;
 pub mod latency;
 pub mod pace;
 mod requests;

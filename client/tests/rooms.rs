@@ -275,3 +275,25 @@ async fn server_restart_is_survived_and_the_lost_history_is_surfaced() {
     assert_eq!(after[0].body, "after");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_closes_the_connection() {
+    let server = TestServer::start(Limits::default());
+    let ann = named(&server, "ann").await;
+    let mut room = ann.join("lobby").await.unwrap();
+    let bob = named(&server, "bob").await;
+    let bob_room = bob.join("lobby").await.unwrap();
+    drop(bob_room);
+    drop(bob);
+    let left = tokio::time::timeout(WAIT, async {
+        loop {
+            if let RoomEvent::MemberLeft { member } = room.next().await.expect("stream ended") {
+                break member;
+            }
+        }
+    })
+    .await
+    .expect("bob's connection was not closed when its client was dropped");
+    assert_eq!(left, "bob");
+    server.stop().await;
+}

@@ -22,8 +22,6 @@ pub struct Limits {
     /// Bytes a room stream may have queued toward a slow client before it is reset with `SlowConsumer`.
     /// Default 262,144.
     pub room_queue_bytes: u32,
-    /// Control requests a client may have outstanding (sent, not yet answered). Default 256.
-    pub max_pending_requests: u32,
     /// Time a new connection has to send Hello, in milliseconds. Default 10,000.
     pub handshake_timeout_ms: u32,
     /// Messages each room retains for history and resume. Default 1,000.
@@ -79,7 +77,6 @@ impl Default for Limits {
             max_subscriptions: 256,
             max_publish_channels: 64,
             room_queue_bytes: 256 * 1024,
-            max_pending_requests: 256,
             handshake_timeout_ms: 10_000,
             history_max_messages: 1_000,
             history_max_age_s: 86_400,

@@ -1,6 +1,7 @@
 //! `quiver`: the command-line client: `ping` (control-stream round trips), `chat`, `post`, `history`.
 
 mod chat;
+mod impair;
 mod ping;
 mod tick;
 
@@ -30,6 +31,8 @@ enum Command {
     /// Ticks over datagrams: publish or subscribe.
     #[command(subcommand)]
     Tick(tick::TickCommand),
+    /// A UDP relay that applies loss, delay, jitter, reordering, duplication and rate limits (no root needed).
+    Impair(impair::ImpairArgs),
 }
 
 /// Where the server is and how to trust it.
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             Command::Post(args) => tokio::spawn(chat::post(args)).await,
             Command::History(args) => tokio::spawn(chat::history(args)).await,
             Command::Tick(command) => tokio::spawn(tick::run(command)).await,
+            Command::Impair(args) => tokio::spawn(impair::run(args)).await,
         }
     });
     match outcome {

@@ -1,0 +1,146 @@
+//! `quiver impair`: an unprivileged UDP relay applying an impairment profile, printing per-direction counters.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Args;
+use quiver_client::impair::{ImpairmentProfile, LinkStats, Relay, RelayConfig, RelayStats, PRESETS};
+
+/// Impairment flags shared by `quiver impair` (and later the benches). Flags apply to both directions and
+/// override the profile's values.
+#[derive(Debug, Args)]
+pub(crate) struct ProfileArgs {
+    /// A preset (clean, lan, wifi, lte, lossy-1, lossy-5, satellite) or a TOML profile file.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Random loss, percent.
+    #[arg(long)]
+    loss: Option<f64>,
+    /// Mean loss burst length in packets (Gilbert model; 1 = independent losses).
+    #[arg(long)]
+    burst: Option<f64>,
+    /// One-way delay, ms.
+    #[arg(long)]
+    delay_ms: Option<f64>,
+    /// Delay variation, ± ms.
+    #[arg(long)]
+    jitter_ms: Option<f64>,
+    /// Let jitter reorder packets.
+    #[arg(long)]
+    jitter_reorders: bool,
+    /// Packets sent ahead of the delay, percent.
+    #[arg(long)]
+    reorder: Option<f64>,
+    /// Packets duplicated, percent.
+    #[arg(long)]
+    duplicate: Option<f64>,
+    /// Bottleneck rate, kbit/s.
+    #[arg(long)]
+    rate_kbps: Option<f64>,
+    /// Seed of the random choices.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl ProfileArgs {
+    pub(crate) fn profile(&self) -> Result<ImpairmentProfile, String> {
+        let mut profile = match &self.profile {
+            Some(spec) => ImpairmentProfile::named_or_file(spec)?,
+            None => ImpairmentProfile::default(),
+        };
+        for d in [&mut profile.up, &mut profile.down] {
+            if let Some(v) = self.loss {
+                d.loss_pct = v;
+            }
+            if let Some(v) = self.burst {
+                d.burst_len = v;
+            }
+            if let Some(v) = self.delay_ms {
+                d.delay_ms = v;
+            }
+            if let Some(v) = self.jitter_ms {
+                d.jitter_ms = v;
+            }
+            d.jitter_reorders |= self.jitter_reorders;
+            if let Some(v) = self.reorder {
+                d.reorder_pct = v;
+            }
+            if let Some(v) = self.duplicate {
+                d.duplicate_pct = v;
+            }
+            if let Some(v) = self.rate_kbps {
+                d.rate_kbps = v;
+            }
+        }
+        if let Some(seed) = self.seed {
+            profile.seed = seed;
+        }
+        profile.check()?;
+        Ok(profile)
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImpairArgs {
+    /// Address clients send to.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The server the relay forwards to.
+    #[arg(long)]
+    upstream: SocketAddr,
+    #[command(flatten)]
+    profile: ProfileArgs,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Client addresses served at most.
+    #[arg(long, default_value_t = 256)]
+    max_clients: usize,
+    /// List the presets and exit.
+    #[arg(long)]
+    list_presets: bool,
+}
+
+fn row(name: &str, s: &LinkStats) -> String {
+    format!(
+        "{name:<5} passed {:>9}  dropped {:>7}  queue-dropped {:>6}  duplicated {:>6}  reordered {:>6}  delayed {:>9}",
+        s.passed, s.dropped, s.queue_dropped, s.duplicated, s.reordered, s.delayed
+    )
+}
+
+fn print(stats: &RelayStats) {
+    println!("{}", row("up", &stats.up));
+    println!("{}", row("down", &stats.down));
+}
+
+pub(crate) async fn run(args: ImpairArgs) -> Result<(), String> {
+    if args.list_presets {
+        for (name, what) in PRESETS {
+            println!("{name:<10} {what}");
+        }
+        return Ok(());
+    }
+    let profile = args.profile.profile()?;
+    let config = RelayConfig { listen: args.listen, upstream: args.upstream, profile, max_clients: args.max_clients };
+    let relay = Relay::start(config.clone()).map_err(|e| format!("cannot start the relay on {}: {e}", args.listen))?;
+    eprintln!("relaying {} -> {} with {:?}", relay.local_addr(), args.upstream, config.profile);
+    let end = async {
+        match args.duration {
+            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end);
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    second.tick().await;
+    loop {
+        tokio::select! {
+            _ = second.tick() => print(&relay.stats()),
+            () = &mut end => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let stats = tokio::task::spawn_blocking(move || relay.stop()).await.map_err(|e| e.to_string())?;
+    println!("total ({} clients{}):", stats.clients, if stats.refused > 0 { ", some refused" } else { "" });
+    print(&stats);
+    Ok(())
+}

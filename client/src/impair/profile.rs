@@ -1,0 +1,224 @@
+//! [`ImpairmentProfile`]: what a link emulator does to packets, per direction, with a seed. One type for every
+//! emulator backend. Named presets, TOML files, and command-line flags all produce it.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// What happens to packets going one way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectionProfile {
+    /// Long-run share of packets lost, in percent.
+    pub loss_pct: f64,
+    /// Mean length of a loss burst, in packets. 1 (or less) means independent (Bernoulli) losses; above 1, losses
+    /// follow a two-state Gilbert model whose bad state loses every packet, with the same long-run `loss_pct`.
+    pub burst_len: f64,
+    /// Fixed one-way delay, in ms.
+    pub delay_ms: f64,
+    /// Each packet's delay varies uniformly within ± this many ms (never below 0).
+    pub jitter_ms: f64,
+    /// Let jitter reorder packets. When false (the default), a packet never overtakes an earlier one: jitter then
+    /// only stretches the gaps, as on a single-path link.
+    pub jitter_reorders: bool,
+    /// Share of packets, in percent, sent without the fixed delay, so they overtake packets in flight.
+    pub reorder_pct: f64,
+    /// Share of packets, in percent, delivered twice.
+    pub duplicate_pct: f64,
+    /// Bottleneck rate in kbit/s; 0 means unlimited.
+    pub rate_kbps: f64,
+    /// Bytes the bottleneck queue holds before it drops (tail drop). Only with a rate.
+    pub queue_bytes: u64,
+}
+
+impl Default for DirectionProfile {
+    fn default() -> Self {
+        DirectionProfile {
+            loss_pct: 0.0,
+            burst_len: 1.0,
+            delay_ms: 0.0,
+            jitter_ms: 0.0,
+            jitter_reorders: false,
+            reorder_pct: 0.0,
+            duplicate_pct: 0.0,
+            rate_kbps: 0.0,
+            queue_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl DirectionProfile {
+    /// Checks that every value is in range.
+    pub fn check(&self) -> Result<(), String> {
+        let pct = |name: &str, v: f64| {
+            if (0.0..=100.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} must be within 0..=100, got {v}"))
+            }
+        };
+        pct("loss_pct", self.loss_pct)?;
+        pct("reorder_pct", self.reorder_pct)?;
+        pct("duplicate_pct", self.duplicate_pct)?;
+        for (name, v) in [
+            ("burst_len", self.burst_len),
+            ("delay_ms", self.delay_ms),
+            ("jitter_ms", self.jitter_ms),
+            ("rate_kbps", self.rate_kbps),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{name} must be a finite number >= 0, got {v}"));
+            }
+        }
+        if self.loss_pct >= 100.0 && self.burst_len > 1.0 {
+            return Err("burst_len needs loss_pct below 100".into());
+        }
+        Ok(())
+    }
+
+    /// True when this direction changes nothing.
+    pub fn is_clean(&self) -> bool {
+        *self == DirectionProfile { queue_bytes: self.queue_bytes, ..DirectionProfile::default() }
+    }
+}
+
+/// A link's impairment: client → server (`up`) and server → client (`down`), and the seed of every random choice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImpairmentProfile {
+    /// Seed of the random choices (each direction and each client address derive their own stream from it).
+    pub seed: u64,
+    /// Client → server.
+    pub up: DirectionProfile,
+    /// Server → client.
+    pub down: DirectionProfile,
+}
+
+/// The named presets, with a one-line description each.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("clean", "no impairment"),
+    ("lan", "0.25 ms ± 0.05 ms each way"),
+    ("wifi", "3 ms ± 2 ms, 0.5 % loss in bursts of 2, each way"),
+    ("lte", "25 ms ± 8 ms, 1 % loss in bursts of 3; 5 Mbit/s up, 20 Mbit/s down, 128 KiB queues"),
+    ("lossy-1", "1 % random loss each way"),
+    ("lossy-5", "5 % random loss each way"),
+    ("satellite", "290 ms ± 10 ms, 0.5 % loss; 2 Mbit/s up, 10 Mbit/s down, 512 KiB queues"),
+];
+
+impl ImpairmentProfile {
+    /// The same impairment both ways.
+    pub fn symmetric(direction: DirectionProfile) -> Self {
+        ImpairmentProfile { seed: 0, up: direction.clone(), down: direction }
+    }
+
+    /// A named preset (see [`PRESETS`]).
+    pub fn preset(name: &str) -> Result<Self, String> {
+        let both = ImpairmentProfile::symmetric;
+        let d = DirectionProfile::default;
+        Ok(match name {
+            "clean" => ImpairmentProfile::default(),
+            "lan" => both(DirectionProfile { delay_ms: 0.25, jitter_ms: 0.05, ..d() }),
+            "wifi" => both(DirectionProfile { delay_ms: 3.0, jitter_ms: 2.0, loss_pct: 0.5, burst_len: 2.0, ..d() }),
+            "lte" => {
+                let base = DirectionProfile {
+                    delay_ms: 25.0,
+                    jitter_ms: 8.0,
+                    loss_pct: 1.0,
+                    burst_len: 3.0,
+                    queue_bytes: 128 * 1024,
+                    ..d()
+                };
+                ImpairmentProfile {
+                    seed: 0,
+                    up: DirectionProfile { rate_kbps: 5_000.0, ..base.clone() },
+                    down: DirectionProfile { rate_kbps: 20_000.0, ..base },
+                }
+            }
+            "lossy-1" => both(DirectionProfile { loss_pct: 1.0, ..d() }),
+            "lossy-5" => both(DirectionProfile { loss_pct: 5.0, ..d() }),
+            "satellite" => {
+                let base = DirectionProfile {
+                    delay_ms: 290.0,
+                    jitter_ms: 10.0,
+                    loss_pct: 0.5,
+                    queue_bytes: 512 * 1024,
+                    ..d()
+                };
+                ImpairmentProfile {
+                    seed: 0,
+                    up: DirectionProfile { rate_kbps: 2_000.0, ..base.clone() },
+                    down: DirectionProfile { rate_kbps: 10_000.0, ..base },
+                }
+            }
+            other => {
+                let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+                return Err(format!("unknown preset {other:?}; presets: {}", names.join(", ")));
+            }
+        })
+    }
+
+    /// A profile from TOML text: `seed = 7`, then `[up]` and `[down]` tables with [`DirectionProfile`]'s fields.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let profile: ImpairmentProfile = toml::from_str(text).map_err(|e| e.to_string())?;
+        profile.check()?;
+        Ok(profile)
+    }
+
+    /// A profile from a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// A preset name or, if it names an existing file, a TOML file.
+    pub fn named_or_file(spec: &str) -> Result<Self, String> {
+        let path = Path::new(spec);
+        if path.is_file() {
+            Self::from_file(path)
+        } else {
+            Self::preset(spec)
+        }
+    }
+
+    /// Checks both directions.
+    pub fn check(&self) -> Result<(), String> {
+        self.up.check().map_err(|e| format!("up: {e}"))?;
+        self.down.check().map_err(|e| format!("down: {e}"))
+    }
+
+    /// True when neither direction changes anything.
+    pub fn is_clean(&self) -> bool {
+        self.up.is_clean() && self.down.is_clean()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_exists_and_is_valid() {
+        for (name, _) in PRESETS {
+            ImpairmentProfile::preset(name).unwrap().check().unwrap();
+        }
+        assert!(ImpairmentProfile::preset("clean").unwrap().is_clean());
+        assert!(!ImpairmentProfile::preset("lossy-5").unwrap().is_clean());
+        assert!(ImpairmentProfile::preset("nope").unwrap_err().contains("lossy-5"));
+    }
+
+    #[test]
+    fn toml_round_trip_and_errors() {
+        let profile = ImpairmentProfile::from_toml(
+            "seed = 9\n[up]\nloss_pct = 2.5\nburst_len = 4\n[down]\ndelay_ms = 20\njitter_ms = 5\n",
+        )
+        .unwrap();
+        assert_eq!(profile.seed, 9);
+        assert_eq!(profile.up.loss_pct, 2.5);
+        assert_eq!(profile.down.delay_ms, 20.0);
+        assert_eq!(profile.down.queue_bytes, 64 * 1024, "defaults fill what the file leaves out");
+        let text = toml::to_string(&profile).unwrap();
+        assert_eq!(ImpairmentProfile::from_toml(&text).unwrap(), profile);
+        assert!(ImpairmentProfile::from_toml("[up]\nlos_pct = 1\n").unwrap_err().contains("los_pct"));
+        assert!(ImpairmentProfile::from_toml("[up]\nloss_pct = 140\n").unwrap_err().contains("loss_pct"));
+    }
+}

@@ -1,0 +1,306 @@
+//! An unprivileged UDP relay that applies an [`ImpairmentProfile`]: clients talk to the relay's address, the relay
+//! talks to the upstream server from one socket per client address, and each direction of each client gets its
+//! own [`Link`]. Deliveries are kept in one time-ordered heap served by one scheduler thread that sleeps in a
+//! timed channel wait (tens of µs of precision here, against ~1 ms for async timers), not one task per packet.
+
+use std::{
+    collections::{BinaryHeap, HashMap},
+    io,
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use super::{Fate, ImpairmentProfile, Link, LinkStats};
+
+/// How often blocked threads look at the stop flag.
+const POLL: Duration = Duration::from_millis(50);
+/// Largest UDP payload relayed.
+const MAX_PACKET: usize = 65_536;
+
+/// Counters of a relay, per direction, over all clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Client → upstream.
+    pub up: LinkStats,
+    /// Upstream → client.
+    pub down: LinkStats,
+    /// Client addresses seen.
+    pub clients: usize,
+    /// Packets from new clients refused because `max_clients` was reached.
+    pub refused: u64,
+}
+
+/// Where a scheduled packet goes.
+#[derive(Debug)]
+enum Out {
+    Upstream(Arc<UdpSocket>),
+    Client(SocketAddr),
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    at: Instant,
+    order: u64,
+    packet: Vec<u8>,
+    out: Out,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    /// Reversed: the heap's top is the earliest delivery (ties in arrival order).
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.order).cmp(&(self.at, self.order))
+    }
+}
+
+/// A running relay. Dropping it stops it.
+#[derive(Debug)]
+pub struct Relay {
+    local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<RelayStats>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What a relay needs.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Address clients send to (port 0 picks one).
+    pub listen: SocketAddr,
+    /// The real server.
+    pub upstream: SocketAddr,
+    /// The impairment.
+    pub profile: ImpairmentProfile,
+    /// Client addresses served at most (each costs a socket and a thread).
+    pub max_clients: usize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A seed for one direction of the `index`-th client: reproducible for the same order of clients.
+fn seed(base: u64, index: usize, down: bool) -> u64 {
+    base.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((index as u64) << 1 | u64::from(down))
+}
+
+impl Relay {
+    /// Binds the listening socket and starts relaying.
+    pub fn start(config: RelayConfig) -> io::Result<Relay> {
+        config.profile.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let listen = Arc::new(UdpSocket::bind(config.listen)?);
+        listen.set_read_timeout(Some(POLL))?;
+        let local_addr = listen.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Mutex::new(RelayStats::default()));
+        let epoch = Instant::now();
+        let (schedule, scheduled) = mpsc::channel::<Scheduled>();
+        let mut threads = Vec::new();
+        {
+            let (listen, stop) = (listen.clone(), stop.clone());
+            threads.push(std::thread::Builder::new().name("impair-scheduler".into()).spawn(move || {
+                deliver(scheduled, &listen, &stop);
+            })?);
+        }
+        {
+            let stop = stop.clone();
+            let stats = stats.clone();
+            threads.push(std::thread::Builder::new().name("impair-listen".into()).spawn(move || {
+                if let Err(err) = listen_loop(&config, &listen, epoch, &schedule, &stop, &stats) {
+                    tracing::error!(%err, "relay stopped");
+                }
+            })?);
+        }
+        Ok(Relay { local_addr, stop, stats, threads })
+    }
+
+    /// The address clients send to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> RelayStats {
+        *lock(&self.stats)
+    }
+
+    /// Stops every thread and returns the final counters.
+    pub fn stop(mut self) -> RelayStats {
+        self.halt();
+        self.stats()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn micros(epoch: Instant, at: Instant) -> u64 {
+    at.saturating_duration_since(epoch).as_micros() as u64
+}
+
+/// Applies `link` to a packet and schedules what survives.
+fn admit(
+    link: &mut Link,
+    epoch: Instant,
+    packet: &[u8],
+    out: impl Fn() -> Out,
+    schedule: &mpsc::Sender<Scheduled>,
+    order: &mut u64,
+) {
+    let now = Instant::now();
+    if let Fate::Deliver { at_us, duplicate_at_us, .. } = link.on_packet(micros(epoch, now), packet.len()) {
+        for at in std::iter::once(at_us).chain(duplicate_at_us) {
+            *order += 1;
+            let item =
+                Scheduled { at: epoch + Duration::from_micros(at), order: *order, packet: packet.to_vec(), out: out() };
+            let _ = schedule.send(item);
+        }
+    }
+}
+
+fn listen_loop(
+    config: &RelayConfig,
+    listen: &Arc<UdpSocket>,
+    epoch: Instant,
+    schedule: &mpsc::Sender<Scheduled>,
+    stop: &Arc<AtomicBool>,
+    stats: &Arc<Mutex<RelayStats>>,
+) -> io::Result<()> {
+    struct Client {
+        upstream: Arc<UdpSocket>,
+        link: Link,
+    }
+    let mut clients: HashMap<SocketAddr, Client> = HashMap::new();
+    let mut buf = vec![0u8; MAX_PACKET];
+    let mut order = 0u64;
+    let mut downstream = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let (len, from) = match listen.recv_from(&mut buf) {
+            Ok(received) => received,
+            Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(err) => return Err(err),
+        };
+        if !clients.contains_key(&from) {
+            if clients.len() >= config.max_clients {
+                lock(stats.as_ref()).refused += 1;
+                continue;
+            }
+            let index = clients.len();
+            let bind: SocketAddr = if config.upstream.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+                .parse()
+                .map_err(|_| io::Error::other("wildcard address"))?;
+            let upstream = Arc::new(UdpSocket::bind(bind)?);
+            upstream.connect(config.upstream)?;
+            upstream.set_read_timeout(Some(POLL))?;
+            let down = Link::new(config.profile.down.clone(), seed(config.profile.seed, index, true));
+            let (socket, schedule, stop, totals) = (upstream.clone(), schedule.clone(), stop.clone(), stats.clone());
+            downstream.push(std::thread::Builder::new().name(format!("impair-down-{index}")).spawn(move || {
+                down_loop(&socket, from, down, epoch, &schedule, &stop, &totals);
+            })?);
+            let link = Link::new(config.profile.up.clone(), seed(config.profile.seed, index, false));
+            clients.insert(from, Client { upstream, link });
+            lock(stats.as_ref()).clients = clients.len();
+        }
+        let Some(client) = clients.get_mut(&from) else { continue };
+        let before = client.link.stats();
+        let upstream = client.upstream.clone();
+        admit(&mut client.link, epoch, &buf[..len], || Out::Upstream(upstream.clone()), schedule, &mut order);
+        add_delta(&mut lock(stats.as_ref()).up, &before, &client.link.stats());
+    }
+    for thread in downstream {
+        let _ = thread.join();
+    }
+    Ok(())
+}
+
+fn add_delta(total: &mut LinkStats, before: &LinkStats, after: &LinkStats) {
+    total.passed += after.passed - before.passed;
+    total.dropped += after.dropped - before.dropped;
+    total.queue_dropped += after.queue_dropped - before.queue_dropped;
+    total.duplicated += after.duplicated - before.duplicated;
+    total.reordered += after.reordered - before.reordered;
+    total.delayed += after.delayed - before.delayed;
+}
+
+fn down_loop(
+    upstream: &UdpSocket,
+    client: SocketAddr,
+    mut link: Link,
+    epoch: Instant,
+    schedule: &mpsc::Sender<Scheduled>,
+    stop: &AtomicBool,
+    stats: &Mutex<RelayStats>,
+) {
+    let mut buf = vec![0u8; MAX_PACKET];
+    // Orders only break ties between equal delivery times; this direction counts from 2^63 so the two never collide.
+    let mut order = 1u64 << 63;
+    while !stop.load(Ordering::Relaxed) {
+        let len = match upstream.recv(&mut buf) {
+            Ok(len) => len,
+            Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(err) => {
+                tracing::warn!(%err, %client, "upstream socket failed");
+                return;
+            }
+        };
+        let before = link.stats();
+        admit(&mut link, epoch, &buf[..len], || Out::Client(client), schedule, &mut order);
+        add_delta(&mut lock(stats).down, &before, &link.stats());
+    }
+}
+
+/// The scheduler: sends every packet when its time comes.
+fn deliver(scheduled: mpsc::Receiver<Scheduled>, listen: &UdpSocket, stop: &AtomicBool) {
+    let mut heap: BinaryHeap<Scheduled> = BinaryHeap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        while heap.peek().is_some_and(|next| next.at <= now) {
+            let Some(item) = heap.pop() else { break };
+            let sent = match &item.out {
+                Out::Upstream(socket) => socket.send(&item.packet),
+                Out::Client(addr) => listen.send_to(&item.packet, addr),
+            };
+            if let Err(err) = sent {
+                tracing::debug!(%err, "relay send failed");
+            }
+        }
+        let wait = heap.peek().map_or(POLL, |next| next.at.saturating_duration_since(Instant::now()).min(POLL));
+        match scheduled.recv_timeout(wait) {
+            Ok(item) => heap.push(item),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if heap.is_empty() {
+                    return;
+                }
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}

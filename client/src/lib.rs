@@ -22,6 +22,7 @@
 //! - [`TrustOptions`]: which server certificate to accept.
 //! - [`latency`]: the latency summary shape every report uses.
 
+pub mod bench;
 mod client;
 mod error;
 pub mod impair;

@@ -1,5 +1,6 @@
 //! `quiver`: the command-line client: `ping` (control-stream round trips), `chat`, `post`, `history`.
 
+mod bench;
 mod chat;
 mod impair;
 mod ping;
@@ -33,14 +34,14 @@ enum Command {
     Tick(tick::TickCommand),
     /// A UDP relay that applies loss, delay, jitter, reordering, duplication and rate limits (no root needed).
     Impair(impair::ImpairArgs),
+    /// Latency benchmarks with same-run baselines.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
-/// Where the server is and how to trust it.
+/// How to trust the server's certificate.
 #[derive(Debug, Args)]
-pub(crate) struct ServerArgs {
-    /// Server address (host:port).
-    #[arg(long, default_value = "127.0.0.1:4433")]
-    server: String,
+pub(crate) struct TrustArgs {
     /// Pin the server certificate's SHA-256 (64 hex digits, as quiver-server prints it).
     #[arg(long, conflicts_with = "ca")]
     cert_hash: Option<Fingerprint>,
@@ -52,21 +53,33 @@ pub(crate) struct ServerArgs {
     data_dir: PathBuf,
 }
 
-impl ServerArgs {
-    fn trust(&self) -> TrustOptions {
+impl TrustArgs {
+    pub(crate) fn trust(&self) -> TrustOptions {
         match (&self.cert_hash, &self.ca) {
             (Some(pin), _) => TrustOptions::Pin(*pin),
             (None, Some(ca)) => TrustOptions::CaFile(ca.clone()),
             (None, None) => TrustOptions::Auto { data_dir: self.data_dir.clone() },
         }
     }
+}
 
+/// Where the server is and how to trust it.
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// Server address (host:port).
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    server: String,
+    #[command(flatten)]
+    trust: TrustArgs,
+}
+
+impl ServerArgs {
     pub(crate) async fn connect(&self) -> Result<Client, String> {
         self.connect_as(None).await
     }
 
     pub(crate) async fn connect_as(&self, name: Option<String>) -> Result<Client, String> {
-        let options = ConnectOptions { trust: self.trust(), name, ..ConnectOptions::default() };
+        let options = ConnectOptions { trust: self.trust.trust(), name, ..ConnectOptions::default() };
         Client::connect_with(&self.server, options).await.map_err(|e| format!("cannot connect to {}: {e}", self.server))
     }
 }
@@ -93,6 +106,7 @@ fn main() -> ExitCode {
             Command::History(args) => tokio::spawn(chat::history(args)).await,
             Command::Tick(command) => tokio::spawn(tick::run(command)).await,
             Command::Impair(args) => tokio::spawn(impair::run(args)).await,
+            Command::Bench(command) => tokio::spawn(bench::run(command)).await,
         }
     });
     match outcome {

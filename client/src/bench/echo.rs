@@ -1,0 +1,74 @@
+//! The baselines' servers, in-process: a raw UDP echo and a bare quinn echo (default transport settings) that
+//! returns datagrams as datagrams and bidirectional-stream bytes on the same stream.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use quiver_certs::CertKey;
+use tokio_util::sync::CancellationToken;
+
+/// ALPN of the bare quinn echo.
+pub(crate) const ECHO_ALPN: &[u8] = b"quiver-bench-echo";
+
+/// A UDP echo on 127.0.0.1, until `stop`.
+pub(crate) async fn udp_echo(stop: CancellationToken) -> std::io::Result<SocketAddr> {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let addr = socket.local_addr()?;
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            tokio::select! {
+                received = socket.recv_from(&mut buf) => {
+                    if let Ok((len, from)) = received {
+                        let _ = socket.send_to(&buf[..len], from).await;
+                    }
+                }
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+    Ok(addr)
+}
+
+/// A bare quinn echo on 127.0.0.1 with quinn's default transport settings, until `stop`.
+pub(crate) fn quinn_echo(cert: CertKey, stop: CancellationToken) -> Result<SocketAddr, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(cert.chain, cert.key)
+        .map_err(|e| e.to_string())?;
+    tls.alpn_protocols = vec![ECHO_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let addr: SocketAddr = "127.0.0.1:0".parse().map_err(|_| "address")?;
+    let endpoint = quinn::Endpoint::server(config, addr).map_err(|e| e.to_string())?;
+    let addr = endpoint.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => match incoming { Some(i) => i, None => return },
+                () = stop.cancelled() => { endpoint.close(0u32.into(), b"done"); return; }
+            };
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                let datagrams = conn.clone();
+                tokio::spawn(async move {
+                    while let Ok(datagram) = datagrams.read_datagram().await {
+                        let _ = datagrams.send_datagram(datagram);
+                    }
+                });
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                            if send.write_chunk(chunk.bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+        }
+    });
+    Ok(addr)
+}

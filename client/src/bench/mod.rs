@@ -1,0 +1,10 @@
+//! `quiver bench`: latency of Quiver's paths beside baselines measured in the same run, through the same link
+//! emulator. Every send is scheduled at a fixed rate and its latency counts from the scheduled time (no
+//! coordinated omission), warm-up excluded, percentiles from HdrHistogram.
+
+mod echo;
+mod rtt;
+mod series;
+
+pub use rtt::{run_rtt, write_json, RttConfig};
+pub use series::{Report, SeriesResult};

@@ -1,0 +1,79 @@
+//! `quiver bench`: latency beside same-run baselines, optionally through the link emulator.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Subcommand};
+use quiver_client::bench::{run_rtt, write_json, RttConfig};
+
+use crate::{impair::ProfileArgs, TrustArgs};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Round trips over Quiver datagrams and room streams beside bare quinn and raw UDP echoes.
+    Rtt(RttArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RttArgs {
+    /// Senders per series.
+    #[arg(long, default_value_t = 1)]
+    clients: u32,
+    /// Messages per second per sender.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Payload bytes per message (at least 12).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Measured seconds per series.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds per series before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Measure an external Quiver server instead of an in-process one (baselines stay in-process).
+    #[arg(long)]
+    server: Option<String>,
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
+    profile: ProfileArgs,
+}
+
+pub(crate) async fn run(command: BenchCommand) -> Result<(), String> {
+    match command {
+        BenchCommand::Rtt(args) => rtt(args).await,
+    }
+}
+
+async fn rtt(args: RttArgs) -> Result<(), String> {
+    let seconds = |name: &str, v: f64| Duration::try_from_secs_f64(v).map_err(|e| format!("--{name}: {e}"));
+    let profile = args.profile.profile()?;
+    let config = RttConfig {
+        clients: args.clients,
+        rate: args.rate,
+        size: args.size,
+        duration: seconds("duration", args.duration)?,
+        warmup: seconds("warmup", args.warmup)?,
+        profile: (!profile.is_clean()).then_some(profile),
+        server: args.server.map(|server| (server, args.trust.trust())),
+    };
+    let per_series = config.warmup + config.duration;
+    eprintln!(
+        "5 series x {:.0} s, {} sender(s) at {}/s, {} B{}",
+        per_series.as_secs_f64() + 1.2,
+        config.clients,
+        config.rate,
+        config.size,
+        if config.profile.is_some() { ", through the link emulator" } else { "" }
+    );
+    let report = run_rtt(config, |name| eprintln!("  measuring {name} ...")).await?;
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        write_json(&report, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

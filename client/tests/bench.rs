@@ -1,0 +1,49 @@
+//! `quiver bench rtt` end to end, short: every series present and measured, and an impairment shows up as loss
+//! in the datagram series but not in the reliable ones.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use quiver_client::{
+    bench::{run_rtt, RttConfig},
+    impair::{DirectionProfile, ImpairmentProfile},
+};
+
+fn config(profile: Option<ImpairmentProfile>) -> RttConfig {
+    RttConfig {
+        clients: 2,
+        rate: 200.0,
+        size: 64,
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(200),
+        profile,
+        server: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtt_measures_every_series_and_sees_the_loss() {
+    let lossy = ImpairmentProfile::symmetric(DirectionProfile { loss_pct: 10.0, ..DirectionProfile::default() });
+    let report = run_rtt(config(Some(lossy)), |_| {}).await.unwrap();
+    let names: Vec<&str> = report.series.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["udp echo", "quinn datagram echo", "quiver datagram", "quinn stream echo", "quiver stream"]);
+    for s in &report.series {
+        assert_eq!(s.sent, 600, "{} sent", s.name); // 2 senders × 200/s × 1.5 s
+        assert!(s.latency.count > 0 && s.latency.p50_us > 0, "{s:?}");
+        let loss = s.lost as f64 / s.sent as f64;
+        if s.name.contains("stream") {
+            assert_eq!(s.lost, 0, "{}: a reliable stream lost messages", s.name);
+        } else {
+            // 10 % each way: about 19 % of round trips; seeded relays, but allow for the run's timing.
+            assert!((0.08..0.35).contains(&loss), "{} loss {loss}", s.name);
+        }
+    }
+    assert_eq!(report.series[2].baseline.as_deref(), Some("quinn datagram echo"));
+    assert_eq!(report.series[4].baseline.as_deref(), Some("quinn stream echo"));
+    let table = report.table();
+    assert!(table.contains("quiver stream") && table.contains("vs baseline"), "{table}");
+    let json = serde_json::to_value(&report).unwrap();
+    for key in ["name", "sent", "lost", "count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+        assert!(json["series"][0].get(key).is_some(), "{key} missing: {json}");
+    }
+}

@@ -47,3 +47,25 @@ async fn rtt_measures_every_series_and_sees_the_loss() {
         assert!(json["series"][0].get(key).is_some(), "{key} missing: {json}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
+    use quiver_client::bench::{run_fanout, FanoutConfig};
+    let config = FanoutConfig {
+        subscribers: 10,
+        rate: 50.0,
+        size: 64,
+        chat_rate: 10.0,
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(200),
+        profile: None,
+    };
+    let report = run_fanout(config, |_| {}).await.unwrap();
+    assert_eq!(report.ticks_sent, 75);
+    assert_eq!(report.chat_sent, 15);
+    assert!(report.delivered_pct > 90.0, "{report:?}");
+    assert_eq!(report.chat_delivered_pct, 100.0, "chat is reliable: {report:?}");
+    assert_eq!(report.chat_latency.count, 150);
+    assert!(report.tick_latency.count > 600 && report.tick_latency.p50_us > 0, "{report:?}");
+    assert!(report.table().contains("ticks"));
+}

@@ -3,8 +3,10 @@
 //! coordinated omission), warm-up excluded, percentiles from HdrHistogram.
 
 mod echo;
+mod fanout;
 mod rtt;
 mod series;
 
+pub use fanout::{run_fanout, FanoutConfig, FanoutReport};
 pub use rtt::{run_rtt, write_json, RttConfig};
 pub use series::{Report, SeriesResult};

@@ -396,8 +396,8 @@ async fn quiver_stream_series(
     result
 }
 
-/// Where a report goes as JSON.
-pub fn write_json(report: &Report, path: &PathBuf) -> Result<(), String> {
+/// Writes a report as JSON.
+pub fn write_json(report: &impl serde::Serialize, path: &PathBuf) -> Result<(), String> {
     let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Subcommand};
-use quiver_client::bench::{run_rtt, write_json, RttConfig};
+use quiver_client::bench::{run_fanout, run_rtt, write_json, FanoutConfig, RttConfig};
 
 use crate::{impair::ProfileArgs, TrustArgs};
 
@@ -11,6 +11,35 @@ use crate::{impair::ProfileArgs, TrustArgs};
 pub(crate) enum BenchCommand {
     /// Round trips over Quiver datagrams and room streams beside bare quinn and raw UDP echoes.
     Rtt(RttArgs),
+    /// One publisher to N subscribers, with a chat load on the same connections.
+    Fanout(FanoutArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FanoutArgs {
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 100)]
+    subscribers: u32,
+    /// Ticks per second from the publisher.
+    #[arg(long, default_value_t = 60.0)]
+    rate: f64,
+    /// Tick payload bytes (at least 12).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Chat messages per second into the room (posted by the subscribers in turn); 0 for none.
+    #[arg(long, default_value_t = 10.0)]
+    chat_rate: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    profile: ProfileArgs,
 }
 
 #[derive(Debug, Args)]
@@ -45,7 +74,36 @@ pub(crate) struct RttArgs {
 pub(crate) async fn run(command: BenchCommand) -> Result<(), String> {
     match command {
         BenchCommand::Rtt(args) => rtt(args).await,
+        BenchCommand::Fanout(args) => fanout(args).await,
     }
+}
+
+async fn fanout(args: FanoutArgs) -> Result<(), String> {
+    let seconds = |name: &str, v: f64| Duration::try_from_secs_f64(v).map_err(|e| format!("--{name}: {e}"));
+    let profile = args.profile.profile()?;
+    let config = FanoutConfig {
+        subscribers: args.subscribers,
+        rate: args.rate,
+        size: args.size,
+        chat_rate: args.chat_rate,
+        duration: seconds("duration", args.duration)?,
+        warmup: seconds("warmup", args.warmup)?,
+        profile: (!profile.is_clean()).then_some(profile),
+    };
+    eprintln!(
+        "1 publisher at {}/s -> {} subscribers, chat {}/s, {:.0} s",
+        config.rate,
+        config.subscribers,
+        config.chat_rate,
+        (config.warmup + config.duration).as_secs_f64()
+    );
+    let report = run_fanout(config, |what| eprintln!("  {what} ...")).await?;
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        write_json(&report, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 async fn rtt(args: RttArgs) -> Result<(), String> {

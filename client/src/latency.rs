@@ -42,6 +42,19 @@ impl LatencyRecorder {
         self.histogram.saturating_record(us);
     }
 
+    /// Latency at the quantiles of a percentile plot (50 % … 99.99 %, then the maximum), as `(quantile, µs)`.
+    pub fn curve(&self) -> Vec<(f64, u64)> {
+        if self.histogram.is_empty() {
+            return Vec::new();
+        }
+        let mut points: Vec<(f64, u64)> = [0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999]
+            .iter()
+            .map(|&q| (q, self.histogram.value_at_quantile(q)))
+            .collect();
+        points.push((1.0, self.histogram.max()));
+        points
+    }
+
     /// The summary of everything recorded.
     pub fn summary(&self) -> LatencySummary {
         let h = &self.histogram;

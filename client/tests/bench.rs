@@ -42,6 +42,12 @@ async fn rtt_measures_every_series_and_sees_the_loss() {
     assert_eq!(report.series[4].baseline.as_deref(), Some("quinn stream echo"));
     let table = report.table();
     assert!(table.contains("quiver stream") && table.contains("vs baseline"), "{table}");
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("rtt.svg");
+    quiver_client::bench::write_plot(&report, "test", &svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("quiver datagram") && text.contains("99.9"), "plot content");
+    assert!(quiver_client::bench::write_plot(&report, "test", &dir.path().join("x.png")).is_err());
     let json = serde_json::to_value(&report).unwrap();
     for key in ["name", "sent", "lost", "count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
         assert!(json["series"][0].get(key).is_some(), "{key} missing: {json}");

@@ -4,9 +4,11 @@
 
 mod echo;
 mod fanout;
+mod plot;
 mod rtt;
 mod series;
 
 pub use fanout::{run_fanout, FanoutConfig, FanoutReport};
+pub use plot::write_plot;
 pub use rtt::{run_rtt, write_json, RttConfig};
 pub use series::{Report, SeriesResult};

@@ -84,6 +84,7 @@ impl Tally {
             sent: t.measured_sent,
             lost: t.measured_sent - t.received,
             latency: t.latencies.summary(),
+            curve: t.latencies.curve(),
         }
     }
 }
@@ -117,6 +118,8 @@ pub struct SeriesResult {
     /// Round-trip latency percentiles.
     #[serde(flatten)]
     pub latency: LatencySummary,
+    /// `(quantile, µs)` points for a percentile plot.
+    pub curve: Vec<(f64, u64)>,
 }
 
 /// A whole run: its settings and every series.

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Subcommand};
-use quiver_client::bench::{run_fanout, run_rtt, write_json, FanoutConfig, RttConfig};
+use quiver_client::bench::{run_fanout, run_rtt, write_json, write_plot, FanoutConfig, RttConfig};
 
 use crate::{impair::ProfileArgs, TrustArgs};
 
@@ -62,6 +62,9 @@ pub(crate) struct RttArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write a percentile plot (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Measure an external Quiver server instead of an in-process one (baselines stay in-process).
     #[arg(long)]
     server: Option<String>,
@@ -97,13 +100,34 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
         config.chat_rate,
         (config.warmup + config.duration).as_secs_f64()
     );
-    let report = run_fanout(config, |what| eprintln!("  {what} ...")).await?;
+    let bar = progress_bar(config.warmup + config.duration + Duration::from_secs(3));
+    let shown = bar.clone();
+    let report = run_fanout(config, move |what| shown.set_message(what.to_string())).await;
+    bar.finish_and_clear();
+    let report = report?;
     println!("{}", report.table());
     if let Some(path) = &args.json {
         write_json(&report, path)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// A progress bar over the expected run time, ticking on its own (hidden when stderr is not a terminal).
+fn progress_bar(expected: Duration) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(expected.as_millis() as u64);
+    let style = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    let ticker = bar.clone();
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        while !ticker.is_finished() {
+            ticker.set_position(start.elapsed().as_millis() as u64);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    bar
 }
 
 async fn rtt(args: RttArgs) -> Result<(), String> {
@@ -127,10 +151,22 @@ async fn rtt(args: RttArgs) -> Result<(), String> {
         config.size,
         if config.profile.is_some() { ", through the link emulator" } else { "" }
     );
-    let report = run_rtt(config, |name| eprintln!("  measuring {name} ...")).await?;
+    let title = match &config.profile {
+        Some(_) => format!("quiver bench rtt, {}/s, {} B, impaired", config.rate, config.size),
+        None => format!("quiver bench rtt, {}/s, {} B, loopback", config.rate, config.size),
+    };
+    let bar = progress_bar(5 * (per_series + Duration::from_millis(1200)));
+    let shown = bar.clone();
+    let report = run_rtt(config, move |name| shown.set_message(format!("measuring {name}"))).await;
+    bar.finish_and_clear();
+    let report = report?;
     println!("{}", report.table());
     if let Some(path) = &args.json {
         write_json(&report, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        write_plot(&report, &title, path)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

@@ -1,0 +1,79 @@
+//! A percentile plot of a report's series (SVG): x is the percentile on a "nines" scale (50, 90, 99, 99.9,
+//! 99.99, max), y the latency in µs on a log scale, one line per series.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::Report;
+
+/// Position of quantile `q` on the nines scale: 0.9 → 1, 0.99 → 2, …; the maximum sits one step past 99.99 %.
+fn nines(q: f64) -> f64 {
+    if q >= 1.0 {
+        5.0
+    } else {
+        -(1.0 - q).log10()
+    }
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+];
+
+/// Writes the plot; only `.svg` is supported (no font rasterizer is compiled in).
+pub fn write_plot(report: &Report, title: &str, path: &Path) -> Result<(), String> {
+    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+        return Err(format!("{}: only .svg plots are supported", path.display()));
+    }
+    let max_us = report.series.iter().flat_map(|s| s.curve.iter().map(|p| p.1)).max().unwrap_or(1).max(10);
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    let err = |e: DrawingAreaErrorKind<std::io::Error>| format!("{}: {e}", path.display());
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.25f64..5.1f64, (1f64..(max_us as f64 * 1.5)).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("round trip (µs)")
+        .x_label_formatter(&|x| match x.round() as i64 {
+            0 => "50".into(),
+            1 => "90".into(),
+            2 => "99".into(),
+            3 => "99.9".into(),
+            4 => "99.99".into(),
+            5 => "max".into(),
+            _ => String::new(),
+        })
+        .x_labels(6)
+        .draw()
+        .map_err(err)?;
+    for (i, series) in report.series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<(f64, f64)> =
+            series.curve.iter().map(|&(q, us)| (nines(q).max(0.3), us.max(1) as f64)).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(err)?
+            .label(series.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}

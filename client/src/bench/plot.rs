@@ -7,10 +7,13 @@ use plotters::prelude::*;
 
 use super::Report;
 
-/// Position of quantile `q` on the nines scale: 0.9 → 1, 0.99 → 2, …; the maximum sits one step past 99.99 %.
+/// Position of quantile `q` on the nines scale: 0.9 → 1, 0.99 → 2, …; the median at 0, the maximum one step past
+/// 99.99 %.
 fn nines(q: f64) -> f64 {
     if q >= 1.0 {
         5.0
+    } else if q <= 0.5 {
+        0.0
     } else {
         -(1.0 - q).log10()
     }
@@ -30,7 +33,9 @@ pub fn write_plot(report: &Report, title: &str, path: &Path) -> Result<(), Strin
     if path.extension().and_then(|e| e.to_str()) != Some("svg") {
         return Err(format!("{}: only .svg plots are supported", path.display()));
     }
-    let max_us = report.series.iter().flat_map(|s| s.curve.iter().map(|p| p.1)).max().unwrap_or(1).max(10);
+    let values = || report.series.iter().flat_map(|s| s.curve.iter().map(|p| p.1));
+    let max_us = values().max().unwrap_or(1).max(10) as f64;
+    let min_us = (values().min().unwrap_or(1).max(1) as f64 / 1.5).max(1.0);
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     let err = |e: DrawingAreaErrorKind<std::io::Error>| format!("{}: {e}", path.display());
     root.fill(&WHITE).map_err(err)?;
@@ -39,7 +44,7 @@ pub fn write_plot(report: &Report, title: &str, path: &Path) -> Result<(), Strin
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.25f64..5.1f64, (1f64..(max_us as f64 * 1.5)).log_scale())
+        .build_cartesian_2d(-0.1f64..5.1f64, (min_us..(max_us * 1.5)).log_scale())
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -59,8 +64,7 @@ pub fn write_plot(report: &Report, title: &str, path: &Path) -> Result<(), Strin
         .map_err(err)?;
     for (i, series) in report.series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let points: Vec<(f64, f64)> =
-            series.curve.iter().map(|&(q, us)| (nines(q).max(0.3), us.max(1) as f64)).collect();
+        let points: Vec<(f64, f64)> = series.curve.iter().map(|&(q, us)| (nines(q), us.max(1) as f64)).collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(err)?

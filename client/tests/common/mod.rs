@@ -27,12 +27,26 @@ impl TestServer {
         let TestServer { addr, data_dir, shutdown, task, .. } = self;
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), task).await.expect("server stops in time").unwrap();
-        TestServer::start_at(addr, data_dir, limits)
+        // quinn's endpoint driver releases the socket a moment after the server returns: retry the bind briefly.
+        for _ in 0..100 {
+            let config = ServerConfig { limits: limits.clone(), ..ServerConfig::dev(addr, data_dir.path().to_owned()) };
+            match Server::bind(config) {
+                Ok(server) => return Self::run(server, data_dir),
+                Err(quiver_server::ServerError::Bind(err)) if err.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
+        panic!("{addr} still in use 5 s after the server stopped");
     }
 
     pub fn start_at(addr: SocketAddr, data_dir: tempfile::TempDir, limits: Limits) -> TestServer {
         let config = ServerConfig { limits, ..ServerConfig::dev(addr, data_dir.path().to_owned()) };
-        let server = Server::bind(config).unwrap();
+        Self::run(Server::bind(config).unwrap(), data_dir)
+    }
+
+    fn run(server: Server, data_dir: tempfile::TempDir) -> TestServer {
         let addr = server.local_addr();
         let stats = server.stats();
         let shutdown = CancellationToken::new();

@@ -48,6 +48,8 @@ pub struct ConnectOptions {
     /// The protocol version announced in Hello. Leave at [`PROTOCOL_VERSION`]; other values exist to test
     /// servers' version negotiation.
     pub protocol_version: u32,
+    /// Latency-relevant transport settings (the server's own apply to what it sends).
+    pub tuning: quiver_server::net::transport::TransportTuning,
 }
 
 impl Default for ConnectOptions {
@@ -61,6 +63,7 @@ impl Default for ConnectOptions {
             reconnect_delay: Duration::from_millis(50),
             reconnect_max_delay: Duration::from_secs(5),
             protocol_version: PROTOCOL_VERSION,
+            tuning: quiver_server::net::transport::TransportTuning::quiver(),
         }
     }
 }

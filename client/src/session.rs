@@ -58,7 +58,7 @@ impl Target {
         let host = server.rsplit_once(':').map_or(server, |(host, _)| host);
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let (tls, pin) = trust::tls_config(&options.trust, addr, ALPN_QUIVER)?;
-        let config = trust::quic_config(tls);
+        let config = trust::quic_config(tls, &options.tuning);
         let bind: SocketAddr = if addr.is_ipv6() {
             SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
         } else {

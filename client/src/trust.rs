@@ -8,6 +8,7 @@ use std::{
 };
 
 use quiver_certs::{CertError, Fingerprint};
+use quiver_server::net::transport::TransportTuning;
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
@@ -73,14 +74,14 @@ pub fn quinn_client_config(
     server: SocketAddr,
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig, TrustError> {
-    Ok(quic_config(tls_config(trust, server, alpn)?.0))
+    Ok(quic_config(tls_config(trust, server, alpn)?.0, &TransportTuning::quiver()))
 }
 
-pub(crate) fn quic_config(tls: rustls::ClientConfig) -> quinn::ClientConfig {
+pub(crate) fn quic_config(tls: rustls::ClientConfig, tuning: &TransportTuning) -> quinn::ClientConfig {
     // TLS 1.3 with an initial cipher suite is always configured here, which is all QuicClientConfig needs.
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("TLS 1.3 configuration");
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(quiver_server::net::transport::client_transport(&quiver_proto::Limits::default()));
+    config.transport_config(quiver_server::net::transport::client_transport(&quiver_proto::Limits::default(), tuning));
     config
 }
 

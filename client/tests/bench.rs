@@ -18,6 +18,7 @@ fn config(profile: Option<ImpairmentProfile>) -> RttConfig {
         warmup: Duration::from_millis(200),
         profile,
         server: None,
+        tuning: Default::default(),
     }
 }
 

@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use quiver_proto::Limits;
 
+use crate::net::transport::TransportTuning;
+
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
@@ -30,6 +32,8 @@ pub struct ServerConfig {
     pub tls: TlsSource,
     /// Per-connection bounds, reported to clients in Welcome.
     pub limits: Limits,
+    /// Latency-relevant transport settings (docs/transport.md).
+    pub tuning: TransportTuning,
 }
 
 impl ServerConfig {
@@ -40,6 +44,12 @@ impl ServerConfig {
 
     /// A server with the dev certificate and default limits.
     pub fn dev(listen: SocketAddr, data_dir: PathBuf) -> Self {
-        ServerConfig { listen, data_dir, tls: TlsSource::Dev, limits: Limits::default() }
+        ServerConfig {
+            listen,
+            data_dir,
+            tls: TlsSource::Dev,
+            limits: Limits::default(),
+            tuning: TransportTuning::quiver(),
+        }
     }
 }

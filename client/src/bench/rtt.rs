@@ -12,6 +12,8 @@ use super::{
     echo,
     series::{parse, payload, Report, Schedule, SeriesResult, SharedTally, Tally},
 };
+use quiver_server::net::transport::TransportTuning;
+
 use crate::{
     impair::{ImpairmentProfile, Relay, RelayConfig},
     Client, ConnectOptions, RoomEvent, TrustOptions,
@@ -34,6 +36,8 @@ pub struct RttConfig {
     pub profile: Option<ImpairmentProfile>,
     /// An external Quiver server and how to trust it; `None` runs one in-process.
     pub server: Option<(String, TrustOptions)>,
+    /// Transport settings of the in-process Quiver server and the Quiver clients (the baselines keep quinn's).
+    pub tuning: TransportTuning,
 }
 
 struct Targets {
@@ -62,6 +66,7 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str)) -> Result<Repor
         udp: targets.udp,
         quinn: targets.quinn,
         quinn_pin: targets.quinn_pin,
+        tuning: config.tuning.clone(),
     });
     let plan: [(&'static str, Option<&'static str>, Runner); 5] = [
         ("udp echo", None, |n, c, t| Box::pin(udp_series(n, c, t))),
@@ -84,6 +89,7 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str)) -> Result<Repor
         "duration_s": config.duration.as_secs_f64(),
         "warmup_s": config.warmup.as_secs_f64(),
         "profile": config.profile,
+        "tuning": config.tuning.name,
         "server": config.server.as_ref().map(|(s, _)| s.clone()).unwrap_or_else(|| "in-process".into()),
     });
     Ok(Report { config: config_json, series })
@@ -99,6 +105,7 @@ struct TargetsView {
     udp: SocketAddr,
     quinn: SocketAddr,
     quinn_pin: Fingerprint,
+    tuning: TransportTuning,
 }
 
 async fn start_targets(config: &RttConfig) -> Result<Targets, String> {
@@ -117,8 +124,13 @@ async fn start_targets(config: &RttConfig) -> Result<Targets, String> {
             (addr, trust.clone(), data_dir)
         }
         None => {
-            let server_config =
-                quiver_server::ServerConfig::dev("127.0.0.1:0".parse().map_err(|_| "address")?, data_dir.path().into());
+            let server_config = quiver_server::ServerConfig {
+                tuning: config.tuning.clone(),
+                ..quiver_server::ServerConfig::dev(
+                    "127.0.0.1:0".parse().map_err(|_| "address")?,
+                    data_dir.path().into(),
+                )
+            };
             let server = quiver_server::Server::bind(server_config).map_err(|e| e.to_string())?;
             let addr = server.local_addr();
             tokio::spawn(server.run(stop.clone()));
@@ -300,7 +312,11 @@ async fn quinn_series(
 }
 
 async fn quiver_client(targets: &TargetsView) -> Result<Client, String> {
-    let options = ConnectOptions { trust: targets.quiver_trust.clone(), ..ConnectOptions::default() };
+    let options = ConnectOptions {
+        trust: targets.quiver_trust.clone(),
+        tuning: targets.tuning.clone(),
+        ..ConnectOptions::default()
+    };
     Client::connect_with(&targets.quiver, options).await.map_err(|e| format!("quiver: {e}"))
 }
 

@@ -35,7 +35,7 @@ pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, Fingerprin
         TlsSource::Pem { cert, key } => quiver_certs::pem::load(cert, key)?,
     };
     let fingerprint = cert.fingerprint();
-    let server_config = quic_server_config(cert, &config.limits)?;
+    let server_config = quic_server_config(cert, &config.limits, &config.tuning)?;
     let socket = udp_socket(config.listen).map_err(ServerError::Bind)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ServerError::Bind(std::io::Error::other("no async runtime (call from within tokio)")))?;
@@ -44,7 +44,11 @@ pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, Fingerprin
     Ok((endpoint, fingerprint))
 }
 
-fn quic_server_config(cert: CertKey, limits: &quiver_proto::Limits) -> Result<quinn::ServerConfig, ServerError> {
+fn quic_server_config(
+    cert: CertKey,
+    limits: &quiver_proto::Limits,
+    tuning: &transport::TransportTuning,
+) -> Result<quinn::ServerConfig, ServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -56,7 +60,7 @@ fn quic_server_config(cert: CertKey, limits: &quiver_proto::Limits) -> Result<qu
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| ServerError::Tls(rustls::Error::General(e.to_string())))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(transport::server_transport(limits));
+    server.transport_config(transport::server_transport(limits, tuning));
     Ok(server)
 }
 

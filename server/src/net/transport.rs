@@ -25,31 +25,99 @@ pub const MAX_ACK_DELAY: Duration = Duration::from_millis(1);
 /// (BASELINES.md); the kernel caps the request at `net.core.{r,w}mem_max`, and the server logs what it got.
 pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
+/// The latency-relevant transport settings both ends use, selectable as a whole so that benchmarks can compare
+/// them in one run. [`TransportTuning::quiver`] is the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportTuning {
+    /// A name for reports.
+    pub name: &'static str,
+    /// Ask the peer (ACK-frequency extension) to acknowledge within this delay; `None` leaves quinn's 25 ms.
+    pub max_ack_delay: Option<Duration>,
+    /// Packets received out of order before an immediate ACK (with the ACK-frequency request).
+    pub reordering_threshold: u32,
+    /// RTT assumed before the first sample.
+    pub initial_rtt: Duration,
+    /// PING interval on quiet connections; `None` for none.
+    pub keep_alive: Option<Duration>,
+    /// Bytes of datagrams quinn may hold waiting for the congestion window.
+    pub datagram_send_buffer: usize,
+}
+
+impl Default for TransportTuning {
+    fn default() -> Self {
+        TransportTuning::quiver()
+    }
+}
+
+impl TransportTuning {
+    /// Quiver's choice (the constants above).
+    pub fn quiver() -> Self {
+        TransportTuning {
+            name: "quiver",
+            max_ack_delay: Some(MAX_ACK_DELAY),
+            reordering_threshold: 1,
+            initial_rtt: INITIAL_RTT,
+            keep_alive: Some(KEEP_ALIVE),
+            datagram_send_buffer: DATAGRAM_SEND_BUFFER,
+        }
+    }
+
+    /// quinn 0.11's defaults for everything tuned here (the "before").
+    pub fn quinn_defaults() -> Self {
+        TransportTuning {
+            name: "quinn-defaults",
+            max_ack_delay: None,
+            reordering_threshold: 1,
+            initial_rtt: Duration::from_millis(333),
+            keep_alive: None,
+            datagram_send_buffer: 1024 * 1024,
+        }
+    }
+
+    /// Quiver's choice plus a PING every millisecond, which acts as a tail-loss probe for sparse traffic
+    /// (BASELINES.md: p99 at 5 % loss 6.7 → 4.45 ms, at +30 % loss-free p50 and ~1,000 extra packets/s each way).
+    pub fn tail_probe() -> Self {
+        TransportTuning { name: "tail-probe", keep_alive: Some(Duration::from_millis(1)), ..TransportTuning::quiver() }
+    }
+
+    /// The tuning called `name`.
+    pub fn named(name: &str) -> Result<Self, String> {
+        match name {
+            "quiver" => Ok(TransportTuning::quiver()),
+            "quinn-defaults" => Ok(TransportTuning::quinn_defaults()),
+            "tail-probe" => Ok(TransportTuning::tail_probe()),
+            other => Err(format!("unknown transport tuning {other:?}; tunings: quiver, quinn-defaults, tail-probe")),
+        }
+    }
+}
+
 /// Transport settings shared by both ends.
-fn common() -> TransportConfig {
+fn common(tuning: &TransportTuning) -> TransportConfig {
     let mut config = TransportConfig::default();
     config
         .max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT.as_millis() as u32).into()))
-        .keep_alive_interval(Some(KEEP_ALIVE))
-        .initial_rtt(INITIAL_RTT)
-        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
-    let mut ack = AckFrequencyConfig::default();
-    ack.max_ack_delay(Some(MAX_ACK_DELAY)).reordering_threshold(VarInt::from_u32(1));
-    config.ack_frequency_config(Some(ack));
+        .keep_alive_interval(tuning.keep_alive)
+        .initial_rtt(tuning.initial_rtt)
+        .datagram_send_buffer_size(tuning.datagram_send_buffer);
+    if let Some(delay) = tuning.max_ack_delay {
+        let mut ack = AckFrequencyConfig::default();
+        ack.max_ack_delay(Some(delay)).reordering_threshold(VarInt::from_u32(tuning.reordering_threshold));
+        config.ack_frequency_config(Some(ack));
+    }
     config
 }
 
 /// The server's transport: clients may open only the control stream (bidirectional) and no unidirectional
 /// streams; room streams are opened by the server.
-pub fn server_transport(_limits: &Limits) -> Arc<TransportConfig> {
-    let mut config = common();
+pub fn server_transport(_limits: &Limits, tuning: &TransportTuning) -> Arc<TransportConfig> {
+    let mut config = common(tuning);
     config.max_concurrent_bidi_streams(VarInt::from_u32(1)).max_concurrent_uni_streams(VarInt::from_u32(0));
     Arc::new(config)
 }
 
 /// The client's transport: the server may open one unidirectional stream per room the client can join.
-pub fn client_transport(limits: &Limits) -> Arc<TransportConfig> {
-    let mut config = common();
+pub fn client_transport(limits: &Limits, tuning: &TransportTuning) -> Arc<TransportConfig> {
+    let mut config = common(tuning);
     config
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
         // +1: a room being left and rejoined overlaps its old stream's finish with the new stream.

@@ -65,6 +65,9 @@ pub(crate) struct RttArgs {
     /// Write a percentile plot (SVG) here.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Transport settings of Quiver's server and clients: quiver, quinn-defaults or tail-probe.
+    #[arg(long, default_value = "quiver")]
+    tuning: String,
     /// Measure an external Quiver server instead of an in-process one (baselines stay in-process).
     #[arg(long)]
     server: Option<String>,
@@ -141,6 +144,7 @@ async fn rtt(args: RttArgs) -> Result<(), String> {
         warmup: seconds("warmup", args.warmup)?,
         profile: (!profile.is_clean()).then_some(profile),
         server: args.server.map(|server| (server, args.trust.trust())),
+        tuning: quiver_server::net::transport::TransportTuning::named(&args.tuning)?,
     };
     let per_series = config.warmup + config.duration;
     eprintln!(
@@ -151,10 +155,13 @@ async fn rtt(args: RttArgs) -> Result<(), String> {
         config.size,
         if config.profile.is_some() { ", through the link emulator" } else { "" }
     );
-    let title = match &config.profile {
-        Some(_) => format!("quiver bench rtt, {}/s, {} B, impaired", config.rate, config.size),
-        None => format!("quiver bench rtt, {}/s, {} B, loopback", config.rate, config.size),
-    };
+    let title = format!(
+        "quiver bench rtt, {}/s, {} B, {}, tuning {}",
+        config.rate,
+        config.size,
+        if config.profile.is_some() { "impaired" } else { "loopback" },
+        config.tuning.name
+    );
     let bar = progress_bar(5 * (per_series + Duration::from_millis(1200)));
     let shown = bar.clone();
     let report = run_rtt(config, move |name| shown.set_message(format!("measuring {name}"))).await;

@@ -175,61 +175,80 @@ fn drain(config: &RttConfig) -> Duration {
     Duration::from_millis(1000) + Duration::from_secs_f64(path_ms * 4.0 / 1000.0)
 }
 
-/// Runs `senders` (each given its index and the shared schedule) and returns the tally once the drain is over.
+/// Runs one sender per client (each given its index, the shared schedule, the tally and a token cancelled once
+/// the drain is over) and returns the tally's result.
 async fn measure<F, Fut>(config: &RttConfig, name: &str, sender: F) -> Result<SeriesResult, String>
 where
-    F: Fn(u32, Schedule, SharedTally) -> Fut,
+    F: Fn(u32, Schedule, SharedTally, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
     let tally = Tally::shared();
+    let stop = CancellationToken::new();
     // Everyone starts together, a little after set-up.
     let start = Instant::now() + Duration::from_millis(200);
     let plan = schedule(config, start);
     let mut tasks = tokio::task::JoinSet::new();
     for who in 0..config.clients {
-        tasks.spawn(sender(who, plan, tally.clone()));
+        tasks.spawn(sender(who, plan, tally.clone(), stop.clone()));
     }
+    let mut outcome = Ok(());
     while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| e.to_string())??;
+        if let Err(err) = done.map_err(|e| e.to_string()).and_then(|sent| sent) {
+            outcome = Err(err);
+        }
     }
-    tokio::time::sleep(drain(config)).await;
-    Ok(Tally::result(&tally, name, None))
+    if outcome.is_ok() {
+        tokio::time::sleep(drain(config)).await;
+    }
+    stop.cancel();
+    outcome.map(|()| Tally::result(&tally, name, None))
+}
+
+/// Runs `task` until `stop` is cancelled (readers, and keeping connections open through the drain).
+fn until_stopped(stop: &CancellationToken, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = task => {}
+            () = stop.cancelled() => {}
+        }
+    });
+}
+
+/// Sends every message of `plan` with `send`, which must not wait.
+async fn send_scheduled(plan: &Schedule, who: u32, tally: &SharedTally, mut send: impl FnMut(u64)) {
+    for i in 0..plan.count {
+        let origin = plan.due(i).await;
+        Tally::sent(tally, plan, who, i, origin);
+        send(i);
+    }
 }
 
 async fn udp_series(name: &'static str, config: RttConfig, targets: Arc<TargetsView>) -> Result<SeriesResult, String> {
     let size = config.size;
     let target = targets.udp;
-    let stop = CancellationToken::new();
-    let result = measure(&config, name, |who, plan, tally| {
-        let stop = stop.clone();
-        async move {
-            let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?);
-            socket.connect(target).await.map_err(|e| e.to_string())?;
-            let reader = socket.clone();
-            let reader_tally = tally.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65_536];
-                loop {
-                    tokio::select! {
-                        received = reader.recv(&mut buf) => match received {
-                            Ok(len) => if let Some((w, i)) = parse(&buf[..len]) { Tally::received(&reader_tally, w, i) },
-                            Err(_) => continue,
-                        },
-                        () = stop.cancelled() => return,
+    measure(&config, name, |who, plan, tally, stop| async move {
+        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?);
+        socket.connect(target).await.map_err(|e| e.to_string())?;
+        let (reader, reader_tally) = (socket.clone(), tally.clone());
+        until_stopped(&stop, async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                if let Ok(len) = reader.recv(&mut buf).await {
+                    if let Some((w, i)) = parse(&buf[..len]) {
+                        Tally::received(&reader_tally, w, i);
                     }
                 }
-            });
-            for i in 0..plan.count {
-                let origin = plan.due(i).await;
-                Tally::sent(&tally, &plan, who, i, origin);
-                let _ = socket.send(&payload(who, i, size)).await;
             }
-            Ok(())
+        });
+        for i in 0..plan.count {
+            let origin = plan.due(i).await;
+            Tally::sent(&tally, &plan, who, i, origin);
+            let _ = socket.send(&payload(who, i, size)).await;
         }
+        Ok(())
     })
-    .await;
-    stop.cancel();
-    result
+    .await
 }
 
 async fn quinn_series(
@@ -239,9 +258,8 @@ async fn quinn_series(
     stream: bool,
 ) -> Result<SeriesResult, String> {
     let size = config.size.max(12);
-    let stop = CancellationToken::new();
-    let result = measure(&config, name, |who, plan, tally| {
-        let (targets, stop) = (targets.clone(), stop.clone());
+    measure(&config, name, |who, plan, tally, stop| {
+        let targets = targets.clone();
         async move {
             let mut client_config =
                 crate::quinn_client_config(&TrustOptions::Pin(targets.quinn_pin), targets.quinn, echo::ECHO_ALPN)
@@ -258,16 +276,11 @@ async fn quinn_series(
             let reader_tally = tally.clone();
             if stream {
                 let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-                let stop_reader = stop.clone();
-                tokio::spawn(async move {
+                until_stopped(&stop, async move {
                     let mut buf = vec![0u8; size];
-                    loop {
-                        tokio::select! {
-                            read = recv.read_exact(&mut buf) => match read {
-                                Ok(()) => if let Some((w, i)) = parse(&buf) { Tally::received(&reader_tally, w, i) },
-                                Err(_) => return,
-                            },
-                            () = stop_reader.cancelled() => return,
+                    while recv.read_exact(&mut buf).await.is_ok() {
+                        if let Some((w, i)) = parse(&buf) {
+                            Tally::received(&reader_tally, w, i);
                         }
                     }
                 });
@@ -278,37 +291,27 @@ async fn quinn_series(
                 }
             } else {
                 let reader = conn.clone();
-                let stop_reader = stop.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            datagram = reader.read_datagram() => match datagram {
-                                Ok(d) => if let Some((w, i)) = parse(&d) { Tally::received(&reader_tally, w, i) },
-                                Err(_) => return,
-                            },
-                            () = stop_reader.cancelled() => return,
+                until_stopped(&stop, async move {
+                    while let Ok(datagram) = reader.read_datagram().await {
+                        if let Some((w, i)) = parse(&datagram) {
+                            Tally::received(&reader_tally, w, i);
                         }
                     }
                 });
-                for i in 0..plan.count {
-                    let origin = plan.due(i).await;
-                    Tally::sent(&tally, &plan, who, i, origin);
+                send_scheduled(&plan, who, &tally, |i| {
                     let _ = conn.send_datagram(payload(who, i, size).into());
-                }
+                })
+                .await;
             }
-            // Keep the connection until the drain is over.
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                conn.close(0u32.into(), b"done");
-                drop(endpoint);
+            // Keep the connection through the drain.
+            until_stopped(&stop, async move {
+                std::future::pending::<()>().await;
+                drop((conn, endpoint));
             });
             Ok(())
         }
     })
-    .await;
-    stop.cancel();
-    result
+    .await
 }
 
 async fn quiver_client(targets: &TargetsView) -> Result<Client, String> {
@@ -320,49 +323,48 @@ async fn quiver_client(targets: &TargetsView) -> Result<Client, String> {
     Client::connect_with(&targets.quiver, options).await.map_err(|e| format!("quiver: {e}"))
 }
 
+/// Keeps `client` connected through the drain, then closes it.
+fn close_after(stop: &CancellationToken, client: Client) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        client.close().await;
+    });
+}
+
 async fn quiver_datagram_series(
     name: &'static str,
     config: RttConfig,
     targets: Arc<TargetsView>,
 ) -> Result<SeriesResult, String> {
     let size = config.size.max(12);
-    let stop = CancellationToken::new();
-    let result = measure(&config, name, |who, plan, tally| {
-        let (targets, stop) = (targets.clone(), stop.clone());
+    measure(&config, name, |who, plan, tally, stop| {
+        let targets = targets.clone();
         async move {
             let client = quiver_client(&targets).await?;
             let channel = format!("bench.rtt.{who}.{}", std::process::id());
             let mut subscription = client.subscribe(&channel).await.map_err(|e| e.to_string())?;
             let publisher = client.publisher(&channel).await.map_err(|e| e.to_string())?;
             let reader_tally = tally.clone();
-            let stop_reader = stop.clone();
-            tokio::spawn(async move {
+            until_stopped(&stop, async move {
                 loop {
-                    tokio::select! {
-                        tick = subscription.next() => {
-                            if let Some((w, i)) = parse(&tick.payload) { Tally::received(&reader_tally, w, i) }
-                        }
-                        () = stop_reader.cancelled() => return,
+                    let tick = subscription.next().await;
+                    if let Some((w, i)) = parse(&tick.payload) {
+                        Tally::received(&reader_tally, w, i);
                     }
                 }
             });
-            for i in 0..plan.count {
-                let origin = plan.due(i).await;
-                Tally::sent(&tally, &plan, who, i, origin);
+            send_scheduled(&plan, who, &tally, |i| {
                 if let Err(err) = publisher.send(payload(who, i, size)) {
                     tracing::debug!(%err, "tick not sent");
                 }
-            }
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                client.close().await;
-            });
+            })
+            .await;
+            close_after(&stop, client);
             Ok(())
         }
     })
-    .await;
-    stop.cancel();
-    result
+    .await
 }
 
 async fn quiver_stream_series(
@@ -371,45 +373,29 @@ async fn quiver_stream_series(
     targets: Arc<TargetsView>,
 ) -> Result<SeriesResult, String> {
     let size = config.size.max(12);
-    let stop = CancellationToken::new();
-    let result = measure(&config, name, |who, plan, tally| {
-        let (targets, stop) = (targets.clone(), stop.clone());
+    measure(&config, name, |who, plan, tally, stop| {
+        let targets = targets.clone();
         async move {
             let client = quiver_client(&targets).await?;
             let room_name = format!("bench.rtt.{who}.{}", std::process::id());
             let mut room = client.join(&room_name).await.map_err(|e| e.to_string())?;
             let reader_tally = tally.clone();
-            let stop_reader = stop.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        event = room.next() => match event {
-                            Some(RoomEvent::Message(m)) => {
-                                if let Some((w, i)) = parse(&m.body) { Tally::received(&reader_tally, w, i) }
-                            }
-                            Some(_) => {}
-                            None => return,
-                        },
-                        () = stop_reader.cancelled() => return,
+            until_stopped(&stop, async move {
+                while let Some(event) = room.next().await {
+                    if let RoomEvent::Message(m) = event {
+                        if let Some((w, i)) = parse(&m.body) {
+                            Tally::received(&reader_tally, w, i);
+                        }
                     }
                 }
             });
-            for i in 0..plan.count {
-                let origin = plan.due(i).await;
-                Tally::sent(&tally, &plan, who, i, origin);
-                // Queued now; the acknowledgement is not what is measured.
-                drop(client.post(&room_name, payload(who, i, size)));
-            }
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                client.close().await;
-            });
+            // Queued at the call; the acknowledgement is not what is measured.
+            send_scheduled(&plan, who, &tally, |i| drop(client.post(&room_name, payload(who, i, size)))).await;
+            close_after(&stop, client);
             Ok(())
         }
     })
-    .await;
-    stop.cancel();
-    result
+    .await
 }
 
 /// Writes a report as JSON.

@@ -106,10 +106,13 @@ impl LocalHub {
 
     fn room(&self, name: &str) -> Arc<Mutex<Room>> {
         let mut rooms = lock(&self.rooms);
-        rooms
-            .entry(name.to_string())
-            .or_insert_with(|| Arc::new(Mutex::new(Room::new(name.to_string(), new_epoch(), &self.limits))))
-            .clone()
+        // Look up before inserting: `entry` would allocate the name on every post.
+        if let Some(room) = rooms.get(name) {
+            return room.clone();
+        }
+        let room = Arc::new(Mutex::new(Room::new(name.to_string(), new_epoch(), &self.limits)));
+        rooms.insert(name.to_string(), room.clone());
+        room
     }
 
     fn existing(&self, name: &str) -> Option<Arc<Mutex<Room>>> {

@@ -86,7 +86,11 @@ impl TickHub for LocalTicks {
     fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> u64 {
         // Offering never blocks (sinks conflate), so fanning out under the lock keeps one order per channel.
         let mut channels = lock(&self.channels);
-        let c = channels.entry(channel.to_string()).or_default();
+        // Look up before inserting: `entry` would allocate the name on every tick.
+        if !channels.contains_key(channel) {
+            channels.insert(channel.to_string(), Channel::default());
+        }
+        let Some(c) = channels.get_mut(channel) else { return 0 };
         c.last_seq += 1;
         let tick = Tick { seq: c.last_seq, sent_time_us, received_us, payload };
         for (channel_id, sink) in c.subscribers.values() {

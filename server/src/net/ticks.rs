@@ -156,7 +156,8 @@ async fn read_ticks(
 struct ChannelIds {
     by_name: HashMap<String, u64>,
     names: HashMap<u64, String>,
-    claimed: HashMap<u64, String>,
+    /// Shared names, so that each incoming tick clones a pointer, not a string.
+    claimed: HashMap<u64, Arc<str>>,
 }
 
 impl ChannelIds {
@@ -248,7 +249,7 @@ impl ConnectionTicks {
                         format!("at most {max} publish channels per connection"),
                     ));
                 }
-                ids.claimed.insert(id, channel.clone());
+                ids.claimed.insert(id, Arc::from(channel.as_str()));
                 drop(ids);
                 if let Some(ms) = max_age_ms {
                     self.hub.set_max_age(&channel, u64::from(ms) * 1000);

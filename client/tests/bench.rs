@@ -48,7 +48,10 @@ async fn rtt_measures_every_series_and_sees_the_loss() {
     quiver_client::bench::write_plot(&report, "test", &svg).unwrap();
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.starts_with("<svg") && text.contains("quiver datagram") && text.contains("99.9"), "plot content");
-    assert!(quiver_client::bench::write_plot(&report, "test", &dir.path().join("x.png")).is_err());
+    let png = dir.path().join("rtt.png");
+    quiver_client::bench::write_plot(&report, "test", &png).unwrap();
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"), "PNG signature");
+    assert!(quiver_client::bench::write_plot(&report, "test", &dir.path().join("x.gif")).is_err());
     let json = serde_json::to_value(&report).unwrap();
     for key in ["name", "sent", "lost", "count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
         assert!(json["series"][0].get(key).is_some(), "{key} missing: {json}");
@@ -66,6 +69,7 @@ async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
         duration: Duration::from_millis(1500),
         warmup: Duration::from_millis(200),
         profile: None,
+        server: None,
     };
     let report = run_fanout(config, |_| {}).await.unwrap();
     assert_eq!(report.ticks_sent, 75);
@@ -75,4 +79,39 @@ async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
     assert_eq!(report.chat_latency.count, 150);
     assert!(report.tick_latency.count > 600 && report.tick_latency.p50_us > 0, "{report:?}");
     assert!(report.table().contains("ticks"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_measures_an_external_server() {
+    use quiver_client::{
+        bench::{run_fanout, FanoutConfig},
+        TrustOptions,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = quiver_server::Server::bind(quiver_server::ServerConfig::dev(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().into(),
+    ))
+    .unwrap();
+    let (addr, pin) = (server.local_addr(), server.fingerprint());
+    let stats = server.stats();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+    let config = FanoutConfig {
+        subscribers: 3,
+        rate: 50.0,
+        size: 64,
+        chat_rate: 10.0,
+        duration: Duration::from_millis(1000),
+        warmup: Duration::from_millis(200),
+        profile: None,
+        server: Some((addr.to_string(), TrustOptions::Pin(pin))),
+    };
+    let report = run_fanout(config, |_| {}).await.unwrap();
+    assert_eq!(report.ticks_sent, 50);
+    assert_eq!(report.chat_delivered_pct, 100.0, "{report:?}");
+    assert!(report.tick_latency.count > 100, "{report:?}");
+    assert!(report.config["server"].as_str().unwrap().starts_with("127.0.0.1:"), "{report:?}");
+    assert!(stats.snapshot().ticks_published >= 50, "the external server carried the run");
+    stop.cancel();
 }

@@ -36,6 +36,8 @@ pub struct FanoutConfig {
     pub warmup: Duration,
     /// Impairment between every client and the server, if any.
     pub profile: Option<ImpairmentProfile>,
+    /// An external Quiver server and how to trust it; `None` runs one in-process.
+    pub server: Option<(String, TrustOptions)>,
 }
 
 /// The outcome of a fan-out run.
@@ -85,7 +87,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs the fan-out benchmark against an in-process server.
+/// Runs the fan-out benchmark against an in-process server, or the external one `config.server` names.
 pub async fn run_fanout(config: FanoutConfig, progress: impl Fn(&str)) -> Result<FanoutReport, String> {
     let rate_ok =
         config.rate.is_finite() && config.rate > 0.0 && config.chat_rate.is_finite() && config.chat_rate >= 0.0;
@@ -93,13 +95,31 @@ pub async fn run_fanout(config: FanoutConfig, progress: impl Fn(&str)) -> Result
         return Err("subscribers, rate and duration must be above 0".into());
     }
     let stop = CancellationToken::new();
+    let _stop_server = stop.clone().drop_guard();
     let data_dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-    let addr = "127.0.0.1:0".parse().map_err(|_| "address")?;
-    let server = quiver_server::Server::bind(quiver_server::ServerConfig::dev(addr, data_dir.path().into()))
-        .map_err(|e| e.to_string())?;
-    let pin = server.fingerprint();
-    let mut target = server.local_addr();
-    tokio::spawn(server.run(stop.clone()));
+    let (mut target, trust) = match &config.server {
+        Some((addr, trust)) => {
+            let resolved = tokio::net::lookup_host(addr)
+                .await
+                .map_err(|e| format!("{addr}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{addr}: no address"))?;
+            (resolved, trust.clone())
+        }
+        None => {
+            let addr = "127.0.0.1:0".parse().map_err(|_| "address")?;
+            let server = quiver_server::Server::bind(quiver_server::ServerConfig::dev(addr, data_dir.path().into()))
+                .map_err(|e| e.to_string())?;
+            let pin = server.fingerprint();
+            let local = server.local_addr();
+            tokio::spawn(server.run(stop.clone()));
+            (local, TrustOptions::Pin(pin))
+        }
+    };
+    // Names of this run only, so runs against a shared server do not see each other's traffic.
+    let run_id = rand::random::<u32>();
+    let channel = format!("bench.fanout.{run_id:08x}");
+    let chat_room = format!("bench.fanout.{run_id:08x}.chat");
     let _relay = match &config.profile {
         Some(profile) if !profile.is_clean() => {
             let relay = Relay::start(RelayConfig {
@@ -114,8 +134,8 @@ pub async fn run_fanout(config: FanoutConfig, progress: impl Fn(&str)) -> Result
         }
         _ => None,
     };
-    let connect = || async move {
-        let options = ConnectOptions { trust: TrustOptions::Pin(pin), ..ConnectOptions::default() };
+    let connect = || async {
+        let options = ConnectOptions { trust: trust.clone(), ..ConnectOptions::default() };
         Client::connect_with(&target.to_string(), options).await.map_err(|e| e.to_string())
     };
     progress("connecting subscribers");
@@ -130,8 +150,8 @@ pub async fn run_fanout(config: FanoutConfig, progress: impl Fn(&str)) -> Result
     let mut subscribers = Vec::new();
     for _ in 0..config.subscribers {
         let client = connect().await?;
-        let mut subscription = client.subscribe("bench.fanout").await.map_err(|e| e.to_string())?;
-        let mut room = client.join("bench.fanout.chat").await.map_err(|e| e.to_string())?;
+        let mut subscription = client.subscribe(&channel).await.map_err(|e| e.to_string())?;
+        let mut room = client.join(&chat_room).await.map_err(|e| e.to_string())?;
         let (t_origins, c_origins) = (tick_origins.clone(), chat_origins.clone());
         let (t_lat, c_lat, counts, stop) =
             (tick_latency.clone(), chat_latency.clone(), delivered.clone(), stop.clone());
@@ -168,7 +188,7 @@ pub async fn run_fanout(config: FanoutConfig, progress: impl Fn(&str)) -> Result
         subscribers.push(client);
     }
     let publisher_client = connect().await?;
-    let publisher = publisher_client.publisher("bench.fanout").await.map_err(|e| e.to_string())?;
+    let publisher = publisher_client.publisher(&channel).await.map_err(|e| e.to_string())?;
     progress("measuring");
     let size = config.size;
     let ticks = {
@@ -187,6 +207,7 @@ pub async fn run_fanout(config: FanoutConfig, progress: impl Fn(&str)) -> Result
     let chat = {
         let origins = chat_origins.clone();
         let posters = subscribers.clone();
+        let chat_room = chat_room.clone();
         let enabled = config.chat_rate > 0.0;
         tokio::spawn(async move {
             if !enabled {
@@ -198,7 +219,7 @@ pub async fn run_fanout(config: FanoutConfig, progress: impl Fn(&str)) -> Result
                     lock(&origins).insert(i, origin);
                 }
                 let poster = &posters[(i % posters.len() as u64) as usize];
-                drop(poster.post("bench.fanout.chat", payload(0, i, 64)));
+                drop(poster.post(&chat_room, payload(0, i, 64)));
             }
         })
     };
@@ -223,6 +244,7 @@ pub async fn run_fanout(config: FanoutConfig, progress: impl Fn(&str)) -> Result
             "duration_s": config.duration.as_secs_f64(),
             "warmup_s": config.warmup.as_secs_f64(),
             "profile": config.profile,
+            "server": config.server.as_ref().map(|(s, _)| s.clone()).unwrap_or_else(|| "in-process".into()),
         }),
         ticks_sent,
         delivered_pct: pct(tick_count, ticks_sent * n),

@@ -1,4 +1,4 @@
-//! A percentile plot of a report's series (SVG): x is the percentile on a "nines" scale (50, 90, 99, 99.9,
+//! A percentile plot of a report's series (SVG or PNG, drawn with plotters): x is the percentile on a "nines" scale (50, 90, 99, 99.9,
 //! 99.99, max), y the latency in µs on a log scale, one line per series.
 
 use std::path::Path;
@@ -28,16 +28,41 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(0x8c, 0x56, 0x4b),
 ];
 
-/// Writes the plot; only `.svg` is supported (no font rasterizer is compiled in).
-pub fn write_plot(report: &Report, title: &str, path: &Path) -> Result<(), String> {
-    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
-        return Err(format!("{}: only .svg plots are supported", path.display()));
+/// The font every chart uses, compiled in so plots need no system font (licence: client/assets/).
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
+
+fn register_font() -> Result<(), String> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err("the plot font does not load".into())
     }
+}
+
+const SIZE: (u32, u32) = (900, 560);
+
+/// Writes the plot as SVG or PNG, by `path`'s extension.
+pub fn write_plot(report: &Report, title: &str, path: &Path) -> Result<(), String> {
+    register_font()?;
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("svg") => draw(report, title, SVGBackend::new(path, SIZE).into_drawing_area()),
+        Some("png") => draw(report, title, BitMapBackend::new(path, SIZE).into_drawing_area()),
+        _ => Err(format!("{}: plots are written as .svg or .png", path.display())),
+    }
+    .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn draw<DB: DrawingBackend>(
+    report: &Report,
+    title: &str,
+    root: DrawingArea<DB, plotters::coord::Shift>,
+) -> Result<(), String> {
     let values = || report.series.iter().flat_map(|s| s.curve.iter().map(|p| p.1));
     let max_us = values().max().unwrap_or(1).max(10) as f64;
     let min_us = (values().min().unwrap_or(1).max(1) as f64 / 1.5).max(1.0);
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    let err = |e: DrawingAreaErrorKind<std::io::Error>| format!("{}: {e}", path.display());
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
@@ -60,6 +85,7 @@ pub fn write_plot(report: &Report, title: &str, path: &Path) -> Result<(), Strin
             _ => String::new(),
         })
         .x_labels(6)
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(err)?;
     for (i, series) in report.series.iter().enumerate() {

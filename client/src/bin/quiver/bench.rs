@@ -38,6 +38,11 @@ pub(crate) struct FanoutArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Measure an external Quiver server instead of an in-process one.
+    #[arg(long)]
+    server: Option<String>,
+    #[command(flatten)]
+    trust: TrustArgs,
     #[command(flatten)]
     profile: ProfileArgs,
 }
@@ -62,7 +67,7 @@ pub(crate) struct RttArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write a percentile plot (SVG) here.
+    /// Write a percentile plot here (.svg or .png).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Transport settings of Quiver's server and clients: quiver, quinn-defaults or tail-probe.
@@ -95,6 +100,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
         duration: seconds("duration", args.duration)?,
         warmup: seconds("warmup", args.warmup)?,
         profile: (!profile.is_clean()).then_some(profile),
+        server: args.server.map(|server| (server, args.trust.trust())),
     };
     eprintln!(
         "1 publisher at {}/s -> {} subscribers, chat {}/s, {:.0} s",

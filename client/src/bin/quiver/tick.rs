@@ -36,6 +36,10 @@ pub(crate) struct PubArgs {
     /// Ask the server to drop ticks older than this many ms instead of sending them late.
     #[arg(long)]
     max_age_ms: Option<u64>,
+    /// Send a random-walk price as text ("101.25") instead of --size bytes with a counter (what the browser
+    /// demo page draws as a line).
+    #[arg(long)]
+    price: bool,
 }
 
 #[derive(Debug, Args)]
@@ -89,7 +93,12 @@ async fn publish(args: PubArgs) -> Result<(), String> {
     }
     let end = deadline(args.duration)?;
     let interval = Duration::from_secs_f64(1.0 / args.rate);
-    eprintln!("publishing {} ticks/s of {} bytes on {}", args.rate, args.size, args.channel);
+    if args.price {
+        eprintln!("publishing {} prices/s on {}", args.rate, args.channel);
+    } else {
+        eprintln!("publishing {} ticks/s of {} bytes on {}", args.rate, args.size, args.channel);
+    }
+    let mut price = 100.0f64;
     let start = Instant::now();
     let (mut sent, mut unsent) = (0u64, 0u64);
     let mut payload = vec![0u8; args.size];
@@ -105,10 +114,17 @@ async fn publish(args: PubArgs) -> Result<(), String> {
             () = tokio::time::sleep_until(scheduled) => {}
             _ = tokio::signal::ctrl_c() => break,
         }
-        let counter = i.to_be_bytes();
-        let n = counter.len().min(payload.len());
-        payload[..n].copy_from_slice(&counter[..n]);
-        match publisher.send(payload.clone()) {
+        let tick = if args.price {
+            // A random walk pulled gently back towards 100.
+            price += (rand::random::<f64>() - 0.5) * 0.4 + (100.0 - price) * 0.002;
+            format!("{price:.2}").into_bytes()
+        } else {
+            let counter = i.to_be_bytes();
+            let n = counter.len().min(payload.len());
+            payload[..n].copy_from_slice(&counter[..n]);
+            payload.clone()
+        };
+        match publisher.send(tick) {
             Ok(_) => sent += 1,
             Err(TickError::NotConnected) => unsent += 1,
             Err(err) => return Err(err.to_string()),

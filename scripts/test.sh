@@ -4,3 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked "$@"
+
+# The browser client's codec and state machines, against the vectors quiver-proto generates (node's own runner).
+if command -v node >/dev/null 2>&1; then
+    echo "== node --test client/web/test/"
+    node --test client/web/test/
+elif [ "${QUIVER_REQUIRE_ALL:-0}" = 1 ]; then
+    echo "QUIVER_REQUIRE_ALL=1 but node is not installed: the JavaScript client's tests cannot run" >&2
+    exit 1
+else
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" >&2
+    echo "!!! SKIPPED the JavaScript client tests: node is not installed" >&2
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" >&2
+fi

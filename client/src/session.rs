@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use quiver_proto::{
     ErrorCode, Failure, FrameCodec, Hello, Reply, Request, RequestBody, ServerMsg, TickHeader, Welcome, ALPN_QUIVER,
 };
+use quiver_server::net::probe::TailProbe;
 use tokio::sync::oneshot;
 
 use crate::{requests::Outstanding, ticks::SubShared, trust, ConnectError, ConnectOptions, RequestError};
@@ -34,6 +35,9 @@ pub(crate) struct Session {
     codec: FrameCodec,
     send: tokio::sync::Mutex<quinn::SendStream>,
     outstanding: Arc<Mutex<Outstanding<Waiter>>>,
+    /// An empty datagram shortly after each request, so a lost request is detected without waiting for the next.
+    probe: Arc<TailProbe>,
+    _probe_task: Option<tokio_util::task::AbortOnDropHandle<()>>,
 }
 
 /// Where to connect and how, resolved once.
@@ -136,7 +140,21 @@ impl Session {
         tokio::spawn(accept_room_streams(conn.clone(), on_room_stream));
         let send = tokio::sync::Mutex::new(send);
         let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
-        let session = Arc::new(Session { id, conn, welcome, ticks: Mutex::default(), codec, send, outstanding });
+        let probing = conn.clone();
+        let (probe, _probe_task) = TailProbe::start(options.tuning.tail_probe, move || {
+            probing.send_datagram(bytes::Bytes::from_static(quiver_proto::PROBE)).is_ok()
+        });
+        let session = Arc::new(Session {
+            id,
+            conn,
+            welcome,
+            ticks: Mutex::default(),
+            codec,
+            send,
+            outstanding,
+            probe,
+            _probe_task,
+        });
         tokio::spawn(read_datagrams(session.conn.clone(), Arc::downgrade(&session), clock_offset_us));
         Ok(session)
     }
@@ -160,6 +178,7 @@ impl Session {
             lock(&self.outstanding).abandon(req_id);
             return Err(closed(self.close_reason().unwrap_or((ErrorCode::Internal, err.to_string()))));
         }
+        self.probe.sent();
         Ok(rx)
     }
 
@@ -177,6 +196,9 @@ impl Session {
 /// Routes tick datagrams to their subscriptions; anything undecodable or unknown is dropped.
 async fn read_datagrams(conn: quinn::Connection, session: Weak<Session>, clock_offset_us: Arc<AtomicI64>) {
     while let Ok(datagram) = conn.read_datagram().await {
+        if quiver_proto::is_probe(&datagram) {
+            continue; // a tail-loss probe (quiver_server::net::probe): it only elicits an ACK
+        }
         let now = crate::client::unix_us().saturating_add_signed(clock_offset_us.load(Ordering::Relaxed));
         let Ok((header, payload)) = TickHeader::decode(&datagram) else {
             tracing::debug!("undecodable datagram dropped");

@@ -35,7 +35,7 @@ pub use error_code::ErrorCode;
 pub use frame::{DecodeError, EncodeError, FrameCodec};
 pub use limits::Limits;
 pub use room::{EventKind, RoomEvent, RoomFrame};
-pub use tick::{DatagramError, TickHeader};
+pub use tick::{is_probe, DatagramError, TickHeader, PROBE};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -5,6 +5,17 @@ use bytes::{BufMut, Bytes};
 
 use crate::varint;
 
+/// The probe datagram: one zero byte. Too short to be a tick (a header is at least 3 bytes), it carries nothing
+/// and every receiver ignores it; endpoints send it shortly after reliable data so that the peer's ACK exposes a
+/// lost tail packet early (a tail-loss probe). It is not empty because Chromium stops delivering WebTransport
+/// datagrams to the page after an HTTP datagram with an empty payload (measured with Chromium 156).
+pub const PROBE: &[u8] = &[0];
+
+/// True for the [`PROBE`] datagram.
+pub fn is_probe(datagram: &[u8]) -> bool {
+    datagram == PROBE
+}
+
 /// The header in front of every tick payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TickHeader {

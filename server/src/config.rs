@@ -34,6 +34,41 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Latency-relevant transport settings (docs/transport.md).
     pub tuning: TransportTuning,
+    /// Browsers: the WebTransport endpoint and the demo page.
+    pub web: WebConfig,
+}
+
+/// How browsers reach the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    /// The WebTransport URL path (`https://host:port/quiver`); a CONNECT to any other path gets 404.
+    pub path: String,
+    /// Origins (`https://app.example.com`, scheme and host and port as the browser sends them) allowed to open
+    /// WebTransport sessions. Empty: any origin, the dev default. Non-empty: a request without an `Origin` header
+    /// (a non-browser client over HTTP/3) is refused too.
+    pub allowed_origins: Vec<String>,
+    /// TCP address on which the demo page is served over plain HTTP (`None`: not served). Browsers treat
+    /// `http://localhost` and `http://127.0.0.1` as secure contexts, so WebTransport works from it.
+    pub http: Option<SocketAddr>,
+}
+
+impl WebConfig {
+    /// The default WebTransport path.
+    pub const DEFAULT_PATH: &'static str = "/quiver";
+
+    /// True if a CONNECT with this `Origin` header may open a session.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        origin.is_some_and(|origin| self.allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin)))
+    }
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig { path: WebConfig::DEFAULT_PATH.into(), allowed_origins: Vec::new(), http: None }
+    }
 }
 
 impl ServerConfig {
@@ -50,6 +85,7 @@ impl ServerConfig {
             tls: TlsSource::Dev,
             limits: Limits::default(),
             tuning: TransportTuning::quiver(),
+            web: WebConfig::default(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod hub;
 pub mod net;
 pub mod session;
 pub mod stats;
+pub mod web;
 
-pub use config::{ServerConfig, TlsSource};
+pub use config::{ServerConfig, TlsSource, WebConfig};
 pub use net::{Server, ServerError};

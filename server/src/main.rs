@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use quiver_server::{Server, ServerConfig, TlsSource};
+use quiver_server::{Server, ServerConfig, TlsSource, WebConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Quiver real-time server: reliable room streams and unreliable tick datagrams over one QUIC endpoint.
@@ -22,6 +22,20 @@ struct Args {
     /// PEM private key of --cert.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// Serve the browser demo page over HTTP on this TCP address. Default with the dev certificate: the --listen
+    /// address (same port number, TCP); with --cert: not served.
+    #[arg(long, conflicts_with = "no_web")]
+    web: Option<SocketAddr>,
+    /// Do not serve the demo page.
+    #[arg(long)]
+    no_web: bool,
+    /// The WebTransport URL path browsers connect to.
+    #[arg(long, default_value = quiver_server::WebConfig::DEFAULT_PATH)]
+    web_path: String,
+    /// An origin allowed to open WebTransport sessions, e.g. https://app.example.com (repeat for more). Without
+    /// any, every origin is allowed: fine for development, not for production.
+    #[arg(long = "web-origin", value_name = "ORIGIN")]
+    web_origins: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -47,7 +61,17 @@ async fn serve(args: Args) -> ExitCode {
         (Some(cert), Some(key)) => TlsSource::Pem { cert, key },
         _ => TlsSource::Dev,
     };
-    let config = ServerConfig { tls, ..ServerConfig::dev(args.listen, args.data_dir) };
+    if !args.web_path.starts_with('/') {
+        eprintln!("error: --web-path must start with /");
+        return ExitCode::FAILURE;
+    }
+    let http = match (args.web, args.no_web, &tls) {
+        (Some(addr), _, _) => Some(addr),
+        (None, false, TlsSource::Dev) => Some(args.listen),
+        _ => None,
+    };
+    let web = WebConfig { path: args.web_path, allowed_origins: args.web_origins, http };
+    let config = ServerConfig { tls, web, ..ServerConfig::dev(args.listen, args.data_dir) };
     let server = match Server::bind(config) {
         Ok(server) => server,
         Err(err) => {
@@ -67,6 +91,14 @@ async fn serve(args: Args) -> ExitCode {
     tokio::spawn(signals.cancel_on_first(shutdown.clone()));
     println!("listening on {}", server.local_addr());
     println!("certificate sha256 {}", server.fingerprint());
+    if let Some(page) = server.page_addr() {
+        let host = if page.ip().is_unspecified() || page.ip().is_loopback() {
+            "localhost".to_string()
+        } else {
+            page.ip().to_string()
+        };
+        println!("demo page http://{host}:{}/", page.port());
+    }
     server.run(shutdown).await;
     ExitCode::SUCCESS
 }

@@ -1,8 +1,11 @@
 //! The one mapping from what went wrong to what the peer is told: an [`ErrorCode`] becomes the QUIC application
-//! close code (and stream reset code) with the same number.
+//! close code (and stream reset code) with the same number. For WebTransport sessions web-transport-quinn maps
+//! the same number into HTTP/3's application error space, and browsers see it unchanged as `closeCode` /
+//! `streamErrorCode`.
 
 use quinn::VarInt;
 use quiver_proto::ErrorCode;
+use web_transport_quinn::{Session, SessionError, WebTransportError};
 
 /// The QUIC application error code for `code`.
 pub fn quic_code(code: ErrorCode) -> VarInt {
@@ -19,6 +22,23 @@ pub fn close(conn: &quinn::Connection, code: ErrorCode, reason: &str) {
     // The reason travels in a CONNECTION_CLOSE frame, which must fit one packet.
     let reason = truncate_utf8(reason, 512);
     conn.close(quic_code(code), reason.as_bytes());
+}
+
+/// Closes a session (native QUIC or WebTransport) with `code`. A WebTransport peer gets code and reason in the
+/// CLOSE_WEBTRANSPORT_SESSION capsule before the QUIC connection closes.
+pub(crate) fn close_session(session: &Session, code: ErrorCode, reason: &str) {
+    session.close(code.to_u32(), truncate_utf8(reason, 512).as_bytes());
+}
+
+/// [`describe`] for a session's errors.
+pub(crate) fn describe_session(error: &SessionError) -> (ErrorCode, String) {
+    match error {
+        SessionError::ConnectionError(err) => describe(err),
+        SessionError::WebTransportError(WebTransportError::Closed(code, reason)) => {
+            (ErrorCode::from_u32(*code), reason.clone())
+        }
+        other => (ErrorCode::Internal, other.to_string()),
+    }
 }
 
 /// Where a connection's close came from and why, for the client library and logs.

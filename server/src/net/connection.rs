@@ -1,20 +1,29 @@
-//! One task per connection: the QUIC handshake, then the control stream (Hello first, within the handshake
-//! timeout), answering each request in order, until the peer leaves, breaks the protocol, or the server shuts down.
+//! One task per connection: the QUIC handshake, then (for browsers, ALPN `h3`) the WebTransport CONNECT, then the
+//! control stream (Hello first, within the handshake timeout), answering each request in order, until the peer
+//! leaves, breaks the protocol, or the server shuts down. Native QUIC connections and WebTransport sessions are
+//! both a [`Session`] from here on: one code path for both kinds of client.
 
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quiver_proto::{frame, ErrorCode, FrameCodec, Request, ServerMsg, ALPN_H3, PROTOCOL_VERSION};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use web_transport_quinn::{SendStream, Session};
 
 use crate::{
     hub::{ticks::TickHub, RoomHub},
-    net::{close::close, rooms::ConnectionRooms, ticks::ConnectionTicks},
+    net::{
+        close::{close_session as close, describe_session},
+        probe::TailProbe,
+        rooms::ConnectionRooms,
+        ticks::ConnectionTicks,
+        webtransport,
+    },
     session::{ControlSession, Step},
     stats::ServerStats,
     ServerConfig,
@@ -48,12 +57,20 @@ pub(super) async fn serve<H: RoomHub>(incoming: quinn::Incoming, shared: Shared<
     let session_id = rand::random::<u64>();
     let span = tracing::info_span!("conn", session = %format_args!("{session_id:016x}"), %remote);
     async move {
-        if alpn(&conn).as_deref() == Some(ALPN_H3) {
-            close(&conn, ErrorCode::Unsupported, "WebTransport is not served yet");
-            return;
-        }
-        tracing::debug!("connected");
-        let mut rooms = ConnectionRooms::new(hub, config.limits.clone());
+        let conn = if alpn(&conn).as_deref() == Some(ALPN_H3) {
+            match webtransport::accept(conn, &config.web, deadline).await {
+                Ok(session) => session,
+                Err(reason) => return tracing::info!(%reason, "WebTransport session refused"),
+            }
+        } else {
+            Session::raw(conn)
+        };
+        tracing::debug!(webtransport = conn.request().is_some(), "connected");
+        let probing = conn.clone();
+        let (probe, _probe_task) = TailProbe::start(config.tuning.tail_probe, move || {
+            probing.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_ok()
+        });
+        let mut rooms = ConnectionRooms::new(hub, config.limits.clone(), probe);
         let mut ticks = ConnectionTicks::start(&conn, ticks, config.limits.clone(), stats);
         let reason = control(&conn, &config, &mut rooms, &mut ticks, session_id, deadline, &shutdown).await;
         ticks.stop().await;
@@ -75,7 +92,7 @@ fn now_us() -> u64 {
 
 /// Serves the control stream; returns why the connection ended (for the log). The connection is closed on return.
 async fn control<H: RoomHub>(
-    conn: &quinn::Connection,
+    conn: &Session,
     config: &ServerConfig,
     rooms: &mut ConnectionRooms<H>,
     ticks: &mut ConnectionTicks,
@@ -87,7 +104,7 @@ async fn control<H: RoomHub>(
     let (mut send, mut recv) = tokio::select! {
         stream = conn.accept_bi() => match stream {
             Ok(stream) => stream,
-            Err(err) => return format!("closed before opening the control stream: {err}"),
+            Err(err) => return format!("closed before opening the control stream: {}", describe_session(&err).1),
         },
         () = tokio::time::sleep_until(hello_deadline) => {
             close(conn, ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
@@ -95,6 +112,7 @@ async fn control<H: RoomHub>(
         }
         () = shutdown.cancelled() => return going_away(conn, None).await,
     };
+    let _refuse = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(refuse_other_streams(conn.clone())));
     let codec = FrameCodec::new(config.limits.max_frame as usize);
     let mut session = ControlSession::new(session_id, config.limits.clone());
     let mut inbound = BytesMut::new();
@@ -108,8 +126,8 @@ async fn control<H: RoomHub>(
                     close(conn, ErrorCode::NoError, "control stream finished");
                     return "client finished the control stream".into();
                 }
-                Err(quinn::ReadError::ConnectionLost(err)) => {
-                    let (code, reason) = crate::net::close::describe(&err);
+                Err(web_transport_quinn::ReadError::SessionError(err)) => {
+                    let (code, reason) = describe_session(&err);
                     return format!("connection closed: {code}: {reason}");
                 }
                 Err(err) => return format!("control stream: {err}"),
@@ -148,9 +166,22 @@ async fn control<H: RoomHub>(
             if let Err(err) = send.write_all(&outbound).await {
                 return format!("control stream: {err}");
             }
+            rooms.probe().sent();
             outbound.clear();
         }
     }
+}
+
+/// Clients open one stream, the control stream; any other is a protocol violation. (The endpoint grants a few
+/// more than one because a browser's HTTP/3 needs them; web-transport-quinn consumes those itself.)
+async fn refuse_other_streams(conn: Session) {
+    let what = tokio::select! {
+        Ok(_) = conn.accept_bi() => "a second bidirectional stream",
+        Ok(_) = conn.accept_uni() => "a unidirectional stream",
+        else => return,
+    };
+    tracing::info!("client opened {what}");
+    close(&conn, ErrorCode::ProtocolViolation, &format!("clients open one stream, the control stream, not {what}"));
 }
 
 /// Decodes the next whole request in `inbound` and runs it through the session. `Ok(None)`: wait for more bytes.
@@ -183,13 +214,7 @@ fn encode(codec: &FrameCodec, msg: &ServerMsg, out: &mut BytesMut) {
 }
 
 /// Sends what is queued, finishes the control stream, gives the peer a moment to receive it, then closes.
-async fn flush_and_close(
-    conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
-    outbound: &[u8],
-    code: ErrorCode,
-    reason: &str,
-) {
+async fn flush_and_close(conn: &Session, send: &mut SendStream, outbound: &[u8], code: ErrorCode, reason: &str) {
     let delivered = async {
         send.write_all(outbound).await.ok()?;
         send.finish().ok()?;
@@ -199,7 +224,7 @@ async fn flush_and_close(
     close(conn, code, reason);
 }
 
-async fn going_away(conn: &quinn::Connection, send: Option<&mut quinn::SendStream>) -> String {
+async fn going_away(conn: &Session, send: Option<&mut SendStream>) -> String {
     let reason = "server shutting down";
     match send {
         Some(send) => {

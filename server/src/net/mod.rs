@@ -4,9 +4,11 @@
 pub mod close;
 mod connection;
 mod endpoint;
+pub mod probe;
 mod rooms;
 mod ticks;
 pub mod transport;
+mod webtransport;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -31,6 +33,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub struct Server<H = LocalHub> {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
+    /// The demo page's listener, when `config.web.http` asks for one.
+    page: Option<std::net::TcpListener>,
+    page_addr: Option<SocketAddr>,
     fingerprint: Fingerprint,
     config: Arc<ServerConfig>,
     hub: Arc<H>,
@@ -52,9 +57,11 @@ impl<H: RoomHub> Server<H> {
     pub fn bind_with_hub(config: ServerConfig, hub: Arc<H>) -> Result<Server<H>, ServerError> {
         let (endpoint, fingerprint) = endpoint::bind(&config)?;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
+        let page = config.web.http.map(crate::web::bind).transpose().map_err(ServerError::Bind)?;
+        let page_addr = page.as_ref().map(|l| l.local_addr()).transpose().map_err(ServerError::Bind)?;
         let ticks: Arc<dyn TickHub> = Arc::new(LocalTicks::default());
         let stats = Arc::new(ServerStats::default());
-        Ok(Server { endpoint, local_addr, fingerprint, config: Arc::new(config), hub, ticks, stats })
+        Ok(Server { endpoint, local_addr, page, page_addr, fingerprint, config: Arc::new(config), hub, ticks, stats })
     }
 
     /// The server's counters (keep the handle: it stays valid while and after the server runs).
@@ -72,6 +79,11 @@ impl<H: RoomHub> Server<H> {
         self.local_addr
     }
 
+    /// Where the demo page is served over HTTP, if it is.
+    pub fn page_addr(&self) -> Option<SocketAddr> {
+        self.page_addr
+    }
+
     /// SHA-256 of the certificate the server presents.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
@@ -79,8 +91,24 @@ impl<H: RoomHub> Server<H> {
 
     /// Serves until `shutdown` is cancelled, then stops accepting, sends every connection GoAway and closes it
     /// with `GoingAway`, and returns once they are closed (or after [`SHUTDOWN_GRACE`]).
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let tasks = TaskTracker::new();
+        if let Some(listener) = self.page.take() {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    let info = crate::web::PageInfo {
+                        udp_port: self.local_addr.port(),
+                        path: self.config.web.path.clone(),
+                        cert_hash: (self.config.tls == crate::TlsSource::Dev).then_some(self.fingerprint),
+                        // What the README's `quiver chat --room lobby` and `quiver tick pub --channel prices` use.
+                        room: "lobby".into(),
+                        channel: "prices".into(),
+                    };
+                    tasks.spawn(crate::web::serve(listener, info, shutdown.clone()));
+                }
+                Err(err) => tracing::error!(%err, "demo page: cannot use its listener"),
+            }
+        }
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {

@@ -14,10 +14,11 @@ use bytes::Bytes;
 use quiver_proto::{ErrorCode, Failure, Limits, Reply};
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use web_transport_quinn::{SendStream, Session};
 
 use crate::{
     hub::{JoinRoom, Outbox, RoomHub, SubscriberId},
-    net::close::quic_code,
+    net::probe::TailProbe,
     session::RoomRequest,
 };
 
@@ -31,7 +32,7 @@ struct Queue {
     closed: bool,
     /// The room stream while the pump is idle. A push finding the queue empty writes straight to it (one
     /// task hand-off less on the path of every message: ~20 µs on this VM); the pump takes it to drain a backlog.
-    send: Option<quinn::SendStream>,
+    send: Option<SendStream>,
 }
 
 impl Queue {
@@ -68,15 +69,17 @@ impl Queue {
 #[derive(Debug)]
 pub(crate) struct StreamOutbox {
     queue: Mutex<Queue>,
+    probe: Arc<TailProbe>,
     wake: Notify,
     overflow: CancellationToken,
     bound: usize,
 }
 
 impl StreamOutbox {
-    pub(crate) fn new(send: quinn::SendStream, bound: usize) -> Arc<StreamOutbox> {
+    pub(crate) fn new(send: SendStream, bound: usize, probe: Arc<TailProbe>) -> Arc<StreamOutbox> {
         Arc::new(StreamOutbox {
             queue: Mutex::new(Queue { send: Some(send), ..Queue::default() }),
+            probe,
             wake: Notify::new(),
             overflow: CancellationToken::new(),
             bound,
@@ -110,7 +113,11 @@ impl Outbox for StreamOutbox {
             self.overflow.cancel();
             return false;
         }
-        let Some(rest) = queue.try_write_direct(frame) else { return true };
+        let Some(rest) = queue.try_write_direct(frame) else {
+            drop(queue);
+            self.probe.sent();
+            return true;
+        };
         queue.bytes += rest.len();
         queue.frames.push_back(rest);
         drop(queue);
@@ -131,7 +138,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What the pump does next, decided under the queue's lock.
 enum Next {
     /// Write this backlog (the stream is taken from the outbox meanwhile).
-    Drain(Vec<Bytes>, quinn::SendStream),
+    Drain(Vec<Bytes>, SendStream),
     /// Nothing queued: wait for a push.
     Wait,
     /// The room was left and everything is written, or the stream is gone.
@@ -180,12 +187,13 @@ async fn pump(outbox: Arc<StreamOutbox>, stop: CancellationToken) {
                 () = stop.cancelled() => return,
             }
         }
+        outbox.probe.sent();
         if outbox.overflowed() {
             break send;
         }
         lock(&outbox.queue).send = Some(send);
     };
-    let _ = send.reset(quic_code(ErrorCode::SlowConsumer));
+    let _ = send.reset(ErrorCode::SlowConsumer.to_u32());
 }
 
 #[derive(Debug)]
@@ -200,25 +208,32 @@ pub(crate) struct ConnectionRooms<H> {
     hub: Arc<H>,
     limits: Limits,
     joined: HashMap<String, JoinedRoom>,
+    probe: Arc<TailProbe>,
     pumps: TaskTracker,
     stop: CancellationToken,
 }
 
 impl<H: RoomHub> ConnectionRooms<H> {
-    pub(crate) fn new(hub: Arc<H>, limits: Limits) -> Self {
+    pub(crate) fn new(hub: Arc<H>, limits: Limits, probe: Arc<TailProbe>) -> Self {
         ConnectionRooms {
             hub,
             limits,
             joined: HashMap::new(),
+            probe,
             pumps: TaskTracker::new(),
             stop: CancellationToken::new(),
         }
     }
 
+    /// The connection's tail-loss probe, for reliable data written elsewhere (control replies).
+    pub(crate) fn probe(&self) -> &TailProbe {
+        &self.probe
+    }
+
     /// Carries out one room request and returns the reply.
     pub(crate) async fn handle(
         &mut self,
-        conn: &quinn::Connection,
+        conn: &Session,
         identity: &str,
         request: RoomRequest,
         now_us: u64,
@@ -247,7 +262,7 @@ impl<H: RoomHub> ConnectionRooms<H> {
                         return Err(Failure::new(ErrorCode::TooManyRooms, "client grants no stream for another room"))
                     }
                 };
-                let outbox = StreamOutbox::new(send, self.limits.room_queue_bytes as usize);
+                let outbox = StreamOutbox::new(send, self.limits.room_queue_bytes as usize, self.probe.clone());
                 self.pumps.spawn(pump(outbox.clone(), self.stop.clone()));
                 let request = JoinRoom {
                     room: join.room.clone(),

@@ -13,6 +13,7 @@ use bytes::{BufMut, BytesMut};
 use quiver_proto::{ErrorCode, Failure, Limits, Reply, TickHeader};
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use web_transport_quinn::{Session, SessionError};
 
 use crate::{
     hub::{
@@ -34,7 +35,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// One connection's outgoing ticks.
 #[derive(Debug)]
 struct DatagramSink {
-    conn: quinn::Connection,
+    conn: Session,
     waiting: Mutex<(Conflation, HashMap<u64, u64>)>,
     wake: Notify,
     stats: Arc<ServerStats>,
@@ -50,10 +51,12 @@ fn datagram(channel_id: u64, tick: &Tick) -> Option<bytes::Bytes> {
 }
 
 impl DatagramSink {
-    fn sent(&self, result: Result<(), quinn::SendDatagramError>) {
+    fn sent(&self, result: &Result<(), SessionError>) {
         match result {
             Ok(()) => bump(&self.stats.ticks_sent),
-            Err(quinn::SendDatagramError::TooLarge) => bump(&self.stats.ticks_too_large),
+            Err(SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge)) => {
+                bump(&self.stats.ticks_too_large)
+            }
             Err(_) => {}
         }
     }
@@ -71,7 +74,7 @@ impl TickSink for DatagramSink {
         if !conflation.is_waiting(channel_id) {
             let Some(datagram) = datagram(channel_id, &tick) else { return };
             if self.conn.datagram_send_buffer_space() >= datagram.len() {
-                self.sent(self.conn.send_datagram(datagram));
+                self.sent(&self.conn.send_datagram(datagram));
                 return;
             }
         }
@@ -84,7 +87,7 @@ impl TickSink for DatagramSink {
 }
 
 /// Sends waiting ticks as datagrams until the connection ends or `stop` is cancelled.
-async fn send_ticks(conn: quinn::Connection, sink: Arc<DatagramSink>, stop: CancellationToken) {
+async fn send_ticks(conn: Session, sink: Arc<DatagramSink>, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = sink.wake.notified() => {}
@@ -102,10 +105,13 @@ async fn send_ticks(conn: quinn::Connection, sink: Arc<DatagramSink>, stop: Canc
             }
             let Some(datagram) = datagram(channel_id, &tick) else { continue };
             tokio::select! {
-                sent = conn.send_datagram_wait(datagram) => match sent {
-                    Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
-                    other => sink.sent(other),
-                },
+                sent = conn.send_datagram_wait(datagram) => {
+                    sink.sent(&sent);
+                    if matches!(sent, Err(ref err) if !matches!(err, SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge))) {
+                        // The connection is gone, or the peer takes no datagrams at all.
+                        return;
+                    }
+                }
                 () = stop.cancelled() => return,
             }
         }
@@ -114,7 +120,7 @@ async fn send_ticks(conn: quinn::Connection, sink: Arc<DatagramSink>, stop: Canc
 
 /// Reads datagrams: ticks on claimed channels are published, anything else is counted and dropped.
 async fn read_ticks(
-    conn: quinn::Connection,
+    conn: Session,
     hub: Arc<dyn TickHub>,
     ids: Arc<RwLock<ChannelIds>>,
     stats: Arc<ServerStats>,
@@ -128,6 +134,9 @@ async fn read_ticks(
             },
             () = stop.cancelled() => return,
         };
+        if quiver_proto::is_probe(&datagram) {
+            continue; // a tail-loss probe (net::probe): it only elicits an ACK
+        }
         let Ok((header, payload)) = TickHeader::decode(&datagram) else {
             bump(&stats.datagrams_malformed);
             continue;
@@ -187,12 +196,7 @@ pub(crate) struct ConnectionTicks {
 
 impl ConnectionTicks {
     /// Starts the connection's datagram reader and tick sender.
-    pub(crate) fn start(
-        conn: &quinn::Connection,
-        hub: Arc<dyn TickHub>,
-        limits: Limits,
-        stats: Arc<ServerStats>,
-    ) -> Self {
+    pub(crate) fn start(conn: &Session, hub: Arc<dyn TickHub>, limits: Limits, stats: Arc<ServerStats>) -> Self {
         let ids = Arc::new(RwLock::new(ChannelIds::default()));
         let sink = Arc::new(DatagramSink {
             conn: conn.clone(),

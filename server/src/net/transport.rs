@@ -21,6 +21,9 @@ pub const DATAGRAM_SEND_BUFFER: usize = 16 * 1024;
 /// Measured here (BASELINES.md): at 5 % loss a ping-pong's p99 falls from 54 ms to 6.7 ms, for +18 % on the
 /// loss-free median. Sparse chat traffic is exactly the case where loss detection waits on ACKs.
 pub const MAX_ACK_DELAY: Duration = Duration::from_millis(1);
+/// After writing reliable data, a probe datagram this much later acts as a tail-loss probe ([`super::probe`]):
+/// a lost last packet is then found in ~1–2 ms + RTT instead of at the next message or quinn's ≥25 ms PTO.
+pub const TAIL_PROBE_DELAY: Duration = Duration::from_millis(1);
 /// UDP socket buffers. Linux's default 208 KiB receive buffer overflows with ~64 handshakes in flight
 /// (BASELINES.md); the kernel caps the request at `net.core.{r,w}mem_max`, and the server logs what it got.
 pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
@@ -41,6 +44,8 @@ pub struct TransportTuning {
     pub keep_alive: Option<Duration>,
     /// Bytes of datagrams quinn may hold waiting for the congestion window.
     pub datagram_send_buffer: usize,
+    /// Send a probe datagram this long after writing reliable data (a tail-loss probe); `None` for none.
+    pub tail_probe: Option<Duration>,
 }
 
 impl Default for TransportTuning {
@@ -59,7 +64,13 @@ impl TransportTuning {
             initial_rtt: INITIAL_RTT,
             keep_alive: Some(KEEP_ALIVE),
             datagram_send_buffer: DATAGRAM_SEND_BUFFER,
+            tail_probe: Some(TAIL_PROBE_DELAY),
         }
+    }
+
+    /// Quiver's choice without the on-demand tail probe (the "before" of the probe's measurement).
+    pub fn no_probe() -> Self {
+        TransportTuning { name: "no-probe", tail_probe: None, ..TransportTuning::quiver() }
     }
 
     /// quinn 0.11's defaults for everything tuned here (the "before").
@@ -71,10 +82,11 @@ impl TransportTuning {
             initial_rtt: Duration::from_millis(333),
             keep_alive: None,
             datagram_send_buffer: 1024 * 1024,
+            tail_probe: None,
         }
     }
 
-    /// Quiver's choice plus a PING every millisecond, which acts as a tail-loss probe for sparse traffic
+    /// Quiver's choice plus a PING every millisecond, a tail-loss probe whether or not anything was sent
     /// (BASELINES.md: p99 at 5 % loss 6.7 → 4.45 ms, at +30 % loss-free p50 and ~1,000 extra packets/s each way).
     pub fn tail_probe() -> Self {
         TransportTuning { name: "tail-probe", keep_alive: Some(Duration::from_millis(1)), ..TransportTuning::quiver() }
@@ -86,7 +98,10 @@ impl TransportTuning {
             "quiver" => Ok(TransportTuning::quiver()),
             "quinn-defaults" => Ok(TransportTuning::quinn_defaults()),
             "tail-probe" => Ok(TransportTuning::tail_probe()),
-            other => Err(format!("unknown transport tuning {other:?}; tunings: quiver, quinn-defaults, tail-probe")),
+            "no-probe" => Ok(TransportTuning::no_probe()),
+            other => Err(format!(
+                "unknown transport tuning {other:?}; tunings: quiver, no-probe, quinn-defaults, tail-probe"
+            )),
         }
     }
 }
@@ -107,11 +122,14 @@ fn common(tuning: &TransportTuning) -> TransportConfig {
     config
 }
 
-/// The server's transport: clients may open only the control stream (bidirectional) and no unidirectional
-/// streams; room streams are opened by the server.
+/// The server's transport. Native clients open only the control stream; browsers need one more bidirectional
+/// stream (the CONNECT request, then the control stream) and three unidirectional ones (HTTP/3 control, QPACK
+/// encoder and decoder; RFC 9114 §6.2 asks for at least three). The limits are per endpoint, before ALPN is
+/// known, so they are the browser's; a native client opening any stream besides the control stream is closed
+/// with `ProtocolViolation`. Room streams are opened by the server.
 pub fn server_transport(_limits: &Limits, tuning: &TransportTuning) -> Arc<TransportConfig> {
     let mut config = common(tuning);
-    config.max_concurrent_bidi_streams(VarInt::from_u32(1)).max_concurrent_uni_streams(VarInt::from_u32(0));
+    config.max_concurrent_bidi_streams(VarInt::from_u32(2)).max_concurrent_uni_streams(VarInt::from_u32(3));
     Arc::new(config)
 }
 

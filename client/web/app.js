@@ -1,0 +1,284 @@
+// The Quiver demo page: connects over WebTransport, joins a room (chat and members) and subscribes to a tick
+// channel (a live plot with loss, staleness and latency counters).
+//
+// Where to connect comes from /config.json ({url, certHash, room, channel}), overridden by the page's query
+// parameters ?url=&certHash=&room=&channel=&name=. For automated tests the page keeps `window.quiverState`
+// current and sets `window.quiverReady = true` once it has joined the room and subscribed to the channel.
+
+import { QuiverClient, QuiverError, errorCodeName } from './quiver.js';
+
+/** Seconds of ticks the plot shows. */
+const PLOT_SECONDS = 5;
+/** Samples kept for the plot (60 Hz for PLOT_SECONDS, with room for faster channels' latest values). */
+const PLOT_SAMPLES = 2000;
+/** Errors kept in the state and on the page. */
+const MAX_ERRORS = 50;
+
+const $ = (selector) => document.querySelector(selector);
+const utf8 = new TextDecoder();
+const DECIMAL = /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
+
+/** Everything the page shows, kept current for people and for tests. */
+const state = {
+  status: 'connecting',
+  identity: null,
+  room: null,
+  channel: null,
+  members: [],
+  messages: [],
+  ticks: { received: 0, lost: 0, stale: 0, lastSeq: '' },
+  latencyMs: null,
+  rttMs: null,
+  errors: [],
+};
+window.quiverState = state;
+window.quiverReady = false;
+
+/** Tick samples for the plot: {at: performance.now(), value}. */
+const samples = [];
+
+/** Records an error in the state and shows it. */
+function report(error) {
+  const text = error instanceof QuiverError ? `${error.codeName}: ${error.message}` : String(error?.message ?? error);
+  state.errors.push(text);
+  if (state.errors.length > MAX_ERRORS) state.errors.shift();
+  const item = document.createElement('li');
+  item.textContent = text;
+  $('#error-list').append(item);
+  $('#errors').hidden = false;
+}
+
+/** Where to connect: config.json, then the query parameters. */
+async function loadConfig() {
+  const params = new URLSearchParams(location.search);
+  let config = {};
+  try {
+    const response = await fetch('config.json', { cache: 'no-store' });
+    if (!response.ok) throw new Error(`config.json: HTTP ${response.status}`);
+    config = await response.json();
+  } catch (err) {
+    if (!params.get('url')) throw err; // without config.json the URL must be given
+  }
+  const pick = (key, fallback) => params.get(key) || config[key] || fallback;
+  return {
+    url: pick('url', null),
+    certHash: pick('certHash', null),
+    room: pick('room', 'lobby'),
+    channel: pick('channel', 'demo.ticks'),
+    name: params.get('name') || null,
+  };
+}
+
+// ── chat ──
+
+function scrolledToBottom(list) {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 30;
+}
+
+function appendLine(build) {
+  const list = $('#messages');
+  const follow = scrolledToBottom(list);
+  const item = document.createElement('li');
+  build(item);
+  list.append(item);
+  if (follow) list.scrollTop = list.scrollHeight;
+}
+
+function showMessage({ seq, sender, text }) {
+  state.messages.push({ seq: String(seq), sender, text });
+  appendLine((item) => {
+    const seqSpan = Object.assign(document.createElement('span'), { className: 'seq', textContent: `#${seq}` });
+    const senderSpan = Object.assign(document.createElement('span'), { className: 'sender', textContent: sender });
+    item.append(seqSpan, senderSpan, text);
+  });
+}
+
+function showNote(text) {
+  appendLine((item) => {
+    item.className = 'note';
+    item.textContent = text;
+  });
+}
+
+function showMembers(members) {
+  state.members = members;
+  $('#members').replaceChildren(...members.map((member) => {
+    const item = document.createElement('li');
+    item.textContent = member;
+    item.classList.toggle('me', member === state.identity);
+    return item;
+  }));
+}
+
+/** `room` is the Room once `join` has returned (events can come just before that), else null. */
+function onRoomEvent(room, event) {
+  const members = () => showMembers(room?.members ?? state.members);
+  switch (event.type) {
+    case 'message':
+      showMessage(event);
+      break;
+    case 'joined':
+    case 'left':
+      showNote(`${event.member} ${event.type}`);
+      members();
+      break;
+    case 'resumed':
+      showNote(event.recovered ? 'reconnected: nothing missed' : 'reconnected: some messages were missed');
+      members();
+      break;
+    case 'kicked':
+      report(`removed from room ${event.room}: ${errorCodeName(event.code)}: ${event.reason}`);
+      break;
+  }
+}
+
+// ── ticks ──
+
+/** The number a tick plots: its payload as decimal text, else its first two bytes (LE u16) in 0..1, else its seq. */
+function tickValue({ seq, payload }) {
+  const text = utf8.decode(payload).trim();
+  if (DECIMAL.test(text)) return Number(text);
+  if (payload.length >= 2) return (payload[0] | (payload[1] << 8)) / 65535;
+  return Number(seq);
+}
+
+/** `subscription` is the Subscription once `subscribe` has returned (a tick can come just before that), else null. */
+function onTick(subscription, tick) {
+  Object.assign(state.ticks, subscription?.stats, { lastSeq: String(tick.seq) });
+  state.latencyMs = tick.latencyMs;
+  samples.push({ at: performance.now(), value: tickValue(tick) });
+  if (samples.length > PLOT_SAMPLES) samples.splice(0, samples.length - PLOT_SAMPLES);
+}
+
+/** Draws the last PLOT_SECONDS of ticks: a line through the values, scaled to their range, and the newest as a dot. */
+function drawPlot(canvas, now) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = Math.round(canvas.clientWidth * ratio);
+  const height = Math.round(canvas.clientHeight * ratio);
+  if (canvas.width !== width || canvas.height !== height) Object.assign(canvas, { width, height });
+  const ctx = canvas.getContext('2d');
+  ctx.clearRect(0, 0, width, height);
+  const since = now - PLOT_SECONDS * 1000;
+  while (samples.length > 0 && samples[0].at < since) samples.shift();
+  if (samples.length === 0) {
+    ctx.fillStyle = '#6b7385';
+    ctx.font = `${13 * ratio}px system-ui, sans-serif`;
+    ctx.fillText(`waiting for ticks on ${state.channel ?? '…'}`, 12 * ratio, 24 * ratio);
+    return;
+  }
+  let low = Math.min(...samples.map((s) => s.value));
+  let high = Math.max(...samples.map((s) => s.value));
+  if (high - low < 1e-9) [low, high] = [low - 1, high + 1];
+  const pad = 10 * ratio;
+  const x = (at) => pad + ((at - since) / (PLOT_SECONDS * 1000)) * (width - 2 * pad);
+  const y = (value) => height - pad - ((value - low) / (high - low)) * (height - 2 * pad);
+  ctx.strokeStyle = '#2f6fde';
+  ctx.lineWidth = 1.5 * ratio;
+  ctx.beginPath();
+  samples.forEach((s, i) => (i === 0 ? ctx.moveTo(x(s.at), y(s.value)) : ctx.lineTo(x(s.at), y(s.value))));
+  ctx.stroke();
+  const last = samples[samples.length - 1];
+  ctx.fillStyle = '#2f6fde';
+  ctx.beginPath();
+  ctx.arc(x(last.at), y(last.value), 4 * ratio, 0, 2 * Math.PI);
+  ctx.fill();
+  ctx.fillStyle = '#6b7385';
+  ctx.font = `${11 * ratio}px ui-monospace, monospace`;
+  ctx.fillText(String(+high.toPrecision(6)), 4 * ratio, 12 * ratio);
+  ctx.fillText(String(+low.toPrecision(6)), 4 * ratio, height - 4 * ratio);
+}
+
+/** Redraws the plot and the counters once per frame (at most the display's rate, 60 Hz on most screens). */
+function animate(now) {
+  drawPlot($('#ticks-canvas'), now);
+  const status = $('#status');
+  status.textContent = state.status;
+  status.dataset.status = state.status;
+  $('#identity').textContent = state.identity ?? '…';
+  $('#rtt').textContent = state.rttMs === null ? '–' : `${state.rttMs.toFixed(1)} ms`;
+  $('#ticks-received').textContent = state.ticks.received;
+  $('#ticks-lost').textContent = state.ticks.lost;
+  $('#ticks-stale').textContent = state.ticks.stale;
+  $('#tick-latency').textContent = state.latencyMs === null ? '–' : `${state.latencyMs.toFixed(1)} ms`;
+  $('#tick-seq').textContent = state.ticks.lastSeq || '–';
+  requestAnimationFrame(animate);
+}
+
+/** Publishes a sine wave as decimal text at 60 Hz while the box is ticked. */
+function setUpTestSignal(client, channel) {
+  let publisher = null;
+  let timer = null;
+  $('#publish').addEventListener('change', async (event) => {
+    clearInterval(timer);
+    timer = null;
+    if (!event.target.checked) return;
+    try {
+      publisher ??= await client.publisher(channel);
+      timer = setInterval(() => publisher.send((Math.sin(performance.now() / 500) * 10 + 100).toFixed(3)), 1000 / 60);
+    } catch (err) {
+      event.target.checked = false;
+      report(err);
+    }
+  });
+}
+
+// ── start ──
+
+async function main() {
+  requestAnimationFrame(animate);
+  const config = await loadConfig();
+  Object.assign(state, { room: config.room, channel: config.channel });
+  $('#room-name').textContent = config.room;
+  $('#channel-name').textContent = config.channel;
+  if (!config.url) throw new Error('no server URL: config.json has none and the page has no ?url=');
+
+  let client = null;
+  let room = null;
+  let subscription = null;
+  $('#send-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const input = $('#message');
+    const text = input.value.trim();
+    if (!text || !client) return;
+    input.value = '';
+    client.post(config.room, text).catch(report);
+  });
+  client = await QuiverClient.connect(config.url, {
+    certHash: config.certHash,
+    name: config.name,
+    onStatus: (status, why) => {
+      state.status = status;
+      state.identity = client?.welcome?.identity ?? state.identity;
+      if (status === 'reconnecting') showNote(`connection lost (${why?.reason ?? 'unknown'}); reconnecting…`);
+      if (status === 'closed' && why && why.code !== 0) report(`closed: ${errorCodeName(why.code)}: ${why.reason}`);
+    },
+    onNotice: (notice) => {
+      if (notice.type === 'goaway') return showNote(`server going away: ${notice.reason}`);
+      if (notice.type === 'kicked' && notice.room !== null) return; // told through the room's events
+      report(`${notice.type}: ${errorCodeName(notice.code)}: ${notice.reason}`);
+    },
+  });
+  state.status = client.status;
+  state.identity = client.welcome.identity;
+  window.quiverClient = client;
+
+  room = await client.join(config.room, { onEvent: (event) => onRoomEvent(room, event) });
+  showMembers(room.members);
+  subscription = await client.subscribe(config.channel, { onTick: (tick) => onTick(subscription, tick) });
+  window.quiverReady = true;
+
+  setUpTestSignal(client, config.channel);
+  setInterval(() => {
+    if (client.status !== 'connected') return;
+    client.ping().then((rtt) => { state.rttMs = rtt; }, (err) => { if (!err.closed) report(err); });
+  }, 1000);
+}
+
+// Anything that goes wrong on the page, including in callbacks, shows up in the state.
+window.addEventListener('error', (event) => report(event.error ?? event.message));
+window.addEventListener('unhandledrejection', (event) => report(event.reason));
+
+main().catch((err) => {
+  state.status = 'closed';
+  report(err);
+});

@@ -1,0 +1,621 @@
+// QuiverClient's IO layer (Hello/Welcome, requests and replies, room streams, datagrams, connection loss and
+// everything a reconnect restores), against an in-memory stand-in for the browser's WebTransport and a miniature
+// Quiver server: rooms with an epoch and contiguous seqs, resume from a position, post deduplication by
+// (identity, client_msg_id), tick channel ids per connection.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import {
+  DEFAULT_MAX_FRAME, ErrorCode, FrameReader, PROTOCOL_VERSION, QuiverClient, QuiverError, decodeTick,
+  encodeFrame, encodeTick, wire,
+} from '../quiver.js';
+
+// ───────────────────────────────────────────── the fake server ─────────────────────────────────────────────
+
+const LIMITS = {
+  max_frame: DEFAULT_MAX_FRAME, max_body: 16384, max_name: 128, max_rooms: 64, max_subscriptions: 256,
+  max_publish_channels: 64, room_queue_bytes: 262144, handshake_timeout_ms: 10000, history_max_messages: 1000,
+  history_max_age_s: 86400, gap_replay: 100, dedupe_window_s: 600, dedupe_max_entries: 10000,
+};
+
+/** A readable stream and the function that feeds it. */
+function pipe() {
+  let controller;
+  const readable = new ReadableStream({ start: (c) => { controller = c; } });
+  const safe = (fn) => { try { fn(); } catch { /* already closed or errored */ } };
+  return {
+    readable,
+    // Each chunk is split in two, so the client's framing is exercised across reads.
+    push: (bytes) => safe(() => {
+      const cut = bytes.length >> 1;
+      if (cut > 0) controller.enqueue(bytes.slice(0, cut));
+      controller.enqueue(bytes.slice(cut));
+    }),
+    enqueue: (item) => safe(() => controller.enqueue(item)),
+    finish: () => safe(() => controller.close()),
+    fail: (err) => safe(() => controller.error(err)),
+  };
+}
+
+/** One connection as the client sees it: the shape of the browser's WebTransport object. */
+class FakeWebTransport {
+  constructor(server, url, options) {
+    this.server = server;
+    this.url = url;
+    this.options = options;
+    this.id = server.connections.length + 1;
+    this.alive = true;
+    this.identity = null;
+    this.channels = new Map(); // channel -> id, subscriptions
+    this.claims = new Map(); // id -> channel, publish claims
+    this.nextChannelId = server.channelIdBase;
+    this.roomStreams = [];
+    this.uni = pipe();
+    this.incoming = pipe();
+    this.incomingUnidirectionalStreams = this.uni.readable;
+    this.datagrams = {
+      readable: this.incoming.readable,
+      writable: new WritableStream({
+        write: (d) => { if (this.alive) server.datagrams.push({ conn: this, ...decodeTick(d) }); },
+      }),
+      maxDatagramSize: 1200,
+    };
+    this.closed = new Promise((resolve, reject) => {
+      this.resolveClosed = resolve;
+      this.rejectClosed = reject;
+    });
+    this.ready = server.down ? Promise.reject(new Error('connection refused')) : Promise.resolve();
+    this.ready.catch(() => {});
+    if (server.down) this.alive = false;
+  }
+
+  async createBidirectionalStream() {
+    this.control = pipe();
+    const frames = new FrameReader();
+    const writable = new WritableStream({
+      write: (chunk) => {
+        if (!this.alive) throw new Error('connection lost');
+        for (const body of frames.push(chunk)) this.server.handle(this, wire.Request.decode(body));
+      },
+    });
+    return { readable: this.control.readable, writable };
+  }
+
+  close({ closeCode = 0, reason = '' } = {}) {
+    if (!this.alive) return;
+    this.alive = false;
+    this.closedBy = { closeCode, reason };
+    this.end(null);
+    this.resolveClosed({ closeCode, reason });
+  }
+
+  // ── server side ──
+
+  send(msg) {
+    if (this.alive) this.control.push(encodeFrame(wire.ServerMsg, msg));
+  }
+
+  openRoomStream() {
+    const stream = pipe();
+    this.uni.enqueue(stream.readable);
+    this.roomStreams.push(stream);
+    return {
+      write: (frame) => this.alive && stream.push(encodeFrame(wire.RoomFrame, frame)),
+      finish: () => stream.finish(),
+      reset: (code) => stream.fail(Object.assign(new Error(`stream reset ${code}`), { streamErrorCode: code })),
+    };
+  }
+
+  sendTick(tick) {
+    if (this.alive) this.incoming.enqueue(encodeTick(tick));
+  }
+
+  /** The connection is lost (no close frame): every stream fails. */
+  kill(reason = 'network unreachable') {
+    if (!this.alive) return;
+    this.alive = false;
+    const err = new Error(reason);
+    this.end(err);
+    this.rejectClosed(err);
+  }
+
+  end(err) {
+    for (const p of [this.control, this.uni, this.incoming, ...this.roomStreams]) {
+      if (p) (err ? p.fail(err) : p.finish());
+    }
+    this.server.left(this);
+  }
+}
+
+/** The miniature server. `transport` is what the client takes as its WebTransport constructor. */
+class FakeServer {
+  constructor() {
+    this.connections = [];
+    this.rooms = new Map();
+    this.dedupe = new Map();
+    this.requests = []; // every request: {conn, req}
+    this.datagrams = []; // every datagram from clients: {conn, channel_id, seq, sent_time_us, payload}
+    this.refuse = null; // a Failure to answer Hello with
+    this.down = false; // connections fail before they open
+    this.holdPostReplies = false; // accept posts but never answer them (their answers are lost with the connection)
+    this.openBeforeReply = true; // send a room stream's Open (and replay) before the Join reply
+    this.replayOverlap = 0n; // replay this many already-seen messages on a resume (the client must drop them)
+    this.channelIdBase = 0n; // first channel id handed out on each connection
+    this.loseRoomStreams = 0; // reset this many room streams before their first byte (the client must rejoin)
+    this.dropOnPing = false; // lose the connection on its first Ping
+    const server = this;
+    this.transport = function WebTransport(url, options) {
+      const conn = new FakeWebTransport(server, url, options);
+      server.connections.push(conn);
+      return conn;
+    };
+  }
+
+  /** Live connections. */
+  get live() {
+    return this.connections.filter((c) => c.alive);
+  }
+
+  room(name) {
+    if (!this.rooms.has(name)) this.rooms.set(name, { epoch: 7n, messages: [], members: new Map() });
+    return this.rooms.get(name);
+  }
+
+  /** Requests of kind `tag` ('Post', 'Join', ...) in order, optionally only from `conn`. */
+  requestsOf(tag, conn) {
+    return this.requests.filter((r) => tag in r.req.body && (!conn || r.conn === conn)).map((r) => r.req.body[tag]);
+  }
+
+  handle(conn, req) {
+    this.requests.push({ conn, req });
+    const reply = (result) => conn.send({ Reply: { req_id: req.req_id, result } });
+    const ok = (value) => reply({ Ok: value });
+    const fail = (code, message) => reply({ Err: { code, message } });
+    const [tag, body] = Object.entries(req.body)[0];
+    switch (tag) {
+      case 'Hello':
+        if (this.refuse) return reply({ Err: this.refuse });
+        conn.identity = body.name ?? `guest-${conn.id}`;
+        return ok({
+          Welcome: {
+            version: PROTOCOL_VERSION, session_id: BigInt(conn.id), server_time_us: nowUs(), identity: conn.identity,
+            limits: LIMITS,
+          },
+        });
+      case 'Join': {
+        const room = this.room(body.room);
+        if (room.members.has(conn)) return fail(ErrorCode.AlreadyJoined, 'already joined');
+        const last = BigInt(room.messages.length);
+        const since = body.since;
+        let recovered = false;
+        let from = last + 1n;
+        if (since && since.epoch === room.epoch && since.seq <= last) {
+          recovered = true;
+          from = since.seq + 1n - this.replayOverlap;
+          if (from < 1n) from = 1n;
+        } else if (since) {
+          from = last > 100n ? last - 99n : 1n;
+        }
+        const stream = conn.openRoomStream();
+        room.members.set(conn, stream);
+        if (this.loseRoomStreams > 0) {
+          this.loseRoomStreams -= 1;
+          room.members.delete(conn);
+          stream.reset(ErrorCode.Internal); // the client never sees this stream's Open frame
+          const lost = { room: body.room, epoch: room.epoch, recovered: false, replay_from: last + 1n, last_seq: last };
+          return ok({ Joined: { ...lost, members: [] } });
+        }
+        const members = [...room.members.keys()].map((c) => c.identity);
+        const joined = {
+          Joined: { room: body.room, epoch: room.epoch, recovered, replay_from: from, last_seq: last, members },
+        };
+        if (!this.openBeforeReply) ok(joined);
+        stream.write({ Open: { room: body.room, epoch: room.epoch } });
+        for (const event of room.messages.slice(Number(from) - 1)) stream.write({ Event: event });
+        if (this.openBeforeReply) ok(joined);
+        return this.broadcast(room, presence(last, 'MemberJoined', conn.identity), conn);
+      }
+      case 'Leave': {
+        const room = this.rooms.get(body.room);
+        const stream = room?.members.get(conn);
+        if (!stream) return fail(ErrorCode.NotJoined, `not in room ${body.room}`);
+        room.members.delete(conn);
+        stream.finish();
+        this.broadcast(room, presence(BigInt(room.messages.length), 'MemberLeft', conn.identity));
+        return ok({ Left: { room: body.room } });
+      }
+      case 'Post': {
+        const room = this.room(body.room);
+        const key = `${body.room}/${conn.identity}/${body.client_msg_id}`;
+        let seq = this.dedupe.get(key);
+        const duplicate = seq !== undefined;
+        if (!duplicate) {
+          seq = BigInt(room.messages.length + 1);
+          const message = { sender: conn.identity, client_msg_id: body.client_msg_id, body: body.body };
+          const event = { seq, time_us: nowUs(), kind: { Message: message } };
+          room.messages.push(event);
+          this.dedupe.set(key, seq);
+          this.broadcast(room, event);
+        }
+        if (this.holdPostReplies) return;
+        return ok({ Posted: { room: body.room, seq, duplicate } });
+      }
+      case 'Subscribe': {
+        const id = conn.nextChannelId++;
+        conn.channels.set(body.channel, id);
+        return ok({ Subscribed: { channel: body.channel, channel_id: id } });
+      }
+      case 'Unsubscribe':
+        if (!conn.channels.delete(body.channel)) return fail(ErrorCode.NotJoined, 'not subscribed');
+        return ok({ Unsubscribed: { channel: body.channel } });
+      case 'Publish': {
+        const id = conn.nextChannelId++;
+        conn.claims.set(id, body.channel);
+        return ok({ Publishing: { channel: body.channel, channel_id: id } });
+      }
+      case 'Ping':
+        if (this.dropOnPing) return conn.kill('lost during setup');
+        return ok({ Pong: { client_time_us: body.client_time_us, server_time_us: nowUs() } });
+      case 'History': {
+        const room = this.rooms.get(body.room);
+        const after = body.since ?? 0n;
+        const messages = (room?.messages ?? []).filter((e) => e.seq > after).slice(0, body.limit);
+        return ok({ History: { room: body.room, epoch: room?.epoch ?? 0n, messages, more: false } });
+      }
+      default:
+        return fail(ErrorCode.Unsupported, tag);
+    }
+  }
+
+  broadcast(room, event, except = null) {
+    for (const [conn, stream] of room.members) if (conn !== except) stream.write({ Event: event });
+  }
+
+  left(conn) {
+    for (const room of this.rooms.values()) {
+      if (!room.members.delete(conn)) continue;
+      this.broadcast(room, presence(BigInt(room.messages.length), 'MemberLeft', conn.identity));
+    }
+  }
+
+  /** Sends a tick to every live connection subscribed to `channel`. */
+  tick(channel, seq, payload = new Uint8Array(0), sentTimeUs = nowUs()) {
+    for (const conn of this.live) {
+      const id = conn.channels.get(channel);
+      if (id !== undefined) conn.sendTick({ channel_id: id, seq, sent_time_us: sentTimeUs, payload });
+    }
+  }
+
+  /** Loses every live connection (no close frame), as a network outage or a crash would. */
+  dropAll() {
+    for (const conn of this.live) conn.kill();
+  }
+}
+
+function nowUs() {
+  return BigInt(Date.now()) * 1000n;
+}
+
+function presence(seq, kind, member) {
+  return { seq, time_us: nowUs(), kind: { [kind]: { member } } };
+}
+
+/** Polls `check` until it returns a truthy value (returned), or fails after `ms`. */
+async function until(what, check, ms = 3000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+}
+
+// ───────────────────────────────────────────────── the tests ─────────────────────────────────────────────────
+
+const URL_ = 'https://quiver.test:4433/quiver';
+const text = (s) => new TextEncoder().encode(s);
+
+/** A client of `server` that reconnects within milliseconds; closed when the test ends. */
+async function connect(t, server, options = {}) {
+  const client = await QuiverClient.connect(URL_, {
+    transport: server.transport, reconnectDelayMs: 1, reconnectMaxDelayMs: 20, ...options,
+  });
+  t.after(() => client.close());
+  return client;
+}
+
+/** Joins `room`, collecting its events. */
+async function joinCollecting(client, room) {
+  const events = [];
+  const handle = await client.join(room, { onEvent: (e) => events.push(e) });
+  const messages = () => events.filter((e) => e.type === 'message');
+  return { handle, events, messages, seqs: () => messages().map((m) => Number(m.seq)) };
+}
+
+test('connect: Hello with version, agent, name and token; certHash as serverCertificateHashes; Welcome', async (t) => {
+  const server = new FakeServer();
+  const statuses = [];
+  const onStatus = (s) => statuses.push(s);
+  const client = await connect(t, server, { name: 'ann', token: 'tok', certHash: 'AB'.repeat(32), onStatus });
+  const [conn] = server.connections;
+  assert.equal(conn.url, URL_);
+  assert.equal(conn.options.serverCertificateHashes.length, 1);
+  assert.equal(conn.options.serverCertificateHashes[0].algorithm, 'sha-256');
+  assert.deepEqual(conn.options.serverCertificateHashes[0].value, new Uint8Array(32).fill(0xab));
+  const first = server.requests[0].req;
+  const hello = { version: PROTOCOL_VERSION, agent: 'quiver-web/0.1', name: 'ann', token: 'tok' };
+  assert.deepEqual(first, { req_id: 0n, body: { Hello: hello } });
+  assert.equal(server.requestsOf('Ping').length, 5, 'five pings estimate the clock offset');
+  assert.deepEqual(server.requests.slice(1).map((r) => r.req.req_id), [1n, 2n, 3n, 4n, 5n], 'request ids follow Hello\'s 0');
+  assert.equal(client.status, 'connected');
+  assert.deepEqual(statuses, ['connected']);
+  assert.equal(client.welcome.identity, 'ann');
+  assert.equal(client.welcome.limits.max_frame, DEFAULT_MAX_FRAME);
+  assert.ok(Math.abs(client.serverClockUs() - Date.now() * 1000) < 2_000_000, 'the server clock is estimated');
+  const rtt = await client.ping();
+  assert.ok(typeof rtt === 'number' && rtt >= 0);
+
+  const anonymous = await connect(t, server);
+  assert.equal(server.connections[1].options, undefined, 'no certificate hash: no options');
+  assert.match(anonymous.welcome.identity, /^guest-/);
+  client.close();
+  assert.equal(client.status, 'closed');
+  assert.deepEqual(conn.closedBy, { closeCode: 0, reason: 'closed by the application' });
+  await assert.rejects(client.ping(), (err) => err instanceof QuiverError && err.closed);
+});
+
+test('connect: a refused Hello or an unreachable server rejects and closes', async () => {
+  const server = new FakeServer();
+  server.refuse = { code: ErrorCode.UnsupportedVersion, message: 'this server speaks 2 only' };
+  await assert.rejects(
+    QuiverClient.connect(URL_, { transport: server.transport }),
+    (err) => err instanceof QuiverError && err.refused && err.code === ErrorCode.UnsupportedVersion,
+  );
+  server.refuse = null;
+  server.down = true;
+  await assert.rejects(QuiverClient.connect(URL_, { transport: server.transport }), /connection refused/);
+  assert.throws(() => new QuiverClient(URL_, { transport: undefined }), /no WebTransport/);
+  await assert.rejects(QuiverClient.connect(URL_, { transport: server.transport, certHash: 'abc' }), /64 hex digits/);
+});
+
+test('rooms: join, live events in order, members, posts resolve to their seq, history, leave', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const bob = await connect(t, server, { name: 'bob' });
+  const a = await joinCollecting(ann, 'lobby');
+  assert.deepEqual(a.handle.members, ['ann']);
+  server.openBeforeReply = false; // the reply first this time: both orders must work
+  const b = await joinCollecting(bob, 'lobby');
+  assert.deepEqual(b.handle.members, ['ann', 'bob']);
+  await until('ann sees bob join', () => a.events.some((e) => e.type === 'joined' && e.member === 'bob'));
+  assert.deepEqual(a.handle.members, ['ann', 'bob']);
+
+  const seqs = await Promise.all([bob.post('lobby', 'one'), bob.post(b.handle, text('two')), b.handle.post('three')]);
+  assert.deepEqual(seqs, [1n, 2n, 3n], 'posts keep the order of the calls');
+  await until('ann gets 3 messages', () => a.messages().length === 3);
+  const [first] = a.messages();
+  assert.equal(first.text, 'one');
+  assert.equal(first.sender, 'bob');
+  assert.equal(first.seq, 1n);
+  assert.equal(typeof first.timeUs, 'bigint');
+  assert.equal(typeof first.clientMsgId, 'bigint');
+  assert.deepEqual(first.body, text('one'));
+  assert.deepEqual(a.handle.position, { epoch: 7n, seq: 3n });
+  const ids = server.requestsOf('Post').map((p) => p.client_msg_id);
+  assert.deepEqual(ids, [ids[0], ids[0] + 1n, ids[0] + 2n], 'client_msg_ids count up');
+
+  const page = await ann.history('lobby', 1, 10);
+  assert.deepEqual(page.messages.map((m) => m.text), ['two', 'three']);
+  assert.equal(page.epoch, 7n);
+  assert.equal(page.more, false);
+
+  await assert.rejects(ann.join('lobby'), (err) => err.code === ErrorCode.AlreadyJoined);
+  await bob.leave('lobby');
+  await until('ann sees bob leave', () => a.events.some((e) => e.type === 'left' && e.member === 'bob'));
+  const notJoined = (err) => err instanceof QuiverError && err.code === ErrorCode.NotJoined && !err.closed;
+  await assert.rejects(bob.leave('lobby'), notJoined);
+  await assert.rejects(bob.request({ Nope: {} }), /RequestBody's variants/);
+});
+
+test('reconnect: rejoin from the last message, no duplicates, posts re-sent in order and delivered once', async (t) => {
+  const server = new FakeServer();
+  const statuses = [];
+  const ann = await connect(t, server, { name: 'ann', onStatus: (s) => statuses.push(s) });
+  const bob = await connect(t, server, { name: 'bob' });
+  const a = await joinCollecting(ann, 'lobby');
+  await joinCollecting(bob, 'lobby');
+  for (const m of ['m1', 'm2', 'm3']) await bob.post('lobby', m);
+  await until('ann has m1..m3', () => a.messages().length === 3);
+
+  // Ann posts twice; the server takes both (everyone sees them) but the answers are lost with the connection.
+  server.holdPostReplies = true;
+  const p1 = ann.post('lobby', 'p1');
+  const p2 = ann.post('lobby', 'p2');
+  await until('the server has p1 and p2', () => server.rooms.get('lobby').messages.length === 5);
+  await until('ann sees her posts', () => a.messages().length === 5);
+  server.holdPostReplies = false;
+  server.replayOverlap = 2n; // the resume replays two messages ann has already seen
+  server.down = true;
+  server.dropAll();
+  await until('ann notices', () => ann.status === 'reconnecting');
+  const p3 = ann.post('lobby', 'p3'); // made while reconnecting: queued behind p1 and p2
+  server.down = false;
+
+  assert.deepEqual(await Promise.all([p1, p2, p3]), [4n, 5n, 6n], 'the original seqs; p3 after them');
+  await until('bob is back', () => bob.status === 'connected');
+  await bob.post('lobby', 'm7');
+  await until('ann has 7 messages', () => a.messages().length === 7);
+  assert.deepEqual(a.seqs(), [1, 2, 3, 4, 5, 6, 7], 'every message once, in order');
+  assert.deepEqual(a.messages().map((m) => m.text), ['m1', 'm2', 'm3', 'p1', 'p2', 'p3', 'm7']);
+  const resumed = a.events.filter((e) => e.type === 'resumed');
+  assert.deepEqual(resumed, [{ type: 'resumed', room: 'lobby', recovered: true, epoch: 7n }]);
+  assert.ok(a.events.indexOf(resumed[0]) < a.events.findIndex((e) => e.text === 'p3'), 'resumed comes before the replay');
+
+  const conn2 = server.connections.filter((c) => c.identity === 'ann')[1];
+  assert.deepEqual(server.requestsOf('Join', conn2), [{ room: 'lobby', since: { epoch: 7n, seq: 5n } }]);
+  const posts = server.requestsOf('Post').filter((p) => ['p1', 'p2', 'p3'].includes(new TextDecoder().decode(p.body)));
+  const [id1, id2] = posts.slice(0, 2).map((p) => p.client_msg_id);
+  assert.deepEqual(posts.map((p) => p.client_msg_id), [id1, id2, id1, id2, id2 + 1n], 're-sent with the same ids, in order');
+  assert.deepEqual(server.rooms.get('lobby').messages.map((m) => Number(m.seq)), [1, 2, 3, 4, 5, 6, 7]);
+  assert.deepEqual(statuses, ['connected', 'reconnecting', 'connected']);
+});
+
+test('reconnect: a lost room history (new epoch) is announced as not recovered', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const a = await joinCollecting(ann, 'lobby');
+  await ann.post('lobby', 'old');
+  await until('ann has her message', () => a.messages().length === 1);
+  server.rooms.set('lobby', { epoch: 8n, messages: [], members: new Map() }); // the server restarted
+  server.dropAll();
+  await until('ann is back', () => a.events.some((e) => e.type === 'resumed'));
+  assert.deepEqual(a.events.find((e) => e.type === 'resumed'), { type: 'resumed', room: 'lobby', recovered: false, epoch: 8n });
+  assert.equal(await ann.post('lobby', 'new'), 1n);
+  await until('the new epoch\'s seq 1 is delivered', () => a.messages().length === 2);
+  assert.deepEqual(a.messages().map((m) => [m.epoch, m.seq, m.text]), [[7n, 1n, 'old'], [8n, 1n, 'new']]);
+});
+
+test('a room stream reset as a slow consumer is resumed from the last message', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const a = await joinCollecting(ann, 'lobby');
+  await ann.post('lobby', 'x');
+  await until('delivered', () => a.messages().length === 1);
+  const [conn] = server.connections;
+  const stream = server.rooms.get('lobby').members.get(conn);
+  server.rooms.get('lobby').members.delete(conn);
+  stream.reset(ErrorCode.SlowConsumer);
+  await until('rejoined', () => a.events.some((e) => e.type === 'resumed'));
+  assert.deepEqual(server.requestsOf('Join').at(-1), { room: 'lobby', since: { epoch: 7n, seq: 1n } });
+  assert.equal(a.events.find((e) => e.type === 'resumed').recovered, true);
+  assert.equal(ann.status, 'connected', 'the connection was not touched');
+});
+
+test('ticks: latest wins with loss and staleness counted; resubscribed and re-claimed after a reconnect', async (t) => {
+  const server = new FakeServer();
+  server.channelIdBase = 5n;
+  const ann = await connect(t, server);
+  const ticks = [];
+  const sub = await ann.subscribe('demo.ticks', { onTick: (tick) => ticks.push(tick) });
+  assert.equal(sub.channel, 'demo.ticks');
+  for (const seq of [1n, 2n, 2n, 5n, 3n, 6n]) server.tick('demo.ticks', seq, text(`${seq}`), BigInt(Date.now() - 3) * 1000n);
+  server.tick('other', 9n); // a channel id this client does not know: dropped
+  await until('4 ticks', () => ticks.length === 4);
+  assert.deepEqual(ticks.map((k) => k.seq), [1n, 2n, 5n, 6n]);
+  assert.deepEqual(sub.stats, { received: 4, lost: 2, stale: 2 });
+  assert.equal(new TextDecoder().decode(sub.latest.payload), '6');
+  assert.ok(ticks[0].latencyMs >= 2 && ticks[0].latencyMs < 1000, `latency ${ticks[0].latencyMs}`);
+  assert.equal(typeof ticks[0].sentTimeUs, 'bigint');
+
+  const publisher = await ann.publisher('demo.ticks', { maxAgeMs: 100 });
+  assert.deepEqual(server.requestsOf('Publish'), [{ channel: 'demo.ticks', max_age_ms: 100 }]);
+  assert.equal(publisher.send('0.5'), 1n);
+  assert.equal(publisher.send(Uint8Array.of(1, 2)), 2n);
+  await until('2 datagrams', () => server.datagrams.length === 2);
+  const sent = server.datagrams.map((d) => [d.channel_id, d.seq, d.payload]);
+  assert.deepEqual(sent, [[6n, 1n, text('0.5')], [6n, 2n, Uint8Array.of(1, 2)]]);
+  assert.ok(Math.abs(Number(server.datagrams[0].sent_time_us) - Date.now() * 1000) < 2_000_000);
+  assert.throws(
+    () => publisher.send(new Uint8Array(1200 - 24 + 1)),
+    (err) => err.code === ErrorCode.DatagramTooLarge && /maximum payload is 1176 bytes/.test(err.message),
+  );
+
+  server.down = true;
+  server.dropAll();
+  await until('ann notices', () => ann.status === 'reconnecting');
+  assert.equal(publisher.send('lost'), null, 'no connection: the tick is dropped, not queued');
+  server.down = false;
+  const restored = () => server.live[0]?.channels.has('demo.ticks') && server.live[0].claims.size === 1;
+  await until('resubscribed and claimed again', restored);
+  server.tick('demo.ticks', 1n); // the channel's seqs started over on the new connection
+  await until('a 5th tick', () => ticks.length === 5);
+  assert.deepEqual(sub.stats, { received: 5, lost: 2, stale: 2 });
+  assert.equal(publisher.send('again'), 3n);
+  await until('a 3rd datagram', () => server.datagrams.length === 3);
+  assert.equal(server.datagrams[2].conn, server.live[0]);
+
+  await sub.unsubscribe();
+  assert.equal(server.live[0].channels.has('demo.ticks'), false);
+  server.tick('demo.ticks', 2n);
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal(ticks.length, 5, 'nothing after unsubscribing');
+  await assert.rejects(ann.subscribe('x').then(() => ann.subscribe('x')), (err) => err.code === ErrorCode.AlreadyJoined);
+});
+
+test('pushes are surfaced; a kick from a room ends that room; a refusal on reconnect ends the client', async (t) => {
+  const server = new FakeServer();
+  const notices = [];
+  const statuses = [];
+  const ann = await connect(t, server, {
+    name: 'ann', onNotice: (n) => notices.push(n), onStatus: (s, why) => statuses.push([s, why?.code]),
+  });
+  const a = await joinCollecting(ann, 'lobby');
+  const [conn] = server.connections;
+  conn.send({ Kicked: { room: 'lobby', code: ErrorCode.PermissionDenied, reason: 'bye' } });
+  conn.send({ Error: { code: ErrorCode.RateLimited, message: 'slow down' } });
+  conn.send({ GoAway: { code: ErrorCode.GoingAway, reason: 'restarting' } });
+  await until('3 notices', () => notices.length === 3);
+  assert.deepEqual(notices, [
+    { type: 'kicked', room: 'lobby', code: ErrorCode.PermissionDenied, reason: 'bye' },
+    { type: 'error', code: ErrorCode.RateLimited, reason: 'slow down' },
+    { type: 'goaway', code: ErrorCode.GoingAway, reason: 'restarting' },
+  ]);
+  assert.deepEqual(a.events.at(-1), { type: 'kicked', room: 'lobby', code: ErrorCode.PermissionDenied, reason: 'bye' });
+
+  // The server goes away and refuses the next session: the client ends with the refusal, pending posts fail.
+  server.refuse = { code: ErrorCode.PermissionDenied, message: 'token expired' };
+  server.holdPostReplies = true;
+  const post = ann.post('lobby', 'never acknowledged');
+  await until('the post reached the server', () => server.requestsOf('Post').length === 1);
+  conn.close({ closeCode: ErrorCode.GoingAway, reason: 'restarting' });
+  await assert.rejects(post, (err) => err instanceof QuiverError && err.closed && err.code === ErrorCode.PermissionDenied);
+  assert.equal(ann.status, 'closed');
+  assert.deepEqual(ann.closeReason, { code: ErrorCode.PermissionDenied, reason: 'token expired' });
+  assert.deepEqual(statuses.map(([s]) => s), ['connected', 'reconnecting', 'closed']);
+  assert.equal(statuses[1][1], ErrorCode.GoingAway);
+  await assert.rejects(ann.post('lobby', 'after the end'), (err) => err.closed);
+});
+
+test('reconnect keeps trying while the server is down, and reconnect: false ends at the first loss', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { reconnectDelayMs: 2, reconnectMaxDelayMs: 10 });
+  server.down = true;
+  server.dropAll();
+  await until('several failed attempts', () => server.connections.length >= 5);
+  assert.equal(ann.status, 'reconnecting');
+  const ping = ann.ping(); // waits for the next connection
+  server.down = false;
+  assert.ok((await ping) >= 0);
+  assert.equal(ann.status, 'connected');
+
+  const once = await connect(t, server, { reconnect: false });
+  server.dropAll();
+  await until('ended', () => once.status === 'closed');
+  assert.equal(once.closeReason.code, ErrorCode.Internal);
+  assert.match(once.closeReason.reason, /network unreachable/);
+});
+
+test('a room stream that never arrives is joined again; a loss during connection setup fails connect', async (t) => {
+  const server = new FakeServer();
+  server.loseRoomStreams = 1;
+  const ann = await connect(t, server, { name: 'ann', replyWaitMs: 30 });
+  const a = await joinCollecting(ann, 'lobby');
+  await until('joined again', () => server.requestsOf('Join').length === 2);
+  await ann.post('lobby', 'made it');
+  await until('delivered on the second stream', () => a.messages().length === 1);
+  assert.deepEqual(server.requestsOf('Join')[1], { room: 'lobby', since: { epoch: 7n, seq: 0n } });
+
+  // A join whose stream is lost along with its connection: the reply is not matched with the next stream.
+  server.loseRoomStreams = 1;
+  const bob = await connect(t, server, { name: 'bob', replyWaitMs: 60_000 });
+  const b = await joinCollecting(bob, 'lobby');
+  server.dropAll();
+  await until('bob resumed', () => b.events.some((e) => e.type === 'resumed'));
+  assert.deepEqual(b.events.find((e) => e.type === 'resumed'), { type: 'resumed', room: 'lobby', recovered: true, epoch: 7n });
+  await until('bob\'s members come from the rejoin', () => b.handle.members.includes('bob'));
+
+  server.dropOnPing = true;
+  await assert.rejects(QuiverClient.connect(URL_, { transport: server.transport }), /lost during setup/);
+});

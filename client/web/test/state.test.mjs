@@ -1,0 +1,178 @@
+// The client's pure state, without IO: backoff bounds, request ids, room resume position and dedupe, post
+// re-send order, latest-wins tick acceptance with loss and staleness counts, clock offset.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import {
+  Backoff, ErrorCode, LatestWins, PostQueue, QuiverError, RequestTable, RoomState, clockOffsetUs,
+} from '../quiver.js';
+
+const joined = (fields) => ({
+  room: 'lobby', epoch: 7n, recovered: false, replay_from: 1n, last_seq: 0n, members: [], ...fields,
+});
+const message = (seq, text = `m${seq}`) => ({
+  seq, time_us: 1000n + seq, kind: { Message: { sender: 'ann', client_msg_id: seq, body: new TextEncoder().encode(text) } },
+});
+const presence = (seq, kind, member) => ({ seq, time_us: 5n, kind: { [kind]: { member } } });
+
+test('Backoff: 50 ms doubling to 5 s, each delay in the upper half of its ceiling', () => {
+  const ceilings = [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000];
+  const low = new Backoff({ random: () => 0 });
+  const high = new Backoff({ random: () => 0.999999 });
+  ceilings.forEach((ceiling, attempt) => {
+    assert.equal(low.ceiling(attempt), ceiling);
+    assert.equal(low.delay(attempt), ceiling / 2);
+    assert.ok(high.delay(attempt) <= ceiling && high.delay(attempt) > ceiling * 0.99);
+  });
+  assert.equal(low.ceiling(10_000), 5000, 'huge attempt numbers stay capped (no Infinity or NaN)');
+  const real = new Backoff();
+  for (let attempt = 0; attempt < 40; attempt++) {
+    const delay = real.delay(attempt);
+    assert.ok(delay >= real.ceiling(attempt) / 2 && delay <= real.ceiling(attempt), `attempt ${attempt}: ${delay}`);
+    assert.ok(delay >= 25 && delay <= 5000);
+  }
+  assert.equal(new Backoff({ initialMs: 1, maxMs: 8, random: () => 1 }).delay(5), 8);
+});
+
+test('RequestTable: ids from 1 in order, one completion per reply, close fails waiters and later requests', () => {
+  const table = new RequestTable();
+  const a = table.start('a');
+  const b = table.start('b');
+  assert.deepEqual([a, b], [1n, 2n]);
+  assert.equal(table.complete(b), 'b');
+  assert.equal(table.complete(b), undefined, 'a second reply to the same id is not delivered');
+  assert.equal(table.complete(99n), undefined);
+  assert.equal(table.size, 1);
+  assert.deepEqual(table.close({ code: ErrorCode.GoingAway, reason: 'bye' }), ['a']);
+  assert.throws(() => table.start('c'), (err) => err instanceof QuiverError && err.closed && err.code === ErrorCode.GoingAway);
+  table.close({ code: ErrorCode.Internal, reason: 'later' });
+  assert.throws(() => table.start('d'), (err) => err.code === ErrorCode.GoingAway, 'the first reason sticks');
+});
+
+test('RoomState: first join follows the head; duplicates and replays at or below the last seq are dropped', () => {
+  const room = new RoomState('lobby');
+  assert.equal(room.position(), null);
+  const number = room.joined(false, joined({ epoch: 7n, last_seq: 10n, members: ['ann', 'bob'] }));
+  assert.deepEqual(room.position(), { epoch: 7n, seq: 10n });
+  assert.deepEqual(room.open(7n, room.takeReply()), [], 'no resumed event on a first join');
+  assert.equal(room.orphaned(number), false, 'the reply was matched with its stream');
+  assert.equal(room.event(message(10n)), null, 'the head itself was before the join');
+  const m11 = room.event(message(11n, 'héllo'));
+  assert.equal(m11.type, 'message');
+  assert.equal(m11.seq, 11n);
+  assert.equal(m11.text, 'héllo');
+  assert.equal(m11.sender, 'ann');
+  assert.equal(m11.epoch, 7n);
+  assert.equal(room.event(message(11n)), null, 'a duplicate');
+  assert.equal(room.event(message(5n)), null, 'an old one');
+  assert.deepEqual(room.position(), { epoch: 7n, seq: 11n });
+  // Presence is never dropped (it carries the seq of the message before it) and updates the members.
+  assert.equal(room.event(presence(11n, 'MemberJoined', 'cy')).type, 'joined');
+  assert.equal(room.event(presence(11n, 'MemberLeft', 'bob')).member, 'bob');
+  assert.deepEqual([...room.members].sort(), ['ann', 'cy']);
+  // Text of a body that is not UTF-8 is decoded leniently; the bytes stay as they were.
+  const notText = { sender: 's', client_msg_id: 1n, body: Uint8Array.of(0xff) };
+  const binary = room.event({ seq: 12n, time_us: 0n, kind: { Message: notText } });
+  assert.equal(binary.text, '\ufffd');
+  assert.deepEqual(binary.body, Uint8Array.of(0xff));
+});
+
+test('RoomState: a rejoin resumes from the last delivered message and announces recovery', () => {
+  const room = new RoomState('lobby');
+  room.joined(false, joined({ epoch: 7n, last_seq: 0n }));
+  room.open(7n, room.takeReply());
+  for (const seq of [1n, 2n, 3n]) room.event(message(seq));
+  // Connection lost: the rejoin asks for everything after (7, 3); the server replays 3..5 (overlap of one).
+  assert.deepEqual(room.position(), { epoch: 7n, seq: 3n });
+  room.joined(true, joined({ epoch: 7n, recovered: true, replay_from: 4n, last_seq: 5n, members: ['ann'] }));
+  assert.deepEqual(room.open(7n, room.takeReply()), [{ type: 'resumed', room: 'lobby', recovered: true, epoch: 7n }]);
+  assert.deepEqual([...room.members], ['ann'], 'members come from the reply');
+  const delivered = [3n, 4n, 5n, 4n, 6n].map((seq) => room.event(message(seq))?.seq ?? null);
+  assert.deepEqual(delivered, [null, 4n, 5n, null, 6n]);
+});
+
+test('RoomState: recovered false, and a new epoch, are announced as not recovered', () => {
+  const room = new RoomState('lobby');
+  room.joined(false, joined({ epoch: 7n, last_seq: 50n }));
+  room.open(7n, room.takeReply());
+  room.event(message(51n));
+  // Same epoch, history trimmed: not recovered; messages still deduplicated against seq 51.
+  room.joined(true, joined({ epoch: 7n, recovered: false, replay_from: 40n, last_seq: 60n }));
+  assert.equal(room.open(7n, room.takeReply())[0].recovered, false);
+  assert.equal(room.event(message(45n)), null);
+  assert.equal(room.event(message(52n)).seq, 52n);
+  // The server lost the room: a new epoch; seqs start over and nothing old counts.
+  room.joined(true, joined({ epoch: 99n, recovered: true, replay_from: 1n, last_seq: 2n }));
+  const [resumed] = room.open(99n, room.takeReply());
+  assert.deepEqual(resumed, { type: 'resumed', room: 'lobby', recovered: false, epoch: 99n });
+  assert.deepEqual(room.position(), { epoch: 99n, seq: 0n });
+  assert.equal(room.event(message(1n)).seq, 1n);
+  assert.equal(room.event(message(1n)), null);
+});
+
+test('RoomState: replies wait for their streams in order; orphans and a lost connection forget them', () => {
+  const room = new RoomState('lobby');
+  const first = room.joined(false, joined({ last_seq: 1n }));
+  const second = room.joined(true, joined({ last_seq: 2n }));
+  assert.equal(room.orphaned(first), true, 'the first join\'s stream never came');
+  assert.equal(room.orphaned(first), false);
+  assert.equal(room.takeReply().joined.last_seq, 2n);
+  assert.equal(room.takeReply(), null);
+  room.joined(true, joined({}));
+  room.connectionLost();
+  assert.equal(room.takeReply(), null, 'a reply from a lost connection is not matched with a later stream');
+  assert.equal(room.orphaned(second), false);
+});
+
+test('PostQueue: posts in call order; a lost connection re-sends the unacknowledged ones first, in order', () => {
+  const queue = new PostQueue();
+  const posts = [1, 2, 3, 4, 5].map((id) => ({ clientMsgId: BigInt(id) }));
+  const ids = (jobs) => jobs.map((job) => Number(job.clientMsgId));
+  queue.enqueue(posts[0]);
+  queue.enqueue(posts[1]);
+  assert.deepEqual(ids(queue.startSending('conn1')), [1, 2]);
+  queue.enqueue(posts[2]);
+  assert.deepEqual(ids(queue.startSending('conn1')), [3]);
+  assert.equal(queue.settle(posts[1], 'conn1'), true, 'replies may complete out of order');
+  assert.equal(queue.settle(posts[1], 'conn1'), false, 'only once');
+  queue.enqueue(posts[3]); // made while the connection is going: not sent yet
+  queue.connectionLost();
+  assert.equal(queue.settle(posts[0], 'conn1'), false, 'a late answer from the lost connection does not count');
+  queue.enqueue(posts[4]);
+  assert.equal(queue.size, 4);
+  assert.deepEqual(ids(queue.startSending('conn2')), [1, 3, 4, 5], 'same posts, same ids, original order');
+  assert.equal(queue.settle(posts[0], 'conn1'), false);
+  assert.equal(queue.settle(posts[0], 'conn2'), true);
+  queue.connectionLost();
+  assert.deepEqual(ids(queue.startSending('conn3')), [3, 4, 5]);
+  assert.deepEqual(ids(queue.drain()), [3, 4, 5]);
+  assert.equal(queue.size, 0);
+});
+
+test('LatestWins: newer ticks pass, gaps count as lost, older or repeated ones as stale', () => {
+  const ticks = new LatestWins();
+  const accepted = [1n, 2n, 2n, 5n, 3n, 4n, 6n, 10n, 1n].map((seq) => ticks.accept(seq));
+  assert.deepEqual(accepted, [true, true, false, true, false, false, true, true, false]);
+  assert.deepEqual(ticks.stats, { received: 5, lost: 5, stale: 4 }); // lost: 3, 4 (then stale) and 7, 8, 9
+  assert.equal(ticks.lastSeq, 10n);
+  // Resubscribed on a new connection: the channel's seqs may start over; counters carry on.
+  ticks.resync();
+  assert.equal(ticks.accept(1n), true);
+  assert.equal(ticks.accept(3n), true);
+  assert.deepEqual(ticks.stats, { received: 7, lost: 6, stale: 4 });
+  // The first tick ever sets the baseline: no loss counted before it.
+  const late = new LatestWins();
+  late.accept(1000n);
+  assert.deepEqual(late.stats, { received: 1, lost: 0, stale: 0 });
+});
+
+test('clockOffsetUs: the fastest round trip wins', () => {
+  assert.equal(clockOffsetUs([]), null);
+  const offset = clockOffsetUs([
+    { rttUs: 900, clientTimeUs: 1000, serverTimeUs: 9000 },
+    { rttUs: 100, clientTimeUs: 5000, serverTimeUs: 5550 }, // midpoint 5050: server ahead by 500
+    { rttUs: 300, clientTimeUs: 8000, serverTimeUs: 0 },
+  ]);
+  assert.equal(offset, 500);
+});

@@ -1,0 +1,428 @@
+//! Byte-exact test vectors for other implementations of the protocol (the browser client in `client/web/` reads
+//! them in its node tests): every variant of every wire type with edge values, each as
+//! `{ name, kind, hex, value }`.
+//!
+//! - `kind`: `Request`, `ServerMsg`, `RoomFrame` (stream frames) or `Tick` (a datagram).
+//! - `hex`: the whole stream frame as [`FrameCodec`] writes it (QUIC varint length ‖ postcard body), or the whole
+//!   tick datagram (header ‖ payload).
+//! - `value`: `serde_json::to_value` of the message (externally tagged enums, `null` for `None`, byte strings as
+//!   arrays) with every number turned into a decimal string, so that u64 values survive JavaScript's
+//!   `JSON.parse`, and object keys sorted. A tick's value is `{ channel_id, seq, sent_time_us, payload }`.
+//!
+//! The checked-in `client/web/test/vectors.json` must equal what this test generates; after a deliberate change
+//! of the wire format, regenerate it with `QUIVER_WRITE_VECTORS=1 cargo test -p quiver-proto --test vectors`.
+
+use std::fmt::Debug;
+
+use bytes::{Bytes, BytesMut};
+use quiver_proto::{
+    varint, ErrorCode, EventKind, Failure, FrameCodec, Hello, HistoryPage, Join, Joined, Limits, Position, Post, Reply,
+    Request, RequestBody, RoomEvent, RoomFrame, ServerMsg, TickHeader, Welcome, PROTOCOL_VERSION,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::{Map, Value};
+
+/// Where the vectors live, relative to this crate.
+const VECTORS_PATH: &str = "../client/web/test/vectors.json";
+
+/// The file: a little context, then the vectors in a stable order.
+#[derive(Serialize)]
+struct VectorFile {
+    generated_by: &'static str,
+    protocol_version: u32,
+    max_frame: u32,
+    vectors: Vec<Vector>,
+}
+
+#[derive(Serialize)]
+struct Vector {
+    name: String,
+    kind: &'static str,
+    hex: String,
+    value: Value,
+}
+
+fn codec() -> FrameCodec {
+    FrameCodec::new(Limits::default().max_frame as usize)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `value` with every number as a decimal string and every object's keys in sorted order (whatever map type
+/// serde_json was built with).
+fn stringify_numbers(value: Value) -> Value {
+    match value {
+        Value::Number(n) => Value::String(n.to_string()),
+        Value::Array(items) => Value::Array(items.into_iter().map(stringify_numbers).collect()),
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, stringify_numbers(v))).collect::<Map<_, _>>())
+        }
+        other => other,
+    }
+}
+
+/// Collects vectors, checking each one decodes back to the value it was made from.
+#[derive(Default)]
+struct Vectors(Vec<Vector>);
+
+impl Vectors {
+    fn frame<M>(&mut self, kind: &'static str, name: &str, msg: M)
+    where
+        M: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        let wire =
+            codec().encode_to_vec(&msg).unwrap_or_else(|err| panic!("{name}: cannot encode {msg:?}: {err}")).freeze();
+        let mut buf = BytesMut::from(&wire[..]);
+        let decoded = codec().decode::<M>(&mut buf).unwrap_or_else(|err| panic!("{name}: does not decode: {err}"));
+        assert_eq!(decoded.as_ref(), Some(&msg), "{name}: decodes to another value");
+        assert!(buf.is_empty(), "{name}: bytes left after the frame");
+        let value = serde_json::to_value(&msg).unwrap_or_else(|err| panic!("{name}: no JSON: {err}"));
+        self.push(kind, name, &wire, stringify_numbers(value));
+    }
+
+    fn request(&mut self, name: &str, req_id: u64, body: RequestBody) {
+        self.frame("Request", name, Request { req_id, body });
+    }
+
+    fn server(&mut self, name: &str, msg: ServerMsg) {
+        self.frame("ServerMsg", name, msg);
+    }
+
+    fn reply(&mut self, name: &str, req_id: u64, result: Result<Reply, Failure>) {
+        self.server(name, ServerMsg::Reply { req_id, result });
+    }
+
+    fn room(&mut self, name: &str, frame: RoomFrame) {
+        self.frame("RoomFrame", name, frame);
+    }
+
+    fn tick(&mut self, name: &str, channel_id: u64, seq: u64, sent_time_us: u64, payload: &[u8]) {
+        let header = TickHeader { channel_id, seq, sent_time_us };
+        let mut datagram = Vec::new();
+        header.encode(&mut datagram).unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(datagram.len(), header.encoded_len(), "{name}");
+        datagram.extend_from_slice(payload);
+        let (decoded, rest) =
+            TickHeader::decode(&Bytes::from(datagram.clone())).unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(decoded, header, "{name}: header decodes to another value");
+        assert_eq!(&rest[..], payload, "{name}: payload differs");
+        let value = serde_json::json!({
+            "channel_id": channel_id, "seq": seq, "sent_time_us": sent_time_us, "payload": payload,
+        });
+        self.push("Tick", name, &datagram, stringify_numbers(value));
+    }
+
+    fn push(&mut self, kind: &'static str, name: &str, wire: &[u8], value: Value) {
+        assert!(!self.0.iter().any(|v| v.name == name), "two vectors named {name}");
+        self.0.push(Vector { name: name.to_string(), kind, hex: hex(wire), value });
+    }
+}
+
+const NON_ASCII: &str = "Zoë 名前 🚀";
+/// A byte order mark first (a UTF-8 decoder must keep it) and a NUL inside.
+const BOM_NUL: &str = "\u{feff}a\u{0}b";
+
+fn string_of(len: usize) -> String {
+    "x".repeat(len)
+}
+
+fn body(bytes: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(bytes)
+}
+
+fn all_byte_values() -> Bytes {
+    (0..=255u8).collect::<Vec<u8>>().into()
+}
+
+fn limits_edges() -> Limits {
+    Limits {
+        max_frame: u32::MAX,
+        max_body: 0,
+        max_name: 127,
+        max_rooms: 128,
+        max_subscriptions: 16383,
+        max_publish_channels: 16384,
+        room_queue_bytes: 2_097_151,
+        handshake_timeout_ms: 2_097_152,
+        history_max_messages: 268_435_455,
+        history_max_age_s: 268_435_456,
+        gap_replay: 1,
+        dedupe_window_s: 255,
+        dedupe_max_entries: 256,
+    }
+}
+
+fn message(seq: u64, time_us: u64, sender: &str, client_msg_id: u64, bytes: Bytes) -> RoomEvent {
+    RoomEvent { seq, time_us, kind: EventKind::Message { sender: sender.into(), client_msg_id, body: bytes } }
+}
+
+fn requests(v: &mut Vectors) {
+    let hello = |version, agent: &str, name: Option<&str>, token: Option<&str>| {
+        RequestBody::Hello(Hello {
+            version,
+            agent: agent.into(),
+            name: name.map(Into::into),
+            token: token.map(Into::into),
+        })
+    };
+    v.request("hello_web", 0, hello(PROTOCOL_VERSION, "quiver-web/0.1", None, None));
+    v.request("hello_named", 1, hello(PROTOCOL_VERSION, "quiver-web/0.1", Some(NON_ASCII), Some("t0k3n")));
+    v.request("hello_version_0_empty_strings", 127, hello(0, "", Some(""), Some("")));
+    v.request("hello_version_max", 128, hello(u32::MAX, BOM_NUL, None, Some(&string_of(128))));
+
+    let join = |room: &str, since| RequestBody::Join(Join { room: room.into(), since });
+    v.request("join_fresh", 2, join("lobby", None));
+    v.request("join_since_start", 16383, join("lobby", Some(Position { epoch: 0, seq: 0 })));
+    v.request("join_since_max", 16384, join(NON_ASCII, Some(Position { epoch: u64::MAX, seq: u64::MAX })));
+    v.request("join_since_mid", u64::from(u32::MAX), join("", Some(Position { epoch: 1 << 62, seq: 128 })));
+
+    v.request("leave", 3, RequestBody::Leave { room: "lobby".into() });
+    v.request("leave_empty_name", u64::MAX, RequestBody::Leave { room: String::new() });
+    // A frame above 16383 bytes: a 4-byte QUIC varint length prefix.
+    v.request("leave_long_name", 4, RequestBody::Leave { room: string_of(16384) });
+
+    let post =
+        |room: &str, client_msg_id, bytes| RequestBody::Post(Post { room: room.into(), client_msg_id, body: bytes });
+    v.request("post_text", 5, post("lobby", 4_611_686_018_427_387_904, body("héllo".as_bytes())));
+    v.request("post_empty_body", 6, post("lobby", 0, Bytes::new()));
+    v.request("post_max_msg_id", 7, post(NON_ASCII, u64::MAX, body(&[0, 1, 127, 128, 255])));
+    v.request("post_every_byte", 8, post("r", 16384, all_byte_values()));
+
+    v.request("subscribe", 9, RequestBody::Subscribe { channel: "demo.ticks".into() });
+    v.request("subscribe_non_ascii", 10, RequestBody::Subscribe { channel: NON_ASCII.into() });
+    v.request("unsubscribe", 11, RequestBody::Unsubscribe { channel: "demo.ticks".into() });
+    v.request("unsubscribe_empty", 12, RequestBody::Unsubscribe { channel: String::new() });
+
+    let publish = |channel: &str, max_age_ms| RequestBody::Publish { channel: channel.into(), max_age_ms };
+    v.request("publish_no_max_age", 13, publish("demo.ticks", None));
+    v.request("publish_max_age_0", 14, publish("demo.ticks", Some(0)));
+    v.request("publish_max_age_128", 15, publish("p", Some(128)));
+    v.request("publish_max_age_max", 16, publish(BOM_NUL, Some(u32::MAX)));
+
+    v.request("ping_0", 17, RequestBody::Ping { client_time_us: 0 });
+    v.request("ping_now", 18, RequestBody::Ping { client_time_us: 1_767_225_600_123_456 });
+    v.request("ping_max", 19, RequestBody::Ping { client_time_us: u64::MAX });
+
+    let history = |room: &str, since, limit| RequestBody::History { room: room.into(), since, limit };
+    v.request("history_all", 20, history("lobby", None, 0));
+    v.request("history_since_0", 21, history("lobby", Some(0), 127));
+    v.request("history_since_max", 22, history(NON_ASCII, Some(u64::MAX), u32::MAX));
+}
+
+fn replies(v: &mut Vectors) {
+    let welcome = |version, session_id, server_time_us, identity: &str, limits| {
+        Ok(Reply::Welcome(Welcome { version, session_id, server_time_us, identity: identity.into(), limits }))
+    };
+    v.reply("welcome", 0, welcome(PROTOCOL_VERSION, 42, 1_767_225_600_000_000, "guest-1", Limits::default()));
+    v.reply("welcome_edges", 0, welcome(u32::MAX, u64::MAX, 0, NON_ASCII, limits_edges()));
+    let zero = Limits {
+        max_frame: 0,
+        max_body: 0,
+        max_name: 0,
+        max_rooms: 0,
+        max_subscriptions: 0,
+        max_publish_channels: 0,
+        room_queue_bytes: 0,
+        handshake_timeout_ms: 0,
+        history_max_messages: 0,
+        history_max_age_s: 0,
+        gap_replay: 0,
+        dedupe_window_s: 0,
+        dedupe_max_entries: 0,
+    };
+    v.reply("welcome_zero", 127, welcome(0, 0, u64::MAX, "", zero));
+
+    let joined = |room: &str, epoch, recovered, replay_from, last_seq, members: &[&str]| {
+        Ok(Reply::Joined(Joined {
+            room: room.into(),
+            epoch,
+            recovered,
+            replay_from,
+            last_seq,
+            members: members.iter().map(|m| m.to_string()).collect(),
+        }))
+    };
+    v.reply("joined_fresh", 2, joined("lobby", 9_876_543_210, false, 1, 0, &["guest-1"]));
+    v.reply("joined_recovered", 128, joined("lobby", u64::MAX, true, 16384, 16383, &["ann", NON_ASCII, "", BOM_NUL]));
+    v.reply("joined_no_members", 16384, joined("", 0, false, u64::MAX, u64::MAX, &[]));
+
+    v.reply("left", 3, Ok(Reply::Left { room: "lobby".into() }));
+    v.reply("left_non_ascii", u64::MAX, Ok(Reply::Left { room: NON_ASCII.into() }));
+    v.reply("posted", 5, Ok(Reply::Posted { room: "lobby".into(), seq: 1, duplicate: false }));
+    v.reply("posted_duplicate", 6, Ok(Reply::Posted { room: "lobby".into(), seq: u64::MAX, duplicate: true }));
+    v.reply("subscribed", 9, Ok(Reply::Subscribed { channel: "demo.ticks".into(), channel_id: 0 }));
+    v.reply("subscribed_id_max", 10, Ok(Reply::Subscribed { channel: NON_ASCII.into(), channel_id: u64::MAX }));
+    v.reply("unsubscribed", 11, Ok(Reply::Unsubscribed { channel: "demo.ticks".into() }));
+    v.reply("publishing", 13, Ok(Reply::Publishing { channel: "demo.ticks".into(), channel_id: 63 }));
+    v.reply("publishing_id_64", 14, Ok(Reply::Publishing { channel: "p".into(), channel_id: 64 }));
+    v.reply("pong", 17, Ok(Reply::Pong { client_time_us: 0, server_time_us: 1_767_225_600_000_001 }));
+    v.reply("pong_max", 19, Ok(Reply::Pong { client_time_us: u64::MAX, server_time_us: u64::MAX }));
+
+    let page = |room: &str, epoch, messages, more| {
+        Ok(Reply::History(HistoryPage { room: room.into(), epoch, messages, more }))
+    };
+    v.reply("history_empty", 20, page("nowhere", 0, vec![], false));
+    let messages = vec![
+        message(1, 1_767_225_600_000_000, "ann", 7, body(b"hi")),
+        message(2, 1_767_225_600_000_500, NON_ASCII, u64::MAX, Bytes::new()),
+        message(u64::MAX, u64::MAX, "", 0, body("ü🚀".as_bytes())),
+    ];
+    v.reply("history_page_more", 21, page("lobby", 12_345, messages, true));
+
+    for &code in ErrorCode::ALL {
+        let name = format!("reply_err_{}", code.name().replace(' ', "_"));
+        v.reply(&name, u64::from(code.to_u32()), Err(Failure::new(code, format!("{code}"))));
+    }
+    v.reply("reply_err_unknown_1000", 30, Err(Failure::new(ErrorCode::Unknown(1000), "")));
+    v.reply("reply_err_unknown_max", 31, Err(Failure::new(ErrorCode::Unknown(u32::MAX), NON_ASCII)));
+}
+
+fn pushes(v: &mut Vectors) {
+    v.server("go_away", ServerMsg::GoAway { code: ErrorCode::GoingAway, reason: "server shutting down".into() });
+    v.server("go_away_unknown_code", ServerMsg::GoAway { code: ErrorCode::Unknown(128), reason: String::new() });
+    v.server(
+        "kicked_room",
+        ServerMsg::Kicked { room: Some("lobby".into()), code: ErrorCode::PermissionDenied, reason: "bye".into() },
+    );
+    v.server(
+        "kicked_connection",
+        ServerMsg::Kicked { room: None, code: ErrorCode::Unknown(16384), reason: NON_ASCII.into() },
+    );
+    v.server("error_push", ServerMsg::Error(Failure::new(ErrorCode::ProtocolViolation, "undecodable frame")));
+    v.server("error_push_no_error", ServerMsg::Error(Failure::new(ErrorCode::NoError, "")));
+}
+
+fn room_frames(v: &mut Vectors) {
+    v.room("open", RoomFrame::Open { room: "lobby".into(), epoch: 9_876_543_210 });
+    v.room("open_edges", RoomFrame::Open { room: String::new(), epoch: 0 });
+    v.room("open_epoch_max", RoomFrame::Open { room: NON_ASCII.into(), epoch: u64::MAX });
+    v.room("message", RoomFrame::Event(message(1, 1_767_225_600_000_000, "ann", 7, body(b"hello"))));
+    v.room("message_empty", RoomFrame::Event(message(0, 0, "", 0, Bytes::new())));
+    v.room("message_max", RoomFrame::Event(message(u64::MAX, u64::MAX, BOM_NUL, u64::MAX, body(&[0xff, 0xfe]))));
+    v.room("message_body_127", RoomFrame::Event(message(127, 128, NON_ASCII, 16383, body(&[b'a'; 127]))));
+    v.room("message_body_128", RoomFrame::Event(message(128, 16384, "bob", 16384, body(&[b'b'; 128]))));
+    let presence = |seq, kind| RoomFrame::Event(RoomEvent { seq, time_us: 1_767_225_600_000_000, kind });
+    v.room("member_joined", presence(3, EventKind::MemberJoined { member: "bob".into() }));
+    v.room("member_joined_non_ascii", presence(0, EventKind::MemberJoined { member: NON_ASCII.into() }));
+    v.room("member_left", presence(u64::MAX, EventKind::MemberLeft { member: "bob".into() }));
+    v.room("member_left_empty", presence(16383, EventKind::MemberLeft { member: String::new() }));
+}
+
+fn ticks(v: &mut Vectors) {
+    let max = varint::MAX;
+    v.tick("tick_zero_empty", 0, 0, 0, &[]);
+    v.tick("tick_text_number", 0, 1, 1_767_225_600_000_000, b"0.5");
+    v.tick("tick_u16_le", 3, 2, 1_767_225_600_016_666, &[0x00, 0x80]);
+    v.tick("tick_1_byte_fields", 63, 63, 63, &[1]);
+    v.tick("tick_2_byte_fields", 64, 16383, 64, &[]);
+    v.tick("tick_4_byte_fields", 16384, 1_073_741_823, 16384, b"{}");
+    v.tick("tick_8_byte_fields", 1_073_741_824, max, max, &[0xff; 8]);
+    v.tick("tick_every_byte", 1, 128, 127, &all_byte_values());
+}
+
+fn generate() -> String {
+    let mut v = Vectors::default();
+    requests(&mut v);
+    replies(&mut v);
+    pushes(&mut v);
+    room_frames(&mut v);
+    ticks(&mut v);
+    let file = VectorFile {
+        generated_by: "proto/tests/vectors.rs (QUIVER_WRITE_VECTORS=1 cargo test -p quiver-proto --test vectors)",
+        protocol_version: PROTOCOL_VERSION,
+        max_frame: Limits::default().max_frame,
+        vectors: v.0,
+    };
+    let mut json = serde_json::to_string_pretty(&file).unwrap_or_else(|err| panic!("vectors as JSON: {err}"));
+    json.push('\n');
+    json
+}
+
+#[test]
+fn vectors_json_is_up_to_date() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(VECTORS_PATH);
+    let generated = generate();
+    if std::env::var_os("QUIVER_WRITE_VECTORS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, &generated).unwrap_or_else(|err| panic!("writing {}: {err}", path.display()));
+        return;
+    }
+    let regenerate = "regenerate it with `QUIVER_WRITE_VECTORS=1 cargo test -p quiver-proto --test vectors` \
+                      (and check that the wire change is deliberate)";
+    let stored = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("cannot read {}: {err}; {regenerate}", path.display()));
+    if stored != generated {
+        let first_difference = stored
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .map_or("at the end".to_string(), |line| format!("first at line {}", line + 1));
+        panic!("{} differs from what quiver-proto generates ({first_difference}); {regenerate}", path.display());
+    }
+}
+
+#[test]
+fn every_variant_has_a_vector() {
+    let json: Value = serde_json::from_str(&generate()).unwrap_or_else(|err| panic!("{err}"));
+    let vectors = json["vectors"].as_array().cloned().unwrap_or_default();
+    let tags: Vec<String> = vectors
+        .iter()
+        .flat_map(|v| {
+            // The first-level tag (e.g. "Reply") and, for requests, replies and room events, the inner tag.
+            let value = &v["value"];
+            let mut found = Vec::new();
+            let mut tag_of = |x: &Value| {
+                if let Some(map) = x.as_object().filter(|m| m.len() == 1) {
+                    found.extend(map.keys().cloned());
+                }
+            };
+            tag_of(value);
+            tag_of(&value["body"]);
+            tag_of(&value["Reply"]["result"]);
+            tag_of(&value["Reply"]["result"]["Ok"]);
+            tag_of(&value["Event"]["kind"]);
+            found
+        })
+        .collect();
+    let expected = [
+        // RequestBody
+        "Hello",
+        "Join",
+        "Leave",
+        "Post",
+        "Subscribe",
+        "Unsubscribe",
+        "Publish",
+        "Ping",
+        "History",
+        // ServerMsg and Result
+        "Reply",
+        "GoAway",
+        "Kicked",
+        "Error",
+        "Ok",
+        "Err",
+        // Reply
+        "Welcome",
+        "Joined",
+        "Left",
+        "Posted",
+        "Subscribed",
+        "Unsubscribed",
+        "Publishing",
+        "Pong",
+        // RoomFrame and EventKind
+        "Open",
+        "Event",
+        "Message",
+        "MemberJoined",
+        "MemberLeft",
+    ];
+    for tag in expected {
+        assert!(tags.iter().any(|t| t == tag), "no vector for {tag}");
+    }
+    assert!(vectors.iter().any(|v| v["kind"] == "Tick"), "no tick vector");
+}

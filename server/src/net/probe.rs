@@ -1,0 +1,97 @@
+//! Tail-loss probes on demand. A lost packet is detected when a later packet is acknowledged; when the lost one was
+//! the last of a burst (a chat message, a reply), nothing later comes until the application's next message, or
+//! until the probe timeout, which quinn 0.11 cannot bring below 25 ms (its `max_ack_delay` transport parameter is
+//! fixed there; the ACK-frequency extension shortens the ACKs, not the PTO). So after writing reliable data, an
+//! endpoint sends one probe datagram a moment later: ACK-eliciting, ignored by the receiver (the protocol defines
+//! the one-byte datagram `0x00` as a probe, [`quiver_proto::PROBE`]), and its ACK exposes a lost tail within about `delay` + RTT. Cost: one small
+//! packet per burst of writes, none on idle connections (unlike a short keep-alive).
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::sync::Notify;
+use tokio_util::task::AbortOnDropHandle;
+
+/// Sends a probe `delay` after [`TailProbe::sent`] is called (calls during the wait share that probe).
+#[derive(Debug, Default)]
+pub struct TailProbe {
+    wake: Notify,
+    /// A probe is scheduled and not sent yet: later writes are covered by it.
+    pending: AtomicBool,
+    enabled: bool,
+}
+
+impl TailProbe {
+    /// A probe that sends with `send` (which returns false once the connection is gone, ending the probe's task),
+    /// or one that does nothing when `delay` is `None`. The task stops when the handle is dropped.
+    pub fn start(
+        delay: Option<Duration>,
+        send: impl Fn() -> bool + Send + 'static,
+    ) -> (Arc<TailProbe>, Option<AbortOnDropHandle<()>>) {
+        let Some(delay) = delay else { return (Arc::new(TailProbe::default()), None) };
+        let probe = Arc::new(TailProbe { wake: Notify::new(), pending: AtomicBool::new(false), enabled: true });
+        let waiting = probe.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                waiting.wake.notified().await;
+                tokio::time::sleep(delay).await;
+                waiting.pending.store(false, Ordering::Release);
+                if !send() {
+                    return;
+                }
+            }
+        });
+        (probe, Some(AbortOnDropHandle::new(task)))
+    }
+
+    /// Reliable data was just written.
+    pub fn sent(&self) {
+        if self.enabled && !self.pending.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_probe_per_burst_after_the_delay() {
+        let count = Arc::new(AtomicU32::new(0));
+        let counted = count.clone();
+        let (probe, _task) = TailProbe::start(Some(Duration::from_millis(1)), move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            true
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(count.load(Ordering::Relaxed), 0, "no writes, no probes");
+        for _ in 0..5 {
+            probe.sent();
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+        assert_eq!(count.load(Ordering::Relaxed), 0, "not before the delay");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(count.load(Ordering::Relaxed), 1, "a burst of writes costs one probe");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(count.load(Ordering::Relaxed), 1, "and only one");
+        probe.sent();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(count.load(Ordering::Relaxed), 2, "the next write schedules the next probe");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disabled_probes_send_nothing() {
+        let (probe, task) = TailProbe::start(None, || panic!("sent"));
+        probe.sent();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(task.is_none());
+    }
+}

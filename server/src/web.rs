@@ -1,0 +1,277 @@
+//! The demo page over plain HTTP/1.1 on a TCP port: the browser client (`client/web/`, compiled into the binary)
+//! and `/config.json`, which tells the page where the WebTransport endpoint is and which certificate hash to
+//! pass as `serverCertificateHashes` (the dev certificate is self-signed). Deliberately small: GET and HEAD of a
+//! handful of fixed paths, one request per connection, bounded request size and time.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use quiver_certs::Fingerprint;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// Largest request head read; anything longer is refused with 431.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Time a client has to send its request and take the response.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 64;
+
+/// The files of the page, compiled in.
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("/", "text/html; charset=utf-8", include_str!("../../client/web/index.html")),
+    ("/index.html", "text/html; charset=utf-8", include_str!("../../client/web/index.html")),
+    ("/app.js", "text/javascript; charset=utf-8", include_str!("../../client/web/app.js")),
+    ("/quiver.js", "text/javascript; charset=utf-8", include_str!("../../client/web/quiver.js")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("../../client/web/style.css")),
+];
+
+/// What `/config.json` tells the page.
+#[derive(Debug, Clone)]
+pub struct PageInfo {
+    /// The QUIC endpoint's UDP port (the page's host name is reused: the browser reached this server by it).
+    pub udp_port: u16,
+    /// The WebTransport path.
+    pub path: String,
+    /// The certificate's SHA-256 for `serverCertificateHashes`, for a self-signed dev certificate; `None` for a
+    /// certificate browsers validate themselves.
+    pub cert_hash: Option<Fingerprint>,
+    /// The room and tick channel the page opens unless its URL names others.
+    pub room: String,
+    /// See `room`.
+    pub channel: String,
+}
+
+/// Serves the page on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, info: PageInfo, shutdown: CancellationToken) {
+    let info = Arc::new(info);
+    let tasks = TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%err, "page server: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let info = info.clone();
+        tasks.spawn(async move {
+            if let Err(err) = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, &info)).await {
+                tracing::debug!(%peer, %err, "page request timed out");
+            }
+            drop(permit);
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+async fn handle(mut stream: TcpStream, info: &PageInfo) {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let complete = loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            break true;
+        }
+        if head.len() > MAX_REQUEST_HEAD {
+            break false;
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    };
+    let response = if complete { respond(&head, info) } else { Response::error(431, "request head too large") };
+    let _ = stream.write_all(&response.to_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// One HTTP response.
+#[derive(Debug, PartialEq, Eq)]
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    head_only: bool,
+}
+
+impl Response {
+    fn error(status: u16, message: &str) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{status} {message}\n").into_bytes(),
+            head_only: false,
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let reason = match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            431 => "Request Header Fields Too Large",
+            _ => "Error",
+        };
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\
+             X-Content-Type-Options: nosniff\r\nConnection: close\r\n",
+            self.status,
+            self.content_type,
+            self.body.len()
+        )
+        .into_bytes();
+        if self.status == 405 {
+            out.extend_from_slice(b"Allow: GET, HEAD\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !self.head_only {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
+}
+
+/// The response to a request head (sans-IO, so it is tested without sockets).
+fn respond(head: &[u8], info: &PageInfo) -> Response {
+    let Ok(text) = std::str::from_utf8(head) else { return Response::error(400, "request is not UTF-8") };
+    let mut lines = text.split("\r\n");
+    let mut request_line = lines.next().unwrap_or("").split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (request_line.next(), request_line.next(), request_line.next(), request_line.next())
+    else {
+        return Response::error(400, "malformed request line");
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Response::error(400, "HTTP/1.x only");
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Response::error(405, "GET or HEAD only"),
+    };
+    let host = lines
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("host"))
+        .map(|(_, value)| value.trim());
+    let path = target.split(['?', '#']).next().unwrap_or("/");
+    let mut response = if path == "/config.json" {
+        Response {
+            status: 200,
+            content_type: "application/json",
+            body: config_json(info, host).into_bytes(),
+            head_only: false,
+        }
+    } else if let Some((_, content_type, body)) = ASSETS.iter().find(|(p, _, _)| *p == path) {
+        Response { status: 200, content_type, body: body.as_bytes().to_vec(), head_only: false }
+    } else {
+        Response::error(404, "not found")
+    };
+    response.head_only = head_only;
+    response
+}
+
+/// The host name of a `Host` header (`name`, `name:port`, `[v6]`, `[v6]:port`), if it is a plain host name or
+/// address literal; anything else falls back to `localhost`.
+fn host_name(host: Option<&str>) -> String {
+    let Some(host) = host else { return "localhost".into() };
+    let name = if host.starts_with('[') {
+        match host.find(']') {
+            Some(end) => &host[..=end],
+            None => return "localhost".into(),
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    if name.is_empty() || name.len() > 253 || !name.chars().all(plain) {
+        return "localhost".into();
+    }
+    name.to_string()
+}
+
+fn config_json(info: &PageInfo, host: Option<&str>) -> String {
+    let url = format!("https://{}:{}{}", host_name(host), info.udp_port, info.path);
+    let config = serde_json::json!({
+        "url": url,
+        "certHash": info.cert_hash.map(|f| f.to_string()),
+        "room": info.room,
+        "channel": info.channel,
+    });
+    config.to_string()
+}
+
+/// The page server's address as bound (for port 0).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> PageInfo {
+        PageInfo {
+            udp_port: 4433,
+            path: "/quiver".into(),
+            cert_hash: Some(quiver_certs::sha256(b"cert")),
+            room: "lobby".into(),
+            channel: "demo.ticks".into(),
+        }
+    }
+
+    fn get(head: &str) -> Response {
+        respond(head.as_bytes(), &info())
+    }
+
+    #[test]
+    fn serves_the_page_and_its_config() {
+        let page = get("GET / HTTP/1.1\r\nHost: localhost:8080\r\n\r\n");
+        assert_eq!(page.status, 200);
+        assert!(page.content_type.starts_with("text/html"));
+        assert_eq!(get("GET /quiver.js?v=1 HTTP/1.1\r\n\r\n").content_type, "text/javascript; charset=utf-8");
+        let config = get("GET /config.json HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n\r\n");
+        let json: serde_json::Value = serde_json::from_slice(&config.body).unwrap();
+        assert_eq!(json["url"], "https://127.0.0.1:4433/quiver");
+        assert_eq!(json["certHash"], quiver_certs::sha256(b"cert").to_string());
+        assert_eq!(json["room"], "lobby");
+    }
+
+    #[test]
+    fn host_names_are_checked() {
+        assert_eq!(host_name(Some("[::1]:8080")), "[::1]");
+        assert_eq!(host_name(Some("example.com")), "example.com");
+        assert_eq!(host_name(Some("evil\",\"x")), "localhost");
+        assert_eq!(host_name(None), "localhost");
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_serve() {
+        assert_eq!(get("GET /etc/passwd HTTP/1.1\r\n\r\n").status, 404);
+        assert_eq!(get("GET /../Cargo.toml HTTP/1.1\r\n\r\n").status, 404);
+        assert_eq!(get("POST / HTTP/1.1\r\n\r\n").status, 405);
+        assert_eq!(get("GET / SPDY/3\r\n\r\n").status, 400);
+        assert_eq!(get("GARBAGE\r\n\r\n").status, 400);
+        assert_eq!(respond(&[0xff, 0xfe, b'\r', b'\n', b'\r', b'\n'], &info()).status, 400);
+        let head = get("HEAD / HTTP/1.1\r\n\r\n");
+        assert!(head.head_only && head.status == 200);
+        let bytes = head.to_bytes();
+        assert!(bytes.ends_with(b"\r\n\r\n"), "HEAD has no body");
+    }
+}

@@ -35,8 +35,13 @@ pub struct ConnectOptions {
     pub trust: TrustOptions,
     /// The name to be known by in rooms, where the server allows it.
     pub name: Option<String>,
-    /// Access token, where the server requires one.
+    /// Access token, where the server requires one. A token fixed here cannot be renewed: when it expires the
+    /// server closes the connection with `TokenExpired` and the reconnect is refused. Prefer `token_provider`.
     pub token: Option<String>,
+    /// Called for a token at every connect (a fresh one after the server closed the connection at the old one's
+    /// `exp`). When neither `token` nor this is set and `trust` is `TrustOptions::Auto` with a data directory that
+    /// holds the server's dev key, a dev token is minted from it (same machine, development).
+    pub token_provider: Option<TokenProvider>,
     /// Time allowed for QUIC handshake plus Hello/Welcome, and for a request to wait for a connection.
     pub connect_timeout: Duration,
     /// Reconnect after losing the connection (true by default). When false, a lost connection ends the client.
@@ -58,6 +63,7 @@ impl Default for ConnectOptions {
             trust: TrustOptions::default(),
             name: None,
             token: None,
+            token_provider: None,
             connect_timeout: Duration::from_secs(10),
             reconnect: true,
             reconnect_delay: Duration::from_millis(50),
@@ -65,6 +71,37 @@ impl Default for ConnectOptions {
             protocol_version: PROTOCOL_VERSION,
             tuning: quiver_server::net::transport::TransportTuning::quiver(),
         }
+    }
+}
+
+/// A source of access tokens (see [`ConnectOptions::token_provider`]).
+#[derive(Clone)]
+pub struct TokenProvider(Arc<dyn Fn() -> Result<String, String> + Send + Sync>);
+
+impl TokenProvider {
+    /// Tokens from `f`, called at every connect.
+    pub fn new(f: impl Fn() -> Result<String, String> + Send + Sync + 'static) -> Self {
+        TokenProvider(Arc::new(f))
+    }
+
+    /// Dev tokens minted with the server's dev key in `data_dir`: subject `sub`, every right, valid one hour from
+    /// each connect.
+    pub fn dev(data_dir: std::path::PathBuf, sub: String) -> Self {
+        TokenProvider::new(move || {
+            let now_s = unix_us() / 1_000_000;
+            let claims = quiver_server::auth::Claims::everything(sub.clone(), now_s, 3600);
+            quiver_server::auth::mint_dev(&data_dir, &claims)
+        })
+    }
+
+    pub(crate) fn token(&self) -> Result<String, String> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for TokenProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenProvider(..)")
     }
 }
 
@@ -119,8 +156,17 @@ impl Client {
     }
 
     /// Connects with every option spelled out. The first connection must succeed; later losses are reconnected.
-    pub async fn connect_with(server: &str, options: ConnectOptions) -> Result<Client, ConnectError> {
+    pub async fn connect_with(server: &str, mut options: ConnectOptions) -> Result<Client, ConnectError> {
         let timeout = options.connect_timeout;
+        if options.token.is_none() && options.token_provider.is_none() {
+            if let TrustOptions::Auto { data_dir } = &options.trust {
+                if quiver_server::auth::dev_key_exists(data_dir) {
+                    // The same identity for the client's whole life: post deduplication keys on it.
+                    let sub = options.name.clone().unwrap_or_else(|| format!("dev-{:08x}", rand::random::<u32>()));
+                    options.token_provider = Some(TokenProvider::dev(data_dir.clone(), sub));
+                }
+            }
+        }
         let target = tokio::time::timeout(timeout, Target::resolve(server, &options))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))??;

@@ -46,6 +46,20 @@ pub enum ConnectError {
     Timeout(std::time::Duration),
 }
 
+impl ConnectError {
+    /// The server's reason code, when the server gave one (a refused Hello, or a connection it closed, e.g.
+    /// `TooManyConnections` or `TokenExpired`).
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ConnectError::Refused(failure) => Some(failure.code),
+            ConnectError::Connection(quinn::ConnectionError::ApplicationClosed(close)) => {
+                Some(quiver_server::net::close::from_quic_code(close.error_code))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -34,7 +34,7 @@ mod session;
 pub mod ticks;
 pub mod trust;
 
-pub use client::{Client, ConnectOptions, Pong};
+pub use client::{Client, ConnectOptions, Pong, TokenProvider};
 pub use error::{ConnectError, RequestError};
 pub use room::{Message, Room, RoomEvent};
 pub use ticks::{Tick, TickError, TickPublisher, TickStats, TickSubscription};

@@ -107,7 +107,13 @@ impl Session {
             version: options.protocol_version,
             agent: concat!("quiver-client/", env!("CARGO_PKG_VERSION")).into(),
             name: options.name.clone(),
-            token: options.token.clone(),
+            token: match (&options.token, &options.token_provider) {
+                (Some(token), _) => Some(token.clone()),
+                (None, Some(provider)) => {
+                    Some(provider.token().map_err(|e| ConnectError::Protocol(format!("cannot get a token: {e}")))?)
+                }
+                (None, None) => None,
+            },
         };
         let frame = codec
             .encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) })

@@ -18,6 +18,7 @@ fn config(profile: Option<ImpairmentProfile>) -> RttConfig {
         warmup: Duration::from_millis(200),
         profile,
         server: None,
+        token: None,
         tuning: Default::default(),
     }
 }
@@ -70,6 +71,7 @@ async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
         warmup: Duration::from_millis(200),
         profile: None,
         server: None,
+        token: None,
     };
     let report = run_fanout(config, |_| {}).await.unwrap();
     assert_eq!(report.ticks_sent, 75);
@@ -106,6 +108,7 @@ async fn fanout_measures_an_external_server() {
         warmup: Duration::from_millis(200),
         profile: None,
         server: Some((addr.to_string(), TrustOptions::Pin(pin))),
+        token: Some(quiver_client::TokenProvider::dev(dir.path().to_owned(), "bench".into())),
     };
     let report = run_fanout(config, |_| {}).await.unwrap();
     assert_eq!(report.ticks_sent, 50);

@@ -16,8 +16,8 @@ fn codec() -> FrameCodec {
     FrameCodec::new(Limits::default().max_frame as usize)
 }
 
-fn hello_frame(version: u32) -> BytesMut {
-    let hello = Hello { version, agent: "test".into(), name: None, token: None };
+fn hello_frame(version: u32, token: String) -> BytesMut {
+    let hello = Hello { version, agent: "test".into(), name: None, token: Some(token) };
     codec().encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) }).unwrap()
 }
 
@@ -84,7 +84,8 @@ async fn future_hello_that_does_not_decode_is_refused_for_its_version() {
 async fn wrong_pin_fails_with_a_trust_error() {
     let server = TestServer::start(Limits::default());
     let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
-    let options = ConnectOptions { trust: TrustOptions::Pin(pin), ..ConnectOptions::default() };
+    let token = Some(server.token("pinned"));
+    let options = ConnectOptions { trust: TrustOptions::Pin(pin), token: token.clone(), ..ConnectOptions::default() };
     let err = Client::connect_with(&server.addr.to_string(), options).await.unwrap_err();
     let ConnectError::PinMismatch { expected, presented } = &err else { panic!("not a pin mismatch: {err}") };
     assert_eq!(*expected, pin);
@@ -92,7 +93,7 @@ async fn wrong_pin_fails_with_a_trust_error() {
     assert_eq!(*presented, real);
     assert!(err.to_string().contains("pin mismatch"), "{err}");
     // The right pin works.
-    let options = ConnectOptions { trust: TrustOptions::Pin(real), ..ConnectOptions::default() };
+    let options = ConnectOptions { trust: TrustOptions::Pin(real), token, ..ConnectOptions::default() };
     Client::connect_with(&server.addr.to_string(), options).await.unwrap().ping().await.unwrap();
     server.stop().await;
 }
@@ -101,7 +102,8 @@ async fn wrong_pin_fails_with_a_trust_error() {
 async fn ca_file_trust_accepts_the_dev_certificate_as_its_own_root() {
     let server = TestServer::start(Limits::default());
     let ca = server.data_dir.path().join(quiver_certs::dev::CERT_FILE);
-    let options = ConnectOptions { trust: TrustOptions::CaFile(ca), ..ConnectOptions::default() };
+    let token = Some(server.token("ca"));
+    let options = ConnectOptions { trust: TrustOptions::CaFile(ca), token, ..ConnectOptions::default() };
     Client::connect_with(&server.addr.to_string(), options).await.unwrap().ping().await.unwrap();
     server.stop().await;
 }
@@ -125,7 +127,7 @@ async fn hostile_control_stream(bytes: &[u8], expected: ErrorCode) {
 
     let conn = server.raw().await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
-    send.write_all(&hello_frame(PROTOCOL_VERSION)).await.unwrap();
+    send.write_all(&hello_frame(PROTOCOL_VERSION, server.token("hostile"))).await.unwrap();
     send.write_all(bytes).await.unwrap();
     let (code, reason) = closed_with(&conn).await;
     assert_eq!(code, expected, "closed with {code}: {reason}");

@@ -123,7 +123,8 @@ async fn garbage_and_unclaimed_datagrams_are_counted_and_ignored() {
     let conn = server.raw().await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let codec = FrameCodec::new(Limits::default().max_frame as usize);
-    let hello = Hello { version: PROTOCOL_VERSION, agent: "hostile".into(), name: None, token: None };
+    let token = Some(server.token("hostile"));
+    let hello = Hello { version: PROTOCOL_VERSION, agent: "hostile".into(), name: None, token };
     let mut out = codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) }).unwrap();
     codec.encode(&Request { req_id: 1, body: RequestBody::Subscribe { channel: "feed".into() } }, &mut out).unwrap();
     send.write_all(&out).await.unwrap();

@@ -44,10 +44,10 @@ struct Control {
 }
 
 impl Control {
-    async fn open(session: &Session) -> Control {
+    async fn open(session: &Session, token: String) -> Control {
         let (send, recv) = session.open_bi().await.unwrap();
         let mut control = Control { send, recv, buf: BytesMut::new(), next_id: 1 };
-        let hello = Hello { version: PROTOCOL_VERSION, agent: "wt-test".into(), name: Some("web".into()), token: None };
+        let hello = Hello { version: PROTOCOL_VERSION, agent: "wt-test".into(), name: None, token: Some(token) };
         match control.request(RequestBody::Hello(hello)).await {
             Reply::Welcome(welcome) => assert_eq!(welcome.identity, "web"),
             other => panic!("{other:?}"),
@@ -87,7 +87,7 @@ async fn next_room_frame(recv: &mut RecvStream, buf: &mut BytesMut) -> RoomFrame
 async fn a_webtransport_session_shares_rooms_and_ticks_with_native_clients() {
     let server = TestServer::start(Limits::default());
     let session = browser(&server, "/quiver", "http://localhost:8080").await.unwrap();
-    let mut control = Control::open(&session).await;
+    let mut control = Control::open(&session, server.token("web")).await;
     let native = server.client().await;
     let mut native_room = native.join("mixed").await.unwrap();
 
@@ -153,7 +153,7 @@ async fn unknown_paths_get_404() {
     assert!(err.to_string().contains("404"), "{err}");
     // The refusal cost the server nothing: a good session still works.
     let session = browser(&server, "/quiver", "http://localhost").await.unwrap();
-    Control::open(&session).await;
+    Control::open(&session, server.token("web")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +173,7 @@ async fn origins_outside_the_allow_list_get_403() {
     let err = browser(&test_server, "/quiver", "https://evil.example.net").await.expect_err("refused");
     assert!(err.to_string().contains("403"), "{err}");
     let session = browser(&test_server, "/quiver", "https://app.example.com").await.unwrap();
-    Control::open(&session).await;
+    Control::open(&session, test_server.token("web")).await;
     test_server.stop().await;
 }
 
@@ -182,7 +182,7 @@ async fn native_clients_opening_other_streams_are_closed_with_protocol_violation
     let server = TestServer::start(Limits::default());
     let conn = server.raw().await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let hello = Hello { version: PROTOCOL_VERSION, agent: "test".into(), name: None, token: None };
+    let hello = Hello { version: PROTOCOL_VERSION, agent: "test".into(), name: None, token: Some(server.token("n")) };
     let bytes = codec().encode_to_vec(&Request { req_id: 1, body: RequestBody::Hello(hello) }).unwrap();
     send.write_all(&bytes).await.unwrap();
     let mut buf = BytesMut::new();

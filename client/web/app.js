@@ -48,12 +48,30 @@ function report(error) {
   $('#errors').hidden = false;
 }
 
+/** config.json, asking for a dev token in our name (the dev server mints one; others send none). */
+function configUrl(params) {
+  const name = params.get('name');
+  return name ? `config.json?name=${encodeURIComponent(name)}` : 'config.json';
+}
+
+/** A fresh token at every connect: `?token=` if given, else the dev server's (from config.json), else none. */
+async function freshToken() {
+  const params = new URLSearchParams(location.search);
+  if (params.get('token')) return params.get('token');
+  try {
+    const response = await fetch(configUrl(params), { cache: 'no-store' });
+    return response.ok ? ((await response.json()).token ?? null) : null;
+  } catch {
+    return null;
+  }
+}
+
 /** Where to connect: config.json, then the query parameters. */
 async function loadConfig() {
   const params = new URLSearchParams(location.search);
   let config = {};
   try {
-    const response = await fetch('config.json', { cache: 'no-store' });
+    const response = await fetch(configUrl(params), { cache: 'no-store' });
     if (!response.ok) throw new Error(`config.json: HTTP ${response.status}`);
     config = await response.json();
   } catch (err) {
@@ -64,7 +82,7 @@ async function loadConfig() {
     url: pick('url', null),
     certHash: pick('certHash', null),
     room: pick('room', 'lobby'),
-    channel: pick('channel', 'demo.ticks'),
+    channel: pick('channel', 'prices'),
     name: params.get('name') || null,
   };
 }
@@ -246,6 +264,7 @@ async function main() {
   client = await QuiverClient.connect(config.url, {
     certHash: config.certHash,
     name: config.name,
+    token: freshToken,
     onStatus: (status, why) => {
       state.status = status;
       state.identity = client?.welcome?.identity ?? state.identity;

@@ -57,6 +57,12 @@ export const ErrorCode = Object.freeze({
   DatagramTooLarge: 17,
   RateLimited: 18,
   Internal: 19,
+  TokenRequired: 20,
+  TokenMalformed: 21,
+  TokenInvalid: 22,
+  TokenExpired: 23,
+  TokenNotYetValid: 24,
+  TooManyConnections: 25,
 });
 
 const ERROR_NAMES = new Map(Object.entries(ErrorCode).map(([name, code]) => [code, name]));
@@ -497,7 +503,8 @@ export const wire = (() => {
   const Limits = struct('Limits', [
     'max_frame', 'max_body', 'max_name', 'max_rooms', 'max_subscriptions', 'max_publish_channels', 'room_queue_bytes',
     'handshake_timeout_ms', 'history_max_messages', 'history_max_age_s', 'gap_replay', 'dedupe_window_s',
-    'dedupe_max_entries',
+    'dedupe_max_entries', 'max_connections', 'max_connections_per_ip', 'new_connections_per_s_per_ip',
+    'requests_per_s', 'posts_per_s', 'ticks_per_s',
   ].map((field) => [field, u32]));
   const Welcome = struct('Welcome', [
     ['version', u32], ['session_id', u64], ['server_time_us', u64], ['identity', string], ['limits', Limits],
@@ -1053,7 +1060,9 @@ class Session {
       const stream = await wt.createBidirectionalStream();
       const writer = stream.writable.getWriter();
       const reader = stream.readable.getReader();
-      const { protocolVersion: version, name = null, token = null } = options;
+      const { protocolVersion: version, name = null } = options;
+      // A function is asked at every connect, so an expired token is replaced by a fresh one on reconnect.
+      const token = typeof options.token === 'function' ? await options.token() : (options.token ?? null);
       const hello = { Hello: { version, agent: AGENT, name, token } };
       await writer.write(encodeFrame(wire.Request, { req_id: 0n, body: hello }));
       const frames = new FrameReader(DEFAULT_MAX_FRAME);

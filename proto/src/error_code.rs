@@ -81,6 +81,18 @@ error_codes! {
     RateLimited = 18,
     /// Something failed inside the server; not the client's fault.
     Internal = 19,
+    /// The server requires an access token and Hello carried none.
+    TokenRequired = 20,
+    /// The token is not a well-formed signed token (not three base64url parts, bad JSON, missing claims).
+    TokenMalformed = 21,
+    /// The token's signature does not verify with any key the server trusts (or names an algorithm it refuses).
+    TokenInvalid = 22,
+    /// The token's `exp` has passed (at Hello, or during the session: the connection is closed at `exp`).
+    TokenExpired = 23,
+    /// The token's `nbf` is still in the future.
+    TokenNotYetValid = 24,
+    /// The server, or this source address, has as many connections as it allows.
+    TooManyConnections = 25,
 }
 
 impl ErrorCode {

@@ -3,7 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The bounds a server enforces on each connection. Defaults are documented on each field and in `docs/limits.md`.
+/// The bounds a server enforces, per connection and per source address. Defaults are documented on each field and
+/// in `docs/security.md` (with what a breach costs the client and which counter counts it).
+///
+/// Rates are token buckets holding [`Limits::BURST_SECONDS`] seconds' worth of tokens: a peer may send twice its rate
+/// at once after a quiet spell, then its rate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Limits {
@@ -35,9 +39,32 @@ pub struct Limits {
     pub dedupe_window_s: u32,
     /// `(identity, client_msg_id)` entries remembered per room at most (oldest forgotten first). Default 10,000.
     pub dedupe_max_entries: u32,
+    /// Connections the server serves at once (handshakes in progress included); one more is accepted and closed
+    /// at once with `TooManyConnections`. Default 10,000.
+    pub max_connections: u32,
+    /// Connections one source address (an IPv4 address, or an IPv6 /64) may have at once; one more is accepted
+    /// and closed at once with `TooManyConnections`. Default 256.
+    pub max_connections_per_ip: u32,
+    /// New connections per second from one source address. Above it, an attempt whose address is not validated
+    /// yet gets a QUIC Retry; a validated one over the rate is refused. Default 100.
+    pub new_connections_per_s_per_ip: u32,
+    /// Control requests per second per connection. One over the rate is answered `RateLimited` and the connection
+    /// stays; a connection that keeps going ([`Limits::FLOOD_BURSTS`] bursts refused within a second) is closed
+    /// with `RateLimited`. Default 5,000.
+    pub requests_per_s: u32,
+    /// Posts per second per connection (they count as requests too), enforced like `requests_per_s`.
+    /// Default 2,000.
+    pub posts_per_s: u32,
+    /// Ticks per second a connection may publish (over all its channels); the rest are dropped. Default 10,000.
+    pub ticks_per_s: u32,
 }
 
 impl Limits {
+    /// A rate's bucket holds this many seconds of it (its burst).
+    pub const BURST_SECONDS: u32 = 2;
+    /// A connection that has this many bursts of requests (or posts) refused within one second is closed.
+    pub const FLOOD_BURSTS: u32 = 4;
+
     /// Bytes a room event adds around a post body at most: seq, time, client_msg_id (10 bytes each as varints),
     /// the sender name (length + `max_name` bytes), enum tags and the body's length prefix.
     pub fn event_overhead(&self) -> u32 {
@@ -63,6 +90,23 @@ impl Limits {
         if self.max_name == 0 || self.max_rooms == 0 {
             return Err("max_name and max_rooms must be at least 1".into());
         }
+        let at_least_one = [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("new_connections_per_s_per_ip", self.new_connections_per_s_per_ip),
+            ("requests_per_s", self.requests_per_s),
+            ("posts_per_s", self.posts_per_s),
+            ("ticks_per_s", self.ticks_per_s),
+        ];
+        if let Some((name, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if self.max_connections_per_ip > self.max_connections {
+            return Err(format!(
+                "max_connections_per_ip {} is above max_connections {}",
+                self.max_connections_per_ip, self.max_connections
+            ));
+        }
         Ok(())
     }
 }
@@ -83,6 +127,12 @@ impl Default for Limits {
             gap_replay: 100,
             dedupe_window_s: 600,
             dedupe_max_entries: 10_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            new_connections_per_s_per_ip: 100,
+            requests_per_s: 5_000,
+            posts_per_s: 2_000,
+            ticks_per_s: 10_000,
         }
     }
 }
@@ -98,5 +148,9 @@ mod tests {
         assert!(err.contains("max_frame 1000"), "{err}");
         let err = Limits { room_queue_bytes: 10, ..Limits::default() }.check().unwrap_err();
         assert!(err.contains("room_queue_bytes 10"), "{err}");
+        let err = Limits { posts_per_s: 0, ..Limits::default() }.check().unwrap_err();
+        assert!(err.contains("posts_per_s"), "{err}");
+        let err = Limits { max_connections: 10, ..Limits::default() }.check().unwrap_err();
+        assert!(err.contains("max_connections_per_ip 256"), "{err}");
     }
 }

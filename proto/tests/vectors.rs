@@ -153,6 +153,12 @@ fn limits_edges() -> Limits {
         gap_replay: 1,
         dedupe_window_s: 255,
         dedupe_max_entries: 256,
+        max_connections: 65_535,
+        max_connections_per_ip: 65_536,
+        new_connections_per_s_per_ip: 2,
+        requests_per_s: u32::MAX - 1,
+        posts_per_s: 129,
+        ticks_per_s: 16_385,
     }
 }
 
@@ -233,6 +239,12 @@ fn replies(v: &mut Vectors) {
         gap_replay: 0,
         dedupe_window_s: 0,
         dedupe_max_entries: 0,
+        max_connections: 0,
+        max_connections_per_ip: 0,
+        new_connections_per_s_per_ip: 0,
+        requests_per_s: 0,
+        posts_per_s: 0,
+        ticks_per_s: 0,
     };
     v.reply("welcome_zero", 127, welcome(0, 0, u64::MAX, "", zero));
 

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use quiver_proto::Limits;
 
-use crate::net::transport::TransportTuning;
+use crate::{auth::AuthConfig, net::transport::TransportTuning};
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub tuning: TransportTuning,
     /// Browsers: the WebTransport endpoint and the demo page.
     pub web: WebConfig,
+    /// Who may connect and what they may do (access tokens).
+    pub auth: AuthConfig,
 }
 
 /// How browsers reach the server.
@@ -77,7 +79,8 @@ impl ServerConfig {
     /// The default data directory, relative to the working directory.
     pub const DEFAULT_DATA_DIR: &'static str = ".quiver";
 
-    /// A server with the dev certificate and default limits.
+    /// A server with the dev certificate, default limits, and tokens required, signed with the dev key in
+    /// `data_dir` (generated when missing; same-machine clients mint their tokens with it).
     pub fn dev(listen: SocketAddr, data_dir: PathBuf) -> Self {
         ServerConfig {
             listen,
@@ -86,6 +89,7 @@ impl ServerConfig {
             limits: Limits::default(),
             tuning: TransportTuning::quiver(),
             web: WebConfig::default(),
+            auth: AuthConfig::DevKey,
         }
     }
 }

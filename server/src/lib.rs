@@ -2,6 +2,7 @@
 //! per joined room and unreliable tick datagrams.
 //!
 //! - [`session`]: the control stream's state machine (Hello, then requests), without sockets or clocks.
+//! - [`admission`], [`throttle`], [`rate`]: which connections are taken and how fast each may go (sans-IO).
 //! - [`net`]: the only part that touches quinn: endpoint, accept loop, one task per connection, error → close code.
 //! - [`config`]: what the server is started with: address, data directory, certificate, [`quiver_proto::Limits`].
 //!
@@ -15,12 +16,17 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod config;
 pub mod hub;
 pub mod net;
+pub mod rate;
 pub mod session;
 pub mod stats;
+pub mod throttle;
 pub mod web;
 
 pub use config::{ServerConfig, TlsSource, WebConfig};
 pub use net::{Server, ServerError};
+/// Access tokens (the `quiver-auth` crate).
+pub use quiver_auth as auth;

@@ -1,15 +1,21 @@
-//! `quiver-server`: with no arguments, serves on UDP `[::]:4433` with a dev certificate kept in `./.quiver`.
+//! `quiver-server`: with no arguments, serves on UDP `[::]:4433` with a dev certificate kept in `./.quiver` and
+//! tokens required, signed with a dev key kept there too. `quiver-server token --sub NAME` mints one.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use clap::Parser;
-use quiver_server::{Server, ServerConfig, TlsSource, WebConfig};
+use clap::{Parser, Subcommand};
+use quiver_server::{
+    auth::{AuthConfig, TokenKey},
+    Server, ServerConfig, TlsSource, WebConfig,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Quiver real-time server: reliable room streams and unreliable tick datagrams over one QUIC endpoint.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// UDP address to listen on; port 0 picks a free port (the bound address is printed).
     #[arg(long, default_value = ServerConfig::DEFAULT_LISTEN)]
     listen: SocketAddr,
@@ -36,6 +42,50 @@ struct Args {
     /// any, every origin is allowed: fine for development, not for production.
     #[arg(long = "web-origin", value_name = "ORIGIN")]
     web_origins: Vec<String>,
+    /// Admit clients without tokens, with every right (demos only; logged loudly).
+    #[arg(long, conflicts_with_all = ["hs256_key", "ed25519_public_key"])]
+    allow_anonymous: bool,
+    /// Verify tokens with the HS256 secret in this file (hex, at least 64 digits) instead of the dev key.
+    #[arg(long, value_name = "FILE")]
+    hs256_key: Vec<PathBuf>,
+    /// Verify EdDSA tokens with the Ed25519 public key in this PEM file (repeatable).
+    #[arg(long, value_name = "FILE")]
+    ed25519_public_key: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mint an access token (printed on stdout) signed with the dev key in --data-dir, or an Ed25519 key.
+    Token(TokenArgs),
+}
+
+/// `quiver-server token`: without --room or --channel the token grants every right on every room and channel.
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The subject: the identity the client gets.
+    #[arg(long)]
+    sub: String,
+    /// A room pattern the token may join (dot-separated; `*` one segment, final `**` the rest). Repeatable.
+    #[arg(long = "room", value_name = "PATTERN")]
+    rooms: Vec<String>,
+    /// Also allow posting to the --room patterns.
+    #[arg(long)]
+    post: bool,
+    /// A channel pattern the token may subscribe to. Repeatable.
+    #[arg(long = "channel", value_name = "PATTERN")]
+    channels: Vec<String>,
+    /// Also allow publishing on the --channel patterns.
+    #[arg(long)]
+    publish: bool,
+    /// Validity, e.g. 90s, 30m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// The server's data directory (its dev key signs the token).
+    #[arg(long, default_value = ServerConfig::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Sign with this Ed25519 private key (PKCS#8 PEM) instead of the dev key.
+    #[arg(long, value_name = "FILE")]
+    ed25519_private_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -53,7 +103,63 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Token(token)) = args.command {
+        return match mint(token) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     runtime.block_on(serve(args))
+}
+
+fn mint(args: TokenArgs) -> Result<String, String> {
+    use quiver_server::auth::{ChannelRight, Claims, RoomRight};
+    let ttl_s = parse_ttl(&args.ttl)?;
+    let now_s =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
+    quiver_server::session::check_name(&args.sub, 256).map_err(|f| format!("--sub: {}", f.message))?;
+    let mut claims = Claims::everything(args.sub, now_s, ttl_s);
+    if !args.rooms.is_empty() || !args.channels.is_empty() {
+        let room_rights = if args.post { vec![RoomRight::Join, RoomRight::Post] } else { vec![RoomRight::Join] };
+        let channel_rights = if args.publish {
+            vec![ChannelRight::Subscribe, ChannelRight::Publish]
+        } else {
+            vec![ChannelRight::Subscribe]
+        };
+        claims.rooms = args.rooms.into_iter().map(|p| (p, room_rights.clone())).collect();
+        claims.channels = args.channels.into_iter().map(|p| (p, channel_rights.clone())).collect();
+    }
+    match args.ed25519_private_key {
+        Some(path) => {
+            let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            quiver_server::auth::mint_ed25519(&claims, &pem).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => {
+            quiver_server::auth::load_or_generate_dev_key(&args.data_dir).map_err(|e| e.to_string())?;
+            quiver_server::auth::mint_dev(&args.data_dir, &claims)
+        }
+    }
+}
+
+/// "90s", "30m", "1h", "7d" (or plain seconds) → seconds.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| format!("--ttl {text:?}: expected e.g. 90s, 30m, 1h or 7d"))?;
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("--ttl {text:?}: unknown unit {other:?} (s, m, h, d)")),
+    };
+    n.checked_mul(unit).filter(|s| *s > 0).ok_or_else(|| format!("--ttl {text:?}: out of range"))
 }
 
 async fn serve(args: Args) -> ExitCode {
@@ -71,7 +177,41 @@ async fn serve(args: Args) -> ExitCode {
         _ => None,
     };
     let web = WebConfig { path: args.web_path, allowed_origins: args.web_origins, http };
-    let config = ServerConfig { tls, web, ..ServerConfig::dev(args.listen, args.data_dir) };
+    let auth = if args.allow_anonymous {
+        AuthConfig::Anonymous
+    } else if args.hs256_key.is_empty() && args.ed25519_public_key.is_empty() {
+        AuthConfig::DevKey
+    } else {
+        let mut keys = Vec::new();
+        for path in &args.hs256_key {
+            let text = match std::fs::read_to_string(path) {
+                Ok(text) => text,
+                Err(err) => {
+                    eprintln!("error: {}: {err}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            match quiver_server::auth::hex_secret(text.trim()) {
+                Some(secret) => keys.push(TokenKey::Hs256(secret)),
+                None => {
+                    eprintln!("error: {}: expected at least 64 hex digits", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        for path in &args.ed25519_public_key {
+            match std::fs::read(path) {
+                Ok(pem) => keys.push(TokenKey::Ed25519Pem(pem)),
+                Err(err) => {
+                    eprintln!("error: {}: {err}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        AuthConfig::Keys(keys)
+    };
+    let (auth_mode, data_dir) = (auth.clone(), args.data_dir.clone());
+    let config = ServerConfig { tls, web, auth, ..ServerConfig::dev(args.listen, args.data_dir) };
     let server = match Server::bind(config) {
         Ok(server) => server,
         Err(err) => {
@@ -91,6 +231,14 @@ async fn serve(args: Args) -> ExitCode {
     tokio::spawn(signals.cancel_on_first(shutdown.clone()));
     println!("listening on {}", server.local_addr());
     println!("certificate sha256 {}", server.fingerprint());
+    match &auth_mode {
+        AuthConfig::DevKey => println!(
+            "tokens required, signed with the dev key in {} (mint one: quiver-server token --sub NAME)",
+            data_dir.display()
+        ),
+        AuthConfig::Keys(keys) => println!("tokens required, {} verification key(s)", keys.len()),
+        AuthConfig::Anonymous => println!("ANONYMOUS ACCESS: no tokens required (--allow-anonymous)"),
+    }
     if let Some(page) = server.page_addr() {
         let host = if page.ip().is_unspecified() || page.ip().is_loopback() {
             "localhost".to_string()

@@ -1,10 +1,14 @@
-//! The control stream's state machine, without sockets or clocks: Hello first (version check, identity), then
-//! requests, each answered exactly once. The connection code feeds it decoded requests and the time, and sends
+//! The control stream's state machine, without sockets or clocks: Hello first (version check, token, identity),
+//! then requests, each checked against the token's grants and answered exactly once. The connection code feeds it decoded requests and the time, and sends
 //! what it returns.
+
+use std::sync::Arc;
 
 use quiver_proto::{
     ErrorCode, Failure, Hello, Join, Limits, Post, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION,
 };
+
+use crate::auth::{Auth, ChannelRight, Claims, RoomRight};
 
 /// What the connection must do after a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +83,11 @@ pub enum RoomRequest {
 #[derive(Debug)]
 enum State {
     AwaitingHello,
-    Open { identity: String },
+    /// Admitted; `claims` is `None` on an anonymous server (everything allowed).
+    Open {
+        identity: String,
+        claims: Option<Claims>,
+    },
 }
 
 /// One client's control session.
@@ -87,20 +95,57 @@ enum State {
 pub struct ControlSession {
     session_id: u64,
     limits: Limits,
+    auth: Arc<Auth>,
     state: State,
 }
 
 impl ControlSession {
-    /// A session awaiting Hello.
-    pub fn new(session_id: u64, limits: Limits) -> Self {
-        ControlSession { session_id, limits, state: State::AwaitingHello }
+    /// A session awaiting Hello, admitting clients as `auth` says.
+    pub fn new(session_id: u64, limits: Limits, auth: Arc<Auth>) -> Self {
+        ControlSession { session_id, limits, auth, state: State::AwaitingHello }
     }
 
     /// The identity the client was admitted with, once Hello succeeded.
     pub fn identity(&self) -> Option<&str> {
         match &self.state {
-            State::Open { identity } => Some(identity),
+            State::Open { identity, .. } => Some(identity),
             State::AwaitingHello => None,
+        }
+    }
+
+    /// When the client's token expires (µs since the Unix epoch); the session ends then.
+    pub fn expires_us(&self) -> Option<u64> {
+        match &self.state {
+            State::Open { claims: Some(claims), .. } => Some(claims.exp.saturating_mul(1_000_000)),
+            _ => None,
+        }
+    }
+
+    /// Checks a request against the token's grants.
+    fn permitted(&self, body: &RequestBody) -> Result<(), Failure> {
+        let State::Open { claims: Some(claims), identity } = &self.state else { return Ok(()) };
+        let (allowed, what) = match body {
+            RequestBody::Join(join) => {
+                (claims.may_room(&join.room, RoomRight::Join), format!("join room {}", join.room))
+            }
+            RequestBody::History { room, .. } => {
+                (claims.may_room(room, RoomRight::Join), format!("read the history of room {room}"))
+            }
+            RequestBody::Post(post) => {
+                (claims.may_room(&post.room, RoomRight::Post), format!("post to room {}", post.room))
+            }
+            RequestBody::Subscribe { channel } => {
+                (claims.may_channel(channel, ChannelRight::Subscribe), format!("subscribe to channel {channel}"))
+            }
+            RequestBody::Publish { channel, .. } => {
+                (claims.may_channel(channel, ChannelRight::Publish), format!("publish on channel {channel}"))
+            }
+            _ => (true, String::new()),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Failure::new(ErrorCode::PermissionDenied, format!("the token of {identity} does not allow to {what}")))
         }
     }
 
@@ -108,6 +153,9 @@ impl ControlSession {
     pub fn on_request(&mut self, request: Request, now_us: u64) -> Step {
         let req_id = request.req_id;
         let reply = |result| ServerMsg::Reply { req_id, result };
+        if let Err(failure) = self.permitted(&request.body) {
+            return Step::Reply(reply(Err(failure)));
+        }
         match (&self.state, request.body) {
             (State::AwaitingHello, RequestBody::Hello(hello)) => match self.admit(&hello, now_us) {
                 Ok(welcome) => Step::Reply(reply(Ok(Reply::Welcome(welcome)))),
@@ -123,7 +171,7 @@ impl ControlSession {
                 Step::Reply(reply(Ok(Reply::Pong { client_time_us, server_time_us: now_us })))
             }
             (
-                State::Open { identity },
+                State::Open { identity, .. },
                 body @ (RequestBody::Join(_)
                 | RequestBody::Leave { .. }
                 | RequestBody::Post(_)
@@ -194,14 +242,20 @@ impl ControlSession {
         if hello.version != PROTOCOL_VERSION {
             return Err(version_failure(hello.version));
         }
-        let identity = match &hello.name {
-            Some(name) => {
+        let claims = self.auth.verify(hello.token.as_deref(), now_us / 1_000_000)?;
+        let identity = match (&claims, &hello.name) {
+            // With tokens the identity is the token's subject, whatever Hello's name says.
+            (Some(claims), _) => {
+                check_name(&claims.sub, self.limits.max_name as usize)?;
+                claims.sub.clone()
+            }
+            (None, Some(name)) => {
                 check_name(name, self.limits.max_name as usize)?;
                 name.clone()
             }
-            None => format!("anon-{:016x}", self.session_id),
+            (None, None) => format!("anon-{:016x}", self.session_id),
         };
-        self.state = State::Open { identity: identity.clone() };
+        self.state = State::Open { identity: identity.clone(), claims };
         Ok(Welcome {
             version: PROTOCOL_VERSION,
             session_id: self.session_id,
@@ -270,7 +324,7 @@ mod tests {
 
     #[test]
     fn hello_then_ping() {
-        let mut session = ControlSession::new(0xabc, Limits::default());
+        let mut session = ControlSession::new(0xabc, Limits::default(), Arc::new(Auth::Anonymous));
         let Step::Reply(ServerMsg::Reply { req_id: 1, result: Ok(Reply::Welcome(welcome)) }) =
             session.on_request(hello(PROTOCOL_VERSION, Some("alice")), 5)
         else {
@@ -285,14 +339,14 @@ mod tests {
 
     #[test]
     fn anonymous_identity_comes_from_the_session_id() {
-        let mut session = ControlSession::new(0x10, Limits::default());
+        let mut session = ControlSession::new(0x10, Limits::default(), Arc::new(Auth::Anonymous));
         session.on_request(hello(PROTOCOL_VERSION, None), 0);
         assert_eq!(session.identity(), Some("anon-0000000000000010"));
     }
 
     #[test]
     fn wrong_version_is_refused_naming_both_versions() {
-        let mut session = ControlSession::new(1, Limits::default());
+        let mut session = ControlSession::new(1, Limits::default(), Arc::new(Auth::Anonymous));
         let step = session.on_request(hello(PROTOCOL_VERSION + 1, None), 0);
         let Step::ReplyAndClose(ServerMsg::Reply { result: Err(failure), .. }, ErrorCode::UnsupportedVersion, _) = step
         else {
@@ -305,7 +359,7 @@ mod tests {
 
     #[test]
     fn requests_before_hello_and_second_hello_are_refused() {
-        let mut session = ControlSession::new(1, Limits::default());
+        let mut session = ControlSession::new(1, Limits::default(), Arc::new(Auth::Anonymous));
         let ping = Request { req_id: 3, body: RequestBody::Ping { client_time_us: 0 } };
         assert_eq!(failure_code(&session.on_request(ping, 0)), Some(ErrorCode::HelloRequired));
         session.on_request(hello(PROTOCOL_VERSION, None), 0);
@@ -316,7 +370,7 @@ mod tests {
     #[test]
     fn bad_names_are_refused() {
         for name in ["", "a\nb", &"x".repeat(200)] {
-            let mut session = ControlSession::new(1, Limits::default());
+            let mut session = ControlSession::new(1, Limits::default(), Arc::new(Auth::Anonymous));
             let step = session.on_request(hello(PROTOCOL_VERSION, Some(name)), 0);
             assert_eq!(failure_code(&step), Some(ErrorCode::BadRequest), "{name:?}");
         }
@@ -324,7 +378,7 @@ mod tests {
 
     #[test]
     fn tick_requests_are_checked_then_handed_to_the_connection() {
-        let mut session = ControlSession::new(1, Limits::default());
+        let mut session = ControlSession::new(1, Limits::default(), Arc::new(Auth::Anonymous));
         session.on_request(hello(PROTOCOL_VERSION, None), 0);
         let step = session.on_request(Request { req_id: 4, body: RequestBody::Subscribe { channel: "c".into() } }, 0);
         assert_eq!(step, Step::Tick { req_id: 4, request: TickRequest::Subscribe { channel: "c".into() } });
@@ -335,7 +389,7 @@ mod tests {
     #[test]
     fn room_requests_are_checked_then_handed_to_the_connection() {
         let limits = Limits { max_body: 4, ..Limits::default() };
-        let mut session = ControlSession::new(1, limits);
+        let mut session = ControlSession::new(1, limits, Arc::new(Auth::Anonymous));
         session.on_request(hello(PROTOCOL_VERSION, Some("ann")), 0);
         let post = |body: &'static [u8]| Request {
             req_id: 5,

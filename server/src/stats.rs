@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use quiver_proto::{ErrorCode, ServerMsg};
+
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident, )*) => {
         /// Counters, updated with relaxed atomics from every connection task.
@@ -43,9 +45,108 @@ counters! {
     ticks_expired,
     /// Ticks that did not fit a subscriber's path (its max datagram size is smaller than the publisher's).
     ticks_too_large,
+    /// Ticks dropped because their publisher sent more than `ticks_per_s`.
+    ticks_rate_limited,
+    /// Connections closed with `TooManyConnections` because the server was at `max_connections`.
+    connections_over_total,
+    /// Connections closed with `TooManyConnections` because their source address was at `max_connections_per_ip`.
+    connections_over_per_ip,
+    /// QUIC Retries sent to unvalidated attempts from an address over `new_connections_per_s_per_ip`.
+    retries_over_rate,
+    /// QUIC Retries sent to unvalidated attempts while the server or the address was at its connection limit.
+    retries_over_limit,
+    /// Validated attempts refused (QUIC `CONNECTION_REFUSED`) from an address over `new_connections_per_s_per_ip`.
+    connections_refused_over_rate,
+    /// Connections that did not finish the TLS handshake or send Hello within `handshake_timeout_ms`.
+    handshake_timeouts,
+    /// Requests answered `RateLimited` for going over `requests_per_s`.
+    requests_rate_limited,
+    /// Posts answered `RateLimited` for going over `posts_per_s`.
+    posts_rate_limited,
+    /// Connections closed with `RateLimited` for flooding on after being refused.
+    floods_closed,
+    /// Connections closed with `FrameTooLarge` (a length prefix above `max_frame`).
+    frames_too_large,
+    /// Connections closed with `ProtocolViolation` (undecodable bytes, a stream besides the control stream).
+    protocol_violations,
+    /// Requests answered `BadRequest` (e.g. a name empty or longer than `max_name`).
+    bad_requests,
+    /// Posts answered `BodyTooLarge` (above `max_body`).
+    bodies_too_large,
+    /// Joins answered `TooManyRooms` (at `max_rooms`).
+    too_many_rooms,
+    /// Subscribes answered `TooManySubscriptions` (at `max_subscriptions`).
+    too_many_subscriptions,
+    /// Publish claims answered `TooManyChannels` (at `max_publish_channels`).
+    too_many_channels,
+    /// Room streams reset with `SlowConsumer` (more than `room_queue_bytes` waiting for the client).
+    slow_consumer_resets,
+    /// Hellos refused for their token (`TokenRequired`, `TokenMalformed`, `TokenInvalid`, `TokenExpired`,
+    /// `TokenNotYetValid`).
+    tokens_refused,
+    /// Requests answered `PermissionDenied` (outside the token's grants).
+    permission_denied,
+    /// Connections closed with `TokenExpired` because their token's `exp` passed during the session.
+    sessions_expired,
+}
+
+impl ServerStats {
+    /// Counts a refusal (a failure reply, or a close) with `code`, for the codes that mean a limit or the protocol
+    /// was broken. Codes counted where they are decided (`RateLimited`, `TooManyConnections`) and codes that are
+    /// not the peer's doing are not counted here.
+    pub fn refused(&self, code: ErrorCode) {
+        let counter = match code {
+            ErrorCode::HandshakeTimeout => &self.handshake_timeouts,
+            ErrorCode::FrameTooLarge => &self.frames_too_large,
+            ErrorCode::ProtocolViolation => &self.protocol_violations,
+            ErrorCode::BadRequest => &self.bad_requests,
+            ErrorCode::BodyTooLarge => &self.bodies_too_large,
+            ErrorCode::TooManyRooms => &self.too_many_rooms,
+            ErrorCode::TooManySubscriptions => &self.too_many_subscriptions,
+            ErrorCode::TooManyChannels => &self.too_many_channels,
+            ErrorCode::TokenRequired
+            | ErrorCode::TokenMalformed
+            | ErrorCode::TokenInvalid
+            | ErrorCode::TokenExpired
+            | ErrorCode::TokenNotYetValid => &self.tokens_refused,
+            ErrorCode::PermissionDenied => &self.permission_denied,
+            _ => return,
+        };
+        bump(counter);
+    }
+
+    /// [`ServerStats::refused`] for a message about to be sent, if it is a failure reply.
+    pub fn reply(&self, msg: &ServerMsg) {
+        if let ServerMsg::Reply { result: Err(failure), .. } = msg {
+            self.refused(failure.code);
+        }
+    }
 }
 
 /// Adds one to a counter.
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use quiver_proto::Failure;
+
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_by_code() {
+        let stats = ServerStats::default();
+        let refusal = |code| ServerMsg::Reply { req_id: 1, result: Err(Failure::new(code, "no")) };
+        stats.reply(&refusal(ErrorCode::TooManyRooms));
+        stats.reply(&refusal(ErrorCode::TokenExpired));
+        stats.reply(&refusal(ErrorCode::TokenInvalid));
+        // Counted where they are decided, or not the peer's doing: not here.
+        stats.reply(&refusal(ErrorCode::RateLimited));
+        stats.reply(&refusal(ErrorCode::Internal));
+        stats.refused(ErrorCode::FrameTooLarge);
+        let snapshot = stats.snapshot();
+        assert_eq!((snapshot.too_many_rooms, snapshot.tokens_refused, snapshot.frames_too_large), (1, 2, 1));
+        assert_eq!(snapshot.requests_rate_limited + snapshot.posts_rate_limited, 0);
+    }
 }

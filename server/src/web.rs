@@ -42,7 +42,14 @@ pub struct PageInfo {
     pub room: String,
     /// See `room`.
     pub channel: String,
+    /// With the dev key (tokens signed by the server's own key, the default), `/config.json?name=N` also carries a
+    /// dev token for subject N (every right, 24 h), so the page works with no setup. `None` in production: the
+    /// application hands out tokens (the page takes `?token=`).
+    pub dev_tokens_from: Option<std::path::PathBuf>,
 }
+
+/// Validity of the demo page's dev tokens.
+const PAGE_TOKEN_TTL_S: u64 = 24 * 3600;
 
 /// Serves the page on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, info: PageInfo, shutdown: CancellationToken) {
@@ -169,11 +176,12 @@ fn respond(head: &[u8], info: &PageInfo) -> Response {
         .find(|(name, _)| name.trim().eq_ignore_ascii_case("host"))
         .map(|(_, value)| value.trim());
     let path = target.split(['?', '#']).next().unwrap_or("/");
+    let name = query_param(target, "name");
     let mut response = if path == "/config.json" {
         Response {
             status: 200,
             content_type: "application/json",
-            body: config_json(info, host).into_bytes(),
+            body: config_json(info, host, name.as_deref()).into_bytes(),
             head_only: false,
         }
     } else if let Some((_, content_type, body)) = ASSETS.iter().find(|(p, _, _)| *p == path) {
@@ -204,15 +212,52 @@ fn host_name(host: Option<&str>) -> String {
     name.to_string()
 }
 
-fn config_json(info: &PageInfo, host: Option<&str>) -> String {
+fn config_json(info: &PageInfo, host: Option<&str>, name: Option<&str>) -> String {
     let url = format!("https://{}:{}{}", host_name(host), info.udp_port, info.path);
+    let token = info.dev_tokens_from.as_deref().and_then(|dir| {
+        let sub = match name {
+            Some(name) if crate::session::check_name(name, 64).is_ok() => name.to_string(),
+            _ => format!("web-{:08x}", rand::random::<u32>()),
+        };
+        let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let claims = crate::auth::Claims::everything(sub, now_s, PAGE_TOKEN_TTL_S);
+        crate::auth::mint_dev(dir, &claims).map_err(|err| tracing::warn!(%err, "page: cannot mint a dev token")).ok()
+    });
     let config = serde_json::json!({
         "url": url,
         "certHash": info.cert_hash.map(|f| f.to_string()),
         "room": info.room,
         "channel": info.channel,
+        "token": token,
     });
     config.to_string()
+}
+
+/// The percent-decoded value of `key` in `target`'s query string.
+fn query_param(target: &str, key: &str) -> Option<String> {
+    let query = target.split_once('?')?.1.split('#').next()?;
+    let value = query.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == key)?.1;
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The page server's address as bound (for port 0).
@@ -233,6 +278,7 @@ mod tests {
             cert_hash: Some(quiver_certs::sha256(b"cert")),
             room: "lobby".into(),
             channel: "demo.ticks".into(),
+            dev_tokens_from: None,
         }
     }
 
@@ -251,6 +297,22 @@ mod tests {
         assert_eq!(json["url"], "https://127.0.0.1:4433/quiver");
         assert_eq!(json["certHash"], quiver_certs::sha256(b"cert").to_string());
         assert_eq!(json["room"], "lobby");
+    }
+
+    #[test]
+    fn the_dev_server_hands_the_page_a_token_in_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::auth::load_or_generate_dev_key(dir.path()).unwrap();
+        let info = PageInfo { dev_tokens_from: Some(dir.path().into()), ..info() };
+        let config = respond(b"GET /config.json?name=ann%20b HTTP/1.1\r\n\r\n", &info);
+        let json: serde_json::Value = serde_json::from_slice(&config.body).unwrap();
+        let token = json["token"].as_str().unwrap();
+        let auth = crate::auth::Auth::from_config(&crate::auth::AuthConfig::DevKey, dir.path()).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(auth.verify(Some(token), now).unwrap().unwrap().sub, "ann b");
+        assert!(get("GET /config.json HTTP/1.1\r\n\r\n").body.windows(12).any(|w| w == b"\"token\":null"));
+        assert_eq!(query_param("/x?a=1&name=%zz", "name"), None);
+        assert_eq!(query_param("/x?name=a+b&c", "name").as_deref(), Some("a b"));
     }
 
     #[test]

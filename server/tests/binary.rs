@@ -84,3 +84,26 @@ fn cert_without_key_is_a_usage_error() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--key"));
 }
+
+#[test]
+fn token_subcommand_mints_tokens_the_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = server()
+        .args(["token", "--sub", "alice", "--room", "lobby", "--post", "--ttl", "2h", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let auth = quiver_server::auth::Auth::from_config(&quiver_server::auth::AuthConfig::DevKey, dir.path()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = auth.verify(Some(token.trim()), now).unwrap().unwrap();
+    assert_eq!(claims.sub, "alice");
+    assert!((7100..=7200).contains(&(claims.exp - now)), "2 h");
+    assert!(claims.may_room("lobby", quiver_server::auth::RoomRight::Post));
+    assert!(!claims.may_room("other", quiver_server::auth::RoomRight::Join));
+    assert!(!claims.may_channel("prices", quiver_server::auth::ChannelRight::Subscribe));
+    let bad = server().args(["token", "--sub", "x", "--ttl", "5y", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown unit"), "a clear error");
+}

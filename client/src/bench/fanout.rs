@@ -16,7 +16,7 @@ use super::series::{parse, payload, Schedule};
 use crate::{
     impair::{ImpairmentProfile, Relay, RelayConfig},
     latency::{LatencyRecorder, LatencySummary},
-    Client, ConnectOptions, RoomEvent, TrustOptions,
+    Client, ConnectOptions, RoomEvent, TokenProvider, TrustOptions,
 };
 
 /// Settings of a fan-out run.
@@ -38,6 +38,8 @@ pub struct FanoutConfig {
     pub profile: Option<ImpairmentProfile>,
     /// An external Quiver server and how to trust it; `None` runs one in-process.
     pub server: Option<(String, TrustOptions)>,
+    /// Tokens for an external server (the in-process one is given dev tokens).
+    pub token: Option<TokenProvider>,
 }
 
 /// The outcome of a fan-out run.
@@ -97,14 +99,14 @@ pub async fn run_fanout(config: FanoutConfig, progress: impl Fn(&str)) -> Result
     let stop = CancellationToken::new();
     let _stop_server = stop.clone().drop_guard();
     let data_dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-    let (mut target, trust) = match &config.server {
+    let (mut target, trust, token) = match &config.server {
         Some((addr, trust)) => {
             let resolved = tokio::net::lookup_host(addr)
                 .await
                 .map_err(|e| format!("{addr}: {e}"))?
                 .next()
                 .ok_or_else(|| format!("{addr}: no address"))?;
-            (resolved, trust.clone())
+            (resolved, trust.clone(), config.token.clone())
         }
         None => {
             let addr = "127.0.0.1:0".parse().map_err(|_| "address")?;
@@ -113,7 +115,8 @@ pub async fn run_fanout(config: FanoutConfig, progress: impl Fn(&str)) -> Result
             let pin = server.fingerprint();
             let local = server.local_addr();
             tokio::spawn(server.run(stop.clone()));
-            (local, TrustOptions::Pin(pin))
+            let dev = TokenProvider::dev(data_dir.path().to_owned(), format!("bench-{:08x}", rand::random::<u32>()));
+            (local, TrustOptions::Pin(pin), Some(dev))
         }
     };
     // Names of this run only, so runs against a shared server do not see each other's traffic.
@@ -135,7 +138,8 @@ pub async fn run_fanout(config: FanoutConfig, progress: impl Fn(&str)) -> Result
         _ => None,
     };
     let connect = || async {
-        let options = ConnectOptions { trust: trust.clone(), ..ConnectOptions::default() };
+        let options =
+            ConnectOptions { trust: trust.clone(), token_provider: token.clone(), ..ConnectOptions::default() };
         Client::connect_with(&target.to_string(), options).await.map_err(|e| e.to_string())
     };
     progress("connecting subscribers");

@@ -16,7 +16,7 @@ use quiver_server::net::transport::TransportTuning;
 
 use crate::{
     impair::{ImpairmentProfile, Relay, RelayConfig},
-    Client, ConnectOptions, RoomEvent, TrustOptions,
+    Client, ConnectOptions, RoomEvent, TokenProvider, TrustOptions,
 };
 
 /// Settings of a round-trip run.
@@ -36,6 +36,8 @@ pub struct RttConfig {
     pub profile: Option<ImpairmentProfile>,
     /// An external Quiver server and how to trust it; `None` runs one in-process.
     pub server: Option<(String, TrustOptions)>,
+    /// Tokens for an external server (the in-process one is given dev tokens).
+    pub token: Option<TokenProvider>,
     /// Transport settings of the in-process Quiver server and the Quiver clients (the baselines keep quinn's).
     pub tuning: TransportTuning,
 }
@@ -43,6 +45,7 @@ pub struct RttConfig {
 struct Targets {
     quiver: SocketAddr,
     quiver_trust: TrustOptions,
+    quiver_token: Option<TokenProvider>,
     udp: SocketAddr,
     quinn: SocketAddr,
     quinn_pin: Fingerprint,
@@ -63,6 +66,7 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str)) -> Result<Repor
     let view = Arc::new(TargetsView {
         quiver: targets.quiver.to_string(),
         quiver_trust: targets.quiver_trust.clone(),
+        quiver_token: targets.quiver_token.clone(),
         udp: targets.udp,
         quinn: targets.quinn,
         quinn_pin: targets.quinn_pin,
@@ -102,6 +106,7 @@ type BoxedSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Ser
 struct TargetsView {
     quiver: String,
     quiver_trust: TrustOptions,
+    quiver_token: Option<TokenProvider>,
     udp: SocketAddr,
     quinn: SocketAddr,
     quinn_pin: Fingerprint,
@@ -114,14 +119,14 @@ async fn start_targets(config: &RttConfig) -> Result<Targets, String> {
     let (cert, _) = quiver_certs::dev::load_or_generate(data_dir.path(), std::time::SystemTime::now())
         .map_err(|e| e.to_string())?;
     let quinn_pin = cert.fingerprint();
-    let (quiver, quiver_trust, data_dir) = match &config.server {
+    let (quiver, quiver_trust, quiver_token, data_dir) = match &config.server {
         Some((addr, trust)) => {
             let addr = tokio::net::lookup_host(addr)
                 .await
                 .map_err(|e| format!("{addr}: {e}"))?
                 .next()
                 .ok_or_else(|| format!("{addr}: no address"))?;
-            (addr, trust.clone(), data_dir)
+            (addr, trust.clone(), config.token.clone(), data_dir)
         }
         None => {
             let server_config = quiver_server::ServerConfig {
@@ -134,7 +139,9 @@ async fn start_targets(config: &RttConfig) -> Result<Targets, String> {
             let server = quiver_server::Server::bind(server_config).map_err(|e| e.to_string())?;
             let addr = server.local_addr();
             tokio::spawn(server.run(stop.clone()));
-            (addr, TrustOptions::Pin(quinn_pin), data_dir)
+            let sub = format!("bench-{:08x}", rand::random::<u32>());
+            let token = TokenProvider::dev(data_dir.path().to_owned(), sub);
+            (addr, TrustOptions::Pin(quinn_pin), Some(token), data_dir)
         }
     };
     let udp = echo::udp_echo(stop.clone()).await.map_err(|e| format!("UDP echo: {e}"))?;
@@ -158,7 +165,17 @@ async fn start_targets(config: &RttConfig) -> Result<Targets, String> {
         }
     };
     let (quiver, udp, quinn) = (via(quiver)?, via(udp)?, via(quinn)?);
-    Ok(Targets { quiver, quiver_trust, udp, quinn, quinn_pin, _relays: relays, _data_dir: Some(data_dir), stop })
+    Ok(Targets {
+        quiver,
+        quiver_trust,
+        quiver_token,
+        udp,
+        quinn,
+        quinn_pin,
+        _relays: relays,
+        _data_dir: Some(data_dir),
+        stop,
+    })
 }
 
 fn schedule(config: &RttConfig, start: Instant) -> Schedule {
@@ -317,6 +334,7 @@ async fn quinn_series(
 async fn quiver_client(targets: &TargetsView) -> Result<Client, String> {
     let options = ConnectOptions {
         trust: targets.quiver_trust.clone(),
+        token_provider: targets.quiver_token.clone(),
         tuning: targets.tuning.clone(),
         ..ConnectOptions::default()
     };

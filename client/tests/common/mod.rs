@@ -58,6 +58,11 @@ impl TestServer {
         TrustOptions::Auto { data_dir: self.data_dir.path().to_owned() }
     }
 
+    /// A token for `sub` with every right, signed with this server's dev key.
+    pub fn token(&self, sub: &str) -> String {
+        dev_token(self.data_dir.path(), sub)
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(&self.addr.to_string(), self.trust()).await.unwrap()
     }
@@ -78,6 +83,12 @@ impl TestServer {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("server stops in time").unwrap();
     }
+}
+
+/// A token for `sub` with every right for an hour, signed with the dev key in `data_dir`.
+pub fn dev_token(data_dir: &std::path::Path, sub: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    quiver_server::auth::mint_dev(data_dir, &quiver_server::auth::Claims::everything(sub, now, 3600)).unwrap()
 }
 
 /// Reads one server message from a raw control stream.

@@ -17,6 +17,8 @@ const LIMITS = {
   max_frame: DEFAULT_MAX_FRAME, max_body: 16384, max_name: 128, max_rooms: 64, max_subscriptions: 256,
   max_publish_channels: 64, room_queue_bytes: 262144, handshake_timeout_ms: 10000, history_max_messages: 1000,
   history_max_age_s: 86400, gap_replay: 100, dedupe_window_s: 600, dedupe_max_entries: 10000,
+  max_connections: 10000, max_connections_per_ip: 256, new_connections_per_s_per_ip: 100, requests_per_s: 5000,
+  posts_per_s: 2000, ticks_per_s: 10000,
 };
 
 /** A readable stream and the function that feeds it. */

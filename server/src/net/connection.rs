@@ -18,6 +18,7 @@ use web_transport_quinn::{SendStream, Session};
 use crate::{
     hub::{ticks::TickHub, RoomHub},
     net::{
+        admit::Admitted,
         close::{close_session as close, describe_session},
         probe::TailProbe,
         rooms::ConnectionRooms,
@@ -25,7 +26,8 @@ use crate::{
         webtransport,
     },
     session::{ControlSession, Step},
-    stats::ServerStats,
+    stats::{bump, ServerStats},
+    throttle::ControlThrottle,
     ServerConfig,
 };
 
@@ -36,13 +38,19 @@ pub(super) struct Shared<H> {
     pub(super) hub: Arc<H>,
     pub(super) ticks: Arc<dyn TickHub>,
     pub(super) stats: Arc<ServerStats>,
+    pub(super) auth: Arc<crate::auth::Auth>,
 }
 
 /// How long a refusal's reply (or a GoAway) may take to reach the peer before the connection is closed anyway.
 const FLUSH_BEFORE_CLOSE: Duration = Duration::from_millis(500);
 
-pub(super) async fn serve<H: RoomHub>(incoming: quinn::Incoming, shared: Shared<H>, shutdown: CancellationToken) {
-    let Shared { config, hub, ticks, stats } = shared;
+pub(super) async fn serve<H: RoomHub>(
+    incoming: quinn::Incoming,
+    admitted: Admitted,
+    shared: Shared<H>,
+    shutdown: CancellationToken,
+) {
+    let Shared { config, hub, ticks, stats, auth } = shared;
     let remote = incoming.remote_address();
     let deadline = Instant::now() + Duration::from_millis(u64::from(config.limits.handshake_timeout_ms));
     let connecting = match incoming.accept() {
@@ -52,7 +60,10 @@ pub(super) async fn serve<H: RoomHub>(incoming: quinn::Incoming, shared: Shared<
     let conn = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(err)) => return tracing::debug!(%remote, %err, "handshake failed"),
-        Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
+        Err(_) => {
+            stats.refused(ErrorCode::HandshakeTimeout);
+            return tracing::debug!(%remote, "TLS handshake timed out");
+        }
     };
     let session_id = rand::random::<u64>();
     let span = tracing::info_span!("conn", session = %format_args!("{session_id:016x}"), %remote);
@@ -66,13 +77,22 @@ pub(super) async fn serve<H: RoomHub>(incoming: quinn::Incoming, shared: Shared<
             Session::raw(conn)
         };
         tracing::debug!(webtransport = conn.request().is_some(), "connected");
+        // Over a connection limit: closed only now, so that the client sees the code and why.
+        let _slot = match admitted {
+            Admitted::Serve(slot) => slot,
+            Admitted::TooMany(reason) => {
+                close(&conn, ErrorCode::TooManyConnections, &reason);
+                return tracing::info!(%reason, "connection refused");
+            }
+        };
         let probing = conn.clone();
         let (probe, _probe_task) = TailProbe::start(config.tuning.tail_probe, move || {
             probing.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_ok()
         });
-        let mut rooms = ConnectionRooms::new(hub, config.limits.clone(), probe);
-        let mut ticks = ConnectionTicks::start(&conn, ticks, config.limits.clone(), stats);
-        let reason = control(&conn, &config, &mut rooms, &mut ticks, session_id, deadline, &shutdown).await;
+        let mut rooms = ConnectionRooms::new(hub, config.limits.clone(), probe, stats.clone());
+        let mut ticks = ConnectionTicks::start(&conn, ticks, config.limits.clone(), stats.clone());
+        let session = ControlSession::new(session_id, config.limits.clone(), auth);
+        let reason = control(&conn, &config, &stats, &mut rooms, &mut ticks, session, deadline, &shutdown).await;
         ticks.stop().await;
         rooms.leave_all(now_us()).await;
         tracing::info!(%reason, "connection ended");
@@ -91,12 +111,14 @@ fn now_us() -> u64 {
 }
 
 /// Serves the control stream; returns why the connection ended (for the log). The connection is closed on return.
+#[allow(clippy::too_many_arguments)] // the connection's parts, each owned by `serve`
 async fn control<H: RoomHub>(
     conn: &Session,
     config: &ServerConfig,
+    stats: &Arc<ServerStats>,
     rooms: &mut ConnectionRooms<H>,
     ticks: &mut ConnectionTicks,
-    session_id: u64,
+    mut session: ControlSession,
     hello_deadline: Instant,
     shutdown: &CancellationToken,
 ) -> String {
@@ -107,19 +129,29 @@ async fn control<H: RoomHub>(
             Err(err) => return format!("closed before opening the control stream: {}", describe_session(&err).1),
         },
         () = tokio::time::sleep_until(hello_deadline) => {
+            stats.refused(ErrorCode::HandshakeTimeout);
             close(conn, ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
             return "handshake timeout".into();
         }
         () = shutdown.cancelled() => return going_away(conn, None).await,
     };
-    let _refuse = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(refuse_other_streams(conn.clone())));
+    let refuse = refuse_other_streams(conn.clone(), stats.clone());
+    let _refuse = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(refuse));
+    let mut throttle = ControlThrottle::new(&config.limits, stats.clone(), Instant::now().into_std());
     let codec = FrameCodec::new(config.limits.max_frame as usize);
-    let mut session = ControlSession::new(session_id, config.limits.clone());
     let mut inbound = BytesMut::new();
     let mut outbound = BytesMut::new();
     loop {
         let awaiting_hello = session.identity().is_none();
+        // A token's `exp` ends the session: the client reconnects with a fresh token (docs/security.md).
+        let expires =
+            session.expires_us().map(|exp| Instant::now() + Duration::from_micros(exp.saturating_sub(now_us())));
         tokio::select! {
+            () = tokio::time::sleep_until(expires.unwrap_or(hello_deadline)), if expires.is_some() => {
+                bump(&stats.sessions_expired);
+                close(conn, ErrorCode::TokenExpired, "the access token expired; reconnect with a fresh one");
+                return "token expired".into();
+            }
             chunk = recv.read_chunk(usize::MAX, true) => match chunk {
                 Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
                 Ok(None) => {
@@ -133,32 +165,41 @@ async fn control<H: RoomHub>(
                 Err(err) => return format!("control stream: {err}"),
             },
             () = tokio::time::sleep_until(hello_deadline), if awaiting_hello => {
+                stats.refused(ErrorCode::HandshakeTimeout);
                 close(conn, ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
                 return "handshake timeout".into();
             }
             () = shutdown.cancelled() => return going_away(conn, Some(&mut send)).await,
         }
-        while let Some(step) = match next_step(&codec, &mut inbound, &mut session) {
+        while let Some(step) = match next_step(&codec, &mut inbound, &mut session, &mut throttle) {
             Ok(step) => step,
             Err((code, reason)) => {
+                stats.refused(code);
                 close(conn, code, &reason);
                 return format!("protocol error: {reason}");
             }
         } {
             match step {
-                Step::Reply(msg) => encode(&codec, &msg, &mut outbound),
+                Step::Reply(msg) => {
+                    stats.reply(&msg);
+                    encode(&codec, &msg, &mut outbound);
+                }
                 Step::ReplyAndClose(msg, code, reason) => {
+                    stats.reply(&msg);
                     encode(&codec, &msg, &mut outbound);
                     flush_and_close(conn, &mut send, &outbound, code, &reason).await;
                     return format!("refused: {reason}");
                 }
                 Step::Room { req_id, identity, request } => {
                     let result = rooms.handle(conn, &identity, request, now_us()).await;
-                    encode(&codec, &ServerMsg::Reply { req_id, result }, &mut outbound);
+                    let msg = ServerMsg::Reply { req_id, result };
+                    stats.reply(&msg);
+                    encode(&codec, &msg, &mut outbound);
                 }
                 Step::Tick { req_id, request } => {
-                    let result = ticks.handle(request);
-                    encode(&codec, &ServerMsg::Reply { req_id, result }, &mut outbound);
+                    let msg = ServerMsg::Reply { req_id, result: ticks.handle(request) };
+                    stats.reply(&msg);
+                    encode(&codec, &msg, &mut outbound);
                 }
             }
         }
@@ -174,26 +215,31 @@ async fn control<H: RoomHub>(
 
 /// Clients open one stream, the control stream; any other is a protocol violation. (The endpoint grants a few
 /// more than one because a browser's HTTP/3 needs them; web-transport-quinn consumes those itself.)
-async fn refuse_other_streams(conn: Session) {
+async fn refuse_other_streams(conn: Session, stats: Arc<ServerStats>) {
     let what = tokio::select! {
         Ok(_) = conn.accept_bi() => "a second bidirectional stream",
         Ok(_) = conn.accept_uni() => "a unidirectional stream",
         else => return,
     };
     tracing::info!("client opened {what}");
+    stats.refused(ErrorCode::ProtocolViolation);
     close(&conn, ErrorCode::ProtocolViolation, &format!("clients open one stream, the control stream, not {what}"));
 }
 
-/// Decodes the next whole request in `inbound` and runs it through the session. `Ok(None)`: wait for more bytes.
-/// `Err`: the peer broke the protocol; close with this code and reason.
+/// Decodes the next whole request in `inbound` and runs it through the throttle, then the session. `Ok(None)`:
+/// wait for more bytes. `Err`: the peer broke the protocol; close with this code and reason.
 fn next_step(
     codec: &FrameCodec,
     inbound: &mut BytesMut,
     session: &mut ControlSession,
+    throttle: &mut ControlThrottle,
 ) -> Result<Option<Step>, (ErrorCode, String)> {
     let Some(body) = codec.next_frame(inbound).map_err(|e| (e.code(), e.to_string()))? else { return Ok(None) };
     match frame::decode_body::<Request>(&body) {
-        Ok(request) => Ok(Some(session.on_request(request, now_us()))),
+        Ok(request) => Ok(Some(match throttle.check(&request, std::time::Instant::now()) {
+            Some(refusal) => refusal,
+            None => session.on_request(request, now_us()),
+        })),
         Err(err) => match frame::peek_hello(&body) {
             // A Hello of another protocol version need not decode as ours: refuse it for its version.
             Some(hello) if session.identity().is_none() && hello.version != PROTOCOL_VERSION => {

@@ -22,6 +22,9 @@ pub enum ServerError {
     /// The configured limits contradict each other.
     #[error("limits: {0}")]
     Limits(String),
+    /// The token keys could not be loaded or generated.
+    #[error("access tokens: {0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, Fingerprint), ServerError> {

@@ -1,6 +1,7 @@
 //! The only part of the server that touches quinn: binding the endpoint, the accept loop, one task per connection,
 //! and the mapping of errors to close codes.
 
+mod admit;
 pub mod close;
 mod connection;
 mod endpoint;
@@ -41,6 +42,9 @@ pub struct Server<H = LocalHub> {
     hub: Arc<H>,
     ticks: Arc<dyn TickHub>,
     stats: Arc<ServerStats>,
+    auth: Arc<crate::auth::Auth>,
+    /// Connection counts and rates per source address (`max_connections*`, `new_connections_per_s_per_ip`).
+    admission: Arc<std::sync::Mutex<crate::admission::Admission>>,
 }
 
 impl Server<LocalHub> {
@@ -59,9 +63,29 @@ impl<H: RoomHub> Server<H> {
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
         let page = config.web.http.map(crate::web::bind).transpose().map_err(ServerError::Bind)?;
         let page_addr = page.as_ref().map(|l| l.local_addr()).transpose().map_err(ServerError::Bind)?;
+        let auth = Arc::new(crate::auth::Auth::from_config(&config.auth, &config.data_dir)?);
+        if matches!(config.auth, crate::auth::AuthConfig::Anonymous) {
+            tracing::warn!(
+                "ANONYMOUS ACCESS: no tokens required; anyone who reaches this server may join, post and publish"
+            );
+        }
         let ticks: Arc<dyn TickHub> = Arc::new(LocalTicks::default());
         let stats = Arc::new(ServerStats::default());
-        Ok(Server { endpoint, local_addr, page, page_addr, fingerprint, config: Arc::new(config), hub, ticks, stats })
+        let admission = crate::admission::Admission::new(&config.limits, std::time::Instant::now());
+        let admission = Arc::new(std::sync::Mutex::new(admission));
+        Ok(Server {
+            endpoint,
+            local_addr,
+            page,
+            page_addr,
+            fingerprint,
+            config: Arc::new(config),
+            hub,
+            ticks,
+            stats,
+            auth,
+            admission,
+        })
     }
 
     /// The server's counters (keep the handle: it stays valid while and after the server runs).
@@ -103,6 +127,8 @@ impl<H: RoomHub> Server<H> {
                         // What the README's `quiver chat --room lobby` and `quiver tick pub --channel prices` use.
                         room: "lobby".into(),
                         channel: "prices".into(),
+                        dev_tokens_from: matches!(self.config.auth, crate::auth::AuthConfig::DevKey)
+                            .then(|| self.config.data_dir.clone()),
                     };
                     tasks.spawn(crate::web::serve(listener, info, shutdown.clone()));
                 }
@@ -113,6 +139,10 @@ impl<H: RoomHub> Server<H> {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
+                    // Retries and refusals are answered here, without a task.
+                    let Some((incoming, admitted)) = admit::admit(incoming, &self.admission, &self.stats) else {
+                        continue;
+                    };
                     let config = self.config.clone();
                     let shutdown = shutdown.child_token();
                     let shared = connection::Shared {
@@ -120,8 +150,9 @@ impl<H: RoomHub> Server<H> {
                         hub: self.hub.clone(),
                         ticks: self.ticks.clone(),
                         stats: self.stats.clone(),
+                        auth: self.auth.clone(),
                     };
-                    tasks.spawn(connection::serve(incoming, shared, shutdown));
+                    tasks.spawn(connection::serve(incoming, admitted, shared, shutdown));
                 }
                 () = shutdown.cancelled() => break,
             }

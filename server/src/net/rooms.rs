@@ -20,6 +20,7 @@ use crate::{
     hub::{JoinRoom, Outbox, RoomHub, SubscriberId},
     net::probe::TailProbe,
     session::RoomRequest,
+    stats::{bump, ServerStats},
 };
 
 /// How long opening a room stream may wait for the client to grant a stream slot.
@@ -164,7 +165,7 @@ fn next(outbox: &StreamOutbox) -> Next {
 /// Moves queued frames from `outbox` to the room stream until the room is left (finish), the subscriber
 /// overflows (reset with `SlowConsumer`), the connection ends, or `stop` is cancelled. Between backlogs the
 /// stream is parked in the outbox for direct writes.
-async fn pump(outbox: Arc<StreamOutbox>, stop: CancellationToken) {
+async fn pump(outbox: Arc<StreamOutbox>, stop: CancellationToken, stats: Arc<ServerStats>) {
     let mut send = loop {
         let (batch, mut send) = match next(&outbox) {
             Next::Drain(batch, send) => (batch, send),
@@ -193,6 +194,7 @@ async fn pump(outbox: Arc<StreamOutbox>, stop: CancellationToken) {
         }
         lock(&outbox.queue).send = Some(send);
     };
+    bump(&stats.slow_consumer_resets);
     let _ = send.reset(ErrorCode::SlowConsumer.to_u32());
 }
 
@@ -209,17 +211,19 @@ pub(crate) struct ConnectionRooms<H> {
     limits: Limits,
     joined: HashMap<String, JoinedRoom>,
     probe: Arc<TailProbe>,
+    stats: Arc<ServerStats>,
     pumps: TaskTracker,
     stop: CancellationToken,
 }
 
 impl<H: RoomHub> ConnectionRooms<H> {
-    pub(crate) fn new(hub: Arc<H>, limits: Limits, probe: Arc<TailProbe>) -> Self {
+    pub(crate) fn new(hub: Arc<H>, limits: Limits, probe: Arc<TailProbe>, stats: Arc<ServerStats>) -> Self {
         ConnectionRooms {
             hub,
             limits,
             joined: HashMap::new(),
             probe,
+            stats,
             pumps: TaskTracker::new(),
             stop: CancellationToken::new(),
         }
@@ -263,7 +267,7 @@ impl<H: RoomHub> ConnectionRooms<H> {
                     }
                 };
                 let outbox = StreamOutbox::new(send, self.limits.room_queue_bytes as usize, self.probe.clone());
-                self.pumps.spawn(pump(outbox.clone(), self.stop.clone()));
+                self.pumps.spawn(pump(outbox.clone(), self.stop.clone(), self.stats.clone()));
                 let request = JoinRoom {
                     room: join.room.clone(),
                     identity: identity.to_string(),

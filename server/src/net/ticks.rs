@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, RwLock},
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use bytes::{BufMut, BytesMut};
@@ -20,6 +20,7 @@ use crate::{
         conflate::{Conflation, Offered},
         ticks::{Tick, TickHub, TickSink, TickSubscriberId},
     },
+    rate::TokenBucket,
     session::TickRequest,
     stats::{bump, ServerStats},
 };
@@ -118,14 +119,17 @@ async fn send_ticks(conn: Session, sink: Arc<DatagramSink>, stop: CancellationTo
     }
 }
 
-/// Reads datagrams: ticks on claimed channels are published, anything else is counted and dropped.
+/// Reads datagrams: ticks on claimed channels are published up to `ticks_per_s`, anything else is counted and
+/// dropped.
 async fn read_ticks(
     conn: Session,
     hub: Arc<dyn TickHub>,
     ids: Arc<RwLock<ChannelIds>>,
     stats: Arc<ServerStats>,
+    ticks_per_s: u32,
     stop: CancellationToken,
 ) {
+    let mut rate = TokenBucket::per_second(ticks_per_s, Instant::now());
     loop {
         let datagram = tokio::select! {
             datagram = conn.read_datagram() => match datagram {
@@ -155,6 +159,10 @@ async fn read_ticks(
                 }
             }
         };
+        if !rate.try_take(Instant::now()) {
+            bump(&stats.ticks_rate_limited);
+            continue;
+        }
         hub.publish(&channel, header.sent_time_us, now_us(), payload);
         bump(&stats.ticks_published);
     }
@@ -207,7 +215,7 @@ impl ConnectionTicks {
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         tasks.spawn(send_ticks(conn.clone(), sink.clone(), stop.clone()));
-        tasks.spawn(read_ticks(conn.clone(), hub.clone(), ids.clone(), stats, stop.clone()));
+        tasks.spawn(read_ticks(conn.clone(), hub.clone(), ids.clone(), stats, limits.ticks_per_s, stop.clone()));
         ConnectionTicks { hub, limits, ids, subscriptions: HashMap::new(), sink, tasks, stop }
     }
 

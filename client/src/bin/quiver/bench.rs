@@ -100,6 +100,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
         duration: seconds("duration", args.duration)?,
         warmup: seconds("warmup", args.warmup)?,
         profile: (!profile.is_clean()).then_some(profile),
+        token: args.server.as_ref().and(args.trust.token_provider(None)),
         server: args.server.map(|server| (server, args.trust.trust())),
     };
     eprintln!(
@@ -149,6 +150,7 @@ async fn rtt(args: RttArgs) -> Result<(), String> {
         duration: seconds("duration", args.duration)?,
         warmup: seconds("warmup", args.warmup)?,
         profile: (!profile.is_clean()).then_some(profile),
+        token: args.server.as_ref().and(args.trust.token_provider(None)),
         server: args.server.map(|server| (server, args.trust.trust())),
         tuning: quiver_server::net::transport::TransportTuning::named(&args.tuning)?,
     };

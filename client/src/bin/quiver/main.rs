@@ -48,9 +48,13 @@ pub(crate) struct TrustArgs {
     /// Trust certificates issued by the CA(s) in this PEM file.
     #[arg(long)]
     ca: Option<PathBuf>,
-    /// The server's data directory: for a server on this machine, its dev certificate is trusted.
+    /// The server's data directory: for a server on this machine, its dev certificate is trusted and, without
+    /// --token, a dev token is minted with its dev key.
     #[arg(long, default_value = ".quiver")]
     data_dir: PathBuf,
+    /// Access token (JWT), e.g. from `quiver-server token --sub NAME`.
+    #[arg(long)]
+    token: Option<String>,
 }
 
 impl TrustArgs {
@@ -59,6 +63,21 @@ impl TrustArgs {
             (Some(pin), _) => TrustOptions::Pin(*pin),
             (None, Some(ca)) => TrustOptions::CaFile(ca.clone()),
             (None, None) => TrustOptions::Auto { data_dir: self.data_dir.clone() },
+        }
+    }
+
+    /// The token, or a dev-token provider when the data directory holds the server's dev key (whatever the trust).
+    pub(crate) fn token_provider(&self, name: Option<&str>) -> Option<quiver_client::TokenProvider> {
+        match &self.token {
+            Some(token) => {
+                let token = token.clone();
+                Some(quiver_client::TokenProvider::new(move || Ok(token.clone())))
+            }
+            None if quiver_server::auth::dev_key_exists(&self.data_dir) => {
+                let sub = name.map_or_else(|| format!("dev-{:08x}", rand::random::<u32>()), str::to_string);
+                Some(quiver_client::TokenProvider::dev(self.data_dir.clone(), sub))
+            }
+            None => None,
         }
     }
 }
@@ -79,7 +98,8 @@ impl ServerArgs {
     }
 
     pub(crate) async fn connect_as(&self, name: Option<String>) -> Result<Client, String> {
-        let options = ConnectOptions { trust: self.trust.trust(), name, ..ConnectOptions::default() };
+        let token_provider = self.trust.token_provider(name.as_deref());
+        let options = ConnectOptions { trust: self.trust.trust(), name, token_provider, ..ConnectOptions::default() };
         Client::connect_with(&self.server, options).await.map_err(|e| format!("cannot connect to {}: {e}", self.server))
     }
 }

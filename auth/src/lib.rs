@@ -1,0 +1,418 @@
+//! Quiver access tokens: JWTs (HS256 or EdDSA/Ed25519) carried in Hello. A token names its subject (`sub`, the identity
+//! used for presence and post deduplication), its validity (`exp`, optional `nbf`, seconds since the Unix epoch)
+//! and its grants: room patterns with `join` / `post` rights and channel patterns with `subscribe` / `publish`
+//! rights. Patterns are dot-separated; `*` matches exactly one segment and a final `**` one or more (so `**`
+//! alone matches every name).
+//!
+//! ```json
+//! {"sub": "alice", "exp": 1767225600, "rooms": {"lobby": ["join", "post"], "game.*": ["join"]},
+//!  "channels": {"prices.**": ["subscribe"]}}
+//! ```
+//!
+//! Verification is sans-IO: the caller passes the time, so expiry is tested without waiting.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use quiver_proto::{ErrorCode, Failure};
+use serde::{Deserialize, Serialize};
+
+/// A room right a token can grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomRight {
+    /// Join the room (receive its messages and presence) and read its history.
+    Join,
+    /// Post to it.
+    Post,
+}
+
+/// A channel right a token can grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelRight {
+    /// Receive its ticks.
+    Subscribe,
+    /// Publish ticks on it.
+    Publish,
+}
+
+/// A token's claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The subject: the client's identity.
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Not valid before, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Room pattern → rights.
+    #[serde(default)]
+    pub rooms: BTreeMap<String, Vec<RoomRight>>,
+    /// Channel pattern → rights.
+    #[serde(default)]
+    pub channels: BTreeMap<String, Vec<ChannelRight>>,
+}
+
+impl Claims {
+    /// Every right on every room and channel, for `ttl_s` seconds from `now_s`.
+    pub fn everything(sub: impl Into<String>, now_s: u64, ttl_s: u64) -> Claims {
+        Claims {
+            sub: sub.into(),
+            exp: now_s.saturating_add(ttl_s),
+            nbf: None,
+            rooms: BTreeMap::from([("**".to_string(), vec![RoomRight::Join, RoomRight::Post])]),
+            channels: BTreeMap::from([("**".to_string(), vec![ChannelRight::Subscribe, ChannelRight::Publish])]),
+        }
+    }
+
+    /// True if some room pattern matching `room` grants `right`.
+    pub fn may_room(&self, room: &str, right: RoomRight) -> bool {
+        self.rooms.iter().any(|(pattern, rights)| rights.contains(&right) && pattern_matches(pattern, room))
+    }
+
+    /// True if some channel pattern matching `channel` grants `right`.
+    pub fn may_channel(&self, channel: &str, right: ChannelRight) -> bool {
+        self.channels.iter().any(|(pattern, rights)| rights.contains(&right) && pattern_matches(pattern, channel))
+    }
+}
+
+/// Whether `name` matches `pattern` (dot-separated segments; `*` one segment; a final `**` one or more).
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let mut pattern = pattern.split('.');
+    let mut name = name.split('.');
+    loop {
+        match (pattern.next(), name.next()) {
+            (Some("**"), Some(_)) => return pattern.next().is_none(),
+            (Some("*"), Some(_)) => {}
+            (Some(p), Some(n)) if p == n => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// A key tokens may be signed with.
+#[derive(Clone)]
+pub enum TokenKey {
+    /// HMAC-SHA256 shared secret.
+    Hs256(Vec<u8>),
+    /// Ed25519 public key (EdDSA), as PEM.
+    Ed25519Pem(Vec<u8>),
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenKey::Hs256(_) => f.write_str("Hs256(<secret>)"),
+            TokenKey::Ed25519Pem(_) => f.write_str("Ed25519Pem(<public key>)"),
+        }
+    }
+}
+
+/// How clients are admitted.
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    /// Tokens required, signed with the HS256 key in the data directory (generated when missing). The default:
+    /// `quiver-server token` and same-machine clients mint tokens with it.
+    DevKey,
+    /// Tokens required, verified with these keys (production).
+    Keys(Vec<TokenKey>),
+    /// No tokens: anyone may connect, do anything, and name themselves (`--allow-anonymous`; demos only).
+    Anonymous,
+}
+
+/// Verifies tokens; built once per server.
+pub enum Auth {
+    /// No tokens.
+    Anonymous,
+    /// Tokens required.
+    Tokens(Vec<(Algorithm, DecodingKey)>),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Anonymous => f.write_str("Auth::Anonymous"),
+            Auth::Tokens(keys) => write!(f, "Auth::Tokens({} keys)", keys.len()),
+        }
+    }
+}
+
+/// The dev signing key's file in the data directory.
+pub const DEV_KEY_FILE: &str = "token-hs256.key";
+
+/// Why auth could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Reading or writing a key file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A key file holds no usable key.
+    #[error("{path}: {reason}")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Auth {
+    /// Builds the verifier for `config`, generating the dev key in `data_dir` when needed.
+    pub fn from_config(config: &AuthConfig, data_dir: &Path) -> Result<Auth, AuthError> {
+        let keys = match config {
+            AuthConfig::Anonymous => return Ok(Auth::Anonymous),
+            AuthConfig::DevKey => vec![TokenKey::Hs256(load_or_generate_dev_key(data_dir)?)],
+            AuthConfig::Keys(keys) => keys.clone(),
+        };
+        let mut decoding = Vec::new();
+        for key in keys {
+            decoding.push(match key {
+                TokenKey::Hs256(secret) => (Algorithm::HS256, DecodingKey::from_secret(&secret)),
+                TokenKey::Ed25519Pem(pem) => (
+                    Algorithm::EdDSA,
+                    DecodingKey::from_ed_pem(&pem).map_err(|e| AuthError::BadKey {
+                        path: PathBuf::from("(Ed25519 public key)"),
+                        reason: e.to_string(),
+                    })?,
+                ),
+            });
+        }
+        Ok(Auth::Tokens(decoding))
+    }
+
+    /// Checks Hello's token at `now_s`. `Ok(None)`: anonymous server, no grants to check.
+    pub fn verify(&self, token: Option<&str>, now_s: u64) -> Result<Option<Claims>, Failure> {
+        let keys = match self {
+            Auth::Anonymous => return Ok(None),
+            Auth::Tokens(keys) => keys,
+        };
+        let token = token.ok_or_else(|| Failure::new(ErrorCode::TokenRequired, "this server requires a token"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| Failure::new(ErrorCode::TokenMalformed, format!("token header: {e}")))?;
+        let mut last =
+            Failure::new(ErrorCode::TokenInvalid, format!("tokens signed with {:?} are not accepted here", header.alg));
+        for (alg, key) in keys.iter().filter(|(alg, _)| *alg == header.alg) {
+            let mut validation = Validation::new(*alg);
+            // Time is checked below against the caller's clock (sans-IO), not jsonwebtoken's.
+            validation.validate_exp = false;
+            validation.validate_nbf = false;
+            validation.required_spec_claims = ["sub", "exp"].iter().map(|s| s.to_string()).collect();
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => return check_time(data.claims, now_s).map(Some),
+                Err(err) => last = token_failure(err.kind()),
+            }
+        }
+        Err(last)
+    }
+}
+
+fn check_time(claims: Claims, now_s: u64) -> Result<Claims, Failure> {
+    if claims.exp <= now_s {
+        return Err(Failure::new(ErrorCode::TokenExpired, format!("token expired {} s ago", now_s - claims.exp)));
+    }
+    if let Some(nbf) = claims.nbf.filter(|nbf| *nbf > now_s) {
+        return Err(Failure::new(ErrorCode::TokenNotYetValid, format!("token valid in {} s", nbf - now_s)));
+    }
+    if claims.sub.is_empty() || claims.sub.chars().any(char::is_control) {
+        return Err(Failure::new(ErrorCode::TokenMalformed, "token subject is empty or has control characters"));
+    }
+    Ok(claims)
+}
+
+fn token_failure(kind: &ErrorKind) -> Failure {
+    match kind {
+        ErrorKind::InvalidSignature
+        | ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::InvalidKeyFormat
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidRsaKey(_) => Failure::new(ErrorCode::TokenInvalid, format!("token signature: {kind:?}")),
+        ErrorKind::ExpiredSignature => Failure::new(ErrorCode::TokenExpired, "token expired"),
+        ErrorKind::ImmatureSignature => Failure::new(ErrorCode::TokenNotYetValid, "token not yet valid"),
+        other => Failure::new(ErrorCode::TokenMalformed, format!("token: {other:?}")),
+    }
+}
+
+/// Signs `claims` with an HS256 secret.
+pub fn mint_hs256(claims: &Claims, secret: &[u8]) -> Result<String, String> {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
+        .map_err(|e| e.to_string())
+}
+
+/// Signs `claims` with an Ed25519 private key (PKCS#8 PEM).
+pub fn mint_ed25519(claims: &Claims, private_pem: &[u8]) -> Result<String, String> {
+    let key = EncodingKey::from_ed_pem(private_pem).map_err(|e| e.to_string())?;
+    jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &key).map_err(|e| e.to_string())
+}
+
+/// Mints a token with the dev key of `data_dir` (which must exist: the server creates it on start).
+pub fn mint_dev(data_dir: &Path, claims: &Claims) -> Result<String, String> {
+    let path = data_dir.join(DEV_KEY_FILE);
+    let secret = read_dev_key(&path).map_err(|e| e.to_string())?;
+    mint_hs256(claims, &secret)
+}
+
+/// The dev key in `data_dir`, if the server has made one.
+pub fn dev_key_exists(data_dir: &Path) -> bool {
+    data_dir.join(DEV_KEY_FILE).is_file()
+}
+
+fn read_dev_key(path: &Path) -> Result<Vec<u8>, AuthError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.into(), source })?;
+    let secret = hex_decode(text.trim())
+        .filter(|s| s.len() >= 32)
+        .ok_or_else(|| AuthError::BadKey { path: path.into(), reason: "expected at least 64 hex digits".into() })?;
+    Ok(secret)
+}
+
+/// Reads the dev HS256 key, or generates 32 random bytes (file mode 0600) when there is none.
+pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<Vec<u8>, AuthError> {
+    let path = data_dir.join(DEV_KEY_FILE);
+    if path.is_file() {
+        return read_dev_key(&path);
+    }
+    std::fs::create_dir_all(data_dir).map_err(|source| AuthError::Io { path: data_dir.into(), source })?;
+    let secret: [u8; 32] = rand::random();
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = data_dir.join(format!("{DEV_KEY_FILE}.tmp"));
+    write_private(&tmp, hex.as_bytes()).map_err(|source| AuthError::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, &path).map_err(|source| AuthError::Io { path: path.clone(), source })?;
+    Ok(secret.to_vec())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// An HS256 secret written as hex (at least 32 bytes).
+pub fn hex_secret(text: &str) -> Option<Vec<u8>> {
+    hex_decode(text).filter(|s| s.len() >= 32)
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn hs_auth(secret: &[u8]) -> Auth {
+        Auth::Tokens(vec![(Algorithm::HS256, DecodingKey::from_secret(secret))])
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            sub: "alice".into(),
+            exp: NOW + 60,
+            nbf: None,
+            rooms: BTreeMap::from([("lobby".into(), vec![RoomRight::Join]), ("game.*".into(), vec![RoomRight::Post])]),
+            channels: BTreeMap::from([("prices.**".into(), vec![ChannelRight::Subscribe])]),
+        }
+    }
+
+    #[test]
+    fn patterns_match_per_segment() {
+        assert!(pattern_matches("lobby", "lobby"));
+        assert!(!pattern_matches("lobby", "lobby.x"));
+        assert!(pattern_matches("game.*", "game.1"));
+        assert!(!pattern_matches("game.*", "game.1.2"));
+        assert!(!pattern_matches("game.*", "game"));
+        assert!(pattern_matches("prices.**", "prices.eu.btc"));
+        assert!(!pattern_matches("prices.**", "prices"));
+        assert!(pattern_matches("**", "anything.at.all"));
+        assert!(pattern_matches("*.x", "a.x"));
+        assert!(!pattern_matches("a.**.b", "a.x.b"), "** only at the end");
+    }
+
+    #[test]
+    fn grants_are_checked_per_right() {
+        let c = claims();
+        assert!(c.may_room("lobby", RoomRight::Join));
+        assert!(!c.may_room("lobby", RoomRight::Post));
+        assert!(c.may_room("game.7", RoomRight::Post));
+        assert!(c.may_channel("prices.eu", ChannelRight::Subscribe));
+        assert!(!c.may_channel("prices.eu", ChannelRight::Publish));
+        assert!(!c.may_channel("news", ChannelRight::Subscribe));
+    }
+
+    #[test]
+    fn valid_tokens_pass_and_every_failure_has_its_code() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let auth = hs_auth(secret);
+        let token = mint_hs256(&claims(), secret).unwrap();
+        assert_eq!(auth.verify(Some(&token), NOW).unwrap(), Some(claims()));
+        let code = |token: Option<&str>, now| auth.verify(token, now).unwrap_err().code;
+        assert_eq!(code(None, NOW), ErrorCode::TokenRequired);
+        assert_eq!(code(Some("not a token"), NOW), ErrorCode::TokenMalformed);
+        assert_eq!(code(Some("a.b.c"), NOW), ErrorCode::TokenMalformed);
+        assert_eq!(code(Some(&token), NOW + 60), ErrorCode::TokenExpired);
+        let other = mint_hs256(&claims(), b"another secret, 32 bytes long!!!").unwrap();
+        assert_eq!(code(Some(&other), NOW), ErrorCode::TokenInvalid);
+        let later = Claims { nbf: Some(NOW + 10), ..claims() };
+        assert_eq!(code(Some(&mint_hs256(&later, secret).unwrap()), NOW), ErrorCode::TokenNotYetValid);
+        // A token whose signature part was altered.
+        let mut tampered = token.clone();
+        tampered.pop();
+        tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+        assert!(matches!(code(Some(&tampered), NOW), ErrorCode::TokenInvalid | ErrorCode::TokenMalformed));
+        assert_eq!(Auth::Anonymous.verify(None, NOW).unwrap(), None);
+    }
+
+    #[test]
+    fn ed25519_tokens_verify_with_the_public_key() {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let token = mint_ed25519(&claims(), pair.serialize_pem().as_bytes()).unwrap();
+        let auth = Auth::from_config(
+            &AuthConfig::Keys(vec![TokenKey::Ed25519Pem(pair.public_key_pem().into_bytes())]),
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert_eq!(auth.verify(Some(&token), NOW).unwrap().unwrap().sub, "alice");
+        // An HS256 token is refused by an EdDSA-only server: algorithm confusion is not possible.
+        let hs = mint_hs256(&claims(), b"0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!(auth.verify(Some(&hs), NOW).unwrap_err().code, ErrorCode::TokenInvalid);
+    }
+
+    #[test]
+    fn the_dev_key_is_generated_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_generate_dev_key(dir.path()).unwrap();
+        assert_eq!(load_or_generate_dev_key(dir.path()).unwrap(), first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(DEV_KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let token = mint_dev(dir.path(), &claims()).unwrap();
+        let auth = Auth::from_config(&AuthConfig::DevKey, dir.path()).unwrap();
+        assert!(auth.verify(Some(&token), NOW).is_ok());
+    }
+}

@@ -1,0 +1,295 @@
+//! Which new connections the server takes, without sockets or clocks: at most `max_connections` in all and
+//! `max_connections_per_ip` per source address, and at most `new_connections_per_s_per_ip` new ones a second per
+//! source address. The endpoint asks [`Admission::decide`] for each incoming connection and carries out the answer.
+//!
+//! An address over its rate is made to prove it is real: attempts that are not validated yet get a QUIC Retry
+//! (stateless, costs the server one small packet) and do not use up the rate; validated ones (they came back with
+//! the Retry's token) take from the rate or are refused. So spoofed floods cannot spend a real address's rate
+//! once it is over, and refusals go only to addresses that asked. Over a connection count, unvalidated attempts
+//! get a Retry too; validated ones take from the rate like any other attempt (each costs a handshake) and are
+//! admitted just long enough to be closed with `TooManyConnections`, so the client sees why.
+//!
+//! The table keeps an entry only for addresses with open connections or a bucket still refilling; idle ones are
+//! swept once a second, so its size stays near the number of open connections plus a few seconds of newcomers.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use quiver_proto::Limits;
+
+use crate::rate::TokenBucket;
+
+/// The part of a source address that limits apply to: an IPv4 address, or the /64 prefix of an IPv6 one (a single
+/// host commonly gets a whole /64). IPv4-mapped IPv6 addresses (a dual-stack socket's IPv4 peers) count as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SourceKey(IpAddr);
+
+impl SourceKey {
+    /// The key for a peer address.
+    pub fn of(ip: IpAddr) -> SourceKey {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => SourceKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => SourceKey(IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into())),
+        }
+    }
+}
+
+impl std::fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
+
+/// What to do with an incoming connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Serve it; it now counts as open until [`Admission::release`].
+    Admit,
+    /// Send a QUIC Retry: the address must prove it is real before the server spends anything on it.
+    Retry(Overload),
+    /// Refuse it at the QUIC level (a validated address over its rate of new connections).
+    Refuse,
+    /// Complete the handshake, then close with `TooManyConnections` and this reason (not counted as open).
+    TooMany(Overload, String),
+}
+
+/// Which limit an attempt ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// `new_connections_per_s_per_ip`.
+    Rate,
+    /// `max_connections`.
+    Total,
+    /// `max_connections_per_ip`.
+    PerIp,
+}
+
+#[derive(Debug)]
+struct Source {
+    open: u32,
+    new_connections: TokenBucket,
+    /// Over its rate since the bucket last ran dry, until it refills completely: unvalidated attempts get a Retry.
+    validating: bool,
+}
+
+/// Open connections per source address and in all, and each address's rate of new ones.
+#[derive(Debug)]
+pub struct Admission {
+    max_total: u32,
+    max_per_source: u32,
+    rate: u32,
+    total: u32,
+    sources: HashMap<SourceKey, Source>,
+    last_sweep: Instant,
+}
+
+/// How often idle entries are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+impl Admission {
+    /// An empty table for these limits.
+    pub fn new(limits: &Limits, now: Instant) -> Admission {
+        Admission {
+            max_total: limits.max_connections,
+            max_per_source: limits.max_connections_per_ip,
+            rate: limits.new_connections_per_s_per_ip,
+            total: 0,
+            sources: HashMap::new(),
+            last_sweep: now,
+        }
+    }
+
+    /// Decides about a connection attempt from `ip`; `validated` is true when it carries a valid Retry token.
+    pub fn decide(&mut self, ip: IpAddr, validated: bool, now: Instant) -> Decision {
+        if now.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
+            self.sweep(now);
+        }
+        let key = SourceKey::of(ip);
+        let open = self.sources.get(&key).map_or(0, |s| s.open);
+        let over = if self.total >= self.max_total {
+            Some((Overload::Total, format!("the server is at max_connections ({})", self.max_total)))
+        } else if open >= self.max_per_source {
+            Some((Overload::PerIp, format!("{key} is at max_connections_per_ip ({})", self.max_per_source)))
+        } else {
+            None
+        };
+        if let (Some((overload, _)), false) = (&over, validated) {
+            // Nothing is stored for an unvalidated attempt over a count: spoofed addresses cannot grow the table.
+            return Decision::Retry(*overload);
+        }
+        let rate = self.rate;
+        let source = self.sources.entry(key).or_insert_with(|| Source {
+            open: 0,
+            new_connections: TokenBucket::per_second(rate, now),
+            validating: false,
+        });
+        if source.validating && source.new_connections.is_full(now) {
+            source.validating = false;
+        }
+        if source.validating && !validated {
+            return Decision::Retry(Overload::Rate);
+        }
+        // Every attempt that will cost a handshake takes from the rate, those to be closed for a count too.
+        if !source.new_connections.try_take(now) {
+            if validated {
+                return Decision::Refuse;
+            }
+            source.validating = true;
+            return Decision::Retry(Overload::Rate);
+        }
+        if let Some((overload, reason)) = over {
+            return Decision::TooMany(overload, reason);
+        }
+        source.open += 1;
+        self.total += 1;
+        Decision::Admit
+    }
+
+    /// An admitted connection from `ip` has ended.
+    pub fn release(&mut self, ip: IpAddr) {
+        if let Some(source) = self.sources.get_mut(&SourceKey::of(ip)) {
+            if source.open > 0 {
+                source.open -= 1;
+                self.total = self.total.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Connections admitted and not released, in all.
+    pub fn open(&self) -> u32 {
+        self.total
+    }
+
+    /// Source addresses the table holds an entry for.
+    pub fn tracked_sources(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Drops entries that hold nothing a fresh entry would not: no open connection and a full bucket.
+    fn sweep(&mut self, now: Instant) {
+        self.sources.retain(|_, source| source.open > 0 || !source.new_connections.is_full(now));
+        self.last_sweep = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: u32, per_ip: u32, rate: u32) -> Limits {
+        Limits {
+            max_connections: total,
+            max_connections_per_ip: per_ip,
+            new_connections_per_s_per_ip: rate,
+            ..Limits::default()
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn keys_are_ipv4_or_an_ipv6_slash_64() {
+        assert_eq!(SourceKey::of(ip("::ffff:10.0.0.1")), SourceKey::of(ip("10.0.0.1")));
+        assert_eq!(SourceKey::of(ip("2001:db8:1:2:aaaa::1")), SourceKey::of(ip("2001:db8:1:2:bbbb::2")));
+        assert_ne!(SourceKey::of(ip("2001:db8:1:2::1")), SourceKey::of(ip("2001:db8:1:3::1")));
+        assert_eq!(SourceKey::of(ip("2001:db8:1:2:aaaa::1")).to_string(), "2001:db8:1:2::/64");
+        assert_eq!(SourceKey::of(ip("10.0.0.1")).to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn per_source_and_total_counts() {
+        let t0 = Instant::now();
+        let mut admission = Admission::new(&limits(3, 2, 1000), t0);
+        assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Admit);
+        assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Admit);
+        // The third from one address: first proven real, then told why.
+        assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Retry(Overload::PerIp));
+        let Decision::TooMany(Overload::PerIp, reason) = admission.decide(ip("10.0.0.1"), true, t0) else {
+            panic!("not refused")
+        };
+        assert!(reason.contains("max_connections_per_ip (2)") && reason.contains("10.0.0.1"), "{reason}");
+        assert_eq!(admission.decide(ip("10.0.0.2"), false, t0), Decision::Admit);
+        let Decision::TooMany(Overload::Total, reason) = admission.decide(ip("10.0.0.3"), true, t0) else {
+            panic!("not refused")
+        };
+        assert!(reason.contains("max_connections (3)"), "{reason}");
+        assert_eq!(admission.open(), 3);
+        admission.release(ip("10.0.0.1"));
+        assert_eq!(admission.decide(ip("10.0.0.3"), true, t0), Decision::Admit);
+        // Releasing more than was admitted changes nothing.
+        for _ in 0..5 {
+            admission.release(ip("10.0.0.9"));
+            admission.release(ip("10.0.0.2"));
+        }
+        assert_eq!(admission.open(), 2);
+    }
+
+    #[test]
+    fn over_the_rate_unvalidated_attempts_get_a_retry_and_validated_ones_take_what_is_left() {
+        let t0 = Instant::now();
+        let mut admission = Admission::new(&limits(1000, 1000, 10), t0); // burst 20
+        let a = ip("192.0.2.7");
+        for _ in 0..20 {
+            assert_eq!(admission.decide(a, false, t0), Decision::Admit);
+        }
+        assert_eq!(admission.decide(a, false, t0), Decision::Retry(Overload::Rate));
+        assert_eq!(admission.decide(a, true, t0), Decision::Refuse, "validated, but nothing left");
+        // A spoofed flood of unvalidated attempts does not use up the refill...
+        for i in 0..1000 {
+            assert_eq!(
+                admission.decide(a, false, t0 + Duration::from_micros(i * 100)),
+                Decision::Retry(Overload::Rate)
+            );
+        }
+        // ...so a real client that comes back validated gets it.
+        assert_eq!(admission.decide(a, true, t0 + Duration::from_millis(150)), Decision::Admit);
+        // Other addresses are not affected.
+        assert_eq!(admission.decide(ip("192.0.2.8"), false, t0), Decision::Admit);
+        // Once the bucket is full again (2 s at 10/s from empty), no more Retry.
+        assert_eq!(admission.decide(a, false, t0 + Duration::from_secs(3)), Decision::Admit);
+    }
+
+    #[test]
+    fn idle_entries_are_swept_and_refused_attempts_store_nothing() {
+        let t0 = Instant::now();
+        let mut admission = Admission::new(&limits(100, 100, 10), t0);
+        for i in 0..50u8 {
+            assert_eq!(admission.decide(IpAddr::from([10, 0, 0, i]), false, t0), Decision::Admit);
+            admission.release(IpAddr::from([10, 0, 0, i]));
+        }
+        assert_eq!(admission.decide(ip("10.0.1.1"), false, t0), Decision::Admit);
+        assert_eq!(admission.tracked_sources(), 51);
+        // One token each was taken: refilled within 100 ms at 10/s. The next decision sweeps.
+        admission.decide(ip("10.0.1.2"), false, t0 + Duration::from_secs(2));
+        assert_eq!(admission.tracked_sources(), 2, "only the addresses with open connections");
+        // At the total limit, unvalidated attempts from new addresses leave no entry behind.
+        let mut full = Admission::new(&limits(1, 1, 10), t0);
+        full.decide(ip("10.0.0.1"), false, t0);
+        for i in 0..200u8 {
+            assert_eq!(full.decide(IpAddr::from([10, 1, 0, i]), false, t0), Decision::Retry(Overload::Total));
+        }
+        assert_eq!(full.tracked_sources(), 1);
+    }
+
+    #[test]
+    fn attempts_closed_for_a_count_take_from_the_rate() {
+        // Each costs a handshake, so a validated peer at its count cannot make the server do them without end.
+        let t0 = Instant::now();
+        let mut admission = Admission::new(&limits(1000, 1, 5), t0); // burst 10
+        let a = ip("198.51.100.1");
+        assert_eq!(admission.decide(a, false, t0), Decision::Admit);
+        for _ in 0..9 {
+            assert!(matches!(admission.decide(a, true, t0), Decision::TooMany(Overload::PerIp, _)));
+        }
+        assert_eq!(admission.decide(a, true, t0), Decision::Refuse);
+        assert_eq!(admission.open(), 1);
+    }
+}

@@ -1,0 +1,75 @@
+//! Carries out [`Admission`]'s decisions on quinn's incoming connections: Retry and refusal right here in the
+//! accept loop (stateless, no task), admitted connections with a [`Slot`] that counts them until they end, and
+//! connections over a count handed on to be closed with `TooManyConnections` once their handshake is done.
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use crate::{
+    admission::{Admission, Decision, Overload},
+    stats::{bump, ServerStats},
+};
+
+/// What the connection task does once the handshake is complete.
+#[derive(Debug)]
+pub(super) enum Admitted {
+    /// Serve it; the slot is released when it is dropped.
+    Serve(Slot),
+    /// Close it with `TooManyConnections` and this reason.
+    TooMany(String),
+}
+
+/// An admitted connection's place in the counts.
+#[derive(Debug)]
+pub(super) struct Slot {
+    admission: Arc<Mutex<Admission>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.admission).release(self.ip);
+    }
+}
+
+fn lock(admission: &Mutex<Admission>) -> std::sync::MutexGuard<'_, Admission> {
+    admission.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Decides about `incoming`. `None`: it was answered with a Retry or refused, nothing more to do.
+pub(super) fn admit(
+    incoming: quinn::Incoming,
+    admission: &Arc<Mutex<Admission>>,
+    stats: &ServerStats,
+) -> Option<(quinn::Incoming, Admitted)> {
+    let ip = incoming.remote_address().ip();
+    let decision = lock(admission).decide(ip, incoming.remote_address_validated(), Instant::now());
+    match decision {
+        Decision::Admit => Some((incoming, Admitted::Serve(Slot { admission: admission.clone(), ip }))),
+        Decision::Retry(overload) => {
+            bump(if overload == Overload::Rate { &stats.retries_over_rate } else { &stats.retries_over_limit });
+            // Only unvalidated attempts are asked to retry, and those always may be; refuse if quinn disagrees.
+            if let Err(err) = incoming.retry() {
+                err.into_incoming().refuse();
+            }
+            None
+        }
+        Decision::Refuse => {
+            bump(&stats.connections_refused_over_rate);
+            tracing::debug!(%ip, "refused: over new_connections_per_s_per_ip");
+            incoming.refuse();
+            None
+        }
+        Decision::TooMany(overload, reason) => {
+            bump(if overload == Overload::Total {
+                &stats.connections_over_total
+            } else {
+                &stats.connections_over_per_ip
+            });
+            Some((incoming, Admitted::TooMany(reason)))
+        }
+    }
+}

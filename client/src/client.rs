@@ -295,13 +295,18 @@ impl Client {
             }
             rooms.insert(room.to_string(), shared.clone());
         }
-        let result = match self.request(RequestBody::Join(Join { room: room.to_string(), since: None })).await {
-            Ok(Reply::Joined(joined)) => {
-                let number = shared.joined(false, joined);
-                tokio::spawn(watch_stream(self.inner.clone(), shared.clone(), number));
+        let join = RequestBody::Join(Join { room: room.to_string(), since: None });
+        let result = match self.session().await {
+            Ok(session) => session.request(join).await.map(|reply| (reply, session.conn.stable_id())),
+            Err(err) => Err(err),
+        };
+        let result = match result {
+            Ok((Reply::Joined(joined), conn)) => {
+                let number = shared.joined(conn, false, joined);
+                tokio::spawn(watch_stream(self.inner.clone(), shared.clone(), number, conn));
                 Ok(Room { shared, events, client: self.clone() })
             }
-            Ok(other) => Err(RequestError::UnexpectedReply(format!("{other:?}"))),
+            Ok((other, _)) => Err(RequestError::UnexpectedReply(format!("{other:?}"))),
             Err(err) => Err(err),
         };
         if result.is_err() {
@@ -469,12 +474,12 @@ async fn estimate_clock_offset(inner: &Inner, session: &Session) {
 
 async fn open_session(inner: &Arc<Inner>) -> Result<Arc<Session>, ConnectError> {
     let weak = Arc::downgrade(inner);
-    Session::open(&inner.target, &inner.options, inner.clock_offset_us.clone(), move |recv| {
+    Session::open(&inner.target, &inner.options, inner.clock_offset_us.clone(), move |recv, conn| {
         let Some(inner) = weak.upgrade() else { return };
         let max_frame = lock(&inner.last_welcome).limits.max_frame as usize;
         // The stream reader holds a Client without the close guard: it must not keep the client alive.
         let client = Client { inner, _guard: Arc::new(CloseOnDrop(CancellationToken::new())) };
-        tokio::spawn(room::read_stream(client, recv, max_frame));
+        tokio::spawn(room::read_stream(client, recv, conn, max_frame));
     })
     .await
 }
@@ -542,7 +547,7 @@ async fn supervise(inner: Arc<Inner>) {
     }
 }
 
-/// Full-jitter exponential backoff: attempt 0 waits up to the base delay, each later one up to twice as long as
+/// "Equal jitter" exponential backoff: a wait between half and all of a ceiling; attempt 0's ceiling is the base delay, each later one twice as long as
 /// the one before, capped.
 fn backoff(options: &ConnectOptions, attempt: u32) -> Duration {
     let ceiling = options.reconnect_delay.saturating_mul(1u32 << attempt.min(16)).min(options.reconnect_max_delay);
@@ -558,8 +563,9 @@ fn rejoin(inner: &Arc<Inner>, shared: Arc<RoomShared>) -> Pin<Box<dyn Future<Out
         let since = shared.position();
         match session.request(RequestBody::Join(Join { room: shared.name.clone(), since })).await {
             Ok(Reply::Joined(joined)) => {
-                let number = shared.joined(true, joined);
-                tokio::spawn(watch_stream(inner.clone(), shared, number));
+                let conn = session.conn.stable_id();
+                let number = shared.joined(conn, true, joined);
+                tokio::spawn(watch_stream(inner.clone(), shared, number, conn));
             }
             Ok(other) => tracing::warn!(room = %shared.name, ?other, "unexpected reply to Join"),
             // The connection went again: the supervisor rejoins once it is back.
@@ -569,14 +575,16 @@ fn rejoin(inner: &Arc<Inner>, shared: Arc<RoomShared>) -> Pin<Box<dyn Future<Out
     })
 }
 
-/// Rejoins when a join's stream never showed up (reset before its Open frame arrived).
-async fn watch_stream(inner: Arc<Inner>, shared: Arc<RoomShared>, number: u64) {
+/// Rejoins when a join's stream never showed up (reset before its Open frame arrived) on a connection that is
+/// still the current one. (After a reconnect the supervisor has rejoined already; the stale reply is dropped.)
+async fn watch_stream(inner: Arc<Inner>, shared: Arc<RoomShared>, number: u64, conn: usize) {
     tokio::select! {
         () = tokio::time::sleep(room::REPLY_WAIT) => {}
         () = inner.stop.cancelled() => return,
     }
     let still_joined = lock(&inner.rooms).get(&shared.name).is_some_and(|r| Arc::ptr_eq(r, &shared));
-    if still_joined && shared.orphaned(number) {
+    let same_connection = inner.current.borrow().as_ref().is_some_and(|s| s.conn.stable_id() == conn);
+    if shared.orphaned(number) && still_joined && same_connection {
         tracing::info!(room = %shared.name, "room stream never arrived; joining again");
         rejoin(&inner, shared).await;
     }

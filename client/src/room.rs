@@ -68,8 +68,10 @@ struct RoomState {
     epoch: Option<u64>,
     last_seq: u64,
     members: BTreeSet<String>,
-    /// Join replies not yet matched with their stream: (number of the join, whether it was a rejoin, reply).
-    replies: VecDeque<(u64, bool, Joined)>,
+    /// Join replies not yet matched with their stream: (number of the join, the connection it was made on
+    /// (`quinn::Connection::stable_id`), whether it was a rejoin, reply). A stream is matched only with a reply
+    /// from its own connection: a reply whose stream never came before the connection was lost is stale.
+    replies: VecDeque<(u64, usize, bool, Joined)>,
     joins: u64,
 }
 
@@ -96,7 +98,7 @@ impl RoomShared {
     }
 
     /// Records a Join reply, for the stream it opened; returns the join's number (see [`RoomShared::orphaned`]).
-    pub(crate) fn joined(&self, rejoin: bool, joined: Joined) -> u64 {
+    pub(crate) fn joined(&self, conn: usize, rejoin: bool, joined: Joined) -> u64 {
         let mut state = lock(&self.state);
         if state.epoch.is_none() {
             // First join: live events follow the room's current head.
@@ -106,7 +108,7 @@ impl RoomShared {
         }
         state.joins += 1;
         let number = state.joins;
-        state.replies.push_back((number, rejoin, joined));
+        state.replies.push_back((number, conn, rejoin, joined));
         drop(state);
         self.replied.notify_waiters();
         number
@@ -117,16 +119,21 @@ impl RoomShared {
     pub(crate) fn orphaned(&self, number: u64) -> bool {
         let mut state = lock(&self.state);
         let before = state.replies.len();
-        state.replies.retain(|(n, _, _)| *n != number);
+        state.replies.retain(|(n, _, _, _)| *n != number);
         state.replies.len() != before
     }
 
-    async fn take_reply(&self) -> Option<(bool, Joined)> {
+    async fn take_reply(&self, conn: usize) -> Option<(bool, Joined)> {
         let wait = async {
             loop {
                 let notified = self.replied.notified();
-                if let Some((_, rejoin, joined)) = lock(&self.state).replies.pop_front() {
-                    return (rejoin, joined);
+                {
+                    let mut state = lock(&self.state);
+                    if let Some(i) = state.replies.iter().position(|(_, c, _, _)| *c == conn) {
+                        if let Some((_, _, rejoin, joined)) = state.replies.remove(i) {
+                            return (rejoin, joined);
+                        }
+                    }
                 }
                 notified.await;
             }
@@ -177,7 +184,7 @@ impl Room {
 }
 
 /// Reads one room stream: `Open`, then events, until the stream ends.
-pub(crate) async fn read_stream(client: Client, mut recv: quinn::RecvStream, max_frame: usize) {
+pub(crate) async fn read_stream(client: Client, mut recv: quinn::RecvStream, conn: usize, max_frame: usize) {
     let codec = FrameCodec::new(max_frame);
     let mut buf = BytesMut::new();
     let (name, epoch) = match next_frame(&codec, &mut recv, &mut buf).await {
@@ -193,7 +200,7 @@ pub(crate) async fn read_stream(client: Client, mut recv: quinn::RecvStream, max
         let _ = recv.stop(quinn::VarInt::from_u32(ErrorCode::NoError.to_u32()));
         return;
     };
-    let Some((rejoin, joined)) = shared.take_reply().await else {
+    let Some((rejoin, joined)) = shared.take_reply(conn).await else {
         tracing::warn!(room = %name, "no Join reply for the room's stream");
         return;
     };
@@ -291,5 +298,27 @@ async fn next_frame(
             }
             Err(err) => return Err(StreamEnd::Other(err.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(epoch: u64) -> Joined {
+        Joined { room: "r".into(), epoch, recovered: true, replay_from: 1, last_seq: 0, members: vec![] }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_takes_only_a_join_reply_of_its_own_connection() {
+        let (shared, _events) = RoomShared::new("r".into());
+        let first = shared.joined(1, false, reply(7));
+        // The connection was lost before the stream came; the next connection's stream must not take it.
+        assert!(shared.take_reply(2).await.is_none(), "a reply of another connection is not taken");
+        shared.joined(2, true, reply(8));
+        let (rejoin, joined) = shared.take_reply(2).await.unwrap();
+        assert!(rejoin);
+        assert_eq!(joined.epoch, 8);
+        assert!(shared.orphaned(first), "the stale reply is still there for its watchdog to drop");
     }
 }

@@ -88,7 +88,7 @@ impl Session {
         target: &Target,
         options: &ConnectOptions,
         clock_offset_us: Arc<AtomicI64>,
-        on_room_stream: impl Fn(quinn::RecvStream) + Send + 'static,
+        on_room_stream: impl Fn(quinn::RecvStream, usize) + Send + 'static,
     ) -> Result<Arc<Session>, ConnectError> {
         let connecting = target.endpoint.connect_with(target.config.clone(), target.addr, &target.host)?;
         let conn = match connecting.await {
@@ -219,9 +219,9 @@ async fn read_datagrams(conn: quinn::Connection, session: Weak<Session>, clock_o
     }
 }
 
-async fn accept_room_streams(conn: quinn::Connection, on_room_stream: impl Fn(quinn::RecvStream)) {
+async fn accept_room_streams(conn: quinn::Connection, on_room_stream: impl Fn(quinn::RecvStream, usize)) {
     while let Ok(recv) = conn.accept_uni().await {
-        on_room_stream(recv);
+        on_room_stream(recv, conn.stable_id());
     }
 }
 

@@ -547,8 +547,8 @@ async fn supervise(inner: Arc<Inner>) {
     }
 }
 
-/// "Equal jitter" exponential backoff: a wait between half and all of a ceiling; attempt 0's ceiling is the base delay, each later one twice as long as
-/// the one before, capped.
+/// "Equal jitter" exponential backoff: a wait between half and all of a ceiling; attempt 0's ceiling is the base
+/// delay, each later one twice the one before, capped.
 fn backoff(options: &ConnectOptions, attempt: u32) -> Duration {
     let ceiling = options.reconnect_delay.saturating_mul(1u32 << attempt.min(16)).min(options.reconnect_max_delay);
     ceiling.mul_f64(0.5 + rand::random::<f64>() / 2.0)

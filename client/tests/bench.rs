@@ -20,6 +20,7 @@ fn config(profile: Option<ImpairmentProfile>) -> RttConfig {
         server: None,
         token: None,
         tuning: Default::default(),
+        compare_websocket: false,
     }
 }
 
@@ -117,4 +118,19 @@ async fn fanout_measures_an_external_server() {
     assert!(report.config["server"].as_str().unwrap().starts_with("127.0.0.1:"), "{report:?}");
     assert!(stats.snapshot().ticks_published >= 50, "the external server carried the run");
     stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtt_compares_with_a_websocket_echo_on_a_clean_link() {
+    let report =
+        run_rtt(RttConfig { compare_websocket: true, duration: Duration::from_millis(800), ..config(None) }, |_| {})
+            .await
+            .unwrap();
+    let ws = report.series.iter().find(|s| s.name == "websocket echo").expect("a websocket series");
+    assert_eq!((ws.sent, ws.lost), (320, 0), "{ws:?}");
+    assert!(ws.latency.p50_us > 0);
+    assert_eq!(ws.baseline.as_deref(), Some("quiver stream"));
+    let lossy = ImpairmentProfile::symmetric(DirectionProfile { loss_pct: 1.0, ..DirectionProfile::default() });
+    let err = run_rtt(RttConfig { compare_websocket: true, ..config(Some(lossy)) }, |_| {}).await.unwrap_err();
+    assert!(err.contains("cannot impair"), "{err}");
 }

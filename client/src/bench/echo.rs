@@ -1,5 +1,6 @@
-//! The baselines' servers, in-process: a raw UDP echo and a bare quinn echo (default transport settings) that
-//! returns datagrams as datagrams and bidirectional-stream bytes on the same stream.
+//! The baselines' servers, in-process: a raw UDP echo, a bare quinn echo (default transport settings) that
+//! returns datagrams as datagrams and bidirectional-stream bytes on the same stream, and a WebSocket-over-TCP echo
+//! (tokio-tungstenite, TCP_NODELAY) that returns each binary message.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -24,6 +25,42 @@ pub(crate) async fn udp_echo(stop: CancellationToken) -> std::io::Result<SocketA
                 }
                 () = stop.cancelled() => return,
             }
+        }
+    });
+    Ok(addr)
+}
+
+/// A WebSocket echo on 127.0.0.1 (plain `ws://`, TCP_NODELAY as WebSocket servers set it), until `stop`.
+pub(crate) async fn websocket_echo(stop: CancellationToken) -> std::io::Result<SocketAddr> {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                () = stop.cancelled() => return,
+            };
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                loop {
+                    let message = tokio::select! {
+                        message = ws.next() => message,
+                        () = stop.cancelled() => return,
+                    };
+                    match message {
+                        Some(Ok(message)) if message.is_binary() => {
+                            if ws.send(message).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => return,
+                    }
+                }
+            });
         }
     });
     Ok(addr)

@@ -40,6 +40,9 @@ pub struct RttConfig {
     pub token: Option<TokenProvider>,
     /// Transport settings of the in-process Quiver server and the Quiver clients (the baselines keep quinn's).
     pub tuning: TransportTuning,
+    /// Add a WebSocket-over-TCP echo series (what a WebSocket hub's clients see). TCP cannot pass the UDP relay,
+    /// so this is refused with an impairment profile until the netns emulator exists.
+    pub compare_websocket: bool,
 }
 
 struct Targets {
@@ -49,6 +52,7 @@ struct Targets {
     udp: SocketAddr,
     quinn: SocketAddr,
     quinn_pin: Fingerprint,
+    websocket: SocketAddr,
     _relays: Vec<Relay>,
     _data_dir: Option<tempfile::TempDir>,
     stop: CancellationToken,
@@ -60,6 +64,11 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str)) -> Result<Repor
     if config.clients == 0 || !rate_ok || config.duration.is_zero() {
         return Err("clients, rate and duration must be above 0".into());
     }
+    if config.compare_websocket && config.profile.is_some() {
+        return Err("the WebSocket baseline runs over TCP, which the UDP relay cannot impair: impaired WebSocket \
+                    comparisons need the netns emulator (not built yet); run --compare websocket without a profile"
+            .into());
+    }
     let targets = start_targets(&config).await?;
     let mut series = Vec::new();
     type Runner = fn(&'static str, RttConfig, Arc<TargetsView>) -> BoxedSeries;
@@ -70,6 +79,7 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str)) -> Result<Repor
         udp: targets.udp,
         quinn: targets.quinn,
         quinn_pin: targets.quinn_pin,
+        websocket: targets.websocket,
         tuning: config.tuning.clone(),
     });
     let plan: [(&'static str, Option<&'static str>, Runner); 5] = [
@@ -79,7 +89,10 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str)) -> Result<Repor
         ("quinn stream echo", None, |n, c, t| Box::pin(quinn_series(n, c, t, true))),
         ("quiver stream", Some("quinn stream echo"), |n, c, t| Box::pin(quiver_stream_series(n, c, t))),
     ];
-    for (name, baseline, runner) in plan {
+    let websocket: [(&'static str, Option<&'static str>, Runner); 1] =
+        [("websocket echo", Some("quiver stream"), |n, c, t| Box::pin(websocket_series(n, c, t)))];
+    let extra = if config.compare_websocket { &websocket[..] } else { &[] };
+    for (name, baseline, runner) in plan.into_iter().chain(extra.iter().copied()) {
         progress(name);
         let mut result = runner(name, config.clone(), view.clone()).await?;
         result.baseline = baseline.map(str::to_string);
@@ -95,6 +108,7 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str)) -> Result<Repor
         "profile": config.profile,
         "tuning": config.tuning.name,
         "server": config.server.as_ref().map(|(s, _)| s.clone()).unwrap_or_else(|| "in-process".into()),
+        "compare_websocket": config.compare_websocket,
     });
     Ok(Report { config: config_json, series })
 }
@@ -104,6 +118,7 @@ type BoxedSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Ser
 /// What the series need to know about the targets.
 #[derive(Debug)]
 struct TargetsView {
+    websocket: SocketAddr,
     quiver: String,
     quiver_trust: TrustOptions,
     quiver_token: Option<TokenProvider>,
@@ -146,6 +161,7 @@ async fn start_targets(config: &RttConfig) -> Result<Targets, String> {
     };
     let udp = echo::udp_echo(stop.clone()).await.map_err(|e| format!("UDP echo: {e}"))?;
     let quinn = echo::quinn_echo(cert, stop.clone())?;
+    let websocket = echo::websocket_echo(stop.clone()).await.map_err(|e| format!("WebSocket echo: {e}"))?;
     let mut relays = Vec::new();
     let mut via = |upstream: SocketAddr| -> Result<SocketAddr, String> {
         match &config.profile {
@@ -172,6 +188,7 @@ async fn start_targets(config: &RttConfig) -> Result<Targets, String> {
         udp,
         quinn,
         quinn_pin,
+        websocket,
         _relays: relays,
         _data_dir: Some(data_dir),
         stop,
@@ -324,6 +341,48 @@ async fn quinn_series(
             until_stopped(&stop, async move {
                 std::future::pending::<()>().await;
                 drop((conn, endpoint));
+            });
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// WebSocket over TCP: one connection per sender, binary messages echoed (the reliable path a WebSocket hub
+/// offers; ticks would share this one ordered stream).
+async fn websocket_series(
+    name: &'static str,
+    config: RttConfig,
+    targets: Arc<TargetsView>,
+) -> Result<SeriesResult, String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let size = config.size.max(12);
+    measure(&config, name, |who, plan, tally, stop| {
+        let targets = targets.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(targets.websocket).await.map_err(|e| e.to_string())?;
+            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            let url = format!("ws://{}/", targets.websocket);
+            let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.map_err(|e| format!("WebSocket: {e}"))?;
+            let (mut sink, mut stream) = ws.split();
+            let reader_tally = tally.clone();
+            until_stopped(&stop, async move {
+                while let Some(Ok(message)) = stream.next().await {
+                    if let Some((w, i)) = parse(&message.into_data()) {
+                        Tally::received(&reader_tally, w, i);
+                    }
+                }
+            });
+            for i in 0..plan.count {
+                let origin = plan.due(i).await;
+                Tally::sent(&tally, &plan, who, i, origin);
+                sink.send(Message::binary(payload(who, i, size))).await.map_err(|e| e.to_string())?;
+            }
+            // Keep the connection through the drain.
+            until_stopped(&stop, async move {
+                std::future::pending::<()>().await;
+                drop(sink);
             });
             Ok(())
         }

@@ -76,6 +76,9 @@ pub(crate) struct RttArgs {
     /// Measure an external Quiver server instead of an in-process one (baselines stay in-process).
     #[arg(long)]
     server: Option<String>,
+    /// Add a baseline: `websocket` (an in-process WebSocket-over-TCP echo; loss-free loopback only for now).
+    #[arg(long, value_name = "BASELINE", value_parser = ["websocket"])]
+    compare: Option<String>,
     #[command(flatten)]
     trust: TrustArgs,
     #[command(flatten)]
@@ -153,6 +156,7 @@ async fn rtt(args: RttArgs) -> Result<(), String> {
         token: args.server.as_ref().and(args.trust.token_provider(None)),
         server: args.server.map(|server| (server, args.trust.trust())),
         tuning: quiver_server::net::transport::TransportTuning::named(&args.tuning)?,
+        compare_websocket: args.compare.as_deref() == Some("websocket"),
     };
     let per_series = config.warmup + config.duration;
     eprintln!(

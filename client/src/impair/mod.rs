@@ -1,7 +1,10 @@
 //! The link emulator: an [`ImpairmentProfile`] (loss, burst loss, delay, jitter, reordering, duplication, rate),
-//! the per-direction [`Link`] model that applies it without IO, and the UDP [`Relay`] behind `quiver impair`.
+//! the per-direction [`Link`] model that applies it without IO, the UDP [`Relay`] behind `quiver impair`, and (Linux,
+//! root) the [`netns`] emulator for any IP traffic between two network namespaces.
 
 mod link;
+#[cfg(target_os = "linux")]
+pub mod netns;
 mod profile;
 mod relay;
 

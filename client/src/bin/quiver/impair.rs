@@ -81,12 +81,22 @@ impl ProfileArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ImpairArgs {
-    /// Address clients send to.
-    #[arg(long)]
-    listen: SocketAddr,
-    /// The server the relay forwards to.
-    #[arg(long)]
-    upstream: SocketAddr,
+    /// Address clients send to (UDP relay).
+    #[arg(long, required_unless_present_any = ["netns", "list_presets"])]
+    listen: Option<SocketAddr>,
+    /// The server the relay forwards to (UDP relay).
+    #[arg(long, required_unless_present_any = ["netns", "list_presets"])]
+    upstream: Option<SocketAddr>,
+    /// Instead of the UDP relay: impair every IP packet (UDP and TCP) between two network namespaces of our own,
+    /// `quiver-srv` (10.213.0.1) and `quiver-cli` (10.213.0.2), joined by TUN devices (Linux, root).
+    #[arg(long, conflicts_with_all = ["listen", "upstream"])]
+    netns: bool,
+    /// With --netns: a shell command to run in the server namespace (in the background, stopped at the end).
+    #[arg(long, requires = "netns")]
+    server_cmd: Option<String>,
+    /// With --netns: a shell command to run in the client namespace; the emulator stops when it exits.
+    #[arg(long, requires = "netns")]
+    client_cmd: Option<String>,
     #[command(flatten)]
     profile: ProfileArgs,
     /// Stop after this many seconds (default: until Ctrl-C).
@@ -120,9 +130,15 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), String> {
         return Ok(());
     }
     let profile = args.profile.profile()?;
-    let config = RelayConfig { listen: args.listen, upstream: args.upstream, profile, max_clients: args.max_clients };
-    let relay = Relay::start(config.clone()).map_err(|e| format!("cannot start the relay on {}: {e}", args.listen))?;
-    eprintln!("relaying {} -> {} with {:?}", relay.local_addr(), args.upstream, config.profile);
+    if args.netns {
+        return netns(args, profile).await;
+    }
+    let (Some(listen), Some(upstream)) = (args.listen, args.upstream) else {
+        return Err("--listen and --upstream are required (or --netns)".into());
+    };
+    let config = RelayConfig { listen, upstream, profile, max_clients: args.max_clients };
+    let relay = Relay::start(config.clone()).map_err(|e| format!("cannot start the relay on {listen}: {e}"))?;
+    eprintln!("relaying {} -> {upstream} with {:?}", relay.local_addr(), config.profile);
     let end = async {
         match args.duration {
             Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
@@ -143,4 +159,74 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), String> {
     println!("total ({} clients{}):", stats.clients, if stats.refused > 0 { ", some refused" } else { "" });
     print(&stats);
     Ok(())
+}
+
+#[cfg(target_os = "linux")]
+async fn netns(args: ImpairArgs, profile: quiver_client::impair::ImpairmentProfile) -> Result<(), String> {
+    use quiver_client::impair::netns::{self, NetnsLink, Side};
+    netns::available()?;
+    let link = NetnsLink::start("quiver", &profile).map_err(|e| format!("cannot set up the namespaces: {e}"))?;
+    let (srv, cli) = (link.namespace(Side::Server), link.namespace(Side::Client));
+    eprintln!("{srv} ({}) <-> {cli} ({}) with {profile:?}", netns::SERVER_ADDR, netns::CLIENT_ADDR);
+    let shell = |side: Side, cmd: &str| {
+        let mut command = tokio::process::Command::from(link.command(side, "sh"));
+        command.args(["-c", cmd]).kill_on_drop(true);
+        command
+    };
+    let mut server = match &args.server_cmd {
+        Some(cmd) => Some(shell(Side::Server, cmd).spawn().map_err(|e| format!("server command: {e}"))?),
+        None => {
+            eprintln!("run programs inside with: ip netns exec {srv} <server>   and   ip netns exec {cli} <client>");
+            None
+        }
+    };
+    let outcome = match &args.client_cmd {
+        Some(cmd) => {
+            // Give the server a moment to bind.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let status = shell(Side::Client, cmd).status().await.map_err(|e| format!("client command: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("the client command exited with {status}"))
+            }
+        }
+        None => {
+            let end = async {
+                match args.duration {
+                    Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(end);
+            let mut second = tokio::time::interval(Duration::from_secs(1));
+            second.tick().await;
+            loop {
+                tokio::select! {
+                    _ = second.tick() => {
+                        let stats = link.stats();
+                        println!("{}", row("up", &stats.up));
+                        println!("{}", row("down", &stats.down));
+                    }
+                    () = &mut end => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+            Ok(())
+        }
+    };
+    if let Some(server) = server.as_mut() {
+        let _ = server.kill().await;
+    }
+    let stats = tokio::task::spawn_blocking(move || link.stop()).await.map_err(|e| e.to_string())?;
+    let stats = stats.map_err(|e| format!("cleanup: {e}"))?;
+    println!("total:");
+    println!("{}", row("up", &stats.up));
+    println!("{}", row("down", &stats.down));
+    outcome
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn netns(_: ImpairArgs, _: quiver_client::impair::ImpairmentProfile) -> Result<(), String> {
+    Err("--netns needs Linux".into())
 }

@@ -134,6 +134,11 @@ async fn read_ticks(
         let datagram = tokio::select! {
             datagram = conn.read_datagram() => match datagram {
                 Ok(datagram) => datagram,
+                // A WebTransport datagram for another (or no) session id: the peer's garbage, not the end.
+                Err(SessionError::WebTransportError(web_transport_quinn::WebTransportError::UnknownSession)) => {
+                    bump(&stats.datagrams_malformed);
+                    continue;
+                }
                 Err(_) => return,
             },
             () = stop.cancelled() => return,

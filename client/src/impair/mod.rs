@@ -7,6 +7,7 @@ mod link;
 pub mod netns;
 mod profile;
 mod relay;
+mod schedule;
 
 pub use link::{DropReason, Fate, Link, LinkStats};
 pub use profile::{DirectionProfile, ImpairmentProfile, PRESETS};

@@ -6,7 +6,6 @@
 //! [`NetnsLink::enter`]. Everything created is removed on [`NetnsLink::stop`] or drop, and on a failed setup.
 
 use std::{
-    collections::BinaryHeap,
     io::{self, Read, Write},
     net::Ipv4Addr,
     process::Command,
@@ -15,10 +14,13 @@ use std::{
         mpsc, Arc, Mutex,
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use super::{Fate, ImpairmentProfile, Link, LinkStats};
+use super::{
+    schedule::{admit, deliver, Scheduled},
+    ImpairmentProfile, Link, LinkStats,
+};
 
 /// The server side's address (in `<name>-srv`).
 pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
@@ -26,8 +28,6 @@ pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 /// Largest IP packet read from a TUN device.
 const MAX_PACKET: usize = 65_536;
-/// How long the delivery thread sleeps at most between checks of its stop flag.
-const POLL: Duration = Duration::from_millis(50);
 
 /// Which namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,31 +55,6 @@ pub struct NetnsLink {
     threads: Vec<JoinHandle<()>>,
     stats: Arc<Mutex<NetnsStats>>,
     removed: bool,
-}
-
-struct Scheduled {
-    at: Instant,
-    order: u64,
-    packet: Vec<u8>,
-    to_server: bool,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.order) == (other.at, other.order)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    // A min-heap on (time, arrival order).
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (other.at, other.order).cmp(&(self.at, self.order))
-    }
 }
 
 fn ip(args: &[&str]) -> io::Result<()> {
@@ -132,7 +107,15 @@ impl NetnsLink {
         let stop = link.stop.clone();
         link.threads.push(spawn(
             "netns-deliver".into(),
-            Box::new(move || deliver(&scheduled, server_write, client_write, &stop)),
+            Box::new(move || {
+                let (mut server, mut client) = (server_write, client_write);
+                deliver(&scheduled, &stop, |to_server: &bool, packet| {
+                    let device: &mut dyn Write = if *to_server { &mut server } else { &mut client };
+                    if let Err(err) = device.write(packet) {
+                        tracing::debug!(%err, "netns link: write failed");
+                    }
+                });
+            }),
         )?);
         Ok(link)
     }
@@ -240,51 +223,19 @@ fn read_loop(
     mut link: Link,
     epoch: Instant,
     to_server: bool,
-    schedule: &mpsc::Sender<Scheduled>,
+    schedule: &mpsc::Sender<Scheduled<bool>>,
     stats: &Mutex<NetnsStats>,
 ) {
     let mut buf = vec![0u8; MAX_PACKET];
     // Orders only break ties between equal delivery times; the directions count in disjoint ranges.
     let mut order = if to_server { 0 } else { 1u64 << 63 };
-    loop {
-        // Ends when the interface is deleted (the read fails).
-        let Ok(len) = device.read(&mut buf) else { return };
-        let now = Instant::now();
-        let fate = link.on_packet(now.saturating_duration_since(epoch).as_micros() as u64, len);
-        {
-            let mut totals = lock(stats);
-            *(if to_server { &mut totals.up } else { &mut totals.down }) = link.stats();
-        }
-        if let Fate::Deliver { at_us, duplicate_at_us, .. } = fate {
-            for at in std::iter::once(at_us).chain(duplicate_at_us) {
-                order += 1;
-                let item =
-                    Scheduled { at: epoch + Duration::from_micros(at), order, packet: buf[..len].to_vec(), to_server };
-                if schedule.send(item).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Writes every packet to its side's device when its time comes (std timed waits: sub-millisecond precision).
-fn deliver(scheduled: &mpsc::Receiver<Scheduled>, mut server: impl Write, mut client: impl Write, stop: &AtomicBool) {
-    let mut heap: BinaryHeap<Scheduled> = BinaryHeap::new();
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        while heap.peek().is_some_and(|next| next.at <= now) {
-            let Some(item) = heap.pop() else { break };
-            let device: &mut dyn Write = if item.to_server { &mut server } else { &mut client };
-            if let Err(err) = device.write(&item.packet) {
-                tracing::debug!(%err, "netns link: write failed");
-            }
-        }
-        let wait = heap.peek().map_or(POLL, |next| next.at.saturating_duration_since(Instant::now()).min(POLL));
-        match scheduled.recv_timeout(wait) {
-            Ok(item) => heap.push(item),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+    // Ends when the interface is deleted (the read fails) or the scheduler is gone.
+    while let Ok(len) = device.read(&mut buf) {
+        let delivered = admit(&mut link, epoch, &buf[..len], || to_server, schedule, &mut order);
+        let mut totals = lock(stats);
+        *(if to_server { &mut totals.up } else { &mut totals.down }) = link.stats();
+        if !delivered {
+            return;
         }
     }
 }

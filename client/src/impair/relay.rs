@@ -1,10 +1,9 @@
 //! An unprivileged UDP relay that applies an [`ImpairmentProfile`]: clients talk to the relay's address, the relay
 //! talks to the upstream server from one socket per client address, and each direction of each client gets its
-//! own [`Link`]. Deliveries are kept in one time-ordered heap served by one scheduler thread that sleeps in a
-//! timed channel wait (tens of µs of precision here, against ~1 ms for async timers), not one task per packet.
+//! own [`Link`]. Deliveries go through the shared scheduler (`schedule.rs`): one time-ordered heap, one thread.
 
 use std::{
-    collections::{BinaryHeap, HashMap},
+    collections::HashMap,
     io,
     net::{SocketAddr, UdpSocket},
     sync::{
@@ -12,13 +11,13 @@ use std::{
         mpsc, Arc, Mutex,
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use super::{Fate, ImpairmentProfile, Link, LinkStats};
-
-/// How often blocked threads look at the stop flag.
-const POLL: Duration = Duration::from_millis(50);
+use super::{
+    schedule::{admit, deliver, Scheduled, POLL},
+    ImpairmentProfile, Link, LinkStats,
+};
 /// Largest UDP payload relayed.
 const MAX_PACKET: usize = 65_536;
 
@@ -40,32 +39,6 @@ pub struct RelayStats {
 enum Out {
     Upstream(Arc<UdpSocket>),
     Client(SocketAddr),
-}
-
-#[derive(Debug)]
-struct Scheduled {
-    at: Instant,
-    order: u64,
-    packet: Vec<u8>,
-    out: Out,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.order) == (other.at, other.order)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    /// Reversed: the heap's top is the earliest delivery (ties in arrival order).
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (other.at, other.order).cmp(&(self.at, self.order))
-    }
 }
 
 /// A running relay. Dropping it stops it.
@@ -109,12 +82,20 @@ impl Relay {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(RelayStats::default()));
         let epoch = Instant::now();
-        let (schedule, scheduled) = mpsc::channel::<Scheduled>();
+        let (schedule, scheduled) = mpsc::channel::<Scheduled<Out>>();
         let mut threads = Vec::new();
         {
             let (listen, stop) = (listen.clone(), stop.clone());
             threads.push(std::thread::Builder::new().name("impair-scheduler".into()).spawn(move || {
-                deliver(scheduled, &listen, &stop);
+                deliver(&scheduled, &stop, |out, packet| {
+                    let sent = match out {
+                        Out::Upstream(socket) => socket.send(packet),
+                        Out::Client(addr) => listen.send_to(packet, addr),
+                    };
+                    if let Err(err) = sent {
+                        tracing::debug!(%err, "relay send failed");
+                    }
+                });
             })?);
         }
         {
@@ -159,35 +140,11 @@ impl Drop for Relay {
     }
 }
 
-fn micros(epoch: Instant, at: Instant) -> u64 {
-    at.saturating_duration_since(epoch).as_micros() as u64
-}
-
-/// Applies `link` to a packet and schedules what survives.
-fn admit(
-    link: &mut Link,
-    epoch: Instant,
-    packet: &[u8],
-    out: impl Fn() -> Out,
-    schedule: &mpsc::Sender<Scheduled>,
-    order: &mut u64,
-) {
-    let now = Instant::now();
-    if let Fate::Deliver { at_us, duplicate_at_us, .. } = link.on_packet(micros(epoch, now), packet.len()) {
-        for at in std::iter::once(at_us).chain(duplicate_at_us) {
-            *order += 1;
-            let item =
-                Scheduled { at: epoch + Duration::from_micros(at), order: *order, packet: packet.to_vec(), out: out() };
-            let _ = schedule.send(item);
-        }
-    }
-}
-
 fn listen_loop(
     config: &RelayConfig,
     listen: &Arc<UdpSocket>,
     epoch: Instant,
-    schedule: &mpsc::Sender<Scheduled>,
+    schedule: &mpsc::Sender<Scheduled<Out>>,
     stop: &Arc<AtomicBool>,
     stats: &Arc<Mutex<RelayStats>>,
 ) -> io::Result<()> {
@@ -253,7 +210,7 @@ fn down_loop(
     client: SocketAddr,
     mut link: Link,
     epoch: Instant,
-    schedule: &mpsc::Sender<Scheduled>,
+    schedule: &mpsc::Sender<Scheduled<Out>>,
     stop: &AtomicBool,
     stats: &Mutex<RelayStats>,
 ) {
@@ -273,34 +230,5 @@ fn down_loop(
         let before = link.stats();
         admit(&mut link, epoch, &buf[..len], || Out::Client(client), schedule, &mut order);
         add_delta(&mut lock(stats).down, &before, &link.stats());
-    }
-}
-
-/// The scheduler: sends every packet when its time comes.
-fn deliver(scheduled: mpsc::Receiver<Scheduled>, listen: &UdpSocket, stop: &AtomicBool) {
-    let mut heap: BinaryHeap<Scheduled> = BinaryHeap::new();
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        while heap.peek().is_some_and(|next| next.at <= now) {
-            let Some(item) = heap.pop() else { break };
-            let sent = match &item.out {
-                Out::Upstream(socket) => socket.send(&item.packet),
-                Out::Client(addr) => listen.send_to(&item.packet, addr),
-            };
-            if let Err(err) = sent {
-                tracing::debug!(%err, "relay send failed");
-            }
-        }
-        let wait = heap.peek().map_or(POLL, |next| next.at.saturating_duration_since(Instant::now()).min(POLL));
-        match scheduled.recv_timeout(wait) {
-            Ok(item) => heap.push(item),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if heap.is_empty() {
-                    return;
-                }
-                std::thread::sleep(wait);
-            }
-        }
     }
 }

@@ -118,8 +118,12 @@ fn row(name: &str, s: &LinkStats) -> String {
 }
 
 fn print(stats: &RelayStats) {
-    println!("{}", row("up", &stats.up));
-    println!("{}", row("down", &stats.down));
+    print_directions(&stats.up, &stats.down);
+}
+
+fn print_directions(up: &LinkStats, down: &LinkStats) {
+    println!("{}", row("up", up));
+    println!("{}", row("down", down));
 }
 
 pub(crate) async fn run(args: ImpairArgs) -> Result<(), String> {
@@ -205,8 +209,7 @@ async fn netns(args: ImpairArgs, profile: quiver_client::impair::ImpairmentProfi
                 tokio::select! {
                     _ = second.tick() => {
                         let stats = link.stats();
-                        println!("{}", row("up", &stats.up));
-                        println!("{}", row("down", &stats.down));
+                        print_directions(&stats.up, &stats.down);
                     }
                     () = &mut end => break,
                     _ = tokio::signal::ctrl_c() => break,
@@ -221,8 +224,7 @@ async fn netns(args: ImpairArgs, profile: quiver_client::impair::ImpairmentProfi
     let stats = tokio::task::spawn_blocking(move || link.stop()).await.map_err(|e| e.to_string())?;
     let stats = stats.map_err(|e| format!("cleanup: {e}"))?;
     println!("total:");
-    println!("{}", row("up", &stats.up));
-    println!("{}", row("down", &stats.down));
+    print_directions(&stats.up, &stats.down);
     outcome
 }
 

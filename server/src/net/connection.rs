@@ -141,13 +141,19 @@ async fn control<H: RoomHub>(
     let codec = FrameCodec::new(config.limits.max_frame as usize);
     let mut inbound = BytesMut::new();
     let mut outbound = BytesMut::new();
+    // A token's `exp` ends the session: the client reconnects with a fresh token (docs/security.md). One timer,
+    // armed once after Hello, not a new one per request.
+    let mut expires = false;
+    let expiry = tokio::time::sleep_until(hello_deadline);
+    tokio::pin!(expiry);
     loop {
         let awaiting_hello = session.identity().is_none();
-        // A token's `exp` ends the session: the client reconnects with a fresh token (docs/security.md).
-        let expires =
-            session.expires_us().map(|exp| Instant::now() + Duration::from_micros(exp.saturating_sub(now_us())));
+        if let (false, Some(exp)) = (expires, session.expires_us()) {
+            expiry.as_mut().reset(Instant::now() + Duration::from_micros(exp.saturating_sub(now_us())));
+            expires = true;
+        }
         tokio::select! {
-            () = tokio::time::sleep_until(expires.unwrap_or(hello_deadline)), if expires.is_some() => {
+            () = &mut expiry, if expires => {
                 bump(&stats.sessions_expired);
                 close(conn, ErrorCode::TokenExpired, "the access token expired; reconnect with a fresh one");
                 return "token expired".into();

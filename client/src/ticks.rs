@@ -1,5 +1,5 @@
-//! Ticks on the client: [`TickSubscription`] (latest value, an in-order stream that never goes back, and loss,
-//! staleness and latency statistics) and [`TickPublisher`] (sends a datagram per tick, refusing what cannot fit).
+//! Ticks on the client: [`TickSubscription`] (latest value, or every accepted tick in order from a short bounded
+//! backlog; never goes back; loss, staleness, supersession and latency statistics) and [`TickPublisher`] (sends a datagram per tick, refusing what cannot fit).
 
 use std::{
     sync::{
@@ -18,6 +18,10 @@ use crate::{
     session::lock,
     Client, RequestError,
 };
+
+/// Accepted ticks a subscription holds for [`TickSubscription::next_batch`]; older ones beyond this are dropped
+/// (counted as superseded). [`TickSubscription::next`] takes only the newest and clears the rest.
+pub const TICK_BACKLOG: usize = 64;
 
 /// A tick as a subscriber receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +52,9 @@ pub struct TickStats {
     pub lost: u64,
     /// Ticks that arrived after a newer one (reordered on the way) and were dropped.
     pub stale_dropped: u64,
+    /// Accepted ticks the reader never saw because a newer one replaced them first (latest wins: `next()` skipped
+    /// them, or they fell off the backlog of `next_batch()`).
+    pub superseded: u64,
     /// One-way latency of the received ticks.
     pub latency: LatencySummary,
 }
@@ -57,11 +64,12 @@ struct SubState {
     latest: Option<Tick>,
     /// Seq of the newest accepted tick; `None` until the first (and again after a resubscribe).
     last_seq: Option<u64>,
-    /// True when `latest` has not been returned by `next()` yet.
-    fresh: bool,
+    /// Accepted ticks not returned yet, oldest first, at most [`TICK_BACKLOG`].
+    pending: std::collections::VecDeque<Tick>,
     received: u64,
     lost: u64,
     stale_dropped: u64,
+    superseded: u64,
     latency: LatencyRecorder,
 }
 
@@ -84,6 +92,20 @@ impl SubShared {
         state.last_seq = None;
     }
 
+    /// The newest pending tick; the older pending ones count as superseded.
+    fn take_latest(&self) -> Option<Tick> {
+        let mut state = lock(&self.state);
+        let latest = state.pending.pop_back()?;
+        state.superseded += state.pending.len() as u64;
+        state.pending.clear();
+        Some(latest)
+    }
+
+    /// Every pending tick, oldest first.
+    fn take_all(&self) -> Vec<Tick> {
+        lock(&self.state).pending.drain(..).collect()
+    }
+
     /// A datagram for this subscription arrived at `now_us` (server clock).
     pub(crate) fn on_tick(&self, header: TickHeader, payload: Bytes, now_us: u64) {
         let mut state = lock(&self.state);
@@ -98,8 +120,12 @@ impl SubShared {
         state.received += 1;
         let tick = Tick { seq: header.seq, sent_time_us: header.sent_time_us, received_time_us: now_us, payload };
         state.latency.record(tick.latency());
+        if state.pending.len() >= TICK_BACKLOG {
+            state.pending.pop_front();
+            state.superseded += 1;
+        }
+        state.pending.push_back(tick.clone());
         state.latest = Some(tick);
-        state.fresh = true;
         drop(state);
         self.arrived.notify_waiters();
     }
@@ -124,18 +150,27 @@ impl TickSubscription {
     }
 
     /// Waits for a tick not returned yet and returns the newest: ticks come in seq order (older arrivals are
-    /// dropped as stale) and a slow reader skips to the latest value instead of working through old ones.
+    /// dropped as stale) and a slow reader skips to the latest value instead of working through old ones (those
+    /// count as superseded).
     pub async fn next(&mut self) -> Tick {
         loop {
             let arrived = self.shared.arrived.notified();
-            {
-                let mut state = lock(&self.shared.state);
-                if state.fresh {
-                    if let Some(latest) = state.latest.clone() {
-                        state.fresh = false;
-                        return latest;
-                    }
-                }
+            if let Some(latest) = self.shared.take_latest() {
+                return latest;
+            }
+            arrived.await;
+        }
+    }
+
+    /// Waits for ticks not returned yet and returns all of them in seq order: for readers that want every tick
+    /// that arrived (market-data deltas, measurements), not only the newest. At most [`TICK_BACKLOG`] are held; a
+    /// reader further behind loses the oldest (counted as superseded), so it never works through stale data.
+    pub async fn next_batch(&mut self) -> Vec<Tick> {
+        loop {
+            let arrived = self.shared.arrived.notified();
+            let ticks = self.shared.take_all();
+            if !ticks.is_empty() {
+                return ticks;
             }
             arrived.await;
         }
@@ -148,6 +183,7 @@ impl TickSubscription {
             received: state.received,
             lost: state.lost,
             stale_dropped: state.stale_dropped,
+            superseded: state.superseded,
             latency: state.latency.summary(),
         }
     }
@@ -242,5 +278,46 @@ impl TickPublisher {
             _ => TickError::Unsupported,
         })?;
         Ok(seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(seq: u64) -> TickHeader {
+        TickHeader { channel_id: 1, seq, sent_time_us: 0 }
+    }
+
+    #[test]
+    fn the_latest_supersedes_the_pending_and_a_batch_returns_every_accepted_tick_in_order() {
+        let sub = SubShared::new("c".into());
+        for seq in [1, 2, 3] {
+            sub.on_tick(header(seq), Bytes::from_static(b"x"), 10);
+        }
+        sub.on_tick(header(2), Bytes::new(), 10); // reordered: stale
+        assert_eq!(sub.take_latest().map(|t| t.seq), Some(3));
+        assert_eq!(sub.take_latest(), None);
+        for seq in [5, 6] {
+            sub.on_tick(header(seq), Bytes::new(), 10);
+        }
+        assert_eq!(sub.take_all().iter().map(|t| t.seq).collect::<Vec<_>>(), [5, 6]);
+        assert!(sub.take_all().is_empty());
+        let state = lock(&sub.state);
+        assert_eq!((state.received, state.lost, state.stale_dropped, state.superseded), (5, 1, 1, 2));
+    }
+
+    #[test]
+    fn the_backlog_is_bounded_and_drops_the_oldest() {
+        let sub = SubShared::new("c".into());
+        let n = TICK_BACKLOG as u64 + 10;
+        for seq in 1..=n {
+            sub.on_tick(header(seq), Bytes::new(), 10);
+        }
+        let batch = sub.take_all();
+        assert_eq!(batch.len(), TICK_BACKLOG);
+        assert_eq!(batch.first().map(|t| t.seq), Some(11));
+        assert_eq!(batch.last().map(|t| t.seq), Some(n));
+        assert_eq!(lock(&sub.state).superseded, 10);
     }
 }

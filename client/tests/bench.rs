@@ -19,8 +19,7 @@ fn config(profile: Option<ImpairmentProfile>) -> RttConfig {
         profile,
         server: None,
         token: None,
-        tuning: Default::default(),
-        compare_websocket: false,
+        ..RttConfig::new()
     }
 }
 
@@ -73,15 +72,26 @@ async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
         profile: None,
         server: None,
         token: None,
+        compare_websocket: true,
+        netns: None,
     };
     let report = run_fanout(config, |_| {}).await.unwrap();
-    assert_eq!(report.ticks_sent, 75);
-    assert_eq!(report.chat_sent, 15);
-    assert!(report.delivered_pct > 90.0, "{report:?}");
-    assert_eq!(report.chat_delivered_pct, 100.0, "chat is reliable: {report:?}");
-    assert_eq!(report.chat_latency.count, 150);
-    assert!(report.tick_latency.count > 600 && report.tick_latency.p50_us > 0, "{report:?}");
-    assert!(report.table().contains("ticks"));
+    for (side, reliable_ticks) in [(&report.quiver, false), (report.websocket.as_ref().unwrap(), true)] {
+        assert_eq!(side.ticks_sent, 75);
+        assert_eq!(side.chat_sent, 15);
+        if reliable_ticks {
+            assert_eq!(side.delivered_pct, 100.0, "WebSocket ticks ride TCP: {report:?}");
+        } else {
+            assert!(side.delivered_pct > 90.0, "{report:?}");
+        }
+        assert_eq!(side.chat_delivered_pct, 100.0, "chat is reliable: {report:?}");
+        assert_eq!(side.chat_latency.count, 150);
+        assert!(side.tick_latency.count > 600 && side.tick_latency.p50_us > 0, "{report:?}");
+    }
+    let table = report.table();
+    assert!(table.contains("quiver ticks") && table.contains("websocket chat"), "{table}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["ticks_sent"].is_u64() && json["websocket"]["chat_latency"]["p99_us"].is_u64(), "{json}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,27 +120,43 @@ async fn fanout_measures_an_external_server() {
         profile: None,
         server: Some((addr.to_string(), TrustOptions::Pin(pin))),
         token: Some(quiver_client::TokenProvider::dev(dir.path().to_owned(), "bench".into())),
+        compare_websocket: false,
+        netns: None,
     };
     let report = run_fanout(config, |_| {}).await.unwrap();
-    assert_eq!(report.ticks_sent, 50);
-    assert_eq!(report.chat_delivered_pct, 100.0, "{report:?}");
-    assert!(report.tick_latency.count > 100, "{report:?}");
+    assert_eq!(report.quiver.ticks_sent, 50);
+    assert_eq!(report.quiver.chat_delivered_pct, 100.0, "{report:?}");
+    assert!(report.quiver.tick_latency.count > 100, "{report:?}");
+    assert!(report.websocket.is_none());
     assert!(report.config["server"].as_str().unwrap().starts_with("127.0.0.1:"), "{report:?}");
     assert!(stats.snapshot().ticks_published >= 50, "the external server carried the run");
     stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rtt_compares_with_a_websocket_echo_on_a_clean_link() {
-    let report =
-        run_rtt(RttConfig { compare_websocket: true, duration: Duration::from_millis(800), ..config(None) }, |_| {})
-            .await
-            .unwrap();
-    let ws = report.series.iter().find(|s| s.name == "websocket echo").expect("a websocket series");
-    assert_eq!((ws.sent, ws.lost), (320, 0), "{ws:?}");
-    assert!(ws.latency.p50_us > 0);
-    assert_eq!(ws.baseline.as_deref(), Some("quiver stream"));
+async fn rtt_runs_the_websocket_head_to_head_on_a_clean_link() {
+    let h2h =
+        RttConfig { compare_websocket: true, duration: Duration::from_millis(1000), chat_rate: 50.0, ..config(None) };
+    let report = run_rtt(h2h, |_| {}).await.unwrap();
+    let names: Vec<&str> = report.series.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["quiver tick", "quiver chat", "websocket tick", "websocket chat"]);
+    for s in &report.series {
+        // 2 senders × 1 s × (200/s ticks or 50/s chat).
+        let expected = if s.name.ends_with("tick") { 400 } else { 100 };
+        assert_eq!(s.sent, expected, "{s:?}");
+        assert!(s.latency.p50_us > 0, "{s:?}");
+        if !s.name.starts_with("quiver tick") {
+            assert_eq!(s.lost, 0, "reliable: {s:?}");
+        }
+    }
+    assert_eq!(report.series[0].baseline.as_deref(), Some("websocket tick"));
+    assert_eq!(report.series[1].baseline.as_deref(), Some("websocket chat"));
+    let markdown = report.head_to_head_markdown("clean", true);
+    assert_eq!(markdown.lines().count(), 4, "{markdown}");
+    assert!(markdown.contains("| clean | tick |") && markdown.contains("| clean | chat |"), "{markdown}");
+    assert_eq!(report.config["emulator"]["kind"], "none (loopback)");
+    // TCP cannot pass the UDP relay: an impaired head-to-head without the netns emulator is refused.
     let lossy = ImpairmentProfile::symmetric(DirectionProfile { loss_pct: 1.0, ..DirectionProfile::default() });
     let err = run_rtt(RttConfig { compare_websocket: true, ..config(Some(lossy)) }, |_| {}).await.unwrap_err();
-    assert!(err.contains("cannot impair"), "{err}");
+    assert!(err.contains("--netns"), "{err}");
 }

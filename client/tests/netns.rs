@@ -176,3 +176,160 @@ fn tcp_request_response_sees_the_delay_and_loss_is_applied_to_its_packets() {
     assert!(packets > 300, "{stats:?}");
     assert!((0.015..0.10).contains(&rate), "TCP packets dropped at {rate:.3}, expected ~0.05: {stats:?}");
 }
+
+#[test]
+fn netem_backend_shapes_the_link_or_says_the_kernel_lacks_sch_netem() {
+    if skip() {
+        return;
+    }
+    let name = format!("qn{:05x}", std::process::id() & 0xfffff);
+    match NetnsLink::start_with(&name, &profile(10.0, 0.0), netns::Backend::Netem) {
+        Err(err) => {
+            // This kernel (and many) has no sch_netem: the backend must say so and leave nothing behind.
+            let message = err.to_string();
+            assert!(message.contains("sch_netem"), "unclear error: {message}");
+            eprintln!("netem backend unavailable, as reported: {message}");
+            assert_removed(&name);
+        }
+        Ok(link) => {
+            assert_eq!(link.backend(), netns::Backend::Netem);
+            let server = SocketAddr::from((netns::SERVER_ADDR, 7002));
+            let echo = inside(&link, Side::Server, move || {
+                let socket = UdpSocket::bind(server).unwrap();
+                socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut buf = [0u8; 64];
+                while let Ok((len, from)) = socket.recv_from(&mut buf) {
+                    socket.send_to(&buf[..len], from).unwrap();
+                }
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            let rtts = inside(&link, Side::Client, move || {
+                let socket = UdpSocket::bind((netns::CLIENT_ADDR, 0)).unwrap();
+                socket.connect(server).unwrap();
+                socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut buf = [0u8; 64];
+                (0..30)
+                    .map(|_| {
+                        let start = Instant::now();
+                        socket.send(b"ping").unwrap();
+                        socket.recv(&mut buf).unwrap();
+                        start.elapsed()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .join()
+            .unwrap();
+            link.stop().unwrap();
+            echo.join().unwrap();
+            assert_removed(&name);
+            let median = median(rtts);
+            assert!(median >= Duration::from_millis(20) && median < Duration::from_millis(26), "median RTT {median:?}");
+        }
+    }
+}
+
+#[test]
+fn netem_arguments_follow_the_profile() {
+    let d = DirectionProfile {
+        delay_ms: 20.0,
+        jitter_ms: 5.0,
+        loss_pct: 2.0,
+        burst_len: 4.0,
+        reorder_pct: 1.0,
+        duplicate_pct: 0.5,
+        rate_kbps: 5000.0,
+        queue_bytes: 150_000,
+        ..DirectionProfile::default()
+    };
+    let args = netns::netem_args(&d).join(" ");
+    // Gilbert-Elliott: leave the bad state with 1/4, enter it with 0.02 × 0.25 / 0.98 ≈ 0.51 %.
+    assert!(args.starts_with("netem delay 20ms 5ms loss gemodel 0.51"), "{args}");
+    assert!(args.ends_with("25% 100% 0% reorder 1% duplicate 0.5% rate 5000kbit limit 100"), "{args}");
+    let plain = DirectionProfile { loss_pct: 5.0, ..DirectionProfile::default() };
+    assert_eq!(netns::netem_args(&plain).join(" "), "netem loss random 5%");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn lossy_delayed() -> ImpairmentProfile {
+    ImpairmentProfile {
+        seed: 11,
+        ..ImpairmentProfile::symmetric(DirectionProfile { delay_ms: 5.0, loss_pct: 5.0, ..DirectionProfile::default() })
+    }
+}
+
+#[test]
+fn bench_rtt_head_to_head_crosses_the_emulated_link() {
+    use quiver_client::bench::{run_rtt, RttConfig};
+    if skip() {
+        return;
+    }
+    let config = RttConfig {
+        clients: 1,
+        rate: 200.0,
+        chat_rate: 50.0,
+        duration: Duration::from_secs(2),
+        warmup: Duration::from_millis(300),
+        profile: Some(lossy_delayed()),
+        compare_websocket: true,
+        netns: Some(netns::Backend::Tun),
+        ..RttConfig::new()
+    };
+    let report = runtime().block_on(run_rtt(config, |_| {})).unwrap();
+    let names: Vec<&str> = report.series.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["quiver tick", "quiver chat", "websocket tick", "websocket chat"]);
+    for s in &report.series {
+        // Every message crossed the 10 ms round trip: nothing faster than the link.
+        assert!(s.latency.count > 0 && s.latency.p50_us >= 10_000, "{s:?}");
+        if s.name == "quiver tick" {
+            // Datagrams: ~10 % of round trips lose a leg (5 % each way).
+            let loss = s.lost as f64 / s.sent as f64;
+            assert!((0.03..0.30).contains(&loss), "tick loss {loss}: {s:?}");
+        } else {
+            assert_eq!(s.lost, 0, "reliable: {s:?}");
+        }
+    }
+    let emulator = &report.config["emulator"];
+    assert_eq!(emulator["kind"], "netns (tun)", "{emulator}");
+    for direction in ["up", "down"] {
+        let (passed, dropped) =
+            (emulator[direction]["passed"].as_u64().unwrap(), emulator[direction]["dropped"].as_u64().unwrap());
+        let rate = dropped as f64 / (passed + dropped) as f64;
+        assert!(passed > 500 && (0.02..0.09).contains(&rate), "{direction}: {emulator}");
+    }
+    assert_removed(emulator["name"].as_str().unwrap());
+}
+
+#[test]
+fn bench_fanout_compares_with_a_websocket_hub_across_the_emulated_link() {
+    use quiver_client::bench::{run_fanout, FanoutConfig};
+    if skip() {
+        return;
+    }
+    let config = FanoutConfig {
+        subscribers: 3,
+        rate: 50.0,
+        size: 64,
+        chat_rate: 10.0,
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(300),
+        profile: Some(lossy_delayed()),
+        server: None,
+        token: None,
+        compare_websocket: true,
+        netns: Some(netns::Backend::Tun),
+    };
+    let report = runtime().block_on(run_fanout(config, |_| {})).unwrap();
+    let ws = report.websocket.as_ref().unwrap();
+    for side in [&report.quiver, ws] {
+        assert_eq!(side.chat_delivered_pct, 100.0, "{report:?}");
+        // One way over the link: at least its 5 ms.
+        assert!(side.tick_latency.p50_us >= 5_000 && side.chat_latency.p50_us >= 5_000, "{report:?}");
+    }
+    assert_eq!(ws.delivered_pct, 100.0, "WebSocket ticks ride TCP: {report:?}");
+    assert!(report.quiver.delivered_pct < 100.0 && report.quiver.delivered_pct > 60.0, "{report:?}");
+    assert_eq!(report.config["emulator"]["kind"], "netns (tun)");
+    assert_removed(report.config["emulator"]["name"].as_str().unwrap());
+}

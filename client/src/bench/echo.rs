@@ -2,7 +2,10 @@
 //! returns datagrams as datagrams and bidirectional-stream bytes on the same stream, and a WebSocket-over-TCP echo
 //! (tokio-tungstenite, TCP_NODELAY) that returns each binary message.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use quiver_certs::CertKey;
 use tokio_util::sync::CancellationToken;
@@ -10,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 /// ALPN of the bare quinn echo.
 pub(crate) const ECHO_ALPN: &[u8] = b"quiver-bench-echo";
 
-/// A UDP echo on 127.0.0.1, until `stop`.
-pub(crate) async fn udp_echo(stop: CancellationToken) -> std::io::Result<SocketAddr> {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+/// A UDP echo on `ip`, until `stop`.
+pub(crate) async fn udp_echo(ip: IpAddr, stop: CancellationToken) -> std::io::Result<SocketAddr> {
+    let socket = tokio::net::UdpSocket::bind((ip, 0)).await?;
     let addr = socket.local_addr()?;
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
@@ -30,10 +33,10 @@ pub(crate) async fn udp_echo(stop: CancellationToken) -> std::io::Result<SocketA
     Ok(addr)
 }
 
-/// A WebSocket echo on 127.0.0.1 (plain `ws://`, TCP_NODELAY as WebSocket servers set it), until `stop`.
-pub(crate) async fn websocket_echo(stop: CancellationToken) -> std::io::Result<SocketAddr> {
+/// A WebSocket echo on `ip` (plain `ws://`, TCP_NODELAY as WebSocket servers set it), until `stop`.
+pub(crate) async fn websocket_echo(ip: IpAddr, stop: CancellationToken) -> std::io::Result<SocketAddr> {
     use futures_util::{SinkExt, StreamExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
@@ -66,8 +69,8 @@ pub(crate) async fn websocket_echo(stop: CancellationToken) -> std::io::Result<S
     Ok(addr)
 }
 
-/// A bare quinn echo on 127.0.0.1 with quinn's default transport settings, until `stop`.
-pub(crate) fn quinn_echo(cert: CertKey, stop: CancellationToken) -> Result<SocketAddr, String> {
+/// A bare quinn echo on `ip` with quinn's default transport settings, until `stop`.
+pub(crate) fn quinn_echo(ip: IpAddr, cert: CertKey, stop: CancellationToken) -> Result<SocketAddr, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -78,7 +81,7 @@ pub(crate) fn quinn_echo(cert: CertKey, stop: CancellationToken) -> Result<Socke
     tls.alpn_protocols = vec![ECHO_ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
     let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let addr: SocketAddr = "127.0.0.1:0".parse().map_err(|_| "address")?;
+    let addr = SocketAddr::new(ip, 0);
     let endpoint = quinn::Endpoint::server(config, addr).map_err(|e| e.to_string())?;
     let addr = endpoint.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(async move {

@@ -4,6 +4,7 @@
 
 mod echo;
 mod fanout;
+mod namespaces;
 mod plot;
 mod rtt;
 mod series;

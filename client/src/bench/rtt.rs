@@ -1,21 +1,31 @@
 //! `quiver bench rtt`: N clients each send at a fixed rate and time the round trip, over Quiver's tick datagrams
 //! (publish, then receive the own tick from the server's fan-out) and Quiver's room stream (post, then receive the
 //! own message on the room stream), beside bare quinn datagram and stream echoes and a raw UDP echo.
+//!
+//! With `compare_websocket` it runs the head-to-head instead: each sender carries ticks and chat on one
+//! connection, Quiver's (datagrams and a room stream) and a WebSocket's (one ordered TCP stream, as WebSocket apps
+//! do), at the same rates. With `netns` the servers and the clients run in two network namespaces joined by the
+//! netns emulator, so TCP and UDP cross the same impaired link.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use quiver_certs::Fingerprint;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    echo,
+    echo, namespaces,
     series::{parse, payload, Report, Schedule, SeriesResult, SharedTally, Tally},
 };
 use quiver_server::net::transport::TransportTuning;
 
 use crate::{
-    impair::{ImpairmentProfile, Relay, RelayConfig},
+    impair::{Backend, ImpairmentProfile, Relay, RelayConfig},
     Client, ConnectOptions, RoomEvent, TokenProvider, TrustOptions,
 };
 
@@ -40,10 +50,45 @@ pub struct RttConfig {
     pub token: Option<TokenProvider>,
     /// Transport settings of the in-process Quiver server and the Quiver clients (the baselines keep quinn's).
     pub tuning: TransportTuning,
-    /// Add a WebSocket-over-TCP echo series (what a WebSocket hub's clients see). TCP cannot pass the UDP relay,
-    /// so this is refused with an impairment profile until the netns emulator exists.
+    /// Run the head-to-head with WebSocket over TCP instead of the five series: ticks at `rate` and chat at
+    /// `chat_rate` per sender, on one Quiver connection and on one WebSocket connection. TCP cannot pass the UDP
+    /// relay, so an impaired head-to-head needs `netns`.
     pub compare_websocket: bool,
+    /// Chat messages per second per sender in the head-to-head.
+    pub chat_rate: f64,
+    /// Run servers and clients in two network namespaces joined by this emulator backend (Linux, root) instead
+    /// of on loopback through the UDP relay. Needs the in-process server.
+    pub netns: Option<Backend>,
 }
+
+impl RttConfig {
+    /// Defaults for everything but what is measured: 1 sender, 200/s, 64 B, 10 s after 1 s, loopback.
+    pub fn new() -> RttConfig {
+        RttConfig {
+            clients: 1,
+            rate: 200.0,
+            size: 64,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            profile: None,
+            server: None,
+            token: None,
+            tuning: TransportTuning::default(),
+            compare_websocket: false,
+            chat_rate: 50.0,
+            netns: None,
+        }
+    }
+}
+
+impl Default for RttConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Hears which series is starting.
+pub(crate) type Progress = Arc<dyn Fn(&str) + Send + Sync>;
 
 struct Targets {
     quiver: SocketAddr,
@@ -59,49 +104,57 @@ struct Targets {
 }
 
 /// Runs every series one after the other; `progress` hears what is starting.
-pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str)) -> Result<Report, String> {
-    let rate_ok = config.rate.is_finite() && config.rate > 0.0;
-    if config.clients == 0 || !rate_ok || config.duration.is_zero() {
+pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str) + Send + Sync + 'static) -> Result<Report, String> {
+    let rate_ok = |r: f64| r.is_finite() && r > 0.0;
+    if config.clients == 0 || !rate_ok(config.rate) || config.duration.is_zero() {
         return Err("clients, rate and duration must be above 0".into());
     }
-    if config.compare_websocket && config.profile.is_some() {
-        return Err("the WebSocket baseline runs over TCP, which the UDP relay cannot impair: impaired WebSocket \
-                    comparisons need the netns emulator (not built yet); run --compare websocket without a profile"
+    if config.compare_websocket && !rate_ok(config.chat_rate) {
+        return Err("the head-to-head needs a chat rate above 0".into());
+    }
+    let impaired = config.profile.as_ref().is_some_and(|p| !p.is_clean());
+    if config.compare_websocket && impaired && config.netns.is_none() {
+        return Err("the WebSocket baseline runs over TCP, which the UDP relay cannot impair: add --netns (root, \
+                    Linux) to run both through the netns emulator, or compare without a profile"
             .into());
     }
-    let targets = start_targets(&config).await?;
-    let mut series = Vec::new();
-    type Runner = fn(&'static str, RttConfig, Arc<TargetsView>) -> BoxedSeries;
-    let view = Arc::new(TargetsView {
-        quiver: targets.quiver.to_string(),
-        quiver_trust: targets.quiver_trust.clone(),
-        quiver_token: targets.quiver_token.clone(),
-        udp: targets.udp,
-        quinn: targets.quinn,
-        quinn_pin: targets.quinn_pin,
-        websocket: targets.websocket,
-        tuning: config.tuning.clone(),
-    });
-    let plan: [(&'static str, Option<&'static str>, Runner); 5] = [
-        ("udp echo", None, |n, c, t| Box::pin(udp_series(n, c, t))),
-        ("quinn datagram echo", None, |n, c, t| Box::pin(quinn_series(n, c, t, false))),
-        ("quiver datagram", Some("quinn datagram echo"), |n, c, t| Box::pin(quiver_datagram_series(n, c, t))),
-        ("quinn stream echo", None, |n, c, t| Box::pin(quinn_series(n, c, t, true))),
-        ("quiver stream", Some("quinn stream echo"), |n, c, t| Box::pin(quiver_stream_series(n, c, t))),
-    ];
-    let websocket: [(&'static str, Option<&'static str>, Runner); 1] =
-        [("websocket echo", Some("quiver stream"), |n, c, t| Box::pin(websocket_series(n, c, t)))];
-    let extra = if config.compare_websocket { &websocket[..] } else { &[] };
-    for (name, baseline, runner) in plan.into_iter().chain(extra.iter().copied()) {
-        progress(name);
-        let mut result = runner(name, config.clone(), view.clone()).await?;
-        result.baseline = baseline.map(str::to_string);
-        series.push(result);
+    if config.netns.is_some() && config.server.is_some() {
+        return Err(
+            "--netns runs the servers itself, inside its namespace; it cannot measure an external server".into()
+        );
     }
-    targets.stop.cancel();
+    let progress: Progress = Arc::new(progress);
+    let (series, emulator) = match config.netns {
+        None => {
+            let targets = start_targets(&config, IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
+            let view = targets.view(&config, IpAddr::V4(Ipv4Addr::LOCALHOST));
+            let series = run_series(config.clone(), view, progress).await;
+            targets.stop.cancel();
+            let emulator = if impaired { "udp relay" } else { "none (loopback)" };
+            (series?, serde_json::json!({ "kind": emulator }))
+        }
+        Some(backend) => {
+            // The link impairs; no relay in the servers' namespace.
+            let server_config = RttConfig { profile: None, ..config.clone() };
+            let client_config = config.clone();
+            namespaces::across(
+                &config.profile.clone().unwrap_or_default(),
+                backend,
+                move |ip| async move { start_targets(&server_config, ip).await },
+                move |targets: Targets| async move {
+                    let view = targets.view(&client_config, namespaces::CLIENT_BIND);
+                    let series = run_series(client_config, view, progress).await;
+                    targets.stop.cancel();
+                    series
+                },
+            )
+            .await?
+        }
+    };
     let config_json = serde_json::json!({
         "clients": config.clients,
         "rate_per_client": config.rate,
+        "chat_rate_per_client": config.compare_websocket.then_some(config.chat_rate),
         "size": config.size,
         "duration_s": config.duration.as_secs_f64(),
         "warmup_s": config.warmup.as_secs_f64(),
@@ -109,11 +162,48 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str)) -> Result<Repor
         "tuning": config.tuning.name,
         "server": config.server.as_ref().map(|(s, _)| s.clone()).unwrap_or_else(|| "in-process".into()),
         "compare_websocket": config.compare_websocket,
+        "emulator": emulator,
     });
     Ok(Report { config: config_json, series })
 }
 
-type BoxedSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<SeriesResult, String>> + Send>>;
+type Runner = fn(RttConfig, Arc<TargetsView>) -> BoxedSeries;
+
+/// The series of a run, one after the other.
+async fn run_series(config: RttConfig, view: TargetsView, progress: Progress) -> Result<Vec<SeriesResult>, String> {
+    let view = Arc::new(view);
+    let one = |name: &'static str, baseline: Option<&'static str>, runner: SingleRunner| (name, baseline, runner);
+    type SingleRunner = fn(&'static str, RttConfig, Arc<TargetsView>) -> SingleSeries;
+    let five = [
+        one("udp echo", None, |n, c, t| Box::pin(udp_series(n, c, t))),
+        one("quinn datagram echo", None, |n, c, t| Box::pin(quinn_series(n, c, t, false))),
+        one("quiver datagram", Some("quinn datagram echo"), |n, c, t| Box::pin(quiver_datagram_series(n, c, t))),
+        one("quinn stream echo", None, |n, c, t| Box::pin(quinn_series(n, c, t, true))),
+        one("quiver stream", Some("quinn stream echo"), |n, c, t| Box::pin(quiver_stream_series(n, c, t))),
+    ];
+    let mut series = Vec::new();
+    if config.compare_websocket {
+        let head_to_head: [(&str, Runner); 2] = [
+            ("quiver tick + chat", |c, t| Box::pin(quiver_mixed_series(c, t))),
+            ("websocket tick + chat", |c, t| Box::pin(websocket_mixed_series(c, t))),
+        ];
+        for (name, runner) in head_to_head {
+            progress(name);
+            series.extend(runner(config.clone(), view.clone()).await?);
+        }
+        return Ok(series);
+    }
+    for (name, baseline, runner) in five {
+        progress(name);
+        let mut result = runner(name, config.clone(), view.clone()).await?;
+        result.baseline = baseline.map(str::to_string);
+        series.push(result);
+    }
+    Ok(series)
+}
+
+type SingleSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<SeriesResult, String>> + Send>>;
+type BoxedSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<SeriesResult>, String>> + Send>>;
 
 /// What the series need to know about the targets.
 #[derive(Debug)]
@@ -126,9 +216,28 @@ struct TargetsView {
     quinn: SocketAddr,
     quinn_pin: Fingerprint,
     tuning: TransportTuning,
+    /// Where the clients' sockets bind.
+    client_ip: IpAddr,
 }
 
-async fn start_targets(config: &RttConfig) -> Result<Targets, String> {
+impl Targets {
+    fn view(&self, config: &RttConfig, client_ip: IpAddr) -> TargetsView {
+        TargetsView {
+            quiver: self.quiver.to_string(),
+            quiver_trust: self.quiver_trust.clone(),
+            quiver_token: self.quiver_token.clone(),
+            udp: self.udp,
+            quinn: self.quinn,
+            quinn_pin: self.quinn_pin,
+            websocket: self.websocket,
+            tuning: config.tuning.clone(),
+            client_ip,
+        }
+    }
+}
+
+/// Starts the servers, bound to `ip`, and the relays in front of them when the profile asks for them.
+async fn start_targets(config: &RttConfig, ip: IpAddr) -> Result<Targets, String> {
     let stop = CancellationToken::new();
     let data_dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let (cert, _) = quiver_certs::dev::load_or_generate(data_dir.path(), std::time::SystemTime::now())
@@ -146,10 +255,7 @@ async fn start_targets(config: &RttConfig) -> Result<Targets, String> {
         None => {
             let server_config = quiver_server::ServerConfig {
                 tuning: config.tuning.clone(),
-                ..quiver_server::ServerConfig::dev(
-                    "127.0.0.1:0".parse().map_err(|_| "address")?,
-                    data_dir.path().into(),
-                )
+                ..quiver_server::ServerConfig::dev(SocketAddr::new(ip, 0), data_dir.path().into())
             };
             let server = quiver_server::Server::bind(server_config).map_err(|e| e.to_string())?;
             let addr = server.local_addr();
@@ -159,9 +265,9 @@ async fn start_targets(config: &RttConfig) -> Result<Targets, String> {
             (addr, TrustOptions::Pin(quinn_pin), Some(token), data_dir)
         }
     };
-    let udp = echo::udp_echo(stop.clone()).await.map_err(|e| format!("UDP echo: {e}"))?;
-    let quinn = echo::quinn_echo(cert, stop.clone())?;
-    let websocket = echo::websocket_echo(stop.clone()).await.map_err(|e| format!("WebSocket echo: {e}"))?;
+    let udp = echo::udp_echo(ip, stop.clone()).await.map_err(|e| format!("UDP echo: {e}"))?;
+    let quinn = echo::quinn_echo(ip, cert, stop.clone())?;
+    let websocket = echo::websocket_echo(ip, stop.clone()).await.map_err(|e| format!("WebSocket echo: {e}"))?;
     let mut relays = Vec::new();
     let mut via = |upstream: SocketAddr| -> Result<SocketAddr, String> {
         match &config.profile {
@@ -195,10 +301,10 @@ async fn start_targets(config: &RttConfig) -> Result<Targets, String> {
     })
 }
 
-fn schedule(config: &RttConfig, start: Instant) -> Schedule {
-    let interval = Duration::from_secs_f64(1.0 / config.rate);
-    let warmup = (config.warmup.as_secs_f64() * config.rate).round() as u64;
-    let count = warmup + (config.duration.as_secs_f64() * config.rate).round() as u64;
+fn schedule(config: &RttConfig, rate: f64, start: Instant) -> Schedule {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let warmup = (config.warmup.as_secs_f64() * rate).round() as u64;
+    let count = warmup + (config.duration.as_secs_f64() * rate).round() as u64;
     Schedule { start, interval, count, warmup }
 }
 
@@ -209,21 +315,39 @@ fn drain(config: &RttConfig) -> Duration {
     Duration::from_millis(1000) + Duration::from_secs_f64(path_ms * 4.0 / 1000.0)
 }
 
-/// Runs one sender per client (each given its index, the shared schedule, the tally and a token cancelled once
-/// the drain is over) and returns the tally's result.
-async fn measure<F, Fut>(config: &RttConfig, name: &str, sender: F) -> Result<SeriesResult, String>
+/// One kind of message a sender sends: its schedule and where its latencies go.
+struct Lane {
+    plan: Schedule,
+    tally: SharedTally,
+}
+
+/// Runs one sender per client (each given its index, one [`Lane`] per `(name, rate)` of `lanes`, and a token
+/// cancelled once the drain is over) and returns one result per lane.
+async fn measure_lanes<F, Fut>(
+    config: &RttConfig,
+    lanes: &[(&str, f64)],
+    sender: F,
+) -> Result<Vec<SeriesResult>, String>
 where
-    F: Fn(u32, Schedule, SharedTally, CancellationToken) -> Fut,
+    F: Fn(u32, Vec<Lane>, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
-    let tally = Tally::shared();
     let stop = CancellationToken::new();
-    // Everyone starts together, a little after set-up.
+    // Everyone starts together, a little after set-up; a second lane half an interval later.
     let start = Instant::now() + Duration::from_millis(200);
-    let plan = schedule(config, start);
+    let tallies: Vec<SharedTally> = lanes.iter().map(|_| Tally::shared()).collect();
+    let plans: Vec<Schedule> = lanes
+        .iter()
+        .enumerate()
+        .map(|(k, &(_, rate))| {
+            let offset = if k == 0 { Duration::ZERO } else { Duration::from_secs_f64(0.5 / rate) };
+            schedule(config, rate, start + offset)
+        })
+        .collect();
     let mut tasks = tokio::task::JoinSet::new();
     for who in 0..config.clients {
-        tasks.spawn(sender(who, plan, tally.clone(), stop.clone()));
+        let lanes = plans.iter().zip(&tallies).map(|(plan, tally)| Lane { plan: *plan, tally: tally.clone() });
+        tasks.spawn(sender(who, lanes.collect(), stop.clone()));
     }
     let mut outcome = Ok(());
     while let Some(done) = tasks.join_next().await {
@@ -235,7 +359,21 @@ where
         tokio::time::sleep(drain(config)).await;
     }
     stop.cancel();
-    outcome.map(|()| Tally::result(&tally, name, None))
+    outcome.map(|()| lanes.iter().zip(&tallies).map(|((name, _), tally)| Tally::result(tally, name, None)).collect())
+}
+
+/// [`measure_lanes`] with one lane at the configured rate.
+async fn measure<F, Fut>(config: &RttConfig, name: &str, sender: F) -> Result<SeriesResult, String>
+where
+    F: Fn(u32, Schedule, SharedTally, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let results = measure_lanes(config, &[(name, config.rate)], |who, lanes, stop| {
+        let Lane { plan, tally } = lanes.into_iter().next().unwrap_or_else(|| unreachable!("one lane asked"));
+        sender(who, plan, tally, stop)
+    })
+    .await?;
+    results.into_iter().next().ok_or_else(|| "no result".to_string())
 }
 
 /// Runs `task` until `stop` is cancelled (readers, and keeping connections open through the drain).
@@ -260,9 +398,9 @@ async fn send_scheduled(plan: &Schedule, who: u32, tally: &SharedTally, mut send
 
 async fn udp_series(name: &'static str, config: RttConfig, targets: Arc<TargetsView>) -> Result<SeriesResult, String> {
     let size = config.size;
-    let target = targets.udp;
+    let (target, client_ip) = (targets.udp, targets.client_ip);
     measure(&config, name, |who, plan, tally, stop| async move {
-        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?);
+        let socket = Arc::new(tokio::net::UdpSocket::bind((client_ip, 0)).await.map_err(|e| e.to_string())?);
         socket.connect(target).await.map_err(|e| e.to_string())?;
         let (reader, reader_tally) = (socket.clone(), tally.clone());
         until_stopped(&stop, async move {
@@ -300,8 +438,7 @@ async fn quinn_series(
                     .map_err(|e| e.to_string())?;
             // Bare quinn: its default transport settings, not Quiver's.
             client_config.transport_config(Arc::new(quinn::TransportConfig::default()));
-            let endpoint =
-                quinn::Endpoint::client("127.0.0.1:0".parse().map_err(|_| "address")?).map_err(|e| e.to_string())?;
+            let endpoint = quinn::Endpoint::client(SocketAddr::new(targets.client_ip, 0)).map_err(|e| e.to_string())?;
             let conn = endpoint
                 .connect_with(client_config, targets.quinn, "localhost")
                 .map_err(|e| e.to_string())?
@@ -348,46 +485,116 @@ async fn quinn_series(
     .await
 }
 
-/// WebSocket over TCP: one connection per sender, binary messages echoed (the reliable path a WebSocket hub
-/// offers; ticks would share this one ordered stream).
-async fn websocket_series(
-    name: &'static str,
-    config: RttConfig,
-    targets: Arc<TargetsView>,
-) -> Result<SeriesResult, String> {
+/// Marks a chat message (in the sender field) on the WebSocket, where ticks and chat share one connection.
+const CHAT_BIT: u32 = 1 << 31;
+
+/// The head-to-head's WebSocket side: one WebSocket-over-TCP connection per sender (TCP_NODELAY) carrying ticks and
+/// chat as binary messages, echoed by the server; a writer task sends whatever either schedule hands it, as a
+/// WebSocket app's outgoing queue does.
+async fn websocket_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Result<Vec<SeriesResult>, String> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let size = config.size.max(12);
-    measure(&config, name, |who, plan, tally, stop| {
+    let lanes = [("websocket tick", config.rate), ("websocket chat", config.chat_rate)];
+    measure_lanes(&config, &lanes, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
+            let [ticks, chat]: [Lane; 2] = lanes.try_into().map_err(|_| "two lanes".to_string())?;
             let tcp = tokio::net::TcpStream::connect(targets.websocket).await.map_err(|e| e.to_string())?;
             tcp.set_nodelay(true).map_err(|e| e.to_string())?;
             let url = format!("ws://{}/", targets.websocket);
             let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.map_err(|e| format!("WebSocket: {e}"))?;
             let (mut sink, mut stream) = ws.split();
-            let reader_tally = tally.clone();
+            let (tick_tally, chat_tally) = (ticks.tally.clone(), chat.tally.clone());
             until_stopped(&stop, async move {
                 while let Some(Ok(message)) = stream.next().await {
-                    if let Some((w, i)) = parse(&message.into_data()) {
-                        Tally::received(&reader_tally, w, i);
+                    match parse(&message.into_data()) {
+                        Some((w, i)) if w & CHAT_BIT != 0 => Tally::received(&chat_tally, w & !CHAT_BIT, i),
+                        Some((w, i)) => Tally::received(&tick_tally, w, i),
+                        None => {}
                     }
                 }
             });
-            for i in 0..plan.count {
-                let origin = plan.due(i).await;
-                Tally::sent(&tally, &plan, who, i, origin);
-                sink.send(Message::binary(payload(who, i, size))).await.map_err(|e| e.to_string())?;
-            }
-            // Keep the connection through the drain.
+            let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<Message>();
+            // The writer keeps the connection through the drain.
             until_stopped(&stop, async move {
+                while let Some(message) = queued.recv().await {
+                    if sink.send(message).await.is_err() {
+                        return;
+                    }
+                }
                 std::future::pending::<()>().await;
-                drop(sink);
             });
+            let send = |lane: &Lane, mark: u32| {
+                let queue = queue.clone();
+                let (plan, tally) = (lane.plan, lane.tally.clone());
+                async move {
+                    send_scheduled(&plan, who, &tally, |i| {
+                        let _ = queue.send(Message::binary(payload(who | mark, i, size)));
+                    })
+                    .await
+                }
+            };
+            tokio::join!(send(&ticks, 0), send(&chat, CHAT_BIT));
             Ok(())
         }
     })
     .await
+}
+
+/// The head-to-head's Quiver side: one connection per sender, ticks published as datagrams on a channel it
+/// subscribes to, chat posted into a room it has joined, at the same rates as the WebSocket side.
+async fn quiver_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Result<Vec<SeriesResult>, String> {
+    let size = config.size.max(12);
+    let lanes = [("quiver tick", config.rate), ("quiver chat", config.chat_rate)];
+    let mut results = measure_lanes(&config, &lanes, |who, lanes, stop| {
+        let targets = targets.clone();
+        async move {
+            let [ticks, chat]: [Lane; 2] = lanes.try_into().map_err(|_| "two lanes".to_string())?;
+            let client = quiver_client(&targets).await?;
+            let name = format!("bench.h2h.{who}.{}", std::process::id());
+            let mut subscription = client.subscribe(&name).await.map_err(|e| e.to_string())?;
+            let publisher = client.publisher(&name).await.map_err(|e| e.to_string())?;
+            let mut room = client.join(&name).await.map_err(|e| e.to_string())?;
+            let tick_tally = ticks.tally.clone();
+            until_stopped(&stop, async move {
+                loop {
+                    for tick in subscription.next_batch().await {
+                        if let Some((w, i)) = parse(&tick.payload) {
+                            Tally::received(&tick_tally, w, i);
+                        }
+                    }
+                }
+            });
+            let chat_tally = chat.tally.clone();
+            until_stopped(&stop, async move {
+                while let Some(event) = room.next().await {
+                    if let RoomEvent::Message(m) = event {
+                        if let Some((w, i)) = parse(&m.body) {
+                            Tally::received(&chat_tally, w, i);
+                        }
+                    }
+                }
+            });
+            let send_ticks = send_scheduled(&ticks.plan, who, &ticks.tally, |i| {
+                if let Err(err) = publisher.send(payload(who, i, size)) {
+                    tracing::debug!(%err, "tick not sent");
+                }
+            });
+            // Queued at the call; the acknowledgement is not what is measured.
+            let send_chat =
+                send_scheduled(&chat.plan, who, &chat.tally, |i| drop(client.post(&name, payload(who, i, size))));
+            tokio::join!(send_ticks, send_chat);
+            close_after(&stop, client);
+            Ok(())
+        }
+    })
+    .await?;
+    // Each Quiver series is compared with its WebSocket counterpart.
+    for (result, baseline) in results.iter_mut().zip(["websocket tick", "websocket chat"]) {
+        result.baseline = Some(baseline.to_string());
+    }
+    Ok(results)
 }
 
 async fn quiver_client(targets: &TargetsView) -> Result<Client, String> {
@@ -423,11 +630,13 @@ async fn quiver_datagram_series(
             let mut subscription = client.subscribe(&channel).await.map_err(|e| e.to_string())?;
             let publisher = client.publisher(&channel).await.map_err(|e| e.to_string())?;
             let reader_tally = tally.clone();
+            // Every accepted tick, not only the newest: a tick superseded on arrival still arrived.
             until_stopped(&stop, async move {
                 loop {
-                    let tick = subscription.next().await;
-                    if let Some((w, i)) = parse(&tick.payload) {
-                        Tally::received(&reader_tally, w, i);
+                    for tick in subscription.next_batch().await {
+                        if let Some((w, i)) = parse(&tick.payload) {
+                            Tally::received(&reader_tally, w, i);
+                        }
                     }
                 }
             });

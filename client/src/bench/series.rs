@@ -159,6 +159,61 @@ impl Report {
     }
 }
 
+/// Milliseconds from µs, with precision to match the size.
+fn ms(us: u64) -> String {
+    let v = us as f64 / 1000.0;
+    match v {
+        v if v < 1.0 => format!("{v:.3}"),
+        v if v < 10.0 => format!("{v:.2}"),
+        v if v < 100.0 => format!("{v:.1}"),
+        v => format!("{v:.0}"),
+    }
+}
+
+impl Report {
+    /// The head-to-head (Quiver's and WebSocket's tick and chat series) as Markdown table rows labelled `label`,
+    /// with the header when `header`; empty when the run was not a head-to-head.
+    pub fn head_to_head_markdown(&self, label: &str, header: bool) -> String {
+        let mut out = String::new();
+        if header {
+            out += "| link | traffic | Quiver p50 / p99 / p99.9 (ms) | WebSocket p50 / p99 / p99.9 (ms) \
+                    | Quiver ÷ WebSocket p50 / p99 / p99.9 | lost: Quiver / WebSocket |\n";
+            out += "|---|---|---|---|---|---|\n";
+        }
+        let find = |name: &str| self.series.iter().find(|s| s.name == name);
+        for kind in ["tick", "chat"] {
+            let (Some(q), Some(w)) = (find(&format!("quiver {kind}")), find(&format!("websocket {kind}"))) else {
+                continue;
+            };
+            let (a, b) = (&q.latency, &w.latency);
+            let ratio =
+                |x: u64, y: u64| if y == 0 { "–".to_string() } else { format!("×{:.2}", x as f64 / y as f64) };
+            let lost = |s: &SeriesResult| {
+                if s.sent == 0 {
+                    "–".to_string()
+                } else {
+                    format!("{:.2} %", 100.0 * s.lost as f64 / s.sent as f64)
+                }
+            };
+            out += &format!(
+                "| {label} | {kind} | {} / {} / {} | {} / {} / {} | {} / {} / {} | {} / {} |\n",
+                ms(a.p50_us),
+                ms(a.p99_us),
+                ms(a.p999_us),
+                ms(b.p50_us),
+                ms(b.p99_us),
+                ms(b.p999_us),
+                ratio(a.p50_us, b.p50_us),
+                ratio(a.p99_us, b.p99_us),
+                ratio(a.p999_us, b.p999_us),
+                lost(q),
+                lost(w),
+            );
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

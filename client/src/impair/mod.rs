@@ -12,3 +12,32 @@ mod schedule;
 pub use link::{DropReason, Fate, Link, LinkStats};
 pub use profile::{DirectionProfile, ImpairmentProfile, PRESETS};
 pub use relay::{Relay, RelayConfig, RelayStats};
+
+/// What carries packets between the two network namespaces of the [`netns`] emulator (Linux).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Two TUN devices and this process's [`Link`] model (no kernel support beyond TUN needed).
+    #[default]
+    Tun,
+    /// A veth pair with the kernel's `tc netem` on each end (needs `sch_netem` and `tc`).
+    Netem,
+}
+
+impl Backend {
+    /// `tun` or `netem`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Tun => "tun",
+            Backend::Netem => "netem",
+        }
+    }
+
+    /// Parses `tun` or `netem`.
+    pub fn parse(name: &str) -> Result<Backend, String> {
+        match name {
+            "tun" => Ok(Backend::Tun),
+            "netem" => Ok(Backend::Netem),
+            other => Err(format!("unknown emulator backend {other:?}: tun or netem")),
+        }
+    }
+}

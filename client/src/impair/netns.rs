@@ -3,7 +3,11 @@
 //! alike) is read from its TUN device, passed through the direction's [`Link`] (loss, burst loss, delay, jitter,
 //! reordering, duplication, rate) and written to the other side's TUN device when its time comes. No `sch_netem`
 //! needed. Programs run inside with `ip netns exec` ([`NetnsLink::command`]) or, for a thread of this process,
-//! [`NetnsLink::enter`]. Everything created is removed on [`NetnsLink::stop`] or drop, and on a failed setup.
+//! [`NetnsLink::enter`], or as tasks of a [`NamespaceRuntime`]. Everything created is removed on
+//! [`NetnsLink::stop`] or drop, and on a failed setup.
+//!
+//! Where the kernel has `sch_netem`, [`Backend::Netem`] joins the same two namespaces with a veth pair and applies
+//! the profile with `tc netem` on each end instead, so the two emulators can be cross-checked.
 
 use std::{
     io::{self, Read, Write},
@@ -17,6 +21,7 @@ use std::{
     time::Instant,
 };
 
+pub use super::Backend;
 use super::{
     schedule::{admit, deliver, Scheduled},
     ImpairmentProfile, Link, LinkStats,
@@ -51,6 +56,7 @@ pub struct NetnsStats {
 #[derive(Debug)]
 pub struct NetnsLink {
     name: String,
+    backend: Backend,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     stats: Arc<Mutex<NetnsStats>>,
@@ -74,16 +80,27 @@ impl NetnsLink {
     /// Creates the namespaces `<name>-srv` and `<name>-cli` (name: at most 8 of `[a-z0-9]`) and starts forwarding
     /// through `profile`. Needs root (CAP_NET_ADMIN) and `ip` (iproute2).
     pub fn start(name: &str, profile: &ImpairmentProfile) -> io::Result<NetnsLink> {
+        Self::start_with(name, profile, Backend::Tun)
+    }
+
+    /// [`NetnsLink::start`] with a choice of backend. [`Backend::Netem`] fails with a message naming `sch_netem`
+    /// where the kernel lacks it (having removed what it created).
+    pub fn start_with(name: &str, profile: &ImpairmentProfile, backend: Backend) -> io::Result<NetnsLink> {
         if name.is_empty() || name.len() > 8 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "netns link name: 1 to 8 of [a-z0-9]"));
         }
         let mut link = NetnsLink {
             name: name.to_string(),
+            backend,
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
             stats: Arc::default(),
             removed: false,
         };
+        if backend == Backend::Netem {
+            link.create_veth(profile)?;
+            return Ok(link);
+        }
         // On any error below, dropping `link` removes what was created.
         let server = link.create_tun(Side::Server)?;
         let client = link.create_tun(Side::Client)?;
@@ -138,6 +155,49 @@ impl NetnsLink {
         Ok(device)
     }
 
+    /// Namespaces joined by a veth pair, each end shaped by `tc netem` (its egress: the server end carries the
+    /// down direction, the client end the up direction).
+    fn create_veth(&mut self, profile: &ImpairmentProfile) -> io::Result<()> {
+        let (srv, cli) = (self.namespace(Side::Server), self.namespace(Side::Client));
+        let (srv_dev, cli_dev) = (self.device(Side::Server), self.device(Side::Client));
+        ip(&["netns", "add", &srv])?;
+        ip(&["netns", "add", &cli])?;
+        ip(&["link", "add", &srv_dev, "netns", &srv, "type", "veth", "peer", "name", &cli_dev, "netns", &cli])?;
+        for (ns, dev, addr, peer, direction) in [
+            (&srv, &srv_dev, SERVER_ADDR, CLIENT_ADDR, &profile.down),
+            (&cli, &cli_dev, CLIENT_ADDR, SERVER_ADDR, &profile.up),
+        ] {
+            let addr = format!("{addr}/32");
+            ip(&["netns", "exec", ns, "ip", "addr", "add", &addr, "peer", &format!("{peer}/32"), "dev", dev])?;
+            ip(&["netns", "exec", ns, "ip", "link", "set", dev, "up"])?;
+            ip(&["netns", "exec", ns, "ip", "link", "set", "lo", "up"])?;
+            let mut args = vec!["netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root"];
+            let netem = netem_args(direction);
+            args.extend(netem.iter().map(String::as_str));
+            let out =
+                Command::new("ip").args(&args).output().map_err(|e| io::Error::new(e.kind(), format!("tc: {e}")))?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let hint = if stderr.contains("nknown") || stderr.contains("No such file") {
+                    " (this kernel has no sch_netem: use the tun backend)"
+                } else {
+                    ""
+                };
+                return Err(io::Error::other(format!(
+                    "tc qdisc add dev {dev} root {}: {}{hint}",
+                    netem.join(" "),
+                    stderr.trim()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend carrying packets.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// The namespace of `side`.
     pub fn namespace(&self, side: Side) -> String {
         match side {
@@ -175,7 +235,7 @@ impl NetnsLink {
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
     }
 
-    /// Counters so far.
+    /// Counters so far (all zero with [`Backend::Netem`], whose counters stay in the kernel).
     pub fn stats(&self) -> NetnsStats {
         *lock(&self.stats)
     }
@@ -236,6 +296,100 @@ fn read_loop(
         *(if to_server { &mut totals.up } else { &mut totals.down }) = link.stats();
         if !delivered {
             return;
+        }
+    }
+}
+
+/// `tc netem` arguments for one direction (one end's egress): delay and uniform jitter, independent or
+/// Gilbert-Elliott burst loss with the same long-run rate and mean burst length as [`Link`], reordering (that share
+/// skips the delay, as in [`Link`]), duplication, rate and a queue limit in full-size packets. netem cannot keep
+/// jitter from reordering or take our seed; everything else maps one to one.
+pub fn netem_args(d: &super::DirectionProfile) -> Vec<String> {
+    let mut args = vec!["netem".to_string()];
+    let ms = |v: f64| format!("{v}ms");
+    let pct = |v: f64| format!("{v}%");
+    if d.delay_ms > 0.0 || d.jitter_ms > 0.0 {
+        args.extend(["delay".into(), ms(d.delay_ms)]);
+        if d.jitter_ms > 0.0 {
+            args.push(ms(d.jitter_ms));
+        }
+    }
+    if d.loss_pct > 0.0 {
+        if d.burst_len > 1.0 {
+            // Bad state loses everything, good state nothing; r leaves the bad state, p enters it.
+            let loss = d.loss_pct / 100.0;
+            let r = 1.0 / d.burst_len;
+            let p = (loss * r / (1.0 - loss)).min(1.0);
+            args.extend(["loss".into(), "gemodel".into(), pct(p * 100.0), pct(r * 100.0), pct(100.0), pct(0.0)]);
+        } else {
+            args.extend(["loss".into(), "random".into(), pct(d.loss_pct)]);
+        }
+    }
+    if d.reorder_pct > 0.0 {
+        args.extend(["reorder".into(), pct(d.reorder_pct)]);
+    }
+    if d.duplicate_pct > 0.0 {
+        args.extend(["duplicate".into(), pct(d.duplicate_pct)]);
+    }
+    if d.rate_kbps > 0.0 {
+        args.extend(["rate".into(), format!("{}kbit", d.rate_kbps)]);
+        args.extend(["limit".into(), (d.queue_bytes / 1500).max(1).to_string()]);
+    }
+    args
+}
+
+/// A tokio runtime whose threads all live in one side's namespace, so every socket its tasks create is there
+/// (sockets keep the namespace they were created in; threads inherit it from the thread that spawns them). Used
+/// to run servers and clients of one process on the two ends of a [`NetnsLink`].
+#[derive(Debug)]
+pub struct NamespaceRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NamespaceRuntime {
+    /// Starts a runtime with `workers` threads inside `side`'s namespace of `link`.
+    pub fn start(link: &NetnsLink, side: Side, workers: usize) -> io::Result<NamespaceRuntime> {
+        let path = format!("/var/run/netns/{}", link.namespace(side));
+        let (ready, handle) = mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name(format!("netns-{}", link.namespace(side))).spawn(move || {
+            let runtime = std::fs::File::open(&path)
+                .and_then(|file| nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from))
+                .and_then(|()| {
+                    tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build()
+                });
+            let runtime = match runtime {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    let _ = ready.send(Err(err));
+                    return;
+                }
+            };
+            let _ = ready.send(Ok(runtime.handle().clone()));
+            runtime.block_on(async move {
+                let _ = stopped.await;
+            });
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+        })?;
+        let handle = handle.recv().map_err(|_| io::Error::other("namespace runtime thread died"))??;
+        Ok(NamespaceRuntime { handle, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Where to spawn tasks that belong in the namespace.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for NamespaceRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

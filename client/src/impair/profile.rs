@@ -102,6 +102,10 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("lte", "25 ms ± 8 ms, 1 % loss in bursts of 3; 5 Mbit/s up, 20 Mbit/s down, 128 KiB queues"),
     ("lossy-1", "1 % random loss each way"),
     ("lossy-5", "5 % random loss each way"),
+    ("delay-20", "20 ms ± 5 ms each way (no reordering)"),
+    ("lossy-1-20", "1 % random loss and 20 ms each way"),
+    ("lossy-5-20", "5 % random loss and 20 ms each way"),
+    ("burst-20", "2 % loss in bursts of 4 packets and 20 ms each way"),
     ("satellite", "290 ms ± 10 ms, 0.5 % loss; 2 Mbit/s up, 10 Mbit/s down, 512 KiB queues"),
 ];
 
@@ -136,6 +140,10 @@ impl ImpairmentProfile {
             }
             "lossy-1" => both(DirectionProfile { loss_pct: 1.0, ..d() }),
             "lossy-5" => both(DirectionProfile { loss_pct: 5.0, ..d() }),
+            "delay-20" => both(DirectionProfile { delay_ms: 20.0, jitter_ms: 5.0, ..d() }),
+            "lossy-1-20" => both(DirectionProfile { loss_pct: 1.0, delay_ms: 20.0, ..d() }),
+            "lossy-5-20" => both(DirectionProfile { loss_pct: 5.0, delay_ms: 20.0, ..d() }),
+            "burst-20" => both(DirectionProfile { loss_pct: 2.0, burst_len: 4.0, delay_ms: 20.0, ..d() }),
             "satellite" => {
                 let base = DirectionProfile {
                     delay_ms: 290.0,

@@ -3,6 +3,7 @@
 
 mod admit;
 pub mod close;
+pub mod congestion;
 mod connection;
 mod endpoint;
 pub mod probe;

@@ -24,6 +24,9 @@ pub const MAX_ACK_DELAY: Duration = Duration::from_millis(1);
 /// After writing reliable data, a probe datagram this much later acts as a tail-loss probe ([`super::probe`]):
 /// a lost last packet is then found in ~1–2 ms + RTT instead of at the next message or quinn's ≥25 ms PTO.
 pub const TAIL_PROBE_DELAY: Duration = Duration::from_millis(1);
+/// The congestion window never falls below this (quinn's initial window at a 1,200-byte MTU): at random loss
+/// Cubic's 2-packet minimum congestion-blocks a stream of small real-time packets ([`super::congestion`]).
+pub const CONGESTION_WINDOW_FLOOR: u64 = 10 * 1200;
 /// UDP socket buffers. Linux's default 208 KiB receive buffer overflows with ~64 handshakes in flight
 /// (BASELINES.md); the kernel caps the request at `net.core.{r,w}mem_max`, and the server logs what it got.
 pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
@@ -46,6 +49,8 @@ pub struct TransportTuning {
     pub datagram_send_buffer: usize,
     /// Send a probe datagram this long after writing reliable data (a tail-loss probe); `None` for none.
     pub tail_probe: Option<Duration>,
+    /// Floor under Cubic's congestion window, in bytes; `None` for quinn's plain Cubic.
+    pub congestion_floor: Option<u64>,
 }
 
 impl Default for TransportTuning {
@@ -65,6 +70,7 @@ impl TransportTuning {
             keep_alive: Some(KEEP_ALIVE),
             datagram_send_buffer: DATAGRAM_SEND_BUFFER,
             tail_probe: Some(TAIL_PROBE_DELAY),
+            congestion_floor: Some(CONGESTION_WINDOW_FLOOR),
         }
     }
 
@@ -83,7 +89,13 @@ impl TransportTuning {
             keep_alive: None,
             datagram_send_buffer: 1024 * 1024,
             tail_probe: None,
+            congestion_floor: None,
         }
+    }
+
+    /// Quiver's choice with quinn's plain Cubic (the "before" of the window floor's measurement).
+    pub fn no_floor() -> Self {
+        TransportTuning { name: "no-floor", congestion_floor: None, ..TransportTuning::quiver() }
     }
 
     /// Quiver's choice plus a PING every millisecond, a tail-loss probe whether or not anything was sent
@@ -99,8 +111,9 @@ impl TransportTuning {
             "quinn-defaults" => Ok(TransportTuning::quinn_defaults()),
             "tail-probe" => Ok(TransportTuning::tail_probe()),
             "no-probe" => Ok(TransportTuning::no_probe()),
+            "no-floor" => Ok(TransportTuning::no_floor()),
             other => Err(format!(
-                "unknown transport tuning {other:?}; tunings: quiver, no-probe, quinn-defaults, tail-probe"
+                "unknown transport tuning {other:?}; tunings: quiver, no-probe, no-floor, quinn-defaults, tail-probe"
             )),
         }
     }
@@ -114,6 +127,9 @@ fn common(tuning: &TransportTuning) -> TransportConfig {
         .keep_alive_interval(tuning.keep_alive)
         .initial_rtt(tuning.initial_rtt)
         .datagram_send_buffer_size(tuning.datagram_send_buffer);
+    if let Some(floor) = tuning.congestion_floor {
+        config.congestion_controller_factory(Arc::new(super::congestion::FlooredCubicFactory::new(floor)));
+    }
     if let Some(delay) = tuning.max_ack_delay {
         let mut ack = AckFrequencyConfig::default();
         ack.max_ack_delay(Some(delay)).reordering_threshold(VarInt::from_u32(tuning.reordering_threshold));

@@ -5,6 +5,8 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Subcommand};
 use quiver_client::bench::{run_fanout, run_rtt, write_json, write_plot, FanoutConfig, RttConfig};
 
+use quiver_client::impair::Backend;
+
 use crate::{impair::ProfileArgs, TrustArgs};
 
 #[derive(Debug, Subcommand)]
@@ -41,10 +43,47 @@ pub(crate) struct FanoutArgs {
     /// Measure an external Quiver server instead of an in-process one.
     #[arg(long)]
     server: Option<String>,
+    /// Run the same workload through a minimal WebSocket hub too (`websocket`). Impaired, it needs --netns.
+    #[arg(long, value_name = "BASELINE", value_parser = ["websocket"])]
+    compare: Option<String>,
+    #[command(flatten)]
+    netns: NetnsArgs,
     #[command(flatten)]
     trust: TrustArgs,
     #[command(flatten)]
     profile: ProfileArgs,
+}
+
+/// Where the bench's servers and clients run.
+#[derive(Debug, Args)]
+pub(crate) struct NetnsArgs {
+    /// Run servers and clients in two network namespaces joined by the link emulator, so TCP and UDP cross the
+    /// same impaired link (Linux, root). Cleans up after itself.
+    #[arg(long, conflicts_with = "server")]
+    netns: bool,
+    /// With --netns: `tun` (our emulator on TUN devices, any kernel) or `netem` (veth + tc netem, where the
+    /// kernel has sch_netem).
+    #[arg(long, default_value = "tun", requires = "netns")]
+    backend: String,
+}
+
+impl NetnsArgs {
+    fn backend(&self) -> Result<Option<Backend>, String> {
+        if self.netns {
+            Backend::parse(&self.backend).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// How the run's link is described to the user.
+    fn describe(&self, backend: Option<Backend>, impaired: bool) -> String {
+        match backend {
+            Some(backend) => format!(", through the netns emulator ({})", backend.name()),
+            None if impaired => ", through the UDP relay".to_string(),
+            None => String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -76,9 +115,18 @@ pub(crate) struct RttArgs {
     /// Measure an external Quiver server instead of an in-process one (baselines stay in-process).
     #[arg(long)]
     server: Option<String>,
-    /// Add a baseline: `websocket` (an in-process WebSocket-over-TCP echo; loss-free loopback only for now).
+    /// Run the head-to-head with `websocket` instead: ticks and chat on one Quiver connection and on one
+    /// WebSocket-over-TCP connection per sender. Impaired, it needs --netns.
     #[arg(long, value_name = "BASELINE", value_parser = ["websocket"])]
     compare: Option<String>,
+    /// Chat messages per second per sender in the head-to-head (ticks go at --rate).
+    #[arg(long, default_value_t = 50.0)]
+    chat_rate: f64,
+    #[command(flatten)]
+    netns: NetnsArgs,
+    /// Also print the head-to-head as Markdown table rows, labelled with this (e.g. the profile's name).
+    #[arg(long, value_name = "LABEL", requires = "compare")]
+    markdown: Option<String>,
     #[command(flatten)]
     trust: TrustArgs,
     #[command(flatten)]
@@ -105,15 +153,21 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
         profile: (!profile.is_clean()).then_some(profile),
         token: args.server.as_ref().and(args.trust.token_provider(None)),
         server: args.server.map(|server| (server, args.trust.trust())),
+        compare_websocket: args.compare.as_deref() == Some("websocket"),
+        netns: args.netns.backend()?,
     };
+    let runs = if config.compare_websocket { 2 } else { 1 };
     eprintln!(
-        "1 publisher at {}/s -> {} subscribers, chat {}/s, {:.0} s",
+        "1 publisher at {}/s -> {} subscribers, chat {}/s, {:.0} s{}{}",
         config.rate,
         config.subscribers,
         config.chat_rate,
-        (config.warmup + config.duration).as_secs_f64()
+        (config.warmup + config.duration).as_secs_f64(),
+        if config.compare_websocket { ", Quiver then WebSocket" } else { "" },
+        args.netns.describe(config.netns, config.profile.is_some())
     );
-    let bar = progress_bar(config.warmup + config.duration + Duration::from_secs(3));
+    let per_run = config.warmup + config.duration + Duration::from_secs(3);
+    let bar = progress_bar(runs * per_run);
     let shown = bar.clone();
     let report = run_fanout(config, move |what| shown.set_message(what.to_string())).await;
     bar.finish_and_clear();
@@ -157,29 +211,38 @@ async fn rtt(args: RttArgs) -> Result<(), String> {
         server: args.server.map(|server| (server, args.trust.trust())),
         tuning: quiver_server::net::transport::TransportTuning::named(&args.tuning)?,
         compare_websocket: args.compare.as_deref() == Some("websocket"),
+        chat_rate: args.chat_rate,
+        netns: args.netns.backend()?,
     };
     let per_series = config.warmup + config.duration;
+    let runs = if config.compare_websocket { 2 } else { 5 };
+    let link = args.netns.describe(config.netns, config.profile.is_some());
+    let what = if config.compare_websocket {
+        format!("Quiver vs WebSocket, ticks {}/s + chat {}/s per sender", config.rate, config.chat_rate)
+    } else {
+        format!("{}/s per sender", config.rate)
+    };
     eprintln!(
-        "5 series x {:.0} s, {} sender(s) at {}/s, {} B{}",
+        "{runs} runs x {:.0} s, {} sender(s), {what}, {} B{link}",
         per_series.as_secs_f64() + 1.2,
         config.clients,
-        config.rate,
         config.size,
-        if config.profile.is_some() { ", through the link emulator" } else { "" }
     );
     let title = format!(
-        "quiver bench rtt, {}/s, {} B, {}, tuning {}",
-        config.rate,
+        "quiver bench rtt, {what}, {} B, {}, tuning {}",
         config.size,
-        if config.profile.is_some() { "impaired" } else { "loopback" },
+        args.markdown.as_deref().unwrap_or(if config.profile.is_some() { "impaired" } else { "clean" }),
         config.tuning.name
     );
-    let bar = progress_bar(5 * (per_series + Duration::from_millis(1200)));
+    let bar = progress_bar(runs * (per_series + Duration::from_millis(1200)));
     let shown = bar.clone();
     let report = run_rtt(config, move |name| shown.set_message(format!("measuring {name}"))).await;
     bar.finish_and_clear();
     let report = report?;
     println!("{}", report.table());
+    if let Some(label) = &args.markdown {
+        println!("{}", report.head_to_head_markdown(label, true));
+    }
     if let Some(path) = &args.json {
         write_json(&report, path)?;
         eprintln!("wrote {}", path.display());

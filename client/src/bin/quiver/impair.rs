@@ -91,6 +91,10 @@ pub(crate) struct ImpairArgs {
     /// `quiver-srv` (10.213.0.1) and `quiver-cli` (10.213.0.2), joined by TUN devices (Linux, root).
     #[arg(long, conflicts_with_all = ["listen", "upstream"])]
     netns: bool,
+    /// With --netns: `tun` (TUN devices and our emulator, any kernel) or `netem` (a veth pair and `tc netem`, where
+    /// the kernel has sch_netem), to cross-check the two.
+    #[arg(long, default_value = "tun", requires = "netns")]
+    backend: String,
     /// With --netns: a shell command to run in the server namespace (in the background, stopped at the end).
     #[arg(long, requires = "netns")]
     server_cmd: Option<String>,
@@ -169,9 +173,16 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), String> {
 async fn netns(args: ImpairArgs, profile: quiver_client::impair::ImpairmentProfile) -> Result<(), String> {
     use quiver_client::impair::netns::{self, NetnsLink, Side};
     netns::available()?;
-    let link = NetnsLink::start("quiver", &profile).map_err(|e| format!("cannot set up the namespaces: {e}"))?;
+    let backend = netns::Backend::parse(&args.backend)?;
+    let link = NetnsLink::start_with("quiver", &profile, backend)
+        .map_err(|e| format!("cannot set up the namespaces ({} backend): {e}", backend.name()))?;
     let (srv, cli) = (link.namespace(Side::Server), link.namespace(Side::Client));
-    eprintln!("{srv} ({}) <-> {cli} ({}) with {profile:?}", netns::SERVER_ADDR, netns::CLIENT_ADDR);
+    eprintln!(
+        "{srv} ({}) <-> {cli} ({}), {} backend, with {profile:?}",
+        netns::SERVER_ADDR,
+        netns::CLIENT_ADDR,
+        backend.name()
+    );
     let shell = |side: Side, cmd: &str| {
         let mut command = tokio::process::Command::from(link.command(side, "sh"));
         command.args(["-c", cmd]).kill_on_drop(true);

@@ -13,5 +13,5 @@ header=1
 for profile in clean delay-20 lossy-1-20 lossy-5-20 burst-20; do
     "$quiver" bench rtt --compare websocket --netns --profile "$profile" --duration "$seconds" \
         --json "$out/$profile.json" --plot "$out/$profile.png" --markdown "$profile" > "$out/$profile.txt"
-    if [ $header = 1 ]; then sed -n '/^| link/,$p' "$out/$profile.txt"; header=0; else grep "^| $profile |" "$out/$profile.txt"; fi
+    if [ $header = 1 ]; then grep '^|' "$out/$profile.txt"; header=0; else grep "^| $profile |" "$out/$profile.txt"; fi
 done

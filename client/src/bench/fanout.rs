@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     namespaces,
-    series::{parse, payload, Schedule},
+    series::{parse, payload, times, Schedule},
 };
 use crate::{
     impair::{Backend, ImpairmentProfile, Relay, RelayConfig},
@@ -86,7 +86,8 @@ impl FanoutReport {
     pub fn table(&self) -> String {
         let row = |name: &str, l: &LatencySummary, delivered: f64, vs: Option<&LatencySummary>| {
             let ratio = |a: u64, b: u64| if b == 0 { f64::NAN } else { a as f64 / b as f64 };
-            let vs = vs.map(|b| format!("  ×{:.2}, ×{:.2}", ratio(l.p50_us, b.p50_us), ratio(l.p99_us, b.p99_us)));
+            let vs =
+                vs.map(|b| format!("  {}, {}", times(ratio(l.p50_us, b.p50_us)), times(ratio(l.p99_us, b.p99_us))));
             format!(
                 "{name:<16} {:>9} {:>10.2} {:>8} {:>8} {:>8} {:>9} {:>9}{}\n",
                 l.count,

@@ -321,38 +321,87 @@ struct Lane {
     tally: SharedTally,
 }
 
-/// Runs one sender per client (each given its index, one [`Lane`] per `(name, rate)` of `lanes`, and a token
-/// cancelled once the drain is over) and returns one result per lane.
+/// Where every sender waits once it is set up: the schedules start together 200 ms after the last one arrives, so
+/// set-up time (seconds for many clients over a lossy link) is never counted as latency.
+#[derive(Clone)]
+struct Gate {
+    barrier: Arc<tokio::sync::Barrier>,
+    start: Arc<std::sync::OnceLock<Instant>>,
+}
+
+/// A sender's lanes before the start: the tallies now (for its readers), the schedules at [`Lanes::start`].
+struct Lanes {
+    tallies: Vec<SharedTally>,
+    /// Schedules with `start` not yet known; each lane's offset from the common start is in `offsets`.
+    plans: Vec<Schedule>,
+    offsets: Vec<Duration>,
+    gate: Gate,
+}
+
+impl Lanes {
+    /// Lane `k`'s tally.
+    fn tally(&self, k: usize) -> SharedTally {
+        self.tallies[k].clone()
+    }
+
+    /// Waits until every sender is set up, then returns the lanes with their schedules.
+    async fn start(self) -> Vec<Lane> {
+        self.gate.barrier.wait().await;
+        let start = *self.gate.start.get_or_init(|| Instant::now() + Duration::from_millis(200));
+        self.plans
+            .into_iter()
+            .zip(self.offsets)
+            .zip(self.tallies)
+            .map(|((plan, offset), tally)| Lane { plan: Schedule { start: start + offset, ..plan }, tally })
+            .collect()
+    }
+
+    /// [`Lanes::start`] for a single lane.
+    async fn start_one(self) -> Schedule {
+        let lanes = self.start().await;
+        lanes.first().map(|lane| lane.plan).unwrap_or_else(|| unreachable!("measure asks for one lane"))
+    }
+}
+
+/// Runs one sender per client (each given its index, its [`Lanes`], one per `(name, rate)` of `lanes`, and a token
+/// cancelled once the drain is over) and returns one result per lane. Every sender must reach
+/// [`Lanes::start`] or fail.
 async fn measure_lanes<F, Fut>(
     config: &RttConfig,
     lanes: &[(&str, f64)],
     sender: F,
 ) -> Result<Vec<SeriesResult>, String>
 where
-    F: Fn(u32, Vec<Lane>, CancellationToken) -> Fut,
+    F: Fn(u32, Lanes, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
     let stop = CancellationToken::new();
-    // Everyone starts together, a little after set-up; a second lane half an interval later.
-    let start = Instant::now() + Duration::from_millis(200);
     let tallies: Vec<SharedTally> = lanes.iter().map(|_| Tally::shared()).collect();
-    let plans: Vec<Schedule> = lanes
+    // A second lane starts half its interval after the first.
+    let offsets: Vec<Duration> = lanes
         .iter()
         .enumerate()
-        .map(|(k, &(_, rate))| {
-            let offset = if k == 0 { Duration::ZERO } else { Duration::from_secs_f64(0.5 / rate) };
-            schedule(config, rate, start + offset)
-        })
+        .map(|(k, &(_, rate))| if k == 0 { Duration::ZERO } else { Duration::from_secs_f64(0.5 / rate) })
         .collect();
+    let plans: Vec<Schedule> = lanes.iter().map(|&(_, rate)| schedule(config, rate, Instant::now())).collect();
+    let gate = Gate {
+        barrier: Arc::new(tokio::sync::Barrier::new(config.clients as usize)),
+        start: Arc::new(std::sync::OnceLock::new()),
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for who in 0..config.clients {
-        let lanes = plans.iter().zip(&tallies).map(|(plan, tally)| Lane { plan: *plan, tally: tally.clone() });
-        tasks.spawn(sender(who, lanes.collect(), stop.clone()));
+        let lanes =
+            Lanes { tallies: tallies.clone(), plans: plans.clone(), offsets: offsets.clone(), gate: gate.clone() };
+        tasks.spawn(sender(who, lanes, stop.clone()));
     }
     let mut outcome = Ok(());
     while let Some(done) = tasks.join_next().await {
         if let Err(err) = done.map_err(|e| e.to_string()).and_then(|sent| sent) {
-            outcome = Err(err);
+            if outcome.is_ok() {
+                // The others may be waiting at the gate for this one: stop them.
+                tasks.abort_all();
+                outcome = Err(err);
+            }
         }
     }
     if outcome.is_ok() {
@@ -365,14 +414,10 @@ where
 /// [`measure_lanes`] with one lane at the configured rate.
 async fn measure<F, Fut>(config: &RttConfig, name: &str, sender: F) -> Result<SeriesResult, String>
 where
-    F: Fn(u32, Schedule, SharedTally, CancellationToken) -> Fut,
+    F: Fn(u32, Lanes, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
-    let results = measure_lanes(config, &[(name, config.rate)], |who, lanes, stop| {
-        let Lane { plan, tally } = lanes.into_iter().next().unwrap_or_else(|| unreachable!("one lane asked"));
-        sender(who, plan, tally, stop)
-    })
-    .await?;
+    let results = measure_lanes(config, &[(name, config.rate)], sender).await?;
     results.into_iter().next().ok_or_else(|| "no result".to_string())
 }
 
@@ -399,9 +444,10 @@ async fn send_scheduled(plan: &Schedule, who: u32, tally: &SharedTally, mut send
 async fn udp_series(name: &'static str, config: RttConfig, targets: Arc<TargetsView>) -> Result<SeriesResult, String> {
     let size = config.size;
     let (target, client_ip) = (targets.udp, targets.client_ip);
-    measure(&config, name, |who, plan, tally, stop| async move {
+    measure(&config, name, |who, lanes, stop| async move {
         let socket = Arc::new(tokio::net::UdpSocket::bind((client_ip, 0)).await.map_err(|e| e.to_string())?);
         socket.connect(target).await.map_err(|e| e.to_string())?;
+        let tally = lanes.tally(0);
         let (reader, reader_tally) = (socket.clone(), tally.clone());
         until_stopped(&stop, async move {
             let mut buf = vec![0u8; 65_536];
@@ -413,6 +459,7 @@ async fn udp_series(name: &'static str, config: RttConfig, targets: Arc<TargetsV
                 }
             }
         });
+        let plan = lanes.start_one().await;
         for i in 0..plan.count {
             let origin = plan.due(i).await;
             Tally::sent(&tally, &plan, who, i, origin);
@@ -430,9 +477,10 @@ async fn quinn_series(
     stream: bool,
 ) -> Result<SeriesResult, String> {
     let size = config.size.max(12);
-    measure(&config, name, |who, plan, tally, stop| {
+    measure(&config, name, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
+            let tally = lanes.tally(0);
             let mut client_config =
                 crate::quinn_client_config(&TrustOptions::Pin(targets.quinn_pin), targets.quinn, echo::ECHO_ALPN)
                     .map_err(|e| e.to_string())?;
@@ -455,6 +503,7 @@ async fn quinn_series(
                         }
                     }
                 });
+                let plan = lanes.start_one().await;
                 for i in 0..plan.count {
                     let origin = plan.due(i).await;
                     Tally::sent(&tally, &plan, who, i, origin);
@@ -469,6 +518,7 @@ async fn quinn_series(
                         }
                     }
                 });
+                let plan = lanes.start_one().await;
                 send_scheduled(&plan, who, &tally, |i| {
                     let _ = conn.send_datagram(payload(who, i, size).into());
                 })
@@ -499,13 +549,12 @@ async fn websocket_mixed_series(config: RttConfig, targets: Arc<TargetsView>) ->
     measure_lanes(&config, &lanes, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
-            let [ticks, chat]: [Lane; 2] = lanes.try_into().map_err(|_| "two lanes".to_string())?;
             let tcp = tokio::net::TcpStream::connect(targets.websocket).await.map_err(|e| e.to_string())?;
             tcp.set_nodelay(true).map_err(|e| e.to_string())?;
             let url = format!("ws://{}/", targets.websocket);
             let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.map_err(|e| format!("WebSocket: {e}"))?;
             let (mut sink, mut stream) = ws.split();
-            let (tick_tally, chat_tally) = (ticks.tally.clone(), chat.tally.clone());
+            let (tick_tally, chat_tally) = (lanes.tally(0), lanes.tally(1));
             until_stopped(&stop, async move {
                 while let Some(Ok(message)) = stream.next().await {
                     match parse(&message.into_data()) {
@@ -525,6 +574,7 @@ async fn websocket_mixed_series(config: RttConfig, targets: Arc<TargetsView>) ->
                 }
                 std::future::pending::<()>().await;
             });
+            let [ticks, chat]: [Lane; 2] = lanes.start().await.try_into().map_err(|_| "two lanes".to_string())?;
             let send = |lane: &Lane, mark: u32| {
                 let queue = queue.clone();
                 let (plan, tally) = (lane.plan, lane.tally.clone());
@@ -550,13 +600,12 @@ async fn quiver_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Re
     let mut results = measure_lanes(&config, &lanes, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
-            let [ticks, chat]: [Lane; 2] = lanes.try_into().map_err(|_| "two lanes".to_string())?;
             let client = quiver_client(&targets).await?;
             let name = format!("bench.h2h.{who}.{}", std::process::id());
             let mut subscription = client.subscribe(&name).await.map_err(|e| e.to_string())?;
             let publisher = client.publisher(&name).await.map_err(|e| e.to_string())?;
             let mut room = client.join(&name).await.map_err(|e| e.to_string())?;
-            let tick_tally = ticks.tally.clone();
+            let tick_tally = lanes.tally(0);
             until_stopped(&stop, async move {
                 loop {
                     for tick in subscription.next_batch().await {
@@ -566,7 +615,7 @@ async fn quiver_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Re
                     }
                 }
             });
-            let chat_tally = chat.tally.clone();
+            let chat_tally = lanes.tally(1);
             until_stopped(&stop, async move {
                 while let Some(event) = room.next().await {
                     if let RoomEvent::Message(m) = event {
@@ -576,6 +625,7 @@ async fn quiver_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Re
                     }
                 }
             });
+            let [ticks, chat]: [Lane; 2] = lanes.start().await.try_into().map_err(|_| "two lanes".to_string())?;
             let send_ticks = send_scheduled(&ticks.plan, who, &ticks.tally, |i| {
                 if let Err(err) = publisher.send(payload(who, i, size)) {
                     tracing::debug!(%err, "tick not sent");
@@ -622,9 +672,10 @@ async fn quiver_datagram_series(
     targets: Arc<TargetsView>,
 ) -> Result<SeriesResult, String> {
     let size = config.size.max(12);
-    measure(&config, name, |who, plan, tally, stop| {
+    measure(&config, name, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
+            let tally = lanes.tally(0);
             let client = quiver_client(&targets).await?;
             let channel = format!("bench.rtt.{who}.{}", std::process::id());
             let mut subscription = client.subscribe(&channel).await.map_err(|e| e.to_string())?;
@@ -640,6 +691,7 @@ async fn quiver_datagram_series(
                     }
                 }
             });
+            let plan = lanes.start_one().await;
             send_scheduled(&plan, who, &tally, |i| {
                 if let Err(err) = publisher.send(payload(who, i, size)) {
                     tracing::debug!(%err, "tick not sent");
@@ -659,9 +711,10 @@ async fn quiver_stream_series(
     targets: Arc<TargetsView>,
 ) -> Result<SeriesResult, String> {
     let size = config.size.max(12);
-    measure(&config, name, |who, plan, tally, stop| {
+    measure(&config, name, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
+            let tally = lanes.tally(0);
             let client = quiver_client(&targets).await?;
             let room_name = format!("bench.rtt.{who}.{}", std::process::id());
             let mut room = client.join(&room_name).await.map_err(|e| e.to_string())?;
@@ -675,6 +728,7 @@ async fn quiver_stream_series(
                     }
                 }
             });
+            let plan = lanes.start_one().await;
             // Queued at the call; the acknowledgement is not what is measured.
             send_scheduled(&plan, who, &tally, |i| drop(client.post(&room_name, payload(who, i, size)))).await;
             close_after(&stop, client);
@@ -688,4 +742,56 @@ async fn quiver_stream_series(
 pub fn write_json(report: &impl serde::Serialize, path: &PathBuf) -> Result<(), String> {
     let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(clients: u32) -> RttConfig {
+        RttConfig {
+            clients,
+            rate: 1000.0,
+            duration: Duration::from_millis(20),
+            warmup: Duration::ZERO,
+            ..RttConfig::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn schedules_start_once_every_sender_is_set_up() {
+        let started = Instant::now();
+        let results = measure_lanes(&config(3), &[("a", 1000.0), ("b", 500.0)], |who, lanes, _stop| async move {
+            // A slow set-up (sender 2 takes 300 ms to connect) must not count as latency for anyone.
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(who) + 100)).await;
+            let lanes = lanes.start().await;
+            assert!(lanes[0].plan.start >= started + Duration::from_millis(300 + 200), "start before set-up ended");
+            assert_eq!(lanes[1].plan.start - lanes[0].plan.start, Duration::from_millis(1), "half of b's interval");
+            for lane in &lanes {
+                send_scheduled(&lane.plan, who, &lane.tally, |i| Tally::received(&lane.tally, who, i)).await;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!((results[0].sent, results[1].sent), (60, 30));
+        assert!(results[0].latency.max_us < 50_000, "{:?}", results[0]);
+    }
+
+    #[tokio::test]
+    async fn a_sender_that_fails_before_the_start_stops_the_others() {
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(5),
+            measure(&config(3), "x", |who, lanes, _stop| async move {
+                if who == 1 {
+                    return Err("cannot connect".to_string());
+                }
+                lanes.start_one().await;
+                Ok(())
+            }),
+        )
+        .await
+        .expect("the others waited forever at the gate");
+        assert_eq!(outcome.unwrap_err(), "cannot connect");
+    }
 }

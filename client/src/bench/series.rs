@@ -147,7 +147,8 @@ impl Report {
                 .and_then(|b| self.series.iter().find(|x| &x.name == b))
                 .map(|b| {
                     let r = |a: u64, b: u64| if b == 0 { f64::NAN } else { a as f64 / b as f64 };
-                    format!("×{:.2}, ×{:.2} ({})", r(l.p50_us, b.latency.p50_us), r(l.p99_us, b.latency.p99_us), b.name)
+                    let (p50, p99) = (r(l.p50_us, b.latency.p50_us), r(l.p99_us, b.latency.p99_us));
+                    format!("{}, {} ({})", times(p50), times(p99), b.name)
                 })
                 .unwrap_or_default();
             out += &format!(
@@ -156,6 +157,15 @@ impl Report {
             );
         }
         out
+    }
+}
+
+/// A ratio as `×0.62`, with a third decimal below 0.1 (`×0.002`, not `×0.00`).
+pub(crate) fn times(r: f64) -> String {
+    if r < 0.1 {
+        format!("×{r:.3}")
+    } else {
+        format!("×{r:.2}")
     }
 }
 
@@ -186,8 +196,7 @@ impl Report {
                 continue;
             };
             let (a, b) = (&q.latency, &w.latency);
-            let ratio =
-                |x: u64, y: u64| if y == 0 { "–".to_string() } else { format!("×{:.2}", x as f64 / y as f64) };
+            let ratio = |x: u64, y: u64| if y == 0 { "–".to_string() } else { times(x as f64 / y as f64) };
             let lost = |s: &SeriesResult| {
                 if s.sent == 0 {
                     "–".to_string()

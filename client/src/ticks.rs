@@ -162,8 +162,9 @@ impl TickSubscription {
         }
     }
 
-    /// Waits for ticks not returned yet and returns all of them in seq order: for readers that want every tick
-    /// that arrived (market-data deltas, measurements), not only the newest. At most [`TICK_BACKLOG`] are held; a
+    /// Waits for ticks not returned yet and returns all of them in arrival order, which is seq order within one
+    /// connection (after a reconnect the server's seqs start over): for readers that want every tick that
+    /// arrived (market-data deltas, measurements), not only the newest. At most [`TICK_BACKLOG`] are held; a
     /// reader further behind loses the oldest (counted as superseded), so it never works through stale data.
     pub async fn next_batch(&mut self) -> Vec<Tick> {
         loop {

@@ -244,9 +244,15 @@ fn netem_arguments_follow_the_profile() {
     let args = netns::netem_args(&d).join(" ");
     // Gilbert-Elliott: leave the bad state with 1/4, enter it with 0.02 × 0.25 / 0.98 ≈ 0.51 %.
     assert!(args.starts_with("netem delay 20ms 5ms loss gemodel 0.51"), "{args}");
-    assert!(args.ends_with("25% 100% 0% reorder 1% duplicate 0.5% rate 5000kbit limit 100"), "{args}");
+    // Queue: 100 full-size packets, plus 5 Mbit/s × 25 ms ≈ 11 packets waiting out the delay.
+    assert!(args.ends_with("25% 100% 0% reorder 1% duplicate 0.5% rate 5000kbit limit 111"), "{args}");
     let plain = DirectionProfile { loss_pct: 5.0, ..DirectionProfile::default() };
-    assert_eq!(netns::netem_args(&plain).join(" "), "netem loss random 5%");
+    assert_eq!(netns::netem_args(&plain).join(" "), "netem loss random 5% limit 100000");
+    // Jitter that must not reorder: netem keeps FIFO order when it has a rate.
+    let jitter = DirectionProfile { delay_ms: 20.0, jitter_ms: 5.0, ..DirectionProfile::default() };
+    assert_eq!(netns::netem_args(&jitter).join(" "), "netem delay 20ms 5ms rate 10gbit limit 100000");
+    let reordering = DirectionProfile { jitter_reorders: true, ..jitter };
+    assert_eq!(netns::netem_args(&reordering).join(" "), "netem delay 20ms 5ms limit 100000");
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -332,4 +338,44 @@ fn bench_fanout_compares_with_a_websocket_hub_across_the_emulated_link() {
     assert!(report.quiver.delivered_pct < 100.0 && report.quiver.delivered_pct > 60.0, "{report:?}");
     assert_eq!(report.config["emulator"]["kind"], "netns (tun)");
     assert_removed(report.config["emulator"]["name"].as_str().unwrap());
+}
+
+#[test]
+fn ctrl_c_during_a_netns_bench_removes_its_namespaces() {
+    if skip() {
+        return;
+    }
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["bench", "rtt", "--compare", "websocket", "--netns", "--profile", "lossy-1-20", "--duration", "30"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let prefix = format!("qb{:04x}", bench.id() & 0xffff);
+    let listed = || {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&prefix)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !listed() {
+        assert!(Instant::now() < deadline, "the bench never created {prefix}-*");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Measuring by now (or about to): interrupt it as Ctrl-C would.
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new("kill").args(["-INT", &bench.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = bench.try_wait().unwrap() {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = bench.kill();
+            panic!("the bench did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!exit.success(), "an interrupted bench reports failure");
+    assert_removed(&prefix);
 }

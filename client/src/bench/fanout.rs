@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     namespaces,
-    series::{parse, payload, times, Schedule},
+    series::{parse, payload, times, Schedule, RELIABLE_DRAIN_CAP},
 };
 use crate::{
     impair::{Backend, ImpairmentProfile, Relay, RelayConfig},
@@ -164,6 +164,14 @@ impl Recorder {
             latency.record(now - *origin);
             *count += 1;
         }
+    }
+
+    /// Every chat message (and, when they are reliable, every tick) reached every subscriber.
+    fn reliable_complete(recorder: &SharedRecorder, subscribers: u32, ticks_reliable: bool) -> bool {
+        let r = lock(recorder);
+        let n = u64::from(subscribers);
+        let chat_done = r.chat >= r.chat_origins.len() as u64 * n;
+        chat_done && (!ticks_reliable || r.ticks >= r.tick_origins.len() as u64 * n)
     }
 
     fn side(recorder: &SharedRecorder, subscribers: u32) -> FanoutSide {
@@ -323,11 +331,17 @@ async fn drive(
     config: &FanoutConfig,
     recorder: &SharedRecorder,
     start_at: Instant,
+    ticks_reliable: bool,
     mut publish: impl FnMut(Vec<u8>) + Send,
     mut post: impl FnMut(usize, Vec<u8>) + Send,
 ) {
     let tick_plan = plan(config.rate, config, start_at);
-    let chat_plan = plan(config.chat_rate.max(f64::MIN_POSITIVE), config, start_at);
+    // No chat: an empty schedule (any interval).
+    let chat_plan = if config.chat_rate > 0.0 {
+        plan(config.chat_rate, config, start_at)
+    } else {
+        Schedule { start: start_at, interval: Duration::from_secs(1), count: 0, warmup: 0 }
+    };
     let size = config.size;
     let ticks = async {
         for i in 0..tick_plan.count {
@@ -354,7 +368,14 @@ async fn drive(
     tokio::join!(ticks, chat);
     let path_ms =
         config.profile.as_ref().map_or(0.0, |p| p.up.delay_ms + p.up.jitter_ms + p.down.delay_ms + p.down.jitter_ms);
+    let drained = Instant::now();
     tokio::time::sleep(Duration::from_secs(1) + Duration::from_secs_f64(path_ms * 4.0 / 1000.0)).await;
+    // Reliable deliveries still being retransmitted are waited for (up to a cap), not counted lost.
+    while !Recorder::reliable_complete(recorder, config.subscribers, ticks_reliable)
+        && drained.elapsed() < RELIABLE_DRAIN_CAP
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// When sending starts, called once every connection is set up (over an impaired link that takes seconds for
@@ -412,6 +433,7 @@ async fn measure_quiver(config: &FanoutConfig, servers: &Servers, progress: &Pro
         config,
         &recorder,
         start_time(),
+        false,
         |tick| drop(publisher.send(tick)),
         |who, message| drop(subscribers[who].post(&chat_room, message)),
     )
@@ -479,7 +501,18 @@ async fn measure_websocket(config: &FanoutConfig, hub: SocketAddr, progress: &Pr
         });
         posters.push(queue);
     }
-    let (publisher, _publisher_stream) = connect().await?;
+    let (publisher, mut publisher_stream) = connect().await?;
+    // The hub sends chat to the publisher's connection too: read it, or TCP backpressure would stall the hub's
+    // task for that connection, and with it the ticks it reads.
+    let drain_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                message = publisher_stream.next() => if !matches!(message, Some(Ok(_))) { return },
+                () = drain_stop.cancelled() => return,
+            }
+        }
+    });
     let framed = |kind: u8, mut body: Vec<u8>| {
         body.insert(0, kind);
         Message::binary(body)
@@ -489,6 +522,7 @@ async fn measure_websocket(config: &FanoutConfig, hub: SocketAddr, progress: &Pr
         config,
         &recorder,
         start_time(),
+        true,
         |tick| drop(publisher.send(framed(HUB_TICK, tick))),
         |who, message| drop(posters[who].send(framed(HUB_CHAT, message))),
     )
@@ -511,7 +545,15 @@ async fn websocket_hub(ip: IpAddr, stop: CancellationToken) -> std::io::Result<S
         let mut next_id = 0u64;
         loop {
             let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(err) => {
+                        // Out of descriptors and the like: do not spin.
+                        tracing::warn!(%err, "WebSocket hub: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
                 () = stop.cancelled() => return,
             };
             next_id += 1;

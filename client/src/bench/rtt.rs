@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     echo, namespaces,
-    series::{parse, payload, Report, Schedule, SeriesResult, SharedTally, Tally},
+    series::{parse, payload, Report, Schedule, SeriesResult, SharedTally, Tally, RELIABLE_DRAIN_CAP},
 };
 use quiver_server::net::transport::TransportTuning;
 
@@ -363,12 +363,16 @@ impl Lanes {
     }
 }
 
-/// Runs one sender per client (each given its index, its [`Lanes`], one per `(name, rate)` of `lanes`, and a token
+/// A lane to measure: its name, messages per second per sender, and whether its path is reliable (then the run
+/// waits for retransmissions, up to [`RELIABLE_DRAIN_CAP`], before counting a message lost).
+type LaneSpec<'a> = (&'a str, f64, bool);
+
+/// Runs one sender per client (each given its index, its [`Lanes`], one per [`LaneSpec`] of `lanes`, and a token
 /// cancelled once the drain is over) and returns one result per lane. Every sender must reach
 /// [`Lanes::start`] or fail.
 async fn measure_lanes<F, Fut>(
     config: &RttConfig,
-    lanes: &[(&str, f64)],
+    lanes: &[LaneSpec<'_>],
     sender: F,
 ) -> Result<Vec<SeriesResult>, String>
 where
@@ -381,9 +385,9 @@ where
     let offsets: Vec<Duration> = lanes
         .iter()
         .enumerate()
-        .map(|(k, &(_, rate))| if k == 0 { Duration::ZERO } else { Duration::from_secs_f64(0.5 / rate) })
+        .map(|(k, &(_, rate, _))| if k == 0 { Duration::ZERO } else { Duration::from_secs_f64(0.5 / rate) })
         .collect();
-    let plans: Vec<Schedule> = lanes.iter().map(|&(_, rate)| schedule(config, rate, Instant::now())).collect();
+    let plans: Vec<Schedule> = lanes.iter().map(|&(_, rate, _)| schedule(config, rate, Instant::now())).collect();
     let gate = Gate {
         barrier: Arc::new(tokio::sync::Barrier::new(config.clients as usize)),
         start: Arc::new(std::sync::OnceLock::new()),
@@ -405,19 +409,25 @@ where
         }
     }
     if outcome.is_ok() {
+        let drained = Instant::now();
         tokio::time::sleep(drain(config)).await;
+        let pending = || lanes.iter().zip(&tallies).any(|(&(_, _, reliable), t)| reliable && Tally::outstanding(t) > 0);
+        while pending() && drained.elapsed() < RELIABLE_DRAIN_CAP {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     stop.cancel();
-    outcome.map(|()| lanes.iter().zip(&tallies).map(|((name, _), tally)| Tally::result(tally, name, None)).collect())
+    outcome
+        .map(|()| lanes.iter().zip(&tallies).map(|(&(name, _, _), tally)| Tally::result(tally, name, None)).collect())
 }
 
 /// [`measure_lanes`] with one lane at the configured rate.
-async fn measure<F, Fut>(config: &RttConfig, name: &str, sender: F) -> Result<SeriesResult, String>
+async fn measure<F, Fut>(config: &RttConfig, name: &str, reliable: bool, sender: F) -> Result<SeriesResult, String>
 where
     F: Fn(u32, Lanes, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
-    let results = measure_lanes(config, &[(name, config.rate)], sender).await?;
+    let results = measure_lanes(config, &[(name, config.rate, reliable)], sender).await?;
     results.into_iter().next().ok_or_else(|| "no result".to_string())
 }
 
@@ -444,7 +454,7 @@ async fn send_scheduled(plan: &Schedule, who: u32, tally: &SharedTally, mut send
 async fn udp_series(name: &'static str, config: RttConfig, targets: Arc<TargetsView>) -> Result<SeriesResult, String> {
     let size = config.size;
     let (target, client_ip) = (targets.udp, targets.client_ip);
-    measure(&config, name, |who, lanes, stop| async move {
+    measure(&config, name, false, |who, lanes, stop| async move {
         let socket = Arc::new(tokio::net::UdpSocket::bind((client_ip, 0)).await.map_err(|e| e.to_string())?);
         socket.connect(target).await.map_err(|e| e.to_string())?;
         let tally = lanes.tally(0);
@@ -477,7 +487,7 @@ async fn quinn_series(
     stream: bool,
 ) -> Result<SeriesResult, String> {
     let size = config.size.max(12);
-    measure(&config, name, |who, lanes, stop| {
+    measure(&config, name, stream, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
             let tally = lanes.tally(0);
@@ -545,7 +555,7 @@ async fn websocket_mixed_series(config: RttConfig, targets: Arc<TargetsView>) ->
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let size = config.size.max(12);
-    let lanes = [("websocket tick", config.rate), ("websocket chat", config.chat_rate)];
+    let lanes = [("websocket tick", config.rate, true), ("websocket chat", config.chat_rate, true)];
     measure_lanes(&config, &lanes, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
@@ -596,7 +606,7 @@ async fn websocket_mixed_series(config: RttConfig, targets: Arc<TargetsView>) ->
 /// subscribes to, chat posted into a room it has joined, at the same rates as the WebSocket side.
 async fn quiver_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Result<Vec<SeriesResult>, String> {
     let size = config.size.max(12);
-    let lanes = [("quiver tick", config.rate), ("quiver chat", config.chat_rate)];
+    let lanes = [("quiver tick", config.rate, false), ("quiver chat", config.chat_rate, true)];
     let mut results = measure_lanes(&config, &lanes, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
@@ -672,7 +682,7 @@ async fn quiver_datagram_series(
     targets: Arc<TargetsView>,
 ) -> Result<SeriesResult, String> {
     let size = config.size.max(12);
-    measure(&config, name, |who, lanes, stop| {
+    measure(&config, name, false, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
             let tally = lanes.tally(0);
@@ -711,7 +721,7 @@ async fn quiver_stream_series(
     targets: Arc<TargetsView>,
 ) -> Result<SeriesResult, String> {
     let size = config.size.max(12);
-    measure(&config, name, |who, lanes, stop| {
+    measure(&config, name, true, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
             let tally = lanes.tally(0);
@@ -761,7 +771,8 @@ mod tests {
     #[tokio::test]
     async fn schedules_start_once_every_sender_is_set_up() {
         let started = Instant::now();
-        let results = measure_lanes(&config(3), &[("a", 1000.0), ("b", 500.0)], |who, lanes, _stop| async move {
+        let lanes = [("a", 1000.0, true), ("b", 500.0, false)];
+        let results = measure_lanes(&config(3), &lanes, |who, lanes, _stop| async move {
             // A slow set-up (sender 2 takes 300 ms to connect) must not count as latency for anyone.
             tokio::time::sleep(Duration::from_millis(100 * u64::from(who) + 100)).await;
             let lanes = lanes.start().await;
@@ -782,7 +793,7 @@ mod tests {
     async fn a_sender_that_fails_before_the_start_stops_the_others() {
         let outcome = tokio::time::timeout(
             Duration::from_secs(5),
-            measure(&config(3), "x", |who, lanes, _stop| async move {
+            measure(&config(3), "x", true, |who, lanes, _stop| async move {
                 if who == 1 {
                     return Err("cannot connect".to_string());
                 }

@@ -76,6 +76,11 @@ impl Tally {
         }
     }
 
+    /// Measured messages sent and not back yet.
+    pub(crate) fn outstanding(t: &SharedTally) -> usize {
+        lock(t).sent.len()
+    }
+
     pub(crate) fn result(t: &SharedTally, name: &str, baseline: Option<&str>) -> SeriesResult {
         let t = lock(t);
         SeriesResult {
@@ -88,6 +93,10 @@ impl Tally {
         }
     }
 }
+
+/// How long a run waits, after its usual drain, for messages of a reliable path still being retransmitted (TCP's
+/// timer backs off to seconds under burst loss); a reliable message counts as lost only after this.
+pub(crate) const RELIABLE_DRAIN_CAP: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Encodes (sender, index) at the start of a payload of `size` bytes (at least 12).
 pub(crate) fn payload(who: u32, i: u64, size: usize) -> Vec<u8> {

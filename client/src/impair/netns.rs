@@ -160,6 +160,10 @@ impl NetnsLink {
     fn create_veth(&mut self, profile: &ImpairmentProfile) -> io::Result<()> {
         let (srv, cli) = (self.namespace(Side::Server), self.namespace(Side::Client));
         let (srv_dev, cli_dev) = (self.device(Side::Server), self.device(Side::Client));
+        match Command::new("tc").arg("-V").output() {
+            Ok(out) if out.status.success() => {}
+            _ => return Err(io::Error::other("the netem backend needs `tc` (iproute2)")),
+        }
         ip(&["netns", "add", &srv])?;
         ip(&["netns", "add", &cli])?;
         ip(&["link", "add", &srv_dev, "netns", &srv, "type", "veth", "peer", "name", &cli_dev, "netns", &cli])?;
@@ -178,7 +182,7 @@ impl NetnsLink {
                 Command::new("ip").args(&args).output().map_err(|e| io::Error::new(e.kind(), format!("tc: {e}")))?;
             if !out.status.success() {
                 let stderr = String::from_utf8_lossy(&out.stderr);
-                let hint = if stderr.contains("nknown") || stderr.contains("No such file") {
+                let hint = if stderr.contains("qdisc kind is unknown") || stderr.contains("Unknown qdisc") {
                     " (this kernel has no sch_netem: use the tun backend)"
                 } else {
                     ""
@@ -300,10 +304,16 @@ fn read_loop(
     }
 }
 
+/// netem's queue limit (packets) without a rate: it counts every packet netem holds, including those only
+/// waiting out their delay, so it must cover the delay × the packet rate (its default of 1,000 drops at 50,000
+/// packets/s through 20 ms). Our model has no such limit.
+pub const NETEM_LIMIT: u64 = 100_000;
+
 /// `tc netem` arguments for one direction (one end's egress): delay and uniform jitter, independent or
 /// Gilbert-Elliott burst loss with the same long-run rate and mean burst length as [`Link`], reordering (that share
-/// skips the delay, as in [`Link`]), duplication, rate and a queue limit in full-size packets. netem cannot keep
-/// jitter from reordering or take our seed; everything else maps one to one.
+/// skips the delay, as in [`Link`]), duplication, rate. Jitter without `jitter_reorders` adds a 10 Gbit/s rate: with
+/// a rate, netem sends in FIFO order. With a rate, `limit` is the queue in full-size packets plus what the rate
+/// carries during the delay (netem counts packets, our model bytes). netem cannot take our seed.
 pub fn netem_args(d: &super::DirectionProfile) -> Vec<String> {
     let mut args = vec!["netem".to_string()];
     let ms = |v: f64| format!("{v}ms");
@@ -316,7 +326,8 @@ pub fn netem_args(d: &super::DirectionProfile) -> Vec<String> {
     }
     if d.loss_pct > 0.0 {
         if d.burst_len > 1.0 {
-            // Bad state loses everything, good state nothing; r leaves the bad state, p enters it.
+            // Bad state loses everything, good state nothing; r leaves the bad state, p enters it, so that the
+            // bad state's share p / (p + r) is the loss rate.
             let loss = d.loss_pct / 100.0;
             let r = 1.0 / d.burst_len;
             let p = (loss * r / (1.0 - loss)).min(1.0);
@@ -332,8 +343,15 @@ pub fn netem_args(d: &super::DirectionProfile) -> Vec<String> {
         args.extend(["duplicate".into(), pct(d.duplicate_pct)]);
     }
     if d.rate_kbps > 0.0 {
+        let packets_per_s = d.rate_kbps * 1000.0 / 8.0 / 1500.0;
+        let in_delay = (packets_per_s * (d.delay_ms + d.jitter_ms) / 1000.0).ceil() as u64;
         args.extend(["rate".into(), format!("{}kbit", d.rate_kbps)]);
-        args.extend(["limit".into(), (d.queue_bytes / 1500).max(1).to_string()]);
+        args.extend(["limit".into(), ((d.queue_bytes / 1500).max(1) + in_delay).to_string()]);
+    } else {
+        if d.jitter_ms > 0.0 && !d.jitter_reorders {
+            args.extend(["rate".into(), "10gbit".into()]);
+        }
+        args.extend(["limit".into(), NETEM_LIMIT.to_string()]);
     }
     args
 }

@@ -169,7 +169,11 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
     let per_run = config.warmup + config.duration + Duration::from_secs(3);
     let bar = progress_bar(runs * per_run);
     let shown = bar.clone();
-    let report = run_fanout(config, move |what| shown.set_message(what.to_string())).await;
+    // Ctrl-C drops the run, which stops its servers and removes the netns emulator's namespaces.
+    let report = tokio::select! {
+        report = run_fanout(config, move |what| shown.set_message(what.to_string())) => report,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+    };
     bar.finish_and_clear();
     let report = report?;
     println!("{}", report.table());
@@ -236,7 +240,11 @@ async fn rtt(args: RttArgs) -> Result<(), String> {
     );
     let bar = progress_bar(runs * (per_series + Duration::from_millis(1200)));
     let shown = bar.clone();
-    let report = run_rtt(config, move |name| shown.set_message(format!("measuring {name}"))).await;
+    // Ctrl-C drops the run, which stops its servers and removes the netns emulator's namespaces.
+    let report = tokio::select! {
+        report = run_rtt(config, move |name| shown.set_message(format!("measuring {name}"))) => report,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+    };
     bar.finish_and_clear();
     let report = report?;
     println!("{}", report.table());

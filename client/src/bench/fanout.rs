@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    namespaces,
+    namespaces::{self, Progress},
     series::{parse, payload, times, Schedule, RELIABLE_DRAIN_CAP},
 };
 use crate::{
@@ -191,9 +191,6 @@ impl Recorder {
     }
 }
 
-/// Runs `progress` from any runtime.
-type Progress = Arc<dyn Fn(&str) + Send + Sync>;
-
 /// Where the fan-out's servers are.
 struct Servers {
     quiver: SocketAddr,
@@ -216,24 +213,12 @@ pub async fn run_fanout(
     if config.subscribers == 0 || !rate_ok || config.duration.is_zero() {
         return Err("subscribers, rate and duration must be above 0".into());
     }
-    let impaired = config.profile.as_ref().is_some_and(|p| !p.is_clean());
-    if config.compare_websocket && impaired && config.netns.is_none() {
-        return Err(
-            "the WebSocket hub runs over TCP, which the UDP relay cannot impair: add --netns (root, Linux) to \
-                    run both through the netns emulator, or compare without a profile"
-                .into(),
-        );
-    }
-    if config.netns.is_some() && config.server.is_some() {
-        return Err("--netns runs the server itself, inside its namespace; it cannot measure an external server".into());
-    }
+    namespaces::check(config.profile.as_ref(), config.compare_websocket, config.netns, config.server.is_some())?;
     let progress: Progress = Arc::new(progress);
     let ((quiver, websocket), emulator) = match config.netns {
         None => {
             let servers = start_servers(&config, IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
-            let sides = measure_sides(&config, &servers, &progress).await?;
-            let kind = if impaired { "udp relay" } else { "none (loopback)" };
-            (sides, serde_json::json!({ "kind": kind }))
+            (measure_sides(&config, &servers, &progress).await?, namespaces::loopback(config.profile.as_ref()))
         }
         Some(backend) => {
             let server_config = FanoutConfig { profile: None, ..config.clone() };
@@ -366,10 +351,8 @@ async fn drive(
         }
     };
     tokio::join!(ticks, chat);
-    let path_ms =
-        config.profile.as_ref().map_or(0.0, |p| p.up.delay_ms + p.up.jitter_ms + p.down.delay_ms + p.down.jitter_ms);
     let drained = Instant::now();
-    tokio::time::sleep(Duration::from_secs(1) + Duration::from_secs_f64(path_ms * 4.0 / 1000.0)).await;
+    tokio::time::sleep(namespaces::drain(config.profile.as_ref())).await;
     // Reliable deliveries still being retransmitted are waited for (up to a cap), not counted lost.
     while !Recorder::reliable_complete(recorder, config.subscribers, ticks_reliable)
         && drained.elapsed() < RELIABLE_DRAIN_CAP

@@ -1,12 +1,53 @@
-//! Running a benchmark across the netns emulator: its servers in one network namespace, its clients in the other,
-//! each on a tokio runtime whose threads live there, so UDP and TCP alike cross the same impaired link.
+//! The link a benchmark crosses: loopback (through the UDP relay when impaired), or the netns emulator with its
+//! servers in one network namespace and its clients in the other, each on a tokio runtime whose threads live
+//! there, so UDP and TCP alike cross the same impaired link. Also what `rtt` and `fanout` share about it.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use crate::impair::{Backend, ImpairmentProfile};
 
 /// What the emulator did, for the report: its kind, addresses and per-direction counters.
 pub(crate) type EmulatorReport = serde_json::Value;
+
+/// Hears what a run is doing; callable from the namespaces' runtimes too.
+pub(crate) type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Refuses what the links cannot carry: an impaired WebSocket comparison without the netns emulator (TCP cannot
+/// pass the UDP relay), and `--netns` with an external server (the emulator runs the servers itself).
+pub(crate) fn check(
+    profile: Option<&ImpairmentProfile>,
+    compare_websocket: bool,
+    netns: Option<Backend>,
+    external_server: bool,
+) -> Result<(), String> {
+    if compare_websocket && impaired(profile) && netns.is_none() {
+        return Err("the WebSocket baseline runs over TCP, which the UDP relay cannot impair: add --netns (root, \
+                    Linux) to run both through the netns emulator, or compare without a profile"
+            .into());
+    }
+    if netns.is_some() && external_server {
+        return Err(
+            "--netns runs the servers itself, inside its namespace; it cannot measure an external server".into()
+        );
+    }
+    Ok(())
+}
+
+/// True when `profile` changes anything.
+pub(crate) fn impaired(profile: Option<&ImpairmentProfile>) -> bool {
+    profile.is_some_and(|p| !p.is_clean())
+}
+
+/// The report's `emulator` for a run on loopback.
+pub(crate) fn loopback(profile: Option<&ImpairmentProfile>) -> EmulatorReport {
+    serde_json::json!({ "kind": if impaired(profile) { "udp relay" } else { "none (loopback)" } })
+}
+
+/// How long replies may still arrive after the last send: 1 s plus 4× the path's delay and jitter.
+pub(crate) fn drain(profile: Option<&ImpairmentProfile>) -> Duration {
+    let path_ms = profile.map_or(0.0, |p| p.up.delay_ms + p.up.jitter_ms + p.down.delay_ms + p.down.jitter_ms);
+    Duration::from_millis(1000) + Duration::from_secs_f64(path_ms * 4.0 / 1000.0)
+}
 
 /// Starts the emulated link with `profile` on `backend`, runs `servers(ip)` in the server namespace and then
 /// `clients(servers' output, server ip)` in the client namespace, and removes everything afterwards (also on

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    echo, namespaces,
+    echo,
+    namespaces::{self, Progress},
     series::{parse, payload, Report, Schedule, SeriesResult, SharedTally, Tally, RELIABLE_DRAIN_CAP},
 };
 use quiver_server::net::transport::TransportTuning;
@@ -87,9 +88,6 @@ impl Default for RttConfig {
     }
 }
 
-/// Hears which series is starting.
-pub(crate) type Progress = Arc<dyn Fn(&str) + Send + Sync>;
-
 struct Targets {
     quiver: SocketAddr,
     quiver_trust: TrustOptions,
@@ -112,17 +110,7 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str) + Send + Sync + 
     if config.compare_websocket && !rate_ok(config.chat_rate) {
         return Err("the head-to-head needs a chat rate above 0".into());
     }
-    let impaired = config.profile.as_ref().is_some_and(|p| !p.is_clean());
-    if config.compare_websocket && impaired && config.netns.is_none() {
-        return Err("the WebSocket baseline runs over TCP, which the UDP relay cannot impair: add --netns (root, \
-                    Linux) to run both through the netns emulator, or compare without a profile"
-            .into());
-    }
-    if config.netns.is_some() && config.server.is_some() {
-        return Err(
-            "--netns runs the servers itself, inside its namespace; it cannot measure an external server".into()
-        );
-    }
+    namespaces::check(config.profile.as_ref(), config.compare_websocket, config.netns, config.server.is_some())?;
     let progress: Progress = Arc::new(progress);
     let (series, emulator) = match config.netns {
         None => {
@@ -130,8 +118,7 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str) + Send + Sync + 
             let view = targets.view(&config, IpAddr::V4(Ipv4Addr::LOCALHOST));
             let series = run_series(config.clone(), view, progress).await;
             targets.stop.cancel();
-            let emulator = if impaired { "udp relay" } else { "none (loopback)" };
-            (series?, serde_json::json!({ "kind": emulator }))
+            (series?, namespaces::loopback(config.profile.as_ref()))
         }
         Some(backend) => {
             // The link impairs; no relay in the servers' namespace.
@@ -168,18 +155,17 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str) + Send + Sync + 
 }
 
 type Runner = fn(RttConfig, Arc<TargetsView>) -> BoxedSeries;
+type SingleRunner = fn(&'static str, RttConfig, Arc<TargetsView>) -> SingleSeries;
 
 /// The series of a run, one after the other.
 async fn run_series(config: RttConfig, view: TargetsView, progress: Progress) -> Result<Vec<SeriesResult>, String> {
     let view = Arc::new(view);
-    let one = |name: &'static str, baseline: Option<&'static str>, runner: SingleRunner| (name, baseline, runner);
-    type SingleRunner = fn(&'static str, RttConfig, Arc<TargetsView>) -> SingleSeries;
-    let five = [
-        one("udp echo", None, |n, c, t| Box::pin(udp_series(n, c, t))),
-        one("quinn datagram echo", None, |n, c, t| Box::pin(quinn_series(n, c, t, false))),
-        one("quiver datagram", Some("quinn datagram echo"), |n, c, t| Box::pin(quiver_datagram_series(n, c, t))),
-        one("quinn stream echo", None, |n, c, t| Box::pin(quinn_series(n, c, t, true))),
-        one("quiver stream", Some("quinn stream echo"), |n, c, t| Box::pin(quiver_stream_series(n, c, t))),
+    let five: [(&'static str, Option<&str>, SingleRunner); 5] = [
+        ("udp echo", None, |n, c, t| Box::pin(udp_series(n, c, t))),
+        ("quinn datagram echo", None, |n, c, t| Box::pin(quinn_series(n, c, t, false))),
+        ("quiver datagram", Some("quinn datagram echo"), |n, c, t| Box::pin(quiver_datagram_series(n, c, t))),
+        ("quinn stream echo", None, |n, c, t| Box::pin(quinn_series(n, c, t, true))),
+        ("quiver stream", Some("quinn stream echo"), |n, c, t| Box::pin(quiver_stream_series(n, c, t))),
     ];
     let mut series = Vec::new();
     if config.compare_websocket {
@@ -308,13 +294,6 @@ fn schedule(config: &RttConfig, rate: f64, start: Instant) -> Schedule {
     Schedule { start, interval, count, warmup }
 }
 
-/// How long replies may still arrive after the last send.
-fn drain(config: &RttConfig) -> Duration {
-    let path_ms =
-        config.profile.as_ref().map_or(0.0, |p| p.up.delay_ms + p.up.jitter_ms + p.down.delay_ms + p.down.jitter_ms);
-    Duration::from_millis(1000) + Duration::from_secs_f64(path_ms * 4.0 / 1000.0)
-}
-
 /// One kind of message a sender sends: its schedule and where its latencies go.
 struct Lane {
     plan: Schedule,
@@ -410,7 +389,7 @@ where
     }
     if outcome.is_ok() {
         let drained = Instant::now();
-        tokio::time::sleep(drain(config)).await;
+        tokio::time::sleep(namespaces::drain(config.profile.as_ref())).await;
         let pending = || lanes.iter().zip(&tallies).any(|(&(_, _, reliable), t)| reliable && Tally::outstanding(t) > 0);
         while pending() && drained.elapsed() < RELIABLE_DRAIN_CAP {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
 quiver=${QUIVER:-target/release/quiver}
-[ -x "$quiver" ] || cargo build --release -p quiver-client
+[ -x "$quiver" ] || cargo build --release -p quiver-cli
 out=docs/bench/h2h
 mkdir -p "$out"
 header=1

@@ -54,7 +54,7 @@ pub struct ConnectOptions {
     /// servers' version negotiation.
     pub protocol_version: u32,
     /// Latency-relevant transport settings (the server's own apply to what it sends).
-    pub tuning: quiver_server::net::transport::TransportTuning,
+    pub tuning: quiver_transport::TransportTuning,
 }
 
 impl Default for ConnectOptions {
@@ -69,7 +69,7 @@ impl Default for ConnectOptions {
             reconnect_delay: Duration::from_millis(50),
             reconnect_max_delay: Duration::from_secs(5),
             protocol_version: PROTOCOL_VERSION,
-            tuning: quiver_server::net::transport::TransportTuning::quiver(),
+            tuning: quiver_transport::TransportTuning::quiver(),
         }
     }
 }
@@ -89,8 +89,8 @@ impl TokenProvider {
     pub fn dev(data_dir: std::path::PathBuf, sub: String) -> Self {
         TokenProvider::new(move || {
             let now_s = unix_us() / 1_000_000;
-            let claims = quiver_server::auth::Claims::everything(sub.clone(), now_s, 3600);
-            quiver_server::auth::mint_dev(&data_dir, &claims)
+            let claims = quiver_auth::Claims::everything(sub.clone(), now_s, 3600);
+            quiver_auth::mint_dev(&data_dir, &claims)
         })
     }
 
@@ -160,7 +160,7 @@ impl Client {
         let timeout = options.connect_timeout;
         if options.token.is_none() && options.token_provider.is_none() {
             if let TrustOptions::Auto { data_dir } = &options.trust {
-                if quiver_server::auth::dev_key_exists(data_dir) {
+                if quiver_auth::dev_key_exists(data_dir) {
                     // The same identity for the client's whole life: post deduplication keys on it.
                     let sub = options.name.clone().unwrap_or_else(|| format!("dev-{:08x}", rand::random::<u32>()));
                     options.token_provider = Some(TokenProvider::dev(data_dir.clone(), sub));

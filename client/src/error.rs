@@ -53,7 +53,7 @@ impl ConnectError {
         match self {
             ConnectError::Refused(failure) => Some(failure.code),
             ConnectError::Connection(quinn::ConnectionError::ApplicationClosed(close)) => {
-                Some(quiver_server::net::close::from_quic_code(close.error_code))
+                Some(quiver_transport::close::from_quic_code(close.error_code))
             }
             _ => None,
         }

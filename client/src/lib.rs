@@ -22,12 +22,9 @@
 //! - [`TrustOptions`]: which server certificate to accept.
 //! - [`latency`]: the latency summary shape every report uses.
 
-pub mod bench;
 mod client;
 mod error;
-pub mod impair;
 pub mod latency;
-pub mod pace;
 mod requests;
 pub mod room;
 mod session;
@@ -40,4 +37,4 @@ pub use room::{Message, Room, RoomEvent};
 pub use ticks::{Tick, TickError, TickPublisher, TickStats, TickSubscription};
 pub use trust::{quinn_client_config, TrustError, TrustOptions};
 
-pub(crate) use quiver_server::net::close::close;
+pub(crate) use quiver_transport::close::close;

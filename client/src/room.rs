@@ -294,7 +294,7 @@ async fn next_frame(
             Ok(None) if buf.is_empty() => return Ok(None),
             Ok(None) => return Err(StreamEnd::Other("stream ended inside a frame".into())),
             Err(quinn::ReadError::Reset(code)) => {
-                return Err(StreamEnd::Reset(quiver_server::net::close::from_quic_code(code)))
+                return Err(StreamEnd::Reset(quiver_transport::close::from_quic_code(code)))
             }
             Err(err) => return Err(StreamEnd::Other(err.to_string())),
         }

@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use quiver_proto::{
     ErrorCode, Failure, FrameCodec, Hello, Reply, Request, RequestBody, ServerMsg, TickHeader, Welcome, ALPN_QUIVER,
 };
-use quiver_server::net::probe::TailProbe;
+use quiver_transport::TailProbe;
 use tokio::sync::oneshot;
 
 use crate::{requests::Outstanding, ticks::SubShared, trust, ConnectError, ConnectOptions, RequestError};
@@ -195,7 +195,7 @@ impl Session {
     }
 
     pub(crate) fn close_reason(&self) -> Option<(ErrorCode, String)> {
-        self.conn.close_reason().map(|e| quiver_server::net::close::describe(&e))
+        self.conn.close_reason().map(|e| quiver_transport::close::describe(&e))
     }
 }
 
@@ -203,7 +203,7 @@ impl Session {
 async fn read_datagrams(conn: quinn::Connection, session: Weak<Session>, clock_offset_us: Arc<AtomicI64>) {
     while let Ok(datagram) = conn.read_datagram().await {
         if quiver_proto::is_probe(&datagram) {
-            continue; // a tail-loss probe (quiver_server::net::probe): it only elicits an ACK
+            continue; // a tail-loss probe (quiver_transport::probe): it only elicits an ACK
         }
         let now = crate::client::unix_us().saturating_add_signed(clock_offset_us.load(Ordering::Relaxed));
         let Ok((header, payload)) = TickHeader::decode(&datagram) else {
@@ -256,7 +256,7 @@ async fn read_replies(
                 Ok(None) => {
                     break going_away.unwrap_or((ErrorCode::NoError, "server finished the control stream".into()))
                 }
-                Err(quinn::ReadError::ConnectionLost(err)) => break quiver_server::net::close::describe(&err),
+                Err(quinn::ReadError::ConnectionLost(err)) => break quiver_transport::close::describe(&err),
                 Err(err) => break (ErrorCode::Internal, format!("control stream: {err}")),
             },
             Err(err) => {
@@ -267,7 +267,7 @@ async fn read_replies(
     };
     // A finished stream usually means a close follows; prefer its reason.
     let why = match conn.close_reason() {
-        Some(err) => quiver_server::net::close::describe(&err),
+        Some(err) => quiver_transport::close::describe(&err),
         None => why,
     };
     tracing::debug!(code = %why.0, reason = %why.1, "control stream ended");

@@ -8,7 +8,7 @@ use std::{
 };
 
 use quiver_certs::{CertError, Fingerprint};
-use quiver_server::net::transport::TransportTuning;
+use quiver_transport::TransportTuning;
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
@@ -81,7 +81,7 @@ pub(crate) fn quic_config(tls: rustls::ClientConfig, tuning: &TransportTuning) -
     // TLS 1.3 with an initial cipher suite is always configured here, which is all QuicClientConfig needs.
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("TLS 1.3 configuration");
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(quiver_server::net::transport::client_transport(&quiver_proto::Limits::default(), tuning));
+    config.transport_config(quiver_transport::client_transport(&quiver_proto::Limits::default(), tuning));
     config
 }
 

@@ -33,7 +33,7 @@ pub use control::{
 };
 pub use error_code::ErrorCode;
 pub use frame::{DecodeError, EncodeError, FrameCodec};
-pub use limits::Limits;
+pub use limits::{Limits, LimitsError};
 pub use room::{EventKind, RoomEvent, RoomFrame};
 pub use tick::{is_probe, DatagramError, TickHeader, PROBE};
 

@@ -71,26 +71,22 @@ impl Limits {
         3 * 10 + 5 + self.max_name + 16
     }
 
-    /// Checks that the limits fit together: any post within `max_body` must fit a room frame, and a room stream's
-    /// queue must hold at least one frame.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks that the limits fit together: any post within `max_body` must fit a room frame, a room stream's queue
+    /// must hold at least one frame, counts and rates must be at least 1.
+    pub fn check(&self) -> Result<(), LimitsError> {
         let needed = self.max_body.saturating_add(self.event_overhead());
         if self.max_frame < needed {
-            return Err(format!(
-                "max_frame {} is too small for max_body {} (a room event needs up to {needed} bytes)",
-                self.max_frame, self.max_body
-            ));
+            return Err(LimitsError::FrameTooSmall { max_frame: self.max_frame, max_body: self.max_body, needed });
         }
         if self.room_queue_bytes < self.max_frame {
-            return Err(format!(
-                "room_queue_bytes {} is smaller than max_frame {}",
-                self.room_queue_bytes, self.max_frame
-            ));
-        }
-        if self.max_name == 0 || self.max_rooms == 0 {
-            return Err("max_name and max_rooms must be at least 1".into());
+            return Err(LimitsError::QueueTooSmall {
+                room_queue_bytes: self.room_queue_bytes,
+                max_frame: self.max_frame,
+            });
         }
         let at_least_one = [
+            ("max_name", self.max_name),
+            ("max_rooms", self.max_rooms),
             ("max_connections", self.max_connections),
             ("max_connections_per_ip", self.max_connections_per_ip),
             ("new_connections_per_s_per_ip", self.new_connections_per_s_per_ip),
@@ -99,16 +95,54 @@ impl Limits {
             ("ticks_per_s", self.ticks_per_s),
         ];
         if let Some((name, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
-            return Err(format!("{name} must be at least 1"));
+            return Err(LimitsError::Zero { name });
         }
         if self.max_connections_per_ip > self.max_connections {
-            return Err(format!(
-                "max_connections_per_ip {} is above max_connections {}",
-                self.max_connections_per_ip, self.max_connections
-            ));
+            return Err(LimitsError::PerIpAboveTotal {
+                per_ip: self.max_connections_per_ip,
+                total: self.max_connections,
+            });
         }
         Ok(())
     }
+}
+
+/// Limits that contradict each other, or a count or rate of 0.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitsError {
+    /// A post of `max_body` bytes would not fit a room frame.
+    #[error("max_frame {max_frame} is too small for max_body {max_body} (a room event needs up to {needed} bytes)")]
+    FrameTooSmall {
+        /// `max_frame`.
+        max_frame: u32,
+        /// `max_body`.
+        max_body: u32,
+        /// The frame size such a post needs.
+        needed: u32,
+    },
+    /// A room stream's queue could not hold one frame.
+    #[error("room_queue_bytes {room_queue_bytes} is smaller than max_frame {max_frame}")]
+    QueueTooSmall {
+        /// `room_queue_bytes`.
+        room_queue_bytes: u32,
+        /// `max_frame`.
+        max_frame: u32,
+    },
+    /// A count or rate that must be at least 1 is 0.
+    #[error("{name} must be at least 1")]
+    Zero {
+        /// The field.
+        name: &'static str,
+    },
+    /// One address could have more connections than the whole server.
+    #[error("max_connections_per_ip {per_ip} is above max_connections {total}")]
+    PerIpAboveTotal {
+        /// `max_connections_per_ip`.
+        per_ip: u32,
+        /// `max_connections`.
+        total: u32,
+    },
 }
 
 impl Default for Limits {
@@ -144,13 +178,13 @@ mod tests {
     #[test]
     fn defaults_fit_together_and_bad_combinations_are_named() {
         Limits::default().check().unwrap();
-        let err = Limits { max_frame: 1000, ..Limits::default() }.check().unwrap_err();
+        let err = Limits { max_frame: 1000, ..Limits::default() }.check().unwrap_err().to_string();
         assert!(err.contains("max_frame 1000"), "{err}");
-        let err = Limits { room_queue_bytes: 10, ..Limits::default() }.check().unwrap_err();
+        let err = Limits { room_queue_bytes: 10, ..Limits::default() }.check().unwrap_err().to_string();
         assert!(err.contains("room_queue_bytes 10"), "{err}");
-        let err = Limits { posts_per_s: 0, ..Limits::default() }.check().unwrap_err();
+        let err = Limits { posts_per_s: 0, ..Limits::default() }.check().unwrap_err().to_string();
         assert!(err.contains("posts_per_s"), "{err}");
-        let err = Limits { max_connections: 10, ..Limits::default() }.check().unwrap_err();
+        let err = Limits { max_connections: 10, ..Limits::default() }.check().unwrap_err().to_string();
         assert!(err.contains("max_connections_per_ip 256"), "{err}");
     }
 }

@@ -1,4 +1,4 @@
-//! Byte-exact test vectors for other implementations of the protocol (the browser client in `client/web/` reads
+//! Byte-exact test vectors for other implementations of the protocol (the browser client in `server/web/` reads
 //! them in its node tests): every variant of every wire type with edge values, each as
 //! `{ name, kind, hex, value }`.
 //!
@@ -9,7 +9,7 @@
 //!   arrays) with every number turned into a decimal string, so that u64 values survive JavaScript's
 //!   `JSON.parse`, and object keys sorted. A tick's value is `{ channel_id, seq, sent_time_us, payload }`.
 //!
-//! The checked-in `client/web/test/vectors.json` must equal what this test generates; after a deliberate change
+//! The checked-in `server/web/test/vectors.json` must equal what this test generates; after a deliberate change
 //! of the wire format, regenerate it with `QUIVER_WRITE_VECTORS=1 cargo test -p quiver-proto --test vectors`.
 
 use std::fmt::Debug;
@@ -23,7 +23,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{Map, Value};
 
 /// Where the vectors live, relative to this crate.
-const VECTORS_PATH: &str = "../client/web/test/vectors.json";
+const VECTORS_PATH: &str = "../server/web/test/vectors.json";
 
 /// The file: a little context, then the vectors in a stable order.
 #[derive(Serialize)]

@@ -5,7 +5,9 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use quiver_proto::Limits;
 
-use crate::{auth::AuthConfig, net::transport::TransportTuning};
+use quiver_transport::TransportTuning;
+
+use crate::auth::AuthConfig;
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The demo page over plain HTTP/1.1 on a TCP port: the browser client (`client/web/`, compiled into the binary)
+//! The demo page over plain HTTP/1.1 on a TCP port: the browser client (`server/web/`, compiled into the binary)
 //! and `/config.json`, which tells the page where the WebTransport endpoint is and which certificate hash to
 //! pass as `serverCertificateHashes` (the dev certificate is self-signed). Deliberately small: GET and HEAD of a
 //! handful of fixed paths, one request per connection, bounded request size and time.
@@ -21,11 +21,11 @@ const MAX_CONNECTIONS: usize = 64;
 
 /// The files of the page, compiled in.
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("/", "text/html; charset=utf-8", include_str!("../../client/web/index.html")),
-    ("/index.html", "text/html; charset=utf-8", include_str!("../../client/web/index.html")),
-    ("/app.js", "text/javascript; charset=utf-8", include_str!("../../client/web/app.js")),
-    ("/quiver.js", "text/javascript; charset=utf-8", include_str!("../../client/web/quiver.js")),
-    ("/style.css", "text/css; charset=utf-8", include_str!("../../client/web/style.css")),
+    ("/", "text/html; charset=utf-8", include_str!("../web/index.html")),
+    ("/index.html", "text/html; charset=utf-8", include_str!("../web/index.html")),
+    ("/app.js", "text/javascript; charset=utf-8", include_str!("../web/app.js")),
+    ("/quiver.js", "text/javascript; charset=utf-8", include_str!("../web/quiver.js")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
 ];
 
 /// What `/config.json` tells the page.

@@ -1,31 +1,12 @@
-//! The one mapping from what went wrong to what the peer is told: an [`ErrorCode`] becomes the QUIC application
-//! close code (and stream reset code) with the same number. For WebTransport sessions web-transport-quinn maps
-//! the same number into HTTP/3's application error space, and browsers see it unchanged as `closeCode` /
-//! `streamErrorCode`.
+//! Closing a [`Session`] (native QUIC or WebTransport) with an [`ErrorCode`], and reading one back. The numbers are
+//! quiver-transport's one mapping; a WebTransport peer gets code and reason in the CLOSE_WEBTRANSPORT_SESSION
+//! capsule, which browsers show unchanged as `closeCode`.
 
-use quinn::VarInt;
 use quiver_proto::ErrorCode;
+use quiver_transport::close::{describe, truncate_utf8};
 use web_transport_quinn::{Session, SessionError, WebTransportError};
 
-/// The QUIC application error code for `code`.
-pub fn quic_code(code: ErrorCode) -> VarInt {
-    VarInt::from_u32(code.to_u32())
-}
-
-/// The [`ErrorCode`] a QUIC application error code stands for.
-pub fn from_quic_code(code: VarInt) -> ErrorCode {
-    u32::try_from(code.into_inner()).map(ErrorCode::from_u32).unwrap_or(ErrorCode::Unknown(u32::MAX))
-}
-
-/// Closes `conn` with `code`, giving `reason` (truncated to fit a packet) to the peer.
-pub fn close(conn: &quinn::Connection, code: ErrorCode, reason: &str) {
-    // The reason travels in a CONNECTION_CLOSE frame, which must fit one packet.
-    let reason = truncate_utf8(reason, 512);
-    conn.close(quic_code(code), reason.as_bytes());
-}
-
-/// Closes a session (native QUIC or WebTransport) with `code`. A WebTransport peer gets code and reason in the
-/// CLOSE_WEBTRANSPORT_SESSION capsule before the QUIC connection closes.
+/// Closes a session with `code`, giving `reason` (truncated to fit a packet) to the peer.
 pub(crate) fn close_session(session: &Session, code: ErrorCode, reason: &str) {
     session.close(code.to_u32(), truncate_utf8(reason, 512).as_bytes());
 }
@@ -38,40 +19,5 @@ pub(crate) fn describe_session(error: &SessionError) -> (ErrorCode, String) {
             (ErrorCode::from_u32(*code), reason.clone())
         }
         other => (ErrorCode::Internal, other.to_string()),
-    }
-}
-
-/// Where a connection's close came from and why, for the client library and logs.
-pub fn describe(error: &quinn::ConnectionError) -> (ErrorCode, String) {
-    match error {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            (from_quic_code(close.error_code), String::from_utf8_lossy(&close.reason).into_owned())
-        }
-        quinn::ConnectionError::LocallyClosed => (ErrorCode::NoError, "closed locally".into()),
-        other => (ErrorCode::Internal, other.to_string()),
-    }
-}
-
-fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_map_both_ways() {
-        for &code in ErrorCode::ALL {
-            assert_eq!(from_quic_code(quic_code(code)), code);
-        }
-        assert_eq!(truncate_utf8("héllo", 2), "h");
     }
 }

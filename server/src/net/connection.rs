@@ -10,6 +10,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use quiver_proto::{frame, ErrorCode, FrameCodec, Request, ServerMsg, ALPN_H3, PROTOCOL_VERSION};
+use quiver_transport::TailProbe;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -20,7 +21,6 @@ use crate::{
     net::{
         admit::Admitted,
         close::{close_session as close, describe_session},
-        probe::TailProbe,
         rooms::ConnectionRooms,
         ticks::ConnectionTicks,
         webtransport,

@@ -1,11 +1,12 @@
-//! Binding: the certificate, rustls (ring, TLS 1.3 only, ALPN), and a dual-stack UDP socket with large buffers.
+//! Binding: the certificate, the QUIC server configuration (quiver-transport's), and a dual-stack UDP socket with
+//! large buffers.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
-use quiver_certs::{CertError, CertKey, Fingerprint};
-use quiver_proto::{ALPN_H3, ALPN_QUIVER};
+use quiver_certs::{CertError, Fingerprint};
+use quiver_transport::tuning::SOCKET_BUFFER;
 
-use crate::{config::TlsSource, net::transport, ServerConfig};
+use crate::{config::TlsSource, ServerConfig};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -14,21 +15,21 @@ pub enum ServerError {
     #[error("certificate: {0}")]
     Certificate(#[from] CertError),
     /// rustls refused the certificate/key pair (e.g. the key does not match, or its type is unsupported).
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Tls(#[from] quiver_transport::tls::TlsError),
     /// The UDP socket could not be created or bound.
     #[error("cannot bind UDP socket: {0}")]
     Bind(std::io::Error),
     /// The configured limits contradict each other.
     #[error("limits: {0}")]
-    Limits(String),
+    Limits(#[from] quiver_proto::LimitsError),
     /// The token keys could not be loaded or generated.
     #[error("access tokens: {0}")]
     Auth(#[from] crate::auth::AuthError),
 }
 
 pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, Fingerprint), ServerError> {
-    config.limits.check().map_err(ServerError::Limits)?;
+    config.limits.check()?;
     let cert = match &config.tls {
         TlsSource::Dev => {
             let (cert, status) = quiver_certs::dev::load_or_generate(&config.data_dir, std::time::SystemTime::now())?;
@@ -38,33 +39,13 @@ pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, Fingerprin
         TlsSource::Pem { cert, key } => quiver_certs::pem::load(cert, key)?,
     };
     let fingerprint = cert.fingerprint();
-    let server_config = quic_server_config(cert, &config.limits, &config.tuning)?;
+    let server_config = quiver_transport::tls::server_config(cert.chain, cert.key, &config.limits, &config.tuning)?;
     let socket = udp_socket(config.listen).map_err(ServerError::Bind)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ServerError::Bind(std::io::Error::other("no async runtime (call from within tokio)")))?;
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
         .map_err(ServerError::Bind)?;
     Ok((endpoint, fingerprint))
-}
-
-fn quic_server_config(
-    cert: CertKey,
-    limits: &quiver_proto::Limits,
-    tuning: &transport::TransportTuning,
-) -> Result<quinn::ServerConfig, ServerError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(cert.chain, cert.key)?;
-    tls.alpn_protocols = vec![ALPN_QUIVER.to_vec(), ALPN_H3.to_vec()];
-    // 0-RTT is off: replayable requests (posts) must not be accepted before the handshake completes.
-    tls.max_early_data_size = 0;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| ServerError::Tls(rustls::Error::General(e.to_string())))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(transport::server_transport(limits, tuning));
-    Ok(server)
 }
 
 /// A UDP socket on `addr`; an IPv6 wildcard is dual-stack so IPv4 clients reach it too.
@@ -74,10 +55,9 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
-    for (what, result) in [
-        ("receive", socket.set_recv_buffer_size(transport::SOCKET_BUFFER)),
-        ("send", socket.set_send_buffer_size(transport::SOCKET_BUFFER)),
-    ] {
+    for (what, result) in
+        [("receive", socket.set_recv_buffer_size(SOCKET_BUFFER)), ("send", socket.set_send_buffer_size(SOCKET_BUFFER))]
+    {
         if let Err(err) = result {
             tracing::warn!(%err, "cannot set UDP {what} buffer size");
         }

@@ -2,14 +2,11 @@
 //! and the mapping of errors to close codes.
 
 mod admit;
-pub mod close;
-pub mod congestion;
+mod close;
 mod connection;
 mod endpoint;
-pub mod probe;
 mod rooms;
 mod ticks;
-pub mod transport;
 mod webtransport;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -164,7 +161,8 @@ impl<H: RoomHub> Server<H> {
         if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
             tracing::warn!(remaining = tasks.len(), "connections still open after the shutdown grace period");
         }
-        self.endpoint.close(close::quic_code(quiver_proto::ErrorCode::GoingAway), b"server shutting down");
+        self.endpoint
+            .close(quiver_transport::close::quic_code(quiver_proto::ErrorCode::GoingAway), b"server shutting down");
         // Let the CONNECTION_CLOSE frames leave before the socket goes.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         tracing::info!(stats = ?self.stats.snapshot(), "server stopped");

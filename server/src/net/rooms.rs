@@ -12,13 +12,13 @@ use std::{
 
 use bytes::Bytes;
 use quiver_proto::{ErrorCode, Failure, Limits, Reply};
+use quiver_transport::TailProbe;
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use web_transport_quinn::{SendStream, Session};
 
 use crate::{
     hub::{JoinRoom, Outbox, RoomHub, SubscriberId},
-    net::probe::TailProbe,
     session::RoomRequest,
     stats::{bump, ServerStats},
 };

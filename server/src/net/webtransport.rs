@@ -19,7 +19,10 @@ pub(super) async fn accept(conn: quinn::Connection, web: &WebConfig, deadline: I
         Ok(Ok(request)) => request,
         Ok(Err(err)) => return Err(format!("HTTP/3 handshake: {err}")),
         Err(_) => {
-            conn.close(super::close::quic_code(quiver_proto::ErrorCode::HandshakeTimeout), b"no CONNECT in time");
+            conn.close(
+                quiver_transport::close::quic_code(quiver_proto::ErrorCode::HandshakeTimeout),
+                b"no CONNECT in time",
+            );
             return Err("no WebTransport CONNECT within the handshake timeout".into());
         }
     };

@@ -1,0 +1,263 @@
+//! `quiver bench`: latency beside same-run baselines, optionally through the link emulator.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Subcommand};
+use quiver_lab::bench::{run_fanout, run_rtt, write_json, write_plot, FanoutConfig, RttConfig};
+
+use quiver_lab::impair::Backend;
+
+use crate::{impair::ProfileArgs, TrustArgs};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Round trips over Quiver datagrams and room streams beside bare quinn and raw UDP echoes.
+    Rtt(RttArgs),
+    /// One publisher to N subscribers, with a chat load on the same connections.
+    Fanout(FanoutArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FanoutArgs {
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 100)]
+    subscribers: u32,
+    /// Ticks per second from the publisher.
+    #[arg(long, default_value_t = 60.0)]
+    rate: f64,
+    /// Tick payload bytes (at least 12).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Chat messages per second into the room (posted by the subscribers in turn); 0 for none.
+    #[arg(long, default_value_t = 10.0)]
+    chat_rate: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Measure an external Quiver server instead of an in-process one.
+    #[arg(long)]
+    server: Option<String>,
+    /// Run the same workload through a minimal WebSocket hub too (`websocket`). Impaired, it needs --netns.
+    #[arg(long, value_name = "BASELINE", value_parser = ["websocket"])]
+    compare: Option<String>,
+    #[command(flatten)]
+    netns: NetnsArgs,
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
+    profile: ProfileArgs,
+}
+
+/// Where the bench's servers and clients run.
+#[derive(Debug, Args)]
+pub(crate) struct NetnsArgs {
+    /// Run servers and clients in two network namespaces joined by the link emulator, so TCP and UDP cross the
+    /// same impaired link (Linux, root). Cleans up after itself.
+    #[arg(long, conflicts_with = "server")]
+    netns: bool,
+    /// With --netns: `tun` (our emulator on TUN devices, any kernel) or `netem` (veth + tc netem, where the
+    /// kernel has sch_netem).
+    #[arg(long, default_value = "tun", requires = "netns")]
+    backend: String,
+}
+
+impl NetnsArgs {
+    fn backend(&self) -> Result<Option<Backend>, String> {
+        if self.netns {
+            Backend::parse(&self.backend).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// How the run's link is described to the user.
+    fn describe(&self, backend: Option<Backend>, impaired: bool) -> String {
+        match backend {
+            Some(backend) => format!(", through the netns emulator ({})", backend.name()),
+            None if impaired => ", through the UDP relay".to_string(),
+            None => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RttArgs {
+    /// Senders per series.
+    #[arg(long, default_value_t = 1)]
+    clients: u32,
+    /// Messages per second per sender.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Payload bytes per message (at least 12).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Measured seconds per series.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds per series before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a percentile plot here (.svg or .png).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Transport settings of Quiver's server and clients: quiver, quinn-defaults or tail-probe.
+    #[arg(long, default_value = "quiver")]
+    tuning: String,
+    /// Measure an external Quiver server instead of an in-process one (baselines stay in-process).
+    #[arg(long)]
+    server: Option<String>,
+    /// Run the head-to-head with `websocket` instead: ticks and chat on one Quiver connection and on one
+    /// WebSocket-over-TCP connection per sender. Impaired, it needs --netns.
+    #[arg(long, value_name = "BASELINE", value_parser = ["websocket"])]
+    compare: Option<String>,
+    /// Chat messages per second per sender in the head-to-head (ticks go at --rate).
+    #[arg(long, default_value_t = 50.0)]
+    chat_rate: f64,
+    #[command(flatten)]
+    netns: NetnsArgs,
+    /// Also print the head-to-head as Markdown table rows, labelled with this (e.g. the profile's name).
+    #[arg(long, value_name = "LABEL", requires = "compare")]
+    markdown: Option<String>,
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
+    profile: ProfileArgs,
+}
+
+pub(crate) async fn run(command: BenchCommand) -> Result<(), String> {
+    match command {
+        BenchCommand::Rtt(args) => rtt(args).await,
+        BenchCommand::Fanout(args) => fanout(args).await,
+    }
+}
+
+async fn fanout(args: FanoutArgs) -> Result<(), String> {
+    let seconds = |name: &str, v: f64| Duration::try_from_secs_f64(v).map_err(|e| format!("--{name}: {e}"));
+    let profile = args.profile.profile()?;
+    let config = FanoutConfig {
+        subscribers: args.subscribers,
+        rate: args.rate,
+        size: args.size,
+        chat_rate: args.chat_rate,
+        duration: seconds("duration", args.duration)?,
+        warmup: seconds("warmup", args.warmup)?,
+        profile: (!profile.is_clean()).then_some(profile),
+        token: args.server.as_ref().and(args.trust.token_provider(None)),
+        server: args.server.map(|server| (server, args.trust.trust())),
+        compare_websocket: args.compare.as_deref() == Some("websocket"),
+        netns: args.netns.backend()?,
+    };
+    let runs = if config.compare_websocket { 2 } else { 1 };
+    eprintln!(
+        "1 publisher at {}/s -> {} subscribers, chat {}/s, {:.0} s{}{}",
+        config.rate,
+        config.subscribers,
+        config.chat_rate,
+        (config.warmup + config.duration).as_secs_f64(),
+        if config.compare_websocket { ", Quiver then WebSocket" } else { "" },
+        args.netns.describe(config.netns, config.profile.is_some())
+    );
+    let per_run = config.warmup + config.duration + Duration::from_secs(3);
+    let bar = progress_bar(runs * per_run);
+    let shown = bar.clone();
+    // Ctrl-C drops the run, which stops its servers and removes the netns emulator's namespaces.
+    let report = tokio::select! {
+        report = run_fanout(config, move |what| shown.set_message(what.to_string())) => report,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+    };
+    bar.finish_and_clear();
+    let report = report?;
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        write_json(&report, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// A progress bar over the expected run time, ticking on its own (hidden when stderr is not a terminal).
+fn progress_bar(expected: Duration) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(expected.as_millis() as u64);
+    let style = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    let ticker = bar.clone();
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        while !ticker.is_finished() {
+            ticker.set_position(start.elapsed().as_millis() as u64);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    bar
+}
+
+async fn rtt(args: RttArgs) -> Result<(), String> {
+    let seconds = |name: &str, v: f64| Duration::try_from_secs_f64(v).map_err(|e| format!("--{name}: {e}"));
+    let profile = args.profile.profile()?;
+    let config = RttConfig {
+        clients: args.clients,
+        rate: args.rate,
+        size: args.size,
+        duration: seconds("duration", args.duration)?,
+        warmup: seconds("warmup", args.warmup)?,
+        profile: (!profile.is_clean()).then_some(profile),
+        token: args.server.as_ref().and(args.trust.token_provider(None)),
+        server: args.server.map(|server| (server, args.trust.trust())),
+        tuning: quiver_transport::TransportTuning::named(&args.tuning).map_err(|e| e.to_string())?,
+        compare_websocket: args.compare.as_deref() == Some("websocket"),
+        chat_rate: args.chat_rate,
+        netns: args.netns.backend()?,
+    };
+    let per_series = config.warmup + config.duration;
+    let runs = if config.compare_websocket { 2 } else { 5 };
+    let link = args.netns.describe(config.netns, config.profile.is_some());
+    let what = if config.compare_websocket {
+        format!("Quiver vs WebSocket, ticks {}/s + chat {}/s per sender", config.rate, config.chat_rate)
+    } else {
+        format!("{}/s per sender", config.rate)
+    };
+    eprintln!(
+        "{runs} runs x {:.0} s, {} sender(s), {what}, {} B{link}",
+        per_series.as_secs_f64() + 1.2,
+        config.clients,
+        config.size,
+    );
+    let title = format!(
+        "quiver bench rtt, {what}, {} B, {}, tuning {}",
+        config.size,
+        args.markdown.as_deref().unwrap_or(if config.profile.is_some() { "impaired" } else { "clean" }),
+        config.tuning.name
+    );
+    let bar = progress_bar(runs * (per_series + Duration::from_millis(1200)));
+    let shown = bar.clone();
+    // Ctrl-C drops the run, which stops its servers and removes the netns emulator's namespaces.
+    let report = tokio::select! {
+        report = run_rtt(config, move |name| shown.set_message(format!("measuring {name}"))) => report,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+    };
+    bar.finish_and_clear();
+    let report = report?;
+    println!("{}", report.table());
+    if let Some(label) = &args.markdown {
+        println!("{}", report.head_to_head_markdown(label, true));
+    }
+    if let Some(path) = &args.json {
+        write_json(&report, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        write_plot(&report, &title, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! `quiver impair`: an unprivileged UDP relay applying an impairment profile, printing per-direction counters.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Args;
+use quiver_lab::impair::{ImpairmentProfile, LinkStats, Relay, RelayConfig, RelayStats, PRESETS};
+
+/// Impairment flags shared by `quiver impair` (and later the benches). Flags apply to both directions and
+/// override the profile's values.
+#[derive(Debug, Args)]
+pub(crate) struct ProfileArgs {
+    /// A preset (clean, lan, wifi, lte, lossy-1, lossy-5, satellite) or a TOML profile file.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Random loss, percent.
+    #[arg(long)]
+    loss: Option<f64>,
+    /// Mean loss burst length in packets (Gilbert model; 1 = independent losses).
+    #[arg(long)]
+    burst: Option<f64>,
+    /// One-way delay, ms.
+    #[arg(long)]
+    delay_ms: Option<f64>,
+    /// Delay variation, ± ms.
+    #[arg(long)]
+    jitter_ms: Option<f64>,
+    /// Let jitter reorder packets.
+    #[arg(long)]
+    jitter_reorders: bool,
+    /// Packets sent ahead of the delay, percent.
+    #[arg(long)]
+    reorder: Option<f64>,
+    /// Packets duplicated, percent.
+    #[arg(long)]
+    duplicate: Option<f64>,
+    /// Bottleneck rate, kbit/s.
+    #[arg(long)]
+    rate_kbps: Option<f64>,
+    /// Seed of the random choices.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl ProfileArgs {
+    pub(crate) fn profile(&self) -> Result<ImpairmentProfile, String> {
+        let mut profile = match &self.profile {
+            Some(spec) => ImpairmentProfile::named_or_file(spec)?,
+            None => ImpairmentProfile::default(),
+        };
+        for d in [&mut profile.up, &mut profile.down] {
+            if let Some(v) = self.loss {
+                d.loss_pct = v;
+            }
+            if let Some(v) = self.burst {
+                d.burst_len = v;
+            }
+            if let Some(v) = self.delay_ms {
+                d.delay_ms = v;
+            }
+            if let Some(v) = self.jitter_ms {
+                d.jitter_ms = v;
+            }
+            d.jitter_reorders |= self.jitter_reorders;
+            if let Some(v) = self.reorder {
+                d.reorder_pct = v;
+            }
+            if let Some(v) = self.duplicate {
+                d.duplicate_pct = v;
+            }
+            if let Some(v) = self.rate_kbps {
+                d.rate_kbps = v;
+            }
+        }
+        if let Some(seed) = self.seed {
+            profile.seed = seed;
+        }
+        profile.check()?;
+        Ok(profile)
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImpairArgs {
+    /// Address clients send to (UDP relay).
+    #[arg(long, required_unless_present_any = ["netns", "list_presets"])]
+    listen: Option<SocketAddr>,
+    /// The server the relay forwards to (UDP relay).
+    #[arg(long, required_unless_present_any = ["netns", "list_presets"])]
+    upstream: Option<SocketAddr>,
+    /// Instead of the UDP relay: impair every IP packet (UDP and TCP) between two network namespaces of our own,
+    /// `quiver-srv` (10.213.0.1) and `quiver-cli` (10.213.0.2), joined by TUN devices (Linux, root).
+    #[arg(long, conflicts_with_all = ["listen", "upstream"])]
+    netns: bool,
+    /// With --netns: `tun` (TUN devices and our emulator, any kernel) or `netem` (a veth pair and `tc netem`, where
+    /// the kernel has sch_netem), to cross-check the two.
+    #[arg(long, default_value = "tun", requires = "netns")]
+    backend: String,
+    /// With --netns: a shell command to run in the server namespace (in the background, stopped at the end).
+    #[arg(long, requires = "netns")]
+    server_cmd: Option<String>,
+    /// With --netns: a shell command to run in the client namespace; the emulator stops when it exits.
+    #[arg(long, requires = "netns")]
+    client_cmd: Option<String>,
+    #[command(flatten)]
+    profile: ProfileArgs,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Client addresses served at most.
+    #[arg(long, default_value_t = 256)]
+    max_clients: usize,
+    /// List the presets and exit.
+    #[arg(long)]
+    list_presets: bool,
+}
+
+fn row(name: &str, s: &LinkStats) -> String {
+    format!(
+        "{name:<5} passed {:>9}  dropped {:>7}  queue-dropped {:>6}  duplicated {:>6}  reordered {:>6}  delayed {:>9}",
+        s.passed, s.dropped, s.queue_dropped, s.duplicated, s.reordered, s.delayed
+    )
+}
+
+fn print(stats: &RelayStats) {
+    print_directions(&stats.up, &stats.down);
+}
+
+fn print_directions(up: &LinkStats, down: &LinkStats) {
+    println!("{}", row("up", up));
+    println!("{}", row("down", down));
+}
+
+pub(crate) async fn run(args: ImpairArgs) -> Result<(), String> {
+    if args.list_presets {
+        for (name, what) in PRESETS {
+            println!("{name:<10} {what}");
+        }
+        return Ok(());
+    }
+    let profile = args.profile.profile()?;
+    if args.netns {
+        return netns(args, profile).await;
+    }
+    let (Some(listen), Some(upstream)) = (args.listen, args.upstream) else {
+        return Err("--listen and --upstream are required (or --netns)".into());
+    };
+    let config = RelayConfig { listen, upstream, profile, max_clients: args.max_clients };
+    let relay = Relay::start(config.clone()).map_err(|e| format!("cannot start the relay on {listen}: {e}"))?;
+    eprintln!("relaying {} -> {upstream} with {:?}", relay.local_addr(), config.profile);
+    let end = async {
+        match args.duration {
+            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end);
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    second.tick().await;
+    loop {
+        tokio::select! {
+            _ = second.tick() => print(&relay.stats()),
+            () = &mut end => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let stats = tokio::task::spawn_blocking(move || relay.stop()).await.map_err(|e| e.to_string())?;
+    println!("total ({} clients{}):", stats.clients, if stats.refused > 0 { ", some refused" } else { "" });
+    print(&stats);
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+async fn netns(args: ImpairArgs, profile: quiver_lab::impair::ImpairmentProfile) -> Result<(), String> {
+    use quiver_lab::impair::netns::{self, NetnsLink, Side};
+    netns::available()?;
+    let backend = netns::Backend::parse(&args.backend)?;
+    let link = NetnsLink::start_with("quiver", &profile, backend)
+        .map_err(|e| format!("cannot set up the namespaces ({} backend): {e}", backend.name()))?;
+    let (srv, cli) = (link.namespace(Side::Server), link.namespace(Side::Client));
+    eprintln!(
+        "{srv} ({}) <-> {cli} ({}), {} backend, with {profile:?}",
+        netns::SERVER_ADDR,
+        netns::CLIENT_ADDR,
+        backend.name()
+    );
+    let shell = |side: Side, cmd: &str| {
+        let mut command = tokio::process::Command::from(link.command(side, "sh"));
+        command.args(["-c", cmd]).kill_on_drop(true);
+        command
+    };
+    let mut server = match &args.server_cmd {
+        Some(cmd) => Some(shell(Side::Server, cmd).spawn().map_err(|e| format!("server command: {e}"))?),
+        None => {
+            eprintln!("run programs inside with: ip netns exec {srv} <server>   and   ip netns exec {cli} <client>");
+            None
+        }
+    };
+    let outcome = match &args.client_cmd {
+        Some(cmd) => {
+            // Give the server a moment to bind.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let status = shell(Side::Client, cmd).status().await.map_err(|e| format!("client command: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("the client command exited with {status}"))
+            }
+        }
+        None => {
+            let end = async {
+                match args.duration {
+                    Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(end);
+            let mut second = tokio::time::interval(Duration::from_secs(1));
+            second.tick().await;
+            loop {
+                tokio::select! {
+                    _ = second.tick() => {
+                        let stats = link.stats();
+                        print_directions(&stats.up, &stats.down);
+                    }
+                    () = &mut end => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+            Ok(())
+        }
+    };
+    if let Some(server) = server.as_mut() {
+        let _ = server.kill().await;
+    }
+    let stats = tokio::task::spawn_blocking(move || link.stop()).await.map_err(|e| e.to_string())?;
+    let stats = stats.map_err(|e| format!("cleanup: {e}"))?;
+    println!("total:");
+    print_directions(&stats.up, &stats.down);
+    outcome
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn netns(_: ImpairArgs, _: quiver_lab::impair::ImpairmentProfile) -> Result<(), String> {
+    Err("--netns needs Linux".into())
+}

@@ -1,0 +1,149 @@
+//! `quiver chat`, `quiver post` and `quiver history` as processes against an in-process server.
+#![allow(clippy::unwrap_used)]
+
+use std::{process::Stdio, time::Duration};
+
+use quiver_proto::Limits;
+use quiver_tests::TestServer;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
+    process::{Child, ChildStdout, Command},
+};
+
+struct Chat {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Chat {
+    fn start(server: &TestServer, name: &str) -> Chat {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(["chat", "--room", "town", "--name", name, "--server", &server.addr.to_string(), "--data-dir"])
+            .arg(server.data_dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Chat { child, lines }
+    }
+
+    async fn say(&mut self, text: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{text}\n").as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Reads lines until `count` message lines (`[seq] name: text`) have been read; returns those.
+    async fn messages(&mut self, count: usize) -> Vec<String> {
+        let mut seen = Vec::new();
+        while seen.len() < count {
+            let line = tokio::time::timeout(Duration::from_secs(20), self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {count} messages within 20 s: {seen:?}", seen.len()))
+                .unwrap()
+                .expect("output ended");
+            if line.starts_with('[') {
+                seen.push(line);
+            }
+        }
+        seen
+    }
+
+    /// Reads lines until one equals `wanted`; returns every line read.
+    async fn until(&mut self, wanted: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = self.lines.next_line().await.unwrap() {
+                let done = line == wanted;
+                seen.push(line);
+                if done {
+                    return;
+                }
+            }
+            panic!("output ended before {wanted:?}: {seen:?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {wanted:?} within 20 s"));
+        seen
+    }
+
+    #[cfg(unix)]
+    async fn interrupt(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        Command::new("kill").args(["-INT", &pid]).status().await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "quiver chat exits cleanly on Ctrl-C: {status}");
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chats_see_one_order_and_a_restart_shows_leave_and_join() {
+    let server = TestServer::start(Limits::default());
+    let mut ann = Chat::start(&server, "ann");
+    ann.until("* ann joined").await;
+    let mut bob = Chat::start(&server, "bob");
+    ann.until("* bob joined").await;
+    bob.until("* bob joined").await;
+    for i in 0..5 {
+        ann.say(&format!("ann {i}")).await;
+        bob.say(&format!("bob {i}")).await;
+    }
+    let ann_view = ann.messages(10).await;
+    let bob_view = bob.messages(10).await;
+    assert_eq!(ann_view, bob_view, "one order for both");
+    for i in 0..5 {
+        assert!(ann_view.iter().any(|l| l.ends_with(&format!("] ann: ann {i}"))), "{ann_view:?}");
+        assert!(ann_view.iter().any(|l| l.ends_with(&format!("] bob: bob {i}"))), "{ann_view:?}");
+    }
+
+    bob.interrupt().await;
+    ann.until("* bob left").await;
+    let mut bob = Chat::start(&server, "bob");
+    ann.until("* bob joined").await;
+    bob.say("back").await;
+    ann.until("[11] bob: back").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn post_prints_the_seq_and_history_prints_json_lines() {
+    let server = TestServer::start(Limits::default());
+    let run = |args: Vec<String>| {
+        let server_args = ["--server".to_string(), server.addr.to_string(), "--data-dir".to_string()];
+        let data_dir = server.data_dir.path().to_owned();
+        async move {
+            let output = Command::new(env!("CARGO_BIN_EXE_quiver"))
+                .args(args)
+                .args(server_args)
+                .arg(data_dir)
+                .output()
+                .await
+                .unwrap();
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            String::from_utf8(output.stdout).unwrap()
+        }
+    };
+    for (i, text) in ["one", "two", "three"].iter().enumerate() {
+        let out =
+            run(vec!["post".into(), "--room".into(), "log".into(), "--name".into(), "cli".into(), text.to_string()])
+                .await;
+        assert_eq!(out.trim(), (i + 1).to_string());
+    }
+    let out =
+        run(vec!["history".into(), "--room".into(), "log".into(), "--since".into(), "1".into(), "--json".into()]).await;
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["seq"], 2);
+    assert_eq!(lines[0]["body"], "two");
+    assert_eq!(lines[1]["sender"], "cli");
+    for key in ["room", "epoch", "seq", "sender", "client_msg_id", "body"] {
+        assert!(lines[1].get(key).is_some(), "{key} missing in {}", lines[1]);
+    }
+    let out = run(vec!["history".into(), "--room".into(), "log".into()]).await;
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["[1] cli: one", "[2] cli: two", "[3] cli: three"]);
+    server.stop().await;
+}

@@ -1,0 +1,73 @@
+//! `quiver bench --netns` interrupted with SIGINT (as Ctrl-C would) removes the namespaces it created (root, Linux).
+//! Without root or `ip` the test says so loudly and passes, unless `QUIVER_REQUIRE_ALL=1` (CI).
+#![cfg(target_os = "linux")]
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use quiver_lab::impair::netns;
+
+fn skip() -> bool {
+    match netns::available() {
+        Ok(()) => false,
+        Err(why) if std::env::var("QUIVER_REQUIRE_ALL").is_ok_and(|v| v == "1") => {
+            panic!("QUIVER_REQUIRE_ALL=1 but {why}")
+        }
+        Err(why) => {
+            eprintln!("\n!!! SKIPPED the netns interrupt test: {why}\n");
+            true
+        }
+    }
+}
+
+fn assert_removed(name: &str) {
+    let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let namespaces = String::from_utf8_lossy(&namespaces.stdout);
+    assert!(!namespaces.contains(name), "namespaces left behind: {namespaces}");
+    let links = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains(&format!(": {name}")), "devices left behind: {links}");
+}
+
+#[test]
+fn ctrl_c_during_a_netns_bench_removes_its_namespaces() {
+    if skip() {
+        return;
+    }
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["bench", "rtt", "--compare", "websocket", "--netns", "--profile", "lossy-1-20", "--duration", "30"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let prefix = format!("qb{:04x}", bench.id() & 0xffff);
+    let listed = || {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&prefix)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !listed() {
+        assert!(Instant::now() < deadline, "the bench never created {prefix}-*");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Measuring by now (or about to): interrupt it as Ctrl-C would.
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new("kill").args(["-INT", &bench.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = bench.try_wait().unwrap() {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = bench.kill();
+            panic!("the bench did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!exit.success(), "an interrupted bench reports failure");
+    assert_removed(&prefix);
+}

@@ -1,0 +1,109 @@
+//! A percentile plot of a report's series (SVG or PNG, drawn with plotters): x is the percentile on a "nines" scale (50, 90, 99, 99.9,
+//! 99.99, max), y the latency in µs on a log scale, one line per series.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::Report;
+
+/// Position of quantile `q` on the nines scale: 0.9 → 1, 0.99 → 2, …; the median at 0, the maximum one step past
+/// 99.99 %.
+fn nines(q: f64) -> f64 {
+    if q >= 1.0 {
+        5.0
+    } else if q <= 0.5 {
+        0.0
+    } else {
+        -(1.0 - q).log10()
+    }
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+];
+
+/// The font every chart uses, compiled in so plots need no system font (licence: lab/assets/).
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
+
+fn register_font() -> Result<(), String> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err("the plot font does not load".into())
+    }
+}
+
+const SIZE: (u32, u32) = (900, 560);
+
+/// Writes the plot as SVG or PNG, by `path`'s extension.
+pub fn write_plot(report: &Report, title: &str, path: &Path) -> Result<(), String> {
+    register_font()?;
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("svg") => draw(report, title, SVGBackend::new(path, SIZE).into_drawing_area()),
+        Some("png") => draw(report, title, BitMapBackend::new(path, SIZE).into_drawing_area()),
+        _ => Err(format!("{}: plots are written as .svg or .png", path.display())),
+    }
+    .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn draw<DB: DrawingBackend>(
+    report: &Report,
+    title: &str,
+    root: DrawingArea<DB, plotters::coord::Shift>,
+) -> Result<(), String> {
+    let values = || report.series.iter().flat_map(|s| s.curve.iter().map(|p| p.1));
+    let max_us = values().max().unwrap_or(1).max(10) as f64;
+    let min_us = (values().min().unwrap_or(1).max(1) as f64 / 1.5).max(1.0);
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.1f64..5.1f64, (min_us..(max_us * 1.5)).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("round trip (µs)")
+        .x_label_formatter(&|x| match x.round() as i64 {
+            0 => "50".into(),
+            1 => "90".into(),
+            2 => "99".into(),
+            3 => "99.9".into(),
+            4 => "99.99".into(),
+            5 => "max".into(),
+            _ => String::new(),
+        })
+        .x_labels(6)
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()
+        .map_err(err)?;
+    for (i, series) in report.series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<(f64, f64)> = series.curve.iter().map(|&(q, us)| (nines(q), us.max(1) as f64)).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(err)?
+            .label(series.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}

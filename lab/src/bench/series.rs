@@ -1,0 +1,261 @@
+//! One measured series: scheduled sends, latencies from the schedule, losses; and the report of a run.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use quiver_client::latency::{LatencyRecorder, LatencySummary};
+
+/// The send schedule of one sender: message `i` is due at `start + i × interval`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Schedule {
+    pub(crate) start: Instant,
+    pub(crate) interval: Duration,
+    pub(crate) count: u64,
+    /// Messages below this index are warm-up: sent, not measured.
+    pub(crate) warmup: u64,
+}
+
+impl Schedule {
+    /// Waits for message `i`'s turn; returns the time its latency counts from. Behind schedule (the system under
+    /// test held the sender up), that is the scheduled time. A timer that fires late is the load generator's own
+    /// imprecision (tokio's timer has 1 ms granularity), so then it is the moment the sender woke, before any
+    /// work of the system under test.
+    pub(crate) async fn due(&self, i: u64) -> Instant {
+        let scheduled = self.start + self.interval.mul_f64(i as f64);
+        if Instant::now() >= scheduled {
+            return scheduled;
+        }
+        tokio::time::sleep_until(scheduled).await;
+        Instant::now()
+    }
+}
+
+/// Send times of messages in flight, and what came back.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    sent: HashMap<(u32, u64), Instant>,
+    latencies: LatencyRecorder,
+    received: u64,
+    measured_sent: u64,
+}
+
+/// A tally shared by a series' senders and receivers.
+pub(crate) type SharedTally = Arc<Mutex<Tally>>;
+
+fn lock(t: &SharedTally) -> std::sync::MutexGuard<'_, Tally> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Tally {
+    pub(crate) fn shared() -> SharedTally {
+        Arc::default()
+    }
+
+    /// Message `i` of sender `who` left at `origin` (only measured messages are recorded).
+    pub(crate) fn sent(t: &SharedTally, schedule: &Schedule, who: u32, i: u64, origin: Instant) {
+        if i >= schedule.warmup {
+            let mut t = lock(t);
+            t.sent.insert((who, i), origin);
+            t.measured_sent += 1;
+        }
+    }
+
+    /// Message `i` of sender `who` came back now; duplicates and warm-up are ignored.
+    pub(crate) fn received(t: &SharedTally, who: u32, i: u64) {
+        let now = Instant::now();
+        let mut t = lock(t);
+        if let Some(origin) = t.sent.remove(&(who, i)) {
+            t.latencies.record(now - origin);
+            t.received += 1;
+        }
+    }
+
+    /// Measured messages sent and not back yet.
+    pub(crate) fn outstanding(t: &SharedTally) -> usize {
+        lock(t).sent.len()
+    }
+
+    pub(crate) fn result(t: &SharedTally, name: &str, baseline: Option<&str>) -> SeriesResult {
+        let t = lock(t);
+        SeriesResult {
+            name: name.to_string(),
+            baseline: baseline.map(str::to_string),
+            sent: t.measured_sent,
+            lost: t.measured_sent - t.received,
+            latency: t.latencies.summary(),
+            curve: t.latencies.curve(),
+        }
+    }
+}
+
+/// How long a run waits, after its usual drain, for messages of a reliable path still being retransmitted (TCP's
+/// timer backs off to seconds under burst loss); a reliable message counts as lost only after this.
+pub(crate) const RELIABLE_DRAIN_CAP: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Encodes (sender, index) at the start of a payload of `size` bytes (at least 12).
+pub(crate) fn payload(who: u32, i: u64, size: usize) -> Vec<u8> {
+    let mut out = vec![0u8; size.max(12)];
+    out[..4].copy_from_slice(&who.to_be_bytes());
+    out[4..12].copy_from_slice(&i.to_be_bytes());
+    out
+}
+
+/// Reads (sender, index) back.
+pub(crate) fn parse(payload: &[u8]) -> Option<(u32, u64)> {
+    let who = u32::from_be_bytes(payload.get(..4)?.try_into().ok()?);
+    let i = u64::from_be_bytes(payload.get(4..12)?.try_into().ok()?);
+    Some((who, i))
+}
+
+/// The outcome of one series, in the shared summary shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesResult {
+    /// What was measured.
+    pub name: String,
+    /// The series this one is compared with.
+    pub baseline: Option<String>,
+    /// Measured messages sent (warm-up excluded).
+    pub sent: u64,
+    /// Measured messages that never came back.
+    pub lost: u64,
+    /// Round-trip latency percentiles.
+    #[serde(flatten)]
+    pub latency: LatencySummary,
+    /// `(quantile, µs)` points for a percentile plot.
+    pub curve: Vec<(f64, u64)>,
+}
+
+/// A whole run: its settings and every series.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The settings, as text (clients, rate, size, duration, profile).
+    pub config: serde_json::Value,
+    /// The series, baselines first.
+    pub series: Vec<SeriesResult>,
+}
+
+impl Report {
+    /// A terminal table: one row per series, with p50 and p99 ratios to the baseline.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<22} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9}  {}\n",
+            "series (µs)", "count", "loss%", "p50", "p90", "p99", "p99.9", "max", "vs baseline (p50, p99)"
+        );
+        for s in &self.series {
+            let l = &s.latency;
+            let loss = if s.sent == 0 { 0.0 } else { 100.0 * s.lost as f64 / s.sent as f64 };
+            let ratio = s
+                .baseline
+                .as_ref()
+                .and_then(|b| self.series.iter().find(|x| &x.name == b))
+                .map(|b| {
+                    let r = |a: u64, b: u64| if b == 0 { f64::NAN } else { a as f64 / b as f64 };
+                    let (p50, p99) = (r(l.p50_us, b.latency.p50_us), r(l.p99_us, b.latency.p99_us));
+                    format!("{}, {} ({})", times(p50), times(p99), b.name)
+                })
+                .unwrap_or_default();
+            out += &format!(
+                "{:<22} {:>8} {:>7.2} {:>8} {:>8} {:>8} {:>9} {:>9}  {}\n",
+                s.name, l.count, loss, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, ratio
+            );
+        }
+        out
+    }
+}
+
+/// A ratio as `×0.62`, with a third decimal below 0.1 (`×0.002`, not `×0.00`).
+pub(crate) fn times(r: f64) -> String {
+    if r < 0.1 {
+        format!("×{r:.3}")
+    } else {
+        format!("×{r:.2}")
+    }
+}
+
+/// Milliseconds from µs, with precision to match the size.
+fn ms(us: u64) -> String {
+    let v = us as f64 / 1000.0;
+    match v {
+        v if v < 1.0 => format!("{v:.3}"),
+        v if v < 10.0 => format!("{v:.2}"),
+        v if v < 100.0 => format!("{v:.1}"),
+        v => format!("{v:.0}"),
+    }
+}
+
+impl Report {
+    /// The head-to-head (Quiver's and WebSocket's tick and chat series) as Markdown table rows labelled `label`,
+    /// with the header when `header`; empty when the run was not a head-to-head.
+    pub fn head_to_head_markdown(&self, label: &str, header: bool) -> String {
+        let mut out = String::new();
+        if header {
+            out += "| link | traffic | Quiver p50 / p99 / p99.9 (ms) | WebSocket p50 / p99 / p99.9 (ms) \
+                    | Quiver ÷ WebSocket p50 / p99 / p99.9 | lost: Quiver / WebSocket |\n";
+            out += "|---|---|---|---|---|---|\n";
+        }
+        let find = |name: &str| self.series.iter().find(|s| s.name == name);
+        for kind in ["tick", "chat"] {
+            let (Some(q), Some(w)) = (find(&format!("quiver {kind}")), find(&format!("websocket {kind}"))) else {
+                continue;
+            };
+            let (a, b) = (&q.latency, &w.latency);
+            let ratio = |x: u64, y: u64| if y == 0 { "–".to_string() } else { times(x as f64 / y as f64) };
+            let lost = |s: &SeriesResult| {
+                if s.sent == 0 {
+                    "–".to_string()
+                } else {
+                    format!("{:.2} %", 100.0 * s.lost as f64 / s.sent as f64)
+                }
+            };
+            out += &format!(
+                "| {label} | {kind} | {} / {} / {} | {} / {} / {} | {} / {} / {} | {} / {} |\n",
+                ms(a.p50_us),
+                ms(a.p99_us),
+                ms(a.p999_us),
+                ms(b.p50_us),
+                ms(b.p99_us),
+                ms(b.p999_us),
+                ratio(a.p50_us, b.p50_us),
+                ratio(a.p99_us, b.p99_us),
+                ratio(a.p999_us, b.p999_us),
+                lost(q),
+                lost(w),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trip() {
+        assert_eq!(parse(&payload(7, 123_456, 64)), Some((7, 123_456)));
+        assert_eq!(payload(1, 2, 3).len(), 12);
+        assert_eq!(parse(&[1, 2, 3]), None);
+    }
+
+    #[tokio::test]
+    async fn warmup_is_not_measured_and_losses_are_counted() {
+        let schedule = Schedule { start: Instant::now(), interval: Duration::from_millis(1), count: 10, warmup: 2 };
+        let tally = Tally::shared();
+        for i in 0..10 {
+            let origin = schedule.due(i).await;
+            Tally::sent(&tally, &schedule, 0, i, origin);
+            if i != 5 {
+                Tally::received(&tally, 0, i);
+            }
+        }
+        Tally::received(&tally, 0, 3); // duplicate: ignored
+        let result = Tally::result(&tally, "x", None);
+        assert_eq!((result.sent, result.lost, result.latency.count), (8, 1, 7));
+    }
+}

@@ -1,0 +1,19 @@
+//! Quiver's latency lab: what measures Quiver, kept out of the client library and the server.
+//!
+//! - [`impair`]: the link emulator: an [`impair::ImpairmentProfile`] (loss, burst loss, delay, jitter, reordering,
+//!   duplication, rate) applied per direction by a sans-IO [`impair::Link`] model, carried out by a UDP
+//!   [`impair::Relay`] (no root) or, on Linux as root, between two network namespaces ([`impair::netns`]).
+//! - [`bench`]: `quiver bench rtt` and `quiver bench fanout`: Quiver's paths beside baselines measured in the same
+//!   run (raw UDP, bare quinn, WebSocket over TCP), percentiles from HdrHistogram, JSON and plots.
+//! - [`pace`]: sending on a fixed schedule to within a few µs.
+//!
+//! ```
+//! use quiver_lab::impair::ImpairmentProfile;
+//!
+//! let lossy = ImpairmentProfile::preset("lossy-5").unwrap();
+//! assert!(!lossy.is_clean());
+//! ```
+
+pub mod bench;
+pub mod impair;
+pub mod pace;

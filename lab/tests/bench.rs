@@ -1,0 +1,160 @@
+//! `quiver bench rtt` end to end, short: every series present and measured, and an impairment shows up as loss
+//! in the datagram series but not in the reliable ones.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use quiver_lab::{
+    bench::{run_rtt, RttConfig},
+    impair::{DirectionProfile, ImpairmentProfile},
+};
+
+fn config(profile: Option<ImpairmentProfile>) -> RttConfig {
+    RttConfig {
+        clients: 2,
+        rate: 200.0,
+        size: 64,
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(200),
+        profile,
+        server: None,
+        token: None,
+        ..RttConfig::new()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtt_measures_every_series_and_sees_the_loss() {
+    let lossy = ImpairmentProfile::symmetric(DirectionProfile { loss_pct: 10.0, ..DirectionProfile::default() });
+    let report = run_rtt(config(Some(lossy)), |_| {}).await.unwrap();
+    let names: Vec<&str> = report.series.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["udp echo", "quinn datagram echo", "quiver datagram", "quinn stream echo", "quiver stream"]);
+    for s in &report.series {
+        assert_eq!(s.sent, 600, "{} sent", s.name); // 2 senders × 200/s × 1.5 s
+        assert!(s.latency.count > 0 && s.latency.p50_us > 0, "{s:?}");
+        let loss = s.lost as f64 / s.sent as f64;
+        if s.name.contains("stream") {
+            assert_eq!(s.lost, 0, "{}: a reliable stream lost messages", s.name);
+        } else {
+            // 10 % each way: about 19 % of round trips; seeded relays, but allow for the run's timing.
+            assert!((0.08..0.35).contains(&loss), "{} loss {loss}", s.name);
+        }
+    }
+    assert_eq!(report.series[2].baseline.as_deref(), Some("quinn datagram echo"));
+    assert_eq!(report.series[4].baseline.as_deref(), Some("quinn stream echo"));
+    let table = report.table();
+    assert!(table.contains("quiver stream") && table.contains("vs baseline"), "{table}");
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("rtt.svg");
+    quiver_lab::bench::write_plot(&report, "test", &svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("quiver datagram") && text.contains("99.9"), "plot content");
+    let png = dir.path().join("rtt.png");
+    quiver_lab::bench::write_plot(&report, "test", &png).unwrap();
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"), "PNG signature");
+    assert!(quiver_lab::bench::write_plot(&report, "test", &dir.path().join("x.gif")).is_err());
+    let json = serde_json::to_value(&report).unwrap();
+    for key in ["name", "sent", "lost", "count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+        assert!(json["series"][0].get(key).is_some(), "{key} missing: {json}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
+    use quiver_lab::bench::{run_fanout, FanoutConfig};
+    let config = FanoutConfig {
+        subscribers: 10,
+        rate: 50.0,
+        size: 64,
+        chat_rate: 10.0,
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(200),
+        profile: None,
+        server: None,
+        token: None,
+        compare_websocket: true,
+        netns: None,
+    };
+    let report = run_fanout(config, |_| {}).await.unwrap();
+    for (side, reliable_ticks) in [(&report.quiver, false), (report.websocket.as_ref().unwrap(), true)] {
+        assert_eq!(side.ticks_sent, 75);
+        assert_eq!(side.chat_sent, 15);
+        if reliable_ticks {
+            assert_eq!(side.delivered_pct, 100.0, "WebSocket ticks ride TCP: {report:?}");
+        } else {
+            assert!(side.delivered_pct > 90.0, "{report:?}");
+        }
+        assert_eq!(side.chat_delivered_pct, 100.0, "chat is reliable: {report:?}");
+        assert_eq!(side.chat_latency.count, 150);
+        assert!(side.tick_latency.count > 600 && side.tick_latency.p50_us > 0, "{report:?}");
+    }
+    let table = report.table();
+    assert!(table.contains("quiver ticks") && table.contains("websocket chat"), "{table}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["ticks_sent"].is_u64() && json["websocket"]["chat_latency"]["p99_us"].is_u64(), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_measures_an_external_server() {
+    use quiver_client::TrustOptions;
+    use quiver_lab::bench::{run_fanout, FanoutConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let server = quiver_server::Server::bind(quiver_server::ServerConfig::dev(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().into(),
+    ))
+    .unwrap();
+    let (addr, pin) = (server.local_addr(), server.fingerprint());
+    let stats = server.stats();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+    let config = FanoutConfig {
+        subscribers: 3,
+        rate: 50.0,
+        size: 64,
+        chat_rate: 10.0,
+        duration: Duration::from_millis(1000),
+        warmup: Duration::from_millis(200),
+        profile: None,
+        server: Some((addr.to_string(), TrustOptions::Pin(pin))),
+        token: Some(quiver_client::TokenProvider::dev(dir.path().to_owned(), "bench".into())),
+        compare_websocket: false,
+        netns: None,
+    };
+    let report = run_fanout(config, |_| {}).await.unwrap();
+    assert_eq!(report.quiver.ticks_sent, 50);
+    assert_eq!(report.quiver.chat_delivered_pct, 100.0, "{report:?}");
+    assert!(report.quiver.tick_latency.count > 100, "{report:?}");
+    assert!(report.websocket.is_none());
+    assert!(report.config["server"].as_str().unwrap().starts_with("127.0.0.1:"), "{report:?}");
+    assert!(stats.snapshot().ticks_published >= 50, "the external server carried the run");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtt_runs_the_websocket_head_to_head_on_a_clean_link() {
+    let h2h =
+        RttConfig { compare_websocket: true, duration: Duration::from_millis(1000), chat_rate: 50.0, ..config(None) };
+    let report = run_rtt(h2h, |_| {}).await.unwrap();
+    let names: Vec<&str> = report.series.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["quiver tick", "quiver chat", "websocket tick", "websocket chat"]);
+    for s in &report.series {
+        // 2 senders × 1 s × (200/s ticks or 50/s chat).
+        let expected = if s.name.ends_with("tick") { 400 } else { 100 };
+        assert_eq!(s.sent, expected, "{s:?}");
+        assert!(s.latency.p50_us > 0, "{s:?}");
+        if !s.name.starts_with("quiver tick") {
+            assert_eq!(s.lost, 0, "reliable: {s:?}");
+        }
+    }
+    assert_eq!(report.series[0].baseline.as_deref(), Some("websocket tick"));
+    assert_eq!(report.series[1].baseline.as_deref(), Some("websocket chat"));
+    let markdown = report.head_to_head_markdown("clean", true);
+    assert_eq!(markdown.lines().count(), 4, "{markdown}");
+    assert!(markdown.contains("| clean | tick |") && markdown.contains("| clean | chat |"), "{markdown}");
+    assert_eq!(report.config["emulator"]["kind"], "none (loopback)");
+    // TCP cannot pass the UDP relay: an impaired head-to-head without the netns emulator is refused.
+    let lossy = ImpairmentProfile::symmetric(DirectionProfile { loss_pct: 1.0, ..DirectionProfile::default() });
+    let err = run_rtt(RttConfig { compare_websocket: true, ..config(Some(lossy)) }, |_| {}).await.unwrap_err();
+    assert!(err.contains("--netns"), "{err}");
+}

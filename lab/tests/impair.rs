@@ -1,0 +1,145 @@
+//! The UDP relay emulator between a real UDP echo server and client on loopback: delay and loss applied per
+//! direction, counted, and seeded.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::UdpSocket,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use quiver_lab::impair::{DirectionProfile, ImpairmentProfile, Relay, RelayConfig};
+
+/// A UDP echo server on 127.0.0.1 until `stop`.
+fn echo_server(stop: Arc<AtomicBool>) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((len, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(&buf[..len], from);
+            }
+        }
+    });
+    (addr, thread)
+}
+
+#[test]
+fn relay_applies_delay_each_way_and_loss_on_one() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (upstream, echo) = echo_server(stop.clone());
+    let profile = ImpairmentProfile {
+        seed: 3,
+        up: DirectionProfile { delay_ms: 10.0, loss_pct: 10.0, ..DirectionProfile::default() },
+        down: DirectionProfile { delay_ms: 10.0, ..DirectionProfile::default() },
+    };
+    let relay = Relay::start(RelayConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream, profile, max_clients: 4 })
+        .unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.connect(relay.local_addr()).unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    let total = 400u32;
+    let start = Instant::now();
+    let mut sent_at = Vec::new();
+    let mut rtts = Vec::new();
+    let mut buf = [0u8; 16];
+    let mut drain = |rtts: &mut Vec<Duration>, sent_at: &[Instant]| {
+        while let Ok(len) = client.recv(&mut buf) {
+            assert_eq!(len, 4);
+            let i = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+            rtts.push(sent_at[i].elapsed());
+        }
+    };
+    for i in 0..total {
+        sent_at.push(Instant::now());
+        client.send(&i.to_be_bytes()).unwrap();
+        drain(&mut rtts, &sent_at);
+        while start.elapsed() < Duration::from_millis(u64::from(i + 1)) {
+            std::hint::spin_loop();
+        }
+    }
+    let until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        drain(&mut rtts, &sent_at);
+    }
+    let stats = relay.stop();
+    stop.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
+
+    assert_eq!(stats.up.passed + stats.up.dropped, u64::from(total));
+    assert_eq!(stats.down.dropped, 0);
+    assert_eq!(rtts.len() as u64, stats.down.passed, "every echo that passed arrived");
+    // 10 % of 400: mean 40, sd 6; within 5 sd.
+    assert!((10..=70).contains(&stats.up.dropped), "dropped {}", stats.up.dropped);
+    // 10 ms each way: every round trip at least 20 ms, and (scheduling on a busy 2-core machine aside) close to it.
+    let min = rtts.iter().min().unwrap();
+    assert!(*min >= Duration::from_millis(20), "rtt {min:?} below the configured 20 ms");
+    let mut sorted = rtts.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
+    assert!(median < Duration::from_millis(23), "median rtt {median:?}");
+}
+
+#[test]
+fn the_same_seed_drops_the_same_packets() {
+    let run = || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (upstream, echo) = echo_server(stop.clone());
+        let profile = ImpairmentProfile {
+            seed: 11,
+            up: DirectionProfile { loss_pct: 30.0, ..DirectionProfile::default() },
+            down: DirectionProfile::default(),
+        };
+        let relay =
+            Relay::start(RelayConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream, profile, max_clients: 1 })
+                .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.connect(relay.local_addr()).unwrap();
+        client.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut echoed = Vec::new();
+        for i in 0..100u8 {
+            client.send(&[i]).unwrap();
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        let mut buf = [0u8; 4];
+        while let Ok(1) = client.recv(&mut buf) {
+            echoed.push(buf[0]);
+        }
+        relay.stop();
+        stop.store(true, Ordering::Relaxed);
+        echo.join().unwrap();
+        echoed.sort();
+        echoed
+    };
+    let first = run();
+    assert!(first.len() > 50 && first.len() < 90, "{} of 100 passed", first.len());
+    assert_eq!(first, run());
+}
+
+#[test]
+fn relay_refuses_clients_beyond_its_limit() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (upstream, echo) = echo_server(stop.clone());
+    let relay = Relay::start(RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream,
+        profile: ImpairmentProfile::default(),
+        max_clients: 1,
+    })
+    .unwrap();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    a.send_to(b"a", relay.local_addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    b.send_to(b"b", relay.local_addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = relay.stop();
+    assert_eq!((stats.clients, stats.refused), (1, 1));
+    stop.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
+}

@@ -1,0 +1,297 @@
+//! Rooms end to end over real quinn on loopback: one order for everyone, resume without gap or duplicate after a
+//! dropped connection, retried posts delivered once, history overflow surfaced, slow consumers reset in one room
+//! only, and the limits' error codes.
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::HashSet, time::Duration};
+
+use quiver_client::{Client, ConnectOptions, Message, Room, RoomEvent};
+use quiver_proto::{ErrorCode, Limits, RequestBody};
+use quiver_tests::TestServer;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn named(server: &TestServer, name: &str) -> Client {
+    server.client_with(ConnectOptions { name: Some(name.into()), ..ConnectOptions::default() }).await.unwrap()
+}
+
+/// Reads events until `count` messages have arrived; returns the messages and every event seen.
+async fn messages(room: &mut Room, count: usize) -> (Vec<Message>, Vec<RoomEvent>) {
+    let mut messages = Vec::new();
+    let mut events = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while messages.len() < count {
+            let event = room.next().await.expect("room stream ended");
+            if let RoomEvent::Message(m) = &event {
+                messages.push(m.clone());
+            }
+            events.push(event);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {count} messages within {WAIT:?}", messages.len()));
+    (messages, events)
+}
+
+fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_clients_interleaved_posts_see_one_contiguous_order() {
+    let server = TestServer::start(Limits { history_max_messages: 5_000, ..Limits::default() });
+    let mut rooms = Vec::new();
+    let mut clients = Vec::new();
+    for name in ["ann", "bob", "cid"] {
+        let client = named(&server, name).await;
+        rooms.push(client.join("town").await.unwrap());
+        clients.push(client);
+    }
+    let mut posters = tokio::task::JoinSet::new();
+    for client in &clients {
+        let client = client.clone();
+        posters.spawn(async move {
+            let mut acks = Vec::new();
+            for i in 0..1000 {
+                acks.push(client.post("town", format!("{i}")).await.unwrap());
+            }
+            acks
+        });
+    }
+    let mut all_acks = HashSet::new();
+    while let Some(acks) = posters.join_next().await {
+        let acks = acks.unwrap();
+        assert!(acks.windows(2).all(|w| w[0] < w[1]), "one client's posts keep their order");
+        all_acks.extend(acks);
+    }
+    assert_eq!(all_acks.len(), 3000);
+    let mut seen = Vec::new();
+    for room in &mut rooms {
+        seen.push(messages(room, 3000).await.0);
+    }
+    assert_eq!(seqs(&seen[0]), (1..=3000).collect::<Vec<_>>(), "contiguous from 1");
+    assert_eq!(seen[0], seen[1], "ann and bob saw the same sequence");
+    assert_eq!(seen[0], seen[2], "ann and cid saw the same sequence");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connection_resumes_with_no_gap_and_no_duplicate() {
+    let server = TestServer::start(Limits::default());
+    let reader = named(&server, "reader").await;
+    let writer = named(&server, "writer").await;
+    let mut room = reader.join("news").await.unwrap();
+    let posting = tokio::spawn(async move {
+        for i in 0..300 {
+            writer.post("news", format!("{i}")).await.unwrap();
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        writer
+    });
+    let (first, _) = messages(&mut room, 50).await;
+    // Drop the reader's connection mid-stream, as a network failure would.
+    reader.connection().unwrap().close(0u32.into(), b"test drops the connection");
+    let (rest, events) = messages(&mut room, 250).await;
+    let all: Vec<u64> = seqs(&first).into_iter().chain(seqs(&rest)).collect();
+    assert_eq!(all, (1..=300).collect::<Vec<_>>(), "no gap, no duplicate");
+    let resumed: Vec<_> = events.iter().filter(|e| matches!(e, RoomEvent::Resumed { .. })).collect();
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert!(matches!(resumed[0], RoomEvent::Resumed { recovered: true, .. }));
+    posting.await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_in_flight_when_the_connection_drops_appear_exactly_once() {
+    let server = TestServer::start(Limits::default());
+    let watcher = named(&server, "watcher").await;
+    let mut room = watcher.join("ops").await.unwrap();
+    let poster = named(&server, "poster").await;
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let client = poster.clone();
+        posts.spawn(async move { client.post("ops", format!("{i}")).await });
+        if i == 100 {
+            poster.connection().unwrap().close(0u32.into(), b"test drops the connection");
+        }
+    }
+    let mut acked = HashSet::new();
+    while let Some(result) = posts.join_next().await {
+        assert!(acked.insert(result.unwrap().unwrap()), "two posts acknowledged with one seq");
+    }
+    assert_eq!(acked.len(), 200);
+    let (got, _) = messages(&mut room, 200).await;
+    let bodies: HashSet<_> = got.iter().map(|m| m.body.clone()).collect();
+    assert_eq!(bodies.len(), 200, "every post delivered once");
+    assert_eq!(seqs(&got), (1..=200).collect::<Vec<_>>());
+    // Nothing more arrives: no duplicate after the 200.
+    let more = tokio::time::timeout(Duration::from_millis(300), room.next()).await;
+    assert!(more.is_err(), "unexpected extra event {more:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_overflow_is_surfaced_as_recovered_false() {
+    let server = TestServer::start(Limits { history_max_messages: 10, gap_replay: 5, ..Limits::default() });
+    let slow_reconnect = ConnectOptions {
+        name: Some("away".into()),
+        reconnect_delay: Duration::from_millis(800),
+        reconnect_max_delay: Duration::from_millis(800),
+        ..ConnectOptions::default()
+    };
+    let away = server.client_with(slow_reconnect).await.unwrap();
+    let mut room = away.join("busy").await.unwrap();
+    let writer = named(&server, "writer").await;
+    writer.post("busy", "first").await.unwrap();
+    messages(&mut room, 1).await;
+    away.connection().unwrap().close(0u32.into(), b"test drops the connection");
+    for i in 0..50 {
+        writer.post("busy", format!("{i}")).await.unwrap();
+    }
+    let (replayed, events) = messages(&mut room, 5).await;
+    assert!(
+        events.iter().any(|e| matches!(e, RoomEvent::Resumed { recovered: false, .. })),
+        "the application is told it missed messages: {events:?}"
+    );
+    assert_eq!(seqs(&replayed), [47, 48, 49, 50, 51], "the latest gap_replay messages");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_reading_is_reset_in_that_room_only() {
+    let limits = Limits { max_frame: 4096, max_body: 2048, room_queue_bytes: 16 * 1024, ..Limits::default() };
+    let server = TestServer::start(limits);
+    let member = named(&server, "member").await;
+    let mut stalled = member.join("a").await.unwrap();
+    let mut flowing = member.join("b").await.unwrap();
+    let writer = named(&server, "writer").await;
+    let total = 2000;
+    let body = vec![b'x'; 2000];
+    let writer_task = {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            for _ in 0..total {
+                writer.post("a", body.clone()).await.unwrap();
+                writer.post("b", body.clone()).await.unwrap();
+            }
+        })
+    };
+    // Room b keeps flowing while nobody reads room a.
+    let (b_messages, _) = messages(&mut flowing, total).await;
+    assert_eq!(seqs(&b_messages), (1..=total as u64).collect::<Vec<_>>());
+    writer_task.await.unwrap();
+    // Now read room a: everything arrives, in order, once, after a resume.
+    let (a_messages, events) = messages(&mut stalled, total).await;
+    assert_eq!(seqs(&a_messages), (1..=total as u64).collect::<Vec<_>>());
+    assert!(
+        events.iter().any(|e| matches!(e, RoomEvent::Resumed { recovered: true, .. })),
+        "room a was reset as a slow consumer and resumed"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn presence_and_members() {
+    let server = TestServer::start(Limits::default());
+    let ann = named(&server, "ann").await;
+    let mut room = ann.join("lobby").await.unwrap();
+    assert_eq!(room.members(), ["ann"]);
+    let bob = named(&server, "bob").await;
+    let bob_room = bob.join("lobby").await.unwrap();
+    assert_eq!(bob_room.members(), ["ann", "bob"]);
+    // A member's own join is an event of the room's order too.
+    let next = tokio::time::timeout(WAIT, room.next()).await.unwrap().unwrap();
+    assert_eq!(next, RoomEvent::MemberJoined { member: "ann".into() });
+    let next = tokio::time::timeout(WAIT, room.next()).await.unwrap().unwrap();
+    assert_eq!(next, RoomEvent::MemberJoined { member: "bob".into() });
+    bob_room.leave().await.unwrap();
+    let next = tokio::time::timeout(WAIT, room.next()).await.unwrap().unwrap();
+    assert_eq!(next, RoomEvent::MemberLeft { member: "bob".into() });
+    assert_eq!(room.members(), ["ann"]);
+    drop(bob);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn limits_are_refused_with_their_codes() {
+    let server = TestServer::start(Limits { max_rooms: 2, max_body: 100, ..Limits::default() });
+    let client = server.client().await;
+    let _a = client.join("a").await.unwrap();
+    let _b = client.join("b").await.unwrap();
+    assert_eq!(client.join("c").await.unwrap_err().code(), Some(ErrorCode::TooManyRooms));
+    assert_eq!(client.join("a").await.unwrap_err().code(), Some(ErrorCode::AlreadyJoined));
+    assert_eq!(client.post("a", vec![0u8; 101]).await.unwrap_err().code(), Some(ErrorCode::BodyTooLarge));
+    assert_eq!(client.post("a", vec![0u8; 100]).await.unwrap(), 1);
+    let err = client.request(RequestBody::Leave { room: "never-joined".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotJoined));
+    let err = client.join("").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest));
+    client.ping().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn history_reads_retained_messages_without_joining() {
+    let server = TestServer::start(Limits::default());
+    let client = server.client().await;
+    for i in 0..5 {
+        client.post("log", format!("line {i}")).await.unwrap();
+    }
+    let page = client.history("log", Some(2), 10).await.unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 4, 5]);
+    assert!(!page.more);
+    assert_eq!(client.history("nothing-here", None, 10).await.unwrap().messages.len(), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_is_survived_and_the_lost_history_is_surfaced() {
+    let server = TestServer::start(Limits::default());
+    let client = named(&server, "survivor").await;
+    let mut room = client.join("lobby").await.unwrap();
+    assert_eq!(client.post("lobby", "before").await.unwrap(), 1);
+    messages(&mut room, 1).await;
+    let old_epoch = room.position().unwrap().epoch;
+    let server = server.restart(Limits::default()).await;
+    // The client reconnects on its own; the new server lost the room, so the resume cannot be complete.
+    let event = tokio::time::timeout(WAIT, async {
+        loop {
+            match room.next().await.expect("room stream ended") {
+                RoomEvent::Resumed { recovered, epoch } => break (recovered, epoch),
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!event.0, "a lost history is never reported as recovered");
+    assert_ne!(event.1, old_epoch, "the restarted server's room has a new epoch");
+    assert_eq!(client.post("lobby", "after").await.unwrap(), 1, "seqs restart in the new epoch");
+    let (after, _) = messages(&mut room, 1).await;
+    assert_eq!(after[0].body, "after");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_closes_the_connection() {
+    let server = TestServer::start(Limits::default());
+    let ann = named(&server, "ann").await;
+    let mut room = ann.join("lobby").await.unwrap();
+    let bob = named(&server, "bob").await;
+    let bob_room = bob.join("lobby").await.unwrap();
+    drop(bob_room);
+    drop(bob);
+    let left = tokio::time::timeout(WAIT, async {
+        loop {
+            if let RoomEvent::MemberLeft { member } = room.next().await.expect("stream ended") {
+                break member;
+            }
+        }
+    })
+    .await
+    .expect("bob's connection was not closed when its client was dropped");
+    assert_eq!(left, "bob");
+    server.stop().await;
+}

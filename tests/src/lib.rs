@@ -1,0 +1,114 @@
+//! The end-to-end harness: a real server on 127.0.0.1:0 in the test's runtime, clients of the library, and raw quinn
+//! connections for hostile-peer tests. Used by the tests beside it and by the CLI's tests.
+#![allow(clippy::unwrap_used)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::BytesMut;
+use quiver_client::{Client, ConnectOptions, TrustOptions};
+use quiver_proto::{FrameCodec, Limits, ServerMsg};
+use quiver_server::{Server, ServerConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub stats: std::sync::Arc<quiver_server::stats::ServerStats>,
+    pub data_dir: tempfile::TempDir,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub fn start(limits: Limits) -> TestServer {
+        Self::start_at("127.0.0.1:0".parse().unwrap(), tempfile::tempdir().unwrap(), limits)
+    }
+
+    /// Stops the server and starts a new one (empty rooms) on the same address and data directory.
+    pub async fn restart(self, limits: Limits) -> TestServer {
+        let TestServer { addr, data_dir, shutdown, task, .. } = self;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task).await.expect("server stops in time").unwrap();
+        // quinn's endpoint driver releases the socket a moment after the server returns: retry the bind briefly.
+        for _ in 0..100 {
+            let config = ServerConfig { limits: limits.clone(), ..ServerConfig::dev(addr, data_dir.path().to_owned()) };
+            match Server::bind(config) {
+                Ok(server) => return Self::run(server, data_dir),
+                Err(quiver_server::ServerError::Bind(err)) if err.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
+        panic!("{addr} still in use 5 s after the server stopped");
+    }
+
+    pub fn start_at(addr: SocketAddr, data_dir: tempfile::TempDir, limits: Limits) -> TestServer {
+        let config = ServerConfig { limits, ..ServerConfig::dev(addr, data_dir.path().to_owned()) };
+        Self::run(Server::bind(config).unwrap(), data_dir)
+    }
+
+    fn run(server: Server, data_dir: tempfile::TempDir) -> TestServer {
+        let addr = server.local_addr();
+        let stats = server.stats();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        TestServer { addr, stats, data_dir, shutdown, task }
+    }
+
+    pub fn trust(&self) -> TrustOptions {
+        TrustOptions::Auto { data_dir: self.data_dir.path().to_owned() }
+    }
+
+    /// A token for `sub` with every right, signed with this server's dev key.
+    pub fn token(&self, sub: &str) -> String {
+        dev_token(self.data_dir.path(), sub)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addr.to_string(), self.trust()).await.unwrap()
+    }
+
+    pub async fn client_with(&self, options: ConnectOptions) -> Result<Client, quiver_client::ConnectError> {
+        Client::connect_with(&self.addr.to_string(), ConnectOptions { trust: self.trust(), ..options }).await
+    }
+
+    /// A bare QUIC connection with ALPN `quiver/1` that has not said anything yet.
+    pub async fn raw(&self) -> quinn::Connection {
+        let config = quiver_client::quinn_client_config(&self.trust(), self.addr, quiver_proto::ALPN_QUIVER).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(config);
+        endpoint.connect(self.addr, "localhost").unwrap().await.unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("server stops in time").unwrap();
+    }
+}
+
+/// A token for `sub` with every right for an hour, signed with the dev key in `data_dir`.
+pub fn dev_token(data_dir: &std::path::Path, sub: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    quiver_auth::mint_dev(data_dir, &quiver_auth::Claims::everything(sub, now, 3600)).unwrap()
+}
+
+/// Reads one server message from a raw control stream.
+pub async fn read_msg(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Option<ServerMsg> {
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    loop {
+        if let Some(msg) = codec.decode::<ServerMsg>(buf).unwrap() {
+            return Some(msg);
+        }
+        match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            _ => return None,
+        }
+    }
+}
+
+/// The application close code and reason a connection ended with.
+pub async fn closed_with(conn: &quinn::Connection) -> (quiver_proto::ErrorCode, String) {
+    let err = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("closed in time");
+    quiver_transport::close::describe(&err)
+}

@@ -1,0 +1,202 @@
+//! Ticks end to end over real quinn on loopback: fan-out, latest-wins after a pause, payload limits, hostile
+//! datagrams counted and ignored.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use quiver_client::{TickError, TickPublisher};
+use quiver_proto::{
+    ErrorCode, FrameCodec, Hello, Limits, Reply, Request, RequestBody, ServerMsg, TickHeader, PROTOCOL_VERSION,
+};
+use quiver_tests::{read_msg, TestServer};
+use tokio::time::Instant;
+
+/// Publishes `count` ticks, one every `interval`; returns the publisher's last seq.
+async fn publish(publisher: &TickPublisher, count: u64, interval: Duration) -> u64 {
+    let start = Instant::now();
+    let mut last = 0;
+    for i in 0..count {
+        quiver_lab::pace::until(start + interval * i as u32).await;
+        last = publisher.send(i.to_be_bytes().to_vec()).unwrap();
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_publisher_to_a_hundred_subscribers() {
+    let server = TestServer::start(Limits::default());
+    let mut subscribers = Vec::new();
+    for _ in 0..100 {
+        let client = server.client().await;
+        let subscription = client.subscribe("prices").await.unwrap();
+        subscribers.push((client, subscription));
+    }
+    let publisher_client = server.client().await;
+    let publisher = publisher_client.publisher("prices").await.unwrap();
+    let mut readers = tokio::task::JoinSet::new();
+    for (client, mut subscription) in subscribers {
+        readers.spawn(async move {
+            let mut seqs = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                loop {
+                    let tick = subscription.next().await;
+                    seqs.push(tick.seq);
+                    if tick.seq >= 200 {
+                        break;
+                    }
+                }
+            })
+            .await;
+            drop(client);
+            (seqs, subscription.stats())
+        });
+    }
+    publish(&publisher, 200, Duration::from_millis(2)).await;
+    let mut total = 0;
+    while let Some(result) = readers.join_next().await {
+        let (seqs, stats) = result.unwrap();
+        assert!(!seqs.is_empty(), "a subscriber received nothing");
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs strictly increasing: {seqs:?}");
+        assert_eq!(stats.stale_dropped, 0);
+        total += stats.received;
+    }
+    // Loopback loses nothing, but a loaded 2-core machine may conflate a few: most ticks arrive everywhere.
+    assert!(total >= 100 * 150, "only {total} of 20,000 deliveries");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_pauses_gets_the_newest_tick_not_the_backlog() {
+    let server = TestServer::start(Limits::default());
+    let sub_client = server.client().await;
+    let mut subscription = sub_client.subscribe("game").await.unwrap();
+    let pub_client = server.client().await;
+    let publisher = pub_client.publisher("game").await.unwrap();
+    let publishing = tokio::spawn(async move {
+        let last = publish(&publisher, 1500, Duration::from_millis(1)).await;
+        (publisher, last)
+    });
+    let first = subscription.next().await;
+    // Stop reading for a while; the publisher goes on at 1 kHz.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let latest_now = subscription.latest().unwrap().seq;
+    let after_pause = subscription.next().await;
+    assert!(after_pause.seq > first.seq + 300, "a backlog was delivered: {} after {}", after_pause.seq, first.seq);
+    assert!(
+        latest_now.saturating_sub(after_pause.seq) <= 5 || after_pause.seq >= latest_now,
+        "first tick after the pause ({}) is not close to the newest ({latest_now})",
+        after_pause.seq
+    );
+    let (_publisher, last) = publishing.await.unwrap();
+    assert!(last >= 1500);
+    let stats = subscription.stats();
+    assert!(stats.latency.count > 0 && stats.latency.p50_us > 0, "{stats:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_payload_is_refused_naming_the_maximum() {
+    let server = TestServer::start(Limits::default());
+    let client = server.client().await;
+    let publisher = client.publisher("big").await.unwrap();
+    let max = publisher.max_payload().unwrap();
+    assert!(max > 1000 && max < 1500, "max payload {max}");
+    let err = publisher.send(vec![0u8; max + 1]).unwrap_err();
+    assert_eq!(err, TickError::TooLarge { size: max + 1, max_payload: max });
+    assert!(err.to_string().contains(&format!("maximum payload is {max} bytes")), "{err}");
+    publisher.send(vec![0u8; max]).unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_unclaimed_datagrams_are_counted_and_ignored() {
+    let server = TestServer::start(Limits::default());
+    let watcher = server.client().await;
+    let mut subscription = watcher.subscribe("feed").await.unwrap();
+    let good = server.client().await;
+    let publisher = good.publisher("feed").await.unwrap();
+
+    // A hostile peer: says Hello, subscribes (so it has a channel id) but never claims it, then sends junk.
+    let conn = server.raw().await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let token = Some(server.token("hostile"));
+    let hello = Hello { version: PROTOCOL_VERSION, agent: "hostile".into(), name: None, token };
+    let mut out = codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) }).unwrap();
+    codec.encode(&Request { req_id: 1, body: RequestBody::Subscribe { channel: "feed".into() } }, &mut out).unwrap();
+    send.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    read_msg(&mut recv, &mut buf).await.unwrap();
+    let Some(ServerMsg::Reply { result: Ok(Reply::Subscribed { channel_id, .. }), .. }) =
+        read_msg(&mut recv, &mut buf).await
+    else {
+        panic!("no Subscribed")
+    };
+    let tick = |channel_id: u64| {
+        let mut d = BytesMut::new();
+        TickHeader { channel_id, seq: 1, sent_time_us: 1 }.encode(&mut d).unwrap();
+        d.put_slice(b"junk");
+        d.freeze()
+    };
+    for _ in 0..20 {
+        conn.send_datagram(bytes::Bytes::from_static(&[0xff])).unwrap(); // header cut short
+        conn.send_datagram(tick(channel_id)).unwrap(); // subscribed, not claimed
+        conn.send_datagram(tick(999)).unwrap(); // never assigned
+        publisher.send(b"real".to_vec()).unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let received = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap();
+    assert_eq!(received.payload, "real");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = server.stats.snapshot();
+    assert!(stats.datagrams_malformed >= 15, "{stats:?}");
+    assert!(stats.datagrams_unclaimed >= 15, "{stats:?}");
+    assert!(stats.datagrams_unknown_channel >= 15, "{stats:?}");
+    assert_eq!(stats.ticks_published, subscription.stats().received + subscription.stats().lost);
+    assert!(conn.close_reason().is_none(), "the hostile connection is not disconnected for junk datagrams");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn subscription_and_channel_limits_have_their_codes() {
+    let server = TestServer::start(Limits { max_subscriptions: 2, max_publish_channels: 1, ..Limits::default() });
+    let client = server.client().await;
+    let _a = client.subscribe("a").await.unwrap();
+    let _b = client.subscribe("b").await.unwrap();
+    assert_eq!(client.subscribe("c").await.unwrap_err().code(), Some(ErrorCode::TooManySubscriptions));
+    let _p = client.publisher("a").await.unwrap();
+    assert_eq!(client.publisher("z").await.unwrap_err().code(), Some(ErrorCode::TooManyChannels));
+    let err = client.request(RequestBody::Unsubscribe { channel: "nope".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotJoined));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_and_publishers_survive_a_reconnect() {
+    let server = TestServer::start(Limits::default());
+    let sub_client = server.client().await;
+    let mut subscription = sub_client.subscribe("live").await.unwrap();
+    let pub_client = server.client().await;
+    let publisher = pub_client.publisher("live").await.unwrap();
+    publisher.send(b"one".to_vec()).unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().payload, "one");
+    sub_client.connection().unwrap().close(0u32.into(), b"test");
+    pub_client.connection().unwrap().close(0u32.into(), b"test");
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match publisher.send(b"two".to_vec()) {
+                Ok(_) => {}
+                Err(TickError::NotConnected) => {}
+                Err(err) => panic!("{err}"),
+            }
+            if let Ok(tick) = tokio::time::timeout(Duration::from_millis(20), subscription.next()).await {
+                break tick;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.payload, "two");
+    server.stop().await;
+}

@@ -1,0 +1,141 @@
+//! Access tokens end to end: refused tokens get their own codes at Hello, grants are enforced per request with
+//! the connection kept, the identity is the token's subject, and a token that expires mid-session ends the
+//! connection with `TokenExpired`, after which a token provider reconnects with a fresh token and a fixed token
+//! cannot.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use quiver_auth::{mint_dev, mint_hs256, ChannelRight, Claims, RoomRight};
+use quiver_client::{Client, ConnectError, ConnectOptions, RequestError, TokenProvider, TrustOptions};
+use quiver_proto::{ErrorCode, Limits};
+use quiver_tests::TestServer;
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn pin(server: &TestServer) -> TrustOptions {
+    TrustOptions::Pin(quiver_certs::sha256(&quiver_certs::dev::read(server.data_dir.path()).unwrap()))
+}
+
+async fn connect(server: &TestServer, token: Option<String>) -> Result<Client, ConnectError> {
+    let options = ConnectOptions { trust: pin(server), token, reconnect: false, ..ConnectOptions::default() };
+    Client::connect_with(&server.addr.to_string(), options).await
+}
+
+fn refused_code(result: Result<Client, ConnectError>) -> ErrorCode {
+    match result {
+        Err(ConnectError::Refused(failure)) => failure.code,
+        Err(other) => panic!("not a refusal: {other}"),
+        Ok(_) => panic!("admitted"),
+    }
+}
+
+fn denied(result: Result<impl std::fmt::Debug, RequestError>) -> String {
+    match result {
+        Err(RequestError::Failed(failure)) if failure.code == ErrorCode::PermissionDenied => failure.message,
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_at_hello_each_with_its_code() {
+    let server = TestServer::start(Limits::default());
+    let dir = server.data_dir.path();
+    let claims = Claims::everything("alice", now_s(), 60);
+    assert_eq!(refused_code(connect(&server, None).await), ErrorCode::TokenRequired);
+    assert_eq!(refused_code(connect(&server, Some("garbage".into())).await), ErrorCode::TokenMalformed);
+    let forged = mint_hs256(&claims, b"not the server's key, 32 bytes!!").unwrap();
+    assert_eq!(refused_code(connect(&server, Some(forged)).await), ErrorCode::TokenInvalid);
+    let expired = Claims { exp: now_s() - 1, ..claims.clone() };
+    assert_eq!(refused_code(connect(&server, Some(mint_dev(dir, &expired).unwrap())).await), ErrorCode::TokenExpired);
+    let early = Claims { nbf: Some(now_s() + 600), ..claims.clone() };
+    let code = refused_code(connect(&server, Some(mint_dev(dir, &early).unwrap())).await);
+    assert_eq!(code, ErrorCode::TokenNotYetValid);
+    // The good one, whatever name Hello asks for: the identity is the token's subject.
+    let options = ConnectOptions {
+        trust: pin(&server),
+        token: Some(mint_dev(dir, &claims).unwrap()),
+        name: Some("mallory".into()),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(&server.addr.to_string(), options).await.unwrap();
+    assert_eq!(client.welcome().identity, "alice");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_outside_the_grants_are_denied_and_the_connection_stays() {
+    let server = TestServer::start(Limits::default());
+    let claims = Claims {
+        sub: "reader".into(),
+        exp: now_s() + 60,
+        nbf: None,
+        rooms: BTreeMap::from([
+            ("lobby".into(), vec![RoomRight::Join]),
+            ("game.*".into(), vec![RoomRight::Join, RoomRight::Post]),
+        ]),
+        channels: BTreeMap::from([("prices.**".into(), vec![ChannelRight::Subscribe])]),
+    };
+    let client = connect(&server, Some(mint_dev(server.data_dir.path(), &claims).unwrap())).await.unwrap();
+    let _lobby = client.join("lobby").await.unwrap();
+    assert!(denied(client.post("lobby", "hi").await).contains("post to room lobby"));
+    assert!(denied(client.join("staff").await.map(|_| ())).contains("join room staff"));
+    assert!(denied(client.history("staff", None, 10).await).contains("staff"));
+    let _game = client.join("game.7").await.unwrap();
+    client.post("game.7", "gg").await.unwrap();
+    let _ticks = client.subscribe("prices.eu.btc").await.unwrap();
+    assert!(denied(client.subscribe("news").await.map(|_| ())).contains("subscribe to channel news"));
+    assert!(denied(client.publisher("prices.eu.btc").await.map(|_| ())).contains("publish"));
+    // Still connected and served.
+    client.ping().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_ends_the_connection_and_a_provider_renews_it() {
+    let server = TestServer::start(Limits::default());
+    let dir = server.data_dir.path().to_owned();
+    // Tokens valid for 2 s from each connect.
+    let minted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = minted.clone();
+    let provider = TokenProvider::new(move || {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        mint_dev(&dir, &Claims::everything("renewer", now_s(), 2))
+    });
+    let options = ConnectOptions { trust: pin(&server), token_provider: Some(provider), ..ConnectOptions::default() };
+    let renewing = Client::connect_with(&server.addr.to_string(), options).await.unwrap();
+    let mut room = renewing.join("expiry").await.unwrap();
+    let first = renewing.connection().unwrap();
+
+    // A fixed token with the same short life: the reconnect after expiry is refused and the client ends.
+    let fixed = mint_dev(server.data_dir.path(), &Claims::everything("fixed", now_s(), 2)).unwrap();
+    let options = ConnectOptions { trust: pin(&server), token: Some(fixed), ..ConnectOptions::default() };
+    let stuck = Client::connect_with(&server.addr.to_string(), options).await.unwrap();
+
+    let closed = tokio::time::timeout(Duration::from_secs(10), first.closed()).await.expect("closed at exp");
+    assert_eq!(quiver_transport::close::describe(&closed).0, ErrorCode::TokenExpired);
+    let (code, reason) = tokio::time::timeout(Duration::from_secs(10), stuck.closed()).await.expect("ended");
+    assert_eq!(code, ErrorCode::TokenExpired, "{reason}");
+    assert!(server.stats.snapshot().sessions_expired >= 2, "both expiries counted");
+
+    // The renewing client is back, with a fresh token, in its room.
+    let seq = tokio::time::timeout(Duration::from_secs(10), renewing.post("expiry", "after renewal")).await.unwrap();
+    seq.unwrap();
+    assert!(minted.load(std::sync::atomic::Ordering::Relaxed) >= 2, "a second token was minted");
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(quiver_client::RoomEvent::Message(m)) = room.next().await {
+                return m;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(&got.body[..], b"after renewal");
+    server.stop().await;
+}

@@ -1,0 +1,209 @@
+//! WebTransport on the native endpoint, driven by web-transport-quinn's client (an HTTP/3 CONNECT like a
+//! browser's): the same control stream, room streams and tick datagrams as a native connection, in one room with
+//! a native client; the path and origin checks; and native clients refused for streams they must not open.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quiver_client::RoomEvent;
+use quiver_proto::{
+    frame, EventKind, FrameCodec, Hello, Join, Limits, Post, Reply, Request, RequestBody, RoomFrame, ServerMsg,
+    TickHeader, PROTOCOL_VERSION,
+};
+use quiver_server::{Server, ServerConfig, WebConfig};
+use quiver_tests::TestServer;
+use tokio_util::sync::CancellationToken;
+use web_transport_quinn::{http, proto::ConnectRequest, ClientBuilder, RecvStream, SendStream, Session};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn codec() -> FrameCodec {
+    FrameCodec::new(Limits::default().max_frame as usize)
+}
+
+async fn browser(server: &TestServer, path: &str, origin: &str) -> Result<Session, web_transport_quinn::ClientError> {
+    let hash = quiver_certs::dev::load_or_generate(server.data_dir.path(), std::time::SystemTime::now())
+        .unwrap()
+        .0
+        .fingerprint();
+    let client = ClientBuilder::new().with_server_certificate_hashes(vec![hash.0.to_vec()]).unwrap();
+    let url = format!("https://127.0.0.1:{}{path}", server.addr.port()).parse::<url::Url>().unwrap();
+    let request =
+        ConnectRequest::new(url).with_header(http::header::ORIGIN, http::HeaderValue::from_str(origin).unwrap());
+    tokio::time::timeout(WAIT, client.connect(request)).await.expect("connect in time")
+}
+
+struct Control {
+    send: SendStream,
+    recv: RecvStream,
+    buf: BytesMut,
+    next_id: u64,
+}
+
+impl Control {
+    async fn open(session: &Session, token: String) -> Control {
+        let (send, recv) = session.open_bi().await.unwrap();
+        let mut control = Control { send, recv, buf: BytesMut::new(), next_id: 1 };
+        let hello = Hello { version: PROTOCOL_VERSION, agent: "wt-test".into(), name: None, token: Some(token) };
+        match control.request(RequestBody::Hello(hello)).await {
+            Reply::Welcome(welcome) => assert_eq!(welcome.identity, "web"),
+            other => panic!("{other:?}"),
+        }
+        control
+    }
+
+    async fn request(&mut self, body: RequestBody) -> Reply {
+        let req_id = self.next_id;
+        self.next_id += 1;
+        let bytes = codec().encode_to_vec(&Request { req_id, body }).unwrap();
+        self.send.write_all(&bytes).await.unwrap();
+        loop {
+            if let Some(msg) = codec().decode::<ServerMsg>(&mut self.buf).unwrap() {
+                match msg {
+                    ServerMsg::Reply { req_id: id, result } if id == req_id => return result.unwrap(),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let chunk = tokio::time::timeout(WAIT, self.recv.read_chunk(usize::MAX, true)).await.unwrap();
+            self.buf.extend_from_slice(&chunk.unwrap().unwrap().bytes);
+        }
+    }
+}
+
+async fn next_room_frame(recv: &mut RecvStream, buf: &mut BytesMut) -> RoomFrame {
+    loop {
+        if let Some(body) = codec().next_frame(buf).unwrap() {
+            return frame::decode_body::<RoomFrame>(&body).unwrap();
+        }
+        let chunk = tokio::time::timeout(WAIT, recv.read_chunk(usize::MAX, true)).await.expect("room frame in time");
+        buf.extend_from_slice(&chunk.unwrap().expect("room stream open").bytes);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webtransport_session_shares_rooms_and_ticks_with_native_clients() {
+    let server = TestServer::start(Limits::default());
+    let session = browser(&server, "/quiver", "http://localhost:8080").await.unwrap();
+    let mut control = Control::open(&session, server.token("web")).await;
+    let native = server.client().await;
+    let mut native_room = native.join("mixed").await.unwrap();
+
+    // Join: the reply, then the room stream opening with the room's name.
+    let join = Join { room: "mixed".into(), since: None };
+    let Reply::Joined(joined) = control.request(RequestBody::Join(join)).await else { panic!("not joined") };
+    assert!(joined.members.contains(&"web".to_string()), "{joined:?}");
+    let mut room_stream = tokio::time::timeout(WAIT, session.accept_uni()).await.unwrap().unwrap();
+    let mut room_buf = BytesMut::new();
+    match next_room_frame(&mut room_stream, &mut room_buf).await {
+        RoomFrame::Open { room, epoch } => assert_eq!((room.as_str(), epoch), ("mixed", joined.epoch)),
+        other => panic!("{other:?}"),
+    }
+
+    // Native → browser.
+    native.post("mixed", "from native").await.unwrap();
+    let text = loop {
+        if let RoomFrame::Event(event) = next_room_frame(&mut room_stream, &mut room_buf).await {
+            if let EventKind::Message { body, .. } = event.kind {
+                break body;
+            }
+        }
+    };
+    assert_eq!(&text[..], b"from native");
+
+    // Browser → native.
+    let post = Post { room: "mixed".into(), client_msg_id: 7, body: Bytes::from_static(b"from the browser") };
+    let Reply::Posted { seq, duplicate: false, .. } = control.request(RequestBody::Post(post)).await else {
+        panic!("not posted")
+    };
+    let message = loop {
+        match tokio::time::timeout(WAIT, native_room.next()).await.unwrap().unwrap() {
+            RoomEvent::Message(m) if m.seq == seq => break m,
+            _ => {}
+        }
+    };
+    assert_eq!((&message.body[..], message.sender.as_str()), (&b"from the browser"[..], "web"));
+
+    // Ticks from a native publisher arrive as datagrams with the header of the id the browser was given.
+    let subscribe = RequestBody::Subscribe { channel: "prices".into() };
+    let Reply::Subscribed { channel_id, .. } = control.request(subscribe).await else { panic!("not subscribed") };
+    let publisher = native.publisher("prices").await.unwrap();
+    let received = async {
+        loop {
+            publisher.send(Bytes::from_static(b"42.5")).unwrap();
+            if let Ok(Ok(datagram)) = tokio::time::timeout(Duration::from_millis(50), session.read_datagram()).await {
+                if quiver_proto::is_probe(&datagram) {
+                    continue; // the server's tail-loss probe after its replies
+                }
+                return TickHeader::decode(&datagram).unwrap();
+            }
+        }
+    };
+    let (header, payload) = tokio::time::timeout(WAIT, received).await.expect("a tick within 10 s");
+    assert_eq!((header.channel_id, &payload[..]), (channel_id, &b"42.5"[..]));
+    assert!(server.stats.snapshot().ticks_sent >= 1);
+
+    // A raw QUIC datagram without a valid session id is counted and dropped; the browser's own ticks still flow.
+    let raw: &quinn::Connection = &session;
+    raw.send_datagram(Bytes::from_static(&[0x3f, 1, 2])).unwrap();
+    let publish = RequestBody::Publish { channel: "from-web".into(), max_age_ms: None };
+    let Reply::Publishing { channel_id, .. } = control.request(publish).await else { panic!("not publishing") };
+    let mut tick = Vec::new();
+    TickHeader { channel_id, seq: 1, sent_time_us: 1 }.encode(&mut tick).unwrap();
+    let published = async {
+        while server.stats.snapshot().ticks_published < 2 {
+            session.send_datagram(Bytes::from(tick.clone())).unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, published).await.expect("the browser's ticks are published after the garbage");
+    assert!(server.stats.snapshot().datagrams_malformed >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_get_404() {
+    let server = TestServer::start(Limits::default());
+    let err = browser(&server, "/elsewhere", "http://localhost").await.expect_err("refused");
+    assert!(err.to_string().contains("404"), "{err}");
+    // The refusal cost the server nothing: a good session still works.
+    let session = browser(&server, "/quiver", "http://localhost").await.unwrap();
+    Control::open(&session, server.token("web")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_outside_the_allow_list_get_403() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = WebConfig { allowed_origins: vec!["https://app.example.com".into()], ..WebConfig::default() };
+    let config = ServerConfig { web, ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into()) };
+    let server = Server::bind(config).unwrap();
+    let stop = CancellationToken::new();
+    let test_server = TestServer {
+        addr: server.local_addr(),
+        stats: server.stats(),
+        data_dir: dir,
+        shutdown: stop.clone(),
+        task: tokio::spawn(server.run(stop.clone())),
+    };
+    let err = browser(&test_server, "/quiver", "https://evil.example.net").await.expect_err("refused");
+    assert!(err.to_string().contains("403"), "{err}");
+    let session = browser(&test_server, "/quiver", "https://app.example.com").await.unwrap();
+    Control::open(&session, test_server.token("web")).await;
+    test_server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_clients_opening_other_streams_are_closed_with_protocol_violation() {
+    let server = TestServer::start(Limits::default());
+    let conn = server.raw().await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello = Hello { version: PROTOCOL_VERSION, agent: "test".into(), name: None, token: Some(server.token("n")) };
+    let bytes = codec().encode_to_vec(&Request { req_id: 1, body: RequestBody::Hello(hello) }).unwrap();
+    send.write_all(&bytes).await.unwrap();
+    let mut buf = BytesMut::new();
+    assert!(matches!(quiver_tests::read_msg(&mut recv, &mut buf).await, Some(ServerMsg::Reply { .. })));
+    let mut extra = conn.open_uni().await.unwrap();
+    extra.write_all(b"not allowed").await.unwrap();
+    let (code, reason) = quiver_tests::closed_with(&conn).await;
+    assert_eq!(code, quiver_proto::ErrorCode::ProtocolViolation, "{reason}");
+    assert!(reason.contains("unidirectional"), "{reason}");
+}

@@ -1,0 +1,166 @@
+//! Every latency-relevant transport setting, chosen on purpose and explained here, in one place: the server builds
+//! its transport with [`server_transport`], the client with [`client_transport`], so both ends agree.
+
+use std::{sync::Arc, time::Duration};
+
+use quinn::{AckFrequencyConfig, TransportConfig, VarInt};
+use quiver_proto::Limits;
+
+/// Idle connections are closed after this long without any packet. Keep-alives (below) keep live ones open.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A PING every 5 s keeps NAT bindings and the idle timer alive on quiet connections.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// quinn starts with 333 ms (RFC 9002's default) before it has an RTT sample; the first loss then waits ~1 s.
+/// 100 ms still covers most real paths and recovers a lost first flight three times sooner.
+pub const INITIAL_RTT: Duration = Duration::from_millis(100);
+/// Datagrams waiting in quinn for the congestion window. quinn's default is 1 MiB, which on a slow path holds
+/// seconds of stale ticks; ticks are conflated (latest wins) before they reach quinn, so quinn only needs about
+/// a packet burst's worth. Revisited with the tick fan-out's measurements.
+pub const DATAGRAM_SEND_BUFFER: usize = 16 * 1024;
+/// Asked of the peer through the ACK-frequency extension: acknowledge within 1 ms instead of quinn's fixed 25 ms.
+/// Measured here (BASELINES.md): at 5 % loss a ping-pong's p99 falls from 54 ms to 6.7 ms, for +18 % on the
+/// loss-free median. Sparse chat traffic is exactly the case where loss detection waits on ACKs.
+pub const MAX_ACK_DELAY: Duration = Duration::from_millis(1);
+/// After writing reliable data, a probe datagram this much later acts as a tail-loss probe ([`crate::probe`]):
+/// a lost last packet is then found in ~1–2 ms + RTT instead of at the next message or quinn's ≥25 ms PTO.
+pub const TAIL_PROBE_DELAY: Duration = Duration::from_millis(1);
+/// The congestion window never falls below this (quinn's initial window at a 1,200-byte MTU): at random loss
+/// Cubic's 2-packet minimum congestion-blocks a stream of small real-time packets ([`crate::congestion`]).
+pub const CONGESTION_WINDOW_FLOOR: u64 = 10 * 1200;
+/// UDP socket buffers. Linux's default 208 KiB receive buffer overflows with ~64 handshakes in flight
+/// (BASELINES.md); the kernel caps the request at `net.core.{r,w}mem_max`, and the server logs what it got.
+pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// The latency-relevant transport settings both ends use, selectable as a whole so that benchmarks can compare
+/// them in one run. [`TransportTuning::quiver`] is the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportTuning {
+    /// A name for reports.
+    pub name: &'static str,
+    /// Ask the peer (ACK-frequency extension) to acknowledge within this delay; `None` leaves quinn's 25 ms.
+    pub max_ack_delay: Option<Duration>,
+    /// Packets received out of order before an immediate ACK (with the ACK-frequency request).
+    pub reordering_threshold: u32,
+    /// RTT assumed before the first sample.
+    pub initial_rtt: Duration,
+    /// PING interval on quiet connections; `None` for none.
+    pub keep_alive: Option<Duration>,
+    /// Bytes of datagrams quinn may hold waiting for the congestion window.
+    pub datagram_send_buffer: usize,
+    /// Send a probe datagram this long after writing reliable data (a tail-loss probe); `None` for none.
+    pub tail_probe: Option<Duration>,
+    /// Floor under Cubic's congestion window, in bytes; `None` for quinn's plain Cubic.
+    pub congestion_floor: Option<u64>,
+}
+
+impl Default for TransportTuning {
+    fn default() -> Self {
+        TransportTuning::quiver()
+    }
+}
+
+impl TransportTuning {
+    /// Quiver's choice (the constants above).
+    pub fn quiver() -> Self {
+        TransportTuning {
+            name: "quiver",
+            max_ack_delay: Some(MAX_ACK_DELAY),
+            reordering_threshold: 1,
+            initial_rtt: INITIAL_RTT,
+            keep_alive: Some(KEEP_ALIVE),
+            datagram_send_buffer: DATAGRAM_SEND_BUFFER,
+            tail_probe: Some(TAIL_PROBE_DELAY),
+            congestion_floor: Some(CONGESTION_WINDOW_FLOOR),
+        }
+    }
+
+    /// Quiver's choice without the on-demand tail probe (the "before" of the probe's measurement).
+    pub fn no_probe() -> Self {
+        TransportTuning { name: "no-probe", tail_probe: None, ..TransportTuning::quiver() }
+    }
+
+    /// quinn 0.11's defaults for everything tuned here (the "before").
+    pub fn quinn_defaults() -> Self {
+        TransportTuning {
+            name: "quinn-defaults",
+            max_ack_delay: None,
+            reordering_threshold: 1,
+            initial_rtt: Duration::from_millis(333),
+            keep_alive: None,
+            datagram_send_buffer: 1024 * 1024,
+            tail_probe: None,
+            congestion_floor: None,
+        }
+    }
+
+    /// Quiver's choice with quinn's plain Cubic (the "before" of the window floor's measurement).
+    pub fn no_floor() -> Self {
+        TransportTuning { name: "no-floor", congestion_floor: None, ..TransportTuning::quiver() }
+    }
+
+    /// Quiver's choice plus a PING every millisecond, a tail-loss probe whether or not anything was sent
+    /// (BASELINES.md: p99 at 5 % loss 6.7 → 4.45 ms, at +30 % loss-free p50 and ~1,000 extra packets/s each way).
+    pub fn tail_probe() -> Self {
+        TransportTuning { name: "tail-probe", keep_alive: Some(Duration::from_millis(1)), ..TransportTuning::quiver() }
+    }
+
+    /// The names [`TransportTuning::named`] knows.
+    pub const NAMES: &'static [&'static str] = &["quiver", "no-probe", "no-floor", "quinn-defaults", "tail-probe"];
+
+    /// The tuning called `name` (one of [`TransportTuning::NAMES`]).
+    pub fn named(name: &str) -> Result<Self, UnknownTuning> {
+        match name {
+            "quiver" => Ok(TransportTuning::quiver()),
+            "quinn-defaults" => Ok(TransportTuning::quinn_defaults()),
+            "tail-probe" => Ok(TransportTuning::tail_probe()),
+            "no-probe" => Ok(TransportTuning::no_probe()),
+            "no-floor" => Ok(TransportTuning::no_floor()),
+            other => Err(UnknownTuning(other.to_string())),
+        }
+    }
+}
+
+/// A tuning name [`TransportTuning::named`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown transport tuning {0:?}; tunings: quiver, no-probe, no-floor, quinn-defaults, tail-probe")]
+pub struct UnknownTuning(pub String);
+
+/// Transport settings shared by both ends.
+fn common(tuning: &TransportTuning) -> TransportConfig {
+    let mut config = TransportConfig::default();
+    config
+        .max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT.as_millis() as u32).into()))
+        .keep_alive_interval(tuning.keep_alive)
+        .initial_rtt(tuning.initial_rtt)
+        .datagram_send_buffer_size(tuning.datagram_send_buffer);
+    if let Some(floor) = tuning.congestion_floor {
+        config.congestion_controller_factory(Arc::new(crate::congestion::FlooredCubicFactory::new(floor)));
+    }
+    if let Some(delay) = tuning.max_ack_delay {
+        let mut ack = AckFrequencyConfig::default();
+        ack.max_ack_delay(Some(delay)).reordering_threshold(VarInt::from_u32(tuning.reordering_threshold));
+        config.ack_frequency_config(Some(ack));
+    }
+    config
+}
+
+/// The server's transport. Native clients open only the control stream; browsers need one more bidirectional
+/// stream (the CONNECT request, then the control stream) and three unidirectional ones (HTTP/3 control, QPACK
+/// encoder and decoder; RFC 9114 §6.2 asks for at least three). The limits are per endpoint, before ALPN is
+/// known, so they are the browser's; a native client opening any stream besides the control stream is closed
+/// with `ProtocolViolation`. Room streams are opened by the server.
+pub fn server_transport(_limits: &Limits, tuning: &TransportTuning) -> Arc<TransportConfig> {
+    let mut config = common(tuning);
+    config.max_concurrent_bidi_streams(VarInt::from_u32(2)).max_concurrent_uni_streams(VarInt::from_u32(3));
+    Arc::new(config)
+}
+
+/// The client's transport: the server may open one unidirectional stream per room the client can join.
+pub fn client_transport(limits: &Limits, tuning: &TransportTuning) -> Arc<TransportConfig> {
+    let mut config = common(tuning);
+    config
+        .max_concurrent_bidi_streams(VarInt::from_u32(0))
+        // +1: a room being left and rejoined overlaps its old stream's finish with the new stream.
+        .max_concurrent_uni_streams(VarInt::from_u32(limits.max_rooms.saturating_add(1)));
+    Arc::new(config)
+}

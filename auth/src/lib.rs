@@ -244,22 +244,36 @@ fn token_failure(kind: &ErrorKind) -> Failure {
     }
 }
 
+/// Why a token could not be minted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MintError {
+    /// The signing key could not be read.
+    #[error(transparent)]
+    Key(#[from] AuthError),
+    /// The private key is not an Ed25519 key in PKCS#8 PEM.
+    #[error("not an Ed25519 private key (PKCS#8 PEM): {0}")]
+    BadPrivateKey(jsonwebtoken::errors::Error),
+    /// Signing failed.
+    #[error("cannot sign the token: {0}")]
+    Sign(jsonwebtoken::errors::Error),
+}
+
 /// Signs `claims` with an HS256 secret.
-pub fn mint_hs256(claims: &Claims, secret: &[u8]) -> Result<String, String> {
+pub fn mint_hs256(claims: &Claims, secret: &[u8]) -> Result<String, MintError> {
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
-        .map_err(|e| e.to_string())
+        .map_err(MintError::Sign)
 }
 
 /// Signs `claims` with an Ed25519 private key (PKCS#8 PEM).
-pub fn mint_ed25519(claims: &Claims, private_pem: &[u8]) -> Result<String, String> {
-    let key = EncodingKey::from_ed_pem(private_pem).map_err(|e| e.to_string())?;
-    jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &key).map_err(|e| e.to_string())
+pub fn mint_ed25519(claims: &Claims, private_pem: &[u8]) -> Result<String, MintError> {
+    let key = EncodingKey::from_ed_pem(private_pem).map_err(MintError::BadPrivateKey)?;
+    jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &key).map_err(MintError::Sign)
 }
 
 /// Mints a token with the dev key of `data_dir` (which must exist: the server creates it on start).
-pub fn mint_dev(data_dir: &Path, claims: &Claims) -> Result<String, String> {
-    let path = data_dir.join(DEV_KEY_FILE);
-    let secret = read_dev_key(&path).map_err(|e| e.to_string())?;
+pub fn mint_dev(data_dir: &Path, claims: &Claims) -> Result<String, MintError> {
+    let secret = read_dev_key(&data_dir.join(DEV_KEY_FILE))?;
     mint_hs256(claims, &secret)
 }
 

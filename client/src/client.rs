@@ -90,7 +90,7 @@ impl TokenProvider {
         TokenProvider::new(move || {
             let now_s = unix_us() / 1_000_000;
             let claims = quiver_auth::Claims::everything(sub.clone(), now_s, 3600);
-            quiver_auth::mint_dev(&data_dir, &claims)
+            quiver_auth::mint_dev(&data_dir, &claims).map_err(|e| e.to_string())
         })
     }
 

@@ -188,7 +188,7 @@ pub(crate) async fn read_stream(client: Client, mut recv: quinn::RecvStream, con
     let codec = FrameCodec::new(max_frame);
     let mut buf = BytesMut::new();
     let (name, epoch) = match next_frame(&codec, &mut recv, &mut buf).await {
-        Ok(Some(RoomFrame::Open { room, epoch })) => (room, epoch),
+        Ok(Some(RoomFrame::Open(open))) => (open.room, open.epoch),
         other => {
             tracing::warn!(?other, "room stream did not start with Open");
             let _ = recv.stop(quinn::VarInt::from_u32(ErrorCode::ProtocolViolation.to_u32()));

@@ -132,7 +132,9 @@ pub enum ServerMsg {
         /// Human-readable detail.
         reason: String,
     },
-    /// The server dropped this client from a room or from the server.
+    /// The server dropped this client from a room or from the server. `SlowConsumer` for a room: its stream fell
+    /// more than `Limits::room_queue_bytes` behind and was reset; the client resumes by joining again from its
+    /// last position.
     Kicked {
         /// The room, or `None` for the whole connection.
         room: Option<String>,
@@ -249,7 +251,7 @@ pub struct Welcome {
     pub limits: Limits,
 }
 
-/// A room was joined.
+/// A room was joined: the Join's reply, and the first frame of the room's stream ([`crate::RoomFrame::Open`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Joined {

@@ -38,7 +38,7 @@ pub use room::{EventKind, RoomEvent, RoomFrame};
 pub use tick::{is_probe, DatagramError, TickHeader, PROBE};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN of native Quiver clients.
 pub const ALPN_QUIVER: &[u8] = b"quiver/1";

@@ -1,5 +1,7 @@
 //! Messages of a room stream: a unidirectional stream the server opens per joined room. The first frame is
-//! [`RoomFrame::Open`]; every later frame is a [`RoomFrame::Event`] in the room's one total order.
+//! [`RoomFrame::Open`], which says everything a client needs to take the stream on its own (the room, its epoch,
+//! whether the resume is complete, where the replay starts, the members), so a client never pairs a Join reply
+//! with a stream; every later frame is a [`RoomFrame::Event`] in the room's one total order.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -8,13 +10,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum RoomFrame {
-    /// First frame: which room this stream carries, and in which epoch its seqs count.
-    Open {
-        /// Room name.
-        room: String,
-        /// The room's epoch.
-        epoch: u64,
-    },
+    /// First frame: the outcome of the Join that opened the stream (the same value as the Join's reply): which
+    /// room this stream carries, in which epoch its seqs count, whether every message after the Join's `since` is
+    /// replayed, the seq the replay starts at and the members.
+    Open(crate::Joined),
     /// A room event.
     Event(RoomEvent),
 }

@@ -309,9 +309,39 @@ fn pushes(v: &mut Vectors) {
 }
 
 fn room_frames(v: &mut Vectors) {
-    v.room("open", RoomFrame::Open { room: "lobby".into(), epoch: 9_876_543_210 });
-    v.room("open_edges", RoomFrame::Open { room: String::new(), epoch: 0 });
-    v.room("open_epoch_max", RoomFrame::Open { room: NON_ASCII.into(), epoch: u64::MAX });
+    v.room(
+        "open",
+        RoomFrame::Open(Joined {
+            room: "lobby".into(),
+            epoch: 9_876_543_210,
+            recovered: true,
+            replay_from: 7,
+            last_seq: 10,
+            members: vec!["ann".into(), "bob".into()],
+        }),
+    );
+    v.room(
+        "open_edges",
+        RoomFrame::Open(Joined {
+            room: String::new(),
+            epoch: 0,
+            recovered: false,
+            replay_from: 0,
+            last_seq: 0,
+            members: vec![],
+        }),
+    );
+    v.room(
+        "open_epoch_max",
+        RoomFrame::Open(Joined {
+            room: NON_ASCII.into(),
+            epoch: u64::MAX,
+            recovered: true,
+            replay_from: u64::MAX,
+            last_seq: u64::MAX,
+            members: vec![NON_ASCII.into()],
+        }),
+    );
     v.room("message", RoomFrame::Event(message(1, 1_767_225_600_000_000, "ann", 7, body(b"hello"))));
     v.room("message_empty", RoomFrame::Event(message(0, 0, "", 0, Bytes::new())));
     v.room("message_max", RoomFrame::Event(message(u64::MAX, u64::MAX, BOM_NUL, u64::MAX, body(&[0xff, 0xfe]))));

@@ -142,7 +142,7 @@ fn mint(args: TokenArgs) -> Result<String, String> {
         }
         None => {
             quiver_server::auth::load_or_generate_dev_key(&args.data_dir).map_err(|e| e.to_string())?;
-            quiver_server::auth::mint_dev(&args.data_dir, &claims)
+            quiver_server::auth::mint_dev(&args.data_dir, &claims).map_err(|e| e.to_string())
         }
     }
 }

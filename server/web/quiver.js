@@ -19,7 +19,7 @@
 // ───────────────────────────────────────────── constants and errors ─────────────────────────────────────────────
 
 /** The protocol version this module speaks (`quiver_proto::PROTOCOL_VERSION`). */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /** Sent in Hello as the client's software and version. */
 export const AGENT = 'quiver-web/0.1';
@@ -542,7 +542,7 @@ export const wire = (() => {
     ['Error', Failure],
   ]);
   const RoomFrame = enumeration('RoomFrame', [
-    ['Open', struct('Open', [['room', string], ['epoch', u64]])],
+    ['Open', Joined],
     ['Event', RoomEvent],
   ]);
   return Object.freeze({

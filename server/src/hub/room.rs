@@ -98,27 +98,28 @@ impl Room {
         self.history.trim(now_us);
         let (recovered, replay) = self.replay_for(since);
         let replay_from = replay.first().map_or(self.last_seq + 1, |m| m.event.seq);
-        let open = RoomFrame::Open { room: self.name.clone(), epoch: self.epoch };
-        if let Some(frame) = self.encode(&open) {
-            outbox.push_replay(frame);
-        }
-        for message in &replay {
-            outbox.push_replay(message.frame.clone());
-        }
-        self.subscribers.insert(subscriber, Subscriber { identity: identity.to_string(), outbox });
         let count = self.members.entry(identity.to_string()).or_insert(0);
         *count += 1;
-        if *count == 1 {
-            self.broadcast(EventKind::MemberJoined { member: identity.to_string() }, now_us);
-        }
-        Joined {
+        let first_connection = *count == 1;
+        let joined = Joined {
             room: self.name.clone(),
             epoch: self.epoch,
             recovered,
             replay_from,
             last_seq: self.last_seq,
             members: self.members(),
+        };
+        if let Some(frame) = self.encode(&RoomFrame::Open(joined.clone())) {
+            outbox.push_replay(frame);
         }
+        for message in &replay {
+            outbox.push_replay(message.frame.clone());
+        }
+        self.subscribers.insert(subscriber, Subscriber { identity: identity.to_string(), outbox });
+        if first_connection {
+            self.broadcast(EventKind::MemberJoined { member: identity.to_string() }, now_us);
+        }
+        joined
     }
 
     fn replay_for(&self, since: Option<Position>) -> (bool, Vec<Arc<StoredMessage>>) {

@@ -45,7 +45,7 @@ impl Collect {
                     EventKind::MemberLeft { member } => Some(format!("-{member}")),
                     EventKind::Message { .. } => None,
                 },
-                RoomFrame::Open { .. } => None,
+                RoomFrame::Open(_) => None,
             })
             .collect()
     }
@@ -96,7 +96,7 @@ fn seqs_are_contiguous_and_everyone_sees_one_order() {
     }
     assert_eq!(a.message_seqs(), (1..=100).collect::<Vec<_>>());
     assert_eq!(a.frames()[2..], b.frames()[1..], "the same events in the same order from bob's join on");
-    assert!(matches!(&a.frames()[0], RoomFrame::Open { room, epoch: 77 } if room == "lobby"));
+    assert!(matches!(&a.frames()[0], RoomFrame::Open(open) if open.room == "lobby" && open.epoch == 77));
 }
 
 #[test]
@@ -200,7 +200,7 @@ fn presence_is_ordered_and_counts_connections() {
     // Presence events carry the seq of the message before them.
     let seq_of_leave = watcher.frames().into_iter().rev().find_map(|f| match f {
         RoomFrame::Event(e) => Some(e.seq),
-        RoomFrame::Open { .. } => None,
+        RoomFrame::Open(_) => None,
     });
     assert_eq!(seq_of_leave, Some(1));
 }

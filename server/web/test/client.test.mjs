@@ -213,7 +213,7 @@ class FakeServer {
           Joined: { room: body.room, epoch: room.epoch, recovered, replay_from: from, last_seq: last, members },
         };
         if (!this.openBeforeReply) ok(joined);
-        stream.write({ Open: { room: body.room, epoch: room.epoch } });
+        stream.write({ Open: joined.Joined });
         for (const event of room.messages.slice(Number(from) - 1)) stream.write({ Event: event });
         if (this.openBeforeReply) ok(joined);
         return this.broadcast(room, presence(last, 'MemberJoined', conn.identity), conn);

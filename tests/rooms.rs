@@ -295,3 +295,66 @@ async fn dropping_every_handle_closes_the_connection() {
     assert_eq!(left, "bob");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_room_stream_is_announced_on_the_control_stream_and_the_rejoin_resumes() {
+    use bytes::BytesMut;
+    use quiver_proto::{FrameCodec, Hello, Join, Position, Reply, Request, RoomFrame, ServerMsg, PROTOCOL_VERSION};
+
+    let limits = Limits { max_frame: 4096, max_body: 2048, room_queue_bytes: 8 * 1024, ..Limits::default() };
+    let server = TestServer::start(limits.clone());
+    let conn = server.raw().await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let codec = FrameCodec::new(limits.max_frame as usize);
+    let hello = Hello { version: PROTOCOL_VERSION, agent: "raw".into(), name: None, token: Some(server.token("raw")) };
+    let mut out = codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) }).unwrap();
+    let join = Join { room: "flood".into(), since: None };
+    codec.encode(&Request { req_id: 1, body: RequestBody::Join(join) }, &mut out).unwrap();
+    send.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    quiver_tests::read_msg(&mut recv, &mut buf).await.unwrap(); // Welcome
+    let Some(ServerMsg::Reply { result: Ok(Reply::Joined(joined)), .. }) =
+        quiver_tests::read_msg(&mut recv, &mut buf).await
+    else {
+        panic!("not joined")
+    };
+    // The room stream is accepted but never read: it falls behind.
+    let mut stalled = conn.accept_uni().await.unwrap();
+    let writer = named(&server, "writer").await;
+    let mut last = 0;
+    let kicked = loop {
+        tokio::select! {
+            msg = quiver_tests::read_msg(&mut recv, &mut buf) => break msg.expect("a push"),
+            posted = writer.post("flood", vec![b'x'; 2000]) => last = posted.unwrap(),
+        }
+    };
+    let ServerMsg::Kicked { room, code, .. } = kicked else { panic!("{kicked:?}") };
+    assert_eq!((room.as_deref(), code), (Some("flood"), ErrorCode::SlowConsumer));
+    // Its stream ends in a reset with the same code.
+    let reset = loop {
+        match stalled.read_chunk(usize::MAX, true).await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let Err(quinn::ReadError::Reset(code)) = reset else { panic!("{reset:?}") };
+    assert_eq!(quiver_transport::close::from_quic_code(code), ErrorCode::SlowConsumer);
+    // Rejoining from the start replays everything retained: the new stream describes itself.
+    let since = Some(Position { epoch: joined.epoch, seq: 0 });
+    let out =
+        codec.encode_to_vec(&Request { req_id: 2, body: RequestBody::Join(Join { room: "flood".into(), since }) });
+    send.write_all(&out.unwrap()).await.unwrap();
+    let mut fresh = conn.accept_uni().await.unwrap();
+    let mut room_buf = BytesMut::new();
+    let open = loop {
+        if let Some(frame) = codec.decode::<RoomFrame>(&mut room_buf).unwrap() {
+            break frame;
+        }
+        let chunk = fresh.read_chunk(usize::MAX, true).await.unwrap().unwrap();
+        room_buf.extend_from_slice(&chunk.bytes);
+    };
+    let RoomFrame::Open(open) = open else { panic!("{open:?}") };
+    assert_eq!((open.room.as_str(), open.epoch, open.recovered, open.replay_from), ("flood", joined.epoch, true, 1));
+    assert!(open.last_seq >= last, "{open:?} after post {last}");
+    server.stop().await;
+}

@@ -1,64 +1,90 @@
-//! Latest-wins queueing toward one subscriber: per channel at most one tick waits. A newer tick replaces the
-//! waiting one, so a subscriber that cannot keep up gets the newest value next, never a backlog of old ones.
+//! Latest-wins queueing toward one subscriber: per channel at most one tick waits, and nothing older than what was
+//! already handed out is ever handed out again. A newer tick replaces the waiting one, so a subscriber that cannot
+//! keep up gets the newest value next, never a backlog of old ones; a waiting tick older than its channel's max age
+//! when its turn comes is dropped instead of sent late.
 
 use std::collections::{HashMap, VecDeque};
 
 use super::ticks::Tick;
 
-/// What [`Conflation::offer`] did with a tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What [`Conflation::offer`] decided about a tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Offered {
+    /// Nothing of the channel waits and there is room: send this tick now.
+    Send(Tick),
     /// The channel had nothing waiting; the tick waits now.
     Queued,
     /// The channel's waiting tick was replaced by this newer one.
     Replaced,
-    /// The tick is not newer than the one waiting; it was dropped.
+    /// The tick is not newer than one already waiting or handed out; it was dropped.
     Older,
+}
+
+/// Ticks handed out by [`Conflation::take`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// (channel id, tick), oldest-ready channel first.
+    pub ready: Vec<(u64, Tick)>,
+    /// Ticks dropped for being older than their channel's max age.
+    pub expired: u64,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    tick: Tick,
+    max_age_us: Option<u64>,
 }
 
 /// The waiting ticks of one subscriber, at most one per channel, handed out in the order channels became ready.
 #[derive(Debug, Default)]
 pub struct Conflation {
-    waiting: HashMap<u64, Tick>,
+    waiting: HashMap<u64, Waiting>,
     ready: VecDeque<u64>,
+    /// Per channel, the newest seq sent or waiting.
+    newest: HashMap<u64, u64>,
 }
 
 impl Conflation {
-    /// Offers `tick` for `channel_id` (the subscriber's id for the channel).
-    pub fn offer(&mut self, channel_id: u64, tick: Tick) -> Offered {
+    /// Offers `tick` for `channel_id` (the subscriber's id for the channel). `room`: the transport can take a
+    /// datagram now, so a tick with nothing of its channel waiting before it is sent at once.
+    pub fn offer(&mut self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, room: bool) -> Offered {
+        if self.newest.get(&channel_id).is_some_and(|newest| *newest >= tick.seq) {
+            return Offered::Older;
+        }
+        self.newest.insert(channel_id, tick.seq);
         match self.waiting.get_mut(&channel_id) {
-            Some(waiting) if waiting.seq >= tick.seq => Offered::Older,
             Some(waiting) => {
-                *waiting = tick;
+                *waiting = Waiting { tick, max_age_us };
                 Offered::Replaced
             }
+            None if room => Offered::Send(tick),
             None => {
-                self.waiting.insert(channel_id, tick);
+                self.waiting.insert(channel_id, Waiting { tick, max_age_us });
                 self.ready.push_back(channel_id);
                 Offered::Queued
             }
         }
     }
 
-    /// Takes every waiting tick, oldest-ready channel first.
-    pub fn take(&mut self) -> Vec<(u64, Tick)> {
-        let mut out = Vec::with_capacity(self.ready.len());
+    /// Takes every waiting tick at `now_us` (server clock), oldest-ready channel first; those older than their
+    /// channel's max age (since the server received them) are dropped and counted.
+    pub fn take(&mut self, now_us: u64) -> Taken {
+        let mut taken = Taken { ready: Vec::with_capacity(self.ready.len()), expired: 0 };
         while let Some(id) = self.ready.pop_front() {
-            if let Some(tick) = self.waiting.remove(&id) {
-                out.push((id, tick));
+            let Some(Waiting { tick, max_age_us }) = self.waiting.remove(&id) else { continue };
+            if max_age_us.is_some_and(|max| now_us.saturating_sub(tick.received_us) > max) {
+                taken.expired += 1;
+            } else {
+                taken.ready.push((id, tick));
             }
         }
-        out
+        taken
     }
 
-    /// True when a tick of `channel_id` is waiting.
-    pub fn is_waiting(&self, channel_id: u64) -> bool {
-        self.waiting.contains_key(&channel_id)
-    }
-
-    /// Forgets a channel (unsubscribed).
+    /// Forgets a channel (unsubscribed): its waiting tick, and what was handed out.
     pub fn remove(&mut self, channel_id: u64) {
         self.waiting.remove(&channel_id);
+        self.newest.remove(&channel_id);
         self.ready.retain(|id| *id != channel_id);
     }
 
@@ -86,29 +112,52 @@ mod tests {
     #[test]
     fn many_ticks_to_a_blocked_subscriber_leave_exactly_one() {
         let mut c = Conflation::default();
-        assert_eq!(c.offer(7, tick(1)), Offered::Queued);
+        assert_eq!(c.offer(7, tick(1), None, false), Offered::Queued);
         for seq in 2..=10_000 {
-            assert_eq!(c.offer(7, tick(seq)), Offered::Replaced);
+            assert_eq!(c.offer(7, tick(seq), None, seq % 2 == 0), Offered::Replaced, "room or not, it waits");
         }
-        let taken = c.take();
-        assert_eq!(taken.len(), 1);
-        assert_eq!(taken[0].0, 7);
-        assert_eq!(taken[0].1.seq, 10_000, "the newest one");
+        let taken = c.take(0);
+        assert_eq!(taken.ready.len(), 1);
+        assert_eq!(taken.ready[0].0, 7);
+        assert_eq!(taken.ready[0].1.seq, 10_000, "the newest one");
         assert!(c.is_empty());
     }
 
     #[test]
     fn one_slot_per_channel_in_ready_order_and_older_ticks_are_dropped() {
         let mut c = Conflation::default();
-        c.offer(2, tick(5));
-        c.offer(1, tick(3));
-        c.offer(2, tick(6));
-        assert_eq!(c.offer(1, tick(2)), Offered::Older);
+        c.offer(2, tick(5), None, false);
+        c.offer(1, tick(3), None, false);
+        c.offer(2, tick(6), None, false);
+        assert_eq!(c.offer(1, tick(2), None, false), Offered::Older);
         assert_eq!(c.len(), 2);
-        let taken: Vec<(u64, u64)> = c.take().into_iter().map(|(id, t)| (id, t.seq)).collect();
+        let taken: Vec<(u64, u64)> = c.take(0).ready.into_iter().map(|(id, t)| (id, t.seq)).collect();
         assert_eq!(taken, [(2, 6), (1, 3)]);
-        c.offer(3, tick(1));
+        assert_eq!(c.offer(1, tick(3), None, true), Offered::Older, "not again once handed out");
+        c.offer(3, tick(1), None, false);
         c.remove(3);
-        assert!(c.take().is_empty());
+        assert!(c.take(0).ready.is_empty());
+        assert_eq!(c.offer(3, tick(1), None, true), Offered::Send(tick(1)), "a removed channel starts over");
+    }
+
+    #[test]
+    fn with_room_and_nothing_waiting_a_tick_goes_now_never_past_an_older_waiting_one() {
+        let mut c = Conflation::default();
+        assert_eq!(c.offer(1, tick(1), None, true), Offered::Send(tick(1)));
+        assert_eq!(c.offer(1, tick(1), None, true), Offered::Older, "a reordered duplicate is not sent");
+        assert_eq!(c.offer(1, tick(2), None, false), Offered::Queued);
+        assert_eq!(c.offer(1, tick(3), None, true), Offered::Replaced, "it waits behind nothing older");
+        assert_eq!(c.take(0).ready, [(1, tick(3))]);
+    }
+
+    #[test]
+    fn ticks_past_their_max_age_are_dropped_when_their_turn_comes() {
+        let mut c = Conflation::default();
+        c.offer(1, tick(10), Some(100), false); // received at 10
+        c.offer(2, tick(50), Some(100), false); // received at 50
+        c.offer(3, tick(20), None, false);
+        let taken = c.take(140);
+        assert_eq!(taken.expired, 1);
+        assert_eq!(taken.ready.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2, 3]);
     }
 }

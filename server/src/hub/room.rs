@@ -1,6 +1,7 @@
 //! One room's state machine: sequencing, history, dedupe, members and delivery to subscribers' outboxes. Every
 //! operation runs under the room's lock, so a join's history replay and its live subscription start at the same
-//! point of the room's order: nothing is missed or doubled between them.
+//! point of the room's order: nothing is missed or doubled between them. Operations enqueue frames and return the
+//! [`Delivery`] to flush; nothing here writes to a stream.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -15,7 +16,7 @@ use quiver_proto::{
 use super::{
     dedupe::DedupeWindow,
     history::{HistoryStore, MemoryHistory, StoredMessage},
-    Outbox, Posted, SubscriberId,
+    Delivery, Outbox, Posted, SubscriberId,
 };
 
 #[derive(Debug)]
@@ -94,7 +95,7 @@ impl Room {
         since: Option<Position>,
         outbox: Arc<dyn Outbox>,
         now_us: u64,
-    ) -> Joined {
+    ) -> (Joined, Delivery) {
         self.history.trim(now_us);
         let (recovered, replay) = self.replay_for(since);
         let replay_from = replay.first().map_or(self.last_seq + 1, |m| m.event.seq);
@@ -115,11 +116,13 @@ impl Room {
         for message in &replay {
             outbox.push_replay(message.frame.clone());
         }
+        let mut delivery = Delivery::default();
+        delivery.add(outbox.clone());
         self.subscribers.insert(subscriber, Subscriber { identity: identity.to_string(), outbox });
         if first_connection {
-            self.broadcast(EventKind::MemberJoined { member: identity.to_string() }, now_us);
+            delivery.extend(self.broadcast(EventKind::MemberJoined { member: identity.to_string() }, now_us));
         }
-        joined
+        (joined, delivery)
     }
 
     fn replay_for(&self, since: Option<Position>) -> (bool, Vec<Arc<StoredMessage>>) {
@@ -135,27 +138,33 @@ impl Room {
         }
     }
 
-    /// Removes a subscription; the last subscription of an identity makes it leave. False if unknown.
-    pub fn leave(&mut self, subscriber: SubscriberId, now_us: u64) -> bool {
-        let Some(gone) = self.subscribers.remove(&subscriber) else { return false };
-        self.drop_membership(&gone.identity, now_us);
-        true
+    /// Removes a subscription; the last subscription of an identity makes it leave (a presence event to the rest).
+    /// `None` if the subscription is unknown (left already).
+    pub fn leave(&mut self, subscriber: SubscriberId, now_us: u64) -> Option<Delivery> {
+        let gone = self.subscribers.remove(&subscriber)?;
+        Some(self.drop_membership(&gone.identity, now_us))
     }
 
-    fn drop_membership(&mut self, identity: &str, now_us: u64) {
-        if let Some(count) = self.members.get_mut(identity) {
-            *count -= 1;
-            if *count == 0 {
-                self.members.remove(identity);
-                self.broadcast(EventKind::MemberLeft { member: identity.to_string() }, now_us);
-            }
+    fn drop_membership(&mut self, identity: &str, now_us: u64) -> Delivery {
+        let Some(count) = self.members.get_mut(identity) else { return Delivery::default() };
+        *count -= 1;
+        if *count > 0 {
+            return Delivery::default();
         }
+        self.members.remove(identity);
+        self.broadcast(EventKind::MemberLeft { member: identity.to_string() }, now_us)
     }
 
-    /// Sequences a post (or finds the seq of its earlier copy) and delivers it.
-    pub fn post(&mut self, identity: &str, client_msg_id: u64, body: Bytes, now_us: u64) -> Result<Posted, Failure> {
+    /// Sequences a post (or finds the seq of its earlier copy) and enqueues it for every subscriber.
+    pub fn post(
+        &mut self,
+        identity: &str,
+        client_msg_id: u64,
+        body: Bytes,
+        now_us: u64,
+    ) -> Result<(Posted, Delivery), Failure> {
         if let Some(seq) = self.dedupe.lookup(identity, client_msg_id, now_us) {
-            return Ok(Posted { seq, duplicate: true });
+            return Ok((Posted { seq, duplicate: true }, Delivery::default()));
         }
         self.history.trim(now_us);
         let seq = self.last_seq + 1;
@@ -172,8 +181,7 @@ impl Room {
         self.dedupe.record(identity, client_msg_id, seq, now_us);
         let stored = Arc::new(StoredMessage { event, frame: frame.clone() });
         self.history.append(stored);
-        self.deliver(frame, now_us);
-        Ok(Posted { seq, duplicate: false })
+        Ok((Posted { seq, duplicate: false }, self.deliver(frame, now_us)))
     }
 
     /// Retained messages after `since`, at most `limit`, and no more than fit `budget` encoded bytes.
@@ -195,22 +203,32 @@ impl Room {
         HistoryPage { room: self.name.clone(), epoch: self.epoch, messages, more }
     }
 
-    fn broadcast(&mut self, kind: EventKind, now_us: u64) {
+    fn broadcast(&mut self, kind: EventKind, now_us: u64) -> Delivery {
         let event = RoomEvent { seq: self.last_seq, time_us: now_us, kind };
-        if let Some(frame) = self.encode(&RoomFrame::Event(event)) {
-            self.deliver(frame, now_us);
+        match self.encode(&RoomFrame::Event(event)) {
+            Some(frame) => self.deliver(frame, now_us),
+            None => Delivery::default(),
         }
     }
 
-    /// Pushes `frame` to every subscriber; the ones whose outbox overflows are dropped (their stream is reset by
-    /// the outbox's owner) and leave the room like any other member.
-    fn deliver(&mut self, frame: Bytes, now_us: u64) {
-        let overflowed: Vec<SubscriberId> =
-            self.subscribers.iter().filter(|(_, s)| !s.outbox.push(frame.clone())).map(|(id, _)| *id).collect();
+    /// Enqueues `frame` for every subscriber. The ones whose outbox overflows are dropped (flushing their outbox
+    /// resets their stream) and leave the room like any other member.
+    fn deliver(&mut self, frame: Bytes, now_us: u64) -> Delivery {
+        let mut delivery = Delivery::default();
+        let mut overflowed = Vec::new();
+        for (id, subscriber) in &self.subscribers {
+            if !subscriber.outbox.push(frame.clone()) {
+                overflowed.push(*id);
+            }
+            delivery.add(subscriber.outbox.clone());
+        }
         for id in overflowed {
             tracing::debug!(room = %self.name, subscriber = id, "slow consumer dropped");
-            self.leave(id, now_us);
+            if let Some(left) = self.leave(id, now_us) {
+                delivery.extend(left);
+            }
         }
+        delivery
     }
 
     fn encode(&self, frame: &RoomFrame) -> Option<Bytes> {

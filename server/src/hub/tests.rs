@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use quiver_proto::{EventKind, FrameCodec, Limits, Position, RoomFrame};
+use quiver_proto::{EventKind, FrameCodec, Joined, Limits, Position, RoomFrame};
 
 use super::*;
 
@@ -74,6 +74,8 @@ impl Outbox for Collect {
     fn push_replay(&self, frame: Bytes) {
         self.record(frame);
     }
+
+    fn flush(&self) {}
 }
 
 fn room(limits: &Limits) -> Room {
@@ -81,15 +83,19 @@ fn room(limits: &Limits) -> Room {
 }
 
 fn post(room: &mut Room, who: &str, id: u64, now: u64) -> Posted {
-    room.post(who, id, Bytes::from(format!("{who}-{id}")), now).unwrap()
+    room.post(who, id, Bytes::from(format!("{who}-{id}")), now).unwrap().0
+}
+
+fn join(room: &mut Room, id: SubscriberId, who: &str, since: Option<Position>, out: Arc<Collect>) -> Joined {
+    room.join(id, who, since, out, 0).0
 }
 
 #[test]
 fn seqs_are_contiguous_and_everyone_sees_one_order() {
     let mut room = room(&Limits::default());
     let (a, b) = (Collect::new(usize::MAX), Collect::new(usize::MAX));
-    room.join(1, "alice", None, a.clone(), 0);
-    room.join(2, "bob", None, b.clone(), 0);
+    join(&mut room, 1, "alice", None, a.clone());
+    join(&mut room, 2, "bob", None, b.clone());
     for i in 0..100 {
         let who = if i % 3 == 0 { "alice" } else { "bob" };
         assert_eq!(post(&mut room, who, i, i).seq, i + 1);
@@ -104,7 +110,7 @@ fn retried_post_gets_its_original_seq_and_is_not_delivered_twice() {
     let limits = Limits { dedupe_window_s: 10, ..Limits::default() };
     let mut room = room(&limits);
     let a = Collect::new(usize::MAX);
-    room.join(1, "alice", None, a.clone(), 0);
+    join(&mut room, 1, "alice", None, a.clone());
     assert_eq!(post(&mut room, "alice", 5, 0), Posted { seq: 1, duplicate: false });
     assert_eq!(post(&mut room, "bob", 5, 0), Posted { seq: 2, duplicate: false }, "ids are per identity");
     assert_eq!(post(&mut room, "alice", 5, 9_000_000), Posted { seq: 1, duplicate: true });
@@ -149,14 +155,14 @@ fn resume_inside_history_replays_exactly_what_was_missed() {
         post(&mut room, "a", i, 0);
     }
     let late = Collect::new(usize::MAX);
-    let joined = room.join(1, "bob", Some(Position { epoch: 77, seq: 6 }), late.clone(), 0);
+    let joined = join(&mut room, 1, "bob", Some(Position { epoch: 77, seq: 6 }), late.clone());
     assert!(joined.recovered);
     assert_eq!((joined.replay_from, joined.last_seq), (7, 10));
     post(&mut room, "a", 100, 0);
     assert_eq!(late.message_seqs(), [7, 8, 9, 10, 11], "replay then live, no gap, no duplicate");
     // Resuming at the head replays nothing and is recovered.
     let head = Collect::new(usize::MAX);
-    let joined = room.join(2, "carol", Some(Position { epoch: 77, seq: 11 }), head.clone(), 0);
+    let joined = join(&mut room, 2, "carol", Some(Position { epoch: 77, seq: 11 }), head.clone());
     assert!(joined.recovered);
     assert_eq!(joined.replay_from, 12);
     assert!(head.message_seqs().is_empty());
@@ -171,30 +177,31 @@ fn resume_outside_history_says_so_and_replays_the_latest() {
     }
     for since in [Position { epoch: 77, seq: 2 }, Position { epoch: 1, seq: 19 }, Position { epoch: 77, seq: 99 }] {
         let out = Collect::new(usize::MAX);
-        let joined = room.join(since.seq, "bob", Some(since), out.clone(), 0);
+        let joined = join(&mut room, since.seq, "bob", Some(since), out.clone());
         assert!(!joined.recovered, "{since:?}");
         assert_eq!(out.message_seqs(), [18, 19, 20], "{since:?}");
         assert_eq!(joined.replay_from, 18);
     }
     // The oldest retained message is 16: resuming after 15 is complete, after 14 is not.
-    assert!(room.join(100, "x", Some(Position { epoch: 77, seq: 15 }), Collect::new(usize::MAX), 0).recovered);
-    assert!(!room.join(101, "y", Some(Position { epoch: 77, seq: 14 }), Collect::new(usize::MAX), 0).recovered);
+    assert!(join(&mut room, 100, "x", Some(Position { epoch: 77, seq: 15 }), Collect::new(usize::MAX)).recovered);
+    assert!(!join(&mut room, 101, "y", Some(Position { epoch: 77, seq: 14 }), Collect::new(usize::MAX)).recovered);
 }
 
 #[test]
 fn presence_is_ordered_and_counts_connections() {
     let mut room = room(&Limits::default());
     let watcher = Collect::new(usize::MAX);
-    room.join(1, "watcher", None, watcher.clone(), 0);
-    room.join(2, "alice", None, Collect::new(usize::MAX), 0);
+    join(&mut room, 1, "watcher", None, watcher.clone());
+    join(&mut room, 2, "alice", None, Collect::new(usize::MAX));
     post(&mut room, "alice", 1, 0);
     // A second connection of alice: no second join event; leaving one of the two: no leave event.
-    let joined = room.join(3, "alice", None, Collect::new(usize::MAX), 0);
+    let joined = join(&mut room, 3, "alice", None, Collect::new(usize::MAX));
     assert_eq!(joined.members, ["alice", "watcher"]);
-    assert!(room.leave(2, 0));
-    assert!(!room.leave(2, 0), "leaving twice is a no-op");
+    assert!(room.leave(2, 0).is_some());
+    assert!(room.leave(2, 0).is_none(), "leaving twice is a no-op");
     assert_eq!(watcher.presence(), ["+watcher", "+alice"]);
-    room.leave(3, 0);
+    let left = room.leave(3, 0).unwrap();
+    assert_eq!(left.len(), 1, "the leave event goes to the watcher");
     assert_eq!(watcher.presence(), ["+watcher", "+alice", "-alice"]);
     assert_eq!(room.members(), ["watcher"]);
     // Presence events carry the seq of the message before them.
@@ -210,8 +217,8 @@ fn slow_consumer_is_dropped_and_others_keep_receiving() {
     let mut room = room(&Limits::default());
     let slow = Collect::new(400);
     let fast = Collect::new(usize::MAX);
-    room.join(1, "slow", None, slow.clone(), 0);
-    room.join(2, "fast", None, fast.clone(), 0);
+    join(&mut room, 1, "slow", None, slow.clone());
+    join(&mut room, 2, "fast", None, fast.clone());
     for i in 0..50 {
         post(&mut room, "fast", i, 0);
     }
@@ -224,7 +231,7 @@ fn slow_consumer_is_dropped_and_others_keep_receiving() {
     // its live bound.
     let again = Collect::new(400);
     let last = *got.last().unwrap();
-    assert!(room.join(3, "slow", Some(Position { epoch: 77, seq: last }), again.clone(), 0).recovered);
+    assert!(join(&mut room, 3, "slow", Some(Position { epoch: 77, seq: last }), again.clone()).recovered);
     let mut all = got;
     all.extend(again.message_seqs());
     assert_eq!(all, (1..=50).collect::<Vec<_>>());
@@ -239,17 +246,33 @@ fn oversized_message_is_refused_not_truncated() {
     assert_eq!(room.last_seq(), 0, "no seq consumed");
 }
 
+#[test]
+fn operations_return_every_outbox_they_enqueued_into() {
+    let mut room = room(&Limits::default());
+    let (a, b) = (Collect::new(usize::MAX), Collect::new(usize::MAX));
+    let (_, delivery) = room.join(1, "a", None, a.clone(), 0);
+    assert_eq!(delivery.len(), 2, "the joiner's Open, and its join event to the one member (itself)");
+    let (_, delivery) = room.join(2, "b", None, b.clone(), 0);
+    assert_eq!(delivery.len(), 3, "b's Open, then b's join event to a and b");
+    let (posted, delivery) = room.post("a", 1, Bytes::from_static(b"x"), 0).unwrap();
+    assert_eq!((posted.seq, delivery.len()), (1, 2));
+    let (posted, delivery) = room.post("a", 1, Bytes::from_static(b"x"), 0).unwrap();
+    assert!(posted.duplicate && delivery.is_empty(), "a retry enqueues nothing");
+}
+
 #[tokio::test]
-async fn local_hub_creates_rooms_on_first_use() {
-    let hub = LocalHub::new(Limits::default());
+async fn local_rooms_are_created_on_first_use() {
+    let hub = LocalRooms::new(Limits::default());
     let out = Collect::new(usize::MAX);
     let join = JoinRoom { room: "r".into(), identity: "a".into(), since: None, outbox: out.clone(), now_us: 0 };
-    let (joined, id) = hub.join(join).await.unwrap();
-    assert_eq!(joined.last_seq, 0);
-    assert_ne!(joined.epoch, 0);
-    assert_eq!(hub.post("r", "a", 1, Bytes::from_static(b"hi"), 0).await.unwrap().seq, 1);
+    let joining = hub.join(join).await.unwrap();
+    assert_eq!(joining.joined.last_seq, 0);
+    assert_ne!(joining.joined.epoch, 0);
+    let post = PostMessage { room: "r", identity: "a", client_msg_id: 1, body: Bytes::from_static(b"hi"), now_us: 0 };
+    let (posted, delivery) = hub.post(post).await.unwrap();
+    assert_eq!((posted.seq, delivery.len()), (1, 1));
     assert_eq!(hub.history("r", None, 10, usize::MAX, 0).await.messages.len(), 1);
     assert_eq!(hub.history("nope", None, 10, usize::MAX, 0).await.epoch, 0);
-    hub.leave("r", id, 0).await;
-    hub.leave("nope", id, 0).await;
+    assert!(hub.leave("r", joining.subscriber, 0).await.is_empty(), "nobody left to tell");
+    assert!(hub.leave("nope", joining.subscriber, 0).await.is_empty());
 }

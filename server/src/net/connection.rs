@@ -21,8 +21,7 @@ use crate::{
     net::{
         admit::Admitted,
         close::{close_session as close, describe_session},
-        rooms::ConnectionRooms,
-        ticks::ConnectionTicks,
+        dispatch::Connection,
         webtransport,
     },
     session::{ControlSession, Step},
@@ -33,9 +32,9 @@ use crate::{
 
 /// What every connection of a server shares.
 #[derive(Debug)]
-pub(super) struct Shared<H> {
+pub(super) struct Shared<R> {
     pub(super) config: Arc<ServerConfig>,
-    pub(super) hub: Arc<H>,
+    pub(super) rooms: Arc<R>,
     pub(super) ticks: Arc<dyn TickHub>,
     pub(super) stats: Arc<ServerStats>,
     pub(super) auth: Arc<crate::auth::Auth>,
@@ -44,13 +43,13 @@ pub(super) struct Shared<H> {
 /// How long a refusal's reply (or a GoAway) may take to reach the peer before the connection is closed anyway.
 const FLUSH_BEFORE_CLOSE: Duration = Duration::from_millis(500);
 
-pub(super) async fn serve<H: RoomHub>(
+pub(super) async fn serve<R: RoomHub>(
     incoming: quinn::Incoming,
     admitted: Admitted,
-    shared: Shared<H>,
+    shared: Shared<R>,
     shutdown: CancellationToken,
 ) {
-    let Shared { config, hub, ticks, stats, auth } = shared;
+    let Shared { config, rooms, ticks, stats, auth } = shared;
     let remote = incoming.remote_address();
     let deadline = Instant::now() + Duration::from_millis(u64::from(config.limits.handshake_timeout_ms));
     let connecting = match incoming.accept() {
@@ -89,12 +88,10 @@ pub(super) async fn serve<H: RoomHub>(
         let (probe, _probe_task) = TailProbe::start(config.tuning.tail_probe, move || {
             probing.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_ok()
         });
-        let mut rooms = ConnectionRooms::new(hub, config.limits.clone(), probe, stats.clone());
-        let mut ticks = ConnectionTicks::start(&conn, ticks, config.limits.clone(), stats.clone());
+        let mut connection = Connection::start(&conn, &config.limits, rooms, ticks, probe, stats.clone());
         let session = ControlSession::new(session_id, config.limits.clone(), auth);
-        let reason = control(&conn, &config, &stats, &mut rooms, &mut ticks, session, deadline, &shutdown).await;
-        ticks.stop().await;
-        rooms.leave_all(now_us()).await;
+        let reason = control(&conn, &config, &stats, &mut connection, session, deadline, &shutdown).await;
+        connection.close(now_us()).await;
         tracing::info!(%reason, "connection ended");
     }
     .instrument(span)
@@ -111,13 +108,11 @@ fn now_us() -> u64 {
 }
 
 /// Serves the control stream; returns why the connection ended (for the log). The connection is closed on return.
-#[allow(clippy::too_many_arguments)] // the connection's parts, each owned by `serve`
-async fn control<H: RoomHub>(
+async fn control<R: RoomHub>(
     conn: &Session,
     config: &ServerConfig,
     stats: &Arc<ServerStats>,
-    rooms: &mut ConnectionRooms<H>,
-    ticks: &mut ConnectionTicks,
+    connection: &mut Connection<R>,
     mut session: ControlSession,
     hello_deadline: Instant,
     shutdown: &CancellationToken,
@@ -175,6 +170,11 @@ async fn control<H: RoomHub>(
                 close(conn, ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
                 return "handshake timeout".into();
             }
+            Some(kicked) = connection.next_kicked() => {
+                if let Some(msg) = connection.kick(kicked, now_us()).await {
+                    encode(&codec, &msg, &mut outbound);
+                }
+            }
             () = shutdown.cancelled() => return going_away(conn, Some(&mut send)).await,
         }
         while let Some(step) = match next_step(&codec, &mut inbound, &mut session, &mut throttle) {
@@ -197,13 +197,16 @@ async fn control<H: RoomHub>(
                     return format!("refused: {reason}");
                 }
                 Step::Room { req_id, identity, request } => {
-                    let result = rooms.handle(conn, &identity, request, now_us()).await;
+                    for kicked in connection.pending_kicks(now_us()).await {
+                        encode(&codec, &kicked, &mut outbound);
+                    }
+                    let result = connection.room(&identity, request, now_us()).await;
                     let msg = ServerMsg::Reply { req_id, result };
                     stats.reply(&msg);
                     encode(&codec, &msg, &mut outbound);
                 }
                 Step::Tick { req_id, request } => {
-                    let msg = ServerMsg::Reply { req_id, result: ticks.handle(request) };
+                    let msg = ServerMsg::Reply { req_id, result: connection.tick(request) };
                     stats.reply(&msg);
                     encode(&codec, &msg, &mut outbound);
                 }
@@ -213,7 +216,7 @@ async fn control<H: RoomHub>(
             if let Err(err) = send.write_all(&outbound).await {
                 return format!("control stream: {err}");
             }
-            rooms.probe().sent();
+            connection.probe().sent();
             outbound.clear();
         }
     }

@@ -1,9 +1,10 @@
 //! The only part of the server that touches quinn: binding the endpoint, the accept loop, one task per connection,
-//! and the mapping of errors to close codes.
+//! room streams and datagrams carrying out what the hub returns, and closing with the right code.
 
 mod admit;
 mod close;
 mod connection;
+mod dispatch;
 mod endpoint;
 mod rooms;
 mod ticks;
@@ -17,7 +18,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     hub::{
         ticks::{LocalTicks, TickHub},
-        LocalHub, RoomHub,
+        LocalRooms, RoomHub,
     },
     stats::ServerStats,
     ServerConfig,
@@ -27,9 +28,9 @@ pub use endpoint::ServerError;
 /// How long shutdown waits for connections to take their GoAway and close before it stops waiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// A bound server, ready to [`run`](Server::run), with its rooms behind `H`.
+/// A bound server, ready to [`run`](Server::run), with its rooms behind `R`.
 #[derive(Debug)]
-pub struct Server<H = LocalHub> {
+pub struct Server<R = LocalRooms> {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     /// The demo page's listener, when `config.web.http` asks for one.
@@ -37,7 +38,7 @@ pub struct Server<H = LocalHub> {
     page_addr: Option<SocketAddr>,
     fingerprint: Fingerprint,
     config: Arc<ServerConfig>,
-    hub: Arc<H>,
+    rooms: Arc<R>,
     ticks: Arc<dyn TickHub>,
     stats: Arc<ServerStats>,
     auth: Arc<crate::auth::Auth>,
@@ -45,18 +46,19 @@ pub struct Server<H = LocalHub> {
     admission: Arc<std::sync::Mutex<crate::admission::Admission>>,
 }
 
-impl Server<LocalHub> {
-    /// Loads or generates the certificate and binds the UDP socket, with rooms in this process's memory.
-    /// Nothing is accepted until [`Server::run`].
-    pub fn bind(config: ServerConfig) -> Result<Server<LocalHub>, ServerError> {
-        let hub = Arc::new(LocalHub::new(config.limits.clone()));
-        Server::bind_with_hub(config, hub)
+impl Server<LocalRooms> {
+    /// Loads or generates the certificate and binds the UDP socket, with rooms and ticks in this process's
+    /// memory. Nothing is accepted until [`Server::run`].
+    pub fn bind(config: ServerConfig) -> Result<Server<LocalRooms>, ServerError> {
+        let rooms = Arc::new(LocalRooms::new(config.limits.clone()));
+        Server::bind_with(config, rooms, Arc::new(LocalTicks::default()))
     }
 }
 
-impl<H: RoomHub> Server<H> {
-    /// Like [`Server::bind`], with rooms behind the given hub.
-    pub fn bind_with_hub(config: ServerConfig, hub: Arc<H>) -> Result<Server<H>, ServerError> {
+impl<R: RoomHub> Server<R> {
+    /// Like [`Server::bind`], with rooms and ticks behind the given hubs (another engine than this process's
+    /// memory).
+    pub fn bind_with(config: ServerConfig, rooms: Arc<R>, ticks: Arc<dyn TickHub>) -> Result<Server<R>, ServerError> {
         let (endpoint, fingerprint) = endpoint::bind(&config)?;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
         let page = config.web.http.map(crate::web::bind).transpose().map_err(ServerError::Bind)?;
@@ -67,7 +69,6 @@ impl<H: RoomHub> Server<H> {
                 "ANONYMOUS ACCESS: no tokens required; anyone who reaches this server may join, post and publish"
             );
         }
-        let ticks: Arc<dyn TickHub> = Arc::new(LocalTicks::default());
         let stats = Arc::new(ServerStats::default());
         let admission = crate::admission::Admission::new(&config.limits, std::time::Instant::now());
         let admission = Arc::new(std::sync::Mutex::new(admission));
@@ -78,7 +79,7 @@ impl<H: RoomHub> Server<H> {
             page_addr,
             fingerprint,
             config: Arc::new(config),
-            hub,
+            rooms,
             ticks,
             stats,
             auth,
@@ -92,8 +93,8 @@ impl<H: RoomHub> Server<H> {
     }
 
     /// The rooms this server serves.
-    pub fn hub(&self) -> &Arc<H> {
-        &self.hub
+    pub fn rooms(&self) -> &Arc<R> {
+        &self.rooms
     }
 
     /// The bound address (with the real port when port 0 was asked for).
@@ -145,7 +146,7 @@ impl<H: RoomHub> Server<H> {
                     let shutdown = shutdown.child_token();
                     let shared = connection::Shared {
                         config,
-                        hub: self.hub.clone(),
+                        rooms: self.rooms.clone(),
                         ticks: self.ticks.clone(),
                         stats: self.stats.clone(),
                         auth: self.auth.clone(),

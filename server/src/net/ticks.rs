@@ -1,27 +1,26 @@
-//! A connection's tick channels: ids assigned per connection, datagrams in (publish) and out (subscriptions).
-//! Outgoing ticks wait in a [`Conflation`] (one per channel, latest wins) in front of quinn's small datagram
-//! buffer; the sender waits for room in that buffer, so a slow path is sent the newest tick, never a backlog.
-//! Nothing here waits on a reliable stream.
+//! A connection's datagrams: ticks in (publish on claimed channels) and out (subscriptions). Outgoing ticks pass a
+//! [`Conflation`] (latest wins, one waiting per channel) in front of quinn's small datagram buffer; the sender
+//! waits for room in that buffer, so a slow path is sent the newest tick, never a backlog. Nothing here waits on a
+//! reliable stream, and no lock is held across a call into quinn.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex},
     time::{Instant, SystemTime},
 };
 
-use bytes::{BufMut, BytesMut};
-use quiver_proto::{ErrorCode, Failure, Limits, Reply, TickHeader};
-use tokio::sync::Notify;
+use bytes::{BufMut, Bytes, BytesMut};
+use quiver_proto::TickHeader;
+use tokio::sync::{watch, Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use web_transport_quinn::{Session, SessionError};
 
 use crate::{
     hub::{
         conflate::{Conflation, Offered},
-        ticks::{Tick, TickHub, TickSink, TickSubscriberId},
+        connection::{ClaimLookup, ClaimTable},
+        ticks::{Fanout, Tick, TickHub, TickSink},
     },
     rate::TokenBucket,
-    session::TickRequest,
     stats::{bump, ServerStats},
 };
 
@@ -33,16 +32,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Offers a published tick to every subscriber of the fan-out (called with no hub lock held).
+pub(crate) fn deliver(fanout: Fanout) {
+    for (_, channel_id, sink) in fanout.subscribers.iter() {
+        sink.offer(*channel_id, fanout.tick.clone(), fanout.max_age_us);
+    }
+}
+
 /// One connection's outgoing ticks.
 #[derive(Debug)]
-struct DatagramSink {
+pub(crate) struct DatagramSink {
     conn: Session,
-    waiting: Mutex<(Conflation, HashMap<u64, u64>)>,
+    waiting: Mutex<Conflation>,
     wake: Notify,
     stats: Arc<ServerStats>,
 }
 
-fn datagram(channel_id: u64, tick: &Tick) -> Option<bytes::Bytes> {
+fn datagram(channel_id: u64, tick: &Tick) -> Option<Bytes> {
     let header = TickHeader { channel_id, seq: tick.seq, sent_time_us: tick.sent_time_us };
     let mut datagram = BytesMut::with_capacity(header.encoded_len() + tick.payload.len());
     // Fails only for seq or time above 2^62, which real clocks and counters do not reach.
@@ -52,8 +58,9 @@ fn datagram(channel_id: u64, tick: &Tick) -> Option<bytes::Bytes> {
 }
 
 impl DatagramSink {
-    fn sent(&self, result: &Result<(), SessionError>) {
-        match result {
+    fn send(&self, channel_id: u64, tick: &Tick) {
+        let Some(datagram) = datagram(channel_id, tick) else { return };
+        match self.conn.send_datagram(datagram) {
             Ok(()) => bump(&self.stats.ticks_sent),
             Err(SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge)) => {
                 bump(&self.stats.ticks_too_large)
@@ -61,29 +68,26 @@ impl DatagramSink {
             Err(_) => {}
         }
     }
+
+    /// Forgets an unsubscribed channel's waiting tick.
+    pub(crate) fn remove(&self, channel_id: u64) {
+        lock(&self.waiting).remove(channel_id);
+    }
 }
 
 impl TickSink for DatagramSink {
-    /// Sends at once when quinn has room and no older tick of the channel waits (no task hop, no conflation of
-    /// ticks that merely arrived together); otherwise the tick waits in the channel's slot, replacing an older one.
+    /// Sends at once when quinn has room and nothing of the channel waits (no task hop, no conflation of ticks
+    /// that merely arrived together); otherwise the tick waits in the channel's slot, replacing an older one.
     fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>) {
-        let mut waiting = lock(&self.waiting);
-        let (conflation, max_ages) = &mut *waiting;
-        if let Some(age) = max_age_us {
-            max_ages.insert(channel_id, age);
+        crate::hub::assert_unlocked("a tick's offer");
+        let header = TickHeader { channel_id, seq: tick.seq, sent_time_us: tick.sent_time_us };
+        let room = self.conn.datagram_send_buffer_space() >= header.encoded_len() + tick.payload.len();
+        let offered = lock(&self.waiting).offer(channel_id, tick, max_age_us, room);
+        match offered {
+            Offered::Send(tick) => self.send(channel_id, &tick),
+            Offered::Queued => self.wake.notify_one(),
+            Offered::Replaced | Offered::Older => bump(&self.stats.ticks_conflated),
         }
-        if !conflation.is_waiting(channel_id) {
-            let Some(datagram) = datagram(channel_id, &tick) else { return };
-            if self.conn.datagram_send_buffer_space() >= datagram.len() {
-                self.sent(&self.conn.send_datagram(datagram));
-                return;
-            }
-        }
-        if conflation.offer(channel_id, tick) != Offered::Queued {
-            bump(&self.stats.ticks_conflated);
-        }
-        drop(waiting);
-        self.wake.notify_one();
     }
 }
 
@@ -94,25 +98,21 @@ async fn send_ticks(conn: Session, sink: Arc<DatagramSink>, stop: CancellationTo
             () = sink.wake.notified() => {}
             () = stop.cancelled() => return,
         }
-        let (batch, max_ages) = {
-            let mut waiting = lock(&sink.waiting);
-            let (conflation, max_ages) = &mut *waiting;
-            (conflation.take(), max_ages.clone())
-        };
-        for (channel_id, tick) in batch {
-            if max_ages.get(&channel_id).is_some_and(|max| now_us().saturating_sub(tick.received_us) > *max) {
-                bump(&sink.stats.ticks_expired);
-                continue;
-            }
+        let taken = lock(&sink.waiting).take(now_us());
+        for _ in 0..taken.expired {
+            bump(&sink.stats.ticks_expired);
+        }
+        for (channel_id, tick) in taken.ready {
             let Some(datagram) = datagram(channel_id, &tick) else { continue };
             tokio::select! {
-                sent = conn.send_datagram_wait(datagram) => {
-                    sink.sent(&sent);
-                    if matches!(sent, Err(ref err) if !matches!(err, SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge))) {
-                        // The connection is gone, or the peer takes no datagrams at all.
-                        return;
+                sent = conn.send_datagram_wait(datagram) => match sent {
+                    Ok(()) => bump(&sink.stats.ticks_sent),
+                    Err(SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge)) => {
+                        bump(&sink.stats.ticks_too_large)
                     }
-                }
+                    // The connection is gone, or the peer takes no datagrams at all.
+                    Err(_) => return,
+                },
                 () = stop.cancelled() => return,
             }
         }
@@ -124,7 +124,7 @@ async fn send_ticks(conn: Session, sink: Arc<DatagramSink>, stop: CancellationTo
 async fn read_ticks(
     conn: Session,
     hub: Arc<dyn TickHub>,
-    ids: Arc<RwLock<ChannelIds>>,
+    claims: watch::Receiver<Arc<ClaimTable>>,
     stats: Arc<ServerStats>,
     ticks_per_s: u32,
     stop: CancellationToken,
@@ -144,146 +144,66 @@ async fn read_ticks(
             () = stop.cancelled() => return,
         };
         if quiver_proto::is_probe(&datagram) {
-            continue; // a tail-loss probe (net::probe): it only elicits an ACK
+            continue; // a tail-loss probe (quiver_transport::probe): it only elicits an ACK
         }
         let Ok((header, payload)) = TickHeader::decode(&datagram) else {
             bump(&stats.datagrams_malformed);
             continue;
         };
-        let channel = {
-            let ids = ids.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match ids.claimed.get(&header.channel_id) {
-                Some(channel) => channel.clone(),
-                None if ids.names.contains_key(&header.channel_id) => {
-                    bump(&stats.datagrams_unclaimed);
-                    continue;
-                }
-                None => {
-                    bump(&stats.datagrams_unknown_channel);
-                    continue;
-                }
+        let lookup = claims.borrow().lookup(header.channel_id);
+        let channel = match lookup {
+            ClaimLookup::Claimed(channel) => channel,
+            ClaimLookup::NotClaimed => {
+                bump(&stats.datagrams_unclaimed);
+                continue;
+            }
+            ClaimLookup::Unknown => {
+                bump(&stats.datagrams_unknown_channel);
+                continue;
             }
         };
         if !rate.try_take(Instant::now()) {
             bump(&stats.ticks_rate_limited);
             continue;
         }
-        hub.publish(&channel, header.sent_time_us, now_us(), payload);
+        deliver(hub.publish(&channel, header.sent_time_us, now_us(), payload));
         bump(&stats.ticks_published);
     }
 }
 
-/// The ids this connection's channels have, and which of them it may publish on.
-#[derive(Debug, Default)]
-struct ChannelIds {
-    by_name: HashMap<String, u64>,
-    names: HashMap<u64, String>,
-    /// Shared names, so that each incoming tick clones a pointer, not a string.
-    claimed: HashMap<u64, Arc<str>>,
-}
-
-impl ChannelIds {
-    fn id(&mut self, channel: &str) -> u64 {
-        if let Some(id) = self.by_name.get(channel) {
-            return *id;
-        }
-        // Small ids keep the datagram header at one byte for the first 64 channels.
-        let id = self.by_name.len() as u64;
-        self.by_name.insert(channel.to_string(), id);
-        self.names.insert(id, channel.to_string());
-        id
-    }
-}
-
-/// One connection's subscriptions and publish claims.
+/// One connection's datagram tasks: the tick sender behind its sink, and the reader publishing what it claimed.
 #[derive(Debug)]
 pub(crate) struct ConnectionTicks {
-    hub: Arc<dyn TickHub>,
-    limits: Limits,
-    ids: Arc<RwLock<ChannelIds>>,
-    subscriptions: HashMap<u64, TickSubscriberId>,
-    sink: Arc<DatagramSink>,
+    pub(crate) sink: Arc<DatagramSink>,
+    claims: watch::Sender<Arc<ClaimTable>>,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
 
 impl ConnectionTicks {
     /// Starts the connection's datagram reader and tick sender.
-    pub(crate) fn start(conn: &Session, hub: Arc<dyn TickHub>, limits: Limits, stats: Arc<ServerStats>) -> Self {
-        let ids = Arc::new(RwLock::new(ChannelIds::default()));
+    pub(crate) fn start(conn: &Session, hub: Arc<dyn TickHub>, ticks_per_s: u32, stats: Arc<ServerStats>) -> Self {
+        let (claims, claims_rx) = watch::channel(Arc::default());
         let sink = Arc::new(DatagramSink {
             conn: conn.clone(),
-            waiting: Mutex::new((Conflation::default(), HashMap::new())),
+            waiting: Mutex::new(Conflation::default()),
             wake: Notify::new(),
             stats: stats.clone(),
         });
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         tasks.spawn(send_ticks(conn.clone(), sink.clone(), stop.clone()));
-        tasks.spawn(read_ticks(conn.clone(), hub.clone(), ids.clone(), stats, limits.ticks_per_s, stop.clone()));
-        ConnectionTicks { hub, limits, ids, subscriptions: HashMap::new(), sink, tasks, stop }
+        tasks.spawn(read_ticks(conn.clone(), hub, claims_rx, stats, ticks_per_s, stop.clone()));
+        ConnectionTicks { sink, claims, tasks, stop }
     }
 
-    fn ids(&self) -> std::sync::RwLockWriteGuard<'_, ChannelIds> {
-        self.ids.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The reader publishes on these claims from now on.
+    pub(crate) fn set_claims(&self, claims: Arc<ClaimTable>) {
+        self.claims.send_replace(claims);
     }
 
-    /// Carries out one tick request and returns the reply.
-    pub(crate) fn handle(&mut self, request: TickRequest) -> Result<Reply, Failure> {
-        match request {
-            TickRequest::Subscribe { channel } => {
-                let id = self.ids().id(&channel);
-                if !self.subscriptions.contains_key(&id) {
-                    if self.subscriptions.len() >= self.limits.max_subscriptions as usize {
-                        return Err(Failure::new(
-                            ErrorCode::TooManySubscriptions,
-                            format!("at most {} subscriptions per connection", self.limits.max_subscriptions),
-                        ));
-                    }
-                    let subscriber = self.hub.subscribe(&channel, id, self.sink.clone());
-                    self.subscriptions.insert(id, subscriber);
-                }
-                Ok(Reply::Subscribed { channel, channel_id: id })
-            }
-            TickRequest::Unsubscribe { channel } => {
-                let id = self.ids.read().unwrap_or_else(|p| p.into_inner()).by_name.get(&channel).copied();
-                match id.and_then(|id| self.subscriptions.remove(&id).map(|sub| (id, sub))) {
-                    Some((id, subscriber)) => {
-                        self.hub.unsubscribe(&channel, subscriber);
-                        lock(&self.sink.waiting).0.remove(id);
-                        Ok(Reply::Unsubscribed { channel })
-                    }
-                    None => Err(Failure::new(ErrorCode::NotJoined, format!("not subscribed to {channel}"))),
-                }
-            }
-            TickRequest::Publish { channel, max_age_ms } => {
-                let max = self.limits.max_publish_channels as usize;
-                let mut ids = self.ids();
-                let id = ids.id(&channel);
-                if !ids.claimed.contains_key(&id) && ids.claimed.len() >= max {
-                    return Err(Failure::new(
-                        ErrorCode::TooManyChannels,
-                        format!("at most {max} publish channels per connection"),
-                    ));
-                }
-                ids.claimed.insert(id, Arc::from(channel.as_str()));
-                drop(ids);
-                if let Some(ms) = max_age_ms {
-                    self.hub.set_max_age(&channel, u64::from(ms) * 1000);
-                }
-                Ok(Reply::Publishing { channel, channel_id: id })
-            }
-        }
-    }
-
-    /// Ends every subscription and stops the connection's tick tasks.
-    pub(crate) async fn stop(&mut self) {
-        let names = self.ids.read().unwrap_or_else(|p| p.into_inner()).names.clone();
-        for (id, subscriber) in self.subscriptions.drain() {
-            if let Some(channel) = names.get(&id) {
-                self.hub.unsubscribe(channel, subscriber);
-            }
-        }
+    /// Stops the connection's tick tasks.
+    pub(crate) async fn stop(&self) {
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;

@@ -1,0 +1,296 @@
+//! One connection's protocol state, without IO: which rooms it has joined (and with which subscription), the
+//! channel ids it was given, its tick subscriptions and publish claims, all checked against [`Limits`]. The
+//! network layer asks it before doing anything and tells it what was done; every refusal (AlreadyJoined,
+//! TooManyRooms, TooManySubscriptions, ...) is decided here, before anything is allocated.
+//!
+//! `O` is what the network layer keeps per joined room (its stream's outbox); tests use `()`.
+
+use std::{collections::HashMap, sync::Arc};
+
+use quiver_proto::{ErrorCode, Failure, Limits};
+
+use super::{ticks::TickSubscriberId, SubscriberId};
+
+/// Bytes of a History reply's frame kept for the reply's own fields; the rest is the page's budget.
+const HISTORY_REPLY_OVERHEAD: usize = 1024;
+
+/// A room this connection has joined.
+#[derive(Debug)]
+pub struct JoinedRoom<O> {
+    /// The subscription in the room hub.
+    pub subscriber: SubscriberId,
+    /// The network layer's handle for the room's stream.
+    pub outbox: O,
+}
+
+/// A publish claim that was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The id the client puts in its tick datagrams for the channel.
+    pub channel_id: u64,
+    /// The max age the publisher asked for, to pass on to the tick hub.
+    pub max_age_us: Option<u64>,
+}
+
+/// What an incoming tick datagram's channel id means on this connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimLookup {
+    /// A channel this connection claimed: publish on it.
+    Claimed(Arc<str>),
+    /// A channel id this connection has (it subscribed) but did not claim.
+    NotClaimed,
+    /// An id this connection was never given.
+    Unknown,
+}
+
+/// The connection's claims as the datagram reader sees them: replaced as a whole (copy on write) on every change,
+/// so the reader never waits for the control task.
+#[derive(Debug, Default, Clone)]
+pub struct ClaimTable {
+    claimed: HashMap<u64, Arc<str>>,
+    /// Ids below this one have been given out.
+    allocated: u64,
+}
+
+impl ClaimTable {
+    /// What `channel_id` means on this connection.
+    pub fn lookup(&self, channel_id: u64) -> ClaimLookup {
+        match self.claimed.get(&channel_id) {
+            Some(channel) => ClaimLookup::Claimed(channel.clone()),
+            None if channel_id < self.allocated => ClaimLookup::NotClaimed,
+            None => ClaimLookup::Unknown,
+        }
+    }
+}
+
+/// What a closing connection must release.
+#[derive(Debug)]
+pub struct Release<O> {
+    /// (room, its entry).
+    pub rooms: Vec<(String, JoinedRoom<O>)>,
+    /// (channel, the tick hub's subscription).
+    pub subscriptions: Vec<(Arc<str>, TickSubscriberId)>,
+}
+
+/// Everything one connection has set up, and the limits on it.
+#[derive(Debug)]
+pub struct ConnectionState<O> {
+    limits: Limits,
+    rooms: HashMap<String, JoinedRoom<O>>,
+    /// Channel name → id. Ids are small (the header's first byte for the first 64) and never reused on a
+    /// connection, so a late datagram cannot be taken for another channel's tick.
+    channel_ids: HashMap<Arc<str>, u64>,
+    subscriptions: HashMap<u64, (Arc<str>, TickSubscriberId)>,
+    claims: Arc<ClaimTable>,
+}
+
+impl<O> ConnectionState<O> {
+    /// A connection with nothing set up yet.
+    pub fn new(limits: Limits) -> Self {
+        ConnectionState {
+            limits,
+            rooms: HashMap::new(),
+            channel_ids: HashMap::new(),
+            subscriptions: HashMap::new(),
+            claims: Arc::default(),
+        }
+    }
+
+    /// Checks that `room` may be joined: not joined already, and below `max_rooms`.
+    pub fn may_join(&self, room: &str) -> Result<(), Failure> {
+        if self.rooms.contains_key(room) {
+            return Err(Failure::new(ErrorCode::AlreadyJoined, format!("already in room {room}")));
+        }
+        if self.rooms.len() >= self.limits.max_rooms as usize {
+            return Err(Failure::new(
+                ErrorCode::TooManyRooms,
+                format!("at most {} rooms per connection", self.limits.max_rooms),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a join that [`ConnectionState::may_join`] allowed and the hub carried out.
+    pub fn joined(&mut self, room: String, subscriber: SubscriberId, outbox: O) {
+        self.rooms.insert(room, JoinedRoom { subscriber, outbox });
+    }
+
+    /// Forgets `room` for a Leave; `NotJoined` if it is not joined.
+    pub fn leave(&mut self, room: &str) -> Result<JoinedRoom<O>, Failure> {
+        self.rooms.remove(room).ok_or_else(|| Failure::new(ErrorCode::NotJoined, format!("not in room {room}")))
+    }
+
+    /// Forgets `room` because a subscription to it fell behind and was dropped by the room; `is_current` tells
+    /// whether the joined entry is that subscription. `None` when it is not current any more (left, or replaced
+    /// by a new join).
+    pub fn kicked(&mut self, room: &str, is_current: impl FnOnce(&JoinedRoom<O>) -> bool) -> Option<JoinedRoom<O>> {
+        if !is_current(self.rooms.get(room)?) {
+            return None;
+        }
+        self.rooms.remove(room)
+    }
+
+    /// The joined room's entry.
+    pub fn room(&self, room: &str) -> Option<&JoinedRoom<O>> {
+        self.rooms.get(room)
+    }
+
+    /// Bytes of encoded events a History reply may carry: a frame less the reply's own fields.
+    pub fn history_budget(&self) -> usize {
+        (self.limits.max_frame as usize).saturating_sub(HISTORY_REPLY_OVERHEAD)
+    }
+
+    /// Subscribes to `channel` (idempotent: a second Subscribe answers the same id). `subscribe` carries it out in
+    /// the tick hub with the channel's id; it is called only when the subscription is allowed and new.
+    pub fn subscribe(
+        &mut self,
+        channel: &str,
+        subscribe: impl FnOnce(u64) -> TickSubscriberId,
+    ) -> Result<u64, Failure> {
+        if let Some(id) = self.channel_ids.get(channel).filter(|id| self.subscriptions.contains_key(id)) {
+            return Ok(*id);
+        }
+        if self.subscriptions.len() >= self.limits.max_subscriptions as usize {
+            return Err(Failure::new(
+                ErrorCode::TooManySubscriptions,
+                format!("at most {} subscriptions per connection", self.limits.max_subscriptions),
+            ));
+        }
+        let (name, id) = self.channel_id(channel);
+        self.subscriptions.insert(id, (name, subscribe(id)));
+        Ok(id)
+    }
+
+    /// Ends the subscription to `channel`: its id and the tick hub's subscription. `NotJoined` if not subscribed.
+    pub fn unsubscribe(&mut self, channel: &str) -> Result<(u64, TickSubscriberId), Failure> {
+        let not_subscribed = || Failure::new(ErrorCode::NotJoined, format!("not subscribed to {channel}"));
+        let id = *self.channel_ids.get(channel).ok_or_else(not_subscribed)?;
+        let (_, subscriber) = self.subscriptions.remove(&id).ok_or_else(not_subscribed)?;
+        Ok((id, subscriber))
+    }
+
+    /// Claims the right to publish on `channel` (idempotent), below `max_publish_channels`.
+    pub fn claim(&mut self, channel: &str, max_age_ms: Option<u32>) -> Result<Claim, Failure> {
+        let max_age_us = max_age_ms.map(|ms| u64::from(ms) * 1000);
+        if let Some(id) = self.channel_ids.get(channel).filter(|id| self.claims.claimed.contains_key(id)) {
+            return Ok(Claim { channel_id: *id, max_age_us });
+        }
+        let max = self.limits.max_publish_channels as usize;
+        if self.claims.claimed.len() >= max {
+            return Err(Failure::new(
+                ErrorCode::TooManyChannels,
+                format!("at most {max} publish channels per connection"),
+            ));
+        }
+        let (name, id) = self.channel_id(channel);
+        Arc::make_mut(&mut self.claims).claimed.insert(id, name);
+        Ok(Claim { channel_id: id, max_age_us })
+    }
+
+    /// The claims as they stand, for the datagram reader.
+    pub fn claims(&self) -> Arc<ClaimTable> {
+        self.claims.clone()
+    }
+
+    /// Everything to release when the connection ends: its rooms and its tick subscriptions.
+    pub fn close(&mut self) -> Release<O> {
+        Release {
+            rooms: self.rooms.drain().collect(),
+            subscriptions: self.subscriptions.drain().map(|(_, subscription)| subscription).collect(),
+        }
+    }
+
+    /// The id of `channel` on this connection, given out now if it has none.
+    fn channel_id(&mut self, channel: &str) -> (Arc<str>, u64) {
+        if let Some((name, id)) = self.channel_ids.get_key_value(channel) {
+            return (name.clone(), *id);
+        }
+        let id = self.claims.allocated;
+        let name: Arc<str> = Arc::from(channel);
+        self.channel_ids.insert(name.clone(), id);
+        Arc::make_mut(&mut self.claims).allocated = id + 1;
+        (name, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(limits: Limits) -> ConnectionState<()> {
+        ConnectionState::new(limits)
+    }
+
+    fn code<T: std::fmt::Debug>(result: Result<T, Failure>) -> ErrorCode {
+        result.unwrap_err().code
+    }
+
+    #[test]
+    fn rooms_are_joined_once_and_at_most_max_rooms() {
+        let mut s = state(Limits { max_rooms: 2, ..Limits::default() });
+        s.may_join("a").unwrap();
+        s.joined("a".into(), 1, ());
+        assert_eq!(code(s.may_join("a")), ErrorCode::AlreadyJoined);
+        s.joined("b".into(), 2, ());
+        assert_eq!(code(s.may_join("c")), ErrorCode::TooManyRooms);
+        assert_eq!(s.leave("a").unwrap().subscriber, 1);
+        assert_eq!(code(s.leave("a")), ErrorCode::NotJoined);
+        s.may_join("c").unwrap();
+    }
+
+    #[test]
+    fn a_kick_forgets_only_the_subscription_it_names() {
+        let mut s = state(Limits::default());
+        s.joined("a".into(), 1, ());
+        assert!(s.kicked("a", |j| j.subscriber == 7).is_none(), "another subscription (replaced by a rejoin)");
+        assert!(s.kicked("b", |_| true).is_none(), "not joined");
+        assert!(s.kicked("a", |j| j.subscriber == 1).is_some());
+        assert!(s.room("a").is_none());
+        s.may_join("a").unwrap();
+    }
+
+    #[test]
+    fn a_refused_subscribe_or_claim_allocates_nothing() {
+        let mut s = state(Limits { max_subscriptions: 1, max_publish_channels: 1, ..Limits::default() });
+        assert_eq!(s.subscribe("x", |_| 10), Ok(0));
+        assert_eq!(s.subscribe("x", |_| panic!("subscribed twice")), Ok(0), "idempotent");
+        for i in 0..1000 {
+            assert_eq!(
+                code(s.subscribe(&format!("y{i}"), |_| panic!("over the limit"))),
+                ErrorCode::TooManySubscriptions
+            );
+        }
+        assert_eq!(s.claim("p", Some(5)), Ok(Claim { channel_id: 1, max_age_us: Some(5000) }));
+        assert_eq!(code(s.claim("q", None)), ErrorCode::TooManyChannels);
+        assert_eq!(s.claims().allocated, 2, "refusals took no ids");
+        assert_eq!(s.channel_ids.len(), 2);
+    }
+
+    #[test]
+    fn channel_ids_are_shared_by_subscribe_and_claim_and_never_reused() {
+        let mut s = state(Limits::default());
+        assert_eq!(s.subscribe("prices", |id| 100 + id), Ok(0));
+        assert_eq!(s.claim("prices", None).unwrap().channel_id, 0);
+        assert_eq!(s.claim("other", None).unwrap().channel_id, 1);
+        let claims = s.claims();
+        assert_eq!(claims.lookup(0), ClaimLookup::Claimed(Arc::from("prices")));
+        assert_eq!(claims.lookup(7), ClaimLookup::Unknown);
+        assert_eq!(s.unsubscribe("prices"), Ok((0, 100)));
+        assert_eq!(code(s.unsubscribe("prices")), ErrorCode::NotJoined);
+        assert_eq!(code(s.unsubscribe("never")), ErrorCode::NotJoined);
+        assert_eq!(s.subscribe("third", |id| id), Ok(2));
+        assert_eq!(s.subscribe("prices", |id| 200 + id), Ok(0), "the name keeps its id");
+        let release = s.close();
+        assert!(release.rooms.is_empty());
+        assert_eq!(release.subscriptions.len(), 2);
+    }
+
+    #[test]
+    fn subscribed_but_not_claimed_is_told_apart_from_unknown() {
+        let mut s = state(Limits::default());
+        s.subscribe("a", |_| 1).unwrap();
+        assert_eq!(s.claims().lookup(0), ClaimLookup::NotClaimed);
+        assert_eq!(s.claims().lookup(1), ClaimLookup::Unknown);
+        assert_eq!(s.history_budget(), Limits::default().max_frame as usize - 1024);
+    }
+}

@@ -1,0 +1,55 @@
+//! Where a room subscription's events go. The hub only *enqueues* (under the room's lock, which fixes one order
+//! per room); the network layer *flushes* (writes to the room stream) after the lock is released, so no hub lock
+//! is ever held across a call into quinn.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// A subscriber's queue of encoded room frames, bounded by the owner (`Limits::room_queue_bytes`).
+pub trait Outbox: Send + Sync + std::fmt::Debug {
+    /// Enqueues one live frame; does no IO. False when the queue is over its bound: the subscriber is then dropped
+    /// from the room, and the next [`Outbox::flush`] resets its stream with `SlowConsumer`.
+    fn push(&self, frame: Bytes) -> bool;
+    /// Enqueues a frame of a join (the stream's Open and the history replay) outside the live bound: a replay is
+    /// what the client asked to catch up on, bounded by the history limits, and must not reset the stream before
+    /// it starts. The live bound applies to what comes after.
+    fn push_replay(&self, frame: Bytes);
+    /// Writes out what was enqueued, or hands it to whoever writes it. Called by the network layer, never by the
+    /// hub, and never under a hub lock.
+    fn flush(&self);
+}
+
+/// The outboxes an operation enqueued frames into: flush them (once the hub's locks are released) to send.
+#[derive(Debug, Default)]
+#[must_use = "frames were enqueued: flush the delivery to send them"]
+pub struct Delivery(Vec<Arc<dyn Outbox>>);
+
+impl Delivery {
+    /// Adds an outbox that got a frame (or overflowed).
+    pub(crate) fn add(&mut self, outbox: Arc<dyn Outbox>) {
+        self.0.push(outbox);
+    }
+
+    /// Adds every outbox of `other`.
+    pub(crate) fn extend(&mut self, other: Delivery) {
+        self.0.extend(other.0);
+    }
+
+    /// Number of outboxes to flush.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when nothing was enqueued.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Flushes every outbox: the frames go out on their streams.
+    pub fn flush(self) {
+        for outbox in self.0 {
+            outbox.flush();
+        }
+    }
+}

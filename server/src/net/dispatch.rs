@@ -1,0 +1,204 @@
+//! Carries out a connection's room and tick requests: asks the connection's [`ConnectionState`] (which decides,
+//! without IO), calls the hubs, and does the IO they return: opening and flushing room streams, offering ticks,
+//! telling the datagram reader about new claims. Every hub call returns before anything here touches quinn.
+
+use std::{sync::Arc, time::Duration};
+
+use quiver_proto::{ErrorCode, Failure, Limits, Reply, ServerMsg};
+use quiver_transport::TailProbe;
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use web_transport_quinn::Session;
+
+use crate::{
+    hub::{ticks::TickHub, ConnectionState, JoinRoom, PostMessage, RoomHub},
+    net::{
+        rooms::{pump, Kicked, StreamOutbox},
+        ticks::ConnectionTicks,
+    },
+    session::{RoomRequest, TickRequest},
+    stats::ServerStats,
+};
+
+/// How long opening a room stream may wait for the client to grant a stream slot.
+const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One connection's rooms and ticks: its protocol state and the IO behind it.
+#[derive(Debug)]
+pub(super) struct Connection<R> {
+    conn: Session,
+    state: ConnectionState<Arc<StreamOutbox>>,
+    rooms: Arc<R>,
+    ticks: Arc<dyn TickHub>,
+    datagrams: ConnectionTicks,
+    room_queue_bytes: usize,
+    probe: Arc<TailProbe>,
+    stats: Arc<ServerStats>,
+    kicked_tx: mpsc::UnboundedSender<Kicked>,
+    kicked: mpsc::UnboundedReceiver<Kicked>,
+    pumps: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl<R: RoomHub> Connection<R> {
+    /// Starts the connection's datagram tasks.
+    pub(super) fn start(
+        conn: &Session,
+        limits: &Limits,
+        rooms: Arc<R>,
+        ticks: Arc<dyn TickHub>,
+        probe: Arc<TailProbe>,
+        stats: Arc<ServerStats>,
+    ) -> Self {
+        let datagrams = ConnectionTicks::start(conn, ticks.clone(), limits.ticks_per_s, stats.clone());
+        let (kicked_tx, kicked) = mpsc::unbounded_channel();
+        Connection {
+            conn: conn.clone(),
+            state: ConnectionState::new(limits.clone()),
+            rooms,
+            ticks,
+            datagrams,
+            room_queue_bytes: limits.room_queue_bytes as usize,
+            probe,
+            stats,
+            kicked_tx,
+            kicked,
+            pumps: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// The connection's tail-loss probe, for reliable data written elsewhere (control replies).
+    pub(super) fn probe(&self) -> &TailProbe {
+        &self.probe
+    }
+
+    /// Carries out one room request and returns the reply.
+    pub(super) async fn room(&mut self, identity: &str, request: RoomRequest, now_us: u64) -> Result<Reply, Failure> {
+        match request {
+            RoomRequest::Join(join) => {
+                self.state.may_join(&join.room)?;
+                let send = match tokio::time::timeout(OPEN_STREAM_TIMEOUT, self.conn.open_uni()).await {
+                    Ok(Ok(send)) => send,
+                    Ok(Err(err)) => {
+                        return Err(Failure::new(ErrorCode::Internal, format!("cannot open stream: {err}")))
+                    }
+                    Err(_) => {
+                        return Err(Failure::new(ErrorCode::TooManyRooms, "client grants no stream for another room"))
+                    }
+                };
+                let room: Arc<str> = Arc::from(join.room.as_str());
+                let outbox = StreamOutbox::new(room, send, self.room_queue_bytes, self.probe.clone());
+                let pumped = pump(outbox.clone(), self.kicked_tx.clone(), self.stop.clone(), self.stats.clone());
+                self.pumps.spawn(pumped);
+                let request = JoinRoom {
+                    room: join.room.clone(),
+                    identity: identity.to_string(),
+                    since: join.since,
+                    outbox: outbox.clone(),
+                    now_us,
+                };
+                match self.rooms.join(request).await {
+                    Ok(joining) => {
+                        joining.delivery.flush();
+                        self.state.joined(join.room, joining.subscriber, outbox);
+                        Ok(Reply::Joined(joining.joined))
+                    }
+                    Err(failure) => {
+                        outbox.close();
+                        Err(failure)
+                    }
+                }
+            }
+            RoomRequest::Leave { room } => {
+                let left = self.state.leave(&room)?;
+                left.outbox.close();
+                self.rooms.leave(&room, left.subscriber, now_us).await.flush();
+                Ok(Reply::Left { room })
+            }
+            RoomRequest::Post(post) => {
+                let message = PostMessage {
+                    room: &post.room,
+                    identity,
+                    client_msg_id: post.client_msg_id,
+                    body: post.body,
+                    now_us,
+                };
+                let (posted, delivery) = self.rooms.post(message).await?;
+                delivery.flush();
+                Ok(Reply::Posted { room: post.room, seq: posted.seq, duplicate: posted.duplicate })
+            }
+            RoomRequest::History { room, since, limit } => {
+                let budget = self.state.history_budget();
+                Ok(Reply::History(self.rooms.history(&room, since, limit, budget, now_us).await))
+            }
+        }
+    }
+
+    /// Carries out one tick request and returns the reply.
+    pub(super) fn tick(&mut self, request: TickRequest) -> Result<Reply, Failure> {
+        match request {
+            TickRequest::Subscribe { channel } => {
+                let (hub, sink) = (&self.ticks, &self.datagrams.sink);
+                let channel_id = self.state.subscribe(&channel, |id| hub.subscribe(&channel, id, sink.clone()))?;
+                self.datagrams.set_claims(self.state.claims());
+                Ok(Reply::Subscribed { channel, channel_id })
+            }
+            TickRequest::Unsubscribe { channel } => {
+                let (channel_id, subscriber) = self.state.unsubscribe(&channel)?;
+                self.ticks.unsubscribe(&channel, subscriber);
+                self.datagrams.sink.remove(channel_id);
+                Ok(Reply::Unsubscribed { channel })
+            }
+            TickRequest::Publish { channel, max_age_ms } => {
+                let claim = self.state.claim(&channel, max_age_ms)?;
+                self.datagrams.set_claims(self.state.claims());
+                if let Some(max_age_us) = claim.max_age_us {
+                    self.ticks.set_max_age(&channel, max_age_us);
+                }
+                Ok(Reply::Publishing { channel, channel_id: claim.channel_id })
+            }
+        }
+    }
+
+    /// Waits for a room stream that fell behind (cancel-safe: nothing is lost when another event wins a select).
+    pub(super) async fn next_kicked(&mut self) -> Option<Kicked> {
+        self.kicked.recv().await
+    }
+
+    /// Every kick that is already waiting (before a request is served, so that a rejoin after a kick is never
+    /// answered `AlreadyJoined`).
+    pub(super) async fn pending_kicks(&mut self, now_us: u64) -> Vec<ServerMsg> {
+        let mut out = Vec::new();
+        while let Ok(kicked) = self.kicked.try_recv() {
+            out.extend(self.kick(kicked, now_us).await);
+        }
+        out
+    }
+
+    /// Forgets a room whose stream fell behind; returns the `Kicked` to push to the client, or `None` when that
+    /// subscription was not current any more.
+    pub(super) async fn kick(&mut self, (room, outbox): Kicked, now_us: u64) -> Option<ServerMsg> {
+        let gone = self.state.kicked(&room, |joined| Arc::ptr_eq(&joined.outbox, &outbox))?;
+        // The room dropped the subscription when it overflowed; leaving again is a no-op kept for other hubs.
+        self.rooms.leave(&room, gone.subscriber, now_us).await.flush();
+        let reason = format!("room {room} fell behind by more than room_queue_bytes; rejoin from your last seq");
+        Some(ServerMsg::Kicked { room: Some(room.to_string()), code: ErrorCode::SlowConsumer, reason })
+    }
+
+    /// Leaves every room and ends every subscription (the connection is ending), and stops the tasks.
+    pub(super) async fn close(&mut self, now_us: u64) {
+        self.datagrams.stop().await;
+        let release = self.state.close();
+        for (channel, subscriber) in release.subscriptions {
+            self.ticks.unsubscribe(&channel, subscriber);
+        }
+        for (room, joined) in release.rooms {
+            joined.outbox.close();
+            self.rooms.leave(&room, joined.subscriber, now_us).await.flush();
+        }
+        self.stop.cancel();
+        self.pumps.close();
+        self.pumps.wait().await;
+    }
+}

@@ -105,7 +105,7 @@ async fn an_expiring_token_ends_the_connection_and_a_provider_renews_it() {
     let count = minted.clone();
     let provider = TokenProvider::new(move || {
         count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        mint_dev(&dir, &Claims::everything("renewer", now_s(), 2)).map_err(|e| e.to_string())
+        mint_dev(&dir, &Claims::everything("renewer", now_s(), 2)).map_err(Into::into)
     });
     let options = ConnectOptions { trust: pin(&server), token_provider: Some(provider), ..ConnectOptions::default() };
     let renewing = Client::connect_with(&server.addr.to_string(), options).await.unwrap();

@@ -1,9 +1,16 @@
+//! The client's errors, one enum per concern: connecting ([`ConnectError`]), a request ([`RequestError`]), and the
+//! server breaking the protocol ([`ProtocolError`]). A local failure, the server's refusal and the server's bad
+//! bytes are different variants.
+
 use quiver_certs::Fingerprint;
-use quiver_proto::{EncodeError, ErrorCode, Failure};
+use quiver_proto::{DecodeError, EncodeError, ErrorCode, Failure, Reply, ServerMsg};
 
 use crate::trust::TrustError;
 
-/// Why [`crate::Client::connect`] failed.
+/// What a token provider (`ConnectOptions::token_provider`) returns when it has no token to give.
+pub type TokenError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why connecting (`Client::connect`) failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
@@ -35,12 +42,24 @@ pub enum ConnectError {
     /// The connection failed during the handshake or was closed by the server.
     #[error("connection failed: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    /// The token provider had no token.
+    #[error("cannot get an access token: {0}")]
+    Token(#[source] TokenError),
+    /// Hello could not be written on the control stream.
+    #[error("sending Hello: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The reply to Hello could not be read from the control stream.
+    #[error("reading Welcome: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// Hello does not fit a frame (a token or name far too long).
+    #[error("Hello does not fit a frame: {0}")]
+    Encode(#[from] EncodeError),
     /// The server answered Hello with a refusal.
     #[error("server refused the session: {0}")]
     Refused(Failure),
     /// The server sent something that is not the protocol.
-    #[error("protocol error: {0}")]
-    Protocol(String),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
     /// No Welcome within the connect timeout.
     #[error("no answer from the server within {0:?}")]
     Timeout(std::time::Duration),
@@ -58,6 +77,21 @@ impl ConnectError {
             _ => None,
         }
     }
+}
+
+/// The server broke the protocol.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A frame from the server does not decode.
+    #[error("the server sent an undecodable frame: {0}")]
+    Decode(#[from] DecodeError),
+    /// Hello was answered with something other than Welcome or a refusal.
+    #[error("expected Welcome, got {0:?}")]
+    NotWelcome(Box<ServerMsg>),
+    /// The server finished the control stream before answering Hello.
+    #[error("the server finished the control stream before answering Hello")]
+    Finished,
 }
 
 /// Why a request failed.
@@ -79,8 +113,8 @@ pub enum RequestError {
     #[error("request too large: {0}")]
     Encode(EncodeError),
     /// The server answered with a reply of the wrong kind.
-    #[error("unexpected reply: {0}")]
-    UnexpectedReply(String),
+    #[error("unexpected reply: {0:?}")]
+    UnexpectedReply(Box<Reply>),
 }
 
 impl RequestError {
@@ -92,4 +126,36 @@ impl RequestError {
             _ => None,
         }
     }
+
+    /// A reply of the wrong kind.
+    pub(crate) fn unexpected(reply: Reply) -> Self {
+        RequestError::UnexpectedReply(Box::new(reply))
+    }
+
+    /// The connection (or the client) is gone, for this reason.
+    pub(crate) fn closed((code, reason): (ErrorCode, String)) -> Self {
+        RequestError::Closed { code, reason }
+    }
+}
+
+/// Why a tick was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TickError {
+    /// The payload does not fit one datagram on this path.
+    #[error(
+        "tick payload of {size} bytes does not fit a datagram on this path: the maximum payload is {max_payload} bytes"
+    )]
+    TooLarge {
+        /// The payload's size.
+        size: usize,
+        /// The largest payload that fits now.
+        max_payload: usize,
+    },
+    /// Not connected (reconnecting) or the channel is not claimed on the current connection yet.
+    #[error("not connected")]
+    NotConnected,
+    /// The server or the path does not carry datagrams.
+    #[error("the connection does not carry datagrams")]
+    Unsupported,
 }

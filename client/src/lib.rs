@@ -1,4 +1,6 @@
-//! The Quiver client library: connect to a Quiver server over QUIC, open the session, and make requests.
+//! The Quiver client library: connect to a Quiver server over QUIC, open the session, join rooms (reliable,
+//! ordered, resumed without gap or duplicate after a reconnect) and subscribe to or publish ticks (unreliable,
+//! latest wins).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,25 +18,30 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - [`Client`]: the session; reconnects on its own, rejoining rooms and re-sending unacknowledged posts.
-//! - [`Room`]: a joined room's events in order (messages, presence, `Resumed`), posting, members.
-//! - [`TickSubscription`] / [`TickPublisher`]: ticks over datagrams, latest wins, with loss/staleness/latency stats.
-//! - [`TrustOptions`]: which server certificate to accept.
-//! - [`latency`]: the latency summary shape every report uses.
+//! The public handles: [`Client`] (the session), [`Room`] (a room's events in order, posting, members),
+//! [`TickSubscription`] / [`TickPublisher`] (ticks over datagrams, with loss, staleness and latency statistics),
+//! [`TrustOptions`] (which certificate to accept), [`ConnectOptions`] and [`TokenProvider`].
+//!
+//! Inside, the layers mirror the browser client's: [`state`] holds the protocol state without IO (requests in
+//! flight, room positions, the post queue, backoff, tick bookkeeping); `connection` is one QUIC connection; the
+//! `driver` owns every task (one tracker, one cancellation token) and carries out what the state decides.
 
 mod client;
+mod connection;
+mod driver;
 mod error;
 pub mod latency;
-mod requests;
+mod options;
 pub mod room;
-mod session;
+pub mod state;
 pub mod ticks;
 pub mod trust;
 
-pub use client::{Client, ConnectOptions, Pong, TokenProvider};
-pub use error::{ConnectError, RequestError};
+pub use client::{Client, Pong};
+pub use driver::EVENT_BUFFER;
+pub use error::{ConnectError, ProtocolError, RequestError, TickError, TokenError};
+pub use options::{ConnectOptions, TokenProvider};
+pub use quiver_transport::TransportTuning;
 pub use room::{Message, Room, RoomEvent};
-pub use ticks::{Tick, TickError, TickPublisher, TickStats, TickSubscription};
+pub use ticks::{Tick, TickPublisher, TickStats, TickSubscription};
 pub use trust::{quinn_client_config, TrustError, TrustOptions};
-
-pub(crate) use quiver_transport::close::close;

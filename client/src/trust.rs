@@ -8,7 +8,7 @@ use std::{
 };
 
 use quiver_certs::{CertError, Fingerprint};
-use quiver_transport::TransportTuning;
+use quiver_transport::{tls::TlsError, TransportTuning};
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
@@ -55,6 +55,9 @@ pub enum TrustError {
     /// rustls refused the CA or configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// The QUIC configuration could not be built from the TLS one.
+    #[error(transparent)]
+    Quic(#[from] TlsError),
 }
 
 /// Records the fingerprint a pinned server presented when it did not match, so the connect error can say so.
@@ -74,15 +77,7 @@ pub fn quinn_client_config(
     server: SocketAddr,
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig, TrustError> {
-    Ok(quic_config(tls_config(trust, server, alpn)?.0, &TransportTuning::quiver()))
-}
-
-pub(crate) fn quic_config(tls: rustls::ClientConfig, tuning: &TransportTuning) -> quinn::ClientConfig {
-    // TLS 1.3 with an initial cipher suite is always configured here, which is all QuicClientConfig needs.
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("TLS 1.3 configuration");
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(quiver_transport::client_transport(&quiver_proto::Limits::default(), tuning));
-    config
+    Ok(quiver_transport::tls::client_config(tls_config(trust, server, alpn)?.0, &TransportTuning::quiver())?)
 }
 
 /// A rustls client configuration (ring, TLS 1.3) for `server`, and where pin mismatches are reported.
@@ -91,9 +86,8 @@ pub(crate) fn tls_config(
     server: SocketAddr,
     alpn: &[u8],
 ) -> Result<(rustls::ClientConfig, Option<(Fingerprint, PinReport)>), TrustError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let provider = quiver_transport::tls::provider();
+    let builder = quiver_transport::tls::client_builder()?;
     let pinned = |pin: Fingerprint| {
         let report = PinReport::default();
         let verifier = PinVerifier { pin, report: report.clone(), provider: provider.clone() };

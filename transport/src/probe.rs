@@ -7,6 +7,7 @@
 //! packet per burst of writes, none on idle connections (unlike a short keep-alive).
 
 use std::{
+    future::Future,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -15,7 +16,6 @@ use std::{
 };
 
 use tokio::sync::Notify;
-use tokio_util::task::AbortOnDropHandle;
 
 /// Sends a probe `delay` after [`TailProbe::sent`] is called (calls during the wait share that probe).
 #[derive(Debug, Default)]
@@ -27,16 +27,17 @@ pub struct TailProbe {
 }
 
 impl TailProbe {
-    /// A probe that sends with `send` (which returns false once the connection is gone, ending the probe's task),
-    /// or one that does nothing when `delay` is `None`. The task stops when the handle is dropped.
-    pub fn start(
+    /// A probe that sends with `send` (which returns false once the connection is gone), and the task that does
+    /// the sending, for the caller to run and stop with the connection; or a probe that does nothing (and no task)
+    /// when `delay` is `None`.
+    pub fn new(
         delay: Option<Duration>,
         send: impl Fn() -> bool + Send + 'static,
-    ) -> (Arc<TailProbe>, Option<AbortOnDropHandle<()>>) {
+    ) -> (Arc<TailProbe>, Option<impl Future<Output = ()> + Send + 'static>) {
         let Some(delay) = delay else { return (Arc::new(TailProbe::default()), None) };
         let probe = Arc::new(TailProbe { wake: Notify::new(), pending: AtomicBool::new(false), enabled: true });
         let waiting = probe.clone();
-        let task = tokio::spawn(async move {
+        let task = async move {
             loop {
                 waiting.wake.notified().await;
                 tokio::time::sleep(delay).await;
@@ -45,8 +46,8 @@ impl TailProbe {
                     return;
                 }
             }
-        });
-        (probe, Some(AbortOnDropHandle::new(task)))
+        };
+        (probe, Some(task))
     }
 
     /// Reliable data was just written.
@@ -67,10 +68,11 @@ mod tests {
     async fn one_probe_per_burst_after_the_delay() {
         let count = Arc::new(AtomicU32::new(0));
         let counted = count.clone();
-        let (probe, _task) = TailProbe::start(Some(Duration::from_millis(1)), move || {
+        let (probe, task) = TailProbe::new(Some(Duration::from_millis(1)), move || {
             counted.fetch_add(1, Ordering::Relaxed);
             true
         });
+        tokio::spawn(task.unwrap());
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(count.load(Ordering::Relaxed), 0, "no writes, no probes");
         for _ in 0..5 {
@@ -89,7 +91,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn disabled_probes_send_nothing() {
-        let (probe, task) = TailProbe::start(None, || panic!("sent"));
+        let (probe, task) = TailProbe::new(None, || panic!("sent"));
         probe.sent();
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(task.is_none());

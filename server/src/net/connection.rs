@@ -85,9 +85,11 @@ pub(super) async fn serve<R: RoomHub>(
             }
         };
         let probing = conn.clone();
-        let (probe, _probe_task) = TailProbe::start(config.tuning.tail_probe, move || {
+        let (probe, probing) = TailProbe::new(config.tuning.tail_probe, move || {
             probing.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_ok()
         });
+        // Stopped when the connection's task returns.
+        let _probing = probing.map(|task| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task)));
         let mut connection = Connection::start(&conn, &config.limits, rooms, ticks, probe, stats.clone());
         let session = ControlSession::new(session_id, config.limits.clone(), auth);
         let reason = control(&conn, &config, &stats, &mut connection, session, deadline, &shutdown).await;

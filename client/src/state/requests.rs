@@ -7,7 +7,7 @@ use quiver_proto::ErrorCode;
 
 /// Outstanding requests, each with a waiter `W` (e.g. a oneshot sender).
 #[derive(Debug)]
-pub(crate) struct Outstanding<W> {
+pub struct Outstanding<W> {
     next_req_id: u64,
     waiting: HashMap<u64, W>,
     closed: Option<(ErrorCode, String)>,
@@ -15,12 +15,12 @@ pub(crate) struct Outstanding<W> {
 
 impl<W> Outstanding<W> {
     /// Ids start after `first_free` (ids below it were used during the handshake).
-    pub(crate) fn new(first_free: u64) -> Self {
+    pub fn new(first_free: u64) -> Self {
         Outstanding { next_req_id: first_free, waiting: HashMap::new(), closed: None }
     }
 
     /// Registers a waiter; returns its request id, or why the connection is gone.
-    pub(crate) fn start(&mut self, waiter: W) -> Result<u64, (ErrorCode, String)> {
+    pub fn start(&mut self, waiter: W) -> Result<u64, (ErrorCode, String)> {
         if let Some(closed) = &self.closed {
             return Err(closed.clone());
         }
@@ -31,25 +31,29 @@ impl<W> Outstanding<W> {
     }
 
     /// The waiter of `req_id`, which is no longer outstanding. `None` for an id that is not outstanding.
-    pub(crate) fn complete(&mut self, req_id: u64) -> Option<W> {
+    pub fn complete(&mut self, req_id: u64) -> Option<W> {
         self.waiting.remove(&req_id)
     }
 
     /// Forgets a request whose caller stopped waiting.
-    pub(crate) fn abandon(&mut self, req_id: u64) {
+    pub fn abandon(&mut self, req_id: u64) {
         self.waiting.remove(&req_id);
     }
 
     /// Marks the connection gone; returns every waiter, to be told `why`.
-    pub(crate) fn close(&mut self, why: (ErrorCode, String)) -> Vec<W> {
+    pub fn close(&mut self, why: (ErrorCode, String)) -> Vec<W> {
         self.closed.get_or_insert(why);
         self.waiting.drain().map(|(_, w)| w).collect()
     }
 
     /// Number of requests awaiting a reply.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// True when no request awaits a reply.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
     }
 }
 

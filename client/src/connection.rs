@@ -1,0 +1,288 @@
+//! One connection to the server: the QUIC handshake, Hello/Welcome, then requests on the control stream (written
+//! from the caller's task, replies read by a reader task), and what the server opens, sends or pushes handed to a
+//! [`Handler`] (the driver). Every task it starts runs on the tracker it is given and ends with the connection.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, Weak,
+    },
+};
+
+use bytes::{Bytes, BytesMut};
+use quiver_proto::{
+    ErrorCode, FrameCodec, Hello, Reply, Request, RequestBody, ServerMsg, TickHeader, Welcome, ALPN_QUIVER,
+};
+use quiver_transport::{close::describe, TailProbe};
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+
+use crate::{
+    error::ProtocolError,
+    state::requests::Outstanding,
+    trust::{self, PinReport},
+    ConnectError, ConnectOptions, RequestError,
+};
+
+/// Numbers connections, so that what was set up on one (a publish claim) is not used on the next.
+static CONNECTION_IDS: AtomicUsize = AtomicUsize::new(1);
+
+type Waiter = oneshot::Sender<Result<Reply, RequestError>>;
+
+/// What a connection hands to its owner.
+pub(crate) trait Handler: Send + Sync + 'static {
+    /// What a subscription's channel id on this connection leads to.
+    type Route: Clone + Send + Sync + 'static;
+    /// A tick datagram for a subscription.
+    fn tick(&self, route: &Self::Route, header: TickHeader, payload: Bytes);
+    /// The server opened a room stream.
+    fn room_stream(&self, connection: usize, recv: quinn::RecvStream);
+    /// The server pushed a message that answers no request (Kicked, GoAway, Error).
+    fn pushed(&self, connection: usize, msg: ServerMsg);
+}
+
+/// Where to connect and how, resolved once for the client's life.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    host: String,
+    pub(crate) endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    pin: Option<(quiver_certs::Fingerprint, PinReport)>,
+}
+
+impl Target {
+    pub(crate) async fn resolve(server: &str, options: &ConnectOptions) -> Result<Target, ConnectError> {
+        let resolve_err = |source| ConnectError::Resolve { server: server.to_string(), source };
+        let addr = tokio::net::lookup_host(server)
+            .await
+            .map_err(resolve_err)?
+            .next()
+            .ok_or_else(|| resolve_err(std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))?;
+        // The TLS server name: the host part as written ("localhost", "example.com", "127.0.0.1", "::1").
+        let host = server.rsplit_once(':').map_or(server, |(host, _)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let (tls, pin) = trust::tls_config(&options.trust, addr, ALPN_QUIVER)?;
+        let config = quiver_transport::tls::client_config(tls, &options.tuning).map_err(trust::TrustError::from)?;
+        let bind: SocketAddr = if addr.is_ipv6() {
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+        };
+        let endpoint = quinn::Endpoint::client(bind).map_err(ConnectError::Socket)?;
+        Ok(Target { addr, host, endpoint, config, pin })
+    }
+
+    /// The QUIC handshake, with a pin mismatch reported as such.
+    async fn handshake(&self) -> Result<quinn::Connection, ConnectError> {
+        let connecting = self.endpoint.connect_with(self.config.clone(), self.addr, &self.host)?;
+        connecting.await.map_err(|err| {
+            match self.pin.as_ref().and_then(|(expected, report)| Some((*expected, report.mismatch()?))) {
+                Some((expected, presented)) => ConnectError::PinMismatch { expected, presented },
+                None => ConnectError::Connection(err),
+            }
+        })
+    }
+}
+
+/// A live (or just closed) connection and its control stream.
+#[derive(Debug)]
+pub(crate) struct Connection<H: Handler> {
+    pub(crate) id: usize,
+    pub(crate) quic: quinn::Connection,
+    pub(crate) welcome: Welcome,
+    codec: FrameCodec,
+    send: tokio::sync::Mutex<quinn::SendStream>,
+    outstanding: Arc<Mutex<Outstanding<Waiter>>>,
+    /// A probe datagram shortly after each request, so that a lost request is detected without waiting for the
+    /// next one.
+    probe: Arc<TailProbe>,
+    /// Subscriptions by their channel id on this connection.
+    routes: Mutex<HashMap<u64, H::Route>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<H: Handler> Connection<H> {
+    /// Connects and says Hello. On success the connection's tasks run on `tasks`: the control stream's reader, the
+    /// room stream acceptor, the datagram reader and the tail probe.
+    pub(crate) async fn open(
+        target: &Target,
+        options: &ConnectOptions,
+        handler: Weak<H>,
+        tasks: &TaskTracker,
+    ) -> Result<Arc<Connection<H>>, ConnectError> {
+        let quic = target.handshake().await?;
+        let (mut send, mut recv) = quic.open_bi().await?;
+        let codec = FrameCodec::new(quiver_proto::Limits::default().max_frame as usize);
+        let hello = Hello {
+            version: options.protocol_version,
+            agent: concat!("quiver-client/", env!("CARGO_PKG_VERSION")).into(),
+            name: options.name.clone(),
+            token: options.token().map_err(ConnectError::Token)?,
+        };
+        send.write_all(&codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) })?).await?;
+        let mut inbound = BytesMut::new();
+        let welcome = loop {
+            match codec.decode::<ServerMsg>(&mut inbound).map_err(ProtocolError::from)? {
+                Some(ServerMsg::Reply { req_id: 0, result: Ok(Reply::Welcome(welcome)) }) => break welcome,
+                Some(ServerMsg::Reply { req_id: 0, result: Err(failure) }) => {
+                    quiver_transport::close::close(&quic, ErrorCode::NoError, "refused");
+                    return Err(ConnectError::Refused(failure));
+                }
+                Some(other) => return Err(ProtocolError::NotWelcome(Box::new(other)).into()),
+                None => match recv.read_chunk(usize::MAX, true).await {
+                    Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
+                    Ok(None) => return Err(ProtocolError::Finished.into()),
+                    Err(quinn::ReadError::ConnectionLost(err)) => return Err(ConnectError::Connection(err)),
+                    Err(err) => return Err(err.into()),
+                },
+            }
+        };
+        // The server may open one stream per room it allows (+1 for a room being left and rejoined).
+        quic.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(welcome.limits.max_rooms.saturating_add(1)));
+        let probing = quic.clone();
+        let (probe, probe_task) = TailProbe::new(options.tuning.tail_probe, move || {
+            probing.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_ok()
+        });
+        let connection = Arc::new(Connection {
+            id: CONNECTION_IDS.fetch_add(1, Ordering::Relaxed),
+            quic: quic.clone(),
+            codec: FrameCodec::new(welcome.limits.max_frame as usize),
+            welcome,
+            send: tokio::sync::Mutex::new(send),
+            outstanding: Arc::new(Mutex::new(Outstanding::new(1))),
+            probe,
+            routes: Mutex::default(),
+        });
+        if let Some(task) = probe_task {
+            let closed = quic.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = task => {}
+                    _ = closed.closed() => {}
+                }
+            });
+        }
+        tasks.spawn(read_control(connection.clone(), recv, inbound, handler.clone()));
+        tasks.spawn(accept_room_streams(quic.clone(), connection.id, handler.clone()));
+        tasks.spawn(read_datagrams(Arc::downgrade(&connection), quic, handler));
+        Ok(connection)
+    }
+
+    /// Writes one request; the receiver gets its reply (or why it will not come).
+    pub(crate) async fn send(
+        &self,
+        body: RequestBody,
+    ) -> Result<oneshot::Receiver<Result<Reply, RequestError>>, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        let req_id = lock(&self.outstanding).start(tx).map_err(RequestError::closed)?;
+        let frame = match self.codec.encode_to_vec(&Request { req_id, body }) {
+            Ok(frame) => frame,
+            Err(err) => {
+                lock(&self.outstanding).abandon(req_id);
+                return Err(RequestError::Encode(err));
+            }
+        };
+        let mut send = self.send.lock().await;
+        if let Err(err) = send.write_all(&frame).await {
+            lock(&self.outstanding).abandon(req_id);
+            return Err(RequestError::closed(self.close_reason().unwrap_or((ErrorCode::Internal, err.to_string()))));
+        }
+        self.probe.sent();
+        Ok(rx)
+    }
+
+    /// Sends one request and waits for its reply.
+    pub(crate) async fn request(&self, body: RequestBody) -> Result<Reply, RequestError> {
+        let rx = self.send(body).await?;
+        rx.await.unwrap_or_else(|_| Err(RequestError::closed((ErrorCode::Internal, "reply reader stopped".into()))))
+    }
+
+    /// Tick datagrams with `channel_id` go to `route` from now on.
+    pub(crate) fn route(&self, channel_id: u64, route: H::Route) {
+        lock(&self.routes).insert(channel_id, route);
+    }
+
+    /// Why the connection closed, once it has.
+    pub(crate) fn close_reason(&self) -> Option<(ErrorCode, String)> {
+        self.quic.close_reason().map(|e| describe(&e))
+    }
+}
+
+/// Routes tick datagrams to their subscriptions; anything undecodable or unknown is dropped.
+async fn read_datagrams<H: Handler>(connection: Weak<Connection<H>>, quic: quinn::Connection, handler: Weak<H>) {
+    while let Ok(datagram) = quic.read_datagram().await {
+        if quiver_proto::is_probe(&datagram) {
+            continue; // a tail-loss probe (quiver_transport::probe): it only elicits an ACK
+        }
+        let Ok((header, payload)) = TickHeader::decode(&datagram) else {
+            tracing::debug!("undecodable datagram dropped");
+            continue;
+        };
+        let (Some(connection), Some(handler)) = (connection.upgrade(), handler.upgrade()) else { return };
+        let route = lock(&connection.routes).get(&header.channel_id).cloned();
+        match route {
+            Some(route) => handler.tick(&route, header, payload),
+            None => tracing::debug!(channel_id = header.channel_id, "datagram for no subscription dropped"),
+        }
+    }
+}
+
+async fn accept_room_streams<H: Handler>(quic: quinn::Connection, id: usize, handler: Weak<H>) {
+    while let Ok(recv) = quic.accept_uni().await {
+        let Some(handler) = handler.upgrade() else { return };
+        handler.room_stream(id, recv);
+    }
+}
+
+/// Reads the control stream until it ends, completing waiters and handing pushes on; then fails whatever is still
+/// outstanding.
+async fn read_control<H: Handler>(
+    connection: Arc<Connection<H>>,
+    mut recv: quinn::RecvStream,
+    mut inbound: BytesMut,
+    handler: Weak<H>,
+) {
+    let quic = &connection.quic;
+    let mut going_away = None;
+    let why = loop {
+        match connection.codec.decode::<ServerMsg>(&mut inbound) {
+            Ok(Some(ServerMsg::Reply { req_id, result })) => {
+                if let Some(waiter) = lock(&connection.outstanding).complete(req_id) {
+                    let _ = waiter.send(result.map_err(RequestError::Failed));
+                }
+            }
+            Ok(Some(msg)) => {
+                if let ServerMsg::GoAway { code, reason } = &msg {
+                    going_away = Some((*code, reason.clone()));
+                }
+                if let Some(handler) = handler.upgrade() {
+                    handler.pushed(connection.id, msg);
+                }
+            }
+            Ok(None) => match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
+                Ok(None) => {
+                    break going_away.unwrap_or((ErrorCode::NoError, "server finished the control stream".into()))
+                }
+                Err(quinn::ReadError::ConnectionLost(err)) => break describe(&err),
+                Err(err) => break (ErrorCode::Internal, format!("control stream: {err}")),
+            },
+            Err(err) => {
+                quiver_transport::close::close(quic, err.code(), &err.to_string());
+                break (err.code(), format!("server sent an undecodable frame: {err}"));
+            }
+        }
+    };
+    // A finished stream usually means a close follows; prefer its reason.
+    let why = quic.close_reason().map_or(why, |err| describe(&err));
+    tracing::debug!(code = %why.0, reason = %why.1, "control stream ended");
+    for waiter in lock(&connection.outstanding).close(why.clone()) {
+        let _ = waiter.send(Err(RequestError::closed(why.clone())));
+    }
+}

@@ -1,0 +1,110 @@
+//! How a client connects and reconnects: [`ConnectOptions`], and where its access tokens come from
+//! ([`TokenProvider`]).
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use quiver_proto::PROTOCOL_VERSION;
+use quiver_transport::TransportTuning;
+
+use crate::{error::TokenError, TrustOptions};
+
+/// How a client connects and reconnects.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Which certificate to accept.
+    pub trust: TrustOptions,
+    /// The name to be known by in rooms, where the server allows it.
+    pub name: Option<String>,
+    /// Access token, where the server requires one. A token fixed here cannot be renewed: when it expires the
+    /// server closes the connection with `TokenExpired` and the reconnect is refused. Prefer `token_provider`.
+    pub token: Option<String>,
+    /// Called for a token at every connect (a fresh one after the server closed the connection at the old one's
+    /// `exp`). When neither `token` nor this is set and `trust` is `TrustOptions::Auto` with a data directory that
+    /// holds the server's dev key, a dev token is minted from it (same machine, development).
+    pub token_provider: Option<TokenProvider>,
+    /// Time allowed for QUIC handshake plus Hello/Welcome, and for a request to wait for a connection.
+    pub connect_timeout: Duration,
+    /// Reconnect after losing the connection (true by default). When false, a lost connection ends the client.
+    pub reconnect: bool,
+    /// The first reconnect delay; it doubles on each failed attempt, with jitter, up to `reconnect_max_delay`.
+    pub reconnect_delay: Duration,
+    /// The longest delay between reconnect attempts.
+    pub reconnect_max_delay: Duration,
+    /// The protocol version announced in Hello. Leave at [`PROTOCOL_VERSION`]; other values exist to test
+    /// servers' version negotiation.
+    pub protocol_version: u32,
+    /// Latency-relevant transport settings (the server's own apply to what it sends).
+    pub tuning: TransportTuning,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            trust: TrustOptions::default(),
+            name: None,
+            token: None,
+            token_provider: None,
+            connect_timeout: Duration::from_secs(10),
+            reconnect: true,
+            reconnect_delay: Duration::from_millis(50),
+            reconnect_max_delay: Duration::from_secs(5),
+            protocol_version: PROTOCOL_VERSION,
+            tuning: TransportTuning::quiver(),
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// The token for the next connect: the fixed one, or the provider's.
+    pub(crate) fn token(&self) -> Result<Option<String>, TokenError> {
+        match (&self.token, &self.token_provider) {
+            (Some(token), _) => Ok(Some(token.clone())),
+            (None, Some(provider)) => provider.token().map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// With auto trust, no token, and the server's dev key in the data directory: a dev-token provider, under the
+    /// same identity for the client's whole life (post deduplication keys on it).
+    pub(crate) fn with_dev_tokens(mut self) -> Self {
+        if let (None, None, TrustOptions::Auto { data_dir }) = (&self.token, &self.token_provider, &self.trust) {
+            if quiver_auth::dev_key_exists(data_dir) {
+                let sub = self.name.clone().unwrap_or_else(|| format!("dev-{:08x}", rand::random::<u32>()));
+                self.token_provider = Some(TokenProvider::dev(data_dir.clone(), sub));
+            }
+        }
+        self
+    }
+}
+
+/// A source of access tokens (see [`ConnectOptions::token_provider`]).
+#[derive(Clone)]
+pub struct TokenProvider(Arc<dyn Fn() -> Result<String, TokenError> + Send + Sync>);
+
+impl TokenProvider {
+    /// Tokens from `f`, called at every connect.
+    pub fn new(f: impl Fn() -> Result<String, TokenError> + Send + Sync + 'static) -> Self {
+        TokenProvider(Arc::new(f))
+    }
+
+    /// Dev tokens minted with the server's dev key in `data_dir`: subject `sub`, every right, valid one hour from
+    /// each connect.
+    pub fn dev(data_dir: PathBuf, sub: String) -> Self {
+        TokenProvider::new(move || {
+            let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            let claims = quiver_auth::Claims::everything(sub.clone(), now_s, 3600);
+            Ok(quiver_auth::mint_dev(&data_dir, &claims)?)
+        })
+    }
+
+    /// A token now.
+    pub fn token(&self) -> Result<String, TokenError> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for TokenProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenProvider(..)")
+    }
+}

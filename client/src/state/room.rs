@@ -1,0 +1,239 @@
+//! A joined room on the client, without IO: where the client is in the room's order (epoch and last seq), who is
+//! present, and what each frame of the room's streams means for the application. Streams describe themselves
+//! (their Open frame is the Join's outcome), so nothing here pairs replies with streams. Each Open starts a new
+//! stream generation; frames of an older stream (one being replaced by a rejoin) are ignored, so events never go
+//! back in the room's order, and messages at or below the last seq delivered are dropped, so a resume never shows
+//! a duplicate.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use quiver_proto::{EventKind, Joined, Position};
+
+/// Something that happened in a room, in the room's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    /// A posted message.
+    Message(Message),
+    /// A member joined.
+    MemberJoined {
+        /// Identity.
+        member: String,
+    },
+    /// A member left (or its connection was lost).
+    MemberLeft {
+        /// Identity.
+        member: String,
+    },
+    /// The room was rejoined after a reconnect or a slow-consumer reset. `recovered: false` means messages were
+    /// missed: what follows is the room's latest messages, not everything since the last one seen.
+    Resumed {
+        /// Whether every message since the last one seen is replayed.
+        recovered: bool,
+        /// The room's epoch now (a new epoch means the server lost the room's history).
+        epoch: u64,
+    },
+}
+
+/// A message in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The room's epoch.
+    pub epoch: u64,
+    /// Its place in the room's order.
+    pub seq: u64,
+    /// Server time it was sequenced, µs since the Unix epoch.
+    pub time_us: u64,
+    /// Identity of the poster.
+    pub sender: String,
+    /// The poster's id for the post.
+    pub client_msg_id: u64,
+    /// Payload.
+    pub body: Bytes,
+}
+
+/// Which of a room's streams a frame came from: the number [`RoomState::open`] gave it.
+pub type StreamNumber = u64;
+
+/// One joined room's state.
+#[derive(Debug, Default)]
+pub struct RoomState {
+    epoch: Option<u64>,
+    last_seq: u64,
+    members: BTreeSet<String>,
+    /// Streams opened so far; the newest is the current one.
+    streams: StreamNumber,
+}
+
+impl RoomState {
+    /// A room not opened yet.
+    pub fn new() -> Self {
+        RoomState::default()
+    }
+
+    /// The position to resume from: the last message delivered (`None` before the room's epoch is known).
+    pub fn position(&self) -> Option<Position> {
+        self.epoch.map(|epoch| Position { epoch, seq: self.last_seq })
+    }
+
+    /// The number of the current (newest) stream.
+    pub fn current_stream(&self) -> StreamNumber {
+        self.streams
+    }
+
+    /// Members present, as of the events handed out so far.
+    pub fn members(&self) -> Vec<String> {
+        self.members.iter().cloned().collect()
+    }
+
+    /// A Join reply. It only matters for a room whose stream has not opened yet: its position and members are
+    /// known at once (a reconnect before the stream arrives then resumes from the right place).
+    pub fn replied(&mut self, joined: &Joined) {
+        if self.epoch.is_none() {
+            self.epoch = Some(joined.epoch);
+            self.last_seq = joined.last_seq;
+            self.members = joined.members.iter().cloned().collect();
+        }
+    }
+
+    /// A stream's Open frame: returns the stream's number, and the event to hand out before the stream's frames
+    /// (`Resumed`, for every stream after the first).
+    pub fn open(&mut self, open: &Joined) -> (StreamNumber, Option<RoomEvent>) {
+        self.streams += 1;
+        if self.epoch != Some(open.epoch) {
+            // First stream, or the room's history was lost: seqs count from this stream's replay.
+            self.epoch = Some(open.epoch);
+            self.last_seq = open.replay_from.saturating_sub(1);
+        }
+        self.members = open.members.iter().cloned().collect();
+        let resumed = (self.streams > 1).then_some(RoomEvent::Resumed { recovered: open.recovered, epoch: open.epoch });
+        (self.streams, resumed)
+    }
+
+    /// An event on stream `stream`: the application event, or `None` when the stream is not the current one or
+    /// the message was already delivered.
+    pub fn event(&mut self, stream: StreamNumber, event: quiver_proto::RoomEvent) -> Option<RoomEvent> {
+        if stream != self.streams {
+            return None;
+        }
+        Some(match event.kind {
+            EventKind::Message { sender, client_msg_id, body } => {
+                if event.seq <= self.last_seq {
+                    return None;
+                }
+                self.last_seq = event.seq;
+                RoomEvent::Message(Message {
+                    epoch: self.epoch.unwrap_or(0),
+                    seq: event.seq,
+                    time_us: event.time_us,
+                    sender,
+                    client_msg_id,
+                    body,
+                })
+            }
+            EventKind::MemberJoined { member } => {
+                self.members.insert(member.clone());
+                RoomEvent::MemberJoined { member }
+            }
+            EventKind::MemberLeft { member } => {
+                self.members.remove(&member);
+                RoomEvent::MemberLeft { member }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(epoch: u64, recovered: bool, replay_from: u64, last_seq: u64, members: &[&str]) -> Joined {
+        Joined {
+            room: "r".into(),
+            epoch,
+            recovered,
+            replay_from,
+            last_seq,
+            members: members.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
+    fn message(seq: u64) -> quiver_proto::RoomEvent {
+        let kind = EventKind::Message { sender: "a".into(), client_msg_id: seq, body: Bytes::new() };
+        quiver_proto::RoomEvent { seq, time_us: 0, kind }
+    }
+
+    fn presence(seq: u64, joined: bool, member: &str) -> quiver_proto::RoomEvent {
+        let kind = if joined {
+            EventKind::MemberJoined { member: member.into() }
+        } else {
+            EventKind::MemberLeft { member: member.into() }
+        };
+        quiver_proto::RoomEvent { seq, time_us: 0, kind }
+    }
+
+    fn seq(event: Option<RoomEvent>) -> Option<u64> {
+        match event {
+            Some(RoomEvent::Message(m)) => Some(m.seq),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_first_stream_starts_at_the_head_and_a_rejoin_dedupes_its_replay() {
+        let mut room = RoomState::new();
+        assert_eq!(room.position(), None);
+        let (first, resumed) = room.open(&open(7, true, 11, 10, &["a"]));
+        assert_eq!(resumed, None, "the first stream is no resume");
+        assert_eq!(room.position(), Some(Position { epoch: 7, seq: 10 }));
+        assert_eq!(seq(room.event(first, message(11))), Some(11));
+        assert_eq!(seq(room.event(first, message(12))), Some(12));
+        // Rejoined from 12, the server replays from 11 (an older position was asked for): 11 and 12 are dropped.
+        let (second, resumed) = room.open(&open(7, true, 11, 13, &["a", "b"]));
+        assert_eq!(resumed, Some(RoomEvent::Resumed { recovered: true, epoch: 7 }));
+        assert_eq!(room.members(), ["a", "b"]);
+        assert_eq!(seq(room.event(second, message(11))), None);
+        assert_eq!(seq(room.event(second, message(12))), None);
+        assert_eq!(seq(room.event(second, message(13))), Some(13));
+        // The replaced stream's late frames are ignored, presence included.
+        assert_eq!(seq(room.event(first, message(14))), None);
+        assert_eq!(room.event(first, presence(13, false, "b")), None);
+        assert_eq!(room.members(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_new_epoch_counts_from_its_replay_and_says_what_was_lost() {
+        let mut room = RoomState::new();
+        let (first, _) = room.open(&open(1, true, 1, 0, &[]));
+        for s in 1..=5 {
+            room.event(first, message(s));
+        }
+        let (second, resumed) = room.open(&open(2, false, 1, 3, &[]));
+        assert_eq!(resumed, Some(RoomEvent::Resumed { recovered: false, epoch: 2 }));
+        assert_eq!(seq(room.event(second, message(1))), Some(1), "seqs of the new epoch are new messages");
+        assert_eq!(room.position(), Some(Position { epoch: 2, seq: 1 }));
+    }
+
+    #[test]
+    fn a_reply_before_the_stream_gives_the_position_and_members_at_once() {
+        let mut room = RoomState::new();
+        room.replied(&open(4, true, 21, 20, &["x"]));
+        assert_eq!((room.position(), room.members()), (Some(Position { epoch: 4, seq: 20 }), vec!["x".into()]));
+        let (stream, resumed) = room.open(&open(4, true, 21, 20, &["x", "y"]));
+        assert_eq!(resumed, None);
+        assert_eq!(seq(room.event(stream, message(21))), Some(21));
+        // A reply never moves an opened room.
+        room.replied(&open(9, true, 1, 0, &[]));
+        assert_eq!(room.position(), Some(Position { epoch: 4, seq: 21 }));
+    }
+
+    #[test]
+    fn presence_follows_the_current_stream() {
+        let mut room = RoomState::new();
+        let (s, _) = room.open(&open(1, true, 1, 0, &["me"]));
+        assert_eq!(room.event(s, presence(0, true, "bob")), Some(RoomEvent::MemberJoined { member: "bob".into() }));
+        assert_eq!(room.members(), ["bob", "me"]);
+        room.event(s, presence(0, false, "bob"));
+        assert_eq!(room.members(), ["me"]);
+    }
+}

@@ -1,0 +1,166 @@
+//! A tick subscription's bookkeeping, without IO: latest wins (a tick not newer than the newest accepted one is
+//! stale and dropped), seq gaps count as lost, and a short bounded backlog of accepted ticks for readers that want
+//! every one; readers that fall further behind lose the oldest (superseded), never read stale data.
+
+use std::{collections::VecDeque, time::Duration};
+
+use bytes::Bytes;
+use quiver_proto::TickHeader;
+
+use crate::latency::{LatencyRecorder, LatencySummary};
+
+/// Accepted ticks a subscription holds for `next_batch`; older ones beyond this are dropped (counted as
+/// superseded). `next` takes only the newest and clears the rest.
+pub const TICK_BACKLOG: usize = 64;
+
+/// A tick as a subscriber receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tick {
+    /// The channel's seq (stamped by the server; increases by one per published tick).
+    pub seq: u64,
+    /// When the publisher sent it, in µs since the Unix epoch on the server's clock (as the publisher estimated it).
+    pub sent_time_us: u64,
+    /// When it arrived here, in µs since the Unix epoch on the server's clock (as this client estimates it).
+    pub received_time_us: u64,
+    /// Application payload.
+    pub payload: Bytes,
+}
+
+impl Tick {
+    /// One-way latency estimate: arrival minus send time, both on the server's clock.
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.received_time_us.saturating_sub(self.sent_time_us))
+    }
+}
+
+/// What a subscription has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TickStats {
+    /// Ticks accepted (newer than every tick before them).
+    pub received: u64,
+    /// Seqs skipped when a newer tick arrived (dropped on the way, or replaced by a newer tick at the server).
+    pub lost: u64,
+    /// Ticks that arrived after a newer one (reordered on the way) and were dropped.
+    pub stale_dropped: u64,
+    /// Accepted ticks the reader never saw because a newer one replaced them first (latest wins: `next()` skipped
+    /// them, or they fell off the backlog of `next_batch()`).
+    pub superseded: u64,
+    /// One-way latency of the received ticks.
+    pub latency: LatencySummary,
+}
+
+/// One subscription's ticks and counters.
+#[derive(Debug, Default)]
+pub struct LatestWins {
+    latest: Option<Tick>,
+    /// Seq of the newest accepted tick; `None` until the first (and again after a resubscribe).
+    last_seq: Option<u64>,
+    /// Accepted ticks not returned yet, oldest first, at most [`TICK_BACKLOG`].
+    pending: VecDeque<Tick>,
+    received: u64,
+    lost: u64,
+    stale_dropped: u64,
+    superseded: u64,
+    latency: LatencyRecorder,
+}
+
+impl LatestWins {
+    /// The channel was subscribed again on a new connection: its seqs may start over.
+    pub fn resync(&mut self) {
+        self.last_seq = None;
+    }
+
+    /// A datagram for this subscription arrived at `now_us` (server clock). True when it was accepted.
+    pub fn on_tick(&mut self, header: TickHeader, payload: Bytes, now_us: u64) -> bool {
+        if let Some(last) = self.last_seq {
+            if header.seq <= last {
+                self.stale_dropped += 1;
+                return false;
+            }
+            self.lost += header.seq - last - 1;
+        }
+        self.last_seq = Some(header.seq);
+        self.received += 1;
+        let tick = Tick { seq: header.seq, sent_time_us: header.sent_time_us, received_time_us: now_us, payload };
+        self.latency.record(tick.latency());
+        if self.pending.len() >= TICK_BACKLOG {
+            self.pending.pop_front();
+            self.superseded += 1;
+        }
+        self.pending.push_back(tick.clone());
+        self.latest = Some(tick);
+        true
+    }
+
+    /// The newest tick received, whether or not it was returned.
+    pub fn latest(&self) -> Option<&Tick> {
+        self.latest.as_ref()
+    }
+
+    /// The newest pending tick; the older pending ones count as superseded.
+    pub fn take_latest(&mut self) -> Option<Tick> {
+        let latest = self.pending.pop_back()?;
+        self.superseded += self.pending.len() as u64;
+        self.pending.clear();
+        Some(latest)
+    }
+
+    /// Every pending tick, oldest first.
+    pub fn take_all(&mut self) -> Vec<Tick> {
+        self.pending.drain(..).collect()
+    }
+
+    /// Counters and latency so far.
+    pub fn stats(&self) -> TickStats {
+        TickStats {
+            received: self.received,
+            lost: self.lost,
+            stale_dropped: self.stale_dropped,
+            superseded: self.superseded,
+            latency: self.latency.summary(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(seq: u64) -> TickHeader {
+        TickHeader { channel_id: 1, seq, sent_time_us: 0 }
+    }
+
+    #[test]
+    fn the_latest_supersedes_the_pending_and_a_batch_returns_every_accepted_tick_in_order() {
+        let mut sub = LatestWins::default();
+        for seq in [1, 2, 3] {
+            assert!(sub.on_tick(header(seq), Bytes::from_static(b"x"), 10));
+        }
+        assert!(!sub.on_tick(header(2), Bytes::new(), 10), "reordered: stale");
+        assert_eq!(sub.take_latest().map(|t| t.seq), Some(3));
+        assert_eq!(sub.take_latest(), None);
+        for seq in [5, 6] {
+            sub.on_tick(header(seq), Bytes::new(), 10);
+        }
+        assert_eq!(sub.take_all().iter().map(|t| t.seq).collect::<Vec<_>>(), [5, 6]);
+        assert!(sub.take_all().is_empty());
+        let stats = sub.stats();
+        assert_eq!((stats.received, stats.lost, stats.stale_dropped, stats.superseded), (5, 1, 1, 2));
+        sub.resync();
+        assert!(sub.on_tick(header(1), Bytes::new(), 10), "after a resubscribe seqs may start over");
+    }
+
+    #[test]
+    fn the_backlog_is_bounded_and_drops_the_oldest() {
+        let mut sub = LatestWins::default();
+        let n = TICK_BACKLOG as u64 + 10;
+        for seq in 1..=n {
+            sub.on_tick(header(seq), Bytes::new(), 10);
+        }
+        let batch = sub.take_all();
+        assert_eq!(batch.len(), TICK_BACKLOG);
+        assert_eq!(batch.first().map(|t| t.seq), Some(11));
+        assert_eq!(batch.last().map(|t| t.seq), Some(n));
+        assert_eq!(sub.stats().superseded, 10);
+    }
+}

@@ -24,7 +24,18 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/", "text/html; charset=utf-8", include_str!("../web/index.html")),
     ("/index.html", "text/html; charset=utf-8", include_str!("../web/index.html")),
     ("/app.js", "text/javascript; charset=utf-8", include_str!("../web/app.js")),
-    ("/quiver.js", "text/javascript; charset=utf-8", include_str!("../web/quiver.js")),
+    ("/quiver/index.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/index.js")),
+    ("/quiver/client.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client.js")),
+    ("/quiver/client/session.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/session.js")),
+    ("/quiver/client/handles.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/handles.js")),
+    ("/quiver/client/waiting.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/waiting.js")),
+    ("/quiver/state.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/state.js")),
+    ("/quiver/wire/errors.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/errors.js")),
+    ("/quiver/wire/varint.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/varint.js")),
+    ("/quiver/wire/postcard.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/postcard.js")),
+    ("/quiver/wire/messages.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/messages.js")),
+    ("/quiver/wire/frames.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/frames.js")),
+    ("/quiver/wire/ticks.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/ticks.js")),
     ("/style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
 ];
 
@@ -291,7 +302,7 @@ mod tests {
         let page = get("GET / HTTP/1.1\r\nHost: localhost:8080\r\n\r\n");
         assert_eq!(page.status, 200);
         assert!(page.content_type.starts_with("text/html"));
-        assert_eq!(get("GET /quiver.js?v=1 HTTP/1.1\r\n\r\n").content_type, "text/javascript; charset=utf-8");
+        assert_eq!(get("GET /quiver/index.js?v=1 HTTP/1.1\r\n\r\n").content_type, "text/javascript; charset=utf-8");
         let config = get("GET /config.json HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n\r\n");
         let json: serde_json::Value = serde_json::from_slice(&config.body).unwrap();
         assert_eq!(json["url"], "https://127.0.0.1:4433/quiver");
@@ -313,6 +324,33 @@ mod tests {
         assert!(get("GET /config.json HTTP/1.1\r\n\r\n").body.windows(12).any(|w| w == b"\"token\":null"));
         assert_eq!(query_param("/x?a=1&name=%zz", "name"), None);
         assert_eq!(query_param("/x?name=a+b&c", "name").as_deref(), Some("a b"));
+    }
+
+    /// Every module of the browser client on disk is served, as JavaScript, as it is on disk: a module missing
+    /// from `ASSETS` would break the page's imports only in a browser.
+    #[test]
+    fn serves_every_module_of_the_client() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+        let mut dirs = vec![root.join("quiver")];
+        let mut modules = 0;
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let parts: Vec<_> = path.strip_prefix(&root).unwrap().iter().map(|p| p.to_str().unwrap()).collect();
+                let url = format!("/{}", parts.join("/"));
+                let response = get(&format!("GET {url} HTTP/1.1\r\n\r\n"));
+                assert_eq!(response.status, 200, "{url}");
+                assert_eq!(response.content_type, "text/javascript; charset=utf-8", "{url}");
+                assert_eq!(response.body, std::fs::read(&path).unwrap(), "{url}");
+                modules += 1;
+            }
+        }
+        assert_eq!(modules, ASSETS.iter().filter(|(path, _, _)| path.starts_with("/quiver/")).count());
+        assert_eq!(get("GET /quiver.js HTTP/1.1\r\n\r\n").status, 404, "the single-file client is gone");
     }
 
     #[test]

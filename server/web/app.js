@@ -5,7 +5,7 @@
 // parameters ?url=&certHash=&room=&channel=&name=. For automated tests the page keeps `window.quiverState`
 // current and sets `window.quiverReady = true` once it has joined the room and subscribed to the channel.
 
-import { QuiverClient, QuiverError, errorCodeName } from './quiver.js';
+import { QuiverClient, QuiverError, errorCodeName } from './quiver/index.js';
 
 /** Seconds of ticks the plot shows. */
 const PLOT_SECONDS = 5;

@@ -1,7 +1,8 @@
 // QuiverClient's IO layer (Hello/Welcome, requests and replies, room streams, datagrams, connection loss and
 // everything a reconnect restores), against an in-memory stand-in for the browser's WebTransport and a miniature
-// Quiver server: rooms with an epoch and contiguous seqs, resume from a position, post deduplication by
-// (identity, client_msg_id), tick channel ids per connection.
+// Quiver server: rooms with an epoch and contiguous seqs, room streams that open with the Join's outcome, resume
+// from a position, slow consumers (stream reset, then Kicked), post deduplication by (identity, client_msg_id),
+// tick channel ids per connection.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,7 +10,7 @@ import assert from 'node:assert/strict';
 import {
   DEFAULT_MAX_FRAME, ErrorCode, FrameReader, PROTOCOL_VERSION, QuiverClient, QuiverError, decodeTick,
   encodeFrame, encodeTick, wire,
-} from '../quiver.js';
+} from '../quiver/index.js';
 
 // ───────────────────────────────────────────── the fake server ─────────────────────────────────────────────
 
@@ -21,13 +22,12 @@ const LIMITS = {
   posts_per_s: 2000, ticks_per_s: 10000,
 };
 
-/** A readable stream and the function that feeds it. */
+/** A readable stream and the function that feeds it; `cancelled` once the reader gave it up. */
 function pipe() {
   let controller;
-  const readable = new ReadableStream({ start: (c) => { controller = c; } });
   const safe = (fn) => { try { fn(); } catch { /* already closed or errored */ } };
-  return {
-    readable,
+  const handle = {
+    cancelled: false,
     // Each chunk is split in two, so the client's framing is exercised across reads.
     push: (bytes) => safe(() => {
       const cut = bytes.length >> 1;
@@ -38,6 +38,11 @@ function pipe() {
     finish: () => safe(() => controller.close()),
     fail: (err) => safe(() => controller.error(err)),
   };
+  handle.readable = new ReadableStream({
+    start: (c) => { controller = c; },
+    cancel: () => { handle.cancelled = true; },
+  });
+  return handle;
 }
 
 /** One connection as the client sees it: the shape of the browser's WebTransport object. */
@@ -98,14 +103,20 @@ class FakeWebTransport {
     if (this.alive) this.control.push(encodeFrame(wire.ServerMsg, msg));
   }
 
+  /** A room stream; `stall()` makes it fall behind: what is written after it never reaches the client. */
   openRoomStream() {
     const stream = pipe();
     this.uni.enqueue(stream.readable);
     this.roomStreams.push(stream);
+    let stalled = false;
     return {
-      write: (frame) => this.alive && stream.push(encodeFrame(wire.RoomFrame, frame)),
+      write: (frame) => this.alive && !stalled && stream.push(encodeFrame(wire.RoomFrame, frame)),
+      stall: () => { stalled = true; },
       finish: () => stream.finish(),
       reset: (code) => stream.fail(Object.assign(new Error(`stream reset ${code}`), { streamErrorCode: code })),
+      get cancelled() {
+        return stream.cancelled;
+      },
     };
   }
 
@@ -144,7 +155,7 @@ class FakeServer {
     this.openBeforeReply = true; // send a room stream's Open (and replay) before the Join reply
     this.replayOverlap = 0n; // replay this many already-seen messages on a resume (the client must drop them)
     this.channelIdBase = 0n; // first channel id handed out on each connection
-    this.loseRoomStreams = 0; // reset this many room streams before their first byte (the client must rejoin)
+    this.loseRoomStreams = 0; // reset this many room streams as slow consumers before their Open frame
     this.dropOnPing = false; // lose the connection on its first Ping
     const server = this;
     this.transport = function WebTransport(url, options) {
@@ -190,28 +201,29 @@ class FakeServer {
         if (room.members.has(conn)) return fail(ErrorCode.AlreadyJoined, 'already joined');
         const last = BigInt(room.messages.length);
         const since = body.since;
-        let recovered = false;
+        // As the Rust hub: a first join (no since) is recovered, with nothing to replay.
+        let recovered = true;
         let from = last + 1n;
         if (since && since.epoch === room.epoch && since.seq <= last) {
-          recovered = true;
           from = since.seq + 1n - this.replayOverlap;
           if (from < 1n) from = 1n;
         } else if (since) {
+          recovered = false;
           from = last > 100n ? last - 99n : 1n;
         }
         const stream = conn.openRoomStream();
         room.members.set(conn, stream);
-        if (this.loseRoomStreams > 0) {
-          this.loseRoomStreams -= 1;
-          room.members.delete(conn);
-          stream.reset(ErrorCode.Internal); // the client never sees this stream's Open frame
-          const lost = { room: body.room, epoch: room.epoch, recovered: false, replay_from: last + 1n, last_seq: last };
-          return ok({ Joined: { ...lost, members: [] } });
-        }
         const members = [...room.members.keys()].map((c) => c.identity);
         const joined = {
           Joined: { room: body.room, epoch: room.epoch, recovered, replay_from: from, last_seq: last, members },
         };
+        if (this.loseRoomStreams > 0) {
+          // The client never sees this stream's Open frame; the test sends the Kicked that names the room.
+          this.loseRoomStreams -= 1;
+          ok(joined);
+          room.members.delete(conn);
+          return stream.reset(ErrorCode.SlowConsumer);
+        }
         if (!this.openBeforeReply) ok(joined);
         stream.write({ Open: joined.Joined });
         for (const event of room.messages.slice(Number(from) - 1)) stream.write({ Event: event });
@@ -289,6 +301,18 @@ class FakeServer {
     }
   }
 
+  /**
+   * `conn`'s stream of room `name` fell behind: it is dropped from the room and its stream reset (what was not
+   * read yet is lost). Returns the Kicked the Rust server pushes with the reset, for the test to send.
+   */
+  fallBehind(conn, name) {
+    const room = this.rooms.get(name);
+    const stream = room.members.get(conn);
+    room.members.delete(conn);
+    stream.reset(ErrorCode.SlowConsumer);
+    return slowConsumerKick(name);
+  }
+
   /** Loses every live connection (no close frame), as a network outage or a crash would. */
   dropAll() {
     for (const conn of this.live) conn.kill();
@@ -303,6 +327,12 @@ function presence(seq, kind, member) {
   return { seq, time_us: nowUs(), kind: { [kind]: { member } } };
 }
 
+function slowConsumerKick(room) {
+  return { Kicked: { room, code: ErrorCode.SlowConsumer, reason: 'fell behind' } };
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 /** Polls `check` until it returns a truthy value (returned), or fails after `ms`. */
 async function until(what, check, ms = 3000) {
   const deadline = Date.now() + ms;
@@ -310,7 +340,7 @@ async function until(what, check, ms = 3000) {
     const value = check();
     if (value) return value;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 2));
+    await sleep(2);
   }
 }
 
@@ -479,20 +509,76 @@ test('reconnect: a lost room history (new epoch) is announced as not recovered',
   assert.deepEqual(a.messages().map((m) => [m.epoch, m.seq, m.text]), [[7n, 1n, 'old'], [8n, 1n, 'new']]);
 });
 
-test('a room stream reset as a slow consumer is resumed from the last message', async (t) => {
+for (const openBeforeReply of [true, false]) {
+  const order = openBeforeReply ? 'Open before the reply' : 'reply before the Open';
+  test(`slow consumer: the Kicked naming the room rejoins it from the last message, no gap or duplicate (${order})`, async (t) => {
+    const server = new FakeServer();
+    server.openBeforeReply = openBeforeReply;
+    const notices = [];
+    const ann = await connect(t, server, { name: 'ann', onNotice: (n) => notices.push(n) });
+    const bob = await connect(t, server, { name: 'bob' });
+    const a = await joinCollecting(ann, 'lobby');
+    await joinCollecting(bob, 'lobby');
+    await bob.post('lobby', 'm1');
+    await until('ann has m1', () => a.messages().length === 1);
+
+    // Ann's stream falls behind: m2 and m3 wait for her and are lost with the reset.
+    const [conn] = server.connections;
+    server.rooms.get('lobby').members.get(conn).stall();
+    await bob.post('lobby', 'm2');
+    await bob.post('lobby', 'm3');
+    server.replayOverlap = 1n; // the replay repeats m1: dropped
+    const kicked = server.fallBehind(conn, 'lobby');
+    await sleep(20);
+    assert.equal(server.requestsOf('Join', conn).length, 1, 'a reset alone does not rejoin');
+    conn.send(kicked);
+    await until('rejoined', () => a.events.some((e) => e.type === 'resumed'));
+    await bob.post('lobby', 'm4');
+    await until('ann has 4 messages', () => a.messages().length === 4);
+    assert.deepEqual(a.seqs(), [1, 2, 3, 4], 'the missed messages replayed, each once, in order');
+    assert.deepEqual(server.requestsOf('Join', conn)[1], { room: 'lobby', since: { epoch: 7n, seq: 1n } });
+    const resumed = a.events.filter((e) => e.type === 'resumed');
+    assert.deepEqual(resumed, [{ type: 'resumed', room: 'lobby', recovered: true, epoch: 7n }]);
+    assert.ok(a.events.indexOf(resumed[0]) < a.events.findIndex((e) => e.text === 'm2'), 'resumed comes before the replay');
+    assert.deepEqual(a.handle.members, ['ann', 'bob'], 'members from the new stream\'s Open');
+
+    // A Kicked for a room the server still has on this connection: the rejoin's AlreadyJoined is ignored.
+    conn.send(kicked);
+    await until('joined a third time', () => server.requestsOf('Join', conn).length === 3);
+    await bob.post('lobby', 'm5');
+    await until('ann has m5', () => a.messages().length === 5);
+    assert.deepEqual(a.seqs(), [1, 2, 3, 4, 5]);
+    assert.deepEqual(notices.map((n) => [n.type, n.code]), [['kicked', ErrorCode.SlowConsumer], ['kicked', ErrorCode.SlowConsumer]]);
+    assert.equal(a.events.some((e) => e.type === 'kicked'), false, 'falling behind does not end the room');
+    assert.equal(ann.status, 'connected', 'the connection was not touched');
+  });
+}
+
+test('after a rejoin an older stream of the room delivers nothing more: no event twice, none out of order', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server, { name: 'ann' });
+  const bob = await connect(t, server, { name: 'bob' });
   const a = await joinCollecting(ann, 'lobby');
-  await ann.post('lobby', 'x');
-  await until('delivered', () => a.messages().length === 1);
+  await joinCollecting(bob, 'lobby');
+  await bob.post('lobby', 'm1');
+  await until('ann has m1', () => a.messages().length === 1);
+
+  // The server drops ann's subscription as a slow consumer; frames of the old stream are still on the way.
   const [conn] = server.connections;
-  const stream = server.rooms.get('lobby').members.get(conn);
-  server.rooms.get('lobby').members.delete(conn);
-  stream.reset(ErrorCode.SlowConsumer);
-  await until('rejoined', () => a.events.some((e) => e.type === 'resumed'));
-  assert.deepEqual(server.requestsOf('Join').at(-1), { room: 'lobby', since: { epoch: 7n, seq: 1n } });
-  assert.equal(a.events.find((e) => e.type === 'resumed').recovered, true);
-  assert.equal(ann.status, 'connected', 'the connection was not touched');
+  const room = server.rooms.get('lobby');
+  const old = room.members.get(conn);
+  room.members.delete(conn);
+  await bob.post('lobby', 'm2');
+  conn.send(slowConsumerKick('lobby'));
+  await until('m2 from the replay', () => a.messages().length === 2);
+  old.write({ Event: room.messages[1] }); // m2 again
+  old.write({ Event: presence(1n, 'MemberJoined', 'cy') }); // older than the new stream's Open
+  await until('the old stream is given up', () => old.cancelled);
+  await bob.post('lobby', 'm3');
+  await until('ann has m3', () => a.messages().length === 3);
+  assert.deepEqual(a.seqs(), [1, 2, 3]);
+  assert.deepEqual(a.events.map((e) => e.type), ['joined', 'message', 'resumed', 'message', 'message']);
+  assert.deepEqual(a.handle.members, ['ann', 'bob'], 'no stale presence from the old stream');
 });
 
 test('ticks: latest wins with loss and staleness counted; resubscribed and re-claimed after a reconnect', async (t) => {
@@ -541,7 +627,7 @@ test('ticks: latest wins with loss and staleness counted; resubscribed and re-cl
   await sub.unsubscribe();
   assert.equal(server.live[0].channels.has('demo.ticks'), false);
   server.tick('demo.ticks', 2n);
-  await new Promise((resolve) => setTimeout(resolve, 20));
+  await sleep(20);
   assert.equal(ticks.length, 5, 'nothing after unsubscribing');
   await assert.rejects(ann.subscribe('x').then(() => ann.subscribe('x')), (err) => err.code === ErrorCode.AlreadyJoined);
 });
@@ -565,6 +651,11 @@ test('pushes are surfaced; a kick from a room ends that room; a refusal on recon
     { type: 'goaway', code: ErrorCode.GoingAway, reason: 'restarting' },
   ]);
   assert.deepEqual(a.events.at(-1), { type: 'kicked', room: 'lobby', code: ErrorCode.PermissionDenied, reason: 'bye' });
+  // Falling behind in a room this client is not in (any more): a notice, no rejoin.
+  conn.send(slowConsumerKick('lobby'));
+  await until('4 notices', () => notices.length === 4);
+  await sleep(20);
+  assert.equal(server.requestsOf('Join').length, 1);
 
   // The server goes away and refuses the next session: the client ends with the refusal, pending posts fail.
   server.refuse = { code: ErrorCode.PermissionDenied, message: 'token expired' };
@@ -599,24 +690,39 @@ test('reconnect keeps trying while the server is down, and reconnect: false ends
   assert.match(once.closeReason.reason, /network unreachable/);
 });
 
-test('a room stream that never arrives is joined again; a loss during connection setup fails connect', async (t) => {
+test('a room stream reset before its Open frame is joined again on the Kicked; a loss during setup fails connect', async (t) => {
   const server = new FakeServer();
+  const bob = await connect(t, server, { name: 'bob' });
+  await joinCollecting(bob, 'lobby');
+  await bob.post('lobby', 'm1');
   server.loseRoomStreams = 1;
-  const ann = await connect(t, server, { name: 'ann', replyWaitMs: 30 });
+  const ann = await connect(t, server, { name: 'ann' });
   const a = await joinCollecting(ann, 'lobby');
-  await until('joined again', () => server.requestsOf('Join').length === 2);
-  await ann.post('lobby', 'made it');
-  await until('delivered on the second stream', () => a.messages().length === 1);
-  assert.deepEqual(server.requestsOf('Join')[1], { room: 'lobby', since: { epoch: 7n, seq: 0n } });
+  assert.deepEqual(a.handle.members, ['ann', 'bob'], 'members from the Join reply');
+  assert.deepEqual(a.handle.position, { epoch: 7n, seq: 1n }, 'the position from the Join reply');
+  await bob.post('lobby', 'm2'); // ann has no stream: she gets m2 from the replay
+  const annConn = server.connections.find((c) => c.identity === 'ann');
+  annConn.send(slowConsumerKick('lobby'));
+  await until('joined again', () => server.requestsOf('Join', annConn).length === 2);
+  await bob.post('lobby', 'm3');
+  await until('m2 and m3 delivered on the second stream', () => a.messages().length === 2);
+  assert.deepEqual(a.seqs(), [2, 3]);
+  assert.deepEqual(server.requestsOf('Join', annConn)[1], { room: 'lobby', since: { epoch: 7n, seq: 1n } });
+  assert.equal(a.events.some((e) => e.type === 'resumed'), false, 'nothing was missed: nothing to announce');
 
-  // A join whose stream is lost along with its connection: the reply is not matched with the next stream.
+  // A join whose stream never opened before its connection was lost: the next connection resumes from the reply.
   server.loseRoomStreams = 1;
-  const bob = await connect(t, server, { name: 'bob', replyWaitMs: 60_000 });
-  const b = await joinCollecting(bob, 'lobby');
+  const cy = await connect(t, server, { name: 'cy' });
+  const c = await joinCollecting(cy, 'lobby');
   server.dropAll();
-  await until('bob resumed', () => b.events.some((e) => e.type === 'resumed'));
-  assert.deepEqual(b.events.find((e) => e.type === 'resumed'), { type: 'resumed', room: 'lobby', recovered: true, epoch: 7n });
-  await until('bob\'s members come from the rejoin', () => b.handle.members.includes('bob'));
+  const cyConn = () => server.connections.filter((conn) => conn.identity === 'cy')[1];
+  await until('cy joined again', () => cyConn() && server.requestsOf('Join', cyConn()).length === 1);
+  assert.deepEqual(server.requestsOf('Join', cyConn()), [{ room: 'lobby', since: { epoch: 7n, seq: 3n } }]);
+  await until('bob is back', () => bob.status === 'connected');
+  await bob.post('lobby', 'm4');
+  await until('cy has m4', () => c.messages().length === 1);
+  assert.deepEqual(c.seqs(), [4]);
+  assert.ok(c.handle.members.includes('cy'), 'members from the new stream\'s Open');
 
   server.dropOnPing = true;
   await assert.rejects(QuiverClient.connect(URL_, { transport: server.transport }), /lost during setup/);

@@ -1,12 +1,13 @@
-// The client's pure state, without IO: backoff bounds, request ids, room resume position and dedupe, post
-// re-send order, latest-wins tick acceptance with loss and staleness counts, clock offset.
+// The client's pure state (quiver/state.js), without IO: backoff bounds, request ids, room resume position from a
+// stream's Open frame and dedupe, post re-send order, latest-wins tick acceptance with loss and staleness counts,
+// clock offset.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
   Backoff, ErrorCode, LatestWins, PostQueue, QuiverError, RequestTable, RoomState, clockOffsetUs,
-} from '../quiver.js';
+} from '../quiver/index.js';
 
 const joined = (fields) => ({
   room: 'lobby', epoch: 7n, recovered: false, replay_from: 1n, last_seq: 0n, members: [], ...fields,
@@ -50,13 +51,13 @@ test('RequestTable: ids from 1 in order, one completion per reply, close fails w
   assert.throws(() => table.start('d'), (err) => err.code === ErrorCode.GoingAway, 'the first reason sticks');
 });
 
-test('RoomState: first join follows the head; duplicates and replays at or below the last seq are dropped', () => {
+test('RoomState: the first Open sets the position before its replay; messages at or below it are dropped', () => {
   const room = new RoomState('lobby');
   assert.equal(room.position(), null);
-  const number = room.joined(false, joined({ epoch: 7n, last_seq: 10n, members: ['ann', 'bob'] }));
+  const first = joined({ epoch: 7n, recovered: true, replay_from: 11n, last_seq: 10n, members: ['ann', 'bob'] });
+  assert.deepEqual(room.open(first), [], 'no resumed event on a first join');
   assert.deepEqual(room.position(), { epoch: 7n, seq: 10n });
-  assert.deepEqual(room.open(7n, room.takeReply()), [], 'no resumed event on a first join');
-  assert.equal(room.orphaned(number), false, 'the reply was matched with its stream');
+  assert.deepEqual([...room.members].sort(), ['ann', 'bob']);
   assert.equal(room.event(message(10n)), null, 'the head itself was before the join');
   const m11 = room.event(message(11n, 'héllo'));
   assert.equal(m11.type, 'message');
@@ -78,51 +79,60 @@ test('RoomState: first join follows the head; duplicates and replays at or below
   assert.deepEqual(binary.body, Uint8Array.of(0xff));
 });
 
+test('RoomState: a Join reply before the Open fills a new room; that join\'s Open then announces nothing', () => {
+  const room = new RoomState('lobby');
+  const reply = joined({ epoch: 7n, recovered: true, replay_from: 4n, last_seq: 3n, members: ['ann'] });
+  room.replied(reply);
+  assert.deepEqual(room.position(), { epoch: 7n, seq: 3n });
+  assert.deepEqual([...room.members], ['ann']);
+  assert.deepEqual(room.open(reply), []);
+  room.event(message(4n));
+  room.replied(joined({ epoch: 9n, last_seq: 50n }));
+  assert.deepEqual(room.position(), { epoch: 7n, seq: 4n }, 'only a brand-new room takes a reply');
+});
+
 test('RoomState: a rejoin resumes from the last delivered message and announces recovery', () => {
   const room = new RoomState('lobby');
-  room.joined(false, joined({ epoch: 7n, last_seq: 0n }));
-  room.open(7n, room.takeReply());
+  room.open(joined({ epoch: 7n, recovered: true, replay_from: 1n, last_seq: 0n }));
   for (const seq of [1n, 2n, 3n]) room.event(message(seq));
   // Connection lost: the rejoin asks for everything after (7, 3); the server replays 3..5 (overlap of one).
   assert.deepEqual(room.position(), { epoch: 7n, seq: 3n });
-  room.joined(true, joined({ epoch: 7n, recovered: true, replay_from: 4n, last_seq: 5n, members: ['ann'] }));
-  assert.deepEqual(room.open(7n, room.takeReply()), [{ type: 'resumed', room: 'lobby', recovered: true, epoch: 7n }]);
-  assert.deepEqual([...room.members], ['ann'], 'members come from the reply');
+  const rejoin = joined({ epoch: 7n, recovered: true, replay_from: 3n, last_seq: 5n, members: ['ann'] });
+  assert.deepEqual(room.open(rejoin), [{ type: 'resumed', room: 'lobby', recovered: true, epoch: 7n }]);
+  assert.deepEqual([...room.members], ['ann'], 'members come from the Open frame');
   const delivered = [3n, 4n, 5n, 4n, 6n].map((seq) => room.event(message(seq))?.seq ?? null);
   assert.deepEqual(delivered, [null, 4n, 5n, null, 6n]);
 });
 
 test('RoomState: recovered false, and a new epoch, are announced as not recovered', () => {
   const room = new RoomState('lobby');
-  room.joined(false, joined({ epoch: 7n, last_seq: 50n }));
-  room.open(7n, room.takeReply());
+  room.open(joined({ epoch: 7n, recovered: true, replay_from: 51n, last_seq: 50n }));
   room.event(message(51n));
   // Same epoch, history trimmed: not recovered; messages still deduplicated against seq 51.
-  room.joined(true, joined({ epoch: 7n, recovered: false, replay_from: 40n, last_seq: 60n }));
-  assert.equal(room.open(7n, room.takeReply())[0].recovered, false);
+  assert.equal(room.open(joined({ epoch: 7n, recovered: false, replay_from: 40n, last_seq: 60n }))[0].recovered, false);
   assert.equal(room.event(message(45n)), null);
   assert.equal(room.event(message(52n)).seq, 52n);
   // The server lost the room: a new epoch; seqs start over and nothing old counts.
-  room.joined(true, joined({ epoch: 99n, recovered: true, replay_from: 1n, last_seq: 2n }));
-  const [resumed] = room.open(99n, room.takeReply());
+  const [resumed] = room.open(joined({ epoch: 99n, recovered: true, replay_from: 1n, last_seq: 2n }));
   assert.deepEqual(resumed, { type: 'resumed', room: 'lobby', recovered: false, epoch: 99n });
   assert.deepEqual(room.position(), { epoch: 99n, seq: 0n });
   assert.equal(room.event(message(1n)).seq, 1n);
   assert.equal(room.event(message(1n)), null);
 });
 
-test('RoomState: replies wait for their streams in order; orphans and a lost connection forget them', () => {
-  const room = new RoomState('lobby');
-  const first = room.joined(false, joined({ last_seq: 1n }));
-  const second = room.joined(true, joined({ last_seq: 2n }));
-  assert.equal(room.orphaned(first), true, 'the first join\'s stream never came');
-  assert.equal(room.orphaned(first), false);
-  assert.equal(room.takeReply().joined.last_seq, 2n);
-  assert.equal(room.takeReply(), null);
-  room.joined(true, joined({}));
-  room.connectionLost();
-  assert.equal(room.takeReply(), null, 'a reply from a lost connection is not matched with a later stream');
-  assert.equal(room.orphaned(second), false);
+test('RoomState: after a stream lost before its Open, the next Open is announced only when messages were missed', () => {
+  // The first Join's reply set the position; its stream was reset before its Open, and the room joined again.
+  const kept = new RoomState('lobby');
+  kept.replied(joined({ epoch: 7n, recovered: true, replay_from: 6n, last_seq: 5n }));
+  assert.deepEqual(kept.open(joined({ epoch: 7n, recovered: true, replay_from: 6n, last_seq: 8n })), []);
+  assert.equal(kept.event(message(6n)).seq, 6n, 'what came meanwhile is replayed');
+  const lost = new RoomState('lobby');
+  lost.replied(joined({ epoch: 7n, recovered: true, replay_from: 6n, last_seq: 5n }));
+  const announced = lost.open(joined({ epoch: 8n, recovered: false, replay_from: 3n, last_seq: 4n }));
+  assert.deepEqual(announced, [{ type: 'resumed', room: 'lobby', recovered: false, epoch: 8n }], 'a gap is never silent');
+  assert.deepEqual(lost.position(), { epoch: 8n, seq: 2n }, 'the new epoch\'s replay is delivered whole');
+  // Every Open after the first is a rejoin's, announced even when nothing was missed.
+  assert.equal(lost.open(joined({ epoch: 8n, recovered: true, replay_from: 3n, last_seq: 4n }))[0].recovered, true);
 });
 
 test('PostQueue: posts in call order; a lost connection re-sends the unacknowledged ones first, in order', () => {

@@ -1,4 +1,4 @@
-// The wire format of quiver.js against quiver-proto: the byte-exact vectors it generates
+// The wire format of the browser client (quiver/wire/) against quiver-proto: the byte-exact vectors it generates
 // (proto/tests/vectors.rs → vectors.json), its stored malformed inputs (proto/tests/malformed/), framing split at
 // every byte, and decoders that never throw anything but QuiverDecodeError.
 
@@ -9,7 +9,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import {
   DEFAULT_MAX_FRAME, FrameReader, PROTOCOL_VERSION, QuiverDecodeError, QuiverEncodeError, VARINT_MAX,
   decodeFrame, decodeTick, decodeVarint, encodeFrame, encodeTick, encodeVarint, errorCodeName, varintLength, wire,
-} from '../quiver.js';
+} from '../quiver/index.js';
 
 const vectorsFile = JSON.parse(readFileSync(new URL('./vectors.json', import.meta.url), 'utf8'));
 const vectors = vectorsFile.vectors;

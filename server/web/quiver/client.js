@@ -1,0 +1,466 @@
+// QuiverClient: a Quiver session over the browser's WebTransport that survives connection loss, with the Rust
+// client's behaviour. It opens Sessions (client/session.js) and keeps across them what the application asked
+// for: rooms (resumed from their position, state.js's RoomState), posts (re-sent until acknowledged), tick
+// subscriptions and publish claims (made again on each new connection).
+
+import { ErrorCode, QuiverDecodeError, QuiverError, describe } from './wire/errors.js';
+import { TICK_HEADER_MAX_LEN, encodeTick } from './wire/ticks.js';
+import { Backoff, LatestWins, PostQueue, RoomState, clockOffsetUs, messageEvent } from './state.js';
+import { Session, roomFrames } from './client/session.js';
+import { Publisher, Room, Subscription } from './client/handles.js';
+import { Signal, Timers } from './client/waiting.js';
+import { PROTOCOL_VERSION } from './wire/messages.js';
+
+const utf8Encoder = new TextEncoder();
+
+/** This machine's clock, µs since the Unix epoch (fractional). */
+function unixUs() {
+  return (performance.timeOrigin + performance.now()) * 1000;
+}
+
+/** Bytes of a post body or tick payload: a string is UTF-8 encoded. */
+function toBytes(data) {
+  if (typeof data === 'string') return utf8Encoder.encode(data);
+  if (data instanceof Uint8Array) return data;
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  throw new TypeError(`expected a string or bytes, got ${describe(data)}`);
+}
+
+/** The reply variant `name`'s data, or a ProtocolViolation QuiverError for any other reply. */
+function expectReply(reply, name) {
+  if (reply !== null && typeof reply === 'object' && name in reply) return reply[name];
+  const got = typeof reply === 'string' ? reply : Object.keys(reply ?? {})[0];
+  throw new QuiverError(ErrorCode.ProtocolViolation, `expected a ${name} reply, got ${got}`);
+}
+
+/** Calls an application callback; an exception in it is reported, not allowed to break the client. */
+function callBack(fn, ...args) {
+  if (typeof fn !== 'function') return;
+  try {
+    fn(...args);
+  } catch (err) {
+    setTimeout(() => {
+      throw err;
+    });
+  }
+}
+
+/**
+ * A Quiver session over WebTransport that survives connection loss: it reconnects with jittered exponential
+ * backoff, rejoins every room from its last position (dropping what was already delivered and announcing
+ * `{type: 'resumed', recovered}`), re-sends unacknowledged posts in order with their client_msg_id, and
+ * subscribes and claims its channels again.
+ */
+export class QuiverClient {
+  /** The latest Welcome (`{version, session_id, server_time_us, identity, limits}`). */
+  welcome = null;
+  /** 'connecting' | 'connected' | 'reconnecting' | 'closed'. */
+  status = 'connecting';
+  /** Why the client ended (`{code, reason}`), once `status` is 'closed'. */
+  closeReason = null;
+
+  #url;
+  #options;
+  #session = null;
+  #sessionChanged = new Signal();
+  #timers = new Timers();
+  #backoff;
+  #rooms = new Map(); // name -> {state: RoomState, onEvent, handle: Room, joining: Promise, stream}
+  #roomStreams = 0; // room streams accepted so far, over every session: a later stream is a newer one
+  #subscriptions = new Map(); // channel -> {channel, onTick, ticks: LatestWins, latest, handle}
+  #publishers = new Map(); // channel -> {channel, maxAgeMs, claim: {session, channelId} | null, nextSeq}
+  #posts = new PostQueue();
+  #nextMsgId;
+  #clockOffsetUs = 0;
+
+  /**
+   * Connects to `url` (e.g. "https://127.0.0.1:4433/quiver") and opens the session. Options:
+   * `certHash` (64 hex digits of the server certificate's SHA-256, for `serverCertificateHashes`; null to rely on
+   * the browser's trust), `name` and `token` (sent in Hello), `reconnect` (default true), `onStatus(status,
+   * detail)`, `onNotice(notice)` (server pushes: `{type: 'goaway'|'kicked'|'error', code, reason, room?}`, and
+   * rooms that could not be rejoined), `connectTimeoutMs` (10000), `reconnectDelayMs` (50),
+   * `reconnectMaxDelayMs` (5000), `transport` (the WebTransport constructor; replaceable for tests).
+   * The first connection must succeed: this rejects otherwise.
+   */
+  static async connect(url, options = {}) {
+    const client = new QuiverClient(url, options);
+    await client.#start();
+    return client;
+  }
+
+  /** Use `QuiverClient.connect`. */
+  constructor(url, options = {}) {
+    this.#url = url;
+    this.#options = {
+      certHash: null, name: null, token: null, reconnect: true, onStatus: null, onNotice: null,
+      connectTimeoutMs: 10_000, reconnectDelayMs: 50, reconnectMaxDelayMs: 5000,
+      transport: globalThis.WebTransport, protocolVersion: PROTOCOL_VERSION,
+      ...Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)),
+    };
+    if (typeof this.#options.transport !== 'function') throw new Error('this browser has no WebTransport');
+    const { reconnectDelayMs: initialMs, reconnectMaxDelayMs: maxMs } = this.#options;
+    this.#backoff = new Backoff({ initialMs, maxMs });
+    // A random 62-bit start plus a counter: two clients with the same identity do not collide.
+    const random = crypto.getRandomValues(new BigUint64Array(1))[0];
+    this.#nextMsgId = random >> 2n;
+  }
+
+  /** Now on the server's clock (this machine's clock plus the offset estimated from pings), µs. */
+  serverClockUs() {
+    return unixUs() + this.#clockOffsetUs;
+  }
+
+  /**
+   * Joins `room`; `onEvent` receives its events in order: `{type: 'message', seq, timeUs, sender, clientMsgId,
+   * body, text}`, `{type: 'joined' | 'left', member}`, `{type: 'resumed', recovered, epoch}` (the room was joined
+   * again after a reconnect or after its stream fell behind; recovered false: messages were missed) and
+   * `{type: 'kicked', code, reason}` (the server dropped this client from the room).
+   */
+  async join(room, { onEvent } = {}) {
+    if (this.#rooms.has(room)) throw new QuiverError(ErrorCode.AlreadyJoined, `already in room ${room}`);
+    const entry = { state: new RoomState(room), onEvent, handle: null, joining: null, stream: 0 };
+    entry.handle = new Room(this, entry.state);
+    this.#rooms.set(room, entry);
+    const joining = (async () => {
+      const session = await this.#live();
+      entry.state.replied(expectReply(await session.request({ Join: { room, since: null } }), 'Joined'));
+    })();
+    entry.joining = joining.catch(() => {});
+    try {
+      await joining;
+      return entry.handle;
+    } catch (err) {
+      if (this.#rooms.get(room) === entry) this.#rooms.delete(room);
+      throw err;
+    }
+  }
+
+  /** Leaves `room` (a name or a Room). */
+  async leave(room) {
+    const name = typeof room === 'string' ? room : room.name;
+    this.#rooms.delete(name);
+    const session = await this.#live();
+    expectReply(await session.request({ Leave: { room: name } }), 'Left');
+  }
+
+  /**
+   * Posts `textOrBytes` to `room` (a name or a Room; joined or not); resolves to the seq (BigInt) it got. Posts
+   * go out in the order of the calls, pipelined, and are re-sent after a reconnect until acknowledged (delivered
+   * once: the server deduplicates by client_msg_id).
+   */
+  post(room, textOrBytes) {
+    const name = typeof room === 'string' ? room : room.name;
+    return new Promise((resolve, reject) => {
+      if (this.status === 'closed') return reject(QuiverError.closed(this.closeReason));
+      const job = { room: name, clientMsgId: this.#nextMsgId++, body: toBytes(textOrBytes), resolve, reject };
+      this.#posts.enqueue(job);
+      this.#flushPosts();
+    });
+  }
+
+  /**
+   * Subscribes to tick channel `channel`; `onTick` receives `{seq, sentTimeUs, payload, latencyMs}` for every
+   * tick newer than the last one delivered (older ones are dropped and counted as stale). Resubscribed after a
+   * reconnect.
+   */
+  async subscribe(channel, { onTick } = {}) {
+    if (this.#subscriptions.has(channel)) {
+      throw new QuiverError(ErrorCode.AlreadyJoined, `already subscribed to ${channel}`);
+    }
+    const entry = { channel, onTick, ticks: new LatestWins(), latest: null, handle: null };
+    entry.handle = new Subscription(this, entry);
+    this.#subscriptions.set(channel, entry);
+    try {
+      await this.#subscribeOn(await this.#live(), entry);
+      return entry.handle;
+    } catch (err) {
+      if (this.#subscriptions.get(channel) === entry) this.#subscriptions.delete(channel);
+      throw err;
+    }
+  }
+
+  /** Stops receiving `channel`. */
+  async unsubscribe(channel) {
+    const entry = this.#subscriptions.get(channel);
+    this.#subscriptions.delete(channel);
+    const session = await this.#live();
+    for (const [id, sub] of session.channels) if (sub === entry) session.channels.delete(id);
+    expectReply(await session.request({ Unsubscribe: { channel } }), 'Unsubscribed');
+  }
+
+  /**
+   * Claims the right to publish on `channel` (`maxAgeMs`: ask the server to drop ticks older than that rather
+   * than send them late). Claimed again after a reconnect.
+   */
+  async publisher(channel, { maxAgeMs = null } = {}) {
+    const entry = { channel, maxAgeMs, claim: null, nextSeq: 1n };
+    await this.#claimOn(await this.#live(), entry);
+    this.#publishers.set(channel, entry);
+    return new Publisher(channel, (payload) => this.#sendTick(entry, toBytes(payload)));
+  }
+
+  /** One Ping/Pong round trip on the control stream; resolves to the round-trip time in ms. */
+  async ping() {
+    const session = await this.#live();
+    const started = performance.now();
+    expectReply(await session.request({ Ping: { client_time_us: BigInt(Math.round(unixUs())) } }), 'Pong');
+    return performance.now() - started;
+  }
+
+  /**
+   * A room's retained messages after seq `since` (null: from the oldest), at most `limit`:
+   * `{room, epoch, more, messages}` with messages shaped like `onEvent`'s.
+   */
+  async history(room, since = null, limit = 100) {
+    const session = await this.#live();
+    const request = { History: { room, since: since === null ? null : BigInt(since), limit } };
+    const page = expectReply(await session.request(request), 'History');
+    const messages = page.messages.filter((e) => e.kind.Message).map((e) => messageEvent(page.room, page.epoch, e));
+    return { room: page.room, epoch: page.epoch, more: page.more, messages };
+  }
+
+  /** Sends one raw request (a RequestBody value) on the current connection; resolves to the Reply value. */
+  async request(body) {
+    return (await this.#live()).request(body);
+  }
+
+  /** Closes the connection with NoError and ends the client; unacknowledged posts fail. */
+  close() {
+    this.#end({ code: ErrorCode.NoError, reason: 'closed by the application' });
+  }
+
+  // ── connection lifecycle ──
+
+  async #start() {
+    try {
+      const session = await this.#open();
+      if (!(await this.#connected(session))) throw new Error(session.closedWhy?.reason ?? 'the connection was lost');
+    } catch (err) {
+      this.#end({ code: err.code ?? ErrorCode.NoError, reason: `cannot connect: ${err.message ?? err}` });
+      throw err;
+    }
+  }
+
+  #open() {
+    const hooks = {
+      onLost: (session, why) => this.#lost(session, why),
+      onPush: (push) => this.#push(push),
+      onRoomStream: (session, stream) => this.#readRoomStream(session, stream, ++this.#roomStreams),
+      onTick: (entry, tick) => this.#deliverTick(entry, tick),
+    };
+    return Session.open(this.#url, this.#options, hooks);
+  }
+
+  /**
+   * A new session is up: estimate the clock offset, then make it the current one and restore rooms, channels and
+   * posts on it. False when it was lost (or the client closed) before that.
+   */
+  async #connected(session) {
+    const samples = [];
+    for (let i = 0; i < 5 && !session.closedWhy; i++) {
+      const clientTimeUs = unixUs();
+      const started = performance.now();
+      try {
+        const reply = await session.request({ Ping: { client_time_us: BigInt(Math.round(clientTimeUs)) } });
+        const serverTimeUs = Number(expectReply(reply, 'Pong').server_time_us);
+        samples.push({ rttUs: (performance.now() - started) * 1000, clientTimeUs, serverTimeUs });
+      } catch {
+        break;
+      }
+    }
+    this.#clockOffsetUs = clockOffsetUs(samples) ?? this.#clockOffsetUs;
+    if (this.status === 'closed') session.close(ErrorCode.NoError, 'client closed');
+    if (this.status === 'closed' || session.closedWhy) return false;
+    this.#session = session;
+    this.welcome = session.welcome;
+    this.#setStatus('connected', null);
+    this.#sessionChanged.notify();
+    for (const entry of this.#rooms.values()) this.#rejoin(entry);
+    for (const entry of this.#subscriptions.values()) {
+      entry.ticks.resync();
+      this.#subscribeOn(session, entry).catch((err) => this.#failed(err, { channel: entry.channel }));
+    }
+    for (const entry of this.#publishers.values()) {
+      this.#claimOn(session, entry).catch((err) => this.#failed(err, { channel: entry.channel }));
+    }
+    this.#flushPosts();
+    return true;
+  }
+
+  #lost(session, why) {
+    if (session !== this.#session) return; // a session that never became current (or an old one)
+    this.#session = null;
+    this.#posts.connectionLost();
+    if (this.status === 'closed') return;
+    if (!this.#options.reconnect) return this.#end(why);
+    this.#setStatus('reconnecting', why);
+    this.#reconnect();
+  }
+
+  async #reconnect() {
+    for (let attempt = 0; this.status !== 'closed'; attempt++) {
+      await this.#timers.sleep(this.#backoff.delay(attempt));
+      if (this.status === 'closed') return;
+      let session;
+      try {
+        session = await this.#open();
+      } catch (err) {
+        if (err.refused) return this.#end({ code: err.code, reason: err.message });
+        continue;
+      }
+      if (await this.#connected(session)) return;
+    }
+  }
+
+  #end(why) {
+    if (this.status === 'closed') return;
+    this.closeReason = why;
+    this.#setStatus('closed', why);
+    this.#timers.stop();
+    const session = this.#session;
+    this.#session = null;
+    session?.close(why.code, why.reason);
+    session?.lost(why);
+    this.#sessionChanged.notify();
+    for (const job of this.#posts.drain()) job.reject(QuiverError.closed(why));
+  }
+
+  #setStatus(status, detail) {
+    this.status = status;
+    callBack(this.#options.onStatus, status, detail);
+  }
+
+  /** The current session; while reconnecting, waits for the next one (up to the connect timeout). */
+  async #live() {
+    const deadline = performance.now() + this.#options.connectTimeoutMs;
+    for (;;) {
+      if (this.status === 'closed') throw QuiverError.closed(this.closeReason);
+      if (this.#session && !this.#session.closedWhy) return this.#session;
+      const left = deadline - performance.now();
+      if (left <= 0) throw new QuiverError(ErrorCode.Internal, 'not connected (reconnecting)', { closed: true });
+      await Promise.race([this.#sessionChanged.next(), this.#timers.sleep(left)]);
+    }
+  }
+
+  #push(push) {
+    const entry = push.type === 'kicked' && push.room !== null ? this.#rooms.get(push.room) : undefined;
+    if (entry && push.code === ErrorCode.SlowConsumer) {
+      this.#rejoin(entry); // the room's stream fell behind and was reset; the rest of the session is fine
+    } else if (entry) {
+      this.#rooms.delete(push.room);
+      callBack(entry.onEvent, { type: 'kicked', room: push.room, code: push.code, reason: push.reason });
+    }
+    callBack(this.#options.onNotice, push);
+  }
+
+  /** A request made on the client's own behalf failed: tell the application, unless the connection went. */
+  #failed(err, where) {
+    if (err?.closed) return; // the next connection retries
+    const notice = { type: 'error', code: err?.code ?? ErrorCode.Internal, reason: err?.message ?? String(err) };
+    callBack(this.#options.onNotice, { ...notice, ...where });
+  }
+
+  // ── rooms ──
+
+  /** Joins a room again from its last position (after a reconnect, or a Kicked for falling behind). */
+  async #rejoin(entry) {
+    await entry.joining; // a Kicked may come before join() took its reply, which can be what set the position
+    const session = this.#session;
+    const room = entry.state.name;
+    if (!session || this.#rooms.get(room) !== entry) return;
+    try {
+      expectReply(await session.request({ Join: { room, since: entry.state.position() } }), 'Joined');
+    } catch (err) {
+      // AlreadyJoined: the server still has (or already restored) the room on this connection; nothing to do.
+      if (err?.code !== ErrorCode.AlreadyJoined) this.#failed(err, { room });
+    }
+  }
+
+  /**
+   * Reads one room stream; its Open frame says which room it carries and where it resumes. A room's newest
+   * stream (`order`: streams in arrival order) is the one that delivers: once a rejoin's stream opens, an older
+   * stream of the room stops, so its late events are neither repeated nor delivered out of order.
+   */
+  async #readRoomStream(session, stream, order) {
+    const frames = roomFrames(stream, session.maxFrame);
+    try {
+      const joined = (await frames.next())?.Open;
+      const entry = joined && this.#rooms.get(joined.room);
+      if (!entry || order < entry.stream) return frames.cancel(); // no Open, a room left, or an outdated stream
+      entry.stream = order;
+      for (const event of entry.state.open(joined)) callBack(entry.onEvent, event);
+      for (;;) {
+        const frame = await frames.next();
+        if (frame === null) return; // finished: the room was left
+        const current = this.#rooms.get(joined.room) === entry && entry.stream === order;
+        if (!current || !frame.Event) return frames.cancel(); // left, rejoined on a newer stream, or a 2nd Open
+        const event = entry.state.event(frame.Event);
+        if (event) callBack(entry.onEvent, event);
+      }
+    } catch (err) {
+      // Reset, or the connection is gone. A slow consumer's reset comes with a Kicked naming the room, which
+      // rejoins it: the reset alone cannot, when it comes before the Open frame.
+      if (err instanceof QuiverDecodeError) frames.cancel();
+    }
+  }
+
+  // ── posts ──
+
+  #flushPosts() {
+    const session = this.#session;
+    if (!session || session.closedWhy) return;
+    for (const job of this.#posts.startSending(session)) {
+      const body = { Post: { room: job.room, client_msg_id: job.clientMsgId, body: job.body } };
+      session.request(body).then(
+        (reply) => {
+          if (!this.#posts.settle(job, session)) return;
+          try {
+            job.resolve(expectReply(reply, 'Posted').seq);
+          } catch (err) {
+            job.reject(err);
+          }
+        },
+        (err) => {
+          if (err?.closed) return; // sent again on the next connection (see PostQueue.connectionLost)
+          if (this.#posts.settle(job, session)) job.reject(err);
+        },
+      );
+    }
+  }
+
+  // ── ticks ──
+
+  async #subscribeOn(session, entry) {
+    const { channel_id } = expectReply(await session.request({ Subscribe: { channel: entry.channel } }), 'Subscribed');
+    if (this.#subscriptions.get(entry.channel) === entry) session.channels.set(channel_id, entry);
+  }
+
+  async #claimOn(session, entry) {
+    const body = { Publish: { channel: entry.channel, max_age_ms: entry.maxAgeMs } };
+    const { channel_id } = expectReply(await session.request(body), 'Publishing');
+    entry.claim = { session, channelId: channel_id };
+  }
+
+  #deliverTick(entry, tick) {
+    if (!entry.ticks.accept(tick.seq)) return;
+    const latencyMs = (this.serverClockUs() - Number(tick.sent_time_us)) / 1000;
+    entry.latest = { seq: tick.seq, sentTimeUs: tick.sent_time_us, payload: tick.payload, latencyMs };
+    callBack(entry.onTick, entry.latest);
+  }
+
+  #sendTick(entry, payload) {
+    const session = this.#session;
+    if (!session || session.closedWhy || entry.claim?.session !== session) return null;
+    const max = session.maxDatagramSize;
+    if (max !== null && payload.length > max - TICK_HEADER_MAX_LEN) {
+      const maxPayload = Math.max(0, max - TICK_HEADER_MAX_LEN);
+      const what = `tick payload of ${payload.length} bytes does not fit a datagram on this path`;
+      throw new QuiverError(ErrorCode.DatagramTooLarge, `${what}: the maximum payload is ${maxPayload} bytes`);
+    }
+    const seq = entry.nextSeq++;
+    const sentTimeUs = BigInt(Math.round(this.serverClockUs()));
+    session.sendDatagram(encodeTick({ channel_id: entry.claim.channelId, seq, sent_time_us: sentTimeUs, payload }));
+    return seq;
+  }
+}

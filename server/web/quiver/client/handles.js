@@ -1,0 +1,88 @@
+// What the application holds: a joined `Room`, a tick `Subscription`, a `Publisher`'s right to send ticks. Thin
+// handles over the QuiverClient that made them, which keeps their state across reconnects.
+
+/** A joined room: its name, members and position; post to it or leave it. Made by `QuiverClient.join`. */
+export class Room {
+  #state;
+  #client;
+
+  constructor(client, state) {
+    this.#client = client;
+    this.#state = state;
+  }
+
+  /** The room's name. */
+  get name() {
+    return this.#state.name;
+  }
+
+  /** Members present, as of the events delivered so far (sorted). */
+  get members() {
+    return [...this.#state.members].sort();
+  }
+
+  /** `{epoch, seq}` of the last message delivered, or null. */
+  get position() {
+    return this.#state.position();
+  }
+
+  /** Posts `textOrBytes`; resolves to the seq (BigInt) it got. See `QuiverClient.post`. */
+  post(textOrBytes) {
+    return this.#client.post(this.name, textOrBytes);
+  }
+
+  /** Leaves the room. */
+  leave() {
+    return this.#client.leave(this.name);
+  }
+}
+
+/** A subscription to a tick channel. Made by `QuiverClient.subscribe`. */
+export class Subscription {
+  #entry;
+  #client;
+
+  constructor(client, entry) {
+    this.#client = client;
+    this.#entry = entry;
+  }
+
+  /** The channel's name. */
+  get channel() {
+    return this.#entry.channel;
+  }
+
+  /** `{received, lost, stale}`: accepted ticks, seqs skipped, ticks dropped for arriving after a newer one. */
+  get stats() {
+    return this.#entry.ticks.stats;
+  }
+
+  /** The newest tick delivered (`{seq, sentTimeUs, payload, latencyMs}`), or null. */
+  get latest() {
+    return this.#entry.latest;
+  }
+
+  /** Stops the subscription. */
+  unsubscribe() {
+    return this.#client.unsubscribe(this.channel);
+  }
+}
+
+/** The right to publish ticks on a channel. Made by `QuiverClient.publisher`. */
+export class Publisher {
+  #send;
+
+  constructor(channel, send) {
+    this.channel = channel;
+    this.#send = send;
+  }
+
+  /**
+   * Sends one tick (string: UTF-8; or bytes) as a datagram; returns the publisher's seq for it (BigInt), or null
+   * when there is no connection to send on (ticks are dropped, never queued: the next one is newer anyway).
+   * Throws a DatagramTooLarge QuiverError for a payload that cannot fit a datagram on this path.
+   */
+  send(payload) {
+    return this.#send(payload);
+  }
+}

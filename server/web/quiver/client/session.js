@@ -1,0 +1,233 @@
+// One WebTransport connection to a Quiver server: the Hello/Welcome handshake, requests and their replies on the
+// control stream, server pushes, room streams handed to the client as they arrive, and tick datagrams routed to
+// subscriptions by channel id. A Session never reconnects; QuiverClient opens a new one when it is lost.
+
+import { ErrorCode, QuiverDecodeError, QuiverError } from '../wire/errors.js';
+import { DEFAULT_MAX_FRAME, FrameReader, encodeFrame } from '../wire/frames.js';
+import { wire } from '../wire/messages.js';
+import { decodeTick, isProbe } from '../wire/ticks.js';
+import { RequestTable } from '../state.js';
+
+/** Sent in Hello as the client's software and version. */
+export const AGENT = 'quiver-web/0.1';
+
+/** The 32 bytes of a SHA-256 given as 64 hex digits (colons and spaces allowed). */
+function certHashBytes(hex) {
+  const digits = String(hex).replace(/[\s:]/g, '');
+  if (!/^[0-9a-fA-F]{64}$/.test(digits)) throw new TypeError('certHash must be 64 hex digits (a SHA-256)');
+  return Uint8Array.from(digits.match(/../g), (pair) => parseInt(pair, 16));
+}
+
+/** One WebTransport connection (see the top of this file). */
+export class Session {
+  /** Connects and says Hello; resolves once Welcome arrived. `hooks`: onPush, onRoomStream, onTick, onLost. */
+  static async open(url, options, hooks) {
+    const transportOptions = options.certHash
+      ? { serverCertificateHashes: [{ algorithm: 'sha-256', value: certHashBytes(options.certHash) }] }
+      : undefined;
+    const wt = new options.transport(url, transportOptions);
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      const ms = options.connectTimeoutMs;
+      timer = setTimeout(() => reject(new Error(`no Welcome from ${url} within ${ms} ms`)), ms);
+    });
+    const handshake = async () => {
+      await wt.ready;
+      const stream = await wt.createBidirectionalStream();
+      const writer = stream.writable.getWriter();
+      const reader = stream.readable.getReader();
+      const { protocolVersion: version, name = null } = options;
+      // A function is asked at every connect, so an expired token is replaced by a fresh one on reconnect.
+      const token = typeof options.token === 'function' ? await options.token() : (options.token ?? null);
+      const hello = { Hello: { version, agent: AGENT, name, token } };
+      await writer.write(encodeFrame(wire.Request, { req_id: 0n, body: hello }));
+      const frames = new FrameReader(DEFAULT_MAX_FRAME);
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) throw new Error('the server finished the control stream before Welcome');
+        const [first, ...rest] = frames.push(value);
+        if (first === undefined) continue;
+        const msg = wire.ServerMsg.decode(first);
+        const reply = msg.Reply;
+        if (reply?.req_id === 0n && reply.result.Err) {
+          const { code, message } = reply.result.Err;
+          throw new QuiverError(code, message, { refused: true });
+        }
+        if (reply?.req_id !== 0n || !reply.result.Ok?.Welcome) {
+          throw new QuiverError(ErrorCode.ProtocolViolation, `expected Welcome, got ${Object.keys(msg)[0]}`);
+        }
+        return new Session(wt, writer, reader, frames, rest, reply.result.Ok.Welcome, hooks);
+      }
+    };
+    try {
+      return await Promise.race([handshake(), timeout]);
+    } catch (err) {
+      const code = err instanceof QuiverDecodeError ? err.code : ErrorCode.NoError;
+      try {
+        wt.close({ closeCode: code, reason: err.refused ? 'refused' : String(err.message ?? err).slice(0, 100) });
+      } catch { /* already closed */ }
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  constructor(wt, writer, reader, frames, leftover, welcome, hooks) {
+    this.wt = wt;
+    this.writer = writer;
+    this.welcome = welcome;
+    this.hooks = hooks;
+    this.maxFrame = welcome.limits.max_frame;
+    this.requests = new RequestTable(1n);
+    /** Subscriptions by their channel id on this connection (BigInt keys). */
+    this.channels = new Map();
+    this.datagramWriter = null;
+    this.goAway = null;
+    this.closedWhy = null;
+    frames.maxFrame = this.maxFrame;
+    this.readControl(reader, frames, leftover);
+    this.acceptRoomStreams();
+    this.readDatagrams();
+    wt.closed.then(
+      (info) => this.lost({ code: info?.closeCode ?? ErrorCode.NoError, reason: info?.reason || 'connection closed' }),
+      (err) => this.lost({ code: ErrorCode.Internal, reason: `connection lost: ${err?.message ?? err}` }),
+    );
+  }
+
+  /** Sends one request; resolves with the reply's Ok value, rejects with a QuiverError (or QuiverEncodeError). */
+  request(body) {
+    return new Promise((resolve, reject) => {
+      let reqId;
+      let frame;
+      try {
+        reqId = this.requests.start({ resolve, reject });
+        frame = encodeFrame(wire.Request, { req_id: reqId, body }, this.maxFrame);
+      } catch (err) {
+        if (reqId !== undefined) this.requests.complete(reqId);
+        reject(err);
+        return;
+      }
+      this.writer.write(frame).catch((err) => {
+        this.lost({ code: ErrorCode.Internal, reason: `control stream: ${err?.message ?? err}` });
+      });
+    });
+  }
+
+  /** Sends a datagram without waiting (ticks are never queued behind each other here). */
+  sendDatagram(datagram) {
+    try {
+      this.datagramWriter ??= this.wt.datagrams.writable.getWriter();
+      this.datagramWriter.write(datagram).catch(() => {});
+    } catch { /* the connection is going; ticks are not retried */ }
+  }
+
+  /** The largest datagram the path takes now, or null when unknown. */
+  get maxDatagramSize() {
+    return this.wt.datagrams?.maxDatagramSize ?? null;
+  }
+
+  /** Ends the connection (once) and fails what is outstanding with `why`. */
+  lost(why) {
+    if (this.closedWhy) return;
+    this.closedWhy = this.goAway && why.code === ErrorCode.NoError ? this.goAway : why;
+    for (const waiter of this.requests.close(this.closedWhy)) waiter.reject(QuiverError.closed(this.closedWhy));
+    this.close(why.code, why.reason);
+    this.hooks.onLost(this, this.closedWhy);
+  }
+
+  close(code, reason) {
+    try {
+      this.wt.close({ closeCode: code, reason: String(reason).slice(0, 100) });
+    } catch { /* already closed */ }
+  }
+
+  async readControl(reader, frames, leftover) {
+    try {
+      for (const body of leftover) this.dispatch(wire.ServerMsg.decode(body));
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) {
+          frames.finish();
+          return this.lost(this.goAway ?? { code: ErrorCode.NoError, reason: 'the server ended the control stream' });
+        }
+        for (const body of frames.push(value)) this.dispatch(wire.ServerMsg.decode(body));
+      }
+    } catch (err) {
+      if (err instanceof QuiverDecodeError) {
+        this.lost({ code: err.code, reason: `the server sent an undecodable frame: ${err.message}` });
+      } else {
+        this.lost({ code: ErrorCode.Internal, reason: `control stream: ${err?.message ?? err}` });
+      }
+    }
+  }
+
+  dispatch(msg) {
+    if (msg.Reply) {
+      const waiter = this.requests.complete(msg.Reply.req_id);
+      const { Ok: ok, Err: failure } = msg.Reply.result;
+      if (!waiter) return;
+      if (failure) waiter.reject(new QuiverError(failure.code, failure.message));
+      else waiter.resolve(ok);
+    } else if (msg.GoAway) {
+      this.goAway = { code: msg.GoAway.code, reason: msg.GoAway.reason };
+      this.hooks.onPush({ type: 'goaway', ...this.goAway });
+    } else if (msg.Kicked) {
+      this.hooks.onPush({ type: 'kicked', room: msg.Kicked.room, code: msg.Kicked.code, reason: msg.Kicked.reason });
+    } else if (msg.Error) {
+      this.hooks.onPush({ type: 'error', code: msg.Error.code, reason: msg.Error.message });
+    }
+  }
+
+  async acceptRoomStreams() {
+    try {
+      const streams = this.wt.incomingUnidirectionalStreams.getReader();
+      for (;;) {
+        const { done, value } = await streams.read();
+        if (done) return;
+        this.hooks.onRoomStream(this, value);
+      }
+    } catch { /* the connection is gone */ }
+  }
+
+  async readDatagrams() {
+    try {
+      const datagrams = this.wt.datagrams.readable.getReader();
+      for (;;) {
+        const { done, value } = await datagrams.read();
+        if (done) return;
+        if (isProbe(value)) continue; // a tail-loss probe: it only elicits an ACK
+        let tick;
+        try {
+          tick = decodeTick(value);
+        } catch {
+          continue; // undecodable datagrams are dropped, as in the Rust client
+        }
+        const subscription = this.channels.get(tick.channel_id);
+        if (subscription) this.hooks.onTick(subscription, tick);
+      }
+    } catch { /* the connection is gone */ }
+  }
+}
+
+/** Reads one room stream frame by frame: `next()` resolves to a RoomFrame value, or null at the stream's end. */
+export function roomFrames(stream, maxFrame) {
+  const reader = stream.getReader();
+  const frames = new FrameReader(maxFrame);
+  const queue = [];
+  return {
+    async next() {
+      while (queue.length === 0) {
+        const { done, value } = await reader.read();
+        if (done) {
+          frames.finish();
+          return null;
+        }
+        queue.push(...frames.push(value));
+      }
+      return wire.RoomFrame.decode(queue.shift());
+    },
+    cancel() {
+      reader.cancel().catch(() => {});
+    },
+  };
+}

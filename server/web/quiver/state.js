@@ -1,0 +1,247 @@
+// The client's bookkeeping without IO, as the Rust client keeps it: reconnect delays (`Backoff`), requests awaiting
+// replies (`RequestTable`), a room's resume position and dedupe (`RoomState`), posts re-sent in order
+// (`PostQueue`), latest-wins tick acceptance (`LatestWins`) and the server clock offset (`clockOffsetUs`). Plain
+// values in, decisions out, so the node tests drive each one directly.
+
+import { QuiverError } from './wire/errors.js';
+
+const lossyUtf8Decoder = new TextDecoder('utf-8', { ignoreBOM: true });
+
+/**
+ * Reconnect delays: attempt 0 waits up to `initialMs`, each later attempt up to twice as long, capped at `maxMs`;
+ * each delay is drawn from the upper half of its ceiling (as the Rust client does).
+ */
+export class Backoff {
+  constructor({ initialMs = 50, maxMs = 5000, random = Math.random } = {}) {
+    this.initialMs = initialMs;
+    this.maxMs = maxMs;
+    this.random = random;
+  }
+
+  /** The ceiling of attempt `attempt` (0-based). */
+  ceiling(attempt) {
+    return Math.min(this.initialMs * 2 ** Math.min(attempt, 16), this.maxMs);
+  }
+
+  /** The delay before attempt `attempt`, in ms: in [ceiling / 2, ceiling]. */
+  delay(attempt) {
+    return this.ceiling(attempt) * (0.5 + this.random() / 2);
+  }
+}
+
+/** Outstanding requests of one control stream: ids handed out in order, each reply completes one waiter. */
+export class RequestTable {
+  /** Ids start at `firstId` (Hello uses 0). */
+  constructor(firstId = 1n) {
+    this.nextId = firstId;
+    this.waiting = new Map();
+    this.closedWhy = null;
+  }
+
+  /** Registers `waiter` and returns its req_id; throws a closed QuiverError once the connection is gone. */
+  start(waiter) {
+    if (this.closedWhy) throw QuiverError.closed(this.closedWhy);
+    const id = this.nextId++;
+    this.waiting.set(id, waiter);
+    return id;
+  }
+
+  /** The waiter of `reqId`, now no longer outstanding; undefined for an id not outstanding. */
+  complete(reqId) {
+    const waiter = this.waiting.get(reqId);
+    this.waiting.delete(reqId);
+    return waiter;
+  }
+
+  /** Marks the connection gone (`why` = {code, reason}; the first reason sticks); returns every waiter. */
+  close(why) {
+    this.closedWhy ??= why;
+    const waiters = [...this.waiting.values()];
+    this.waiting.clear();
+    return waiters;
+  }
+
+  /** Requests awaiting a reply. */
+  get size() {
+    return this.waiting.size;
+  }
+}
+
+/** A room message as the application sees it (from a room event or a history page). */
+export function messageEvent(room, epoch, { seq, time_us, kind }) {
+  const { sender, client_msg_id, body } = kind.Message;
+  return {
+    type: 'message', room, epoch, seq, timeUs: time_us, sender, clientMsgId: client_msg_id, body,
+    text: lossyUtf8Decoder.decode(body),
+  };
+}
+
+/**
+ * One joined room's client state: the position to resume from (epoch and the last delivered message's seq) and the
+ * members. A room stream's Open frame (`open`) says everything a resume needs, so no Join reply is needed to read
+ * it; `replied` only fills in a brand-new room whose Join reply came before its stream.
+ */
+export class RoomState {
+  constructor(name) {
+    this.name = name;
+    /** The room's epoch, null until the first Join reply or Open frame. */
+    this.epoch = null;
+    /** Seq of the last message delivered (or, before the first, of the message before the first to deliver). */
+    this.lastSeq = 0n;
+    this.members = new Set();
+    /** Whether a room stream has opened: every later Open is a rejoin. */
+    this.opened = false;
+  }
+
+  /** Where to resume from: `{epoch, seq}` of the last message delivered, or null before the first join. */
+  position() {
+    return this.epoch === null ? null : { epoch: this.epoch, seq: this.lastSeq };
+  }
+
+  /** The first Join's reply (a Joined object): live events follow the room's head, as `open` would set them. */
+  replied(joined) {
+    if (this.epoch !== null) return;
+    this.epoch = joined.epoch;
+    this.lastSeq = joined.replay_from - 1n;
+    this.members = new Set(joined.members);
+  }
+
+  /**
+   * A room stream opened with `joined` (its Open frame); returns the events to deliver before the stream's replay:
+   * `{type: 'resumed', recovered, epoch}` on a rejoin. With the same epoch the position stays and the replay's
+   * overlap is dropped by seq; a new epoch means the old seqs mean nothing, and the resume is not recovered.
+   * The first stream is announced only when it cannot continue from the position a Join reply gave (its stream
+   * was lost and the room joined again meanwhile): a gap is never silent.
+   */
+  open(joined) {
+    const known = this.epoch !== null;
+    const sameEpoch = this.epoch === joined.epoch;
+    if (!sameEpoch) {
+      this.epoch = joined.epoch;
+      this.lastSeq = joined.replay_from - 1n;
+    }
+    this.members = new Set(joined.members);
+    const recovered = sameEpoch && joined.recovered;
+    const announce = this.opened || (known && !recovered);
+    this.opened = true;
+    return announce ? [{ type: 'resumed', room: this.name, recovered, epoch: joined.epoch }] : [];
+  }
+
+  /**
+   * A room event (`RoomEvent` object) off the stream; returns the application event, or null for a message
+   * already delivered (seq at or below the last one: a resume's overlap).
+   */
+  event({ seq, time_us, kind }) {
+    if (kind.Message) {
+      if (seq <= this.lastSeq) return null;
+      this.lastSeq = seq;
+      return messageEvent(this.name, this.epoch, { seq, time_us, kind });
+    }
+    if (kind.MemberJoined) {
+      this.members.add(kind.MemberJoined.member);
+      return { type: 'joined', room: this.name, seq, timeUs: time_us, member: kind.MemberJoined.member };
+    }
+    this.members.delete(kind.MemberLeft.member);
+    return { type: 'left', room: this.name, seq, timeUs: time_us, member: kind.MemberLeft.member };
+  }
+}
+
+/**
+ * Posts in the order they were made: pending (not sent on the current connection) and in flight (sent on
+ * connection `token`, reply awaited). When a connection is lost every in-flight post goes back in front of the
+ * pending ones, in order, to be sent again with the same client_msg_id (the server deduplicates).
+ */
+export class PostQueue {
+  constructor() {
+    this.pending = [];
+    this.inflight = []; // {job, token}
+  }
+
+  /** Queues a post (any object; the client uses `{room, clientMsgId, body, resolve, reject}`). */
+  enqueue(job) {
+    this.pending.push(job);
+  }
+
+  /** Every pending post, now in flight on connection `token`, in order. */
+  startSending(token) {
+    const jobs = this.pending;
+    this.pending = [];
+    for (const job of jobs) this.inflight.push({ job, token });
+    return jobs;
+  }
+
+  /** True (and the post forgotten) when `job` is in flight on `token`: its reply is the one that counts. */
+  settle(job, token) {
+    const i = this.inflight.findIndex((entry) => entry.job === job && entry.token === token);
+    if (i < 0) return false;
+    this.inflight.splice(i, 1);
+    return true;
+  }
+
+  /** The connection is gone: in-flight posts go back in front of the pending ones, in their order. */
+  connectionLost() {
+    this.pending = [...this.inflight.map((entry) => entry.job), ...this.pending];
+    this.inflight = [];
+  }
+
+  /** Removes and returns every post (to fail them when the client ends). */
+  drain() {
+    const jobs = [...this.inflight.map((entry) => entry.job), ...this.pending];
+    this.pending = [];
+    this.inflight = [];
+    return jobs;
+  }
+
+  /** Posts not acknowledged yet. */
+  get size() {
+    return this.pending.length + this.inflight.length;
+  }
+}
+
+/**
+ * Latest-wins acceptance of a subscription's ticks: a tick whose seq is not newer than the last accepted one is
+ * stale (reordered on the way) and dropped; a jump forward counts the skipped seqs as lost.
+ */
+export class LatestWins {
+  constructor() {
+    /** Seq of the newest accepted tick, null until the first (and again after a resubscribe). */
+    this.lastSeq = null;
+    this.received = 0;
+    this.lost = 0;
+    this.stale = 0;
+  }
+
+  /** True when the tick with `seq` (BigInt) is newer than every tick before it and is to be delivered. */
+  accept(seq) {
+    if (this.lastSeq !== null) {
+      if (seq <= this.lastSeq) {
+        this.stale += 1;
+        return false;
+      }
+      this.lost += Number(seq - this.lastSeq - 1n);
+    }
+    this.lastSeq = seq;
+    this.received += 1;
+    return true;
+  }
+
+  /** Subscribed again on a new connection: the channel's seqs may start over. */
+  resync() {
+    this.lastSeq = null;
+  }
+
+  /** `{received, lost, stale}`. */
+  get stats() {
+    return { received: this.received, lost: this.lost, stale: this.stale };
+  }
+}
+
+/**
+ * The clock offset (server minus local, µs) from Ping samples `{rttUs, clientTimeUs, serverTimeUs}`: the fastest
+ * round trip's midpoint is the best guess of when the server read its clock. Null without samples.
+ */
+export function clockOffsetUs(samples) {
+  let best = null;
+  for (const s of samples) if (best === null || s.rttUs < best.rttUs) best = s;
+  return best === null ? null : best.serverTimeUs - (best.clientTimeUs + best.rttUs / 2);
+}

@@ -118,12 +118,53 @@ fn main() -> ExitCode {
     runtime.block_on(serve(args))
 }
 
-fn mint(args: TokenArgs) -> Result<String, String> {
+/// Why `quiver-server token` could not mint a token.
+#[derive(Debug, thiserror::Error)]
+enum TokenCommandError {
+    /// `--ttl` is not a duration.
+    #[error("--ttl {0:?}: expected e.g. 90s, 30m, 1h or 7d")]
+    BadTtl(String),
+    /// `--ttl` has a unit other than s, m, h, d.
+    #[error("--ttl {text:?}: unknown unit {unit:?} (s, m, h, d)")]
+    TtlUnit {
+        /// What was given.
+        text: String,
+        /// The unit.
+        unit: String,
+    },
+    /// `--ttl` is 0 or too large.
+    #[error("--ttl {0:?}: out of range")]
+    TtlRange(String),
+    /// `--sub` is not a valid identity.
+    #[error("--sub: {0}")]
+    Subject(String),
+    /// The private key file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The system clock is before 1970.
+    #[error("the system clock is before the Unix epoch")]
+    Clock,
+    /// Minting failed.
+    #[error(transparent)]
+    Mint(#[from] quiver_server::auth::MintError),
+    /// The dev key could not be created.
+    #[error(transparent)]
+    DevKey(#[from] quiver_server::auth::AuthError),
+}
+
+fn mint(args: TokenArgs) -> Result<String, TokenCommandError> {
     use quiver_server::auth::{ChannelRight, Claims, RoomRight};
     let ttl_s = parse_ttl(&args.ttl)?;
-    let now_s =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
-    quiver_server::session::check_name(&args.sub, 256).map_err(|f| format!("--sub: {}", f.message))?;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| TokenCommandError::Clock)?
+        .as_secs();
+    quiver_server::session::check_name(&args.sub, 256).map_err(|f| TokenCommandError::Subject(f.message))?;
     let mut claims = Claims::everything(args.sub, now_s, ttl_s);
     if !args.rooms.is_empty() || !args.channels.is_empty() {
         let room_rights = if args.post { vec![RoomRight::Join, RoomRight::Post] } else { vec![RoomRight::Join] };
@@ -137,29 +178,29 @@ fn mint(args: TokenArgs) -> Result<String, String> {
     }
     match args.ed25519_private_key {
         Some(path) => {
-            let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            quiver_server::auth::mint_ed25519(&claims, &pem).map_err(|e| format!("{}: {e}", path.display()))
+            let pem = std::fs::read(&path).map_err(|source| TokenCommandError::Read { path, source })?;
+            Ok(quiver_server::auth::mint_ed25519(&claims, &pem)?)
         }
         None => {
-            quiver_server::auth::load_or_generate_dev_key(&args.data_dir).map_err(|e| e.to_string())?;
-            quiver_server::auth::mint_dev(&args.data_dir, &claims).map_err(|e| e.to_string())
+            quiver_server::auth::load_or_generate_dev_key(&args.data_dir)?;
+            Ok(quiver_server::auth::mint_dev(&args.data_dir, &claims)?)
         }
     }
 }
 
 /// "90s", "30m", "1h", "7d" (or plain seconds) → seconds.
-fn parse_ttl(text: &str) -> Result<u64, String> {
+fn parse_ttl(text: &str) -> Result<u64, TokenCommandError> {
     let text = text.trim();
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| format!("--ttl {text:?}: expected e.g. 90s, 30m, 1h or 7d"))?;
+    let n: u64 = number.parse().map_err(|_| TokenCommandError::BadTtl(text.into()))?;
     let unit = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        other => return Err(format!("--ttl {text:?}: unknown unit {other:?} (s, m, h, d)")),
+        other => return Err(TokenCommandError::TtlUnit { text: text.into(), unit: other.into() }),
     };
-    n.checked_mul(unit).filter(|s| *s > 0).ok_or_else(|| format!("--ttl {text:?}: out of range"))
+    n.checked_mul(unit).filter(|s| *s > 0).ok_or_else(|| TokenCommandError::TtlRange(text.into()))
 }
 
 async fn serve(args: Args) -> ExitCode {

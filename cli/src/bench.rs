@@ -70,7 +70,7 @@ pub(crate) struct NetnsArgs {
 impl NetnsArgs {
     fn backend(&self) -> Result<Option<Backend>, String> {
         if self.netns {
-            Backend::parse(&self.backend).map(Some)
+            Backend::parse(&self.backend).map(Some).map_err(|e| e.to_string())
         } else {
             Ok(None)
         }
@@ -171,14 +171,14 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
     let shown = bar.clone();
     // Ctrl-C drops the run, which stops its servers and removes the netns emulator's namespaces.
     let report = tokio::select! {
-        report = run_fanout(config, move |what| shown.set_message(what.to_string())) => report,
+        report = run_fanout(config, move |what| shown.set_message(what.to_string())) => report.map_err(|e| e.to_string()),
         _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
     };
     bar.finish_and_clear();
     let report = report?;
     println!("{}", report.table());
     if let Some(path) = &args.json {
-        write_json(&report, path)?;
+        write_json(&report, path).map_err(|e| e.to_string())?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -242,7 +242,7 @@ async fn rtt(args: RttArgs) -> Result<(), String> {
     let shown = bar.clone();
     // Ctrl-C drops the run, which stops its servers and removes the netns emulator's namespaces.
     let report = tokio::select! {
-        report = run_rtt(config, move |name| shown.set_message(format!("measuring {name}"))) => report,
+        report = run_rtt(config, move |name| shown.set_message(format!("measuring {name}"))) => report.map_err(|e| e.to_string()),
         _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
     };
     bar.finish_and_clear();
@@ -252,11 +252,11 @@ async fn rtt(args: RttArgs) -> Result<(), String> {
         println!("{}", report.head_to_head_markdown(label, true));
     }
     if let Some(path) = &args.json {
-        write_json(&report, path)?;
+        write_json(&report, path).map_err(|e| e.to_string())?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &args.plot {
-        write_plot(&report, &title, path)?;
+        write_plot(&report, &title, path).map_err(|e| e.to_string())?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

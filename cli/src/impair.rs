@@ -44,7 +44,7 @@ pub(crate) struct ProfileArgs {
 impl ProfileArgs {
     pub(crate) fn profile(&self) -> Result<ImpairmentProfile, String> {
         let mut profile = match &self.profile {
-            Some(spec) => ImpairmentProfile::named_or_file(spec)?,
+            Some(spec) => ImpairmentProfile::named_or_file(spec).map_err(|e| e.to_string())?,
             None => ImpairmentProfile::default(),
         };
         for d in [&mut profile.up, &mut profile.down] {
@@ -74,7 +74,7 @@ impl ProfileArgs {
         if let Some(seed) = self.seed {
             profile.seed = seed;
         }
-        profile.check()?;
+        profile.check().map_err(|e| e.to_string())?;
         Ok(profile)
     }
 }
@@ -172,8 +172,8 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), String> {
 #[cfg(target_os = "linux")]
 async fn netns(args: ImpairArgs, profile: quiver_lab::impair::ImpairmentProfile) -> Result<(), String> {
     use quiver_lab::impair::netns::{self, NetnsLink, Side};
-    netns::available()?;
-    let backend = netns::Backend::parse(&args.backend)?;
+    netns::available().map_err(|e| e.to_string())?;
+    let backend = netns::Backend::parse(&args.backend).map_err(|e| e.to_string())?;
     let link = NetnsLink::start_with("quiver", &profile, backend)
         .map_err(|e| format!("cannot set up the namespaces ({} backend): {e}", backend.name()))?;
     let (srv, cli) = (link.namespace(Side::Server), link.namespace(Side::Client));

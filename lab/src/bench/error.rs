@@ -125,7 +125,7 @@ impl From<tokio_tungstenite::tungstenite::Error> for BenchError {
 }
 
 impl BenchError {
-    /// An [`BenchError::Io`] for what was being done.
+    /// A [`BenchError::Io`] for what was being done.
     pub(crate) fn io(doing: &'static str) -> impl FnOnce(io::Error) -> BenchError {
         move |source| BenchError::Io { doing, source }
     }

@@ -7,7 +7,7 @@ use quiver_lab::bench::{run_fanout, run_rtt, write_json, write_plot, FanoutConfi
 
 use quiver_lab::impair::Backend;
 
-use crate::{impair::ProfileArgs, TrustArgs};
+use crate::{error::CliError, impair::ProfileArgs, seconds, TrustArgs};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
@@ -68,9 +68,9 @@ pub(crate) struct NetnsArgs {
 }
 
 impl NetnsArgs {
-    fn backend(&self) -> Result<Option<Backend>, String> {
+    fn backend(&self) -> Result<Option<Backend>, CliError> {
         if self.netns {
-            Backend::parse(&self.backend).map(Some)
+            Ok(Some(Backend::parse(&self.backend)?))
         } else {
             Ok(None)
         }
@@ -133,15 +133,14 @@ pub(crate) struct RttArgs {
     profile: ProfileArgs,
 }
 
-pub(crate) async fn run(command: BenchCommand) -> Result<(), String> {
+pub(crate) async fn run(command: BenchCommand) -> Result<(), CliError> {
     match command {
         BenchCommand::Rtt(args) => rtt(args).await,
         BenchCommand::Fanout(args) => fanout(args).await,
     }
 }
 
-async fn fanout(args: FanoutArgs) -> Result<(), String> {
-    let seconds = |name: &str, v: f64| Duration::try_from_secs_f64(v).map_err(|e| format!("--{name}: {e}"));
+async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
     let profile = args.profile.profile()?;
     let config = FanoutConfig {
         subscribers: args.subscribers,
@@ -171,8 +170,10 @@ async fn fanout(args: FanoutArgs) -> Result<(), String> {
     let shown = bar.clone();
     // Ctrl-C drops the run, which stops its servers and removes the netns emulator's namespaces.
     let report = tokio::select! {
-        report = run_fanout(config, move |what| shown.set_message(what.to_string())) => report,
-        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+        report = run_fanout(config, move |what| shown.set_message(what.to_string())) => {
+            report.map_err(CliError::from)
+        }
+        _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted),
     };
     bar.finish_and_clear();
     let report = report?;
@@ -201,8 +202,7 @@ fn progress_bar(expected: Duration) -> indicatif::ProgressBar {
     bar
 }
 
-async fn rtt(args: RttArgs) -> Result<(), String> {
-    let seconds = |name: &str, v: f64| Duration::try_from_secs_f64(v).map_err(|e| format!("--{name}: {e}"));
+async fn rtt(args: RttArgs) -> Result<(), CliError> {
     let profile = args.profile.profile()?;
     let config = RttConfig {
         clients: args.clients,
@@ -213,7 +213,7 @@ async fn rtt(args: RttArgs) -> Result<(), String> {
         profile: (!profile.is_clean()).then_some(profile),
         token: args.server.as_ref().and(args.trust.token_provider(None)),
         server: args.server.map(|server| (server, args.trust.trust())),
-        tuning: quiver_transport::TransportTuning::named(&args.tuning).map_err(|e| e.to_string())?,
+        tuning: quiver_transport::TransportTuning::named(&args.tuning)?,
         compare_websocket: args.compare.as_deref() == Some("websocket"),
         chat_rate: args.chat_rate,
         netns: args.netns.backend()?,
@@ -242,8 +242,10 @@ async fn rtt(args: RttArgs) -> Result<(), String> {
     let shown = bar.clone();
     // Ctrl-C drops the run, which stops its servers and removes the netns emulator's namespaces.
     let report = tokio::select! {
-        report = run_rtt(config, move |name| shown.set_message(format!("measuring {name}"))) => report,
-        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+        report = run_rtt(config, move |name| shown.set_message(format!("measuring {name}"))) => {
+            report.map_err(CliError::from)
+        }
+        _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted),
     };
     bar.finish_and_clear();
     let report = report?;

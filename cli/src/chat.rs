@@ -5,7 +5,7 @@ use quiver_client::{Message, RoomEvent};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::ServerArgs;
+use crate::{error::CliError, ServerArgs};
 
 #[derive(Debug, Args)]
 pub(crate) struct ChatArgs {
@@ -61,9 +61,10 @@ fn print_message(m: &Message) {
 
 /// Joins the room, posts every stdin line, prints every event. Ends at end of input (once every line is
 /// acknowledged) or on Ctrl-C.
-pub(crate) async fn chat(args: ChatArgs) -> Result<(), String> {
+pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     let client = args.server.connect_as(args.name).await?;
-    let mut room = client.join(&args.room).await.map_err(|e| format!("cannot join {}: {e}", args.room))?;
+    let mut room =
+        client.join(&args.room).await.map_err(|source| CliError::Join { room: args.room.clone(), source })?;
     eprintln!("* joined {} as {} (members: {})", args.room, client.welcome().identity, room.members().join(", "));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut posts = tokio::task::JoinSet::new();
@@ -77,7 +78,7 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), String> {
                     posts.spawn(room.post(line));
                 }
                 Ok(None) => input_open = false,
-                Err(err) => return Err(format!("reading stdin: {err}")),
+                Err(err) => return Err(CliError::Stdin(err)),
             },
             Some(done) = posts.join_next(), if !posts.is_empty() => {
                 if let Ok(Err(err)) = done {
@@ -92,7 +93,7 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), String> {
                 Some(RoomEvent::Resumed { recovered: false, .. }) => {
                     eprintln!("* reconnected; messages were missed, showing the latest")
                 }
-                None => return Err("the room's event stream ended".into()),
+                None => return Err(CliError::RoomEnded),
             },
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -105,9 +106,9 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) async fn post(args: PostArgs) -> Result<(), String> {
+pub(crate) async fn post(args: PostArgs) -> Result<(), CliError> {
     let client = args.server.connect_as(args.name).await?;
-    let seq = client.post(&args.room, args.text).await.map_err(|e| format!("post failed: {e}"))?;
+    let seq = client.post(&args.room, args.text).await.map_err(CliError::Post)?;
     println!("{seq}");
     client.close().await;
     Ok(())
@@ -123,12 +124,12 @@ struct HistoryLine<'a> {
     body: String,
 }
 
-pub(crate) async fn history(args: HistoryArgs) -> Result<(), String> {
+pub(crate) async fn history(args: HistoryArgs) -> Result<(), CliError> {
     let client = args.server.connect().await?;
     let mut since = args.since;
     let mut left = args.limit;
     while left > 0 {
-        let page = client.history(&args.room, since, left).await.map_err(|e| format!("history failed: {e}"))?;
+        let page = client.history(&args.room, since, left).await.map_err(CliError::History)?;
         for event in &page.messages {
             let quiver_proto::EventKind::Message { sender, client_msg_id, body } = &event.kind else { continue };
             if args.json {
@@ -140,7 +141,7 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<(), String> {
                     client_msg_id: *client_msg_id,
                     body: text(body),
                 };
-                println!("{}", serde_json::to_string(&line).map_err(|e| e.to_string())?);
+                println!("{}", serde_json::to_string(&line)?);
             } else {
                 println!("[{}] {}: {}", event.seq, sender, text(body));
             }

@@ -5,6 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Args;
 use quiver_lab::impair::{ImpairmentProfile, LinkStats, Relay, RelayConfig, RelayStats, PRESETS};
 
+use crate::error::CliError;
+
 /// Impairment flags shared by `quiver impair` (and later the benches). Flags apply to both directions and
 /// override the profile's values.
 #[derive(Debug, Args)]
@@ -42,7 +44,7 @@ pub(crate) struct ProfileArgs {
 }
 
 impl ProfileArgs {
-    pub(crate) fn profile(&self) -> Result<ImpairmentProfile, String> {
+    pub(crate) fn profile(&self) -> Result<ImpairmentProfile, CliError> {
         let mut profile = match &self.profile {
             Some(spec) => ImpairmentProfile::named_or_file(spec)?,
             None => ImpairmentProfile::default(),
@@ -130,7 +132,7 @@ fn print_directions(up: &LinkStats, down: &LinkStats) {
     println!("{}", row("down", down));
 }
 
-pub(crate) async fn run(args: ImpairArgs) -> Result<(), String> {
+pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
     if args.list_presets {
         for (name, what) in PRESETS {
             println!("{name:<10} {what}");
@@ -142,10 +144,10 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), String> {
         return netns(args, profile).await;
     }
     let (Some(listen), Some(upstream)) = (args.listen, args.upstream) else {
-        return Err("--listen and --upstream are required (or --netns)".into());
+        return Err(CliError::RelayAddresses);
     };
     let config = RelayConfig { listen, upstream, profile, max_clients: args.max_clients };
-    let relay = Relay::start(config.clone()).map_err(|e| format!("cannot start the relay on {listen}: {e}"))?;
+    let relay = Relay::start(config.clone()).map_err(|source| CliError::Relay { listen, source })?;
     eprintln!("relaying {} -> {upstream} with {:?}", relay.local_addr(), config.profile);
     let end = async {
         match args.duration {
@@ -163,19 +165,19 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), String> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    let stats = tokio::task::spawn_blocking(move || relay.stop()).await.map_err(|e| e.to_string())?;
+    let stats = tokio::task::spawn_blocking(move || relay.stop()).await?;
     println!("total ({} clients{}):", stats.clients, if stats.refused > 0 { ", some refused" } else { "" });
     print(&stats);
     Ok(())
 }
 
 #[cfg(target_os = "linux")]
-async fn netns(args: ImpairArgs, profile: quiver_lab::impair::ImpairmentProfile) -> Result<(), String> {
+async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliError> {
     use quiver_lab::impair::netns::{self, NetnsLink, Side};
     netns::available()?;
     let backend = netns::Backend::parse(&args.backend)?;
     let link = NetnsLink::start_with("quiver", &profile, backend)
-        .map_err(|e| format!("cannot set up the namespaces ({} backend): {e}", backend.name()))?;
+        .map_err(|source| CliError::NetnsSetup { backend, source })?;
     let (srv, cli) = (link.namespace(Side::Server), link.namespace(Side::Client));
     eprintln!(
         "{srv} ({}) <-> {cli} ({}), {} backend, with {profile:?}",
@@ -189,7 +191,7 @@ async fn netns(args: ImpairArgs, profile: quiver_lab::impair::ImpairmentProfile)
         command
     };
     let mut server = match &args.server_cmd {
-        Some(cmd) => Some(shell(Side::Server, cmd).spawn().map_err(|e| format!("server command: {e}"))?),
+        Some(cmd) => Some(shell(Side::Server, cmd).spawn().map_err(CliError::ServerCommand)?),
         None => {
             eprintln!("run programs inside with: ip netns exec {srv} <server>   and   ip netns exec {cli} <client>");
             None
@@ -199,11 +201,11 @@ async fn netns(args: ImpairArgs, profile: quiver_lab::impair::ImpairmentProfile)
         Some(cmd) => {
             // Give the server a moment to bind.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let status = shell(Side::Client, cmd).status().await.map_err(|e| format!("client command: {e}"))?;
+            let status = shell(Side::Client, cmd).status().await.map_err(CliError::ClientCommand)?;
             if status.success() {
                 Ok(())
             } else {
-                Err(format!("the client command exited with {status}"))
+                Err(CliError::ClientFailed(status))
             }
         }
         None => {
@@ -232,14 +234,13 @@ async fn netns(args: ImpairArgs, profile: quiver_lab::impair::ImpairmentProfile)
     if let Some(server) = server.as_mut() {
         let _ = server.kill().await;
     }
-    let stats = tokio::task::spawn_blocking(move || link.stop()).await.map_err(|e| e.to_string())?;
-    let stats = stats.map_err(|e| format!("cleanup: {e}"))?;
+    let stats = tokio::task::spawn_blocking(move || link.stop()).await?.map_err(CliError::NetnsCleanup)?;
     println!("total:");
     print_directions(&stats.up, &stats.down);
     outcome
 }
 
 #[cfg(not(target_os = "linux"))]
-async fn netns(_: ImpairArgs, _: quiver_lab::impair::ImpairmentProfile) -> Result<(), String> {
-    Err("--netns needs Linux".into())
+async fn netns(_: ImpairArgs, _: ImpairmentProfile) -> Result<(), CliError> {
+    Err(CliError::NetnsNeedsLinux)
 }

@@ -2,15 +2,18 @@
 
 mod bench;
 mod chat;
+mod error;
 mod impair;
 mod ping;
 mod tick;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use quiver_certs::Fingerprint;
 use quiver_client::{Client, ConnectOptions, TrustOptions};
+
+use crate::error::CliError;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Quiver client: ping, chat, ticks and benchmarks against a Quiver server")]
@@ -93,15 +96,22 @@ pub(crate) struct ServerArgs {
 }
 
 impl ServerArgs {
-    pub(crate) async fn connect(&self) -> Result<Client, String> {
+    pub(crate) async fn connect(&self) -> Result<Client, CliError> {
         self.connect_as(None).await
     }
 
-    pub(crate) async fn connect_as(&self, name: Option<String>) -> Result<Client, String> {
+    pub(crate) async fn connect_as(&self, name: Option<String>) -> Result<Client, CliError> {
         let token_provider = self.trust.token_provider(name.as_deref());
         let options = ConnectOptions { trust: self.trust.trust(), name, token_provider, ..ConnectOptions::default() };
-        Client::connect_with(&self.server, options).await.map_err(|e| format!("cannot connect to {}: {e}", self.server))
+        Client::connect_with(&self.server, options)
+            .await
+            .map_err(|source| CliError::Connect { server: self.server.clone(), source })
     }
+}
+
+/// `--flag`'s value in seconds as a duration.
+pub(crate) fn seconds(flag: &'static str, value: f64) -> Result<Duration, CliError> {
+    Duration::try_from_secs_f64(value).map_err(|source| CliError::Seconds { flag, source })
 }
 
 fn main() -> ExitCode {
@@ -131,8 +141,8 @@ fn main() -> ExitCode {
     });
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(message)) => {
-            eprintln!("error: {message}");
+        Ok(Err(err)) => {
+            eprintln!("error: {err}");
             ExitCode::FAILURE
         }
         Err(join) => {

@@ -7,7 +7,7 @@ use quiver_client::latency::LatencyRecorder;
 use serde::Serialize;
 use tokio::{task::JoinSet, time::Instant};
 
-use crate::ServerArgs;
+use crate::{error::CliError, ServerArgs};
 
 #[derive(Debug, Args)]
 pub(crate) struct PingArgs {
@@ -39,7 +39,7 @@ struct PingReport {
     max_us: u64,
 }
 
-pub(crate) async fn run(args: PingArgs) -> Result<(), String> {
+pub(crate) async fn run(args: PingArgs) -> Result<(), CliError> {
     let client = args.server.connect().await?;
     if !args.json {
         eprintln!("pinging {} ({} pings, one every {} ms)", client.server_addr(), args.count, args.interval_ms);
@@ -56,7 +56,7 @@ pub(crate) async fn run(args: PingArgs) -> Result<(), String> {
         in_flight.spawn(async move {
             match tokio::time::timeout(timeout, client.ping()).await {
                 Ok(Ok(_)) => Ok(Some(scheduled.elapsed())),
-                Ok(Err(err)) => Err(err.to_string()),
+                Ok(Err(err)) => Err(CliError::Ping(err)),
                 Err(_) => Ok(None),
             }
         });
@@ -64,10 +64,9 @@ pub(crate) async fn run(args: PingArgs) -> Result<(), String> {
     let mut latencies = LatencyRecorder::default();
     let mut lost = 0;
     while let Some(result) = in_flight.join_next().await {
-        match result.map_err(|e| e.to_string())? {
-            Ok(Some(rtt)) => latencies.record(rtt),
-            Ok(None) => lost += 1,
-            Err(err) => return Err(format!("ping failed: {err}")),
+        match result?? {
+            Some(rtt) => latencies.record(rtt),
+            None => lost += 1,
         }
     }
     let s = latencies.summary();
@@ -82,7 +81,7 @@ pub(crate) async fn run(args: PingArgs) -> Result<(), String> {
             p999_us: s.p999_us,
             max_us: s.max_us,
         };
-        println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("{} answered, {lost} lost", s.count);
         println!(

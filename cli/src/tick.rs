@@ -7,7 +7,7 @@ use quiver_client::{latency::LatencySummary, TickError, TickStats};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::ServerArgs;
+use crate::{error::CliError, seconds, ServerArgs};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TickCommand {
@@ -57,19 +57,15 @@ pub(crate) struct SubArgs {
     json: bool,
 }
 
-pub(crate) async fn run(command: TickCommand) -> Result<(), String> {
+pub(crate) async fn run(command: TickCommand) -> Result<(), CliError> {
     match command {
         TickCommand::Pub(args) => publish(args).await,
         TickCommand::Sub(args) => subscribe(args).await,
     }
 }
 
-fn deadline(duration: Option<f64>) -> Result<Option<Instant>, String> {
-    duration
-        .map(|secs| {
-            Duration::try_from_secs_f64(secs).map(|d| Instant::now() + d).map_err(|e| format!("--duration: {e}"))
-        })
-        .transpose()
+fn deadline(duration: Option<f64>) -> Result<Option<Instant>, CliError> {
+    duration.map(|secs| seconds("duration", secs).map(|d| Instant::now() + d)).transpose()
 }
 
 async fn until(deadline: Option<Instant>) {
@@ -79,17 +75,16 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
-async fn publish(args: PubArgs) -> Result<(), String> {
+async fn publish(args: PubArgs) -> Result<(), CliError> {
     if !(args.rate > 0.0 && args.rate <= 1_000_000.0) {
-        return Err("--rate must be above 0 and at most 1,000,000".into());
+        return Err(CliError::TickRate(args.rate));
     }
     let client = args.server.connect().await?;
     let max_age = args.max_age_ms.map(Duration::from_millis);
-    let publisher =
-        client.publisher_with_max_age(&args.channel, max_age).await.map_err(|e| format!("cannot publish: {e}"))?;
-    let max = publisher.max_payload().map_err(|e| e.to_string())?;
+    let publisher = client.publisher_with_max_age(&args.channel, max_age).await.map_err(CliError::Publish)?;
+    let max = publisher.max_payload()?;
     if args.size > max {
-        return Err(TickError::TooLarge { size: args.size, max_payload: max }.to_string());
+        return Err(TickError::TooLarge { size: args.size, max_payload: max }.into());
     }
     let end = deadline(args.duration)?;
     let interval = Duration::from_secs_f64(1.0 / args.rate);
@@ -127,7 +122,7 @@ async fn publish(args: PubArgs) -> Result<(), String> {
         match publisher.send(tick) {
             Ok(_) => sent += 1,
             Err(TickError::NotConnected) => unsent += 1,
-            Err(err) => return Err(err.to_string()),
+            Err(err) => return Err(err.into()),
         }
         if Instant::now() >= report {
             eprintln!("sent {sent} ticks ({unsent} while reconnecting)");
@@ -171,9 +166,9 @@ fn line(stats: &TickStats, rate: f64) -> String {
     )
 }
 
-async fn subscribe(args: SubArgs) -> Result<(), String> {
+async fn subscribe(args: SubArgs) -> Result<(), CliError> {
     let client = args.server.connect().await?;
-    let subscription = client.subscribe(&args.channel).await.map_err(|e| format!("cannot subscribe: {e}"))?;
+    let subscription = client.subscribe(&args.channel).await.map_err(CliError::Subscribe)?;
     let end = deadline(args.duration)?;
     if !args.json {
         eprintln!("subscribed to {}", args.channel);
@@ -202,7 +197,7 @@ async fn subscribe(args: SubArgs) -> Result<(), String> {
             stale_dropped: stats.stale_dropped,
             latency: stats.latency,
         };
-        println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("total: received {}  lost {}  stale {}", stats.received, stats.lost, stats.stale_dropped);
         let l = stats.latency;

@@ -3,7 +3,7 @@
 //! - [`impair`]: the link emulator: an [`impair::ImpairmentProfile`] (loss, burst loss, delay, jitter, reordering,
 //!   duplication, rate) applied per direction by a sans-IO [`impair::Link`] model, carried out by a UDP
 //!   [`impair::Relay`] (no root) or, on Linux as root, between two network namespaces ([`impair::netns`]).
-//! - [`bench`]: `quiver bench rtt` and `quiver bench fanout`: Quiver's paths beside baselines measured in the same
+//! - [`bench`](mod@bench): `quiver bench rtt` and `quiver bench fanout`: Quiver's paths beside baselines measured in the same
 //!   run (raw UDP, bare quinn, WebSocket over TCP), percentiles from HdrHistogram, JSON and plots.
 //! - [`pace`]: sending on a fixed schedule to within a few µs.
 //!

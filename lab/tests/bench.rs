@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use quiver_lab::{
-    bench::{run_rtt, RttConfig},
+    bench::{run_rtt, BenchError, RttConfig},
     impair::{DirectionProfile, ImpairmentProfile},
 };
 
@@ -52,7 +52,8 @@ async fn rtt_measures_every_series_and_sees_the_loss() {
     let png = dir.path().join("rtt.png");
     quiver_lab::bench::write_plot(&report, "test", &png).unwrap();
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"), "PNG signature");
-    assert!(quiver_lab::bench::write_plot(&report, "test", &dir.path().join("x.gif")).is_err());
+    let gif = quiver_lab::bench::write_plot(&report, "test", &dir.path().join("x.gif")).unwrap_err();
+    assert!(matches!(gif, quiver_lab::bench::PlotError::Format { .. }), "{gif:?}");
     let json = serde_json::to_value(&report).unwrap();
     for key in ["name", "sent", "lost", "count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
         assert!(json["series"][0].get(key).is_some(), "{key} missing: {json}");
@@ -156,5 +157,6 @@ async fn rtt_runs_the_websocket_head_to_head_on_a_clean_link() {
     // TCP cannot pass the UDP relay: an impaired head-to-head without the netns emulator is refused.
     let lossy = ImpairmentProfile::symmetric(DirectionProfile { loss_pct: 1.0, ..DirectionProfile::default() });
     let err = run_rtt(RttConfig { compare_websocket: true, ..config(Some(lossy)) }, |_| {}).await.unwrap_err();
-    assert!(err.contains("--netns"), "{err}");
+    assert!(matches!(err, BenchError::WebSocketNeedsNetns), "{err:?}");
+    assert!(err.to_string().contains("--netns"), "{err}");
 }

@@ -187,6 +187,7 @@ fn netem_backend_shapes_the_link_or_says_the_kernel_lacks_sch_netem() {
         Err(err) => {
             // This kernel (and many) has no sch_netem: the backend must say so and leave nothing behind.
             let message = err.to_string();
+            assert!(matches!(err, netns::NetnsError::NoNetem { .. }), "{err:?}");
             assert!(message.contains("sch_netem"), "unclear error: {message}");
             eprintln!("netem backend unavailable, as reported: {message}");
             assert_removed(&name);

@@ -1,6 +1,9 @@
 //! The end-to-end harness: a real server on 127.0.0.1:0 in the test's runtime, clients of the library, and raw quinn
-//! connections for hostile-peer tests. Used by the tests beside it and by the CLI's tests.
+//! connections for hostile-peer tests ([`hostile`]: the bystander and the raw control stream they share). Used by the
+//! tests beside it and by the CLI's tests.
 #![allow(clippy::unwrap_used)]
+
+pub mod hostile;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -75,10 +78,16 @@ impl TestServer {
 
     /// A bare QUIC connection with ALPN `quiver/1` that has not said anything yet.
     pub async fn raw(&self) -> quinn::Connection {
+        self.try_raw().await.unwrap()
+    }
+
+    /// [`TestServer::raw`], or why the handshake failed. Each connection has its own endpoint, so nothing is shared
+    /// with other connections.
+    pub async fn try_raw(&self) -> Result<quinn::Connection, quinn::ConnectionError> {
         let config = quiver_client::quinn_client_config(&self.trust(), self.addr, quiver_proto::ALPN_QUIVER).unwrap();
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(config);
-        endpoint.connect(self.addr, "localhost").unwrap().await.unwrap()
+        endpoint.connect(self.addr, "localhost").unwrap().await
     }
 
     pub async fn stop(self) {

@@ -10,6 +10,8 @@ use std::{
 use quiver_certs::CertKey;
 use tokio_util::sync::CancellationToken;
 
+use super::BenchError;
+
 /// ALPN of the bare quinn echo.
 pub(crate) const ECHO_ALPN: &[u8] = b"quiver-bench-echo";
 
@@ -70,20 +72,18 @@ pub(crate) async fn websocket_echo(ip: IpAddr, stop: CancellationToken) -> std::
 }
 
 /// A bare quinn echo on `ip` with quinn's default transport settings, until `stop`.
-pub(crate) fn quinn_echo(ip: IpAddr, cert: CertKey, stop: CancellationToken) -> Result<SocketAddr, String> {
+pub(crate) fn quinn_echo(ip: IpAddr, cert: CertKey, stop: CancellationToken) -> Result<SocketAddr, BenchError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(cert.chain, cert.key)
-        .map_err(|e| e.to_string())?;
+        .with_single_cert(cert.chain, cert.key)?;
     tls.alpn_protocols = vec![ECHO_ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let addr = SocketAddr::new(ip, 0);
-    let endpoint = quinn::Endpoint::server(config, addr).map_err(|e| e.to_string())?;
-    let addr = endpoint.local_addr().map_err(|e| e.to_string())?;
+    let endpoint = quinn::Endpoint::server(config, addr).map_err(BenchError::io("quinn echo"))?;
+    let addr = endpoint.local_addr().map_err(BenchError::io("quinn echo"))?;
     tokio::spawn(async move {
         loop {
             let incoming = tokio::select! {

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     namespaces::{self, Progress},
+    rtt::resolve,
     series::{parse, payload, times, Schedule, RELIABLE_DRAIN_CAP},
+    BenchError,
 };
 use quiver_client::{
     latency::{LatencyRecorder, LatencySummary},
@@ -49,6 +51,27 @@ pub struct FanoutConfig {
     pub compare_websocket: bool,
     /// Run the server and the clients in two network namespaces joined by this emulator backend (Linux, root).
     pub netns: Option<Backend>,
+}
+
+impl FanoutConfig {
+    /// Refuses settings that cannot be run: no subscribers, a tick rate or duration of 0, a negative chat rate.
+    pub fn check(&self) -> Result<(), BenchError> {
+        let bad = |field, value, expected| Err(BenchError::BadConfig { field, value, expected });
+        let subscribers = f64::from(self.subscribers);
+        if subscribers == 0.0 {
+            return bad("subscribers", subscribers, "above 0");
+        }
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return bad("rate", self.rate, "above 0");
+        }
+        if self.duration.is_zero() {
+            return bad("duration", 0.0, "above 0");
+        }
+        if !(self.chat_rate.is_finite() && self.chat_rate >= 0.0) {
+            return bad("chat_rate", self.chat_rate, "0 or above");
+        }
+        Ok(())
+    }
 }
 
 /// The outcome of a fan-out run.
@@ -208,12 +231,8 @@ struct Servers {
 pub async fn run_fanout(
     config: FanoutConfig,
     progress: impl Fn(&str) + Send + Sync + 'static,
-) -> Result<FanoutReport, String> {
-    let rate_ok =
-        config.rate.is_finite() && config.rate > 0.0 && config.chat_rate.is_finite() && config.chat_rate >= 0.0;
-    if config.subscribers == 0 || !rate_ok || config.duration.is_zero() {
-        return Err("subscribers, rate and duration must be above 0".into());
-    }
+) -> Result<FanoutReport, BenchError> {
+    config.check()?;
     namespaces::check(config.profile.as_ref(), config.compare_websocket, config.netns, config.server.is_some())?;
     let progress: Progress = Arc::new(progress);
     let ((quiver, websocket), emulator) = match config.netns {
@@ -255,7 +274,7 @@ async fn measure_sides(
     config: &FanoutConfig,
     servers: &Servers,
     progress: &Progress,
-) -> Result<(FanoutSide, Option<FanoutSide>), String> {
+) -> Result<(FanoutSide, Option<FanoutSide>), BenchError> {
     let quiver = measure_quiver(config, servers, progress).await?;
     let websocket = match servers.websocket {
         Some(hub) => Some(measure_websocket(config, hub, progress).await?),
@@ -266,22 +285,14 @@ async fn measure_sides(
 
 /// The Quiver server (unless external), the WebSocket hub (when compared), bound to `ip`, and the UDP relay in
 /// front of Quiver when the profile asks for one.
-async fn start_servers(config: &FanoutConfig, ip: IpAddr) -> Result<Servers, String> {
+async fn start_servers(config: &FanoutConfig, ip: IpAddr) -> Result<Servers, BenchError> {
     let stop = CancellationToken::new();
-    let data_dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let data_dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
     let (mut quiver, trust, token) = match &config.server {
-        Some((addr, trust)) => {
-            let resolved = tokio::net::lookup_host(addr)
-                .await
-                .map_err(|e| format!("{addr}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("{addr}: no address"))?;
-            (resolved, trust.clone(), config.token.clone())
-        }
+        Some((server, trust)) => (resolve(server).await?, trust.clone(), config.token.clone()),
         None => {
             let addr = SocketAddr::new(ip, 0);
-            let server = quiver_server::Server::bind(quiver_server::ServerConfig::dev(addr, data_dir.path().into()))
-                .map_err(|e| e.to_string())?;
+            let server = quiver_server::Server::bind(quiver_server::ServerConfig::dev(addr, data_dir.path().into()))?;
             let pin = server.fingerprint();
             let local = server.local_addr();
             tokio::spawn(server.run(stop.clone()));
@@ -297,14 +308,14 @@ async fn start_servers(config: &FanoutConfig, ip: IpAddr) -> Result<Servers, Str
                 profile: profile.clone(),
                 max_clients: config.subscribers as usize + 4,
             })
-            .map_err(|e| format!("relay: {e}"))?;
+            .map_err(BenchError::io("relay"))?;
             quiver = relay.local_addr();
             Some(relay)
         }
         _ => None,
     };
     let websocket = if config.compare_websocket {
-        Some(websocket_hub(ip, stop.clone()).await.map_err(|e| format!("WebSocket hub: {e}"))?)
+        Some(websocket_hub(ip, stop.clone()).await.map_err(BenchError::io("WebSocket hub"))?)
     } else {
         None
     };
@@ -368,14 +379,18 @@ fn start_time() -> Instant {
     Instant::now() + Duration::from_millis(200)
 }
 
-async fn measure_quiver(config: &FanoutConfig, servers: &Servers, progress: &Progress) -> Result<FanoutSide, String> {
+async fn measure_quiver(
+    config: &FanoutConfig,
+    servers: &Servers,
+    progress: &Progress,
+) -> Result<FanoutSide, BenchError> {
     let connect = || async {
         let options = ConnectOptions {
             trust: servers.trust.clone(),
             token_provider: servers.token.clone(),
             ..ConnectOptions::default()
         };
-        Client::connect_with(&servers.quiver.to_string(), options).await.map_err(|e| e.to_string())
+        Client::connect_with(&servers.quiver.to_string(), options).await.map_err(BenchError::from)
     };
     // Names of this run only, so runs against a shared server do not see each other's traffic.
     let run_id = rand::random::<u32>();
@@ -387,8 +402,8 @@ async fn measure_quiver(config: &FanoutConfig, servers: &Servers, progress: &Pro
     let mut subscribers = Vec::new();
     for _ in 0..config.subscribers {
         let client = connect().await?;
-        let mut subscription = client.subscribe(&channel).await.map_err(|e| e.to_string())?;
-        let mut room = client.join(&chat_room).await.map_err(|e| e.to_string())?;
+        let mut subscription = client.subscribe(&channel).await.map_err(BenchError::request("subscribe"))?;
+        let mut room = client.join(&chat_room).await.map_err(BenchError::request("join"))?;
         let (recorder, stop) = (recorder.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
@@ -411,7 +426,7 @@ async fn measure_quiver(config: &FanoutConfig, servers: &Servers, progress: &Pro
         subscribers.push(client);
     }
     let publisher_client = connect().await?;
-    let publisher = publisher_client.publisher(&channel).await.map_err(|e| e.to_string())?;
+    let publisher = publisher_client.publisher(&channel).await.map_err(BenchError::request("publish"))?;
     progress("quiver: measuring");
     drive(
         config,
@@ -433,18 +448,20 @@ const HUB_CHAT: u8 = 1;
 
 /// The WebSocket side: the same subscribers, publisher and chat posters, each its own WebSocket connection to a
 /// minimal hub, ticks and chat sharing the connection as in WebSocket apps.
-async fn measure_websocket(config: &FanoutConfig, hub: SocketAddr, progress: &Progress) -> Result<FanoutSide, String> {
+async fn measure_websocket(
+    config: &FanoutConfig,
+    hub: SocketAddr,
+    progress: &Progress,
+) -> Result<FanoutSide, BenchError> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     progress("websocket: connecting subscribers");
     let recorder = SharedRecorder::default();
     let stop = CancellationToken::new();
     let connect = || async {
-        let tcp = tokio::net::TcpStream::connect(hub).await.map_err(|e| e.to_string())?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{hub}/"), tcp)
-            .await
-            .map_err(|e| format!("WebSocket: {e}"))?;
+        let tcp = tokio::net::TcpStream::connect(hub).await.map_err(BenchError::io("WebSocket TCP"))?;
+        tcp.set_nodelay(true).map_err(BenchError::io("WebSocket TCP"))?;
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{hub}/"), tcp).await?;
         let (mut sink, stream) = ws.split();
         let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<Message>();
         let writer_stop = stop.clone();
@@ -459,7 +476,7 @@ async fn measure_websocket(config: &FanoutConfig, hub: SocketAddr, progress: &Pr
                 }
             }
         });
-        Ok::<_, String>((queue, stream))
+        Ok::<_, BenchError>((queue, stream))
     };
     let mut posters = Vec::new();
     for _ in 0..config.subscribers {
@@ -576,4 +593,34 @@ fn plan(rate: f64, config: &FanoutConfig, start: Instant) -> Schedule {
     let warmup = (config.warmup.as_secs_f64() * rate).round() as u64;
     let count = warmup + (config.duration.as_secs_f64() * rate).round() as u64;
     Schedule { start, interval: Duration::from_secs_f64(1.0 / rate), count, warmup }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setting_out_of_range_is_named() {
+        let config = FanoutConfig {
+            subscribers: 1,
+            rate: 10.0,
+            size: 64,
+            chat_rate: 0.0,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            profile: None,
+            server: None,
+            token: None,
+            compare_websocket: false,
+            netns: None,
+        };
+        assert!(config.check().is_ok(), "no chat is fine");
+        let err = FanoutConfig { subscribers: 0, ..config.clone() }.check().unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "subscribers", .. }), "{err:?}");
+        let err = FanoutConfig { chat_rate: -1.0, ..config.clone() }.check().unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "chat_rate", .. }), "{err:?}");
+        assert_eq!(err.to_string(), "chat_rate must be 0 or above, got -1");
+        let err = FanoutConfig { duration: Duration::ZERO, ..config }.check().unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "duration", .. }), "{err:?}");
+    }
 }

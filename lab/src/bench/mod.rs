@@ -3,13 +3,15 @@
 //! coordinated omission), warm-up excluded, percentiles from HdrHistogram.
 
 mod echo;
+mod error;
 mod fanout;
 mod namespaces;
 mod plot;
 mod rtt;
 mod series;
 
+pub use error::BenchError;
 pub use fanout::{run_fanout, FanoutConfig, FanoutReport};
-pub use plot::write_plot;
+pub use plot::{write_plot, PlotError};
 pub use rtt::{run_rtt, write_json, RttConfig};
 pub use series::{Report, SeriesResult};

@@ -4,6 +4,7 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
+use super::BenchError;
 use crate::impair::{Backend, ImpairmentProfile};
 
 /// What the emulator did, for the report: its kind, addresses and per-direction counters.
@@ -19,16 +20,12 @@ pub(crate) fn check(
     compare_websocket: bool,
     netns: Option<Backend>,
     external_server: bool,
-) -> Result<(), String> {
+) -> Result<(), BenchError> {
     if compare_websocket && impaired(profile) && netns.is_none() {
-        return Err("the WebSocket baseline runs over TCP, which the UDP relay cannot impair: add --netns (root, \
-                    Linux) to run both through the netns emulator, or compare without a profile"
-            .into());
+        return Err(BenchError::WebSocketNeedsNetns);
     }
     if netns.is_some() && external_server {
-        return Err(
-            "--netns runs the servers itself, inside its namespace; it cannot measure an external server".into()
-        );
+        return Err(BenchError::NetnsWithExternalServer);
     }
     Ok(())
 }
@@ -58,15 +55,16 @@ pub(crate) async fn across<T, R, SF, CF>(
     backend: Backend,
     servers: impl FnOnce(IpAddr) -> SF + Send + 'static,
     clients: impl FnOnce(T) -> CF + Send + 'static,
-) -> Result<(R, EmulatorReport), String>
+) -> Result<(R, EmulatorReport), BenchError>
 where
-    SF: std::future::Future<Output = Result<T, String>> + Send + 'static,
-    CF: std::future::Future<Output = Result<R, String>> + Send + 'static,
+    SF: std::future::Future<Output = Result<T, BenchError>> + Send + 'static,
+    CF: std::future::Future<Output = Result<R, BenchError>> + Send + 'static,
     T: Send + 'static,
     R: Send + 'static,
 {
     use crate::impair::netns::{self, NamespaceRuntime, NetnsLink, Side};
-    netns::available()?;
+    let failed = |source| BenchError::Emulator { backend, source };
+    netns::available().map_err(failed)?;
     // Unique per run of this process, so concurrent runs do not collide.
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -74,24 +72,20 @@ where
     let profile = profile.clone();
     let link_name = name.clone();
     let link = tokio::task::spawn_blocking(move || NetnsLink::start_with(&link_name, &profile, backend))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("netns emulator ({}): {e}", backend.name()))?;
+        .await?
+        .map_err(failed)?;
     // Two threads each: the servers and the clients do not compete for one runtime.
     let runtimes = NamespaceRuntime::start(&link, Side::Server, 2)
-        .and_then(|servers| Ok((servers, NamespaceRuntime::start(&link, Side::Client, 2)?)))
-        .map_err(|e| format!("namespace runtime: {e}"));
-    let outcome = match &runtimes {
+        .and_then(|servers| Ok((servers, NamespaceRuntime::start(&link, Side::Client, 2)?)));
+    let (outcome, runtimes) = match runtimes {
         Ok((server_rt, client_rt)) => {
-            let started = server_rt.handle().spawn(servers(IpAddr::V4(netns::SERVER_ADDR))).await;
-            match started.map_err(|e| e.to_string()).and_then(|t| t) {
-                Ok(started) => {
-                    client_rt.handle().spawn(clients(started)).await.map_err(|e| e.to_string()).and_then(|r| r)
-                }
+            let outcome = match flatten(server_rt.handle().spawn(servers(IpAddr::V4(netns::SERVER_ADDR))).await) {
+                Ok(started) => flatten(client_rt.handle().spawn(clients(started)).await),
                 Err(err) => Err(err),
-            }
+            };
+            (outcome, Some((server_rt, client_rt)))
         }
-        Err(err) => Err(err.clone()),
+        Err(err) => (Err(failed(err)), None),
     };
     // The runtimes end (stopping the servers and joining their threads) before the link goes.
     let (stats, cleanup) = tokio::task::spawn_blocking(move || {
@@ -99,8 +93,7 @@ where
         let stats = link.stats();
         (stats, link.stop())
     })
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let direction = |d: crate::impair::LinkStats| match backend {
         // netem's counters stay in the kernel: unknown rather than zero.
         Backend::Netem => serde_json::Value::Null,
@@ -129,12 +122,18 @@ pub(crate) async fn across<T, R, SF, CF>(
     _: Backend,
     _: impl FnOnce(IpAddr) -> SF + Send + 'static,
     _: impl FnOnce(T) -> CF + Send + 'static,
-) -> Result<(R, EmulatorReport), String>
+) -> Result<(R, EmulatorReport), BenchError>
 where
-    SF: std::future::Future<Output = Result<T, String>> + Send + 'static,
-    CF: std::future::Future<Output = Result<R, String>> + Send + 'static,
+    SF: std::future::Future<Output = Result<T, BenchError>> + Send + 'static,
+    CF: std::future::Future<Output = Result<R, BenchError>> + Send + 'static,
 {
-    Err("the netns emulator needs Linux".into())
+    Err(BenchError::NeedsLinux)
+}
+
+/// A spawned task's outcome, its panic or cancellation included.
+#[cfg(target_os = "linux")]
+fn flatten<T>(joined: Result<Result<T, BenchError>, tokio::task::JoinError>) -> Result<T, BenchError> {
+    joined?
 }
 
 /// The address the clients' sockets bind to: any (the namespace has one route, to the server).

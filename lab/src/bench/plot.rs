@@ -1,11 +1,34 @@
 //! A percentile plot of a report's series (SVG or PNG, drawn with plotters): x is the percentile on a "nines" scale (50, 90, 99, 99.9,
 //! 99.99, max), y the latency in µs on a log scale, one line per series.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
 use super::Report;
+
+/// Why a plot was not written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlotError {
+    /// The compiled-in font was refused.
+    #[error("the plot font does not load")]
+    Font,
+    /// The file name asks for a format other than SVG or PNG.
+    #[error("{}: plots are written as .svg or .png", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Drawing or writing the file failed.
+    #[error("{}: {source}", path.display())]
+    Draw {
+        /// The file.
+        path: PathBuf,
+        /// The drawing backend's error (its type depends on the format).
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
 
 /// Position of quantile `q` on the nines scale: 0.9 → 1, 0.99 → 2, …; the median at 0, the maximum one step past
 /// 99.99 %.
@@ -31,38 +54,43 @@ const COLORS: [RGBColor; 6] = [
 /// The font every chart uses, compiled in so plots need no system font (licence: lab/assets/).
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
 
-fn register_font() -> Result<(), String> {
+fn register_font() -> Result<(), PlotError> {
     static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
     if ok {
         Ok(())
     } else {
-        Err("the plot font does not load".into())
+        Err(PlotError::Font)
     }
 }
 
 const SIZE: (u32, u32) = (900, 560);
 
 /// Writes the plot as SVG or PNG, by `path`'s extension.
-pub fn write_plot(report: &Report, title: &str, path: &Path) -> Result<(), String> {
+pub fn write_plot(report: &Report, title: &str, path: &Path) -> Result<(), PlotError> {
     register_font()?;
     match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("svg") => draw(report, title, SVGBackend::new(path, SIZE).into_drawing_area()),
         Some("png") => draw(report, title, BitMapBackend::new(path, SIZE).into_drawing_area()),
-        _ => Err(format!("{}: plots are written as .svg or .png", path.display())),
+        _ => return Err(PlotError::Format { path: path.to_owned() }),
     }
-    .map_err(|e| format!("{}: {e}", path.display()))
+    .map_err(|source| PlotError::Draw { path: path.to_owned(), source })
 }
+
+type DrawError = Box<dyn std::error::Error + Send + Sync>;
 
 fn draw<DB: DrawingBackend>(
     report: &Report,
     title: &str,
     root: DrawingArea<DB, plotters::coord::Shift>,
-) -> Result<(), String> {
+) -> Result<(), DrawError>
+where
+    DB::ErrorType: 'static,
+{
     let values = || report.series.iter().flat_map(|s| s.curve.iter().map(|p| p.1));
     let max_us = values().max().unwrap_or(1).max(10) as f64;
     let min_us = (values().min().unwrap_or(1).max(1) as f64 / 1.5).max(1.0);
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| -> DrawError { Box::new(e) };
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))

@@ -9,7 +9,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
+    path::Path,
     sync::Arc,
     time::Duration,
 };
@@ -22,6 +22,7 @@ use super::{
     echo,
     namespaces::{self, Progress},
     series::{parse, payload, Report, Schedule, SeriesResult, SharedTally, Tally, RELIABLE_DRAIN_CAP},
+    BenchError,
 };
 use quiver_client::{Client, ConnectOptions, RoomEvent, TokenProvider, TrustOptions};
 use quiver_transport::TransportTuning;
@@ -78,6 +79,24 @@ impl RttConfig {
             netns: None,
         }
     }
+
+    /// Refuses settings that cannot be run: no senders, a rate or duration of 0, a head-to-head without chat.
+    pub fn check(&self) -> Result<(), BenchError> {
+        let above_zero = |field: &'static str, value: f64| {
+            if value.is_finite() && value > 0.0 {
+                Ok(())
+            } else {
+                Err(BenchError::BadConfig { field, value, expected: "above 0" })
+            }
+        };
+        above_zero("clients", f64::from(self.clients))?;
+        above_zero("rate", self.rate)?;
+        above_zero("duration", self.duration.as_secs_f64())?;
+        if self.compare_websocket {
+            above_zero("chat_rate", self.chat_rate)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for RttConfig {
@@ -100,14 +119,8 @@ struct Targets {
 }
 
 /// Runs every series one after the other; `progress` hears what is starting.
-pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str) + Send + Sync + 'static) -> Result<Report, String> {
-    let rate_ok = |r: f64| r.is_finite() && r > 0.0;
-    if config.clients == 0 || !rate_ok(config.rate) || config.duration.is_zero() {
-        return Err("clients, rate and duration must be above 0".into());
-    }
-    if config.compare_websocket && !rate_ok(config.chat_rate) {
-        return Err("the head-to-head needs a chat rate above 0".into());
-    }
+pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str) + Send + Sync + 'static) -> Result<Report, BenchError> {
+    config.check()?;
     namespaces::check(config.profile.as_ref(), config.compare_websocket, config.netns, config.server.is_some())?;
     let progress: Progress = Arc::new(progress);
     let (series, emulator) = match config.netns {
@@ -156,7 +169,7 @@ type Runner = fn(RttConfig, Arc<TargetsView>) -> BoxedSeries;
 type SingleRunner = fn(&'static str, RttConfig, Arc<TargetsView>) -> SingleSeries;
 
 /// The series of a run, one after the other.
-async fn run_series(config: RttConfig, view: TargetsView, progress: Progress) -> Result<Vec<SeriesResult>, String> {
+async fn run_series(config: RttConfig, view: TargetsView, progress: Progress) -> Result<Vec<SeriesResult>, BenchError> {
     let view = Arc::new(view);
     let five: [(&'static str, Option<&str>, SingleRunner); 5] = [
         ("udp echo", None, |n, c, t| Box::pin(udp_series(n, c, t))),
@@ -186,8 +199,8 @@ async fn run_series(config: RttConfig, view: TargetsView, progress: Progress) ->
     Ok(series)
 }
 
-type SingleSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<SeriesResult, String>> + Send>>;
-type BoxedSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<SeriesResult>, String>> + Send>>;
+type SingleSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<SeriesResult, BenchError>> + Send>>;
+type BoxedSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<SeriesResult>, BenchError>> + Send>>;
 
 /// What the series need to know about the targets.
 #[derive(Debug)]
@@ -221,27 +234,19 @@ impl Targets {
 }
 
 /// Starts the servers, bound to `ip`, and the relays in front of them when the profile asks for them.
-async fn start_targets(config: &RttConfig, ip: IpAddr) -> Result<Targets, String> {
+async fn start_targets(config: &RttConfig, ip: IpAddr) -> Result<Targets, BenchError> {
     let stop = CancellationToken::new();
-    let data_dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-    let (cert, _) = quiver_certs::dev::load_or_generate(data_dir.path(), std::time::SystemTime::now())
-        .map_err(|e| e.to_string())?;
+    let data_dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
+    let (cert, _) = quiver_certs::dev::load_or_generate(data_dir.path(), std::time::SystemTime::now())?;
     let quinn_pin = cert.fingerprint();
     let (quiver, quiver_trust, quiver_token, data_dir) = match &config.server {
-        Some((addr, trust)) => {
-            let addr = tokio::net::lookup_host(addr)
-                .await
-                .map_err(|e| format!("{addr}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("{addr}: no address"))?;
-            (addr, trust.clone(), config.token.clone(), data_dir)
-        }
+        Some((server, trust)) => (resolve(server).await?, trust.clone(), config.token.clone(), data_dir),
         None => {
             let server_config = quiver_server::ServerConfig {
                 tuning: config.tuning.clone(),
                 ..quiver_server::ServerConfig::dev(SocketAddr::new(ip, 0), data_dir.path().into())
             };
-            let server = quiver_server::Server::bind(server_config).map_err(|e| e.to_string())?;
+            let server = quiver_server::Server::bind(server_config)?;
             let addr = server.local_addr();
             tokio::spawn(server.run(stop.clone()));
             let sub = format!("bench-{:08x}", rand::random::<u32>());
@@ -249,20 +254,20 @@ async fn start_targets(config: &RttConfig, ip: IpAddr) -> Result<Targets, String
             (addr, TrustOptions::Pin(quinn_pin), Some(token), data_dir)
         }
     };
-    let udp = echo::udp_echo(ip, stop.clone()).await.map_err(|e| format!("UDP echo: {e}"))?;
+    let udp = echo::udp_echo(ip, stop.clone()).await.map_err(BenchError::io("UDP echo"))?;
     let quinn = echo::quinn_echo(ip, cert, stop.clone())?;
-    let websocket = echo::websocket_echo(ip, stop.clone()).await.map_err(|e| format!("WebSocket echo: {e}"))?;
+    let websocket = echo::websocket_echo(ip, stop.clone()).await.map_err(BenchError::io("WebSocket echo"))?;
     let mut relays = Vec::new();
-    let mut via = |upstream: SocketAddr| -> Result<SocketAddr, String> {
+    let mut via = |upstream: SocketAddr| -> Result<SocketAddr, BenchError> {
         match &config.profile {
             Some(profile) if !profile.is_clean() => {
                 let relay = Relay::start(RelayConfig {
-                    listen: "127.0.0.1:0".parse().map_err(|_| "address")?,
+                    listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
                     upstream,
                     profile: profile.clone(),
                     max_clients: config.clients as usize * 2 + 8,
                 })
-                .map_err(|e| format!("relay: {e}"))?;
+                .map_err(BenchError::io("relay"))?;
                 let addr = relay.local_addr();
                 relays.push(relay);
                 Ok(addr)
@@ -338,6 +343,15 @@ impl Lanes {
         let lanes = self.start().await;
         lanes.first().map(|lane| lane.plan).unwrap_or_else(|| unreachable!("measure asks for one lane"))
     }
+
+    /// [`Lanes::start`] for two lanes (ticks and chat).
+    async fn start_two(self) -> (Lane, Lane) {
+        let mut lanes = self.start().await.into_iter();
+        match (lanes.next(), lanes.next()) {
+            (Some(first), Some(second)) => (first, second),
+            _ => unreachable!("the head-to-head asks for two lanes"),
+        }
+    }
 }
 
 /// A lane to measure: its name, messages per second per sender, and whether its path is reliable (then the run
@@ -351,10 +365,10 @@ async fn measure_lanes<F, Fut>(
     config: &RttConfig,
     lanes: &[LaneSpec<'_>],
     sender: F,
-) -> Result<Vec<SeriesResult>, String>
+) -> Result<Vec<SeriesResult>, BenchError>
 where
     F: Fn(u32, Lanes, CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), BenchError>> + Send + 'static,
 {
     let stop = CancellationToken::new();
     let tallies: Vec<SharedTally> = lanes.iter().map(|_| Tally::shared()).collect();
@@ -377,7 +391,7 @@ where
     }
     let mut outcome = Ok(());
     while let Some(done) = tasks.join_next().await {
-        if let Err(err) = done.map_err(|e| e.to_string()).and_then(|sent| sent) {
+        if let Err(err) = done.map_err(BenchError::from).and_then(|sent| sent) {
             if outcome.is_ok() {
                 // The others may be waiting at the gate for this one: stop them.
                 tasks.abort_all();
@@ -399,13 +413,13 @@ where
 }
 
 /// [`measure_lanes`] with one lane at the configured rate.
-async fn measure<F, Fut>(config: &RttConfig, name: &str, reliable: bool, sender: F) -> Result<SeriesResult, String>
+async fn measure<F, Fut>(config: &RttConfig, name: &str, reliable: bool, sender: F) -> Result<SeriesResult, BenchError>
 where
     F: Fn(u32, Lanes, CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), BenchError>> + Send + 'static,
 {
     let results = measure_lanes(config, &[(name, config.rate, reliable)], sender).await?;
-    results.into_iter().next().ok_or_else(|| "no result".to_string())
+    Ok(results.into_iter().next().unwrap_or_else(|| unreachable!("one lane, one result")))
 }
 
 /// Runs `task` until `stop` is cancelled (readers, and keeping connections open through the drain).
@@ -428,12 +442,17 @@ async fn send_scheduled(plan: &Schedule, who: u32, tally: &SharedTally, mut send
     }
 }
 
-async fn udp_series(name: &'static str, config: RttConfig, targets: Arc<TargetsView>) -> Result<SeriesResult, String> {
+async fn udp_series(
+    name: &'static str,
+    config: RttConfig,
+    targets: Arc<TargetsView>,
+) -> Result<SeriesResult, BenchError> {
     let size = config.size;
     let (target, client_ip) = (targets.udp, targets.client_ip);
     measure(&config, name, false, |who, lanes, stop| async move {
-        let socket = Arc::new(tokio::net::UdpSocket::bind((client_ip, 0)).await.map_err(|e| e.to_string())?);
-        socket.connect(target).await.map_err(|e| e.to_string())?;
+        let socket = tokio::net::UdpSocket::bind((client_ip, 0)).await.map_err(BenchError::io("UDP client socket"))?;
+        let socket = Arc::new(socket);
+        socket.connect(target).await.map_err(BenchError::io("UDP client socket"))?;
         let tally = lanes.tally(0);
         let (reader, reader_tally) = (socket.clone(), tally.clone());
         until_stopped(&stop, async move {
@@ -462,7 +481,7 @@ async fn quinn_series(
     config: RttConfig,
     targets: Arc<TargetsView>,
     stream: bool,
-) -> Result<SeriesResult, String> {
+) -> Result<SeriesResult, BenchError> {
     let size = config.size.max(12);
     measure(&config, name, stream, |who, lanes, stop| {
         let targets = targets.clone();
@@ -472,19 +491,15 @@ async fn quinn_series(
                 &TrustOptions::Pin(targets.quinn_pin),
                 targets.quinn,
                 echo::ECHO_ALPN,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             // Bare quinn: its default transport settings, not Quiver's.
             client_config.transport_config(Arc::new(quinn::TransportConfig::default()));
-            let endpoint = quinn::Endpoint::client(SocketAddr::new(targets.client_ip, 0)).map_err(|e| e.to_string())?;
-            let conn = endpoint
-                .connect_with(client_config, targets.quinn, "localhost")
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| format!("quinn echo: {e}"))?;
+            let endpoint = quinn::Endpoint::client(SocketAddr::new(targets.client_ip, 0))
+                .map_err(BenchError::io("quinn client endpoint"))?;
+            let conn = endpoint.connect_with(client_config, targets.quinn, "localhost")?.await?;
             let reader_tally = tally.clone();
             if stream {
-                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                let (mut send, mut recv) = conn.open_bi().await?;
                 until_stopped(&stop, async move {
                     let mut buf = vec![0u8; size];
                     while recv.read_exact(&mut buf).await.is_ok() {
@@ -497,7 +512,7 @@ async fn quinn_series(
                 for i in 0..plan.count {
                     let origin = plan.due(i).await;
                     Tally::sent(&tally, &plan, who, i, origin);
-                    send.write_all(&payload(who, i, size)).await.map_err(|e| e.to_string())?;
+                    send.write_all(&payload(who, i, size)).await?;
                 }
             } else {
                 let reader = conn.clone();
@@ -531,7 +546,7 @@ const CHAT_BIT: u32 = 1 << 31;
 /// The head-to-head's WebSocket side: one WebSocket-over-TCP connection per sender (TCP_NODELAY) carrying ticks and
 /// chat as binary messages, echoed by the server; a writer task sends whatever either schedule hands it, as a
 /// WebSocket app's outgoing queue does.
-async fn websocket_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Result<Vec<SeriesResult>, String> {
+async fn websocket_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Result<Vec<SeriesResult>, BenchError> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let size = config.size.max(12);
@@ -539,10 +554,11 @@ async fn websocket_mixed_series(config: RttConfig, targets: Arc<TargetsView>) ->
     measure_lanes(&config, &lanes, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
-            let tcp = tokio::net::TcpStream::connect(targets.websocket).await.map_err(|e| e.to_string())?;
-            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            let tcp =
+                tokio::net::TcpStream::connect(targets.websocket).await.map_err(BenchError::io("WebSocket TCP"))?;
+            tcp.set_nodelay(true).map_err(BenchError::io("WebSocket TCP"))?;
             let url = format!("ws://{}/", targets.websocket);
-            let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.map_err(|e| format!("WebSocket: {e}"))?;
+            let (ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
             let (mut sink, mut stream) = ws.split();
             let (tick_tally, chat_tally) = (lanes.tally(0), lanes.tally(1));
             until_stopped(&stop, async move {
@@ -564,7 +580,7 @@ async fn websocket_mixed_series(config: RttConfig, targets: Arc<TargetsView>) ->
                 }
                 std::future::pending::<()>().await;
             });
-            let [ticks, chat]: [Lane; 2] = lanes.start().await.try_into().map_err(|_| "two lanes".to_string())?;
+            let (ticks, chat) = lanes.start_two().await;
             let send = |lane: &Lane, mark: u32| {
                 let queue = queue.clone();
                 let (plan, tally) = (lane.plan, lane.tally.clone());
@@ -584,7 +600,7 @@ async fn websocket_mixed_series(config: RttConfig, targets: Arc<TargetsView>) ->
 
 /// The head-to-head's Quiver side: one connection per sender, ticks published as datagrams on a channel it
 /// subscribes to, chat posted into a room it has joined, at the same rates as the WebSocket side.
-async fn quiver_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Result<Vec<SeriesResult>, String> {
+async fn quiver_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Result<Vec<SeriesResult>, BenchError> {
     let size = config.size.max(12);
     let lanes = [("quiver tick", config.rate, false), ("quiver chat", config.chat_rate, true)];
     let mut results = measure_lanes(&config, &lanes, |who, lanes, stop| {
@@ -592,9 +608,9 @@ async fn quiver_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Re
         async move {
             let client = quiver_client(&targets).await?;
             let name = format!("bench.h2h.{who}.{}", std::process::id());
-            let mut subscription = client.subscribe(&name).await.map_err(|e| e.to_string())?;
-            let publisher = client.publisher(&name).await.map_err(|e| e.to_string())?;
-            let mut room = client.join(&name).await.map_err(|e| e.to_string())?;
+            let mut subscription = client.subscribe(&name).await.map_err(BenchError::request("subscribe"))?;
+            let publisher = client.publisher(&name).await.map_err(BenchError::request("publish"))?;
+            let mut room = client.join(&name).await.map_err(BenchError::request("join"))?;
             let tick_tally = lanes.tally(0);
             until_stopped(&stop, async move {
                 loop {
@@ -615,7 +631,7 @@ async fn quiver_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Re
                     }
                 }
             });
-            let [ticks, chat]: [Lane; 2] = lanes.start().await.try_into().map_err(|_| "two lanes".to_string())?;
+            let (ticks, chat) = lanes.start_two().await;
             let send_ticks = send_scheduled(&ticks.plan, who, &ticks.tally, |i| {
                 if let Err(err) = publisher.send(payload(who, i, size)) {
                     tracing::debug!(%err, "tick not sent");
@@ -637,14 +653,14 @@ async fn quiver_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Re
     Ok(results)
 }
 
-async fn quiver_client(targets: &TargetsView) -> Result<Client, String> {
+async fn quiver_client(targets: &TargetsView) -> Result<Client, BenchError> {
     let options = ConnectOptions {
         trust: targets.quiver_trust.clone(),
         token_provider: targets.quiver_token.clone(),
         tuning: targets.tuning.clone(),
         ..ConnectOptions::default()
     };
-    Client::connect_with(&targets.quiver, options).await.map_err(|e| format!("quiver: {e}"))
+    Ok(Client::connect_with(&targets.quiver, options).await?)
 }
 
 /// Keeps `client` connected through the drain, then closes it.
@@ -660,7 +676,7 @@ async fn quiver_datagram_series(
     name: &'static str,
     config: RttConfig,
     targets: Arc<TargetsView>,
-) -> Result<SeriesResult, String> {
+) -> Result<SeriesResult, BenchError> {
     let size = config.size.max(12);
     measure(&config, name, false, |who, lanes, stop| {
         let targets = targets.clone();
@@ -668,8 +684,8 @@ async fn quiver_datagram_series(
             let tally = lanes.tally(0);
             let client = quiver_client(&targets).await?;
             let channel = format!("bench.rtt.{who}.{}", std::process::id());
-            let mut subscription = client.subscribe(&channel).await.map_err(|e| e.to_string())?;
-            let publisher = client.publisher(&channel).await.map_err(|e| e.to_string())?;
+            let mut subscription = client.subscribe(&channel).await.map_err(BenchError::request("subscribe"))?;
+            let publisher = client.publisher(&channel).await.map_err(BenchError::request("publish"))?;
             let reader_tally = tally.clone();
             // Every accepted tick, not only the newest: a tick superseded on arrival still arrived.
             until_stopped(&stop, async move {
@@ -699,7 +715,7 @@ async fn quiver_stream_series(
     name: &'static str,
     config: RttConfig,
     targets: Arc<TargetsView>,
-) -> Result<SeriesResult, String> {
+) -> Result<SeriesResult, BenchError> {
     let size = config.size.max(12);
     measure(&config, name, true, |who, lanes, stop| {
         let targets = targets.clone();
@@ -707,7 +723,7 @@ async fn quiver_stream_series(
             let tally = lanes.tally(0);
             let client = quiver_client(&targets).await?;
             let room_name = format!("bench.rtt.{who}.{}", std::process::id());
-            let mut room = client.join(&room_name).await.map_err(|e| e.to_string())?;
+            let mut room = client.join(&room_name).await.map_err(BenchError::request("join"))?;
             let reader_tally = tally.clone();
             until_stopped(&stop, async move {
                 while let Some(event) = room.next().await {
@@ -729,9 +745,18 @@ async fn quiver_stream_series(
 }
 
 /// Writes a report as JSON.
-pub fn write_json(report: &impl serde::Serialize, path: &PathBuf) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+pub fn write_json(report: &impl serde::Serialize, path: &Path) -> Result<(), BenchError> {
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, text).map_err(|source| BenchError::Write { path: path.to_owned(), source })
+}
+
+/// The first address `server` resolves to.
+pub(crate) async fn resolve(server: &str) -> Result<SocketAddr, BenchError> {
+    tokio::net::lookup_host(server)
+        .await
+        .map_err(|source| BenchError::Resolve { server: server.to_string(), source })?
+        .next()
+        .ok_or_else(|| BenchError::NoAddress { server: server.to_string() })
 }
 
 #[cfg(test)]
@@ -770,12 +795,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_setting_out_of_range_is_named() {
+        let err = run_rtt(RttConfig { rate: 0.0, ..config(1) }, |_| {}).await.unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "rate", .. }), "{err:?}");
+        assert_eq!(err.to_string(), "rate must be above 0, got 0");
+        let err = RttConfig { clients: 0, ..config(1) }.check().unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "clients", .. }), "{err:?}");
+        let head_to_head = RttConfig { compare_websocket: true, chat_rate: f64::NAN, ..config(1) };
+        let err = head_to_head.check().unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "chat_rate", .. }), "{err:?}");
+        assert!(RttConfig { chat_rate: 0.0, ..config(1) }.check().is_ok(), "chat rate only matters head to head");
+    }
+
+    #[tokio::test]
     async fn a_sender_that_fails_before_the_start_stops_the_others() {
         let outcome = tokio::time::timeout(
             Duration::from_secs(5),
             measure(&config(3), "x", true, |who, lanes, _stop| async move {
                 if who == 1 {
-                    return Err("cannot connect".to_string());
+                    return Err(BenchError::io("connecting")(std::io::ErrorKind::ConnectionRefused.into()));
                 }
                 lanes.start_one().await;
                 Ok(())
@@ -783,6 +821,7 @@ mod tests {
         )
         .await
         .expect("the others waited forever at the gate");
-        assert_eq!(outcome.unwrap_err(), "cannot connect");
+        let err = outcome.unwrap_err();
+        assert!(matches!(err, BenchError::Io { doing: "connecting", .. }), "{err:?}");
     }
 }

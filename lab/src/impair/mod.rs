@@ -10,7 +10,7 @@ mod relay;
 mod schedule;
 
 pub use link::{DropReason, Fate, Link, LinkStats};
-pub use profile::{DirectionProfile, ImpairmentProfile, PRESETS};
+pub use profile::{DirectionProfile, FieldError, ImpairmentProfile, ProfileError, PRESETS};
 pub use relay::{Relay, RelayConfig, RelayStats};
 
 /// What carries packets between the two network namespaces of the [`netns`] emulator (Linux).
@@ -33,11 +33,16 @@ impl Backend {
     }
 
     /// Parses `tun` or `netem`.
-    pub fn parse(name: &str) -> Result<Backend, String> {
+    pub fn parse(name: &str) -> Result<Backend, UnknownBackend> {
         match name {
             "tun" => Ok(Backend::Tun),
             "netem" => Ok(Backend::Netem),
-            other => Err(format!("unknown emulator backend {other:?}: tun or netem")),
+            other => Err(UnknownBackend(other.to_string())),
         }
     }
 }
+
+/// A name [`Backend::parse`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown emulator backend {0:?}: tun or netem")]
+pub struct UnknownBackend(pub String);

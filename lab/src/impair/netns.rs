@@ -52,6 +52,81 @@ pub struct NetnsStats {
     pub down: LinkStats,
 }
 
+/// Why the netns emulator could not be set up, entered or removed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetnsError {
+    /// Namespaces and TUN devices need root.
+    #[error("the netns link emulator needs root (CAP_NET_ADMIN)")]
+    NotRoot,
+    /// The kernel offers no TUN devices here.
+    #[error("/dev/net/tun is missing")]
+    NoTun,
+    /// `ip` cannot be run.
+    #[error("`ip` (iproute2) is not installed")]
+    IpMissing,
+    /// `tc` cannot be run (the netem backend needs it).
+    #[error("the netem backend needs `tc` (iproute2)")]
+    TcMissing,
+    /// A link name that would not make valid namespace and device names.
+    #[error("netns link name {0:?}: 1 to 8 of [a-z0-9]")]
+    BadName(String),
+    /// A program could not be started at all.
+    #[error("{program}: {source}")]
+    Spawn {
+        /// The program.
+        program: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// A command ran and failed.
+    #[error("{command}: {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// What it wrote to stderr, trimmed.
+        stderr: String,
+    },
+    /// `tc` does not know the netem qdisc: the kernel has no `sch_netem`.
+    #[error("{command}: {stderr} (this kernel has no sch_netem: use the tun backend)")]
+    NoNetem {
+        /// The command line.
+        command: String,
+        /// What it wrote to stderr, trimmed.
+        stderr: String,
+    },
+    /// A TUN device could not be created.
+    #[error("TUN device {device}: {source}")]
+    Tun {
+        /// The device's name.
+        device: String,
+        /// Why.
+        source: tun::Error,
+    },
+    /// A thread could not be started.
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        /// The thread's name.
+        name: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A thread could not move into a namespace (opening it or `setns`).
+    #[error("cannot enter namespace {namespace}: {source}")]
+    Setns {
+        /// The namespace.
+        namespace: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The tokio runtime inside a namespace could not be built.
+    #[error("namespace runtime: {0}")]
+    Runtime(io::Error),
+    /// The namespace runtime's thread ended before saying whether its runtime started.
+    #[error("namespace runtime thread died")]
+    RuntimeThreadDied,
+}
+
 /// A running emulated link between two namespaces.
 #[derive(Debug)]
 pub struct NetnsLink {
@@ -63,13 +138,28 @@ pub struct NetnsLink {
     removed: bool,
 }
 
-fn ip(args: &[&str]) -> io::Result<()> {
-    let out = Command::new("ip").args(args).output().map_err(|e| io::Error::new(e.kind(), format!("ip: {e}")))?;
+fn ip(args: &[&str]) -> Result<(), NetnsError> {
+    let out = Command::new("ip").args(args).output().map_err(|source| NetnsError::Spawn { program: "ip", source })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(NetnsError::Failed { command: format!("ip {}", args.join(" ")), stderr })
     }
+}
+
+/// Moves the calling thread into `namespace`.
+fn setns(namespace: &str) -> Result<(), NetnsError> {
+    std::fs::File::open(format!("/var/run/netns/{namespace}"))
+        .and_then(|file| nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from))
+        .map_err(|source| NetnsError::Setns { namespace: namespace.to_string(), source })
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, NetnsError> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|source| NetnsError::Thread { name: name.to_string(), source })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,15 +169,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl NetnsLink {
     /// Creates the namespaces `<name>-srv` and `<name>-cli` (name: at most 8 of `[a-z0-9]`) and starts forwarding
     /// through `profile`. Needs root (CAP_NET_ADMIN) and `ip` (iproute2).
-    pub fn start(name: &str, profile: &ImpairmentProfile) -> io::Result<NetnsLink> {
+    pub fn start(name: &str, profile: &ImpairmentProfile) -> Result<NetnsLink, NetnsError> {
         Self::start_with(name, profile, Backend::Tun)
     }
 
-    /// [`NetnsLink::start`] with a choice of backend. [`Backend::Netem`] fails with a message naming `sch_netem`
-    /// where the kernel lacks it (having removed what it created).
-    pub fn start_with(name: &str, profile: &ImpairmentProfile, backend: Backend) -> io::Result<NetnsLink> {
+    /// [`NetnsLink::start`] with a choice of backend. [`Backend::Netem`] fails with [`NetnsError::NoNetem`] where
+    /// the kernel lacks `sch_netem` (having removed what it created).
+    pub fn start_with(name: &str, profile: &ImpairmentProfile, backend: Backend) -> Result<NetnsLink, NetnsError> {
         if name.is_empty() || name.len() > 8 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "netns link name: 1 to 8 of [a-z0-9]"));
+            return Err(NetnsError::BadName(name.to_string()));
         }
         let mut link = NetnsLink {
             name: name.to_string(),
@@ -108,36 +198,28 @@ impl NetnsLink {
         let (client_read, client_write) = client.split();
         let (schedule, scheduled) = mpsc::channel();
         let epoch = Instant::now();
-        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| std::thread::Builder::new().name(name).spawn(f);
         let (up, down) = (
             Link::new(profile.up.clone(), profile.seed ^ 0x5555),
             Link::new(profile.down.clone(), profile.seed ^ 0xaaaa),
         );
         let (stats, tx) = (link.stats.clone(), schedule.clone());
-        link.threads
-            .push(spawn("netns-up".into(), Box::new(move || read_loop(client_read, up, epoch, true, &tx, &stats)))?);
+        link.threads.push(spawn("netns-up", move || read_loop(client_read, up, epoch, true, &tx, &stats))?);
         let stats = link.stats.clone();
-        link.threads.push(spawn(
-            "netns-down".into(),
-            Box::new(move || read_loop(server_read, down, epoch, false, &schedule, &stats)),
-        )?);
+        link.threads.push(spawn("netns-down", move || read_loop(server_read, down, epoch, false, &schedule, &stats))?);
         let stop = link.stop.clone();
-        link.threads.push(spawn(
-            "netns-deliver".into(),
-            Box::new(move || {
-                let (mut server, mut client) = (server_write, client_write);
-                deliver(&scheduled, &stop, |to_server: &bool, packet| {
-                    let device: &mut dyn Write = if *to_server { &mut server } else { &mut client };
-                    if let Err(err) = device.write(packet) {
-                        tracing::debug!(%err, "netns link: write failed");
-                    }
-                });
-            }),
-        )?);
+        link.threads.push(spawn("netns-deliver", move || {
+            let (mut server, mut client) = (server_write, client_write);
+            deliver(&scheduled, &stop, |to_server: &bool, packet| {
+                let device: &mut dyn Write = if *to_server { &mut server } else { &mut client };
+                if let Err(err) = device.write(packet) {
+                    tracing::debug!(%err, "netns link: write failed");
+                }
+            });
+        })?);
         Ok(link)
     }
 
-    fn create_tun(&mut self, side: Side) -> io::Result<tun::Device> {
+    fn create_tun(&mut self, side: Side) -> Result<tun::Device, NetnsError> {
         let (ns, dev) = (self.namespace(side), self.device(side));
         let (addr, peer) = match side {
             Side::Server => (SERVER_ADDR, CLIENT_ADDR),
@@ -146,7 +228,7 @@ impl NetnsLink {
         ip(&["netns", "add", &ns])?;
         let mut config = tun::Configuration::default();
         config.tun_name(&dev).mtu(1500);
-        let device = tun::create(&config).map_err(|e| io::Error::other(format!("TUN device {dev}: {e}")))?;
+        let device = tun::create(&config).map_err(|source| NetnsError::Tun { device: dev.clone(), source })?;
         // The device stays ours (the fd) while its interface moves into the namespace.
         ip(&["link", "set", &dev, "netns", &ns])?;
         ip(&["netns", "exec", &ns, "ip", "addr", "add", &addr.to_string(), "peer", &peer.to_string(), "dev", &dev])?;
@@ -157,12 +239,12 @@ impl NetnsLink {
 
     /// Namespaces joined by a veth pair, each end shaped by `tc netem` (its egress: the server end carries the
     /// down direction, the client end the up direction).
-    fn create_veth(&mut self, profile: &ImpairmentProfile) -> io::Result<()> {
+    fn create_veth(&mut self, profile: &ImpairmentProfile) -> Result<(), NetnsError> {
         let (srv, cli) = (self.namespace(Side::Server), self.namespace(Side::Client));
         let (srv_dev, cli_dev) = (self.device(Side::Server), self.device(Side::Client));
         match Command::new("tc").arg("-V").output() {
             Ok(out) if out.status.success() => {}
-            _ => return Err(io::Error::other("the netem backend needs `tc` (iproute2)")),
+            _ => return Err(NetnsError::TcMissing),
         }
         ip(&["netns", "add", &srv])?;
         ip(&["netns", "add", &cli])?;
@@ -178,20 +260,18 @@ impl NetnsLink {
             let mut args = vec!["netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root"];
             let netem = netem_args(direction);
             args.extend(netem.iter().map(String::as_str));
-            let out =
-                Command::new("ip").args(&args).output().map_err(|e| io::Error::new(e.kind(), format!("tc: {e}")))?;
+            let out = Command::new("ip")
+                .args(&args)
+                .output()
+                .map_err(|source| NetnsError::Spawn { program: "ip", source })?;
             if !out.status.success() {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                let hint = if stderr.contains("qdisc kind is unknown") || stderr.contains("Unknown qdisc") {
-                    " (this kernel has no sch_netem: use the tun backend)"
+                let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                let command = format!("tc qdisc add dev {dev} root {}", netem.join(" "));
+                return Err(if stderr.contains("qdisc kind is unknown") || stderr.contains("Unknown qdisc") {
+                    NetnsError::NoNetem { command, stderr }
                 } else {
-                    ""
-                };
-                return Err(io::Error::other(format!(
-                    "tc qdisc add dev {dev} root {}: {}{hint}",
-                    netem.join(" "),
-                    stderr.trim()
-                )));
+                    NetnsError::Failed { command, stderr }
+                });
             }
         }
         Ok(())
@@ -234,9 +314,8 @@ impl NetnsLink {
 
     /// Moves the calling thread into `side`'s namespace: sockets it creates from now on live there. Use a thread
     /// of its own; it cannot come back.
-    pub fn enter(&self, side: Side) -> io::Result<()> {
-        let file = std::fs::File::open(format!("/var/run/netns/{}", self.namespace(side)))?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+    pub fn enter(&self, side: Side) -> Result<(), NetnsError> {
+        setns(&self.namespace(side))
     }
 
     /// Counters so far (all zero with [`Backend::Netem`], whose counters stay in the kernel).
@@ -245,12 +324,12 @@ impl NetnsLink {
     }
 
     /// Stops forwarding, removes the devices and namespaces, and returns the counters.
-    pub fn stop(mut self) -> io::Result<NetnsStats> {
+    pub fn stop(mut self) -> Result<NetnsStats, NetnsError> {
         self.remove()?;
         Ok(self.stats())
     }
 
-    fn remove(&mut self) -> io::Result<()> {
+    fn remove(&mut self) -> Result<(), NetnsError> {
         if self.removed {
             return Ok(());
         }
@@ -368,16 +447,18 @@ pub struct NamespaceRuntime {
 
 impl NamespaceRuntime {
     /// Starts a runtime with `workers` threads inside `side`'s namespace of `link`.
-    pub fn start(link: &NetnsLink, side: Side, workers: usize) -> io::Result<NamespaceRuntime> {
-        let path = format!("/var/run/netns/{}", link.namespace(side));
+    pub fn start(link: &NetnsLink, side: Side, workers: usize) -> Result<NamespaceRuntime, NetnsError> {
+        let namespace = link.namespace(side);
         let (ready, handle) = mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name(format!("netns-{}", link.namespace(side))).spawn(move || {
-            let runtime = std::fs::File::open(&path)
-                .and_then(|file| nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from))
-                .and_then(|()| {
-                    tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build()
-                });
+        let thread = spawn(&format!("netns-{namespace}"), move || {
+            let runtime = setns(&namespace).and_then(|()| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers.max(1))
+                    .enable_all()
+                    .build()
+                    .map_err(NetnsError::Runtime)
+            });
             let runtime = match runtime {
                 Ok(runtime) => runtime,
                 Err(err) => {
@@ -391,7 +472,7 @@ impl NamespaceRuntime {
             });
             runtime.shutdown_timeout(std::time::Duration::from_secs(2));
         })?;
-        let handle = handle.recv().map_err(|_| io::Error::other("namespace runtime thread died"))??;
+        let handle = handle.recv().map_err(|_| NetnsError::RuntimeThreadDied)??;
         Ok(NamespaceRuntime { handle, stop: Some(stop), thread: Some(thread) })
     }
 
@@ -412,16 +493,17 @@ impl Drop for NamespaceRuntime {
     }
 }
 
-/// True when this process may create namespaces and TUN devices (effective uid 0) and `ip` is installed.
-pub fn available() -> Result<(), String> {
+/// Ok when this process may create namespaces and TUN devices (effective uid 0) and `ip` is installed; otherwise
+/// [`NetnsError::NotRoot`], [`NetnsError::NoTun`] or [`NetnsError::IpMissing`].
+pub fn available() -> Result<(), NetnsError> {
     if !nix::unistd::geteuid().is_root() {
-        return Err("the netns link emulator needs root (CAP_NET_ADMIN)".into());
+        return Err(NetnsError::NotRoot);
     }
     if !std::path::Path::new("/dev/net/tun").exists() {
-        return Err("/dev/net/tun is missing".into());
+        return Err(NetnsError::NoTun);
     }
     match Command::new("ip").arg("-V").output() {
         Ok(out) if out.status.success() => Ok(()),
-        _ => Err("`ip` (iproute2) is not installed".into()),
+        _ => Err(NetnsError::IpMissing),
     }
 }

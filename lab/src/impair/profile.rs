@@ -1,9 +1,76 @@
 //! [`ImpairmentProfile`]: what a link emulator does to packets, per direction, with a seed. One type for every
 //! emulator backend. Named presets, TOML files, and command-line flags all produce it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// Why an [`ImpairmentProfile`] could not be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProfileError {
+    /// No preset has this name (and no file does either).
+    #[error("unknown preset {name:?}; presets: {}", preset_names())]
+    UnknownPreset {
+        /// What was asked for.
+        name: String,
+    },
+    /// The text is not TOML, or not a profile (an unknown field, a value of the wrong type).
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    /// A value is out of its range.
+    #[error("{direction}: {source}")]
+    Invalid {
+        /// `up` or `down`.
+        direction: &'static str,
+        /// Which value, and what is wrong with it.
+        source: FieldError,
+    },
+    /// A profile file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A profile file was read but its profile is not valid.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its content ([`ProfileError::Toml`] or [`ProfileError::Invalid`]).
+        source: Box<ProfileError>,
+    },
+}
+
+/// A [`DirectionProfile`] value out of its range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FieldError {
+    /// A field outside the values it may take.
+    #[error("{field} must be {expected}, got {value}")]
+    OutOfRange {
+        /// The field's name, as in TOML.
+        field: &'static str,
+        /// Its value.
+        value: f64,
+        /// What it may be: `within 0..=100` or `a finite number >= 0`.
+        expected: &'static str,
+    },
+    /// Loss bursts with every packet lost: the bad state would never be left.
+    #[error("burst_len needs loss_pct below 100 (burst_len {burst_len}, loss_pct {loss_pct})")]
+    BurstWithoutDelivery {
+        /// The mean burst length asked for.
+        burst_len: f64,
+        /// The loss asked for.
+        loss_pct: f64,
+    },
+}
+
+fn preset_names() -> String {
+    PRESETS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+}
 
 /// What happens to packets going one way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,29 +116,29 @@ impl Default for DirectionProfile {
 
 impl DirectionProfile {
     /// Checks that every value is in range.
-    pub fn check(&self) -> Result<(), String> {
-        let pct = |name: &str, v: f64| {
-            if (0.0..=100.0).contains(&v) {
+    pub fn check(&self) -> Result<(), FieldError> {
+        let pct = |field: &'static str, value: f64| {
+            if (0.0..=100.0).contains(&value) {
                 Ok(())
             } else {
-                Err(format!("{name} must be within 0..=100, got {v}"))
+                Err(FieldError::OutOfRange { field, value, expected: "within 0..=100" })
             }
         };
         pct("loss_pct", self.loss_pct)?;
         pct("reorder_pct", self.reorder_pct)?;
         pct("duplicate_pct", self.duplicate_pct)?;
-        for (name, v) in [
+        for (field, value) in [
             ("burst_len", self.burst_len),
             ("delay_ms", self.delay_ms),
             ("jitter_ms", self.jitter_ms),
             ("rate_kbps", self.rate_kbps),
         ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(format!("{name} must be a finite number >= 0, got {v}"));
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(FieldError::OutOfRange { field, value, expected: "a finite number >= 0" });
             }
         }
         if self.loss_pct >= 100.0 && self.burst_len > 1.0 {
-            return Err("burst_len needs loss_pct below 100".into());
+            return Err(FieldError::BurstWithoutDelivery { burst_len: self.burst_len, loss_pct: self.loss_pct });
         }
         Ok(())
     }
@@ -116,7 +183,7 @@ impl ImpairmentProfile {
     }
 
     /// A named preset (see [`PRESETS`]).
-    pub fn preset(name: &str) -> Result<Self, String> {
+    pub fn preset(name: &str) -> Result<Self, ProfileError> {
         let both = ImpairmentProfile::symmetric;
         let d = DirectionProfile::default;
         Ok(match name {
@@ -158,28 +225,26 @@ impl ImpairmentProfile {
                     down: DirectionProfile { rate_kbps: 10_000.0, ..base },
                 }
             }
-            other => {
-                let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-                return Err(format!("unknown preset {other:?}; presets: {}", names.join(", ")));
-            }
+            other => return Err(ProfileError::UnknownPreset { name: other.to_string() }),
         })
     }
 
     /// A profile from TOML text: `seed = 7`, then `[up]` and `[down]` tables with [`DirectionProfile`]'s fields.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        let profile: ImpairmentProfile = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_toml(text: &str) -> Result<Self, ProfileError> {
+        let profile: ImpairmentProfile = toml::from_str(text)?;
         profile.check()?;
         Ok(profile)
     }
 
     /// A profile from a TOML file.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn from_file(path: &Path) -> Result<Self, ProfileError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ProfileError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|e| ProfileError::File { path: path.to_owned(), source: Box::new(e) })
     }
 
     /// A preset name or, if it names an existing file, a TOML file.
-    pub fn named_or_file(spec: &str) -> Result<Self, String> {
+    pub fn named_or_file(spec: &str) -> Result<Self, ProfileError> {
         let path = Path::new(spec);
         if path.is_file() {
             Self::from_file(path)
@@ -189,9 +254,9 @@ impl ImpairmentProfile {
     }
 
     /// Checks both directions.
-    pub fn check(&self) -> Result<(), String> {
-        self.up.check().map_err(|e| format!("up: {e}"))?;
-        self.down.check().map_err(|e| format!("down: {e}"))
+    pub fn check(&self) -> Result<(), ProfileError> {
+        self.up.check().map_err(|source| ProfileError::Invalid { direction: "up", source })?;
+        self.down.check().map_err(|source| ProfileError::Invalid { direction: "down", source })
     }
 
     /// True when neither direction changes anything.
@@ -211,7 +276,9 @@ mod tests {
         }
         assert!(ImpairmentProfile::preset("clean").unwrap().is_clean());
         assert!(!ImpairmentProfile::preset("lossy-5").unwrap().is_clean());
-        assert!(ImpairmentProfile::preset("nope").unwrap_err().contains("lossy-5"));
+        let unknown = ImpairmentProfile::preset("nope").unwrap_err();
+        assert!(matches!(&unknown, ProfileError::UnknownPreset { name } if name == "nope"), "{unknown:?}");
+        assert!(unknown.to_string().contains("lossy-5"), "{unknown}");
     }
 
     #[test]
@@ -226,7 +293,34 @@ mod tests {
         assert_eq!(profile.down.queue_bytes, 64 * 1024, "defaults fill what the file leaves out");
         let text = toml::to_string(&profile).unwrap();
         assert_eq!(ImpairmentProfile::from_toml(&text).unwrap(), profile);
-        assert!(ImpairmentProfile::from_toml("[up]\nlos_pct = 1\n").unwrap_err().contains("los_pct"));
-        assert!(ImpairmentProfile::from_toml("[up]\nloss_pct = 140\n").unwrap_err().contains("loss_pct"));
+        let typo = ImpairmentProfile::from_toml("[up]\nlos_pct = 1\n").unwrap_err();
+        assert!(matches!(typo, ProfileError::Toml(_)) && typo.to_string().contains("los_pct"), "{typo:?}");
+        let range = ImpairmentProfile::from_toml("[up]\nloss_pct = 140\n").unwrap_err();
+        let ProfileError::Invalid { direction: "up", source: FieldError::OutOfRange { field, value, .. } } = &range
+        else {
+            panic!("{range:?}")
+        };
+        assert_eq!((*field, *value), ("loss_pct", 140.0));
+        assert!(range.to_string().contains("loss_pct") && range.to_string().contains("140"), "{range}");
+    }
+
+    #[test]
+    fn a_file_error_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[down]\nburst_len = 3\nloss_pct = 100\n").unwrap();
+        let err = ImpairmentProfile::named_or_file(path.to_str().unwrap()).unwrap_err();
+        let ProfileError::File { path: named, source } = &err else { panic!("{err:?}") };
+        assert_eq!(named, &path);
+        assert!(
+            matches!(
+                **source,
+                ProfileError::Invalid { direction: "down", source: FieldError::BurstWithoutDelivery { .. } }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with(&format!("{}: down: burst_len", path.display())), "{err}");
+        let missing = ImpairmentProfile::from_file(&dir.path().join("missing.toml")).unwrap_err();
+        assert!(matches!(missing, ProfileError::Read { .. }), "{missing:?}");
     }
 }

@@ -1,0 +1,109 @@
+//! [`CliError`]: why a subcommand failed, printed as `error: …` with exit code 1. The libraries' errors are wrapped
+//! as they are; the variants of the CLI's own say which argument or step of the subcommand failed.
+
+use std::{io, net::SocketAddr, time::TryFromFloatSecsError};
+
+use quiver_client::{ConnectError, RequestError, TickError};
+use quiver_lab::{
+    bench::{BenchError, PlotError},
+    impair::{ProfileError, UnknownBackend},
+};
+use quiver_transport::UnknownTuning;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// `--profile` and the impairment flags.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// `--backend`.
+    #[error(transparent)]
+    Backend(#[from] UnknownBackend),
+    /// `--tuning`.
+    #[error(transparent)]
+    Tuning(#[from] UnknownTuning),
+    /// A duration in seconds that is negative, not a number or too large.
+    #[error("--{flag}: {source}")]
+    Seconds { flag: &'static str, source: TryFromFloatSecsError },
+    /// `quiver tick pub --rate`.
+    #[error("--rate must be above 0 and at most 1,000,000")]
+    TickRate(f64),
+    /// `quiver impair` without the relay's addresses or `--netns`.
+    #[error("--listen and --upstream are required (or --netns)")]
+    RelayAddresses,
+    /// The connection to `--server`.
+    #[error("cannot connect to {server}: {source}")]
+    Connect { server: String, source: ConnectError },
+    /// `quiver chat`: joining the room.
+    #[error("cannot join {room}: {source}")]
+    Join { room: String, source: RequestError },
+    /// `quiver chat`: the room's events stopped.
+    #[error("the room's event stream ended")]
+    RoomEnded,
+    /// `quiver chat`: standard input.
+    #[error("reading stdin: {0}")]
+    Stdin(io::Error),
+    /// `quiver post`.
+    #[error("post failed: {0}")]
+    Post(RequestError),
+    /// `quiver history`.
+    #[error("history failed: {0}")]
+    History(RequestError),
+    /// `quiver ping`.
+    #[error("ping failed: {0}")]
+    Ping(RequestError),
+    /// `quiver tick pub`: claiming the channel.
+    #[error("cannot publish: {0}")]
+    Publish(RequestError),
+    /// `quiver tick sub`.
+    #[error("cannot subscribe: {0}")]
+    Subscribe(RequestError),
+    /// A tick that cannot be sent.
+    #[error(transparent)]
+    Tick(#[from] TickError),
+    /// `quiver impair`: the UDP relay.
+    #[error("cannot start the relay on {listen}: {source}")]
+    Relay { listen: SocketAddr, source: io::Error },
+    /// `quiver impair --netns` when the emulator cannot run here.
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Netns(#[from] quiver_lab::impair::netns::NetnsError),
+    /// `quiver impair --netns`: creating the namespaces.
+    #[cfg(target_os = "linux")]
+    #[error("cannot set up the namespaces ({} backend): {source}", backend.name())]
+    NetnsSetup { backend: quiver_lab::impair::Backend, source: quiver_lab::impair::netns::NetnsError },
+    /// `quiver impair --netns`: removing the namespaces.
+    #[cfg(target_os = "linux")]
+    #[error("cleanup: {0}")]
+    NetnsCleanup(quiver_lab::impair::netns::NetnsError),
+    /// `quiver impair --netns --server-cmd`.
+    #[cfg(target_os = "linux")]
+    #[error("server command: {0}")]
+    ServerCommand(io::Error),
+    /// `quiver impair --netns --client-cmd` could not be run.
+    #[cfg(target_os = "linux")]
+    #[error("client command: {0}")]
+    ClientCommand(io::Error),
+    /// `quiver impair --netns --client-cmd` failed.
+    #[cfg(target_os = "linux")]
+    #[error("the client command exited with {0}")]
+    ClientFailed(std::process::ExitStatus),
+    /// `quiver impair --netns` elsewhere.
+    #[cfg(not(target_os = "linux"))]
+    #[error("--netns needs Linux")]
+    NetnsNeedsLinux,
+    /// `quiver bench`.
+    #[error(transparent)]
+    Bench(#[from] BenchError),
+    /// `quiver bench rtt --plot`.
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+    /// Ctrl-C during a benchmark.
+    #[error("interrupted")]
+    Interrupted,
+    /// `--json` output.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A task of the subcommand panicked or was cancelled.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}

@@ -1,0 +1,128 @@
+//! Hostile peers at the connection level, beside a bystander ([`quiver_tests::hostile`]): connections that never
+//! say Hello, more connections than `max_connections_per_ip` and `max_connections` allow, and new connections faster
+//! than `new_connections_per_s_per_ip`. Each is timed out, closed or refused with the right code, and the bystander
+//! loses nothing.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use quiver_client::ConnectOptions;
+use quiver_proto::{ErrorCode, Limits, RequestBody};
+use quiver_tests::{
+    closed_with,
+    hostile::{beside_a_bystander, bounded, frame, Control},
+    TestServer,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_sends_hello() {
+    bounded(async {
+        let server = TestServer::start(Limits { handshake_timeout_ms: 500, ..Limits::default() });
+        beside_a_bystander(&server, async {
+            // One opens no stream at all; one opens the control stream and sends half a frame; one sends a
+            // request that is not Hello first (refused at once).
+            let silent = server.try_raw().await.unwrap();
+            let mute = server.try_raw().await.unwrap();
+            let (mut send, _recv) = mute.open_bi().await.unwrap();
+            send.write_all(&[0x10]).await.unwrap();
+            let started = Instant::now();
+            assert_eq!(closed_with(&silent).await.0, ErrorCode::HandshakeTimeout);
+            assert_eq!(closed_with(&mute).await.0, ErrorCode::HandshakeTimeout);
+            assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+            let rude = server.try_raw().await.unwrap();
+            let (mut send, _recv) = rude.open_bi().await.unwrap();
+            send.write_all(&frame(3, RequestBody::Ping { client_time_us: 0 })).await.unwrap();
+            assert_eq!(closed_with(&rude).await.0, ErrorCode::HelloRequired);
+        })
+        .await;
+        assert_eq!(server.stats.snapshot().handshake_timeouts, 2);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_connections_from_one_ip() {
+    bounded(async {
+        // The bystander holds two connections; three more fit.
+        let limits = Limits { max_connections_per_ip: 5, ..Limits::default() };
+        let server = TestServer::start(limits);
+        beside_a_bystander(&server, async {
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                held.push(Control::open(&server).await);
+            }
+            for _ in 0..3 {
+                let conn = server.try_raw().await.expect("accepted, to be told why it is closed");
+                let (code, reason) = closed_with(&conn).await;
+                assert_eq!(code, ErrorCode::TooManyConnections, "{reason}");
+                assert!(reason.contains("127.0.0.1 is at max_connections_per_ip (5)"), "{reason}");
+            }
+            // A library client sees the code too.
+            let options =
+                ConnectOptions { token: Some(server.token("late")), reconnect: false, ..ConnectOptions::default() };
+            let err = server.client_with(options).await.unwrap_err();
+            assert!(err.to_string().contains("max_connections_per_ip"), "{err}");
+            // One leaves: one more may come.
+            let leaving = held.pop().unwrap();
+            leaving.conn.close(0u32.into(), b"bye");
+            drop(leaving);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            held.push(Control::open(&server).await);
+            held[0].ping(1).await;
+        })
+        .await;
+        let stats = server.stats.snapshot();
+        assert_eq!(stats.connections_over_per_ip, 4, "{stats:?}");
+        assert_eq!(stats.retries_over_limit, 4, "each was made to validate its address first: {stats:?}");
+        server.stop().await;
+
+        // The server-wide limit.
+        let server = TestServer::start(Limits { max_connections: 4, max_connections_per_ip: 4, ..Limits::default() });
+        beside_a_bystander(&server, async {
+            let _held = [Control::open(&server).await, Control::open(&server).await];
+            let conn = server.try_raw().await.unwrap();
+            let (code, reason) = closed_with(&conn).await;
+            assert_eq!(code, ErrorCode::TooManyConnections, "{reason}");
+            assert!(reason.contains("max_connections (4)"), "{reason}");
+        })
+        .await;
+        assert_eq!(server.stats.snapshot().connections_over_total, 1);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_over_the_rate_are_retried_then_refused() {
+    bounded(async {
+        // Burst 10 new connections per address, 5 a second after; the bystander uses 2.
+        let server = TestServer::start(Limits { new_connections_per_s_per_ip: 5, ..Limits::default() });
+        beside_a_bystander(&server, async {
+            let mut outcomes = Vec::new();
+            for _ in 0..12 {
+                outcomes.push(server.try_raw().await);
+            }
+            let admitted = outcomes.iter().filter(|o| o.is_ok()).count();
+            assert!((8..=11).contains(&admitted), "{admitted} admitted");
+            for err in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+                assert!(is_refused(err), "{err}");
+            }
+            // Once the address's bucket is full again (2 s at 5/s), connections come in without a Retry.
+            tokio::time::sleep(Duration::from_millis(2_300)).await;
+            let retries = server.stats.snapshot().retries_over_rate;
+            let mut control = Control::open(&server).await;
+            control.ping(1).await;
+            assert_eq!(server.stats.snapshot().retries_over_rate, retries);
+        })
+        .await;
+        let stats = server.stats.snapshot();
+        assert!(stats.retries_over_rate >= 1 && stats.connections_refused_over_rate >= 1, "{stats:?}");
+        server.stop().await;
+    })
+    .await;
+}
+
+fn is_refused(err: &quinn::ConnectionError) -> bool {
+    matches!(err, quinn::ConnectionError::ConnectionClosed(close) if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
+}

@@ -1,0 +1,204 @@
+//! Hostile peers on the control stream, beside a bystander ([`quiver_tests::hostile`]): bytes that are no frame,
+//! frames that hold no valid message, a length prefix past `max_frame`, and floods of requests and posts over the
+//! rate limits. Each is closed (or its requests refused) with the right code, and the bystander loses nothing.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use quiver_proto::{varint, ErrorCode, Limits, Post, RequestBody};
+use quiver_tests::{
+    closed_with,
+    hostile::{beside_a_bystander, bounded, frame, hello, named, Control, SEED},
+    TestServer,
+};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use tokio::task::JoinSet;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_on_the_control_stream() {
+    bounded(async {
+        let server = TestServer::start(Limits { handshake_timeout_ms: 2_000, ..Limits::default() });
+        beside_a_bystander(&server, async {
+            let mut rng = StdRng::seed_from_u64(SEED);
+            for round in 0..8 {
+                let conn = server.try_raw().await.unwrap();
+                let (mut send, _recv) = conn.open_bi().await.unwrap();
+                if round % 2 == 1 {
+                    send.write_all(&frame(0, hello(server.token("hostile")))).await.unwrap();
+                }
+                // More than a frame's worth: whatever length the first bytes announce is there or too large.
+                let mut bytes = vec![0u8; 70_000];
+                rng.fill(&mut bytes[..]);
+                let _ = send.write_all(&bytes).await;
+                let (code, reason) = closed_with(&conn).await;
+                assert!(
+                    matches!(code, ErrorCode::ProtocolViolation | ErrorCode::FrameTooLarge),
+                    "round {round} (seed {SEED}): closed with {code}: {reason}"
+                );
+            }
+        })
+        .await;
+        let stats = server.stats.snapshot();
+        assert_eq!(stats.protocol_violations + stats.frames_too_large, 8, "{stats:?}");
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_frame_holding_an_invalid_message() {
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        beside_a_bystander(&server, async {
+            // A whole Ping (whose length prefix is one byte) plus one byte, in one frame.
+            let mut trailing = frame(7, RequestBody::Ping { client_time_us: 1 }).split_off(1).to_vec();
+            trailing.push(0);
+            let bodies: [(&str, Vec<u8>); 4] = [
+                ("unknown request variant", vec![0x01, 0x63, 0x00]),
+                ("truncated Post", vec![0x02, 0x03, 0x01, b'r']),
+                ("invalid UTF-8 room name", vec![0x03, 0x02, 0x02, 0xff, 0xfe]),
+                ("trailing bytes", trailing),
+            ];
+            for (what, body) in bodies {
+                let mut control = Control::open(&server).await;
+                let mut bytes = BytesMut::new();
+                varint::encode(body.len() as u64, &mut bytes).unwrap();
+                bytes.extend_from_slice(&body);
+                control.send.write_all(&bytes).await.unwrap();
+                let (code, reason) = closed_with(&control.conn).await;
+                assert_eq!(code, ErrorCode::ProtocolViolation, "{what}: {reason}");
+            }
+            // Well-formed but not allowed here: a second Hello.
+            let mut control = Control::open(&server).await;
+            let refused = control.request(1, hello(server.token("hostile"))).await;
+            assert_eq!(refused.unwrap_err().code, ErrorCode::HelloRequired);
+            assert_eq!(closed_with(&control.conn).await.0, ErrorCode::HelloRequired);
+        })
+        .await;
+        assert_eq!(server.stats.snapshot().protocol_violations, 4);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_length_prefix() {
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        beside_a_bystander(&server, async {
+            // 2^62 - 1 (the largest varint), and max_frame + 1: refused on the prefix, without waiting for a body.
+            let prefixes: [&[u8]; 2] = [&[0xff; 8], &[0x80, 0x01, 0x00, 0x01]];
+            for (i, prefix) in prefixes.into_iter().enumerate() {
+                for with_hello in [false, true] {
+                    let control = if with_hello {
+                        let control = Control::open(&server).await;
+                        (control.conn, control.send)
+                    } else {
+                        let conn = server.try_raw().await.unwrap();
+                        let (send, _) = conn.open_bi().await.unwrap();
+                        (conn, send)
+                    };
+                    let (conn, mut send) = control;
+                    let sent = Instant::now();
+                    send.write_all(prefix).await.unwrap();
+                    let (code, reason) = closed_with(&conn).await;
+                    assert_eq!(code, ErrorCode::FrameTooLarge, "prefix {i}, hello {with_hello}: {reason}");
+                    assert!(sent.elapsed() < Duration::from_secs(2), "closed only after {:?}", sent.elapsed());
+                }
+            }
+        })
+        .await;
+        assert_eq!(server.stats.snapshot().frames_too_large, 4);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_floods_ping() {
+    bounded(async {
+        // Burst 400; closed after 4 bursts (1,600) refused within a second.
+        let server = TestServer::start(Limits { requests_per_s: 200, ..Limits::default() });
+        beside_a_bystander(&server, async {
+            let mut control = Control::open(&server).await;
+            let mut flood = BytesMut::new();
+            for req_id in 1..=5_000 {
+                flood.extend_from_slice(&frame(req_id, RequestBody::Ping { client_time_us: req_id }));
+            }
+            let started = Instant::now();
+            let _ = control.send.write_all(&flood).await;
+            let (ok, limited) = control.drain().await;
+            let (code, reason) = closed_with(&control.conn).await;
+            assert_eq!(code, ErrorCode::RateLimited, "{reason}");
+            let allowed = 400 + (200.0 * started.elapsed().as_secs_f64()).ceil() as u64;
+            assert!(ok <= allowed, "{ok} pings answered, at most {allowed} allowed");
+            assert!(ok >= 399, "the burst is served: {ok}"); // Hello took one token
+            assert_eq!(limited, 1_601, "refused until closed");
+        })
+        .await;
+        let stats = server.stats.snapshot();
+        assert_eq!((stats.requests_rate_limited, stats.floods_closed), (1_601, 1), "{stats:?}");
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_rate_are_refused_and_the_connection_stays() {
+    bounded(async {
+        // Burst 300; the bystander's feeder posts 100/s on its own connection.
+        let server = TestServer::start(Limits { requests_per_s: 150, ..Limits::default() });
+        beside_a_bystander(&server, async {
+            // A library client that sends a burst: the part over the rate is refused, the connection stays.
+            let client = named(&server, "eager").await;
+            let mut pings = JoinSet::new();
+            for _ in 0..400 {
+                let client = client.clone();
+                pings.spawn(async move { client.ping().await });
+            }
+            let mut limited = 0;
+            while let Some(result) = pings.join_next().await {
+                if let Err(err) = result.unwrap() {
+                    assert_eq!(err.code(), Some(ErrorCode::RateLimited), "{err}");
+                    limited += 1;
+                }
+            }
+            // Hello and 5 clock pings used 6 of the 300-token burst; a few more come back while they are served.
+            assert!((80..=106).contains(&limited), "{limited} refused");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.ping().await.unwrap();
+            assert!(client.connection().unwrap().close_reason().is_none());
+        })
+        .await;
+        assert_eq!(server.stats.snapshot().floods_closed, 0);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_floods_posts() {
+    bounded(async {
+        // Burst 300 posts (the bystander posts 100/s on its own connection); closed after 1,200 refused.
+        let server = TestServer::start(Limits { posts_per_s: 150, ..Limits::default() });
+        beside_a_bystander(&server, async {
+            let mut control = Control::open(&server).await;
+            let mut flood = BytesMut::new();
+            for req_id in 1..=3_000u64 {
+                let post = Post { room: "spam".into(), client_msg_id: req_id, body: vec![b'x'; 100].into() };
+                flood.extend_from_slice(&frame(req_id, RequestBody::Post(post)));
+            }
+            let _ = control.send.write_all(&flood).await;
+            let (ok, limited) = control.drain().await;
+            assert_eq!(closed_with(&control.conn).await.0, ErrorCode::RateLimited);
+            assert!((300..=330).contains(&ok), "{ok} posts accepted");
+            assert_eq!(limited, 1_201);
+        })
+        .await;
+        let stats = server.stats.snapshot();
+        assert_eq!((stats.posts_rate_limited, stats.floods_closed), (1_201, 1), "{stats:?}");
+        server.stop().await;
+    })
+    .await;
+}

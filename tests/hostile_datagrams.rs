@@ -1,0 +1,77 @@
+//! Hostile peers on the datagram path, beside a bystander ([`quiver_tests::hostile`]): datagrams of random bytes
+//! and a publisher over its tick rate. They are dropped and counted without closing the connection, and the
+//! bystander's ticks keep coming.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use quiver_proto::{Limits, Reply, RequestBody, TickHeader};
+use quiver_tests::{
+    hostile::{beside_a_bystander, bounded, Control, SEED},
+    TestServer,
+};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_with_random_content() {
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        beside_a_bystander(&server, async {
+            let mut rng = StdRng::seed_from_u64(SEED + 1);
+            let mut control = Control::open(&server).await;
+            let max = control.conn.max_datagram_size().expect("datagrams are on");
+            for i in 0..3_000u32 {
+                let mut datagram = vec![0u8; rng.gen_range(1..=max)];
+                rng.fill(&mut datagram[..]);
+                control.conn.send_datagram(datagram.into()).unwrap();
+                if i % 10 == 9 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            // Dropped and counted; the connection is not closed for them.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            control.ping(1).await;
+            assert!(control.conn.close_reason().is_none());
+        })
+        .await;
+        let stats = server.stats.snapshot();
+        assert!(stats.datagrams_malformed + stats.datagrams_unknown_channel > 2_000, "{stats:?}");
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_over_its_tick_rate() {
+    bounded(async {
+        // Burst 1,000 ticks; the bystander publishes 200/s on its own connection.
+        let server = TestServer::start(Limits { ticks_per_s: 500, ..Limits::default() });
+        let started = Instant::now();
+        beside_a_bystander(&server, async {
+            let mut control = Control::open(&server).await;
+            let reply = control.request(1, RequestBody::Publish { channel: "spam".into(), max_age_ms: None }).await;
+            let Ok(Reply::Publishing { channel_id, .. }) = reply else { panic!("{reply:?}") };
+            for seq in 0..20_000u64 {
+                let mut datagram = BytesMut::new();
+                TickHeader { channel_id, seq, sent_time_us: 1 }.encode(&mut datagram).unwrap();
+                datagram.extend_from_slice(b"spam");
+                control.conn.send_datagram(datagram.freeze()).unwrap();
+                if seq % 500 == 499 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            control.ping(2).await;
+        })
+        .await;
+        let stats = server.stats.snapshot();
+        assert!(stats.ticks_rate_limited > 10_000, "{stats:?}");
+        // Everything published: the bystander's ticks and at most the spammer's burst plus its rate.
+        let bystander_ticks = 200 * (started.elapsed().as_millis() as u64) / 1000 + 10;
+        let spam_allowed = 1_000 + 500 * (started.elapsed().as_millis() as u64) / 1000;
+        assert!(stats.ticks_published <= bystander_ticks + spam_allowed, "{stats:?}");
+        server.stop().await;
+    })
+    .await;
+}

@@ -56,9 +56,6 @@ pub(crate) struct RoomEntry {
     pub(crate) name: String,
     pub(crate) state: Mutex<RoomState>,
     events: mpsc::Sender<RoomEvent>,
-    /// Held by a stream reader while it turns a frame into an event and hands it out, so that events leave in the
-    /// order the state produced them even while a rejoin's stream replaces an older one.
-    turn: tokio::sync::Mutex<()>,
 }
 
 /// What the client keeps per subscription.
@@ -230,12 +227,7 @@ impl Driver {
     /// Joins `room`; its events arrive on the returned receiver.
     pub(crate) async fn join(&self, room: &str) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
         let (events, received) = mpsc::channel(EVENT_BUFFER);
-        let entry = Arc::new(RoomEntry {
-            name: room.to_string(),
-            state: Mutex::new(RoomState::new()),
-            events,
-            turn: tokio::sync::Mutex::new(()),
-        });
+        let entry = Arc::new(RoomEntry { name: room.to_string(), state: Mutex::new(RoomState::new()), events });
         {
             let mut rooms = lock(&self.rooms);
             if rooms.contains_key(room) {
@@ -531,16 +523,28 @@ impl Driver {
         lock(&self.rooms).get(room).cloned()
     }
 
+    /// Room for one event in a room's channel: at once when there is room, else when the application reads or
+    /// the client stops; `None` when the room's handle is gone or the client stopped.
+    async fn reserve<'a>(&self, events: &'a mpsc::Sender<RoomEvent>) -> Option<mpsc::Permit<'a, RoomEvent>> {
+        match events.try_reserve() {
+            Ok(permit) => Some(permit),
+            Err(mpsc::error::TrySendError::Closed(())) => None,
+            Err(mpsc::error::TrySendError::Full(())) => tokio::select! {
+                permit = events.reserve() => permit.ok(),
+                () = self.stop.cancelled() => None,
+            },
+        }
+    }
+
     /// Reads one room stream: its Open frame says which room it carries and where it starts; then its events,
-    /// until the stream ends or a newer stream of the room replaces it.
+    /// until the stream ends (finished, reset, or its connection closed: closing the client closes it) or a newer
+    /// stream of the room replaces it. An event is made from its frame under the room's state lock with room in the
+    /// room's channel already reserved, so events leave in the order the state produced them, even while a
+    /// rejoin's stream replaces an older one.
     async fn read_room_stream(self: Arc<Self>, mut recv: quinn::RecvStream) {
         let codec = FrameCodec::new(self.welcome().limits.max_frame as usize);
         let mut buf = BytesMut::new();
-        let open = tokio::select! {
-            frame = next_frame(&codec, &mut recv, &mut buf) => frame,
-            () = self.stop.cancelled() => return,
-        };
-        let open = match open {
+        let open = match next_frame(&codec, &mut recv, &mut buf).await {
             Ok(Some(RoomFrame::Open(open))) => open,
             Ok(None) | Err(StreamEnd::Reset(_)) => return, // reset before it said anything: a Kicked follows
             other => {
@@ -554,33 +558,24 @@ impl Driver {
             let _ = recv.stop(quiver_transport::close::quic_code(ErrorCode::NoError));
             return;
         };
+        let Some(permit) = self.reserve(&entry.events).await else { return };
         let stream = {
-            let _turn = entry.turn.lock().await;
-            let (stream, resumed) = lock(&entry.state).open(&open);
+            let mut state = lock(&entry.state);
+            let (stream, resumed) = state.open(&open);
             if let Some(resumed) = resumed {
-                if entry.events.send(resumed).await.is_err() {
-                    return; // the Room handle is gone
-                }
+                permit.send(resumed);
             }
             stream
         };
         loop {
-            let frame = tokio::select! {
-                frame = next_frame(&codec, &mut recv, &mut buf) => frame,
-                () = self.stop.cancelled() => return,
-            };
-            match frame {
+            match next_frame(&codec, &mut recv, &mut buf).await {
                 Ok(Some(RoomFrame::Event(event))) => {
-                    let _turn = entry.turn.lock().await;
-                    let delivered = lock(&entry.state).event(stream, event);
-                    let Some(event) = delivered else {
-                        if lock(&entry.state).current_stream() != stream {
-                            return; // replaced by a rejoin
-                        }
-                        continue; // already delivered before a resume
-                    };
-                    if entry.events.send(event).await.is_err() {
-                        return; // the Room handle is gone
+                    let Some(permit) = self.reserve(&entry.events).await else { return };
+                    let mut state = lock(&entry.state);
+                    match state.event(stream, event) {
+                        Some(event) => permit.send(event),
+                        None if state.current_stream() != stream => return, // replaced by a rejoin
+                        None => {}                                          // delivered before a resume
                     }
                 }
                 Ok(Some(RoomFrame::Open(_))) => {

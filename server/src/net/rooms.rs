@@ -31,12 +31,34 @@ pub(crate) type Kicked = (Arc<str>, Arc<StreamOutbox>);
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<Bytes>,
+    /// An empty queue with room, swapped with `frames` when a writer takes them, so that writing a message does
+    /// not cost an allocation per subscriber.
+    spare: VecDeque<Bytes>,
     /// Live bytes queued since the pump or a flush last took the queue.
     bytes: usize,
     /// Left: finish the stream once the queue is written.
     closed: bool,
     /// The room stream, parked here while nobody writes to it; taken by whoever writes (a flush or the pump).
     send: Option<SendStream>,
+}
+
+impl Queue {
+    /// Every queued frame, leaving an empty queue with room in its place.
+    fn take_frames(&mut self) -> VecDeque<Bytes> {
+        let spare = std::mem::take(&mut self.spare);
+        std::mem::replace(&mut self.frames, spare)
+    }
+
+    /// What a writer took and could not write (older than anything queued since: it goes first); the emptied
+    /// queue becomes the spare.
+    fn put_back(&mut self, mut rest: VecDeque<Bytes>) {
+        while let Some(frame) = rest.pop_back() {
+            self.frames.push_front(frame);
+        }
+        if self.spare.capacity() == 0 {
+            self.spare = rest;
+        }
+    }
 }
 
 /// Frames waiting for one room stream, at most `bound` live bytes.
@@ -118,7 +140,7 @@ impl Outbox for StreamOutbox {
                     return;
                 };
                 queue.bytes = 0;
-                (send, std::mem::take(&mut queue.frames))
+                (send, queue.take_frames())
             };
             let (written, rest) = write_now(&mut send, frames);
             if written {
@@ -126,11 +148,9 @@ impl Outbox for StreamOutbox {
             }
             let mut queue = lock(&self.queue);
             queue.send = Some(send);
-            if !rest.is_empty() {
-                // Older than anything pushed meanwhile: they go first.
-                for frame in rest.into_iter().rev() {
-                    queue.frames.push_front(frame);
-                }
+            let pending = !rest.is_empty();
+            queue.put_back(rest);
+            if pending {
                 drop(queue);
                 self.wake.notify_one();
                 return;
@@ -197,7 +217,7 @@ fn next(outbox: &StreamOutbox) -> Next {
     }
     let Some(send) = queue.send.take() else { return Next::Wait };
     queue.bytes = 0;
-    Next::Drain(std::mem::take(&mut queue.frames), send)
+    Next::Drain(queue.take_frames(), send)
 }
 
 /// Moves queued frames from `outbox` to the room stream until the room is left (finish), the subscriber falls
@@ -211,8 +231,8 @@ pub(crate) async fn pump(
 ) {
     loop {
         match next(&outbox) {
-            Next::Drain(batch, mut send) => {
-                for frame in batch {
+            Next::Drain(mut batch, mut send) => {
+                while let Some(frame) = batch.pop_front() {
                     tokio::select! {
                         written = send.write_chunk(frame) => if written.is_err() { return },
                         () = outbox.overflow.cancelled() => break,
@@ -220,7 +240,10 @@ pub(crate) async fn pump(
                     }
                 }
                 outbox.probe.sent();
-                lock(&outbox.queue).send = Some(send);
+                batch.clear(); // what is left after an overflow goes with the reset
+                let mut queue = lock(&outbox.queue);
+                queue.send = Some(send);
+                queue.put_back(batch);
             }
             Next::Reset(mut send) => {
                 bump(&stats.slow_consumer_resets);

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use quiver_proto::{ErrorCode, HistoryPage, Limits, Reply, RequestBody, Welcome};
 
 use crate::{
-    driver::{unix_us, Driver, DriverHandle, CLOSE_WAIT},
+    clock::unix_us,
+    driver::{Driver, DriverHandle, CLOSE_WAIT},
     ConnectError, ConnectOptions, RequestError, Room, TickPublisher, TickSubscription, TrustOptions,
 };
 

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::{
     error::ProtocolError,
     state::requests::Outstanding,
+    sync::lock,
     trust::{self, PinReport},
     ConnectError, ConnectOptions, RequestError,
 };
@@ -101,10 +102,6 @@ pub(crate) struct Connection<H: Handler> {
     probe: Arc<TailProbe>,
     /// Subscriptions by their channel id on this connection.
     routes: Mutex<HashMap<u64, H::Route>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<H: Handler> Connection<H> {

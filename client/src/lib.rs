@@ -27,6 +27,7 @@
 //! `driver` owns every task (one tracker, one cancellation token) and carries out what the state decides.
 
 mod client;
+mod clock;
 mod connection;
 mod driver;
 mod error;
@@ -34,6 +35,7 @@ pub mod latency;
 mod options;
 pub mod room;
 pub mod state;
+mod sync;
 pub mod ticks;
 pub mod trust;
 

@@ -8,7 +8,8 @@ use tokio::sync::mpsc;
 
 pub use crate::state::room::{Message, RoomEvent};
 use crate::{
-    driver::{lock, DriverHandle, RoomEntry},
+    driver::{DriverHandle, RoomEntry},
+    sync::lock,
     RequestError,
 };
 

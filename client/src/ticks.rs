@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::{
-    driver::{lock, DriverHandle, PubEntry, SubEntry},
+    driver::{DriverHandle, PubEntry, SubEntry},
+    sync::lock,
     RequestError,
 };
 pub use crate::{

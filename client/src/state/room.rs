@@ -1,9 +1,8 @@
 //! A joined room on the client, without IO: where the client is in the room's order (epoch and last seq), who is
 //! present, and what each frame of the room's streams means for the application. Streams describe themselves
-//! (their Open frame is the Join's outcome), so nothing here pairs replies with streams. Each Open starts a new
-//! stream generation; frames of an older stream (one being replaced by a rejoin) are ignored, so events never go
-//! back in the room's order, and messages at or below the last seq delivered are dropped, so a resume never shows
-//! a duplicate.
+//! (their Open frame is the Join's outcome), so nothing here pairs replies with streams. Only the room's newest
+//! stream delivers: frames of an older one (being replaced by a rejoin) are ignored, so events never go back in the
+//! room's order, and messages at or below the last seq delivered are dropped, so a resume never shows a duplicate.
 
 use std::collections::BTreeSet;
 
@@ -52,8 +51,19 @@ pub struct Message {
     pub body: Bytes,
 }
 
-/// Which of a room's streams a frame came from: the number [`RoomState::open`] gave it.
+/// Which of a room's streams a frame came from: streams are numbered in the order the client accepted them (across
+/// connections), so a higher number is a newer stream, whatever order their readers happen to run in.
 pub type StreamNumber = u64;
+
+/// What a stream's Open frame means for the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// The stream is the room's newest: read it; hand out this event first (`Resumed`, for every stream after the
+    /// first).
+    Current(Option<RoomEvent>),
+    /// A newer stream of the room opened already: this one is outdated, drop it.
+    Stale,
+}
 
 /// One joined room's state.
 #[derive(Debug, Default)]
@@ -61,8 +71,8 @@ pub struct RoomState {
     epoch: Option<u64>,
     last_seq: u64,
     members: BTreeSet<String>,
-    /// Streams opened so far; the newest is the current one.
-    streams: StreamNumber,
+    /// The newest stream opened, if any: the only one whose events count.
+    current: Option<StreamNumber>,
 }
 
 impl RoomState {
@@ -76,9 +86,9 @@ impl RoomState {
         self.epoch.map(|epoch| Position { epoch, seq: self.last_seq })
     }
 
-    /// The number of the current (newest) stream.
-    pub fn current_stream(&self) -> StreamNumber {
-        self.streams
+    /// True when `stream` is the room's newest stream.
+    pub fn is_current(&self, stream: StreamNumber) -> bool {
+        self.current == Some(stream)
     }
 
     /// Members present, as of the events handed out so far.
@@ -96,24 +106,25 @@ impl RoomState {
         }
     }
 
-    /// A stream's Open frame: returns the stream's number, and the event to hand out before the stream's frames
-    /// (`Resumed`, for every stream after the first).
-    pub fn open(&mut self, open: &Joined) -> (StreamNumber, Option<RoomEvent>) {
-        self.streams += 1;
+    /// Stream `stream`'s Open frame.
+    pub fn open(&mut self, stream: StreamNumber, open: &Joined) -> Opened {
+        if self.current.is_some_and(|current| current >= stream) {
+            return Opened::Stale;
+        }
+        let rejoin = self.current.replace(stream).is_some();
         if self.epoch != Some(open.epoch) {
             // First stream, or the room's history was lost: seqs count from this stream's replay.
             self.epoch = Some(open.epoch);
             self.last_seq = open.replay_from.saturating_sub(1);
         }
         self.members = open.members.iter().cloned().collect();
-        let resumed = (self.streams > 1).then_some(RoomEvent::Resumed { recovered: open.recovered, epoch: open.epoch });
-        (self.streams, resumed)
+        Opened::Current(rejoin.then_some(RoomEvent::Resumed { recovered: open.recovered, epoch: open.epoch }))
     }
 
     /// An event on stream `stream`: the application event, or `None` when the stream is not the current one or
     /// the message was already delivered.
     pub fn event(&mut self, stream: StreamNumber, event: quiver_proto::RoomEvent) -> Option<RoomEvent> {
-        if stream != self.streams {
+        if !self.is_current(stream) {
             return None;
         }
         Some(match event.kind {
@@ -183,14 +194,15 @@ mod tests {
     fn a_first_stream_starts_at_the_head_and_a_rejoin_dedupes_its_replay() {
         let mut room = RoomState::new();
         assert_eq!(room.position(), None);
-        let (first, resumed) = room.open(&open(7, true, 11, 10, &["a"]));
-        assert_eq!(resumed, None, "the first stream is no resume");
+        let first = 1;
+        assert_eq!(room.open(first, &open(7, true, 11, 10, &["a"])), Opened::Current(None), "no resume yet");
         assert_eq!(room.position(), Some(Position { epoch: 7, seq: 10 }));
         assert_eq!(seq(room.event(first, message(11))), Some(11));
         assert_eq!(seq(room.event(first, message(12))), Some(12));
         // Rejoined from 12, the server replays from 11 (an older position was asked for): 11 and 12 are dropped.
-        let (second, resumed) = room.open(&open(7, true, 11, 13, &["a", "b"]));
-        assert_eq!(resumed, Some(RoomEvent::Resumed { recovered: true, epoch: 7 }));
+        let second = 2;
+        let resumed = room.open(second, &open(7, true, 11, 13, &["a", "b"]));
+        assert_eq!(resumed, Opened::Current(Some(RoomEvent::Resumed { recovered: true, epoch: 7 })));
         assert_eq!(room.members(), ["a", "b"]);
         assert_eq!(seq(room.event(second, message(11))), None);
         assert_eq!(seq(room.event(second, message(12))), None);
@@ -204,12 +216,13 @@ mod tests {
     #[test]
     fn a_new_epoch_counts_from_its_replay_and_says_what_was_lost() {
         let mut room = RoomState::new();
-        let (first, _) = room.open(&open(1, true, 1, 0, &[]));
+        room.open(1, &open(1, true, 1, 0, &[]));
         for s in 1..=5 {
-            room.event(first, message(s));
+            room.event(1, message(s));
         }
-        let (second, resumed) = room.open(&open(2, false, 1, 3, &[]));
-        assert_eq!(resumed, Some(RoomEvent::Resumed { recovered: false, epoch: 2 }));
+        let second = 5;
+        let resumed = room.open(second, &open(2, false, 1, 3, &[]));
+        assert_eq!(resumed, Opened::Current(Some(RoomEvent::Resumed { recovered: false, epoch: 2 })));
         assert_eq!(seq(room.event(second, message(1))), Some(1), "seqs of the new epoch are new messages");
         assert_eq!(room.position(), Some(Position { epoch: 2, seq: 1 }));
     }
@@ -219,18 +232,31 @@ mod tests {
         let mut room = RoomState::new();
         room.replied(&open(4, true, 21, 20, &["x"]));
         assert_eq!((room.position(), room.members()), (Some(Position { epoch: 4, seq: 20 }), vec!["x".into()]));
-        let (stream, resumed) = room.open(&open(4, true, 21, 20, &["x", "y"]));
-        assert_eq!(resumed, None);
-        assert_eq!(seq(room.event(stream, message(21))), Some(21));
+        assert_eq!(room.open(1, &open(4, true, 21, 20, &["x", "y"])), Opened::Current(None));
+        assert_eq!(seq(room.event(1, message(21))), Some(21));
         // A reply never moves an opened room.
         room.replied(&open(9, true, 1, 0, &[]));
         assert_eq!(room.position(), Some(Position { epoch: 4, seq: 21 }));
     }
 
     #[test]
+    fn an_older_stream_whose_open_is_read_late_stays_outdated() {
+        let mut room = RoomState::new();
+        room.open(1, &open(3, true, 1, 0, &[]));
+        room.event(1, message(1));
+        // Rejoined twice: stream 3's reader runs before stream 2's (reset, but its Open was buffered).
+        assert!(matches!(room.open(3, &open(3, true, 2, 4, &[])), Opened::Current(Some(_))));
+        assert_eq!(room.open(2, &open(3, true, 2, 2, &[])), Opened::Stale);
+        assert_eq!(seq(room.event(2, message(2))), None, "the outdated stream delivers nothing");
+        assert_eq!(seq(room.event(3, message(2))), Some(2));
+        assert!(room.is_current(3) && !room.is_current(2));
+    }
+
+    #[test]
     fn presence_follows_the_current_stream() {
         let mut room = RoomState::new();
-        let (s, _) = room.open(&open(1, true, 1, 0, &["me"]));
+        let s = 1;
+        room.open(s, &open(1, true, 1, 0, &["me"]));
         assert_eq!(room.event(s, presence(0, true, "bob")), Some(RoomEvent::MemberJoined { member: "bob".into() }));
         assert_eq!(room.members(), ["bob", "me"]);
         room.event(s, presence(0, false, "bob"));

@@ -1,0 +1,373 @@
+//! The client's driver: the only part that owns tasks. It keeps the live connection, reconnects with backoff when
+//! it is lost, and puts everything back on the new connection; its parts do the rest: [`rooms`] (joined rooms and
+//! their streams), [`ticks`] (subscriptions and claims), [`posts`] (the ordered, re-sent post queue). The
+//! decisions are the sans-IO [`crate::state`] types'; every task runs on one [`TaskTracker`] and stops with one
+//! [`CancellationToken`], so closing the client stops and awaits all of them.
+//!
+//! Work runs in spawned tasks: quinn driven from `block_on`'s thread costs about 4x the round trip (measured).
+
+mod posts;
+mod rooms;
+mod ticks;
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicI64, AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use quiver_proto::{ErrorCode, Join, Limits, Reply, RequestBody, ServerMsg, TickHeader, Welcome};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub(crate) use rooms::RoomEntry;
+pub use rooms::EVENT_BUFFER;
+pub(crate) use ticks::{PubEntry, SubEntry};
+
+use crate::{
+    clock::unix_us,
+    connection::{Connection, Handler, Target},
+    error::{ConnectError, RequestError, TickError},
+    options::ConnectOptions,
+    state::{
+        backoff::Backoff,
+        clock::{offset_us, ClockSample},
+        posts::QueuedPost,
+        room::RoomEvent,
+    },
+    sync::lock,
+};
+
+/// How long `Client::close` waits for its tasks to stop and for the server to learn of the close.
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+type Live = Connection<Driver>;
+
+/// An application handle on the driver: while one exists the client runs; dropping the last one (the last
+/// `Client`, room, subscription or publisher) stops every task and closes the connection.
+#[derive(Debug, Clone)]
+pub(crate) struct DriverHandle {
+    pub(crate) driver: Arc<Driver>,
+    _guard: Arc<StopOnDrop>,
+}
+
+impl DriverHandle {
+    pub(crate) fn new(driver: Arc<Driver>) -> Self {
+        let guard = Arc::new(StopOnDrop(driver.stop.clone()));
+        DriverHandle { driver, _guard: guard }
+    }
+}
+
+#[derive(Debug)]
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// The client's shared state and tasks.
+#[derive(Debug)]
+pub(crate) struct Driver {
+    me: Weak<Driver>,
+    pub(crate) target: Target,
+    options: ConnectOptions,
+    /// The live connection, `None` while reconnecting.
+    current: watch::Sender<Option<Arc<Live>>>,
+    /// Why the client ended for good (closed by the application, refused, or reconnect disabled).
+    ended: Mutex<Option<(ErrorCode, String)>>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    rooms: rooms::Rooms,
+    ticks: ticks::Ticks,
+    posts: mpsc::UnboundedSender<QueuedPost<posts::PostDone>>,
+    next_msg_id: AtomicU64,
+    /// Room streams accepted so far, over every connection: a later stream is a newer one.
+    room_streams: AtomicU64,
+    welcome: Mutex<Welcome>,
+    /// Server clock minus this machine's clock, in µs, estimated from Ping/Pong at each connect.
+    clock_offset_us: AtomicI64,
+}
+
+impl Driver {
+    /// Resolves `server`, opens the first connection (which must succeed) and starts the client's tasks.
+    pub(crate) async fn connect(server: &str, options: ConnectOptions) -> Result<Arc<Driver>, ConnectError> {
+        let options = options.with_dev_tokens();
+        let timeout = options.connect_timeout;
+        let target = tokio::time::timeout(timeout, Target::resolve(server, &options))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))??;
+        let (posts, queued) = mpsc::unbounded_channel();
+        let driver = Arc::new_cyclic(|me| Driver {
+            me: me.clone(),
+            target,
+            options,
+            current: watch::channel(None).0,
+            ended: Mutex::new(None),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            rooms: rooms::Rooms::default(),
+            ticks: ticks::Ticks::default(),
+            posts,
+            next_msg_id: AtomicU64::new(rand::random::<u64>() >> 2),
+            room_streams: AtomicU64::new(0),
+            welcome: Mutex::new(Welcome {
+                version: 0,
+                session_id: 0,
+                server_time_us: 0,
+                identity: String::new(),
+                limits: Limits::default(),
+            }),
+            clock_offset_us: AtomicI64::new(0),
+        });
+        let first = tokio::time::timeout(timeout, driver.open()).await.map_err(|_| ConnectError::Timeout(timeout));
+        match first {
+            Ok(Ok(connection)) => driver.connected(connection).await,
+            Ok(Err(err)) | Err(err) => {
+                driver.stop.cancel();
+                return Err(err);
+            }
+        }
+        driver.tasks.spawn(driver.clone().supervise());
+        let sending = posts::send_posts(driver.current.subscribe(), queued, driver.stop.clone());
+        let me = driver.clone();
+        driver.tasks.spawn(async move {
+            let why = me.end_reason();
+            for post in sending.await {
+                let _ = post.done.send(Err(RequestError::closed(why.clone())));
+            }
+        });
+        Ok(driver)
+    }
+
+    async fn open(&self) -> Result<Arc<Live>, ConnectError> {
+        Connection::open(&self.target, &self.options, self.me.clone(), &self.tasks).await
+    }
+
+    /// A new connection is up: its Welcome and clock offset are noted, then it becomes the current one.
+    async fn connected(&self, connection: Arc<Live>) {
+        *lock(&self.welcome) = connection.welcome.clone();
+        self.estimate_clock_offset(&connection).await;
+        self.current.send_replace(Some(connection));
+    }
+
+    pub(crate) fn welcome(&self) -> Welcome {
+        lock(&self.welcome).clone()
+    }
+
+    /// The current QUIC connection, if connected.
+    pub(crate) fn quic(&self) -> Option<quinn::Connection> {
+        self.current.borrow().as_ref().map(|c| c.quic.clone())
+    }
+
+    /// Now on the server's clock, µs since the Unix epoch.
+    pub(crate) fn server_clock_us(&self) -> u64 {
+        unix_us().saturating_add_signed(self.clock_offset_us.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn end_reason(&self) -> (ErrorCode, String) {
+        lock(&self.ended).clone().unwrap_or((ErrorCode::NoError, "client closed".into()))
+    }
+
+    /// Ends the client for good: closes the connection with `why` and stops every task.
+    pub(crate) fn end(&self, why: (ErrorCode, String)) {
+        lock(&self.ended).get_or_insert(why.clone());
+        if let Some(connection) = self.current.borrow().as_ref() {
+            quiver_transport::close::close(&connection.quic, why.0, &why.1);
+        }
+        self.stop.cancel();
+        self.tasks.close();
+    }
+
+    /// A live connection, waiting up to the connect timeout for a reconnect.
+    pub(crate) async fn live(&self) -> Result<Arc<Live>, RequestError> {
+        let mut current = self.current.subscribe();
+        let wait = current.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()));
+        tokio::select! {
+            found = tokio::time::timeout(self.options.connect_timeout, wait) => match found {
+                Ok(Ok(connection)) => connection.clone().ok_or_else(|| RequestError::closed(self.end_reason())),
+                Ok(Err(_)) => Err(RequestError::closed(self.end_reason())),
+                Err(_) => Err(RequestError::closed((ErrorCode::Internal, "not connected (reconnecting)".into()))),
+            },
+            () = self.stop.cancelled() => Err(RequestError::closed(self.end_reason())),
+        }
+    }
+
+    /// One request on the current connection. Not retried.
+    pub(crate) async fn request(&self, body: RequestBody) -> Result<Reply, RequestError> {
+        self.live().await?.request(body).await
+    }
+
+    /// Joins `room`; its events arrive on the returned receiver.
+    pub(crate) async fn join(&self, room: &str) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
+        let (entry, events) = self.rooms.add(room)?;
+        match self.request(RequestBody::Join(Join { room: room.to_string(), since: None })).await {
+            Ok(Reply::Joined(joined)) => {
+                entry.replied(&joined);
+                Ok((entry, events))
+            }
+            other => {
+                self.rooms.remove(room);
+                Err(other.map_or_else(|err| err, RequestError::unexpected))
+            }
+        }
+    }
+
+    pub(crate) async fn leave(&self, room: &str) -> Result<(), RequestError> {
+        self.rooms.remove(room);
+        match self.request(RequestBody::Leave { room: room.to_string() }).await? {
+            Reply::Left { .. } => Ok(()),
+            other => Err(RequestError::unexpected(other)),
+        }
+    }
+
+    /// Queues a post now; the future resolves to its seq.
+    pub(crate) fn post(
+        &self,
+        room: &str,
+        body: Bytes,
+    ) -> impl Future<Output = Result<u64, RequestError>> + Send + 'static {
+        let (done, outcome) = oneshot::channel();
+        let client_msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
+        let queued = self.posts.send(QueuedPost { room: room.to_string(), client_msg_id, body, done });
+        let me = self.me.clone();
+        let why = move || me.upgrade().map_or((ErrorCode::NoError, "client closed".into()), |d| d.end_reason());
+        async move {
+            if queued.is_err() {
+                return Err(RequestError::closed(why()));
+            }
+            outcome.await.unwrap_or_else(|_| Err(RequestError::closed(why())))
+        }
+    }
+
+    pub(crate) async fn subscribe(&self, channel: &str) -> Result<Arc<SubEntry>, RequestError> {
+        self.ticks.subscribe(&*self.live().await?, channel).await
+    }
+
+    pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<(), RequestError> {
+        self.ticks.unsubscribed(channel);
+        match self.request(RequestBody::Unsubscribe { channel: channel.to_string() }).await? {
+            Reply::Unsubscribed { .. } => Ok(()),
+            other => Err(RequestError::unexpected(other)),
+        }
+    }
+
+    pub(crate) async fn publisher(
+        &self,
+        channel: &str,
+        max_age_ms: Option<u32>,
+    ) -> Result<Arc<PubEntry>, RequestError> {
+        self.ticks.publisher(&*self.live().await?, channel, max_age_ms).await
+    }
+
+    /// The largest tick payload that fits one datagram on the current connection.
+    pub(crate) fn max_payload(&self) -> Result<usize, TickError> {
+        ticks::max_payload(&self.quic().ok_or(TickError::NotConnected)?)
+    }
+
+    /// Sends one tick of `publisher` on the current connection; returns the publisher's own seq for it.
+    pub(crate) fn send_tick(&self, publisher: &PubEntry, payload: Bytes) -> Result<u64, TickError> {
+        let connection = self.current.borrow().clone().ok_or(TickError::NotConnected)?;
+        ticks::send_tick(&connection, publisher, payload, self.server_clock_us())
+    }
+
+    /// Pings a few times and keeps the offset of the fastest round trip.
+    async fn estimate_clock_offset(&self, connection: &Live) {
+        let mut samples = Vec::with_capacity(5);
+        for _ in 0..5 {
+            let started = Instant::now();
+            let sent_us = unix_us();
+            let Ok(Reply::Pong { server_time_us, .. }) =
+                connection.request(RequestBody::Ping { client_time_us: sent_us }).await
+            else {
+                return;
+            };
+            samples.push(ClockSample { sent_us, rtt: started.elapsed(), server_us: server_time_us });
+        }
+        if let Some(offset) = offset_us(&samples) {
+            tracing::debug!(offset_us = offset, "clock offset to the server");
+            self.clock_offset_us.store(offset, Ordering::Relaxed);
+        }
+    }
+
+    /// Watches the live connection; when it is lost, reconnects with backoff and puts rooms (from their
+    /// positions), subscriptions and claims back.
+    async fn supervise(self: Arc<Self>) {
+        loop {
+            let Some(connection) = self.current.borrow().clone() else { return };
+            tokio::select! {
+                _ = connection.quic.closed() => {}
+                () = self.stop.cancelled() => {
+                    // Every handle was dropped (or close() was called): the connection goes with the client.
+                    self.end((ErrorCode::NoError, "client dropped".into()));
+                    return;
+                }
+            }
+            let why = connection.close_reason().unwrap_or((ErrorCode::Internal, "connection lost".into()));
+            if !self.options.reconnect {
+                self.end(why);
+                return;
+            }
+            tracing::info!(code = %why.0, reason = %why.1, "connection lost; reconnecting");
+            self.current.send_replace(None);
+            let mut backoff = Backoff::new(self.options.reconnect_delay, self.options.reconnect_max_delay);
+            let connection = loop {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay(rand::random())) => {}
+                    () = self.stop.cancelled() => return,
+                }
+                match tokio::time::timeout(self.options.connect_timeout, self.open()).await {
+                    Ok(Ok(connection)) => break connection,
+                    Ok(Err(ConnectError::Refused(failure))) => {
+                        tracing::error!(%failure, "server refused the session on reconnect");
+                        self.end((failure.code, failure.message));
+                        return;
+                    }
+                    Ok(Err(err)) => tracing::info!(%err, attempt = backoff.attempts(), "reconnect failed"),
+                    Err(_) => tracing::info!(attempt = backoff.attempts(), "reconnect timed out"),
+                }
+            };
+            self.connected(connection.clone()).await;
+            for entry in self.rooms.all() {
+                rooms::rejoin(&connection, &entry).await;
+            }
+            self.ticks.restore(&connection).await;
+        }
+    }
+}
+
+impl Handler for Driver {
+    type Route = Arc<SubEntry>;
+
+    fn tick(&self, route: &Arc<SubEntry>, header: TickHeader, payload: Bytes) {
+        ticks::on_tick(route, header, payload, self.server_clock_us());
+    }
+
+    fn room_stream(&self, _connection: usize, recv: quinn::RecvStream) {
+        let Some(me) = self.me.upgrade() else { return };
+        // Numbered here, in accept order, not when its reader gets to its Open frame.
+        let stream = self.room_streams.fetch_add(1, Ordering::Relaxed) + 1;
+        let max_frame = self.welcome().limits.max_frame as usize;
+        self.tasks.spawn(async move { rooms::read_stream(&me.rooms, stream, recv, max_frame, &me.stop).await });
+    }
+
+    fn pushed(&self, connection: usize, msg: ServerMsg) {
+        match msg {
+            ServerMsg::Kicked { room: Some(room), code: ErrorCode::SlowConsumer, reason } => {
+                tracing::info!(%room, %reason, "fell behind in a room; resuming it");
+                let current = self.current.borrow().clone().filter(|c| c.id == connection);
+                let (Some(current), Some(entry)) = (current, self.rooms.get(&room)) else { return };
+                self.tasks.spawn(async move { rooms::rejoin(&current, &entry).await });
+            }
+            ServerMsg::Kicked { room, code, reason } => tracing::warn!(?room, %code, %reason, "kicked"),
+            ServerMsg::GoAway { code, reason } => tracing::info!(%code, %reason, "server is going away"),
+            ServerMsg::Error(failure) => tracing::warn!(%failure, "server error"),
+            ServerMsg::Reply { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The driver's post sender: posts go out in the order they were made, pipelined on the current connection, and
+//! every one not acknowledged when a connection goes is sent again, in order, on the next (the server
+//! deduplicates by `client_msg_id`, so each is delivered once).
+
+use std::sync::Arc;
+
+use quiver_proto::{Post, Reply, RequestBody};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    connection::{Connection, Handler},
+    error::RequestError,
+    state::posts::{PostQueue, QueuedPost},
+};
+
+/// Told the outcome of a post.
+pub(crate) type PostDone = oneshot::Sender<Result<u64, RequestError>>;
+type PostReply = oneshot::Receiver<Result<Reply, RequestError>>;
+
+/// Sends the posts `queued` on whichever connection `current` holds, until `stop` is cancelled or the queue's
+/// sender is gone; returns the posts never acknowledged, for the caller to fail.
+pub(crate) async fn send_posts<H: Handler>(
+    mut current: watch::Receiver<Option<Arc<Connection<H>>>>,
+    mut queued: mpsc::UnboundedReceiver<QueuedPost<PostDone>>,
+    stop: CancellationToken,
+) -> Vec<QueuedPost<PostDone>> {
+    let mut posts: PostQueue<PostDone, PostReply> = PostQueue::default();
+    'connected: loop {
+        let connection = tokio::select! {
+            found = current.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none())) => match found {
+                Ok(connection) => connection.clone(),
+                Err(_) => None,
+            },
+            () = stop.cancelled() => None,
+        };
+        let Some(connection) = connection else { break };
+        loop {
+            while let Some(post) = posts.next_to_send() {
+                let body = RequestBody::Post(Post {
+                    room: post.room.clone(),
+                    client_msg_id: post.client_msg_id,
+                    body: post.body.clone(),
+                });
+                match connection.send(body).await {
+                    Ok(reply) => posts.sent(post, reply),
+                    Err(RequestError::Closed { .. }) => {
+                        posts.unsent(post);
+                        posts.requeue();
+                        continue 'connected;
+                    }
+                    Err(err) => {
+                        let _ = post.done.send(Err(err));
+                    }
+                }
+            }
+            tokio::select! {
+                post = queued.recv() => match post {
+                    Some(post) => posts.push(post),
+                    None => break 'connected,
+                },
+                reply = async {
+                    match posts.oldest_reply() {
+                        Some(reply) => reply.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let outcome = match reply {
+                        Ok(Ok(Reply::Posted { seq, .. })) => Ok(seq),
+                        Ok(Ok(other)) => Err(RequestError::unexpected(other)),
+                        Ok(Err(RequestError::Closed { .. })) | Err(_) => {
+                            // The connection went: this post and every later one go again, in order.
+                            posts.requeue();
+                            continue 'connected;
+                        }
+                        Ok(Err(err)) => Err(err),
+                    };
+                    if let Some(post) = posts.answered() {
+                        let _ = post.done.send(outcome);
+                    }
+                }
+                () = stop.cancelled() => break 'connected,
+            }
+        }
+    }
+    posts.drain()
+}

@@ -15,16 +15,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     namespaces::{self, Progress},
-    rtt::resolve,
-    series::{parse, payload, times, Schedule, RELIABLE_DRAIN_CAP},
-    BenchError,
+    series::{parse, payload, times, until_stopped, Schedule, RELIABLE_DRAIN_CAP},
+    server::{through_relay, QuiverServer},
+    websocket, BenchError,
 };
 use quiver_client::{
     latency::{LatencyRecorder, LatencySummary},
-    Client, ConnectOptions, RoomEvent, TokenProvider, TrustOptions,
+    RoomEvent, TokenProvider, TrustOptions,
 };
+use quiver_transport::TransportTuning;
 
-use crate::impair::{Backend, ImpairmentProfile, Relay, RelayConfig};
+use crate::impair::{Backend, ImpairmentProfile, Relay};
 
 /// Settings of a fan-out run.
 #[derive(Debug, Clone)]
@@ -217,9 +218,7 @@ impl Recorder {
 
 /// Where the fan-out's servers are.
 struct Servers {
-    quiver: SocketAddr,
-    trust: TrustOptions,
-    token: Option<TokenProvider>,
+    quiver: QuiverServer,
     websocket: Option<SocketAddr>,
     _relay: Option<Relay>,
     _data_dir: tempfile::TempDir,
@@ -288,38 +287,22 @@ async fn measure_sides(
 async fn start_servers(config: &FanoutConfig, ip: IpAddr) -> Result<Servers, BenchError> {
     let stop = CancellationToken::new();
     let data_dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
-    let (mut quiver, trust, token) = match &config.server {
-        Some((server, trust)) => (resolve(server).await?, trust.clone(), config.token.clone()),
-        None => {
-            let addr = SocketAddr::new(ip, 0);
-            let server = quiver_server::Server::bind(quiver_server::ServerConfig::dev(addr, data_dir.path().into()))?;
-            let pin = server.fingerprint();
-            let local = server.local_addr();
-            tokio::spawn(server.run(stop.clone()));
-            let dev = TokenProvider::dev(data_dir.path().to_owned(), format!("bench-{:08x}", rand::random::<u32>()));
-            (local, TrustOptions::Pin(pin), Some(dev))
-        }
-    };
-    let relay = match &config.profile {
-        Some(profile) if !profile.is_clean() => {
-            let relay = Relay::start(RelayConfig {
-                listen: SocketAddr::new(ip, 0),
-                upstream: quiver,
-                profile: profile.clone(),
-                max_clients: config.subscribers as usize + 4,
-            })
-            .map_err(BenchError::io("relay"))?;
-            quiver = relay.local_addr();
-            Some(relay)
-        }
-        _ => None,
-    };
+    let (server, token, tuning) = (config.server.as_ref(), config.token.as_ref(), &TransportTuning::default());
+    let quiver = QuiverServer::start(server, token, tuning, ip, data_dir.path(), &stop).await?;
+    let max_clients = config.subscribers as usize + 4;
+    let (addr, relay) = through_relay(config.profile.as_ref(), quiver.addr, max_clients)?;
     let websocket = if config.compare_websocket {
         Some(websocket_hub(ip, stop.clone()).await.map_err(BenchError::io("WebSocket hub"))?)
     } else {
         None
     };
-    Ok(Servers { quiver, trust, token, websocket, _relay: relay, _data_dir: data_dir, _stop: stop.drop_guard() })
+    Ok(Servers {
+        quiver: QuiverServer { addr, ..quiver },
+        websocket,
+        _relay: relay,
+        _data_dir: data_dir,
+        _stop: stop.drop_guard(),
+    })
 }
 
 /// Sends ticks (`publish`) and chat messages (`post(poster, payload)`, the subscribers in turn) on schedule,
@@ -332,10 +315,11 @@ async fn drive(
     mut publish: impl FnMut(Vec<u8>) + Send,
     mut post: impl FnMut(usize, Vec<u8>) + Send,
 ) {
-    let tick_plan = plan(config.rate, config, start_at);
+    let plan = |rate| Schedule::at_rate(rate, config.warmup, config.duration, start_at);
+    let tick_plan = plan(config.rate);
     // No chat: an empty schedule (any interval).
     let chat_plan = if config.chat_rate > 0.0 {
-        plan(config.chat_rate, config, start_at)
+        plan(config.chat_rate)
     } else {
         Schedule { start: start_at, interval: Duration::from_secs(1), count: 0, warmup: 0 }
     };
@@ -384,14 +368,8 @@ async fn measure_quiver(
     servers: &Servers,
     progress: &Progress,
 ) -> Result<FanoutSide, BenchError> {
-    let connect = || async {
-        let options = ConnectOptions {
-            trust: servers.trust.clone(),
-            token_provider: servers.token.clone(),
-            ..ConnectOptions::default()
-        };
-        Client::connect_with(&servers.quiver.to_string(), options).await.map_err(BenchError::from)
-    };
+    let tuning = TransportTuning::default();
+    let connect = || servers.quiver.connect(&tuning);
     // Names of this run only, so runs against a shared server do not see each other's traffic.
     let run_id = rand::random::<u32>();
     let channel = format!("bench.fanout.{run_id:08x}");
@@ -453,67 +431,30 @@ async fn measure_websocket(
     hub: SocketAddr,
     progress: &Progress,
 ) -> Result<FanoutSide, BenchError> {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     progress("websocket: connecting subscribers");
     let recorder = SharedRecorder::default();
     let stop = CancellationToken::new();
-    let connect = || async {
-        let tcp = tokio::net::TcpStream::connect(hub).await.map_err(BenchError::io("WebSocket TCP"))?;
-        tcp.set_nodelay(true).map_err(BenchError::io("WebSocket TCP"))?;
-        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{hub}/"), tcp).await?;
-        let (mut sink, stream) = ws.split();
-        let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<Message>();
-        let writer_stop = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    message = queued.recv() => match message {
-                        Some(message) => if sink.send(message).await.is_err() { return },
-                        None => return,
-                    },
-                    () = writer_stop.cancelled() => return,
-                }
-            }
-        });
-        Ok::<_, BenchError>((queue, stream))
-    };
     let mut posters = Vec::new();
     for _ in 0..config.subscribers {
-        let (queue, mut stream) = connect().await?;
-        let (recorder, stop) = (recorder.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    message = stream.next() => match message {
-                        Some(Ok(message)) => {
-                            let data = message.into_data();
-                            match data.split_first() {
-                                Some((&HUB_TICK, rest)) => Recorder::received(&recorder, Kind::Tick, rest),
-                                Some((&HUB_CHAT, rest)) => Recorder::received(&recorder, Kind::Chat, rest),
-                                _ => {}
-                            }
-                        }
-                        _ => return,
-                    },
-                    () = stop.cancelled() => return,
+        let (queue, mut incoming) = websocket::connect(hub, &stop).await?;
+        let recorder = recorder.clone();
+        until_stopped(&stop, async move {
+            while let Some(Ok(message)) = incoming.next().await {
+                match message.into_data().split_first() {
+                    Some((&HUB_TICK, rest)) => Recorder::received(&recorder, Kind::Tick, rest),
+                    Some((&HUB_CHAT, rest)) => Recorder::received(&recorder, Kind::Chat, rest),
+                    _ => {}
                 }
             }
         });
         posters.push(queue);
     }
-    let (publisher, mut publisher_stream) = connect().await?;
+    let (publisher, mut publisher_incoming) = websocket::connect(hub, &stop).await?;
     // The hub sends chat to the publisher's connection too: read it, or TCP backpressure would stall the hub's
     // task for that connection, and with it the ticks it reads.
-    let drain_stop = stop.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                message = publisher_stream.next() => if !matches!(message, Some(Ok(_))) { return },
-                () = drain_stop.cancelled() => return,
-            }
-        }
-    });
+    until_stopped(&stop, async move { while let Some(Ok(_)) = publisher_incoming.next().await {} });
     let framed = |kind: u8, mut body: Vec<u8>| {
         body.insert(0, kind);
         Message::binary(body)
@@ -587,12 +528,6 @@ async fn websocket_hub(ip: IpAddr, stop: CancellationToken) -> std::io::Result<S
         }
     });
     Ok(addr)
-}
-
-fn plan(rate: f64, config: &FanoutConfig, start: Instant) -> Schedule {
-    let warmup = (config.warmup.as_secs_f64() * rate).round() as u64;
-    let count = warmup + (config.duration.as_secs_f64() * rate).round() as u64;
-    Schedule { start, interval: Duration::from_secs_f64(1.0 / rate), count, warmup }
 }
 
 #[cfg(test)]

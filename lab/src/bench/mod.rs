@@ -9,6 +9,8 @@ mod namespaces;
 mod plot;
 mod rtt;
 mod series;
+mod server;
+mod websocket;
 
 pub use error::BenchError;
 pub use fanout::{run_fanout, FanoutConfig, FanoutReport};

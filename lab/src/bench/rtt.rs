@@ -21,13 +21,14 @@ use tokio_util::sync::CancellationToken;
 use super::{
     echo,
     namespaces::{self, Progress},
-    series::{parse, payload, Report, Schedule, SeriesResult, SharedTally, Tally, RELIABLE_DRAIN_CAP},
-    BenchError,
+    series::{parse, payload, until_stopped, Report, Schedule, SeriesResult, SharedTally, Tally, RELIABLE_DRAIN_CAP},
+    server::{through_relay, QuiverServer},
+    websocket, BenchError,
 };
-use quiver_client::{Client, ConnectOptions, RoomEvent, TokenProvider, TrustOptions};
+use quiver_client::{Client, RoomEvent, TokenProvider, TrustOptions};
 use quiver_transport::TransportTuning;
 
-use crate::impair::{Backend, ImpairmentProfile, Relay, RelayConfig};
+use crate::impair::{Backend, ImpairmentProfile, Relay};
 
 /// Settings of a round-trip run.
 #[derive(Debug, Clone)]
@@ -106,15 +107,13 @@ impl Default for RttConfig {
 }
 
 struct Targets {
-    quiver: SocketAddr,
-    quiver_trust: TrustOptions,
-    quiver_token: Option<TokenProvider>,
+    quiver: QuiverServer,
     udp: SocketAddr,
     quinn: SocketAddr,
     quinn_pin: Fingerprint,
     websocket: SocketAddr,
     _relays: Vec<Relay>,
-    _data_dir: Option<tempfile::TempDir>,
+    _data_dir: tempfile::TempDir,
     stop: CancellationToken,
 }
 
@@ -206,9 +205,7 @@ type BoxedSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec
 #[derive(Debug)]
 struct TargetsView {
     websocket: SocketAddr,
-    quiver: String,
-    quiver_trust: TrustOptions,
-    quiver_token: Option<TokenProvider>,
+    quiver: QuiverServer,
     udp: SocketAddr,
     quinn: SocketAddr,
     quinn_pin: Fingerprint,
@@ -220,9 +217,7 @@ struct TargetsView {
 impl Targets {
     fn view(&self, config: &RttConfig, client_ip: IpAddr) -> TargetsView {
         TargetsView {
-            quiver: self.quiver.to_string(),
-            quiver_trust: self.quiver_trust.clone(),
-            quiver_token: self.quiver_token.clone(),
+            quiver: self.quiver.clone(),
             udp: self.udp,
             quinn: self.quinn,
             quinn_pin: self.quinn_pin,
@@ -239,62 +234,25 @@ async fn start_targets(config: &RttConfig, ip: IpAddr) -> Result<Targets, BenchE
     let data_dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
     let (cert, _) = quiver_certs::dev::load_or_generate(data_dir.path(), std::time::SystemTime::now())?;
     let quinn_pin = cert.fingerprint();
-    let (quiver, quiver_trust, quiver_token, data_dir) = match &config.server {
-        Some((server, trust)) => (resolve(server).await?, trust.clone(), config.token.clone(), data_dir),
-        None => {
-            let server_config = quiver_server::ServerConfig {
-                tuning: config.tuning.clone(),
-                ..quiver_server::ServerConfig::dev(SocketAddr::new(ip, 0), data_dir.path().into())
-            };
-            let server = quiver_server::Server::bind(server_config)?;
-            let addr = server.local_addr();
-            tokio::spawn(server.run(stop.clone()));
-            let sub = format!("bench-{:08x}", rand::random::<u32>());
-            let token = TokenProvider::dev(data_dir.path().to_owned(), sub);
-            (addr, TrustOptions::Pin(quinn_pin), Some(token), data_dir)
-        }
-    };
+    let (server, token) = (config.server.as_ref(), config.token.as_ref());
+    let quiver = QuiverServer::start(server, token, &config.tuning, ip, data_dir.path(), &stop).await?;
     let udp = echo::udp_echo(ip, stop.clone()).await.map_err(BenchError::io("UDP echo"))?;
     let quinn = echo::quinn_echo(ip, cert, stop.clone())?;
     let websocket = echo::websocket_echo(ip, stop.clone()).await.map_err(BenchError::io("WebSocket echo"))?;
-    let mut relays = Vec::new();
-    let mut via = |upstream: SocketAddr| -> Result<SocketAddr, BenchError> {
-        match &config.profile {
-            Some(profile) if !profile.is_clean() => {
-                let relay = Relay::start(RelayConfig {
-                    listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-                    upstream,
-                    profile: profile.clone(),
-                    max_clients: config.clients as usize * 2 + 8,
-                })
-                .map_err(BenchError::io("relay"))?;
-                let addr = relay.local_addr();
-                relays.push(relay);
-                Ok(addr)
-            }
-            _ => Ok(upstream),
-        }
-    };
-    let (quiver, udp, quinn) = (via(quiver)?, via(udp)?, via(quinn)?);
+    let (profile, max_clients) = (config.profile.as_ref(), config.clients as usize * 2 + 8);
+    let (quiver_addr, quiver_relay) = through_relay(profile, quiver.addr, max_clients)?;
+    let (udp, udp_relay) = through_relay(profile, udp, max_clients)?;
+    let (quinn, quinn_relay) = through_relay(profile, quinn, max_clients)?;
     Ok(Targets {
-        quiver,
-        quiver_trust,
-        quiver_token,
+        quiver: QuiverServer { addr: quiver_addr, ..quiver },
         udp,
         quinn,
         quinn_pin,
         websocket,
-        _relays: relays,
-        _data_dir: Some(data_dir),
+        _relays: [quiver_relay, udp_relay, quinn_relay].into_iter().flatten().collect(),
+        _data_dir: data_dir,
         stop,
     })
-}
-
-fn schedule(config: &RttConfig, rate: f64, start: Instant) -> Schedule {
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let warmup = (config.warmup.as_secs_f64() * rate).round() as u64;
-    let count = warmup + (config.duration.as_secs_f64() * rate).round() as u64;
-    Schedule { start, interval, count, warmup }
 }
 
 /// One kind of message a sender sends: its schedule and where its latencies go.
@@ -378,7 +336,10 @@ where
         .enumerate()
         .map(|(k, &(_, rate, _))| if k == 0 { Duration::ZERO } else { Duration::from_secs_f64(0.5 / rate) })
         .collect();
-    let plans: Vec<Schedule> = lanes.iter().map(|&(_, rate, _)| schedule(config, rate, Instant::now())).collect();
+    let plans: Vec<Schedule> = lanes
+        .iter()
+        .map(|&(_, rate, _)| Schedule::at_rate(rate, config.warmup, config.duration, Instant::now()))
+        .collect();
     let gate = Gate {
         barrier: Arc::new(tokio::sync::Barrier::new(config.clients as usize)),
         start: Arc::new(std::sync::OnceLock::new()),
@@ -420,17 +381,6 @@ where
 {
     let results = measure_lanes(config, &[(name, config.rate, reliable)], sender).await?;
     Ok(results.into_iter().next().unwrap_or_else(|| unreachable!("one lane, one result")))
-}
-
-/// Runs `task` until `stop` is cancelled (readers, and keeping connections open through the drain).
-fn until_stopped(stop: &CancellationToken, task: impl std::future::Future<Output = ()> + Send + 'static) {
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = task => {}
-            () = stop.cancelled() => {}
-        }
-    });
 }
 
 /// Sends every message of `plan` with `send`, which must not wait.
@@ -547,38 +497,23 @@ const CHAT_BIT: u32 = 1 << 31;
 /// chat as binary messages, echoed by the server; a writer task sends whatever either schedule hands it, as a
 /// WebSocket app's outgoing queue does.
 async fn websocket_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Result<Vec<SeriesResult>, BenchError> {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     let size = config.size.max(12);
     let lanes = [("websocket tick", config.rate, true), ("websocket chat", config.chat_rate, true)];
     measure_lanes(&config, &lanes, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
-            let tcp =
-                tokio::net::TcpStream::connect(targets.websocket).await.map_err(BenchError::io("WebSocket TCP"))?;
-            tcp.set_nodelay(true).map_err(BenchError::io("WebSocket TCP"))?;
-            let url = format!("ws://{}/", targets.websocket);
-            let (ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
-            let (mut sink, mut stream) = ws.split();
+            let (queue, mut incoming) = websocket::connect(targets.websocket, &stop).await?;
             let (tick_tally, chat_tally) = (lanes.tally(0), lanes.tally(1));
             until_stopped(&stop, async move {
-                while let Some(Ok(message)) = stream.next().await {
+                while let Some(Ok(message)) = incoming.next().await {
                     match parse(&message.into_data()) {
                         Some((w, i)) if w & CHAT_BIT != 0 => Tally::received(&chat_tally, w & !CHAT_BIT, i),
                         Some((w, i)) => Tally::received(&tick_tally, w, i),
                         None => {}
                     }
                 }
-            });
-            let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<Message>();
-            // The writer keeps the connection through the drain.
-            until_stopped(&stop, async move {
-                while let Some(message) = queued.recv().await {
-                    if sink.send(message).await.is_err() {
-                        return;
-                    }
-                }
-                std::future::pending::<()>().await;
             });
             let (ticks, chat) = lanes.start_two().await;
             let send = |lane: &Lane, mark: u32| {
@@ -654,13 +589,7 @@ async fn quiver_mixed_series(config: RttConfig, targets: Arc<TargetsView>) -> Re
 }
 
 async fn quiver_client(targets: &TargetsView) -> Result<Client, BenchError> {
-    let options = ConnectOptions {
-        trust: targets.quiver_trust.clone(),
-        token_provider: targets.quiver_token.clone(),
-        tuning: targets.tuning.clone(),
-        ..ConnectOptions::default()
-    };
-    Ok(Client::connect_with(&targets.quiver, options).await?)
+    targets.quiver.connect(&targets.tuning).await
 }
 
 /// Keeps `client` connected through the drain, then closes it.
@@ -748,15 +677,6 @@ async fn quiver_stream_series(
 pub fn write_json(report: &impl serde::Serialize, path: &Path) -> Result<(), BenchError> {
     let text = serde_json::to_string_pretty(report)?;
     std::fs::write(path, text).map_err(|source| BenchError::Write { path: path.to_owned(), source })
-}
-
-/// The first address `server` resolves to.
-pub(crate) async fn resolve(server: &str) -> Result<SocketAddr, BenchError> {
-    tokio::net::lookup_host(server)
-        .await
-        .map_err(|source| BenchError::Resolve { server: server.to_string(), source })?
-        .next()
-        .ok_or_else(|| BenchError::NoAddress { server: server.to_string() })
 }
 
 #[cfg(test)]

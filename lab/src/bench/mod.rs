@@ -1,6 +1,10 @@
 //! `quiver bench`: latency of Quiver's paths beside baselines measured in the same run, through the same link
 //! emulator. Every send is scheduled at a fixed rate and its latency counts from the scheduled time (no
 //! coordinated omission), warm-up excluded, percentiles from HdrHistogram.
+//!
+//! `rtt` and `fanout` are the two benchmarks. They share how a series is counted (`series`), the Quiver server
+//! and the baselines' echoes they measure (`server`, `echo`), the WebSocket client Quiver is compared with
+//! (`websocket`), and the link they cross (`namespaces`).
 
 mod echo;
 mod error;
@@ -9,6 +13,8 @@ mod namespaces;
 mod plot;
 mod rtt;
 mod series;
+mod server;
+mod websocket;
 
 pub use error::BenchError;
 pub use fanout::{run_fanout, FanoutConfig, FanoutReport};

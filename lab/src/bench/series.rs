@@ -8,6 +8,7 @@ use std::{
 
 use serde::Serialize;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use quiver_client::latency::{LatencyRecorder, LatencySummary};
 
@@ -22,6 +23,13 @@ pub(crate) struct Schedule {
 }
 
 impl Schedule {
+    /// `rate` messages per second from `start`: `warmup`'s worth of warm-up, then `duration`'s worth measured.
+    pub(crate) fn at_rate(rate: f64, warmup: Duration, duration: Duration, start: Instant) -> Schedule {
+        let warmup = (warmup.as_secs_f64() * rate).round() as u64;
+        let count = warmup + (duration.as_secs_f64() * rate).round() as u64;
+        Schedule { start, interval: Duration::from_secs_f64(1.0 / rate), count, warmup }
+    }
+
     /// Waits for message `i`'s turn; returns the time its latency counts from. Behind schedule (the system under
     /// test held the sender up), that is the scheduled time. A timer that fires late is the load generator's own
     /// imprecision (tokio's timer has 1 ms granularity), so then it is the moment the sender woke, before any
@@ -92,6 +100,17 @@ impl Tally {
             curve: t.latencies.curve(),
         }
     }
+}
+
+/// Runs `task` until `stop` is cancelled: a series' readers, and its connections kept open through the drain.
+pub(crate) fn until_stopped(stop: &CancellationToken, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = task => {}
+            () = stop.cancelled() => {}
+        }
+    });
 }
 
 /// How long a run waits, after its usual drain, for messages of a reliable path still being retransmitted (TCP's

@@ -1,0 +1,197 @@
+//! `quiver bench fanout`: one publisher sends ticks at a fixed rate to N subscribers while the same subscriber
+//! connections carry a chat load in one room, so any coupling between the reliable and the unreliable path shows.
+//! Latencies are one-way, on this host's clock (everything runs in one process).
+//!
+//! Both sides, Quiver's and (when compared) a WebSocket hub's, run the same `workload` over their own
+//! connections; what arrived becomes one side of the `report`.
+
+mod quiver;
+mod report;
+mod websocket;
+mod workload;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use quiver_client::{TokenProvider, TrustOptions};
+use quiver_transport::TransportTuning;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    namespaces::{self, Progress},
+    server::{through_relay, QuiverServer},
+    BenchError,
+};
+use crate::impair::{Backend, ImpairmentProfile, Relay};
+pub use report::FanoutReport;
+use report::FanoutSide;
+
+/// Settings of a fan-out run.
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    /// Subscribers (each its own connection).
+    pub subscribers: u32,
+    /// Ticks per second from the publisher.
+    pub rate: f64,
+    /// Tick payload bytes (at least 12).
+    pub size: usize,
+    /// Chat messages per second posted into the room, in total, by the subscribers in turn.
+    pub chat_rate: f64,
+    /// Measured time.
+    pub duration: Duration,
+    /// Time before measuring.
+    pub warmup: Duration,
+    /// Impairment between every client and the server, if any.
+    pub profile: Option<ImpairmentProfile>,
+    /// An external Quiver server and how to trust it; `None` runs one in-process.
+    pub server: Option<(String, TrustOptions)>,
+    /// Tokens for an external server (the in-process one is given dev tokens).
+    pub token: Option<TokenProvider>,
+    /// Run the same workload through a WebSocket hub too (one TCP connection per client, ticks and chat on it).
+    pub compare_websocket: bool,
+    /// Run the server and the clients in two network namespaces joined by this emulator backend (Linux, root).
+    pub netns: Option<Backend>,
+}
+
+impl FanoutConfig {
+    /// Refuses settings that cannot be run: no subscribers, a tick rate or duration of 0, a negative chat rate.
+    pub fn check(&self) -> Result<(), BenchError> {
+        let bad = |field, value, expected| Err(BenchError::BadConfig { field, value, expected });
+        let subscribers = f64::from(self.subscribers);
+        if subscribers == 0.0 {
+            return bad("subscribers", subscribers, "above 0");
+        }
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return bad("rate", self.rate, "above 0");
+        }
+        if self.duration.is_zero() {
+            return bad("duration", 0.0, "above 0");
+        }
+        if !(self.chat_rate.is_finite() && self.chat_rate >= 0.0) {
+            return bad("chat_rate", self.chat_rate, "0 or above");
+        }
+        Ok(())
+    }
+}
+
+/// Where the fan-out's servers are.
+struct Servers {
+    quiver: QuiverServer,
+    websocket: Option<SocketAddr>,
+    _relay: Option<Relay>,
+    _data_dir: tempfile::TempDir,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// Runs the fan-out benchmark against an in-process server, or the external one `config.server` names; with
+/// `compare_websocket`, the same workload through a WebSocket hub too.
+pub async fn run_fanout(
+    config: FanoutConfig,
+    progress: impl Fn(&str) + Send + Sync + 'static,
+) -> Result<FanoutReport, BenchError> {
+    config.check()?;
+    namespaces::check(config.profile.as_ref(), config.compare_websocket, config.netns, config.server.is_some())?;
+    let progress: Progress = Arc::new(progress);
+    let ((quiver, websocket), emulator) = match config.netns {
+        None => {
+            let servers = start_servers(&config, IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
+            (measure_sides(&config, &servers, &progress).await?, namespaces::loopback(config.profile.as_ref()))
+        }
+        Some(backend) => {
+            let server_config = FanoutConfig { profile: None, ..config.clone() };
+            let client_config = config.clone();
+            namespaces::across(
+                &config.profile.clone().unwrap_or_default(),
+                backend,
+                move |ip| async move { start_servers(&server_config, ip).await },
+                move |servers: Servers| async move { measure_sides(&client_config, &servers, &progress).await },
+            )
+            .await?
+        }
+    };
+    Ok(FanoutReport {
+        config: serde_json::json!({
+            "subscribers": config.subscribers,
+            "rate": config.rate,
+            "size": config.size,
+            "chat_rate": config.chat_rate,
+            "duration_s": config.duration.as_secs_f64(),
+            "warmup_s": config.warmup.as_secs_f64(),
+            "profile": config.profile,
+            "server": config.server.as_ref().map(|(s, _)| s.clone()).unwrap_or_else(|| "in-process".into()),
+            "compare_websocket": config.compare_websocket,
+            "emulator": emulator,
+        }),
+        quiver,
+        websocket,
+    })
+}
+
+async fn measure_sides(
+    config: &FanoutConfig,
+    servers: &Servers,
+    progress: &Progress,
+) -> Result<(FanoutSide, Option<FanoutSide>), BenchError> {
+    let quiver = quiver::measure(config, &servers.quiver, progress).await?;
+    let websocket = match servers.websocket {
+        Some(hub) => Some(websocket::measure(config, hub, progress).await?),
+        None => None,
+    };
+    Ok((quiver, websocket))
+}
+
+/// The Quiver server (unless external), the WebSocket hub (when compared), bound to `ip`, and the UDP relay in
+/// front of Quiver when the profile asks for one.
+async fn start_servers(config: &FanoutConfig, ip: IpAddr) -> Result<Servers, BenchError> {
+    let stop = CancellationToken::new();
+    let data_dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
+    let (server, token, tuning) = (config.server.as_ref(), config.token.as_ref(), &TransportTuning::default());
+    let quiver = QuiverServer::start(server, token, tuning, ip, data_dir.path(), &stop).await?;
+    let max_clients = config.subscribers as usize + 4;
+    let (addr, relay) = through_relay(config.profile.as_ref(), quiver.addr, max_clients)?;
+    let websocket = if config.compare_websocket {
+        Some(websocket::hub(ip, stop.clone()).await.map_err(BenchError::io("WebSocket hub"))?)
+    } else {
+        None
+    };
+    Ok(Servers {
+        quiver: QuiverServer { addr, ..quiver },
+        websocket,
+        _relay: relay,
+        _data_dir: data_dir,
+        _stop: stop.drop_guard(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setting_out_of_range_is_named() {
+        let config = FanoutConfig {
+            subscribers: 1,
+            rate: 10.0,
+            size: 64,
+            chat_rate: 0.0,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            profile: None,
+            server: None,
+            token: None,
+            compare_websocket: false,
+            netns: None,
+        };
+        assert!(config.check().is_ok(), "no chat is fine");
+        let err = FanoutConfig { subscribers: 0, ..config.clone() }.check().unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "subscribers", .. }), "{err:?}");
+        let err = FanoutConfig { chat_rate: -1.0, ..config.clone() }.check().unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "chat_rate", .. }), "{err:?}");
+        assert_eq!(err.to_string(), "chat_rate must be 0 or above, got -1");
+        let err = FanoutConfig { duration: Duration::ZERO, ..config }.check().unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "duration", .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,73 @@
+//! Quiver's side of the fan-out: ticks as datagrams on one channel, chat on a room stream, both over each
+//! subscriber's one connection.
+
+use std::time::Duration;
+
+use quiver_client::RoomEvent;
+use quiver_transport::TransportTuning;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    report::FanoutSide,
+    workload::{drive, Kind, Recorder, SharedRecorder},
+    FanoutConfig,
+};
+use crate::bench::{namespaces::Progress, server::QuiverServer, BenchError};
+
+/// Quiver's side: each subscriber its own connection, subscribed to the tick channel and joined to the chat room,
+/// and one more connection for the publisher.
+pub(super) async fn measure(
+    config: &FanoutConfig,
+    server: &QuiverServer,
+    progress: &Progress,
+) -> Result<FanoutSide, BenchError> {
+    let tuning = TransportTuning::default();
+    let connect = || server.connect(&tuning);
+    // Names of this run only, so runs against a shared server do not see each other's traffic.
+    let run_id = rand::random::<u32>();
+    let channel = format!("bench.fanout.{run_id:08x}");
+    let chat_room = format!("bench.fanout.{run_id:08x}.chat");
+    progress("quiver: connecting subscribers");
+    let recorder = SharedRecorder::default();
+    let stop = CancellationToken::new();
+    let mut subscribers = Vec::new();
+    for _ in 0..config.subscribers {
+        let client = connect().await?;
+        let mut subscription = client.subscribe(&channel).await.map_err(BenchError::request("subscribe"))?;
+        let mut room = client.join(&chat_room).await.map_err(BenchError::request("join"))?;
+        let (recorder, stop) = (recorder.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ticks = subscription.next_batch() => for tick in ticks {
+                        Recorder::received(&recorder, Kind::Tick, &tick.payload);
+                    },
+                    event = room.next() => match event {
+                        Some(RoomEvent::Message(m)) => Recorder::received(&recorder, Kind::Chat, &m.body),
+                        Some(_) => {}
+                        None => return,
+                    },
+                    () = stop.cancelled() => {
+                        Recorder::stale_dropped(&recorder, subscription.stats().stale_dropped);
+                        return;
+                    }
+                }
+            }
+        });
+        subscribers.push(client);
+    }
+    let publisher_client = connect().await?;
+    let publisher = publisher_client.publisher(&channel).await.map_err(BenchError::request("publish"))?;
+    progress("quiver: measuring");
+    drive(
+        config,
+        &recorder,
+        false,
+        |tick| drop(publisher.send(tick)),
+        |who, message| drop(subscribers[who].post(&chat_room, message)),
+    )
+    .await;
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(Recorder::side(&recorder, config.subscribers))
+}

@@ -1,0 +1,142 @@
+//! The fan-out's workload, the same for both transports: ticks and chat sent on schedule, their send times kept,
+//! and each arrival at a subscriber timed against them.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use quiver_client::latency::LatencyRecorder;
+use tokio::time::Instant;
+
+use super::{report::FanoutSide, FanoutConfig};
+use crate::bench::{
+    namespaces,
+    series::{parse, payload, Schedule, RELIABLE_DRAIN_CAP},
+};
+
+/// Send times of the measured messages and what arrived, for one side of a fan-out run.
+#[derive(Debug, Default)]
+pub(super) struct Recorder {
+    tick_origins: HashMap<u64, Instant>,
+    chat_origins: HashMap<u64, Instant>,
+    tick_latency: LatencyRecorder,
+    chat_latency: LatencyRecorder,
+    ticks: u64,
+    chat: u64,
+    stale: u64,
+}
+
+pub(super) type SharedRecorder = Arc<Mutex<Recorder>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A tick or chat message, as a fan-out receiver sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Tick,
+    Chat,
+}
+
+impl Recorder {
+    pub(super) fn received(recorder: &SharedRecorder, kind: Kind, payload: &[u8]) {
+        let now = Instant::now();
+        let Some((_, i)) = parse(payload) else { return };
+        let mut r = lock(recorder);
+        let r = &mut *r;
+        let (origins, latency, count) = match kind {
+            Kind::Tick => (&r.tick_origins, &mut r.tick_latency, &mut r.ticks),
+            Kind::Chat => (&r.chat_origins, &mut r.chat_latency, &mut r.chat),
+        };
+        if let Some(origin) = origins.get(&i) {
+            latency.record(now - *origin);
+            *count += 1;
+        }
+    }
+
+    /// `count` ticks a subscriber dropped as stale (after a newer one).
+    pub(super) fn stale_dropped(recorder: &SharedRecorder, count: u64) {
+        lock(recorder).stale += count;
+    }
+
+    /// Every chat message (and, when they are reliable, every tick) reached every subscriber.
+    fn reliable_complete(recorder: &SharedRecorder, subscribers: u32, ticks_reliable: bool) -> bool {
+        let r = lock(recorder);
+        let n = u64::from(subscribers);
+        let chat_done = r.chat >= r.chat_origins.len() as u64 * n;
+        chat_done && (!ticks_reliable || r.ticks >= r.tick_origins.len() as u64 * n)
+    }
+
+    pub(super) fn side(recorder: &SharedRecorder, subscribers: u32) -> FanoutSide {
+        let r = lock(recorder);
+        let n = u64::from(subscribers);
+        let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        let (ticks_sent, chat_sent) = (r.tick_origins.len() as u64, r.chat_origins.len() as u64);
+        FanoutSide {
+            ticks_sent,
+            delivered_pct: pct(r.ticks, ticks_sent * n),
+            stale_pct: pct(r.stale, r.ticks + r.stale),
+            tick_latency: r.tick_latency.summary(),
+            chat_sent,
+            chat_delivered_pct: pct(r.chat, chat_sent * n),
+            chat_latency: r.chat_latency.summary(),
+        }
+    }
+}
+
+/// Sends ticks (`publish`) and chat messages (`post(poster, payload)`, the subscribers in turn) on schedule,
+/// recording the measured ones' send times, then waits for stragglers. Called once every connection is set up:
+/// over an impaired link that takes seconds for many clients, and a schedule fixed before would count the set-up
+/// as latency.
+pub(super) async fn drive(
+    config: &FanoutConfig,
+    recorder: &SharedRecorder,
+    ticks_reliable: bool,
+    mut publish: impl FnMut(Vec<u8>) + Send,
+    mut post: impl FnMut(usize, Vec<u8>) + Send,
+) {
+    let start_at = Instant::now() + Duration::from_millis(200);
+    let plan = |rate| Schedule::at_rate(rate, config.warmup, config.duration, start_at);
+    let tick_plan = plan(config.rate);
+    // No chat: an empty schedule (any interval).
+    let chat_plan = if config.chat_rate > 0.0 {
+        plan(config.chat_rate)
+    } else {
+        Schedule { start: start_at, interval: Duration::from_secs(1), count: 0, warmup: 0 }
+    };
+    let size = config.size;
+    let ticks = async {
+        for i in 0..tick_plan.count {
+            let origin = tick_plan.due(i).await;
+            if i >= tick_plan.warmup {
+                lock(recorder).tick_origins.insert(i, origin);
+            }
+            publish(payload(0, i, size));
+        }
+    };
+    let subscribers = config.subscribers as usize;
+    let chat = async {
+        if config.chat_rate <= 0.0 {
+            return;
+        }
+        for i in 0..chat_plan.count {
+            let origin = chat_plan.due(i).await;
+            if i >= chat_plan.warmup {
+                lock(recorder).chat_origins.insert(i, origin);
+            }
+            post((i % subscribers as u64) as usize, payload(0, i, 64));
+        }
+    };
+    tokio::join!(ticks, chat);
+    let drained = Instant::now();
+    tokio::time::sleep(namespaces::drain(config.profile.as_ref())).await;
+    // Reliable deliveries still being retransmitted are waited for (up to a cap), not counted lost.
+    while !Recorder::reliable_complete(recorder, config.subscribers, ticks_reliable)
+        && drained.elapsed() < RELIABLE_DRAIN_CAP
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

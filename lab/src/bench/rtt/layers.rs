@@ -1,0 +1,155 @@
+//! The five series that take Quiver's round trip apart layer by layer: a raw UDP echo, bare quinn's datagram and
+//! stream echoes (its default transport settings), and Quiver's datagram and stream paths, each compared with the
+//! quinn echo it is built on.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use quiver_client::TrustOptions;
+
+use super::{
+    lanes::measure,
+    quiver::{self, close_after},
+    targets::TargetsView,
+    RttConfig,
+};
+use crate::bench::{
+    echo,
+    series::{parse, payload, until_stopped, SeriesResult, Tally},
+    BenchError,
+};
+
+pub(super) async fn udp_series(
+    name: &'static str,
+    config: RttConfig,
+    targets: Arc<TargetsView>,
+) -> Result<SeriesResult, BenchError> {
+    let size = config.size;
+    let (target, client_ip) = (targets.udp, targets.client_ip);
+    measure(&config, name, false, |who, lanes, stop| async move {
+        let socket = tokio::net::UdpSocket::bind((client_ip, 0)).await.map_err(BenchError::io("UDP client socket"))?;
+        let socket = Arc::new(socket);
+        socket.connect(target).await.map_err(BenchError::io("UDP client socket"))?;
+        let (reader, reader_tally) = (socket.clone(), lanes.tally(0));
+        until_stopped(&stop, async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                if let Ok(len) = reader.recv(&mut buf).await {
+                    if let Some((w, i)) = parse(&buf[..len]) {
+                        Tally::received(&reader_tally, w, i);
+                    }
+                }
+            }
+        });
+        let lane = lanes.start_one().await;
+        for i in 0..lane.plan.count {
+            lane.turn(who, i).await;
+            let _ = socket.send(&payload(who, i, size)).await;
+        }
+        Ok(())
+    })
+    .await
+}
+
+pub(super) async fn quinn_series(
+    name: &'static str,
+    config: RttConfig,
+    targets: Arc<TargetsView>,
+    stream: bool,
+) -> Result<SeriesResult, BenchError> {
+    let size = config.size.max(12);
+    measure(&config, name, stream, |who, lanes, stop| {
+        let targets = targets.clone();
+        async move {
+            let mut client_config = quiver_client::quinn_client_config(
+                &TrustOptions::Pin(targets.quinn_pin),
+                targets.quinn,
+                echo::ECHO_ALPN,
+            )?;
+            // Bare quinn: its default transport settings, not Quiver's.
+            client_config.transport_config(Arc::new(quinn::TransportConfig::default()));
+            let endpoint = quinn::Endpoint::client(SocketAddr::new(targets.client_ip, 0))
+                .map_err(BenchError::io("quinn client endpoint"))?;
+            let conn = endpoint.connect_with(client_config, targets.quinn, "localhost")?.await?;
+            let reader_tally = lanes.tally(0);
+            if stream {
+                let (mut send, mut recv) = conn.open_bi().await?;
+                until_stopped(&stop, async move {
+                    let mut buf = vec![0u8; size];
+                    while recv.read_exact(&mut buf).await.is_ok() {
+                        if let Some((w, i)) = parse(&buf) {
+                            Tally::received(&reader_tally, w, i);
+                        }
+                    }
+                });
+                let lane = lanes.start_one().await;
+                for i in 0..lane.plan.count {
+                    lane.turn(who, i).await;
+                    send.write_all(&payload(who, i, size)).await?;
+                }
+            } else {
+                let reader = conn.clone();
+                until_stopped(&stop, async move {
+                    while let Ok(datagram) = reader.read_datagram().await {
+                        if let Some((w, i)) = parse(&datagram) {
+                            Tally::received(&reader_tally, w, i);
+                        }
+                    }
+                });
+                let lane = lanes.start_one().await;
+                lane.send_scheduled(who, |i| {
+                    let _ = conn.send_datagram(payload(who, i, size).into());
+                })
+                .await;
+            }
+            // Keep the connection through the drain.
+            until_stopped(&stop, async move {
+                std::future::pending::<()>().await;
+                drop((conn, endpoint));
+            });
+            Ok(())
+        }
+    })
+    .await
+}
+
+pub(super) async fn quiver_datagram_series(
+    name: &'static str,
+    config: RttConfig,
+    targets: Arc<TargetsView>,
+) -> Result<SeriesResult, BenchError> {
+    let size = config.size.max(12);
+    measure(&config, name, false, |who, lanes, stop| {
+        let targets = targets.clone();
+        async move {
+            let client = targets.quiver_client().await?;
+            let channel = format!("bench.rtt.{who}.{}", std::process::id());
+            let publisher = quiver::own_ticks(&client, &channel, lanes.tally(0), &stop).await?;
+            let lane = lanes.start_one().await;
+            lane.send_scheduled(who, |i| quiver::publish(&publisher, payload(who, i, size))).await;
+            close_after(&stop, client);
+            Ok(())
+        }
+    })
+    .await
+}
+
+pub(super) async fn quiver_stream_series(
+    name: &'static str,
+    config: RttConfig,
+    targets: Arc<TargetsView>,
+) -> Result<SeriesResult, BenchError> {
+    let size = config.size.max(12);
+    measure(&config, name, true, |who, lanes, stop| {
+        let targets = targets.clone();
+        async move {
+            let client = targets.quiver_client().await?;
+            let room = format!("bench.rtt.{who}.{}", std::process::id());
+            quiver::own_chat(&client, &room, lanes.tally(0), &stop).await?;
+            let lane = lanes.start_one().await;
+            lane.send_scheduled(who, |i| quiver::post(&client, &room, payload(who, i, size))).await;
+            close_after(&stop, client);
+            Ok(())
+        }
+    })
+    .await
+}

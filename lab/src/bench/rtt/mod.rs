@@ -1,0 +1,222 @@
+//! `quiver bench rtt`: N clients each send at a fixed rate and time the round trip, over Quiver's tick datagrams
+//! (publish, then receive the own tick from the server's fan-out) and Quiver's room stream (post, then receive the
+//! own message on the room stream), beside bare quinn datagram and stream echoes and a raw UDP echo.
+//!
+//! With `compare_websocket` it runs the head-to-head instead: each sender carries ticks and chat on one
+//! connection, Quiver's (datagrams and a room stream) and a WebSocket's (one ordered TCP stream, as WebSocket apps
+//! do), at the same rates. With `netns` the servers and the clients run in two network namespaces joined by the
+//! netns emulator, so TCP and UDP cross the same impaired link.
+//!
+//! A run starts its `targets`, then runs the series of `layers` or of `head_to_head` one after the other; every
+//! series runs its senders through `lanes`, and the Quiver senders share the pieces in `quiver`.
+
+mod head_to_head;
+mod lanes;
+mod layers;
+mod quiver;
+mod targets;
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use quiver_client::{TokenProvider, TrustOptions};
+use quiver_transport::TransportTuning;
+
+use super::{
+    namespaces::{self, Progress},
+    series::{Report, SeriesResult},
+    BenchError,
+};
+use crate::impair::{Backend, ImpairmentProfile};
+use targets::{Targets, TargetsView};
+
+/// Settings of a round-trip run.
+#[derive(Debug, Clone)]
+pub struct RttConfig {
+    /// Concurrent senders per series.
+    pub clients: u32,
+    /// Messages per second per sender.
+    pub rate: f64,
+    /// Payload bytes per message (at least 12).
+    pub size: usize,
+    /// Measured time per series.
+    pub duration: Duration,
+    /// Time per series before measuring starts.
+    pub warmup: Duration,
+    /// Impairment applied to every transport (through one relay per target), if any.
+    pub profile: Option<ImpairmentProfile>,
+    /// An external Quiver server and how to trust it; `None` runs one in-process.
+    pub server: Option<(String, TrustOptions)>,
+    /// Tokens for an external server (the in-process one is given dev tokens).
+    pub token: Option<TokenProvider>,
+    /// Transport settings of the in-process Quiver server and the Quiver clients (the baselines keep quinn's).
+    pub tuning: TransportTuning,
+    /// Run the head-to-head with WebSocket over TCP instead of the five series: ticks at `rate` and chat at
+    /// `chat_rate` per sender, on one Quiver connection and on one WebSocket connection. TCP cannot pass the UDP
+    /// relay, so an impaired head-to-head needs `netns`.
+    pub compare_websocket: bool,
+    /// Chat messages per second per sender in the head-to-head.
+    pub chat_rate: f64,
+    /// Run servers and clients in two network namespaces joined by this emulator backend (Linux, root) instead
+    /// of on loopback through the UDP relay. Needs the in-process server.
+    pub netns: Option<Backend>,
+}
+
+impl RttConfig {
+    /// Defaults for everything but what is measured: 1 sender, 200/s, 64 B, 10 s after 1 s, loopback.
+    pub fn new() -> RttConfig {
+        RttConfig {
+            clients: 1,
+            rate: 200.0,
+            size: 64,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            profile: None,
+            server: None,
+            token: None,
+            tuning: TransportTuning::default(),
+            compare_websocket: false,
+            chat_rate: 50.0,
+            netns: None,
+        }
+    }
+
+    /// Refuses settings that cannot be run: no senders, a rate or duration of 0, a head-to-head without chat.
+    pub fn check(&self) -> Result<(), BenchError> {
+        let above_zero = |field: &'static str, value: f64| {
+            if value.is_finite() && value > 0.0 {
+                Ok(())
+            } else {
+                Err(BenchError::BadConfig { field, value, expected: "above 0" })
+            }
+        };
+        above_zero("clients", f64::from(self.clients))?;
+        above_zero("rate", self.rate)?;
+        above_zero("duration", self.duration.as_secs_f64())?;
+        if self.compare_websocket {
+            above_zero("chat_rate", self.chat_rate)?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for RttConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs every series one after the other; `progress` hears what is starting.
+pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str) + Send + Sync + 'static) -> Result<Report, BenchError> {
+    config.check()?;
+    namespaces::check(config.profile.as_ref(), config.compare_websocket, config.netns, config.server.is_some())?;
+    let progress: Progress = Arc::new(progress);
+    let (series, emulator) = match config.netns {
+        None => {
+            let targets = Targets::start(&config, IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
+            let view = targets.view(&config, IpAddr::V4(Ipv4Addr::LOCALHOST));
+            let series = run_series(config.clone(), view, progress).await;
+            targets.stop();
+            (series?, namespaces::loopback(config.profile.as_ref()))
+        }
+        Some(backend) => {
+            // The link impairs; no relay in the servers' namespace.
+            let server_config = RttConfig { profile: None, ..config.clone() };
+            let client_config = config.clone();
+            namespaces::across(
+                &config.profile.clone().unwrap_or_default(),
+                backend,
+                move |ip| async move { Targets::start(&server_config, ip).await },
+                move |targets: Targets| async move {
+                    let view = targets.view(&client_config, namespaces::CLIENT_BIND);
+                    let series = run_series(client_config, view, progress).await;
+                    targets.stop();
+                    series
+                },
+            )
+            .await?
+        }
+    };
+    let config_json = serde_json::json!({
+        "clients": config.clients,
+        "rate_per_client": config.rate,
+        "chat_rate_per_client": config.compare_websocket.then_some(config.chat_rate),
+        "size": config.size,
+        "duration_s": config.duration.as_secs_f64(),
+        "warmup_s": config.warmup.as_secs_f64(),
+        "profile": config.profile,
+        "tuning": config.tuning.name,
+        "server": config.server.as_ref().map(|(s, _)| s.clone()).unwrap_or_else(|| "in-process".into()),
+        "compare_websocket": config.compare_websocket,
+        "emulator": emulator,
+    });
+    Ok(Report { config: config_json, series })
+}
+
+type Runner = fn(RttConfig, Arc<TargetsView>) -> BoxedSeries;
+type SingleRunner = fn(&'static str, RttConfig, Arc<TargetsView>) -> SingleSeries;
+
+/// The series of a run, one after the other.
+async fn run_series(config: RttConfig, view: TargetsView, progress: Progress) -> Result<Vec<SeriesResult>, BenchError> {
+    let view = Arc::new(view);
+    let five: [(&'static str, Option<&str>, SingleRunner); 5] = [
+        ("udp echo", None, |n, c, t| Box::pin(layers::udp_series(n, c, t))),
+        ("quinn datagram echo", None, |n, c, t| Box::pin(layers::quinn_series(n, c, t, false))),
+        ("quiver datagram", Some("quinn datagram echo"), |n, c, t| Box::pin(layers::quiver_datagram_series(n, c, t))),
+        ("quinn stream echo", None, |n, c, t| Box::pin(layers::quinn_series(n, c, t, true))),
+        ("quiver stream", Some("quinn stream echo"), |n, c, t| Box::pin(layers::quiver_stream_series(n, c, t))),
+    ];
+    let mut series = Vec::new();
+    if config.compare_websocket {
+        let head_to_head: [(&str, Runner); 2] = [
+            ("quiver tick + chat", |c, t| Box::pin(head_to_head::quiver_mixed_series(c, t))),
+            ("websocket tick + chat", |c, t| Box::pin(head_to_head::websocket_mixed_series(c, t))),
+        ];
+        for (name, runner) in head_to_head {
+            progress(name);
+            series.extend(runner(config.clone(), view.clone()).await?);
+        }
+        return Ok(series);
+    }
+    for (name, baseline, runner) in five {
+        progress(name);
+        let mut result = runner(name, config.clone(), view.clone()).await?;
+        result.baseline = baseline.map(str::to_string);
+        series.push(result);
+    }
+    Ok(series)
+}
+
+type SingleSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<SeriesResult, BenchError>> + Send>>;
+type BoxedSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<SeriesResult>, BenchError>> + Send>>;
+
+/// Writes a report as JSON.
+pub fn write_json(report: &impl serde::Serialize, path: &Path) -> Result<(), BenchError> {
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, text).map_err(|source| BenchError::Write { path: path.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_setting_out_of_range_is_named() {
+        let err = run_rtt(RttConfig { rate: 0.0, ..RttConfig::new() }, |_| {}).await.unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "rate", .. }), "{err:?}");
+        assert_eq!(err.to_string(), "rate must be above 0, got 0");
+        let err = RttConfig { clients: 0, ..RttConfig::new() }.check().unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "clients", .. }), "{err:?}");
+        let head_to_head = RttConfig { compare_websocket: true, chat_rate: f64::NAN, ..RttConfig::new() };
+        let err = head_to_head.check().unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "chat_rate", .. }), "{err:?}");
+        assert!(
+            RttConfig { chat_rate: 0.0, ..RttConfig::new() }.check().is_ok(),
+            "chat rate only matters head to head"
+        );
+    }
+}

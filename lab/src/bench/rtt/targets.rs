@@ -1,0 +1,98 @@
+//! What the round-trip series measure, started for one run: the Quiver server and the baselines' echoes, bound
+//! where the run puts its servers, behind the UDP relay when the run is impaired on loopback.
+
+use std::net::{IpAddr, SocketAddr};
+
+use quiver_certs::Fingerprint;
+use quiver_client::Client;
+use quiver_transport::TransportTuning;
+use tokio_util::sync::CancellationToken;
+
+use super::RttConfig;
+use crate::{
+    bench::{
+        echo,
+        server::{through_relay, QuiverServer},
+        BenchError,
+    },
+    impair::Relay,
+};
+
+/// The servers of a run, and what keeps them running until [`Targets::stop`].
+pub(super) struct Targets {
+    quiver: QuiverServer,
+    udp: SocketAddr,
+    quinn: SocketAddr,
+    quinn_pin: Fingerprint,
+    websocket: SocketAddr,
+    _relays: Vec<Relay>,
+    _data_dir: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+/// What the series need to know about the targets.
+#[derive(Debug)]
+pub(super) struct TargetsView {
+    pub(super) websocket: SocketAddr,
+    pub(super) quiver: QuiverServer,
+    pub(super) udp: SocketAddr,
+    pub(super) quinn: SocketAddr,
+    pub(super) quinn_pin: Fingerprint,
+    pub(super) tuning: TransportTuning,
+    /// Where the clients' sockets bind.
+    pub(super) client_ip: IpAddr,
+}
+
+impl Targets {
+    /// Starts the servers, bound to `ip`, and the relays in front of them when the profile asks for them.
+    pub(super) async fn start(config: &RttConfig, ip: IpAddr) -> Result<Targets, BenchError> {
+        let stop = CancellationToken::new();
+        let data_dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
+        let (cert, _) = quiver_certs::dev::load_or_generate(data_dir.path(), std::time::SystemTime::now())?;
+        let quinn_pin = cert.fingerprint();
+        let (server, token) = (config.server.as_ref(), config.token.as_ref());
+        let quiver = QuiverServer::start(server, token, &config.tuning, ip, data_dir.path(), &stop).await?;
+        let udp = echo::udp_echo(ip, stop.clone()).await.map_err(BenchError::io("UDP echo"))?;
+        let quinn = echo::quinn_echo(ip, cert, stop.clone())?;
+        let websocket = echo::websocket_echo(ip, stop.clone()).await.map_err(BenchError::io("WebSocket echo"))?;
+        let (profile, max_clients) = (config.profile.as_ref(), config.clients as usize * 2 + 8);
+        let (quiver_addr, quiver_relay) = through_relay(profile, quiver.addr, max_clients)?;
+        let (udp, udp_relay) = through_relay(profile, udp, max_clients)?;
+        let (quinn, quinn_relay) = through_relay(profile, quinn, max_clients)?;
+        Ok(Targets {
+            quiver: QuiverServer { addr: quiver_addr, ..quiver },
+            udp,
+            quinn,
+            quinn_pin,
+            websocket,
+            _relays: [quiver_relay, udp_relay, quinn_relay].into_iter().flatten().collect(),
+            _data_dir: data_dir,
+            stop,
+        })
+    }
+
+    /// The targets as the clients, binding to `client_ip`, see them.
+    pub(super) fn view(&self, config: &RttConfig, client_ip: IpAddr) -> TargetsView {
+        TargetsView {
+            quiver: self.quiver.clone(),
+            udp: self.udp,
+            quinn: self.quinn,
+            quinn_pin: self.quinn_pin,
+            websocket: self.websocket,
+            tuning: config.tuning.clone(),
+            client_ip,
+        }
+    }
+
+    /// Stops the servers and removes the relays and the servers' data directory.
+    pub(super) fn stop(self) {
+        self.stop.cancel();
+    }
+}
+
+impl TargetsView {
+    /// A client of the Quiver server, with the run's transport settings.
+    pub(super) async fn quiver_client(&self) -> Result<Client, BenchError> {
+        self.quiver.connect(&self.tuning).await
+    }
+}

@@ -1,0 +1,90 @@
+//! The Quiver server a benchmark measures, started the same way for every benchmark so their numbers compare: an
+//! external one, or one in-process with dev tokens; on loopback with an impairing profile, reached through the
+//! UDP relay.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+};
+
+use quiver_client::{Client, ConnectOptions, TokenProvider, TrustOptions};
+use quiver_transport::TransportTuning;
+use tokio_util::sync::CancellationToken;
+
+use super::BenchError;
+use crate::impair::{ImpairmentProfile, Relay, RelayConfig};
+
+/// Where the Quiver server is and how its clients get in.
+#[derive(Debug, Clone)]
+pub(crate) struct QuiverServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) trust: TrustOptions,
+    pub(crate) token: Option<TokenProvider>,
+}
+
+impl QuiverServer {
+    /// The `external` server with `token`, or one started on `ip` with `tuning` (its dev certificate and token
+    /// keys in `data_dir`) until `stop`.
+    pub(crate) async fn start(
+        external: Option<&(String, TrustOptions)>,
+        token: Option<&TokenProvider>,
+        tuning: &TransportTuning,
+        ip: IpAddr,
+        data_dir: &Path,
+        stop: &CancellationToken,
+    ) -> Result<QuiverServer, BenchError> {
+        if let Some((server, trust)) = external {
+            return Ok(QuiverServer { addr: resolve(server).await?, trust: trust.clone(), token: token.cloned() });
+        }
+        let config = quiver_server::ServerConfig {
+            tuning: tuning.clone(),
+            ..quiver_server::ServerConfig::dev(SocketAddr::new(ip, 0), data_dir.into())
+        };
+        let server = quiver_server::Server::bind(config)?;
+        let (addr, pin) = (server.local_addr(), server.fingerprint());
+        tokio::spawn(server.run(stop.clone()));
+        let sub = format!("bench-{:08x}", rand::random::<u32>());
+        let token = TokenProvider::dev(data_dir.to_owned(), sub);
+        Ok(QuiverServer { addr, trust: TrustOptions::Pin(pin), token: Some(token) })
+    }
+
+    /// A client connected with `tuning`.
+    pub(crate) async fn connect(&self, tuning: &TransportTuning) -> Result<Client, BenchError> {
+        let options = ConnectOptions {
+            trust: self.trust.clone(),
+            token_provider: self.token.clone(),
+            tuning: tuning.clone(),
+            ..ConnectOptions::default()
+        };
+        Ok(Client::connect_with(&self.addr.to_string(), options).await?)
+    }
+}
+
+/// `upstream` as the clients reach it: through a relay on loopback (serving up to `max_clients` client
+/// addresses) when `profile` impairs, the relay returned to be kept for the run; otherwise directly.
+pub(crate) fn through_relay(
+    profile: Option<&ImpairmentProfile>,
+    upstream: SocketAddr,
+    max_clients: usize,
+) -> Result<(SocketAddr, Option<Relay>), BenchError> {
+    let Some(profile) = profile.filter(|p| !p.is_clean()) else {
+        return Ok((upstream, None));
+    };
+    let relay = Relay::start(RelayConfig {
+        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        upstream,
+        profile: profile.clone(),
+        max_clients,
+    })
+    .map_err(BenchError::io("relay"))?;
+    Ok((relay.local_addr(), Some(relay)))
+}
+
+/// The first address `server` resolves to.
+async fn resolve(server: &str) -> Result<SocketAddr, BenchError> {
+    tokio::net::lookup_host(server)
+        .await
+        .map_err(|source| BenchError::Resolve { server: server.to_string(), source })?
+        .next()
+        .ok_or_else(|| BenchError::NoAddress { server: server.to_string() })
+}

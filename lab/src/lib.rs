@@ -17,3 +17,4 @@
 pub mod bench;
 pub mod impair;
 pub mod pace;
+mod sync;

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use quiver_client::latency::{LatencyRecorder, LatencySummary};
 
+use crate::sync::lock;
+
 /// The send schedule of one sender: message `i` is due at `start + i × interval`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Schedule {
@@ -55,10 +57,6 @@ pub(crate) struct Tally {
 
 /// A tally shared by a series' senders and receivers.
 pub(crate) type SharedTally = Arc<Mutex<Tally>>;
-
-fn lock(t: &SharedTally) -> std::sync::MutexGuard<'_, Tally> {
-    t.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Tally {
     pub(crate) fn shared() -> SharedTally {

@@ -18,6 +18,8 @@ use super::{
     schedule::{admit, deliver, Scheduled, POLL},
     ImpairmentProfile, Link, LinkStats,
 };
+use crate::sync::lock;
+
 /// Largest UDP payload relayed.
 const MAX_PACKET: usize = 65_536;
 
@@ -61,10 +63,6 @@ pub struct RelayConfig {
     pub profile: ImpairmentProfile,
     /// Client addresses served at most (each costs a socket and a thread).
     pub max_clients: usize,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A seed for one direction of the `index`-th client: reproducible for the same order of clients.

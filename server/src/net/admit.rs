@@ -8,6 +8,7 @@ use std::{
     time::Instant,
 };
 
+use super::lock;
 use crate::{
     admission::{Admission, Decision, Overload},
     stats::{bump, ServerStats},
@@ -33,10 +34,6 @@ impl Drop for Slot {
     fn drop(&mut self) {
         lock(&self.admission).release(self.ip);
     }
-}
-
-fn lock(admission: &Mutex<Admission>) -> std::sync::MutexGuard<'_, Admission> {
-    admission.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Decides about `incoming`. `None`: it was answered with a Retry or refused, nothing more to do.

@@ -25,6 +25,12 @@ use crate::{
 };
 pub use endpoint::ServerError;
 
+/// Locks a mutex of the network layer (never a hub lock: those go through `hub::lock`), taking it over if a
+/// panicking holder poisoned it.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// How long shutdown waits for connections to take their GoAway and close before it stops waiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 

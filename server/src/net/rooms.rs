@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use web_transport_quinn::SendStream;
 
+use super::lock;
 use crate::{
     hub::Outbox,
     stats::{bump, ServerStats},
@@ -71,10 +72,6 @@ pub(crate) struct StreamOutbox {
     wake: Notify,
     overflow: CancellationToken,
     bound: usize,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl StreamOutbox {

@@ -14,6 +14,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use web_transport_quinn::{Session, SessionError};
 
+use super::lock;
 use crate::{
     hub::{
         conflate::{Conflation, Offered},
@@ -26,10 +27,6 @@ use crate::{
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Offers a published tick to every subscriber of the fan-out (called with no hub lock held).

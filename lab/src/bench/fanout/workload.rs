@@ -15,6 +15,7 @@ use crate::bench::{
     namespaces,
     series::{parse, payload, Schedule, RELIABLE_DRAIN_CAP},
 };
+use crate::sync::lock;
 
 /// Send times of the measured messages and what arrived, for one side of a fan-out run.
 #[derive(Debug, Default)]
@@ -29,10 +30,6 @@ pub(super) struct Recorder {
 }
 
 pub(super) type SharedRecorder = Arc<Mutex<Recorder>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A tick or chat message, as a fan-out receiver sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,8 +11,9 @@ use std::{
     thread::JoinHandle,
 };
 
-use super::{ip, lock, setns, Backend, NetnsError, Side, CLIENT_ADDR, SERVER_ADDR};
+use super::{ip, setns, Backend, NetnsError, Side, CLIENT_ADDR, SERVER_ADDR};
 use crate::impair::{ImpairmentProfile, LinkStats};
+use crate::sync::lock;
 
 /// Counters of both directions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

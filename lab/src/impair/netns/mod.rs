@@ -14,7 +14,7 @@ mod netem;
 mod runtime;
 mod tun;
 
-use std::{io, net::Ipv4Addr, process::Command, sync::Mutex, thread::JoinHandle};
+use std::{io, net::Ipv4Addr, process::Command, thread::JoinHandle};
 
 pub use super::Backend;
 pub use error::NetnsError;
@@ -74,8 +74,4 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .name(name.to_string())
         .spawn(f)
         .map_err(|source| NetnsError::Thread { name: name.to_string(), source })
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

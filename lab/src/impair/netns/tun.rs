@@ -8,11 +8,12 @@ use std::{
     time::Instant,
 };
 
-use super::{ip, lock, spawn, NetnsError, NetnsLink, NetnsStats, Side, CLIENT_ADDR, SERVER_ADDR};
+use super::{ip, spawn, NetnsError, NetnsLink, NetnsStats, Side, CLIENT_ADDR, SERVER_ADDR};
 use crate::impair::{
     schedule::{admit, deliver, Scheduled},
     ImpairmentProfile, Link,
 };
+use crate::sync::lock;
 
 /// Largest IP packet read from a TUN device.
 const MAX_PACKET: usize = 65_536;

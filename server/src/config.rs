@@ -1,4 +1,4 @@
-//! What a server is started with. Transport tuning lives in [`crate::net::transport`]; protocol limits in
+//! What a server is started with. Transport tuning lives in [`quiver_transport`]; protocol limits in
 //! [`quiver_proto::Limits`].
 
 use std::{net::SocketAddr, path::PathBuf};

@@ -1,9 +1,13 @@
 //! The Quiver server: one QUIC endpoint that serves, per client connection, a control stream, one reliable stream
 //! per joined room and unreliable tick datagrams.
 //!
+//! - [`hub`]: rooms, tick channels, history, presence and each connection's protocol state, without IO: it returns
+//!   what to send (a `Delivery` of room frames, a `Fanout` of a tick), behind the `RoomHub` / `TickHub` traits.
 //! - [`session`]: the control stream's state machine (Hello, then requests), without sockets or clocks.
 //! - [`admission`], [`throttle`], [`rate`]: which connections are taken and how fast each may go (sans-IO).
-//! - [`net`]: the only part that touches quinn: endpoint, accept loop, one task per connection, error → close code.
+//! - [`net`]: the only part that touches quinn: endpoint, accept loop, one task per connection carrying out what
+//!   the hub returns.
+//! - [`web`]: the demo page and the browser client over HTTP.
 //! - [`config`]: what the server is started with: address, data directory, certificate, [`quiver_proto::Limits`].
 //!
 //! ```no_run

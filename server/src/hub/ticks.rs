@@ -81,7 +81,7 @@ impl Default for Channel {
 /// Shards of the channel table: publishes on different channels rarely wait for each other.
 const SHARDS: usize = 16;
 
-/// Tick channels in this process's memory, in [`SHARDS`] independently locked shards.
+/// Tick channels in this process's memory, in 16 independently locked shards.
 pub struct LocalTicks {
     shards: [Mutex<HashMap<String, Channel>>; SHARDS],
     hasher: RandomState,

@@ -93,6 +93,14 @@ error_codes! {
     TokenNotYetValid = 24,
     /// The server, or this source address, has as many connections as it allows.
     TooManyConnections = 25,
+    /// The server holds as many rooms, or tick channels, as its memory budget allows (`Budget::max_rooms`,
+    /// `Budget::max_channels`): a new one cannot be created now. Existing ones still work; retry later.
+    ServerFull = 26,
+    /// A frame begun on the control stream was not completed within `Budget::frame_timeout_ms`.
+    FrameTimeout = 27,
+    /// The client reset, stopped or finished its control stream in a way that ends the session (a reset, a
+    /// STOP_SENDING, or a FIN inside a frame); the reason says which.
+    ControlStreamClosed = 28,
 }
 
 impl ErrorCode {

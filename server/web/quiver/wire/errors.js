@@ -30,6 +30,9 @@ export const ErrorCode = Object.freeze({
   TokenExpired: 23,
   TokenNotYetValid: 24,
   TooManyConnections: 25,
+  ServerFull: 26,
+  FrameTimeout: 27,
+  ControlStreamClosed: 28,
 });
 
 const ERROR_NAMES = new Map(Object.entries(ErrorCode).map(([name, code]) => [code, name]));

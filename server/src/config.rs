@@ -7,7 +7,7 @@ use quiver_proto::Limits;
 
 use quiver_transport::TransportTuning;
 
-use crate::auth::AuthConfig;
+use crate::{auth::AuthConfig, budget::Budget};
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub tls: TlsSource,
     /// Per-connection bounds, reported to clients in Welcome.
     pub limits: Limits,
+    /// Server-wide bounds on memory clients can make the server hold.
+    pub budget: Budget,
     /// Latency-relevant transport settings (docs/transport.md).
     pub tuning: TransportTuning,
     /// Browsers: the WebTransport endpoint and the demo page.
@@ -89,6 +91,7 @@ impl ServerConfig {
             data_dir,
             tls: TlsSource::Dev,
             limits: Limits::default(),
+            budget: Budget::default(),
             tuning: TransportTuning::quiver(),
             web: WebConfig::default(),
             auth: AuthConfig::DevKey,

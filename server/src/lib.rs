@@ -9,6 +9,7 @@
 //!   the hub returns.
 //! - [`web`]: the demo page and the browser client over HTTP.
 //! - [`config`]: what the server is started with: address, data directory, certificate, [`quiver_proto::Limits`].
+//! - [`budget`]: the server-wide memory bounds (rooms, channels, retained history, frame timeout).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), quiver_server::ServerError> {
@@ -21,6 +22,7 @@
 //! ```
 
 pub mod admission;
+pub mod budget;
 pub mod config;
 pub mod hub;
 pub mod net;
@@ -30,6 +32,7 @@ pub mod stats;
 pub mod throttle;
 pub mod web;
 
+pub use budget::Budget;
 pub use config::{ServerConfig, TlsSource, WebConfig};
 pub use net::{Server, ServerError};
 /// Access tokens (the `quiver-auth` crate).

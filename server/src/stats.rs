@@ -88,6 +88,14 @@ counters! {
     permission_denied,
     /// Connections closed with `TokenExpired` because their token's `exp` passed during the session.
     sessions_expired,
+    /// Joins, posts, subscribes and publish claims refused with `ServerFull` (the server at `max_rooms` with every
+    /// room in use, or at `max_channels`).
+    server_full,
+    /// Connections closed with `FrameTimeout` (a control frame begun and not finished within `frame_timeout_ms`).
+    frame_timeouts,
+    /// Connections closed with `ControlStreamClosed` (the client reset or stopped its control stream, or finished
+    /// it inside a frame).
+    control_streams_closed,
 }
 
 impl ServerStats {
@@ -110,6 +118,9 @@ impl ServerStats {
             | ErrorCode::TokenExpired
             | ErrorCode::TokenNotYetValid => &self.tokens_refused,
             ErrorCode::PermissionDenied => &self.permission_denied,
+            ErrorCode::ServerFull => &self.server_full,
+            ErrorCode::FrameTimeout => &self.frame_timeouts,
+            ErrorCode::ControlStreamClosed => &self.control_streams_closed,
             _ => return,
         };
         bump(counter);

@@ -30,6 +30,8 @@ pub struct Claim {
     pub channel_id: u64,
     /// The max age the publisher asked for, to pass on to the tick hub.
     pub max_age_us: Option<u64>,
+    /// False for a repeated claim (already carried out in the tick hub).
+    pub new: bool,
 }
 
 /// What an incoming tick datagram's channel id means on this connection.
@@ -70,6 +72,8 @@ pub struct Release<O> {
     pub rooms: Vec<(String, JoinedRoom<O>)>,
     /// (channel, the tick hub's subscription).
     pub subscriptions: Vec<(Arc<str>, TickSubscriberId)>,
+    /// Channels claimed for publishing.
+    pub claims: Vec<Arc<str>>,
 }
 
 /// Everything one connection has set up, and the limits on it.
@@ -77,8 +81,9 @@ pub struct Release<O> {
 pub struct ConnectionState<O> {
     limits: Limits,
     rooms: HashMap<String, JoinedRoom<O>>,
-    /// Channel name → id. Ids are small (the header's first byte for the first 64) and never reused on a
-    /// connection, so a late datagram cannot be taken for another channel's tick.
+    /// Channel name → id, for the channels subscribed or claimed now (a name is forgotten when neither any
+    /// more). Ids are small (the header's first byte for the first 64) and never reused on a connection, so a
+    /// late datagram cannot be taken for another channel's tick; a channel subscribed again gets a new id.
     channel_ids: HashMap<Arc<str>, u64>,
     subscriptions: HashMap<u64, (Arc<str>, TickSubscriberId)>,
     claims: Arc<ClaimTable>,
@@ -141,11 +146,12 @@ impl<O> ConnectionState<O> {
     }
 
     /// Subscribes to `channel` (idempotent: a second Subscribe answers the same id). `subscribe` carries it out in
-    /// the tick hub with the channel's id; it is called only when the subscription is allowed and new.
+    /// the tick hub with the channel's id; it is called only when the subscription is allowed and new, and if it
+    /// fails nothing is recorded.
     pub fn subscribe(
         &mut self,
         channel: &str,
-        subscribe: impl FnOnce(u64) -> TickSubscriberId,
+        subscribe: impl FnOnce(u64) -> Result<TickSubscriberId, Failure>,
     ) -> Result<u64, Failure> {
         if let Some(id) = self.channel_ids.get(channel).filter(|id| self.subscriptions.contains_key(id)) {
             return Ok(*id);
@@ -156,8 +162,10 @@ impl<O> ConnectionState<O> {
                 format!("at most {} subscriptions per connection", self.limits.max_subscriptions),
             ));
         }
-        let (name, id) = self.channel_id(channel);
-        self.subscriptions.insert(id, (name, subscribe(id)));
+        let id = self.channel_ids.get(channel).copied().unwrap_or(self.claims.allocated);
+        let subscriber = subscribe(id)?;
+        let name = self.record_channel_id(channel, id);
+        self.subscriptions.insert(id, (name, subscriber));
         Ok(id)
     }
 
@@ -166,14 +174,24 @@ impl<O> ConnectionState<O> {
         let not_subscribed = || Failure::new(ErrorCode::NotJoined, format!("not subscribed to {channel}"));
         let id = *self.channel_ids.get(channel).ok_or_else(not_subscribed)?;
         let (_, subscriber) = self.subscriptions.remove(&id).ok_or_else(not_subscribed)?;
+        if !self.claims.claimed.contains_key(&id) {
+            self.channel_ids.remove(channel);
+        }
         Ok((id, subscriber))
     }
 
-    /// Claims the right to publish on `channel` (idempotent), below `max_publish_channels`.
-    pub fn claim(&mut self, channel: &str, max_age_ms: Option<u32>) -> Result<Claim, Failure> {
+    /// Claims the right to publish on `channel` (idempotent), below `max_publish_channels`. `claim` carries a new
+    /// claim out in the tick hub (with the max age asked for); if it fails nothing is recorded. A repeated claim
+    /// answers the same id with `new: false` (the caller passes its max age on to the hub).
+    pub fn claim(
+        &mut self,
+        channel: &str,
+        max_age_ms: Option<u32>,
+        claim: impl FnOnce(Option<u64>) -> Result<(), Failure>,
+    ) -> Result<Claim, Failure> {
         let max_age_us = max_age_ms.map(|ms| u64::from(ms) * 1000);
         if let Some(id) = self.channel_ids.get(channel).filter(|id| self.claims.claimed.contains_key(id)) {
-            return Ok(Claim { channel_id: *id, max_age_us });
+            return Ok(Claim { channel_id: *id, max_age_us, new: false });
         }
         let max = self.limits.max_publish_channels as usize;
         if self.claims.claimed.len() >= max {
@@ -182,9 +200,11 @@ impl<O> ConnectionState<O> {
                 format!("at most {max} publish channels per connection"),
             ));
         }
-        let (name, id) = self.channel_id(channel);
+        let id = self.channel_ids.get(channel).copied().unwrap_or(self.claims.allocated);
+        claim(max_age_us)?;
+        let name = self.record_channel_id(channel, id);
         Arc::make_mut(&mut self.claims).claimed.insert(id, name);
-        Ok(Claim { channel_id: id, max_age_us })
+        Ok(Claim { channel_id: id, max_age_us, new: true })
     }
 
     /// The claims as they stand, for the datagram reader.
@@ -194,22 +214,28 @@ impl<O> ConnectionState<O> {
 
     /// Everything to release when the connection ends: its rooms and its tick subscriptions.
     pub fn close(&mut self) -> Release<O> {
+        self.channel_ids.clear();
         Release {
             rooms: self.rooms.drain().collect(),
             subscriptions: self.subscriptions.drain().map(|(_, subscription)| subscription).collect(),
+            claims: std::mem::take(&mut Arc::make_mut(&mut self.claims).claimed).into_values().collect(),
         }
     }
 
-    /// The id of `channel` on this connection, given out now if it has none.
-    fn channel_id(&mut self, channel: &str) -> (Arc<str>, u64) {
-        if let Some((name, id)) = self.channel_ids.get_key_value(channel) {
-            return (name.clone(), *id);
+    /// Channel names this connection holds an id for (subscribed or claimed now).
+    pub fn channel_names(&self) -> usize {
+        self.channel_ids.len()
+    }
+
+    /// Records `id` for `channel` (the one it has, or the next one, which is then given out).
+    fn record_channel_id(&mut self, channel: &str, id: u64) -> Arc<str> {
+        if let Some((name, _)) = self.channel_ids.get_key_value(channel) {
+            return name.clone();
         }
-        let id = self.claims.allocated;
         let name: Arc<str> = Arc::from(channel);
         self.channel_ids.insert(name.clone(), id);
         Arc::make_mut(&mut self.claims).allocated = id + 1;
-        (name, id)
+        name
     }
 }
 
@@ -252,7 +278,7 @@ mod tests {
     #[test]
     fn a_refused_subscribe_or_claim_allocates_nothing() {
         let mut s = state(Limits { max_subscriptions: 1, max_publish_channels: 1, ..Limits::default() });
-        assert_eq!(s.subscribe("x", |_| 10), Ok(0));
+        assert_eq!(s.subscribe("x", |_| Ok(10)), Ok(0));
         assert_eq!(s.subscribe("x", |_| panic!("subscribed twice")), Ok(0), "idempotent");
         for i in 0..1000 {
             assert_eq!(
@@ -260,35 +286,59 @@ mod tests {
                 ErrorCode::TooManySubscriptions
             );
         }
-        assert_eq!(s.claim("p", Some(5)), Ok(Claim { channel_id: 1, max_age_us: Some(5000) }));
-        assert_eq!(code(s.claim("q", None)), ErrorCode::TooManyChannels);
+        assert_eq!(s.claim("p", Some(5), |_| Ok(())), Ok(Claim { channel_id: 1, max_age_us: Some(5000), new: true }));
+        assert_eq!(code(s.claim("q", None, |_| panic!("over the limit"))), ErrorCode::TooManyChannels);
         assert_eq!(s.claims().allocated, 2, "refusals took no ids");
         assert_eq!(s.channel_ids.len(), 2);
     }
 
     #[test]
+    fn a_hub_refusal_records_nothing_and_unsubscribed_names_are_forgotten() {
+        let mut s = state(Limits::default());
+        let full = |_| Err(Failure::new(ErrorCode::ServerFull, "full"));
+        for i in 0..1000 {
+            assert_eq!(code(s.subscribe(&format!("n{i}"), full)), ErrorCode::ServerFull);
+            assert_eq!(
+                code(s.claim(&format!("p{i}"), None, |_| Err(Failure::new(ErrorCode::ServerFull, "")))),
+                ErrorCode::ServerFull
+            );
+        }
+        assert_eq!((s.claims().allocated, s.channel_names()), (0, 0));
+        for i in 0..1000 {
+            let id = s.subscribe(&format!("c{i}"), |_| Ok(1)).unwrap();
+            assert_eq!(id, i, "a new id each time");
+            s.unsubscribe(&format!("c{i}")).unwrap();
+        }
+        assert_eq!(s.channel_names(), 0, "subscribe/unsubscribe churn keeps no names");
+    }
+
+    #[test]
     fn channel_ids_are_shared_by_subscribe_and_claim_and_never_reused() {
         let mut s = state(Limits::default());
-        assert_eq!(s.subscribe("prices", |id| 100 + id), Ok(0));
-        assert_eq!(s.claim("prices", None).unwrap().channel_id, 0);
-        assert_eq!(s.claim("other", None).unwrap().channel_id, 1);
+        assert_eq!(s.subscribe("prices", |id| Ok(100 + id)), Ok(0));
+        assert_eq!(s.claim("prices", None, |_| Ok(())).unwrap().channel_id, 0);
+        assert!(!s.claim("prices", Some(1), |_| panic!("claimed twice")).unwrap().new);
+        assert_eq!(s.claim("other", None, |_| Ok(())).unwrap().channel_id, 1);
         let claims = s.claims();
         assert_eq!(claims.lookup(0), ClaimLookup::Claimed(Arc::from("prices")));
         assert_eq!(claims.lookup(7), ClaimLookup::Unknown);
         assert_eq!(s.unsubscribe("prices"), Ok((0, 100)));
         assert_eq!(code(s.unsubscribe("prices")), ErrorCode::NotJoined);
         assert_eq!(code(s.unsubscribe("never")), ErrorCode::NotJoined);
-        assert_eq!(s.subscribe("third", |id| id), Ok(2));
-        assert_eq!(s.subscribe("prices", |id| 200 + id), Ok(0), "the name keeps its id");
+        assert_eq!(s.subscribe("third", |id| Ok(id)), Ok(2));
+        assert_eq!(s.subscribe("prices", |id| Ok(200 + id)), Ok(0), "claimed: the name keeps its id");
+        assert_eq!(s.unsubscribe("third"), Ok((2, 2)));
+        assert_eq!(s.subscribe("third", |id| Ok(id)), Ok(3), "not claimed: a new id, never a reused one");
         let release = s.close();
         assert!(release.rooms.is_empty());
         assert_eq!(release.subscriptions.len(), 2);
+        assert_eq!(release.claims.len(), 2);
     }
 
     #[test]
     fn subscribed_but_not_claimed_is_told_apart_from_unknown() {
         let mut s = state(Limits::default());
-        s.subscribe("a", |_| 1).unwrap();
+        s.subscribe("a", |_| Ok(1)).unwrap();
         assert_eq!(s.claims().lookup(0), ClaimLookup::NotClaimed);
         assert_eq!(s.claims().lookup(1), ClaimLookup::Unknown);
         assert_eq!(s.history_budget(), Limits::default().max_frame as usize - 1024);

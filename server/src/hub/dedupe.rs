@@ -3,6 +3,14 @@
 
 use std::collections::{HashMap, VecDeque};
 
+/// Memory one remembered post costs besides its identity (held twice: map key and queue): the map's and the
+/// queue's slots and the allocations' headers (an estimate, kept on the high side).
+const ENTRY_OVERHEAD: u64 = 96;
+
+fn cost(identity: &str) -> u64 {
+    2 * identity.len() as u64 + ENTRY_OVERHEAD
+}
+
 /// The dedupe memory of one room.
 #[derive(Debug)]
 pub struct DedupeWindow {
@@ -10,12 +18,23 @@ pub struct DedupeWindow {
     order: VecDeque<((String, u64), u64)>,
     window_us: u64,
     max_entries: usize,
+    bytes: u64,
 }
 
 impl DedupeWindow {
     /// Remembers each post for `window_us`, and at most `max_entries` posts.
     pub fn new(window_us: u64, max_entries: usize) -> Self {
-        DedupeWindow { seqs: HashMap::new(), order: VecDeque::new(), window_us, max_entries }
+        DedupeWindow { seqs: HashMap::new(), order: VecDeque::new(), window_us, max_entries, bytes: 0 }
+    }
+
+    /// Bytes of memory the remembered posts cost.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
     }
 
     /// The seq an earlier post with this key got, if it is still remembered at `now_us`.
@@ -27,23 +46,33 @@ impl DedupeWindow {
     /// Remembers that this post got `seq` at `now_us`.
     pub fn record(&mut self, identity: &str, client_msg_id: u64, seq: u64, now_us: u64) {
         let key = (identity.to_string(), client_msg_id);
-        self.seqs.insert(key.clone(), seq);
+        if self.seqs.insert(key.clone(), seq).is_some() {
+            return; // already remembered (and queued once)
+        }
+        self.bytes += cost(identity);
         self.order.push_back((key, now_us));
         while self.order.len() > self.max_entries {
             self.forget_oldest();
         }
     }
 
-    fn expire(&mut self, now_us: u64) {
+    /// Forgets the posts older than the window at `now_us`.
+    pub fn expire(&mut self, now_us: u64) {
         while self.order.front().is_some_and(|(_, at)| now_us.saturating_sub(*at) > self.window_us) {
             self.forget_oldest();
         }
+        if self.order.is_empty() && self.order.capacity() > 0 {
+            self.order = VecDeque::new();
+            self.seqs = HashMap::new();
+        }
     }
 
-    fn forget_oldest(&mut self) {
-        if let Some((key, _)) = self.order.pop_front() {
-            self.seqs.remove(&key);
-        }
+    /// Forgets the oldest remembered post; false when there was none.
+    pub fn forget_oldest(&mut self) -> bool {
+        let Some((key, _)) = self.order.pop_front() else { return false };
+        self.bytes -= cost(&key.0);
+        self.seqs.remove(&key);
+        true
     }
 }
 
@@ -58,6 +87,21 @@ mod tests {
         assert_eq!(d.lookup("alice", 7, 1_000), Some(42));
         assert_eq!(d.lookup("bob", 7, 1_000), None, "keys are per identity");
         assert_eq!(d.lookup("alice", 7, 1_001), None);
+        assert_eq!((d.bytes(), d.is_empty()), (0, true));
+    }
+
+    #[test]
+    fn memory_is_counted_and_returned() {
+        let mut d = DedupeWindow::new(u64::MAX, 100);
+        d.record("ann", 1, 1, 0);
+        d.record("ann", 1, 1, 0);
+        d.record("bo", 2, 2, 0);
+        assert_eq!(d.bytes(), cost("ann") + cost("bo"), "a key recorded twice counts once");
+        assert!(d.forget_oldest());
+        assert_eq!((d.bytes(), d.lookup("ann", 1, 0)), (cost("bo"), None));
+        assert!(d.forget_oldest());
+        assert!(!d.forget_oldest());
+        assert_eq!(d.bytes(), 0);
     }
 
     #[test]

@@ -14,12 +14,33 @@ pub struct StoredMessage {
     pub frame: Bytes,
 }
 
+/// Memory a retained message costs besides its frame and body: the shared allocation, the event's fields, the
+/// queue slot (an estimate, kept on the high side).
+const STORED_OVERHEAD: u64 = 160;
+
+impl StoredMessage {
+    /// Bytes this message keeps in memory (counted against the room's and the server's budget).
+    pub fn cost(&self) -> u64 {
+        let (sender, body) = match &self.event.kind {
+            quiver_proto::EventKind::Message { sender, body, .. } => (sender.len(), body.len()),
+            _ => (0, 0),
+        };
+        (self.frame.len() + sender + body) as u64 + STORED_OVERHEAD
+    }
+}
+
 /// Where a room keeps its messages. Seqs are appended in increasing order; the store may forget the oldest.
 pub trait HistoryStore: Send + std::fmt::Debug {
     /// Appends the message with the next seq.
     fn append(&mut self, message: Arc<StoredMessage>);
     /// Forgets what its bounds no longer allow at `now_us`.
     fn trim(&mut self, now_us: u64);
+    /// Forgets the oldest message; false when there was none.
+    fn forget_oldest(&mut self) -> bool;
+    /// Bytes of memory the retained messages cost.
+    fn bytes(&self) -> u64;
+    /// Time of the oldest retained message, if any.
+    fn oldest_time_us(&self) -> Option<u64>;
     /// Seq of the oldest retained message, if any.
     fn first_seq(&self) -> Option<u64>;
     /// Up to `limit` messages with a seq above `after`, oldest first.
@@ -28,34 +49,62 @@ pub trait HistoryStore: Send + std::fmt::Debug {
     fn latest(&self, n: usize) -> Vec<Arc<StoredMessage>>;
 }
 
-/// In-memory history bounded by message count and age.
+/// In-memory history bounded by message count, bytes and age.
 #[derive(Debug)]
 pub struct MemoryHistory {
     messages: VecDeque<Arc<StoredMessage>>,
     max_messages: usize,
+    max_bytes: u64,
     max_age_us: u64,
+    bytes: u64,
 }
 
 impl MemoryHistory {
-    /// Keeps at most `max_messages`, none older than `max_age_us`.
-    pub fn new(max_messages: usize, max_age_us: u64) -> Self {
-        MemoryHistory { messages: VecDeque::new(), max_messages, max_age_us }
+    /// Keeps at most `max_messages` costing at most `max_bytes` ([`StoredMessage::cost`]), none older than
+    /// `max_age_us`.
+    pub fn new(max_messages: usize, max_bytes: u64, max_age_us: u64) -> Self {
+        MemoryHistory { messages: VecDeque::new(), max_messages, max_bytes, max_age_us, bytes: 0 }
     }
 }
 
 impl HistoryStore for MemoryHistory {
     fn append(&mut self, message: Arc<StoredMessage>) {
+        self.bytes += message.cost();
         self.messages.push_back(message);
-        while self.messages.len() > self.max_messages {
-            self.messages.pop_front();
+        while self.messages.len() > self.max_messages || self.bytes > self.max_bytes {
+            self.forget_oldest();
+        }
+        if self.messages.capacity() > 2 * self.messages.len() + 16 {
+            self.messages.shrink_to_fit();
         }
     }
 
     fn trim(&mut self, now_us: u64) {
         let oldest_allowed = now_us.saturating_sub(self.max_age_us);
         while self.messages.front().is_some_and(|m| m.event.time_us < oldest_allowed) {
-            self.messages.pop_front();
+            self.forget_oldest();
         }
+        if self.messages.is_empty() && self.messages.capacity() > 0 {
+            self.messages = VecDeque::new();
+        }
+    }
+
+    fn forget_oldest(&mut self) -> bool {
+        match self.messages.pop_front() {
+            Some(message) => {
+                self.bytes -= message.cost();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn oldest_time_us(&self) -> Option<u64> {
+        self.messages.front().map(|m| m.event.time_us)
     }
 
     fn first_seq(&self) -> Option<u64> {
@@ -91,7 +140,7 @@ mod tests {
 
     #[test]
     fn bounded_by_count() {
-        let mut h = MemoryHistory::new(3, u64::MAX);
+        let mut h = MemoryHistory::new(3, u64::MAX, u64::MAX);
         for seq in 1..=5 {
             h.append(msg(seq, 0));
         }
@@ -105,7 +154,7 @@ mod tests {
 
     #[test]
     fn bounded_by_age() {
-        let mut h = MemoryHistory::new(100, 1_000);
+        let mut h = MemoryHistory::new(100, u64::MAX, 1_000);
         for seq in 1..=5 {
             h.append(msg(seq, seq * 500));
         }
@@ -113,5 +162,21 @@ mod tests {
         assert_eq!(seqs(&h.latest(10)), [4, 5]);
         h.trim(10_000);
         assert_eq!(h.first_seq(), None);
+        assert_eq!(h.bytes(), 0);
+    }
+
+    #[test]
+    fn bounded_by_bytes_and_counted_exactly() {
+        let cost = msg(1, 0).cost();
+        let mut h = MemoryHistory::new(100, 3 * cost, u64::MAX);
+        for seq in 1..=5 {
+            h.append(msg(seq, seq));
+        }
+        assert_eq!((seqs(&h.latest(10)), h.bytes()), (vec![3, 4, 5], 3 * cost));
+        assert_eq!(h.oldest_time_us(), Some(3));
+        assert!(h.forget_oldest());
+        assert_eq!((h.first_seq(), h.bytes()), (Some(4), 2 * cost));
+        while h.forget_oldest() {}
+        assert_eq!(h.bytes(), 0);
     }
 }

@@ -33,7 +33,7 @@ pub use dedupe::DedupeWindow;
 pub use lock::assert_unlocked;
 pub use outbox::{Delivery, Outbox};
 pub use room::Room;
-pub use rooms::LocalRooms;
+pub use rooms::{LocalRooms, RoomUsage};
 
 /// Identifies one subscription of one connection to one room.
 pub type SubscriberId = u64;
@@ -107,6 +107,9 @@ pub trait RoomHub: Send + Sync + 'static {
         budget: usize,
         now_us: u64,
     ) -> impl Future<Output = HistoryPage> + Send;
+    /// Drops what retention no longer allows, and rooms left with no members and nothing retained (the server
+    /// calls it every `Budget::sweep_interval_ms`).
+    fn sweep(&self, now_us: u64) -> impl Future<Output = ()> + Send;
 }
 
 #[cfg(test)]

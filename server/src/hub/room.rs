@@ -38,13 +38,16 @@ pub struct Room {
     dedupe: DedupeWindow,
     codec: FrameCodec,
     gap_replay: usize,
+    /// Last join, leave or post (µs since the Unix epoch): rooms idle longest give up their memory first.
+    last_active_us: u64,
 }
 
 impl Room {
-    /// A new, empty room with the given epoch and the in-memory history `limits` describe.
-    pub fn new(name: String, epoch: u64, limits: &Limits) -> Room {
-        let history =
-            MemoryHistory::new(limits.history_max_messages as usize, u64::from(limits.history_max_age_s) * 1_000_000);
+    /// A new, empty room with the given epoch and the in-memory history `limits` describe, holding at most
+    /// `history_bytes` of it.
+    pub fn new(name: String, epoch: u64, limits: &Limits, history_bytes: u64) -> Room {
+        let max_age_us = u64::from(limits.history_max_age_s) * 1_000_000;
+        let history = MemoryHistory::new(limits.history_max_messages as usize, history_bytes, max_age_us);
         Room::with_history(name, epoch, limits, Box::new(history))
     }
 
@@ -63,7 +66,41 @@ impl Room {
             ),
             codec: FrameCodec::new(limits.max_frame as usize),
             gap_replay: limits.gap_replay as usize,
+            last_active_us: 0,
         }
+    }
+
+    /// Bytes of memory the room's history and dedupe window hold.
+    pub fn retained_bytes(&self) -> u64 {
+        self.history.bytes() + self.dedupe.bytes()
+    }
+
+    /// Last join, leave or post.
+    pub fn last_active_us(&self) -> u64 {
+        self.last_active_us
+    }
+
+    /// Forgets history older than `history_max_age_s` and dedupe entries older than the window.
+    pub fn trim(&mut self, now_us: u64) {
+        self.history.trim(now_us);
+        self.dedupe.expire(now_us);
+    }
+
+    /// Gives up memory for the server's budget: oldest messages first, then oldest dedupe entries, until
+    /// `bytes` are freed or nothing is left. Returns the bytes freed. Members keep receiving; a resume from a
+    /// position before the remaining history answers `recovered: false`.
+    pub fn shed(&mut self, bytes: u64) -> u64 {
+        let start = self.retained_bytes();
+        let target = start.saturating_sub(bytes);
+        while self.retained_bytes() > target && self.history.forget_oldest() {}
+        while self.retained_bytes() > target && self.dedupe.forget_oldest() {}
+        start - self.retained_bytes()
+    }
+
+    /// True when the room holds nothing worth keeping: no subscribers, no history, no dedupe memory. Dropping it
+    /// loses nothing; a later join starts a new epoch.
+    pub fn is_idle_and_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.history.first_seq().is_none() && self.dedupe.is_empty()
     }
 
     /// The room's epoch.
@@ -96,6 +133,7 @@ impl Room {
         outbox: Arc<dyn Outbox>,
         now_us: u64,
     ) -> (Joined, Delivery) {
+        self.last_active_us = now_us;
         self.history.trim(now_us);
         let (recovered, replay) = self.replay_for(since);
         let replay_from = replay.first().map_or(self.last_seq + 1, |m| m.event.seq);
@@ -142,6 +180,7 @@ impl Room {
     /// `None` if the subscription is unknown (left already).
     pub fn leave(&mut self, subscriber: SubscriberId, now_us: u64) -> Option<Delivery> {
         let gone = self.subscribers.remove(&subscriber)?;
+        self.last_active_us = now_us;
         Some(self.drop_membership(&gone.identity, now_us))
     }
 
@@ -163,6 +202,7 @@ impl Room {
         body: Bytes,
         now_us: u64,
     ) -> Result<(Posted, Delivery), Failure> {
+        self.last_active_us = now_us;
         if let Some(seq) = self.dedupe.lookup(identity, client_msg_id, now_us) {
             return Ok((Posted { seq, duplicate: true }, Delivery::default()));
         }

@@ -1,4 +1,6 @@
-//! Every room of this process, in memory: [`LocalRooms`], the single-node [`RoomHub`].
+//! Every room of this process, in memory: [`LocalRooms`], the single-node [`RoomHub`], within the server's
+//! [`Budget`]: at most `max_rooms` rooms and `retained_bytes` of history and dedupe memory. Rooms idle longest give
+//! memory back first; a room with no members and nothing retained is removed.
 
 use std::{
     collections::HashMap,
@@ -8,37 +10,226 @@ use std::{
     },
 };
 
-use quiver_proto::{Failure, HistoryPage, Limits};
+use quiver_proto::{ErrorCode, Failure, HistoryPage, Limits};
 
-use super::{lock::lock, Delivery, JoinRoom, Joining, PostMessage, Posted, Room, RoomHub, SubscriberId};
+use super::{
+    lock::{lock, HubGuard},
+    Delivery, JoinRoom, Joining, PostMessage, Posted, Room, RoomHub, SubscriberId,
+};
+use crate::budget::Budget;
 
-/// All rooms in this process's memory, each behind its own lock (the map's lock is held only to find a room).
+/// A room as the map holds it. `removed` is set, under the room's lock, when the room leaves the map: a caller
+/// that found the room just before looks it up again instead of using a room nobody else sees.
+#[derive(Debug)]
+struct Slot {
+    room: Room,
+    removed: bool,
+}
+
+type Shared = Arc<Mutex<Slot>>;
+type RoomMap = HashMap<String, Shared>;
+
+/// What the rooms hold now, and what the budget made them give up so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomUsage {
+    /// Rooms held.
+    pub rooms: u64,
+    /// Bytes of history and dedupe memory retained by all rooms.
+    pub retained_bytes: u64,
+    /// Rooms removed because they had no members and nothing retained.
+    pub rooms_removed: u64,
+    /// Idle rooms evicted (with their history) to make place for a new room at `max_rooms`.
+    pub rooms_evicted: u64,
+    /// New rooms refused with `ServerFull` (at `max_rooms`, every room with members).
+    pub rooms_refused: u64,
+    /// Bytes of history and dedupe memory shed to stay within `retained_bytes`.
+    pub bytes_shed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    retained: AtomicU64,
+    removed: AtomicU64,
+    evicted: AtomicU64,
+    refused: AtomicU64,
+    shed: AtomicU64,
+}
+
+/// All rooms in this process's memory, each behind its own lock (the map's lock is held only to find, add or
+/// remove a room; a room's lock is never held while the map's is taken).
 #[derive(Debug)]
 pub struct LocalRooms {
-    rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
+    rooms: Mutex<RoomMap>,
     limits: Limits,
+    budget: Budget,
     next_subscriber: AtomicU64,
+    counters: Counters,
+    /// Held by the one caller shedding memory at a time.
+    shedding: Mutex<()>,
 }
 
 impl LocalRooms {
-    /// An empty hub whose rooms follow `limits` (history, dedupe, frame size).
-    pub fn new(limits: Limits) -> Self {
-        LocalRooms { rooms: Mutex::new(HashMap::new()), limits, next_subscriber: AtomicU64::new(1) }
+    /// An empty hub whose rooms follow `limits` (history, dedupe, frame size) within `budget`.
+    pub fn new(limits: Limits, budget: Budget) -> Self {
+        LocalRooms {
+            rooms: Mutex::new(HashMap::new()),
+            limits,
+            budget,
+            next_subscriber: AtomicU64::new(1),
+            counters: Counters::default(),
+            shedding: Mutex::new(()),
+        }
     }
 
-    fn room(&self, name: &str) -> Arc<Mutex<Room>> {
+    /// What the rooms hold now, and what the budget made them give up.
+    pub fn usage(&self) -> RoomUsage {
+        let c = &self.counters;
+        RoomUsage {
+            rooms: lock(&self.rooms).len() as u64,
+            retained_bytes: c.retained.load(Ordering::Relaxed),
+            rooms_removed: c.removed.load(Ordering::Relaxed),
+            rooms_evicted: c.evicted.load(Ordering::Relaxed),
+            rooms_refused: c.refused.load(Ordering::Relaxed),
+            bytes_shed: c.shed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The room named `name`, created if there is place for it (evicting idle rooms at `max_rooms`).
+    fn room(&self, name: &str) -> Result<Shared, Failure> {
         let mut rooms = lock(&self.rooms);
         // Look up before inserting: `entry` would allocate the name on every post.
         if let Some(room) = rooms.get(name) {
-            return room.clone();
+            return Ok(room.clone());
         }
-        let room = Arc::new(Mutex::new(Room::new(name.to_string(), new_epoch(), &self.limits)));
+        if rooms.len() >= self.budget.max_rooms as usize && !self.evict_idle(&mut rooms) {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            let max = self.budget.max_rooms;
+            return Err(Failure::new(
+                ErrorCode::ServerFull,
+                format!("the server holds {max} rooms, all with members; cannot create room {name} now"),
+            ));
+        }
+        let room = Room::new(name.to_string(), new_epoch(), &self.limits, self.budget.room_history_bytes);
+        let room = Arc::new(Mutex::new(Slot { room, removed: false }));
         rooms.insert(name.to_string(), room.clone());
-        room
+        Ok(room)
     }
 
-    fn existing(&self, name: &str) -> Option<Arc<Mutex<Room>>> {
+    fn existing(&self, name: &str) -> Option<Shared> {
         lock(&self.rooms).get(name).cloned()
+    }
+
+    /// Runs `f` on the room named `name` (created when `create`; `None` when it does not exist and may not be
+    /// created) under its lock, keeping the server's retained-bytes count in step.
+    fn with_room<T>(&self, name: &str, create: bool, f: impl FnOnce(&mut Room) -> T) -> Result<Option<T>, Failure> {
+        loop {
+            let shared = match create {
+                true => self.room(name)?,
+                false => match self.existing(name) {
+                    Some(shared) => shared,
+                    None => return Ok(None),
+                },
+            };
+            let mut slot = lock(&shared);
+            if slot.removed {
+                continue; // removed between the lookup and the lock: look it up again
+            }
+            let before = slot.room.retained_bytes();
+            let out = f(&mut slot.room);
+            self.account(before, slot.room.retained_bytes());
+            return Ok(Some(out));
+        }
+    }
+
+    fn account(&self, before: u64, after: u64) {
+        if after >= before {
+            self.counters.retained.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.counters.retained.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes a room out of the map (its lock held by the caller) and returns its memory to the budget.
+    fn remove(&self, rooms: &mut RoomMap, name: &str, slot: &mut Slot) {
+        slot.removed = true;
+        rooms.remove(name);
+        self.account(slot.room.retained_bytes(), 0);
+    }
+
+    /// Evicts the rooms without members idle longest: a 64th of `max_rooms` at once (at least one), so that a
+    /// stream of new names does not scan every room for each one. False when no room is without members.
+    fn evict_idle(&self, rooms: &mut HubGuard<'_, RoomMap>) -> bool {
+        let mut idle: Vec<(u64, String, Shared)> = rooms
+            .iter()
+            .filter_map(|(name, shared)| {
+                let slot = lock(shared);
+                (slot.room.subscriber_count() == 0).then(|| (slot.room.last_active_us(), name.clone(), shared.clone()))
+            })
+            .collect();
+        if idle.is_empty() {
+            return false;
+        }
+        let batch = (self.budget.max_rooms as usize / 64).max(1).min(idle.len());
+        idle.select_nth_unstable_by_key(batch - 1, |(last_active, _, _)| *last_active);
+        for (_, name, shared) in &idle[..batch] {
+            let mut slot = lock(shared);
+            let freed = slot.room.retained_bytes();
+            self.remove(rooms, name, &mut slot);
+            self.counters.shed.fetch_add(freed, Ordering::Relaxed);
+            self.counters.evicted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(room = %name, freed, "idle room evicted: the server is at max_rooms");
+        }
+        true
+    }
+
+    /// Over `retained_bytes`: the rooms idle longest shed their oldest messages (then dedupe entries) until the
+    /// total is under the low-water mark; rooms left without members and empty are removed.
+    fn shed_if_over(&self) {
+        if self.counters.retained.load(Ordering::Relaxed) <= self.budget.retained_bytes {
+            return;
+        }
+        // One shedder at a time; the others go on (the one shedding brings the total down for all).
+        let Ok(_shedding) = self.shedding.try_lock() else { return };
+        let low_water = self.budget.retained_low_water();
+        let mut rooms: Vec<(u64, String)> = {
+            let map = lock(&self.rooms);
+            map.iter().map(|(name, shared)| (lock(shared).room.last_active_us(), name.clone())).collect()
+        };
+        rooms.sort_unstable();
+        let mut emptied = Vec::new();
+        for (_, name) in rooms {
+            let retained = self.counters.retained.load(Ordering::Relaxed);
+            if retained <= low_water {
+                break;
+            }
+            let shed = self.with_room(&name, false, |r| (r.shed(retained - low_water), r.is_idle_and_empty()));
+            if let Ok(Some((freed, empty))) = shed {
+                self.counters.shed.fetch_add(freed, Ordering::Relaxed);
+                if empty {
+                    emptied.push(name);
+                }
+            }
+        }
+        self.remove_if_empty(emptied);
+    }
+
+    /// Removes the named rooms that (still) have no members and nothing retained.
+    fn remove_if_empty(&self, names: Vec<String>) {
+        if names.is_empty() {
+            return;
+        }
+        let mut rooms = lock(&self.rooms);
+        for name in names {
+            let Some(shared) = rooms.get(&name).cloned() else { continue };
+            let mut slot = lock(&shared);
+            if slot.room.is_idle_and_empty() {
+                self.remove(&mut rooms, &name, &mut slot);
+                self.counters.removed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if rooms.capacity() > 2 * rooms.len() + 64 {
+            rooms.shrink_to_fit();
+        }
     }
 }
 
@@ -50,27 +241,47 @@ fn new_epoch() -> u64 {
 impl RoomHub for LocalRooms {
     async fn join(&self, join: JoinRoom) -> Result<Joining, Failure> {
         let subscriber: SubscriberId = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
-        let room = self.room(&join.room);
-        let (joined, delivery) = lock(&room).join(subscriber, &join.identity, join.since, join.outbox, join.now_us);
+        let JoinRoom { room, identity, since, outbox, now_us } = join;
+        let joined = self.with_room(&room, true, |r| r.join(subscriber, &identity, since, outbox, now_us))?;
+        let (joined, delivery) = joined.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?;
         Ok(Joining { joined, subscriber, delivery })
     }
 
     async fn leave(&self, room: &str, subscriber: SubscriberId, now_us: u64) -> Delivery {
-        let Some(room) = self.existing(room) else { return Delivery::default() };
-        let left = lock(&room).leave(subscriber, now_us);
-        left.unwrap_or_default()
+        let left = self.with_room(room, false, |r| r.leave(subscriber, now_us));
+        left.ok().flatten().flatten().unwrap_or_default()
     }
 
     async fn post(&self, post: PostMessage<'_>) -> Result<(Posted, Delivery), Failure> {
-        let room = self.room(post.room);
-        let posted = lock(&room).post(post.identity, post.client_msg_id, post.body, post.now_us);
-        posted
+        let PostMessage { room, identity, client_msg_id, body, now_us } = post;
+        let posted = self.with_room(room, true, |r| r.post(identity, client_msg_id, body, now_us))?;
+        self.shed_if_over();
+        posted.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?
     }
 
     async fn history(&self, room: &str, since: Option<u64>, limit: u32, budget: usize, now_us: u64) -> HistoryPage {
-        match self.existing(room) {
-            Some(r) => lock(&r).history(since, limit as usize, budget, now_us),
-            None => HistoryPage { room: room.to_string(), epoch: 0, messages: Vec::new(), more: false },
+        match self.with_room(room, false, |r| r.history(since, limit as usize, budget, now_us)) {
+            Ok(Some(page)) => page,
+            _ => HistoryPage { room: room.to_string(), epoch: 0, messages: Vec::new(), more: false },
         }
     }
+
+    async fn sweep(&self, now_us: u64) {
+        let names: Vec<String> = lock(&self.rooms).keys().cloned().collect();
+        let mut emptied = Vec::new();
+        for name in names {
+            let trimmed = self.with_room(&name, false, |r| {
+                r.trim(now_us);
+                r.is_idle_and_empty()
+            });
+            if let Ok(Some(true)) = trimmed {
+                emptied.push(name);
+            }
+        }
+        self.remove_if_empty(emptied);
+    }
 }
+
+#[cfg(test)]
+#[path = "budget_tests.rs"]
+mod budget_tests;

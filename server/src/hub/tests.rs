@@ -79,7 +79,7 @@ impl Outbox for Collect {
 }
 
 fn room(limits: &Limits) -> Room {
-    Room::new("lobby".into(), 77, limits)
+    Room::new("lobby".into(), 77, limits, u64::MAX)
 }
 
 fn post(room: &mut Room, who: &str, id: u64, now: u64) -> Posted {
@@ -262,7 +262,7 @@ fn operations_return_every_outbox_they_enqueued_into() {
 
 #[tokio::test]
 async fn local_rooms_are_created_on_first_use() {
-    let hub = LocalRooms::new(Limits::default());
+    let hub = LocalRooms::new(Limits::default(), crate::Budget::default());
     let out = Collect::new(usize::MAX);
     let join = JoinRoom { room: "r".into(), identity: "a".into(), since: None, outbox: out.clone(), now_us: 0 };
     let joining = hub.join(join).await.unwrap();

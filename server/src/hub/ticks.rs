@@ -2,17 +2,21 @@
 //! lock and returns a [`Fanout`] (the tick and a shared snapshot of the subscribers); the caller offers the tick to
 //! each [`TickSink`] after the lock is released. Sinks conflate (latest wins), so there is no queue here. Reached
 //! through [`TickHub`] so that a clustered engine (ticks across nodes, DESIGN.md §6) can replace [`LocalTicks`].
+//!
+//! A channel exists while it has a subscriber or a publisher (a granted Publish claim); the last one to go removes
+//! it, and at most `Budget::max_channels` exist at once (a new one beyond is refused with `ServerFull`).
 
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
 };
 
 use bytes::Bytes;
+use quiver_proto::{ErrorCode, Failure};
 
 use super::lock::{lock, HubGuard};
 
@@ -56,104 +60,188 @@ pub struct Fanout {
 
 /// Access to tick channels, whatever backs them.
 pub trait TickHub: Send + Sync + std::fmt::Debug + 'static {
-    /// Subscribes `sink` to `channel`; its ticks are offered with `channel_id`.
-    fn subscribe(&self, channel: &str, channel_id: u64, sink: Arc<dyn TickSink>) -> TickSubscriberId;
+    /// Subscribes `sink` to `channel`; its ticks are offered with `channel_id`. `ServerFull` when the channel is
+    /// new and the server has as many as it allows.
+    fn subscribe(&self, channel: &str, channel_id: u64, sink: Arc<dyn TickSink>) -> Result<TickSubscriberId, Failure>;
     /// Ends a subscription (idempotent).
     fn unsubscribe(&self, channel: &str, subscriber: TickSubscriberId);
-    /// Notes a publisher's maximum tick age for `channel` (the smallest asked for wins).
+    /// Adds a publisher to `channel` (a granted Publish claim), with the maximum tick age it asked for (the
+    /// smallest asked for wins). `ServerFull` like [`TickHub::subscribe`].
+    fn claim(&self, channel: &str, max_age_us: Option<u64>) -> Result<(), Failure>;
+    /// Removes a publisher added by [`TickHub::claim`] (the connection ended).
+    fn release(&self, channel: &str);
+    /// Notes a repeated claim's maximum tick age for an existing `channel` (the smallest asked for wins).
     fn set_max_age(&self, channel: &str, max_age_us: u64);
-    /// Stamps the channel's next seq on a tick; returns it with the subscribers to offer it to.
-    fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Fanout;
+    /// Stamps the channel's next seq on a tick; returns it with the subscribers to offer it to (`None` when the
+    /// channel has no publisher any more).
+    fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout>;
+    /// Channels in use now.
+    fn channels(&self) -> usize;
 }
 
 struct Channel {
     last_seq: u64,
     max_age_us: Option<u64>,
     subscribers: Subscribers,
+    publishers: u32,
 }
 
 impl Default for Channel {
     fn default() -> Self {
-        Channel { last_seq: 0, max_age_us: None, subscribers: Arc::new([]) }
+        Channel { last_seq: 0, max_age_us: None, subscribers: Arc::new([]), publishers: 0 }
+    }
+}
+
+impl Channel {
+    fn in_use(&self) -> bool {
+        self.publishers > 0 || !self.subscribers.is_empty()
     }
 }
 
 /// Shards of the channel table: publishes on different channels rarely wait for each other.
 const SHARDS: usize = 16;
 
-/// Tick channels in this process's memory, in 16 independently locked shards.
+type Shard = HashMap<String, Channel>;
+
+/// Tick channels in this process's memory, in 16 independently locked shards, at most `max_channels` at once.
 pub struct LocalTicks {
-    shards: [Mutex<HashMap<String, Channel>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
     hasher: RandomState,
     next_subscriber: AtomicU64,
+    max_channels: usize,
+    channels: AtomicUsize,
+    refused: AtomicU64,
 }
 
 impl std::fmt::Debug for LocalTicks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let channels: usize = self.shards.iter().map(|s| lock(s).len()).sum();
-        f.debug_struct("LocalTicks").field("channels", &channels).finish()
+        f.debug_struct("LocalTicks").field("channels", &self.channels()).finish()
     }
 }
 
 impl Default for LocalTicks {
+    /// At most `Budget::default().max_channels` channels.
     fn default() -> Self {
-        LocalTicks {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-            hasher: RandomState::new(),
-            next_subscriber: AtomicU64::new(1),
-        }
+        LocalTicks::new(crate::budget::Budget::default().max_channels)
     }
 }
 
 impl LocalTicks {
-    fn shard(&self, channel: &str) -> HubGuard<'_, HashMap<String, Channel>> {
+    /// No channels yet; at most `max_channels` at once.
+    pub fn new(max_channels: u32) -> Self {
+        LocalTicks {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            hasher: RandomState::new(),
+            next_subscriber: AtomicU64::new(1),
+            max_channels: max_channels as usize,
+            channels: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// New channels refused with `ServerFull` so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn shard(&self, channel: &str) -> HubGuard<'_, Shard> {
         lock(&self.shards[self.hasher.hash_one(channel) as usize % SHARDS])
     }
-}
 
-/// Runs `f` on `channel`'s entry, created on first use. Looks up before inserting: `entry` would allocate the
-/// name on every tick.
-fn with_channel<T>(shard: &mut HashMap<String, Channel>, channel: &str, f: impl FnOnce(&mut Channel) -> T) -> T {
-    if let Some(c) = shard.get_mut(channel) {
-        return f(c);
+    /// Runs `f` on `channel`'s entry, created if the budget has place for it (looked up first: `entry` would
+    /// allocate the name on every call).
+    fn with_new_channel<T>(
+        &self,
+        shard: &mut Shard,
+        channel: &str,
+        f: impl FnOnce(&mut Channel) -> T,
+    ) -> Result<T, Failure> {
+        if let Some(c) = shard.get_mut(channel) {
+            return Ok(f(c));
+        }
+        let taken = self
+            .channels
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.max_channels).then_some(n + 1));
+        if taken.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            let max = self.max_channels;
+            return Err(Failure::new(
+                ErrorCode::ServerFull,
+                format!("the server has {max} tick channels in use; cannot open channel {channel} now"),
+            ));
+        }
+        Ok(f(shard.entry(channel.to_string()).or_default()))
     }
-    f(shard.entry(channel.to_string()).or_default())
+
+    /// Removes `channel` if nobody subscribes to or publishes on it any more.
+    fn remove_if_unused(&self, shard: &mut Shard, channel: &str) {
+        if shard.get(channel).is_some_and(|c| !c.in_use()) {
+            shard.remove(channel);
+            self.channels.fetch_sub(1, Ordering::Relaxed);
+            if shard.capacity() > 2 * shard.len() + 64 {
+                shard.shrink_to_fit();
+            }
+        }
+    }
 }
 
 impl TickHub for LocalTicks {
-    fn subscribe(&self, channel: &str, channel_id: u64, sink: Arc<dyn TickSink>) -> TickSubscriberId {
+    fn subscribe(&self, channel: &str, channel_id: u64, sink: Arc<dyn TickSink>) -> Result<TickSubscriberId, Failure> {
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
-        with_channel(&mut self.shard(channel), channel, |c| {
+        self.with_new_channel(&mut self.shard(channel), channel, |c| {
             let mut subscribers = c.subscribers.to_vec();
             subscribers.push((id, channel_id, sink));
             c.subscribers = subscribers.into();
-        });
-        id
+        })?;
+        Ok(id)
     }
 
     fn unsubscribe(&self, channel: &str, subscriber: TickSubscriberId) {
-        if let Some(c) = self.shard(channel).get_mut(channel) {
+        let mut shard = self.shard(channel);
+        if let Some(c) = shard.get_mut(channel) {
             if c.subscribers.iter().any(|(id, _, _)| *id == subscriber) {
                 c.subscribers = c.subscribers.iter().filter(|(id, _, _)| *id != subscriber).cloned().collect();
             }
         }
+        self.remove_if_unused(&mut shard, channel);
+    }
+
+    fn claim(&self, channel: &str, max_age_us: Option<u64>) -> Result<(), Failure> {
+        self.with_new_channel(&mut self.shard(channel), channel, |c| {
+            c.publishers += 1;
+            if let Some(max_age_us) = max_age_us {
+                c.max_age_us = Some(c.max_age_us.map_or(max_age_us, |old| old.min(max_age_us)));
+            }
+        })
     }
 
     fn set_max_age(&self, channel: &str, max_age_us: u64) {
-        with_channel(&mut self.shard(channel), channel, |c| {
+        if let Some(c) = self.shard(channel).get_mut(channel) {
             c.max_age_us = Some(c.max_age_us.map_or(max_age_us, |old| old.min(max_age_us)));
-        });
+        }
     }
 
-    fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Fanout {
-        with_channel(&mut self.shard(channel), channel, |c| {
-            c.last_seq += 1;
-            Fanout {
-                tick: Tick { seq: c.last_seq, sent_time_us, received_us, payload },
-                max_age_us: c.max_age_us,
-                subscribers: c.subscribers.clone(),
-            }
+    fn release(&self, channel: &str) {
+        let mut shard = self.shard(channel);
+        if let Some(c) = shard.get_mut(channel) {
+            c.publishers = c.publishers.saturating_sub(1);
+        }
+        self.remove_if_unused(&mut shard, channel);
+    }
+
+    fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout> {
+        let mut shard = self.shard(channel);
+        let c = shard.get_mut(channel)?;
+        c.last_seq += 1;
+        Some(Fanout {
+            tick: Tick { seq: c.last_seq, sent_time_us, received_us, payload },
+            max_age_us: c.max_age_us,
+            subscribers: c.subscribers.clone(),
         })
+    }
+
+    fn channels(&self) -> usize {
+        self.channels.load(Ordering::Relaxed)
     }
 }
 
@@ -170,7 +258,8 @@ mod tests {
         }
     }
 
-    fn offer(fanout: Fanout) -> u64 {
+    fn offer(fanout: Option<Fanout>) -> u64 {
+        let fanout = fanout.expect("a claimed channel");
         for (_, channel_id, sink) in fanout.subscribers.iter() {
             sink.offer(*channel_id, fanout.tick.clone(), fanout.max_age_us);
         }
@@ -181,8 +270,10 @@ mod tests {
     fn seqs_are_per_channel_and_every_subscriber_gets_each_tick() {
         let hub = LocalTicks::default();
         let (a, b) = (Arc::new(Record::default()), Arc::new(Record::default()));
-        let sub_a = hub.subscribe("prices", 1, a.clone());
-        hub.subscribe("prices", 9, b.clone());
+        let sub_a = hub.subscribe("prices", 1, a.clone()).unwrap();
+        hub.subscribe("prices", 9, b.clone()).unwrap();
+        hub.claim("prices", None).unwrap();
+        hub.claim("other", None).unwrap();
         assert_eq!(offer(hub.publish("prices", 0, 0, Bytes::new())), 1);
         assert_eq!(offer(hub.publish("other", 0, 0, Bytes::new())), 1);
         hub.set_max_age("prices", 500);
@@ -199,10 +290,30 @@ mod tests {
     fn a_fanout_is_a_snapshot_taken_when_the_seq_was_stamped() {
         let hub = LocalTicks::default();
         let a = Arc::new(Record::default());
-        let fanout = hub.publish("c", 0, 0, Bytes::new());
-        hub.subscribe("c", 0, a.clone());
+        hub.claim("c", None).unwrap();
+        let fanout = hub.publish("c", 0, 0, Bytes::new()).unwrap();
+        hub.subscribe("c", 0, a.clone()).unwrap();
         assert_eq!((fanout.tick.seq, fanout.subscribers.len()), (1, 0), "a later subscriber is not offered it");
-        let fanout = hub.publish("c", 0, 0, Bytes::new());
+        let fanout = hub.publish("c", 0, 0, Bytes::new()).unwrap();
         assert_eq!(fanout.subscribers.len(), 1);
+    }
+
+    #[test]
+    fn a_channel_lives_while_used_and_the_budget_bounds_how_many() {
+        let hub = LocalTicks::new(2);
+        let a = Arc::new(Record::default());
+        assert!(hub.publish("nobody", 0, 0, Bytes::new()).is_none(), "publishing creates nothing");
+        let sub = hub.subscribe("x", 0, a.clone()).unwrap();
+        hub.claim("y", None).unwrap();
+        assert_eq!(hub.subscribe("z", 1, a.clone()).unwrap_err().code, ErrorCode::ServerFull);
+        assert_eq!(hub.claim("z", None).unwrap_err().code, ErrorCode::ServerFull);
+        assert!(hub.subscribe("y", 2, a.clone()).is_ok(), "an existing channel takes more subscribers");
+        assert_eq!((hub.channels(), hub.refused()), (2, 2));
+        hub.unsubscribe("x", sub);
+        assert_eq!(hub.channels(), 1, "x had no one left");
+        hub.release("y");
+        assert_eq!(hub.channels(), 1, "y still has a subscriber");
+        hub.subscribe("z", 1, a).unwrap();
+        assert_eq!(hub.channels(), 2);
     }
 }

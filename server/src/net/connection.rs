@@ -3,10 +3,7 @@
 //! leaves, breaks the protocol, or the server shuts down. Native QUIC connections and WebTransport sessions are
 //! both a [`Session`] from here on: one code path for both kinds of client.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use quiver_proto::{frame, ErrorCode, FrameCodec, Request, ServerMsg, ALPN_H3, PROTOCOL_VERSION};
@@ -22,7 +19,7 @@ use crate::{
         admit::Admitted,
         close::{close_session as close, describe_session},
         dispatch::Connection,
-        webtransport,
+        now_us, webtransport,
     },
     session::{ControlSession, Step},
     stats::{bump, ServerStats},
@@ -105,10 +102,6 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     data.protocol
 }
 
-fn now_us() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}
-
 /// Serves the control stream; returns why the connection ended (for the log). The connection is closed on return.
 async fn control<R: RoomHub>(
     conn: &Session,
@@ -143,8 +136,12 @@ async fn control<R: RoomHub>(
     let mut expires = false;
     let expiry = tokio::time::sleep_until(hello_deadline);
     tokio::pin!(expiry);
+    // When the frame waiting in `inbound` began (after Hello it must complete within the frame timeout).
+    let frame_timeout = config.budget.frame_timeout();
+    let mut partial_since: Option<Instant> = None;
     loop {
         let awaiting_hello = session.identity().is_none();
+        let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
         if let (false, Some(exp)) = (expires, session.expires_us()) {
             expiry.as_mut().reset(Instant::now() + Duration::from_micros(exp.saturating_sub(now_us())));
             expires = true;
@@ -157,20 +154,52 @@ async fn control<R: RoomHub>(
             }
             chunk = recv.read_chunk(usize::MAX, true) => match chunk {
                 Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
-                Ok(None) => {
+                Ok(None) if inbound.is_empty() => {
                     close(conn, ErrorCode::NoError, "control stream finished");
                     return "client finished the control stream".into();
+                }
+                Ok(None) => {
+                    let reason = format!(
+                        "the client finished its control stream inside a frame ({} bytes of it sent)",
+                        inbound.len()
+                    );
+                    return control_stream_closed(conn, stats, reason);
                 }
                 Err(web_transport_quinn::ReadError::SessionError(err)) => {
                     let (code, reason) = describe_session(&err);
                     return format!("connection closed: {code}: {reason}");
                 }
-                Err(err) => return format!("control stream: {err}"),
+                Err(web_transport_quinn::ReadError::Reset(code)) => {
+                    let reason = format!("the client reset its control stream (code {code})");
+                    return control_stream_closed(conn, stats, reason);
+                }
+                Err(err) => return control_stream_closed(conn, stats, format!("control stream: {err}")),
             },
+            stopped = send.stopped() => {
+                let reason = match stopped {
+                    Ok(Some(code)) => format!("the client stopped reading its control stream (code {code})"),
+                    Ok(None) => "the control stream ended".to_string(),
+                    Err(err) => {
+                        let (code, reason) = describe_session(&err);
+                        return format!("connection closed: {code}: {reason}");
+                    }
+                };
+                return control_stream_closed(conn, stats, reason);
+            }
             () = tokio::time::sleep_until(hello_deadline), if awaiting_hello => {
                 stats.refused(ErrorCode::HandshakeTimeout);
                 close(conn, ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
                 return "handshake timeout".into();
+            }
+            () = tokio::time::sleep_until(partial_deadline), if !awaiting_hello && partial_since.is_some() => {
+                let reason = format!(
+                    "a control frame begun {} ms ago is still incomplete ({} bytes received)",
+                    frame_timeout.as_millis(),
+                    inbound.len()
+                );
+                stats.refused(ErrorCode::FrameTimeout);
+                close(conn, ErrorCode::FrameTimeout, &reason);
+                return reason;
             }
             Some(kicked) = connection.next_kicked() => {
                 if let Some(msg) = connection.kick(kicked, now_us()).await {
@@ -214,14 +243,35 @@ async fn control<R: RoomHub>(
                 }
             }
         }
+        partial_since = match (inbound.is_empty(), partial_since) {
+            (true, _) => None,
+            (false, None) => Some(Instant::now()),
+            (false, since) => since,
+        };
         if !outbound.is_empty() {
-            if let Err(err) = send.write_all(&outbound).await {
-                return format!("control stream: {err}");
+            match send.write_all(&outbound).await {
+                Ok(()) => {}
+                Err(web_transport_quinn::WriteError::SessionError(err)) => {
+                    let (code, reason) = describe_session(&err);
+                    return format!("connection closed: {code}: {reason}");
+                }
+                Err(err) => {
+                    let reason = format!("the client stopped reading its control stream ({err})");
+                    return control_stream_closed(conn, stats, reason);
+                }
             }
             connection.probe().sent();
             outbound.clear();
         }
     }
+}
+
+/// Closes the connection with `ControlStreamClosed` because the client reset, stopped or half-finished its control
+/// stream; returns the reason (for the log).
+fn control_stream_closed(conn: &Session, stats: &ServerStats, reason: String) -> String {
+    stats.refused(ErrorCode::ControlStreamClosed);
+    close(conn, ErrorCode::ControlStreamClosed, &reason);
+    reason
 }
 
 /// Clients open one stream, the control stream; any other is a protocol violation. (The endpoint grants a few

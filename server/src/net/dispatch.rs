@@ -151,9 +151,10 @@ impl<R: RoomHub> Connection<R> {
                 Ok(Reply::Unsubscribed { channel })
             }
             TickRequest::Publish { channel, max_age_ms } => {
-                let claim = self.state.claim(&channel, max_age_ms)?;
+                let hub = &self.ticks;
+                let claim = self.state.claim(&channel, max_age_ms, |max_age_us| hub.claim(&channel, max_age_us))?;
                 self.datagrams.set_claims(self.state.claims());
-                if let Some(max_age_us) = claim.max_age_us {
+                if let (false, Some(max_age_us)) = (claim.new, claim.max_age_us) {
                     self.ticks.set_max_age(&channel, max_age_us);
                 }
                 Ok(Reply::Publishing { channel, channel_id: claim.channel_id })
@@ -192,6 +193,9 @@ impl<R: RoomHub> Connection<R> {
         let release = self.state.close();
         for (channel, subscriber) in release.subscriptions {
             self.ticks.unsubscribe(&channel, subscriber);
+        }
+        for channel in release.claims {
+            self.ticks.release(&channel);
         }
         for (room, joined) in release.rooms {
             joined.outbox.close();

@@ -31,6 +31,11 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Server time, µs since the Unix epoch.
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
 /// How long shutdown waits for connections to take their GoAway and close before it stops waiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -56,8 +61,9 @@ impl Server<LocalRooms> {
     /// Loads or generates the certificate and binds the UDP socket, with rooms and ticks in this process's
     /// memory. Nothing is accepted until [`Server::run`].
     pub fn bind(config: ServerConfig) -> Result<Server<LocalRooms>, ServerError> {
-        let rooms = Arc::new(LocalRooms::new(config.limits.clone()));
-        Server::bind_with(config, rooms, Arc::new(LocalTicks::default()))
+        let rooms = Arc::new(LocalRooms::new(config.limits.clone(), config.budget.clone()));
+        let ticks = Arc::new(LocalTicks::new(config.budget.max_channels));
+        Server::bind_with(config, rooms, ticks)
     }
 }
 
@@ -140,6 +146,7 @@ impl<R: RoomHub> Server<R> {
                 Err(err) => tracing::error!(%err, "demo page: cannot use its listener"),
             }
         }
+        tasks.spawn(sweep(self.rooms.clone(), self.config.budget.sweep_interval(), shutdown.clone()));
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
@@ -173,5 +180,17 @@ impl<R: RoomHub> Server<R> {
         // Let the CONNECTION_CLOSE frames leave before the socket goes.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         tracing::info!(stats = ?self.stats.snapshot(), "server stopped");
+    }
+}
+
+/// Drops expired history and empty rooms every `interval` until `shutdown`.
+async fn sweep<R: RoomHub>(rooms: Arc<R>, interval: Duration, shutdown: CancellationToken) {
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = timer.tick() => rooms.sweep(now_us()).await,
+            () = shutdown.cancelled() => return,
+        }
     }
 }

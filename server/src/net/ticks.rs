@@ -5,7 +5,7 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Instant, SystemTime},
+    time::Instant,
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use web_transport_quinn::{Session, SessionError};
 
-use super::lock;
+use super::{lock, now_us};
 use crate::{
     hub::{
         conflate::{Conflation, Offered},
@@ -24,10 +24,6 @@ use crate::{
     rate::TokenBucket,
     stats::{bump, ServerStats},
 };
-
-fn now_us() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}
 
 /// Offers a published tick to every subscriber of the fan-out (called with no hub lock held).
 pub(crate) fn deliver(fanout: Fanout) {
@@ -163,8 +159,10 @@ async fn read_ticks(
             bump(&stats.ticks_rate_limited);
             continue;
         }
-        deliver(hub.publish(&channel, header.sent_time_us, now_us(), payload));
-        bump(&stats.ticks_published);
+        if let Some(fanout) = hub.publish(&channel, header.sent_time_us, now_us(), payload) {
+            deliver(fanout);
+            bump(&stats.ticks_published);
+        }
     }
 }
 

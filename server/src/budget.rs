@@ -1,0 +1,65 @@
+//! The server's memory budget: every bound on what clients can make the server keep, in one place, with its
+//! default. [`quiver_proto::Limits`] holds the per-connection bounds clients are told about in Welcome; this holds
+//! the server-wide ones, which clients learn about only when they hit them (`ServerFull`, `FrameTimeout`).
+//!
+//! What a breach does (docs/security.md has the whole threat table):
+//! - **`max_rooms`**: a new room name when the server holds this many rooms first evicts the rooms idle longest
+//!   (no members; their history goes, and a later resume there answers `recovered: false`); only when every room
+//!   has members is the Join or Post refused with `ServerFull`.
+//! - **`max_channels`**: a Subscribe or Publish naming a new channel is refused with `ServerFull`. A channel with
+//!   neither subscribers nor publishers is removed at once, so this counts channels in use.
+//! - **`room_history_bytes`**: a room forgets its oldest messages beyond it (like `history_max_messages`).
+//! - **`retained_bytes`**: when history and dedupe memory of all rooms together exceed it, the rooms idle longest
+//!   shed their oldest messages (then their oldest dedupe entries) until the total is back under 90 % of it.
+//! - **`frame_timeout_ms`**: a connection that starts a control frame and does not finish it in time is closed
+//!   with `FrameTimeout` (before Hello, `handshake_timeout_ms` applies instead).
+
+use std::time::Duration;
+
+/// Server-wide bounds on memory that clients can make the server hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    /// Rooms held at once (with members, or with retained history or dedupe memory). Default 10,000.
+    pub max_rooms: u32,
+    /// Tick channels in use at once (with a subscriber or a publisher). Default 10,000.
+    pub max_channels: u32,
+    /// Bytes of history one room retains at most (oldest forgotten first). Default 1,048,576 (1 MiB).
+    pub room_history_bytes: u64,
+    /// Bytes of history and dedupe memory all rooms retain together at most. Default 268,435,456 (256 MiB).
+    pub retained_bytes: u64,
+    /// Time a control frame begun after Hello has to complete, in milliseconds. Default 5,000.
+    pub frame_timeout_ms: u32,
+    /// How often expired history is dropped and empty rooms removed, in milliseconds. Default 1,000.
+    pub sweep_interval_ms: u32,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            max_rooms: 10_000,
+            max_channels: 10_000,
+            room_history_bytes: 1 << 20,
+            retained_bytes: 256 << 20,
+            frame_timeout_ms: 5_000,
+            sweep_interval_ms: 1_000,
+        }
+    }
+}
+
+impl Budget {
+    /// After going over `retained_bytes`, rooms shed history until the total is at most this (90 % of it), so
+    /// that shedding runs once per tenth of the budget posted, not on every post.
+    pub fn retained_low_water(&self) -> u64 {
+        self.retained_bytes / 10 * 9
+    }
+
+    /// `frame_timeout_ms` as a duration.
+    pub fn frame_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.frame_timeout_ms))
+    }
+
+    /// `sweep_interval_ms` as a duration (at least 10 ms).
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(u64::from(self.sweep_interval_ms.max(10)))
+    }
+}

@@ -1,0 +1,193 @@
+//! The memory budget at hub level, without sockets: many room and channel names, refusals that allocate nothing,
+//! rooms and channels that go when nothing is left in them.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use bytes::Bytes;
+use quiver_proto::{ErrorCode, Limits, Position};
+
+use super::*;
+use crate::hub::{
+    connection::ConnectionState,
+    ticks::{LocalTicks, Tick, TickHub, TickSink},
+    JoinRoom, Outbox, PostMessage,
+};
+
+/// Counts live frames; never overflows.
+#[derive(Debug, Default)]
+struct Count(AtomicU64);
+
+impl Outbox for Count {
+    fn push(&self, _: Bytes) -> bool {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+    fn push_replay(&self, _: Bytes) {}
+    fn flush(&self) {}
+}
+
+impl TickSink for Count {
+    fn offer(&self, _: u64, _: Tick, _: Option<u64>) {}
+}
+
+const S: u64 = 1_000_000;
+
+fn budget() -> Budget {
+    Budget { max_rooms: 1_000, room_history_bytes: 64 << 10, retained_bytes: 4 << 20, ..Budget::default() }
+}
+
+async fn post(hub: &LocalRooms, room: &str, id: u64, body: &Bytes, now_us: u64) -> Result<u64, ErrorCode> {
+    let post = PostMessage { room, identity: "mallory", client_msg_id: id, body: body.clone(), now_us };
+    hub.post(post)
+        .await
+        .map(|(posted, delivery)| {
+            delivery.flush();
+            posted.seq
+        })
+        .map_err(|failure| failure.code)
+}
+
+async fn join(hub: &LocalRooms, room: &str, since: Option<Position>, now_us: u64) -> (Joining, Arc<Count>) {
+    let outbox = Arc::new(Count::default());
+    let join = JoinRoom { room: room.into(), identity: "ann".into(), since, outbox: outbox.clone(), now_us };
+    let joining = hub.join(join).await.unwrap_or_else(|f| panic!("join {room}: {f:?}"));
+    (joining, outbox)
+}
+
+/// Sums what the rooms really hold, to check the running count against.
+fn recount(hub: &LocalRooms) -> u64 {
+    let rooms = lock(&hub.rooms);
+    rooms.values().map(|slot| lock(slot).room.retained_bytes()).sum()
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_room_names_stay_within_the_budget() {
+    let budget = budget();
+    let hub = LocalRooms::new(Limits::default(), budget.clone());
+    // Ten rooms with a member each: they are never evicted, and their member keeps receiving.
+    let mut kept = Vec::new();
+    for i in 0..10 {
+        kept.push(join(&hub, &format!("kept{i}"), None, 0).await);
+    }
+    let body = Bytes::from(vec![7u8; 1024]);
+    let mut peak = RoomUsage::default();
+    for i in 0..100_000u64 {
+        let now = i * 10; // 10 µs apart: all within the history age and the dedupe window
+        post(&hub, &format!("room{i}"), i, &body, now).await.expect("an idle room is evicted to make place");
+        if i % 1_000 == 0 {
+            post(&hub, &format!("kept{}", (i / 1_000) % 10), i, &body, now).await.expect("post into a kept room");
+        }
+        let usage = hub.usage();
+        peak.rooms = peak.rooms.max(usage.rooms);
+        peak.retained_bytes = peak.retained_bytes.max(usage.retained_bytes);
+    }
+    let usage = hub.usage();
+    assert!(peak.rooms <= u64::from(budget.max_rooms), "rooms peaked at {}", peak.rooms);
+    assert!(peak.retained_bytes <= budget.retained_bytes, "retained peaked at {}", peak.retained_bytes);
+    assert_eq!(usage.retained_bytes, recount(&hub), "the running count is exact");
+    assert!(usage.rooms_evicted >= 99_000 - u64::from(budget.max_rooms), "{usage:?}");
+    assert_eq!(usage.rooms_refused, 0);
+    for (i, (joining, outbox)) in kept.iter().enumerate() {
+        let room = format!("kept{i}");
+        assert!(hub.existing(&room).is_some(), "a room with a member is never evicted");
+        // Its own join event, then its ten posts.
+        assert_eq!(outbox.0.load(Ordering::Relaxed), 11, "{room}: its member got every post");
+        hub.leave(&room, joining.subscriber, 0).await.flush();
+    }
+}
+
+#[tokio::test]
+async fn shedding_takes_the_idle_rooms_history_first_and_a_resume_there_is_not_recovered() {
+    let budget = Budget { retained_bytes: 400 << 10, room_history_bytes: 1 << 20, ..Budget::default() };
+    let hub = LocalRooms::new(Limits::default(), budget.clone());
+    let body = Bytes::from(vec![1u8; 1024]);
+    for id in 1..=100 {
+        post(&hub, "old", id, &body, id).await.unwrap();
+    }
+    let (old, _) = join(&hub, "old", None, 200).await;
+    let position = Position { epoch: old.joined.epoch, seq: 1 };
+    hub.leave("old", old.subscriber, 201).await.flush();
+    for id in 1..=400 {
+        post(&hub, "busy", id, &body, 1_000 + id).await.unwrap();
+        assert!(hub.usage().retained_bytes <= budget.retained_bytes);
+    }
+    let usage = hub.usage();
+    assert!(usage.bytes_shed > 0, "{usage:?}");
+    let (resumed, _) = join(&hub, "old", Some(position), 5_000).await;
+    assert!(!resumed.joined.recovered, "the old room gave its history up first");
+    assert_eq!(hub.history("busy", Some(399), 10, usize::MAX, 5_000).await.messages.len(), 1, "busy keeps its newest");
+    assert_eq!(usage.retained_bytes, recount(&hub));
+}
+
+#[tokio::test]
+async fn when_every_room_has_members_a_new_room_is_refused_with_server_full() {
+    let hub = LocalRooms::new(Limits::default(), Budget { max_rooms: 3, ..Budget::default() });
+    let mut members = Vec::new();
+    for room in ["a", "b", "c"] {
+        members.push(join(&hub, room, None, 0).await);
+    }
+    let body = Bytes::from_static(b"x");
+    assert_eq!(post(&hub, "d", 1, &body, 0).await, Err(ErrorCode::ServerFull));
+    assert_eq!(post(&hub, "a", 1, &body, 0).await, Ok(1), "existing rooms still work");
+    assert_eq!(hub.usage().rooms_refused, 1);
+    let (joining, _) = members.remove(0);
+    hub.leave("a", joining.subscriber, 1).await.flush();
+    assert_eq!(post(&hub, "d", 1, &body, 2).await, Ok(1), "the now idle room a was evicted for d");
+    assert_eq!(hub.usage().rooms, 3);
+}
+
+#[tokio::test]
+async fn a_room_with_nothing_left_is_removed_by_the_sweep() {
+    let limits = Limits { history_max_age_s: 1, dedupe_window_s: 1, ..Limits::default() };
+    let hub = LocalRooms::new(limits, Budget::default());
+    post(&hub, "r", 1, &Bytes::from_static(b"hi"), 0).await.unwrap();
+    let (member, _) = join(&hub, "m", None, 0).await;
+    hub.sweep(S / 2).await;
+    assert_eq!(hub.usage().rooms, 2, "history and dedupe still within their age");
+    hub.sweep(3 * S).await;
+    let usage = hub.usage();
+    assert_eq!((usage.rooms, usage.rooms_removed, usage.retained_bytes), (1, 1, 0), "m keeps its member");
+    hub.leave("m", member.subscriber, 3 * S).await.flush();
+    hub.sweep(3 * S).await;
+    assert_eq!(hub.usage().rooms, 0);
+}
+
+#[test]
+fn a_hundred_thousand_refused_subscribes_allocate_nothing() {
+    let hub = LocalTicks::new(100);
+    let sink: Arc<dyn TickSink> = Arc::new(Count::default());
+    let mut conn: ConnectionState<()> =
+        ConnectionState::new(Limits { max_subscriptions: u32::MAX, ..Limits::default() });
+    let mut refused = 0;
+    for i in 0..100_100 {
+        let channel = format!("c{i}");
+        match conn.subscribe(&channel, |id| hub.subscribe(&channel, id, sink.clone())) {
+            Ok(_) => {}
+            Err(failure) => {
+                assert_eq!(failure.code, ErrorCode::ServerFull);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 100_000);
+    assert_eq!(
+        (hub.channels(), conn.channel_names(), conn.claims().lookup(100)),
+        (100, 100, { crate::hub::connection::ClaimLookup::Unknown })
+    );
+    // Churn: subscribe and unsubscribe 100,000 more names; nothing stays behind.
+    let mut other: ConnectionState<()> = ConnectionState::new(Limits::default());
+    for i in 0..100 {
+        let (_, subscriber) = conn.unsubscribe(&format!("c{i}")).unwrap();
+        hub.unsubscribe(&format!("c{i}"), subscriber);
+    }
+    for i in 0..100_000 {
+        let channel = format!("churn{i}");
+        other.subscribe(&channel, |id| hub.subscribe(&channel, id, sink.clone())).unwrap();
+        let (_, subscriber) = other.unsubscribe(&channel).unwrap();
+        hub.unsubscribe(&channel, subscriber);
+    }
+    assert_eq!((hub.channels(), other.channel_names(), conn.channel_names()), (0, 0, 0));
+}

@@ -31,7 +31,7 @@ pub enum RequestBody {
         /// Room name.
         room: String,
     },
-    /// Post a message to a joined room.
+    /// Post a message to a room. The room need not be joined: the token's rights for the room decide.
     Post(Post),
     /// Receive a tick channel's datagrams.
     Subscribe {
@@ -91,7 +91,8 @@ pub struct Join {
     pub since: Option<Position>,
 }
 
-/// Post a message to a joined room.
+/// Post a message to a room, joined or not (the token's `post` right for the room decides; a room that does not
+/// exist yet is created).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Post {

@@ -28,8 +28,9 @@ struct Args {
     /// PEM private key of --cert.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
-    /// Serve the browser demo page over HTTP on this TCP address. Default with the dev certificate: the --listen
-    /// address (same port number, TCP); with --cert: not served.
+    /// Serve the browser demo page over HTTP on this TCP address. Default with the dev certificate: loopback only
+    /// (127.0.0.1, or ::1 when --listen is ::1) on the --listen port; with --cert: not served. Dev tokens are
+    /// handed to the page only when it is opened from this machine, whatever the address.
     #[arg(long, conflicts_with = "no_web")]
     web: Option<SocketAddr>,
     /// Do not serve the demo page.
@@ -214,7 +215,7 @@ async fn serve(args: Args) -> ExitCode {
     }
     let http = match (args.web, args.no_web, &tls) {
         (Some(addr), _, _) => Some(addr),
-        (None, false, TlsSource::Dev) => Some(args.listen),
+        (None, false, TlsSource::Dev) => Some(quiver_server::web::default_page_addr(args.listen)),
         _ => None,
     };
     let web = WebConfig { path: args.web_path, allowed_origins: args.web_origins, http };
@@ -286,7 +287,11 @@ async fn serve(args: Args) -> ExitCode {
         } else {
             page.ip().to_string()
         };
-        println!("demo page http://{host}:{}/", page.port());
+        let tokens = match &auth_mode {
+            AuthConfig::DevKey => "; dev tokens only for pages opened on this machine",
+            _ => "",
+        };
+        println!("demo page http://{host}:{}/ (TCP {page}{tokens})", page.port());
     }
     server.run(shutdown).await;
     ExitCode::SUCCESS

@@ -3,7 +3,11 @@
 //! pass as `serverCertificateHashes` (the dev certificate is self-signed). Deliberately small: GET and HEAD of a
 //! handful of fixed paths, one request per connection, bounded request size and time.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use quiver_certs::Fingerprint;
 use tokio::{
@@ -53,9 +57,10 @@ pub struct PageInfo {
     pub room: String,
     /// See `room`.
     pub channel: String,
-    /// With the dev key (tokens signed by the server's own key, the default), `/config.json?name=N` also carries a
-    /// dev token for subject N (every right, 24 h), so the page works with no setup. `None` in production: the
-    /// application hands out tokens (the page takes `?token=`).
+    /// With the dev key (tokens signed by the server's own key, the default), `/config.json?name=N` asked from
+    /// this machine (a loopback peer) also carries a dev token for subject N (every right, 24 h), so the page
+    /// works with no setup; any other peer gets 403. `None` in production: the application hands out tokens (the
+    /// page takes `?token=`).
     pub dev_tokens_from: Option<std::path::PathBuf>,
 }
 
@@ -86,7 +91,7 @@ pub async fn serve(listener: TcpListener, info: PageInfo, shutdown: Cancellation
         };
         let info = info.clone();
         tasks.spawn(async move {
-            if let Err(err) = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, &info)).await {
+            if let Err(err) = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, peer.ip(), &info)).await {
                 tracing::debug!(%peer, %err, "page request timed out");
             }
             drop(permit);
@@ -96,7 +101,23 @@ pub async fn serve(listener: TcpListener, info: PageInfo, shutdown: Cancellation
     tasks.wait().await;
 }
 
-async fn handle(mut stream: TcpStream, info: &PageInfo) {
+/// Where the demo page is served unless told otherwise: loopback only, on the QUIC endpoint's port (`::1` when the
+/// endpoint is bound to `::1`, else `127.0.0.1`, which `http://localhost` reaches).
+pub fn default_page_addr(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V6(v6) if v6.is_loopback() => IpAddr::V6(v6),
+        _ => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+/// True for this machine's own addresses as a peer: 127.0.0.0/8, ::1, and their IPv4-mapped forms (how a
+/// dual-stack socket reports IPv4 peers).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+async fn handle(mut stream: TcpStream, peer: IpAddr, info: &PageInfo) {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     let complete = loop {
@@ -111,7 +132,13 @@ async fn handle(mut stream: TcpStream, info: &PageInfo) {
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     };
-    let response = if complete { respond(&head, info) } else { Response::error(431, "request head too large") };
+    let response = match complete {
+        true => respond(&head, peer, info),
+        false => Response::error(431, "request head too large"),
+    };
+    if response.status == 403 {
+        tracing::info!(%peer, "page: refused a dev token to a peer that is not on this machine");
+    }
     let _ = stream.write_all(&response.to_bytes()).await;
     let _ = stream.shutdown().await;
 }
@@ -139,6 +166,7 @@ impl Response {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
             431 => "Request Header Fields Too Large",
@@ -163,8 +191,13 @@ impl Response {
     }
 }
 
-/// The response to a request head (sans-IO, so it is tested without sockets).
-fn respond(head: &[u8], info: &PageInfo) -> Response {
+/// Why a peer that is not on this machine gets no dev token.
+const NOT_LOCAL: &str = "dev tokens are handed out only to pages opened on the server's own machine \
+    (http://localhost); from elsewhere, open the page with ?token= (mint one on the server: quiver-server token \
+    --sub NAME), or run the server with production keys (--hs256-key / --ed25519-public-key)";
+
+/// The response to a request head from `peer` (sans-IO, so it is tested without sockets).
+fn respond(head: &[u8], peer: IpAddr, info: &PageInfo) -> Response {
     let Ok(text) = std::str::from_utf8(head) else { return Response::error(400, "request is not UTF-8") };
     let mut lines = text.split("\r\n");
     let mut request_line = lines.next().unwrap_or("").split(' ');
@@ -188,7 +221,9 @@ fn respond(head: &[u8], info: &PageInfo) -> Response {
         .map(|(_, value)| value.trim());
     let path = target.split(['?', '#']).next().unwrap_or("/");
     let name = query_param(target, "name");
-    let mut response = if path == "/config.json" {
+    let mut response = if path == "/config.json" && info.dev_tokens_from.is_some() && !is_loopback(peer) {
+        Response::error(403, NOT_LOCAL)
+    } else if path == "/config.json" {
         Response {
             status: 200,
             content_type: "application/json",
@@ -293,8 +328,10 @@ mod tests {
         }
     }
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn get(head: &str) -> Response {
-        respond(head.as_bytes(), &info())
+        respond(head.as_bytes(), LOCAL, &info())
     }
 
     #[test]
@@ -315,13 +352,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         crate::auth::load_or_generate_dev_key(dir.path()).unwrap();
         let info = PageInfo { dev_tokens_from: Some(dir.path().into()), ..info() };
-        let config = respond(b"GET /config.json?name=ann%20b HTTP/1.1\r\n\r\n", &info);
+        let config = respond(b"GET /config.json?name=ann%20b HTTP/1.1\r\n\r\n", LOCAL, &info);
         let json: serde_json::Value = serde_json::from_slice(&config.body).unwrap();
         let token = json["token"].as_str().unwrap();
         let auth = crate::auth::Auth::from_config(&crate::auth::AuthConfig::DevKey, dir.path()).unwrap();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         assert_eq!(auth.verify(Some(token), now).unwrap().unwrap().sub, "ann b");
         assert!(get("GET /config.json HTTP/1.1\r\n\r\n").body.windows(12).any(|w| w == b"\"token\":null"));
+        for peer in ["192.0.2.7", "::ffff:10.0.0.1", "2001:db8::1"] {
+            let refused = respond(b"GET /config.json?name=alice HTTP/1.1\r\n\r\n", peer.parse().unwrap(), &info);
+            assert_eq!(refused.status, 403, "{peer}");
+            assert!(String::from_utf8_lossy(&refused.body).contains("only to pages opened on the server's own machine"));
+        }
+        for peer in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(respond(b"GET /config.json HTTP/1.1\r\n\r\n", peer.parse().unwrap(), &info).status, 200);
+        }
+        let production_info = PageInfo { dev_tokens_from: None, ..info.clone() };
+        let production = respond(b"GET /config.json HTTP/1.1\r\n\r\n", "192.0.2.7".parse().unwrap(), &production_info);
+        assert_eq!(production.status, 200, "without dev tokens the page config is public");
         assert_eq!(query_param("/x?a=1&name=%zz", "name"), None);
         assert_eq!(query_param("/x?name=a+b&c", "name").as_deref(), Some("a b"));
     }
@@ -368,7 +416,7 @@ mod tests {
         assert_eq!(get("POST / HTTP/1.1\r\n\r\n").status, 405);
         assert_eq!(get("GET / SPDY/3\r\n\r\n").status, 400);
         assert_eq!(get("GARBAGE\r\n\r\n").status, 400);
-        assert_eq!(respond(&[0xff, 0xfe, b'\r', b'\n', b'\r', b'\n'], &info()).status, 400);
+        assert_eq!(respond(&[0xff, 0xfe, b'\r', b'\n', b'\r', b'\n'], LOCAL, &info()).status, 400);
         let head = get("HEAD / HTTP/1.1\r\n\r\n");
         assert!(head.head_only && head.status == 200);
         let bytes = head.to_bytes();

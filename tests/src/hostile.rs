@@ -53,7 +53,7 @@ pub struct Control {
     pub conn: quinn::Connection,
     /// The control stream's sending side.
     pub send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    pub recv: quinn::RecvStream,
     buf: BytesMut,
 }
 

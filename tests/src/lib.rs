@@ -51,6 +51,14 @@ impl TestServer {
         Self::run(Server::bind(config).unwrap(), data_dir)
     }
 
+    /// A server with default limits within `budget`.
+    pub fn start_with_budget(budget: quiver_server::Budget) -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
+        let config =
+            ServerConfig { budget, ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().into()) };
+        Self::run(Server::bind(config).unwrap(), data_dir)
+    }
+
     fn run(server: Server, data_dir: tempfile::TempDir) -> TestServer {
         let addr = server.local_addr();
         let stats = server.stats();

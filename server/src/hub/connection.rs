@@ -325,10 +325,10 @@ mod tests {
         assert_eq!(s.unsubscribe("prices"), Ok((0, 100)));
         assert_eq!(code(s.unsubscribe("prices")), ErrorCode::NotJoined);
         assert_eq!(code(s.unsubscribe("never")), ErrorCode::NotJoined);
-        assert_eq!(s.subscribe("third", |id| Ok(id)), Ok(2));
+        assert_eq!(s.subscribe("third", Ok), Ok(2));
         assert_eq!(s.subscribe("prices", |id| Ok(200 + id)), Ok(0), "claimed: the name keeps its id");
         assert_eq!(s.unsubscribe("third"), Ok((2, 2)));
-        assert_eq!(s.subscribe("third", |id| Ok(id)), Ok(3), "not claimed: a new id, never a reused one");
+        assert_eq!(s.subscribe("third", Ok), Ok(3), "not claimed: a new id, never a reused one");
         let release = s.close();
         assert!(release.rooms.is_empty());
         assert_eq!(release.subscriptions.len(), 2);

@@ -1,0 +1,129 @@
+//! The server's budget and the control stream's ends, end to end: a frame left unfinished after Hello, a control
+//! stream reset, stopped or finished inside a frame (each closed with its own code and a reason), and tick channels
+//! over `max_channels` refused with `ServerFull`, beside a bystander who loses nothing.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use quiver_proto::{varint, ErrorCode, Post, Reply, RequestBody};
+use quiver_server::Budget;
+use quiver_tests::{
+    closed_with,
+    hostile::{beside_a_bystander, bounded, frame, Control},
+    TestServer,
+};
+
+/// The first bytes of a frame announcing a 100-byte body: its 2-byte length prefix and `len` bytes.
+fn partial_frame(len: usize) -> BytesMut {
+    let mut bytes = BytesMut::new();
+    varint::encode(100, &mut bytes).unwrap();
+    bytes.extend_from_slice(&vec![0u8; len]);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_left_unfinished_after_hello_is_closed_with_frame_timeout() {
+    bounded(async {
+        let server = TestServer::start_with_budget(Budget { frame_timeout_ms: 300, ..Budget::default() });
+        beside_a_bystander(&server, async {
+            let mut control = Control::open(&server).await;
+            // Whole frames, however slowly they come, are fine.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            control.ping(1).await;
+            // A frame trickled in byte by byte, finished within the timeout, is fine too.
+            let ping = frame(2, RequestBody::Ping { client_time_us: 1 });
+            for byte in ping.iter() {
+                control.send.write_all(&[*byte]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(matches!(control.next().await, Some(quiver_proto::ServerMsg::Reply { req_id: 2, .. })));
+            let started = Instant::now();
+            control.send.write_all(&partial_frame(10)).await.unwrap();
+            let (code, reason) = closed_with(&control.conn).await;
+            assert_eq!(code, ErrorCode::FrameTimeout, "{reason}");
+            let waited = started.elapsed();
+            assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "{waited:?}");
+            assert!(reason.contains("incomplete"), "{reason}");
+        })
+        .await;
+        assert_eq!(server.stats.snapshot().frame_timeouts, 1);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_end_of_the_control_stream_closes_with_a_code_and_a_reason() {
+    bounded(async {
+        let server = TestServer::start_with_budget(Budget::default());
+        beside_a_bystander(&server, async {
+            let mut control = Control::open(&server).await;
+            control.send.reset(quinn::VarInt::from_u32(7)).unwrap();
+            let (code, reason) = closed_with(&control.conn).await;
+            assert_eq!(
+                (code, reason.as_str()),
+                (ErrorCode::ControlStreamClosed, "the client reset its control stream (code 7)")
+            );
+
+            let mut control = Control::open(&server).await;
+            control.recv.stop(quinn::VarInt::from_u32(9)).unwrap();
+            let (code, reason) = closed_with(&control.conn).await;
+            assert_eq!(code, ErrorCode::ControlStreamClosed, "{reason}");
+            assert!(reason.contains("stopped reading its control stream (code 9)"), "{reason}");
+
+            let mut control = Control::open(&server).await;
+            control.send.write_all(&partial_frame(10)).await.unwrap();
+            control.send.finish().unwrap();
+            let (code, reason) = closed_with(&control.conn).await;
+            assert_eq!(code, ErrorCode::ControlStreamClosed, "{reason}");
+            assert!(reason.contains("inside a frame (12 bytes of it sent)"), "{reason}");
+
+            // Finishing at a frame boundary is a goodbye, not an error.
+            let mut control = Control::open(&server).await;
+            control.send.finish().unwrap();
+            let (code, reason) = closed_with(&control.conn).await;
+            assert_eq!((code, reason.as_str()), (ErrorCode::NoError, "control stream finished"));
+        })
+        .await;
+        assert_eq!(server.stats.snapshot().control_streams_closed, 3);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_over_the_budget_are_refused_with_server_full_until_one_is_freed() {
+    bounded(async {
+        let server = TestServer::start_with_budget(Budget { max_channels: 2, ..Budget::default() });
+        let mut control = Control::open(&server).await;
+        let subscribe = |channel: &str| RequestBody::Subscribe { channel: channel.into() };
+        assert!(control.request(1, subscribe("a")).await.is_ok());
+        assert!(control.request(2, RequestBody::Publish { channel: "b".into(), max_age_ms: None }).await.is_ok());
+        let refused = control.request(3, subscribe("c")).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::ServerFull, "{}", refused.message);
+        let refused = control.request(4, RequestBody::Publish { channel: "c".into(), max_age_ms: None }).await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::ServerFull);
+        assert!(control.request(5, subscribe("b")).await.is_ok(), "an existing channel takes more subscribers");
+        assert!(control.request(6, RequestBody::Unsubscribe { channel: "a".into() }).await.is_ok());
+        let Ok(Reply::Subscribed { channel_id, .. }) = control.request(7, subscribe("c")).await else {
+            panic!("a freed place is taken again")
+        };
+        assert_eq!(channel_id, 2, "a new id: ids are never reused on a connection");
+        assert_eq!(server.stats.snapshot().server_full, 2);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posting_into_a_room_needs_no_join() {
+    bounded(async {
+        let server = TestServer::start_with_budget(Budget::default());
+        let mut control = Control::open(&server).await;
+        let post = Post { room: "notices".into(), client_msg_id: 1, body: Bytes::from_static(b"deploy at 5") };
+        assert!(matches!(control.request(1, RequestBody::Post(post)).await, Ok(Reply::Posted { seq: 1, .. })));
+        server.stop().await;
+    })
+    .await;
+}

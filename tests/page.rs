@@ -1,0 +1,79 @@
+//! The demo page's `/config.json` hands out dev tokens only to this machine: asked over loopback it carries a token
+//! the server accepts; asked from another address of the machine (a non-loopback source address, so the server
+//! sees a peer that is not loopback) it answers 403 with the reason.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, SocketAddr};
+
+use quiver_server::{auth::Auth, auth::AuthConfig, Server, ServerConfig, WebConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// This machine's non-loopback IPv4 addresses, from the kernel's local routing table.
+fn local_addresses() -> Vec<IpAddr> {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+    let lines: Vec<&str> = trie.lines().collect();
+    let mut found: Vec<IpAddr> = lines
+        .windows(2)
+        .filter(|pair| pair[1].trim() == "/32 host LOCAL")
+        .filter_map(|pair| pair[0].trim().trim_start_matches("|-- ").parse().ok())
+        .filter(|ip: &IpAddr| !ip.is_loopback())
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+async fn get(page: SocketAddr, from: Option<IpAddr>, target: &str) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(ip) = from {
+        socket.bind(SocketAddr::new(ip, 0)).unwrap();
+    }
+    let mut stream = socket.connect(page).await.unwrap();
+    stream.write_all(format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn dev_tokens_only_for_this_machine() {
+    let Some(elsewhere) = local_addresses().into_iter().next() else {
+        let message = "this machine has no non-loopback IPv4 address to ask /config.json from";
+        if std::env::var("QUIVER_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+            panic!("QUIVER_REQUIRE_ALL=1 and {message}");
+        }
+        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        eprintln!("!!! SKIPPED the page's remote-peer test: {message}");
+        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let web = WebConfig { http: Some(quiver_server::web::default_page_addr(listen)), ..WebConfig::default() };
+    let server = Server::bind(ServerConfig { web, ..ServerConfig::dev(listen, dir.path().into()) }).unwrap();
+    let page = server.page_addr().unwrap();
+    assert!(page.ip().is_loopback(), "the page listens on loopback by default: {page}");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+
+    let (status, body) = get(page, None, "/config.json?name=alice").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let auth = Auth::from_config(&AuthConfig::DevKey, dir.path()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = auth.verify(json["token"].as_str(), now).unwrap().unwrap();
+    assert_eq!(claims.sub, "alice");
+
+    let (status, body) = get(page, Some(elsewhere), "/config.json?name=alice").await;
+    assert_eq!(status, 403, "asked from {elsewhere}: {body}");
+    assert!(body.contains("only to pages opened on the server's own machine"), "{body}");
+    assert!(!body.contains("token\""), "{body}");
+    // The page itself is not secret.
+    assert_eq!(get(page, Some(elsewhere), "/").await.0, 200);
+
+    shutdown.cancel();
+    task.await.unwrap();
+}

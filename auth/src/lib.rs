@@ -14,8 +14,10 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    str::FromStr,
 };
 
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use quiver_proto::{ErrorCode, Failure};
 use serde::{Deserialize, Serialize};
@@ -198,11 +200,15 @@ impl Auth {
             Auth::Tokens(keys) => keys,
         };
         let token = token.ok_or_else(|| Failure::new(ErrorCode::TokenRequired, "this server requires a token"))?;
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| Failure::new(ErrorCode::TokenMalformed, format!("token header: {e}")))?;
-        let mut last =
-            Failure::new(ErrorCode::TokenInvalid, format!("tokens signed with {:?} are not accepted here", header.alg));
-        for (alg, key) in keys.iter().filter(|(alg, _)| *alg == header.alg) {
+        let named = header_algorithm(token)?;
+        let refused = || {
+            let shown: String = named.chars().take(32).collect();
+            Failure::new(ErrorCode::TokenInvalid, format!("tokens signed with {shown:?} are not accepted here"))
+        };
+        // Names jsonwebtoken does not know (`none`, …) are refused like known ones this server has no key for.
+        let header_alg = Algorithm::from_str(&named).map_err(|_| refused())?;
+        let mut last = refused();
+        for (alg, key) in keys.iter().filter(|(alg, _)| *alg == header_alg) {
             let mut validation = Validation::new(*alg);
             // Time is checked below against the caller's clock (sans-IO), not jsonwebtoken's.
             validation.validate_exp = false;
@@ -215,6 +221,23 @@ impl Auth {
         }
         Err(last)
     }
+}
+
+/// The algorithm a token's header names. A token that is not three dot-separated parts, or whose header is not
+/// base64url JSON with a string `alg`, is malformed; any name is returned, for the caller to accept or refuse.
+fn header_algorithm(token: &str) -> Result<String, Failure> {
+    #[derive(Deserialize)]
+    struct NamedAlgorithm {
+        alg: String,
+    }
+    let malformed = |why: String| Failure::new(ErrorCode::TokenMalformed, format!("token header: {why}"));
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(malformed("a token is three base64url parts separated by dots".into()));
+    };
+    let json = URL_SAFE_NO_PAD.decode(header).map_err(|e| malformed(format!("not base64url: {e}")))?;
+    let header: NamedAlgorithm = serde_json::from_slice(&json).map_err(|e| malformed(e.to_string()))?;
+    Ok(header.alg)
 }
 
 fn check_time(claims: Claims, now_s: u64) -> Result<Claims, Failure> {
@@ -428,5 +451,54 @@ mod tests {
         let token = mint_dev(dir.path(), &claims()).unwrap();
         let auth = Auth::from_config(&AuthConfig::DevKey, dir.path()).unwrap();
         assert!(auth.verify(Some(&token), NOW).is_ok());
+    }
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    /// `header` and `claims()` encoded, with `signature` as the third part.
+    fn with_header(header: &str, signature: &str) -> String {
+        let payload = serde_json::to_vec(&claims()).unwrap();
+        format!("{}.{}.{signature}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload))
+    }
+
+    #[test]
+    fn algorithms_the_server_refuses_are_invalid_not_malformed() {
+        let auth = hs_auth(SECRET);
+        let unsigned = with_header(r#"{"alg":"none","typ":"JWT"}"#, "");
+        assert_eq!(auth.verify(Some(&unsigned), NOW).unwrap_err().code, ErrorCode::TokenInvalid);
+        // Names jsonwebtoken knows but this server has no key for, and names nobody knows.
+        for alg in ["none", "None", "HS512", "RS256", "ES256", "EdDSA", "XY999", ""] {
+            let token = with_header(&format!(r#"{{"alg":"{alg}"}}"#), "c2lnbmF0dXJl");
+            let failure = auth.verify(Some(&token), NOW).unwrap_err();
+            assert_eq!(failure.code, ErrorCode::TokenInvalid, "{alg}: {failure:?}");
+            assert!(failure.message.contains("not accepted here"), "{failure:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_that_are_not_jwts_are_malformed() {
+        let auth = hs_auth(SECRET);
+        let no_exp = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "alice"}),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        for token in [
+            "",
+            "not a token",
+            "a.b",
+            "a.b.c",
+            "a.b.c.d",
+            &with_header("{}", "x"),
+            &with_header(r#"{"alg":5}"#, "x"),
+            &with_header(r#"{"typ":"JWT"}"#, "x"),
+            &with_header("not json", "x"),
+            &format!("!!!.{}", with_header(r#"{"alg":"HS256"}"#, "x").split_once('.').unwrap().1),
+            &no_exp,
+        ] {
+            let failure = auth.verify(Some(token), NOW).unwrap_err();
+            assert_eq!(failure.code, ErrorCode::TokenMalformed, "{token:?}: {failure:?}");
+        }
     }
 }

@@ -9,7 +9,10 @@
 //!  "channels": {"prices.**": ["subscribe"]}}
 //! ```
 //!
-//! Verification is sans-IO: the caller passes the time, so expiry is tested without waiting.
+//! Verification is sans-IO: the caller passes the time, so expiry is tested without waiting. Key files (the dev
+//! key, HS256 secrets) are read and created in [`keys`].
+
+mod keys;
 
 use std::{
     collections::BTreeMap,
@@ -21,6 +24,8 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use quiver_proto::{ErrorCode, Failure};
 use serde::{Deserialize, Serialize};
+
+pub use keys::{dev_key_exists, load_or_generate_dev_key, read_hs256_key, AuthError, DEV_KEY_FILE, MIN_HS256_SECRET};
 
 /// A room right a token can grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -143,30 +148,6 @@ impl std::fmt::Debug for Auth {
             Auth::Tokens(keys) => write!(f, "Auth::Tokens({} keys)", keys.len()),
         }
     }
-}
-
-/// The dev signing key's file in the data directory.
-pub const DEV_KEY_FILE: &str = "token-hs256.key";
-
-/// Why auth could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// Reading or writing a key file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What failed.
-        source: std::io::Error,
-    },
-    /// A key file holds no usable key.
-    #[error("{path}: {reason}")]
-    BadKey {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
 }
 
 impl Auth {
@@ -296,62 +277,8 @@ pub fn mint_ed25519(claims: &Claims, private_pem: &[u8]) -> Result<String, MintE
 
 /// Mints a token with the dev key of `data_dir` (which must exist: the server creates it on start).
 pub fn mint_dev(data_dir: &Path, claims: &Claims) -> Result<String, MintError> {
-    let secret = read_dev_key(&data_dir.join(DEV_KEY_FILE))?;
+    let secret = read_hs256_key(&data_dir.join(DEV_KEY_FILE))?;
     mint_hs256(claims, &secret)
-}
-
-/// The dev key in `data_dir`, if the server has made one.
-pub fn dev_key_exists(data_dir: &Path) -> bool {
-    data_dir.join(DEV_KEY_FILE).is_file()
-}
-
-fn read_dev_key(path: &Path) -> Result<Vec<u8>, AuthError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.into(), source })?;
-    let secret = hex_decode(text.trim())
-        .filter(|s| s.len() >= 32)
-        .ok_or_else(|| AuthError::BadKey { path: path.into(), reason: "expected at least 64 hex digits".into() })?;
-    Ok(secret)
-}
-
-/// Reads the dev HS256 key, or generates 32 random bytes (file mode 0600) when there is none.
-pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<Vec<u8>, AuthError> {
-    let path = data_dir.join(DEV_KEY_FILE);
-    if path.is_file() {
-        return read_dev_key(&path);
-    }
-    std::fs::create_dir_all(data_dir).map_err(|source| AuthError::Io { path: data_dir.into(), source })?;
-    let secret: [u8; 32] = rand::random();
-    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = data_dir.join(format!("{DEV_KEY_FILE}.tmp"));
-    write_private(&tmp, hex.as_bytes()).map_err(|source| AuthError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, &path).map_err(|source| AuthError::Io { path: path.clone(), source })?;
-    Ok(secret.to_vec())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// An HS256 secret written as hex (at least 32 bytes).
-pub fn hex_secret(text: &str) -> Option<Vec<u8>> {
-    hex_decode(text).filter(|s| s.len() >= 32)
-}
-
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]
@@ -437,22 +364,6 @@ mod tests {
         assert_eq!(auth.verify(Some(&hs), NOW).unwrap_err().code, ErrorCode::TokenInvalid);
     }
 
-    #[test]
-    fn the_dev_key_is_generated_once_and_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = load_or_generate_dev_key(dir.path()).unwrap();
-        assert_eq!(load_or_generate_dev_key(dir.path()).unwrap(), first);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(DEV_KEY_FILE)).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        let token = mint_dev(dir.path(), &claims()).unwrap();
-        let auth = Auth::from_config(&AuthConfig::DevKey, dir.path()).unwrap();
-        assert!(auth.verify(Some(&token), NOW).is_ok());
-    }
-
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     /// `header` and `claims()` encoded, with `signature` as the third part.
@@ -500,5 +411,14 @@ mod tests {
             let failure = auth.verify(Some(token), NOW).unwrap_err();
             assert_eq!(failure.code, ErrorCode::TokenMalformed, "{token:?}: {failure:?}");
         }
+    }
+
+    #[test]
+    fn dev_tokens_need_the_dev_key_and_verify_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(mint_dev(dir.path(), &claims()), Err(MintError::Key(AuthError::Io { .. }))));
+        let auth = Auth::from_config(&AuthConfig::DevKey, dir.path()).unwrap();
+        let token = mint_dev(dir.path(), &claims()).unwrap();
+        assert!(auth.verify(Some(&token), NOW).is_ok());
     }
 }

@@ -225,17 +225,10 @@ async fn serve(args: Args) -> ExitCode {
     } else {
         let mut keys = Vec::new();
         for path in &args.hs256_key {
-            let text = match std::fs::read_to_string(path) {
-                Ok(text) => text,
+            match quiver_server::auth::read_hs256_key(path) {
+                Ok(secret) => keys.push(TokenKey::Hs256(secret)),
                 Err(err) => {
-                    eprintln!("error: {}: {err}", path.display());
-                    return ExitCode::FAILURE;
-                }
-            };
-            match quiver_server::auth::hex_secret(text.trim()) {
-                Some(secret) => keys.push(TokenKey::Hs256(secret)),
-                None => {
-                    eprintln!("error: {}: expected at least 64 hex digits", path.display());
+                    eprintln!("error: {err}");
                     return ExitCode::FAILURE;
                 }
             }

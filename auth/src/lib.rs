@@ -22,7 +22,7 @@ use std::{
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use quiver_proto::{ErrorCode, Failure};
+use quiver_proto::{ErrorCode, Failure, Limits};
 use serde::{Deserialize, Serialize};
 
 pub use keys::{dev_key_exists, load_or_generate_dev_key, read_hs256_key, AuthError, DEV_KEY_FILE, MIN_HS256_SECRET};
@@ -85,6 +85,40 @@ impl Claims {
     /// True if some channel pattern matching `channel` grants `right`.
     pub fn may_channel(&self, channel: &str, right: ChannelRight) -> bool {
         self.channels.iter().any(|(pattern, rights)| rights.contains(&right) && pattern_matches(pattern, channel))
+    }
+}
+
+/// Why a subject cannot be an identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubjectError {
+    /// `sub` is the empty string.
+    #[error("the subject is empty")]
+    Empty,
+    /// `sub` is longer than [`Limits::MAX_IDENTITY`].
+    #[error("the subject is {len} bytes; identities are at most {max} bytes")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// [`Limits::MAX_IDENTITY`].
+        max: u32,
+    },
+    /// `sub` has control characters.
+    #[error("the subject has control characters")]
+    Control,
+}
+
+/// Whether `sub` can be an identity: 1 to [`Limits::MAX_IDENTITY`] bytes without control characters. Servers refuse
+/// other tokens (`TokenMalformed`) and nothing here mints them.
+pub fn check_subject(sub: &str) -> Result<(), SubjectError> {
+    if sub.is_empty() {
+        Err(SubjectError::Empty)
+    } else if sub.len() > Limits::MAX_IDENTITY as usize {
+        Err(SubjectError::TooLong { len: sub.len(), max: Limits::MAX_IDENTITY })
+    } else if sub.chars().any(char::is_control) {
+        Err(SubjectError::Control)
+    } else {
+        Ok(())
     }
 }
 
@@ -196,7 +230,7 @@ impl Auth {
             validation.validate_nbf = false;
             validation.required_spec_claims = ["sub", "exp"].iter().map(|s| s.to_string()).collect();
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-                Ok(data) => return check_time(data.claims, now_s).map(Some),
+                Ok(data) => return check_claims(data.claims, now_s).map(Some),
                 Err(err) => last = token_failure(err.kind()),
             }
         }
@@ -221,16 +255,14 @@ fn header_algorithm(token: &str) -> Result<String, Failure> {
     Ok(header.alg)
 }
 
-fn check_time(claims: Claims, now_s: u64) -> Result<Claims, Failure> {
+fn check_claims(claims: Claims, now_s: u64) -> Result<Claims, Failure> {
     if claims.exp <= now_s {
         return Err(Failure::new(ErrorCode::TokenExpired, format!("token expired {} s ago", now_s - claims.exp)));
     }
     if let Some(nbf) = claims.nbf.filter(|nbf| *nbf > now_s) {
         return Err(Failure::new(ErrorCode::TokenNotYetValid, format!("token valid in {} s", nbf - now_s)));
     }
-    if claims.sub.is_empty() || claims.sub.chars().any(char::is_control) {
-        return Err(Failure::new(ErrorCode::TokenMalformed, "token subject is empty or has control characters"));
-    }
+    check_subject(&claims.sub).map_err(|e| Failure::new(ErrorCode::TokenMalformed, format!("token: {e}")))?;
     Ok(claims)
 }
 
@@ -255,6 +287,9 @@ pub enum MintError {
     /// The signing key could not be read.
     #[error(transparent)]
     Key(#[from] AuthError),
+    /// The subject is not one a server accepts.
+    #[error(transparent)]
+    Subject(#[from] SubjectError),
     /// The private key is not an Ed25519 key in PKCS#8 PEM.
     #[error("not an Ed25519 private key (PKCS#8 PEM): {0}")]
     BadPrivateKey(jsonwebtoken::errors::Error),
@@ -265,12 +300,14 @@ pub enum MintError {
 
 /// Signs `claims` with an HS256 secret.
 pub fn mint_hs256(claims: &Claims, secret: &[u8]) -> Result<String, MintError> {
+    check_subject(&claims.sub)?;
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
         .map_err(MintError::Sign)
 }
 
 /// Signs `claims` with an Ed25519 private key (PKCS#8 PEM).
 pub fn mint_ed25519(claims: &Claims, private_pem: &[u8]) -> Result<String, MintError> {
+    check_subject(&claims.sub)?;
     let key = EncodingKey::from_ed_pem(private_pem).map_err(MintError::BadPrivateKey)?;
     jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &key).map_err(MintError::Sign)
 }
@@ -411,6 +448,26 @@ mod tests {
             let failure = auth.verify(Some(token), NOW).unwrap_err();
             assert_eq!(failure.code, ErrorCode::TokenMalformed, "{token:?}: {failure:?}");
         }
+    }
+
+    #[test]
+    fn subjects_are_limited_to_max_identity_bytes() {
+        let max = Limits::MAX_IDENTITY as usize;
+        let auth = hs_auth(SECRET);
+        let at_limit = Claims { sub: "x".repeat(max), ..claims() };
+        assert!(auth.verify(Some(&mint_hs256(&at_limit, SECRET).unwrap()), NOW).is_ok());
+        let over = Claims { sub: "x".repeat(max + 1), ..claims() };
+        let err = mint_hs256(&over, SECRET).unwrap_err();
+        assert!(matches!(err, MintError::Subject(SubjectError::TooLong { len: 129, max: 128 })), "{err:?}");
+        assert!(err.to_string().contains("at most 128 bytes"), "{err}");
+        // Minted by something else: refused at Hello.
+        let elsewhere =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &over, &EncodingKey::from_secret(SECRET)).unwrap();
+        let failure = auth.verify(Some(&elsewhere), NOW).unwrap_err();
+        assert_eq!(failure.code, ErrorCode::TokenMalformed);
+        assert!(failure.message.contains("at most 128 bytes"), "{failure:?}");
+        assert_eq!(check_subject(""), Err(SubjectError::Empty));
+        assert_eq!(check_subject("a\nb"), Err(SubjectError::Control));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`net`]: the only part that touches quinn: endpoint, accept loop, one task per connection carrying out what
 //!   the hub returns.
 //! - [`web`]: the demo page and the browser client over HTTP.
+//! - [`token`]: `quiver-server token`, minting access tokens that servers accept.
 //! - [`config`]: what the server is started with: address, data directory, certificate, [`quiver_proto::Limits`].
 //!
 //! ```no_run
@@ -28,6 +29,7 @@ pub mod rate;
 pub mod session;
 pub mod stats;
 pub mod throttle;
+pub mod token;
 pub mod web;
 
 pub use config::{ServerConfig, TlsSource, WebConfig};

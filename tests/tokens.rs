@@ -1,7 +1,7 @@
 //! Access tokens end to end: refused tokens get their own codes at Hello, grants are enforced per request with
 //! the connection kept, the identity is the token's subject, and a token that expires mid-session ends the
 //! connection with `TokenExpired`, after which a token provider reconnects with a fresh token and a fixed token
-//! cannot.
+//! cannot. Tokens from `quiver-server token` are accepted by the servers they are signed for.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -9,9 +9,14 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use quiver_auth::{mint_dev, mint_hs256, ChannelRight, Claims, RoomRight};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use quiver_auth::{mint_dev, mint_hs256, read_hs256_key, AuthConfig, ChannelRight, Claims, RoomRight, TokenKey};
 use quiver_client::{Client, ConnectError, ConnectOptions, RequestError, TokenProvider, TrustOptions};
 use quiver_proto::{ErrorCode, Limits};
+use quiver_server::{
+    token::{self, Signer, TokenCommandError, TokenRequest},
+    ServerConfig,
+};
 use quiver_tests::TestServer;
 
 fn now_s() -> u64 {
@@ -51,6 +56,9 @@ async fn bad_tokens_are_refused_at_hello_each_with_its_code() {
     assert_eq!(refused_code(connect(&server, Some("garbage".into())).await), ErrorCode::TokenMalformed);
     let forged = mint_hs256(&claims, b"not the server's key, 32 bytes!!").unwrap();
     assert_eq!(refused_code(connect(&server, Some(forged)).await), ErrorCode::TokenInvalid);
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+    let unsigned = format!("{header}.{}.", URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap()));
+    assert_eq!(refused_code(connect(&server, Some(unsigned)).await), ErrorCode::TokenInvalid, "alg none");
     let expired = Claims { exp: now_s() - 1, ..claims.clone() };
     assert_eq!(refused_code(connect(&server, Some(mint_dev(dir, &expired).unwrap())).await), ErrorCode::TokenExpired);
     let early = Claims { nbf: Some(now_s() + 600), ..claims.clone() };
@@ -138,4 +146,46 @@ async fn an_expiring_token_ends_the_connection_and_a_provider_renews_it() {
     .unwrap();
     assert_eq!(&got.body[..], b"after renewal");
     server.stop().await;
+}
+
+fn token_request(sub: &str, signer: Signer) -> TokenRequest {
+    TokenRequest {
+        sub: sub.into(),
+        rooms: vec![],
+        post: false,
+        channels: vec![],
+        publish: false,
+        ttl: "1h".into(),
+        signer,
+    }
+}
+
+/// `quiver-server token`'s library half: with `--init-key` its token is accepted by a server then started on that
+/// data directory; with `--hs256-key FILE`, by a server started with `--hs256-key FILE`; neither by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_command_tokens_are_accepted_by_the_servers_they_are_signed_for() {
+    let localhost = "127.0.0.1:0".parse().unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let dev = |create| Signer::DevKey { data_dir: data_dir.path().to_owned(), create };
+    let refused = token::mint(&token_request("alice", dev(false)), SystemTime::now()).unwrap_err();
+    assert!(matches!(refused, TokenCommandError::NoDevKey { .. }), "{refused}");
+    let minted = token::mint(&token_request("alice", dev(true)), SystemTime::now()).unwrap();
+    assert!(minted.created_key.is_some());
+    let dev_server = TestServer::start_at(localhost, data_dir, Limits::default());
+    assert_eq!(connect(&dev_server, Some(minted.token.clone())).await.unwrap().welcome().identity, "alice");
+
+    let hs_dir = tempfile::tempdir().unwrap();
+    let secret = hs_dir.path().join("secret.hex");
+    std::fs::write(&secret, "7e".repeat(32)).unwrap();
+    let hs_token = token::mint(&token_request("svc", Signer::Hs256Key(secret.clone())), SystemTime::now()).unwrap();
+    // What `quiver-server --hs256-key FILE` is started with.
+    let auth = AuthConfig::Keys(vec![TokenKey::Hs256(read_hs256_key(&secret).unwrap())]);
+    let config = ServerConfig { auth, ..ServerConfig::dev(localhost, hs_dir.path().to_owned()) };
+    let hs_server = TestServer::start_with(config, hs_dir);
+    assert_eq!(connect(&hs_server, Some(hs_token.token.clone())).await.unwrap().welcome().identity, "svc");
+
+    assert_eq!(refused_code(connect(&dev_server, Some(hs_token.token)).await), ErrorCode::TokenInvalid);
+    assert_eq!(refused_code(connect(&hs_server, Some(minted.token)).await), ErrorCode::TokenInvalid);
+    dev_server.stop().await;
+    hs_server.stop().await;
 }

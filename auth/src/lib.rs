@@ -9,16 +9,23 @@
 //!  "channels": {"prices.**": ["subscribe"]}}
 //! ```
 //!
-//! Verification is sans-IO: the caller passes the time, so expiry is tested without waiting.
+//! Verification is sans-IO: the caller passes the time, so expiry is tested without waiting. Key files (the dev
+//! key, HS256 secrets) are read and created in [`keys`].
+
+mod keys;
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    str::FromStr,
 };
 
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use quiver_proto::{ErrorCode, Failure};
+use quiver_proto::{ErrorCode, Failure, Limits};
 use serde::{Deserialize, Serialize};
+
+pub use keys::{dev_key_exists, load_or_generate_dev_key, read_hs256_key, AuthError, DEV_KEY_FILE, MIN_HS256_SECRET};
 
 /// A room right a token can grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -78,6 +85,40 @@ impl Claims {
     /// True if some channel pattern matching `channel` grants `right`.
     pub fn may_channel(&self, channel: &str, right: ChannelRight) -> bool {
         self.channels.iter().any(|(pattern, rights)| rights.contains(&right) && pattern_matches(pattern, channel))
+    }
+}
+
+/// Why a subject cannot be an identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubjectError {
+    /// `sub` is the empty string.
+    #[error("the subject is empty")]
+    Empty,
+    /// `sub` is longer than [`Limits::MAX_IDENTITY`].
+    #[error("the subject is {len} bytes; identities are at most {max} bytes")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// [`Limits::MAX_IDENTITY`].
+        max: u32,
+    },
+    /// `sub` has control characters.
+    #[error("the subject has control characters")]
+    Control,
+}
+
+/// Whether `sub` can be an identity: 1 to [`Limits::MAX_IDENTITY`] bytes without control characters. Servers refuse
+/// other tokens (`TokenMalformed`) and nothing here mints them.
+pub fn check_subject(sub: &str) -> Result<(), SubjectError> {
+    if sub.is_empty() {
+        Err(SubjectError::Empty)
+    } else if sub.len() > Limits::MAX_IDENTITY as usize {
+        Err(SubjectError::TooLong { len: sub.len(), max: Limits::MAX_IDENTITY })
+    } else if sub.chars().any(char::is_control) {
+        Err(SubjectError::Control)
+    } else {
+        Ok(())
     }
 }
 
@@ -143,30 +184,6 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// The dev signing key's file in the data directory.
-pub const DEV_KEY_FILE: &str = "token-hs256.key";
-
-/// Why auth could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// Reading or writing a key file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What failed.
-        source: std::io::Error,
-    },
-    /// A key file holds no usable key.
-    #[error("{path}: {reason}")]
-    BadKey {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-}
-
 impl Auth {
     /// Builds the verifier for `config`, generating the dev key in `data_dir` when needed.
     pub fn from_config(config: &AuthConfig, data_dir: &Path) -> Result<Auth, AuthError> {
@@ -198,18 +215,22 @@ impl Auth {
             Auth::Tokens(keys) => keys,
         };
         let token = token.ok_or_else(|| Failure::new(ErrorCode::TokenRequired, "this server requires a token"))?;
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| Failure::new(ErrorCode::TokenMalformed, format!("token header: {e}")))?;
-        let mut last =
-            Failure::new(ErrorCode::TokenInvalid, format!("tokens signed with {:?} are not accepted here", header.alg));
-        for (alg, key) in keys.iter().filter(|(alg, _)| *alg == header.alg) {
+        let named = header_algorithm(token)?;
+        let refused = || {
+            let shown: String = named.chars().take(32).collect();
+            Failure::new(ErrorCode::TokenInvalid, format!("tokens signed with {shown:?} are not accepted here"))
+        };
+        // Names jsonwebtoken does not know (`none`, …) are refused like known ones this server has no key for.
+        let header_alg = Algorithm::from_str(&named).map_err(|_| refused())?;
+        let mut last = refused();
+        for (alg, key) in keys.iter().filter(|(alg, _)| *alg == header_alg) {
             let mut validation = Validation::new(*alg);
             // Time is checked below against the caller's clock (sans-IO), not jsonwebtoken's.
             validation.validate_exp = false;
             validation.validate_nbf = false;
             validation.required_spec_claims = ["sub", "exp"].iter().map(|s| s.to_string()).collect();
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-                Ok(data) => return check_time(data.claims, now_s).map(Some),
+                Ok(data) => return check_claims(data.claims, now_s).map(Some),
                 Err(err) => last = token_failure(err.kind()),
             }
         }
@@ -217,16 +238,31 @@ impl Auth {
     }
 }
 
-fn check_time(claims: Claims, now_s: u64) -> Result<Claims, Failure> {
+/// The algorithm a token's header names. A token that is not three dot-separated parts, or whose header is not
+/// base64url JSON with a string `alg`, is malformed; any name is returned, for the caller to accept or refuse.
+fn header_algorithm(token: &str) -> Result<String, Failure> {
+    #[derive(Deserialize)]
+    struct NamedAlgorithm {
+        alg: String,
+    }
+    let malformed = |why: String| Failure::new(ErrorCode::TokenMalformed, format!("token header: {why}"));
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(malformed("a token is three base64url parts separated by dots".into()));
+    };
+    let json = URL_SAFE_NO_PAD.decode(header).map_err(|e| malformed(format!("not base64url: {e}")))?;
+    let header: NamedAlgorithm = serde_json::from_slice(&json).map_err(|e| malformed(e.to_string()))?;
+    Ok(header.alg)
+}
+
+fn check_claims(claims: Claims, now_s: u64) -> Result<Claims, Failure> {
     if claims.exp <= now_s {
         return Err(Failure::new(ErrorCode::TokenExpired, format!("token expired {} s ago", now_s - claims.exp)));
     }
     if let Some(nbf) = claims.nbf.filter(|nbf| *nbf > now_s) {
         return Err(Failure::new(ErrorCode::TokenNotYetValid, format!("token valid in {} s", nbf - now_s)));
     }
-    if claims.sub.is_empty() || claims.sub.chars().any(char::is_control) {
-        return Err(Failure::new(ErrorCode::TokenMalformed, "token subject is empty or has control characters"));
-    }
+    check_subject(&claims.sub).map_err(|e| Failure::new(ErrorCode::TokenMalformed, format!("token: {e}")))?;
     Ok(claims)
 }
 
@@ -251,6 +287,9 @@ pub enum MintError {
     /// The signing key could not be read.
     #[error(transparent)]
     Key(#[from] AuthError),
+    /// The subject is not one a server accepts.
+    #[error(transparent)]
+    Subject(#[from] SubjectError),
     /// The private key is not an Ed25519 key in PKCS#8 PEM.
     #[error("not an Ed25519 private key (PKCS#8 PEM): {0}")]
     BadPrivateKey(jsonwebtoken::errors::Error),
@@ -261,74 +300,22 @@ pub enum MintError {
 
 /// Signs `claims` with an HS256 secret.
 pub fn mint_hs256(claims: &Claims, secret: &[u8]) -> Result<String, MintError> {
+    check_subject(&claims.sub)?;
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
         .map_err(MintError::Sign)
 }
 
 /// Signs `claims` with an Ed25519 private key (PKCS#8 PEM).
 pub fn mint_ed25519(claims: &Claims, private_pem: &[u8]) -> Result<String, MintError> {
+    check_subject(&claims.sub)?;
     let key = EncodingKey::from_ed_pem(private_pem).map_err(MintError::BadPrivateKey)?;
     jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &key).map_err(MintError::Sign)
 }
 
 /// Mints a token with the dev key of `data_dir` (which must exist: the server creates it on start).
 pub fn mint_dev(data_dir: &Path, claims: &Claims) -> Result<String, MintError> {
-    let secret = read_dev_key(&data_dir.join(DEV_KEY_FILE))?;
+    let secret = read_hs256_key(&data_dir.join(DEV_KEY_FILE))?;
     mint_hs256(claims, &secret)
-}
-
-/// The dev key in `data_dir`, if the server has made one.
-pub fn dev_key_exists(data_dir: &Path) -> bool {
-    data_dir.join(DEV_KEY_FILE).is_file()
-}
-
-fn read_dev_key(path: &Path) -> Result<Vec<u8>, AuthError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.into(), source })?;
-    let secret = hex_decode(text.trim())
-        .filter(|s| s.len() >= 32)
-        .ok_or_else(|| AuthError::BadKey { path: path.into(), reason: "expected at least 64 hex digits".into() })?;
-    Ok(secret)
-}
-
-/// Reads the dev HS256 key, or generates 32 random bytes (file mode 0600) when there is none.
-pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<Vec<u8>, AuthError> {
-    let path = data_dir.join(DEV_KEY_FILE);
-    if path.is_file() {
-        return read_dev_key(&path);
-    }
-    std::fs::create_dir_all(data_dir).map_err(|source| AuthError::Io { path: data_dir.into(), source })?;
-    let secret: [u8; 32] = rand::random();
-    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = data_dir.join(format!("{DEV_KEY_FILE}.tmp"));
-    write_private(&tmp, hex.as_bytes()).map_err(|source| AuthError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, &path).map_err(|source| AuthError::Io { path: path.clone(), source })?;
-    Ok(secret.to_vec())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// An HS256 secret written as hex (at least 32 bytes).
-pub fn hex_secret(text: &str) -> Option<Vec<u8>> {
-    hex_decode(text).filter(|s| s.len() >= 32)
-}
-
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]
@@ -414,19 +401,81 @@ mod tests {
         assert_eq!(auth.verify(Some(&hs), NOW).unwrap_err().code, ErrorCode::TokenInvalid);
     }
 
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    /// `header` and `claims()` encoded, with `signature` as the third part.
+    fn with_header(header: &str, signature: &str) -> String {
+        let payload = serde_json::to_vec(&claims()).unwrap();
+        format!("{}.{}.{signature}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload))
+    }
+
     #[test]
-    fn the_dev_key_is_generated_once_and_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = load_or_generate_dev_key(dir.path()).unwrap();
-        assert_eq!(load_or_generate_dev_key(dir.path()).unwrap(), first);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(DEV_KEY_FILE)).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
+    fn algorithms_the_server_refuses_are_invalid_not_malformed() {
+        let auth = hs_auth(SECRET);
+        let unsigned = with_header(r#"{"alg":"none","typ":"JWT"}"#, "");
+        assert_eq!(auth.verify(Some(&unsigned), NOW).unwrap_err().code, ErrorCode::TokenInvalid);
+        // Names jsonwebtoken knows but this server has no key for, and names nobody knows.
+        for alg in ["none", "None", "HS512", "RS256", "ES256", "EdDSA", "XY999", ""] {
+            let token = with_header(&format!(r#"{{"alg":"{alg}"}}"#), "c2lnbmF0dXJl");
+            let failure = auth.verify(Some(&token), NOW).unwrap_err();
+            assert_eq!(failure.code, ErrorCode::TokenInvalid, "{alg}: {failure:?}");
+            assert!(failure.message.contains("not accepted here"), "{failure:?}");
         }
-        let token = mint_dev(dir.path(), &claims()).unwrap();
+    }
+
+    #[test]
+    fn tokens_that_are_not_jwts_are_malformed() {
+        let auth = hs_auth(SECRET);
+        let no_exp = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "alice"}),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        for token in [
+            "",
+            "not a token",
+            "a.b",
+            "a.b.c",
+            "a.b.c.d",
+            &with_header("{}", "x"),
+            &with_header(r#"{"alg":5}"#, "x"),
+            &with_header(r#"{"typ":"JWT"}"#, "x"),
+            &with_header("not json", "x"),
+            &format!("!!!.{}", with_header(r#"{"alg":"HS256"}"#, "x").split_once('.').unwrap().1),
+            &no_exp,
+        ] {
+            let failure = auth.verify(Some(token), NOW).unwrap_err();
+            assert_eq!(failure.code, ErrorCode::TokenMalformed, "{token:?}: {failure:?}");
+        }
+    }
+
+    #[test]
+    fn subjects_are_limited_to_max_identity_bytes() {
+        let max = Limits::MAX_IDENTITY as usize;
+        let auth = hs_auth(SECRET);
+        let at_limit = Claims { sub: "x".repeat(max), ..claims() };
+        assert!(auth.verify(Some(&mint_hs256(&at_limit, SECRET).unwrap()), NOW).is_ok());
+        let over = Claims { sub: "x".repeat(max + 1), ..claims() };
+        let err = mint_hs256(&over, SECRET).unwrap_err();
+        assert!(matches!(err, MintError::Subject(SubjectError::TooLong { len: 129, max: 128 })), "{err:?}");
+        assert!(err.to_string().contains("at most 128 bytes"), "{err}");
+        // Minted by something else: refused at Hello.
+        let elsewhere =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &over, &EncodingKey::from_secret(SECRET)).unwrap();
+        let failure = auth.verify(Some(&elsewhere), NOW).unwrap_err();
+        assert_eq!(failure.code, ErrorCode::TokenMalformed);
+        assert!(failure.message.contains("at most 128 bytes"), "{failure:?}");
+        assert_eq!(check_subject(""), Err(SubjectError::Empty));
+        assert_eq!(check_subject("a\nb"), Err(SubjectError::Control));
+    }
+
+    #[test]
+    fn dev_tokens_need_the_dev_key_and_verify_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(mint_dev(dir.path(), &claims()), Err(MintError::Key(AuthError::Io { .. }))));
         let auth = Auth::from_config(&AuthConfig::DevKey, dir.path()).unwrap();
+        let token = mint_dev(dir.path(), &claims()).unwrap();
         assert!(auth.verify(Some(&token), NOW).is_ok());
     }
 }

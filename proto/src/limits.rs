@@ -64,11 +64,14 @@ impl Limits {
     pub const BURST_SECONDS: u32 = 2;
     /// A connection that has this many bursts of requests (or posts) refused within one second is closed.
     pub const FLOOD_BURSTS: u32 = 4;
+    /// Longest identity (a token's `sub`, or Hello's `name` on an anonymous server), in bytes of UTF-8. Fixed, not
+    /// configured like `max_name`: whoever issues tokens must know it without asking each server.
+    pub const MAX_IDENTITY: u32 = 128;
 
     /// Bytes a room event adds around a post body at most: seq, time, client_msg_id (10 bytes each as varints),
-    /// the sender name (length + `max_name` bytes), enum tags and the body's length prefix.
+    /// the sender's identity (length + [`Limits::MAX_IDENTITY`] bytes), enum tags and the body's length prefix.
     pub fn event_overhead(&self) -> u32 {
-        3 * 10 + 5 + self.max_name + 16
+        3 * 10 + 5 + Self::MAX_IDENTITY + 16
     }
 
     /// Checks that the limits fit together: any post within `max_body` must fit a room frame, a room stream's queue

@@ -8,6 +8,7 @@
 //! - [`net`]: the only part that touches quinn: endpoint, accept loop, one task per connection carrying out what
 //!   the hub returns.
 //! - [`web`]: the demo page and the browser client over HTTP.
+//! - [`token`]: `quiver-server token`, minting access tokens that servers accept.
 //! - [`config`]: what the server is started with: address, data directory, certificate, [`quiver_proto::Limits`].
 //! - [`budget`]: the server-wide memory bounds (rooms, channels, retained history, frame timeout).
 //!
@@ -30,6 +31,7 @@ pub mod rate;
 pub mod session;
 pub mod stats;
 pub mod throttle;
+pub mod token;
 pub mod web;
 
 pub use budget::Budget;

@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use quiver_server::{
     auth::{AuthConfig, TokenKey},
+    token::{Signer, TokenRequest},
     Server, ServerConfig, TlsSource, WebConfig,
 };
 use tokio_util::sync::CancellationToken;
@@ -56,7 +57,8 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Mint an access token (printed on stdout) signed with the dev key in --data-dir, or an Ed25519 key.
+    /// Mint an access token (printed on stdout) signed with the dev key in --data-dir, an HS256 secret file or an
+    /// Ed25519 private key.
     Token(TokenArgs),
 }
 
@@ -84,9 +86,36 @@ struct TokenArgs {
     /// The server's data directory (its dev key signs the token).
     #[arg(long, default_value = ServerConfig::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// Create the dev key in --data-dir if there is none (said on stderr): servers started on that directory from
+    /// then on accept the token. Without it, a missing dev key is an error.
+    #[arg(long, conflicts_with_all = ["hs256_key", "ed25519_private_key"])]
+    init_key: bool,
+    /// Sign with the HS256 secret in this file (hex, at least 64 digits: a server's --hs256-key) instead of the dev
+    /// key.
+    #[arg(long, value_name = "FILE", conflicts_with = "ed25519_private_key")]
+    hs256_key: Option<PathBuf>,
     /// Sign with this Ed25519 private key (PKCS#8 PEM) instead of the dev key.
     #[arg(long, value_name = "FILE")]
     ed25519_private_key: Option<PathBuf>,
+}
+
+impl From<TokenArgs> for TokenRequest {
+    fn from(args: TokenArgs) -> TokenRequest {
+        let signer = match (args.hs256_key, args.ed25519_private_key) {
+            (Some(path), _) => Signer::Hs256Key(path),
+            (None, Some(path)) => Signer::Ed25519PrivateKey(path),
+            (None, None) => Signer::DevKey { data_dir: args.data_dir, create: args.init_key },
+        };
+        TokenRequest {
+            sub: args.sub,
+            rooms: args.rooms,
+            post: args.post,
+            channels: args.channels,
+            publish: args.publish,
+            ttl: args.ttl,
+            signer,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -105,9 +134,15 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Token(token)) = args.command {
-        return match mint(token) {
-            Ok(token) => {
-                println!("{token}");
+        return match quiver_server::token::mint(&token.into(), std::time::SystemTime::now()) {
+            Ok(minted) => {
+                if let Some(path) = minted.created_key {
+                    eprintln!(
+                        "created the dev key {} (servers started on that data directory from now on accept this token)",
+                        path.display()
+                    );
+                }
+                println!("{}", minted.token);
                 ExitCode::SUCCESS
             }
             Err(err) => {
@@ -117,91 +152,6 @@ fn main() -> ExitCode {
         };
     }
     runtime.block_on(serve(args))
-}
-
-/// Why `quiver-server token` could not mint a token.
-#[derive(Debug, thiserror::Error)]
-enum TokenCommandError {
-    /// `--ttl` is not a duration.
-    #[error("--ttl {0:?}: expected e.g. 90s, 30m, 1h or 7d")]
-    BadTtl(String),
-    /// `--ttl` has a unit other than s, m, h, d.
-    #[error("--ttl {text:?}: unknown unit {unit:?} (s, m, h, d)")]
-    TtlUnit {
-        /// What was given.
-        text: String,
-        /// The unit.
-        unit: String,
-    },
-    /// `--ttl` is 0 or too large.
-    #[error("--ttl {0:?}: out of range")]
-    TtlRange(String),
-    /// `--sub` is not a valid identity.
-    #[error("--sub: {0}")]
-    Subject(String),
-    /// The private key file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The system clock is before 1970.
-    #[error("the system clock is before the Unix epoch")]
-    Clock,
-    /// Minting failed.
-    #[error(transparent)]
-    Mint(#[from] quiver_server::auth::MintError),
-    /// The dev key could not be created.
-    #[error(transparent)]
-    DevKey(#[from] quiver_server::auth::AuthError),
-}
-
-fn mint(args: TokenArgs) -> Result<String, TokenCommandError> {
-    use quiver_server::auth::{ChannelRight, Claims, RoomRight};
-    let ttl_s = parse_ttl(&args.ttl)?;
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| TokenCommandError::Clock)?
-        .as_secs();
-    quiver_server::session::check_name(&args.sub, 256).map_err(|f| TokenCommandError::Subject(f.message))?;
-    let mut claims = Claims::everything(args.sub, now_s, ttl_s);
-    if !args.rooms.is_empty() || !args.channels.is_empty() {
-        let room_rights = if args.post { vec![RoomRight::Join, RoomRight::Post] } else { vec![RoomRight::Join] };
-        let channel_rights = if args.publish {
-            vec![ChannelRight::Subscribe, ChannelRight::Publish]
-        } else {
-            vec![ChannelRight::Subscribe]
-        };
-        claims.rooms = args.rooms.into_iter().map(|p| (p, room_rights.clone())).collect();
-        claims.channels = args.channels.into_iter().map(|p| (p, channel_rights.clone())).collect();
-    }
-    match args.ed25519_private_key {
-        Some(path) => {
-            let pem = std::fs::read(&path).map_err(|source| TokenCommandError::Read { path, source })?;
-            Ok(quiver_server::auth::mint_ed25519(&claims, &pem)?)
-        }
-        None => {
-            quiver_server::auth::load_or_generate_dev_key(&args.data_dir)?;
-            Ok(quiver_server::auth::mint_dev(&args.data_dir, &claims)?)
-        }
-    }
-}
-
-/// "90s", "30m", "1h", "7d" (or plain seconds) → seconds.
-fn parse_ttl(text: &str) -> Result<u64, TokenCommandError> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| TokenCommandError::BadTtl(text.into()))?;
-    let unit = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => return Err(TokenCommandError::TtlUnit { text: text.into(), unit: other.into() }),
-    };
-    n.checked_mul(unit).filter(|s| *s > 0).ok_or_else(|| TokenCommandError::TtlRange(text.into()))
 }
 
 async fn serve(args: Args) -> ExitCode {
@@ -226,17 +176,10 @@ async fn serve(args: Args) -> ExitCode {
     } else {
         let mut keys = Vec::new();
         for path in &args.hs256_key {
-            let text = match std::fs::read_to_string(path) {
-                Ok(text) => text,
+            match quiver_server::auth::read_hs256_key(path) {
+                Ok(secret) => keys.push(TokenKey::Hs256(secret)),
                 Err(err) => {
-                    eprintln!("error: {}: {err}", path.display());
-                    return ExitCode::FAILURE;
-                }
-            };
-            match quiver_server::auth::hex_secret(text.trim()) {
-                Some(secret) => keys.push(TokenKey::Hs256(secret)),
-                None => {
-                    eprintln!("error: {}: expected at least 64 hex digits", path.display());
+                    eprintln!("error: {err}");
                     return ExitCode::FAILURE;
                 }
             }

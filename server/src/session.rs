@@ -244,13 +244,10 @@ impl ControlSession {
         }
         let claims = self.auth.verify(hello.token.as_deref(), now_us / 1_000_000)?;
         let identity = match (&claims, &hello.name) {
-            // With tokens the identity is the token's subject, whatever Hello's name says.
-            (Some(claims), _) => {
-                check_name(&claims.sub, self.limits.max_name as usize)?;
-                claims.sub.clone()
-            }
+            // With tokens the identity is the token's subject (checked by `Auth::verify`), whatever Hello's name says.
+            (Some(claims), _) => claims.sub.clone(),
             (None, Some(name)) => {
-                check_name(name, self.limits.max_name as usize)?;
+                check_name(name, Limits::MAX_IDENTITY as usize)?;
                 name.clone()
             }
             (None, None) => format!("anon-{:016x}", self.session_id),
@@ -374,6 +371,21 @@ mod tests {
             let step = session.on_request(hello(PROTOCOL_VERSION, Some(name)), 0);
             assert_eq!(failure_code(&step), Some(ErrorCode::BadRequest), "{name:?}");
         }
+    }
+
+    #[test]
+    fn identities_are_bounded_by_max_identity_not_max_name() {
+        let max = Limits::MAX_IDENTITY as usize;
+        let short_names = Limits { max_name: 8, ..Limits::default() };
+        let mut session = ControlSession::new(1, short_names.clone(), Arc::new(Auth::Anonymous));
+        session.on_request(hello(PROTOCOL_VERSION, Some(&"x".repeat(max))), 0);
+        assert_eq!(session.identity().map(str::len), Some(max));
+        let mut session = ControlSession::new(1, short_names, Arc::new(Auth::Anonymous));
+        let step = session.on_request(hello(PROTOCOL_VERSION, Some(&"x".repeat(max + 1))), 0);
+        let Step::ReplyAndClose(ServerMsg::Reply { result: Err(failure), .. }, ErrorCode::BadRequest, _) = step else {
+            panic!("not refused: {step:?}")
+        };
+        assert!(failure.message.contains(&format!("1 to {max} bytes")), "{}", failure.message);
     }
 
     #[test]

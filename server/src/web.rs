@@ -262,7 +262,7 @@ fn config_json(info: &PageInfo, host: Option<&str>, name: Option<&str>) -> Strin
     let url = format!("https://{}:{}{}", host_name(host), info.udp_port, info.path);
     let token = info.dev_tokens_from.as_deref().and_then(|dir| {
         let sub = match name {
-            Some(name) if crate::session::check_name(name, 64).is_ok() => name.to_string(),
+            Some(name) if crate::auth::check_subject(name).is_ok() => name.to_string(),
             _ => format!("web-{:08x}", rand::random::<u32>()),
         };
         let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());

@@ -85,18 +85,25 @@ fn cert_without_key_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--key"));
 }
 
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
 #[test]
 fn token_subcommand_mints_tokens_the_server_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let out = server()
-        .args(["token", "--sub", "alice", "--room", "lobby", "--post", "--ttl", "2h", "--data-dir"])
+        .args(["token", "--sub", "alice", "--room", "lobby", "--post", "--ttl", "2h", "--init-key", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let key = dir.path().join(quiver_server::auth::DEV_KEY_FILE);
+    assert!(stderr.contains(&format!("created the dev key {}", key.display())), "{stderr}");
     let token = String::from_utf8(out.stdout).unwrap();
     let auth = quiver_server::auth::Auth::from_config(&quiver_server::auth::AuthConfig::DevKey, dir.path()).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = now_s();
     let claims = auth.verify(Some(token.trim()), now).unwrap().unwrap();
     assert_eq!(claims.sub, "alice");
     assert!((7100..=7200).contains(&(claims.exp - now)), "2 h");
@@ -106,4 +113,49 @@ fn token_subcommand_mints_tokens_the_server_accepts() {
     let bad = server().args(["token", "--sub", "x", "--ttl", "5y", "--data-dir"]).arg(dir.path()).output().unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown unit"), "a clear error");
+    // The key exists now: no --init-key needed, and nothing said about creating it.
+    let again = server().args(["token", "--sub", "bob", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(again.stderr.is_empty(), "{}", String::from_utf8_lossy(&again.stderr));
+}
+
+#[test]
+fn token_subcommand_without_a_dev_key_refuses_naming_the_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = server().args(["token", "--sub", "alice", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "no token printed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let key = dir.path().join(quiver_server::auth::DEV_KEY_FILE);
+    assert!(stderr.contains(&format!("no dev key at {}", key.display())), "{stderr}");
+    assert!(stderr.contains(&format!("data directory {}", dir.path().display())), "{stderr}");
+    assert!(stderr.contains("--init-key"), "{stderr}");
+    assert!(!key.exists(), "no key created");
+}
+
+#[test]
+fn token_subcommand_signs_with_an_hs256_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret.hex");
+    std::fs::write(&file, "c3".repeat(32)).unwrap();
+    let out = server().args(["token", "--sub", "svc", "--hs256-key"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    // What the server does with `--hs256-key FILE`.
+    let key = quiver_server::auth::TokenKey::Hs256(quiver_server::auth::read_hs256_key(&file).unwrap());
+    let config = quiver_server::auth::AuthConfig::Keys(vec![key]);
+    let auth = quiver_server::auth::Auth::from_config(&config, dir.path()).unwrap();
+    assert_eq!(auth.verify(Some(token.trim()), now_s()).unwrap().unwrap().sub, "svc");
+    let both = server().args(["token", "--sub", "svc", "--init-key", "--hs256-key"]).arg(&file).output().unwrap();
+    assert!(!both.status.success(), "--init-key is for the dev key only");
+}
+
+#[test]
+fn token_subcommand_refuses_subjects_servers_refuse_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(quiver_proto::Limits::MAX_IDENTITY as usize + 1);
+    let out = server().args(["token", "--init-key", "--sub", &long, "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--sub: the subject is 129 bytes; identities are at most 128 bytes"), "{stderr}");
 }

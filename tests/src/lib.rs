@@ -48,6 +48,11 @@ impl TestServer {
 
     pub fn start_at(addr: SocketAddr, data_dir: tempfile::TempDir, limits: Limits) -> TestServer {
         let config = ServerConfig { limits, ..ServerConfig::dev(addr, data_dir.path().to_owned()) };
+        Self::start_with(config, data_dir)
+    }
+
+    /// A server started with `config`, whose data directory is `data_dir` (e.g. one with production token keys).
+    pub fn start_with(config: ServerConfig, data_dir: tempfile::TempDir) -> TestServer {
         Self::run(Server::bind(config).unwrap(), data_dir)
     }
 

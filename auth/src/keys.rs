@@ -1,0 +1,116 @@
+//! Key files: HS256 secrets written as hex (the dev key in the data directory, and the `--hs256-key` files of
+//! production servers and the token command: one format, read by one function), and the dev key's creation.
+
+use std::path::{Path, PathBuf};
+
+/// The dev signing key's file in the data directory.
+pub const DEV_KEY_FILE: &str = "token-hs256.key";
+
+/// Shortest HS256 secret accepted, in bytes (written as twice as many hex digits).
+pub const MIN_HS256_SECRET: usize = 32;
+
+/// Why auth could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Reading or writing a key file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A key file holds no usable key.
+    #[error("{path}: {reason}")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Reads an HS256 secret from `path`: hex digits (surrounding whitespace ignored), at least [`MIN_HS256_SECRET`]
+/// bytes. The dev key and `--hs256-key` files have this format.
+pub fn read_hs256_key(path: &Path) -> Result<Vec<u8>, AuthError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.into(), source })?;
+    hex_decode(text.trim()).filter(|s| s.len() >= MIN_HS256_SECRET).ok_or_else(|| AuthError::BadKey {
+        path: path.into(),
+        reason: format!("expected at least {} hex digits", 2 * MIN_HS256_SECRET),
+    })
+}
+
+/// The dev key in `data_dir`, if the server has made one.
+pub fn dev_key_exists(data_dir: &Path) -> bool {
+    data_dir.join(DEV_KEY_FILE).is_file()
+}
+
+/// Reads the dev HS256 key, or generates 32 random bytes (file mode 0600) when there is none.
+pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<Vec<u8>, AuthError> {
+    let path = data_dir.join(DEV_KEY_FILE);
+    if path.is_file() {
+        return read_hs256_key(&path);
+    }
+    std::fs::create_dir_all(data_dir).map_err(|source| AuthError::Io { path: data_dir.into(), source })?;
+    let secret: [u8; MIN_HS256_SECRET] = rand::random();
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = data_dir.join(format!("{DEV_KEY_FILE}.tmp"));
+    write_private(&tmp, hex.as_bytes()).map_err(|source| AuthError::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, &path).map_err(|source| AuthError::Io { path: path.clone(), source })?;
+    Ok(secret.to_vec())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dev_key_is_generated_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_generate_dev_key(dir.path()).unwrap();
+        assert_eq!(load_or_generate_dev_key(dir.path()).unwrap(), first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(DEV_KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(read_hs256_key(&dir.path().join(DEV_KEY_FILE)).unwrap(), first);
+    }
+
+    #[test]
+    fn hs256_key_files_are_hex_of_at_least_32_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.hex");
+        std::fs::write(&path, format!("  {}\n", "ab".repeat(32))).unwrap();
+        assert_eq!(read_hs256_key(&path).unwrap(), vec![0xab; 32]);
+        for bad in ["ab".repeat(31), "zz".repeat(32), format!("{}a", "ab".repeat(32))] {
+            std::fs::write(&path, bad).unwrap();
+            let err = read_hs256_key(&path).unwrap_err().to_string();
+            assert!(err.contains("secret.hex") && err.contains("at least 64 hex digits"), "{err}");
+        }
+        let missing = read_hs256_key(&dir.path().join("none")).unwrap_err();
+        assert!(matches!(missing, AuthError::Io { .. }), "{missing}");
+    }
+}

@@ -188,14 +188,8 @@ async fn http_get(port: u16, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_chats_with_a_native_client_and_receives_ticks() {
     let Some(chromium) = find_chromium() else {
-        let message = "Chromium not found (install chromium-headless-shell or set QUIVER_CHROMIUM)";
-        if std::env::var("QUIVER_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-            panic!("QUIVER_REQUIRE_ALL=1 and {message}");
-        }
-        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-        eprintln!("!!! SKIPPED the browser test: {message}");
-        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
-        return;
+        let why = "Chromium not found (install chromium-headless-shell or set QUIVER_CHROMIUM)";
+        return quiver_tests::skip("the browser test", why);
     };
     // As a person runs it: dual stack (Chromium tries ::1 for localhost first), page on a TCP port.
     let dir = tempfile::tempdir().unwrap();

@@ -11,9 +11,8 @@ use quiver_proto::{
     frame, EventKind, FrameCodec, Hello, Join, Limits, Post, Reply, Request, RequestBody, RoomFrame, ServerMsg,
     TickHeader, PROTOCOL_VERSION,
 };
-use quiver_server::{Server, ServerConfig, WebConfig};
+use quiver_server::WebConfig;
 use quiver_tests::TestServer;
-use tokio_util::sync::CancellationToken;
 use web_transport_quinn::{http, proto::ConnectRequest, ClientBuilder, RecvStream, SendStream, Session};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -172,18 +171,8 @@ async fn unknown_paths_get_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origins_outside_the_allow_list_get_403() {
-    let dir = tempfile::tempdir().unwrap();
     let web = WebConfig { allowed_origins: vec!["https://app.example.com".into()], ..WebConfig::default() };
-    let config = ServerConfig { web, ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into()) };
-    let server = Server::bind(config).unwrap();
-    let stop = CancellationToken::new();
-    let test_server = TestServer {
-        addr: server.local_addr(),
-        stats: server.stats(),
-        data_dir: dir,
-        shutdown: stop.clone(),
-        task: tokio::spawn(server.run(stop.clone())),
-    };
+    let test_server = TestServer::start_web(Limits::default(), web);
     let err = browser(&test_server, "/quiver", "https://evil.example.net").await.expect_err("refused");
     assert!(err.to_string().contains("403"), "{err}");
     let session = browser(&test_server, "/quiver", "https://app.example.com").await.unwrap();

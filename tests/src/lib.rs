@@ -5,12 +5,12 @@
 
 pub mod hostile;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{io::Write, net::SocketAddr, time::Duration};
 
 use bytes::BytesMut;
 use quiver_client::{Client, ConnectOptions, TrustOptions};
 use quiver_proto::{FrameCodec, Limits, ServerMsg};
-use quiver_server::{Server, ServerConfig};
+use quiver_server::{Server, ServerConfig, WebConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug)]
@@ -44,6 +44,13 @@ impl TestServer {
             }
         }
         panic!("{addr} still in use 5 s after the server stopped");
+    }
+
+    /// [`TestServer::start`] with this WebTransport configuration (path, allowed origins).
+    pub fn start_web(limits: Limits, web: WebConfig) -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
+        let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().to_owned());
+        Self::run(Server::bind(ServerConfig { limits, web, ..dev }).unwrap(), data_dir)
     }
 
     pub fn start_at(addr: SocketAddr, data_dir: tempfile::TempDir, limits: Limits) -> TestServer {
@@ -133,4 +140,16 @@ pub async fn read_msg(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Optio
 pub async fn closed_with(conn: &quinn::Connection) -> (quiver_proto::ErrorCode, String) {
     let err = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("closed in time");
     quiver_transport::close::describe(&err)
+}
+
+/// For a test that cannot run on this machine (no browser, no interpreter, no privilege): says so loudly on stderr
+/// and returns, so that the test passes, unless `QUIVER_REQUIRE_ALL=1` (CI), where every test must run and this
+/// panics.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("QUIVER_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("QUIVER_REQUIRE_ALL=1 and {why}");
+    }
+    let bar = "!".repeat(79);
+    // Written to the stderr handle, not with `eprintln!`, which the test harness captures for passing tests.
+    let _ = writeln!(std::io::stderr().lock(), "\n{bar}\n!!! SKIPPED {test}: {why}\n{bar}\n");
 }

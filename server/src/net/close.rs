@@ -2,6 +2,8 @@
 //! quiver-transport's one mapping; a WebTransport peer gets code and reason in the CLOSE_WEBTRANSPORT_SESSION
 //! capsule, which browsers show unchanged as `closeCode`.
 
+use std::time::Duration;
+
 use quiver_proto::ErrorCode;
 use quiver_transport::close::{describe, truncate_utf8};
 use web_transport_quinn::{Session, SessionError, WebTransportError};
@@ -9,6 +11,25 @@ use web_transport_quinn::{Session, SessionError, WebTransportError};
 /// Closes a session with `code`, giving `reason` (truncated to fit a packet) to the peer.
 pub(crate) fn close_session(session: &Session, code: ErrorCode, reason: &str) {
     session.close(code.to_u32(), truncate_utf8(reason, 512).as_bytes());
+}
+
+/// How long [`release`] waits for a closed session's connection to end. web-transport-quinn ends it itself after
+/// the capsule, within 3 RTT (at least 100 ms); this is only the backstop.
+const RELEASE_GRACE: Duration = Duration::from_secs(2);
+
+/// Ends a session's life: closes it with `NoError` unless it was closed already (the first close wins), waits until
+/// its QUIC connection is closed, and only then drops it. A WebTransport session holds HTTP/3's critical streams;
+/// dropping its last handle on an open connection would finish and stop them, a connection error for the peer
+/// (RFC 9114 §6.2.1) that would arrive before our close capsule.
+pub(crate) async fn release(session: Session) {
+    close_session(&session, ErrorCode::NoError, "session ended");
+    if tokio::time::timeout(RELEASE_GRACE, session.closed()).await.is_err() {
+        tracing::debug!("connection still open {RELEASE_GRACE:?} after the session closed; closing it");
+        // Only a WebTransport session can still be open here (a raw one closes at once): its code space is HTTP/3's.
+        let code = web_transport_quinn::proto::error_to_http3(ErrorCode::NoError.to_u32());
+        let conn: &quinn::Connection = &session;
+        conn.close(quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::MAX), b"session ended");
+    }
 }
 
 /// [`describe`] for a session's errors.

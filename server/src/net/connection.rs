@@ -17,7 +17,7 @@ use crate::{
     hub::{ticks::TickHub, RoomHub},
     net::{
         admit::Admitted,
-        close::{close_session as close, describe_session},
+        close::{close_session as close, describe_session, release},
         dispatch::Connection,
         now_us, webtransport,
     },
@@ -73,25 +73,30 @@ pub(super) async fn serve<R: RoomHub>(
             Session::raw(conn)
         };
         tracing::debug!(webtransport = conn.request().is_some(), "connected");
-        // Over a connection limit: closed only now, so that the client sees the code and why.
-        let _slot = match admitted {
-            Admitted::Serve(slot) => slot,
-            Admitted::TooMany(reason) => {
-                close(&conn, ErrorCode::TooManyConnections, &reason);
-                return tracing::info!(%reason, "connection refused");
-            }
+        let served = async {
+            // Over a connection limit: closed only now, so that the client sees the code and why.
+            let _slot = match admitted {
+                Admitted::Serve(slot) => slot,
+                Admitted::TooMany(reason) => {
+                    close(&conn, ErrorCode::TooManyConnections, &reason);
+                    return tracing::info!(%reason, "connection refused");
+                }
+            };
+            let probing = conn.clone();
+            let (probe, probing) = TailProbe::new(config.tuning.tail_probe, move || {
+                probing.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_ok()
+            });
+            // Stopped when the connection's task returns.
+            let _probing = probing.map(|task| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task)));
+            let mut connection = Connection::start(&conn, &config.limits, rooms, ticks, probe, stats.clone());
+            let session = ControlSession::new(session_id, config.limits.clone(), auth);
+            let reason = control(&conn, &config, &stats, &mut connection, session, deadline, &shutdown).await;
+            connection.close(now_us()).await;
+            tracing::info!(%reason, "connection ended");
         };
-        let probing = conn.clone();
-        let (probe, probing) = TailProbe::new(config.tuning.tail_probe, move || {
-            probing.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_ok()
-        });
-        // Stopped when the connection's task returns.
-        let _probing = probing.map(|task| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task)));
-        let mut connection = Connection::start(&conn, &config.limits, rooms, ticks, probe, stats.clone());
-        let session = ControlSession::new(session_id, config.limits.clone(), auth);
-        let reason = control(&conn, &config, &stats, &mut connection, session, deadline, &shutdown).await;
-        connection.close(now_us()).await;
-        tracing::info!(%reason, "connection ended");
+        served.await;
+        // The session's HTTP/3 streams go with its last handle: only once the connection is closed.
+        release(conn).await;
     }
     .instrument(span)
     .await

@@ -1,6 +1,15 @@
 //! Browsers: the WebTransport CONNECT on an `h3` connection. The request's path must be the configured one
 //! (else 404) and its `Origin` must be allowed (else 403); then the session speaks Quiver's protocol exactly as a
 //! native connection does.
+//!
+//! HTTP/3's critical streams (both control streams, the client's QPACK encoder and decoder streams) must stay open
+//! for the life of the connection: closing, resetting or stopping one is a connection error
+//! (H3_CLOSED_CRITICAL_STREAM, RFC 9114 §6.2.1, RFC 9204 §4.2), and a strict client then never reads our status or
+//! close capsule. web-transport-quinn keeps those streams inside its `Request`, then its `Session`, and has no
+//! public API to take them out; dropping them finishes ours and sends STOP_SENDING on the client's. So a refusal
+//! is answered with [`Request::respond`] (not `reject`, which drops them at once) and its session is held until the
+//! connection is closed, as [`release`](super::close::release) does for served sessions: on a closed connection,
+//! quinn sends nothing for dropped streams.
 
 use std::time::Duration;
 
@@ -11,6 +20,9 @@ use crate::config::WebConfig;
 
 /// How long a refused browser has to read the refusal before the connection is closed.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+
+/// The connection's close code after a refusal (RFC 9114 §8.1).
+const H3_REQUEST_REJECTED: quinn::VarInt = quinn::VarInt::from_u32(0x010c);
 
 /// Why a browser's session was not opened (for the log; the connection is closed by then).
 #[derive(Debug, thiserror::Error)]
@@ -39,10 +51,13 @@ pub(super) enum Refused {
 
 /// Completes the HTTP/3 handshake and accepts or refuses the CONNECT.
 pub(super) async fn accept(conn: quinn::Connection, web: &WebConfig, deadline: Instant) -> Result<Session, Refused> {
-    let request = match tokio::time::timeout_at(deadline, Request::accept(conn.clone())).await {
-        Ok(Ok(request)) => request,
-        Ok(Err(err)) => return Err(Refused::Handshake(err)),
-        Err(_) => {
+    // Pinned here rather than dropped by a timeout: a half-done handshake holds the control streams, and must only
+    // be dropped (on return) once the connection is closed.
+    let handshake = Request::accept(conn.clone());
+    tokio::pin!(handshake);
+    let request = tokio::select! {
+        accepted = &mut handshake => accepted.map_err(Refused::Handshake)?,
+        () = tokio::time::sleep_until(deadline) => {
             conn.close(
                 quiver_transport::close::quic_code(quiver_proto::ErrorCode::HandshakeTimeout),
                 b"no CONNECT in time",
@@ -60,16 +75,30 @@ pub(super) async fn accept(conn: quinn::Connection, web: &WebConfig, deadline: I
         None
     };
     if let Some((status, refused)) = refusal {
-        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-            if request.reject(status).await.is_ok() {
-                // The browser closes once it has read the status; do not cut it off before.
-                conn.closed().await;
-            }
-        })
-        .await;
-        conn.close(quinn::VarInt::from_u32(0x010c), refused.to_string().as_bytes()); // H3_REQUEST_REJECTED
+        refuse(&conn, request, status, &refused).await;
         return Err(refused);
     }
     tracing::debug!(%path, origin = origin.as_deref().unwrap_or(""), "WebTransport session");
     request.ok().await.map_err(Refused::Answer)
+}
+
+/// Answers the CONNECT with `status` alone and closes the connection once the client has read it (it closes
+/// itself then) or after [`REFUSAL_LINGER`]. The critical streams are untouched until the connection is closed: the
+/// answered session, which holds them, is dropped only on return.
+async fn refuse(conn: &quinn::Connection, request: Request, status: StatusCode, refused: &Refused) {
+    let linger = tokio::time::sleep(REFUSAL_LINGER);
+    tokio::pin!(linger);
+    let answer = request.respond(status);
+    tokio::pin!(answer);
+    let answered = tokio::select! {
+        answered = &mut answer => answered.ok(),
+        () = &mut linger => None,
+    };
+    if answered.is_some() {
+        tokio::select! {
+            _ = conn.closed() => {}
+            () = &mut linger => {}
+        }
+    }
+    conn.close(H3_REQUEST_REJECTED, refused.to_string().as_bytes());
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod churn;
 mod error;
 mod impair;
 mod ping;
@@ -40,6 +41,8 @@ enum Command {
     /// Latency benchmarks with same-run baselines.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Ever-new rooms, channels and connections for a bounded time (the load of scripts/soak.sh).
+    Churn(churn::ChurnArgs),
 }
 
 /// How to trust the server's certificate.
@@ -90,9 +93,9 @@ impl TrustArgs {
 pub(crate) struct ServerArgs {
     /// Server address (host:port).
     #[arg(long, default_value = "127.0.0.1:4433")]
-    server: String,
+    pub(crate) server: String,
     #[command(flatten)]
-    trust: TrustArgs,
+    pub(crate) trust: TrustArgs,
 }
 
 impl ServerArgs {
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
             Command::Tick(command) => tokio::spawn(tick::run(command)).await,
             Command::Impair(args) => tokio::spawn(impair::run(args)).await,
             Command::Bench(command) => tokio::spawn(bench::run(command)).await,
+            Command::Churn(args) => tokio::spawn(churn::run(args)).await,
         }
     });
     match outcome {

@@ -205,6 +205,11 @@ impl<H: Handler> Connection<H> {
         lock(&self.routes).insert(channel_id, route);
     }
 
+    /// Tick datagrams stop going to the routes `matches` picks (their channel was unsubscribed).
+    pub(crate) fn unroute(&self, matches: impl Fn(&H::Route) -> bool) {
+        lock(&self.routes).retain(|_, route| !matches(route));
+    }
+
     /// Why the connection closed, once it has.
     pub(crate) fn close_reason(&self) -> Option<(ErrorCode, String)> {
         self.quic.close_reason().map(|e| describe(&e))

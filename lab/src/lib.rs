@@ -6,6 +6,7 @@
 //! - [`bench`](mod@bench): `quiver bench rtt` and `quiver bench fanout`: Quiver's paths beside baselines measured in the same
 //!   run (raw UDP, bare quinn, WebSocket over TCP), percentiles from HdrHistogram, JSON and plots.
 //! - [`pace`]: sending on a fixed schedule to within a few µs.
+//! - [`churn`]: a load of ever-new rooms, channels and connections, for the soak test (`scripts/soak.sh`).
 //!
 //! ```
 //! use quiver_lab::impair::ImpairmentProfile;
@@ -15,6 +16,7 @@
 //! ```
 
 pub mod bench;
+pub mod churn;
 pub mod impair;
 pub mod pace;
 mod sync;

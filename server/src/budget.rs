@@ -23,7 +23,8 @@ pub struct Budget {
     pub max_rooms: u32,
     /// Tick channels in use at once (with a subscriber or a publisher). Default 10,000.
     pub max_channels: u32,
-    /// Bytes of history one room retains at most (oldest forgotten first). Default 1,048,576 (1 MiB).
+    /// Bytes of history one room retains at most (oldest forgotten first). Default 4,194,304 (4 MiB: the
+    /// `history_max_messages` 1,000 messages of up to 4 KiB each; bigger messages are kept fewer).
     pub room_history_bytes: u64,
     /// Bytes of history and dedupe memory all rooms retain together at most. Default 268,435,456 (256 MiB).
     pub retained_bytes: u64,
@@ -38,7 +39,7 @@ impl Default for Budget {
         Budget {
             max_rooms: 10_000,
             max_channels: 10_000,
-            room_history_bytes: 1 << 20,
+            room_history_bytes: 4 << 20,
             retained_bytes: 256 << 20,
             frame_timeout_ms: 5_000,
             sweep_interval_ms: 1_000,

@@ -66,9 +66,8 @@ impl TestServer {
     /// A server with default limits within `budget`.
     pub fn start_with_budget(budget: quiver_server::Budget) -> TestServer {
         let data_dir = tempfile::tempdir().unwrap();
-        let config =
-            ServerConfig { budget, ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().into()) };
-        Self::run(Server::bind(config).unwrap(), data_dir)
+        let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().into());
+        Self::start_with(ServerConfig { budget, ..dev }, data_dir)
     }
 
     fn run(server: Server, data_dir: tempfile::TempDir) -> TestServer {

@@ -250,7 +250,11 @@ impl Driver {
     }
 
     pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<(), RequestError> {
-        self.ticks.unsubscribed(channel);
+        // A channel subscribed again gets a new id from the server: the old route would only grow the table.
+        let current = self.current.borrow().clone();
+        if let (Some(entry), Some(connection)) = (self.ticks.unsubscribed(channel), current) {
+            connection.unroute(|route| Arc::ptr_eq(route, &entry));
+        }
         match self.request(RequestBody::Unsubscribe { channel: channel.to_string() }).await? {
             Reply::Unsubscribed { .. } => Ok(()),
             other => Err(RequestError::unexpected(other)),

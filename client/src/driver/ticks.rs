@@ -70,9 +70,9 @@ impl Ticks {
         Ok(entry)
     }
 
-    /// Forgets a subscription (the caller tells the server).
-    pub(crate) fn unsubscribed(&self, channel: &str) {
-        lock(&self.subscriptions).remove(channel);
+    /// Forgets a subscription (the caller tells the server); returns it, to unroute its datagrams.
+    pub(crate) fn unsubscribed(&self, channel: &str) -> Option<Arc<SubEntry>> {
+        lock(&self.subscriptions).remove(channel)
     }
 
     /// Claims `channel` for publishing on `connection`.

@@ -1,0 +1,58 @@
+//! `quiver churn`: ever-new rooms, channels and connections against a server, for a bounded time (the load of
+//! `scripts/soak.sh`).
+
+use std::{sync::Arc, time::Duration};
+
+use clap::Args;
+use quiver_client::ConnectOptions;
+use quiver_lab::churn::{churn, ChurnCounters, ChurnOptions};
+
+use crate::{error::CliError, ServerArgs};
+
+#[derive(Debug, Args)]
+pub(crate) struct ChurnArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Connections churning at once.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Seconds to churn (at most 3600).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    duration: u64,
+    /// Bytes of each post's body.
+    #[arg(long, default_value_t = 8192)]
+    body_bytes: usize,
+    /// Each worker opens at most one connection per this many ms.
+    #[arg(long, default_value_t = 100)]
+    interval_ms: u64,
+}
+
+pub(crate) async fn run(args: ChurnArgs) -> Result<(), CliError> {
+    let token_provider = args.server.trust.token_provider(None);
+    let connect = ConnectOptions { trust: args.server.trust.trust(), token_provider, ..ConnectOptions::default() };
+    let options = ChurnOptions {
+        server: args.server.server.clone(),
+        connect,
+        workers: args.workers.max(1),
+        duration: Duration::from_secs(args.duration),
+        body_bytes: args.body_bytes,
+        connection_interval: Duration::from_millis(args.interval_ms),
+    };
+    eprintln!("churning {} for {} s with {} workers", options.server, args.duration, options.workers);
+    let counters = Arc::new(ChurnCounters::default());
+    let run = churn(options, counters.clone());
+    tokio::pin!(run);
+    let mut progress = tokio::time::interval(Duration::from_secs(10));
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            () = &mut run => break,
+            _ = progress.tick() => eprintln!("  {}", counters.summary()),
+        }
+    }
+    println!("{}", counters.summary());
+    for (what, count) in counters.errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter() {
+        println!("  {count} × {what}");
+    }
+    Ok(())
+}

@@ -91,15 +91,17 @@ async fn a_huge_length_prefix() {
             let prefixes: [&[u8]; 2] = [&[0xff; 8], &[0x80, 0x01, 0x00, 0x01]];
             for (i, prefix) in prefixes.into_iter().enumerate() {
                 for with_hello in [false, true] {
+                    // The receiving half is kept: dropping it would stop the server's replies (STOP_SENDING), which
+                    // the server answers with ControlStreamClosed, possibly before the prefix arrives.
                     let control = if with_hello {
                         let control = Control::open(&server).await;
-                        (control.conn, control.send)
+                        (control.conn, control.send, control.recv)
                     } else {
                         let conn = server.try_raw().await.unwrap();
-                        let (send, _) = conn.open_bi().await.unwrap();
-                        (conn, send)
+                        let (send, recv) = conn.open_bi().await.unwrap();
+                        (conn, send, recv)
                     };
-                    let (conn, mut send) = control;
+                    let (conn, mut send, _recv) = control;
                     let sent = Instant::now();
                     send.write_all(prefix).await.unwrap();
                     let (code, reason) = closed_with(&conn).await;

@@ -38,6 +38,23 @@ async fn a_frame_left_unfinished_after_hello_is_closed_with_frame_timeout() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             assert!(matches!(control.next().await, Some(quiver_proto::ServerMsg::Reply { req_id: 2, .. })));
+            // Pipelined frames whose writes always end inside the next frame, for twice the timeout: each write
+            // completes a frame, so the buffer is never empty and the connection must stay.
+            let pings: Vec<BytesMut> = (3..23).map(|id| frame(id, RequestBody::Ping { client_time_us: 1 })).collect();
+            let mut carry = BytesMut::new();
+            for ping in &pings {
+                let (head, tail) = ping.split_at(ping.len() / 2);
+                carry.extend_from_slice(head);
+                control.send.write_all(&carry).await.unwrap();
+                carry = BytesMut::from(tail);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            control.send.write_all(&carry).await.unwrap();
+            for id in 3..23 {
+                assert!(
+                    matches!(control.next().await, Some(quiver_proto::ServerMsg::Reply { req_id, .. }) if req_id == id)
+                );
+            }
             let started = Instant::now();
             control.send.write_all(&partial_frame(10)).await.unwrap();
             let (code, reason) = closed_with(&control.conn).await;

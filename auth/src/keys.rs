@@ -54,10 +54,17 @@ pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<Vec<u8>, AuthError> {
     std::fs::create_dir_all(data_dir).map_err(|source| AuthError::Io { path: data_dir.into(), source })?;
     let secret: [u8; MIN_HS256_SECRET] = rand::random();
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = data_dir.join(format!("{DEV_KEY_FILE}.tmp"));
+    // Written whole under a name of its own, then linked into place: a link never replaces an existing file, so
+    // two processes generating at once agree on whichever key was linked first.
+    let tmp = data_dir.join(format!("{DEV_KEY_FILE}.{}.{:08x}.tmp", std::process::id(), rand::random::<u32>()));
     write_private(&tmp, hex.as_bytes()).map_err(|source| AuthError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, &path).map_err(|source| AuthError::Io { path: path.clone(), source })?;
-    Ok(secret.to_vec())
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(secret.to_vec()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => read_hs256_key(&path),
+        Err(source) => Err(AuthError::Io { path, source }),
+    }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -84,6 +91,18 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_generating_the_dev_key_at_once_agree_on_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<Vec<u8>> = std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                (0..8).map(|_| scope.spawn(|| load_or_generate_dev_key(dir.path()).unwrap())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.windows(2).all(|pair| pair[0] == pair[1]), "every caller got the same key");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+    }
 
     #[test]
     fn the_dev_key_is_generated_once_and_private() {

@@ -51,8 +51,16 @@ pub(crate) async fn run(args: ChurnArgs) -> Result<(), CliError> {
         }
     }
     println!("{}", counters.summary());
-    for (what, count) in counters.errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter() {
-        println!("  {count} × {what}");
+    let errors: u64 = {
+        let errors = counters.errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (what, count) in errors.iter() {
+            println!("  {count} × {what}");
+        }
+        errors.values().sum()
+    };
+    let connections = counters.connections.load(std::sync::atomic::Ordering::Relaxed);
+    if errors > 0 || connections == 0 {
+        return Err(CliError::Churn { connections, errors });
     }
     Ok(())
 }

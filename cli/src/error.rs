@@ -30,6 +30,9 @@ pub(crate) enum CliError {
     /// `quiver impair` without the relay's addresses or `--netns`.
     #[error("--listen and --upstream are required (or --netns)")]
     RelayAddresses,
+    /// `quiver churn` met errors, or made no connection at all.
+    #[error("churn: {errors} errors in {connections} connections (each is listed above)")]
+    Churn { connections: u64, errors: u64 },
     /// The connection to `--server`.
     #[error("cannot connect to {server}: {source}")]
     Connect { server: String, source: ConnectError },

@@ -23,8 +23,9 @@ pub struct Budget {
     pub max_rooms: u32,
     /// Tick channels in use at once (with a subscriber or a publisher). Default 10,000.
     pub max_channels: u32,
-    /// Bytes of history one room retains at most (oldest forgotten first). Default 4,194,304 (4 MiB: the
-    /// `history_max_messages` 1,000 messages of up to 4 KiB each; bigger messages are kept fewer).
+    /// Bytes of history one room retains at most (oldest forgotten first). Default 4,194,304 (4 MiB: about the
+    /// `history_max_messages` 1,000 messages of 4 KiB, each costing its frame and ~200 bytes; bigger messages are
+    /// kept fewer).
     pub room_history_bytes: u64,
     /// Bytes of history and dedupe memory all rooms retain together at most. Default 268,435,456 (256 MiB).
     pub retained_bytes: u64,

@@ -196,6 +196,26 @@ const NOT_LOCAL: &str = "dev tokens are handed out only to pages opened on the s
     (http://localhost); from elsewhere, open the page with ?token= (mint one on the server: quiver-server token \
     --sub NAME), or run the server with production keys (--hs256-key / --ed25519-public-key)";
 
+/// Why a page reached under another name than this machine's gets no dev token.
+const NOT_LOCAL_NAME: &str = "dev tokens are handed out only to pages opened as http://localhost, \
+    http://127.0.0.1 or http://[::1] (the Host header names another machine: a page under another name that \
+    resolves to this one, as in DNS rebinding, gets none)";
+
+/// True when a `Host` header names this machine: `localhost` or a loopback address, with or without a port. A
+/// request without one (not a browser's) counts as local; the peer address was checked already.
+fn is_loopback_host(host: Option<&str>) -> bool {
+    let Some(host) = host else { return true };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, _port)) => v6,
+            None => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    let name = name.trim_end_matches('.');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(is_loopback)
+}
+
 /// The response to a request head from `peer` (sans-IO, so it is tested without sockets).
 fn respond(head: &[u8], peer: IpAddr, info: &PageInfo) -> Response {
     let Ok(text) = std::str::from_utf8(head) else { return Response::error(400, "request is not UTF-8") };
@@ -221,8 +241,12 @@ fn respond(head: &[u8], peer: IpAddr, info: &PageInfo) -> Response {
         .map(|(_, value)| value.trim());
     let path = target.split(['?', '#']).next().unwrap_or("/");
     let name = query_param(target, "name");
-    let mut response = if path == "/config.json" && info.dev_tokens_from.is_some() && !is_loopback(peer) {
+    let dev_tokens = info.dev_tokens_from.is_some();
+    let mut response = if path == "/config.json" && dev_tokens && !is_loopback(peer) {
         Response::error(403, NOT_LOCAL)
+    } else if path == "/config.json" && dev_tokens && !is_loopback_host(host) {
+        // A loopback peer asking for another name: a page whose name was rebound to 127.0.0.1 (DNS rebinding).
+        Response::error(403, NOT_LOCAL_NAME)
     } else if path == "/config.json" {
         Response {
             status: 200,
@@ -366,6 +390,16 @@ mod tests {
         }
         for peer in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
             assert_eq!(respond(b"GET /config.json HTTP/1.1\r\n\r\n", peer.parse().unwrap(), &info).status, 200);
+        }
+        for host in ["evil.example", "evil.example:4433", "127.0.0.1.evil.example", "[2001:db8::1]:80", "[::1"] {
+            let head = format!("GET /config.json HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let refused = respond(head.as_bytes(), LOCAL, &info);
+            assert_eq!(refused.status, 403, "Host {host} from a loopback peer (DNS rebinding)");
+        }
+        for host in ["localhost", "LOCALHOST:4433", "localhost.", "127.0.0.1:8080", "127.9.9.9", "[::1]:4433", "[::1]"]
+        {
+            let head = format!("GET /config.json HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert_eq!(respond(head.as_bytes(), LOCAL, &info).status, 200, "Host {host}");
         }
         let production_info = PageInfo { dev_tokens_from: None, ..info.clone() };
         let production = respond(b"GET /config.json HTTP/1.1\r\n\r\n", "192.0.2.7".parse().unwrap(), &production_info);

@@ -191,3 +191,51 @@ fn a_hundred_thousand_refused_subscribes_allocate_nothing() {
     }
     assert_eq!((hub.channels(), other.channel_names(), conn.channel_names()), (0, 0, 0));
 }
+
+/// Joins race with evictions on other threads: no member is ever left in a room the hub no longer holds. (A stress
+/// check of the `removed` flag and of the re-check under the room's lock; the window it guards is microseconds
+/// wide, so this run does not reliably hit it when the re-check is missing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_is_never_stranded_in_an_evicted_room() {
+    let hub = Arc::new(LocalRooms::new(Limits::default(), Budget { max_rooms: 64, ..Budget::default() }));
+    let body = Bytes::from_static(b"x");
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..4u64 {
+        let (hub, body) = (hub.clone(), body.clone());
+        tasks.spawn(async move {
+            let mut members = Vec::new();
+            for i in 16..20_000u64 {
+                // New names force evictions of the longest idle rooms (4 workers × 16 names ago); joins of exactly
+                // those names race with them.
+                let _ = post(&hub, &format!("w{worker}-{i}"), i, &body, i).await;
+                if i % 5 == 0 {
+                    let outbox = Arc::new(Count::default());
+                    let room = format!("w{}-{}", (worker + 1) % 4, i - 15);
+                    let join = JoinRoom {
+                        room: room.clone(),
+                        identity: "ann".into(),
+                        since: None,
+                        outbox: outbox.clone(),
+                        now_us: i,
+                    };
+                    if let Ok(joining) = hub.join(join).await {
+                        joining.delivery.flush();
+                        members.push((room, outbox));
+                    }
+                }
+            }
+            members
+        });
+    }
+    let mut members = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        members.extend(joined.expect("worker"));
+    }
+    assert!(!members.is_empty());
+    assert!(hub.usage().rooms <= 64, "{:?}", hub.usage());
+    for (i, (room, outbox)) in members.iter().enumerate() {
+        let before = outbox.0.load(Ordering::Relaxed);
+        post(&hub, room, 1_000_000 + i as u64, &body, 1_000_000).await.expect("a room with members stays");
+        assert_eq!(outbox.0.load(Ordering::Relaxed), before + 1, "the member of {room} still receives");
+    }
+}

@@ -3,7 +3,7 @@
 //! keep up gets the newest value next, never a backlog of old ones; a waiting tick older than its channel's max age
 //! when its turn comes is dropped instead of sent late.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::ticks::Tick;
 
@@ -18,6 +18,9 @@ pub enum Offered {
     Replaced,
     /// The tick is not newer than one already waiting or handed out; it was dropped.
     Older,
+    /// The channel is not subscribed (any more): a fan-out snapshot taken before the Unsubscribe. Dropped, and
+    /// nothing is remembered for it.
+    Unsubscribed,
 }
 
 /// Ticks handed out by [`Conflation::take`].
@@ -42,12 +45,18 @@ pub struct Conflation {
     ready: VecDeque<u64>,
     /// Per channel, the newest seq sent or waiting.
     newest: HashMap<u64, u64>,
+    /// The channel ids subscribed now: offers for any other id are dropped, so a fan-out that raced an Unsubscribe
+    /// cannot leave an entry behind (ids are never reused, so nothing would ever remove it).
+    live: HashSet<u64>,
 }
 
 impl Conflation {
     /// Offers `tick` for `channel_id` (the subscriber's id for the channel). `room`: the transport can take a
     /// datagram now, so a tick with nothing of its channel waiting before it is sent at once.
     pub fn offer(&mut self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, room: bool) -> Offered {
+        if !self.live.contains(&channel_id) {
+            return Offered::Unsubscribed;
+        }
         if self.newest.get(&channel_id).is_some_and(|newest| *newest >= tick.seq) {
             return Offered::Older;
         }
@@ -81,8 +90,14 @@ impl Conflation {
         taken
     }
 
-    /// Forgets a channel (unsubscribed): its waiting tick, and what was handed out.
+    /// Takes ticks for `channel_id` from now on (subscribed).
+    pub fn open(&mut self, channel_id: u64) {
+        self.live.insert(channel_id);
+    }
+
+    /// Forgets a channel (unsubscribed): its waiting tick, and what was handed out; later offers are dropped.
     pub fn remove(&mut self, channel_id: u64) {
+        self.live.remove(&channel_id);
         self.waiting.remove(&channel_id);
         self.newest.remove(&channel_id);
         self.ready.retain(|id| *id != channel_id);
@@ -109,9 +124,16 @@ mod tests {
         Tick { seq, sent_time_us: seq, received_us: seq, payload: Bytes::from(seq.to_string()) }
     }
 
+    /// A conflation with channels 1 to 9 subscribed.
+    fn conflation() -> Conflation {
+        let mut c = Conflation::default();
+        (1..10).for_each(|id| c.open(id));
+        c
+    }
+
     #[test]
     fn many_ticks_to_a_blocked_subscriber_leave_exactly_one() {
-        let mut c = Conflation::default();
+        let mut c = conflation();
         assert_eq!(c.offer(7, tick(1), None, false), Offered::Queued);
         for seq in 2..=10_000 {
             assert_eq!(c.offer(7, tick(seq), None, seq % 2 == 0), Offered::Replaced, "room or not, it waits");
@@ -125,7 +147,7 @@ mod tests {
 
     #[test]
     fn one_slot_per_channel_in_ready_order_and_older_ticks_are_dropped() {
-        let mut c = Conflation::default();
+        let mut c = conflation();
         c.offer(2, tick(5), None, false);
         c.offer(1, tick(3), None, false);
         c.offer(2, tick(6), None, false);
@@ -137,12 +159,16 @@ mod tests {
         c.offer(3, tick(1), None, false);
         c.remove(3);
         assert!(c.take(0).ready.is_empty());
-        assert_eq!(c.offer(3, tick(1), None, true), Offered::Send(tick(1)), "a removed channel starts over");
+        assert_eq!(c.offer(3, tick(2), None, true), Offered::Unsubscribed, "a late fan-out leaves nothing behind");
+        assert!(!c.newest.contains_key(&3));
+        c.open(3);
+        assert_eq!(c.offer(3, tick(1), None, true), Offered::Send(tick(1)), "a reopened channel starts over");
+        assert_eq!(c.offer(42, tick(1), None, true), Offered::Unsubscribed, "never subscribed");
     }
 
     #[test]
     fn with_room_and_nothing_waiting_a_tick_goes_now_never_past_an_older_waiting_one() {
-        let mut c = Conflation::default();
+        let mut c = conflation();
         assert_eq!(c.offer(1, tick(1), None, true), Offered::Send(tick(1)));
         assert_eq!(c.offer(1, tick(1), None, true), Offered::Older, "a reordered duplicate is not sent");
         assert_eq!(c.offer(1, tick(2), None, false), Offered::Queued);
@@ -152,7 +178,7 @@ mod tests {
 
     #[test]
     fn ticks_past_their_max_age_are_dropped_when_their_turn_comes() {
-        let mut c = Conflation::default();
+        let mut c = conflation();
         c.offer(1, tick(10), Some(100), false); // received at 10
         c.offer(2, tick(50), Some(100), false); // received at 50
         c.offer(3, tick(20), None, false);

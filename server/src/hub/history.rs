@@ -19,10 +19,26 @@ pub struct StoredMessage {
 const STORED_OVERHEAD: u64 = 160;
 
 impl StoredMessage {
-    /// Bytes this message keeps in memory (counted against the room's and the server's budget).
+    /// A message to retain. The event's body is kept as a slice of the frame (postcard writes the body last, as
+    /// its length and bytes), so a retained message holds its body once, not twice.
+    pub fn new(mut event: RoomEvent, frame: Bytes) -> StoredMessage {
+        if let quiver_proto::EventKind::Message { body, .. } = &mut event.kind {
+            if frame.ends_with(body) {
+                *body = frame.slice(frame.len() - body.len()..);
+            }
+        }
+        StoredMessage { event, frame }
+    }
+
+    /// Bytes this message keeps in memory (counted against the room's and the server's budget): the frame, the
+    /// sender's name, the body unless it is a slice of the frame, and the bookkeeping.
     pub fn cost(&self) -> u64 {
         let (sender, body) = match &self.event.kind {
-            quiver_proto::EventKind::Message { sender, body, .. } => (sender.len(), body.len()),
+            quiver_proto::EventKind::Message { sender, body, .. } => {
+                let frame = self.frame.as_ptr() as usize..self.frame.as_ptr() as usize + self.frame.len();
+                let shared = frame.contains(&(body.as_ptr() as usize)) || body.is_empty();
+                (sender.len(), if shared { 0 } else { body.len() })
+            }
             _ => (0, 0),
         };
         (self.frame.len() + sender + body) as u64 + STORED_OVERHEAD
@@ -163,6 +179,23 @@ mod tests {
         h.trim(10_000);
         assert_eq!(h.first_seq(), None);
         assert_eq!(h.bytes(), 0);
+    }
+
+    #[test]
+    fn a_retained_body_is_a_slice_of_its_frame() {
+        let body = Bytes::from(vec![9u8; 4096]);
+        let event = RoomEvent {
+            seq: 1,
+            time_us: 2,
+            kind: EventKind::Message { sender: "ann".into(), client_msg_id: 3, body: body.clone() },
+        };
+        let codec = quiver_proto::FrameCodec::new(65_536);
+        let frame = codec.encode_to_vec(&quiver_proto::RoomFrame::Event(event.clone())).unwrap().freeze();
+        let stored = StoredMessage::new(event.clone(), frame.clone());
+        assert_eq!(stored.event, event, "the same event");
+        assert_eq!(stored.cost(), frame.len() as u64 + 3 + STORED_OVERHEAD, "the body is counted once");
+        let apart = StoredMessage { event, frame: frame.clone() };
+        assert_eq!(apart.cost(), (frame.len() + 3 + 4096) as u64 + STORED_OVERHEAD, "a separate body counts");
     }
 
     #[test]

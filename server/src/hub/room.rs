@@ -219,7 +219,7 @@ impl Room {
         let frame = frame.freeze();
         self.last_seq = seq;
         self.dedupe.record(identity, client_msg_id, seq, now_us);
-        let stored = Arc::new(StoredMessage { event, frame: frame.clone() });
+        let stored = Arc::new(StoredMessage::new(event, frame.clone()));
         self.history.append(stored);
         Ok((Posted { seq, duplicate: false }, self.deliver(frame, now_us)))
     }

@@ -171,15 +171,22 @@ impl LocalRooms {
         }
         let batch = (self.budget.max_rooms as usize / 64).max(1).min(idle.len());
         idle.select_nth_unstable_by_key(batch - 1, |(last_active, _, _)| *last_active);
+        let mut evicted = false;
         for (_, name, shared) in &idle[..batch] {
             let mut slot = lock(shared);
+            // Checked again under the lock: a joiner that found the room before the map lock was taken may have
+            // joined since the scan.
+            if slot.room.subscriber_count() != 0 {
+                continue;
+            }
             let freed = slot.room.retained_bytes();
             self.remove(rooms, name, &mut slot);
             self.counters.shed.fetch_add(freed, Ordering::Relaxed);
             self.counters.evicted.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(room = %name, freed, "idle room evicted: the server is at max_rooms");
+            evicted = true;
         }
-        true
+        evicted
     }
 
     /// Over `retained_bytes`: the rooms idle longest shed their oldest messages (then dedupe entries) until the

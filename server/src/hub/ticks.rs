@@ -73,7 +73,7 @@ pub trait TickHub: Send + Sync + std::fmt::Debug + 'static {
     /// Notes a repeated claim's maximum tick age for an existing `channel` (the smallest asked for wins).
     fn set_max_age(&self, channel: &str, max_age_us: u64);
     /// Stamps the channel's next seq on a tick; returns it with the subscribers to offer it to (`None` when the
-    /// channel has no publisher any more).
+    /// channel has no publisher: the claim that let the tick in was released).
     fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout>;
     /// Channels in use now.
     fn channels(&self) -> usize;
@@ -231,7 +231,7 @@ impl TickHub for LocalTicks {
 
     fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout> {
         let mut shard = self.shard(channel);
-        let c = shard.get_mut(channel)?;
+        let c = shard.get_mut(channel).filter(|c| c.publishers > 0)?;
         c.last_seq += 1;
         Some(Fanout {
             tick: Tick { seq: c.last_seq, sent_time_us, received_us, payload },
@@ -303,6 +303,9 @@ mod tests {
         let hub = LocalTicks::new(2);
         let a = Arc::new(Record::default());
         assert!(hub.publish("nobody", 0, 0, Bytes::new()).is_none(), "publishing creates nothing");
+        hub.subscribe("watched", 0, a.clone()).unwrap();
+        assert!(hub.publish("watched", 0, 0, Bytes::new()).is_none(), "nor stamps a channel without a publisher");
+        hub.unsubscribe("watched", 1);
         let sub = hub.subscribe("x", 0, a.clone()).unwrap();
         hub.claim("y", None).unwrap();
         assert_eq!(hub.subscribe("z", 1, a.clone()).unwrap_err().code, ErrorCode::ServerFull);

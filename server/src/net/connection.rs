@@ -213,6 +213,7 @@ async fn control<R: RoomHub>(
             }
             () = shutdown.cancelled() => return going_away(conn, Some(&mut send)).await,
         }
+        let mut completed = false;
         while let Some(step) = match next_step(&codec, &mut inbound, &mut session, &mut throttle) {
             Ok(step) => step,
             Err((code, reason)) => {
@@ -221,6 +222,7 @@ async fn control<R: RoomHub>(
                 return format!("protocol error: {reason}");
             }
         } {
+            completed = true;
             match step {
                 Step::Reply(msg) => {
                     stats.reply(&msg);
@@ -248,10 +250,12 @@ async fn control<R: RoomHub>(
                 }
             }
         }
-        partial_since = match (inbound.is_empty(), partial_since) {
-            (true, _) => None,
-            (false, None) => Some(Instant::now()),
-            (false, since) => since,
+        // The timer runs from the start of the frame now waiting: a client pipelining whole frames is never timed
+        // out, whatever its reads' boundaries.
+        partial_since = match (inbound.is_empty(), completed, partial_since) {
+            (true, _, _) => None,
+            (false, true, _) | (false, false, None) => Some(Instant::now()),
+            (false, false, since) => since,
         };
         if !outbound.is_empty() {
             match send.write_all(&outbound).await {

@@ -140,7 +140,10 @@ impl<R: RoomHub> Connection<R> {
         match request {
             TickRequest::Subscribe { channel } => {
                 let (hub, sink) = (&self.ticks, &self.datagrams.sink);
-                let channel_id = self.state.subscribe(&channel, |id| hub.subscribe(&channel, id, sink.clone()))?;
+                let channel_id = self.state.subscribe(&channel, |id| {
+                    sink.open(id);
+                    hub.subscribe(&channel, id, sink.clone()).inspect_err(|_| sink.remove(id))
+                })?;
                 self.datagrams.set_claims(self.state.claims());
                 Ok(Reply::Subscribed { channel, channel_id })
             }

@@ -62,7 +62,12 @@ impl DatagramSink {
         }
     }
 
-    /// Forgets an unsubscribed channel's waiting tick.
+    /// Takes ticks for a channel being subscribed (before the tick hub offers any).
+    pub(crate) fn open(&self, channel_id: u64) {
+        lock(&self.waiting).open(channel_id);
+    }
+
+    /// Forgets an unsubscribed channel: its waiting tick, and any tick offered from now on.
     pub(crate) fn remove(&self, channel_id: u64) {
         lock(&self.waiting).remove(channel_id);
     }
@@ -80,6 +85,7 @@ impl TickSink for DatagramSink {
             Offered::Send(tick) => self.send(channel_id, &tick),
             Offered::Queued => self.wake.notify_one(),
             Offered::Replaced | Offered::Older => bump(&self.stats.ticks_conflated),
+            Offered::Unsubscribed => {}
         }
     }
 }

@@ -56,7 +56,14 @@ pub(super) async fn accept(conn: quinn::Connection, web: &WebConfig, deadline: I
     let handshake = Request::accept(conn.clone());
     tokio::pin!(handshake);
     let request = tokio::select! {
-        accepted = &mut handshake => accepted.map_err(Refused::Handshake)?,
+        accepted = &mut handshake => match accepted {
+            Ok(request) => request,
+            Err(err) => {
+                // The crate has dropped its half-done streams by now; at least the close says why.
+                conn.close(quiver_transport::close::quic_code(quiver_proto::ErrorCode::ProtocolViolation), b"HTTP/3 handshake failed");
+                return Err(Refused::Handshake(err));
+            }
+        },
         () = tokio::time::sleep_until(deadline) => {
             conn.close(
                 quiver_transport::close::quic_code(quiver_proto::ErrorCode::HandshakeTimeout),

@@ -149,15 +149,7 @@ async fn an_expiring_token_ends_the_connection_and_a_provider_renews_it() {
 }
 
 fn token_request(sub: &str, signer: Signer) -> TokenRequest {
-    TokenRequest {
-        sub: sub.into(),
-        rooms: vec![],
-        post: false,
-        channels: vec![],
-        publish: false,
-        ttl: "1h".into(),
-        signer,
-    }
+    TokenRequest::every_right(sub, signer)
 }
 
 /// `quiver-server token`'s library half: with `--init-key` its token is accepted by a server then started on that

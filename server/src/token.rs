@@ -51,6 +51,21 @@ pub struct TokenRequest {
     pub signer: Signer,
 }
 
+impl TokenRequest {
+    /// A token for `sub` with every right on every room and channel, valid for an hour.
+    pub fn every_right(sub: impl Into<String>, signer: Signer) -> Self {
+        TokenRequest {
+            sub: sub.into(),
+            rooms: vec![],
+            post: false,
+            channels: vec![],
+            publish: false,
+            ttl: "1h".into(),
+            signer,
+        }
+    }
+}
+
 /// A minted token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Minted {
@@ -191,15 +206,7 @@ mod tests {
     }
 
     fn request(sub: &str, signer: Signer) -> TokenRequest {
-        TokenRequest {
-            sub: sub.into(),
-            rooms: vec![],
-            post: false,
-            channels: vec![],
-            publish: false,
-            ttl: "1h".into(),
-            signer,
-        }
+        TokenRequest::every_right(sub, signer)
     }
 
     fn dev(data_dir: &Path, create: bool) -> Signer {

@@ -29,8 +29,18 @@ pub(crate) struct PostArgs {
     /// Name to post as.
     #[arg(long)]
     name: Option<String>,
+    /// Idempotency key: running the command again with the same key (and the same --name or --token) gets the
+    /// original seq back instead of posting twice, while the server remembers it (`dedupe_window_s`, 600 s by
+    /// default). Any text; it is hashed to the post's client_msg_id.
+    #[arg(long, value_name = "KEY")]
+    id: Option<String>,
     /// The message.
     text: String,
+}
+
+/// The client_msg_id of `--id KEY`: FNV-1a (64-bit) of the key, the same in every process and build.
+pub(crate) fn msg_id_of(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[derive(Debug, Args)]
@@ -107,8 +117,15 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
 }
 
 pub(crate) async fn post(args: PostArgs) -> Result<(), CliError> {
+    if args.id.is_some() && args.name.is_none() && !args.server.has_token() {
+        return Err(CliError::IdWithoutIdentity);
+    }
     let client = args.server.connect_as(args.name).await?;
-    let seq = client.post(&args.room, args.text).await.map_err(CliError::Post)?;
+    let posted = match &args.id {
+        Some(key) => client.post_with_id(&args.room, msg_id_of(key), args.text).await,
+        None => client.post(&args.room, args.text).await,
+    };
+    let seq = posted.map_err(CliError::Post)?;
     println!("{seq}");
     client.close().await;
     Ok(())

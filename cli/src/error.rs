@@ -30,6 +30,9 @@ pub(crate) enum CliError {
     /// `quiver impair` without the relay's addresses or `--netns`.
     #[error("--listen and --upstream are required (or --netns)")]
     RelayAddresses,
+    /// `quiver post --id` with an identity that changes from run to run.
+    #[error("--id needs the same identity every time: give --name (or --token)")]
+    IdWithoutIdentity,
     /// `quiver churn` met errors, or made no connection at all.
     #[error("churn: {errors} errors in {connections} connections (each is listed above)")]
     Churn { connections: u64, errors: u64 },

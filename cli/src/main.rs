@@ -99,6 +99,11 @@ pub(crate) struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// True when a fixed token (so a fixed identity) was given.
+    pub(crate) fn has_token(&self) -> bool {
+        self.trust.token.is_some()
+    }
+
     pub(crate) async fn connect(&self) -> Result<Client, CliError> {
         self.connect_as(None).await
     }

@@ -147,3 +147,31 @@ async fn post_prints_the_seq_and_history_prints_json_lines() {
     assert_eq!(out.lines().collect::<Vec<_>>(), ["[1] cli: one", "[2] cli: two", "[3] cli: three"]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn post_with_an_id_run_twice_gets_the_original_seq() {
+    let server = TestServer::start(Limits::default());
+    let post = |extra: &[&str], text: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+        command.args(["post", "--room", "jobs", "--server", &server.addr.to_string(), "--data-dir"]);
+        command.arg(server.data_dir.path()).args(extra).arg(text);
+        async move { command.output().await.unwrap() }
+    };
+    let ok = |output: std::process::Output| {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(ok(post(&["--name", "cron", "--id", "nightly-2026-12-01"], "built").await), "1");
+    assert_eq!(ok(post(&["--name", "cron"], "unrelated").await), "2");
+    // The same command again (a retry after a crash): the original seq, nothing posted twice.
+    assert_eq!(ok(post(&["--name", "cron", "--id", "nightly-2026-12-01"], "built").await), "1");
+    assert_eq!(ok(post(&["--name", "cron", "--id", "nightly-2026-12-02"], "built").await), "3");
+    // Another identity with the same key is another post.
+    assert_eq!(ok(post(&["--name", "ops", "--id", "nightly-2026-12-01"], "built").await), "4");
+    let refused = post(&["--id", "k"], "x").await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--id needs the same identity every time"));
+    let history = server.client().await.history("jobs", None, 100).await.unwrap();
+    assert_eq!(history.messages.len(), 4);
+    server.stop().await;
+}

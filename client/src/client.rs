@@ -122,7 +122,22 @@ impl Client {
         room: &str,
         body: impl Into<Bytes>,
     ) -> impl Future<Output = Result<u64, RequestError>> + Send + 'static {
-        self.handle.driver.post(room, body.into())
+        self.handle.driver.post(room, None, body.into())
+    }
+
+    /// [`Client::post`] with your own `client_msg_id`, for posts that must not be doubled across processes: a
+    /// script that re-runs after a crash, a service that retries from its own outbox. The server answers a post
+    /// whose `(identity, client_msg_id)` it has already sequenced (within `Limits::dedupe_window_s`) with the
+    /// original seq and delivers nothing again. The identity must be the same each time: a token's `sub`, or a
+    /// fixed `ConnectOptions::name` with dev tokens. Ids this client draws for [`Client::post`] start at a random
+    /// point, so they do not meet yours in practice.
+    pub fn post_with_id(
+        &self,
+        room: &str,
+        client_msg_id: u64,
+        body: impl Into<Bytes>,
+    ) -> impl Future<Output = Result<u64, RequestError>> + Send + 'static {
+        self.handle.driver.post(room, Some(client_msg_id), body.into())
     }
 
     /// A room's retained messages after `since`, at most `limit` (fewer when they do not fit one frame: see

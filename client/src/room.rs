@@ -35,7 +35,7 @@ impl Room {
     /// Posts `body`; the future resolves to the seq the message got. Queued at the call (posts keep the order of
     /// the calls), retried across reconnects until acknowledged (the server deduplicates retries): delivered once.
     pub fn post(&self, body: impl Into<Bytes>) -> impl std::future::Future<Output = Result<u64, RequestError>> {
-        self.handle.driver.post(&self.entry.name, body.into())
+        self.handle.driver.post(&self.entry.name, None, body.into())
     }
 
     /// Members present, as of the events delivered to the room's reader so far.

@@ -25,6 +25,7 @@
 pub mod admission;
 pub mod budget;
 pub mod config;
+pub mod datadir;
 pub mod hub;
 pub mod net;
 pub mod rate;

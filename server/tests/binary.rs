@@ -45,6 +45,39 @@ fn prints_address_and_hash_then_stops_cleanly_on_sigterm() {
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn a_second_server_on_the_same_data_directory_exits_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = server()
+        .args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("listening on "));
+    let second = server().args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second server ran: {stderr}");
+    assert!(stderr.contains(&format!("in use by another quiver-server (pid {})", first.id())), "{stderr}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // SIGKILLed: the lock went with the process.
+    let mut third = server()
+        .args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(third.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("listening on "), "a killed server leaves no stale lock");
+    third.kill().unwrap();
+    third.wait().unwrap();
+}
+
 #[test]
 fn missing_certificate_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -226,14 +226,16 @@ impl Driver {
         }
     }
 
-    /// Queues a post now; the future resolves to its seq.
+    /// Queues a post now (with the caller's `client_msg_id`, or the next of this client's own); the future resolves
+    /// to its seq.
     pub(crate) fn post(
         &self,
         room: &str,
+        client_msg_id: Option<u64>,
         body: Bytes,
     ) -> impl Future<Output = Result<u64, RequestError>> + Send + 'static {
         let (done, outcome) = oneshot::channel();
-        let client_msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
+        let client_msg_id = client_msg_id.unwrap_or_else(|| self.next_msg_id.fetch_add(1, Ordering::Relaxed));
         let queued = self.posts.send(QueuedPost { room: room.to_string(), client_msg_id, body, done });
         let me = self.me.clone();
         let why = move || me.upgrade().map_or((ErrorCode::NoError, "client closed".into()), |d| d.end_reason());

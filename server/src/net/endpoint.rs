@@ -26,6 +26,9 @@ pub enum ServerError {
     /// The token keys could not be loaded or generated.
     #[error("access tokens: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// The data directory is another server's, or cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
 }
 
 pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, Fingerprint), ServerError> {

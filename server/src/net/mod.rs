@@ -55,6 +55,8 @@ pub struct Server<R = LocalRooms> {
     auth: Arc<crate::auth::Auth>,
     /// Connection counts and rates per source address (`max_connections*`, `new_connections_per_s_per_ip`).
     admission: Arc<std::sync::Mutex<crate::admission::Admission>>,
+    /// One server per data directory, while this one lives.
+    _data_dir: crate::datadir::DataDirLock,
 }
 
 impl Server<LocalRooms> {
@@ -71,6 +73,8 @@ impl<R: RoomHub> Server<R> {
     /// Like [`Server::bind`], with rooms and ticks behind the given hubs (another engine than this process's
     /// memory).
     pub fn bind_with(config: ServerConfig, rooms: Arc<R>, ticks: Arc<dyn TickHub>) -> Result<Server<R>, ServerError> {
+        // Before anything in the directory is read or written.
+        let data_dir = crate::datadir::DataDirLock::acquire(&config.data_dir)?;
         let (endpoint, fingerprint) = endpoint::bind(&config)?;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
         let page = config.web.http.map(crate::web::bind).transpose().map_err(ServerError::Bind)?;
@@ -96,6 +100,7 @@ impl<R: RoomHub> Server<R> {
             stats,
             auth,
             admission,
+            _data_dir: data_dir,
         })
     }
 

@@ -1,0 +1,100 @@
+//! One server per data directory: an advisory lock on `DATA_DIR/lock` (flock on Unix, LockFileEx on Windows), taken
+//! before anything in the directory is touched and held while the [`crate::Server`] lives, with the holder's pid
+//! written in the file so that a second server can say who holds it. The lock goes with the process, so a killed
+//! server never leaves a stale one behind (a stale pid in the file is harmless: only the lock counts).
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read, Seek, Write},
+    path::{Path, PathBuf},
+};
+
+/// The lock file's name in the data directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// Why the data directory could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// Another process holds the lock.
+    #[error(
+        "data directory {dir} is in use by another quiver-server (pid {pid}); stop that one, or give this one its \
+         own --data-dir"
+    )]
+    InUse {
+        /// The data directory.
+        dir: PathBuf,
+        /// What the holder wrote in the lock file (its pid), or "unknown".
+        pid: String,
+    },
+    /// The directory or its lock file could not be created or locked.
+    #[error("data directory {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The held lock of a data directory; released when dropped (or when the process ends, however it ends).
+#[derive(Debug)]
+pub struct DataDirLock {
+    file: File,
+}
+
+impl DataDirLock {
+    /// Takes `dir`'s lock (creating the directory if needed), or says which process has it.
+    pub fn acquire(dir: &Path) -> Result<DataDirLock, DataDirError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataDirError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(LOCK_FILE);
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = match pid.trim() {
+                    "" => "unknown".to_string(),
+                    pid => pid.chars().take(32).collect(),
+                };
+                return Err(DataDirError::InUse { dir: dir.to_path_buf(), pid });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(DataDirError::Io { path, source }),
+        }
+        file.set_len(0).map_err(io(&path))?;
+        file.rewind().map_err(io(&path))?;
+        writeln!(file, "{}", std::process::id()).map_err(io(&path))?;
+        Ok(DataDirLock { file })
+    }
+}
+
+impl Drop for DataDirLock {
+    fn drop(&mut self) {
+        // The lock itself goes with the file; the pid goes too, so the file does not name a process that left.
+        let _ = self.file.set_len(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_with_the_first_ones_pid_until_it_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDirLock::acquire(dir.path()).unwrap();
+        let Err(DataDirError::InUse { pid, .. }) = DataDirLock::acquire(dir.path()) else {
+            panic!("a second lock on the same directory")
+        };
+        assert_eq!(pid, std::process::id().to_string());
+        drop(first);
+        let again = DataDirLock::acquire(&dir.path().join("fresh/sub")).unwrap();
+        drop(again);
+        DataDirLock::acquire(dir.path()).expect("free once the first let go");
+    }
+}

@@ -45,35 +45,33 @@ fn prints_address_and_hash_then_stops_cleanly_on_sigterm() {
     }
 }
 
-#[cfg(unix)]
-#[test]
-fn a_second_server_on_the_same_data_directory_exits_naming_the_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut first = server()
+/// A server on `dir` that has printed its address (so it holds the directory).
+fn listening(dir: &std::path::Path) -> std::process::Child {
+    let mut child = server()
         .args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"])
-        .arg(dir.path())
+        .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
-    assert!(lines.next().unwrap().unwrap().starts_with("listening on "));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("listening on "), "the server did not start");
+    child
+}
+
+#[cfg(unix)]
+#[test]
+fn a_second_server_on_the_same_data_directory_exits_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = listening(dir.path());
     let second = server().args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"]).arg(dir.path()).output().unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "the second server ran: {stderr}");
     assert!(stderr.contains(&format!("in use by another quiver-server (pid {})", first.id())), "{stderr}");
     first.kill().unwrap();
     first.wait().unwrap();
-    // SIGKILLed: the lock went with the process.
-    let mut third = server()
-        .args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(third.stdout.take().unwrap()).lines();
-    assert!(lines.next().unwrap().unwrap().starts_with("listening on "), "a killed server leaves no stale lock");
+    // SIGKILLed: the lock went with the process, so a new server starts.
+    let mut third = listening(dir.path());
     third.kill().unwrap();
     third.wait().unwrap();
 }

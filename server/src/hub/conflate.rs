@@ -3,7 +3,7 @@
 //! keep up gets the newest value next, never a backlog of old ones; a waiting tick older than its channel's max age
 //! when its turn comes is dropped instead of sent late.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use super::ticks::Tick;
 
@@ -43,24 +43,21 @@ struct Waiting {
 pub struct Conflation {
     waiting: HashMap<u64, Waiting>,
     ready: VecDeque<u64>,
-    /// Per channel, the newest seq sent or waiting.
+    /// Per subscribed channel (and only those), the newest seq sent or waiting; 0 before the first. Offers for any
+    /// other id are dropped, so a fan-out that raced an Unsubscribe cannot leave an entry behind (ids are never
+    /// reused, so nothing would ever remove it).
     newest: HashMap<u64, u64>,
-    /// The channel ids subscribed now: offers for any other id are dropped, so a fan-out that raced an Unsubscribe
-    /// cannot leave an entry behind (ids are never reused, so nothing would ever remove it).
-    live: HashSet<u64>,
 }
 
 impl Conflation {
     /// Offers `tick` for `channel_id` (the subscriber's id for the channel). `room`: the transport can take a
     /// datagram now, so a tick with nothing of its channel waiting before it is sent at once.
     pub fn offer(&mut self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, room: bool) -> Offered {
-        if !self.live.contains(&channel_id) {
-            return Offered::Unsubscribed;
+        match self.newest.get_mut(&channel_id) {
+            None => return Offered::Unsubscribed,
+            Some(newest) if *newest >= tick.seq => return Offered::Older,
+            Some(newest) => *newest = tick.seq,
         }
-        if self.newest.get(&channel_id).is_some_and(|newest| *newest >= tick.seq) {
-            return Offered::Older;
-        }
-        self.newest.insert(channel_id, tick.seq);
         match self.waiting.get_mut(&channel_id) {
             Some(waiting) => {
                 *waiting = Waiting { tick, max_age_us };
@@ -92,12 +89,11 @@ impl Conflation {
 
     /// Takes ticks for `channel_id` from now on (subscribed).
     pub fn open(&mut self, channel_id: u64) {
-        self.live.insert(channel_id);
+        self.newest.insert(channel_id, 0);
     }
 
     /// Forgets a channel (unsubscribed): its waiting tick, and what was handed out; later offers are dropped.
     pub fn remove(&mut self, channel_id: u64) {
-        self.live.remove(&channel_id);
         self.waiting.remove(&channel_id);
         self.newest.remove(&channel_id);
         self.ready.retain(|id| *id != channel_id);

@@ -246,17 +246,9 @@ async fn history_reads_retained_messages_without_joining() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_restart_is_survived_and_the_lost_history_is_surfaced() {
-    let server = TestServer::start(Limits::default());
-    let client = named(&server, "survivor").await;
-    let mut room = client.join("lobby").await.unwrap();
-    assert_eq!(client.post("lobby", "before").await.unwrap(), 1);
-    messages(&mut room, 1).await;
-    let old_epoch = room.position().unwrap().epoch;
-    let server = server.restart(Limits::default()).await;
-    // The client reconnects on its own; the new server lost the room, so the resume cannot be complete.
-    let event = tokio::time::timeout(WAIT, async {
+/// The first `Resumed` the room hears of (after the client reconnected on its own).
+async fn resumed(room: &mut quiver_client::Room) -> (bool, u64) {
+    tokio::time::timeout(WAIT, async {
         loop {
             match room.next().await.expect("room stream ended") {
                 RoomEvent::Resumed { recovered, epoch } => break (recovered, epoch),
@@ -265,9 +257,44 @@ async fn server_restart_is_survived_and_the_lost_history_is_surfaced() {
         }
     })
     .await
-    .unwrap();
-    assert!(!event.0, "a lost history is never reported as recovered");
-    assert_ne!(event.1, old_epoch, "the restarted server's room has a new epoch");
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_keeps_the_room_and_the_client_resumes_without_a_gap() {
+    let server = TestServer::start(Limits::default());
+    let client = named(&server, "survivor").await;
+    let mut room = client.join("lobby").await.unwrap();
+    assert_eq!(client.post("lobby", "before").await.unwrap(), 1);
+    messages(&mut room, 1).await;
+    let old_epoch = room.position().unwrap().epoch;
+    let server = server.restart(Limits::default()).await;
+    assert_eq!(resumed(&mut room).await, (true, old_epoch), "the store kept the room: same epoch, nothing missed");
+    assert_eq!(client.post("lobby", "after").await.unwrap(), 2, "seqs go on");
+    let (after, _) = messages(&mut room, 1).await;
+    assert_eq!((after[0].seq, after[0].body.as_ref()), (2, &b"after"[..]));
+    let history = client.history("lobby", None, 10).await.unwrap();
+    assert_eq!((history.epoch, history.messages.len()), (old_epoch, 2));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_memory_store_a_restart_loses_the_room_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = |dir: &std::path::Path, addr| quiver_server::ServerConfig {
+        durability: quiver_server::store::Durability::Memory,
+        ..quiver_server::ServerConfig::dev(addr, dir.to_owned())
+    };
+    let server = TestServer::start_with(memory(dir.path(), "127.0.0.1:0".parse().unwrap()), dir);
+    let client = named(&server, "survivor").await;
+    let mut room = client.join("lobby").await.unwrap();
+    assert_eq!(client.post("lobby", "before").await.unwrap(), 1);
+    messages(&mut room, 1).await;
+    let old_epoch = room.position().unwrap().epoch;
+    let server = server.restart_with(memory).await;
+    let (recovered, epoch) = resumed(&mut room).await;
+    assert!(!recovered, "a lost history is never reported as recovered");
+    assert_ne!(epoch, old_epoch, "the restarted server's room has a new epoch");
     assert_eq!(client.post("lobby", "after").await.unwrap(), 1, "seqs restart in the new epoch");
     let (after, _) = messages(&mut room, 1).await;
     assert_eq!(after[0].body, "after");

@@ -1,9 +1,13 @@
-//! `quiver bench`: latency beside same-run baselines, optionally through the link emulator.
+//! `quiver bench`: latency beside same-run baselines, optionally through the link emulator; the store's throughput
+//! and restart time.
 
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Subcommand};
-use quiver_lab::bench::{run_fanout, run_rtt, write_json, write_plot, FanoutConfig, RttConfig};
+use quiver_lab::bench::{
+    run_fanout, run_post, run_restart, run_rtt, write_json, write_plot, FanoutConfig, PostConfig, RestartConfig,
+    RttConfig,
+};
 
 use quiver_lab::impair::Backend;
 
@@ -15,6 +19,52 @@ pub(crate) enum BenchCommand {
     Rtt(RttArgs),
     /// One publisher to N subscribers, with a chat load on the same connections.
     Fanout(FanoutArgs),
+    /// Acknowledged posts per second and ack latency for each durability mode (memory, os, fsync), beside this
+    /// disk's fsync latency measured in the same run (docs/durability.md).
+    Post(PostArgs),
+    /// Time to ready of a server restarted on a large room store (filled first, in-process).
+    Restart(RestartArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RestartArgs {
+    /// MiB of message bodies to store before restarting.
+    #[arg(long, default_value_t = 1024)]
+    mib: u64,
+    /// Rooms they are spread over.
+    #[arg(long, default_value_t = 100)]
+    rooms: u32,
+    /// Body bytes per message (at most 16,384).
+    #[arg(long, default_value_t = 8192)]
+    size: usize,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PostArgs {
+    /// Concurrent posters (each its own connection, one post in flight), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 10, 100])]
+    posters: Vec<u32>,
+    /// Rooms the posters spread over, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 100])]
+    rooms: Vec<u32>,
+    /// Durability modes, comma-separated: memory, os, fsync.
+    #[arg(long, value_delimiter = ',', default_values_t = ["memory".to_string(), "os".into(), "fsync".into()])]
+    modes: Vec<String>,
+    /// Post body bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Measured seconds per cell.
+    #[arg(long, default_value_t = 2.0)]
+    duration: f64,
+    /// Seconds per cell before measuring.
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -137,7 +187,75 @@ pub(crate) async fn run(command: BenchCommand) -> Result<(), CliError> {
     match command {
         BenchCommand::Rtt(args) => rtt(args).await,
         BenchCommand::Fanout(args) => fanout(args).await,
+        BenchCommand::Post(args) => post(args).await,
+        BenchCommand::Restart(args) => restart(args).await,
     }
+}
+
+async fn restart(args: RestartArgs) -> Result<(), CliError> {
+    eprintln!(
+        "filling a room store with {} MiB ({} B bodies over {} rooms; needs about {} MiB of free disk in the temporary \
+         directory), then restarting a server on it",
+        args.mib,
+        args.size,
+        args.rooms,
+        args.mib * 2
+    );
+    let config = RestartConfig { mib: args.mib, rooms: args.rooms, size: args.size };
+    let bar = progress_bar(Duration::from_secs(args.mib / 50 + 5));
+    let shown = bar.clone();
+    let report = tokio::select! {
+        report = run_restart(config, move |what| shown.set_message(what.to_string())) => report.map_err(CliError::from),
+        _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted),
+    };
+    bar.finish_and_clear();
+    let report = report?;
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        write_json(&report, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn post(args: PostArgs) -> Result<(), CliError> {
+    let mut modes = Vec::new();
+    for mode in &args.modes {
+        modes.push(mode.parse::<quiver_lab::bench::Durability>()?);
+    }
+    let config = PostConfig {
+        posters: args.posters,
+        rooms: args.rooms,
+        modes,
+        size: args.size,
+        duration: seconds("duration", args.duration)?,
+        warmup: seconds("warmup", args.warmup)?,
+    };
+    let cells = config.modes.len() * config.rooms.len() * config.posters.len();
+    let per_cell = config.warmup + config.duration;
+    eprintln!(
+        "{cells} cells ({} modes x {} room spreads x {} poster counts) x {:.1} s, {} B bodies; in-process server with \
+         its per-connection post and request rates and per-address connection limits raised for the bench's load",
+        config.modes.len(),
+        config.rooms.len(),
+        config.posters.len(),
+        per_cell.as_secs_f64(),
+        config.size
+    );
+    let bar = progress_bar(per_cell * cells as u32);
+    let shown = bar.clone();
+    let report = tokio::select! {
+        report = run_post(config, move |what| shown.set_message(what.to_string())) => report.map_err(CliError::from),
+        _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted),
+    };
+    bar.finish_and_clear();
+    let report = report?;
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        write_json(&report, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 async fn fanout(args: FanoutArgs) -> Result<(), CliError> {

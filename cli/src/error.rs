@@ -31,6 +31,8 @@ pub(crate) enum CliError {
     #[error("--listen and --upstream are required (or --netns)")]
     RelayAddresses,
     /// `quiver post --id` with an identity that changes from run to run.
+    #[error("--modes: {0}")]
+    Modes(#[from] quiver_lab::bench::UnknownDurability),
     #[error("--id needs the same identity every time: give --name (or --token)")]
     IdWithoutIdentity,
     /// `quiver churn` met errors, or made no connection at all.

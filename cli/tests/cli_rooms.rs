@@ -149,7 +149,7 @@ async fn post_prints_the_seq_and_history_prints_json_lines() {
 }
 
 #[tokio::test]
-async fn post_with_an_id_run_twice_gets_the_original_seq() {
+async fn post_with_an_id_run_twice_gets_the_original_seq_even_across_a_restart() {
     let server = TestServer::start(Limits::default());
     let post = |extra: &[&str], text: &str| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
@@ -173,5 +173,17 @@ async fn post_with_an_id_run_twice_gets_the_original_seq() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--id needs the same identity every time"));
     let history = server.client().await.history("jobs", None, 100).await.unwrap();
     assert_eq!(history.messages.len(), 4);
+    // After a server restart the store still knows the key: the retry gets the original seq again.
+    let server = server.restart(Limits::default()).await;
+    let post = |extra: &[&str], text: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+        command.args(["post", "--room", "jobs", "--server", &server.addr.to_string(), "--data-dir"]);
+        command.arg(server.data_dir.path()).args(extra).arg(text);
+        async move { command.output().await.unwrap() }
+    };
+    assert_eq!(ok(post(&["--name", "cron", "--id", "nightly-2026-12-01"], "built").await), "1");
+    assert_eq!(ok(post(&["--name", "cron", "--id", "nightly-2026-12-03"], "built").await), "5");
+    let history = server.client().await.history("jobs", None, 100).await.unwrap();
+    assert_eq!(history.messages.len(), 5, "nothing doubled across the restart");
     server.stop().await;
 }

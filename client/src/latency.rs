@@ -42,6 +42,12 @@ impl LatencyRecorder {
         self.histogram.saturating_record(us);
     }
 
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: &LatencyRecorder) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.histogram.add(&other.histogram);
+    }
+
     /// Latency at the quantiles of a percentile plot (50 % … 99.99 %, then the maximum), as `(quantile, µs)`.
     pub fn curve(&self) -> Vec<(f64, u64)> {
         if self.histogram.is_empty() {

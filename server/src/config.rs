@@ -7,7 +7,7 @@ use quiver_proto::Limits;
 
 use quiver_transport::TransportTuning;
 
-use crate::{auth::AuthConfig, budget::Budget};
+use crate::{auth::AuthConfig, budget::Budget, store::Durability};
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +28,11 @@ pub enum TlsSource {
 pub struct ServerConfig {
     /// UDP address to bind; port 0 picks a free port. `[::]` is bound dual-stack (IPv4 and IPv6).
     pub listen: SocketAddr,
-    /// Where the dev certificate (and later, durable state) is kept.
+    /// Where the dev certificate, the dev token key and the room store (`store/`) are kept; one server per
+    /// directory.
     pub data_dir: PathBuf,
+    /// When a post counts as stored: `Fsync` (default), `Os`, or `Memory` (no store: nothing survives a restart).
+    pub durability: Durability,
     /// Certificate source.
     pub tls: TlsSource,
     /// Per-connection bounds, reported to clients in Welcome.
@@ -89,6 +92,7 @@ impl ServerConfig {
         ServerConfig {
             listen,
             data_dir,
+            durability: Durability::default(),
             tls: TlsSource::Dev,
             limits: Limits::default(),
             budget: Budget::default(),

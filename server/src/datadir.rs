@@ -80,6 +80,36 @@ impl Drop for DataDirLock {
     }
 }
 
+/// The file holding the stateless-reset key.
+pub const RESET_KEY_FILE: &str = "reset-key";
+
+/// The key QUIC stateless resets are derived from, kept in `DATA_DIR/reset-key` (32 random bytes, created owner-only
+/// when missing). With the same key across restarts, a restarted (or SIGKILLed and restarted) server answers a
+/// packet of a connection it no longer knows with a stateless reset the client can verify, so clients learn at once
+/// that their connection is gone and reconnect, instead of waiting out the idle timeout (30 s).
+pub fn reset_key(dir: &Path) -> Result<[u8; 32], DataDirError> {
+    let path = dir.join(RESET_KEY_FILE);
+    let io = |source| DataDirError::Io { path: path.clone(), source };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let invalid =
+                || std::io::Error::new(std::io::ErrorKind::InvalidData, "not 32 bytes: delete it to make a new one");
+            bytes.try_into().map_err(|_| io(invalid()))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&path).map_err(io)?;
+            file.write_all(&key).and_then(|()| file.sync_all()).map_err(io)?;
+            Ok(key)
+        }
+        Err(err) => Err(io(err)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 //! - [`token`]: `quiver-server token`, minting access tokens that servers accept.
 //! - [`config`]: what the server is started with: address, data directory, certificate, [`quiver_proto::Limits`].
 //! - [`budget`]: the server-wide memory bounds (rooms, channels, retained history, frame timeout).
+//! - [`store`]: durable room state (epochs, seqs, history, dedupe) in the data directory, with group commit.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), quiver_server::ServerError> {
@@ -31,6 +32,7 @@ pub mod net;
 pub mod rate;
 pub mod session;
 pub mod stats;
+pub mod store;
 pub mod throttle;
 pub mod token;
 pub mod web;

@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use quiver_server::{
     auth::{AuthConfig, TokenKey},
+    store::Durability,
     token::{Signer, TokenRequest},
     Server, ServerConfig, TlsSource, WebConfig,
 };
@@ -20,9 +21,21 @@ struct Args {
     /// UDP address to listen on; port 0 picks a free port (the bound address is printed).
     #[arg(long, default_value = ServerConfig::DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Directory for the dev certificate and server state.
+    /// Directory for the dev certificate, the dev token key and the room store; one server per directory.
     #[arg(long, default_value = ServerConfig::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// Where rooms keep their epochs, seqs, history and dedupe window: `disk` (the store in --data-dir/store,
+    /// kept across restarts and crashes) or `memory` (lost on restart).
+    #[arg(long, value_enum, default_value_t = StoreKind::Disk)]
+    store: StoreKind,
+    /// When a post is acknowledged (and delivered) with --store disk: `fsync` (on disk: survives a power cut; one
+    /// fsync per group of posts) or `os` (handed to the OS: survives a crash of the server, not of the machine).
+    /// docs/durability.md.
+    #[arg(long, default_value = "fsync", value_parser = ["fsync", "os"])]
+    durability: String,
+    /// Messages each room retains for history and resume (the oldest go first).
+    #[arg(long, default_value_t = quiver_proto::Limits::default().history_max_messages)]
+    history_max_messages: u32,
     /// PEM certificate chain (leaf first) for production; needs --key. Without it a dev certificate is used.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
@@ -53,6 +66,12 @@ struct Args {
     /// Verify EdDSA tokens with the Ed25519 public key in this PEM file (repeatable).
     #[arg(long, value_name = "FILE")]
     ed25519_public_key: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    Disk,
+    Memory,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,7 +141,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,quinn=warn,fjall=warn,lsm_tree=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -195,8 +215,17 @@ async fn serve(args: Args) -> ExitCode {
         }
         AuthConfig::Keys(keys)
     };
+    let durability = match (args.store, args.durability.parse()) {
+        (StoreKind::Memory, _) => Durability::Memory,
+        (StoreKind::Disk, Ok(durability)) => durability,
+        (StoreKind::Disk, Err(err)) => {
+            eprintln!("error: --durability: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (auth_mode, data_dir) = (auth.clone(), args.data_dir.clone());
-    let config = ServerConfig { tls, web, auth, ..ServerConfig::dev(args.listen, args.data_dir) };
+    let mut config = ServerConfig { tls, web, auth, durability, ..ServerConfig::dev(args.listen, args.data_dir) };
+    config.limits.history_max_messages = args.history_max_messages;
     let server = match Server::bind(config) {
         Ok(server) => server,
         Err(err) => {
@@ -223,6 +252,14 @@ async fn serve(args: Args) -> ExitCode {
         ),
         AuthConfig::Keys(keys) => println!("tokens required, {} verification key(s)", keys.len()),
         AuthConfig::Anonymous => println!("ANONYMOUS ACCESS: no tokens required (--allow-anonymous)"),
+    }
+    match durability {
+        Durability::Memory => println!("rooms in memory only (--store memory): a restart forgets their history"),
+        durability => println!(
+            "rooms stored in {} (durability {})",
+            data_dir.join(quiver_server::store::STORE_DIR).display(),
+            durability.name()
+        ),
     }
     if let Some(page) = server.page_addr() {
         let host = if page.ip().is_unspecified() || page.ip().is_loopback() {

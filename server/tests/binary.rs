@@ -80,7 +80,9 @@ fn a_second_server_on_the_same_data_directory_exits_naming_the_first() {
 fn missing_certificate_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let output = server()
-        .args(["--listen", "127.0.0.1:0", "--cert"])
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--cert")
         .arg(dir.path().join("cert.pem"))
         .arg("--key")
         .arg(dir.path().join("key.pem"))
@@ -98,7 +100,9 @@ fn key_that_does_not_match_the_certificate_is_refused() {
     quiver_certs::dev::load_or_generate(a.path(), std::time::SystemTime::now()).unwrap();
     quiver_certs::dev::load_or_generate(b.path(), std::time::SystemTime::now()).unwrap();
     let output = server()
-        .args(["--listen", "127.0.0.1:0", "--cert"])
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(b.path())
+        .arg("--cert")
         .arg(a.path().join(quiver_certs::dev::CERT_FILE))
         .arg("--key")
         .arg(b.path().join(quiver_certs::dev::KEY_FILE))
@@ -189,4 +193,85 @@ fn token_subcommand_refuses_subjects_servers_refuse_naming_the_limit() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--sub: the subject is 129 bytes; identities are at most 128 bytes"), "{stderr}");
+}
+
+/// Runs the server on `dir` and returns its exit status and stderr, failing the test if it is still running after
+/// 20 s (it started instead of refusing).
+fn refused_start(dir: &std::path::Path) -> (std::process::ExitStatus, String) {
+    let mut child = server()
+        .args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            return (status, stderr);
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("the server started on a damaged store");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The table files of the store in `dir`, largest first.
+fn tables(store: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for keyspace in std::fs::read_dir(store.join("keyspaces")).unwrap() {
+        let tables = keyspace.unwrap().path().join("tables");
+        for table in std::fs::read_dir(tables).into_iter().flatten() {
+            found.push(table.unwrap().path());
+        }
+    }
+    found.sort_by_key(|t| std::cmp::Reverse(t.metadata().unwrap().len()));
+    found
+}
+
+#[cfg(unix)]
+#[test]
+fn a_damaged_store_stops_the_server_with_a_clear_error_and_is_left_alone() {
+    for damage in ["truncated", "corrupted"] {
+        let dir = tempfile::tempdir().unwrap();
+        let first = listening(dir.path());
+        // SIGTERM: a graceful stop flushes the store's tables.
+        std::process::Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+        let mut first = first;
+        assert!(first.wait().unwrap().success());
+        let store = dir.path().join("store");
+        let table = tables(&store).into_iter().next().expect("a table file after a graceful stop");
+        let len = table.metadata().unwrap().len();
+        match damage {
+            // A table file cut short (a copy or a disk that lost its end).
+            "truncated" => std::fs::OpenOptions::new().write(true).open(&table).unwrap().set_len(len / 2).unwrap(),
+            // Bytes in the middle of a table overwritten (a bad sector): its checksum no longer matches.
+            _ => {
+                use std::io::{Seek, Write};
+                let mut file = std::fs::OpenOptions::new().write(true).open(&table).unwrap();
+                file.seek(std::io::SeekFrom::Start(len / 2)).unwrap();
+                file.write_all(&[0xa5; 16]).unwrap();
+            }
+        }
+        let listing = |dir: &std::path::Path| {
+            let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+            files.sort();
+            files
+        };
+        let before = (listing(&store), std::fs::read(&table).unwrap());
+        let (status, stderr) = refused_start(dir.path());
+        assert!(!status.success(), "{damage}: {stderr}");
+        assert!(stderr.contains("damaged") && stderr.contains(".damaged"), "{damage}: {stderr}");
+        assert_eq!((listing(&store), std::fs::read(&table).unwrap()), before, "{damage}: the store was left alone");
+        // The documented recovery: move it aside, and the server starts with an empty store.
+        std::fs::rename(&store, dir.path().join("store.damaged")).unwrap();
+        let mut third = listening(dir.path());
+        third.kill().unwrap();
+        third.wait().unwrap();
+    }
 }

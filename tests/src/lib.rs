@@ -27,15 +27,24 @@ impl TestServer {
         Self::start_at("127.0.0.1:0".parse().unwrap(), tempfile::tempdir().unwrap(), limits)
     }
 
-    /// Stops the server and starts a new one (empty rooms) on the same address and data directory.
+    /// Stops the server and starts a new one on the same address and data directory (so with the rooms its store
+    /// kept).
     pub async fn restart(self, limits: Limits) -> TestServer {
+        self.restart_with(|dir, addr| ServerConfig {
+            limits: limits.clone(),
+            ..ServerConfig::dev(addr, dir.to_owned())
+        })
+        .await
+    }
+
+    /// [`TestServer::restart`] with the configuration `config(data_dir, addr)` returns.
+    pub async fn restart_with(self, config: impl Fn(&std::path::Path, SocketAddr) -> ServerConfig) -> TestServer {
         let TestServer { addr, data_dir, shutdown, task, .. } = self;
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), task).await.expect("server stops in time").unwrap();
         // quinn's endpoint driver releases the socket a moment after the server returns: retry the bind briefly.
         for _ in 0..100 {
-            let config = ServerConfig { limits: limits.clone(), ..ServerConfig::dev(addr, data_dir.path().to_owned()) };
-            match Server::bind(config) {
+            match Server::bind(config(data_dir.path(), addr)) {
                 Ok(server) => return Self::run(server, data_dir),
                 Err(quiver_server::ServerError::Bind(err)) if err.kind() == std::io::ErrorKind::AddrInUse => {
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -2,7 +2,8 @@
 //! emulator. Every send is scheduled at a fixed rate and its latency counts from the scheduled time (no
 //! coordinated omission), warm-up excluded, percentiles from HdrHistogram.
 //!
-//! `rtt` and `fanout` are the two benchmarks. They share how a series is counted (`series`), the Quiver server
+//! `rtt` and `fanout` measure latency; `post` measures the durable store (posts/s and ack latency per durability
+//! mode). `rtt` and `fanout` share how a series is counted (`series`), the Quiver server
 //! and the baselines' echoes they measure (`server`, `echo`), the WebSocket client Quiver is compared with
 //! (`websocket`), and the link they cross (`namespaces`).
 
@@ -11,6 +12,8 @@ mod error;
 mod fanout;
 mod namespaces;
 mod plot;
+mod post;
+mod restart;
 mod rtt;
 mod series;
 mod server;
@@ -19,5 +22,9 @@ mod websocket;
 pub use error::BenchError;
 pub use fanout::{run_fanout, FanoutConfig, FanoutReport};
 pub use plot::{write_plot, PlotError};
+pub use post::{run_post, PostConfig, PostReport, PostRow};
+/// The durability modes `post` measures (the server's own type).
+pub use quiver_server::store::{Durability, UnknownDurability};
+pub use restart::{run_restart, RestartConfig, RestartReport};
 pub use rtt::{run_rtt, write_json, RttConfig};
 pub use series::{Report, SeriesResult};

@@ -38,6 +38,8 @@ impl QuiverServer {
         }
         let config = quiver_server::ServerConfig {
             tuning: tuning.clone(),
+            // These benches measure the transport; the store's cost is `bench post`'s (docs/durability.md).
+            durability: quiver_server::store::Durability::Memory,
             ..quiver_server::ServerConfig::dev(SocketAddr::new(ip, 0), data_dir.into())
         };
         let server = quiver_server::Server::bind(config)?;

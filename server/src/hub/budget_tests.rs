@@ -27,6 +27,11 @@ impl Outbox for Count {
     }
     fn push_replay(&self, _: Bytes) {}
     fn flush(&self) {}
+    fn hold(&self) {}
+    fn release_hold(&self) {}
+    fn drained(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async { true })
+    }
 }
 
 impl TickSink for Count {

@@ -15,7 +15,8 @@ fn cost(identity: &str) -> u64 {
 #[derive(Debug)]
 pub struct DedupeWindow {
     seqs: HashMap<(String, u64), u64>,
-    order: VecDeque<((String, u64), u64)>,
+    /// `(key, seq, time)`, oldest first.
+    order: VecDeque<((String, u64), u64, u64)>,
     window_us: u64,
     max_entries: usize,
     bytes: u64,
@@ -50,15 +51,29 @@ impl DedupeWindow {
             return; // already remembered (and queued once)
         }
         self.bytes += cost(identity);
-        self.order.push_back((key, now_us));
+        self.order.push_back((key, seq, now_us));
         while self.order.len() > self.max_entries {
             self.forget_oldest();
         }
     }
 
+    /// Forgets that `(identity, client_msg_id)` got `seq` (it was never stored). Its slot in the queue stays until
+    /// it is the oldest.
+    pub fn unrecord(&mut self, identity: &str, client_msg_id: u64, seq: u64) {
+        let key = (identity.to_string(), client_msg_id);
+        if self.seqs.get(&key) == Some(&seq) {
+            self.seqs.remove(&key);
+        }
+    }
+
+    /// Seq of the oldest post remembered.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        self.order.front().map(|(_, seq, _)| *seq)
+    }
+
     /// Forgets the posts older than the window at `now_us`.
     pub fn expire(&mut self, now_us: u64) {
-        while self.order.front().is_some_and(|(_, at)| now_us.saturating_sub(*at) > self.window_us) {
+        while self.order.front().is_some_and(|(_, _, at)| now_us.saturating_sub(*at) > self.window_us) {
             self.forget_oldest();
         }
         if self.order.is_empty() && self.order.capacity() > 0 {
@@ -69,9 +84,12 @@ impl DedupeWindow {
 
     /// Forgets the oldest remembered post; false when there was none.
     pub fn forget_oldest(&mut self) -> bool {
-        let Some((key, _)) = self.order.pop_front() else { return false };
+        let Some((key, seq, _)) = self.order.pop_front() else { return false };
         self.bytes -= cost(&key.0);
-        self.seqs.remove(&key);
+        // Only if it is this entry's: after an `unrecord` a newer entry may hold the key.
+        if self.seqs.get(&key) == Some(&seq) {
+            self.seqs.remove(&key);
+        }
         true
     }
 }

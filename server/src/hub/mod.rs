@@ -19,6 +19,7 @@ mod dedupe;
 pub mod history;
 mod lock;
 mod outbox;
+mod replay;
 mod room;
 mod rooms;
 pub mod ticks;
@@ -32,7 +33,8 @@ pub use connection::ConnectionState;
 pub use dedupe::DedupeWindow;
 pub use lock::assert_unlocked;
 pub use outbox::{Delivery, Outbox};
-pub use room::Room;
+pub use replay::Replay;
+pub use room::{Posting, ReplayRange, Room};
 pub use rooms::{LocalRooms, RoomUsage};
 
 /// Identifies one subscription of one connection to one room.
@@ -87,6 +89,9 @@ pub struct Joining {
     pub subscriber: SubscriberId,
     /// The joiner's outbox (Open and replay) and the members' outboxes (its join event).
     pub delivery: Delivery,
+    /// The replay to run (on its own task) after flushing, when it is read from a store in pages; the joiner's
+    /// live frames wait for it.
+    pub replay: Option<Replay>,
 }
 
 /// Access to rooms, whatever backs them. Every method returns the [`Delivery`] its events made; the caller flushes
@@ -112,5 +117,7 @@ pub trait RoomHub: Send + Sync + 'static {
     fn sweep(&self, now_us: u64) -> impl Future<Output = ()> + Send;
 }
 
+#[cfg(test)]
+mod durable_tests;
 #[cfg(test)]
 mod tests;

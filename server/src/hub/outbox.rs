@@ -18,6 +18,15 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     /// Writes out what was enqueued, or hands it to whoever writes it. Called by the network layer, never by the
     /// hub, and never under a hub lock.
     fn flush(&self);
+    /// From now on, live frames ([`Outbox::push`], still within the live bound) wait behind the replay: a join
+    /// whose replay is read from the store in pages holds them until [`Outbox::release_hold`].
+    fn hold(&self);
+    /// Queues the held live frames after everything pushed so far (the replay is complete).
+    fn release_hold(&self);
+    /// Completes when the frames queued so far have been handed to the transport (true), or will never be (false:
+    /// the stream is gone or was reset). A paged replay reads its next page only then, so a slow reader holds one
+    /// page in memory, not the room's history.
+    fn drained(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
 }
 
 /// The outboxes an operation enqueued frames into: flush them (once the hub's locks are released) to send.

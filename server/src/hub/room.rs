@@ -18,6 +18,9 @@ use super::{
     history::{HistoryStore, MemoryHistory, StoredMessage},
     Delivery, Outbox, Posted, SubscriberId,
 };
+use crate::store::Commit;
+
+mod durable;
 
 #[derive(Debug)]
 struct Subscriber {
@@ -30,7 +33,7 @@ struct Subscriber {
 pub struct Room {
     name: String,
     epoch: u64,
-    last_seq: u64,
+    sequenced_seq: u64,
     /// Identity → number of its subscriptions (one identity may be in a room from several connections).
     members: BTreeMap<String, u32>,
     subscribers: HashMap<SubscriberId, Subscriber>,
@@ -40,6 +43,36 @@ pub struct Room {
     gap_replay: usize,
     /// Last join, leave or post (µs since the Unix epoch): rooms idle longest give up their memory first.
     last_active_us: u64,
+    /// Seq of the newest message delivered (and acknowledged). Equal to `sequenced_seq` in memory; behind it by the
+    /// posts waiting for the store.
+    delivered_seq: u64,
+    /// The room's part of the durable store; `None` in memory (`history` holds everything then).
+    disk: Option<durable::DiskRoom>,
+}
+
+/// What a post did: its acknowledgement, the outboxes it enqueued into, and, with a durable store, the commit to
+/// wait for before [`Room::release`] delivers it and the acknowledgement may be sent.
+#[derive(Debug)]
+#[must_use = "a durable post is acknowledged and delivered only after its commit"]
+pub struct Posting {
+    /// The acknowledgement (valid once `commit` completes).
+    pub posted: Posted,
+    /// What to flush now.
+    pub delivery: Delivery,
+    /// The store's commit of the post (`None` in memory, or when the seq was already delivered).
+    pub commit: Option<Commit>,
+}
+
+/// Messages a join replays from the store after the Open frame, paged by the caller (`after + 1 ..= upto`); the
+/// joiner's outbox holds live frames until the replay is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayRange {
+    /// The room's id in the store.
+    pub room_id: u64,
+    /// The last seq the joiner has.
+    pub after: u64,
+    /// The last seq delivered when it joined (live frames begin after it).
+    pub upto: u64,
 }
 
 impl Room {
@@ -56,7 +89,7 @@ impl Room {
         Room {
             name,
             epoch,
-            last_seq: 0,
+            sequenced_seq: 0,
             members: BTreeMap::new(),
             subscribers: HashMap::new(),
             history,
@@ -67,6 +100,8 @@ impl Room {
             codec: FrameCodec::new(limits.max_frame as usize),
             gap_replay: limits.gap_replay as usize,
             last_active_us: 0,
+            delivered_seq: 0,
+            disk: None,
         }
     }
 
@@ -84,6 +119,9 @@ impl Room {
     pub fn trim(&mut self, now_us: u64) {
         self.history.trim(now_us);
         self.dedupe.expire(now_us);
+        if let Some(disk) = &mut self.disk {
+            disk.trim(now_us, self.dedupe.oldest_seq().unwrap_or(self.delivered_seq + 1));
+        }
     }
 
     /// Gives up memory for the server's budget: oldest messages first, then oldest dedupe entries, until
@@ -99,8 +137,19 @@ impl Room {
 
     /// True when the room holds nothing worth keeping: no subscribers, no history, no dedupe memory. Dropping it
     /// loses nothing; a later join starts a new epoch.
-    pub fn is_idle_and_empty(&self) -> bool {
-        self.subscribers.is_empty() && self.history.first_seq().is_none() && self.dedupe.is_empty()
+    pub fn is_idle_and_empty(&self, now_us: u64) -> bool {
+        match &self.disk {
+            None => self.subscribers.is_empty() && self.history.first_seq().is_none() && self.dedupe.is_empty(),
+            // Durable: everything is in the store, and a later use loads it again (same epoch).
+            Some(disk) => {
+                self.evictable() && (self.dedupe.is_empty() || disk.idle_long_enough(self.last_active_us, now_us))
+            }
+        }
+    }
+
+    /// True when the room may leave memory now: no subscribers, and nothing waiting for the store.
+    pub fn evictable(&self) -> bool {
+        self.subscribers.is_empty() && self.disk.as_ref().is_none_or(durable::DiskRoom::settled)
     }
 
     /// The room's epoch.
@@ -108,9 +157,9 @@ impl Room {
         self.epoch
     }
 
-    /// Seq of the newest message (0 before the first).
+    /// Seq of the newest message delivered (0 before the first).
     pub fn last_seq(&self) -> u64 {
-        self.last_seq
+        self.delivered_seq
     }
 
     /// Identities present, sorted.
@@ -124,7 +173,9 @@ impl Room {
     }
 
     /// Subscribes `outbox` as `identity`: queues the stream's Open frame, then the replay `since` asks for (or,
-    /// when it cannot be recovered, the latest messages), then this member's join event to everyone.
+    /// when it cannot be recovered, the latest messages), then this member's join event to everyone. With a
+    /// durable store the replay is left to the caller (the returned range, read from the store in pages) and the
+    /// outbox holds live frames until it is done.
     pub fn join(
         &mut self,
         subscriber: SubscriberId,
@@ -132,11 +183,23 @@ impl Room {
         since: Option<Position>,
         outbox: Arc<dyn Outbox>,
         now_us: u64,
-    ) -> (Joined, Delivery) {
+    ) -> (Joined, Delivery, Option<ReplayRange>) {
         self.last_active_us = now_us;
         self.history.trim(now_us);
-        let (recovered, replay) = self.replay_for(since);
-        let replay_from = replay.first().map_or(self.last_seq + 1, |m| m.event.seq);
+        let (recovered, replay, range) = match &self.disk {
+            None => {
+                let (recovered, replay) = self.replay_for(since);
+                (recovered, replay, None)
+            }
+            Some(disk) => {
+                let (recovered, range) = disk.replay_range(self.epoch, self.delivered_seq, self.gap_replay, since);
+                (recovered, Vec::new(), Some(range))
+            }
+        };
+        let replay_from = match range {
+            Some(range) => range.after + 1,
+            None => replay.first().map_or(self.sequenced_seq + 1, |m| m.event.seq),
+        };
         let count = self.members.entry(identity.to_string()).or_insert(0);
         *count += 1;
         let first_connection = *count == 1;
@@ -145,7 +208,7 @@ impl Room {
             epoch: self.epoch,
             recovered,
             replay_from,
-            last_seq: self.last_seq,
+            last_seq: self.delivered_seq,
             members: self.members(),
         };
         if let Some(frame) = self.encode(&RoomFrame::Open(joined.clone())) {
@@ -154,21 +217,26 @@ impl Room {
         for message in &replay {
             outbox.push_replay(message.frame.clone());
         }
+        let range = range.filter(|range| range.after < range.upto);
+        if range.is_some() {
+            outbox.hold();
+        }
         let mut delivery = Delivery::default();
         delivery.add(outbox.clone());
         self.subscribers.insert(subscriber, Subscriber { identity: identity.to_string(), outbox });
         if first_connection {
             delivery.extend(self.broadcast(EventKind::MemberJoined { member: identity.to_string() }, now_us));
         }
-        (joined, delivery)
+        (joined, delivery, range)
     }
 
     fn replay_for(&self, since: Option<Position>) -> (bool, Vec<Arc<StoredMessage>>) {
         let Some(since) = since else { return (true, Vec::new()) };
         let first_needed = since.seq + 1;
         let recoverable = since.epoch == self.epoch
-            && since.seq <= self.last_seq
-            && (first_needed > self.last_seq || self.history.first_seq().is_some_and(|first| first <= first_needed));
+            && since.seq <= self.sequenced_seq
+            && (first_needed > self.sequenced_seq
+                || self.history.first_seq().is_some_and(|first| first <= first_needed));
         if recoverable {
             (true, self.history.after(since.seq, usize::MAX))
         } else {
@@ -194,20 +262,18 @@ impl Room {
         self.broadcast(EventKind::MemberLeft { member: identity.to_string() }, now_us)
     }
 
-    /// Sequences a post (or finds the seq of its earlier copy) and enqueues it for every subscriber.
-    pub fn post(
-        &mut self,
-        identity: &str,
-        client_msg_id: u64,
-        body: Bytes,
-        now_us: u64,
-    ) -> Result<(Posted, Delivery), Failure> {
+    /// Sequences a post (or finds the seq of its earlier copy). In memory it is enqueued for every subscriber at
+    /// once; with a durable store it waits in the room until its commit completes and [`Room::release`] delivers
+    /// it (a retry of a post still waiting waits for the same commit).
+    pub fn post(&mut self, identity: &str, client_msg_id: u64, body: Bytes, now_us: u64) -> Result<Posting, Failure> {
         self.last_active_us = now_us;
         if let Some(seq) = self.dedupe.lookup(identity, client_msg_id, now_us) {
-            return Ok((Posted { seq, duplicate: true }, Delivery::default()));
+            let posted = Posted { seq, duplicate: true };
+            let commit = self.disk.as_ref().filter(|_| seq > self.delivered_seq).map(durable::DiskRoom::barrier);
+            return Ok(Posting { posted, delivery: Delivery::default(), commit });
         }
         self.history.trim(now_us);
-        let seq = self.last_seq + 1;
+        let seq = self.sequenced_seq + 1;
         let event = RoomEvent {
             seq,
             time_us: now_us,
@@ -217,16 +283,26 @@ impl Room {
             Failure::new(ErrorCode::BodyTooLarge, format!("message does not fit a room frame: {err}"))
         })?;
         let frame = frame.freeze();
-        self.last_seq = seq;
+        self.sequenced_seq = seq;
         self.dedupe.record(identity, client_msg_id, seq, now_us);
+        let posted = Posted { seq, duplicate: false };
+        if let Some(disk) = &mut self.disk {
+            let commit = disk.append(self.epoch, seq, now_us, frame, identity, client_msg_id);
+            return Ok(Posting { posted, delivery: Delivery::default(), commit: Some(commit) });
+        }
+        self.delivered_seq = seq;
         let stored = Arc::new(StoredMessage::new(event, frame.clone()));
         self.history.append(stored);
-        Ok((Posted { seq, duplicate: false }, self.deliver(frame, now_us)))
+        Ok(Posting { posted, delivery: self.deliver(frame, now_us), commit: None })
     }
 
     /// Retained messages after `since`, at most `limit`, and no more than fit `budget` encoded bytes.
     pub fn history(&mut self, since: Option<u64>, limit: usize, budget: usize, now_us: u64) -> HistoryPage {
         self.history.trim(now_us);
+        if let Some(disk) = &self.disk {
+            let (messages, more) = disk.history(since, self.delivered_seq, limit, budget);
+            return HistoryPage { room: self.name.clone(), epoch: self.epoch, messages, more };
+        }
         let after = since.unwrap_or(0);
         let candidates = self.history.after(after, limit.saturating_add(1));
         let mut messages = Vec::new();
@@ -244,7 +320,7 @@ impl Room {
     }
 
     fn broadcast(&mut self, kind: EventKind, now_us: u64) -> Delivery {
-        let event = RoomEvent { seq: self.last_seq, time_us: now_us, kind };
+        let event = RoomEvent { seq: self.delivered_seq, time_us: now_us, kind };
         match self.encode(&RoomFrame::Event(event)) {
             Some(frame) => self.deliver(frame, now_us),
             None => Delivery::default(),

@@ -14,9 +14,14 @@ use quiver_proto::{ErrorCode, Failure, HistoryPage, Limits};
 
 use super::{
     lock::{lock, HubGuard},
+    replay::Replay,
+    room::Posting,
     Delivery, JoinRoom, Joining, PostMessage, Posted, Room, RoomHub, SubscriberId,
 };
-use crate::budget::Budget;
+use crate::{
+    budget::Budget,
+    store::{Commit, Op, Retention, Store, StoredRoom},
+};
 
 /// A room as the map holds it. `removed` is set, under the room's lock, when the room leaves the map: a caller
 /// that found the room just before looks it up again instead of using a room nobody else sees.
@@ -28,6 +33,16 @@ struct Slot {
 
 type Shared = Arc<Mutex<Slot>>;
 type RoomMap = HashMap<String, Shared>;
+
+/// What looking a room up found.
+enum Found {
+    /// The room, and the commit of its creation when it was just created in the store.
+    Room(Shared, Option<Commit>),
+    /// No such room, and it may not be created.
+    Absent,
+    /// A room left the map while the store was read: the read may be stale, look again.
+    Retry,
+}
 
 /// What the rooms hold now, and what the budget made them give up so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,6 +81,11 @@ pub struct LocalRooms {
     counters: Counters,
     /// Held by the one caller shedding memory at a time.
     shedding: Mutex<()>,
+    /// The durable store rooms live in; `None`: in memory only.
+    store: Option<Arc<Store>>,
+    /// Rooms taken out of the map so far: a room read from the store is put in the map only if none left it
+    /// meanwhile (one that did may have stored more since that read).
+    removals: AtomicU64,
 }
 
 impl LocalRooms {
@@ -78,6 +98,28 @@ impl LocalRooms {
             next_subscriber: AtomicU64::new(1),
             counters: Counters::default(),
             shedding: Mutex::new(()),
+            store: None,
+            removals: AtomicU64::new(0),
+        }
+    }
+
+    /// Like [`LocalRooms::new`], with every room's epoch, seq, history and dedupe window in `store`: posts are
+    /// acknowledged once stored, and rooms leave memory when unused (loaded again, same epoch, on the next use).
+    pub fn durable(limits: Limits, budget: Budget, store: Arc<Store>) -> Self {
+        LocalRooms { store: Some(store), ..LocalRooms::new(limits, budget) }
+    }
+
+    /// The store, if rooms are durable.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// How much history each durable room keeps.
+    fn retention(&self) -> Retention {
+        Retention {
+            max_messages: u64::from(self.limits.history_max_messages),
+            max_bytes: self.budget.room_history_bytes,
+            max_age_us: u64::from(self.limits.history_max_age_s) * 1_000_000,
         }
     }
 
@@ -94,42 +136,95 @@ impl LocalRooms {
         }
     }
 
-    /// The room named `name`, created if there is place for it (evicting idle rooms at `max_rooms`).
-    fn room(&self, name: &str) -> Result<Shared, Failure> {
+    /// The room named `name`: in memory, else loaded from the store, else (when `create`) created, if there is
+    /// place for it (evicting idle rooms at `max_rooms`). A room just created in the store comes with the commit
+    /// of its creation, to wait for before its epoch is told to anyone.
+    fn room(&self, name: &str, create: bool, now_us: u64) -> Result<Option<(Shared, Option<Commit>)>, Failure> {
+        loop {
+            match self.find_or_open(name, create, now_us)? {
+                Found::Room(room, created) => return Ok(Some((room, created))),
+                Found::Absent => return Ok(None),
+                Found::Retry => continue,
+            }
+        }
+    }
+
+    /// One attempt of [`LocalRooms::room`].
+    fn find_or_open(&self, name: &str, create: bool, now_us: u64) -> Result<Found, Failure> {
+        if let Some(room) = self.existing(name) {
+            return Ok(Found::Room(room, None));
+        }
+        let removals = self.removals.load(Ordering::Acquire);
+        // Read outside the map's lock; the map is checked again below.
+        let stored = match &self.store {
+            Some(store) => {
+                let window_us = u64::from(self.limits.dedupe_window_s) * 1_000_000;
+                let entries = self.limits.dedupe_max_entries as usize;
+                store.load_room(name, now_us, window_us, entries).map_err(|err| {
+                    tracing::error!(room = %name, %err, "cannot load a room from the store");
+                    Failure::new(ErrorCode::Internal, format!("room {name} cannot be read from the store"))
+                })?
+            }
+            None => None,
+        };
         let mut rooms = lock(&self.rooms);
         // Look up before inserting: `entry` would allocate the name on every post.
         if let Some(room) = rooms.get(name) {
-            return Ok(room.clone());
+            return Ok(Found::Room(room.clone(), None));
+        }
+        if self.store.is_some() && self.removals.load(Ordering::Acquire) != removals {
+            return Ok(Found::Retry);
+        }
+        if stored.is_none() && !create {
+            return Ok(Found::Absent);
         }
         if rooms.len() >= self.budget.max_rooms as usize && !self.evict_idle(&mut rooms) {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             let max = self.budget.max_rooms;
             return Err(Failure::new(
                 ErrorCode::ServerFull,
-                format!("the server holds {max} rooms, all with members; cannot create room {name} now"),
+                format!("the server holds {max} rooms, all with members; cannot open room {name} now"),
             ));
         }
-        let room = Room::new(name.to_string(), new_epoch(), &self.limits, self.budget.room_history_bytes);
+        let (room, created) = match (&self.store, stored) {
+            (Some(store), Some(stored)) => {
+                (Room::durable(name.to_string(), stored, &self.limits, self.retention(), store.clone(), true), None)
+            }
+            (Some(store), None) => {
+                let (id, epoch) = (store.allocate_room_id(), new_epoch());
+                let commit = store.submit(Op::Create { name: name.into(), id, epoch });
+                let stored = StoredRoom::new(id, epoch);
+                let room =
+                    Room::durable(name.to_string(), stored, &self.limits, self.retention(), store.clone(), false);
+                (room, Some(commit))
+            }
+            (None, _) => (Room::new(name.to_string(), new_epoch(), &self.limits, self.budget.room_history_bytes), None),
+        };
         let room = Arc::new(Mutex::new(Slot { room, removed: false }));
         rooms.insert(name.to_string(), room.clone());
-        Ok(room)
+        Ok(Found::Room(room, created))
     }
 
     fn existing(&self, name: &str) -> Option<Shared> {
         lock(&self.rooms).get(name).cloned()
     }
 
-    /// Runs `f` on the room named `name` (created when `create`; `None` when it does not exist and may not be
-    /// created) under its lock, keeping the server's retained-bytes count in step.
-    fn with_room<T>(&self, name: &str, create: bool, f: impl FnOnce(&mut Room) -> T) -> Result<Option<T>, Failure> {
+    /// Runs `f` on the room named `name` (loaded from the store, or created when `create`; `None` when it does not
+    /// exist and may not be created) under its lock, keeping the server's retained-bytes count in step. Returns
+    /// the room too, for what has to come back to it later (a post's release).
+    async fn with_room<T>(
+        &self,
+        name: &str,
+        create: bool,
+        now_us: u64,
+        f: impl FnOnce(&mut Room) -> T,
+    ) -> Result<Option<(Shared, T)>, Failure> {
         loop {
-            let shared = match create {
-                true => self.room(name)?,
-                false => match self.existing(name) {
-                    Some(shared) => shared,
-                    None => return Ok(None),
-                },
-            };
+            let Some((shared, created)) = self.room(name, create, now_us)? else { return Ok(None) };
+            if let Some(commit) = created {
+                commit.wait().await.map_err(store_failure)?;
+                lock(&shared).room.settle();
+            }
             let mut slot = lock(&shared);
             if slot.removed {
                 continue; // removed between the lookup and the lock: look it up again
@@ -137,8 +232,22 @@ impl LocalRooms {
             let before = slot.room.retained_bytes();
             let out = f(&mut slot.room);
             self.account(before, slot.room.retained_bytes());
-            return Ok(Some(out));
+            drop(slot);
+            return Ok(Some((shared, out)));
         }
+    }
+
+    /// Runs `f` on the room named `name` if it is in memory (never loads or creates it).
+    fn with_loaded<T>(&self, name: &str, f: impl FnOnce(&mut Room) -> T) -> Option<T> {
+        let shared = self.existing(name)?;
+        let mut slot = lock(&shared);
+        if slot.removed {
+            return None;
+        }
+        let before = slot.room.retained_bytes();
+        let out = f(&mut slot.room);
+        self.account(before, slot.room.retained_bytes());
+        Some(out)
     }
 
     fn account(&self, before: u64, after: u64) {
@@ -153,6 +262,7 @@ impl LocalRooms {
     fn remove(&self, rooms: &mut RoomMap, name: &str, slot: &mut Slot) {
         slot.removed = true;
         rooms.remove(name);
+        self.removals.fetch_add(1, Ordering::Release);
         self.account(slot.room.retained_bytes(), 0);
     }
 
@@ -163,7 +273,7 @@ impl LocalRooms {
             .iter()
             .filter_map(|(name, shared)| {
                 let slot = lock(shared);
-                (slot.room.subscriber_count() == 0).then(|| (slot.room.last_active_us(), name.clone(), shared.clone()))
+                slot.room.evictable().then(|| (slot.room.last_active_us(), name.clone(), shared.clone()))
             })
             .collect();
         if idle.is_empty() {
@@ -176,7 +286,7 @@ impl LocalRooms {
             let mut slot = lock(shared);
             // Checked again under the lock: a joiner that found the room before the map lock was taken may have
             // joined since the scan.
-            if slot.room.subscriber_count() != 0 {
+            if !slot.room.evictable() {
                 continue;
             }
             let freed = slot.room.retained_bytes();
@@ -191,7 +301,7 @@ impl LocalRooms {
 
     /// Over `retained_bytes`: the rooms idle longest shed their oldest messages (then dedupe entries) until the
     /// total is under the low-water mark; rooms left without members and empty are removed.
-    fn shed_if_over(&self) {
+    fn shed_if_over(&self, now_us: u64) {
         if self.counters.retained.load(Ordering::Relaxed) <= self.budget.retained_bytes {
             return;
         }
@@ -209,19 +319,19 @@ impl LocalRooms {
             if retained <= low_water {
                 break;
             }
-            let shed = self.with_room(&name, false, |r| (r.shed(retained - low_water), r.is_idle_and_empty()));
-            if let Ok(Some((freed, empty))) = shed {
+            let shed = self.with_loaded(&name, |r| (r.shed(retained - low_water), r.is_idle_and_empty(now_us)));
+            if let Some((freed, empty)) = shed {
                 self.counters.shed.fetch_add(freed, Ordering::Relaxed);
                 if empty {
                     emptied.push(name);
                 }
             }
         }
-        self.remove_if_empty(emptied);
+        self.remove_if_empty(emptied, now_us);
     }
 
     /// Removes the named rooms that (still) have no members and nothing retained.
-    fn remove_if_empty(&self, names: Vec<String>) {
+    fn remove_if_empty(&self, names: Vec<String>, now_us: u64) {
         if names.is_empty() {
             return;
         }
@@ -229,7 +339,7 @@ impl LocalRooms {
         for name in names {
             let Some(shared) = rooms.get(&name).cloned() else { continue };
             let mut slot = lock(&shared);
-            if slot.room.is_idle_and_empty() {
+            if slot.room.is_idle_and_empty(now_us) {
                 self.remove(&mut rooms, &name, &mut slot);
                 self.counters.removed.fetch_add(1, Ordering::Relaxed);
             }
@@ -245,30 +355,51 @@ fn new_epoch() -> u64 {
     rand::random::<u64>().max(1)
 }
 
+fn store_failure(failed: crate::store::StoreFailed) -> Failure {
+    Failure::new(ErrorCode::Internal, failed.to_string())
+}
+
 impl RoomHub for LocalRooms {
     async fn join(&self, join: JoinRoom) -> Result<Joining, Failure> {
         let subscriber: SubscriberId = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let JoinRoom { room, identity, since, outbox, now_us } = join;
-        let joined = self.with_room(&room, true, |r| r.join(subscriber, &identity, since, outbox, now_us))?;
-        let (joined, delivery) = joined.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?;
-        Ok(Joining { joined, subscriber, delivery })
+        let joiner = outbox.clone();
+        let joined =
+            self.with_room(&room, true, now_us, |r| r.join(subscriber, &identity, since, joiner, now_us)).await?;
+        let (_, (joined, delivery, range)) =
+            joined.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?;
+        let replay = match (range, &self.store) {
+            (Some(range), Some(store)) => Some(Replay { store: store.clone(), room, range, outbox }),
+            _ => None,
+        };
+        Ok(Joining { joined, subscriber, delivery, replay })
     }
 
     async fn leave(&self, room: &str, subscriber: SubscriberId, now_us: u64) -> Delivery {
-        let left = self.with_room(room, false, |r| r.leave(subscriber, now_us));
-        left.ok().flatten().flatten().unwrap_or_default()
+        // Never loads: a room not in memory has no subscribers.
+        self.with_loaded(room, |r| r.leave(subscriber, now_us)).flatten().unwrap_or_default()
     }
 
     async fn post(&self, post: PostMessage<'_>) -> Result<(Posted, Delivery), Failure> {
         let PostMessage { room, identity, client_msg_id, body, now_us } = post;
-        let posted = self.with_room(room, true, |r| r.post(identity, client_msg_id, body, now_us))?;
-        self.shed_if_over();
-        posted.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?
+        let posting = self.with_room(room, true, now_us, |r| r.post(identity, client_msg_id, body, now_us)).await?;
+        let (shared, posting) = posting.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?;
+        let Posting { posted, delivery, commit } = posting?;
+        self.shed_if_over(now_us);
+        let Some(commit) = commit else { return Ok((posted, delivery)) };
+        // The room stays in memory meanwhile: a room with posts waiting is never evicted or unloaded.
+        match commit.wait().await {
+            Ok(()) => Ok((posted, lock(&shared).room.release(posted.seq, now_us))),
+            Err(failed) => {
+                lock(&shared).room.abort();
+                Err(store_failure(failed))
+            }
+        }
     }
 
     async fn history(&self, room: &str, since: Option<u64>, limit: u32, budget: usize, now_us: u64) -> HistoryPage {
-        match self.with_room(room, false, |r| r.history(since, limit as usize, budget, now_us)) {
-            Ok(Some(page)) => page,
+        match self.with_room(room, false, now_us, |r| r.history(since, limit as usize, budget, now_us)).await {
+            Ok(Some((_, page))) => page,
             _ => HistoryPage { room: room.to_string(), epoch: 0, messages: Vec::new(), more: false },
         }
     }
@@ -277,15 +408,15 @@ impl RoomHub for LocalRooms {
         let names: Vec<String> = lock(&self.rooms).keys().cloned().collect();
         let mut emptied = Vec::new();
         for name in names {
-            let trimmed = self.with_room(&name, false, |r| {
+            let trimmed = self.with_loaded(&name, |r| {
                 r.trim(now_us);
-                r.is_idle_and_empty()
+                r.is_idle_and_empty(now_us)
             });
-            if let Ok(Some(true)) = trimmed {
+            if trimmed == Some(true) {
                 emptied.push(name);
             }
         }
-        self.remove_if_empty(emptied);
+        self.remove_if_empty(emptied, now_us);
     }
 }
 

@@ -10,23 +10,25 @@ use super::*;
 
 /// An outbox that decodes what it is given, up to `bound` bytes.
 #[derive(Debug)]
-struct Collect {
+pub(super) struct Collect {
     frames: Mutex<Vec<RoomFrame>>,
     bytes: Mutex<usize>,
     bound: usize,
+    /// Live frames held behind a paged replay.
+    held: Mutex<Option<Vec<Bytes>>>,
 }
 
 impl Collect {
-    fn new(bound: usize) -> Arc<Collect> {
-        Arc::new(Collect { frames: Mutex::new(Vec::new()), bytes: Mutex::new(0), bound })
+    pub(super) fn new(bound: usize) -> Arc<Collect> {
+        Arc::new(Collect { frames: Mutex::new(Vec::new()), bytes: Mutex::new(0), bound, held: Mutex::new(None) })
     }
 
-    fn frames(&self) -> Vec<RoomFrame> {
+    pub(super) fn frames(&self) -> Vec<RoomFrame> {
         self.frames.lock().unwrap().clone()
     }
 
     /// Seqs of the message events received.
-    fn message_seqs(&self) -> Vec<u64> {
+    pub(super) fn message_seqs(&self) -> Vec<u64> {
         self.frames()
             .into_iter()
             .filter_map(|f| match f {
@@ -67,7 +69,10 @@ impl Outbox for Collect {
             return false;
         }
         *bytes += frame.len();
-        self.record(frame);
+        match self.held.lock().unwrap().as_mut() {
+            Some(held) => held.push(frame),
+            None => self.record(frame),
+        }
         true
     }
 
@@ -76,6 +81,21 @@ impl Outbox for Collect {
     }
 
     fn flush(&self) {}
+
+    fn hold(&self) {
+        self.held.lock().unwrap().get_or_insert_with(Vec::new);
+    }
+
+    fn release_hold(&self) {
+        let held = self.held.lock().unwrap().take();
+        for frame in held.into_iter().flatten() {
+            self.record(frame);
+        }
+    }
+
+    fn drained(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async { true })
+    }
 }
 
 fn room(limits: &Limits) -> Room {
@@ -83,7 +103,7 @@ fn room(limits: &Limits) -> Room {
 }
 
 fn post(room: &mut Room, who: &str, id: u64, now: u64) -> Posted {
-    room.post(who, id, Bytes::from(format!("{who}-{id}")), now).unwrap().0
+    room.post(who, id, Bytes::from(format!("{who}-{id}")), now).unwrap().posted
 }
 
 fn join(room: &mut Room, id: SubscriberId, who: &str, since: Option<Position>, out: Arc<Collect>) -> Joined {
@@ -250,13 +270,13 @@ fn oversized_message_is_refused_not_truncated() {
 fn operations_return_every_outbox_they_enqueued_into() {
     let mut room = room(&Limits::default());
     let (a, b) = (Collect::new(usize::MAX), Collect::new(usize::MAX));
-    let (_, delivery) = room.join(1, "a", None, a.clone(), 0);
+    let (_, delivery, _) = room.join(1, "a", None, a.clone(), 0);
     assert_eq!(delivery.len(), 2, "the joiner's Open, and its join event to the one member (itself)");
-    let (_, delivery) = room.join(2, "b", None, b.clone(), 0);
+    let (_, delivery, _) = room.join(2, "b", None, b.clone(), 0);
     assert_eq!(delivery.len(), 3, "b's Open, then b's join event to a and b");
-    let (posted, delivery) = room.post("a", 1, Bytes::from_static(b"x"), 0).unwrap();
+    let Posting { posted, delivery, .. } = room.post("a", 1, Bytes::from_static(b"x"), 0).unwrap();
     assert_eq!((posted.seq, delivery.len()), (1, 2));
-    let (posted, delivery) = room.post("a", 1, Bytes::from_static(b"x"), 0).unwrap();
+    let Posting { posted, delivery, .. } = room.post("a", 1, Bytes::from_static(b"x"), 0).unwrap();
     assert!(posted.duplicate && delivery.is_empty(), "a retry enqueues nothing");
 }
 

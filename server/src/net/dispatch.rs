@@ -101,6 +101,9 @@ impl<R: RoomHub> Connection<R> {
                 match self.rooms.join(request).await {
                     Ok(joining) => {
                         joining.delivery.flush();
+                        if let Some(replay) = joining.replay {
+                            self.pumps.spawn(replay.run());
+                        }
                         self.state.joined(join.room, joining.subscriber, outbox);
                         Ok(Reply::Joined(joining.joined))
                     }

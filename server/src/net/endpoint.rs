@@ -29,6 +29,9 @@ pub enum ServerError {
     /// The data directory is another server's, or cannot be used.
     #[error(transparent)]
     DataDir(#[from] crate::datadir::DataDirError),
+    /// The room store cannot be opened: damaged, or the directory is unusable.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, Fingerprint), ServerError> {
@@ -46,8 +49,16 @@ pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, Fingerprin
     let socket = udp_socket(config.listen).map_err(ServerError::Bind)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ServerError::Bind(std::io::Error::other("no async runtime (call from within tokio)")))?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
-        .map_err(ServerError::Bind)?;
+    // Stateless resets that a restarted server can still send (docs/durability.md): the reset key and the key
+    // connection ids are checked with both come from the data directory.
+    let reset_key = crate::datadir::reset_key(&config.data_dir)?;
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key);
+    let cid_key = ring::hmac::sign(&reset_key, b"quiver connection ids");
+    let cid_key = u64::from_be_bytes(cid_key.as_ref()[..8].try_into().unwrap_or_default());
+    let mut endpoint_config = quinn::EndpointConfig::new(std::sync::Arc::new(reset_key));
+    endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    let endpoint =
+        quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime).map_err(ServerError::Bind)?;
     Ok((endpoint, fingerprint))
 }
 

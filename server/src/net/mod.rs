@@ -60,12 +60,22 @@ pub struct Server<R = LocalRooms> {
 }
 
 impl Server<LocalRooms> {
-    /// Loads or generates the certificate and binds the UDP socket, with rooms and ticks in this process's
-    /// memory. Nothing is accepted until [`Server::run`].
+    /// Locks the data directory, opens the room store there (unless `config.durability` is `Memory`), loads or
+    /// generates the certificate and binds the UDP socket, with ticks in this process's memory. Nothing is
+    /// accepted until [`Server::run`].
     pub fn bind(config: ServerConfig) -> Result<Server<LocalRooms>, ServerError> {
-        let rooms = Arc::new(LocalRooms::new(config.limits.clone(), config.budget.clone()));
+        // Before anything in the directory is read or written.
+        let data_dir = crate::datadir::DataDirLock::acquire(&config.data_dir)?;
+        let rooms = match config.durability {
+            crate::store::Durability::Memory => LocalRooms::new(config.limits.clone(), config.budget.clone()),
+            durability => {
+                let store = crate::store::Store::open(&config.data_dir, durability)?;
+                tracing::info!(store = %store.path().display(), durability = durability.name(), "room store open");
+                LocalRooms::durable(config.limits.clone(), config.budget.clone(), store)
+            }
+        };
         let ticks = Arc::new(LocalTicks::new(config.budget.max_channels));
-        Server::bind_with(config, rooms, ticks)
+        Server::bind_locked(config, data_dir, Arc::new(rooms), ticks)
     }
 }
 
@@ -73,8 +83,16 @@ impl<R: RoomHub> Server<R> {
     /// Like [`Server::bind`], with rooms and ticks behind the given hubs (another engine than this process's
     /// memory).
     pub fn bind_with(config: ServerConfig, rooms: Arc<R>, ticks: Arc<dyn TickHub>) -> Result<Server<R>, ServerError> {
-        // Before anything in the directory is read or written.
         let data_dir = crate::datadir::DataDirLock::acquire(&config.data_dir)?;
+        Server::bind_locked(config, data_dir, rooms, ticks)
+    }
+
+    fn bind_locked(
+        config: ServerConfig,
+        data_dir: crate::datadir::DataDirLock,
+        rooms: Arc<R>,
+        ticks: Arc<dyn TickHub>,
+    ) -> Result<Server<R>, ServerError> {
         let (endpoint, fingerprint) = endpoint::bind(&config)?;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
         let page = config.web.http.map(crate::web::bind).transpose().map_err(ServerError::Bind)?;

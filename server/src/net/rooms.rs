@@ -41,6 +41,11 @@ struct Queue {
     closed: bool,
     /// The room stream, parked here while nobody writes to it; taken by whoever writes (a flush or the pump).
     send: Option<SendStream>,
+    /// Live frames held behind a paged replay (`Outbox::hold`), and their bytes.
+    held: Option<VecDeque<Bytes>>,
+    held_bytes: usize,
+    /// The pump is gone (the stream ended): nothing queued will be written any more.
+    gone: bool,
 }
 
 impl Queue {
@@ -70,6 +75,8 @@ pub(crate) struct StreamOutbox {
     probe: Arc<TailProbe>,
     /// Wakes the pump: a backlog to write, an overflow, or the room was left.
     wake: Notify,
+    /// Wakes a paged replay: the queue was written out (or the stream is gone).
+    drained: Notify,
     overflow: CancellationToken,
     bound: usize,
 }
@@ -81,6 +88,7 @@ impl StreamOutbox {
             queue: Mutex::new(Queue { send: Some(send), ..Queue::default() }),
             probe,
             wake: Notify::new(),
+            drained: Notify::new(),
             overflow: CancellationToken::new(),
             bound,
         })
@@ -90,6 +98,23 @@ impl StreamOutbox {
     pub(crate) fn close(&self) {
         lock(&self.queue).closed = true;
         self.wake.notify_one();
+    }
+
+    /// Tells a waiting replay when everything queued was handed to the stream.
+    fn notify_if_drained(&self, queue: &Queue) {
+        if queue.frames.is_empty() || queue.gone {
+            self.drained.notify_waiters();
+        }
+    }
+}
+
+/// Marks the outbox gone when its pump ends, however it ends.
+struct PumpGone(Arc<StreamOutbox>);
+
+impl Drop for PumpGone {
+    fn drop(&mut self) {
+        lock(&self.0.queue).gone = true;
+        self.0.drained.notify_waiters();
     }
 }
 
@@ -102,18 +127,59 @@ impl Outbox for StreamOutbox {
         if queue.closed {
             return true; // left already; not an overflow
         }
-        if queue.bytes + frame.len() > self.bound {
+        if queue.bytes + queue.held_bytes + frame.len() > self.bound {
             drop(queue);
             self.overflow.cancel();
             return false;
         }
-        queue.bytes += frame.len();
-        queue.frames.push_back(frame);
+        let queue = &mut *queue;
+        match &mut queue.held {
+            Some(held) => {
+                queue.held_bytes += frame.len();
+                held.push_back(frame);
+            }
+            None => {
+                queue.bytes += frame.len();
+                queue.frames.push_back(frame);
+            }
+        }
         true
     }
 
     fn push_replay(&self, frame: Bytes) {
         lock(&self.queue).frames.push_back(frame);
+    }
+
+    fn hold(&self) {
+        lock(&self.queue).held.get_or_insert_with(VecDeque::new);
+    }
+
+    fn release_hold(&self) {
+        let mut queue = lock(&self.queue);
+        if let Some(mut held) = queue.held.take() {
+            queue.bytes += std::mem::take(&mut queue.held_bytes);
+            queue.frames.append(&mut held);
+        }
+    }
+
+    fn drained(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            loop {
+                let notified = self.drained.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let queue = lock(&self.queue);
+                    if queue.gone || self.overflow.is_cancelled() {
+                        return false;
+                    }
+                    if queue.frames.is_empty() {
+                        return true;
+                    }
+                }
+                notified.await;
+            }
+        })
     }
 
     fn flush(&self) {
@@ -128,6 +194,7 @@ impl Outbox for StreamOutbox {
             let (mut send, frames) = {
                 let mut queue = lock(&self.queue);
                 if queue.frames.is_empty() {
+                    self.notify_if_drained(&queue);
                     return;
                 }
                 let Some(send) = queue.send.take() else {
@@ -226,6 +293,7 @@ pub(crate) async fn pump(
     stop: CancellationToken,
     stats: Arc<ServerStats>,
 ) {
+    let _gone = PumpGone(outbox.clone());
     loop {
         match next(&outbox) {
             Next::Drain(mut batch, mut send) => {
@@ -241,6 +309,7 @@ pub(crate) async fn pump(
                 let mut queue = lock(&outbox.queue);
                 queue.send = Some(send);
                 queue.put_back(batch);
+                outbox.notify_if_drained(&queue);
             }
             Next::Reset(mut send) => {
                 bump(&stats.slow_consumer_resets);

@@ -1,0 +1,306 @@
+//! `quiver bench post`: acknowledged posts per second and ack latency for each durability mode (memory, os,
+//! fsync) in one run, into 1 room or spread over many, with 1 to N concurrent posters, and this disk's own fsync
+//! latency measured in the same run, so the store's cost reads as a ratio and against the disk.
+//!
+//! Each poster is its own connection posting closed-loop (the next post once the previous is acknowledged), so
+//! the ack latency is the whole path: request, sequencing, the store's group commit, delivery, reply. Posts are
+//! counted only between the warm-up and the end.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::Path,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use quiver_client::{
+    latency::{LatencyRecorder, LatencySummary},
+    Client, ConnectOptions, TokenProvider, TrustOptions,
+};
+use quiver_server::store::Durability;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::BenchError;
+
+/// What `quiver bench post` runs.
+#[derive(Debug, Clone)]
+pub struct PostConfig {
+    /// Concurrent posters per cell (each its own connection).
+    pub posters: Vec<u32>,
+    /// Rooms the posters spread over per cell (poster `i` posts to room `i % rooms`).
+    pub rooms: Vec<u32>,
+    /// Durability modes, one in-process server each.
+    pub modes: Vec<Durability>,
+    /// Post body bytes.
+    pub size: usize,
+    /// Measured time per cell.
+    pub duration: Duration,
+    /// Time per cell before measuring.
+    pub warmup: Duration,
+}
+
+/// One cell: a mode, a room spread and a poster count.
+#[derive(Debug, Clone, Serialize)]
+pub struct PostRow {
+    /// `memory`, `os` or `fsync`.
+    pub mode: &'static str,
+    /// Rooms posted into.
+    pub rooms: u32,
+    /// Concurrent posters.
+    pub posters: u32,
+    /// Acknowledged posts per second.
+    pub posts_per_s: f64,
+    /// Post → acknowledgement.
+    pub ack: LatencySummary,
+    /// Batches the store committed per second (0 in memory): posts per batch = posts_per_s / this.
+    pub commits_per_s: f64,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PostReport {
+    /// This disk's fsync: append 4 KiB to a file in the run's data directory and fdatasync it, 200 times.
+    pub fsync: LatencySummary,
+    /// Body bytes.
+    pub size: usize,
+    /// Every cell, in run order.
+    pub rows: Vec<PostRow>,
+}
+
+/// The server's per-connection and per-address limits, raised for the bench's own load (100 connections from one
+/// address posting as fast as they can would otherwise meet `posts_per_s` and `new_connections_per_s_per_ip`).
+fn raised_limits() -> quiver_proto::Limits {
+    quiver_proto::Limits {
+        posts_per_s: 1_000_000,
+        requests_per_s: 1_000_000,
+        new_connections_per_s_per_ip: 100_000,
+        max_connections_per_ip: 10_000,
+        ..quiver_proto::Limits::default()
+    }
+}
+
+/// Runs every mode × rooms × posters cell; `progress` hears what runs.
+pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<PostReport, BenchError> {
+    let max_posters = config.posters.iter().copied().max().unwrap_or(0);
+    if max_posters == 0 || config.rooms.contains(&0) || config.rooms.is_empty() {
+        return Err(BenchError::BadConfig { field: "posters/rooms", value: 0.0, expected: "at least 1" });
+    }
+    let scratch = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
+    progress("measuring fsync");
+    let fsync = measure_fsync(scratch.path()).map_err(BenchError::io("fsync measurement"))?;
+    let mut rows = Vec::new();
+    for &mode in &config.modes {
+        let dir = tempfile::tempdir_in(scratch.path()).map_err(BenchError::io("data directory"))?;
+        let stop = CancellationToken::new();
+        let _stop = stop.clone().drop_guard();
+        let server_config = quiver_server::ServerConfig {
+            durability: mode,
+            limits: raised_limits(),
+            ..quiver_server::ServerConfig::dev(SocketAddr::from(([127, 0, 0, 1], 0)), dir.path().into())
+        };
+        let server = quiver_server::Server::bind(server_config)?;
+        let store = server.rooms().store().cloned();
+        let (addr, pin) = (server.local_addr(), server.fingerprint());
+        tokio::spawn(server.run(stop.clone()));
+        progress(&format!("{}: connecting {max_posters} posters", mode.name()));
+        let mut clients = Vec::new();
+        for i in 0..max_posters {
+            let options = ConnectOptions {
+                trust: TrustOptions::Pin(pin),
+                token_provider: Some(TokenProvider::dev(dir.path().to_owned(), format!("poster-{i}"))),
+                ..ConnectOptions::default()
+            };
+            clients.push(Client::connect_with(&addr.to_string(), options).await?);
+        }
+        for &rooms in &config.rooms {
+            for &posters in &config.posters {
+                progress(&format!("{}: {posters} posters into {rooms} room(s)", mode.name()));
+                let commits = || store.as_ref().map_or(0, |s| s.writer_stats().commits.load(Ordering::Relaxed));
+                let (posts, ack, commits) = cell(&clients[..posters as usize], rooms, &config, commits).await;
+                let seconds = config.duration.as_secs_f64();
+                let (posts_per_s, commits_per_s) = (posts as f64 / seconds, commits as f64 / seconds);
+                rows.push(PostRow { mode: mode.name(), rooms, posters, posts_per_s, ack, commits_per_s });
+            }
+        }
+        for client in clients {
+            client.close().await;
+        }
+    }
+    Ok(PostReport { fsync, size: config.size, rows })
+}
+
+/// One cell: `clients` post closed-loop into `rooms` rooms for the warm-up and the measured time. Returns the posts
+/// acknowledged and the latency recorded while measuring, and the store's commits meanwhile.
+async fn cell(
+    clients: &[Client],
+    rooms: u32,
+    config: &PostConfig,
+    commits: impl Fn() -> u64,
+) -> (u64, LatencySummary, u64) {
+    let start = Instant::now();
+    let measure_from = start + config.warmup;
+    let end = measure_from + config.duration;
+    let body = bytes::Bytes::from(vec![b'x'; config.size]);
+    let mut posters = tokio::task::JoinSet::new();
+    for (i, client) in clients.iter().enumerate() {
+        let (client, body) = (client.clone(), body.clone());
+        let room = format!("bench-post-{}", i as u32 % rooms);
+        posters.spawn(async move {
+            let mut latency = LatencyRecorder::default();
+            let mut count = 0u64;
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                if client.post(&room, body.clone()).await.is_err() {
+                    continue;
+                }
+                let acked = Instant::now();
+                if sent >= measure_from && acked <= end {
+                    latency.record(acked - sent);
+                    count += 1;
+                }
+            }
+            (count, latency)
+        });
+    }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let commits_before = commits();
+    tokio::time::sleep_until(end.into()).await;
+    let commits_during = commits() - commits_before;
+    let mut total = 0;
+    let mut merged = LatencyRecorder::default();
+    while let Some(Ok((count, latency))) = posters.join_next().await {
+        total += count;
+        merged.merge(&latency);
+    }
+    (total, merged.summary(), commits_during)
+}
+
+/// Append 4 KiB and fdatasync, 200 times, in `dir`.
+fn measure_fsync(dir: &Path) -> std::io::Result<LatencySummary> {
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let mut latency = LatencyRecorder::default();
+    for _ in 0..200 {
+        let started = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        latency.record(started.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(latency.summary())
+}
+
+impl PostReport {
+    /// The table, the machine's fsync, and each goal of the durable-rooms issue with its measured value.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "fsync on this disk (append 4 KiB + fdatasync, 200x): p50 {} us, p99 {} us\n\n",
+            self.fsync.p50_us, self.fsync.p99_us
+        );
+        out += &format!(
+            "{:<7} {:>5} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+            "mode", "rooms", "posters", "posts/s", "vs memory", "p50 us", "p99 us", "p99.9 us", "per fsync"
+        );
+        for row in &self.rows {
+            let ratio =
+                self.memory(row).map_or("-".to_string(), |m| format!("{:.2}x", row.posts_per_s / m.posts_per_s));
+            let per_commit = if row.commits_per_s > 0.0 {
+                format!("{:.1}", row.posts_per_s / row.commits_per_s)
+            } else {
+                "-".into()
+            };
+            out += &format!(
+                "{:<7} {:>5} {:>7} {:>10.0} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+                row.mode,
+                row.rooms,
+                row.posters,
+                row.posts_per_s,
+                ratio,
+                row.ack.p50_us,
+                row.ack.p99_us,
+                row.ack.p999_us,
+                per_commit
+            );
+        }
+        out += "\ngoals:\n";
+        for row in &self.rows {
+            let Some(memory) = self.memory(row) else { continue };
+            match row.mode {
+                "fsync" => {
+                    let bound = memory.ack.p50_us + self.fsync.p50_us;
+                    out +=
+                        &format!(
+                        "  fsync {} room(s) x {} posters: ack p50 {} us <= memory p50 {} + fsync p50 {} = {} us: {}\n",
+                        row.rooms, row.posters, row.ack.p50_us, memory.ack.p50_us, self.fsync.p50_us, bound,
+                        met(row.ack.p50_us <= bound)
+                    );
+                    if row.posters >= 100 {
+                        out += &format!(
+                            "  fsync {} room(s) x {} posters: {:.0} posts/s >= 50000: {}\n",
+                            row.rooms,
+                            row.posters,
+                            row.posts_per_s,
+                            met(row.posts_per_s >= 50_000.0)
+                        );
+                    }
+                }
+                "os" => {
+                    out += &format!(
+                        "  os {} room(s) x {} posters: {:.2}x memory throughput >= 0.7x: {}\n",
+                        row.rooms,
+                        row.posters,
+                        row.posts_per_s / memory.posts_per_s,
+                        met(row.posts_per_s >= 0.7 * memory.posts_per_s)
+                    );
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn memory(&self, row: &PostRow) -> Option<&PostRow> {
+        self.rows.iter().find(|m| m.mode == "memory" && m.rooms == row.rooms && m.posters == row.posters)
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT MET"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_mode_posts_and_reports() {
+        let config = PostConfig {
+            posters: vec![1, 4],
+            rooms: vec![1, 2],
+            modes: vec![Durability::Memory, Durability::Os, Durability::Fsync],
+            size: 64,
+            duration: Duration::from_millis(300),
+            warmup: Duration::from_millis(100),
+        };
+        let report = run_post(config, |_| {}).await.unwrap();
+        assert_eq!(report.rows.len(), 12);
+        for row in &report.rows {
+            assert!(row.posts_per_s > 0.0 && row.ack.count > 0, "{row:?}");
+            assert_eq!(row.commits_per_s > 0.0, row.mode != "memory", "{row:?}");
+        }
+        assert!(report.fsync.count == 200 && report.fsync.p50_us > 0);
+        let table = report.table();
+        assert!(table.contains("goals:") && table.contains("fsync on this disk"), "{table}");
+    }
+}

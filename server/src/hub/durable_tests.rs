@@ -1,0 +1,121 @@
+//! Rooms over the durable store (a real fjall database in a temporary directory), without sockets: a restart keeps
+//! epochs, seqs, history and the dedupe window; joins replay from the store in pages with live frames after;
+//! retention trims in the sweep.
+
+use std::{path::Path, sync::Arc};
+
+use bytes::Bytes;
+use quiver_proto::{Limits, Position, RoomFrame};
+
+use super::{tests::Collect, *};
+use crate::{
+    store::{Durability, Store},
+    Budget,
+};
+
+fn open(dir: &Path, limits: Limits, budget: Budget) -> LocalRooms {
+    LocalRooms::durable(limits, budget, Store::open(dir, Durability::Fsync).unwrap())
+}
+
+async fn post(hub: &LocalRooms, room: &str, who: &str, id: u64, now_us: u64) -> (Posted, Delivery) {
+    let body = Bytes::from(format!("{who}-{id}"));
+    hub.post(PostMessage { room, identity: who, client_msg_id: id, body, now_us }).await.unwrap()
+}
+
+async fn join(hub: &LocalRooms, room: &str, since: Option<Position>, out: &Arc<Collect>) -> Joining {
+    let join = JoinRoom { room: room.into(), identity: "ann".into(), since, outbox: out.clone(), now_us: 1 };
+    hub.join(join).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_restart_keeps_epoch_seq_history_and_dedupe() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    let member = Collect::new(usize::MAX);
+    let joining = join(&hub, "r", None, &member).await;
+    let epoch = joining.joined.epoch;
+    for id in 1..=5 {
+        let (posted, delivery) = post(&hub, "r", "bob", id, 10).await;
+        assert_eq!(posted, Posted { seq: id, duplicate: false });
+        assert_eq!(delivery.len(), 1, "delivered to the member once stored");
+    }
+    assert_eq!(member.message_seqs(), [1, 2, 3, 4, 5]);
+    drop(joining);
+    drop(hub);
+
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    let (retry, delivery) = post(&hub, "r", "bob", 3, 20).await;
+    assert_eq!((retry, delivery.len()), (Posted { seq: 3, duplicate: true }, 0), "the original seq, not a copy");
+    assert_eq!(post(&hub, "r", "bob", 6, 20).await.0.seq, 6, "seqs go on");
+    let back = Collect::new(usize::MAX);
+    let joining = join(&hub, "r", Some(Position { epoch, seq: 2 }), &back).await;
+    assert_eq!((joining.joined.epoch, joining.joined.recovered, joining.joined.last_seq), (epoch, true, 6));
+    joining.replay.expect("replayed from the store").run().await;
+    assert_eq!(back.message_seqs(), [3, 4, 5, 6]);
+    let page = hub.history("r", Some(4), 10, usize::MAX, 30).await;
+    assert_eq!((page.epoch, page.messages.iter().map(|m| m.seq).collect::<Vec<_>>()), (epoch, vec![5, 6]));
+}
+
+#[tokio::test]
+async fn a_paged_replay_comes_before_live_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    for id in 1..=600 {
+        post(&hub, "r", "bob", id, 10).await.1.flush();
+    }
+    let out = Collect::new(usize::MAX);
+    let epoch = join(&hub, "r", None, &Collect::new(usize::MAX)).await.joined.epoch;
+    let joining = join(&hub, "r", Some(Position { epoch, seq: 0 }), &out).await;
+    assert_eq!(joining.joined.replay_from, 1);
+    // Posted while the replay has not run yet: held, then sent after it.
+    post(&hub, "r", "bob", 601, 10).await.1.flush();
+    assert_eq!(out.message_seqs(), Vec::<u64>::new(), "nothing live before the replay");
+    joining.replay.expect("a replay").run().await;
+    assert_eq!(out.message_seqs(), (1..=601).collect::<Vec<_>>());
+    assert!(matches!(out.frames()[0], RoomFrame::Open(_)));
+}
+
+#[tokio::test]
+async fn retention_trims_in_the_sweep_and_stays_trimmed_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_messages: 10, ..Limits::default() };
+    let hub = open(dir.path(), limits.clone(), Budget::default());
+    for id in 1..=30 {
+        let _ = post(&hub, "r", "bob", id, 10).await;
+    }
+    let seqs = |page: HistoryPage| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    // Readers see the count bound at once; the store deletes in the sweep, not on the post path.
+    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 10).await), (21..=30).collect::<Vec<_>>());
+    let store = hub.store().unwrap().clone();
+    let stored = |store: &Store| store.load_room("r", 10, 0, 0).unwrap().unwrap();
+    assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (1, 30), "nothing deleted yet");
+    hub.sweep(11).await;
+    store.submit(crate::store::Op::Barrier).wait().await.unwrap();
+    assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (21, 10), "deleted by the sweep");
+    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 11).await), (21..=30).collect::<Vec<_>>());
+    let epoch = hub.history("r", None, 1, usize::MAX, 11).await.epoch;
+    drop((hub, store));
+    let hub = open(dir.path(), limits, Budget::default());
+    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 12).await), (21..=30).collect::<Vec<_>>());
+    let out = Collect::new(usize::MAX);
+    let joining = join(&hub, "r", Some(Position { epoch, seq: 5 }), &out).await;
+    assert!(!joining.joined.recovered, "seq 6 is gone");
+    assert_eq!(joining.joined.replay_from, 21);
+    joining.replay.expect("the latest").run().await;
+    assert_eq!(out.message_seqs(), (21..=30).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn an_evicted_room_comes_back_with_its_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = Budget { max_rooms: 1, ..Budget::default() };
+    let hub = open(dir.path(), Limits::default(), budget);
+    let out = Collect::new(usize::MAX);
+    let joining = join(&hub, "a", None, &out).await;
+    let _ = post(&hub, "a", "bob", 1, 10).await;
+    hub.leave("a", joining.subscriber, 10).await.flush();
+    let _ = post(&hub, "b", "bob", 1, 20).await; // evicts a: the server holds one room
+    assert_eq!(hub.usage().rooms_evicted, 1);
+    let again = join(&hub, "a", None, &Collect::new(usize::MAX)).await;
+    assert_eq!((again.joined.epoch, again.joined.last_seq), (joining.joined.epoch, 1), "loaded, not new");
+}

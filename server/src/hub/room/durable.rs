@@ -1,0 +1,240 @@
+//! A room backed by the durable store: posts are sequenced under the room's lock as in memory, handed to the
+//! store's writer, and wait in the room (`pending`) until their commit completes; [`Room::release`] then delivers
+//! them, in seq order, and only then is the post acknowledged. So a member never sees, and a poster is never told
+//! of, a message a crash could take back. History and replays are read from the store; retention deletes in the
+//! background (the sweep), never on the post path.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use bytes::Bytes;
+use quiver_proto::{Limits, Position, RoomEvent, RoomFrame};
+
+use super::{ReplayRange, Room};
+use crate::{
+    hub::{history::MemoryHistory, Delivery},
+    store::{Append, Commit, Extent, Op, Retention, Store, StoredRoom},
+};
+
+/// A durable room without members stays in memory this long after its last use (then it is unloaded and read
+/// again from the store on the next use, keeping its epoch).
+const UNLOAD_AFTER_US: u64 = 60_000_000;
+
+/// A post sequenced but not yet stored.
+#[derive(Debug)]
+struct PendingPost {
+    seq: u64,
+    frame: Bytes,
+    identity: Arc<str>,
+    client_msg_id: u64,
+}
+
+/// The room's part of the store.
+#[derive(Debug)]
+pub(super) struct DiskRoom {
+    store: Arc<Store>,
+    id: u64,
+    name: Arc<str>,
+    pending: VecDeque<PendingPost>,
+    /// Seq of the oldest retained message (`delivered_seq + 1` when none is).
+    first_seq: u64,
+    first_time_us: Option<u64>,
+    extent: Extent,
+    retention: Retention,
+    /// False until the room's creation is stored (a new room must not leave memory before: it would come back
+    /// with another epoch).
+    settled: bool,
+    /// Dedupe entries below this seq were deleted from the store already.
+    dedupe_trimmed: u64,
+    codec: quiver_proto::FrameCodec,
+}
+
+impl Room {
+    /// A room loaded from the store (or just created in it: `settled` false until its creation commits).
+    pub fn durable(
+        name: String,
+        stored: StoredRoom,
+        limits: &Limits,
+        retention: Retention,
+        store: Arc<Store>,
+        settled: bool,
+    ) -> Room {
+        let mut room = Room::with_history(name.clone(), stored.epoch, limits, Box::new(MemoryHistory::new(0, 0, 0)));
+        room.sequenced_seq = stored.last_seq;
+        room.delivered_seq = stored.last_seq;
+        for (identity, client_msg_id, seq, time_us) in &stored.dedupe {
+            room.dedupe.record(identity, *client_msg_id, *seq, *time_us);
+        }
+        let dedupe_trimmed = stored.dedupe.first().map_or(0, |entry| entry.2);
+        room.disk = Some(DiskRoom {
+            store,
+            id: stored.id,
+            name: name.into(),
+            pending: VecDeque::new(),
+            first_seq: stored.first_seq,
+            first_time_us: stored.first_time_us,
+            extent: stored.extent,
+            retention,
+            settled,
+            dedupe_trimmed,
+            codec: quiver_proto::FrameCodec::new(limits.max_frame as usize),
+        });
+        room
+    }
+
+    /// The room's creation is stored: it may leave memory from now on.
+    pub fn settle(&mut self) {
+        if let Some(disk) = &mut self.disk {
+            disk.settled = true;
+        }
+    }
+
+    /// Delivers, in seq order, the waiting posts up to `upto` (their commit completed: everything handed to the
+    /// writer before a completed commit is stored too).
+    pub fn release(&mut self, upto: u64, now_us: u64) -> Delivery {
+        let Some(disk) = &mut self.disk else { return Delivery::default() };
+        let mut frames = Vec::new();
+        while disk.pending.front().is_some_and(|post| post.seq <= upto) {
+            let Some(post) = disk.pending.pop_front() else { break };
+            disk.extent.messages += 1;
+            disk.extent.bytes += post.frame.len() as u64;
+            disk.first_time_us.get_or_insert(now_us);
+            self.delivered_seq = post.seq;
+            frames.push(post.frame);
+        }
+        let mut delivery = Delivery::default();
+        for frame in frames {
+            delivery.extend(self.deliver(frame, now_us));
+        }
+        delivery
+    }
+
+    /// The store failed: the waiting posts are dropped (never delivered, never acknowledged) and their seqs and
+    /// dedupe entries given back.
+    pub fn abort(&mut self) {
+        let Some(disk) = &mut self.disk else { return };
+        for post in disk.pending.drain(..) {
+            self.dedupe.unrecord(&post.identity, post.client_msg_id, post.seq);
+        }
+        self.sequenced_seq = self.delivered_seq;
+    }
+}
+
+impl DiskRoom {
+    pub(super) fn settled(&self) -> bool {
+        self.settled && self.pending.is_empty()
+    }
+
+    pub(super) fn idle_long_enough(&self, last_active_us: u64, now_us: u64) -> bool {
+        now_us.saturating_sub(last_active_us) >= UNLOAD_AFTER_US
+    }
+
+    /// A commit that completes once everything handed to the writer so far is stored.
+    pub(super) fn barrier(&self) -> Commit {
+        self.store.submit(Op::Barrier)
+    }
+
+    /// Hands a sequenced post to the writer and keeps it until [`Room::release`].
+    pub(super) fn append(
+        &mut self,
+        epoch: u64,
+        seq: u64,
+        time_us: u64,
+        frame: Bytes,
+        identity: &str,
+        client_msg_id: u64,
+    ) -> Commit {
+        let identity: Arc<str> = identity.into();
+        let append = Append {
+            name: self.name.clone(),
+            id: self.id,
+            epoch,
+            seq,
+            time_us,
+            frame: frame.clone(),
+            identity: identity.clone(),
+            client_msg_id,
+        };
+        self.pending.push_back(PendingPost { seq, frame, identity, client_msg_id });
+        self.store.submit(Op::Append(append))
+    }
+
+    /// The oldest seq a reader gets: the oldest stored, or the newest `max_messages` if the sweep has not deleted
+    /// the older ones yet (the count bound holds exactly for readers; bytes and age within a sweep interval).
+    fn first_readable(&self, delivered: u64) -> u64 {
+        let by_count = (delivered + 1).saturating_sub(self.retention.max_messages);
+        self.first_seq.max(by_count)
+    }
+
+    /// Whether `since` can be resumed exactly, and what to replay: everything after it, or (when it cannot) the
+    /// latest `gap_replay` messages.
+    pub(super) fn replay_range(
+        &self,
+        epoch: u64,
+        delivered: u64,
+        gap_replay: usize,
+        since: Option<Position>,
+    ) -> (bool, ReplayRange) {
+        let range = |after: u64| ReplayRange { room_id: self.id, after, upto: delivered };
+        let Some(since) = since else { return (true, range(delivered)) };
+        let first_needed = since.seq + 1;
+        let first = self.first_readable(delivered);
+        let recoverable =
+            since.epoch == epoch && since.seq <= delivered && (first_needed > delivered || first <= first_needed);
+        if recoverable {
+            return (true, range(since.seq));
+        }
+        let latest = delivered.saturating_sub(gap_replay as u64).max(first.saturating_sub(1));
+        (false, range(latest))
+    }
+
+    /// A page of history after `since` (default: from the oldest retained), read from the store.
+    pub(super) fn history(
+        &self,
+        since: Option<u64>,
+        delivered: u64,
+        limit: usize,
+        budget: usize,
+    ) -> (Vec<RoomEvent>, bool) {
+        let after = since.unwrap_or(0).max(self.first_readable(delivered).saturating_sub(1));
+        let page = match self.store.page(self.id, after, delivered, limit, budget) {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::error!(room = %self.name, %err, "history read failed");
+                return (Vec::new(), false);
+            }
+        };
+        let mut events = Vec::with_capacity(page.frames.len());
+        for stored in page.frames {
+            let mut frame = bytes::BytesMut::from(&stored.frame[..]);
+            match self.codec.decode::<RoomFrame>(&mut frame) {
+                Ok(Some(RoomFrame::Event(event))) => events.push(event),
+                other => tracing::error!(room = %self.name, seq = stored.seq, ?other, "a stored frame is not an event"),
+            }
+        }
+        // A frame over the budget alone still counts against it: the page stops before it.
+        (events, page.more)
+    }
+
+    /// Retention, in the background: deletes the dedupe entries the window forgot (below `dedupe_from`) and the
+    /// messages beyond the retention bounds.
+    pub(super) fn trim(&mut self, now_us: u64, dedupe_from: u64) {
+        if dedupe_from > self.dedupe_trimmed {
+            self.store.submit_quietly(Op::TrimDedupe { id: self.id, before: dedupe_from });
+            self.dedupe_trimmed = dedupe_from;
+        }
+        let r = &self.retention;
+        let too_old = self.first_time_us.is_some_and(|t| t < now_us.saturating_sub(r.max_age_us));
+        if self.extent.messages <= r.max_messages && self.extent.bytes <= r.max_bytes && !too_old {
+            return;
+        }
+        match self.store.plan_trim(self.id, self.first_seq, self.extent, r, now_us) {
+            Ok((cut, left, first_time_us)) => {
+                self.store.submit_quietly(Op::TrimMessages { id: self.id, before: cut });
+                self.first_seq = cut;
+                self.extent = left;
+                self.first_time_us = first_time_us;
+            }
+            Err(err) => tracing::error!(room = %self.name, %err, "retention read failed"),
+        }
+    }
+}

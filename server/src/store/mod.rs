@@ -1,0 +1,459 @@
+//! Durable room state in the data directory: every room's epoch and last seq, its history within retention, and
+//! its dedupe window, on [fjall](https://docs.rs/fjall) (an LSM tree with a write-ahead journal; why fjall:
+//! `tools/store-eval/RESULTS.md`). The layout (all integers big-endian, so keys sort by room, then seq):
+//!
+//! | keyspace | key | value |
+//! |---|---|---|
+//! | `meta` | `format` | [`FORMAT`] |
+//! | `meta` | `next_room_id` | u64 |
+//! | `rooms` | room name | room id u64, epoch u64, last seq u64 |
+//! | `messages` | room id u64, seq u64 | time µs u64, the event's encoded `RoomFrame::Event` |
+//! | `dedupe` | room id u64, seq u64 | time µs u64, client_msg_id u64, identity |
+//!
+//! Writes go through one writer thread ([`writer`]) that commits whatever arrived while the previous commit ran as
+//! one batch with one fsync (group commit); a post is acknowledged, and delivered, only once its batch is durable.
+//! Reads ([`Store::load_room`], [`Store::page`]) go straight to the database from any thread.
+
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+pub(crate) use writer::{Append, Op};
+pub use writer::{Commit, StoreFailed, WriterStats};
+
+/// What `meta/format` holds in a store this version can read.
+pub const FORMAT: &[u8] = b"quiver-store 1";
+
+/// The store's directory inside the data directory.
+pub const STORE_DIR: &str = "store";
+
+/// When a post counts as stored (and is acknowledged and delivered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Written and fsynced: survives a power cut. Group commit: one fsync covers every post that arrived while the
+    /// previous one ran. The default.
+    #[default]
+    Fsync,
+    /// Written to the OS, not synced: survives a crash of the server process, not of the machine.
+    Os,
+    /// Not stored: history, epochs and dedupe live in memory and a restart forgets them.
+    Memory,
+}
+
+impl Durability {
+    /// The name used by `--durability` and the docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Fsync => "fsync",
+            Durability::Os => "os",
+            Durability::Memory => "memory",
+        }
+    }
+}
+
+/// A durability name that is none of `fsync`, `os`, `memory`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown durability {0:?}: fsync, os or memory")]
+pub struct UnknownDurability(pub String);
+
+impl std::str::FromStr for Durability {
+    type Err = UnknownDurability;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "os" => Ok(Durability::Os),
+            "memory" => Ok(Durability::Memory),
+            other => Err(UnknownDurability(other.to_string())),
+        }
+    }
+}
+
+/// The store cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store exists but cannot be read: a damaged or truncated file, or a format this version does not know.
+    #[error(
+        "the room store in {path} is damaged or unreadable: {detail}. Nothing was changed. To start anyway, move \
+         it aside (`mv {path} {path}.damaged`; the server then starts with empty history and new room epochs), or \
+         restore it from a backup"
+    )]
+    Damaged {
+        /// The store's directory.
+        path: PathBuf,
+        /// What the database said.
+        detail: String,
+    },
+    /// The store's directory cannot be created or opened (permissions, disk full).
+    #[error("cannot open the room store in {path}: {detail}")]
+    Open {
+        /// The store's directory.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A read failed while the server ran.
+    #[error("room store read failed: {0}")]
+    Read(String),
+}
+
+/// What the store knows of a room when it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRoom {
+    /// The room's id in the store's keys.
+    pub id: u64,
+    /// The room's epoch (fixed when it was created).
+    pub epoch: u64,
+    /// Seq of the newest stored message (0 before the first).
+    pub last_seq: u64,
+    /// Seq of the oldest retained message (`last_seq + 1` when none is retained).
+    pub first_seq: u64,
+    /// Time of the oldest retained message.
+    pub first_time_us: Option<u64>,
+    /// Messages and their bytes (encoded frames) retained.
+    pub extent: Extent,
+    /// The dedupe window: `(identity, client_msg_id, seq, time_us)`, oldest first.
+    pub dedupe: Vec<(String, u64, u64, u64)>,
+}
+
+impl StoredRoom {
+    /// A room just created: nothing stored yet.
+    pub fn new(id: u64, epoch: u64) -> StoredRoom {
+        StoredRoom {
+            id,
+            epoch,
+            last_seq: 0,
+            first_seq: 1,
+            first_time_us: None,
+            extent: Extent::default(),
+            dedupe: Vec::new(),
+        }
+    }
+}
+
+/// How much of a room's history is retained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extent {
+    /// Messages retained.
+    pub messages: u64,
+    /// Bytes of their encoded frames.
+    pub bytes: u64,
+}
+
+/// A retained message as read back: its seq, time and frame (ready to send).
+#[derive(Debug, Clone)]
+pub struct StoredFrame {
+    /// The message's seq.
+    pub seq: u64,
+    /// When it was posted, µs since the Unix epoch.
+    pub time_us: u64,
+    /// The encoded `RoomFrame::Event`.
+    pub frame: Bytes,
+}
+
+/// The durable room store of one data directory.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    keyspaces: Keyspaces,
+    next_room_id: AtomicU64,
+    writer: writer::Handle,
+    durability: Durability,
+}
+
+#[derive(Clone)]
+pub(crate) struct Keyspaces {
+    db: Database,
+    meta: Keyspace,
+    rooms: Keyspace,
+    messages: Keyspace,
+    dedupe: Keyspace,
+}
+
+impl std::fmt::Debug for Keyspaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyspaces").finish_non_exhaustive()
+    }
+}
+
+impl Keyspaces {
+    fn holds_rooms(&self) -> Result<bool, fjall::Error> {
+        Ok(!self.rooms.is_empty()? || !self.messages.is_empty()? || !self.dedupe.is_empty()?)
+    }
+
+    /// The highest room id with messages or dedupe entries.
+    fn newest_room_id(&self) -> Result<Option<u64>, fjall::Error> {
+        let mut newest = None;
+        for keyspace in [&self.messages, &self.dedupe] {
+            if let Some(guard) = keyspace.last_key_value() {
+                let id = u64_at(&guard.key()?, 0);
+                newest = newest.max(id);
+            }
+        }
+        Ok(newest)
+    }
+}
+
+/// `room id ++ seq`, the key of a message and of a dedupe entry.
+pub(crate) fn key(room: u64, seq: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&room.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    (key.len() == 16).then(|| u64_at(key, 8)).flatten()
+}
+
+fn damaged(path: &Path, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Damaged { path: path.to_path_buf(), detail: detail.to_string() }
+}
+
+fn read_err(err: fjall::Error) -> StoreError {
+    StoreError::Read(format!("{err:?}"))
+}
+
+impl Store {
+    /// Opens (creating it when absent) the store in `data_dir/store` with the given durability (not `Memory`),
+    /// and starts its writer thread. A store that cannot be read is refused with [`StoreError::Damaged`]; nothing
+    /// is changed or wiped.
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Arc<Store>, StoreError> {
+        let path = data_dir.join(STORE_DIR);
+        let existed = path.exists();
+        std::fs::create_dir_all(&path)
+            .map_err(|err| StoreError::Open { path: path.clone(), detail: err.to_string() })?;
+        // fjall has panicked on some damaged bytes (debug assertions): a panic on open is damage too.
+        let opened = std::panic::catch_unwind(|| Database::builder(&path).open())
+            .map_err(|_| damaged(&path, "the database panicked while reading it"))?;
+        let db = match opened {
+            Ok(db) => db,
+            Err(fjall::Error::Io(err)) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(StoreError::Open { path, detail: err.to_string() })
+            }
+            Err(fjall::Error::Locked) => {
+                return Err(StoreError::Open { path, detail: "the store is open in another server or process".into() })
+            }
+            Err(err) => return Err(damaged(&path, format!("{err:?}"))),
+        };
+        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(|err| damaged(&path, err));
+        let keyspaces = Keyspaces {
+            meta: open("meta")?,
+            rooms: open("rooms")?,
+            messages: open("messages")?,
+            dedupe: open("dedupe")?,
+            db: db.clone(),
+        };
+        match keyspaces.meta.get("format").map_err(|err| damaged(&path, format!("{err:?}")))? {
+            Some(format) if format.as_ref() == FORMAT => {}
+            Some(other) => {
+                let other = String::from_utf8_lossy(&other);
+                return Err(damaged(&path, format!("format {other:?}, this server reads {:?}", "quiver-store 1")));
+            }
+            None if existed && keyspaces.holds_rooms().map_err(|err| damaged(&path, format!("{err:?}")))? => {
+                return Err(damaged(&path, "rooms without a format marker (its journal lost records)"));
+            }
+            None => {
+                keyspaces.meta.insert("format", FORMAT).map_err(|err| damaged(&path, format!("{err:?}")))?;
+                db.persist(PersistMode::SyncAll).map_err(|err| damaged(&path, format!("{err:?}")))?;
+            }
+        }
+        let next = keyspaces.meta.get("next_room_id").map_err(|err| damaged(&path, format!("{err:?}")))?;
+        let next_room_id = match next {
+            Some(bytes) => u64_at(&bytes, 0).ok_or_else(|| damaged(&path, "next_room_id is not a u64"))?,
+            None => 1,
+        };
+        // Cheap consistency checks (no scan): a room id at or past the counter means records were lost.
+        let newest_id = keyspaces.newest_room_id().map_err(|err| damaged(&path, format!("{err:?}")))?;
+        if newest_id.is_some_and(|id| id >= next_room_id) {
+            return Err(damaged(&path, format!("room id {newest_id:?} at or past the id counter {next_room_id}")));
+        }
+        let writer = writer::Handle::start(keyspaces.clone(), durability, next_room_id)
+            .map_err(|err| StoreError::Open { path: path.clone(), detail: err.to_string() })?;
+        Ok(Arc::new(Store { path, keyspaces, next_room_id: AtomicU64::new(next_room_id), writer, durability }))
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the writer did so far (batches committed, messages stored).
+    pub fn writer_stats(&self) -> &WriterStats {
+        &self.writer.stats
+    }
+
+    /// The durability posts wait for.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// A new room id (recorded by the writer with the room's creation).
+    pub(crate) fn allocate_room_id(&self) -> u64 {
+        self.next_room_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Hands `op` to the writer; the returned [`Commit`] completes once it (and everything handed over before it)
+    /// is stored with the configured durability.
+    pub(crate) fn submit(&self, op: Op) -> Commit {
+        self.writer.submit(op)
+    }
+
+    /// Hands `op` to the writer without waiting for it (retention: losing it in a crash only delays it).
+    pub(crate) fn submit_quietly(&self, op: Op) {
+        self.writer.submit_quietly(op);
+    }
+
+    /// The room named `name` as stored, with its retained extent and the dedupe window remembered at `now_us`
+    /// (entries younger than `window_us`, the newest `max_entries` at most); `None` if it was never stored.
+    pub fn load_room(
+        &self,
+        name: &str,
+        now_us: u64,
+        window_us: u64,
+        max_entries: usize,
+    ) -> Result<Option<StoredRoom>, StoreError> {
+        let Some(meta) = self.keyspaces.rooms.get(name).map_err(read_err)? else { return Ok(None) };
+        let (Some(id), Some(epoch), Some(last_seq)) = (u64_at(&meta, 0), u64_at(&meta, 8), u64_at(&meta, 16)) else {
+            return Err(StoreError::Read(format!("room {name}: a malformed record ({} bytes)", meta.len())));
+        };
+        let newest = self.keyspaces.messages.range(key(id, 0)..=key(id, u64::MAX)).next_back();
+        if let Some(newest) = newest.map(|guard| guard.key().map_err(read_err)).transpose()? {
+            if seq_of(&newest).is_none_or(|seq| seq > last_seq) {
+                return Err(StoreError::Read(format!(
+                    "room {name}: messages past its last seq {last_seq} (the store lost records: see \
+                     docs/durability.md, damaged store)"
+                )));
+            }
+        }
+        let mut extent = Extent::default();
+        let mut first: Option<(u64, u64)> = None;
+        for guard in self.keyspaces.messages.range(key(id, 0)..=key(id, u64::MAX)) {
+            let (k, v) = guard.into_inner().map_err(read_err)?;
+            if first.is_none() {
+                first = seq_of(&k).zip(u64_at(&v, 0));
+            }
+            extent.messages += 1;
+            extent.bytes += v.len().saturating_sub(8) as u64;
+        }
+        let oldest_remembered = now_us.saturating_sub(window_us);
+        let mut dedupe = Vec::new();
+        for guard in self.keyspaces.dedupe.range(key(id, 0)..=key(id, u64::MAX)).rev() {
+            if dedupe.len() >= max_entries {
+                break;
+            }
+            let (k, v) = guard.into_inner().map_err(read_err)?;
+            let (Some(seq), Some(time_us), Some(client_msg_id)) = (seq_of(&k), u64_at(&v, 0), u64_at(&v, 8)) else {
+                return Err(StoreError::Read(format!("room {name}: a malformed dedupe record")));
+            };
+            if time_us < oldest_remembered {
+                break;
+            }
+            let identity = String::from_utf8_lossy(&v[16..]).into_owned();
+            dedupe.push((identity, client_msg_id, seq, time_us));
+        }
+        dedupe.reverse();
+        Ok(Some(StoredRoom {
+            id,
+            epoch,
+            last_seq,
+            first_seq: first.map_or(last_seq + 1, |(seq, _)| seq),
+            first_time_us: first.map(|(_, time)| time),
+            extent,
+            dedupe,
+        }))
+    }
+
+    /// Retained messages of room `id` with a seq in `after + 1 ..= upto`, oldest first: at most `limit`, and no
+    /// more than fit `budget` bytes of frames (the first always does).
+    pub fn page(&self, id: u64, after: u64, upto: u64, limit: usize, budget: usize) -> Result<Page, StoreError> {
+        let mut page = Page::default();
+        if after >= upto {
+            return Ok(page);
+        }
+        let mut used = 0;
+        for guard in self.keyspaces.messages.range(key(id, after + 1)..=key(id, upto)) {
+            if page.frames.len() == limit {
+                page.more = true;
+                break;
+            }
+            let (k, v) = guard.into_inner().map_err(read_err)?;
+            let (Some(seq), Some(time_us)) = (seq_of(&k), u64_at(&v, 0)) else {
+                return Err(StoreError::Read(format!("room id {id}: a malformed message record")));
+            };
+            let frame = Bytes::copy_from_slice(&v[8..]);
+            if !page.frames.is_empty() && used + frame.len() > budget {
+                page.more = true;
+                break;
+            }
+            used += frame.len();
+            page.frames.push(StoredFrame { seq, time_us, frame });
+        }
+        Ok(page)
+    }
+
+    /// Where retention cuts room `id`: the first seq to keep so that at most `max_messages` and `max_bytes` of
+    /// frames remain and none older than `oldest_us`, scanning from `first_seq` with `extent` retained. Returns
+    /// the cut and what remains after it (with the time of the new oldest message).
+    pub fn plan_trim(
+        &self,
+        id: u64,
+        first_seq: u64,
+        extent: Extent,
+        retention: &Retention,
+        now_us: u64,
+    ) -> Result<(u64, Extent, Option<u64>), StoreError> {
+        let oldest_us = now_us.saturating_sub(retention.max_age_us);
+        let mut left = extent;
+        let mut cut = first_seq;
+        for guard in self.keyspaces.messages.range(key(id, first_seq)..=key(id, u64::MAX)) {
+            let (k, v) = guard.into_inner().map_err(read_err)?;
+            let (Some(seq), Some(time_us)) = (seq_of(&k), u64_at(&v, 0)) else {
+                return Err(StoreError::Read(format!("room id {id}: a malformed message record")));
+            };
+            if left.messages <= retention.max_messages && left.bytes <= retention.max_bytes && time_us >= oldest_us {
+                return Ok((seq, left, Some(time_us)));
+            }
+            left.messages = left.messages.saturating_sub(1);
+            left.bytes = left.bytes.saturating_sub(v.len().saturating_sub(8) as u64);
+            cut = seq + 1;
+        }
+        Ok((cut, Extent::default(), None))
+    }
+}
+
+/// A page of retained messages.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The messages, oldest first.
+    pub frames: Vec<StoredFrame>,
+    /// True when the limit or the budget stopped the page before `upto`.
+    pub more: bool,
+}
+
+/// How much history each room keeps in the store (the oldest goes first once any bound is passed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Messages (`Limits::history_max_messages`).
+    pub max_messages: u64,
+    /// Bytes of encoded frames (`Budget::room_history_bytes`).
+    pub max_bytes: u64,
+    /// Age (`Limits::history_max_age_s`), µs.
+    pub max_age_us: u64,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! The store on a real fjall database in a temporary directory: what is committed comes back after a reopen,
+//! pages and retention cut where they should, group commit shares batches, and a damaged store is refused.
+
+use std::sync::atomic::Ordering;
+
+use super::*;
+
+fn append(name: &str, id: u64, seq: u64, time_us: u64, body: &[u8], identity: &str, client_msg_id: u64) -> Op {
+    Op::Append(Append {
+        name: name.into(),
+        id,
+        epoch: 7,
+        seq,
+        time_us,
+        frame: Bytes::copy_from_slice(body),
+        identity: identity.into(),
+        client_msg_id,
+    })
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+}
+
+/// Creates room `r` (id from the store) with `n` messages of 10 bytes at times 1..=n.
+fn filled(store: &Store, n: u64) -> u64 {
+    let id = store.allocate_room_id();
+    let mut last = store.submit(Op::Create { name: "r".into(), id, epoch: 7 });
+    for seq in 1..=n {
+        last = store.submit(append("r", id, seq, seq, &[seq as u8; 10], "ann", 100 + seq));
+    }
+    block_on(last.wait()).unwrap();
+    id
+}
+
+#[test]
+fn what_is_committed_comes_back_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    assert_eq!(store.load_room("r", 0, u64::MAX, 100).unwrap(), None);
+    let id = filled(&store, 5);
+    drop(store);
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let room = store.load_room("r", 10, u64::MAX, 100).unwrap().expect("stored");
+    assert_eq!((room.id, room.epoch, room.last_seq, room.first_seq, room.first_time_us), (id, 7, 5, 1, Some(1)));
+    assert_eq!(room.extent, Extent { messages: 5, bytes: 50 });
+    assert_eq!(room.dedupe.len(), 5);
+    assert_eq!(room.dedupe[0], ("ann".to_string(), 101, 1, 1), "oldest first");
+    assert!(store.allocate_room_id() > id, "room ids are never reused");
+    let page = store.page(id, 2, 5, 10, usize::MAX).unwrap();
+    assert_eq!(page.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), [3, 4, 5]);
+    assert_eq!(&page.frames[0].frame[..], &[3u8; 10]);
+    assert!(!page.more);
+}
+
+#[test]
+fn pages_stop_at_the_limit_the_budget_and_upto() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Os).unwrap();
+    let id = filled(&store, 10);
+    let seqs = |page: Page| (page.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), page.more);
+    assert_eq!(seqs(store.page(id, 0, 10, 3, usize::MAX).unwrap()), (vec![1, 2, 3], true));
+    assert_eq!(seqs(store.page(id, 0, 10, 100, 25).unwrap()), (vec![1, 2], true), "2 frames of 10 fit 25 bytes");
+    assert_eq!(seqs(store.page(id, 0, 10, 100, 1).unwrap()), (vec![1], true), "one frame always fits");
+    assert_eq!(seqs(store.page(id, 8, 9, 100, usize::MAX).unwrap()), (vec![9], false), "never past upto");
+    assert_eq!(seqs(store.page(id, 10, 10, 100, usize::MAX).unwrap()), (vec![], false));
+    assert_eq!(seqs(store.page(id + 1, 0, 10, 100, usize::MAX).unwrap()), (vec![], false), "rooms apart");
+}
+
+#[test]
+fn the_dedupe_window_loads_by_age_and_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Os).unwrap();
+    filled(&store, 10);
+    let room = store.load_room("r", 10, 3, 100).unwrap().unwrap();
+    assert_eq!(room.dedupe.iter().map(|e| e.2).collect::<Vec<_>>(), [7, 8, 9, 10], "time >= 10 - 3");
+    let room = store.load_room("r", 10, u64::MAX, 2).unwrap().unwrap();
+    assert_eq!(room.dedupe.iter().map(|e| e.2).collect::<Vec<_>>(), [9, 10], "the newest 2");
+}
+
+#[test]
+fn retention_cuts_by_count_bytes_and_age_and_deletes_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let id = filled(&store, 10);
+    let extent = Extent { messages: 10, bytes: 100 };
+    let keep = |max_messages, max_bytes, max_age_us| Retention { max_messages, max_bytes, max_age_us };
+    let plan = |r: Retention, now| store.plan_trim(id, 1, extent, &r, now).unwrap();
+    assert_eq!(plan(keep(4, u64::MAX, u64::MAX), 10), (7, Extent { messages: 4, bytes: 40 }, Some(7)));
+    assert_eq!(plan(keep(100, 55, u64::MAX), 10), (6, Extent { messages: 5, bytes: 50 }, Some(6)));
+    assert_eq!(plan(keep(100, u64::MAX, 3), 10), (7, Extent { messages: 4, bytes: 40 }, Some(7)));
+    assert_eq!(plan(keep(100, u64::MAX, 3), 100), (11, Extent::default(), None), "all too old");
+    store.submit_quietly(Op::TrimMessages { id, before: 7 });
+    store.submit_quietly(Op::TrimDedupe { id, before: 9 });
+    block_on(store.submit(Op::Barrier).wait()).unwrap();
+    let room = store.load_room("r", 10, u64::MAX, 100).unwrap().unwrap();
+    assert_eq!((room.first_seq, room.last_seq, room.extent.messages), (7, 10, 4));
+    assert_eq!(room.dedupe.iter().map(|e| e.2).collect::<Vec<_>>(), [9, 10]);
+}
+
+#[test]
+fn group_commit_shares_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let id = store.allocate_room_id();
+    let mut commits = vec![store.submit(Op::Create { name: "r".into(), id, epoch: 1 })];
+    for seq in 1..=2_000 {
+        commits.push(store.submit(append("r", id, seq, seq, b"x", "a", seq)));
+    }
+    block_on(async {
+        for commit in commits {
+            commit.wait().await.unwrap();
+        }
+    });
+    let stats = store.writer_stats();
+    assert_eq!(stats.appends.load(Ordering::Relaxed), 2_000);
+    let batches = stats.commits.load(Ordering::Relaxed);
+    assert!(batches < 2_000, "posts handed over together are committed together ({batches} commits)");
+    assert_eq!(store.load_room("r", 0, u64::MAX, 10).unwrap().unwrap().last_seq, 2_000);
+}
+
+#[test]
+fn a_store_of_another_format_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    filled(&store, 3);
+    store.keyspaces.meta.insert("format", "quiver-store 99").unwrap();
+    drop(store);
+    let err = Store::open(dir.path(), Durability::Fsync).unwrap_err();
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("quiver-store 99") && message.contains(".damaged"), "{message}");
+}
+
+/// A store with room `r` (3,000 messages, flushed to a table file), closed.
+fn flushed(dir: &Path) {
+    let store = Store::open(dir, Durability::Fsync).unwrap();
+    filled(&store, 3_000);
+    store.keyspaces.messages.rotate_memtable_and_wait().unwrap();
+}
+
+fn refused(dir: &Path, damage: impl FnOnce(&Path)) -> String {
+    damage(&dir.join(STORE_DIR));
+    match Store::open(dir, Durability::Fsync) {
+        Err(err @ StoreError::Damaged { .. }) => err.to_string(),
+        Err(other) => panic!("refused, but not as damaged: {other}"),
+        Ok(store) => panic!("a damaged store opened: room r = {:?}", store.load_room("r", 0, 0, 0)),
+    }
+}
+
+fn tables(store: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![store.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.parent().is_some_and(|p| p.ends_with("tables")) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_truncated_or_lost_file_is_refused_not_wiped() {
+    for damage in ["truncated table", "lost journal", "journal overwritten", "lost version"] {
+        let dir = tempfile::tempdir().unwrap();
+        flushed(dir.path());
+        let message = refused(dir.path(), |store| match damage {
+            "truncated table" => {
+                let table = tables(store).into_iter().max_by_key(|t| t.metadata().unwrap().len()).unwrap();
+                let len = table.metadata().unwrap().len();
+                std::fs::OpenOptions::new().write(true).open(table).unwrap().set_len(len / 2).unwrap();
+            }
+            "lost journal" => std::fs::remove_file(store.join("0.jnl")).unwrap(),
+            "journal overwritten" => {
+                use std::io::{Seek, Write};
+                let mut journal = std::fs::OpenOptions::new().write(true).open(store.join("0.jnl")).unwrap();
+                journal.seek(std::io::SeekFrom::Start(100)).unwrap();
+                journal.write_all(&[0x5a; 64]).unwrap();
+            }
+            _ => std::fs::write(store.join("version"), b"").unwrap(),
+        });
+        assert!(message.contains("damaged") && message.contains("mv "), "{damage}: {message}");
+        assert!(dir.path().join(STORE_DIR).exists(), "{damage}: nothing wiped");
+    }
+}
+
+#[test]
+fn a_room_with_records_lost_is_refused_at_open_or_when_loaded() {
+    for cut in [16 << 10, 64 << 10, 128 << 10] {
+        let dir = tempfile::tempdir().unwrap();
+        flushed(dir.path());
+        // Cut the journal inside the room's records: the flushed table keeps messages past what the journal
+        // says of the room (its last seq, the id counter, the format marker).
+        let journal = dir.path().join(STORE_DIR).join("0.jnl");
+        std::fs::OpenOptions::new().write(true).open(journal).unwrap().set_len(cut).unwrap();
+        let err = match Store::open(dir.path(), Durability::Fsync) {
+            Err(err) => err.to_string(),
+            Ok(store) => store.load_room("r", 0, 0, 0).expect_err("a room with lost records loaded").to_string(),
+        };
+        assert!(err.contains("damaged") || err.contains("past its last seq"), "cut at {cut}: {err}");
+    }
+}

@@ -1,0 +1,251 @@
+//! The store's single writer: a thread that takes every operation handed to it, in order, and commits whatever
+//! arrived while the previous commit ran as one atomic batch with one fsync (group commit). Each operation's
+//! [`Commit`] completes when its batch is stored; because batches are committed in the order operations arrived,
+//! a completed commit also vouches for everything handed over before it.
+//!
+//! A failed commit (a full or failing disk) fails every later one too: after an fsync error nobody knows what
+//! reached the disk (<https://www.usenix.org/system/files/atc20-rebello.pdf>), so the server stops acknowledging
+//! posts until it is restarted and the store recovered from its journal.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
+};
+
+use bytes::Bytes;
+use fjall::PersistMode;
+use tokio::sync::oneshot;
+
+use super::{key, Durability, Keyspaces};
+
+/// Operations per batch at most (what is left waits for the next batch).
+const MAX_BATCH: usize = 4096;
+
+/// A message to store.
+#[derive(Debug)]
+pub(crate) struct Append {
+    /// The room's name (its record is updated with the new last seq).
+    pub name: Arc<str>,
+    /// The room's id.
+    pub id: u64,
+    /// The room's epoch.
+    pub epoch: u64,
+    /// The message's seq.
+    pub seq: u64,
+    /// When it was posted.
+    pub time_us: u64,
+    /// Its encoded `RoomFrame::Event`.
+    pub frame: Bytes,
+    /// The poster and its id for the post (the dedupe key).
+    pub identity: Arc<str>,
+    /// See `identity`.
+    pub client_msg_id: u64,
+}
+
+/// What the writer does.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// Records a new room.
+    Create { name: Arc<str>, id: u64, epoch: u64 },
+    /// Stores a message and its dedupe entry.
+    Append(Append),
+    /// Deletes a room's messages with a seq below `before` (retention).
+    TrimMessages { id: u64, before: u64 },
+    /// Deletes a room's dedupe entries with a seq below `before` (the window moved on).
+    TrimDedupe { id: u64, before: u64 },
+    /// Writes nothing: completes once everything handed over before it is stored.
+    Barrier,
+}
+
+/// The store failed to write; nothing is acknowledged until the server restarts.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the room store failed to write ({0}); posts are refused until the server is restarted")]
+pub struct StoreFailed(Arc<str>);
+
+/// Completes when an operation is stored.
+#[derive(Debug)]
+pub struct Commit(oneshot::Receiver<Result<(), StoreFailed>>);
+
+impl Commit {
+    /// Waits until the operation is stored with the configured durability.
+    pub async fn wait(self) -> Result<(), StoreFailed> {
+        match self.0.await {
+            Ok(result) => result,
+            Err(_) => Err(StoreFailed("the writer stopped".into())),
+        }
+    }
+}
+
+struct Job {
+    op: Op,
+    done: Option<oneshot::Sender<Result<(), StoreFailed>>>,
+}
+
+/// What the writer did so far.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Batches committed (each with one fsync under `Durability::Fsync`).
+    pub commits: AtomicU64,
+    /// Messages stored.
+    pub appends: AtomicU64,
+}
+
+/// The writer thread's inbox; dropping it lets the thread finish what it has, sync, and exit.
+#[derive(Debug)]
+pub(super) struct Handle {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub(super) stats: Arc<WriterStats>,
+}
+
+impl Handle {
+    pub(super) fn start(keyspaces: Keyspaces, durability: Durability, next_room_id: u64) -> std::io::Result<Handle> {
+        let (tx, rx) = mpsc::channel();
+        let mode = match durability {
+            Durability::Os | Durability::Memory => PersistMode::Buffer,
+            Durability::Fsync => PersistMode::SyncAll,
+        };
+        let stats = Arc::new(WriterStats::default());
+        let counted = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("quiver-store-writer".into())
+            .spawn(move || run(keyspaces, rx, mode, next_room_id, &counted))?;
+        Ok(Handle { jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), stats })
+    }
+
+    pub(super) fn submit(&self, op: Op) -> Commit {
+        let (done, commit) = oneshot::channel();
+        self.send(Job { op, done: Some(done) });
+        Commit(commit)
+    }
+
+    pub(super) fn submit_quietly(&self, op: Op) {
+        self.send(Job { op, done: None });
+    }
+
+    fn send(&self, job: Job) {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        // A send fails only once the writer is gone (shutdown): the job's commit then reports it.
+        if let Some(jobs) = jobs.as_ref() {
+            let _ = jobs.send(job);
+        }
+    }
+}
+
+impl Drop for Handle {
+    /// Lets the writer commit what it was handed, sync, and exit, and waits for it.
+    fn drop(&mut self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(keyspaces: Keyspaces, jobs: mpsc::Receiver<Job>, mode: PersistMode, mut next_room_id: u64, stats: &WriterStats) {
+    let mut failed: Option<StoreFailed> = None;
+    let mut batch = Vec::new();
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = match &failed {
+            Some(failure) => Err(failure.clone()),
+            None => commit(&keyspaces, &batch, mode, &mut next_room_id, stats)
+                .map_err(|err| StoreFailed(format!("{err:?}").into())),
+        };
+        if let (Err(failure), None) = (&result, &failed) {
+            tracing::error!(%failure, "room store commit failed");
+            failed = Some(failure.clone());
+        }
+        for job in batch.drain(..) {
+            if let Some(done) = job.done {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+    if failed.is_none() {
+        if let Err(err) = keyspaces.db.persist(PersistMode::SyncAll) {
+            tracing::error!(?err, "room store: final sync failed");
+        }
+    }
+}
+
+/// Writes one batch: the messages and dedupe entries, each touched room's record once (with its newest seq), the
+/// room id counter when rooms were created, and the deletions retention asked for.
+fn commit(
+    ks: &Keyspaces,
+    jobs: &[Job],
+    mode: PersistMode,
+    next_room_id: &mut u64,
+    stats: &WriterStats,
+) -> Result<(), fjall::Error> {
+    let mut batch = ks.db.batch().durability(Some(mode));
+    let mut rooms: HashMap<u64, (&Arc<str>, u64, u64)> = HashMap::new();
+    let mut next = *next_room_id;
+    let mut writes = 0usize;
+    let mut appends = 0;
+    for job in jobs {
+        match &job.op {
+            Op::Create { name, id, epoch } => {
+                rooms.entry(*id).or_insert((name, *epoch, 0));
+                next = next.max(id + 1);
+            }
+            Op::Append(a) => {
+                let mut message = Vec::with_capacity(8 + a.frame.len());
+                message.extend_from_slice(&a.time_us.to_be_bytes());
+                message.extend_from_slice(&a.frame);
+                batch.insert(&ks.messages, key(a.id, a.seq), message);
+                let mut dedupe = Vec::with_capacity(16 + a.identity.len());
+                dedupe.extend_from_slice(&a.time_us.to_be_bytes());
+                dedupe.extend_from_slice(&a.client_msg_id.to_be_bytes());
+                dedupe.extend_from_slice(a.identity.as_bytes());
+                batch.insert(&ks.dedupe, key(a.id, a.seq), dedupe);
+                let room = rooms.entry(a.id).or_insert((&a.name, a.epoch, a.seq));
+                room.2 = room.2.max(a.seq);
+                writes += 2;
+                appends += 1;
+            }
+            Op::TrimMessages { id, before } => {
+                for guard in ks.messages.range(key(*id, 0)..key(*id, *before)) {
+                    batch.remove(&ks.messages, guard.key()?);
+                    writes += 1;
+                }
+            }
+            Op::TrimDedupe { id, before } => {
+                for guard in ks.dedupe.range(key(*id, 0)..key(*id, *before)) {
+                    batch.remove(&ks.dedupe, guard.key()?);
+                    writes += 1;
+                }
+            }
+            Op::Barrier => {}
+        }
+    }
+    for (id, (name, epoch, last_seq)) in rooms {
+        let mut record = [0u8; 24];
+        record[..8].copy_from_slice(&id.to_be_bytes());
+        record[8..16].copy_from_slice(&epoch.to_be_bytes());
+        record[16..].copy_from_slice(&last_seq.to_be_bytes());
+        batch.insert(&ks.rooms, name.as_bytes(), record);
+        writes += 1;
+    }
+    if next != *next_room_id {
+        batch.insert(&ks.meta, "next_room_id", next.to_be_bytes());
+        writes += 1;
+    }
+    if writes == 0 {
+        return Ok(()); // barriers only: what they wait for is in earlier batches, already stored
+    }
+    batch.commit()?;
+    *next_room_id = next;
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    stats.appends.fetch_add(appends, Ordering::Relaxed);
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The durability promise against a real server process: writers post as fast as they can while the server is
+//! SIGKILLed and restarted 5 times, then stopped gracefully and restarted once more. Afterwards every acknowledged
+//! post is in its room's history exactly once with the seq it was acknowledged with, seqs are contiguous from 1,
+//! and each room kept one epoch throughout.
+//!
+//! The server binary is `QUIVER_SERVER_BIN` when set (`scripts/test.sh` sets it to the release build), else this
+//! package's debug build.
+
+#![cfg(unix)]
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use quiver_client::{Client, ConnectOptions, TrustOptions};
+
+const ROOMS: [&str; 2] = ["crash-a", "crash-b"];
+const WRITERS: usize = 4;
+/// Posts each writer keeps in flight.
+const IN_FLIGHT: usize = 32;
+const KILLS: usize = 5;
+
+fn server_bin() -> String {
+    std::env::var("QUIVER_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quiver-server").to_string())
+}
+
+/// A free UDP port on 127.0.0.1 (the restarted server takes the same one, so clients reconnect to it).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(dir: &Path, port: u16) -> Child {
+    let started = Instant::now();
+    loop {
+        let mut child = Command::new(server_bin())
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--no-web", "--history-max-messages", "1000000"])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        if lines.next().is_some_and(|line| line.is_ok_and(|line| line.starts_with("listening on "))) {
+            // Keep draining stdout so the server never blocks on it.
+            std::thread::spawn(move || for _ in lines {});
+            return child;
+        }
+        let status = child.wait().unwrap();
+        // The port may still be held for a moment by the process just killed.
+        assert!(started.elapsed() < Duration::from_secs(20), "the server does not start again: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the writers were told: `(room, body) → seq`.
+type Acked = Arc<Mutex<HashMap<(String, String), u64>>>;
+
+/// Posts until `stop`, then waits for what is in flight; returns how many posts were never answered.
+async fn writer(
+    server: String,
+    dir: std::path::PathBuf,
+    w: usize,
+    acked: Acked,
+    stop: Arc<tokio::sync::Notify>,
+) -> usize {
+    let options = ConnectOptions {
+        trust: TrustOptions::Auto { data_dir: dir },
+        name: Some(format!("writer-{w}")),
+        reconnect_delay: Duration::from_millis(20),
+        reconnect_max_delay: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(&server, options).await.expect("first connect");
+    let room = ROOMS[w % ROOMS.len()];
+    let mut posts = tokio::task::JoinSet::new();
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    let mut n = 0u64;
+    loop {
+        while posts.len() < IN_FLIGHT {
+            n += 1;
+            let body = format!("w{w}-{n}");
+            let post = client.post(room, body.clone());
+            let acked = acked.clone();
+            posts.spawn(async move {
+                if let Ok(seq) = post.await {
+                    acked.lock().unwrap().insert((room.to_string(), body), seq);
+                }
+            });
+        }
+        tokio::select! {
+            _ = posts.join_next() => {}
+            () = &mut stopped => break,
+        }
+    }
+    // What is in flight is retried across reconnects until acknowledged; give it time, then stop.
+    let in_flight = posts.len();
+    let waited = Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(20), async { while posts.join_next().await.is_some() {} }).await;
+    eprintln!("writer {w}: {in_flight} in flight at the stop, {} left after {:?}", posts.len(), waited.elapsed());
+    client.close().await;
+    posts.len()
+}
+
+#[test]
+fn no_acknowledged_post_is_lost_or_doubled_across_kills_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    let mut child = start(dir.path(), port);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| runtime.spawn(writer(server.clone(), dir.path().to_owned(), w, acked.clone(), stop.clone())))
+        .collect();
+    let epochs = |client: &Client| {
+        let client = client.clone();
+        runtime.block_on(async move {
+            let mut epochs = Vec::new();
+            for room in ROOMS {
+                epochs.push(client.history(room, None, 1).await.map(|page| page.epoch).unwrap_or(0));
+            }
+            epochs
+        })
+    };
+    let mut seen_epochs: Vec<Vec<u64>> = Vec::new();
+    let mut progress = Vec::new();
+    let mut rng_state = port as u64;
+    for kill in 0..=KILLS {
+        rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(300 + (rng_state >> 33) % 500));
+        let before = acked.lock().unwrap().len();
+        progress.push(before);
+        if kill < KILLS {
+            child.kill().unwrap(); // SIGKILL
+            let _ = child.wait();
+        } else {
+            // The last restart is graceful: SIGTERM, and the server must exit by itself.
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let status = child.wait().unwrap();
+            assert!(status.success(), "graceful stop: {status}");
+        }
+        eprintln!("restart {}: {before} posts acknowledged so far", kill + 1);
+        child = start(dir.path(), port);
+        let probe = runtime.block_on(async {
+            let options = ConnectOptions {
+                trust: TrustOptions::Auto { data_dir: dir.path().to_owned() },
+                name: Some("probe".into()),
+                ..ConnectOptions::default()
+            };
+            Client::connect_with(&server, options).await.expect("probe connect")
+        });
+        seen_epochs.push(epochs(&probe));
+        runtime.block_on(probe.close());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.notify_waiters();
+    for writer in writers {
+        assert_eq!(runtime.block_on(writer).unwrap(), 0, "every post in flight was answered after the restarts");
+    }
+    // The writers kept going between the kills: their clients saw each restart at once (the server's stateless
+    // reset key survives restarts) and reconnected.
+    assert!(progress.windows(2).all(|w| w[1] > w[0]), "acknowledged posts at each restart: {progress:?}");
+
+    let options = ConnectOptions {
+        trust: TrustOptions::Auto { data_dir: dir.path().to_owned() },
+        name: Some("checker".into()),
+        ..ConnectOptions::default()
+    };
+    let checker = runtime.block_on(Client::connect_with(&server, options)).unwrap();
+    seen_epochs.push(epochs(&checker));
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 1_000, "the writers got through: {} posts acknowledged", acked.len());
+    for (r, room) in ROOMS.iter().enumerate() {
+        let room_epochs: Vec<u64> = seen_epochs.iter().map(|e| e[r]).collect();
+        assert!(room_epochs.iter().all(|e| *e == room_epochs[0] && *e != 0), "{room}: epochs {room_epochs:?}");
+        let mut history = Vec::new();
+        let mut since = None;
+        loop {
+            let page = runtime.block_on(checker.history(room, since, 1_000)).unwrap();
+            assert_eq!(page.epoch, room_epochs[0], "{room}: one epoch throughout");
+            since = page.messages.last().map(|m| m.seq).or(since);
+            let more = page.more || page.messages.len() == 1_000;
+            history.extend(page.messages);
+            if !more {
+                break;
+            }
+        }
+        let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "{room}: seqs contiguous from 1");
+        let mut bodies: HashMap<String, u64> = HashMap::new();
+        for message in &history {
+            let quiver_proto::EventKind::Message { body, .. } = &message.kind else { continue };
+            let body = String::from_utf8_lossy(body).into_owned();
+            assert!(bodies.insert(body.clone(), message.seq).is_none(), "{room}: {body} stored twice");
+        }
+        let mine: Vec<_> = acked.iter().filter(|((ackroom, _), _)| ackroom == room).collect();
+        for ((_, body), seq) in &mine {
+            assert_eq!(bodies.get(body), Some(*seq), "{room}: acknowledged {body} (seq {seq}) in history at that seq");
+        }
+        eprintln!("{room}: {} acknowledged, {} stored, epoch {}", mine.len(), history.len(), room_epochs[0]);
+    }
+    runtime.block_on(checker.close());
+    child.kill().unwrap();
+    let _ = child.wait();
+}

@@ -287,8 +287,16 @@ impl Room {
         self.dedupe.record(identity, client_msg_id, seq, now_us);
         let posted = Posted { seq, duplicate: false };
         if let Some(disk) = &mut self.disk {
-            let commit = disk.append(self.epoch, seq, now_us, frame, identity, client_msg_id);
-            return Ok(Posting { posted, delivery: Delivery::default(), commit: Some(commit) });
+            let mut commit = disk.append(self.epoch, seq, now_us, frame, identity, client_msg_id);
+            // Written already (`os` durability commits inline): delivered at once, like in memory.
+            return match commit.outcome() {
+                None => Ok(Posting { posted, delivery: Delivery::default(), commit: Some(commit) }),
+                Some(Ok(())) => Ok(Posting { posted, delivery: self.release(seq, now_us), commit: None }),
+                Some(Err(failed)) => {
+                    self.abort();
+                    Err(Failure::new(ErrorCode::Internal, failed.to_string()))
+                }
+            };
         }
         self.delivered_seq = seq;
         let stored = Arc::new(StoredMessage::new(event, frame.clone()));

@@ -33,6 +33,9 @@ pub use writer::{Commit, StoreFailed, WriterStats};
 /// What `meta/format` holds in a store this version can read.
 pub const FORMAT: &[u8] = b"quiver-store 1";
 
+/// Bytes of journal kept before memtables are flushed to tables (what a start replays at most).
+const MAX_JOURNALING_BYTES: u64 = 64 << 20;
+
 /// The store's directory inside the data directory.
 pub const STORE_DIR: &str = "store";
 
@@ -237,8 +240,11 @@ impl Store {
         std::fs::create_dir_all(&path)
             .map_err(|err| StoreError::Open { path: path.clone(), detail: err.to_string() })?;
         // fjall has panicked on some damaged bytes (debug assertions): a panic on open is damage too.
-        let opened = std::panic::catch_unwind(|| Database::builder(&path).open())
-            .map_err(|_| damaged(&path, "the database panicked while reading it"))?;
+        // Journals are replayed at start: fjall's smallest bound (64 MiB, default 512 MiB) keeps that replay short
+        // after a crash, whatever the store's size (docs/durability.md, "Restarts").
+        let builder = || Database::builder(&path).max_journaling_size(MAX_JOURNALING_BYTES).open();
+        let opened =
+            std::panic::catch_unwind(builder).map_err(|_| damaged(&path, "the database panicked while reading it"))?;
         let db = match opened {
             Ok(db) => db,
             Err(fjall::Error::Io(err)) if err.kind() == std::io::ErrorKind::PermissionDenied => {

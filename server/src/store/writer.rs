@@ -52,10 +52,11 @@ pub(crate) enum Op {
     Create { name: Arc<str>, id: u64, epoch: u64 },
     /// Stores a message and its dedupe entry.
     Append(Append),
-    /// Deletes a room's messages with a seq below `before` (retention).
-    TrimMessages { id: u64, before: u64 },
-    /// Deletes a room's dedupe entries with a seq below `before` (the window moved on).
-    TrimDedupe { id: u64, before: u64 },
+    /// Deletes a room's messages with a seq in `from..before` (retention). Starting where the last deletion
+    /// ended keeps each deletion from walking over the tombstones of the ones before.
+    TrimMessages { id: u64, from: u64, before: u64 },
+    /// Deletes a room's dedupe entries with a seq in `from..before` (the window moved on).
+    TrimDedupe { id: u64, from: u64, before: u64 },
     /// Writes nothing: completes once everything handed over before it is stored.
     Barrier,
 }
@@ -70,6 +71,15 @@ pub struct StoreFailed(Arc<str>);
 pub struct Commit(oneshot::Receiver<Result<(), StoreFailed>>);
 
 impl Commit {
+    /// The outcome, if the commit is complete already (always, when the store commits inline).
+    pub fn outcome(&mut self) -> Option<Result<(), StoreFailed>> {
+        match self.0.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(StoreFailed("the writer stopped".into()))),
+        }
+    }
+
     /// Waits until the operation is stored with the configured durability.
     pub async fn wait(self) -> Result<(), StoreFailed> {
         match self.0.await {
@@ -93,12 +103,23 @@ pub struct WriterStats {
     pub appends: AtomicU64,
 }
 
-/// The writer thread's inbox; dropping it lets the thread finish what it has, sync, and exit.
+/// The writer: a thread's inbox (`fsync`), or, with `os` durability, the caller itself: a commit without a sync is a
+/// write to the OS of a few µs, cheaper done at once than handed to a thread and back. Dropping it lets the thread
+/// finish what it has, sync, and exit.
 #[derive(Debug)]
 pub(super) struct Handle {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    inline: Option<Mutex<Inline>>,
     pub(super) stats: Arc<WriterStats>,
+}
+
+/// What the writer keeps between commits when callers commit themselves.
+#[derive(Debug)]
+struct Inline {
+    keyspaces: Keyspaces,
+    next_room_id: u64,
+    failed: Option<StoreFailed>,
 }
 
 impl Handle {
@@ -109,21 +130,58 @@ impl Handle {
             Durability::Fsync => PersistMode::SyncAll,
         };
         let stats = Arc::new(WriterStats::default());
+        if mode == PersistMode::Buffer {
+            let inline = Inline { keyspaces, next_room_id, failed: None };
+            return Ok(Handle {
+                jobs: Mutex::new(None),
+                thread: Mutex::new(None),
+                inline: Some(Mutex::new(inline)),
+                stats,
+            });
+        }
         let counted = stats.clone();
         let thread = std::thread::Builder::new()
             .name("quiver-store-writer".into())
             .spawn(move || run(keyspaces, rx, mode, next_room_id, &counted))?;
-        Ok(Handle { jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), stats })
+        Ok(Handle { jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), inline: None, stats })
     }
 
     pub(super) fn submit(&self, op: Op) -> Commit {
         let (done, commit) = oneshot::channel();
-        self.send(Job { op, done: Some(done) });
+        match &self.inline {
+            Some(inline) => {
+                let _ = done.send(self.commit_now(inline, &op));
+            }
+            None => self.send(Job { op, done: Some(done) }),
+        }
         Commit(commit)
     }
 
     pub(super) fn submit_quietly(&self, op: Op) {
-        self.send(Job { op, done: None });
+        match &self.inline {
+            Some(inline) => {
+                if let Err(failure) = self.commit_now(inline, &op) {
+                    tracing::debug!(%failure, "room store: a background deletion was not written");
+                }
+            }
+            None => self.send(Job { op, done: None }),
+        }
+    }
+
+    /// Commits `op` as its own batch, written to the OS but not synced.
+    fn commit_now(&self, inline: &Mutex<Inline>, op: &Op) -> Result<(), StoreFailed> {
+        let mut inline = inline.lock().unwrap_or_else(|p| p.into_inner());
+        let inline = &mut *inline;
+        if let Some(failure) = &inline.failed {
+            return Err(failure.clone());
+        }
+        let committed = commit(&inline.keyspaces, [op], PersistMode::Buffer, &mut inline.next_room_id, &self.stats);
+        committed.map_err(|err| {
+            let failure = StoreFailed(format!("{err:?}").into());
+            tracing::error!(%failure, "room store commit failed");
+            inline.failed = Some(failure.clone());
+            failure
+        })
     }
 
     fn send(&self, job: Job) {
@@ -142,6 +200,12 @@ impl Drop for Handle {
         if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = thread.join();
         }
+        if let Some(inline) = &self.inline {
+            let inline = inline.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(err) = inline.keyspaces.db.persist(PersistMode::SyncAll) {
+                tracing::error!(?err, "room store: final sync failed");
+            }
+        }
     }
 }
 
@@ -158,7 +222,7 @@ fn run(keyspaces: Keyspaces, jobs: mpsc::Receiver<Job>, mode: PersistMode, mut n
         }
         let result = match &failed {
             Some(failure) => Err(failure.clone()),
-            None => commit(&keyspaces, &batch, mode, &mut next_room_id, stats)
+            None => commit(&keyspaces, batch.iter().map(|job| &job.op), mode, &mut next_room_id, stats)
                 .map_err(|err| StoreFailed(format!("{err:?}").into())),
         };
         if let (Err(failure), None) = (&result, &failed) {
@@ -180,9 +244,9 @@ fn run(keyspaces: Keyspaces, jobs: mpsc::Receiver<Job>, mode: PersistMode, mut n
 
 /// Writes one batch: the messages and dedupe entries, each touched room's record once (with its newest seq), the
 /// room id counter when rooms were created, and the deletions retention asked for.
-fn commit(
+fn commit<'a>(
     ks: &Keyspaces,
-    jobs: &[Job],
+    ops: impl IntoIterator<Item = &'a Op>,
     mode: PersistMode,
     next_room_id: &mut u64,
     stats: &WriterStats,
@@ -192,8 +256,8 @@ fn commit(
     let mut next = *next_room_id;
     let mut writes = 0usize;
     let mut appends = 0;
-    for job in jobs {
-        match &job.op {
+    for op in ops {
+        match op {
             Op::Create { name, id, epoch } => {
                 rooms.entry(*id).or_insert((name, *epoch, 0));
                 next = next.max(id + 1);
@@ -213,14 +277,14 @@ fn commit(
                 writes += 2;
                 appends += 1;
             }
-            Op::TrimMessages { id, before } => {
-                for guard in ks.messages.range(key(*id, 0)..key(*id, *before)) {
+            Op::TrimMessages { id, from, before } => {
+                for guard in ks.messages.range(key(*id, *from)..key(*id, *before)) {
                     batch.remove(&ks.messages, guard.key()?);
                     writes += 1;
                 }
             }
-            Op::TrimDedupe { id, before } => {
-                for guard in ks.dedupe.range(key(*id, 0)..key(*id, *before)) {
+            Op::TrimDedupe { id, from, before } => {
+                for guard in ks.dedupe.range(key(*id, *from)..key(*id, *before)) {
                     batch.remove(&ks.dedupe, guard.key()?);
                     writes += 1;
                 }

@@ -19,6 +19,9 @@ use crate::{
 /// again from the store on the next use, keeping its epoch).
 const UNLOAD_AFTER_US: u64 = 60_000_000;
 
+/// Dedupe entries deleted at once, at least (fewer, more useful deletions).
+const DEDUPE_TRIM_RUN: u64 = 256;
+
 /// A post sequenced but not yet stored.
 #[derive(Debug)]
 struct PendingPost {
@@ -216,21 +219,24 @@ impl DiskRoom {
     }
 
     /// Retention, in the background: deletes the dedupe entries the window forgot (below `dedupe_from`) and the
-    /// messages beyond the retention bounds.
+    /// messages beyond the retention bounds. Deletions wait until a bound is passed by an eighth (or a message is
+    /// too old), so each one removes a run of messages rather than a few every sweep; readers never see more than
+    /// `max_messages` meanwhile ([`DiskRoom::first_readable`]).
     pub(super) fn trim(&mut self, now_us: u64, dedupe_from: u64) {
-        if dedupe_from > self.dedupe_trimmed {
-            self.store.submit_quietly(Op::TrimDedupe { id: self.id, before: dedupe_from });
-            self.dedupe_trimmed = dedupe_from;
+        let r = self.retention;
+        let slack = |max: u64| max.saturating_add(max / 8);
+        if dedupe_from >= self.dedupe_trimmed.saturating_add(DEDUPE_TRIM_RUN) {
+            let from = std::mem::replace(&mut self.dedupe_trimmed, dedupe_from);
+            self.store.submit_quietly(Op::TrimDedupe { id: self.id, from, before: dedupe_from });
         }
-        let r = &self.retention;
         let too_old = self.first_time_us.is_some_and(|t| t < now_us.saturating_sub(r.max_age_us));
-        if self.extent.messages <= r.max_messages && self.extent.bytes <= r.max_bytes && !too_old {
+        if self.extent.messages <= slack(r.max_messages) && self.extent.bytes <= slack(r.max_bytes) && !too_old {
             return;
         }
-        match self.store.plan_trim(self.id, self.first_seq, self.extent, r, now_us) {
+        match self.store.plan_trim(self.id, self.first_seq, self.extent, &r, now_us) {
             Ok((cut, left, first_time_us)) => {
-                self.store.submit_quietly(Op::TrimMessages { id: self.id, before: cut });
-                self.first_seq = cut;
+                let from = std::mem::replace(&mut self.first_seq, cut);
+                self.store.submit_quietly(Op::TrimMessages { id: self.id, from, before: cut });
                 self.extent = left;
                 self.first_time_us = first_time_us;
             }

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The crash test (server/tests/crash.rs) SIGKILLs a real server process under load: it uses the release build.
 cargo build --release --locked -p quiver-server
-export QUIVER_SERVER_BIN="$PWD/target/release/quiver-server"
+export QUIVER_SERVER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/quiver-server"
 cargo test --workspace --locked "$@"
 
 # The browser client's codec and state machines, against the vectors quiver-proto generates (node's own runner).

@@ -97,13 +97,16 @@ pub fn reset_key(dir: &Path) -> Result<[u8; 32], DataDirError> {
             bytes.try_into().map_err(|_| io(invalid()))
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            // Written aside and renamed into place: a crash in between never leaves a short key behind.
             let key: [u8; 32] = rand::random();
+            let partial = dir.join(format!("{RESET_KEY_FILE}.partial"));
             let mut options = OpenOptions::new();
-            options.write(true).create_new(true);
+            options.write(true).create(true).truncate(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&path).map_err(io)?;
+            let mut file = options.open(&partial).map_err(io)?;
             file.write_all(&key).and_then(|()| file.sync_all()).map_err(io)?;
+            std::fs::rename(&partial, &path).map_err(io)?;
             Ok(key)
         }
         Err(err) => Err(io(err)),

@@ -56,6 +56,8 @@ fn listening(dir: &std::path::Path) -> std::process::Child {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert!(lines.next().unwrap().unwrap().starts_with("listening on "), "the server did not start");
+    // Keep reading: the server prints more lines, and a closed pipe would fail its later prints.
+    std::thread::spawn(move || for _ in lines {});
     child
 }
 

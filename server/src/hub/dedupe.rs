@@ -47,7 +47,7 @@ impl DedupeWindow {
     /// Remembers that this post got `seq` at `now_us`.
     pub fn record(&mut self, identity: &str, client_msg_id: u64, seq: u64, now_us: u64) {
         let key = (identity.to_string(), client_msg_id);
-        if self.seqs.insert(key.clone(), seq).is_some() {
+        if self.seqs.insert(key.clone(), seq) == Some(seq) {
             return; // already remembered (and queued once)
         }
         self.bytes += cost(identity);

@@ -119,3 +119,21 @@ async fn an_evicted_room_comes_back_with_its_epoch() {
     let again = join(&hub, "a", None, &Collect::new(usize::MAX)).await;
     assert_eq!((again.joined.epoch, again.joined.last_seq), (joining.joined.epoch, 1), "loaded, not new");
 }
+
+#[tokio::test]
+async fn a_loaded_rooms_memory_is_counted_and_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    for id in 1..=5 {
+        let _ = post(&hub, "r", "bob", id, 10).await;
+    }
+    drop(hub);
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    assert_eq!(hub.usage().retained_bytes, 0);
+    let _ = post(&hub, "r", "bob", 6, 20).await; // loads the room with its dedupe window of 5
+    let held = hub.usage().retained_bytes;
+    assert!(held > 0, "the loaded window is counted");
+    // The window expires and the room, idle, leaves memory: everything counted is given back, nothing more.
+    hub.sweep(20 + 601 * 1_000_000).await;
+    assert_eq!((hub.usage().rooms, hub.usage().retained_bytes), (0, 0), "held {held} before");
+}

@@ -293,7 +293,7 @@ impl Room {
                 None => Ok(Posting { posted, delivery: Delivery::default(), commit: Some(commit) }),
                 Some(Ok(())) => Ok(Posting { posted, delivery: self.release(seq, now_us), commit: None }),
                 Some(Err(failed)) => {
-                    self.abort();
+                    self.abort(seq);
                     Err(Failure::new(ErrorCode::Internal, failed.to_string()))
                 }
             };

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     budget::Budget,
-    store::{Commit, Op, Retention, Store, StoredRoom},
+    store::{Op, Retention, Store, StoredRoom},
 };
 
 /// A room as the map holds it. `removed` is set, under the room's lock, when the room leaves the map: a caller
@@ -36,8 +36,8 @@ type RoomMap = HashMap<String, Shared>;
 
 /// What looking a room up found.
 enum Found {
-    /// The room, and the commit of its creation when it was just created in the store.
-    Room(Shared, Option<Commit>),
+    /// The room.
+    Room(Shared),
     /// No such room, and it may not be created.
     Absent,
     /// A room left the map while the store was read: the read may be stale, look again.
@@ -137,12 +137,12 @@ impl LocalRooms {
     }
 
     /// The room named `name`: in memory, else loaded from the store, else (when `create`) created, if there is
-    /// place for it (evicting idle rooms at `max_rooms`). A room just created in the store comes with the commit
-    /// of its creation, to wait for before its epoch is told to anyone.
-    fn room(&self, name: &str, create: bool, now_us: u64) -> Result<Option<(Shared, Option<Commit>)>, Failure> {
+    /// place for it (evicting idle rooms at `max_rooms`). A room just created in the store is not settled until
+    /// its creation is stored (`with_room` waits for it before anyone learns its epoch).
+    fn room(&self, name: &str, create: bool, now_us: u64) -> Result<Option<Shared>, Failure> {
         loop {
             match self.find_or_open(name, create, now_us)? {
-                Found::Room(room, created) => return Ok(Some((room, created))),
+                Found::Room(room) => return Ok(Some(room)),
                 Found::Absent => return Ok(None),
                 Found::Retry => continue,
             }
@@ -152,7 +152,7 @@ impl LocalRooms {
     /// One attempt of [`LocalRooms::room`].
     fn find_or_open(&self, name: &str, create: bool, now_us: u64) -> Result<Found, Failure> {
         if let Some(room) = self.existing(name) {
-            return Ok(Found::Room(room, None));
+            return Ok(Found::Room(room));
         }
         let removals = self.removals.load(Ordering::Acquire);
         // Read outside the map's lock; the map is checked again below.
@@ -170,7 +170,7 @@ impl LocalRooms {
         let mut rooms = lock(&self.rooms);
         // Look up before inserting: `entry` would allocate the name on every post.
         if let Some(room) = rooms.get(name) {
-            return Ok(Found::Room(room.clone(), None));
+            return Ok(Found::Room(room.clone()));
         }
         if self.store.is_some() && self.removals.load(Ordering::Acquire) != removals {
             return Ok(Found::Retry);
@@ -186,23 +186,26 @@ impl LocalRooms {
                 format!("the server holds {max} rooms, all with members; cannot open room {name} now"),
             ));
         }
-        let (room, created) = match (&self.store, stored) {
+        let room = match (&self.store, stored) {
             (Some(store), Some(stored)) => {
-                (Room::durable(name.to_string(), stored, &self.limits, self.retention(), store.clone(), true), None)
+                Room::durable(name.to_string(), stored, &self.limits, self.retention(), store.clone(), true)
             }
             (Some(store), None) => {
                 let (id, epoch) = (store.allocate_room_id(), new_epoch());
-                let commit = store.submit(Op::Create { name: name.into(), id, epoch });
+                let mut created = store.submit(Op::Create { name: name.into(), id, epoch });
+                // Settled at once when the store commits inline; otherwise its first user waits (`with_room`).
+                let settled = matches!(created.outcome(), Some(Ok(())));
                 let stored = StoredRoom::new(id, epoch);
-                let room =
-                    Room::durable(name.to_string(), stored, &self.limits, self.retention(), store.clone(), false);
-                (room, Some(commit))
+                let retention = self.retention();
+                Room::durable(name.to_string(), stored, &self.limits, retention, store.clone(), settled)
             }
-            (None, _) => (Room::new(name.to_string(), new_epoch(), &self.limits, self.budget.room_history_bytes), None),
+            (None, _) => Room::new(name.to_string(), new_epoch(), &self.limits, self.budget.room_history_bytes),
         };
+        // A room loaded from the store holds its dedupe window already: counted from the start, like every change.
+        self.account(0, room.retained_bytes());
         let room = Arc::new(Mutex::new(Slot { room, removed: false }));
         rooms.insert(name.to_string(), room.clone());
-        Ok(Found::Room(room, created))
+        Ok(Found::Room(room))
     }
 
     fn existing(&self, name: &str) -> Option<Shared> {
@@ -220,9 +223,12 @@ impl LocalRooms {
         f: impl FnOnce(&mut Room) -> T,
     ) -> Result<Option<(Shared, T)>, Failure> {
         loop {
-            let Some((shared, created)) = self.room(name, create, now_us)? else { return Ok(None) };
-            if let Some(commit) = created {
-                commit.wait().await.map_err(store_failure)?;
+            let Some(shared) = self.room(name, create, now_us)? else { return Ok(None) };
+            // A room whose creation may not be stored yet: nobody learns its epoch before it is (whoever comes
+            // first waits; a waiter that gives up leaves it to the next).
+            let unsettled = lock(&shared).room.unsettled();
+            if let Some(stored) = unsettled {
+                stored.wait().await.map_err(store_failure)?;
                 lock(&shared).room.settle();
             }
             let mut slot = lock(&shared);
@@ -391,7 +397,7 @@ impl RoomHub for LocalRooms {
         match commit.wait().await {
             Ok(()) => Ok((posted, lock(&shared).room.release(posted.seq, now_us))),
             Err(failed) => {
-                lock(&shared).room.abort();
+                lock(&shared).room.abort(posted.seq);
                 Err(store_failure(failed))
             }
         }

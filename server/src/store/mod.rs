@@ -318,11 +318,6 @@ impl Store {
         self.writer.submit(op)
     }
 
-    /// Hands `op` to the writer without waiting for it (retention: losing it in a crash only delays it).
-    pub(crate) fn submit_quietly(&self, op: Op) {
-        self.writer.submit_quietly(op);
-    }
-
     /// The room named `name` as stored, with its retained extent and the dedupe window remembered at `now_us`
     /// (entries younger than `window_us`, the newest `max_entries` at most); `None` if it was never stored.
     pub fn load_room(
@@ -332,28 +327,37 @@ impl Store {
         window_us: u64,
         max_entries: usize,
     ) -> Result<Option<StoredRoom>, StoreError> {
-        let Some(meta) = self.keyspaces.rooms.get(name).map_err(read_err)? else { return Ok(None) };
-        let (Some(id), Some(epoch), Some(last_seq)) = (u64_at(&meta, 0), u64_at(&meta, 8), u64_at(&meta, 16)) else {
-            return Err(StoreError::Read(format!("room {name}: a malformed record ({} bytes)", meta.len())));
-        };
-        let newest = self.keyspaces.messages.range(key(id, 0)..=key(id, u64::MAX)).next_back();
-        if let Some(newest) = newest.map(|guard| guard.key().map_err(read_err)).transpose()? {
-            if seq_of(&newest).is_none_or(|seq| seq > last_seq) {
-                return Err(StoreError::Read(format!(
-                    "room {name}: messages past its last seq {last_seq} (the store lost records: see \
-                     docs/durability.md, damaged store)"
-                )));
+        let record = |name: &str| -> Result<Option<(u64, u64, u64)>, StoreError> {
+            let Some(meta) = self.keyspaces.rooms.get(name).map_err(read_err)? else { return Ok(None) };
+            match (u64_at(&meta, 0), u64_at(&meta, 8), u64_at(&meta, 16)) {
+                (Some(id), Some(epoch), Some(last_seq)) if last_seq < u64::MAX => Ok(Some((id, epoch, last_seq))),
+                _ => Err(StoreError::Read(format!("room {name}: a malformed record ({} bytes)", meta.len()))),
             }
-        }
+        };
+        let Some((id, epoch, _)) = record(name)? else { return Ok(None) };
         let mut extent = Extent::default();
         let mut first: Option<(u64, u64)> = None;
+        let mut newest = 0;
         for guard in self.keyspaces.messages.range(key(id, 0)..=key(id, u64::MAX)) {
             let (k, v) = guard.into_inner().map_err(read_err)?;
+            let seq = seq_of(&k).unwrap_or(u64::MAX);
             if first.is_none() {
-                first = seq_of(&k).zip(u64_at(&v, 0));
+                first = u64_at(&v, 0).map(|time| (seq, time));
             }
+            newest = seq;
             extent.messages += 1;
             extent.bytes += v.len().saturating_sub(8) as u64;
+        }
+        // The record is read again after the messages: records only grow, so a message past it means the journal
+        // lost records (not a post that raced this read, which the second read covers).
+        let Some((_, _, last_seq)) = record(name)? else {
+            return Err(StoreError::Read(format!("room {name}: its record vanished while it was read")));
+        };
+        if newest > last_seq {
+            return Err(StoreError::Read(format!(
+                "room {name}: messages past its last seq {last_seq} (the store lost records: see docs/durability.md, \
+                 damaged store)"
+            )));
         }
         let oldest_remembered = now_us.saturating_sub(window_us);
         let mut dedupe = Vec::new();

@@ -90,8 +90,8 @@ fn retention_cuts_by_count_bytes_and_age_and_deletes_in_the_background() {
     assert_eq!(plan(keep(100, 55, u64::MAX), 10), (6, Extent { messages: 5, bytes: 50 }, Some(6)));
     assert_eq!(plan(keep(100, u64::MAX, 3), 10), (7, Extent { messages: 4, bytes: 40 }, Some(7)));
     assert_eq!(plan(keep(100, u64::MAX, 3), 100), (11, Extent::default(), None), "all too old");
-    store.submit_quietly(Op::TrimMessages { id, from: 1, before: 7 });
-    store.submit_quietly(Op::TrimDedupe { id, from: 0, before: 9 });
+    let _ = store.submit(Op::TrimMessages { id, from: 1, before: 7 });
+    let _ = store.submit(Op::TrimDedupe { id, from: 0, before: 9 });
     block_on(store.submit(Op::Barrier).wait()).unwrap();
     let room = store.load_room("r", 10, u64::MAX, 100).unwrap().unwrap();
     assert_eq!((room.first_seq, room.last_seq, room.extent.messages), (7, 10, 4));

@@ -157,17 +157,6 @@ impl Handle {
         Commit(commit)
     }
 
-    pub(super) fn submit_quietly(&self, op: Op) {
-        match &self.inline {
-            Some(inline) => {
-                if let Err(failure) = self.commit_now(inline, &op) {
-                    tracing::debug!(%failure, "room store: a background deletion was not written");
-                }
-            }
-            None => self.send(Job { op, done: None }),
-        }
-    }
-
     /// Commits `op` as its own batch, written to the OS but not synced.
     fn commit_now(&self, inline: &Mutex<Inline>, op: &Op) -> Result<(), StoreFailed> {
         let mut inline = inline.lock().unwrap_or_else(|p| p.into_inner());
@@ -277,15 +266,25 @@ fn commit<'a>(
                 writes += 2;
                 appends += 1;
             }
+            // A read error here (a damaged old block) skips the rest of the deletion instead of failing the batch:
+            // other rooms' posts are in it.
             Op::TrimMessages { id, from, before } => {
                 for guard in ks.messages.range(key(*id, *from)..key(*id, *before)) {
-                    batch.remove(&ks.messages, guard.key()?);
+                    let Ok(key) = guard.key() else {
+                        tracing::error!(room_id = id, "room store: retention stopped at an unreadable message");
+                        break;
+                    };
+                    batch.remove(&ks.messages, key);
                     writes += 1;
                 }
             }
             Op::TrimDedupe { id, from, before } => {
                 for guard in ks.dedupe.range(key(*id, *from)..key(*id, *before)) {
-                    batch.remove(&ks.dedupe, guard.key()?);
+                    let Ok(key) = guard.key() else {
+                        tracing::error!(room_id = id, "room store: retention stopped at an unreadable dedupe entry");
+                        break;
+                    };
+                    batch.remove(&ks.dedupe, key);
                     writes += 1;
                 }
             }

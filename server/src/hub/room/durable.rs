@@ -48,6 +48,9 @@ pub(super) struct DiskRoom {
     settled: bool,
     /// Dedupe entries below this seq were deleted from the store already.
     dedupe_trimmed: u64,
+    /// The last retention deletion, until it is stored: the room stays in memory meanwhile (loaded again before,
+    /// it would count the messages being deleted and cut too many next time).
+    trimming: Option<Commit>,
     codec: quiver_proto::FrameCodec,
 }
 
@@ -67,7 +70,8 @@ impl Room {
         for (identity, client_msg_id, seq, time_us) in &stored.dedupe {
             room.dedupe.record(identity, *client_msg_id, *seq, *time_us);
         }
-        let dedupe_trimmed = stored.dedupe.first().map_or(0, |entry| entry.2);
+        // From 0: entries below the loaded window (expired, or past `max_entries`) are deleted by the first trim.
+        let dedupe_trimmed = 0;
         room.disk = Some(DiskRoom {
             store,
             id: stored.id,
@@ -79,6 +83,7 @@ impl Room {
             retention,
             settled,
             dedupe_trimmed,
+            trimming: None,
             codec: quiver_proto::FrameCodec::new(limits.max_frame as usize),
         });
         room
@@ -111,20 +116,29 @@ impl Room {
         delivery
     }
 
-    /// The store failed: the waiting posts are dropped (never delivered, never acknowledged) and their seqs and
-    /// dedupe entries given back.
-    pub fn abort(&mut self) {
+    /// The store failed to commit the post `seq`: it and every post after it (the store refuses those too) are
+    /// dropped, never delivered, never acknowledged, and their seqs and dedupe entries given back. Posts before it
+    /// were committed in earlier batches and are released by their own posters.
+    pub fn abort(&mut self, seq: u64) {
         let Some(disk) = &mut self.disk else { return };
-        for post in disk.pending.drain(..) {
+        while disk.pending.back().is_some_and(|post| post.seq >= seq) {
+            let Some(post) = disk.pending.pop_back() else { break };
             self.dedupe.unrecord(&post.identity, post.client_msg_id, post.seq);
         }
-        self.sequenced_seq = self.delivered_seq;
+        self.sequenced_seq = self.sequenced_seq.min(seq.saturating_sub(1)).max(self.delivered_seq);
+    }
+
+    /// When the room's creation (or its last retention deletion) may not be stored yet: a commit to wait for
+    /// before anyone learns the room's epoch, or before the room may leave memory.
+    pub fn unsettled(&self) -> Option<Commit> {
+        let disk = self.disk.as_ref()?;
+        (!disk.settled).then(|| disk.store.submit(Op::Barrier))
     }
 }
 
 impl DiskRoom {
     pub(super) fn settled(&self) -> bool {
-        self.settled && self.pending.is_empty()
+        self.settled && self.pending.is_empty() && self.trimming.is_none()
     }
 
     pub(super) fn idle_long_enough(&self, last_active_us: u64, now_us: u64) -> bool {
@@ -223,11 +237,17 @@ impl DiskRoom {
     /// too old), so each one removes a run of messages rather than a few every sweep; readers never see more than
     /// `max_messages` meanwhile ([`DiskRoom::first_readable`]).
     pub(super) fn trim(&mut self, now_us: u64, dedupe_from: u64) {
+        if let Some(mut trimming) = self.trimming.take() {
+            if trimming.outcome().is_none() {
+                self.trimming = Some(trimming);
+                return; // the last deletion is not stored yet: plan the next from what is stored
+            }
+        }
         let r = self.retention;
         let slack = |max: u64| max.saturating_add(max / 8);
         if dedupe_from >= self.dedupe_trimmed.saturating_add(DEDUPE_TRIM_RUN) {
             let from = std::mem::replace(&mut self.dedupe_trimmed, dedupe_from);
-            self.store.submit_quietly(Op::TrimDedupe { id: self.id, from, before: dedupe_from });
+            self.trimming = Some(self.store.submit(Op::TrimDedupe { id: self.id, from, before: dedupe_from }));
         }
         let too_old = self.first_time_us.is_some_and(|t| t < now_us.saturating_sub(r.max_age_us));
         if self.extent.messages <= slack(r.max_messages) && self.extent.bytes <= slack(r.max_bytes) && !too_old {
@@ -236,7 +256,8 @@ impl DiskRoom {
         match self.store.plan_trim(self.id, self.first_seq, self.extent, &r, now_us) {
             Ok((cut, left, first_time_us)) => {
                 let from = std::mem::replace(&mut self.first_seq, cut);
-                self.store.submit_quietly(Op::TrimMessages { id: self.id, from, before: cut });
+                // Behind the dedupe deletion, if any: its commit vouches for both.
+                self.trimming = Some(self.store.submit(Op::TrimMessages { id: self.id, from, before: cut }));
                 self.extent = left;
                 self.first_time_us = first_time_us;
             }

@@ -36,6 +36,10 @@ struct Args {
     /// Messages each room retains for history and resume (the oldest go first).
     #[arg(long, default_value_t = quiver_proto::Limits::default().history_max_messages)]
     history_max_messages: u32,
+    /// Posts each room remembers for deduplication at most (a retry after this many newer posts in the room is
+    /// not recognised).
+    #[arg(long, default_value_t = quiver_proto::Limits::default().dedupe_max_entries)]
+    dedupe_max_entries: u32,
     /// PEM certificate chain (leaf first) for production; needs --key. Without it a dev certificate is used.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
@@ -226,6 +230,7 @@ async fn serve(args: Args) -> ExitCode {
     let (auth_mode, data_dir) = (auth.clone(), args.data_dir.clone());
     let mut config = ServerConfig { tls, web, auth, durability, ..ServerConfig::dev(args.listen, args.data_dir) };
     config.limits.history_max_messages = args.history_max_messages;
+    config.limits.dedupe_max_entries = args.dedupe_max_entries;
     let server = match Server::bind(config) {
         Ok(server) => server,
         Err(err) => {

@@ -35,11 +35,24 @@ fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start(dir: &Path, port: u16) -> Child {
+/// The server process, killed when dropped (a failing test must not leave it running).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &Path, port: u16) -> Running {
     let started = Instant::now();
     loop {
         let mut child = Command::new(server_bin())
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--no-web", "--history-max-messages", "1000000"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--no-web"])
+            // Everything posted stays in history and in the dedupe window: a writer held up for seconds (its
+            // retries wait for a reconnect) must still be recognised after the others posted 10,000 more.
+            .args(["--history-max-messages", "1000000", "--dedupe-max-entries", "1000000"])
             .arg("--data-dir")
             .arg(dir)
             .stdout(Stdio::piped())
@@ -51,7 +64,7 @@ fn start(dir: &Path, port: u16) -> Child {
         if lines.next().is_some_and(|line| line.is_ok_and(|line| line.starts_with("listening on "))) {
             // Keep draining stdout so the server never blocks on it.
             std::thread::spawn(move || for _ in lines {});
-            return child;
+            return Running(child);
         }
         let status = child.wait().unwrap();
         // The port may still be held for a moment by the process just killed.
@@ -141,12 +154,12 @@ fn no_acknowledged_post_is_lost_or_doubled_across_kills_and_restarts() {
         let before = acked.lock().unwrap().len();
         progress.push(before);
         if kill < KILLS {
-            child.kill().unwrap(); // SIGKILL
-            let _ = child.wait();
+            child.0.kill().unwrap(); // SIGKILL
+            let _ = child.0.wait();
         } else {
             // The last restart is graceful: SIGTERM, and the server must exit by itself.
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-            let status = child.wait().unwrap();
+            let _ = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status();
+            let status = child.0.wait().unwrap();
             assert!(status.success(), "graceful stop: {status}");
         }
         eprintln!("restart {}: {before} posts acknowledged so far", kill + 1);
@@ -201,7 +214,10 @@ fn no_acknowledged_post_is_lost_or_doubled_across_kills_and_restarts() {
         for message in &history {
             let quiver_proto::EventKind::Message { body, .. } = &message.kind else { continue };
             let body = String::from_utf8_lossy(body).into_owned();
-            assert!(bodies.insert(body.clone(), message.seq).is_none(), "{room}: {body} stored twice");
+            if let Some(first) = bodies.insert(body.clone(), message.seq) {
+                let acked = acked.get(&(room.to_string(), body.clone()));
+                panic!("{room}: {body} stored twice, at seqs {first} and {} (acknowledged: {acked:?})", message.seq);
+            }
         }
         let mine: Vec<_> = acked.iter().filter(|((ackroom, _), _)| ackroom == room).collect();
         for ((_, body), seq) in &mine {
@@ -210,6 +226,5 @@ fn no_acknowledged_post_is_lost_or_doubled_across_kills_and_restarts() {
         eprintln!("{room}: {} acknowledged, {} stored, epoch {}", mine.len(), history.len(), room_epochs[0]);
     }
     runtime.block_on(checker.close());
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(child);
 }

@@ -202,16 +202,29 @@ async fn restart(args: RestartArgs) -> Result<(), CliError> {
         args.mib * 2
     );
     let config = RestartConfig { mib: args.mib, rooms: args.rooms, size: args.size };
-    let bar = progress_bar(Duration::from_secs(args.mib / 50 + 5));
+    let expected = Duration::from_secs(args.mib / 50 + 5);
+    let run = |progress| run_restart(config, progress);
+    report(expected, args.json.as_deref(), run, quiver_lab::bench::RestartReport::table).await
+}
+
+/// Runs a bench under a progress bar showing what it says it does (stopped by Ctrl-C), prints its table, and writes
+/// its JSON report when asked.
+async fn report<R: serde::Serialize, F: std::future::Future<Output = Result<R, quiver_lab::bench::BenchError>>>(
+    expected: Duration,
+    json: Option<&std::path::Path>,
+    run: impl FnOnce(Box<dyn Fn(&str) + Send + Sync>) -> F,
+    table: impl FnOnce(&R) -> String,
+) -> Result<(), CliError> {
+    let bar = progress_bar(expected);
     let shown = bar.clone();
     let report = tokio::select! {
-        report = run_restart(config, move |what| shown.set_message(what.to_string())) => report.map_err(CliError::from),
+        report = run(Box::new(move |what: &str| shown.set_message(what.to_string()))) => report.map_err(CliError::from),
         _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted),
     };
     bar.finish_and_clear();
     let report = report?;
-    println!("{}", report.table());
-    if let Some(path) = &args.json {
+    println!("{}", table(&report));
+    if let Some(path) = json {
         write_json(&report, path)?;
         eprintln!("wrote {}", path.display());
     }
@@ -242,20 +255,8 @@ async fn post(args: PostArgs) -> Result<(), CliError> {
         per_cell.as_secs_f64(),
         config.size
     );
-    let bar = progress_bar(per_cell * cells as u32);
-    let shown = bar.clone();
-    let report = tokio::select! {
-        report = run_post(config, move |what| shown.set_message(what.to_string())) => report.map_err(CliError::from),
-        _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted),
-    };
-    bar.finish_and_clear();
-    let report = report?;
-    println!("{}", report.table());
-    if let Some(path) = &args.json {
-        write_json(&report, path)?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    let run = |progress| run_post(config, progress);
+    report(per_cell * cells as u32, args.json.as_deref(), run, quiver_lab::bench::PostReport::table).await
 }
 
 async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
@@ -284,23 +285,9 @@ async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
         args.netns.describe(config.netns, config.profile.is_some())
     );
     let per_run = config.warmup + config.duration + Duration::from_secs(3);
-    let bar = progress_bar(runs * per_run);
-    let shown = bar.clone();
     // Ctrl-C drops the run, which stops its servers and removes the netns emulator's namespaces.
-    let report = tokio::select! {
-        report = run_fanout(config, move |what| shown.set_message(what.to_string())) => {
-            report.map_err(CliError::from)
-        }
-        _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted),
-    };
-    bar.finish_and_clear();
-    let report = report?;
-    println!("{}", report.table());
-    if let Some(path) = &args.json {
-        write_json(&report, path)?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    let run = |progress| run_fanout(config, progress);
+    report(runs * per_run, args.json.as_deref(), run, quiver_lab::bench::FanoutReport::table).await
 }
 
 /// A progress bar over the expected run time, ticking on its own (hidden when stderr is not a terminal).

@@ -70,3 +70,36 @@ async fn quiver_tick_sub_json_reports_what_quiver_tick_pub_sent() {
     assert_eq!(report["latency"]["count"].as_u64().unwrap(), received);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn quiver_bench_post_and_restart_print_their_tables_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("post.json");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["bench", "post", "--posters", "2", "--rooms", "1", "--modes", "memory,fsync"])
+        .args(["--duration", "0.3", "--warmup", "0.1", "--json"])
+        .arg(&json)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("fsync on this disk") && stdout.contains("goals:"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["rows"].as_array().unwrap().len(), 2, "{report}");
+    let bad = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["bench", "post", "--modes", "disk"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown durability \"disk\""));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["bench", "restart", "--mib", "4", "--rooms", "2"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("ready (lock, store open") && stdout.contains("512 messages"), "{stdout}");
+}

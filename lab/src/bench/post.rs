@@ -2,7 +2,8 @@
 //! fsync) in one run, into 1 room or spread over many, with 1 to N concurrent posters, and this disk's own fsync
 //! latency measured in the same run, so the store's cost reads as a ratio and against the disk.
 //!
-//! Each poster is its own connection posting closed-loop (the next post once the previous is acknowledged), so
+//! The modes' servers run side by side (idle but for the cell being measured), and each cell is measured for every
+//! mode in turn, so that a ratio compares runs seconds apart. Each poster is its own connection posting closed-loop (the next post once the previous is acknowledged), so
 //! the ack latency is the whole path: request, sequencing, the store's group commit, delivery, reply. Posts are
 //! counted only between the warm-up and the end.
 
@@ -91,10 +92,54 @@ pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<Pos
     progress("measuring fsync");
     let fsync = measure_fsync(scratch.path()).map_err(BenchError::io("fsync measurement"))?;
     let mut rows = Vec::new();
+    // Every mode's server and posters up front, then each cell for every mode in turn: the modes of one cell are
+    // measured seconds apart, so a ratio does not straddle this machine's slower and faster minutes.
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let mut servers = Vec::new();
     for &mode in &config.modes {
-        let dir = tempfile::tempdir_in(scratch.path()).map_err(BenchError::io("data directory"))?;
-        let stop = CancellationToken::new();
-        let _stop = stop.clone().drop_guard();
+        progress(&format!("{}: starting a server and connecting {max_posters} posters", mode.name()));
+        servers.push(ModeServer::start(mode, scratch.path(), max_posters, &stop).await?);
+    }
+    for &rooms in &config.rooms {
+        for &posters in &config.posters {
+            for server in &servers {
+                let mode = server.mode.name();
+                progress(&format!("{mode}: {posters} posters into {rooms} room(s)"));
+                let store = server.store.as_ref();
+                let commits = || store.map_or(0, |s| s.writer_stats().commits.load(Ordering::Relaxed));
+                let (posts, ack, commits) = cell(&server.clients[..posters as usize], rooms, &config, commits).await;
+                let seconds = config.duration.as_secs_f64();
+                let (posts_per_s, commits_per_s) = (posts as f64 / seconds, commits as f64 / seconds);
+                rows.push(PostRow { mode, rooms, posters, posts_per_s, ack, commits_per_s });
+            }
+        }
+    }
+    for server in servers {
+        for client in server.clients {
+            client.close().await;
+        }
+    }
+    rows.sort_by_key(|row| config.modes.iter().position(|m| m.name() == row.mode));
+    Ok(PostReport { fsync, size: config.size, rows })
+}
+
+/// One durability mode's in-process server, with its store and its posters.
+struct ModeServer {
+    mode: Durability,
+    store: Option<std::sync::Arc<quiver_server::store::Store>>,
+    clients: Vec<Client>,
+    _dir: tempfile::TempDir,
+}
+
+impl ModeServer {
+    async fn start(
+        mode: Durability,
+        scratch: &Path,
+        posters: u32,
+        stop: &CancellationToken,
+    ) -> Result<Self, BenchError> {
+        let dir = tempfile::tempdir_in(scratch).map_err(BenchError::io("data directory"))?;
         let server_config = quiver_server::ServerConfig {
             durability: mode,
             limits: raised_limits(),
@@ -104,9 +149,8 @@ pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<Pos
         let store = server.rooms().store().cloned();
         let (addr, pin) = (server.local_addr(), server.fingerprint());
         tokio::spawn(server.run(stop.clone()));
-        progress(&format!("{}: connecting {max_posters} posters", mode.name()));
         let mut clients = Vec::new();
-        for i in 0..max_posters {
+        for i in 0..posters {
             let options = ConnectOptions {
                 trust: TrustOptions::Pin(pin),
                 token_provider: Some(TokenProvider::dev(dir.path().to_owned(), format!("poster-{i}"))),
@@ -114,21 +158,8 @@ pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<Pos
             };
             clients.push(Client::connect_with(&addr.to_string(), options).await?);
         }
-        for &rooms in &config.rooms {
-            for &posters in &config.posters {
-                progress(&format!("{}: {posters} posters into {rooms} room(s)", mode.name()));
-                let commits = || store.as_ref().map_or(0, |s| s.writer_stats().commits.load(Ordering::Relaxed));
-                let (posts, ack, commits) = cell(&clients[..posters as usize], rooms, &config, commits).await;
-                let seconds = config.duration.as_secs_f64();
-                let (posts_per_s, commits_per_s) = (posts as f64 / seconds, commits as f64 / seconds);
-                rows.push(PostRow { mode: mode.name(), rooms, posters, posts_per_s, ack, commits_per_s });
-            }
-        }
-        for client in clients {
-            client.close().await;
-        }
+        Ok(ModeServer { mode, store, clients, _dir: dir })
     }
-    Ok(PostReport { fsync, size: config.size, rows })
 }
 
 /// One cell: `clients` post closed-loop into `rooms` rooms for the warm-up and the measured time. Returns the posts

@@ -36,6 +36,13 @@ pub const FORMAT: &[u8] = b"quiver-store 1";
 /// Bytes of journal kept before memtables are flushed to tables (what a start replays at most).
 const MAX_JOURNALING_BYTES: u64 = 64 << 20;
 
+/// fjall's block cache (its default is 32 MiB). Replays and history reads are sequential and mostly recent, so a
+/// small cache serves them; the memory is the server's (docs/security.md, "Soak").
+const CACHE_BYTES: u64 = 16 << 20;
+
+/// Bytes a keyspace's memtable holds before it is flushed to a table (fjall's default is 64 MiB).
+const MEMTABLE_BYTES: u64 = 16 << 20;
+
 /// The store's directory inside the data directory.
 pub const STORE_DIR: &str = "store";
 
@@ -242,7 +249,8 @@ impl Store {
         // fjall has panicked on some damaged bytes (debug assertions): a panic on open is damage too.
         // Journals are replayed at start: fjall's smallest bound (64 MiB, default 512 MiB) keeps that replay short
         // after a crash, whatever the store's size (docs/durability.md, "Restarts").
-        let builder = || Database::builder(&path).max_journaling_size(MAX_JOURNALING_BYTES).open();
+        let builder =
+            || Database::builder(&path).max_journaling_size(MAX_JOURNALING_BYTES).cache_size(CACHE_BYTES).open();
         let opened =
             std::panic::catch_unwind(builder).map_err(|_| damaged(&path, "the database panicked while reading it"))?;
         let db = match opened {
@@ -255,7 +263,8 @@ impl Store {
             }
             Err(err) => return Err(damaged(&path, format!("{err:?}"))),
         };
-        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(|err| damaged(&path, err));
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        let open = |name: &str| db.keyspace(name, options).map_err(|err| damaged(&path, err));
         let keyspaces = Keyspaces {
             meta: open("meta")?,
             rooms: open("rooms")?,

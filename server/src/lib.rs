@@ -39,6 +39,6 @@ pub mod web;
 
 pub use budget::Budget;
 pub use config::{ServerConfig, TlsSource, WebConfig};
-pub use net::{Server, ServerError};
+pub use net::{now_us, Server, ServerError};
 /// Access tokens (the `quiver-auth` crate).
 pub use quiver_auth as auth;

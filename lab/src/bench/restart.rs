@@ -14,6 +14,7 @@ use std::{
 use bytes::Bytes;
 use quiver_server::{
     hub::{LocalRooms, PostMessage, RoomHub},
+    now_us,
     store::{Durability, Store},
 };
 use serde::Serialize;
@@ -143,10 +144,6 @@ async fn fill(dir: &Path, config: &RestartConfig, messages: u64, progress: &impl
     // Dropping the hub drops the store: the writer commits what it has, syncs and exits.
     drop(hub);
     Ok(())
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 fn ms(d: Duration) -> f64 {

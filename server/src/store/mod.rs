@@ -263,6 +263,7 @@ impl Store {
             }
             Err(err) => return Err(damaged(&path, format!("{err:?}"))),
         };
+        let unreadable = |err: fjall::Error| damaged(&path, format!("{err:?}"));
         let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         let open = |name: &str| db.keyspace(name, options).map_err(|err| damaged(&path, err));
         let keyspaces = Keyspaces {
@@ -272,27 +273,28 @@ impl Store {
             dedupe: open("dedupe")?,
             db: db.clone(),
         };
-        match keyspaces.meta.get("format").map_err(|err| damaged(&path, format!("{err:?}")))? {
+        match keyspaces.meta.get("format").map_err(unreadable)? {
             Some(format) if format.as_ref() == FORMAT => {}
             Some(other) => {
                 let other = String::from_utf8_lossy(&other);
-                return Err(damaged(&path, format!("format {other:?}, this server reads {:?}", "quiver-store 1")));
+                let ours = String::from_utf8_lossy(FORMAT);
+                return Err(damaged(&path, format!("format {other:?}, this server reads {ours:?}")));
             }
-            None if existed && keyspaces.holds_rooms().map_err(|err| damaged(&path, format!("{err:?}")))? => {
+            None if existed && keyspaces.holds_rooms().map_err(unreadable)? => {
                 return Err(damaged(&path, "rooms without a format marker (its journal lost records)"));
             }
             None => {
-                keyspaces.meta.insert("format", FORMAT).map_err(|err| damaged(&path, format!("{err:?}")))?;
-                db.persist(PersistMode::SyncAll).map_err(|err| damaged(&path, format!("{err:?}")))?;
+                keyspaces.meta.insert("format", FORMAT).map_err(unreadable)?;
+                db.persist(PersistMode::SyncAll).map_err(unreadable)?;
             }
         }
-        let next = keyspaces.meta.get("next_room_id").map_err(|err| damaged(&path, format!("{err:?}")))?;
+        let next = keyspaces.meta.get("next_room_id").map_err(unreadable)?;
         let next_room_id = match next {
             Some(bytes) => u64_at(&bytes, 0).ok_or_else(|| damaged(&path, "next_room_id is not a u64"))?,
             None => 1,
         };
         // Cheap consistency checks (no scan): a room id at or past the counter means records were lost.
-        let newest_id = keyspaces.newest_room_id().map_err(|err| damaged(&path, format!("{err:?}")))?;
+        let newest_id = keyspaces.newest_room_id().map_err(unreadable)?;
         if newest_id.is_some_and(|id| id >= next_room_id) {
             return Err(damaged(&path, format!("room id {newest_id:?} at or past the id counter {next_room_id}")));
         }

@@ -266,28 +266,8 @@ fn commit<'a>(
                 writes += 2;
                 appends += 1;
             }
-            // A read error here (a damaged old block) skips the rest of the deletion instead of failing the batch:
-            // other rooms' posts are in it.
-            Op::TrimMessages { id, from, before } => {
-                for guard in ks.messages.range(key(*id, *from)..key(*id, *before)) {
-                    let Ok(key) = guard.key() else {
-                        tracing::error!(room_id = id, "room store: retention stopped at an unreadable message");
-                        break;
-                    };
-                    batch.remove(&ks.messages, key);
-                    writes += 1;
-                }
-            }
-            Op::TrimDedupe { id, from, before } => {
-                for guard in ks.dedupe.range(key(*id, *from)..key(*id, *before)) {
-                    let Ok(key) = guard.key() else {
-                        tracing::error!(room_id = id, "room store: retention stopped at an unreadable dedupe entry");
-                        break;
-                    };
-                    batch.remove(&ks.dedupe, key);
-                    writes += 1;
-                }
-            }
+            Op::TrimMessages { id, from, before } => writes += remove(&mut batch, &ks.messages, *id, *from, *before),
+            Op::TrimDedupe { id, from, before } => writes += remove(&mut batch, &ks.dedupe, *id, *from, *before),
             Op::Barrier => {}
         }
     }
@@ -311,4 +291,20 @@ fn commit<'a>(
     stats.commits.fetch_add(1, Ordering::Relaxed);
     stats.appends.fetch_add(appends, Ordering::Relaxed);
     Ok(())
+}
+
+/// Adds to `batch` the deletion of room `id`'s keys with a seq in `from..before` in `keyspace`; returns how many. A
+/// read error (a damaged old block) ends the deletion there instead of failing the batch: other rooms' posts are
+/// in it.
+fn remove(batch: &mut fjall::OwnedWriteBatch, keyspace: &fjall::Keyspace, id: u64, from: u64, before: u64) -> usize {
+    let mut removed = 0;
+    for guard in keyspace.range(key(id, from)..key(id, before)) {
+        let Ok(key) = guard.key() else {
+            tracing::error!(room_id = id, "room store: retention stopped at an unreadable key");
+            break;
+        };
+        batch.remove(keyspace, key);
+        removed += 1;
+    }
+    removed
 }

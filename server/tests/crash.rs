@@ -25,6 +25,8 @@ const WRITERS: usize = 4;
 /// Posts each writer keeps in flight.
 const IN_FLIGHT: usize = 32;
 const KILLS: usize = 5;
+/// Time the writers have to get posts acknowledged again after a restart.
+const RESUME_WITHIN: Duration = Duration::from_secs(15);
 
 fn server_bin() -> String {
     std::env::var("QUIVER_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quiver-server").to_string())
@@ -149,6 +151,18 @@ fn no_acknowledged_post_is_lost_or_doubled_across_kills_and_restarts() {
     let mut progress = Vec::new();
     let mut rng_state = port as u64;
     for kill in 0..=KILLS {
+        // Each kill lands while the writers are posting: wait until posts are acknowledged again after the last
+        // restart (their clients must notice the restart and reconnect: at once when the server's stateless
+        // reset reaches them, after their next retransmission otherwise, which QUIC backs off while the server
+        // is down), then let them post a random while.
+        let resumed = Instant::now();
+        while acked.lock().unwrap().len() <= progress.last().copied().unwrap_or(0) {
+            assert!(
+                resumed.elapsed() < RESUME_WITHIN,
+                "no post acknowledged within {RESUME_WITHIN:?} of restart {kill}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         std::thread::sleep(Duration::from_millis(300 + (rng_state >> 33) % 500));
         let before = acked.lock().unwrap().len();
@@ -180,9 +194,7 @@ fn no_acknowledged_post_is_lost_or_doubled_across_kills_and_restarts() {
     for writer in writers {
         assert_eq!(runtime.block_on(writer).unwrap(), 0, "every post in flight was answered after the restarts");
     }
-    // The writers kept going between the kills: their clients saw each restart at once (the server's stateless
-    // reset key survives restarts) and reconnected.
-    assert!(progress.windows(2).all(|w| w[1] > w[0]), "acknowledged posts at each restart: {progress:?}");
+    eprintln!("acknowledged posts at each restart: {progress:?}");
 
     let options = ConnectOptions {
         trust: TrustOptions::Auto { data_dir: dir.path().to_owned() },

@@ -34,10 +34,16 @@ pub enum AuthError {
 /// bytes. The dev key and `--hs256-key` files have this format.
 pub fn read_hs256_key(path: &Path) -> Result<Vec<u8>, AuthError> {
     let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.into(), source })?;
-    hex_decode(text.trim()).filter(|s| s.len() >= MIN_HS256_SECRET).ok_or_else(|| AuthError::BadKey {
+    parse_hs256_secret(&text).ok_or_else(|| AuthError::BadKey {
         path: path.into(),
         reason: format!("expected at least {} hex digits", 2 * MIN_HS256_SECRET),
     })
+}
+
+/// An HS256 secret written as hex (surrounding whitespace ignored), if it is one of at least [`MIN_HS256_SECRET`]
+/// bytes: the format of key files, and of a secret given inline in the server's configuration.
+pub fn parse_hs256_secret(text: &str) -> Option<Vec<u8>> {
+    hex_decode(text.trim()).filter(|s| s.len() >= MIN_HS256_SECRET)
 }
 
 /// The dev key in `data_dir`, if the server has made one.

@@ -25,7 +25,10 @@ use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Heade
 use quiver_proto::{ErrorCode, Failure, Limits};
 use serde::{Deserialize, Serialize};
 
-pub use keys::{dev_key_exists, load_or_generate_dev_key, read_hs256_key, AuthError, DEV_KEY_FILE, MIN_HS256_SECRET};
+pub use keys::{
+    dev_key_exists, load_or_generate_dev_key, parse_hs256_secret, read_hs256_key, AuthError, DEV_KEY_FILE,
+    MIN_HS256_SECRET,
+};
 
 /// A room right a token can grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -17,7 +17,11 @@ use quiver_client::{Client, ConnectOptions, TrustOptions};
 use crate::error::CliError;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Quiver client: ping, chat, ticks and benchmarks against a Quiver server")]
+#[command(
+    name = "quiver",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("QUIVER_COMMIT"), ")"),
+    about = "Quiver client: ping, chat, ticks and benchmarks against a Quiver server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,6 +100,9 @@ pub(crate) struct ServerArgs {
     pub(crate) server: String,
     #[command(flatten)]
     pub(crate) trust: TrustArgs,
+    /// Write one qlog file per connection into this directory (qvis reads them).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) qlog_dir: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -110,7 +117,13 @@ impl ServerArgs {
 
     pub(crate) async fn connect_as(&self, name: Option<String>) -> Result<Client, CliError> {
         let token_provider = self.trust.token_provider(name.as_deref());
-        let options = ConnectOptions { trust: self.trust.trust(), name, token_provider, ..ConnectOptions::default() };
+        let options = ConnectOptions {
+            trust: self.trust.trust(),
+            name,
+            token_provider,
+            qlog_dir: self.qlog_dir.clone(),
+            ..ConnectOptions::default()
+        };
         Client::connect_with(&self.server, options)
             .await
             .map_err(|source| CliError::Connect { server: self.server.clone(), source })
@@ -127,6 +140,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        // A closed stderr drops log lines instead of panicking in tracing-subscriber's own error report.
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -52,6 +52,8 @@ pub(crate) struct Target {
     pub(crate) endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     pin: Option<(quiver_certs::Fingerprint, PinReport)>,
+    /// Where each connection writes its qlog, with the tuning its transport is built from.
+    qlog: Option<(std::path::PathBuf, quiver_transport::TransportTuning)>,
 }
 
 impl Target {
@@ -73,12 +75,20 @@ impl Target {
             SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
         };
         let endpoint = quinn::Endpoint::client(bind).map_err(ConnectError::Socket)?;
-        Ok(Target { addr, host, endpoint, config, pin })
+        let qlog = options.qlog_dir.clone().map(|dir| (dir, options.tuning.clone()));
+        Ok(Target { addr, host, endpoint, config, pin, qlog })
     }
 
     /// The QUIC handshake, with a pin mismatch reported as such.
     async fn handshake(&self) -> Result<quinn::Connection, ConnectError> {
-        let connecting = self.endpoint.connect_with(self.config.clone(), self.addr, &self.host)?;
+        let mut config = self.config.clone();
+        if let Some((dir, tuning)) = &self.qlog {
+            let mut transport = quiver_transport::client_transport(&quiver_proto::Limits::default(), tuning);
+            let id = format!("client-{:016x}", rand::random::<u64>());
+            quiver_transport::qlog::attach(&mut transport, dir, &id, format!("quiver {id} to {}", self.addr));
+            config.transport_config(transport);
+        }
+        let connecting = self.endpoint.connect_with(config, self.addr, &self.host)?;
         connecting.await.map_err(|err| {
             match self.pin.as_ref().and_then(|(expected, report)| Some((*expected, report.mismatch()?))) {
                 Some((expected, presented)) => ConnectError::PinMismatch { expected, presented },

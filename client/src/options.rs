@@ -35,6 +35,8 @@ pub struct ConnectOptions {
     pub protocol_version: u32,
     /// Latency-relevant transport settings (the server's own apply to what it sends).
     pub tuning: TransportTuning,
+    /// Write one qlog file per connection (each reconnect too) into this directory, for qvis.
+    pub qlog_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ConnectOptions {
@@ -50,6 +52,7 @@ impl Default for ConnectOptions {
             reconnect_max_delay: Duration::from_secs(5),
             protocol_version: PROTOCOL_VERSION,
             tuning: TransportTuning::quiver(),
+            qlog_dir: None,
         }
     }
 }

@@ -8,7 +8,11 @@ use serde::{Deserialize, Serialize};
 ///
 /// Rates are token buckets holding [`Limits::BURST_SECONDS`] seconds' worth of tokens: a peer may send twice its rate
 /// at once after a quiet spell, then its rate.
+///
+/// `default` and `deny_unknown_fields` serve the server's configuration file (a missing key takes its default, a
+/// misspelt one is an error); they change nothing on the wire, where every field is always present, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Limits {
     /// Largest stream frame (length prefix value) either side accepts, in bytes. Default 65,536.

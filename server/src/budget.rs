@@ -16,8 +16,10 @@
 
 use std::time::Duration;
 
-/// Server-wide bounds on memory that clients can make the server hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Server-wide bounds on memory that clients can make the server hold (the `[budget]` section of the configuration
+/// file).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Budget {
     /// Rooms held at once (with members, or with retained history or dedupe memory). Default 10,000.
     pub max_rooms: u32,

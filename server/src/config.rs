@@ -45,6 +45,12 @@ pub struct ServerConfig {
     pub web: WebConfig,
     /// Who may connect and what they may do (access tokens).
     pub auth: AuthConfig,
+    /// TCP address of the admin listener (`/metrics`, `/healthz`, `/readyz`); `None`: not served.
+    pub admin: Option<SocketAddr>,
+    /// On shutdown, how long clients get to take their GoAway and posts in flight to be stored.
+    pub drain_timeout: std::time::Duration,
+    /// Write one qlog file per connection into this directory.
+    pub qlog_dir: Option<PathBuf>,
 }
 
 /// How browsers reach the server.
@@ -99,6 +105,9 @@ impl ServerConfig {
             tuning: TransportTuning::quiver(),
             web: WebConfig::default(),
             auth: AuthConfig::DevKey,
+            admin: None,
+            drain_timeout: std::time::Duration::from_secs(10),
+            qlog_dir: None,
         }
     }
 }

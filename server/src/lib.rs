@@ -8,8 +8,10 @@
 //! - [`net`]: the only part that touches quinn: endpoint, accept loop, one task per connection carrying out what
 //!   the hub returns.
 //! - [`web`]: the demo page and the browser client over HTTP.
+//! - [`admin`], [`metrics`]: `/metrics`, `/healthz`, `/readyz`, and what they count.
 //! - [`token`]: `quiver-server token`, minting access tokens that servers accept.
 //! - [`config`]: what the server is started with: address, data directory, certificate, [`quiver_proto::Limits`].
+//! - [`settings`]: the configuration file (`quiver.toml`), environment and flags, layered into a [`ServerConfig`].
 //! - [`budget`]: the server-wide memory bounds (rooms, channels, retained history, frame timeout).
 //! - [`store`]: durable room state (epochs, seqs, history, dedupe) in the data directory, with group commit.
 //!
@@ -23,14 +25,17 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod admission;
 pub mod budget;
 pub mod config;
 pub mod datadir;
 pub mod hub;
+pub mod metrics;
 pub mod net;
 pub mod rate;
 pub mod session;
+pub mod settings;
 pub mod stats;
 pub mod store;
 pub mod throttle;
@@ -39,6 +44,9 @@ pub mod web;
 
 pub use budget::Budget;
 pub use config::{ServerConfig, TlsSource, WebConfig};
-pub use net::{now_us, Server, ServerError};
+pub use net::{now_us, Reloader, Server, ServerError, Summary};
+
+/// The version `--version` prints: the crate's, and the git commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("QUIVER_COMMIT"), ")");
 /// Access tokens (the `quiver-auth` crate).
 pub use quiver_auth as auth;

@@ -5,42 +5,53 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use quiver_server::{
-    auth::{AuthConfig, TokenKey},
+    auth::AuthConfig,
+    net::Reloader,
+    settings::{self, DiskDurability, Layers, LogFormat, LogSettings, Override, Settings, StoreKind},
     store::Durability,
     token::{Signer, TokenRequest},
-    Server, ServerConfig, TlsSource, WebConfig,
+    Server, ServerConfig,
 };
 use tokio_util::sync::CancellationToken;
 
 /// Quiver real-time server: reliable room streams and unreliable tick datagrams over one QUIC endpoint.
+///
+/// Settings come from defaults, then --config FILE, then QUIVER_… environment variables, then these flags
+/// (`quiver-server config init` prints every setting; docs/operations.md explains them).
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version = quiver_server::VERSION)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
-    /// UDP address to listen on; port 0 picks a free port (the bound address is printed).
-    #[arg(long, default_value = ServerConfig::DEFAULT_LISTEN)]
-    listen: SocketAddr,
+    /// Read settings from this TOML file (`quiver-server config init` prints one with every default).
+    /// QUIVER_CONFIG names it too.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on; port 0 picks a free port (the bound address is printed). Default [::]:4433.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Directory for the dev certificate, the dev token key and the room store; one server per directory.
-    #[arg(long, default_value = ServerConfig::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// Default .quiver.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Where rooms keep their epochs, seqs, history and dedupe window: `disk` (the store in --data-dir/store,
-    /// kept across restarts and crashes) or `memory` (lost on restart).
-    #[arg(long, value_enum, default_value_t = StoreKind::Disk)]
-    store: StoreKind,
+    /// kept across restarts and crashes; the default) or `memory` (lost on restart).
+    #[arg(long, value_enum)]
+    store: Option<StoreKind>,
     /// When a post is acknowledged (and delivered) with --store disk: `fsync` (on disk: survives a power cut; one
-    /// fsync per group of posts) or `os` (handed to the OS: survives a crash of the server, not of the machine).
-    /// docs/durability.md.
-    #[arg(long, default_value = "fsync", value_parser = ["fsync", "os"])]
-    durability: String,
-    /// Messages each room retains for history and resume (the oldest go first).
-    #[arg(long, default_value_t = quiver_proto::Limits::default().history_max_messages)]
-    history_max_messages: u32,
+    /// fsync per group of posts; the default) or `os` (handed to the OS: survives a crash of the server, not of
+    /// the machine). docs/durability.md.
+    #[arg(long, value_enum)]
+    durability: Option<DiskDurability>,
+    /// Messages each room retains for history and resume (the oldest go first). Default 1000.
+    #[arg(long)]
+    history_max_messages: Option<u32>,
     /// Posts each room remembers for deduplication at most (a retry after this many newer posts in the room is
-    /// not recognised).
-    #[arg(long, default_value_t = quiver_proto::Limits::default().dedupe_max_entries)]
-    dedupe_max_entries: u32,
+    /// not recognised). Default 10000.
+    #[arg(long)]
+    dedupe_max_entries: Option<u32>,
     /// PEM certificate chain (leaf first) for production; needs --key. Without it a dev certificate is used.
+    /// SIGHUP re-reads it.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
     /// PEM private key of --cert.
@@ -54,9 +65,9 @@ struct Args {
     /// Do not serve the demo page.
     #[arg(long)]
     no_web: bool,
-    /// The WebTransport URL path browsers connect to.
-    #[arg(long, default_value = quiver_server::WebConfig::DEFAULT_PATH)]
-    web_path: String,
+    /// The WebTransport URL path browsers connect to. Default /quiver.
+    #[arg(long)]
+    web_path: Option<String>,
     /// An origin allowed to open WebTransport sessions, e.g. https://app.example.com (repeat for more). Without
     /// any, every origin is allowed: fine for development, not for production.
     #[arg(long = "web-origin", value_name = "ORIGIN")]
@@ -64,18 +75,73 @@ struct Args {
     /// Admit clients without tokens, with every right (demos only; logged loudly).
     #[arg(long, conflicts_with_all = ["hs256_key", "ed25519_public_key"])]
     allow_anonymous: bool,
-    /// Verify tokens with the HS256 secret in this file (hex, at least 64 digits) instead of the dev key.
+    /// Verify tokens with the HS256 secret in this file (hex, at least 64 digits) instead of the dev key
+    /// (repeatable). SIGHUP re-reads it.
     #[arg(long, value_name = "FILE")]
     hs256_key: Vec<PathBuf>,
-    /// Verify EdDSA tokens with the Ed25519 public key in this PEM file (repeatable).
+    /// Verify EdDSA tokens with the Ed25519 public key in this PEM file (repeatable). SIGHUP re-reads it.
     #[arg(long, value_name = "FILE")]
     ed25519_public_key: Vec<PathBuf>,
+    /// The admin listener (/metrics, /healthz, /readyz): a TCP address, `auto` (127.0.0.1:9433, or a free
+    /// loopback port when --listen's port is 0) or `off`.
+    #[arg(long, value_name = "ADDR|auto|off")]
+    admin: Option<String>,
+    /// Log lines as `text` (colours only on a terminal) or `json`.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Write one qlog file per connection into this directory (for qvis).
+    #[arg(long, value_name = "DIR")]
+    qlog_dir: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, wait at most this long for clients to leave and posts in flight to be stored.
+    /// Default 10000.
+    #[arg(long, value_name = "MS")]
+    drain_timeout_ms: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum StoreKind {
-    Disk,
-    Memory,
+impl Args {
+    /// The flags given, as overrides of their settings.
+    fn overrides(&self) -> Vec<Override> {
+        let path = |p: &PathBuf| p.display().to_string();
+        let paths = |ps: &[PathBuf]| ps.iter().map(|p| toml::Value::String(path(p))).collect::<Vec<_>>();
+        let int = |v: u32| toml::Value::Integer(i64::from(v));
+        let mut out = Vec::new();
+        let mut push = |flag: &str, key: &str, value: Option<toml::Value>| {
+            if let Some(value) = value {
+                out.push(Override::flag(flag, key, value));
+            }
+        };
+        push("--listen", "listen", self.listen.map(|a| a.to_string().into()));
+        push("--data-dir", "data_dir", self.data_dir.as_ref().map(|p| path(p).into()));
+        push("--store", "store.kind", self.store.map(|k| value_name(k).into()));
+        push("--durability", "store.durability", self.durability.map(|d| value_name(d).into()));
+        push("--history-max-messages", "limits.history_max_messages", self.history_max_messages.map(int));
+        push("--dedupe-max-entries", "limits.dedupe_max_entries", self.dedupe_max_entries.map(int));
+        push("--cert", "tls.cert", self.cert.as_ref().map(|p| path(p).into()));
+        push("--key", "tls.key", self.key.as_ref().map(|p| path(p).into()));
+        push("--web", "web.page", self.web.map(|a| a.to_string().into()));
+        push("--no-web", "web.page", self.no_web.then(|| "off".into()));
+        push("--web-path", "web.path", self.web_path.clone().map(Into::into));
+        let origins = self.web_origins.iter().map(|o| toml::Value::String(o.clone())).collect::<Vec<_>>();
+        push("--web-origin", "web.origins", (!origins.is_empty()).then(|| origins.into()));
+        push("--allow-anonymous", "auth.anonymous", self.allow_anonymous.then_some(true.into()));
+        push(
+            "--hs256-key",
+            "auth.hs256_key_files",
+            (!self.hs256_key.is_empty()).then(|| paths(&self.hs256_key).into()),
+        );
+        let ed25519 = paths(&self.ed25519_public_key);
+        push("--ed25519-public-key", "auth.ed25519_public_key_files", (!ed25519.is_empty()).then(|| ed25519.into()));
+        push("--admin", "admin.listen", self.admin.clone().map(Into::into));
+        push("--log-format", "log.format", self.log_format.map(|f| value_name(f).into()));
+        push("--qlog-dir", "log.qlog_dir", self.qlog_dir.as_ref().map(|p| path(p).into()));
+        push("--drain-timeout-ms", "drain_timeout_ms", self.drain_timeout_ms.map(int));
+        out
+    }
+}
+
+/// A clap value's name (`disk`, `fsync`, `json`): the same word the file uses.
+fn value_name(value: impl clap::ValueEnum) -> String {
+    value.to_possible_value().map_or_else(String::new, |v| v.get_name().to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,10 +149,26 @@ enum Command {
     /// Mint an access token (printed on stdout) signed with the dev key in --data-dir, an HS256 secret file or an
     /// Ed25519 private key.
     Token(TokenArgs),
+    /// Write, check or show the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print a configuration file with every setting at its default, commented (`config init > quiver.toml`).
+    Init,
+    /// Check FILE: unknown keys, wrong types and out-of-range values are errors naming the line; exit 1 on one.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print the effective settings (--config FILE, environment, flags) as TOML, secrets redacted.
+    Print,
 }
 
 /// `quiver-server token`: without --room or --channel the token grants every right on every room and channel.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct TokenArgs {
     /// The subject: the identity the client gets.
     #[arg(long)]
@@ -143,128 +225,123 @@ impl From<TokenArgs> for TokenRequest {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,quinn=warn,fjall=warn,lsm_tree=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    match &args.command {
+        Some(Command::Token(token)) => return mint(token),
+        Some(Command::Config(ConfigCommand::Init)) => {
+            say(settings::TEMPLATE.trim_end());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Config(ConfigCommand::Check { file })) => {
+            return match settings::load(Some(file), std::iter::empty(), Vec::new()) {
+                Ok(_) => {
+                    say(&format!("{}: ok", file.display()));
+                    ExitCode::SUCCESS
+                }
+                Err(err) => fail(&err),
+            };
+        }
+        _ => {}
+    }
+    let file = args.config.clone().or_else(|| std::env::var_os("QUIVER_CONFIG").map(PathBuf::from));
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let (settings, layers) = match settings::load(file.as_deref(), env, args.overrides()) {
+        Ok(loaded) => loaded,
+        Err(err) => return fail(&err),
+    };
+    if let Some(Command::Config(ConfigCommand::Print)) = args.command {
+        say("# The effective settings: defaults, then --config, then QUIVER_… variables, then flags.");
+        say(settings.to_redacted_toml().trim_end());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(err) => return fail(&format!("cannot start the async runtime: {err}")),
     };
-    if let Some(Command::Token(token)) = args.command {
-        return match quiver_server::token::mint(&token.into(), std::time::SystemTime::now()) {
-            Ok(minted) => {
-                if let Some(path) = minted.created_key {
-                    eprintln!(
-                        "created the dev key {} (servers started on that data directory from now on accept this token)",
-                        path.display()
-                    );
-                }
-                println!("{}", minted.token);
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("error: {err}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(settings, layers))
 }
 
-async fn serve(args: Args) -> ExitCode {
-    let tls = match (args.cert, args.key) {
-        (Some(cert), Some(key)) => TlsSource::Pem { cert, key },
-        _ => TlsSource::Dev,
-    };
-    if !args.web_path.starts_with('/') {
-        eprintln!("error: --web-path must start with /");
-        return ExitCode::FAILURE;
+/// Prints a line on stdout; a closed stdout is not worth a panic (the server keeps serving).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// Prints `error: …` on stderr (if it is still there) and returns failure.
+fn fail(err: &dyn std::fmt::Display) -> ExitCode {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "error: {err}");
+    ExitCode::FAILURE
+}
+
+/// Logs go to stderr: text for people (colours only on a terminal) or one JSON object per line.
+fn init_logging(log: &LogSettings) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
+    // A log line that cannot be written (stderr closed, or a pipe nobody reads) is dropped: tracing-subscriber's
+    // default reports it with `eprintln!`, which panics on that same stderr and took the server down.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
+    match log.format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
     }
-    let http = match (args.web, args.no_web, &tls) {
-        (Some(addr), _, _) => Some(addr),
-        (None, false, TlsSource::Dev) => Some(quiver_server::web::default_page_addr(args.listen)),
-        _ => None,
-    };
-    let web = WebConfig { path: args.web_path, allowed_origins: args.web_origins, http };
-    let auth = if args.allow_anonymous {
-        AuthConfig::Anonymous
-    } else if args.hs256_key.is_empty() && args.ed25519_public_key.is_empty() {
-        AuthConfig::DevKey
-    } else {
-        let mut keys = Vec::new();
-        for path in &args.hs256_key {
-            match quiver_server::auth::read_hs256_key(path) {
-                Ok(secret) => keys.push(TokenKey::Hs256(secret)),
-                Err(err) => {
-                    eprintln!("error: {err}");
-                    return ExitCode::FAILURE;
-                }
+}
+
+fn mint(token: &TokenArgs) -> ExitCode {
+    init_logging(&LogSettings::default());
+    match quiver_server::token::mint(&token.clone().into(), std::time::SystemTime::now()) {
+        Ok(minted) => {
+            if let Some(path) = minted.created_key {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "created the dev key {} (servers started on that data directory from now on accept this token)",
+                    path.display()
+                );
             }
+            say(&minted.token);
+            ExitCode::SUCCESS
         }
-        for path in &args.ed25519_public_key {
-            match std::fs::read(path) {
-                Ok(pem) => keys.push(TokenKey::Ed25519Pem(pem)),
-                Err(err) => {
-                    eprintln!("error: {}: {err}", path.display());
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-        AuthConfig::Keys(keys)
+        Err(err) => fail(&err),
+    }
+}
+
+async fn serve(settings: Settings, layers: Layers) -> ExitCode {
+    let config = match settings.server_config() {
+        Ok(config) => config,
+        Err(invalid) => return fail(&layers.error(invalid)),
     };
-    let durability = match (args.store, args.durability.parse()) {
-        (StoreKind::Memory, _) => Durability::Memory,
-        (StoreKind::Disk, Ok(durability)) => durability,
-        (StoreKind::Disk, Err(err)) => {
-            eprintln!("error: --durability: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let (auth_mode, data_dir) = (auth.clone(), args.data_dir.clone());
-    let mut config = ServerConfig { tls, web, auth, durability, ..ServerConfig::dev(args.listen, args.data_dir) };
-    config.limits.history_max_messages = args.history_max_messages;
-    config.limits.dedupe_max_entries = args.dedupe_max_entries;
+    let (auth_mode, data_dir, durability) = (config.auth.clone(), config.data_dir.clone(), config.durability);
     let server = match Server::bind(config) {
         Ok(server) => server,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(err) => return fail(&err),
     };
     // Signal handlers are in place before the address is printed: whoever reads it may signal at once.
     let shutdown = CancellationToken::new();
     let signals = match Signals::install() {
         Ok(signals) => signals,
-        Err(err) => {
-            eprintln!("error: cannot install signal handlers: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(err) => return fail(&format!("cannot install signal handlers: {err}")),
     };
-    tokio::spawn(signals.cancel_on_first(shutdown.clone()));
-    println!("listening on {}", server.local_addr());
-    println!("certificate sha256 {}", server.fingerprint());
+    tokio::spawn(signals.handle(shutdown.clone(), server.reloader(), settings.clone()));
+    say(&format!("listening on {}", server.local_addr()));
+    say(&format!("certificate sha256 {}", server.fingerprint()));
     match &auth_mode {
-        AuthConfig::DevKey => println!(
+        AuthConfig::DevKey => say(&format!(
             "tokens required, signed with the dev key in {} (mint one: quiver-server token --sub NAME)",
             data_dir.display()
-        ),
-        AuthConfig::Keys(keys) => println!("tokens required, {} verification key(s)", keys.len()),
-        AuthConfig::Anonymous => println!("ANONYMOUS ACCESS: no tokens required (--allow-anonymous)"),
+        )),
+        AuthConfig::Keys(keys) => say(&format!("tokens required, {} verification key(s)", keys.len())),
+        AuthConfig::Anonymous => say("ANONYMOUS ACCESS: no tokens required (--allow-anonymous)"),
     }
     match durability {
-        Durability::Memory => println!("rooms in memory only (--store memory): a restart forgets their history"),
-        durability => println!(
+        Durability::Memory => say("rooms in memory only (--store memory): a restart forgets their history"),
+        durability => say(&format!(
             "rooms stored in {} (durability {})",
             data_dir.join(quiver_server::store::STORE_DIR).display(),
             durability.name()
-        ),
+        )),
     }
     if let Some(page) = server.page_addr() {
         let host = if page.ip().is_unspecified() || page.ip().is_loopback() {
@@ -276,25 +353,35 @@ async fn serve(args: Args) -> ExitCode {
             AuthConfig::DevKey => "; dev tokens only for pages opened on this machine",
             _ => "",
         };
-        println!("demo page http://{host}:{}/ (TCP {page}{tokens})", page.port());
+        say(&format!("demo page http://{host}:{}/ (TCP {page}{tokens})", page.port()));
     }
-    server.run(shutdown).await;
+    if let Some(admin) = server.admin_addr() {
+        say(&format!("admin http://{admin}/metrics /healthz /readyz"));
+    }
+    let summary = server.run(shutdown).await;
+    say(&summary.to_string());
     ExitCode::SUCCESS
 }
 
-/// Ctrl-C and (on Unix) SIGTERM, registered up front.
+/// SIGTERM and SIGINT (drain, then exit; a second one exits at once) and SIGHUP (reload), registered up front.
 struct Signals {
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     #[cfg(unix)]
     fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals { terminate: signal(SignalKind::terminate())?, interrupt: signal(SignalKind::interrupt())? })
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
     }
 
     #[cfg(not(unix))]
@@ -302,21 +389,52 @@ impl Signals {
         Ok(Signals {})
     }
 
-    /// Cancels `shutdown` when the first signal arrives.
+    /// The first SIGTERM/SIGINT cancels `shutdown` (the server drains); the second exits at once. SIGHUP reloads
+    /// the certificate and the token keys from the files `settings` names.
     #[cfg(unix)]
-    async fn cancel_on_first(mut self, shutdown: CancellationToken) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
+    async fn handle(mut self, shutdown: CancellationToken, reloader: Reloader, settings: Settings) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => {}
+                _ = self.interrupt.recv() => {}
+                _ = self.hangup.recv() => {
+                    reload(&reloader, &settings);
+                    continue;
+                }
+            }
+            if shutdown.is_cancelled() {
+                tracing::warn!("second signal: exiting without waiting for the drain");
+                std::process::exit(1);
+            }
+            tracing::info!("shutting down: draining (a second signal exits at once)");
+            shutdown.cancel();
         }
-        tracing::info!("shutting down");
-        shutdown.cancel();
     }
 
     #[cfg(not(unix))]
-    async fn cancel_on_first(self, shutdown: CancellationToken) {
+    async fn handle(self, shutdown: CancellationToken, _reloader: Reloader, _settings: Settings) {
         let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
+        tracing::info!("shutting down: draining (a second signal exits at once)");
         shutdown.cancel();
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(1);
+    }
+}
+
+/// SIGHUP: new handshakes get the certificate and token keys now in the files; live connections stay.
+fn reload(reloader: &Reloader, settings: &Settings) {
+    let auth = match settings.auth_config() {
+        Ok(auth) => auth,
+        Err(invalid) => {
+            tracing::error!(key = invalid.key, error = invalid.message, "reload failed; keeping the current keys");
+            return;
+        }
+    };
+    match reloader.reload(auth) {
+        Ok(fingerprint) => {
+            tracing::info!(%fingerprint, "reloaded the certificate and token keys");
+            say(&format!("reloaded: certificate sha256 {fingerprint}"));
+        }
+        Err(err) => tracing::error!(%err, "reload failed; keeping the current certificate and keys"),
     }
 }

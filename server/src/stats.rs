@@ -1,7 +1,7 @@
 //! Server-wide counters: what was dropped and why, so that hostile or broken peers show up in numbers, not in a
 //! crash or a log flood.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use quiver_proto::{ErrorCode, ServerMsg};
 
@@ -9,7 +9,7 @@ macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident, )*) => {
         /// Counters, updated with relaxed atomics from every connection task.
         #[derive(Debug, Default)]
-        pub struct ServerStats {
+        pub struct Counters {
             $( $(#[$doc])* pub $name: AtomicU64, )*
         }
 
@@ -19,7 +19,7 @@ macro_rules! counters {
             $( $(#[$doc])* pub $name: u64, )*
         }
 
-        impl ServerStats {
+        impl Counters {
             /// The counters now.
             pub fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot { $( $name: self.$name.load(Ordering::Relaxed), )* }
@@ -96,6 +96,54 @@ counters! {
     /// Connections closed with `ControlStreamClosed` (the client reset or stopped its control stream, or finished
     /// it inside a frame).
     control_streams_closed,
+    /// Posts acknowledged with a new seq.
+    posts,
+    /// Retried posts answered with their original seq.
+    posts_duplicate,
+    /// Room events queued to members' room streams.
+    room_deliveries,
+    /// Sessions admitted (Hello answered with Welcome).
+    handshakes,
+    /// Native QUIC connections served (past the handshake and the connection limits).
+    accepted_native,
+    /// WebTransport sessions served.
+    accepted_webtransport,
+}
+
+/// Slots of [`ServerStats::refusals`], by error code value (codes above the last slot share it).
+const CODE_SLOTS: usize = 32;
+
+/// Everything the server counts: the [`Counters`] (dereferenced to), gauges kept up to date where things change,
+/// latency histograms, and the QUIC path figures. All updates are relaxed atomics; `/metrics` reads them.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    counters: Counters,
+    /// Failure replies and closes by error code value.
+    refusals: [AtomicU64; CODE_SLOTS],
+    /// Native connections open now.
+    pub connections_native: AtomicI64,
+    /// WebTransport sessions open now.
+    pub connections_webtransport: AtomicI64,
+    /// Room memberships of connected clients.
+    pub room_members: AtomicI64,
+    /// Tick subscriptions of connected clients.
+    pub subscriptions: AtomicI64,
+    /// Bytes queued toward room streams.
+    pub outbox_bytes: AtomicI64,
+    /// A post's arrival to its delivery and acknowledgement, inside the server.
+    pub post_delivery: crate::metrics::Histogram,
+    /// A connection's first packet to Welcome.
+    pub handshake: crate::metrics::Histogram,
+    /// QUIC path figures.
+    pub quic: crate::metrics::QuicPaths,
+}
+
+impl std::ops::Deref for ServerStats {
+    type Target = Counters;
+
+    fn deref(&self) -> &Counters {
+        &self.counters
+    }
 }
 
 impl ServerStats {
@@ -103,6 +151,8 @@ impl ServerStats {
     /// was broken. Codes counted where they are decided (`RateLimited`, `TooManyConnections`) and codes that are
     /// not the peer's doing are not counted here.
     pub fn refused(&self, code: ErrorCode) {
+        bump(&self.refusals[(code.to_u32() as usize).min(CODE_SLOTS - 1)]);
+        tracing::debug!(?code, "refused");
         let counter = match code {
             ErrorCode::HandshakeTimeout => &self.handshake_timeouts,
             ErrorCode::FrameTooLarge => &self.frames_too_large,
@@ -124,6 +174,16 @@ impl ServerStats {
             _ => return,
         };
         bump(counter);
+    }
+
+    /// Failure replies and closes sent with `code` so far (every code passed to [`ServerStats::refused`]).
+    pub fn refusals(&self, code: ErrorCode) -> u64 {
+        self.refusals[(code.to_u32() as usize).min(CODE_SLOTS - 1)].load(Ordering::Relaxed)
+    }
+
+    /// Adds `delta` to a gauge.
+    pub fn add(gauge: &AtomicI64, delta: i64) {
+        gauge.fetch_add(delta, Ordering::Relaxed);
     }
 
     /// [`ServerStats::refused`] for a message about to be sent, if it is a failure reply.
@@ -159,5 +219,8 @@ mod tests {
         let snapshot = stats.snapshot();
         assert_eq!((snapshot.too_many_rooms, snapshot.tokens_refused, snapshot.frames_too_large), (1, 2, 1));
         assert_eq!(snapshot.requests_rate_limited + snapshot.posts_rate_limited, 0);
+        // Every failure is counted by its code, whatever counts it by name.
+        assert_eq!((stats.refusals(ErrorCode::TokenInvalid), stats.refusals(ErrorCode::RateLimited)), (1, 1));
+        assert_eq!((stats.refusals(ErrorCode::Internal), stats.refusals(ErrorCode::NotJoined)), (1, 0));
     }
 }

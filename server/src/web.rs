@@ -70,6 +70,25 @@ const PAGE_TOKEN_TTL_S: u64 = 24 * 3600;
 /// Serves the page on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, info: PageInfo, shutdown: CancellationToken) {
     let info = Arc::new(info);
+    serve_http(listener, shutdown, move |head, peer| {
+        let response = respond(head, peer, &info);
+        if response.status == 403 {
+            tracing::info!(%peer, "page: refused a dev token to a peer that is not on this machine");
+        }
+        response
+    })
+    .await
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown`: one request per connection, at most [`MAX_CONNECTIONS`] at
+/// once, each head at most [`MAX_REQUEST_HEAD`] bytes and [`REQUEST_TIMEOUT`] long, answered by `respond` (the
+/// demo page's, or the admin listener's).
+pub(crate) async fn serve_http(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    respond: impl Fn(&[u8], IpAddr) -> Response + Send + Sync + 'static,
+) {
+    let respond = Arc::new(respond);
     let tasks = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -82,17 +101,17 @@ pub async fn serve(listener: TcpListener, info: PageInfo, shutdown: Cancellation
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%err, "page server: accept failed");
+                    tracing::warn!(%err, "HTTP listener: accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             () = shutdown.cancelled() => break,
         };
-        let info = info.clone();
+        let respond = respond.clone();
         tasks.spawn(async move {
-            if let Err(err) = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, peer.ip(), &info)).await {
-                tracing::debug!(%peer, %err, "page request timed out");
+            if let Err(err) = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, peer.ip(), &*respond)).await {
+                tracing::debug!(%peer, %err, "HTTP request timed out");
             }
             drop(permit);
         });
@@ -117,7 +136,7 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
-async fn handle(mut stream: TcpStream, peer: IpAddr, info: &PageInfo) {
+async fn handle(mut stream: TcpStream, peer: IpAddr, respond: &(impl Fn(&[u8], IpAddr) -> Response + ?Sized)) {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     let complete = loop {
@@ -133,27 +152,24 @@ async fn handle(mut stream: TcpStream, peer: IpAddr, info: &PageInfo) {
         }
     };
     let response = match complete {
-        true => respond(&head, peer, info),
+        true => respond(&head, peer),
         false => Response::error(431, "request head too large"),
     };
-    if response.status == 403 {
-        tracing::info!(%peer, "page: refused a dev token to a peer that is not on this machine");
-    }
     let _ = stream.write_all(&response.to_bytes()).await;
     let _ = stream.shutdown().await;
 }
 
 /// One HTTP response.
 #[derive(Debug, PartialEq, Eq)]
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
-    head_only: bool,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: Vec<u8>,
+    pub(crate) head_only: bool,
 }
 
 impl Response {
-    fn error(status: u16, message: &str) -> Response {
+    pub(crate) fn error(status: u16, message: &str) -> Response {
         Response {
             status,
             content_type: "text/plain; charset=utf-8",
@@ -167,6 +183,7 @@ impl Response {
             200 => "OK",
             400 => "Bad Request",
             403 => "Forbidden",
+            503 => "Service Unavailable",
             404 => "Not Found",
             405 => "Method Not Allowed",
             431 => "Request Header Fields Too Large",
@@ -216,23 +233,32 @@ fn is_loopback_host(host: Option<&str>) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(is_loopback)
 }
 
-/// The response to a request head from `peer` (sans-IO, so it is tested without sockets).
-fn respond(head: &[u8], peer: IpAddr, info: &PageInfo) -> Response {
-    let Ok(text) = std::str::from_utf8(head) else { return Response::error(400, "request is not UTF-8") };
+/// A GET or HEAD request head: (HEAD?, the target, the header lines); anything else is the error to answer.
+pub(crate) fn parse_request(head: &[u8]) -> Result<(bool, &str, std::str::Split<'_, &str>), Response> {
+    let Ok(text) = std::str::from_utf8(head) else { return Err(Response::error(400, "request is not UTF-8")) };
     let mut lines = text.split("\r\n");
     let mut request_line = lines.next().unwrap_or("").split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (request_line.next(), request_line.next(), request_line.next(), request_line.next())
     else {
-        return Response::error(400, "malformed request line");
+        return Err(Response::error(400, "malformed request line"));
     };
     if !version.starts_with("HTTP/1.") {
-        return Response::error(400, "HTTP/1.x only");
+        return Err(Response::error(400, "HTTP/1.x only"));
     }
     let head_only = match method {
         "GET" => false,
         "HEAD" => true,
-        _ => return Response::error(405, "GET or HEAD only"),
+        _ => return Err(Response::error(405, "GET or HEAD only")),
+    };
+    Ok((head_only, target, lines))
+}
+
+/// The response to a request head from `peer` (sans-IO, so it is tested without sockets).
+fn respond(head: &[u8], peer: IpAddr, info: &PageInfo) -> Response {
+    let (head_only, target, lines) = match parse_request(head) {
+        Ok(request) => request,
+        Err(response) => return response,
     };
     let host = lines
         .take_while(|line| !line.is_empty())

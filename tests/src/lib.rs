@@ -19,7 +19,9 @@ pub struct TestServer {
     pub stats: std::sync::Arc<quiver_server::stats::ServerStats>,
     pub data_dir: tempfile::TempDir,
     pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<()>,
+    pub task: tokio::task::JoinHandle<quiver_server::Summary>,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`), when the configuration asked for one.
+    pub admin: Option<SocketAddr>,
 }
 
 impl TestServer {
@@ -82,9 +84,10 @@ impl TestServer {
     fn run(server: Server, data_dir: tempfile::TempDir) -> TestServer {
         let addr = server.local_addr();
         let stats = server.stats();
+        let admin = server.admin_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        TestServer { addr, stats, data_dir, shutdown, task }
+        TestServer { addr, stats, data_dir, shutdown, task, admin }
     }
 
     pub fn trust(&self) -> TrustOptions {
@@ -160,4 +163,22 @@ pub fn skip(test: &str, why: &str) {
     let bar = "!".repeat(79);
     // Written to the stderr handle, not with `eprintln!`, which the test harness captures for passing tests.
     let _ = writeln!(std::io::stderr().lock(), "\n{bar}\n!!! SKIPPED {test}: {why}\n{bar}\n");
+}
+
+/// GETs `path` from an HTTP/1.1 server at `addr` (the admin listener, the demo page): (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// The value of the sample `name` (with its labels as written, e.g. `quiver_refusals_total{code="TooManyRooms"}`)
+/// in a Prometheus text exposition; 0 when absent.
+pub fn sample(metrics: &str, name: &str) -> f64 {
+    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
 }

@@ -21,6 +21,7 @@
 pub mod close;
 pub mod congestion;
 pub mod probe;
+pub mod qlog;
 pub mod tls;
 pub mod tuning;
 

@@ -115,6 +115,14 @@ pub trait RoomHub: Send + Sync + 'static {
     /// Drops what retention no longer allows, and rooms left with no members and nothing retained (the server
     /// calls it every `Budget::sweep_interval_ms`).
     fn sweep(&self, now_us: u64) -> impl Future<Output = ()> + Send;
+    /// Rooms held and bytes retained, for `/metrics` (none known: zeros).
+    fn room_usage(&self) -> RoomUsage {
+        RoomUsage::default()
+    }
+    /// The durable store rooms live in, if this process has one (`/readyz` checks it).
+    fn durable_store(&self) -> Option<std::sync::Arc<crate::store::Store>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -410,6 +410,14 @@ impl RoomHub for LocalRooms {
         }
     }
 
+    fn room_usage(&self) -> RoomUsage {
+        self.usage()
+    }
+
+    fn durable_store(&self) -> Option<Arc<Store>> {
+        self.store.clone()
+    }
+
     async fn sweep(&self, now_us: u64) {
         let names: Vec<String> = lock(&self.rooms).keys().cloned().collect();
         let mut emptied = Vec::new();

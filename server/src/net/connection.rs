@@ -40,16 +40,25 @@ pub(super) struct Shared<R> {
 /// How long a refusal's reply (or a GoAway) may take to reach the peer before the connection is closed anyway.
 const FLUSH_BEFORE_CLOSE: Duration = Duration::from_millis(500);
 
+/// Serves one incoming connection, `session_id` its id in logs (and its qlog file's name); `quic`: a server
+/// configuration of its own (one that writes its qlog), else the endpoint's.
 pub(super) async fn serve<R: RoomHub>(
+    session_id: u64,
     incoming: quinn::Incoming,
+    quic: Option<Arc<quinn::ServerConfig>>,
     admitted: Admitted,
     shared: Shared<R>,
     shutdown: CancellationToken,
 ) {
     let Shared { config, rooms, ticks, stats, auth } = shared;
     let remote = incoming.remote_address();
+    let started = std::time::Instant::now();
     let deadline = Instant::now() + Duration::from_millis(u64::from(config.limits.handshake_timeout_ms));
-    let connecting = match incoming.accept() {
+    let accepted = match quic {
+        Some(quic) => incoming.accept_with(quic),
+        None => incoming.accept(),
+    };
+    let connecting = match accepted {
         Ok(connecting) => connecting,
         Err(err) => return tracing::debug!(%remote, %err, "handshake failed"),
     };
@@ -61,8 +70,13 @@ pub(super) async fn serve<R: RoomHub>(
             return tracing::debug!(%remote, "TLS handshake timed out");
         }
     };
-    let session_id = rand::random::<u64>();
-    let span = tracing::info_span!("conn", session = %format_args!("{session_id:016x}"), %remote);
+    let span = tracing::info_span!(
+        "conn",
+        session = %format_args!("{session_id:016x}"),
+        %remote,
+        identity = tracing::field::Empty
+    );
+    let quic_conn = conn.clone();
     async move {
         let conn = if alpn(&conn).as_deref() == Some(ALPN_H3) {
             match webtransport::accept(conn, &config.web, deadline).await {
@@ -78,6 +92,7 @@ pub(super) async fn serve<R: RoomHub>(
             let _slot = match admitted {
                 Admitted::Serve(slot) => slot,
                 Admitted::TooMany(reason) => {
+                    stats.refused(ErrorCode::TooManyConnections);
                     close(&conn, ErrorCode::TooManyConnections, &reason);
                     return tracing::info!(%reason, "connection refused");
                 }
@@ -88,9 +103,11 @@ pub(super) async fn serve<R: RoomHub>(
             });
             // Stopped when the connection's task returns.
             let _probing = probing.map(|task| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task)));
+            let _open = Open::new(&stats, session_id, quic_conn, conn.request().is_some());
             let mut connection = Connection::start(&conn, &config.limits, rooms, ticks, probe, stats.clone());
             let session = ControlSession::new(session_id, config.limits.clone(), auth);
-            let reason = control(&conn, &config, &stats, &mut connection, session, deadline, &shutdown).await;
+            let reason =
+                control(&conn, &config, &stats, &mut connection, session, (deadline, started), &shutdown).await;
             connection.close(now_us()).await;
             tracing::info!(%reason, "connection ended");
         };
@@ -100,6 +117,37 @@ pub(super) async fn serve<R: RoomHub>(
     }
     .instrument(span)
     .await
+}
+
+/// A served connection in the gauges and the QUIC path figures, until dropped.
+struct Open {
+    stats: Arc<ServerStats>,
+    id: u64,
+    webtransport: bool,
+}
+
+impl Open {
+    fn new(stats: &Arc<ServerStats>, id: u64, conn: quinn::Connection, webtransport: bool) -> Open {
+        let (gauge, counter) = match webtransport {
+            true => (&stats.connections_webtransport, &stats.accepted_webtransport),
+            false => (&stats.connections_native, &stats.accepted_native),
+        };
+        ServerStats::add(gauge, 1);
+        bump(counter);
+        stats.quic.add(id, conn);
+        Open { stats: stats.clone(), id, webtransport }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let gauge = match self.webtransport {
+            true => &self.stats.connections_webtransport,
+            false => &self.stats.connections_native,
+        };
+        ServerStats::add(gauge, -1);
+        self.stats.quic.remove(self.id);
+    }
 }
 
 fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
@@ -114,7 +162,7 @@ async fn control<R: RoomHub>(
     stats: &Arc<ServerStats>,
     connection: &mut Connection<R>,
     mut session: ControlSession,
-    hello_deadline: Instant,
+    (hello_deadline, started): (Instant, std::time::Instant),
     shutdown: &CancellationToken,
 ) -> String {
     let timeout_ms = config.limits.handshake_timeout_ms;
@@ -248,6 +296,13 @@ async fn control<R: RoomHub>(
                     stats.reply(&msg);
                     encode(&codec, &msg, &mut outbound);
                 }
+            }
+        }
+        if awaiting_hello {
+            if let Some(identity) = session.identity() {
+                tracing::Span::current().record("identity", identity);
+                stats.handshake.observe_since(started);
+                bump(&stats.handshakes);
             }
         }
         // The timer runs from the start of the frame now waiting: a client pipelining whole frames is never timed

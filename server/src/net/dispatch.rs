@@ -17,7 +17,7 @@ use crate::{
         ticks::ConnectionTicks,
     },
     session::{RoomRequest, TickRequest},
-    stats::ServerStats,
+    stats::{bump, ServerStats},
 };
 
 /// How long opening a room stream may wait for the client to grant a stream slot.
@@ -88,7 +88,8 @@ impl<R: RoomHub> Connection<R> {
                     }
                 };
                 let room: Arc<str> = Arc::from(join.room.as_str());
-                let outbox = StreamOutbox::new(room, send, self.room_queue_bytes, self.probe.clone());
+                let outbox =
+                    StreamOutbox::new(room, send, self.room_queue_bytes, self.probe.clone(), self.stats.clone());
                 let pumped = pump(outbox.clone(), self.kicked_tx.clone(), self.stop.clone(), self.stats.clone());
                 self.pumps.spawn(pumped);
                 let request = JoinRoom {
@@ -105,6 +106,7 @@ impl<R: RoomHub> Connection<R> {
                             self.pumps.spawn(replay.run());
                         }
                         self.state.joined(join.room, joining.subscriber, outbox);
+                        ServerStats::add(&self.stats.room_members, 1);
                         Ok(Reply::Joined(joining.joined))
                     }
                     Err(failure) => {
@@ -115,11 +117,13 @@ impl<R: RoomHub> Connection<R> {
             }
             RoomRequest::Leave { room } => {
                 let left = self.state.leave(&room)?;
+                ServerStats::add(&self.stats.room_members, -1);
                 left.outbox.close();
                 self.rooms.leave(&room, left.subscriber, now_us).await.flush();
                 Ok(Reply::Left { room })
             }
             RoomRequest::Post(post) => {
+                let arrived = std::time::Instant::now();
                 let message = PostMessage {
                     room: &post.room,
                     identity,
@@ -129,6 +133,8 @@ impl<R: RoomHub> Connection<R> {
                 };
                 let (posted, delivery) = self.rooms.post(message).await?;
                 delivery.flush();
+                self.stats.post_delivery.observe_since(arrived);
+                bump(if posted.duplicate { &self.stats.posts_duplicate } else { &self.stats.posts });
                 Ok(Reply::Posted { room: post.room, seq: posted.seq, duplicate: posted.duplicate })
             }
             RoomRequest::History { room, since, limit } => {
@@ -148,12 +154,14 @@ impl<R: RoomHub> Connection<R> {
                     hub.subscribe(&channel, id, sink.clone()).inspect_err(|_| sink.remove(id))
                 })?;
                 self.datagrams.set_claims(self.state.claims());
+                ServerStats::add(&self.stats.subscriptions, 1);
                 Ok(Reply::Subscribed { channel, channel_id })
             }
             TickRequest::Unsubscribe { channel } => {
                 let (channel_id, subscriber) = self.state.unsubscribe(&channel)?;
                 self.ticks.unsubscribe(&channel, subscriber);
                 self.datagrams.sink.remove(channel_id);
+                ServerStats::add(&self.stats.subscriptions, -1);
                 Ok(Reply::Unsubscribed { channel })
             }
             TickRequest::Publish { channel, max_age_ms } => {
@@ -187,6 +195,7 @@ impl<R: RoomHub> Connection<R> {
     /// subscription was not current any more.
     pub(super) async fn kick(&mut self, (room, outbox): Kicked, now_us: u64) -> Option<ServerMsg> {
         let gone = self.state.kicked(&room, |joined| Arc::ptr_eq(&joined.outbox, &outbox))?;
+        ServerStats::add(&self.stats.room_members, -1);
         // The room dropped the subscription when it overflowed; leaving again is a no-op kept for other hubs.
         self.rooms.leave(&room, gone.subscriber, now_us).await.flush();
         let reason = format!("room {room} fell behind by more than room_queue_bytes; rejoin from your last seq");
@@ -198,12 +207,14 @@ impl<R: RoomHub> Connection<R> {
         self.datagrams.stop().await;
         let release = self.state.close();
         for (channel, subscriber) in release.subscriptions {
+            ServerStats::add(&self.stats.subscriptions, -1);
             self.ticks.unsubscribe(&channel, subscriber);
         }
         for channel in release.claims {
             self.ticks.release(&channel);
         }
         for (room, joined) in release.rooms {
+            ServerStats::add(&self.stats.room_members, -1);
             joined.outbox.close();
             self.rooms.leave(&room, joined.subscriber, now_us).await.flush();
         }

@@ -32,20 +32,14 @@ pub enum ServerError {
     /// The room store cannot be opened: damaged, or the directory is unusable.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The admin listener's TCP address cannot be bound.
+    #[error("admin listener {0}: {1} (set [admin] listen, --admin ADDR, or --admin off)")]
+    Admin(SocketAddr, std::io::Error),
 }
 
-pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, Fingerprint), ServerError> {
+pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, quinn::ServerConfig, Fingerprint), ServerError> {
     config.limits.check()?;
-    let cert = match &config.tls {
-        TlsSource::Dev => {
-            let (cert, status) = quiver_certs::dev::load_or_generate(&config.data_dir, std::time::SystemTime::now())?;
-            tracing::debug!(?status, "dev certificate");
-            cert
-        }
-        TlsSource::Pem { cert, key } => quiver_certs::pem::load(cert, key)?,
-    };
-    let fingerprint = cert.fingerprint();
-    let server_config = quiver_transport::tls::server_config(cert.chain, cert.key, &config.limits, &config.tuning)?;
+    let (server_config, fingerprint) = server_config(config)?;
     let socket = udp_socket(config.listen).map_err(ServerError::Bind)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ServerError::Bind(std::io::Error::other("no async runtime (call from within tokio)")))?;
@@ -57,11 +51,42 @@ pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, Fingerprin
     let cid_key = u64::from_be_bytes(cid_key.as_ref()[..8].try_into().unwrap_or_default());
     let mut endpoint_config = quinn::EndpointConfig::new(std::sync::Arc::new(reset_key));
     endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
-    let endpoint =
-        quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime).map_err(ServerError::Bind)?;
-    Ok((endpoint, fingerprint))
+    let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config.clone()), socket, runtime)
+        .map_err(ServerError::Bind)?;
+    Ok((endpoint, server_config, fingerprint))
 }
 
+/// The QUIC server configuration: the certificate (loaded, or the dev one generated or renewed) and the transport.
+/// Called at start and on every reload.
+pub(super) fn server_config(config: &ServerConfig) -> Result<(quinn::ServerConfig, Fingerprint), ServerError> {
+    let cert = match &config.tls {
+        TlsSource::Dev => {
+            let (cert, status) = quiver_certs::dev::load_or_generate(&config.data_dir, std::time::SystemTime::now())?;
+            tracing::debug!(?status, "dev certificate");
+            cert
+        }
+        TlsSource::Pem { cert, key } => quiver_certs::pem::load(cert, key)?,
+    };
+    let fingerprint = cert.fingerprint();
+    let server_config = quiver_transport::tls::server_config(cert.chain, cert.key, &config.limits, &config.tuning)?;
+    Ok((server_config, fingerprint))
+}
+
+/// `base` with a transport that writes this connection's qlog into `dir` (`<time>-<id>.sqlog`, JSON-SEQ as qvis
+/// reads it).
+pub(super) fn with_qlog(
+    base: &quinn::ServerConfig,
+    config: &ServerConfig,
+    dir: &std::path::Path,
+    id: u64,
+) -> quinn::ServerConfig {
+    let mut transport = quiver_transport::tuning::server_transport(&config.limits, &config.tuning);
+    let title = format!("quiver-server connection {id:016x}");
+    quiver_transport::qlog::attach(&mut transport, dir, &format!("{id:016x}"), title);
+    let mut server = base.clone();
+    server.transport_config(transport);
+    server
+}
 /// A UDP socket on `addr`; an IPv6 wildcard is dual-stack so IPv4 clients reach it too.
 fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};

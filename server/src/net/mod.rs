@@ -27,7 +27,7 @@ pub use endpoint::ServerError;
 
 /// Locks a mutex of the network layer (never a hub lock: those go through `hub::lock`), taking it over if a
 /// panicking holder poisoned it.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -36,8 +36,87 @@ pub fn now_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-/// How long shutdown waits for connections to take their GoAway and close before it stops waiting.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// After the drain, how long the CONNECTION_CLOSE frames get to leave before the socket goes.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What connections are accepted with now: swapped by [`Reloader::reload`] (new handshakes get the new certificate
+/// and token keys; live connections keep theirs).
+#[derive(Debug)]
+struct Current {
+    quic: Arc<quinn::ServerConfig>,
+    auth: Arc<crate::auth::Auth>,
+    fingerprint: Fingerprint,
+}
+
+/// Reloads a running server's certificate and token keys (SIGHUP).
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    endpoint: quinn::Endpoint,
+    config: Arc<ServerConfig>,
+    current: Arc<std::sync::RwLock<Current>>,
+    health: Arc<crate::metrics::Health>,
+}
+
+impl Reloader {
+    /// Loads the certificate again (from `config.tls`: the PEM files, or the dev certificate, renewed if due) and
+    /// verifies tokens with `auth` from now on. Returns the certificate's fingerprint. On an error nothing changes.
+    pub fn reload(&self, auth: crate::auth::AuthConfig) -> Result<Fingerprint, ServerError> {
+        let (quic, fingerprint) = endpoint::server_config(&self.config)?;
+        let auth = Arc::new(crate::auth::Auth::from_config(&auth, &self.config.data_dir)?);
+        let quic = Arc::new(quic);
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        // Not while draining: a shutdown took the server configuration away for good.
+        if self.health.serving.load(std::sync::atomic::Ordering::Relaxed) {
+            self.endpoint.set_server_config(Some((*quic).clone()));
+        }
+        *current = Current { quic, auth, fingerprint };
+        Ok(fingerprint)
+    }
+}
+
+/// What a server did, printed when it stops (the same figures are on `/metrics`).
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The counters at the end.
+    pub counters: crate::stats::StatsSnapshot,
+    /// Failure replies and closes by code (codes with none left out).
+    pub refusals: Vec<(quiver_proto::ErrorCode, u64)>,
+    /// Post → delivery inside the server: median and 99th percentile bucket bounds, µs.
+    pub post_delivery_p50_p99_us: Option<(u64, u64)>,
+    /// Connections still open when the drain timeout ran out.
+    pub left_open: usize,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.counters;
+        writeln!(f, "server stopped")?;
+        writeln!(f, "  connections served   {} native, {} webtransport", c.accepted_native, c.accepted_webtransport)?;
+        writeln!(f, "  sessions admitted    {}", c.handshakes)?;
+        writeln!(f, "  posts                {} ({} retries answered with their seq)", c.posts, c.posts_duplicate)?;
+        writeln!(f, "  room deliveries      {}", c.room_deliveries)?;
+        if let Some((p50, p99)) = self.post_delivery_p50_p99_us {
+            writeln!(f, "  post to delivery     p50 <= {p50} us, p99 <= {p99} us")?;
+        }
+        writeln!(
+            f,
+            "  ticks                {} in, {} out, {} conflated, {} expired",
+            c.ticks_published, c.ticks_sent, c.ticks_conflated, c.ticks_expired
+        )?;
+        writeln!(f, "  slow-consumer resets {}", c.slow_consumer_resets)?;
+        let refusals: Vec<String> = self.refusals.iter().map(|(code, n)| format!("{code:?}={n}")).collect();
+        let refusals = if refusals.is_empty() { "none".to_string() } else { refusals.join(" ") };
+        write!(f, "  refusals             {refusals}")?;
+        if self.left_open > 0 {
+            write!(
+                f,
+                "\n  left open            {} connections did not close within the drain timeout",
+                self.left_open
+            )?;
+        }
+        Ok(())
+    }
+}
 
 /// A bound server, ready to [`run`](Server::run), with its rooms behind `R`.
 #[derive(Debug)]
@@ -47,14 +126,17 @@ pub struct Server<R = LocalRooms> {
     /// The demo page's listener, when `config.web.http` asks for one.
     page: Option<std::net::TcpListener>,
     page_addr: Option<SocketAddr>,
-    fingerprint: Fingerprint,
     config: Arc<ServerConfig>,
     rooms: Arc<R>,
     ticks: Arc<dyn TickHub>,
     stats: Arc<ServerStats>,
-    auth: Arc<crate::auth::Auth>,
     /// Connection counts and rates per source address (`max_connections*`, `new_connections_per_s_per_ip`).
     admission: Arc<std::sync::Mutex<crate::admission::Admission>>,
+    /// What new connections are accepted with (reloaded by [`Reloader`]).
+    current: Arc<std::sync::RwLock<Current>>,
+    /// The admin listener, started at bind so that `/readyz` answers (503) while the server is not serving yet.
+    admin: Option<(SocketAddr, CancellationToken)>,
+    metrics: Arc<crate::metrics::ServerMetrics>,
     /// One server per data directory, while this one lives.
     _data_dir: crate::datadir::DataDirLock,
 }
@@ -93,7 +175,7 @@ impl<R: RoomHub> Server<R> {
         rooms: Arc<R>,
         ticks: Arc<dyn TickHub>,
     ) -> Result<Server<R>, ServerError> {
-        let (endpoint, fingerprint) = endpoint::bind(&config)?;
+        let (endpoint, quic, fingerprint) = endpoint::bind(&config)?;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
         let page = config.web.http.map(crate::web::bind).transpose().map_err(ServerError::Bind)?;
         let page_addr = page.as_ref().map(|l| l.local_addr()).transpose().map_err(ServerError::Bind)?;
@@ -106,18 +188,42 @@ impl<R: RoomHub> Server<R> {
         let stats = Arc::new(ServerStats::default());
         let admission = crate::admission::Admission::new(&config.limits, std::time::Instant::now());
         let admission = Arc::new(std::sync::Mutex::new(admission));
+        let metrics = {
+            let (usage, channels) = (rooms.clone(), ticks.clone());
+            Arc::new(crate::metrics::ServerMetrics {
+                stats: stats.clone(),
+                rooms: Box::new(move || usage.room_usage()),
+                channels: Box::new(move || channels.channels()),
+                store: rooms.durable_store(),
+                health: Arc::default(),
+            })
+        };
+        let admin = match config.admin {
+            Some(addr) => {
+                let listener = crate::web::bind(addr).map_err(|err| ServerError::Admin(addr, err))?;
+                let addr = listener.local_addr().map_err(|err| ServerError::Admin(addr, err))?;
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).map_err(|err| ServerError::Admin(addr, err))?;
+                let stop = CancellationToken::new();
+                tokio::spawn(crate::admin::serve(listener, metrics.clone(), stop.clone()));
+                Some((addr, stop))
+            }
+            None => None,
+        };
+        let current = Current { quic: Arc::new(quic), auth: auth.clone(), fingerprint };
         Ok(Server {
             endpoint,
             local_addr,
             page,
             page_addr,
-            fingerprint,
             config: Arc::new(config),
             rooms,
             ticks,
             stats,
-            auth,
             admission,
+            current: Arc::new(std::sync::RwLock::new(current)),
+            admin,
+            metrics,
             _data_dir: data_dir,
         })
     }
@@ -144,12 +250,34 @@ impl<R: RoomHub> Server<R> {
 
     /// SHA-256 of the certificate the server presents.
     pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint
+        self.current.read().unwrap_or_else(|p| p.into_inner()).fingerprint
     }
 
-    /// Serves until `shutdown` is cancelled, then stops accepting, sends every connection GoAway and closes it
-    /// with `GoingAway`, and returns once they are closed (or after [`SHUTDOWN_GRACE`]).
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// The metrics `/metrics` shows.
+    pub fn metrics(&self) -> Arc<crate::metrics::ServerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// A handle that reloads the certificate and token keys while the server runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            endpoint: self.endpoint.clone(),
+            config: self.config.clone(),
+            current: self.current.clone(),
+            health: self.metrics.health.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains: stops accepting, sends every connection GoAway (after
+    /// the request it is serving, so a post in flight is stored and acknowledged first) and closes it with
+    /// `GoingAway`, and returns once they are closed, or after `config.drain_timeout`. The room store is flushed
+    /// when the server is dropped.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Summary {
         let tasks = TaskTracker::new();
         if let Some(listener) = self.page.take() {
             match tokio::net::TcpListener::from_std(listener) {
@@ -157,7 +285,7 @@ impl<R: RoomHub> Server<R> {
                     let info = crate::web::PageInfo {
                         udp_port: self.local_addr.port(),
                         path: self.config.web.path.clone(),
-                        cert_hash: (self.config.tls == crate::TlsSource::Dev).then_some(self.fingerprint),
+                        cert_hash: (self.config.tls == crate::TlsSource::Dev).then_some(self.fingerprint()),
                         // What the README's `quiver chat --room lobby` and `quiver tick pub --channel prices` use.
                         room: "lobby".into(),
                         channel: "prices".into(),
@@ -170,6 +298,7 @@ impl<R: RoomHub> Server<R> {
             }
         }
         tasks.spawn(sweep(self.rooms.clone(), self.config.budget.sweep_interval(), shutdown.clone()));
+        self.metrics.health.serving.store(true, std::sync::atomic::Ordering::Relaxed);
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
@@ -180,29 +309,60 @@ impl<R: RoomHub> Server<R> {
                     };
                     let config = self.config.clone();
                     let shutdown = shutdown.child_token();
+                    let (quic, auth) = {
+                        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+                        (current.quic.clone(), current.auth.clone())
+                    };
+                    let id = rand::random::<u64>();
+                    let quic = config.qlog_dir.as_ref().map(|dir| Arc::new(endpoint::with_qlog(&quic, &config, dir, id)));
                     let shared = connection::Shared {
                         config,
                         rooms: self.rooms.clone(),
                         ticks: self.ticks.clone(),
                         stats: self.stats.clone(),
-                        auth: self.auth.clone(),
+                        auth,
                     };
-                    tasks.spawn(connection::serve(incoming, admitted, shared, shutdown));
+                    tasks.spawn(connection::serve(id, incoming, quic, admitted, shared, shutdown));
                 }
                 () = shutdown.cancelled() => break,
             }
         }
-        // Refuse new connections from now on; existing ones see the cancellation and close themselves.
-        self.endpoint.set_server_config(None);
+        // Not ready from now on (load balancers stop sending clients); refuse new connections; existing ones see
+        // the cancellation, finish the request they are serving, get GoAway and close.
+        self.metrics.health.serving.store(false, std::sync::atomic::Ordering::Relaxed);
+        {
+            // Under the lock a reload takes, so that a reload racing the drain cannot put a configuration back.
+            let _current = self.current.write().unwrap_or_else(|p| p.into_inner());
+            self.endpoint.set_server_config(None);
+        }
         tasks.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
-            tracing::warn!(remaining = tasks.len(), "connections still open after the shutdown grace period");
+        let drain = self.config.drain_timeout;
+        tracing::info!(connections = tasks.len(), timeout_ms = drain.as_millis() as u64, "draining");
+        let mut left_open = 0;
+        if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+            left_open = tasks.len();
+            tracing::warn!(remaining = left_open, "connections still open after the drain timeout");
         }
         self.endpoint
             .close(quiver_transport::close::quic_code(quiver_proto::ErrorCode::GoingAway), b"server shutting down");
         // Let the CONNECTION_CLOSE frames leave before the socket goes.
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
-        tracing::info!(stats = ?self.stats.snapshot(), "server stopped");
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.endpoint.wait_idle()).await;
+        if let Some((_, stop)) = &self.admin {
+            stop.cancel();
+        }
+        let h = &self.stats.post_delivery;
+        let summary = Summary {
+            counters: self.stats.snapshot(),
+            refusals: quiver_proto::ErrorCode::ALL
+                .iter()
+                .map(|code| (*code, self.stats.refusals(*code)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            post_delivery_p50_p99_us: h.quantile_us(0.5).zip(h.quantile_us(0.99)),
+            left_open,
+        };
+        tracing::info!("{summary}");
+        summary
     }
 }
 

@@ -79,11 +79,20 @@ pub(crate) struct StreamOutbox {
     drained: Notify,
     overflow: CancellationToken,
     bound: usize,
+    /// `outbox_bytes` (bytes queued, all outboxes) and `room_deliveries`.
+    stats: Arc<ServerStats>,
 }
 
 impl StreamOutbox {
-    pub(crate) fn new(room: Arc<str>, send: SendStream, bound: usize, probe: Arc<TailProbe>) -> Arc<StreamOutbox> {
+    pub(crate) fn new(
+        room: Arc<str>,
+        send: SendStream,
+        bound: usize,
+        probe: Arc<TailProbe>,
+        stats: Arc<ServerStats>,
+    ) -> Arc<StreamOutbox> {
         Arc::new(StreamOutbox {
+            stats,
             room,
             queue: Mutex::new(Queue { send: Some(send), ..Queue::default() }),
             probe,
@@ -105,6 +114,19 @@ impl StreamOutbox {
         if queue.frames.is_empty() || queue.gone {
             self.drained.notify_waiters();
         }
+    }
+}
+
+/// Takes `bytes` off the queued-bytes gauge (written to the stream, or dropped with it).
+fn dequeued(stats: &ServerStats, bytes: usize) {
+    ServerStats::add(&stats.outbox_bytes, -(bytes as i64));
+}
+
+impl Drop for StreamOutbox {
+    fn drop(&mut self) {
+        let queue = lock(&self.queue);
+        let left: usize = queue.frames.iter().chain(queue.held.iter().flatten()).map(Bytes::len).sum();
+        dequeued(&self.stats, left);
     }
 }
 
@@ -133,6 +155,8 @@ impl Outbox for StreamOutbox {
             return false;
         }
         let queue = &mut *queue;
+        ServerStats::add(&self.stats.outbox_bytes, frame.len() as i64);
+        bump(&self.stats.room_deliveries);
         match &mut queue.held {
             Some(held) => {
                 queue.held_bytes += frame.len();
@@ -147,6 +171,7 @@ impl Outbox for StreamOutbox {
     }
 
     fn push_replay(&self, frame: Bytes) {
+        ServerStats::add(&self.stats.outbox_bytes, frame.len() as i64);
         lock(&self.queue).frames.push_back(frame);
     }
 
@@ -207,7 +232,8 @@ impl Outbox for StreamOutbox {
                 (send, queue.take_frames())
             };
             let (written, rest) = write_now(&mut send, frames);
-            if written {
+            dequeued(&self.stats, written);
+            if written > 0 {
                 self.probe.sent();
             }
             let mut queue = lock(&self.queue);
@@ -231,9 +257,9 @@ impl Outbox for StreamOutbox {
 /// Writes `frames` in order, each with one poll and no waiting: quinn's `write` takes what fits now or returns
 /// Pending having taken nothing. The no-op waker is safe because nothing waits on this stream meanwhile (the pump
 /// finds no stream to write to); a Pending or short write leaves the rest to the pump, which polls with its own
-/// waker. Returns whether anything was written, and what was not.
-fn write_now(send: &mut SendStream, mut frames: VecDeque<Bytes>) -> (bool, VecDeque<Bytes>) {
-    let mut written_any = false;
+/// waker. Returns how many bytes were written, and what was not.
+fn write_now(send: &mut SendStream, mut frames: VecDeque<Bytes>) -> (usize, VecDeque<Bytes>) {
+    let mut written_any = 0;
     while let Some(frame) = frames.pop_front() {
         let written = {
             let mut write = std::pin::pin!(send.write(&frame));
@@ -243,7 +269,7 @@ fn write_now(send: &mut SendStream, mut frames: VecDeque<Bytes>) -> (bool, VecDe
                 Poll::Ready(Err(_)) | Poll::Pending => 0,
             }
         };
-        written_any |= written > 0;
+        written_any += written;
         if written < frame.len() {
             frames.push_front(frame.slice(written..));
             break;
@@ -298,14 +324,25 @@ pub(crate) async fn pump(
         match next(&outbox) {
             Next::Drain(mut batch, mut send) => {
                 while let Some(frame) = batch.pop_front() {
+                    let len = frame.len();
                     tokio::select! {
-                        written = send.write_chunk(frame) => if written.is_err() { return },
-                        () = outbox.overflow.cancelled() => break,
-                        () = stop.cancelled() => return,
+                        written = send.write_chunk(frame) => match written {
+                            Ok(()) => dequeued(&stats, len),
+                            Err(_) => return dequeued(&stats, len + batch.iter().map(Bytes::len).sum::<usize>()),
+                        },
+                        () = outbox.overflow.cancelled() => {
+                            dequeued(&stats, len);
+                            break;
+                        }
+                        () = stop.cancelled() => {
+                            return dequeued(&stats, len + batch.iter().map(Bytes::len).sum::<usize>());
+                        }
                     }
                 }
                 outbox.probe.sent();
-                batch.clear(); // what is left after an overflow goes with the reset
+                // What is left after an overflow goes with the reset.
+                dequeued(&stats, batch.iter().map(Bytes::len).sum());
+                batch.clear();
                 let mut queue = lock(&outbox.queue);
                 queue.send = Some(send);
                 queue.put_back(batch);

@@ -101,6 +101,10 @@ pub struct WriterStats {
     pub commits: AtomicU64,
     /// Messages stored.
     pub appends: AtomicU64,
+    /// Time each batch took to commit (with its fsync under `Durability::Fsync`).
+    pub commit_us: crate::metrics::Histogram,
+    /// A commit failed: nothing is acknowledged any more until a restart (`/readyz` says so).
+    pub failed: std::sync::atomic::AtomicBool,
 }
 
 /// The writer: a thread's inbox (`fsync`), or, with `os` durability, the caller itself: a commit without a sync is a
@@ -168,6 +172,7 @@ impl Handle {
         committed.map_err(|err| {
             let failure = StoreFailed(format!("{err:?}").into());
             tracing::error!(%failure, "room store commit failed");
+            self.stats.failed.store(true, Ordering::Relaxed);
             inline.failed = Some(failure.clone());
             failure
         })
@@ -215,6 +220,7 @@ fn run(keyspaces: Keyspaces, jobs: mpsc::Receiver<Job>, mode: PersistMode, mut n
                 .map_err(|err| StoreFailed(format!("{err:?}").into())),
         };
         if let (Err(failure), None) = (&result, &failed) {
+            stats.failed.store(true, Ordering::Relaxed);
             tracing::error!(%failure, "room store commit failed");
             failed = Some(failure.clone());
         }
@@ -286,7 +292,9 @@ fn commit<'a>(
     if writes == 0 {
         return Ok(()); // barriers only: what they wait for is in earlier batches, already stored
     }
+    let start = std::time::Instant::now();
     batch.commit()?;
+    stats.commit_us.observe_since(start);
     *next_room_id = next;
     stats.commits.fetch_add(1, Ordering::Relaxed);
     stats.appends.fetch_add(appends, Ordering::Relaxed);

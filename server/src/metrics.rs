@@ -1,0 +1,363 @@
+//! What `/metrics` shows, and the shutdown summary. Everything is counted where it happens with relaxed atomics
+//! (no lock, no allocation on any per-message path) and turned into Prometheus' text format only when scraped,
+//! through the Prometheus project's own encoder (`prometheus-client`). Names follow Prometheus' conventions:
+//! `quiver_` prefix, `_total` on counters, base units (seconds, bytes). docs/operations.md lists them.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+use quiver_proto::ErrorCode;
+
+use crate::{hub::RoomUsage, stats::ServerStats, store::Store};
+
+/// Bucket bounds of every latency histogram, in µs (50 µs to 10 s).
+const BUCKETS_US: [u64; 17] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
+
+/// A latency histogram of fixed buckets: an observation is three relaxed atomic adds.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_US.len()],
+    /// Observations above the last bound.
+    over: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration of `us` microseconds.
+    pub fn observe_us(&self, us: u64) {
+        match BUCKETS_US.iter().position(|&bound| us <= bound) {
+            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Records the time since `start`.
+    pub fn observe_since(&self, start: std::time::Instant) {
+        self.observe_us(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum::<u64>() + self.over.load(Ordering::Relaxed)
+    }
+
+    /// (sum in seconds, count, cumulative buckets with upper bounds in seconds, the last one +Inf).
+    fn cumulative(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(BUCKETS_US.len() + 1);
+        for (bound, count) in BUCKETS_US.iter().zip(&self.buckets) {
+            total += count.load(Ordering::Relaxed);
+            buckets.push((*bound as f64 / 1e6, total));
+        }
+        total += self.over.load(Ordering::Relaxed);
+        buckets.push((f64::INFINITY, total));
+        (self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, total, buckets)
+    }
+
+    /// The duration below which `q` of the observations fall, as the upper bound of its bucket (µs); `None`
+    /// without observations.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let (_, count, buckets) = self.cumulative();
+        if count == 0 {
+            return None;
+        }
+        let rank = (q * count as f64).ceil().max(1.0) as u64;
+        let bound = buckets.iter().find(|(_, c)| *c >= rank).map_or(f64::INFINITY, |(b, _)| *b);
+        Some(if bound.is_finite() { (bound * 1e6) as u64 } else { u64::MAX })
+    }
+}
+
+/// QUIC path figures of live connections (read from quinn at scrape time) and the totals of closed ones.
+#[derive(Debug, Default)]
+pub struct QuicPaths {
+    live: Mutex<HashMap<u64, quinn::Connection>>,
+    closed_sent: AtomicU64,
+    closed_lost: AtomicU64,
+    closed_congestion: AtomicU64,
+}
+
+impl QuicPaths {
+    /// Watches `conn` until [`QuicPaths::remove`] (per connection, not per message).
+    pub fn add(&self, id: u64, conn: quinn::Connection) {
+        crate::net::lock(&self.live).insert(id, conn);
+    }
+
+    /// Stops watching connection `id`, keeping its final figures in the totals.
+    pub fn remove(&self, id: u64) {
+        if let Some(conn) = crate::net::lock(&self.live).remove(&id) {
+            let path = conn.stats().path;
+            self.closed_sent.fetch_add(path.sent_packets, Ordering::Relaxed);
+            self.closed_lost.fetch_add(path.lost_packets, Ordering::Relaxed);
+            self.closed_congestion.fetch_add(path.congestion_events, Ordering::Relaxed);
+        }
+    }
+
+    /// (sent, lost, congestion events) over every connection so far; RTT (min, mean, max) of live ones.
+    fn figures(&self) -> ([u64; 3], Option<[f64; 3]>) {
+        let live: Vec<quinn::Connection> = crate::net::lock(&self.live).values().cloned().collect();
+        let mut totals = [
+            self.closed_sent.load(Ordering::Relaxed),
+            self.closed_lost.load(Ordering::Relaxed),
+            self.closed_congestion.load(Ordering::Relaxed),
+        ];
+        let (mut min, mut max, mut sum) = (f64::INFINITY, 0f64, 0f64);
+        for conn in &live {
+            let path = conn.stats().path;
+            totals[0] += path.sent_packets;
+            totals[1] += path.lost_packets;
+            totals[2] += path.congestion_events;
+            let rtt = path.rtt.as_secs_f64();
+            (min, max, sum) = (min.min(rtt), max.max(rtt), sum + rtt);
+        }
+        let rtt = (!live.is_empty()).then(|| [min, sum / live.len() as f64, max]);
+        (totals, rtt)
+    }
+}
+
+/// Liveness and readiness, for `/healthz` and `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The endpoint is bound and accepting (false before `Server::run` and while draining).
+    pub serving: AtomicBool,
+}
+
+/// The server's metrics, encoded on each scrape.
+pub struct ServerMetrics {
+    /// The counters and gauges connections update.
+    pub stats: Arc<ServerStats>,
+    /// Rooms held and retained bytes, from the room hub.
+    pub rooms: Box<dyn Fn() -> RoomUsage + Send + Sync>,
+    /// Tick channels in use.
+    pub channels: Box<dyn Fn() -> usize + Send + Sync>,
+    /// The room store, if rooms are stored.
+    pub store: Option<Arc<Store>>,
+    /// Readiness.
+    pub health: Arc<Health>,
+}
+
+impl std::fmt::Debug for ServerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerMetrics").finish_non_exhaustive()
+    }
+}
+
+impl ServerMetrics {
+    /// Ready: serving, and the store (if any) has not failed.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if !self.health.serving.load(Ordering::Relaxed) {
+            return Err("not serving: starting, or draining for shutdown");
+        }
+        if self.store.as_ref().is_some_and(|store| store.writer_stats().failed.load(Ordering::Relaxed)) {
+            return Err("the room store failed to write");
+        }
+        Ok(())
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::with_prefix("quiver");
+        registry.register_collector(Box::new(self.clone()));
+        let mut out = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::error!(%err, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// What a limit breach is named by in `quiver_limit_breaches_total{limit}`, with its counter.
+fn breaches(s: &ServerStats) -> [(&'static str, u64); 16] {
+    let c = s.snapshot();
+    [
+        ("max_frame", c.frames_too_large),
+        ("max_body", c.bodies_too_large),
+        ("max_rooms", c.too_many_rooms),
+        ("max_subscriptions", c.too_many_subscriptions),
+        ("max_publish_channels", c.too_many_channels),
+        ("room_queue_bytes", c.slow_consumer_resets),
+        ("handshake_timeout_ms", c.handshake_timeouts),
+        ("frame_timeout_ms", c.frame_timeouts),
+        ("max_connections", c.connections_over_total),
+        ("max_connections_per_ip", c.connections_over_per_ip),
+        ("new_connections_per_s_per_ip", c.retries_over_rate + c.connections_refused_over_rate),
+        ("requests_per_s", c.requests_rate_limited),
+        ("posts_per_s", c.posts_rate_limited),
+        ("ticks_per_s", c.ticks_rate_limited),
+        ("budget", c.server_full),
+        ("max_datagram", c.ticks_too_large),
+    ]
+}
+
+fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(value).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn labelled_counters(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(String, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, count) in values {
+        ConstCounter::new(*count).encode(metric.encode_family(&[(label, value.as_str())])?)?;
+    }
+    Ok(())
+}
+
+fn histogram(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, h: &Histogram) -> Result<(), std::fmt::Error> {
+    let (sum, count, buckets) = h.cumulative();
+    let mut metric = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+}
+
+impl Collector for ServerMetrics {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = &self.stats;
+        let c = s.snapshot();
+        let load = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed).max(0);
+        gauge(
+            &mut e,
+            "up",
+            "1 while the server is ready (serving, store healthy), 0 otherwise",
+            i64::from(self.ready().is_ok()),
+        )?;
+        {
+            let mut m =
+                e.encode_descriptor("connections", "Connections open now, by transport", None, MetricType::Gauge)?;
+            ConstGauge::new(load(&s.connections_native)).encode(m.encode_family(&[("transport", "native")])?)?;
+            ConstGauge::new(load(&s.connections_webtransport))
+                .encode(m.encode_family(&[("transport", "webtransport")])?)?;
+        }
+        let rooms = (self.rooms)();
+        gauge(&mut e, "rooms", "Rooms held in memory", rooms.rooms as i64)?;
+        gauge(&mut e, "room_members", "Room memberships (joins) of connected clients", load(&s.room_members))?;
+        gauge(&mut e, "channels", "Tick channels in use", (self.channels)() as i64)?;
+        gauge(&mut e, "subscriptions", "Tick subscriptions of connected clients", load(&s.subscriptions))?;
+        gauge(
+            &mut e,
+            "retained_history_bytes",
+            "Bytes of history and dedupe memory rooms retain",
+            rooms.retained_bytes as i64,
+        )?;
+        gauge(
+            &mut e,
+            "outbox_queued_bytes",
+            "Bytes of room events queued toward clients' room streams",
+            load(&s.outbox_bytes),
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "connections_accepted",
+                "Connections that completed the QUIC handshake and were served, by transport",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(c.accepted_native).encode(m.encode_family(&[("transport", "native")])?)?;
+            ConstCounter::new(c.accepted_webtransport).encode(m.encode_family(&[("transport", "webtransport")])?)?;
+        }
+        counter(&mut e, "handshakes", "Sessions admitted (Hello answered with Welcome)", c.handshakes)?;
+        labelled_counters(
+            &mut e,
+            "retries_sent",
+            "QUIC Retry packets sent, by reason (rate: over new_connections_per_s_per_ip; limit: at a connection limit)",
+            "reason",
+            &[("rate".into(), c.retries_over_rate), ("limit".into(), c.retries_over_limit)],
+        )?;
+        counter(&mut e, "posts", "Posts acknowledged with a new seq", c.posts)?;
+        counter(&mut e, "posts_duplicate", "Retried posts answered with their original seq", c.posts_duplicate)?;
+        counter(&mut e, "room_deliveries", "Room events queued to members' room streams", c.room_deliveries)?;
+        counter(&mut e, "ticks_received", "Ticks accepted from publishers", c.ticks_published)?;
+        counter(&mut e, "ticks_sent", "Ticks handed to QUIC for subscribers", c.ticks_sent)?;
+        counter(&mut e, "ticks_conflated", "Ticks replaced by a newer one before they were sent", c.ticks_conflated)?;
+        counter(&mut e, "ticks_expired", "Ticks dropped as older than their channel's max age", c.ticks_expired)?;
+        labelled_counters(
+            &mut e,
+            "ticks_dropped",
+            "Ticks and datagrams dropped, by reason",
+            "reason",
+            &[
+                ("too_large".into(), c.ticks_too_large),
+                ("rate_limited".into(), c.ticks_rate_limited),
+                ("malformed".into(), c.datagrams_malformed),
+                ("unknown_channel".into(), c.datagrams_unknown_channel),
+                ("unclaimed".into(), c.datagrams_unclaimed),
+            ],
+        )?;
+        let refusals: Vec<(String, u64)> = ErrorCode::ALL
+            .iter()
+            .map(|code| (format!("{code:?}"), s.refusals(*code)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        labelled_counters(
+            &mut e,
+            "refusals",
+            "Failure replies and closes sent to clients, by error code",
+            "code",
+            &refusals,
+        )?;
+        let breaches: Vec<(String, u64)> = breaches(s).iter().map(|(l, n)| (l.to_string(), *n)).collect();
+        labelled_counters(
+            &mut e,
+            "limit_breaches",
+            "Times a client hit a configured limit, by limit",
+            "limit",
+            &breaches,
+        )?;
+        counter(
+            &mut e,
+            "slow_consumer_resets",
+            "Room streams reset for falling behind room_queue_bytes",
+            c.slow_consumer_resets,
+        )?;
+        histogram(
+            &mut e,
+            "post_delivery_seconds",
+            "Time from a post's arrival to its delivery to members (and its ack) inside the server",
+            &s.post_delivery,
+        )?;
+        histogram(&mut e, "handshake_seconds", "Time from a connection's first packet to Welcome", &s.handshake)?;
+        let (quic, rtt) = s.quic.figures();
+        counter(&mut e, "quic_sent_packets", "QUIC packets sent, all connections", quic[0])?;
+        counter(&mut e, "quic_lost_packets", "QUIC packets declared lost, all connections", quic[1])?;
+        counter(&mut e, "quic_congestion_events", "QUIC congestion events, all connections", quic[2])?;
+        if let Some([min, mean, max]) = rtt {
+            let mut m =
+                e.encode_descriptor("quic_rtt_seconds", "Smoothed RTT over live connections", None, MetricType::Gauge)?;
+            for (stat, value) in [("min", min), ("mean", mean), ("max", max)] {
+                ConstGauge::new(value).encode(m.encode_family(&[("stat", stat)])?)?;
+            }
+        }
+        if let Some(store) = &self.store {
+            let w = store.writer_stats();
+            counter(&mut e, "store_commits", "Batches committed to the room store", w.commits.load(Ordering::Relaxed))?;
+            histogram(
+                &mut e,
+                "store_commit_seconds",
+                "Time to commit one batch (with its fsync in fsync mode)",
+                &w.commit_us,
+            )?;
+        }
+        Ok(())
+    }
+}

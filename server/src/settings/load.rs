@@ -1,0 +1,242 @@
+//! Layering: the file, then `QUIVER_…` environment variables, then flags, each a value for one key; every error
+//! names where the bad value came from (the file's line, the variable, the flag).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::{Table, Value};
+
+use super::{Invalid, Settings};
+
+/// Environment variables for settings start with this: `QUIVER_LISTEN`, `QUIVER_LIMITS_POSTS_PER_S` (section,
+/// underscore, key; upper case).
+pub const ENV_PREFIX: &str = "QUIVER_";
+
+/// Why the settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or has the wrong type (toml's message names the line).
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line, column and the offending text.
+        message: String,
+    },
+    /// An override (variable or flag) names no setting or holds a value the setting cannot take.
+    #[error("{origin}: {message}")]
+    Override {
+        /// `QUIVER_…` or `--flag`.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value that parsed but cannot be used (out of range, contradicting another).
+    #[error("{at}: {key}: {message}")]
+    Invalid {
+        /// Where it was set: `FILE line N`, a variable, a flag, or `default`.
+        at: String,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// One value given outside the file: a variable or a flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    /// Where it came from (`QUIVER_LISTEN`, `--listen`).
+    pub origin: String,
+    /// `section.key` or a top-level `key`.
+    pub key: String,
+    /// The values to try, in order: the first the setting accepts is taken (an environment variable's text is
+    /// tried as a TOML value, then as a string, then as a comma-separated list).
+    pub candidates: Vec<Value>,
+}
+
+impl Override {
+    /// A flag's value for `key`.
+    pub fn flag(flag: &str, key: &str, value: impl Into<Value>) -> Override {
+        Override { origin: flag.into(), key: key.into(), candidates: vec![value.into()] }
+    }
+
+    /// An environment variable's text for `key`.
+    fn env(var: &str, key: String, text: &str) -> Override {
+        let mut candidates = Vec::new();
+        if let Ok(Value::Table(mut parsed)) = format!("v = {text}").parse::<Table>().map(Value::Table) {
+            if let Some(value) = parsed.remove("v") {
+                candidates.push(value);
+            }
+        }
+        candidates.push(Value::String(text.into()));
+        let list = text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into()));
+        candidates.push(Value::Array(list.collect()));
+        Override { origin: var.into(), key, candidates }
+    }
+}
+
+/// Where each value came from, to name it in errors.
+#[derive(Debug, Clone, Default)]
+pub struct Layers {
+    file: Option<(PathBuf, String)>,
+    overrides: Vec<(String, String)>,
+}
+
+impl Layers {
+    /// Where `key` got its value: the last override of it, else its line in the file, else `default`.
+    pub fn locate(&self, key: &str) -> String {
+        if let Some((origin, _)) = self.overrides.iter().rev().find(|(_, k)| k == key) {
+            return origin.clone();
+        }
+        if let Some((path, text)) = &self.file {
+            if let Some(line) = line_of(text, key) {
+                return format!("{} line {line}", path.display());
+            }
+        }
+        "default".into()
+    }
+
+    /// `invalid` as an error naming where its value came from.
+    pub fn error(&self, invalid: Invalid) -> SettingsError {
+        SettingsError::Invalid { at: self.locate(&invalid.key), key: invalid.key, message: invalid.message }
+    }
+}
+
+/// The 1-based line of `section.key` (or a top-level `key`) in a TOML text, for the usual layout (`[section]`
+/// headers, one `key = value` per line).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut current = "";
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            current = header.trim();
+        } else if current == section
+            && line.split('=').next().is_some_and(|k| line.contains('=') && k.trim().trim_matches('"') == name)
+        {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
+/// Every key of the settings, as `section.key` or `key`, from the defaults' shape.
+pub fn keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Ok(Value::Table(table)) = Value::try_from(Settings::default()) {
+        for (name, value) in table {
+            match value {
+                Value::Table(section) => keys.extend(section.keys().map(|key| format!("{name}.{key}"))),
+                _ => keys.push(name),
+            }
+        }
+    }
+    keys
+}
+
+/// The setting an environment variable names: `None` when it names no section or top-level key (other programs'
+/// `QUIVER_…` variables), an error when it names a section but no key of it.
+fn env_key(var: &str, keys: &[String]) -> Option<Result<String, SettingsError>> {
+    let rest = var.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+    if keys.iter().any(|k| *k == rest && !k.contains('.')) {
+        return Some(Ok(rest));
+    }
+    let mut sections: Vec<&str> = keys.iter().filter_map(|k| k.split_once('.').map(|(s, _)| s)).collect();
+    sections.dedup();
+    let section = sections.into_iter().find(|s| rest.starts_with(&format!("{s}_")))?;
+    let key = format!("{section}.{}", &rest[section.len() + 1..]);
+    Some(match keys.contains(&key) {
+        true => Ok(key),
+        false => Err(SettingsError::Override {
+            origin: var.into(),
+            message: format!("there is no setting {key} (quiver-server config init lists them all)"),
+        }),
+    })
+}
+
+/// Sets `key` in `table` (creating its section).
+fn set(table: &mut Table, key: &str, value: Value) {
+    match key.split_once('.') {
+        Some((section, name)) => {
+            let entry = table.entry(section).or_insert_with(|| Value::Table(Table::new()));
+            if !entry.is_table() {
+                *entry = Value::Table(Table::new());
+            }
+            if let Value::Table(section) = entry {
+                section.insert(name.into(), value);
+            }
+        }
+        None => {
+            table.insert(key.into(), value);
+        }
+    }
+}
+
+/// Reads the settings: defaults, then `file` (if any), then the `QUIVER_…` variables of `env`, then `flags`; and
+/// checks the result. Unknown keys and wrong types are errors, as are values out of range.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: Vec<Override>,
+) -> Result<(Settings, Layers), SettingsError> {
+    let mut layers = Layers::default();
+    let mut table = Table::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: path.into(), source })?;
+        // Typed first: toml's errors for unknown keys and wrong types carry the line.
+        toml::from_str::<Settings>(&text)
+            .map_err(|err| SettingsError::Parse { path: path.into(), message: err.to_string() })?;
+        table = text
+            .parse::<Table>()
+            .map_err(|err| SettingsError::Parse { path: path.into(), message: err.to_string() })?;
+        layers.file = Some((path.into(), text));
+    }
+    let keys = keys();
+    let mut overrides = Vec::new();
+    let mut env: Vec<(String, String)> = env.into_iter().collect();
+    env.sort();
+    for (var, text) in env {
+        match env_key(&var, &keys) {
+            Some(Ok(key)) => overrides.push(Override::env(&var, key, &text)),
+            Some(Err(err)) => return Err(err),
+            None => {}
+        }
+    }
+    overrides.extend(flags);
+    for over in overrides {
+        if !keys.contains(&over.key) {
+            return Err(SettingsError::Override { origin: over.origin, message: format!("no setting {}", over.key) });
+        }
+        // Each value alone on the defaults, so that an error is this value's.
+        let mut last = String::new();
+        let accepted = over.candidates.iter().find(|value| {
+            let mut alone = Table::new();
+            set(&mut alone, &over.key, (*value).clone());
+            match Settings::deserialize(Value::Table(alone)) {
+                Ok(_) => true,
+                Err(err) => {
+                    last = err.to_string();
+                    false
+                }
+            }
+        });
+        let Some(value) = accepted else {
+            return Err(SettingsError::Override { origin: over.origin, message: format!("{}: {last}", over.key) });
+        };
+        set(&mut table, &over.key, value.clone());
+        layers.overrides.push((over.origin, over.key));
+    }
+    let settings = Settings::deserialize(Value::Table(table))
+        .map_err(|err| SettingsError::Override { origin: "settings".into(), message: err.to_string() })?;
+    settings.check().map_err(|invalid| layers.error(invalid))?;
+    Ok((settings, layers))
+}

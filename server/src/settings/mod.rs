@@ -1,0 +1,450 @@
+//! The server's settings: one struct, the `quiver.toml` file's shape. Read from the file (`--config`), overridden by
+//! `QUIVER_…` environment variables and then by flags (flags > env > file > defaults: [`load`]), checked as a whole
+//! ([`Settings::check`]) and turned into a [`ServerConfig`]. `quiver-server config init` prints [`TEMPLATE`]: every
+//! key with its default and what it means. Tests keep the template, this struct and docs/operations.md in step.
+
+mod load;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use quiver_proto::Limits;
+use quiver_transport::TransportTuning;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    auth::{AuthConfig, TokenKey},
+    budget::Budget,
+    store::Durability,
+    ServerConfig, TlsSource, WebConfig,
+};
+pub use load::{keys, load, Layers, Override, SettingsError, ENV_PREFIX};
+
+/// `quiver-server config init`: the configuration file with every key at its default, commented.
+pub const TEMPLATE: &str = include_str!("quiver.toml");
+
+/// Everything a server is started with (`quiver.toml`). Empty strings mean "none" where a setting is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// UDP address of the QUIC endpoint (native clients and WebTransport); port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The dev certificate, the dev token key and the room store; one server per directory.
+    pub data_dir: PathBuf,
+    /// On SIGTERM / SIGINT, time given to clients to take their GoAway and to posts in flight to be stored.
+    pub drain_timeout_ms: u32,
+    /// The certificate.
+    pub tls: TlsSettings,
+    /// Access tokens.
+    pub auth: AuthSettings,
+    /// Where rooms are kept.
+    pub store: StoreSettings,
+    /// Per-connection bounds, reported to clients in Welcome.
+    pub limits: Limits,
+    /// Server-wide memory bounds.
+    pub budget: Budget,
+    /// Latency-relevant QUIC settings.
+    pub transport: TransportSettings,
+    /// Browsers: WebTransport and the demo page.
+    pub web: WebSettings,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: AdminSettings,
+    /// Logs and qlog.
+    pub log: LogSettings,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first (empty: the dev certificate in the data directory).
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Admit clients without tokens, with every right (demos only).
+    pub anonymous: bool,
+    /// An HS256 secret, hex (at least 64 digits), verifying tokens; redacted by `config print`.
+    pub hs256_secret: String,
+    /// Files each holding an HS256 secret in hex.
+    pub hs256_key_files: Vec<PathBuf>,
+    /// PEM files each holding an Ed25519 public key (EdDSA tokens).
+    pub ed25519_public_key_files: Vec<PathBuf>,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `disk` (the store in `data_dir/store`) or `memory` (lost on restart).
+    pub kind: StoreKind,
+    /// With `disk`: `fsync` or `os` (docs/durability.md).
+    pub durability: DiskDurability,
+}
+
+/// Where rooms are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The store in the data directory.
+    #[default]
+    Disk,
+    /// Memory only.
+    Memory,
+}
+
+/// When a post stored on disk is acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskDurability {
+    /// On disk (one fsync per group of posts).
+    #[default]
+    Fsync,
+    /// Handed to the OS.
+    Os,
+}
+
+/// `[transport]`: [`TransportTuning`] in plain numbers (0 turns a feature off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportSettings {
+    /// Ask peers to acknowledge within this many ms (ACK-frequency extension); 0: quinn's 25 ms, not asked.
+    pub max_ack_delay_ms: u32,
+    /// Packets received out of order before an immediate ACK (with `max_ack_delay_ms`).
+    pub reordering_threshold: u32,
+    /// RTT assumed before the first sample, ms.
+    pub initial_rtt_ms: u32,
+    /// PING interval on quiet connections, ms; 0: none.
+    pub keep_alive_ms: u32,
+    /// Bytes of datagrams quinn may hold waiting for the congestion window.
+    pub datagram_send_buffer: u32,
+    /// Tail-loss probe this many ms after reliable data; 0: none.
+    pub tail_probe_ms: u32,
+    /// Floor under the congestion window, bytes; 0: quinn's plain Cubic.
+    pub congestion_floor: u32,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        TransportSettings::from_tuning(&TransportTuning::quiver())
+    }
+}
+
+impl TransportSettings {
+    fn from_tuning(tuning: &TransportTuning) -> TransportSettings {
+        let ms = |d: Option<Duration>| d.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
+        TransportSettings {
+            max_ack_delay_ms: ms(tuning.max_ack_delay),
+            reordering_threshold: tuning.reordering_threshold,
+            initial_rtt_ms: ms(Some(tuning.initial_rtt)),
+            keep_alive_ms: ms(tuning.keep_alive),
+            datagram_send_buffer: u32::try_from(tuning.datagram_send_buffer).unwrap_or(u32::MAX),
+            tail_probe_ms: ms(tuning.tail_probe),
+            congestion_floor: tuning.congestion_floor.map_or(0, |f| u32::try_from(f).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// The tuning these numbers describe.
+    pub fn tuning(&self) -> TransportTuning {
+        let ms = |v: u32| (v > 0).then(|| Duration::from_millis(u64::from(v)));
+        let tuning = TransportTuning {
+            name: "configured",
+            max_ack_delay: ms(self.max_ack_delay_ms),
+            reordering_threshold: self.reordering_threshold,
+            initial_rtt: Duration::from_millis(u64::from(self.initial_rtt_ms)),
+            keep_alive: ms(self.keep_alive_ms),
+            datagram_send_buffer: self.datagram_send_buffer as usize,
+            tail_probe: ms(self.tail_probe_ms),
+            congestion_floor: (self.congestion_floor > 0).then_some(u64::from(self.congestion_floor)),
+        };
+        match tuning == (TransportTuning { name: "configured", ..TransportTuning::quiver() }) {
+            true => TransportTuning::quiver(),
+            false => tuning,
+        }
+    }
+}
+
+/// `[web]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSettings {
+    /// The demo page's TCP address: `auto` (loopback on the QUIC port with the dev certificate, else off), `off`,
+    /// or an address.
+    pub page: String,
+    /// The WebTransport URL path.
+    pub path: String,
+    /// Origins allowed to open WebTransport sessions (empty: any, for development).
+    pub origins: Vec<String>,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings { page: "auto".into(), path: WebConfig::DEFAULT_PATH.into(), origins: Vec::new() }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// TCP address of `/metrics`, `/healthz` and `/readyz`: `auto` ([`AdminSettings::DEFAULT_ADDR`], or a free
+    /// loopback port when the QUIC port is 0), `off`, or an address.
+    pub listen: String,
+}
+
+impl AdminSettings {
+    /// Where `auto` puts the admin listener: loopback only, a port of its own.
+    pub const DEFAULT_ADDR: &'static str = "127.0.0.1:9433";
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings { listen: "auto".into() }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` (colours only on a terminal) or `json` (one object per line).
+    pub format: LogFormat,
+    /// Which lines: a tracing filter (`RUST_LOG` overrides it).
+    pub filter: String,
+    /// Write one qlog file per connection here (empty: off).
+    pub qlog_dir: PathBuf,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            filter: "info,quinn=warn,fjall=warn,lsm_tree=warn".into(),
+            qlog_dir: PathBuf::new(),
+        }
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON object per line, for collectors.
+    Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: ServerConfig::DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([0; 16], 4433))),
+            data_dir: ServerConfig::DEFAULT_DATA_DIR.into(),
+            drain_timeout_ms: 10_000,
+            tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
+            store: StoreSettings::default(),
+            limits: Limits::default(),
+            budget: Budget::default(),
+            transport: TransportSettings::default(),
+            web: WebSettings::default(),
+            admin: AdminSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+/// A setting whose value cannot be used, by key (`limits.max_frame`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// `section.key`, or `key` at the top.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Invalid {
+    fn new(key: &str, message: impl Into<String>) -> Invalid {
+        Invalid { key: key.into(), message: message.into() }
+    }
+}
+
+/// Longest drain the server accepts (10 minutes).
+pub const MAX_DRAIN_TIMEOUT_MS: u32 = 600_000;
+
+impl Settings {
+    /// Checks values no type can: ranges, pairs and addresses. The first problem found.
+    pub fn check(&self) -> Result<(), Invalid> {
+        self.limits.check().map_err(|err| {
+            use quiver_proto::LimitsError as E;
+            let key = match &err {
+                E::FrameTooSmall { .. } => "max_frame",
+                E::QueueTooSmall { .. } => "room_queue_bytes",
+                E::Zero { name } => name,
+                E::PerIpAboveTotal { .. } => "max_connections_per_ip",
+                _ => "max_frame",
+            };
+            Invalid::new(&format!("limits.{key}"), err.to_string())
+        })?;
+        for (key, value) in [
+            ("budget.max_rooms", u64::from(self.budget.max_rooms)),
+            ("budget.max_channels", u64::from(self.budget.max_channels)),
+            ("budget.room_history_bytes", self.budget.room_history_bytes),
+            ("budget.retained_bytes", self.budget.retained_bytes),
+            ("budget.frame_timeout_ms", u64::from(self.budget.frame_timeout_ms)),
+            ("budget.sweep_interval_ms", u64::from(self.budget.sweep_interval_ms)),
+            ("transport.reordering_threshold", u64::from(self.transport.reordering_threshold)),
+            ("transport.initial_rtt_ms", u64::from(self.transport.initial_rtt_ms)),
+            ("transport.datagram_send_buffer", u64::from(self.transport.datagram_send_buffer)),
+            ("drain_timeout_ms", u64::from(self.drain_timeout_ms)),
+        ] {
+            if value == 0 {
+                return Err(Invalid::new(key, "must be at least 1"));
+            }
+        }
+        if self.drain_timeout_ms > MAX_DRAIN_TIMEOUT_MS {
+            return Err(Invalid::new("drain_timeout_ms", format!("at most {MAX_DRAIN_TIMEOUT_MS} (10 minutes)")));
+        }
+        if self.transport.initial_rtt_ms > 10_000 {
+            return Err(Invalid::new("transport.initial_rtt_ms", "at most 10000"));
+        }
+        match (self.tls.cert.as_os_str().is_empty(), self.tls.key.as_os_str().is_empty()) {
+            (false, true) => return Err(Invalid::new("tls.key", "tls.cert is set, so tls.key must be too")),
+            (true, false) => return Err(Invalid::new("tls.cert", "tls.key is set, so tls.cert must be too")),
+            _ => {}
+        }
+        let keys = !self.auth.hs256_secret.is_empty()
+            || !self.auth.hs256_key_files.is_empty()
+            || !self.auth.ed25519_public_key_files.is_empty();
+        if self.auth.anonymous && keys {
+            return Err(Invalid::new("auth.anonymous", "cannot be combined with token keys"));
+        }
+        if !self.auth.hs256_secret.is_empty() && crate::auth::parse_hs256_secret(&self.auth.hs256_secret).is_none() {
+            return Err(Invalid::new(
+                "auth.hs256_secret",
+                format!("expected at least {} hex digits", 2 * crate::auth::MIN_HS256_SECRET),
+            ));
+        }
+        self.page_addr()?;
+        if !self.web.path.starts_with('/') {
+            return Err(Invalid::new("web.path", "must start with /"));
+        }
+        if let Some(origin) = self.web.origins.iter().find(|o| !(o.starts_with("https://") || o.starts_with("http://")))
+        {
+            return Err(Invalid::new("web.origins", format!("{origin:?} is not an origin (https://host[:port])")));
+        }
+        self.admin_addr()?;
+        if self.log.filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return Err(Invalid::new("log.filter", format!("{:?} is not a tracing filter", self.log.filter)));
+        }
+        Ok(())
+    }
+
+    /// The demo page's address: `web.page` resolved.
+    pub fn page_addr(&self) -> Result<Option<SocketAddr>, Invalid> {
+        match self.web.page.as_str() {
+            "off" => Ok(None),
+            "auto" if self.tls.cert.as_os_str().is_empty() => Ok(Some(crate::web::default_page_addr(self.listen))),
+            "auto" => Ok(None),
+            addr => addr.parse().map(Some).map_err(|_| {
+                Invalid::new("web.page", format!("{addr:?} is not auto, off or an address like 127.0.0.1:8080"))
+            }),
+        }
+    }
+
+    /// The admin listener's address: `admin.listen` resolved.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, Invalid> {
+        match self.admin.listen.as_str() {
+            "off" => Ok(None),
+            "auto" => {
+                let mut addr: SocketAddr =
+                    AdminSettings::DEFAULT_ADDR.parse().map_err(|_| Invalid::new("admin.listen", "bad default"))?;
+                if self.listen.port() == 0 {
+                    addr.set_port(0);
+                }
+                Ok(Some(addr))
+            }
+            addr => addr.parse().map(Some).map_err(|_| {
+                Invalid::new("admin.listen", format!("{addr:?} is not auto, off or an address like 127.0.0.1:9433"))
+            }),
+        }
+    }
+
+    /// The durability rooms are stored with.
+    pub fn durability(&self) -> Durability {
+        match (self.store.kind, self.store.durability) {
+            (StoreKind::Memory, _) => Durability::Memory,
+            (StoreKind::Disk, DiskDurability::Fsync) => Durability::Fsync,
+            (StoreKind::Disk, DiskDurability::Os) => Durability::Os,
+        }
+    }
+
+    /// How clients are admitted; reads the key files.
+    pub fn auth_config(&self) -> Result<AuthConfig, Invalid> {
+        if self.auth.anonymous {
+            return Ok(AuthConfig::Anonymous);
+        }
+        let mut keys = Vec::new();
+        if let Some(secret) = crate::auth::parse_hs256_secret(&self.auth.hs256_secret) {
+            keys.push(TokenKey::Hs256(secret));
+        }
+        for path in &self.auth.hs256_key_files {
+            let secret = crate::auth::read_hs256_key(path)
+                .map_err(|err| Invalid::new("auth.hs256_key_files", err.to_string()))?;
+            keys.push(TokenKey::Hs256(secret));
+        }
+        for path in &self.auth.ed25519_public_key_files {
+            let pem = std::fs::read(path)
+                .map_err(|err| Invalid::new("auth.ed25519_public_key_files", format!("{}: {err}", path.display())))?;
+            keys.push(TokenKey::Ed25519Pem(pem));
+        }
+        Ok(match keys.is_empty() {
+            true => AuthConfig::DevKey,
+            false => AuthConfig::Keys(keys),
+        })
+    }
+
+    /// The server configuration these settings describe (checked first; key files are read).
+    pub fn server_config(&self) -> Result<ServerConfig, Invalid> {
+        self.check()?;
+        let tls = match self.tls.cert.as_os_str().is_empty() {
+            true => TlsSource::Dev,
+            false => TlsSource::Pem { cert: self.tls.cert.clone(), key: self.tls.key.clone() },
+        };
+        let web = WebConfig {
+            path: self.web.path.clone(),
+            allowed_origins: self.web.origins.clone(),
+            http: self.page_addr()?,
+        };
+        Ok(ServerConfig {
+            tls,
+            web,
+            auth: self.auth_config()?,
+            durability: self.durability(),
+            limits: self.limits.clone(),
+            budget: self.budget.clone(),
+            tuning: self.transport.tuning(),
+            admin: self.admin_addr()?,
+            drain_timeout: Duration::from_millis(u64::from(self.drain_timeout_ms)),
+            qlog_dir: (!self.log.qlog_dir.as_os_str().is_empty()).then(|| self.log.qlog_dir.clone()),
+            ..ServerConfig::dev(self.listen, self.data_dir.clone())
+        })
+    }
+
+    /// The settings as TOML, with secrets replaced by `<redacted>` (`config print`).
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.auth.hs256_secret.is_empty() {
+            shown.auth.hs256_secret = "<redacted>".into();
+        }
+        toml::to_string(&shown).unwrap_or_else(|err| format!("# cannot show the settings: {err}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,142 @@
+use std::io::Write;
+
+use super::*;
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn load_text(text: &str, vars: &[(&str, &str)], flags: Vec<Override>) -> Result<Settings, String> {
+    let file = file(text);
+    load(Some(file.path()), env(vars), flags).map(|(s, _)| s).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_template_is_every_setting_at_its_default() {
+    let parsed: Settings = toml::from_str(TEMPLATE).expect("the template parses");
+    assert_eq!(parsed, Settings::default());
+    // Every key is written out, none left to its default silently.
+    let template: toml::Table = TEMPLATE.parse().unwrap();
+    let mut written = Vec::new();
+    for (name, value) in &template {
+        match value {
+            toml::Value::Table(section) => written.extend(section.keys().map(|k| format!("{name}.{k}"))),
+            _ => written.push(name.clone()),
+        }
+    }
+    let (mut all, mut written) = (keys(), written);
+    all.sort();
+    written.sort();
+    assert_eq!(written, all);
+    assert!(all.len() >= 50, "{} keys", all.len());
+    Settings::default().check().expect("the defaults are valid");
+}
+
+#[test]
+fn docs_operations_lists_every_setting() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md")).unwrap();
+    let missing: Vec<String> = keys().into_iter().filter(|key| !docs.contains(&format!("`{key}`"))).collect();
+    assert!(missing.is_empty(), "docs/operations.md does not describe {missing:?}");
+}
+
+#[test]
+fn a_file_sets_limits_and_unset_keys_keep_their_defaults() {
+    let settings = load_text("listen = \"127.0.0.1:5000\"\n[limits]\nposts_per_s = 5\n", &[], vec![]).unwrap();
+    assert_eq!(settings.limits.posts_per_s, 5);
+    assert_eq!(settings.limits.requests_per_s, Limits::default().requests_per_s);
+    assert_eq!(settings.listen.port(), 5000);
+    let config = settings.server_config().unwrap();
+    assert_eq!(config.limits.posts_per_s, 5);
+    assert_eq!(config.admin, Some("127.0.0.1:9433".parse().unwrap()));
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_are_errors_naming_the_line() {
+    let err = load_text("listen = \"127.0.0.1:0\"\n\n[limits]\nposts_per_sec = 5\n", &[], vec![]).unwrap_err();
+    assert!(err.contains("line 4") && err.contains("unknown field `posts_per_sec`"), "{err}");
+    let err = load_text("[store]\nkind = \"tape\"\n", &[], vec![]).unwrap_err();
+    assert!(err.contains("line 2") && err.contains("tape"), "{err}");
+    let err = load_text("[limits]\nmax_rooms = \"many\"\n", &[], vec![]).unwrap_err();
+    assert!(err.contains("line 2") && err.contains("invalid type"), "{err}");
+    let err = load_text("[nonsense]\nx = 1\n", &[], vec![]).unwrap_err();
+    assert!(err.contains("line 1") && err.contains("nonsense"), "{err}");
+}
+
+#[test]
+fn out_of_range_values_are_errors_naming_the_line() {
+    let err = load_text("[limits]\nmax_body = 1000\nmax_frame = 100\n", &[], vec![]).unwrap_err();
+    assert!(err.contains("line 3: limits.max_frame"), "{err}");
+    let err = load_text("drain_timeout_ms = 0\n", &[], vec![]).unwrap_err();
+    assert!(err.contains("line 1: drain_timeout_ms: must be at least 1"), "{err}");
+    let err = load_text("[admin]\nlisten = \"everywhere\"\n", &[], vec![]).unwrap_err();
+    assert!(err.contains("line 2: admin.listen"), "{err}");
+    let err = load_text("[tls]\ncert = \"c.pem\"\n", &[], vec![]).unwrap_err();
+    assert!(err.contains("tls.key") && err.contains("default"), "{err}");
+}
+
+#[test]
+fn environment_overrides_the_file_and_flags_override_both() {
+    let text = "[limits]\nposts_per_s = 5\nrequests_per_s = 50\n";
+    let vars = [("QUIVER_LIMITS_POSTS_PER_S", "7"), ("QUIVER_LISTEN", "127.0.0.1:7000"), ("HOME", "/root")];
+    let settings = load_text(text, &vars, vec![]).unwrap();
+    assert_eq!((settings.limits.posts_per_s, settings.limits.requests_per_s), (7, 50));
+    assert_eq!(settings.listen.port(), 7000);
+    let flag = Override::flag("--listen", "listen", "127.0.0.1:8000");
+    let settings = load_text(text, &vars, vec![flag]).unwrap();
+    assert_eq!(settings.listen.port(), 8000);
+    // Lists, strings that look like numbers, and booleans from the environment.
+    let vars = [
+        ("QUIVER_WEB_ORIGINS", "https://a.example, https://b.example"),
+        ("QUIVER_AUTH_HS256_SECRET", &"1".repeat(64)),
+        ("QUIVER_STORE_KIND", "memory"),
+    ];
+    let settings = load_text("", &vars, vec![]).unwrap();
+    assert_eq!(settings.web.origins, ["https://a.example", "https://b.example"]);
+    assert_eq!(settings.auth.hs256_secret, "1".repeat(64));
+    assert_eq!(settings.durability(), Durability::Memory);
+}
+
+#[test]
+fn bad_overrides_name_their_variable_or_flag() {
+    let err = load_text("", &[("QUIVER_LIMITS_POSTS_PER_SEC", "5")], vec![]).unwrap_err();
+    assert!(err.starts_with("QUIVER_LIMITS_POSTS_PER_SEC: there is no setting limits.posts_per_sec"), "{err}");
+    let err = load_text("", &[("QUIVER_LIMITS_POSTS_PER_S", "lots")], vec![]).unwrap_err();
+    assert!(err.starts_with("QUIVER_LIMITS_POSTS_PER_S: limits.posts_per_s"), "{err}");
+    let err = load_text("", &[("QUIVER_LIMITS_POSTS_PER_S", "0")], vec![]).unwrap_err();
+    assert!(err.starts_with("QUIVER_LIMITS_POSTS_PER_S: limits.posts_per_s: posts_per_s must be at least 1"), "{err}");
+    // Other programs' variables are not ours.
+    load_text("", &[("QUIVER_REQUIRE_ALL", "1"), ("QUIVER_SERVER_BIN", "/x")], vec![]).unwrap();
+    let err = load_text("", &[], vec![Override::flag("--admin", "admin.listen", "nowhere")]).unwrap_err();
+    assert!(err.starts_with("--admin: admin.listen"), "{err}");
+}
+
+#[test]
+fn print_redacts_the_hs256_secret() {
+    let secret = "ab".repeat(32);
+    let settings = load_text(&format!("[auth]\nhs256_secret = \"{secret}\"\n"), &[], vec![]).unwrap();
+    let printed = settings.to_redacted_toml();
+    assert!(!printed.contains(&secret), "{printed}");
+    assert!(printed.contains("hs256_secret = \"<redacted>\""), "{printed}");
+    // What is printed reads back (with the secret's placeholder) as the same settings.
+    let back: Settings = toml::from_str(&printed).unwrap();
+    assert_eq!(back.limits, settings.limits);
+    match settings.server_config().unwrap().auth {
+        AuthConfig::Keys(keys) => assert_eq!(keys.len(), 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn transport_settings_round_trip_to_the_tuning() {
+    let default = TransportSettings::default();
+    assert_eq!(default.tuning(), TransportTuning::quiver());
+    let off = TransportSettings { keep_alive_ms: 0, tail_probe_ms: 0, congestion_floor: 0, ..default };
+    let tuning = off.tuning();
+    assert_eq!((tuning.keep_alive, tuning.tail_probe, tuning.congestion_floor), (None, None, None));
+}

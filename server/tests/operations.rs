@@ -1,0 +1,201 @@
+//! The `quiver-server` binary as an operator runs it: a configuration file with environment overrides, SIGTERM
+//! whatever state stderr is in, SIGHUP reloading the certificate under live connections.
+#![allow(clippy::unwrap_used)]
+#![cfg(unix)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use quiver_client::{Client, ConnectOptions, TrustOptions};
+use quiver_proto::ErrorCode;
+
+/// A running server and the lines it prints on stdout (read on a thread, so its prints never block).
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    addr: String,
+}
+
+impl Running {
+    fn start(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quiver-server"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { return };
+                let _ = tx.send(line);
+            }
+        });
+        let mut running = Running { child, lines, addr: String::new() };
+        let listening = running.line_starting("listening on ");
+        running.addr = listening.trim_start_matches("listening on ").to_string();
+        running
+    }
+
+    /// The next printed line that starts with `prefix` (within 10 s).
+    fn line_starting(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(err) => panic!("no line starting with {prefix:?}: {err}"),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+        assert!(status.unwrap().success());
+    }
+
+    /// Waits for the exit (at most `within`); the exit status.
+    fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > within {
+                self.child.kill().unwrap();
+                panic!("the server did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn options(trust: TrustOptions) -> ConnectOptions {
+    ConnectOptions { trust, name: Some("ops".into()), reconnect: false, ..ConnectOptions::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_sets_a_limit_the_server_enforces_and_the_environment_overrides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("quiver.toml");
+    let data = dir.path().join("data");
+    let mut file = std::fs::File::create(&config).unwrap();
+    write!(
+        file,
+        "listen = \"127.0.0.1:0\"\n[auth]\nanonymous = true\n[limits]\nmax_rooms = 1\n[web]\npage = \"off\"\n"
+    )
+    .unwrap();
+    // Joins until refused: how many rooms the server let one connection join.
+    async fn rooms_allowed(server: &Running, data: &Path) -> usize {
+        let trust = TrustOptions::Auto { data_dir: data.into() };
+        let client = Client::connect_with(&server.addr, options(trust)).await.unwrap();
+        let mut joined = Vec::new();
+        loop {
+            match client.join(&format!("room{}", joined.len())).await {
+                Ok(room) => joined.push(room),
+                Err(err) => {
+                    assert_eq!(err.code(), Some(ErrorCode::TooManyRooms), "{err}");
+                    return joined.len();
+                }
+            }
+        }
+    }
+    let args = ["--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()];
+    let server = Running::start(&args, &[], Stdio::null());
+    assert_eq!(rooms_allowed(&server, &data).await, 1, "the file's max_rooms");
+    drop(server);
+    let server = Running::start(&args, &[("QUIVER_LIMITS_MAX_ROOMS", "3")], Stdio::null());
+    assert_eq!(rooms_allowed(&server, &data).await, 3, "the environment's max_rooms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_stderr_a_closed_pipe_drains_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--listen", "127.0.0.1:0", "--no-web", "--drain-timeout-ms", "3000", "--data-dir"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.push(dir.path().to_str().unwrap());
+    let mut server = Running::start(&args, &[("RUST_LOG", "debug")], Stdio::piped());
+    // Nobody reads stderr any more: every log line the server writes from now on fails with EPIPE.
+    drop(server.child.stderr.take());
+    let client =
+        Client::connect_with(&server.addr, options(TrustOptions::Auto { data_dir: dir.path().into() })).await.unwrap();
+    let room = client.join("lobby").await.unwrap();
+    room.post("before the signal").await.unwrap();
+    server.signal("TERM");
+    let (code, _) = tokio::time::timeout(Duration::from_secs(5), client.closed()).await.unwrap();
+    assert_eq!(code, ErrorCode::GoingAway, "the client was told to go away");
+    let status = server.exit_within(Duration::from_secs(5));
+    assert!(status.success(), "{status}");
+    let summary = server.line_starting("server stopped");
+    assert_eq!(summary, "server stopped");
+    assert!(server.line_starting("  posts").contains("1 ("));
+}
+
+/// A certificate and key (PEM) for localhost, written into `dir` as cert.pem and key.pem; its fingerprint.
+fn write_cert(dir: &Path) -> quiver_certs::Fingerprint {
+    let scratch = tempfile::tempdir().unwrap();
+    let (cert, _) = quiver_certs::dev::load_or_generate(scratch.path(), std::time::SystemTime::now()).unwrap();
+    for (from, to) in [(quiver_certs::dev::CERT_FILE, "cert.pem"), (quiver_certs::dev::KEY_FILE, "key.pem")] {
+        // Written beside and renamed over: the server never reads half a file.
+        std::fs::copy(scratch.path().join(from), dir.join(format!("{to}.new"))).unwrap();
+        std::fs::rename(dir.join(format!("{to}.new")), dir.join(to)).unwrap();
+    }
+    cert.fingerprint()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_while_live_connections_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = write_cert(dir.path());
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let data = dir.path().join("data");
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-anonymous",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let mut server = Running::start(&args, &[], Stdio::null());
+    assert_eq!(server.line_starting("certificate sha256 "), format!("certificate sha256 {first}"));
+    let old = Client::connect_with(&server.addr, options(TrustOptions::Pin(first))).await.unwrap();
+    let old_room = old.join("lobby").await.unwrap();
+
+    let second = write_cert(dir.path());
+    assert_ne!(first, second);
+    server.signal("HUP");
+    assert_eq!(server.line_starting("reloaded: "), format!("reloaded: certificate sha256 {second}"));
+    let new = Client::connect_with(&server.addr, options(TrustOptions::Pin(second))).await.unwrap();
+    let new_room = new.join("lobby").await.unwrap();
+    // The connection made before the reload is still served.
+    let seq = old_room.post("from before the reload").await.unwrap();
+    assert_eq!(new_room.post("from after").await.unwrap(), seq + 1);
+    // New handshakes present the new certificate: a client pinning the old one is refused.
+    let stale = Client::connect_with(&server.addr, options(TrustOptions::Pin(first))).await;
+    assert!(stale.is_err(), "a client pinning the replaced certificate connected");
+
+    // A reload that fails (a missing key file) keeps the current certificate.
+    std::fs::remove_file(&key).unwrap();
+    server.signal("HUP");
+    let again = Client::connect_with(&server.addr, options(TrustOptions::Pin(second))).await;
+    assert!(again.is_ok(), "the failed reload took the certificate away");
+}

@@ -1,0 +1,172 @@
+//! Operating a server: `/metrics` moves by exactly the traffic, `/readyz` follows the server's life, qlog files.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use quiver_proto::{ErrorCode, Limits};
+use quiver_server::{Server, ServerConfig};
+use quiver_tests::{http_get, sample, TestServer};
+use tokio_util::sync::CancellationToken;
+
+fn with_admin(limits: Limits) -> TestServer {
+    let data_dir = tempfile::tempdir().unwrap();
+    let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().into());
+    TestServer::start_with(ServerConfig { limits, admin: Some("127.0.0.1:0".parse().unwrap()), ..dev }, data_dir)
+}
+
+async fn scrape(server: &TestServer) -> String {
+    let (status, body) = http_get(server.admin.unwrap(), "/metrics").await;
+    assert_eq!(status, 200);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_by_exactly_the_traffic() {
+    let server = with_admin(Limits { max_rooms: 1, ..Limits::default() });
+    let client = server.client().await;
+    let mut room = client.join("lobby").await.unwrap();
+    let publisher_client = server.client().await;
+    let before = scrape(&server).await;
+
+    for i in 0..3 {
+        room.post(format!("hello {i}")).await.unwrap();
+    }
+    let refused = client.join("second").await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::TooManyRooms));
+    let mut subscription = client.subscribe("prices").await.unwrap();
+    let publisher = publisher_client.publisher("prices").await.unwrap();
+    for i in 0..5u64 {
+        publisher.send(i.to_be_bytes().to_vec()).unwrap();
+        // One at a time: each is sent before the next is published, so none is conflated.
+        let tick = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap();
+        assert_eq!(tick.seq, i + 1);
+    }
+    let mut posts = 0;
+    while posts < 3 {
+        if let Some(quiver_client::RoomEvent::Message(_)) = room.next().await {
+            posts += 1;
+        }
+    }
+    let after = scrape(&server).await;
+
+    let delta = |name: &str| sample(&after, name) - sample(&before, name);
+    assert_eq!(delta("quiver_posts_total"), 3.0);
+    assert_eq!(delta("quiver_posts_duplicate_total"), 0.0);
+    assert_eq!(delta("quiver_room_deliveries_total"), 3.0, "three messages to the one member");
+    assert_eq!(delta("quiver_post_delivery_seconds_count"), 3.0);
+    assert_eq!(delta("quiver_refusals_total{code=\"TooManyRooms\"}"), 1.0);
+    assert_eq!(delta("quiver_limit_breaches_total{limit=\"max_rooms\"}"), 1.0);
+    assert_eq!(delta("quiver_ticks_received_total"), 5.0);
+    assert_eq!(delta("quiver_ticks_sent_total"), 5.0);
+    assert_eq!(delta("quiver_ticks_conflated_total"), 0.0);
+    // Gauges: what is there now.
+    assert_eq!(sample(&after, "quiver_connections{transport=\"native\"}"), 2.0);
+    assert_eq!(sample(&after, "quiver_connections{transport=\"webtransport\"}"), 0.0);
+    assert_eq!(sample(&after, "quiver_handshakes_total"), 2.0);
+    assert_eq!(sample(&after, "quiver_room_members"), 1.0);
+    assert_eq!(sample(&after, "quiver_subscriptions"), 1.0);
+    assert_eq!((sample(&before, "quiver_subscriptions"), sample(&after, "quiver_channels")), (0.0, 1.0));
+    assert_eq!(sample(&after, "quiver_rooms"), 1.0);
+    assert!(sample(&after, "quiver_retained_history_bytes") > 0.0);
+    assert_eq!(sample(&after, "quiver_outbox_queued_bytes"), 0.0, "everything was written");
+    assert_eq!(sample(&after, "quiver_up"), 1.0);
+    assert!(sample(&after, "quiver_quic_sent_packets_total") > sample(&before, "quiver_quic_sent_packets_total"));
+    assert!(sample(&after, "quiver_quic_rtt_seconds{stat=\"max\"}") > 0.0);
+    assert!(sample(&after, "quiver_store_commits_total") >= 1.0, "the posts were stored");
+
+    // Leaving, and connections going, take the gauges back down.
+    room.leave().await.unwrap();
+    drop(subscription);
+    client.close().await;
+    publisher_client.close().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = scrape(&server).await;
+        let gauges = ["quiver_connections{transport=\"native\"}", "quiver_room_members", "quiver_subscriptions"];
+        if gauges.iter().all(|g| sample(&now, g) == 0.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gauges did not return to 0:\n{now}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_until_the_server_serves_and_again_once_it_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+    let server = Server::bind(ServerConfig { admin: Some("127.0.0.1:0".parse().unwrap()), ..dev }).unwrap();
+    let admin = server.admin_addr().unwrap();
+    // Bound, store open, but not accepting yet.
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert_eq!((status, body.as_str()), (503, "not ready: not serving: starting, or draining for shutdown\n"));
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    assert!(http_get(admin, "/metrics").await.1.contains("quiver_up 0"));
+    let metrics = server.metrics();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while http_get(admin, "/readyz").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(http_get(admin, "/nope").await.0, 404);
+    shutdown.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+    assert!(metrics.ready().is_err(), "not ready once draining");
+    assert!(summary.to_string().starts_with("server stopped\n"), "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qlog_dir_gets_one_parseable_qlog_file_per_connection() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let qlogs = tempfile::tempdir().unwrap();
+    let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().into());
+    let server = TestServer::start_with(ServerConfig { qlog_dir: Some(qlogs.path().into()), ..dev }, data_dir);
+    let client_qlogs = tempfile::tempdir().unwrap();
+    let options = quiver_client::ConnectOptions {
+        trust: server.trust(),
+        qlog_dir: Some(client_qlogs.path().into()),
+        ..Default::default()
+    };
+    let client = quiver_client::Client::connect_with(&server.addr.to_string(), options).await.unwrap();
+    let room = client.join("lobby").await.unwrap();
+    room.post("hello").await.unwrap();
+    client.close().await;
+    server.stop().await;
+    check_qlog(qlogs.path());
+    check_qlog(client_qlogs.path());
+}
+
+/// The one qlog file in `dir` parses and has packets both ways.
+fn check_qlog(dir: &std::path::Path) {
+    let files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].extension().unwrap(), "sqlog");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    // JSON-SEQ (RFC 7464): records start with RS; the first is the header, then one event per record.
+    let records: Vec<serde_json::Value> =
+        text.split('\u{1e}').filter(|r| !r.trim().is_empty()).map(|r| serde_json::from_str(r).unwrap()).collect();
+    assert!(records[0]["qlog_version"].is_string(), "{}", records[0]);
+    let names: Vec<&str> = records[1..].iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(names.contains(&"transport:packet_sent") && names.contains(&"transport:packet_received"), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_operations_lists_every_metric() {
+    let server = with_admin(Limits::default());
+    let client = server.client().await;
+    let room = client.join("lobby").await.unwrap();
+    room.post("so that the store's metrics are there").await.unwrap();
+    let metrics = scrape(&server).await;
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md")).unwrap();
+    let families: Vec<&str> = metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    assert!(families.len() > 25, "{families:?}");
+    for family in families {
+        // Counters are documented with their samples' `_total`.
+        let documented = [family.to_string(), format!("{family}_total")]
+            .iter()
+            .any(|name| docs.contains(&format!("`{name}`")) || docs.contains(&format!("`{name}{{")));
+        assert!(documented, "docs/operations.md does not list {family}");
+    }
+}

@@ -155,5 +155,5 @@ async fn a_strict_client_reads_the_close_capsule_when_the_server_shuts_down() {
     assert_clean(&report);
     let capsule = &report["capsule"];
     assert_eq!(capsule["code"], ErrorCode::GoingAway.to_u32(), "{report:#}");
-    assert_eq!(capsule["reason"], "server shutting down", "{report:#}");
+    assert_eq!(capsule["reason"], "server shutting down; reconnect", "{report:#}");
 }

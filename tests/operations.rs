@@ -41,6 +41,8 @@ async fn metrics_move_by_exactly_the_traffic() {
         let tick = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap();
         assert_eq!(tick.seq, i + 1);
     }
+    // A repeated Subscribe answers the same id and is no second subscription.
+    let again = client.subscribe("prices").await.unwrap();
     let mut posts = 0;
     while posts < 3 {
         if let Some(quiver_client::RoomEvent::Message(_)) = room.next().await {
@@ -54,6 +56,14 @@ async fn metrics_move_by_exactly_the_traffic() {
     assert_eq!(delta("quiver_posts_duplicate_total"), 0.0);
     assert_eq!(delta("quiver_room_deliveries_total"), 3.0, "three messages to the one member");
     assert_eq!(delta("quiver_post_delivery_seconds_count"), 3.0);
+    // Buckets are cumulative and end at +Inf with the count.
+    let buckets: Vec<f64> = after
+        .lines()
+        .filter(|l| l.starts_with("quiver_post_delivery_seconds_bucket{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(buckets.len() > 10 && buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(sample(&after, "quiver_post_delivery_seconds_bucket{le=\"+Inf\"}"), 3.0, "{after}");
     assert_eq!(delta("quiver_refusals_total{code=\"TooManyRooms\"}"), 1.0);
     assert_eq!(delta("quiver_limit_breaches_total{limit=\"max_rooms\"}"), 1.0);
     assert_eq!(delta("quiver_ticks_received_total"), 5.0);
@@ -76,7 +86,7 @@ async fn metrics_move_by_exactly_the_traffic() {
 
     // Leaving, and connections going, take the gauges back down.
     room.leave().await.unwrap();
-    drop(subscription);
+    drop((subscription, again));
     client.close().await;
     publisher_client.close().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

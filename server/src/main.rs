@@ -279,8 +279,9 @@ fn init_logging(log: &LogSettings) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
-    // A log line that cannot be written (stderr closed, or a pipe nobody reads) is dropped: tracing-subscriber's
-    // default reports it with `eprintln!`, which panics on that same stderr and took the server down.
+    // A log line that cannot be written (stderr closed, or a pipe whose reader is gone) is dropped:
+    // tracing-subscriber's default reports it with `eprintln!`, which panics on that same stderr and took the
+    // server down.
     let builder =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
     match log.format {
@@ -314,15 +315,16 @@ async fn serve(settings: Settings, layers: Layers) -> ExitCode {
         Err(invalid) => return fail(&layers.error(invalid)),
     };
     let (auth_mode, data_dir, durability) = (config.auth.clone(), config.data_dir.clone(), config.durability);
-    let server = match Server::bind(config) {
-        Ok(server) => server,
-        Err(err) => return fail(&err),
-    };
-    // Signal handlers are in place before the address is printed: whoever reads it may signal at once.
+    // Before the store opens (which can take a while after a crash): a SIGHUP or SIGTERM meanwhile is held, not
+    // fatal, and acted on once the server runs.
     let shutdown = CancellationToken::new();
     let signals = match Signals::install() {
         Ok(signals) => signals,
         Err(err) => return fail(&format!("cannot install signal handlers: {err}")),
+    };
+    let server = match Server::bind(config) {
+        Ok(server) => server,
+        Err(err) => return fail(&err),
     };
     tokio::spawn(signals.handle(shutdown.clone(), server.reloader(), settings.clone()));
     say(&format!("listening on {}", server.local_addr()));

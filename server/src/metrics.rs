@@ -69,6 +69,16 @@ impl Histogram {
         (self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, total, buckets)
     }
 
+    /// (sum in seconds, count, each bucket's own count with its upper bound in seconds, the last one `f64::MAX`):
+    /// what prometheus-client's encoder takes (it sums the buckets itself, and writes `f64::MAX` as `+Inf`).
+    fn per_bucket(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut buckets: Vec<(f64, u64)> =
+            BUCKETS_US.iter().zip(&self.buckets).map(|(b, c)| (*b as f64 / 1e6, c.load(Ordering::Relaxed))).collect();
+        buckets.push((f64::MAX, self.over.load(Ordering::Relaxed)));
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        (self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, count, buckets)
+    }
+
     /// The duration below which `q` of the observations fall, as the upper bound of its bucket (µs); `None`
     /// without observations.
     pub fn quantile_us(&self, q: f64) -> Option<u64> {
@@ -89,6 +99,9 @@ pub struct QuicPaths {
     closed_sent: AtomicU64,
     closed_lost: AtomicU64,
     closed_congestion: AtomicU64,
+    /// The totals last shown: a counter never goes back (a connection's figures read live and then its final
+    /// ones can differ by a packet or two).
+    shown: [AtomicU64; 3],
 }
 
 impl QuicPaths {
@@ -109,12 +122,17 @@ impl QuicPaths {
 
     /// (sent, lost, congestion events) over every connection so far; RTT (min, mean, max) of live ones.
     fn figures(&self) -> ([u64; 3], Option<[f64; 3]>) {
-        let live: Vec<quinn::Connection> = crate::net::lock(&self.live).values().cloned().collect();
-        let mut totals = [
-            self.closed_sent.load(Ordering::Relaxed),
-            self.closed_lost.load(Ordering::Relaxed),
-            self.closed_congestion.load(Ordering::Relaxed),
-        ];
+        // The closed totals are read under the lock `remove` moves a connection's figures under: each connection
+        // is counted once, live or closed.
+        let (live, mut totals) = {
+            let live = crate::net::lock(&self.live);
+            let closed = [
+                self.closed_sent.load(Ordering::Relaxed),
+                self.closed_lost.load(Ordering::Relaxed),
+                self.closed_congestion.load(Ordering::Relaxed),
+            ];
+            (live.values().cloned().collect::<Vec<quinn::Connection>>(), closed)
+        };
         let (mut min, mut max, mut sum) = (f64::INFINITY, 0f64, 0f64);
         for conn in &live {
             let path = conn.stats().path;
@@ -125,6 +143,9 @@ impl QuicPaths {
             (min, max, sum) = (min.min(rtt), max.max(rtt), sum + rtt);
         }
         let rtt = (!live.is_empty()).then(|| [min, sum / live.len() as f64, max]);
+        for (total, shown) in totals.iter_mut().zip(&self.shown) {
+            *total = shown.fetch_max(*total, Ordering::Relaxed).max(*total);
+        }
         (totals, rtt)
     }
 }
@@ -136,18 +157,29 @@ pub struct Health {
     pub serving: AtomicBool,
 }
 
-/// The server's metrics, encoded on each scrape.
-pub struct ServerMetrics {
-    /// The counters and gauges connections update.
-    pub stats: Arc<ServerStats>,
+/// What the hubs report, once they exist (the admin listener answers before the store is open).
+pub struct HubMetrics {
     /// Rooms held and retained bytes, from the room hub.
     pub rooms: Box<dyn Fn() -> RoomUsage + Send + Sync>,
     /// Tick channels in use.
     pub channels: Box<dyn Fn() -> usize + Send + Sync>,
     /// The room store, if rooms are stored.
     pub store: Option<Arc<Store>>,
+}
+
+impl std::fmt::Debug for HubMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubMetrics").field("store", &self.store.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// The server's metrics, encoded on each scrape.
+pub struct ServerMetrics {
+    /// The counters and gauges connections update.
+    pub stats: Arc<ServerStats>,
+    hubs: std::sync::OnceLock<HubMetrics>,
     /// Readiness.
-    pub health: Arc<Health>,
+    pub health: Health,
 }
 
 impl std::fmt::Debug for ServerMetrics {
@@ -157,12 +189,23 @@ impl std::fmt::Debug for ServerMetrics {
 }
 
 impl ServerMetrics {
+    /// Metrics of `stats`, before the hubs are there.
+    pub fn new(stats: Arc<ServerStats>) -> ServerMetrics {
+        ServerMetrics { stats, hubs: std::sync::OnceLock::new(), health: Health::default() }
+    }
+
+    /// The hubs, once they are open (the first call wins).
+    pub fn set_hubs(&self, hubs: HubMetrics) {
+        let _ = self.hubs.set(hubs);
+    }
+
     /// Ready: serving, and the store (if any) has not failed.
     pub fn ready(&self) -> Result<(), &'static str> {
+        let Some(hubs) = self.hubs.get() else { return Err("starting: opening the room store") };
         if !self.health.serving.load(Ordering::Relaxed) {
             return Err("not serving: starting, or draining for shutdown");
         }
-        if self.store.as_ref().is_some_and(|store| store.writer_stats().failed.load(Ordering::Relaxed)) {
+        if hubs.store.as_ref().is_some_and(|store| store.writer_stats().failed.load(Ordering::Relaxed)) {
             return Err("the room store failed to write");
         }
         Ok(())
@@ -226,7 +269,7 @@ fn labelled_counters(
 }
 
 fn histogram(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, h: &Histogram) -> Result<(), std::fmt::Error> {
-    let (sum, count, buckets) = h.cumulative();
+    let (sum, count, buckets) = h.per_bucket();
     let mut metric = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
     metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
 }
@@ -249,10 +292,13 @@ impl Collector for ServerMetrics {
             ConstGauge::new(load(&s.connections_webtransport))
                 .encode(m.encode_family(&[("transport", "webtransport")])?)?;
         }
-        let rooms = (self.rooms)();
+        let (rooms, channels, store) = match self.hubs.get() {
+            Some(hubs) => ((hubs.rooms)(), (hubs.channels)(), hubs.store.as_ref()),
+            None => (RoomUsage::default(), 0, None),
+        };
         gauge(&mut e, "rooms", "Rooms held in memory", rooms.rooms as i64)?;
         gauge(&mut e, "room_members", "Room memberships (joins) of connected clients", load(&s.room_members))?;
-        gauge(&mut e, "channels", "Tick channels in use", (self.channels)() as i64)?;
+        gauge(&mut e, "channels", "Tick channels in use", channels as i64)?;
         gauge(&mut e, "subscriptions", "Tick subscriptions of connected clients", load(&s.subscriptions))?;
         gauge(
             &mut e,
@@ -348,7 +394,7 @@ impl Collector for ServerMetrics {
                 ConstGauge::new(value).encode(m.encode_family(&[("stat", stat)])?)?;
             }
         }
-        if let Some(store) = &self.store {
+        if let Some(store) = store {
             let w = store.writer_stats();
             counter(&mut e, "store_commits", "Batches committed to the room store", w.commits.load(Ordering::Relaxed))?;
             histogram(

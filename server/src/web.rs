@@ -52,7 +52,7 @@ pub struct PageInfo {
     pub path: String,
     /// The certificate's SHA-256 for `serverCertificateHashes`, for a self-signed dev certificate; `None` for a
     /// certificate browsers validate themselves.
-    pub cert_hash: Option<Fingerprint>,
+    pub cert_hash: Option<LiveFingerprint>,
     /// The room and tick channel the page opens unless its URL names others.
     pub room: String,
     /// See `room`.
@@ -62,6 +62,27 @@ pub struct PageInfo {
     /// works with no setup; any other peer gets 403. `None` in production: the application hands out tokens (the
     /// page takes `?token=`).
     pub dev_tokens_from: Option<std::path::PathBuf>,
+}
+
+/// The certificate's fingerprint as it is now (a SIGHUP reload replaces it).
+#[derive(Debug, Clone)]
+pub struct LiveFingerprint(Arc<std::sync::RwLock<Fingerprint>>);
+
+impl LiveFingerprint {
+    /// Starts at `fingerprint`.
+    pub fn new(fingerprint: Fingerprint) -> LiveFingerprint {
+        LiveFingerprint(Arc::new(std::sync::RwLock::new(fingerprint)))
+    }
+
+    /// The fingerprint now.
+    pub fn get(&self) -> Fingerprint {
+        *self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces it.
+    pub fn set(&self, fingerprint: Fingerprint) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = fingerprint;
+    }
 }
 
 /// Validity of the demo page's dev tokens.
@@ -321,7 +342,7 @@ fn config_json(info: &PageInfo, host: Option<&str>, name: Option<&str>) -> Strin
     });
     let config = serde_json::json!({
         "url": url,
-        "certHash": info.cert_hash.map(|f| f.to_string()),
+        "certHash": info.cert_hash.as_ref().map(|f| f.get().to_string()),
         "room": info.room,
         "channel": info.channel,
         "token": token,
@@ -371,7 +392,7 @@ mod tests {
         PageInfo {
             udp_port: 4433,
             path: "/quiver".into(),
-            cert_hash: Some(quiver_certs::sha256(b"cert")),
+            cert_hash: Some(LiveFingerprint::new(quiver_certs::sha256(b"cert"))),
             room: "lobby".into(),
             channel: "demo.ticks".into(),
             dev_tokens_from: None,

@@ -199,3 +199,32 @@ async fn sighup_reloads_the_certificate_while_live_connections_stay() {
     let again = Client::connect_with(&server.addr, options(TrustOptions::Pin(second))).await;
     assert!(again.is_ok(), "the failed reload took the certificate away");
 }
+
+#[test]
+fn config_check_names_the_line_and_print_redacts_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:0\"\n[limits]\nposts_per_sec = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver-server")).args(["config", "check"]).arg(&bad).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("line 3") && stderr.contains("unknown field `posts_per_sec`"), "{stderr}");
+
+    let init = Command::new(env!("CARGO_BIN_EXE_quiver-server")).args(["config", "init"]).output().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, &init.stdout).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver-server")).args(["config", "check"]).arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let secret = "5e".repeat(32);
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver-server"))
+        .args(["--config", good.to_str().unwrap(), "--admin", "off", "config", "print"])
+        .env("QUIVER_AUTH_HS256_SECRET", &secret)
+        .env("QUIVER_LIMITS_POSTS_PER_S", "20")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!printed.contains(&secret) && printed.contains("hs256_secret = \"<redacted>\""), "{printed}");
+    assert!(printed.contains("posts_per_s = 20") && printed.contains("listen = \"off\""), "{printed}");
+}

@@ -40,12 +40,12 @@ pub(super) struct Shared<R> {
 /// How long a refusal's reply (or a GoAway) may take to reach the peer before the connection is closed anyway.
 const FLUSH_BEFORE_CLOSE: Duration = Duration::from_millis(500);
 
-/// Serves one incoming connection, `session_id` its id in logs (and its qlog file's name); `quic`: a server
-/// configuration of its own (one that writes its qlog), else the endpoint's.
+/// Serves one incoming connection, `session_id` its id in logs (and its qlog file's name), accepted with `quic`
+/// (the current certificate; with its own qlog file when `config.qlog_dir` asks for one and it is admitted).
 pub(super) async fn serve<R: RoomHub>(
     session_id: u64,
     incoming: quinn::Incoming,
-    quic: Option<Arc<quinn::ServerConfig>>,
+    quic: Arc<quinn::ServerConfig>,
     admitted: Admitted,
     shared: Shared<R>,
     shutdown: CancellationToken,
@@ -54,11 +54,11 @@ pub(super) async fn serve<R: RoomHub>(
     let remote = incoming.remote_address();
     let started = std::time::Instant::now();
     let deadline = Instant::now() + Duration::from_millis(u64::from(config.limits.handshake_timeout_ms));
-    let accepted = match quic {
-        Some(quic) => incoming.accept_with(quic),
-        None => incoming.accept(),
+    let quic = match (&config.qlog_dir, &admitted) {
+        (Some(dir), Admitted::Serve(_)) => Arc::new(super::endpoint::with_qlog(&quic, &config, dir, session_id)),
+        _ => quic,
     };
-    let connecting = match accepted {
+    let connecting = match incoming.accept_with(quic) {
         Ok(connecting) => connecting,
         Err(err) => return tracing::debug!(%remote, %err, "handshake failed"),
     };
@@ -396,7 +396,8 @@ async fn flush_and_close(conn: &Session, send: &mut SendStream, outbound: &[u8],
 }
 
 async fn going_away(conn: &Session, send: Option<&mut SendStream>) -> String {
-    let reason = "server shutting down";
+    // The hint: this server is going, not the service; clients reconnect (with backoff) to it or its replacement.
+    let reason = "server shutting down; reconnect";
     match send {
         Some(send) => {
             let codec = FrameCodec::new(usize::MAX);

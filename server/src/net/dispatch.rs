@@ -148,13 +148,14 @@ impl<R: RoomHub> Connection<R> {
     pub(super) fn tick(&mut self, request: TickRequest) -> Result<Reply, Failure> {
         match request {
             TickRequest::Subscribe { channel } => {
-                let (hub, sink) = (&self.ticks, &self.datagrams.sink);
+                let (hub, sink, stats) = (&self.ticks, &self.datagrams.sink, &self.stats);
+                // Called only for a new subscription (a repeated Subscribe answers the same id): counted here.
                 let channel_id = self.state.subscribe(&channel, |id| {
                     sink.open(id);
-                    hub.subscribe(&channel, id, sink.clone()).inspect_err(|_| sink.remove(id))
+                    let subscribed = hub.subscribe(&channel, id, sink.clone()).inspect_err(|_| sink.remove(id));
+                    subscribed.inspect(|_| ServerStats::add(&stats.subscriptions, 1))
                 })?;
                 self.datagrams.set_claims(self.state.claims());
-                ServerStats::add(&self.stats.subscriptions, 1);
                 Ok(Reply::Subscribed { channel, channel_id })
             }
             TickRequest::Unsubscribe { channel } => {

@@ -41,36 +41,75 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What connections are accepted with now: swapped by [`Reloader::reload`] (new handshakes get the new certificate
 /// and token keys; live connections keep theirs).
+/// Every connection is accepted with `quic` (`Incoming::accept_with`); the endpoint's own configuration only
+/// decides whether connections are taken at all (none while draining) and keeps its Retry token key for good.
 #[derive(Debug)]
 struct Current {
     quic: Arc<quinn::ServerConfig>,
     auth: Arc<crate::auth::Auth>,
-    fingerprint: Fingerprint,
 }
 
 /// Reloads a running server's certificate and token keys (SIGHUP).
 #[derive(Debug, Clone)]
 pub struct Reloader {
-    endpoint: quinn::Endpoint,
     config: Arc<ServerConfig>,
     current: Arc<std::sync::RwLock<Current>>,
-    health: Arc<crate::metrics::Health>,
+    fingerprint: crate::web::LiveFingerprint,
 }
 
 impl Reloader {
     /// Loads the certificate again (from `config.tls`: the PEM files, or the dev certificate, renewed if due) and
-    /// verifies tokens with `auth` from now on. Returns the certificate's fingerprint. On an error nothing changes.
+    /// verifies tokens with `auth` from now on: every handshake after this returns uses them (the demo page hands
+    /// browsers the new hash), live connections keep theirs. Returns the certificate's fingerprint. On an error
+    /// nothing changes.
     pub fn reload(&self, auth: crate::auth::AuthConfig) -> Result<Fingerprint, ServerError> {
         let (quic, fingerprint) = endpoint::server_config(&self.config)?;
         let auth = Arc::new(crate::auth::Auth::from_config(&auth, &self.config.data_dir)?);
-        let quic = Arc::new(quic);
-        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-        // Not while draining: a shutdown took the server configuration away for good.
-        if self.health.serving.load(std::sync::atomic::Ordering::Relaxed) {
-            self.endpoint.set_server_config(Some((*quic).clone()));
-        }
-        *current = Current { quic, auth, fingerprint };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Current { quic: Arc::new(quic), auth };
+        self.fingerprint.set(fingerprint);
         Ok(fingerprint)
+    }
+}
+
+/// The admin listener's task.
+#[derive(Debug)]
+struct Admin {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Admin {
+    /// Binds `addr` and serves `metrics` there until stopped.
+    fn start(
+        addr: Option<SocketAddr>,
+        metrics: &Arc<crate::metrics::ServerMetrics>,
+    ) -> Result<Option<Admin>, ServerError> {
+        let Some(addr) = addr else { return Ok(None) };
+        let listener = crate::web::bind(addr).map_err(|err| ServerError::Admin(addr, err))?;
+        let addr = listener.local_addr().map_err(|err| ServerError::Admin(addr, err))?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|err| ServerError::Admin(addr, err))?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(crate::admin::serve(listener, metrics.clone(), stop.clone()));
+        Ok(Some(Admin { addr, stop, task }))
+    }
+}
+
+/// What a server has before its hubs: counters, metrics and the admin listener, started first so that `/healthz`
+/// and `/readyz` answer while the store opens.
+#[derive(Debug)]
+struct Early {
+    stats: Arc<ServerStats>,
+    metrics: Arc<crate::metrics::ServerMetrics>,
+    admin: Option<Admin>,
+}
+
+impl Early {
+    fn start(config: &ServerConfig) -> Result<Early, ServerError> {
+        let stats = Arc::new(ServerStats::default());
+        let metrics = Arc::new(crate::metrics::ServerMetrics::new(stats.clone()));
+        let admin = Admin::start(config.admin, &metrics)?;
+        Ok(Early { stats, metrics, admin })
     }
 }
 
@@ -134,8 +173,9 @@ pub struct Server<R = LocalRooms> {
     admission: Arc<std::sync::Mutex<crate::admission::Admission>>,
     /// What new connections are accepted with (reloaded by [`Reloader`]).
     current: Arc<std::sync::RwLock<Current>>,
-    /// The admin listener, started at bind so that `/readyz` answers (503) while the server is not serving yet.
-    admin: Option<(SocketAddr, CancellationToken)>,
+    fingerprint: crate::web::LiveFingerprint,
+    /// The admin listener, started first so that `/readyz` answers (503) while the server is not serving yet.
+    admin: Option<Admin>,
     metrics: Arc<crate::metrics::ServerMetrics>,
     /// One server per data directory, while this one lives.
     _data_dir: crate::datadir::DataDirLock,
@@ -148,6 +188,7 @@ impl Server<LocalRooms> {
     pub fn bind(config: ServerConfig) -> Result<Server<LocalRooms>, ServerError> {
         // Before anything in the directory is read or written.
         let data_dir = crate::datadir::DataDirLock::acquire(&config.data_dir)?;
+        let early = Early::start(&config)?;
         let rooms = match config.durability {
             crate::store::Durability::Memory => LocalRooms::new(config.limits.clone(), config.budget.clone()),
             durability => {
@@ -157,7 +198,7 @@ impl Server<LocalRooms> {
             }
         };
         let ticks = Arc::new(LocalTicks::new(config.budget.max_channels));
-        Server::bind_locked(config, data_dir, Arc::new(rooms), ticks)
+        Server::bind_locked(config, data_dir, early, Arc::new(rooms), ticks)
     }
 }
 
@@ -166,12 +207,14 @@ impl<R: RoomHub> Server<R> {
     /// memory).
     pub fn bind_with(config: ServerConfig, rooms: Arc<R>, ticks: Arc<dyn TickHub>) -> Result<Server<R>, ServerError> {
         let data_dir = crate::datadir::DataDirLock::acquire(&config.data_dir)?;
-        Server::bind_locked(config, data_dir, rooms, ticks)
+        let early = Early::start(&config)?;
+        Server::bind_locked(config, data_dir, early, rooms, ticks)
     }
 
     fn bind_locked(
         config: ServerConfig,
         data_dir: crate::datadir::DataDirLock,
+        early: Early,
         rooms: Arc<R>,
         ticks: Arc<dyn TickHub>,
     ) -> Result<Server<R>, ServerError> {
@@ -185,32 +228,16 @@ impl<R: RoomHub> Server<R> {
                 "ANONYMOUS ACCESS: no tokens required; anyone who reaches this server may join, post and publish"
             );
         }
-        let stats = Arc::new(ServerStats::default());
+        let Early { stats, metrics, admin } = early;
         let admission = crate::admission::Admission::new(&config.limits, std::time::Instant::now());
         let admission = Arc::new(std::sync::Mutex::new(admission));
-        let metrics = {
-            let (usage, channels) = (rooms.clone(), ticks.clone());
-            Arc::new(crate::metrics::ServerMetrics {
-                stats: stats.clone(),
-                rooms: Box::new(move || usage.room_usage()),
-                channels: Box::new(move || channels.channels()),
-                store: rooms.durable_store(),
-                health: Arc::default(),
-            })
-        };
-        let admin = match config.admin {
-            Some(addr) => {
-                let listener = crate::web::bind(addr).map_err(|err| ServerError::Admin(addr, err))?;
-                let addr = listener.local_addr().map_err(|err| ServerError::Admin(addr, err))?;
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).map_err(|err| ServerError::Admin(addr, err))?;
-                let stop = CancellationToken::new();
-                tokio::spawn(crate::admin::serve(listener, metrics.clone(), stop.clone()));
-                Some((addr, stop))
-            }
-            None => None,
-        };
-        let current = Current { quic: Arc::new(quic), auth: auth.clone(), fingerprint };
+        let (usage, channels) = (rooms.clone(), ticks.clone());
+        metrics.set_hubs(crate::metrics::HubMetrics {
+            rooms: Box::new(move || usage.room_usage()),
+            channels: Box::new(move || channels.channels()),
+            store: rooms.durable_store(),
+        });
+        let current = Current { quic: Arc::new(quic), auth };
         Ok(Server {
             endpoint,
             local_addr,
@@ -222,6 +249,7 @@ impl<R: RoomHub> Server<R> {
             stats,
             admission,
             current: Arc::new(std::sync::RwLock::new(current)),
+            fingerprint: crate::web::LiveFingerprint::new(fingerprint),
             admin,
             metrics,
             _data_dir: data_dir,
@@ -250,12 +278,12 @@ impl<R: RoomHub> Server<R> {
 
     /// SHA-256 of the certificate the server presents.
     pub fn fingerprint(&self) -> Fingerprint {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).fingerprint
+        self.fingerprint.get()
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(|(addr, _)| *addr)
+        self.admin.as_ref().map(|admin| admin.addr)
     }
 
     /// The metrics `/metrics` shows.
@@ -265,12 +293,7 @@ impl<R: RoomHub> Server<R> {
 
     /// A handle that reloads the certificate and token keys while the server runs.
     pub fn reloader(&self) -> Reloader {
-        Reloader {
-            endpoint: self.endpoint.clone(),
-            config: self.config.clone(),
-            current: self.current.clone(),
-            health: self.metrics.health.clone(),
-        }
+        Reloader { config: self.config.clone(), current: self.current.clone(), fingerprint: self.fingerprint.clone() }
     }
 
     /// Serves until `shutdown` is cancelled, then drains: stops accepting, sends every connection GoAway (after
@@ -285,7 +308,7 @@ impl<R: RoomHub> Server<R> {
                     let info = crate::web::PageInfo {
                         udp_port: self.local_addr.port(),
                         path: self.config.web.path.clone(),
-                        cert_hash: (self.config.tls == crate::TlsSource::Dev).then_some(self.fingerprint()),
+                        cert_hash: (self.config.tls == crate::TlsSource::Dev).then(|| self.fingerprint.clone()),
                         // What the README's `quiver chat --room lobby` and `quiver tick pub --channel prices` use.
                         room: "lobby".into(),
                         channel: "prices".into(),
@@ -314,7 +337,6 @@ impl<R: RoomHub> Server<R> {
                         (current.quic.clone(), current.auth.clone())
                     };
                     let id = rand::random::<u64>();
-                    let quic = config.qlog_dir.as_ref().map(|dir| Arc::new(endpoint::with_qlog(&quic, &config, dir, id)));
                     let shared = connection::Shared {
                         config,
                         rooms: self.rooms.clone(),
@@ -330,11 +352,7 @@ impl<R: RoomHub> Server<R> {
         // Not ready from now on (load balancers stop sending clients); refuse new connections; existing ones see
         // the cancellation, finish the request they are serving, get GoAway and close.
         self.metrics.health.serving.store(false, std::sync::atomic::Ordering::Relaxed);
-        {
-            // Under the lock a reload takes, so that a reload racing the drain cannot put a configuration back.
-            let _current = self.current.write().unwrap_or_else(|p| p.into_inner());
-            self.endpoint.set_server_config(None);
-        }
+        self.endpoint.set_server_config(None);
         tasks.close();
         let drain = self.config.drain_timeout;
         tracing::info!(connections = tasks.len(), timeout_ms = drain.as_millis() as u64, "draining");
@@ -347,8 +365,10 @@ impl<R: RoomHub> Server<R> {
             .close(quiver_transport::close::quic_code(quiver_proto::ErrorCode::GoingAway), b"server shutting down");
         // Let the CONNECTION_CLOSE frames leave before the socket goes.
         let _ = tokio::time::timeout(CLOSE_GRACE, self.endpoint.wait_idle()).await;
-        if let Some((_, stop)) = &self.admin {
-            stop.cancel();
+        if let Some(admin) = self.admin.take() {
+            admin.stop.cancel();
+            // It holds the hubs (and so the store) through the metrics: let it go before the server is dropped.
+            let _ = tokio::time::timeout(CLOSE_GRACE, admin.task).await;
         }
         let h = &self.stats.post_delivery;
         let summary = Summary {
@@ -363,6 +383,15 @@ impl<R: RoomHub> Server<R> {
         };
         tracing::info!("{summary}");
         summary
+    }
+}
+
+impl<R> Drop for Server<R> {
+    fn drop(&mut self) {
+        // A server dropped without running (or whose run was cancelled) takes its admin listener with it.
+        if let Some(admin) = &self.admin {
+            admin.stop.cancel();
+        }
     }
 }
 

@@ -51,8 +51,8 @@ pub enum SettingsError {
     },
 }
 
-/// One value given outside the file: a variable or a flag.
-#[derive(Debug, Clone, PartialEq)]
+/// One value given outside the file: a variable or a flag (its `Debug` leaves the value out: it may be a secret).
+#[derive(Clone, PartialEq)]
 pub struct Override {
     /// Where it came from (`QUIVER_LISTEN`, `--listen`).
     pub origin: String,
@@ -61,6 +61,12 @@ pub struct Override {
     /// The values to try, in order: the first the setting accepts is taken (an environment variable's text is
     /// tried as a TOML value, then as a string, then as a comma-separated list).
     pub candidates: Vec<Value>,
+}
+
+impl std::fmt::Debug for Override {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Override").field("origin", &self.origin).field("key", &self.key).finish_non_exhaustive()
+    }
 }
 
 impl Override {
@@ -84,11 +90,28 @@ impl Override {
     }
 }
 
-/// Where each value came from, to name it in errors.
-#[derive(Debug, Clone, Default)]
+/// Where each value came from, to name it in errors (its `Debug` leaves the file's text out).
+#[derive(Clone, Default)]
 pub struct Layers {
     file: Option<(PathBuf, String)>,
     overrides: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Layers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let file = self.file.as_ref().map(|(path, _)| path);
+        f.debug_struct("Layers").field("file", &file).field("overrides", &self.overrides).finish()
+    }
+}
+
+/// toml's message for an error in `text`, with the value of any `hs256_secret` line replaced: toml quotes the
+/// offending line, and a secret written without quotes would be printed.
+fn redacted(text: &str, message: String) -> String {
+    text.lines()
+        .filter_map(|line| line.split_once('=').filter(|(key, _)| key.trim().trim_matches('"') == "hs256_secret"))
+        .map(|(_, value)| value.trim())
+        .filter(|value| value.len() > 4)
+        .fold(message, |message, value| message.replace(value, "<redacted>"))
 }
 
 impl Layers {
@@ -193,11 +216,10 @@ pub fn load(
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: path.into(), source })?;
         // Typed first: toml's errors for unknown keys and wrong types carry the line.
-        toml::from_str::<Settings>(&text)
-            .map_err(|err| SettingsError::Parse { path: path.into(), message: err.to_string() })?;
-        table = text
-            .parse::<Table>()
-            .map_err(|err| SettingsError::Parse { path: path.into(), message: err.to_string() })?;
+        let parse_error =
+            |message: String| SettingsError::Parse { path: path.into(), message: redacted(&text, message) };
+        toml::from_str::<Settings>(&text).map_err(|err| parse_error(err.to_string()))?;
+        table = text.parse::<Table>().map_err(|err| parse_error(err.to_string()))?;
         layers.file = Some((path.into(), text));
     }
     let keys = keys();
@@ -216,21 +238,23 @@ pub fn load(
         if !keys.contains(&over.key) {
             return Err(SettingsError::Override { origin: over.origin, message: format!("no setting {}", over.key) });
         }
-        // Each value alone on the defaults, so that an error is this value's.
-        let mut last = String::new();
+        // Each value alone on the defaults, so that an error is this value's; the first reading's error is the
+        // one reported (the text read as what it looks like).
+        let mut first = None;
         let accepted = over.candidates.iter().find(|value| {
             let mut alone = Table::new();
             set(&mut alone, &over.key, (*value).clone());
             match Settings::deserialize(Value::Table(alone)) {
                 Ok(_) => true,
                 Err(err) => {
-                    last = err.to_string();
+                    first.get_or_insert_with(|| err.to_string());
                     false
                 }
             }
         });
         let Some(value) = accepted else {
-            return Err(SettingsError::Override { origin: over.origin, message: format!("{}: {last}", over.key) });
+            let message = format!("{}: {}", over.key, first.unwrap_or_default());
+            return Err(SettingsError::Override { origin: over.origin, message });
         };
         set(&mut table, &over.key, value.clone());
         layers.overrides.push((over.origin, over.key));

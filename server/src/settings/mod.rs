@@ -62,8 +62,8 @@ pub struct TlsSettings {
     pub key: PathBuf,
 }
 
-/// `[auth]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[auth]` (its `Debug` leaves the secret out).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// Admit clients without tokens, with every right (demos only).
@@ -74,6 +74,17 @@ pub struct AuthSettings {
     pub hs256_key_files: Vec<PathBuf>,
     /// PEM files each holding an Ed25519 public key (EdDSA tokens).
     pub ed25519_public_key_files: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("anonymous", &self.anonymous)
+            .field("hs256_secret", &if self.hs256_secret.is_empty() { "" } else { "<redacted>" })
+            .field("hs256_key_files", &self.hs256_key_files)
+            .field("ed25519_public_key_files", &self.ed25519_public_key_files)
+            .finish()
+    }
 }
 
 /// `[store]`.
@@ -282,11 +293,32 @@ impl Settings {
     pub fn check(&self) -> Result<(), Invalid> {
         self.limits.check().map_err(|err| {
             use quiver_proto::LimitsError as E;
+            let (l, d) = (&self.limits, Limits::default());
+            // Of two settings that contradict each other, the one moved from its default is named (the second, when
+            // both or neither were).
+            let pick = |first: &'static str, moved: bool, second: &'static str, second_moved: bool| match moved
+                && !second_moved
+            {
+                true => first,
+                false => second,
+            };
             let key = match &err {
-                E::FrameTooSmall { .. } => "max_frame",
-                E::QueueTooSmall { .. } => "room_queue_bytes",
+                E::FrameTooSmall { .. } => {
+                    pick("max_body", l.max_body != d.max_body, "max_frame", l.max_frame != d.max_frame)
+                }
+                E::QueueTooSmall { .. } => pick(
+                    "max_frame",
+                    l.max_frame != d.max_frame,
+                    "room_queue_bytes",
+                    l.room_queue_bytes != d.room_queue_bytes,
+                ),
                 E::Zero { name } => name,
-                E::PerIpAboveTotal { .. } => "max_connections_per_ip",
+                E::PerIpAboveTotal { .. } => pick(
+                    "max_connections",
+                    l.max_connections != d.max_connections,
+                    "max_connections_per_ip",
+                    l.max_connections_per_ip != d.max_connections_per_ip,
+                ),
                 _ => "max_frame",
             };
             Invalid::new(&format!("limits.{key}"), err.to_string())

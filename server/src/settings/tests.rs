@@ -140,3 +140,21 @@ fn transport_settings_round_trip_to_the_tuning() {
     let tuning = off.tuning();
     assert_eq!((tuning.keep_alive, tuning.tail_probe, tuning.congestion_floor), (None, None, None));
 }
+
+#[test]
+fn errors_never_show_the_hs256_secret() {
+    let secret = "0123456789".repeat(7);
+    // Without quotes: toml quotes the offending line in its message.
+    let err = load_text(&format!("[auth]\nhs256_secret = {secret}\n"), &[], vec![]).unwrap_err();
+    assert!(err.contains("line 2") && !err.contains(&secret), "{err}");
+    let settings = load_text(&format!("[auth]\nhs256_secret = \"{}\"\n", "ab".repeat(32)), &[], vec![]).unwrap();
+    assert!(!format!("{settings:?}").contains(&"ab".repeat(32)));
+}
+
+#[test]
+fn of_two_contradicting_limits_the_one_moved_from_its_default_is_named() {
+    let err = load_text("[limits]\nmax_body = 65530\n", &[], vec![]).unwrap_err();
+    assert!(err.contains("line 2: limits.max_body"), "{err}");
+    let err = load_text("[limits]\nmax_connections = 10\n", &[], vec![]).unwrap_err();
+    assert!(err.contains("line 2: limits.max_connections:"), "{err}");
+}

@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Verification is sans-IO: the caller passes the time, so expiry is tested without waiting. Key files (the dev
-//! key, HS256 secrets) are read and created in [`keys`].
+//! key, HS256 secrets) are read and created in `keys.rs`.
 
+#![warn(missing_docs)]
 mod keys;
 
 use std::{

@@ -13,6 +13,7 @@
 //! assert_eq!(first.fingerprint(), again.fingerprint());
 //! ```
 
+#![warn(missing_docs)]
 pub mod dev;
 mod error;
 mod fingerprint;

@@ -13,6 +13,64 @@ use quiver_lab::impair::Backend;
 
 use crate::{error::CliError, impair::ProfileArgs, seconds, TrustArgs};
 
+/// The smallest payload the latency benches carry: a sequence number and a send time.
+const MIN_SIZE: usize = 12;
+
+/// Checks, before a run, that each output can be written where it is asked for: the directory exists and the
+/// file can be created (left empty until the run writes it), and a plot's extension is one we draw. A long run
+/// must not fail at its end for a typo.
+fn check_outputs(json: Option<&std::path::Path>, plot: Option<&std::path::Path>) -> Result<(), CliError> {
+    if let Some(path) = plot {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        if !matches!(ext.as_deref(), Some("svg" | "png")) {
+            return Err(CliError::Output { path: path.to_owned(), why: "a plot is .svg or .png".into() });
+        }
+    }
+    for path in json.into_iter().chain(plot) {
+        let existed = path.exists();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|err| CliError::Output { path: path.to_owned(), why: err.to_string() })?;
+        if !existed {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(())
+}
+
+/// `report` as JSON with a `meta` object: when, which build, on what machine, by which command (so that a
+/// number read later says where it came from).
+fn with_meta(report: &impl serde::Serialize) -> Result<serde_json::Value, CliError> {
+    let mut value = serde_json::to_value(report)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|k| k.trim().to_string()).ok();
+    let meta = serde_json::json!({
+        "unix_time_s": now,
+        "quiver_version": crate::VERSION,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "kernel": kernel,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+    });
+    if let serde_json::Value::Object(fields) = &mut value {
+        fields.insert("meta".into(), meta);
+    }
+    Ok(value)
+}
+
+/// A `--size` the latency benches cannot use as given (the run would silently send more than asked).
+#[derive(Debug, thiserror::Error)]
+#[error("expected a byte count of at least {MIN_SIZE} (the seq and send time every message carries)")]
+pub(crate) struct BadSize;
+
+/// A payload size for the latency benches: at least [`MIN_SIZE`].
+fn payload_size(s: &str) -> Result<usize, BadSize> {
+    s.parse::<usize>().ok().filter(|size| *size >= MIN_SIZE).ok_or(BadSize)
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
     /// Round trips over Quiver datagrams and room streams beside bare quinn and raw UDP echoes.
@@ -76,11 +134,14 @@ pub(crate) struct FanoutArgs {
     #[arg(long, default_value_t = 60.0)]
     rate: f64,
     /// Tick payload bytes (at least 12).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = payload_size)]
     size: usize,
     /// Chat messages per second into the room (posted by the subscribers in turn); 0 for none.
     #[arg(long, default_value_t = 10.0)]
     chat_rate: f64,
+    /// Write a percentile plot of ticks and chat here (.svg or .png).
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Measured seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -145,7 +206,7 @@ pub(crate) struct RttArgs {
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
     /// Payload bytes per message (at least 12).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = payload_size)]
     size: usize,
     /// Measured seconds per series.
     #[arg(long, default_value_t = 10.0)]
@@ -193,7 +254,7 @@ pub(crate) async fn run(command: BenchCommand) -> Result<(), CliError> {
 }
 
 async fn restart(args: RestartArgs) -> Result<(), CliError> {
-    eprintln!(
+    crate::err!(
         "filling a room store with {} MiB ({} B bodies over {} rooms; needs about {} MiB of free disk in the temporary \
          directory), then restarting a server on it",
         args.mib,
@@ -215,6 +276,8 @@ async fn report<R: serde::Serialize, F: std::future::Future<Output = Result<R, q
     run: impl FnOnce(Box<dyn Fn(&str) + Send + Sync>) -> F,
     table: impl FnOnce(&R) -> String,
 ) -> Result<(), CliError> {
+    check_outputs(json, None)?;
+    crate::err!("expected run time: about {} s", expected.as_secs().max(1));
     let bar = progress_bar(expected);
     let shown = bar.clone();
     let report = tokio::select! {
@@ -223,10 +286,10 @@ async fn report<R: serde::Serialize, F: std::future::Future<Output = Result<R, q
     };
     bar.finish_and_clear();
     let report = report?;
-    println!("{}", table(&report));
+    crate::out!("{}", table(&report));
     if let Some(path) = json {
-        write_json(&report, path)?;
-        eprintln!("wrote {}", path.display());
+        write_json(&with_meta(&report)?, path)?;
+        crate::err!("wrote {}", path.display());
     }
     Ok(())
 }
@@ -246,7 +309,7 @@ async fn post(args: PostArgs) -> Result<(), CliError> {
     };
     let cells = config.modes.len() * config.rooms.len() * config.posters.len();
     let per_cell = config.warmup + config.duration;
-    eprintln!(
+    crate::err!(
         "{cells} cells ({} modes x {} room spreads x {} poster counts) x {:.1} s, {} B bodies; in-process server with \
          its per-connection post and request rates and per-address connection limits raised for the bench's load",
         config.modes.len(),
@@ -275,7 +338,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
         netns: args.netns.backend()?,
     };
     let runs = if config.compare_websocket { 2 } else { 1 };
-    eprintln!(
+    crate::err!(
         "1 publisher at {}/s -> {} subscribers, chat {}/s, {:.0} s{}{}",
         config.rate,
         config.subscribers,
@@ -285,9 +348,22 @@ async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
         args.netns.describe(config.netns, config.profile.is_some())
     );
     let per_run = config.warmup + config.duration + Duration::from_secs(3);
+    check_outputs(None, args.plot.as_deref())?;
+    let title =
+        format!("quiver bench fanout, {} subscribers, {} ticks/s, {} B", config.subscribers, config.rate, config.size);
     // Ctrl-C drops the run, which stops its servers and removes the netns emulator's namespaces.
     let run = |progress| run_fanout(config, progress);
-    report(runs * per_run, args.json.as_deref(), run, quiver_lab::bench::FanoutReport::table).await
+    let plot = args.plot.clone();
+    let table = move |report: &quiver_lab::bench::FanoutReport| {
+        if let Some(path) = &plot {
+            match write_plot(&report.as_series(), &title, path) {
+                Ok(()) => crate::err!("wrote {}", path.display()),
+                Err(err) => crate::err!("error: {}: {err}", path.display()),
+            }
+        }
+        report.table()
+    };
+    report(runs * per_run, args.json.as_deref(), run, table).await
 }
 
 /// A progress bar over the expected run time, ticking on its own (hidden when stderr is not a terminal).
@@ -331,7 +407,7 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
     } else {
         format!("{}/s per sender", config.rate)
     };
-    eprintln!(
+    crate::err!(
         "{runs} runs x {:.0} s, {} sender(s), {what}, {} B{link}",
         per_series.as_secs_f64() + 1.2,
         config.clients,
@@ -343,7 +419,10 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
         args.markdown.as_deref().unwrap_or(if config.profile.is_some() { "impaired" } else { "clean" }),
         config.tuning.name
     );
-    let bar = progress_bar(runs * (per_series + Duration::from_millis(1200)));
+    check_outputs(args.json.as_deref(), args.plot.as_deref())?;
+    let expected = runs * (per_series + Duration::from_millis(1200));
+    crate::err!("expected run time: about {} s", expected.as_secs().max(1));
+    let bar = progress_bar(expected);
     let shown = bar.clone();
     // Ctrl-C drops the run, which stops its servers and removes the netns emulator's namespaces.
     let report = tokio::select! {
@@ -354,17 +433,17 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
     };
     bar.finish_and_clear();
     let report = report?;
-    println!("{}", report.table());
+    crate::out!("{}", report.table());
     if let Some(label) = &args.markdown {
-        println!("{}", report.head_to_head_markdown(label, true));
+        crate::out!("{}", report.head_to_head_markdown(label, true));
     }
     if let Some(path) = &args.json {
-        write_json(&report, path)?;
-        eprintln!("wrote {}", path.display());
+        write_json(&with_meta(&report)?, path)?;
+        crate::err!("wrote {}", path.display());
     }
     if let Some(path) = &args.plot {
         write_plot(&report, &title, path)?;
-        eprintln!("wrote {}", path.display());
+        crate::err!("wrote {}", path.display());
     }
     Ok(())
 }

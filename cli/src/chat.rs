@@ -1,9 +1,10 @@
 //! `quiver chat`, `quiver post`, `quiver history`: rooms from the command line.
 
+use std::time::Duration;
+
 use clap::Args;
-use quiver_client::{Message, RoomEvent};
+use quiver_client::{ConnectionState, Message, RoomEvent};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::{error::CliError, ServerArgs};
 
@@ -17,6 +18,15 @@ pub(crate) struct ChatArgs {
     /// Name to be known by in the room (default: one the server assigns).
     #[arg(long)]
     name: Option<String>,
+    /// Resume from a position a previous run printed (`EPOCH:SEQ`, e.g. from a `message` line's epoch and seq):
+    /// what was posted after it is replayed first, and a `resumed` line says whether all of it still was.
+    #[arg(long, value_name = "EPOCH:SEQ")]
+    since: Option<Since>,
+    /// One JSON object per line on stdout, for scripts: `message` (room, epoch, seq, time_us, sender,
+    /// client_msg_id, body), `ack` (line, seq, epoch), `post_failed` (line, error), `joined` / `left` (member),
+    /// `resumed` (recovered), `state` (connected / reconnecting / closed, with detail).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -50,9 +60,10 @@ pub(crate) struct HistoryArgs {
     /// Room to read.
     #[arg(long)]
     room: String,
-    /// Only messages after this seq.
-    #[arg(long)]
-    since: Option<u64>,
+    /// Only messages after this position: `EPOCH:SEQ` (as `chat --json` and `history --json` print them; a
+    /// different epoch means the room's history was lost, and that is said), or a bare SEQ in the current epoch.
+    #[arg(long, value_name = "EPOCH:SEQ")]
+    since: Option<Since>,
     /// At most this many messages.
     #[arg(long, default_value_t = 1000)]
     limit: u32,
@@ -61,58 +72,231 @@ pub(crate) struct HistoryArgs {
     json: bool,
 }
 
+/// `--since`: `EPOCH:SEQ`, or a bare `SEQ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Since {
+    epoch: Option<u64>,
+    seq: u64,
+}
+
+/// A `--since` that is neither `EPOCH:SEQ` nor `SEQ`.
+#[derive(Debug, thiserror::Error)]
+#[error("expected EPOCH:SEQ (e.g. 1733040000000000:42) or SEQ")]
+pub(crate) struct BadSince;
+
+impl std::str::FromStr for Since {
+    type Err = BadSince;
+
+    fn from_str(s: &str) -> Result<Since, BadSince> {
+        match s.split_once(':') {
+            Some((epoch, seq)) => Ok(Since {
+                epoch: Some(epoch.trim().parse().map_err(|_| BadSince)?),
+                seq: seq.trim().parse().map_err(|_| BadSince)?,
+            }),
+            None => Ok(Since { epoch: None, seq: s.trim().parse().map_err(|_| BadSince)? }),
+        }
+    }
+}
+
 fn text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
 }
 
-fn print_message(m: &Message) {
-    println!("[{}] {}: {}", m.seq, m.sender, text(&m.body));
+/// One line of `quiver chat --json`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ChatLine<'a> {
+    Message { room: &'a str, epoch: u64, seq: u64, time_us: u64, sender: &'a str, client_msg_id: u64, body: String },
+    Ack { room: &'a str, line: u64, seq: u64, epoch: Option<u64> },
+    PostFailed { room: &'a str, line: u64, error: String },
+    Joined { member: &'a str },
+    Left { member: &'a str },
+    Resumed { recovered: bool },
+    State { state: &'static str, detail: String },
 }
 
-/// Joins the room, posts every stdin line, prints every event. Ends at end of input (once every line is
-/// acknowledged) or on Ctrl-C.
+/// How `quiver chat` prints: lines for people, or JSON objects.
+struct Out {
+    json: bool,
+    room: String,
+}
+
+impl Out {
+    fn json(&self, line: &ChatLine<'_>) {
+        match serde_json::to_string(line) {
+            Ok(text) => crate::out!("{text}"),
+            Err(err) => crate::err!("* cannot encode an event: {err}"),
+        }
+    }
+
+    fn event(&self, event: &RoomEvent) {
+        if self.json {
+            let line = match event {
+                RoomEvent::Message(m) => ChatLine::Message {
+                    room: &self.room,
+                    epoch: m.epoch,
+                    seq: m.seq,
+                    time_us: m.time_us,
+                    sender: &m.sender,
+                    client_msg_id: m.client_msg_id,
+                    body: text(&m.body),
+                },
+                RoomEvent::MemberJoined { member } => ChatLine::Joined { member },
+                RoomEvent::MemberLeft { member } => ChatLine::Left { member },
+                RoomEvent::Resumed { recovered, .. } => ChatLine::Resumed { recovered: *recovered },
+            };
+            return self.json(&line);
+        }
+        match event {
+            RoomEvent::Message(m) => print_message(m),
+            RoomEvent::MemberJoined { member } => crate::out!("* {member} joined"),
+            RoomEvent::MemberLeft { member } => crate::out!("* {member} left"),
+            RoomEvent::Resumed { recovered: true, .. } => crate::err!("* resumed; nothing missed"),
+            RoomEvent::Resumed { recovered: false, .. } => {
+                crate::err!("* resumed; messages were missed, showing the latest")
+            }
+        }
+    }
+
+    fn state(&self, state: &ConnectionState) {
+        if self.json {
+            let name = match state {
+                ConnectionState::Connected { .. } => "connected",
+                ConnectionState::Reconnecting { .. } => "reconnecting",
+                ConnectionState::Closed { .. } => "closed",
+            };
+            return self.json(&ChatLine::State { state: name, detail: state.to_string() });
+        }
+        crate::err!("* {state}");
+    }
+
+    fn posted(&self, line: u64, result: Result<u64, quiver_client::RequestError>, epoch: Option<u64>, text: &str) {
+        match (result, self.json) {
+            (Ok(seq), true) => self.json(&ChatLine::Ack { room: &self.room, line, seq, epoch }),
+            (Ok(_), false) => {}
+            (Err(err), true) => self.json(&ChatLine::PostFailed { room: &self.room, line, error: err.to_string() }),
+            (Err(err), false) => crate::err!("* post of line {line} failed ({err}): {text}"),
+        }
+    }
+}
+
+fn print_message(m: &Message) {
+    crate::out!("[{}] {}: {}", m.seq, m.sender, text(&m.body));
+}
+
+/// Stdin's lines, read on a thread of their own: a read blocked on a terminal or an open pipe must not hold the
+/// process when it ends (tokio's stdin would: the runtime waits for its blocking reads at shutdown). `None` at the
+/// end of input.
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<std::io::Result<Option<String>>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        loop {
+            let next = match lines.next() {
+                Some(Err(err)) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Some(Ok(line)) => Ok(Some(line)),
+                Some(Err(err)) => Err(err),
+                None => Ok(None),
+            };
+            let end = !matches!(next, Ok(Some(_)));
+            if tx.send(next).is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// What leaving and closing may take once the chat ends (Ctrl-C must end it within a second).
+const GOODBYE: Duration = Duration::from_millis(300);
+
+/// Joins the room, posts every stdin line, prints every event and every change of the connection. Ends at end of
+/// input (once every line is acknowledged) or on Ctrl-C (within a second, whatever stdin is doing).
 pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     let client = args.server.connect_as(args.name).await?;
-    let mut room =
-        client.join(&args.room).await.map_err(|source| CliError::Join { room: args.room.clone(), source })?;
-    eprintln!("* joined {} as {} (members: {})", args.room, client.welcome().identity, room.members().join(", "));
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let joined = match args.since {
+        Some(Since { epoch: Some(epoch), seq }) => {
+            client.join_from(&args.room, quiver_proto::Position { epoch, seq }).await
+        }
+        Some(Since { epoch: None, .. }) => return Err(CliError::SinceNeedsEpoch),
+        None => client.join(&args.room).await,
+    };
+    let mut room = joined.map_err(|source| CliError::Join { room: args.room.clone(), source })?;
+    let out = Out { json: args.json, room: args.room.clone() };
+    let mut state = client.state();
+    state.borrow_and_update();
+    if out.json {
+        out.state(&client.state().borrow());
+    } else {
+        crate::err!("* joined {} as {} (members: {})", args.room, client.welcome().identity, room.members().join(", "));
+    }
+    let mut lines = stdin_lines();
     let mut posts = tokio::task::JoinSet::new();
     let mut input_open = true;
+    let mut line_no = 0u64;
+    let mut last_acked = 0u64;
+    let mut interrupted = false;
     loop {
         tokio::select! {
-            line = lines.next_line(), if input_open => match line {
-                Ok(Some(line)) if line.trim().is_empty() => {}
-                Ok(Some(line)) => {
+            line = lines.recv(), if input_open => match line {
+                Some(Ok(Some(line))) if line.trim().is_empty() => line_no += 1,
+                Some(Ok(Some(line))) => {
+                    line_no += 1;
                     // Queued now, in input order; acknowledged whenever.
-                    posts.spawn(room.post(line));
+                    let posted = room.post(line.clone());
+                    posts.spawn(async move { (line_no, posted.await, line) });
                 }
-                Ok(None) => input_open = false,
-                Err(err) => return Err(CliError::Stdin(err)),
+                Some(Ok(None)) | None => input_open = false,
+                Some(Err(err)) => return Err(CliError::Stdin(err)),
             },
             Some(done) = posts.join_next(), if !posts.is_empty() => {
-                if let Ok(Err(err)) = done {
-                    eprintln!("* post failed: {err}");
+                if let Ok((line, result, text)) = done {
+                    if let Ok(seq) = &result {
+                        last_acked = last_acked.max(*seq);
+                    }
+                    out.posted(line, result, room.position().map(|p| p.epoch), &text);
+                }
+            }
+            changed = state.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let now = state.borrow_and_update().clone();
+                out.state(&now);
+                if let ConnectionState::Closed { .. } = now {
+                    return Err(CliError::RoomEnded);
                 }
             }
             event = room.next() => match event {
-                Some(RoomEvent::Message(m)) => print_message(&m),
-                Some(RoomEvent::MemberJoined { member }) => println!("* {member} joined"),
-                Some(RoomEvent::MemberLeft { member }) => println!("* {member} left"),
-                Some(RoomEvent::Resumed { recovered: true, .. }) => eprintln!("* reconnected; nothing missed"),
-                Some(RoomEvent::Resumed { recovered: false, .. }) => {
-                    eprintln!("* reconnected; messages were missed, showing the latest")
-                }
+                Some(event) => out.event(&event),
                 None => return Err(CliError::RoomEnded),
             },
-            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::signal::ctrl_c() => {
+                interrupted = true;
+                break;
+            }
         }
         if !input_open && posts.is_empty() {
             break;
         }
     }
-    let _ = room.leave().await;
-    client.close().await;
+    if !interrupted {
+        // End of input: the room's copies of our own posts may still be on their way (the room stream and the
+        // acknowledgements are separate streams); print them before leaving.
+        let caught_up = async {
+            while room.position().is_none_or(|p| p.seq < last_acked) {
+                match room.next().await {
+                    Some(event) => out.event(&event),
+                    None => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), caught_up).await;
+    }
+    let _ = tokio::time::timeout(GOODBYE, room.leave()).await;
+    let _ = tokio::time::timeout(GOODBYE, client.close()).await;
     Ok(())
 }
 
@@ -126,7 +310,7 @@ pub(crate) async fn post(args: PostArgs) -> Result<(), CliError> {
         None => client.post(&args.room, args.text).await,
     };
     let seq = posted.map_err(CliError::Post)?;
-    println!("{seq}");
+    crate::out!("{seq}");
     client.close().await;
     Ok(())
 }
@@ -143,10 +327,37 @@ struct HistoryLine<'a> {
 
 pub(crate) async fn history(args: HistoryArgs) -> Result<(), CliError> {
     let client = args.server.connect().await?;
-    let mut since = args.since;
+    let mut since = args.since.map(|s| s.seq);
     let mut left = args.limit;
+    let mut first = true;
     while left > 0 {
-        let page = client.history(&args.room, since, left).await.map_err(CliError::History)?;
+        let mut page = client.history(&args.room, since, left).await.map_err(CliError::History)?;
+        if first {
+            first = false;
+            if let Some(Since { epoch: Some(asked), seq }) = args.since {
+                if page.epoch != asked {
+                    // Seqs of another epoch mean nothing here: everything retained now is after the position.
+                    crate::err!(
+                        "* room {} is in epoch {} now, not {asked}: its history up to seq {seq} of that epoch was \
+                         lost (a server without a store restarted, or the room was evicted); showing what is retained",
+                        args.room,
+                        page.epoch
+                    );
+                    page = client.history(&args.room, None, left).await.map_err(CliError::History)?;
+                }
+            }
+            let after = if page.epoch == args.since.and_then(|s| s.epoch).unwrap_or(page.epoch) { since } else { None };
+            if let (Some(first_seq), Some(after)) = (page.messages.first().map(|m| m.seq), after) {
+                if first_seq > after + 1 {
+                    crate::err!(
+                        "* history was trimmed: seqs {} to {} of room {} are no longer retained",
+                        after + 1,
+                        first_seq - 1,
+                        args.room
+                    );
+                }
+            }
+        }
         for event in &page.messages {
             let quiver_proto::EventKind::Message { sender, client_msg_id, body } = &event.kind else { continue };
             if args.json {
@@ -158,9 +369,9 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<(), CliError> {
                     client_msg_id: *client_msg_id,
                     body: text(body),
                 };
-                println!("{}", serde_json::to_string(&line)?);
+                crate::out!("{}", serde_json::to_string(&line)?);
             } else {
-                println!("[{}] {}: {}", event.seq, sender, text(body));
+                crate::out!("[{}] {}: {}", event.seq, sender, text(body));
             }
         }
         left = left.saturating_sub(page.messages.len() as u32);

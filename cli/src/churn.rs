@@ -38,7 +38,7 @@ pub(crate) async fn run(args: ChurnArgs) -> Result<(), CliError> {
         body_bytes: args.body_bytes,
         connection_interval: Duration::from_millis(args.interval_ms),
     };
-    eprintln!("churning {} for {} s with {} workers", options.server, args.duration, options.workers);
+    crate::err!("churning {} for {} s with {} workers", options.server, args.duration, options.workers);
     let counters = Arc::new(ChurnCounters::default());
     let run = churn(options, counters.clone());
     tokio::pin!(run);
@@ -47,14 +47,14 @@ pub(crate) async fn run(args: ChurnArgs) -> Result<(), CliError> {
     loop {
         tokio::select! {
             () = &mut run => break,
-            _ = progress.tick() => eprintln!("  {}", counters.summary()),
+            _ = progress.tick() => crate::err!("  {}", counters.summary()),
         }
     }
-    println!("{}", counters.summary());
+    crate::out!("{}", counters.summary());
     let errors: u64 = {
         let errors = counters.errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for (what, count) in errors.iter() {
-            println!("  {count} × {what}");
+            crate::out!("  {count} × {what}");
         }
         errors.values().sum()
     };

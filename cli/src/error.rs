@@ -47,6 +47,9 @@ pub(crate) enum CliError {
     /// `quiver chat`: the room's events stopped.
     #[error("the room's event stream ended")]
     RoomEnded,
+    /// `chat --since` without an epoch: a seq alone cannot tell a lost history from a kept one.
+    #[error("--since needs EPOCH:SEQ for chat (the epoch tells whether the room still holds what followed)")]
+    SinceNeedsEpoch,
     /// `quiver chat`: standard input.
     #[error("reading stdin: {0}")]
     Stdin(io::Error),
@@ -57,8 +60,9 @@ pub(crate) enum CliError {
     #[error("history failed: {0}")]
     History(RequestError),
     /// `quiver ping`.
-    #[error("ping failed: {0}")]
-    Ping(RequestError),
+    /// Pings that got no answer within the timeout (exit 1 after the report).
+    #[error("{lost} of {sent} pings got no answer")]
+    PingsLost { lost: u64, sent: u64 },
     /// `quiver tick pub`: claiming the channel.
     #[error("cannot publish: {0}")]
     Publish(RequestError),
@@ -108,6 +112,9 @@ pub(crate) enum CliError {
     /// Ctrl-C during a benchmark.
     #[error("interrupted")]
     Interrupted,
+    /// An output file that cannot be written (checked before a bench runs).
+    #[error("{}: {why}", path.display())]
+    Output { path: std::path::PathBuf, why: String },
     /// `--json` output.
     #[error(transparent)]
     Json(#[from] serde_json::Error),

@@ -11,7 +11,8 @@ use crate::error::CliError;
 /// override the profile's values.
 #[derive(Debug, Args)]
 pub(crate) struct ProfileArgs {
-    /// A preset (clean, lan, wifi, lte, lossy-1, lossy-5, satellite) or a TOML profile file.
+    /// A preset (clean, lan, wifi, lte, lossy-1, lossy-5, delay-20, lossy-1-20, lossy-5-20, burst-20, satellite:
+    /// docs/impair.md) or a TOML profile file.
     #[arg(long)]
     profile: Option<String>,
     /// Random loss, percent.
@@ -128,14 +129,14 @@ fn print(stats: &RelayStats) {
 }
 
 fn print_directions(up: &LinkStats, down: &LinkStats) {
-    println!("{}", row("up", up));
-    println!("{}", row("down", down));
+    crate::out!("{}", row("up", up));
+    crate::out!("{}", row("down", down));
 }
 
 pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
     if args.list_presets {
         for (name, what) in PRESETS {
-            println!("{name:<10} {what}");
+            crate::out!("{name:<10} {what}");
         }
         return Ok(());
     }
@@ -148,7 +149,7 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
     };
     let config = RelayConfig { listen, upstream, profile, max_clients: args.max_clients };
     let relay = Relay::start(config.clone()).map_err(|source| CliError::Relay { listen, source })?;
-    eprintln!("relaying {} -> {upstream} with {:?}", relay.local_addr(), config.profile);
+    crate::err!("relaying {} -> {upstream}, {}", relay.local_addr(), config.profile);
     let end = async {
         match args.duration {
             Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
@@ -166,7 +167,7 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
         }
     }
     let stats = tokio::task::spawn_blocking(move || relay.stop()).await?;
-    println!("total ({} clients{}):", stats.clients, if stats.refused > 0 { ", some refused" } else { "" });
+    crate::out!("total ({} clients{}):", stats.clients, if stats.refused > 0 { ", some refused" } else { "" });
     print(&stats);
     Ok(())
 }
@@ -179,8 +180,8 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
     let link = NetnsLink::start_with("quiver", &profile, backend)
         .map_err(|source| CliError::NetnsSetup { backend, source })?;
     let (srv, cli) = (link.namespace(Side::Server), link.namespace(Side::Client));
-    eprintln!(
-        "{srv} ({}) <-> {cli} ({}), {} backend, with {profile:?}",
+    crate::err!(
+        "{srv} ({}) <-> {cli} ({}), {} backend, {profile}",
         netns::SERVER_ADDR,
         netns::CLIENT_ADDR,
         backend.name()
@@ -193,7 +194,7 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
     let mut server = match &args.server_cmd {
         Some(cmd) => Some(shell(Side::Server, cmd).spawn().map_err(CliError::ServerCommand)?),
         None => {
-            eprintln!("run programs inside with: ip netns exec {srv} <server>   and   ip netns exec {cli} <client>");
+            crate::err!("run programs inside with: ip netns exec {srv} <server>   and   ip netns exec {cli} <client>");
             None
         }
     };
@@ -235,7 +236,7 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
         let _ = server.kill().await;
     }
     let stats = tokio::task::spawn_blocking(move || link.stop()).await?.map_err(CliError::NetnsCleanup)?;
-    println!("total:");
+    crate::out!("total:");
     print_directions(&stats.up, &stats.down);
     outcome
 }
@@ -243,4 +244,19 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
 #[cfg(not(target_os = "linux"))]
 async fn netns(_: ImpairArgs, _: ImpairmentProfile) -> Result<(), CliError> {
     Err(CliError::NetnsNeedsLinux)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Args as _;
+
+    #[test]
+    fn the_profile_help_names_every_preset() {
+        let command = super::ProfileArgs::augment_args(clap::Command::new("quiver"));
+        let profile = command.get_arguments().find(|a| a.get_id() == "profile").expect("--profile");
+        let help = profile.get_help().expect("help").to_string();
+        for (name, _) in quiver_lab::impair::PRESETS {
+            assert!(help.contains(name), "--profile's help does not name {name}: {help}");
+        }
+    }
 }

@@ -5,6 +5,7 @@ mod chat;
 mod churn;
 mod error;
 mod impair;
+mod output;
 mod ping;
 mod tick;
 
@@ -16,10 +17,13 @@ use quiver_client::{Client, ConnectOptions, TrustOptions};
 
 use crate::error::CliError;
 
+/// `quiver --version`: the crate's version and the git commit it was built from.
+pub(crate) const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("QUIVER_COMMIT"), ")");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "quiver",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("QUIVER_COMMIT"), ")"),
+    version = VERSION,
     about = "Quiver client: ping, chat, ticks and benchmarks against a Quiver server"
 )]
 struct Cli {
@@ -146,7 +150,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            crate::err!("error: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -166,11 +170,11 @@ fn main() -> ExitCode {
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) => {
-            eprintln!("error: {err}");
+            crate::err!("error: {err}");
             ExitCode::FAILURE
         }
         Err(join) => {
-            eprintln!("error: {join}");
+            crate::err!("error: {join}");
             ExitCode::FAILURE
         }
     }

@@ -42,7 +42,7 @@ struct PingReport {
 pub(crate) async fn run(args: PingArgs) -> Result<(), CliError> {
     let client = args.server.connect().await?;
     if !args.json {
-        eprintln!("pinging {} ({} pings, one every {} ms)", client.server_addr(), args.count, args.interval_ms);
+        crate::err!("pinging {} ({} pings, one every {} ms)", client.server_addr(), args.count, args.interval_ms);
     }
     let interval = Duration::from_millis(args.interval_ms);
     let timeout = Duration::from_millis(args.timeout_ms);
@@ -54,20 +54,29 @@ pub(crate) async fn run(args: PingArgs) -> Result<(), CliError> {
         quiver_lab::pace::until(scheduled).await;
         let client = client.clone();
         in_flight.spawn(async move {
+            // A ping that fails (the connection went while it was out) is lost like one that timed out; the
+            // first failure is reported after the run.
             match tokio::time::timeout(timeout, client.ping()).await {
-                Ok(Ok(_)) => Ok(Some(scheduled.elapsed())),
-                Ok(Err(err)) => Err(CliError::Ping(err)),
-                Err(_) => Ok(None),
+                Ok(Ok(_)) => Ok::<_, CliError>(Ok(scheduled.elapsed())),
+                Ok(Err(err)) => Ok(Err(Some(err))),
+                Err(_) => Ok(Err(None)),
             }
         });
     }
     let mut latencies = LatencyRecorder::default();
     let mut lost = 0;
+    let mut first_failure = None;
     while let Some(result) = in_flight.join_next().await {
         match result?? {
-            Some(rtt) => latencies.record(rtt),
-            None => lost += 1,
+            Ok(rtt) => latencies.record(rtt),
+            Err(failure) => {
+                lost += 1;
+                first_failure = first_failure.or(failure);
+            }
         }
+    }
+    if let Some(err) = first_failure {
+        crate::err!("* some pings failed, the first with: {err}");
     }
     let s = latencies.summary();
     client.close().await;
@@ -81,13 +90,21 @@ pub(crate) async fn run(args: PingArgs) -> Result<(), CliError> {
             p999_us: s.p999_us,
             max_us: s.max_us,
         };
-        println!("{}", serde_json::to_string(&report)?);
+        crate::out!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("{} answered, {lost} lost", s.count);
-        println!(
+        crate::out!("{} answered, {lost} lost", s.count);
+        crate::out!(
             "rtt µs   p50 {}   p90 {}   p99 {}   p99.9 {}   max {}",
-            s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us
+            s.p50_us,
+            s.p90_us,
+            s.p99_us,
+            s.p999_us,
+            s.max_us
         );
     }
-    Ok(())
+    // Scripts check the exit code: pings that went unanswered are a failure, after the report.
+    match lost {
+        0 => Ok(()),
+        lost => Err(CliError::PingsLost { lost, sent: s.count + lost }),
+    }
 }

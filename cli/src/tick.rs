@@ -89,9 +89,9 @@ async fn publish(args: PubArgs) -> Result<(), CliError> {
     let end = deadline(args.duration)?;
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     if args.price {
-        eprintln!("publishing {} prices/s on {}", args.rate, args.channel);
+        crate::err!("publishing {} prices/s on {}", args.rate, args.channel);
     } else {
-        eprintln!("publishing {} ticks/s of {} bytes on {}", args.rate, args.size, args.channel);
+        crate::err!("publishing {} ticks/s of {} bytes on {}", args.rate, args.size, args.channel);
     }
     let mut price = 100.0f64;
     let start = Instant::now();
@@ -125,11 +125,11 @@ async fn publish(args: PubArgs) -> Result<(), CliError> {
             Err(err) => return Err(err.into()),
         }
         if Instant::now() >= report {
-            eprintln!("sent {sent} ticks ({unsent} while reconnecting)");
+            crate::err!("sent {sent} ticks ({unsent} while reconnecting)");
             report += Duration::from_secs(1);
         }
     }
-    println!("sent {sent} ticks in {:.1} s ({unsent} not sent while reconnecting)", start.elapsed().as_secs_f64());
+    crate::out!("sent {sent} ticks in {:.1} s ({unsent} not sent while reconnecting)", start.elapsed().as_secs_f64());
     // Closing drops datagrams quinn has not sent yet: give the last ticks a moment to leave.
     tokio::time::sleep(Duration::from_millis(50)).await;
     client.close().await;
@@ -171,7 +171,7 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
     let subscription = client.subscribe(&args.channel).await.map_err(CliError::Subscribe)?;
     let end = deadline(args.duration)?;
     if !args.json {
-        eprintln!("subscribed to {}", args.channel);
+        crate::err!("subscribed to {}", args.channel);
     }
     let mut second = tokio::time::interval_at(Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
     let mut previous = 0;
@@ -180,7 +180,7 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
             _ = second.tick() => {
                 let stats = subscription.stats();
                 if !args.json {
-                    println!("{}", line(&stats, (stats.received - previous) as f64));
+                    crate::out!("{}", line(&stats, (stats.received - previous) as f64));
                 }
                 previous = stats.received;
             }
@@ -197,13 +197,17 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
             stale_dropped: stats.stale_dropped,
             latency: stats.latency,
         };
-        println!("{}", serde_json::to_string(&report)?);
+        crate::out!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("total: received {}  lost {}  stale {}", stats.received, stats.lost, stats.stale_dropped);
+        crate::out!("total: received {}  lost {}  stale {}", stats.received, stats.lost, stats.stale_dropped);
         let l = stats.latency;
-        println!(
+        crate::out!(
             "latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+            l.p50_us,
+            l.p90_us,
+            l.p99_us,
+            l.p999_us,
+            l.max_us
         );
     }
     client.close().await;

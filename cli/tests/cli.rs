@@ -87,6 +87,11 @@ async fn quiver_bench_post_and_restart_print_their_tables_and_json() {
     assert!(stdout.contains("fsync on this disk") && stdout.contains("goals:"), "{stdout}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["rows"].as_array().unwrap().len(), 2, "{report}");
+    // Where the numbers came from.
+    let meta = &report["meta"];
+    assert!(meta["unix_time_s"].as_u64().unwrap() > 1_700_000_000, "{meta}");
+    assert!(meta["quiver_version"].as_str().unwrap().starts_with(env!("CARGO_PKG_VERSION")), "{meta}");
+    assert!(meta["cpus"].as_u64().unwrap() >= 1 && meta["command"].as_str().unwrap().contains("bench post"));
     let bad = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
         .args(["bench", "post", "--modes", "disk"])
         .output()
@@ -102,4 +107,69 @@ async fn quiver_bench_post_and_restart_print_their_tables_and_json() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("ready (lock, store open") && stdout.contains("512 messages"), "{stdout}");
+}
+
+#[tokio::test]
+async fn bench_outputs_are_checked_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(Vec<String>, &str); 3] = [
+        (vec!["--plot".into(), dir.path().join("x.jpg").display().to_string()], "a plot is .svg or .png"),
+        (vec!["--json".into(), dir.path().join("missing/x.json").display().to_string()], "No such file"),
+        (vec!["--size".into(), "4".into()], "at least 12"),
+    ];
+    for (args, wanted) in cases {
+        let started = std::time::Instant::now();
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(["bench", "rtt", "--duration", "30"])
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(wanted), "{args:?}: {stderr}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{args:?} ran the bench first");
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_a_command_quietly() {
+    // `quiver history ... | head -2`: the reader goes, the command ends at once with status 0, no panic.
+    let server = quiver_tests::TestServer::start(quiver_proto::Limits::default());
+    let client = server.client().await;
+    for i in 0..50 {
+        client.post("town", format!("line {i}")).await.unwrap();
+    }
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["history", "--room", "town", "--server", &server.addr.to_string(), "--data-dir"])
+        .arg(server.data_dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output()).await.unwrap();
+    let output = output.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && !stderr.contains("panicked"), "{}: {stderr}", output.status);
+    client.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bench_fanout_draws_its_percentile_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("fanout.svg");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["bench", "fanout", "--subscribers", "3", "--rate", "50", "--chat-rate", "5"])
+        .args(["--duration", "1", "--warmup", "0.2", "--plot"])
+        .arg(&plot)
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("mean ± sd"), "{stdout}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("quiver ticks") && svg.contains("quiver chat"), "{stderr}");
 }

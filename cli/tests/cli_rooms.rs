@@ -187,3 +187,148 @@ async fn post_with_an_id_run_twice_gets_the_original_seq_even_across_a_restart()
     assert_eq!(history.messages.len(), 5, "nothing doubled across the restart");
     server.stop().await;
 }
+
+/// The next line of `quiver chat --json` as JSON (within 20 s).
+async fn next(lines: &mut Lines<BufReader<ChildStdout>>) -> serde_json::Value {
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+/// `quiver chat` with stdin piped and kept open, stdout read line by line.
+fn chat_process(server: &TestServer, extra: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["chat", "--room", "town", "--server", &server.addr.to_string(), "--data-dir"])
+        .arg(server.data_dir.path())
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_ends_chat_within_a_second_while_stdin_stays_open() {
+    let server = TestServer::start(Limits::default());
+    let (mut child, mut lines) = chat_process(&server, &["--name", "ann", "--json"]);
+    // Joined (the first line is the connection state), stdin open and idle.
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    assert!(first.contains("\"state\":\"connected\""), "{first}");
+    let pid = child.id().unwrap().to_string();
+    let sent = std::time::Instant::now();
+    Command::new("kill").args(["-INT", &pid]).status().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(sent.elapsed() < Duration::from_secs(1), "exited {:?} after Ctrl-C", sent.elapsed());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_json_prints_messages_acks_presence_disconnects_and_an_unrecovered_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = |dir: &std::path::Path, addr| quiver_server::ServerConfig {
+        durability: quiver_server::store::Durability::Memory,
+        ..quiver_server::ServerConfig::dev(addr, dir.to_owned())
+    };
+    let server = TestServer::start_with(memory(dir.path(), "127.0.0.1:0".parse().unwrap()), dir);
+    let (mut child, mut lines) = chat_process(&server, &["--name", "ann", "--json"]);
+    assert_eq!(next(&mut lines).await["state"], "connected");
+    assert_eq!(next(&mut lines).await["type"], "joined", "ann's own join");
+    let stdin = child.stdin.as_mut().unwrap();
+    stdin.write_all(b"hello\n").await.unwrap();
+    stdin.flush().await.unwrap();
+    let mut got = [next(&mut lines).await, next(&mut lines).await];
+    got.sort_by_key(|v| v["type"].as_str().unwrap().to_string());
+    let (ack, message) = (&got[0], &got[1]);
+    assert_eq!((ack["type"].as_str(), ack["line"].as_u64(), ack["seq"].as_u64()), (Some("ack"), Some(1), Some(1)));
+    assert_eq!(message["type"], "message");
+    assert_eq!((message["seq"].as_u64(), message["sender"].as_str()), (Some(1), Some("ann")));
+    assert_eq!((message["body"].as_str(), message["epoch"].as_u64()), (Some("hello"), ack["epoch"].as_u64()));
+
+    let bob = quiver_client::Client::connect_with(
+        &server.addr.to_string(),
+        quiver_client::ConnectOptions { trust: server.trust(), name: Some("bob".into()), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    let bob_room = bob.join("town").await.unwrap();
+    let joined = next(&mut lines).await;
+    assert_eq!((joined["type"].as_str(), joined["member"].as_str()), (Some("joined"), Some("bob")));
+    drop(bob_room);
+    bob.close().await;
+    let left = next(&mut lines).await;
+    assert_eq!((left["type"].as_str(), left["member"].as_str()), (Some("left"), Some("bob")));
+
+    // A restart with the memory store: the chat sees the link go and come back, and is told the room's history
+    // was lost.
+    let server = server.restart_with(memory).await;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|v: &serde_json::Value| v["type"] == "resumed") {
+        seen.push(next(&mut lines).await);
+    }
+    let states: Vec<&str> = seen.iter().filter_map(|v| v["state"].as_str()).collect();
+    assert!(states.contains(&"reconnecting") && states.contains(&"connected"), "{seen:?}");
+    let resumed = seen.iter().find(|v| v["type"] == "resumed").unwrap();
+    assert_eq!(resumed["recovered"], false, "{seen:?}");
+    drop(child);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_exits_non_zero_when_pings_are_lost() {
+    let server = TestServer::start(Limits::default());
+    let child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["ping", "--count", "300", "--interval-ms", "10", "--timeout-ms", "500", "--json", "--server"])
+        .arg(server.addr.to_string())
+        .arg("--data-dir")
+        .arg(server.data_dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    server.stop().await;
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["lost"].as_u64().unwrap() > 0, "{report}");
+    assert!(stderr.contains("pings got no answer"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_since_a_position_says_when_history_was_trimmed_or_lost() {
+    let server = TestServer::start(Limits { history_max_messages: 3, ..Limits::default() });
+    let client = quiver_client::Client::connect(&server.addr.to_string(), server.trust()).await.unwrap();
+    for i in 1..=5 {
+        client.post("town", format!("m{i}")).await.unwrap();
+    }
+    let room = client.join("town").await.unwrap();
+    let epoch = room.position().unwrap().epoch;
+    let history = |since: String| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+        command
+            .args(["history", "--room", "town", "--since", &since, "--server", &server.addr.to_string()])
+            .arg("--data-dir")
+            .arg(server.data_dir.path());
+        command
+    };
+    let out = history(format!("{epoch}:1")).output().await.unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("history was trimmed: seqs 2 to 2 of room town"), "{stderr}");
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    let out = history("999:2".into()).output().await.unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stderr.contains(&format!("is in epoch {epoch} now, not 999")), "{stderr}");
+    assert_eq!(stdout.lines().count(), 3, "everything retained: {stdout}");
+    let bad = history("yesterday".into()).output().await.unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected EPOCH:SEQ"));
+    client.close().await;
+    server.stop().await;
+}

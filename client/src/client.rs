@@ -10,7 +10,7 @@ use quiver_proto::{ErrorCode, HistoryPage, Limits, Reply, RequestBody, Welcome};
 use crate::{
     clock::unix_us,
     driver::{Driver, DriverHandle, CLOSE_WAIT},
-    ConnectError, ConnectOptions, RequestError, Room, TickPublisher, TickSubscription, TrustOptions,
+    ConnectError, ConnectOptions, ConnectionState, RequestError, Room, TickPublisher, TickSubscription, TrustOptions,
 };
 
 /// A Quiver session that survives connection loss. Cheap to clone; dropping the last clone (and every [`Room`],
@@ -40,6 +40,12 @@ impl Client {
     /// Connects with every option spelled out. The first connection must succeed; later losses are reconnected.
     pub async fn connect_with(server: &str, options: ConnectOptions) -> Result<Client, ConnectError> {
         Ok(Client { handle: DriverHandle::new(Driver::connect(server, options).await?) })
+    }
+
+    /// The link's state, as a watch: `borrow()` for now, `changed().await` for the next change (connected,
+    /// reconnecting with the attempt, the last error and the time to the next try, closed with the reason).
+    pub fn state(&self) -> tokio::sync::watch::Receiver<ConnectionState> {
+        self.handle.driver.state.subscribe()
     }
 
     /// The latest Welcome: session id, identity, limits.
@@ -109,7 +115,16 @@ impl Client {
 
     /// Joins `room`: its events (from now on) arrive through the returned [`Room`].
     pub async fn join(&self, room: &str) -> Result<Room, RequestError> {
-        let (entry, events) = self.handle.driver.join(room).await?;
+        let (entry, events) = self.handle.driver.join(room, None).await?;
+        Ok(Room { entry, events, handle: self.handle.clone() })
+    }
+
+    /// Joins `room` from `position` (a [`Room::position`] stored by an earlier session: a bot or a chat that
+    /// restarts). Messages after it are replayed, none up to it is delivered again, and the first event is
+    /// `Resumed { recovered }`: `false` when the server no longer holds everything after `position` (trimmed
+    /// history, or another epoch), so what follows is the room's latest messages, not all that was missed.
+    pub async fn join_from(&self, room: &str, position: quiver_proto::Position) -> Result<Room, RequestError> {
+        let (entry, events) = self.handle.driver.join(room, Some(position)).await?;
         Ok(Room { entry, events, handle: self.handle.clone() })
     }
 

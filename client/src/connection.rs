@@ -9,6 +9,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex, Weak,
     },
+    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -44,6 +45,27 @@ pub(crate) trait Handler: Send + Sync + 'static {
     fn pushed(&self, connection: usize, msg: ServerMsg);
 }
 
+/// The port `quiver-server` listens on by default, used when the server is given without one.
+pub const DEFAULT_PORT: u16 = 4433;
+
+/// Happy eyeballs: how long an address gets before the next one is tried as well.
+const NEXT_ADDRESS_DELAY: Duration = Duration::from_millis(250);
+
+/// (the TLS server name, `server` with a port): `host:port`, `[v6]:port`, `host`, `v6` or `[v6]`.
+fn split_host(server: &str) -> (String, String) {
+    if let Ok(ip) = server.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        if !server.contains("]:") {
+            return (ip.to_string(), SocketAddr::new(ip, DEFAULT_PORT).to_string());
+        }
+    }
+    match server.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => {
+            (host.trim_start_matches('[').trim_end_matches(']').to_string(), server.to_string())
+        }
+        _ => (server.to_string(), format!("{server}:{DEFAULT_PORT}")),
+    }
+}
+
 /// Where to connect and how, resolved once for the client's life.
 #[derive(Debug)]
 pub(crate) struct Target {
@@ -57,26 +79,82 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    pub(crate) async fn resolve(server: &str, options: &ConnectOptions) -> Result<Target, ConnectError> {
+    /// Resolves `server` (`host:port`, or `host` for port [`DEFAULT_PORT`]) to every address it names, each with
+    /// its own endpoint, in the resolver's order.
+    pub(crate) async fn resolve_all(server: &str, options: &ConnectOptions) -> Result<Vec<Target>, ConnectError> {
         let resolve_err = |source| ConnectError::Resolve { server: server.to_string(), source };
-        let addr = tokio::net::lookup_host(server)
-            .await
-            .map_err(resolve_err)?
-            .next()
-            .ok_or_else(|| resolve_err(std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))?;
-        // The TLS server name: the host part as written ("localhost", "example.com", "127.0.0.1", "::1").
-        let host = server.rsplit_once(':').map_or(server, |(host, _)| host);
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-        let (tls, pin) = trust::tls_config(&options.trust, addr, ALPN_QUIVER)?;
-        let config = quiver_transport::tls::client_config(tls, &options.tuning).map_err(trust::TrustError::from)?;
-        let bind: SocketAddr = if addr.is_ipv6() {
-            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
-        } else {
-            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
-        };
-        let endpoint = quinn::Endpoint::client(bind).map_err(ConnectError::Socket)?;
-        let qlog = options.qlog_dir.clone().map(|dir| (dir, options.tuning.clone()));
-        Ok(Target { addr, host, endpoint, config, pin, qlog })
+        let (host, with_port) = split_host(server);
+        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(&with_port).await.map_err(resolve_err)?.collect();
+        // `localhost` is this machine's loopback in both families (RFC 6761), whatever /etc/hosts lists: a server
+        // bound to [::1] is reached even where localhost resolves to 127.0.0.1 only.
+        if host.eq_ignore_ascii_case("localhost") {
+            if let Some(port) = addrs.first().map(SocketAddr::port) {
+                for ip in [std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST), std::net::Ipv4Addr::LOCALHOST.into()]
+                {
+                    if !addrs.iter().any(|a| a.ip() == ip) {
+                        addrs.push(SocketAddr::new(ip, port));
+                    }
+                }
+            }
+        }
+        if addrs.is_empty() {
+            return Err(resolve_err(std::io::Error::new(std::io::ErrorKind::NotFound, "no address")));
+        }
+        let mut targets = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let (tls, pin) = trust::tls_config(&options.trust, addr, ALPN_QUIVER)?;
+            let config = quiver_transport::tls::client_config(tls, &options.tuning).map_err(trust::TrustError::from)?;
+            let bind: SocketAddr = if addr.is_ipv6() {
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+            } else {
+                SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+            };
+            let endpoint = quinn::Endpoint::client(bind).map_err(ConnectError::Socket)?;
+            let qlog = options.qlog_dir.clone().map(|dir| (dir, options.tuning.clone()));
+            targets.push(Target { addr, host: host.clone(), endpoint, config, pin, qlog });
+        }
+        Ok(targets)
+    }
+
+    /// Happy eyeballs (RFC 8305's idea, for QUIC): a handshake to each address, each started [`NEXT_ADDRESS_DELAY`]
+    /// after the previous one unless that one has failed; the first to complete wins and the others are dropped.
+    /// A host whose first address does not answer (`localhost` as 127.0.0.1 for a server on `[::1]`) connects
+    /// through the next. With every attempt failed, the first address's error.
+    pub(crate) async fn race(targets: Vec<Target>) -> Result<(Target, quinn::Connection), ConnectError> {
+        let mut attempts = tokio::task::JoinSet::new();
+        let count = targets.len();
+        let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        for (i, target) in targets.into_iter().enumerate() {
+            let failed_tx = failed_tx.clone();
+            attempts.spawn(async move {
+                let result = target.handshake().await;
+                if result.is_err() {
+                    let _ = failed_tx.send(i);
+                }
+                (i, target, result)
+            });
+            if i + 1 < count {
+                // The next starts after the delay, or at once when an earlier attempt has failed.
+                tokio::select! {
+                    () = tokio::time::sleep(NEXT_ADDRESS_DELAY) => {}
+                    _ = failed.recv() => {}
+                }
+            }
+        }
+        drop(failed_tx);
+        let mut first_error: Option<(usize, ConnectError)> = None;
+        while let Some(done) = attempts.join_next().await {
+            let Ok((i, target, result)) = done else { continue };
+            match result {
+                Ok(quic) => return Ok((target, quic)),
+                Err(err) => {
+                    if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
+                        first_error = Some((i, err));
+                    }
+                }
+            }
+        }
+        Err(first_error.map_or(ConnectError::Timeout(Duration::ZERO), |(_, err)| err))
     }
 
     /// The QUIC handshake, with a pin mismatch reported as such.
@@ -117,20 +195,25 @@ pub(crate) struct Connection<H: Handler> {
 impl<H: Handler> Connection<H> {
     /// Connects and says Hello. On success the connection's tasks run on `tasks`: the control stream's reader, the
     /// room stream acceptor, the datagram reader and the tail probe.
+    /// `first`: a QUIC connection already made (by [`Target::race`]), else one is made now.
     pub(crate) async fn open(
         target: &Target,
+        first: Option<quinn::Connection>,
         options: &ConnectOptions,
         handler: Weak<H>,
         tasks: &TaskTracker,
     ) -> Result<Arc<Connection<H>>, ConnectError> {
-        let quic = target.handshake().await?;
+        let quic = match first {
+            Some(quic) => quic,
+            None => target.handshake().await?,
+        };
         let (mut send, mut recv) = quic.open_bi().await?;
         let codec = FrameCodec::new(quiver_proto::Limits::default().max_frame as usize);
         let hello = Hello {
             version: options.protocol_version,
             agent: concat!("quiver-client/", env!("CARGO_PKG_VERSION")).into(),
             name: options.name.clone(),
-            token: options.token().map_err(ConnectError::Token)?,
+            token: options.token().await.map_err(ConnectError::Token)?,
         };
         send.write_all(&codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) })?).await?;
         let mut inbound = BytesMut::new();

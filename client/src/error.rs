@@ -77,6 +77,13 @@ impl ConnectError {
             _ => None,
         }
     }
+
+    /// True when trying again cannot help: the server refused the session (a token, the protocol version), the
+    /// server's certificate is not the pinned one, or the trust options are unusable. A reconnecting client ends
+    /// on these instead of retrying in silence.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, ConnectError::Refused(_) | ConnectError::PinMismatch { .. } | ConnectError::Trust(_))
+    }
 }
 
 /// The server broke the protocol.

@@ -20,6 +20,10 @@ pub struct LatencySummary {
     pub p999_us: u64,
     /// Largest sample.
     pub max_us: u64,
+    /// Arithmetic mean (rounded).
+    pub mean_us: u64,
+    /// Standard deviation (rounded): how spread the samples are around the mean.
+    pub stdev_us: u64,
 }
 
 /// Records latencies with 3 significant digits, from 1 µs to one hour.
@@ -72,6 +76,8 @@ impl LatencyRecorder {
             p99_us: q(0.99),
             p999_us: q(0.999),
             max_us: if h.is_empty() { 0 } else { h.max() },
+            mean_us: if h.is_empty() { 0 } else { h.mean().round() as u64 },
+            stdev_us: if h.is_empty() { 0 } else { h.stdev().round() as u64 },
         }
     }
 }

@@ -26,12 +26,14 @@
 //! flight, room positions, the post queue, backoff, tick bookkeeping); `connection` is one QUIC connection; the
 //! `driver` owns every task (one tracker, one cancellation token) and carries out what the state decides.
 
+#![warn(missing_docs)]
 mod client;
 mod clock;
 mod connection;
 mod driver;
 mod error;
 pub mod latency;
+mod link;
 mod options;
 pub mod room;
 pub mod state;
@@ -40,9 +42,11 @@ pub mod ticks;
 pub mod trust;
 
 pub use client::{Client, Pong};
+pub use connection::DEFAULT_PORT;
 pub use driver::EVENT_BUFFER;
 pub use error::{ConnectError, ProtocolError, RequestError, TickError, TokenError};
-pub use options::{ConnectOptions, TokenProvider};
+pub use link::ConnectionState;
+pub use options::{ConnectOptions, TokenFuture, TokenProvider};
 pub use quiver_transport::TransportTuning;
 pub use room::{Message, Room, RoomEvent};
 pub use ticks::{Tick, TickPublisher, TickStats, TickSubscription};

@@ -37,6 +37,9 @@ pub struct ConnectOptions {
     pub tuning: TransportTuning,
     /// Write one qlog file per connection (each reconnect too) into this directory, for qvis.
     pub qlog_dir: Option<std::path::PathBuf>,
+    /// Keep trying the first connect (with the reconnect backoff) for up to this long, for a client that may
+    /// start before its server; `None`: one attempt. Fatal refusals (a token, the version, a pin) end it at once.
+    pub first_connect_retry: Option<Duration>,
 }
 
 impl Default for ConnectOptions {
@@ -53,16 +56,17 @@ impl Default for ConnectOptions {
             protocol_version: PROTOCOL_VERSION,
             tuning: TransportTuning::quiver(),
             qlog_dir: None,
+            first_connect_retry: None,
         }
     }
 }
 
 impl ConnectOptions {
     /// The token for the next connect: the fixed one, or the provider's.
-    pub(crate) fn token(&self) -> Result<Option<String>, TokenError> {
+    pub(crate) async fn token(&self) -> Result<Option<String>, TokenError> {
         match (&self.token, &self.token_provider) {
             (Some(token), _) => Ok(Some(token.clone())),
-            (None, Some(provider)) => provider.token().map(Some),
+            (None, Some(provider)) => provider.token().await.map(Some),
             (None, None) => Ok(None),
         }
     }
@@ -82,12 +86,30 @@ impl ConnectOptions {
 
 /// A source of access tokens (see [`ConnectOptions::token_provider`]).
 #[derive(Clone)]
-pub struct TokenProvider(Arc<dyn Fn() -> Result<String, TokenError> + Send + Sync>);
+pub struct TokenProvider(Provider);
+
+/// A future resolving to a token.
+pub type TokenFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, TokenError>> + Send>>;
+
+#[derive(Clone)]
+enum Provider {
+    Sync(Arc<dyn Fn() -> Result<String, TokenError> + Send + Sync>),
+    Async(Arc<dyn Fn() -> TokenFuture + Send + Sync>),
+}
 
 impl TokenProvider {
     /// Tokens from `f`, called at every connect.
     pub fn new(f: impl Fn() -> Result<String, TokenError> + Send + Sync + 'static) -> Self {
-        TokenProvider(Arc::new(f))
+        TokenProvider(Provider::Sync(Arc::new(f)))
+    }
+
+    /// Tokens from an async `f` (an HTTP call to your auth service, say), awaited at every connect within the
+    /// connect timeout.
+    pub fn new_async<F>(f: impl Fn() -> F + Send + Sync + 'static) -> Self
+    where
+        F: std::future::Future<Output = Result<String, TokenError>> + Send + 'static,
+    {
+        TokenProvider(Provider::Async(Arc::new(move || Box::pin(f()) as TokenFuture)))
     }
 
     /// Dev tokens minted with the server's dev key in `data_dir`: subject `sub`, every right, valid one hour from
@@ -101,8 +123,11 @@ impl TokenProvider {
     }
 
     /// A token now.
-    pub fn token(&self) -> Result<String, TokenError> {
-        (self.0)()
+    pub async fn token(&self) -> Result<String, TokenError> {
+        match &self.0 {
+            Provider::Sync(f) => f(),
+            Provider::Async(f) => f().await,
+        }
     }
 }
 

@@ -32,6 +32,12 @@ impl Room {
         self.events.recv().await
     }
 
+    /// The next event if one is waiting, without waiting: for a game loop that polls once a frame. `None` when
+    /// nothing is waiting (or the room was left).
+    pub fn try_next(&mut self) -> Option<RoomEvent> {
+        self.events.try_recv().ok()
+    }
+
     /// Posts `body`; the future resolves to the seq the message got. Queued at the call (posts keep the order of
     /// the calls), retried across reconnects until acknowledged (the server deduplicates retries): delivered once.
     pub fn post(&self, body: impl Into<Bytes>) -> impl std::future::Future<Output = Result<u64, RequestError>> {

@@ -34,6 +34,12 @@ impl TickSubscription {
         lock(&self.entry.state).latest().cloned()
     }
 
+    /// The newest tick not returned yet, without waiting (`None` when nothing new arrived since the last read):
+    /// for a game loop that reads once a frame.
+    pub fn try_next(&mut self) -> Option<Tick> {
+        lock(&self.entry.state).take_latest()
+    }
+
     /// Waits for a tick not returned yet and returns the newest: ticks come in seq order (older arrivals are
     /// dropped as stale) and a slow reader skips to the latest value instead of working through old ones (those
     /// count as superseded).

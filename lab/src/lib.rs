@@ -15,6 +15,7 @@
 //! assert!(!lossy.is_clean());
 //! ```
 
+#![warn(missing_docs)]
 pub mod bench;
 pub mod churn;
 pub mod impair;

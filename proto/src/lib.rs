@@ -20,6 +20,7 @@
 //! assert_eq!(codec.decode::<Request>(&mut partial).unwrap(), Some(ping));
 //! ```
 
+#![warn(missing_docs)]
 pub mod control;
 mod error_code;
 pub mod frame;

@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
 pub mod admin;
 pub mod admission;
 pub mod budget;

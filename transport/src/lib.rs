@@ -18,6 +18,7 @@
 //! assert_eq!(close::from_quic_code(code), quiver_proto::ErrorCode::SlowConsumer);
 //! ```
 
+#![warn(missing_docs)]
 pub mod close;
 pub mod congestion;
 pub mod probe;

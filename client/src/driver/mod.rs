@@ -32,6 +32,7 @@ use crate::{
     clock::unix_us,
     connection::{Connection, Handler, Target},
     error::{ConnectError, RequestError, TickError},
+    link::ConnectionState,
     options::ConnectOptions,
     state::{
         backoff::Backoff,
@@ -81,6 +82,9 @@ pub(crate) struct Driver {
     current: watch::Sender<Option<Arc<Live>>>,
     /// Why the client ended for good (closed by the application, refused, or reconnect disabled).
     ended: Mutex<Option<(ErrorCode, String)>>,
+    /// The link as the application sees it.
+    pub(crate) state: watch::Sender<ConnectionState>,
+    reconnects: AtomicU64,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
     rooms: rooms::Rooms,
@@ -99,9 +103,7 @@ impl Driver {
     pub(crate) async fn connect(server: &str, options: ConnectOptions) -> Result<Arc<Driver>, ConnectError> {
         let options = options.with_dev_tokens();
         let timeout = options.connect_timeout;
-        let target = tokio::time::timeout(timeout, Target::resolve(server, &options))
-            .await
-            .map_err(|_| ConnectError::Timeout(timeout))??;
+        let (target, first) = Driver::first_handshake(server, &options).await?;
         let (posts, queued) = mpsc::unbounded_channel();
         let driver = Arc::new_cyclic(|me| Driver {
             me: me.clone(),
@@ -109,6 +111,13 @@ impl Driver {
             options,
             current: watch::channel(None).0,
             ended: Mutex::new(None),
+            state: watch::channel(ConnectionState::Reconnecting {
+                attempt: 0,
+                last_error: "connecting".into(),
+                next_try_in: Duration::ZERO,
+            })
+            .0,
+            reconnects: AtomicU64::new(0),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             rooms: rooms::Rooms::default(),
@@ -125,7 +134,8 @@ impl Driver {
             }),
             clock_offset_us: AtomicI64::new(0),
         });
-        let first = tokio::time::timeout(timeout, driver.open()).await.map_err(|_| ConnectError::Timeout(timeout));
+        let first =
+            tokio::time::timeout(timeout, driver.open(Some(first))).await.map_err(|_| ConnectError::Timeout(timeout));
         match first {
             Ok(Ok(connection)) => driver.connected(connection).await,
             Ok(Err(err)) | Err(err) => {
@@ -145,15 +155,52 @@ impl Driver {
         Ok(driver)
     }
 
-    async fn open(&self) -> Result<Arc<Live>, ConnectError> {
-        Connection::open(&self.target, &self.options, self.me.clone(), &self.tasks).await
+    /// The first QUIC connection: every resolved address raced, within the connect timeout; tried again with
+    /// backoff until `first_connect_retry` runs out, unless the failure is fatal.
+    async fn first_handshake(
+        server: &str,
+        options: &ConnectOptions,
+    ) -> Result<(Target, quinn::Connection), ConnectError> {
+        let timeout = options.connect_timeout;
+        let deadline = options.first_connect_retry.map(|retry| Instant::now() + retry);
+        let mut backoff = Backoff::new(options.reconnect_delay, options.reconnect_max_delay);
+        loop {
+            let attempt = tokio::time::timeout(timeout, async {
+                let targets = Target::resolve_all(server, options).await?;
+                Target::race(targets).await
+            })
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))
+            .and_then(|result| result);
+            let err = match attempt {
+                Ok(found) => return Ok(found),
+                Err(err) => err,
+            };
+            let delay = backoff.next_delay(rand::random());
+            match deadline {
+                Some(deadline) if !err.is_fatal() && Instant::now() + delay < deadline => {
+                    tracing::info!(%err, attempt = backoff.attempts(), "first connect failed; trying again");
+                    tokio::time::sleep(delay).await;
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+
+    async fn open(&self, first: Option<quinn::Connection>) -> Result<Arc<Live>, ConnectError> {
+        Connection::open(&self.target, first, &self.options, self.me.clone(), &self.tasks).await
     }
 
     /// A new connection is up: its Welcome and clock offset are noted, then it becomes the current one.
     async fn connected(&self, connection: Arc<Live>) {
         *lock(&self.welcome) = connection.welcome.clone();
         self.estimate_clock_offset(&connection).await;
+        let session_id = connection.welcome.session_id;
         self.current.send_replace(Some(connection));
+        let reconnects = u32::try_from(self.reconnects.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        if !self.stop.is_cancelled() {
+            self.state.send_replace(ConnectionState::Connected { session_id, reconnects });
+        }
     }
 
     pub(crate) fn welcome(&self) -> Welcome {
@@ -176,7 +223,8 @@ impl Driver {
 
     /// Ends the client for good: closes the connection with `why` and stops every task.
     pub(crate) fn end(&self, why: (ErrorCode, String)) {
-        lock(&self.ended).get_or_insert(why.clone());
+        let why = lock(&self.ended).get_or_insert(why).clone();
+        self.state.send_replace(ConnectionState::Closed { code: why.0, reason: why.1.clone() });
         if let Some(connection) = self.current.borrow().as_ref() {
             quiver_transport::close::close(&connection.quic, why.0, &why.1);
         }
@@ -204,9 +252,16 @@ impl Driver {
     }
 
     /// Joins `room`; its events arrive on the returned receiver.
-    pub(crate) async fn join(&self, room: &str) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
+    pub(crate) async fn join(
+        &self,
+        room: &str,
+        since: Option<quiver_proto::Position>,
+    ) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
         let (entry, events) = self.rooms.add(room)?;
-        match self.request(RequestBody::Join(Join { room: room.to_string(), since: None })).await {
+        if let Some(position) = since {
+            lock(&entry.state).resume_from(position);
+        }
+        match self.request(RequestBody::Join(Join { room: room.to_string(), since })).await {
             Ok(Reply::Joined(joined)) => {
                 entry.replied(&joined);
                 Ok((entry, events))
@@ -322,22 +377,43 @@ impl Driver {
             tracing::info!(code = %why.0, reason = %why.1, "connection lost; reconnecting");
             self.current.send_replace(None);
             let mut backoff = Backoff::new(self.options.reconnect_delay, self.options.reconnect_max_delay);
+            let mut last_error = format!("{}: {}", why.0, why.1);
             let connection = loop {
+                let delay = backoff.next_delay(rand::random());
+                let attempt = backoff.attempts().saturating_sub(1);
+                self.state.send_replace(ConnectionState::Reconnecting {
+                    attempt,
+                    last_error: last_error.clone(),
+                    next_try_in: delay,
+                });
                 tokio::select! {
-                    () = tokio::time::sleep(backoff.next_delay(rand::random())) => {}
+                    () = tokio::time::sleep(delay) => {}
                     () = self.stop.cancelled() => return,
                 }
-                match tokio::time::timeout(self.options.connect_timeout, self.open()).await {
+                match tokio::time::timeout(self.options.connect_timeout, self.open(None)).await {
                     Ok(Ok(connection)) => break connection,
-                    Ok(Err(ConnectError::Refused(failure))) => {
-                        tracing::error!(%failure, "server refused the session on reconnect");
-                        self.end((failure.code, failure.message));
+                    Ok(Err(err)) if err.is_fatal() => {
+                        // Trying again cannot help (a refused token or version, a certificate that is not the
+                        // pinned one): the client ends and says why.
+                        tracing::error!(%err, "reconnect refused; the client ends");
+                        let code = match &err {
+                            ConnectError::Refused(failure) => failure.code,
+                            _ => ErrorCode::Internal,
+                        };
+                        self.end((code, err.to_string()));
                         return;
                     }
-                    Ok(Err(err)) => tracing::info!(%err, attempt = backoff.attempts(), "reconnect failed"),
-                    Err(_) => tracing::info!(attempt = backoff.attempts(), "reconnect timed out"),
+                    Ok(Err(err)) => {
+                        tracing::info!(%err, attempt = backoff.attempts(), "reconnect failed");
+                        last_error = err.to_string();
+                    }
+                    Err(_) => {
+                        tracing::info!(attempt = backoff.attempts(), "reconnect timed out");
+                        last_error = format!("no answer within {} ms", self.options.connect_timeout.as_millis());
+                    }
                 }
             };
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
             self.connected(connection.clone()).await;
             for entry in self.rooms.all() {
                 rooms::rejoin(&connection, &entry).await;

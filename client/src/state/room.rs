@@ -73,12 +73,22 @@ pub struct RoomState {
     members: BTreeSet<String>,
     /// The newest stream opened, if any: the only one whose events count.
     current: Option<StreamNumber>,
+    /// Joined from a stored position: the first stream says (with `Resumed`) whether it was recovered.
+    resuming: bool,
 }
 
 impl RoomState {
     /// A room not opened yet.
     pub fn new() -> Self {
         RoomState::default()
+    }
+
+    /// Starts from `position` (a join that resumes where an earlier session stopped): messages up to it are not
+    /// delivered again, and the first stream's `Resumed` says whether everything after it was.
+    pub fn resume_from(&mut self, position: Position) {
+        self.epoch = Some(position.epoch);
+        self.last_seq = position.seq;
+        self.resuming = true;
     }
 
     /// The position to resume from: the last message delivered (`None` before the room's epoch is known).
@@ -111,7 +121,7 @@ impl RoomState {
         if self.current.is_some_and(|current| current >= stream) {
             return Opened::Stale;
         }
-        let rejoin = self.current.replace(stream).is_some();
+        let rejoin = self.current.replace(stream).is_some() || std::mem::take(&mut self.resuming);
         if self.epoch != Some(open.epoch) {
             // First stream, or the room's history was lost: seqs count from this stream's replay.
             self.epoch = Some(open.epoch);

@@ -161,8 +161,8 @@ impl Report {
     /// A terminal table: one row per series, with p50 and p99 ratios to the baseline.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<22} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9}  {}\n",
-            "series (µs)", "count", "loss%", "p50", "p90", "p99", "p99.9", "max", "vs baseline (p50, p99)"
+            "{:<22} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>14}  {}\n",
+            "series (µs)", "count", "loss%", "p50", "p90", "p99", "p99.9", "max", "mean ± sd", "vs baseline (p50, p99)"
         );
         for s in &self.series {
             let l = &s.latency;
@@ -177,9 +177,10 @@ impl Report {
                     format!("{}, {} ({})", times(p50), times(p99), b.name)
                 })
                 .unwrap_or_default();
+            let spread = format!("{} ± {}", l.mean_us, l.stdev_us);
             out += &format!(
-                "{:<22} {:>8} {:>7.2} {:>8} {:>8} {:>8} {:>9} {:>9}  {}\n",
-                s.name, l.count, loss, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, ratio
+                "{:<22} {:>8} {:>7.2} {:>8} {:>8} {:>8} {:>9} {:>9} {:>14}  {}\n",
+                s.name, l.count, loss, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, spread, ratio
             );
         }
         out

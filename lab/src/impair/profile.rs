@@ -265,6 +265,49 @@ impl ImpairmentProfile {
     }
 }
 
+impl std::fmt::Display for DirectionProfile {
+    /// What the direction does, in words: `loss 5 % (bursts of 2), delay 20 ms ± 5 ms (reordering), rate 1000
+    /// kbit/s`, or `clean`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.loss_pct > 0.0 {
+            let bursts = if self.burst_len > 1.0 { format!(" (bursts of {})", self.burst_len) } else { String::new() };
+            parts.push(format!("loss {} %{bursts}", self.loss_pct));
+        }
+        if self.delay_ms > 0.0 || self.jitter_ms > 0.0 {
+            let jitter = match (self.jitter_ms > 0.0, self.jitter_reorders) {
+                (true, true) => format!(" ± {} ms (reordering)", self.jitter_ms),
+                (true, false) => format!(" ± {} ms", self.jitter_ms),
+                _ => String::new(),
+            };
+            parts.push(format!("delay {} ms{jitter}", self.delay_ms));
+        }
+        if self.reorder_pct > 0.0 {
+            parts.push(format!("reorder {} %", self.reorder_pct));
+        }
+        if self.duplicate_pct > 0.0 {
+            parts.push(format!("duplicate {} %", self.duplicate_pct));
+        }
+        if self.rate_kbps > 0.0 {
+            parts.push(format!("rate {} kbit/s (queue {} B)", self.rate_kbps, self.queue_bytes));
+        }
+        match parts.is_empty() {
+            true => f.write_str("clean"),
+            false => f.write_str(&parts.join(", ")),
+        }
+    }
+}
+
+impl std::fmt::Display for ImpairmentProfile {
+    /// Both directions, `up: …; down: …` (one line when they are the same), and the seed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.up == self.down {
+            true => write!(f, "each way: {} (seed {})", self.up, self.seed),
+            false => write!(f, "up: {}; down: {} (seed {})", self.up, self.down, self.seed),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,5 +365,18 @@ mod tests {
         assert!(err.to_string().starts_with(&format!("{}: down: burst_len", path.display())), "{err}");
         let missing = ImpairmentProfile::from_file(&dir.path().join("missing.toml")).unwrap_err();
         assert!(matches!(missing, ProfileError::Read { .. }), "{missing:?}");
+    }
+
+    #[test]
+    fn profiles_read_as_words() {
+        let clean = ImpairmentProfile::default();
+        assert_eq!(clean.to_string(), format!("each way: clean (seed {})", clean.seed));
+        let mut wifi = clean.clone();
+        wifi.up.loss_pct = 5.0;
+        wifi.up.delay_ms = 20.0;
+        wifi.up.jitter_ms = 5.0;
+        wifi.up.jitter_reorders = true;
+        let text = wifi.to_string();
+        assert!(text.starts_with("up: loss 5 %, delay 20 ms ± 5 ms (reordering); down: clean"), "{text}");
     }
 }

@@ -157,7 +157,14 @@ fn listen_loop(
     while !stop.load(Ordering::Relaxed) {
         let (len, from) = match listen.recv_from(&mut buf) {
             Ok(received) => received,
-            Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
             Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => continue,
             Err(err) => return Err(err),
         };
@@ -218,7 +225,14 @@ fn down_loop(
     while !stop.load(Ordering::Relaxed) {
         let len = match upstream.recv(&mut buf) {
             Ok(len) => len,
-            Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
             Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => continue,
             Err(err) => {
                 tracing::warn!(%err, %client, "upstream socket failed");

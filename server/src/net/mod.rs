@@ -381,7 +381,15 @@ impl<R: RoomHub> Server<R> {
             post_delivery_p50_p99_us: h.quantile_us(0.5).zip(h.quantile_us(0.99)),
             left_open,
         };
-        tracing::info!("{summary}");
+        let c = &summary.counters;
+        // One line in the log; the table is the caller's to print (quiver-server prints it on stdout).
+        tracing::info!(
+            connections = c.accepted_native + c.accepted_webtransport,
+            posts = c.posts,
+            ticks_in = c.ticks_published,
+            left_open = summary.left_open,
+            "server stopped"
+        );
         summary
     }
 }

@@ -10,7 +10,7 @@
 //! | `messages` | room id u64, seq u64 | time µs u64, the event's encoded `RoomFrame::Event` |
 //! | `dedupe` | room id u64, seq u64 | time µs u64, client_msg_id u64, identity |
 //!
-//! Writes go through one writer thread ([`writer`]) that commits whatever arrived while the previous commit ran as
+//! Writes go through one writer thread (`writer.rs`) that commits whatever arrived while the previous commit ran as
 //! one batch with one fsync (group commit); a post is acknowledged, and delivered, only once its batch is durable.
 //! Reads ([`Store::load_room`], [`Store::page`]) go straight to the database from any thread.
 

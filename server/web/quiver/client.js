@@ -79,7 +79,9 @@ export class QuiverClient {
    * `certHash` (64 hex digits of the server certificate's SHA-256, for `serverCertificateHashes`; null to rely on
    * the browser's trust), `name` and `token` (sent in Hello), `reconnect` (default true), `onStatus(status,
    * detail)`, `onNotice(notice)` (server pushes: `{type: 'goaway'|'kicked'|'error', code, reason, room?}`, and
-   * rooms that could not be rejoined), `connectTimeoutMs` (10000), `reconnectDelayMs` (50),
+   * rooms that could not be rejoined), `onAttempt({attempt, lastError, nextTryMs})` (while reconnecting, before
+   * each attempt: which one, why the link is down or the last attempt failed, and when the next starts; the same
+   * object is `client.reconnecting`), `connectTimeoutMs` (10000), `reconnectDelayMs` (50),
    * `reconnectMaxDelayMs` (5000), `transport` (the WebTransport constructor; replaceable for tests).
    * The first connection must succeed: this rejects otherwise.
    */
@@ -93,7 +95,7 @@ export class QuiverClient {
   constructor(url, options = {}) {
     this.#url = url;
     this.#options = {
-      certHash: null, name: null, token: null, reconnect: true, onStatus: null, onNotice: null,
+      certHash: null, name: null, token: null, reconnect: true, onStatus: null, onNotice: null, onAttempt: null,
       connectTimeoutMs: 10_000, reconnectDelayMs: 50, reconnectMaxDelayMs: 5000,
       transport: globalThis.WebTransport, protocolVersion: PROTOCOL_VERSION,
       ...Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)),
@@ -295,21 +297,29 @@ export class QuiverClient {
     if (this.status === 'closed') return;
     if (!this.#options.reconnect) return this.#end(why);
     this.#setStatus('reconnecting', why);
-    this.#reconnect();
+    this.#reconnect(why);
   }
 
-  async #reconnect() {
+  async #reconnect(why) {
+    let lastError = why;
     for (let attempt = 0; this.status !== 'closed'; attempt++) {
-      await this.#timers.sleep(this.#backoff.delay(attempt));
+      const nextTryMs = this.#backoff.delay(attempt);
+      this.reconnecting = { attempt, lastError, nextTryMs };
+      callBack(this.#options.onAttempt, this.reconnecting);
+      await this.#timers.sleep(nextTryMs);
       if (this.status === 'closed') return;
       let session;
       try {
         session = await this.#open();
       } catch (err) {
         if (err.refused) return this.#end({ code: err.code, reason: err.message });
+        lastError = { code: err.code ?? ErrorCode.Internal, reason: err.message };
         continue;
       }
-      if (await this.#connected(session)) return;
+      if (await this.#connected(session)) {
+        this.reconnecting = null;
+        return;
+      }
     }
   }
 

@@ -673,15 +673,24 @@ test('pushes are surfaced; a kick from a room ends that room; a refusal on recon
 
 test('reconnect keeps trying while the server is down, and reconnect: false ends at the first loss', async (t) => {
   const server = new FakeServer();
-  const ann = await connect(t, server, { reconnectDelayMs: 2, reconnectMaxDelayMs: 10 });
+  const attempts = [];
+  const ann = await connect(t, server, {
+    reconnectDelayMs: 2, reconnectMaxDelayMs: 10, onAttempt: (a) => attempts.push(a),
+  });
   server.down = true;
   server.dropAll();
   await until('several failed attempts', () => server.connections.length >= 5);
   assert.equal(ann.status, 'reconnecting');
+  // Each attempt is announced: its number, why the link is down (then why the last attempt failed), the delay.
+  assert.deepEqual(attempts.slice(0, 3).map((a) => a.attempt), [0, 1, 2]);
+  assert.ok(attempts.every((a) => a.nextTryMs >= 0 && a.nextTryMs <= 10), JSON.stringify(attempts));
+  assert.match(attempts[1].lastError.reason, /connection refused/);
+  assert.deepEqual(ann.reconnecting, attempts.at(-1));
   const ping = ann.ping(); // waits for the next connection
   server.down = false;
   assert.ok((await ping) >= 0);
   assert.equal(ann.status, 'connected');
+  assert.equal(ann.reconnecting, null);
 
   const once = await connect(t, server, { reconnect: false });
   server.dropAll();

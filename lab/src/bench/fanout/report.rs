@@ -35,9 +35,46 @@ pub struct FanoutSide {
     pub chat_delivered_pct: f64,
     /// One-way chat latency, scheduled post to each member's receipt.
     pub chat_latency: LatencySummary,
+    /// Tick latency at the percentile plot's quantiles, `(quantile, µs)`.
+    pub tick_curve: Vec<(f64, u64)>,
+    /// Chat latency at the percentile plot's quantiles.
+    pub chat_curve: Vec<(f64, u64)>,
 }
 
 impl FanoutReport {
+    /// The run as series for a percentile plot ([`crate::bench::write_plot`]): ticks and chat of each side.
+    pub fn as_series(&self) -> crate::bench::series::Report {
+        let series = |name: &str, sent: u64, delivered_pct: f64, latency, curve: &Vec<(f64, u64)>| {
+            crate::bench::series::SeriesResult {
+                name: name.to_string(),
+                baseline: None,
+                sent,
+                lost: sent - (sent as f64 * delivered_pct / 100.0).round().min(sent as f64) as u64,
+                latency,
+                curve: curve.clone(),
+            }
+        };
+        let mut out = Vec::new();
+        let sides = std::iter::once(("quiver", &self.quiver)).chain(self.websocket.as_ref().map(|w| ("websocket", w)));
+        for (name, side) in sides {
+            out.push(series(
+                &format!("{name} ticks"),
+                side.ticks_sent,
+                side.delivered_pct,
+                side.tick_latency,
+                &side.tick_curve,
+            ));
+            out.push(series(
+                &format!("{name} chat"),
+                side.chat_sent,
+                side.chat_delivered_pct,
+                side.chat_latency,
+                &side.chat_curve,
+            ));
+        }
+        crate::bench::series::Report { config: self.config.clone(), series: out }
+    }
+
     /// Human-readable summary; with a WebSocket side, its rows follow with Quiver's p50 and p99 as a ratio of it.
     pub fn table(&self) -> String {
         let row = |name: &str, l: &LatencySummary, delivered: f64, vs: Option<&LatencySummary>| {
@@ -45,7 +82,7 @@ impl FanoutReport {
             let vs =
                 vs.map(|b| format!("  {}, {}", times(ratio(l.p50_us, b.p50_us)), times(ratio(l.p99_us, b.p99_us))));
             format!(
-                "{name:<16} {:>9} {:>10.2} {:>8} {:>8} {:>8} {:>9} {:>9}{}\n",
+                "{name:<16} {:>9} {:>10.2} {:>8} {:>8} {:>8} {:>9} {:>9} {:>14}{}\n",
                 l.count,
                 delivered,
                 l.p50_us,
@@ -53,12 +90,13 @@ impl FanoutReport {
                 l.p99_us,
                 l.p999_us,
                 l.max_us,
+                format!("{} ± {}", l.mean_us, l.stdev_us),
                 vs.unwrap_or_default()
             )
         };
         let ws = self.websocket.as_ref();
         let mut out = format!(
-            "{:<16} {:>9} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}{}\n",
+            "{:<16} {:>9} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>14}{}\n",
             "(µs)",
             "count",
             "deliv.%",
@@ -67,6 +105,7 @@ impl FanoutReport {
             "p99",
             "p99.9",
             "max",
+            "mean ± sd",
             if ws.is_some() { "  quiver ÷ websocket (p50, p99)" } else { "" }
         );
         let q = &self.quiver;

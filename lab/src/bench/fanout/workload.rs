@@ -80,6 +80,8 @@ impl Recorder {
             chat_sent,
             chat_delivered_pct: pct(r.chat, chat_sent * n),
             chat_latency: r.chat_latency.summary(),
+            tick_curve: r.tick_latency.curve(),
+            chat_curve: r.chat_latency.curve(),
         }
     }
 }

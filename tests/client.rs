@@ -1,0 +1,119 @@
+//! The client library's view of its link: the state watch through a server restart, fatal refusals ending the
+//! client instead of silent retries.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use quiver_client::{Client, ConnectOptions, ConnectionState, TrustOptions};
+use quiver_proto::Limits;
+use quiver_server::ServerConfig;
+use quiver_tests::TestServer;
+
+/// The states `client` goes through until `done` says stop (at most 15 s).
+async fn states_until(client: &Client, done: impl Fn(&ConnectionState) -> bool) -> Vec<ConnectionState> {
+    let mut watch = client.state();
+    let mut seen = vec![watch.borrow_and_update().clone()];
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while !done(seen.last().unwrap()) {
+            watch.changed().await.unwrap();
+            seen.push(watch.borrow_and_update().clone());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("states so far: {seen:?}"));
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_watch_goes_reconnecting_then_connected_across_a_server_restart() {
+    let server = TestServer::start(Limits::default());
+    let options = ConnectOptions {
+        trust: server.trust(),
+        reconnect_delay: Duration::from_millis(20),
+        reconnect_max_delay: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(&server.addr.to_string(), options).await.unwrap();
+    let first = client.welcome().session_id;
+    assert_eq!(*client.state().borrow(), ConnectionState::Connected { session_id: first, reconnects: 0 });
+    let server = server.restart(Limits::default()).await;
+    let seen = states_until(&client, |s| matches!(s, ConnectionState::Connected { reconnects: 1, .. })).await;
+    let reconnecting = seen.iter().find_map(|s| match s {
+        ConnectionState::Reconnecting { last_error, .. } => Some(last_error.clone()),
+        _ => None,
+    });
+    let reason = reconnecting.unwrap_or_else(|| panic!("never reconnecting: {seen:?}"));
+    assert!(reason.contains("GoingAway") || reason.contains("going away"), "{reason}");
+    let ConnectionState::Connected { session_id, .. } = seen.last().unwrap() else { unreachable!() };
+    assert_ne!(*session_id, first, "a new session");
+    assert_eq!(client.welcome().session_id, *session_id);
+    client.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_mismatch_after_a_restart_ends_the_client_naming_both_hashes() {
+    let server = TestServer::start(Limits::default());
+    let pinned = quiver_certs::sha256(&quiver_certs::dev::read(server.data_dir.path()).unwrap());
+    let options = ConnectOptions {
+        trust: TrustOptions::Pin(pinned),
+        token_provider: Some(quiver_client::TokenProvider::dev(server.data_dir.path().into(), "pinned".into())),
+        reconnect_delay: Duration::from_millis(20),
+        reconnect_max_delay: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(&server.addr.to_string(), options).await.unwrap();
+    // The same address and data directory's dev key (so the token still verifies), another certificate.
+    let other = tempfile::tempdir().unwrap();
+    let server = server
+        .restart_with(|dir, addr| {
+            let (cert, _) = quiver_certs::dev::load_or_generate(other.path(), std::time::SystemTime::now()).unwrap();
+            drop(cert);
+            ServerConfig {
+                tls: quiver_server::TlsSource::Pem {
+                    cert: other.path().join(quiver_certs::dev::CERT_FILE),
+                    key: other.path().join(quiver_certs::dev::KEY_FILE),
+                },
+                ..ServerConfig::dev(addr, dir.to_owned())
+            }
+        })
+        .await;
+    let presented = quiver_certs::sha256(&quiver_certs::dev::read(other.path()).unwrap());
+    let seen = states_until(&client, |s| matches!(s, ConnectionState::Closed { .. })).await;
+    let ConnectionState::Closed { reason, .. } = seen.last().unwrap() else { unreachable!() };
+    assert!(reason.contains(&pinned.to_string()) && reason.contains(&presented.to_string()), "{reason}");
+    let (_, why) = tokio::time::timeout(Duration::from_secs(1), client.closed()).await.unwrap();
+    assert_eq!(&why, reason);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn localhost_reaches_a_server_bound_to_ipv6_loopback_and_the_port_defaults() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::dev("[::1]:0".parse().unwrap(), data_dir.path().into());
+    let server = match quiver_server::Server::bind(config) {
+        Ok(server) => server,
+        Err(err) => return quiver_tests::skip("localhost_reaches_a_server_bound_to_ipv6_loopback", &format!("{err}")),
+    };
+    let port = server.local_addr().port();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    let trust = TrustOptions::Auto { data_dir: data_dir.path().into() };
+    // Whatever localhost resolves to first here (127.0.0.1 on this machine), the client gets to [::1].
+    let client = Client::connect(&format!("localhost:{port}"), trust.clone()).await.unwrap();
+    assert!(client.server_addr().is_ipv6(), "{}", client.server_addr());
+    client.ping().await.unwrap();
+    client.close().await;
+    // Without a port: quiver-server's default.
+    let err = Client::connect_with(
+        "127.0.0.1",
+        ConnectOptions { trust, connect_timeout: Duration::from_millis(300), ..ConnectOptions::default() },
+    )
+    .await;
+    if let Err(quiver_client::ConnectError::Resolve { server, .. }) = &err {
+        panic!("{server} did not resolve with the default port");
+    }
+    assert_eq!(quiver_client::DEFAULT_PORT, 4433);
+    shutdown.cancel();
+    task.await.unwrap();
+}

@@ -9,9 +9,11 @@ use quiver_proto::Limits;
 use quiver_server::ServerConfig;
 use quiver_tests::TestServer;
 
-/// The states `client` goes through until `done` says stop (at most 15 s).
-async fn states_until(client: &Client, done: impl Fn(&ConnectionState) -> bool) -> Vec<ConnectionState> {
-    let mut watch = client.state();
+/// The states `watch` (taken before whatever changes them) goes through until `done` says stop (at most 15 s).
+async fn states_until(
+    mut watch: tokio::sync::watch::Receiver<ConnectionState>,
+    done: impl Fn(&ConnectionState) -> bool,
+) -> Vec<ConnectionState> {
     let mut seen = vec![watch.borrow_and_update().clone()];
     tokio::time::timeout(Duration::from_secs(15), async {
         while !done(seen.last().unwrap()) {
@@ -35,9 +37,10 @@ async fn the_state_watch_goes_reconnecting_then_connected_across_a_server_restar
     };
     let client = Client::connect_with(&server.addr.to_string(), options).await.unwrap();
     let first = client.welcome().session_id;
-    assert_eq!(*client.state().borrow(), ConnectionState::Connected { session_id: first, reconnects: 0 });
+    let watch = client.state();
+    assert_eq!(*watch.borrow(), ConnectionState::Connected { session_id: first, reconnects: 0 });
     let server = server.restart(Limits::default()).await;
-    let seen = states_until(&client, |s| matches!(s, ConnectionState::Connected { reconnects: 1, .. })).await;
+    let seen = states_until(watch, |s| matches!(s, ConnectionState::Connected { reconnects: 1, .. })).await;
     let reconnecting = seen.iter().find_map(|s| match s {
         ConnectionState::Reconnecting { last_error, .. } => Some(last_error.clone()),
         _ => None,
@@ -63,6 +66,7 @@ async fn a_pin_mismatch_after_a_restart_ends_the_client_naming_both_hashes() {
         ..ConnectOptions::default()
     };
     let client = Client::connect_with(&server.addr.to_string(), options).await.unwrap();
+    let watch = client.state();
     // The same address and data directory's dev key (so the token still verifies), another certificate.
     let other = tempfile::tempdir().unwrap();
     let server = server
@@ -79,7 +83,7 @@ async fn a_pin_mismatch_after_a_restart_ends_the_client_naming_both_hashes() {
         })
         .await;
     let presented = quiver_certs::sha256(&quiver_certs::dev::read(other.path()).unwrap());
-    let seen = states_until(&client, |s| matches!(s, ConnectionState::Closed { .. })).await;
+    let seen = states_until(watch, |s| matches!(s, ConnectionState::Closed { .. })).await;
     let ConnectionState::Closed { reason, .. } = seen.last().unwrap() else { unreachable!() };
     assert!(reason.contains(&pinned.to_string()) && reason.contains(&presented.to_string()), "{reason}");
     let (_, why) = tokio::time::timeout(Duration::from_secs(1), client.closed()).await.unwrap();

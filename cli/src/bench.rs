@@ -277,20 +277,22 @@ async fn report<R: serde::Serialize, F: std::future::Future<Output = Result<R, q
     table: impl FnOnce(&R) -> String,
 ) -> Result<(), CliError> {
     check_outputs(json, None)?;
+    let mut stop = crate::output::Stop::new();
     crate::err!("expected run time: about {} s", expected.as_secs().max(1));
     let bar = progress_bar(expected);
     let shown = bar.clone();
     let report = tokio::select! {
         report = run(Box::new(move |what: &str| shown.set_message(what.to_string()))) => report.map_err(CliError::from),
-        _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted),
+        () = stop.requested() => Err(CliError::Interrupted),
     };
     bar.finish_and_clear();
     let report = report?;
-    crate::out!("{}", table(&report));
+    // Files first: they are the run's record, whatever happens to stdout.
     if let Some(path) = json {
         write_json(&with_meta(&report)?, path)?;
         crate::err!("wrote {}", path.display());
     }
+    crate::out!("{}", table(&report));
     Ok(())
 }
 
@@ -420,6 +422,7 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
         config.tuning.name
     );
     check_outputs(args.json.as_deref(), args.plot.as_deref())?;
+    let mut stop = crate::output::Stop::new();
     let expected = runs * (per_series + Duration::from_millis(1200));
     crate::err!("expected run time: about {} s", expected.as_secs().max(1));
     let bar = progress_bar(expected);
@@ -429,7 +432,7 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
         report = run_rtt(config, move |name| shown.set_message(format!("measuring {name}"))) => {
             report.map_err(CliError::from)
         }
-        _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted),
+        () = stop.requested() => Err(CliError::Interrupted),
     };
     bar.finish_and_clear();
     let report = report?;

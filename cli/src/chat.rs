@@ -129,7 +129,17 @@ impl Out {
         }
     }
 
-    fn event(&self, event: &RoomEvent) {
+    /// Prints `event`; returns its seq when it is a message (else 0).
+    fn event(&self, event: &RoomEvent) -> u64 {
+        let seq = match event {
+            RoomEvent::Message(m) => m.seq,
+            _ => 0,
+        };
+        self.print_event(event);
+        seq
+    }
+
+    fn print_event(&self, event: &RoomEvent) {
         if self.json {
             let line = match event {
                 RoomEvent::Message(m) => ChatLine::Message {
@@ -215,6 +225,8 @@ const GOODBYE: Duration = Duration::from_millis(300);
 /// Joins the room, posts every stdin line, prints every event and every change of the connection. Ends at end of
 /// input (once every line is acknowledged) or on Ctrl-C (within a second, whatever stdin is doing).
 pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
+    // Before anything is printed: whoever sees the first line may press Ctrl-C at once.
+    let mut stop = crate::output::Stop::new();
     let client = args.server.connect_as(args.name).await?;
     let joined = match args.since {
         Some(Since { epoch: Some(epoch), seq }) => {
@@ -237,6 +249,9 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     let mut input_open = true;
     let mut line_no = 0u64;
     let mut last_acked = 0u64;
+    // The newest of the room's messages printed (the room's position moves when they are queued for us, not
+    // when we print them).
+    let mut printed = 0u64;
     let mut interrupted = false;
     loop {
         tokio::select! {
@@ -270,10 +285,10 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
                 }
             }
             event = room.next() => match event {
-                Some(event) => out.event(&event),
+                Some(event) => printed = printed.max(out.event(&event)),
                 None => return Err(CliError::RoomEnded),
             },
-            _ = tokio::signal::ctrl_c() => {
+            () = stop.requested() => {
                 interrupted = true;
                 break;
             }
@@ -286,14 +301,17 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
         // End of input: the room's copies of our own posts may still be on their way (the room stream and the
         // acknowledgements are separate streams); print them before leaving.
         let caught_up = async {
-            while room.position().is_none_or(|p| p.seq < last_acked) {
+            while printed < last_acked {
                 match room.next().await {
-                    Some(event) => out.event(&event),
+                    Some(event) => printed = printed.max(out.event(&event)),
                     None => break,
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(2), caught_up).await;
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(2), caught_up) => {}
+            () = stop.requested() => {}
+        }
     }
     let _ = tokio::time::timeout(GOODBYE, room.leave()).await;
     let _ = tokio::time::timeout(GOODBYE, client.close()).await;

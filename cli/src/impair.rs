@@ -159,11 +159,12 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
     tokio::pin!(end);
     let mut second = tokio::time::interval(Duration::from_secs(1));
     second.tick().await;
+    let mut stop = crate::output::Stop::new();
     loop {
         tokio::select! {
             _ = second.tick() => print(&relay.stats()),
             () = &mut end => break,
-            _ = tokio::signal::ctrl_c() => break,
+            () = stop.requested() => break,
         }
     }
     let stats = tokio::task::spawn_blocking(move || relay.stop()).await?;
@@ -219,6 +220,7 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
             tokio::pin!(end);
             let mut second = tokio::time::interval(Duration::from_secs(1));
             second.tick().await;
+            let mut stop = crate::output::Stop::new();
             loop {
                 tokio::select! {
                     _ = second.tick() => {
@@ -226,7 +228,7 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
                         print_directions(&stats.up, &stats.down);
                     }
                     () = &mut end => break,
-                    _ = tokio::signal::ctrl_c() => break,
+                    () = stop.requested() => break,
                 }
             }
             Ok(())

@@ -1,15 +1,29 @@
 //! Output that survives its reader going away: `quiver impair … | head -2` must end quietly, not panic with
-//! "failed printing to stdout: Broken pipe" as `println!` does.
+//! "failed printing to stdout: Broken pipe" as `println!` does, and not skip its cleanup either. Once stdout is
+//! gone, printing becomes a no-op and [`Stop`] fires, so a command ends as on Ctrl-C: namespaces removed, files
+//! written, connections closed.
 
-use std::io::Write;
+use std::{io::Write, sync::OnceLock};
 
-/// Writes a line to stdout. When the reader is gone (a broken pipe) the command has nothing left to do: the
-/// process exits 0 at once, as `head`'s writers expect. Other write errors are ignored.
+use tokio_util::sync::CancellationToken;
+
+/// Cancelled when a write to stdout finds its reader gone.
+fn stdout_gone() -> &'static CancellationToken {
+    static GONE: OnceLock<CancellationToken> = OnceLock::new();
+    GONE.get_or_init(CancellationToken::new)
+}
+
+/// Writes a line to stdout; once the reader is gone (a broken pipe), nothing more is written and [`Stop`] fires.
+/// Other write errors are ignored.
 pub(crate) fn line(args: std::fmt::Arguments<'_>) {
+    let gone = stdout_gone();
+    if gone.is_cancelled() {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     if let Err(err) = stdout.write_fmt(format_args!("{args}\n")).and_then(|()| stdout.flush()) {
         if err.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            gone.cancel();
         }
     }
 }
@@ -17,6 +31,50 @@ pub(crate) fn line(args: std::fmt::Arguments<'_>) {
 /// Writes a line to stderr, ignoring errors (a closed stderr is no reason to fail).
 pub(crate) fn err_line(args: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_fmt(format_args!("{args}\n"));
+}
+
+/// Why a long-running command should stop now: Ctrl-C (SIGINT), or nobody reading its output any more. The
+/// signal handler is registered when this is made, so a Ctrl-C that comes before (or between) waits is not lost.
+#[derive(Debug)]
+pub(crate) struct Stop {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stop {
+    /// Registers for Ctrl-C now.
+    pub(crate) fn new() -> Stop {
+        #[cfg(unix)]
+        {
+            let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+            Stop { interrupt: interrupt.ok() }
+        }
+        #[cfg(not(unix))]
+        Stop {}
+    }
+
+    /// Waits for Ctrl-C or stdout's reader to go (cancel-safe).
+    pub(crate) async fn requested(&mut self) {
+        #[cfg(unix)]
+        let interrupted = async {
+            match &mut self.interrupt {
+                Some(interrupt) => {
+                    interrupt.recv().await;
+                }
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let interrupted = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        tokio::select! {
+            () = interrupted => {}
+            () = stdout_gone().cancelled() => {}
+        }
+    }
 }
 
 /// `println!` for the CLI: see [`line`].

@@ -98,6 +98,7 @@ async fn publish(args: PubArgs) -> Result<(), CliError> {
     let (mut sent, mut unsent) = (0u64, 0u64);
     let mut payload = vec![0u8; args.size];
     let mut report = start + Duration::from_secs(1);
+    let mut stop = crate::output::Stop::new();
     for i in 0u64.. {
         let scheduled = start + interval.mul_f64(i as f64);
         if end.is_some_and(|end| scheduled >= end) {
@@ -107,7 +108,7 @@ async fn publish(args: PubArgs) -> Result<(), CliError> {
         // schedule), and spinning for precision would take a core from the server on small machines.
         tokio::select! {
             () = tokio::time::sleep_until(scheduled) => {}
-            _ = tokio::signal::ctrl_c() => break,
+            () = stop.requested() => break,
         }
         let tick = if args.price {
             // A random walk pulled gently back towards 100.
@@ -175,6 +176,7 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
     }
     let mut second = tokio::time::interval_at(Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
     let mut previous = 0;
+    let mut stop = crate::output::Stop::new();
     loop {
         tokio::select! {
             _ = second.tick() => {
@@ -185,7 +187,7 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
                 previous = stats.received;
             }
             () = until(end) => break,
-            _ = tokio::signal::ctrl_c() => break,
+            () = stop.requested() => break,
         }
     }
     let stats = subscription.stats();

@@ -18,6 +18,7 @@ async fn main() {
     let channel = args.or("channel", "prices").to_string();
     let client = args.connect().await;
     let mut feed = client.subscribe(&channel).await.expect("subscribe");
+    println!("subscribed to {channel}");
     let end = tokio::time::Instant::now() + args.seconds();
     let mut report = tokio::time::interval(Duration::from_secs(1));
     report.tick().await;

@@ -84,77 +84,112 @@ impl Target {
     pub(crate) async fn resolve_all(server: &str, options: &ConnectOptions) -> Result<Vec<Target>, ConnectError> {
         let resolve_err = |source| ConnectError::Resolve { server: server.to_string(), source };
         let (host, with_port) = split_host(server);
-        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(&with_port).await.map_err(resolve_err)?.collect();
-        // `localhost` is this machine's loopback in both families (RFC 6761), whatever /etc/hosts lists: a server
-        // bound to [::1] is reached even where localhost resolves to 127.0.0.1 only.
-        if host.eq_ignore_ascii_case("localhost") {
-            if let Some(port) = addrs.first().map(SocketAddr::port) {
-                for ip in [std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST), std::net::Ipv4Addr::LOCALHOST.into()]
-                {
-                    if !addrs.iter().any(|a| a.ip() == ip) {
-                        addrs.push(SocketAddr::new(ip, port));
-                    }
-                }
-            }
-        }
+        // `localhost` is this machine's loopback in both families (RFC 6761), whatever /etc/hosts lists (or whether
+        // it lists it at all): a server bound to [::1] is reached where localhost resolves to 127.0.0.1 only.
+        let localhost_port = host
+            .eq_ignore_ascii_case("localhost")
+            .then(|| with_port.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()))
+            .flatten();
+        let addrs: Vec<SocketAddr> = match localhost_port {
+            Some(port) => vec![
+                SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port),
+                SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), port),
+            ],
+            None => tokio::net::lookup_host(&with_port).await.map_err(resolve_err)?.collect(),
+        };
         if addrs.is_empty() {
             return Err(resolve_err(std::io::Error::new(std::io::ErrorKind::NotFound, "no address")));
         }
         let mut targets = Vec::with_capacity(addrs.len());
+        let mut first_error = None;
         for addr in addrs {
-            let (tls, pin) = trust::tls_config(&options.trust, addr, ALPN_QUIVER)?;
-            let config = quiver_transport::tls::client_config(tls, &options.tuning).map_err(trust::TrustError::from)?;
-            let bind: SocketAddr = if addr.is_ipv6() {
-                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
-            } else {
-                SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
-            };
-            let endpoint = quinn::Endpoint::client(bind).map_err(ConnectError::Socket)?;
-            let qlog = options.qlog_dir.clone().map(|dir| (dir, options.tuning.clone()));
-            targets.push(Target { addr, host: host.clone(), endpoint, config, pin, qlog });
+            // An address this machine cannot use (no IPv6, say, or one the trust options refuse) is skipped; only
+            // when none is left is that an error.
+            match Target::new(addr, &host, options) {
+                Ok(target) => targets.push(target),
+                Err(err) => {
+                    tracing::debug!(%addr, %err, "address skipped");
+                    first_error.get_or_insert(err);
+                }
+            }
         }
-        Ok(targets)
+        match (targets.is_empty(), first_error) {
+            (true, Some(err)) => Err(err),
+            _ => Ok(targets),
+        }
     }
 
-    /// Happy eyeballs (RFC 8305's idea, for QUIC): a handshake to each address, each started [`NEXT_ADDRESS_DELAY`]
-    /// after the previous one unless that one has failed; the first to complete wins and the others are dropped.
+    fn new(addr: SocketAddr, host: &str, options: &ConnectOptions) -> Result<Target, ConnectError> {
+        let (tls, pin) = trust::tls_config(&options.trust, addr, ALPN_QUIVER)?;
+        let config = quiver_transport::tls::client_config(tls, &options.tuning).map_err(trust::TrustError::from)?;
+        let bind: SocketAddr = if addr.is_ipv6() {
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+        };
+        let endpoint = quinn::Endpoint::client(bind).map_err(ConnectError::Socket)?;
+        let qlog = options.qlog_dir.clone().map(|dir| (dir, options.tuning.clone()));
+        Ok(Target { addr, host: host.to_string(), endpoint, config, pin, qlog })
+    }
+
+    /// Happy eyeballs (RFC 8305's idea, for QUIC): a handshake to the first address, the next one started
+    /// [`NEXT_ADDRESS_DELAY`] later or as soon as one fails; the first to complete wins and the others are dropped.
     /// A host whose first address does not answer (`localhost` as 127.0.0.1 for a server on `[::1]`) connects
-    /// through the next. With every attempt failed, the first address's error.
-    pub(crate) async fn race(targets: Vec<Target>) -> Result<(Target, quinn::Connection), ConnectError> {
+    /// through the next. A fatal failure (a pin mismatch) ends it at once; at `timeout`, the first address's
+    /// error, or `Timeout` when none failed.
+    pub(crate) async fn race(
+        targets: Vec<Target>,
+        timeout: Duration,
+    ) -> Result<(Target, quinn::Connection), ConnectError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pending: std::collections::VecDeque<(usize, Target)> = targets.into_iter().enumerate().collect();
         let mut attempts = tokio::task::JoinSet::new();
-        let count = targets.len();
-        let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel::<usize>();
-        for (i, target) in targets.into_iter().enumerate() {
-            let failed_tx = failed_tx.clone();
+        let start = |attempts: &mut tokio::task::JoinSet<_>, (i, target): (usize, Target)| {
             attempts.spawn(async move {
                 let result = target.handshake().await;
-                if result.is_err() {
-                    let _ = failed_tx.send(i);
-                }
                 (i, target, result)
             });
-            if i + 1 < count {
-                // The next starts after the delay, or at once when an earlier attempt has failed.
-                tokio::select! {
-                    () = tokio::time::sleep(NEXT_ADDRESS_DELAY) => {}
-                    _ = failed.recv() => {}
-                }
-            }
-        }
-        drop(failed_tx);
+        };
+        let mut next_at = tokio::time::Instant::now();
         let mut first_error: Option<(usize, ConnectError)> = None;
-        while let Some(done) = attempts.join_next().await {
-            let Ok((i, target, result)) = done else { continue };
-            match result {
-                Ok(quic) => return Ok((target, quic)),
-                Err(err) => {
-                    if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
-                        first_error = Some((i, err));
+        loop {
+            if attempts.is_empty() {
+                match pending.pop_front() {
+                    Some(next) => {
+                        start(&mut attempts, next);
+                        next_at = tokio::time::Instant::now() + NEXT_ADDRESS_DELAY;
                     }
+                    None => break,
                 }
             }
+            tokio::select! {
+                done = attempts.join_next() => match done {
+                    Some(Ok((_, target, Ok(quic)))) => return Ok((target, quic)),
+                    Some(Ok((i, _, Err(err)))) => {
+                        if err.is_fatal() {
+                            return Err(err);
+                        }
+                        if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
+                            first_error = Some((i, err));
+                        }
+                        // A failure starts the next address at once.
+                        if let Some(next) = pending.pop_front() {
+                            start(&mut attempts, next);
+                            next_at = tokio::time::Instant::now() + NEXT_ADDRESS_DELAY;
+                        }
+                    }
+                    _ => {}
+                },
+                () = tokio::time::sleep_until(next_at), if !pending.is_empty() => {
+                    if let Some(next) = pending.pop_front() {
+                        start(&mut attempts, next);
+                    }
+                    next_at = tokio::time::Instant::now() + NEXT_ADDRESS_DELAY;
+                }
+                () = tokio::time::sleep_until(deadline) => break,
+            }
         }
-        Err(first_error.map_or(ConnectError::Timeout(Duration::ZERO), |(_, err)| err))
+        Err(first_error.map_or(ConnectError::Timeout(timeout), |(_, err)| err))
     }
 
     /// The QUIC handshake, with a pin mismatch reported as such.

@@ -78,11 +78,11 @@ impl ConnectError {
         }
     }
 
-    /// True when trying again cannot help: the server refused the session (a token, the protocol version), the
-    /// server's certificate is not the pinned one, or the trust options are unusable. A reconnecting client ends
-    /// on these instead of retrying in silence.
+    /// True when trying again cannot help: the server refused the session (a token, the protocol version), or
+    /// its certificate is not the pinned one. A reconnecting client ends on these instead of retrying in silence.
+    /// (Trust options that find no dev certificate yet are not fatal: the server may still be starting.)
     pub fn is_fatal(&self) -> bool {
-        matches!(self, ConnectError::Refused(_) | ConnectError::PinMismatch { .. } | ConnectError::Trust(_))
+        matches!(self, ConnectError::Refused(_) | ConnectError::PinMismatch { .. })
     }
 }
 

@@ -147,8 +147,10 @@ impl Driver {
         let sending = posts::send_posts(driver.current.subscribe(), queued, driver.stop.clone());
         let me = driver.clone();
         driver.tasks.spawn(async move {
+            let unsent = sending.await;
+            // Read once the client has ended: the reason is the refusal or the close, not a default.
             let why = me.end_reason();
-            for post in sending.await {
+            for post in unsent {
                 let _ = post.done.send(Err(RequestError::closed(why.clone())));
             }
         });
@@ -165,13 +167,12 @@ impl Driver {
         let deadline = options.first_connect_retry.map(|retry| Instant::now() + retry);
         let mut backoff = Backoff::new(options.reconnect_delay, options.reconnect_max_delay);
         loop {
-            let attempt = tokio::time::timeout(timeout, async {
-                let targets = Target::resolve_all(server, options).await?;
-                Target::race(targets).await
-            })
-            .await
-            .map_err(|_| ConnectError::Timeout(timeout))
-            .and_then(|result| result);
+            let started = tokio::time::Instant::now();
+            let attempt = match tokio::time::timeout(timeout, Target::resolve_all(server, options)).await {
+                Ok(Ok(targets)) => Target::race(targets, timeout.saturating_sub(started.elapsed())).await,
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(ConnectError::Timeout(timeout)),
+            };
             let err = match attempt {
                 Ok(found) => return Ok(found),
                 Err(err) => err,
@@ -198,9 +199,7 @@ impl Driver {
         let session_id = connection.welcome.session_id;
         self.current.send_replace(Some(connection));
         let reconnects = u32::try_from(self.reconnects.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
-        if !self.stop.is_cancelled() {
-            self.state.send_replace(ConnectionState::Connected { session_id, reconnects });
-        }
+        self.set_state(ConnectionState::Connected { session_id, reconnects });
     }
 
     pub(crate) fn welcome(&self) -> Welcome {
@@ -221,10 +220,28 @@ impl Driver {
         lock(&self.ended).clone().unwrap_or((ErrorCode::NoError, "client closed".into()))
     }
 
+    /// Publishes `state`, unless the client has ended: `Closed` is the last state, whatever a task still running
+    /// when it ended reports.
+    fn set_state(&self, state: ConnectionState) {
+        self.state.send_if_modified(|current| {
+            if matches!(current, ConnectionState::Closed { .. }) || self.stop.is_cancelled() {
+                return false;
+            }
+            *current = state;
+            true
+        });
+    }
+
     /// Ends the client for good: closes the connection with `why` and stops every task.
     pub(crate) fn end(&self, why: (ErrorCode, String)) {
         let why = lock(&self.ended).get_or_insert(why).clone();
-        self.state.send_replace(ConnectionState::Closed { code: why.0, reason: why.1.clone() });
+        self.state.send_if_modified(|state| {
+            if matches!(state, ConnectionState::Closed { .. }) {
+                return false;
+            }
+            *state = ConnectionState::Closed { code: why.0, reason: why.1.clone() };
+            true
+        });
         if let Some(connection) = self.current.borrow().as_ref() {
             quiver_transport::close::close(&connection.quic, why.0, &why.1);
         }
@@ -381,16 +398,20 @@ impl Driver {
             let connection = loop {
                 let delay = backoff.next_delay(rand::random());
                 let attempt = backoff.attempts().saturating_sub(1);
-                self.state.send_replace(ConnectionState::Reconnecting {
+                self.set_state(ConnectionState::Reconnecting {
                     attempt,
                     last_error: last_error.clone(),
                     next_try_in: delay,
                 });
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = self.stop.cancelled() => return,
+                    () = self.stop.cancelled() => return self.end((ErrorCode::NoError, "client dropped".into())),
                 }
-                match tokio::time::timeout(self.options.connect_timeout, self.open(None)).await {
+                let attempt = tokio::select! {
+                    attempt = tokio::time::timeout(self.options.connect_timeout, self.open(None)) => attempt,
+                    () = self.stop.cancelled() => return self.end((ErrorCode::NoError, "client dropped".into())),
+                };
+                match attempt {
                     Ok(Ok(connection)) => break connection,
                     Ok(Err(err)) if err.is_fatal() => {
                         // Trying again cannot help (a refused token or version, a certificate that is not the

@@ -112,6 +112,8 @@ impl RoomState {
         if self.epoch.is_none() {
             self.epoch = Some(joined.epoch);
             self.last_seq = joined.last_seq;
+        }
+        if self.current.is_none() {
             self.members = joined.members.iter().cloned().collect();
         }
     }
@@ -126,6 +128,10 @@ impl RoomState {
             // First stream, or the room's history was lost: seqs count from this stream's replay.
             self.epoch = Some(open.epoch);
             self.last_seq = open.replay_from.saturating_sub(1);
+        } else if !open.recovered {
+            // A position the room cannot resume from in its own epoch (one ahead of what it holds, say): the
+            // replay is the latest messages, and they are delivered.
+            self.last_seq = self.last_seq.min(open.replay_from.saturating_sub(1));
         }
         self.members = open.members.iter().cloned().collect();
         Opened::Current(rejoin.then_some(RoomEvent::Resumed { recovered: open.recovered, epoch: open.epoch }))
@@ -221,6 +227,29 @@ mod tests {
         assert_eq!(seq(room.event(first, message(14))), None);
         assert_eq!(room.event(first, presence(13, false, "b")), None);
         assert_eq!(room.members(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_join_from_a_position_resumes_after_it_once_and_a_position_ahead_of_the_room_is_not_a_silence() {
+        let mut room = RoomState::new();
+        room.resume_from(Position { epoch: 7, seq: 12 });
+        room.replied(&open(7, true, 13, 15, &["a", "b"]));
+        assert_eq!(room.members(), ["a", "b"], "known from the reply, before the stream opens");
+        let resumed = room.open(1, &open(7, true, 11, 15, &["a", "b"]));
+        assert_eq!(resumed, Opened::Current(Some(RoomEvent::Resumed { recovered: true, epoch: 7 })));
+        assert_eq!(seq(room.event(1, message(12))), None, "at the position: delivered before");
+        assert_eq!(seq(room.event(1, message(13))), Some(13));
+        // A later stream resumes as usual.
+        let again = room.open(2, &open(7, true, 14, 15, &["a", "b"]));
+        assert_eq!(again, Opened::Current(Some(RoomEvent::Resumed { recovered: true, epoch: 7 })));
+
+        // A position beyond the room's head (a typo, a store that lost its tail): the latest are delivered.
+        let mut room = RoomState::new();
+        room.resume_from(Position { epoch: 7, seq: 999 });
+        let resumed = room.open(1, &open(7, false, 5, 9, &[]));
+        assert_eq!(resumed, Opened::Current(Some(RoomEvent::Resumed { recovered: false, epoch: 7 })));
+        assert_eq!(seq(room.event(1, message(5))), Some(5));
+        assert_eq!(seq(room.event(1, message(10))), Some(10));
     }
 
     #[test]

@@ -276,6 +276,7 @@ export class QuiverClient {
     if (this.status === 'closed' || session.closedWhy) return false;
     this.#session = session;
     this.welcome = session.welcome;
+    this.reconnecting = null;
     this.#setStatus('connected', null);
     this.#sessionChanged.notify();
     for (const entry of this.#rooms.values()) this.#rejoin(entry);
@@ -316,16 +317,14 @@ export class QuiverClient {
         lastError = { code: err.code ?? ErrorCode.Internal, reason: err.message };
         continue;
       }
-      if (await this.#connected(session)) {
-        this.reconnecting = null;
-        return;
-      }
+      if (await this.#connected(session)) return;
     }
   }
 
   #end(why) {
     if (this.status === 'closed') return;
     this.closeReason = why;
+    this.reconnecting = null;
     this.#setStatus('closed', why);
     this.#timers.stop();
     const session = this.#session;

@@ -17,16 +17,7 @@ struct Chat {
 
 impl Chat {
     fn start(server: &TestServer, name: &str) -> Chat {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
-            .args(["chat", "--room", "town", "--name", name, "--server", &server.addr.to_string(), "--data-dir"])
-            .arg(server.data_dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (child, lines) = chat_process(server, &["--name", name]);
         Chat { child, lines }
     }
 

@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    http::{parse_request, Response},
     metrics::ServerMetrics,
-    web::{parse_request, Response},
 };
 
 /// Prometheus' text exposition format (OpenMetrics, as `prometheus-client` writes it).
@@ -18,7 +18,7 @@ const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 
 /// Serves the admin endpoints on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, metrics: Arc<ServerMetrics>, stop: CancellationToken) {
-    crate::web::serve_http(listener, stop, move |head, _peer: IpAddr| respond(head, &metrics)).await
+    crate::http::serve_http(listener, stop, move |head, _peer: IpAddr| respond(head, &metrics)).await
 }
 
 /// The response to one request head (sans-IO).

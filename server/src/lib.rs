@@ -31,6 +31,7 @@ pub mod admission;
 pub mod budget;
 pub mod config;
 pub mod datadir;
+pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod net;

@@ -138,6 +138,12 @@ impl Drop for Relay {
     }
 }
 
+/// A receive that returned without a packet and is simply tried again: the poll timeout ran out, or a signal
+/// (SIGSTOP/SIGCONT, Ctrl-Z and `fg`) interrupted it.
+fn nothing_yet(err: &io::Error) -> bool {
+    matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
+}
+
 fn listen_loop(
     config: &RelayConfig,
     listen: &Arc<UdpSocket>,
@@ -157,14 +163,7 @@ fn listen_loop(
     while !stop.load(Ordering::Relaxed) {
         let (len, from) = match listen.recv_from(&mut buf) {
             Ok(received) => received,
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
+            Err(err) if nothing_yet(&err) => continue,
             Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => continue,
             Err(err) => return Err(err),
         };
@@ -225,14 +224,7 @@ fn down_loop(
     while !stop.load(Ordering::Relaxed) {
         let len = match upstream.recv(&mut buf) {
             Ok(len) => len,
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
+            Err(err) if nothing_yet(&err) => continue,
             Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => continue,
             Err(err) => {
                 tracing::warn!(%err, %client, "upstream socket failed");

@@ -86,7 +86,7 @@ impl Admin {
         metrics: &Arc<crate::metrics::ServerMetrics>,
     ) -> Result<Option<Admin>, ServerError> {
         let Some(addr) = addr else { return Ok(None) };
-        let listener = crate::web::bind(addr).map_err(|err| ServerError::Admin(addr, err))?;
+        let listener = crate::http::bind(addr).map_err(|err| ServerError::Admin(addr, err))?;
         let addr = listener.local_addr().map_err(|err| ServerError::Admin(addr, err))?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|err| ServerError::Admin(addr, err))?;
         let stop = CancellationToken::new();
@@ -220,7 +220,7 @@ impl<R: RoomHub> Server<R> {
     ) -> Result<Server<R>, ServerError> {
         let (endpoint, quic, fingerprint) = endpoint::bind(&config)?;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
-        let page = config.web.http.map(crate::web::bind).transpose().map_err(ServerError::Bind)?;
+        let page = config.web.http.map(crate::http::bind).transpose().map_err(ServerError::Bind)?;
         let page_addr = page.as_ref().map(|l| l.local_addr()).transpose().map_err(ServerError::Bind)?;
         let auth = Arc::new(crate::auth::Auth::from_config(&config.auth, &config.data_dir)?);
         if matches!(config.auth, crate::auth::AuthConfig::Anonymous) {

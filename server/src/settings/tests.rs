@@ -12,9 +12,9 @@ fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
     vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-fn load_text(text: &str, vars: &[(&str, &str)], flags: Vec<Override>) -> Result<Settings, String> {
+fn load_text(text: &str, vars: &[(&str, &str)], flags: Vec<Override>) -> Result<Settings, SettingsError> {
     let file = file(text);
-    load(Some(file.path()), env(vars), flags).map(|(s, _)| s).map_err(|e| e.to_string())
+    load(Some(file.path()), env(vars), flags).map(|(s, _)| s)
 }
 
 #[test]
@@ -58,25 +58,26 @@ fn a_file_sets_limits_and_unset_keys_keep_their_defaults() {
 
 #[test]
 fn unknown_keys_and_wrong_types_are_errors_naming_the_line() {
-    let err = load_text("listen = \"127.0.0.1:0\"\n\n[limits]\nposts_per_sec = 5\n", &[], vec![]).unwrap_err();
+    let err =
+        load_text("listen = \"127.0.0.1:0\"\n\n[limits]\nposts_per_sec = 5\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 4") && err.contains("unknown field `posts_per_sec`"), "{err}");
-    let err = load_text("[store]\nkind = \"tape\"\n", &[], vec![]).unwrap_err();
+    let err = load_text("[store]\nkind = \"tape\"\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 2") && err.contains("tape"), "{err}");
-    let err = load_text("[limits]\nmax_rooms = \"many\"\n", &[], vec![]).unwrap_err();
+    let err = load_text("[limits]\nmax_rooms = \"many\"\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 2") && err.contains("invalid type"), "{err}");
-    let err = load_text("[nonsense]\nx = 1\n", &[], vec![]).unwrap_err();
+    let err = load_text("[nonsense]\nx = 1\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 1") && err.contains("nonsense"), "{err}");
 }
 
 #[test]
 fn out_of_range_values_are_errors_naming_the_line() {
-    let err = load_text("[limits]\nmax_body = 1000\nmax_frame = 100\n", &[], vec![]).unwrap_err();
+    let err = load_text("[limits]\nmax_body = 1000\nmax_frame = 100\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 3: limits.max_frame"), "{err}");
-    let err = load_text("drain_timeout_ms = 0\n", &[], vec![]).unwrap_err();
+    let err = load_text("drain_timeout_ms = 0\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 1: drain_timeout_ms: must be at least 1"), "{err}");
-    let err = load_text("[admin]\nlisten = \"everywhere\"\n", &[], vec![]).unwrap_err();
+    let err = load_text("[admin]\nlisten = \"everywhere\"\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 2: admin.listen"), "{err}");
-    let err = load_text("[tls]\ncert = \"c.pem\"\n", &[], vec![]).unwrap_err();
+    let err = load_text("[tls]\ncert = \"c.pem\"\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("tls.key") && err.contains("default"), "{err}");
 }
 
@@ -104,15 +105,15 @@ fn environment_overrides_the_file_and_flags_override_both() {
 
 #[test]
 fn bad_overrides_name_their_variable_or_flag() {
-    let err = load_text("", &[("QUIVER_LIMITS_POSTS_PER_SEC", "5")], vec![]).unwrap_err();
+    let err = load_text("", &[("QUIVER_LIMITS_POSTS_PER_SEC", "5")], vec![]).unwrap_err().to_string();
     assert!(err.starts_with("QUIVER_LIMITS_POSTS_PER_SEC: there is no setting limits.posts_per_sec"), "{err}");
-    let err = load_text("", &[("QUIVER_LIMITS_POSTS_PER_S", "lots")], vec![]).unwrap_err();
+    let err = load_text("", &[("QUIVER_LIMITS_POSTS_PER_S", "lots")], vec![]).unwrap_err().to_string();
     assert!(err.starts_with("QUIVER_LIMITS_POSTS_PER_S: limits.posts_per_s"), "{err}");
-    let err = load_text("", &[("QUIVER_LIMITS_POSTS_PER_S", "0")], vec![]).unwrap_err();
+    let err = load_text("", &[("QUIVER_LIMITS_POSTS_PER_S", "0")], vec![]).unwrap_err().to_string();
     assert!(err.starts_with("QUIVER_LIMITS_POSTS_PER_S: limits.posts_per_s: posts_per_s must be at least 1"), "{err}");
     // Other programs' variables are not ours.
     load_text("", &[("QUIVER_REQUIRE_ALL", "1"), ("QUIVER_SERVER_BIN", "/x")], vec![]).unwrap();
-    let err = load_text("", &[], vec![Override::flag("--admin", "admin.listen", "nowhere")]).unwrap_err();
+    let err = load_text("", &[], vec![Override::flag("--admin", "admin.listen", "nowhere")]).unwrap_err().to_string();
     assert!(err.starts_with("--admin: admin.listen"), "{err}");
 }
 
@@ -145,7 +146,7 @@ fn transport_settings_round_trip_to_the_tuning() {
 fn errors_never_show_the_hs256_secret() {
     let secret = "0123456789".repeat(7);
     // Without quotes: toml quotes the offending line in its message.
-    let err = load_text(&format!("[auth]\nhs256_secret = {secret}\n"), &[], vec![]).unwrap_err();
+    let err = load_text(&format!("[auth]\nhs256_secret = {secret}\n"), &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 2") && !err.contains(&secret), "{err}");
     let settings = load_text(&format!("[auth]\nhs256_secret = \"{}\"\n", "ab".repeat(32)), &[], vec![]).unwrap();
     assert!(!format!("{settings:?}").contains(&"ab".repeat(32)));
@@ -153,8 +154,8 @@ fn errors_never_show_the_hs256_secret() {
 
 #[test]
 fn of_two_contradicting_limits_the_one_moved_from_its_default_is_named() {
-    let err = load_text("[limits]\nmax_body = 65530\n", &[], vec![]).unwrap_err();
+    let err = load_text("[limits]\nmax_body = 65530\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 2: limits.max_body"), "{err}");
-    let err = load_text("[limits]\nmax_connections = 10\n", &[], vec![]).unwrap_err();
+    let err = load_text("[limits]\nmax_connections = 10\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 2: limits.max_connections:"), "{err}");
 }

@@ -9,6 +9,8 @@ use quiver_lab::bench::{
     RttConfig,
 };
 
+mod cluster;
+
 use quiver_lab::impair::Backend;
 
 use crate::{error::CliError, impair::ProfileArgs, seconds, TrustArgs};
@@ -82,6 +84,9 @@ pub(crate) enum BenchCommand {
     Post(PostArgs),
     /// Time to ready of a server restarted on a large room store (filled first, in-process).
     Restart(RestartArgs),
+    /// What a Redis between nodes costs: room echo, posts/s and tick fan-out on one node and across three nodes on
+    /// a redis-server the bench starts itself (docs/cluster.md).
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +255,7 @@ pub(crate) async fn run(command: BenchCommand) -> Result<(), CliError> {
         BenchCommand::Fanout(args) => fanout(args).await,
         BenchCommand::Post(args) => post(args).await,
         BenchCommand::Restart(args) => restart(args).await,
+        BenchCommand::Cluster(args) => cluster::cluster(args).await,
     }
 }
 

@@ -32,7 +32,10 @@ pub struct Pong {
 }
 
 impl Client {
-    /// Connects to `server` (`host:port`), trusting its certificate as `trust` says, and opens the session.
+    /// Connects to `server` (`host:port`; several separated by commas: the nodes of a cluster, every address of
+    /// each raced and the first to answer used; a reconnect races them again, the lost one last, and resumes every
+    /// room from its position on whichever node answers), trusting its certificate as `trust` says, and opens the
+    /// session.
     pub async fn connect(server: &str, trust: TrustOptions) -> Result<Client, ConnectError> {
         Client::connect_with(server, ConnectOptions { trust, ..ConnectOptions::default() }).await
     }
@@ -60,7 +63,7 @@ impl Client {
 
     /// The server's address.
     pub fn server_addr(&self) -> SocketAddr {
-        self.handle.driver.target.addr
+        self.handle.driver.target().addr
     }
 
     /// The current QUIC connection (statistics, RTT estimate), if connected.
@@ -169,7 +172,7 @@ impl Client {
     pub async fn close(self) {
         self.handle.driver.end((ErrorCode::NoError, "closed by the application".into()));
         let _ = tokio::time::timeout(CLOSE_WAIT, self.handle.driver.tasks.wait()).await;
-        let _ = tokio::time::timeout(CLOSE_WAIT, self.handle.driver.target.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.handle.driver.target().endpoint.wait_idle()).await;
     }
 
     /// Waits until the client has ended for good (closed, refused on reconnect, or the connection was lost with

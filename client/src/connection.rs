@@ -79,9 +79,33 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Resolves `server` (`host:port`, or `host` for port [`DEFAULT_PORT`]) to every address it names, each with
-    /// its own endpoint, in the resolver's order.
-    pub(crate) async fn resolve_all(server: &str, options: &ConnectOptions) -> Result<Vec<Target>, ConnectError> {
+    /// Resolves `servers` (`host:port`, or `host` for port [`DEFAULT_PORT`]; several separated by commas: the
+    /// nodes of a cluster) to every address they name, each with its own endpoint, in the order given and the
+    /// resolver's order. A name that does not resolve is skipped while another does.
+    pub(crate) async fn resolve_all(servers: &str, options: &ConnectOptions) -> Result<Vec<Target>, ConnectError> {
+        let mut targets = Vec::new();
+        let mut first_error = None;
+        for server in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match Target::resolve(server, options).await {
+                Ok(found) => targets.extend(found),
+                Err(err) => {
+                    tracing::debug!(%server, %err, "server skipped");
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        match (targets.is_empty(), first_error) {
+            (false, _) => Ok(targets),
+            (true, Some(err)) => Err(err),
+            (true, None) => Err(ConnectError::Resolve {
+                server: servers.to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no server given"),
+            }),
+        }
+    }
+
+    /// [`Target::resolve_all`] of one server.
+    async fn resolve(server: &str, options: &ConnectOptions) -> Result<Vec<Target>, ConnectError> {
         let resolve_err = |source| ConnectError::Resolve { server: server.to_string(), source };
         let (host, with_port) = split_host(server);
         // `localhost` is this machine's loopback in both families (RFC 6761), whatever /etc/hosts lists (or whether

@@ -40,6 +40,11 @@ pub struct ConnectOptions {
     /// Keep trying the first connect (with the reconnect backoff) for up to this long, for a client that may
     /// start before its server; `None`: one attempt. Fatal refusals (a token, the version, a pin) end it at once.
     pub first_connect_retry: Option<Duration>,
+    /// A server that sends nothing for this long is taken for dead: the connection is dropped and the client
+    /// reconnects (to another node of a cluster when given several). QUIC itself only notices at its 30 s idle
+    /// timeout (a killed server sends no close); keep-alives (`tuning.keep_alive`, 5 s) make a live server answer
+    /// well within it. `None`: wait for the idle timeout.
+    pub dead_server_after: Option<Duration>,
 }
 
 impl Default for ConnectOptions {
@@ -57,6 +62,7 @@ impl Default for ConnectOptions {
             tuning: TransportTuning::quiver(),
             qlog_dir: None,
             first_connect_retry: None,
+            dead_server_after: Some(Duration::from_secs(12)),
         }
     }
 }

@@ -101,6 +101,9 @@ error_codes! {
     /// The client reset, stopped or finished its control stream in a way that ends the session (a reset, a
     /// STOP_SENDING, or a FIN inside a frame); the reason says which.
     ControlStreamClosed = 28,
+    /// A service the server depends on (the cluster's broker, Redis) is unreachable: nothing was done. Retry the
+    /// same request later (a post with the same `client_msg_id`: it is sequenced once).
+    Unavailable = 29,
 }
 
 impl ErrorCode {

@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// When a post counts as stored: `Fsync` (default), `Os`, or `Memory` (no store: nothing survives a restart).
     pub durability: Durability,
+    /// The cluster's broker (Redis): rooms and ticks shared with other nodes, and `durability` unused. `None`: one
+    /// node.
+    pub broker: Option<crate::cluster::BrokerConfig>,
     /// Certificate source.
     pub tls: TlsSource,
     /// Per-connection bounds, reported to clients in Welcome.
@@ -99,6 +102,7 @@ impl ServerConfig {
             listen,
             data_dir,
             durability: Durability::default(),
+            broker: None,
             tls: TlsSource::Dev,
             limits: Limits::default(),
             budget: Budget::default(),

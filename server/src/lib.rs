@@ -13,6 +13,7 @@
 //! - [`config`]: what the server is started with: address, data directory, certificate, [`quiver_proto::Limits`].
 //! - [`settings`]: the configuration file (`quiver.toml`), environment and flags, layered into a [`ServerConfig`].
 //! - [`budget`]: the server-wide memory bounds (rooms, channels, retained history, frame timeout).
+//! - [`cluster`]: many nodes on one Redis (`--broker`): rooms, presence and ticks shared.
 //! - [`store`]: durable room state (epochs, seqs, history, dedupe) in the data directory, with group commit.
 //!
 //! ```no_run
@@ -29,6 +30,7 @@
 pub mod admin;
 pub mod admission;
 pub mod budget;
+pub mod cluster;
 pub mod config;
 pub mod datadir;
 pub mod http;

@@ -1,11 +1,13 @@
 //! `quiver-server`: with no arguments, serves on UDP `[::]:4433` with a dev certificate kept in `./.quiver` and
 //! tokens required, signed with a dev key kept there too. `quiver-server token --sub NAME` mints one.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
 use quiver_server::{
     auth::AuthConfig,
+    cluster::{Broker, BrokerSettings, ClusterTicks, RedisRooms},
+    hub::RoomHub,
     net::Reloader,
     settings::{self, DiskDurability, Layers, LogFormat, LogSettings, Override, Settings, StoreKind},
     store::Durability,
@@ -43,6 +45,10 @@ struct Args {
     /// the machine). docs/durability.md.
     #[arg(long, value_enum)]
     durability: Option<DiskDurability>,
+    /// Join a cluster: rooms, history, presence and ticks shared through this Redis (`redis://HOST:PORT`) with
+    /// every node started with the same URL (docs/cluster.md). Without it: one node, rooms in --store.
+    #[arg(long, value_name = "URL")]
+    broker: Option<String>,
     /// Messages each room retains for history and resume (the oldest go first). Default 1000.
     #[arg(long)]
     history_max_messages: Option<u32>,
@@ -114,6 +120,7 @@ impl Args {
         push("--data-dir", "data_dir", self.data_dir.as_ref().map(|p| path(p).into()));
         push("--store", "store.kind", self.store.map(|k| value_name(k).into()));
         push("--durability", "store.durability", self.durability.map(|d| value_name(d).into()));
+        push("--broker", "broker.url", self.broker.clone().map(Into::into));
         push("--history-max-messages", "limits.history_max_messages", self.history_max_messages.map(int));
         push("--dedupe-max-entries", "limits.dedupe_max_entries", self.dedupe_max_entries.map(int));
         push("--cert", "tls.cert", self.cert.as_ref().map(|p| path(p).into()));
@@ -322,14 +329,57 @@ async fn serve(settings: Settings, layers: Layers) -> ExitCode {
         Ok(signals) => signals,
         Err(err) => return fail(&format!("cannot install signal handlers: {err}")),
     };
-    let server = match Server::bind(config) {
+    let Some(broker) = config.broker.clone() else {
+        let server = match Server::bind(config) {
+            Ok(server) => server,
+            Err(err) => return fail(&err),
+        };
+        let store = match durability {
+            Durability::Memory => "rooms in memory only (--store memory): a restart forgets their history".to_string(),
+            durability => format!(
+                "rooms stored in {} (durability {})",
+                data_dir.join(quiver_server::store::STORE_DIR).display(),
+                durability.name()
+            ),
+        };
+        return run(server, shutdown, signals, settings, &auth_mode, &data_dir, &store).await;
+    };
+    let broker = match Broker::new(broker) {
+        Ok(broker) => broker,
+        Err(err) => return fail(&err),
+    };
+    let rooms = Arc::new(RedisRooms::new(broker.clone(), config.limits.clone()));
+    let ticks = Arc::new(ClusterTicks::new(broker.clone(), config.budget.max_channels));
+    broker.connect();
+    let server = match Server::bind_with(config, rooms, ticks) {
         Ok(server) => server,
         Err(err) => return fail(&err),
     };
+    let rooms = format!(
+        "rooms, presence and ticks shared through {} (node {})",
+        BrokerSettings::redact(&broker.config().url),
+        broker.node()
+    );
+    let code = run(server, shutdown, signals, settings, &auth_mode, &data_dir, &rooms).await;
+    // Its members leave their rooms now rather than after the presence expiry.
+    broker.retire().await;
+    code
+}
+
+/// Prints where the server listens and runs it until a signal.
+async fn run<R: RoomHub>(
+    server: Server<R>,
+    shutdown: CancellationToken,
+    signals: Signals,
+    settings: Settings,
+    auth_mode: &AuthConfig,
+    data_dir: &std::path::Path,
+    rooms: &str,
+) -> ExitCode {
     tokio::spawn(signals.handle(shutdown.clone(), server.reloader(), settings.clone()));
     say(&format!("listening on {}", server.local_addr()));
     say(&format!("certificate sha256 {}", server.fingerprint()));
-    match &auth_mode {
+    match auth_mode {
         AuthConfig::DevKey => say(&format!(
             "tokens required, signed with the dev key in {} (mint one: quiver-server token --sub NAME)",
             data_dir.display()
@@ -337,21 +387,14 @@ async fn serve(settings: Settings, layers: Layers) -> ExitCode {
         AuthConfig::Keys(keys) => say(&format!("tokens required, {} verification key(s)", keys.len())),
         AuthConfig::Anonymous => say("ANONYMOUS ACCESS: no tokens required (--allow-anonymous)"),
     }
-    match durability {
-        Durability::Memory => say("rooms in memory only (--store memory): a restart forgets their history"),
-        durability => say(&format!(
-            "rooms stored in {} (durability {})",
-            data_dir.join(quiver_server::store::STORE_DIR).display(),
-            durability.name()
-        )),
-    }
+    say(rooms);
     if let Some(page) = server.page_addr() {
         let host = if page.ip().is_unspecified() || page.ip().is_loopback() {
             "localhost".to_string()
         } else {
             page.ip().to_string()
         };
-        let tokens = match &auth_mode {
+        let tokens = match auth_mode {
             AuthConfig::DevKey => "; dev tokens only for pages opened on this machine",
             _ => "",
         };

@@ -165,6 +165,8 @@ pub struct HubMetrics {
     pub channels: Box<dyn Fn() -> usize + Send + Sync>,
     /// The room store, if rooms are stored.
     pub store: Option<Arc<Store>>,
+    /// Whether the room engine can serve (a cluster's broker reachable).
+    pub health: Box<dyn Fn() -> Result<(), &'static str> + Send + Sync>,
 }
 
 impl std::fmt::Debug for HubMetrics {
@@ -208,7 +210,7 @@ impl ServerMetrics {
         if hubs.store.as_ref().is_some_and(|store| store.writer_stats().failed.load(Ordering::Relaxed)) {
             return Err("the room store failed to write");
         }
-        Ok(())
+        (hubs.health)()
     }
 
     /// The metrics in Prometheus' text format.

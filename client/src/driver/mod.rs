@@ -6,6 +6,7 @@
 //!
 //! Work runs in spawned tasks: quinn driven from `block_on`'s thread costs about 4x the round trip (measured).
 
+mod handler;
 mod posts;
 mod rooms;
 mod ticks;
@@ -20,7 +21,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use quiver_proto::{ErrorCode, Join, Limits, Reply, RequestBody, ServerMsg, TickHeader, Welcome};
+use quiver_proto::{ErrorCode, Join, Limits, Reply, RequestBody, Welcome};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -30,7 +31,7 @@ pub(crate) use ticks::{PubEntry, SubEntry};
 
 use crate::{
     clock::unix_us,
-    connection::{Connection, Handler, Target},
+    connection::{Connection, Target},
     error::{ConnectError, RequestError, TickError},
     link::ConnectionState,
     options::ConnectOptions,
@@ -76,7 +77,10 @@ impl Drop for StopOnDrop {
 #[derive(Debug)]
 pub(crate) struct Driver {
     me: Weak<Driver>,
-    pub(crate) target: Target,
+    /// The servers the client was given (resolved again, and raced, at each reconnect).
+    server: String,
+    /// Where the current (or last) connection goes.
+    target: Mutex<Arc<Target>>,
     options: ConnectOptions,
     /// The live connection, `None` while reconnecting.
     current: watch::Sender<Option<Arc<Live>>>,
@@ -107,7 +111,8 @@ impl Driver {
         let (posts, queued) = mpsc::unbounded_channel();
         let driver = Arc::new_cyclic(|me| Driver {
             me: me.clone(),
-            target,
+            server: server.to_string(),
+            target: Mutex::new(Arc::new(target)),
             options,
             current: watch::channel(None).0,
             ended: Mutex::new(None),
@@ -189,7 +194,26 @@ impl Driver {
     }
 
     async fn open(&self, first: Option<quinn::Connection>) -> Result<Arc<Live>, ConnectError> {
-        Connection::open(&self.target, first, &self.options, self.me.clone(), &self.tasks).await
+        Connection::open(&self.target(), first, &self.options, self.me.clone(), &self.tasks).await
+    }
+
+    /// Where the current (or last) connection goes.
+    pub(crate) fn target(&self) -> Arc<Target> {
+        lock(&self.target).clone()
+    }
+
+    /// A reconnect: the servers resolved again and raced (the address just lost last, so that another node of a
+    /// cluster is tried first), then the winner's session opened.
+    async fn reopen(&self) -> Result<Arc<Live>, ConnectError> {
+        let lost = self.target().addr;
+        let mut targets = Target::resolve_all(&self.server, &self.options).await?;
+        if let Some(i) = targets.iter().position(|t| t.addr == lost) {
+            let again = targets.remove(i);
+            targets.push(again);
+        }
+        let (target, quic) = Target::race(targets, self.options.connect_timeout).await?;
+        *lock(&self.target) = Arc::new(target);
+        self.open(Some(quic)).await
     }
 
     /// A new connection is up: its Welcome and clock offset are noted, then it becomes the current one.
@@ -373,13 +397,18 @@ impl Driver {
         }
     }
 
-    /// Watches the live connection; when it is lost, reconnects with backoff and puts rooms (from their
+    /// Watches the live connection; when it is lost (or silent for `dead_server_after`), reconnects with backoff and puts rooms (from their
     /// positions), subscriptions and claims back.
     async fn supervise(self: Arc<Self>) {
         loop {
             let Some(connection) = self.current.borrow().clone() else { return };
             tokio::select! {
                 _ = connection.quic.closed() => {}
+                () = handler::silent(&connection.quic, self.options.dead_server_after) => {
+                    let reason = "the server sent nothing for too long (dead_server_after); reconnecting";
+                    tracing::info!(reason, "server silent");
+                    quiver_transport::close::close(&connection.quic, ErrorCode::NoError, reason);
+                }
                 () = self.stop.cancelled() => {
                     // Every handle was dropped (or close() was called): the connection goes with the client.
                     self.end((ErrorCode::NoError, "client dropped".into()));
@@ -408,7 +437,7 @@ impl Driver {
                     () = self.stop.cancelled() => return self.end((ErrorCode::NoError, "client dropped".into())),
                 }
                 let attempt = tokio::select! {
-                    attempt = tokio::time::timeout(self.options.connect_timeout, self.open(None)) => attempt,
+                    attempt = tokio::time::timeout(self.options.connect_timeout, self.reopen()) => attempt,
                     () = self.stop.cancelled() => return self.end((ErrorCode::NoError, "client dropped".into())),
                 };
                 match attempt {
@@ -436,41 +465,13 @@ impl Driver {
             };
             self.reconnects.fetch_add(1, Ordering::Relaxed);
             self.connected(connection.clone()).await;
+            // Rooms rejoin side by side, each on its own task (a room whose join is refused for now retries on
+            // its own), and ticks do not wait for them.
             for entry in self.rooms.all() {
-                rooms::rejoin(&connection, &entry).await;
+                let connection = connection.clone();
+                self.tasks.spawn(async move { rooms::rejoin(&connection, &entry).await });
             }
             self.ticks.restore(&connection).await;
-        }
-    }
-}
-
-impl Handler for Driver {
-    type Route = Arc<SubEntry>;
-
-    fn tick(&self, route: &Arc<SubEntry>, header: TickHeader, payload: Bytes) {
-        ticks::on_tick(route, header, payload, self.server_clock_us());
-    }
-
-    fn room_stream(&self, _connection: usize, recv: quinn::RecvStream) {
-        let Some(me) = self.me.upgrade() else { return };
-        // Numbered here, in accept order, not when its reader gets to its Open frame.
-        let stream = self.room_streams.fetch_add(1, Ordering::Relaxed) + 1;
-        let max_frame = self.welcome().limits.max_frame as usize;
-        self.tasks.spawn(async move { rooms::read_stream(&me.rooms, stream, recv, max_frame, &me.stop).await });
-    }
-
-    fn pushed(&self, connection: usize, msg: ServerMsg) {
-        match msg {
-            ServerMsg::Kicked { room: Some(room), code: ErrorCode::SlowConsumer, reason } => {
-                tracing::info!(%room, %reason, "fell behind in a room; resuming it");
-                let current = self.current.borrow().clone().filter(|c| c.id == connection);
-                let (Some(current), Some(entry)) = (current, self.rooms.get(&room)) else { return };
-                self.tasks.spawn(async move { rooms::rejoin(&current, &entry).await });
-            }
-            ServerMsg::Kicked { room, code, reason } => tracing::warn!(?room, %code, %reason, "kicked"),
-            ServerMsg::GoAway { code, reason } => tracing::info!(%code, %reason, "server is going away"),
-            ServerMsg::Error(failure) => tracing::warn!(%failure, "server error"),
-            ServerMsg::Reply { .. } => {}
         }
     }
 }

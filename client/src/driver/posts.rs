@@ -3,16 +3,24 @@
 //! deduplicates by `client_msg_id`, so each is delivered once).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use quiver_proto::{Post, Reply, RequestBody};
+use quiver_proto::{ErrorCode, Post, Reply, RequestBody};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     connection::{Connection, Handler},
     error::RequestError,
-    state::posts::{PostQueue, QueuedPost},
+    state::{
+        backoff::Backoff,
+        posts::{PostQueue, QueuedPost},
+    },
 };
+
+/// After an `Unavailable` refusal (the server's broker unreachable), the pause before posting again: from the
+/// first to the last, doubling.
+const UNAVAILABLE_DELAY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
 /// Told the outcome of a post.
 pub(crate) type PostDone = oneshot::Sender<Result<u64, RequestError>>;
@@ -26,6 +34,7 @@ pub(crate) async fn send_posts<H: Handler>(
     stop: CancellationToken,
 ) -> Vec<QueuedPost<PostDone>> {
     let mut posts: PostQueue<PostDone, PostReply> = PostQueue::default();
+    let mut unavailable = Backoff::new(UNAVAILABLE_DELAY.0, UNAVAILABLE_DELAY.1);
     'connected: loop {
         let connection = tokio::select! {
             found = current.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none())) => match found {
@@ -66,7 +75,22 @@ pub(crate) async fn send_posts<H: Handler>(
                     }
                 } => {
                     let outcome = match reply {
-                        Ok(Ok(Reply::Posted { seq, .. })) => Ok(seq),
+                        Ok(Err(RequestError::Failed(failure))) if failure.code == ErrorCode::Unavailable => {
+                            // Nothing was sequenced (the server's broker is unreachable): this post and every later
+                            // one go again, in order, after a pause; the server deduplicates any that went through.
+                            let delay = unavailable.next_delay(rand::random());
+                            tracing::debug!(reason = %failure.message, ?delay, "post refused as unavailable; retrying");
+                            posts.requeue();
+                            tokio::select! {
+                                () = tokio::time::sleep(delay) => {}
+                                () = stop.cancelled() => break 'connected,
+                            }
+                            continue 'connected;
+                        }
+                        Ok(Ok(Reply::Posted { seq, .. })) => {
+                            unavailable = Backoff::new(UNAVAILABLE_DELAY.0, UNAVAILABLE_DELAY.1);
+                            Ok(seq)
+                        }
                         Ok(Ok(other)) => Err(RequestError::unexpected(other)),
                         Ok(Err(RequestError::Closed { .. })) | Err(_) => {
                             // The connection went: this post and every later one go again, in order.

@@ -74,15 +74,30 @@ impl Rooms {
 }
 
 /// Joins a room again from its position (after a reconnect, or a slow-consumer kick).
+/// A join refused as `Unavailable` (the server's broker unreachable) is tried again, this many times at most, with
+/// the delay doubling from 50 ms to 2 s (about a minute in all).
+const UNAVAILABLE_REJOINS: u32 = 40;
+
 pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomEntry) {
-    let since = lock(&entry.state).position();
-    match connection.request(RequestBody::Join(Join { room: entry.name.clone(), since })).await {
-        Ok(Reply::Joined(joined)) => entry.replied(&joined),
-        Ok(other) => tracing::warn!(room = %entry.name, ?other, "unexpected reply to Join"),
-        // The connection went again: the supervisor rejoins once it is back.
-        Err(RequestError::Closed { .. }) => {}
-        Err(err) => tracing::warn!(room = %entry.name, %err, "cannot rejoin room"),
+    let mut delay = std::time::Duration::from_millis(50);
+    for _ in 0..UNAVAILABLE_REJOINS {
+        let since = lock(&entry.state).position();
+        match connection.request(RequestBody::Join(Join { room: entry.name.clone(), since })).await {
+            Ok(Reply::Joined(joined)) => entry.replied(&joined),
+            Ok(other) => tracing::warn!(room = %entry.name, ?other, "unexpected reply to Join"),
+            // The connection went again: the supervisor rejoins once it is back.
+            Err(RequestError::Closed { .. }) => {}
+            Err(RequestError::Failed(failure)) if failure.code == ErrorCode::Unavailable => {
+                tracing::info!(room = %entry.name, reason = %failure.message, ?delay, "rejoin refused for now; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                continue;
+            }
+            Err(err) => tracing::warn!(room = %entry.name, %err, "cannot rejoin room"),
+        }
+        return;
     }
+    tracing::warn!(room = %entry.name, "cannot rejoin room: the server stayed unavailable");
 }
 
 /// Room for one event in a room's channel: at once when there is room, else when the application reads or `stop`

@@ -72,7 +72,7 @@ pub struct PostReport {
 
 /// The server's per-connection and per-address limits, raised for the bench's own load (100 connections from one
 /// address posting as fast as they can would otherwise meet `posts_per_s` and `new_connections_per_s_per_ip`).
-fn raised_limits() -> quiver_proto::Limits {
+pub(super) fn raised_limits() -> quiver_proto::Limits {
     quiver_proto::Limits {
         posts_per_s: 1_000_000,
         requests_per_s: 1_000_000,

@@ -78,7 +78,10 @@ pub async fn run_restart(config: RestartConfig, progress: impl Fn(&str)) -> Resu
     let ready_ms = ms(started.elapsed());
     let rooms = server.rooms().clone();
     let started = Instant::now();
-    let page = rooms.history("restart-0", None, 100, 1 << 20, now_us()).await;
+    let page = rooms
+        .history("restart-0", None, 100, 1 << 20, now_us())
+        .await
+        .map_err(|failure| BenchError::io("restart")(std::io::Error::other(failure.to_string())))?;
     let first_read_ms = ms(started.elapsed());
     if page.messages.is_empty() {
         return Err(BenchError::io("restart")(std::io::Error::other("the restarted server lost the history")));

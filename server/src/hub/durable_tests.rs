@@ -52,7 +52,7 @@ async fn a_restart_keeps_epoch_seq_history_and_dedupe() {
     assert_eq!((joining.joined.epoch, joining.joined.recovered, joining.joined.last_seq), (epoch, true, 6));
     joining.replay.expect("replayed from the store").run().await;
     assert_eq!(back.message_seqs(), [3, 4, 5, 6]);
-    let page = hub.history("r", Some(4), 10, usize::MAX, 30).await;
+    let page = hub.history("r", Some(4), 10, usize::MAX, 30).await.unwrap();
     assert_eq!((page.epoch, page.messages.iter().map(|m| m.seq).collect::<Vec<_>>()), (epoch, vec![5, 6]));
 }
 
@@ -85,18 +85,18 @@ async fn retention_trims_in_the_sweep_and_stays_trimmed_after_a_restart() {
     }
     let seqs = |page: HistoryPage| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
     // Readers see the count bound at once; the store deletes in the sweep, not on the post path.
-    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 10).await), (21..=30).collect::<Vec<_>>());
+    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 10).await.unwrap()), (21..=30).collect::<Vec<_>>());
     let store = hub.store().unwrap().clone();
     let stored = |store: &Store| store.load_room("r", 10, 0, 0).unwrap().unwrap();
     assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (1, 30), "nothing deleted yet");
     hub.sweep(11).await;
     store.submit(crate::store::Op::Barrier).wait().await.unwrap();
     assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (21, 10), "deleted by the sweep");
-    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 11).await), (21..=30).collect::<Vec<_>>());
-    let epoch = hub.history("r", None, 1, usize::MAX, 11).await.epoch;
+    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 11).await.unwrap()), (21..=30).collect::<Vec<_>>());
+    let epoch = hub.history("r", None, 1, usize::MAX, 11).await.unwrap().epoch;
     drop((hub, store));
     let hub = open(dir.path(), limits, Budget::default());
-    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 12).await), (21..=30).collect::<Vec<_>>());
+    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 12).await.unwrap()), (21..=30).collect::<Vec<_>>());
     let out = Collect::new(usize::MAX);
     let joining = join(&hub, "r", Some(Position { epoch, seq: 5 }), &out).await;
     assert!(!joining.joined.recovered, "seq 6 is gone");

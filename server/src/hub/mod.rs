@@ -17,7 +17,7 @@ pub mod conflate;
 pub mod connection;
 mod dedupe;
 pub mod history;
-mod lock;
+pub(crate) mod lock;
 mod outbox;
 mod replay;
 mod room;
@@ -103,7 +103,8 @@ pub trait RoomHub: Send + Sync + 'static {
     fn leave(&self, room: &str, subscriber: SubscriberId, now_us: u64) -> impl Future<Output = Delivery> + Send;
     /// Posts a message (creating the room on first use).
     fn post(&self, post: PostMessage<'_>) -> impl Future<Output = Result<(Posted, Delivery), Failure>> + Send;
-    /// Reads retained messages; at most `budget` bytes of encoded events.
+    /// Reads retained messages; at most `budget` bytes of encoded events (`Unavailable` when the engine cannot
+    /// be reached).
     fn history(
         &self,
         room: &str,
@@ -111,13 +112,17 @@ pub trait RoomHub: Send + Sync + 'static {
         limit: u32,
         budget: usize,
         now_us: u64,
-    ) -> impl Future<Output = HistoryPage> + Send;
+    ) -> impl Future<Output = Result<HistoryPage, Failure>> + Send;
     /// Drops what retention no longer allows, and rooms left with no members and nothing retained (the server
     /// calls it every `Budget::sweep_interval_ms`).
     fn sweep(&self, now_us: u64) -> impl Future<Output = ()> + Send;
     /// Rooms held and bytes retained, for `/metrics` (none known: zeros).
     fn room_usage(&self) -> RoomUsage {
         RoomUsage::default()
+    }
+    /// Whether the engine can serve now (`/readyz`): a broker that is unreachable says why.
+    fn health(&self) -> Result<(), &'static str> {
+        Ok(())
     }
     /// The durable store rooms live in, if this process has one (`/readyz` checks it).
     fn durable_store(&self) -> Option<std::sync::Arc<crate::store::Store>> {

@@ -15,6 +15,10 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     /// what the client asked to catch up on, bounded by the history limits, and must not reset the stream before
     /// it starts. The live bound applies to what comes after.
     fn push_replay(&self, frame: Bytes);
+    /// Ends the subscription as if it had overflowed: the next [`Outbox::flush`] resets the stream with
+    /// `SlowConsumer` and the client rejoins from its last position (an engine that lost the room's thread: a gap
+    /// it cannot fill, a new epoch).
+    fn kick(&self);
     /// Writes out what was enqueued, or hands it to whoever writes it. Called by the network layer, never by the
     /// hub, and never under a hub lock.
     fn flush(&self);

@@ -12,40 +12,56 @@ const PAGE_MESSAGES: usize = 256;
 /// Bytes of frames per page at most (a single bigger message still makes a page).
 const PAGE_BYTES: usize = 256 << 10;
 
-/// The replay of one join, to run on its own task.
-#[derive(Debug)]
+/// The replay of one join, to run on its own task: it writes the replay page by page into the joiner's outbox,
+/// then lets the held live frames follow.
 #[must_use = "the joiner's live frames are held until the replay runs"]
-pub struct Replay {
-    pub(super) store: Arc<Store>,
-    pub(super) room: String,
-    pub(super) range: ReplayRange,
-    pub(super) outbox: Arc<dyn Outbox>,
+pub struct Replay(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replay")
+    }
 }
 
 impl Replay {
-    /// Writes the replay page by page, then lets the held live frames follow.
-    pub async fn run(self) {
-        let ReplayRange { room_id, mut after, upto } = self.range;
-        while after < upto {
-            let page = match self.store.page(room_id, after, upto, PAGE_MESSAGES, PAGE_BYTES) {
-                Ok(page) => page,
-                Err(err) => {
-                    tracing::error!(room = %self.room, %err, "replay read failed; the replay stops here");
-                    break;
-                }
-            };
-            // Empty: retention deleted the rest meanwhile (the member sees a jump in seqs, as after a trim).
-            let Some(last) = page.frames.last() else { break };
-            after = last.seq;
-            for stored in page.frames {
-                self.outbox.push_replay(stored.frame);
-            }
-            self.outbox.flush();
-            if !self.outbox.drained().await {
-                return; // the stream is gone
-            }
-        }
-        self.outbox.release_hold();
-        self.outbox.flush();
+    /// A replay carried out by `task` (another engine's paged read), which must end with
+    /// [`Outbox::release_hold`] and a flush.
+    pub fn new(task: impl std::future::Future<Output = ()> + Send + 'static) -> Replay {
+        Replay(Box::pin(task))
     }
+
+    /// A replay of `range` of `room` from the durable store.
+    pub(super) fn from_store(store: Arc<Store>, room: String, range: ReplayRange, outbox: Arc<dyn Outbox>) -> Replay {
+        Replay::new(from_store(store, room, range, outbox))
+    }
+
+    /// Writes the replay, then lets the held live frames follow.
+    pub async fn run(self) {
+        self.0.await
+    }
+}
+
+async fn from_store(store: Arc<Store>, room: String, range: ReplayRange, outbox: Arc<dyn Outbox>) {
+    let ReplayRange { room_id, mut after, upto } = range;
+    while after < upto {
+        let page = match store.page(room_id, after, upto, PAGE_MESSAGES, PAGE_BYTES) {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::error!(room = %room, %err, "replay read failed; the replay stops here");
+                break;
+            }
+        };
+        // Empty: retention deleted the rest meanwhile (the member sees a jump in seqs, as after a trim).
+        let Some(last) = page.frames.last() else { break };
+        after = last.seq;
+        for stored in page.frames {
+            outbox.push_replay(stored.frame);
+        }
+        outbox.flush();
+        if !outbox.drained().await {
+            return; // the stream is gone
+        }
+    }
+    outbox.release_hold();
+    outbox.flush();
 }

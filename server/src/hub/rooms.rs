@@ -375,7 +375,7 @@ impl RoomHub for LocalRooms {
         let (_, (joined, delivery, range)) =
             joined.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?;
         let replay = match (range, &self.store) {
-            (Some(range), Some(store)) => Some(Replay { store: store.clone(), room, range, outbox }),
+            (Some(range), Some(store)) => Some(Replay::from_store(store.clone(), room, range, outbox)),
             _ => None,
         };
         Ok(Joining { joined, subscriber, delivery, replay })
@@ -403,11 +403,18 @@ impl RoomHub for LocalRooms {
         }
     }
 
-    async fn history(&self, room: &str, since: Option<u64>, limit: u32, budget: usize, now_us: u64) -> HistoryPage {
-        match self.with_room(room, false, now_us, |r| r.history(since, limit as usize, budget, now_us)).await {
+    async fn history(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        limit: u32,
+        budget: usize,
+        now_us: u64,
+    ) -> Result<HistoryPage, Failure> {
+        Ok(match self.with_room(room, false, now_us, |r| r.history(since, limit as usize, budget, now_us)).await {
             Ok(Some((_, page))) => page,
             _ => HistoryPage { room: room.to_string(), epoch: 0, messages: Vec::new(), more: false },
-        }
+        })
     }
 
     fn room_usage(&self) -> RoomUsage {

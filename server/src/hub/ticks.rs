@@ -58,6 +58,15 @@ pub struct Fanout {
     pub subscribers: Subscribers,
 }
 
+impl Fanout {
+    /// Offers the tick to every subscriber (call with no hub lock held).
+    pub fn offer(self) {
+        for (_, channel_id, sink) in self.subscribers.iter() {
+            sink.offer(*channel_id, self.tick.clone(), self.max_age_us);
+        }
+    }
+}
+
 /// Access to tick channels, whatever backs them.
 pub trait TickHub: Send + Sync + std::fmt::Debug + 'static {
     /// Subscribes `sink` to `channel`; its ticks are offered with `channel_id`. `ServerFull` when the channel is
@@ -142,6 +151,31 @@ impl LocalTicks {
     /// New channels refused with `ServerFull` so far.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Stamps the channel's next seq on a tick published on another node (no local claim needed) and returns it
+    /// with the channel's subscribers here (`None` when nobody here subscribes). The stricter of the two maximum
+    /// ages applies.
+    pub fn relay(
+        &self,
+        channel: &str,
+        sent_time_us: u64,
+        received_us: u64,
+        max_age_us: Option<u64>,
+        payload: Bytes,
+    ) -> Option<Fanout> {
+        let mut shard = self.shard(channel);
+        let c = shard.get_mut(channel).filter(|c| !c.subscribers.is_empty())?;
+        c.last_seq += 1;
+        let max_age_us = match (c.max_age_us, max_age_us) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Some(Fanout {
+            tick: Tick { seq: c.last_seq, sent_time_us, received_us, payload },
+            max_age_us,
+            subscribers: c.subscribers.clone(),
+        })
     }
 
     fn shard(&self, channel: &str) -> HubGuard<'_, Shard> {

@@ -38,6 +38,9 @@ pub(super) struct Connection<R> {
     kicked: mpsc::UnboundedReceiver<Kicked>,
     pumps: TaskTracker,
     stop: CancellationToken,
+    /// The `client_msg_id` of a post refused as `Unavailable`: the connection's later posts are refused too until
+    /// it comes again, so that a client retrying it keeps its own posts in the order it made them.
+    unavailable_post: Option<u64>,
 }
 
 impl<R: RoomHub> Connection<R> {
@@ -65,6 +68,7 @@ impl<R: RoomHub> Connection<R> {
             kicked,
             pumps: TaskTracker::new(),
             stop: CancellationToken::new(),
+            unavailable_post: None,
         }
     }
 
@@ -123,6 +127,17 @@ impl<R: RoomHub> Connection<R> {
                 Ok(Reply::Left { room })
             }
             RoomRequest::Post(post) => {
+                match self.unavailable_post {
+                    Some(refused) if refused != post.client_msg_id => {
+                        return Err(Failure::new(
+                            ErrorCode::Unavailable,
+                            format!(
+                            "an earlier post (client_msg_id {refused}) was refused as unavailable; send it again first"
+                        ),
+                        ))
+                    }
+                    _ => self.unavailable_post = None,
+                }
                 let arrived = std::time::Instant::now();
                 let message = PostMessage {
                     room: &post.room,
@@ -131,7 +146,12 @@ impl<R: RoomHub> Connection<R> {
                     body: post.body,
                     now_us,
                 };
-                let (posted, delivery) = self.rooms.post(message).await?;
+                let client_msg_id = message.client_msg_id;
+                let (posted, delivery) = self.rooms.post(message).await.inspect_err(|failure| {
+                    if failure.code == ErrorCode::Unavailable {
+                        self.unavailable_post = Some(client_msg_id);
+                    }
+                })?;
                 delivery.flush();
                 self.stats.post_delivery.observe_since(arrived);
                 bump(if posted.duplicate { &self.stats.posts_duplicate } else { &self.stats.posts });
@@ -139,7 +159,7 @@ impl<R: RoomHub> Connection<R> {
             }
             RoomRequest::History { room, since, limit } => {
                 let budget = self.state.history_budget();
-                Ok(Reply::History(self.rooms.history(&room, since, limit, budget, now_us).await))
+                self.rooms.history(&room, since, limit, budget, now_us).await.map(Reply::History)
             }
         }
     }

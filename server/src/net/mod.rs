@@ -231,11 +231,12 @@ impl<R: RoomHub> Server<R> {
         let Early { stats, metrics, admin } = early;
         let admission = crate::admission::Admission::new(&config.limits, std::time::Instant::now());
         let admission = Arc::new(std::sync::Mutex::new(admission));
-        let (usage, channels) = (rooms.clone(), ticks.clone());
+        let (usage, channels, health) = (rooms.clone(), ticks.clone(), rooms.clone());
         metrics.set_hubs(crate::metrics::HubMetrics {
             rooms: Box::new(move || usage.room_usage()),
             channels: Box::new(move || channels.channels()),
             store: rooms.durable_store(),
+            health: Box::new(move || health.health()),
         });
         let current = Current { quic: Arc::new(quic), auth };
         Ok(Server {

@@ -170,6 +170,11 @@ impl Outbox for StreamOutbox {
         true
     }
 
+    fn kick(&self) {
+        self.overflow.cancel();
+        self.wake.notify_one();
+    }
+
     fn push_replay(&self, frame: Bytes) {
         ServerStats::add(&self.stats.outbox_bytes, frame.len() as i64);
         lock(&self.queue).frames.push_back(frame);

@@ -27,9 +27,7 @@ use crate::{
 
 /// Offers a published tick to every subscriber of the fan-out (called with no hub lock held).
 pub(crate) fn deliver(fanout: Fanout) {
-    for (_, channel_id, sink) in fanout.subscribers.iter() {
-        sink.offer(*channel_id, fanout.tick.clone(), fanout.max_age_us);
-    }
+    fanout.offer();
 }
 
 /// One connection's outgoing ticks.

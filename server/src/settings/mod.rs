@@ -38,6 +38,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Where rooms are kept.
     pub store: StoreSettings,
+    /// Redis, joining this node to others (rooms, presence and ticks shared).
+    pub broker: crate::cluster::BrokerSettings,
     /// Per-connection bounds, reported to clients in Welcome.
     pub limits: Limits,
     /// Server-wide memory bounds.
@@ -260,6 +262,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             auth: AuthSettings::default(),
             store: StoreSettings::default(),
+            broker: crate::cluster::BrokerSettings::default(),
             limits: Limits::default(),
             budget: Budget::default(),
             transport: TransportSettings::default(),
@@ -339,6 +342,7 @@ impl Settings {
                 return Err(Invalid::new(key, "must be at least 1"));
             }
         }
+        self.broker.check().map_err(|(key, why)| Invalid::new(key, why))?;
         if self.drain_timeout_ms > MAX_DRAIN_TIMEOUT_MS {
             return Err(Invalid::new("drain_timeout_ms", format!("at most {MAX_DRAIN_TIMEOUT_MS} (10 minutes)")));
         }
@@ -458,6 +462,7 @@ impl Settings {
             web,
             auth: self.auth_config()?,
             durability: self.durability(),
+            broker: self.broker.config(),
             limits: self.limits.clone(),
             budget: self.budget.clone(),
             tuning: self.transport.tuning(),
@@ -474,6 +479,7 @@ impl Settings {
         if !shown.auth.hs256_secret.is_empty() {
             shown.auth.hs256_secret = "<redacted>".into();
         }
+        shown.broker.url = crate::cluster::BrokerSettings::redact(&shown.broker.url);
         toml::to_string(&shown).unwrap_or_else(|err| format!("# cannot show the settings: {err}\n"))
     }
 }

@@ -60,7 +60,9 @@ export class QuiverClient {
   /** Why the client ended (`{code, reason}`), once `status` is 'closed'. */
   closeReason = null;
 
-  #url;
+  #urls;
+  #nextUrl = 0;
+  #unavailable = { backoff: new Backoff({ initialMs: 50, maxMs: 2000 }), tries: 0 };
   #options;
   #session = null;
   #sessionChanged = new Signal();
@@ -75,7 +77,8 @@ export class QuiverClient {
   #clockOffsetUs = 0;
 
   /**
-   * Connects to `url` (e.g. "https://127.0.0.1:4433/quiver") and opens the session. Options:
+   * Connects to `url` (e.g. "https://127.0.0.1:4433/quiver"; an array of URLs: the nodes of a cluster, tried in
+   * turn, and after a lost connection the next one first) and opens the session. Options:
    * `certHash` (64 hex digits of the server certificate's SHA-256, for `serverCertificateHashes`; null to rely on
    * the browser's trust), `name` and `token` (sent in Hello), `reconnect` (default true), `onStatus(status,
    * detail)`, `onNotice(notice)` (server pushes: `{type: 'goaway'|'kicked'|'error', code, reason, room?}`, and
@@ -93,7 +96,8 @@ export class QuiverClient {
 
   /** Use `QuiverClient.connect`. */
   constructor(url, options = {}) {
-    this.#url = url;
+    this.#urls = Array.isArray(url) ? [...url] : [url];
+    if (this.#urls.length === 0) throw new Error('no server URL given');
     this.#options = {
       certHash: null, name: null, token: null, reconnect: true, onStatus: null, onNotice: null, onAttempt: null,
       connectTimeoutMs: 10_000, reconnectDelayMs: 50, reconnectMaxDelayMs: 5000,
@@ -251,7 +255,25 @@ export class QuiverClient {
       onRoomStream: (session, stream) => this.#readRoomStream(session, stream, ++this.#roomStreams),
       onTick: (entry, tick) => this.#deliverTick(entry, tick),
     };
-    return Session.open(this.#url, this.#options, hooks);
+    return this.#openAny(hooks);
+  }
+
+  /** Tries each URL in turn from the next one; the first session that opens wins (a refusal ends it at once). */
+  async #openAny(hooks) {
+    let firstError;
+    for (let i = 0; i < this.#urls.length; i++) {
+      const at = (this.#nextUrl + i) % this.#urls.length;
+      try {
+        const session = await Session.open(this.#urls[at], this.#options, hooks);
+        // Next time (after this one is lost) another node goes first.
+        this.#nextUrl = (at + 1) % this.#urls.length;
+        return session;
+      } catch (err) {
+        if (err?.refused) throw err;
+        firstError ??= err;
+      }
+    }
+    throw firstError;
   }
 
   /**
@@ -375,15 +397,25 @@ export class QuiverClient {
   /** Joins a room again from its last position (after a reconnect, or a Kicked for falling behind). */
   async #rejoin(entry) {
     await entry.joining; // a Kicked may come before join() took its reply, which can be what set the position
-    const session = this.#session;
     const room = entry.state.name;
-    if (!session || this.#rooms.get(room) !== entry) return;
-    try {
-      expectReply(await session.request({ Join: { room, since: entry.state.position() } }), 'Joined');
-    } catch (err) {
-      // AlreadyJoined: the server still has (or already restored) the room on this connection; nothing to do.
-      if (err?.code !== ErrorCode.AlreadyJoined) this.#failed(err, { room });
+    // Unavailable (the server's broker unreachable): tried again, 40 times at most, 50 ms doubling to 2 s.
+    for (let attempt = 0; attempt < 40; attempt++) {
+      const session = this.#session;
+      if (!session || this.#rooms.get(room) !== entry) return;
+      try {
+        expectReply(await session.request({ Join: { room, since: entry.state.position() } }), 'Joined');
+        return;
+      } catch (err) {
+        if (err?.code === ErrorCode.Unavailable && !err?.closed) {
+          await this.#timers.sleep(this.#unavailable.backoff.delay(attempt));
+          continue;
+        }
+        // AlreadyJoined: the server still has (or already restored) the room on this connection; nothing to do.
+        if (err?.code !== ErrorCode.AlreadyJoined) this.#failed(err, { room });
+        return;
+      }
     }
+    this.#failed(new QuiverError(ErrorCode.Unavailable, 'the server stayed unavailable'), { room });
   }
 
   /**
@@ -424,6 +456,7 @@ export class QuiverClient {
       session.request(body).then(
         (reply) => {
           if (!this.#posts.settle(job, session)) return;
+          this.#unavailable.tries = 0;
           try {
             job.resolve(expectReply(reply, 'Posted').seq);
           } catch (err) {
@@ -432,6 +465,14 @@ export class QuiverClient {
         },
         (err) => {
           if (err?.closed) return; // sent again on the next connection (see PostQueue.connectionLost)
+          if (err?.code === ErrorCode.Unavailable && this.#posts.settle(job, session)) {
+            // The server's broker is unreachable and nothing was sequenced: this post and every later one go
+            // again, in order, after a pause (the server deduplicates any that went through).
+            this.#posts.retryFrom(job);
+            const delayMs = this.#unavailable.backoff.delay(this.#unavailable.tries++);
+            this.#timers.sleep(delayMs).then(() => this.#flushPosts());
+            return;
+          }
           if (this.#posts.settle(job, session)) job.reject(err);
         },
       );

@@ -184,6 +184,15 @@ export class PostQueue {
     this.inflight = [];
   }
 
+  /**
+   * `job` (settled already) was refused as retryable: it goes back first, then every post still in flight, then
+   * the pending ones, in their order.
+   */
+  retryFrom(job) {
+    this.pending = [job, ...this.inflight.map((entry) => entry.job), ...this.pending];
+    this.inflight = [];
+  }
+
   /** Removes and returns every post (to fail them when the client ends). */
   drain() {
     const jobs = [...this.inflight.map((entry) => entry.job), ...this.pending];

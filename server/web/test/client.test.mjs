@@ -72,9 +72,10 @@ class FakeWebTransport {
       this.resolveClosed = resolve;
       this.rejectClosed = reject;
     });
-    this.ready = server.down ? Promise.reject(new Error('connection refused')) : Promise.resolve();
+    const down = server.down || server.downUrls.has(url);
+    this.ready = down ? Promise.reject(new Error('connection refused')) : Promise.resolve();
     this.ready.catch(() => {});
-    if (server.down) this.alive = false;
+    if (down) this.alive = false;
   }
 
   async createBidirectionalStream() {
@@ -151,6 +152,8 @@ class FakeServer {
     this.datagrams = []; // every datagram from clients: {conn, channel_id, seq, sent_time_us, payload}
     this.refuse = null; // a Failure to answer Hello with
     this.down = false; // connections fail before they open
+    this.downUrls = new Set(); // connections to these URLs fail before they open (a dead node of a cluster)
+    this.unavailablePosts = 0; // refuse this many posts with Unavailable (a broker unreachable), sequencing nothing
     this.holdPostReplies = false; // accept posts but never answer them (their answers are lost with the connection)
     this.openBeforeReply = true; // send a room stream's Open (and replay) before the Join reply
     this.replayOverlap = 0n; // replay this many already-seen messages on a resume (the client must drop them)
@@ -240,6 +243,10 @@ class FakeServer {
         return ok({ Left: { room: body.room } });
       }
       case 'Post': {
+        if (this.unavailablePosts > 0) {
+          this.unavailablePosts--;
+          return fail(ErrorCode.Unavailable, 'the broker (Redis) is unavailable');
+        }
         const room = this.room(body.room);
         const key = `${body.room}/${conn.identity}/${body.client_msg_id}`;
         let seq = this.dedupe.get(key);
@@ -410,6 +417,35 @@ test('connect: a refused Hello or an unreachable server rejects and closes', asy
   await assert.rejects(QuiverClient.connect(URL_, { transport: server.transport }), /connection refused/);
   assert.throws(() => new QuiverClient(URL_, { transport: undefined }), /no WebTransport/);
   await assert.rejects(QuiverClient.connect(URL_, { transport: server.transport, certHash: 'abc' }), /64 hex digits/);
+});
+
+test('cluster: several URLs, the first that answers is used, and a lost connection moves to the next node', async (t) => {
+  const server = new FakeServer();
+  const urls = ['https://node-a.test/quiver', 'https://node-b.test/quiver', 'https://node-c.test/quiver'];
+  server.downUrls.add(urls[0]);
+  const client = await QuiverClient.connect(urls, {
+    transport: server.transport, reconnectDelayMs: 1, reconnectMaxDelayMs: 20,
+  });
+  t.after(() => client.close());
+  assert.deepEqual(server.connections.map((c) => c.url), [urls[0], urls[1]]);
+  const before = server.connections.length;
+  server.downUrls = new Set();
+  server.live[0].kill();
+  await until('reconnected', () => client.status === 'connected' && server.live.length === 1);
+  assert.equal(server.connections[before].url, urls[2], 'the next node is tried first after a loss');
+  assert.throws(() => new QuiverClient([], { transport: server.transport }), /no server URL/);
+});
+
+test('posts refused as Unavailable are sent again, in order, and resolve once the broker is back', async (t) => {
+  const server = new FakeServer();
+  const client = await connect(t, server);
+  server.unavailablePosts = 3;
+  const seqs = await Promise.all(['a', 'b', 'c'].map((s) => client.post('lobby', text(s))));
+  assert.deepEqual(seqs, [1n, 2n, 3n]);
+  assert.deepEqual(server.room('lobby').messages.map((m) => new TextDecoder().decode(m.kind.Message.body)), ['a', 'b', 'c']);
+  const ids = server.requestsOf('Post').map((p) => p.client_msg_id);
+  assert.ok(ids.length > 3, 'refused posts were sent again');
+  assert.deepEqual([...new Set(ids)].length, 3, 'with the same client_msg_id');
 });
 
 test('rooms: join, live events in order, members, posts resolve to their seq, history, leave', async (t) => {

@@ -33,6 +33,7 @@ export const ErrorCode = Object.freeze({
   ServerFull: 26,
   FrameTimeout: 27,
   ControlStreamClosed: 28,
+  Unavailable: 29,
 });
 
 const ERROR_NAMES = new Map(Object.entries(ErrorCode).map(([name, code]) => [code, name]));

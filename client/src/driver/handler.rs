@@ -1,0 +1,59 @@
+//! What the connection hands the driver (ticks, room streams, pushed messages), and the watch on a silent server.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use quiver_proto::{ErrorCode, ServerMsg, TickHeader};
+
+use super::{rooms, ticks, Driver, SubEntry};
+use crate::connection::Handler;
+
+impl Handler for Driver {
+    type Route = Arc<SubEntry>;
+
+    fn tick(&self, route: &Arc<SubEntry>, header: TickHeader, payload: Bytes) {
+        ticks::on_tick(route, header, payload, self.server_clock_us());
+    }
+
+    fn room_stream(&self, _connection: usize, recv: quinn::RecvStream) {
+        let Some(me) = self.me.upgrade() else { return };
+        // Numbered here, in accept order, not when its reader gets to its Open frame.
+        let stream = self.room_streams.fetch_add(1, Ordering::Relaxed) + 1;
+        let max_frame = self.welcome().limits.max_frame as usize;
+        self.tasks.spawn(async move { rooms::read_stream(&me.rooms, stream, recv, max_frame, &me.stop).await });
+    }
+
+    fn pushed(&self, connection: usize, msg: ServerMsg) {
+        match msg {
+            ServerMsg::Kicked { room: Some(room), code: ErrorCode::SlowConsumer, reason } => {
+                tracing::info!(%room, %reason, "fell behind in a room; resuming it");
+                let current = self.current.borrow().clone().filter(|c| c.id == connection);
+                let (Some(current), Some(entry)) = (current, self.rooms.get(&room)) else { return };
+                self.tasks.spawn(async move { rooms::rejoin(&current, &entry).await });
+            }
+            ServerMsg::Kicked { room, code, reason } => tracing::warn!(?room, %code, %reason, "kicked"),
+            ServerMsg::GoAway { code, reason } => tracing::info!(%code, %reason, "server is going away"),
+            ServerMsg::Error(failure) => tracing::warn!(%failure, "server error"),
+            ServerMsg::Reply { .. } => {}
+        }
+    }
+}
+
+/// Completes once `quic` has received nothing for `after` (never, with `None`).
+pub(super) async fn silent(quic: &quinn::Connection, after: Option<Duration>) {
+    let Some(after) = after else { return std::future::pending().await };
+    let mut received = quic.stats().udp_rx.datagrams;
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(after / 8).await;
+        let now = quic.stats().udp_rx.datagrams;
+        if now != received {
+            (received, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= after {
+            return;
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! `quiver bench cluster`: what Redis costs. One run starts its own `redis-server` (persistence off), a single
+//! node without a broker (rooms in memory: the strictest baseline) and three nodes on the Redis, all in this
+//! process, and measures side by side:
+//!
+//! - the Redis round trip (PING), the unit of the echo goal;
+//! - room echo: a message posted on one node until a member receives it, on the single node (poster and reader on
+//!   it) and across nodes (poster on node A, reader on node B); one message every `echo_interval`, latency from
+//!   the post call;
+//! - posts/s: `posters` connections (spread over the nodes) posting closed-loop with `in_flight` posts each into
+//!   `rooms` rooms, on the single node and through Redis;
+//! - tick fan-out: one publisher on node A at `tick_rate`, `subscribers` connections spread over the three nodes,
+//!   beside the same fan-out on the single node (one-way latency from the publisher's send time).
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use quiver_client::{
+    latency::{LatencyRecorder, LatencySummary},
+    RoomEvent,
+};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::BenchError;
+
+mod nodes;
+
+use nodes::{redis_error, Node, RedisProcess};
+
+/// What `quiver bench cluster` runs.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Echoed messages per series (the first tenth is warm-up).
+    pub echoes: u32,
+    /// Time between echoed messages.
+    pub echo_interval: Duration,
+    /// Posting connections in the throughput series.
+    pub posters: u32,
+    /// Rooms they post into.
+    pub rooms: u32,
+    /// Posts each poster keeps in flight.
+    pub in_flight: u32,
+    /// Measured time of each throughput series (after one second of warm-up).
+    pub duration: Duration,
+    /// Tick subscribers (connections) in the fan-out series.
+    pub subscribers: u32,
+    /// Ticks per second the publisher sends.
+    pub tick_rate: u32,
+    /// Body and tick payload bytes.
+    pub size: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            echoes: 1_000,
+            echo_interval: Duration::from_millis(5),
+            posters: 100,
+            rooms: 100,
+            in_flight: 8,
+            duration: Duration::from_secs(5),
+            subscribers: 300,
+            tick_rate: 60,
+            size: 64,
+        }
+    }
+}
+
+/// A tick fan-out series.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutRow {
+    /// Ticks received / (ticks sent × subscribers), in %.
+    pub delivered_pct: f64,
+    /// Publisher send → subscriber receipt.
+    pub latency: LatencySummary,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterReport {
+    /// Redis PING round trips, one every `echo_interval` like the echoes (the goal's unit: a Redis woken from
+    /// idle for each, as in the echo series).
+    pub redis_rtt: LatencySummary,
+    /// Redis PING round trips back to back (a busy Redis).
+    pub redis_rtt_hot: LatencySummary,
+    /// Room echo on the single node.
+    pub echo_single: LatencySummary,
+    /// Room echo through Redis with poster and reader on one node of the cluster (node A -> node A).
+    pub echo_redis: LatencySummary,
+    /// Room echo across nodes (poster on A, reader on B).
+    pub echo_cross: LatencySummary,
+    /// Acknowledged posts per second on the single node.
+    pub posts_single_per_s: f64,
+    /// Acknowledged posts per second through Redis, posters spread over three nodes.
+    pub posts_cluster_per_s: f64,
+    /// The Redis process's CPU use during that series, % of one core (NaN where /proc is missing).
+    pub redis_cpu_pct: f64,
+    /// Tick fan-out on the single node.
+    pub fanout_single: FanoutRow,
+    /// Tick fan-out with the subscribers spread over three nodes.
+    pub fanout_cluster: FanoutRow,
+    /// The configuration's numbers, for the table.
+    pub posters: u32,
+    /// Rooms posted into.
+    pub rooms: u32,
+    /// Tick subscribers.
+    pub subscribers: u32,
+}
+
+/// Runs every series; `progress` hears what runs.
+pub async fn run_cluster(config: ClusterConfig, progress: impl Fn(&str)) -> Result<ClusterReport, BenchError> {
+    if config.posters == 0 || config.rooms == 0 || config.subscribers == 0 || config.echoes < 10 {
+        return Err(BenchError::BadConfig {
+            field: "posters/rooms/subscribers/echoes",
+            value: 0.0,
+            expected: "at least 1 (10 echoes)",
+        });
+    }
+    progress("starting redis-server and 4 nodes (1 alone, 3 on the Redis)");
+    let redis = RedisProcess::start().await?;
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let single = Node::start(None, &stop).await?;
+    let mut cluster = Vec::new();
+    for _ in 0..3 {
+        let node = Node::start(Some(&redis.url), &stop).await?;
+        node.ready().await?;
+        cluster.push(node);
+    }
+    progress("Redis round trips");
+    let redis_rtt_hot = redis_rtt(&redis, Duration::ZERO).await?;
+    let redis_rtt = redis_rtt(&redis, config.echo_interval).await?;
+    progress("room echo on one node");
+    let echo_single = echo(&single, &single, &config).await?;
+    progress("room echo through Redis on one node");
+    let echo_redis = echo(&cluster[0], &cluster[0], &config).await?;
+    progress("room echo across nodes");
+    let echo_cross = echo(&cluster[0], &cluster[1], &config).await?;
+    progress(&format!("posts/s on one node: {} posters, {} rooms", config.posters, config.rooms));
+    let posts_single_per_s = throughput(&[&single], &config).await?;
+    progress(&format!("posts/s through Redis: {} posters over 3 nodes, {} rooms", config.posters, config.rooms));
+    let cpu_before = redis.cpu_s();
+    let started = Instant::now();
+    let posts_cluster_per_s = throughput(&cluster.iter().collect::<Vec<_>>(), &config).await?;
+    let redis_cpu_pct = match (cpu_before, redis.cpu_s()) {
+        (Some(before), Some(after)) => 100.0 * (after - before) / started.elapsed().as_secs_f64(),
+        _ => f64::NAN,
+    };
+    progress(&format!("tick fan-out on one node: {} subscribers", config.subscribers));
+    let fanout_single = fanout(&single, &[&single], &config).await?;
+    progress(&format!("tick fan-out over 3 nodes: {} subscribers", config.subscribers));
+    let fanout_cluster = fanout(&cluster[0], &cluster.iter().collect::<Vec<_>>(), &config).await?;
+    for node in &cluster {
+        if let Some(broker) = &node.broker {
+            broker.retire().await;
+        }
+    }
+    Ok(ClusterReport {
+        redis_rtt,
+        redis_rtt_hot,
+        echo_single,
+        echo_redis,
+        echo_cross,
+        posts_single_per_s,
+        posts_cluster_per_s,
+        redis_cpu_pct,
+        fanout_single,
+        fanout_cluster,
+        posters: config.posters,
+        rooms: config.rooms,
+        subscribers: config.subscribers,
+    })
+}
+
+/// PING round trips, one every `pace` (zero: back to back).
+async fn redis_rtt(redis: &RedisProcess, pace: Duration) -> Result<LatencySummary, BenchError> {
+    let mut conn = redis.connection().await.map_err(redis_error)?;
+    let mut recorder = LatencyRecorder::default();
+    let mut next = tokio::time::Instant::now();
+    for i in 0..1_100 {
+        if !pace.is_zero() {
+            next += pace;
+            tokio::time::sleep_until(next).await;
+        }
+        let started = Instant::now();
+        redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(redis_error)?;
+        if i >= 100 {
+            recorder.record(started.elapsed());
+        }
+    }
+    Ok(recorder.summary())
+}
+
+/// One message every `echo_interval`, posted on `from`, until the member on `to` has it.
+async fn echo(from: &Node, to: &Node, config: &ClusterConfig) -> Result<LatencySummary, BenchError> {
+    let room = format!("echo-{:08x}", rand::random::<u32>());
+    let poster = from.connect().await?;
+    let reader = to.connect().await?;
+    let mut joined = reader.join(&room).await.map_err(BenchError::request("join"))?;
+    let mut recorder = LatencyRecorder::default();
+    let body = vec![b'e'; config.size];
+    let warmup = config.echoes / 10;
+    let mut next = tokio::time::Instant::now();
+    for i in 0..config.echoes {
+        next += config.echo_interval;
+        tokio::time::sleep_until(next).await;
+        let started = Instant::now();
+        let posted = poster.post(&room, body.clone());
+        let seq = posted.await.map_err(BenchError::request("post"))?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), joined.next()).await {
+                Ok(Some(RoomEvent::Message(m))) if m.seq >= seq => break,
+                Ok(Some(_)) => {}
+                _ => return Err(BenchError::io("echo")(std::io::Error::other("a posted message never arrived"))),
+            }
+        }
+        if i >= warmup {
+            recorder.record(started.elapsed());
+        }
+    }
+    poster.close().await;
+    reader.close().await;
+    Ok(recorder.summary())
+}
+
+/// Acknowledged posts per second, `posters` connections spread over `nodes`, each keeping `in_flight` posts.
+async fn throughput(nodes: &[&Node], config: &ClusterConfig) -> Result<f64, BenchError> {
+    let mut clients = Vec::new();
+    for i in 0..config.posters {
+        clients.push(Arc::new(nodes[i as usize % nodes.len()].connect().await?));
+    }
+    let prefix = format!("posts-{:08x}", rand::random::<u32>());
+    let counted = Arc::new(AtomicU64::new(0));
+    let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, client) in clients.iter().enumerate() {
+        for _ in 0..config.in_flight {
+            let (client, counted, counting, stop) = (client.clone(), counted.clone(), counting.clone(), stop.clone());
+            let room = format!("{prefix}-{}", i % config.rooms as usize);
+            let body = vec![b'p'; config.size];
+            tasks.spawn(async move {
+                while !stop.is_cancelled() {
+                    if client.post(&room, body.clone()).await.is_err() {
+                        return;
+                    }
+                    if counting.load(Ordering::Relaxed) {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    counting.store(true, Ordering::Relaxed);
+    tokio::time::sleep(config.duration).await;
+    counting.store(false, Ordering::Relaxed);
+    let posts = counted.load(Ordering::Relaxed);
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    for client in clients {
+        if let Ok(client) = Arc::try_unwrap(client) {
+            client.close().await;
+        }
+    }
+    Ok(posts as f64 / config.duration.as_secs_f64())
+}
+
+/// One publisher on `publisher_node`, `subscribers` spread over `nodes`.
+async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) -> Result<FanoutRow, BenchError> {
+    let channel = format!("ticks-{:08x}", rand::random::<u32>());
+    let recorder = Arc::new(Mutex::new(LatencyRecorder::default()));
+    let received = Arc::new(AtomicU64::new(0));
+    // A second of ticks first warms every path up (and lets interest cross to the other nodes).
+    let warmup = u64::from(config.tick_rate);
+    let measured = u64::from(config.tick_rate) * config.duration.as_secs().max(1);
+    let mut subscribers = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..config.subscribers {
+        let client = nodes[i as usize % nodes.len()].connect().await?;
+        let mut subscription = client.subscribe(&channel).await.map_err(BenchError::request("subscribe"))?;
+        let (recorder, received) = (recorder.clone(), received.clone());
+        tasks.spawn(async move {
+            let mut mine = LatencyRecorder::default();
+            loop {
+                let tick = subscription.next().await;
+                // The tick's number leads its payload; an empty payload is the end marker.
+                let Some(n) = tick.payload.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else {
+                    break;
+                };
+                if (warmup..warmup + measured).contains(&n) {
+                    mine.record(tick.latency());
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let Ok(mut all) = recorder.lock() {
+                all.merge(&mine);
+            }
+        });
+        subscribers.push(client);
+    }
+    let publisher_client = publisher_node.connect().await?;
+    let publisher = publisher_client.publisher(&channel).await.map_err(BenchError::request("publish"))?;
+    let interval = Duration::from_secs(1) / config.tick_rate.max(1);
+    let mut payload = vec![b't'; config.size.max(8)];
+    let mut next = tokio::time::Instant::now();
+    for n in 0..warmup + measured {
+        payload[..8].copy_from_slice(&n.to_be_bytes());
+        next += interval;
+        tokio::time::sleep_until(next).await;
+        let _ = publisher.send(payload.clone());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The end marker (an empty payload), sent until every subscriber task has ended.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !tasks.is_empty() && Instant::now() < deadline {
+        let _ = publisher.send(Vec::new());
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), tasks.join_next()).await {}
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    publisher_client.close().await;
+    for client in subscribers {
+        client.close().await;
+    }
+    let expected = measured * u64::from(config.subscribers);
+    let delivered_pct = 100.0 * received.load(Ordering::Relaxed) as f64 / expected.max(1) as f64;
+    let latency = recorder.lock().map(|r| r.summary()).unwrap_or_else(|p| p.into_inner().summary());
+    Ok(FanoutRow { delivered_pct, latency })
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT MET"
+    }
+}
+
+impl ClusterReport {
+    /// The report as a table, with the goals checked against figures of this run.
+    pub fn table(&self) -> String {
+        let r = &self.redis_rtt;
+        let (s, c) = (&self.echo_single, &self.echo_cross);
+        let p50_goal = s.p50_us + 2 * r.p50_us;
+        let p99_goal = 3 * s.p99_us;
+        let (fs, fc) = (&self.fanout_single, &self.fanout_cluster);
+        let mut out = String::new();
+        out.push_str("| series (ms) | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|\n");
+        for (name, l) in [
+            ("Redis PING round trip, paced like the echo", r),
+            ("Redis PING round trip, back to back", &self.redis_rtt_hot),
+            ("room echo, one node", s),
+            ("room echo, node A -> node A through Redis", &self.echo_redis),
+            ("room echo, node A -> node B", c),
+            ("tick fan-out, one node", &fs.latency),
+            ("tick fan-out, 3 nodes", &fc.latency),
+        ] {
+            out.push_str(&format!(
+                "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+                ms(l.p50_us),
+                ms(l.p90_us),
+                ms(l.p99_us),
+                ms(l.p999_us),
+                ms(l.max_us)
+            ));
+        }
+        out.push_str(&format!(
+            "\nposts/s ({} posters, {} rooms): one node {:.0}, through Redis over 3 nodes {:.0} (Redis busy {:.0} % of a core)\n",
+            self.posters, self.rooms, self.posts_single_per_s, self.posts_cluster_per_s, self.redis_cpu_pct
+        ));
+        out.push_str(&format!(
+            "tick fan-out delivered ({} subscribers): one node {:.1} %, 3 nodes {:.1} %\n\n",
+            self.subscribers, fs.delivered_pct, fc.delivered_pct
+        ));
+        out.push_str(&format!(
+            "goal: cross-node echo p50 {:.2} ms <= one-node p50 + 2 x Redis RTT = {:.2} ms: {}\n",
+            ms(c.p50_us),
+            ms(p50_goal),
+            verdict(c.p50_us <= p50_goal)
+        ));
+        out.push_str(&format!(
+            "goal: cross-node echo p99 {:.2} ms <= 3 x one-node p99 = {:.2} ms: {}\n",
+            ms(c.p99_us),
+            ms(p99_goal),
+            verdict(c.p99_us <= p99_goal)
+        ));
+        out.push_str(&format!(
+            "goal: posts through Redis {:.0}/s >= 30000/s: {}\n",
+            self.posts_cluster_per_s,
+            verdict(self.posts_cluster_per_s >= 30_000.0)
+        ));
+        out.push_str(&format!(
+            "goal: 3-node fan-out p99 {:.2} ms <= 2 x one-node p99 = {:.2} ms: {}\n",
+            ms(fc.latency.p99_us),
+            ms(2 * fs.latency.p99_us),
+            verdict(fc.latency.p99_us <= 2 * fs.latency.p99_us)
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_run_measures_every_series_and_checks_the_goals() {
+        if std::process::Command::new("redis-server").arg("--version").output().is_err() {
+            let required = std::env::var("QUIVER_REQUIRE_ALL").is_ok_and(|v| v == "1");
+            assert!(!required, "QUIVER_REQUIRE_ALL=1 and redis-server is not installed");
+            eprintln!(
+                "!!! SKIPPED a_small_run_measures_every_series_and_checks_the_goals: redis-server is not installed"
+            );
+            return;
+        }
+        let config = ClusterConfig {
+            echoes: 20,
+            posters: 4,
+            rooms: 2,
+            in_flight: 2,
+            duration: Duration::from_secs(1),
+            subscribers: 6,
+            tick_rate: 20,
+            ..ClusterConfig::default()
+        };
+        let report = run_cluster(config, |_| {}).await.unwrap();
+        assert!(report.echo_cross.count >= 18, "{report:?}");
+        assert!(report.posts_cluster_per_s > 0.0 && report.posts_single_per_s > 0.0, "{report:?}");
+        assert!(report.fanout_cluster.delivered_pct > 50.0, "{report:?}");
+        let table = report.table();
+        for needle in ["room echo, node A -> node B", "goal: posts through Redis", "tick fan-out, 3 nodes"] {
+            assert!(table.contains(needle), "{table}");
+        }
+    }
+}

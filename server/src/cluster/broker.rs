@@ -1,0 +1,439 @@
+//! This node's link to Redis: a reconnecting, pipelined connection for commands and scripts; one Pub/Sub connection,
+//! re-established with backoff and re-subscribed to every channel a handler holds (each handler is then told, to
+//! fill what it may have missed: Pub/Sub is at-most-once); and the heartbeat: every `heartbeat` the node stamps its
+//! entry in `q:nodes` and buries nodes that have not beaten for `presence_expiry` (their members leave, their tick
+//! interest is dropped). A node that finds itself buried (it was cut off from Redis for longer than the expiry)
+//! announces its members again.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink},
+    AsyncCommands,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::keys;
+use crate::hub::lock::lock;
+
+/// A boxed future, as handlers and hooks return them.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a broker is and how it is watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// `redis://HOST:PORT`.
+    pub url: String,
+    /// A node silent for this long is dead.
+    pub presence_expiry: Duration,
+    /// How often this node beats.
+    pub heartbeat: Duration,
+    /// How long a request may take before it fails.
+    pub request_timeout: Duration,
+}
+
+/// The broker cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The URL is not a Redis URL.
+    #[error("broker URL {url}: {source}")]
+    Url {
+        /// The URL, its password redacted.
+        url: String,
+        /// Why.
+        source: redis::RedisError,
+    },
+}
+
+/// Receives the messages of one Pub/Sub channel.
+pub(crate) trait ChannelHandler: Send + Sync {
+    /// One message, in the channel's order.
+    fn message(&self, payload: Vec<u8>) -> BoxFuture<'_, ()>;
+    /// The Pub/Sub connection was re-established: messages may have been missed meanwhile (called before the
+    /// messages Redis queued since the subscription are handled: what it starts must not wait for them).
+    fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// Cleans up after a dead node; false when it could not finish (the node stays listed, to be tried again).
+type DeadHook = Arc<dyn Fn(String) -> BoxFuture<'static, bool> + Send + Sync>;
+type RevivedHook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+#[derive(Default)]
+struct Hooks {
+    dead: Vec<DeadHook>,
+    revived: Vec<RevivedHook>,
+}
+
+/// Commands, Pub/Sub and heartbeat of this node.
+pub struct Broker {
+    config: BrokerConfig,
+    client: redis::Client,
+    conn: ConnectionManager,
+    node: String,
+    handlers: Mutex<HashMap<String, Arc<dyn ChannelHandler>>>,
+    sink: Mutex<Option<PubSubSink>>,
+    pubsub_up: AtomicBool,
+    heartbeat_ok: AtomicBool,
+    /// The Redis reached is older than 7.0 (the post script needs `SET … NX GET`).
+    too_old: AtomicBool,
+    hooks: Mutex<Hooks>,
+    /// Cancelled when the current Pub/Sub connection stops answering PING: it is dropped and made again.
+    pubsub_stale: Mutex<CancellationToken>,
+    /// Dead nodes being buried now (by this node).
+    burying: Mutex<std::collections::HashSet<String>>,
+    /// Redis requests that failed (unreachable, timed out, refused).
+    failures: AtomicU64,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("node", &self.node).field("ready", &self.ready().is_ok()).finish()
+    }
+}
+
+impl Broker {
+    /// A broker client for `config` (nothing is connected before [`Broker::connect`]; the hubs route their
+    /// channels first).
+    pub fn new(config: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
+        let url_error = |source| BrokerError::Url { url: super::BrokerSettings::redact(&config.url), source };
+        let client = redis::Client::open(config.url.as_str()).map_err(url_error)?;
+        let manager = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.request_timeout))
+            .set_connection_timeout(Some(config.request_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager).map_err(url_error)?;
+        let node = format!("{:016x}", rand::random::<u64>());
+        let broker = Arc::new(Broker {
+            config,
+            client,
+            conn,
+            node,
+            handlers: Mutex::new(HashMap::new()),
+            sink: Mutex::new(None),
+            pubsub_up: AtomicBool::new(false),
+            heartbeat_ok: AtomicBool::new(false),
+            too_old: AtomicBool::new(false),
+            hooks: Mutex::new(Hooks::default()),
+            pubsub_stale: Mutex::new(CancellationToken::new()),
+            burying: Mutex::new(std::collections::HashSet::new()),
+            failures: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+        });
+        Ok(broker)
+    }
+
+    /// Connects (a Redis that is down now is retried with backoff, and the node reports not ready meanwhile) and
+    /// starts the Pub/Sub and heartbeat tasks. Needs a Tokio runtime.
+    pub fn connect(self: &Arc<Self>) {
+        tokio::spawn(self.clone().pubsub());
+        tokio::spawn(self.clone().heartbeat());
+        tracing::info!(node = %self.node, url = %super::BrokerSettings::redact(&self.config.url), "broker");
+    }
+
+    /// This node's id (random per process).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The settings the broker was started with.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// A handle on the command connection (cheap: the connection is shared and pipelined).
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Counts a failed request; the error becomes the reason given to clients.
+    pub(crate) fn failed(&self, err: &redis::RedisError) -> String {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%err, "broker request failed");
+        format!("the broker (Redis) is unavailable: {err}; retry later (a post with the same client_msg_id)")
+    }
+
+    /// Requests that failed so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Ready when both connections to Redis work.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if self.too_old.load(Ordering::Relaxed) {
+            return Err("the broker is older than Redis 7.0, which the room scripts need");
+        }
+        if !self.pubsub_up.load(Ordering::Relaxed) {
+            return Err("the broker's Pub/Sub connection is down (Redis unreachable)");
+        }
+        if !self.heartbeat_ok.load(Ordering::Relaxed) {
+            return Err("the broker's heartbeat fails (Redis unreachable)");
+        }
+        Ok(())
+    }
+
+    /// Runs `hook` with the id of every node found dead (before its entries are deleted).
+    pub(crate) fn on_dead(&self, hook: DeadHook) {
+        lock(&self.hooks).dead.push(hook);
+    }
+
+    /// Runs `hook` when this node finds it was buried by the others (cut off for longer than the expiry).
+    pub(crate) fn on_revived(&self, hook: RevivedHook) {
+        lock(&self.hooks).revived.push(hook);
+    }
+
+    /// Routes `channel`'s messages to `handler` and subscribes to it; returns once Redis confirmed the
+    /// subscription (so nothing published after this returns is missed, unless the connection drops, which the
+    /// handler is told of).
+    pub(crate) async fn subscribe(&self, channel: &str, handler: Arc<dyn ChannelHandler>) -> Result<(), String> {
+        lock(&self.handlers).insert(channel.to_string(), handler);
+        let sink = lock(&self.sink).clone();
+        let outcome = match sink {
+            Some(mut sink) => tokio::time::timeout(self.config.request_timeout, sink.subscribe(channel))
+                .await
+                .map_err(|_| "the broker did not confirm a subscription in time".to_string())
+                .and_then(|done| done.map_err(|err| self.failed(&err))),
+            None => Err("the broker (Redis) is unavailable: no Pub/Sub connection; retry later".to_string()),
+        };
+        if outcome.is_err() {
+            lock(&self.handlers).remove(channel);
+        }
+        outcome
+    }
+
+    /// Routes `channel`'s messages to `handler` for as long as the node runs: subscribed now when connected
+    /// (without waiting for the confirmation), and after every reconnect.
+    pub(crate) fn route(&self, channel: &str, handler: Arc<dyn ChannelHandler>) {
+        lock(&self.handlers).insert(channel.to_string(), handler);
+        if let Some(mut sink) = lock(&self.sink).clone() {
+            let channel = channel.to_string();
+            tokio::spawn(async move { sink.subscribe(channel).await });
+        }
+    }
+
+    /// Stops routing `channel` and unsubscribes (best effort: a reconnect drops it anyway).
+    pub(crate) async fn unsubscribe(&self, channel: &str) {
+        lock(&self.handlers).remove(channel);
+        let sink = lock(&self.sink).clone();
+        if let Some(mut sink) = sink {
+            let _ = tokio::time::timeout(self.config.request_timeout, sink.unsubscribe(channel)).await;
+        }
+    }
+
+    /// Stops the tasks and removes this node from Redis (its members leave their rooms): a graceful shutdown.
+    pub async fn retire(&self) {
+        self.stop.cancel();
+        self.bury(self.node.clone()).await;
+    }
+
+    async fn pubsub(self: Arc<Self>) {
+        let mut delay = Duration::from_millis(100);
+        while !self.stop.is_cancelled() {
+            let connected = tokio::time::timeout(self.config.request_timeout, self.client.get_async_pubsub()).await;
+            let pubsub = match connected {
+                Ok(Ok(pubsub)) => pubsub,
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, retry_ms = delay.as_millis() as u64, "cannot reach the broker (Pub/Sub)");
+                    self.backoff(&mut delay).await;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(retry_ms = delay.as_millis() as u64, "the broker did not answer (Pub/Sub)");
+                    self.backoff(&mut delay).await;
+                    continue;
+                }
+            };
+            let (mut sink, mut stream) = pubsub.split();
+            let channels: Vec<String> = lock(&self.handlers).keys().cloned().collect();
+            if !channels.is_empty() && !self.subscribe_all(&mut sink, &channels).await {
+                self.backoff(&mut delay).await;
+                continue;
+            }
+            *lock(&self.sink) = Some(sink.clone());
+            // Routed while this connection was being set up: not in the list above, and found no sink then.
+            let known: std::collections::HashSet<&String> = channels.iter().collect();
+            let late: Vec<String> = lock(&self.handlers).keys().filter(|c| !known.contains(c)).cloned().collect();
+            if !late.is_empty() && !self.subscribe_all(&mut sink, &late).await {
+                *lock(&self.sink) = None;
+                self.backoff(&mut delay).await;
+                continue;
+            }
+            let stale = CancellationToken::new();
+            *lock(&self.pubsub_stale) = stale.clone();
+            self.pubsub_up.store(true, Ordering::Relaxed);
+            delay = Duration::from_millis(100);
+            tracing::info!(channels = channels.len() + late.len(), "broker Pub/Sub connected");
+            let handlers: Vec<_> = lock(&self.handlers).values().cloned().collect();
+            for handler in handlers {
+                handler.resubscribed().await;
+            }
+            loop {
+                let message = tokio::select! {
+                    message = stream.next() => message,
+                    () = stale.cancelled() => None,
+                    () = self.stop.cancelled() => return,
+                };
+                let Some(message) = message else { break };
+                let handler = lock(&self.handlers).get(message.get_channel_name()).cloned();
+                if let Some(handler) = handler {
+                    handler.message(message.get_payload_bytes().to_vec()).await;
+                }
+            }
+            self.pubsub_up.store(false, Ordering::Relaxed);
+            *lock(&self.sink) = None;
+            tracing::warn!("lost the broker's Pub/Sub connection; reconnecting");
+        }
+    }
+
+    /// Subscribes to `channels` on a new connection, within the request timeout.
+    async fn subscribe_all(&self, sink: &mut PubSubSink, channels: &[String]) -> bool {
+        match tokio::time::timeout(self.config.request_timeout, sink.subscribe(channels)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "cannot subscribe at the broker");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("the broker did not confirm the subscriptions in time");
+                false
+            }
+        }
+    }
+
+    /// Refuses (not ready, logged) a Redis older than 7.0: every post would fail.
+    async fn check_version(&self) {
+        let mut conn = self.conn();
+        let Ok(info) = redis::cmd("INFO").arg("server").query_async::<String>(&mut conn).await else { return };
+        let version = info.lines().find_map(|line| line.strip_prefix("redis_version:")).unwrap_or("");
+        let major: u32 = version.split('.').next().and_then(|m| m.trim().parse().ok()).unwrap_or(0);
+        if major < 7 {
+            tracing::error!(version, "the broker is older than Redis 7.0: posts cannot be sequenced (SET … NX GET)");
+            self.too_old.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// PINGs the Pub/Sub connection: one that does not answer (half-open: a failover behind a virtual address, a
+    /// NAT that forgot it) would otherwise deliver nothing, silently, for ever.
+    async fn check_pubsub(&self) {
+        let Some(mut sink) = lock(&self.sink).clone() else { return };
+        let answered = tokio::time::timeout(self.config.request_timeout, sink.ping::<redis::Value>()).await;
+        if !matches!(answered, Ok(Ok(_))) {
+            tracing::warn!("the broker's Pub/Sub connection does not answer PING; making it again");
+            lock(&self.pubsub_stale).cancel();
+        }
+    }
+
+    async fn backoff(&self, delay: &mut Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(*delay) => {}
+            () = self.stop.cancelled() => {}
+        }
+        *delay = (*delay * 2).min(Duration::from_secs(2));
+    }
+
+    async fn heartbeat(self: Arc<Self>) {
+        let mut beats = 0u64;
+        let mut interval = tokio::time::interval(self.config.heartbeat);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                () = self.stop.cancelled() => return,
+            }
+            let now_ms = crate::now_us() / 1000;
+            let mut conn = self.conn();
+            let beat = tokio::time::timeout(
+                self.config.request_timeout,
+                conn.zadd::<_, _, _, u64>(keys::NODES, &self.node, now_ms),
+            )
+            .await;
+            let added = match beat {
+                Ok(Ok(added)) => added,
+                Ok(Err(err)) => {
+                    self.heartbeat_ok.store(false, Ordering::Relaxed);
+                    self.failed(&err);
+                    continue;
+                }
+                Err(_) => {
+                    self.heartbeat_ok.store(false, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            self.heartbeat_ok.store(true, Ordering::Relaxed);
+            if beats == 0 {
+                self.check_version().await;
+            }
+            self.check_pubsub().await;
+            if added == 1 && beats > 0 {
+                tracing::warn!(node = %self.node, "this node was declared dead by the others; announcing its members again");
+                let hooks = lock(&self.hooks).revived.clone();
+                tokio::spawn(async move {
+                    for hook in hooks {
+                        hook().await;
+                    }
+                });
+            }
+            beats += 1;
+            let expiry_ms = self.config.presence_expiry.as_millis() as u64;
+            let dead: Vec<String> =
+                match conn.zrangebyscore(keys::NODES, "-inf", now_ms.saturating_sub(expiry_ms)).await {
+                    Ok(dead) => dead,
+                    Err(err) => {
+                        self.failed(&err);
+                        continue;
+                    }
+                };
+            // Each on its own task: a dead node with many rooms must not hold up this node's own heartbeat.
+            for node in dead.into_iter().filter(|n| *n != self.node) {
+                if lock(&self.burying).insert(node.clone()) {
+                    tracing::info!(%node, "a node stopped beating: its members leave their rooms");
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.bury(node.clone()).await;
+                        lock(&me.burying).remove(&node);
+                    });
+                }
+            }
+        }
+    }
+
+    /// Runs the dead hooks for `node`, then deletes its entries, unless a hook could not finish (the node stays
+    /// listed and the next heartbeat tries again). Idempotent: several nodes may bury one.
+    async fn bury(&self, node: String) {
+        let hooks = lock(&self.hooks).dead.clone();
+        let mut done = true;
+        for hook in hooks {
+            done &= hook(node.clone()).await;
+        }
+        if !done {
+            tracing::warn!(%node, "could not clean up after a dead node yet; trying again at the next heartbeat");
+            return;
+        }
+        let mut conn = self.conn();
+        let done: redis::RedisResult<()> = redis::pipe()
+            .del(keys::node_rooms(&node))
+            .ignore()
+            .del(keys::node_ticks(&node))
+            .ignore()
+            .zrem(keys::NODES, &node)
+            .ignore()
+            .publish(keys::CONTROL, format!("dead {node}"))
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        if let Err(err) = done {
+            self.failed(&err);
+        }
+    }
+}

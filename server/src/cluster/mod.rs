@@ -1,0 +1,24 @@
+//! Many Quiver nodes on one Redis (DESIGN.md §6, docs/cluster.md): rooms sequenced, stored and fanned out through
+//! Redis ([`RedisRooms`]), presence kept there with per-node heartbeats, and ticks relayed between nodes only for
+//! channels another node has subscribers on ([`ClusterTicks`]). Without a broker the single-node hubs stay.
+//!
+//! - [`Broker`]: this node's connections to Redis (a pipelined, reconnecting connection for commands and scripts,
+//!   one Pub/Sub connection re-subscribed after every reconnect), its id and heartbeat, and the clean-up of nodes
+//!   that stopped beating.
+//! - [`keys`]: every key and channel name; the keys of one room share a hash tag (Redis Cluster).
+//! - `scripts`: the Lua scripts that make each room operation atomic in Redis.
+
+mod broker;
+mod event;
+pub mod keys;
+mod node_room;
+mod rooms;
+mod scripts;
+mod settings;
+mod stream;
+mod ticks;
+
+pub use broker::{Broker, BrokerConfig, BrokerError};
+pub use rooms::RedisRooms;
+pub use settings::BrokerSettings;
+pub use ticks::ClusterTicks;

@@ -1,0 +1,387 @@
+//! One room as one node of a cluster sees it ([`NodeRoom`]): its local subscribers, where the node stands in the
+//! room's order (epoch, last op, last seq), and the delivery of the room's channel to them: in order, gaps in
+//! messages filled from the stream, and a reset (subscribers told to rejoin) where the order cannot be kept.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use quiver_proto::{ErrorCode, EventKind, Failure, FrameCodec, Limits, RoomEvent, RoomFrame};
+
+use super::{
+    broker::{BoxFuture, Broker, ChannelHandler},
+    event::{self, Published},
+    keys::RoomKeys,
+    scripts,
+    stream::{self, Entry},
+};
+use crate::hub::{lock::lock, Delivery, Outbox, SubscriberId};
+
+/// Events a node keeps per room for joins that overlap them (a join's script returns the op it saw; events after
+/// it that the node delivered before the joiner was added are given to the joiner from here), and events kept
+/// while the room waits for its first join to set where it stands (the newest).
+pub(super) const RECENT: usize = 64;
+
+/// How long after a Pub/Sub reconnect the node waits for the events Redis had already queued to it before it takes
+/// the ones still missing for lost.
+const RESUBSCRIBE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What every room of the node shares.
+pub(super) struct Ctx {
+    pub(super) broker: Arc<Broker>,
+    pub(super) limits: Limits,
+    pub(super) codec: FrameCodec,
+    /// TTL of an idle room's keys: history age or dedupe window, whichever is longer.
+    pub(super) room_ttl_ms: u64,
+}
+
+impl Ctx {
+    pub(super) fn unavailable(&self, err: &redis::RedisError) -> Failure {
+        Failure::new(ErrorCode::Unavailable, self.broker.failed(err))
+    }
+
+    pub(super) fn encode(&self, event: RoomEvent) -> Option<Bytes> {
+        self.codec.encode_to_vec(&RoomFrame::Event(event)).ok().map(|b| b.freeze())
+    }
+
+    /// Ends subscription `sub` of this node in the room's members (idempotent), retrying while Redis is
+    /// unreachable: a member left behind would look present to everyone.
+    pub(super) async fn leave(self: Arc<Self>, room: String, sub: SubscriberId) {
+        let keys = RoomKeys::new(&room);
+        let node = self.broker.node().to_string();
+        for attempt in 0..60u32 {
+            let mut conn = self.broker.conn();
+            let done: redis::RedisResult<u64> = scripts::LEAVE_SCRIPT
+                .key(&keys.meta)
+                .key(&keys.log)
+                .key(&keys.members)
+                .key(keys.holders(&node))
+                .arg(sub)
+                .arg(crate::now_us().to_string())
+                .arg(&keys.events)
+                .arg(self.room_ttl_ms)
+                .invoke_async(&mut conn)
+                .await;
+            match done {
+                Ok(_) => return,
+                Err(err) => {
+                    let _ = self.broker.failed(&err);
+                    tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt.min(8) + 1))).await;
+                }
+            }
+        }
+        tracing::error!(%room, sub, "could not record a leave at the broker; the member stays listed until this node stops");
+    }
+}
+
+pub(super) struct Sub {
+    pub(super) identity: String,
+    pub(super) outbox: Arc<dyn Outbox>,
+    /// Events up to this op reached the subscriber in its join's reply and replay.
+    pub(super) after_op: u64,
+}
+
+#[derive(Default)]
+pub(super) struct NodeState {
+    /// Delivering: the node knows where the room stands (set by the first join).
+    pub(super) live: bool,
+    pub(super) epoch: u64,
+    pub(super) last_op: u64,
+    pub(super) last_seq: u64,
+    pub(super) subscribers: HashMap<SubscriberId, Sub>,
+    /// The last events delivered (op, frame).
+    pub(super) recent: VecDeque<(u64, Bytes)>,
+    /// The newest events that arrived while the room was not live.
+    pub(super) pending: VecDeque<Published>,
+}
+
+/// What an event means for where the node stands in the room's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Delivered already.
+    Skip,
+    /// The very next event.
+    Deliver,
+    /// Messages up to this seq are missing: read them from the stream first.
+    Fill(u64),
+    /// Events are missing that the stream does not hold (presence), or the order is broken.
+    Lost,
+}
+
+impl NodeState {
+    /// Where `published` stands: every op must follow the last one delivered, every message the last seq.
+    pub(super) fn next(&self, published: &Published) -> Next {
+        let (op, seq) = (published.op, published.event.seq);
+        if op <= self.last_op {
+            return Next::Skip;
+        }
+        match published.event.kind {
+            EventKind::Message { .. } if seq == self.last_seq + 1 && op == self.last_op + 1 => Next::Deliver,
+            EventKind::Message { .. } if seq > self.last_seq + 1 => Next::Fill(seq - 1),
+            EventKind::Message { .. } => Next::Lost,
+            _ if seq > self.last_seq => Next::Fill(seq),
+            _ if seq == self.last_seq && op == self.last_op + 1 => Next::Deliver,
+            _ => Next::Lost,
+        }
+    }
+}
+
+/// How far a room's subscription on this node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Channel {
+    Unsubscribed,
+    Subscribed,
+    /// Taken out of the node's map: look it up again.
+    Removed,
+}
+
+/// A room as one node sees it.
+pub(super) struct NodeRoom {
+    pub(super) name: String,
+    pub(super) keys: RoomKeys,
+    pub(super) ctx: Arc<Ctx>,
+    /// Joins (and the subscription to the room's channel) one at a time.
+    pub(super) channel: Arc<tokio::sync::Mutex<Channel>>,
+    pub(super) state: Mutex<NodeState>,
+}
+
+impl NodeRoom {
+    /// Ends every local subscription (clients are told to rejoin from their position) and waits for the next join
+    /// to set the room's position afresh.
+    pub(super) fn reset(&self, state: &mut NodeState, why: &str) -> Delivery {
+        tracing::warn!(room = %self.name, subscribers = state.subscribers.len(), why, "room subscriptions reset");
+        let mut delivery = Delivery::default();
+        for (id, sub) in state.subscribers.drain() {
+            sub.outbox.kick();
+            delivery.add(sub.outbox);
+            tokio::spawn(self.ctx.clone().leave(self.name.clone(), id));
+        }
+        state.live = false;
+        state.recent.clear();
+        state.pending.clear();
+        delivery
+    }
+
+    /// Delivers the next event (`state.next` said `Deliver`) to every subscriber that joined before it.
+    pub(super) fn deliver(&self, state: &mut NodeState, op: u64, event: RoomEvent, delivery: &mut Delivery) {
+        let message = matches!(event.kind, EventKind::Message { .. });
+        let seq = event.seq;
+        state.last_op = op;
+        if message {
+            state.last_seq = seq;
+        }
+        let Some(frame) = self.ctx.encode(event) else {
+            tracing::error!(room = %self.name, op, "a room event does not fit max_frame; skipped");
+            return;
+        };
+        if state.recent.len() == RECENT {
+            state.recent.pop_front();
+        }
+        state.recent.push_back((op, frame.clone()));
+        let mut overflowed = Vec::new();
+        for (id, sub) in &state.subscribers {
+            if sub.after_op >= op {
+                continue;
+            }
+            if !sub.outbox.push(frame.clone()) {
+                overflowed.push(*id);
+            }
+            delivery.add(sub.outbox.clone());
+        }
+        for id in overflowed {
+            if state.subscribers.remove(&id).is_some() {
+                tracing::debug!(room = %self.name, subscriber = id, "slow consumer dropped");
+                tokio::spawn(self.ctx.clone().leave(self.name.clone(), id));
+            }
+        }
+    }
+
+    /// Handles `published` where the node stands: delivers it, skips it, or resets the room's subscriptions when
+    /// the order cannot be kept. `Fill` is returned to the caller (reading the stream is async).
+    pub(super) fn apply(
+        &self,
+        state: &mut NodeState,
+        published: Published,
+        delivery: &mut Delivery,
+    ) -> Option<(u64, Published)> {
+        if published.epoch != state.epoch {
+            delivery.extend(self.reset(state, "the room started a new epoch (its history was lost)"));
+            return None;
+        }
+        match state.next(&published) {
+            Next::Skip => None,
+            Next::Deliver => {
+                self.deliver(state, published.op, published.event, delivery);
+                None
+            }
+            Next::Fill(upto) => Some((upto, published)),
+            Next::Lost => {
+                delivery.extend(self.reset(state, "events missed that the stream does not hold"));
+                None
+            }
+        }
+    }
+
+    /// Reads the messages after the node's last seq up to `upto` from the stream and delivers them; every one
+    /// must follow on (ops too: a hole between them is a presence event missed). Resets the room's subscriptions
+    /// when that cannot be done.
+    pub(super) async fn fill(&self, upto: u64) {
+        let after = lock(&self.state).last_seq;
+        if after >= upto {
+            return;
+        }
+        let missing = (upto - after) as usize;
+        let read = match missing <= self.ctx.limits.history_max_messages as usize {
+            true => {
+                let mut conn = self.ctx.broker.conn();
+                stream::range(&mut conn, &self.keys.log, after, upto, missing, &self.ctx.codec).await.ok()
+            }
+            false => None,
+        };
+        let mut delivery = Delivery::default();
+        {
+            let mut state = lock(&self.state);
+            if !state.live || state.last_seq != after {
+                return;
+            }
+            let mut entries = read.unwrap_or_default().into_iter();
+            for Entry { op, event, .. } in entries.by_ref() {
+                if event.seq != state.last_seq + 1 || op != state.last_op + 1 {
+                    break;
+                }
+                self.deliver(&mut state, op, event, &mut delivery);
+            }
+            if state.last_seq == upto {
+                tracing::debug!(room = %self.name, from = after + 1, upto, "gap filled from the stream");
+            } else {
+                delivery.extend(self.reset(&mut state, "messages missed and not in the stream (or not in order)"));
+            }
+        }
+        delivery.flush();
+    }
+
+    async fn on_event(&self, payload: Vec<u8>) {
+        let published = match event::parse(&payload) {
+            Ok(published) => published,
+            Err(err) => {
+                tracing::warn!(room = %self.name, %err, "skipped");
+                return;
+            }
+        };
+        let mut delivery = Delivery::default();
+        let fill = {
+            let mut state = lock(&self.state);
+            if !state.live {
+                if state.pending.len() == RECENT {
+                    state.pending.pop_front();
+                }
+                state.pending.push_back(published);
+                return;
+            }
+            self.apply(&mut state, published, &mut delivery)
+        };
+        delivery.flush();
+        let Some((upto, published)) = fill else { return };
+        self.fill(upto).await;
+        let mut delivery = Delivery::default();
+        {
+            let mut state = lock(&self.state);
+            // Still a gap after the fill: the stream could not close it.
+            if state.live && self.apply(&mut state, published, &mut delivery).is_some() {
+                delivery.extend(self.reset(&mut state, "a gap the stream could not fill"));
+            }
+        }
+        delivery.flush();
+    }
+
+    /// After a Pub/Sub reconnect: events published while the node was not subscribed are lost to it. What Redis
+    /// queued before the reconnect arrives first; after a grace period, what is still missing (the room's `op`
+    /// beyond the node's) is filled from the stream, and if presence events are among it, the room's subscriptions
+    /// are reset.
+    async fn on_resubscribed(self: Arc<Self>) {
+        if !lock(&self.state).live {
+            return;
+        }
+        let mut conn = self.ctx.broker.conn();
+        let meta: redis::RedisResult<(Option<String>, Option<u64>, Option<u64>)> =
+            redis::cmd("HMGET").arg(&self.keys.meta).arg("epoch").arg("seq").arg("op").query_async(&mut conn).await;
+        let (epoch, seq, op) = match meta {
+            Ok((Some(epoch), Some(seq), Some(op))) => (epoch.parse::<u64>().ok(), seq, op),
+            _ => (None, 0, 0),
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(RESUBSCRIBE_GRACE).await;
+            let behind = {
+                let state = lock(&self.state);
+                state.live && (epoch != Some(state.epoch) || state.last_op < op)
+            };
+            if !behind {
+                return;
+            }
+            if epoch == Some(lock(&self.state).epoch) {
+                self.fill(seq).await;
+            }
+            let delivery = {
+                let mut state = lock(&self.state);
+                match state.live && (epoch != Some(state.epoch) || state.last_op < op) {
+                    true => self.reset(&mut state, "events missed while the broker's Pub/Sub was down"),
+                    false => Delivery::default(),
+                }
+            };
+            delivery.flush();
+        });
+    }
+}
+
+impl ChannelHandler for NodeRoom {
+    fn message(&self, payload: Vec<u8>) -> BoxFuture<'_, ()> {
+        Box::pin(self.on_event(payload))
+    }
+
+    fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(self.on_resubscribed())
+    }
+}
+
+/// A fresh random epoch, as the scripts take it (a decimal string); never 0.
+pub(super) fn new_epoch() -> String {
+    rand::random::<u64>().max(1).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(op: u64, seq: u64) -> Published {
+        let kind = EventKind::Message { sender: "a".into(), client_msg_id: op, body: Bytes::new() };
+        Published { epoch: 1, op, event: RoomEvent { seq, time_us: 0, kind } }
+    }
+
+    fn joined(op: u64, seq: u64) -> Published {
+        Published {
+            epoch: 1,
+            op,
+            event: RoomEvent { seq, time_us: 0, kind: EventKind::MemberJoined { member: "b".into() } },
+        }
+    }
+
+    #[test]
+    fn every_event_must_follow_the_last_one_delivered() {
+        // Delivered so far: up to op 10, message seq 4.
+        let state = NodeState { live: true, epoch: 1, last_op: 10, last_seq: 4, ..NodeState::default() };
+        assert_eq!(state.next(&message(10, 4)), Next::Skip, "delivered already");
+        assert_eq!(state.next(&message(11, 5)), Next::Deliver);
+        assert_eq!(state.next(&joined(11, 4)), Next::Deliver);
+        // Messages 5 and 6 never arrived: read them from the stream first.
+        assert_eq!(state.next(&message(14, 7)), Next::Fill(6));
+        assert_eq!(state.next(&joined(13, 6)), Next::Fill(6));
+        // The next message, but an op between was missed: a presence event the stream does not hold.
+        assert_eq!(state.next(&message(12, 5)), Next::Lost);
+        assert_eq!(state.next(&joined(12, 4)), Next::Lost);
+        // Broken order (a seq going back with a newer op).
+        assert_eq!(state.next(&message(11, 4)), Next::Lost);
+        assert_eq!(state.next(&joined(11, 3)), Next::Lost);
+    }
+}

@@ -1,0 +1,451 @@
+//! [`RedisRooms`]: the [`RoomHub`] of a node in a cluster. Redis sequences, stores and orders every room (one Lua
+//! script per post, join and leave: [`super::scripts`]); each node subscribes to the channel of every room its
+//! members joined and delivers what the channel carries, in the channel's (= the scripts') order, to its local
+//! subscribers. Pub/Sub is at-most-once: a message whose seq jumps is preceded by the missing ones, read from the
+//! room's stream, so members see one contiguous order; what cannot be filled (trimmed, or presence events lost
+//! while disconnected) ends the node's subscriptions to the room with `SlowConsumer`, and clients rejoin from their
+//! position. A post is acknowledged once its script ran (Redis' own persistence is its durability); a post that
+//! cannot reach Redis is refused with `Unavailable`, to be retried with the same `client_msg_id`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use bytes::Bytes;
+use quiver_proto::{ErrorCode, Failure, FrameCodec, HistoryPage, Joined, Limits, Position, RoomFrame};
+
+use super::{
+    broker::{Broker, ChannelHandler},
+    event,
+    keys::{self, RoomKeys},
+    node_room::{new_epoch, Channel, Ctx, NodeRoom, NodeState, Sub},
+    scripts,
+    stream::{self, Entry},
+};
+use crate::hub::{
+    lock::lock, Delivery, JoinRoom, Joining, Outbox, PostMessage, Posted, Replay, RoomHub, RoomUsage, SubscriberId,
+};
+
+/// Rooms in Redis, shared by every node on the same broker.
+pub struct RedisRooms {
+    ctx: Arc<Ctx>,
+    rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>>,
+    next_subscriber: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisRooms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisRooms").field("broker", &self.ctx.broker).finish_non_exhaustive()
+    }
+}
+
+impl RedisRooms {
+    /// Rooms on `broker`, following `limits` (history, dedupe window, frame size). Registers this node's part in
+    /// burying dead nodes (their members leave) and in coming back after being buried (its members join again).
+    pub fn new(broker: Arc<Broker>, limits: Limits) -> RedisRooms {
+        let room_ttl_ms = u64::from(limits.history_max_age_s.max(limits.dedupe_window_s)).max(1) * 1000;
+        let codec = FrameCodec::new(limits.max_frame as usize);
+        let ctx = Arc::new(Ctx { broker: broker.clone(), limits, codec, room_ttl_ms });
+        let rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>> = Arc::default();
+        let dead_ctx = ctx.clone();
+        broker.on_dead(Arc::new(move |node| Box::pin(bury(dead_ctx.clone(), node))));
+        let (revived_ctx, revived_rooms) = (ctx.clone(), rooms.clone());
+        broker.on_revived(Arc::new(move || Box::pin(announce(revived_ctx.clone(), revived_rooms.clone()))));
+        RedisRooms { ctx, rooms, next_subscriber: AtomicU64::new(1) }
+    }
+
+    fn room(&self, name: &str) -> Arc<NodeRoom> {
+        lock(&self.rooms)
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(NodeRoom {
+                    name: name.to_string(),
+                    keys: RoomKeys::new(name),
+                    ctx: self.ctx.clone(),
+                    channel: Arc::new(tokio::sync::Mutex::new(Channel::Unsubscribed)),
+                    state: Mutex::new(NodeState::default()),
+                })
+            })
+            .clone()
+    }
+
+    /// Subscribes the node to `room`'s channel, once; returns the room with its join lock held.
+    async fn subscribed(&self, name: &str) -> Result<(Arc<NodeRoom>, tokio::sync::OwnedMutexGuard<Channel>), Failure> {
+        loop {
+            let room = self.room(name);
+            let mut guard = room.channel.clone().lock_owned().await;
+            match *guard {
+                Channel::Removed => continue,
+                Channel::Subscribed => return Ok((room, guard)),
+                Channel::Unsubscribed => {
+                    let handler: Arc<dyn ChannelHandler> = room.clone();
+                    self.ctx
+                        .broker
+                        .subscribe(&room.keys.events, handler)
+                        .await
+                        .map_err(|why| Failure::new(ErrorCode::Unavailable, why))?;
+                    *guard = Channel::Subscribed;
+                    return Ok((room, guard));
+                }
+            }
+        }
+    }
+}
+
+/// Every member `node` (dead) held leaves the rooms it was in. False when that could not be finished (Redis
+/// failed): the node is buried again later.
+async fn bury(ctx: Arc<Ctx>, node: String) -> bool {
+    let mut conn = ctx.broker.conn();
+    let rooms: Vec<String> = match redis::AsyncCommands::smembers(&mut conn, keys::node_rooms(&node)).await {
+        Ok(rooms) => rooms,
+        Err(err) => {
+            let _ = ctx.broker.failed(&err);
+            return false;
+        }
+    };
+    let mut done = true;
+    for room in rooms {
+        let keys = RoomKeys::new(&room);
+        let dropped: redis::RedisResult<u64> = scripts::NODE_GONE_SCRIPT
+            .key(&keys.meta)
+            .key(&keys.log)
+            .key(&keys.members)
+            .key(keys.holders(&node))
+            .arg(crate::now_us().to_string())
+            .arg(&keys.events)
+            .arg(ctx.room_ttl_ms)
+            .invoke_async(&mut conn)
+            .await;
+        match dropped {
+            Ok(n) if n > 0 => tracing::info!(%room, %node, subscriptions = n, "a dead node's members left the room"),
+            Ok(_) => {}
+            Err(err) => {
+                let _ = ctx.broker.failed(&err);
+                done = false;
+            }
+        }
+    }
+    done
+}
+
+/// Lists `room` among this node's rooms (before any of its subscriptions is counted there: if the node dies, the
+/// others find them through this list).
+async fn list_room(ctx: &Ctx, room: &str) -> Result<(), Failure> {
+    let mut conn = ctx.broker.conn();
+    let listed: redis::RedisResult<()> =
+        redis::AsyncCommands::sadd(&mut conn, keys::node_rooms(ctx.broker.node()), room).await;
+    listed.map_err(|err| ctx.unavailable(&err))
+}
+
+/// Counts subscription `sub` of `identity` in `room` (idempotent per subscription).
+async fn join_script(
+    ctx: &Ctx,
+    keys: &RoomKeys,
+    identity: &str,
+    sub: SubscriberId,
+    now_us: u64,
+) -> redis::RedisResult<(String, u64, u64, Vec<String>)> {
+    let mut conn = ctx.broker.conn();
+    scripts::JOIN_SCRIPT
+        .key(&keys.meta)
+        .key(&keys.log)
+        .key(&keys.members)
+        .key(keys.holders(ctx.broker.node()))
+        .arg(new_epoch())
+        .arg(identity)
+        .arg(now_us.to_string())
+        .arg(&keys.events)
+        .arg(sub)
+        .invoke_async(&mut conn)
+        .await
+}
+
+/// This node was buried while cut off from Redis: its subscriptions are counted again (idempotent per
+/// subscription; one that left meanwhile is ended again).
+async fn announce(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>>) {
+    let rooms: Vec<Arc<NodeRoom>> = lock(&rooms).values().cloned().collect();
+    for room in rooms {
+        let subs: Vec<(SubscriberId, String)> =
+            lock(&room.state).subscribers.iter().map(|(id, sub)| (*id, sub.identity.clone())).collect();
+        if subs.is_empty() || list_room(&ctx, &room.name).await.is_err() {
+            continue;
+        }
+        for (id, identity) in subs {
+            if let Err(err) = join_script(&ctx, &room.keys, &identity, id, crate::now_us()).await {
+                let _ = ctx.broker.failed(&err);
+            }
+            if !lock(&room.state).subscribers.contains_key(&id) {
+                tokio::spawn(ctx.clone().leave(room.name.clone(), id));
+            }
+        }
+    }
+}
+
+/// What a join replays: whether `since` is recovered, the first page, and what is left to read after it.
+struct Plan {
+    recovered: bool,
+    first: Vec<Entry>,
+    rest: Option<(u64, u64)>,
+}
+
+async fn plan(
+    ctx: &Ctx,
+    conn: &mut redis::aio::ConnectionManager,
+    log: &str,
+    epoch: u64,
+    seq: u64,
+    since: Option<Position>,
+) -> redis::RedisResult<Plan> {
+    let Some(since) = since else { return Ok(Plan { recovered: true, first: Vec::new(), rest: None }) };
+    if since.epoch == epoch && since.seq <= seq {
+        if since.seq == seq {
+            return Ok(Plan { recovered: true, first: Vec::new(), rest: None });
+        }
+        let first = stream::range(conn, log, since.seq, seq, stream::PAGE, &ctx.codec).await?;
+        if first.first().is_some_and(|e| e.seq() == since.seq + 1) {
+            let last = first.last().map_or(seq, Entry::seq);
+            let rest = (last < seq).then_some((last, seq));
+            return Ok(Plan { recovered: true, first, rest });
+        }
+    }
+    let first = stream::latest(conn, log, seq, ctx.limits.gap_replay as usize, &ctx.codec).await?;
+    Ok(Plan { recovered: false, first, rest: None })
+}
+
+/// The pages of a replay after the first, read once the joiner's stream took the previous one.
+async fn replay_rest(ctx: Arc<Ctx>, log: String, mut after: u64, upto: u64, outbox: Arc<dyn Outbox>) {
+    while after < upto {
+        let mut conn = ctx.broker.conn();
+        match stream::range(&mut conn, &log, after, upto, stream::PAGE, &ctx.codec).await {
+            Ok(page) if page.first().is_some_and(|e| e.seq() == after + 1) => {
+                after = page.last().map_or(upto, Entry::seq);
+                for entry in page {
+                    outbox.push_replay(entry.frame);
+                }
+                outbox.flush();
+                if !outbox.drained().await {
+                    return;
+                }
+            }
+            outcome => {
+                if let Err(err) = outcome {
+                    let _ = ctx.broker.failed(&err);
+                }
+                // Trimmed meanwhile, or unreadable: the member rejoins from where it got to.
+                outbox.kick();
+                break;
+            }
+        }
+    }
+    outbox.release_hold();
+    outbox.flush();
+}
+
+impl RoomHub for RedisRooms {
+    async fn join(&self, join: JoinRoom) -> Result<Joining, Failure> {
+        let JoinRoom { room: name, identity, since, outbox, now_us } = join;
+        let (room, _joining) = self.subscribed(&name).await?;
+        let ctx = &self.ctx;
+        let keys = &room.keys;
+        let subscriber = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        list_room(ctx, &name).await?;
+        // Undone on any failure from here on, also when the script's reply is lost: it may have run (a leave of a
+        // subscription that is not counted is a no-op).
+        let undo = |failure: Failure| {
+            tokio::spawn(ctx.clone().leave(name.clone(), subscriber));
+            failure
+        };
+        let (epoch, seq, op_before, mut members) =
+            join_script(ctx, keys, &identity, subscriber, now_us).await.map_err(|err| undo(ctx.unavailable(&err)))?;
+        let mut conn = ctx.broker.conn();
+        let epoch: u64 = epoch.parse().map_err(|_| undo(Failure::new(ErrorCode::Internal, "unreadable room epoch")))?;
+        let plan =
+            plan(ctx, &mut conn, &keys.log, epoch, seq, since).await.map_err(|err| undo(ctx.unavailable(&err)))?;
+        members.sort();
+        let joined = Joined {
+            room: name.clone(),
+            epoch,
+            recovered: plan.recovered,
+            replay_from: plan.first.first().map_or(seq + 1, Entry::seq),
+            last_seq: seq,
+            members,
+        };
+        let mut delivery = Delivery::default();
+        {
+            let mut state = lock(&room.state);
+            if state.live && state.epoch != epoch {
+                delivery.extend(room.reset(&mut state, "the room started a new epoch (its history was lost)"));
+            }
+            let was_live = state.live;
+            let missed: Vec<Bytes> = match was_live && state.last_op > op_before {
+                false => Vec::new(),
+                true if state.recent.front().is_some_and(|(op, _)| *op <= op_before + 1) => {
+                    state.recent.iter().filter(|(op, _)| *op > op_before).map(|(_, f)| f.clone()).collect()
+                }
+                true => {
+                    drop(state);
+                    delivery.flush();
+                    return Err(undo(Failure::new(
+                        ErrorCode::Unavailable,
+                        format!("room {name} moved on faster than this join could follow; retry"),
+                    )));
+                }
+            };
+            if !was_live {
+                *state =
+                    NodeState { live: true, epoch, last_op: op_before, last_seq: seq, ..std::mem::take(&mut *state) };
+            }
+            if let Ok(open) = ctx.codec.encode_to_vec(&RoomFrame::Open(joined.clone())) {
+                outbox.push_replay(open.freeze());
+            }
+            for entry in &plan.first {
+                outbox.push_replay(entry.frame.clone());
+            }
+            if plan.rest.is_some() {
+                outbox.hold();
+            }
+            for frame in missed {
+                outbox.push(frame);
+            }
+            state
+                .subscribers
+                .insert(subscriber, Sub { identity: identity.clone(), outbox: outbox.clone(), after_op: op_before });
+            delivery.add(outbox.clone());
+            if !was_live {
+                for published in std::mem::take(&mut state.pending).into_iter().filter(|p| p.epoch == epoch) {
+                    if room.apply(&mut state, published, &mut delivery).is_some() {
+                        // Events missed before the room went live here: everyone (the joiner too) rejoins.
+                        delivery.extend(room.reset(&mut state, "events missed before the room's first join"));
+                        break;
+                    }
+                }
+            }
+        }
+        let replay =
+            plan.rest.map(|(after, upto)| Replay::new(replay_rest(ctx.clone(), keys.log.clone(), after, upto, outbox)));
+        Ok(Joining { joined, subscriber, delivery, replay })
+    }
+
+    async fn leave(&self, room: &str, subscriber: SubscriberId, _now_us: u64) -> Delivery {
+        let node_room = lock(&self.rooms).get(room).cloned();
+        let gone = node_room.and_then(|r| lock(&r.state).subscribers.remove(&subscriber));
+        if gone.is_some() {
+            // The leave reaches everyone (this node too) through the room's channel.
+            tokio::spawn(self.ctx.clone().leave(room.to_string(), subscriber));
+        }
+        Delivery::default()
+    }
+
+    async fn post(&self, post: PostMessage<'_>) -> Result<(Posted, Delivery), Failure> {
+        let PostMessage { room, identity, client_msg_id, body, now_us } = post;
+        let ctx = &self.ctx;
+        // The body is within `max_body`, and `Limits::check` makes any such post fit a room frame.
+        let keys = RoomKeys::new(room);
+        let limits = &ctx.limits;
+        let oldest_kept = match limits.history_max_age_s {
+            0 => 0,
+            age => now_us.saturating_sub(u64::from(age) * 1_000_000),
+        };
+        let mut conn = ctx.broker.conn();
+        let (_epoch, seq, duplicate): (String, u64, u8) = scripts::POST_SCRIPT
+            .key(&keys.meta)
+            .key(&keys.log)
+            .key(&keys.members)
+            .key(keys.dedupe(identity, client_msg_id))
+            .arg(new_epoch())
+            .arg(now_us.to_string())
+            .arg(event::message_payload(identity, client_msg_id, &body))
+            .arg(u64::from(limits.dedupe_window_s).max(1) * 1000)
+            .arg(limits.history_max_messages)
+            .arg(oldest_kept.to_string())
+            .arg(ctx.room_ttl_ms)
+            .arg(&keys.events)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|err| ctx.unavailable(&err))?;
+        Ok((Posted { seq, duplicate: duplicate == 1 }, Delivery::default()))
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        limit: u32,
+        budget: usize,
+        _now_us: u64,
+    ) -> Result<HistoryPage, Failure> {
+        let ctx = &self.ctx;
+        let keys = RoomKeys::new(room);
+        let mut conn = ctx.broker.conn();
+        let meta: (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&keys.meta)
+            .arg("epoch")
+            .arg("seq")
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| ctx.unavailable(&err))?;
+        let (Some(epoch), Some(seq)) = meta else {
+            return Ok(HistoryPage { room: room.to_string(), epoch: 0, messages: Vec::new(), more: false });
+        };
+        let epoch = epoch.parse().map_err(|_| Failure::new(ErrorCode::Internal, "unreadable room epoch"))?;
+        // One more than asked tells whether there is more; a page never reads more than 1,024 entries.
+        let count = (limit as usize).saturating_add(1).min(1024);
+        let entries = stream::range(&mut conn, &keys.log, since.unwrap_or(0), seq, count, &ctx.codec)
+            .await
+            .map_err(|err| ctx.unavailable(&err))?;
+        let (mut messages, mut used, mut more) = (Vec::new(), 0, false);
+        for (i, entry) in entries.into_iter().enumerate() {
+            if i == limit as usize || used + entry.frame.len() > budget {
+                more = true;
+                break;
+            }
+            used += entry.frame.len();
+            messages.push(entry.event);
+        }
+        Ok(HistoryPage { room: room.to_string(), epoch, messages, more })
+    }
+
+    async fn sweep(&self, _now_us: u64) {
+        let idle: Vec<Arc<NodeRoom>> =
+            lock(&self.rooms).values().filter(|r| lock(&r.state).subscribers.is_empty()).cloned().collect();
+        for room in idle {
+            let Ok(mut channel) = room.channel.clone().try_lock_owned() else { continue };
+            if !lock(&room.state).subscribers.is_empty() {
+                continue;
+            }
+            let node = self.ctx.broker.node();
+            let mut conn = self.ctx.broker.conn();
+            // Still listed while any subscription of this node is counted there (a leave being retried): if the
+            // node dies meanwhile, the others must find it. Looked at again at the next sweep.
+            let held: redis::RedisResult<u64> = redis::AsyncCommands::hlen(&mut conn, room.keys.holders(node)).await;
+            if held != Ok(0) {
+                continue;
+            }
+            let unlisted: redis::RedisResult<()> =
+                redis::AsyncCommands::srem(&mut conn, keys::node_rooms(node), &room.name).await;
+            if unlisted.is_err() {
+                continue;
+            }
+            if *channel == Channel::Subscribed {
+                self.ctx.broker.unsubscribe(&room.keys.events).await;
+            }
+            *channel = Channel::Removed;
+            let mut rooms = lock(&self.rooms);
+            if rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+                rooms.remove(&room.name);
+            }
+        }
+    }
+
+    fn room_usage(&self) -> RoomUsage {
+        RoomUsage { rooms: lock(&self.rooms).len() as u64, ..RoomUsage::default() }
+    }
+
+    fn health(&self) -> Result<(), &'static str> {
+        self.ctx.broker.ready()
+    }
+}

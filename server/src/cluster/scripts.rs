@@ -1,0 +1,154 @@
+//! The Lua scripts that make each room operation one atomic step in Redis. Redis runs a script alone, so a room's
+//! seq, stream and channel see one order; everything a script touches is a key of one room (one hash tag), so
+//! they run on Redis Cluster too. Numbers that may exceed 2^53 (epochs, µs times) stay strings: Lua has doubles.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Shared by every script: the room's epoch, seq and op, creating the room (with the caller's fresh epoch) when it
+/// is unknown, and starting a new epoch when its stream was lost (evicted, flushed) although it had messages.
+const PRELUDE: &str = r#"
+local function room(meta, log, candidate)
+  local fields = redis.call('HMGET', meta, 'epoch', 'seq', 'op')
+  local epoch, seq, op = fields[1], tonumber(fields[2] or '0'), tonumber(fields[3] or '0')
+  if epoch and seq > 0 and redis.call('EXISTS', log) == 0 then
+    epoch = nil
+  end
+  if not epoch then
+    epoch = candidate
+    seq = 0
+    redis.call('HSET', meta, 'epoch', epoch, 'seq', 0)
+    redis.call('DEL', log)
+  end
+  return epoch, seq, op
+end
+local function publish(channel, epoch, seq, op, time, event)
+  redis.call('PUBLISH', channel,
+    epoch .. ' ' .. string.format('%d', seq) .. ' ' .. string.format('%d', op) .. ' ' .. time .. ' ' .. event)
+end
+local function expire_if_empty(meta, log, members, ttl)
+  if redis.call('EXISTS', members) == 0 then
+    redis.call('PEXPIRE', meta, ttl)
+    redis.call('PEXPIRE', log, ttl)
+  end
+end
+"#;
+
+/// KEYS: meta, log, members, dedupe key. ARGV: fresh epoch, time µs, message payload, dedupe window ms, max
+/// messages, oldest time kept (µs, 0: no age limit), room TTL ms, events channel. Returns {epoch, seq, duplicate}.
+/// Six calls in the common case (each costs Redis ~10 µs on this VM: the script is kept short on purpose): the
+/// dedupe key is claimed with the seq it would get (`SET NX GET`), and the stream's existence is checked by
+/// `XADD NOMKSTREAM` rather than by a separate `EXISTS`.
+const POST: &str = r#"
+local meta, log, members, dedupe = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local fields = redis.call('HMGET', meta, 'epoch', 'seq', 'op')
+local epoch, seq, op = fields[1], tonumber(fields[2] or '0'), tonumber(fields[3] or '0')
+if not epoch then
+  epoch = ARGV[1]
+  seq = 0
+  redis.call('DEL', log)
+end
+seq = seq + 1
+op = op + 1
+local mark = epoch .. ':' .. string.format('%d', seq)
+local prior = redis.call('SET', dedupe, mark, 'NX', 'GET', 'PX', ARGV[4])
+if prior then
+  local sep = string.find(prior, ':', 1, true)
+  if sep and string.sub(prior, 1, sep - 1) == epoch then
+    return {epoch, tonumber(string.sub(prior, sep + 1)), 1}
+  end
+  redis.call('SET', dedupe, mark, 'PX', ARGV[4])
+end
+local added = false
+if seq > 1 then
+  added = redis.call('XADD', log, 'NOMKSTREAM', 'MAXLEN', '~', ARGV[5], string.format('%d', seq) .. '-0',
+    'o', op, 't', ARGV[2], 'p', ARGV[3])
+end
+if not added then
+  if seq > 1 then
+    -- The stream is gone although the room had messages (evicted, flushed): a new epoch.
+    epoch = ARGV[1]
+    seq = 1
+    redis.call('SET', dedupe, epoch .. ':1', 'PX', ARGV[4])
+  end
+  redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '1-0', 'o', op, 't', ARGV[2], 'p', ARGV[3])
+end
+redis.call('HSET', meta, 'epoch', epoch, 'seq', seq, 'op', op)
+-- Every 8th message drops up to 16 entries past the age limit: twice the rate they can come of age.
+local cutoff = tonumber(ARGV[6])
+if cutoff > 0 and seq % 8 == 0 then
+  for i = 1, 16 do
+    local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
+    if not first or tonumber(first[2][4]) >= cutoff then break end
+    redis.call('XDEL', log, first[1])
+  end
+end
+expire_if_empty(meta, log, members, ARGV[7])
+publish(ARGV[8], epoch, seq, op, ARGV[2], 'M' .. ARGV[3])
+return {epoch, seq, 0}
+"#;
+
+/// KEYS: meta, log, members, this node's holders. ARGV: fresh epoch, identity, time µs, events channel, the
+/// subscription's id on this node. Idempotent per subscription (a retry, or a node announcing its members again,
+/// counts it once). Returns {epoch, seq, op before this join's event, members}.
+const JOIN: &str = r#"
+local epoch, seq, op = room(KEYS[1], KEYS[2], ARGV[1])
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
+local before = op
+if redis.call('HSETNX', KEYS[4], ARGV[5], ARGV[2]) == 1 then
+  if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 then
+    op = redis.call('HINCRBY', KEYS[1], 'op', 1)
+    publish(ARGV[4], epoch, seq, op, ARGV[3], 'J' .. ARGV[2])
+  end
+end
+return {epoch, seq, before, redis.call('HKEYS', KEYS[3])}
+"#;
+
+/// Ends one subscription of one node (its identity's last one publishes the leave). Idempotent: a subscription
+/// already gone is a no-op. KEYS: meta, log, members, the node's holders. ARGV: subscription id, time µs, events
+/// channel, room TTL ms. Returns 1 if the subscription was there.
+const LEAVE_FN: &str = r#"
+local function leave(meta, log, members, holders, sub, time, channel, ttl)
+  local identity = redis.call('HGET', holders, sub)
+  if not identity then return 0 end
+  redis.call('HDEL', holders, sub)
+  if redis.call('HINCRBY', members, identity, -1) <= 0 then
+    redis.call('HDEL', members, identity)
+    local fields = redis.call('HMGET', meta, 'epoch', 'seq')
+    if fields[1] then
+      local op = redis.call('HINCRBY', meta, 'op', 1)
+      publish(channel, fields[1], tonumber(fields[2] or '0'), op, time, 'L' .. identity)
+    end
+  end
+  expire_if_empty(meta, log, members, ttl)
+  return 1
+end
+"#;
+
+const LEAVE: &str = r#"
+return leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"#;
+
+/// Every subscription a dead node held in the room ends. KEYS: meta, log, members, the dead node's holders. ARGV:
+/// time µs, events channel, room TTL ms. Returns the subscriptions ended.
+const NODE_GONE: &str = r#"
+local held = redis.call('HKEYS', KEYS[4])
+for _, sub in ipairs(held) do
+  leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], sub, ARGV[1], ARGV[2], ARGV[3])
+end
+redis.call('DEL', KEYS[4])
+return #held
+"#;
+
+/// The post script.
+pub(super) static POST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{PRELUDE}{POST}")));
+/// The join script.
+pub(super) static JOIN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{PRELUDE}{JOIN}")));
+/// The leave script.
+pub(super) static LEAVE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PRELUDE}{LEAVE_FN}{LEAVE}")));
+/// The dead-node script.
+pub(super) static NODE_GONE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PRELUDE}{LEAVE_FN}{NODE_GONE}")));

@@ -1,0 +1,110 @@
+//! `[broker]` in `quiver.toml`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::BrokerConfig;
+
+/// `[broker]`: Redis, shared by every node of a cluster (empty `url`: one node, rooms in the data directory).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// `redis://HOST:PORT` (`redis://:PASSWORD@HOST:PORT/DB` with a password); empty: no broker.
+    pub url: String,
+    /// A node that has not beaten for this long is dead: its members leave their rooms.
+    pub presence_expiry_ms: u32,
+    /// How often this node beats (and looks for dead nodes).
+    pub heartbeat_ms: u32,
+    /// A Redis request not answered within this long fails (a post is refused with `Unavailable`).
+    pub request_timeout_ms: u32,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            url: String::new(),
+            presence_expiry_ms: 10_000,
+            heartbeat_ms: 1_000,
+            request_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("url", &BrokerSettings::redact(&self.url))
+            .field("presence_expiry_ms", &self.presence_expiry_ms)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .finish()
+    }
+}
+
+impl BrokerSettings {
+    /// `url` with a password replaced by `<redacted>`.
+    pub fn redact(url: &str) -> String {
+        match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => format!("{}<redacted>{}", &url[..scheme + 3], &url[at..]),
+            _ => url.to_string(),
+        }
+    }
+
+    /// What is wrong with these settings: (key, why).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.url.is_empty() {
+            return Ok(());
+        }
+        if !self.url.starts_with("redis://") && !self.url.starts_with("redis+unix://") {
+            return Err(("broker.url", format!("{} is not a redis:// URL", BrokerSettings::redact(&self.url))));
+        }
+        if redis::Client::open(self.url.as_str()).is_err() {
+            return Err(("broker.url", format!("{} is not a valid Redis URL", BrokerSettings::redact(&self.url))));
+        }
+        if self.heartbeat_ms == 0 {
+            return Err(("broker.heartbeat_ms", "must be at least 1".into()));
+        }
+        if self.presence_expiry_ms < 2 * self.heartbeat_ms {
+            return Err((
+                "broker.presence_expiry_ms",
+                format!(
+                    "{} is less than two heartbeats (broker.heartbeat_ms = {}): live nodes would be declared dead",
+                    self.presence_expiry_ms, self.heartbeat_ms
+                ),
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(("broker.request_timeout_ms", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The broker these settings name, if any.
+    pub fn config(&self) -> Option<BrokerConfig> {
+        (!self.url.is_empty()).then(|| BrokerConfig {
+            url: self.url.clone(),
+            presence_expiry: Duration::from_millis(u64::from(self.presence_expiry_ms)),
+            heartbeat: Duration::from_millis(u64::from(self.heartbeat_ms)),
+            request_timeout: Duration::from_millis(u64::from(self.request_timeout_ms)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_and_bad_urls_refused() {
+        assert_eq!(BrokerSettings::redact("redis://:s3cret@10.0.0.1:6379/0"), "redis://<redacted>@10.0.0.1:6379/0");
+        assert_eq!(BrokerSettings::redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        let with = |url: &str| BrokerSettings { url: url.into(), ..BrokerSettings::default() };
+        assert!(with("").check().is_ok());
+        assert!(with("redis://127.0.0.1:6379").check().is_ok());
+        assert_eq!(with("http://127.0.0.1").check().unwrap_err().0, "broker.url");
+        let fast = BrokerSettings { presence_expiry_ms: 1_000, ..with("redis://127.0.0.1:1") };
+        assert_eq!(fast.check().unwrap_err().0, "broker.presence_expiry_ms");
+        assert!(format!("{:?}", with("redis://u:pw@h:1")).contains("<redacted>"));
+    }
+}

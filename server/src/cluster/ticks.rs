@@ -1,0 +1,347 @@
+//! [`ClusterTicks`]: ticks across nodes. Every tick is fanned out to this node's subscribers exactly as on a single
+//! node ([`LocalTicks`]); it is also relayed through Redis, but only for channels some *other* node has subscribers
+//! on (interest tracking: each node lists its channels in `q:node:<id>:ticks` and announces changes on
+//! `q:control`). Relaying conflates too: a relay task publishes the newest tick of each channel waiting, so a slow
+//! broker never queues stale ticks. The receiving node stamps its own seq and applies the stricter max age.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
+};
+
+use bytes::Bytes;
+use quiver_proto::Failure;
+use tokio::sync::Notify;
+
+use super::{
+    broker::{BoxFuture, Broker, ChannelHandler},
+    keys,
+};
+use crate::hub::{
+    lock::lock,
+    ticks::{Fanout, LocalTicks, TickHub, TickSink, TickSubscriberId},
+};
+
+/// A tick on its way to other nodes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Relayed {
+    origin: String,
+    sent_time_us: u64,
+    max_age_us: Option<u64>,
+    payload: Vec<u8>,
+}
+
+struct Inner {
+    broker: Arc<Broker>,
+    local: Arc<LocalTicks>,
+    /// Subscriptions on this node per channel.
+    interest: Mutex<HashMap<String, usize>>,
+    /// Interest changes not yet made in Redis, channel → interested (coalesced: a channel toggled many times is
+    /// one change).
+    changes: Mutex<HashMap<String, bool>>,
+    changed: Notify,
+    /// Channel → the other nodes with subscribers on it.
+    remote: RwLock<HashMap<String, HashSet<String>>>,
+    /// Some other node has some interest (the hot path's first, lock-free check).
+    any_remote: AtomicBool,
+    /// The newest tick per channel waiting to be relayed.
+    outgoing: Mutex<HashMap<String, Relayed>>,
+    wake: Notify,
+    relayed: AtomicU64,
+}
+
+/// Tick channels of a node in a cluster.
+pub struct ClusterTicks {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ClusterTicks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterTicks").field("channels", &self.inner.local.channels()).finish_non_exhaustive()
+    }
+}
+
+impl ClusterTicks {
+    /// Ticks on `broker`, with at most `max_channels` channels on this node. Routes the control channel (call
+    /// before [`Broker::connect`]) and starts the relay and interest tasks.
+    pub fn new(broker: Arc<Broker>, max_channels: u32) -> ClusterTicks {
+        let inner = Arc::new(Inner {
+            broker: broker.clone(),
+            local: Arc::new(LocalTicks::new(max_channels)),
+            interest: Mutex::new(HashMap::new()),
+            changes: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            remote: RwLock::new(HashMap::new()),
+            any_remote: AtomicBool::new(false),
+            outgoing: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            relayed: AtomicU64::new(0),
+        });
+        broker.route(keys::CONTROL, Arc::new(Control(inner.clone())));
+        let dead = inner.clone();
+        broker.on_dead(Arc::new(move |node| {
+            let dead = dead.clone();
+            Box::pin(async move {
+                dead.forget(&node);
+                true
+            })
+        }));
+        let revived = inner.clone();
+        broker.on_revived(Arc::new(move || {
+            let revived = revived.clone();
+            Box::pin(async move {
+                let channels: Vec<String> = lock(&revived.interest).keys().cloned().collect();
+                for channel in channels {
+                    revived.change(&channel, true);
+                }
+            })
+        }));
+        tokio::spawn(inner.clone().relay());
+        tokio::spawn(inner.clone().interest_changes());
+        ClusterTicks { inner }
+    }
+
+    /// Ticks published to Redis so far (relayed to other nodes).
+    pub fn relayed(&self) -> u64 {
+        self.inner.relayed.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    /// Notes that this node's interest in `channel` changed (made in Redis by the interest task).
+    fn change(&self, channel: &str, interested: bool) {
+        lock(&self.changes).insert(channel.to_string(), interested);
+        self.changed.notify_one();
+    }
+
+    fn forget(&self, node: &str) {
+        let mut remote = self.remote.write().unwrap_or_else(|p| p.into_inner());
+        remote.retain(|_, nodes| {
+            nodes.remove(node);
+            !nodes.is_empty()
+        });
+        self.any_remote.store(!remote.is_empty(), Ordering::Relaxed);
+    }
+
+    fn set_remote(&self, node: &str, channel: &str, interested: bool) {
+        if node == self.broker.node() {
+            return;
+        }
+        let mut remote = self.remote.write().unwrap_or_else(|p| p.into_inner());
+        if interested {
+            remote.entry(channel.to_string()).or_default().insert(node.to_string());
+        } else if let Some(nodes) = remote.get_mut(channel) {
+            nodes.remove(node);
+            if nodes.is_empty() {
+                remote.remove(channel);
+            }
+        }
+        self.any_remote.store(!remote.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Reads every other node's interest afresh (at start, and after the control channel may have missed some).
+    async fn reload(&self) {
+        let mut conn = self.broker.conn();
+        let nodes: Vec<String> = match redis::AsyncCommands::zrange(&mut conn, keys::NODES, 0, -1).await {
+            Ok(nodes) => nodes,
+            Err(err) => {
+                let _ = self.broker.failed(&err);
+                return;
+            }
+        };
+        let mut fresh: HashMap<String, HashSet<String>> = HashMap::new();
+        for node in nodes.into_iter().filter(|n| n != self.broker.node()) {
+            let channels: Vec<String> =
+                redis::AsyncCommands::smembers(&mut conn, keys::node_ticks(&node)).await.unwrap_or_default();
+            for channel in channels {
+                fresh.entry(channel).or_default().insert(node.clone());
+            }
+        }
+        let mut remote = self.remote.write().unwrap_or_else(|p| p.into_inner());
+        *remote = fresh;
+        self.any_remote.store(!remote.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Applies this node's interest changes in order: listed, subscribed, announced (or the reverse).
+    async fn interest_changes(self: Arc<Self>) {
+        loop {
+            self.changed.notified().await;
+            let changes: Vec<(String, bool)> = lock(&self.changes).drain().collect();
+            for (channel, interested) in changes {
+                self.make_change(channel, interested).await;
+            }
+        }
+    }
+
+    /// Lists (or unlists) this node's interest in `channel`, routes its relayed ticks, and announces it. A change
+    /// Redis did not take is made again half a second later (unless a newer one replaced it).
+    async fn make_change(self: &Arc<Self>, channel: String, interested: bool) {
+        let node = self.broker.node().to_string();
+        let mut conn = self.broker.conn();
+        let sign = if interested { "+" } else { "-" };
+        let mut pipe = redis::pipe();
+        match interested {
+            true => pipe.sadd(keys::node_ticks(&node), &channel).ignore(),
+            false => pipe.srem(keys::node_ticks(&node), &channel).ignore(),
+        };
+        pipe.publish(keys::CONTROL, format!("{sign} {node} {channel}")).ignore();
+        let handler: Arc<dyn ChannelHandler> = Arc::new(Incoming { inner: self.clone(), channel: channel.clone() });
+        match interested {
+            true => self.broker.route(&keys::tick_channel(&channel), handler),
+            false => self.broker.unsubscribe(&keys::tick_channel(&channel)).await,
+        }
+        if let Err(err) = pipe.query_async::<()>(&mut conn).await {
+            let _ = self.broker.failed(&err);
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                lock(&me.changes).entry(channel).or_insert(interested);
+                me.changed.notify_one();
+            });
+        }
+    }
+
+    async fn relay(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            let waiting: Vec<(String, Relayed)> = lock(&self.outgoing).drain().collect();
+            if waiting.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for (channel, tick) in &waiting {
+                if let Ok(bytes) = postcard::to_allocvec(tick) {
+                    pipe.publish(keys::tick_channel(channel), bytes).ignore();
+                }
+            }
+            let mut conn = self.broker.conn();
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => {
+                    self.relayed.fetch_add(waiting.len() as u64, Ordering::Relaxed);
+                }
+                // Ticks are latest-wins: the next ones go when the broker is back.
+                Err(err) => {
+                    let _ = self.broker.failed(&err);
+                }
+            }
+        }
+    }
+}
+
+/// The control channel: other nodes' interest.
+struct Control(Arc<Inner>);
+
+impl ChannelHandler for Control {
+    fn message(&self, payload: Vec<u8>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Ok(text) = std::str::from_utf8(&payload) else { return };
+            let mut parts = text.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("+"), Some(node), Some(channel)) => self.0.set_remote(node, channel, true),
+                (Some("-"), Some(node), Some(channel)) => self.0.set_remote(node, channel, false),
+                (Some("dead"), Some(node), None) => self.0.forget(node),
+                _ => tracing::warn!(message = %text, "unknown control message from the broker; skipped"),
+            }
+        })
+    }
+
+    fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move { self.0.reload().await })
+    }
+}
+
+/// Ticks of one channel relayed by other nodes.
+struct Incoming {
+    inner: Arc<Inner>,
+    channel: String,
+}
+
+impl ChannelHandler for Incoming {
+    fn message(&self, payload: Vec<u8>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Ok(tick) = postcard::from_bytes::<Relayed>(&payload) else {
+                tracing::warn!(channel = %self.channel, "a relayed tick does not decode; skipped");
+                return;
+            };
+            if tick.origin == self.inner.broker.node() {
+                return;
+            }
+            let fanout = self.inner.local.relay(
+                &self.channel,
+                tick.sent_time_us,
+                crate::now_us(),
+                tick.max_age_us,
+                Bytes::from(tick.payload),
+            );
+            if let Some(fanout) = fanout {
+                fanout.offer();
+            }
+        })
+    }
+
+    fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async {}) // ticks are latest-wins: nothing to fill
+    }
+}
+
+impl TickHub for ClusterTicks {
+    fn subscribe(&self, channel: &str, channel_id: u64, sink: Arc<dyn TickSink>) -> Result<TickSubscriberId, Failure> {
+        let id = self.inner.local.subscribe(channel, channel_id, sink)?;
+        let mut interest = lock(&self.inner.interest);
+        let count = interest.entry(channel.to_string()).or_default();
+        *count += 1;
+        if *count == 1 {
+            self.inner.change(channel, true);
+        }
+        Ok(id)
+    }
+
+    fn unsubscribe(&self, channel: &str, subscriber: TickSubscriberId) {
+        self.inner.local.unsubscribe(channel, subscriber);
+        let mut interest = lock(&self.inner.interest);
+        if let Some(count) = interest.get_mut(channel) {
+            *count -= 1;
+            if *count == 0 {
+                interest.remove(channel);
+                self.inner.change(channel, false);
+            }
+        }
+    }
+
+    fn claim(&self, channel: &str, max_age_us: Option<u64>) -> Result<(), Failure> {
+        self.inner.local.claim(channel, max_age_us)
+    }
+
+    fn release(&self, channel: &str) {
+        self.inner.local.release(channel)
+    }
+
+    fn set_max_age(&self, channel: &str, max_age_us: u64) {
+        self.inner.local.set_max_age(channel, max_age_us)
+    }
+
+    fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout> {
+        let fanout = self.inner.local.publish(channel, sent_time_us, received_us, payload)?;
+        if self.inner.any_remote.load(Ordering::Relaxed) {
+            let remote = self.inner.remote.read().unwrap_or_else(|p| p.into_inner()).contains_key(channel);
+            if remote {
+                let tick = Relayed {
+                    origin: self.inner.broker.node().to_string(),
+                    sent_time_us,
+                    max_age_us: fanout.max_age_us,
+                    payload: fanout.tick.payload.to_vec(),
+                };
+                lock(&self.inner.outgoing).insert(channel.to_string(), tick);
+                self.inner.wake.notify_one();
+            }
+        }
+        Some(fanout)
+    }
+
+    fn channels(&self) -> usize {
+        self.inner.local.channels()
+    }
+}

@@ -1,0 +1,598 @@
+//! Several `quiver-server` processes on one real `redis-server` (started here on a free port, persistence off):
+//! members on different nodes chat in one order through a SIGKILL of a node (its clients move to the others and
+//! resume without a gap or a duplicate, and its members leave within the presence expiry); Redis stopped and its
+//! Pub/Sub connections cut during posting (posts refused with `Unavailable` and retried, nothing acknowledged lost
+//! or doubled); ticks crossing nodes only where another node subscribes.
+//!
+//! Needs `redis-server` (Debian's `redis-server` package; `.ci/run` installs it): without it the tests skip loudly,
+//! or fail under `QUIVER_REQUIRE_ALL=1`. The server binary is `QUIVER_SERVER_BIN` when set, else this package's
+//! debug build.
+
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{BufRead, BufReader, Read, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use quiver_client::{Client, ConnectOptions, RequestError, RoomEvent, TrustOptions};
+use quiver_proto::{ErrorCode, Post, Reply, RequestBody};
+
+/// Presence expiry and heartbeat the nodes run with here (short, so that a dead node is noticed quickly).
+const EXPIRY_MS: u64 = 2_000;
+const HEARTBEAT_MS: u64 = 250;
+
+fn server_bin() -> String {
+    std::env::var("QUIVER_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quiver-server").to_string())
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// False (after a loud message) when `redis-server` is missing; a failure under `QUIVER_REQUIRE_ALL=1`.
+fn redis_available(test: &str) -> bool {
+    if Command::new("redis-server").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    let why = "redis-server is not installed (Debian package redis-server)";
+    if std::env::var("QUIVER_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("QUIVER_REQUIRE_ALL=1 and {why}");
+    }
+    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    eprintln!("!!! SKIPPED {test}: {why}");
+    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    false
+}
+
+/// A process killed when dropped (a failing test must not leave it running).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.0.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+}
+
+/// A `redis-server` of the test's own, persistence off.
+struct Redis {
+    process: Running,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = free_tcp_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let redis = Redis { process: Running(child), port };
+        let started = Instant::now();
+        while redis.query::<String>(&mut redis::cmd("PING")).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "redis-server does not answer");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        cmd.query(&mut conn)
+    }
+
+    /// PUBLISH commands Redis has run so far.
+    fn publishes(&self) -> u64 {
+        let info: String = self.query(redis::cmd("INFO").arg("commandstats")).unwrap();
+        info.lines()
+            .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().unwrap())
+    }
+}
+
+/// One node: its process, QUIC address and admin address.
+struct Node {
+    process: Running,
+    addr: String,
+    admin: SocketAddr,
+}
+
+/// Starts a node on `redis` with `dir` as its data directory (which must hold the cluster's dev certificate and
+/// token key when it is not the first node's).
+fn start_node(dir: &Path, redis: &Redis, extra_env: &[(&str, &str)]) -> Node {
+    let port = free_udp_port();
+    let mut child = Command::new(server_bin())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--no-web",
+            "--admin",
+            "127.0.0.1:0",
+            "--broker",
+            &redis.url(),
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("QUIVER_BROKER_PRESENCE_EXPIRY_MS", EXPIRY_MS.to_string())
+        .env("QUIVER_BROKER_HEARTBEAT_MS", HEARTBEAT_MS.to_string())
+        .env("RUST_LOG", std::env::var("QUIVER_NODE_LOG").unwrap_or_else(|_| "warn".into()))
+        .envs(extra_env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut admin = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("admin http://") {
+            admin = Some(rest.split('/').next().unwrap().parse().unwrap());
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Node { process: Running(child), addr: format!("127.0.0.1:{port}"), admin: admin.expect("the node did not start") }
+}
+
+/// The first node in `dirs[0]`, then the others with its dev certificate and keys: one cluster, one certificate.
+fn start_cluster(dirs: &[PathBuf], redis: &Redis, extra_env: &[(&str, &str)]) -> Vec<Node> {
+    let first = start_node(&dirs[0], redis, extra_env);
+    let mut nodes = vec![first];
+    for dir in &dirs[1..] {
+        for entry in std::fs::read_dir(&dirs[0]).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name();
+            if entry.file_type().unwrap().is_file() && name != "lock" {
+                std::fs::copy(entry.path(), dir.join(&name)).unwrap();
+            }
+        }
+        nodes.push(start_node(dir, redis, extra_env));
+    }
+    nodes
+}
+
+/// A test's cluster: its Redis, `n` nodes (data directories in `tmp`) and a runtime for its clients.
+struct Cluster {
+    redis: Redis,
+    dirs: Vec<PathBuf>,
+    nodes: Vec<Node>,
+    runtime: tokio::runtime::Runtime,
+    _tmp: tempfile::TempDir,
+}
+
+fn cluster(n: usize, extra_env: &[(&str, &str)]) -> Cluster {
+    let redis = Redis::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.path().join(format!("node{i}"))).collect();
+    for dir in &dirs {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let nodes = start_cluster(&dirs, &redis, extra_env);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    Cluster { redis, dirs, nodes, runtime, _tmp: tmp }
+}
+
+/// `GET path` on the admin listener: the status code.
+fn admin_status(admin: SocketAddr, path: &str) -> u16 {
+    let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+fn options(dir: &Path, name: &str) -> ConnectOptions {
+    ConnectOptions {
+        trust: TrustOptions::Auto { data_dir: dir.to_owned() },
+        name: Some(name.to_string()),
+        connect_timeout: Duration::from_secs(3),
+        reconnect_delay: Duration::from_millis(20),
+        reconnect_max_delay: Duration::from_millis(200),
+        // A killed node is noticed within a second (keep-alives every 200 ms keep live ones talking).
+        tuning: quiver_transport::TransportTuning {
+            keep_alive: Some(Duration::from_millis(200)),
+            ..quiver_transport::TransportTuning::quiver()
+        },
+        dead_server_after: Some(Duration::from_secs(1)),
+        ..ConnectOptions::default()
+    }
+}
+
+/// What one member saw of a room: messages (seq, body) in order, and whether every resume recovered.
+#[derive(Debug, Default)]
+struct Seen {
+    messages: Vec<(u64, String)>,
+    resumed: Vec<bool>,
+    left: Vec<(String, Instant)>,
+}
+
+fn read_room(mut room: quiver_client::Room, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(event) = room.next().await {
+            let mut seen = seen.lock().unwrap();
+            match event {
+                RoomEvent::Message(m) => seen.messages.push((m.seq, String::from_utf8_lossy(&m.body).into_owned())),
+                RoomEvent::Resumed { recovered, .. } => seen.resumed.push(recovered),
+                RoomEvent::MemberLeft { member } => seen.left.push((member, Instant::now())),
+                RoomEvent::MemberJoined { .. } => {}
+            }
+        }
+    })
+}
+
+async fn wait_for(what: &str, within: Duration, check: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < within, "timed out after {within:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every member saw exactly the acknowledged messages, each once, in seq order from 1, with no gap.
+fn check_one_order(acked: &BTreeMap<u64, String>, seen: &[Arc<Mutex<Seen>>]) {
+    let n = acked.len() as u64;
+    assert_eq!(acked.keys().copied().collect::<Vec<_>>(), (1..=n).collect::<Vec<_>>(), "acknowledged seqs");
+    for (i, seen) in seen.iter().enumerate() {
+        let seen = seen.lock().unwrap();
+        let seqs: Vec<u64> = seen.messages.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "member {i} saw a gap, a duplicate or another order");
+        for (seq, body) in &seen.messages {
+            assert_eq!(acked.get(seq), Some(body), "member {i}: seq {seq} is not the message acknowledged with it");
+        }
+        assert!(seen.resumed.iter().all(|recovered| *recovered), "member {i} resumed without recovery");
+    }
+}
+
+#[test]
+fn members_on_three_nodes_chat_in_one_order_through_the_sigkill_of_a_node() {
+    if !redis_available("members_on_three_nodes_chat_in_one_order_through_the_sigkill_of_a_node") {
+        return;
+    }
+    let Cluster { redis: _redis, dirs, nodes, runtime, _tmp } = cluster(3, &[]);
+    runtime.block_on(async {
+        // Each chatter lists its home node first, then the others: the cluster's address list.
+        let list = |home: usize| {
+            let mut order: Vec<&str> = vec![&nodes[home].addr];
+            order.extend((0..3).filter(|i| *i != home).map(|i| nodes[i].addr.as_str()));
+            order.join(",")
+        };
+        let observer = Client::connect_with(&nodes[2].addr, options(&dirs[0], "observer")).await.unwrap();
+        let observed = Arc::new(Mutex::new(Seen::default()));
+        read_room(observer.join("lobby").await.unwrap(), observed.clone());
+        // A member of node 0 that does not come back: the others see it leave when node 0 is found dead.
+        let ghost =
+            Client::connect_with(&nodes[0].addr, ConnectOptions { reconnect: false, ..options(&dirs[0], "ghost") })
+                .await
+                .unwrap();
+        let _ghost_room = ghost.join("lobby").await.unwrap();
+        let acked: Arc<Mutex<BTreeMap<u64, String>>> = Arc::default();
+        let mut seen = vec![observed.clone()];
+        // Everyone joins before anyone posts: every member must see every message.
+        let mut joined = Vec::new();
+        for i in 0..6 {
+            let client =
+                Arc::new(Client::connect_with(&list(i % 3), options(&dirs[0], &format!("chatter-{i}"))).await.unwrap());
+            assert_eq!(client.server_addr().to_string(), nodes[i % 3].addr, "the home node answers first");
+            let mine = Arc::new(Mutex::new(Seen::default()));
+            read_room(client.join("lobby").await.unwrap(), mine.clone());
+            seen.push(mine);
+            joined.push(client);
+        }
+        let mut chatters = Vec::new();
+        for (i, client) in joined.into_iter().enumerate() {
+            let acked = acked.clone();
+            chatters.push(tokio::spawn(async move {
+                for k in 0..30 {
+                    let body = format!("chatter-{i}-{k}");
+                    let seq = client.post("lobby", body.clone()).await.unwrap();
+                    assert!(acked.lock().unwrap().insert(seq, body).is_none(), "seq {seq} acknowledged twice");
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+                client
+            }));
+        }
+        wait_for("a third of the posts are acknowledged", Duration::from_secs(20), || {
+            acked.lock().unwrap().len() >= 60
+        })
+        .await;
+        nodes[0].process.signal("KILL");
+        let killed = Instant::now();
+        let mut clients = Vec::new();
+        for chatter in chatters {
+            clients.push(chatter.await.unwrap());
+        }
+        for (i, client) in clients.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+            assert_ne!(client.server_addr().to_string(), nodes[0].addr, "chatter {i} moved to a live node");
+        }
+        let acked = acked.lock().unwrap().clone();
+        assert_eq!(acked.len(), 180);
+        let everyone_has_all = || seen.iter().all(|s| s.lock().unwrap().messages.len() >= acked.len());
+        let all = tokio::time::timeout(Duration::from_secs(20), async {
+            while !everyone_has_all() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        for (i, s) in seen.iter().enumerate() {
+            let s = s.lock().unwrap();
+            let seqs: Vec<u64> = s.messages.iter().map(|(seq, _)| *seq).collect();
+            let missing: Vec<u64> = (1..=acked.len() as u64).filter(|q| !seqs.contains(q)).collect();
+            eprintln!("member {i}: {} messages, resumed {:?}, missing {missing:?}", seqs.len(), s.resumed);
+        }
+        assert!(all.is_ok(), "every member has every message within 20 s");
+        check_one_order(&acked, &seen);
+        let expiry = Duration::from_millis(EXPIRY_MS + 4 * HEARTBEAT_MS) + Duration::from_secs(2);
+        let ghost_left = || observed.lock().unwrap().left.iter().any(|(member, _)| member == "ghost");
+        wait_for("the observer sees the dead node's member leave", expiry, ghost_left).await;
+        let left_after = observed.lock().unwrap().left.iter().find(|(m, _)| m == "ghost").map(|(_, at)| *at - killed);
+        eprintln!("ghost left {left_after:?} after the kill (expiry {EXPIRY_MS} ms)");
+        // Presence now, as a newcomer on another live node sees it: every chatter (those of node 0 rejoined on
+        // another node), not the ghost
+        // (and, noticing the kill within a second, well before the expiry: not seen leaving at all).
+        let gone: Vec<String> = observed.lock().unwrap().left.iter().map(|(m, _)| m.clone()).collect();
+        assert!(!gone.iter().any(|m| m.starts_with("chatter")), "a member that moved nodes was seen leaving: {gone:?}");
+        let newcomer = Client::connect_with(&nodes[1].addr, options(&dirs[0], "newcomer")).await.unwrap();
+        let members = newcomer.join("lobby").await.unwrap().members();
+        let mut expected: Vec<String> = (0..6).map(|i| format!("chatter-{i}")).collect();
+        expected.extend(["newcomer".to_string(), "observer".to_string()]);
+        expected.sort();
+        assert_eq!(members, expected);
+        newcomer.close().await;
+        for client in clients {
+            Arc::try_unwrap(client).unwrap().close().await;
+        }
+    });
+}
+
+#[test]
+fn posts_while_redis_is_unreachable_are_refused_as_unavailable_and_nothing_acknowledged_is_lost() {
+    if !redis_available("posts_while_redis_is_unreachable_are_refused_as_unavailable_and_nothing_acknowledged_is_lost")
+    {
+        return;
+    }
+    let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(2, &[("QUIVER_BROKER_REQUEST_TIMEOUT_MS", "300")]);
+    runtime.block_on(async {
+        let reader = Client::connect_with(&nodes[1].addr, options(&dirs[0], "reader")).await.unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        read_room(reader.join("ops").await.unwrap(), seen.clone());
+        let acked: Arc<Mutex<BTreeMap<u64, String>>> = Arc::default();
+        let mut writers = Vec::new();
+        for w in 0..2 {
+            let client = Client::connect_with(&nodes[0].addr, options(&dirs[0], &format!("writer-{w}"))).await.unwrap();
+            let acked = acked.clone();
+            writers.push(tokio::spawn(async move {
+                for k in 0..100 {
+                    let body = format!("writer-{w}-{k}");
+                    let seq = client.post("ops", body.clone()).await.unwrap();
+                    assert!(acked.lock().unwrap().insert(seq, body).is_none(), "seq {seq} acknowledged twice");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                client.close().await;
+            }));
+        }
+        assert_eq!(admin_status(nodes[0].admin, "/readyz"), 200);
+        // Pub/Sub is at-most-once: cut the nodes' subscriptions twice; what was published meanwhile is filled in
+        // from the room's stream.
+        for _ in 0..2 {
+            wait_for("some posts", Duration::from_secs(10), || !acked.lock().unwrap().is_empty()).await;
+            let killed: u64 = redis.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub")).unwrap();
+            assert!(killed >= 2, "both nodes hold a Pub/Sub connection");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Redis stops answering.
+        redis.process.signal("STOP");
+        let probe = Client::connect_with(&nodes[0].addr, options(&dirs[0], "prober")).await.unwrap();
+        let post = |id: u64| RequestBody::Post(Post { room: "ops".into(), client_msg_id: id, body: "probe".into() });
+        let refused = probe.request(post(7)).await;
+        match refused {
+            Err(RequestError::Failed(failure)) => assert_eq!(failure.code, ErrorCode::Unavailable, "{failure:?}"),
+            other => panic!("a post while Redis is stopped: {other:?}"),
+        }
+        wait_for("readyz reports not ready", Duration::from_secs(5), || admin_status(nodes[0].admin, "/readyz") == 503)
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        redis.process.signal("CONT");
+        // The refused post, retried with its client_msg_id, is sequenced once (the stopped Redis may have run the
+        // first attempt after all: then the retry gets that seq back).
+        let retried = loop {
+            match probe.request(post(7)).await {
+                Ok(Reply::Posted { seq, .. }) => break seq,
+                Err(RequestError::Failed(f)) if f.code == ErrorCode::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                other => panic!("the retried post: {other:?}"),
+            }
+        };
+        let again = probe.request(post(7)).await.unwrap();
+        assert!(matches!(again, Reply::Posted { seq, duplicate: true, .. } if seq == retried), "{again:?}");
+        acked.lock().unwrap().insert(retried, "probe".into());
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        wait_for("readyz reports ready again", Duration::from_secs(5), || {
+            admin_status(nodes[0].admin, "/readyz") == 200
+        })
+        .await;
+        let acked = acked.lock().unwrap().clone();
+        assert_eq!(acked.len(), 201);
+        wait_for("the reader has every message", Duration::from_secs(20), || {
+            seen.lock().unwrap().messages.len() >= acked.len()
+        })
+        .await;
+        check_one_order(&acked, &[seen]);
+        // History (read through the other node) holds each acknowledged post once, with its seq.
+        let mut history: HashMap<u64, String> = HashMap::new();
+        let mut since = None;
+        loop {
+            let page = reader.history("ops", since, 100).await.unwrap();
+            for message in &page.messages {
+                if let quiver_proto::EventKind::Message { body, .. } = &message.kind {
+                    assert!(history.insert(message.seq, String::from_utf8_lossy(body).into_owned()).is_none());
+                }
+            }
+            since = page.messages.last().map(|m| m.seq);
+            if !page.more || page.messages.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(history.len(), acked.len());
+        for (seq, body) in &acked {
+            assert_eq!(history.get(seq), Some(body), "seq {seq} in history");
+        }
+        probe.close().await;
+        reader.close().await;
+    });
+}
+
+#[test]
+fn ticks_cross_nodes_only_where_another_node_subscribes_and_stay_latest_wins() {
+    if !redis_available("ticks_cross_nodes_only_where_another_node_subscribes_and_stay_latest_wins") {
+        return;
+    }
+    let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(2, &[]);
+    runtime.block_on(async {
+        let publisher_client = Client::connect_with(&nodes[0].addr, options(&dirs[0], "feed")).await.unwrap();
+        let local_client = Client::connect_with(&nodes[0].addr, options(&dirs[0], "local")).await.unwrap();
+        let mut local = local_client.subscribe("prices").await.unwrap();
+        let publisher = publisher_client.publisher("prices").await.unwrap();
+        // Interest announcements settle.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = redis.publishes();
+        for k in 0..50u32 {
+            publisher.send(k.to_string()).unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let last = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let tick = local.next().await;
+                if tick.payload.as_ref() == b"49" {
+                    break tick;
+                }
+            }
+        })
+        .await
+        .expect("the local subscriber gets the ticks");
+        assert_eq!(last.payload.as_ref(), b"49");
+        assert_eq!(redis.publishes(), before, "no other node subscribes: nothing may go through Redis");
+
+        // A subscriber on node 1: ticks are relayed to it, conflated (the newest always arrives).
+        let remote_client = Client::connect_with(&nodes[1].addr, options(&dirs[0], "remote")).await.unwrap();
+        let mut remote = remote_client.subscribe("prices").await.unwrap();
+        let started = Instant::now();
+        let mut k = 1000u32;
+        loop {
+            publisher.send(k.to_string()).unwrap();
+            k += 1;
+            if tokio::time::timeout(Duration::from_millis(20), remote.next()).await.is_ok() {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "no tick crossed to node 1");
+        }
+        let burst_start = redis.publishes();
+        for n in 0..500u32 {
+            publisher.send(format!("burst-{n}")).unwrap();
+        }
+        let newest = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let tick = remote.next().await;
+                if tick.payload.as_ref() == b"burst-499" {
+                    break tick;
+                }
+            }
+        })
+        .await
+        .expect("the newest tick of the burst reaches node 1");
+        assert_eq!(newest.payload.as_ref(), b"burst-499");
+        let relayed = redis.publishes() - burst_start;
+        eprintln!("a burst of 500 ticks crossed nodes in {relayed} PUBLISHes");
+        assert!(relayed >= 1);
+        // Once node 1's subscriber leaves, node 0 stops relaying.
+        remote.unsubscribe().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = redis.publishes();
+        for n in 0..50u32 {
+            publisher.send(format!("after-{n}")).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(redis.publishes(), after, "nobody on another node subscribes any more");
+        publisher_client.close().await;
+        local_client.close().await;
+        remote_client.close().await;
+    });
+}
+
+#[test]
+fn a_room_whose_stream_redis_lost_starts_a_new_epoch_and_its_members_resume_unrecovered() {
+    if !redis_available("a_room_whose_stream_redis_lost_starts_a_new_epoch_and_its_members_resume_unrecovered") {
+        return;
+    }
+    let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(1, &[]);
+    runtime.block_on(async {
+        let member = Client::connect_with(&nodes[0].addr, options(&dirs[0], "member")).await.unwrap();
+        let mut room = member.join("fragile").await.unwrap();
+        let poster = Client::connect_with(&nodes[0].addr, options(&dirs[0], "poster")).await.unwrap();
+        for k in 1..=3u64 {
+            assert_eq!(poster.post("fragile", format!("old-{k}")).await.unwrap(), k);
+        }
+        let first_epoch = poster.history("fragile", None, 10).await.unwrap().epoch;
+        // Redis loses the room's stream (eviction, a flush, a failover to a replica without it).
+        let deleted: u64 = redis.query(redis::cmd("DEL").arg("q:{fragile}:log")).unwrap();
+        assert_eq!(deleted, 1);
+        assert_eq!(poster.post("fragile", "new-1").await.unwrap(), 1, "a new epoch starts at seq 1");
+        let page = poster.history("fragile", None, 10).await.unwrap();
+        assert_ne!(page.epoch, first_epoch);
+        assert_eq!(page.messages.len(), 1);
+        // The member's node sees the new epoch: the member is told to rejoin, and its resume is not recovered.
+        let resumed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match room.next().await {
+                    Some(RoomEvent::Resumed { recovered, epoch }) => break (recovered, epoch),
+                    Some(_) => {}
+                    None => panic!("the room ended"),
+                }
+            }
+        })
+        .await
+        .expect("the member resumes");
+        assert_eq!(resumed, (false, page.epoch));
+        let next = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(RoomEvent::Message(m)) = room.next().await {
+                    break m;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!((next.seq, next.epoch, next.body.as_ref()), (1, page.epoch, &b"new-1"[..]));
+        member.close().await;
+        poster.close().await;
+    });
+}

@@ -2,7 +2,9 @@
 //! members on different nodes chat in one order through a SIGKILL of a node (its clients move to the others and
 //! resume without a gap or a duplicate, and its members leave within the presence expiry); Redis stopped and its
 //! Pub/Sub connections cut during posting (posts refused with `Unavailable` and retried, nothing acknowledged lost
-//! or doubled); ticks crossing nodes only where another node subscribes.
+//! or doubled); a room whose stream Redis lost starting a new epoch; a node cut off from Redis (through a relay
+//! that stalls) for longer than the presence expiry, buried by the others and coming back with its members; ticks
+//! crossing nodes only where another node subscribes.
 //!
 //! Needs `redis-server` (Debian's `redis-server` package; `.ci/run` installs it): without it the tests skip loudly,
 //! or fail under `QUIVER_REQUIRE_ALL=1`. The server binary is `QUIVER_SERVER_BIN` when set, else this package's
@@ -123,20 +125,12 @@ struct Node {
     admin: SocketAddr,
 }
 
-/// Starts a node on `redis` with `dir` as its data directory (which must hold the cluster's dev certificate and
-/// token key when it is not the first node's).
-fn start_node(dir: &Path, redis: &Redis, extra_env: &[(&str, &str)]) -> Node {
+/// Starts a node on the Redis at `broker` with `dir` as its data directory (which must hold the cluster's dev
+/// certificate and token key when it is not the first node's).
+fn start_node(dir: &Path, broker: &str, extra_env: &[(&str, &str)]) -> Node {
     let port = free_udp_port();
     let mut child = Command::new(server_bin())
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--no-web",
-            "--admin",
-            "127.0.0.1:0",
-            "--broker",
-            &redis.url(),
-        ])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--no-web", "--admin", "127.0.0.1:0", "--broker", broker])
         .arg("--data-dir")
         .arg(dir)
         .env("QUIVER_BROKER_PRESENCE_EXPIRY_MS", EXPIRY_MS.to_string())
@@ -161,10 +155,11 @@ fn start_node(dir: &Path, redis: &Redis, extra_env: &[(&str, &str)]) -> Node {
 }
 
 /// The first node in `dirs[0]`, then the others with its dev certificate and keys: one cluster, one certificate.
-fn start_cluster(dirs: &[PathBuf], redis: &Redis, extra_env: &[(&str, &str)]) -> Vec<Node> {
-    let first = start_node(&dirs[0], redis, extra_env);
+/// Node `i` reaches Redis at `brokers[i]`.
+fn start_cluster(dirs: &[PathBuf], brokers: &[String], extra_env: &[(&str, &str)]) -> Vec<Node> {
+    let first = start_node(&dirs[0], &brokers[0], extra_env);
     let mut nodes = vec![first];
-    for dir in &dirs[1..] {
+    for (dir, broker) in dirs[1..].iter().zip(&brokers[1..]) {
         for entry in std::fs::read_dir(&dirs[0]).unwrap() {
             let entry = entry.unwrap();
             let name = entry.file_name();
@@ -172,7 +167,7 @@ fn start_cluster(dirs: &[PathBuf], redis: &Redis, extra_env: &[(&str, &str)]) ->
                 std::fs::copy(entry.path(), dir.join(&name)).unwrap();
             }
         }
-        nodes.push(start_node(dir, redis, extra_env));
+        nodes.push(start_node(dir, broker, extra_env));
     }
     nodes
 }
@@ -193,7 +188,7 @@ fn cluster(n: usize, extra_env: &[(&str, &str)]) -> Cluster {
     for dir in &dirs {
         std::fs::create_dir_all(dir).unwrap();
     }
-    let nodes = start_cluster(&dirs, &redis, extra_env);
+    let nodes = start_cluster(&dirs, &vec![redis.url(); n], extra_env);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     Cluster { redis, dirs, nodes, runtime, _tmp: tmp }
 }
@@ -594,5 +589,125 @@ fn a_room_whose_stream_redis_lost_starts_a_new_epoch_and_its_members_resume_unre
         assert_eq!((next.seq, next.epoch, next.body.as_ref()), (1, page.epoch, &b"new-1"[..]));
         member.close().await;
         poster.close().await;
+    });
+}
+
+/// A TCP relay to Redis that can be cut: while cut, it holds what it reads instead of forwarding it (a partition:
+/// connections stay open, nothing gets through, and what was sent arrives once it heals).
+struct Partition {
+    addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Partition {
+    async fn start(upstream: u16) -> Partition {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let relay_cut = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(Partition::pipe(client_read, server_write, relay_cut.clone()));
+                tokio::spawn(Partition::pipe(server_read, client_write, relay_cut.clone()));
+            }
+        });
+        Partition { addr, cut }
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        cut: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while cut.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn set(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_redis_longer_than_the_expiry_is_buried_and_comes_back_with_its_members() {
+    if !redis_available("a_node_cut_off_from_redis_longer_than_the_expiry_is_buried_and_comes_back_with_its_members") {
+        return;
+    }
+    let redis = Redis::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("node{i}"))).collect();
+    for dir in &dirs {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let partition = runtime.block_on(Partition::start(redis.port));
+    // Node 1 reaches Redis through the partition.
+    let brokers = [redis.url(), format!("redis://{}", partition.addr)];
+    let nodes = start_cluster(&dirs, &brokers, &[("QUIVER_BROKER_REQUEST_TIMEOUT_MS", "300")]);
+    runtime.block_on(async {
+        let observer = Client::connect_with(&nodes[0].addr, options(&dirs[0], "observer")).await.unwrap();
+        let observed = Arc::new(Mutex::new(Seen::default()));
+        read_room(observer.join("island").await.unwrap(), observed.clone());
+        let islander = Client::connect_with(&nodes[1].addr, options(&dirs[0], "islander")).await.unwrap();
+        let mut island = islander.join("island").await.unwrap();
+        assert_eq!(island.members(), ["islander", "observer"]);
+        partition.set(true);
+        let cut = Instant::now();
+        let left = || observed.lock().unwrap().left.iter().any(|(m, _)| m == "islander");
+        let within = Duration::from_millis(EXPIRY_MS + 4 * HEARTBEAT_MS) + Duration::from_secs(2);
+        wait_for("the others bury the cut-off node (its member leaves)", within, left).await;
+        eprintln!("buried {:?} after the cut", cut.elapsed());
+        assert_eq!(admin_status(nodes[1].admin, "/readyz"), 503, "the cut-off node is not ready");
+        partition.set(false);
+        // Back: the node finds it was buried and counts its members again; its Pub/Sub, stalled by the cut, is
+        // made again. Everyone sees the islander present, and its posts reach the others.
+        let newcomer = Client::connect_with(&nodes[0].addr, options(&dirs[0], "newcomer")).await.unwrap();
+        let started = Instant::now();
+        loop {
+            let present = match newcomer.join("island").await {
+                Ok(room) => {
+                    let present = room.members().contains(&"islander".to_string());
+                    room.leave().await.unwrap();
+                    present
+                }
+                Err(_) => false,
+            };
+            if present {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "the islander never came back");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        wait_for("node 1 is ready again", Duration::from_secs(10), || admin_status(nodes[1].admin, "/readyz") == 200)
+            .await;
+        let seq = islander.post("island", "back").await.unwrap();
+        let got = || observed.lock().unwrap().messages.iter().any(|(s, b)| *s == seq && b == "back");
+        wait_for("the observer gets the islander's post", Duration::from_secs(10), got).await;
+        // The islander's own room kept going (resumed if its node reset it), without a gap.
+        let mut seqs = Vec::new();
+        while let Some(event) = island.try_next() {
+            if let RoomEvent::Message(m) = event {
+                seqs.push(m.seq);
+            }
+        }
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+        newcomer.close().await;
+        islander.close().await;
+        observer.close().await;
     });
 }

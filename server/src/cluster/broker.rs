@@ -78,7 +78,8 @@ struct Hooks {
 pub struct Broker {
     config: BrokerConfig,
     client: redis::Client,
-    conn: ConnectionManager,
+    /// The command connection (replaced when it stops answering: see the heartbeat).
+    conn: Mutex<ConnectionManager>,
     node: String,
     handlers: Mutex<HashMap<String, Arc<dyn ChannelHandler>>>,
     sink: Mutex<Option<PubSubSink>>,
@@ -108,17 +109,12 @@ impl Broker {
     pub fn new(config: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
         let url_error = |source| BrokerError::Url { url: super::BrokerSettings::redact(&config.url), source };
         let client = redis::Client::open(config.url.as_str()).map_err(url_error)?;
-        let manager = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.request_timeout))
-            .set_connection_timeout(Some(config.request_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager).map_err(url_error)?;
+        let conn = Broker::command_connection(&client, &config).map_err(url_error)?;
         let node = format!("{:016x}", rand::random::<u64>());
         let broker = Arc::new(Broker {
             config,
             client,
-            conn,
+            conn: Mutex::new(conn),
             node,
             handlers: Mutex::new(HashMap::new()),
             sink: Mutex::new(None),
@@ -154,7 +150,17 @@ impl Broker {
 
     /// A handle on the command connection (cheap: the connection is shared and pipelined).
     pub(crate) fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+        lock(&self.conn).clone()
+    }
+
+    /// A reconnecting, pipelined command connection (connected on first use).
+    fn command_connection(client: &redis::Client, config: &BrokerConfig) -> redis::RedisResult<ConnectionManager> {
+        let manager = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.request_timeout))
+            .set_connection_timeout(Some(config.request_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        ConnectionManager::new_lazy_with_config(client.clone(), manager)
     }
 
     /// Counts a failed request; the error becomes the reason given to clients.
@@ -344,6 +350,7 @@ impl Broker {
 
     async fn heartbeat(self: Arc<Self>) {
         let mut beats = 0u64;
+        let mut failed_beats = 0u32;
         let mut interval = tokio::time::interval(self.config.heartbeat);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -353,30 +360,51 @@ impl Broker {
             }
             let now_ms = crate::now_us() / 1000;
             let mut conn = self.conn();
-            let beat = tokio::time::timeout(
-                self.config.request_timeout,
-                conn.zadd::<_, _, _, u64>(keys::NODES, &self.node, now_ms),
-            )
-            .await;
-            let added = match beat {
-                Ok(Ok(added)) => added,
-                Ok(Err(err)) => {
+            // The beat, and this node's mark: burying deletes the mark, so a node that finds it gone was buried
+            // (a late write from before a partition cannot bring it back: it is only ever set if still there).
+            let mut pipe = redis::pipe();
+            pipe.zadd(keys::NODES, &self.node, now_ms).ignore();
+            match beats {
+                0 => pipe.cmd("SET").arg(keys::node_mark(&self.node)).arg(1),
+                _ => pipe.cmd("SET").arg(keys::node_mark(&self.node)).arg(1).arg("XX"),
+            };
+            let beat =
+                tokio::time::timeout(self.config.request_timeout, pipe.query_async::<(Option<String>,)>(&mut conn))
+                    .await;
+            let marked = match beat {
+                Ok(Ok((marked,))) => marked.is_some(),
+                failed => {
+                    if let Ok(Err(err)) = failed {
+                        self.failed(&err);
+                    }
                     self.heartbeat_ok.store(false, Ordering::Relaxed);
-                    self.failed(&err);
-                    continue;
-                }
-                Err(_) => {
-                    self.heartbeat_ok.store(false, Ordering::Relaxed);
+                    failed_beats += 1;
+                    // A connection that stalled (a partition: requests written and never answered) can stay
+                    // wedged after the path heals; three missed beats in a row get a new one.
+                    if failed_beats.is_multiple_of(3) {
+                        tracing::warn!(failed_beats, "the broker does not answer; making the command connection again");
+                        if let Ok(conn) = Broker::command_connection(&self.client, &self.config) {
+                            *lock(&self.conn) = conn;
+                        }
+                    }
                     continue;
                 }
             };
+            failed_beats = 0;
             self.heartbeat_ok.store(true, Ordering::Relaxed);
             if beats == 0 {
                 self.check_version().await;
             }
             self.check_pubsub().await;
-            if added == 1 && beats > 0 {
+            if !marked {
                 tracing::warn!(node = %self.node, "this node was declared dead by the others; announcing its members again");
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET").arg(keys::node_mark(&self.node)).arg(1).ignore();
+                pipe.zadd(keys::NODES, &self.node, crate::now_us() / 1000).ignore();
+                if let Err(err) = pipe.query_async::<()>(&mut conn).await {
+                    self.failed(&err);
+                    continue;
+                }
                 let hooks = lock(&self.hooks).revived.clone();
                 tokio::spawn(async move {
                     for hook in hooks {
@@ -386,14 +414,15 @@ impl Broker {
             }
             beats += 1;
             let expiry_ms = self.config.presence_expiry.as_millis() as u64;
-            let dead: Vec<String> =
-                match conn.zrangebyscore(keys::NODES, "-inf", now_ms.saturating_sub(expiry_ms)).await {
-                    Ok(dead) => dead,
-                    Err(err) => {
-                        self.failed(&err);
-                        continue;
-                    }
-                };
+            let silent = conn.zrangebyscore(keys::NODES, "-inf", now_ms.saturating_sub(expiry_ms));
+            let dead: Vec<String> = match tokio::time::timeout(self.config.request_timeout, silent).await {
+                Ok(Ok(dead)) => dead,
+                Ok(Err(err)) => {
+                    self.failed(&err);
+                    continue;
+                }
+                Err(_) => continue,
+            };
             // Each on its own task: a dead node with many rooms must not hold up this node's own heartbeat.
             for node in dead.into_iter().filter(|n| *n != self.node) {
                 if lock(&self.burying).insert(node.clone()) {
@@ -425,6 +454,8 @@ impl Broker {
             .del(keys::node_rooms(&node))
             .ignore()
             .del(keys::node_ticks(&node))
+            .ignore()
+            .del(keys::node_mark(&node))
             .ignore()
             .zrem(keys::NODES, &node)
             .ignore()

@@ -12,6 +12,7 @@
 //! | `q:nodes` | sorted set | node id → last heartbeat (ms since the Unix epoch) |
 //! | `q:node:<node>:rooms` | set | rooms where the node holds members |
 //! | `q:node:<node>:ticks` | set | tick channels the node has subscribers on |
+//! | `q:node:<node>:mark` | string | set by the node's first beat, deleted when it is buried |
 //! | `q:ticks:<channel>` | channel | ticks relayed between nodes |
 //! | `q:control` | channel | `+ <node> <channel>`, `- <node> <channel>`, `dead <node>` |
 
@@ -82,6 +83,11 @@ pub fn node_rooms(node: &str) -> String {
 /// `q:node:<node>:ticks`.
 pub fn node_ticks(node: &str) -> String {
     format!("q:node:{node}:ticks")
+}
+
+/// `q:node:<node>:mark`: set by the node, deleted when it is buried.
+pub fn node_mark(node: &str) -> String {
+    format!("q:node:{node}:mark")
 }
 
 /// `q:ticks:<channel>`.

@@ -1,9 +1,9 @@
 //! This node's link to Redis: a reconnecting, pipelined connection for commands and scripts; one Pub/Sub connection,
 //! re-established with backoff and re-subscribed to every channel a handler holds (each handler is then told, to
 //! fill what it may have missed: Pub/Sub is at-most-once); and the heartbeat: every `heartbeat` the node stamps its
-//! entry in `q:nodes` and buries nodes that have not beaten for `presence_expiry` (their members leave, their tick
-//! interest is dropped). A node that finds itself buried (it was cut off from Redis for longer than the expiry)
-//! announces its members again.
+//! entry in `q:{nodes}` (on Redis' clock) and buries nodes that have not beaten for `presence_expiry` (their
+//! members leave, their tick interest is dropped). A node that finds itself buried (it was cut off from Redis for
+//! longer than the expiry) announces its members again.
 
 use std::{
     collections::HashMap,
@@ -23,7 +23,7 @@ use redis::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::keys;
+use super::{keys, scripts};
 use crate::hub::lock::lock;
 
 /// A boxed future, as handlers and hooks return them.
@@ -66,7 +66,9 @@ pub(crate) trait ChannelHandler: Send + Sync {
 
 /// Cleans up after a dead node; false when it could not finish (the node stays listed, to be tried again).
 type DeadHook = Arc<dyn Fn(String) -> BoxFuture<'static, bool> + Send + Sync>;
-type RevivedHook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+/// Counts this node's members again after it was buried; false when it could not finish (tried again at the next
+/// heartbeat).
+type RevivedHook = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
 
 #[derive(Default)]
 struct Hooks {
@@ -349,8 +351,18 @@ impl Broker {
     }
 
     async fn heartbeat(self: Arc<Self>) {
-        let mut beats = 0u64;
+        // The mark is created by the first beat that reaches Redis, then only refreshed (`SET XX`): burying deletes
+        // it, so a beat that finds it gone tells this node it was buried (a late write from before a partition
+        // cannot bring it back). The token makes the mark this incarnation's: a lost reply to the first `SET`
+        // followed by a burial is told apart too.
+        let token = format!("{:016x}", rand::random::<u64>());
+        let mut first = true;
+        // Whether the mark exists (the beats only check it) or is to be made (the first beat, and after a burial).
+        let mut refresh = false;
+        // Set when this node found itself buried, until every revive hook succeeded (they are idempotent).
+        let mut announce_due = false;
         let mut failed_beats = 0u32;
+        let checking_pubsub = Arc::new(AtomicBool::new(false));
         let mut interval = tokio::time::interval(self.config.heartbeat);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -358,21 +370,16 @@ impl Broker {
                 _ = interval.tick() => {}
                 () = self.stop.cancelled() => return,
             }
-            let now_ms = crate::now_us() / 1000;
             let mut conn = self.conn();
-            // The beat, and this node's mark: burying deletes the mark, so a node that finds it gone was buried
-            // (a late write from before a partition cannot bring it back: it is only ever set if still there).
-            let mut pipe = redis::pipe();
-            pipe.zadd(keys::NODES, &self.node, now_ms).ignore();
-            match beats {
-                0 => pipe.cmd("SET").arg(keys::node_mark(&self.node)).arg(1),
-                _ => pipe.cmd("SET").arg(keys::node_mark(&self.node)).arg(1).arg("XX"),
-            };
-            let beat =
-                tokio::time::timeout(self.config.request_timeout, pipe.query_async::<(Option<String>,)>(&mut conn))
-                    .await;
-            let marked = match beat {
-                Ok(Ok((marked,))) => marked.is_some(),
+            let mut invocation = scripts::BEAT_SCRIPT.prepare_invoke();
+            invocation.key(keys::NODES).key(keys::node_mark(&self.node)).arg(&self.node).arg(&token).arg(if refresh {
+                "refresh"
+            } else {
+                "create"
+            });
+            let beat = invocation.invoke_async::<(u64, u8)>(&mut conn);
+            let (now_ms, marked) = match tokio::time::timeout(self.config.request_timeout, beat).await {
+                Ok(Ok(beat)) => beat,
                 failed => {
                     if let Ok(Err(err)) = failed {
                         self.failed(&err);
@@ -392,28 +399,35 @@ impl Broker {
             };
             failed_beats = 0;
             self.heartbeat_ok.store(true, Ordering::Relaxed);
-            if beats == 0 {
+            if first {
+                first = false;
                 self.check_version().await;
             }
-            self.check_pubsub().await;
-            if !marked {
+            if refresh && marked == 0 {
                 tracing::warn!(node = %self.node, "this node was declared dead by the others; announcing its members again");
-                let mut pipe = redis::pipe();
-                pipe.cmd("SET").arg(keys::node_mark(&self.node)).arg(1).ignore();
-                pipe.zadd(keys::NODES, &self.node, crate::now_us() / 1000).ignore();
-                if let Err(err) = pipe.query_async::<()>(&mut conn).await {
-                    self.failed(&err);
-                    continue;
-                }
+                announce_due = true;
+            }
+            // A beat that made the mark (or found it) is followed by beats that only check it; one that found it
+            // gone is followed by one that makes it again.
+            refresh = marked == 1;
+            if announce_due {
                 let hooks = lock(&self.hooks).revived.clone();
+                let mut done = true;
+                for hook in hooks {
+                    done &= hook().await;
+                }
+                announce_due = !done;
+            }
+            // Off the beat's path: a PING that takes the whole timeout must not delay the next beat.
+            if !checking_pubsub.swap(true, Ordering::Relaxed) {
+                let (me, flag) = (self.clone(), checking_pubsub.clone());
                 tokio::spawn(async move {
-                    for hook in hooks {
-                        hook().await;
-                    }
+                    me.check_pubsub().await;
+                    flag.store(false, Ordering::Relaxed);
                 });
             }
-            beats += 1;
             let expiry_ms = self.config.presence_expiry.as_millis() as u64;
+            // Redis' own clock: nodes' clocks may disagree.
             let silent = conn.zrangebyscore(keys::NODES, "-inf", now_ms.saturating_sub(expiry_ms));
             let dead: Vec<String> = match tokio::time::timeout(self.config.request_timeout, silent).await {
                 Ok(Ok(dead)) => dead,
@@ -451,6 +465,7 @@ impl Broker {
         }
         let mut conn = self.conn();
         let done: redis::RedisResult<()> = redis::pipe()
+            .atomic()
             .del(keys::node_rooms(&node))
             .ignore()
             .del(keys::node_ticks(&node))

@@ -9,15 +9,15 @@
 //! | `q:{room}:holders:<node>` | hash | subscription id → identity, for that node's subscriptions |
 //! | `q:{room}:d:<identity>:<client_msg_id>` | string | `<epoch>:<seq>`, expiring after the dedupe window |
 //! | `q:{room}:events` | channel | every event of the room, in script order |
-//! | `q:nodes` | sorted set | node id → last heartbeat (ms since the Unix epoch) |
+//! | `q:{nodes}` | sorted set | node id → last heartbeat (ms since the Unix epoch) |
 //! | `q:node:<node>:rooms` | set | rooms where the node holds members |
 //! | `q:node:<node>:ticks` | set | tick channels the node has subscribers on |
-//! | `q:node:<node>:mark` | string | set by the node's first beat, deleted when it is buried |
+//! | `q:{nodes}:mark:<node>` | string | the node's token, set by its beats, deleted when it is buried |
 //! | `q:ticks:<channel>` | channel | ticks relayed between nodes |
 //! | `q:control` | channel | `+ <node> <channel>`, `- <node> <channel>`, `dead <node>` |
 
 /// The sorted set of live nodes.
-pub const NODES: &str = "q:nodes";
+pub const NODES: &str = "q:{nodes}";
 /// The channel of interest announcements.
 pub const CONTROL: &str = "q:control";
 
@@ -87,7 +87,7 @@ pub fn node_ticks(node: &str) -> String {
 
 /// `q:node:<node>:mark`: set by the node, deleted when it is buried.
 pub fn node_mark(node: &str) -> String {
-    format!("q:node:{node}:mark")
+    format!("q:{{nodes}}:mark:{node}")
 }
 
 /// `q:ticks:<channel>`.

@@ -95,6 +95,9 @@ pub(super) struct NodeState {
     pub(super) recent: VecDeque<(u64, Bytes)>,
     /// The newest events that arrived while the room was not live.
     pub(super) pending: VecDeque<Published>,
+    /// The epoch and op of the newest event that reached this node (delivered, dropped or pending): a join that
+    /// sets the room live behind it must find every event since in `pending`.
+    pub(super) seen: (u64, u64),
 }
 
 /// What an event means for where the node stands in the room's order.
@@ -228,7 +231,10 @@ impl NodeRoom {
     /// must follow on (ops too: a hole between them is a presence event missed). Resets the room's subscriptions
     /// when that cannot be done.
     pub(super) async fn fill(&self, upto: u64) {
-        let after = lock(&self.state).last_seq;
+        let (after, epoch) = {
+            let state = lock(&self.state);
+            (state.last_seq, state.epoch)
+        };
         if after >= upto {
             return;
         }
@@ -243,7 +249,7 @@ impl NodeRoom {
         let mut delivery = Delivery::default();
         {
             let mut state = lock(&self.state);
-            if !state.live || state.last_seq != after {
+            if !state.live || state.last_seq != after || state.epoch != epoch {
                 return;
             }
             let mut entries = read.unwrap_or_default().into_iter();
@@ -273,6 +279,10 @@ impl NodeRoom {
         let mut delivery = Delivery::default();
         let fill = {
             let mut state = lock(&self.state);
+            state.seen = match state.seen {
+                (epoch, op) if epoch == published.epoch => (epoch, op.max(published.op)),
+                _ => (published.epoch, published.op),
+            };
             if !state.live {
                 if state.pending.len() == RECENT {
                     state.pending.pop_front();
@@ -304,20 +314,38 @@ impl NodeRoom {
         if !lock(&self.state).live {
             return;
         }
-        let mut conn = self.ctx.broker.conn();
-        let meta: redis::RedisResult<(Option<String>, Option<u64>, Option<u64>)> =
-            redis::cmd("HMGET").arg(&self.keys.meta).arg("epoch").arg("seq").arg("op").query_async(&mut conn).await;
-        let (epoch, seq, op) = match meta {
-            Ok((Some(epoch), Some(seq), Some(op))) => (epoch.parse::<u64>().ok(), seq, op),
-            _ => (None, 0, 0),
-        };
+        // On a task of its own: the Pub/Sub loop goes on to what Redis queued meanwhile.
         tokio::spawn(async move {
-            tokio::time::sleep(RESUBSCRIBE_GRACE).await;
-            let behind = {
-                let state = lock(&self.state);
-                state.live && (epoch != Some(state.epoch) || state.last_op < op)
+            let mut meta = None;
+            for _ in 0..3 {
+                let mut conn = self.ctx.broker.conn();
+                let read: redis::RedisResult<(Option<String>, Option<u64>, Option<u64>)> = redis::cmd("HMGET")
+                    .arg(&self.keys.meta)
+                    .arg("epoch")
+                    .arg("seq")
+                    .arg("op")
+                    .query_async(&mut conn)
+                    .await;
+                match read {
+                    Ok(read) => {
+                        meta = Some(read);
+                        break;
+                    }
+                    Err(err) => {
+                        let _ = self.ctx.broker.failed(&err);
+                        tokio::time::sleep(RESUBSCRIBE_GRACE / 4).await;
+                    }
+                }
+            }
+            // Unreadable: the next event of the room shows any gap.
+            let Some(meta) = meta else { return };
+            let (epoch, seq, op) = match meta {
+                (Some(epoch), Some(seq), Some(op)) => (epoch.parse::<u64>().ok(), seq, op),
+                _ => (None, 0, 0),
             };
-            if !behind {
+            tokio::time::sleep(RESUBSCRIBE_GRACE).await;
+            let behind = |state: &NodeState| state.live && (epoch != Some(state.epoch) || state.last_op < op);
+            if !behind(&lock(&self.state)) {
                 return;
             }
             if epoch == Some(lock(&self.state).epoch) {
@@ -325,7 +353,7 @@ impl NodeRoom {
             }
             let delivery = {
                 let mut state = lock(&self.state);
-                match state.live && (epoch != Some(state.epoch) || state.last_op < op) {
+                match behind(&state) {
                     true => self.reset(&mut state, "events missed while the broker's Pub/Sub was down"),
                     false => Delivery::default(),
                 }

@@ -165,24 +165,31 @@ async fn join_script(
 }
 
 /// This node was buried while cut off from Redis: its subscriptions are counted again (idempotent per
-/// subscription; one that left meanwhile is ended again).
-async fn announce(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>>) {
+/// subscription; one that left meanwhile is ended again). False when Redis failed on any (all are tried again).
+async fn announce(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>>) -> bool {
     let rooms: Vec<Arc<NodeRoom>> = lock(&rooms).values().cloned().collect();
+    let mut done = true;
     for room in rooms {
         let subs: Vec<(SubscriberId, String)> =
             lock(&room.state).subscribers.iter().map(|(id, sub)| (*id, sub.identity.clone())).collect();
-        if subs.is_empty() || list_room(&ctx, &room.name).await.is_err() {
+        if subs.is_empty() {
+            continue;
+        }
+        if list_room(&ctx, &room.name).await.is_err() {
+            done = false;
             continue;
         }
         for (id, identity) in subs {
             if let Err(err) = join_script(&ctx, &room.keys, &identity, id, crate::now_us()).await {
                 let _ = ctx.broker.failed(&err);
+                done = false;
             }
             if !lock(&room.state).subscribers.contains_key(&id) {
                 tokio::spawn(ctx.clone().leave(room.name.clone(), id));
             }
         }
     }
+    done
 }
 
 /// What a join replays: whether `since` is recovered, the first page, and what is left to read after it.
@@ -296,6 +303,22 @@ impl RoomHub for RedisRooms {
                 }
             };
             if !was_live {
+                // Every event after the join's script that reached this node must still be here to replay: one
+                // delivered before a reset, or dropped with it, is not (the join is tried again; its next script
+                // starts after it).
+                let first_pending =
+                    state.pending.iter().filter(|p| p.epoch == epoch && p.op > op_before).map(|p| p.op).min();
+                let other_epoch = state.pending.iter().any(|p| p.epoch != epoch);
+                let seen_beyond = state.seen.0 == epoch && state.seen.1 > op_before;
+                if other_epoch || (seen_beyond && first_pending != Some(op_before + 1)) {
+                    state.pending.clear();
+                    drop(state);
+                    delivery.flush();
+                    return Err(undo(Failure::new(
+                        ErrorCode::Unavailable,
+                        format!("room {name} changed while this join was under way; retry"),
+                    )));
+                }
                 *state =
                     NodeState { live: true, epoch, last_op: op_before, last_seq: seq, ..std::mem::take(&mut *state) };
             }

@@ -142,6 +142,27 @@ redis.call('DEL', KEYS[4])
 return #held
 "#;
 
+/// A node's heartbeat, on Redis' clock. KEYS: the nodes' sorted set, the node's mark. ARGV: node id, the node's
+/// token, `create` or `refresh`. Stamps the node (on Redis' clock, never backwards) and, with `create`, sets its
+/// mark; with `refresh` it only checks that the mark is still the node's: a node buried meanwhile (mark deleted) is
+/// told so by every beat until it creates the mark again, even if a beat from before a partition runs late.
+/// Returns {now ms, 1 if the mark is the node's}.
+const BEAT: &str = r#"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZADD', KEYS[1], 'GT', now, ARGV[1])
+if ARGV[3] == 'create' then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return {now, 1}
+end
+if redis.call('GET', KEYS[2]) == ARGV[2] then
+  return {now, 1}
+end
+return {now, 0}
+"#;
+
+/// The heartbeat script.
+pub(super) static BEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BEAT));
 /// The post script.
 pub(super) static POST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{PRELUDE}{POST}")));
 /// The join script.

@@ -97,6 +97,7 @@ impl ClusterTicks {
                 for channel in channels {
                     revived.change(&channel, true);
                 }
+                true
             })
         }));
         tokio::spawn(inner.clone().relay());

@@ -38,9 +38,9 @@ pub(super) struct Connection<R> {
     kicked: mpsc::UnboundedReceiver<Kicked>,
     pumps: TaskTracker,
     stop: CancellationToken,
-    /// The `client_msg_id` of a post refused as `Unavailable`: the connection's later posts are refused too until
-    /// it comes again, so that a client retrying it keeps its own posts in the order it made them.
-    unavailable_post: Option<u64>,
+    /// The room and `client_msg_id` of a post refused as `Unavailable`: the connection's later posts are refused
+    /// too until it comes again, so that a client retrying it keeps its own posts in the order it made them.
+    unavailable_post: Option<(String, u64)>,
 }
 
 impl<R: RoomHub> Connection<R> {
@@ -127,16 +127,14 @@ impl<R: RoomHub> Connection<R> {
                 Ok(Reply::Left { room })
             }
             RoomRequest::Post(post) => {
-                match self.unavailable_post {
-                    Some(refused) if refused != post.client_msg_id => {
-                        return Err(Failure::new(
-                            ErrorCode::Unavailable,
-                            format!(
-                            "an earlier post (client_msg_id {refused}) was refused as unavailable; send it again first"
-                        ),
-                        ))
+                if let Some((room, id)) = &self.unavailable_post {
+                    if (room.as_str(), *id) != (post.room.as_str(), post.client_msg_id) {
+                        let why = format!(
+                            "an earlier post (room {room}, client_msg_id {id}) was refused as unavailable; send it again first"
+                        );
+                        return Err(Failure::new(ErrorCode::Unavailable, why));
                     }
-                    _ => self.unavailable_post = None,
+                    self.unavailable_post = None;
                 }
                 let arrived = std::time::Instant::now();
                 let message = PostMessage {
@@ -146,10 +144,10 @@ impl<R: RoomHub> Connection<R> {
                     body: post.body,
                     now_us,
                 };
-                let client_msg_id = message.client_msg_id;
+                let refused = (message.room.to_string(), message.client_msg_id);
                 let (posted, delivery) = self.rooms.post(message).await.inspect_err(|failure| {
                     if failure.code == ErrorCode::Unavailable {
-                        self.unavailable_post = Some(client_msg_id);
+                        self.unavailable_post = Some(refused);
                     }
                 })?;
                 delivery.flush();

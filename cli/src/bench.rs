@@ -332,6 +332,7 @@ async fn post(args: PostArgs) -> Result<(), CliError> {
 
 async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
     let profile = args.profile.profile()?;
+    let in_process = args.server.is_none();
     let config = FanoutConfig {
         subscribers: args.subscribers,
         rate: args.rate,
@@ -347,13 +348,18 @@ async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
     };
     let runs = if config.compare_websocket { 2 } else { 1 };
     crate::err!(
-        "1 publisher at {}/s -> {} subscribers, chat {}/s, {:.0} s{}{}",
+        "1 publisher at {}/s -> {} subscribers, chat {}/s, {:.0} s{}{}{}",
         config.rate,
         config.subscribers,
         config.chat_rate,
         (config.warmup + config.duration).as_secs_f64(),
         if config.compare_websocket { ", Quiver then WebSocket" } else { "" },
-        args.netns.describe(config.netns, config.profile.is_some())
+        args.netns.describe(config.netns, config.profile.is_some()),
+        if in_process {
+            "; the in-process server's per-address connection limits and rates are raised for the bench's own load"
+        } else {
+            ""
+        }
     );
     let per_run = config.warmup + config.duration + Duration::from_secs(3);
     check_outputs(None, args.plot.as_deref())?;

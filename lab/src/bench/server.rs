@@ -40,6 +40,9 @@ impl QuiverServer {
             tuning: tuning.clone(),
             // These benches measure the transport; the store's cost is `bench post`'s (docs/durability.md).
             durability: quiver_server::store::Durability::Memory,
+            // The bench's own load comes from one address: a thousand subscribers would meet the per-address
+            // connection limits and rates a server on the internet keeps (the command line says so).
+            limits: super::post::raised_limits(),
             ..quiver_server::ServerConfig::dev(SocketAddr::new(ip, 0), data_dir.into())
         };
         let server = quiver_server::Server::bind(config)?;

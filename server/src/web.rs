@@ -24,6 +24,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/quiver/client/session.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/session.js")),
     ("/quiver/client/handles.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/handles.js")),
     ("/quiver/client/waiting.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/waiting.js")),
+    ("/quiver/client/values.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/values.js")),
     ("/quiver/state.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/state.js")),
     ("/quiver/wire/errors.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/errors.js")),
     ("/quiver/wire/varint.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/varint.js")),

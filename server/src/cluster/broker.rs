@@ -55,6 +55,26 @@ pub enum BrokerError {
     },
 }
 
+/// Why a request could not be made at the broker (the reason clients get with `Unavailable`).
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    /// Redis answered with an error, or not in time, or the connection is down.
+    #[error("the broker (Redis) is unavailable: {0}; retry later (a post with the same client_msg_id)")]
+    Request(#[from] redis::RedisError),
+    /// There is no Pub/Sub connection now (it is being made again).
+    #[error("the broker (Redis) is unavailable: no Pub/Sub connection; retry later")]
+    NoPubSub,
+    /// Redis did not confirm a subscription within the request timeout.
+    #[error("the broker did not confirm a subscription in time; retry later")]
+    Timeout,
+}
+
+impl From<Unreachable> for quiver_proto::Failure {
+    fn from(unreachable: Unreachable) -> Self {
+        quiver_proto::Failure::new(quiver_proto::ErrorCode::Unavailable, unreachable.to_string())
+    }
+}
+
 /// Receives the messages of one Pub/Sub channel.
 pub(crate) trait ChannelHandler: Send + Sync {
     /// One message, in the channel's order.
@@ -165,11 +185,10 @@ impl Broker {
         ConnectionManager::new_lazy_with_config(client.clone(), manager)
     }
 
-    /// Counts a failed request; the error becomes the reason given to clients.
-    pub(crate) fn failed(&self, err: &redis::RedisError) -> String {
+    /// Counts a failed request.
+    pub(crate) fn failed(&self, err: &redis::RedisError) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%err, "broker request failed");
-        format!("the broker (Redis) is unavailable: {err}; retry later (a post with the same client_msg_id)")
     }
 
     /// Requests that failed so far.
@@ -204,15 +223,19 @@ impl Broker {
     /// Routes `channel`'s messages to `handler` and subscribes to it; returns once Redis confirmed the
     /// subscription (so nothing published after this returns is missed, unless the connection drops, which the
     /// handler is told of).
-    pub(crate) async fn subscribe(&self, channel: &str, handler: Arc<dyn ChannelHandler>) -> Result<(), String> {
+    pub(crate) async fn subscribe(&self, channel: &str, handler: Arc<dyn ChannelHandler>) -> Result<(), Unreachable> {
         lock(&self.handlers).insert(channel.to_string(), handler);
         let sink = lock(&self.sink).clone();
         let outcome = match sink {
-            Some(mut sink) => tokio::time::timeout(self.config.request_timeout, sink.subscribe(channel))
-                .await
-                .map_err(|_| "the broker did not confirm a subscription in time".to_string())
-                .and_then(|done| done.map_err(|err| self.failed(&err))),
-            None => Err("the broker (Redis) is unavailable: no Pub/Sub connection; retry later".to_string()),
+            Some(mut sink) => match tokio::time::timeout(self.config.request_timeout, sink.subscribe(channel)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => {
+                    self.failed(&err);
+                    Err(Unreachable::Request(err))
+                }
+                Err(_) => Err(Unreachable::Timeout),
+            },
+            None => Err(Unreachable::NoPubSub),
         };
         if outcome.is_err() {
             lock(&self.handlers).remove(channel);

@@ -18,7 +18,7 @@ mod settings;
 mod stream;
 mod ticks;
 
-pub use broker::{Broker, BrokerConfig, BrokerError};
+pub use broker::{Broker, BrokerConfig, BrokerError, Unreachable};
 pub use rooms::RedisRooms;
 pub use settings::BrokerSettings;
 pub use ticks::ClusterTicks;

@@ -8,10 +8,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use quiver_proto::{ErrorCode, EventKind, Failure, FrameCodec, Limits, RoomEvent, RoomFrame};
+use quiver_proto::{EventKind, Failure, FrameCodec, Limits, RoomEvent, RoomFrame};
 
 use super::{
-    broker::{BoxFuture, Broker, ChannelHandler},
+    broker::{BoxFuture, Broker, ChannelHandler, Unreachable},
     event::{self, Published},
     keys::RoomKeys,
     scripts,
@@ -38,8 +38,9 @@ pub(super) struct Ctx {
 }
 
 impl Ctx {
-    pub(super) fn unavailable(&self, err: &redis::RedisError) -> Failure {
-        Failure::new(ErrorCode::Unavailable, self.broker.failed(err))
+    pub(super) fn unavailable(&self, err: redis::RedisError) -> Failure {
+        self.broker.failed(&err);
+        Unreachable::Request(err).into()
     }
 
     pub(super) fn encode(&self, event: RoomEvent) -> Option<Bytes> {
@@ -67,7 +68,7 @@ impl Ctx {
             match done {
                 Ok(_) => return,
                 Err(err) => {
-                    let _ = self.broker.failed(&err);
+                    self.broker.failed(&err);
                     tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt.min(8) + 1))).await;
                 }
             }
@@ -332,7 +333,7 @@ impl NodeRoom {
                         break;
                     }
                     Err(err) => {
-                        let _ = self.ctx.broker.failed(&err);
+                        self.ctx.broker.failed(&err);
                         tokio::time::sleep(RESUBSCRIBE_GRACE / 4).await;
                     }
                 }

@@ -83,11 +83,7 @@ impl RedisRooms {
                 Channel::Subscribed => return Ok((room, guard)),
                 Channel::Unsubscribed => {
                     let handler: Arc<dyn ChannelHandler> = room.clone();
-                    self.ctx
-                        .broker
-                        .subscribe(&room.keys.events, handler)
-                        .await
-                        .map_err(|why| Failure::new(ErrorCode::Unavailable, why))?;
+                    self.ctx.broker.subscribe(&room.keys.events, handler).await.map_err(Failure::from)?;
                     *guard = Channel::Subscribed;
                     return Ok((room, guard));
                 }
@@ -103,7 +99,7 @@ async fn bury(ctx: Arc<Ctx>, node: String) -> bool {
     let rooms: Vec<String> = match redis::AsyncCommands::smembers(&mut conn, keys::node_rooms(&node)).await {
         Ok(rooms) => rooms,
         Err(err) => {
-            let _ = ctx.broker.failed(&err);
+            ctx.broker.failed(&err);
             return false;
         }
     };
@@ -124,7 +120,7 @@ async fn bury(ctx: Arc<Ctx>, node: String) -> bool {
             Ok(n) if n > 0 => tracing::info!(%room, %node, subscriptions = n, "a dead node's members left the room"),
             Ok(_) => {}
             Err(err) => {
-                let _ = ctx.broker.failed(&err);
+                ctx.broker.failed(&err);
                 done = false;
             }
         }
@@ -138,7 +134,7 @@ async fn list_room(ctx: &Ctx, room: &str) -> Result<(), Failure> {
     let mut conn = ctx.broker.conn();
     let listed: redis::RedisResult<()> =
         redis::AsyncCommands::sadd(&mut conn, keys::node_rooms(ctx.broker.node()), room).await;
-    listed.map_err(|err| ctx.unavailable(&err))
+    listed.map_err(|err| ctx.unavailable(err))
 }
 
 /// Counts subscription `sub` of `identity` in `room` (idempotent per subscription).
@@ -181,7 +177,7 @@ async fn announce(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>
         }
         for (id, identity) in subs {
             if let Err(err) = join_script(&ctx, &room.keys, &identity, id, crate::now_us()).await {
-                let _ = ctx.broker.failed(&err);
+                ctx.broker.failed(&err);
                 done = false;
             }
             if !lock(&room.state).subscribers.contains_key(&id) {
@@ -240,7 +236,7 @@ async fn replay_rest(ctx: Arc<Ctx>, log: String, mut after: u64, upto: u64, outb
             }
             outcome => {
                 if let Err(err) = outcome {
-                    let _ = ctx.broker.failed(&err);
+                    ctx.broker.failed(&err);
                 }
                 // Trimmed meanwhile, or unreadable: the member rejoins from where it got to.
                 outbox.kick();
@@ -267,11 +263,11 @@ impl RoomHub for RedisRooms {
             failure
         };
         let (epoch, seq, op_before, mut members) =
-            join_script(ctx, keys, &identity, subscriber, now_us).await.map_err(|err| undo(ctx.unavailable(&err)))?;
+            join_script(ctx, keys, &identity, subscriber, now_us).await.map_err(|err| undo(ctx.unavailable(err)))?;
         let mut conn = ctx.broker.conn();
         let epoch: u64 = epoch.parse().map_err(|_| undo(Failure::new(ErrorCode::Internal, "unreadable room epoch")))?;
         let plan =
-            plan(ctx, &mut conn, &keys.log, epoch, seq, since).await.map_err(|err| undo(ctx.unavailable(&err)))?;
+            plan(ctx, &mut conn, &keys.log, epoch, seq, since).await.map_err(|err| undo(ctx.unavailable(err)))?;
         members.sort();
         let joined = Joined {
             room: name.clone(),
@@ -389,7 +385,7 @@ impl RoomHub for RedisRooms {
             .arg(&keys.events)
             .invoke_async(&mut conn)
             .await
-            .map_err(|err| ctx.unavailable(&err))?;
+            .map_err(|err| ctx.unavailable(err))?;
         Ok((Posted { seq, duplicate: duplicate == 1 }, Delivery::default()))
     }
 
@@ -410,7 +406,7 @@ impl RoomHub for RedisRooms {
             .arg("seq")
             .query_async(&mut conn)
             .await
-            .map_err(|err| ctx.unavailable(&err))?;
+            .map_err(|err| ctx.unavailable(err))?;
         let (Some(epoch), Some(seq)) = meta else {
             return Ok(HistoryPage { room: room.to_string(), epoch: 0, messages: Vec::new(), more: false });
         };
@@ -419,7 +415,7 @@ impl RoomHub for RedisRooms {
         let count = (limit as usize).saturating_add(1).min(1024);
         let entries = stream::range(&mut conn, &keys.log, since.unwrap_or(0), seq, count, &ctx.codec)
             .await
-            .map_err(|err| ctx.unavailable(&err))?;
+            .map_err(|err| ctx.unavailable(err))?;
         let (mut messages, mut used, mut more) = (Vec::new(), 0, false);
         for (i, entry) in entries.into_iter().enumerate() {
             if i == limit as usize || used + entry.frame.len() > budget {

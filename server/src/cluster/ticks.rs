@@ -149,7 +149,7 @@ impl Inner {
         let nodes: Vec<String> = match redis::AsyncCommands::zrange(&mut conn, keys::NODES, 0, -1).await {
             Ok(nodes) => nodes,
             Err(err) => {
-                let _ = self.broker.failed(&err);
+                self.broker.failed(&err);
                 return;
             }
         };
@@ -195,7 +195,7 @@ impl Inner {
             false => self.broker.unsubscribe(&keys::tick_channel(&channel)).await,
         }
         if let Err(err) = pipe.query_async::<()>(&mut conn).await {
-            let _ = self.broker.failed(&err);
+            self.broker.failed(&err);
             let me = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -225,7 +225,7 @@ impl Inner {
                 }
                 // Ticks are latest-wins: the next ones go when the broker is back.
                 Err(err) => {
-                    let _ = self.broker.failed(&err);
+                    self.broker.failed(&err);
                 }
             }
         }

@@ -144,12 +144,15 @@ impl<R: RoomHub> Connection<R> {
                     body: post.body,
                     now_us,
                 };
-                let refused = (message.room.to_string(), message.client_msg_id);
-                let (posted, delivery) = self.rooms.post(message).await.inspect_err(|failure| {
-                    if failure.code == ErrorCode::Unavailable {
-                        self.unavailable_post = Some(refused);
+                let (posted, delivery) = match self.rooms.post(message).await {
+                    Ok(done) => done,
+                    Err(failure) => {
+                        if failure.code == ErrorCode::Unavailable {
+                            self.unavailable_post = Some((post.room, post.client_msg_id));
+                        }
+                        return Err(failure);
                     }
-                })?;
+                };
                 delivery.flush();
                 self.stats.post_delivery.observe_since(arrived);
                 bump(if posted.duplicate { &self.stats.posts_duplicate } else { &self.stats.posts });

@@ -3,48 +3,14 @@
 // for: rooms (resumed from their position, state.js's RoomState), posts (re-sent until acknowledged), tick
 // subscriptions and publish claims (made again on each new connection).
 
-import { ErrorCode, QuiverDecodeError, QuiverError, describe } from './wire/errors.js';
+import { ErrorCode, QuiverDecodeError, QuiverError } from './wire/errors.js';
 import { TICK_HEADER_MAX_LEN, encodeTick } from './wire/ticks.js';
 import { Backoff, LatestWins, PostQueue, RoomState, clockOffsetUs, messageEvent } from './state.js';
 import { Session, roomFrames } from './client/session.js';
 import { Publisher, Room, Subscription } from './client/handles.js';
 import { Signal, Timers } from './client/waiting.js';
+import { callBack, expectReply, toBytes, unixUs } from './client/values.js';
 import { PROTOCOL_VERSION } from './wire/messages.js';
-
-const utf8Encoder = new TextEncoder();
-
-/** This machine's clock, µs since the Unix epoch (fractional). */
-function unixUs() {
-  return (performance.timeOrigin + performance.now()) * 1000;
-}
-
-/** Bytes of a post body or tick payload: a string is UTF-8 encoded. */
-function toBytes(data) {
-  if (typeof data === 'string') return utf8Encoder.encode(data);
-  if (data instanceof Uint8Array) return data;
-  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  if (data instanceof ArrayBuffer) return new Uint8Array(data);
-  throw new TypeError(`expected a string or bytes, got ${describe(data)}`);
-}
-
-/** The reply variant `name`'s data, or a ProtocolViolation QuiverError for any other reply. */
-function expectReply(reply, name) {
-  if (reply !== null && typeof reply === 'object' && name in reply) return reply[name];
-  const got = typeof reply === 'string' ? reply : Object.keys(reply ?? {})[0];
-  throw new QuiverError(ErrorCode.ProtocolViolation, `expected a ${name} reply, got ${got}`);
-}
-
-/** Calls an application callback; an exception in it is reported, not allowed to break the client. */
-function callBack(fn, ...args) {
-  if (typeof fn !== 'function') return;
-  try {
-    fn(...args);
-  } catch (err) {
-    setTimeout(() => {
-      throw err;
-    });
-  }
-}
 
 /**
  * A Quiver session over WebTransport that survives connection loss: it reconnects with jittered exponential
@@ -255,25 +221,12 @@ export class QuiverClient {
       onRoomStream: (session, stream) => this.#readRoomStream(session, stream, ++this.#roomStreams),
       onTick: (entry, tick) => this.#deliverTick(entry, tick),
     };
-    return this.#openAny(hooks);
-  }
-
-  /** Tries each URL in turn from the next one; the first session that opens wins (a refusal ends it at once). */
-  async #openAny(hooks) {
-    let firstError;
-    for (let i = 0; i < this.#urls.length; i++) {
-      const at = (this.#nextUrl + i) % this.#urls.length;
-      try {
-        const session = await Session.open(this.#urls[at], this.#options, hooks);
-        // Next time (after this one is lost) another node goes first.
-        this.#nextUrl = (at + 1) % this.#urls.length;
-        return session;
-      } catch (err) {
-        if (err?.refused) throw err;
-        firstError ??= err;
-      }
-    }
-    throw firstError;
+    const opening = Session.openFirst(this.#urls, this.#nextUrl, this.#options, hooks);
+    // Next time (after this session is lost) the node after it goes first.
+    return opening.then(({ session, index }) => {
+      this.#nextUrl = (index + 1) % this.#urls.length;
+      return session;
+    });
   }
 
   /**

@@ -20,6 +20,24 @@ function certHashBytes(hex) {
 
 /** One WebTransport connection (see the top of this file). */
 export class Session {
+  /**
+   * Opens a session to the first of `urls` that answers, trying them in turn from index `from` (a refusal ends it
+   * at once: every node of a cluster would refuse alike). Resolves to `{session, index}`.
+   */
+  static async openFirst(urls, from, options, hooks) {
+    let firstError;
+    for (let i = 0; i < urls.length; i++) {
+      const index = (from + i) % urls.length;
+      try {
+        return { session: await Session.open(urls[index], options, hooks), index };
+      } catch (err) {
+        if (err?.refused) throw err;
+        firstError ??= err;
+      }
+    }
+    throw firstError;
+  }
+
   /** Connects and says Hello; resolves once Welcome arrived. `hooks`: onPush, onRoomStream, onTick, onLost. */
   static async open(url, options, hooks) {
     const transportOptions = options.certHash

@@ -162,6 +162,10 @@ pub(crate) struct FanoutArgs {
     /// Run the same workload through a minimal WebSocket hub too (`websocket`). Impaired, it needs --netns.
     #[arg(long, value_name = "BASELINE", value_parser = ["websocket"])]
     compare: Option<String>,
+    /// Leave out the baselines measured first (raw UDP fan-out, with `send_to` and with `sendmmsg`, and bare
+    /// quinn datagram fan-out).
+    #[arg(long)]
+    no_baselines: bool,
     #[command(flatten)]
     netns: NetnsArgs,
     #[command(flatten)]
@@ -345,15 +349,21 @@ async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
         server: args.server.map(|server| (server, args.trust.trust())),
         compare_websocket: args.compare.as_deref() == Some("websocket"),
         netns: args.netns.backend()?,
+        baselines: !args.no_baselines,
     };
-    let runs = if config.compare_websocket { 2 } else { 1 };
+    let runs = 1 + u32::from(config.compare_websocket) + if config.baselines { 3 } else { 0 };
     crate::err!(
-        "1 publisher at {}/s -> {} subscribers, chat {}/s, {:.0} s{}{}{}",
+        "1 publisher at {}/s -> {} subscribers, chat {}/s (Quiver, WebSocket), {:.0} s per series: {}{}{}",
         config.rate,
         config.subscribers,
         config.chat_rate,
         (config.warmup + config.duration).as_secs_f64(),
-        if config.compare_websocket { ", Quiver then WebSocket" } else { "" },
+        match (config.baselines, config.compare_websocket) {
+            (true, true) => "raw UDP, raw UDP sendmmsg, bare quinn, Quiver, WebSocket",
+            (true, false) => "raw UDP, raw UDP sendmmsg, bare quinn, Quiver",
+            (false, true) => "Quiver, WebSocket",
+            (false, false) => "Quiver",
+        },
         args.netns.describe(config.netns, config.profile.is_some()),
         if in_process {
             "; the in-process server's per-address connection limits and rates are raised for the bench's own load"

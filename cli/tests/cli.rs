@@ -170,6 +170,10 @@ async fn bench_fanout_draws_its_percentile_plot() {
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{stderr}");
     assert!(stdout.contains("mean ± sd"), "{stdout}");
+    for row in ["raw udp ticks", "raw udp sendmmsg ticks", "bare quinn ticks", "quiver ticks", "µs/delivery"] {
+        assert!(stdout.contains(row), "{row} missing: {stdout}");
+    }
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.contains("<svg") && svg.contains("quiver ticks") && svg.contains("quiver chat"), "{stderr}");
+    assert!(svg.contains("raw udp ticks") && svg.contains("bare quinn ticks"), "the baselines are drawn too");
 }

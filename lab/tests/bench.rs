@@ -75,6 +75,7 @@ async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
         token: None,
         compare_websocket: true,
         netns: None,
+        baselines: true,
     };
     let report = run_fanout(config, |_| {}).await.unwrap();
     for (side, reliable_ticks) in [(&report.quiver, false), (report.websocket.as_ref().unwrap(), true)] {
@@ -89,10 +90,30 @@ async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
         assert_eq!(side.chat_latency.count, 150);
         assert!(side.tick_latency.count > 600 && side.tick_latency.p50_us > 0, "{report:?}");
     }
+    let names: Vec<&str> = report.sides().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["raw udp", "raw udp sendmmsg", "bare quinn", "quiver", "websocket"]);
+    for side in report.sides() {
+        assert!(side.delivered_pct > 90.0 && side.tick_latency.count > 600, "{side:?}");
+        let ticks_everywhere = 10 * side.tick_latency.count / 10; // measured ticks alone, at least
+        assert!(side.deliveries >= ticks_everywhere, "{side:?}");
+        // The servers ran on their own threads: their CPU time is measured and paid for every delivery.
+        let (cpu, per_delivery) = (side.server_cpu_s.unwrap(), side.cpu_us_per_delivery.unwrap());
+        assert!(cpu > 0.0 && per_delivery > 0.0 && per_delivery < 100_000.0, "{side:?}");
+        let expected = cpu * 1e6 / side.deliveries as f64;
+        assert!((per_delivery - expected).abs() < 1e-6 * expected.max(1.0), "{side:?}");
+    }
+    for baseline in &report.baselines {
+        assert_eq!((baseline.chat_sent, baseline.ticks_sent), (0, 75), "baselines carry ticks only: {baseline:?}");
+    }
+    let ratio = report.quiver_throughput_vs_raw_udp().unwrap();
+    assert!(ratio.is_finite() && ratio > 0.0, "{ratio}");
     let table = report.table();
     assert!(table.contains("quiver ticks") && table.contains("websocket chat"), "{table}");
+    assert!(table.contains("bare quinn ticks") && table.contains("× raw udp"), "{table}");
+    assert_eq!(report.as_series().series.len(), 7, "ticks of five sides, chat of two");
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["ticks_sent"].is_u64() && json["websocket"]["chat_latency"]["p99_us"].is_u64(), "{json}");
+    assert!(json["baselines"][2]["cpu_us_per_delivery"].is_f64(), "{json}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,6 +142,7 @@ async fn fanout_measures_an_external_server() {
         token: Some(quiver_client::TokenProvider::dev(dir.path().to_owned(), "bench".into())),
         compare_websocket: false,
         netns: None,
+        baselines: false,
     };
     let report = run_fanout(config, |_| {}).await.unwrap();
     assert_eq!(report.quiver.ticks_sent, 50);

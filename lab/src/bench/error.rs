@@ -60,23 +60,23 @@ pub enum BenchError {
         /// Why it failed.
         source: quiver_client::RequestError,
     },
-    /// The bare quinn echo's client could not be configured.
-    #[error("quinn echo: {0}")]
+    /// A bare quinn baseline's client could not be configured.
+    #[error("bare quinn: {0}")]
     Trust(#[from] quiver_client::TrustError),
-    /// The bare quinn echo's server TLS could not be configured.
-    #[error("quinn echo TLS: {0}")]
+    /// A bare quinn baseline's server TLS could not be configured.
+    #[error("bare quinn TLS: {0}")]
     EchoTls(#[from] rustls::Error),
-    /// The bare quinn echo's TLS configuration does not suit QUIC.
-    #[error("quinn echo: {0}")]
+    /// A bare quinn baseline's TLS configuration does not suit QUIC.
+    #[error("bare quinn: {0}")]
     EchoQuic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
-    /// quinn refused to start a connection to the bare quinn echo.
-    #[error("quinn echo: {0}")]
+    /// quinn refused to start a connection to a bare quinn baseline.
+    #[error("bare quinn: {0}")]
     QuinnConnect(#[from] quinn::ConnectError),
-    /// A connection to the bare quinn echo failed.
-    #[error("quinn echo: {0}")]
+    /// A connection to a bare quinn baseline failed.
+    #[error("bare quinn: {0}")]
     QuinnConnection(#[from] quinn::ConnectionError),
-    /// Writing to a stream of the bare quinn echo failed.
-    #[error("quinn echo: {0}")]
+    /// Writing to a stream of a bare quinn baseline failed.
+    #[error("bare quinn: {0}")]
     QuinnWrite(#[from] quinn::WriteError),
     /// A WebSocket handshake or connection failed.
     #[error("WebSocket: {0}")]

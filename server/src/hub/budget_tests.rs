@@ -12,7 +12,7 @@ use quiver_proto::{ErrorCode, Limits, Position};
 use super::*;
 use crate::hub::{
     connection::ConnectionState,
-    ticks::{LocalTicks, Tick, TickHub, TickSink},
+    ticks::{LocalTicks, Tick, TickDatagrams, TickHub, TickSink},
     JoinRoom, Outbox, PostMessage,
 };
 
@@ -36,7 +36,7 @@ impl Outbox for Count {
 }
 
 impl TickSink for Count {
-    fn offer(&self, _: u64, _: Tick, _: Option<u64>) {}
+    fn offer(&self, _: u64, _: Tick, _: Option<u64>, _: &mut TickDatagrams) {}
 }
 
 const S: u64 = 1_000_000;

@@ -15,8 +15,8 @@ use std::{
     },
 };
 
-use bytes::Bytes;
-use quiver_proto::{ErrorCode, Failure};
+use bytes::{BufMut, Bytes, BytesMut};
+use quiver_proto::{varint, ErrorCode, Failure};
 
 use super::lock::{lock, HubGuard};
 
@@ -35,9 +35,58 @@ pub struct Tick {
 
 /// Where one subscriber's ticks go.
 pub trait TickSink: Send + Sync + std::fmt::Debug {
-    /// Offers a tick for the subscriber's `channel_id`; must not block (conflate instead). Called by the network
-    /// layer with a [`Fanout`], never under a hub lock.
-    fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>);
+    /// Offers a tick for the subscriber's `channel_id`; must not block (conflate instead). A sink that sends at
+    /// once takes the datagram from `datagrams`, shared by the whole fan-out. Called with a [`Fanout`], never under
+    /// a hub lock.
+    fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, datagrams: &mut TickDatagrams);
+}
+
+/// One tick's datagrams for a whole fan-out, cut from one allocation: what every subscriber's datagram shares
+/// (seq, send time, payload) is encoded once, and each datagram is the subscriber's channel id in front of a
+/// copy of it (`quiver_proto::TickHeader`'s layout). No allocation per delivery.
+#[derive(Debug)]
+pub struct TickDatagrams {
+    /// Seq, send time and payload, encoded on first use.
+    shared: Option<Bytes>,
+    /// Room for the datagrams still to come (`left` of them).
+    arena: BytesMut,
+    left: usize,
+}
+
+impl TickDatagrams {
+    /// For a fan-out to `subscribers` (allocates nothing until the first datagram).
+    pub fn new(subscribers: usize) -> TickDatagrams {
+        TickDatagrams { shared: None, arena: BytesMut::new(), left: subscribers.max(1) }
+    }
+
+    /// `tick`'s datagram for `channel_id`. Every call of one fan-out must pass the same tick. `None` only for a
+    /// seq, time or id above 2^62, which real counters and clocks do not reach.
+    pub fn datagram(&mut self, channel_id: u64, tick: &Tick) -> Option<Bytes> {
+        let shared = match &self.shared {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared_len = varint::encoded_len(tick.seq) + varint::encoded_len(tick.sent_time_us);
+                let shared_len = shared_len + tick.payload.len();
+                // The shared part, then each datagram: the id's varint (at most 8 bytes) and the shared part.
+                self.arena.reserve(shared_len + self.left * (8 + shared_len));
+                varint::encode(tick.seq, &mut self.arena).ok()?;
+                varint::encode(tick.sent_time_us, &mut self.arena).ok()?;
+                self.arena.put_slice(&tick.payload);
+                let shared = self.arena.split().freeze();
+                self.shared = Some(shared.clone());
+                shared
+            }
+        };
+        let len = varint::encoded_len(channel_id) + shared.len();
+        if self.arena.capacity() < len {
+            // More subscribers than planned: room for the rest in a new allocation.
+            self.arena.reserve(len * self.left.max(1));
+        }
+        varint::encode(channel_id, &mut self.arena).ok()?;
+        self.arena.put_slice(&shared);
+        self.left = self.left.saturating_sub(1);
+        Some(self.arena.split().freeze())
+    }
 }
 
 /// Identifies one subscription.
@@ -61,8 +110,9 @@ pub struct Fanout {
 impl Fanout {
     /// Offers the tick to every subscriber (call with no hub lock held).
     pub fn offer(self) {
+        let mut datagrams = TickDatagrams::new(self.subscribers.len());
         for (_, channel_id, sink) in self.subscribers.iter() {
-            sink.offer(*channel_id, self.tick.clone(), self.max_age_us);
+            sink.offer(*channel_id, self.tick.clone(), self.max_age_us, &mut datagrams);
         }
     }
 }
@@ -287,17 +337,42 @@ mod tests {
     struct Record(Mutex<Vec<(u64, u64, Option<u64>)>>);
 
     impl TickSink for Record {
-        fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>) {
+        fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, _: &mut TickDatagrams) {
             self.0.lock().unwrap().push((channel_id, tick.seq, max_age_us));
         }
     }
 
     fn offer(fanout: Option<Fanout>) -> u64 {
         let fanout = fanout.expect("a claimed channel");
-        for (_, channel_id, sink) in fanout.subscribers.iter() {
-            sink.offer(*channel_id, fanout.tick.clone(), fanout.max_age_us);
+        let seq = fanout.tick.seq;
+        fanout.offer();
+        seq
+    }
+
+    #[test]
+    fn a_fanouts_datagrams_share_one_allocation_and_decode_to_the_tick() {
+        use quiver_proto::TickHeader;
+        let payload = Bytes::from_static(b"price 101.25");
+        let tick = Tick { seq: 70_000, sent_time_us: 1_700_000_000_000_000, received_us: 0, payload: payload.clone() };
+        let mut datagrams = TickDatagrams::new(3);
+        let ids = [1u64, 300, 5_000_000_000, 7];
+        let out: Vec<Bytes> = ids.iter().map(|id| datagrams.datagram(*id, &tick).unwrap()).collect();
+        for (id, datagram) in ids.iter().zip(&out) {
+            let (header, body) = TickHeader::decode(datagram).unwrap();
+            assert_eq!((header.channel_id, header.seq, header.sent_time_us), (*id, tick.seq, tick.sent_time_us));
+            assert_eq!(body, payload);
+            let mut expected = BytesMut::new();
+            TickHeader { channel_id: *id, seq: tick.seq, sent_time_us: tick.sent_time_us }
+                .encode(&mut expected)
+                .unwrap();
+            expected.put_slice(&payload);
+            assert_eq!(datagram, &expected.freeze(), "the wire layout of TickHeader::encode");
         }
-        fanout.tick.seq
+        // The planned datagrams sit side by side in one buffer.
+        let (first, third) = (out[0].as_ptr() as usize, out[2].as_ptr() as usize);
+        assert_eq!(third - first, out[0].len() + out[1].len(), "contiguous in one allocation");
+        let too_large = Tick { seq: u64::MAX, ..tick };
+        assert!(TickDatagrams::new(1).datagram(1, &too_large).is_none());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
     hub::{
         conflate::{Conflation, Offered},
         connection::{ClaimLookup, ClaimTable},
-        ticks::{Fanout, Tick, TickHub, TickSink},
+        ticks::{Fanout, Tick, TickDatagrams, TickHub, TickSink},
     },
     rate::TokenBucket,
     stats::{bump, ServerStats},
@@ -39,6 +39,8 @@ pub(crate) struct DatagramSink {
     stats: Arc<ServerStats>,
 }
 
+/// A waiting tick's datagram (the sender task's path; a fan-out sending at once cuts its datagrams from one
+/// [`TickDatagrams`] instead).
 fn datagram(channel_id: u64, tick: &Tick) -> Option<Bytes> {
     let header = TickHeader { channel_id, seq: tick.seq, sent_time_us: tick.sent_time_us };
     let mut datagram = BytesMut::with_capacity(header.encoded_len() + tick.payload.len());
@@ -49,8 +51,8 @@ fn datagram(channel_id: u64, tick: &Tick) -> Option<Bytes> {
 }
 
 impl DatagramSink {
-    fn send(&self, channel_id: u64, tick: &Tick) {
-        let Some(datagram) = datagram(channel_id, tick) else { return };
+    fn send(&self, datagram: Option<Bytes>) {
+        let Some(datagram) = datagram else { return };
         match self.conn.send_datagram(datagram) {
             Ok(()) => bump(&self.stats.ticks_sent),
             Err(SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge)) => {
@@ -74,13 +76,13 @@ impl DatagramSink {
 impl TickSink for DatagramSink {
     /// Sends at once when quinn has room and nothing of the channel waits (no task hop, no conflation of ticks
     /// that merely arrived together); otherwise the tick waits in the channel's slot, replacing an older one.
-    fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>) {
+    fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, datagrams: &mut TickDatagrams) {
         crate::hub::assert_unlocked("a tick's offer");
         let header = TickHeader { channel_id, seq: tick.seq, sent_time_us: tick.sent_time_us };
         let room = self.conn.datagram_send_buffer_space() >= header.encoded_len() + tick.payload.len();
         let offered = lock(&self.waiting).offer(channel_id, tick, max_age_us, room);
         match offered {
-            Offered::Send(tick) => self.send(channel_id, &tick),
+            Offered::Send(tick) => self.send(datagrams.datagram(channel_id, &tick)),
             Offered::Queued => self.wake.notify_one(),
             Offered::Replaced | Offered::Older => bump(&self.stats.ticks_conflated),
             Offered::Unsubscribed => {}

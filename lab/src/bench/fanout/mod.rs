@@ -5,8 +5,11 @@
 //! Both sides, Quiver's and (when compared) a WebSocket hub's, run the same `workload` over their own
 //! connections; what arrived becomes one side of the `report`.
 
+mod bare_quinn;
+mod cpu;
 mod quiver;
 mod report;
+mod udp;
 mod websocket;
 mod workload;
 
@@ -26,8 +29,7 @@ use super::{
     BenchError,
 };
 use crate::impair::{Backend, ImpairmentProfile, Relay};
-pub use report::FanoutReport;
-use report::FanoutSide;
+pub use report::{FanoutReport, FanoutSide};
 
 /// Settings of a fan-out run.
 #[derive(Debug, Clone)]
@@ -54,6 +56,9 @@ pub struct FanoutConfig {
     pub compare_websocket: bool,
     /// Run the server and the clients in two network namespaces joined by this emulator backend (Linux, root).
     pub netns: Option<Backend>,
+    /// Measure the baselines first, same subscribers, rate and payload: raw UDP fan-out (one `send_to` per
+    /// delivery, and `sendmmsg` batches) and bare quinn datagram fan-out.
+    pub baselines: bool,
 }
 
 impl FanoutConfig {
@@ -77,13 +82,24 @@ impl FanoutConfig {
     }
 }
 
-/// Where the fan-out's servers are.
+/// Where the fan-out's servers are. They run on a runtime of their own, whose CPU time is theirs (`cpu`).
 struct Servers {
     quiver: QuiverServer,
+    baselines: Option<Baselines>,
     websocket: Option<SocketAddr>,
-    _relay: Option<Relay>,
+    _relays: Vec<Relay>,
     _data_dir: tempfile::TempDir,
     _stop: tokio_util::sync::DropGuard,
+    // Last: shut down once the stop token has ended the servers' tasks.
+    _runtime: cpu::ServerRuntime,
+}
+
+/// The baselines' servers.
+struct Baselines {
+    udp: SocketAddr,
+    udp_batched: SocketAddr,
+    quinn: SocketAddr,
+    quinn_trust: TrustOptions,
 }
 
 /// Runs the fan-out benchmark against an in-process server, or the external one `config.server` names; with
@@ -95,7 +111,7 @@ pub async fn run_fanout(
     config.check()?;
     namespaces::check(config.profile.as_ref(), config.compare_websocket, config.netns, config.server.is_some())?;
     let progress: Progress = Arc::new(progress);
-    let ((quiver, websocket), emulator) = match config.netns {
+    let ((quiver, baselines, websocket), emulator) = match config.netns {
         None => {
             let servers = start_servers(&config, IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
             (measure_sides(&config, &servers, &progress).await?, namespaces::loopback(config.profile.as_ref()))
@@ -123,46 +139,99 @@ pub async fn run_fanout(
             "profile": config.profile,
             "server": config.server.as_ref().map(|(s, _)| s.clone()).unwrap_or_else(|| "in-process".into()),
             "compare_websocket": config.compare_websocket,
+            "baselines": config.baselines,
             "emulator": emulator,
+            "server_workers": server_workers(),
         }),
         quiver,
+        baselines,
         websocket,
     })
 }
 
+/// Each side in turn, the baselines first, so no two load the machine at once.
 async fn measure_sides(
     config: &FanoutConfig,
     servers: &Servers,
     progress: &Progress,
-) -> Result<(FanoutSide, Option<FanoutSide>), BenchError> {
+) -> Result<(FanoutSide, Vec<FanoutSide>, Option<FanoutSide>), BenchError> {
+    let mut baselines = Vec::new();
+    if let Some(b) = &servers.baselines {
+        baselines.push(udp::measure(report::RAW_UDP, config, b.udp, progress).await?);
+        baselines.push(udp::measure("raw udp sendmmsg", config, b.udp_batched, progress).await?);
+        baselines.push(bare_quinn::measure("bare quinn", config, b.quinn, &b.quinn_trust, progress).await?);
+    }
     let quiver = quiver::measure(config, &servers.quiver, progress).await?;
     let websocket = match servers.websocket {
         Some(hub) => Some(websocket::measure(config, hub, progress).await?),
         None => None,
     };
-    Ok((quiver, websocket))
+    Ok((quiver, baselines, websocket))
 }
 
-/// The Quiver server (unless external), the WebSocket hub (when compared), bound to `ip`, and the UDP relay in
-/// front of Quiver when the profile asks for one.
+/// Worker threads of the servers' runtime: one per core, as a server's own runtime would have.
+fn server_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// The Quiver server (unless external), the baselines' servers (unless left out) and the WebSocket hub (when
+/// compared), bound to `ip` on the servers' own runtime, and UDP relays in front of them when the profile asks
+/// for them.
 async fn start_servers(config: &FanoutConfig, ip: IpAddr) -> Result<Servers, BenchError> {
     let stop = CancellationToken::new();
     let data_dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
-    let (server, token, tuning) = (config.server.as_ref(), config.token.as_ref(), &TransportTuning::default());
-    let quiver = QuiverServer::start(server, token, tuning, ip, data_dir.path(), &stop).await?;
-    let max_clients = config.subscribers as usize + 4;
-    let (addr, relay) = through_relay(config.profile.as_ref(), quiver.addr, max_clients)?;
+    // Started on the current runtime's thread: in the netns emulator, that thread is in the servers' namespace
+    // and the runtime's threads are born there too.
+    let runtime = cpu::ServerRuntime::new(server_workers()).map_err(BenchError::io("the servers' runtime"))?;
+    let on_server = runtime.handle();
+    let (server, token, dir, quiver_stop) =
+        (config.server.clone(), config.token.clone(), data_dir.path().to_owned(), stop.clone());
+    let quiver = on_server
+        .spawn(async move {
+            let tuning = TransportTuning::default();
+            QuiverServer::start(server.as_ref(), token.as_ref(), &tuning, ip, &dir, &quiver_stop).await
+        })
+        .await??;
+    let (profile, max_clients) = (config.profile.as_ref(), config.subscribers as usize + 4);
+    let mut relays = Vec::new();
+    let mut relayed = |addr| -> Result<SocketAddr, BenchError> {
+        let (addr, relay) = through_relay(profile, addr, max_clients)?;
+        relays.extend(relay);
+        Ok(addr)
+    };
+    let quiver = QuiverServer { addr: relayed(quiver.addr)?, ..quiver };
+    let baselines = if config.baselines {
+        let (cert, _) = quiver_certs::dev::load_or_generate(data_dir.path(), std::time::SystemTime::now())?;
+        let quinn_trust = TrustOptions::Pin(cert.fingerprint());
+        let stop = stop.clone();
+        let (udp, udp_batched, quinn) = on_server
+            .spawn(async move {
+                let io = BenchError::io("raw UDP fan-out server");
+                let udp = udp::server(ip, false, stop.clone()).await.map_err(io)?;
+                let io = BenchError::io("raw UDP fan-out server");
+                let udp_batched = udp::server(ip, true, stop.clone()).await.map_err(io)?;
+                Ok::<_, BenchError>((udp, udp_batched, bare_quinn::server(ip, cert, stop)?))
+            })
+            .await??;
+        Some(Baselines { udp: relayed(udp)?, udp_batched: relayed(udp_batched)?, quinn: relayed(quinn)?, quinn_trust })
+    } else {
+        None
+    };
     let websocket = if config.compare_websocket {
-        Some(websocket::hub(ip, stop.clone()).await.map_err(BenchError::io("WebSocket hub"))?)
+        let stop = stop.clone();
+        let hub = on_server.spawn(async move { websocket::hub(ip, stop).await }).await?;
+        Some(hub.map_err(BenchError::io("WebSocket hub"))?)
     } else {
         None
     };
     Ok(Servers {
-        quiver: QuiverServer { addr, ..quiver },
+        quiver,
+        baselines,
         websocket,
-        _relay: relay,
+        _relays: relays,
         _data_dir: data_dir,
         _stop: stop.drop_guard(),
+        _runtime: runtime,
     })
 }
 
@@ -184,6 +253,7 @@ mod tests {
             token: None,
             compare_websocket: false,
             netns: None,
+            baselines: true,
         };
         assert!(config.check().is_ok(), "no chat is fine");
         let err = FanoutConfig { subscribers: 0, ..config.clone() }.check().unwrap_err();

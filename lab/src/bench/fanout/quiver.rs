@@ -8,6 +8,7 @@ use quiver_transport::TransportTuning;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    cpu::CpuMeter,
     report::FanoutSide,
     workload::{drive, Kind, Recorder, SharedRecorder},
     FanoutConfig,
@@ -59,6 +60,7 @@ pub(super) async fn measure(
     let publisher_client = connect().await?;
     let publisher = publisher_client.publisher(&channel).await.map_err(BenchError::request("publish"))?;
     progress("quiver: measuring");
+    let cpu = CpuMeter::start(config.server.is_none());
     drive(
         config,
         &recorder,
@@ -67,7 +69,8 @@ pub(super) async fn measure(
         |who, message| drop(subscribers[who].post(&chat_room, message)),
     )
     .await;
+    let cpu = cpu.stop();
     stop.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    Ok(Recorder::side(&recorder, config.subscribers))
+    Ok(Recorder::side(&recorder, "quiver", config.subscribers, cpu))
 }

@@ -1,10 +1,14 @@
-//! What a fan-out run reports: per side, delivery and one-way latency of ticks and of chat, and a table that puts
-//! Quiver's numbers beside the WebSocket hub's.
+//! What a fan-out run reports: per side (the raw UDP and bare quinn baselines, Quiver, and a WebSocket hub when
+//! compared), delivery and one-way latency of ticks and of chat, and the server's CPU time per delivery, with
+//! ratios against raw UDP fan-out measured in the same run.
 
 use quiver_client::latency::LatencySummary;
 use serde::Serialize;
 
 use crate::bench::series::times;
+
+/// The baseline the ratios are taken against: raw UDP, one `send_to` per delivery.
+pub(super) const RAW_UDP: &str = "raw udp";
 
 /// The outcome of a fan-out run.
 #[derive(Debug, Clone, Serialize)]
@@ -14,6 +18,8 @@ pub struct FanoutReport {
     /// Quiver's numbers.
     #[serde(flatten)]
     pub quiver: FanoutSide,
+    /// The baselines' numbers (raw UDP, raw UDP with `sendmmsg`, bare quinn datagrams), unless left out.
+    pub baselines: Vec<FanoutSide>,
     /// The WebSocket hub's numbers, when compared.
     pub websocket: Option<FanoutSide>,
 }
@@ -21,6 +27,8 @@ pub struct FanoutReport {
 /// One transport's fan-out numbers.
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutSide {
+    /// Which series (`quiver`, `raw udp`, `raw udp sendmmsg`, `bare quinn`, `websocket`).
+    pub name: String,
     /// Ticks the publisher sent (measured part).
     pub ticks_sent: u64,
     /// Share of (tick, subscriber) pairs delivered, percent.
@@ -39,14 +47,44 @@ pub struct FanoutSide {
     pub tick_curve: Vec<(f64, u64)>,
     /// Chat latency at the percentile plot's quantiles.
     pub chat_curve: Vec<(f64, u64)>,
+    /// Ticks and chat messages that reached a subscriber in the whole run, warm-up included.
+    pub deliveries: u64,
+    /// CPU seconds the server's own threads used in the run (`None` for an external server).
+    pub server_cpu_s: Option<f64>,
+    /// `server_cpu_s` per delivery, µs.
+    pub cpu_us_per_delivery: Option<f64>,
+}
+
+impl FanoutSide {
+    /// Deliveries one core of this machine could make per second at this side's CPU cost.
+    pub fn deliveries_per_core_s(&self) -> Option<f64> {
+        self.cpu_us_per_delivery.filter(|us| *us > 0.0).map(|us| 1e6 / us)
+    }
 }
 
 impl FanoutReport {
-    /// The run as series for a percentile plot ([`crate::bench::write_plot`]): ticks and chat of each side.
+    /// Every side: baselines, Quiver, then the WebSocket hub.
+    pub fn sides(&self) -> impl Iterator<Item = &FanoutSide> {
+        self.baselines.iter().chain([&self.quiver]).chain(self.websocket.as_ref())
+    }
+
+    /// The side named `name`.
+    pub fn side(&self, name: &str) -> Option<&FanoutSide> {
+        self.sides().find(|s| s.name == name)
+    }
+
+    /// Quiver's delivery throughput per core as a multiple of raw UDP fan-out's (the goal: ≥ 0.5).
+    pub fn quiver_throughput_vs_raw_udp(&self) -> Option<f64> {
+        let raw = self.side(RAW_UDP)?.cpu_us_per_delivery?;
+        Some(raw / self.quiver.cpu_us_per_delivery?)
+    }
+
+    /// The run as series for a percentile plot ([`crate::bench::write_plot`]): ticks (and chat, where sent) of
+    /// each side.
     pub fn as_series(&self) -> crate::bench::series::Report {
-        let series = |name: &str, sent: u64, delivered_pct: f64, latency, curve: &Vec<(f64, u64)>| {
+        let series = |name: String, sent: u64, delivered_pct: f64, latency, curve: &Vec<(f64, u64)>| {
             crate::bench::series::SeriesResult {
-                name: name.to_string(),
+                name,
                 baseline: None,
                 sent,
                 lost: sent - (sent as f64 * delivered_pct / 100.0).round().min(sent as f64) as u64,
@@ -55,36 +93,40 @@ impl FanoutReport {
             }
         };
         let mut out = Vec::new();
-        let sides = std::iter::once(("quiver", &self.quiver)).chain(self.websocket.as_ref().map(|w| ("websocket", w)));
-        for (name, side) in sides {
+        for side in self.sides() {
+            let name = &side.name;
             out.push(series(
-                &format!("{name} ticks"),
+                format!("{name} ticks"),
                 side.ticks_sent,
                 side.delivered_pct,
                 side.tick_latency,
                 &side.tick_curve,
             ));
-            out.push(series(
-                &format!("{name} chat"),
-                side.chat_sent,
-                side.chat_delivered_pct,
-                side.chat_latency,
-                &side.chat_curve,
-            ));
+            if side.chat_sent > 0 {
+                out.push(series(
+                    format!("{name} chat"),
+                    side.chat_sent,
+                    side.chat_delivered_pct,
+                    side.chat_latency,
+                    &side.chat_curve,
+                ));
+            }
         }
         crate::bench::series::Report { config: self.config.clone(), series: out }
     }
 
-    /// Human-readable summary; with a WebSocket side, its rows follow with Quiver's p50 and p99 as a ratio of it.
+    /// Human-readable summary: latency of every side's ticks (p50 and p99 as a ratio of raw UDP's) and chat
+    /// (as a ratio of the WebSocket hub's, when compared), then the servers' CPU per delivery.
     pub fn table(&self) -> String {
-        let row = |name: &str, l: &LatencySummary, delivered: f64, vs: Option<&LatencySummary>| {
-            let ratio = |a: u64, b: u64| if b == 0 { f64::NAN } else { a as f64 / b as f64 };
+        let ratio = |a: u64, b: u64| if b == 0 { f64::NAN } else { a as f64 / b as f64 };
+        let row = |name: &str, l: &LatencySummary, delivered: f64, stale: String, vs: Option<&LatencySummary>| {
             let vs =
                 vs.map(|b| format!("  {}, {}", times(ratio(l.p50_us, b.p50_us)), times(ratio(l.p99_us, b.p99_us))));
             format!(
-                "{name:<16} {:>9} {:>10.2} {:>8} {:>8} {:>8} {:>9} {:>9} {:>14}{}\n",
+                "{name:<23} {:>9} {:>8.2} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>14}{}\n",
                 l.count,
                 delivered,
+                stale,
                 l.p50_us,
                 l.p90_us,
                 l.p99_us,
@@ -94,28 +136,66 @@ impl FanoutReport {
                 vs.unwrap_or_default()
             )
         };
-        let ws = self.websocket.as_ref();
+        let raw = self.side(RAW_UDP).map(|s| &s.tick_latency);
+        let ws_chat = self.websocket.as_ref().filter(|w| w.chat_sent > 0).map(|w| &w.chat_latency);
         let mut out = format!(
-            "{:<16} {:>9} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>14}{}\n",
+            "{:<23} {:>9} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>14}{}\n",
             "(µs)",
             "count",
             "deliv.%",
+            "stale%",
             "p50",
             "p90",
             "p99",
             "p99.9",
             "max",
             "mean ± sd",
-            if ws.is_some() { "  quiver ÷ websocket (p50, p99)" } else { "" }
+            if raw.is_some() || ws_chat.is_some() {
+                "  p50, p99 ÷ raw udp ticks (chat: ÷ websocket chat)"
+            } else {
+                ""
+            }
         );
-        let q = &self.quiver;
-        out += &row("quiver ticks", &q.tick_latency, q.delivered_pct, ws.map(|w| &w.tick_latency));
-        out += &row("quiver chat", &q.chat_latency, q.chat_delivered_pct, ws.map(|w| &w.chat_latency));
-        if let Some(w) = ws {
-            out += &row("websocket ticks", &w.tick_latency, w.delivered_pct, None);
-            out += &row("websocket chat", &w.chat_latency, w.chat_delivered_pct, None);
+        for side in self.sides() {
+            let stale = format!("{:.2}", side.stale_pct);
+            let vs = raw.filter(|_| side.name != RAW_UDP);
+            out += &row(&format!("{} ticks", side.name), &side.tick_latency, side.delivered_pct, stale, vs);
+            if side.chat_sent > 0 {
+                let vs = ws_chat.filter(|_| side.name != "websocket");
+                out += &row(&format!("{} chat", side.name), &side.chat_latency, side.chat_delivered_pct, "".into(), vs);
+            }
         }
-        out += &format!("stale-dropped Quiver ticks: {:.3} %\n", q.stale_pct);
+        out += &self.cpu_table();
+        out
+    }
+
+    /// The servers' CPU per delivery and the delivery throughput one core would give, as a multiple of raw UDP's.
+    fn cpu_table(&self) -> String {
+        if self.sides().all(|s| s.cpu_us_per_delivery.is_none()) {
+            return String::new();
+        }
+        let raw = self.side(RAW_UDP).and_then(|s| s.cpu_us_per_delivery);
+        let mut out = format!(
+            "\nserver CPU (its own threads, whole run incl. warm-up)\n{:<23} {:>11} {:>8} {:>12} {:>16} {:>13}\n",
+            "series", "deliveries", "CPU s", "µs/delivery", "deliveries/core-s", "× raw udp"
+        );
+        for side in self.sides() {
+            let Some(us) = side.cpu_us_per_delivery else {
+                out += &format!("{:<23} {:>11} {:>8}\n", side.name, side.deliveries, "n/a");
+                continue;
+            };
+            let per_core = side.deliveries_per_core_s().unwrap_or(f64::NAN);
+            let vs = raw.map(|raw| format!("{:.2}", raw / us)).unwrap_or_default();
+            out += &format!(
+                "{:<23} {:>11} {:>8.2} {:>12.2} {:>16.0} {:>13}\n",
+                side.name,
+                side.deliveries,
+                side.server_cpu_s.unwrap_or(f64::NAN),
+                us,
+                per_core,
+                vs
+            );
+        }
         out
     }
 }

@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    cpu::CpuMeter,
     report::FanoutSide,
     workload::{drive, Kind, Recorder, SharedRecorder},
     FanoutConfig,
@@ -55,6 +56,7 @@ pub(super) async fn measure(
         Message::binary(body)
     };
     progress("websocket: measuring");
+    let cpu = CpuMeter::start(true);
     drive(
         config,
         &recorder,
@@ -63,8 +65,9 @@ pub(super) async fn measure(
         |who, message| drop(posters[who].send(framed(HUB_CHAT, message))),
     )
     .await;
+    let cpu = cpu.stop();
     stop.cancel();
-    Ok(Recorder::side(&recorder, config.subscribers))
+    Ok(Recorder::side(&recorder, "websocket", config.subscribers, cpu))
 }
 
 /// A minimal WebSocket hub on `ip` (one channel, one room): each binary message is forwarded to every other

@@ -27,6 +27,8 @@ pub(super) struct Recorder {
     ticks: u64,
     chat: u64,
     stale: u64,
+    /// Every tick and chat arrival of the run, warm-up included: the deliveries the server's CPU time paid for.
+    arrivals: u64,
 }
 
 pub(super) type SharedRecorder = Arc<Mutex<Recorder>>;
@@ -44,6 +46,7 @@ impl Recorder {
         let Some((_, i)) = parse(payload) else { return };
         let mut r = lock(recorder);
         let r = &mut *r;
+        r.arrivals += 1;
         let (origins, latency, count) = match kind {
             Kind::Tick => (&r.tick_origins, &mut r.tick_latency, &mut r.ticks),
             Kind::Chat => (&r.chat_origins, &mut r.chat_latency, &mut r.chat),
@@ -67,12 +70,19 @@ impl Recorder {
         chat_done && (!ticks_reliable || r.ticks >= r.tick_origins.len() as u64 * n)
     }
 
-    pub(super) fn side(recorder: &SharedRecorder, subscribers: u32) -> FanoutSide {
+    /// The run's numbers as the side `name`; `server_cpu` is what the server's threads spent on it.
+    pub(super) fn side(
+        recorder: &SharedRecorder,
+        name: &str,
+        subscribers: u32,
+        server_cpu: Option<Duration>,
+    ) -> FanoutSide {
         let r = lock(recorder);
         let n = u64::from(subscribers);
         let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
         let (ticks_sent, chat_sent) = (r.tick_origins.len() as u64, r.chat_origins.len() as u64);
         FanoutSide {
+            name: name.to_string(),
             ticks_sent,
             delivered_pct: pct(r.ticks, ticks_sent * n),
             stale_pct: pct(r.stale, r.ticks + r.stale),
@@ -82,6 +92,11 @@ impl Recorder {
             chat_latency: r.chat_latency.summary(),
             tick_curve: r.tick_latency.curve(),
             chat_curve: r.chat_latency.curve(),
+            deliveries: r.arrivals,
+            server_cpu_s: server_cpu.map(|cpu| cpu.as_secs_f64()),
+            cpu_us_per_delivery: server_cpu
+                .filter(|_| r.arrivals > 0)
+                .map(|cpu| cpu.as_secs_f64() * 1e6 / r.arrivals as f64),
         }
     }
 }

@@ -1,0 +1,120 @@
+//! Bare quinn fan-out with quinn's default transport settings: what a straightforward application on the same
+//! QUIC stack does. The server sends every datagram a connection sends it to every other connection (one shared
+//! `Bytes`, no copy); a connection is added once accepted and told so with a [`READY`] datagram.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+};
+
+use quiver_certs::CertKey;
+use quiver_client::TrustOptions;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    cpu::CpuMeter,
+    report::FanoutSide,
+    workload::{drive, Kind, Recorder, SharedRecorder},
+    FanoutConfig,
+};
+use crate::{
+    bench::{echo::ECHO_ALPN, namespaces::Progress, series::until_stopped, BenchError},
+    sync::lock,
+};
+
+/// The server's first datagram to a connection: it now receives the fan-out.
+const READY: &[u8] = b"quiver-bench-fanout-ready";
+
+/// The fan-out server on `ip` with `cert` (its tasks on the current runtime), until `stop`.
+pub(super) fn server(ip: IpAddr, cert: CertKey, stop: CancellationToken) -> Result<SocketAddr, BenchError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(cert.chain, cert.key)?;
+    tls.alpn_protocols = vec![ECHO_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let endpoint =
+        quinn::Endpoint::server(config, SocketAddr::new(ip, 0)).map_err(BenchError::io("quinn fan-out server"))?;
+    let addr = endpoint.local_addr().map_err(BenchError::io("quinn fan-out server"))?;
+    let connections: Arc<Mutex<Vec<quinn::Connection>>> = Arc::default();
+    tokio::spawn(async move {
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => match incoming { Some(i) => i, None => return },
+                () = stop.cancelled() => { endpoint.close(0u32.into(), b"done"); return; }
+            };
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                lock(&connections).push(conn.clone());
+                let _ = conn.send_datagram(bytes::Bytes::from_static(READY));
+                while let Ok(datagram) = conn.read_datagram().await {
+                    for other in lock(&connections).iter() {
+                        if other.stable_id() != conn.stable_id() {
+                            let _ = other.send_datagram(datagram.clone());
+                        }
+                    }
+                }
+                lock(&connections).retain(|c| c.stable_id() != conn.stable_id());
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A connection the server has added (it sent [`READY`]), on an endpoint (socket) of its own.
+async fn connect(server: SocketAddr, pin: &TrustOptions) -> Result<quinn::Connection, BenchError> {
+    let mut client_config = quiver_client::quinn_client_config(pin, server, ECHO_ALPN)?;
+    // Bare quinn: its default transport settings, not Quiver's.
+    client_config.transport_config(Arc::new(quinn::TransportConfig::default()));
+    let unspecified: IpAddr =
+        if server.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    let endpoint =
+        quinn::Endpoint::client(SocketAddr::new(unspecified, 0)).map_err(BenchError::io("quinn client endpoint"))?;
+    let conn = endpoint.connect_with(client_config, server, "localhost")?.await?;
+    let ready = conn.read_datagram().await?;
+    if ready != READY {
+        return Err(BenchError::io("quinn fan-out")(std::io::Error::other(
+            "the server's first datagram was not READY",
+        )));
+    }
+    Ok(conn)
+}
+
+/// The bare quinn series: `config.subscribers` connections, then ticks as datagrams from one more (no chat: the
+/// series measures the datagram fan-out alone).
+pub(super) async fn measure(
+    name: &str,
+    config: &FanoutConfig,
+    server: SocketAddr,
+    pin: &TrustOptions,
+    progress: &Progress,
+) -> Result<FanoutSide, BenchError> {
+    progress(&format!("{name}: connecting subscribers"));
+    let recorder = SharedRecorder::default();
+    let stop = CancellationToken::new();
+    let mut connections = Vec::new();
+    for _ in 0..config.subscribers {
+        let conn = connect(server, pin).await?;
+        let (reader, recorder) = (conn.clone(), recorder.clone());
+        until_stopped(&stop, async move {
+            while let Ok(datagram) = reader.read_datagram().await {
+                Recorder::received(&recorder, Kind::Tick, &datagram);
+            }
+        });
+        connections.push(conn);
+    }
+    let publisher = connect(server, pin).await?;
+    progress(&format!("{name}: measuring"));
+    let ticks_only = FanoutConfig { chat_rate: 0.0, ..config.clone() };
+    let cpu = CpuMeter::start(true);
+    drive(&ticks_only, &recorder, false, |tick| drop(publisher.send_datagram(tick.into())), |_, _| {}).await;
+    let cpu = cpu.stop();
+    stop.cancel();
+    for conn in connections.iter().chain([&publisher]) {
+        conn.close(0u32.into(), b"done");
+    }
+    Ok(Recorder::side(&recorder, name, config.subscribers, cpu))
+}

@@ -10,6 +10,7 @@ use quiver_lab::bench::{
 };
 
 mod cluster;
+mod connections;
 
 use quiver_lab::impair::Backend;
 
@@ -87,6 +88,12 @@ pub(crate) enum BenchCommand {
     /// What a Redis between nodes costs: room echo, posts/s and tick fan-out on one node and across three nodes on
     /// a redis-server the bench starts itself (docs/cluster.md).
     Cluster(cluster::ClusterArgs),
+    /// What idle connections cost the server: memory per connection, full and resumed handshakes per second, time
+    /// to connect them all, idle CPU (a server process of its own).
+    Connections(connections::ConnectionsArgs),
+    /// The server process of `quiver bench connections` (not for direct use).
+    #[command(hide = true)]
+    ConnectionsServer(connections::ServerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +267,8 @@ pub(crate) async fn run(command: BenchCommand) -> Result<(), CliError> {
         BenchCommand::Post(args) => post(args).await,
         BenchCommand::Restart(args) => restart(args).await,
         BenchCommand::Cluster(args) => cluster::cluster(args).await,
+        BenchCommand::Connections(args) => connections::connections(args).await,
+        BenchCommand::ConnectionsServer(args) => connections::server(args).await,
     }
 }
 

@@ -177,3 +177,34 @@ async fn bench_fanout_draws_its_percentile_plot() {
     assert!(svg.contains("<svg") && svg.contains("quiver ticks") && svg.contains("quiver chat"), "{stderr}");
     assert!(svg.contains("raw udp ticks") && svg.contains("bare quinn ticks"), "the baselines are drawn too");
 }
+
+#[tokio::test]
+async fn bench_connections_reports_memory_handshakes_resumptions_and_idle_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("connections.json");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["bench", "connections", "--count", "500", "--sockets", "4", "--resumed", "50", "--idle", "1"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stderr}");
+    for row in ["full handshakes/s", "resumed handshakes/s", "server memory/connection", "server idle CPU"] {
+        assert!(stdout.contains(row), "{row} missing: {stdout}");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!((report["connections"].as_u64(), report["failed"].as_u64()), (Some(500), Some(0)), "{report}");
+    assert_eq!(report["server_connections"].as_i64(), Some(500), "the server held them all: {report}");
+    // Every reopened connection resumed its TLS session from the ticket the server issued.
+    assert_eq!((report["resumed"].as_u64(), report["server_tls_resumed"].as_u64()), (Some(50), Some(50)), "{report}");
+    let per_connection = report["bytes_per_connection"].as_f64().unwrap();
+    assert!((1_000.0..1_000_000.0).contains(&per_connection), "a connection costs some memory: {report}");
+    let handshakes = report["full_handshakes_per_s"].as_f64().unwrap();
+    assert!(handshakes > 0.0 && report["resumed_handshakes_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    let idle = report["idle_cpu_pct"].as_f64().unwrap();
+    assert!((0.0..200.0).contains(&idle), "{report}");
+    assert!(report["server_cpu_per_handshake_us"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["meta"]["command"].as_str().unwrap().contains("connections"), "{report}");
+}

@@ -325,6 +325,12 @@ impl Collector for ServerMetrics {
             ConstCounter::new(c.accepted_webtransport).encode(m.encode_family(&[("transport", "webtransport")])?)?;
         }
         counter(&mut e, "handshakes", "Sessions admitted (Hello answered with Welcome)", c.handshakes)?;
+        counter(
+            &mut e,
+            "tls_resumed",
+            "TLS handshakes resumed from a session ticket this server issued (no certificate signature)",
+            c.tls_resumed,
+        )?;
         labelled_counters(
             &mut e,
             "retries_sent",

@@ -104,6 +104,8 @@ counters! {
     room_deliveries,
     /// Sessions admitted (Hello answered with Welcome).
     handshakes,
+    /// TLS handshakes resumed from a session ticket this server issued (no certificate signature needed).
+    tls_resumed,
     /// Native QUIC connections served (past the handshake and the connection limits).
     accepted_native,
     /// WebTransport sessions served.

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use quiver_proto::{Limits, ALPN_H3, ALPN_QUIVER};
+/// What makes and opens TLS session tickets ([`session_tickets`]).
+pub use rustls::server::ProducesTickets;
 use rustls::{
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer},
@@ -31,13 +33,14 @@ pub fn client_config(tls: rustls::ClientConfig, tuning: &TransportTuning) -> Res
 }
 
 /// A quinn server configuration presenting `chain` (leaf first) with `key`: TLS 1.3, ALPNs `quiver/1` and `h3`, no
-/// 0-RTT (replayable requests such as posts must not be accepted before the handshake completes), and the server
-/// transport for `tuning`.
+/// 0-RTT (replayable requests such as posts must not be accepted before the handshake completes), session
+/// resumption with `tickets` (from [`session_tickets`]), and the server transport for `tuning`.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     limits: &Limits,
     tuning: &TransportTuning,
+    tickets: Arc<dyn ProducesTickets>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -45,10 +48,56 @@ pub fn server_config(
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![ALPN_QUIVER.to_vec(), ALPN_H3.to_vec()];
     tls.max_early_data_size = 0;
+    // Stateless tickets: no per-session memory on the server (rustls' default cache holds 256 sessions in all,
+    // useless at ten thousand clients), and a reconnect skips the certificate signature.
+    tls.ticketer = tickets;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|_| TlsError::NoTls13)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(server_transport(limits, tuning));
     Ok(server)
+}
+
+/// TLS 1.3 session tickets for [`server_config`]: stateless (rustls' ring `Ticketer`: ChaCha20-Poly1305 under
+/// random keys rotated every 6 hours, held in memory only), so resuming costs the server no memory per session. A
+/// resumed handshake still runs a fresh ECDHE (forward secrecy holds) and never carries 0-RTT data. Make one per
+/// server and keep it across certificate reloads, or tickets issued before a reload stop resuming.
+/// `on_resumed` is called for every ticket a returning client presents that decrypts (a resumed handshake).
+pub fn session_tickets(on_resumed: impl Fn() + Send + Sync + 'static) -> Result<Arc<dyn ProducesTickets>, TlsError> {
+    let inner = rustls::crypto::ring::Ticketer::new()?;
+    Ok(Arc::new(CountedTickets { inner, on_resumed: Box::new(on_resumed) }))
+}
+
+struct CountedTickets {
+    inner: Arc<dyn ProducesTickets>,
+    on_resumed: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for CountedTickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountedTickets").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl ProducesTickets for CountedTickets {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.inner.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.inner.decrypt(cipher);
+        if plain.is_some() {
+            (self.on_resumed)();
+        }
+        plain
+    }
 }
 
 /// Why a QUIC configuration could not be built.

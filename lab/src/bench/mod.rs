@@ -2,12 +2,14 @@
 //! emulator. Every send is scheduled at a fixed rate and its latency counts from the scheduled time (no
 //! coordinated omission), warm-up excluded, percentiles from HdrHistogram.
 //!
-//! `rtt` and `fanout` measure latency; `cluster` what a Redis between nodes costs; `post` measures the durable store (posts/s and ack latency per durability
+//! `rtt` and `fanout` measure latency; `connections` what idle connections cost the server; `cluster` what a Redis
+//! between nodes costs; `post` measures the durable store (posts/s and ack latency per durability
 //! mode). `rtt` and `fanout` share how a series is counted (`series`), the Quiver server
 //! and the baselines' echoes they measure (`server`, `echo`), the WebSocket client Quiver is compared with
 //! (`websocket`), and the link they cross (`namespaces`).
 
 mod cluster;
+mod connections;
 mod echo;
 mod error;
 mod fanout;
@@ -21,6 +23,7 @@ mod server;
 mod websocket;
 
 pub use cluster::{run_cluster, ClusterConfig, ClusterReport, FanoutRow};
+pub use connections::{run_connections, serve_connections_child, ConnectionsConfig, ConnectionsReport};
 pub use error::BenchError;
 pub use fanout::{run_fanout, FanoutConfig, FanoutReport, FanoutSide};
 pub use plot::{write_plot, PlotError};

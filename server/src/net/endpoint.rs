@@ -37,9 +37,12 @@ pub enum ServerError {
     Admin(SocketAddr, std::io::Error),
 }
 
-pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, quinn::ServerConfig, Fingerprint), ServerError> {
+pub(super) fn bind(
+    config: &ServerConfig,
+    tickets: &Tickets,
+) -> Result<(quinn::Endpoint, quinn::ServerConfig, Fingerprint), ServerError> {
     config.limits.check()?;
-    let (server_config, fingerprint) = server_config(config)?;
+    let (server_config, fingerprint) = server_config(config, tickets)?;
     let socket = udp_socket(config.listen).map_err(ServerError::Bind)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ServerError::Bind(std::io::Error::other("no async runtime (call from within tokio)")))?;
@@ -56,9 +59,15 @@ pub(super) fn bind(config: &ServerConfig) -> Result<(quinn::Endpoint, quinn::Ser
     Ok((endpoint, server_config, fingerprint))
 }
 
-/// The QUIC server configuration: the certificate (loaded, or the dev one generated or renewed) and the transport.
-/// Called at start and on every reload.
-pub(super) fn server_config(config: &ServerConfig) -> Result<(quinn::ServerConfig, Fingerprint), ServerError> {
+/// The server's TLS session tickets, made once and kept across reloads (`quiver_transport::tls::session_tickets`).
+pub(super) type Tickets = std::sync::Arc<dyn quiver_transport::tls::ProducesTickets>;
+
+/// The QUIC server configuration: the certificate (loaded, or the dev one generated or renewed), the session
+/// tickets and the transport. Called at start and on every reload.
+pub(super) fn server_config(
+    config: &ServerConfig,
+    tickets: &Tickets,
+) -> Result<(quinn::ServerConfig, Fingerprint), ServerError> {
     let cert = match &config.tls {
         TlsSource::Dev => {
             let (cert, status) = quiver_certs::dev::load_or_generate(&config.data_dir, std::time::SystemTime::now())?;
@@ -68,7 +77,8 @@ pub(super) fn server_config(config: &ServerConfig) -> Result<(quinn::ServerConfi
         TlsSource::Pem { cert, key } => quiver_certs::pem::load(cert, key)?,
     };
     let fingerprint = cert.fingerprint();
-    let server_config = quiver_transport::tls::server_config(cert.chain, cert.key, &config.limits, &config.tuning)?;
+    let server_config =
+        quiver_transport::tls::server_config(cert.chain, cert.key, &config.limits, &config.tuning, tickets.clone())?;
     Ok((server_config, fingerprint))
 }
 

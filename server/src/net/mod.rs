@@ -55,6 +55,7 @@ pub struct Reloader {
     config: Arc<ServerConfig>,
     current: Arc<std::sync::RwLock<Current>>,
     fingerprint: crate::web::LiveFingerprint,
+    tickets: endpoint::Tickets,
 }
 
 impl Reloader {
@@ -63,7 +64,7 @@ impl Reloader {
     /// browsers the new hash), live connections keep theirs. Returns the certificate's fingerprint. On an error
     /// nothing changes.
     pub fn reload(&self, auth: crate::auth::AuthConfig) -> Result<Fingerprint, ServerError> {
-        let (quic, fingerprint) = endpoint::server_config(&self.config)?;
+        let (quic, fingerprint) = endpoint::server_config(&self.config, &self.tickets)?;
         let auth = Arc::new(crate::auth::Auth::from_config(&auth, &self.config.data_dir)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Current { quic: Arc::new(quic), auth };
         self.fingerprint.set(fingerprint);
@@ -174,6 +175,8 @@ pub struct Server<R = LocalRooms> {
     /// What new connections are accepted with (reloaded by [`Reloader`]).
     current: Arc<std::sync::RwLock<Current>>,
     fingerprint: crate::web::LiveFingerprint,
+    /// TLS session tickets, the same across reloads.
+    tickets: endpoint::Tickets,
     /// The admin listener, started first so that `/readyz` answers (503) while the server is not serving yet.
     admin: Option<Admin>,
     metrics: Arc<crate::metrics::ServerMetrics>,
@@ -218,7 +221,9 @@ impl<R: RoomHub> Server<R> {
         rooms: Arc<R>,
         ticks: Arc<dyn TickHub>,
     ) -> Result<Server<R>, ServerError> {
-        let (endpoint, quic, fingerprint) = endpoint::bind(&config)?;
+        let resumed = early.stats.clone();
+        let tickets = quiver_transport::tls::session_tickets(move || crate::stats::bump(&resumed.tls_resumed))?;
+        let (endpoint, quic, fingerprint) = endpoint::bind(&config, &tickets)?;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
         let page = config.web.http.map(crate::http::bind).transpose().map_err(ServerError::Bind)?;
         let page_addr = page.as_ref().map(|l| l.local_addr()).transpose().map_err(ServerError::Bind)?;
@@ -251,6 +256,7 @@ impl<R: RoomHub> Server<R> {
             admission,
             current: Arc::new(std::sync::RwLock::new(current)),
             fingerprint: crate::web::LiveFingerprint::new(fingerprint),
+            tickets,
             admin,
             metrics,
             _data_dir: data_dir,
@@ -294,7 +300,12 @@ impl<R: RoomHub> Server<R> {
 
     /// A handle that reloads the certificate and token keys while the server runs.
     pub fn reloader(&self) -> Reloader {
-        Reloader { config: self.config.clone(), current: self.current.clone(), fingerprint: self.fingerprint.clone() }
+        Reloader {
+            config: self.config.clone(),
+            current: self.current.clone(),
+            fingerprint: self.fingerprint.clone(),
+            tickets: self.tickets.clone(),
+        }
     }
 
     /// Serves until `shutdown` is cancelled, then drains: stops accepting, sends every connection GoAway (after

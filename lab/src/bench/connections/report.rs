@@ -1,0 +1,171 @@
+//! What a connections run reports, with the goals beside the figures.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{child::ChildStats, ConnectionsConfig};
+
+/// Goal: server memory per idle connection, bytes (moonshot 20 KB).
+pub(super) const GOAL_BYTES_PER_CONNECTION: f64 = 28_000.0;
+/// Goal: full handshakes per second.
+pub(super) const GOAL_HANDSHAKES_PER_S: f64 = 2_000.0;
+/// Goal: the server's CPU with every connection idle, percent of one core.
+pub(super) const GOAL_IDLE_CPU_PCT: f64 = 5.0;
+
+/// The outcome of a connections run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionsReport {
+    /// Settings.
+    pub config: serde_json::Value,
+    /// Connections opened (QUIC handshake and Hello/Welcome).
+    pub connections: u32,
+    /// Connections that failed to open (first and resumed rounds).
+    pub failed: u32,
+    /// The first failure, if any.
+    pub first_failure: Option<String>,
+    /// Time to open them all, seconds.
+    pub connect_s: f64,
+    /// Full handshakes per second over that time.
+    pub full_handshakes_per_s: f64,
+    /// The server's CPU time per full handshake, µs.
+    pub server_cpu_per_handshake_us: Option<f64>,
+    /// The server's resident memory before any connection, bytes.
+    pub rss_before_bytes: Option<u64>,
+    /// With every connection open and settled, bytes.
+    pub rss_after_bytes: Option<u64>,
+    /// (after − before) / connections.
+    pub bytes_per_connection: Option<f64>,
+    /// Native connections the server counted open.
+    pub server_connections: i64,
+    /// Seconds the idle CPU was measured over.
+    pub idle_s: f64,
+    /// The server's CPU while every connection idled, percent of one core.
+    pub idle_cpu_pct: Option<f64>,
+    /// Connections closed and opened again with their session tickets.
+    pub resumed: u32,
+    /// Time to open them again, seconds.
+    pub resume_s: f64,
+    /// Resumed handshakes per second.
+    pub resumed_handshakes_per_s: f64,
+    /// Of those, handshakes the server resumed from a ticket (its `tls_resumed` counter).
+    pub server_tls_resumed: u64,
+    /// The client sockets' buffers as granted (receive, send), bytes.
+    pub client_socket_buffers: (usize, usize),
+    /// The kernel's caps on what a socket may ask for (`net.core.rmem_max`, `wmem_max`), bytes.
+    pub kernel_buffer_max: (Option<u64>, Option<u64>),
+}
+
+/// What `run_connections` measured, turned into a report by [`ConnectionsReport::new`].
+pub(super) struct Measured<'a> {
+    pub(super) config: &'a ConnectionsConfig,
+    pub(super) opened: u32,
+    pub(super) failures: u32,
+    pub(super) first_failure: Option<String>,
+    pub(super) connect_time: Duration,
+    pub(super) handshake_cpu: Option<Duration>,
+    pub(super) rss_before: Option<u64>,
+    pub(super) rss_after: Option<u64>,
+    pub(super) stats_open: ChildStats,
+    pub(super) idle_cpu: Option<Duration>,
+    pub(super) resumed: u32,
+    pub(super) resume_time: Duration,
+    pub(super) tls_resumed: u64,
+    pub(super) granted: (usize, usize),
+}
+
+fn sysctl(name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/sys/net/core/{name}")).ok()?.trim().parse().ok()
+}
+
+impl ConnectionsReport {
+    pub(super) fn new(m: Measured<'_>) -> ConnectionsReport {
+        let per_s = |n: u32, t: Duration| if t.is_zero() { 0.0 } else { f64::from(n) / t.as_secs_f64() };
+        let opened = f64::from(m.opened.max(1));
+        ConnectionsReport {
+            config: serde_json::json!({
+                "count": m.config.count,
+                "sockets": m.config.sockets,
+                "in_flight": m.config.in_flight,
+                "resumed": m.config.resumed,
+                "idle_s": m.config.idle.as_secs_f64(),
+                "server": "its own process, dev certificate, memory durability, limits raised to the run's count",
+            }),
+            connections: m.opened,
+            failed: m.failures,
+            first_failure: m.first_failure,
+            connect_s: m.connect_time.as_secs_f64(),
+            full_handshakes_per_s: per_s(m.opened, m.connect_time),
+            server_cpu_per_handshake_us: m.handshake_cpu.map(|c| c.as_secs_f64() * 1e6 / opened),
+            rss_before_bytes: m.rss_before,
+            rss_after_bytes: m.rss_after,
+            bytes_per_connection: m
+                .rss_before
+                .zip(m.rss_after)
+                .map(|(before, after)| after.saturating_sub(before) as f64 / opened),
+            server_connections: m.stats_open.connections,
+            idle_s: m.config.idle.as_secs_f64(),
+            idle_cpu_pct: m
+                .idle_cpu
+                .filter(|_| !m.config.idle.is_zero())
+                .map(|c| 100.0 * c.as_secs_f64() / m.config.idle.as_secs_f64()),
+            resumed: m.resumed,
+            resume_s: m.resume_time.as_secs_f64(),
+            resumed_handshakes_per_s: per_s(m.resumed, m.resume_time),
+            server_tls_resumed: m.tls_resumed,
+            client_socket_buffers: m.granted,
+            kernel_buffer_max: (sysctl("rmem_max"), sysctl("wmem_max")),
+        }
+    }
+
+    /// Human-readable summary, each figure beside its goal.
+    pub fn table(&self) -> String {
+        let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |v| format!("{v:.1}{unit}"));
+        let met = |ok: Option<bool>| match ok {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        };
+        let kb = self.bytes_per_connection.map(|b| b / 1000.0);
+        let mut out = String::new();
+        out += &format!(
+            "connections open           {:>10}   (failed: {}{})\n",
+            self.connections,
+            self.failed,
+            self.first_failure.as_deref().map(|e| format!("; first: {e}")).unwrap_or_default()
+        );
+        out += &format!("time to connect all        {:>10.2} s\n", self.connect_s);
+        out += &format!(
+            "full handshakes/s          {:>10.0}   goal ≥ {GOAL_HANDSHAKES_PER_S:.0}: {}\n",
+            self.full_handshakes_per_s,
+            met(Some(self.full_handshakes_per_s >= GOAL_HANDSHAKES_PER_S))
+        );
+        out += &format!("server CPU per handshake   {:>10}\n", opt(self.server_cpu_per_handshake_us, " µs"));
+        out += &format!(
+            "resumed handshakes/s       {:>10.0}   ({} reopened; the server resumed {} from tickets)\n",
+            self.resumed_handshakes_per_s, self.resumed, self.server_tls_resumed
+        );
+        out += &format!(
+            "server memory/connection   {:>10}   goal ≤ 28 KB (moonshot 20 KB): {}  (RSS {} → {} MB)\n",
+            opt(kb, " KB"),
+            met(self.bytes_per_connection.map(|b| b <= GOAL_BYTES_PER_CONNECTION)),
+            opt(self.rss_before_bytes.map(|b| b as f64 / 1e6), ""),
+            opt(self.rss_after_bytes.map(|b| b as f64 / 1e6), "")
+        );
+        out += &format!(
+            "server idle CPU            {:>10}   goal < {GOAL_IDLE_CPU_PCT:.0} % of a core: {}  (over {:.0} s)\n",
+            opt(self.idle_cpu_pct, " %"),
+            met(self.idle_cpu_pct.map(|p| p < GOAL_IDLE_CPU_PCT)),
+            self.idle_s
+        );
+        let (rmem, wmem) = self.kernel_buffer_max;
+        out += &format!(
+            "client socket buffers      granted {} / {} B (receive / send); kernel max {} / {} B\n",
+            self.client_socket_buffers.0,
+            self.client_socket_buffers.1,
+            rmem.map_or("?".into(), |v| v.to_string()),
+            wmem.map_or("?".into(), |v| v.to_string())
+        );
+        out
+    }
+}

@@ -125,9 +125,8 @@ impl TransportTuning {
 #[error("unknown transport tuning {0:?}; tunings: quiver, no-probe, no-floor, quinn-defaults, tail-probe")]
 pub struct UnknownTuning(pub String);
 
-/// Transport settings shared by both ends; `ack_threshold`: ack-eliciting packets the peer may receive before it
-/// must acknowledge at once (with the ACK-frequency request).
-fn common(tuning: &TransportTuning, ack_threshold: u32) -> TransportConfig {
+/// Transport settings shared by both ends.
+fn common(tuning: &TransportTuning) -> TransportConfig {
     let mut config = TransportConfig::default();
     config
         .max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT.as_millis() as u32).into()))
@@ -139,9 +138,7 @@ fn common(tuning: &TransportTuning, ack_threshold: u32) -> TransportConfig {
     }
     if let Some(delay) = tuning.max_ack_delay {
         let mut ack = AckFrequencyConfig::default();
-        ack.max_ack_delay(Some(delay))
-            .reordering_threshold(VarInt::from_u32(tuning.reordering_threshold))
-            .ack_eliciting_threshold(VarInt::from_u32(ack_threshold));
+        ack.max_ack_delay(Some(delay)).reordering_threshold(VarInt::from_u32(tuning.reordering_threshold));
         config.ack_frequency_config(Some(ack));
     }
     config
@@ -153,8 +150,7 @@ fn common(tuning: &TransportTuning, ack_threshold: u32) -> TransportConfig {
 /// known, so they are the browser's; a native client opening any stream besides the control stream is closed
 /// with `ProtocolViolation`. Room streams are opened by the server.
 pub fn server_transport(_limits: &Limits, tuning: &TransportTuning) -> Arc<TransportConfig> {
-    // Clients acknowledge every other packet (or within `max_ack_delay`), as QUIC does by default.
-    let mut config = common(tuning, 1);
+    let mut config = common(tuning);
     config.keep_alive_interval(server_keep_alive(tuning.keep_alive));
     config.max_concurrent_bidi_streams(VarInt::from_u32(2)).max_concurrent_uni_streams(VarInt::from_u32(3));
     Arc::new(config)
@@ -173,11 +169,7 @@ pub fn server_keep_alive(keep_alive: Option<Duration>) -> Option<Duration> {
 
 /// The client's transport: the server may open one unidirectional stream per room the client can join.
 pub fn client_transport(limits: &Limits, tuning: &TransportTuning) -> Arc<TransportConfig> {
-    // The server acknowledges each packet of a client at once instead of after `max_ack_delay`: what a client sends
-    // is mostly sparse (requests, posts, keep-alives, a publisher's ticks), acknowledged one by one anyway, so this
-    // adds ACKs only to bursts and saves the server a timer wake-up per packet, a fifth of an idle connection's
-    // cost (docs/benchmarks.md, "10,000 idle connections").
-    let mut config = common(tuning, 0);
+    let mut config = common(tuning);
     config
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
         // +1: a room being left and rejoined overlaps its old stream's finish with the new stream.

@@ -25,7 +25,7 @@ mod websocket;
 pub use cluster::{run_cluster, ClusterConfig, ClusterReport, FanoutRow};
 pub use connections::{run_connections, serve_connections_child, ConnectionsConfig, ConnectionsReport};
 pub use error::BenchError;
-pub use fanout::{run_fanout, FanoutConfig, FanoutReport, FanoutSide};
+pub use fanout::{run_fanout, FanoutConfig, FanoutReport, FanoutSide, ServerTicks};
 pub use plot::{write_plot, PlotError};
 pub use post::{run_post, PostConfig, PostReport, PostRow};
 /// The durability modes `post` measures (the server's own type).

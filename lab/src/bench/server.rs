@@ -20,6 +20,8 @@ pub(crate) struct QuiverServer {
     pub(crate) addr: SocketAddr,
     pub(crate) trust: TrustOptions,
     pub(crate) token: Option<TokenProvider>,
+    /// The in-process server's counters (`None` for an external one).
+    pub(crate) stats: Option<std::sync::Arc<quiver_server::stats::ServerStats>>,
 }
 
 impl QuiverServer {
@@ -34,7 +36,8 @@ impl QuiverServer {
         stop: &CancellationToken,
     ) -> Result<QuiverServer, BenchError> {
         if let Some((server, trust)) = external {
-            return Ok(QuiverServer { addr: resolve(server).await?, trust: trust.clone(), token: token.cloned() });
+            let addr = resolve(server).await?;
+            return Ok(QuiverServer { addr, trust: trust.clone(), token: token.cloned(), stats: None });
         }
         let config = quiver_server::ServerConfig {
             tuning: tuning.clone(),
@@ -46,11 +49,11 @@ impl QuiverServer {
             ..quiver_server::ServerConfig::dev(SocketAddr::new(ip, 0), data_dir.into())
         };
         let server = quiver_server::Server::bind(config)?;
-        let (addr, pin) = (server.local_addr(), server.fingerprint());
+        let (addr, pin, stats) = (server.local_addr(), server.fingerprint(), server.stats());
         tokio::spawn(server.run(stop.clone()));
         let sub = format!("bench-{:08x}", rand::random::<u32>());
         let token = TokenProvider::dev(data_dir.to_owned(), sub);
-        Ok(QuiverServer { addr, trust: TrustOptions::Pin(pin), token: Some(token) })
+        Ok(QuiverServer { addr, trust: TrustOptions::Pin(pin), token: Some(token), stats: Some(stats) })
     }
 
     /// A client connected with `tuning`.

@@ -15,8 +15,7 @@ pub(super) struct ServerRuntime {
 }
 
 impl ServerRuntime {
-    /// A runtime with `workers` threads named [`SERVER_THREAD`] (a server on this machine gets as many workers as
-    /// there are cores; so does this one).
+    /// A runtime with `workers` threads named [`SERVER_THREAD`].
     pub(super) fn new(workers: usize) -> std::io::Result<ServerRuntime> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers.max(1))
@@ -46,12 +45,22 @@ impl Drop for ServerRuntime {
 /// CPU time the servers' threads have used so far, or `None` where `/proc` does not tell (not Linux). Threads
 /// that exited took their time with them; the servers' workers live as long as the runtime.
 pub(super) fn server_cpu() -> Option<Duration> {
+    threads_cpu(true)
+}
+
+/// CPU time every other thread of the process has used so far: the clients, the publisher and the bench's own
+/// bookkeeping (the load generator).
+pub(super) fn client_cpu() -> Option<Duration> {
+    threads_cpu(false)
+}
+
+fn threads_cpu(server: bool) -> Option<Duration> {
     let tasks = std::fs::read_dir("/proc/self/task").ok()?;
     let mut total = Duration::ZERO;
     for task in tasks.flatten() {
         let path = task.path();
         let Ok(name) = std::fs::read_to_string(path.join("comm")) else { continue };
-        if name.trim_end() != SERVER_THREAD {
+        if (name.trim_end() == SERVER_THREAD) != server {
             continue;
         }
         let on_cpu_ns = std::fs::read_to_string(path.join("schedstat"))
@@ -67,21 +76,29 @@ pub(super) fn spent(before: Option<Duration>, after: Option<Duration>) -> Option
     Some(after?.saturating_sub(before?))
 }
 
-/// The servers' CPU time over one series' run.
+/// The servers' and the clients' CPU time over one series' run.
 #[derive(Debug)]
 pub(super) struct CpuMeter {
-    before: Option<Duration>,
+    server: Option<Duration>,
+    clients: Option<Duration>,
+}
+
+/// What a series' run cost: the servers' threads (`None` for an external server) and everything else.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Spent {
+    pub(super) server: Option<Duration>,
+    pub(super) clients: Option<Duration>,
 }
 
 impl CpuMeter {
-    /// Starts measuring; `measured` false (an external server) measures nothing.
-    pub(super) fn start(measured: bool) -> CpuMeter {
-        CpuMeter { before: if measured { server_cpu() } else { None } }
+    /// Starts measuring; `server` false (an external server) leaves the server unmeasured.
+    pub(super) fn start(server: bool) -> CpuMeter {
+        CpuMeter { server: if server { server_cpu() } else { None }, clients: client_cpu() }
     }
 
-    /// What the servers' threads spent since [`CpuMeter::start`].
-    pub(super) fn stop(self) -> Option<Duration> {
-        spent(self.before, server_cpu())
+    /// What was spent since [`CpuMeter::start`].
+    pub(super) fn stop(self) -> Spent {
+        Spent { server: spent(self.server, server_cpu()), clients: spent(self.clients, client_cpu()) }
     }
 }
 

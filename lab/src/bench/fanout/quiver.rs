@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     cpu::CpuMeter,
-    report::FanoutSide,
+    report::{FanoutSide, ServerTicks},
     workload::{drive, Kind, Recorder, SharedRecorder},
     FanoutConfig,
 };
@@ -61,6 +61,8 @@ pub(super) async fn measure(
     let publisher = publisher_client.publisher(&channel).await.map_err(BenchError::request("publish"))?;
     progress("quiver: measuring");
     let cpu = CpuMeter::start(config.server.is_none());
+    let counters = || server.stats.as_ref().map(|s| s.snapshot());
+    let before = counters();
     drive(
         config,
         &recorder,
@@ -70,7 +72,12 @@ pub(super) async fn measure(
     )
     .await;
     let cpu = cpu.stop();
+    let server_ticks = before.zip(counters()).map(|(b, a)| ServerTicks {
+        sent: a.ticks_sent - b.ticks_sent,
+        conflated: a.ticks_conflated - b.ticks_conflated,
+        expired: a.ticks_expired - b.ticks_expired,
+    });
     stop.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    Ok(Recorder::side(&recorder, "quiver", config.subscribers, cpu))
+    Ok(FanoutSide { server_ticks, ..Recorder::side(&recorder, "quiver", config.subscribers, cpu) })
 }

@@ -53,6 +53,23 @@ pub struct FanoutSide {
     pub server_cpu_s: Option<f64>,
     /// `server_cpu_s` per delivery, µs.
     pub cpu_us_per_delivery: Option<f64>,
+    /// CPU of everything else in the process (the subscribers, the publisher, the bench) per delivery, µs: what
+    /// the load generator costs on the same cores.
+    pub client_cpu_us_per_delivery: Option<f64>,
+    /// What Quiver's in-process server did with the run's ticks (`None` for other sides and external servers).
+    pub server_ticks: Option<ServerTicks>,
+}
+
+/// Quiver's server counters over one run: ticks handed to QUIC, replaced by a newer one before they could be
+/// (latest wins), and dropped for their age.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ServerTicks {
+    /// Handed to QUIC for a subscriber.
+    pub sent: u64,
+    /// Replaced by a newer tick of their channel while waiting.
+    pub conflated: u64,
+    /// Dropped for being older than the channel's max age.
+    pub expired: u64,
 }
 
 impl FanoutSide {
@@ -165,6 +182,12 @@ impl FanoutReport {
                 out += &row(&format!("{} chat", side.name), &side.chat_latency, side.chat_delivered_pct, "".into(), vs);
             }
         }
+        if let Some(t) = self.quiver.server_ticks {
+            out += &format!(
+                "quiver server: {} ticks sent, {} conflated (latest wins), {} expired\n",
+                t.sent, t.conflated, t.expired
+            );
+        }
         out += &self.cpu_table();
         out
     }
@@ -176,8 +199,9 @@ impl FanoutReport {
         }
         let raw = self.side(RAW_UDP).and_then(|s| s.cpu_us_per_delivery);
         let mut out = format!(
-            "\nserver CPU (its own threads, whole run incl. warm-up)\n{:<23} {:>11} {:>8} {:>12} {:>16} {:>13}\n",
-            "series", "deliveries", "CPU s", "µs/delivery", "deliveries/core-s", "× raw udp"
+            "\nserver CPU (its own threads, whole run incl. warm-up); clients: the rest of the process\n\
+             {:<23} {:>11} {:>8} {:>12} {:>16} {:>13} {:>14}\n",
+            "series", "deliveries", "CPU s", "µs/delivery", "deliveries/core-s", "× raw udp", "clients µs/del."
         );
         for side in self.sides() {
             let Some(us) = side.cpu_us_per_delivery else {
@@ -187,13 +211,14 @@ impl FanoutReport {
             let per_core = side.deliveries_per_core_s().unwrap_or(f64::NAN);
             let vs = raw.map(|raw| format!("{:.2}", raw / us)).unwrap_or_default();
             out += &format!(
-                "{:<23} {:>11} {:>8.2} {:>12.2} {:>16.0} {:>13}\n",
+                "{:<23} {:>11} {:>8.2} {:>12.2} {:>16.0} {:>13} {:>14.2}\n",
                 side.name,
                 side.deliveries,
                 side.server_cpu_s.unwrap_or(f64::NAN),
                 us,
                 per_core,
-                vs
+                vs,
+                side.client_cpu_us_per_delivery.unwrap_or(f64::NAN)
             );
         }
         out

@@ -10,7 +10,7 @@ use std::{
 use quiver_client::latency::LatencyRecorder;
 use tokio::time::Instant;
 
-use super::{report::FanoutSide, FanoutConfig};
+use super::{cpu::Spent, report::FanoutSide, FanoutConfig};
 use crate::bench::{
     namespaces,
     series::{parse, payload, Schedule, RELIABLE_DRAIN_CAP},
@@ -70,13 +70,11 @@ impl Recorder {
         chat_done && (!ticks_reliable || r.ticks >= r.tick_origins.len() as u64 * n)
     }
 
-    /// The run's numbers as the side `name`; `server_cpu` is what the server's threads spent on it.
-    pub(super) fn side(
-        recorder: &SharedRecorder,
-        name: &str,
-        subscribers: u32,
-        server_cpu: Option<Duration>,
-    ) -> FanoutSide {
+    /// The run's numbers as the side `name`; `cpu` is what the server's threads and the clients spent on it.
+    pub(super) fn side(recorder: &SharedRecorder, name: &str, subscribers: u32, cpu: Spent) -> FanoutSide {
+        let per_delivery = |cpu: Option<Duration>, arrivals: u64| {
+            cpu.filter(|_| arrivals > 0).map(|cpu| cpu.as_secs_f64() * 1e6 / arrivals as f64)
+        };
         let r = lock(recorder);
         let n = u64::from(subscribers);
         let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
@@ -93,10 +91,10 @@ impl Recorder {
             tick_curve: r.tick_latency.curve(),
             chat_curve: r.chat_latency.curve(),
             deliveries: r.arrivals,
-            server_cpu_s: server_cpu.map(|cpu| cpu.as_secs_f64()),
-            cpu_us_per_delivery: server_cpu
-                .filter(|_| r.arrivals > 0)
-                .map(|cpu| cpu.as_secs_f64() * 1e6 / r.arrivals as f64),
+            server_cpu_s: cpu.server.map(|cpu| cpu.as_secs_f64()),
+            cpu_us_per_delivery: per_delivery(cpu.server, r.arrivals),
+            client_cpu_us_per_delivery: per_delivery(cpu.clients, r.arrivals),
+            server_ticks: None,
         }
     }
 }

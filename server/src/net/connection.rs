@@ -42,9 +42,11 @@ const FLUSH_BEFORE_CLOSE: Duration = Duration::from_millis(500);
 
 /// Serves one incoming connection, `session_id` its id in logs (and its qlog file's name), accepted with `quic`
 /// (the current certificate; with its own qlog file when `config.qlog_dir` asks for one and it is admitted).
+/// `incoming` is boxed: an async fn keeps its arguments' room for its whole life, and this one lives as long as the
+/// connection (384 bytes less per connection).
 pub(super) async fn serve<R: RoomHub>(
     session_id: u64,
-    incoming: quinn::Incoming,
+    incoming: Box<quinn::Incoming>,
     quic: Arc<quinn::ServerConfig>,
     admitted: Admitted,
     shared: Shared<R>,
@@ -58,7 +60,7 @@ pub(super) async fn serve<R: RoomHub>(
         (Some(dir), Admitted::Serve(_)) => Arc::new(super::endpoint::with_qlog(&quic, &config, dir, session_id)),
         _ => quic,
     };
-    let connecting = match incoming.accept_with(quic) {
+    let connecting = match (*incoming).accept_with(quic) {
         Ok(connecting) => connecting,
         Err(err) => return tracing::debug!(%remote, %err, "handshake failed"),
     };
@@ -178,8 +180,10 @@ async fn control<R: RoomHub>(
         }
         () = shutdown.cancelled() => return going_away(conn, None).await,
     };
-    let refuse = refuse_other_streams(conn.clone(), stats.clone());
-    let _refuse = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(refuse));
+    // Watched in this loop, not on a task of its own: a task and a `Session` copy less per connection.
+    let refuse = refuse_other_streams(conn);
+    tokio::pin!(refuse);
+    let mut refused_or_closed = false;
     let mut throttle = ControlThrottle::new(&config.limits, stats.clone(), Instant::now().into_std());
     let codec = FrameCodec::new(config.limits.max_frame as usize);
     let mut inbound = BytesMut::new();
@@ -260,6 +264,16 @@ async fn control<R: RoomHub>(
                 }
             }
             () = shutdown.cancelled() => return going_away(conn, Some(&mut send)).await,
+            what = &mut refuse, if !refused_or_closed => {
+                refused_or_closed = true;
+                if let Some(what) = what {
+                    tracing::info!("client opened {what}");
+                    stats.refused(ErrorCode::ProtocolViolation);
+                    let reason = format!("clients open one stream, the control stream, not {what}");
+                    close(conn, ErrorCode::ProtocolViolation, &reason);
+                    return format!("protocol error: {reason}");
+                }
+            }
         }
         let mut completed = false;
         while let Some(step) = match next_step(&codec, &mut inbound, &mut session, &mut throttle) {
@@ -339,16 +353,14 @@ fn control_stream_closed(conn: &Session, stats: &ServerStats, reason: String) ->
 }
 
 /// Clients open one stream, the control stream; any other is a protocol violation. (The endpoint grants a few
-/// more than one because a browser's HTTP/3 needs them; web-transport-quinn consumes those itself.)
-async fn refuse_other_streams(conn: Session, stats: Arc<ServerStats>) {
-    let what = tokio::select! {
-        Ok(_) = conn.accept_bi() => "a second bidirectional stream",
-        Ok(_) = conn.accept_uni() => "a unidirectional stream",
-        else => return,
-    };
-    tracing::info!("client opened {what}");
-    stats.refused(ErrorCode::ProtocolViolation);
-    close(&conn, ErrorCode::ProtocolViolation, &format!("clients open one stream, the control stream, not {what}"));
+/// more than one because a browser's HTTP/3 needs them; web-transport-quinn consumes those itself.) Completes with
+/// what was opened, or `None` once the connection can accept nothing more (it is closing).
+async fn refuse_other_streams(conn: &Session) -> Option<&'static str> {
+    tokio::select! {
+        Ok(_) = conn.accept_bi() => Some("a second bidirectional stream"),
+        Ok(_) = conn.accept_uni() => Some("a unidirectional stream"),
+        else => None,
+    }
 }
 
 /// Decodes the next whole request in `inbound` and runs it through the throttle, then the session. `Ok(None)`:

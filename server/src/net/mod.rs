@@ -356,7 +356,7 @@ impl<R: RoomHub> Server<R> {
                         stats: self.stats.clone(),
                         auth,
                     };
-                    tasks.spawn(connection::serve(id, incoming, quic, admitted, shared, shutdown));
+                    tasks.spawn(connection::serve(id, Box::new(incoming), quic, admitted, shared, shutdown));
                 }
                 () = shutdown.cancelled() => break,
             }

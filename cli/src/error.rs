@@ -87,6 +87,9 @@ pub(crate) enum CliError {
     #[cfg(target_os = "linux")]
     #[error("cleanup: {0}")]
     NetnsCleanup(quiver_lab::impair::netns::NetnsError),
+    /// This program's own path is unknown (`quiver bench connections` runs itself as the server process).
+    #[error("cannot find this program to run the bench's server process: {0}")]
+    CurrentExe(io::Error),
     /// `quiver impair --netns --server-cmd`.
     #[cfg(target_os = "linux")]
     #[error("server command: {0}")]

@@ -94,8 +94,8 @@ async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
     assert_eq!(names, ["raw udp", "raw udp sendmmsg", "bare quinn", "quiver", "websocket"]);
     for side in report.sides() {
         assert!(side.delivered_pct > 90.0 && side.tick_latency.count > 600, "{side:?}");
-        let ticks_everywhere = 10 * side.tick_latency.count / 10; // measured ticks alone, at least
-        assert!(side.deliveries >= ticks_everywhere, "{side:?}");
+        // Every arrival counts, warm-up included: at least the measured ticks.
+        assert!(side.deliveries >= side.tick_latency.count, "{side:?}");
         // The servers ran on their own threads: their CPU time is measured and paid for every delivery.
         let (cpu, per_delivery) = (side.server_cpu_s.unwrap(), side.cpu_us_per_delivery.unwrap());
         assert!(cpu > 0.0 && per_delivery > 0.0 && per_delivery < 100_000.0, "{side:?}");

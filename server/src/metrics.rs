@@ -327,9 +327,9 @@ impl Collector for ServerMetrics {
         counter(&mut e, "handshakes", "Sessions admitted (Hello answered with Welcome)", c.handshakes)?;
         counter(
             &mut e,
-            "tls_resumed",
-            "TLS handshakes resumed from a session ticket this server issued (no certificate signature)",
-            c.tls_resumed,
+            "tls_tickets_accepted",
+            "TLS session tickets this server issued that returning clients presented and it could open (resumptions)",
+            c.tls_tickets_accepted,
         )?;
         labelled_counters(
             &mut e,

@@ -104,8 +104,9 @@ counters! {
     room_deliveries,
     /// Sessions admitted (Hello answered with Welcome).
     handshakes,
-    /// TLS handshakes resumed from a session ticket this server issued (no certificate signature needed).
-    tls_resumed,
+    /// TLS session tickets presented by returning clients that this server issued and could open: resumption
+    /// attempts (rustls then checks the ticket's binder, cipher suite and server name).
+    tls_tickets_accepted,
     /// Native QUIC connections served (past the handshake and the connection limits).
     accepted_native,
     /// WebTransport sessions served.

@@ -61,7 +61,8 @@ pub fn server_config(
 /// random keys rotated every 6 hours, held in memory only), so resuming costs the server no memory per session. A
 /// resumed handshake still runs a fresh ECDHE (forward secrecy holds) and never carries 0-RTT data. Make one per
 /// server and keep it across certificate reloads, or tickets issued before a reload stop resuming.
-/// `on_resumed` is called for every ticket a returning client presents that decrypts (a resumed handshake).
+/// `on_resumed` is called for every ticket a returning client presents that decrypts: a resumption attempt, which
+/// rustls then checks further (the ticket's binder, cipher suite and server name).
 pub fn session_tickets(on_resumed: impl Fn() + Send + Sync + 'static) -> Result<Arc<dyn ProducesTickets>, TlsError> {
     let inner = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(CountedTickets { inner, on_resumed: Box::new(on_resumed) }))

@@ -36,13 +36,12 @@ pub(crate) struct ConnectionsArgs {
 pub(crate) struct ServerArgs {
     /// Connections the server takes (in all and from one address).
     max_connections: u32,
+    /// Its data directory (the bench's temporary one).
+    data_dir: PathBuf,
 }
 
 pub(super) async fn connections(args: ConnectionsArgs) -> Result<(), CliError> {
-    let program = std::env::current_exe().map_err(|err| CliError::Output {
-        path: PathBuf::from("quiver"),
-        why: format!("cannot find this program to run the server process: {err}"),
-    })?;
+    let program = std::env::current_exe().map_err(CliError::CurrentExe)?;
     let config = ConnectionsConfig {
         count: args.count,
         sockets: args.sockets,
@@ -63,7 +62,7 @@ pub(super) async fn connections(args: ConnectionsArgs) -> Result<(), CliError> {
         config.resumed
     );
     // About 1,500 handshakes a second here, plus the settling, the idle time and the reconnects.
-    let expected = Duration::from_secs_f64(f64::from(config.count + config.resumed) / 1500.0)
+    let expected = Duration::from_secs_f64((f64::from(config.count) + f64::from(config.resumed)) / 1500.0)
         + config.idle
         + Duration::from_secs(4);
     let run = |progress| run_connections(config, progress);
@@ -71,5 +70,5 @@ pub(super) async fn connections(args: ConnectionsArgs) -> Result<(), CliError> {
 }
 
 pub(super) async fn server(args: ServerArgs) -> Result<(), CliError> {
-    Ok(quiver_lab::bench::serve_connections_child(args.max_connections).await?)
+    Ok(quiver_lab::bench::serve_connections_child(args.max_connections, args.data_dir).await?)
 }

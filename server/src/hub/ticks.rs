@@ -41,22 +41,30 @@ pub trait TickSink: Send + Sync + std::fmt::Debug {
     fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, datagrams: &mut TickDatagrams);
 }
 
-/// One tick's datagrams for a whole fan-out, cut from one allocation: what every subscriber's datagram shares
-/// (seq, send time, payload) is encoded once, and each datagram is the subscriber's channel id in front of a
-/// copy of it (`quiver_proto::TickHeader`'s layout). No allocation per delivery.
+/// One tick's datagrams for a whole fan-out, cut from a few allocations: what every subscriber's datagram shares
+/// (seq, send time, payload) is encoded once, and each datagram is the subscriber's channel id in front of a copy
+/// of it (`quiver_proto::TickHeader`'s layout), in buffers of at most [`TickDatagrams::PER_BUFFER`] datagrams. A
+/// datagram quinn holds keeps its whole buffer alive, so the buffers stay small; a sink whose queue is not empty
+/// (the datagram would wait there) takes an exact copy instead ([`Tick`]'s own encoding).
 #[derive(Debug)]
 pub struct TickDatagrams {
     /// Seq, send time and payload, encoded on first use.
     shared: Option<Bytes>,
-    /// Room for the datagrams still to come (`left` of them).
+    /// Room for the datagrams still to come in the current buffer.
     arena: BytesMut,
+    /// Datagrams cut from the current buffer so far.
+    in_arena: usize,
+    /// Datagrams still expected.
     left: usize,
 }
 
 impl TickDatagrams {
+    /// Datagrams per buffer: one allocation per this many deliveries, and at most this many held by one.
+    pub const PER_BUFFER: usize = 32;
+
     /// For a fan-out to `subscribers` (allocates nothing until the first datagram).
     pub fn new(subscribers: usize) -> TickDatagrams {
-        TickDatagrams { shared: None, arena: BytesMut::new(), left: subscribers.max(1) }
+        TickDatagrams { shared: None, arena: BytesMut::new(), in_arena: 0, left: subscribers.max(1) }
     }
 
     /// `tick`'s datagram for `channel_id`. Every call of one fan-out must pass the same tick. `None` only for a
@@ -65,28 +73,37 @@ impl TickDatagrams {
         let shared = match &self.shared {
             Some(shared) => shared.clone(),
             None => {
-                let shared_len = varint::encoded_len(tick.seq) + varint::encoded_len(tick.sent_time_us);
-                let shared_len = shared_len + tick.payload.len();
-                // The shared part, then each datagram: the id's varint (at most 8 bytes) and the shared part.
-                self.arena.reserve(shared_len + self.left * (8 + shared_len));
-                varint::encode(tick.seq, &mut self.arena).ok()?;
-                varint::encode(tick.sent_time_us, &mut self.arena).ok()?;
-                self.arena.put_slice(&tick.payload);
-                let shared = self.arena.split().freeze();
+                let shared = encode_shared(tick)?;
                 self.shared = Some(shared.clone());
                 shared
             }
         };
         let len = varint::encoded_len(channel_id) + shared.len();
-        if self.arena.capacity() < len {
-            // More subscribers than planned: room for the rest in a new allocation.
-            self.arena.reserve(len * self.left.max(1));
+        if self.arena.capacity() < len || self.in_arena == Self::PER_BUFFER {
+            // The next buffer: room for up to PER_BUFFER more (an id's varint is at most 8 bytes).
+            let datagrams = self.left.clamp(1, Self::PER_BUFFER);
+            self.arena = BytesMut::with_capacity(datagrams * (8 + shared.len()));
+            self.in_arena = 0;
         }
+        self.in_arena += 1;
         varint::encode(channel_id, &mut self.arena).ok()?;
         self.arena.put_slice(&shared);
         self.left = self.left.saturating_sub(1);
         Some(self.arena.split().freeze())
     }
+}
+
+/// Seq, send time and payload as every subscriber's datagram carries them after its channel id.
+fn encode_shared(tick: &Tick) -> Option<Bytes> {
+    let mut head = [0u8; 16];
+    let mut rest = &mut head[..];
+    varint::encode(tick.seq, &mut rest).ok()?;
+    varint::encode(tick.sent_time_us, &mut rest).ok()?;
+    let head_len = 16 - rest.len();
+    let mut shared = BytesMut::with_capacity(head_len + tick.payload.len());
+    shared.put_slice(&head[..head_len]);
+    shared.put_slice(&tick.payload);
+    Some(shared.freeze())
 }
 
 /// Identifies one subscription.
@@ -371,8 +388,16 @@ mod tests {
         // The planned datagrams sit side by side in one buffer.
         let (first, third) = (out[0].as_ptr() as usize, out[2].as_ptr() as usize);
         assert_eq!(third - first, out[0].len() + out[1].len(), "contiguous in one allocation");
-        let too_large = Tick { seq: u64::MAX, ..tick };
+        let too_large = Tick { seq: u64::MAX, ..tick.clone() };
         assert!(TickDatagrams::new(1).datagram(1, &too_large).is_none());
+        let too_late = Tick { sent_time_us: u64::MAX, ..tick.clone() };
+        assert!(TickDatagrams::new(1).datagram(1, &too_late).is_none());
+        // A large fan-out: buffers of PER_BUFFER datagrams, so one held datagram keeps at most that many alive.
+        let mut datagrams = TickDatagrams::new(100);
+        let out: Vec<Bytes> = (0..100).map(|id| datagrams.datagram(id, &tick).unwrap()).collect();
+        let starts: Vec<usize> = out.iter().map(|d| d.as_ptr() as usize).collect();
+        let new_buffers = starts.windows(2).zip(&out).filter(|(w, d)| w[1] != w[0] + d.len()).count();
+        assert_eq!(new_buffers, 100 / TickDatagrams::PER_BUFFER, "a new buffer every PER_BUFFER datagrams");
     }
 
     #[test]

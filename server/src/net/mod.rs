@@ -222,7 +222,8 @@ impl<R: RoomHub> Server<R> {
         ticks: Arc<dyn TickHub>,
     ) -> Result<Server<R>, ServerError> {
         let resumed = early.stats.clone();
-        let tickets = quiver_transport::tls::session_tickets(move || crate::stats::bump(&resumed.tls_resumed))?;
+        let tickets =
+            quiver_transport::tls::session_tickets(move || crate::stats::bump(&resumed.tls_tickets_accepted))?;
         let (endpoint, quic, fingerprint) = endpoint::bind(&config, &tickets)?;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
         let page = config.web.http.map(crate::http::bind).transpose().map_err(ServerError::Bind)?;

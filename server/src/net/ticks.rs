@@ -37,6 +37,8 @@ pub(crate) struct DatagramSink {
     waiting: Mutex<Conflation>,
     wake: Notify,
     stats: Arc<ServerStats>,
+    /// quinn's datagram send buffer when empty (its space at the start).
+    send_buffer: usize,
 }
 
 /// A waiting tick's datagram (the sender task's path; a fan-out sending at once cuts its datagrams from one
@@ -79,10 +81,14 @@ impl TickSink for DatagramSink {
     fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, datagrams: &mut TickDatagrams) {
         crate::hub::assert_unlocked("a tick's offer");
         let header = TickHeader { channel_id, seq: tick.seq, sent_time_us: tick.sent_time_us };
-        let room = self.conn.datagram_send_buffer_space() >= header.encoded_len() + tick.payload.len();
+        let space = self.conn.datagram_send_buffer_space();
+        let room = space >= header.encoded_len() + tick.payload.len();
         let offered = lock(&self.waiting).offer(channel_id, tick, max_age_us, room);
         match offered {
-            Offered::Send(tick) => self.send(datagrams.datagram(channel_id, &tick)),
+            // An empty queue sends at the driver's next turn: a slice of the fan-out's shared buffer. Behind
+            // others the datagram may wait (a stalled peer): its own exact copy, so that it holds no one else's.
+            Offered::Send(tick) if space >= self.send_buffer => self.send(datagrams.datagram(channel_id, &tick)),
+            Offered::Send(tick) => self.send(datagram(channel_id, &tick)),
             Offered::Queued => self.wake.notify_one(),
             Offered::Replaced | Offered::Older => bump(&self.stats.ticks_conflated),
             Offered::Unsubscribed => {}
@@ -190,6 +196,7 @@ impl ConnectionTicks {
             waiting: Mutex::new(Conflation::default()),
             wake: Notify::new(),
             stats: stats.clone(),
+            send_buffer: conn.datagram_send_buffer_space(),
         });
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();

@@ -30,17 +30,16 @@ pub(super) struct Ready {
 pub(super) struct ChildStats {
     /// Sessions admitted so far.
     pub(super) handshakes: u64,
-    /// TLS handshakes resumed from a ticket.
-    pub(super) tls_resumed: u64,
+    /// TLS session tickets presented and opened (resumptions).
+    pub(super) tls_tickets_accepted: u64,
     /// Native connections open now.
     pub(super) connections: i64,
 }
 
-/// Runs a Quiver server for `quiver bench connections` on 127.0.0.1 (dev certificate and token keys in a temporary
-/// data directory, memory durability, limits raised to `max_connections` from this one address), until stdin
-/// closes.
-pub async fn serve(max_connections: u32) -> Result<(), BenchError> {
-    let data_dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
+/// Runs a Quiver server for `quiver bench connections` on 127.0.0.1 (dev certificate and token keys in `data_dir`,
+/// which the bench made and removes; memory durability; limits raised to `max_connections` from this one address),
+/// until stdin closes.
+pub async fn serve(max_connections: u32, data_dir: PathBuf) -> Result<(), BenchError> {
     let limits = quiver_proto::Limits {
         max_connections: max_connections.max(1),
         max_connections_per_ip: max_connections.max(1),
@@ -49,14 +48,10 @@ pub async fn serve(max_connections: u32) -> Result<(), BenchError> {
     let config = quiver_server::ServerConfig {
         durability: quiver_server::store::Durability::Memory,
         limits,
-        ..quiver_server::ServerConfig::dev(SocketAddr::from(([127, 0, 0, 1], 0)), data_dir.path().into())
+        ..quiver_server::ServerConfig::dev(SocketAddr::from(([127, 0, 0, 1], 0)), data_dir.clone())
     };
     let server = quiver_server::Server::bind(config)?;
-    let ready = Ready {
-        addr: server.local_addr(),
-        pin: server.fingerprint().to_string(),
-        data_dir: data_dir.path().to_owned(),
-    };
+    let ready = Ready { addr: server.local_addr(), pin: server.fingerprint().to_string(), data_dir };
     let stats = server.stats();
     let stop = CancellationToken::new();
     let serving = tokio::spawn(server.run(stop.clone()));
@@ -68,7 +63,7 @@ pub async fn serve(max_connections: u32) -> Result<(), BenchError> {
         let snapshot = stats.snapshot();
         let answer = ChildStats {
             handshakes: snapshot.handshakes,
-            tls_resumed: snapshot.tls_resumed,
+            tls_tickets_accepted: snapshot.tls_tickets_accepted,
             connections: stats.connections_native.load(std::sync::atomic::Ordering::Relaxed),
         };
         out.write_all(json_line(&answer).as_bytes()).await.map_err(BenchError::io("stdout"))?;

@@ -40,7 +40,7 @@ pub struct ConnectionsConfig {
     /// The server process: a program that runs [`serve_connections_child`] (the CLI runs itself with a hidden
     /// subcommand), with its arguments.
     pub server_program: PathBuf,
-    /// Its arguments.
+    /// Its arguments; the bench appends the connection limit and the data directory.
     pub server_args: Vec<String>,
 }
 
@@ -83,7 +83,10 @@ pub async fn run_connections(
     progress("starting the server process");
     // Room for the resumed connections' overlap with the closing ones, and for the bench's own slack.
     let mut args = config.server_args.clone();
-    args.push((config.count + config.resumed + 64).to_string());
+    args.push(config.count.saturating_add(config.resumed).saturating_add(64).to_string());
+    // The server's data directory is the bench's: removed even when the server process has to be killed.
+    let data_dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
+    args.push(data_dir.path().display().to_string());
     let mut server = ServerProcess::start(&config.server_program, &args).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = server.rss_bytes();
@@ -155,7 +158,7 @@ pub async fn run_connections(
         idle_cpu,
         resumed: resumed_ok,
         resume_time,
-        tls_resumed: stats_after.tls_resumed.saturating_sub(stats_open.tls_resumed),
+        tickets_accepted: stats_after.tls_tickets_accepted.saturating_sub(stats_open.tls_tickets_accepted),
         granted,
     }))
 }

@@ -48,8 +48,9 @@ pub struct ConnectionsReport {
     pub resume_s: f64,
     /// Resumed handshakes per second.
     pub resumed_handshakes_per_s: f64,
-    /// Of those, handshakes the server resumed from a ticket (its `tls_resumed` counter).
-    pub server_tls_resumed: u64,
+    /// Session tickets the server accepted meanwhile (its `tls_tickets_accepted` counter): one per resumed
+    /// handshake.
+    pub server_tickets_accepted: u64,
     /// The client sockets' buffers as granted (receive, send), bytes.
     pub client_socket_buffers: (usize, usize),
     /// The kernel's caps on what a socket may ask for (`net.core.rmem_max`, `wmem_max`), bytes.
@@ -70,7 +71,7 @@ pub(super) struct Measured<'a> {
     pub(super) idle_cpu: Option<Duration>,
     pub(super) resumed: u32,
     pub(super) resume_time: Duration,
-    pub(super) tls_resumed: u64,
+    pub(super) tickets_accepted: u64,
     pub(super) granted: (usize, usize),
 }
 
@@ -112,7 +113,7 @@ impl ConnectionsReport {
             resumed: m.resumed,
             resume_s: m.resume_time.as_secs_f64(),
             resumed_handshakes_per_s: per_s(m.resumed, m.resume_time),
-            server_tls_resumed: m.tls_resumed,
+            server_tickets_accepted: m.tickets_accepted,
             client_socket_buffers: m.granted,
             kernel_buffer_max: (sysctl("rmem_max"), sysctl("wmem_max")),
         }
@@ -142,8 +143,8 @@ impl ConnectionsReport {
         );
         out += &format!("server CPU per handshake   {:>10}\n", opt(self.server_cpu_per_handshake_us, " µs"));
         out += &format!(
-            "resumed handshakes/s       {:>10.0}   ({} reopened; the server resumed {} from tickets)\n",
-            self.resumed_handshakes_per_s, self.resumed, self.server_tls_resumed
+            "resumed handshakes/s       {:>10.0}   ({} reopened; the server accepted {} of its session tickets)\n",
+            self.resumed_handshakes_per_s, self.resumed, self.server_tickets_accepted
         );
         out += &format!(
             "server memory/connection   {:>10}   goal ≤ 28 KB (moonshot 20 KB): {}  (RSS {} → {} MB)\n",

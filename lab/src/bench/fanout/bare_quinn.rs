@@ -22,7 +22,9 @@ use crate::{
     sync::lock,
 };
 
-/// The server's first datagram to a connection: it now receives the fan-out.
+/// What a connection sends (every 250 ms, datagrams may be lost) until the server answers [`READY`].
+const HELLO: &[u8] = b"quiver-bench-fanout-hello";
+/// The server's answer to [`HELLO`]: the connection now receives the fan-out.
 const READY: &[u8] = b"quiver-bench-fanout-ready";
 
 /// The fan-out server on `ip` with `cert` (its tasks on the current runtime), until `stop`.
@@ -49,8 +51,11 @@ pub(super) fn server(ip: IpAddr, cert: CertKey, stop: CancellationToken) -> Resu
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 lock(&connections).push(conn.clone());
-                let _ = conn.send_datagram(bytes::Bytes::from_static(READY));
                 while let Ok(datagram) = conn.read_datagram().await {
+                    if datagram == HELLO {
+                        let _ = conn.send_datagram(bytes::Bytes::from_static(READY));
+                        continue;
+                    }
                     for other in lock(&connections).iter() {
                         if other.stable_id() != conn.stable_id() {
                             let _ = other.send_datagram(datagram.clone());
@@ -64,23 +69,33 @@ pub(super) fn server(ip: IpAddr, cert: CertKey, stop: CancellationToken) -> Resu
     Ok(addr)
 }
 
-/// A connection the server has added (it sent [`READY`]), on an endpoint (socket) of its own.
+/// A connection the server has added (it answered [`HELLO`] with [`READY`]), on an endpoint (socket) of its own.
 async fn connect(server: SocketAddr, pin: &TrustOptions) -> Result<quinn::Connection, BenchError> {
     let mut client_config = quiver_client::quinn_client_config(pin, server, ECHO_ALPN)?;
-    // Bare quinn: its default transport settings, not Quiver's.
-    client_config.transport_config(Arc::new(quinn::TransportConfig::default()));
+    // Bare quinn: its default transport settings, not Quiver's; plus a keep-alive, so that connections made first
+    // outlive quinn's 30 s idle timeout while a thousand more connect over a slow emulated link.
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    client_config.transport_config(Arc::new(transport));
     let unspecified: IpAddr =
         if server.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
     let endpoint =
         quinn::Endpoint::client(SocketAddr::new(unspecified, 0)).map_err(BenchError::io("quinn client endpoint"))?;
     let conn = endpoint.connect_with(client_config, server, "localhost")?.await?;
-    let ready = conn.read_datagram().await?;
-    if ready != READY {
-        return Err(BenchError::io("quinn fan-out")(std::io::Error::other(
-            "the server's first datagram was not READY",
-        )));
+    for _ in 0..40 {
+        conn.send_datagram(bytes::Bytes::from_static(HELLO))
+            .map_err(|err| BenchError::io("quinn fan-out hello")(std::io::Error::other(err)))?;
+        let answer = tokio::time::timeout(std::time::Duration::from_millis(250), conn.read_datagram()).await;
+        match answer {
+            Ok(Ok(datagram)) if datagram == READY => return Ok(conn),
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(err)) => return Err(err.into()),
+        }
     }
-    Ok(conn)
+    Err(BenchError::io("quinn fan-out hello")(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the bare quinn fan-out server at {server} did not answer"),
+    )))
 }
 
 /// The bare quinn series: `config.subscribers` connections, then ticks as datagrams from one more (no chat: the

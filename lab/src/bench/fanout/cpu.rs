@@ -48,10 +48,15 @@ pub(super) fn server_cpu() -> Option<Duration> {
     threads_cpu(true)
 }
 
-/// CPU time every other thread of the process has used so far: the clients, the publisher and the bench's own
-/// bookkeeping (the load generator).
+/// CPU time the rest of the process has used so far: the clients, the publisher, the bench's own bookkeeping, and
+/// the UDP relay or netns emulator threads when the link is impaired (the load generator). The whole process's
+/// time (`/proc/self/stat`, which keeps exited threads' time, in 10 ms ticks) less the servers'.
 pub(super) fn client_cpu() -> Option<Duration> {
-    threads_cpu(false)
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (in parentheses), utime and stime are the 12th and 13th fields; USER_HZ is 100.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10).saturating_sub(server_cpu()?))
 }
 
 fn threads_cpu(server: bool) -> Option<Duration> {
@@ -63,10 +68,10 @@ fn threads_cpu(server: bool) -> Option<Duration> {
         if (name.trim_end() == SERVER_THREAD) != server {
             continue;
         }
-        let on_cpu_ns = std::fs::read_to_string(path.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()));
-        total += Duration::from_nanos(on_cpu_ns?);
+        // A thread that exited since the listing: nothing to add.
+        let Ok(schedstat) = std::fs::read_to_string(path.join("schedstat")) else { continue };
+        let on_cpu_ns = schedstat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok());
+        total += Duration::from_nanos(on_cpu_ns.unwrap_or(0));
     }
     Some(total)
 }

@@ -71,8 +71,8 @@ pub(crate) async fn websocket_echo(ip: IpAddr, stop: CancellationToken) -> std::
     Ok(addr)
 }
 
-/// A bare quinn echo on `ip` with quinn's default transport settings, until `stop`.
-pub(crate) fn quinn_echo(ip: IpAddr, cert: CertKey, stop: CancellationToken) -> Result<SocketAddr, BenchError> {
+/// A bare quinn server's configuration: `cert`, TLS 1.3, ALPN [`ECHO_ALPN`], quinn's default transport settings.
+pub(crate) fn bare_quinn_server_config(cert: CertKey) -> Result<quinn::ServerConfig, BenchError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -80,7 +80,12 @@ pub(crate) fn quinn_echo(ip: IpAddr, cert: CertKey, stop: CancellationToken) -> 
         .with_single_cert(cert.chain, cert.key)?;
     tls.alpn_protocols = vec![ECHO_ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+}
+
+/// A bare quinn echo on `ip` with quinn's default transport settings, until `stop`.
+pub(crate) fn quinn_echo(ip: IpAddr, cert: CertKey, stop: CancellationToken) -> Result<SocketAddr, BenchError> {
+    let config = bare_quinn_server_config(cert)?;
     let addr = SocketAddr::new(ip, 0);
     let endpoint = quinn::Endpoint::server(config, addr).map_err(BenchError::io("quinn echo"))?;
     let addr = endpoint.local_addr().map_err(BenchError::io("quinn echo"))?;

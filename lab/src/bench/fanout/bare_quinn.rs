@@ -18,7 +18,12 @@ use super::{
     FanoutConfig,
 };
 use crate::{
-    bench::{echo::ECHO_ALPN, namespaces::Progress, series::until_stopped, BenchError},
+    bench::{
+        echo::{bare_quinn_server_config, ECHO_ALPN},
+        namespaces::Progress,
+        series::until_stopped,
+        BenchError,
+    },
     sync::lock,
 };
 
@@ -29,14 +34,7 @@ const READY: &[u8] = b"quiver-bench-fanout-ready";
 
 /// The fan-out server on `ip` with `cert` (its tasks on the current runtime), until `stop`.
 pub(super) fn server(ip: IpAddr, cert: CertKey, stop: CancellationToken) -> Result<SocketAddr, BenchError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(cert.chain, cert.key)?;
-    tls.alpn_protocols = vec![ECHO_ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let config = bare_quinn_server_config(cert)?;
     let endpoint =
         quinn::Endpoint::server(config, SocketAddr::new(ip, 0)).map_err(BenchError::io("quinn fan-out server"))?;
     let addr = endpoint.local_addr().map_err(BenchError::io("quinn fan-out server"))?;

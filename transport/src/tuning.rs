@@ -161,14 +161,18 @@ pub const SERVER_KEEP_ALIVE_MAX: Duration = Duration::from_secs(10);
 
 /// The server's keep-alive for a tuning's `keep_alive`: twice it, at most 10 s (10 s for Quiver's 5 s), so that a
 /// native client's PINGs, which reset the server's timer too, always come first and the server only answers them;
-/// at most 10 s so that a client that sends none still hears from the server within its 12 s `dead_server_after`. With
+/// at most 10 s so that a client that sends none still hears from the server within its 12 s `dead_server_after`;
+/// never sooner than the client's, never later than half the idle timeout. With
 /// equal intervals the two ends took turns, and a server PING costs it more than an answer (its own timer, a
 /// loss-detection timer, the ACK to take in): idle CPU at 10,000 connections 11.2–11.6 % → 8.6–10.1 % of a core
 /// (docs/benchmarks.md, "10,000 idle connections"). The server's own PINGs are for peers that send none
 /// (browsers), still well within the 30 s idle timeout. Sub-second intervals are probes, not keep-alives (the `tail-probe`
 /// tuning): both ends keep those as given.
 pub fn server_keep_alive(keep_alive: Option<Duration>) -> Option<Duration> {
-    keep_alive.map(|k| if k >= Duration::from_secs(1) { (k * 2).min(SERVER_KEEP_ALIVE_MAX).max(k) } else { k })
+    keep_alive.map(|k| match k >= Duration::from_secs(1) {
+        true => (k * 2).min(SERVER_KEEP_ALIVE_MAX).max(k).min(IDLE_TIMEOUT / 2),
+        false => k,
+    })
 }
 
 /// The client's transport: the server may open one unidirectional stream per room the client can join.
@@ -190,7 +194,8 @@ mod tests {
         let secs = Duration::from_secs;
         assert_eq!(server_keep_alive(Some(KEEP_ALIVE)), Some(secs(10)));
         assert_eq!(server_keep_alive(Some(secs(8))), Some(secs(10)));
-        assert_eq!(server_keep_alive(Some(secs(20))), Some(secs(20)), "never sooner than the client's");
+        assert_eq!(server_keep_alive(Some(secs(12))), Some(secs(12)), "never sooner than the client's");
+        assert_eq!(server_keep_alive(Some(secs(60))), Some(IDLE_TIMEOUT / 2), "but within the idle timeout");
         assert_eq!(server_keep_alive(Some(Duration::from_millis(1))), Some(Duration::from_millis(1)), "a probe");
         assert_eq!(server_keep_alive(None), None);
     }

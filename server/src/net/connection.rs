@@ -42,8 +42,8 @@ const FLUSH_BEFORE_CLOSE: Duration = Duration::from_millis(500);
 
 /// Serves one incoming connection, `session_id` its id in logs (and its qlog file's name), accepted with `quic`
 /// (the current certificate; with its own qlog file when `config.qlog_dir` asks for one and it is admitted).
-/// `incoming` is boxed: an async fn keeps its arguments' room for its whole life, and this one lives as long as the
-/// connection (384 bytes less per connection).
+/// `incoming` is boxed and used up by [`accept`]: an async fn keeps its arguments' room for its whole life, and this
+/// one lives as long as the connection (384 bytes less per connection).
 pub(super) async fn serve<R: RoomHub>(
     session_id: u64,
     incoming: Box<quinn::Incoming>,
@@ -60,7 +60,7 @@ pub(super) async fn serve<R: RoomHub>(
         (Some(dir), Admitted::Serve(_)) => Arc::new(super::endpoint::with_qlog(&quic, &config, dir, session_id)),
         _ => quic,
     };
-    let connecting = match (*incoming).accept_with(quic) {
+    let connecting = match accept(incoming, quic) {
         Ok(connecting) => connecting,
         Err(err) => return tracing::debug!(%remote, %err, "handshake failed"),
     };
@@ -119,6 +119,14 @@ pub(super) async fn serve<R: RoomHub>(
     }
     .instrument(span)
     .await
+}
+
+/// Accepts `incoming` (and frees its box now, not when the connection's task ends).
+fn accept(
+    incoming: Box<quinn::Incoming>,
+    quic: Arc<quinn::ServerConfig>,
+) -> Result<quinn::Connecting, quinn::ConnectionError> {
+    (*incoming).accept_with(quic)
 }
 
 /// A served connection in the gauges and the QUIC path figures, until dropped.
@@ -180,10 +188,17 @@ async fn control<R: RoomHub>(
         }
         () = shutdown.cancelled() => return going_away(conn, None).await,
     };
-    // Watched in this loop, not on a task of its own: a task and a `Session` copy less per connection.
-    let refuse = refuse_other_streams(conn);
-    tokio::pin!(refuse);
-    let mut refused_or_closed = false;
+    // On a task of its own, not in this loop: the loop can wait long outside its select (a reply the client does
+    // not read), and an extra stream must be refused at once, before quinn buffers a stream window's worth of it.
+    let (refusing, refused) = (conn.clone(), stats.clone());
+    let _refuse = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        if let Some(what) = refuse_other_streams(&refusing).await {
+            tracing::info!("client opened {what}");
+            refused.refused(ErrorCode::ProtocolViolation);
+            let reason = format!("clients open one stream, the control stream, not {what}");
+            close(&refusing, ErrorCode::ProtocolViolation, &reason);
+        }
+    }));
     let mut throttle = ControlThrottle::new(&config.limits, stats.clone(), Instant::now().into_std());
     let codec = FrameCodec::new(config.limits.max_frame as usize);
     let mut inbound = BytesMut::new();
@@ -264,16 +279,6 @@ async fn control<R: RoomHub>(
                 }
             }
             () = shutdown.cancelled() => return going_away(conn, Some(&mut send)).await,
-            what = &mut refuse, if !refused_or_closed => {
-                refused_or_closed = true;
-                if let Some(what) = what {
-                    tracing::info!("client opened {what}");
-                    stats.refused(ErrorCode::ProtocolViolation);
-                    let reason = format!("clients open one stream, the control stream, not {what}");
-                    close(conn, ErrorCode::ProtocolViolation, &reason);
-                    return format!("protocol error: {reason}");
-                }
-            }
         }
         let mut completed = false;
         while let Some(step) = match next_step(&codec, &mut inbound, &mut session, &mut throttle) {

@@ -204,3 +204,33 @@ async fn a_peer_that_floods_posts() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_replies_is_closed_within_the_frame_timeout() {
+    bounded(async {
+        let budget = quiver_server::Budget { frame_timeout_ms: 300, ..quiver_server::Budget::default() };
+        let server = TestServer::start_with_budget(budget);
+        // A client whose control stream takes only 1 KiB before the server must wait for it to read.
+        let mut config =
+            quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(quinn::VarInt::from_u32(1024));
+        config.transport_config(std::sync::Arc::new(transport));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint.connect_with(config, server.addr, "localhost").unwrap().await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&frame(0, hello(server.token("sleeper")))).await.unwrap();
+        // Pings whose replies it never reads: a few KiB, within the request rate.
+        for req_id in 1..=200 {
+            send.write_all(&frame(req_id, RequestBody::Ping { client_time_us: 1 })).await.unwrap();
+        }
+        let started = Instant::now();
+        let (code, reason) = closed_with(&conn).await;
+        assert_eq!(code, ErrorCode::SlowConsumer, "{reason}");
+        assert!(reason.contains("did not read"), "{reason}");
+        assert!(started.elapsed() < Duration::from_secs(5), "closed within about the frame timeout");
+        assert_eq!(server.stats.refusals(ErrorCode::SlowConsumer), 1);
+        server.stop().await;
+    })
+    .await;
+}

@@ -12,7 +12,8 @@
 //! - **`retained_bytes`**: when history and dedupe memory of all rooms together exceed it, the rooms idle longest
 //!   shed their oldest messages (then their oldest dedupe entries) until the total is back under 90 % of it.
 //! - **`frame_timeout_ms`**: a connection that starts a control frame and does not finish it in time is closed
-//!   with `FrameTimeout` (before Hello, `handshake_timeout_ms` applies instead).
+//!   with `FrameTimeout` (before Hello, `handshake_timeout_ms` applies instead); one that does not read the
+//!   server's replies on its control stream within it is closed with `SlowConsumer`.
 
 use std::time::Duration;
 

@@ -332,7 +332,22 @@ async fn control<R: RoomHub>(
             (false, false, since) => since,
         };
         if !outbound.is_empty() {
-            match send.write_all(&outbound).await {
+            // A client that stops reading its replies must not hold this loop (and with it the token's expiry and
+            // shutdown) for as long as it keeps the connection alive: it has `frame_timeout` to take them.
+            let written = tokio::select! {
+                written = send.write_all(&outbound) => written,
+                () = tokio::time::sleep(frame_timeout) => {
+                    let reason = format!(
+                        "the client did not read its control-stream replies ({} bytes) within {} ms",
+                        outbound.len(),
+                        frame_timeout.as_millis()
+                    );
+                    stats.refused(ErrorCode::SlowConsumer);
+                    close(conn, ErrorCode::SlowConsumer, &reason);
+                    return reason;
+                }
+            };
+            match written {
                 Ok(()) => {}
                 Err(web_transport_quinn::WriteError::SessionError(err)) => {
                     let (code, reason) = describe_session(&err);

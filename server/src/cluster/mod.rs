@@ -9,6 +9,7 @@
 //! - `scripts`: the Lua scripts that make each room operation atomic in Redis.
 
 mod broker;
+mod error;
 mod event;
 pub mod keys;
 mod node_room;
@@ -18,7 +19,8 @@ mod settings;
 mod stream;
 mod ticks;
 
-pub use broker::{Broker, BrokerConfig, BrokerError, Unreachable};
+pub use broker::{Broker, BrokerConfig};
+pub use error::{BrokerError, Unreachable};
 pub use rooms::RedisRooms;
 pub use settings::BrokerSettings;
 pub use ticks::ClusterTicks;

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use quiver_proto::{EventKind, Failure, FrameCodec, Limits, RoomEvent, RoomFrame};
 
 use super::{
-    broker::{BoxFuture, Broker, ChannelHandler, Unreachable},
+    broker::{BoxFuture, Broker, ChannelHandler},
+    error::Unreachable,
     event::{self, Published},
     keys::RoomKeys,
     scripts,

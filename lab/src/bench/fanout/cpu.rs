@@ -45,7 +45,20 @@ impl Drop for ServerRuntime {
 /// CPU time the servers' threads have used so far, or `None` where `/proc` does not tell (not Linux). Threads
 /// that exited took their time with them; the servers' workers live as long as the runtime.
 pub(super) fn server_cpu() -> Option<Duration> {
-    threads_cpu(true)
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut total = Duration::ZERO;
+    for task in tasks.flatten() {
+        let path = task.path();
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else { continue };
+        if name.trim_end() != SERVER_THREAD {
+            continue;
+        }
+        // A thread that exited since the listing: nothing to add.
+        let Ok(schedstat) = std::fs::read_to_string(path.join("schedstat")) else { continue };
+        let on_cpu_ns = schedstat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok());
+        total += Duration::from_nanos(on_cpu_ns.unwrap_or(0));
+    }
+    Some(total)
 }
 
 /// CPU time the rest of the process has used so far: the clients, the publisher, the bench's own bookkeeping, and
@@ -57,23 +70,6 @@ pub(super) fn client_cpu() -> Option<Duration> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10).saturating_sub(server_cpu()?))
-}
-
-fn threads_cpu(server: bool) -> Option<Duration> {
-    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
-    let mut total = Duration::ZERO;
-    for task in tasks.flatten() {
-        let path = task.path();
-        let Ok(name) = std::fs::read_to_string(path.join("comm")) else { continue };
-        if (name.trim_end() == SERVER_THREAD) != server {
-            continue;
-        }
-        // A thread that exited since the listing: nothing to add.
-        let Ok(schedstat) = std::fs::read_to_string(path.join("schedstat")) else { continue };
-        let on_cpu_ns = schedstat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok());
-        total += Duration::from_nanos(on_cpu_ns.unwrap_or(0));
-    }
-    Some(total)
 }
 
 /// What the servers' threads spent between two readings of [`server_cpu`].

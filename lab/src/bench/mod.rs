@@ -16,6 +16,7 @@ mod fanout;
 mod namespaces;
 mod plot;
 mod post;
+mod proc;
 mod restart;
 mod rtt;
 mod series;

@@ -52,12 +52,7 @@ impl RedisProcess {
 
     /// CPU seconds the Redis process used so far (user + system), from /proc.
     pub(super) fn cpu_s(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the command name (which is in parentheses): utime and stime are the 12th and 13th.
-        let after = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / 100.0)
+        Some(crate::bench::proc::cpu_time(&self.child.id().to_string())?.as_secs_f64())
     }
 
     pub(super) async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {

@@ -138,13 +138,9 @@ impl ServerProcess {
         kib.parse::<u64>().ok().map(|k| k * 1024)
     }
 
-    /// CPU time used so far, user + system (Linux: `/proc/PID/stat`, in clock ticks of 10 ms: USER_HZ is 100).
+    /// CPU time used so far, user + system (Linux).
     pub(super) fn cpu(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()?)).ok()?;
-        // After the command name (in parentheses), utime and stime are the 12th and 13th fields.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(Duration::from_millis(ticks * 10))
+        crate::bench::proc::cpu_time(&self.child.id()?.to_string())
     }
 
     /// Closes its stdin (it stops serving and exits) and waits up to 5 s, then kills it.

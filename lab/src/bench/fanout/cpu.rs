@@ -65,11 +65,7 @@ pub(super) fn server_cpu() -> Option<Duration> {
 /// the UDP relay or netns emulator threads when the link is impaired (the load generator). The whole process's
 /// time (`/proc/self/stat`, which keeps exited threads' time, in 10 ms ticks) less the servers'.
 pub(super) fn client_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // After the command name (in parentheses), utime and stime are the 12th and 13th fields; USER_HZ is 100.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10).saturating_sub(server_cpu()?))
+    Some(crate::bench::proc::cpu_time("self")?.saturating_sub(server_cpu()?))
 }
 
 /// What the servers' threads spent between two readings of [`server_cpu`].

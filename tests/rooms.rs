@@ -335,7 +335,7 @@ async fn a_reset_room_stream_is_announced_on_the_control_stream_and_the_rejoin_r
     let codec = FrameCodec::new(limits.max_frame as usize);
     let hello = Hello { version: PROTOCOL_VERSION, agent: "raw".into(), name: None, token: Some(server.token("raw")) };
     let mut out = codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) }).unwrap();
-    let join = Join { room: "flood".into(), since: None };
+    let join = Join { room: "flood".into(), since: None, redundant: false };
     codec.encode(&Request { req_id: 1, body: RequestBody::Join(join) }, &mut out).unwrap();
     send.write_all(&out).await.unwrap();
     let mut buf = BytesMut::new();
@@ -368,8 +368,10 @@ async fn a_reset_room_stream_is_announced_on_the_control_stream_and_the_rejoin_r
     assert_eq!(quiver_transport::close::from_quic_code(code), ErrorCode::SlowConsumer);
     // Rejoining from the start replays everything retained: the new stream describes itself.
     let since = Some(Position { epoch: joined.epoch, seq: 0 });
-    let out =
-        codec.encode_to_vec(&Request { req_id: 2, body: RequestBody::Join(Join { room: "flood".into(), since }) });
+    let out = codec.encode_to_vec(&Request {
+        req_id: 2,
+        body: RequestBody::Join(Join { room: "flood".into(), since, redundant: false }),
+    });
     send.write_all(&out.unwrap()).await.unwrap();
     let mut fresh = conn.accept_uni().await.unwrap();
     let mut room_buf = BytesMut::new();

@@ -89,7 +89,7 @@ async fn a_webtransport_session_shares_rooms_and_ticks_with_native_clients() {
     let mut native_room = native.join("mixed").await.unwrap();
 
     // Join: the reply, then the room stream opening with the same outcome.
-    let join = Join { room: "mixed".into(), since: None };
+    let join = Join { room: "mixed".into(), since: None, redundant: false };
     let Reply::Joined(joined) = control.request(RequestBody::Join(join)).await else { panic!("not joined") };
     assert!(joined.members.contains(&"web".to_string()), "{joined:?}");
     let mut room_stream = tokio::time::timeout(WAIT, session.accept_uni()).await.unwrap().unwrap();

@@ -240,6 +240,12 @@ pub(crate) struct RttArgs {
     /// Transport settings of Quiver's server and clients: quiver, quinn-defaults or tail-probe.
     #[arg(long, default_value = "quiver")]
     tuning: String,
+    /// Redundant delivery's datagram copies (server and clients), instead of the tuning's.
+    #[arg(long)]
+    copies: Option<u8>,
+    /// Time between rounds of copies, ms, instead of the tuning's.
+    #[arg(long)]
+    copy_spacing_ms: Option<u64>,
     /// Measure an external Quiver server instead of an in-process one (baselines stay in-process).
     #[arg(long)]
     server: Option<String>,
@@ -428,13 +434,20 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
         profile: (!profile.is_clean()).then_some(profile),
         token: args.server.as_ref().and(args.trust.token_provider(None)),
         server: args.server.map(|server| (server, args.trust.trust())),
-        tuning: quiver_transport::TransportTuning::named(&args.tuning)?,
+        tuning: {
+            let tuning = quiver_transport::TransportTuning::named(&args.tuning)?;
+            quiver_transport::TransportTuning {
+                copies: args.copies.unwrap_or(tuning.copies),
+                copy_spacing: args.copy_spacing_ms.map_or(tuning.copy_spacing, std::time::Duration::from_millis),
+                ..tuning
+            }
+        },
         compare_websocket: args.compare.as_deref() == Some("websocket"),
         chat_rate: args.chat_rate,
         netns: args.netns.backend()?,
     };
     let per_series = config.warmup + config.duration;
-    let runs = if config.compare_websocket { 2 } else { 5 };
+    let runs = if config.compare_websocket { 2 } else { 6 };
     let link = args.netns.describe(config.netns, config.profile.is_some());
     let what = if config.compare_websocket {
         format!("Quiver vs WebSocket, ticks {}/s + chat {}/s per sender", config.rate, config.chat_rate)

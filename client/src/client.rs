@@ -10,7 +10,8 @@ use quiver_proto::{ErrorCode, HistoryPage, Limits, Reply, RequestBody, Welcome};
 use crate::{
     clock::unix_us,
     driver::{Driver, DriverHandle, CLOSE_WAIT},
-    ConnectError, ConnectOptions, ConnectionState, RequestError, Room, TickPublisher, TickSubscription, TrustOptions,
+    ConnectError, ConnectOptions, ConnectionState, JoinOptions, RequestError, Room, TickPublisher, TickSubscription,
+    TrustOptions,
 };
 
 /// A Quiver session that survives connection loss. Cheap to clone; dropping the last clone (and every [`Room`],
@@ -118,7 +119,12 @@ impl Client {
 
     /// Joins `room`: its events (from now on) arrive through the returned [`Room`].
     pub async fn join(&self, room: &str) -> Result<Room, RequestError> {
-        let (entry, events) = self.handle.driver.join(room, None).await?;
+        self.join_with(room, JoinOptions::default()).await
+    }
+
+    /// Joins `room` with `options`: from a position, with redundant delivery (see [`JoinOptions`]).
+    pub async fn join_with(&self, room: &str, options: JoinOptions) -> Result<Room, RequestError> {
+        let (entry, events) = self.handle.driver.join(room, options).await?;
         Ok(Room { entry, events, handle: self.handle.clone() })
     }
 
@@ -127,8 +133,7 @@ impl Client {
     /// `Resumed { recovered }`: `false` when the server no longer holds everything after `position` (trimmed
     /// history, or another epoch), so what follows is the room's latest messages, not all that was missed.
     pub async fn join_from(&self, room: &str, position: quiver_proto::Position) -> Result<Room, RequestError> {
-        let (entry, events) = self.handle.driver.join(room, Some(position)).await?;
-        Ok(Room { entry, events, handle: self.handle.clone() })
+        self.join_with(room, JoinOptions { since: Some(position), redundant: false }).await
     }
 
     /// Posts `body` to `room` (joined or not); the returned future resolves to the seq it got. The post is queued

@@ -3,10 +3,10 @@
 //! [`Handler`] (the driver). Every task it starts runs on the tracker it is given and ends with the connection.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, Weak,
     },
     time::Duration,
@@ -14,9 +14,10 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use quiver_proto::{
+    copies::{self, Copy, CopyQueue, CopyTarget},
     ErrorCode, FrameCodec, Hello, Reply, Request, RequestBody, ServerMsg, TickHeader, Welcome, ALPN_QUIVER,
 };
-use quiver_transport::{close::describe, TailProbe};
+use quiver_transport::{close::describe, Probed, TailProbe};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
@@ -43,6 +44,8 @@ pub(crate) trait Handler: Send + Sync + 'static {
     fn room_stream(&self, connection: usize, recv: quinn::RecvStream);
     /// The server pushed a message that answers no request (Kicked, GoAway, Error).
     fn pushed(&self, connection: usize, msg: ServerMsg);
+    /// A datagram copy of frames of the room stream with `slot`, at positions from `first` (redundant delivery).
+    fn room_copy(&self, connection: usize, slot: u64, first: u64, frames: Vec<Bytes>);
 }
 
 /// The port `quiver-server` listens on by default, used when the server is given without one.
@@ -249,6 +252,12 @@ pub(crate) struct Connection<H: Handler> {
     probe: Arc<TailProbe>,
     /// Subscriptions by their channel id on this connection.
     routes: Mutex<HashMap<u64, H::Route>>,
+    /// Post requests written so far (the server numbers them the same way: post copies name them by number).
+    posts: AtomicU64,
+    /// Rooms whose posts also go as datagram copies (their stream said it has copies), and where the copies wait
+    /// for the probe timer.
+    copy_rooms: Mutex<HashSet<String>>,
+    copies: Arc<Mutex<CopyQueue>>,
 }
 
 impl<H: Handler> Connection<H> {
@@ -294,10 +303,12 @@ impl<H: Handler> Connection<H> {
         };
         // The server may open one stream per room it allows (+1 for a room being left and rejoined).
         quic.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(welcome.limits.max_rooms.saturating_add(1)));
-        let probing = quic.clone();
-        let (probe, probe_task) = TailProbe::new(options.tuning.tail_probe, move || {
-            probing.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_ok()
-        });
+        // Post copies go out on the probe timer, in place of the tail probe.
+        let copies = Arc::new(Mutex::new(CopyQueue::new(options.tuning.copies)));
+        let (probing, queued) = (quic.clone(), copies.clone());
+        let (tail_probe, spacing) = (options.tuning.tail_probe.is_some(), options.tuning.copy_spacing);
+        let (probe, probe_task) =
+            TailProbe::new(options.tuning.probe_timer(), move || send_round(&probing, &queued, tail_probe, spacing));
         let connection = Arc::new(Connection {
             id: CONNECTION_IDS.fetch_add(1, Ordering::Relaxed),
             quic: quic.clone(),
@@ -307,6 +318,9 @@ impl<H: Handler> Connection<H> {
             outstanding: Arc::new(Mutex::new(Outstanding::new(1))),
             probe,
             routes: Mutex::default(),
+            posts: AtomicU64::new(0),
+            copy_rooms: Mutex::default(),
+            copies,
         });
         if let Some(task) = probe_task {
             let closed = quic.clone();
@@ -330,8 +344,12 @@ impl<H: Handler> Connection<H> {
     ) -> Result<oneshot::Receiver<Result<Reply, RequestError>>, RequestError> {
         let (tx, rx) = oneshot::channel();
         let req_id = lock(&self.outstanding).start(tx).map_err(RequestError::closed)?;
+        let (post, copied) = match &body {
+            RequestBody::Post(post) => (true, lock(&self.copy_rooms).contains(&post.room)),
+            _ => (false, false),
+        };
         let frame = match self.codec.encode_to_vec(&Request { req_id, body }) {
-            Ok(frame) => frame,
+            Ok(frame) => frame.freeze(),
             Err(err) => {
                 lock(&self.outstanding).abandon(req_id);
                 return Err(RequestError::Encode(err));
@@ -342,8 +360,20 @@ impl<H: Handler> Connection<H> {
             lock(&self.outstanding).abandon(req_id);
             return Err(RequestError::closed(self.close_reason().unwrap_or((ErrorCode::Internal, err.to_string()))));
         }
+        if post {
+            // Numbered in the order written, under the send lock: the server counts them in the same order.
+            let number = self.posts.fetch_add(1, Ordering::Relaxed) + 1;
+            if copied {
+                lock(&self.copies).push(CopyTarget::Posts, number, frame);
+            }
+        }
         self.probe.sent();
         Ok(rx)
+    }
+
+    /// Posts to `room` also go as datagram copies from now on (its stream on this connection has copies).
+    pub(crate) fn copy_posts_to(&self, room: &str) {
+        lock(&self.copy_rooms).insert(room.to_string());
     }
 
     /// Sends one request and waits for its reply.
@@ -368,11 +398,53 @@ impl<H: Handler> Connection<H> {
     }
 }
 
-/// Routes tick datagrams to their subscriptions; anything undecodable or unknown is dropped.
+/// The probe timer fired: the path's loss so far to `queue`, then a round of the post copies waiting in it, or the tail probe (when `probe`) if there
+/// were none; called again after `spacing` while copies are left. A copy never pushes a tick out of quinn's
+/// datagram buffer: without room it is skipped (the control stream carries the post anyway).
+fn send_round(quic: &quinn::Connection, queue: &Mutex<CopyQueue>, probe: bool, spacing: Duration) -> Probed {
+    let max = quic.max_datagram_size().unwrap_or(0);
+    let path = quic.stats().path;
+    let (datagrams, more) = {
+        let mut queue = lock(queue);
+        queue.observe(path.sent_packets, path.lost_packets);
+        let datagrams = if queue.is_empty() { Vec::new() } else { queue.take(max) };
+        (datagrams, !queue.is_empty())
+    };
+    let mut sent = false;
+    for datagram in datagrams {
+        if quic.datagram_send_buffer_space() < datagram.len() {
+            continue;
+        }
+        match quic.send_datagram(datagram) {
+            Ok(()) => sent = true,
+            Err(quinn::SendDatagramError::TooLarge) => {}
+            Err(_) => return Probed::Gone,
+        }
+    }
+    if !sent && probe && quic.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_err() {
+        return Probed::Gone;
+    }
+    if more {
+        Probed::Again(spacing)
+    } else {
+        Probed::Sent
+    }
+}
+
+/// Routes tick datagrams to their subscriptions and room copies to the handler; anything undecodable or unknown is
+/// dropped.
 async fn read_datagrams<H: Handler>(connection: Weak<Connection<H>>, quic: quinn::Connection, handler: Weak<H>) {
     while let Ok(datagram) = quic.read_datagram().await {
         if quiver_proto::is_probe(&datagram) {
             continue; // a tail-loss probe (quiver_transport::probe): it only elicits an ACK
+        }
+        if copies::is_copy(&datagram) {
+            let (Some(connection), Some(handler)) = (connection.upgrade(), handler.upgrade()) else { return };
+            match Copy::decode(&datagram, connection.codec.max_frame()) {
+                Ok(Copy::Room { slot, first, frames }) => handler.room_copy(connection.id, slot, first, frames),
+                Ok(Copy::Posts { .. }) | Err(_) => tracing::debug!("undecodable copy datagram dropped"),
+            }
+            continue;
         }
         let Ok((header, payload)) = TickHeader::decode(&datagram) else {
             tracing::debug!("undecodable datagram dropped");

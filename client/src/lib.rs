@@ -46,7 +46,7 @@ pub use connection::DEFAULT_PORT;
 pub use driver::EVENT_BUFFER;
 pub use error::{ConnectError, ProtocolError, RequestError, TickError, TokenError};
 pub use link::ConnectionState;
-pub use options::{ConnectOptions, TokenFuture, TokenProvider};
+pub use options::{ConnectOptions, JoinOptions, TokenFuture, TokenProvider};
 pub use quiver_transport::TransportTuning;
 pub use room::{Message, Room, RoomEvent};
 pub use ticks::{Tick, TickPublisher, TickStats, TickSubscription};

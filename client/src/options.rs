@@ -142,3 +142,16 @@ impl std::fmt::Debug for TokenProvider {
         f.write_str("TokenProvider(..)")
     }
 }
+
+/// How to join a room ([`crate::Client::join_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JoinOptions {
+    /// Resume after this position (a [`crate::Room::position`] an earlier session stored): see
+    /// [`crate::Client::join_from`].
+    pub since: Option<quiver_proto::Position>,
+    /// Redundant delivery: the room's events also come as datagram copies, and this client's posts to the room go
+    /// up as copies too, so that a lost packet costs a few milliseconds instead of a retransmission (about twice
+    /// the bytes; docs/transport.md, "Redundant delivery"). Granted where the server's `transport.copies` is above
+    /// 0; the events are the same, each once and in order, either way.
+    pub redundant: bool,
+}

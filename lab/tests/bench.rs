@@ -28,7 +28,17 @@ async fn rtt_measures_every_series_and_sees_the_loss() {
     let lossy = ImpairmentProfile::symmetric(DirectionProfile { loss_pct: 10.0, ..DirectionProfile::default() });
     let report = run_rtt(config(Some(lossy)), |_| {}).await.unwrap();
     let names: Vec<&str> = report.series.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["udp echo", "quinn datagram echo", "quiver datagram", "quinn stream echo", "quiver stream"]);
+    assert_eq!(
+        names,
+        [
+            "udp echo",
+            "quinn datagram echo",
+            "quiver datagram",
+            "quinn stream echo",
+            "quiver stream",
+            "quiver stream redundant"
+        ]
+    );
     for s in &report.series {
         assert_eq!(s.sent, 600, "{} sent", s.name); // 2 senders × 200/s × 1.5 s
         assert!(s.latency.count > 0 && s.latency.p50_us > 0, "{s:?}");
@@ -42,6 +52,13 @@ async fn rtt_measures_every_series_and_sees_the_loss() {
     }
     assert_eq!(report.series[2].baseline.as_deref(), Some("quinn datagram echo"));
     assert_eq!(report.series[4].baseline.as_deref(), Some("quinn stream echo"));
+    assert_eq!(report.series[5].baseline.as_deref(), Some("quinn datagram echo"));
+    // Bytes on the wire where the series has a QUIC connection to count them on; copies cost bytes.
+    assert!(report.series[0].wire_bytes_per_msg.is_none());
+    let bytes: Vec<f64> = report.series[1..].iter().map(|s| s.wire_bytes_per_msg.unwrap()).collect();
+    assert!(bytes.iter().all(|&b| b > 64.0), "{bytes:?}");
+    assert!(bytes[4] > bytes[3], "redundant {} B/msg, plain {} B/msg", bytes[4], bytes[3]);
+    assert!(report.series.iter().all(|s| s.stale + s.lost <= s.sent));
     let table = report.table();
     assert!(table.contains("quiver stream") && table.contains("vs baseline"), "{table}");
     let dir = tempfile::tempdir().unwrap();
@@ -55,7 +72,7 @@ async fn rtt_measures_every_series_and_sees_the_loss() {
     let gif = quiver_lab::bench::write_plot(&report, "test", &dir.path().join("x.gif")).unwrap_err();
     assert!(matches!(gif, quiver_lab::bench::PlotError::Format { .. }), "{gif:?}");
     let json = serde_json::to_value(&report).unwrap();
-    for key in ["name", "sent", "lost", "count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+    for key in ["name", "sent", "lost", "stale", "wire_bytes_per_msg", "count", "p50_us", "p99_us", "p999_us", "max_us"] {
         assert!(json["series"][0].get(key).is_some(), "{key} missing: {json}");
     }
 }

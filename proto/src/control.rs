@@ -89,6 +89,10 @@ pub struct Join {
     pub room: String,
     /// The last position the client has seen; the server replays what came after it when it still can.
     pub since: Option<Position>,
+    /// Redundant delivery: the room's events also travel as datagram copies ([`crate::copies`]), and so do this
+    /// client's posts to the room, so that a lost packet costs a few milliseconds instead of a retransmission.
+    /// The server grants it when its configuration allows ([`crate::RoomFrame::Copies`] on the stream says so).
+    pub redundant: bool,
 }
 
 /// Post a message to a room, joined or not (the token's `post` right for the room decides; a room that does not

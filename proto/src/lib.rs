@@ -3,6 +3,7 @@
 //! - [`control`]: the control stream (client requests, server replies and pushes).
 //! - [`room`]: room streams (one server-opened unidirectional stream per joined room).
 //! - [`tick`]: the tick datagram header.
+//! - [`copies`]: datagram copies of room frames and posts (redundant delivery).
 //! - [`frame`]: `varint length || postcard(message)` stream framing with a size limit.
 //! - [`ErrorCode`]: the one list of reasons, used in replies, stream resets and connection closes.
 //! - [`Limits`]: every bound the server enforces, reported to the client in `Welcome`.
@@ -22,6 +23,7 @@
 
 #![warn(missing_docs)]
 pub mod control;
+pub mod copies;
 mod error_code;
 pub mod frame;
 mod limits;
@@ -39,7 +41,7 @@ pub use room::{EventKind, RoomEvent, RoomFrame};
 pub use tick::{is_probe, DatagramError, TickHeader, PROBE};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// ALPN of native Quiver clients.
 pub const ALPN_QUIVER: &[u8] = b"quiver/1";

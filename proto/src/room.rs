@@ -16,6 +16,15 @@ pub enum RoomFrame {
     Open(crate::Joined),
     /// A room event.
     Event(RoomEvent),
+    /// Second frame of a stream joined with `redundant` when the server grants it: this stream's frames are also
+    /// sent as datagram copies ([`crate::copies`]) carrying `slot`, each with its position on the stream (the
+    /// number of frames before it: Open is 0, this frame 1). The client delivers each position once, from whichever
+    /// arrives first.
+    Copies {
+        /// Names this stream in copy datagrams (and this client's post copies to the room); never reused on the
+        /// connection.
+        slot: u64,
+    },
 }
 
 /// One event of a room, in the room's total order.

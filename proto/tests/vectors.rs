@@ -180,7 +180,7 @@ fn requests(v: &mut Vectors) {
     v.request("hello_version_0_empty_strings", 127, hello(0, "", Some(""), Some("")));
     v.request("hello_version_max", 128, hello(u32::MAX, BOM_NUL, None, Some(&string_of(128))));
 
-    let join = |room: &str, since| RequestBody::Join(Join { room: room.into(), since });
+    let join = |room: &str, since| RequestBody::Join(Join { room: room.into(), since, redundant: false });
     v.request("join_fresh", 2, join("lobby", None));
     v.request("join_since_start", 16383, join("lobby", Some(Position { epoch: 0, seq: 0 })));
     v.request("join_since_max", 16384, join(NON_ASCII, Some(Position { epoch: u64::MAX, seq: u64::MAX })));

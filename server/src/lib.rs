@@ -37,6 +37,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod net;
+pub mod post_copies;
 pub mod rate;
 pub mod session;
 pub mod settings;

@@ -341,6 +341,13 @@ impl Collector for ServerMetrics {
         counter(&mut e, "posts", "Posts acknowledged with a new seq", c.posts)?;
         counter(&mut e, "posts_duplicate", "Retried posts answered with their original seq", c.posts_duplicate)?;
         counter(&mut e, "room_deliveries", "Room events queued to members' room streams", c.room_deliveries)?;
+        counter(
+            &mut e,
+            "room_copies_sent",
+            "Datagram copies of room frames sent (redundant rooms)",
+            c.room_copies_sent,
+        )?;
+        counter(&mut e, "post_copies_used", "Posts sequenced from their datagram copy first", c.post_copies_used)?;
         counter(&mut e, "ticks_received", "Ticks accepted from publishers", c.ticks_published)?;
         counter(&mut e, "ticks_sent", "Ticks handed to QUIC for subscribers", c.ticks_sent)?;
         counter(&mut e, "ticks_conflated", "Ticks replaced by a newer one before they were sent", c.ticks_conflated)?;

@@ -102,6 +102,10 @@ counters! {
     posts_duplicate,
     /// Room events queued to members' room streams.
     room_deliveries,
+    /// Datagram copies of room frames sent (redundant delivery; one datagram may carry several frames).
+    room_copies_sent,
+    /// Posts sequenced from their datagram copy, ahead of their control-stream request.
+    post_copies_used,
     /// Sessions admitted (Hello answered with Welcome).
     handshakes,
     /// TLS session tickets presented by returning clients that this server issued and could open: resumption

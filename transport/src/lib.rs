@@ -26,5 +26,5 @@ pub mod qlog;
 pub mod tls;
 pub mod tuning;
 
-pub use probe::TailProbe;
+pub use probe::{Probed, TailProbe};
 pub use tuning::{client_transport, server_transport, TransportTuning, UnknownTuning};

@@ -5,6 +5,10 @@
 //! endpoint sends one probe datagram a moment later: ACK-eliciting, ignored by the receiver (the protocol defines
 //! the one-byte datagram `0x00` as a probe, [`quiver_proto::PROBE`]), and its ACK exposes a lost tail within about `delay` + RTT. Cost: one small
 //! packet per burst of writes, none on idle connections (unlike a short keep-alive).
+//!
+//! Redundant delivery rides on the same timer: where datagram copies of the reliable data wait
+//! ([`quiver_proto::copies::CopyQueue`]), the first round of copies goes instead of the probe (a copy elicits the
+//! same ACK), and the sender asks to be called again ([`Probed::Again`]) for the next round.
 
 use std::{
     future::Future,
@@ -16,6 +20,17 @@ use std::{
 };
 
 use tokio::sync::Notify;
+
+/// What the sender did when the probe fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probed {
+    /// Sent (a probe, or copies in its place).
+    Sent,
+    /// Sent, and more is due this long from now (the next round of copies), whether or not data is written again.
+    Again(Duration),
+    /// The connection is gone: the task ends.
+    Gone,
+}
 
 /// Sends a probe `delay` after [`TailProbe::sent`] is called (calls during the wait share that probe).
 #[derive(Debug, Default)]
@@ -32,7 +47,7 @@ impl TailProbe {
     /// when `delay` is `None`.
     pub fn new(
         delay: Option<Duration>,
-        send: impl Fn() -> bool + Send + 'static,
+        send: impl Fn() -> Probed + Send + 'static,
     ) -> (Arc<TailProbe>, Option<impl Future<Output = ()> + Send + 'static>) {
         let Some(delay) = delay else { return (Arc::new(TailProbe::default()), None) };
         let probe = Arc::new(TailProbe { wake: Notify::new(), pending: AtomicBool::new(false), enabled: true });
@@ -42,7 +57,12 @@ impl TailProbe {
                 waiting.wake.notified().await;
                 tokio::time::sleep(delay).await;
                 waiting.pending.store(false, Ordering::Release);
-                if !send() {
+                let mut probed = send();
+                while let Probed::Again(after) = probed {
+                    tokio::time::sleep(after).await;
+                    probed = send();
+                }
+                if probed == Probed::Gone {
                     return;
                 }
             }
@@ -70,7 +90,7 @@ mod tests {
         let counted = count.clone();
         let (probe, task) = TailProbe::new(Some(Duration::from_millis(1)), move || {
             counted.fetch_add(1, Ordering::Relaxed);
-            true
+            Probed::Sent
         });
         tokio::spawn(task.unwrap());
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -87,6 +107,25 @@ mod tests {
         probe.sent();
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(count.load(Ordering::Relaxed), 2, "the next write schedules the next probe");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_with_more_due_is_called_again_without_a_write() {
+        let count = Arc::new(AtomicU32::new(0));
+        let counted = count.clone();
+        let (probe, task) =
+            TailProbe::new(Some(Duration::from_millis(1)), move || match counted.fetch_add(1, Ordering::Relaxed) {
+                0 | 1 => Probed::Again(Duration::from_millis(5)),
+                _ => Probed::Sent,
+            });
+        tokio::spawn(task.unwrap());
+        probe.sent();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(count.load(Ordering::Relaxed), 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(count.load(Ordering::Relaxed), 2, "again after 5 ms");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(count.load(Ordering::Relaxed), 3, "and once more, then it waits for a write");
     }
 
     #[tokio::test(start_paused = true)]

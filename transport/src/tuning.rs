@@ -27,6 +27,17 @@ pub const TAIL_PROBE_DELAY: Duration = Duration::from_millis(1);
 /// The congestion window never falls below this (quinn's initial window at a 1,200-byte MTU): at random loss
 /// Cubic's 2-packet minimum congestion-blocks a stream of small real-time packets ([`crate::congestion`]).
 pub const CONGESTION_WINDOW_FLOOR: u64 = 10 * 1200;
+/// Redundant delivery (rooms joined with `redundant`): each room frame and post also goes as up to this many
+/// datagram copies, the first one tail-probe delay after the stream write (in its own packet, so that one loss does
+/// not take both), the next ones [`COPY_SPACING`] apart. How many, of this maximum, follows the loss each end
+/// observes on its path (`quiver_proto::copies::CopyQueue`): one on a clean path, three at 10 % loss, where a
+/// message then waits for a retransmission only when four packets in a row are lost (docs/transport.md,
+/// "Redundant delivery").
+pub const COPIES: u8 = 3;
+/// Between two rounds of copies: far enough apart that a short burst of loss does not take both.
+pub const COPY_SPACING: Duration = Duration::from_millis(5);
+/// When copies are on but the tail probe is off, the first copies go this long after the write.
+pub const FIRST_COPY_DELAY: Duration = Duration::from_millis(1);
 /// UDP socket buffers. Linux's default 208 KiB receive buffer overflows with ~64 handshakes in flight
 /// (BASELINES.md); the kernel caps the request at `net.core.{r,w}mem_max`, and the server logs what it got.
 pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
@@ -51,6 +62,11 @@ pub struct TransportTuning {
     pub tail_probe: Option<Duration>,
     /// Floor under Cubic's congestion window, in bytes; `None` for quinn's plain Cubic.
     pub congestion_floor: Option<u64>,
+    /// Datagram copies per room frame and post in redundant rooms, at most (fewer on a path with less loss); 0
+    /// turns redundant delivery off (a server then grants it to nobody).
+    pub copies: u8,
+    /// Time between rounds of copies.
+    pub copy_spacing: Duration,
 }
 
 impl Default for TransportTuning {
@@ -71,6 +87,8 @@ impl TransportTuning {
             datagram_send_buffer: DATAGRAM_SEND_BUFFER,
             tail_probe: Some(TAIL_PROBE_DELAY),
             congestion_floor: Some(CONGESTION_WINDOW_FLOOR),
+            copies: COPIES,
+            copy_spacing: COPY_SPACING,
         }
     }
 
@@ -90,6 +108,8 @@ impl TransportTuning {
             datagram_send_buffer: 1024 * 1024,
             tail_probe: None,
             congestion_floor: None,
+            copies: COPIES,
+            copy_spacing: COPY_SPACING,
         }
     }
 
@@ -102,6 +122,11 @@ impl TransportTuning {
     /// (BASELINES.md: p99 at 5 % loss 6.7 → 4.45 ms, at +30 % loss-free p50 and ~1,000 extra packets/s each way).
     pub fn tail_probe() -> Self {
         TransportTuning { name: "tail-probe", keep_alive: Some(Duration::from_millis(1)), ..TransportTuning::quiver() }
+    }
+
+    /// When the probe timer fires after a write: the tail-probe delay, or (copies on, probe off) the first copy's.
+    pub fn probe_timer(&self) -> Option<Duration> {
+        self.tail_probe.or((self.copies > 0).then_some(FIRST_COPY_DELAY))
     }
 
     /// The names [`TransportTuning::named`] knows.

@@ -8,8 +8,8 @@ use std::{
 use bytes::Bytes;
 use quiver_proto::{ErrorCode, ServerMsg, TickHeader};
 
-use super::{rooms, ticks, Driver, SubEntry};
-use crate::connection::Handler;
+use super::{rooms, ticks, Driver, RoomEntry, SubEntry};
+use crate::{connection::Handler, sync::lock};
 
 impl Handler for Driver {
     type Route = Arc<SubEntry>;
@@ -18,12 +18,22 @@ impl Handler for Driver {
         ticks::on_tick(route, header, payload, self.server_clock_us());
     }
 
-    fn room_stream(&self, _connection: usize, recv: quinn::RecvStream) {
+    fn room_stream(&self, connection: usize, recv: quinn::RecvStream) {
         let Some(me) = self.me.upgrade() else { return };
         // Numbered here, in accept order, not when its reader gets to its Open frame.
         let stream = self.room_streams.fetch_add(1, Ordering::Relaxed) + 1;
         let max_frame = self.welcome().limits.max_frame as usize;
-        self.tasks.spawn(async move { rooms::read_stream(&me.rooms, stream, recv, max_frame, &me.stop).await });
+        self.tasks.spawn(async move {
+            let copies = |slot, entry: &Arc<RoomEntry>| me.copies_opened(connection, slot, entry, stream);
+            rooms::read_stream(&me.rooms, stream, recv, (max_frame, &copies), &me.stop).await
+        });
+    }
+
+    fn room_copy(&self, connection: usize, slot: u64, first: u64, frames: Vec<Bytes>) {
+        let found = lock(&self.copy_slots).get(&(connection, slot)).cloned();
+        if let Some((entry, stream)) = found {
+            rooms::on_copy(&entry, stream, first, &frames);
+        }
     }
 
     fn pushed(&self, connection: usize, msg: ServerMsg) {

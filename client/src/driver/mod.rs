@@ -12,6 +12,7 @@ mod rooms;
 mod ticks;
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::{
         atomic::{AtomicI64, AtomicU64, Ordering},
@@ -34,15 +35,18 @@ use crate::{
     connection::{Connection, Target},
     error::{ConnectError, RequestError, TickError},
     link::ConnectionState,
-    options::ConnectOptions,
+    options::{ConnectOptions, JoinOptions},
     state::{
         backoff::Backoff,
         clock::{offset_us, ClockSample},
         posts::QueuedPost,
-        room::RoomEvent,
+        room::{RoomEvent, StreamNumber},
     },
     sync::lock,
 };
+
+/// Where a redundant stream's copies go: its room and the stream's number.
+type CopyRoute = (Arc<RoomEntry>, StreamNumber);
 
 /// How long `Client::close` waits for its tasks to stop and for the server to learn of the close.
 pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -97,6 +101,8 @@ pub(crate) struct Driver {
     next_msg_id: AtomicU64,
     /// Room streams accepted so far, over every connection: a later stream is a newer one.
     room_streams: AtomicU64,
+    /// Redundant room streams by (connection, slot): where their datagram copies go.
+    copy_slots: Mutex<HashMap<(usize, u64), CopyRoute>>,
     welcome: Mutex<Welcome>,
     /// Server clock minus this machine's clock, in µs, estimated from Ping/Pong at each connect.
     clock_offset_us: AtomicI64,
@@ -130,6 +136,7 @@ impl Driver {
             posts,
             next_msg_id: AtomicU64::new(rand::random::<u64>() >> 2),
             room_streams: AtomicU64::new(0),
+            copy_slots: Mutex::default(),
             welcome: Mutex::new(Welcome {
                 version: 0,
                 session_id: 0,
@@ -296,13 +303,14 @@ impl Driver {
     pub(crate) async fn join(
         &self,
         room: &str,
-        since: Option<quiver_proto::Position>,
+        options: JoinOptions,
     ) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
-        let (entry, events) = self.rooms.add(room)?;
+        let JoinOptions { since, redundant } = options;
+        let (entry, events) = self.rooms.add(room, redundant)?;
         if let Some(position) = since {
             lock(&entry.state).resume_from(position);
         }
-        match self.request(RequestBody::Join(Join { room: room.to_string(), since })).await {
+        match self.request(RequestBody::Join(Join { room: room.to_string(), since, redundant })).await {
             Ok(Reply::Joined(joined)) => {
                 entry.replied(&joined);
                 Ok((entry, events))
@@ -310,6 +318,21 @@ impl Driver {
             other => {
                 self.rooms.remove(room);
                 Err(other.map_or_else(|err| err, RequestError::unexpected))
+            }
+        }
+    }
+
+    /// Stream `stream` of `entry`'s room, on connection `connection`, has datagram copies with `slot`: route them
+    /// to it, and copy the room's posts on that connection.
+    pub(crate) fn copies_opened(&self, connection: usize, slot: u64, entry: &Arc<RoomEntry>, stream: StreamNumber) {
+        let mut slots = lock(&self.copy_slots);
+        // Slots of connections that are gone route nothing any more.
+        let current = self.current.borrow().as_ref().map(|c| c.id);
+        slots.retain(|(on, _), _| Some(*on) == current);
+        if current == Some(connection) {
+            slots.insert((connection, slot), (entry.clone(), stream));
+            if let Some(live) = self.current.borrow().as_ref() {
+                live.copy_posts_to(&entry.name);
             }
         }
     }

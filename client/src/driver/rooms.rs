@@ -8,8 +8,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use bytes::BytesMut;
-use quiver_proto::{ErrorCode, Failure, FrameCodec, Join, Joined, Reply, RequestBody, RoomFrame};
+use bytes::{Bytes, BytesMut};
+use quiver_proto::{frame, ErrorCode, Failure, FrameCodec, Join, Joined, Reply, RequestBody, RoomFrame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,8 @@ pub const EVENT_BUFFER: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct RoomEntry {
     pub(crate) name: String,
+    /// Joined with redundant delivery (asked again at every rejoin).
+    pub(crate) redundant: bool,
     pub(crate) state: Mutex<RoomState>,
     events: mpsc::Sender<RoomEvent>,
 }
@@ -45,14 +47,19 @@ pub(crate) struct Rooms(Mutex<HashMap<String, Arc<RoomEntry>>>);
 
 impl Rooms {
     /// A new entry for `room`, and the receiver of its events; `AlreadyJoined` if it has one.
-    pub(crate) fn add(&self, room: &str) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
+    pub(crate) fn add(
+        &self,
+        room: &str,
+        redundant: bool,
+    ) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
         let mut rooms = lock(&self.0);
         if rooms.contains_key(room) {
             let failure = Failure::new(ErrorCode::AlreadyJoined, format!("already in room {room}"));
             return Err(RequestError::Failed(failure));
         }
         let (events, received) = mpsc::channel(EVENT_BUFFER);
-        let entry = Arc::new(RoomEntry { name: room.to_string(), state: Mutex::new(RoomState::new()), events });
+        let state = Mutex::new(RoomState::new());
+        let entry = Arc::new(RoomEntry { name: room.to_string(), redundant, state, events });
         rooms.insert(room.to_string(), entry.clone());
         Ok((entry, received))
     }
@@ -82,7 +89,8 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
     let mut delay = std::time::Duration::from_millis(50);
     for _ in 0..UNAVAILABLE_REJOINS {
         let since = lock(&entry.state).position();
-        match connection.request(RequestBody::Join(Join { room: entry.name.clone(), since })).await {
+        let join = Join { room: entry.name.clone(), since, redundant: entry.redundant };
+        match connection.request(RequestBody::Join(join)).await {
             Ok(Reply::Joined(joined)) => entry.replied(&joined),
             Ok(other) => tracing::warn!(room = %entry.name, ?other, "unexpected reply to Join"),
             // The connection went again: the supervisor rejoins once it is back.
@@ -116,14 +124,43 @@ async fn reserve<'a>(
     }
 }
 
+/// Hands out the events copies brought for `entry`'s current stream, in order, while its channel has room now (the
+/// rest wait for the stream, or for room). Called with the room's state locked.
+fn hand_out_copies(entry: &RoomEntry, state: &mut RoomState) {
+    while state.has_ready() {
+        let Ok(permit) = entry.events.try_reserve() else { return };
+        match state.ready() {
+            Some(Some(event)) => permit.send(event),
+            Some(None) => {}
+            None => return,
+        }
+    }
+}
+
+/// A datagram copy of `entry`'s stream `stream`, frames at positions from `first`.
+pub(crate) fn on_copy(entry: &RoomEntry, stream: StreamNumber, first: u64, frames: &[Bytes]) {
+    let mut state = lock(&entry.state);
+    for (position, body) in (first..).zip(frames) {
+        match frame::decode_body::<RoomFrame>(body) {
+            Ok(RoomFrame::Event(event)) => state.copy(stream, position, event),
+            other => return tracing::debug!(?other, "a room copy that is not an event"),
+        }
+    }
+    hand_out_copies(entry, &mut state);
+}
+
+/// Told when a stream says it has copies: the slot, the room's entry.
+pub(crate) type CopiesOpened<'a> = &'a (dyn Fn(u64, &Arc<RoomEntry>) + Send + Sync);
+
 /// Reads room stream number `stream` (numbered in accept order): its Open frame says which room it carries and
 /// where it starts; then its events, until the stream ends (finished, reset, or its connection closed: closing the
-/// client closes it) or a newer stream of the room replaces it.
+/// client closes it) or a newer stream of the room replaces it. Frames are numbered by position (Open is 0); a
+/// `Copies` frame turns on the merge with datagram copies, and `copies` hears of its slot.
 pub(crate) async fn read_stream(
     rooms: &Rooms,
     stream: StreamNumber,
     mut recv: quinn::RecvStream,
-    max_frame: usize,
+    (max_frame, copies): (usize, CopiesOpened<'_>),
     stop: &CancellationToken,
 ) {
     let codec = FrameCodec::new(max_frame);
@@ -152,16 +189,24 @@ pub(crate) async fn read_stream(
             return;
         }
     }
+    let mut position = 0;
     loop {
-        match next_frame(&codec, &mut recv, &mut buf).await {
+        let frame = next_frame(&codec, &mut recv, &mut buf).await;
+        position += 1;
+        match frame {
             Ok(Some(RoomFrame::Event(event))) => {
                 let Some(permit) = reserve(&entry.events, stop).await else { return };
                 let mut state = lock(&entry.state);
-                match state.event(stream, event) {
+                match state.stream_event(stream, position, event) {
                     Some(event) => permit.send(event),
                     None if !state.is_current(stream) => return, // replaced by a rejoin
-                    None => {}                                   // delivered before a resume
+                    None => {}                                   // delivered before a resume, or by its copy
                 }
+                hand_out_copies(&entry, &mut state);
+            }
+            Ok(Some(RoomFrame::Copies { slot })) => {
+                lock(&entry.state).copies(stream, position + 1);
+                copies(slot, &entry);
             }
             Ok(Some(RoomFrame::Open(_))) => {
                 tracing::warn!(room = %entry.name, "second Open on a room stream");

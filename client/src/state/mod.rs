@@ -4,6 +4,7 @@
 //!
 //! - [`requests`]: the control stream's outstanding requests (ids, one reply each, failing all on close).
 //! - [`room`]: a joined room's position, members and the events a stream's frames become (dedupe, resume).
+//! - [`merge`]: a redundant room stream's frames from the stream and from datagram copies, each once, in order.
 //! - [`posts`]: posts in order, pipelined, re-sent after a reconnect until acknowledged.
 //! - [`backoff`]: the reconnect delays.
 //! - [`ticks`]: a subscription's latest-wins bookkeeping and statistics.
@@ -11,6 +12,7 @@
 
 pub mod backoff;
 pub mod clock;
+pub mod merge;
 pub mod posts;
 pub mod requests;
 pub mod room;

@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use quiver_proto::{EventKind, Joined, Position};
 
+use super::merge::Merge;
+
 /// Something that happened in a room, in the room's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomEvent {
@@ -75,6 +77,8 @@ pub struct RoomState {
     current: Option<StreamNumber>,
     /// Joined from a stored position: the first stream says (with `Resumed`) whether it was recovered.
     resuming: bool,
+    /// The current stream's merge with its datagram copies, once it said it has them (redundant delivery).
+    copies: Option<(StreamNumber, Merge<quiver_proto::RoomEvent>)>,
 }
 
 impl RoomState {
@@ -134,7 +138,57 @@ impl RoomState {
             self.last_seq = self.last_seq.min(open.replay_from.saturating_sub(1));
         }
         self.members = open.members.iter().cloned().collect();
+        self.copies = None;
         Opened::Current(rejoin.then_some(RoomEvent::Resumed { recovered: open.recovered, epoch: open.epoch }))
+    }
+
+    /// Stream `stream` said (its `Copies` frame) that its frames also come as datagram copies; its next frame is at
+    /// `next_position`. From now on its events go through the merge: [`RoomState::stream_event`] and
+    /// [`RoomState::copy`], then [`RoomState::ready`].
+    pub fn copies(&mut self, stream: StreamNumber, next_position: u64) {
+        if self.is_current(stream) {
+            self.copies = Some((stream, Merge::new(next_position)));
+        }
+    }
+
+    /// An event read from stream `stream` at `position`: the application event, or `None` (see
+    /// [`RoomState::event`]; also when a copy brought it already).
+    pub fn stream_event(
+        &mut self,
+        stream: StreamNumber,
+        position: u64,
+        event: quiver_proto::RoomEvent,
+    ) -> Option<RoomEvent> {
+        match &mut self.copies {
+            Some((merged, merge)) if *merged == stream => {
+                let event = merge.stream(position, event)?;
+                self.event(stream, event)
+            }
+            _ => self.event(stream, event),
+        }
+    }
+
+    /// A datagram copy of stream `stream`'s event at `position`: kept for [`RoomState::ready`] if it is new.
+    pub fn copy(&mut self, stream: StreamNumber, position: u64, event: quiver_proto::RoomEvent) {
+        if let Some((merged, merge)) = &mut self.copies {
+            if *merged == stream && self.current == Some(stream) {
+                merge.copy(position, event);
+            }
+        }
+    }
+
+    /// True when a copy brought the next event of the current stream.
+    pub fn has_ready(&self) -> bool {
+        self.copies.as_ref().is_some_and(|(_, merge)| merge.has_ready())
+    }
+
+    /// The next event a copy brought, in order: `Some(Some(event))` to hand out, `Some(None)` when it is nothing
+    /// new for the application (a message delivered before a resume), `None` when the next one is not here.
+    pub fn ready(&mut self) -> Option<Option<RoomEvent>> {
+        let (stream, merge) = self.copies.as_mut()?;
+        let stream = *stream;
+        let event = merge.ready()?;
+        Some(self.event(stream, event))
     }
 
     /// An event on stream `stream`: the application event, or `None` when the stream is not the current one or
@@ -289,6 +343,27 @@ mod tests {
         assert_eq!(seq(room.event(2, message(2))), None, "the outdated stream delivers nothing");
         assert_eq!(seq(room.event(3, message(2))), Some(2));
         assert!(room.is_current(3) && !room.is_current(2));
+    }
+
+    #[test]
+    fn copies_and_the_stream_merge_into_one_order_and_a_new_stream_drops_the_old_copies() {
+        let mut room = RoomState::new();
+        room.open(1, &open(1, true, 1, 0, &[]));
+        room.copies(1, 2); // Open at 0, Copies at 1
+        room.copy(1, 3, presence(1, true, "bob"));
+        assert!(!room.has_ready(), "waits for position 2");
+        room.copy(1, 2, message(1));
+        assert_eq!(room.ready().flatten().and_then(|e| seq(Some(e))), Some(1));
+        assert_eq!(room.ready(), Some(Some(RoomEvent::MemberJoined { member: "bob".into() })));
+        assert_eq!(room.ready(), None);
+        assert_eq!(room.stream_event(1, 2, message(1)), None, "brought by its copy");
+        assert_eq!(room.stream_event(1, 3, presence(1, true, "bob")), None);
+        assert_eq!(seq(room.stream_event(1, 4, message(2))), Some(2), "its copy was lost");
+        // A rejoin's stream: copies of the old one count no more.
+        room.open(2, &open(1, true, 3, 2, &[]));
+        room.copy(1, 5, message(3));
+        assert!(!room.has_ready());
+        assert_eq!(seq(room.stream_event(2, 2, message(3))), Some(3), "no copies on this stream: plain");
     }
 
     #[test]

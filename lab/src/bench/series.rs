@@ -53,6 +53,10 @@ pub(crate) struct Tally {
     latencies: LatencyRecorder,
     received: u64,
     measured_sent: u64,
+    /// Measured messages that arrived after a newer one and were dropped as stale (ticks, latest wins).
+    stale: u64,
+    /// UDP payload bytes both ways on the senders' connections while they sent, and the messages they sent.
+    wire: Option<(u64, u64)>,
 }
 
 /// A tally shared by a series' senders and receivers.
@@ -82,6 +86,19 @@ impl Tally {
         }
     }
 
+    /// `stale` measured messages arrived after a newer one and were dropped (not lost: reordered).
+    pub(crate) fn stale(t: &SharedTally, stale: u64) {
+        lock(t).stale += stale;
+    }
+
+    /// A sender's connection carried `bytes` (UDP payload, both ways) while it sent `messages` messages.
+    pub(crate) fn wire(t: &SharedTally, bytes: u64, messages: u64) {
+        let mut t = lock(t);
+        let (b, m) = t.wire.get_or_insert((0, 0));
+        *b += bytes;
+        *m += messages;
+    }
+
     /// Measured messages sent and not back yet.
     pub(crate) fn outstanding(t: &SharedTally) -> usize {
         lock(t).sent.len()
@@ -93,7 +110,9 @@ impl Tally {
             name: name.to_string(),
             baseline: baseline.map(str::to_string),
             sent: t.measured_sent,
-            lost: t.measured_sent - t.received,
+            lost: t.measured_sent.saturating_sub(t.received + t.stale),
+            stale: t.stale,
+            wire_bytes_per_msg: t.wire.and_then(|(b, m)| (m > 0).then(|| b as f64 / m as f64)),
             latency: t.latencies.summary(),
             curve: t.latencies.curve(),
         }
@@ -141,6 +160,11 @@ pub struct SeriesResult {
     pub sent: u64,
     /// Measured messages that never came back.
     pub lost: u64,
+    /// Measured messages that came back after a newer one and were dropped as stale (ticks: reordered, not lost).
+    pub stale: u64,
+    /// UDP payload bytes on the wire (both ways, ACKs and control traffic included) per message sent, where the
+    /// series can count them (its client's QUIC connection statistics).
+    pub wire_bytes_per_msg: Option<f64>,
     /// Round-trip latency percentiles.
     #[serde(flatten)]
     pub latency: LatencySummary,
@@ -161,12 +185,25 @@ impl Report {
     /// A terminal table: one row per series, with p50 and p99 ratios to the baseline.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<22} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>14}  {}\n",
-            "series (µs)", "count", "loss%", "p50", "p90", "p99", "p99.9", "max", "mean ± sd", "vs baseline (p50, p99)"
+            "{:<24} {:>7} {:>6} {:>6} {:>7} {:>7} {:>8} {:>8} {:>8} {:>14} {:>6}  {}\n",
+            "series (µs)",
+            "count",
+            "loss%",
+            "stale%",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max",
+            "mean ± sd",
+            "B/msg",
+            "vs baseline (p50, p99)"
         );
         for s in &self.series {
             let l = &s.latency;
-            let loss = if s.sent == 0 { 0.0 } else { 100.0 * s.lost as f64 / s.sent as f64 };
+            let pct = |n: u64| if s.sent == 0 { 0.0 } else { 100.0 * n as f64 / s.sent as f64 };
+            let (loss, stale) = (pct(s.lost), pct(s.stale));
+            let bytes = s.wire_bytes_per_msg.map_or("–".to_string(), |b| format!("{b:.0}"));
             let ratio = s
                 .baseline
                 .as_ref()
@@ -179,8 +216,8 @@ impl Report {
                 .unwrap_or_default();
             let spread = format!("{} ± {}", l.mean_us, l.stdev_us);
             out += &format!(
-                "{:<22} {:>8} {:>7.2} {:>8} {:>8} {:>8} {:>9} {:>9} {:>14}  {}\n",
-                s.name, l.count, loss, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, spread, ratio
+                "{:<24} {:>7} {:>6.2} {:>6.2} {:>7} {:>7} {:>8} {:>8} {:>8} {:>14} {:>6}  {}\n",
+                s.name, l.count, loss, stale, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, spread, bytes, ratio
             );
         }
         out

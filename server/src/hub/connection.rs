@@ -47,11 +47,17 @@ pub enum ClaimLookup {
 
 /// The connection's claims as the datagram reader sees them: replaced as a whole (copy on write) on every change,
 /// so the reader never waits for the control task.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct ClaimTable {
     claimed: HashMap<u64, Arc<str>>,
-    /// Ids below this one have been given out.
+    /// Ids below this one have been given out (ids start at 1: 0 marks copy datagrams, `quiver_proto::copies`).
     allocated: u64,
+}
+
+impl Default for ClaimTable {
+    fn default() -> Self {
+        ClaimTable { claimed: HashMap::new(), allocated: quiver_proto::copies::COPY_CHANNEL + 1 }
+    }
 }
 
 impl ClaimTable {
@@ -278,17 +284,17 @@ mod tests {
     #[test]
     fn a_refused_subscribe_or_claim_allocates_nothing() {
         let mut s = state(Limits { max_subscriptions: 1, max_publish_channels: 1, ..Limits::default() });
-        assert_eq!(s.subscribe("x", |_| Ok(10)), Ok(0));
-        assert_eq!(s.subscribe("x", |_| panic!("subscribed twice")), Ok(0), "idempotent");
+        assert_eq!(s.subscribe("x", |_| Ok(10)), Ok(1));
+        assert_eq!(s.subscribe("x", |_| panic!("subscribed twice")), Ok(1), "idempotent");
         for i in 0..1000 {
             assert_eq!(
                 code(s.subscribe(&format!("y{i}"), |_| panic!("over the limit"))),
                 ErrorCode::TooManySubscriptions
             );
         }
-        assert_eq!(s.claim("p", Some(5), |_| Ok(())), Ok(Claim { channel_id: 1, max_age_us: Some(5000), new: true }));
+        assert_eq!(s.claim("p", Some(5), |_| Ok(())), Ok(Claim { channel_id: 2, max_age_us: Some(5000), new: true }));
         assert_eq!(code(s.claim("q", None, |_| panic!("over the limit"))), ErrorCode::TooManyChannels);
-        assert_eq!(s.claims().allocated, 2, "refusals took no ids");
+        assert_eq!(s.claims().allocated, 3, "refusals took no ids");
         assert_eq!(s.channel_ids.len(), 2);
     }
 
@@ -303,10 +309,10 @@ mod tests {
                 ErrorCode::ServerFull
             );
         }
-        assert_eq!((s.claims().allocated, s.channel_names()), (0, 0));
+        assert_eq!((s.claims().allocated, s.channel_names()), (1, 0), "ids start at 1");
         for i in 0..1000 {
             let id = s.subscribe(&format!("c{i}"), |_| Ok(1)).unwrap();
-            assert_eq!(id, i, "a new id each time");
+            assert_eq!(id, i + 1, "a new id each time");
             s.unsubscribe(&format!("c{i}")).unwrap();
         }
         assert_eq!(s.channel_names(), 0, "subscribe/unsubscribe churn keeps no names");
@@ -315,20 +321,20 @@ mod tests {
     #[test]
     fn channel_ids_are_shared_by_subscribe_and_claim_and_never_reused() {
         let mut s = state(Limits::default());
-        assert_eq!(s.subscribe("prices", |id| Ok(100 + id)), Ok(0));
-        assert_eq!(s.claim("prices", None, |_| Ok(())).unwrap().channel_id, 0);
+        assert_eq!(s.subscribe("prices", |id| Ok(100 + id)), Ok(1));
+        assert_eq!(s.claim("prices", None, |_| Ok(())).unwrap().channel_id, 1);
         assert!(!s.claim("prices", Some(1), |_| panic!("claimed twice")).unwrap().new);
-        assert_eq!(s.claim("other", None, |_| Ok(())).unwrap().channel_id, 1);
+        assert_eq!(s.claim("other", None, |_| Ok(())).unwrap().channel_id, 2);
         let claims = s.claims();
-        assert_eq!(claims.lookup(0), ClaimLookup::Claimed(Arc::from("prices")));
+        assert_eq!(claims.lookup(1), ClaimLookup::Claimed(Arc::from("prices")));
         assert_eq!(claims.lookup(7), ClaimLookup::Unknown);
-        assert_eq!(s.unsubscribe("prices"), Ok((0, 100)));
+        assert_eq!(s.unsubscribe("prices"), Ok((1, 101)));
         assert_eq!(code(s.unsubscribe("prices")), ErrorCode::NotJoined);
         assert_eq!(code(s.unsubscribe("never")), ErrorCode::NotJoined);
-        assert_eq!(s.subscribe("third", Ok), Ok(2));
-        assert_eq!(s.subscribe("prices", |id| Ok(200 + id)), Ok(0), "claimed: the name keeps its id");
-        assert_eq!(s.unsubscribe("third"), Ok((2, 2)));
-        assert_eq!(s.subscribe("third", Ok), Ok(3), "not claimed: a new id, never a reused one");
+        assert_eq!(s.subscribe("third", Ok), Ok(3));
+        assert_eq!(s.subscribe("prices", |id| Ok(200 + id)), Ok(1), "claimed: the name keeps its id");
+        assert_eq!(s.unsubscribe("third"), Ok((3, 3)));
+        assert_eq!(s.subscribe("third", Ok), Ok(4), "not claimed: a new id, never a reused one");
         let release = s.close();
         assert!(release.rooms.is_empty());
         assert_eq!(release.subscriptions.len(), 2);
@@ -339,8 +345,9 @@ mod tests {
     fn subscribed_but_not_claimed_is_told_apart_from_unknown() {
         let mut s = state(Limits::default());
         s.subscribe("a", |_| Ok(1)).unwrap();
-        assert_eq!(s.claims().lookup(0), ClaimLookup::NotClaimed);
-        assert_eq!(s.claims().lookup(1), ClaimLookup::Unknown);
+        assert_eq!(s.claims().lookup(1), ClaimLookup::NotClaimed);
+        assert_eq!(s.claims().lookup(2), ClaimLookup::Unknown);
+        assert_eq!(s.claims().lookup(0), ClaimLookup::Unknown, "0 is never a channel");
         assert_eq!(s.history_budget(), Limits::default().max_frame as usize - 1024);
     }
 }

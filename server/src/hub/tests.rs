@@ -47,7 +47,7 @@ impl Collect {
                     EventKind::MemberLeft { member } => Some(format!("-{member}")),
                     EventKind::Message { .. } => None,
                 },
-                RoomFrame::Open(_) => None,
+                RoomFrame::Open(_) | RoomFrame::Copies { .. } => None,
             })
             .collect()
     }
@@ -229,7 +229,7 @@ fn presence_is_ordered_and_counts_connections() {
     // Presence events carry the seq of the message before them.
     let seq_of_leave = watcher.frames().into_iter().rev().find_map(|f| match f {
         RoomFrame::Event(e) => Some(e.seq),
-        RoomFrame::Open(_) => None,
+        RoomFrame::Open(_) | RoomFrame::Copies { .. } => None,
     });
     assert_eq!(seq_of_leave, Some(1));
 }

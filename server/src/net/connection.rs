@@ -5,8 +5,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::{Bytes, BytesMut};
-use quiver_proto::{frame, ErrorCode, FrameCodec, Request, ServerMsg, ALPN_H3, PROTOCOL_VERSION};
+use bytes::BytesMut;
+use quiver_proto::{
+    copies::CopyQueue, frame, ErrorCode, FrameCodec, Request, RequestBody, ServerMsg, ALPN_H3, PROTOCOL_VERSION,
+};
 use quiver_transport::TailProbe;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,9 +20,11 @@ use crate::{
     net::{
         admit::Admitted,
         close::{close_session as close, describe_session, release},
+        copies,
         dispatch::Connection,
         now_us, webtransport,
     },
+    post_copies::{PostCopies, StreamPost},
     session::{ControlSession, Step},
     stats::{bump, ServerStats},
     throttle::ControlThrottle,
@@ -99,14 +103,20 @@ pub(super) async fn serve<R: RoomHub>(
                     return tracing::info!(%reason, "connection refused");
                 }
             };
-            let probing = conn.clone();
-            let (probe, probing) = TailProbe::new(config.tuning.tail_probe, move || {
-                probing.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_ok()
+            // Copies of redundant rooms' frames go out on the probe timer, in place of the tail probe.
+            let granted = config.tuning.copies > 0;
+            let queue = Arc::new(std::sync::Mutex::new(CopyQueue::new(config.tuning.copies)));
+            let (probing, queued, counted, path) = (conn.clone(), queue.clone(), stats.clone(), quic_conn.clone());
+            let (tail_probe, spacing) = (config.tuning.tail_probe.is_some(), config.tuning.copy_spacing);
+            let (probe, probing) = TailProbe::new(config.tuning.probe_timer(), move || {
+                copies::send_round((&probing, &path), &queued, tail_probe, spacing, &counted)
             });
             // Stopped when the connection's task returns.
             let _probing = probing.map(|task| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task)));
             let _open = Open::new(&stats, session_id, quic_conn, conn.request().is_some());
-            let mut connection = Connection::start(&conn, &config.limits, rooms, ticks, probe, stats.clone());
+            let hubs = (rooms, ticks);
+            let copies = granted.then_some(queue);
+            let mut connection = Connection::start(&conn, &config.limits, hubs, probe, copies, stats.clone());
             let session = ControlSession::new(session_id, config.limits.clone(), auth);
             let reason =
                 control(&conn, &config, &stats, &mut connection, session, (deadline, started), &shutdown).await;
@@ -211,6 +221,8 @@ async fn control<R: RoomHub>(
     // When the frame waiting in `inbound` began (after Hello it must complete within the frame timeout).
     let frame_timeout = config.budget.frame_timeout();
     let mut partial_since: Option<Instant> = None;
+    let mut post_copies = PostCopies::default();
+    let mut copied = connection.take_post_copies();
     loop {
         let awaiting_hello = session.identity().is_none();
         let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
@@ -278,10 +290,13 @@ async fn control<R: RoomHub>(
                     encode(&codec, &msg, &mut outbound);
                 }
             }
+            Some(copy) = async { copied.as_mut()?.recv().await }, if !awaiting_hello => {
+                copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy).await;
+            }
             () = shutdown.cancelled() => return going_away(conn, Some(&mut send)).await,
         }
         let mut completed = false;
-        while let Some(step) = match next_step(&codec, &mut inbound, &mut session, &mut throttle) {
+        while let Some(step) = match next_step(&codec, &mut inbound, &mut session, &mut throttle, &mut post_copies) {
             Ok(step) => step,
             Err((code, reason)) => {
                 stats.refused(code);
@@ -383,16 +398,30 @@ async fn refuse_other_streams(conn: &Session) -> Option<&'static str> {
     }
 }
 
-/// Decodes the next whole request in `inbound` and runs it through the throttle, then the session. `Ok(None)`:
-/// wait for more bytes. `Err`: the peer broke the protocol; close with this code and reason.
+/// Decodes the next whole request in `inbound` and runs it through the throttle, then the session (a post whose
+/// copy was sequenced already is answered with that outcome). `Ok(None)`: wait for more bytes. `Err`: the peer
+/// broke the protocol; close with this code and reason.
 fn next_step(
     codec: &FrameCodec,
     inbound: &mut BytesMut,
     session: &mut ControlSession,
     throttle: &mut ControlThrottle,
+    post_copies: &mut PostCopies,
 ) -> Result<Option<Step>, (ErrorCode, String)> {
     let Some(body) = codec.next_frame(inbound).map_err(|e| (e.code(), e.to_string()))? else { return Ok(None) };
     match frame::decode_body::<Request>(&body) {
+        Ok(Request { req_id, body: RequestBody::Post(post) }) if session.identity().is_some() => {
+            match post_copies.on_stream(&post).map_err(|f| (f.code, f.message))? {
+                StreamPost::Answered(result) => Ok(Some(Step::Reply(ServerMsg::Reply { req_id, result }))),
+                StreamPost::New => {
+                    let request = Request { req_id, body: RequestBody::Post(post) };
+                    Ok(Some(match throttle.check(&request, std::time::Instant::now()) {
+                        Some(refusal) => refusal,
+                        None => session.on_request(request, now_us()),
+                    }))
+                }
+            }
+        }
         Ok(request) => Ok(Some(match throttle.check(&request, std::time::Instant::now()) {
             Some(refusal) => refusal,
             None => session.on_request(request, now_us()),

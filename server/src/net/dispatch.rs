@@ -2,9 +2,13 @@
 //! without IO), calls the hubs, and does the IO they return: opening and flushing room streams, offering ticks,
 //! telling the datagram reader about new claims. Every hub call returns before anything here touches quinn.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use quiver_proto::{ErrorCode, Failure, Limits, Reply, ServerMsg};
+use bytes::Bytes;
+use quiver_proto::{copies::CopyQueue, ErrorCode, Failure, Limits, Reply, ServerMsg};
 use quiver_transport::TailProbe;
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -13,7 +17,7 @@ use web_transport_quinn::Session;
 use crate::{
     hub::{ticks::TickHub, ConnectionState, JoinRoom, PostMessage, RoomHub},
     net::{
-        rooms::{pump, Kicked, StreamOutbox},
+        rooms::{pump, Kicked, OutboxCopies, StreamOutbox},
         ticks::ConnectionTicks,
     },
     session::{RoomRequest, TickRequest},
@@ -41,19 +45,29 @@ pub(super) struct Connection<R> {
     /// The room and `client_msg_id` of a post refused as `Unavailable`: the connection's later posts are refused
     /// too until it comes again, so that a client retrying it keeps its own posts in the order it made them.
     unavailable_post: Option<(String, u64)>,
+    /// Where copies of redundant rooms' frames wait for the probe timer; `None`: redundancy is not granted.
+    copies: Option<Arc<Mutex<CopyQueue>>>,
+    /// Slots given to redundant room streams so far (a slot is never reused on the connection).
+    slots: u64,
+    /// Post copies read by the datagram reader, until the control loop takes them.
+    post_copies: Option<mpsc::Receiver<(u64, Vec<Bytes>)>>,
 }
 
+/// Post copies waiting for the control loop, at most (more are dropped: the requests carry the posts anyway).
+const POST_COPY_QUEUE: usize = 16;
+
 impl<R: RoomHub> Connection<R> {
-    /// Starts the connection's datagram tasks.
+    /// Starts the connection's datagram tasks. `copies`: the connection's copy queue, where redundancy is granted.
     pub(super) fn start(
         conn: &Session,
         limits: &Limits,
-        rooms: Arc<R>,
-        ticks: Arc<dyn TickHub>,
+        (rooms, ticks): (Arc<R>, Arc<dyn TickHub>),
         probe: Arc<TailProbe>,
+        copies: Option<Arc<Mutex<CopyQueue>>>,
         stats: Arc<ServerStats>,
     ) -> Self {
-        let datagrams = ConnectionTicks::start(conn, ticks.clone(), limits.ticks_per_s, stats.clone());
+        let (copies_tx, post_copies) = mpsc::channel(POST_COPY_QUEUE);
+        let datagrams = ConnectionTicks::start(conn, ticks.clone(), limits, copies_tx, stats.clone());
         let (kicked_tx, kicked) = mpsc::unbounded_channel();
         Connection {
             conn: conn.clone(),
@@ -69,7 +83,20 @@ impl<R: RoomHub> Connection<R> {
             pumps: TaskTracker::new(),
             stop: CancellationToken::new(),
             unavailable_post: None,
+            copies,
+            slots: 0,
+            post_copies: Some(post_copies),
         }
+    }
+
+    /// The server's counters.
+    pub(super) fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// The post copies the datagram reader passes on, for the control loop (once; `None` after).
+    pub(super) fn take_post_copies(&mut self) -> Option<mpsc::Receiver<(u64, Vec<Bytes>)>> {
+        self.post_copies.take()
     }
 
     /// The connection's tail-loss probe, for reliable data written elsewhere (control replies).
@@ -92,8 +119,15 @@ impl<R: RoomHub> Connection<R> {
                     }
                 };
                 let room: Arc<str> = Arc::from(join.room.as_str());
-                let outbox =
-                    StreamOutbox::new(room, send, self.room_queue_bytes, self.probe.clone(), self.stats.clone());
+                let copies = match (&self.copies, join.redundant) {
+                    (Some(queue), true) => {
+                        self.slots += 1;
+                        OutboxCopies::new(self.slots, queue.clone())
+                    }
+                    _ => None,
+                };
+                let probe = (self.probe.clone(), copies);
+                let outbox = StreamOutbox::new(room, send, self.room_queue_bytes, probe, self.stats.clone());
                 let pumped = pump(outbox.clone(), self.kicked_tx.clone(), self.stop.clone(), self.stats.clone());
                 self.pumps.spawn(pumped);
                 let request = JoinRoom {

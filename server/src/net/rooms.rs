@@ -4,6 +4,10 @@
 //! less on every message: ~20 µs on this VM) and otherwise leaves it to the stream's pump task. A room whose outbox
 //! overflows has its stream reset with `SlowConsumer` and the connection is told (it pushes `Kicked` so the client
 //! rejoins); the rest of the connection is untouched.
+//!
+//! A stream joined with `redundant` (and granted) also numbers its frames (positions: Open is 0) and queues each
+//! live frame for datagram copies in the connection's [`CopyQueue`], sent by the connection's probe timer; the
+//! [`RoomFrame::Copies`] frame after Open tells the client the stream's slot.
 
 use std::{
     collections::VecDeque,
@@ -13,7 +17,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use quiver_proto::ErrorCode;
+use quiver_proto::{
+    copies::{CopyQueue, CopyTarget},
+    ErrorCode, FrameCodec, RoomFrame,
+};
 use quiver_transport::TailProbe;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +53,8 @@ struct Queue {
     held_bytes: usize,
     /// The pump is gone (the stream ended): nothing queued will be written any more.
     gone: bool,
+    /// Position of the next frame to enter `frames` (frames before it on the stream).
+    position: u64,
 }
 
 impl Queue {
@@ -67,10 +76,28 @@ impl Queue {
     }
 }
 
+/// Where a redundant stream's copies go: its slot on the connection, the connection's copy queue, and the
+/// encoded `Copies` frame that follows Open.
+#[derive(Debug)]
+pub(crate) struct OutboxCopies {
+    slot: u64,
+    queue: Arc<Mutex<CopyQueue>>,
+    announce: Bytes,
+}
+
+impl OutboxCopies {
+    /// Copies for the stream with `slot`, queued on `queue`.
+    pub(crate) fn new(slot: u64, queue: Arc<Mutex<CopyQueue>>) -> Option<OutboxCopies> {
+        let announce = FrameCodec::new(usize::MAX).encode_to_vec(&RoomFrame::Copies { slot }).ok()?.freeze();
+        Some(OutboxCopies { slot, queue, announce })
+    }
+}
+
 /// Frames waiting for one room stream, at most `bound` live bytes.
 #[derive(Debug)]
 pub(crate) struct StreamOutbox {
     room: Arc<str>,
+    copies: Option<OutboxCopies>,
     queue: Mutex<Queue>,
     probe: Arc<TailProbe>,
     /// Wakes the pump: a backlog to write, an overflow, or the room was left.
@@ -88,12 +115,13 @@ impl StreamOutbox {
         room: Arc<str>,
         send: SendStream,
         bound: usize,
-        probe: Arc<TailProbe>,
+        (probe, copies): (Arc<TailProbe>, Option<OutboxCopies>),
         stats: Arc<ServerStats>,
     ) -> Arc<StreamOutbox> {
         Arc::new(StreamOutbox {
             stats,
             room,
+            copies,
             queue: Mutex::new(Queue { send: Some(send), ..Queue::default() }),
             probe,
             wake: Notify::new(),
@@ -158,11 +186,16 @@ impl Outbox for StreamOutbox {
         ServerStats::add(&self.stats.outbox_bytes, frame.len() as i64);
         bump(&self.stats.room_deliveries);
         match &mut queue.held {
+            // Held behind a paged replay: its position is known only once the replay is queued; no copies.
             Some(held) => {
                 queue.held_bytes += frame.len();
                 held.push_back(frame);
             }
             None => {
+                if let Some(copies) = &self.copies {
+                    lock(&copies.queue).push(CopyTarget::Room(copies.slot), queue.position, frame.clone());
+                }
+                queue.position += 1;
                 queue.bytes += frame.len();
                 queue.frames.push_back(frame);
             }
@@ -177,7 +210,15 @@ impl Outbox for StreamOutbox {
 
     fn push_replay(&self, frame: Bytes) {
         ServerStats::add(&self.stats.outbox_bytes, frame.len() as i64);
-        lock(&self.queue).frames.push_back(frame);
+        let mut queue = lock(&self.queue);
+        queue.frames.push_back(frame);
+        queue.position += 1;
+        // The first frame is Open; a redundant stream says its slot right after it.
+        if let (1, Some(copies)) = (queue.position, &self.copies) {
+            ServerStats::add(&self.stats.outbox_bytes, copies.announce.len() as i64);
+            queue.frames.push_back(copies.announce.clone());
+            queue.position += 1;
+        }
     }
 
     fn hold(&self) {
@@ -188,6 +229,7 @@ impl Outbox for StreamOutbox {
         let mut queue = lock(&self.queue);
         if let Some(mut held) = queue.held.take() {
             queue.bytes += std::mem::take(&mut queue.held_bytes);
+            queue.position += held.len() as u64;
             queue.frames.append(&mut held);
         }
     }

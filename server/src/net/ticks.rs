@@ -9,8 +9,11 @@ use std::{
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
-use quiver_proto::TickHeader;
-use tokio::sync::{watch, Notify};
+use quiver_proto::{
+    copies::{self, Copy},
+    Limits, TickHeader,
+};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use web_transport_quinn::{Session, SessionError};
 
@@ -124,14 +127,15 @@ async fn send_ticks(conn: &Session, sink: Arc<DatagramSink>, stop: CancellationT
     }
 }
 
-/// Reads datagrams: ticks on claimed channels are published up to `ticks_per_s`, anything else is counted and
-/// dropped.
+/// Reads datagrams: ticks on claimed channels are published up to `ticks_per_s`, post copies go to the control
+/// loop (`post_copies`, dropped when it is behind), anything else is counted and dropped.
 async fn read_ticks(
     conn: &Session,
     hub: Arc<dyn TickHub>,
     claims: watch::Receiver<Arc<ClaimTable>>,
     stats: Arc<ServerStats>,
-    ticks_per_s: u32,
+    (ticks_per_s, max_frame): (u32, usize),
+    post_copies: mpsc::Sender<(u64, Vec<Bytes>)>,
     stop: CancellationToken,
 ) {
     let mut rate = TokenBucket::per_second(ticks_per_s, Instant::now());
@@ -150,6 +154,15 @@ async fn read_ticks(
         };
         if quiver_proto::is_probe(&datagram) {
             continue; // a tail-loss probe (quiver_transport::probe): it only elicits an ACK
+        }
+        if copies::is_copy(&datagram) {
+            match Copy::decode(&datagram, max_frame) {
+                Ok(Copy::Posts { first, frames }) => {
+                    let _ = post_copies.try_send((first, frames));
+                }
+                Ok(Copy::Room { .. }) | Err(_) => bump(&stats.datagrams_malformed),
+            }
+            continue;
         }
         let Ok((header, payload)) = TickHeader::decode(&datagram) else {
             bump(&stats.datagrams_malformed);
@@ -188,8 +201,15 @@ pub(crate) struct ConnectionTicks {
 }
 
 impl ConnectionTicks {
-    /// Starts the connection's datagram reader and tick sender.
-    pub(crate) fn start(conn: &Session, hub: Arc<dyn TickHub>, ticks_per_s: u32, stats: Arc<ServerStats>) -> Self {
+    /// Starts the connection's datagram reader and tick sender; post copies go to `post_copies`.
+    pub(crate) fn start(
+        conn: &Session,
+        hub: Arc<dyn TickHub>,
+        limits: &Limits,
+        post_copies: mpsc::Sender<(u64, Vec<Bytes>)>,
+        stats: Arc<ServerStats>,
+    ) -> Self {
+        let read_limits = (limits.ticks_per_s, limits.max_frame as usize);
         let (claims, claims_rx) = watch::channel(Arc::default());
         let sink = Arc::new(DatagramSink {
             conn: conn.clone(),
@@ -206,7 +226,7 @@ impl ConnectionTicks {
         tasks.spawn(async move {
             tokio::join!(
                 send_ticks(&conn, sending, stopping.clone()),
-                read_ticks(&conn, hub, claims_rx, stats, ticks_per_s, stopping)
+                read_ticks(&conn, hub, claims_rx, stats, read_limits, post_copies, stopping)
             );
         });
         ConnectionTicks { sink, claims, tasks, stop }

@@ -139,6 +139,10 @@ pub struct TransportSettings {
     pub tail_probe_ms: u32,
     /// Floor under the congestion window, bytes; 0: quinn's plain Cubic.
     pub congestion_floor: u32,
+    /// Redundant delivery: datagram copies per room frame for rooms joined with `redundant`; 0: not granted.
+    pub copies: u8,
+    /// Between rounds of copies, ms.
+    pub copy_spacing_ms: u32,
 }
 
 impl Default for TransportSettings {
@@ -158,6 +162,8 @@ impl TransportSettings {
             datagram_send_buffer: u32::try_from(tuning.datagram_send_buffer).unwrap_or(u32::MAX),
             tail_probe_ms: ms(tuning.tail_probe),
             congestion_floor: tuning.congestion_floor.map_or(0, |f| u32::try_from(f).unwrap_or(u32::MAX)),
+            copies: tuning.copies,
+            copy_spacing_ms: ms(Some(tuning.copy_spacing)),
         }
     }
 
@@ -173,6 +179,8 @@ impl TransportSettings {
             datagram_send_buffer: self.datagram_send_buffer as usize,
             tail_probe: ms(self.tail_probe_ms),
             congestion_floor: (self.congestion_floor > 0).then_some(u64::from(self.congestion_floor)),
+            copies: self.copies,
+            copy_spacing: Duration::from_millis(u64::from(self.copy_spacing_ms)),
         };
         match tuning == (TransportTuning { name: "configured", ..TransportTuning::quiver() }) {
             true => TransportTuning::quiver(),

@@ -96,7 +96,7 @@ export class QuiverClient {
     this.#rooms.set(room, entry);
     const joining = (async () => {
       const session = await this.#live();
-      entry.state.replied(expectReply(await session.request({ Join: { room, since: null } }), 'Joined'));
+      entry.state.replied(expectReply(await session.request({ Join: { room, since: null, redundant: false } }), 'Joined'));
     })();
     entry.joining = joining.catch(() => {});
     try {
@@ -356,7 +356,7 @@ export class QuiverClient {
       const session = this.#session;
       if (!session || this.#rooms.get(room) !== entry) return;
       try {
-        expectReply(await session.request({ Join: { room, since: entry.state.position() } }), 'Joined');
+        expectReply(await session.request({ Join: { room, since: entry.state.position(), redundant: false } }), 'Joined');
         return;
       } catch (err) {
         if (err?.code === ErrorCode.Unavailable && !err?.closed) {

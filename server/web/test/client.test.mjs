@@ -522,7 +522,7 @@ test('reconnect: rejoin from the last message, no duplicates, posts re-sent in o
   assert.ok(a.events.indexOf(resumed[0]) < a.events.findIndex((e) => e.text === 'p3'), 'resumed comes before the replay');
 
   const conn2 = server.connections.filter((c) => c.identity === 'ann')[1];
-  assert.deepEqual(server.requestsOf('Join', conn2), [{ room: 'lobby', since: { epoch: 7n, seq: 5n } }]);
+  assert.deepEqual(server.requestsOf('Join', conn2), [{ room: 'lobby', since: { epoch: 7n, seq: 5n }, redundant: false }]);
   const posts = server.requestsOf('Post').filter((p) => ['p1', 'p2', 'p3'].includes(new TextDecoder().decode(p.body)));
   const [id1, id2] = posts.slice(0, 2).map((p) => p.client_msg_id);
   assert.deepEqual(posts.map((p) => p.client_msg_id), [id1, id2, id1, id2, id2 + 1n], 're-sent with the same ids, in order');
@@ -572,7 +572,7 @@ for (const openBeforeReply of [true, false]) {
     await bob.post('lobby', 'm4');
     await until('ann has 4 messages', () => a.messages().length === 4);
     assert.deepEqual(a.seqs(), [1, 2, 3, 4], 'the missed messages replayed, each once, in order');
-    assert.deepEqual(server.requestsOf('Join', conn)[1], { room: 'lobby', since: { epoch: 7n, seq: 1n } });
+    assert.deepEqual(server.requestsOf('Join', conn)[1], { room: 'lobby', since: { epoch: 7n, seq: 1n }, redundant: false });
     const resumed = a.events.filter((e) => e.type === 'resumed');
     assert.deepEqual(resumed, [{ type: 'resumed', room: 'lobby', recovered: true, epoch: 7n }]);
     assert.ok(a.events.indexOf(resumed[0]) < a.events.findIndex((e) => e.text === 'm2'), 'resumed comes before the replay');
@@ -752,7 +752,7 @@ test('a room stream reset before its Open frame is joined again on the Kicked; a
   await bob.post('lobby', 'm3');
   await until('m2 and m3 delivered on the second stream', () => a.messages().length === 2);
   assert.deepEqual(a.seqs(), [2, 3]);
-  assert.deepEqual(server.requestsOf('Join', annConn)[1], { room: 'lobby', since: { epoch: 7n, seq: 1n } });
+  assert.deepEqual(server.requestsOf('Join', annConn)[1], { room: 'lobby', since: { epoch: 7n, seq: 1n }, redundant: false });
   assert.equal(a.events.some((e) => e.type === 'resumed'), false, 'nothing was missed: nothing to announce');
 
   // A join whose stream never opened before its connection was lost: the next connection resumes from the reply.
@@ -762,7 +762,7 @@ test('a room stream reset before its Open frame is joined again on the Kicked; a
   server.dropAll();
   const cyConn = () => server.connections.filter((conn) => conn.identity === 'cy')[1];
   await until('cy joined again', () => cyConn() && server.requestsOf('Join', cyConn()).length === 1);
-  assert.deepEqual(server.requestsOf('Join', cyConn()), [{ room: 'lobby', since: { epoch: 7n, seq: 3n } }]);
+  assert.deepEqual(server.requestsOf('Join', cyConn()), [{ room: 'lobby', since: { epoch: 7n, seq: 3n }, redundant: false }]);
   await until('bob is back', () => bob.status === 'connected');
   await bob.post('lobby', 'm4');
   await until('cy has m4', () => c.messages().length === 1);

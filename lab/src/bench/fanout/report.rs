@@ -105,6 +105,8 @@ impl FanoutReport {
                 baseline: None,
                 sent,
                 lost: sent - (sent as f64 * delivered_pct / 100.0).round().min(sent as f64) as u64,
+                stale: 0,
+                wire_bytes_per_msg: None,
                 latency,
                 curve: curve.clone(),
             }

@@ -71,8 +71,8 @@ pub(super) async fn quiver_mixed_series(
         async move {
             let client = targets.quiver_client().await?;
             let name = format!("bench.h2h.{who}.{}", std::process::id());
-            let publisher = quiver::own_ticks(&client, &name, lanes.tally(0), &stop).await?;
-            quiver::own_chat(&client, &name, lanes.tally(1), &stop).await?;
+            let (publisher, _) = quiver::own_ticks(&client, &name, lanes.tally(0), &stop).await?;
+            quiver::own_chat(&client, &name, lanes.tally(1), &stop, false).await?;
             let (ticks, chat) = lanes.start_two().await;
             tokio::join!(
                 ticks.send_scheduled(who, |i| quiver::publish(&publisher, payload(who, i, size))),

@@ -2,13 +2,16 @@
 //! stream echoes (its default transport settings), and Quiver's datagram and stream paths, each compared with the
 //! quinn echo it is built on.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+};
 
 use quiver_client::TrustOptions;
 
 use super::{
     lanes::measure,
-    quiver::{self, close_after},
+    quiver::{self, close_after, quinn_bytes, wire_bytes},
     targets::TargetsView,
     RttConfig,
 };
@@ -71,6 +74,8 @@ pub(super) async fn quinn_series(
                 .map_err(BenchError::io("quinn client endpoint"))?;
             let conn = endpoint.connect_with(client_config, targets.quinn, "localhost")?.await?;
             let reader_tally = lanes.tally(0);
+            let before = quinn_bytes(&conn);
+            let messages;
             if stream {
                 let (mut send, mut recv) = conn.open_bi().await?;
                 until_stopped(&stop, async move {
@@ -86,6 +91,7 @@ pub(super) async fn quinn_series(
                     lane.turn(who, i).await;
                     send.write_all(&payload(who, i, size)).await?;
                 }
+                messages = (lane.tally.clone(), lane.plan.count);
             } else {
                 let reader = conn.clone();
                 until_stopped(&stop, async move {
@@ -100,7 +106,9 @@ pub(super) async fn quinn_series(
                     let _ = conn.send_datagram(payload(who, i, size).into());
                 })
                 .await;
+                messages = (lane.tally.clone(), lane.plan.count);
             }
+            Tally::wire(&messages.0, quinn_bytes(&conn) - before, messages.1);
             // Keep the connection through the drain.
             until_stopped(&stop, async move {
                 std::future::pending::<()>().await;
@@ -123,9 +131,19 @@ pub(super) async fn quiver_datagram_series(
         async move {
             let client = targets.quiver_client().await?;
             let channel = format!("bench.rtt.{who}.{}", std::process::id());
-            let publisher = quiver::own_ticks(&client, &channel, lanes.tally(0), &stop).await?;
+            let (publisher, stale) = quiver::own_ticks(&client, &channel, lanes.tally(0), &stop).await?;
             let lane = lanes.start_one().await;
-            lane.send_scheduled(who, |i| quiver::publish(&publisher, payload(who, i, size))).await;
+            let before = wire_bytes(&client);
+            let mut stale_before = 0;
+            lane.send_scheduled(who, |i| {
+                if i == lane.plan.warmup {
+                    stale_before = stale.load(Ordering::Relaxed);
+                }
+                quiver::publish(&publisher, payload(who, i, size))
+            })
+            .await;
+            Tally::stale(&lane.tally, stale.load(Ordering::Relaxed).saturating_sub(stale_before));
+            Tally::wire(&lane.tally, wire_bytes(&client) - before, lane.plan.count);
             close_after(&stop, client);
             Ok(())
         }
@@ -133,20 +151,25 @@ pub(super) async fn quiver_datagram_series(
     .await
 }
 
+/// Posts into a room the sender has joined (with redundant delivery when `redundant`), timing each message's
+/// return on the room stream (or its copies).
 pub(super) async fn quiver_stream_series(
     name: &'static str,
     config: RttConfig,
     targets: Arc<TargetsView>,
+    redundant: bool,
 ) -> Result<SeriesResult, BenchError> {
     let size = config.size.max(12);
     measure(&config, name, true, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
             let client = targets.quiver_client().await?;
-            let room = format!("bench.rtt.{who}.{}", std::process::id());
-            quiver::own_chat(&client, &room, lanes.tally(0), &stop).await?;
+            let room = format!("bench.rtt.{who}.{}.{redundant}", std::process::id());
+            quiver::own_chat(&client, &room, lanes.tally(0), &stop, redundant).await?;
             let lane = lanes.start_one().await;
+            let before = wire_bytes(&client);
             lane.send_scheduled(who, |i| quiver::post(&client, &room, payload(who, i, size))).await;
+            Tally::wire(&lane.tally, wire_bytes(&client) - before, lane.plan.count);
             close_after(&stop, client);
             Ok(())
         }

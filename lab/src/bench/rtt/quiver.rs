@@ -2,7 +2,12 @@
 //! go out on a channel it subscribes to and its chat into a room it has joined, so the server's fan-out brings each
 //! message back to it.
 
-use quiver_client::{Client, RoomEvent, TickPublisher};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use quiver_client::{Client, JoinOptions, RoomEvent, TickPublisher};
 use tokio_util::sync::CancellationToken;
 
 use crate::bench::{
@@ -11,15 +16,18 @@ use crate::bench::{
 };
 
 /// Subscribes `client` to tick channel `channel`, tallies every tick that comes back until `stop`, and returns a
-/// publisher on the channel.
+/// publisher on the channel and the count of ticks the subscription dropped as stale so far (arrived after a newer
+/// one: reordered on the way, not lost).
 pub(super) async fn own_ticks(
     client: &Client,
     channel: &str,
     tally: SharedTally,
     stop: &CancellationToken,
-) -> Result<TickPublisher, BenchError> {
+) -> Result<(TickPublisher, Arc<AtomicU64>), BenchError> {
     let mut subscription = client.subscribe(channel).await.map_err(BenchError::request("subscribe"))?;
     let publisher = client.publisher(channel).await.map_err(BenchError::request("publish"))?;
+    let stale = Arc::new(AtomicU64::new(0));
+    let seen = stale.clone();
     // Every accepted tick, not only the newest: a tick superseded on arrival still arrived.
     until_stopped(stop, async move {
         loop {
@@ -28,9 +36,21 @@ pub(super) async fn own_ticks(
                     Tally::received(&tally, w, i);
                 }
             }
+            seen.store(subscription.stats().stale_dropped, Ordering::Relaxed);
         }
     });
-    Ok(publisher)
+    Ok((publisher, stale))
+}
+
+/// UDP payload bytes `client`'s connection has sent and received.
+pub(super) fn wire_bytes(client: &Client) -> u64 {
+    client.connection().map_or(0, |quic| quinn_bytes(&quic))
+}
+
+/// UDP payload bytes a quinn connection has sent and received.
+pub(super) fn quinn_bytes(quic: &quinn::Connection) -> u64 {
+    let stats = quic.stats();
+    stats.udp_tx.bytes + stats.udp_rx.bytes
 }
 
 /// Publishes a tick without waiting; one refused here is never sent, so it counts as lost.
@@ -40,14 +60,17 @@ pub(super) fn publish(publisher: &TickPublisher, payload: Vec<u8>) {
     }
 }
 
-/// Joins `client` to `room` and tallies every message that comes back until `stop`.
+/// Joins `client` to `room` (with redundant delivery when `redundant`) and tallies every message that comes back
+/// until `stop`.
 pub(super) async fn own_chat(
     client: &Client,
     room: &str,
     tally: SharedTally,
     stop: &CancellationToken,
+    redundant: bool,
 ) -> Result<(), BenchError> {
-    let mut room = client.join(room).await.map_err(BenchError::request("join"))?;
+    let options = JoinOptions { redundant, ..JoinOptions::default() };
+    let mut room = client.join_with(room, options).await.map_err(BenchError::request("join"))?;
     until_stopped(stop, async move {
         while let Some(event) = room.next().await {
             if let RoomEvent::Message(m) = event {

@@ -10,7 +10,7 @@
 import { bool, bytes, enumeration, option, string, struct, u32, u64, vec } from './postcard.js';
 
 /** The protocol version this client speaks (`quiver_proto::PROTOCOL_VERSION`). */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 /** The message types, by their Rust names. */
 export const wire = (() => {
@@ -19,7 +19,7 @@ export const wire = (() => {
   const Hello = struct('Hello', [
     ['version', u32], ['agent', string], ['name', option(string)], ['token', option(string)],
   ]);
-  const Join = struct('Join', [['room', string], ['since', option(Position)]]);
+  const Join = struct('Join', [['room', string], ['since', option(Position)], ['redundant', bool]]);
   const Post = struct('Post', [['room', string], ['client_msg_id', u64], ['body', bytes]]);
   const RequestBody = enumeration('RequestBody', [
     ['Hello', Hello],
@@ -77,6 +77,7 @@ export const wire = (() => {
   const RoomFrame = enumeration('RoomFrame', [
     ['Open', Joined],
     ['Event', RoomEvent],
+    ['Copies', struct('Copies', [['slot', u64]])],
   ]);
   return Object.freeze({
     Request, RequestBody, Hello, Join, Post, Position,

@@ -1,0 +1,443 @@
+//! Datagram copies of reliable data (redundant delivery, opt-in per room with `Join::redundant`). A copy datagram
+//! starts with the varint 0, a channel id the server never assigns to a tick channel, then its kind:
+//!
+//! ```text
+//! room copy  (server → client): 0 || 0 || varint slot || varint first_position || frame+
+//! post copy  (client → server): 0 || 1 || varint first_post || frame+
+//! frame = varint length || postcard body      (the very bytes of the stream's frame)
+//! ```
+//!
+//! A room copy carries frames of the room stream named by `slot` ([`crate::RoomFrame::Copies`]) at consecutive
+//! positions from `first_position` (a frame's position is the number of frames before it on the stream). A post
+//! copy carries `Request`s whose body is a `Post`, the first being the connection's `first_post`-th Post request on
+//! its control stream (counting from 1), the next ones consecutive. The stream stays the source of truth: a receiver
+//! takes each position (each post number) once, from whichever path brings it first, and never out of order.
+
+use std::collections::VecDeque;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::varint;
+
+/// The channel id of copy datagrams: tick channel ids start at 1.
+pub const COPY_CHANNEL: u64 = 0;
+
+/// Most frames one copy datagram may carry.
+pub const MAX_COPY_FRAMES: usize = 16;
+
+const ROOM: u64 = 0;
+const POSTS: u64 = 1;
+
+/// A decoded copy datagram. Frames are their bodies (the length prefix removed), slices of the datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Copy {
+    /// Frames of room stream `slot`, at positions `first`, `first + 1`, ...
+    Room {
+        /// The stream's slot ([`crate::RoomFrame::Copies`]).
+        slot: u64,
+        /// Position of the first frame.
+        first: u64,
+        /// Frame bodies (`postcard(RoomFrame)`).
+        frames: Vec<Bytes>,
+    },
+    /// Post requests numbered `first`, `first + 1`, ... among the connection's Post requests.
+    Posts {
+        /// Number of the first post (1 is the connection's first Post request).
+        first: u64,
+        /// Frame bodies (`postcard(Request)`).
+        frames: Vec<Bytes>,
+    },
+}
+
+/// Why a datagram is not a valid copy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CopyError {
+    /// Its channel id is not [`COPY_CHANNEL`] (it may be a tick).
+    #[error("not a copy datagram")]
+    NotACopy,
+    /// The kind is neither room (0) nor posts (1).
+    #[error("unknown copy kind {0}")]
+    UnknownKind(u64),
+    /// The datagram ended inside its header or a frame.
+    #[error("copy datagram ends inside {0}")]
+    Truncated(&'static str),
+    /// A frame announces more than the frame limit.
+    #[error("copied frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// Announced length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// No frame, or more than [`MAX_COPY_FRAMES`].
+    #[error("a copy carries 1 to {MAX_COPY_FRAMES} frames, this one {0}")]
+    FrameCount(usize),
+}
+
+/// True when `datagram` starts with the copy channel id and is not the probe.
+pub fn is_copy(datagram: &[u8]) -> bool {
+    datagram.len() > 1 && matches!(varint::decode(datagram), Some((COPY_CHANNEL, _)))
+}
+
+/// Bytes of a room copy's header.
+pub fn room_header_len(slot: u64, first: u64) -> usize {
+    2 + varint::encoded_len(slot) + varint::encoded_len(first)
+}
+
+/// Bytes of a post copy's header.
+pub fn posts_header_len(first: u64) -> usize {
+    2 + varint::encoded_len(first)
+}
+
+/// Appends a room copy of `frames` (whole stream frames, length prefix included) to `out`.
+pub fn encode_room(
+    slot: u64,
+    first: u64,
+    frames: &[Bytes],
+    out: &mut impl BufMut,
+) -> Result<(), varint::VarintTooLarge> {
+    varint::encode(COPY_CHANNEL, out)?;
+    varint::encode(ROOM, out)?;
+    varint::encode(slot, out)?;
+    varint::encode(first, out)?;
+    frames.iter().for_each(|frame| out.put_slice(frame));
+    Ok(())
+}
+
+/// Appends a post copy of `frames` (whole control-stream frames of Post requests) to `out`.
+pub fn encode_posts(first: u64, frames: &[Bytes], out: &mut impl BufMut) -> Result<(), varint::VarintTooLarge> {
+    varint::encode(COPY_CHANNEL, out)?;
+    varint::encode(POSTS, out)?;
+    varint::encode(first, out)?;
+    frames.iter().for_each(|frame| out.put_slice(frame));
+    Ok(())
+}
+
+impl Copy {
+    /// Decodes a copy datagram, each frame at most `max_frame` bytes. Never panics on hostile bytes.
+    pub fn decode(datagram: &Bytes, max_frame: usize) -> Result<Copy, CopyError> {
+        let mut at = 0;
+        let mut field = |name: &'static str| -> Result<u64, CopyError> {
+            let (value, len) = varint::decode(&datagram[at..]).ok_or(CopyError::Truncated(name))?;
+            at += len;
+            Ok(value)
+        };
+        if field("the channel id")? != COPY_CHANNEL {
+            return Err(CopyError::NotACopy);
+        }
+        let copy = match field("the kind")? {
+            ROOM => {
+                let slot = field("the slot")?;
+                let first = field("the first position")?;
+                Copy::Room { slot, first, frames: Vec::new() }
+            }
+            POSTS => Copy::Posts { first: field("the first post")?, frames: Vec::new() },
+            other => return Err(CopyError::UnknownKind(other)),
+        };
+        let mut frames = Vec::new();
+        while at < datagram.len() {
+            let (len, prefix) = varint::decode(&datagram[at..]).ok_or(CopyError::Truncated("a frame's length"))?;
+            if len > max_frame as u64 {
+                return Err(CopyError::FrameTooLarge { len, max: max_frame });
+            }
+            let start = at + prefix;
+            let end = start.checked_add(len as usize).filter(|&end| end <= datagram.len());
+            let end = end.ok_or(CopyError::Truncated("a frame"))?;
+            if frames.len() == MAX_COPY_FRAMES {
+                return Err(CopyError::FrameCount(MAX_COPY_FRAMES + 1));
+            }
+            frames.push(datagram.slice(start..end));
+            at = end;
+        }
+        if frames.is_empty() {
+            return Err(CopyError::FrameCount(0));
+        }
+        Ok(match copy {
+            Copy::Room { slot, first, .. } => Copy::Room { slot, first, frames },
+            Copy::Posts { first, .. } => Copy::Posts { first, frames },
+        })
+    }
+}
+
+/// Frames waiting for copies at most: beyond, the oldest are dropped (they are copies; the stream carries them).
+pub const MAX_PENDING_COPIES: usize = 256;
+
+/// What a queued frame is a copy of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyTarget {
+    /// A frame of the room stream with this slot; positions are stream positions.
+    Room(u64),
+    /// A Post request; positions are post numbers.
+    Posts,
+}
+
+#[derive(Debug)]
+struct Pending {
+    target: CopyTarget,
+    position: u64,
+    frame: Bytes,
+    left: u8,
+}
+
+/// The chance, per direction, that a frame and every copy of it are lost, that the number of copies is chosen for.
+/// 2.5 × 10⁻⁴ each way: at most about one message in 2,000 waits for the stream's retransmission.
+pub const RESIDUAL_LOSS: f64 = 2.5e-4;
+
+/// Packets per loss sample: the estimate moves once this many more were sent.
+const LOSS_WINDOW: u64 = 32;
+
+/// One connection's frames waiting for their datagram copies, sans IO: the sender takes a round of datagrams when
+/// its timer fires ([`CopyQueue::take`]) and each frame goes in as many rounds as the path's loss calls for: the
+/// fewest copies (at least one, at most the configured maximum) for which a frame and all its copies are lost
+/// with a chance below [`RESIDUAL_LOSS`], from the loss the sender observes ([`CopyQueue::observe`]): one copy on a
+/// clean path or at 1 %, two at 2–5 %, three at 10 %. Bounded by [`MAX_PENDING_COPIES`].
+#[derive(Debug, Default)]
+pub struct CopyQueue {
+    max_copies: u8,
+    copies: u8,
+    pending: VecDeque<Pending>,
+    /// Smoothed fraction of packets lost, and the packet counters at the last sample.
+    loss: f64,
+    sampled: Option<(u64, u64)>,
+}
+
+impl CopyQueue {
+    /// A queue sending each frame at most `max_copies` times (0: never).
+    pub fn new(max_copies: u8) -> Self {
+        CopyQueue { max_copies, copies: max_copies.min(1), ..CopyQueue::default() }
+    }
+
+    /// The connection has sent `sent` packets so far, of which `lost` were lost: updates the loss estimate and the
+    /// number of copies frames queued from now on get.
+    pub fn observe(&mut self, sent: u64, lost: u64) {
+        let Some((sent_before, lost_before)) = self.sampled else {
+            self.sampled = Some((sent, lost));
+            return;
+        };
+        let packets = sent.saturating_sub(sent_before);
+        if packets < LOSS_WINDOW {
+            return;
+        }
+        let rate = (lost.saturating_sub(lost_before) as f64 / packets as f64).min(1.0);
+        self.loss = if self.loss == 0.0 && lost_before == 0 { rate } else { 0.75 * self.loss + 0.25 * rate };
+        self.sampled = Some((sent, lost));
+        self.copies = (1..=self.max_copies)
+            .find(|&k| self.loss.powi(i32::from(k) + 1) <= RESIDUAL_LOSS)
+            .unwrap_or(self.max_copies);
+    }
+
+    /// Copies each frame queued now gets.
+    pub fn copies(&self) -> u8 {
+        self.copies
+    }
+
+    /// The smoothed loss estimate (fraction of packets).
+    pub fn loss(&self) -> f64 {
+        self.loss
+    }
+
+    /// Queues `frame` (a whole stream frame) at `position` of `target`.
+    pub fn push(&mut self, target: CopyTarget, position: u64, frame: Bytes) {
+        if self.copies == 0 {
+            return;
+        }
+        if self.pending.len() == MAX_PENDING_COPIES {
+            self.pending.pop_front();
+        }
+        self.pending.push_back(Pending { target, position, frame, left: self.copies });
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// One round: every waiting frame once, in the order queued, consecutive positions of one target packed into
+    /// one datagram of at most `max_size` bytes (and [`MAX_COPY_FRAMES`] frames). A frame that cannot fit a
+    /// datagram on its own is dropped: it goes by the stream only.
+    pub fn take(&mut self, max_size: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        // The datagram being filled: its target, first position, frames and size.
+        let mut open: Option<(CopyTarget, u64, Vec<Bytes>, usize)> = None;
+        let header = |target: CopyTarget, first: u64| match target {
+            CopyTarget::Room(slot) => room_header_len(slot, first),
+            CopyTarget::Posts => posts_header_len(first),
+        };
+        for pending in &mut self.pending {
+            if header(pending.target, pending.position) + pending.frame.len() > max_size {
+                pending.left = 0;
+                continue;
+            }
+            pending.left -= 1;
+            if let Some((target, first, frames, size)) = &mut open {
+                let next = *first + frames.len() as u64;
+                if *target == pending.target
+                    && next == pending.position
+                    && *size + pending.frame.len() <= max_size
+                    && frames.len() < MAX_COPY_FRAMES
+                {
+                    *size += pending.frame.len();
+                    frames.push(pending.frame.clone());
+                    continue;
+                }
+            }
+            out.extend(open.take().and_then(encode));
+            let size = header(pending.target, pending.position) + pending.frame.len();
+            open = Some((pending.target, pending.position, vec![pending.frame.clone()], size));
+        }
+        out.extend(open.and_then(encode));
+        self.pending.retain(|pending| pending.left > 0);
+        out
+    }
+}
+
+fn encode((target, first, frames, size): (CopyTarget, u64, Vec<Bytes>, usize)) -> Option<Bytes> {
+    let mut datagram = BytesMut::with_capacity(size);
+    // Fails only for a slot or position above 2^62, which counters do not reach.
+    match target {
+        CopyTarget::Room(slot) => encode_room(slot, first, &frames, &mut datagram).ok()?,
+        CopyTarget::Posts => encode_posts(first, &frames, &mut datagram).ok()?,
+    }
+    Some(datagram.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventKind, FrameCodec, RoomEvent, RoomFrame};
+    use proptest::prelude::*;
+
+    fn frame(seq: u64) -> Bytes {
+        let kind = EventKind::Message { sender: "a".into(), client_msg_id: seq, body: Bytes::from_static(b"hi") };
+        let event = RoomFrame::Event(RoomEvent { seq, time_us: 1, kind });
+        FrameCodec::new(1024).encode_to_vec(&event).unwrap().freeze()
+    }
+
+    #[test]
+    fn a_room_copy_round_trips_to_the_stream_frames() {
+        let frames = [frame(7), frame(8)];
+        let mut out = Vec::new();
+        encode_room(3, 9, &frames, &mut out).unwrap();
+        assert_eq!(out.len(), room_header_len(3, 9) + frames.iter().map(Bytes::len).sum::<usize>());
+        assert!(is_copy(&out));
+        let Copy::Room { slot, first, frames: bodies } = Copy::decode(&Bytes::from(out), 1024).unwrap() else {
+            panic!("not a room copy")
+        };
+        assert_eq!((slot, first, bodies.len()), (3, 9, 2));
+        for (body, whole) in bodies.iter().zip(&frames) {
+            assert_eq!(&whole[1..], &body[..], "the body is the stream frame without its length");
+            let decoded: RoomFrame = crate::frame::decode_body(body).unwrap();
+            assert!(matches!(decoded, RoomFrame::Event(_)));
+        }
+    }
+
+    #[test]
+    fn a_post_copy_round_trips() {
+        let mut out = Vec::new();
+        encode_posts(1, &[frame(1)], &mut out).unwrap();
+        assert_eq!(out.len(), posts_header_len(1) + frame(1).len());
+        assert!(
+            matches!(Copy::decode(&Bytes::from(out), 1024), Ok(Copy::Posts { first: 1, frames }) if frames.len() == 1)
+        );
+    }
+
+    #[test]
+    fn bad_copies_are_named() {
+        let decode = |bytes: &[u8]| Copy::decode(&Bytes::copy_from_slice(bytes), 16);
+        assert!(!is_copy(crate::PROBE), "the probe is not a copy");
+        assert!(!is_copy(&[5, 0, 0]), "a tick is not a copy");
+        assert_eq!(decode(&[5, 0, 0, 1]), Err(CopyError::NotACopy));
+        assert_eq!(decode(&[0, 2, 1]), Err(CopyError::UnknownKind(2)));
+        assert_eq!(decode(&[0, 0, 1]), Err(CopyError::Truncated("the first position")));
+        assert_eq!(decode(&[0, 1, 1]), Err(CopyError::FrameCount(0)));
+        assert_eq!(decode(&[0, 1, 1, 3, 1]), Err(CopyError::Truncated("a frame")));
+        assert_eq!(decode(&[0, 1, 1, 17]), Err(CopyError::FrameTooLarge { len: 17, max: 16 }));
+        let mut many = vec![0, 1, 1];
+        many.extend(std::iter::repeat_n([1u8, 0], MAX_COPY_FRAMES + 1).flatten());
+        assert_eq!(decode(&many), Err(CopyError::FrameCount(MAX_COPY_FRAMES + 1)));
+    }
+
+    #[test]
+    fn a_queue_packs_consecutive_frames_and_sends_each_round_then_forgets_them() {
+        let mut queue = CopyQueue::new(2);
+        queue.observe(0, 0);
+        queue.observe(100, 10); // 10 % loss: two copies
+        queue.push(CopyTarget::Room(1), 5, frame(1));
+        queue.push(CopyTarget::Room(1), 6, frame(2));
+        queue.push(CopyTarget::Posts, 3, frame(3));
+        queue.push(CopyTarget::Room(1), 8, frame(4)); // not consecutive: a datagram of its own
+        queue.push(CopyTarget::Room(2), 1, Bytes::from(vec![0; 2000])); // never fits: stream only
+        let round = |queue: &mut CopyQueue| -> Vec<Copy> {
+            queue.take(1200).iter().map(|d| Copy::decode(d, 4096).unwrap()).collect()
+        };
+        for _ in 0..2 {
+            let copies = round(&mut queue);
+            assert_eq!(copies.len(), 3, "{copies:?}");
+            assert!(matches!(&copies[0], Copy::Room { slot: 1, first: 5, frames } if frames.len() == 2));
+            assert!(matches!(&copies[1], Copy::Posts { first: 3, frames } if frames.len() == 1));
+            assert!(matches!(&copies[2], Copy::Room { slot: 1, first: 8, frames } if frames.len() == 1));
+        }
+        assert!(queue.is_empty(), "two rounds, then nothing");
+        assert!(round(&mut queue).is_empty());
+        let mut off = CopyQueue::new(0);
+        off.push(CopyTarget::Posts, 1, frame(1));
+        assert!(off.is_empty(), "copies off: nothing queued");
+    }
+
+    #[test]
+    fn copies_follow_the_observed_loss_up_to_the_maximum() {
+        let mut queue = CopyQueue::new(3);
+        assert_eq!(queue.copies(), 1, "one copy before anything is known");
+        let mut sent = 0;
+        let mut lost = 0;
+        let mut feed = |queue: &mut CopyQueue, rate: f64, windows: u32| {
+            for _ in 0..windows {
+                sent += 100;
+                lost += (100.0 * rate) as u64;
+                queue.observe(sent, lost);
+            }
+        };
+        feed(&mut queue, 0.0, 30);
+        assert_eq!(queue.copies(), 1, "clean");
+        feed(&mut queue, 0.01, 30);
+        assert_eq!(queue.copies(), 1, "1 %: 10⁻⁴ with one copy");
+        feed(&mut queue, 0.05, 30);
+        assert_eq!(queue.copies(), 2, "5 %");
+        feed(&mut queue, 0.10, 30);
+        assert_eq!(queue.copies(), 3, "10 %");
+        feed(&mut queue, 0.40, 30);
+        assert_eq!(queue.copies(), 3, "never above the maximum");
+        queue.push(CopyTarget::Posts, 1, frame(1));
+        assert_eq!((0..5).filter(|_| !queue.take(1200).is_empty()).count(), 3, "three rounds");
+        feed(&mut queue, 0.0, 30);
+        assert_eq!(queue.copies(), 1, "the path cleared up");
+        let mut two = CopyQueue::new(2);
+        two.observe(0, 0);
+        two.observe(1000, 100);
+        assert_eq!((two.copies(), two.loss()), (2, 0.1), "capped at two");
+    }
+
+    #[test]
+    fn a_queue_is_bounded_and_splits_at_the_datagram_size() {
+        let mut queue = CopyQueue::new(1);
+        for position in 0..(MAX_PENDING_COPIES as u64 + 10) {
+            queue.push(CopyTarget::Room(0), position, frame(position));
+        }
+        let datagrams = queue.take(200);
+        let mut next = 10;
+        for datagram in &datagrams {
+            assert!(datagram.len() <= 200);
+            let Copy::Room { first, frames, .. } = Copy::decode(datagram, 4096).unwrap() else { panic!() };
+            assert_eq!(first, next, "consecutive, oldest dropped");
+            next += frames.len() as u64;
+        }
+        assert_eq!(next, MAX_PENDING_COPIES as u64 + 10);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Copy::decode(&Bytes::from(bytes), 32);
+        }
+    }
+}

@@ -5,12 +5,12 @@
 
 import { ErrorCode, QuiverDecodeError, QuiverError } from './wire/errors.js';
 import { TICK_HEADER_MAX_LEN, encodeTick } from './wire/ticks.js';
-import { Backoff, LatestWins, PostQueue, RoomState, clockOffsetUs, messageEvent } from './state.js';
+import { Backoff, LatestWins, Merge, PostQueue, RoomState, clockOffsetUs, messageEvent } from './state.js';
 import { Session, roomFrames } from './client/session.js';
 import { Publisher, Room, Subscription } from './client/handles.js';
 import { Signal, Timers } from './client/waiting.js';
 import { callBack, expectReply, toBytes, unixUs } from './client/values.js';
-import { PROTOCOL_VERSION } from './wire/messages.js';
+import { PROTOCOL_VERSION, wire } from './wire/messages.js';
 
 /**
  * A Quiver session over WebTransport that survives connection loss: it reconnects with jittered exponential
@@ -51,7 +51,8 @@ export class QuiverClient {
    * rooms that could not be rejoined), `onAttempt({attempt, lastError, nextTryMs})` (while reconnecting, before
    * each attempt: which one, why the link is down or the last attempt failed, and when the next starts; the same
    * object is `client.reconnecting`), `connectTimeoutMs` (10000), `reconnectDelayMs` (50),
-   * `reconnectMaxDelayMs` (5000), `transport` (the WebTransport constructor; replaceable for tests).
+   * `reconnectMaxDelayMs` (5000), `copies` (2) and `copySpacingMs` (5) (redundant rooms: datagram copies per post
+   * and the time between them), `transport` (the WebTransport constructor; replaceable for tests).
    * The first connection must succeed: this rejects otherwise.
    */
   static async connect(url, options = {}) {
@@ -66,7 +67,7 @@ export class QuiverClient {
     if (this.#urls.length === 0) throw new Error('no server URL given');
     this.#options = {
       certHash: null, name: null, token: null, reconnect: true, onStatus: null, onNotice: null, onAttempt: null,
-      connectTimeoutMs: 10_000, reconnectDelayMs: 50, reconnectMaxDelayMs: 5000,
+      connectTimeoutMs: 10_000, reconnectDelayMs: 50, reconnectMaxDelayMs: 5000, copies: 2, copySpacingMs: 5,
       transport: globalThis.WebTransport, protocolVersion: PROTOCOL_VERSION,
       ...Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)),
     };
@@ -87,16 +88,18 @@ export class QuiverClient {
    * Joins `room`; `onEvent` receives its events in order: `{type: 'message', seq, timeUs, sender, clientMsgId,
    * body, text}`, `{type: 'joined' | 'left', member}`, `{type: 'resumed', recovered, epoch}` (the room was joined
    * again after a reconnect or after its stream fell behind; recovered false: messages were missed) and
-   * `{type: 'kicked', code, reason}` (the server dropped this client from the room).
+   * `{type: 'kicked', code, reason}` (the server dropped this client from the room). `redundant`: the room's events
+   * also come as datagram copies and posts to it go up as copies too, so that a lost packet costs milliseconds, not
+   * a retransmission (about twice the bytes; the events are the same, each once and in order).
    */
-  async join(room, { onEvent } = {}) {
+  async join(room, { onEvent, redundant = false } = {}) {
     if (this.#rooms.has(room)) throw new QuiverError(ErrorCode.AlreadyJoined, `already in room ${room}`);
-    const entry = { state: new RoomState(room), onEvent, handle: null, joining: null, stream: 0 };
+    const entry = { state: new RoomState(room), onEvent, handle: null, joining: null, stream: 0, redundant };
     entry.handle = new Room(this, entry.state);
     this.#rooms.set(room, entry);
     const joining = (async () => {
       const session = await this.#live();
-      entry.state.replied(expectReply(await session.request({ Join: { room, since: null, redundant: false } }), 'Joined'));
+      entry.state.replied(expectReply(await session.request({ Join: { room, since: null, redundant } }), 'Joined'));
     })();
     entry.joining = joining.catch(() => {});
     try {
@@ -220,6 +223,8 @@ export class QuiverClient {
       onPush: (push) => this.#push(push),
       onRoomStream: (session, stream) => this.#readRoomStream(session, stream, ++this.#roomStreams),
       onTick: (entry, tick) => this.#deliverTick(entry, tick),
+      onRoomCopy: (session, copy) => this.#roomCopy(session, copy),
+      copies: { copies: this.#options.copies, spacingMs: this.#options.copySpacingMs }, // for post copies
     };
     const opening = Session.openFirst(this.#urls, this.#nextUrl, this.#options, hooks);
     // Next time (after this session is lost) the node after it goes first.
@@ -356,7 +361,8 @@ export class QuiverClient {
       const session = this.#session;
       if (!session || this.#rooms.get(room) !== entry) return;
       try {
-        expectReply(await session.request({ Join: { room, since: entry.state.position(), redundant: false } }), 'Joined');
+        const join = { room, since: entry.state.position(), redundant: entry.redundant };
+        expectReply(await session.request({ Join: join }), 'Joined');
         return;
       } catch (err) {
         if (err?.code === ErrorCode.Unavailable && !err?.closed) {
@@ -383,20 +389,45 @@ export class QuiverClient {
       const entry = joined && this.#rooms.get(joined.room);
       if (!entry || order < entry.stream) return frames.cancel(); // no Open, a room left, or an outdated stream
       entry.stream = order;
+      entry.copies = null;
       for (const event of entry.state.open(joined)) callBack(entry.onEvent, event);
-      for (;;) {
+      for (let position = 1n; ; position++) {
         const frame = await frames.next();
         if (frame === null) return; // finished: the room was left
         const current = this.#rooms.get(joined.room) === entry && entry.stream === order;
+        if (current && frame.Copies) {
+          // A redundant stream: its events also come as copies with this slot, merged by position.
+          entry.copies = { session, slot: frame.Copies.slot, merge: new Merge(position + 1n) };
+          session.copyRooms.add(joined.room);
+          continue;
+        }
         if (!current || !frame.Event) return frames.cancel(); // left, rejoined on a newer stream, or a 2nd Open
-        const event = entry.state.event(frame.Event);
-        if (event) callBack(entry.onEvent, event);
+        const event = entry.copies ? entry.copies.merge.stream(position, frame.Event) : frame.Event;
+        if (event) this.#deliver(entry, event);
       }
     } catch (err) {
       // Reset, or the connection is gone. A slow consumer's reset comes with a Kicked naming the room, which
       // rejoins it: the reset alone cannot, when it comes before the Open frame.
       if (err instanceof QuiverDecodeError) frames.cancel();
     }
+  }
+
+  /** Hands `event` (a RoomEvent value) to the room, then whatever copies brought next. */
+  #deliver(entry, event) {
+    for (let next = event; next; next = entry.copies?.merge.ready()) {
+      const out = entry.state.event(next);
+      if (out) callBack(entry.onEvent, out);
+    }
+  }
+
+  /** A room copy datagram: its events go through the merge of the stream with that slot, if it is current. */
+  #roomCopy(session, { slot, first, frames }) {
+    const entry = [...this.#rooms.values()].find((e) => e.copies?.session === session && e.copies.slot === slot);
+    try {
+      frames.forEach((body, i) => entry && entry.copies.merge.copy(first + BigInt(i), wire.RoomFrame.decode(body).Event));
+    } catch { /* an undecodable copy: the stream brings the frame */ }
+    const next = entry?.copies.merge.ready();
+    if (next) this.#deliver(entry, next);
   }
 
   // ── posts ──

@@ -1,6 +1,7 @@
 // The client's bookkeeping without IO, as the Rust client keeps it: reconnect delays (`Backoff`), requests awaiting
 // replies (`RequestTable`), a room's resume position and dedupe (`RoomState`), posts re-sent in order
-// (`PostQueue`), latest-wins tick acceptance (`LatestWins`) and the server clock offset (`clockOffsetUs`). Plain
+// (`PostQueue`), a redundant room stream's merge with its datagram copies (`Merge`), latest-wins tick acceptance
+// (`LatestWins`) and the server clock offset (`clockOffsetUs`). Plain
 // values in, decisions out, so the node tests drive each one directly.
 
 import { QuiverError } from './wire/errors.js';
@@ -26,6 +27,46 @@ export class Backoff {
   /** The delay before attempt `attempt`, in ms: in [ceiling / 2, ceiling]. */
   delay(attempt) {
     return this.ceiling(attempt) * (0.5 + this.random() / 2);
+  }
+}
+
+/** How far ahead of the next position a copy is kept (quiver_client's `merge::AHEAD`). */
+export const MERGE_AHEAD = 256n;
+
+/**
+ * One redundant room stream's frames from the stream (in order, complete) and from datagram copies (any order,
+ * maybe twice, maybe never), merged by position (the number of frames before one on the stream): each position is
+ * handed out once, in order, from whichever path brought it first.
+ */
+export class Merge {
+  /** `next`: the next position to hand out (BigInt). */
+  constructor(next) {
+    this.next = next;
+    this.ahead = new Map();
+  }
+
+  /** The frame at `position` read from the stream: returned to hand out now, or null when a copy brought it. */
+  stream(position, frame) {
+    if (position < this.next) return null;
+    this.next = position + 1n;
+    for (const key of this.ahead.keys()) if (key < this.next) this.ahead.delete(key);
+    return frame;
+  }
+
+  /** A copy of the frame at `position`: kept if not handed out yet (see `ready`). */
+  copy(position, frame) {
+    if (frame !== undefined && frame !== null && position >= this.next && position - this.next < MERGE_AHEAD && !this.ahead.has(position)) {
+      this.ahead.set(position, frame);
+    }
+  }
+
+  /** The next position's frame if a copy brought it (handed out), else null. */
+  ready() {
+    const frame = this.ahead.get(this.next);
+    if (frame === undefined) return null;
+    this.ahead.delete(this.next);
+    this.next += 1n;
+    return frame;
   }
 }
 

@@ -8,8 +8,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
-  DEFAULT_MAX_FRAME, ErrorCode, FrameReader, PROTOCOL_VERSION, QuiverClient, QuiverError, decodeTick,
-  encodeFrame, encodeTick, wire,
+  DEFAULT_MAX_FRAME, ErrorCode, FrameReader, PROTOCOL_VERSION, QuiverClient, QuiverError, decodeCopy, decodeTick,
+  encodeFrame, encodeTick, encodeVarint, isCopy, wire,
 } from '../quiver/index.js';
 
 // ───────────────────────────────────────────── the fake server ─────────────────────────────────────────────
@@ -64,7 +64,11 @@ class FakeWebTransport {
     this.datagrams = {
       readable: this.incoming.readable,
       writable: new WritableStream({
-        write: (d) => { if (this.alive) server.datagrams.push({ conn: this, ...decodeTick(d) }); },
+        write: (d) => {
+          if (!this.alive) return;
+          if (isCopy(d)) server.copies.push({ conn: this, ...decodeCopy(d, DEFAULT_MAX_FRAME) });
+          else server.datagrams.push({ conn: this, ...decodeTick(d) });
+        },
       }),
       maxDatagramSize: 1200,
     };
@@ -125,6 +129,15 @@ class FakeWebTransport {
     if (this.alive) this.incoming.enqueue(encodeTick(tick));
   }
 
+  /** A room copy datagram: `events` (RoomEvent values) at positions from `first` of the stream with `slot`. */
+  sendRoomCopy(slot, first, events) {
+    const frames = events.map((event) => encodeFrame(wire.RoomFrame, { Event: event }));
+    const parts = [0n, 0n, slot, first].map((v) => encodeVarint(v)).concat(frames);
+    const datagram = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    parts.reduce((at, p) => (datagram.set(p, at), at + p.length), 0);
+    if (this.alive) this.incoming.enqueue(datagram);
+  }
+
   /** The connection is lost (no close frame): every stream fails. */
   kill(reason = 'network unreachable') {
     if (!this.alive) return;
@@ -150,6 +163,7 @@ class FakeServer {
     this.dedupe = new Map();
     this.requests = []; // every request: {conn, req}
     this.datagrams = []; // every datagram from clients: {conn, channel_id, seq, sent_time_us, payload}
+    this.copies = []; // every copy datagram from clients: {conn, kind, first, frames}
     this.refuse = null; // a Failure to answer Hello with
     this.down = false; // connections fail before they open
     this.downUrls = new Set(); // connections to these URLs fail before they open (a dead node of a cluster)
@@ -229,6 +243,7 @@ class FakeServer {
         }
         if (!this.openBeforeReply) ok(joined);
         stream.write({ Open: joined.Joined });
+        if (body.redundant) stream.write({ Copies: { slot: 1n } }); // the test sends the copies it wants
         for (const event of room.messages.slice(Number(from) - 1)) stream.write({ Event: event });
         if (this.openBeforeReply) ok(joined);
         return this.broadcast(room, presence(last, 'MemberJoined', conn.identity), conn);
@@ -771,4 +786,45 @@ test('a room stream reset before its Open frame is joined again on the Kicked; a
 
   server.dropOnPing = true;
   await assert.rejects(QuiverClient.connect(URL_, { transport: server.transport }), /lost during setup/);
+});
+
+test('redundant rooms: stream and copies merge into one order, each event once; posts also go up as copies', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann', copies: 2, copySpacingMs: 2 });
+  const events = [];
+  await ann.join('fast', { onEvent: (e) => events.push(e), redundant: true });
+  assert.deepEqual(server.requestsOf('Join').at(-1), { room: 'fast', since: null, redundant: true });
+  const [conn] = server.connections;
+  const stream = server.rooms.get('fast').members.get(conn); // Open at position 0, Copies at 1
+  const message = (seq, id) => ({ seq, time_us: 1n, kind: { Message: { sender: 'bob', client_msg_id: id, body: text(`m${seq}`) } } });
+  const [m1, bobJoined, m2, m3] = [message(1n, 10n), presence(1n, 'MemberJoined', 'bob'), message(2n, 11n), message(3n, 12n)];
+  const seen = () => events.map((e) => (e.type === 'message' ? `m${e.seq}` : `${e.type}:${e.member}`));
+  await until('the Copies frame is read', () => server.requestsOf('Join').length === 1 && conn.roomStreams.length === 1);
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  conn.sendRoomCopy(1n, 3n, [bobJoined]); // ahead of position 2: waits
+  conn.sendRoomCopy(1n, 2n, [m1, bobJoined]); // 2 and 3, 3 again
+  await until('copies delivered in order', () => events.length === 2);
+  stream.write({ Event: m1 }); // position 2, from the stream: already delivered
+  stream.write({ Event: bobJoined }); // 3
+  stream.write({ Event: m2 }); // 4: its copies were lost
+  await until('the stream fills the gap', () => events.length === 3);
+  conn.sendRoomCopy(1n, 4n, [m2, m3]); // 4 late, 5 new
+  conn.sendRoomCopy(7n, 5n, [m3]); // another slot: not this stream's
+  await until('m3 from its copy', () => events.length === 4);
+  stream.write({ Event: m3 });
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.deepEqual(seen(), ['m1', 'joined:bob', 'm2', 'm3'], 'each once, in order');
+
+  await ann.post('fast', 'up');
+  await until('two post copies', () => server.copies.length === 2);
+  for (const copy of server.copies) {
+    assert.equal(copy.kind, 'posts');
+    // Posts are numbered by their order on the control stream: this is the connection's first.
+    assert.equal(copy.first, 1n);
+    const { body } = wire.Request.decode(copy.frames[0]);
+    assert.equal(new TextDecoder().decode(body.Post.body), 'up');
+  }
+  await ann.post('elsewhere', 'plain');
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal(server.copies.length, 2, 'a room not joined redundant: no copies');
 });

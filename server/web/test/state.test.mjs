@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
-  Backoff, ErrorCode, LatestWins, PostQueue, QuiverError, RequestTable, RoomState, clockOffsetUs,
+  Backoff, ErrorCode, LatestWins, Merge, PostQueue, QuiverError, RequestTable, RoomState, clockOffsetUs,
 } from '../quiver/index.js';
 
 const joined = (fields) => ({
@@ -185,4 +185,34 @@ test('clockOffsetUs: the fastest round trip wins', () => {
     { rttUs: 300, clientTimeUs: 8000, serverTimeUs: 0 },
   ]);
   assert.equal(offset, 500);
+});
+
+test('Merge: stream and copies under seeded loss, duplication and reordering give each position once, in order', () => {
+  let state = 5;
+  const random = () => ((state = (state * 1103515245 + 12345) % 2147483648) / 2147483648);
+  for (let run = 0; run < 100; run++) {
+    const n = 100;
+    const loss = [0, 0.1, 0.5, 1][run % 4];
+    const copies = [];
+    for (let p = 0; p < n; p++) for (let k = Math.floor(random() * 4); k > 0; k--) if (random() >= loss) copies.push(p);
+    for (let i = 0; i < copies.length; i++) {
+      const j = Math.min(copies.length - 1, i + Math.floor(random() * 8));
+      [copies[i], copies[j]] = [copies[j], copies[i]];
+    }
+    const merge = new Merge(0n);
+    const out = [];
+    let [stream, copy] = [0, 0];
+    while (stream < n || copy < copies.length) {
+      if (copy === copies.length || (stream < n && random() < 0.3)) {
+        const frame = merge.stream(BigInt(stream), stream);
+        if (frame !== null) out.push(frame);
+        stream++;
+      } else {
+        merge.copy(BigInt(copies[copy]), copies[copy]);
+        copy++;
+      }
+      for (let f = merge.ready(); f !== null; f = merge.ready()) out.push(f);
+    }
+    assert.deepEqual(out, [...Array(n).keys()], `run ${run}`);
+  }
 });

@@ -8,7 +8,8 @@ import { readFileSync, readdirSync } from 'node:fs';
 
 import {
   DEFAULT_MAX_FRAME, FrameReader, PROTOCOL_VERSION, QuiverDecodeError, QuiverEncodeError, VARINT_MAX,
-  decodeFrame, decodeTick, decodeVarint, encodeFrame, encodeTick, encodeVarint, errorCodeName, varintLength, wire,
+  decodeCopy, decodeFrame, decodeTick, decodeVarint, encodeFrame, encodePostCopy, encodeTick, encodeVarint,
+  errorCodeName, isCopy, isProbe, varintLength, wire,
 } from '../quiver/index.js';
 
 const vectorsFile = JSON.parse(readFileSync(new URL('./vectors.json', import.meta.url), 'utf8'));
@@ -341,4 +342,19 @@ test('ticks: header fields, truncation names the field, payload copied out', () 
   assert.equal(tick.payload[0], 9, 'the payload does not alias the datagram');
   const tooLarge = { channel_id: 0, seq: VARINT_MAX + 1n, sent_time_us: 0, payload: new Uint8Array() };
   assert.throws(() => encodeTick(tooLarge), QuiverEncodeError);
+});
+
+test('copy datagrams: a post copy round-trips; malformed copies are QuiverDecodeErrors, never anything else', () => {
+  const frame = encodeFrame(wire.Request, { req_id: 3n, body: { Post: { room: 'r', client_msg_id: 9n, body: new Uint8Array(2) } } });
+  const datagram = encodePostCopy(4n, [frame, frame]);
+  assert.ok(isCopy(datagram) && !isProbe(datagram));
+  const copy = decodeCopy(datagram, DEFAULT_MAX_FRAME);
+  assert.equal(copy.kind, 'posts');
+  assert.equal(copy.first, 4n);
+  assert.deepEqual(copy.frames.map((f) => toHex(f)), [toHex(frame.slice(1)), toHex(frame.slice(1))]);
+  assert.ok(!isCopy(Uint8Array.of(0)), 'the probe');
+  assert.ok(!isCopy(Uint8Array.of(5, 0, 0)), 'a tick');
+  for (const bad of [[5, 0, 0, 1], [0, 2, 1], [0, 0, 1], [0, 1, 1], [0, 1, 1, 3, 1], [0, 1, 1, 0x7f]]) {
+    assert.throws(() => decodeCopy(Uint8Array.from(bad), 16), QuiverDecodeError, `${bad}`);
+  }
 });

@@ -6,6 +6,7 @@ import { ErrorCode, QuiverDecodeError, QuiverError } from '../wire/errors.js';
 import { DEFAULT_MAX_FRAME, FrameReader, encodeFrame } from '../wire/frames.js';
 import { wire } from '../wire/messages.js';
 import { decodeTick, isProbe } from '../wire/ticks.js';
+import { decodeCopy, encodePostCopy, isCopy } from '../wire/copies.js';
 import { RequestTable } from '../state.js';
 
 /** Sent in Hello as the client's software and version. */
@@ -38,7 +39,10 @@ export class Session {
     throw firstError;
   }
 
-  /** Connects and says Hello; resolves once Welcome arrived. `hooks`: onPush, onRoomStream, onTick, onLost. */
+  /**
+   * Connects and says Hello; resolves once Welcome arrived. `hooks`: onPush, onRoomStream, onTick, onRoomCopy,
+   * onLost.
+   */
   static async open(url, options, hooks) {
     const transportOptions = options.certHash
       ? { serverCertificateHashes: [{ algorithm: 'sha-256', value: certHashBytes(options.certHash) }] }
@@ -100,6 +104,11 @@ export class Session {
     /** Subscriptions by their channel id on this connection (BigInt keys). */
     this.channels = new Map();
     this.datagramWriter = null;
+    /** Post requests written so far: post copies name a post by this number (the server counts alike). */
+    this.posts = 0n;
+    /** Rooms whose posts also go as datagram copies (their stream on this session has copies). */
+    this.copyRooms = new Set();
+    this.copyRounds = hooks.copies ?? { copies: 2, spacingMs: 5 };
     this.goAway = null;
     this.closedWhy = null;
     frames.maxFrame = this.maxFrame;
@@ -128,7 +137,24 @@ export class Session {
       this.writer.write(frame).catch((err) => {
         this.lost({ code: ErrorCode.Internal, reason: `control stream: ${err?.message ?? err}` });
       });
+      if (body.Post) {
+        this.posts += 1n;
+        if (this.copyRooms.has(body.Post.room)) this.#copyPost(this.posts, frame);
+      }
     });
+  }
+
+  /** Post `number`'s copies: one datagram a millisecond after the request, the next ones `spacingMs` apart. */
+  #copyPost(number, frame) {
+    const { copies, spacingMs } = this.copyRounds;
+    const datagram = encodePostCopy(number, [frame]);
+    const max = this.maxDatagramSize;
+    if (max !== null && datagram.length > max) return; // the control stream carries it alone
+    for (let round = 0; round < copies; round++) {
+      setTimeout(() => {
+        if (!this.closedWhy) this.sendDatagram(datagram);
+      }, 1 + round * spacingMs);
+    }
   }
 
   /** Sends a datagram without waiting (ticks are never queued behind each other here). */
@@ -214,6 +240,16 @@ export class Session {
         const { done, value } = await datagrams.read();
         if (done) return;
         if (isProbe(value)) continue; // a tail-loss probe: it only elicits an ACK
+        if (isCopy(value)) {
+          let copy;
+          try {
+            copy = decodeCopy(value, this.maxFrame);
+          } catch {
+            continue;
+          }
+          if (copy.kind === 'room') this.hooks.onRoomCopy?.(this, copy);
+          continue;
+        }
         let tick;
         try {
           tick = decodeTick(value);

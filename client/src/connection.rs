@@ -252,8 +252,9 @@ pub(crate) struct Connection<H: Handler> {
     probe: Arc<TailProbe>,
     /// Subscriptions by their channel id on this connection.
     routes: Mutex<HashMap<u64, H::Route>>,
-    /// Post requests written so far (the server numbers them the same way: post copies name them by number).
-    posts: AtomicU64,
+    /// Requests written after Hello so far (the server numbers them the same way: a post copy names its post by its
+    /// number, and the server takes it only once every earlier request was served).
+    requests: AtomicU64,
     /// Rooms whose posts also go as datagram copies (their stream said it has copies), and where the copies wait
     /// for the probe timer.
     copy_rooms: Mutex<HashSet<String>>,
@@ -304,11 +305,11 @@ impl<H: Handler> Connection<H> {
         // The server may open one stream per room it allows (+1 for a room being left and rejoined).
         quic.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(welcome.limits.max_rooms.saturating_add(1)));
         // Post copies go out on the probe timer, in place of the tail probe.
-        let copies = Arc::new(Mutex::new(CopyQueue::new(options.tuning.copies)));
-        let (probing, queued) = (quic.clone(), copies.clone());
-        let (tail_probe, spacing) = (options.tuning.tail_probe.is_some(), options.tuning.copy_spacing);
-        let (probe, probe_task) =
-            TailProbe::new(options.tuning.probe_timer(), move || send_round(&probing, &queued, tail_probe, spacing));
+        let (tuning, timer) = (&options.tuning, options.tuning.probe_timer());
+        let copies = CopyQueue::new(tuning.copies, timer.unwrap_or_default(), tuning.copy_spacing);
+        let copies = Arc::new(Mutex::new(copies));
+        let (probing, queued, tail_probe) = (quic.clone(), copies.clone(), tuning.tail_probe.is_some());
+        let (probe, probe_task) = TailProbe::new(timer, move || send_round(&probing, &queued, tail_probe));
         let connection = Arc::new(Connection {
             id: CONNECTION_IDS.fetch_add(1, Ordering::Relaxed),
             quic: quic.clone(),
@@ -318,7 +319,7 @@ impl<H: Handler> Connection<H> {
             outstanding: Arc::new(Mutex::new(Outstanding::new(1))),
             probe,
             routes: Mutex::default(),
-            posts: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             copy_rooms: Mutex::default(),
             copies,
         });
@@ -344,10 +345,7 @@ impl<H: Handler> Connection<H> {
     ) -> Result<oneshot::Receiver<Result<Reply, RequestError>>, RequestError> {
         let (tx, rx) = oneshot::channel();
         let req_id = lock(&self.outstanding).start(tx).map_err(RequestError::closed)?;
-        let (post, copied) = match &body {
-            RequestBody::Post(post) => (true, lock(&self.copy_rooms).contains(&post.room)),
-            _ => (false, false),
-        };
+        let copied = matches!(&body, RequestBody::Post(post) if lock(&self.copy_rooms).contains(&post.room));
         let frame = match self.codec.encode_to_vec(&Request { req_id, body }) {
             Ok(frame) => frame.freeze(),
             Err(err) => {
@@ -360,20 +358,22 @@ impl<H: Handler> Connection<H> {
             lock(&self.outstanding).abandon(req_id);
             return Err(RequestError::closed(self.close_reason().unwrap_or((ErrorCode::Internal, err.to_string()))));
         }
-        if post {
-            // Numbered in the order written, under the send lock: the server counts them in the same order.
-            let number = self.posts.fetch_add(1, Ordering::Relaxed) + 1;
-            if copied {
-                lock(&self.copies).push(CopyTarget::Posts, number, frame);
-            }
+        // Numbered in the order written, under the send lock: the server counts them in the same order.
+        let number = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if copied {
+            lock(&self.copies).push(CopyTarget::Posts, number, frame, std::time::Instant::now());
         }
         self.probe.sent();
         Ok(rx)
     }
 
-    /// Posts to `room` also go as datagram copies from now on (its stream on this connection has copies).
-    pub(crate) fn copy_posts_to(&self, room: &str) {
-        lock(&self.copy_rooms).insert(room.to_string());
+    /// Posts to `room` also go as datagram copies from now on (its stream on this connection has copies), or
+    /// (`false`: the room was left) no longer.
+    pub(crate) fn copy_posts_to(&self, room: &str, copy: bool) {
+        match copy {
+            true => lock(&self.copy_rooms).insert(room.to_string()),
+            false => lock(&self.copy_rooms).remove(room),
+        };
     }
 
     /// Sends one request and waits for its reply.
@@ -398,17 +398,22 @@ impl<H: Handler> Connection<H> {
     }
 }
 
-/// The probe timer fired: the path's loss so far to `queue`, then a round of the post copies waiting in it, or the tail probe (when `probe`) if there
-/// were none; called again after `spacing` while copies are left. A copy never pushes a tick out of quinn's
+/// The probe timer fired: the path's loss so far to `queue`, then the post copies due in it, or the tail probe (when
+/// `probe`) if there were none; called again when the next copy is due. A copy never pushes a tick out of quinn's
 /// datagram buffer: without room it is skipped (the control stream carries the post anyway).
-fn send_round(quic: &quinn::Connection, queue: &Mutex<CopyQueue>, probe: bool, spacing: Duration) -> Probed {
-    let max = quic.max_datagram_size().unwrap_or(0);
-    let path = quic.stats().path;
-    let (datagrams, more) = {
-        let mut queue = lock(queue);
-        queue.observe(path.sent_packets, path.lost_packets);
-        let datagrams = if queue.is_empty() { Vec::new() } else { queue.take(max) };
-        (datagrams, !queue.is_empty())
+fn send_round(quic: &quinn::Connection, queue: &Mutex<CopyQueue>, probe: bool) -> Probed {
+    let now = std::time::Instant::now();
+    // (Not `match lock(queue).is_empty()`: the guard would live through the match, which locks again.)
+    let empty = lock(queue).is_empty();
+    let (datagrams, next) = match empty {
+        true => (Vec::new(), None),
+        false => {
+            // quinn's statistics take its connection lock: only read when copies wait.
+            let (path, max) = (quic.stats().path, quic.max_datagram_size().unwrap_or(0));
+            let mut queue = lock(queue);
+            queue.observe(path.sent_packets, path.lost_packets);
+            (queue.take(now, max), queue.next_due(now))
+        }
     };
     let mut sent = false;
     for datagram in datagrams {
@@ -424,11 +429,7 @@ fn send_round(quic: &quinn::Connection, queue: &Mutex<CopyQueue>, probe: bool, s
     if !sent && probe && quic.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_err() {
         return Probed::Gone;
     }
-    if more {
-        Probed::Again(spacing)
-    } else {
-        Probed::Sent
-    }
+    next.map_or(Probed::Sent, Probed::Again)
 }
 
 /// Routes tick datagrams to their subscriptions and room copies to the handler; anything undecodable or unknown is

@@ -72,7 +72,8 @@ async fn rtt_measures_every_series_and_sees_the_loss() {
     let gif = quiver_lab::bench::write_plot(&report, "test", &dir.path().join("x.gif")).unwrap_err();
     assert!(matches!(gif, quiver_lab::bench::PlotError::Format { .. }), "{gif:?}");
     let json = serde_json::to_value(&report).unwrap();
-    for key in ["name", "sent", "lost", "stale", "wire_bytes_per_msg", "count", "p50_us", "p99_us", "p999_us", "max_us"] {
+    for key in ["name", "sent", "lost", "stale", "wire_bytes_per_msg", "count", "p50_us", "p99_us", "p999_us", "max_us"]
+    {
         assert!(json["series"][0].get(key).is_some(), "{key} missing: {json}");
     }
 }

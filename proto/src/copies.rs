@@ -13,7 +13,10 @@
 //! its control stream (counting from 1), the next ones consecutive. The stream stays the source of truth: a receiver
 //! takes each position (each post number) once, from whichever path brings it first, and never out of order.
 
-use std::collections::VecDeque;
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -177,6 +180,8 @@ struct Pending {
     position: u64,
     frame: Bytes,
     left: u8,
+    /// When its next copy is due.
+    due: Instant,
 }
 
 /// The chance, per direction, that a frame and every copy of it are lost, that the number of copies is chosen for.
@@ -186,8 +191,10 @@ pub const RESIDUAL_LOSS: f64 = 2.5e-4;
 /// Packets per loss sample: the estimate moves once this many more were sent.
 const LOSS_WINDOW: u64 = 32;
 
-/// One connection's frames waiting for their datagram copies, sans IO: the sender takes a round of datagrams when
-/// its timer fires ([`CopyQueue::take`]) and each frame goes in as many rounds as the path's loss calls for: the
+/// One connection's frames waiting for their datagram copies, sans IO (the caller passes the time): a frame's first
+/// copy is due `first` after it was queued (just after its stream write, so never in the same packet), the next ones
+/// `spacing` apart; the sender takes what is due when its timer fires ([`CopyQueue::take`], then
+/// [`CopyQueue::next_due`]). Each frame goes in as many rounds as the path's loss calls for: the
 /// fewest copies (at least one, at most the configured maximum) for which a frame and all its copies are lost
 /// with a chance below [`RESIDUAL_LOSS`], from the loss the sender observes ([`CopyQueue::observe`]): one copy on a
 /// clean path or at 1 %, two at 2–5 %, three at 10 %. Bounded by [`MAX_PENDING_COPIES`].
@@ -195,6 +202,8 @@ const LOSS_WINDOW: u64 = 32;
 pub struct CopyQueue {
     max_copies: u8,
     copies: u8,
+    first: Duration,
+    spacing: Duration,
     pending: VecDeque<Pending>,
     /// Smoothed fraction of packets lost, and the packet counters at the last sample.
     loss: f64,
@@ -202,9 +211,11 @@ pub struct CopyQueue {
 }
 
 impl CopyQueue {
-    /// A queue sending each frame at most `max_copies` times (0: never).
-    pub fn new(max_copies: u8) -> Self {
-        CopyQueue { max_copies, copies: max_copies.min(1), ..CopyQueue::default() }
+    /// A queue sending each frame at most `max_copies` times (0: never), the first copy `first` after the frame
+    /// was queued, the next ones `spacing` apart (at least 1 ms).
+    pub fn new(max_copies: u8, first: Duration, spacing: Duration) -> Self {
+        let spacing = spacing.max(Duration::from_millis(1));
+        CopyQueue { max_copies, copies: max_copies.min(1), first, spacing, ..CopyQueue::default() }
     }
 
     /// The connection has sent `sent` packets so far, of which `lost` were lost: updates the loss estimate and the
@@ -236,15 +247,20 @@ impl CopyQueue {
         self.loss
     }
 
-    /// Queues `frame` (a whole stream frame) at `position` of `target`.
-    pub fn push(&mut self, target: CopyTarget, position: u64, frame: Bytes) {
+    /// Queues `frame` (a whole stream frame) at `position` of `target`, at `now`.
+    pub fn push(&mut self, target: CopyTarget, position: u64, frame: Bytes, now: Instant) {
         if self.copies == 0 {
             return;
         }
         if self.pending.len() == MAX_PENDING_COPIES {
             self.pending.pop_front();
         }
-        self.pending.push_back(Pending { target, position, frame, left: self.copies });
+        self.pending.push_back(Pending { target, position, frame, left: self.copies, due: now + self.first });
+    }
+
+    /// How long from `now` until the next copy is due (zero when one is due already); `None` when nothing waits.
+    pub fn next_due(&self, now: Instant) -> Option<Duration> {
+        self.pending.iter().map(|p| p.due.saturating_duration_since(now)).min()
     }
 
     /// True when nothing waits.
@@ -252,10 +268,10 @@ impl CopyQueue {
         self.pending.is_empty()
     }
 
-    /// One round: every waiting frame once, in the order queued, consecutive positions of one target packed into
-    /// one datagram of at most `max_size` bytes (and [`MAX_COPY_FRAMES`] frames). A frame that cannot fit a
-    /// datagram on its own is dropped: it goes by the stream only.
-    pub fn take(&mut self, max_size: usize) -> Vec<Bytes> {
+    /// The copies due at `now`, once each, in the order queued, consecutive positions of one target packed into one
+    /// datagram of at most `max_size` bytes (and [`MAX_COPY_FRAMES`] frames); their next copies are due `spacing`
+    /// later. A frame that cannot fit a datagram on its own is dropped: it goes by the stream only.
+    pub fn take(&mut self, now: Instant, max_size: usize) -> Vec<Bytes> {
         let mut out = Vec::new();
         // The datagram being filled: its target, first position, frames and size.
         let mut open: Option<(CopyTarget, u64, Vec<Bytes>, usize)> = None;
@@ -264,11 +280,15 @@ impl CopyQueue {
             CopyTarget::Posts => posts_header_len(first),
         };
         for pending in &mut self.pending {
+            if pending.due > now {
+                continue;
+            }
             if header(pending.target, pending.position) + pending.frame.len() > max_size {
                 pending.left = 0;
                 continue;
             }
             pending.left -= 1;
+            pending.due = now + self.spacing;
             if let Some((target, first, frames, size)) = &mut open {
                 let next = *first + frames.len() as u64;
                 if *target == pending.target
@@ -357,36 +377,49 @@ mod tests {
         assert_eq!(decode(&many), Err(CopyError::FrameCount(MAX_COPY_FRAMES + 1)));
     }
 
+    const MS: Duration = Duration::from_millis(1);
+
+    fn queue(max_copies: u8) -> CopyQueue {
+        CopyQueue::new(max_copies, MS, 5 * MS)
+    }
+
     #[test]
-    fn a_queue_packs_consecutive_frames_and_sends_each_round_then_forgets_them() {
-        let mut queue = CopyQueue::new(2);
+    fn a_queue_packs_consecutive_frames_and_sends_each_copy_when_due_then_forgets_them() {
+        let t0 = Instant::now();
+        let mut queue = queue(2);
         queue.observe(0, 0);
         queue.observe(100, 10); // 10 % loss: two copies
-        queue.push(CopyTarget::Room(1), 5, frame(1));
-        queue.push(CopyTarget::Room(1), 6, frame(2));
-        queue.push(CopyTarget::Posts, 3, frame(3));
-        queue.push(CopyTarget::Room(1), 8, frame(4)); // not consecutive: a datagram of its own
-        queue.push(CopyTarget::Room(2), 1, Bytes::from(vec![0; 2000])); // never fits: stream only
-        let round = |queue: &mut CopyQueue| -> Vec<Copy> {
-            queue.take(1200).iter().map(|d| Copy::decode(d, 4096).unwrap()).collect()
+        queue.push(CopyTarget::Room(1), 5, frame(1), t0);
+        queue.push(CopyTarget::Room(1), 6, frame(2), t0);
+        queue.push(CopyTarget::Posts, 3, frame(3), t0);
+        queue.push(CopyTarget::Room(1), 8, frame(4), t0); // not consecutive: a datagram of its own
+        queue.push(CopyTarget::Room(2), 1, Bytes::from(vec![0; 2000]), t0); // never fits: stream only
+        let round = |queue: &mut CopyQueue, at: Instant| -> Vec<Copy> {
+            queue.take(at, 1200).iter().map(|d| Copy::decode(d, 4096).unwrap()).collect()
         };
-        for _ in 0..2 {
-            let copies = round(&mut queue);
+        assert!(round(&mut queue, t0).is_empty(), "not before the first delay: the stream frame goes alone");
+        assert_eq!(queue.next_due(t0), Some(MS));
+        for at in [t0 + MS, t0 + 6 * MS] {
+            let copies = round(&mut queue, at);
             assert_eq!(copies.len(), 3, "{copies:?}");
             assert!(matches!(&copies[0], Copy::Room { slot: 1, first: 5, frames } if frames.len() == 2));
             assert!(matches!(&copies[1], Copy::Posts { first: 3, frames } if frames.len() == 1));
             assert!(matches!(&copies[2], Copy::Room { slot: 1, first: 8, frames } if frames.len() == 1));
+            if at == t0 + MS {
+                assert!(round(&mut queue, at + 4 * MS).is_empty(), "the next copy waits for the spacing");
+                assert_eq!(queue.next_due(at + 4 * MS), Some(MS));
+            }
         }
-        assert!(queue.is_empty(), "two rounds, then nothing");
-        assert!(round(&mut queue).is_empty());
-        let mut off = CopyQueue::new(0);
-        off.push(CopyTarget::Posts, 1, frame(1));
+        assert!(queue.is_empty(), "two copies, then nothing");
+        assert_eq!(queue.next_due(t0), None);
+        let mut off = self::queue(0);
+        off.push(CopyTarget::Posts, 1, frame(1), t0);
         assert!(off.is_empty(), "copies off: nothing queued");
     }
 
     #[test]
     fn copies_follow_the_observed_loss_up_to_the_maximum() {
-        let mut queue = CopyQueue::new(3);
+        let mut queue = queue(3);
         assert_eq!(queue.copies(), 1, "one copy before anything is known");
         let mut sent = 0;
         let mut lost = 0;
@@ -407,11 +440,13 @@ mod tests {
         assert_eq!(queue.copies(), 3, "10 %");
         feed(&mut queue, 0.40, 30);
         assert_eq!(queue.copies(), 3, "never above the maximum");
-        queue.push(CopyTarget::Posts, 1, frame(1));
-        assert_eq!((0..5).filter(|_| !queue.take(1200).is_empty()).count(), 3, "three rounds");
+        let t0 = Instant::now();
+        queue.push(CopyTarget::Posts, 1, frame(1), t0);
+        let rounds = (1..20).filter(|&ms| !queue.take(t0 + ms * MS, 1200).is_empty()).count();
+        assert_eq!(rounds, 3, "three copies");
         feed(&mut queue, 0.0, 30);
         assert_eq!(queue.copies(), 1, "the path cleared up");
-        let mut two = CopyQueue::new(2);
+        let mut two = self::queue(2);
         two.observe(0, 0);
         two.observe(1000, 100);
         assert_eq!((two.copies(), two.loss()), (2, 0.1), "capped at two");
@@ -419,11 +454,12 @@ mod tests {
 
     #[test]
     fn a_queue_is_bounded_and_splits_at_the_datagram_size() {
-        let mut queue = CopyQueue::new(1);
+        let mut queue = queue(1);
+        let t0 = Instant::now();
         for position in 0..(MAX_PENDING_COPIES as u64 + 10) {
-            queue.push(CopyTarget::Room(0), position, frame(position));
+            queue.push(CopyTarget::Room(0), position, frame(position), t0);
         }
-        let datagrams = queue.take(200);
+        let datagrams = queue.take(t0 + MS, 200);
         let mut next = 10;
         for datagram in &datagrams {
             assert!(datagram.len() <= 200);

@@ -1,8 +1,9 @@
 //! A connection's post copies (redundant delivery, `quiver_proto::copies`), without IO: which copied posts to
 //! sequence now, and what to answer when a post's request arrives on the control stream after its copy was
-//! sequenced. Posts are numbered by their order on the control stream (the client numbers them the same way), and a
-//! copy is taken only when it is the next post not yet handled: a connection's posts are sequenced in the order it
-//! made them, whichever path brings each first, and each exactly once.
+//! sequenced. Requests after Hello are numbered by their order on the control stream (the client numbers them the
+//! same way), a copy names its post by that number, and a copy is taken only when every request before it was
+//! served: a connection's posts are sequenced in the order it made them, after whatever it asked before them (a
+//! Join, a History), whichever path brings each first, and each exactly once.
 
 use std::collections::VecDeque;
 
@@ -12,46 +13,49 @@ use quiver_proto::{ErrorCode, Failure, Post, Reply};
 /// sends copies without the requests cannot make the server hold more.
 pub const MAX_EARLY_POSTS: usize = 64;
 
-/// What the stream's next Post request is.
+/// What the stream's next request is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StreamPost {
-    /// Not handled yet: sequence it as usual.
+    /// Not handled yet: serve it as usual.
     New,
-    /// Its copy was sequenced: answer with this.
+    /// A post whose copy was handled: answer with this.
     Answered(Result<Reply, Failure>),
 }
 
 /// The post-copy state of one connection.
 #[derive(Debug, Default)]
 pub struct PostCopies {
-    /// Post requests read from the control stream so far.
-    stream_posts: u64,
-    /// Every post numbered up to this one was handled (from its request or its copy).
+    /// Requests read from the control stream after Hello so far.
+    stream_requests: u64,
+    /// Every request numbered up to this one was served (from the stream, or a post from its copy).
     handled: u64,
     /// Posts handled from their copy, oldest first, with their outcome, until their request comes.
     early: VecDeque<(u64, Post, Result<Reply, Failure>)>,
 }
 
 impl PostCopies {
-    /// The control stream's next Post request. `Err`: it is not the post its copy said it was (a broken client).
-    pub fn on_stream(&mut self, post: &Post) -> Result<StreamPost, Failure> {
-        self.stream_posts += 1;
-        let number = self.stream_posts;
+    /// The control stream's next request after Hello (`post`: its body, when it is a Post). `Err`: a copy said it was
+    /// another post (a broken client).
+    pub fn on_stream(&mut self, post: Option<&Post>) -> Result<StreamPost, Failure> {
+        self.stream_requests += 1;
+        let number = self.stream_requests;
         if number > self.handled {
             self.handled = number;
             return Ok(StreamPost::New);
         }
-        match self.early.pop_front() {
-            Some((n, copied, outcome)) if n == number && copied == *post => Ok(StreamPost::Answered(outcome)),
+        match (self.early.pop_front(), post) {
+            (Some((n, copied, outcome)), Some(post)) if n == number && copied == *post => {
+                Ok(StreamPost::Answered(outcome))
+            }
             _ => Err(Failure::new(
                 ErrorCode::ProtocolViolation,
-                format!("post {number} on the control stream differs from its datagram copy"),
+                format!("request {number} on the control stream differs from its datagram copy"),
             )),
         }
     }
 
     /// The numbers of a copy's frames (`first`, `first + 1`, ...; `count` of them) to handle now, as indexes into
-    /// its frames: those that are the next posts not handled yet, while the early queue has room.
+    /// its frames: those that are the next requests not served yet, while the early queue has room.
     pub fn due(&self, first: u64, count: usize) -> std::ops::Range<usize> {
         let next = self.handled + 1;
         if first > next {
@@ -62,13 +66,13 @@ impl PostCopies {
         skip..count.min(skip.saturating_add(room))
     }
 
-    /// Post number `handled + 1` was handled from its copy, with `outcome`.
+    /// Request number `handled + 1`, a post, was handled from its copy, with `outcome`.
     pub fn handled_copy(&mut self, post: Post, outcome: Result<Reply, Failure>) {
         self.handled += 1;
         self.early.push_back((self.handled, post, outcome));
     }
 
-    /// The number the next handled post gets.
+    /// The number of the next request to serve.
     pub fn next(&self) -> u64 {
         self.handled + 1
     }
@@ -91,25 +95,30 @@ mod tests {
     #[test]
     fn copies_run_ahead_of_the_stream_in_order_and_each_post_is_handled_once() {
         let mut copies = PostCopies::default();
-        assert_eq!(copies.on_stream(&post(1)), Ok(StreamPost::New));
-        // A copy of posts 1..=3: post 1 came already; 2 and 3 are next.
+        assert_eq!(copies.on_stream(Some(&post(1))), Ok(StreamPost::New));
+        // A copy of requests 1..=3: 1 came already; 2 and 3 are next.
         assert_eq!(copies.due(1, 3), 1..3);
         copies.handled_copy(post(2), posted(20));
         copies.handled_copy(post(3), posted(21));
         assert_eq!(copies.due(2, 2), 2..2, "both handled: nothing again");
-        assert_eq!(copies.due(5, 1), 0..0, "post 4 has not come: 5 waits for the stream");
-        assert_eq!(copies.on_stream(&post(2)), Ok(StreamPost::Answered(posted(20))));
-        assert_eq!(copies.on_stream(&post(3)), Ok(StreamPost::Answered(posted(21))));
-        assert_eq!(copies.on_stream(&post(4)), Ok(StreamPost::New));
+        assert_eq!(copies.due(5, 1), 0..0, "request 4 (a Join, say) has not come: 5 waits for it");
+        assert_eq!(copies.on_stream(Some(&post(2))), Ok(StreamPost::Answered(posted(20))));
+        assert_eq!(copies.on_stream(Some(&post(3))), Ok(StreamPost::Answered(posted(21))));
+        assert_eq!(copies.on_stream(None), Ok(StreamPost::New), "request 4, not a post");
         assert_eq!(copies.next(), 5);
+        assert_eq!(copies.due(5, 1), 0..1, "now 5 may go");
     }
 
     #[test]
     fn a_request_unlike_its_copy_is_a_violation_and_copies_without_requests_are_bounded() {
         let mut copies = PostCopies::default();
         copies.handled_copy(post(1), posted(1));
-        let err = copies.on_stream(&post(9)).unwrap_err();
+        let err = copies.on_stream(Some(&post(9))).unwrap_err();
         assert_eq!(err.code, ErrorCode::ProtocolViolation);
+        let mut copies = PostCopies::default();
+        copies.handled_copy(post(1), posted(1));
+        let err = copies.on_stream(None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ProtocolViolation, "a copy of a post where the stream has a Ping");
 
         let mut copies = PostCopies::default();
         for _ in 0..MAX_EARLY_POSTS {
@@ -118,7 +127,7 @@ mod tests {
             copies.handled_copy(post(copies.next()), posted(0));
         }
         assert_eq!(copies.due(copies.next(), 1), 0..0, "the early queue is full");
-        assert_eq!(copies.on_stream(&post(1)), Ok(StreamPost::Answered(posted(0))));
+        assert_eq!(copies.on_stream(Some(&post(1))), Ok(StreamPost::Answered(posted(0))));
         assert_eq!(copies.due(copies.next(), 1), 0..1, "room again");
     }
 }

@@ -32,6 +32,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/quiver/wire/messages.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/messages.js")),
     ("/quiver/wire/frames.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/frames.js")),
     ("/quiver/wire/ticks.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/ticks.js")),
+    ("/quiver/wire/copies.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/copies.js")),
     ("/style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
 ];
 

@@ -26,7 +26,8 @@ use tokio::sync::Notify;
 pub enum Probed {
     /// Sent (a probe, or copies in its place).
     Sent,
-    /// Sent, and more is due this long from now (the next round of copies), whether or not data is written again.
+    /// Sent, and more is due this long from now (the next round of copies), whether or not data is written again
+    /// (a write before then is still probed `delay` after it).
     Again(Duration),
     /// The connection is gone: the task ends.
     Gone,
@@ -53,18 +54,26 @@ impl TailProbe {
         let probe = Arc::new(TailProbe { wake: Notify::new(), pending: AtomicBool::new(false), enabled: true });
         let waiting = probe.clone();
         let task = async move {
+            // `None`: nothing due until the next write. `Some(after)`: the sender wants another call then; a write
+            // meanwhile still gets its probe `delay` after it.
+            let mut wait: Option<Duration> = None;
             loop {
-                waiting.wake.notified().await;
-                tokio::time::sleep(delay).await;
+                match wait {
+                    None => {
+                        waiting.wake.notified().await;
+                        tokio::time::sleep(delay).await;
+                    }
+                    Some(after) => tokio::select! {
+                        () = tokio::time::sleep(after) => {}
+                        () = waiting.wake.notified() => tokio::time::sleep(delay.min(after)).await,
+                    },
+                }
                 waiting.pending.store(false, Ordering::Release);
-                let mut probed = send();
-                while let Probed::Again(after) = probed {
-                    tokio::time::sleep(after).await;
-                    probed = send();
-                }
-                if probed == Probed::Gone {
-                    return;
-                }
+                wait = match send() {
+                    Probed::Sent => None,
+                    Probed::Again(after) => Some(after),
+                    Probed::Gone => return,
+                };
             }
         };
         (probe, Some(task))

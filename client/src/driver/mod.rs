@@ -326,19 +326,23 @@ impl Driver {
     /// to it, and copy the room's posts on that connection.
     pub(crate) fn copies_opened(&self, connection: usize, slot: u64, entry: &Arc<RoomEntry>, stream: StreamNumber) {
         let mut slots = lock(&self.copy_slots);
-        // Slots of connections that are gone route nothing any more.
+        // Slots of connections that are gone, and the room's older streams, route nothing any more.
         let current = self.current.borrow().as_ref().map(|c| c.id);
-        slots.retain(|(on, _), _| Some(*on) == current);
+        slots.retain(|(on, _), (room, _)| Some(*on) == current && !Arc::ptr_eq(room, entry));
         if current == Some(connection) {
             slots.insert((connection, slot), (entry.clone(), stream));
             if let Some(live) = self.current.borrow().as_ref() {
-                live.copy_posts_to(&entry.name);
+                live.copy_posts_to(&entry.name, true);
             }
         }
     }
 
     pub(crate) async fn leave(&self, room: &str) -> Result<(), RequestError> {
         self.rooms.remove(room);
+        lock(&self.copy_slots).retain(|_, (entry, _)| entry.name != room);
+        if let Some(live) = self.current.borrow().as_ref() {
+            live.copy_posts_to(room, false);
+        }
         match self.request(RequestBody::Leave { room: room.to_string() }).await? {
             Reply::Left { .. } => Ok(()),
             other => Err(RequestError::unexpected(other)),

@@ -65,7 +65,9 @@ impl ClaimTable {
     pub fn lookup(&self, channel_id: u64) -> ClaimLookup {
         match self.claimed.get(&channel_id) {
             Some(channel) => ClaimLookup::Claimed(channel.clone()),
-            None if channel_id < self.allocated => ClaimLookup::NotClaimed,
+            None if (quiver_proto::copies::COPY_CHANNEL + 1..self.allocated).contains(&channel_id) => {
+                ClaimLookup::NotClaimed
+            }
             None => ClaimLookup::Unknown,
         }
     }

@@ -105,12 +105,13 @@ pub(super) async fn serve<R: RoomHub>(
             };
             // Copies of redundant rooms' frames go out on the probe timer, in place of the tail probe.
             let granted = config.tuning.copies > 0;
-            let queue = Arc::new(std::sync::Mutex::new(CopyQueue::new(config.tuning.copies)));
+            let (tuning, timer) = (&config.tuning, config.tuning.probe_timer());
+            let first = timer.unwrap_or_default();
+            let queue = Arc::new(std::sync::Mutex::new(CopyQueue::new(tuning.copies, first, tuning.copy_spacing)));
             let (probing, queued, counted, path) = (conn.clone(), queue.clone(), stats.clone(), quic_conn.clone());
-            let (tail_probe, spacing) = (config.tuning.tail_probe.is_some(), config.tuning.copy_spacing);
-            let (probe, probing) = TailProbe::new(config.tuning.probe_timer(), move || {
-                copies::send_round((&probing, &path), &queued, tail_probe, spacing, &counted)
-            });
+            let tail_probe = tuning.tail_probe.is_some();
+            let (probe, probing) =
+                TailProbe::new(timer, move || copies::send_round((&probing, &path), &queued, tail_probe, &counted));
             // Stopped when the connection's task returns.
             let _probing = probing.map(|task| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task)));
             let _open = Open::new(&stats, session_id, quic_conn, conn.request().is_some());
@@ -291,7 +292,12 @@ async fn control<R: RoomHub>(
                 }
             }
             Some(copy) = async { copied.as_mut()?.recv().await }, if !awaiting_hello => {
-                copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy).await;
+                let flood = copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy);
+                if let Some((code, reason)) = flood.await {
+                    stats.refused(code);
+                    close(conn, code, &reason);
+                    return reason;
+                }
             }
             () = shutdown.cancelled() => return going_away(conn, Some(&mut send)).await,
         }
@@ -410,16 +416,19 @@ fn next_step(
 ) -> Result<Option<Step>, (ErrorCode, String)> {
     let Some(body) = codec.next_frame(inbound).map_err(|e| (e.code(), e.to_string()))? else { return Ok(None) };
     match frame::decode_body::<Request>(&body) {
-        Ok(Request { req_id, body: RequestBody::Post(post) }) if session.identity().is_some() => {
-            match post_copies.on_stream(&post).map_err(|f| (f.code, f.message))? {
-                StreamPost::Answered(result) => Ok(Some(Step::Reply(ServerMsg::Reply { req_id, result }))),
-                StreamPost::New => {
-                    let request = Request { req_id, body: RequestBody::Post(post) };
-                    Ok(Some(match throttle.check(&request, std::time::Instant::now()) {
-                        Some(refusal) => refusal,
-                        None => session.on_request(request, now_us()),
-                    }))
+        Ok(request) if session.identity().is_some() => {
+            let post = match &request.body {
+                RequestBody::Post(post) => Some(post),
+                _ => None,
+            };
+            match post_copies.on_stream(post).map_err(|f| (f.code, f.message))? {
+                StreamPost::Answered(result) => {
+                    Ok(Some(Step::Reply(ServerMsg::Reply { req_id: request.req_id, result })))
                 }
+                StreamPost::New => Ok(Some(match throttle.check(&request, std::time::Instant::now()) {
+                    Some(refusal) => refusal,
+                    None => session.on_request(request, now_us()),
+                })),
             }
         }
         Ok(request) => Ok(Some(match throttle.check(&request, std::time::Instant::now()) {

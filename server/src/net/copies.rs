@@ -2,10 +2,10 @@
 //! fires (in place of the tail probe), and posts sequenced from their copies ahead of their control-stream
 //! requests ([`PostCopies`] decides which).
 
-use std::{sync::Mutex, time::Duration};
+use std::sync::Mutex;
 
 use bytes::Bytes;
-use quiver_proto::{copies::CopyQueue, frame, Request, RequestBody};
+use quiver_proto::{copies::CopyQueue, frame, ErrorCode, Request, RequestBody, ServerMsg};
 use quiver_transport::Probed;
 use web_transport_quinn::{Session, SessionError};
 
@@ -18,22 +18,27 @@ use crate::{
     throttle::ControlThrottle,
 };
 
-/// The probe timer fired: tells `queue` the path's loss so far (`quic`'s counters), sends a round of the copies
-/// waiting in it, or the tail probe (when `probe`) if there were none; asks to be called again after `spacing` while copies are left. A copy never pushes a tick out
-/// of quinn's datagram buffer: without room it is skipped (the stream carries the frame anyway).
+/// The probe timer fired: tells `queue` the path's loss so far (`quic`'s counters), sends the copies due in it, or
+/// the tail probe (when `probe`) if there were none; asks to be called again when the next copy is due. A copy
+/// never pushes a tick out of quinn's datagram buffer: without room it is skipped (the stream carries the frame).
 pub(super) fn send_round(
     (conn, quic): (&Session, &quinn::Connection),
     queue: &Mutex<CopyQueue>,
     probe: bool,
-    spacing: Duration,
     stats: &ServerStats,
 ) -> Probed {
-    let path = quic.stats().path;
-    let (datagrams, more) = {
-        let mut queue = lock(queue);
-        queue.observe(path.sent_packets, path.lost_packets);
-        let datagrams = if queue.is_empty() { Vec::new() } else { queue.take(conn.max_datagram_size()) };
-        (datagrams, !queue.is_empty())
+    let now = std::time::Instant::now();
+    // (Not `match lock(queue).is_empty()`: the guard would live through the match, which locks again.)
+    let empty = lock(queue).is_empty();
+    let (datagrams, next) = match empty {
+        true => (Vec::new(), None),
+        false => {
+            // quinn's statistics take its connection lock: only read when copies wait.
+            let path = quic.stats().path;
+            let mut queue = lock(queue);
+            queue.observe(path.sent_packets, path.lost_packets);
+            (queue.take(now, conn.max_datagram_size()), queue.next_due(now))
+        }
     };
     let mut sent = false;
     for datagram in datagrams {
@@ -52,36 +57,47 @@ pub(super) fn send_round(
     if !sent && probe && conn.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_err() {
         return Probed::Gone;
     }
-    if more {
-        Probed::Again(spacing)
-    } else {
-        Probed::Sent
-    }
+    next.map_or(Probed::Sent, Probed::Again)
 }
 
-/// A post copy (posts numbered from `first`) arrived: sequences those that are the connection's next posts, each
-/// through the same throttle, checks and room hub as its request would go, and records the outcome for the request.
+/// A post copy (requests numbered from `first`) arrived: sequences those that are the connection's next requests,
+/// each through the same checks, throttle and room hub as its request would go (the request is then answered with
+/// the recorded outcome and not charged again). `Some`: close the connection with this code and reason (a flood).
+/// Nothing happens where the server grants no copies.
 pub(super) async fn on_post_copy<R: RoomHub>(
     connection: &mut Connection<R>,
     session: &mut ControlSession,
     throttle: &mut ControlThrottle,
     copies: &mut PostCopies,
     (first, frames): (u64, Vec<Bytes>),
-) {
+) -> Option<(ErrorCode, String)> {
+    if !connection.grants_copies() {
+        return None;
+    }
     for index in copies.due(first, frames.len()) {
-        let Ok(request) = frame::decode_body::<Request>(&frames[index]) else { return };
-        let RequestBody::Post(post) = &request.body else { return };
+        let Ok(request) = frame::decode_body::<Request>(&frames[index]) else { return None };
+        let RequestBody::Post(post) = &request.body else { return None };
         let post = post.clone();
-        // Refused or throttled: the request decides, as if the copy had been lost.
-        if throttle.check(&request, std::time::Instant::now()).is_some() {
-            return;
-        }
-        let Step::Room { identity, request: RoomRequest::Post(checked), .. } = session.on_request(request, now_us())
-        else {
-            return;
+        let outcome = match session.on_request(request.clone(), now_us()) {
+            Step::Room { identity, request: RoomRequest::Post(checked), .. } => {
+                match throttle.check(&request, std::time::Instant::now()) {
+                    None => {
+                        let outcome = connection.room(&identity, RoomRequest::Post(checked), now_us()).await;
+                        if outcome.is_ok() {
+                            bump(&connection.stats().post_copies_used);
+                        }
+                        outcome
+                    }
+                    Some(Step::Reply(ServerMsg::Reply { result, .. })) => result,
+                    Some(Step::ReplyAndClose(_, code, reason)) => return Some((code, reason)),
+                    Some(_) => return None,
+                }
+            }
+            // Refused by the session's checks (rights, sizes): the request gets the same answer.
+            Step::Reply(ServerMsg::Reply { result, .. }) => result,
+            _ => return None,
         };
-        let outcome = connection.room(&identity, RoomRequest::Post(checked), now_us()).await;
-        bump(&connection.stats().post_copies_used);
         copies.handled_copy(post, outcome);
     }
+    None
 }

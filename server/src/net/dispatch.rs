@@ -89,6 +89,11 @@ impl<R: RoomHub> Connection<R> {
         }
     }
 
+    /// True when this connection's redundant joins get copies (`transport.copies` above 0).
+    pub(super) fn grants_copies(&self) -> bool {
+        self.copies.is_some()
+    }
+
     /// The server's counters.
     pub(super) fn stats(&self) -> &ServerStats {
         &self.stats

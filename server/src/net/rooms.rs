@@ -193,7 +193,8 @@ impl Outbox for StreamOutbox {
             }
             None => {
                 if let Some(copies) = &self.copies {
-                    lock(&copies.queue).push(CopyTarget::Room(copies.slot), queue.position, frame.clone());
+                    let (slot, now) = (CopyTarget::Room(copies.slot), std::time::Instant::now());
+                    lock(&copies.queue).push(slot, queue.position, frame.clone(), now);
                 }
                 queue.position += 1;
                 queue.bytes += frame.len();

@@ -61,8 +61,7 @@ export class QuiverClient {
     return client;
   }
 
-  /** Use `QuiverClient.connect`. */
-  constructor(url, options = {}) {
+  constructor(url, options = {}) { // use `QuiverClient.connect`
     this.#urls = Array.isArray(url) ? [...url] : [url];
     if (this.#urls.length === 0) throw new Error('no server URL given');
     this.#options = {
@@ -116,6 +115,7 @@ export class QuiverClient {
     const name = typeof room === 'string' ? room : room.name;
     this.#rooms.delete(name);
     const session = await this.#live();
+    session.copyRooms.delete(name);
     expectReply(await session.request({ Leave: { room: name } }), 'Left');
   }
 

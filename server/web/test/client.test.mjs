@@ -819,8 +819,8 @@ test('redundant rooms: stream and copies merge into one order, each event once; 
   await until('two post copies', () => server.copies.length === 2);
   for (const copy of server.copies) {
     assert.equal(copy.kind, 'posts');
-    // Posts are numbered by their order on the control stream: this is the connection's first.
-    assert.equal(copy.first, 1n);
+    // Requests after Hello are numbered in the order written: five Pings, the Join, then this post.
+    assert.equal(copy.first, 7n);
     const { body } = wire.Request.decode(copy.frames[0]);
     assert.equal(new TextDecoder().decode(body.Post.body), 'up');
   }

@@ -104,8 +104,8 @@ export class Session {
     /** Subscriptions by their channel id on this connection (BigInt keys). */
     this.channels = new Map();
     this.datagramWriter = null;
-    /** Post requests written so far: post copies name a post by this number (the server counts alike). */
-    this.posts = 0n;
+    /** Requests written after Hello so far: a post copy names its post by this number (the server counts alike). */
+    this.written = 0n;
     /** Rooms whose posts also go as datagram copies (their stream on this session has copies). */
     this.copyRooms = new Set();
     this.copyRounds = hooks.copies ?? { copies: 2, spacingMs: 5 };
@@ -137,10 +137,8 @@ export class Session {
       this.writer.write(frame).catch((err) => {
         this.lost({ code: ErrorCode.Internal, reason: `control stream: ${err?.message ?? err}` });
       });
-      if (body.Post) {
-        this.posts += 1n;
-        if (this.copyRooms.has(body.Post.room)) this.#copyPost(this.posts, frame);
-      }
+      this.written += 1n;
+      if (body.Post && this.copyRooms.has(body.Post.room)) this.#copyPost(this.written, frame);
     });
   }
 

@@ -306,7 +306,8 @@ impl<H: Handler> Connection<H> {
         quic.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(welcome.limits.max_rooms.saturating_add(1)));
         // Post copies go out on the probe timer, in place of the tail probe.
         let (tuning, timer) = (&options.tuning, options.tuning.probe_timer());
-        let copies = CopyQueue::new(tuning.copies, timer.unwrap_or_default(), tuning.copy_spacing);
+        // The first copies go right after the request's packet (`TailProbe::sent_with_copies`).
+        let copies = CopyQueue::new(tuning.copies, Duration::ZERO, tuning.copy_spacing);
         let copies = Arc::new(Mutex::new(copies));
         let (probing, queued, tail_probe) = (quic.clone(), copies.clone(), tuning.tail_probe.is_some());
         let (probe, probe_task) = TailProbe::new(timer, move || send_round(&probing, &queued, tail_probe));
@@ -362,8 +363,10 @@ impl<H: Handler> Connection<H> {
         let number = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if copied {
             lock(&self.copies).push(CopyTarget::Posts, number, frame, std::time::Instant::now());
+            self.probe.sent_with_copies();
+        } else {
+            self.probe.sent();
         }
-        self.probe.sent();
         Ok(rx)
     }
 

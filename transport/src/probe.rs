@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 
 /// What the sender did when the probe fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,8 @@ pub struct TailProbe {
     wake: Notify,
     /// A probe is scheduled and not sent yet: later writes are covered by it.
     pending: AtomicBool,
+    /// Copies of what was just written wait: call the sender as soon as the transport had its turn.
+    early: AtomicBool,
     enabled: bool,
 }
 
@@ -51,27 +53,43 @@ impl TailProbe {
         send: impl Fn() -> Probed + Send + 'static,
     ) -> (Arc<TailProbe>, Option<impl Future<Output = ()> + Send + 'static>) {
         let Some(delay) = delay else { return (Arc::new(TailProbe::default()), None) };
-        let probe = Arc::new(TailProbe { wake: Notify::new(), pending: AtomicBool::new(false), enabled: true });
+        let probe = Arc::new(TailProbe {
+            wake: Notify::new(),
+            pending: AtomicBool::new(false),
+            early: AtomicBool::new(false),
+            enabled: true,
+        });
         let waiting = probe.clone();
         let task = async move {
-            // `None`: nothing due until the next write. `Some(after)`: the sender wants another call then; a write
-            // meanwhile still gets its probe `delay` after it.
-            let mut wait: Option<Duration> = None;
+            // When the sender is to be called next: `delay` after a write, or when it asked to be called again.
+            let mut deadline: Option<Instant> = None;
             loop {
-                match wait {
+                let woken_by_write = match deadline {
                     None => {
                         waiting.wake.notified().await;
-                        tokio::time::sleep(delay).await;
+                        true
                     }
-                    Some(after) => tokio::select! {
-                        () = tokio::time::sleep(after) => {}
-                        () = waiting.wake.notified() => tokio::time::sleep(delay.min(after)).await,
+                    Some(at) => tokio::select! {
+                        () = tokio::time::sleep_until(at) => false,
+                        () = waiting.wake.notified() => true,
                     },
+                };
+                if woken_by_write {
+                    if waiting.early.swap(false, Ordering::AcqRel) {
+                        // Two turns of the scheduler: the connection's driver, woken by the write before this
+                        // task, sends the data first, so the copies go in packets of their own.
+                        tokio::task::yield_now().await;
+                        tokio::task::yield_now().await;
+                    } else {
+                        let at = Instant::now() + delay;
+                        deadline = Some(deadline.map_or(at, |d| d.min(at)));
+                        continue;
+                    }
                 }
                 waiting.pending.store(false, Ordering::Release);
-                wait = match send() {
+                deadline = match send() {
                     Probed::Sent => None,
-                    Probed::Again(after) => Some(after),
+                    Probed::Again(after) => Some(Instant::now() + after),
                     Probed::Gone => return,
                 };
             }
@@ -82,6 +100,16 @@ impl TailProbe {
     /// Reliable data was just written.
     pub fn sent(&self) {
         if self.enabled && !self.pending.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Reliable data was just written and copies of it wait ([`Probed`]): the sender is called as soon as the
+    /// transport has had its turn to send the data, not `delay` later (a copy elicits the ACK a probe would).
+    pub fn sent_with_copies(&self) {
+        if self.enabled {
+            self.pending.store(true, Ordering::Release);
+            self.early.store(true, Ordering::Release);
             self.wake.notify_one();
         }
     }
@@ -135,6 +163,27 @@ mod tests {
         assert_eq!(count.load(Ordering::Relaxed), 2, "again after 5 ms");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(count.load(Ordering::Relaxed), 3, "and once more, then it waits for a write");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_with_copies_call_the_sender_at_once_and_plain_writes_after_the_delay() {
+        let count = Arc::new(AtomicU32::new(0));
+        let counted = count.clone();
+        let (probe, task) = TailProbe::new(Some(Duration::from_millis(1)), move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Probed::Sent
+        });
+        tokio::spawn(task.unwrap());
+        probe.sent_with_copies();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(count.load(Ordering::Relaxed), 1, "no timer: called after the transport's turn");
+        probe.sent();
+        tokio::task::yield_now().await;
+        assert_eq!(count.load(Ordering::Relaxed), 1, "a plain write waits for the delay");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(count.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -106,8 +106,9 @@ pub(super) async fn serve<R: RoomHub>(
             // Copies of redundant rooms' frames go out on the probe timer, in place of the tail probe.
             let granted = config.tuning.copies > 0;
             let (tuning, timer) = (&config.tuning, config.tuning.probe_timer());
-            let first = timer.unwrap_or_default();
-            let queue = Arc::new(std::sync::Mutex::new(CopyQueue::new(tuning.copies, first, tuning.copy_spacing)));
+            // The first copies go right after the stream write's packet (`TailProbe::sent_with_copies`).
+            let queue = CopyQueue::new(tuning.copies, Duration::ZERO, tuning.copy_spacing);
+            let queue = Arc::new(std::sync::Mutex::new(queue));
             let (probing, queued, counted, path) = (conn.clone(), queue.clone(), stats.clone(), quic_conn.clone());
             let tail_probe = tuning.tail_probe.is_some();
             let (probe, probing) =

@@ -131,6 +131,15 @@ impl StreamOutbox {
         })
     }
 
+    /// Frames were written: the tail probe, or (a redundant stream) their first copies, right after the write's
+    /// packet.
+    fn probed(&self) {
+        match self.copies {
+            Some(_) => self.probe.sent_with_copies(),
+            None => self.probe.sent(),
+        }
+    }
+
     /// No more frames: the pump finishes the stream once the queue is written.
     pub(crate) fn close(&self) {
         lock(&self.queue).closed = true;
@@ -282,7 +291,7 @@ impl Outbox for StreamOutbox {
             let (written, rest) = write_now(&mut send, frames);
             dequeued(&self.stats, written);
             if written > 0 {
-                self.probe.sent();
+                self.probed();
             }
             let mut queue = lock(&self.queue);
             queue.send = Some(send);
@@ -387,7 +396,7 @@ pub(crate) async fn pump(
                         }
                     }
                 }
-                outbox.probe.sent();
+                outbox.probed();
                 // What is left after an overflow goes with the reset.
                 dequeued(&stats, batch.iter().map(Bytes::len).sum());
                 batch.clear();

@@ -1,6 +1,6 @@
-//! The five series that take Quiver's round trip apart layer by layer: a raw UDP echo, bare quinn's datagram and
+//! The six series that take Quiver's round trip apart layer by layer: a raw UDP echo, bare quinn's datagram and
 //! stream echoes (its default transport settings), and Quiver's datagram and stream paths, each compared with the
-//! quinn echo it is built on.
+//! quinn echo it is built on; and the room path with redundant delivery, compared with the path's own datagram echo.
 
 use std::{
     net::SocketAddr,

@@ -55,7 +55,7 @@ pub struct RttConfig {
     pub token: Option<TokenProvider>,
     /// Transport settings of the in-process Quiver server and the Quiver clients (the baselines keep quinn's).
     pub tuning: TransportTuning,
-    /// Run the head-to-head with WebSocket over TCP instead of the five series: ticks at `rate` and chat at
+    /// Run the head-to-head with WebSocket over TCP instead of the six series: ticks at `rate` and chat at
     /// `chat_rate` per sender, on one Quiver connection and on one WebSocket connection. TCP cannot pass the UDP
     /// relay, so an impaired head-to-head needs `netns`.
     pub compare_websocket: bool,

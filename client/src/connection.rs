@@ -362,7 +362,7 @@ impl<H: Handler> Connection<H> {
         // Numbered in the order written, under the send lock: the server counts them in the same order.
         let number = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if copied {
-            lock(&self.copies).push(CopyTarget::Posts, number, frame, std::time::Instant::now());
+            lock(&self.copies).push(CopyTarget::Posts, number, frame, Some(std::time::Instant::now()));
             self.probe.sent_with_copies();
         } else {
             self.probe.sent();

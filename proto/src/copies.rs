@@ -180,8 +180,8 @@ struct Pending {
     position: u64,
     frame: Bytes,
     left: u8,
-    /// When its next copy is due.
-    due: Instant,
+    /// When its next copy is due; `None`: held until [`CopyQueue::release`] (its frame is not written yet).
+    due: Option<Instant>,
 }
 
 /// The chance, per direction, that a frame and every copy of it are lost, that the number of copies is chosen for.
@@ -247,20 +247,31 @@ impl CopyQueue {
         self.loss
     }
 
-    /// Queues `frame` (a whole stream frame) at `position` of `target`, at `now`.
-    pub fn push(&mut self, target: CopyTarget, position: u64, frame: Bytes, now: Instant) {
+    /// Queues `frame` (a whole stream frame) at `position` of `target`, written at `written` (its first copy is due
+    /// `first` later), or not written yet (`None`: held until [`CopyQueue::release`], so that no copy leaves before
+    /// its frame, or in the frame's packet).
+    pub fn push(&mut self, target: CopyTarget, position: u64, frame: Bytes, written: Option<Instant>) {
         if self.copies == 0 {
             return;
         }
         if self.pending.len() == MAX_PENDING_COPIES {
             self.pending.pop_front();
         }
-        self.pending.push_back(Pending { target, position, frame, left: self.copies, due: now + self.first });
+        let due = written.map(|at| at + self.first);
+        self.pending.push_back(Pending { target, position, frame, left: self.copies, due });
     }
 
-    /// How long from `now` until the next copy is due (zero when one is due already); `None` when nothing waits.
+    /// `target`'s held frames were written at `now`: their first copies are due `first` later.
+    pub fn release(&mut self, target: CopyTarget, now: Instant) {
+        for pending in self.pending.iter_mut().filter(|p| p.target == target && p.due.is_none()) {
+            pending.due = Some(now + self.first);
+        }
+    }
+
+    /// How long from `now` until the next copy is due (zero when one is due already); `None` when nothing is due
+    /// (held frames are not).
     pub fn next_due(&self, now: Instant) -> Option<Duration> {
-        self.pending.iter().map(|p| p.due.saturating_duration_since(now)).min()
+        self.pending.iter().filter_map(|p| p.due).map(|due| due.saturating_duration_since(now)).min()
     }
 
     /// True when nothing waits.
@@ -280,7 +291,7 @@ impl CopyQueue {
             CopyTarget::Posts => posts_header_len(first),
         };
         for pending in &mut self.pending {
-            if pending.due > now {
+            if pending.due.is_none_or(|due| due > now) {
                 continue;
             }
             if header(pending.target, pending.position) + pending.frame.len() > max_size {
@@ -288,7 +299,7 @@ impl CopyQueue {
                 continue;
             }
             pending.left -= 1;
-            pending.due = now + self.spacing;
+            pending.due = Some(now + self.spacing);
             if let Some((target, first, frames, size)) = &mut open {
                 let next = *first + frames.len() as u64;
                 if *target == pending.target
@@ -389,11 +400,11 @@ mod tests {
         let mut queue = queue(2);
         queue.observe(0, 0);
         queue.observe(100, 10); // 10 % loss: two copies
-        queue.push(CopyTarget::Room(1), 5, frame(1), t0);
-        queue.push(CopyTarget::Room(1), 6, frame(2), t0);
-        queue.push(CopyTarget::Posts, 3, frame(3), t0);
-        queue.push(CopyTarget::Room(1), 8, frame(4), t0); // not consecutive: a datagram of its own
-        queue.push(CopyTarget::Room(2), 1, Bytes::from(vec![0; 2000]), t0); // never fits: stream only
+        queue.push(CopyTarget::Room(1), 5, frame(1), Some(t0));
+        queue.push(CopyTarget::Room(1), 6, frame(2), Some(t0));
+        queue.push(CopyTarget::Posts, 3, frame(3), Some(t0));
+        queue.push(CopyTarget::Room(1), 8, frame(4), Some(t0)); // not consecutive: a datagram of its own
+        queue.push(CopyTarget::Room(2), 1, Bytes::from(vec![0; 2000]), Some(t0)); // never fits: stream only
         let round = |queue: &mut CopyQueue, at: Instant| -> Vec<Copy> {
             queue.take(at, 1200).iter().map(|d| Copy::decode(d, 4096).unwrap()).collect()
         };
@@ -413,8 +424,24 @@ mod tests {
         assert!(queue.is_empty(), "two copies, then nothing");
         assert_eq!(queue.next_due(t0), None);
         let mut off = self::queue(0);
-        off.push(CopyTarget::Posts, 1, frame(1), t0);
+        off.push(CopyTarget::Posts, 1, frame(1), Some(t0));
         assert!(off.is_empty(), "copies off: nothing queued");
+    }
+
+    #[test]
+    fn a_held_frame_is_copied_only_once_released() {
+        let t0 = Instant::now();
+        let mut queue = queue(1);
+        queue.push(CopyTarget::Room(4), 2, frame(1), None);
+        queue.push(CopyTarget::Room(5), 2, frame(2), None);
+        assert!(queue.take(t0 + 10 * MS, 1200).is_empty(), "not written yet");
+        assert_eq!(queue.next_due(t0), None);
+        queue.release(CopyTarget::Room(4), t0);
+        assert_eq!(queue.next_due(t0), Some(MS));
+        let copies = queue.take(t0 + MS, 1200);
+        assert_eq!(copies.len(), 1);
+        assert!(matches!(Copy::decode(&copies[0], 4096), Ok(Copy::Room { slot: 4, .. })));
+        assert!(!queue.is_empty(), "slot 5 still held");
     }
 
     #[test]
@@ -441,7 +468,7 @@ mod tests {
         feed(&mut queue, 0.40, 30);
         assert_eq!(queue.copies(), 3, "never above the maximum");
         let t0 = Instant::now();
-        queue.push(CopyTarget::Posts, 1, frame(1), t0);
+        queue.push(CopyTarget::Posts, 1, frame(1), Some(t0));
         let rounds = (1..20).filter(|&ms| !queue.take(t0 + ms * MS, 1200).is_empty()).count();
         assert_eq!(rounds, 3, "three copies");
         feed(&mut queue, 0.0, 30);
@@ -457,7 +484,7 @@ mod tests {
         let mut queue = queue(1);
         let t0 = Instant::now();
         for position in 0..(MAX_PENDING_COPIES as u64 + 10) {
-            queue.push(CopyTarget::Room(0), position, frame(position), t0);
+            queue.push(CopyTarget::Room(0), position, frame(position), Some(t0));
         }
         let datagrams = queue.take(t0 + MS, 200);
         let mut next = 10;

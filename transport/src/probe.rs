@@ -75,7 +75,7 @@ impl TailProbe {
                     },
                 };
                 if woken_by_write {
-                    if waiting.early.swap(false, Ordering::AcqRel) {
+                    if waiting.early.load(Ordering::Acquire) {
                         // Two turns of the scheduler: the connection's driver, woken by the write before this
                         // task, sends the data first, so the copies go in packets of their own.
                         tokio::task::yield_now().await;
@@ -87,6 +87,8 @@ impl TailProbe {
                     }
                 }
                 waiting.pending.store(false, Ordering::Release);
+                // Copies of a write from here on need another wake-up (this call may not see them).
+                waiting.early.store(false, Ordering::Release);
                 deadline = match send() {
                     Probed::Sent => None,
                     Probed::Again(after) => Some(Instant::now() + after),
@@ -109,8 +111,9 @@ impl TailProbe {
     pub fn sent_with_copies(&self) {
         if self.enabled {
             self.pending.store(true, Ordering::Release);
-            self.early.store(true, Ordering::Release);
-            self.wake.notify_one();
+            if !self.early.swap(true, Ordering::AcqRel) {
+                self.wake.notify_one();
+            }
         }
     }
 }
@@ -121,15 +124,19 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn one_probe_per_burst_after_the_delay() {
+    /// A probe with a 1 ms delay whose sender counts its calls and answers with `answer(call number)`.
+    fn counting(answer: fn(u32) -> Probed) -> (Arc<TailProbe>, Arc<AtomicU32>) {
         let count = Arc::new(AtomicU32::new(0));
         let counted = count.clone();
-        let (probe, task) = TailProbe::new(Some(Duration::from_millis(1)), move || {
-            counted.fetch_add(1, Ordering::Relaxed);
-            Probed::Sent
-        });
+        let (probe, task) =
+            TailProbe::new(Some(Duration::from_millis(1)), move || answer(counted.fetch_add(1, Ordering::Relaxed)));
         tokio::spawn(task.unwrap());
+        (probe, count)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_probe_per_burst_after_the_delay() {
+        let (probe, count) = counting(|_| Probed::Sent);
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(count.load(Ordering::Relaxed), 0, "no writes, no probes");
         for _ in 0..5 {
@@ -148,14 +155,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_sender_with_more_due_is_called_again_without_a_write() {
-        let count = Arc::new(AtomicU32::new(0));
-        let counted = count.clone();
-        let (probe, task) =
-            TailProbe::new(Some(Duration::from_millis(1)), move || match counted.fetch_add(1, Ordering::Relaxed) {
-                0 | 1 => Probed::Again(Duration::from_millis(5)),
-                _ => Probed::Sent,
-            });
-        tokio::spawn(task.unwrap());
+        let (probe, count) = counting(|call| match call {
+            0 | 1 => Probed::Again(Duration::from_millis(5)),
+            _ => Probed::Sent,
+        });
         probe.sent();
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert_eq!(count.load(Ordering::Relaxed), 1);
@@ -167,13 +170,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn writes_with_copies_call_the_sender_at_once_and_plain_writes_after_the_delay() {
-        let count = Arc::new(AtomicU32::new(0));
-        let counted = count.clone();
-        let (probe, task) = TailProbe::new(Some(Duration::from_millis(1)), move || {
-            counted.fetch_add(1, Ordering::Relaxed);
-            Probed::Sent
-        });
-        tokio::spawn(task.unwrap());
+        let (probe, count) = counting(|_| Probed::Sent);
         probe.sent_with_copies();
         for _ in 0..10 {
             tokio::task::yield_now().await;

@@ -325,6 +325,9 @@ impl Driver {
     /// Stream `stream` of `entry`'s room, on connection `connection`, has datagram copies with `slot`: route them
     /// to it, and copy the room's posts on that connection.
     pub(crate) fn copies_opened(&self, connection: usize, slot: u64, entry: &Arc<RoomEntry>, stream: StreamNumber) {
+        if !lock(&entry.state).is_current(stream) {
+            return; // an older stream of the room, read late: the newer one's slot stays
+        }
         let mut slots = lock(&self.copy_slots);
         // Slots of connections that are gone, and the room's older streams, route nothing any more.
         let current = self.current.borrow().as_ref().map(|c| c.id);

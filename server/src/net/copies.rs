@@ -61,8 +61,8 @@ pub(super) fn send_round(
 }
 
 /// A post copy (requests numbered from `first`) arrived: sequences those that are the connection's next requests,
-/// each through the same checks, throttle and room hub as its request would go (the request is then answered with
-/// the recorded outcome and not charged again). `Some`: close the connection with this code and reason (a flood).
+/// each through the same throttle, checks and room hub as its request would go (the request is then answered with
+/// the recorded outcome, refusals included, and not charged again). `Some`: close the connection with this code and reason (a flood).
 /// Nothing happens where the server grants no copies.
 pub(super) async fn on_post_copy<R: RoomHub>(
     connection: &mut Connection<R>,
@@ -78,24 +78,23 @@ pub(super) async fn on_post_copy<R: RoomHub>(
         let Ok(request) = frame::decode_body::<Request>(&frames[index]) else { return None };
         let RequestBody::Post(post) = &request.body else { return None };
         let post = post.clone();
-        let outcome = match session.on_request(request.clone(), now_us()) {
-            Step::Room { identity, request: RoomRequest::Post(checked), .. } => {
-                match throttle.check(&request, std::time::Instant::now()) {
-                    None => {
-                        let outcome = connection.room(&identity, RoomRequest::Post(checked), now_us()).await;
-                        if outcome.is_ok() {
-                            bump(&connection.stats().post_copies_used);
-                        }
-                        outcome
+        // The same order as a request's (`next_step`): the throttle, then the session's checks.
+        let outcome = match throttle.check(&request, std::time::Instant::now()) {
+            Some(Step::Reply(ServerMsg::Reply { result, .. })) => result,
+            Some(Step::ReplyAndClose(_, code, reason)) => return Some((code, reason)),
+            Some(_) => return None,
+            None => match session.on_request(request, now_us()) {
+                Step::Room { identity, request: RoomRequest::Post(checked), .. } => {
+                    let outcome = connection.room(&identity, RoomRequest::Post(checked), now_us()).await;
+                    if outcome.is_ok() {
+                        bump(&connection.stats().post_copies_used);
                     }
-                    Some(Step::Reply(ServerMsg::Reply { result, .. })) => result,
-                    Some(Step::ReplyAndClose(_, code, reason)) => return Some((code, reason)),
-                    Some(_) => return None,
+                    outcome
                 }
-            }
-            // Refused by the session's checks (rights, sizes): the request gets the same answer.
-            Step::Reply(ServerMsg::Reply { result, .. }) => result,
-            _ => return None,
+                // Refused by the session's checks (rights, sizes): the request gets the same answer.
+                Step::Reply(ServerMsg::Reply { result, .. }) => result,
+                _ => return None,
+            },
         };
         copies.handled_copy(post, outcome);
     }

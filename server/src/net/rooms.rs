@@ -134,8 +134,11 @@ impl StreamOutbox {
     /// Frames were written: the tail probe, or (a redundant stream) their first copies, right after the write's
     /// packet.
     fn probed(&self) {
-        match self.copies {
-            Some(_) => self.probe.sent_with_copies(),
+        match &self.copies {
+            Some(copies) => {
+                lock(&copies.queue).release(CopyTarget::Room(copies.slot), std::time::Instant::now());
+                self.probe.sent_with_copies();
+            }
             None => self.probe.sent(),
         }
     }
@@ -202,8 +205,8 @@ impl Outbox for StreamOutbox {
             }
             None => {
                 if let Some(copies) = &self.copies {
-                    let (slot, now) = (CopyTarget::Room(copies.slot), std::time::Instant::now());
-                    lock(&copies.queue).push(slot, queue.position, frame.clone(), now);
+                    // Held until written: a copy never leaves before its frame, nor in the frame's packet.
+                    lock(&copies.queue).push(CopyTarget::Room(copies.slot), queue.position, frame.clone(), None);
                 }
                 queue.position += 1;
                 queue.bytes += frame.len();

@@ -17,7 +17,7 @@ use quiver_proto::{
     copies::{self, Copy, CopyQueue, CopyTarget},
     ErrorCode, FrameCodec, Hello, Reply, Request, RequestBody, ServerMsg, TickHeader, Welcome, ALPN_QUIVER,
 };
-use quiver_transport::{close::describe, Probed, TailProbe};
+use quiver_transport::{close::describe, TailProbe};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
@@ -310,7 +310,8 @@ impl<H: Handler> Connection<H> {
         let copies = CopyQueue::new(tuning.copies, Duration::ZERO, tuning.copy_spacing);
         let copies = Arc::new(Mutex::new(copies));
         let (probing, queued, tail_probe) = (quic.clone(), copies.clone(), tuning.tail_probe.is_some());
-        let (probe, probe_task) = TailProbe::new(timer, move || send_round(&probing, &queued, tail_probe));
+        let (probe, probe_task) =
+            TailProbe::new(timer, move || crate::copies::send_round(&probing, &queued, tail_probe));
         let connection = Arc::new(Connection {
             id: CONNECTION_IDS.fetch_add(1, Ordering::Relaxed),
             quic: quic.clone(),
@@ -399,40 +400,6 @@ impl<H: Handler> Connection<H> {
     pub(crate) fn close_reason(&self) -> Option<(ErrorCode, String)> {
         self.quic.close_reason().map(|e| describe(&e))
     }
-}
-
-/// The probe timer fired: the path's loss so far to `queue`, then the post copies due in it, or the tail probe (when
-/// `probe`) if there were none; called again when the next copy is due. A copy never pushes a tick out of quinn's
-/// datagram buffer: without room it is skipped (the control stream carries the post anyway).
-fn send_round(quic: &quinn::Connection, queue: &Mutex<CopyQueue>, probe: bool) -> Probed {
-    let now = std::time::Instant::now();
-    // (Not `match lock(queue).is_empty()`: the guard would live through the match, which locks again.)
-    let empty = lock(queue).is_empty();
-    let (datagrams, next) = match empty {
-        true => (Vec::new(), None),
-        false => {
-            // quinn's statistics take its connection lock: only read when copies wait.
-            let (path, max) = (quic.stats().path, quic.max_datagram_size().unwrap_or(0));
-            let mut queue = lock(queue);
-            queue.observe(path.sent_packets, path.lost_packets);
-            (queue.take(now, max), queue.next_due(now))
-        }
-    };
-    let mut sent = false;
-    for datagram in datagrams {
-        if quic.datagram_send_buffer_space() < datagram.len() {
-            continue;
-        }
-        match quic.send_datagram(datagram) {
-            Ok(()) => sent = true,
-            Err(quinn::SendDatagramError::TooLarge) => {}
-            Err(_) => return Probed::Gone,
-        }
-    }
-    if !sent && probe && quic.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_err() {
-        return Probed::Gone;
-    }
-    next.map_or(Probed::Sent, Probed::Again)
 }
 
 /// Routes tick datagrams to their subscriptions and room copies to the handler; anything undecodable or unknown is

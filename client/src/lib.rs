@@ -30,6 +30,7 @@
 mod client;
 mod clock;
 mod connection;
+mod copies;
 mod driver;
 mod error;
 pub mod latency;

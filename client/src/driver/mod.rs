@@ -322,24 +322,6 @@ impl Driver {
         }
     }
 
-    /// Stream `stream` of `entry`'s room, on connection `connection`, has datagram copies with `slot`: route them
-    /// to it, and copy the room's posts on that connection.
-    pub(crate) fn copies_opened(&self, connection: usize, slot: u64, entry: &Arc<RoomEntry>, stream: StreamNumber) {
-        if !lock(&entry.state).is_current(stream) {
-            return; // an older stream of the room, read late: the newer one's slot stays
-        }
-        let mut slots = lock(&self.copy_slots);
-        // Slots of connections that are gone, and the room's older streams, route nothing any more.
-        let current = self.current.borrow().as_ref().map(|c| c.id);
-        slots.retain(|(on, _), (room, _)| Some(*on) == current && !Arc::ptr_eq(room, entry));
-        if current == Some(connection) {
-            slots.insert((connection, slot), (entry.clone(), stream));
-            if let Some(live) = self.current.borrow().as_ref() {
-                live.copy_posts_to(&entry.name, true);
-            }
-        }
-    }
-
     pub(crate) async fn leave(&self, room: &str) -> Result<(), RequestError> {
         self.rooms.remove(room);
         lock(&self.copy_slots).retain(|_, (entry, _)| entry.name != room);

@@ -26,5 +26,5 @@ pub mod qlog;
 pub mod tls;
 pub mod tuning;
 
-pub use probe::{Probed, TailProbe};
+pub use probe::{copy_round, Probed, Sent, TailProbe};
 pub use tuning::{client_transport, server_transport, TransportTuning, UnknownTuning};

@@ -14,10 +14,13 @@ use std::{
     future::Future,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
     time::Duration,
 };
+
+use bytes::Bytes;
+use quiver_proto::copies::CopyQueue;
 
 use tokio::{sync::Notify, time::Instant};
 
@@ -31,6 +34,60 @@ pub enum Probed {
     Again(Duration),
     /// The connection is gone: the task ends.
     Gone,
+}
+
+/// How sending one datagram went, for [`copy_round`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Handed to the transport.
+    Yes,
+    /// Not sent (too large for the path); nothing else is wrong.
+    Skipped,
+    /// The connection is gone.
+    Gone,
+}
+
+/// One firing of the probe timer on a connection whose copies wait in `queue`: feeds the path's loss so far (`quic`'s
+/// counters, read only when copies wait: they take quinn's connection lock) to the queue, sends the copies due
+/// (datagrams of at most `max_size()` bytes) with `send`, skipping any that does not fit the datagram buffer's
+/// free `space()` (a copy never pushes a tick out; the stream carries its frame anyway), or, when no copy went, the
+/// tail probe (when `probe`). Returns what the probe task does next, and how many copies went.
+pub fn copy_round(
+    quic: &quinn::Connection,
+    queue: &Mutex<CopyQueue>,
+    probe: bool,
+    max_size: impl FnOnce() -> usize,
+    space: impl Fn() -> usize,
+    mut send: impl FnMut(Bytes) -> Sent,
+) -> (Probed, usize) {
+    let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    // (Not `match lock().is_empty()`: the guard would live through the match, which locks again.)
+    let empty = lock().is_empty();
+    let (datagrams, next) = match empty {
+        true => (Vec::new(), None),
+        false => {
+            let (path, max) = (quic.stats().path, max_size());
+            let mut queue = lock();
+            queue.observe(path.sent_packets, path.lost_packets);
+            (queue.take(now, max), queue.next_due(now))
+        }
+    };
+    let mut copies = 0;
+    for datagram in datagrams {
+        if space() < datagram.len() {
+            continue;
+        }
+        match send(datagram) {
+            Sent::Yes => copies += 1,
+            Sent::Skipped => {}
+            Sent::Gone => return (Probed::Gone, copies),
+        }
+    }
+    if copies == 0 && probe && send(Bytes::from_static(quiver_proto::PROBE)) == Sent::Gone {
+        return (Probed::Gone, 0);
+    }
+    (next.map_or(Probed::Sent, Probed::Again), copies)
 }
 
 /// Sends a probe `delay` after [`TailProbe::sent`] is called (calls during the wait share that probe).

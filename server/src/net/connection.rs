@@ -283,9 +283,7 @@ async fn control<R: RoomHub>(
                     frame_timeout.as_millis(),
                     inbound.len()
                 );
-                stats.refused(ErrorCode::FrameTimeout);
-                close(conn, ErrorCode::FrameTimeout, &reason);
-                return reason;
+                return refuse(conn, stats, ErrorCode::FrameTimeout, reason);
             }
             Some(kicked) = connection.next_kicked() => {
                 if let Some(msg) = connection.kick(kicked, now_us()).await {
@@ -295,9 +293,7 @@ async fn control<R: RoomHub>(
             Some(copy) = async { copied.as_mut()?.recv().await }, if !awaiting_hello => {
                 let flood = copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy);
                 if let Some((code, reason)) = flood.await {
-                    stats.refused(code);
-                    close(conn, code, &reason);
-                    return reason;
+                    return refuse(conn, stats, code, reason);
                 }
             }
             () = shutdown.cancelled() => return going_away(conn, Some(&mut send)).await,
@@ -364,9 +360,7 @@ async fn control<R: RoomHub>(
                         outbound.len(),
                         frame_timeout.as_millis()
                     );
-                    stats.refused(ErrorCode::SlowConsumer);
-                    close(conn, ErrorCode::SlowConsumer, &reason);
-                    return reason;
+                    return refuse(conn, stats, ErrorCode::SlowConsumer, reason);
                 }
             };
             match written {
@@ -389,8 +383,13 @@ async fn control<R: RoomHub>(
 /// Closes the connection with `ControlStreamClosed` because the client reset, stopped or half-finished its control
 /// stream; returns the reason (for the log).
 fn control_stream_closed(conn: &Session, stats: &ServerStats, reason: String) -> String {
-    stats.refused(ErrorCode::ControlStreamClosed);
-    close(conn, ErrorCode::ControlStreamClosed, &reason);
+    refuse(conn, stats, ErrorCode::ControlStreamClosed, reason)
+}
+
+/// Counts a refusal with `code`, closes the connection with it and `reason`; returns the reason (for the log).
+fn refuse(conn: &Session, stats: &ServerStats, code: ErrorCode, reason: String) -> String {
+    stats.refused(code);
+    close(conn, code, &reason);
     reason
 }
 

@@ -6,10 +6,10 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use quiver_proto::{copies::CopyQueue, frame, ErrorCode, Request, RequestBody, ServerMsg};
-use quiver_transport::Probed;
+use quiver_transport::{Probed, Sent};
 use web_transport_quinn::{Session, SessionError};
 
-use super::{dispatch::Connection, lock, now_us};
+use super::{dispatch::Connection, now_us};
 use crate::{
     hub::RoomHub,
     post_copies::PostCopies,
@@ -18,46 +18,23 @@ use crate::{
     throttle::ControlThrottle,
 };
 
-/// The probe timer fired: tells `queue` the path's loss so far (`quic`'s counters), sends the copies due in it, or
-/// the tail probe (when `probe`) if there were none; asks to be called again when the next copy is due. A copy
-/// never pushes a tick out of quinn's datagram buffer: without room it is skipped (the stream carries the frame).
+/// The probe timer fired: the room-frame copies due in `queue`, or the tail probe (when `probe`)
+/// ([`quiver_transport::copy_round`]); copies sent are counted.
 pub(super) fn send_round(
     (conn, quic): (&Session, &quinn::Connection),
     queue: &Mutex<CopyQueue>,
     probe: bool,
     stats: &ServerStats,
 ) -> Probed {
-    let now = std::time::Instant::now();
-    // (Not `match lock(queue).is_empty()`: the guard would live through the match, which locks again.)
-    let empty = lock(queue).is_empty();
-    let (datagrams, next) = match empty {
-        true => (Vec::new(), None),
-        false => {
-            // quinn's statistics take its connection lock: only read when copies wait.
-            let path = quic.stats().path;
-            let mut queue = lock(queue);
-            queue.observe(path.sent_packets, path.lost_packets);
-            (queue.take(now, conn.max_datagram_size()), queue.next_due(now))
-        }
+    let send = |datagram| match conn.send_datagram(datagram) {
+        Ok(()) => Sent::Yes,
+        Err(SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge)) => Sent::Skipped,
+        Err(_) => Sent::Gone,
     };
-    let mut sent = false;
-    for datagram in datagrams {
-        if conn.datagram_send_buffer_space() < datagram.len() {
-            continue;
-        }
-        match conn.send_datagram(datagram) {
-            Ok(()) => {
-                sent = true;
-                bump(&stats.room_copies_sent);
-            }
-            Err(SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge)) => {}
-            Err(_) => return Probed::Gone,
-        }
-    }
-    if !sent && probe && conn.send_datagram(Bytes::from_static(quiver_proto::PROBE)).is_err() {
-        return Probed::Gone;
-    }
-    next.map_or(Probed::Sent, Probed::Again)
+    let space = || conn.datagram_send_buffer_space();
+    let (probed, copies) = quiver_transport::copy_round(quic, queue, probe, || conn.max_datagram_size(), space, send);
+    stats.room_copies_sent.fetch_add(copies as u64, std::sync::atomic::Ordering::Relaxed);
+    probed
 }
 
 /// A post copy (requests numbered from `first`) arrived: sequences those that are the connection's next requests,

@@ -72,6 +72,11 @@ impl Client {
         self.handle.driver.quic()
     }
 
+    /// The transport of the current connection (QUIC, or the WebSocket fallback), if connected.
+    pub fn transport(&self) -> Option<crate::TransportKind> {
+        self.handle.driver.transport()
+    }
+
     /// Now on the server's clock (this machine's clock plus the offset estimated from Ping/Pong), µs since the
     /// Unix epoch.
     pub fn server_clock_us(&self) -> u64 {

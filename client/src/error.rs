@@ -60,17 +60,35 @@ pub enum ConnectError {
     /// The server sent something that is not the protocol.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// The connection closed before the session was open, with this code and reason.
+    #[error("connection closed ({0}): {1}")]
+    Closed(ErrorCode, String),
+    /// The WebSocket fallback could not connect (TCP, TLS or the upgrade).
+    #[error("WebSocket: {0}")]
+    WebSocket(String),
     /// No Welcome within the connect timeout.
     #[error("no answer from the server within {0:?}")]
     Timeout(std::time::Duration),
 }
 
 impl ConnectError {
+    /// A control stream read that failed before Welcome.
+    pub(crate) fn from_read(err: crate::wire::ReadError) -> ConnectError {
+        match err {
+            crate::wire::ReadError::Closed(code, reason) => ConnectError::Closed(code, reason),
+            crate::wire::ReadError::Reset(code) => {
+                ConnectError::Closed(code, "the server reset the control stream".into())
+            }
+            crate::wire::ReadError::Other(what) => ConnectError::Closed(ErrorCode::Internal, what),
+        }
+    }
+
     /// The server's reason code, when the server gave one (a refused Hello, or a connection it closed, e.g.
     /// `TooManyConnections` or `TokenExpired`).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ConnectError::Refused(failure) => Some(failure.code),
+            ConnectError::Closed(code, _) => Some(*code),
             ConnectError::Connection(quinn::ConnectionError::ApplicationClosed(close)) => {
                 Some(quiver_transport::close::from_quic_code(close.error_code))
             }

@@ -45,7 +45,44 @@ pub struct ConnectOptions {
     /// timeout (a killed server sends no close); keep-alives (`tuning.keep_alive`, 5 s) make a live server answer
     /// well within it. `None`: wait for the idle timeout.
     pub dead_server_after: Option<Duration>,
+    /// How to reach the server: QUIC, the WebSocket fallback, or QUIC and then the WebSocket (the default).
+    pub transport: Transport,
+    /// With [`Transport::Auto`]: how long QUIC gets before the WebSocket is tried (at once when QUIC fails).
+    pub fallback_after: Duration,
+    /// The WebSocket fallback's TCP port; `None`: the QUIC port (the server's default).
+    pub websocket_port: Option<u16>,
 }
+
+/// How a client reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// QUIC only (UDP).
+    Quic,
+    /// The WebSocket fallback only (`wss://host:port/quiver`, TCP).
+    WebSocket,
+    /// QUIC; the WebSocket when QUIC does not connect within `fallback_after` or fails. Once this client needed
+    /// the WebSocket, its reconnects use it straight away.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = UnknownTransport;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quic" => Ok(Transport::Quic),
+            "websocket" | "ws" => Ok(Transport::WebSocket),
+            "auto" => Ok(Transport::Auto),
+            other => Err(UnknownTransport(other.to_string())),
+        }
+    }
+}
+
+/// A transport name other than `quic`, `websocket` or `auto`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown transport {0:?} (quic, websocket or auto)")]
+pub struct UnknownTransport(pub String);
 
 impl Default for ConnectOptions {
     fn default() -> Self {
@@ -63,6 +100,9 @@ impl Default for ConnectOptions {
             qlog_dir: None,
             first_connect_retry: None,
             dead_server_after: Some(Duration::from_secs(12)),
+            transport: Transport::Auto,
+            fallback_after: Duration::from_secs(2),
+            websocket_port: None,
         }
     }
 }

@@ -30,6 +30,7 @@ mod limits;
 pub mod room;
 pub mod tick;
 pub mod varint;
+pub mod ws;
 
 pub use control::{
     Failure, Hello, HistoryPage, Join, Joined, Position, Post, Reply, Request, RequestBody, ServerMsg, Welcome,
@@ -39,6 +40,18 @@ pub use frame::{DecodeError, EncodeError, FrameCodec};
 pub use limits::{Limits, LimitsError};
 pub use room::{EventKind, RoomEvent, RoomFrame};
 pub use tick::{is_probe, DatagramError, TickHeader, PROBE};
+
+/// `s` cut to at most `max` bytes at a character boundary (a close reason must fit one packet).
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 3;

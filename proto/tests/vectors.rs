@@ -2,7 +2,8 @@
 //! them in its node tests): every variant of every wire type with edge values, each as
 //! `{ name, kind, hex, value }`.
 //!
-//! - `kind`: `Request`, `ServerMsg`, `RoomFrame` (stream frames) or `Tick` (a datagram).
+//! - `kind`: `Request`, `ServerMsg`, `RoomFrame` (stream frames), `Tick` (a datagram) or `WsMessage` (a message of
+//!   the WebSocket mapping, `quiver_proto::ws`).
 //! - `hex`: the whole stream frame as [`FrameCodec`] writes it (QUIC varint length ‖ postcard body), or the whole
 //!   tick datagram (header ‖ payload).
 //! - `value`: `serde_json::to_value` of the message (externally tagged enums, `null` for `None`, byte strings as
@@ -16,7 +17,8 @@ use std::fmt::Debug;
 
 use bytes::{Bytes, BytesMut};
 use quiver_proto::{
-    varint, ErrorCode, EventKind, Failure, FrameCodec, Hello, HistoryPage, Join, Joined, Limits, Position, Post, Reply,
+    varint,
+    ws::WsMessage, ErrorCode, EventKind, Failure, FrameCodec, Hello, HistoryPage, Join, Joined, Limits, Position, Post, Reply,
     Request, RequestBody, RoomEvent, RoomFrame, ServerMsg, TickHeader, Welcome, PROTOCOL_VERSION,
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -98,6 +100,22 @@ impl Vectors {
 
     fn room(&mut self, name: &str, frame: RoomFrame) {
         self.frame("RoomFrame", name, frame);
+    }
+
+    fn ws(&mut self, name: &str, msg: WsMessage) {
+        let wire = msg.encode();
+        assert_eq!(WsMessage::decode(wire.clone()).as_ref(), Ok(&msg), "{name}: decodes to another value");
+        let value = match &msg {
+            WsMessage::Control(bytes) => serde_json::json!({ "Control": bytes.to_vec() }),
+            WsMessage::Stream { id, bytes } => serde_json::json!({ "Stream": { "id": id, "bytes": bytes.to_vec() } }),
+            WsMessage::Finish { id } => serde_json::json!({ "Finish": { "id": id } }),
+            WsMessage::Reset { id, code } => serde_json::json!({ "Reset": { "id": id, "code": code.to_u32() } }),
+            WsMessage::Datagram(bytes) => serde_json::json!({ "Datagram": bytes.to_vec() }),
+            WsMessage::Close { code, reason } => {
+                serde_json::json!({ "Close": { "code": code.to_u32(), "reason": reason } })
+            }
+        };
+        self.push("WsMessage", name, &wire, stringify_numbers(value));
     }
 
     fn tick(&mut self, name: &str, channel_id: u64, seq: u64, sent_time_us: u64, payload: &[u8]) {
@@ -366,6 +384,31 @@ fn ticks(v: &mut Vectors) {
     v.tick("tick_every_byte", 1, 128, 127, &all_byte_values());
 }
 
+fn websocket(v: &mut Vectors) {
+    let hello = codec().encode_to_vec(&Request {
+        req_id: 0,
+        body: RequestBody::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            agent: "quiver-web/0.1".into(),
+            name: None,
+            token: None,
+        }),
+    });
+    let hello = hello.unwrap_or_else(|err| panic!("{err}")).freeze();
+    v.ws("ws_control_hello", WsMessage::Control(hello));
+    v.ws("ws_control_empty", WsMessage::Control(Bytes::new()));
+    v.ws("ws_stream_1", WsMessage::Stream { id: 1, bytes: Bytes::from_static(&[3, 0, 1, 2]) });
+    v.ws("ws_stream_2_byte_id", WsMessage::Stream { id: 64, bytes: Bytes::from_static(b"x") });
+    v.ws("ws_finish", WsMessage::Finish { id: 1 });
+    v.ws("ws_reset_slow_consumer", WsMessage::Reset { id: 16_384, code: ErrorCode::SlowConsumer });
+    let mut tick = Vec::new();
+    TickHeader { channel_id: 1, seq: 2, sent_time_us: 3 }.encode(&mut tick).unwrap_or_else(|err| panic!("{err}"));
+    tick.extend_from_slice(b"0.5");
+    v.ws("ws_datagram_tick", WsMessage::Datagram(Bytes::from(tick)));
+    v.ws("ws_close_going_away", WsMessage::Close { code: ErrorCode::GoingAway, reason: "server shutting down".into() });
+    v.ws("ws_close_non_ascii", WsMessage::Close { code: ErrorCode::Unknown(1000), reason: NON_ASCII.into() });
+}
+
 fn generate() -> String {
     let mut v = Vectors::default();
     requests(&mut v);
@@ -373,6 +416,7 @@ fn generate() -> String {
     pushes(&mut v);
     room_frames(&mut v);
     ticks(&mut v);
+    websocket(&mut v);
     let file = VectorFile {
         generated_by: "proto/tests/vectors.rs (QUIVER_WRITE_VECTORS=1 cargo test -p quiver-proto --test vectors)",
         protocol_version: PROTOCOL_VERSION,

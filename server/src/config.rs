@@ -68,11 +68,31 @@ pub struct WebConfig {
     /// TCP address on which the demo page is served over plain HTTP (`None`: not served). Browsers treat
     /// `http://localhost` and `http://127.0.0.1` as secure contexts, so WebTransport works from it.
     pub http: Option<SocketAddr>,
+    /// Where the WebSocket fallback listens (TCP).
+    pub websocket: WebSocketListen,
+    /// The WebSocket connections' TCP send buffer, bytes (the kernel doubles it): what a slow link can hold of
+    /// ticks that can no longer be replaced by newer ones. Small keeps ticks fresh; large lets a fast, distant
+    /// link carry more.
+    pub websocket_send_buffer: usize,
+}
+
+/// Where the WebSocket fallback listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebSocketListen {
+    /// Nowhere: clients that cannot use QUIC cannot connect.
+    Off,
+    /// TCP at the QUIC endpoint's address and port (the default): `wss://host:port/quiver` where QUIC is
+    /// `https://host:port/quiver`.
+    SamePort,
+    /// TCP at this address (port 0: any free port).
+    At(SocketAddr),
 }
 
 impl WebConfig {
     /// The default WebTransport path.
     pub const DEFAULT_PATH: &'static str = "/quiver";
+    /// The default of [`WebConfig::websocket_send_buffer`].
+    pub const DEFAULT_WEBSOCKET_SEND_BUFFER: usize = 32 * 1024;
 
     /// True if a CONNECT with this `Origin` header may open a session.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
@@ -85,7 +105,13 @@ impl WebConfig {
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig { path: WebConfig::DEFAULT_PATH.into(), allowed_origins: Vec::new(), http: None }
+        WebConfig {
+            path: WebConfig::DEFAULT_PATH.into(),
+            allowed_origins: Vec::new(),
+            http: None,
+            websocket: WebSocketListen::SamePort,
+            websocket_send_buffer: WebConfig::DEFAULT_WEBSOCKET_SEND_BUFFER,
+        }
     }
 }
 

@@ -71,6 +71,9 @@ struct Args {
     /// Do not serve the demo page.
     #[arg(long)]
     no_web: bool,
+    /// The WebSocket fallback's TCP address ("off": none). Default: the --listen address and port, over TCP.
+    #[arg(long, value_name = "ADDR|off")]
+    websocket: Option<String>,
     /// The WebTransport URL path browsers connect to. Default /quiver.
     #[arg(long)]
     web_path: Option<String>,
@@ -127,6 +130,7 @@ impl Args {
         push("--key", "tls.key", self.key.as_ref().map(|p| path(p).into()));
         push("--web", "web.page", self.web.map(|a| a.to_string().into()));
         push("--no-web", "web.page", self.no_web.then(|| "off".into()));
+        push("--websocket", "web.websocket", self.websocket.clone().map(Into::into));
         push("--web-path", "web.path", self.web_path.clone().map(Into::into));
         let origins = self.web_origins.iter().map(|o| toml::Value::String(o.clone())).collect::<Vec<_>>();
         push("--web-origin", "web.origins", (!origins.is_empty()).then(|| origins.into()));
@@ -399,6 +403,9 @@ async fn run<R: RoomHub>(
             _ => "",
         };
         say(&format!("demo page http://{host}:{}/ (TCP {page}{tokens})", page.port()));
+    }
+    if let Some(ws) = server.websocket_addr() {
+        say(&format!("websocket fallback wss://{ws}/quiver (TCP; plain ws:// from this machine only)"));
     }
     if let Some(admin) = server.admin_addr() {
         say(&format!("admin http://{admin}/metrics /healthz /readyz"));

@@ -293,6 +293,7 @@ impl Collector for ServerMetrics {
             ConstGauge::new(load(&s.connections_native)).encode(m.encode_family(&[("transport", "native")])?)?;
             ConstGauge::new(load(&s.connections_webtransport))
                 .encode(m.encode_family(&[("transport", "webtransport")])?)?;
+            ConstGauge::new(load(&s.connections_websocket)).encode(m.encode_family(&[("transport", "websocket")])?)?;
         }
         let (rooms, channels, store) = match self.hubs.get() {
             Some(hubs) => ((hubs.rooms)(), (hubs.channels)(), hubs.store.as_ref()),
@@ -317,12 +318,13 @@ impl Collector for ServerMetrics {
         {
             let mut m = e.encode_descriptor(
                 "connections_accepted",
-                "Connections that completed the QUIC handshake and were served, by transport",
+                "Connections that completed the QUIC handshake (or the WebSocket upgrade) and were served, by transport",
                 None,
                 MetricType::Counter,
             )?;
             ConstCounter::new(c.accepted_native).encode(m.encode_family(&[("transport", "native")])?)?;
             ConstCounter::new(c.accepted_webtransport).encode(m.encode_family(&[("transport", "webtransport")])?)?;
+            ConstCounter::new(c.accepted_websocket).encode(m.encode_family(&[("transport", "websocket")])?)?;
         }
         counter(&mut e, "handshakes", "Sessions admitted (Hello answered with Welcome)", c.handshakes)?;
         counter(

@@ -115,6 +115,8 @@ counters! {
     accepted_native,
     /// WebTransport sessions served.
     accepted_webtransport,
+    /// WebSocket connections served (past the upgrade and the connection limits).
+    accepted_websocket,
 }
 
 /// Slots of [`ServerStats::refusals`], by error code value (codes above the last slot share it).
@@ -131,6 +133,8 @@ pub struct ServerStats {
     pub connections_native: AtomicI64,
     /// WebTransport sessions open now.
     pub connections_webtransport: AtomicI64,
+    /// WebSocket connections open now.
+    pub connections_websocket: AtomicI64,
     /// Room memberships of connected clients.
     pub room_members: AtomicI64,
     /// Tick subscriptions of connected clients.
@@ -154,6 +158,16 @@ impl std::ops::Deref for ServerStats {
 }
 
 impl ServerStats {
+    /// The open-connections gauge and the accepted counter of a kind of client connection.
+    pub(crate) fn by_kind(&self, kind: crate::net::WireKind) -> (&AtomicI64, &AtomicU64) {
+        use crate::net::WireKind;
+        match kind {
+            WireKind::Native => (&self.connections_native, &self.accepted_native),
+            WireKind::WebTransport => (&self.connections_webtransport, &self.accepted_webtransport),
+            WireKind::WebSocket => (&self.connections_websocket, &self.accepted_websocket),
+        }
+    }
+
     /// Counts a refusal (a failure reply, or a close) with `code`, for the codes that mean a limit or the protocol
     /// was broken. Codes counted where they are decided (`RateLimited`, `TooManyConnections`) and codes that are
     /// not the peer's doing are not counted here.

@@ -41,6 +41,8 @@ const ASSETS: &[(&str, &str, &str)] = &[
 pub struct PageInfo {
     /// The QUIC endpoint's UDP port (the page's host name is reused: the browser reached this server by it).
     pub udp_port: u16,
+    /// The WebSocket fallback's TCP port, if it listens.
+    pub websocket_port: Option<u16>,
     /// The WebTransport path.
     pub path: String,
     /// The certificate's SHA-256 for `serverCertificateHashes`, for a self-signed dev certificate; `None` for a
@@ -136,7 +138,7 @@ fn is_loopback_host(host: Option<&str>) -> bool {
 }
 
 /// The response to a request head from `peer` (sans-IO, so it is tested without sockets).
-fn respond(head: &[u8], peer: IpAddr, info: &PageInfo) -> Response {
+pub(crate) fn respond(head: &[u8], peer: IpAddr, info: &PageInfo) -> Response {
     let (head_only, target, lines) = match parse_request(head) {
         Ok(request) => request,
         Err(response) => return response,
@@ -191,6 +193,10 @@ fn host_name(host: Option<&str>) -> String {
 
 fn config_json(info: &PageInfo, host: Option<&str>, name: Option<&str>) -> String {
     let url = format!("https://{}:{}{}", host_name(host), info.udp_port, info.path);
+    // A self-signed dev certificate is pinned by hash for WebTransport; a WebSocket cannot pin, so the dev page
+    // (opened from this machine) uses plain ws://, which the server takes from this machine only.
+    let scheme = if info.cert_hash.is_some() { "ws" } else { "wss" };
+    let websocket_url = info.websocket_port.map(|port| format!("{scheme}://{}:{port}{}", host_name(host), info.path));
     let token = info.dev_tokens_from.as_deref().and_then(|dir| {
         let sub = match name {
             Some(name) if crate::auth::check_subject(name).is_ok() => name.to_string(),
@@ -202,6 +208,7 @@ fn config_json(info: &PageInfo, host: Option<&str>, name: Option<&str>) -> Strin
     });
     let config = serde_json::json!({
         "url": url,
+        "websocketUrl": websocket_url,
         "certHash": info.cert_hash.as_ref().map(|f| f.get().to_string()),
         "room": info.room,
         "channel": info.channel,
@@ -244,6 +251,7 @@ mod tests {
     fn info() -> PageInfo {
         PageInfo {
             udp_port: 4433,
+            websocket_port: Some(4433),
             path: "/quiver".into(),
             cert_hash: Some(LiveFingerprint::new(quiver_certs::sha256(b"cert"))),
             room: "lobby".into(),
@@ -267,6 +275,7 @@ mod tests {
         let config = get("GET /config.json HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n\r\n");
         let json: serde_json::Value = serde_json::from_slice(&config.body).unwrap();
         assert_eq!(json["url"], "https://127.0.0.1:4433/quiver");
+        assert_eq!(json["websocketUrl"], "ws://127.0.0.1:4433/quiver", "plain, from this machine, with a dev cert");
         assert_eq!(json["certHash"], quiver_certs::sha256(b"cert").to_string());
         assert_eq!(json["room"], "lobby");
     }

@@ -22,6 +22,8 @@ pub struct TestServer {
     pub task: tokio::task::JoinHandle<quiver_server::Summary>,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`), when the configuration asked for one.
     pub admin: Option<SocketAddr>,
+    /// The WebSocket fallback's listener, unless the configuration turned it off.
+    pub websocket: Option<SocketAddr>,
 }
 
 impl TestServer {
@@ -85,9 +87,10 @@ impl TestServer {
         let addr = server.local_addr();
         let stats = server.stats();
         let admin = server.admin_addr();
+        let websocket = server.websocket_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        TestServer { addr, stats, data_dir, shutdown, task, admin }
+        TestServer { addr, stats, data_dir, shutdown, task, admin, websocket }
     }
 
     pub fn trust(&self) -> TrustOptions {
@@ -104,7 +107,14 @@ impl TestServer {
     }
 
     pub async fn client_with(&self, options: ConnectOptions) -> Result<Client, quiver_client::ConnectError> {
-        Client::connect_with(&self.addr.to_string(), ConnectOptions { trust: self.trust(), ..options }).await
+        let websocket_port = self.websocket.map(|ws| ws.port());
+        let options = ConnectOptions { trust: self.trust(), websocket_port, ..options };
+        Client::connect_with(&self.addr.to_string(), options).await
+    }
+
+    /// A client over the WebSocket fallback.
+    pub async fn ws_client_with(&self, options: ConnectOptions) -> Result<Client, quiver_client::ConnectError> {
+        self.client_with(ConnectOptions { transport: quiver_client::Transport::WebSocket, ..options }).await
     }
 
     /// A bare QUIC connection with ALPN `quiver/1` that has not said anything yet.

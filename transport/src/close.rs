@@ -4,6 +4,7 @@
 //! `streamErrorCode`.
 
 use quinn::VarInt;
+pub use quiver_proto::truncate_utf8;
 use quiver_proto::ErrorCode;
 
 /// The QUIC application error code for `code`.
@@ -32,18 +33,6 @@ pub fn describe(error: &quinn::ConnectionError) -> (ErrorCode, String) {
         quinn::ConnectionError::LocallyClosed => (ErrorCode::NoError, "closed locally".into()),
         other => (ErrorCode::Internal, other.to_string()),
     }
-}
-
-/// `s` cut to at most `max` bytes at a character boundary (a close reason must fit one packet).
-pub fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //!   ends start from.
 //! - [`congestion`]: Cubic with a floor under its window, for small frequent real-time packets.
 //! - [`probe`]: the on-demand tail-loss probe, sent by both ends after reliable writes.
+//! - [`ws`]: a Quiver connection over one WebSocket (the fallback), shaped like a QUIC connection.
 //! - [`close`]: the one mapping between [`quiver_proto::ErrorCode`] and QUIC close / reset codes.
 //!
 //! ```
@@ -25,6 +26,7 @@ pub mod probe;
 pub mod qlog;
 pub mod tls;
 pub mod tuning;
+pub mod ws;
 
 pub use probe::{copy_round, Probed, Sent, TailProbe};
 pub use tuning::{client_transport, server_transport, TransportTuning, UnknownTuning};

@@ -42,19 +42,39 @@ pub fn server_config(
     tuning: &TransportTuning,
     tickets: Arc<dyn ProducesTickets>,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![ALPN_QUIVER.to_vec(), ALPN_H3.to_vec()];
-    tls.max_early_data_size = 0;
-    // Stateless tickets: no per-session memory on the server (rustls' default cache holds 256 sessions in all,
-    // useless at ten thousand clients), and a reconnect skips the certificate signature.
-    tls.ticketer = tickets;
+    let tls = server_tls(chain, key, tickets, vec![ALPN_QUIVER.to_vec(), ALPN_H3.to_vec()])?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|_| TlsError::NoTls13)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(server_transport(limits, tuning));
     Ok(server)
+}
+
+/// The TLS configuration of the WebSocket fallback's listener (`wss://`, over TCP): the same certificate, TLS 1.3,
+/// tickets and no 0-RTT as [`server_config`], ALPN `http/1.1` (the WebSocket upgrade is HTTP/1.1).
+pub fn server_tcp_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    tickets: Arc<dyn ProducesTickets>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    server_tls(chain, key, tickets, vec![b"http/1.1".to_vec()])
+}
+
+fn server_tls(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    tickets: Arc<dyn ProducesTickets>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = alpn;
+    tls.max_early_data_size = 0;
+    // Stateless tickets: no per-session memory on the server (rustls' default cache holds 256 sessions in all,
+    // useless at ten thousand clients), and a reconnect skips the certificate signature.
+    tls.ticketer = tickets;
+    Ok(tls)
 }
 
 /// TLS 1.3 session tickets for [`server_config`]: stateless (rustls' ring `Ticketer`: ChaCha20-Poly1305 under

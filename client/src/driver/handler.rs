@@ -1,5 +1,6 @@
 //! What the connection hands the driver (ticks, room streams, pushed messages), and the watch on a silent server.
 
+use crate::wire::{Link, LinkRecv};
 use std::{
     sync::{atomic::Ordering, Arc},
     time::Duration,
@@ -18,7 +19,7 @@ impl Handler for Driver {
         ticks::on_tick(route, header, payload, self.server_clock_us());
     }
 
-    fn room_stream(&self, connection: usize, recv: quinn::RecvStream) {
+    fn room_stream(&self, connection: usize, recv: LinkRecv) {
         let Some(me) = self.me.upgrade() else { return };
         // Numbered here, in accept order, not when its reader gets to its Open frame.
         let stream = self.room_streams.fetch_add(1, Ordering::Relaxed) + 1;
@@ -72,14 +73,14 @@ impl Driver {
     }
 }
 
-/// Completes once `quic` has received nothing for `after` (never, with `None`).
-pub(super) async fn silent(quic: &quinn::Connection, after: Option<Duration>) {
+/// Completes once `link` has received nothing for `after` (never, with `None`).
+pub(super) async fn silent(link: &Link, after: Option<Duration>) {
     let Some(after) = after else { return std::future::pending().await };
-    let mut received = quic.stats().udp_rx.datagrams;
+    let mut received = link.received();
     let mut since = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(after / 8).await;
-        let now = quic.stats().udp_rx.datagrams;
+        let now = link.received();
         if now != received {
             (received, since) = (now, tokio::time::Instant::now());
         } else if since.elapsed() >= after {

@@ -15,7 +15,7 @@ use std::{
     collections::HashMap,
     future::Future,
     sync::{
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc, Mutex, Weak,
     },
     time::{Duration, Instant},
@@ -32,7 +32,7 @@ pub(crate) use ticks::{PubEntry, SubEntry};
 
 use crate::{
     clock::unix_us,
-    connection::{Connection, Target},
+    connection::Connection,
     error::{ConnectError, RequestError, TickError},
     link::ConnectionState,
     options::{ConnectOptions, JoinOptions},
@@ -43,6 +43,8 @@ use crate::{
         room::{RoomEvent, StreamNumber},
     },
     sync::lock,
+    target::Target,
+    wire::{Link, TransportKind},
 };
 
 /// Where a redundant stream's copies go: its room and the stream's number.
@@ -106,6 +108,8 @@ pub(crate) struct Driver {
     welcome: Mutex<Welcome>,
     /// Server clock minus this machine's clock, in µs, estimated from Ping/Pong at each connect.
     clock_offset_us: AtomicI64,
+    /// `Transport::Auto` needed the WebSocket: reconnects go straight to it.
+    websocket_first: AtomicBool,
 }
 
 impl Driver {
@@ -145,9 +149,9 @@ impl Driver {
                 limits: Limits::default(),
             }),
             clock_offset_us: AtomicI64::new(0),
+            websocket_first: AtomicBool::new(false),
         });
-        let first =
-            tokio::time::timeout(timeout, driver.open(Some(first))).await.map_err(|_| ConnectError::Timeout(timeout));
+        let first = tokio::time::timeout(timeout, driver.open(first)).await.map_err(|_| ConnectError::Timeout(timeout));
         match first {
             Ok(Ok(connection)) => driver.connected(connection).await,
             Ok(Err(err)) | Err(err) => {
@@ -169,19 +173,18 @@ impl Driver {
         Ok(driver)
     }
 
-    /// The first QUIC connection: every resolved address raced, within the connect timeout; tried again with
-    /// backoff until `first_connect_retry` runs out, unless the failure is fatal.
-    async fn first_handshake(
-        server: &str,
-        options: &ConnectOptions,
-    ) -> Result<(Target, quinn::Connection), ConnectError> {
+    /// The first connection: every resolved address raced (over the transport the options choose), within the
+    /// connect timeout; tried again with backoff until `first_connect_retry` runs out, unless the failure is fatal.
+    async fn first_handshake(server: &str, options: &ConnectOptions) -> Result<(Target, Link), ConnectError> {
         let timeout = options.connect_timeout;
         let deadline = options.first_connect_retry.map(|retry| Instant::now() + retry);
         let mut backoff = Backoff::new(options.reconnect_delay, options.reconnect_max_delay);
         loop {
             let started = tokio::time::Instant::now();
             let attempt = match tokio::time::timeout(timeout, Target::resolve_all(server, options)).await {
-                Ok(Ok(targets)) => Target::race(targets, timeout.saturating_sub(started.elapsed())).await,
+                Ok(Ok(targets)) => {
+                    Target::connect(targets, options, timeout.saturating_sub(started.elapsed()), false).await
+                }
                 Ok(Err(err)) => Err(err),
                 Err(_) => Err(ConnectError::Timeout(timeout)),
             };
@@ -200,8 +203,12 @@ impl Driver {
         }
     }
 
-    async fn open(&self, first: Option<quinn::Connection>) -> Result<Arc<Live>, ConnectError> {
-        Connection::open(&self.target(), first, &self.options, self.me.clone(), &self.tasks).await
+    async fn open(&self, link: Link) -> Result<Arc<Live>, ConnectError> {
+        if link.kind() == TransportKind::WebSocket && self.options.transport == crate::Transport::Auto {
+            // Remembered for the client's life: its reconnects go straight to the WebSocket.
+            self.websocket_first.store(true, Ordering::Relaxed);
+        }
+        Connection::open(link, &self.options, self.me.clone(), &self.tasks).await
     }
 
     /// Where the current (or last) connection goes.
@@ -218,9 +225,11 @@ impl Driver {
             let again = targets.remove(i);
             targets.push(again);
         }
-        let (target, quic) = Target::race(targets, self.options.connect_timeout).await?;
+        let websocket_first = self.websocket_first.load(Ordering::Relaxed);
+        let (target, link) =
+            Target::connect(targets, &self.options, self.options.connect_timeout, websocket_first).await?;
         *lock(&self.target) = Arc::new(target);
-        self.open(Some(quic)).await
+        self.open(link).await
     }
 
     /// A new connection is up: its Welcome and clock offset are noted, then it becomes the current one.
@@ -237,9 +246,14 @@ impl Driver {
         lock(&self.welcome).clone()
     }
 
-    /// The current QUIC connection, if connected.
+    /// The current QUIC connection, if connected over QUIC.
     pub(crate) fn quic(&self) -> Option<quinn::Connection> {
-        self.current.borrow().as_ref().map(|c| c.quic.clone())
+        self.current.borrow().as_ref().and_then(|c| c.link.quic().cloned())
+    }
+
+    /// The current connection's transport, if connected.
+    pub(crate) fn transport(&self) -> Option<TransportKind> {
+        self.current.borrow().as_ref().map(|c| c.link.kind())
     }
 
     /// Now on the server's clock, µs since the Unix epoch.
@@ -274,7 +288,7 @@ impl Driver {
             true
         });
         if let Some(connection) = self.current.borrow().as_ref() {
-            quiver_transport::close::close(&connection.quic, why.0, &why.1);
+            connection.link.close(why.0, &why.1);
         }
         self.stop.cancel();
         self.tasks.close();
@@ -381,7 +395,8 @@ impl Driver {
 
     /// The largest tick payload that fits one datagram on the current connection.
     pub(crate) fn max_payload(&self) -> Result<usize, TickError> {
-        ticks::max_payload(&self.quic().ok_or(TickError::NotConnected)?)
+        let link = self.current.borrow().as_ref().map(|c| c.link.clone());
+        ticks::max_payload(&link.ok_or(TickError::NotConnected)?)
     }
 
     /// Sends one tick of `publisher` on the current connection; returns the publisher's own seq for it.
@@ -415,11 +430,11 @@ impl Driver {
         loop {
             let Some(connection) = self.current.borrow().clone() else { return };
             tokio::select! {
-                _ = connection.quic.closed() => {}
-                () = handler::silent(&connection.quic, self.options.dead_server_after) => {
+                () = connection.link.closed() => {}
+                () = handler::silent(&connection.link, self.options.dead_server_after) => {
                     let reason = "the server sent nothing for too long (dead_server_after); reconnecting";
                     tracing::info!(reason, "server silent");
-                    quiver_transport::close::close(&connection.quic, ErrorCode::NoError, reason);
+                    connection.link.close(ErrorCode::NoError, reason);
                 }
                 () = self.stop.cancelled() => {
                     // Every handle was dropped (or close() was called): the connection goes with the client.

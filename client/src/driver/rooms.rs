@@ -3,6 +3,7 @@
 //! in its channel already reserved, so they leave in the order the state produced them, even while a rejoin's
 //! stream replaces an older one.
 
+use crate::wire::{LinkRecv, ReadError};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -159,7 +160,7 @@ pub(crate) type CopiesOpened<'a> = &'a (dyn Fn(u64, &Arc<RoomEntry>) + Send + Sy
 pub(crate) async fn read_stream(
     rooms: &Rooms,
     stream: StreamNumber,
-    mut recv: quinn::RecvStream,
+    mut recv: LinkRecv,
     (max_frame, copies): (usize, CopiesOpened<'_>),
     stop: &CancellationToken,
 ) {
@@ -170,13 +171,13 @@ pub(crate) async fn read_stream(
         Ok(None) | Err(StreamEnd::Reset(_)) => return, // reset before it said anything: a Kicked follows
         other => {
             tracing::warn!(?other, "room stream did not start with Open");
-            let _ = recv.stop(quiver_transport::close::quic_code(ErrorCode::ProtocolViolation));
+            recv.stop(ErrorCode::ProtocolViolation);
             return;
         }
     };
     let Some(entry) = rooms.get(&open.room) else {
         // Left meanwhile.
-        let _ = recv.stop(quiver_transport::close::quic_code(ErrorCode::NoError));
+        recv.stop(ErrorCode::NoError);
         return;
     };
     let Some(permit) = reserve(&entry.events, stop).await else { return };
@@ -185,7 +186,7 @@ pub(crate) async fn read_stream(
         Opened::Current(Some(resumed)) => permit.send(resumed),
         Opened::Current(None) => {}
         Opened::Stale => {
-            let _ = recv.stop(quiver_transport::close::quic_code(ErrorCode::NoError));
+            recv.stop(ErrorCode::NoError);
             return;
         }
     }
@@ -235,7 +236,7 @@ enum StreamEnd {
 
 async fn next_frame(
     codec: &FrameCodec,
-    recv: &mut quinn::RecvStream,
+    recv: &mut LinkRecv,
     buf: &mut BytesMut,
 ) -> Result<Option<RoomFrame>, StreamEnd> {
     loop {
@@ -244,14 +245,12 @@ async fn next_frame(
             Ok(None) => {}
             Err(err) => return Err(StreamEnd::Other(err.to_string())),
         }
-        match recv.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+        match recv.read_chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
             Ok(None) if buf.is_empty() => return Ok(None),
             Ok(None) => return Err(StreamEnd::Other("stream ended inside a frame".into())),
-            Err(quinn::ReadError::Reset(code)) => {
-                return Err(StreamEnd::Reset(quiver_transport::close::from_quic_code(code)))
-            }
-            Err(err) => return Err(StreamEnd::Other(err.to_string())),
+            Err(ReadError::Reset(code)) => return Err(StreamEnd::Reset(code)),
+            Err(err) => return Err(StreamEnd::Other(format!("{err:?}"))),
         }
     }
 }

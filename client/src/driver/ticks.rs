@@ -1,6 +1,7 @@
 //! The driver's tick channels: subscriptions (routed by their channel id on each connection) and publish claims
 //! (valid on the connection they were made on), both put back on every new connection; and sending a tick.
 
+use crate::wire::{Link, SendDatagramError};
 use std::{
     collections::HashMap,
     sync::{
@@ -118,10 +119,10 @@ pub(crate) fn on_tick(entry: &SubEntry, header: TickHeader, payload: Bytes, now_
     }
 }
 
-/// The largest tick payload that fits one datagram on `quic`. The limit counts the largest header, so it does not
+/// The largest tick payload that fits one datagram on `link`. The limit counts the largest header, so it does not
 /// shift as seqs and ids grow.
-pub(crate) fn max_payload(quic: &quinn::Connection) -> Result<usize, TickError> {
-    let max = quic.max_datagram_size().ok_or(TickError::Unsupported)?;
+pub(crate) fn max_payload(link: &Link) -> Result<usize, TickError> {
+    let max = link.max_datagram_size().ok_or(TickError::Unsupported)?;
     Ok(max.saturating_sub(TickHeader::MAX_LEN))
 }
 
@@ -137,7 +138,7 @@ pub(crate) fn send_tick<H: Handler>(
         Some((claimed_on, id)) if claimed_on == connection.id => id,
         _ => return Err(TickError::NotConnected),
     };
-    let max_payload = max_payload(&connection.quic)?;
+    let max_payload = max_payload(&connection.link)?;
     if payload.len() > max_payload {
         return Err(TickError::TooLarge { size: payload.len(), max_payload });
     }
@@ -146,10 +147,10 @@ pub(crate) fn send_tick<H: Handler>(
     let mut datagram = BytesMut::with_capacity(header.encoded_len() + payload.len());
     header.encode(&mut datagram).map_err(|_| TickError::Unsupported)?;
     datagram.put_slice(&payload);
-    connection.quic.send_datagram(datagram.freeze()).map_err(|err| match err {
-        quinn::SendDatagramError::TooLarge => TickError::TooLarge { size: payload.len(), max_payload },
-        quinn::SendDatagramError::ConnectionLost(_) => TickError::NotConnected,
-        _ => TickError::Unsupported,
+    connection.link.send_datagram(datagram.freeze()).map_err(|err| match err {
+        SendDatagramError::TooLarge => TickError::TooLarge { size: payload.len(), max_payload },
+        SendDatagramError::Closed => TickError::NotConnected,
+        SendDatagramError::Unsupported => TickError::Unsupported,
     })?;
     Ok(seq)
 }

@@ -70,3 +70,24 @@ pub(super) fn admit(
         }
     }
 }
+
+/// Decides about a TCP connection (the WebSocket fallback) from `ip`, whose address TCP's handshake validated.
+/// `None`: over the new-connection rate, refused.
+pub(super) fn admit_tcp(ip: IpAddr, admission: &Arc<Mutex<Admission>>, stats: &ServerStats) -> Option<Admitted> {
+    match lock(admission).decide(ip, true, Instant::now()) {
+        Decision::Admit => Some(Admitted::Serve(Slot { admission: admission.clone(), ip })),
+        Decision::Retry(_) | Decision::Refuse => {
+            bump(&stats.connections_refused_over_rate);
+            tracing::debug!(%ip, "WebSocket refused: over new_connections_per_s_per_ip");
+            None
+        }
+        Decision::TooMany(overload, reason) => {
+            bump(if overload == Overload::Total {
+                &stats.connections_over_total
+            } else {
+                &stats.connections_over_per_ip
+            });
+            Some(Admitted::TooMany(reason))
+        }
+    }
+}

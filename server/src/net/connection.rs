@@ -1,7 +1,8 @@
 //! One task per connection: the QUIC handshake, then (for browsers, ALPN `h3`) the WebTransport CONNECT, then the
 //! control stream (Hello first, within the handshake timeout), answering each request in order, until the peer
 //! leaves, breaks the protocol, or the server shuts down. Native QUIC connections and WebTransport sessions are
-//! both a [`Session`] from here on: one code path for both kinds of client.
+//! both a [`Session`] from here on, and with WebSocket connections (`websocket.rs`) a [`Wire`]: one code path for
+//! every kind of client.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,16 +14,17 @@ use quiver_transport::TailProbe;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use web_transport_quinn::{SendStream, Session};
+use web_transport_quinn::Session;
 
 use crate::{
     hub::{ticks::TickHub, RoomHub},
     net::{
         admit::Admitted,
-        close::{close_session as close, describe_session, release},
+        close::release,
         copies,
         dispatch::Connection,
         now_us, webtransport,
+        wire::{Wire, WireError, WireKind, WireSend},
     },
     post_copies::{PostCopies, StreamPost},
     session::{ControlSession, Step},
@@ -82,9 +84,9 @@ pub(super) async fn serve<R: RoomHub>(
         %remote,
         identity = tracing::field::Empty
     );
-    let quic_conn = conn.clone();
+    let path = conn.clone();
     async move {
-        let conn = if alpn(&conn).as_deref() == Some(ALPN_H3) {
+        let session = if alpn(&conn).as_deref() == Some(ALPN_H3) {
             match webtransport::accept(conn, &config.web, deadline).await {
                 Ok(session) => session,
                 Err(reason) => return tracing::info!(%reason, "WebTransport session refused"),
@@ -92,45 +94,65 @@ pub(super) async fn serve<R: RoomHub>(
         } else {
             Session::raw(conn)
         };
-        tracing::debug!(webtransport = conn.request().is_some(), "connected");
-        let served = async {
-            // Over a connection limit: closed only now, so that the client sees the code and why.
-            let _slot = match admitted {
-                Admitted::Serve(slot) => slot,
-                Admitted::TooMany(reason) => {
-                    stats.refused(ErrorCode::TooManyConnections);
-                    close(&conn, ErrorCode::TooManyConnections, &reason);
-                    return tracing::info!(%reason, "connection refused");
-                }
-            };
-            // Copies of redundant rooms' frames go out on the probe timer, in place of the tail probe.
-            let granted = config.tuning.copies > 0;
-            let (tuning, timer) = (&config.tuning, config.tuning.probe_timer());
-            // The first copies go right after the stream write's packet (`TailProbe::sent_with_copies`).
-            let queue = CopyQueue::new(tuning.copies, Duration::ZERO, tuning.copy_spacing);
-            let queue = Arc::new(std::sync::Mutex::new(queue));
-            let (probing, queued, counted, path) = (conn.clone(), queue.clone(), stats.clone(), quic_conn.clone());
-            let tail_probe = tuning.tail_probe.is_some();
-            let (probe, probing) =
-                TailProbe::new(timer, move || copies::send_round((&probing, &path), &queued, tail_probe, &counted));
-            // Stopped when the connection's task returns.
-            let _probing = probing.map(|task| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task)));
-            let _open = Open::new(&stats, session_id, quic_conn, conn.request().is_some());
-            let hubs = (rooms, ticks);
-            let copies = granted.then_some(queue);
-            let mut connection = Connection::start(&conn, &config.limits, hubs, probe, copies, stats.clone());
-            let session = ControlSession::new(session_id, config.limits.clone(), auth);
-            let reason =
-                control(&conn, &config, &stats, &mut connection, session, (deadline, started), &shutdown).await;
-            connection.close(now_us()).await;
-            tracing::info!(%reason, "connection ended");
-        };
-        served.await;
+        let shared = Shared { config, rooms, ticks, stats, auth };
+        let wire = Wire::Quic(Arc::new(session.clone()));
+        serve_wire(session_id, wire, Some(path), admitted, shared, (deadline, started), shutdown).await;
         // The session's HTTP/3 streams go with its last handle: only once the connection is closed.
-        release(conn).await;
+        release(session).await;
     }
     .instrument(span)
     .await
+}
+
+/// Serves a connection from its first stream on, whatever carries it: `path` is the QUIC connection underneath
+/// (none for a WebSocket), for the tail probe and datagram copies, which only QUIC has. `deadline`: Hello's;
+/// `started`: when the connection arrived. The connection is closed on return.
+pub(super) async fn serve_wire<R: RoomHub>(
+    session_id: u64,
+    wire: Wire,
+    path: Option<quinn::Connection>,
+    admitted: Admitted,
+    shared: Shared<R>,
+    (deadline, started): (Instant, std::time::Instant),
+    shutdown: CancellationToken,
+) {
+    let Shared { config, rooms, ticks, stats, auth } = shared;
+    tracing::debug!(kind = ?wire.kind(), "connected");
+    // Over a connection limit: closed only now, so that the client sees the code and why.
+    let _slot = match admitted {
+        Admitted::Serve(slot) => slot,
+        Admitted::TooMany(reason) => {
+            stats.refused(ErrorCode::TooManyConnections);
+            wire.close(ErrorCode::TooManyConnections, &reason);
+            return tracing::info!(%reason, "connection refused");
+        }
+    };
+    // Copies of redundant rooms' frames go out on the probe timer, in place of the tail probe (QUIC only).
+    let tuning = &config.tuning;
+    // The first copies go right after the stream write's packet (`TailProbe::sent_with_copies`).
+    let queue = CopyQueue::new(tuning.copies, Duration::ZERO, tuning.copy_spacing);
+    let queue = Arc::new(std::sync::Mutex::new(queue));
+    let (probe, probing) = match (&wire, &path) {
+        (Wire::Quic(session), Some(path)) => {
+            let (probing, queued, counted, path) = (session.clone(), queue.clone(), stats.clone(), path.clone());
+            let tail_probe = tuning.tail_probe.is_some();
+            let (probe, task) = TailProbe::new(tuning.probe_timer(), move || {
+                copies::send_round((&probing, &path), &queued, tail_probe, &counted)
+            });
+            (probe, task.map(|task| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task))))
+        }
+        _ => (TailProbe::new(None, || quiver_transport::Probed::Gone).0, None),
+    };
+    // Stopped when the connection's task returns.
+    let _probing = probing;
+    let copies = (path.is_some() && tuning.copies > 0).then_some(queue);
+    let _open = Open::new(&stats, session_id, path, wire.kind());
+    let hubs = (rooms, ticks);
+    let mut connection = Connection::start(&wire, &config.limits, hubs, probe, copies, stats.clone());
+    let session = ControlSession::new(session_id, config.limits.clone(), auth);
+    let reason = control(&wire, &config, &stats, &mut connection, session, (deadline, started), &shutdown).await;
+    connection.close(now_us()).await;
+    tracing::info!(%reason, "connection ended");
 }
 
 /// Accepts `incoming` (and frees its box now, not when the connection's task ends).
@@ -145,29 +167,24 @@ fn accept(
 struct Open {
     stats: Arc<ServerStats>,
     id: u64,
-    webtransport: bool,
+    kind: WireKind,
 }
 
 impl Open {
-    fn new(stats: &Arc<ServerStats>, id: u64, conn: quinn::Connection, webtransport: bool) -> Open {
-        let (gauge, counter) = match webtransport {
-            true => (&stats.connections_webtransport, &stats.accepted_webtransport),
-            false => (&stats.connections_native, &stats.accepted_native),
-        };
+    fn new(stats: &Arc<ServerStats>, id: u64, path: Option<quinn::Connection>, kind: WireKind) -> Open {
+        let (gauge, counter) = stats.by_kind(kind);
         ServerStats::add(gauge, 1);
         bump(counter);
-        stats.quic.add(id, conn);
-        Open { stats: stats.clone(), id, webtransport }
+        if let Some(path) = path {
+            stats.quic.add(id, path);
+        }
+        Open { stats: stats.clone(), id, kind }
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        let gauge = match self.webtransport {
-            true => &self.stats.connections_webtransport,
-            false => &self.stats.connections_native,
-        };
-        ServerStats::add(gauge, -1);
+        ServerStats::add(self.stats.by_kind(self.kind).0, -1);
         self.stats.quic.remove(self.id);
     }
 }
@@ -179,7 +196,7 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
 
 /// Serves the control stream; returns why the connection ended (for the log). The connection is closed on return.
 async fn control<R: RoomHub>(
-    conn: &Session,
+    conn: &Wire,
     config: &ServerConfig,
     stats: &Arc<ServerStats>,
     connection: &mut Connection<R>,
@@ -191,11 +208,11 @@ async fn control<R: RoomHub>(
     let (mut send, mut recv) = tokio::select! {
         stream = conn.accept_bi() => match stream {
             Ok(stream) => stream,
-            Err(err) => return format!("closed before opening the control stream: {}", describe_session(&err).1),
+            Err(err) => return format!("closed before opening the control stream: {err}"),
         },
         () = tokio::time::sleep_until(hello_deadline) => {
             stats.refused(ErrorCode::HandshakeTimeout);
-            close(conn, ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
+            conn.close(ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
             return "handshake timeout".into();
         }
         () = shutdown.cancelled() => return going_away(conn, None).await,
@@ -204,11 +221,11 @@ async fn control<R: RoomHub>(
     // not read), and an extra stream must be refused at once, before quinn buffers a stream window's worth of it.
     let (refusing, refused) = (conn.clone(), stats.clone());
     let _refuse = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-        if let Some(what) = refuse_other_streams(&refusing).await {
+        if let Some(what) = refusing.other_stream().await {
             tracing::info!("client opened {what}");
             refused.refused(ErrorCode::ProtocolViolation);
             let reason = format!("clients open one stream, the control stream, not {what}");
-            close(&refusing, ErrorCode::ProtocolViolation, &reason);
+            refusing.close(ErrorCode::ProtocolViolation, &reason);
         }
     }));
     let mut throttle = ControlThrottle::new(&config.limits, stats.clone(), Instant::now().into_std());
@@ -235,13 +252,13 @@ async fn control<R: RoomHub>(
         tokio::select! {
             () = &mut expiry, if expires => {
                 bump(&stats.sessions_expired);
-                close(conn, ErrorCode::TokenExpired, "the access token expired; reconnect with a fresh one");
+                conn.close(ErrorCode::TokenExpired, "the access token expired; reconnect with a fresh one");
                 return "token expired".into();
             }
-            chunk = recv.read_chunk(usize::MAX, true) => match chunk {
-                Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
+            chunk = recv.read_chunk() => match chunk {
+                Ok(Some(chunk)) => inbound.extend_from_slice(&chunk),
                 Ok(None) if inbound.is_empty() => {
-                    close(conn, ErrorCode::NoError, "control stream finished");
+                    conn.close(ErrorCode::NoError, "control stream finished");
                     return "client finished the control stream".into();
                 }
                 Ok(None) => {
@@ -251,11 +268,8 @@ async fn control<R: RoomHub>(
                     );
                     return control_stream_closed(conn, stats, reason);
                 }
-                Err(web_transport_quinn::ReadError::SessionError(err)) => {
-                    let (code, reason) = describe_session(&err);
-                    return format!("connection closed: {code}: {reason}");
-                }
-                Err(web_transport_quinn::ReadError::Reset(code)) => {
+                Err(err @ WireError::Closed(..)) => return err.to_string(),
+                Err(WireError::Stream(code)) => {
                     let reason = format!("the client reset its control stream (code {code})");
                     return control_stream_closed(conn, stats, reason);
                 }
@@ -265,16 +279,13 @@ async fn control<R: RoomHub>(
                 let reason = match stopped {
                     Ok(Some(code)) => format!("the client stopped reading its control stream (code {code})"),
                     Ok(None) => "the control stream ended".to_string(),
-                    Err(err) => {
-                        let (code, reason) = describe_session(&err);
-                        return format!("connection closed: {code}: {reason}");
-                    }
+                    Err(err) => return err.to_string(),
                 };
                 return control_stream_closed(conn, stats, reason);
             }
             () = tokio::time::sleep_until(hello_deadline), if awaiting_hello => {
                 stats.refused(ErrorCode::HandshakeTimeout);
-                close(conn, ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
+                conn.close(ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
                 return "handshake timeout".into();
             }
             () = tokio::time::sleep_until(partial_deadline), if !awaiting_hello && partial_since.is_some() => {
@@ -303,7 +314,7 @@ async fn control<R: RoomHub>(
             Ok(step) => step,
             Err((code, reason)) => {
                 stats.refused(code);
-                close(conn, code, &reason);
+                conn.close(code, &reason);
                 return format!("protocol error: {reason}");
             }
         } {
@@ -365,10 +376,7 @@ async fn control<R: RoomHub>(
             };
             match written {
                 Ok(()) => {}
-                Err(web_transport_quinn::WriteError::SessionError(err)) => {
-                    let (code, reason) = describe_session(&err);
-                    return format!("connection closed: {code}: {reason}");
-                }
+                Err(err @ WireError::Closed(..)) => return err.to_string(),
                 Err(err) => {
                     let reason = format!("the client stopped reading its control stream ({err})");
                     return control_stream_closed(conn, stats, reason);
@@ -382,26 +390,15 @@ async fn control<R: RoomHub>(
 
 /// Closes the connection with `ControlStreamClosed` because the client reset, stopped or half-finished its control
 /// stream; returns the reason (for the log).
-fn control_stream_closed(conn: &Session, stats: &ServerStats, reason: String) -> String {
+fn control_stream_closed(conn: &Wire, stats: &ServerStats, reason: String) -> String {
     refuse(conn, stats, ErrorCode::ControlStreamClosed, reason)
 }
 
 /// Counts a refusal with `code`, closes the connection with it and `reason`; returns the reason (for the log).
-fn refuse(conn: &Session, stats: &ServerStats, code: ErrorCode, reason: String) -> String {
+fn refuse(conn: &Wire, stats: &ServerStats, code: ErrorCode, reason: String) -> String {
     stats.refused(code);
-    close(conn, code, &reason);
+    conn.close(code, &reason);
     reason
-}
-
-/// Clients open one stream, the control stream; any other is a protocol violation. (The endpoint grants a few
-/// more than one because a browser's HTTP/3 needs them; web-transport-quinn consumes those itself.) Completes with
-/// what was opened, or `None` once the connection can accept nothing more (it is closing).
-async fn refuse_other_streams(conn: &Session) -> Option<&'static str> {
-    tokio::select! {
-        Ok(_) = conn.accept_bi() => Some("a second bidirectional stream"),
-        Ok(_) = conn.accept_uni() => Some("a unidirectional stream"),
-        else => None,
-    }
 }
 
 /// Decodes the next whole request in `inbound` and runs it through the throttle, then the session (a post whose
@@ -455,17 +452,17 @@ fn encode(codec: &FrameCodec, msg: &ServerMsg, out: &mut BytesMut) {
 }
 
 /// Sends what is queued, finishes the control stream, gives the peer a moment to receive it, then closes.
-async fn flush_and_close(conn: &Session, send: &mut SendStream, outbound: &[u8], code: ErrorCode, reason: &str) {
+async fn flush_and_close(conn: &Wire, send: &mut WireSend, outbound: &[u8], code: ErrorCode, reason: &str) {
     let delivered = async {
         send.write_all(outbound).await.ok()?;
-        send.finish().ok()?;
+        send.finish();
         send.stopped().await.ok()
     };
     let _ = tokio::time::timeout(FLUSH_BEFORE_CLOSE, delivered).await;
-    close(conn, code, reason);
+    conn.close(code, reason);
 }
 
-async fn going_away(conn: &Session, send: Option<&mut SendStream>) -> String {
+async fn going_away(conn: &Wire, send: Option<&mut WireSend>) -> String {
     // The hint: this server is going, not the service; clients reconnect (with backoff) to it or its replacement.
     let reason = "server shutting down; reconnect";
     match send {
@@ -475,7 +472,7 @@ async fn going_away(conn: &Session, send: Option<&mut SendStream>) -> String {
             encode(&codec, &ServerMsg::GoAway { code: ErrorCode::GoingAway, reason: reason.into() }, &mut out);
             flush_and_close(conn, send, &out, ErrorCode::GoingAway, reason).await;
         }
-        None => close(conn, ErrorCode::GoingAway, reason),
+        None => conn.close(ErrorCode::GoingAway, reason),
     }
     "server shutdown".into()
 }

@@ -12,13 +12,13 @@ use quiver_proto::{copies::CopyQueue, ErrorCode, Failure, Limits, Reply, ServerM
 use quiver_transport::TailProbe;
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use web_transport_quinn::Session;
 
 use crate::{
     hub::{ticks::TickHub, ConnectionState, JoinRoom, PostMessage, RoomHub},
     net::{
         rooms::{pump, Kicked, OutboxCopies, StreamOutbox},
         ticks::ConnectionTicks,
+        wire::Wire,
     },
     session::{RoomRequest, TickRequest},
     stats::{bump, ServerStats},
@@ -30,7 +30,7 @@ const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// One connection's rooms and ticks: its protocol state and the IO behind it.
 #[derive(Debug)]
 pub(super) struct Connection<R> {
-    conn: Session,
+    conn: Wire,
     state: ConnectionState<Arc<StreamOutbox>>,
     rooms: Arc<R>,
     ticks: Arc<dyn TickHub>,
@@ -59,7 +59,7 @@ const POST_COPY_QUEUE: usize = 16;
 impl<R: RoomHub> Connection<R> {
     /// Starts the connection's datagram tasks. `copies`: the connection's copy queue, where redundancy is granted.
     pub(super) fn start(
-        conn: &Session,
+        conn: &Wire,
         limits: &Limits,
         (rooms, ticks): (Arc<R>, Arc<dyn TickHub>),
         probe: Arc<TailProbe>,

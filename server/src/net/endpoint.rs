@@ -32,17 +32,18 @@ pub enum ServerError {
     /// The room store cannot be opened: damaged, or the directory is unusable.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The WebSocket listener's TCP address cannot be bound.
+    #[error("WebSocket listener {0}: {1} (set [web] websocket, --websocket ADDR, or --websocket off)")]
+    WebSocket(SocketAddr, std::io::Error),
     /// The admin listener's TCP address cannot be bound.
     #[error("admin listener {0}: {1} (set [admin] listen, --admin ADDR, or --admin off)")]
     Admin(SocketAddr, std::io::Error),
 }
 
-pub(super) fn bind(
-    config: &ServerConfig,
-    tickets: &Tickets,
-) -> Result<(quinn::Endpoint, quinn::ServerConfig, Fingerprint), ServerError> {
+pub(super) fn bind(config: &ServerConfig, tickets: &Tickets) -> Result<(quinn::Endpoint, Certified), ServerError> {
     config.limits.check()?;
-    let (server_config, fingerprint) = server_config(config, tickets)?;
+    let certified = server_config(config, tickets)?;
+    let server_config = certified.quic.clone();
     let socket = udp_socket(config.listen).map_err(ServerError::Bind)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ServerError::Bind(std::io::Error::other("no async runtime (call from within tokio)")))?;
@@ -56,18 +57,23 @@ pub(super) fn bind(
     endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
     let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config.clone()), socket, runtime)
         .map_err(ServerError::Bind)?;
-    Ok((endpoint, server_config, fingerprint))
+    Ok((endpoint, certified))
+}
+
+/// What the certificate is served with: the QUIC configuration, the WebSocket listener's TLS, and its fingerprint.
+#[derive(Debug)]
+pub(super) struct Certified {
+    pub(super) quic: quinn::ServerConfig,
+    pub(super) tcp: std::sync::Arc<rustls::ServerConfig>,
+    pub(super) fingerprint: Fingerprint,
 }
 
 /// The server's TLS session tickets, made once and kept across reloads (`quiver_transport::tls::session_tickets`).
 pub(super) type Tickets = std::sync::Arc<dyn quiver_transport::tls::ProducesTickets>;
 
-/// The QUIC server configuration: the certificate (loaded, or the dev one generated or renewed), the session
-/// tickets and the transport. Called at start and on every reload.
-pub(super) fn server_config(
-    config: &ServerConfig,
-    tickets: &Tickets,
-) -> Result<(quinn::ServerConfig, Fingerprint), ServerError> {
+/// The QUIC server configuration (and the WebSocket listener's TLS): the certificate (loaded, or the dev one
+/// generated or renewed), the session tickets and the transport. Called at start and on every reload.
+pub(super) fn server_config(config: &ServerConfig, tickets: &Tickets) -> Result<Certified, ServerError> {
     let cert = match &config.tls {
         TlsSource::Dev => {
             let (cert, status) = quiver_certs::dev::load_or_generate(&config.data_dir, std::time::SystemTime::now())?;
@@ -77,9 +83,10 @@ pub(super) fn server_config(
         TlsSource::Pem { cert, key } => quiver_certs::pem::load(cert, key)?,
     };
     let fingerprint = cert.fingerprint();
-    let server_config =
+    let tcp = quiver_transport::tls::server_tcp_config(cert.chain.clone(), cert.key.clone_key(), tickets.clone())?;
+    let quic =
         quiver_transport::tls::server_config(cert.chain, cert.key, &config.limits, &config.tuning, tickets.clone())?;
-    Ok((server_config, fingerprint))
+    Ok(Certified { quic, tcp: std::sync::Arc::new(tcp), fingerprint })
 }
 
 /// `base` with a transport that writes this connection's qlog into `dir` (`<time>-<id>.sqlog`, JSON-SEQ as qvis

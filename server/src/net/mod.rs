@@ -9,7 +9,9 @@ mod dispatch;
 mod endpoint;
 mod rooms;
 mod ticks;
+mod websocket;
 mod webtransport;
+mod wire;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -25,6 +27,7 @@ use crate::{
     ServerConfig,
 };
 pub use endpoint::ServerError;
+pub(crate) use wire::WireKind;
 
 /// Locks a mutex of the network layer (never a hub lock: those go through `hub::lock`), taking it over if a
 /// panicking holder poisoned it.
@@ -47,6 +50,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 struct Current {
     quic: Arc<quinn::ServerConfig>,
+    /// The WebSocket listener's TLS (the same certificate).
+    tcp: Arc<rustls::ServerConfig>,
     auth: Arc<crate::auth::Auth>,
 }
 
@@ -65,11 +70,12 @@ impl Reloader {
     /// browsers the new hash), live connections keep theirs. Returns the certificate's fingerprint. On an error
     /// nothing changes.
     pub fn reload(&self, auth: crate::auth::AuthConfig) -> Result<Fingerprint, ServerError> {
-        let (quic, fingerprint) = endpoint::server_config(&self.config, &self.tickets)?;
+        let certified = endpoint::server_config(&self.config, &self.tickets)?;
         let auth = Arc::new(crate::auth::Auth::from_config(&auth, &self.config.data_dir)?);
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Current { quic: Arc::new(quic), auth };
-        self.fingerprint.set(fingerprint);
-        Ok(fingerprint)
+        let current = Current { quic: Arc::new(certified.quic), tcp: certified.tcp, auth };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = current;
+        self.fingerprint.set(certified.fingerprint);
+        Ok(certified.fingerprint)
     }
 }
 
@@ -132,7 +138,11 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let c = &self.counters;
         writeln!(f, "server stopped")?;
-        writeln!(f, "  connections served   {} native, {} webtransport", c.accepted_native, c.accepted_webtransport)?;
+        writeln!(
+            f,
+            "  connections served   {} native, {} webtransport, {} websocket",
+            c.accepted_native, c.accepted_webtransport, c.accepted_websocket
+        )?;
         writeln!(f, "  sessions admitted    {}", c.handshakes)?;
         writeln!(f, "  posts                {} ({} retries answered with their seq)", c.posts, c.posts_duplicate)?;
         writeln!(f, "  room deliveries      {}", c.room_deliveries)?;
@@ -164,9 +174,13 @@ impl std::fmt::Display for Summary {
 pub struct Server<R = LocalRooms> {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
-    /// The demo page's listener, when `config.web.http` asks for one.
+    /// The demo page's listener, when `config.web.http` asks for one (and it is not the WebSocket listener's).
     page: Option<std::net::TcpListener>,
     page_addr: Option<SocketAddr>,
+    /// The WebSocket fallback's listener (which serves the demo page too when it is on the same address).
+    websocket: Option<std::net::TcpListener>,
+    websocket_addr: Option<SocketAddr>,
+    page_on_websocket: bool,
     config: Arc<ServerConfig>,
     rooms: Arc<R>,
     ticks: Arc<dyn TickHub>,
@@ -225,10 +239,27 @@ impl<R: RoomHub> Server<R> {
         let resumed = early.stats.clone();
         let tickets =
             quiver_transport::tls::session_tickets(move || crate::stats::bump(&resumed.tls_tickets_accepted))?;
-        let (endpoint, quic, fingerprint) = endpoint::bind(&config, &tickets)?;
+        let (endpoint, certified) = endpoint::bind(&config, &tickets)?;
+        let endpoint::Certified { quic, tcp, fingerprint } = certified;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
-        let page = config.web.http.map(crate::http::bind).transpose().map_err(ServerError::Bind)?;
-        let page_addr = page.as_ref().map(|l| l.local_addr()).transpose().map_err(ServerError::Bind)?;
+        let websocket = bind_websocket(&config, local_addr)?;
+        let websocket_addr = websocket.as_ref().map(|l| l.local_addr()).transpose().map_err(ServerError::Bind)?;
+        // The dev default: the page on loopback at the QUIC port, the WebSocket listener on all addresses at that
+        // port: one listener serves both (the page to this machine only, as before).
+        let page_on_websocket = match (config.web.http, websocket_addr) {
+            (Some(page), Some(ws)) => {
+                page.port() != 0 && page.port() == ws.port() && (page.ip() == ws.ip() || ws.ip().is_unspecified())
+            }
+            _ => false,
+        };
+        let page = match page_on_websocket {
+            true => None,
+            false => config.web.http.map(crate::http::bind).transpose().map_err(ServerError::Bind)?,
+        };
+        let page_addr = match page_on_websocket {
+            true => config.web.http,
+            false => page.as_ref().map(|l| l.local_addr()).transpose().map_err(ServerError::Bind)?,
+        };
         let auth = Arc::new(crate::auth::Auth::from_config(&config.auth, &config.data_dir)?);
         if matches!(config.auth, crate::auth::AuthConfig::Anonymous) {
             tracing::warn!(
@@ -245,12 +276,15 @@ impl<R: RoomHub> Server<R> {
             store: rooms.durable_store(),
             health: Box::new(move || health.health()),
         });
-        let current = Current { quic: Arc::new(quic), auth };
+        let current = Current { quic: Arc::new(quic), tcp, auth };
         Ok(Server {
             endpoint,
             local_addr,
             page,
             page_addr,
+            websocket,
+            websocket_addr,
+            page_on_websocket,
             config: Arc::new(config),
             rooms,
             ticks,
@@ -285,6 +319,11 @@ impl<R: RoomHub> Server<R> {
         self.page_addr
     }
 
+    /// Where the WebSocket fallback listens (TCP), if it does.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket_addr
+    }
+
     /// SHA-256 of the certificate the server presents.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint.get()
@@ -316,22 +355,30 @@ impl<R: RoomHub> Server<R> {
     /// when the server is dropped.
     pub async fn run(mut self, shutdown: CancellationToken) -> Summary {
         let tasks = TaskTracker::new();
+        let page = self.page_info();
         if let Some(listener) = self.page.take() {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    let info = crate::web::PageInfo {
-                        udp_port: self.local_addr.port(),
-                        path: self.config.web.path.clone(),
-                        cert_hash: (self.config.tls == crate::TlsSource::Dev).then(|| self.fingerprint.clone()),
-                        // What the README's `quiver chat --room lobby` and `quiver tick pub --channel prices` use.
-                        room: "lobby".into(),
-                        channel: "prices".into(),
-                        dev_tokens_from: matches!(self.config.auth, crate::auth::AuthConfig::DevKey)
-                            .then(|| self.config.data_dir.clone()),
-                    };
-                    tasks.spawn(crate::web::serve(listener, info, shutdown.clone()));
+                    tasks.spawn(crate::web::serve(listener, page.clone(), shutdown.clone()));
                 }
                 Err(err) => tracing::error!(%err, "demo page: cannot use its listener"),
+            }
+        }
+        if let Some(listener) = self.websocket.take() {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    let shared = Arc::new(websocket::Listener {
+                        config: self.config.clone(),
+                        rooms: self.rooms.clone(),
+                        ticks: self.ticks.clone(),
+                        stats: self.stats.clone(),
+                        admission: self.admission.clone(),
+                        current: self.current.clone(),
+                        page: self.page_on_websocket.then(|| Arc::new(page)),
+                    });
+                    tasks.spawn(websocket::serve(listener, shared, tasks.clone(), shutdown.clone()));
+                }
+                Err(err) => tracing::error!(%err, "WebSocket listener: cannot use it"),
             }
         }
         tasks.spawn(sweep(self.rooms.clone(), self.config.budget.sweep_interval(), shutdown.clone()));
@@ -398,13 +445,48 @@ impl<R: RoomHub> Server<R> {
         let c = &summary.counters;
         // One line in the log; the table is the caller's to print (quiver-server prints it on stdout).
         tracing::info!(
-            connections = c.accepted_native + c.accepted_webtransport,
+            connections = c.accepted_native + c.accepted_webtransport + c.accepted_websocket,
             posts = c.posts,
             ticks_in = c.ticks_published,
             left_open = summary.left_open,
             "server stopped"
         );
         summary
+    }
+}
+
+impl<R> Server<R> {
+    /// What `/config.json` tells the demo page.
+    fn page_info(&self) -> crate::web::PageInfo {
+        crate::web::PageInfo {
+            udp_port: self.local_addr.port(),
+            websocket_port: self.websocket_addr.map(|addr| addr.port()),
+            path: self.config.web.path.clone(),
+            cert_hash: (self.config.tls == crate::TlsSource::Dev).then(|| self.fingerprint.clone()),
+            // What the README's `quiver chat --room lobby` and `quiver tick pub --channel prices` use.
+            room: "lobby".into(),
+            channel: "prices".into(),
+            dev_tokens_from: matches!(self.config.auth, crate::auth::AuthConfig::DevKey)
+                .then(|| self.config.data_dir.clone()),
+        }
+    }
+}
+
+/// Binds the WebSocket fallback's TCP listener where `config.web.websocket` says (`quic`: the bound QUIC address).
+/// With an ephemeral QUIC port (tests) whose number TCP has taken already, any free TCP port is used instead.
+fn bind_websocket(config: &ServerConfig, quic: SocketAddr) -> Result<Option<std::net::TcpListener>, ServerError> {
+    let addr = match config.web.websocket {
+        crate::config::WebSocketListen::Off => return Ok(None),
+        crate::config::WebSocketListen::SamePort => SocketAddr::new(config.listen.ip(), quic.port()),
+        crate::config::WebSocketListen::At(addr) => addr,
+    };
+    match crate::http::bind(addr) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(err) if config.listen.port() == 0 && err.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::debug!(%addr, "WebSocket listener: the QUIC port's number is taken over TCP; any free port");
+            crate::http::bind(SocketAddr::new(addr.ip(), 0)).map(Some).map_err(ServerError::Bind)
+        }
+        Err(err) => Err(ServerError::WebSocket(addr, err)),
     }
 }
 

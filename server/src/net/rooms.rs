@@ -24,9 +24,8 @@ use quiver_proto::{
 use quiver_transport::TailProbe;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
-use web_transport_quinn::SendStream;
 
-use super::lock;
+use super::{lock, wire::WireSend as SendStream};
 use crate::{
     hub::Outbox,
     stats::{bump, ServerStats},
@@ -360,7 +359,7 @@ fn next(outbox: &StreamOutbox) -> Next {
             return Next::Wait;
         }
         if let Some(mut send) = queue.send.take() {
-            let _ = send.finish();
+            send.finish();
             return Next::Done;
         }
         return Next::Wait;
@@ -410,7 +409,7 @@ pub(crate) async fn pump(
             }
             Next::Reset(mut send) => {
                 bump(&stats.slow_consumer_resets);
-                let _ = send.reset(ErrorCode::SlowConsumer.to_u32());
+                send.reset(ErrorCode::SlowConsumer);
                 let _ = kicked.send((outbox.room.clone(), outbox.clone()));
                 return;
             }

@@ -15,9 +15,11 @@ use quiver_proto::{
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use web_transport_quinn::{Session, SessionError};
 
-use super::{lock, now_us};
+use super::{
+    lock, now_us,
+    wire::{Wire, WireError},
+};
 use crate::{
     hub::{
         conflate::{Conflation, Offered},
@@ -36,7 +38,7 @@ pub(crate) fn deliver(fanout: Fanout) {
 /// One connection's outgoing ticks.
 #[derive(Debug)]
 pub(crate) struct DatagramSink {
-    conn: Session,
+    conn: Wire,
     waiting: Mutex<Conflation>,
     wake: Notify,
     stats: Arc<ServerStats>,
@@ -60,9 +62,7 @@ impl DatagramSink {
         let Some(datagram) = datagram else { return };
         match self.conn.send_datagram(datagram) {
             Ok(()) => bump(&self.stats.ticks_sent),
-            Err(SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge)) => {
-                bump(&self.stats.ticks_too_large)
-            }
+            Err(WireError::TooLarge) => bump(&self.stats.ticks_too_large),
             Err(_) => {}
         }
     }
@@ -100,7 +100,7 @@ impl TickSink for DatagramSink {
 }
 
 /// Sends waiting ticks as datagrams until the connection ends or `stop` is cancelled.
-async fn send_ticks(conn: &Session, sink: Arc<DatagramSink>, stop: CancellationToken) {
+async fn send_ticks(conn: &Wire, sink: Arc<DatagramSink>, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = sink.wake.notified() => {}
@@ -115,9 +115,7 @@ async fn send_ticks(conn: &Session, sink: Arc<DatagramSink>, stop: CancellationT
             tokio::select! {
                 sent = conn.send_datagram_wait(datagram) => match sent {
                     Ok(()) => bump(&sink.stats.ticks_sent),
-                    Err(SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge)) => {
-                        bump(&sink.stats.ticks_too_large)
-                    }
+                    Err(WireError::TooLarge) => bump(&sink.stats.ticks_too_large),
                     // The connection is gone, or the peer takes no datagrams at all.
                     Err(_) => return,
                 },
@@ -130,7 +128,7 @@ async fn send_ticks(conn: &Session, sink: Arc<DatagramSink>, stop: CancellationT
 /// Reads datagrams: ticks on claimed channels are published up to `ticks_per_s`, post copies go to the control
 /// loop (`post_copies`, dropped when it is behind), anything else is counted and dropped.
 async fn read_ticks(
-    conn: &Session,
+    conn: &Wire,
     hub: Arc<dyn TickHub>,
     claims: watch::Receiver<Arc<ClaimTable>>,
     stats: Arc<ServerStats>,
@@ -144,7 +142,7 @@ async fn read_ticks(
             datagram = conn.read_datagram() => match datagram {
                 Ok(datagram) => datagram,
                 // A WebTransport datagram for another (or no) session id: the peer's garbage, not the end.
-                Err(SessionError::WebTransportError(web_transport_quinn::WebTransportError::UnknownSession)) => {
+                Err(WireError::Malformed) => {
                     bump(&stats.datagrams_malformed);
                     continue;
                 }
@@ -203,7 +201,7 @@ pub(crate) struct ConnectionTicks {
 impl ConnectionTicks {
     /// Starts the connection's datagram reader and tick sender; post copies go to `post_copies`.
     pub(crate) fn start(
-        conn: &Session,
+        conn: &Wire,
         hub: Arc<dyn TickHub>,
         limits: &Limits,
         post_copies: mpsc::Sender<(u64, Vec<Bytes>)>,

@@ -4,6 +4,7 @@
 //! key with its default and what it means. Tests keep the template, this struct and docs/operations.md in step.
 
 mod load;
+mod web;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -15,9 +16,10 @@ use crate::{
     auth::{AuthConfig, TokenKey},
     budget::Budget,
     store::Durability,
-    ServerConfig, TlsSource, WebConfig,
+    ServerConfig, TlsSource,
 };
 pub use load::{keys, load, Layers, Override, SettingsError, ENV_PREFIX};
+pub use web::WebSettings;
 
 /// `quiver-server config init`: the configuration file with every key at its default, commented.
 pub const TEMPLATE: &str = include_str!("quiver.toml");
@@ -189,25 +191,6 @@ impl TransportSettings {
     }
 }
 
-/// `[web]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebSettings {
-    /// The demo page's TCP address: `auto` (loopback on the QUIC port with the dev certificate, else off), `off`,
-    /// or an address.
-    pub page: String,
-    /// The WebTransport URL path.
-    pub path: String,
-    /// Origins allowed to open WebTransport sessions (empty: any, for development).
-    pub origins: Vec<String>,
-}
-
-impl Default for WebSettings {
-    fn default() -> Self {
-        WebSettings { page: "auto".into(), path: WebConfig::DEFAULT_PATH.into(), origins: Vec::new() }
-    }
-}
-
 /// `[admin]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -291,7 +274,7 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    fn new(key: &str, message: impl Into<String>) -> Invalid {
+    pub(super) fn new(key: &str, message: impl Into<String>) -> Invalid {
         Invalid { key: key.into(), message: message.into() }
     }
 }
@@ -383,6 +366,7 @@ impl Settings {
             return Err(Invalid::new("web.origins", format!("{origin:?} is not an origin (https://host[:port])")));
         }
         self.admin_addr()?;
+        self.websocket_listen()?;
         if self.log.filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
             return Err(Invalid::new("log.filter", format!("{:?} is not a tracing filter", self.log.filter)));
         }
@@ -460,11 +444,7 @@ impl Settings {
             true => TlsSource::Dev,
             false => TlsSource::Pem { cert: self.tls.cert.clone(), key: self.tls.key.clone() },
         };
-        let web = WebConfig {
-            path: self.web.path.clone(),
-            allowed_origins: self.web.origins.clone(),
-            http: self.page_addr()?,
-        };
+        let web = self.web_config()?;
         Ok(ServerConfig {
             tls,
             web,

@@ -1,0 +1,215 @@
+//! The WebSocket fallback's TCP listener (by default on the QUIC port's number): `wss://` with the server's
+//! certificate, or (from this machine only, for development) plain `ws://`; the upgrade at the WebTransport path
+//! with the `quiver` subprotocol; then the connection is a [`Wire::Ws`] served by the same code as QUIC clients
+//! (same auth, limits, rooms and ticks). Plain HTTP requests from this machine get the demo page when it is served
+//! here (the dev default puts both on one port).
+
+mod upgrade;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use quiver_transport::ws::{Role, WsConfig, WsSession};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    time::Instant,
+};
+use tokio_tungstenite::{tungstenite::protocol::Role as WsRole, WebSocketStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use super::{
+    admit::admit_tcp,
+    connection::{serve_wire, Shared},
+    wire::Wire,
+    Current,
+};
+use crate::{
+    http::Response,
+    hub::{ticks::TickHub, RoomHub},
+    stats::ServerStats,
+    web::{is_loopback, PageInfo},
+    ServerConfig,
+};
+
+/// Largest request head read before the upgrade; a longer one is refused with 431.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// TCP connections between accept and the upgrade (or the page's answer) at once; more wait in the kernel's queue.
+const MAX_UPGRADING: usize = 1024;
+/// How long a closed connection's close message gets to leave.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What the listener's connections share.
+pub(super) struct Listener<R> {
+    pub(super) config: Arc<ServerConfig>,
+    pub(super) rooms: Arc<R>,
+    pub(super) ticks: Arc<dyn TickHub>,
+    pub(super) stats: Arc<ServerStats>,
+    pub(super) admission: Arc<std::sync::Mutex<crate::admission::Admission>>,
+    pub(super) current: Arc<std::sync::RwLock<Current>>,
+    /// The demo page, when it is served on this listener.
+    pub(super) page: Option<Arc<PageInfo>>,
+}
+
+/// The WebSocket connection settings of a server.
+fn ws_config() -> WsConfig {
+    WsConfig::default()
+}
+
+/// Accepts TCP connections until `shutdown`; each is served on `tasks` (the server's: the drain waits for them).
+pub(super) async fn serve<R: RoomHub>(
+    listener: TcpListener,
+    shared: Arc<Listener<R>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_UPGRADING));
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+            () = shutdown.cancelled() => return,
+        };
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%err, "WebSocket listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let (shared, shutdown) = (shared.clone(), shutdown.child_token());
+        tasks.spawn(connection(tcp, remote, shared, permit, shutdown));
+    }
+}
+
+/// One TCP connection: TLS or not (its first byte), the request head, then the upgrade or the page.
+async fn connection<R: RoomHub>(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    shared: Arc<Listener<R>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+) {
+    let started = std::time::Instant::now();
+    let deadline = Instant::now() + Duration::from_millis(u64::from(shared.config.limits.handshake_timeout_ms));
+    let _ = tcp.set_nodelay(true);
+    // The kernel's queue is where a slow link's ticks would go stale: keep it small (docs/web.md).
+    let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(shared.config.web.websocket_send_buffer);
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+        Ok(Ok(1..)) => {}
+        _ => return,
+    }
+    // A TLS record of type handshake (22) starts every TLS connection; an HTTP request starts with its method.
+    if first[0] == 0x16 {
+        let tls = shared.current.read().unwrap_or_else(|p| p.into_inner()).tcp.clone();
+        match tokio::time::timeout_at(deadline, tokio_rustls::TlsAcceptor::from(tls).accept(tcp)).await {
+            Ok(Ok(stream)) => request(stream, remote, true, shared, permit, (deadline, started), shutdown).await,
+            Ok(Err(err)) => tracing::debug!(%remote, %err, "WebSocket listener: TLS handshake failed"),
+            Err(_) => tracing::debug!(%remote, "WebSocket listener: TLS handshake timed out"),
+        }
+    } else {
+        request(tcp, remote, false, shared, permit, (deadline, started), shutdown).await;
+    }
+}
+
+/// Reads the request head and answers it: the upgrade (then serves the connection), the page, or an error.
+async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    mut stream: S,
+    remote: SocketAddr,
+    secure: bool,
+    shared: Arc<Listener<R>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    (deadline, started): (Instant, std::time::Instant),
+    shutdown: CancellationToken,
+) {
+    let head = match tokio::time::timeout_at(deadline, read_head(&mut stream)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(response)) => return answer(stream, response).await,
+        Err(_) => return,
+    };
+    let local = is_loopback(remote.ip());
+    let response = match upgrade::classify(&head, &shared.config.web) {
+        Ok(upgrade::Request::Upgrade { key }) if secure || local => {
+            let Some(admitted) = admit_tcp(remote.ip(), &shared.admission, &shared.stats) else {
+                return answer(stream, Response::error(503, "too many new connections from your address")).await;
+            };
+            if stream.write_all(&upgrade::switching_protocols(&key)).await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+            drop(permit);
+            let config = ws_config();
+            let ws = WebSocketStream::from_raw_socket(stream, WsRole::Server, Some(config.websocket())).await;
+            let session = WsSession::start(ws, Role::Server, config, remote);
+            let id = rand::random::<u64>();
+            let span = tracing::info_span!(
+                "conn",
+                session = %format_args!("{id:016x}"),
+                %remote,
+                identity = tracing::field::Empty
+            );
+            let auth = shared.current.read().unwrap_or_else(|p| p.into_inner()).auth.clone();
+            let served = Shared {
+                config: shared.config.clone(),
+                rooms: shared.rooms.clone(),
+                ticks: shared.ticks.clone(),
+                stats: shared.stats.clone(),
+                auth,
+            };
+            let wire = Wire::Ws(session.clone());
+            async move {
+                serve_wire(id, wire, None, admitted, served, (deadline, started), shutdown).await;
+                session.close(quiver_proto::ErrorCode::NoError, "session ended");
+                let _ = tokio::time::timeout(CLOSE_GRACE, session.closed()).await;
+            }
+            .instrument(span)
+            .await;
+            return;
+        }
+        Ok(upgrade::Request::Upgrade { .. }) => {
+            Response::error(403, "ws:// (without TLS) is for clients on this machine only; use wss://")
+        }
+        Ok(upgrade::Request::Http) => match &shared.page {
+            Some(page) if local && !secure => crate::web::respond(&head, remote.ip(), page),
+            _ => Response::error(
+                404,
+                &format!("Quiver's WebSocket endpoint: GET {} with Upgrade: websocket", shared.config.web.path),
+            ),
+        },
+        Err(response) => response,
+    };
+    answer(stream, response).await;
+}
+
+/// Reads up to the end of the request head (nothing may follow it before the answer).
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, Response> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            if end + 4 != head.len() {
+                return Err(Response::error(400, "bytes after the request head, before the answer"));
+            }
+            return Ok(head);
+        }
+        if head.len() > MAX_REQUEST_HEAD {
+            return Err(Response::error(431, "request head too large"));
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return Err(Response::error(400, "incomplete request head")),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn answer<S: AsyncWrite + Unpin>(mut stream: S, response: Response) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stream.write_all(&response.to_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}

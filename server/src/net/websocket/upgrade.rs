@@ -1,0 +1,108 @@
+//! The WebSocket upgrade request (RFC 6455 §4.2), sans IO: what makes a request an upgrade to Quiver's
+//! WebSocket, and the 101 answer. A request that is no upgrade is the demo page's (or 404); a bad upgrade gets its
+//! HTTP error.
+
+use quiver_proto::ws::SUBPROTOCOL;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::{config::WebConfig, http::Response};
+
+/// What the request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Request {
+    /// A WebSocket upgrade at the Quiver path: answer with [`switching_protocols`] for this key.
+    Upgrade { key: String },
+    /// Plain HTTP (the demo page's business).
+    Http,
+}
+
+fn header<'a>(lines: &[&'a str], name: &str) -> Option<&'a str> {
+    lines
+        .iter()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.trim())
+}
+
+fn has_token(value: Option<&str>, token: &str) -> bool {
+    value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Reads a request head (up to and including its blank line).
+pub(super) fn classify(head: &[u8], web: &WebConfig) -> Result<Request, Response> {
+    let (head_only, target, lines) = crate::http::parse_request(head)?;
+    let lines: Vec<&str> = lines.take_while(|line| !line.is_empty()).collect();
+    let upgrade = header(&lines, "upgrade");
+    if !has_token(upgrade, "websocket") {
+        return Ok(Request::Http);
+    }
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    if path != web.path {
+        return Err(Response::error(404, &format!("no WebSocket endpoint here; Quiver's is at {}", web.path)));
+    }
+    if head_only || !has_token(header(&lines, "connection"), "upgrade") {
+        return Err(Response::error(400, "a WebSocket upgrade is a GET with Connection: Upgrade"));
+    }
+    if header(&lines, "sec-websocket-version") != Some("13") {
+        return Err(Response::error(400, "WebSocket version 13 only"));
+    }
+    let Some(key) = header(&lines, "sec-websocket-key").filter(|k| !k.is_empty() && k.len() <= 64) else {
+        return Err(Response::error(400, "missing Sec-WebSocket-Key"));
+    };
+    if !has_token(header(&lines, "sec-websocket-protocol"), SUBPROTOCOL) {
+        return Err(Response::error(400, &format!("ask for the WebSocket subprotocol {SUBPROTOCOL:?}")));
+    }
+    if !web.origin_allowed(header(&lines, "origin")) {
+        return Err(Response::error(403, "origin not allowed (web.origins)"));
+    }
+    Ok(Request::Upgrade { key: key.to_string() })
+}
+
+/// The 101 answer to an upgrade with `key`.
+pub(super) fn switching_protocols(key: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET /quiver HTTP/1.1\r\nHost: localhost:4433\r\nUpgrade: websocket\r\n\
+        Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: quiver\r\nOrigin: http://localhost:4433\r\n\r\n";
+
+    fn classify_str(head: &str, web: &WebConfig) -> Result<Request, u16> {
+        classify(head.as_bytes(), web).map_err(|r| r.status)
+    }
+
+    #[test]
+    fn an_upgrade_to_quiver_is_answered_with_rfc6455s_accept_key() {
+        let web = WebConfig::default();
+        let Ok(Request::Upgrade { key }) = classify_str(UPGRADE, &web) else { panic!() };
+        let answer = String::from_utf8(switching_protocols(&key)).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 101 "));
+        assert!(answer.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "RFC 6455's example");
+        assert!(answer.contains("Sec-WebSocket-Protocol: quiver\r\n"));
+        assert_eq!(classify_str("GET / HTTP/1.1\r\nHost: x\r\n\r\n", &web), Ok(Request::Http));
+    }
+
+    #[test]
+    fn bad_upgrades_get_their_http_error() {
+        let web = WebConfig::default();
+        assert_eq!(classify_str(&UPGRADE.replace("GET /quiver", "GET /other"), &web), Err(404));
+        assert_eq!(classify_str(&UPGRADE.replace("Version: 13", "Version: 8"), &web), Err(400));
+        assert_eq!(classify_str(&UPGRADE.replace("Protocol: quiver", "Protocol: chat"), &web), Err(400));
+        assert_eq!(classify_str(&UPGRADE.replace("Sec-WebSocket-Key", "X-Key"), &web), Err(400));
+        assert_eq!(classify_str(&UPGRADE.replace("keep-alive, Upgrade", "keep-alive"), &web), Err(400));
+        assert_eq!(classify_str(&UPGRADE.replace("GET", "POST"), &web), Err(405));
+        let strict = WebConfig { allowed_origins: vec!["https://app.example".into()], ..WebConfig::default() };
+        assert_eq!(classify_str(UPGRADE, &strict), Err(403));
+        let app = UPGRADE.replace("http://localhost:4433", "https://app.example");
+        assert!(matches!(classify_str(&app, &strict), Ok(Request::Upgrade { .. })));
+    }
+}

@@ -1,0 +1,259 @@
+//! A client's connection, whatever carries it: QUIC (native, or a WebTransport session: web-transport-quinn's
+//! [`Session`]) or a WebSocket ([`WsSession`], the fallback). The connection loop, room streams and ticks are one
+//! code path over [`Wire`]; only what QUIC alone has (the tail probe, datagram copies, path statistics) is asked
+//! for by kind.
+
+use bytes::Bytes;
+use quiver_proto::ErrorCode;
+use quiver_transport::ws::{WsError, WsRecv, WsSend, WsSession};
+use web_transport_quinn::{RecvStream, SendStream, Session, SessionError, WebTransportError};
+
+use super::close::describe_session;
+
+/// A client connection.
+#[derive(Debug, Clone)]
+pub(crate) enum Wire {
+    /// QUIC: native, or a WebTransport session (shared: a `Session` is 776 bytes, and every task of the connection
+    /// holds a handle).
+    Quic(std::sync::Arc<Session>),
+    /// A WebSocket.
+    Ws(WsSession),
+}
+
+/// The sending side of a stream of a [`Wire`].
+#[derive(Debug)]
+pub(crate) enum WireSend {
+    Quic(SendStream),
+    Ws(WsSend),
+}
+
+/// The receiving side of a stream of a [`Wire`].
+#[derive(Debug)]
+pub(crate) enum WireRecv {
+    Quic(RecvStream),
+    Ws(WsRecv),
+}
+
+/// Why an operation on a [`Wire`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WireError {
+    /// The connection is closed, with this code and reason.
+    Closed(ErrorCode, String),
+    /// The peer reset (reading) or stopped (writing) the stream, with this code.
+    Stream(u32),
+    /// The datagram is larger than the connection takes.
+    TooLarge,
+    /// A datagram that belongs to no session (WebTransport): the peer's garbage, not the end.
+    Malformed,
+    /// Anything else.
+    Other(String),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Closed(code, reason) => write!(f, "connection closed: {code}: {reason}"),
+            WireError::Stream(code) => write!(f, "stream cut off by the peer (code {code})"),
+            WireError::TooLarge => write!(f, "datagram too large"),
+            WireError::Malformed => write!(f, "datagram for no session"),
+            WireError::Other(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+impl From<SessionError> for WireError {
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge) => WireError::TooLarge,
+            SessionError::WebTransportError(WebTransportError::UnknownSession) => WireError::Malformed,
+            err => {
+                let (code, reason) = describe_session(&err);
+                WireError::Closed(code, reason)
+            }
+        }
+    }
+}
+
+impl From<WsError> for WireError {
+    fn from(err: WsError) -> Self {
+        match err {
+            WsError::Closed(code, reason) => WireError::Closed(code, reason),
+            WsError::Reset(code) => WireError::Stream(code.to_u32()),
+            WsError::TooLarge(..) => WireError::TooLarge,
+            WsError::Unsupported(what) => WireError::Other(what.into()),
+        }
+    }
+}
+
+impl From<web_transport_quinn::WriteError> for WireError {
+    fn from(err: web_transport_quinn::WriteError) -> Self {
+        match err {
+            web_transport_quinn::WriteError::SessionError(err) => err.into(),
+            web_transport_quinn::WriteError::Stopped(code) => WireError::Stream(code),
+            other => WireError::Other(other.to_string()),
+        }
+    }
+}
+
+impl Wire {
+    /// Which kind of client this is, for logs and gauges.
+    pub(crate) fn kind(&self) -> WireKind {
+        match self {
+            Wire::Quic(session) if session.request().is_some() => WireKind::WebTransport,
+            Wire::Quic(_) => WireKind::Native,
+            Wire::Ws(_) => WireKind::WebSocket,
+        }
+    }
+
+    /// Closes the connection with `code`, giving `reason` (truncated to fit a packet) to the peer.
+    pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
+        match self {
+            Wire::Quic(session) => super::close::close_session(session, code, reason),
+            Wire::Ws(ws) => ws.close(code, reason),
+        }
+    }
+
+    /// The client's control stream.
+    pub(crate) async fn accept_bi(&self) -> Result<(WireSend, WireRecv), WireError> {
+        match self {
+            Wire::Quic(session) => {
+                let (send, recv) = session.accept_bi().await?;
+                Ok((WireSend::Quic(send), WireRecv::Quic(recv)))
+            }
+            Wire::Ws(ws) => {
+                let (send, recv) = ws.accept_bi().await?;
+                Ok((WireSend::Ws(send), WireRecv::Ws(recv)))
+            }
+        }
+    }
+
+    /// Completes with what the client opened beyond its control stream (a protocol violation), or `None` once the
+    /// connection can accept nothing more.
+    pub(crate) async fn other_stream(&self) -> Option<&'static str> {
+        match self {
+            Wire::Quic(session) => tokio::select! {
+                Ok(_) = session.accept_bi() => Some("a second bidirectional stream"),
+                Ok(_) = session.accept_uni() => Some("a unidirectional stream"),
+                else => None,
+            },
+            // The WebSocket mapping has no way to open one (a room stream message from a client closes it).
+            Wire::Ws(ws) => {
+                ws.closed().await;
+                None
+            }
+        }
+    }
+
+    /// Opens a room stream.
+    pub(crate) async fn open_uni(&self) -> Result<WireSend, WireError> {
+        match self {
+            Wire::Quic(session) => Ok(WireSend::Quic(session.open_uni().await?)),
+            Wire::Ws(ws) => Ok(WireSend::Ws(ws.open_uni()?)),
+        }
+    }
+
+    /// Sends a datagram now (or drops the oldest waiting one to make room).
+    pub(crate) fn send_datagram(&self, datagram: Bytes) -> Result<(), WireError> {
+        match self {
+            Wire::Quic(session) => Ok(session.send_datagram(datagram)?),
+            Wire::Ws(ws) => Ok(ws.send_datagram(datagram)?),
+        }
+    }
+
+    /// Sends a datagram once there is room for it.
+    pub(crate) async fn send_datagram_wait(&self, datagram: Bytes) -> Result<(), WireError> {
+        match self {
+            Wire::Quic(session) => Ok(session.send_datagram_wait(datagram).await?),
+            Wire::Ws(ws) => Ok(ws.send_datagram_wait(datagram).await?),
+        }
+    }
+
+    /// Room in the datagram send buffer, bytes.
+    pub(crate) fn datagram_send_buffer_space(&self) -> usize {
+        match self {
+            Wire::Quic(session) => session.datagram_send_buffer_space(),
+            Wire::Ws(ws) => ws.datagram_send_buffer_space(),
+        }
+    }
+
+    /// The next datagram from the client.
+    pub(crate) async fn read_datagram(&self) -> Result<Bytes, WireError> {
+        match self {
+            Wire::Quic(session) => Ok(session.read_datagram().await?),
+            Wire::Ws(ws) => Ok(ws.read_datagram().await?),
+        }
+    }
+}
+
+/// The kinds of client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WireKind {
+    Native,
+    WebTransport,
+    WebSocket,
+}
+
+impl WireSend {
+    /// Writes what the stream takes now (waiting while it takes nothing); how many bytes.
+    pub(crate) async fn write(&mut self, buf: &[u8]) -> Result<usize, WireError> {
+        match self {
+            WireSend::Quic(send) => Ok(send.write(buf).await?),
+            WireSend::Ws(send) => Ok(send.write(buf).await?),
+        }
+    }
+
+    /// Writes all of `buf`.
+    pub(crate) async fn write_all(&mut self, buf: &[u8]) -> Result<(), WireError> {
+        match self {
+            WireSend::Quic(send) => Ok(send.write_all(buf).await?),
+            WireSend::Ws(send) => Ok(send.write_all(buf).await?),
+        }
+    }
+
+    /// Writes all of `chunk`.
+    pub(crate) async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), WireError> {
+        match self {
+            WireSend::Quic(send) => Ok(send.write_chunk(chunk).await?),
+            WireSend::Ws(send) => Ok(send.write_chunk(chunk).await?),
+        }
+    }
+
+    /// Ends the stream after what was written.
+    pub(crate) fn finish(&mut self) {
+        let _ = match self {
+            WireSend::Quic(send) => send.finish().is_ok(),
+            WireSend::Ws(send) => send.finish().is_ok(),
+        };
+    }
+
+    /// Cuts the stream off with `code`.
+    pub(crate) fn reset(&mut self, code: ErrorCode) {
+        let _ = match self {
+            WireSend::Quic(send) => send.reset(code.to_u32()).is_ok(),
+            WireSend::Ws(send) => send.reset(code).is_ok(),
+        };
+    }
+
+    /// Completes when the peer stopped the stream (`Some(code)`), or it ended and was delivered (`None`).
+    pub(crate) async fn stopped(&self) -> Result<Option<u32>, WireError> {
+        match self {
+            WireSend::Quic(send) => Ok(send.stopped().await?),
+            WireSend::Ws(send) => Ok(send.stopped().await?.map(|code| code.to_u32())),
+        }
+    }
+}
+
+impl WireRecv {
+    /// The stream's next bytes; `None` once it ended.
+    pub(crate) async fn read_chunk(&mut self) -> Result<Option<Bytes>, WireError> {
+        match self {
+            WireRecv::Quic(recv) => match recv.read_chunk(usize::MAX, true).await {
+                Ok(chunk) => Ok(chunk.map(|chunk| chunk.bytes)),
+                Err(web_transport_quinn::ReadError::SessionError(err)) => Err(err.into()),
+                Err(web_transport_quinn::ReadError::Reset(code)) => Err(WireError::Stream(code)),
+                Err(err) => Err(WireError::Other(err.to_string())),
+            },
+            WireRecv::Ws(recv) => Ok(recv.read_chunk().await?),
+        }
+    }
+}

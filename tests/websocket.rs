@@ -1,0 +1,162 @@
+//! The WebSocket fallback end to end: a WebSocket client and a QUIC client in one room see one order; ticks,
+//! history and resume work the same over it; `Auto` falls back when UDP does not get through and stays on the
+//! WebSocket; hostile upgrades and messages get clear errors.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use quiver_client::{Client, ConnectOptions, Message, Room, RoomEvent, Transport, TransportKind};
+use quiver_proto::{ErrorCode, Limits};
+use quiver_tests::TestServer;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn named(name: &str) -> ConnectOptions {
+    ConnectOptions { name: Some(name.into()), ..ConnectOptions::default() }
+}
+
+async fn messages(room: &mut Room, count: usize) -> Vec<Message> {
+    let mut messages = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while messages.len() < count {
+            if let RoomEvent::Message(m) = room.next().await.expect("room stream ended") {
+                messages.push(m);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {count} messages within {WAIT:?}", messages.len()));
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_and_a_quic_client_see_one_order() {
+    let server = TestServer::start(Limits { history_max_messages: 5_000, ..Limits::default() });
+    let quic = server.client_with(ConnectOptions { transport: Transport::Quic, ..named("ann") }).await.unwrap();
+    let ws = server.ws_client_with(named("bob")).await.unwrap();
+    assert_eq!(quic.transport(), Some(TransportKind::Quic));
+    assert_eq!(ws.transport(), Some(TransportKind::WebSocket));
+    assert!(ws.connection().is_none(), "no QUIC connection underneath");
+    let mut rooms = [quic.join("town").await.unwrap(), ws.join("town").await.unwrap()];
+    let mut posters = tokio::task::JoinSet::new();
+    for client in [&quic, &ws] {
+        let client = client.clone();
+        posters.spawn(async move {
+            for i in 0..300 {
+                client.post("town", format!("{i}")).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = posters.join_next().await {
+        done.unwrap();
+    }
+    let seen_quic = messages(&mut rooms[0], 600).await;
+    let seen_ws = messages(&mut rooms[1], 600).await;
+    let order = |ms: &[Message]| ms.iter().map(|m| (m.seq, m.sender.clone(), m.body.clone())).collect::<Vec<_>>();
+    assert_eq!(order(&seen_quic), order(&seen_ws), "one order for both transports");
+    let seqs: Vec<u64> = seen_ws.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=600).collect::<Vec<_>>(), "contiguous, nothing lost or doubled");
+    let senders: std::collections::BTreeSet<&str> = seen_ws.iter().map(|m| m.sender.as_str()).collect();
+    assert_eq!(senders.len(), 2);
+    for from in senders {
+        let bodies: Vec<String> = seen_ws
+            .iter()
+            .filter(|m| m.sender == from)
+            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            .collect();
+        assert_eq!(bodies, (0..300).map(|i| i.to_string()).collect::<Vec<_>>(), "{from}'s posts in its order");
+    }
+    // History over the WebSocket is the same.
+    let page = ws.history("town", None, 50).await.unwrap();
+    assert_eq!(page.messages.len(), 50);
+    assert_eq!(server.stats.accepted_websocket.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_cross_between_transports() {
+    let server = TestServer::start(Limits::default());
+    let publisher = server.ws_client_with(named("pub")).await.unwrap();
+    let quic = server.client_with(ConnectOptions { transport: Transport::Quic, ..named("q") }).await.unwrap();
+    let ws = server.ws_client_with(named("w")).await.unwrap();
+    let on_quic = quic.subscribe("prices").await.unwrap();
+    let on_ws = ws.subscribe("prices").await.unwrap();
+    let ticker = publisher.publisher("prices").await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (mut got_quic, mut got_ws) = (false, false);
+    let mut seq = 0u64;
+    while !(got_quic && got_ws) {
+        assert!(tokio::time::Instant::now() < deadline, "ticks arrive over both transports");
+        seq += 1;
+        ticker.send(bytes::Bytes::from(seq.to_string())).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        got_quic |= on_quic.latest().is_some();
+        got_ws |= on_ws.latest().is_some();
+    }
+    let too_big = bytes::Bytes::from(vec![0u8; 2000]);
+    assert!(matches!(ticker.send(too_big), Err(quiver_client::TickError::TooLarge { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_when_udp_is_blocked_and_stays_there() {
+    let server = TestServer::start(Limits::default());
+    let ws_port = server.websocket.unwrap().port();
+    // A UDP port nobody answers on (bound, never read), where the WebSocket listener's TCP port is: QUIC goes
+    // unanswered, as behind a firewall that drops UDP.
+    let blackhole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let quic_addr = blackhole.local_addr().unwrap();
+    let options = ConnectOptions {
+        trust: server.trust(),
+        transport: Transport::Auto,
+        fallback_after: Duration::from_millis(300),
+        websocket_port: Some(ws_port),
+        ..named("fallback")
+    };
+    let started = std::time::Instant::now();
+    let client = Client::connect_with(&quic_addr.to_string(), options).await.unwrap();
+    assert_eq!(client.transport(), Some(TransportKind::WebSocket));
+    assert!(started.elapsed() < Duration::from_secs(5), "fell back within the timeout: {:?}", started.elapsed());
+    let mut room = client.join("lobby").await.unwrap();
+    client.post("lobby", "over tcp").await.unwrap();
+    assert_eq!(messages(&mut room, 1).await[0].body, &b"over tcp"[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_resumes_after_the_server_drops_it() {
+    let server = TestServer::start(Limits::default());
+    let client = server.ws_client_with(named("resumer")).await.unwrap();
+    let poster = server.client_with(ConnectOptions { transport: Transport::Quic, ..named("poster") }).await.unwrap();
+    let mut room = client.join("r").await.unwrap();
+    poster.post("r", "one").await.unwrap();
+    assert_eq!(messages(&mut room, 1).await[0].seq, 1);
+    let mut states = client.state();
+    // The server goes away and comes back on the same ports: the client reconnects over the WebSocket.
+    let server = server.restart(Limits::default()).await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            states.changed().await.unwrap();
+            if matches!(*states.borrow(), quiver_client::ConnectionState::Connected { reconnects: 1.., .. }) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("reconnected");
+    assert_eq!(client.transport(), Some(TransportKind::WebSocket));
+    let poster = server.client_with(named("poster2")).await.unwrap();
+    poster.post("r", "two").await.unwrap();
+    let next = messages(&mut room, 1).await;
+    assert_eq!((next[0].seq, &next[0].body[..]), (2, &b"two"[..]), "no gap, no duplicate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_refusals_reach_websocket_clients_with_their_codes() {
+    let server = TestServer::start(Limits { max_rooms: 1, ..Limits::default() });
+    let client = server.ws_client_with(named("limited")).await.unwrap();
+    let _room = client.join("a").await.unwrap();
+    let err = client.join("b").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TooManyRooms), "{err}");
+    // A token the server does not accept: the refusal's code, not a generic failure.
+    let refused =
+        server.ws_client_with(ConnectOptions { token: Some("not-a-token".into()), ..named("x") }).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::TokenMalformed), "{refused}");
+}

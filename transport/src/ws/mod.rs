@@ -1,0 +1,431 @@
+//! A Quiver connection over one WebSocket ([`quiver_proto::ws`], the fallback where UDP or WebTransport is not
+//! available), with the shape of a QUIC connection: a control stream, server-opened room streams, datagrams and a
+//! close with a code and reason. Everything above (the server's connection loop, the client's driver) is the same
+//! code for both.
+//!
+//! One ordered byte pipe cannot give QUIC's independence between streams, so the writer task schedules what
+//! goes next itself: the control stream first; then room streams (round robin, a chunk each) and datagrams take
+//! turns. Each stream may have [`WsConfig::stream_window`] bytes waiting here (a write past it waits: the room
+//! outboxes above keep their bounds and slow-consumer handling). Datagrams wait in a small lane,
+//! [`WsConfig::datagram_buffer`] bytes, where a newer tick replaces the waiting one of its channel: when the socket
+//! cannot take more, only the newest tick of each channel waits, never a backlog.
+
+mod io;
+mod shared;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use quiver_proto::ErrorCode;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::{mpsc, Notify},
+};
+use tokio_tungstenite::{tungstenite::protocol::WebSocketConfig, WebSocketStream};
+
+use shared::{lock, End, Inbound, OutStream, Shared, State};
+
+/// Largest chunk of one stream in one message: a long write is cut into chunks this size, so that streams and
+/// datagrams interleave and a peer can bound what it accepts per message.
+pub const MAX_CHUNK: usize = 16 * 1024;
+
+/// Largest datagram (tick) over a WebSocket: QUIC's smallest datagram size, so that a tick that fits one fits the
+/// other everywhere.
+pub const MAX_DATAGRAM: usize = 1200;
+
+/// The WebSocket path, as WebTransport's: `wss://host:port/quiver`.
+pub const PATH: &str = "/quiver";
+
+/// Which end this is: the client opens the control stream, the server opens room streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The end that accepted the WebSocket.
+    Server,
+    /// The end that connected.
+    Client,
+}
+
+/// A WebSocket connection's bounds and timers.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// Bytes one stream may have waiting to be written (QUIC: the stream's send buffer).
+    pub stream_window: usize,
+    /// Bytes of datagrams waiting to be written (QUIC: the datagram send buffer).
+    pub datagram_buffer: usize,
+    /// Largest datagram either end sends.
+    pub max_datagram: usize,
+    /// A ping after this long without writing anything.
+    pub keepalive: Duration,
+    /// Closed when nothing arrives for this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            stream_window: 64 * 1024,
+            datagram_buffer: 4 * 1024,
+            max_datagram: MAX_DATAGRAM,
+            keepalive: crate::tuning::KEEP_ALIVE,
+            idle_timeout: crate::tuning::IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl WsConfig {
+    /// The WebSocket settings that go with this: messages of at most a chunk or a datagram (plus their headers),
+    /// every message written at once (no buffering in tungstenite).
+    pub fn websocket(&self) -> WebSocketConfig {
+        let largest = MAX_CHUNK.max(self.max_datagram) + 16;
+        WebSocketConfig {
+            max_message_size: Some(largest),
+            max_frame_size: Some(largest),
+            write_buffer_size: 0,
+            ..WebSocketConfig::default()
+        }
+    }
+}
+
+/// Why a WebSocket connection's operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WsError {
+    /// The connection is closed, with this code and reason (sent by the peer, or given to [`WsSession::close`]).
+    #[error("connection closed ({0}): {1}")]
+    Closed(ErrorCode, String),
+    /// The sender cut the stream off with this code.
+    #[error("stream reset ({0})")]
+    Reset(ErrorCode),
+    /// A datagram larger than the connection's largest.
+    #[error("datagram of {0} bytes is larger than {1}")]
+    TooLarge(usize, usize),
+    /// Not something this end does (a client opening a room stream, say).
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// Closes the connection when the last handle goes (as a QUIC connection does).
+#[derive(Debug)]
+pub(super) struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.close(ErrorCode::NoError, "connection dropped");
+    }
+}
+
+/// One Quiver connection over a WebSocket. Clones are handles on the same connection; it closes when the last
+/// handle (streams included) is dropped, or on [`close`](WsSession::close).
+#[derive(Debug, Clone)]
+pub struct WsSession {
+    handle: Arc<Handle>,
+}
+
+/// How many messages of one stream may wait for its reader (beyond that, reading the socket waits).
+pub(super) const INBOUND_MESSAGES: usize = 64;
+/// Datagrams waiting for their reader; more are dropped (as QUIC's receive buffer does).
+const INBOUND_DATAGRAMS: usize = 256;
+
+impl WsSession {
+    /// Runs the connection over `ws` (an accepted or connected WebSocket, opened with [`WsConfig::websocket`]),
+    /// `remote` the peer's address. The reader and writer tasks are spawned here and end with the connection.
+    pub fn start<S>(ws: WebSocketStream<S>, role: Role, config: WsConfig, remote: SocketAddr) -> WsSession
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (control_tx, control_rx) = mpsc::channel(INBOUND_MESSAGES);
+        let (datagrams_tx, datagrams_rx) = mpsc::channel(INBOUND_DATAGRAMS);
+        let (streams_tx, streams_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            role,
+            config,
+            remote,
+            state: Mutex::new(State { next_stream: 1, ..State::default() }),
+            wake_writer: Notify::new(),
+            changed: Notify::new(),
+            control_in: tokio::sync::Mutex::new(Some(control_rx)),
+            datagrams_in: tokio::sync::Mutex::new(datagrams_rx),
+            streams_in: tokio::sync::Mutex::new(streams_rx),
+            handle: std::sync::OnceLock::new(),
+            received: Default::default(),
+        });
+        let handle = Arc::new(Handle(shared.clone()));
+        let _ = shared.handle.set(Arc::downgrade(&handle));
+        let (sink, stream) = ws.split();
+        let inbound = io::Senders { control: control_tx, datagrams: datagrams_tx, streams: streams_tx };
+        tokio::spawn(io::write_loop(sink, shared.clone()));
+        tokio::spawn(io::read_loop(stream, shared.clone(), inbound));
+        WsSession { handle }
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.handle.0
+    }
+
+    /// WebSocket messages received so far (keep-alive pings and pongs included).
+    pub fn received(&self) -> u64 {
+        self.shared().received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The peer's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.shared().remote
+    }
+
+    /// The client's control stream (once).
+    pub fn open_bi(&self) -> Result<(WsSend, WsRecv), WsError> {
+        if self.shared().role != Role::Client {
+            return Err(WsError::Unsupported("the server does not open a control stream"));
+        }
+        self.take_control()
+    }
+
+    fn take_control(&self) -> Result<(WsSend, WsRecv), WsError> {
+        if self.shared().is_closed() {
+            return Err(self.shared().closed_error());
+        }
+        let rx = {
+            let mut state = lock(&self.shared().state);
+            if std::mem::replace(&mut state.control_taken, true) {
+                None
+            } else {
+                self.shared().control_in.try_lock().ok().and_then(|mut rx| rx.take())
+            }
+        };
+        let rx = rx.ok_or(WsError::Unsupported("a WebSocket connection has one control stream"))?;
+        let send = WsSend { session: self.handle.clone(), id: 0, finished: false };
+        Ok((send, WsRecv { session: self.handle.clone(), rx, ended: false }))
+    }
+
+    /// The server's side of the control stream: at once the first time, then never (waits until the connection
+    /// closes and returns why).
+    pub async fn accept_bi(&self) -> Result<(WsSend, WsRecv), WsError> {
+        if self.shared().role == Role::Server && !lock(&self.shared().state).control_taken {
+            return self.take_control();
+        }
+        Err(self.closed().await)
+    }
+
+    /// Opens a room stream (the server).
+    pub fn open_uni(&self) -> Result<WsSend, WsError> {
+        if self.shared().role != Role::Server {
+            return Err(WsError::Unsupported("clients open no room streams"));
+        }
+        let mut state = lock(&self.shared().state);
+        if state.closed.is_some() || state.closing.is_some() {
+            drop(state);
+            return Err(self.shared().closed_error());
+        }
+        let id = state.next_stream;
+        state.next_stream += 1;
+        state.streams.insert(id, OutStream::default());
+        Ok(WsSend { session: self.handle.clone(), id, finished: false })
+    }
+
+    /// The next room stream the server opened (the client).
+    pub async fn accept_uni(&self) -> Result<WsRecv, WsError> {
+        let mut streams = self.shared().streams_in.lock().await;
+        tokio::select! {
+            Some(stream) = streams.recv() => Ok(stream),
+            err = self.closed() => Err(err),
+        }
+    }
+
+    /// Queues a datagram: a waiting tick of the same channel is replaced by it; when the buffer is full the oldest
+    /// waiting datagram is dropped (as QUIC's datagram buffer does).
+    pub fn send_datagram(&self, datagram: Bytes) -> Result<(), WsError> {
+        let shared = self.shared();
+        let max = shared.config.max_datagram;
+        if datagram.len() > max {
+            return Err(WsError::TooLarge(datagram.len(), max));
+        }
+        let mut state = lock(&shared.state);
+        if state.closed.is_some() || state.closing.is_some() {
+            drop(state);
+            return Err(shared.closed_error());
+        }
+        let channel = tick_channel(&datagram);
+        let same = channel.and_then(|c| state.datagrams.iter().position(|d| tick_channel(d) == Some(c)));
+        match same {
+            Some(at) => {
+                state.datagram_bytes = state.datagram_bytes - state.datagrams[at].len() + datagram.len();
+                state.datagrams[at] = datagram;
+            }
+            None => {
+                while state.datagram_bytes + datagram.len() > shared.config.datagram_buffer {
+                    let Some(old) = state.datagrams.pop_front() else { break };
+                    state.datagram_bytes -= old.len();
+                }
+                state.datagram_bytes += datagram.len();
+                state.datagrams.push_back(datagram);
+            }
+        }
+        drop(state);
+        shared.wake_writer.notify_one();
+        Ok(())
+    }
+
+    /// Queues a datagram once the buffer has room for it.
+    pub async fn send_datagram_wait(&self, datagram: Bytes) -> Result<(), WsError> {
+        let shared = self.shared();
+        let (len, cap) = (datagram.len(), shared.config.datagram_buffer);
+        shared
+            .wait_for(|state| (state.closed.is_some() || state.datagram_bytes + len <= cap.max(len)).then_some(()))
+            .await;
+        self.send_datagram(datagram)
+    }
+
+    /// Bytes the datagram buffer can take now.
+    pub fn datagram_send_buffer_space(&self) -> usize {
+        let shared = self.shared();
+        shared.config.datagram_buffer.saturating_sub(lock(&shared.state).datagram_bytes)
+    }
+
+    /// Largest datagram.
+    pub fn max_datagram_size(&self) -> usize {
+        self.shared().config.max_datagram
+    }
+
+    /// The next datagram from the peer.
+    pub async fn read_datagram(&self) -> Result<Bytes, WsError> {
+        let mut datagrams = self.shared().datagrams_in.lock().await;
+        tokio::select! {
+            Some(datagram) = datagrams.recv() => Ok(datagram),
+            err = self.closed() => Err(err),
+        }
+    }
+
+    /// Closes the connection with `code` and `reason` (at most 512 bytes), telling the peer; the first close wins.
+    pub fn close(&self, code: ErrorCode, reason: &str) {
+        self.shared().close(code, reason);
+    }
+
+    /// Waits until the connection is closed; returns why.
+    pub async fn closed(&self) -> WsError {
+        let shared = self.shared();
+        let (code, reason) = shared.wait_for(|state| state.closed.clone()).await;
+        WsError::Closed(code, reason)
+    }
+
+    /// Why the connection closed, once it has (or is closing).
+    pub fn close_reason(&self) -> Option<(ErrorCode, String)> {
+        let state = lock(&self.shared().state);
+        state.closed.clone().or_else(|| state.closing.clone())
+    }
+}
+
+/// The channel id of a tick datagram (its first varint; 0 is the copies' channel, never conflated).
+fn tick_channel(datagram: &[u8]) -> Option<u64> {
+    quiver_proto::varint::decode(datagram).map(|(id, _)| id).filter(|id| *id != 0)
+}
+
+/// The sending side of a stream.
+#[derive(Debug)]
+pub struct WsSend {
+    session: Arc<Handle>,
+    id: u64,
+    finished: bool,
+}
+
+impl WsSend {
+    fn shared(&self) -> &Shared {
+        &self.session.0
+    }
+
+    /// Takes what fits in the stream's window (at least one byte), waiting while it is full.
+    pub async fn write(&mut self, buf: &[u8]) -> Result<usize, WsError> {
+        std::future::poll_fn(|cx| self.shared().poll_write(self.id, cx, buf)).await
+    }
+
+    /// Writes all of `buf`.
+    pub async fn write_all(&mut self, mut buf: &[u8]) -> Result<(), WsError> {
+        while !buf.is_empty() {
+            let n = self.write(buf).await?;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Writes all of `chunk`.
+    pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), WsError> {
+        self.write_all(&chunk).await
+    }
+
+    /// Ends the stream after what was written.
+    pub fn finish(&mut self) -> Result<(), WsError> {
+        self.finished = true;
+        self.shared().end(self.id, End::Finish);
+        Ok(())
+    }
+
+    /// Cuts the stream off with `code`; what was not written yet is not.
+    pub fn reset(&mut self, code: ErrorCode) -> Result<(), WsError> {
+        self.finished = true;
+        self.shared().end(self.id, End::Reset(code));
+        Ok(())
+    }
+
+    /// Waits until the stream ended and everything written was handed to the socket (`Ok(None)`), or the
+    /// connection closed.
+    pub async fn stopped(&self) -> Result<Option<ErrorCode>, WsError> {
+        let id = self.id;
+        let finished = self.finished;
+        let done = self
+            .shared()
+            .wait_for(|state| {
+                if state.closed.is_some() || state.closing.is_some() {
+                    return Some(false);
+                }
+                let written = state.streams.get(&id).is_none_or(|s| s.queue.is_empty());
+                (finished && written).then_some(true)
+            })
+            .await;
+        match done {
+            true => Ok(None),
+            false => Err(self.shared().closed_error()),
+        }
+    }
+}
+
+impl Drop for WsSend {
+    fn drop(&mut self) {
+        if !self.finished && self.id != 0 {
+            self.shared().end(self.id, End::Finish);
+        }
+    }
+}
+
+/// The receiving side of a stream.
+#[derive(Debug)]
+pub struct WsRecv {
+    session: Arc<Handle>,
+    rx: mpsc::Receiver<Inbound>,
+    ended: bool,
+}
+
+impl WsRecv {
+    /// The stream's next bytes; `None` once it ended.
+    pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, WsError> {
+        if self.ended {
+            return Ok(None);
+        }
+        match self.rx.recv().await {
+            Some(Inbound::Data(bytes)) => Ok(Some(bytes)),
+            Some(Inbound::Finish) => {
+                self.ended = true;
+                Ok(None)
+            }
+            Some(Inbound::Reset(code)) => {
+                self.ended = true;
+                Err(WsError::Reset(code))
+            }
+            None => Err(self.session.0.closed_error()),
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The state both of a WebSocket connection's tasks and its handles share: what waits to be written (per stream,
+//! and the datagram lane), the writer's schedule, and the close.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{Mutex, MutexGuard},
+    task::{Context, Poll, Waker},
+};
+
+use bytes::{Bytes, BytesMut};
+use quiver_proto::{ws::WsMessage, ErrorCode};
+use tokio::sync::{mpsc, Notify};
+
+use super::{Handle, Role, WsConfig, WsError, WsRecv, MAX_CHUNK};
+
+/// How a stream ends.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum End {
+    Finish,
+    Reset(ErrorCode),
+}
+
+#[derive(Debug, Default)]
+pub(super) struct OutStream {
+    pub(super) queue: VecDeque<Bytes>,
+    pub(super) bytes: usize,
+    pub(super) end: Option<End>,
+    /// A write waiting for room in the window.
+    pub(super) waker: Option<Waker>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    /// Streams with something to write or an end to send; 0 is the control stream.
+    pub(super) streams: HashMap<u64, OutStream>,
+    /// Room streams waiting for their turn, each once.
+    pub(super) ready: VecDeque<u64>,
+    pub(super) datagrams: VecDeque<Bytes>,
+    pub(super) datagram_bytes: usize,
+    /// Datagrams go next when both wait (they alternate with stream chunks).
+    pub(super) datagram_turn: bool,
+    pub(super) next_stream: u64,
+    pub(super) control_taken: bool,
+    /// A close asked for, not yet written.
+    pub(super) closing: Option<(ErrorCode, String)>,
+    /// The connection is over, and why.
+    pub(super) closed: Option<(ErrorCode, String)>,
+}
+
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) role: Role,
+    pub(super) config: WsConfig,
+    pub(super) remote: SocketAddr,
+    pub(super) state: Mutex<State>,
+    /// Something to write (or a close).
+    pub(super) wake_writer: Notify,
+    /// Bytes were written, room was made, or the connection closed.
+    pub(super) changed: Notify,
+    pub(super) control_in: tokio::sync::Mutex<Option<mpsc::Receiver<Inbound>>>,
+    pub(super) datagrams_in: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
+    pub(super) streams_in: tokio::sync::Mutex<mpsc::UnboundedReceiver<WsRecv>>,
+    /// Messages received so far (pings and pongs too): a peer that sends nothing is dead.
+    pub(super) received: std::sync::atomic::AtomicU64,
+    /// The handles' shared part, for streams the reader opens (not kept alive by the reader).
+    pub(super) handle: std::sync::OnceLock<std::sync::Weak<Handle>>,
+}
+
+pub(super) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(super) fn closed_error(&self) -> WsError {
+        let state = lock(&self.state);
+        let (code, reason) = state.closed.clone().or_else(|| state.closing.clone()).unwrap_or_else(gone);
+        WsError::Closed(code, reason)
+    }
+
+    /// Ends the connection with `code` and `reason` (the first close wins); the writer tells the peer.
+    pub(super) fn close(&self, code: ErrorCode, reason: &str) {
+        let mut state = lock(&self.state);
+        if state.closed.is_some() || state.closing.is_some() {
+            return;
+        }
+        let reason = quiver_proto::truncate_utf8(reason, quiver_proto::ws::MAX_REASON).to_string();
+        state.closing = Some((code, reason));
+        // Like QUIC's close: what was not written yet is not written.
+        for stream in state.streams.values_mut() {
+            stream.queue.clear();
+            stream.bytes = 0;
+            if let Some(waker) = stream.waker.take() {
+                waker.wake();
+            }
+        }
+        state.datagrams.clear();
+        drop(state);
+        self.wake_writer.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    /// The connection is over (after the close was written, or the peer's arrived, or the socket failed).
+    pub(super) fn finished(&self, code: ErrorCode, reason: String) {
+        let mut state = lock(&self.state);
+        if state.closed.is_none() {
+            state.closed = Some(state.closing.clone().unwrap_or((code, reason)));
+        }
+        for stream in state.streams.values_mut() {
+            if let Some(waker) = stream.waker.take() {
+                waker.wake();
+            }
+        }
+        drop(state);
+        self.wake_writer.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        let state = lock(&self.state);
+        state.closed.is_some() || state.closing.is_some()
+    }
+
+    /// Waits until `check` returns something (checked again whenever something changed).
+    pub(super) async fn wait_for<T>(&self, mut check: impl FnMut(&mut State) -> Option<T>) -> T {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(done) = check(&mut lock(&self.state)) {
+                return done;
+            }
+            changed.await;
+        }
+    }
+
+    pub(super) fn poll_write(&self, id: u64, cx: &mut Context<'_>, buf: &[u8]) -> Poll<Result<usize, WsError>> {
+        let mut state = lock(&self.state);
+        if state.closed.is_some() || state.closing.is_some() {
+            drop(state);
+            return Poll::Ready(Err(self.closed_error()));
+        }
+        let window = self.config.stream_window;
+        let stream = state.streams.entry(id).or_default();
+        if stream.end.is_some() {
+            return Poll::Ready(Err(WsError::Unsupported("write after the stream's end")));
+        }
+        let room = window.saturating_sub(stream.bytes);
+        if room == 0 {
+            stream.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let taken = buf.len().min(room);
+        let was_idle = stream.queue.is_empty();
+        for chunk in buf[..taken].chunks(MAX_CHUNK) {
+            stream.queue.push_back(Bytes::copy_from_slice(chunk));
+        }
+        stream.bytes += taken;
+        if id != 0 && was_idle {
+            state.ready.push_back(id);
+        }
+        drop(state);
+        self.wake_writer.notify_one();
+        Poll::Ready(Ok(taken))
+    }
+
+    pub(super) fn end(&self, id: u64, end: End) {
+        let mut state = lock(&self.state);
+        let stream = state.streams.entry(id).or_default();
+        if stream.end.is_some() {
+            return;
+        }
+        if let End::Reset(_) = end {
+            stream.queue.clear();
+            stream.bytes = 0;
+        }
+        let idle = stream.queue.is_empty();
+        stream.end = Some(end);
+        // The control stream's end goes with the close; a room stream's is sent after its bytes.
+        if id != 0 && idle {
+            state.ready.push_back(id);
+        }
+        drop(state);
+        self.wake_writer.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    /// What the writer sends next.
+    pub(super) fn next_outbound(&self) -> Outbound {
+        let mut state = lock(&self.state);
+        if let Some((code, reason)) = state.closing.clone() {
+            return Outbound::Close(code, reason);
+        }
+        if state.closed.is_some() {
+            return Outbound::Done;
+        }
+        let state = &mut *state;
+        if let Some(control) = state.streams.get_mut(&0).filter(|s| !s.queue.is_empty()) {
+            return Outbound::Message(WsMessage::Control(take_chunk(control)));
+        }
+        if !state.datagrams.is_empty() && (state.datagram_turn || state.ready.is_empty()) {
+            state.datagram_turn = false;
+            if let Some(datagram) = state.datagrams.pop_front() {
+                state.datagram_bytes -= datagram.len();
+                return Outbound::Message(WsMessage::Datagram(datagram));
+            }
+        }
+        while let Some(id) = state.ready.pop_front() {
+            state.datagram_turn = true;
+            let Some(stream) = state.streams.get_mut(&id) else { continue };
+            if !stream.queue.is_empty() {
+                let bytes = take_chunk(stream);
+                if !stream.queue.is_empty() || stream.end.is_some() {
+                    state.ready.push_back(id);
+                }
+                return Outbound::Message(WsMessage::Stream { id, bytes });
+            }
+            match stream.end {
+                Some(End::Finish) => {
+                    state.streams.remove(&id);
+                    return Outbound::Message(WsMessage::Finish { id });
+                }
+                Some(End::Reset(code)) => {
+                    state.streams.remove(&id);
+                    return Outbound::Message(WsMessage::Reset { id, code });
+                }
+                None => {}
+            }
+        }
+        Outbound::Idle
+    }
+}
+
+/// The stream's next chunk (frames written one by one go out together, up to [`MAX_CHUNK`]); wakes its writer.
+fn take_chunk(stream: &mut OutStream) -> Bytes {
+    let mut chunk = stream.queue.pop_front().unwrap_or_default();
+    if stream.queue.front().is_some_and(|next| chunk.len() + next.len() <= MAX_CHUNK) {
+        let mut joined = BytesMut::from(&chunk[..]);
+        while let Some(next) = stream.queue.front().filter(|next| joined.len() + next.len() <= MAX_CHUNK) {
+            joined.extend_from_slice(next);
+            stream.queue.pop_front();
+        }
+        chunk = joined.freeze();
+    }
+    stream.bytes -= chunk.len();
+    if let Some(waker) = stream.waker.take() {
+        waker.wake();
+    }
+    chunk
+}
+
+pub(super) fn gone() -> (ErrorCode, String) {
+    (ErrorCode::NoError, "connection closed".into())
+}
+
+pub(super) enum Outbound {
+    Message(WsMessage),
+    Close(ErrorCode, String),
+    Idle,
+    Done,
+}
+
+/// What arrives on a stream.
+#[derive(Debug)]
+pub(super) enum Inbound {
+    Data(Bytes),
+    Finish,
+    Reset(ErrorCode),
+}

@@ -1,0 +1,181 @@
+//! The WebSocket connection over an in-memory pipe: both roles, streams, datagrams, bounds and closes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use quiver_proto::{ws::WsMessage, ErrorCode, TickHeader};
+use tokio_tungstenite::{
+    tungstenite::{protocol::Role as WsRole, Message},
+    WebSocketStream,
+};
+
+use super::*;
+
+fn addr() -> std::net::SocketAddr {
+    "127.0.0.1:9".parse().unwrap()
+}
+
+async fn raw_pair(
+    config: &WsConfig,
+) -> (WebSocketStream<tokio::io::DuplexStream>, WebSocketStream<tokio::io::DuplexStream>) {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let ws = config.websocket();
+    let server = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(ws)).await;
+    let client = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(ws)).await;
+    (server, client)
+}
+
+async fn pair(config: WsConfig) -> (WsSession, WsSession) {
+    let (server, client) = raw_pair(&config).await;
+    let server = WsSession::start(server, Role::Server, config.clone(), addr());
+    let client = WsSession::start(client, Role::Client, config, addr());
+    (server, client)
+}
+
+async fn within<T>(what: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), what).await.expect("timed out")
+}
+
+#[tokio::test]
+async fn control_room_streams_and_datagrams_cross() {
+    let (server, client) = pair(WsConfig::default()).await;
+    let (mut c_send, mut c_recv) = client.open_bi().unwrap();
+    assert!(client.open_bi().is_err(), "one control stream");
+    c_send.write_all(b"hello").await.unwrap();
+    let (mut s_send, mut s_recv) = within(server.accept_bi()).await.unwrap();
+    assert_eq!(within(s_recv.read_chunk()).await.unwrap().unwrap(), &b"hello"[..]);
+    s_send.write_all(b"welcome").await.unwrap();
+    assert_eq!(within(c_recv.read_chunk()).await.unwrap().unwrap(), &b"welcome"[..]);
+
+    let mut room = server.open_uni().unwrap();
+    assert!(client.open_uni().is_err(), "clients open no room streams");
+    room.write_chunk(Bytes::from_static(b"open")).await.unwrap();
+    room.write_all(b"+event").await.unwrap();
+    room.finish().unwrap();
+    let mut recv = within(client.accept_uni()).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(chunk) = within(recv.read_chunk()).await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, b"open+event");
+    within(room.stopped()).await.unwrap();
+
+    client.send_datagram(Bytes::from_static(b"\x01tick")).unwrap();
+    assert_eq!(within(server.read_datagram()).await.unwrap(), &b"\x01tick"[..]);
+    let too_big = Bytes::from(vec![1; 1201]);
+    assert_eq!(client.send_datagram(too_big), Err(WsError::TooLarge(1201, 1200)));
+}
+
+#[tokio::test]
+async fn a_reset_reaches_the_reader_and_discards_what_waited() {
+    let (server, client) = pair(WsConfig::default()).await;
+    let mut room = server.open_uni().unwrap();
+    room.write_all(b"first").await.unwrap();
+    let mut recv = within(client.accept_uni()).await.unwrap();
+    assert_eq!(within(recv.read_chunk()).await.unwrap().unwrap(), &b"first"[..]);
+    room.reset(ErrorCode::SlowConsumer).unwrap();
+    assert_eq!(within(recv.read_chunk()).await, Err(WsError::Reset(ErrorCode::SlowConsumer)));
+}
+
+#[tokio::test]
+async fn close_carries_code_and_reason_both_ways() {
+    let (server, client) = pair(WsConfig::default()).await;
+    server.close(ErrorCode::TooManyConnections, "too many from your address");
+    let expected = WsError::Closed(ErrorCode::TooManyConnections, "too many from your address".into());
+    assert_eq!(within(client.closed()).await, expected);
+    assert_eq!(within(server.closed()).await, expected);
+    assert!(client.send_datagram(Bytes::from_static(b"\x01x")).is_err());
+    assert!(matches!(within(client.read_datagram()).await, Err(WsError::Closed(ErrorCode::TooManyConnections, _))));
+}
+
+#[tokio::test]
+async fn dropping_every_handle_closes_the_connection() {
+    let (server, client) = pair(WsConfig::default()).await;
+    drop(client);
+    assert_eq!(within(server.closed()).await, WsError::Closed(ErrorCode::NoError, "connection dropped".into()));
+}
+
+#[tokio::test]
+async fn a_full_window_makes_the_writer_wait() {
+    let config = WsConfig { stream_window: 1000, ..WsConfig::default() };
+    let (server, client) = pair(config).await;
+    // Nobody accepts the stream on the client side: the reader parks its messages, then stops reading the socket;
+    // the pipe fills and the stream's window runs out.
+    let mut room = server.open_uni().unwrap();
+    let chunk = vec![7u8; 1000];
+    let mut written = 0usize;
+    let wrote = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            written += room.write(&chunk).await.unwrap();
+        }
+    })
+    .await;
+    assert!(wrote.is_err(), "writes wait once the window is full");
+    assert!(written >= 1000);
+    // The client reads everything that was written.
+    let mut recv = within(client.accept_uni()).await.unwrap();
+    let mut got = 0;
+    while got < written {
+        got += within(recv.read_chunk()).await.unwrap().unwrap().len();
+    }
+    assert_eq!(got, written);
+}
+
+#[tokio::test]
+async fn a_waiting_tick_is_replaced_by_its_channels_next() {
+    // The client's socket is never read: datagrams stay in the lane after the first ones.
+    let config = WsConfig { datagram_buffer: 200, ..WsConfig::default() };
+    let (server_ws, _client_ws) = raw_pair(&config).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    let tick = |channel_id, seq| {
+        let mut buf = bytes::BytesMut::new();
+        TickHeader { channel_id, seq, sent_time_us: 1 }.encode(&mut buf).unwrap();
+        buf.extend_from_slice(&[0; 20]);
+        buf.freeze()
+    };
+    for seq in 1..=50 {
+        server.send_datagram(tick(1, seq)).unwrap();
+        server.send_datagram(tick(2, seq)).unwrap();
+    }
+    let state = lock(&server.shared().state);
+    assert_eq!(state.datagrams.len(), 2, "one waiting tick per channel: {:?}", state.datagrams);
+    for waiting in &state.datagrams {
+        let (header, _) = TickHeader::decode(waiting).unwrap();
+        assert_eq!(header.seq, 50, "only the newest waits");
+    }
+}
+
+#[tokio::test]
+async fn hostile_messages_close_with_a_reason() {
+    let config = WsConfig::default();
+    let (server_ws, mut client_ws) = raw_pair(&config).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    // A client may not send room stream messages.
+    client_ws.send(Message::Binary(WsMessage::Finish { id: 1 }.encode().to_vec())).await.unwrap();
+    assert!(matches!(within(server.closed()).await, WsError::Closed(ErrorCode::ProtocolViolation, _)));
+
+    let config = WsConfig::default();
+    let (server_ws, mut client_ws) = raw_pair(&config).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    client_ws.send(Message::Binary(vec![9, 9])).await.unwrap();
+    assert_eq!(
+        within(server.closed()).await,
+        WsError::Closed(ErrorCode::ProtocolViolation, "unknown WebSocket message kind 9".into())
+    );
+
+    let config = WsConfig::default();
+    let (server_ws, mut client_ws) = raw_pair(&config).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    let _ = client_ws.send(Message::Binary(vec![0; 100_000])).await;
+    assert!(matches!(within(server.closed()).await, WsError::Closed(ErrorCode::FrameTooLarge, _)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_times_out() {
+    let config = WsConfig { idle_timeout: Duration::from_secs(3), ..WsConfig::default() };
+    let (server_ws, _client_ws) = raw_pair(&config).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    let closed = within(server.closed()).await;
+    assert!(matches!(closed, WsError::Closed(ErrorCode::Internal, ref why) if why.contains("idle")), "{closed:?}");
+}

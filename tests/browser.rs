@@ -1,7 +1,8 @@
 //! A real browser: headless Chromium opens the demo page served by the server, joins a room over WebTransport,
 //! receives a message a native Rust client posts, posts one the native client receives, and receives the native
-//! client's ticks as datagrams. Everything is asserted from the page's own state (`window.quiverState`), read
-//! over the DevTools protocol.
+//! client's ticks as datagrams. Then the same with WebTransport made to fail (pointed at a UDP port that drops
+//! everything): the page falls back to the WebSocket within its configured timeout and does it all again.
+//! Everything is asserted from the page's own state (`window.quiverState`), read over the DevTools protocol.
 //!
 //! Needs Chromium (`chromium-headless-shell` or `chromium`; `QUIVER_CHROMIUM` names another binary). Without it
 //! the test says so loudly and passes, unless `QUIVER_REQUIRE_ALL=1` (CI), where a skip is a failure.
@@ -185,30 +186,43 @@ async fn http_get(port: u16, path: &str) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_chats_with_a_native_client_and_receives_ticks() {
-    let Some(chromium) = find_chromium() else {
-        let why = "Chromium not found (install chromium-headless-shell or set QUIVER_CHROMIUM)";
-        return quiver_tests::skip("the browser test", why);
-    };
-    // As a person runs it: dual stack (Chromium tries ::1 for localhost first), page on a TCP port.
+/// A dual-stack server (Chromium tries ::1 for localhost first) with the page on a TCP port, a native client in
+/// `room` publishing on `channel`, and the page opened with `query` added.
+struct Setup {
+    browser: Browser,
+    native: Client,
+    room: quiver_client::Room,
+    publisher: Option<quiver_client::TickPublisher>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<quiver_server::Summary>,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(chromium: &PathBuf, room_name: &str, query: impl Fn(u16, u16) -> String) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let web = WebConfig { http: Some("[::]:0".parse().unwrap()), ..WebConfig::default() };
     let config = ServerConfig { web, ..ServerConfig::dev("[::]:0".parse().unwrap(), dir.path().into()) };
     let server = Server::bind(config).unwrap();
     let (udp, page) = (server.local_addr().port(), server.page_addr().unwrap().port());
+    let ws = server.websocket_addr().unwrap().port();
     let stop = CancellationToken::new();
     let task = tokio::spawn(server.run(stop.clone()));
 
     let trust = TrustOptions::Auto { data_dir: dir.path().into() };
     let native = Client::connect(&format!("127.0.0.1:{udp}"), trust).await.unwrap();
-    let mut room = native.join("browser-test").await.unwrap();
+    let room = native.join(room_name).await.unwrap();
     let publisher = native.publisher("browser.ticks").await.unwrap();
+    let url =
+        format!("http://localhost:{page}/?room={room_name}&channel=browser.ticks&name=chromium{}", query(udp, ws));
+    let browser = Browser::open(chromium, &url).await;
+    Setup { browser, native, room, publisher: Some(publisher), stop, task, _dir: dir }
+}
 
-    let url = format!("http://localhost:{page}/?room=browser-test&channel=browser.ticks&name=chromium");
-    let mut browser = Browser::open(&chromium, &url).await;
-    let state = browser.wait_for("quiverReady", |s| s["status"] == "connected").await;
-    assert_eq!(state["room"], "browser-test", "{state:#}");
+/// The page joins and subscribes; a native post reaches it, its post reaches the native client, and the native
+/// client's ticks arrive (60 Hz).
+async fn chat_and_ticks(setup: &mut Setup, room_name: &str) {
+    let publisher = setup.publisher.take().unwrap();
+    let browser = &mut setup.browser;
     let ready = async {
         while browser.eval("window.quiverReady === true").await != json!(true) {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -217,7 +231,7 @@ async fn chromium_chats_with_a_native_client_and_receives_ticks() {
     tokio::time::timeout(WAIT, ready).await.expect("the page joins and subscribes");
 
     // Native → browser.
-    native.post("browser-test", "hello from native").await.unwrap();
+    setup.native.post(room_name, "hello from native").await.unwrap();
     browser
         .wait_for("the native message", |s| {
             s["messages"].as_array().into_iter().flatten().any(|m| m["text"] == "hello from native")
@@ -231,6 +245,7 @@ async fn chromium_chats_with_a_native_client_and_receives_ticks() {
              document.querySelector('#send-form').requestSubmit(); true",
         )
         .await;
+    let room = &mut setup.room;
     let from_browser = tokio::time::timeout(WAIT, async {
         loop {
             if let Some(RoomEvent::Message(m)) = room.next().await {
@@ -244,7 +259,7 @@ async fn chromium_chats_with_a_native_client_and_receives_ticks() {
     .expect("the browser's post reaches the native client");
     assert_eq!(from_browser.sender, "chromium");
 
-    // Ticks: 60 Hz from the native publisher, as datagrams into the page.
+    // Ticks: 60 Hz from the native publisher, into the page.
     let ticks = tokio::spawn(async move {
         for i in 0..240u32 {
             let price = format!("{:.2}", 100.0 + 5.0 * (f64::from(i) / 15.0).sin());
@@ -255,16 +270,63 @@ async fn chromium_chats_with_a_native_client_and_receives_ticks() {
     let state = browser.wait_for("30 ticks", |s| s["ticks"]["received"].as_u64().is_some_and(|n| n >= 30)).await;
     assert!(state["errors"].as_array().is_some_and(|e| e.is_empty()), "page errors: {state:#}");
     ticks.await.unwrap();
+}
 
-    if let Some(path) = std::env::var_os("QUIVER_SCREENSHOT") {
-        let shot = browser.call("Page.captureScreenshot", json!({"format": "png"})).await;
-        let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
-        std::fs::write(&path, png).unwrap();
-        eprintln!("screenshot written to {}", PathBuf::from(path).display());
-    }
+async fn finish(setup: Setup) {
+    let Setup { mut browser, native, stop, task, .. } = setup;
     let _ = tokio::time::timeout(Duration::from_secs(2), browser.call("Browser.close", json!({}))).await;
     drop(browser);
     native.close().await;
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_chats_with_a_native_client_and_receives_ticks() {
+    let Some(chromium) = find_chromium() else {
+        let why = "Chromium not found (install chromium-headless-shell or set QUIVER_CHROMIUM)";
+        return quiver_tests::skip("the browser test", why);
+    };
+    let mut setup = setup(&chromium, "browser-test", |_, _| String::new()).await;
+    let state = setup.browser.wait_for("quiverReady", |s| s["status"] == "connected").await;
+    assert_eq!(state["room"], "browser-test", "{state:#}");
+    assert_eq!(state["transport"], "webtransport", "{state:#}");
+    chat_and_ticks(&mut setup, "browser-test").await;
+    if let Some(path) = std::env::var_os("QUIVER_SCREENSHOT") {
+        let shot = setup.browser.call("Page.captureScreenshot", json!({"format": "png"})).await;
+        let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
+        std::fs::write(&path, png).unwrap();
+        eprintln!("screenshot written to {}", PathBuf::from(path).display());
+    }
+    finish(setup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_falls_back_to_the_websocket_when_udp_is_blocked() {
+    let Some(chromium) = find_chromium() else {
+        let why = "Chromium not found (install chromium-headless-shell or set QUIVER_CHROMIUM)";
+        return quiver_tests::skip("the browser fallback test", why);
+    };
+    // WebTransport is pointed at a UDP port that never answers (bound and never read: UDP dropped, as by a
+    // firewall); the page's WebSocket URL is the server's own.
+    let blackhole = std::net::UdpSocket::bind("[::]:0").unwrap();
+    let dead = blackhole.local_addr().unwrap().port();
+    const FALLBACK_MS: u64 = 1500;
+    let started = Instant::now();
+    let mut setup = setup(&chromium, "fallback-test", |_, ws| {
+        format!(
+            "&url=https://localhost:{dead}/quiver&websocketUrl=ws://localhost:{ws}/quiver\
+             &fallbackTimeoutMs={FALLBACK_MS}"
+        )
+    })
+    .await;
+    let state = setup.browser.wait_for("connected over the WebSocket", |s| s["status"] == "connected").await;
+    let took = started.elapsed();
+    assert_eq!(state["transport"], "websocket", "{state:#}");
+    // The page loads, gives WebTransport FALLBACK_MS, then connects over TCP on loopback.
+    let at = state["transportAtMs"].as_u64().unwrap_or(u64::MAX);
+    assert!((FALLBACK_MS..FALLBACK_MS + 1500).contains(&at), "the WebSocket was chosen {at} ms after the page began");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    chat_and_ticks(&mut setup, "fallback-test").await;
+    finish(setup).await;
 }

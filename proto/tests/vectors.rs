@@ -17,9 +17,9 @@ use std::fmt::Debug;
 
 use bytes::{Bytes, BytesMut};
 use quiver_proto::{
-    varint,
-    ws::WsMessage, ErrorCode, EventKind, Failure, FrameCodec, Hello, HistoryPage, Join, Joined, Limits, Position, Post, Reply,
-    Request, RequestBody, RoomEvent, RoomFrame, ServerMsg, TickHeader, Welcome, PROTOCOL_VERSION,
+    varint, ws::WsMessage, ErrorCode, EventKind, Failure, FrameCodec, Hello, HistoryPage, Join, Joined, Limits,
+    Position, Post, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg, TickHeader, Welcome,
+    PROTOCOL_VERSION,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{Map, Value};

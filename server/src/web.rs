@@ -24,6 +24,12 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/quiver/client/session.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/session.js")),
     ("/quiver/client/handles.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/handles.js")),
     ("/quiver/client/waiting.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/waiting.js")),
+    ("/quiver/client/dial.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/dial.js")),
+    (
+        "/quiver/client/websocket.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/quiver/client/websocket.js"),
+    ),
     ("/quiver/client/values.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/values.js")),
     ("/quiver/state.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/state.js")),
     ("/quiver/wire/errors.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/errors.js")),
@@ -32,6 +38,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/quiver/wire/messages.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/messages.js")),
     ("/quiver/wire/frames.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/frames.js")),
     ("/quiver/wire/ticks.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/ticks.js")),
+    ("/quiver/wire/ws.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/ws.js")),
     ("/quiver/wire/copies.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/copies.js")),
     ("/style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
 ];

@@ -1,9 +1,11 @@
-// The Quiver demo page: connects over WebTransport, joins a room (chat and members) and subscribes to a tick
-// channel (a live plot with loss, staleness and latency counters).
+// The Quiver demo page: connects over WebTransport (or, where that does not get through, the WebSocket fallback),
+// joins a room (chat and members) and subscribes to a tick channel (a live plot with loss, staleness and latency
+// counters).
 //
-// Where to connect comes from /config.json ({url, certHash, room, channel}), overridden by the page's query
-// parameters ?url=&certHash=&room=&channel=&name=. For automated tests the page keeps `window.quiverState`
-// current and sets `window.quiverReady = true` once it has joined the room and subscribed to the channel.
+// Where to connect comes from /config.json ({url, websocketUrl, certHash, room, channel}), overridden by the page's
+// query parameters ?url=&websocketUrl=&certHash=&room=&channel=&name=; ?transport=websocket (or webtransport) forces
+// a transport; ?fallbackTimeoutMs= sets how long WebTransport gets before the WebSocket. For automated tests the page keeps `window.quiverState` current and sets `window.quiverReady = true`
+// once it has joined the room and subscribed to the channel.
 
 import { QuiverClient, QuiverError, errorCodeName } from './quiver/index.js';
 
@@ -21,6 +23,7 @@ const DECIMAL = /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
 /** Everything the page shows, kept current for people and for tests. */
 const state = {
   status: 'connecting',
+  transport: null,
   identity: null,
   room: null,
   channel: null,
@@ -78,8 +81,17 @@ async function loadConfig() {
     if (!params.get('url')) throw err; // without config.json the URL must be given
   }
   const pick = (key, fallback) => params.get(key) || config[key] || fallback;
+  // The WebSocket fallback: ?websocketUrl=, else config.json's URL (null: the server has no WebSocket listener, so
+  // WebTransport only); with ?url= (another server) and no ?websocketUrl=, the client derives it from the URL.
+  const configured = !params.get('url') && !params.get('websocketUrl');
+  const websocketUrl = params.get('websocketUrl') || (configured ? (config.websocketUrl ?? null) : null);
+  const noWebSocket = configured && config.websocketUrl === null;
+  const transport = params.get('transport') || (noWebSocket ? 'webtransport' : 'auto');
   return {
     url: pick('url', null),
+    websocketUrl,
+    transport,
+    fallbackTimeoutMs: Number(params.get('fallbackTimeoutMs')) || undefined,
     certHash: pick('certHash', null),
     room: pick('room', 'lobby'),
     channel: pick('channel', 'prices'),
@@ -212,6 +224,7 @@ function animate(now) {
   const status = $('#status');
   status.textContent = state.status;
   status.dataset.status = state.status;
+  $('#transport').textContent = { webtransport: 'over WebTransport', websocket: 'over WebSocket' }[state.transport] ?? '';
   $('#identity').textContent = state.identity ?? '…';
   $('#rtt').textContent = state.rttMs === null ? '–' : `${state.rttMs.toFixed(1)} ms`;
   $('#ticks-received').textContent = state.ticks.received;
@@ -262,6 +275,14 @@ async function main() {
     client.post(config.room, text).catch(report);
   });
   client = await QuiverClient.connect(config.url, {
+    transport: config.transport,
+    websocketUrl: config.websocketUrl,
+    fallbackTimeoutMs: config.fallbackTimeoutMs,
+    onTransport: (transport, fallback) => {
+      state.transport = transport;
+      state.transportAtMs = Math.round(performance.now()); // since the page began loading (tests check the fallback's)
+      if (fallback) showNote(`WebTransport did not get through (${fallback}); using the WebSocket fallback`);
+    },
     certHash: config.certHash,
     name: config.name,
     token: freshToken,
@@ -278,6 +299,7 @@ async function main() {
     },
   });
   state.status = client.status;
+  state.transport = client.transport;
   state.identity = client.welcome.identity;
   window.quiverClient = client;
 

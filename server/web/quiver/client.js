@@ -1,21 +1,22 @@
-// QuiverClient: a Quiver session over the browser's WebTransport that survives connection loss, with the Rust
-// client's behaviour. It opens Sessions (client/session.js) and keeps across them what the application asked
-// for: rooms (resumed from their position, state.js's RoomState), posts (re-sent until acknowledged), tick
-// subscriptions and publish claims (made again on each new connection).
+// QuiverClient: a Quiver session over the browser's WebTransport (or the WebSocket fallback, client/dial.js) that
+// survives connection loss, with the Rust client's behaviour. It opens Sessions (client/session.js) and keeps across
+// them what the application asked for: rooms (resumed from their position, state.js's RoomState), posts (re-sent
+// until acknowledged), tick subscriptions and publish claims (made again on each new connection).
 
 import { ErrorCode, QuiverDecodeError, QuiverError } from './wire/errors.js';
-import { TICK_HEADER_MAX_LEN, encodeTick } from './wire/ticks.js';
+import { encodeTick } from './wire/ticks.js';
 import { Backoff, LatestWins, Merge, PostQueue, RoomState, clockOffsetUs, messageEvent } from './state.js';
 import { Session, roomFrames } from './client/session.js';
+import { Dialer, transportOptions } from './client/dial.js';
 import { Publisher, Room, Subscription } from './client/handles.js';
 import { Signal, Timers } from './client/waiting.js';
 import { callBack, expectReply, toBytes, unixUs } from './client/values.js';
 import { PROTOCOL_VERSION, wire } from './wire/messages.js';
 
 /**
- * A Quiver session over WebTransport that survives connection loss: it reconnects with jittered exponential
- * backoff, rejoins every room from its last position (dropping what was already delivered and announcing
- * `{type: 'resumed', recovered}`), re-sends unacknowledged posts in order with their client_msg_id, and
+ * A Quiver session over WebTransport (or a WebSocket) that survives connection loss: it reconnects with jittered
+ * exponential backoff, rejoins every room from its last position (dropping what was already delivered and
+ * announcing `{type: 'resumed', recovered}`), re-sends unacknowledged posts in order with their client_msg_id, and
  * subscribes and claims its channels again.
  */
 export class QuiverClient {
@@ -25,11 +26,14 @@ export class QuiverClient {
   status = 'connecting';
   /** Why the client ended (`{code, reason}`), once `status` is 'closed'. */
   closeReason = null;
+  /** The transport of the current (or last) connection: 'webtransport' or 'websocket'; null before the first. */
+  transport = null;
 
   #urls;
   #nextUrl = 0;
   #unavailable = { backoff: new Backoff({ initialMs: 50, maxMs: 2000 }), tries: 0 };
   #options;
+  #dialer;
   #session = null;
   #sessionChanged = new Signal();
   #timers = new Timers();
@@ -43,17 +47,21 @@ export class QuiverClient {
   #clockOffsetUs = 0;
 
   /**
-   * Connects to `url` (e.g. "https://127.0.0.1:4433/quiver"; an array of URLs: the nodes of a cluster, tried in
-   * turn, and after a lost connection the next one first) and opens the session. Options:
-   * `certHash` (64 hex digits of the server certificate's SHA-256, for `serverCertificateHashes`; null to rely on
-   * the browser's trust), `name` and `token` (sent in Hello), `reconnect` (default true), `onStatus(status,
-   * detail)`, `onNotice(notice)` (server pushes: `{type: 'goaway'|'kicked'|'error', code, reason, room?}`, and
-   * rooms that could not be rejoined), `onAttempt({attempt, lastError, nextTryMs})` (while reconnecting, before
-   * each attempt: which one, why the link is down or the last attempt failed, and when the next starts; the same
-   * object is `client.reconnecting`), `connectTimeoutMs` (10000), `reconnectDelayMs` (50),
-   * `reconnectMaxDelayMs` (5000), `copies` (2) and `copySpacingMs` (5) (redundant rooms: datagram copies per post
-   * and the time between them), `transport` (the WebTransport constructor; replaceable for tests).
-   * The first connection must succeed: this rejects otherwise.
+   * Connects to `url` (e.g. "https://127.0.0.1:4433/quiver"; an array of URLs: the nodes of a cluster, tried in turn,
+   * and after a lost connection the next one first) and opens the session. Options: `certHash` (64 hex digits of the
+   * server certificate's SHA-256, for `serverCertificateHashes`; null to rely on the browser's trust), `name` and
+   * `token` (sent in Hello), `reconnect` (default true), `onStatus(status, detail)`, `onNotice(notice)` (server
+   * pushes: `{type: 'goaway'|'kicked'|'error', code, reason, room?}`, and rooms that could not be rejoined),
+   * `onAttempt({attempt, lastError, nextTryMs})` (while reconnecting, before each attempt: which one, why the link is
+   * down or the last attempt failed, and when the next starts; the same object is `client.reconnecting`),
+   * `connectTimeoutMs` (10000), `reconnectDelayMs` (50), `reconnectMaxDelayMs` (5000), `copies` (2) and
+   * `copySpacingMs` (5) (redundant rooms: datagram copies per post and the time between them; QUIC only), `transport`
+   * ('auto': WebTransport, or the WebSocket when it fails or is not ready within `fallbackTimeoutMs` (2000), and then
+   * the WebSocket for good; 'webtransport'; 'websocket'), `websocketUrl` (default: the URL with `wss:`; an array: one
+   * per URL), `onTransport(transport, fallback)` (at the first connection and on a change: 'webtransport' or
+   * 'websocket', and why WebTransport was not used, else null), `webTransport` and `webSocket` (the constructors;
+   * replaceable for tests; a function as `transport` is taken as `webTransport`, WebTransport only). The first
+   * connection must succeed: this rejects otherwise.
    */
   static async connect(url, options = {}) {
     const client = new QuiverClient(url, options);
@@ -64,13 +72,14 @@ export class QuiverClient {
   constructor(url, options = {}) { // use `QuiverClient.connect`
     this.#urls = Array.isArray(url) ? [...url] : [url];
     if (this.#urls.length === 0) throw new Error('no server URL given');
-    this.#options = {
+    this.#options = transportOptions({
       certHash: null, name: null, token: null, reconnect: true, onStatus: null, onNotice: null, onAttempt: null,
       connectTimeoutMs: 10_000, reconnectDelayMs: 50, reconnectMaxDelayMs: 5000, copies: 2, copySpacingMs: 5,
-      transport: globalThis.WebTransport, protocolVersion: PROTOCOL_VERSION,
+      transport: 'auto', webTransport: globalThis.WebTransport, webSocket: globalThis.WebSocket, websocketUrl: null,
+      fallbackTimeoutMs: 2000, onTransport: null, protocolVersion: PROTOCOL_VERSION,
       ...Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)),
-    };
-    if (typeof this.#options.transport !== 'function') throw new Error('this browser has no WebTransport');
+    });
+    this.#dialer = new Dialer(this.#urls, this.#options);
     const { reconnectDelayMs: initialMs, reconnectMaxDelayMs: maxMs } = this.#options;
     this.#backoff = new Backoff({ initialMs, maxMs });
     // A random 62-bit start plus a counter: two clients with the same identity do not collide.
@@ -219,6 +228,7 @@ export class QuiverClient {
 
   #open() {
     const hooks = {
+      dial: (url) => this.#dialer.dial(url),
       onLost: (session, why) => this.#lost(session, why),
       onPush: (push) => this.#push(push),
       onRoomStream: (session, stream) => this.#readRoomStream(session, stream, ++this.#roomStreams),
@@ -239,24 +249,16 @@ export class QuiverClient {
    * posts on it. False when it was lost (or the client closed) before that.
    */
   async #connected(session) {
-    const samples = [];
-    for (let i = 0; i < 5 && !session.closedWhy; i++) {
-      const clientTimeUs = unixUs();
-      const started = performance.now();
-      try {
-        const reply = await session.request({ Ping: { client_time_us: BigInt(Math.round(clientTimeUs)) } });
-        const serverTimeUs = Number(expectReply(reply, 'Pong').server_time_us);
-        samples.push({ rttUs: (performance.now() - started) * 1000, clientTimeUs, serverTimeUs });
-      } catch {
-        break;
-      }
-    }
-    this.#clockOffsetUs = clockOffsetUs(samples) ?? this.#clockOffsetUs;
+    this.#clockOffsetUs = clockOffsetUs(await session.clockSamples(5)) ?? this.#clockOffsetUs;
     if (this.status === 'closed') session.close(ErrorCode.NoError, 'client closed');
     if (this.status === 'closed' || session.closedWhy) return false;
     this.#session = session;
     this.welcome = session.welcome;
     this.reconnecting = null;
+    if (session.transport !== this.transport) {
+      this.transport = session.transport;
+      callBack(this.#options.onTransport, session.transport, session.fallback);
+    }
     this.#setStatus('connected', null);
     this.#sessionChanged.notify();
     for (const entry of this.#rooms.values()) this.#rejoin(entry);
@@ -486,12 +488,7 @@ export class QuiverClient {
   #sendTick(entry, payload) {
     const session = this.#session;
     if (!session || session.closedWhy || entry.claim?.session !== session) return null;
-    const max = session.maxDatagramSize;
-    if (max !== null && payload.length > max - TICK_HEADER_MAX_LEN) {
-      const maxPayload = Math.max(0, max - TICK_HEADER_MAX_LEN);
-      const what = `tick payload of ${payload.length} bytes does not fit a datagram on this path`;
-      throw new QuiverError(ErrorCode.DatagramTooLarge, `${what}: the maximum payload is ${maxPayload} bytes`);
-    }
+    session.checkTickPayload(payload);
     const seq = entry.nextSeq++;
     const sentTimeUs = BigInt(Math.round(this.serverClockUs()));
     session.sendDatagram(encodeTick({ channel_id: entry.claim.channelId, seq, sent_time_us: sentTimeUs, payload }));

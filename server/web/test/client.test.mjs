@@ -1,15 +1,15 @@
 // QuiverClient's IO layer (Hello/Welcome, requests and replies, room streams, datagrams, connection loss and
-// everything a reconnect restores), against an in-memory stand-in for the browser's WebTransport and a miniature
-// Quiver server: rooms with an epoch and contiguous seqs, room streams that open with the Join's outcome, resume
-// from a position, slow consumers (stream reset, then Kicked), post deduplication by (identity, client_msg_id),
-// tick channel ids per connection.
+// everything a reconnect restores), against in-memory stand-ins for the browser's WebTransport and WebSocket (the
+// fallback, speaking the protocol's WebSocket mapping) and a miniature Quiver server: rooms with an epoch and
+// contiguous seqs, room streams that open with the Join's outcome, resume from a position, slow consumers (stream
+// reset, then Kicked), post deduplication by (identity, client_msg_id), tick channel ids per connection.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
   DEFAULT_MAX_FRAME, ErrorCode, FrameReader, PROTOCOL_VERSION, QuiverClient, QuiverError, decodeCopy, decodeTick,
-  encodeFrame, encodeTick, encodeVarint, isCopy, wire,
+  decodeWsMessage, encodeFrame, encodeTick, encodeVarint, encodeWsMessage, isCopy, wire,
 } from '../quiver/index.js';
 
 // ───────────────────────────────────────────── the fake server ─────────────────────────────────────────────
@@ -76,8 +76,9 @@ class FakeWebTransport {
       this.resolveClosed = resolve;
       this.rejectClosed = reject;
     });
-    const down = server.down || server.downUrls.has(url);
+    const down = server.down || server.webTransportDown || server.downUrls.has(url);
     this.ready = down ? Promise.reject(new Error('connection refused')) : Promise.resolve();
+    if (server.webTransportHangs) this.ready = new Promise(() => {}); // UDP dropped: QUIC never gets through
     this.ready.catch(() => {});
     if (down) this.alive = false;
   }
@@ -155,7 +156,137 @@ class FakeWebTransport {
   }
 }
 
-/** The miniature server. `transport` is what the client takes as its WebTransport constructor. */
+/**
+ * One WebSocket connection: `socket` is what the client holds (the browser's WebSocket), the rest the server's side
+ * with FakeWebTransport's shape, speaking the mapping of docs/protocol.md ("WebSocket mapping"). Events reach the
+ * client in order, each in a microtask of its own (a browser queues a task for each).
+ */
+class FakeWebSocketConnection {
+  constructor(server, url, protocols) {
+    this.server = server;
+    this.url = url;
+    this.protocols = protocols;
+    this.id = server.connections.length + 1;
+    this.alive = true;
+    this.identity = null;
+    this.channels = new Map();
+    this.claims = new Map();
+    this.nextChannelId = server.channelIdBase;
+    this.roomStreams = [];
+    this.nextStream = 1n;
+    this.frames = new FrameReader();
+    this.received = []; // every message from the client, decoded
+    const socket = new EventTarget();
+    Object.assign(socket, { readyState: 0, protocol: '', binaryType: 'blob', bufferedAmount: 0 });
+    socket.send = (data) => {
+      if (socket.readyState !== 1) throw new Error('InvalidStateError: not open');
+      this.fromClient(decodeWsMessage(new Uint8Array(data)));
+    };
+    socket.close = (code) => {
+      if (socket.readyState >= 2) return;
+      socket.readyState = 2;
+      this.closedByClient = code;
+      this.end(1000);
+    };
+    this.socket = socket;
+    if (server.down || server.webSocketDown) {
+      this.alive = false;
+      this.post(() => this.closeEvent(1006));
+    } else {
+      this.post(() => {
+        Object.assign(socket, { readyState: 1, protocol: 'quiver' });
+        socket.dispatchEvent(new Event('open'));
+      });
+    }
+  }
+
+  post(fn) {
+    queueMicrotask(fn);
+  }
+
+  /** A message to the client. */
+  deliver(message) {
+    const data = encodeWsMessage(message).buffer;
+    this.post(() => {
+      if (this.socket.readyState === 1) this.socket.dispatchEvent(Object.assign(new Event('message'), { data }));
+    });
+  }
+
+  closeEvent(code) {
+    if (this.socket.readyState === 3) return;
+    this.socket.readyState = 3;
+    this.socket.dispatchEvent(Object.assign(new Event('close'), { code, reason: '', wasClean: code !== 1006 }));
+  }
+
+  fromClient(message) {
+    this.received.push(message);
+    if (!this.alive) return;
+    if (message.Control) {
+      for (const body of this.frames.push(message.Control)) this.server.handle(this, wire.Request.decode(body));
+    } else if (message.Datagram) {
+      const d = message.Datagram.slice();
+      if (isCopy(d)) this.server.copies.push({ conn: this, ...decodeCopy(d, DEFAULT_MAX_FRAME) });
+      else this.server.datagrams.push({ conn: this, ...decodeTick(d) });
+    } else if (message.Close) {
+      this.closedBy = { closeCode: message.Close.code, reason: message.Close.reason };
+    } else {
+      throw new Error(`a client sent ${Object.keys(message)[0]}`);
+    }
+  }
+
+  /** The connection ends; a close event with `code` reaches the client (1006: no close frame, the TCP is gone). */
+  end(code) {
+    const wasAlive = this.alive;
+    this.alive = false;
+    this.post(() => this.closeEvent(code));
+    if (wasAlive) this.server.left(this);
+  }
+
+  // ── server side: FakeWebTransport's shape ──
+
+  send(msg) {
+    if (this.alive) this.deliver({ Control: encodeFrame(wire.ServerMsg, msg) });
+  }
+
+  /** A room stream: its id is new, so its first message opens it at the client. */
+  openRoomStream() {
+    const id = this.nextStream++;
+    let stalled = false;
+    let ended = false;
+    const live = () => this.alive && !stalled && !ended;
+    const stream = {
+      write: (frame) => live() && this.deliver({ Stream: { id, bytes: encodeFrame(wire.RoomFrame, frame) } }),
+      stall: () => { stalled = true; },
+      finish: () => { if (!ended && this.alive) this.deliver({ Finish: { id } }); ended = true; },
+      reset: (code) => { if (!ended && this.alive) this.deliver({ Reset: { id, code } }); ended = true; },
+      cancelled: false, // a WebSocket stream is only dropped by its reader: the server is not told
+    };
+    this.roomStreams.push(stream);
+    return stream;
+  }
+
+  sendTick(tick) {
+    if (this.alive) this.deliver({ Datagram: encodeTick(tick) });
+  }
+
+  /** The server closes the connection: a Close message with the code and reason, then the close frame. */
+  close({ closeCode = 0, reason = '' } = {}) {
+    if (!this.alive) return;
+    this.closedBy = { closeCode, reason };
+    this.deliver({ Close: { code: closeCode, reason } });
+    this.end(1000);
+  }
+
+  /** The connection is lost: the socket closes without a Close message. */
+  kill() {
+    if (this.alive) this.end(1006);
+  }
+}
+
+/**
+ * The miniature server. `transport` is what the client takes as its WebTransport constructor, `webSocket` as its
+ * WebSocket constructor.
+ */
 class FakeServer {
   constructor() {
     this.connections = [];
@@ -174,11 +305,19 @@ class FakeServer {
     this.channelIdBase = 0n; // first channel id handed out on each connection
     this.loseRoomStreams = 0; // reset this many room streams as slow consumers before their Open frame
     this.dropOnPing = false; // lose the connection on its first Ping
+    this.webTransportDown = false; // WebTransport connections fail before they open (the WebSocket gets through)
+    this.webTransportHangs = false; // WebTransport connections never become ready (UDP silently dropped)
+    this.webSocketDown = false; // WebSocket connections fail before they open
     const server = this;
     this.transport = function WebTransport(url, options) {
       const conn = new FakeWebTransport(server, url, options);
       server.connections.push(conn);
       return conn;
+    };
+    this.webSocket = function WebSocket(url, protocols) {
+      const conn = new FakeWebSocketConnection(server, url, protocols);
+      server.connections.push(conn);
+      return conn.socket;
     };
   }
 
@@ -430,7 +569,7 @@ test('connect: a refused Hello or an unreachable server rejects and closes', asy
   server.refuse = null;
   server.down = true;
   await assert.rejects(QuiverClient.connect(URL_, { transport: server.transport }), /connection refused/);
-  assert.throws(() => new QuiverClient(URL_, { transport: undefined }), /no WebTransport/);
+  assert.throws(() => new QuiverClient(URL_, { transport: 'webtransport', webTransport: null }), /no WebTransport/);
   await assert.rejects(QuiverClient.connect(URL_, { transport: server.transport, certHash: 'abc' }), /64 hex digits/);
 });
 
@@ -827,4 +966,171 @@ test('redundant rooms: stream and copies merge into one order, each event once; 
   await ann.post('elsewhere', 'plain');
   await new Promise((resolve) => setTimeout(resolve, 20));
   assert.equal(server.copies.length, 2, 'a room not joined redundant: no copies');
+});
+
+// ───────────────────────────────────────── the WebSocket fallback ─────────────────────────────────────────
+
+/** A client of `server` in transport mode `transport` with both constructors, reporting its transports. */
+async function connectAuto(t, server, options = {}) {
+  const transports = [];
+  const client = await QuiverClient.connect(URL_, {
+    webTransport: server.transport, webSocket: server.webSocket, reconnectDelayMs: 1, reconnectMaxDelayMs: 20,
+    fallbackTimeoutMs: 40, onTransport: (transport, fallback) => transports.push([transport, fallback]), ...options,
+  });
+  t.after(() => client.close());
+  return { client, transports };
+}
+
+const isWebSocket = (conn) => conn instanceof FakeWebSocketConnection;
+
+test('auto: WebTransport not ready in time falls back to the WebSocket, which serves everything; reconnects stay on it', async (t) => {
+  const server = new FakeServer();
+  server.channelIdBase = 1n;
+  server.webTransportHangs = true;
+  const started = Date.now();
+  const { client: ann, transports } = await connectAuto(t, server, { name: 'ann' });
+  assert.ok(Date.now() - started >= 35, 'WebTransport had its fallbackTimeoutMs');
+  assert.equal(ann.transport, 'websocket');
+  const fallback = 'WebTransport to https://quiver.test:4433/quiver was not ready within 40 ms';
+  assert.deepEqual(transports, [['websocket', fallback]]);
+  const [quic, ws] = server.connections;
+  assert.ok(!isWebSocket(quic) && !quic.alive, 'the WebTransport attempt was given up');
+  assert.ok(isWebSocket(ws));
+  assert.equal(ws.url, 'wss://quiver.test:4433/quiver', 'the WebSocket URL derived from the WebTransport URL');
+  assert.equal(ws.protocols, 'quiver');
+  const hello = { version: PROTOCOL_VERSION, agent: 'quiver-web/0.1', name: 'ann', token: null };
+  assert.deepEqual(server.requestsOf('Hello', ws), [hello]);
+
+  // Rooms, posts, presence, history and ticks over the WebSocket, with a WebTransport client in the same room.
+  server.webTransportHangs = false;
+  const bob = await connect(t, server, { name: 'bob' });
+  const a = await joinCollecting(ann, 'lobby');
+  const b = await joinCollecting(bob, 'lobby');
+  await until('ann sees bob join', () => a.events.some((e) => e.type === 'joined' && e.member === 'bob'));
+  const posted = [ann.post('lobby', 'one'), bob.post('lobby', 'two'), ann.post('lobby', 'three')];
+  assert.deepEqual(await Promise.all(posted), [1n, 2n, 3n]);
+  await until('both have 3 messages', () => a.messages().length === 3 && b.messages().length === 3);
+  assert.deepEqual(a.messages().map((m) => m.text), ['one', 'two', 'three']);
+  assert.deepEqual((await ann.history('lobby', 0, 10)).messages.map((m) => m.text), ['one', 'two', 'three']);
+  const ticks = [];
+  await ann.subscribe('prices', { onTick: (tick) => ticks.push(tick) });
+  server.tick('prices', 1n, text('1.5'));
+  await until('a tick over the WebSocket', () => ticks.length === 1);
+  const publisher = await ann.publisher('prices');
+  assert.equal(publisher.send('2.5'), 1n);
+  await until('a tick from the WebSocket', () => server.datagrams.length === 1);
+  assert.equal(server.datagrams[0].conn, ws);
+  assert.deepEqual(server.datagrams[0].payload, text('2.5'));
+  assert.throws(() => publisher.send(new Uint8Array(1200 - 24 + 1)), (err) => err.code === ErrorCode.DatagramTooLarge);
+
+  // A slow consumer's reset, then the Kicked: the room is joined again from its position, over the WebSocket.
+  await bob.post('lobby', 'four');
+  await until('ann has four', () => a.messages().length === 4);
+  ws.send(server.fallBehind(ws, 'lobby'));
+  await until('rejoined', () => a.events.some((e) => e.type === 'resumed'));
+  await bob.post('lobby', 'five');
+  await until('ann has five', () => a.messages().length === 5);
+  assert.deepEqual(a.seqs(), [1, 2, 3, 4, 5]);
+
+  // A lost connection: the reconnect goes straight to the WebSocket (WebTransport would work by now).
+  const before = server.connections.length;
+  ws.kill();
+  const annIsBack = () => server.connections.slice(before).some((c) => c.alive && c.identity === 'ann');
+  await until('reconnected', () => ann.status === 'connected' && annIsBack());
+  const again = server.connections.slice(before); // bob's connection is not touched: all of these are ann's
+  assert.ok(again.length >= 1 && again.every(isWebSocket), 'no WebTransport attempt after the fallback');
+  assert.deepEqual(transports.length, 1, 'the transport did not change');
+  await bob.post('lobby', 'six');
+  await until('ann has six', () => a.messages().length === 6);
+  assert.deepEqual(a.seqs(), [1, 2, 3, 4, 5, 6]);
+  await until('resubscribed', () => server.live.find((c) => c.identity === 'ann')?.channels.has('prices'));
+});
+
+test('auto: a failing WebTransport falls back at once; one that connects is used; neither: connect fails', async (t) => {
+  const server = new FakeServer();
+  server.webTransportDown = true;
+  const started = Date.now();
+  const { client, transports } = await connectAuto(t, server, { fallbackTimeoutMs: 5000 });
+  assert.ok(Date.now() - started < 1000, 'no waiting for the fallback timeout');
+  assert.deepEqual(transports, [['websocket', 'WebTransport to https://quiver.test:4433/quiver failed: connection refused']]);
+  assert.equal(client.transport, 'websocket');
+
+  server.webTransportDown = false;
+  const quic = await connectAuto(t, server);
+  assert.equal(quic.client.transport, 'webtransport');
+  assert.deepEqual(quic.transports, [['webtransport', null]]);
+  assert.ok(!isWebSocket(server.connections.at(-1)), 'no WebSocket opened');
+
+  // Neither gets through: the first connect fails, naming both; the next attempt tries WebTransport again.
+  server.down = true;
+  await assert.rejects(
+    QuiverClient.connect(URL_, { webTransport: server.transport, webSocket: server.webSocket }),
+    /connection refused; the WebSocket fallback failed too: the WebSocket to wss:\/\/quiver.test:4433\/quiver did not open \(code 1006\)/,
+  );
+  server.down = false;
+
+  // A client on WebTransport whose reconnects find neither for a while, then only the WebSocket.
+  client.close();
+  quic.client.close();
+  server.webSocketDown = true;
+  const { client: cy, transports: cyTransports } = await connectAuto(t, server);
+  assert.equal(cy.transport, 'webtransport');
+  server.webTransportDown = true;
+  const mark = server.connections.length;
+  server.dropAll();
+  const attempts = () => server.connections.slice(mark).map((c) => (isWebSocket(c) ? 'ws' : 'wt')).join(' ');
+  await until('WebTransport tried again after both failed', () => /^wt ws wt ws/.test(attempts()));
+  server.webSocketDown = false;
+  await until('reconnected over the WebSocket', () => cy.status === 'connected' && cy.transport === 'websocket');
+  assert.deepEqual(cyTransports.map(([transport]) => transport), ['webtransport', 'websocket'], 'the change is reported');
+});
+
+test('websocket mode: straight to the given WebSocket URL; the server\'s Close is the client\'s close reason', async (t) => {
+  const server = new FakeServer();
+  const { client, transports } = await connectAuto(t, server, {
+    transport: 'websocket', websocketUrl: 'ws://127.0.0.1:4433/quiver', reconnect: false, name: 'ann', copies: 2,
+  });
+  assert.equal(server.connections.length, 1);
+  assert.equal(server.connections[0].url, 'ws://127.0.0.1:4433/quiver');
+  assert.deepEqual(transports, [['websocket', null]]);
+
+  // A redundant room over the WebSocket: the join asks (the server decides), no copies go up.
+  await client.join('fast', { redundant: true });
+  assert.equal(await client.post('fast', 'up'), 1n);
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal(server.copies.length, 0, 'no post copies over the WebSocket');
+  assert.ok(server.connections[0].received.every((m) => !m.Datagram), 'no datagrams at all');
+
+  server.connections[0].close({ closeCode: ErrorCode.GoingAway, reason: 'restarting' });
+  await until('closed', () => client.status === 'closed');
+  assert.deepEqual(client.closeReason, { code: ErrorCode.GoingAway, reason: 'restarting' });
+
+  // A connection lost without a Close is a lost connection.
+  const { client: bob } = await connectAuto(t, server, { transport: 'websocket', reconnect: false });
+  server.connections.at(-1).kill();
+  await until('bob ended', () => bob.status === 'closed');
+  assert.equal(bob.closeReason.code, ErrorCode.Internal);
+  assert.match(bob.closeReason.reason, /connection lost: the WebSocket closed without a Quiver close \(code 1006\)/);
+
+  // Closing the client tells the server why.
+  const { client: cy } = await connectAuto(t, server, { transport: 'websocket' });
+  const conn = server.connections.at(-1);
+  cy.close();
+  assert.deepEqual(conn.closedBy, { closeCode: 0, reason: 'closed by the application' });
+  assert.equal(conn.closedByClient, 1000);
+});
+
+test('transport options: checked, and the older `transport` constructor still means WebTransport only', async () => {
+  const server = new FakeServer();
+  assert.throws(() => new QuiverClient(URL_, { transport: 'quic' }), /transport must be one of auto, webtransport, websocket/);
+  assert.throws(() => new QuiverClient(URL_, { transport: 'websocket', webSocket: null }), /no WebSocket/);
+  assert.throws(() => new QuiverClient(URL_, { webTransport: null, webSocket: null }), /neither WebTransport nor WebSocket/);
+  server.webTransportDown = true;
+  const legacy = { transport: server.transport, webSocket: server.webSocket };
+  await assert.rejects(QuiverClient.connect(URL_, legacy), /connection refused/);
+  assert.ok(!server.connections.some(isWebSocket), 'no fallback');
+  // A certificate hash that is not one is a mistake, not a reason to fall back.
+  const badHash = { webTransport: server.transport, webSocket: server.webSocket, certHash: 'abc' };
+  await assert.rejects(QuiverClient.connect(URL_, badHash), /64 hex digits/);
+  assert.ok(!server.connections.some(isWebSocket), 'no fallback');
 });

@@ -8,13 +8,15 @@ import { readFileSync, readdirSync } from 'node:fs';
 
 import {
   DEFAULT_MAX_FRAME, FrameReader, PROTOCOL_VERSION, QuiverDecodeError, QuiverEncodeError, VARINT_MAX,
-  decodeCopy, decodeFrame, decodeTick, decodeVarint, encodeFrame, encodePostCopy, encodeTick, encodeVarint,
-  errorCodeName, isCopy, isProbe, varintLength, wire,
+  decodeCopy, decodeFrame, decodeTick, decodeVarint, decodeWsMessage, encodeFrame, encodePostCopy, encodeTick,
+  encodeVarint, errorCodeName, isCopy, isProbe, varintLength, wire,
 } from '../quiver/index.js';
 
 const vectorsFile = JSON.parse(readFileSync(new URL('./vectors.json', import.meta.url), 'utf8'));
 const vectors = vectorsFile.vectors;
 const frameTypes = { Request: wire.Request, ServerMsg: wire.ServerMsg, RoomFrame: wire.RoomFrame };
+/** The vectors of stream frames (the others are tick datagrams and WebSocket messages: ws.test.mjs). */
+const frameVectors = vectors.filter((v) => v.kind in frameTypes);
 
 const fromHex = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (pair) => parseInt(pair, 16));
 const toHex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
@@ -68,7 +70,7 @@ test('the vectors were made for this protocol version and frame limit', () => {
   assert.equal(Number(vectorsFile.protocol_version), PROTOCOL_VERSION);
   assert.equal(Number(vectorsFile.max_frame), DEFAULT_MAX_FRAME);
   assert.ok(vectors.length >= 90, `only ${vectors.length} vectors`);
-  for (const kind of ['Request', 'ServerMsg', 'RoomFrame', 'Tick']) {
+  for (const kind of ['Request', 'ServerMsg', 'RoomFrame', 'Tick', 'WsMessage']) {
     assert.ok(vectors.some((v) => v.kind === kind), `no ${kind} vector`);
   }
 });
@@ -82,6 +84,7 @@ test('every vector decodes to its value and encodes back to its bytes', () => {
       assert.equal(toHex(encodeTick(revive(value, tick))), hex, `${name}: re-encoded`);
       continue;
     }
+    if (kind === 'WsMessage') continue; // ws.test.mjs
     const type = frameTypes[kind];
     assert.ok(type, `${name}: unknown kind ${kind}`);
     const decoded = decodeFrame(type, bytes);
@@ -131,7 +134,7 @@ test('every stored malformed input of quiver-proto gives the same outcome here',
 });
 
 test('every truncation of every message body is a malformed QuiverDecodeError', () => {
-  for (const { name, kind, hex } of vectors.filter((v) => v.kind !== 'Tick')) {
+  for (const { name, kind, hex } of frameVectors) {
     const type = frameTypes[kind];
     const frame = fromHex(hex);
     const body = frame.subarray(decodeVarint(frame).length);
@@ -205,6 +208,11 @@ test('random bytes and mutated vectors never throw anything but QuiverDecodeErro
       decodeTick(bytes);
     } catch (err) {
       assert.ok(err instanceof QuiverDecodeError, `${what} as a tick: ${err}`);
+    }
+    try {
+      decodeWsMessage(bytes);
+    } catch (err) {
+      assert.ok(err instanceof QuiverDecodeError, `${what} as a WebSocket message: ${err}`);
     }
     try {
       new FrameReader(300).push(bytes);
@@ -296,7 +304,7 @@ test('FrameReader: every vector fed in chunks split at every byte', () => {
     assert.deepEqual(decodeAll([stream.subarray(0, cut), stream.subarray(cut)]), expected, `split at ${cut}`);
   }
   // Each vector alone: every split into two and three chunks.
-  for (const { name, kind, hex, value } of vectors.filter((v) => v.kind !== 'Tick')) {
+  for (const { name, kind, hex, value } of frameVectors) {
     const frame = fromHex(hex);
     const step = Math.max(1, Math.floor(frame.length / 40)); // every byte of small frames, a sample of the 16 KiB one
     for (let a = 0; a <= frame.length; a += step) {

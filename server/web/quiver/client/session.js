@@ -1,25 +1,20 @@
-// One WebTransport connection to a Quiver server: the Hello/Welcome handshake, requests and their replies on the
-// control stream, server pushes, room streams handed to the client as they arrive, and tick datagrams routed to
-// subscriptions by channel id. A Session never reconnects; QuiverClient opens a new one when it is lost.
+// One connection to a Quiver server, over WebTransport or the WebSocket fallback shaped like it (client/dial.js
+// opens either): the Hello/Welcome handshake, requests and their replies on the control stream, server pushes,
+// room streams handed to the client as they arrive, and tick datagrams routed to subscriptions by channel id. A
+// Session never reconnects; QuiverClient opens a new one when it is lost.
 
 import { ErrorCode, QuiverDecodeError, QuiverError } from '../wire/errors.js';
 import { DEFAULT_MAX_FRAME, FrameReader, encodeFrame } from '../wire/frames.js';
 import { wire } from '../wire/messages.js';
-import { decodeTick, isProbe } from '../wire/ticks.js';
+import { TICK_HEADER_MAX_LEN, decodeTick, isProbe } from '../wire/ticks.js';
 import { decodeCopy, encodePostCopy, isCopy } from '../wire/copies.js';
 import { RequestTable } from '../state.js';
+import { expectReply, unixUs } from './values.js';
 
 /** Sent in Hello as the client's software and version. */
 export const AGENT = 'quiver-web/0.1';
 
-/** The 32 bytes of a SHA-256 given as 64 hex digits (colons and spaces allowed). */
-function certHashBytes(hex) {
-  const digits = String(hex).replace(/[\s:]/g, '');
-  if (!/^[0-9a-fA-F]{64}$/.test(digits)) throw new TypeError('certHash must be 64 hex digits (a SHA-256)');
-  return Uint8Array.from(digits.match(/../g), (pair) => parseInt(pair, 16));
-}
-
-/** One WebTransport connection (see the top of this file). */
+/** One connection (see the top of this file). */
 export class Session {
   /**
    * Opens a session to the first of `urls` that answers, trying them in turn from index `from` (a refusal ends it
@@ -40,21 +35,19 @@ export class Session {
   }
 
   /**
-   * Connects and says Hello; resolves once Welcome arrived. `hooks`: onPush, onRoomStream, onTick, onRoomCopy,
-   * onLost.
+   * Connects (`hooks.dial(url)`: a ready `{wt, transport, fallback}`, see client/dial.js) and says Hello; resolves
+   * once Welcome arrived. `hooks`: dial, onPush, onRoomStream, onTick, onRoomCopy, onLost.
    */
   static async open(url, options, hooks) {
-    const transportOptions = options.certHash
-      ? { serverCertificateHashes: [{ algorithm: 'sha-256', value: certHashBytes(options.certHash) }] }
-      : undefined;
-    const wt = new options.transport(url, transportOptions);
+    const dialing = hooks.dial(url);
     let timer;
     const timeout = new Promise((_, reject) => {
       const ms = options.connectTimeoutMs;
       timer = setTimeout(() => reject(new Error(`no Welcome from ${url} within ${ms} ms`)), ms);
     });
     const handshake = async () => {
-      await wt.ready;
+      const link = await dialing;
+      const { wt } = link;
       const stream = await wt.createBidirectionalStream();
       const writer = stream.writable.getWriter();
       const reader = stream.readable.getReader();
@@ -78,24 +71,31 @@ export class Session {
         if (reply?.req_id !== 0n || !reply.result.Ok?.Welcome) {
           throw new QuiverError(ErrorCode.ProtocolViolation, `expected Welcome, got ${Object.keys(msg)[0]}`);
         }
-        return new Session(wt, writer, reader, frames, rest, reply.result.Ok.Welcome, hooks);
+        return new Session(link, writer, reader, frames, rest, reply.result.Ok.Welcome, hooks);
       }
     };
     try {
       return await Promise.race([handshake(), timeout]);
     } catch (err) {
       const code = err instanceof QuiverDecodeError ? err.code : ErrorCode.NoError;
-      try {
-        wt.close({ closeCode: code, reason: err.refused ? 'refused' : String(err.message ?? err).slice(0, 100) });
-      } catch { /* already closed */ }
+      const reason = err.refused ? 'refused' : String(err.message ?? err).slice(0, 100);
+      // Also a connection that opens after the timeout gave up on it.
+      dialing.then(({ wt }) => {
+        try {
+          wt.close({ closeCode: code, reason });
+        } catch { /* already closed */ }
+      }, () => {});
       throw err;
     } finally {
       clearTimeout(timer);
     }
   }
 
-  constructor(wt, writer, reader, frames, leftover, welcome, hooks) {
+  constructor({ wt, transport, fallback }, writer, reader, frames, leftover, welcome, hooks) {
     this.wt = wt;
+    /** 'webtransport' or 'websocket'; `fallback`: why WebTransport was not used, else null. */
+    this.transport = transport;
+    this.fallback = fallback;
     this.writer = writer;
     this.welcome = welcome;
     this.hooks = hooks;
@@ -145,6 +145,7 @@ export class Session {
   /** Post `number`'s copies: one datagram a millisecond after the request, the next ones `spacingMs` apart. */
   #copyPost(number, frame) {
     const { copies, spacingMs } = this.copyRounds;
+    if (this.wt.copies === false) return; // the WebSocket: no copies (TCP retransmits; the server takes none)
     const datagram = encodePostCopy(number, [frame]);
     const max = this.maxDatagramSize;
     if (max !== null && datagram.length > max) return; // the control stream carries it alone
@@ -152,6 +153,33 @@ export class Session {
       setTimeout(() => {
         if (!this.closedWhy) this.sendDatagram(datagram);
       }, 1 + round * spacingMs);
+    }
+  }
+
+  /** `count` Ping/Pong round trips (fewer when one fails): `{rttUs, clientTimeUs, serverTimeUs}` samples. */
+  async clockSamples(count) {
+    const samples = [];
+    for (let i = 0; i < count && !this.closedWhy; i++) {
+      const clientTimeUs = unixUs();
+      const started = performance.now();
+      try {
+        const reply = await this.request({ Ping: { client_time_us: BigInt(Math.round(clientTimeUs)) } });
+        const serverTimeUs = Number(expectReply(reply, 'Pong').server_time_us);
+        samples.push({ rttUs: (performance.now() - started) * 1000, clientTimeUs, serverTimeUs });
+      } catch {
+        break;
+      }
+    }
+    return samples;
+  }
+
+  /** Throws a DatagramTooLarge QuiverError for a tick payload that does not fit a datagram on this path. */
+  checkTickPayload(payload) {
+    const max = this.maxDatagramSize;
+    if (max !== null && payload.length > max - TICK_HEADER_MAX_LEN) {
+      const maxPayload = Math.max(0, max - TICK_HEADER_MAX_LEN);
+      const what = `tick payload of ${payload.length} bytes does not fit a datagram on this path`;
+      throw new QuiverError(ErrorCode.DatagramTooLarge, `${what}: the maximum payload is ${maxPayload} bytes`);
     }
   }
 

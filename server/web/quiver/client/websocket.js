@@ -1,0 +1,326 @@
+// The WebSocket fallback with the shape of a WebTransport session: exactly what client/session.js uses of
+// WebTransport (`ready`, `closed`, `close`, one bidirectional control stream, server-opened room streams,
+// datagrams), over one WebSocket that speaks the protocol's WebSocket mapping (wire/ws.js). A Session cannot tell
+// the two apart, except that this one says `copies: false` (no datagram copies over TCP).
+//
+// Outgoing ticks stay latest-wins over TCP: while the socket is backed up (`bufferedAmount` above a few KiB), at
+// most one tick per channel waits here (a newer one replaces it in place) and the waiting ones go when it drains:
+// never a backlog of stale ticks.
+
+import { ErrorCode, QuiverDecodeError } from '../wire/errors.js';
+import {
+  WS_MAX_CHUNK, WS_MAX_DATAGRAM, WS_MAX_MESSAGE, WS_SUBPROTOCOL, decodeWsMessage, encodeWsMessage, tickChannel,
+} from '../wire/ws.js';
+
+/** `bufferedAmount` above which outgoing ticks wait (latest per channel) instead of going to the socket. */
+export const TICK_HIGH_WATER = 16 * 1024;
+
+/** Bytes of datagrams that may wait for the socket; beyond it the oldest waiting one is dropped (as Rust's). */
+export const DATAGRAM_BUFFER = 4 * 1024;
+
+/** Datagrams received and not read yet; more are dropped (as QUIC's receive buffer drops them). */
+const INBOUND_DATAGRAMS = 256;
+
+/** How often a backed-up socket is looked at again (WebSocket has no "drained" event). */
+const DRAIN_POLL_MS = 4;
+
+/** A WebSocket's readyState when open. */
+const OPEN = 1;
+
+/**
+ * The error a room stream's reader rejects with when the server resets it, or any stream's when the connection
+ * ends: shaped like the browser's WebTransportError (`source` 'stream' with `streamErrorCode`, or 'session').
+ */
+export class WebSocketTransportError extends Error {
+  constructor(message, { source = 'session', streamErrorCode = null } = {}) {
+    super(message);
+    this.name = 'WebTransportError';
+    this.source = source;
+    this.streamErrorCode = streamErrorCode;
+  }
+}
+
+/** A ReadableStream and its controller, which ignores calls once the stream ended. */
+function feed(strategy) {
+  let controller;
+  let ended = false;
+  const readable = new ReadableStream({ start: (c) => { controller = c; } }, strategy);
+  const once = (fn) => {
+    if (ended) return;
+    ended = true;
+    try { fn(); } catch { /* cancelled by its reader */ }
+  };
+  return {
+    readable,
+    get desiredSize() {
+      return ended ? 0 : controller.desiredSize;
+    },
+    enqueue(chunk) {
+      if (!ended) try { controller.enqueue(chunk); } catch { /* cancelled by its reader */ }
+    },
+    close: () => once(() => controller.close()),
+    error: (err) => once(() => controller.error(err)),
+  };
+}
+
+/** A Quiver connection over one WebSocket, shaped like a WebTransport session (see the top of this file). */
+export class WebSocketTransport {
+  /** Over WebSockets the server sends no datagram copies and takes none: a Session sends no post copies. */
+  copies = false;
+
+  #url;
+  #ws;
+  #control = feed();
+  #controlTaken = false;
+  #streams = new Map(); // open room streams by id (BigInt) -> feed
+  #lastStream = 0n;
+  #incoming = feed();
+  #datagramsIn = feed(new CountQueuingStrategy({ highWaterMark: INBOUND_DATAGRAMS }));
+  #waiting = new Map(); // datagrams waiting for the socket: channel (BigInt) or a unique key -> bytes
+  #waitingBytes = 0;
+  #drainTimer = null;
+  #opened = false;
+  #ended = null; // why the connection ended: {closeCode, reason} (closed cleanly) or an Error (lost)
+  #settle;
+  #highWater;
+
+  /**
+   * Opens `new WebSocket(url, 'quiver')`. Options: `webSocket` (the WebSocket constructor; replaceable for tests)
+   * and `highWater` (`bufferedAmount` above which ticks wait, TICK_HIGH_WATER).
+   */
+  constructor(url, { webSocket = globalThis.WebSocket, highWater = TICK_HIGH_WATER } = {}) {
+    if (typeof webSocket !== 'function') throw new Error('this browser has no WebSocket');
+    this.#url = url;
+    this.#highWater = highWater;
+    this.ready = new Promise((resolve, reject) => {
+      this.closed = new Promise((resolveClosed, rejectClosed) => {
+        this.#settle = { resolve, reject, resolveClosed, rejectClosed };
+      });
+    });
+    // Like WebTransport's, these two never count as unhandled rejections.
+    this.ready.catch(() => {});
+    this.closed.catch(() => {});
+    this.incomingUnidirectionalStreams = this.#incoming.readable;
+    this.datagrams = {
+      readable: this.#datagramsIn.readable,
+      writable: new WritableStream({ write: (datagram) => this.#queueDatagram(datagram) }),
+      maxDatagramSize: WS_MAX_DATAGRAM,
+    };
+    const ws = new webSocket(url, WS_SUBPROTOCOL); // throws on a bad URL
+    this.#ws = ws;
+    ws.binaryType = 'arraybuffer';
+    ws.addEventListener('open', () => this.#onOpen());
+    ws.addEventListener('message', (event) => this.#onMessage(event.data));
+    ws.addEventListener('close', (event) => this.#onSocketClosed(event));
+    // An error is followed by a close event in browsers; not in every implementation, so it ends things too.
+    ws.addEventListener('error', () => this.#onSocketClosed(null));
+  }
+
+  /** The control stream (once): `{readable, writable}`, the bytes of kind-0 messages each way. */
+  async createBidirectionalStream() {
+    if (this.#ended) throw this.#endError();
+    if (this.#controlTaken) throw new Error('a WebSocket connection has one control stream');
+    this.#controlTaken = true;
+    const writable = new WritableStream({ write: (chunk) => this.#writeControl(chunk) });
+    return { readable: this.#control.readable, writable };
+  }
+
+  /** Closes the connection with `closeCode` and `reason` (both sent to the server first), as WebTransport's close. */
+  close({ closeCode = ErrorCode.NoError, reason = '' } = {}) {
+    if (this.#ended) return;
+    if (this.#opened && this.#ws.readyState === OPEN) {
+      try {
+        this.#ws.send(encodeWsMessage({ Close: { code: closeCode, reason: String(reason) } }));
+      } catch { /* the socket is going anyway */ }
+    }
+    this.#end({ closeCode, reason: String(reason) });
+    try {
+      this.#ws.close(1000);
+    } catch { /* already closing */ }
+  }
+
+  // ── receiving ──
+
+  #onOpen() {
+    if (this.#ended) return;
+    const protocol = this.#ws.protocol;
+    if (protocol && protocol !== WS_SUBPROTOCOL) {
+      this.#fail(ErrorCode.ProtocolViolation, `the server chose subprotocol ${protocol}, not ${WS_SUBPROTOCOL}`);
+      return;
+    }
+    this.#opened = true;
+    this.#settle.resolve();
+  }
+
+  #onMessage(data) {
+    if (this.#ended) return;
+    if (typeof data === 'string') {
+      this.#fail(ErrorCode.ProtocolViolation, 'text WebSocket message (Quiver sends binary only)');
+      return;
+    }
+    const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+    if (bytes?.byteLength > WS_MAX_MESSAGE) {
+      this.#fail(ErrorCode.FrameTooLarge, `WebSocket message of ${bytes.byteLength} bytes (at most ${WS_MAX_MESSAGE})`);
+      return;
+    }
+    let message;
+    try {
+      message = decodeWsMessage(bytes);
+    } catch (err) {
+      if (!(err instanceof QuiverDecodeError)) throw err;
+      this.#fail(err.code, err.message);
+      return;
+    }
+    this.#dispatch(message);
+  }
+
+  #dispatch(message) {
+    if (message.Control) {
+      if (message.Control.length > 0) this.#control.enqueue(message.Control);
+    } else if (message.Datagram) {
+      // Dropped when the reader is far behind (as QUIC's receive buffer drops datagrams).
+      if (this.#datagramsIn.desiredSize > 0) this.#datagramsIn.enqueue(message.Datagram);
+    } else if (message.Stream) {
+      const stream = this.#stream(message.Stream.id);
+      if (stream && message.Stream.bytes.length > 0) stream.enqueue(message.Stream.bytes);
+    } else if (message.Finish) {
+      this.#stream(message.Finish.id)?.close();
+      this.#streams.delete(message.Finish.id);
+    } else if (message.Reset) {
+      const { id, code } = message.Reset;
+      const err = new WebSocketTransportError(`stream reset (${code})`, { source: 'stream', streamErrorCode: code });
+      this.#stream(id)?.error(err);
+      this.#streams.delete(id);
+    } else if (message.Close) {
+      // The server closes: its code and reason are the connection's (QUIC: CONNECTION_CLOSE). The close frame
+      // follows; the socket is closed from this end too, in case it does not.
+      this.#end({ closeCode: message.Close.code, reason: message.Close.reason });
+      try {
+        this.#ws.close(1000);
+      } catch { /* already closing */ }
+    }
+  }
+
+  /** Room stream `id`: a new id (above every earlier one) opens it; an id that ended before is null. */
+  #stream(id) {
+    const open = this.#streams.get(id);
+    if (open) return open;
+    if (id <= this.#lastStream) return null; // ended before: its late bytes are dropped
+    this.#lastStream = id;
+    const stream = feed();
+    this.#streams.set(id, stream);
+    this.#incoming.enqueue(stream.readable);
+    return stream;
+  }
+
+  /** The socket closed (`event`), or failed (null): without a Close message first, the connection is lost. */
+  #onSocketClosed(event) {
+    if (this.#ended) return;
+    const how = event ? `code ${event.code ?? 1006}${event.reason ? `: ${event.reason}` : ''}` : 'a WebSocket error';
+    if (!this.#opened) {
+      this.#end(new Error(`the WebSocket to ${this.#url} did not open (${how})`));
+    } else {
+      // As a QUIC connection that timed out, not one closed with a code.
+      this.#end(new Error(`the WebSocket closed without a Quiver close (${how})`));
+    }
+    if (!event) {
+      try {
+        this.#ws.close();
+      } catch { /* closed already */ }
+    }
+  }
+
+  // ── sending ──
+
+  #writeControl(chunk) {
+    if (!(chunk instanceof Uint8Array)) throw new TypeError('the control stream takes Uint8Array chunks');
+    this.#checkOpen();
+    // The control stream's bytes go in chunks of at most 16 KiB (the receiver takes them as a byte stream).
+    for (let at = 0; at < chunk.length; at += WS_MAX_CHUNK) {
+      this.#ws.send(encodeWsMessage({ Control: chunk.subarray(at, at + WS_MAX_CHUNK) }));
+    }
+  }
+
+  /**
+   * Sends a datagram, or (the socket backed up) keeps it waiting: a tick replaces the waiting tick of its channel;
+   * a datagram larger than 1,200 bytes is dropped, as WebTransport drops one above `maxDatagramSize`.
+   */
+  #queueDatagram(datagram) {
+    if (!(datagram instanceof Uint8Array)) throw new TypeError('datagrams are Uint8Arrays');
+    this.#checkOpen();
+    if (datagram.length > WS_MAX_DATAGRAM) return;
+    if (this.#waiting.size === 0 && this.#ws.bufferedAmount <= this.#highWater) {
+      this.#ws.send(encodeWsMessage({ Datagram: datagram }));
+      return;
+    }
+    const channel = tickChannel(datagram);
+    const key = channel ?? Symbol('datagram'); // channel 0 (not a tick) and the like are never conflated
+    const old = this.#waiting.get(key);
+    if (old) {
+      this.#waitingBytes -= old.length;
+    } else {
+      for (const [oldest, bytes] of this.#waiting) {
+        if (this.#waitingBytes + datagram.length <= DATAGRAM_BUFFER) break;
+        this.#waiting.delete(oldest);
+        this.#waitingBytes -= bytes.length;
+      }
+    }
+    this.#waiting.set(key, datagram.slice()); // an existing key keeps its place: replaced in place
+    this.#waitingBytes += datagram.length;
+    this.#drainTimer ??= setTimeout(() => this.#drain(), DRAIN_POLL_MS);
+  }
+
+  /** Sends the waiting datagrams, in order, once the socket has drained; else looks again shortly. */
+  #drain() {
+    this.#drainTimer = null;
+    if (this.#ended || this.#waiting.size === 0) return;
+    if (this.#ws.bufferedAmount > this.#highWater) {
+      this.#drainTimer = setTimeout(() => this.#drain(), DRAIN_POLL_MS);
+      return;
+    }
+    const waiting = [...this.#waiting.values()];
+    this.#waiting.clear();
+    this.#waitingBytes = 0;
+    try {
+      for (const datagram of waiting) this.#ws.send(encodeWsMessage({ Datagram: datagram }));
+    } catch { /* the socket is going; ticks are not retried */ }
+  }
+
+  #checkOpen() {
+    if (this.#ended) throw this.#endError();
+    if (!this.#opened) throw new Error('the WebSocket is not open yet');
+  }
+
+  // ── the end ──
+
+  /** This end closes the connection for a reason of its own (the server broke the protocol): told to the server. */
+  #fail(code, reason) {
+    this.close({ closeCode: code, reason });
+  }
+
+  /**
+   * The connection ended, `why` `{closeCode, reason}` (closed by either end) or an Error (lost). `closed` settles
+   * first, so that whoever waits on it learns the code before the streams fail; then every stream fails.
+   */
+  #end(why) {
+    if (this.#ended) return;
+    this.#ended = why;
+    clearTimeout(this.#drainTimer);
+    this.#waiting.clear();
+    const lost = why instanceof Error;
+    if (!this.#opened) this.#settle.reject(lost ? why : new Error(`closed before the WebSocket opened: ${why.reason}`));
+    if (lost) this.#settle.rejectClosed(why);
+    else this.#settle.resolveClosed(why);
+    const err = this.#endError();
+    for (const stream of [this.#control, this.#incoming, this.#datagramsIn, ...this.#streams.values()]) {
+      stream.error(err);
+    }
+    this.#streams.clear();
+  }
+
+  #endError() {
+    const why = this.#ended;
+    const text = why instanceof Error ? why.message : `connection closed (${why.closeCode}): ${why.reason}`;
+    return new WebSocketTransportError(text);
+  }
+}

@@ -1,0 +1,466 @@
+// The WebSocket fallback: the message codec (quiver/wire/ws.js) against quiver-proto's `ws_*` vectors and hostile
+// bytes, and the WebTransport-shaped adapter (quiver/client/websocket.js) against a scripted in-memory WebSocket:
+// the control stream both ways, room streams opened, fed, finished and reset by id, datagrams both ways, the close
+// (ours, the server's, a lost connection), refusals of bytes that are not the protocol, and latest-wins ticks while
+// the socket is backed up.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+
+import {
+  ErrorCode, QuiverDecodeError, QuiverEncodeError, WS_MAX_CHUNK, WS_MAX_MESSAGE, WS_MAX_REASON, WebSocketTransport,
+  WsKind, decodeWsMessage, encodeTick, encodeWsMessage, tickChannel, websocketUrlOf,
+} from '../quiver/index.js';
+
+const vectorsFile = JSON.parse(readFileSync(new URL('./vectors.json', import.meta.url), 'utf8'));
+const wsVectors = vectorsFile.vectors.filter((v) => v.kind === 'WsMessage');
+
+const fromHex = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (pair) => parseInt(pair, 16));
+const toHex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The vectors' JSON form: numbers and BigInts as decimal strings, byte strings as arrays of strings. */
+function normalize(value) {
+  if (typeof value === 'bigint' || typeof value === 'number') return String(value);
+  if (value instanceof Uint8Array) return Array.from(value, String);
+  if (Array.isArray(value)) return value.map(normalize);
+  if (value !== null && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, normalize(v)]));
+  }
+  return value;
+}
+
+/** A message's JS value from its JSON form: ids BigInt, codes numbers, bytes Uint8Array. */
+function revive(json) {
+  const bytes = (list) => Uint8Array.from(list, Number);
+  const [name, value] = Object.entries(json)[0];
+  switch (name) {
+    case 'Control':
+    case 'Datagram':
+      return { [name]: bytes(value) };
+    case 'Stream':
+      return { Stream: { id: BigInt(value.id), bytes: bytes(value.bytes) } };
+    case 'Finish':
+      return { Finish: { id: BigInt(value.id) } };
+    case 'Reset':
+      return { Reset: { id: BigInt(value.id), code: Number(value.code) } };
+    default:
+      return { Close: { code: Number(value.code), reason: value.reason } };
+  }
+}
+
+/** Asserts `fn` throws a QuiverDecodeError with the ProtocolViolation code (of `kind`, when given), nothing else. */
+function assertViolation(fn, kind, what) {
+  let thrown = null;
+  try {
+    fn();
+  } catch (err) {
+    thrown = err;
+  }
+  assert.ok(thrown instanceof QuiverDecodeError, `${what}: expected a QuiverDecodeError, got ${thrown}`);
+  assert.equal(thrown.code, ErrorCode.ProtocolViolation, `${what}: ${thrown.message}`);
+  if (kind) assert.equal(thrown.kind, kind, `${what}: ${thrown.message}`);
+}
+
+// ───────────────────────────────────────────────── the codec ─────────────────────────────────────────────────
+
+test('ws: every WsMessage vector decodes to its value and encodes back to its bytes', () => {
+  assert.ok(wsVectors.length >= 9, `only ${wsVectors.length} WsMessage vectors`);
+  const kinds = new Set();
+  for (const { name, hex, value } of wsVectors) {
+    const decoded = decodeWsMessage(fromHex(hex));
+    kinds.add(Object.keys(decoded)[0]);
+    assert.deepEqual(normalize(decoded), value, name);
+    assert.equal(toHex(encodeWsMessage(decoded)), hex, `${name}: re-encoded from the decoded value`);
+    assert.equal(toHex(encodeWsMessage(revive(value))), hex, `${name}: encoded from the JSON value`);
+    // As an ArrayBuffer (what a WebSocket with binaryType 'arraybuffer' hands over).
+    assert.deepEqual(normalize(decodeWsMessage(fromHex(hex).buffer)), value, `${name} from an ArrayBuffer`);
+  }
+  assert.deepEqual([...kinds].sort(), Object.keys(WsKind).sort(), 'every kind has a vector');
+});
+
+test('ws: decoded values have the documented JS types; payloads are views of the message', () => {
+  const reset = decodeWsMessage(fromHex(wsVectors.find((v) => v.name === 'ws_reset_slow_consumer').hex));
+  assert.deepEqual(reset, { Reset: { id: 16384n, code: ErrorCode.SlowConsumer } });
+  const close = decodeWsMessage(fromHex(wsVectors.find((v) => v.name === 'ws_close_non_ascii').hex));
+  assert.equal(close.Close.code, 1000);
+  assert.equal(close.Close.reason, 'Zoë 名前 🚀');
+  const bytes = fromHex('010103000102');
+  const stream = decodeWsMessage(bytes).Stream;
+  assert.equal(stream.bytes.buffer, bytes.buffer);
+  assert.deepEqual(stream.bytes, Uint8Array.of(3, 0, 1, 2));
+  // A byte order mark in a reason is kept (as Rust's from_utf8 keeps it).
+  assert.equal(decodeWsMessage(Uint8Array.of(5, 0, 0xef, 0xbb, 0xbf, 0x61)).Close.reason, '\u{feff}a');
+});
+
+test('ws: hostile bytes throw a ProtocolViolation QuiverDecodeError, never anything else', () => {
+  assertViolation(() => decodeWsMessage(new Uint8Array(0)), 'malformed', 'empty');
+  for (const kind of [6, 9, 0x80, 0xff]) assertViolation(() => decodeWsMessage(Uint8Array.of(kind)), 'malformed', `kind ${kind}`);
+  assertViolation(() => decodeWsMessage(Uint8Array.of(1)), 'truncated', 'stream without an id');
+  assertViolation(() => decodeWsMessage(Uint8Array.of(1, 0x40)), 'truncated', 'stream id cut short');
+  assertViolation(() => decodeWsMessage(Uint8Array.of(2)), 'truncated', 'finish without an id');
+  assertViolation(() => decodeWsMessage(Uint8Array.of(2, 0x40)), 'truncated', 'finish id cut short');
+  assertViolation(() => decodeWsMessage(Uint8Array.of(3, 1)), 'truncated', 'reset without a code');
+  assertViolation(() => decodeWsMessage(Uint8Array.of(3, 1, 0x80, 0)), 'truncated', 'reset code cut short');
+  assertViolation(() => decodeWsMessage(Uint8Array.of(5)), 'truncated', 'close without a code');
+  assertViolation(() => decodeWsMessage(Uint8Array.of(5, 0xc0, 0, 0)), 'truncated', 'close code cut short');
+  assertViolation(() => decodeWsMessage(Uint8Array.of(2, 1, 0)), 'trailing-data', 'a byte after a finish');
+  assertViolation(() => decodeWsMessage(Uint8Array.of(3, 1, 16, 0, 0)), 'trailing-data', 'bytes after a reset');
+  // Codes are u32: 2^32 - 1 is the largest, 2^32 is out of range (as a reset's and as a close's code).
+  const u32max = [0xc0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff];
+  const over = [0xc0, 0, 0, 1, 0, 0, 0, 0];
+  assert.equal(decodeWsMessage(Uint8Array.of(3, 1, ...u32max)).Reset.code, 0xffff_ffff);
+  assert.equal(decodeWsMessage(Uint8Array.of(5, ...u32max)).Close.code, 0xffff_ffff);
+  assertViolation(() => decodeWsMessage(Uint8Array.of(3, 1, ...over)), 'malformed', 'reset code 2^32');
+  assertViolation(() => decodeWsMessage(Uint8Array.of(5, ...over)), 'malformed', 'close code 2^32');
+  // Reasons: not UTF-8 (a lone continuation byte, a surrogate, an overlong '/', cut inside a character), too long.
+  for (const bad of [[0xff], [0x80], [0xed, 0xa0, 0x80], [0xc0, 0xaf], [0xe5, 0x90]]) {
+    assertViolation(() => decodeWsMessage(Uint8Array.of(5, 0, ...bad)), 'malformed', `reason ${bad}`);
+  }
+  const reason = (n) => Uint8Array.of(5, 0, ...new Uint8Array(n).fill(0x78));
+  assert.equal(decodeWsMessage(reason(WS_MAX_REASON)).Close.reason.length, WS_MAX_REASON);
+  assertViolation(() => decodeWsMessage(reason(WS_MAX_REASON + 1)), 'malformed', 'reason of 513 bytes');
+  assertViolation(() => decodeWsMessage('text'), 'malformed', 'not bytes');
+  // Random bytes and mutated vectors: a message or a QuiverDecodeError, nothing else.
+  let seed = 11;
+  const random = () => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return seed / 2147483648;
+  };
+  const check = (bytes, what) => {
+    try {
+      const message = decodeWsMessage(bytes);
+      assert.equal(toHex(encodeWsMessage(message)).length > 0, true, what);
+    } catch (err) {
+      assert.ok(err instanceof QuiverDecodeError, `${what}: ${err}`);
+    }
+  };
+  for (let i = 0; i < 3000; i++) {
+    const bytes = Uint8Array.from({ length: Math.floor(random() * 24) }, () => Math.floor(random() * 256));
+    if (bytes.length > 0) bytes[0] %= 7; // mostly known kinds
+    check(bytes, `random #${i}`);
+  }
+  for (const { name, hex } of wsVectors) {
+    const bytes = fromHex(hex);
+    for (let cut = 0; cut < bytes.length; cut++) check(bytes.subarray(0, cut), `${name} cut at ${cut}`);
+    for (let i = 0; i < 50; i++) {
+      const mutated = bytes.slice();
+      mutated[Math.floor(random() * mutated.length)] ^= 1 << Math.floor(random() * 8);
+      check(mutated, `${name} mutated`);
+    }
+  }
+});
+
+test('ws: encoding refuses values that are not messages; a long reason is cut on a character boundary', () => {
+  const bad = [
+    null, 'Control', {}, { Nope: new Uint8Array() }, { Control: [1, 2] }, { Datagram: 'x' },
+    { Control: new Uint8Array(), Datagram: new Uint8Array() }, { Stream: { id: -1n, bytes: new Uint8Array() } },
+    { Stream: { id: 1n, bytes: null } }, { Finish: {} }, { Finish: { id: 1n << 62n } },
+    { Reset: { id: 1n, code: 2 ** 32 } }, { Reset: { id: 1n, code: -1 } }, { Reset: { id: 1n, code: 1.5 } },
+    { Close: { code: 0 } }, { Close: { code: '1', reason: '' } },
+  ];
+  for (const value of bad) {
+    const shown = JSON.stringify(value, (_, v) => (typeof v === 'bigint' ? `${v}n` : v));
+    assert.throws(() => encodeWsMessage(value), QuiverEncodeError, shown);
+  }
+  assert.equal(toHex(encodeWsMessage({ Finish: { id: 64 } })), '024040', 'a safe integer id');
+  assert.equal(toHex(encodeWsMessage({ Reset: { id: 1n, code: 16n } })), '030110', 'a BigInt code');
+  const long = encodeWsMessage({ Close: { code: ErrorCode.Internal, reason: 'é'.repeat(300) } });
+  const { reason } = decodeWsMessage(long).Close;
+  assert.equal(reason, 'é'.repeat(256), '512 bytes: 256 two-byte characters');
+  const odd = decodeWsMessage(encodeWsMessage({ Close: { code: 0, reason: `x${'é'.repeat(300)}` } })).Close.reason;
+  assert.equal(odd, `x${'é'.repeat(255)}`, 'cut before a character that would not fit whole');
+});
+
+test('ws: tick channels (channel 0 is not a tick) and WebSocket URLs', () => {
+  assert.equal(tickChannel(encodeTick({ channel_id: 5, seq: 1, sent_time_us: 2, payload: new Uint8Array() })), 5n);
+  assert.equal(tickChannel(Uint8Array.of(0x40, 0x40, 1, 2)), 64n);
+  assert.equal(tickChannel(Uint8Array.of(0, 1, 2)), null, 'a copy datagram');
+  assert.equal(tickChannel(Uint8Array.of(0)), null, 'the probe');
+  assert.equal(tickChannel(Uint8Array.of(0x40)), null, 'no whole varint');
+  assert.equal(websocketUrlOf('https://127.0.0.1:4433/quiver'), 'wss://127.0.0.1:4433/quiver');
+  assert.equal(websocketUrlOf('https://example.com/rt?x=1#top'), 'wss://example.com/rt?x=1');
+  assert.equal(websocketUrlOf('https://[::1]:4433/quiver'), 'wss://[::1]:4433/quiver');
+});
+
+// ───────────────────────────────────────── the adapter, scripted ─────────────────────────────────────────
+
+/** An in-memory WebSocket, driven by the test: `accept()`, `receive(message)`, `drop()`; `sent` what the client sent. */
+class ScriptedSocket extends EventTarget {
+  static last = null;
+
+  constructor(url, protocols) {
+    super();
+    this.url = url;
+    this.protocols = protocols;
+    this.readyState = 0;
+    this.protocol = '';
+    this.binaryType = 'blob';
+    this.bufferedAmount = 0;
+    this.raw = []; // every message the client sent, as bytes
+    this.closedWith = null;
+    ScriptedSocket.last = this;
+  }
+
+  /** The messages the client sent, decoded. */
+  get sent() {
+    return this.raw.map((bytes) => decodeWsMessage(bytes));
+  }
+
+  send(data) {
+    if (this.readyState !== 1) throw new Error('InvalidStateError: the socket is not open');
+    this.raw.push(new Uint8Array(data)); // a copy
+  }
+
+  close(code, reason) {
+    if (this.readyState >= 2) return;
+    this.readyState = 2;
+    this.closedWith = { code, reason };
+    setTimeout(() => this.#closeEvent(code ?? 1005));
+  }
+
+  // ── the server's side ──
+
+  accept(protocol = 'quiver') {
+    this.readyState = 1;
+    this.protocol = protocol;
+    this.dispatchEvent(new Event('open'));
+  }
+
+  /** Delivers a message: a WsMessage value, raw bytes, or a string (a text message). */
+  receive(message) {
+    let data = message;
+    if (!(message instanceof Uint8Array) && typeof message !== 'string') data = encodeWsMessage(message);
+    if (data instanceof Uint8Array) data = data.slice().buffer;
+    this.dispatchEvent(Object.assign(new Event('message'), { data }));
+  }
+
+  /** The TCP connection is gone: a close event without a Quiver close. */
+  drop(code = 1006) {
+    this.readyState = 2;
+    this.#closeEvent(code);
+  }
+
+  #closeEvent(code) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this.dispatchEvent(Object.assign(new Event('close'), { code, reason: '', wasClean: code !== 1006 }));
+  }
+}
+
+/** An open adapter over a ScriptedSocket. */
+async function open(options = {}) {
+  const wt = new WebSocketTransport('wss://quiver.test:4433/quiver', { webSocket: ScriptedSocket, ...options });
+  const socket = ScriptedSocket.last;
+  socket.accept();
+  await wt.ready;
+  return { wt, socket };
+}
+
+/** Every chunk of `readable` until it ends: `{chunks, error}`. */
+async function readAll(readable) {
+  const reader = readable.getReader();
+  const chunks = [];
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return { chunks, error: null };
+      chunks.push(value);
+    }
+  } catch (error) {
+    return { chunks, error };
+  }
+}
+
+test('adapter: opens the socket with the subprotocol, binary as ArrayBuffers; ready once open', async () => {
+  const wt = new WebSocketTransport('wss://quiver.test:4433/quiver', { webSocket: ScriptedSocket });
+  const socket = ScriptedSocket.last;
+  assert.equal(socket.url, 'wss://quiver.test:4433/quiver');
+  assert.equal(socket.protocols, 'quiver');
+  assert.equal(socket.binaryType, 'arraybuffer');
+  assert.equal(wt.datagrams.maxDatagramSize, 1200);
+  assert.equal(wt.copies, false);
+  let ready = false;
+  wt.ready.then(() => { ready = true; });
+  await sleep(1);
+  assert.equal(ready, false);
+  socket.accept();
+  await wt.ready;
+  assert.throws(() => new WebSocketTransport('wss://x/quiver', { webSocket: undefined }), /no WebSocket/);
+});
+
+test('adapter: the control stream both ways; long writes are cut into 16 KiB chunks; one control stream', async () => {
+  const { wt, socket } = await open();
+  const { readable, writable } = await wt.createBidirectionalStream();
+  await assert.rejects(wt.createBidirectionalStream(), /one control stream/);
+  const writer = writable.getWriter();
+  await writer.write(Uint8Array.of(1, 2, 3));
+  assert.deepEqual(socket.sent, [{ Control: Uint8Array.of(1, 2, 3) }]);
+  const long = Uint8Array.from({ length: 40_000 }, (_, i) => i % 251);
+  await writer.write(long);
+  const chunks = socket.raw.slice(1);
+  assert.deepEqual(chunks.map((c) => c.length), [WS_MAX_CHUNK + 1, WS_MAX_CHUNK + 1, 40_000 - 2 * WS_MAX_CHUNK + 1]);
+  assert.ok(chunks.every((c) => c[0] === WsKind.Control && c.length <= WS_MAX_MESSAGE));
+  assert.deepEqual(Uint8Array.from(chunks.flatMap((c) => [...c.subarray(1)])), long);
+
+  socket.receive({ Control: Uint8Array.of(9, 8) });
+  socket.receive({ Control: new Uint8Array(0) }); // nothing: no empty chunk for the reader
+  socket.receive({ Control: Uint8Array.of(7) });
+  const reader = readable.getReader();
+  assert.deepEqual((await reader.read()).value, Uint8Array.of(9, 8));
+  assert.deepEqual((await reader.read()).value, Uint8Array.of(7));
+});
+
+test('adapter: room streams open at a new id, carry their bytes, finish, and reset with the code', async () => {
+  const { wt, socket } = await open();
+  const streams = wt.incomingUnidirectionalStreams.getReader();
+  socket.receive({ Stream: { id: 1n, bytes: Uint8Array.of(1, 2) } });
+  socket.receive({ Stream: { id: 2n, bytes: Uint8Array.of(9) } });
+  socket.receive({ Stream: { id: 1n, bytes: Uint8Array.of(3) } });
+  socket.receive({ Finish: { id: 1n } });
+  socket.receive({ Stream: { id: 1n, bytes: Uint8Array.of(4) } }); // after its end: dropped, opens nothing
+  socket.receive({ Reset: { id: 2n, code: ErrorCode.SlowConsumer } });
+  socket.receive({ Finish: { id: 4n } }); // a new id that ends at once: an empty stream
+  socket.receive({ Stream: { id: 3n, bytes: Uint8Array.of(5) } }); // below the last id, never seen: dropped
+  socket.receive({ Stream: { id: 64n, bytes: new Uint8Array(0) } }); // opened, no bytes yet
+  socket.receive({ Stream: { id: 64n, bytes: Uint8Array.of(6) } });
+
+  const one = await readAll((await streams.read()).value);
+  assert.deepEqual(one, { chunks: [Uint8Array.of(1, 2), Uint8Array.of(3)], error: null });
+  const two = await readAll((await streams.read()).value);
+  assert.deepEqual(two.chunks, [], 'bytes not read yet go with the reset (as with QUIC\'s RESET_STREAM)');
+  assert.equal(two.error.streamErrorCode, ErrorCode.SlowConsumer, 'the code, as WebTransportError has it');
+  assert.equal(two.error.source, 'stream');
+  assert.deepEqual(await readAll((await streams.read()).value), { chunks: [], error: null });
+  const last = (await streams.read()).value.getReader();
+  assert.deepEqual((await last.read()).value, Uint8Array.of(6));
+
+  // The connection ends: an open stream fails, and so does waiting for the next one.
+  socket.drop();
+  await assert.rejects(last.read(), (err) => err.source === 'session');
+  await assert.rejects(streams.read());
+});
+
+test('adapter: datagrams both ways; too large ones are dropped as WebTransport drops them', async () => {
+  const { wt, socket } = await open();
+  const tick = encodeTick({ channel_id: 3, seq: 1, sent_time_us: 2, payload: Uint8Array.of(7) });
+  socket.receive({ Datagram: tick });
+  const reader = wt.datagrams.readable.getReader();
+  assert.deepEqual((await reader.read()).value, tick);
+  const writer = wt.datagrams.writable.getWriter();
+  await writer.write(tick);
+  await writer.write(new Uint8Array(1201));
+  await writer.write(new Uint8Array(1200));
+  assert.deepEqual(socket.sent.map((m) => m.Datagram.length), [tick.length, 1200]);
+  assert.deepEqual(socket.sent[0], { Datagram: tick });
+});
+
+test('adapter: backed up, at most one tick per channel waits, replaced in place; the newest go on drain', async () => {
+  const { wt, socket } = await open();
+  const writer = wt.datagrams.writable.getWriter();
+  const tick = (channel, seq) => encodeTick({ channel_id: channel, seq, sent_time_us: 0, payload: Uint8Array.of(seq) });
+  const copy = (n) => Uint8Array.of(0, 1, n, 1, 0); // channel 0: not a tick, never conflated
+  await writer.write(tick(1, 1));
+  assert.equal(socket.raw.length, 1, 'not backed up: at once');
+  socket.bufferedAmount = 100_000;
+  for (const datagram of [tick(1, 2), tick(2, 1), tick(1, 3), copy(1), copy(2), tick(2, 2), tick(1, 4)]) {
+    await writer.write(datagram);
+  }
+  await sleep(20);
+  assert.equal(socket.raw.length, 1, 'nothing goes while the socket is backed up');
+  socket.bufferedAmount = 0;
+  await writer.write(tick(3, 1)); // behind the waiting ones, not ahead of them
+  await sleep(20);
+  const sent = socket.sent.slice(1).map((m) => toHex(m.Datagram));
+  assert.deepEqual(sent, [tick(1, 4), tick(2, 2), copy(1), copy(2), tick(3, 1)].map(toHex));
+  // Then straight to the socket again.
+  await writer.write(tick(1, 5));
+  assert.equal(socket.raw.length, 7);
+  // A flood of distinct channels is bounded (4 KiB waiting, the oldest dropped); a close discards what waits.
+  socket.bufferedAmount = 100_000;
+  for (let channel = 10; channel < 30; channel++) {
+    await writer.write(encodeTick({ channel_id: channel, seq: 1, sent_time_us: 0, payload: new Uint8Array(500) }));
+  }
+  socket.bufferedAmount = 0;
+  await sleep(20);
+  const flood = socket.sent.slice(7).map((m) => Number(tickChannel(m.Datagram)));
+  assert.ok(flood.length <= 8 && flood.length >= 7, `${flood.length} waited`);
+  assert.equal(flood.at(-1), 29, 'the newest kept');
+  socket.bufferedAmount = 100_000;
+  await writer.write(tick(1, 6));
+  wt.close({ closeCode: 0, reason: '' });
+  await sleep(20);
+  assert.ok(socket.sent.every((m) => !m.Datagram || toHex(m.Datagram) !== toHex(tick(1, 6))));
+});
+
+test('adapter: a Close from the server is the connection\'s code and reason; streams fail after closed settles', async () => {
+  const { wt, socket } = await open();
+  const { readable } = await wt.createBidirectionalStream();
+  const order = [];
+  wt.closed.then((info) => order.push(['closed', info]));
+  const control = readAll(readable).then((r) => order.push(['control', r.error?.source]));
+  socket.receive({ Close: { code: ErrorCode.GoingAway, reason: 'server shutting down' } });
+  await control;
+  assert.deepEqual(order, [
+    ['closed', { closeCode: ErrorCode.GoingAway, reason: 'server shutting down' }],
+    ['control', 'session'],
+  ]);
+  assert.equal(socket.closedWith.code, 1000, 'the socket is closed from this end too');
+  await assert.rejects(wt.createBidirectionalStream(), /connection closed \(1\): server shutting down/);
+  wt.close({ closeCode: 0, reason: 'late' }); // nothing more
+  assert.equal(socket.raw.length, 0);
+});
+
+test('adapter: close() sends the code and reason, then closes the socket; closed resolves with them', async () => {
+  const { wt, socket } = await open();
+  const { writable } = await wt.createBidirectionalStream();
+  wt.close({ closeCode: ErrorCode.BadRequest, reason: 'bye' });
+  assert.deepEqual(socket.sent, [{ Close: { code: ErrorCode.BadRequest, reason: 'bye' } }]);
+  assert.equal(socket.closedWith.code, 1000);
+  assert.deepEqual(await wt.closed, { closeCode: ErrorCode.BadRequest, reason: 'bye' });
+  await assert.rejects(writable.getWriter().write(Uint8Array.of(1)), /connection closed/);
+  await assert.rejects(wt.datagrams.writable.getWriter().write(Uint8Array.of(1)));
+});
+
+test('adapter: a socket that closes without a Close is a lost connection; one that never opens fails ready', async () => {
+  const { wt, socket } = await open();
+  socket.drop(1006);
+  await assert.rejects(wt.closed, /closed without a Quiver close \(code 1006\)/);
+
+  const failed = new WebSocketTransport('wss://quiver.test:4433/quiver', { webSocket: ScriptedSocket });
+  ScriptedSocket.last.drop(1006);
+  await assert.rejects(failed.ready, /did not open/);
+  await assert.rejects(failed.closed, /did not open/);
+
+  const abandoned = new WebSocketTransport('wss://quiver.test:4433/quiver', { webSocket: ScriptedSocket });
+  abandoned.close({ closeCode: 0, reason: 'timed out' });
+  await assert.rejects(abandoned.ready, /closed before the WebSocket opened/);
+  assert.deepEqual(await abandoned.closed, { closeCode: 0, reason: 'timed out' });
+  assert.equal(ScriptedSocket.last.closedWith.code, 1000);
+});
+
+test('adapter: what is not the protocol closes the connection with ProtocolViolation or FrameTooLarge', async () => {
+  const cases = [
+    ['text', 'a text message', ErrorCode.ProtocolViolation, /text WebSocket message/],
+    ['unknown kind', Uint8Array.of(9), ErrorCode.ProtocolViolation, /unknown WebSocket message kind 9/],
+    ['empty', new Uint8Array(0), ErrorCode.ProtocolViolation, /empty/],
+    ['trailing', Uint8Array.of(2, 1, 0), ErrorCode.ProtocolViolation, /left over/],
+    ['bad reason', Uint8Array.of(5, 0, 0xff), ErrorCode.ProtocolViolation, /not UTF-8/],
+    ['too large', new Uint8Array(WS_MAX_MESSAGE + 1), ErrorCode.FrameTooLarge, /at most/],
+  ];
+  for (const [what, message, code, reason] of cases) {
+    const { wt, socket } = await open();
+    socket.receive(message);
+    const closed = await wt.closed;
+    assert.equal(closed.closeCode, code, what);
+    assert.match(closed.reason, reason, what);
+    const [told] = socket.sent;
+    assert.equal(told.Close.code, code, `${what}: the server is told`);
+  }
+  // A server that chose another subprotocol.
+  const wt = new WebSocketTransport('wss://quiver.test:4433/quiver', { webSocket: ScriptedSocket });
+  ScriptedSocket.last.accept('chat');
+  await assert.rejects(wt.ready);
+  assert.equal((await wt.closed).closeCode, ErrorCode.ProtocolViolation);
+});

@@ -107,6 +107,16 @@ pub(crate) struct ServerArgs {
     /// Write one qlog file per connection into this directory (qvis reads them).
     #[arg(long, value_name = "DIR")]
     pub(crate) qlog_dir: Option<PathBuf>,
+    /// quic, websocket (TCP: where UDP is blocked), or auto (QUIC, then the WebSocket when QUIC does not get
+    /// through within --fallback-after; the choice is printed and kept for reconnects).
+    #[arg(long, default_value = "auto", value_name = "quic|websocket|auto")]
+    pub(crate) transport: quiver_client::Transport,
+    /// With --transport auto: seconds QUIC gets before the WebSocket is tried.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub(crate) fallback_after: f64,
+    /// The WebSocket's TCP port, when it is not the QUIC port (the server's --websocket).
+    #[arg(long, value_name = "PORT")]
+    pub(crate) websocket_port: Option<u16>,
 }
 
 impl ServerArgs {
@@ -126,11 +136,21 @@ impl ServerArgs {
             name,
             token_provider,
             qlog_dir: self.qlog_dir.clone(),
+            transport: self.transport,
+            fallback_after: seconds("--fallback-after", self.fallback_after)?,
+            websocket_port: self.websocket_port,
             ..ConnectOptions::default()
         };
-        Client::connect_with(&self.server, options)
+        let client = Client::connect_with(&self.server, options)
             .await
-            .map_err(|source| CliError::Connect { server: self.server.clone(), source })
+            .map_err(|source| CliError::Connect { server: self.server.clone(), source })?;
+        if client.transport() == Some(quiver_client::TransportKind::WebSocket) {
+            tracing::info!("connected over the WebSocket fallback (TCP)");
+            if self.transport == quiver_client::Transport::Auto {
+                eprintln!("note: QUIC (UDP) did not get through; connected over the WebSocket fallback (TCP)");
+            }
+        }
+        Ok(client)
     }
 }
 

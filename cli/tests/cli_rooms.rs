@@ -136,6 +136,17 @@ async fn post_prints_the_seq_and_history_prints_json_lines() {
     }
     let out = run(vec!["history".into(), "--room".into(), "log".into()]).await;
     assert_eq!(out.lines().collect::<Vec<_>>(), ["[1] cli: one", "[2] cli: two", "[3] cli: three"]);
+    // The same over the WebSocket fallback (--transport websocket).
+    let ws_port = server.websocket.unwrap().port().to_string();
+    let over_ws = |args: &[&str]| {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--transport".into(), "websocket".into(), "--websocket-port".into(), ws_port.clone()]);
+        args
+    };
+    let out = run(over_ws(&["post", "--room", "log", "--name", "cli", "four"])).await;
+    assert_eq!(out.trim(), "4");
+    let out = run(over_ws(&["history", "--room", "log", "--since", "3"])).await;
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["[4] cli: four"]);
     server.stop().await;
 }
 

@@ -447,10 +447,10 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
         netns: args.netns.backend()?,
     };
     let per_series = config.warmup + config.duration;
-    let runs = if config.compare_websocket { 2 } else { 6 };
+    let runs = if config.compare_websocket { 3 } else { 6 };
     let link = args.netns.describe(config.netns, config.profile.is_some());
     let what = if config.compare_websocket {
-        format!("Quiver vs WebSocket, ticks {}/s + chat {}/s per sender", config.rate, config.chat_rate)
+        format!("Quiver (QUIC, WebSocket) vs WebSocket, ticks {}/s + chat {}/s per sender", config.rate, config.chat_rate)
     } else {
         format!("{}/s per sender", config.rate)
     };

@@ -178,18 +178,23 @@ async fn rtt_runs_the_websocket_head_to_head_on_a_clean_link() {
         RttConfig { compare_websocket: true, duration: Duration::from_millis(1000), chat_rate: 50.0, ..config(None) };
     let report = run_rtt(h2h, |_| {}).await.unwrap();
     let names: Vec<&str> = report.series.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["quiver tick", "quiver chat", "websocket tick", "websocket chat"]);
+    assert_eq!(
+        names,
+        ["quiver tick", "quiver chat", "websocket tick", "websocket chat", "quiver-ws tick", "quiver-ws chat"]
+    );
     for s in &report.series {
         // 2 senders × 1 s × (200/s ticks or 50/s chat).
         let expected = if s.name.ends_with("tick") { 400 } else { 100 };
         assert_eq!(s.sent, expected, "{s:?}");
         assert!(s.latency.p50_us > 0, "{s:?}");
-        if !s.name.starts_with("quiver tick") {
+        // Quiver's ticks are latest-wins (over QUIC and over its WebSocket alike); everything else is reliable.
+        if !s.name.starts_with("quiver tick") && !s.name.starts_with("quiver-ws tick") {
             assert_eq!(s.lost, 0, "reliable: {s:?}");
         }
     }
     assert_eq!(report.series[0].baseline.as_deref(), Some("websocket tick"));
     assert_eq!(report.series[1].baseline.as_deref(), Some("websocket chat"));
+    assert_eq!(report.series[5].baseline.as_deref(), Some("websocket chat"));
     let markdown = report.head_to_head_markdown("clean", true);
     assert_eq!(markdown.lines().count(), 4, "{markdown}");
     assert!(markdown.contains("| clean | tick |") && markdown.contains("| clean | chat |"), "{markdown}");

@@ -154,6 +154,8 @@ impl ModeServer {
             let options = ConnectOptions {
                 trust: TrustOptions::Pin(pin),
                 token_provider: Some(TokenProvider::dev(dir.path().to_owned(), format!("poster-{i}"))),
+                // QUIC is what these benches measure: never the WebSocket fallback.
+                transport: quiver_client::Transport::Quic,
                 ..ConnectOptions::default()
             };
             clients.push(Client::connect_with(&addr.to_string(), options).await?);

@@ -245,42 +245,49 @@ fn ms(us: u64) -> String {
 }
 
 impl Report {
-    /// The head-to-head (Quiver's and WebSocket's tick and chat series) as Markdown table rows labelled `label`,
-    /// with the header when `header`; empty when the run was not a head-to-head.
+    /// The head-to-head (tick and chat series of Quiver over QUIC, Quiver over its WebSocket fallback, and a bare
+    /// WebSocket app) as Markdown table rows labelled `label`, with the header when `header`; empty when the run
+    /// was not a head-to-head.
     pub fn head_to_head_markdown(&self, label: &str, header: bool) -> String {
         let mut out = String::new();
         if header {
-            out += "| link | traffic | Quiver p50 / p99 / p99.9 (ms) | WebSocket p50 / p99 / p99.9 (ms) \
-                    | Quiver ÷ WebSocket p50 / p99 / p99.9 | lost: Quiver / WebSocket |\n";
-            out += "|---|---|---|---|---|---|\n";
+            out += "| link | traffic | Quiver/QUIC p50 / p99 / p99.9 (ms) | Quiver/WebSocket p50 / p99 / p99.9 (ms) \
+                    | bare WebSocket p50 / p99 / p99.9 (ms) | ÷ bare WebSocket p50 / p99: QUIC, Quiver/WS \
+                    | lost: QUIC / Quiver/WS / WebSocket |\n";
+            out += "|---|---|---|---|---|---|---|\n";
         }
         let find = |name: &str| self.series.iter().find(|s| s.name == name);
+        let three = |s: Option<&SeriesResult>| match s {
+            Some(s) => format!("{} / {} / {}", ms(s.latency.p50_us), ms(s.latency.p99_us), ms(s.latency.p999_us)),
+            None => "–".to_string(),
+        };
+        let lost = |s: Option<&SeriesResult>| match s {
+            Some(s) if s.sent > 0 => format!("{:.2} %", 100.0 * s.lost as f64 / s.sent as f64),
+            _ => "–".to_string(),
+        };
         for kind in ["tick", "chat"] {
             let (Some(q), Some(w)) = (find(&format!("quiver {kind}")), find(&format!("websocket {kind}"))) else {
                 continue;
             };
-            let (a, b) = (&q.latency, &w.latency);
-            let ratio = |x: u64, y: u64| if y == 0 { "–".to_string() } else { times(x as f64 / y as f64) };
-            let lost = |s: &SeriesResult| {
-                if s.sent == 0 {
-                    "–".to_string()
-                } else {
-                    format!("{:.2} %", 100.0 * s.lost as f64 / s.sent as f64)
-                }
+            let qw = find(&format!("quiver-ws {kind}"));
+            let ratio = |s: Option<&SeriesResult>| match s {
+                Some(s) if w.latency.p50_us > 0 && w.latency.p99_us > 0 => format!(
+                    "{} / {}",
+                    times(s.latency.p50_us as f64 / w.latency.p50_us as f64),
+                    times(s.latency.p99_us as f64 / w.latency.p99_us as f64)
+                ),
+                _ => "–".to_string(),
             };
             out += &format!(
-                "| {label} | {kind} | {} / {} / {} | {} / {} / {} | {} / {} / {} | {} / {} |\n",
-                ms(a.p50_us),
-                ms(a.p99_us),
-                ms(a.p999_us),
-                ms(b.p50_us),
-                ms(b.p99_us),
-                ms(b.p999_us),
-                ratio(a.p50_us, b.p50_us),
-                ratio(a.p99_us, b.p99_us),
-                ratio(a.p999_us, b.p999_us),
-                lost(q),
-                lost(w),
+                "| {label} | {kind} | {} | {} | {} | {}, {} | {} / {} / {} |\n",
+                three(Some(q)),
+                three(qw),
+                three(Some(w)),
+                ratio(Some(q)),
+                ratio(qw),
+                lost(Some(q)),
+                lost(qw),
+                lost(Some(w)),
             );
         }
         out

@@ -7,7 +7,7 @@ use std::{
     path::Path,
 };
 
-use quiver_client::{Client, ConnectOptions, TokenProvider, TrustOptions};
+use quiver_client::{Client, ConnectOptions, TokenProvider, Transport, TrustOptions};
 use quiver_transport::TransportTuning;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,8 @@ pub(crate) struct QuiverServer {
     pub(crate) token: Option<TokenProvider>,
     /// The in-process server's counters (`None` for an external one).
     pub(crate) stats: Option<std::sync::Arc<quiver_server::stats::ServerStats>>,
+    /// The in-process server's WebSocket listener (an external server's is on its QUIC port).
+    pub(crate) websocket: Option<SocketAddr>,
 }
 
 impl QuiverServer {
@@ -37,7 +39,8 @@ impl QuiverServer {
     ) -> Result<QuiverServer, BenchError> {
         if let Some((server, trust)) = external {
             let addr = resolve(server).await?;
-            return Ok(QuiverServer { addr, trust: trust.clone(), token: token.cloned(), stats: None });
+            let (trust, token) = (trust.clone(), token.cloned());
+            return Ok(QuiverServer { addr, trust, token, stats: None, websocket: None });
         }
         let config = quiver_server::ServerConfig {
             tuning: tuning.clone(),
@@ -50,18 +53,26 @@ impl QuiverServer {
         };
         let server = quiver_server::Server::bind(config)?;
         let (addr, pin, stats) = (server.local_addr(), server.fingerprint(), server.stats());
+        let websocket = server.websocket_addr();
         tokio::spawn(server.run(stop.clone()));
         let sub = format!("bench-{:08x}", rand::random::<u32>());
         let token = TokenProvider::dev(data_dir.to_owned(), sub);
-        Ok(QuiverServer { addr, trust: TrustOptions::Pin(pin), token: Some(token), stats: Some(stats) })
+        Ok(QuiverServer { addr, trust: TrustOptions::Pin(pin), token: Some(token), stats: Some(stats), websocket })
     }
 
-    /// A client connected with `tuning`.
+    /// A client connected over QUIC with `tuning`.
     pub(crate) async fn connect(&self, tuning: &TransportTuning) -> Result<Client, BenchError> {
+        self.connect_over(tuning, Transport::Quic).await
+    }
+
+    /// A client connected over `transport` (never `Auto`: a bench says what it measures) with `tuning`.
+    pub(crate) async fn connect_over(&self, tuning: &TransportTuning, transport: Transport) -> Result<Client, BenchError> {
         let options = ConnectOptions {
             trust: self.trust.clone(),
             token_provider: self.token.clone(),
             tuning: tuning.clone(),
+            transport,
+            websocket_port: self.websocket.map(|ws| ws.port()),
             ..ConnectOptions::default()
         };
         Ok(Client::connect_with(&self.addr.to_string(), options).await?)

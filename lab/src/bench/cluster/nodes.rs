@@ -120,6 +120,8 @@ impl Node {
         let options = ConnectOptions {
             trust: self.trust.clone(),
             token_provider: Some(self.token.clone()),
+            // QUIC is what these benches measure: never the WebSocket fallback.
+            transport: quiver_client::Transport::Quic,
             ..ConnectOptions::default()
         };
         Ok(Client::connect_with(&self.addr.to_string(), options).await?)

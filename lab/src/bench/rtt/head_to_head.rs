@@ -59,18 +59,27 @@ pub(super) async fn websocket_mixed_series(
 }
 
 /// The Quiver side: one connection per sender, ticks published as datagrams on a channel it subscribes to, chat
-/// posted into a room of the same name it has joined.
+/// posted into a room of the same name it has joined; over QUIC, or (`websocket`) over Quiver's WebSocket
+/// fallback, where ticks stay latest-wins and chat has its own stream, on one TCP connection.
 pub(super) async fn quiver_mixed_series(
     config: RttConfig,
     targets: Arc<TargetsView>,
+    websocket: bool,
 ) -> Result<Vec<SeriesResult>, BenchError> {
     let size = config.size.max(12);
-    let lanes = [("quiver tick", config.rate, false), ("quiver chat", config.chat_rate, true)];
+    let lanes = match websocket {
+        false => [("quiver tick", config.rate, false), ("quiver chat", config.chat_rate, true)],
+        // Ticks ride TCP here: none is lost, but a newer one replaces a waiting one (counted as lost).
+        true => [("quiver-ws tick", config.rate, false), ("quiver-ws chat", config.chat_rate, true)],
+    };
     let mut results = measure_lanes(&config, &lanes, |who, lanes, stop| {
         let targets = targets.clone();
         async move {
-            let client = targets.quiver_client().await?;
-            let name = format!("bench.h2h.{who}.{}", std::process::id());
+            let client = match websocket {
+                false => targets.quiver_client().await?,
+                true => targets.quiver_ws_client().await?,
+            };
+            let name = format!("bench.h2h.{who}.{}.{websocket}", std::process::id());
             let (publisher, _) = quiver::own_ticks(&client, &name, lanes.tally(0), &stop).await?;
             quiver::own_chat(&client, &name, lanes.tally(1), &stop, false).await?;
             let (ticks, chat) = lanes.start_two().await;

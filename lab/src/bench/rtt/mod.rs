@@ -176,9 +176,10 @@ async fn run_series(config: RttConfig, view: TargetsView, progress: Progress) ->
     ];
     let mut series = Vec::new();
     if config.compare_websocket {
-        let head_to_head: [(&str, Runner); 2] = [
-            ("quiver tick + chat", |c, t| Box::pin(head_to_head::quiver_mixed_series(c, t))),
+        let head_to_head: [(&str, Runner); 3] = [
+            ("quiver tick + chat", |c, t| Box::pin(head_to_head::quiver_mixed_series(c, t, false))),
             ("websocket tick + chat", |c, t| Box::pin(head_to_head::websocket_mixed_series(c, t))),
+            ("quiver over websocket tick + chat", |c, t| Box::pin(head_to_head::quiver_mixed_series(c, t, true))),
         ];
         for (name, runner) in head_to_head {
             progress(name);

@@ -95,4 +95,9 @@ impl TargetsView {
     pub(super) async fn quiver_client(&self) -> Result<Client, BenchError> {
         self.quiver.connect(&self.tuning).await
     }
+
+    /// A Quiver client over the WebSocket fallback (TCP).
+    pub(super) async fn quiver_ws_client(&self) -> Result<Client, BenchError> {
+        self.quiver.connect_over(&self.tuning, quiver_client::Transport::WebSocket).await
+    }
 }

@@ -450,7 +450,10 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
     let runs = if config.compare_websocket { 3 } else { 6 };
     let link = args.netns.describe(config.netns, config.profile.is_some());
     let what = if config.compare_websocket {
-        format!("Quiver (QUIC, WebSocket) vs WebSocket, ticks {}/s + chat {}/s per sender", config.rate, config.chat_rate)
+        format!(
+            "Quiver (QUIC, WebSocket) vs WebSocket, ticks {}/s + chat {}/s per sender",
+            config.rate, config.chat_rate
+        )
     } else {
         format!("{}/s per sender", config.rate)
     };

@@ -66,7 +66,11 @@ impl QuiverServer {
     }
 
     /// A client connected over `transport` (never `Auto`: a bench says what it measures) with `tuning`.
-    pub(crate) async fn connect_over(&self, tuning: &TransportTuning, transport: Transport) -> Result<Client, BenchError> {
+    pub(crate) async fn connect_over(
+        &self,
+        tuning: &TransportTuning,
+        transport: Transport,
+    ) -> Result<Client, BenchError> {
         let options = ConnectOptions {
             trust: self.trust.clone(),
             token_provider: self.token.clone(),

@@ -224,7 +224,8 @@ impl Target {
             (Transport::Auto, false) => {
                 let started = tokio::time::Instant::now();
                 let again = targets.clone();
-                match Target::race(targets, options.fallback_after.min(timeout)).await {
+                // QUIC gets at most half the time: the WebSocket always gets a try.
+                match Target::race(targets, options.fallback_after.min(timeout / 2)).await {
                     Ok((target, quic)) => Ok((target, Link::Quic(quic))),
                     Err(err) if err.is_fatal() => Err(err),
                     Err(quic_err) => {
@@ -232,7 +233,12 @@ impl Target {
                         let left = timeout.saturating_sub(started.elapsed());
                         Target::race_ws(again, options, left).await.map_err(|ws_err| {
                             tracing::info!(%ws_err, "the WebSocket fallback did not connect either");
-                            quic_err
+                            // A refusal or a pin mismatch is the answer; otherwise QUIC's failure says most.
+                            if ws_err.is_fatal() {
+                                ws_err
+                            } else {
+                                quic_err
+                            }
                         })
                     }
                 }

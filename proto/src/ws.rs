@@ -52,6 +52,15 @@ pub enum WsMessage {
     },
     /// Kind 4: a datagram (a tick), exactly the bytes of a QUIC datagram.
     Datagram(Bytes),
+    /// Kind 6 (client → server): stop sending on stream `id`, with `code` (QUIC: STOP_SENDING). A client sends it
+    /// with `SlowConsumer` when it cannot take more of the stream; the server then handles the room as a slow
+    /// consumer (the stream ends, `Kicked` follows), as when its own queue for the room overflows.
+    Stop {
+        /// The stream's id.
+        id: u64,
+        /// Why (a QUIC varint on the wire).
+        code: ErrorCode,
+    },
     /// Kind 5: the sender closes the connection with `code` and `reason` (QUIC: CONNECTION_CLOSE); a WebSocket
     /// close frame follows.
     Close {
@@ -68,7 +77,7 @@ pub enum WsDecodeError {
     /// The message is empty.
     #[error("empty WebSocket message")]
     Empty,
-    /// The kind byte is none of 0..=5.
+    /// The kind byte is none of 0..=6.
     #[error("unknown WebSocket message kind {0}")]
     UnknownKind(u8),
     /// A field is cut short.
@@ -98,6 +107,7 @@ const FINISH: u8 = 2;
 const RESET: u8 = 3;
 const DATAGRAM: u8 = 4;
 const CLOSE: u8 = 5;
+const STOP: u8 = 6;
 
 fn put_varint(buf: &mut BytesMut, value: u64) {
     // Ids and codes here are below 2^62 (codes are u32; ids count streams).
@@ -127,6 +137,11 @@ impl WsMessage {
                 put_varint(&mut buf, *id);
                 put_varint(&mut buf, u64::from(code.to_u32()));
             }
+            WsMessage::Stop { id, code } => {
+                buf.put_u8(STOP);
+                put_varint(&mut buf, *id);
+                put_varint(&mut buf, u64::from(code.to_u32()));
+            }
             WsMessage::Datagram(bytes) => {
                 buf.put_u8(DATAGRAM);
                 buf.put_slice(bytes);
@@ -146,7 +161,9 @@ impl WsMessage {
             WsMessage::Control(bytes) | WsMessage::Datagram(bytes) => bytes.len(),
             WsMessage::Stream { id, bytes } => varint::encoded_len(*id) + bytes.len(),
             WsMessage::Finish { id } => varint::encoded_len(*id),
-            WsMessage::Reset { id, code } => varint::encoded_len(*id) + varint::encoded_len(u64::from(code.to_u32())),
+            WsMessage::Reset { id, code } | WsMessage::Stop { id, code } => {
+                varint::encoded_len(*id) + varint::encoded_len(u64::from(code.to_u32()))
+            }
             WsMessage::Close { code, reason } => {
                 varint::encoded_len(u64::from(code.to_u32())) + crate::truncate_utf8(reason, MAX_REASON).len()
             }
@@ -176,6 +193,10 @@ impl WsMessage {
             RESET => {
                 let id = next_varint(&message)?;
                 WsMessage::Reset { id, code: code(next_varint(&message)?)? }
+            }
+            STOP => {
+                let id = next_varint(&message)?;
+                WsMessage::Stop { id, code: code(next_varint(&message)?)? }
             }
             CLOSE => {
                 let code = code(next_varint(&message)?)?;
@@ -209,6 +230,7 @@ mod tests {
             (id(), bytes()).prop_map(|(id, bytes)| WsMessage::Stream { id, bytes }),
             id().prop_map(|id| WsMessage::Finish { id }),
             (id(), any::<u32>()).prop_map(|(id, code)| WsMessage::Reset { id, code: ErrorCode::from_u32(code) }),
+            (id(), any::<u32>()).prop_map(|(id, code)| WsMessage::Stop { id, code: ErrorCode::from_u32(code) }),
             bytes().prop_map(WsMessage::Datagram),
             (any::<u32>(), ".{0,100}")
                 .prop_map(|(code, reason)| WsMessage::Close { code: ErrorCode::from_u32(code), reason }),
@@ -231,9 +253,10 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_errors() {
-        let cases: [(&[u8], WsDecodeError); 7] = [
+        let cases: [(&[u8], WsDecodeError); 8] = [
             (b"", WsDecodeError::Empty),
             (b"\x09", WsDecodeError::UnknownKind(9)),
+            (b"\x06\x01", WsDecodeError::Truncated(6)),
             (b"\x01", WsDecodeError::Truncated(1)),
             (b"\x02\x40", WsDecodeError::Truncated(2)),
             (b"\x02\x01\x00", WsDecodeError::TrailingBytes(1, 2)),

@@ -110,6 +110,7 @@ impl Vectors {
             WsMessage::Stream { id, bytes } => serde_json::json!({ "Stream": { "id": id, "bytes": bytes.to_vec() } }),
             WsMessage::Finish { id } => serde_json::json!({ "Finish": { "id": id } }),
             WsMessage::Reset { id, code } => serde_json::json!({ "Reset": { "id": id, "code": code.to_u32() } }),
+            WsMessage::Stop { id, code } => serde_json::json!({ "Stop": { "id": id, "code": code.to_u32() } }),
             WsMessage::Datagram(bytes) => serde_json::json!({ "Datagram": bytes.to_vec() }),
             WsMessage::Close { code, reason } => {
                 serde_json::json!({ "Close": { "code": code.to_u32(), "reason": reason } })
@@ -401,6 +402,7 @@ fn websocket(v: &mut Vectors) {
     v.ws("ws_stream_2_byte_id", WsMessage::Stream { id: 64, bytes: Bytes::from_static(b"x") });
     v.ws("ws_finish", WsMessage::Finish { id: 1 });
     v.ws("ws_reset_slow_consumer", WsMessage::Reset { id: 16_384, code: ErrorCode::SlowConsumer });
+    v.ws("ws_stop_slow_consumer", WsMessage::Stop { id: 2, code: ErrorCode::SlowConsumer });
     let mut tick = Vec::new();
     TickHeader { channel_id: 1, seq: 2, sent_time_us: 3 }.encode(&mut tick).unwrap_or_else(|err| panic!("{err}"));
     tick.extend_from_slice(b"0.5");

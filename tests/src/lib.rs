@@ -50,7 +50,9 @@ impl TestServer {
         for _ in 0..100 {
             match Server::bind(config(data_dir.path(), addr)) {
                 Ok(server) => return Self::run(server, data_dir),
-                Err(quiver_server::ServerError::Bind(err)) if err.kind() == std::io::ErrorKind::AddrInUse => {
+                Err(quiver_server::ServerError::Bind(err) | quiver_server::ServerError::WebSocket(_, err))
+                    if err.kind() == std::io::ErrorKind::AddrInUse =>
+                {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(err) => panic!("{err}"),

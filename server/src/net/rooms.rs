@@ -25,7 +25,10 @@ use quiver_transport::TailProbe;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::{lock, wire::WireSend as SendStream};
+use super::{
+    lock,
+    wire::{WireError, WireSend as SendStream},
+};
 use crate::{
     hub::Outbox,
     stats::{bump, ServerStats},
@@ -107,6 +110,18 @@ pub(crate) struct StreamOutbox {
     bound: usize,
     /// `outbox_bytes` (bytes queued, all outboxes) and `room_deliveries`.
     stats: Arc<ServerStats>,
+    /// Completes when the client stops the stream because it cannot take more (WebSocket clients); taken by the
+    /// pump.
+    peer_stopped: Mutex<Option<StopSignal>>,
+}
+
+/// [`SendStream::stop_signal`].
+struct StopSignal(std::pin::Pin<Box<dyn Future<Output = ErrorCode> + Send>>);
+
+impl std::fmt::Debug for StopSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StopSignal")
+    }
 }
 
 impl StreamOutbox {
@@ -117,10 +132,12 @@ impl StreamOutbox {
         (probe, copies): (Arc<TailProbe>, Option<OutboxCopies>),
         stats: Arc<ServerStats>,
     ) -> Arc<StreamOutbox> {
+        let peer_stopped = Mutex::new(Some(StopSignal(send.stop_signal())));
         Arc::new(StreamOutbox {
             stats,
             room,
             copies,
+            peer_stopped,
             queue: Mutex::new(Queue { send: Some(send), ..Queue::default() }),
             probe,
             wake: Notify::new(),
@@ -379,6 +396,8 @@ pub(crate) async fn pump(
     stats: Arc<ServerStats>,
 ) {
     let _gone = PumpGone(outbox.clone());
+    let never = || -> std::pin::Pin<Box<dyn Future<Output = ErrorCode> + Send>> { Box::pin(std::future::pending()) };
+    let mut peer_stopped = lock(&outbox.peer_stopped).take().map_or_else(never, |signal| signal.0);
     loop {
         match next(&outbox) {
             Next::Drain(mut batch, mut send) => {
@@ -387,6 +406,12 @@ pub(crate) async fn pump(
                     tokio::select! {
                         written = send.write_chunk(frame) => match written {
                             Ok(()) => dequeued(&stats, len),
+                            // The client cannot take more (WebSocket): a slow consumer, as an overflow is.
+                            Err(WireError::Stream(code)) if code == ErrorCode::SlowConsumer.to_u32() => {
+                                dequeued(&stats, len);
+                                outbox.kick();
+                                break;
+                            }
                             Err(_) => return dequeued(&stats, len + batch.iter().map(Bytes::len).sum::<usize>()),
                         },
                         () = outbox.overflow.cancelled() => {
@@ -415,6 +440,12 @@ pub(crate) async fn pump(
             }
             Next::Wait => tokio::select! {
                 () = outbox.wake.notified() => {}
+                code = &mut peer_stopped => {
+                    peer_stopped = never();
+                    if code == ErrorCode::SlowConsumer {
+                        outbox.kick();
+                    }
+                }
                 () = stop.cancelled() => return,
             },
             Next::Done => return,

@@ -18,7 +18,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
     lock, now_us,
-    wire::{Wire, WireError},
+    wire::{Wire, WireError, WireKind},
 };
 use crate::{
     hub::{
@@ -90,7 +90,10 @@ impl TickSink for DatagramSink {
         match offered {
             // An empty queue sends at the driver's next turn: a slice of the fan-out's shared buffer. Behind
             // others the datagram may wait (a stalled peer): its own exact copy, so that it holds no one else's.
-            Offered::Send(tick) if space >= self.send_buffer => self.send(datagrams.datagram(channel_id, &tick)),
+            // (A WebSocket's lane can hold it while the socket is stalled: its own copy there too.)
+            Offered::Send(tick) if space >= self.send_buffer && self.conn.kind() != WireKind::WebSocket => {
+                self.send(datagrams.datagram(channel_id, &tick))
+            }
             Offered::Send(tick) => self.send(datagram(channel_id, &tick)),
             Offered::Queued => self.wake.notify_one(),
             Offered::Replaced | Offered::Older => bump(&self.stats.ticks_conflated),

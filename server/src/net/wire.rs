@@ -78,7 +78,7 @@ impl From<WsError> for WireError {
     fn from(err: WsError) -> Self {
         match err {
             WsError::Closed(code, reason) => WireError::Closed(code, reason),
-            WsError::Reset(code) => WireError::Stream(code.to_u32()),
+            WsError::Reset(code) | WsError::Stopped(code) => WireError::Stream(code.to_u32()),
             WsError::TooLarge(..) => WireError::TooLarge,
             WsError::Unsupported(what) => WireError::Other(what.into()),
         }
@@ -232,6 +232,15 @@ impl WireSend {
             WireSend::Quic(send) => send.reset(code.to_u32()).is_ok(),
             WireSend::Ws(send) => send.reset(code).is_ok(),
         };
+    }
+
+    /// Completes with the peer's code when it stops the stream because it cannot take more (the WebSocket's
+    /// kind 6); never for QUIC, whose stops show as write errors.
+    pub(crate) fn stop_signal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ErrorCode> + Send>> {
+        match self {
+            WireSend::Quic(_) => Box::pin(std::future::pending()),
+            WireSend::Ws(send) => Box::pin(send.stop_signal()),
+        }
     }
 
     /// Completes when the peer stopped the stream (`Some(code)`), or it ended and was delivered (`None`).

@@ -1,7 +1,14 @@
 //! A WebSocket connection's two tasks: the writer (sends what the schedule picks, pings when idle, writes the
 //! close) and the reader (routes each message to its stream or the datagram queue, enforces the idle timeout).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -14,14 +21,14 @@ use tokio::{
 use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
 
 use super::{
-    shared::{Inbound, Outbound, Shared},
-    Role, WsRecv, INBOUND_MESSAGES,
+    shared::{Inbound, Outbound, PendingStream, Shared},
+    Role, INBOUND_STREAM_BYTES,
 };
 
 pub(super) struct Senders {
     pub(super) control: mpsc::Sender<Inbound>,
     pub(super) datagrams: mpsc::Sender<Bytes>,
-    pub(super) streams: mpsc::UnboundedSender<WsRecv>,
+    pub(super) streams: mpsc::UnboundedSender<PendingStream>,
 }
 
 pub(super) type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
@@ -37,7 +44,7 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(mut sink: Sink
         tokio::pin!(wake);
         wake.as_mut().enable();
         let message = match shared.next_outbound() {
-            Outbound::Message(message) => message,
+            Outbound::Message(message) => Message::Binary(message.encode().to_vec()),
             Outbound::Close(code, reason) => {
                 let close = WsMessage::Close { code, reason: reason.clone() }.encode();
                 let bye = async {
@@ -51,24 +58,21 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(mut sink: Sink
             Outbound::Done => return,
             Outbound::Idle => {
                 tokio::select! {
-                    () = wake => {}
-                    () = tokio::time::sleep(keepalive) => {
-                        if sink.send(Message::Ping(Vec::new())).await.is_err() {
-                            return shared.finished(ErrorCode::Internal, "connection lost".into());
-                        }
-                    }
+                    () = wake => continue,
+                    () = tokio::time::sleep(keepalive) => Message::Ping(Vec::new()),
                 }
-                continue;
             }
         };
-        let written = sink.send(Message::Binary(message.encode().to_vec()));
-        // A close asked for while the socket is full goes at once: what waits is discarded anyway.
-        let closing = shared.wait_for(|state| state.closing.is_some().then_some(()));
+        // Every write races the end: a close asked for while the socket is full goes at once (what waits is
+        // discarded anyway), and a connection that ended (the peer's close, a dead socket) stops the writer even
+        // when the peer no longer reads.
+        let written = sink.send(message);
+        let ended = shared.wait_for(|state| (state.closing.is_some() || state.closed.is_some()).then_some(()));
         tokio::select! {
             written = written => if let Err(err) = written {
                 return shared.finished(ErrorCode::Internal, format!("connection lost: {err}"));
             },
-            () = closing => {}
+            () = ended => {}
         }
         shared.changed.notify_waiters();
     }
@@ -80,8 +84,7 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     inbound: Senders,
 ) {
     let idle = shared.config.idle_timeout;
-    let mut streams: HashMap<u64, mpsc::Sender<Inbound>> = HashMap::new();
-    let mut last_stream = 0;
+    let mut streams = Streams::default();
     let mut deadline = Instant::now() + idle;
     loop {
         let closed = shared.wait_for(|state| state.closed.is_some().then_some(()));
@@ -92,10 +95,16 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 shared.close(ErrorCode::Internal, &reason);
                 return;
             }
-            () = closed => return,
+            () = closed => {
+                // Read what still comes until the peer closes too (briefly): closing a socket with unread data
+                // resets it, and the peer could lose the close message.
+                let drain = async { while let Some(Ok(_)) = source.next().await {} };
+                let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+                return;
+            }
         };
         deadline = Instant::now() + idle;
-        shared.received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.received.fetch_add(1, Ordering::Relaxed);
         let bytes = match message {
             Some(Ok(Message::Binary(bytes))) => Bytes::from(bytes),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
@@ -118,68 +127,90 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let message = match WsMessage::decode(bytes) {
             Ok(message) => message,
-            Err(err) => {
-                shared.close(err.code(), &err.to_string());
-                return;
-            }
+            Err(err) => return shared.close(err.code(), &err.to_string()),
         };
         let role = shared.role;
         match message {
             WsMessage::Control(bytes) => {
-                if inbound.control.send(Inbound::Data(bytes)).await.is_err() {
-                    tracing::trace!("control stream no longer read");
+                // The control stream's queue is bounded: a peer that sends requests faster than they are served
+                // waits here (QUIC: the stream's flow control), until the connection ends.
+                let closed = shared.wait_for(|state| state.closed.is_some().then_some(()));
+                tokio::select! {
+                    sent = inbound.control.send(Inbound::Data(bytes)) => if sent.is_err() {
+                        tracing::trace!("control stream no longer read");
+                    },
+                    () = closed => return,
                 }
+            }
+            WsMessage::Datagram(datagram) if datagram.len() > shared.config.max_datagram => {
+                let reason = format!("datagram of {} bytes (at most {})", datagram.len(), shared.config.max_datagram);
+                return shared.close(ErrorCode::DatagramTooLarge, &reason);
             }
             WsMessage::Datagram(datagram) => {
                 let _ = inbound.datagrams.try_send(datagram);
             }
             WsMessage::Close { code, reason } => return shared.finished(code, reason),
+            WsMessage::Stop { id, code } if role == Role::Server => shared.stop_stream(id, code),
+            WsMessage::Stop { .. } => {
+                return shared.close(ErrorCode::ProtocolViolation, "a server stops no streams (kind 6)");
+            }
             WsMessage::Stream { .. } | WsMessage::Finish { .. } | WsMessage::Reset { .. } if role == Role::Server => {
-                shared.close(ErrorCode::ProtocolViolation, "clients open one stream, the control stream");
-                return;
+                return shared.close(ErrorCode::ProtocolViolation, "clients open one stream, the control stream");
             }
-            WsMessage::Stream { id, bytes } => {
-                if let Some(tx) = stream_for(&mut streams, &mut last_stream, id, &shared, &inbound) {
-                    let _ = tx.send(Inbound::Data(bytes)).await;
-                }
-            }
-            WsMessage::Finish { id } => {
-                if let Some(tx) = stream_for(&mut streams, &mut last_stream, id, &shared, &inbound) {
-                    let _ = tx.send(Inbound::Finish).await;
-                }
-                streams.remove(&id);
-            }
-            WsMessage::Reset { id, code } => {
-                if let Some(tx) = stream_for(&mut streams, &mut last_stream, id, &shared, &inbound) {
-                    let _ = tx.send(Inbound::Reset(code)).await;
-                }
-                streams.remove(&id);
-            }
+            WsMessage::Stream { id, bytes } => streams.data(id, bytes, &shared, &inbound),
+            WsMessage::Finish { id } => streams.end(id, Inbound::Finish, &inbound),
+            WsMessage::Reset { id, code } => streams.end(id, Inbound::Reset(code), &inbound),
         }
     }
 }
 
-/// The channel of room stream `id` (a client's reader): a new id (above every earlier one) opens a stream and
-/// hands it to `accept_uni`; an id seen and ended before is `None` (its late bytes are dropped).
-fn stream_for(
-    streams: &mut HashMap<u64, mpsc::Sender<Inbound>>,
-    last: &mut u64,
-    id: u64,
-    shared: &Arc<Shared>,
-    inbound: &Senders,
-) -> Option<mpsc::Sender<Inbound>> {
-    if let Some(tx) = streams.get(&id) {
-        return Some(tx.clone());
+/// A client's room streams, as its reader routes them: each never waits (an unread stream must not hold the
+/// others up), bounded by bytes instead.
+#[derive(Default)]
+struct Streams {
+    open: HashMap<u64, (mpsc::UnboundedSender<Inbound>, Arc<AtomicUsize>)>,
+    /// The highest id seen: a lower one that is not open ended already (its late bytes are dropped).
+    last: u64,
+}
+
+impl Streams {
+    /// The stream `id`, opened (and handed to `accept_uni`) when it is new.
+    fn get(&mut self, id: u64, inbound: &Senders) -> Option<&(mpsc::UnboundedSender<Inbound>, Arc<AtomicUsize>)> {
+        if !self.open.contains_key(&id) {
+            if id <= self.last {
+                return None;
+            }
+            self.last = id;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let buffered = Arc::new(AtomicUsize::new(0));
+            inbound.streams.send(PendingStream { rx, buffered: buffered.clone() }).ok()?;
+            self.open.insert(id, (tx, buffered));
+        }
+        self.open.get(&id)
     }
-    if id <= *last {
-        return None;
+
+    fn data(&mut self, id: u64, bytes: Bytes, shared: &Shared, inbound: &Senders) {
+        let Some((tx, buffered)) = self.get(id, inbound) else { return };
+        let len = bytes.len();
+        if buffered.load(Ordering::Relaxed) + len > INBOUND_STREAM_BYTES {
+            // Its reader fell behind: it ends here (SlowConsumer, as a server's reset would say) and the server
+            // stops sending it and tells the client to rejoin from its position (Kicked).
+            let _ = tx.send(Inbound::Reset(ErrorCode::SlowConsumer));
+            self.open.remove(&id);
+            shared.send_stop(id, ErrorCode::SlowConsumer);
+            return;
+        }
+        buffered.fetch_add(len, Ordering::Relaxed);
+        if tx.send(Inbound::Data(bytes)).is_err() {
+            // Nobody reads it any more (the client dropped it): drop what comes.
+            buffered.fetch_sub(len, Ordering::Relaxed);
+        }
     }
-    *last = id;
-    let (tx, rx) = mpsc::channel(INBOUND_MESSAGES);
-    // The stream's handle keeps the connection open while the driver reads it, as QUIC's streams do.
-    let session = shared.handle.get()?.upgrade()?;
-    let recv = WsRecv { session, rx, ended: false };
-    inbound.streams.send(recv).ok()?;
-    streams.insert(id, tx.clone());
-    Some(tx)
+
+    fn end(&mut self, id: u64, end: Inbound, inbound: &Senders) {
+        if let Some((tx, _)) = self.get(id, inbound) {
+            let _ = tx.send(end);
+        }
+        self.open.remove(&id);
+    }
 }

@@ -102,6 +102,9 @@ pub enum WsError {
     /// The sender cut the stream off with this code.
     #[error("stream reset ({0})")]
     Reset(ErrorCode),
+    /// The peer stopped reading the stream, with this code.
+    #[error("stream stopped by the peer ({0})")]
+    Stopped(ErrorCode),
     /// A datagram larger than the connection's largest.
     #[error("datagram of {0} bytes is larger than {1}")]
     TooLarge(usize, usize),
@@ -127,8 +130,12 @@ pub struct WsSession {
     handle: Arc<Handle>,
 }
 
-/// How many messages of one stream may wait for its reader (beyond that, reading the socket waits).
+/// How many messages of the control stream may wait for its reader (beyond that, reading the socket waits, as
+/// QUIC's flow control makes a peer wait).
 pub(super) const INBOUND_MESSAGES: usize = 64;
+/// Bytes of one room stream that may wait for its reader (the client); beyond that the stream is reset locally
+/// with `SlowConsumer` and the server told to stop (kind 6), so one unread room never holds the connection up.
+pub(super) const INBOUND_STREAM_BYTES: usize = 1024 * 1024;
 /// Datagrams waiting for their reader; more are dropped (as QUIC's receive buffer does).
 const INBOUND_DATAGRAMS: usize = 256;
 
@@ -146,7 +153,7 @@ impl WsSession {
             role,
             config,
             remote,
-            state: Mutex::new(State { next_stream: 1, ..State::default() }),
+            state: Mutex::new(State { next_stream: 1, next_wire_id: 1, ..State::default() }),
             wake_writer: Notify::new(),
             changed: Notify::new(),
             control_in: tokio::sync::Mutex::new(Some(control_rx)),
@@ -200,7 +207,7 @@ impl WsSession {
         };
         let rx = rx.ok_or(WsError::Unsupported("a WebSocket connection has one control stream"))?;
         let send = WsSend { session: self.handle.clone(), id: 0, finished: false };
-        Ok((send, WsRecv { session: self.handle.clone(), rx, ended: false }))
+        Ok((send, WsRecv { session: self.handle.clone(), rx: InboundRx::Control(rx), ended: false }))
     }
 
     /// The server's side of the control stream: at once the first time, then never (waits until the connection
@@ -232,7 +239,10 @@ impl WsSession {
     pub async fn accept_uni(&self) -> Result<WsRecv, WsError> {
         let mut streams = self.shared().streams_in.lock().await;
         tokio::select! {
-            Some(stream) = streams.recv() => Ok(stream),
+            Some(stream) = streams.recv() => {
+                let rx = InboundRx::Room(stream.rx, stream.buffered);
+                Ok(WsRecv { session: self.handle.clone(), rx, ended: false })
+            }
             err = self.closed() => Err(err),
         }
     }
@@ -258,13 +268,14 @@ impl WsSession {
                 state.datagrams[at] = datagram;
             }
             None => {
-                while state.datagram_bytes + datagram.len() > shared.config.datagram_buffer {
-                    let Some(old) = state.datagrams.pop_front() else { break };
-                    state.datagram_bytes -= old.len();
-                }
                 state.datagram_bytes += datagram.len();
                 state.datagrams.push_back(datagram);
             }
+        }
+        // Over the buffer: the oldest waiting datagrams go (never the newest).
+        while state.datagram_bytes > shared.config.datagram_buffer && state.datagrams.len() > 1 {
+            let Some(old) = state.datagrams.pop_front() else { break };
+            state.datagram_bytes -= old.len();
         }
         drop(state);
         shared.wake_writer.notify_one();
@@ -371,6 +382,13 @@ impl WsSend {
         Ok(())
     }
 
+    /// Completes with the peer's code once it stops the stream (kind 6: it cannot take more); never otherwise (nor
+    /// once this handle is dropped: hold it while waiting).
+    pub fn stop_signal(&self) -> impl std::future::Future<Output = ErrorCode> + Send + 'static {
+        let (shared, id) = (self.session.0.clone(), self.id);
+        async move { shared.wait_for(|state| state.streams.get(&id).and_then(|s| s.stopped)).await }
+    }
+
     /// Waits until the stream ended and everything written was handed to the socket (`Ok(None)`), or the
     /// connection closed.
     pub async fn stopped(&self) -> Result<Option<ErrorCode>, WsError> {
@@ -405,8 +423,16 @@ impl Drop for WsSend {
 #[derive(Debug)]
 pub struct WsRecv {
     session: Arc<Handle>,
-    rx: mpsc::Receiver<Inbound>,
+    rx: InboundRx,
     ended: bool,
+}
+
+/// Where a stream's bytes wait: the control stream's bounded queue (the reader waits when it is full), or a room
+/// stream's, bounded by bytes (see [`INBOUND_STREAM_BYTES`]).
+#[derive(Debug)]
+enum InboundRx {
+    Control(mpsc::Receiver<Inbound>),
+    Room(mpsc::UnboundedReceiver<Inbound>, Arc<std::sync::atomic::AtomicUsize>),
 }
 
 impl WsRecv {
@@ -415,7 +441,17 @@ impl WsRecv {
         if self.ended {
             return Ok(None);
         }
-        match self.rx.recv().await {
+        let next = match &mut self.rx {
+            InboundRx::Control(rx) => rx.recv().await,
+            InboundRx::Room(rx, buffered) => {
+                let next = rx.recv().await;
+                if let Some(Inbound::Data(bytes)) = &next {
+                    buffered.fetch_sub(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+                next
+            }
+        };
+        match next {
             Some(Inbound::Data(bytes)) => Ok(Some(bytes)),
             Some(Inbound::Finish) => {
                 self.ended = true;

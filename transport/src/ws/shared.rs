@@ -4,7 +4,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
-    sync::{Mutex, MutexGuard},
+    sync::{atomic::AtomicUsize, Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
 };
 
@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use quiver_proto::{ws::WsMessage, ErrorCode};
 use tokio::sync::{mpsc, Notify};
 
-use super::{Handle, Role, WsConfig, WsError, WsRecv, MAX_CHUNK};
+use super::{Handle, Role, WsConfig, WsError, MAX_CHUNK};
 
 /// How a stream ends.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +28,10 @@ pub(super) struct OutStream {
     pub(super) end: Option<End>,
     /// A write waiting for room in the window.
     pub(super) waker: Option<Waker>,
+    /// Its id on the wire, given when its first message goes (so ids appear in increasing order).
+    pub(super) wire_id: Option<u64>,
+    /// The peer stopped it (kind 6) with this code: writes fail with it.
+    pub(super) stopped: Option<ErrorCode>,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +45,11 @@ pub(super) struct State {
     /// Datagrams go next when both wait (they alternate with stream chunks).
     pub(super) datagram_turn: bool,
     pub(super) next_stream: u64,
+    /// The next stream id on the wire, and which stream each id on the wire is (for the peer's stops).
+    pub(super) next_wire_id: u64,
+    pub(super) wire_ids: HashMap<u64, u64>,
+    /// Stop messages to send (the client: streams it can take no more of).
+    pub(super) stops: VecDeque<(u64, ErrorCode)>,
     pub(super) control_taken: bool,
     /// A close asked for, not yet written.
     pub(super) closing: Option<(ErrorCode, String)>,
@@ -60,7 +69,8 @@ pub(super) struct Shared {
     pub(super) changed: Notify,
     pub(super) control_in: tokio::sync::Mutex<Option<mpsc::Receiver<Inbound>>>,
     pub(super) datagrams_in: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
-    pub(super) streams_in: tokio::sync::Mutex<mpsc::UnboundedReceiver<WsRecv>>,
+    /// Room streams the server opened, until accepted (no handle inside: queued streams keep nothing alive).
+    pub(super) streams_in: tokio::sync::Mutex<mpsc::UnboundedReceiver<PendingStream>>,
     /// Messages received so far (pings and pongs too): a peer that sends nothing is dead.
     pub(super) received: std::sync::atomic::AtomicU64,
     /// The handles' shared part, for streams the reader opens (not kept alive by the reader).
@@ -95,6 +105,7 @@ impl Shared {
             }
         }
         state.datagrams.clear();
+        state.datagram_bytes = 0;
         drop(state);
         self.wake_writer.notify_one();
         self.changed.notify_waiters();
@@ -106,11 +117,17 @@ impl Shared {
         if state.closed.is_none() {
             state.closed = Some(state.closing.clone().unwrap_or((code, reason)));
         }
+        // Nothing will be written any more: free it, and wake every writer (they fail now).
         for stream in state.streams.values_mut() {
+            stream.queue.clear();
+            stream.bytes = 0;
             if let Some(waker) = stream.waker.take() {
                 waker.wake();
             }
         }
+        state.datagrams.clear();
+        state.datagram_bytes = 0;
+        state.ready.clear();
         drop(state);
         self.wake_writer.notify_one();
         self.changed.notify_waiters();
@@ -141,7 +158,16 @@ impl Shared {
             return Poll::Ready(Err(self.closed_error()));
         }
         let window = self.config.stream_window;
-        let stream = state.streams.entry(id).or_default();
+        let stream = match id {
+            0 => state.streams.entry(0).or_default(),
+            _ => match state.streams.get_mut(&id) {
+                Some(stream) => stream,
+                None => return Poll::Ready(Err(WsError::Unsupported("write after the stream's end"))),
+            },
+        };
+        if let Some(code) = stream.stopped {
+            return Poll::Ready(Err(WsError::Stopped(code)));
+        }
         if stream.end.is_some() {
             return Poll::Ready(Err(WsError::Unsupported("write after the stream's end")));
         }
@@ -166,8 +192,22 @@ impl Shared {
 
     pub(super) fn end(&self, id: u64, end: End) {
         let mut state = lock(&self.state);
-        let stream = state.streams.entry(id).or_default();
+        let stream = match id {
+            0 => state.streams.entry(0).or_default(),
+            _ => match state.streams.get_mut(&id) {
+                Some(stream) => stream,
+                None => return,
+            },
+        };
         if stream.end.is_some() {
+            return;
+        }
+        if stream.stopped.is_some() {
+            // The peer wants nothing more of it: forget it without a word.
+            if let Some(wire) = stream.wire_id {
+                state.wire_ids.remove(&wire);
+            }
+            state.streams.remove(&id);
             return;
         }
         if let End::Reset(_) = end {
@@ -205,30 +245,73 @@ impl Shared {
                 return Outbound::Message(WsMessage::Datagram(datagram));
             }
         }
-        while let Some(id) = state.ready.pop_front() {
+        if let Some((id, code)) = state.stops.pop_front() {
+            return Outbound::Message(WsMessage::Stop { id, code });
+        }
+        while let Some(key) = state.ready.pop_front() {
             state.datagram_turn = true;
-            let Some(stream) = state.streams.get_mut(&id) else { continue };
+            let Some(stream) = state.streams.get_mut(&key) else { continue };
+            if stream.stopped.is_some() {
+                continue;
+            }
+            let id = *stream.wire_id.get_or_insert_with(|| {
+                let id = state.next_wire_id;
+                state.next_wire_id += 1;
+                state.wire_ids.insert(id, key);
+                id
+            });
             if !stream.queue.is_empty() {
                 let bytes = take_chunk(stream);
                 if !stream.queue.is_empty() || stream.end.is_some() {
-                    state.ready.push_back(id);
+                    state.ready.push_back(key);
                 }
                 return Outbound::Message(WsMessage::Stream { id, bytes });
             }
-            match stream.end {
-                Some(End::Finish) => {
-                    state.streams.remove(&id);
-                    return Outbound::Message(WsMessage::Finish { id });
-                }
-                Some(End::Reset(code)) => {
-                    state.streams.remove(&id);
-                    return Outbound::Message(WsMessage::Reset { id, code });
-                }
-                None => {}
-            }
+            let message = match stream.end {
+                Some(End::Finish) => WsMessage::Finish { id },
+                Some(End::Reset(code)) => WsMessage::Reset { id, code },
+                None => continue,
+            };
+            state.streams.remove(&key);
+            state.wire_ids.remove(&id);
+            return Outbound::Message(message);
         }
         Outbound::Idle
     }
+}
+
+impl Shared {
+    /// The peer stopped stream `wire_id` (kind 6) with `code`: what waits is dropped, writes fail with `code`.
+    pub(super) fn stop_stream(&self, wire_id: u64, code: ErrorCode) {
+        let mut state = lock(&self.state);
+        let Some(key) = state.wire_ids.get(&wire_id).copied() else { return };
+        let Some(stream) = state.streams.get_mut(&key) else { return };
+        stream.stopped = Some(code);
+        stream.queue.clear();
+        stream.bytes = 0;
+        if let Some(waker) = stream.waker.take() {
+            waker.wake();
+        }
+        if stream.end.is_some() {
+            state.streams.remove(&key);
+            state.wire_ids.remove(&wire_id);
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// Tells the peer to stop sending stream `wire_id` (the client).
+    pub(super) fn send_stop(&self, wire_id: u64, code: ErrorCode) {
+        lock(&self.state).stops.push_back((wire_id, code));
+        self.wake_writer.notify_one();
+    }
+}
+
+/// A room stream the server opened, until the client accepts it: what arrived, and its bytes (the reader's bound).
+#[derive(Debug)]
+pub(super) struct PendingStream {
+    pub(super) rx: mpsc::UnboundedReceiver<Inbound>,
+    pub(super) buffered: Arc<AtomicUsize>,
 }
 
 /// The stream's next chunk (frames written one by one go out together, up to [`MAX_CHUNK`]); wakes its writer.

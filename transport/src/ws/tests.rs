@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use quiver_proto::{ws::WsMessage, ErrorCode, TickHeader};
 use tokio_tungstenite::{
     tungstenite::{protocol::Role as WsRole, Message},
@@ -99,9 +99,12 @@ async fn dropping_every_handle_closes_the_connection() {
 #[tokio::test]
 async fn a_full_window_makes_the_writer_wait() {
     let config = WsConfig { stream_window: 1000, ..WsConfig::default() };
-    let (server, client) = pair(config).await;
-    // Nobody accepts the stream on the client side: the reader parks its messages, then stops reading the socket;
-    // the pipe fills and the stream's window runs out.
+    // A small pipe whose far end is not read yet: the writer's socket stalls and the stream's window fills.
+    let (a, b) = tokio::io::duplex(4096);
+    let ws = config.websocket();
+    let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(ws)).await;
+    let client_ws = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(ws)).await;
+    let server = WsSession::start(server_ws, Role::Server, config.clone(), addr());
     let mut room = server.open_uni().unwrap();
     let chunk = vec![7u8; 1000];
     let mut written = 0usize;
@@ -112,14 +115,16 @@ async fn a_full_window_makes_the_writer_wait() {
     })
     .await;
     assert!(wrote.is_err(), "writes wait once the window is full");
-    assert!(written >= 1000);
-    // The client reads everything that was written.
+    assert!(written >= 1000, "{written}");
+    // Once the client reads, everything written arrives, and writing goes on.
+    let client = WsSession::start(client_ws, Role::Client, config, addr());
     let mut recv = within(client.accept_uni()).await.unwrap();
     let mut got = 0;
     while got < written {
         got += within(recv.read_chunk()).await.unwrap().unwrap().len();
     }
     assert_eq!(got, written);
+    within(room.write_all(&chunk)).await.unwrap();
 }
 
 #[tokio::test]
@@ -178,4 +183,87 @@ async fn a_silent_peer_times_out() {
     let server = WsSession::start(server_ws, Role::Server, config, addr());
     let closed = within(server.closed()).await;
     assert!(matches!(closed, WsError::Closed(ErrorCode::Internal, ref why) if why.contains("idle")), "{closed:?}");
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_cannot_hold_the_writer_after_it_closed() {
+    // A tiny pipe, never read by the raw peer: the server's writer blocks on a full socket.
+    let config = WsConfig::default();
+    let (a, b) = tokio::io::duplex(1024);
+    let ws = config.websocket();
+    let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(ws)).await;
+    let mut peer = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(ws)).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    let mut room = server.open_uni().unwrap();
+    let _ = tokio::time::timeout(Duration::from_millis(200), room.write_all(&[1; 200_000])).await;
+    // The peer says goodbye (kind 5) but reads nothing: the session ends all the same.
+    let bye = WsMessage::Close { code: ErrorCode::NoError, reason: "bye".into() }.encode().to_vec();
+    let _ = tokio::time::timeout(Duration::from_secs(1), peer.send(Message::Binary(bye))).await;
+    assert_eq!(within(server.closed()).await, WsError::Closed(ErrorCode::NoError, "bye".into()));
+    assert!(matches!(room.write(b"x").await, Err(WsError::Closed(..))));
+    let state = lock(&server.shared().state);
+    assert!(state.streams.values().all(|s| s.queue.is_empty()), "nothing left pinned after the end");
+}
+
+#[tokio::test]
+async fn an_unread_room_stream_is_stopped_and_never_holds_up_the_others() {
+    let (server, client) = pair(WsConfig::default()).await;
+    let (_c_send, mut c_recv) = client.open_bi().unwrap();
+    let (mut s_send, _s_recv) = within(server.accept_bi()).await.unwrap();
+    let mut unread = server.open_uni().unwrap();
+    let stopped = unread.stop_signal();
+    // The client's application never reads this stream: more than it buffers is written to it.
+    let written = tokio::spawn(async move {
+        let chunk = vec![5u8; 16 * 1024];
+        loop {
+            if let Err(err) = unread.write_all(&chunk).await {
+                return (err, unread);
+            }
+        }
+    });
+    let mut unread_here = within(client.accept_uni()).await.unwrap();
+    assert_eq!(within(stopped).await, ErrorCode::SlowConsumer, "the server is told to stop");
+    assert_eq!(within(written).await.unwrap().0, WsError::Stopped(ErrorCode::SlowConsumer));
+    // The control stream still flows.
+    s_send.write_all(b"still here").await.unwrap();
+    assert_eq!(within(c_recv.read_chunk()).await.unwrap().unwrap(), &b"still here"[..]);
+    // The unread stream holds what fitted (1 MiB), then ends as a slow consumer's.
+    let mut got = 0;
+    let end = loop {
+        match within(unread_here.read_chunk()).await {
+            Ok(Some(bytes)) => got += bytes.len(),
+            other => break other,
+        }
+    };
+    assert_eq!(end, Err(WsError::Reset(ErrorCode::SlowConsumer)));
+    assert!(got <= INBOUND_STREAM_BYTES && got > INBOUND_STREAM_BYTES / 2, "{got}");
+}
+
+#[tokio::test]
+async fn an_oversized_datagram_closes_the_connection() {
+    let config = WsConfig::default();
+    let (server_ws, mut client_ws) = raw_pair(&config).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    let datagram = WsMessage::Datagram(Bytes::from(vec![1; 1201])).encode().to_vec();
+    client_ws.send(Message::Binary(datagram)).await.unwrap();
+    assert!(matches!(within(server.closed()).await, WsError::Closed(ErrorCode::DatagramTooLarge, _)));
+}
+
+#[tokio::test]
+async fn stream_ids_go_on_the_wire_in_increasing_order_whatever_the_order_of_writes() {
+    let config = WsConfig::default();
+    let (server_ws, mut client_ws) = raw_pair(&config).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    let mut first = server.open_uni().unwrap();
+    let mut second = server.open_uni().unwrap();
+    second.write_all(b"second").await.unwrap();
+    first.write_all(b"first").await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let Some(Ok(Message::Binary(bytes))) = within(client_ws.next()).await else { continue };
+        if let Ok(WsMessage::Stream { id, bytes }) = WsMessage::decode(Bytes::from(bytes)) {
+            seen.push((id, bytes));
+        }
+    }
+    assert_eq!(seen, [(1, Bytes::from_static(b"second")), (2, Bytes::from_static(b"first"))]);
 }

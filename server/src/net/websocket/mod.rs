@@ -6,7 +6,11 @@
 
 mod upgrade;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use quiver_transport::ws::{Role, WsConfig, WsSession};
 use tokio::{
@@ -19,7 +23,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use super::{
-    admit::admit_tcp,
+    admit::{admit_tcp, Admitted},
     connection::{serve_wire, Shared},
     wire::Wire,
     Current,
@@ -36,6 +40,10 @@ use crate::{
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// TCP connections between accept and the upgrade (or the page's answer) at once; more wait in the kernel's queue.
 const MAX_UPGRADING: usize = 1024;
+/// Of those, from one address: one host cannot hold the listener's slots.
+const MAX_UPGRADING_PER_IP: usize = 16;
+/// How long a new connection has to send its first byte.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a closed connection's close message gets to leave.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -47,8 +55,9 @@ pub(super) struct Listener<R> {
     pub(super) stats: Arc<ServerStats>,
     pub(super) admission: Arc<std::sync::Mutex<crate::admission::Admission>>,
     pub(super) current: Arc<std::sync::RwLock<Current>>,
-    /// The demo page, when it is served on this listener.
-    pub(super) page: Option<Arc<PageInfo>>,
+    /// The demo page, when it is served on this listener, and whether to any peer (`web.page` names a
+    /// non-loopback address) or (the dev default) to this machine only.
+    pub(super) page: Option<(Arc<PageInfo>, bool)>,
 }
 
 /// The WebSocket connection settings of a server.
@@ -64,6 +73,7 @@ pub(super) async fn serve<R: RoomHub>(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_UPGRADING));
+    let per_ip: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
@@ -81,8 +91,49 @@ pub(super) async fn serve<R: RoomHub>(
             },
             () = shutdown.cancelled() => return,
         };
+        let Some(upgrading) = Upgrading::new(&per_ip, remote.ip(), permit) else {
+            tracing::debug!(%remote, "WebSocket listener: too many connections upgrading from this address");
+            continue;
+        };
+        // Admission (the per-address rate and counts) before any TLS work.
+        let Some(admitted) = admit_tcp(remote.ip(), &shared.admission, &shared.stats) else { continue };
         let (shared, shutdown) = (shared.clone(), shutdown.child_token());
-        tasks.spawn(connection(tcp, remote, shared, permit, shutdown));
+        tasks.spawn(connection(tcp, remote, shared, (upgrading, admitted), shutdown));
+    }
+}
+
+/// A connection's place among those upgrading (the listener's and its address's), until dropped.
+struct Upgrading {
+    per_ip: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Upgrading {
+    fn new(
+        per_ip: &Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Option<Upgrading> {
+        let mut counts = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(ip).or_default();
+        if *count >= MAX_UPGRADING_PER_IP {
+            return None;
+        }
+        *count += 1;
+        Some(Upgrading { per_ip: per_ip.clone(), ip, _permit: permit })
+    }
+}
+
+impl Drop for Upgrading {
+    fn drop(&mut self) {
+        let mut counts = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -91,7 +142,7 @@ async fn connection<R: RoomHub>(
     tcp: TcpStream,
     remote: SocketAddr,
     shared: Arc<Listener<R>>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: (Upgrading, Admitted),
     shutdown: CancellationToken,
 ) {
     let started = std::time::Instant::now();
@@ -100,7 +151,8 @@ async fn connection<R: RoomHub>(
     // The kernel's queue is where a slow link's ticks would go stale: keep it small (docs/web.md).
     let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(shared.config.web.websocket_send_buffer);
     let mut first = [0u8; 1];
-    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+    let first_deadline = deadline.min(Instant::now() + FIRST_BYTE_TIMEOUT);
+    match tokio::time::timeout_at(first_deadline, tcp.peek(&mut first)).await {
         Ok(Ok(1..)) => {}
         _ => return,
     }
@@ -123,25 +175,29 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
     remote: SocketAddr,
     secure: bool,
     shared: Arc<Listener<R>>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    (upgrading, admitted): (Upgrading, Admitted),
     (deadline, started): (Instant, std::time::Instant),
     shutdown: CancellationToken,
 ) {
     let head = match tokio::time::timeout_at(deadline, read_head(&mut stream)).await {
         Ok(Ok(head)) => head,
-        Ok(Err(response)) => return answer(stream, response).await,
+        Ok(Err(response)) => {
+            drop((upgrading, admitted));
+            return answer(stream, response).await;
+        }
         Err(_) => return,
     };
     let local = is_loopback(remote.ip());
     let response = match upgrade::classify(&head, &shared.config.web) {
         Ok(upgrade::Request::Upgrade { key }) if secure || local => {
-            let Some(admitted) = admit_tcp(remote.ip(), &shared.admission, &shared.stats) else {
-                return answer(stream, Response::error(503, "too many new connections from your address")).await;
+            let switched = async {
+                stream.write_all(&upgrade::switching_protocols(&key)).await?;
+                stream.flush().await
             };
-            if stream.write_all(&upgrade::switching_protocols(&key)).await.is_err() || stream.flush().await.is_err() {
+            if !matches!(tokio::time::timeout_at(deadline, switched).await, Ok(Ok(()))) {
                 return;
             }
-            drop(permit);
+            drop(upgrading);
             let config = ws_config();
             let ws = WebSocketStream::from_raw_socket(stream, WsRole::Server, Some(config.websocket())).await;
             let session = WsSession::start(ws, Role::Server, config, remote);
@@ -174,7 +230,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
             Response::error(403, "ws:// (without TLS) is for clients on this machine only; use wss://")
         }
         Ok(upgrade::Request::Http) => match &shared.page {
-            Some(page) if local && !secure => crate::web::respond(&head, remote.ip(), page),
+            Some((page, anyone)) if (local || *anyone) && !secure => crate::web::respond(&head, remote.ip(), page),
             _ => Response::error(
                 404,
                 &format!("Quiver's WebSocket endpoint: GET {} with Upgrade: websocket", shared.config.web.path),
@@ -182,6 +238,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
         },
         Err(response) => response,
     };
+    drop((upgrading, admitted));
     answer(stream, response).await;
 }
 
@@ -190,18 +247,20 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, Resp
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     loop {
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+        if head.len() > MAX_REQUEST_HEAD {
+            return Err(Response::error(431, "request head too large"));
+        }
+        let searched = head.len().saturating_sub(3);
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return Err(Response::error(400, "incomplete request head")),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        // Only the new bytes (and the 3 before them) can complete the blank line: no rescan of the whole head.
+        if let Some(end) = head[searched..].windows(4).position(|w| w == b"\r\n\r\n").map(|at| searched + at) {
             if end + 4 != head.len() {
                 return Err(Response::error(400, "bytes after the request head, before the answer"));
             }
             return Ok(head);
-        }
-        if head.len() > MAX_REQUEST_HEAD {
-            return Err(Response::error(431, "request head too large"));
-        }
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return Err(Response::error(400, "incomplete request head")),
-            Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
 }

@@ -52,7 +52,10 @@ pub(super) fn classify(head: &[u8], web: &WebConfig) -> Result<Request, Response
     if !has_token(header(&lines, "sec-websocket-protocol"), SUBPROTOCOL) {
         return Err(Response::error(400, &format!("ask for the WebSocket subprotocol {SUBPROTOCOL:?}")));
     }
-    if !web.origin_allowed(header(&lines, "origin")) {
+    // Browsers always send Origin on a WebSocket; native clients (no page, no ambient credentials) send none and
+    // are not what an origin list is about.
+    let origin = header(&lines, "origin");
+    if origin.is_some() && !web.origin_allowed(origin) {
         return Err(Response::error(403, "origin not allowed (web.origins)"));
     }
     Ok(Request::Upgrade { key: key.to_string() })
@@ -104,5 +107,7 @@ mod tests {
         assert_eq!(classify_str(UPGRADE, &strict), Err(403));
         let app = UPGRADE.replace("http://localhost:4433", "https://app.example");
         assert!(matches!(classify_str(&app, &strict), Ok(Request::Upgrade { .. })));
+        let native = UPGRADE.replace("Origin: http://localhost:4433\r\n", "");
+        assert!(matches!(classify_str(&native, &strict), Ok(Request::Upgrade { .. })), "no Origin: not a browser");
     }
 }

@@ -60,14 +60,7 @@ pub(super) fn admit(
             incoming.refuse();
             None
         }
-        Decision::TooMany(overload, reason) => {
-            bump(if overload == Overload::Total {
-                &stats.connections_over_total
-            } else {
-                &stats.connections_over_per_ip
-            });
-            Some((incoming, Admitted::TooMany(reason)))
-        }
+        Decision::TooMany(overload, reason) => Some((incoming, too_many(overload, reason, stats))),
     }
 }
 
@@ -81,13 +74,12 @@ pub(super) fn admit_tcp(ip: IpAddr, admission: &Arc<Mutex<Admission>>, stats: &S
             tracing::debug!(%ip, "WebSocket refused: over new_connections_per_s_per_ip");
             None
         }
-        Decision::TooMany(overload, reason) => {
-            bump(if overload == Overload::Total {
-                &stats.connections_over_total
-            } else {
-                &stats.connections_over_per_ip
-            });
-            Some(Admitted::TooMany(reason))
-        }
+        Decision::TooMany(overload, reason) => Some(too_many(overload, reason, stats)),
     }
+}
+
+/// Over a connection count: counted, and closed with `TooManyConnections` and `reason` once it can be told.
+fn too_many(overload: Overload, reason: String, stats: &ServerStats) -> Admitted {
+    bump(if overload == Overload::Total { &stats.connections_over_total } else { &stats.connections_over_per_ip });
+    Admitted::TooMany(reason)
 }

@@ -18,7 +18,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
     lock, now_us,
-    wire::{Wire, WireError, WireKind},
+    wire::{Wire, WireError},
 };
 use crate::{
     hub::{
@@ -91,7 +91,7 @@ impl TickSink for DatagramSink {
             // An empty queue sends at the driver's next turn: a slice of the fan-out's shared buffer. Behind
             // others the datagram may wait (a stalled peer): its own exact copy, so that it holds no one else's.
             // (A WebSocket's lane can hold it while the socket is stalled: its own copy there too.)
-            Offered::Send(tick) if space >= self.send_buffer && self.conn.kind() != WireKind::WebSocket => {
+            Offered::Send(tick) if space >= self.send_buffer && !self.conn.is_websocket() => {
                 self.send(datagrams.datagram(channel_id, &tick))
             }
             Offered::Send(tick) => self.send(datagram(channel_id, &tick)),

@@ -105,6 +105,11 @@ impl Wire {
         }
     }
 
+    /// True for a WebSocket (cheaper than [`Wire::kind`], for the tick path).
+    pub(crate) fn is_websocket(&self) -> bool {
+        matches!(self, Wire::Ws(_))
+    }
+
     /// Closes the connection with `code`, giving `reason` (truncated to fit a packet) to the peer.
     pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
         match self {

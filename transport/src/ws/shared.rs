@@ -77,6 +77,21 @@ pub(super) struct Shared {
     pub(super) handle: std::sync::OnceLock<std::sync::Weak<Handle>>,
 }
 
+impl State {
+    /// Drops every stream's and the datagram lane's waiting bytes, and wakes every writer (its next write fails).
+    fn discard_unwritten(&mut self) {
+        for stream in self.streams.values_mut() {
+            stream.queue.clear();
+            stream.bytes = 0;
+            if let Some(waker) = stream.waker.take() {
+                waker.wake();
+            }
+        }
+        self.datagrams.clear();
+        self.datagram_bytes = 0;
+    }
+}
+
 pub(super) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -97,15 +112,7 @@ impl Shared {
         let reason = quiver_proto::truncate_utf8(reason, quiver_proto::ws::MAX_REASON).to_string();
         state.closing = Some((code, reason));
         // Like QUIC's close: what was not written yet is not written.
-        for stream in state.streams.values_mut() {
-            stream.queue.clear();
-            stream.bytes = 0;
-            if let Some(waker) = stream.waker.take() {
-                waker.wake();
-            }
-        }
-        state.datagrams.clear();
-        state.datagram_bytes = 0;
+        state.discard_unwritten();
         drop(state);
         self.wake_writer.notify_one();
         self.changed.notify_waiters();
@@ -117,16 +124,8 @@ impl Shared {
         if state.closed.is_none() {
             state.closed = Some(state.closing.clone().unwrap_or((code, reason)));
         }
-        // Nothing will be written any more: free it, and wake every writer (they fail now).
-        for stream in state.streams.values_mut() {
-            stream.queue.clear();
-            stream.bytes = 0;
-            if let Some(waker) = stream.waker.take() {
-                waker.wake();
-            }
-        }
-        state.datagrams.clear();
-        state.datagram_bytes = 0;
+        // Nothing will be written any more: free it.
+        state.discard_unwritten();
         state.ready.clear();
         drop(state);
         self.wake_writer.notify_one();

@@ -56,12 +56,14 @@ export class QuiverClient {
    * down or the last attempt failed, and when the next starts; the same object is `client.reconnecting`),
    * `connectTimeoutMs` (10000), `reconnectDelayMs` (50), `reconnectMaxDelayMs` (5000), `copies` (2) and
    * `copySpacingMs` (5) (redundant rooms: datagram copies per post and the time between them; QUIC only), `transport`
-   * ('auto': WebTransport, or the WebSocket when it fails or is not ready within `fallbackTimeoutMs` (2000), and then
-   * the WebSocket for good; 'webtransport'; 'websocket'), `websocketUrl` (default: the URL with `wss:`; an array: one
-   * per URL), `onTransport(transport, fallback)` (at the first connection and on a change: 'webtransport' or
-   * 'websocket', and why WebTransport was not used, else null), `webTransport` and `webSocket` (the constructors;
-   * replaceable for tests; a function as `transport` is taken as `webTransport`, WebTransport only). The first
-   * connection must succeed: this rejects otherwise.
+   * ('auto': WebTransport, joined by the WebSocket when it fails or is not ready within `fallbackTimeoutMs` (2000, at
+   * most half of connectTimeoutMs), the first one ready used; once the WebSocket won, the WebSocket for good;
+   * 'webtransport'; 'websocket'), `websocketUrl` (default: the URL with `wss:`; an array: one per URL),
+   * `onTransport(transport, fallback)` (at the first connection and on a change: 'webtransport' or 'websocket', and
+   * why WebTransport was not used, else null), `keepAliveMs` (10000) and `idleTimeoutMs` (30000) (over the WebSocket:
+   * a Ping after that long without receiving anything, the connection lost after this long), `webTransport` and
+   * `webSocket` (the constructors; replaceable for tests; a function as `transport` is taken as `webTransport`,
+   * WebTransport only). The first connection must succeed: this rejects otherwise.
    */
   static async connect(url, options = {}) {
     const client = new QuiverClient(url, options);
@@ -228,7 +230,7 @@ export class QuiverClient {
 
   #open() {
     const hooks = {
-      dial: (url) => this.#dialer.dial(url),
+      dial: (url, signal) => this.#dialer.dial(url, signal),
       onLost: (session, why) => this.#lost(session, why),
       onPush: (push) => this.#push(push),
       onRoomStream: (session, stream) => this.#readRoomStream(session, stream, ++this.#roomStreams),

@@ -20,7 +20,7 @@ export {
   encodeWsMessage, tickChannel,
 } from './wire/ws.js';
 export { Backoff, LatestWins, Merge, PostQueue, RequestTable, RoomState, clockOffsetUs } from './state.js';
-export { AGENT } from './client/session.js';
+export { AGENT, IDLE_TIMEOUT_MS, KEEP_ALIVE_MS } from './client/session.js';
 export { TRANSPORTS, websocketUrlOf } from './client/dial.js';
 export { TICK_HIGH_WATER, WebSocketTransport, WebSocketTransportError } from './client/websocket.js';
 export { Publisher, Room, Subscription } from './client/handles.js';

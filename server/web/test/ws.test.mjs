@@ -44,7 +44,8 @@ function revive(json) {
     case 'Finish':
       return { Finish: { id: BigInt(value.id) } };
     case 'Reset':
-      return { Reset: { id: BigInt(value.id), code: Number(value.code) } };
+    case 'Stop':
+      return { [name]: { id: BigInt(value.id), code: Number(value.code) } };
     default:
       return { Close: { code: Number(value.code), reason: value.reason } };
   }
@@ -96,7 +97,7 @@ test('ws: decoded values have the documented JS types; payloads are views of the
 
 test('ws: hostile bytes throw a ProtocolViolation QuiverDecodeError, never anything else', () => {
   assertViolation(() => decodeWsMessage(new Uint8Array(0)), 'malformed', 'empty');
-  for (const kind of [6, 9, 0x80, 0xff]) assertViolation(() => decodeWsMessage(Uint8Array.of(kind)), 'malformed', `kind ${kind}`);
+  for (const kind of [7, 9, 0x80, 0xff]) assertViolation(() => decodeWsMessage(Uint8Array.of(kind)), 'malformed', `kind ${kind}`);
   assertViolation(() => decodeWsMessage(Uint8Array.of(1)), 'truncated', 'stream without an id');
   assertViolation(() => decodeWsMessage(Uint8Array.of(1, 0x40)), 'truncated', 'stream id cut short');
   assertViolation(() => decodeWsMessage(Uint8Array.of(2)), 'truncated', 'finish without an id');
@@ -236,15 +237,21 @@ class ScriptedSocket extends EventTarget {
     this.dispatchEvent(Object.assign(new Event('message'), { data }));
   }
 
-  /** The TCP connection is gone: a close event without a Quiver close. */
+  /** The TCP connection is gone: a close event without a Quiver close (after an error event, as browsers do). */
   drop(code = 1006) {
     this.readyState = 2;
     this.#closeEvent(code);
   }
 
+  /** Only an error event, no close after it (not what browsers do; the adapter copes). */
+  error() {
+    this.dispatchEvent(new Event('error'));
+  }
+
   #closeEvent(code) {
     if (this.readyState === 3) return;
     this.readyState = 3;
+    if (code === 1006) this.dispatchEvent(new Event('error'));
     this.dispatchEvent(Object.assign(new Event('close'), { code, reason: '', wasClean: code !== 1006 }));
   }
 }
@@ -338,7 +345,7 @@ test('adapter: room streams open at a new id, carry their bytes, finish, and res
 
   // The connection ends: an open stream fails, and so does waiting for the next one.
   socket.drop();
-  await assert.rejects(last.read(), (err) => err.source === 'session');
+  await assert.rejects(last.read(), (err) => err.source === 'session' && err.closeCode === null);
   await assert.rejects(streams.read());
 });
 
@@ -370,8 +377,8 @@ test('adapter: backed up, at most one tick per channel waits, replaced in place;
   await sleep(20);
   assert.equal(socket.raw.length, 1, 'nothing goes while the socket is backed up');
   socket.bufferedAmount = 0;
-  await writer.write(tick(3, 1)); // behind the waiting ones, not ahead of them
-  await sleep(20);
+  await writer.write(tick(3, 1)); // behind the waiting ones, not ahead of them; all at once (no timer to wait for)
+  assert.deepEqual(wt.waiting, { datagrams: 0, bytes: 0, polling: false });
   const sent = socket.sent.slice(1).map((m) => toHex(m.Datagram));
   assert.deepEqual(sent, [tick(1, 4), tick(2, 2), copy(1), copy(2), tick(3, 1)].map(toHex));
   // Then straight to the socket again.
@@ -389,8 +396,10 @@ test('adapter: backed up, at most one tick per channel waits, replaced in place;
   assert.equal(flood.at(-1), 29, 'the newest kept');
   socket.bufferedAmount = 100_000;
   await writer.write(tick(1, 6));
+  await writer.write(tick(2, 6));
+  assert.deepEqual(wt.waiting, { datagrams: 2, bytes: 2 * tick(1, 6).length, polling: true });
   wt.close({ closeCode: 0, reason: '' });
-  await sleep(20);
+  assert.deepEqual(wt.waiting, { datagrams: 0, bytes: 0, polling: false }, 'nothing waits, no timer left');
   assert.ok(socket.sent.every((m) => !m.Datagram || toHex(m.Datagram) !== toHex(tick(1, 6))));
 });
 
@@ -399,12 +408,12 @@ test('adapter: a Close from the server is the connection\'s code and reason; str
   const { readable } = await wt.createBidirectionalStream();
   const order = [];
   wt.closed.then((info) => order.push(['closed', info]));
-  const control = readAll(readable).then((r) => order.push(['control', r.error?.source]));
+  const control = readAll(readable).then((r) => order.push(['control', r.error?.source, r.error?.closeCode]));
   socket.receive({ Close: { code: ErrorCode.GoingAway, reason: 'server shutting down' } });
   await control;
   assert.deepEqual(order, [
     ['closed', { closeCode: ErrorCode.GoingAway, reason: 'server shutting down' }],
-    ['control', 'session'],
+    ['control', 'session', ErrorCode.GoingAway], // the code on the streams' error too (before Welcome: the client's)
   ]);
   assert.equal(socket.closedWith.code, 1000, 'the socket is closed from this end too');
   await assert.rejects(wt.createBidirectionalStream(), /connection closed \(1\): server shutting down/);
@@ -428,10 +437,16 @@ test('adapter: a socket that closes without a Close is a lost connection; one th
   socket.drop(1006);
   await assert.rejects(wt.closed, /closed without a Quiver close \(code 1006\)/);
 
+  // An error event comes first (as in browsers): the message has the close event's code all the same.
   const failed = new WebSocketTransport('wss://quiver.test:4433/quiver', { webSocket: ScriptedSocket });
   ScriptedSocket.last.drop(1006);
-  await assert.rejects(failed.ready, /did not open/);
-  await assert.rejects(failed.closed, /did not open/);
+  await assert.rejects(failed.ready, /^Error: the WebSocket to wss:\/\/quiver.test:4433\/quiver did not open \(code 1006\)$/);
+  await assert.rejects(failed.closed, /did not open \(code 1006\)/);
+  // An error without a close event after it: the connection ends by the next task all the same.
+  const { wt: erred, socket: erring } = await open();
+  erring.error();
+  await assert.rejects(erred.closed, /the WebSocket closed without a Quiver close \(a WebSocket error\)/);
+  assert.ok(erring.closedWith, 'the socket is closed from this end');
 
   const abandoned = new WebSocketTransport('wss://quiver.test:4433/quiver', { webSocket: ScriptedSocket });
   abandoned.close({ closeCode: 0, reason: 'timed out' });

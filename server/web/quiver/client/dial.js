@@ -1,6 +1,7 @@
 // How a client reaches the server: over WebTransport (QUIC), over the WebSocket fallback (TCP, client/websocket.js),
-// or, the default ('auto'), WebTransport first and the WebSocket when WebTransport fails or is not ready in time.
-// Once a client needed the WebSocket, its reconnects go straight to it (as the Rust client's Transport::Auto).
+// or, the default ('auto'), WebTransport first and the WebSocket too when WebTransport fails or is not ready in time,
+// the first one ready used and the other closed. Once the WebSocket won, the client's reconnects go straight to it
+// (as the Rust client's Transport::Auto).
 
 import { WebSocketTransport } from './websocket.js';
 
@@ -27,7 +28,9 @@ export function websocketUrlOf(url) {
 
 /**
  * The client's options with the transport's checked and filled in: `transport` the mode, `webTransport` and
- * `webSocket` the constructors. A function as `transport` is the older form of `webTransport` (WebTransport only).
+ * `webSocket` the constructors, `certHashes` the `serverCertificateHashes` of `certHash` (null without one), and
+ * `fallbackTimeoutMs` at most half of `connectTimeoutMs` (the WebSocket always gets its try). A function as
+ * `transport` is the older form of `webTransport` (WebTransport only).
  */
 export function transportOptions(options) {
   const out = { ...options };
@@ -43,17 +46,58 @@ export function transportOptions(options) {
   if (out.transport === 'webtransport' && !hasWebTransport) throw new Error('this browser has no WebTransport');
   if (out.transport === 'websocket' && !hasWebSocket) throw new Error('this browser has no WebSocket');
   if (!hasWebTransport && !hasWebSocket) throw new Error('this browser has neither WebTransport nor WebSocket');
+  const ms = out.fallbackTimeoutMs;
+  if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) {
+    throw new TypeError(`fallbackTimeoutMs must be a finite number of ms, at least 0, got ${String(ms)}`);
+  }
+  const connectMs = out.connectTimeoutMs;
+  const most = typeof connectMs === 'number' && connectMs >= 0 ? connectMs / 2 : Infinity;
+  out.fallbackTimeoutMs = Math.min(ms, most, 2 ** 31 - 1); // setTimeout takes at most 2^31 - 1
+  out.certHashes = out.certHash ? [{ algorithm: 'sha-256', value: certHashBytes(out.certHash) }] : null;
   return out;
 }
 
 /**
+ * One transport being opened by `open()`: `ready` resolves to it once ready and rejects with `failed(err)` (an
+ * Error naming the URL); `abandon(reason)` closes it, opened or not (a WebSocket may be closed while connecting).
+ */
+function attempt(open, failed) {
+  let wt;
+  try {
+    wt = open();
+  } catch (err) {
+    const ready = Promise.reject(err);
+    ready.catch(() => {});
+    return { ready, abandon() {} };
+  }
+  const ready = Promise.resolve(wt.ready).then(() => wt, (err) => {
+    throw failed(err);
+  });
+  ready.catch(() => {}); // the loser of a race may fail unobserved
+  const abandon = (reason) => {
+    try {
+      wt.close({ closeCode: 0, reason: String(reason).slice(0, 100) });
+    } catch { /* it failed: nothing to close */ }
+  };
+  return { ready, abandon };
+}
+
+/** Why a dial was given up: the abort signal's reason. */
+function abortError(signal) {
+  return signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason ?? 'connecting was given up'));
+}
+
+/**
  * Opens connections for a client of `urls` (`options`: as checked by `transportOptions`, with `websocketUrl`, a
- * URL or one per entry of `urls` (null: derived), `fallbackTimeoutMs` and `certHash`).
+ * URL or one per entry of `urls` (null: derived), `fallbackTimeoutMs` and `certHashes`).
  */
 export class Dialer {
   #options;
   #websocketUrls = new Map(); // WebTransport URL -> WebSocket URL
-  /** Why WebTransport was given up for the WebSocket ('auto'), for the rest of the client's life; else null. */
+  /**
+   * Why WebTransport was given up for the WebSocket ('auto'): set when a WebSocket won a race because WebTransport
+   * had failed or was not ready yet, and then kept for the rest of the client's life; else null.
+   */
   fallback = null;
 
   constructor(urls, options) {
@@ -68,81 +112,127 @@ export class Dialer {
   /**
    * A connection to the node at `url` whose `ready` has resolved: `{wt, transport, fallback}`, `wt` a WebTransport
    * or a WebSocketTransport (the same shape), `transport` 'webtransport' or 'websocket', `fallback` why
-   * WebTransport was not used ('auto'), else null.
+   * WebTransport was not used ('auto'), else null. When `signal` (an AbortSignal) aborts first, whatever is being
+   * opened is closed and this rejects with the signal's reason.
    */
-  async dial(url) {
-    const { transport: mode, fallbackTimeoutMs } = this.#options;
-    if (mode === 'webtransport') return this.#link(await this.#webTransport(url, null), 'webtransport');
-    if (mode === 'websocket') return this.#link(await this.#webSocket(url), 'websocket');
-    if (this.fallback === null) {
-      try {
-        return this.#link(await this.#webTransport(url, fallbackTimeoutMs), 'webtransport');
-      } catch (err) {
-        if (err.certHash || typeof this.#options.webSocket !== 'function') throw err;
-        const why = err?.message ?? String(err);
-        let wt;
-        try {
-          wt = await this.#webSocket(url);
-        } catch (wsErr) { // neither got through: WebTransport first again next time
-          throw new Error(`${why}; the WebSocket fallback failed too: ${wsErr?.message ?? wsErr}`);
-        }
-        this.fallback = why;
-        return this.#link(wt, 'websocket');
-      }
+  dial(url, signal = null) {
+    const { transport: mode, webSocket } = this.#options;
+    if (mode === 'webtransport' || (mode === 'auto' && typeof webSocket !== 'function')) {
+      return this.#one(this.#webTransport(url), 'webtransport', signal);
     }
-    return this.#link(await this.#webSocket(url), 'websocket');
+    if (mode === 'websocket' || this.fallback !== null) return this.#one(this.#webSocket(url), 'websocket', signal);
+    return this.#race(url, signal);
   }
 
   #link(wt, transport) {
     return { wt, transport, fallback: transport === 'websocket' ? this.fallback : null };
   }
 
-  /** A WebTransport session to `url` once ready; within `ms` (or it is closed), when given. */
-  async #webTransport(url, ms) {
-    const { webTransport, certHash } = this.#options;
-    if (typeof webTransport !== 'function') throw new Error('this browser has no WebTransport');
-    let hashes;
-    try {
-      hashes = certHash ? [{ algorithm: 'sha-256', value: certHashBytes(certHash) }] : null;
-    } catch (err) {
-      throw Object.assign(err, { certHash: true }); // a mistake in the options, not a network to fall back from
-    }
-    let wt;
-    try {
-      wt = new webTransport(url, hashes ? { serverCertificateHashes: hashes } : undefined);
-    } catch (err) {
-      throw new Error(`WebTransport to ${url}: ${err?.message ?? err}`);
-    }
-    if (ms === null) {
-      await wt.ready;
-      return wt;
-    }
-    let timer;
-    const late = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`WebTransport to ${url} was not ready within ${ms} ms`)), ms);
+  /** One attempt's link once ready; closed when `signal` aborts first. */
+  #one(opening, transport, signal) {
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        const err = abortError(signal);
+        opening.abandon(err.message);
+        reject(err);
+      };
+      if (signal?.aborted) return onAbort();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      opening.ready.then((wt) => resolve(this.#link(wt, transport)), reject)
+        .finally(() => signal?.removeEventListener('abort', onAbort));
     });
-    const ready = Promise.resolve(wt.ready).catch((err) => {
-      throw new Error(`WebTransport to ${url} failed: ${err?.message ?? err}`);
-    });
-    ready.catch(() => {}); // it may fail after the race is lost
-    try {
-      await Promise.race([ready, late]);
-      return wt;
-    } catch (err) {
-      try {
-        wt.close({ closeCode: 0, reason: 'falling back to the WebSocket' });
-      } catch { /* it failed: nothing to close */ }
-      throw err;
-    } finally {
-      clearTimeout(timer);
-    }
   }
 
-  /** The WebSocket fallback to the node at `url` (WebTransport URL), once open. */
-  async #webSocket(url) {
-    const wsUrl = this.#websocketUrls.get(url) ?? websocketUrlOf(url);
-    const wt = new WebSocketTransport(wsUrl, { webSocket: this.#options.webSocket });
-    await wt.ready;
-    return wt;
+  /**
+   * 'auto': WebTransport; after `fallbackTimeoutMs` (or at once when it fails) the WebSocket as well, WebTransport
+   * still running. The first one ready is used and the other closed; this fails only when both failed (or at
+   * `signal`). The fallback is remembered only when the WebSocket won.
+   */
+  #race(url, signal) {
+    return new Promise((resolve, reject) => {
+      const ms = this.#options.fallbackTimeoutMs;
+      const webTransport = this.#webTransport(url);
+      let webSocket = null;
+      let wtError = null;
+      let wsError = null;
+      let timer = null;
+      let done = false;
+      const finish = (then) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        then();
+      };
+      const bothFailed = () => finish(() => {
+        reject(new Error(`${wtError.message}; the WebSocket fallback failed too: ${wsError.message}`));
+      });
+      const startWebSocket = (why) => {
+        if (webSocket || done) return;
+        webSocket = this.#webSocket(url);
+        webSocket.ready.then(
+          (wt) => finish(() => {
+            webTransport.abandon('the WebSocket fallback was ready first');
+            this.fallback = wtError?.message ?? why; // WebTransport failed, or was not ready yet
+            resolve(this.#link(wt, 'websocket'));
+          }),
+          (err) => {
+            wsError = err;
+            if (wtError) bothFailed(); // else WebTransport may still get through
+          },
+        );
+      };
+      const onAbort = () => finish(() => {
+        const err = abortError(signal);
+        webTransport.abandon(err.message);
+        webSocket?.abandon(err.message);
+        reject(err);
+      });
+      if (signal?.aborted) return onAbort();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      webTransport.ready.then(
+        (wt) => finish(() => {
+          webSocket?.abandon('WebTransport was ready first');
+          resolve(this.#link(wt, 'webtransport'));
+        }),
+        (err) => {
+          wtError = err;
+          if (!webSocket) startWebSocket(err.message);
+          else if (wsError) bothFailed();
+        },
+      );
+      timer = setTimeout(() => startWebSocket(`WebTransport to ${url} was not ready within ${ms} ms`), ms);
+    });
+  }
+
+  /** A WebTransport session to `url` being opened. */
+  #webTransport(url) {
+    const { webTransport, certHashes } = this.#options;
+    const open = () => {
+      if (typeof webTransport !== 'function') throw new Error('this browser has no WebTransport');
+      try {
+        return new webTransport(url, certHashes ? { serverCertificateHashes: certHashes } : undefined);
+      } catch (err) {
+        throw new Error(`WebTransport to ${url}: ${err?.message ?? err}`);
+      }
+    };
+    return attempt(open, (err) => new Error(`WebTransport to ${url} failed: ${err?.message ?? err}`));
+  }
+
+  /** The WebSocket fallback to the node at `url` (WebTransport URL) being opened. */
+  #webSocket(url) {
+    let wsUrl = null;
+    const open = () => {
+      wsUrl = String(this.#websocketUrls.get(url) ?? websocketUrlOf(url));
+      return new WebSocketTransport(wsUrl, { webSocket: this.#options.webSocket });
+    };
+    const failed = (err) => {
+      // A certificate hash pins WebTransport's certificate only: a browser's WebSocket cannot take one.
+      const pinned = this.#options.certHashes && wsUrl.startsWith('wss:');
+      const why = `${err?.message ?? err}`;
+      if (!pinned) return new Error(why);
+      return new Error(`${why} (certHash applies to WebTransport only: wss: needs a certificate the browser trusts)`);
+    };
+    return attempt(open, failed);
   }
 }

@@ -14,6 +14,18 @@ import { expectReply, unixUs } from './values.js';
 /** Sent in Hello as the client's software and version. */
 export const AGENT = 'quiver-web/0.1';
 
+/** Over the WebSocket: a Ping after this long without receiving anything (option `keepAliveMs`). */
+export const KEEP_ALIVE_MS = 10_000;
+
+/** Over the WebSocket: the connection is lost after this long without receiving anything (`idleTimeoutMs`). */
+export const IDLE_TIMEOUT_MS = 30_000;
+
+/** A transport error that carries the code the connection was closed with (the server closed it before Welcome). */
+function withCloseCode(err) {
+  if (err instanceof QuiverError || err instanceof QuiverDecodeError || typeof err?.closeCode !== 'number') return err;
+  return new QuiverError(err.closeCode, err.message);
+}
+
 /** One connection (see the top of this file). */
 export class Session {
   /**
@@ -35,11 +47,14 @@ export class Session {
   }
 
   /**
-   * Connects (`hooks.dial(url)`: a ready `{wt, transport, fallback}`, see client/dial.js) and says Hello; resolves
-   * once Welcome arrived. `hooks`: dial, onPush, onRoomStream, onTick, onRoomCopy, onLost.
+   * Connects (`hooks.dial(url, signal)`: a ready `{wt, transport, fallback}`, see client/dial.js; `signal` aborts
+   * when this gives up) and says Hello; resolves once Welcome arrived, within `options.connectTimeoutMs`. `hooks`:
+   * dial, onPush, onRoomStream, onTick, onRoomCopy, onLost. A server that closes the connection before Welcome
+   * rejects it with a QuiverError of its close code.
    */
   static async open(url, options, hooks) {
-    const dialing = hooks.dial(url);
+    const giveUp = new AbortController();
+    const dialing = hooks.dial(url, giveUp.signal);
     let timer;
     const timeout = new Promise((_, reject) => {
       const ms = options.connectTimeoutMs;
@@ -71,15 +86,21 @@ export class Session {
         if (reply?.req_id !== 0n || !reply.result.Ok?.Welcome) {
           throw new QuiverError(ErrorCode.ProtocolViolation, `expected Welcome, got ${Object.keys(msg)[0]}`);
         }
-        return new Session(link, writer, reader, frames, rest, reply.result.Ok.Welcome, hooks);
+        const keepAlive = {
+          pingMs: options.keepAliveMs ?? KEEP_ALIVE_MS, timeoutMs: options.idleTimeoutMs ?? IDLE_TIMEOUT_MS,
+        };
+        return new Session(link, writer, reader, frames, rest, reply.result.Ok.Welcome, hooks, keepAlive);
       }
     };
     try {
       return await Promise.race([handshake(), timeout]);
-    } catch (err) {
+    } catch (caught) {
+      const err = withCloseCode(caught);
       const code = err instanceof QuiverDecodeError ? err.code : ErrorCode.NoError;
       const reason = err.refused ? 'refused' : String(err.message ?? err).slice(0, 100);
-      // Also a connection that opens after the timeout gave up on it.
+      // A connection still being opened is closed by the dial (and a fallback it started is not remembered); one
+      // that is open is closed here.
+      giveUp.abort(err);
       dialing.then(({ wt }) => {
         try {
           wt.close({ closeCode: code, reason });
@@ -91,7 +112,7 @@ export class Session {
     }
   }
 
-  constructor({ wt, transport, fallback }, writer, reader, frames, leftover, welcome, hooks) {
+  constructor({ wt, transport, fallback }, writer, reader, frames, leftover, welcome, hooks, keepAlive) {
     this.wt = wt;
     /** 'webtransport' or 'websocket'; `fallback`: why WebTransport was not used, else null. */
     this.transport = transport;
@@ -111,10 +132,12 @@ export class Session {
     this.copyRounds = hooks.copies ?? { copies: 2, spacingMs: 5 };
     this.goAway = null;
     this.closedWhy = null;
+    this.keepAliveTimer = null;
     frames.maxFrame = this.maxFrame;
     this.readControl(reader, frames, leftover);
     this.acceptRoomStreams();
     this.readDatagrams();
+    if (typeof wt.receivedAt === 'number' && keepAlive) this.#keepAlive(keepAlive);
     wt.closed.then(
       (info) => this.lost({ code: info?.closeCode ?? ErrorCode.NoError, reason: info?.reason || 'connection closed' }),
       (err) => this.lost({ code: ErrorCode.Internal, reason: `connection lost: ${err?.message ?? err}` }),
@@ -154,6 +177,41 @@ export class Session {
         if (!this.closedWhy) this.sendDatagram(datagram);
       }, 1 + round * spacingMs);
     }
+  }
+
+  /**
+   * Over the WebSocket (whose `receivedAt` says when it last received anything): the browser answers the server's
+   * pings without telling JS, so a connection that died quietly (a network change, a NAT timeout, sleep) would look
+   * idle for ever. After `pingMs` without receiving anything a Ping goes on the control stream; once nothing has
+   * arrived for `timeoutMs`, the Ping included, the connection is lost (and the client reconnects). Whatever arrives
+   * puts both off. A Ping always gets `timeoutMs - pingMs` to be answered: a timer that fired late (a background
+   * tab's may wait a minute) is not taken for a dead connection.
+   */
+  #keepAlive({ pingMs, timeoutMs }) {
+    let pingAt = null; // when the keep-alive Ping now unanswered went out
+    const check = () => {
+      clearTimeout(this.keepAliveTimer);
+      this.keepAliveTimer = null;
+      if (this.closedWhy) return;
+      const now = performance.now();
+      if (pingAt !== null && this.wt.receivedAt >= pingAt) pingAt = null; // something came since
+      const idle = now - this.wt.receivedAt;
+      if (idle < pingMs) {
+        this.keepAliveTimer = setTimeout(check, pingMs - idle);
+        return;
+      }
+      if (pingAt === null) {
+        pingAt = now;
+        this.request({ Ping: { client_time_us: BigInt(Math.round(unixUs())) } }).then(check, () => {});
+      }
+      const grace = timeoutMs - pingMs;
+      if (idle >= timeoutMs && now - pingAt >= grace) {
+        this.lost({ code: ErrorCode.Internal, reason: `connection lost: nothing received for ${timeoutMs} ms` });
+        return;
+      }
+      this.keepAliveTimer = setTimeout(check, Math.max(timeoutMs - idle, grace - (now - pingAt)));
+    };
+    this.keepAliveTimer = setTimeout(check, pingMs);
   }
 
   /** `count` Ping/Pong round trips (fewer when one fails): `{rttUs, clientTimeUs, serverTimeUs}` samples. */
@@ -199,6 +257,8 @@ export class Session {
   /** Ends the connection (once) and fails what is outstanding with `why`. */
   lost(why) {
     if (this.closedWhy) return;
+    clearTimeout(this.keepAliveTimer);
+    this.keepAliveTimer = null;
     this.closedWhy = this.goAway && why.code === ErrorCode.NoError ? this.goAway : why;
     for (const waiter of this.requests.close(this.closedWhy)) waiter.reject(QuiverError.closed(this.closedWhy));
     this.close(why.code, why.reason);
@@ -206,6 +266,8 @@ export class Session {
   }
 
   close(code, reason) {
+    clearTimeout(this.keepAliveTimer);
+    this.keepAliveTimer = null;
     try {
       this.wt.close({ closeCode: code, reason: String(reason).slice(0, 100) });
     } catch { /* already closed */ }

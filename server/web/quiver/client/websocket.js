@@ -6,6 +6,9 @@
 // Outgoing ticks stay latest-wins over TCP: while the socket is backed up (`bufferedAmount` above a few KiB), at
 // most one tick per channel waits here (a newer one replaces it in place) and the waiting ones go when it drains:
 // never a backlog of stale ticks.
+//
+// The browser answers the server's WebSocket pings without telling JS: `receivedAt` says when anything last
+// arrived, for the Session's keep-alive (client/session.js) to notice a connection that died quietly.
 
 import { ErrorCode, QuiverDecodeError } from '../wire/errors.js';
 import {
@@ -29,14 +32,16 @@ const OPEN = 1;
 
 /**
  * The error a room stream's reader rejects with when the server resets it, or any stream's when the connection
- * ends: shaped like the browser's WebTransportError (`source` 'stream' with `streamErrorCode`, or 'session').
+ * ends: shaped like the browser's WebTransportError (`source` 'stream' with `streamErrorCode`, or 'session'), and
+ * `closeCode`, the code the connection was closed with (by either end; null when it was lost).
  */
 export class WebSocketTransportError extends Error {
-  constructor(message, { source = 'session', streamErrorCode = null } = {}) {
+  constructor(message, { source = 'session', streamErrorCode = null, closeCode = null } = {}) {
     super(message);
     this.name = 'WebTransportError';
     this.source = source;
     this.streamErrorCode = streamErrorCode;
+    this.closeCode = closeCode;
   }
 }
 
@@ -67,6 +72,8 @@ function feed(strategy) {
 export class WebSocketTransport {
   /** Over WebSockets the server sends no datagram copies and takes none: a Session sends no post copies. */
   copies = false;
+  /** When a message last arrived, or the socket opened (`performance.now()`, ms). */
+  receivedAt = performance.now();
 
   #url;
   #ws;
@@ -79,6 +86,7 @@ export class WebSocketTransport {
   #waiting = new Map(); // datagrams waiting for the socket: channel (BigInt) or a unique key -> bytes
   #waitingBytes = 0;
   #drainTimer = null;
+  #errorTimer = null; // after an error event, in case no close event follows
   #opened = false;
   #ended = null; // why the connection ended: {closeCode, reason} (closed cleanly) or an Error (lost)
   #settle;
@@ -112,8 +120,11 @@ export class WebSocketTransport {
     ws.addEventListener('open', () => this.#onOpen());
     ws.addEventListener('message', (event) => this.#onMessage(event.data));
     ws.addEventListener('close', (event) => this.#onSocketClosed(event));
-    // An error is followed by a close event in browsers; not in every implementation, so it ends things too.
-    ws.addEventListener('error', () => this.#onSocketClosed(null));
+    // Browsers follow an error event with a close event (with the code) in the same task; not every implementation
+    // does, so an error ends things too if no close came by the next task.
+    ws.addEventListener('error', () => {
+      this.#errorTimer ??= setTimeout(() => this.#onSocketClosed(null), 0);
+    });
   }
 
   /** The control stream (once): `{readable, writable}`, the bytes of kind-0 messages each way. */
@@ -149,11 +160,13 @@ export class WebSocketTransport {
       return;
     }
     this.#opened = true;
+    this.receivedAt = performance.now();
     this.#settle.resolve();
   }
 
   #onMessage(data) {
     if (this.#ended) return;
+    this.receivedAt = performance.now();
     if (typeof data === 'string') {
       this.#fail(ErrorCode.ProtocolViolation, 'text WebSocket message (Quiver sends binary only)');
       return;
@@ -191,6 +204,8 @@ export class WebSocketTransport {
       const err = new WebSocketTransportError(`stream reset (${code})`, { source: 'stream', streamErrorCode: code });
       this.#stream(id)?.error(err);
       this.#streams.delete(id);
+    } else if (message.Stop) {
+      this.#fail(ErrorCode.ProtocolViolation, 'the server sent a stop (kind 6): only clients stop streams');
     } else if (message.Close) {
       // The server closes: its code and reason are the connection's (QUIC: CONNECTION_CLOSE). The close frame
       // follows; the socket is closed from this end too, in case it does not.
@@ -243,13 +258,16 @@ export class WebSocketTransport {
 
   /**
    * Sends a datagram, or (the socket backed up) keeps it waiting: a tick replaces the waiting tick of its channel;
-   * a datagram larger than 1,200 bytes is dropped, as WebTransport drops one above `maxDatagramSize`.
+   * a datagram larger than 1,200 bytes is dropped, as WebTransport drops one above `maxDatagramSize`. Once the
+   * socket has drained, what waits goes first, then this one, at once (not at the next poll: a background tab's
+   * timers may be slowed to a second or more).
    */
   #queueDatagram(datagram) {
     if (!(datagram instanceof Uint8Array)) throw new TypeError('datagrams are Uint8Arrays');
     this.#checkOpen();
     if (datagram.length > WS_MAX_DATAGRAM) return;
-    if (this.#waiting.size === 0 && this.#ws.bufferedAmount <= this.#highWater) {
+    if (this.#ws.bufferedAmount <= this.#highWater) {
+      if (this.#waiting.size > 0) this.#drain();
       this.#ws.send(encodeWsMessage({ Datagram: datagram }));
       return;
     }
@@ -272,6 +290,7 @@ export class WebSocketTransport {
 
   /** Sends the waiting datagrams, in order, once the socket has drained; else looks again shortly. */
   #drain() {
+    clearTimeout(this.#drainTimer);
     this.#drainTimer = null;
     if (this.#ended || this.#waiting.size === 0) return;
     if (this.#ws.bufferedAmount > this.#highWater) {
@@ -284,6 +303,11 @@ export class WebSocketTransport {
     try {
       for (const datagram of waiting) this.#ws.send(encodeWsMessage({ Datagram: datagram }));
     } catch { /* the socket is going; ticks are not retried */ }
+  }
+
+  /** What waits for the socket: `{datagrams, bytes, polling}` (polling: a look at the socket is scheduled). */
+  get waiting() {
+    return { datagrams: this.#waiting.size, bytes: this.#waitingBytes, polling: this.#drainTimer !== null };
   }
 
   #checkOpen() {
@@ -306,7 +330,10 @@ export class WebSocketTransport {
     if (this.#ended) return;
     this.#ended = why;
     clearTimeout(this.#drainTimer);
+    clearTimeout(this.#errorTimer);
+    this.#drainTimer = null;
     this.#waiting.clear();
+    this.#waitingBytes = 0;
     const lost = why instanceof Error;
     if (!this.#opened) this.#settle.reject(lost ? why : new Error(`closed before the WebSocket opened: ${why.reason}`));
     if (lost) this.#settle.rejectClosed(why);
@@ -320,7 +347,8 @@ export class WebSocketTransport {
 
   #endError() {
     const why = this.#ended;
-    const text = why instanceof Error ? why.message : `connection closed (${why.closeCode}): ${why.reason}`;
-    return new WebSocketTransportError(text);
+    if (why instanceof Error) return new WebSocketTransportError(why.message);
+    const text = `connection closed (${why.closeCode}): ${why.reason}`;
+    return new WebSocketTransportError(text, { closeCode: why.closeCode });
   }
 }

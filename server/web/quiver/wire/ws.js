@@ -7,6 +7,7 @@
 //   {Reset: {id, code}}          3: room stream `id` was cut off with an error code (QUIC: RESET_STREAM)
 //   {Datagram: bytes}            4: a datagram (a tick), exactly its bytes
 //   {Close: {code, reason}}      5: the sender closes the connection (QUIC: CONNECTION_CLOSE)
+//   {Stop: {id, code}}           6: stop sending room stream `id` (client → server; QUIC: STOP_SENDING)
 // Ids are BigInts (safe integers are taken too), codes numbers (u32), bytes Uint8Arrays. No IO: runs in node.
 
 import { QuiverDecodeError, describe, expected, malformed } from './errors.js';
@@ -28,7 +29,7 @@ export const WS_MAX_DATAGRAM = 1200;
 export const WS_MAX_MESSAGE = WS_MAX_CHUNK + 16;
 
 /** The kind byte of each message, by the variant's name. */
-export const WsKind = Object.freeze({ Control: 0, Stream: 1, Finish: 2, Reset: 3, Datagram: 4, Close: 5 });
+export const WsKind = Object.freeze({ Control: 0, Stream: 1, Finish: 2, Reset: 3, Datagram: 4, Close: 5, Stop: 6 });
 
 const KIND_NAMES = Object.keys(WsKind);
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
@@ -86,6 +87,7 @@ export function encodeWsMessage(message) {
     case 'Finish':
       return concat([kind, encodeVarint(fields.id)]);
     case 'Reset':
+    case 'Stop':
       return concat([kind, encodeVarint(fields.id), encodeVarint(codeOf(`${path}.code`, fields.code))]);
     default: {
       if (typeof fields.reason !== 'string') throw expected(`${path}.reason`, 'a string', fields.reason);
@@ -98,7 +100,8 @@ export function encodeWsMessage(message) {
 /**
  * Reads one message. Throws only QuiverDecodeError (its `code` is ProtocolViolation): an empty message, an
  * unknown kind, a truncated varint ('truncated'), bytes after a finish or reset ('trailing-data'), a code above
- * 2^32-1, a reason that is not UTF-8 or longer than 512 bytes. Payloads are views of `bytes`, not copies.
+ * 2^32-1, a reason that is not UTF-8 or longer than 512 bytes. (A server never sends Stop: the adapter treats it as
+ * a protocol violation.) Payloads are views of `bytes`, not copies.
  */
 export function decodeWsMessage(bytes) {
   if (bytes instanceof ArrayBuffer) bytes = new Uint8Array(bytes);
@@ -133,6 +136,11 @@ export function decodeWsMessage(bytes) {
     case WsKind.Reset: {
       const id = varint('the stream id');
       message = { Reset: { id, code: code() } };
+      break;
+    }
+    case WsKind.Stop: {
+      const id = varint('the stream id');
+      message = { Stop: { id, code: code() } };
       break;
     }
     case WsKind.Close: {

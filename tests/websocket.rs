@@ -236,3 +236,28 @@ async fn native_clients_reach_a_server_that_lists_browser_origins() {
     assert_eq!(client.transport(), Some(TransportKind::WebSocket));
     client.post("r", "no Origin header: not a browser").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_keeps_a_slow_quic_handshake_where_no_websocket_answers() {
+    use quiver_lab::impair::{DirectionProfile, ImpairmentProfile, Relay, RelayConfig};
+    let server = TestServer::start(Limits::default());
+    // A slow UDP path (300 ms each way) and no TCP listener behind the relay's address: the WebSocket attempt,
+    // started after 200 ms, fails, and the QUIC handshake, still going, wins.
+    let slow = DirectionProfile { delay_ms: 300.0, ..DirectionProfile::default() };
+    let relay = Relay::start(RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: server.addr,
+        profile: ImpairmentProfile::symmetric(slow),
+        max_clients: 2,
+    })
+    .unwrap();
+    let options = ConnectOptions {
+        trust: server.trust(),
+        transport: Transport::Auto,
+        fallback_after: Duration::from_millis(200),
+        ..named("patient")
+    };
+    let client = Client::connect_with(&relay.local_addr().to_string(), options).await.unwrap();
+    assert_eq!(client.transport(), Some(TransportKind::Quic));
+    client.post("r", "over a slow QUIC path").await.unwrap();
+}

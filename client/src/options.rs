@@ -47,7 +47,8 @@ pub struct ConnectOptions {
     pub dead_server_after: Option<Duration>,
     /// How to reach the server: QUIC, the WebSocket fallback, or QUIC and then the WebSocket (the default).
     pub transport: Transport,
-    /// With [`Transport::Auto`]: how long QUIC gets before the WebSocket is tried (at once when QUIC fails).
+    /// With [`Transport::Auto`]: how long QUIC has alone before the WebSocket is tried too (at once when QUIC
+    /// fails; at most half of `connect_timeout`).
     pub fallback_after: Duration,
     /// The WebSocket fallback's TCP port; `None`: the QUIC port (the server's default).
     pub websocket_port: Option<u16>,
@@ -60,8 +61,8 @@ pub enum Transport {
     Quic,
     /// The WebSocket fallback only (`wss://host:port/quiver`, TCP).
     WebSocket,
-    /// QUIC; the WebSocket when QUIC does not connect within `fallback_after` or fails. Once this client needed
-    /// the WebSocket, its reconnects use it straight away.
+    /// QUIC, and the WebSocket too once QUIC has not connected within `fallback_after` or failed; the first
+    /// through wins. Once the WebSocket won, this client's reconnects use it straight away.
     #[default]
     Auto,
 }

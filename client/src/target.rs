@@ -221,27 +221,54 @@ impl Target {
         match (options.transport, websocket_first) {
             (Transport::Quic, _) => Target::race(targets, timeout).await.map(|(t, quic)| (t, Link::Quic(quic))),
             (Transport::WebSocket, _) | (Transport::Auto, true) => Target::race_ws(targets, options, timeout).await,
-            (Transport::Auto, false) => {
-                let started = tokio::time::Instant::now();
-                let again = targets.clone();
-                // QUIC gets at most half the time: the WebSocket always gets a try.
-                match Target::race(targets, options.fallback_after.min(timeout / 2)).await {
-                    Ok((target, quic)) => Ok((target, Link::Quic(quic))),
-                    Err(err) if err.is_fatal() => Err(err),
-                    Err(quic_err) => {
-                        tracing::info!(%quic_err, "QUIC did not connect; trying the WebSocket fallback");
-                        let left = timeout.saturating_sub(started.elapsed());
-                        Target::race_ws(again, options, left).await.map_err(|ws_err| {
-                            tracing::info!(%ws_err, "the WebSocket fallback did not connect either");
-                            // A refusal or a pin mismatch is the answer; otherwise QUIC's failure says most.
-                            if ws_err.is_fatal() {
-                                ws_err
-                            } else {
-                                quic_err
-                            }
-                        })
+            (Transport::Auto, false) => Target::quic_then_websocket(targets, options, timeout).await,
+        }
+    }
+
+    /// `Auto`: QUIC for the whole `timeout`, and the WebSocket too from `options.fallback_after` (at most half the
+    /// timeout) or as soon as QUIC fails; the first through wins and the other attempt is dropped. A QUIC that is
+    /// merely slow (a lossy first handshake) still wins where the server has no WebSocket. When both fail: a
+    /// refusal or pin mismatch over the WebSocket, else QUIC's error.
+    async fn quic_then_websocket(
+        targets: Vec<Target>,
+        options: &ConnectOptions,
+        timeout: Duration,
+    ) -> Result<(Target, Link), ConnectError> {
+        let started = tokio::time::Instant::now();
+        let quic_failed = tokio::sync::Notify::new();
+        let again = targets.clone();
+        let quic = Target::race(targets, timeout);
+        let websocket = async {
+            tokio::select! {
+                () = tokio::time::sleep(options.fallback_after.min(timeout / 2)) => {}
+                () = quic_failed.notified() => {}
+            }
+            tracing::info!("QUIC is not through yet; trying the WebSocket fallback too");
+            Target::race_ws(again, options, timeout.saturating_sub(started.elapsed())).await
+        };
+        tokio::pin!(quic, websocket);
+        let (mut quic_err, mut ws_err) = (None, None);
+        loop {
+            tokio::select! {
+                done = &mut quic, if quic_err.is_none() => match done {
+                    Ok((target, quic)) => return Ok((target, Link::Quic(quic))),
+                    Err(err) if err.is_fatal() => return Err(err),
+                    Err(err) => {
+                        quic_failed.notify_one();
+                        quic_err = Some(err);
                     }
+                },
+                done = &mut websocket, if ws_err.is_none() => match done {
+                    Ok(found) => return Ok(found),
+                    Err(err) => ws_err = Some(err),
+                },
+            }
+            match (quic_err.take(), ws_err.take()) {
+                (Some(quic), Some(websocket)) => {
+                    tracing::info!(%websocket, "the WebSocket fallback did not connect either");
+                    return Err(if websocket.is_fatal() { websocket } else { quic });
                 }
+                (quic, websocket) => (quic_err, ws_err) = (quic, websocket),
             }
         }
     }

@@ -42,6 +42,8 @@ mod sync;
 mod target;
 pub mod ticks;
 pub mod trust;
+#[cfg(feature = "websocket")]
+mod websocket;
 mod wire;
 
 pub use client::{Client, Pong};

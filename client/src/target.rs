@@ -2,10 +2,9 @@
 //! and TLS configurations), and how one is picked: happy eyeballs over QUIC, WebSocket (the fallback), or QUIC
 //! first and WebSocket when QUIC does not get through ([`Transport`]).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use quiver_proto::{ws::SUBPROTOCOL, ALPN_QUIVER};
-use quiver_transport::ws::{self, Role, WsConfig, WsSession};
+use quiver_proto::ALPN_QUIVER;
 
 use crate::{
     trust::{self, PinReport},
@@ -38,13 +37,13 @@ fn split_host(server: &str) -> (String, String) {
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
-    host: String,
+    pub(crate) host: String,
     pub(crate) endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     pin: Option<(quiver_certs::Fingerprint, PinReport)>,
     /// The WebSocket fallback's TLS (ALPN http/1.1, the same trust), and its pin's report.
-    ws_tls: Arc<rustls::ClientConfig>,
-    ws_pin: Option<(quiver_certs::Fingerprint, PinReport)>,
+    #[cfg(feature = "websocket")]
+    pub(crate) ws: crate::websocket::WsTls,
     /// Where each connection writes its qlog, with the tuning its transport is built from.
     qlog: Option<(std::path::PathBuf, quiver_transport::TransportTuning)>,
 }
@@ -116,7 +115,6 @@ impl Target {
 
     fn new(addr: SocketAddr, host: &str, options: &ConnectOptions) -> Result<Target, ConnectError> {
         let (tls, pin) = trust::tls_config(&options.trust, addr, ALPN_QUIVER)?;
-        let (ws_tls, ws_pin) = trust::tls_config(&options.trust, addr, b"http/1.1")?;
         let config = quiver_transport::tls::client_config(tls, &options.tuning).map_err(trust::TrustError::from)?;
         let bind: SocketAddr = if addr.is_ipv6() {
             SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
@@ -125,8 +123,16 @@ impl Target {
         };
         let endpoint = quinn::Endpoint::client(bind).map_err(ConnectError::Socket)?;
         let qlog = options.qlog_dir.clone().map(|dir| (dir, options.tuning.clone()));
-        let ws_tls = Arc::new(ws_tls);
-        Ok(Target { addr, host: host.to_string(), endpoint, config, pin, ws_tls, ws_pin, qlog })
+        Ok(Target {
+            addr,
+            host: host.to_string(),
+            endpoint,
+            config,
+            pin,
+            #[cfg(feature = "websocket")]
+            ws: crate::websocket::WsTls::new(&options.trust, addr)?,
+            qlog,
+        })
     }
 
     /// Happy eyeballs (RFC 8305's idea, for QUIC): a handshake to the first address, the next one started
@@ -210,8 +216,8 @@ impl Target {
 
 impl Target {
     /// Connects to one of `targets` over `options.transport` within `timeout`: QUIC (happy eyeballs,
-    /// [`Target::race`]), the WebSocket, or (`Auto`) QUIC for `options.fallback_after` and then the WebSocket.
-    /// `websocket_first`: an `Auto` client that needed the WebSocket before goes straight to it.
+    /// [`Target::race`]), the WebSocket, or (`Auto`) QUIC and then the WebSocket too. `websocket_first`: an `Auto`
+    /// client whose WebSocket won before goes straight to it. Without the `websocket` feature, `Auto` is QUIC.
     pub(crate) async fn connect(
         targets: Vec<Target>,
         options: &ConnectOptions,
@@ -219,113 +225,45 @@ impl Target {
         websocket_first: bool,
     ) -> Result<(Target, Link), ConnectError> {
         match (options.transport, websocket_first) {
-            (Transport::Quic, _) => Target::race(targets, timeout).await.map(|(t, quic)| (t, Link::Quic(quic))),
+            #[cfg(feature = "websocket")]
             (Transport::WebSocket, _) | (Transport::Auto, true) => Target::race_ws(targets, options, timeout).await,
+            #[cfg(feature = "websocket")]
             (Transport::Auto, false) => Target::quic_then_websocket(targets, options, timeout).await,
+            #[cfg(not(feature = "websocket"))]
+            (Transport::WebSocket, _) => {
+                Err(ConnectError::WebSocket("this quiver-client was built without its `websocket` feature".into()))
+            }
+            _ => Target::race(targets, timeout).await.map(|(t, quic)| (t, Link::Quic(quic))),
         }
     }
 
-    /// `Auto`: QUIC for the whole `timeout`, and the WebSocket too from `options.fallback_after` (at most half the
-    /// timeout) or as soon as QUIC fails; the first through wins and the other attempt is dropped. A QUIC that is
-    /// merely slow (a lossy first handshake) still wins where the server has no WebSocket. When both fail: a
-    /// refusal or pin mismatch over the WebSocket, else QUIC's error.
-    async fn quic_then_websocket(
-        targets: Vec<Target>,
-        options: &ConnectOptions,
-        timeout: Duration,
-    ) -> Result<(Target, Link), ConnectError> {
-        let started = tokio::time::Instant::now();
-        let quic_failed = tokio::sync::Notify::new();
-        let again = targets.clone();
-        let quic = Target::race(targets, timeout);
-        let websocket = async {
-            tokio::select! {
-                () = tokio::time::sleep(options.fallback_after.min(timeout / 2)) => {}
-                () = quic_failed.notified() => {}
-            }
-            tracing::info!("QUIC is not through yet; trying the WebSocket fallback too");
-            Target::race_ws(again, options, timeout.saturating_sub(started.elapsed())).await
-        };
-        tokio::pin!(quic, websocket);
-        let (mut quic_err, mut ws_err) = (None, None);
+    /// The first connection: every resolved address raced (over the transport the options choose), within the
+    /// connect timeout; tried again with backoff until `first_connect_retry` runs out, unless the failure is fatal.
+    pub(crate) async fn first(server: &str, options: &ConnectOptions) -> Result<(Target, Link), ConnectError> {
+        let timeout = options.connect_timeout;
+        let deadline = options.first_connect_retry.map(|retry| tokio::time::Instant::now() + retry);
+        let mut backoff = crate::state::backoff::Backoff::new(options.reconnect_delay, options.reconnect_max_delay);
         loop {
-            tokio::select! {
-                done = &mut quic, if quic_err.is_none() => match done {
-                    Ok((target, quic)) => return Ok((target, Link::Quic(quic))),
-                    Err(err) if err.is_fatal() => return Err(err),
-                    Err(err) => {
-                        quic_failed.notify_one();
-                        quic_err = Some(err);
-                    }
-                },
-                done = &mut websocket, if ws_err.is_none() => match done {
-                    Ok(found) => return Ok(found),
-                    Err(err) => ws_err = Some(err),
-                },
-            }
-            match (quic_err.take(), ws_err.take()) {
-                (Some(quic), Some(websocket)) => {
-                    tracing::info!(%websocket, "the WebSocket fallback did not connect either");
-                    return Err(if websocket.is_fatal() { websocket } else { quic });
+            let started = tokio::time::Instant::now();
+            let attempt = match tokio::time::timeout(timeout, Target::resolve_all(server, options)).await {
+                Ok(Ok(targets)) => {
+                    Target::connect(targets, options, timeout.saturating_sub(started.elapsed()), false).await
                 }
-                (quic, websocket) => (quic_err, ws_err) = (quic, websocket),
-            }
-        }
-    }
-
-    /// The WebSocket to each address in turn, the first that connects within `timeout` wins.
-    async fn race_ws(
-        targets: Vec<Target>,
-        options: &ConnectOptions,
-        timeout: Duration,
-    ) -> Result<(Target, Link), ConnectError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut first_error = None;
-        for target in targets {
-            match tokio::time::timeout_at(deadline, target.websocket(options)).await {
-                Ok(Ok(ws)) => return Ok((target, Link::Ws(ws))),
-                Ok(Err(err)) if err.is_fatal() => return Err(err),
-                Ok(Err(err)) => {
-                    first_error.get_or_insert(err);
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(ConnectError::Timeout(timeout)),
+            };
+            let err = match attempt {
+                Ok(found) => return Ok(found),
+                Err(err) => err,
+            };
+            let delay = backoff.next_delay(rand::random());
+            match deadline {
+                Some(deadline) if !err.is_fatal() && tokio::time::Instant::now() + delay < deadline => {
+                    tracing::info!(%err, attempt = backoff.attempts(), "first connect failed; trying again");
+                    tokio::time::sleep(delay).await;
                 }
-                Err(_) => break,
+                _ => return Err(err),
             }
         }
-        Err(first_error.unwrap_or(ConnectError::Timeout(timeout)))
-    }
-
-    /// TCP, TLS (the same trust as QUIC) and the upgrade to `wss://addr:port/quiver`, port the QUIC one unless
-    /// `options.websocket_port` says otherwise.
-    async fn websocket(&self, options: &ConnectOptions) -> Result<WsSession, ConnectError> {
-        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue, Error};
-        let failed = |what: &str, err: &dyn std::fmt::Display| ConnectError::WebSocket(format!("{what}: {err}"));
-        let addr = SocketAddr::new(self.addr.ip(), options.websocket_port.unwrap_or(self.addr.port()));
-        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|err| failed(&format!("TCP to {addr}"), &err))?;
-        let _ = tcp.set_nodelay(true);
-        let name = rustls::pki_types::ServerName::try_from(self.host.clone())
-            .map_err(|err| failed(&format!("server name {:?}", self.host), &err))?;
-        let connector = tokio_rustls::TlsConnector::from(self.ws_tls.clone());
-        let tls = connector.connect(name, tcp).await.map_err(|err| {
-            match self.ws_pin.as_ref().and_then(|(expected, report)| Some((*expected, report.mismatch()?))) {
-                Some((expected, presented)) => ConnectError::PinMismatch { expected, presented },
-                None => failed("TLS", &err),
-            }
-        })?;
-        let mut request =
-            format!("wss://{addr}{}", ws::PATH).into_client_request().map_err(|err| failed("URL", &err))?;
-        request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL));
-        let config = WsConfig::default();
-        let upgraded = tokio_tungstenite::client_async_with_config(request, tls, Some(config.websocket())).await;
-        let (socket, response) = upgraded.map_err(|err| match err {
-            Error::Http(response) => {
-                let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-                ConnectError::WebSocket(format!("upgrade refused: {} {}", response.status(), body.trim()))
-            }
-            err => failed("upgrade", &err),
-        })?;
-        if response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()) != Some(SUBPROTOCOL) {
-            return Err(ConnectError::WebSocket(format!("the server did not agree to subprotocol {SUBPROTOCOL:?}")));
-        }
-        Ok(WsSession::start(socket, Role::Client, config, addr))
     }
 }

@@ -4,10 +4,9 @@
 
 use bytes::Bytes;
 use quiver_proto::ErrorCode;
-use quiver_transport::{
-    close::describe,
-    ws::{WsError, WsRecv, WsSend, WsSession},
-};
+use quiver_transport::close::describe;
+#[cfg(feature = "websocket")]
+use quiver_transport::ws::{WsError, WsRecv, WsSend, WsSession};
 
 /// Which transport a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +30,7 @@ impl std::fmt::Display for TransportKind {
 #[derive(Debug, Clone)]
 pub(crate) enum Link {
     Quic(quinn::Connection),
+    #[cfg(feature = "websocket")]
     Ws(WsSession),
 }
 
@@ -38,6 +38,7 @@ pub(crate) enum Link {
 #[derive(Debug)]
 pub(crate) enum LinkSend {
     Quic(quinn::SendStream),
+    #[cfg(feature = "websocket")]
     Ws(WsSend),
 }
 
@@ -45,6 +46,7 @@ pub(crate) enum LinkSend {
 #[derive(Debug)]
 pub(crate) enum LinkRecv {
     Quic(quinn::RecvStream),
+    #[cfg(feature = "websocket")]
     Ws(WsRecv),
 }
 
@@ -71,6 +73,7 @@ pub(crate) enum SendDatagramError {
     Unsupported,
 }
 
+#[cfg(feature = "websocket")]
 fn ws_read_error(err: WsError) -> ReadError {
     match err {
         WsError::Closed(code, reason) => ReadError::Closed(code, reason),
@@ -84,6 +87,7 @@ impl Link {
     pub(crate) fn kind(&self) -> TransportKind {
         match self {
             Link::Quic(_) => TransportKind::Quic,
+            #[cfg(feature = "websocket")]
             Link::Ws(_) => TransportKind::WebSocket,
         }
     }
@@ -92,6 +96,7 @@ impl Link {
     pub(crate) fn quic(&self) -> Option<&quinn::Connection> {
         match self {
             Link::Quic(quic) => Some(quic),
+            #[cfg(feature = "websocket")]
             Link::Ws(_) => None,
         }
     }
@@ -106,6 +111,7 @@ impl Link {
                     Err(ReadError::Closed(code, reason))
                 }
             },
+            #[cfg(feature = "websocket")]
             Link::Ws(ws) => {
                 let (send, recv) = ws.open_bi().map_err(ws_read_error)?;
                 Ok((LinkSend::Ws(send), LinkRecv::Ws(recv)))
@@ -117,6 +123,7 @@ impl Link {
     pub(crate) async fn accept_uni(&self) -> Option<LinkRecv> {
         match self {
             Link::Quic(quic) => quic.accept_uni().await.ok().map(LinkRecv::Quic),
+            #[cfg(feature = "websocket")]
             Link::Ws(ws) => ws.accept_uni().await.ok().map(LinkRecv::Ws),
         }
     }
@@ -125,6 +132,7 @@ impl Link {
     pub(crate) async fn read_datagram(&self) -> Option<Bytes> {
         match self {
             Link::Quic(quic) => quic.read_datagram().await.ok(),
+            #[cfg(feature = "websocket")]
             Link::Ws(ws) => ws.read_datagram().await.ok(),
         }
     }
@@ -137,6 +145,7 @@ impl Link {
                 quinn::SendDatagramError::ConnectionLost(_) => SendDatagramError::Closed,
                 _ => SendDatagramError::Unsupported,
             }),
+            #[cfg(feature = "websocket")]
             Link::Ws(ws) => ws.send_datagram(datagram).map_err(|err| match err {
                 WsError::TooLarge(..) => SendDatagramError::TooLarge,
                 _ => SendDatagramError::Closed,
@@ -148,6 +157,7 @@ impl Link {
     pub(crate) fn max_datagram_size(&self) -> Option<usize> {
         match self {
             Link::Quic(quic) => quic.max_datagram_size(),
+            #[cfg(feature = "websocket")]
             Link::Ws(ws) => Some(ws.max_datagram_size()),
         }
     }
@@ -156,6 +166,7 @@ impl Link {
     pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
         match self {
             Link::Quic(quic) => quiver_transport::close::close(quic, code, reason),
+            #[cfg(feature = "websocket")]
             Link::Ws(ws) => ws.close(code, reason),
         }
     }
@@ -166,6 +177,7 @@ impl Link {
             Link::Quic(quic) => {
                 quic.closed().await;
             }
+            #[cfg(feature = "websocket")]
             Link::Ws(ws) => {
                 ws.closed().await;
             }
@@ -176,6 +188,7 @@ impl Link {
     pub(crate) fn close_reason(&self) -> Option<(ErrorCode, String)> {
         match self {
             Link::Quic(quic) => quic.close_reason().map(|err| describe(&err)),
+            #[cfg(feature = "websocket")]
             Link::Ws(ws) => ws.close_reason(),
         }
     }
@@ -184,6 +197,7 @@ impl Link {
     pub(crate) fn received(&self) -> u64 {
         match self {
             Link::Quic(quic) => quic.stats().udp_rx.datagrams,
+            #[cfg(feature = "websocket")]
             Link::Ws(ws) => ws.received(),
         }
     }
@@ -194,6 +208,7 @@ impl LinkSend {
     pub(crate) async fn write_all(&mut self, buf: &[u8]) -> Result<(), WriteFailed> {
         match self {
             LinkSend::Quic(send) => send.write_all(buf).await.map_err(|err| WriteFailed(err.to_string())),
+            #[cfg(feature = "websocket")]
             LinkSend::Ws(send) => send.write_all(buf).await.map_err(|err| WriteFailed(err.to_string())),
         }
     }
@@ -214,14 +229,19 @@ impl LinkRecv {
                 }
                 Err(err) => Err(ReadError::Other(err.to_string())),
             },
+            #[cfg(feature = "websocket")]
             LinkRecv::Ws(recv) => recv.read_chunk().await.map_err(ws_read_error),
         }
     }
 
     /// Tells the server to stop sending on this stream (QUIC; a WebSocket stream is only dropped).
     pub(crate) fn stop(&mut self, code: ErrorCode) {
-        if let LinkRecv::Quic(recv) = self {
-            let _ = recv.stop(quiver_transport::close::quic_code(code));
+        match self {
+            LinkRecv::Quic(recv) => {
+                let _ = recv.stop(quiver_transport::close::quic_code(code));
+            }
+            #[cfg(feature = "websocket")]
+            LinkRecv::Ws(_) => {}
         }
     }
 }

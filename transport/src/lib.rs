@@ -26,6 +26,7 @@ pub mod probe;
 pub mod qlog;
 pub mod tls;
 pub mod tuning;
+#[cfg(feature = "websocket")]
 pub mod ws;
 
 pub use probe::{copy_round, Probed, Sent, TailProbe};

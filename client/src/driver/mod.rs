@@ -117,7 +117,7 @@ impl Driver {
     pub(crate) async fn connect(server: &str, options: ConnectOptions) -> Result<Arc<Driver>, ConnectError> {
         let options = options.with_dev_tokens();
         let timeout = options.connect_timeout;
-        let (target, first) = Driver::first_handshake(server, &options).await?;
+        let (target, first) = Target::first(server, &options).await?;
         let (posts, queued) = mpsc::unbounded_channel();
         let driver = Arc::new_cyclic(|me| Driver {
             me: me.clone(),
@@ -171,36 +171,6 @@ impl Driver {
             }
         });
         Ok(driver)
-    }
-
-    /// The first connection: every resolved address raced (over the transport the options choose), within the
-    /// connect timeout; tried again with backoff until `first_connect_retry` runs out, unless the failure is fatal.
-    async fn first_handshake(server: &str, options: &ConnectOptions) -> Result<(Target, Link), ConnectError> {
-        let timeout = options.connect_timeout;
-        let deadline = options.first_connect_retry.map(|retry| Instant::now() + retry);
-        let mut backoff = Backoff::new(options.reconnect_delay, options.reconnect_max_delay);
-        loop {
-            let started = tokio::time::Instant::now();
-            let attempt = match tokio::time::timeout(timeout, Target::resolve_all(server, options)).await {
-                Ok(Ok(targets)) => {
-                    Target::connect(targets, options, timeout.saturating_sub(started.elapsed()), false).await
-                }
-                Ok(Err(err)) => Err(err),
-                Err(_) => Err(ConnectError::Timeout(timeout)),
-            };
-            let err = match attempt {
-                Ok(found) => return Ok(found),
-                Err(err) => err,
-            };
-            let delay = backoff.next_delay(rand::random());
-            match deadline {
-                Some(deadline) if !err.is_fatal() && Instant::now() + delay < deadline => {
-                    tracing::info!(%err, attempt = backoff.attempts(), "first connect failed; trying again");
-                    tokio::time::sleep(delay).await;
-                }
-                _ => return Err(err),
-            }
-        }
     }
 
     async fn open(&self, link: Link) -> Result<Arc<Live>, ConnectError> {

@@ -8,6 +8,7 @@ mod copies;
 mod dispatch;
 mod endpoint;
 mod rooms;
+mod summary;
 mod ticks;
 mod websocket;
 mod webtransport;
@@ -27,6 +28,7 @@ use crate::{
     ServerConfig,
 };
 pub use endpoint::ServerError;
+pub use summary::Summary;
 pub(crate) use wire::WireKind;
 
 /// Locks a mutex of the network layer (never a hub lock: those go through `hub::lock`), taking it over if a
@@ -121,54 +123,6 @@ impl Early {
     }
 }
 
-/// What a server did, printed when it stops (the same figures are on `/metrics`).
-#[derive(Debug, Clone)]
-pub struct Summary {
-    /// The counters at the end.
-    pub counters: crate::stats::StatsSnapshot,
-    /// Failure replies and closes by code (codes with none left out).
-    pub refusals: Vec<(quiver_proto::ErrorCode, u64)>,
-    /// Post → delivery inside the server: median and 99th percentile bucket bounds, µs.
-    pub post_delivery_p50_p99_us: Option<(u64, u64)>,
-    /// Connections still open when the drain timeout ran out.
-    pub left_open: usize,
-}
-
-impl std::fmt::Display for Summary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let c = &self.counters;
-        writeln!(f, "server stopped")?;
-        writeln!(
-            f,
-            "  connections served   {} native, {} webtransport, {} websocket",
-            c.accepted_native, c.accepted_webtransport, c.accepted_websocket
-        )?;
-        writeln!(f, "  sessions admitted    {}", c.handshakes)?;
-        writeln!(f, "  posts                {} ({} retries answered with their seq)", c.posts, c.posts_duplicate)?;
-        writeln!(f, "  room deliveries      {}", c.room_deliveries)?;
-        if let Some((p50, p99)) = self.post_delivery_p50_p99_us {
-            writeln!(f, "  post to delivery     p50 <= {p50} us, p99 <= {p99} us")?;
-        }
-        writeln!(
-            f,
-            "  ticks                {} in, {} out, {} conflated, {} expired",
-            c.ticks_published, c.ticks_sent, c.ticks_conflated, c.ticks_expired
-        )?;
-        writeln!(f, "  slow-consumer resets {}", c.slow_consumer_resets)?;
-        let refusals: Vec<String> = self.refusals.iter().map(|(code, n)| format!("{code:?}={n}")).collect();
-        let refusals = if refusals.is_empty() { "none".to_string() } else { refusals.join(" ") };
-        write!(f, "  refusals             {refusals}")?;
-        if self.left_open > 0 {
-            write!(
-                f,
-                "\n  left open            {} connections did not close within the drain timeout",
-                self.left_open
-            )?;
-        }
-        Ok(())
-    }
-}
-
 /// A bound server, ready to [`run`](Server::run), with its rooms behind `R`.
 #[derive(Debug)]
 pub struct Server<R = LocalRooms> {
@@ -242,7 +196,7 @@ impl<R: RoomHub> Server<R> {
         let (endpoint, certified) = endpoint::bind(&config, &tickets)?;
         let endpoint::Certified { quic, tcp, fingerprint } = certified;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
-        let websocket = bind_websocket(&config, local_addr)?;
+        let websocket = websocket::bind(&config, local_addr)?;
         let websocket_addr = websocket.as_ref().map(|l| l.local_addr()).transpose().map_err(ServerError::Bind)?;
         // The dev default: the page on loopback at the QUIC port, the WebSocket listener on all addresses at that
         // port: one listener serves both (the page to this machine only, as before).
@@ -472,24 +426,6 @@ impl<R> Server<R> {
             dev_tokens_from: matches!(self.config.auth, crate::auth::AuthConfig::DevKey)
                 .then(|| self.config.data_dir.clone()),
         }
-    }
-}
-
-/// Binds the WebSocket fallback's TCP listener where `config.web.websocket` says (`quic`: the bound QUIC address).
-/// With an ephemeral QUIC port (tests) whose number TCP has taken already, any free TCP port is used instead.
-fn bind_websocket(config: &ServerConfig, quic: SocketAddr) -> Result<Option<std::net::TcpListener>, ServerError> {
-    let addr = match config.web.websocket {
-        crate::config::WebSocketListen::Off => return Ok(None),
-        crate::config::WebSocketListen::SamePort => SocketAddr::new(config.listen.ip(), quic.port()),
-        crate::config::WebSocketListen::At(addr) => addr,
-    };
-    match crate::http::bind(addr) {
-        Ok(listener) => Ok(Some(listener)),
-        Err(err) if config.listen.port() == 0 && err.kind() == std::io::ErrorKind::AddrInUse => {
-            tracing::debug!(%addr, "WebSocket listener: the QUIC port's number is taken over TCP; any free port");
-            crate::http::bind(SocketAddr::new(addr.ip(), 0)).map(Some).map_err(ServerError::Bind)
-        }
-        Err(err) => Err(ServerError::WebSocket(addr, err)),
     }
 }
 

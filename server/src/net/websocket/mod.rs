@@ -29,8 +29,10 @@ use super::{
     Current,
 };
 use crate::{
+    config::WebSocketListen,
     http::Response,
     hub::{ticks::TickHub, RoomHub},
+    net::ServerError,
     stats::ServerStats,
     web::{is_loopback, PageInfo},
     ServerConfig,
@@ -63,6 +65,24 @@ pub(super) struct Listener<R> {
 /// The WebSocket connection settings of a server.
 fn ws_config() -> WsConfig {
     WsConfig::default()
+}
+
+/// Binds the WebSocket fallback's TCP listener where `config.web.websocket` says (`quic`: the bound QUIC address).
+/// With an ephemeral QUIC port (tests) whose number TCP has taken already, any free TCP port is used instead.
+pub(super) fn bind(config: &ServerConfig, quic: SocketAddr) -> Result<Option<std::net::TcpListener>, ServerError> {
+    let addr = match config.web.websocket {
+        WebSocketListen::Off => return Ok(None),
+        WebSocketListen::SamePort => SocketAddr::new(config.listen.ip(), quic.port()),
+        WebSocketListen::At(addr) => addr,
+    };
+    match crate::http::bind(addr) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(err) if config.listen.port() == 0 && err.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::debug!(%addr, "WebSocket listener: the QUIC port's number is taken over TCP; any free port");
+            crate::http::bind(SocketAddr::new(addr.ip(), 0)).map(Some).map_err(ServerError::Bind)
+        }
+        Err(err) => Err(ServerError::WebSocket(addr, err)),
+    }
 }
 
 /// Accepts TCP connections until `shutdown`; each is served on `tasks` (the server's: the drain waits for them).

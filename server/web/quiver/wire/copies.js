@@ -3,7 +3,7 @@
 // copy (client → server): `0 ‖ 1 ‖ varint first_post ‖ frame+`, frame = `varint length ‖ postcard body`.
 
 import { QuiverDecodeError, malformed } from './errors.js';
-import { decodeVarint, encodeVarint } from './varint.js';
+import { concatBytes, decodeVarint, encodeVarint } from './varint.js';
 
 /** Most frames one copy datagram carries. */
 export const MAX_COPY_FRAMES = 16;
@@ -15,14 +15,7 @@ export function isCopy(datagram) {
 
 /** A post copy of whole Post-request frames, the first being the connection's `first`-th Post request. */
 export function encodePostCopy(first, frames) {
-  const parts = [encodeVarint(0n), encodeVarint(1n), encodeVarint(first), ...frames];
-  const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
+  return concatBytes([encodeVarint(0n), encodeVarint(1n), encodeVarint(first), ...frames]);
 }
 
 /**

@@ -49,3 +49,14 @@ export function decodeVarint(bytes, offset = 0) {
   for (let i = 1; i < length; i++) value = value * 256 + bytes[offset + i];
   return { value: BigInt(value), length };
 }
+
+/** `parts` (Uint8Arrays) one after the other, in one new Uint8Array. */
+export function concatBytes(parts) {
+  const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}

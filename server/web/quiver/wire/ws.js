@@ -11,7 +11,7 @@
 // Ids are BigInts (safe integers are taken too), codes numbers (u32), bytes Uint8Arrays. No IO: runs in node.
 
 import { QuiverDecodeError, describe, expected, malformed } from './errors.js';
-import { decodeVarint, encodeVarint } from './varint.js';
+import { concatBytes, decodeVarint, encodeVarint } from './varint.js';
 
 /** The WebSocket subprotocol (`Sec-WebSocket-Protocol`) both ends name. */
 export const WS_SUBPROTOCOL = 'quiver';
@@ -44,16 +44,6 @@ export function truncateUtf8(text, max) {
   return bytes.subarray(0, end);
 }
 
-function concat(parts) {
-  const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
 function bytesOf(path, value) {
   if (!(value instanceof Uint8Array)) throw expected(path, 'a Uint8Array', value);
   return value;
@@ -81,18 +71,18 @@ export function encodeWsMessage(message) {
   switch (name) {
     case 'Control':
     case 'Datagram':
-      return concat([kind, bytesOf(path, value)]);
+      return concatBytes([kind, bytesOf(path, value)]);
     case 'Stream':
-      return concat([kind, encodeVarint(fields.id), bytesOf(`${path}.bytes`, fields.bytes)]);
+      return concatBytes([kind, encodeVarint(fields.id), bytesOf(`${path}.bytes`, fields.bytes)]);
     case 'Finish':
-      return concat([kind, encodeVarint(fields.id)]);
+      return concatBytes([kind, encodeVarint(fields.id)]);
     case 'Reset':
     case 'Stop':
-      return concat([kind, encodeVarint(fields.id), encodeVarint(codeOf(`${path}.code`, fields.code))]);
+      return concatBytes([kind, encodeVarint(fields.id), encodeVarint(codeOf(`${path}.code`, fields.code))]);
     default: {
       if (typeof fields.reason !== 'string') throw expected(`${path}.reason`, 'a string', fields.reason);
       const code = encodeVarint(codeOf(`${path}.code`, fields.code));
-      return concat([kind, code, truncateUtf8(fields.reason, WS_MAX_REASON)]);
+      return concatBytes([kind, code, truncateUtf8(fields.reason, WS_MAX_REASON)]);
     }
   }
 }

@@ -1,0 +1,134 @@
+//! The WebSocket fallback's side of connecting (the `websocket` feature): TCP, TLS with the same trust as QUIC,
+//! the upgrade to `wss://host:port/quiver`, and `Auto`'s race of QUIC and the WebSocket.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use quiver_proto::ws::SUBPROTOCOL;
+use quiver_transport::ws::{self, Role, WsConfig, WsSession};
+
+use crate::{
+    target::Target,
+    trust::{self, PinReport},
+    wire::Link,
+    ConnectError, ConnectOptions, TrustOptions,
+};
+
+/// A target's TLS for the WebSocket (ALPN http/1.1, the same trust as QUIC), and its pin's report.
+#[derive(Debug, Clone)]
+pub(crate) struct WsTls {
+    tls: Arc<rustls::ClientConfig>,
+    pin: Option<(quiver_certs::Fingerprint, PinReport)>,
+}
+
+impl WsTls {
+    pub(crate) fn new(trust: &TrustOptions, addr: SocketAddr) -> Result<WsTls, ConnectError> {
+        let (tls, pin) = trust::tls_config(trust, addr, b"http/1.1")?;
+        Ok(WsTls { tls: Arc::new(tls), pin })
+    }
+}
+
+impl Target {
+    /// `Auto`: QUIC for the whole `timeout`, and the WebSocket too from `options.fallback_after` (at most half the
+    /// timeout) or as soon as QUIC fails; the first through wins and the other attempt is dropped. A QUIC that is
+    /// merely slow (a lossy first handshake) still wins where the server has no WebSocket. When both fail: a
+    /// refusal or pin mismatch over the WebSocket, else QUIC's error.
+    pub(crate) async fn quic_then_websocket(
+        targets: Vec<Target>,
+        options: &ConnectOptions,
+        timeout: Duration,
+    ) -> Result<(Target, Link), ConnectError> {
+        let started = tokio::time::Instant::now();
+        let quic_failed = tokio::sync::Notify::new();
+        let again = targets.clone();
+        let quic = Target::race(targets, timeout);
+        let websocket = async {
+            tokio::select! {
+                () = tokio::time::sleep(options.fallback_after.min(timeout / 2)) => {}
+                () = quic_failed.notified() => {}
+            }
+            tracing::info!("QUIC is not through yet; trying the WebSocket fallback too");
+            Target::race_ws(again, options, timeout.saturating_sub(started.elapsed())).await
+        };
+        tokio::pin!(quic, websocket);
+        let (mut quic_err, mut ws_err) = (None, None);
+        loop {
+            tokio::select! {
+                done = &mut quic, if quic_err.is_none() => match done {
+                    Ok((target, quic)) => return Ok((target, Link::Quic(quic))),
+                    Err(err) if err.is_fatal() => return Err(err),
+                    Err(err) => {
+                        quic_failed.notify_one();
+                        quic_err = Some(err);
+                    }
+                },
+                done = &mut websocket, if ws_err.is_none() => match done {
+                    Ok(found) => return Ok(found),
+                    Err(err) => ws_err = Some(err),
+                },
+            }
+            match (quic_err.take(), ws_err.take()) {
+                (Some(quic), Some(websocket)) => {
+                    tracing::info!(%websocket, "the WebSocket fallback did not connect either");
+                    return Err(if websocket.is_fatal() { websocket } else { quic });
+                }
+                (quic, websocket) => (quic_err, ws_err) = (quic, websocket),
+            }
+        }
+    }
+
+    /// The WebSocket to each address in turn, the first that connects within `timeout` wins.
+    pub(crate) async fn race_ws(
+        targets: Vec<Target>,
+        options: &ConnectOptions,
+        timeout: Duration,
+    ) -> Result<(Target, Link), ConnectError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut first_error = None;
+        for target in targets {
+            match tokio::time::timeout_at(deadline, target.websocket(options)).await {
+                Ok(Ok(ws)) => return Ok((target, Link::Ws(ws))),
+                Ok(Err(err)) if err.is_fatal() => return Err(err),
+                Ok(Err(err)) => {
+                    first_error.get_or_insert(err);
+                }
+                Err(_) => break,
+            }
+        }
+        Err(first_error.unwrap_or(ConnectError::Timeout(timeout)))
+    }
+
+    /// TCP, TLS (the same trust as QUIC) and the upgrade to `wss://addr:port/quiver`, port the QUIC one unless
+    /// `options.websocket_port` says otherwise.
+    async fn websocket(&self, options: &ConnectOptions) -> Result<WsSession, ConnectError> {
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue, Error};
+        let failed = |what: &str, err: &dyn std::fmt::Display| ConnectError::WebSocket(format!("{what}: {err}"));
+        let addr = SocketAddr::new(self.addr.ip(), options.websocket_port.unwrap_or(self.addr.port()));
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|err| failed(&format!("TCP to {addr}"), &err))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+            .map_err(|err| failed(&format!("server name {:?}", self.host), &err))?;
+        let connector = tokio_rustls::TlsConnector::from(self.ws.tls.clone());
+        let tls = connector.connect(name, tcp).await.map_err(|err| {
+            match self.ws.pin.as_ref().and_then(|(expected, report)| Some((*expected, report.mismatch()?))) {
+                Some((expected, presented)) => ConnectError::PinMismatch { expected, presented },
+                None => failed("TLS", &err),
+            }
+        })?;
+        let mut request =
+            format!("wss://{addr}{}", ws::PATH).into_client_request().map_err(|err| failed("URL", &err))?;
+        request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL));
+        let config = WsConfig::default();
+        let upgraded = tokio_tungstenite::client_async_with_config(request, tls, Some(config.websocket())).await;
+        let (socket, response) = upgraded.map_err(|err| match err {
+            Error::Http(response) => {
+                let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                ConnectError::WebSocket(format!("upgrade refused: {} {}", response.status(), body.trim()))
+            }
+            err => failed("upgrade", &err),
+        })?;
+        if response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()) != Some(SUBPROTOCOL) {
+            return Err(ConnectError::WebSocket(format!("the server did not agree to subprotocol {SUBPROTOCOL:?}")));
+        }
+        Ok(WsSession::start(socket, Role::Client, config, addr))
+    }
+}

@@ -145,6 +145,8 @@ pub struct TransportSettings {
     pub copies: u8,
     /// Between rounds of copies, ms.
     pub copy_spacing_ms: u32,
+    /// Path MTU discovery up to this UDP payload size (1200 to 65527); 0: none, every path at 1,200 bytes.
+    pub mtu_discovery: u16,
 }
 
 impl Default for TransportSettings {
@@ -166,6 +168,7 @@ impl TransportSettings {
             congestion_floor: tuning.congestion_floor.map_or(0, |f| u32::try_from(f).unwrap_or(u32::MAX)),
             copies: tuning.copies,
             copy_spacing_ms: ms(Some(tuning.copy_spacing)),
+            mtu_discovery: tuning.mtu_discovery.unwrap_or(0),
         }
     }
 
@@ -183,6 +186,7 @@ impl TransportSettings {
             congestion_floor: (self.congestion_floor > 0).then_some(u64::from(self.congestion_floor)),
             copies: self.copies,
             copy_spacing: Duration::from_millis(u64::from(self.copy_spacing_ms)),
+            mtu_discovery: (self.mtu_discovery > 0).then_some(self.mtu_discovery),
         };
         match tuning == (TransportTuning { name: "configured", ..TransportTuning::quiver() }) {
             true => TransportTuning::quiver(),
@@ -339,6 +343,9 @@ impl Settings {
         }
         if self.transport.initial_rtt_ms > 10_000 {
             return Err(Invalid::new("transport.initial_rtt_ms", "at most 10000"));
+        }
+        if !matches!(self.transport.mtu_discovery, 0 | 1200..=65527) {
+            return Err(Invalid::new("transport.mtu_discovery", "0 (off) or a UDP payload size from 1200 to 65527"));
         }
         match (self.tls.cert.as_os_str().is_empty(), self.tls.key.as_os_str().is_empty()) {
             (false, true) => return Err(Invalid::new("tls.key", "tls.cert is set, so tls.key must be too")),

@@ -140,6 +140,12 @@ fn transport_settings_round_trip_to_the_tuning() {
     let off = TransportSettings { keep_alive_ms: 0, tail_probe_ms: 0, congestion_floor: 0, ..default };
     let tuning = off.tuning();
     assert_eq!((tuning.keep_alive, tuning.tail_probe, tuning.congestion_floor), (None, None, None));
+    assert_eq!(default.mtu_discovery, 0, "path MTU discovery is off by default");
+    assert_eq!(TransportSettings { mtu_discovery: 1452, ..default }.tuning().mtu_discovery, Some(1452));
+    for bad in ["1199", "65528"] {
+        let err = load_text(&format!("[transport]\nmtu_discovery = {bad}\n"), &[], vec![]).unwrap_err().to_string();
+        assert!(err.contains("transport.mtu_discovery"), "{err}");
+    }
 }
 
 #[test]

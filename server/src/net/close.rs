@@ -21,7 +21,7 @@ const RELEASE_GRACE: Duration = Duration::from_secs(2);
 /// its QUIC connection is closed, and only then drops it. A WebTransport session holds HTTP/3's critical streams;
 /// dropping its last handle on an open connection would finish and stop them, a connection error for the peer
 /// (RFC 9114 §6.2.1) that would arrive before our close capsule.
-pub(crate) async fn release(session: Session) {
+pub(crate) async fn release(session: std::sync::Arc<Session>) {
     close_session(&session, ErrorCode::NoError, "session ended");
     if tokio::time::timeout(RELEASE_GRACE, session.closed()).await.is_err() {
         tracing::debug!("connection still open {RELEASE_GRACE:?} after the session closed; closing it");

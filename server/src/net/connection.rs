@@ -87,7 +87,9 @@ pub(super) async fn serve<R: RoomHub>(
     let path = conn.clone();
     async move {
         let session = if alpn(&conn).as_deref() == Some(ALPN_H3) {
-            match webtransport::accept(conn, &config.web, deadline).await {
+            // Boxed: a browser's CONNECT is a few kilobytes of state that an async fn would otherwise keep room
+            // for in every connection's task for its whole life.
+            match Box::pin(webtransport::accept(conn, &config.web, deadline)).await {
                 Ok(session) => session,
                 Err(reason) => return tracing::info!(%reason, "WebTransport session refused"),
             }
@@ -95,7 +97,9 @@ pub(super) async fn serve<R: RoomHub>(
             Session::raw(conn)
         };
         let shared = Shared { config, rooms, ticks, stats, auth };
-        let wire = Wire::Quic(Arc::new(session.clone()));
+        // One shared handle kept here for `release` (a `Session` is 776 bytes; the handle, 8).
+        let session = Arc::new(session);
+        let wire = Wire::Quic(session.clone());
         serve_wire(session_id, wire, Some(path), admitted, shared, (deadline, started), shutdown).await;
         // The session's HTTP/3 streams go with its last handle: only once the connection is closed.
         release(session).await;
@@ -241,7 +245,7 @@ async fn control<R: RoomHub>(
     let frame_timeout = config.budget.frame_timeout();
     let mut partial_since: Option<Instant> = None;
     let mut post_copies = PostCopies::default();
-    let mut copied = connection.take_post_copies();
+    let copied = connection.take_post_copies();
     loop {
         let awaiting_hello = session.identity().is_none();
         let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
@@ -296,18 +300,18 @@ async fn control<R: RoomHub>(
                 );
                 return refuse(conn, stats, ErrorCode::FrameTimeout, reason);
             }
-            Some(kicked) = connection.next_kicked() => {
-                if let Some(msg) = connection.kick(kicked, now_us()).await {
+            kicked = connection.next_kicked() => {
+                if let Some(msg) = Box::pin(connection.kick(kicked, now_us())).await {
                     encode(&codec, &msg, &mut outbound);
                 }
             }
-            Some(copy) = async { copied.as_mut()?.recv().await }, if !awaiting_hello => {
+            Some(copy) = async { Some(copied.as_ref()?.pop().await) }, if !awaiting_hello => {
                 let flood = copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy);
-                if let Some((code, reason)) = flood.await {
+                if let Some((code, reason)) = Box::pin(flood).await {
                     return refuse(conn, stats, code, reason);
                 }
             }
-            () = shutdown.cancelled() => return going_away(conn, Some(&mut send)).await,
+            () = shutdown.cancelled() => return Box::pin(going_away(conn, Some(&mut send))).await,
         }
         let mut completed = false;
         while let Some(step) = match next_step(&codec, &mut inbound, &mut session, &mut throttle, &mut post_copies) {
@@ -334,7 +338,7 @@ async fn control<R: RoomHub>(
                     for kicked in connection.pending_kicks(now_us()).await {
                         encode(&codec, &kicked, &mut outbound);
                     }
-                    let result = connection.room(&identity, request, now_us()).await;
+                    let result = Box::pin(connection.room(&identity, request, now_us())).await;
                     let msg = ServerMsg::Reply { req_id, result };
                     stats.reply(&msg);
                     encode(&codec, &msg, &mut outbound);

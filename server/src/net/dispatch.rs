@@ -10,12 +10,12 @@ use std::{
 use bytes::Bytes;
 use quiver_proto::{copies::CopyQueue, ErrorCode, Failure, Limits, Reply, ServerMsg};
 use quiver_transport::TailProbe;
-use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     hub::{ticks::TickHub, ConnectionState, JoinRoom, PostMessage, RoomHub},
     net::{
+        mailbox::Mailbox,
         rooms::{pump, Kicked, OutboxCopies, StreamOutbox},
         ticks::ConnectionTicks,
         wire::Wire,
@@ -38,8 +38,8 @@ pub(super) struct Connection<R> {
     room_queue_bytes: usize,
     probe: Arc<TailProbe>,
     stats: Arc<ServerStats>,
-    kicked_tx: mpsc::UnboundedSender<Kicked>,
-    kicked: mpsc::UnboundedReceiver<Kicked>,
+    /// Room streams that fell behind, from their pumps.
+    kicked: Arc<Mailbox<Kicked>>,
     pumps: TaskTracker,
     stop: CancellationToken,
     /// The room and `client_msg_id` of a post refused as `Unavailable`: the connection's later posts are refused
@@ -50,11 +50,14 @@ pub(super) struct Connection<R> {
     /// Slots given to redundant room streams so far (a slot is never reused on the connection).
     slots: u64,
     /// Post copies read by the datagram reader, until the control loop takes them.
-    post_copies: Option<mpsc::Receiver<(u64, Vec<Bytes>)>>,
+    post_copies: Option<Arc<Mailbox<PostCopy>>>,
 }
 
 /// Post copies waiting for the control loop, at most (more are dropped: the requests carry the posts anyway).
 const POST_COPY_QUEUE: usize = 16;
+
+/// A post's copy from the datagram reader: the frames' first request number and the frames.
+pub(super) type PostCopy = (u64, Vec<Bytes>);
 
 impl<R: RoomHub> Connection<R> {
     /// Starts the connection's datagram tasks. `copies`: the connection's copy queue, where redundancy is granted.
@@ -66,9 +69,10 @@ impl<R: RoomHub> Connection<R> {
         copies: Option<Arc<Mutex<CopyQueue>>>,
         stats: Arc<ServerStats>,
     ) -> Self {
-        let (copies_tx, post_copies) = mpsc::channel(POST_COPY_QUEUE);
-        let datagrams = ConnectionTicks::start(conn, ticks.clone(), limits, copies_tx, stats.clone());
-        let (kicked_tx, kicked) = mpsc::unbounded_channel();
+        let post_copies = Mailbox::new(POST_COPY_QUEUE);
+        let datagrams = ConnectionTicks::start(conn, ticks.clone(), limits, post_copies.clone(), stats.clone());
+        // Unbounded, but at most one kick per joined room.
+        let kicked = Mailbox::new(usize::MAX);
         Connection {
             conn: conn.clone(),
             state: ConnectionState::new(limits.clone()),
@@ -78,7 +82,6 @@ impl<R: RoomHub> Connection<R> {
             room_queue_bytes: limits.room_queue_bytes as usize,
             probe,
             stats,
-            kicked_tx,
             kicked,
             pumps: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -100,7 +103,7 @@ impl<R: RoomHub> Connection<R> {
     }
 
     /// The post copies the datagram reader passes on, for the control loop (once; `None` after).
-    pub(super) fn take_post_copies(&mut self) -> Option<mpsc::Receiver<(u64, Vec<Bytes>)>> {
+    pub(super) fn take_post_copies(&mut self) -> Option<Arc<Mailbox<PostCopy>>> {
         self.post_copies.take()
     }
 
@@ -133,7 +136,7 @@ impl<R: RoomHub> Connection<R> {
                 };
                 let probe = (self.probe.clone(), copies);
                 let outbox = StreamOutbox::new(room, send, self.room_queue_bytes, probe, self.stats.clone());
-                let pumped = pump(outbox.clone(), self.kicked_tx.clone(), self.stop.clone(), self.stats.clone());
+                let pumped = pump(outbox.clone(), self.kicked.clone(), self.stop.clone(), self.stats.clone());
                 self.pumps.spawn(pumped);
                 let request = JoinRoom {
                     room: join.room.clone(),
@@ -238,15 +241,15 @@ impl<R: RoomHub> Connection<R> {
     }
 
     /// Waits for a room stream that fell behind (cancel-safe: nothing is lost when another event wins a select).
-    pub(super) async fn next_kicked(&mut self) -> Option<Kicked> {
-        self.kicked.recv().await
+    pub(super) async fn next_kicked(&self) -> Kicked {
+        self.kicked.pop().await
     }
 
     /// Every kick that is already waiting (before a request is served, so that a rejoin after a kick is never
     /// answered `AlreadyJoined`).
     pub(super) async fn pending_kicks(&mut self, now_us: u64) -> Vec<ServerMsg> {
         let mut out = Vec::new();
-        while let Ok(kicked) = self.kicked.try_recv() {
+        while let Some(kicked) = self.kicked.try_pop() {
             out.extend(self.kick(kicked, now_us).await);
         }
         out

@@ -7,6 +7,7 @@ mod connection;
 mod copies;
 mod dispatch;
 mod endpoint;
+mod mailbox;
 mod rooms;
 mod summary;
 mod ticks;

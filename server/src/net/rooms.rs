@@ -22,11 +22,12 @@ use quiver_proto::{
     ErrorCode, FrameCodec, RoomFrame,
 };
 use quiver_transport::TailProbe;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     lock,
+    mailbox::Mailbox,
     wire::{WireError, WireSend as SendStream},
 };
 use crate::{
@@ -391,7 +392,7 @@ fn next(outbox: &StreamOutbox) -> Next {
 /// Between backlogs the stream is parked in the outbox for direct writes.
 pub(crate) async fn pump(
     outbox: Arc<StreamOutbox>,
-    kicked: mpsc::UnboundedSender<Kicked>,
+    kicked: Arc<Mailbox<Kicked>>,
     stop: CancellationToken,
     stats: Arc<ServerStats>,
 ) {
@@ -435,7 +436,7 @@ pub(crate) async fn pump(
             Next::Reset(mut send) => {
                 bump(&stats.slow_consumer_resets);
                 send.reset(ErrorCode::SlowConsumer);
-                let _ = kicked.send((outbox.room.clone(), outbox.clone()));
+                let _ = kicked.push((outbox.room.clone(), outbox.clone()));
                 return;
             }
             Next::Wait => tokio::select! {

@@ -13,11 +13,14 @@ use quiver_proto::{
     copies::{self, Copy},
     Limits, TickHeader,
 };
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    lock, now_us,
+    dispatch::PostCopy,
+    lock,
+    mailbox::Mailbox,
+    now_us,
     wire::{Wire, WireError},
 };
 use crate::{
@@ -136,7 +139,7 @@ async fn read_ticks(
     claims: watch::Receiver<Arc<ClaimTable>>,
     stats: Arc<ServerStats>,
     (ticks_per_s, max_frame): (u32, usize),
-    post_copies: mpsc::Sender<(u64, Vec<Bytes>)>,
+    post_copies: Arc<Mailbox<PostCopy>>,
     stop: CancellationToken,
 ) {
     let mut rate = TokenBucket::per_second(ticks_per_s, Instant::now());
@@ -159,7 +162,7 @@ async fn read_ticks(
         if copies::is_copy(&datagram) {
             match Copy::decode(&datagram, max_frame) {
                 Ok(Copy::Posts { first, frames }) => {
-                    let _ = post_copies.try_send((first, frames));
+                    let _ = post_copies.push((first, frames));
                 }
                 Ok(Copy::Room { .. }) | Err(_) => bump(&stats.datagrams_malformed),
             }
@@ -207,7 +210,7 @@ impl ConnectionTicks {
         conn: &Wire,
         hub: Arc<dyn TickHub>,
         limits: &Limits,
-        post_copies: mpsc::Sender<(u64, Vec<Bytes>)>,
+        post_copies: Arc<Mailbox<PostCopy>>,
         stats: Arc<ServerStats>,
     ) -> Self {
         let read_limits = (limits.ticks_per_s, limits.max_frame as usize);

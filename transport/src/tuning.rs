@@ -42,9 +42,10 @@ pub const FIRST_COPY_DELAY: Duration = Duration::from_millis(1);
 /// client's datagrams fits every subscriber's (browsers' and the WebSocket lane's 1,200 bytes too) and the largest
 /// tick does not change with the path. Quiver's traffic is small messages, where a larger MTU saves nothing; what
 /// discovery costs is about five padded probes each way per connection, which the receiver parses one PADDING byte
-/// at a time: with it on, a full handshake took the server 624–739 µs of CPU, without it 396–416 µs, and handshakes
-/// per second rose from 1,340–1,555 to 2,286–2,450 (docs/benchmarks.md, "10,000 idle connections"). Bulk
-/// replays pay about 17 % more packets than at 1,452 bytes; `Some(bytes)` searches up to that payload size.
+/// at a time: in alternating runs, a full handshake took the server 628–760 µs of CPU with it on and 540–563 µs
+/// without, handshakes per second rose ×1.14–1.34, and each connection holds 2.3 KB less (docs/benchmarks.md,
+/// "10,000 idle connections"). Bulk replays pay about 17 % more packets than at 1,452 bytes; `Some(bytes)`
+/// searches up to that payload size. The server also asks its peers for at most this ([`max_udp_payload`]).
 pub const MTU_DISCOVERY: Option<u16> = None;
 /// UDP socket buffers. Linux's default 208 KiB receive buffer overflows with ~64 handshakes in flight
 /// (BASELINES.md); the kernel caps the request at `net.core.{r,w}mem_max`, and the server logs what it got.
@@ -196,6 +197,14 @@ pub fn server_transport(_limits: &Limits, tuning: &TransportTuning) -> Arc<Trans
     config.keep_alive_interval(server_keep_alive(tuning.keep_alive));
     config.max_concurrent_bidi_streams(VarInt::from_u32(2)).max_concurrent_uni_streams(VarInt::from_u32(3));
     Arc::new(config)
+}
+
+/// The largest UDP payload an endpoint with `tuning` accepts from its peers (the `max_udp_payload_size` transport
+/// parameter): 1,200 bytes without path MTU discovery, so that a peer probing its own path (a browser, another QUIC
+/// stack) cannot send the server datagrams, and so ticks, larger than its subscribers can receive; with discovery,
+/// its upper bound.
+pub fn max_udp_payload(tuning: &TransportTuning) -> u16 {
+    tuning.mtu_discovery.unwrap_or(1200).clamp(1200, 65527)
 }
 
 /// quinn's default upper bound for path MTU discovery (a 1,500-byte Ethernet MTU less IPv6 and UDP headers).

@@ -18,7 +18,7 @@ pub(crate) fn close_session(session: &Session, code: ErrorCode, reason: &str) {
 const RELEASE_GRACE: Duration = Duration::from_secs(2);
 
 /// Ends a session's life: closes it with `NoError` unless it was closed already (the first close wins), waits until
-/// its QUIC connection is closed, and only then drops it. A WebTransport session holds HTTP/3's critical streams;
+/// its QUIC connection is closed, and only then drops its handle (the session goes with the last one). A WebTransport session holds HTTP/3's critical streams;
 /// dropping its last handle on an open connection would finish and stop them, a connection error for the peer
 /// (RFC 9114 §6.2.1) that would arrive before our close capsule.
 pub(crate) async fn release(session: std::sync::Arc<Session>) {

@@ -38,14 +38,18 @@ pub const COPIES: u8 = 3;
 pub const COPY_SPACING: Duration = Duration::from_millis(5);
 /// When copies are on but the tail probe is off, the first copies go this long after the write.
 pub const FIRST_COPY_DELAY: Duration = Duration::from_millis(1);
-/// Path MTU discovery: off. Every path keeps QUIC's guaranteed 1,200-byte UDP payload, so a tick that fits one
-/// client's datagrams fits every subscriber's (browsers' and the WebSocket lane's 1,200 bytes too) and the largest
-/// tick does not change with the path. Quiver's traffic is small messages, where a larger MTU saves nothing; what
+/// Path MTU discovery: off. The server's paths and Quiver's clients keep QUIC's guaranteed 1,200-byte UDP payload,
+/// so a tick that fits a Quiver client's datagrams fits every subscriber's (browsers' and the WebSocket lane's
+/// 1,200 bytes too) and the largest tick does not change with the path. Quiver's traffic is small messages, where a larger MTU saves nothing; what
 /// discovery costs is about five padded probes each way per connection, which the receiver parses one PADDING byte
 /// at a time: in alternating runs, a full handshake took the server 628–760 µs of CPU with it on and 540–563 µs
 /// without, handshakes per second rose ×1.14–1.34, and each connection holds 2.3 KB less (docs/benchmarks.md,
 /// "10,000 idle connections"). Bulk replays pay about 17 % more packets than at 1,452 bytes; `Some(bytes)`
-/// searches up to that payload size. The server also asks its peers for at most this ([`max_udp_payload`]).
+/// searches up to that payload size. Peers are not asked to stay at 1,200 bytes (`max_udp_payload_size` stays at
+/// quinn's 1,472: without UDP GRO quinn's receive buffers are that size per datagram, and Chromium sends 1,250-byte
+/// Initial packets): a peer that discovers its own path may publish larger ticks, which reach the subscribers
+/// whose paths carry them and are dropped as too large for the others
+/// (`quiver_ticks_dropped_total{reason="too_large"}`).
 pub const MTU_DISCOVERY: Option<u16> = None;
 /// UDP socket buffers. Linux's default 208 KiB receive buffer overflows with ~64 handshakes in flight
 /// (BASELINES.md); the kernel caps the request at `net.core.{r,w}mem_max`, and the server logs what it got.
@@ -197,14 +201,6 @@ pub fn server_transport(_limits: &Limits, tuning: &TransportTuning) -> Arc<Trans
     config.keep_alive_interval(server_keep_alive(tuning.keep_alive));
     config.max_concurrent_bidi_streams(VarInt::from_u32(2)).max_concurrent_uni_streams(VarInt::from_u32(3));
     Arc::new(config)
-}
-
-/// The largest UDP payload an endpoint with `tuning` accepts from its peers (the `max_udp_payload_size` transport
-/// parameter): 1,200 bytes without path MTU discovery, so that a peer probing its own path (a browser, another QUIC
-/// stack) cannot send the server datagrams, and so ticks, larger than its subscribers can receive; with discovery,
-/// its upper bound.
-pub fn max_udp_payload(tuning: &TransportTuning) -> u16 {
-    tuning.mtu_discovery.unwrap_or(1200).clamp(1200, 65527)
 }
 
 /// quinn's default upper bound for path MTU discovery (a 1,500-byte Ethernet MTU less IPv6 and UDP headers).

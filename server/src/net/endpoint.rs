@@ -55,9 +55,6 @@ pub(super) fn bind(config: &ServerConfig, tickets: &Tickets) -> Result<(quinn::E
     let cid_key = u64::from_be_bytes(cid_key.as_ref()[..8].try_into().unwrap_or_default());
     let mut endpoint_config = quinn::EndpointConfig::new(std::sync::Arc::new(reset_key));
     endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
-    endpoint_config
-        .max_udp_payload_size(quiver_transport::tuning::max_udp_payload(&config.tuning))
-        .map_err(|err| ServerError::Bind(std::io::Error::other(err)))?;
     let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config.clone()), socket, runtime)
         .map_err(ServerError::Bind)?;
     Ok((endpoint, certified))

@@ -45,7 +45,8 @@ pub struct ConnectOptions {
     /// timeout (a killed server sends no close); keep-alives (`tuning.keep_alive`, 5 s) make a live server answer
     /// well within it. `None`: wait for the idle timeout.
     pub dead_server_after: Option<Duration>,
-    /// How to reach the server: QUIC, the WebSocket fallback, or QUIC and then the WebSocket (the default).
+    /// How to reach the server: QUIC, the WebSocket fallback, or QUIC and then the WebSocket (the default; the
+    /// fallback needs the crate's `websocket` feature, off by default, without which `Auto` is QUIC).
     pub transport: Transport,
     /// With [`Transport::Auto`]: how long QUIC has alone before the WebSocket is tried too (at once when QUIC
     /// fails; at most half of `connect_timeout`).
@@ -59,7 +60,7 @@ pub struct ConnectOptions {
 pub enum Transport {
     /// QUIC only (UDP).
     Quic,
-    /// The WebSocket fallback only (`wss://host:port/quiver`, TCP).
+    /// The WebSocket fallback only (`wss://host:port/quiver`, TCP; the `websocket` feature).
     WebSocket,
     /// QUIC, and the WebSocket too once QUIC has not connected within `fallback_after` or failed; the first
     /// through wins. Once the WebSocket won, this client's reconnects use it straight away.

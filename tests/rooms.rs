@@ -164,31 +164,8 @@ async fn a_member_that_stops_reading_is_reset_in_that_room_only() {
     let limits = Limits { max_frame: 4096, max_body: 2048, room_queue_bytes: 16 * 1024, ..Limits::default() };
     let server = TestServer::start(limits);
     let member = named(&server, "member").await;
-    let mut stalled = member.join("a").await.unwrap();
-    let mut flowing = member.join("b").await.unwrap();
     let writer = named(&server, "writer").await;
-    let total = 2000;
-    let body = vec![b'x'; 2000];
-    let writer_task = {
-        let writer = writer.clone();
-        tokio::spawn(async move {
-            for _ in 0..total {
-                writer.post("a", body.clone()).await.unwrap();
-                writer.post("b", body.clone()).await.unwrap();
-            }
-        })
-    };
-    // Room b keeps flowing while nobody reads room a.
-    let (b_messages, _) = messages(&mut flowing, total).await;
-    assert_eq!(seqs(&b_messages), (1..=total as u64).collect::<Vec<_>>());
-    writer_task.await.unwrap();
-    // Now read room a: everything arrives, in order, once, after a resume.
-    let (a_messages, events) = messages(&mut stalled, total).await;
-    assert_eq!(seqs(&a_messages), (1..=total as u64).collect::<Vec<_>>());
-    assert!(
-        events.iter().any(|e| matches!(e, RoomEvent::Resumed { recovered: true, .. })),
-        "room a was reset as a slow consumer and resumed"
-    );
+    quiver_tests::a_member_stops_reading_one_room(&member, &writer).await;
     server.stop().await;
 }
 

@@ -15,6 +15,20 @@ fn named(name: &str) -> ConnectOptions {
     ConnectOptions { name: Some(name.into()), ..ConnectOptions::default() }
 }
 
+/// Waits (at most [`WAIT`]) until the client is connected again after a reconnect.
+async fn reconnected(states: &mut tokio::sync::watch::Receiver<quiver_client::ConnectionState>) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            states.changed().await.unwrap();
+            if matches!(*states.borrow(), quiver_client::ConnectionState::Connected { reconnects: 1.., .. }) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("reconnected");
+}
+
 async fn messages(room: &mut Room, count: usize) -> Vec<Message> {
     let mut messages = Vec::new();
     tokio::time::timeout(WAIT, async {
@@ -126,16 +140,7 @@ async fn auto_falls_back_when_udp_is_blocked_and_stays_there() {
     let mut states = client.state();
     let server = server.restart(Limits::default()).await;
     let lost = std::time::Instant::now();
-    tokio::time::timeout(WAIT, async {
-        loop {
-            states.changed().await.unwrap();
-            if matches!(*states.borrow(), quiver_client::ConnectionState::Connected { reconnects: 1.., .. }) {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("reconnected");
+    reconnected(&mut states).await;
     assert!(lost.elapsed() < FALLBACK, "reconnected over the WebSocket in {:?}", lost.elapsed());
     assert_eq!(client.transport(), Some(TransportKind::WebSocket));
     client.post("lobby", "again").await.unwrap();
@@ -153,16 +158,7 @@ async fn a_websocket_client_resumes_after_the_server_drops_it() {
     let mut states = client.state();
     // The server goes away and comes back on the same ports: the client reconnects over the WebSocket.
     let server = server.restart(Limits::default()).await;
-    tokio::time::timeout(WAIT, async {
-        loop {
-            states.changed().await.unwrap();
-            if matches!(*states.borrow(), quiver_client::ConnectionState::Connected { reconnects: 1.., .. }) {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("reconnected");
+    reconnected(&mut states).await;
     assert_eq!(client.transport(), Some(TransportKind::WebSocket));
     let poster = server.client_with(named("poster2")).await.unwrap();
     poster.post("r", "two").await.unwrap();
@@ -188,40 +184,9 @@ async fn a_websocket_member_that_stops_reading_is_reset_in_that_room_only() {
     let limits = Limits { max_frame: 4096, max_body: 2048, room_queue_bytes: 16 * 1024, ..Limits::default() };
     let server = TestServer::start(limits);
     let member = server.ws_client_with(named("member")).await.unwrap();
-    let mut stalled = member.join("a").await.unwrap();
-    let mut flowing = member.join("b").await.unwrap();
     let writer = server.client_with(ConnectOptions { transport: Transport::Quic, ..named("writer") }).await.unwrap();
-    let total = 2000;
-    let body = vec![b'x'; 2000];
-    let writer_task = {
-        let writer = writer.clone();
-        tokio::spawn(async move {
-            for _ in 0..total {
-                writer.post("a", body.clone()).await.unwrap();
-                writer.post("b", body.clone()).await.unwrap();
-            }
-        })
-    };
     // Room b keeps flowing over the one TCP connection while nobody reads room a.
-    let b_messages = messages(&mut flowing, total).await;
-    assert_eq!(b_messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=total as u64).collect::<Vec<_>>());
-    writer_task.await.unwrap();
-    // Now read room a: everything arrives, in order, once, after a resume.
-    let mut a_seqs = Vec::new();
-    let mut resumed = false;
-    tokio::time::timeout(WAIT, async {
-        while a_seqs.len() < total {
-            match stalled.next().await.expect("room stream ended") {
-                RoomEvent::Message(m) => a_seqs.push(m.seq),
-                RoomEvent::Resumed { recovered: true, .. } => resumed = true,
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("room a completes");
-    assert_eq!(a_seqs, (1..=total as u64).collect::<Vec<_>>());
-    assert!(resumed, "room a was reset as a slow consumer and resumed");
+    quiver_tests::a_member_stops_reading_one_room(&member, &writer).await;
     assert!(server.stats.slow_consumer_resets.load(std::sync::atomic::Ordering::Relaxed) >= 1);
 }
 

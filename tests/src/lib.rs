@@ -194,3 +194,47 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub fn sample(metrics: &str, name: &str) -> f64 {
     metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
 }
+
+/// One member joins rooms `a` and `b`; `writer` posts 2,000 messages of 2,000 bytes into each while the member
+/// reads only `b` (which must keep flowing, complete and in order), then `a`: everything arrives, in order, once,
+/// after `a` was reset as a slow consumer and resumed. For a server whose `room_queue_bytes` is small (16 KiB), over
+/// whatever transport `member` uses.
+pub async fn a_member_stops_reading_one_room(member: &Client, writer: &Client) {
+    use quiver_client::{Room, RoomEvent};
+    const TOTAL: usize = 2000;
+    /// The next `count` messages of `room`, and whether it resumed with everything recovered on the way.
+    async fn read(room: &mut Room, count: usize) -> (Vec<u64>, bool) {
+        let (mut seqs, mut resumed) = (Vec::new(), false);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while seqs.len() < count {
+                match room.next().await.expect("room stream ended") {
+                    RoomEvent::Message(m) => seqs.push(m.seq),
+                    RoomEvent::Resumed { recovered: true, .. } => resumed = true,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the room's messages arrive");
+        (seqs, resumed)
+    }
+    let mut stalled = member.join("a").await.unwrap();
+    let mut flowing = member.join("b").await.unwrap();
+    let writer_task = {
+        let (writer, body) = (writer.clone(), vec![b'x'; 2000]);
+        tokio::spawn(async move {
+            for _ in 0..TOTAL {
+                writer.post("a", body.clone()).await.unwrap();
+                writer.post("b", body.clone()).await.unwrap();
+            }
+        })
+    };
+    // Room b keeps flowing while nobody reads room a.
+    let (b_seqs, _) = read(&mut flowing, TOTAL).await;
+    assert_eq!(b_seqs, (1..=TOTAL as u64).collect::<Vec<_>>());
+    writer_task.await.unwrap();
+    // Now read room a: everything arrives, in order, once, after a resume.
+    let (a_seqs, resumed) = read(&mut stalled, TOTAL).await;
+    assert_eq!(a_seqs, (1..=TOTAL as u64).collect::<Vec<_>>());
+    assert!(resumed, "room a was reset as a slow consumer and resumed");
+}

@@ -115,10 +115,18 @@ pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<Pos
             }
         }
     }
-    for server in servers {
-        for client in server.clients {
+    // Closed in order, so that no store is still open (its background work finding its files gone) when its
+    // data directory is removed: the posters, then each server, then the stores, then the directories.
+    for server in &mut servers {
+        for client in server.clients.drain(..) {
             client.close().await;
         }
+    }
+    stop.cancel();
+    for server in servers {
+        let ModeServer { task, store, _dir, .. } = server;
+        let _ = task.await;
+        drop(store);
     }
     rows.sort_by_key(|row| config.modes.iter().position(|m| m.name() == row.mode));
     Ok(PostReport { fsync, size: config.size, rows })
@@ -129,6 +137,8 @@ struct ModeServer {
     mode: Durability,
     store: Option<std::sync::Arc<quiver_server::store::Store>>,
     clients: Vec<Client>,
+    /// The server's task: done once it stopped (and let go of its store).
+    task: tokio::task::JoinHandle<quiver_server::Summary>,
     _dir: tempfile::TempDir,
 }
 
@@ -148,7 +158,7 @@ impl ModeServer {
         let server = quiver_server::Server::bind(server_config)?;
         let store = server.rooms().store().cloned();
         let (addr, pin) = (server.local_addr(), server.fingerprint());
-        tokio::spawn(server.run(stop.clone()));
+        let task = tokio::spawn(server.run(stop.clone()));
         let mut clients = Vec::new();
         for i in 0..posters {
             let options = ConnectOptions {
@@ -160,7 +170,7 @@ impl ModeServer {
             };
             clients.push(Client::connect_with(&addr.to_string(), options).await?);
         }
-        Ok(ModeServer { mode, store, clients, _dir: dir })
+        Ok(ModeServer { mode, store, clients, task, _dir: dir })
     }
 }
 

@@ -137,3 +137,31 @@ async fn a_loaded_rooms_memory_is_counted_and_given_back() {
     hub.sweep(20 + 601 * 1_000_000).await;
     assert_eq!((hub.usage().rooms, hub.usage().retained_bytes), (0, 0), "held {held} before");
 }
+
+#[tokio::test]
+async fn a_room_nobody_uses_is_trimmed_by_age_too() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_age_s: 100, ..Limits::default() };
+    let hub = open(dir.path(), limits.clone(), Budget::default());
+    for id in 1..=3 {
+        let _ = post(&hub, "old", "bob", id, 10).await;
+    }
+    let _ = post(&hub, "young", "bob", 1, 150 * S).await;
+    drop(hub);
+    // After a restart neither room is in memory; only the sweep's walk over the store finds them.
+    let hub = open(dir.path(), limits, Budget::default());
+    let store = hub.store().unwrap().clone();
+    let stored = |name: &str| store.load_room(name, 0, 0, 0).unwrap().unwrap().extent.messages;
+    assert_eq!((stored("old"), stored("young"), hub.usage().rooms), (3, 1, 0));
+    hub.sweep(200 * S).await;
+    store.submit(crate::store::Op::Barrier).wait().await.unwrap();
+    assert_eq!(stored("old"), 0, "past the age bound: deleted although nobody used the room");
+    assert_eq!(stored("young"), 1, "50 s old: kept, and never loaded");
+    for t in 201..=203 {
+        hub.sweep(t * S).await;
+    }
+    assert_eq!(hub.usage().rooms, 0, "out of memory again once its deletion is stored");
+    let (posted, _) = post(&hub, "old", "bob", 9, 204 * S).await;
+    assert_eq!(posted.seq, 4, "same room, seqs go on");
+}

@@ -86,7 +86,14 @@ pub struct LocalRooms {
     /// Rooms taken out of the map so far: a room read from the store is put in the map only if none left it
     /// meanwhile (one that did may have stored more since that read).
     removals: AtomicU64,
+    /// Where the sweep's walk over stored rooms for aged history goes on ([`LocalRooms::load_aged`]).
+    aged_cursor: Mutex<Option<Vec<u8>>>,
 }
+
+/// Stored room records the sweep examines each time for history past its age in rooms not in memory.
+const AGED_EXAMINED_PER_SWEEP: usize = 64;
+/// Such rooms loaded (to be trimmed) per sweep at most: a load reads the room's history.
+const AGED_LOADS_PER_SWEEP: usize = 2;
 
 impl LocalRooms {
     /// An empty hub whose rooms follow `limits` (history, dedupe, frame size) within `budget`.
@@ -100,6 +107,7 @@ impl LocalRooms {
             shedding: Mutex::new(()),
             store: None,
             removals: AtomicU64::new(0),
+            aged_cursor: Mutex::new(None),
         }
     }
 
@@ -112,6 +120,37 @@ impl LocalRooms {
     /// The store, if rooms are durable.
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.store.as_ref()
+    }
+
+    /// Loads a few rooms that are not in memory but hold history older than `history_max_age_s`, found by a walk
+    /// over the stored rooms that goes on from sweep to sweep, so that the sweep trims them like the rooms in use
+    /// (and unloads them once idle again): rooms nobody uses would otherwise keep their history on disk forever.
+    /// Only while at most half of `max_rooms` are in memory: never at the cost of evicting rooms in use.
+    fn load_aged(&self, now_us: u64) {
+        let Some(store) = &self.store else { return };
+        if lock(&self.rooms).len() + AGED_LOADS_PER_SWEEP > self.budget.max_rooms as usize / 2 {
+            return;
+        }
+        let cutoff_us = now_us.saturating_sub(self.retention().max_age_us);
+        let aged = {
+            let mut cursor = lock(&self.aged_cursor);
+            let in_memory = |name: &str| self.existing(name).is_some();
+            match store.aged_rooms(cursor.as_deref(), AGED_EXAMINED_PER_SWEEP, cutoff_us, in_memory) {
+                Ok(aged) => {
+                    *cursor = aged.cursor;
+                    aged.names
+                }
+                Err(err) => {
+                    tracing::error!(%err, "retention: cannot read the stored rooms");
+                    return;
+                }
+            }
+        };
+        for name in aged.iter().take(AGED_LOADS_PER_SWEEP) {
+            if let Err(err) = self.room(name, false, now_us) {
+                tracing::warn!(room = %name, %err, "retention: cannot load a room with aged history");
+            }
+        }
     }
 
     /// How much history each durable room keeps.
@@ -426,6 +465,7 @@ impl RoomHub for LocalRooms {
     }
 
     async fn sweep(&self, now_us: u64) {
+        self.load_aged(now_us);
         let names: Vec<String> = lock(&self.rooms).keys().cloned().collect();
         let mut emptied = Vec::new();
         for name in names {

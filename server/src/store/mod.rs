@@ -14,6 +14,7 @@
 //! one batch with one fsync (group commit); a post is acknowledged, and delivered, only once its batch is durable.
 //! Reads ([`Store::load_room`], [`Store::page`]) go straight to the database from any thread.
 
+mod cold;
 mod writer;
 
 use std::{
@@ -27,6 +28,7 @@ use std::{
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
+pub use cold::AgedRooms;
 pub(crate) use writer::{Append, Op};
 pub use writer::{Commit, StoreFailed, WriterStats};
 

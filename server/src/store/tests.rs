@@ -120,6 +120,29 @@ fn group_commit_shares_batches() {
 }
 
 #[test]
+fn the_walk_for_aged_rooms_goes_on_from_its_cursor_and_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Os).unwrap();
+    let mut last = None;
+    for (name, time_us) in [("a", 1), ("b", 100), ("c", 2), ("d", 0)] {
+        let id = store.allocate_room_id();
+        let _ = store.submit(Op::Create { name: name.into(), id, epoch: 1 });
+        if name != "d" {
+            last = Some(store.submit(append(name, id, 1, time_us, b"x", "ann", 1)));
+        }
+    }
+    block_on(last.unwrap().wait()).unwrap();
+    let step = |cursor: Option<&str>| store.aged_rooms(cursor.map(str::as_bytes), 2, 50, |_| false).unwrap();
+    let first = step(None);
+    assert_eq!((first.names, first.cursor), (vec!["a".to_string()], Some(b"b".to_vec())), "b is young");
+    let second = step(Some("b"));
+    assert_eq!((second.names, second.cursor), (vec!["c".to_string()], Some(b"d".to_vec())), "d holds nothing");
+    assert_eq!(step(Some("d")), AgedRooms { names: vec![], cursor: None }, "the end: start over");
+    let skipping_a = store.aged_rooms(None, 4, 50, |name| name == "a").unwrap();
+    assert_eq!(skipping_a.names, ["c"], "rooms in memory are the sweep's");
+}
+
+#[test]
 fn a_store_of_another_format_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), Durability::Fsync).unwrap();

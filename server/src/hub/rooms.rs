@@ -124,18 +124,16 @@ impl LocalRooms {
 
     /// Loads a few rooms that are not in memory but hold history older than `history_max_age_s`, found by a walk
     /// over the stored rooms that goes on from sweep to sweep, so that the sweep trims them like the rooms in use
-    /// (and unloads them once idle again): rooms nobody uses would otherwise keep their history on disk forever.
-    /// Only while at most half of `max_rooms` are in memory: never at the cost of evicting rooms in use.
+    /// and the next sweep unloads them: rooms nobody uses would otherwise keep their history on disk forever. A
+    /// load at `max_rooms` evicts an idle room, as any load does (rooms with members are never evicted).
     fn load_aged(&self, now_us: u64) {
         let Some(store) = &self.store else { return };
-        if lock(&self.rooms).len() + AGED_LOADS_PER_SWEEP > self.budget.max_rooms as usize / 2 {
-            return;
-        }
         let cutoff_us = now_us.saturating_sub(self.retention().max_age_us);
         let aged = {
             let mut cursor = lock(&self.aged_cursor);
             let in_memory = |name: &str| self.existing(name).is_some();
-            match store.aged_rooms(cursor.as_deref(), AGED_EXAMINED_PER_SWEEP, cutoff_us, in_memory) {
+            let (examined, loads) = (AGED_EXAMINED_PER_SWEEP, AGED_LOADS_PER_SWEEP);
+            match store.aged_rooms(cursor.as_deref(), examined, loads, cutoff_us, in_memory) {
                 Ok(aged) => {
                     *cursor = aged.cursor;
                     aged.names
@@ -146,9 +144,12 @@ impl LocalRooms {
                 }
             }
         };
-        for name in aged.iter().take(AGED_LOADS_PER_SWEEP) {
-            if let Err(err) = self.room(name, false, now_us) {
-                tracing::warn!(room = %name, %err, "retention: cannot load a room with aged history");
+        for name in &aged {
+            match self.room(name, false, now_us) {
+                // Every room in memory has members: this one waits for the walk's next round.
+                Err(err) if err.code == ErrorCode::ServerFull => tracing::debug!(room = %name, %err, "retention"),
+                Err(err) => tracing::warn!(room = %name, %err, "retention: cannot load a room with aged history"),
+                Ok(_) => {}
             }
         }
     }

@@ -18,13 +18,15 @@ pub struct AgedRooms {
 
 impl Store {
     /// Examines up to `limit` room records after `cursor` (from the first when `None`) and names those whose oldest
-    /// stored message is older than `cutoff_us`, skipping the rooms `in_memory` names (the sweep trims those, and
-    /// the first read of a busy room's messages can walk the tombstones of everything it deleted). One read of a
-    /// room's first message each: nothing is loaded.
+    /// stored message is older than `cutoff_us`, at most `max_names` (the walk stops at the last one named, so the
+    /// next step goes on after it), skipping the rooms `in_memory` names (the sweep trims those, and the first read
+    /// of a busy room's messages can walk the tombstones of everything it deleted). One read of a room's first
+    /// message each: nothing is loaded.
     pub fn aged_rooms(
         &self,
         cursor: Option<&[u8]>,
         limit: usize,
+        max_names: usize,
         cutoff_us: u64,
         in_memory: impl Fn(&str) -> bool,
     ) -> Result<AgedRooms, StoreError> {
@@ -44,6 +46,9 @@ impl Store {
             let (_, message) = first.into_inner().map_err(read_err)?;
             if u64_at(&message, 0).is_some_and(|time_us| time_us < cutoff_us) {
                 aged.names.push(name.to_string());
+                if aged.names.len() >= max_names {
+                    return Ok(aged);
+                }
             }
         }
         if examined < limit {

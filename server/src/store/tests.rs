@@ -132,14 +132,16 @@ fn the_walk_for_aged_rooms_goes_on_from_its_cursor_and_starts_over() {
         }
     }
     block_on(last.unwrap().wait()).unwrap();
-    let step = |cursor: Option<&str>| store.aged_rooms(cursor.map(str::as_bytes), 2, 50, |_| false).unwrap();
+    let step = |cursor: Option<&str>| store.aged_rooms(cursor.map(str::as_bytes), 2, 9, 50, |_| false).unwrap();
     let first = step(None);
     assert_eq!((first.names, first.cursor), (vec!["a".to_string()], Some(b"b".to_vec())), "b is young");
     let second = step(Some("b"));
     assert_eq!((second.names, second.cursor), (vec!["c".to_string()], Some(b"d".to_vec())), "d holds nothing");
     assert_eq!(step(Some("d")), AgedRooms { names: vec![], cursor: None }, "the end: start over");
-    let skipping_a = store.aged_rooms(None, 4, 50, |name| name == "a").unwrap();
+    let skipping_a = store.aged_rooms(None, 4, 9, 50, |name| name == "a").unwrap();
     assert_eq!(skipping_a.names, ["c"], "rooms in memory are the sweep's");
+    let one = store.aged_rooms(None, 4, 1, 50, |_| false).unwrap();
+    assert_eq!((one.names, one.cursor), (vec!["a".to_string()], Some(b"a".to_vec())), "stops at the one named");
 }
 
 #[test]

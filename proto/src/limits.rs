@@ -34,7 +34,8 @@ pub struct Limits {
     pub handshake_timeout_ms: u32,
     /// Messages each room retains for history and resume. Default 1,000.
     pub history_max_messages: u32,
-    /// Seconds a message stays in a room's history. Default 86,400 (one day).
+    /// Seconds a message stays in a room's history; 0: no age bound (history is then bounded by count and bytes
+    /// only). Default 86,400 (one day).
     pub history_max_age_s: u32,
     /// Latest messages replayed on a Join whose `since` cannot be recovered. Default 100.
     pub gap_replay: u32,
@@ -64,6 +65,11 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// `history_max_age_s` in µs, `None` when it is 0 (no age bound).
+    pub fn history_max_age_us(&self) -> Option<u64> {
+        (self.history_max_age_s > 0).then(|| u64::from(self.history_max_age_s) * 1_000_000)
+    }
+
     /// A rate's bucket holds this many seconds of it (its burst).
     pub const BURST_SECONDS: u32 = 2;
     /// A connection that has this many bursts of requests (or posts) refused within one second is closed.

@@ -365,10 +365,7 @@ impl RoomHub for RedisRooms {
         // The body is within `max_body`, and `Limits::check` makes any such post fit a room frame.
         let keys = RoomKeys::new(room);
         let limits = &ctx.limits;
-        let oldest_kept = match limits.history_max_age_s {
-            0 => 0,
-            age => now_us.saturating_sub(u64::from(age) * 1_000_000),
-        };
+        let oldest_kept = limits.history_max_age_us().map_or(0, |age| now_us.saturating_sub(age));
         let mut conn = ctx.broker.conn();
         let (_epoch, seq, duplicate): (String, u64, u8) = scripts::POST_SCRIPT
             .key(&keys.meta)

@@ -176,3 +176,23 @@ async fn a_room_nobody_uses_is_trimmed_by_age_too() {
     let (posted, _) = post(&hub, "old", "bob", 9, 204 * S).await;
     assert_eq!(posted.seq, 4, "same room, seqs go on");
 }
+
+#[tokio::test]
+async fn history_max_age_0_keeps_history_of_any_age() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_age_s: 0, ..Limits::default() };
+    let hub = open(dir.path(), limits.clone(), Budget::default());
+    let _ = post(&hub, "kept", "bob", 1, 10).await;
+    let _ = post(&hub, "unloaded", "bob", 1, 10).await;
+    drop(hub);
+    let hub = open(dir.path(), limits, Budget::default());
+    let _ = post(&hub, "kept", "bob", 2, 20).await; // in memory; "unloaded" is not
+    for t in [1_000_000, 1_000_001] {
+        hub.sweep(t * S).await;
+    }
+    let store = hub.store().unwrap().clone();
+    store.submit(crate::store::Op::Barrier).wait().await.unwrap();
+    let stored = |name: &str| store.load_room(name, 0, 0, 0).unwrap().unwrap().extent.messages;
+    assert_eq!((stored("kept"), stored("unloaded")), (2, 1), "no age bound: nothing deleted");
+}

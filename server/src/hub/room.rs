@@ -79,7 +79,7 @@ impl Room {
     /// A new, empty room with the given epoch and the in-memory history `limits` describe, holding at most
     /// `history_bytes` of it.
     pub fn new(name: String, epoch: u64, limits: &Limits, history_bytes: u64) -> Room {
-        let max_age_us = u64::from(limits.history_max_age_s) * 1_000_000;
+        let max_age_us = limits.history_max_age_us().unwrap_or(u64::MAX);
         let history = MemoryHistory::new(limits.history_max_messages as usize, history_bytes, max_age_us);
         Room::with_history(name, epoch, limits, Box::new(history))
     }

@@ -127,8 +127,8 @@ impl LocalRooms {
     /// and the next sweep unloads them: rooms nobody uses would otherwise keep their history on disk forever. A
     /// load at `max_rooms` evicts an idle room, as any load does (rooms with members are never evicted).
     fn load_aged(&self, now_us: u64) {
-        let Some(store) = &self.store else { return };
-        let cutoff_us = now_us.saturating_sub(self.retention().max_age_us);
+        let (Some(store), Some(max_age_us)) = (&self.store, self.limits.history_max_age_us()) else { return };
+        let cutoff_us = now_us.saturating_sub(max_age_us);
         let aged = {
             let mut cursor = lock(&self.aged_cursor);
             let in_memory = |name: &str| self.existing(name).is_some();
@@ -159,7 +159,7 @@ impl LocalRooms {
         Retention {
             max_messages: u64::from(self.limits.history_max_messages),
             max_bytes: self.budget.room_history_bytes,
-            max_age_us: u64::from(self.limits.history_max_age_s) * 1_000_000,
+            max_age_us: self.limits.history_max_age_us().unwrap_or(u64::MAX),
         }
     }
 

@@ -153,6 +153,10 @@ fn history_is_bounded_by_count_and_age() {
     assert_eq!(seqs, (16..=25).collect::<Vec<_>>());
     // 200 s later all of it is older than 100 s.
     assert!(room.history(None, 100, usize::MAX, 225_000_000).messages.is_empty());
+    // 0: no age bound (as through Redis), only the count.
+    let mut ageless = self::room(&Limits { history_max_messages: 10, history_max_age_s: 0, ..Limits::default() });
+    post(&mut ageless, "a", 1, 0);
+    assert_eq!(ageless.history(None, 100, usize::MAX, u64::MAX / 2).messages.len(), 1);
 }
 
 #[test]

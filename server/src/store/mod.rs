@@ -474,7 +474,7 @@ pub struct Retention {
     pub max_messages: u64,
     /// Bytes of encoded frames (`Budget::room_history_bytes`).
     pub max_bytes: u64,
-    /// Age (`Limits::history_max_age_s`), µs.
+    /// Age (`Limits::history_max_age_s`), µs; `u64::MAX` for no age bound.
     pub max_age_us: u64,
 }
 

@@ -89,7 +89,12 @@ impl<H: Handler> Connection<H> {
             token: options.token().await.map_err(ConnectError::Token)?,
         };
         let hello = codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) })?;
-        send.write_all(&hello).await.map_err(|err| ConnectError::Closed(ErrorCode::Internal, err.0))?;
+        send.write_all(&hello).await.map_err(|err| {
+            // Closed before Hello went out (a server refusing at once, e.g. over a per-address limit): the
+            // connection's close says why, where the failed write only says "connection lost".
+            let (code, reason) = link.close_reason().unwrap_or((ErrorCode::Internal, err.0));
+            ConnectError::Closed(code, reason)
+        })?;
         let mut inbound = BytesMut::new();
         let welcome = loop {
             match codec.decode::<ServerMsg>(&mut inbound).map_err(ProtocolError::from)? {

@@ -191,10 +191,14 @@ async fn a_peer_that_floods_posts() {
                 let post = Post { room: "spam".into(), client_msg_id: req_id, body: vec![b'x'; 100].into() };
                 flood.extend_from_slice(&frame(req_id, RequestBody::Post(post)));
             }
+            let started = std::time::Instant::now();
             let _ = control.send.write_all(&flood).await;
             let (ok, limited) = control.drain().await;
             assert_eq!(closed_with(&control.conn).await.0, ErrorCode::RateLimited);
-            assert!((300..=330).contains(&ok), "{ok} posts accepted");
+            // The burst, plus what the bucket refilled (150/s) while the server worked through the flood: each
+            // accepted post waits for its store commit, so how many depends on this machine's disk, not a constant.
+            let refilled = (150.0 * started.elapsed().as_secs_f64()).ceil() as u64;
+            assert!((300..=305 + refilled).contains(&ok), "{ok} posts accepted, {refilled} refilled");
             assert_eq!(limited, 1_201);
         })
         .await;

@@ -173,7 +173,7 @@ async fn a_room_nobody_uses_is_trimmed_by_age_too() {
         hub.sweep(t * S).await;
     }
     assert_eq!(hub.usage().rooms, 0, "out of memory again once their deletions are stored");
-    let (posted, _) = post(&hub, "old", "bob", 9, 204 * S).await;
+    let (posted, _) = post(&hub, "old", "bob", 9, 208 * S).await;
     assert_eq!(posted.seq, 4, "same room, seqs go on");
 }
 

@@ -144,3 +144,21 @@ async fn posting_into_a_room_needs_no_join() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_disk_floor_posts_are_refused_with_server_full_and_the_connection_goes_on() {
+    bounded(async {
+        // A floor above any disk's free space: the server's store is "full" from the start.
+        let server = TestServer::start_with_budget(Budget { disk_min_free_bytes: u64::MAX, ..Budget::default() });
+        let mut control = Control::open(&server).await;
+        let post = Post { room: "notices".into(), client_msg_id: 1, body: Bytes::from_static(b"deploy at 5") };
+        let refused = control.request(1, RequestBody::Post(post)).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::ServerFull, "{}", refused.message);
+        assert!(refused.message.contains("disk is nearly full"), "{}", refused.message);
+        let subscribe = RequestBody::Subscribe { channel: "prices".into() };
+        assert!(control.request(2, subscribe).await.is_ok(), "the rest goes on, on the same connection");
+        assert_eq!(server.stats.snapshot().server_full, 1);
+        server.stop().await;
+    })
+    .await;
+}

@@ -11,6 +11,9 @@
 //! - **`room_history_bytes`**: a room forgets its oldest messages beyond it (like `history_max_messages`).
 //! - **`retained_bytes`**: when history and dedupe memory of all rooms together exceed it, the rooms idle longest
 //!   shed their oldest messages (then their oldest dedupe entries) until the total is back under 90 % of it.
+//! - **`disk_min_free_bytes`**: while the filesystem holding the room store has less free space than this, posts
+//!   are refused with `ServerFull` (everything else goes on, retention included) until it has a sixteenth more
+//!   again (docs/durability.md, "A disk that fills").
 //! - **`frame_timeout_ms`**: a connection that starts a control frame and does not finish it in time is closed
 //!   with `FrameTimeout` (before Hello, `handshake_timeout_ms` applies instead); one that does not read the
 //!   server's replies on its control stream within it is closed with `SlowConsumer`.
@@ -32,6 +35,10 @@ pub struct Budget {
     pub room_history_bytes: u64,
     /// Bytes of history and dedupe memory all rooms retain together at most. Default 268,435,456 (256 MiB).
     pub retained_bytes: u64,
+    /// Free bytes the filesystem holding the room store keeps: below it posts are refused with `ServerFull`, so
+    /// that the disk never fills (a full disk fails the store's commits, and the server then refuses posts until
+    /// it is restarted). 0 turns the check off. Default 1,073,741,824 (1 GiB).
+    pub disk_min_free_bytes: u64,
     /// Time a control frame begun after Hello has to complete, in milliseconds. Default 5,000.
     pub frame_timeout_ms: u32,
     /// How often expired history is dropped and empty rooms removed, in milliseconds. Default 1,000.
@@ -45,6 +52,7 @@ impl Default for Budget {
             max_channels: 10_000,
             room_history_bytes: 4 << 20,
             retained_bytes: 256 << 20,
+            disk_min_free_bytes: 1 << 30,
             frame_timeout_ms: 5_000,
             sweep_interval_ms: 1_000,
         }

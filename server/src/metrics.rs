@@ -420,6 +420,26 @@ impl Collector for ServerMetrics {
                 "Time to commit one batch (with its fsync in fsync mode)",
                 &w.commit_us,
             )?;
+            let disk = store.disk();
+            let free = disk.free_bytes().map_or(-1, |free| i64::try_from(free).unwrap_or(i64::MAX));
+            gauge(
+                &mut e,
+                "store_disk_free_bytes",
+                "Free bytes on the store's disk at the last sweep (-1: unknown)",
+                free,
+            )?;
+            gauge(
+                &mut e,
+                "store_disk_full",
+                "1 while posts are refused for budget.disk_min_free_bytes",
+                disk.full().into(),
+            )?;
+            counter(
+                &mut e,
+                "store_posts_refused_disk",
+                "Posts refused for budget.disk_min_free_bytes",
+                disk.refused(),
+            )?;
         }
         Ok(())
     }

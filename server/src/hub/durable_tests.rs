@@ -5,7 +5,7 @@
 use std::{path::Path, sync::Arc};
 
 use bytes::Bytes;
-use quiver_proto::{Limits, Position, RoomFrame};
+use quiver_proto::{ErrorCode, Limits, Position, RoomFrame};
 
 use super::{tests::Collect, *};
 use crate::{
@@ -195,4 +195,38 @@ async fn history_max_age_0_keeps_history_of_any_age() {
     store.submit(crate::store::Op::Barrier).wait().await.unwrap();
     let stored = |name: &str| store.load_room(name, 0, 0, 0).unwrap().unwrap().extent.messages;
     assert_eq!((stored("kept"), stored("unloaded")), (2, 1), "no age bound: nothing deleted");
+}
+
+#[tokio::test]
+async fn at_the_disk_floor_posts_are_refused_and_the_rest_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let budget = |disk_min_free_bytes| Budget { disk_min_free_bytes, ..Budget::default() };
+    let hub = LocalRooms::durable(Limits::default(), budget(0), store.clone());
+    assert_eq!(post(&hub, "r", "bob", 1, 10).await.0.seq, 1);
+    drop(hub);
+    // A floor no disk has: the real free space is under it, from the start.
+    let hub = LocalRooms::durable(Limits::default(), budget(u64::MAX), store.clone());
+    assert!(store.disk().full() && store.disk().free_bytes().is_some());
+    let body = Bytes::from_static(b"more");
+    let refused = hub.post(PostMessage { room: "r", identity: "bob", client_msg_id: 2, body, now_us: 30 }).await;
+    let failure = refused.expect_err("refused at the floor");
+    assert_eq!(failure.code, ErrorCode::ServerFull);
+    assert!(failure.message.contains("disk_min_free_bytes"), "{}", failure.message);
+    assert_eq!(store.disk().refused(), 1);
+    // What is stored already is still served: a retry gets its seq, history and joins work, nothing was sequenced.
+    let (retry, _) = post(&hub, "r", "bob", 1, 40).await;
+    assert_eq!(retry, Posted { seq: 1, duplicate: true });
+    let page = hub.history("r", None, 10, usize::MAX, 40).await.unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [1]);
+    let member = Collect::new(usize::MAX);
+    let joining = join(&hub, "r", None, &member).await;
+    assert_eq!(joining.joined.last_seq, 1);
+    hub.sweep(50).await;
+    assert!(store.disk().full(), "still under the floor at the next sweep");
+    drop((joining, hub));
+    // The floor lowered (turned off here): posts go through again, and seqs go on without a gap.
+    let hub = LocalRooms::durable(Limits::default(), budget(0), store.clone());
+    assert!(!store.disk().full());
+    assert_eq!(post(&hub, "r", "bob", 2, 60).await.0, Posted { seq: 2, duplicate: false });
 }

@@ -272,6 +272,10 @@ impl Room {
             let commit = self.disk.as_ref().filter(|_| seq > self.delivered_seq).map(durable::DiskRoom::barrier);
             return Ok(Posting { posted, delivery: Delivery::default(), commit });
         }
+        // The disk floor (`budget.disk_min_free_bytes`): nothing new is stored while it is reached.
+        if let Some(why) = self.disk.as_ref().and_then(durable::DiskRoom::refuse_post) {
+            return Err(Failure::new(ErrorCode::ServerFull, why));
+        }
         self.history.trim(now_us);
         let seq = self.sequenced_seq + 1;
         let event = RoomEvent {

@@ -114,6 +114,7 @@ impl LocalRooms {
     /// Like [`LocalRooms::new`], with every room's epoch, seq, history and dedupe window in `store`: posts are
     /// acknowledged once stored, and rooms leave memory when unused (loaded again, same epoch, on the next use).
     pub fn durable(limits: Limits, budget: Budget, store: Arc<Store>) -> Self {
+        store.check_disk(budget.disk_min_free_bytes); // then at every sweep
         LocalRooms { store: Some(store), ..LocalRooms::new(limits, budget) }
     }
 
@@ -466,6 +467,9 @@ impl RoomHub for LocalRooms {
     }
 
     async fn sweep(&self, now_us: u64) {
+        if let Some(store) = &self.store {
+            store.check_disk(self.budget.disk_min_free_bytes);
+        }
         self.load_aged(now_us);
         let names: Vec<String> = lock(&self.rooms).keys().cloned().collect();
         let mut emptied = Vec::new();

@@ -15,6 +15,7 @@
 //! Reads ([`Store::load_room`], [`Store::page`]) go straight to the database from any thread.
 
 mod cold;
+mod disk;
 mod writer;
 
 use std::{
@@ -29,6 +30,7 @@ use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 pub use cold::AgedRooms;
+pub use disk::{Change as DiskChange, DiskFloor};
 pub(crate) use writer::{Append, Op};
 pub use writer::{Commit, StoreFailed, WriterStats};
 
@@ -180,6 +182,7 @@ pub struct Store {
     next_room_id: AtomicU64,
     writer: writer::Handle,
     durability: Durability,
+    disk: DiskFloor,
 }
 
 #[derive(Clone)]
@@ -302,7 +305,8 @@ impl Store {
         }
         let writer = writer::Handle::start(keyspaces.clone(), durability, next_room_id)
             .map_err(|err| StoreError::Open { path: path.clone(), detail: err.to_string() })?;
-        Ok(Arc::new(Store { path, keyspaces, next_room_id: AtomicU64::new(next_room_id), writer, durability }))
+        let next_room_id = AtomicU64::new(next_room_id);
+        Ok(Arc::new(Store { path, keyspaces, next_room_id, writer, durability, disk: DiskFloor::default() }))
     }
 
     /// The store's directory.

@@ -145,6 +145,11 @@ impl DiskRoom {
         now_us.saturating_sub(last_active_us) >= UNLOAD_AFTER_US
     }
 
+    /// Why a new post cannot be stored now (the disk floor), if it cannot.
+    pub(super) fn refuse_post(&self) -> Option<String> {
+        self.store.disk().refuse_post()
+    }
+
     /// A commit that completes once everything handed to the writer so far is stored.
     pub(super) fn barrier(&self) -> Commit {
         self.store.submit(Op::Barrier)

@@ -1,0 +1,200 @@
+//! The disk floor: posts are refused while the filesystem holding the store has less free space than
+//! `Budget::disk_min_free_bytes`, so that the server's own writes never fill the disk. A full disk fails the store's
+//! commits, after which nothing is acknowledged until a restart (`writer.rs`); refusing posts a little earlier, with
+//! `ServerFull`, keeps the server serving everything else (joins, history, ticks, retention's deletions) and lets
+//! posts through again by itself once retention or the operator frees space. The sweep looks at the free space
+//! once per interval ([`Store::check_disk`]); a post only reads a flag.
+
+use std::{
+    path::Path,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use super::Store;
+
+/// Posts resume once the free space is this fraction of the floor above it (a sixteenth: 64 MiB at the default
+/// 1 GiB), so that a disk hovering at the floor does not switch posts on and off every sweep.
+const RESUME_ABOVE_DIVISOR: u64 = 16;
+
+/// What the floor last saw.
+#[derive(Debug)]
+pub struct DiskFloor {
+    /// Free bytes at the last check (`u64::MAX` before the first, or where the platform cannot tell).
+    free: AtomicU64,
+    /// The floor the last check applied.
+    floor: AtomicU64,
+    full: AtomicBool,
+    /// Posts refused for it so far.
+    refused: AtomicU64,
+}
+
+impl Default for DiskFloor {
+    fn default() -> Self {
+        DiskFloor {
+            free: AtomicU64::new(u64::MAX),
+            floor: AtomicU64::new(0),
+            full: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A change the last check made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing changed.
+    None,
+    /// Posts are refused from now on.
+    Full,
+    /// Posts are accepted again.
+    Resumed,
+}
+
+impl DiskFloor {
+    /// Takes in `free` bytes (`None`: unknown, never full) against `floor` (0: off).
+    pub fn observe(&self, free: Option<u64>, floor: u64) -> Change {
+        self.free.store(free.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.floor.store(floor, Ordering::Relaxed);
+        let was_full = self.full.load(Ordering::Relaxed);
+        let full = match free {
+            Some(free) if floor > 0 => match was_full {
+                true => free < floor.saturating_add(floor / RESUME_ABOVE_DIVISOR),
+                false => free < floor,
+            },
+            _ => false,
+        };
+        self.full.store(full, Ordering::Relaxed);
+        match (was_full, full) {
+            (false, true) => Change::Full,
+            (true, false) => Change::Resumed,
+            _ => Change::None,
+        }
+    }
+
+    /// Why a post is refused now (and counts it), or `None` when posts are accepted.
+    pub fn refuse_post(&self) -> Option<String> {
+        if !self.full.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let (free, floor) = (self.free.load(Ordering::Relaxed), self.floor.load(Ordering::Relaxed));
+        Some(format!(
+            "the server's disk is nearly full ({} MiB free, under disk_min_free_bytes {} MiB): posts are refused \
+             until space is freed; retry later",
+            free >> 20,
+            floor >> 20
+        ))
+    }
+
+    /// Whether posts are refused now.
+    pub fn full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// Free bytes at the last check, if known.
+    pub fn free_bytes(&self) -> Option<u64> {
+        Some(self.free.load(Ordering::Relaxed)).filter(|&free| free != u64::MAX)
+    }
+
+    /// Posts refused for it so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+impl Store {
+    /// Looks at the free space of the store's filesystem against `floor` bytes (0: off), logging a change.
+    pub fn check_disk(&self, floor: u64) -> Change {
+        let free = if floor == 0 {
+            None
+        } else {
+            match free_bytes(self.path()) {
+                Ok(free) => Some(free),
+                Err(err) => {
+                    tracing::debug!(%err, path = %self.path().display(), "cannot read the disk's free space");
+                    None
+                }
+            }
+        };
+        let change = self.disk.observe(free, floor);
+        let (free_mib, floor_mib) = (free.unwrap_or(0) >> 20, floor >> 20);
+        match change {
+            Change::Full => tracing::warn!(
+                free_mib,
+                floor_mib,
+                path = %self.path().display(),
+                "the room store's disk is under budget.disk_min_free_bytes: posts are refused (ServerFull) until \
+                 space is freed"
+            ),
+            Change::Resumed => {
+                tracing::info!(free_mib, floor_mib, "the room store's disk has space again: posts resume")
+            }
+            Change::None => {}
+        }
+        change
+    }
+
+    /// The disk floor's state.
+    pub fn disk(&self) -> &DiskFloor {
+        &self.disk
+    }
+}
+
+/// Bytes an unprivileged process may still write on the filesystem holding `path`.
+#[cfg(unix)]
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    #[allow(clippy::useless_conversion)] // the field types differ between platforms
+    Ok(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
+}
+
+/// Not known on this platform: the floor does not apply.
+#[cfg(not(unix))]
+fn free_bytes(_path: &Path) -> std::io::Result<u64> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn posts_stop_under_the_floor_and_resume_a_sixteenth_above_it() {
+        let disk = DiskFloor::default();
+        assert_eq!(disk.observe(Some(2 * GIB), GIB), Change::None);
+        assert_eq!(disk.refuse_post(), None);
+        assert_eq!(disk.observe(Some(GIB - 1), GIB), Change::Full);
+        let why = disk.refuse_post().expect("refused under the floor");
+        assert!(why.contains("1023 MiB free") && why.contains("1024 MiB"), "{why}");
+        assert_eq!(disk.refused(), 1);
+        // Back at the floor is not enough: a sixteenth more.
+        assert_eq!(disk.observe(Some(GIB), GIB), Change::None);
+        assert!(disk.full());
+        assert_eq!(disk.observe(Some(GIB + GIB / 16 - 1), GIB), Change::None);
+        assert_eq!(disk.observe(Some(GIB + GIB / 16), GIB), Change::Resumed);
+        assert_eq!(disk.refuse_post(), None);
+        assert_eq!(disk.free_bytes(), Some(GIB + GIB / 16));
+    }
+
+    #[test]
+    fn a_floor_of_zero_or_an_unknown_free_space_never_refuses() {
+        let disk = DiskFloor::default();
+        assert_eq!(disk.observe(Some(0), 0), Change::None);
+        assert_eq!(disk.observe(None, GIB), Change::None);
+        assert_eq!(disk.free_bytes(), None);
+        assert_eq!(disk.observe(Some(0), GIB), Change::Full);
+        // Turned off (or unreadable) while refusing: posts resume.
+        assert_eq!(disk.observe(Some(0), 0), Change::Resumed);
+        assert_eq!(disk.refuse_post(), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_free_space_of_a_real_directory_is_read() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let free = free_bytes(dir.path()).expect("statvfs");
+        assert!(free > 0, "a test machine has some free space");
+    }
+}

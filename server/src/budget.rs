@@ -1,4 +1,4 @@
-//! The server's memory budget: every bound on what clients can make the server keep, in one place, with its
+//! The server's budget: every bound on what clients can make the server keep, in one place, with its
 //! default. [`quiver_proto::Limits`] holds the per-connection bounds clients are told about in Welcome; this holds
 //! the server-wide ones, which clients learn about only when they hit them (`ServerFull`, `FrameTimeout`).
 //!
@@ -11,9 +11,9 @@
 //! - **`room_history_bytes`**: a room forgets its oldest messages beyond it (like `history_max_messages`).
 //! - **`retained_bytes`**: when history and dedupe memory of all rooms together exceed it, the rooms idle longest
 //!   shed their oldest messages (then their oldest dedupe entries) until the total is back under 90 % of it.
-//! - **`disk_min_free_bytes`**: while the filesystem holding the room store has less free space than this, posts
-//!   are refused with `ServerFull` (everything else goes on, retention included) until it has a sixteenth more
-//!   again (docs/durability.md, "A disk that fills").
+//! - **`disk_min_free_bytes`**: while the filesystem holding the room store has less free space than this, new
+//!   posts and new rooms are refused with `ServerFull` (everything else goes on, retention included) until it has
+//!   a sixteenth more again (docs/durability.md, "A disk that fills"). The one bound on disk, not memory.
 //! - **`frame_timeout_ms`**: a connection that starts a control frame and does not finish it in time is closed
 //!   with `FrameTimeout` (before Hello, `handshake_timeout_ms` applies instead); one that does not read the
 //!   server's replies on its control stream within it is closed with `SlowConsumer`.
@@ -35,7 +35,8 @@ pub struct Budget {
     pub room_history_bytes: u64,
     /// Bytes of history and dedupe memory all rooms retain together at most. Default 268,435,456 (256 MiB).
     pub retained_bytes: u64,
-    /// Free bytes the filesystem holding the room store keeps: below it posts are refused with `ServerFull`, so
+    /// Free bytes the filesystem holding the room store keeps: below it new posts and rooms are refused with
+    /// `ServerFull`, so
     /// that the disk never fills (a full disk fails the store's commits, and the server then refuses posts until
     /// it is restarted). 0 turns the check off. Default 1,073,741,824 (1 GiB).
     pub disk_min_free_bytes: u64,

@@ -422,24 +422,12 @@ impl Collector for ServerMetrics {
             )?;
             let disk = store.disk();
             let free = disk.free_bytes().map_or(-1, |free| i64::try_from(free).unwrap_or(i64::MAX));
-            gauge(
-                &mut e,
-                "store_disk_free_bytes",
-                "Free bytes on the store's disk at the last sweep (-1: unknown)",
-                free,
-            )?;
-            gauge(
-                &mut e,
-                "store_disk_full",
-                "1 while posts are refused for budget.disk_min_free_bytes",
-                disk.full().into(),
-            )?;
-            counter(
-                &mut e,
-                "store_posts_refused_disk",
-                "Posts refused for budget.disk_min_free_bytes",
-                disk.refused(),
-            )?;
+            let free_help = "Free bytes on the store's disk at the last check (-1: unknown, or the check is off)";
+            gauge(&mut e, "store_disk_free_bytes", free_help, free)?;
+            let full_help = "1 while new posts and rooms are refused for budget.disk_min_free_bytes";
+            gauge(&mut e, "store_disk_full", full_help, disk.full().into())?;
+            let refused_help = "Posts and new rooms refused for budget.disk_min_free_bytes";
+            counter(&mut e, "store_disk_refused", refused_help, disk.refused())?;
         }
         Ok(())
     }

@@ -89,7 +89,7 @@ counters! {
     /// Connections closed with `TokenExpired` because their token's `exp` passed during the session.
     sessions_expired,
     /// Joins, posts, subscribes and publish claims refused with `ServerFull` (the server at `max_rooms` with every
-    /// room in use, or at `max_channels`).
+    /// room in use, at `max_channels`, or its store's disk at `disk_min_free_bytes`).
     server_full,
     /// Connections closed with `FrameTimeout` (a control frame begun and not finished within `frame_timeout_ms`).
     frame_timeouts,

@@ -197,8 +197,9 @@ async fn history_max_age_0_keeps_history_of_any_age() {
     assert_eq!((stored("kept"), stored("unloaded")), (2, 1), "no age bound: nothing deleted");
 }
 
+#[cfg(unix)] // statvfs
 #[tokio::test]
-async fn at_the_disk_floor_posts_are_refused_and_the_rest_goes_on() {
+async fn at_the_disk_floor_posts_and_new_rooms_are_refused_and_the_rest_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), Durability::Fsync).unwrap();
     let budget = |disk_min_free_bytes| Budget { disk_min_free_bytes, ..Budget::default() };
@@ -208,12 +209,21 @@ async fn at_the_disk_floor_posts_are_refused_and_the_rest_goes_on() {
     // A floor no disk has: the real free space is under it, from the start.
     let hub = LocalRooms::durable(Limits::default(), budget(u64::MAX), store.clone());
     assert!(store.disk().full() && store.disk().free_bytes().is_some());
-    let body = Bytes::from_static(b"more");
-    let refused = hub.post(PostMessage { room: "r", identity: "bob", client_msg_id: 2, body, now_us: 30 }).await;
-    let failure = refused.expect_err("refused at the floor");
+    let refused = |room: &'static str, client_msg_id| {
+        let body = Bytes::from_static(b"more");
+        hub.post(PostMessage { room, identity: "bob", client_msg_id, body, now_us: 30 })
+    };
+    let failure = refused("r", 2).await.expect_err("refused at the floor");
     assert_eq!(failure.code, ErrorCode::ServerFull);
     assert!(failure.message.contains("disk_min_free_bytes"), "{}", failure.message);
-    assert_eq!(store.disk().refused(), 1);
+    // A new room would be stored too (its record): neither a post nor a join creates one.
+    assert_eq!(refused("fresh", 1).await.expect_err("no new room").code, ErrorCode::ServerFull);
+    let join_fresh =
+        JoinRoom { room: "fresh".into(), identity: "ann".into(), since: None, outbox: Collect::new(1), now_us: 30 };
+    assert_eq!(hub.join(join_fresh).await.err().map(|f| f.code), Some(ErrorCode::ServerFull));
+    store.submit(crate::store::Op::Barrier).wait().await.unwrap();
+    assert!(store.load_room("fresh", 0, 0, 0).unwrap().is_none(), "nothing of it stored");
+    assert_eq!(store.disk().refused(), 3);
     // What is stored already is still served: a retry gets its seq, history and joins work, nothing was sequenced.
     let (retry, _) = post(&hub, "r", "bob", 1, 40).await;
     assert_eq!(retry, Posted { seq: 1, duplicate: true });
@@ -229,4 +239,5 @@ async fn at_the_disk_floor_posts_are_refused_and_the_rest_goes_on() {
     let hub = LocalRooms::durable(Limits::default(), budget(0), store.clone());
     assert!(!store.disk().full());
     assert_eq!(post(&hub, "r", "bob", 2, 60).await.0, Posted { seq: 2, duplicate: false });
+    assert_eq!(post(&hub, "fresh", "bob", 1, 60).await.0.seq, 1);
 }

@@ -266,16 +266,18 @@ impl Room {
     /// once; with a durable store it waits in the room until its commit completes and [`Room::release`] delivers
     /// it (a retry of a post still waiting waits for the same commit).
     pub fn post(&mut self, identity: &str, client_msg_id: u64, body: Bytes, now_us: u64) -> Result<Posting, Failure> {
-        self.last_active_us = now_us;
         if let Some(seq) = self.dedupe.lookup(identity, client_msg_id, now_us) {
+            self.last_active_us = now_us;
             let posted = Posted { seq, duplicate: true };
             let commit = self.disk.as_ref().filter(|_| seq > self.delivered_seq).map(durable::DiskRoom::barrier);
             return Ok(Posting { posted, delivery: Delivery::default(), commit });
         }
-        // The disk floor (`budget.disk_min_free_bytes`): nothing new is stored while it is reached.
+        // The disk floor (`budget.disk_min_free_bytes`): no new post is stored while it is reached (and a refusal
+        // does not keep the room in memory).
         if let Some(why) = self.disk.as_ref().and_then(durable::DiskRoom::refuse_post) {
             return Err(Failure::new(ErrorCode::ServerFull, why));
         }
+        self.last_active_us = now_us;
         self.history.trim(now_us);
         let seq = self.sequenced_seq + 1;
         let event = RoomEvent {

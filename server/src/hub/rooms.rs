@@ -219,6 +219,10 @@ impl LocalRooms {
         if stored.is_none() && !create {
             return Ok(Found::Absent);
         }
+        // At the disk floor a new room is not created: its record would be stored (and room evicted for it).
+        if let Some(why) = self.store.as_ref().filter(|_| stored.is_none()).and_then(|s| s.disk().refuse()) {
+            return Err(Failure::new(ErrorCode::ServerFull, why));
+        }
         if rooms.len() >= self.budget.max_rooms as usize && !self.evict_idle(&mut rooms) {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             let max = self.budget.max_rooms;

@@ -24,8 +24,10 @@ pub struct DiskFloor {
     /// The floor the last check applied.
     floor: AtomicU64,
     full: AtomicBool,
-    /// Posts refused for it so far.
+    /// Posts and new rooms refused for it so far.
     refused: AtomicU64,
+    /// The free space could not be read (warned once; the last state holds meanwhile).
+    unreadable: AtomicBool,
 }
 
 impl Default for DiskFloor {
@@ -35,6 +37,7 @@ impl Default for DiskFloor {
             floor: AtomicU64::new(0),
             full: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            unreadable: AtomicBool::new(false),
         }
     }
 }
@@ -55,15 +58,14 @@ impl DiskFloor {
     pub fn observe(&self, free: Option<u64>, floor: u64) -> Change {
         self.free.store(free.unwrap_or(u64::MAX), Ordering::Relaxed);
         self.floor.store(floor, Ordering::Relaxed);
-        let was_full = self.full.load(Ordering::Relaxed);
         let full = match free {
-            Some(free) if floor > 0 => match was_full {
+            Some(free) if floor > 0 => match self.full.load(Ordering::Relaxed) {
                 true => free < floor.saturating_add(floor / RESUME_ABOVE_DIVISOR),
                 false => free < floor,
             },
             _ => false,
         };
-        self.full.store(full, Ordering::Relaxed);
+        let was_full = self.full.swap(full, Ordering::Relaxed);
         match (was_full, full) {
             (false, true) => Change::Full,
             (true, false) => Change::Resumed,
@@ -71,16 +73,16 @@ impl DiskFloor {
         }
     }
 
-    /// Why a post is refused now (and counts it), or `None` when posts are accepted.
-    pub fn refuse_post(&self) -> Option<String> {
+    /// Why a post (or a new room) is refused now, counting it; `None` when they are accepted.
+    pub fn refuse(&self) -> Option<String> {
         if !self.full.load(Ordering::Relaxed) {
             return None;
         }
         self.refused.fetch_add(1, Ordering::Relaxed);
         let (free, floor) = (self.free.load(Ordering::Relaxed), self.floor.load(Ordering::Relaxed));
         Some(format!(
-            "the server's disk is nearly full ({} MiB free, under disk_min_free_bytes {} MiB): posts are refused \
-             until space is freed; retry later",
+            "the server's disk is nearly full ({} MiB free, under disk_min_free_bytes {} MiB): new posts and rooms \
+             are refused until space is freed; retry later",
             free >> 20,
             floor >> 20
         ))
@@ -96,7 +98,7 @@ impl DiskFloor {
         Some(self.free.load(Ordering::Relaxed)).filter(|&free| free != u64::MAX)
     }
 
-    /// Posts refused for it so far.
+    /// Posts and new rooms refused for it so far.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
@@ -104,17 +106,23 @@ impl DiskFloor {
 
 impl Store {
     /// Looks at the free space of the store's filesystem against `floor` bytes (0: off), logging a change.
+    /// A free space that cannot be read leaves the state as it was (and is warned of once).
     pub fn check_disk(&self, floor: u64) -> Change {
-        let free = if floor == 0 {
-            None
-        } else {
-            match free_bytes(self.path()) {
-                Ok(free) => Some(free),
-                Err(err) => {
-                    tracing::debug!(%err, path = %self.path().display(), "cannot read the disk's free space");
-                    None
+        let free = match floor {
+            0 => None,
+            _ => match free_bytes(self.path()) {
+                Ok(free) => {
+                    self.disk.unreadable.store(false, Ordering::Relaxed);
+                    Some(free)
                 }
-            }
+                Err(err) => {
+                    if !self.disk.unreadable.swap(true, Ordering::Relaxed) {
+                        let path = self.path().display();
+                        tracing::warn!(%err, %path, "cannot read the free space of the store's disk; the floor keeps its last state");
+                    }
+                    return Change::None;
+                }
+            },
         };
         let change = self.disk.observe(free, floor);
         let (free_mib, floor_mib) = (free.unwrap_or(0) >> 20, floor >> 20);
@@ -164,9 +172,9 @@ mod tests {
     fn posts_stop_under_the_floor_and_resume_a_sixteenth_above_it() {
         let disk = DiskFloor::default();
         assert_eq!(disk.observe(Some(2 * GIB), GIB), Change::None);
-        assert_eq!(disk.refuse_post(), None);
+        assert_eq!(disk.refuse(), None);
         assert_eq!(disk.observe(Some(GIB - 1), GIB), Change::Full);
-        let why = disk.refuse_post().expect("refused under the floor");
+        let why = disk.refuse().expect("refused under the floor");
         assert!(why.contains("1023 MiB free") && why.contains("1024 MiB"), "{why}");
         assert_eq!(disk.refused(), 1);
         // Back at the floor is not enough: a sixteenth more.
@@ -174,7 +182,7 @@ mod tests {
         assert!(disk.full());
         assert_eq!(disk.observe(Some(GIB + GIB / 16 - 1), GIB), Change::None);
         assert_eq!(disk.observe(Some(GIB + GIB / 16), GIB), Change::Resumed);
-        assert_eq!(disk.refuse_post(), None);
+        assert_eq!(disk.refuse(), None);
         assert_eq!(disk.free_bytes(), Some(GIB + GIB / 16));
     }
 
@@ -187,7 +195,7 @@ mod tests {
         assert_eq!(disk.observe(Some(0), GIB), Change::Full);
         // Turned off (or unreadable) while refusing: posts resume.
         assert_eq!(disk.observe(Some(0), 0), Change::Resumed);
-        assert_eq!(disk.refuse_post(), None);
+        assert_eq!(disk.refuse(), None);
     }
 
     #[cfg(unix)]
@@ -195,6 +203,18 @@ mod tests {
     fn the_free_space_of_a_real_directory_is_read() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let free = free_bytes(dir.path()).expect("statvfs");
-        assert!(free > 0, "a test machine has some free space");
+        let stat = nix::sys::statvfs::statvfs(dir.path()).expect("statvfs");
+        #[allow(clippy::useless_conversion)]
+        let total = u64::from(stat.blocks()) * u64::from(stat.fragment_size());
+        assert!(free > 0 && free <= total, "{free} free of {total}: bytes, not blocks");
+        // `df` (coreutils) counts in 1 KiB blocks what an unprivileged user may use: the same within what was
+        // written meanwhile.
+        if let Ok(out) = std::process::Command::new("df").args(["-k", "--output=avail"]).arg(dir.path()).output() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some(kib) = text.lines().nth(1).and_then(|l| l.trim().parse::<u64>().ok()) {
+                let df = kib * 1024;
+                assert!(free.abs_diff(df) < 64 << 20, "statvfs {free} against df {df}");
+            }
+        }
     }
 }

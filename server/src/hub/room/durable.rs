@@ -147,7 +147,7 @@ impl DiskRoom {
 
     /// Why a new post cannot be stored now (the disk floor), if it cannot.
     pub(super) fn refuse_post(&self) -> Option<String> {
-        self.store.disk().refuse_post()
+        self.store.disk().refuse()
     }
 
     /// A commit that completes once everything handed to the writer so far is stored.

@@ -364,3 +364,39 @@ async fn a_reset_room_stream_is_announced_on_the_control_stream_and_the_rejoin_r
     assert!(open.last_seq >= last, "{open:?} after post {last}");
     server.stop().await;
 }
+
+/// A client writing its posts without waiting for their replies (the client library does): the server sequences
+/// them while earlier ones wait for the store (group commit), past its 64 in flight too, and still answers every
+/// request in order; a History after them sees them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_posts_are_answered_in_order_and_the_requests_after_them_see_them() {
+    use bytes::Bytes;
+    use quiver_proto::{Post, Reply, ServerMsg};
+    use quiver_tests::hostile::{frame, Control};
+    let server = TestServer::start(Limits::default());
+    let mut control = Control::open(&server).await;
+    let mut burst = bytes::BytesMut::new();
+    for id in 1..=100u64 {
+        let post = Post { room: "pipe".into(), client_msg_id: id, body: Bytes::from(format!("m{id}")) };
+        burst.extend_from_slice(&frame(id, RequestBody::Post(post)));
+    }
+    burst.extend_from_slice(&frame(101, RequestBody::History { room: "pipe".into(), since: None, limit: 1000 }));
+    burst.extend_from_slice(&frame(102, RequestBody::Ping { client_time_us: 1 }));
+    control.send.write_all(&burst).await.unwrap();
+    for id in 1..=100u64 {
+        match control.next().await {
+            Some(ServerMsg::Reply { req_id, result: Ok(Reply::Posted { seq, duplicate: false, .. }) }) => {
+                assert_eq!((req_id, seq), (id, id), "replies in request order, seqs in post order");
+            }
+            other => panic!("post {id}: {other:?}"),
+        }
+    }
+    match control.next().await {
+        Some(ServerMsg::Reply { req_id: 101, result: Ok(Reply::History(page)) }) => {
+            assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=100).collect::<Vec<_>>());
+        }
+        other => panic!("history: {other:?}"),
+    }
+    assert!(matches!(control.next().await, Some(ServerMsg::Reply { req_id: 102, result: Ok(Reply::Pong { .. }) })));
+    server.stop().await;
+}

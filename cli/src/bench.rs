@@ -5,12 +5,12 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Subcommand};
 use quiver_lab::bench::{
-    run_fanout, run_post, run_restart, run_rtt, write_json, write_plot, FanoutConfig, PostConfig, RestartConfig,
-    RttConfig,
+    run_fanout, run_restart, run_rtt, write_json, write_plot, FanoutConfig, RestartConfig, RttConfig,
 };
 
 mod cluster;
 mod connections;
+mod post;
 
 use quiver_lab::impair::Backend;
 
@@ -82,7 +82,7 @@ pub(crate) enum BenchCommand {
     Fanout(FanoutArgs),
     /// Acknowledged posts per second and ack latency for each durability mode (memory, os, fsync), beside this
     /// disk's fsync latency measured in the same run (docs/durability.md).
-    Post(PostArgs),
+    Post(post::PostArgs),
     /// Time to ready of a server restarted on a large room store (filled first, in-process).
     Restart(RestartArgs),
     /// What a Redis between nodes costs: room echo, posts/s and tick fan-out on one node and across three nodes on
@@ -107,31 +107,6 @@ pub(crate) struct RestartArgs {
     /// Body bytes per message (at most 16,384).
     #[arg(long, default_value_t = 8192)]
     size: usize,
-    /// Write the report as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct PostArgs {
-    /// Concurrent posters (each its own connection, one post in flight), comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 10, 100])]
-    posters: Vec<u32>,
-    /// Rooms the posters spread over, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 100])]
-    rooms: Vec<u32>,
-    /// Durability modes, comma-separated: memory, os, fsync.
-    #[arg(long, value_delimiter = ',', default_values_t = ["memory".to_string(), "os".into(), "fsync".into()])]
-    modes: Vec<String>,
-    /// Post body bytes.
-    #[arg(long, default_value_t = 64)]
-    size: usize,
-    /// Measured seconds per cell.
-    #[arg(long, default_value_t = 2.0)]
-    duration: f64,
-    /// Seconds per cell before measuring.
-    #[arg(long, default_value_t = 0.5)]
-    warmup: f64,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -271,7 +246,7 @@ pub(crate) async fn run(command: BenchCommand) -> Result<(), CliError> {
     match command {
         BenchCommand::Rtt(args) => rtt(args).await,
         BenchCommand::Fanout(args) => fanout(args).await,
-        BenchCommand::Post(args) => post(args).await,
+        BenchCommand::Post(args) => post::post(args).await,
         BenchCommand::Restart(args) => restart(args).await,
         BenchCommand::Cluster(args) => cluster::cluster(args).await,
         BenchCommand::Connections(args) => connections::connections(args).await,
@@ -320,34 +295,6 @@ async fn report<R: serde::Serialize, F: std::future::Future<Output = Result<R, q
     }
     crate::out!("{}", table(&report));
     Ok(())
-}
-
-async fn post(args: PostArgs) -> Result<(), CliError> {
-    let mut modes = Vec::new();
-    for mode in &args.modes {
-        modes.push(mode.parse::<quiver_lab::bench::Durability>()?);
-    }
-    let config = PostConfig {
-        posters: args.posters,
-        rooms: args.rooms,
-        modes,
-        size: args.size,
-        duration: seconds("duration", args.duration)?,
-        warmup: seconds("warmup", args.warmup)?,
-    };
-    let cells = config.modes.len() * config.rooms.len() * config.posters.len();
-    let per_cell = config.warmup + config.duration;
-    crate::err!(
-        "{cells} cells ({} modes x {} room spreads x {} poster counts) x {:.1} s, {} B bodies; in-process server with \
-         its per-connection post and request rates and per-address connection limits raised for the bench's load",
-        config.modes.len(),
-        config.rooms.len(),
-        config.posters.len(),
-        per_cell.as_secs_f64(),
-        config.size
-    );
-    let run = |progress| run_post(config, progress);
-    report(per_cell * cells as u32, args.json.as_deref(), run, quiver_lab::bench::PostReport::table).await
 }
 
 async fn fanout(args: FanoutArgs) -> Result<(), CliError> {

@@ -30,6 +30,8 @@ use super::BenchError;
 pub struct PostConfig {
     /// Concurrent posters per cell (each its own connection).
     pub posters: Vec<u32>,
+    /// Posts each poster keeps in flight, per cell (1: the next post once the previous is acknowledged).
+    pub in_flight: Vec<u32>,
     /// Rooms the posters spread over per cell (poster `i` posts to room `i % rooms`).
     pub rooms: Vec<u32>,
     /// Durability modes, one in-process server each.
@@ -51,6 +53,8 @@ pub struct PostRow {
     pub rooms: u32,
     /// Concurrent posters.
     pub posters: u32,
+    /// Posts each poster keeps in flight.
+    pub in_flight: u32,
     /// Acknowledged posts per second.
     pub posts_per_s: f64,
     /// Post → acknowledgement.
@@ -85,8 +89,9 @@ pub(super) fn raised_limits() -> quiver_proto::Limits {
 /// Runs every mode × rooms × posters cell; `progress` hears what runs.
 pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<PostReport, BenchError> {
     let max_posters = config.posters.iter().copied().max().unwrap_or(0);
-    if max_posters == 0 || config.rooms.contains(&0) || config.rooms.is_empty() {
-        return Err(BenchError::BadConfig { field: "posters/rooms", value: 0.0, expected: "at least 1" });
+    let zero = |counts: &[u32]| counts.is_empty() || counts.contains(&0);
+    if zero(&config.posters) || zero(&config.rooms) || zero(&config.in_flight) {
+        return Err(BenchError::BadConfig { field: "posters/rooms/in-flight", value: 0.0, expected: "at least 1" });
     }
     let scratch = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
     progress("measuring fsync");
@@ -101,17 +106,20 @@ pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<Pos
         progress(&format!("{}: starting a server and connecting {max_posters} posters", mode.name()));
         servers.push(ModeServer::start(mode, scratch.path(), max_posters, &stop).await?);
     }
-    for &rooms in &config.rooms {
-        for &posters in &config.posters {
+    let cells: Vec<(u32, u32)> =
+        config.rooms.iter().flat_map(|&r| config.posters.iter().map(move |&p| (r, p))).collect();
+    for (rooms, posters) in cells {
+        for &in_flight in &config.in_flight {
             for server in &servers {
                 let mode = server.mode.name();
-                progress(&format!("{mode}: {posters} posters into {rooms} room(s)"));
+                progress(&format!("{mode}: {posters} posters ({in_flight} in flight each) into {rooms} room(s)"));
                 let store = server.store.as_ref();
                 let commits = || store.map_or(0, |s| s.writer_stats().commits.load(Ordering::Relaxed));
-                let (posts, ack, commits) = cell(&server.clients[..posters as usize], rooms, &config, commits).await;
+                let clients = &server.clients[..posters as usize];
+                let (posts, ack, commits) = cell(clients, rooms, in_flight, &config, commits).await;
                 let seconds = config.duration.as_secs_f64();
                 let (posts_per_s, commits_per_s) = (posts as f64 / seconds, commits as f64 / seconds);
-                rows.push(PostRow { mode, rooms, posters, posts_per_s, ack, commits_per_s });
+                rows.push(PostRow { mode, rooms, posters, in_flight, posts_per_s, ack, commits_per_s });
             }
         }
     }
@@ -179,6 +187,7 @@ impl ModeServer {
 async fn cell(
     clients: &[Client],
     rooms: u32,
+    in_flight: u32,
     config: &PostConfig,
     commits: impl Fn() -> u64,
 ) -> (u64, LatencySummary, u64) {
@@ -187,7 +196,8 @@ async fn cell(
     let end = measure_from + config.duration;
     let body = bytes::Bytes::from(vec![b'x'; config.size]);
     let mut posters = tokio::task::JoinSet::new();
-    for (i, client) in clients.iter().enumerate() {
+    // Each of a poster's `in_flight` loops posts on the poster's one connection: the client library pipelines them.
+    for (i, client) in clients.iter().enumerate().flat_map(|c| std::iter::repeat_n(c, in_flight as usize)) {
         let (client, body) = (client.clone(), body.clone());
         let room = format!("bench-post-{}", i as u32 % rooms);
         posters.spawn(async move {
@@ -248,8 +258,17 @@ impl PostReport {
             self.fsync.p50_us, self.fsync.p99_us
         );
         out += &format!(
-            "{:<7} {:>5} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
-            "mode", "rooms", "posters", "posts/s", "vs memory", "p50 us", "p99 us", "p99.9 us", "per fsync"
+            "{:<7} {:>5} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+            "mode",
+            "rooms",
+            "posters",
+            "in flight",
+            "posts/s",
+            "vs memory",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "per fsync"
         );
         for row in &self.rows {
             let ratio =
@@ -260,10 +279,11 @@ impl PostReport {
                 "-".into()
             };
             out += &format!(
-                "{:<7} {:>5} {:>7} {:>10.0} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+                "{:<7} {:>5} {:>7} {:>9} {:>10.0} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
                 row.mode,
                 row.rooms,
                 row.posters,
+                row.in_flight,
                 row.posts_per_s,
                 ratio,
                 row.ack.p50_us,
@@ -280,15 +300,16 @@ impl PostReport {
                     let bound = memory.ack.p50_us + self.fsync.p50_us;
                     out +=
                         &format!(
-                        "  fsync {} room(s) x {} posters: ack p50 {} us <= memory p50 {} + fsync p50 {} = {} us: {}\n",
-                        row.rooms, row.posters, row.ack.p50_us, memory.ack.p50_us, self.fsync.p50_us, bound,
+                        "  fsync {} room(s) x {} posters x {} in flight: ack p50 {} us <= memory p50 {} + fsync p50 {} = {} us: {}\n",
+                        row.rooms, row.posters, row.in_flight, row.ack.p50_us, memory.ack.p50_us, self.fsync.p50_us, bound,
                         met(row.ack.p50_us <= bound)
                     );
                     if row.posters >= 100 {
                         out += &format!(
-                            "  fsync {} room(s) x {} posters: {:.0} posts/s >= 50000: {}\n",
+                            "  fsync {} room(s) x {} posters x {} in flight: {:.0} posts/s >= 50000: {}\n",
                             row.rooms,
                             row.posters,
+                            row.in_flight,
                             row.posts_per_s,
                             met(row.posts_per_s >= 50_000.0)
                         );
@@ -296,9 +317,10 @@ impl PostReport {
                 }
                 "os" => {
                     out += &format!(
-                        "  os {} room(s) x {} posters: {:.2}x memory throughput >= 0.7x: {}\n",
+                        "  os {} room(s) x {} posters x {} in flight: {:.2}x memory throughput >= 0.7x: {}\n",
                         row.rooms,
                         row.posters,
+                        row.in_flight,
                         row.posts_per_s / memory.posts_per_s,
                         met(row.posts_per_s >= 0.7 * memory.posts_per_s)
                     );
@@ -310,7 +332,8 @@ impl PostReport {
     }
 
     fn memory(&self, row: &PostRow) -> Option<&PostRow> {
-        self.rows.iter().find(|m| m.mode == "memory" && m.rooms == row.rooms && m.posters == row.posters)
+        let same = |m: &&PostRow| (m.rooms, m.posters, m.in_flight) == (row.rooms, row.posters, row.in_flight);
+        self.rows.iter().find(|m| m.mode == "memory" && same(m))
     }
 }
 
@@ -330,6 +353,7 @@ mod tests {
     async fn every_mode_posts_and_reports() {
         let config = PostConfig {
             posters: vec![1, 4],
+            in_flight: vec![1, 3],
             rooms: vec![1, 2],
             modes: vec![Durability::Memory, Durability::Os, Durability::Fsync],
             size: 64,
@@ -337,7 +361,7 @@ mod tests {
             warmup: Duration::from_millis(100),
         };
         let report = run_post(config, |_| {}).await.unwrap();
-        assert_eq!(report.rows.len(), 12);
+        assert_eq!(report.rows.len(), 24);
         for row in &report.rows {
             assert!(row.posts_per_s > 0.0 && row.ack.count > 0, "{row:?}");
             assert_eq!(row.commits_per_s > 0.0, row.mode != "memory", "{row:?}");

@@ -241,3 +241,63 @@ async fn at_the_disk_floor_posts_and_new_rooms_are_refused_and_the_rest_goes_on(
     assert_eq!(post(&hub, "r", "bob", 2, 60).await.0, Posted { seq: 2, duplicate: false });
     assert_eq!(post(&hub, "fresh", "bob", 1, 60).await.0.seq, 1);
 }
+
+#[tokio::test]
+async fn pipelined_posts_are_sequenced_at_once_and_released_in_order_whichever_commit_is_awaited_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    let member = Collect::new(usize::MAX);
+    let _joining = join(&hub, "r", None, &member).await;
+    let go = hold_the_writer(&hub);
+    let mut commits = Vec::new();
+    for id in 1..=3 {
+        let body = Bytes::from(format!("p{id}"));
+        let message = PostMessage { room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
+        match hub.sequence_post(message).await.unwrap() {
+            PostProgress::Committing(commit) => commits.push(commit),
+            PostProgress::Done(_) => panic!("fsync: acknowledged only once stored"),
+        }
+    }
+    assert!(member.message_seqs().is_empty(), "none stored yet");
+    go.send(()).unwrap();
+    // The last one first: its release delivers every post before it, in order.
+    let (third, delivery) = commits.pop().unwrap().await.unwrap();
+    assert_eq!((third.seq, delivery.len()), (3, 3));
+    drop(delivery);
+    for (seq, commit) in [1, 2].into_iter().zip(commits) {
+        let (posted, delivery) = commit.await.unwrap();
+        assert_eq!((posted.seq, delivery.len()), (seq, 0), "delivered already");
+    }
+    assert_eq!(member.message_seqs(), [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_post_whose_commit_nobody_waits_for_is_still_delivered_once_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    let member = Collect::new(usize::MAX);
+    let _joining = join(&hub, "r", None, &member).await;
+    let message =
+        PostMessage { room: "r", identity: "bob", client_msg_id: 1, body: Bytes::from_static(b"x"), now_us: 10 };
+    let go = hold_the_writer(&hub);
+    let PostProgress::Committing(commit) = hub.sequence_post(message).await.unwrap() else { panic!("not stored yet") };
+    drop(commit); // the poster's connection ended
+    go.send(()).unwrap();
+    let store = hub.store().unwrap().clone();
+    store.submit(crate::store::Op::Barrier).wait().await.unwrap();
+    for _ in 0..100 {
+        if member.message_seqs() == [1] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(member.message_seqs(), [1], "released by the dropped wait's own task");
+    assert_eq!(hub.history("r", None, 10, usize::MAX, 20).await.unwrap().messages.len(), 1);
+}
+
+/// Stops `hub`'s store writer (every commit after this waits) until the returned sender says go.
+fn hold_the_writer(hub: &LocalRooms) -> std::sync::mpsc::Sender<()> {
+    let (go, wait) = std::sync::mpsc::channel();
+    drop(hub.store().unwrap().submit(crate::store::Op::Hold(std::sync::Mutex::new(wait))));
+    go
+}

@@ -19,6 +19,7 @@ mod dedupe;
 pub mod history;
 pub(crate) mod lock;
 mod outbox;
+mod release;
 mod replay;
 mod room;
 mod rooms;
@@ -94,6 +95,19 @@ pub struct Joining {
     pub replay: Option<Replay>,
 }
 
+/// A post's commit to wait for (`RoomHub::sequence_post`): completes with the post's outcome, in the order the
+/// posts were sequenced. Dropped before it completes, the post is still released to the room's members once stored.
+pub type PostCommit = std::pin::Pin<Box<dyn Future<Output = Result<(Posted, Delivery), Failure>> + Send>>;
+
+/// A post sequenced: done, or stored once its commit completes.
+#[allow(missing_debug_implementations)] // a boxed future
+pub enum PostProgress {
+    /// Acknowledged now (in memory, `os` durability, a duplicate already stored, or an engine that waits itself).
+    Done((Posted, Delivery)),
+    /// Sequenced; acknowledged once this completes.
+    Committing(PostCommit),
+}
+
 /// Access to rooms, whatever backs them. Every method returns the [`Delivery`] its events made; the caller flushes
 /// it.
 pub trait RoomHub: Send + Sync + 'static {
@@ -103,6 +117,11 @@ pub trait RoomHub: Send + Sync + 'static {
     fn leave(&self, room: &str, subscriber: SubscriberId, now_us: u64) -> impl Future<Output = Delivery> + Send;
     /// Posts a message (creating the room on first use).
     fn post(&self, post: PostMessage<'_>) -> impl Future<Output = Result<(Posted, Delivery), Failure>> + Send;
+    /// Sequences a post and, where the engine can, returns before its commit completes, so that a connection
+    /// goes on reading the posts it pipelines and the store's group commit takes them together. Default: `post`.
+    fn sequence_post(&self, post: PostMessage<'_>) -> impl Future<Output = Result<PostProgress, Failure>> + Send {
+        async move { self.post(post).await.map(PostProgress::Done) }
+    }
     /// Reads retained messages; at most `budget` bytes of encoded events (`Unavailable` when the engine cannot
     /// be reached).
     fn history(

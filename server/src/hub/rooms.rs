@@ -16,7 +16,7 @@ use super::{
     lock::{lock, HubGuard},
     replay::Replay,
     room::Posting,
-    Delivery, JoinRoom, Joining, PostMessage, Posted, Room, RoomHub, SubscriberId,
+    Delivery, JoinRoom, Joining, PostMessage, PostProgress, Posted, Room, RoomHub, SubscriberId,
 };
 use crate::{
     budget::Budget,
@@ -26,12 +26,12 @@ use crate::{
 /// A room as the map holds it. `removed` is set, under the room's lock, when the room leaves the map: a caller
 /// that found the room just before looks it up again instead of using a room nobody else sees.
 #[derive(Debug)]
-struct Slot {
-    room: Room,
+pub(super) struct Slot {
+    pub(super) room: Room,
     removed: bool,
 }
 
-type Shared = Arc<Mutex<Slot>>;
+pub(super) type Shared = Arc<Mutex<Slot>>;
 type RoomMap = HashMap<String, Shared>;
 
 /// What looking a room up found.
@@ -406,7 +406,7 @@ fn new_epoch() -> u64 {
     rand::random::<u64>().max(1)
 }
 
-fn store_failure(failed: crate::store::StoreFailed) -> Failure {
+pub(super) fn store_failure(failed: crate::store::StoreFailed) -> Failure {
     Failure::new(ErrorCode::Internal, failed.to_string())
 }
 
@@ -432,20 +432,21 @@ impl RoomHub for LocalRooms {
     }
 
     async fn post(&self, post: PostMessage<'_>) -> Result<(Posted, Delivery), Failure> {
+        match self.sequence_post(post).await? {
+            PostProgress::Done(done) => Ok(done),
+            PostProgress::Committing(commit) => commit.await,
+        }
+    }
+
+    async fn sequence_post(&self, post: PostMessage<'_>) -> Result<PostProgress, Failure> {
         let PostMessage { room, identity, client_msg_id, body, now_us } = post;
         let posting = self.with_room(room, true, now_us, |r| r.post(identity, client_msg_id, body, now_us)).await?;
         let (shared, posting) = posting.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?;
         let Posting { posted, delivery, commit } = posting?;
         self.shed_if_over(now_us);
-        let Some(commit) = commit else { return Ok((posted, delivery)) };
+        let Some(commit) = commit else { return Ok(PostProgress::Done((posted, delivery))) };
         // The room stays in memory meanwhile: a room with posts waiting is never evicted or unloaded.
-        match commit.wait().await {
-            Ok(()) => Ok((posted, lock(&shared).room.release(posted.seq, now_us))),
-            Err(failed) => {
-                lock(&shared).room.abort(posted.seq);
-                Err(store_failure(failed))
-            }
-        }
+        Ok(PostProgress::Committing(super::release::Release::new(shared, posted, commit, now_us).wait()))
     }
 
     async fn history(

@@ -22,12 +22,14 @@ use crate::{
         admit::Admitted,
         close::release,
         copies,
-        dispatch::Connection,
-        now_us, webtransport,
+        dispatch::{Answer, Connection},
+        now_us,
+        replies::{encode, Replies},
+        webtransport,
         wire::{Wire, WireError, WireKind, WireSend},
     },
     post_copies::{PostCopies, StreamPost},
-    session::{ControlSession, Step},
+    session::{ControlSession, RoomRequest, Step},
     stats::{bump, ServerStats},
     throttle::ControlThrottle,
     ServerConfig,
@@ -246,6 +248,9 @@ async fn control<R: RoomHub>(
     let mut partial_since: Option<Instant> = None;
     let mut post_copies = PostCopies::default();
     let copied = connection.take_post_copies();
+    // Replies waiting for a post's commit, and the request held back meanwhile (`Replies::may_run`).
+    let mut replies = Replies::default();
+    let mut deferred: Option<Step> = None;
     loop {
         let awaiting_hello = session.identity().is_none();
         let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
@@ -259,7 +264,8 @@ async fn control<R: RoomHub>(
                 conn.close(ErrorCode::TokenExpired, "the access token expired; reconnect with a fresh one");
                 return "token expired".into();
             }
-            chunk = recv.read_chunk() => match chunk {
+            () = replies.next(&codec, stats, &mut outbound), if replies.waiting() => {}
+            chunk = recv.read_chunk(), if deferred.is_none() => match chunk {
                 Ok(Some(chunk)) => inbound.extend_from_slice(&chunk),
                 Ok(None) if inbound.is_empty() => {
                     conn.close(ErrorCode::NoError, "control stream finished");
@@ -305,7 +311,8 @@ async fn control<R: RoomHub>(
                     encode(&codec, &msg, &mut outbound);
                 }
             }
-            Some(copy) = async { Some(copied.as_ref()?.pop().await) }, if !awaiting_hello => {
+            // Not while a request is held back: a copy must not sequence a later post before it.
+            Some(copy) = async { Some(copied.as_ref()?.pop().await) }, if !awaiting_hello && deferred.is_none() => {
                 let flood = copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy);
                 if let Some((code, reason)) = Box::pin(flood).await {
                     return refuse(conn, stats, code, reason);
@@ -314,20 +321,26 @@ async fn control<R: RoomHub>(
             () = shutdown.cancelled() => return Box::pin(going_away(conn, Some(&mut send))).await,
         }
         let mut completed = false;
-        while let Some(step) = match next_step(&codec, &mut inbound, &mut session, &mut throttle, &mut post_copies) {
-            Ok(step) => step,
-            Err((code, reason)) => {
-                stats.refused(code);
-                conn.close(code, &reason);
-                return format!("protocol error: {reason}");
+        loop {
+            let step = match deferred.take() {
+                Some(step) => step,
+                None => match next_step(&codec, &mut inbound, &mut session, &mut throttle, &mut post_copies) {
+                    Ok(Some(step)) => step,
+                    Ok(None) => break,
+                    Err((code, reason)) => {
+                        stats.refused(code);
+                        conn.close(code, &reason);
+                        return format!("protocol error: {reason}");
+                    }
+                },
+            };
+            if !replies.may_run(&step) {
+                deferred = Some(step);
+                break;
             }
-        } {
             completed = true;
-            match step {
-                Step::Reply(msg) => {
-                    stats.reply(&msg);
-                    encode(&codec, &msg, &mut outbound);
-                }
+            let msg = match step {
+                Step::Reply(msg) => msg,
                 Step::ReplyAndClose(msg, code, reason) => {
                     stats.reply(&msg);
                     encode(&codec, &msg, &mut outbound);
@@ -338,16 +351,24 @@ async fn control<R: RoomHub>(
                     for kicked in connection.pending_kicks(now_us()).await {
                         encode(&codec, &kicked, &mut outbound);
                     }
-                    let result = Box::pin(connection.room(&identity, request, now_us())).await;
-                    let msg = ServerMsg::Reply { req_id, result };
-                    stats.reply(&msg);
-                    encode(&codec, &msg, &mut outbound);
+                    let result = match request {
+                        RoomRequest::Post(post) => match Box::pin(connection.post(&identity, post, now_us())).await {
+                            Ok(Answer::Now(reply)) => Ok(reply),
+                            Ok(Answer::Later(reply)) => {
+                                replies.later(async move { ServerMsg::Reply { req_id, result: reply.await } });
+                                continue;
+                            }
+                            Err(failure) => Err(failure),
+                        },
+                        request => Box::pin(connection.room(&identity, request, now_us())).await,
+                    };
+                    ServerMsg::Reply { req_id, result }
                 }
-                Step::Tick { req_id, request } => {
-                    let msg = ServerMsg::Reply { req_id, result: connection.tick(request) };
-                    stats.reply(&msg);
-                    encode(&codec, &msg, &mut outbound);
-                }
+                Step::Tick { req_id, request } => ServerMsg::Reply { req_id, result: connection.tick(request) },
+            };
+            if let Some(msg) = replies.ready(msg) {
+                stats.reply(&msg);
+                encode(&codec, &msg, &mut outbound);
             }
         }
         if awaiting_hello {
@@ -359,8 +380,8 @@ async fn control<R: RoomHub>(
         }
         // The timer runs from the start of the frame now waiting: a client pipelining whole frames is never timed
         // out, whatever its reads' boundaries.
-        partial_since = match (inbound.is_empty(), completed, partial_since) {
-            (true, _, _) => None,
+        partial_since = match (inbound.is_empty() || deferred.is_some(), completed, partial_since) {
+            (true, _, _) => None, // nothing partial, or a whole request held back by the server itself
             (false, true, _) | (false, false, None) => Some(Instant::now()),
             (false, false, since) => since,
         };
@@ -443,15 +464,6 @@ fn next_step(
             }
             _ => Err((err.code(), err.to_string())),
         },
-    }
-}
-
-fn encode(codec: &FrameCodec, msg: &ServerMsg, out: &mut BytesMut) {
-    // Replies are built by the server from bounded inputs; one that does not fit is a server bug, reported as such.
-    if let Err(err) = codec.encode(msg, out) {
-        tracing::error!(%err, "reply does not fit a frame");
-        let failure = quiver_proto::Failure::new(ErrorCode::Internal, "reply too large");
-        let _ = codec.encode(&ServerMsg::Error(failure), out);
     }
 }
 

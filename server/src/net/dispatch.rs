@@ -8,12 +8,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use quiver_proto::{copies::CopyQueue, ErrorCode, Failure, Limits, Reply, ServerMsg};
+use quiver_proto::{copies::CopyQueue, ErrorCode, Failure, Limits, Post, Reply, ServerMsg};
 use quiver_transport::TailProbe;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    hub::{ticks::TickHub, ConnectionState, JoinRoom, PostMessage, RoomHub},
+    hub::{ticks::TickHub, ConnectionState, Delivery, JoinRoom, PostMessage, PostProgress, Posted, RoomHub},
     net::{
         mailbox::Mailbox,
         rooms::{pump, Kicked, OutboxCopies, StreamOutbox},
@@ -55,6 +55,12 @@ pub(super) struct Connection<R> {
 
 /// Post copies waiting for the control loop, at most (more are dropped: the requests carry the posts anyway).
 const POST_COPY_QUEUE: usize = 16;
+
+/// A post's reply: now, or once its commit completes.
+pub(super) enum Answer {
+    Now(Reply),
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, Failure>> + Send>>),
+}
 
 /// A post's copy from the datagram reader: the frames' first request number and the frames.
 pub(super) type PostCopy = (u64, Vec<Bytes>);
@@ -168,43 +174,52 @@ impl<R: RoomHub> Connection<R> {
                 self.rooms.leave(&room, left.subscriber, now_us).await.flush();
                 Ok(Reply::Left { room })
             }
-            RoomRequest::Post(post) => {
-                if let Some((room, id)) = &self.unavailable_post {
-                    if (room.as_str(), *id) != (post.room.as_str(), post.client_msg_id) {
-                        let why = format!(
-                            "an earlier post (room {room}, client_msg_id {id}) was refused as unavailable; send it again first"
-                        );
-                        return Err(Failure::new(ErrorCode::Unavailable, why));
-                    }
-                    self.unavailable_post = None;
-                }
-                let arrived = std::time::Instant::now();
-                let message = PostMessage {
-                    room: &post.room,
-                    identity,
-                    client_msg_id: post.client_msg_id,
-                    body: post.body,
-                    now_us,
-                };
-                let (posted, delivery) = match self.rooms.post(message).await {
-                    Ok(done) => done,
-                    Err(failure) => {
-                        if failure.code == ErrorCode::Unavailable {
-                            self.unavailable_post = Some((post.room, post.client_msg_id));
-                        }
-                        return Err(failure);
-                    }
-                };
-                delivery.flush();
-                self.stats.post_delivery.observe_since(arrived);
-                bump(if posted.duplicate { &self.stats.posts_duplicate } else { &self.stats.posts });
-                Ok(Reply::Posted { room: post.room, seq: posted.seq, duplicate: posted.duplicate })
-            }
+            RoomRequest::Post(post) => match self.post(identity, post, now_us).await? {
+                Answer::Now(reply) => Ok(reply),
+                Answer::Later(reply) => reply.await,
+            },
             RoomRequest::History { room, since, limit } => {
                 let budget = self.state.history_budget();
                 self.rooms.history(&room, since, limit, budget, now_us).await.map(Reply::History)
             }
         }
+    }
+
+    /// Sequences a post; its reply comes now, or once the store's commit completes (`Answer::Later`), in which
+    /// case the connection may go on with its next posts meanwhile.
+    pub(super) async fn post(&mut self, identity: &str, post: Post, now_us: u64) -> Result<Answer, Failure> {
+        if let Some((room, id)) = &self.unavailable_post {
+            if (room.as_str(), *id) != (post.room.as_str(), post.client_msg_id) {
+                let why = format!(
+                    "an earlier post (room {room}, client_msg_id {id}) was refused as unavailable; send it again first"
+                );
+                return Err(Failure::new(ErrorCode::Unavailable, why));
+            }
+            self.unavailable_post = None;
+        }
+        let arrived = std::time::Instant::now();
+        let message =
+            PostMessage { room: &post.room, identity, client_msg_id: post.client_msg_id, body: post.body, now_us };
+        let progress = match self.rooms.sequence_post(message).await {
+            Ok(progress) => progress,
+            Err(failure) => {
+                if failure.code == ErrorCode::Unavailable {
+                    self.unavailable_post = Some((post.room, post.client_msg_id));
+                }
+                return Err(failure);
+            }
+        };
+        let (stats, room) = (self.stats.clone(), post.room);
+        let answer = move |(posted, delivery): (Posted, Delivery)| {
+            delivery.flush();
+            stats.post_delivery.observe_since(arrived);
+            bump(if posted.duplicate { &stats.posts_duplicate } else { &stats.posts });
+            Reply::Posted { room, seq: posted.seq, duplicate: posted.duplicate }
+        };
+        Ok(match progress {
+            PostProgress::Done(done) => Answer::Now(answer(done)),
+            PostProgress::Committing(commit) => Answer::Later(Box::pin(async move { commit.await.map(answer) })),
+        })
     }
 
     /// Carries out one tick request and returns the reply.

@@ -8,6 +8,7 @@ mod copies;
 mod dispatch;
 mod endpoint;
 mod mailbox;
+mod replies;
 mod rooms;
 mod summary;
 mod ticks;

@@ -59,6 +59,10 @@ pub(crate) enum Op {
     TrimDedupe { id: u64, from: u64, before: u64 },
     /// Writes nothing: completes once everything handed over before it is stored.
     Barrier,
+    /// Tests: the writer thread stops here until told to go on (or the sender is dropped), holding every commit
+    /// after it.
+    #[cfg(test)]
+    Hold(Mutex<mpsc::Receiver<()>>),
 }
 
 /// The store failed to write; nothing is acknowledged until the server restarts.
@@ -81,8 +85,14 @@ impl Commit {
     }
 
     /// Waits until the operation is stored with the configured durability.
-    pub async fn wait(self) -> Result<(), StoreFailed> {
-        match self.0.await {
+    pub async fn wait(mut self) -> Result<(), StoreFailed> {
+        self.wait_mut().await
+    }
+
+    /// [`Commit::wait`], keeping the commit: a wait dropped before it completes can be taken up again. Not to be
+    /// waited for again once it completed.
+    pub async fn wait_mut(&mut self) -> Result<(), StoreFailed> {
+        match (&mut self.0).await {
             Ok(result) => result,
             Err(_) => Err(StoreFailed("the writer stopped".into())),
         }
@@ -214,6 +224,12 @@ fn run(keyspaces: Keyspaces, jobs: mpsc::Receiver<Job>, mode: PersistMode, mut n
                 Err(_) => break,
             }
         }
+        #[cfg(test)]
+        for job in &batch {
+            if let Op::Hold(go) = &job.op {
+                let _ = go.lock().map(|go| go.recv());
+            }
+        }
         let result = match &failed {
             Some(failure) => Err(failure.clone()),
             None => commit(&keyspaces, batch.iter().map(|job| &job.op), mode, &mut next_room_id, stats)
@@ -275,6 +291,8 @@ fn commit<'a>(
             Op::TrimMessages { id, from, before } => writes += remove(&mut batch, &ks.messages, *id, *from, *before),
             Op::TrimDedupe { id, from, before } => writes += remove(&mut batch, &ks.dedupe, *id, *from, *before),
             Op::Barrier => {}
+            #[cfg(test)]
+            Op::Hold(_) => {}
         }
     }
     for (id, (name, epoch, last_seq)) in rooms {

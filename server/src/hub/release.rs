@@ -1,0 +1,69 @@
+//! A durable post between its sequencing and its commit: waited for by its poster (`RoomHub::sequence_post`), and
+//! released to the room's members when stored even if nobody waits any more (the poster's connection ended):
+//! otherwise the stored post would sit undelivered in the room, and keep the room in memory, until a later post.
+
+use std::sync::Arc;
+
+use super::{
+    lock::lock,
+    rooms::{store_failure, Shared},
+    PostCommit, Posted,
+};
+use crate::store::Commit;
+
+/// A sequenced post waiting for its commit.
+pub(super) struct Release {
+    shared: Shared,
+    posted: Posted,
+    now_us: u64,
+    /// Taken when waited for to the end; still here when dropped early.
+    commit: Option<Commit>,
+}
+
+impl Release {
+    pub(super) fn new(shared: Shared, posted: Posted, commit: Commit, now_us: u64) -> Release {
+        Release { shared, posted, now_us, commit: Some(commit) }
+    }
+
+    /// Waits for the commit; then the post (and any before it) is delivered, or on a store failure dropped.
+    pub(super) fn wait(mut self) -> PostCommit {
+        Box::pin(async move {
+            let outcome = match self.commit.as_mut() {
+                Some(commit) => commit.wait_mut().await,
+                None => Ok(()),
+            };
+            self.commit = None; // waited for to the end: nothing left for `drop`
+            settle(&self.shared, self.posted, outcome, self.now_us)
+        })
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let Some(commit) = self.commit.take() else { return };
+        let (shared, posted, now_us) = (Arc::clone(&self.shared), self.posted, self.now_us);
+        // Outside a runtime (a test's teardown) there is nothing left to deliver to.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Ok((_, delivery)) = settle(&shared, posted, commit.wait().await, now_us) {
+                    delivery.flush();
+                }
+            });
+        }
+    }
+}
+
+fn settle(
+    shared: &Shared,
+    posted: Posted,
+    outcome: Result<(), crate::store::StoreFailed>,
+    now_us: u64,
+) -> Result<(Posted, super::Delivery), quiver_proto::Failure> {
+    match outcome {
+        Ok(()) => Ok((posted, lock(shared).room.release(posted.seq, now_us))),
+        Err(failed) => {
+            lock(shared).room.abort(posted.seq);
+            Err(store_failure(failed))
+        }
+    }
+}

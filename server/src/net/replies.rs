@@ -1,0 +1,93 @@
+//! A connection's replies in the order of its requests, with posts pipelined: a post waiting for the store's commit
+//! (group commit, docs/durability.md) does not stop the control loop from sequencing the connection's next posts,
+//! so that one connection's pipelined posts share commits instead of taking one commit each. Any other request
+//! waits until the posts before it are answered (it sees them stored: a History or a Join after a Post includes
+//! it), and every reply waits for the replies before it, so the client sees replies in request order, as before.
+
+use std::{future::Future, pin::Pin};
+
+use bytes::BytesMut;
+use futures_util::{stream::FuturesOrdered, FutureExt, StreamExt};
+use quiver_proto::{FrameCodec, ServerMsg};
+
+use crate::{
+    session::{RoomRequest, Step},
+    stats::ServerStats,
+};
+
+/// Posts of one connection waiting for their commit, at most; past it the connection's requests wait (its
+/// control stream is not read, so QUIC's flow control holds the client back) until the oldest is answered.
+pub(super) const POSTS_IN_FLIGHT: usize = 64;
+
+/// A reply, and whether it answers a post that waited for its commit.
+type Later = Pin<Box<dyn Future<Output = (ServerMsg, bool)> + Send>>;
+
+/// The replies not sent yet because an earlier one waits for a commit.
+#[derive(Default)]
+pub(super) struct Replies {
+    queue: FuturesOrdered<Later>,
+    posts: usize,
+}
+
+impl std::fmt::Debug for Replies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replies").field("waiting", &self.queue.len()).field("posts", &self.posts).finish()
+    }
+}
+
+impl Replies {
+    /// Whether some reply waits for a commit.
+    pub(super) fn waiting(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Whether `step` may be carried out now: a post while fewer than [`POSTS_IN_FLIGHT`] wait, anything else
+    /// that reads or changes rooms only once no post waits; the rest (tick requests, replies known already) at once.
+    pub(super) fn may_run(&self, step: &Step) -> bool {
+        match step {
+            Step::Room { request: RoomRequest::Post(_), .. } => self.posts < POSTS_IN_FLIGHT,
+            Step::Room { .. } | Step::ReplyAndClose(..) => !self.waiting(),
+            Step::Reply(_) | Step::Tick { .. } => true,
+        }
+    }
+
+    /// `msg` back to send now when nothing waits before it; else it is queued behind what waits.
+    pub(super) fn ready(&mut self, msg: ServerMsg) -> Option<ServerMsg> {
+        if !self.waiting() {
+            return Some(msg);
+        }
+        self.queue.push_back(Box::pin(std::future::ready((msg, false))));
+        None
+    }
+
+    /// A post's reply that comes once its commit completes.
+    pub(super) fn later(&mut self, reply: impl Future<Output = ServerMsg> + Send + 'static) {
+        self.posts += 1;
+        self.queue.push_back(Box::pin(reply.map(|msg| (msg, true))));
+    }
+
+    /// Waits for the oldest waiting reply, then encodes it and every reply ready behind it into `out`.
+    pub(super) async fn next(&mut self, codec: &FrameCodec, stats: &ServerStats, out: &mut BytesMut) {
+        let Some(first) = self.queue.next().await else { return };
+        self.sent(first, codec, stats, out);
+        while let Some(Some(next)) = self.queue.next().now_or_never() {
+            self.sent(next, codec, stats, out);
+        }
+    }
+
+    fn sent(&mut self, (msg, post): (ServerMsg, bool), codec: &FrameCodec, stats: &ServerStats, out: &mut BytesMut) {
+        self.posts -= usize::from(post);
+        stats.reply(&msg);
+        encode(codec, &msg, out);
+    }
+}
+
+/// Encodes `msg` into `out`.
+pub(super) fn encode(codec: &FrameCodec, msg: &ServerMsg, out: &mut BytesMut) {
+    // Replies are built by the server from bounded inputs; one that does not fit is a server bug, reported as such.
+    if let Err(err) = codec.encode(msg, out) {
+        tracing::error!(%err, "reply does not fit a frame");
+        let failure = quiver_proto::Failure::new(quiver_proto::ErrorCode::Internal, "reply too large");
+        let _ = codec.encode(&ServerMsg::Error(failure), out);
+    }
+}

@@ -253,7 +253,8 @@ async fn pipelined_posts_are_sequenced_at_once_and_released_in_order_whichever_c
     for id in 1..=3 {
         let body = Bytes::from(format!("p{id}"));
         let message = PostMessage { room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
-        match hub.sequence_post(message).await.unwrap() {
+        let sequenced = tokio::time::timeout(std::time::Duration::from_secs(5), hub.sequence_post(message)).await;
+        match sequenced.expect("sequenced without waiting for the held writer").unwrap() {
             PostProgress::Committing(commit) => commits.push(commit),
             PostProgress::Done(_) => panic!("fsync: acknowledged only once stored"),
         }
@@ -280,7 +281,9 @@ async fn a_post_whose_commit_nobody_waits_for_is_still_delivered_once_stored() {
     let message =
         PostMessage { room: "r", identity: "bob", client_msg_id: 1, body: Bytes::from_static(b"x"), now_us: 10 };
     let go = hold_the_writer(&hub);
-    let PostProgress::Committing(commit) = hub.sequence_post(message).await.unwrap() else { panic!("not stored yet") };
+    let sequenced = tokio::time::timeout(std::time::Duration::from_secs(5), hub.sequence_post(message)).await;
+    let sequenced = sequenced.expect("sequenced without waiting for the held writer").unwrap();
+    let PostProgress::Committing(commit) = sequenced else { panic!("not stored yet") };
     drop(commit); // the poster's connection ended
     go.send(()).unwrap();
     let store = hub.store().unwrap().clone();

@@ -95,8 +95,10 @@ pub struct Joining {
     pub replay: Option<Replay>,
 }
 
-/// A post's commit to wait for (`RoomHub::sequence_post`): completes with the post's outcome, in the order the
-/// posts were sequenced. Dropped before it completes, the post is still released to the room's members once stored.
+/// A post's commit to wait for (`RoomHub::sequence_post`): completes with the post's outcome (whichever of a
+/// connection's is awaited first, its members get the posts in seq order). Dropped before it completes, the post is
+/// still released to the room's members once stored. Never fails with `Unavailable` (the retry rule for that is
+/// applied when a post is sequenced).
 pub type PostCommit = std::pin::Pin<Box<dyn Future<Output = Result<(Posted, Delivery), Failure>> + Send>>;
 
 /// A post sequenced: done, or stored once its commit completes.

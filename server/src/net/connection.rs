@@ -261,7 +261,10 @@ async fn control<R: RoomHub>(
         tokio::select! {
             () = &mut expiry, if expires => {
                 bump(&stats.sessions_expired);
-                conn.close(ErrorCode::TokenExpired, "the access token expired; reconnect with a fresh one");
+                // The posts already taken are answered first (within the frame timeout).
+                replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
+                let reason = "the access token expired; reconnect with a fresh one";
+                flush_and_close(conn, &mut send, &outbound, ErrorCode::TokenExpired, reason).await;
                 return "token expired".into();
             }
             () = replies.next(&codec, stats, &mut outbound), if replies.waiting() => {}
@@ -318,7 +321,10 @@ async fn control<R: RoomHub>(
                     return refuse(conn, stats, code, reason);
                 }
             }
-            () = shutdown.cancelled() => return Box::pin(going_away(conn, Some(&mut send))).await,
+            () = shutdown.cancelled() => {
+                replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
+                return Box::pin(going_away(conn, Some((&mut send, outbound)))).await;
+            }
         }
         let mut completed = false;
         loop {
@@ -478,13 +484,13 @@ async fn flush_and_close(conn: &Wire, send: &mut WireSend, outbound: &[u8], code
     conn.close(code, reason);
 }
 
-async fn going_away(conn: &Wire, send: Option<&mut WireSend>) -> String {
+/// Sends what `send` still has to say (replies), then GoAway, and closes.
+async fn going_away(conn: &Wire, send: Option<(&mut WireSend, BytesMut)>) -> String {
     // The hint: this server is going, not the service; clients reconnect (with backoff) to it or its replacement.
     let reason = "server shutting down; reconnect";
     match send {
-        Some(send) => {
+        Some((send, mut out)) => {
             let codec = FrameCodec::new(usize::MAX);
-            let mut out = BytesMut::new();
             encode(&codec, &ServerMsg::GoAway { code: ErrorCode::GoingAway, reason: reason.into() }, &mut out);
             flush_and_close(conn, send, &out, ErrorCode::GoingAway, reason).await;
         }

@@ -370,7 +370,8 @@ impl<R: RoomHub> Server<R> {
             }
         }
         // Not ready from now on (load balancers stop sending clients); refuse new connections; existing ones see
-        // the cancellation, finish the request they are serving, get GoAway and close.
+        // the cancellation, finish the request they are serving and answer the posts they took, get GoAway and
+        // close.
         self.metrics.health.serving.store(false, std::sync::atomic::Ordering::Relaxed);
         self.endpoint.set_server_config(None);
         tasks.close();

@@ -1,10 +1,16 @@
 //! A connection's replies in the order of its requests, with posts pipelined: a post waiting for the store's commit
 //! (group commit, docs/durability.md) does not stop the control loop from sequencing the connection's next posts,
-//! so that one connection's pipelined posts share commits instead of taking one commit each. Any other request
-//! waits until the posts before it are answered (it sees them stored: a History or a Join after a Post includes
-//! it), and every reply waits for the replies before it, so the client sees replies in request order, as before.
+//! so that one connection's pipelined posts share commits instead of taking one commit each. A Join, Leave or
+//! History waits until the posts before it are answered (it sees them stored: a History or a Join after a Post
+//! includes it); tick requests and pings are carried out at once; every reply waits for the replies before it, so
+//! the client sees replies in request order, as before.
+//!
+//! The poster's loop releases its posts to the room when it sees their commits complete; while it is busy (writing
+//! to a client slow to read, for at most the frame timeout) a later post in the room, by anyone, releases them
+//! too, and a loop that ends leaves the release to `hub::release`. Post copies (redundant mode) are still
+//! sequenced one commit at a time.
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, time::Duration};
 
 use bytes::BytesMut;
 use futures_util::{stream::FuturesOrdered, FutureExt, StreamExt};
@@ -18,6 +24,10 @@ use crate::{
 /// Posts of one connection waiting for their commit, at most; past it the connection's requests wait (its
 /// control stream is not read, so QUIC's flow control holds the client back) until the oldest is answered.
 pub(super) const POSTS_IN_FLIGHT: usize = 64;
+
+/// Replies queued behind waiting posts, at most (tick requests and pings run at once, their replies wait their
+/// turn): past it every request waits too.
+const REPLIES_WAITING: usize = 4 * POSTS_IN_FLIGHT;
 
 /// A reply, and whether it answers a post that waited for its commit.
 type Later = Pin<Box<dyn Future<Output = (ServerMsg, bool)> + Send>>;
@@ -42,12 +52,13 @@ impl Replies {
     }
 
     /// Whether `step` may be carried out now: a post while fewer than [`POSTS_IN_FLIGHT`] wait, anything else
-    /// that reads or changes rooms only once no post waits; the rest (tick requests, replies known already) at once.
+    /// that reads or changes rooms only once no post waits; the rest (tick requests, pings, replies known already)
+    /// at once while fewer than `REPLIES_WAITING` replies wait.
     pub(super) fn may_run(&self, step: &Step) -> bool {
         match step {
             Step::Room { request: RoomRequest::Post(_), .. } => self.posts < POSTS_IN_FLIGHT,
             Step::Room { .. } | Step::ReplyAndClose(..) => !self.waiting(),
-            Step::Reply(_) | Step::Tick { .. } => true,
+            Step::Reply(_) | Step::Tick { .. } => self.queue.len() < REPLIES_WAITING,
         }
     }
 
@@ -72,6 +83,24 @@ impl Replies {
         self.sent(first, codec, stats, out);
         while let Some(Some(next)) = self.queue.next().now_or_never() {
             self.sent(next, codec, stats, out);
+        }
+    }
+
+    /// Before the connection closes: waits up to `limit` for every waiting reply, encoding them into `out`.
+    pub(super) async fn finish(
+        &mut self,
+        codec: &FrameCodec,
+        stats: &ServerStats,
+        out: &mut BytesMut,
+        limit: Duration,
+    ) {
+        let all = async {
+            while self.waiting() {
+                self.next(codec, stats, out).await;
+            }
+        };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::debug!(left = self.queue.len(), "closing with post replies still waiting for their commit");
         }
     }
 

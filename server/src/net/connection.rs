@@ -24,9 +24,9 @@ use crate::{
         copies,
         dispatch::{Answer, Connection},
         now_us,
-        replies::{encode, Replies},
+        replies::{encode, flush_and_close, going_away, Replies},
         webtransport,
-        wire::{Wire, WireError, WireKind, WireSend},
+        wire::{Wire, WireError, WireKind},
     },
     post_copies::{PostCopies, StreamPost},
     session::{ControlSession, RoomRequest, Step},
@@ -44,9 +44,6 @@ pub(super) struct Shared<R> {
     pub(super) stats: Arc<ServerStats>,
     pub(super) auth: Arc<crate::auth::Auth>,
 }
-
-/// How long a refusal's reply (or a GoAway) may take to reach the peer before the connection is closed anyway.
-const FLUSH_BEFORE_CLOSE: Duration = Duration::from_millis(500);
 
 /// Serves one incoming connection, `session_id` its id in logs (and its qlog file's name), accepted with `quic`
 /// (the current certificate; with its own qlog file when `config.qlog_dir` asks for one and it is admitted).
@@ -264,7 +261,10 @@ async fn control<R: RoomHub>(
                 // The posts already taken are answered first (within the frame timeout).
                 replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
                 let reason = "the access token expired; reconnect with a fresh one";
-                flush_and_close(conn, &mut send, &outbound, ErrorCode::TokenExpired, reason).await;
+                match outbound.is_empty() {
+                    true => conn.close(ErrorCode::TokenExpired, reason),
+                    false => flush_and_close(conn, &mut send, &outbound, ErrorCode::TokenExpired, reason).await,
+                }
                 return "token expired".into();
             }
             () = replies.next(&codec, stats, &mut outbound), if replies.waiting() => {}
@@ -471,30 +471,4 @@ fn next_step(
             _ => Err((err.code(), err.to_string())),
         },
     }
-}
-
-/// Sends what is queued, finishes the control stream, gives the peer a moment to receive it, then closes.
-async fn flush_and_close(conn: &Wire, send: &mut WireSend, outbound: &[u8], code: ErrorCode, reason: &str) {
-    let delivered = async {
-        send.write_all(outbound).await.ok()?;
-        send.finish();
-        send.stopped().await.ok()
-    };
-    let _ = tokio::time::timeout(FLUSH_BEFORE_CLOSE, delivered).await;
-    conn.close(code, reason);
-}
-
-/// Sends what `send` still has to say (replies), then GoAway, and closes.
-async fn going_away(conn: &Wire, send: Option<(&mut WireSend, BytesMut)>) -> String {
-    // The hint: this server is going, not the service; clients reconnect (with backoff) to it or its replacement.
-    let reason = "server shutting down; reconnect";
-    match send {
-        Some((send, mut out)) => {
-            let codec = FrameCodec::new(usize::MAX);
-            encode(&codec, &ServerMsg::GoAway { code: ErrorCode::GoingAway, reason: reason.into() }, &mut out);
-            flush_and_close(conn, send, &out, ErrorCode::GoingAway, reason).await;
-        }
-        None => conn.close(ErrorCode::GoingAway, reason),
-    }
-    "server shutdown".into()
 }

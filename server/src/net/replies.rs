@@ -9,6 +9,8 @@
 //! to a client slow to read, for at most the frame timeout) a later post in the room, by anyone, releases them
 //! too, and a loop that ends leaves the release to `hub::release`. Post copies (redundant mode) are still
 //! sequenced one commit at a time.
+//!
+//! Also the connection's last words: what is queued, a refusal's reply or a GoAway, flushed before the close.
 
 use std::{future::Future, pin::Pin, time::Duration};
 
@@ -16,7 +18,10 @@ use bytes::BytesMut;
 use futures_util::{stream::FuturesOrdered, FutureExt, StreamExt};
 use quiver_proto::{FrameCodec, ServerMsg};
 
+use quiver_proto::ErrorCode;
+
 use crate::{
+    net::wire::{Wire, WireSend},
     session::{RoomRequest, Step},
     stats::ServerStats,
 };
@@ -116,7 +121,36 @@ pub(super) fn encode(codec: &FrameCodec, msg: &ServerMsg, out: &mut BytesMut) {
     // Replies are built by the server from bounded inputs; one that does not fit is a server bug, reported as such.
     if let Err(err) = codec.encode(msg, out) {
         tracing::error!(%err, "reply does not fit a frame");
-        let failure = quiver_proto::Failure::new(quiver_proto::ErrorCode::Internal, "reply too large");
+        let failure = quiver_proto::Failure::new(ErrorCode::Internal, "reply too large");
         let _ = codec.encode(&ServerMsg::Error(failure), out);
     }
+}
+
+/// How long a refusal's reply (or a GoAway) may take to reach the peer before the connection is closed anyway.
+const FLUSH_BEFORE_CLOSE: Duration = Duration::from_millis(500);
+
+/// Sends what is queued, finishes the control stream, gives the peer a moment to receive it, then closes.
+pub(super) async fn flush_and_close(conn: &Wire, send: &mut WireSend, outbound: &[u8], code: ErrorCode, reason: &str) {
+    let delivered = async {
+        send.write_all(outbound).await.ok()?;
+        send.finish();
+        send.stopped().await.ok()
+    };
+    let _ = tokio::time::timeout(FLUSH_BEFORE_CLOSE, delivered).await;
+    conn.close(code, reason);
+}
+
+/// Sends what `send` still has to say (replies), then GoAway, and closes.
+pub(super) async fn going_away(conn: &Wire, send: Option<(&mut WireSend, BytesMut)>) -> String {
+    // The hint: this server is going, not the service; clients reconnect (with backoff) to it or its replacement.
+    let reason = "server shutting down; reconnect";
+    match send {
+        Some((send, mut out)) => {
+            let codec = FrameCodec::new(usize::MAX);
+            encode(&codec, &ServerMsg::GoAway { code: ErrorCode::GoingAway, reason: reason.into() }, &mut out);
+            flush_and_close(conn, send, &out, ErrorCode::GoingAway, reason).await;
+        }
+        None => conn.close(ErrorCode::GoingAway, reason),
+    }
+    "server shutdown".into()
 }

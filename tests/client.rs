@@ -121,3 +121,23 @@ async fn localhost_reaches_a_server_bound_to_ipv6_loopback_and_the_port_defaults
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// Posts wait in the client until acknowledged (across reconnects too); `max_queued_posts` bounds how many, so an
+/// application posting faster than the server takes them gets an error instead of ever more memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_beyond_max_queued_posts_fail_at_once_and_the_bound_frees_as_posts_are_acknowledged() {
+    let server = TestServer::start(Limits::default());
+    let client = server.client_with(ConnectOptions { max_queued_posts: 2, ..ConnectOptions::default() }).await.unwrap();
+    // Queued at the call: nothing can be acknowledged before these futures are awaited.
+    let first = client.post("q", "one");
+    let second = client.post("q", "two");
+    let third = client.post("q", "three");
+    match third.await {
+        Err(quiver_client::RequestError::QueueFull { max: 2 }) => {}
+        other => panic!("the third post: {other:?}"),
+    }
+    assert_eq!((first.await.unwrap(), second.await.unwrap()), (1, 2), "the queued ones go through");
+    assert_eq!(client.post("q", "four").await.unwrap(), 3, "acknowledged posts free their places");
+    client.close().await;
+    server.stop().await;
+}

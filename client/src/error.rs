@@ -140,6 +140,13 @@ pub enum RequestError {
     /// The server answered with a reply of the wrong kind.
     #[error("unexpected reply: {0:?}")]
     UnexpectedReply(Box<Reply>),
+    /// `max` posts are queued or awaiting their reply already (`ConnectOptions::max_queued_posts`): nothing was
+    /// queued; post again once some are acknowledged.
+    #[error("{max} posts are queued or awaiting their reply already (max_queued_posts); this one was not queued")]
+    QueueFull {
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl RequestError {

@@ -45,6 +45,10 @@ pub struct ConnectOptions {
     /// timeout (a killed server sends no close); keep-alives (`tuning.keep_alive`, 5 s) make a live server answer
     /// well within it. `None`: wait for the idle timeout.
     pub dead_server_after: Option<Duration>,
+    /// Posts queued or awaiting their reply at most (they wait across reconnects, and after `Unavailable`
+    /// refusals, until acknowledged): at the limit `post` fails at once with [`crate::RequestError::QueueFull`]
+    /// instead of holding ever more memory while the server cannot take them. 0: no limit. Default 10,000.
+    pub max_queued_posts: usize,
     /// How to reach the server: QUIC, the WebSocket fallback, or QUIC and then the WebSocket (the default; the
     /// fallback needs the crate's `websocket` feature, off by default, without which `Auto` is QUIC).
     pub transport: Transport,
@@ -102,6 +106,7 @@ impl Default for ConnectOptions {
             qlog_dir: None,
             first_connect_retry: None,
             dead_server_after: Some(Duration::from_secs(12)),
+            max_queued_posts: 10_000,
             transport: Transport::Auto,
             fallback_after: Duration::from_secs(2),
             websocket_port: None,

@@ -101,6 +101,8 @@ pub(crate) struct Driver {
     ticks: ticks::Ticks,
     posts: mpsc::UnboundedSender<QueuedPost<posts::PostDone>>,
     next_msg_id: AtomicU64,
+    /// Posts queued or awaiting their reply (`ConnectOptions::max_queued_posts`).
+    queued_posts: Arc<std::sync::atomic::AtomicUsize>,
     /// Room streams accepted so far, over every connection: a later stream is a newer one.
     room_streams: AtomicU64,
     /// Redundant room streams by (connection, slot): where their datagram copies go.
@@ -139,6 +141,7 @@ impl Driver {
             ticks: ticks::Ticks::default(),
             posts,
             next_msg_id: AtomicU64::new(rand::random::<u64>() >> 2),
+            queued_posts: Arc::default(),
             room_streams: AtomicU64::new(0),
             copy_slots: Mutex::default(),
             welcome: Mutex::new(Welcome {
@@ -167,7 +170,7 @@ impl Driver {
             // Read once the client has ended: the reason is the refusal or the close, not a default.
             let why = me.end_reason();
             for post in unsent {
-                let _ = post.done.send(Err(RequestError::closed(why.clone())));
+                post.done.send(Err(RequestError::closed(why.clone())));
             }
         });
         Ok(driver)
@@ -327,11 +330,23 @@ impl Driver {
         body: Bytes,
     ) -> impl Future<Output = Result<u64, RequestError>> + Send + 'static {
         let (done, outcome) = oneshot::channel();
-        let client_msg_id = client_msg_id.unwrap_or_else(|| self.next_msg_id.fetch_add(1, Ordering::Relaxed));
-        let queued = self.posts.send(QueuedPost { room: room.to_string(), client_msg_id, body, done });
+        let (slot, before) = posts::QueuedSlot::take(&self.queued_posts);
+        let max = self.options.max_queued_posts;
+        let full = max > 0 && before >= max;
+        let queued = match full {
+            true => Ok(()), // not queued: the slot goes back as it drops
+            false => {
+                let client_msg_id = client_msg_id.unwrap_or_else(|| self.next_msg_id.fetch_add(1, Ordering::Relaxed));
+                let done = posts::PostDone::new(done, slot);
+                self.posts.send(QueuedPost { room: room.to_string(), client_msg_id, body, done }).map_err(drop)
+            }
+        };
         let me = self.me.clone();
         let why = move || me.upgrade().map_or((ErrorCode::NoError, "client closed".into()), |d| d.end_reason());
         async move {
+            if full {
+                return Err(RequestError::QueueFull { max });
+            }
             if queued.is_err() {
                 return Err(RequestError::closed(why()));
             }

@@ -2,8 +2,13 @@
 //! every one not acknowledged when a connection goes is sent again, in order, on the next (the server
 //! deduplicates by `client_msg_id`, so each is delivered once).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use quiver_proto::{ErrorCode, Post, Reply, RequestBody};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,8 +27,42 @@ use crate::{
 /// first to the last, doubling.
 const UNAVAILABLE_DELAY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
-/// Told the outcome of a post.
-pub(crate) type PostDone = oneshot::Sender<Result<u64, RequestError>>;
+/// Told the outcome of a post; until then (or until dropped) the post counts against
+/// `ConnectOptions::max_queued_posts`.
+#[derive(Debug)]
+pub(crate) struct PostDone {
+    tx: oneshot::Sender<Result<u64, RequestError>>,
+    _queued: QueuedSlot,
+}
+
+impl PostDone {
+    pub(crate) fn new(tx: oneshot::Sender<Result<u64, RequestError>>, queued: QueuedSlot) -> PostDone {
+        PostDone { tx, _queued: queued }
+    }
+
+    /// Tells the outcome (nobody may be waiting any more).
+    pub(crate) fn send(self, outcome: Result<u64, RequestError>) {
+        let _ = self.tx.send(outcome);
+    }
+}
+
+/// One post counted in the queued total, until dropped.
+#[derive(Debug)]
+pub(crate) struct QueuedSlot(Arc<AtomicUsize>);
+
+impl QueuedSlot {
+    /// Counts one more post in `total`; returns the slot and how many there were before.
+    pub(crate) fn take(total: &Arc<AtomicUsize>) -> (QueuedSlot, usize) {
+        let before = total.fetch_add(1, Ordering::Relaxed);
+        (QueuedSlot(total.clone()), before)
+    }
+}
+
+impl Drop for QueuedSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 type PostReply = oneshot::Receiver<Result<Reply, RequestError>>;
 
 /// Sends the posts `queued` on whichever connection `current` holds, until `stop` is cancelled or the queue's
@@ -59,7 +98,7 @@ pub(crate) async fn send_posts<H: Handler>(
                         continue 'connected;
                     }
                     Err(err) => {
-                        let _ = post.done.send(Err(err));
+                        post.done.send(Err(err));
                     }
                 }
             }
@@ -100,7 +139,7 @@ pub(crate) async fn send_posts<H: Handler>(
                         Ok(Err(err)) => Err(err),
                     };
                     if let Some(post) = posts.answered() {
-                        let _ = post.done.send(outcome);
+                        post.done.send(outcome);
                     }
                 }
                 () = stop.cancelled() => break 'connected,

@@ -124,7 +124,7 @@ async fn localhost_reaches_a_server_bound_to_ipv6_loopback_and_the_port_defaults
 
 /// Posts wait in the client until acknowledged (across reconnects too); `max_queued_posts` bounds how many, so an
 /// application posting faster than the server takes them gets an error instead of ever more memory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test] // one thread: the server (on this runtime) acknowledges nothing until the test awaits
 async fn posts_beyond_max_queued_posts_fail_at_once_and_the_bound_frees_as_posts_are_acknowledged() {
     let server = TestServer::start(Limits::default());
     let client = server.client_with(ConnectOptions { max_queued_posts: 2, ..ConnectOptions::default() }).await.unwrap();

@@ -8,6 +8,9 @@ use serde::Serialize;
 
 use crate::{error::CliError, ServerArgs};
 
+/// Lines posted and not yet acknowledged, at most, before more input is read.
+const OUTSTANDING: usize = 1_000;
+
 #[derive(Debug, Args)]
 pub(crate) struct ChatArgs {
     #[command(flatten)]
@@ -255,7 +258,9 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     let mut interrupted = false;
     loop {
         tokio::select! {
-            line = lines.recv(), if input_open => match line {
+            // Input waits while `OUTSTANDING` posts do: a large file piped in never meets the client's
+            // `max_queued_posts`.
+            line = lines.recv(), if input_open && posts.len() < OUTSTANDING => match line {
                 Some(Ok(Some(line))) if line.trim().is_empty() => line_no += 1,
                 Some(Ok(Some(line))) => {
                     line_no += 1;

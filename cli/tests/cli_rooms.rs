@@ -334,3 +334,46 @@ async fn history_since_a_position_says_when_history_was_trimmed_or_lost() {
     client.close().await;
     server.stop().await;
 }
+
+/// A file piped into `quiver chat` is posted whole, however long, even while the server is away: input waits while
+/// 1,000 lines are unacknowledged, so it never meets the client's `max_queued_posts` (10,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_posts_every_line_of_a_long_piped_file_even_while_the_server_is_away() {
+    const LINES: u64 = 12_000;
+    let config = |dir: &std::path::Path, addr| quiver_server::ServerConfig {
+        durability: quiver_server::store::Durability::Memory,
+        limits: Limits { posts_per_s: 1_000_000, requests_per_s: 1_000_000, ..Limits::default() },
+        ..quiver_server::ServerConfig::dev(addr, dir.to_owned())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(dir.path(), "127.0.0.1:0".parse().unwrap()), dir);
+    let (mut child, mut lines) = chat_process(&server, &["--name", "ann", "--json"]);
+    assert_eq!(next(&mut lines).await["state"], "connected");
+    // The server goes away, the whole file comes in, then the server is back (same address and data directory).
+    let TestServer { addr, data_dir, shutdown, task, .. } = server;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input: String = (1..=LINES).map(|i| format!("line {i}\n")).collect();
+    let writer = tokio::spawn(async move {
+        stdin.write_all(input.as_bytes()).await.unwrap();
+        // Dropped: end of input; the chat ends once every line is acknowledged.
+    });
+    // Time for the chat to read all it will while nobody acknowledges (and for the old socket to be released).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let server = TestServer::start_with(config(data_dir.path(), addr), data_dir);
+    let (mut acks, mut failed) = (0u64, Vec::new());
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap() {
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        match value["type"].as_str() {
+            Some("ack") => acks += 1,
+            Some("post_failed") => failed.push(value),
+            _ => {}
+        }
+    }
+    writer.await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!((acks, failed.len()), (LINES, 0), "first failures: {:?}", &failed[..failed.len().min(3)]);
+    server.stop().await;
+}

@@ -174,6 +174,8 @@ impl ModeServer {
                 token_provider: Some(TokenProvider::dev(dir.path().to_owned(), format!("poster-{i}"))),
                 // QUIC is what these benches measure: never the WebSocket fallback.
                 transport: quiver_client::Transport::Quic,
+                // `--in-flight` bounds the posts in flight itself.
+                max_queued_posts: 0,
                 ..ConnectOptions::default()
             };
             clients.push(Client::connect_with(&addr.to_string(), options).await?);

@@ -55,6 +55,8 @@ pub struct ConnectionsReport {
     pub client_socket_buffers: (usize, usize),
     /// The kernel's caps on what a socket may ask for (`net.core.rmem_max`, `wmem_max`), bytes.
     pub kernel_buffer_max: (Option<u64>, Option<u64>),
+    /// Connections asked for: the goals are judged only when every one of them opened.
+    pub requested: u32,
 }
 
 /// What `run_connections` measured, turned into a report by [`ConnectionsReport::new`].
@@ -103,12 +105,13 @@ impl ConnectionsReport {
             bytes_per_connection: m
                 .rss_before
                 .zip(m.rss_after)
-                .map(|(before, after)| after.saturating_sub(before) as f64 / opened),
+                .filter(|_| m.opened > 0)
+            .map(|(before, after)| after.saturating_sub(before) as f64 / opened),
             server_connections: m.stats_open.connections,
             idle_s: m.config.idle.as_secs_f64(),
             idle_cpu_pct: m
                 .idle_cpu
-                .filter(|_| !m.config.idle.is_zero())
+                .filter(|_| !m.config.idle.is_zero() && m.opened > 0)
                 .map(|c| 100.0 * c.as_secs_f64() / m.config.idle.as_secs_f64()),
             resumed: m.resumed,
             resume_s: m.resume_time.as_secs_f64(),
@@ -116,16 +119,22 @@ impl ConnectionsReport {
             server_tickets_accepted: m.tickets_accepted,
             client_socket_buffers: m.granted,
             kernel_buffer_max: (sysctl("rmem_max"), sysctl("wmem_max")),
+            requested: m.config.count,
         }
     }
 
     /// Human-readable summary, each figure beside its goal.
     pub fn table(&self) -> String {
         let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |v| format!("{v:.1}{unit}"));
+        // A figure from fewer connections than asked for (or none: an idle server's memory and CPU) says nothing
+        // about the goal, which is about all of them.
+        let short = format!("not judged: {} of {} connections opened", self.connections, self.requested);
+        let complete = self.connections > 0 && self.connections >= self.requested;
         let met = |ok: Option<bool>| match ok {
-            Some(true) => "met",
-            Some(false) => "NOT met",
-            None => "not measured",
+            _ if !complete => short.clone(),
+            Some(true) => "met".into(),
+            Some(false) => "NOT met".into(),
+            None => "not measured".into(),
         };
         let kb = self.bytes_per_connection.map(|b| b / 1000.0);
         let mut out = String::new();
@@ -168,5 +177,54 @@ impl ConnectionsReport {
             wmem.map_or("?".into(), |v| v.to_string())
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(config: &ConnectionsConfig, opened: u32) -> Measured<'_> {
+        Measured {
+            config,
+            opened,
+            failures: config.count - opened,
+            first_failure: (opened < config.count).then(|| "refused".to_string()),
+            connect_time: Duration::from_secs(1),
+            handshake_cpu: Some(Duration::from_millis(5)),
+            rss_before: Some(10_000_000),
+            rss_after: Some(10_000_000 + 20_000 * u64::from(opened)),
+            stats_open: ChildStats::default(),
+            idle_cpu: Some(Duration::from_millis(10)),
+            resumed: 0,
+            resume_time: Duration::ZERO,
+            tickets_accepted: 0,
+            granted: (0, 0),
+        }
+    }
+
+    #[test]
+    fn goals_are_judged_only_when_every_connection_opened() {
+        let config = ConnectionsConfig {
+            count: 100,
+            sockets: 1,
+            in_flight: 1,
+            resumed: 0,
+            idle: Duration::from_secs(1),
+            server_program: "quiver".into(),
+            server_args: Vec::new(),
+        };
+        let all = ConnectionsReport::new(measured(&config, 100)).table();
+        assert!(all.contains("goal ≤ 28 KB (moonshot 20 KB): met"), "{all}");
+        assert!(all.contains("of a core: met"), "{all}");
+        // An idle server with no connection uses little memory and CPU: that is not the goal met.
+        for opened in [0, 99] {
+            let report = ConnectionsReport::new(measured(&config, opened));
+            let table = report.table();
+            assert!(!table.contains(": met"), "{table}");
+            assert_eq!(table.matches(&format!("not judged: {opened} of 100 connections opened")).count(), 3, "{table}");
+            assert_eq!(report.bytes_per_connection.is_none(), opened == 0);
+            assert_eq!(report.idle_cpu_pct.is_none(), opened == 0);
+        }
     }
 }

@@ -125,11 +125,9 @@ pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<Pos
     }
     // Closed in order, so that no store is still open (its background work finding its files gone) when its
     // data directory is removed: the posters, then each server, then the stores, then the directories.
-    for server in &mut servers {
-        for client in server.clients.drain(..) {
-            client.close().await;
-        }
-    }
+    // Closed all at once: each close waits out its connection's draining period (a few round trips).
+    let clients = servers.iter_mut().flat_map(|server| server.clients.drain(..));
+    futures_util::future::join_all(clients.map(Client::close)).await;
     stop.cancel();
     for server in servers {
         let ModeServer { task, store, _dir, .. } = server;

@@ -42,7 +42,7 @@ export class QuiverClient {
   #roomStreams = 0; // room streams accepted so far, over every session: a later stream is a newer one
   #subscriptions = new Map(); // channel -> {channel, onTick, ticks: LatestWins, latest, handle}
   #publishers = new Map(); // channel -> {channel, maxAgeMs, claim: {session, channelId} | null, nextSeq}
-  #posts = new PostQueue();
+  #posts;
   #nextMsgId;
   #clockOffsetUs = 0;
 
@@ -63,7 +63,7 @@ export class QuiverClient {
    * why WebTransport was not used, else null), `keepAliveMs` (10000) and `idleTimeoutMs` (30000) (over the WebSocket:
    * a Ping after that long without receiving anything, the connection lost after this long), `webTransport` and
    * `webSocket` (the constructors; replaceable for tests; a function as `transport` is taken as `webTransport`,
-   * WebTransport only). The first connection must succeed: this rejects otherwise.
+   * WebTransport only), `maxQueuedPosts` (10000; 0: none; see `post`). The first connection must succeed.
    */
   static async connect(url, options = {}) {
     const client = new QuiverClient(url, options);
@@ -78,10 +78,11 @@ export class QuiverClient {
       certHash: null, name: null, token: null, reconnect: true, onStatus: null, onNotice: null, onAttempt: null,
       connectTimeoutMs: 10_000, reconnectDelayMs: 50, reconnectMaxDelayMs: 5000, copies: 2, copySpacingMs: 5,
       transport: 'auto', webTransport: globalThis.WebTransport, webSocket: globalThis.WebSocket, websocketUrl: null,
-      fallbackTimeoutMs: 2000, onTransport: null, protocolVersion: PROTOCOL_VERSION,
+      fallbackTimeoutMs: 2000, onTransport: null, protocolVersion: PROTOCOL_VERSION, maxQueuedPosts: 10_000,
       ...Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)),
     });
     this.#dialer = new Dialer(this.#urls, this.#options);
+    this.#posts = new PostQueue(this.#options.maxQueuedPosts);
     const { reconnectDelayMs: initialMs, reconnectMaxDelayMs: maxMs } = this.#options;
     this.#backoff = new Backoff({ initialMs, maxMs });
     // A random 62-bit start plus a counter: two clients with the same identity do not collide.
@@ -131,14 +132,15 @@ export class QuiverClient {
   }
 
   /**
-   * Posts `textOrBytes` to `room` (a name or a Room; joined or not); resolves to the seq (BigInt) it got. Posts
-   * go out in the order of the calls, pipelined, and are re-sent after a reconnect until acknowledged (delivered
-   * once: the server deduplicates by client_msg_id).
+   * Posts `textOrBytes` to `room` (a name or a Room; joined or not); resolves to its seq (BigInt). Posts go out in
+   * call order, pipelined, re-sent after a reconnect until acknowledged (delivered once: the server deduplicates by
+   * client_msg_id). Past `maxQueuedPosts` queued or unanswered, rejects at once (QuiverError, `queueFull` true).
    */
   post(room, textOrBytes) {
     const name = typeof room === 'string' ? room : room.name;
     return new Promise((resolve, reject) => {
       if (this.status === 'closed') return reject(QuiverError.closed(this.closeReason));
+      if (this.#posts.full) return reject(QuiverError.queueFull(this.#posts.max));
       const job = { room: name, clientMsgId: this.#nextMsgId++, body: toBytes(textOrBytes), resolve, reject };
       this.#posts.enqueue(job);
       this.#flushPosts();
@@ -176,9 +178,8 @@ export class QuiverClient {
   }
 
   /**
-   * Claims the right to publish on `channel` (`maxAgeMs`: ask the server to drop ticks older than that rather
-   * than send them late). Claimed again after a reconnect.
-   */
+   * Claims the right to publish on `channel` (`maxAgeMs`: the server drops older ticks rather than send them late);
+   * claimed again after a reconnect. */
   async publisher(channel, { maxAgeMs = null } = {}) {
     const entry = { channel, maxAgeMs, claim: null, nextSeq: 1n };
     await this.#claimOn(await this.#live(), entry);

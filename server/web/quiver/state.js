@@ -193,9 +193,16 @@ export class RoomState {
  * pending ones, in order, to be sent again with the same client_msg_id (the server deduplicates).
  */
 export class PostQueue {
-  constructor() {
+  /** `max`: posts queued or in flight at most (0: no bound); see `full`. */
+  constructor(max = 0) {
     this.pending = [];
     this.inflight = []; // {job, token}
+    this.max = max;
+  }
+
+  /** True when `max` posts are queued or in flight: the caller refuses the next one instead of queueing it. */
+  get full() {
+    return this.max > 0 && this.size >= this.max;
   }
 
   /** Queues a post (any object; the client uses `{room, clientMsgId, body, resolve, reject}`). */

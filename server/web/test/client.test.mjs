@@ -85,6 +85,26 @@ test('posts refused as Unavailable are sent again, in order, and resolve once th
   assert.deepEqual([...new Set(ids)].length, 3, 'with the same client_msg_id');
 });
 
+test('maxQueuedPosts: a post past the bound rejects at once and is never sent; the queued ones go on', async (t) => {
+  const server = new FakeServer();
+  const client = await connect(t, server, { name: 'ann', maxQueuedPosts: 2 });
+  server.holdPostReplies = true; // taken but never answered: both stay awaiting their reply
+  const queued = [client.post('lobby', 'a'), client.post('lobby', 'b')];
+  await assert.rejects(client.post('lobby', 'c'), (err) => {
+    assert.ok(err instanceof QuiverError && err.queueFull, `${err}`);
+    assert.equal(err.code, ErrorCode.RateLimited);
+    assert.match(err.message, /2 posts are queued or awaiting their reply/);
+    return true;
+  });
+  await until('the server has a and b', () => server.room('lobby').messages.length === 2);
+  server.holdPostReplies = false;
+  server.dropAll(); // their answers are lost with the connection: sent again after the reconnect, deduplicated
+  assert.deepEqual(await Promise.all(queued), [1n, 2n]);
+  assert.equal(await client.post('lobby', 'd'), 3n, 'room again once they are acknowledged');
+  const bodies = server.room('lobby').messages.map((m) => new TextDecoder().decode(m.kind.Message.body));
+  assert.deepEqual(bodies, ['a', 'b', 'd'], 'c was never sent');
+});
+
 test('rooms: join, live events in order, members, posts resolve to their seq, history, leave', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server, { name: 'ann' });

@@ -160,6 +160,24 @@ test('PostQueue: posts in call order; a lost connection re-sends the unacknowled
   assert.equal(queue.size, 0);
 });
 
+test('PostQueue: full at max posts queued or in flight (0: never), free again once one is settled', () => {
+  const queue = new PostQueue(2);
+  const posts = [1, 2].map((id) => ({ clientMsgId: BigInt(id) }));
+  queue.enqueue(posts[0]);
+  assert.equal(queue.full, false);
+  queue.startSending('conn1');
+  queue.enqueue(posts[1]);
+  assert.equal(queue.full, true, 'one in flight and one queued');
+  queue.connectionLost();
+  assert.equal(queue.full, true, 'a lost connection frees nothing: both are sent again');
+  queue.startSending('conn2');
+  assert.equal(queue.settle(posts[0], 'conn2'), true);
+  assert.equal(queue.full, false);
+  const unbounded = new PostQueue(0);
+  for (let i = 0; i < 100; i++) unbounded.enqueue({ clientMsgId: BigInt(i) });
+  assert.equal(unbounded.full, false);
+});
+
 test('LatestWins: newer ticks pass, gaps count as lost, older or repeated ones as stale', () => {
   const ticks = new LatestWins();
   const accepted = [1n, 2n, 2n, 5n, 3n, 4n, 6n, 10n, 1n].map((seq) => ticks.accept(seq));

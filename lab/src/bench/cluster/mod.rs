@@ -263,11 +263,8 @@ async fn throughput(nodes: &[&Node], config: &ClusterConfig) -> Result<f64, Benc
     let posts = counted.load(Ordering::Relaxed);
     stop.cancel();
     while tasks.join_next().await.is_some() {}
-    for client in clients {
-        if let Ok(client) = Arc::try_unwrap(client) {
-            client.close().await;
-        }
-    }
+    let clients = clients.into_iter().filter_map(|client| Arc::try_unwrap(client).ok());
+    futures_util::future::join_all(clients.map(quiver_client::Client::close)).await;
     Ok(posts as f64 / config.duration.as_secs_f64())
 }
 
@@ -325,9 +322,7 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     publisher_client.close().await;
-    for client in subscribers {
-        client.close().await;
-    }
+    futures_util::future::join_all(subscribers.into_iter().map(quiver_client::Client::close)).await;
     let expected = measured * u64::from(config.subscribers);
     let delivered_pct = 100.0 * received.load(Ordering::Relaxed) as f64 / expected.max(1) as f64;
     let latency = recorder.lock().map(|r| r.summary()).unwrap_or_else(|p| p.into_inner().summary());

@@ -73,20 +73,28 @@ export class QuiverEncodeError extends Error {
 /**
  * A failed request or a lost session: an error code from the shared list and a message for people.
  * `closed` is true when the connection went away (the request may not have been seen); `refused` is true when the
- * server refused the session itself (its answer to Hello).
+ * server refused the session itself (its answer to Hello); `queueFull` is true when the client itself refused a post
+ * because `maxQueuedPosts` were waiting already (nothing was sent; code RateLimited).
  */
 export class QuiverError extends Error {
-  constructor(code, message, { closed = false, refused = false } = {}) {
+  constructor(code, message, { closed = false, refused = false, queueFull = false } = {}) {
     super(message);
     this.name = 'QuiverError';
     this.code = code;
     this.closed = closed;
     this.refused = refused;
+    this.queueFull = queueFull;
   }
 
   /** The error of a request cut off by the loss of its connection (`why`: the loss's `{code, reason}`). */
   static closed({ code, reason }) {
     return new QuiverError(code, reason, { closed: true });
+  }
+
+  /** A post refused by the client: `max` posts are queued or awaiting their reply already. */
+  static queueFull(max) {
+    const message = `${max} posts are queued or awaiting their reply already (maxQueuedPosts); this one was not queued`;
+    return new QuiverError(ErrorCode.RateLimited, message, { queueFull: true });
   }
 
   /** The code's name ("NotJoined"). */

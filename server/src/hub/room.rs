@@ -120,7 +120,8 @@ impl Room {
         self.history.trim(now_us);
         self.dedupe.expire(now_us);
         if let Some(disk) = &mut self.disk {
-            disk.trim(now_us, self.dedupe.oldest_seq().unwrap_or(self.delivered_seq + 1));
+            let dedupe_from = self.dedupe.oldest_seq().unwrap_or(self.delivered_seq + 1);
+            disk.trim(now_us, dedupe_from, self.epoch, self.sequenced_seq);
         }
     }
 
@@ -293,7 +294,7 @@ impl Room {
         self.dedupe.record(identity, client_msg_id, seq, now_us);
         let posted = Posted { seq, duplicate: false };
         if let Some(disk) = &mut self.disk {
-            let mut commit = disk.append(self.epoch, seq, now_us, frame, identity, client_msg_id);
+            let mut commit = disk.append(seq, now_us, frame, identity, client_msg_id);
             // Written already (`os` durability commits inline): delivered at once, like in memory.
             return match commit.outcome() {
                 None => Ok(Posting { posted, delivery: Delivery::default(), commit: Some(commit) }),

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `meta` | `format` | [`FORMAT`] |
 //! | `meta` | `next_room_id` | u64 |
-//! | `rooms` | room name | room id u64, epoch u64, last seq u64 |
+//! | `rooms` | room name | room id u64, epoch u64, last seq u64 (as of its creation or last retention deletion) |
 //! | `messages` | room id u64, seq u64 | time µs u64, the event's encoded `RoomFrame::Event` |
 //! | `dedupe` | room id u64, seq u64 | time µs u64, client_msg_id u64, identity |
 //!
@@ -31,11 +31,16 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 pub use cold::AgedRooms;
 pub use disk::{Change as DiskChange, DiskFloor};
-pub(crate) use writer::{Append, Op};
+pub(crate) use writer::{Append, Op, Record};
 pub use writer::{Commit, StoreFailed, WriterStats};
 
-/// What `meta/format` holds in a store this version can read.
-pub const FORMAT: &[u8] = b"quiver-store 1";
+/// What `meta/format` holds in a store this version writes. Version 2: a room's record is no longer rewritten with
+/// every post (its last seq is read from its newest stored message); a version 1 store is read as it is and marked
+/// version 2 when opened, so that an older server refuses it instead of finding messages past the recorded seq.
+pub const FORMAT: &[u8] = b"quiver-store 2";
+
+/// The format before [`FORMAT`], opened and upgraded (nothing in it changes but the marker).
+const FORMAT_1: &[u8] = b"quiver-store 1";
 
 /// Bytes of journal kept before memtables are flushed to tables (what a start replays at most).
 const MAX_JOURNALING_BYTES: u64 = 64 << 20;
@@ -280,6 +285,11 @@ impl Store {
         };
         match keyspaces.meta.get("format").map_err(unreadable)? {
             Some(format) if format.as_ref() == FORMAT => {}
+            Some(format) if format.as_ref() == FORMAT_1 => {
+                keyspaces.meta.insert("format", FORMAT).map_err(unreadable)?;
+                db.persist(PersistMode::SyncAll).map_err(unreadable)?;
+                tracing::info!(store = %path.display(), "room store upgraded to format 2 (room records per deletion)");
+            }
             Some(other) => {
                 let other = String::from_utf8_lossy(&other);
                 let ours = String::from_utf8_lossy(FORMAT);
@@ -344,20 +354,17 @@ impl Store {
         window_us: u64,
         max_entries: usize,
     ) -> Result<Option<StoredRoom>, StoreError> {
-        let record = |name: &str| -> Result<Option<(u64, u64, u64)>, StoreError> {
-            let Some(meta) = self.keyspaces.rooms.get(name).map_err(read_err)? else { return Ok(None) };
-            match (u64_at(&meta, 0), u64_at(&meta, 8), u64_at(&meta, 16)) {
-                (Some(id), Some(epoch), Some(last_seq)) if last_seq < u64::MAX => Ok(Some((id, epoch, last_seq))),
-                _ => Err(StoreError::Read(format!("room {name}: a malformed record ({} bytes)", meta.len()))),
-            }
+        let Some(meta) = self.keyspaces.rooms.get(name).map_err(read_err)? else { return Ok(None) };
+        let (Some(id), Some(epoch), Some(recorded)) = (u64_at(&meta, 0), u64_at(&meta, 8), u64_at(&meta, 16)) else {
+            return Err(StoreError::Read(format!("room {name}: a malformed record ({} bytes)", meta.len())));
         };
-        let Some((id, epoch, _)) = record(name)? else { return Ok(None) };
+        let malformed = |what: &str| StoreError::Read(format!("room {name}: a malformed {what} key"));
         let mut extent = Extent::default();
         let mut first: Option<(u64, u64)> = None;
         let mut newest = 0;
         for guard in self.keyspaces.messages.range(key(id, 0)..=key(id, u64::MAX)) {
             let (k, v) = guard.into_inner().map_err(read_err)?;
-            let seq = seq_of(&k).unwrap_or(u64::MAX);
+            let seq = seq_of(&k).ok_or_else(|| malformed("message"))?;
             if first.is_none() {
                 first = u64_at(&v, 0).map(|time| (seq, time));
             }
@@ -365,16 +372,15 @@ impl Store {
             extent.messages += 1;
             extent.bytes += v.len().saturating_sub(8) as u64;
         }
-        // The record is read again after the messages: records only grow, so a message past it means the journal
-        // lost records (not a post that raced this read, which the second read covers).
-        let Some((_, _, last_seq)) = record(name)? else {
-            return Err(StoreError::Read(format!("room {name}: its record vanished while it was read")));
+        // The record is not rewritten with every post (`writer::Record`): the last seq is the newest one stored, as
+        // a message, a dedupe entry, or in the record by the deletion that took both away.
+        let newest_dedupe = match self.keyspaces.dedupe.range(key(id, 0)..=key(id, u64::MAX)).next_back() {
+            Some(guard) => seq_of(&guard.key().map_err(read_err)?).ok_or_else(|| malformed("dedupe"))?,
+            None => 0,
         };
-        if newest > last_seq {
-            return Err(StoreError::Read(format!(
-                "room {name}: messages past its last seq {last_seq} (the store lost records: see docs/durability.md, \
-                 damaged store)"
-            )));
+        let last_seq = recorded.max(newest).max(newest_dedupe);
+        if last_seq == u64::MAX {
+            return Err(StoreError::Read(format!("room {name}: its seqs are exhausted")));
         }
         let oldest_remembered = now_us.saturating_sub(window_us);
         let mut dedupe = Vec::new();

@@ -5,11 +5,9 @@ use std::sync::atomic::Ordering;
 
 use super::*;
 
-fn append(name: &str, id: u64, seq: u64, time_us: u64, body: &[u8], identity: &str, client_msg_id: u64) -> Op {
+fn append(id: u64, seq: u64, time_us: u64, body: &[u8], identity: &str, client_msg_id: u64) -> Op {
     Op::Append(Append {
-        name: name.into(),
         id,
-        epoch: 7,
         seq,
         time_us,
         frame: Bytes::copy_from_slice(body),
@@ -27,7 +25,7 @@ fn filled(store: &Store, n: u64) -> u64 {
     let id = store.allocate_room_id();
     let mut last = store.submit(Op::Create { name: "r".into(), id, epoch: 7 });
     for seq in 1..=n {
-        last = store.submit(append("r", id, seq, seq, &[seq as u8; 10], "ann", 100 + seq));
+        last = store.submit(append(id, seq, seq, &[seq as u8; 10], "ann", 100 + seq));
     }
     block_on(last.wait()).unwrap();
     id
@@ -90,12 +88,57 @@ fn retention_cuts_by_count_bytes_and_age_and_deletes_in_the_background() {
     assert_eq!(plan(keep(100, 55, u64::MAX), 10), (6, Extent { messages: 5, bytes: 50 }, Some(6)));
     assert_eq!(plan(keep(100, u64::MAX, 3), 10), (7, Extent { messages: 4, bytes: 40 }, Some(7)));
     assert_eq!(plan(keep(100, u64::MAX, 3), 100), (11, Extent::default(), None), "all too old");
-    let _ = store.submit(Op::TrimMessages { id, from: 1, before: 7 });
-    let _ = store.submit(Op::TrimDedupe { id, from: 0, before: 9 });
+    let room = |last_seq| Record { name: "r".into(), epoch: 7, last_seq };
+    let _ = store.submit(Op::TrimMessages { id, from: 1, before: 7, room: room(10) });
+    let _ = store.submit(Op::TrimDedupe { id, from: 0, before: 9, room: room(10) });
     block_on(store.submit(Op::Barrier).wait()).unwrap();
-    let room = store.load_room("r", 10, u64::MAX, 100).unwrap().unwrap();
-    assert_eq!((room.first_seq, room.last_seq, room.extent.messages), (7, 10, 4));
-    assert_eq!(room.dedupe.iter().map(|e| e.2).collect::<Vec<_>>(), [9, 10]);
+    let loaded = store.load_room("r", 10, u64::MAX, 100).unwrap().unwrap();
+    assert_eq!((loaded.first_seq, loaded.last_seq, loaded.extent.messages), (7, 10, 4));
+    assert_eq!(loaded.dedupe.iter().map(|e| e.2).collect::<Vec<_>>(), [9, 10]);
+    // Everything deleted: the seq goes on from the one the last deletion recorded, never from 0 again.
+    let _ = store.submit(Op::TrimMessages { id, from: 7, before: 11, room: room(10) });
+    let _ = store.submit(Op::TrimDedupe { id, from: 9, before: 11, room: room(10) });
+    block_on(store.submit(Op::Barrier).wait()).unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let loaded = store.load_room("r", 10, u64::MAX, 100).unwrap().unwrap();
+    assert_eq!((loaded.first_seq, loaded.last_seq, loaded.extent.messages, loaded.epoch), (11, 10, 0, 7));
+    assert!(loaded.dedupe.is_empty());
+}
+
+#[test]
+fn a_format_1_store_is_read_and_marked_format_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    filled(&store, 3);
+    store.keyspaces.meta.insert("format", FORMAT_1).unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    assert_eq!(store.keyspaces.meta.get("format").unwrap().as_deref(), Some(FORMAT));
+    assert_eq!(store.load_room("r", 3, u64::MAX, 100).unwrap().unwrap().last_seq, 3);
+}
+
+#[test]
+fn posts_do_not_rewrite_the_room_record_and_the_last_seq_is_the_newest_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let id = filled(&store, 5);
+    drop(store);
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let record = store.keyspaces.rooms.get("r").unwrap().unwrap();
+    assert_eq!(u64_at(&record, 16), Some(0), "the record as created: one write per room, not per post");
+    let loaded = store.load_room("r", 5, u64::MAX, 100).unwrap().unwrap();
+    assert_eq!((loaded.id, loaded.last_seq, loaded.first_seq, loaded.extent.messages), (id, 5, 1, 5));
+    // Only the dedupe entries left (messages deleted by retention, the record not yet rewritten): still 5.
+    let _ = store.submit(Op::TrimMessages {
+        id,
+        from: 1,
+        before: 6,
+        room: Record { name: "r".into(), epoch: 7, last_seq: 0 },
+    });
+    block_on(store.submit(Op::Barrier).wait()).unwrap();
+    let loaded = store.load_room("r", 5, u64::MAX, 100).unwrap().unwrap();
+    assert_eq!((loaded.last_seq, loaded.extent.messages, loaded.dedupe.len()), (5, 0, 5));
 }
 
 #[test]
@@ -105,7 +148,7 @@ fn group_commit_shares_batches() {
     let id = store.allocate_room_id();
     let mut commits = vec![store.submit(Op::Create { name: "r".into(), id, epoch: 1 })];
     for seq in 1..=2_000 {
-        commits.push(store.submit(append("r", id, seq, seq, b"x", "a", seq)));
+        commits.push(store.submit(append(id, seq, seq, b"x", "a", seq)));
     }
     block_on(async {
         for commit in commits {
@@ -128,7 +171,7 @@ fn the_walk_for_aged_rooms_goes_on_from_its_cursor_and_starts_over() {
         let id = store.allocate_room_id();
         let _ = store.submit(Op::Create { name: name.into(), id, epoch: 1 });
         if name != "d" {
-            last = Some(store.submit(append(name, id, 1, time_us, b"x", "ann", 1)));
+            last = Some(store.submit(append(id, 1, time_us, b"x", "ann", 1)));
         }
     }
     block_on(last.unwrap().wait()).unwrap();
@@ -215,18 +258,21 @@ fn a_truncated_or_lost_file_is_refused_not_wiped() {
 }
 
 #[test]
-fn a_room_with_records_lost_is_refused_at_open_or_when_loaded() {
+fn a_journal_cut_under_flushed_messages_is_refused_or_never_reuses_a_seq() {
     for cut in [16 << 10, 64 << 10, 128 << 10] {
         let dir = tempfile::tempdir().unwrap();
         flushed(dir.path());
-        // Cut the journal inside the room's records: the flushed table keeps messages past what the journal
-        // says of the room (its last seq, the id counter, the format marker).
+        // Cut the journal inside the room's records: the flushed table keeps messages past what the journal says
+        // of the room (the id counter, the format marker, its dedupe entries). Refused at open where those
+        // checks see it; otherwise the room goes on after its newest stored message, whatever the record says.
         let journal = dir.path().join(STORE_DIR).join("0.jnl");
         std::fs::OpenOptions::new().write(true).open(journal).unwrap().set_len(cut).unwrap();
-        let err = match Store::open(dir.path(), Durability::Fsync) {
-            Err(err) => err.to_string(),
-            Ok(store) => store.load_room("r", 0, 0, 0).expect_err("a room with lost records loaded").to_string(),
-        };
-        assert!(err.contains("damaged") || err.contains("past its last seq"), "cut at {cut}: {err}");
+        match Store::open(dir.path(), Durability::Fsync) {
+            Err(err) => assert!(err.to_string().contains("damaged"), "cut at {cut}: {err}"),
+            Ok(store) => {
+                let room = store.load_room("r", 0, 0, 0).unwrap().unwrap();
+                assert_eq!(room.last_seq, 3_000, "cut at {cut}: the newest flushed message");
+            }
+        }
     }
 }

@@ -27,12 +27,8 @@ const MAX_BATCH: usize = 4096;
 /// A message to store.
 #[derive(Debug)]
 pub(crate) struct Append {
-    /// The room's name (its record is updated with the new last seq).
-    pub name: Arc<str>,
     /// The room's id.
     pub id: u64,
-    /// The room's epoch.
-    pub epoch: u64,
     /// The message's seq.
     pub seq: u64,
     /// When it was posted.
@@ -45,6 +41,20 @@ pub(crate) struct Append {
     pub client_msg_id: u64,
 }
 
+/// A room's record as a retention deletion writes it. The record (name → id, epoch, last seq) is written when the
+/// room is created and with each deletion, not with every post: a room's last seq is the greatest of the
+/// recorded one and its newest stored message and dedupe entry ([`super::Store::load_room`]), and a deletion
+/// writes the seq it may take away. One write less per post.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    /// The room's name (the record's key).
+    pub name: Arc<str>,
+    /// The room's epoch.
+    pub epoch: u64,
+    /// Every seq up to here was handed to the writer before the deletion (so it is stored once the deletion is).
+    pub last_seq: u64,
+}
+
 /// What the writer does.
 #[derive(Debug)]
 pub(crate) enum Op {
@@ -53,10 +63,11 @@ pub(crate) enum Op {
     /// Stores a message and its dedupe entry.
     Append(Append),
     /// Deletes a room's messages with a seq in `from..before` (retention). Starting where the last deletion
-    /// ended keeps each deletion from walking over the tombstones of the ones before.
-    TrimMessages { id: u64, from: u64, before: u64 },
-    /// Deletes a room's dedupe entries with a seq in `from..before` (the window moved on).
-    TrimDedupe { id: u64, from: u64, before: u64 },
+    /// ended keeps each deletion from walking over the tombstones of the ones before. `room` is written with it:
+    /// the room's last seq is read from its newest message, and one deleted must be remembered in the record.
+    TrimMessages { id: u64, from: u64, before: u64, room: Record },
+    /// Deletes a room's dedupe entries with a seq in `from..before` (the window moved on), writing `room`.
+    TrimDedupe { id: u64, from: u64, before: u64, room: Record },
     /// Writes nothing: completes once everything handed over before it is stored.
     Barrier,
     /// Tests: the writer thread stops here until told to go on (or the sender is dropped), holding every commit
@@ -253,8 +264,8 @@ fn run(keyspaces: Keyspaces, jobs: mpsc::Receiver<Job>, mode: PersistMode, mut n
     }
 }
 
-/// Writes one batch: the messages and dedupe entries, each touched room's record once (with its newest seq), the
-/// room id counter when rooms were created, and the deletions retention asked for.
+/// Writes one batch: the messages and dedupe entries, the records of rooms created or trimmed, the room id counter
+/// when rooms were created, and the deletions retention asked for.
 fn commit<'a>(
     ks: &Keyspaces,
     ops: impl IntoIterator<Item = &'a Op>,
@@ -283,13 +294,15 @@ fn commit<'a>(
                 dedupe.extend_from_slice(&a.client_msg_id.to_be_bytes());
                 dedupe.extend_from_slice(a.identity.as_bytes());
                 batch.insert(&ks.dedupe, key(a.id, a.seq), dedupe);
-                let room = rooms.entry(a.id).or_insert((&a.name, a.epoch, a.seq));
-                room.2 = room.2.max(a.seq);
                 writes += 2;
                 appends += 1;
             }
-            Op::TrimMessages { id, from, before } => writes += remove(&mut batch, &ks.messages, *id, *from, *before),
-            Op::TrimDedupe { id, from, before } => writes += remove(&mut batch, &ks.dedupe, *id, *from, *before),
+            Op::TrimMessages { id, from, before, room } | Op::TrimDedupe { id, from, before, room } => {
+                let keyspace = if matches!(op, Op::TrimMessages { .. }) { &ks.messages } else { &ks.dedupe };
+                writes += remove(&mut batch, keyspace, *id, *from, *before);
+                let record = rooms.entry(*id).or_insert((&room.name, room.epoch, room.last_seq));
+                record.2 = record.2.max(room.last_seq);
+            }
             Op::Barrier => {}
             #[cfg(test)]
             Op::Hold(_) => {}

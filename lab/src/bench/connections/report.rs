@@ -106,7 +106,7 @@ impl ConnectionsReport {
                 .rss_before
                 .zip(m.rss_after)
                 .filter(|_| m.opened > 0)
-            .map(|(before, after)| after.saturating_sub(before) as f64 / opened),
+                .map(|(before, after)| after.saturating_sub(before) as f64 / opened),
             server_connections: m.stats_open.connections,
             idle_s: m.config.idle.as_secs_f64(),
             idle_cpu_pct: m

@@ -12,7 +12,7 @@ use quiver_proto::{Limits, Position, RoomEvent, RoomFrame};
 use super::{ReplayRange, Room};
 use crate::{
     hub::{history::MemoryHistory, Delivery},
-    store::{Append, Commit, Extent, Op, Retention, Store, StoredRoom},
+    store::{Append, Commit, Extent, Op, Record, Retention, Store, StoredRoom},
 };
 
 /// A durable room without members stays in memory this long after its last use (then it is unloaded and read
@@ -158,7 +158,6 @@ impl DiskRoom {
     /// Hands a sequenced post to the writer and keeps it until [`Room::release`].
     pub(super) fn append(
         &mut self,
-        epoch: u64,
         seq: u64,
         time_us: u64,
         frame: Bytes,
@@ -166,16 +165,8 @@ impl DiskRoom {
         client_msg_id: u64,
     ) -> Commit {
         let identity: Arc<str> = identity.into();
-        let append = Append {
-            name: self.name.clone(),
-            id: self.id,
-            epoch,
-            seq,
-            time_us,
-            frame: frame.clone(),
-            identity: identity.clone(),
-            client_msg_id,
-        };
+        let append =
+            Append { id: self.id, seq, time_us, frame: frame.clone(), identity: identity.clone(), client_msg_id };
         self.pending.push_back(PendingPost { seq, frame, identity, client_msg_id });
         self.store.submit(Op::Append(append))
     }
@@ -241,7 +232,10 @@ impl DiskRoom {
     /// messages beyond the retention bounds. Deletions wait until a bound is passed by an eighth (or a message is
     /// too old), so each one removes a run of messages rather than a few every sweep; readers never see more than
     /// `max_messages` meanwhile ([`DiskRoom::first_readable`]).
-    pub(super) fn trim(&mut self, now_us: u64, dedupe_from: u64) {
+    /// `epoch` and `last_seq` (the room's last sequenced seq: every post up to it was handed to the writer before)
+    /// go into the room's record with each deletion.
+    pub(super) fn trim(&mut self, now_us: u64, dedupe_from: u64, epoch: u64, last_seq: u64) {
+        let room = || Record { name: self.name.clone(), epoch, last_seq };
         if let Some(mut trimming) = self.trimming.take() {
             if trimming.outcome().is_none() {
                 self.trimming = Some(trimming);
@@ -252,7 +246,8 @@ impl DiskRoom {
         let slack = |max: u64| max.saturating_add(max / 8);
         if dedupe_from >= self.dedupe_trimmed.saturating_add(DEDUPE_TRIM_RUN) {
             let from = std::mem::replace(&mut self.dedupe_trimmed, dedupe_from);
-            self.trimming = Some(self.store.submit(Op::TrimDedupe { id: self.id, from, before: dedupe_from }));
+            let op = Op::TrimDedupe { id: self.id, from, before: dedupe_from, room: room() };
+            self.trimming = Some(self.store.submit(op));
         }
         let too_old = self.first_time_us.is_some_and(|t| t < now_us.saturating_sub(r.max_age_us));
         if self.extent.messages <= slack(r.max_messages) && self.extent.bytes <= slack(r.max_bytes) && !too_old {
@@ -262,7 +257,8 @@ impl DiskRoom {
             Ok((cut, left, first_time_us)) => {
                 let from = std::mem::replace(&mut self.first_seq, cut);
                 // Behind the dedupe deletion, if any: its commit vouches for both.
-                self.trimming = Some(self.store.submit(Op::TrimMessages { id: self.id, from, before: cut }));
+                let op = Op::TrimMessages { id: self.id, from, before: cut, room: room() };
+                self.trimming = Some(self.store.submit(op));
                 self.extent = left;
                 self.first_time_us = first_time_us;
             }

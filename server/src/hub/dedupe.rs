@@ -66,6 +66,14 @@ impl DedupeWindow {
         }
     }
 
+    /// The posts remembered with a seq in `from..before`, oldest first: `(identity, client_msg_id, seq, time_us)`.
+    pub fn remembered(&self, from: u64, before: u64) -> impl Iterator<Item = (&str, u64, u64, u64)> {
+        self.order
+            .iter()
+            .filter(move |(key, seq, _)| (from..before).contains(seq) && self.seqs.get(key) == Some(seq))
+            .map(|((identity, client_msg_id), seq, at)| (identity.as_str(), *client_msg_id, *seq, *at))
+    }
+
     /// Seq of the oldest post remembered.
     pub fn oldest_seq(&self) -> Option<u64> {
         self.order.front().map(|(_, seq, _)| *seq)

@@ -103,6 +103,13 @@ async fn retention_trims_in_the_sweep_and_stays_trimmed_after_a_restart() {
     assert_eq!(joining.joined.replay_from, 21);
     joining.replay.expect("the latest").run().await;
     assert_eq!(out.message_seqs(), (21..=30).collect::<Vec<_>>());
+    // The dedupe window outlives the messages: a retry of a deleted post (its entry kept by the deletion) and of a
+    // retained one (read from its message) get their original seqs after the restart.
+    for (id, seq) in [(3, 3), (25, 25)] {
+        let (retry, delivery) = post(&hub, "r", "bob", id, 12).await;
+        assert_eq!((retry, delivery.len()), (Posted { seq, duplicate: true }, 0), "post {id}");
+    }
+    assert_eq!(post(&hub, "r", "bob", 31, 12).await.0, Posted { seq: 31, duplicate: false });
 }
 
 #[tokio::test]

@@ -120,8 +120,7 @@ impl Room {
         self.history.trim(now_us);
         self.dedupe.expire(now_us);
         if let Some(disk) = &mut self.disk {
-            let dedupe_from = self.dedupe.oldest_seq().unwrap_or(self.delivered_seq + 1);
-            disk.trim(now_us, dedupe_from, self.epoch, self.sequenced_seq);
+            disk.trim(now_us, &self.dedupe, self.epoch, self.sequenced_seq);
         }
     }
 

@@ -8,7 +8,7 @@
 //! | `meta` | `next_room_id` | u64 |
 //! | `rooms` | room name | room id u64, epoch u64, last seq u64 (as of its creation or last retention deletion) |
 //! | `messages` | room id u64, seq u64 | time µs u64, the event's encoded `RoomFrame::Event` |
-//! | `dedupe` | room id u64, seq u64 | time µs u64, client_msg_id u64, identity |
+//! | `dedupe` | room id u64, seq u64 | time µs u64, client_msg_id u64, identity (for a message retention deleted while the window remembered it) |
 //!
 //! Writes go through one writer thread (`writer.rs`) that commits whatever arrived while the previous commit ran as
 //! one batch with one fsync (group commit); a post is acknowledged, and delivered, only once its batch is durable.
@@ -16,6 +16,7 @@
 
 mod cold;
 mod disk;
+mod load;
 mod writer;
 
 use std::{
@@ -31,7 +32,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 pub use cold::AgedRooms;
 pub use disk::{Change as DiskChange, DiskFloor};
-pub(crate) use writer::{Append, Op, Record};
+pub(crate) use writer::{Append, Op, Record, Remembered};
 pub use writer::{Commit, StoreFailed, WriterStats};
 
 /// What `meta/format` holds in a store this version writes. Version 2: a room's record is no longer rewritten with
@@ -343,71 +344,6 @@ impl Store {
     /// is stored with the configured durability.
     pub(crate) fn submit(&self, op: Op) -> Commit {
         self.writer.submit(op)
-    }
-
-    /// The room named `name` as stored, with its retained extent and the dedupe window remembered at `now_us`
-    /// (entries younger than `window_us`, the newest `max_entries` at most); `None` if it was never stored.
-    pub fn load_room(
-        &self,
-        name: &str,
-        now_us: u64,
-        window_us: u64,
-        max_entries: usize,
-    ) -> Result<Option<StoredRoom>, StoreError> {
-        let Some(meta) = self.keyspaces.rooms.get(name).map_err(read_err)? else { return Ok(None) };
-        let (Some(id), Some(epoch), Some(recorded)) = (u64_at(&meta, 0), u64_at(&meta, 8), u64_at(&meta, 16)) else {
-            return Err(StoreError::Read(format!("room {name}: a malformed record ({} bytes)", meta.len())));
-        };
-        let malformed = |what: &str| StoreError::Read(format!("room {name}: a malformed {what} key"));
-        let mut extent = Extent::default();
-        let mut first: Option<(u64, u64)> = None;
-        let mut newest = 0;
-        for guard in self.keyspaces.messages.range(key(id, 0)..=key(id, u64::MAX)) {
-            let (k, v) = guard.into_inner().map_err(read_err)?;
-            let seq = seq_of(&k).ok_or_else(|| malformed("message"))?;
-            if first.is_none() {
-                first = u64_at(&v, 0).map(|time| (seq, time));
-            }
-            newest = seq;
-            extent.messages += 1;
-            extent.bytes += v.len().saturating_sub(8) as u64;
-        }
-        // The record is not rewritten with every post (`writer::Record`): the last seq is the newest one stored, as
-        // a message, a dedupe entry, or in the record by the deletion that took both away.
-        let newest_dedupe = match self.keyspaces.dedupe.range(key(id, 0)..=key(id, u64::MAX)).next_back() {
-            Some(guard) => seq_of(&guard.key().map_err(read_err)?).ok_or_else(|| malformed("dedupe"))?,
-            None => 0,
-        };
-        let last_seq = recorded.max(newest).max(newest_dedupe);
-        if last_seq == u64::MAX {
-            return Err(StoreError::Read(format!("room {name}: its seqs are exhausted")));
-        }
-        let oldest_remembered = now_us.saturating_sub(window_us);
-        let mut dedupe = Vec::new();
-        for guard in self.keyspaces.dedupe.range(key(id, 0)..=key(id, u64::MAX)).rev() {
-            if dedupe.len() >= max_entries {
-                break;
-            }
-            let (k, v) = guard.into_inner().map_err(read_err)?;
-            let (Some(seq), Some(time_us), Some(client_msg_id)) = (seq_of(&k), u64_at(&v, 0), u64_at(&v, 8)) else {
-                return Err(StoreError::Read(format!("room {name}: a malformed dedupe record")));
-            };
-            if time_us < oldest_remembered {
-                break;
-            }
-            let identity = String::from_utf8_lossy(&v[16..]).into_owned();
-            dedupe.push((identity, client_msg_id, seq, time_us));
-        }
-        dedupe.reverse();
-        Ok(Some(StoredRoom {
-            id,
-            epoch,
-            last_seq,
-            first_seq: first.map_or(last_seq + 1, |(seq, _)| seq),
-            first_time_us: first.map(|(_, time)| time),
-            extent,
-            dedupe,
-        }))
     }
 
     /// Retained messages of room `id` with a seq in `after + 1 ..= upto`, oldest first: at most `limit`, and no

@@ -5,27 +5,36 @@ use std::sync::atomic::Ordering;
 
 use super::*;
 
-fn append(id: u64, seq: u64, time_us: u64, body: &[u8], identity: &str, client_msg_id: u64) -> Op {
-    Op::Append(Append {
-        id,
-        seq,
-        time_us,
-        frame: Bytes::copy_from_slice(body),
-        identity: identity.into(),
+/// A post as the hub stores it: the encoded event, from "ann" with a body of 10 bytes of `seq`.
+fn event(seq: u64, time_us: u64, client_msg_id: u64) -> Bytes {
+    let kind = quiver_proto::EventKind::Message {
+        sender: "ann".into(),
         client_msg_id,
-    })
+        body: Bytes::from(vec![seq as u8; 10]),
+    };
+    let frame = quiver_proto::RoomFrame::Event(quiver_proto::RoomEvent { seq, time_us, kind });
+    quiver_proto::FrameCodec::new(1 << 20).encode_to_vec(&frame).unwrap().freeze()
+}
+
+/// Bytes of a frame of [`event`] for small seqs, times and ids (one byte each).
+fn frame_len() -> u64 {
+    event(1, 1, 101).len() as u64
+}
+
+fn append(id: u64, seq: u64, time_us: u64) -> Op {
+    Op::Append(Append { id, seq, time_us, frame: event(seq, time_us, 100 + seq) })
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 }
 
-/// Creates room `r` (id from the store) with `n` messages of 10 bytes at times 1..=n.
+/// Creates room `r` (id from the store) with `n` messages of [`event`] at times 1..=n, client_msg_id 100 + seq.
 fn filled(store: &Store, n: u64) -> u64 {
     let id = store.allocate_room_id();
     let mut last = store.submit(Op::Create { name: "r".into(), id, epoch: 7 });
     for seq in 1..=n {
-        last = store.submit(append(id, seq, seq, &[seq as u8; 10], "ann", 100 + seq));
+        last = store.submit(append(id, seq, seq));
     }
     block_on(last.wait()).unwrap();
     id
@@ -41,13 +50,13 @@ fn what_is_committed_comes_back_after_a_reopen() {
     let store = Store::open(dir.path(), Durability::Fsync).unwrap();
     let room = store.load_room("r", 10, u64::MAX, 100).unwrap().expect("stored");
     assert_eq!((room.id, room.epoch, room.last_seq, room.first_seq, room.first_time_us), (id, 7, 5, 1, Some(1)));
-    assert_eq!(room.extent, Extent { messages: 5, bytes: 50 });
+    assert_eq!(room.extent, Extent { messages: 5, bytes: 5 * frame_len() });
     assert_eq!(room.dedupe.len(), 5);
     assert_eq!(room.dedupe[0], ("ann".to_string(), 101, 1, 1), "oldest first");
     assert!(store.allocate_room_id() > id, "room ids are never reused");
     let page = store.page(id, 2, 5, 10, usize::MAX).unwrap();
     assert_eq!(page.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), [3, 4, 5]);
-    assert_eq!(&page.frames[0].frame[..], &[3u8; 10]);
+    assert_eq!(page.frames[0].frame, event(3, 3, 103));
     assert!(!page.more);
 }
 
@@ -58,7 +67,8 @@ fn pages_stop_at_the_limit_the_budget_and_upto() {
     let id = filled(&store, 10);
     let seqs = |page: Page| (page.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), page.more);
     assert_eq!(seqs(store.page(id, 0, 10, 3, usize::MAX).unwrap()), (vec![1, 2, 3], true));
-    assert_eq!(seqs(store.page(id, 0, 10, 100, 25).unwrap()), (vec![1, 2], true), "2 frames of 10 fit 25 bytes");
+    let budget = 2 * frame_len() as usize + 5;
+    assert_eq!(seqs(store.page(id, 0, 10, 100, budget).unwrap()), (vec![1, 2], true), "2 frames and a half");
     assert_eq!(seqs(store.page(id, 0, 10, 100, 1).unwrap()), (vec![1], true), "one frame always fits");
     assert_eq!(seqs(store.page(id, 8, 9, 100, usize::MAX).unwrap()), (vec![9], false), "never past upto");
     assert_eq!(seqs(store.page(id, 10, 10, 100, usize::MAX).unwrap()), (vec![], false));
@@ -81,22 +91,22 @@ fn retention_cuts_by_count_bytes_and_age_and_deletes_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), Durability::Fsync).unwrap();
     let id = filled(&store, 10);
-    let extent = Extent { messages: 10, bytes: 100 };
+    let l = frame_len();
+    let extent = Extent { messages: 10, bytes: 10 * l };
     let keep = |max_messages, max_bytes, max_age_us| Retention { max_messages, max_bytes, max_age_us };
     let plan = |r: Retention, now| store.plan_trim(id, 1, extent, &r, now).unwrap();
-    assert_eq!(plan(keep(4, u64::MAX, u64::MAX), 10), (7, Extent { messages: 4, bytes: 40 }, Some(7)));
-    assert_eq!(plan(keep(100, 55, u64::MAX), 10), (6, Extent { messages: 5, bytes: 50 }, Some(6)));
-    assert_eq!(plan(keep(100, u64::MAX, 3), 10), (7, Extent { messages: 4, bytes: 40 }, Some(7)));
+    assert_eq!(plan(keep(4, u64::MAX, u64::MAX), 10), (7, Extent { messages: 4, bytes: 4 * l }, Some(7)));
+    assert_eq!(plan(keep(100, 5 * l + 5, u64::MAX), 10), (6, Extent { messages: 5, bytes: 5 * l }, Some(6)));
+    assert_eq!(plan(keep(100, u64::MAX, 3), 10), (7, Extent { messages: 4, bytes: 4 * l }, Some(7)));
     assert_eq!(plan(keep(100, u64::MAX, 3), 100), (11, Extent::default(), None), "all too old");
     let room = |last_seq| Record { name: "r".into(), epoch: 7, last_seq };
-    let _ = store.submit(Op::TrimMessages { id, from: 1, before: 7, room: room(10) });
-    let _ = store.submit(Op::TrimDedupe { id, from: 0, before: 9, room: room(10) });
+    let _ = store.submit(Op::TrimMessages { id, from: 1, before: 7, room: room(10), keep: Vec::new() });
     block_on(store.submit(Op::Barrier).wait()).unwrap();
     let loaded = store.load_room("r", 10, u64::MAX, 100).unwrap().unwrap();
     assert_eq!((loaded.first_seq, loaded.last_seq, loaded.extent.messages), (7, 10, 4));
-    assert_eq!(loaded.dedupe.iter().map(|e| e.2).collect::<Vec<_>>(), [9, 10]);
+    assert_eq!(loaded.dedupe.iter().map(|e| e.2).collect::<Vec<_>>(), [7, 8, 9, 10], "read from the messages");
     // Everything deleted: the seq goes on from the one the last deletion recorded, never from 0 again.
-    let _ = store.submit(Op::TrimMessages { id, from: 7, before: 11, room: room(10) });
+    let _ = store.submit(Op::TrimMessages { id, from: 7, before: 11, room: room(10), keep: Vec::new() });
     let _ = store.submit(Op::TrimDedupe { id, from: 9, before: 11, room: room(10) });
     block_on(store.submit(Op::Barrier).wait()).unwrap();
     drop(store);
@@ -129,16 +139,45 @@ fn posts_do_not_rewrite_the_room_record_and_the_last_seq_is_the_newest_stored() 
     assert_eq!(u64_at(&record, 16), Some(0), "the record as created: one write per room, not per post");
     let loaded = store.load_room("r", 5, u64::MAX, 100).unwrap().unwrap();
     assert_eq!((loaded.id, loaded.last_seq, loaded.first_seq, loaded.extent.messages), (id, 5, 1, 5));
-    // Only the dedupe entries left (messages deleted by retention, the record not yet rewritten): still 5.
-    let _ = store.submit(Op::TrimMessages {
-        id,
-        from: 1,
-        before: 6,
-        room: Record { name: "r".into(), epoch: 7, last_seq: 0 },
-    });
+    // The messages deleted, the posts 4 and 5 kept as dedupe entries (the window remembered them), the record
+    // behind: the last seq is still 5.
+    let kept = |seq| Remembered { seq, time_us: seq, client_msg_id: 100 + seq, identity: "ann".into() };
+    let room = Record { name: "r".into(), epoch: 7, last_seq: 3 };
+    let _ = store.submit(Op::TrimMessages { id, from: 1, before: 6, room, keep: vec![kept(4), kept(5)] });
     block_on(store.submit(Op::Barrier).wait()).unwrap();
     let loaded = store.load_room("r", 5, u64::MAX, 100).unwrap().unwrap();
-    assert_eq!((loaded.last_seq, loaded.extent.messages, loaded.dedupe.len()), (5, 0, 5));
+    assert_eq!((loaded.last_seq, loaded.extent.messages), (5, 0));
+    assert_eq!(loaded.dedupe, [("ann".to_string(), 104, 4, 4), ("ann".to_string(), 105, 5, 5)]);
+}
+
+#[test]
+fn a_post_writes_only_its_message_and_the_window_comes_from_messages_then_kept_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let id = filled(&store, 10);
+    assert!(store.keyspaces.dedupe.is_empty().unwrap(), "no dedupe entry per post");
+    let kept = |seq| Remembered { seq, time_us: seq, client_msg_id: 100 + seq, identity: "ann".into() };
+    let room = Record { name: "r".into(), epoch: 7, last_seq: 10 };
+    let _ = store.submit(Op::TrimMessages { id, from: 1, before: 5, room, keep: vec![kept(3), kept(4)] });
+    // A format 1 store also holds an entry for a retained message: read once, from the message.
+    store
+        .keyspaces
+        .dedupe
+        .insert(key(id, 8), [&8u64.to_be_bytes()[..], &108u64.to_be_bytes(), b"ann"].concat())
+        .unwrap();
+    block_on(store.submit(Op::Barrier).wait()).unwrap();
+    let seqs = |now, window, max| {
+        let room = store.load_room("r", now, window, max).unwrap().unwrap();
+        for (identity, client_msg_id, seq, time_us) in &room.dedupe {
+            assert_eq!((identity.as_str(), *client_msg_id, *time_us), ("ann", 100 + seq, *seq));
+        }
+        room.dedupe.iter().map(|e| e.2).collect::<Vec<_>>()
+    };
+    assert_eq!(seqs(10, u64::MAX, 100), [3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(seqs(10, 6, 100), [4, 5, 6, 7, 8, 9, 10], "time >= 10 - 6");
+    assert_eq!(seqs(10, 2, 100), [8, 9, 10]);
+    assert_eq!(seqs(10, u64::MAX, 7), [4, 5, 6, 7, 8, 9, 10], "the newest 7");
+    assert_eq!(seqs(10, u64::MAX, 3), [8, 9, 10]);
 }
 
 #[test]
@@ -148,7 +187,7 @@ fn group_commit_shares_batches() {
     let id = store.allocate_room_id();
     let mut commits = vec![store.submit(Op::Create { name: "r".into(), id, epoch: 1 })];
     for seq in 1..=2_000 {
-        commits.push(store.submit(append(id, seq, seq, b"x", "a", seq)));
+        commits.push(store.submit(append(id, seq, seq)));
     }
     block_on(async {
         for commit in commits {
@@ -171,7 +210,7 @@ fn the_walk_for_aged_rooms_goes_on_from_its_cursor_and_starts_over() {
         let id = store.allocate_room_id();
         let _ = store.submit(Op::Create { name: name.into(), id, epoch: 1 });
         if name != "d" {
-            last = Some(store.submit(append(id, 1, time_us, b"x", "ann", 1)));
+            last = Some(store.submit(append(id, 1, time_us)));
         }
     }
     block_on(last.unwrap().wait()).unwrap();

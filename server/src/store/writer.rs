@@ -33,12 +33,22 @@ pub(crate) struct Append {
     pub seq: u64,
     /// When it was posted.
     pub time_us: u64,
-    /// Its encoded `RoomFrame::Event`.
+    /// Its encoded `RoomFrame::Event`, which names its sender and `client_msg_id`: the dedupe window is read back
+    /// from the stored messages ([`super::Store::load_room`]), so a post writes nothing else.
     pub frame: Bytes,
-    /// The poster and its id for the post (the dedupe key).
-    pub identity: Arc<str>,
-    /// See `identity`.
+}
+
+/// A dedupe entry to keep when retention deletes its message while the dedupe window still remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Remembered {
+    /// The post's seq.
+    pub seq: u64,
+    /// When it was posted.
+    pub time_us: u64,
+    /// The poster's id for it.
     pub client_msg_id: u64,
+    /// The poster.
+    pub identity: String,
 }
 
 /// A room's record as a retention deletion writes it. The record (name → id, epoch, last seq) is written when the
@@ -60,12 +70,13 @@ pub(crate) struct Record {
 pub(crate) enum Op {
     /// Records a new room.
     Create { name: Arc<str>, id: u64, epoch: u64 },
-    /// Stores a message and its dedupe entry.
+    /// Stores a message.
     Append(Append),
     /// Deletes a room's messages with a seq in `from..before` (retention). Starting where the last deletion
     /// ended keeps each deletion from walking over the tombstones of the ones before. `room` is written with it:
     /// the room's last seq is read from its newest message, and one deleted must be remembered in the record.
-    TrimMessages { id: u64, from: u64, before: u64, room: Record },
+    /// `keep`: the deleted posts the dedupe window still remembers, stored as dedupe entries.
+    TrimMessages { id: u64, from: u64, before: u64, room: Record, keep: Vec<Remembered> },
     /// Deletes a room's dedupe entries with a seq in `from..before` (the window moved on), writing `room`.
     TrimDedupe { id: u64, from: u64, before: u64, room: Record },
     /// Writes nothing: completes once everything handed over before it is stored.
@@ -289,17 +300,23 @@ fn commit<'a>(
                 message.extend_from_slice(&a.time_us.to_be_bytes());
                 message.extend_from_slice(&a.frame);
                 batch.insert(&ks.messages, key(a.id, a.seq), message);
-                let mut dedupe = Vec::with_capacity(16 + a.identity.len());
-                dedupe.extend_from_slice(&a.time_us.to_be_bytes());
-                dedupe.extend_from_slice(&a.client_msg_id.to_be_bytes());
-                dedupe.extend_from_slice(a.identity.as_bytes());
-                batch.insert(&ks.dedupe, key(a.id, a.seq), dedupe);
-                writes += 2;
+                writes += 1;
                 appends += 1;
             }
-            Op::TrimMessages { id, from, before, room } | Op::TrimDedupe { id, from, before, room } => {
-                let keyspace = if matches!(op, Op::TrimMessages { .. }) { &ks.messages } else { &ks.dedupe };
-                writes += remove(&mut batch, keyspace, *id, *from, *before);
+            Op::TrimMessages { id, from, before, room, keep } => {
+                for kept in keep {
+                    let mut dedupe = Vec::with_capacity(16 + kept.identity.len());
+                    dedupe.extend_from_slice(&kept.time_us.to_be_bytes());
+                    dedupe.extend_from_slice(&kept.client_msg_id.to_be_bytes());
+                    dedupe.extend_from_slice(kept.identity.as_bytes());
+                    batch.insert(&ks.dedupe, key(*id, kept.seq), dedupe);
+                }
+                writes += keep.len() + remove(&mut batch, &ks.messages, *id, *from, *before);
+                let record = rooms.entry(*id).or_insert((&room.name, room.epoch, room.last_seq));
+                record.2 = record.2.max(room.last_seq);
+            }
+            Op::TrimDedupe { id, from, before, room } => {
+                writes += remove(&mut batch, &ks.dedupe, *id, *from, *before);
                 let record = rooms.entry(*id).or_insert((&room.name, room.epoch, room.last_seq));
                 record.2 = record.2.max(room.last_seq);
             }

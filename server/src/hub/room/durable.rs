@@ -11,8 +11,8 @@ use quiver_proto::{Limits, Position, RoomEvent, RoomFrame};
 
 use super::{ReplayRange, Room};
 use crate::{
-    hub::{history::MemoryHistory, Delivery},
-    store::{Append, Commit, Extent, Op, Record, Retention, Store, StoredRoom},
+    hub::{history::MemoryHistory, DedupeWindow, Delivery},
+    store::{Append, Commit, Extent, Op, Record, Remembered, Retention, Store, StoredRoom},
 };
 
 /// A durable room without members stays in memory this long after its last use (then it is unloaded and read
@@ -164,10 +164,8 @@ impl DiskRoom {
         identity: &str,
         client_msg_id: u64,
     ) -> Commit {
-        let identity: Arc<str> = identity.into();
-        let append =
-            Append { id: self.id, seq, time_us, frame: frame.clone(), identity: identity.clone(), client_msg_id };
-        self.pending.push_back(PendingPost { seq, frame, identity, client_msg_id });
+        let append = Append { id: self.id, seq, time_us, frame: frame.clone() };
+        self.pending.push_back(PendingPost { seq, frame, identity: identity.into(), client_msg_id });
         self.store.submit(Op::Append(append))
     }
 
@@ -233,9 +231,11 @@ impl DiskRoom {
     /// too old), so each one removes a run of messages rather than a few every sweep; readers never see more than
     /// `max_messages` meanwhile ([`DiskRoom::first_readable`]).
     /// `epoch` and `last_seq` (the room's last sequenced seq: every post up to it was handed to the writer before)
-    /// go into the room's record with each deletion.
-    pub(super) fn trim(&mut self, now_us: u64, dedupe_from: u64, epoch: u64, last_seq: u64) {
+    /// go into the room's record with each deletion; the posts `dedupe` remembers are kept as dedupe entries when
+    /// their messages are deleted.
+    pub(super) fn trim(&mut self, now_us: u64, dedupe: &DedupeWindow, epoch: u64, last_seq: u64) {
         let room = || Record { name: self.name.clone(), epoch, last_seq };
+        let dedupe_from = dedupe.oldest_seq().unwrap_or(last_seq + 1);
         if let Some(mut trimming) = self.trimming.take() {
             if trimming.outcome().is_none() {
                 self.trimming = Some(trimming);
@@ -257,7 +257,13 @@ impl DiskRoom {
             Ok((cut, left, first_time_us)) => {
                 let from = std::mem::replace(&mut self.first_seq, cut);
                 // Behind the dedupe deletion, if any: its commit vouches for both.
-                let op = Op::TrimMessages { id: self.id, from, before: cut, room: room() };
+                let keep = dedupe.remembered(from, cut).map(|(identity, client_msg_id, seq, time_us)| Remembered {
+                    seq,
+                    time_us,
+                    client_msg_id,
+                    identity: identity.to_string(),
+                });
+                let op = Op::TrimMessages { id: self.id, from, before: cut, room: room(), keep: keep.collect() };
                 self.trimming = Some(self.store.submit(op));
                 self.extent = left;
                 self.first_time_us = first_time_us;

@@ -1,0 +1,104 @@
+//! Loading a room: its record, its retained extent, its last seq and its dedupe window, none of which a post
+//! writes apart from its message. The window is read from the newest messages (each stored event names its sender
+//! and `client_msg_id`), then from the dedupe entries kept for messages that retention deleted while the window
+//! still remembered them.
+
+use bytes::BytesMut;
+use quiver_proto::{EventKind, FrameCodec, RoomFrame};
+
+use super::{key, read_err, seq_of, u64_at, Extent, Store, StoreError, StoredRoom};
+
+impl Store {
+    /// The room named `name` as stored, with its retained extent and the dedupe window remembered at `now_us`
+    /// (entries younger than `window_us`, the newest `max_entries` at most); `None` if it was never stored.
+    pub fn load_room(
+        &self,
+        name: &str,
+        now_us: u64,
+        window_us: u64,
+        max_entries: usize,
+    ) -> Result<Option<StoredRoom>, StoreError> {
+        let Some(meta) = self.keyspaces.rooms.get(name).map_err(read_err)? else { return Ok(None) };
+        let (Some(id), Some(epoch), Some(recorded)) = (u64_at(&meta, 0), u64_at(&meta, 8), u64_at(&meta, 16)) else {
+            return Err(StoreError::Read(format!("room {name}: a malformed record ({} bytes)", meta.len())));
+        };
+        let malformed = |what: &str| StoreError::Read(format!("room {name}: a malformed {what}"));
+        let messages = || self.keyspaces.messages.range(key(id, 0)..=key(id, u64::MAX));
+        let mut extent = Extent::default();
+        let mut first: Option<(u64, u64)> = None;
+        let mut newest = 0;
+        for guard in messages() {
+            let (k, v) = guard.into_inner().map_err(read_err)?;
+            let seq = seq_of(&k).ok_or_else(|| malformed("message key"))?;
+            if first.is_none() {
+                first = u64_at(&v, 0).map(|time| (seq, time));
+            }
+            newest = seq;
+            extent.messages += 1;
+            extent.bytes += v.len().saturating_sub(8) as u64;
+        }
+        // The record is not rewritten with every post (`writer::Record`): the last seq is the newest one stored, as
+        // a message, a dedupe entry, or in the record by the deletion that took both away.
+        let dedupe_entries = || self.keyspaces.dedupe.range(key(id, 0)..=key(id, u64::MAX));
+        let newest_dedupe = match dedupe_entries().next_back() {
+            Some(guard) => seq_of(&guard.key().map_err(read_err)?).ok_or_else(|| malformed("dedupe key"))?,
+            None => 0,
+        };
+        let last_seq = recorded.max(newest).max(newest_dedupe);
+        if last_seq == u64::MAX {
+            return Err(StoreError::Read(format!("room {name}: its seqs are exhausted")));
+        }
+        // Newest first: the messages, then the entries kept for deleted ones (older than every message; a store of
+        // format 1 also holds entries for retained messages, which the messages give already).
+        let oldest_remembered = now_us.saturating_sub(window_us);
+        let codec = FrameCodec::new(usize::MAX);
+        let mut dedupe = Vec::new();
+        for guard in messages().rev() {
+            if dedupe.len() >= max_entries {
+                break;
+            }
+            let (k, v) = guard.into_inner().map_err(read_err)?;
+            let (Some(seq), Some(time_us)) = (seq_of(&k), u64_at(&v, 0)) else { return Err(malformed("message")) };
+            if time_us < oldest_remembered {
+                break;
+            }
+            match codec.decode::<RoomFrame>(&mut BytesMut::from(&v[8..])) {
+                Ok(Some(RoomFrame::Event(event))) => match event.kind {
+                    EventKind::Message { sender, client_msg_id, .. } => {
+                        dedupe.push((sender, client_msg_id, seq, time_us))
+                    }
+                    other => tracing::error!(room = name, seq, ?other, "a stored message is not a post"),
+                },
+                other => tracing::error!(room = name, seq, ?other, "a stored frame is not an event"),
+            }
+        }
+        let below = first.map_or(u64::MAX, |(seq, _)| seq);
+        for guard in dedupe_entries().rev() {
+            if dedupe.len() >= max_entries {
+                break;
+            }
+            let (k, v) = guard.into_inner().map_err(read_err)?;
+            let (Some(seq), Some(time_us), Some(client_msg_id)) = (seq_of(&k), u64_at(&v, 0), u64_at(&v, 8)) else {
+                return Err(malformed("dedupe record"));
+            };
+            if seq >= below {
+                continue;
+            }
+            if time_us < oldest_remembered {
+                break;
+            }
+            let identity = String::from_utf8_lossy(&v[16..]).into_owned();
+            dedupe.push((identity, client_msg_id, seq, time_us));
+        }
+        dedupe.reverse();
+        Ok(Some(StoredRoom {
+            id,
+            epoch,
+            last_seq,
+            first_seq: first.map_or(last_seq + 1, |(seq, _)| seq),
+            first_time_us: first.map(|(_, time)| time),
+            extent,
+            dedupe,
+        }))
+    }
+}

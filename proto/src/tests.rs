@@ -59,6 +59,19 @@ proptest! {
         let _ = small.decode::<ServerMsg>(&mut buf);
         let mut buf = BytesMut::from(&bytes[..]);
         let _ = small.decode::<RoomFrame>(&mut buf);
+        let _ = room::message_sender(&bytes);
+    }
+
+    #[test]
+    fn the_sender_of_any_room_frame_is_read_as_the_full_decode_sees_it(msg in any::<RoomFrame>()) {
+        let frame = codec().encode_to_vec(&msg).unwrap();
+        let expected = match &msg {
+            RoomFrame::Event(RoomEvent { kind: EventKind::Message { sender, client_msg_id, .. }, .. }) => {
+                Some((sender.as_str(), *client_msg_id))
+            }
+            _ => None,
+        };
+        prop_assert_eq!(room::message_sender(&frame), expected);
     }
 
     #[test]

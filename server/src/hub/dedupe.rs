@@ -67,10 +67,13 @@ impl DedupeWindow {
     }
 
     /// The posts remembered with a seq in `from..before`, oldest first: `(identity, client_msg_id, seq, time_us)`.
+    /// The queue is in seq order (posts are recorded as they are sequenced), so this reads only that range.
     pub fn remembered(&self, from: u64, before: u64) -> impl Iterator<Item = (&str, u64, u64, u64)> {
+        let start = self.order.partition_point(|(_, seq, _)| *seq < from);
         self.order
-            .iter()
-            .filter(move |(key, seq, _)| (from..before).contains(seq) && self.seqs.get(key) == Some(seq))
+            .range(start..)
+            .take_while(move |(_, seq, _)| *seq < before)
+            .filter(|(key, seq, _)| self.seqs.get(key) == Some(seq))
             .map(|((identity, client_msg_id), seq, at)| (identity.as_str(), *client_msg_id, *seq, *at))
     }
 
@@ -128,6 +131,20 @@ mod tests {
         assert!(d.forget_oldest());
         assert!(!d.forget_oldest());
         assert_eq!(d.bytes(), 0);
+    }
+
+    #[test]
+    fn the_posts_remembered_in_a_seq_range_are_read_oldest_first_without_the_forgotten() {
+        let mut d = DedupeWindow::new(u64::MAX, 100);
+        for seq in 1..=6 {
+            d.record("ann", 100 + seq, seq, seq);
+        }
+        d.unrecord("ann", 104, 4); // never stored: not kept
+        let seqs = |from, before| d.remembered(from, before).map(|e| e.2).collect::<Vec<_>>();
+        assert_eq!(seqs(2, 6), [2, 3, 5]);
+        assert_eq!(seqs(0, u64::MAX), [1, 2, 3, 5, 6]);
+        assert_eq!((seqs(6, 6), seqs(7, 100)), (vec![], vec![]));
+        assert_eq!(d.remembered(6, 7).next(), Some(("ann", 106, 6, 6)));
     }
 
     #[test]

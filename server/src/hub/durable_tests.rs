@@ -104,7 +104,9 @@ async fn retention_trims_in_the_sweep_and_stays_trimmed_after_a_restart() {
     joining.replay.expect("the latest").run().await;
     assert_eq!(out.message_seqs(), (21..=30).collect::<Vec<_>>());
     // The dedupe window outlives the messages: a retry of a deleted post (its entry kept by the deletion) and of a
-    // retained one (read from its message) get their original seqs after the restart.
+    // retained one (read from its message) get their original seqs after the restart, and after a sweep.
+    hub.sweep(12).await;
+    hub.store().unwrap().submit(crate::store::Op::Barrier).wait().await.unwrap();
     for (id, seq) in [(3, 3), (25, 25)] {
         let (retry, delivery) = post(&hub, "r", "bob", id, 12).await;
         assert_eq!((retry, delivery.len()), (Posted { seq, duplicate: true }, 0), "post {id}");

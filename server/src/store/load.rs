@@ -3,9 +3,6 @@
 //! and `client_msg_id`), then from the dedupe entries kept for messages that retention deleted while the window
 //! still remembered them.
 
-use bytes::BytesMut;
-use quiver_proto::{EventKind, FrameCodec, RoomFrame};
-
 use super::{key, read_err, seq_of, u64_at, Extent, Store, StoreError, StoredRoom};
 
 impl Store {
@@ -29,10 +26,8 @@ impl Store {
         let mut newest = 0;
         for guard in messages() {
             let (k, v) = guard.into_inner().map_err(read_err)?;
-            let seq = seq_of(&k).ok_or_else(|| malformed("message key"))?;
-            if first.is_none() {
-                first = u64_at(&v, 0).map(|time| (seq, time));
-            }
+            let (Some(seq), Some(time_us)) = (seq_of(&k), u64_at(&v, 0)) else { return Err(malformed("message")) };
+            first.get_or_insert((seq, time_us));
             newest = seq;
             extent.messages += 1;
             extent.bytes += v.len().saturating_sub(8) as u64;
@@ -51,7 +46,6 @@ impl Store {
         // Newest first: the messages, then the entries kept for deleted ones (older than every message; a store of
         // format 1 also holds entries for retained messages, which the messages give already).
         let oldest_remembered = now_us.saturating_sub(window_us);
-        let codec = FrameCodec::new(usize::MAX);
         let mut dedupe = Vec::new();
         for guard in messages().rev() {
             if dedupe.len() >= max_entries {
@@ -62,18 +56,14 @@ impl Store {
             if time_us < oldest_remembered {
                 break;
             }
-            match codec.decode::<RoomFrame>(&mut BytesMut::from(&v[8..])) {
-                Ok(Some(RoomFrame::Event(event))) => match event.kind {
-                    EventKind::Message { sender, client_msg_id, .. } => {
-                        dedupe.push((sender, client_msg_id, seq, time_us))
-                    }
-                    other => tracing::error!(room = name, seq, ?other, "a stored message is not a post"),
-                },
-                other => tracing::error!(room = name, seq, ?other, "a stored frame is not an event"),
-            }
+            // Only the sender and client_msg_id are read (no copy): every stored message is a post the hub encoded.
+            let Some((sender, client_msg_id)) = quiver_proto::room::message_sender(&v[8..]) else {
+                return Err(malformed("stored post (not an encoded message event)"));
+            };
+            dedupe.push((sender.to_string(), client_msg_id, seq, time_us));
         }
         let below = first.map_or(u64::MAX, |(seq, _)| seq);
-        for guard in dedupe_entries().rev() {
+        for guard in self.keyspaces.dedupe.range(key(id, 0)..key(id, below)).rev() {
             if dedupe.len() >= max_entries {
                 break;
             }
@@ -81,9 +71,6 @@ impl Store {
             let (Some(seq), Some(time_us), Some(client_msg_id)) = (seq_of(&k), u64_at(&v, 0), u64_at(&v, 8)) else {
                 return Err(malformed("dedupe record"));
             };
-            if seq >= below {
-                continue;
-            }
             if time_us < oldest_remembered {
                 break;
             }

@@ -139,14 +139,18 @@ fn posts_do_not_rewrite_the_room_record_and_the_last_seq_is_the_newest_stored() 
     assert_eq!(u64_at(&record, 16), Some(0), "the record as created: one write per room, not per post");
     let loaded = store.load_room("r", 5, u64::MAX, 100).unwrap().unwrap();
     assert_eq!((loaded.id, loaded.last_seq, loaded.first_seq, loaded.extent.messages), (id, 5, 1, 5));
-    // The messages deleted, the posts 4 and 5 kept as dedupe entries (the window remembered them), the record
-    // behind: the last seq is still 5.
+    // The messages deleted, the posts 4 and 5 kept as dedupe entries (the window remembered them): the deletion
+    // recorded the last seq.
     let kept = |seq| Remembered { seq, time_us: seq, client_msg_id: 100 + seq, identity: "ann".into() };
-    let room = Record { name: "r".into(), epoch: 7, last_seq: 3 };
+    let room = Record { name: "r".into(), epoch: 7, last_seq: 5 };
     let _ = store.submit(Op::TrimMessages { id, from: 1, before: 6, room, keep: vec![kept(4), kept(5)] });
     block_on(store.submit(Op::Barrier).wait()).unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let record = store.keyspaces.rooms.get("r").unwrap().unwrap();
+    assert_eq!(u64_at(&record, 16), Some(5));
     let loaded = store.load_room("r", 5, u64::MAX, 100).unwrap().unwrap();
-    assert_eq!((loaded.last_seq, loaded.extent.messages), (5, 0));
+    assert_eq!((loaded.last_seq, loaded.first_seq, loaded.extent.messages), (5, 6, 0));
     assert_eq!(loaded.dedupe, [("ann".to_string(), 104, 4, 4), ("ann".to_string(), 105, 5, 5)]);
 }
 

@@ -304,6 +304,9 @@ fn commit<'a>(
                 appends += 1;
             }
             Op::TrimMessages { id, from, before, room, keep } => {
+                // The record must cover every seq the deletion takes away (the last seq is read from the newest
+                // stored message, which this may delete).
+                debug_assert!(room.last_seq.saturating_add(1) >= *before, "{room:?} below {before}");
                 for kept in keep {
                     let mut dedupe = Vec::with_capacity(16 + kept.identity.len());
                     dedupe.extend_from_slice(&kept.time_us.to_be_bytes());

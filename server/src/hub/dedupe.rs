@@ -1,10 +1,14 @@
 //! Remembers which `(identity, client_msg_id)` got which seq, for a bounded time and count, so that a post retried
 //! after a reconnect is acknowledged with its original seq instead of being delivered twice.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 /// Memory one remembered post costs besides its identity (held twice: map key and queue): the map's and the
-/// queue's slots and the allocations' headers (an estimate, kept on the high side).
+/// queue's slots and the allocations' headers (an estimate, kept on the high side: an identity is shared by its
+/// posts).
 const ENTRY_OVERHEAD: u64 = 96;
 
 fn cost(identity: &str) -> u64 {
@@ -14,9 +18,11 @@ fn cost(identity: &str) -> u64 {
 /// The dedupe memory of one room.
 #[derive(Debug)]
 pub struct DedupeWindow {
-    seqs: HashMap<(String, u64), u64>,
-    /// `(key, seq, time)`, oldest first.
-    order: VecDeque<((String, u64), u64, u64)>,
+    /// identity → client_msg_id → seq. Keyed by identity first, so that a lookup by `&str` allocates nothing and a
+    /// poster's entries share one copy of its identity.
+    seqs: HashMap<Arc<str>, HashMap<u64, u64>>,
+    /// `(identity, client_msg_id, seq, time)`, oldest first (in seq order: posts are recorded as sequenced).
+    order: VecDeque<(Arc<str>, u64, u64, u64)>,
     window_us: u64,
     max_entries: usize,
     bytes: u64,
@@ -38,53 +44,70 @@ impl DedupeWindow {
         self.order.is_empty()
     }
 
+    fn seq_of(&self, identity: &str, client_msg_id: u64) -> Option<u64> {
+        self.seqs.get(identity)?.get(&client_msg_id).copied()
+    }
+
     /// The seq an earlier post with this key got, if it is still remembered at `now_us`.
     pub fn lookup(&mut self, identity: &str, client_msg_id: u64, now_us: u64) -> Option<u64> {
         self.expire(now_us);
-        self.seqs.get(&(identity.to_string(), client_msg_id)).copied()
+        self.seq_of(identity, client_msg_id)
     }
 
     /// Remembers that this post got `seq` at `now_us`.
     pub fn record(&mut self, identity: &str, client_msg_id: u64, seq: u64, now_us: u64) {
-        let key = (identity.to_string(), client_msg_id);
-        if self.seqs.insert(key.clone(), seq) == Some(seq) {
+        let shared = match self.seqs.get_key_value(identity) {
+            Some((shared, _)) => Arc::clone(shared),
+            None => Arc::from(identity),
+        };
+        let ids = self.seqs.entry(Arc::clone(&shared)).or_default();
+        if ids.insert(client_msg_id, seq) == Some(seq) {
             return; // already remembered (and queued once)
         }
         self.bytes += cost(identity);
-        self.order.push_back((key, seq, now_us));
+        self.order.push_back((shared, client_msg_id, seq, now_us));
         while self.order.len() > self.max_entries {
             self.forget_oldest();
+        }
+    }
+
+    /// Forgets `(identity, client_msg_id) → seq` if it is this entry's (after an `unrecord` a newer entry may hold
+    /// the key).
+    fn forget(&mut self, identity: &str, client_msg_id: u64, seq: u64) {
+        let Some(ids) = self.seqs.get_mut(identity) else { return };
+        if ids.get(&client_msg_id) == Some(&seq) {
+            ids.remove(&client_msg_id);
+            if ids.is_empty() {
+                self.seqs.remove(identity);
+            }
         }
     }
 
     /// Forgets that `(identity, client_msg_id)` got `seq` (it was never stored). Its slot in the queue stays until
     /// it is the oldest.
     pub fn unrecord(&mut self, identity: &str, client_msg_id: u64, seq: u64) {
-        let key = (identity.to_string(), client_msg_id);
-        if self.seqs.get(&key) == Some(&seq) {
-            self.seqs.remove(&key);
-        }
+        self.forget(identity, client_msg_id, seq);
     }
 
     /// The posts remembered with a seq in `from..before`, oldest first: `(identity, client_msg_id, seq, time_us)`.
     /// The queue is in seq order (posts are recorded as they are sequenced), so this reads only that range.
     pub fn remembered(&self, from: u64, before: u64) -> impl Iterator<Item = (&str, u64, u64, u64)> {
-        let start = self.order.partition_point(|(_, seq, _)| *seq < from);
+        let start = self.order.partition_point(|(_, _, seq, _)| *seq < from);
         self.order
             .range(start..)
-            .take_while(move |(_, seq, _)| *seq < before)
-            .filter(|(key, seq, _)| self.seqs.get(key) == Some(seq))
-            .map(|((identity, client_msg_id), seq, at)| (identity.as_str(), *client_msg_id, *seq, *at))
+            .take_while(move |(_, _, seq, _)| *seq < before)
+            .filter(|(identity, client_msg_id, seq, _)| self.seq_of(identity, *client_msg_id) == Some(*seq))
+            .map(|(identity, client_msg_id, seq, at)| (&**identity, *client_msg_id, *seq, *at))
     }
 
     /// Seq of the oldest post remembered.
     pub fn oldest_seq(&self) -> Option<u64> {
-        self.order.front().map(|(_, seq, _)| *seq)
+        self.order.front().map(|(_, _, seq, _)| *seq)
     }
 
     /// Forgets the posts older than the window at `now_us`.
     pub fn expire(&mut self, now_us: u64) {
-        while self.order.front().is_some_and(|(_, _, at)| now_us.saturating_sub(*at) > self.window_us) {
+        while self.order.front().is_some_and(|(_, _, _, at)| now_us.saturating_sub(*at) > self.window_us) {
             self.forget_oldest();
         }
         if self.order.is_empty() && self.order.capacity() > 0 {
@@ -95,12 +118,9 @@ impl DedupeWindow {
 
     /// Forgets the oldest remembered post; false when there was none.
     pub fn forget_oldest(&mut self) -> bool {
-        let Some((key, seq, _)) = self.order.pop_front() else { return false };
-        self.bytes -= cost(&key.0);
-        // Only if it is this entry's: after an `unrecord` a newer entry may hold the key.
-        if self.seqs.get(&key) == Some(&seq) {
-            self.seqs.remove(&key);
-        }
+        let Some((identity, client_msg_id, seq, _)) = self.order.pop_front() else { return false };
+        self.bytes -= cost(&identity);
+        self.forget(&identity, client_msg_id, seq);
         true
     }
 }

@@ -124,8 +124,8 @@ pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<Pos
         }
     }
     // Closed in order, so that no store is still open (its background work finding its files gone) when its
-    // data directory is removed: the posters, then each server, then the stores, then the directories.
-    // Closed all at once: each close waits out its connection's draining period (a few round trips).
+    // data directory is removed: the posters (all at once: each close waits out its connection's draining period),
+    // then each server, then the stores, then the directories.
     let clients = servers.iter_mut().flat_map(|server| server.clients.drain(..));
     futures_util::future::join_all(clients.map(Client::close)).await;
     stop.cancel();

@@ -6,13 +6,14 @@ use std::{
     sync::Arc,
 };
 
-/// Memory one remembered post costs besides its identity (held twice: map key and queue): the map's and the
-/// queue's slots and the allocations' headers (an estimate, kept on the high side: an identity is shared by its
-/// posts).
-const ENTRY_OVERHEAD: u64 = 96;
+/// Memory one remembered post costs: its queue slot (40 bytes) and its slot in its identity's map (16), with the
+/// room both leave for growth (an estimate, kept on the high side).
+const ENTRY_COST: u64 = 112;
 
-fn cost(identity: &str) -> u64 {
-    2 * identity.len() as u64 + ENTRY_OVERHEAD
+/// Memory an identity with remembered posts costs besides them: its shared copy, its slot in the outer map and its
+/// own map's smallest table, with allocation headers (an estimate, kept on the high side).
+fn identity_cost(identity: &str) -> u64 {
+    identity.len() as u64 + 256
 }
 
 /// The dedupe memory of one room.
@@ -58,13 +59,16 @@ impl DedupeWindow {
     pub fn record(&mut self, identity: &str, client_msg_id: u64, seq: u64, now_us: u64) {
         let shared = match self.seqs.get_key_value(identity) {
             Some((shared, _)) => Arc::clone(shared),
-            None => Arc::from(identity),
+            None => {
+                self.bytes += identity_cost(identity);
+                Arc::from(identity)
+            }
         };
         let ids = self.seqs.entry(Arc::clone(&shared)).or_default();
         if ids.insert(client_msg_id, seq) == Some(seq) {
             return; // already remembered (and queued once)
         }
-        self.bytes += cost(identity);
+        self.bytes += ENTRY_COST;
         self.order.push_back((shared, client_msg_id, seq, now_us));
         while self.order.len() > self.max_entries {
             self.forget_oldest();
@@ -79,6 +83,7 @@ impl DedupeWindow {
             ids.remove(&client_msg_id);
             if ids.is_empty() {
                 self.seqs.remove(identity);
+                self.bytes -= identity_cost(identity);
             }
         }
     }
@@ -119,7 +124,7 @@ impl DedupeWindow {
     /// Forgets the oldest remembered post; false when there was none.
     pub fn forget_oldest(&mut self) -> bool {
         let Some((identity, client_msg_id, seq, _)) = self.order.pop_front() else { return false };
-        self.bytes -= cost(&identity);
+        self.bytes -= ENTRY_COST;
         self.forget(&identity, client_msg_id, seq);
         true
     }
@@ -145,9 +150,12 @@ mod tests {
         d.record("ann", 1, 1, 0);
         d.record("ann", 1, 1, 0);
         d.record("bo", 2, 2, 0);
-        assert_eq!(d.bytes(), cost("ann") + cost("bo"), "a key recorded twice counts once");
+        d.record("bo", 3, 3, 0);
+        let bo = identity_cost("bo") + 2 * ENTRY_COST;
+        assert_eq!(d.bytes(), identity_cost("ann") + ENTRY_COST + bo, "a key recorded twice counts once");
         assert!(d.forget_oldest());
-        assert_eq!((d.bytes(), d.lookup("ann", 1, 0)), (cost("bo"), None));
+        assert_eq!((d.bytes(), d.lookup("ann", 1, 0)), (bo, None), "ann's last post: ann is forgotten too");
+        assert!(d.forget_oldest());
         assert!(d.forget_oldest());
         assert!(!d.forget_oldest());
         assert_eq!(d.bytes(), 0);

@@ -319,3 +319,51 @@ fn a_journal_cut_under_flushed_messages_is_refused_or_never_reuses_a_seq() {
         }
     }
 }
+
+#[test]
+fn a_backlog_over_a_batch_commits_in_order_in_several_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let id = store.allocate_room_id();
+    let (go, hold) = std::sync::mpsc::channel();
+    let mut commits = vec![store.submit(Op::Hold(std::sync::Mutex::new(hold)))];
+    commits.push(store.submit(Op::Create { name: "r".into(), id, epoch: 1 }));
+    for seq in 1..=10_000 {
+        commits.push(store.submit(append(id, seq, seq)));
+    }
+    drop(go); // the writer goes on: everything queued meanwhile is one backlog
+    block_on(async {
+        for commit in commits {
+            commit.wait().await.unwrap();
+        }
+    });
+    let batches = store.writer_stats().commits.load(Ordering::Relaxed);
+    assert!((3..10).contains(&batches), "10,001 jobs in batches of at most 4,096: {batches}");
+    assert_eq!(store.load_room("r", 0, 0, 0).unwrap().unwrap().last_seq, 10_000);
+}
+
+#[test]
+fn a_writer_that_panics_fails_every_commit_instead_of_leaving_it_waiting() {
+    if !cfg!(debug_assertions) {
+        return; // the panic below is a debug assertion
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let id = store.allocate_room_id();
+    let (go, hold) = std::sync::mpsc::channel();
+    let _ = store.submit(Op::Hold(std::sync::Mutex::new(hold)));
+    // A deletion whose record does not cover what it deletes: the writer's debug assertion panics on it.
+    let room = Record { name: "r".into(), epoch: 1, last_seq: 1 };
+    let bad = store.submit(Op::TrimMessages { id, from: 1, before: 10, room, keep: Vec::new() });
+    let queued = store.submit(append(id, 1, 1));
+    drop(go);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    runtime.block_on(async {
+        for commit in [bad, queued, store.submit(append(id, 2, 2))] {
+            let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), commit.wait()).await;
+            let err = outcome.expect("a commit waited forever").expect_err("committed after the panic");
+            assert!(err.to_string().contains("writer stopped"), "{err}");
+        }
+    });
+    assert!(store.writer_stats().failed.load(Ordering::Relaxed));
+}

@@ -286,21 +286,46 @@ impl Drop for Handle {
     }
 }
 
+/// Closes the inbox when the writer thread ends, also by a panic: the jobs still queued are dropped, so their
+/// commits report that the writer stopped instead of waiting forever, and the store counts as failed.
+struct Stopped<'a> {
+    inbox: &'a Inbox,
+    stats: &'a WriterStats,
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let mut queued = self.inbox.lock();
+        queued.closed = true;
+        let left = std::mem::take(&mut queued.jobs);
+        drop(queued);
+        if std::thread::panicking() {
+            self.stats.failed.store(true, Ordering::Relaxed);
+            tracing::error!(jobs = left.len(), "room store writer panicked: nothing is acknowledged any more");
+        }
+    }
+}
+
 fn run(keyspaces: Keyspaces, inbox: &Inbox, mode: PersistMode, mut next_room_id: u64, stats: &WriterStats) {
     let mut failed: Option<StoreFailed> = None;
-    let mut jobs = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    // Declared after `jobs`, so dropped before it: the store counts as failed before any commit hears of it.
+    let _stopped = Stopped { inbox, stats };
     while inbox.take(&mut jobs) {
-        while !jobs.is_empty() {
-            let batch = jobs.len().min(MAX_BATCH);
+        // In chunks of at most MAX_BATCH, in order; the queue is cleared once, not shifted per chunk.
+        let mut start = 0;
+        while start < jobs.len() {
+            let end = jobs.len().min(start + MAX_BATCH);
+            let batch = &mut jobs[start..end];
             #[cfg(test)]
-            for job in &jobs[..batch] {
+            for job in batch.iter() {
                 if let Op::Hold(go) = &job.op {
                     let _ = go.lock().map(|go| go.recv());
                 }
             }
             let result = match &failed {
                 Some(failure) => Err(failure.clone()),
-                None => commit(&keyspaces, jobs[..batch].iter().map(|job| &job.op), mode, &mut next_room_id, stats)
+                None => commit(&keyspaces, batch.iter().map(|job| &job.op), mode, &mut next_room_id, stats)
                     .map_err(|err| StoreFailed(format!("{err:?}").into())),
             };
             if let (Err(failure), None) = (&result, &failed) {
@@ -308,11 +333,17 @@ fn run(keyspaces: Keyspaces, inbox: &Inbox, mode: PersistMode, mut next_room_id:
                 tracing::error!(%failure, "room store commit failed");
                 failed = Some(failure.clone());
             }
-            for job in jobs.drain(..batch) {
-                if let Some(done) = job.done {
+            for job in batch.iter_mut() {
+                if let Some(done) = job.done.take() {
                     let _ = done.send(result.clone());
                 }
             }
+            start = end;
+        }
+        jobs.clear();
+        // A backlog (a stalled disk) is not kept allocated: this queue and the inbox's trade places.
+        if jobs.capacity() > 4 * MAX_BATCH {
+            jobs = Vec::new();
         }
     }
     if failed.is_none() {

@@ -195,6 +195,9 @@ export class RoomState {
 export class PostQueue {
   /** `max`: posts queued or in flight at most (0: no bound); see `full`. */
   constructor(max = 0) {
+    if (!Number.isSafeInteger(max) || max < 0) {
+      throw new RangeError(`maxQueuedPosts must be a count (0: none), not ${max}`);
+    }
     this.pending = [];
     this.inflight = []; // {job, token}
     this.max = max;

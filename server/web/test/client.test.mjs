@@ -85,12 +85,16 @@ test('posts refused as Unavailable are sent again, in order, and resolve once th
   assert.deepEqual([...new Set(ids)].length, 3, 'with the same client_msg_id');
 });
 
-test('maxQueuedPosts: a post past the bound rejects at once and is never sent; the queued ones go on', async (t) => {
+test('maxQueuedPosts: a post past the bound rejects at once and is never sent; the queued ones go on', { timeout: 10_000 }, async (t) => {
   const server = new FakeServer();
   const client = await connect(t, server, { name: 'ann', maxQueuedPosts: 2 });
   server.holdPostReplies = true; // taken but never answered: both stay awaiting their reply
   const queued = [client.post('lobby', 'a'), client.post('lobby', 'b')];
-  await assert.rejects(client.post('lobby', 'c'), (err) => {
+  const refused = client.post('lobby', 'c');
+  const outcome = refused.then(() => 'resolved', () => 'rejected');
+  const settled = await Promise.race([outcome, sleep(0).then(() => 'pending')]);
+  assert.equal(settled, 'rejected', 'at once, not after a reply');
+  await assert.rejects(refused, (err) => {
     assert.ok(err instanceof QuiverError && err.queueFull, `${err}`);
     assert.equal(err.code, ErrorCode.RateLimited);
     assert.match(err.message, /2 posts are queued or awaiting their reply/);

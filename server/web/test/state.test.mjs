@@ -176,6 +176,7 @@ test('PostQueue: full at max posts queued or in flight (0: never), free again on
   const unbounded = new PostQueue(0);
   for (let i = 0; i < 100; i++) unbounded.enqueue({ clientMsgId: BigInt(i) });
   assert.equal(unbounded.full, false);
+  for (const bad of [-1, 1.5, NaN, null, '10']) assert.throws(() => new PostQueue(bad), /maxQueuedPosts must be a count/);
 });
 
 test('LatestWins: newer ticks pass, gaps count as lost, older or repeated ones as stale', () => {

@@ -128,8 +128,14 @@ impl ConnectionsReport {
         let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |v| format!("{v:.1}{unit}"));
         // A figure from fewer connections than asked for (or none: an idle server's memory and CPU) says nothing
         // about the goal, which is about all of them.
-        let short = format!("not judged: {} of {} connections opened", self.connections, self.requested);
-        let complete = self.connections > 0 && self.connections >= self.requested;
+        let short = format!(
+            "not judged: {} of {} connections opened, {} open at the server",
+            self.connections, self.requested, self.server_connections
+        );
+        // Counted on both ends: the server may have dropped some after they opened.
+        let complete = self.connections > 0
+            && self.connections >= self.requested
+            && self.server_connections >= i64::from(self.requested);
         let met = |ok: Option<bool>| match ok {
             _ if !complete => short.clone(),
             Some(true) => "met".into(),
@@ -194,7 +200,7 @@ mod tests {
             handshake_cpu: Some(Duration::from_millis(5)),
             rss_before: Some(10_000_000),
             rss_after: Some(10_000_000 + 20_000 * u64::from(opened)),
-            stats_open: ChildStats::default(),
+            stats_open: ChildStats { connections: i64::from(opened), ..ChildStats::default() },
             idle_cpu: Some(Duration::from_millis(10)),
             resumed: 0,
             resume_time: Duration::ZERO,
@@ -222,9 +228,15 @@ mod tests {
             let report = ConnectionsReport::new(measured(&config, opened));
             let table = report.table();
             assert!(!table.contains(": met"), "{table}");
-            assert_eq!(table.matches(&format!("not judged: {opened} of 100 connections opened")).count(), 3, "{table}");
+            let short = format!("not judged: {opened} of 100 connections opened, {opened} open at the server");
+            assert_eq!(table.matches(&short).count(), 3, "{table}");
             assert_eq!(report.bytes_per_connection.is_none(), opened == 0);
             assert_eq!(report.idle_cpu_pct.is_none(), opened == 0);
         }
+        // All opened, but the server dropped some before the memory and idle CPU were measured.
+        let mut dropped = measured(&config, 100);
+        dropped.stats_open.connections = 90;
+        let table = ConnectionsReport::new(dropped).table();
+        assert!(!table.contains(": met") && table.contains("100 of 100 connections opened, 90 open"), "{table}");
     }
 }

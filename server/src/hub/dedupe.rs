@@ -88,10 +88,14 @@ impl DedupeWindow {
         }
     }
 
-    /// Forgets that `(identity, client_msg_id)` got `seq` (it was never stored). Its slot in the queue stays until
-    /// it is the oldest.
-    pub fn unrecord(&mut self, identity: &str, client_msg_id: u64, seq: u64) {
-        self.forget(identity, client_msg_id, seq);
+    /// Forgets the posts that got `seq` or later (they were never stored: their seqs are given again). They are the
+    /// newest, so the queue stays in seq order.
+    pub fn forget_from(&mut self, seq: u64) {
+        while self.order.back().is_some_and(|(_, _, newest, _)| *newest >= seq) {
+            let Some((identity, client_msg_id, newest, _)) = self.order.pop_back() else { break };
+            self.bytes -= ENTRY_COST;
+            self.forget(&identity, client_msg_id, newest);
+        }
     }
 
     /// The posts remembered with a seq in `from..before`, oldest first: `(identity, client_msg_id, seq, time_us)`.
@@ -167,12 +171,17 @@ mod tests {
         for seq in 1..=6 {
             d.record("ann", 100 + seq, seq, seq);
         }
-        d.unrecord("ann", 104, 4); // never stored: not kept
-        let seqs = |from, before| d.remembered(from, before).map(|e| e.2).collect::<Vec<_>>();
-        assert_eq!(seqs(2, 6), [2, 3, 5]);
-        assert_eq!(seqs(0, u64::MAX), [1, 2, 3, 5, 6]);
-        assert_eq!((seqs(6, 6), seqs(7, 100)), (vec![], vec![]));
+        let seqs = |d: &DedupeWindow, from, before| d.remembered(from, before).map(|e| e.2).collect::<Vec<_>>();
+        assert_eq!(seqs(&d, 2, 6), [2, 3, 4, 5]);
+        assert_eq!(seqs(&d, 0, u64::MAX), [1, 2, 3, 4, 5, 6]);
+        assert_eq!((seqs(&d, 6, 6), seqs(&d, 7, 100)), (vec![], vec![]));
         assert_eq!(d.remembered(6, 7).next(), Some(("ann", 106, 6, 6)));
+        // Posts 5 and 6 never stored: forgotten, and their seqs given to other posts.
+        d.forget_from(5);
+        assert_eq!((d.lookup("ann", 105, 6), d.lookup("ann", 104, 6)), (None, Some(4)));
+        d.record("bo", 1, 5, 7);
+        assert_eq!(seqs(&d, 0, u64::MAX), [1, 2, 3, 4, 5], "still in seq order");
+        assert_eq!(d.bytes(), identity_cost("ann") + identity_cost("bo") + 5 * ENTRY_COST);
     }
 
     #[test]

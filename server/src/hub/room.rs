@@ -293,7 +293,7 @@ impl Room {
         self.dedupe.record(identity, client_msg_id, seq, now_us);
         let posted = Posted { seq, duplicate: false };
         if let Some(disk) = &mut self.disk {
-            let mut commit = disk.append(seq, now_us, frame, identity, client_msg_id);
+            let mut commit = disk.append(seq, now_us, frame);
             // Written already (`os` durability commits inline): delivered at once, like in memory.
             return match commit.outcome() {
                 None => Ok(Posting { posted, delivery: Delivery::default(), commit: Some(commit) }),

@@ -393,13 +393,11 @@ fn commit<'a>(
                     batch.insert(&ks.dedupe, key(*id, kept.seq), dedupe);
                 }
                 writes += keep.len() + remove(&mut batch, &ks.messages, *id, *from, *before);
-                let record = rooms.entry(*id).or_insert((&room.name, room.epoch, room.last_seq));
-                record.2 = record.2.max(room.last_seq);
+                note(&mut rooms, *id, room);
             }
             Op::TrimDedupe { id, from, before, room } => {
                 writes += remove(&mut batch, &ks.dedupe, *id, *from, *before);
-                let record = rooms.entry(*id).or_insert((&room.name, room.epoch, room.last_seq));
-                record.2 = record.2.max(room.last_seq);
+                note(&mut rooms, *id, room);
             }
             Op::Barrier => {}
             #[cfg(test)]
@@ -428,6 +426,12 @@ fn commit<'a>(
     stats.commits.fetch_add(1, Ordering::Relaxed);
     stats.appends.fetch_add(appends, Ordering::Relaxed);
     Ok(())
+}
+
+/// Notes room `id`'s record, as a deletion carries it, among the records the batch writes (the newest last seq).
+fn note<'a>(rooms: &mut HashMap<u64, (&'a Arc<str>, u64, u64)>, id: u64, room: &'a Record) {
+    let record = rooms.entry(id).or_insert((&room.name, room.epoch, room.last_seq));
+    record.2 = record.2.max(room.last_seq);
 }
 
 /// Adds to `batch` the deletion of room `id`'s keys with a seq in `from..before` in `keyspace`; returns how many. A

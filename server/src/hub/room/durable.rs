@@ -27,8 +27,6 @@ const DEDUPE_TRIM_RUN: u64 = 256;
 struct PendingPost {
     seq: u64,
     frame: Bytes,
-    identity: Arc<str>,
-    client_msg_id: u64,
 }
 
 /// The room's part of the store.
@@ -122,9 +120,9 @@ impl Room {
     pub fn abort(&mut self, seq: u64) {
         let Some(disk) = &mut self.disk else { return };
         while disk.pending.back().is_some_and(|post| post.seq >= seq) {
-            let Some(post) = disk.pending.pop_back() else { break };
-            self.dedupe.unrecord(&post.identity, post.client_msg_id, post.seq);
+            disk.pending.pop_back();
         }
+        self.dedupe.forget_from(seq);
         self.sequenced_seq = self.sequenced_seq.min(seq.saturating_sub(1)).max(self.delivered_seq);
     }
 
@@ -156,16 +154,9 @@ impl DiskRoom {
     }
 
     /// Hands a sequenced post to the writer and keeps it until [`Room::release`].
-    pub(super) fn append(
-        &mut self,
-        seq: u64,
-        time_us: u64,
-        frame: Bytes,
-        identity: &str,
-        client_msg_id: u64,
-    ) -> Commit {
+    pub(super) fn append(&mut self, seq: u64, time_us: u64, frame: Bytes) -> Commit {
         let append = Append { id: self.id, seq, time_us, frame: frame.clone() };
-        self.pending.push_back(PendingPost { seq, frame, identity: identity.into(), client_msg_id });
+        self.pending.push_back(PendingPost { seq, frame });
         self.store.submit(Op::Append(append))
     }
 

@@ -34,13 +34,10 @@ fn server_bin() -> String {
     std::env::var("QUIVER_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quiver-server").to_string())
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+/// Ports outside the ephemeral range, so that no client socket takes one between its pick and the bind (or a
+/// node's restart).
+#[path = "../../tests/src/ports.rs"]
+mod ports;
 
 /// False (after a loud message) when `redis-server` is missing; a failure under `QUIVER_REQUIRE_ALL=1`.
 fn redis_available(test: &str) -> bool {
@@ -82,7 +79,7 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = free_tcp_port();
+        let port = ports::restartable_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -128,7 +125,7 @@ struct Node {
 /// Starts a node on the Redis at `broker` with `dir` as its data directory (which must hold the cluster's dev
 /// certificate and token key when it is not the first node's).
 fn start_node(dir: &Path, broker: &str, extra_env: &[(&str, &str)]) -> Node {
-    let port = free_udp_port();
+    let port = ports::restartable_port();
     let mut child = Command::new(server_bin())
         .args(["--listen", &format!("127.0.0.1:{port}"), "--no-web", "--admin", "127.0.0.1:0", "--broker", broker])
         .arg("--data-dir")

@@ -32,10 +32,9 @@ fn server_bin() -> String {
     std::env::var("QUIVER_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quiver-server").to_string())
 }
 
-/// A free UDP port on 127.0.0.1 (the restarted server takes the same one, so clients reconnect to it).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+/// Ports outside the ephemeral range: the restarted server takes the same one, so clients reconnect to it.
+#[path = "../../tests/src/ports.rs"]
+mod ports;
 
 /// The server process, killed when dropped (a failing test must not leave it running).
 struct Running(Child);
@@ -128,7 +127,7 @@ async fn writer(
 #[test]
 fn no_acknowledged_post_is_lost_or_doubled_across_kills_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = ports::restartable_port();
     let server = format!("127.0.0.1:{port}");
     let mut child = start(dir.path(), port);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod hostile;
+pub mod ports;
 
 use std::{io::Write, net::SocketAddr, time::Duration};
 
@@ -65,7 +66,7 @@ impl TestServer {
     pub fn start_web(limits: Limits, web: WebConfig) -> TestServer {
         let data_dir = tempfile::tempdir().unwrap();
         let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().to_owned());
-        Self::run(Server::bind(ServerConfig { limits, web, ..dev }).unwrap(), data_dir)
+        Self::start_with(ServerConfig { limits, web, ..dev }, data_dir)
     }
 
     pub fn start_at(addr: SocketAddr, data_dir: tempfile::TempDir, limits: Limits) -> TestServer {
@@ -74,8 +75,22 @@ impl TestServer {
     }
 
     /// A server started with `config`, whose data directory is `data_dir` (e.g. one with production token keys).
+    /// Port 0 means a port a restart can take again ([`ports::restartable_port`]), not the kernel's pick.
     pub fn start_with(config: ServerConfig, data_dir: tempfile::TempDir) -> TestServer {
-        Self::run(Server::bind(config).unwrap(), data_dir)
+        if config.listen.port() != 0 {
+            return Self::run(Server::bind(config).unwrap(), data_dir);
+        }
+        for _ in 0..20 {
+            let listen = SocketAddr::new(config.listen.ip(), ports::restartable_port());
+            match Server::bind(ServerConfig { listen, ..config.clone() }) {
+                Ok(server) => return Self::run(server, data_dir),
+                // Another test bound the port since it was picked: pick again.
+                Err(quiver_server::ServerError::Bind(err) | quiver_server::ServerError::WebSocket(_, err))
+                    if err.kind() == std::io::ErrorKind::AddrInUse => {}
+                Err(err) => panic!("{err}"),
+            }
+        }
+        panic!("20 picked ports were taken before the server bound them");
     }
 
     /// A server with default limits within `budget`.

@@ -114,12 +114,17 @@ mod tests {
         }
         let after_own_work = server_cpu().unwrap();
         assert!(after_own_work - idle < Duration::from_millis(20), "{idle:?} -> {after_own_work:?}");
-        // Busy on the server's thread.
+        // Busy on the server's thread for 100 ms of that thread's own CPU time (not wall time: on a loaded machine
+        // the thread may get a fraction of the wall clock), at most 20 s.
+        let own_cpu = || {
+            let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            Duration::from_nanos(schedstat.split_whitespace().next().unwrap().parse().unwrap())
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         runtime.handle().spawn(async move {
-            let start = std::time::Instant::now();
-            while start.elapsed() < Duration::from_millis(100) {
-                std::hint::black_box(start.elapsed());
+            let (start, started) = (own_cpu(), std::time::Instant::now());
+            while own_cpu() - start < Duration::from_millis(100) && started.elapsed() < Duration::from_secs(20) {
+                std::hint::black_box(started.elapsed());
             }
             let _ = tx.send(());
         });

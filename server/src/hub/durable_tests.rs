@@ -76,22 +76,36 @@ async fn a_paged_replay_comes_before_live_frames() {
 }
 
 #[tokio::test]
-async fn retention_trims_in_the_sweep_and_stays_trimmed_after_a_restart() {
+async fn retention_trims_as_the_room_passes_its_bound_and_stays_trimmed_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits { history_max_messages: 10, ..Limits::default() };
     let hub = open(dir.path(), limits.clone(), Budget::default());
-    for id in 1..=30 {
-        let _ = post(&hub, "r", "bob", id, 10).await;
-    }
-    let seqs = |page: HistoryPage| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
-    // Readers see the count bound at once; the store deletes in the sweep, not on the post path.
-    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 10).await.unwrap()), (21..=30).collect::<Vec<_>>());
     let store = hub.store().unwrap().clone();
     let stored = |store: &Store| store.load_room("r", 10, 0, 0).unwrap().unwrap();
-    assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (1, 30), "nothing deleted yet");
+    for id in 1..=11 {
+        let _ = post(&hub, "r", "bob", id, 10).await;
+    }
+    written(&store).await;
+    assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (1, 11), "within the slack of 1/8");
+    let _ = post(&hub, "r", "bob", 12, 10).await;
+    written(&store).await;
+    assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (3, 10), "past it: deleted at once");
+    for id in 13..=30 {
+        let _ = post(&hub, "r", "bob", id, 10).await;
+        // One deletion per room in flight: the next is planned only once this one is written.
+        written(&store).await;
+    }
+    let seqs = |page: HistoryPage| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    // Readers see the count bound at once; the store deletes a run at a time (or in the sweep).
+    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 10).await.unwrap()), (21..=30).collect::<Vec<_>>());
+    written(&store).await;
     hub.sweep(11).await;
-    store.submit(crate::store::Op::Barrier).wait().await.unwrap();
-    assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (21, 10), "deleted by the sweep");
+    written(&store).await;
+    assert_eq!(
+        (stored(&store).first_seq, stored(&store).extent.messages),
+        (21, 10),
+        "a run at a time, and the sweep deletes no more"
+    );
     assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 11).await.unwrap()), (21..=30).collect::<Vec<_>>());
     let epoch = hub.history("r", None, 1, usize::MAX, 11).await.unwrap().epoch;
     drop((hub, store));
@@ -106,7 +120,7 @@ async fn retention_trims_in_the_sweep_and_stays_trimmed_after_a_restart() {
     // The dedupe window outlives the messages: a retry of a deleted post (its entry kept by the deletion) and of a
     // retained one (read from its message) get their original seqs after the restart, and after a sweep.
     hub.sweep(12).await;
-    hub.store().unwrap().submit(crate::store::Op::Barrier).wait().await.unwrap();
+    written(hub.store().unwrap()).await;
     for (id, seq) in [(3, 3), (25, 25)] {
         let (retry, delivery) = post(&hub, "r", "bob", id, 12).await;
         assert_eq!((retry, delivery.len()), (Posted { seq, duplicate: true }, 0), "post {id}");
@@ -169,12 +183,12 @@ async fn a_room_nobody_uses_is_trimmed_by_age_too() {
     let stored = |name: &str| store.load_room(name, 0, 0, 0).unwrap().unwrap().extent.messages;
     assert_eq!((stored("old"), stored("young"), hub.usage().rooms), (3, 1, 0));
     hub.sweep(200 * S).await;
-    store.submit(crate::store::Op::Barrier).wait().await.unwrap();
+    written(&store).await;
     assert_eq!(stored("old"), 0, "past the age bound: deleted although nobody used the room");
     assert_eq!(stored("young"), 1, "50 s old: kept");
     for t in 201..=205 {
         hub.sweep(t * S).await;
-        store.submit(crate::store::Op::Barrier).wait().await.unwrap();
+        written(&store).await;
     }
     assert_eq!(others.map(stored), [0; 4], "every aged room, in the sweeps after");
     assert_eq!(stored("young"), 1);
@@ -201,7 +215,7 @@ async fn history_max_age_0_keeps_history_of_any_age() {
         hub.sweep(t * S).await;
     }
     let store = hub.store().unwrap().clone();
-    store.submit(crate::store::Op::Barrier).wait().await.unwrap();
+    written(&store).await;
     let stored = |name: &str| store.load_room(name, 0, 0, 0).unwrap().unwrap().extent.messages;
     assert_eq!((stored("kept"), stored("unloaded")), (2, 1), "no age bound: nothing deleted");
 }
@@ -230,7 +244,7 @@ async fn at_the_disk_floor_posts_and_new_rooms_are_refused_and_the_rest_goes_on(
     let join_fresh =
         JoinRoom { room: "fresh".into(), identity: "ann".into(), since: None, outbox: Collect::new(1), now_us: 30 };
     assert_eq!(hub.join(join_fresh).await.err().map(|f| f.code), Some(ErrorCode::ServerFull));
-    store.submit(crate::store::Op::Barrier).wait().await.unwrap();
+    written(&store).await;
     assert!(store.load_room("fresh", 0, 0, 0).unwrap().is_none(), "nothing of it stored");
     assert_eq!(store.disk().refused(), 3);
     // What is stored already is still served: a retry gets its seq, history and joins work, nothing was sequenced.
@@ -296,7 +310,7 @@ async fn a_post_whose_commit_nobody_waits_for_is_still_delivered_once_stored() {
     drop(commit); // the poster's connection ended
     go.send(()).unwrap();
     let store = hub.store().unwrap().clone();
-    store.submit(crate::store::Op::Barrier).wait().await.unwrap();
+    written(&store).await;
     for _ in 0..100 {
         if member.message_seqs() == [1] {
             break;
@@ -312,4 +326,10 @@ fn hold_the_writer(hub: &LocalRooms) -> std::sync::mpsc::Sender<()> {
     let (go, wait) = std::sync::mpsc::channel();
     drop(hub.store().unwrap().submit(crate::store::Op::Hold(std::sync::Mutex::new(wait))));
     go
+}
+
+/// Waits until everything handed to the store so far, posts and retention deletions, is written.
+async fn written(store: &crate::store::Store) {
+    store.submit(crate::store::Op::Barrier).wait().await.unwrap();
+    store.retention_barrier().wait().await.unwrap();
 }

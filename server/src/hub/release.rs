@@ -62,7 +62,11 @@ fn settle(
     match outcome {
         Ok(()) => Ok((posted, lock(shared).room.release(posted.seq, now_us))),
         Err(failed) => {
-            lock(shared).room.abort(posted.seq);
+            // A retry waited for its original's commit, which may have been stored in an earlier batch: the
+            // original's own settle aborts it if it failed.
+            if !posted.duplicate {
+                lock(shared).room.abort(posted.seq);
+            }
             Err(store_failure(failed))
         }
     }

@@ -120,7 +120,7 @@ impl Room {
         self.history.trim(now_us);
         self.dedupe.expire(now_us);
         if let Some(disk) = &mut self.disk {
-            disk.trim(now_us, &self.dedupe, self.epoch, self.sequenced_seq);
+            disk.trim(now_us, &self.dedupe, self.epoch, self.delivered_seq);
         }
     }
 

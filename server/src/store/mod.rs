@@ -16,6 +16,7 @@
 
 mod cold;
 mod disk;
+mod inbox;
 mod load;
 mod writer;
 
@@ -341,9 +342,18 @@ impl Store {
     }
 
     /// Hands `op` to the writer; the returned [`Commit`] completes once it (and everything handed over before it)
-    /// is stored with the configured durability.
+    /// is stored with the configured durability. A retention deletion goes to the retention thread instead: its
+    /// commit completes once it (and every deletion before it) is written to the OS, without an fsync of its own,
+    /// and vouches for no post.
     pub(crate) fn submit(&self, op: Op) -> Commit {
         self.writer.submit(op)
+    }
+
+    /// Completes once every retention deletion handed over before it is written (deletions have a thread of their
+    /// own: a [`Op::Barrier`] through [`Store::submit`] does not wait for them).
+    #[cfg(test)]
+    pub(crate) fn retention_barrier(&self) -> Commit {
+        self.writer.retention_barrier()
     }
 
     /// Retained messages of room `id` with a seq in `after + 1 ..= upto`, oldest first: at most `limit`, and no
@@ -375,12 +385,14 @@ impl Store {
     }
 
     /// Where retention cuts room `id`: the first seq to keep so that at most `max_messages` and `max_bytes` of
-    /// frames remain and none older than `oldest_us`, scanning from `first_seq` with `extent` retained. Returns
-    /// the cut and what remains after it (with the time of the new oldest message).
+    /// frames remain and none older than `oldest_us`, scanning from `first_seq` up to `upto` (the room's last
+    /// stored and delivered seq: a deletion never reaches a post whose commit may still be on its way) with
+    /// `extent` retained. Returns the cut and what remains after it (with the time of the new oldest message).
     pub fn plan_trim(
         &self,
         id: u64,
         first_seq: u64,
+        upto: u64,
         extent: Extent,
         retention: &Retention,
         now_us: u64,
@@ -388,7 +400,10 @@ impl Store {
         let oldest_us = now_us.saturating_sub(retention.max_age_us);
         let mut left = extent;
         let mut cut = first_seq;
-        for guard in self.keyspaces.messages.range(key(id, first_seq)..=key(id, u64::MAX)) {
+        if upto < first_seq {
+            return Ok((cut, left, None)); // nothing stored to cut: the caller deletes nothing
+        }
+        for guard in self.keyspaces.messages.range(key(id, first_seq)..=key(id, upto)) {
             let (k, v) = guard.into_inner().map_err(read_err)?;
             let (Some(seq), Some(time_us)) = (seq_of(&k), u64_at(&v, 0)) else {
                 return Err(StoreError::Read(format!("room id {id}: a malformed message record")));

@@ -94,21 +94,21 @@ fn retention_cuts_by_count_bytes_and_age_and_deletes_in_the_background() {
     let l = frame_len();
     let extent = Extent { messages: 10, bytes: 10 * l };
     let keep = |max_messages, max_bytes, max_age_us| Retention { max_messages, max_bytes, max_age_us };
-    let plan = |r: Retention, now| store.plan_trim(id, 1, extent, &r, now).unwrap();
+    let plan = |r: Retention, now| store.plan_trim(id, 1, u64::MAX, extent, &r, now).unwrap();
     assert_eq!(plan(keep(4, u64::MAX, u64::MAX), 10), (7, Extent { messages: 4, bytes: 4 * l }, Some(7)));
     assert_eq!(plan(keep(100, 5 * l + 5, u64::MAX), 10), (6, Extent { messages: 5, bytes: 5 * l }, Some(6)));
     assert_eq!(plan(keep(100, u64::MAX, 3), 10), (7, Extent { messages: 4, bytes: 4 * l }, Some(7)));
     assert_eq!(plan(keep(100, u64::MAX, 3), 100), (11, Extent::default(), None), "all too old");
     let room = |last_seq| Record { name: "r".into(), epoch: 7, last_seq };
     let _ = store.submit(Op::TrimMessages { id, from: 1, before: 7, room: room(10), keep: Vec::new() });
-    block_on(store.submit(Op::Barrier).wait()).unwrap();
+    block_on(store.retention_barrier().wait()).unwrap();
     let loaded = store.load_room("r", 10, u64::MAX, 100).unwrap().unwrap();
     assert_eq!((loaded.first_seq, loaded.last_seq, loaded.extent.messages), (7, 10, 4));
     assert_eq!(loaded.dedupe.iter().map(|e| e.2).collect::<Vec<_>>(), [7, 8, 9, 10], "read from the messages");
     // Everything deleted: the seq goes on from the one the last deletion recorded, never from 0 again.
     let _ = store.submit(Op::TrimMessages { id, from: 7, before: 11, room: room(10), keep: Vec::new() });
     let _ = store.submit(Op::TrimDedupe { id, from: 9, before: 11, room: room(10) });
-    block_on(store.submit(Op::Barrier).wait()).unwrap();
+    block_on(store.retention_barrier().wait()).unwrap();
     drop(store);
     let store = Store::open(dir.path(), Durability::Fsync).unwrap();
     let loaded = store.load_room("r", 10, u64::MAX, 100).unwrap().unwrap();
@@ -144,7 +144,7 @@ fn posts_do_not_rewrite_the_room_record_and_the_last_seq_is_the_newest_stored() 
     let kept = |seq| Remembered { seq, time_us: seq, client_msg_id: 100 + seq, identity: "ann".into() };
     let room = Record { name: "r".into(), epoch: 7, last_seq: 5 };
     let _ = store.submit(Op::TrimMessages { id, from: 1, before: 6, room, keep: vec![kept(4), kept(5)] });
-    block_on(store.submit(Op::Barrier).wait()).unwrap();
+    block_on(store.retention_barrier().wait()).unwrap();
     drop(store);
     let store = Store::open(dir.path(), Durability::Fsync).unwrap();
     let record = store.keyspaces.rooms.get("r").unwrap().unwrap();
@@ -169,7 +169,7 @@ fn a_post_writes_only_its_message_and_the_window_comes_from_messages_then_kept_e
         .dedupe
         .insert(key(id, 8), [&8u64.to_be_bytes()[..], &108u64.to_be_bytes(), b"ann"].concat())
         .unwrap();
-    block_on(store.submit(Op::Barrier).wait()).unwrap();
+    block_on(store.retention_barrier().wait()).unwrap();
     let seqs = |now, window, max| {
         let room = store.load_room("r", now, window, max).unwrap().unwrap();
         for (identity, client_msg_id, seq, time_us) in &room.dedupe {
@@ -343,7 +343,7 @@ fn a_backlog_over_a_batch_commits_in_order_in_several_batches() {
 }
 
 #[test]
-fn a_writer_that_panics_fails_every_commit_instead_of_leaving_it_waiting() {
+fn a_store_thread_that_panics_fails_every_commit_instead_of_leaving_it_waiting() {
     if !cfg!(debug_assertions) {
         return; // the panic below is a debug assertion
     }
@@ -352,18 +352,27 @@ fn a_writer_that_panics_fails_every_commit_instead_of_leaving_it_waiting() {
     let id = store.allocate_room_id();
     let (go, hold) = std::sync::mpsc::channel();
     let _ = store.submit(Op::Hold(std::sync::Mutex::new(hold)));
-    // A deletion whose record does not cover what it deletes: the writer's debug assertion panics on it.
+    let queued = store.submit(append(id, 1, 1));
+    // A deletion whose record does not cover what it deletes: the retention thread's debug assertion panics on it.
     let room = Record { name: "r".into(), epoch: 1, last_seq: 1 };
     let bad = store.submit(Op::TrimMessages { id, from: 1, before: 10, room, keep: Vec::new() });
-    let queued = store.submit(append(id, 1, 1));
-    drop(go);
+    let later_deletion = store.retention_barrier();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-    runtime.block_on(async {
-        for commit in [bad, queued, store.submit(append(id, 2, 2))] {
+    let failed = |commit: Commit| {
+        runtime.block_on(async {
             let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), commit.wait()).await;
-            let err = outcome.expect("a commit waited forever").expect_err("committed after the panic");
-            assert!(err.to_string().contains("writer stopped"), "{err}");
-        }
-    });
+            outcome.expect("a commit waited forever").expect_err("committed after the panic").to_string()
+        })
+    };
+    for commit in [bad, later_deletion] {
+        let err = failed(commit);
+        assert!(err.contains("writer stopped"), "{err}");
+    }
     assert!(store.writer_stats().failed.load(Ordering::Relaxed));
+    // The writer, held meanwhile, acknowledges nothing any more either: the panic left the store in doubt.
+    drop(go);
+    for commit in [queued, store.submit(append(id, 2, 2))] {
+        let err = failed(commit);
+        assert!(err.contains("another store thread failed"), "{err}");
+    }
 }

@@ -1,19 +1,20 @@
 //! The store's single writer: a thread that takes every operation handed to it, in order, and commits whatever
 //! arrived while the previous commit ran as one atomic batch with one fsync (group commit). Each operation's
 //! [`Commit`] completes when its batch is stored; because batches are committed in the order operations arrived,
-//! a completed commit also vouches for everything handed over before it.
+//! a completed commit also vouches for everything handed over before it. Retention deletions are the exception:
+//! they go to a thread of their own ([`Handle`]), and a deletion never reaches a post not yet stored.
 //!
-//! A failed commit (a full or failing disk) fails every later one too: after an fsync error nobody knows what
-//! reached the disk (<https://www.usenix.org/system/files/atc20-rebello.pdf>), so the server stops acknowledging
-//! posts until it is restarted and the store recovered from its journal.
+//! A failed commit (a full or failing disk, on either thread) fails every later one too: after an fsync error
+//! nobody knows what reached the disk (<https://www.usenix.org/system/files/atc20-rebello.pdf>), so the server
+//! stops acknowledging posts until it is restarted and the store recovered from its journal.
 
 #[cfg(test)]
 use std::sync::mpsc;
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
     },
 };
 
@@ -21,7 +22,10 @@ use bytes::Bytes;
 use fjall::PersistMode;
 use tokio::sync::oneshot;
 
-use super::{key, Durability, Keyspaces};
+use super::{
+    inbox::{Inbox, Worker},
+    key, Durability, Keyspaces,
+};
 
 /// Operations per batch at most (what is left waits for the next batch).
 const MAX_BATCH: usize = 4096;
@@ -63,7 +67,7 @@ pub(crate) struct Record {
     pub name: Arc<str>,
     /// The room's epoch.
     pub epoch: u64,
-    /// Every seq up to here was handed to the writer before the deletion (so it is stored once the deletion is).
+    /// Every seq up to here was stored before the deletion was planned (the room's last delivered seq).
     pub last_seq: u64,
 }
 
@@ -124,7 +128,7 @@ impl Commit {
 }
 
 #[derive(Debug)]
-struct Job {
+pub(super) struct Job {
     op: Op,
     done: Option<oneshot::Sender<Result<(), StoreFailed>>>,
 }
@@ -142,69 +146,22 @@ pub struct WriterStats {
     pub failed: std::sync::atomic::AtomicBool,
 }
 
-/// The writer: a thread's inbox (`fsync`), or, with `os` durability, the caller itself: a commit without a sync is a
-/// write to the OS of a few µs, cheaper done at once than handed to a thread and back. Dropping it lets the thread
-/// finish what it has, sync, and exit.
+/// The writer: a thread (`fsync`), or, with `os` durability, the caller itself: a commit without a sync is a write
+/// to the OS of a few µs, cheaper done at once than handed to a thread and back. Retention deletions go to a thread
+/// of their own in both modes: a deletion may take thousands of keys, and done inline or in the writer's group
+/// commit it held back every post meanwhile (bench post: `os` acks up to 370 ms late, once per sweep). Dropping
+/// the handle lets the threads finish what they have, sync, and exit.
 #[derive(Debug)]
 pub(super) struct Handle {
-    /// The writer thread's inbox (`fsync`); `None` when callers commit themselves.
-    inbox: Option<Arc<Inbox>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer thread (`fsync`); `None` when callers commit themselves.
+    writer: Option<Worker>,
     inline: Option<Mutex<Inline>>,
+    /// Deletions (retention), written to the OS without a sync of their own: the next post's fsync covers them (one
+    /// journal), and one lost in a crash only leaves its messages to the next deletion.
+    retention: Worker,
+    /// The writer's counters (the retention thread keeps its own: its commits are not posts' commits); its `failed`
+    /// is every thread's.
     pub(super) stats: Arc<WriterStats>,
-}
-
-/// Jobs handed to the writer thread. A plain queue the writer swaps with its own emptied one, so that handing over a
-/// job allocates nothing (a channel allocated a block of jobs, over a kilobyte, every 31 posts, and glibc
-/// consolidated its free lists at each), and the thread is woken only when it waits.
-#[derive(Debug, Default)]
-struct Inbox {
-    state: Mutex<Queued>,
-    ready: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct Queued {
-    jobs: Vec<Job>,
-    /// False once the handle is dropped: the writer commits what it has and exits.
-    closed: bool,
-    /// The writer waits for `ready`.
-    waiting: bool,
-}
-
-impl Inbox {
-    fn lock(&self) -> MutexGuard<'_, Queued> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues `job` (dropped, and its commit told the writer stopped, once closed).
-    fn push(&self, job: Job) {
-        let mut queued = self.lock();
-        if queued.closed {
-            return;
-        }
-        queued.jobs.push(job);
-        if std::mem::take(&mut queued.waiting) {
-            drop(queued);
-            self.ready.notify_one();
-        }
-    }
-
-    /// Waits for jobs and moves them all into `batch` (empty); false once closed and drained.
-    fn take(&self, batch: &mut Vec<Job>) -> bool {
-        let mut queued = self.lock();
-        while queued.jobs.is_empty() && !queued.closed {
-            queued.waiting = true;
-            queued = self.ready.wait(queued).unwrap_or_else(|p| p.into_inner());
-        }
-        std::mem::swap(&mut queued.jobs, batch);
-        !batch.is_empty()
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_one();
-    }
 }
 
 /// What the writer keeps between commits when callers commit themselves.
@@ -222,31 +179,49 @@ impl Handle {
             Durability::Fsync => PersistMode::SyncAll,
         };
         let stats = Arc::new(WriterStats::default());
+        let retention = {
+            let (keyspaces, failed, counted) = (keyspaces.clone(), stats.clone(), WriterStats::default());
+            // Deletions create no rooms: the id counter is the writer's alone.
+            // One deletion per batch: fjall holds its journal's lock while a batch is written, and a post's commit
+            // must not wait behind many rooms' deletions merged into one.
+            Worker::spawn("quiver-store-retention", move |inbox| {
+                run(keyspaces, inbox, PersistMode::Buffer, None, 1, &counted, &failed.failed);
+            })?
+        };
         if mode == PersistMode::Buffer {
             let inline = Inline { keyspaces, next_room_id, failed: None };
-            return Ok(Handle { inbox: None, thread: Mutex::new(None), inline: Some(Mutex::new(inline)), stats });
+            return Ok(Handle { writer: None, inline: Some(Mutex::new(inline)), retention, stats });
         }
-        let (counted, inbox) = (stats.clone(), Arc::new(Inbox::default()));
-        let jobs = Arc::clone(&inbox);
-        let thread = std::thread::Builder::new()
-            .name("quiver-store-writer".into())
-            .spawn(move || run(keyspaces, &jobs, mode, next_room_id, &counted))?;
-        Ok(Handle { inbox: Some(inbox), thread: Mutex::new(Some(thread)), inline: None, stats })
+        let counted = stats.clone();
+        let writer = Worker::spawn("quiver-store-writer", move |inbox| {
+            run(keyspaces, inbox, mode, Some(next_room_id), MAX_BATCH, &counted, &counted.failed);
+        })?;
+        Ok(Handle { writer: Some(writer), inline: None, retention, stats })
     }
 
+    /// Hands `op` over: a deletion to the retention thread, anything else to the writer (or commits it at once).
     pub(super) fn submit(&self, op: Op) -> Commit {
         let (done, commit) = oneshot::channel();
-        match &self.inline {
-            Some(inline) => {
+        if matches!(op, Op::TrimMessages { .. } | Op::TrimDedupe { .. }) {
+            self.retention.push(Job { op, done: Some(done) });
+            return Commit(commit);
+        }
+        match (&self.inline, &self.writer) {
+            (Some(inline), _) => {
                 let _ = done.send(self.commit_now(inline, &op));
             }
             // Once the writer is gone (shutdown) the job is dropped: its commit reports it.
-            None => {
-                if let Some(inbox) = &self.inbox {
-                    inbox.push(Job { op, done: Some(done) });
-                }
-            }
+            (None, Some(writer)) => writer.push(Job { op, done: Some(done) }),
+            (None, None) => {}
         }
+        Commit(commit)
+    }
+
+    /// Completes once every deletion handed over before it is written.
+    #[cfg(test)]
+    pub(super) fn retention_barrier(&self) -> Commit {
+        let (done, commit) = oneshot::channel();
+        self.retention.push(Job { op: Op::Barrier, done: Some(done) });
         Commit(commit)
     }
 
@@ -257,7 +232,13 @@ impl Handle {
         if let Some(failure) = &inline.failed {
             return Err(failure.clone());
         }
-        let committed = commit(&inline.keyspaces, [op], PersistMode::Buffer, &mut inline.next_room_id, &self.stats);
+        if self.stats.failed.load(Ordering::Relaxed) {
+            // The retention thread failed to write: nothing is acknowledged any more either.
+            inline.failed = Some(StoreFailed("a retention deletion failed to write".into()));
+            return Err(StoreFailed("a retention deletion failed to write".into()));
+        }
+        let committed =
+            commit(&inline.keyspaces, [op], PersistMode::Buffer, Some(&mut inline.next_room_id), &self.stats);
         committed.map_err(|err| {
             let failure = StoreFailed(format!("{err:?}").into());
             tracing::error!(%failure, "room store commit failed");
@@ -269,14 +250,12 @@ impl Handle {
 }
 
 impl Drop for Handle {
-    /// Lets the writer commit what it was handed, sync, and exit, and waits for it.
+    /// Lets the threads commit what they were handed, sync, and exit, and waits for them.
     fn drop(&mut self) {
-        if let Some(inbox) = &self.inbox {
-            inbox.close();
+        if let Some(writer) = &self.writer {
+            writer.stop();
         }
-        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = thread.join();
-        }
+        self.retention.stop();
         if let Some(inline) = &self.inline {
             let inline = inline.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(err) = inline.keyspaces.db.persist(PersistMode::SyncAll) {
@@ -286,11 +265,11 @@ impl Drop for Handle {
     }
 }
 
-/// Closes the inbox when the writer thread ends, also by a panic: the jobs still queued are dropped, so their
-/// commits report that the writer stopped instead of waiting forever, and the store counts as failed.
+/// Closes the inbox when a store thread ends, also by a panic: the jobs still queued are dropped, so their commits
+/// report that the writer stopped instead of waiting forever, and the store counts as failed.
 struct Stopped<'a> {
     inbox: &'a Inbox,
-    stats: &'a WriterStats,
+    failed: &'a AtomicBool,
 }
 
 impl Drop for Stopped<'_> {
@@ -300,22 +279,33 @@ impl Drop for Stopped<'_> {
         let left = std::mem::take(&mut queued.jobs);
         drop(queued);
         if std::thread::panicking() {
-            self.stats.failed.store(true, Ordering::Relaxed);
-            tracing::error!(jobs = left.len(), "room store writer panicked: nothing is acknowledged any more");
+            self.failed.store(true, Ordering::Relaxed);
+            tracing::error!(jobs = left.len(), "room store thread panicked: nothing is acknowledged any more");
         }
     }
 }
 
-fn run(keyspaces: Keyspaces, inbox: &Inbox, mode: PersistMode, mut next_room_id: u64, stats: &WriterStats) {
-    let mut failed: Option<StoreFailed> = None;
+/// A store thread's loop: commits what arrived while the last batch was written in batches of at most `max_batch`
+/// operations. `next_room_id` is the writer's (rooms are created through it alone); `failed` is shared by every
+/// store thread: once one failed to write, none commits any more.
+fn run(
+    keyspaces: Keyspaces,
+    inbox: &Inbox,
+    mode: PersistMode,
+    mut next_room_id: Option<u64>,
+    max_batch: usize,
+    stats: &WriterStats,
+    failed: &AtomicBool,
+) {
+    let mut failure: Option<StoreFailed> = None;
     let mut jobs: Vec<Job> = Vec::new();
     // Declared after `jobs`, so dropped before it: the store counts as failed before any commit hears of it.
-    let _stopped = Stopped { inbox, stats };
+    let _stopped = Stopped { inbox, failed };
     while inbox.take(&mut jobs) {
-        // In chunks of at most MAX_BATCH, in order; the queue is cleared once, not shifted per chunk.
+        // In chunks of at most `max_batch`, in order; the queue is cleared once, not shifted per chunk.
         let mut start = 0;
         while start < jobs.len() {
-            let end = jobs.len().min(start + MAX_BATCH);
+            let end = jobs.len().min(start + max_batch);
             let batch = &mut jobs[start..end];
             #[cfg(test)]
             for job in batch.iter() {
@@ -323,15 +313,18 @@ fn run(keyspaces: Keyspaces, inbox: &Inbox, mode: PersistMode, mut next_room_id:
                     let _ = go.lock().map(|go| go.recv());
                 }
             }
-            let result = match &failed {
+            if failure.is_none() && failed.load(Ordering::Relaxed) {
+                failure = Some(StoreFailed("another store thread failed to write".into()));
+            }
+            let result = match &failure {
                 Some(failure) => Err(failure.clone()),
-                None => commit(&keyspaces, batch.iter().map(|job| &job.op), mode, &mut next_room_id, stats)
+                None => commit(&keyspaces, batch.iter().map(|job| &job.op), mode, next_room_id.as_mut(), stats)
                     .map_err(|err| StoreFailed(format!("{err:?}").into())),
             };
-            if let (Err(failure), None) = (&result, &failed) {
-                stats.failed.store(true, Ordering::Relaxed);
-                tracing::error!(%failure, "room store commit failed");
-                failed = Some(failure.clone());
+            if let (Err(err), None) = (&result, &failure) {
+                failed.store(true, Ordering::Relaxed);
+                tracing::error!(failure = %err, "room store commit failed");
+                failure = Some(err.clone());
             }
             for job in batch.iter_mut() {
                 if let Some(done) = job.done.take() {
@@ -346,7 +339,7 @@ fn run(keyspaces: Keyspaces, inbox: &Inbox, mode: PersistMode, mut next_room_id:
             jobs = Vec::new();
         }
     }
-    if failed.is_none() {
+    if failure.is_none() && !failed.load(Ordering::Relaxed) {
         if let Err(err) = keyspaces.db.persist(PersistMode::SyncAll) {
             tracing::error!(?err, "room store: final sync failed");
         }
@@ -359,17 +352,19 @@ fn commit<'a>(
     ks: &Keyspaces,
     ops: impl IntoIterator<Item = &'a Op>,
     mode: PersistMode,
-    next_room_id: &mut u64,
+    next_room_id: Option<&mut u64>,
     stats: &WriterStats,
 ) -> Result<(), fjall::Error> {
     let mut batch = ks.db.batch().durability(Some(mode));
     let mut rooms: HashMap<u64, (&Arc<str>, u64, u64)> = HashMap::new();
-    let mut next = *next_room_id;
+    let counter = next_room_id.as_deref().copied();
+    let mut next = counter.unwrap_or(0);
     let mut writes = 0usize;
     let mut appends = 0;
     for op in ops {
         match op {
             Op::Create { name, id, epoch } => {
+                debug_assert!(counter.is_some(), "rooms are created through the writer");
                 rooms.entry(*id).or_insert((name, *epoch, 0));
                 next = next.max(id + 1);
             }
@@ -412,7 +407,7 @@ fn commit<'a>(
         batch.insert(&ks.rooms, name.as_bytes(), record);
         writes += 1;
     }
-    if next != *next_room_id {
+    if counter.is_some_and(|counter| next != counter) {
         batch.insert(&ks.meta, "next_room_id", next.to_be_bytes());
         writes += 1;
     }
@@ -422,7 +417,9 @@ fn commit<'a>(
     let start = std::time::Instant::now();
     batch.commit()?;
     stats.commit_us.observe_since(start);
-    *next_room_id = next;
+    if let Some(counter) = next_room_id {
+        *counter = next;
+    }
     stats.commits.fetch_add(1, Ordering::Relaxed);
     stats.appends.fetch_add(appends, Ordering::Relaxed);
     Ok(())

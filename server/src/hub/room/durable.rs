@@ -1,8 +1,9 @@
 //! A room backed by the durable store: posts are sequenced under the room's lock as in memory, handed to the
 //! store's writer, and wait in the room (`pending`) until their commit completes; [`Room::release`] then delivers
 //! them, in seq order, and only then is the post acknowledged. So a member never sees, and a poster is never told
-//! of, a message a crash could take back. History and replays are read from the store; retention deletes in the
-//! background (the sweep), never on the post path.
+//! of, a message a crash could take back. History and replays are read from the store. Retention plans its
+//! deletions as a room passes its bounds (and in the sweep, for age), a run at a time, and the store's retention
+//! thread writes them: a post never waits for a deletion to be written.
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -49,6 +50,8 @@ pub(super) struct DiskRoom {
     /// The last retention deletion, until it is stored: the room stays in memory meanwhile (loaded again before,
     /// it would count the messages being deleted and cut too many next time).
     trimming: Option<Commit>,
+    /// The last deletion's plan could not read the store: the sweep tries again, not every post.
+    plan_failed: bool,
     codec: quiver_proto::FrameCodec,
 }
 
@@ -82,6 +85,7 @@ impl Room {
             settled,
             dedupe_trimmed,
             trimming: None,
+            plan_failed: false,
             codec: quiver_proto::FrameCodec::new(limits.max_frame as usize),
         });
         room
@@ -107,6 +111,11 @@ impl Room {
             self.delivered_seq = post.seq;
             frames.push(post.frame);
         }
+        // A busy room is trimmed as it passes its bounds, a run at a time, rather than by the sweep only: the plan
+        // reads what it deletes under the room's lock, a second's worth of posts at once otherwise.
+        if !frames.is_empty() {
+            disk.trim_if_over(now_us, &self.dedupe, self.epoch, self.delivered_seq);
+        }
         let mut delivery = Delivery::default();
         for frame in frames {
             delivery.extend(self.deliver(frame, now_us));
@@ -126,8 +135,8 @@ impl Room {
         self.sequenced_seq = self.sequenced_seq.min(seq.saturating_sub(1)).max(self.delivered_seq);
     }
 
-    /// When the room's creation (or its last retention deletion) may not be stored yet: a commit to wait for
-    /// before anyone learns the room's epoch, or before the room may leave memory.
+    /// When the room's creation may not be stored yet: a commit to wait for before anyone learns the room's epoch,
+    /// or before the room may leave memory (a deletion in flight keeps it in memory by itself: `settled()`).
     pub fn unsettled(&self) -> Option<Commit> {
         let disk = self.disk.as_ref()?;
         (!disk.settled).then(|| disk.store.submit(Op::Barrier))
@@ -141,6 +150,12 @@ impl DiskRoom {
 
     pub(super) fn idle_long_enough(&self, last_active_us: u64, now_us: u64) -> bool {
         now_us.saturating_sub(last_active_us) >= UNLOAD_AFTER_US
+    }
+
+    /// More is stored than the count or bytes bound allow, by the slack a deletion waits for.
+    fn over_retention(&self) -> bool {
+        let slack = |max: u64| max.saturating_add(max / 8);
+        self.extent.messages > slack(self.retention.max_messages) || self.extent.bytes > slack(self.retention.max_bytes)
     }
 
     /// Why a new post cannot be stored now (the disk floor), if it cannot.
@@ -217,13 +232,14 @@ impl DiskRoom {
         (events, page.more)
     }
 
-    /// Retention, in the background: deletes the dedupe entries the window forgot (below `dedupe_from`) and the
-    /// messages beyond the retention bounds. Deletions wait until a bound is passed by an eighth (or a message is
-    /// too old), so each one removes a run of messages rather than a few every sweep; readers never see more than
-    /// `max_messages` meanwhile ([`DiskRoom::first_readable`]).
-    /// `epoch` and `last_seq` (the room's last sequenced seq: every post up to it was handed to the writer before)
-    /// go into the room's record with each deletion; the posts `dedupe` remembers are kept as dedupe entries when
-    /// their messages are deleted.
+    /// Retention: plans the deletion of the dedupe entries the window forgot (below `dedupe_from`) and of the
+    /// messages beyond the retention bounds, for the store's retention thread to write. Deletions wait until a
+    /// bound is passed by an eighth (or a message is too old), so each one removes a run of messages rather than a
+    /// few every post; readers never see more than `max_messages` meanwhile ([`DiskRoom::first_readable`]).
+    /// `epoch` and `last_seq` (the room's last delivered seq: every post up to it is stored) go into the room's
+    /// record with each deletion, and no deletion reaches past `last_seq` (deletions are written by a thread of
+    /// their own, not behind the posts handed to the writer); the posts `dedupe` remembers are kept as dedupe
+    /// entries when their messages are deleted.
     pub(super) fn trim(&mut self, now_us: u64, dedupe: &DedupeWindow, epoch: u64, last_seq: u64) {
         let room = || Record { name: self.name.clone(), epoch, last_seq };
         let dedupe_from = dedupe.oldest_seq().unwrap_or(last_seq + 1);
@@ -234,17 +250,18 @@ impl DiskRoom {
             }
         }
         let r = self.retention;
-        let slack = |max: u64| max.saturating_add(max / 8);
         if dedupe_from >= self.dedupe_trimmed.saturating_add(DEDUPE_TRIM_RUN) {
             let from = std::mem::replace(&mut self.dedupe_trimmed, dedupe_from);
             let op = Op::TrimDedupe { id: self.id, from, before: dedupe_from, room: room() };
             self.trimming = Some(self.store.submit(op));
         }
         let too_old = self.first_time_us.is_some_and(|t| t < now_us.saturating_sub(r.max_age_us));
-        if self.extent.messages <= slack(r.max_messages) && self.extent.bytes <= slack(r.max_bytes) && !too_old {
+        if !self.over_retention() && !too_old {
             return;
         }
-        match self.store.plan_trim(self.id, self.first_seq, self.extent, &r, now_us) {
+        self.plan_failed = false;
+        match self.store.plan_trim(self.id, self.first_seq, last_seq, self.extent, &r, now_us) {
+            Ok((cut, _, _)) if cut == self.first_seq => {} // nothing stored to delete yet
             Ok((cut, left, first_time_us)) => {
                 let from = std::mem::replace(&mut self.first_seq, cut);
                 // Behind the dedupe deletion, if any: its commit vouches for both.
@@ -259,7 +276,19 @@ impl DiskRoom {
                 self.extent = left;
                 self.first_time_us = first_time_us;
             }
-            Err(err) => tracing::error!(room = %self.name, %err, "retention read failed"),
+            Err(err) => {
+                // Tried again by the sweep, not by every post.
+                self.plan_failed = true;
+                tracing::error!(room = %self.name, %err, "retention read failed");
+            }
+        }
+    }
+
+    /// [`DiskRoom::trim`] if the room is past its count or bytes bound by the slack (and its last plan did not
+    /// fail): a post's delivery calls it.
+    pub(super) fn trim_if_over(&mut self, now_us: u64, dedupe: &DedupeWindow, epoch: u64, last_seq: u64) {
+        if !self.plan_failed && self.over_retention() {
+            self.trim(now_us, dedupe, epoch, last_seq);
         }
     }
 }

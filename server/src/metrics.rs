@@ -420,6 +420,10 @@ impl Collector for ServerMetrics {
                 "Time to commit one batch (with its fsync in fsync mode)",
                 &w.commit_us,
             )?;
+            let r = store.retention_stats();
+            let deletions_help = "Retention deletions written to the room store (one batch each)";
+            counter(&mut e, "store_deletions", deletions_help, r.commits.load(Ordering::Relaxed))?;
+            histogram(&mut e, "store_deletion_seconds", "Time to write one retention deletion", &r.commit_us)?;
             let disk = store.disk();
             let free = disk.free_bytes().map_or(-1, |free| i64::try_from(free).unwrap_or(i64::MAX));
             let free_help = "Free bytes on the store's disk at the last check (-1: unknown, or the check is off)";

@@ -90,6 +90,8 @@ async fn retention_trims_as_the_room_passes_its_bound_and_stays_trimmed_after_a_
     let _ = post(&hub, "r", "bob", 12, 10).await;
     written(&store).await;
     assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (3, 10), "past it: deleted at once");
+    let deletions = store.retention_stats().commits.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(deletions, 1, "by the retention thread (the metric quiver_store_deletions_total)");
     for id in 13..=30 {
         let _ = post(&hub, "r", "bob", id, 10).await;
         // One deletion per room in flight: the next is planned only once this one is written.

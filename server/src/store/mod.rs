@@ -331,6 +331,11 @@ impl Store {
         &self.writer.stats
     }
 
+    /// What the retention thread did so far (its batches: one deletion each).
+    pub fn retention_stats(&self) -> &WriterStats {
+        &self.writer.retention_stats
+    }
+
     /// The durability posts wait for.
     pub fn durability(&self) -> Durability {
         self.durability

@@ -159,9 +159,10 @@ pub(super) struct Handle {
     /// Deletions (retention), written to the OS without a sync of their own: the next post's fsync covers them (one
     /// journal), and one lost in a crash only leaves its messages to the next deletion.
     retention: Worker,
-    /// The writer's counters (the retention thread keeps its own: its commits are not posts' commits); its `failed`
-    /// is every thread's.
+    /// The writer's counters; its `failed` is every thread's.
     pub(super) stats: Arc<WriterStats>,
+    /// The retention thread's (its commits are deletions, not posts).
+    pub(super) retention_stats: Arc<WriterStats>,
 }
 
 /// What the writer keeps between commits when callers commit themselves.
@@ -178,9 +179,9 @@ impl Handle {
             Durability::Os | Durability::Memory => PersistMode::Buffer,
             Durability::Fsync => PersistMode::SyncAll,
         };
-        let stats = Arc::new(WriterStats::default());
+        let (stats, retention_stats) = (Arc::new(WriterStats::default()), Arc::new(WriterStats::default()));
         let retention = {
-            let (keyspaces, failed, counted) = (keyspaces.clone(), stats.clone(), WriterStats::default());
+            let (keyspaces, failed, counted) = (keyspaces.clone(), stats.clone(), retention_stats.clone());
             // Deletions create no rooms: the id counter is the writer's alone.
             // One deletion per batch: fjall holds its journal's lock while a batch is written, and a post's commit
             // must not wait behind many rooms' deletions merged into one.
@@ -190,13 +191,13 @@ impl Handle {
         };
         if mode == PersistMode::Buffer {
             let inline = Inline { keyspaces, next_room_id, failed: None };
-            return Ok(Handle { writer: None, inline: Some(Mutex::new(inline)), retention, stats });
+            return Ok(Handle { writer: None, inline: Some(Mutex::new(inline)), retention, stats, retention_stats });
         }
         let counted = stats.clone();
         let writer = Worker::spawn("quiver-store-writer", move |inbox| {
             run(keyspaces, inbox, mode, Some(next_room_id), MAX_BATCH, &counted, &counted.failed);
         })?;
-        Ok(Handle { writer: Some(writer), inline: None, retention, stats })
+        Ok(Handle { writer: Some(writer), inline: None, retention, stats, retention_stats })
     }
 
     /// Hands `op` over: a deletion to the retention thread, anything else to the writer (or commits it at once).

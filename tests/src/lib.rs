@@ -27,6 +27,12 @@ pub struct TestServer {
     pub websocket: Option<SocketAddr>,
 }
 
+/// The server could not bind its UDP or TCP port because something else holds it.
+fn addr_in_use(err: &quiver_server::ServerError) -> bool {
+    matches!(err, quiver_server::ServerError::Bind(err) | quiver_server::ServerError::WebSocket(_, err)
+        if err.kind() == std::io::ErrorKind::AddrInUse)
+}
+
 impl TestServer {
     pub fn start(limits: Limits) -> TestServer {
         Self::start_at("127.0.0.1:0".parse().unwrap(), tempfile::tempdir().unwrap(), limits)
@@ -51,11 +57,7 @@ impl TestServer {
         for _ in 0..100 {
             match Server::bind(config(data_dir.path(), addr)) {
                 Ok(server) => return Self::run(server, data_dir),
-                Err(quiver_server::ServerError::Bind(err) | quiver_server::ServerError::WebSocket(_, err))
-                    if err.kind() == std::io::ErrorKind::AddrInUse =>
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(err) if addr_in_use(&err) => tokio::time::sleep(Duration::from_millis(50)).await,
                 Err(err) => panic!("{err}"),
             }
         }
@@ -84,9 +86,7 @@ impl TestServer {
             let listen = SocketAddr::new(config.listen.ip(), ports::restartable_port());
             match Server::bind(ServerConfig { listen, ..config.clone() }) {
                 Ok(server) => return Self::run(server, data_dir),
-                // Another test bound the port since it was picked: pick again.
-                Err(quiver_server::ServerError::Bind(err) | quiver_server::ServerError::WebSocket(_, err))
-                    if err.kind() == std::io::ErrorKind::AddrInUse => {}
+                Err(err) if addr_in_use(&err) => {} // another test bound the port since it was picked: pick again
                 Err(err) => panic!("{err}"),
             }
         }

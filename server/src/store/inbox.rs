@@ -18,7 +18,7 @@ pub(super) struct Inbox {
 #[derive(Debug, Default)]
 pub(super) struct Queued {
     pub(super) jobs: Vec<Job>,
-    /// False once the handle is dropped: the thread commits what it has and exits.
+    /// True once the handle is dropped: the thread commits what it has and exits.
     pub(super) closed: bool,
     /// The thread waits for `ready`.
     waiting: bool,

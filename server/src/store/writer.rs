@@ -235,8 +235,9 @@ impl Handle {
         }
         if self.stats.failed.load(Ordering::Relaxed) {
             // The retention thread failed to write: nothing is acknowledged any more either.
-            inline.failed = Some(StoreFailed("a retention deletion failed to write".into()));
-            return Err(StoreFailed("a retention deletion failed to write".into()));
+            let failure = StoreFailed("a retention deletion failed to write".into());
+            inline.failed = Some(failure.clone());
+            return Err(failure);
         }
         let committed =
             commit(&inline.keyspaces, [op], PersistMode::Buffer, Some(&mut inline.next_room_id), &self.stats);

@@ -1,9 +1,9 @@
 //! Loading a room: its record, its retained extent, its last seq and its dedupe window, none of which a post
 //! writes apart from its message. The window is read from the newest messages (each stored event names its sender
-//! and `client_msg_id`), then from the dedupe entries kept for messages that retention deleted while the window
-//! still remembered them.
+//! and `client_msg_id`), then from the dedupe runs kept for messages that retention deleted while the window
+//! still remembered them (then from the single entries older formats kept).
 
-use super::{key, read_err, seq_of, u64_at, Extent, Store, StoreError, StoredRoom};
+use super::{key, read_err, runs, seq_of, u64_at, Extent, Store, StoreError, StoredRoom};
 
 impl Store {
     /// The room named `name` as stored, with its retained extent and the dedupe window remembered at `now_us`
@@ -34,11 +34,13 @@ impl Store {
         }
         // The record is not rewritten with every post (`writer::Record`): the last seq is the newest one stored, as
         // a message, a dedupe entry, or in the record by the deletion that took both away.
-        let dedupe_entries = || self.keyspaces.dedupe.range(key(id, 0)..=key(id, u64::MAX));
-        let newest_dedupe = match dedupe_entries().next_back() {
-            Some(guard) => seq_of(&guard.key().map_err(read_err)?).ok_or_else(|| malformed("dedupe key"))?,
-            None => 0,
-        };
+        let mut newest_dedupe = 0;
+        for keyspace in [&self.keyspaces.dedupe_runs, &self.keyspaces.dedupe] {
+            if let Some(guard) = keyspace.range(key(id, 0)..=key(id, u64::MAX)).next_back() {
+                let seq = seq_of(&guard.key().map_err(read_err)?).ok_or_else(|| malformed("dedupe key"))?;
+                newest_dedupe = newest_dedupe.max(seq);
+            }
+        }
         let last_seq = recorded.max(newest).max(newest_dedupe);
         if last_seq == u64::MAX {
             return Err(StoreError::Read(format!("room {name}: its seqs are exhausted")));
@@ -63,8 +65,24 @@ impl Store {
             dedupe.push((sender.to_string(), client_msg_id, seq, time_us));
         }
         let below = first.map_or(u64::MAX, |(seq, _)| seq);
+        // Runs, newest first; a run's entries are older than every message (their messages were deleted).
+        let mut older = true;
+        'runs: for guard in self.keyspaces.dedupe_runs.range(key(id, 0)..key(id, below)).rev() {
+            let (k, v) = guard.into_inner().map_err(read_err)?;
+            let entries = seq_of(&k).and_then(|last| runs::decode(&v, last)).ok_or_else(|| malformed("dedupe run"))?;
+            for entry in entries.iter().rev() {
+                if dedupe.len() >= max_entries || entry.time_us < oldest_remembered {
+                    older = false;
+                    break 'runs;
+                }
+                let identity = String::from_utf8_lossy(entry.identity).into_owned();
+                dedupe.push((identity, entry.client_msg_id, entry.seq, entry.time_us));
+            }
+        }
+        // Single entries (formats 1 and 2), older than every run.
+        let below = dedupe.last().map_or(below, |entry| entry.2);
         for guard in self.keyspaces.dedupe.range(key(id, 0)..key(id, below)).rev() {
-            if dedupe.len() >= max_entries {
+            if !older || dedupe.len() >= max_entries {
                 break;
             }
             let (k, v) = guard.into_inner().map_err(read_err)?;

@@ -8,7 +8,8 @@
 //! | `meta` | `next_room_id` | u64 |
 //! | `rooms` | room name | room id u64, epoch u64, last seq u64 (as of its creation or last retention deletion) |
 //! | `messages` | room id u64, seq u64 | time µs u64, the event's encoded `RoomFrame::Event` |
-//! | `dedupe` | room id u64, seq u64 | time µs u64, client_msg_id u64, identity (for a message retention deleted while the window remembered it) |
+//! | `dedupe_runs` | room id u64, last seq u64 | the dedupe entries of up to 128 posts whose messages retention deleted while the window remembered them (`runs.rs`) |
+//! | `dedupe` | room id u64, seq u64 | time µs u64, client_msg_id u64, identity: one such entry, as formats 1 and 2 kept them (read, deleted, never written) |
 //!
 //! Writes go through one writer thread (`writer.rs`) that commits whatever arrived while the previous commit ran as
 //! one batch with one fsync (group commit); a post is acknowledged, and delivered, only once its batch is durable.
@@ -18,6 +19,7 @@ mod cold;
 mod disk;
 mod inbox;
 mod load;
+mod runs;
 mod writer;
 
 use std::{
@@ -36,13 +38,15 @@ pub use disk::{Change as DiskChange, DiskFloor};
 pub(crate) use writer::{Append, Op, Record, Remembered};
 pub use writer::{Commit, StoreFailed, WriterStats};
 
-/// What `meta/format` holds in a store this version writes. Version 2: a room's record is no longer rewritten with
-/// every post (its last seq is read from its newest stored message); a version 1 store is read as it is and marked
-/// version 2 when opened, so that an older server refuses it instead of finding messages past the recorded seq.
-pub const FORMAT: &[u8] = b"quiver-store 2";
+/// What `meta/format` holds in a store this version writes. Version 3: the dedupe entries kept for deleted messages
+/// are packed into runs (`dedupe_runs`) instead of one key each. Version 2: a room's record is no longer rewritten
+/// with every post (its last seq is read from its newest stored message). Older stores are read as they are (their
+/// single `dedupe` entries too) and marked version 3 when opened, so that an older server refuses them instead of
+/// missing the runs or finding messages past the recorded seq.
+pub const FORMAT: &[u8] = b"quiver-store 3";
 
-/// The format before [`FORMAT`], opened and upgraded (nothing in it changes but the marker).
-const FORMAT_1: &[u8] = b"quiver-store 1";
+/// The formats before [`FORMAT`], opened and upgraded (nothing in them changes but the marker).
+const OLDER_FORMATS: [&[u8]; 2] = [b"quiver-store 1", b"quiver-store 2"];
 
 /// Bytes of journal kept before memtables are flushed to tables (what a start replays at most).
 const MAX_JOURNALING_BYTES: u64 = 64 << 20;
@@ -198,6 +202,8 @@ pub(crate) struct Keyspaces {
     meta: Keyspace,
     rooms: Keyspace,
     messages: Keyspace,
+    dedupe_runs: Keyspace,
+    /// Single dedupe entries written by formats 1 and 2.
     dedupe: Keyspace,
 }
 
@@ -209,13 +215,16 @@ impl std::fmt::Debug for Keyspaces {
 
 impl Keyspaces {
     fn holds_rooms(&self) -> Result<bool, fjall::Error> {
-        Ok(!self.rooms.is_empty()? || !self.messages.is_empty()? || !self.dedupe.is_empty()?)
+        Ok(!self.rooms.is_empty()?
+            || !self.messages.is_empty()?
+            || !self.dedupe_runs.is_empty()?
+            || !self.dedupe.is_empty()?)
     }
 
     /// The highest room id with messages or dedupe entries.
     fn newest_room_id(&self) -> Result<Option<u64>, fjall::Error> {
         let mut newest = None;
-        for keyspace in [&self.messages, &self.dedupe] {
+        for keyspace in [&self.messages, &self.dedupe_runs, &self.dedupe] {
             if let Some(guard) = keyspace.last_key_value() {
                 let id = u64_at(&guard.key()?, 0);
                 newest = newest.max(id);
@@ -282,15 +291,17 @@ impl Store {
             meta: open("meta")?,
             rooms: open("rooms")?,
             messages: open("messages")?,
+            dedupe_runs: open("dedupe_runs")?,
             dedupe: open("dedupe")?,
             db: db.clone(),
         };
         match keyspaces.meta.get("format").map_err(unreadable)? {
             Some(format) if format.as_ref() == FORMAT => {}
-            Some(format) if format.as_ref() == FORMAT_1 => {
+            Some(format) if OLDER_FORMATS.contains(&format.as_ref()) => {
                 keyspaces.meta.insert("format", FORMAT).map_err(unreadable)?;
                 db.persist(PersistMode::SyncAll).map_err(unreadable)?;
-                tracing::info!(store = %path.display(), "room store upgraded to format 2 (room records per deletion)");
+                let was = String::from_utf8_lossy(&format);
+                tracing::info!(store = %path.display(), %was, "room store upgraded to format 3 (dedupe runs)");
             }
             Some(other) => {
                 let other = String::from_utf8_lossy(&other);

@@ -117,15 +117,57 @@ fn retention_cuts_by_count_bytes_and_age_and_deletes_in_the_background() {
 }
 
 #[test]
-fn a_format_1_store_is_read_and_marked_format_2() {
+fn older_format_stores_are_read_and_marked_format_3() {
+    for older in OLDER_FORMATS {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+        filled(&store, 3);
+        store.keyspaces.meta.insert("format", older).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+        assert_eq!(store.keyspaces.meta.get("format").unwrap().as_deref(), Some(FORMAT));
+        assert_eq!(store.load_room("r", 3, u64::MAX, 100).unwrap().unwrap().last_seq, 3);
+    }
+}
+
+#[test]
+fn kept_entries_are_packed_in_runs_read_after_older_single_entries_and_deleted_a_run_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), Durability::Fsync).unwrap();
-    filled(&store, 3);
-    store.keyspaces.meta.insert("format", FORMAT_1).unwrap();
-    drop(store);
-    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
-    assert_eq!(store.keyspaces.meta.get("format").unwrap().as_deref(), Some(FORMAT));
-    assert_eq!(store.load_room("r", 3, u64::MAX, 100).unwrap().unwrap().last_seq, 3);
+    let id = filled(&store, 400);
+    let kept = |seq| Remembered { seq, time_us: seq, client_msg_id: 100 + seq, identity: "ann".into() };
+    // A store of format 2 kept the entries of 1..=9 one per key.
+    for seq in 1..10u64 {
+        let value = [&seq.to_be_bytes()[..], &(100 + seq).to_be_bytes(), b"ann"].concat();
+        store.keyspaces.dedupe.insert(key(id, seq), value).unwrap();
+    }
+    let room = Record { name: "r".into(), epoch: 7, last_seq: 400 };
+    let keep: Vec<_> = (10..310).map(kept).collect();
+    let _ = store.submit(Op::TrimMessages { id, from: 1, before: 310, room: room.clone(), keep });
+    block_on(store.retention_barrier().wait()).unwrap();
+    let run_keys = || {
+        let keys = store.keyspaces.dedupe_runs.range(key(id, 0)..=key(id, u64::MAX));
+        keys.map(|guard| seq_of(&guard.key().unwrap()).unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(run_keys(), [137, 265, 309], "300 entries, 128 to a run, keyed by their last seq");
+    let entries = store.keyspaces.messages.range(key(id, 0)..=key(id, u64::MAX));
+    assert_eq!(entries.count(), 91, "messages 310..=400 left");
+    let seqs = |max| {
+        let room = store.load_room("r", 400, u64::MAX, max).unwrap().unwrap();
+        for (identity, client_msg_id, seq, time_us) in &room.dedupe {
+            assert_eq!((identity.as_str(), *client_msg_id, *time_us), ("ann", 100 + seq, *seq));
+        }
+        room.dedupe.iter().map(|e| e.2).collect::<Vec<_>>()
+    };
+    assert_eq!(seqs(1000), (1..=400).collect::<Vec<_>>(), "single entries, runs, then messages");
+    assert_eq!(seqs(200), (201..=400).collect::<Vec<_>>(), "cut inside a run");
+    assert_eq!(seqs(395), (6..=400).collect::<Vec<_>>(), "cut among the single entries");
+    // The window moved past 200: the single entries and the first run go, the run holding 200 stays whole.
+    let _ = store.submit(Op::TrimDedupe { id, from: 0, before: 201, room });
+    block_on(store.retention_barrier().wait()).unwrap();
+    assert_eq!(run_keys(), [265, 309]);
+    assert!(store.keyspaces.dedupe.is_empty().unwrap());
+    assert_eq!(seqs(1000), (138..=400).collect::<Vec<_>>());
 }
 
 #[test]
@@ -160,6 +202,7 @@ fn a_post_writes_only_its_message_and_the_window_comes_from_messages_then_kept_e
     let store = Store::open(dir.path(), Durability::Fsync).unwrap();
     let id = filled(&store, 10);
     assert!(store.keyspaces.dedupe.is_empty().unwrap(), "no dedupe entry per post");
+    assert!(store.keyspaces.dedupe_runs.is_empty().unwrap(), "no dedupe entry per post");
     let kept = |seq| Remembered { seq, time_us: seq, client_msg_id: 100 + seq, identity: "ann".into() };
     let room = Record { name: "r".into(), epoch: 7, last_seq: 10 };
     let _ = store.submit(Op::TrimMessages { id, from: 1, before: 5, room, keep: vec![kept(3), kept(4)] });

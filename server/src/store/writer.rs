@@ -24,11 +24,14 @@ use tokio::sync::oneshot;
 
 use super::{
     inbox::{Inbox, Worker},
-    key, Durability, Keyspaces,
+    key, runs, Durability, Keyspaces,
 };
 
 /// Operations per batch at most (what is left waits for the next batch).
 const MAX_BATCH: usize = 4096;
+
+/// A message deletion of at most this many seqs writes their tombstones without reading the keys first.
+const BLIND_SPAN: u64 = 1 << 20;
 
 /// A message to store.
 #[derive(Debug)]
@@ -81,9 +84,11 @@ pub(crate) enum Op {
     /// Deletes a room's messages with a seq in `from..before` (retention). Starting where the last deletion
     /// ended keeps each deletion from walking over the tombstones of the ones before. `room` is written with it:
     /// the room's last seq is read from its newest message, and one deleted must be remembered in the record.
-    /// `keep`: the deleted posts the dedupe window still remembers, stored as dedupe entries.
+    /// `keep`: the deleted posts the dedupe window still remembers (seq ascending), stored as dedupe runs
+    /// (`runs.rs`).
     TrimMessages { id: u64, from: u64, before: u64, room: Record, keep: Vec<Remembered> },
-    /// Deletes a room's dedupe entries with a seq in `from..before` (the window moved on), writing `room`.
+    /// Deletes a room's dedupe runs whose last seq is in `from..before` (the window moved on past all of their
+    /// entries), writing `room`.
     TrimDedupe { id: u64, from: u64, before: u64, room: Record },
     /// Writes nothing: completes once everything handed over before it is stored.
     Barrier,
@@ -382,17 +387,25 @@ fn commit<'a>(
                 // The record must cover every seq the deletion takes away (the last seq is read from the newest
                 // stored message, which this may delete).
                 debug_assert!(room.last_seq.saturating_add(1) >= *before, "{room:?} below {before}");
-                for kept in keep {
-                    let mut dedupe = Vec::with_capacity(16 + kept.identity.len());
-                    dedupe.extend_from_slice(&kept.time_us.to_be_bytes());
-                    dedupe.extend_from_slice(&kept.client_msg_id.to_be_bytes());
-                    dedupe.extend_from_slice(kept.identity.as_bytes());
-                    batch.insert(&ks.dedupe, key(*id, kept.seq), dedupe);
+                for run in keep.chunks(runs::RUN_ENTRIES) {
+                    let Some(last) = run.last() else { continue };
+                    batch.insert(&ks.dedupe_runs, key(*id, last.seq), runs::encode(run));
+                    writes += 1;
                 }
-                writes += keep.len() + remove(&mut batch, &ks.messages, *id, *from, *before);
+                // The plan read every seq in the range (seqs are contiguous): their keys are known without a
+                // second read. A range wider than any plan reads (a damaged plan) is read instead.
+                writes += match before.saturating_sub(*from) {
+                    span if span <= BLIND_SPAN => {
+                        (*from..*before).for_each(|seq| batch.remove(&ks.messages, key(*id, seq)));
+                        span as usize
+                    }
+                    _ => remove(&mut batch, &ks.messages, *id, *from, *before),
+                };
                 note(&mut rooms, *id, room);
             }
             Op::TrimDedupe { id, from, before, room } => {
+                writes += remove(&mut batch, &ks.dedupe_runs, *id, *from, *before);
+                // Entries a store of format 1 or 2 kept one per post.
                 writes += remove(&mut batch, &ks.dedupe, *id, *from, *before);
                 note(&mut rooms, *id, room);
             }

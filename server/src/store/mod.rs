@@ -18,6 +18,7 @@
 mod cold;
 mod disk;
 mod inbox;
+mod journal;
 mod load;
 mod runs;
 mod writer;
@@ -194,6 +195,8 @@ pub struct Store {
     writer: writer::Handle,
     durability: Durability,
     disk: DiskFloor,
+    /// `os` durability: the journal's background sync (`journal.rs`).
+    _journal_sync: Option<journal::JournalSync>,
 }
 
 #[derive(Clone)]
@@ -329,7 +332,15 @@ impl Store {
         let writer = writer::Handle::start(keyspaces.clone(), durability, next_room_id)
             .map_err(|err| StoreError::Open { path: path.clone(), detail: err.to_string() })?;
         let next_room_id = AtomicU64::new(next_room_id);
-        Ok(Arc::new(Store { path, keyspaces, next_room_id, writer, durability, disk: DiskFloor::default() }))
+        let journal_sync = match durability {
+            Durability::Os => Some(
+                journal::JournalSync::spawn(path.clone())
+                    .map_err(|err| StoreError::Open { path: path.clone(), detail: err.to_string() })?,
+            ),
+            Durability::Fsync | Durability::Memory => None,
+        };
+        let disk = DiskFloor::default();
+        Ok(Arc::new(Store { path, keyspaces, next_room_id, writer, durability, disk, _journal_sync: journal_sync }))
     }
 
     /// The store's directory.

@@ -323,6 +323,37 @@ async fn a_post_whose_commit_nobody_waits_for_is_still_delivered_once_stored() {
     assert_eq!(hub.history("r", None, 10, usize::MAX, 20).await.unwrap().messages.len(), 1);
 }
 
+#[tokio::test]
+async fn posts_whose_messages_were_deleted_are_recognised_after_a_restart_from_their_packed_runs() {
+    // Deletions of about 250 messages (an eighth of 2,000) keep their dedupe entries in runs of 128; the window's
+    // count bound (2,500) falls inside a run.
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_messages: 2_000, dedupe_max_entries: 2_500, ..Limits::default() };
+    let open_os =
+        || LocalRooms::durable(limits.clone(), Budget::default(), Store::open(dir.path(), Durability::Os).unwrap());
+    let hub = open_os();
+    for id in 1..=3_000 {
+        let who = if id % 2 == 0 { "ann" } else { "bob" };
+        assert_eq!(post(&hub, "r", who, id, 10).await.0.seq, id);
+    }
+    written(hub.store().unwrap()).await;
+    let stored = hub.store().unwrap().load_room("r", 10, u64::MAX, usize::MAX).unwrap().unwrap();
+    assert!(stored.first_seq > 600, "two deletions or more: first seq {}", stored.first_seq);
+    let window: Vec<u64> = stored.dedupe.iter().map(|e| e.2).collect();
+    assert_eq!(window, (1..=3_000).collect::<Vec<_>>(), "every post, in order, once: runs then messages");
+    hub.sweep(11).await;
+    written(hub.store().unwrap()).await;
+    drop(hub);
+    let hub = open_os();
+    for id in [501, 511, 638, 639, 1_000, 2_999] {
+        let who = if id % 2 == 0 { "ann" } else { "bob" };
+        let (retry, delivery) = post(&hub, "r", who, id, 12).await;
+        assert_eq!((retry, delivery.len()), (Posted { seq: id, duplicate: true }, 0), "post {id}");
+    }
+    // Past the window's 2,500 newest: a new post.
+    assert_eq!(post(&hub, "r", "bob", 499, 12).await.0, Posted { seq: 3_001, duplicate: false });
+}
+
 /// Stops `hub`'s store writer (every commit after this waits) until the returned sender says go.
 fn hold_the_writer(hub: &LocalRooms) -> std::sync::mpsc::Sender<()> {
     let (go, wait) = std::sync::mpsc::channel();

@@ -79,7 +79,9 @@ fn sync_newest(dir: &Path, open: &mut Option<(u64, File)>) -> std::io::Result<()
     let Some(newest) = newest_journal(dir)? else { return Ok(()) };
     if open.as_ref().is_none_or(|(id, _)| *id != newest) {
         *open = None;
-        *open = Some((newest, File::open(dir.join(format!("{newest}.jnl")))?));
+        // Opened for appending, never written: some systems sync only writable descriptors (Linux syncs any).
+        let file = std::fs::OpenOptions::new().append(true).open(dir.join(format!("{newest}.jnl")))?;
+        *open = Some((newest, file));
     }
     match open {
         Some((_, file)) => file.sync_data(),

@@ -28,6 +28,9 @@ pub(super) struct Entry<'a> {
 
 /// Encodes `entries` (seq ascending, at most [`RUN_ENTRIES`]) as one run's value.
 pub(super) fn encode(entries: &[Remembered]) -> Vec<u8> {
+    // `decode` refuses anything else, and a room whose run cannot be read cannot be loaded.
+    debug_assert!(!entries.is_empty() && entries.len() <= RUN_ENTRIES, "{} entries", entries.len());
+    debug_assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq), "seqs must ascend");
     let len = entries.iter().map(|e| HEAD + e.identity.len()).sum();
     let mut value = Vec::with_capacity(len);
     for e in entries {
@@ -93,7 +96,7 @@ mod tests {
         for cut in 1..value.len() {
             assert!(decode(&value[..cut], 4).is_none(), "cut at {cut}");
         }
-        let backwards = encode(&[kept(4, "ann"), kept(3, "bob")]);
+        let backwards = [encode(&[kept(4, "ann")]), encode(&[kept(3, "bob")])].concat();
         assert!(decode(&backwards, 3).is_none(), "seqs must ascend");
         let mut huge = encode(&[kept(5, "ann")]);
         huge[24..28].copy_from_slice(&u32::MAX.to_be_bytes());

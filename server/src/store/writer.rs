@@ -393,7 +393,7 @@ fn commit<'a>(
                     writes += 1;
                 }
                 // The plan read every seq in the range (seqs are contiguous): their keys are known without a
-                // second read. A range wider than any plan reads (a damaged plan) is read instead.
+                // second read. A range over `BLIND_SPAN` (an age deletion of a huge history) is read instead.
                 writes += match before.saturating_sub(*from) {
                     span if span <= BLIND_SPAN => {
                         (*from..*before).for_each(|seq| batch.remove(&ks.messages, key(*id, seq)));

@@ -12,7 +12,7 @@
 //! logged, and fjall's own sync reports it too.
 
 use std::{
-    fs::File,
+    fs::{File, OpenOptions},
     path::{Path, PathBuf},
     sync::{Arc, Condvar, Mutex},
     thread::JoinHandle,
@@ -77,16 +77,16 @@ fn run(dir: &Path, stop: &(Mutex<bool>, Condvar)) {
 /// Syncs the newest journal file, opening it when it changed since the last time.
 fn sync_newest(dir: &Path, open: &mut Option<(u64, File)>) -> std::io::Result<()> {
     let Some(newest) = newest_journal(dir)? else { return Ok(()) };
-    if open.as_ref().is_none_or(|(id, _)| *id != newest) {
-        *open = None;
-        // Opened for appending, never written: some systems sync only writable descriptors (Linux syncs any).
-        let file = std::fs::OpenOptions::new().append(true).open(dir.join(format!("{newest}.jnl")))?;
-        *open = Some((newest, file));
-    }
-    match open {
-        Some((_, file)) => file.sync_data(),
-        None => Ok(()),
-    }
+    let file = match open {
+        Some((id, file)) if *id == newest => file,
+        _ => {
+            *open = None; // the old journal's descriptor is closed before the new one is opened
+                          // Opened for appending, never written: some systems sync only writable descriptors (Linux syncs any).
+            let file = OpenOptions::new().append(true).open(dir.join(format!("{newest}.jnl")))?;
+            &open.insert((newest, file)).1
+        }
+    };
+    file.sync_data()
 }
 
 /// The id of the newest journal (`N.jnl`) in `dir`.

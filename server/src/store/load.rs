@@ -66,23 +66,22 @@ impl Store {
         }
         let below = first.map_or(u64::MAX, |(seq, _)| seq);
         // Runs, newest first; a run's entries are older than every message (their messages were deleted).
-        let mut older = true;
         'runs: for guard in self.keyspaces.dedupe_runs.range(key(id, 0)..key(id, below)).rev() {
             let (k, v) = guard.into_inner().map_err(read_err)?;
             let entries = seq_of(&k).and_then(|last| runs::decode(&v, last)).ok_or_else(|| malformed("dedupe run"))?;
             for entry in entries.iter().rev() {
                 if dedupe.len() >= max_entries || entry.time_us < oldest_remembered {
-                    older = false;
                     break 'runs;
                 }
                 let identity = String::from_utf8_lossy(entry.identity).into_owned();
                 dedupe.push((identity, entry.client_msg_id, entry.seq, entry.time_us));
             }
         }
-        // Single entries (formats 1 and 2), older than every run.
+        // Single entries (formats 1 and 2), older than every run: where the runs stopped for age or count, these
+        // stop at their first.
         let below = dedupe.last().map_or(below, |entry| entry.2);
         for guard in self.keyspaces.dedupe.range(key(id, 0)..key(id, below)).rev() {
-            if !older || dedupe.len() >= max_entries {
+            if dedupe.len() >= max_entries {
                 break;
             }
             let (k, v) = guard.into_inner().map_err(read_err)?;

@@ -92,6 +92,42 @@ impl Claims {
     }
 }
 
+/// What a server keeps of a token for as long as the connection lasts: its expiry and its rights, each pattern
+/// with its rights in one boxed slice. [`Claims`] holds them in two `BTreeMap`s of `String` → `Vec`, whose leaves
+/// have room for eleven entries: about 1 KB per connection for a dev token's two patterns, where this is about
+/// 100 bytes (docs/benchmarks.md, "10,000 idle connections").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    rooms: Patterns<RoomRight>,
+    channels: Patterns<ChannelRight>,
+}
+
+/// Patterns, each with its rights.
+type Patterns<R> = Box<[(Box<str>, Box<[R]>)]>;
+
+impl Grant {
+    /// True if some room pattern matching `room` grants `right` (as [`Claims::may_room`]).
+    pub fn may_room(&self, room: &str, right: RoomRight) -> bool {
+        self.rooms.iter().any(|(pattern, rights)| rights.contains(&right) && pattern_matches(pattern, room))
+    }
+
+    /// True if some channel pattern matching `channel` grants `right` (as [`Claims::may_channel`]).
+    pub fn may_channel(&self, channel: &str, right: ChannelRight) -> bool {
+        self.channels.iter().any(|(pattern, rights)| rights.contains(&right) && pattern_matches(pattern, channel))
+    }
+}
+
+impl From<Claims> for Grant {
+    fn from(claims: Claims) -> Grant {
+        fn compact<R>(rights: BTreeMap<String, Vec<R>>) -> Patterns<R> {
+            rights.into_iter().map(|(pattern, rights)| (pattern.into_boxed_str(), rights.into_boxed_slice())).collect()
+        }
+        Grant { exp: claims.exp, rooms: compact(claims.rooms), channels: compact(claims.channels) }
+    }
+}
+
 /// Why a subject cannot be an identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -365,6 +401,24 @@ mod tests {
         assert!(c.may_channel("prices.eu", ChannelRight::Subscribe));
         assert!(!c.may_channel("prices.eu", ChannelRight::Publish));
         assert!(!c.may_channel("news", ChannelRight::Subscribe));
+    }
+
+    #[test]
+    fn a_grant_answers_as_its_claims_do() {
+        let mut claims = claims();
+        claims.rooms.insert("**".into(), vec![RoomRight::Join]);
+        for claims in [claims.clone(), Claims::everything("a", NOW, 60), Claims { rooms: BTreeMap::new(), ..claims }] {
+            let grant = Grant::from(claims.clone());
+            assert_eq!(grant.exp, claims.exp);
+            for name in ["lobby", "game.7", "game.7.x", "prices", "prices.eu", "prices.eu.x", "news", ""] {
+                for right in [RoomRight::Join, RoomRight::Post] {
+                    assert_eq!(grant.may_room(name, right), claims.may_room(name, right), "{name} {right:?}");
+                }
+                for right in [ChannelRight::Subscribe, ChannelRight::Publish] {
+                    assert_eq!(grant.may_channel(name, right), claims.may_channel(name, right), "{name} {right:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use quiver_proto::{
     ErrorCode, Failure, Hello, Join, Limits, Post, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION,
 };
 
-use crate::auth::{Auth, ChannelRight, Claims, RoomRight};
+use crate::auth::{Auth, ChannelRight, Grant, RoomRight};
 
 /// What the connection must do after a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,10 +83,10 @@ pub enum RoomRequest {
 #[derive(Debug)]
 enum State {
     AwaitingHello,
-    /// Admitted; `claims` is `None` on an anonymous server (everything allowed).
+    /// Admitted; `grant` is `None` on an anonymous server (everything allowed).
     Open {
         identity: String,
-        claims: Option<Claims>,
+        grant: Option<Grant>,
     },
 }
 
@@ -116,29 +116,29 @@ impl ControlSession {
     /// When the client's token expires (µs since the Unix epoch); the session ends then.
     pub fn expires_us(&self) -> Option<u64> {
         match &self.state {
-            State::Open { claims: Some(claims), .. } => Some(claims.exp.saturating_mul(1_000_000)),
+            State::Open { grant: Some(grant), .. } => Some(grant.exp.saturating_mul(1_000_000)),
             _ => None,
         }
     }
 
     /// Checks a request against the token's grants.
     fn permitted(&self, body: &RequestBody) -> Result<(), Failure> {
-        let State::Open { claims: Some(claims), identity } = &self.state else { return Ok(()) };
+        let State::Open { grant: Some(grant), identity } = &self.state else { return Ok(()) };
         let (allowed, what) = match body {
             RequestBody::Join(join) => {
-                (claims.may_room(&join.room, RoomRight::Join), format!("join room {}", join.room))
+                (grant.may_room(&join.room, RoomRight::Join), format!("join room {}", join.room))
             }
             RequestBody::History { room, .. } => {
-                (claims.may_room(room, RoomRight::Join), format!("read the history of room {room}"))
+                (grant.may_room(room, RoomRight::Join), format!("read the history of room {room}"))
             }
             RequestBody::Post(post) => {
-                (claims.may_room(&post.room, RoomRight::Post), format!("post to room {}", post.room))
+                (grant.may_room(&post.room, RoomRight::Post), format!("post to room {}", post.room))
             }
             RequestBody::Subscribe { channel } => {
-                (claims.may_channel(channel, ChannelRight::Subscribe), format!("subscribe to channel {channel}"))
+                (grant.may_channel(channel, ChannelRight::Subscribe), format!("subscribe to channel {channel}"))
             }
             RequestBody::Publish { channel, .. } => {
-                (claims.may_channel(channel, ChannelRight::Publish), format!("publish on channel {channel}"))
+                (grant.may_channel(channel, ChannelRight::Publish), format!("publish on channel {channel}"))
             }
             _ => (true, String::new()),
         };
@@ -254,7 +254,7 @@ impl ControlSession {
             }
             (None, None) => format!("anon-{:016x}", self.session_id),
         };
-        self.state = State::Open { identity: identity.clone(), claims };
+        self.state = State::Open { identity: identity.clone(), grant: claims.map(Grant::from) };
         Ok(Welcome {
             version: PROTOCOL_VERSION,
             session_id: self.session_id,

@@ -1,0 +1,179 @@
+//! Tokens, patterns and grants, without IO.
+
+use super::*;
+
+const NOW: u64 = 1_800_000_000;
+
+fn hs_auth(secret: &[u8]) -> Auth {
+    Auth::Tokens(vec![(Algorithm::HS256, DecodingKey::from_secret(secret))])
+}
+
+fn claims() -> Claims {
+    Claims {
+        sub: "alice".into(),
+        exp: NOW + 60,
+        nbf: None,
+        rooms: BTreeMap::from([("lobby".into(), vec![RoomRight::Join]), ("game.*".into(), vec![RoomRight::Post])]),
+        channels: BTreeMap::from([("prices.**".into(), vec![ChannelRight::Subscribe])]),
+    }
+}
+
+#[test]
+fn patterns_match_per_segment() {
+    assert!(pattern_matches("lobby", "lobby"));
+    assert!(!pattern_matches("lobby", "lobby.x"));
+    assert!(pattern_matches("game.*", "game.1"));
+    assert!(!pattern_matches("game.*", "game.1.2"));
+    assert!(!pattern_matches("game.*", "game"));
+    assert!(pattern_matches("prices.**", "prices.eu.btc"));
+    assert!(!pattern_matches("prices.**", "prices"));
+    assert!(pattern_matches("**", "anything.at.all"));
+    assert!(pattern_matches("*.x", "a.x"));
+    assert!(!pattern_matches("a.**.b", "a.x.b"), "** only at the end");
+}
+
+#[test]
+fn grants_are_checked_per_right() {
+    let c = claims();
+    assert!(c.may_room("lobby", RoomRight::Join));
+    assert!(!c.may_room("lobby", RoomRight::Post));
+    assert!(c.may_room("game.7", RoomRight::Post));
+    assert!(c.may_channel("prices.eu", ChannelRight::Subscribe));
+    assert!(!c.may_channel("prices.eu", ChannelRight::Publish));
+    assert!(!c.may_channel("news", ChannelRight::Subscribe));
+}
+
+#[test]
+fn a_grant_answers_as_its_claims_do() {
+    let mut wider = claims();
+    wider.rooms.insert("**".into(), vec![RoomRight::Join]);
+    let none = Claims { rooms: BTreeMap::new(), ..claims() };
+    for claims in [claims(), wider, Claims::everything("a", NOW, 60), none] {
+        let grant = Grant::from(claims.clone());
+        assert_eq!(grant.exp, claims.exp);
+        for name in ["lobby", "game.7", "game.7.x", "prices", "prices.eu", "prices.eu.x", "news", ""] {
+            for right in [RoomRight::Join, RoomRight::Post] {
+                assert_eq!(grant.may_room(name, right), claims.may_room(name, right), "{name} {right:?}");
+            }
+            for right in [ChannelRight::Subscribe, ChannelRight::Publish] {
+                assert_eq!(grant.may_channel(name, right), claims.may_channel(name, right), "{name} {right:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn valid_tokens_pass_and_every_failure_has_its_code() {
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let auth = hs_auth(secret);
+    let token = mint_hs256(&claims(), secret).unwrap();
+    assert_eq!(auth.verify(Some(&token), NOW).unwrap(), Some(claims()));
+    let code = |token: Option<&str>, now| auth.verify(token, now).unwrap_err().code;
+    assert_eq!(code(None, NOW), ErrorCode::TokenRequired);
+    assert_eq!(code(Some("not a token"), NOW), ErrorCode::TokenMalformed);
+    assert_eq!(code(Some("a.b.c"), NOW), ErrorCode::TokenMalformed);
+    assert_eq!(code(Some(&token), NOW + 60), ErrorCode::TokenExpired);
+    let other = mint_hs256(&claims(), b"another secret, 32 bytes long!!!").unwrap();
+    assert_eq!(code(Some(&other), NOW), ErrorCode::TokenInvalid);
+    let later = Claims { nbf: Some(NOW + 10), ..claims() };
+    assert_eq!(code(Some(&mint_hs256(&later, secret).unwrap()), NOW), ErrorCode::TokenNotYetValid);
+    // A token whose signature part was altered.
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert!(matches!(code(Some(&tampered), NOW), ErrorCode::TokenInvalid | ErrorCode::TokenMalformed));
+    assert_eq!(Auth::Anonymous.verify(None, NOW).unwrap(), None);
+}
+
+#[test]
+fn ed25519_tokens_verify_with_the_public_key() {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let token = mint_ed25519(&claims(), pair.serialize_pem().as_bytes()).unwrap();
+    let auth = Auth::from_config(
+        &AuthConfig::Keys(vec![TokenKey::Ed25519Pem(pair.public_key_pem().into_bytes())]),
+        Path::new("/nonexistent"),
+    )
+    .unwrap();
+    assert_eq!(auth.verify(Some(&token), NOW).unwrap().unwrap().sub, "alice");
+    // An HS256 token is refused by an EdDSA-only server: algorithm confusion is not possible.
+    let hs = mint_hs256(&claims(), b"0123456789abcdef0123456789abcdef").unwrap();
+    assert_eq!(auth.verify(Some(&hs), NOW).unwrap_err().code, ErrorCode::TokenInvalid);
+}
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+/// `header` and `claims()` encoded, with `signature` as the third part.
+fn with_header(header: &str, signature: &str) -> String {
+    let payload = serde_json::to_vec(&claims()).unwrap();
+    format!("{}.{}.{signature}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload))
+}
+
+#[test]
+fn algorithms_the_server_refuses_are_invalid_not_malformed() {
+    let auth = hs_auth(SECRET);
+    let unsigned = with_header(r#"{"alg":"none","typ":"JWT"}"#, "");
+    assert_eq!(auth.verify(Some(&unsigned), NOW).unwrap_err().code, ErrorCode::TokenInvalid);
+    // Names jsonwebtoken knows but this server has no key for, and names nobody knows.
+    for alg in ["none", "None", "HS512", "RS256", "ES256", "EdDSA", "XY999", ""] {
+        let token = with_header(&format!(r#"{{"alg":"{alg}"}}"#), "c2lnbmF0dXJl");
+        let failure = auth.verify(Some(&token), NOW).unwrap_err();
+        assert_eq!(failure.code, ErrorCode::TokenInvalid, "{alg}: {failure:?}");
+        assert!(failure.message.contains("not accepted here"), "{failure:?}");
+    }
+}
+
+#[test]
+fn tokens_that_are_not_jwts_are_malformed() {
+    let auth = hs_auth(SECRET);
+    let no_exp = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({"sub": "alice"}),
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap();
+    for token in [
+        "",
+        "not a token",
+        "a.b",
+        "a.b.c",
+        "a.b.c.d",
+        &with_header("{}", "x"),
+        &with_header(r#"{"alg":5}"#, "x"),
+        &with_header(r#"{"typ":"JWT"}"#, "x"),
+        &with_header("not json", "x"),
+        &format!("!!!.{}", with_header(r#"{"alg":"HS256"}"#, "x").split_once('.').unwrap().1),
+        &no_exp,
+    ] {
+        let failure = auth.verify(Some(token), NOW).unwrap_err();
+        assert_eq!(failure.code, ErrorCode::TokenMalformed, "{token:?}: {failure:?}");
+    }
+}
+
+#[test]
+fn subjects_are_limited_to_max_identity_bytes() {
+    let max = Limits::MAX_IDENTITY as usize;
+    let auth = hs_auth(SECRET);
+    let at_limit = Claims { sub: "x".repeat(max), ..claims() };
+    assert!(auth.verify(Some(&mint_hs256(&at_limit, SECRET).unwrap()), NOW).is_ok());
+    let over = Claims { sub: "x".repeat(max + 1), ..claims() };
+    let err = mint_hs256(&over, SECRET).unwrap_err();
+    assert!(matches!(err, MintError::Subject(SubjectError::TooLong { len: 129, max: 128 })), "{err:?}");
+    assert!(err.to_string().contains("at most 128 bytes"), "{err}");
+    // Minted by something else: refused at Hello.
+    let elsewhere =
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &over, &EncodingKey::from_secret(SECRET)).unwrap();
+    let failure = auth.verify(Some(&elsewhere), NOW).unwrap_err();
+    assert_eq!(failure.code, ErrorCode::TokenMalformed);
+    assert!(failure.message.contains("at most 128 bytes"), "{failure:?}");
+    assert_eq!(check_subject(""), Err(SubjectError::Empty));
+    assert_eq!(check_subject("a\nb"), Err(SubjectError::Control));
+}
+
+#[test]
+fn dev_tokens_need_the_dev_key_and_verify_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(mint_dev(dir.path(), &claims()), Err(MintError::Key(AuthError::Io { .. }))));
+    let auth = Auth::from_config(&AuthConfig::DevKey, dir.path()).unwrap();
+    let token = mint_dev(dir.path(), &claims()).unwrap();
+    assert!(auth.verify(Some(&token), NOW).is_ok());
+}

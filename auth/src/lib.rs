@@ -83,12 +83,12 @@ impl Claims {
 
     /// True if some room pattern matching `room` grants `right`.
     pub fn may_room(&self, room: &str, right: RoomRight) -> bool {
-        self.rooms.iter().any(|(pattern, rights)| rights.contains(&right) && pattern_matches(pattern, room))
+        grants(self.rooms.iter().map(|(pattern, rights)| (pattern.as_str(), rights.as_slice())), room, right)
     }
 
     /// True if some channel pattern matching `channel` grants `right`.
     pub fn may_channel(&self, channel: &str, right: ChannelRight) -> bool {
-        self.channels.iter().any(|(pattern, rights)| rights.contains(&right) && pattern_matches(pattern, channel))
+        grants(self.channels.iter().map(|(pattern, rights)| (pattern.as_str(), rights.as_slice())), channel, right)
     }
 }
 
@@ -110,13 +110,18 @@ type Patterns<R> = Box<[(Box<str>, Box<[R]>)]>;
 impl Grant {
     /// True if some room pattern matching `room` grants `right` (as [`Claims::may_room`]).
     pub fn may_room(&self, room: &str, right: RoomRight) -> bool {
-        self.rooms.iter().any(|(pattern, rights)| rights.contains(&right) && pattern_matches(pattern, room))
+        grants(self.rooms.iter().map(|(pattern, rights)| (&**pattern, &**rights)), room, right)
     }
 
     /// True if some channel pattern matching `channel` grants `right` (as [`Claims::may_channel`]).
     pub fn may_channel(&self, channel: &str, right: ChannelRight) -> bool {
-        self.channels.iter().any(|(pattern, rights)| rights.contains(&right) && pattern_matches(pattern, channel))
+        grants(self.channels.iter().map(|(pattern, rights)| (&**pattern, &**rights)), channel, right)
     }
+}
+
+/// True if some pattern matching `name` lists `right`: [`Claims`] and [`Grant`] answer alike.
+fn grants<'a, R: PartialEq + 'a>(mut patterns: impl Iterator<Item = (&'a str, &'a [R])>, name: &str, right: R) -> bool {
+    patterns.any(|(pattern, rights)| rights.contains(&right) && pattern_matches(pattern, name))
 }
 
 impl From<Claims> for Grant {

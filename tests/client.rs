@@ -141,3 +141,89 @@ async fn posts_beyond_max_queued_posts_fail_at_once_and_the_bound_frees_as_posts
     client.close().await;
     server.stop().await;
 }
+
+/// A server that answers each connection's Hello with a Welcome, then finishes the control stream and leaves the
+/// connection open: what a graceful close looks like until the server's close arrives, and, here, forever. Counts
+/// the connections it accepted.
+async fn finishing_after_welcome(endpoint: quinn::Endpoint, accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use quiver_proto::{FrameCodec, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
+    while let Some(incoming) = endpoint.accept().await {
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+            let codec = FrameCodec::new(Limits::default().max_frame as usize);
+            let mut inbound = bytes::BytesMut::new();
+            let req_id = loop {
+                match codec.decode::<Request>(&mut inbound).unwrap() {
+                    Some(Request { req_id, body: RequestBody::Hello(_) }) => break req_id,
+                    Some(other) => panic!("expected a Hello first: {other:?}"),
+                    None => match recv.read_chunk(usize::MAX, true).await {
+                        Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
+                        _ => return,
+                    },
+                }
+            };
+            let welcome = Welcome {
+                version: PROTOCOL_VERSION,
+                session_id: 1,
+                server_time_us: 0,
+                identity: "finisher".into(),
+                limits: Limits::default(),
+            };
+            let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Welcome(welcome)) };
+            send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+            send.finish().unwrap();
+            conn.closed().await;
+        });
+    }
+}
+
+/// This thread's CPU time so far (Linux: `/proc/thread-self/schedstat`), `None` elsewhere.
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(Duration::from_nanos(stat.split_whitespace().next()?.parse().ok()?))
+}
+
+/// A connection whose control stream ended can take no request: the client neither spins on it (on a current-thread
+/// runtime that would starve the very close it waits for) nor keeps it when no close comes, but moves on to a new
+/// connection, its post still queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_on_a_connection_whose_control_stream_ended_waits_without_spinning_and_the_client_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
+    let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
+    let tuning = quiver_transport::TransportTuning::default();
+    let config =
+        quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(finishing_after_welcome(endpoint, accepted.clone()));
+
+    // The client on a runtime of one thread of its own: a spin there blocks its timers too, so the test sees it as
+    // this thread never answering.
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await;
+            let client = client.unwrap();
+            let post = client.post("room", "never acknowledged");
+            let (cpu, started) = (thread_cpu(), std::time::Instant::now());
+            let waited = tokio::time::timeout(quiver_client::CONTROL_GONE_GRACE * 3, post).await;
+            let busy = thread_cpu().zip(cpu).map(|(after, before)| (after - before).as_secs_f64());
+            done.send((waited.is_err(), busy.map(|busy| busy / started.elapsed().as_secs_f64()))).unwrap();
+        });
+    });
+    let (timed_out, busy) = finished.recv_timeout(Duration::from_secs(30)).expect("the client's runtime stays free");
+    assert!(timed_out, "nothing can acknowledge the post");
+    // A loop retrying the post on the dead connection kept the thread on the CPU the whole time.
+    assert!(busy.is_none_or(|busy| busy < 0.5), "the client's thread was busy {busy:?} of the time while it waited");
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "the client left the connection without a control stream for a new one"
+    );
+}

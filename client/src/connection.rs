@@ -217,6 +217,10 @@ impl<H: Handler> Connection<H> {
     }
 }
 
+/// How long a connection whose control stream ended may stay open before the client closes it itself
+/// ([`read_control`]): many round trips, so that a server's own close, with its reason, comes first.
+pub const CONTROL_GONE_GRACE: Duration = Duration::from_secs(2);
+
 /// Routes tick datagrams to their subscriptions and room copies to the handler; anything undecodable or unknown is
 /// dropped.
 async fn read_datagrams<H: Handler>(connection: Weak<Connection<H>>, link: Link, handler: Weak<H>) {
@@ -296,5 +300,14 @@ async fn read_control<H: Handler>(
     tracing::debug!(code = %why.0, reason = %why.1, "control stream ended");
     for waiter in lock(&connection.outstanding).close(why.clone()) {
         let _ = waiter.send(Err(RequestError::closed(why.clone())));
+    }
+    // Without its control stream the connection can carry no request. A server closes the connection right after
+    // finishing the stream (its reason is the one to keep); one that does not is left after a grace period, so that
+    // the supervisor moves to a new connection instead of keeping one nothing can be sent on.
+    if link.close_reason().is_none() {
+        tokio::select! {
+            () = link.closed() => {}
+            () = tokio::time::sleep(CONTROL_GONE_GRACE) => link.close(why.0, &why.1),
+        }
     }
 }

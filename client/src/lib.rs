@@ -47,6 +47,7 @@ mod websocket;
 mod wire;
 
 pub use client::{Client, Pong};
+pub use connection::CONTROL_GONE_GRACE;
 pub use driver::EVENT_BUFFER;
 pub use error::{ConnectError, ProtocolError, RequestError, TickError, TokenError};
 pub use link::ConnectionState;

@@ -23,6 +23,9 @@ use crate::{
     },
 };
 
+/// The longest a post waits, after its connection refused it as closed, before the next try (the close usually
+/// comes sooner, and then the next connection).
+const CLOSED_PAUSE: Duration = Duration::from_millis(50);
 /// After an `Unavailable` refusal (the server's broker unreachable), the pause before posting again: from the
 /// first to the last, doubling.
 const UNAVAILABLE_DELAY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
@@ -95,6 +98,14 @@ pub(crate) async fn send_posts<H: Handler>(
                     Err(RequestError::Closed { .. }) => {
                         posts.unsent(post);
                         posts.requeue();
+                        // The connection takes no more requests but may not be closed yet (its control stream ended
+                        // first, the close is on its way): wait for the close, or a moment, before trying again,
+                        // instead of trying it again at once, in a loop that kept a core busy until the close came.
+                        tokio::select! {
+                            () = connection.link.closed() => {}
+                            () = tokio::time::sleep(CLOSED_PAUSE) => {}
+                            () = stop.cancelled() => break 'connected,
+                        }
                         continue 'connected;
                     }
                     Err(err) => {

@@ -25,6 +25,9 @@ use crate::hub::{
     ticks::{Fanout, LocalTicks, TickHub, TickSink, TickSubscriberId},
 };
 
+/// The pause before an interest change or a reload of other nodes' interest that Redis did not take is tried again.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A tick on its way to other nodes.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Relayed {
@@ -143,20 +146,48 @@ impl Inner {
         self.any_remote.store(!remote.is_empty(), Ordering::Relaxed);
     }
 
-    /// Reads every other node's interest afresh (at start, and after the control channel may have missed some).
-    async fn reload(&self) {
+    /// Reads every other node's interest afresh (at start, and after the control channel may have missed some);
+    /// what Redis did not answer is read again, every [`RETRY_PAUSE`], until it has been.
+    async fn reload(self: &Arc<Self>) {
+        if !self.try_reload().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    if me.try_reload().await {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// One reload; false when some read failed (a node whose channels could not be read keeps what was known of
+    /// it, instead of losing its relayed ticks until the next reload).
+    async fn try_reload(&self) -> bool {
         let mut conn = self.broker.conn();
         let nodes: Vec<String> = match redis::AsyncCommands::zrange(&mut conn, keys::NODES, 0, -1).await {
             Ok(nodes) => nodes,
             Err(err) => {
                 self.broker.failed(&err);
-                return;
+                return false;
             }
         };
-        let mut fresh: HashMap<String, HashSet<String>> = HashMap::new();
+        let (mut fresh, mut complete): (HashMap<String, HashSet<String>>, bool) = (HashMap::new(), true);
         for node in nodes.into_iter().filter(|n| n != self.broker.node()) {
-            let channels: Vec<String> =
-                redis::AsyncCommands::smembers(&mut conn, keys::node_ticks(&node)).await.unwrap_or_default();
+            let channels: Vec<String> = match redis::AsyncCommands::smembers(&mut conn, keys::node_ticks(&node)).await {
+                Ok(channels) => channels,
+                Err(err) => {
+                    self.broker.failed(&err);
+                    complete = false;
+                    let known = self.remote.read().unwrap_or_else(|p| p.into_inner());
+                    known
+                        .iter()
+                        .filter(|(_, nodes)| nodes.contains(&node))
+                        .map(|(channel, _)| channel.clone())
+                        .collect()
+                }
+            };
             for channel in channels {
                 fresh.entry(channel).or_default().insert(node.clone());
             }
@@ -164,6 +195,7 @@ impl Inner {
         let mut remote = self.remote.write().unwrap_or_else(|p| p.into_inner());
         *remote = fresh;
         self.any_remote.store(!remote.is_empty(), Ordering::Relaxed);
+        complete
     }
 
     /// Applies this node's interest changes in order: listed, subscribed, announced (or the reverse).
@@ -198,8 +230,12 @@ impl Inner {
             self.broker.failed(&err);
             let me = self.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                lock(&me.changes).entry(channel).or_insert(interested);
+                tokio::time::sleep(RETRY_PAUSE).await;
+                // The interest as it is now, not as it was: a newer change may have been made meanwhile (a retried
+                // "not interested" must not undo a later subscription's "interested").
+                let interest = lock(&me.interest);
+                lock(&me.changes).entry(channel.clone()).or_insert(interest.contains_key(&channel));
+                drop(interest);
                 me.changed.notify_one();
             });
         }

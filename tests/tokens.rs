@@ -181,3 +181,72 @@ async fn token_command_tokens_are_accepted_by_the_servers_they_are_signed_for() 
     dev_server.stop().await;
     hs_server.stop().await;
 }
+
+/// A room the server will not take back after a reconnect (the renewed token no longer grants it) ends for its
+/// reader: `next()` hands out what arrived before, then `None`, and `end_reason` says why, while the client and its
+/// other rooms go on. A client that ends for good ends its rooms' readers the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_refused_at_the_rejoin_ends_for_its_reader_with_the_reason() {
+    let server = TestServer::start(Limits::default());
+    let dir = server.data_dir.path().to_owned();
+    let minted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = minted.clone();
+    let provider = TokenProvider::new(move || {
+        let mut claims = Claims::everything("narrowed", now_s(), 3600);
+        if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
+            claims.rooms = BTreeMap::from([("open.*".into(), vec![RoomRight::Join, RoomRight::Post])]);
+        }
+        mint_dev(&dir, &claims).map_err(Into::into)
+    });
+    let options = ConnectOptions { trust: pin(&server), token_provider: Some(provider), ..ConnectOptions::default() };
+    let client = Client::connect_with(&server.addr.to_string(), options).await.unwrap();
+    let mut secret = client.join("secret").await.unwrap();
+    let mut hall = client.join("open.hall").await.unwrap();
+    client.post("secret", "before").await.unwrap();
+    assert_eq!(secret.end_reason(), None);
+
+    // A new connection, with the narrower token.
+    client.connection().unwrap().close(0u32.into(), b"test: reconnect");
+    let events = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut events = Vec::new();
+        while let Some(event) = secret.next().await {
+            events.push(event);
+        }
+        events
+    })
+    .await
+    .expect("the refused room's reader ends");
+    let bodies: Vec<&[u8]> = events
+        .iter()
+        .filter_map(|e| match e {
+            quiver_client::RoomEvent::Message(m) => Some(&m.body[..]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies, [b"before"], "what arrived before the end is handed out first");
+    let (code, reason) = secret.end_reason().expect("why the room ended");
+    assert_eq!(code, ErrorCode::PermissionDenied, "{reason}");
+    assert!(minted.load(std::sync::atomic::Ordering::Relaxed) >= 2, "the reconnect minted the narrower token");
+
+    // The client and its granted room go on; the ended room is joined again like any room (and denied here).
+    client.post("open.hall", "after").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(quiver_client::RoomEvent::Message(m)) = hall.next().await {
+                if &m.body[..] == b"after" {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "the granted room was rejoined");
+    assert!(denied(client.join("secret").await.map(|_| ())).contains("join room secret"));
+
+    // A client that ends ends its rooms' readers.
+    client.close().await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async { while hall.next().await.is_some() {} }).await;
+    assert!(ended.is_ok(), "a closed client's room reader gets None");
+    assert_eq!(hall.end_reason().map(|(code, _)| code), Some(ErrorCode::NoError));
+    server.stop().await;
+}

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quiver_proto::Position;
+use quiver_proto::{ErrorCode, Position};
 use tokio::sync::mpsc;
 
 pub use crate::state::room::{Message, RoomEvent};
@@ -27,9 +27,26 @@ impl Room {
         &self.entry.name
     }
 
-    /// The next event; `None` once the room is left or the client is closed for good.
+    /// The next event; `None` once the client is closed for good, or once the room ended because the server would
+    /// not take it back after a reconnect ([`Room::end_reason`] says why). Events that arrived before are handed out
+    /// first.
     pub async fn next(&mut self) -> Option<RoomEvent> {
-        self.events.recv().await
+        tokio::select! {
+            biased;
+            event = self.events.recv() => event,
+            () = self.entry.ended.cancelled() => self.events.try_recv().ok(),
+            () = self.handle.driver.stop.cancelled() => self.events.try_recv().ok(),
+        }
+    }
+
+    /// Why [`Room::next`] returns `None`: the server's refusal to take the room back, or why the client ended;
+    /// `None` while the room goes on.
+    pub fn end_reason(&self) -> Option<(ErrorCode, String)> {
+        match self.entry.end_reason() {
+            Some(why) => Some(why),
+            None if self.handle.driver.stop.is_cancelled() => Some(self.handle.driver.end_reason()),
+            None => None,
+        }
     }
 
     /// The next event if one is waiting, without waiting: for a game loop that polls once a frame. `None` when

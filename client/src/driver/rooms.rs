@@ -33,12 +33,28 @@ pub(crate) struct RoomEntry {
     pub(crate) redundant: bool,
     pub(crate) state: Mutex<RoomState>,
     events: mpsc::Sender<RoomEvent>,
+    /// Cancelled once the room cannot be taken back after a reconnect (the server refused the rejoin for good):
+    /// its reader then gets `None`, and `end_reason` says why.
+    pub(crate) ended: CancellationToken,
+    end_reason: Mutex<Option<(ErrorCode, String)>>,
 }
 
 impl RoomEntry {
     /// The Join's reply.
     pub(crate) fn replied(&self, joined: &Joined) {
         lock(&self.state).replied(joined);
+    }
+
+    /// The room ends here: the server would not take it back (the first reason is kept).
+    fn end(&self, code: ErrorCode, reason: String) {
+        tracing::warn!(room = %self.name, %code, %reason, "cannot rejoin room; it ends here");
+        lock(&self.end_reason).get_or_insert((code, reason));
+        self.ended.cancel();
+    }
+
+    /// Why the room ended, if it did ([`RoomEntry::end`]).
+    pub(crate) fn end_reason(&self) -> Option<(ErrorCode, String)> {
+        lock(&self.end_reason).clone()
     }
 }
 
@@ -54,13 +70,14 @@ impl Rooms {
         redundant: bool,
     ) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
         let mut rooms = lock(&self.0);
-        if rooms.contains_key(room) {
+        if rooms.get(room).is_some_and(|entry| !entry.ended.is_cancelled()) {
             let failure = Failure::new(ErrorCode::AlreadyJoined, format!("already in room {room}"));
             return Err(RequestError::Failed(failure));
         }
         let (events, received) = mpsc::channel(EVENT_BUFFER);
         let state = Mutex::new(RoomState::new());
-        let entry = Arc::new(RoomEntry { name: room.to_string(), redundant, state, events });
+        let (ended, end_reason) = (CancellationToken::new(), Mutex::new(None));
+        let entry = Arc::new(RoomEntry { name: room.to_string(), redundant, state, events, ended, end_reason });
         rooms.insert(room.to_string(), entry.clone());
         Ok((entry, received))
     }
@@ -70,43 +87,50 @@ impl Rooms {
         lock(&self.0).remove(room);
     }
 
-    /// The entry of `room`, if it is joined.
+    /// The entry of `room`, if it is joined (and has not ended).
     pub(crate) fn get(&self, room: &str) -> Option<Arc<RoomEntry>> {
-        lock(&self.0).get(room).cloned()
+        lock(&self.0).get(room).filter(|entry| !entry.ended.is_cancelled()).cloned()
     }
 
-    /// Every joined room.
+    /// Every joined room (that has not ended).
     pub(crate) fn all(&self) -> Vec<Arc<RoomEntry>> {
-        lock(&self.0).values().cloned().collect()
+        lock(&self.0).values().filter(|entry| !entry.ended.is_cancelled()).cloned().collect()
     }
 }
 
-/// Joins a room again from its position (after a reconnect, or a slow-consumer kick).
-/// A join refused as `Unavailable` (the server's broker unreachable) is tried again, this many times at most, with
-/// the delay doubling from 50 ms to 2 s (about a minute in all).
-const UNAVAILABLE_REJOINS: u32 = 40;
+/// A rejoin refused for now (`Unavailable`: the server's broker unreachable; `RateLimited`; `ServerFull`) is tried
+/// again, this many times at most, with the delay doubling from 50 ms to 2 s (about a minute in all).
+const RETRIED_REJOINS: u32 = 40;
 
+/// Joins a room again from its position (after a reconnect, or a slow-consumer kick). A rejoin the server refuses
+/// for good (or for longer than [`RETRIED_REJOINS`] tries) ends the room: its reader gets `None` and the reason,
+/// instead of waiting for events that will never come.
 pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomEntry) {
     let mut delay = std::time::Duration::from_millis(50);
-    for _ in 0..UNAVAILABLE_REJOINS {
-        let since = lock(&entry.state).position();
+    for _ in 0..RETRIED_REJOINS {
+        let since = lock(&entry.state).rejoin_position();
         let join = Join { room: entry.name.clone(), since, redundant: entry.redundant };
         match connection.request(RequestBody::Join(join)).await {
             Ok(Reply::Joined(joined)) => entry.replied(&joined),
-            Ok(other) => tracing::warn!(room = %entry.name, ?other, "unexpected reply to Join"),
+            Ok(other) => entry.end(ErrorCode::ProtocolViolation, format!("unexpected reply to Join: {other:?}")),
             // The connection went again: the supervisor rejoins once it is back.
             Err(RequestError::Closed { .. }) => {}
-            Err(RequestError::Failed(failure)) if failure.code == ErrorCode::Unavailable => {
+            // The application's own join of the room got there first (it joined while the client reconnected).
+            Err(RequestError::Failed(failure)) if failure.code == ErrorCode::AlreadyJoined => {}
+            Err(RequestError::Failed(failure))
+                if matches!(failure.code, ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::ServerFull) =>
+            {
                 tracing::info!(room = %entry.name, reason = %failure.message, ?delay, "rejoin refused for now; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
                 continue;
             }
-            Err(err) => tracing::warn!(room = %entry.name, %err, "cannot rejoin room"),
+            Err(RequestError::Failed(failure)) => entry.end(failure.code, failure.message),
+            Err(err) => entry.end(ErrorCode::Internal, err.to_string()),
         }
         return;
     }
-    tracing::warn!(room = %entry.name, "cannot rejoin room: the server stayed unavailable");
+    entry.end(ErrorCode::Unavailable, format!("the server refused to take the room back {RETRIED_REJOINS} times"));
 }
 
 /// Room for one event in a room's channel: at once when there is room, else when the application reads or `stop`
@@ -181,14 +205,21 @@ pub(crate) async fn read_stream(
         return;
     };
     let Some(permit) = reserve(&entry.events, stop).await else { return };
-    let opened = lock(&entry.state).open(stream, &open);
-    match opened {
-        Opened::Current(Some(resumed)) => permit.send(resumed),
-        Opened::Current(None) => {}
-        Opened::Stale => {
-            recv.stop(ErrorCode::NoError);
-            return;
+    // `Resumed` handed out under the state's lock, like every event: a newer stream's events cannot pass it.
+    let stale = {
+        let mut state = lock(&entry.state);
+        match state.open(stream, &open) {
+            Opened::Current(Some(resumed)) => {
+                permit.send(resumed);
+                false
+            }
+            Opened::Current(None) => false,
+            Opened::Stale => true,
         }
+    };
+    if stale {
+        recv.stop(ErrorCode::NoError);
+        return;
     }
     let mut position = 0;
     loop {

@@ -100,6 +100,17 @@ impl RoomState {
         self.epoch.map(|epoch| Position { epoch, seq: self.last_seq })
     }
 
+    /// The position a rejoin (after a reconnect) resumes from, as [`RoomState::position`]. A room whose stream has
+    /// not opened yet has its position from the Join's reply: its first stream then says, with `Resumed`, whether
+    /// everything after it was replayed, as any rejoin's does (a new epoch, a trimmed history).
+    pub fn rejoin_position(&mut self) -> Option<Position> {
+        let position = self.position();
+        if position.is_some() && self.current.is_none() {
+            self.resuming = true;
+        }
+        position
+    }
+
     /// True when `stream` is the room's newest stream.
     pub fn is_current(&self, stream: StreamNumber) -> bool {
         self.current == Some(stream)
@@ -330,6 +341,20 @@ mod tests {
         // A reply never moves an opened room.
         room.replied(&open(9, true, 1, 0, &[]));
         assert_eq!(room.position(), Some(Position { epoch: 4, seq: 21 }));
+    }
+
+    #[test]
+    fn a_rejoin_between_the_reply_and_the_first_stream_says_what_the_stream_replays() {
+        // Joined without a position; the connection went before the stream opened; the server lost the room.
+        let mut room = RoomState::new();
+        room.replied(&open(4, true, 21, 20, &[]));
+        assert_eq!(room.rejoin_position(), Some(Position { epoch: 4, seq: 20 }));
+        let opened = room.open(1, &open(5, false, 1, 0, &[]));
+        assert_eq!(opened, Opened::Current(Some(RoomEvent::Resumed { recovered: false, epoch: 5 })));
+        // A rejoin before any position is known is a first join: nothing to say.
+        let mut room = RoomState::new();
+        assert_eq!(room.rejoin_position(), None);
+        assert_eq!(room.open(1, &open(5, true, 1, 0, &[])), Opened::Current(None));
     }
 
     #[test]

@@ -227,3 +227,31 @@ async fn a_post_on_a_connection_whose_control_stream_ended_waits_without_spinnin
         "the client left the connection without a control stream for a new one"
     );
 }
+
+/// A room joined while the client reconnects is joined once: the application's Join goes to the new connection, and
+/// the reconnect does not rejoin the room beside it (the two raced, and the loser's AlreadyJoined failed the
+/// application's join while the server kept the membership).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_joined_while_the_client_reconnects_is_joined_once() {
+    let server = TestServer::start(Limits::default());
+    let options = ConnectOptions { reconnect_delay: Duration::from_millis(200), ..ConnectOptions::default() };
+    let client = server.client_with(options).await.unwrap();
+    for round in 0..5 {
+        let name = format!("during-{round}");
+        client.connection().unwrap().close(0u32.into(), b"test: reconnect");
+        let mut room = client.join(&name).await.expect("joined, once");
+        client.post(&name, "hi").await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(quiver_client::RoomEvent::Message(m)) = room.next().await {
+                    return m.body;
+                }
+            }
+        })
+        .await
+        .expect("the room delivers");
+        assert_eq!(&got[..], b"hi");
+    }
+    client.close().await;
+    server.stop().await;
+}

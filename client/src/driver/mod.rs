@@ -479,7 +479,7 @@ impl Driver {
             self.connected(connection.clone()).await;
             // Rooms rejoin side by side, each on its own task (a room whose join is refused for now retries on
             // its own), and ticks do not wait for them.
-            for entry in self.rooms.all() {
+            for entry in self.rooms.all().into_iter().filter(|entry| entry.is_joined()) {
                 let connection = connection.clone();
                 self.tasks.spawn(async move { rooms::rejoin(&connection, &entry).await });
             }

@@ -6,7 +6,10 @@
 use crate::wire::{LinkRecv, ReadError};
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use bytes::{Bytes, BytesMut};
@@ -37,12 +40,21 @@ pub(crate) struct RoomEntry {
     /// its reader then gets `None`, and `end_reason` says why.
     pub(crate) ended: CancellationToken,
     end_reason: Mutex<Option<(ErrorCode, String)>>,
+    /// A Join of the room was answered: a reconnect rejoins it. (Before that, the application's own Join is still on
+    /// its way, to the new connection if the old one went, and a rejoin beside it would race it.)
+    joined: AtomicBool,
 }
 
 impl RoomEntry {
     /// The Join's reply.
     pub(crate) fn replied(&self, joined: &Joined) {
         lock(&self.state).replied(joined);
+        self.joined.store(true, Ordering::Release);
+    }
+
+    /// Whether a Join of the room was answered ([`RoomEntry::replied`]).
+    pub(crate) fn is_joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
     }
 
     /// The room ends here: the server would not take it back (the first reason is kept).
@@ -77,14 +89,17 @@ impl Rooms {
         let (events, received) = mpsc::channel(EVENT_BUFFER);
         let state = Mutex::new(RoomState::new());
         let (ended, end_reason) = (CancellationToken::new(), Mutex::new(None));
-        let entry = Arc::new(RoomEntry { name: room.to_string(), redundant, state, events, ended, end_reason });
+        let joined = AtomicBool::new(false);
+        let entry = Arc::new(RoomEntry { name: room.to_string(), redundant, state, events, ended, end_reason, joined });
         rooms.insert(room.to_string(), entry.clone());
         Ok((entry, received))
     }
 
-    /// Forgets `room` (left, or its join failed).
+    /// Forgets `room` (left, or its join failed): a rejoin of it that is waiting to try again gives up.
     pub(crate) fn remove(&self, room: &str) {
-        lock(&self.0).remove(room);
+        if let Some(entry) = lock(&self.0).remove(room) {
+            entry.ended.cancel();
+        }
     }
 
     /// The entry of `room`, if it is joined (and has not ended).
@@ -108,6 +123,9 @@ const RETRIED_REJOINS: u32 = 40;
 pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomEntry) {
     let mut delay = std::time::Duration::from_millis(50);
     for _ in 0..RETRIED_REJOINS {
+        if entry.ended.is_cancelled() {
+            return; // left meanwhile (or ended)
+        }
         let since = lock(&entry.state).rejoin_position();
         let join = Join { room: entry.name.clone(), since, redundant: entry.redundant };
         match connection.request(RequestBody::Join(join)).await {

@@ -84,6 +84,8 @@ pub struct Broker {
     burying: Mutex<std::collections::HashSet<String>>,
     /// Redis requests that failed (unreachable, timed out, refused).
     failures: AtomicU64,
+    /// Pub/Sub connections made so far (each may have missed what was published before it).
+    pubsub_connections: AtomicU64,
     stop: CancellationToken,
 }
 
@@ -115,6 +117,7 @@ impl Broker {
             pubsub_stale: Mutex::new(CancellationToken::new()),
             burying: Mutex::new(std::collections::HashSet::new()),
             failures: AtomicU64::new(0),
+            pubsub_connections: AtomicU64::new(0),
             stop: CancellationToken::new(),
         });
         Ok(broker)
@@ -157,6 +160,11 @@ impl Broker {
     pub(crate) fn failed(&self, err: &redis::RedisError) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%err, "broker request failed");
+    }
+
+    /// Pub/Sub connections made so far: a change means events published meanwhile may not have reached this node.
+    pub(crate) fn pubsub_connections(&self) -> u64 {
+        self.pubsub_connections.load(Ordering::Acquire)
     }
 
     /// Requests that failed so far.
@@ -273,6 +281,7 @@ impl Broker {
             self.pubsub_up.store(true, Ordering::Relaxed);
             delay = Duration::from_millis(100);
             tracing::info!(channels = channels.len() + late.len(), "broker Pub/Sub connected");
+            self.pubsub_connections.fetch_add(1, Ordering::AcqRel);
             let handlers: Vec<_> = lock(&self.handlers).values().cloned().collect();
             for handler in handlers {
                 handler.resubscribed().await;

@@ -312,7 +312,7 @@ impl NodeRoom {
     /// queued before the reconnect arrives first; after a grace period, what is still missing (the room's `op`
     /// beyond the node's) is filled from the stream, and if presence events are among it, the room's subscriptions
     /// are reset.
-    async fn on_resubscribed(self: Arc<Self>) {
+    pub(super) async fn on_resubscribed(self: Arc<Self>) {
         if !lock(&self.state).live {
             return;
         }

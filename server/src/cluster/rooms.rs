@@ -253,6 +253,10 @@ impl RoomHub for RedisRooms {
         let JoinRoom { room: name, identity, since, outbox, now_us } = join;
         let (room, _joining) = self.subscribed(&name).await?;
         let ctx = &self.ctx;
+        // A Pub/Sub reconnect from here until the room is live here loses what was published meanwhile, and the
+        // reconnect's own catch-up skips a room that is not live yet: the join catches up instead.
+        let pubsub_connections = ctx.broker.pubsub_connections();
+        let mut catch_up = false;
         let keys = &room.keys;
         let subscriber = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         list_room(ctx, &name).await?;
@@ -317,6 +321,7 @@ impl RoomHub for RedisRooms {
                 }
                 *state =
                     NodeState { live: true, epoch, last_op: op_before, last_seq: seq, ..std::mem::take(&mut *state) };
+                catch_up = ctx.broker.pubsub_connections() != pubsub_connections;
             }
             if let Ok(open) = ctx.codec.encode_to_vec(&RoomFrame::Open(joined.clone())) {
                 outbox.push_replay(open.freeze());
@@ -343,6 +348,9 @@ impl RoomHub for RedisRooms {
                     }
                 }
             }
+        }
+        if catch_up {
+            tokio::spawn(room.clone().on_resubscribed());
         }
         let replay =
             plan.rest.map(|(after, upto)| Replay::new(replay_rest(ctx.clone(), keys.log.clone(), after, upto, outbox)));

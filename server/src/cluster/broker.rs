@@ -353,14 +353,16 @@ impl Broker {
     async fn heartbeat(self: Arc<Self>) {
         // The mark is created by the first beat that reaches Redis, then only refreshed (`SET XX`): burying deletes
         // it, so a beat that finds it gone tells this node it was buried (a late write from before a partition
-        // cannot bring it back). The token makes the mark this incarnation's: a lost reply to the first `SET`
-        // followed by a burial is told apart too.
+        // cannot bring it back). The token makes the mark this incarnation's.
         let token = format!("{:016x}", rand::random::<u64>());
         let mut first = true;
         // Whether the mark exists (the beats only check it) or is to be made (the first beat, and after a burial).
         let mut refresh = false;
-        // Set when this node found itself buried, until every revive hook succeeded (they are idempotent).
-        let mut announce_due = false;
+        // Set when this node found itself buried, until every revive hook succeeded (they are idempotent). The hooks
+        // run on a task of their own while the beats go on: a node re-registering many members must not stop
+        // beating, or it is buried again meanwhile.
+        let announce_due = Arc::new(AtomicBool::new(false));
+        let reviving = Arc::new(AtomicBool::new(false));
         let mut failed_beats = 0u32;
         let checking_pubsub = Arc::new(AtomicBool::new(false));
         let mut interval = tokio::time::interval(self.config.heartbeat);
@@ -370,22 +372,14 @@ impl Broker {
                 _ = interval.tick() => {}
                 () = self.stop.cancelled() => return,
             }
-            let mut conn = self.conn();
-            let mut invocation = scripts::BEAT_SCRIPT.prepare_invoke();
-            invocation.key(keys::NODES).key(keys::node_mark(&self.node)).arg(&self.node).arg(&token).arg(if refresh {
-                "refresh"
-            } else {
-                "create"
-            });
-            let beat = invocation.invoke_async::<(u64, u8)>(&mut conn);
-            let (now_ms, marked) = match tokio::time::timeout(self.config.request_timeout, beat).await {
-                Ok(Ok(beat)) => beat,
-                failed => {
-                    if let Ok(Err(err)) = failed {
-                        self.failed(&err);
-                    }
+            let (now_ms, marked) = match self.beat(&token, refresh).await {
+                Some(beat) => beat,
+                None => {
                     self.heartbeat_ok.store(false, Ordering::Relaxed);
                     failed_beats += 1;
+                    // A creating beat whose reply was lost may have made the mark: check it from now on (a burial
+                    // between that beat and the next would otherwise go unseen under a second `create`).
+                    refresh = !first;
                     // A connection that stalled (a partition: requests written and never answered) can stay
                     // wedged after the path heals; three missed beats in a row get a new one.
                     if failed_beats.is_multiple_of(3) {
@@ -403,20 +397,28 @@ impl Broker {
                 first = false;
                 self.check_version().await;
             }
-            if refresh && marked == 0 {
+            refresh = true;
+            if marked == 0 {
+                // Buried (or, after a lost reply, maybe never marked): the mark first, then the members again, so
+                // that a burial finishing after this is seen by the next beat, which announces them once more.
                 tracing::warn!(node = %self.node, "this node was declared dead by the others; announcing its members again");
-                announce_due = true;
+                refresh = self.beat(&token, false).await.is_some();
+                announce_due.store(true, Ordering::Release);
             }
-            // A beat that made the mark (or found it) is followed by beats that only check it; one that found it
-            // gone is followed by one that makes it again.
-            refresh = marked == 1;
-            if announce_due {
-                let hooks = lock(&self.hooks).revived.clone();
-                let mut done = true;
-                for hook in hooks {
-                    done &= hook().await;
-                }
-                announce_due = !done;
+            // Only with the mark made: a burial finishing after the members are announced must show at a check.
+            if refresh && announce_due.load(Ordering::Acquire) && !reviving.swap(true, Ordering::AcqRel) {
+                let (hooks, due, running) = (lock(&self.hooks).revived.clone(), announce_due.clone(), reviving.clone());
+                tokio::spawn(async move {
+                    due.store(false, Ordering::Release);
+                    let mut done = true;
+                    for hook in hooks {
+                        done &= hook().await;
+                    }
+                    if !done {
+                        due.store(true, Ordering::Release);
+                    }
+                    running.store(false, Ordering::Release);
+                });
             }
             // Off the beat's path: a PING that takes the whole timeout must not delay the next beat.
             if !checking_pubsub.swap(true, Ordering::Relaxed) {
@@ -428,6 +430,7 @@ impl Broker {
             }
             let expiry_ms = self.config.presence_expiry.as_millis() as u64;
             // Redis' own clock: nodes' clocks may disagree.
+            let mut conn = self.conn();
             let silent = conn.zrangebyscore(keys::NODES, "-inf", now_ms.saturating_sub(expiry_ms));
             let dead: Vec<String> = match tokio::time::timeout(self.config.request_timeout, silent).await {
                 Ok(Ok(dead)) => dead,
@@ -448,6 +451,23 @@ impl Broker {
                     });
                 }
             }
+        }
+    }
+
+    /// One heartbeat (`create` the mark, or check that it is still this node's): {Redis' time in ms, 1 when the mark
+    /// is this node's}, or `None` when Redis did not answer.
+    async fn beat(&self, token: &str, refresh: bool) -> Option<(u64, u8)> {
+        let mut conn = self.conn();
+        let mut invocation = scripts::BEAT_SCRIPT.prepare_invoke();
+        let mode = if refresh { "refresh" } else { "create" };
+        invocation.key(keys::NODES).key(keys::node_mark(&self.node)).arg(&self.node).arg(token).arg(mode);
+        match tokio::time::timeout(self.config.request_timeout, invocation.invoke_async::<(u64, u8)>(&mut conn)).await {
+            Ok(Ok(beat)) => Some(beat),
+            Ok(Err(err)) => {
+                self.failed(&err);
+                None
+            }
+            Err(_) => None,
         }
     }
 

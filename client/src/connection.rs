@@ -218,7 +218,7 @@ impl<H: Handler> Connection<H> {
 }
 
 /// How long a connection whose control stream ended may stay open before the client closes it itself
-/// ([`read_control`]): many round trips, so that a server's own close, with its reason, comes first.
+/// (the control stream reader does): many round trips, so that a server's own close, with its reason, comes first.
 pub const CONTROL_GONE_GRACE: Duration = Duration::from_secs(2);
 
 /// Routes tick datagrams to their subscriptions and room copies to the handler; anything undecodable or unknown is

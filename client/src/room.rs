@@ -71,8 +71,12 @@ impl Room {
         lock(&self.entry.state).position()
     }
 
-    /// Leaves the room; its event stream ends.
+    /// Leaves the room; its event stream ends. A room that already ended ([`Room::end_reason`]) has nothing to
+    /// leave: `Ok` at once (a newer join of the same name is not touched).
     pub async fn leave(self) -> Result<(), RequestError> {
-        self.handle.driver.leave(&self.entry.name).await
+        if self.entry.ended.is_cancelled() {
+            return Ok(());
+        }
+        self.handle.driver.leave(&self.entry).await
     }
 }

@@ -309,9 +309,10 @@ impl Driver {
         }
     }
 
-    pub(crate) async fn leave(&self, room: &str) -> Result<(), RequestError> {
+    pub(crate) async fn leave(&self, entry: &Arc<RoomEntry>) -> Result<(), RequestError> {
+        let room = entry.name.as_str();
         self.rooms.remove(room);
-        lock(&self.copy_slots).retain(|_, (entry, _)| entry.name != room);
+        lock(&self.copy_slots).retain(|_, (held, _)| !Arc::ptr_eq(held, entry));
         if let Some(live) = self.current.borrow().as_ref() {
             live.copy_posts_to(room, false);
         }

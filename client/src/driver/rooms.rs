@@ -113,8 +113,8 @@ impl Rooms {
     }
 }
 
-/// A rejoin refused for now (`Unavailable`: the server's broker unreachable; `RateLimited`; `ServerFull`) is tried
-/// again, this many times at most, with the delay doubling from 50 ms to 2 s (about a minute in all).
+/// A rejoin refused for now (`Unavailable`: the server's broker unreachable; `RateLimited`; `ServerFull`;
+/// `Internal`, e.g. a store read that failed) is tried again, this many times at most, with the delay doubling from 50 ms to 2 s (about a minute in all).
 const RETRIED_REJOINS: u32 = 40;
 
 /// Joins a room again from its position (after a reconnect, or a slow-consumer kick). A rejoin the server refuses
@@ -136,7 +136,10 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
             // The application's own join of the room got there first (it joined while the client reconnected).
             Err(RequestError::Failed(failure)) if failure.code == ErrorCode::AlreadyJoined => {}
             Err(RequestError::Failed(failure))
-                if matches!(failure.code, ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::ServerFull) =>
+                if matches!(
+                    failure.code,
+                    ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::ServerFull | ErrorCode::Internal
+                ) =>
             {
                 tracing::info!(room = %entry.name, reason = %failure.message, ?delay, "rejoin refused for now; retrying");
                 tokio::time::sleep(delay).await;

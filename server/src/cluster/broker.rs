@@ -167,6 +167,11 @@ impl Broker {
         self.pubsub_connections.load(Ordering::Acquire)
     }
 
+    /// True once the broker is retired (the node is shutting down).
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
     /// Requests that failed so far.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
@@ -408,10 +413,15 @@ impl Broker {
             // Only with the mark made: a burial finishing after the members are announced must show at a check.
             if refresh && announce_due.load(Ordering::Acquire) && !reviving.swap(true, Ordering::AcqRel) {
                 let (hooks, due, running) = (lock(&self.hooks).revived.clone(), announce_due.clone(), reviving.clone());
+                let stop = self.stop.clone();
                 tokio::spawn(async move {
                     due.store(false, Ordering::Release);
                     let mut done = true;
                     for hook in hooks {
+                        // Retired meanwhile (the node buried itself): nothing may be counted again after that.
+                        if stop.is_cancelled() {
+                            break;
+                        }
                         done &= hook().await;
                     }
                     if !done {

@@ -154,7 +154,7 @@ impl Inner {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(RETRY_PAUSE).await;
-                    if me.try_reload().await {
+                    if me.broker.stopped() || me.try_reload().await {
                         return;
                     }
                 }

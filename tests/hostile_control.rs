@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use quiver_proto::{varint, ErrorCode, Limits, Post, RequestBody};
+use quiver_proto::{varint, ErrorCode, Limits, Post, Reply, RequestBody, ServerMsg};
 use quiver_tests::{
     closed_with,
     hostile::{beside_a_bystander, bounded, frame, hello, named, Control, SEED},
@@ -234,6 +234,69 @@ async fn a_client_that_stops_reading_its_replies_is_closed_within_the_frame_time
         assert!(reason.contains("did not read"), "{reason}");
         assert!(started.elapsed() < Duration::from_secs(5), "closed within about the frame timeout");
         assert_eq!(server.stats.refusals(ErrorCode::SlowConsumer), 1);
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A burst of small requests with large replies (History pages of a frame each) is answered a frame at a time, as
+/// the peer reads them, not buffered whole (a 16 KiB burst of History requests made over 100 MB of replies): every
+/// request still gets its reply, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_history_requests_is_answered_in_order_a_frame_at_a_time() {
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        let writer = server.client().await;
+        let body = vec![b'h'; 4_000];
+        for _ in 0..40 {
+            writer.post("archive", body.clone()).await.unwrap();
+        }
+        let mut control = Control::open(&server).await;
+        let mut burst = BytesMut::new();
+        for req_id in 1..=100 {
+            let history = RequestBody::History { room: "archive".into(), since: None, limit: 100 };
+            burst.extend_from_slice(&frame(req_id, history));
+        }
+        control.send.write_all(&burst).await.unwrap();
+        for expected in 1..=100 {
+            match control.next().await {
+                Some(ServerMsg::Reply { req_id, result: Ok(Reply::History(page)) }) => {
+                    assert_eq!(req_id, expected, "replies in request order");
+                    assert!(!page.messages.is_empty(), "a page of the room's history");
+                }
+                other => panic!("reply {expected}: {other:?}"),
+            }
+        }
+        writer.close().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A client that pipelines posts and then finishes its control stream gets every post's reply before the server
+/// closes (the posts wait for their store commit; the close used to come first and lose their replies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_pipelined_before_the_client_finishes_its_control_stream_are_all_answered() {
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        let mut control = Control::open(&server).await;
+        let mut posts = BytesMut::new();
+        for req_id in 1..=50u64 {
+            let post = Post { room: "last-words".into(), client_msg_id: req_id, body: vec![b'w'; 100].into() };
+            posts.extend_from_slice(&frame(req_id, RequestBody::Post(post)));
+        }
+        control.send.write_all(&posts).await.unwrap();
+        control.send.finish().unwrap();
+        for expected in 1..=50u64 {
+            match control.next().await {
+                Some(ServerMsg::Reply { req_id, result: Ok(Reply::Posted { seq, .. }) }) => {
+                    assert_eq!((req_id, seq), (expected, expected), "every post answered, in order");
+                }
+                other => panic!("post {expected}: {other:?}"),
+            }
+        }
+        let (code, reason) = closed_with(&control.conn).await;
+        assert_eq!(code, ErrorCode::NoError, "{reason}");
         server.stop().await;
     })
     .await;

@@ -209,7 +209,7 @@ async fn plan(
             return Ok(Plan { recovered: true, first: Vec::new(), rest: None });
         }
         let first = stream::range(conn, log, since.seq, seq, stream::PAGE, &ctx.codec).await?;
-        if first.first().is_some_and(|e| e.seq() == since.seq + 1) {
+        if first.first().is_some_and(|e| e.seq() == since.seq.saturating_add(1)) {
             let last = first.last().map_or(seq, Entry::seq);
             let rest = (last < seq).then_some((last, seq));
             return Ok(Plan { recovered: true, first, rest });
@@ -273,7 +273,7 @@ impl RoomHub for RedisRooms {
         let plan =
             plan(ctx, &mut conn, &keys.log, epoch, seq, since).await.map_err(|err| undo(ctx.unavailable(err)))?;
         members.sort();
-        let joined = Joined {
+        let mut joined = Joined {
             room: name.clone(),
             epoch,
             recovered: plan.recovered,
@@ -281,6 +281,7 @@ impl RoomHub for RedisRooms {
             last_seq: seq,
             members,
         };
+        crate::hub::fit_members(&mut joined, ctx.codec.max_frame());
         let mut delivery = Delivery::default();
         {
             let mut state = lock(&room.state);

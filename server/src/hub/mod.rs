@@ -35,6 +35,7 @@ pub use dedupe::DedupeWindow;
 pub use lock::assert_unlocked;
 pub use outbox::{Delivery, Outbox};
 pub use replay::Replay;
+pub(crate) use room::fit_members;
 pub use room::{Posting, ReplayRange, Room};
 pub use rooms::{LocalRooms, RoomUsage};
 

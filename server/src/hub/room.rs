@@ -203,7 +203,7 @@ impl Room {
         let count = self.members.entry(identity.to_string()).or_insert(0);
         *count += 1;
         let first_connection = *count == 1;
-        let joined = Joined {
+        let mut joined = Joined {
             room: self.name.clone(),
             epoch: self.epoch,
             recovered,
@@ -211,6 +211,7 @@ impl Room {
             last_seq: self.delivered_seq,
             members: self.members(),
         };
+        fit_members(&mut joined, self.codec.max_frame());
         if let Some(frame) = self.encode(&RoomFrame::Open(joined.clone())) {
             outbox.push_replay(frame);
         }
@@ -232,7 +233,7 @@ impl Room {
 
     fn replay_for(&self, since: Option<Position>) -> (bool, Vec<Arc<StoredMessage>>) {
         let Some(since) = since else { return (true, Vec::new()) };
-        let first_needed = since.seq + 1;
+        let first_needed = since.seq.saturating_add(1);
         let recoverable = since.epoch == self.epoch
             && since.seq <= self.sequenced_seq
             && (first_needed > self.sequenced_seq
@@ -369,5 +370,28 @@ impl Room {
                 None
             }
         }
+    }
+}
+
+/// Bytes of a Join's reply and Open frame besides the room's name and member list: the other fields, the reply's
+/// and frame's envelopes and the length prefix, with room to spare.
+const JOINED_OVERHEAD: usize = 96;
+
+/// Cuts `joined`'s member list to what fits one frame of `max_frame` bytes (the Join's reply and the stream's Open
+/// frame carry it): a room with thousands of members would otherwise get neither, and the join no answer. Members
+/// past the cut are not listed there (their later joins and leaves still come as events).
+pub(crate) fn fit_members(joined: &mut Joined, max_frame: usize) {
+    let budget = max_frame.saturating_sub(JOINED_OVERHEAD + joined.room.len());
+    let mut used = 0;
+    // A name is its bytes and a length prefix of at most 3 bytes (names are far below 2^21 bytes).
+    let fits = joined.members.iter().take_while(|m| {
+        used += m.len() + 3;
+        used <= budget
+    });
+    let fitting = fits.count();
+    if fitting < joined.members.len() {
+        tracing::warn!(room = %joined.room, members = joined.members.len(), listed = fitting,
+            "the room's member list does not fit a frame; listing the first only");
+        joined.members.truncate(fitting);
     }
 }

@@ -302,3 +302,29 @@ async fn local_rooms_are_created_on_first_use() {
     assert!(hub.leave("r", joining.subscriber, 0).await.is_empty(), "nobody left to tell");
     assert!(hub.leave("nope", joining.subscriber, 0).await.is_empty());
 }
+
+#[test]
+fn a_member_list_too_long_for_a_frame_is_cut_to_fit_the_reply_and_the_open_frame() {
+    let max_frame = Limits::default().max_frame as usize;
+    let codec = FrameCodec::new(max_frame);
+    let name = |i: usize| format!("{i:0>128}");
+    let joined = |members: usize| Joined {
+        room: "r".repeat(200),
+        epoch: u64::MAX >> 2,
+        recovered: true,
+        replay_from: u64::MAX >> 2,
+        last_seq: u64::MAX >> 2,
+        members: (0..members).map(name).collect(),
+    };
+    let mut crowded = joined(3_000);
+    fit_members(&mut crowded, max_frame);
+    assert!(crowded.members.len() > 400 && crowded.members.len() < 3_000, "{}", crowded.members.len());
+    assert_eq!(crowded.members, joined(crowded.members.len()).members, "the first ones, in order");
+    codec.encode_to_vec(&RoomFrame::Open(crowded.clone())).expect("the Open frame fits");
+    let reply =
+        quiver_proto::ServerMsg::Reply { req_id: u64::MAX >> 2, result: Ok(quiver_proto::Reply::Joined(crowded)) };
+    codec.encode_to_vec(&reply).expect("the Join's reply fits");
+    let mut small = joined(10);
+    fit_members(&mut small, max_frame);
+    assert_eq!(small, joined(10), "a list that fits is untouched");
+}

@@ -248,6 +248,9 @@ async fn control<R: RoomHub>(
     // Replies waiting for a post's commit, and the request held back meanwhile (`Replies::may_run`).
     let mut replies = Replies::default();
     let mut deferred: Option<Step> = None;
+    // Whole requests left in `inbound` because the replies so far reached the high-water mark: served once those
+    // are written, without waiting for more input.
+    let mut more_inbound = false;
     loop {
         let awaiting_hello = session.identity().is_none();
         let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
@@ -268,10 +271,18 @@ async fn control<R: RoomHub>(
                 return "token expired".into();
             }
             () = replies.next(&codec, stats, &mut outbound), if replies.waiting() => {}
+            () = std::future::ready(()), if more_inbound => {}
             chunk = recv.read_chunk(), if deferred.is_none() => match chunk {
                 Ok(Some(chunk)) => inbound.extend_from_slice(&chunk),
                 Ok(None) if inbound.is_empty() => {
-                    conn.close(ErrorCode::NoError, "control stream finished");
+                    // The posts already taken (waiting for their commit) are answered first (within the frame
+                    // timeout): every request gets its reply.
+                    replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
+                    let reason = "control stream finished";
+                    match outbound.is_empty() {
+                        true => conn.close(ErrorCode::NoError, reason),
+                        false => flush_and_close(conn, &mut send, &outbound, ErrorCode::NoError, reason).await,
+                    }
                     return "client finished the control stream".into();
                 }
                 Ok(None) => {
@@ -327,7 +338,14 @@ async fn control<R: RoomHub>(
             }
         }
         let mut completed = false;
+        more_inbound = false;
         loop {
+            // Replies are written before more requests are served: a burst of small requests with large replies
+            // (History) must not buffer more than about a frame per connection.
+            if outbound.len() >= codec.max_frame() {
+                more_inbound = !inbound.is_empty() || deferred.is_some();
+                break;
+            }
             let step = match deferred.take() {
                 Some(step) => step,
                 None => match next_step(&codec, &mut inbound, &mut session, &mut throttle, &mut post_copies) {

@@ -86,7 +86,19 @@ pub(super) async fn accept(conn: quinn::Connection, web: &WebConfig, deadline: I
         return Err(refused);
     }
     tracing::debug!(%path, origin = origin.as_deref().unwrap_or(""), "WebTransport session");
-    request.ok().await.map_err(Refused::Answer)
+    // Within the same deadline: a client that gives the CONNECT stream no credit must not hold its slot forever.
+    let answer = request.ok();
+    tokio::pin!(answer);
+    tokio::select! {
+        answered = &mut answer => answered.map_err(Refused::Answer),
+        () = tokio::time::sleep_until(deadline) => {
+            conn.close(
+                quiver_transport::close::quic_code(quiver_proto::ErrorCode::HandshakeTimeout),
+                b"the CONNECT's answer was not taken in time",
+            );
+            Err(Refused::Timeout)
+        }
+    }
 }
 
 /// Answers the CONNECT with `status` alone and closes the connection once the client has read it (it closes

@@ -193,7 +193,7 @@ impl DiskRoom {
     ) -> (bool, ReplayRange) {
         let range = |after: u64| ReplayRange { room_id: self.id, after, upto: delivered };
         let Some(since) = since else { return (true, range(delivered)) };
-        let first_needed = since.seq + 1;
+        let first_needed = since.seq.saturating_add(1);
         let first = self.first_readable(delivered);
         let recoverable =
             since.epoch == epoch && since.seq <= delivered && (first_needed > delivered || first <= first_needed);

@@ -70,3 +70,79 @@ async fn unidirectional_streams_sent_to_the_server() {
     })
     .await;
 }
+
+/// A peer that grants room streams without limit but never reads them, joining a room and leaving it in a loop
+/// while something larger than the stream's window is queued on it: the streams of left rooms stay counted until
+/// written out (at most `max_rooms` + 1 at once, then `TooManyRooms`), and one not read within the grace (5 s) is
+/// reset, after which joins are taken again. Before, each cycle kept a stream and its queue for the connection's life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_joins_and_leaves_without_reading_its_room_streams() {
+    use bytes::BytesMut;
+    use quiver_proto::{Join, Reply, RequestBody, ServerMsg};
+    use quiver_tests::hostile::{frame, hello};
+    use std::sync::atomic::Ordering;
+    bounded(async {
+        let server = TestServer::start(Limits { max_rooms: 4, ..Limits::default() });
+        let writer = server.client().await;
+        // Streams without limit, each with a window smaller than one event.
+        let mut config =
+            quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_uni_streams(10_000u32.into()).stream_receive_window(1_000u32.into());
+        config.transport_config(std::sync::Arc::new(transport));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint.connect_with(config, server.addr, "localhost").unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut req_id = 0;
+        let mut request = async |body: RequestBody| {
+            req_id += 1;
+            send.write_all(&frame(req_id, body)).await.unwrap();
+            match quiver_tests::read_msg(&mut recv, &mut buf).await {
+                Some(ServerMsg::Reply { result, .. }) => result,
+                other => panic!("no reply: {other:?}"),
+            }
+        };
+        request(hello(server.token("hoarder"))).await.unwrap();
+        let join = || RequestBody::Join(Join { room: "deep".into(), since: None, redundant: false });
+        let queued = || server.stats.outbox_bytes.load(Ordering::Relaxed);
+        let mut refused = None;
+        for cycle in 0..10 {
+            match request(join()).await {
+                Ok(Reply::Joined(_)) => {}
+                Err(failure) if failure.code == ErrorCode::TooManyRooms => {
+                    refused = Some(cycle);
+                    break;
+                }
+                other => panic!("join {cycle}: {other:?}"),
+            }
+            // An event four times the stream's window, queued for this member.
+            let before = queued();
+            writer.post("deep", vec![b'd'; 4_000]).await.unwrap();
+            let stuck = tokio::time::timeout(Duration::from_secs(10), async {
+                while queued() <= before {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+            stuck.await.expect("the event is queued on the unread stream");
+            request(RequestBody::Leave { room: "deep".into() }).await.unwrap();
+        }
+        // Refused at the 6th (cycle 5) on a machine that runs the cycles within the grace; later only if the
+        // first streams were reset meanwhile.
+        assert!(refused.is_some_and(|cycle| cycle >= 5), "max_rooms + 1 streams, then refused: {refused:?}");
+        let taken = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Ok(Reply::Joined(_)) = request(join()).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+        .await;
+        assert!(taken.is_ok(), "the unread streams of left rooms were reset and joins taken again");
+        assert!(queued() < 4_000, "their queues went with them: {} bytes still queued", queued());
+        writer.close().await;
+        server.stop().await;
+    })
+    .await;
+}

@@ -3,7 +3,10 @@
 //! telling the datagram reader about new claims. Every hub call returns before anything here touches quinn.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -41,6 +44,13 @@ pub(super) struct Connection<R> {
     /// Room streams that fell behind, from their pumps.
     kicked: Arc<Mailbox<Kicked>>,
     pumps: TaskTracker,
+    /// Room streams whose pump still runs: joined rooms, and left ones still being written out. At most
+    /// [`Connection::max_streams`], whatever stream credit the client grants (a peer that never reads its streams
+    /// and joins and leaves in a loop would otherwise keep a stream and its queue per cycle).
+    open_streams: Arc<AtomicUsize>,
+    /// `max_rooms` + 1: a room left and joined again overlaps its old stream's end with the new one (the client's
+    /// own stream limit is the same).
+    max_streams: usize,
     stop: CancellationToken,
     /// The room and `client_msg_id` of a post refused as `Unavailable`: the connection's later posts are refused
     /// too until it comes again, so that a client retrying it keeps its own posts in the order it made them.
@@ -90,6 +100,8 @@ impl<R: RoomHub> Connection<R> {
             stats,
             kicked,
             pumps: TaskTracker::new(),
+            open_streams: Arc::default(),
+            max_streams: (limits.max_rooms as usize).saturating_add(1),
             stop: CancellationToken::new(),
             unavailable_post: None,
             copies,
@@ -123,6 +135,10 @@ impl<R: RoomHub> Connection<R> {
         match request {
             RoomRequest::Join(join) => {
                 self.state.may_join(&join.room)?;
+                if self.open_streams.load(Ordering::Acquire) >= self.max_streams {
+                    let reason = "the streams of rooms left are still being written out; read them, or retry shortly";
+                    return Err(Failure::new(ErrorCode::TooManyRooms, reason));
+                }
                 let send = match tokio::time::timeout(OPEN_STREAM_TIMEOUT, self.conn.open_uni()).await {
                     Ok(Ok(send)) => send,
                     Ok(Err(err)) => {
@@ -143,7 +159,12 @@ impl<R: RoomHub> Connection<R> {
                 let probe = (self.probe.clone(), copies);
                 let outbox = StreamOutbox::new(room, send, self.room_queue_bytes, probe, self.stats.clone());
                 let pumped = pump(outbox.clone(), self.kicked.clone(), self.stop.clone(), self.stats.clone());
-                self.pumps.spawn(pumped);
+                let open_streams = self.open_streams.clone();
+                open_streams.fetch_add(1, Ordering::AcqRel);
+                self.pumps.spawn(async move {
+                    pumped.await;
+                    open_streams.fetch_sub(1, Ordering::AcqRel);
+                });
                 let request = JoinRoom {
                     room: join.room.clone(),
                     identity: identity.to_string(),

@@ -14,6 +14,7 @@ use std::{
     future::Future,
     sync::{Arc, Mutex},
     task::{Context, Poll, Waker},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -108,6 +109,8 @@ pub(crate) struct StreamOutbox {
     /// Wakes a paged replay: the queue was written out (or the stream is gone).
     drained: Notify,
     overflow: CancellationToken,
+    /// Cancelled when the room is left: the pump then has [`LEFT_STREAM_GRACE`] to finish the stream.
+    left: CancellationToken,
     bound: usize,
     /// `outbox_bytes` (bytes queued, all outboxes) and `room_deliveries`.
     stats: Arc<ServerStats>,
@@ -144,6 +147,7 @@ impl StreamOutbox {
             wake: Notify::new(),
             drained: Notify::new(),
             overflow: CancellationToken::new(),
+            left: CancellationToken::new(),
             bound,
         })
     }
@@ -163,7 +167,10 @@ impl StreamOutbox {
     /// No more frames: the pump finishes the stream once the queue is written.
     pub(crate) fn close(&self) {
         lock(&self.queue).closed = true;
+        self.left.cancel();
         self.wake.notify_one();
+        // A paged replay still under way stops (`drained` answers false now).
+        self.drained.notify_waiters();
     }
 
     /// Tells a waiting replay when everything queued was handed to the stream.
@@ -239,8 +246,11 @@ impl Outbox for StreamOutbox {
     }
 
     fn push_replay(&self, frame: Bytes) {
-        ServerStats::add(&self.stats.outbox_bytes, frame.len() as i64);
         let mut queue = lock(&self.queue);
+        if queue.closed {
+            return; // left: nothing more is written
+        }
+        ServerStats::add(&self.stats.outbox_bytes, frame.len() as i64);
         queue.frames.push_back(frame);
         queue.position += 1;
         // The first frame is Open; a redundant stream says its slot right after it.
@@ -272,7 +282,7 @@ impl Outbox for StreamOutbox {
                 notified.as_mut().enable();
                 {
                     let queue = lock(&self.queue);
-                    if queue.gone || self.overflow.is_cancelled() {
+                    if queue.gone || queue.closed || self.overflow.is_cancelled() {
                         return false;
                     }
                     if queue.frames.is_empty() {
@@ -355,6 +365,9 @@ fn write_now(send: &mut SendStream, mut frames: VecDeque<Bytes>) -> (usize, VecD
     (written_any, frames)
 }
 
+/// How long a left room's stream may take to write what was queued before it is reset ([`pump`]).
+pub(crate) const LEFT_STREAM_GRACE: Duration = Duration::from_secs(5);
+
 /// What the pump does next, decided under the queue's lock.
 enum Next {
     /// Write this backlog (the stream is taken from the outbox meanwhile).
@@ -397,6 +410,13 @@ pub(crate) async fn pump(
     stats: Arc<ServerStats>,
 ) {
     let _gone = PumpGone(outbox.clone());
+    // Once the room is left, what is queued has this long to be written (a peer that never reads the stream must
+    // not keep it, and its queue, for the connection's life).
+    let left_too_long = async {
+        outbox.left.cancelled().await;
+        tokio::time::sleep(LEFT_STREAM_GRACE).await;
+    };
+    tokio::pin!(left_too_long);
     let never = || -> std::pin::Pin<Box<dyn Future<Output = ErrorCode> + Send>> { Box::pin(std::future::pending()) };
     let mut peer_stopped = lock(&outbox.peer_stopped).take().map_or_else(never, |signal| signal.0);
     loop {
@@ -421,6 +441,15 @@ pub(crate) async fn pump(
                         }
                         () = stop.cancelled() => {
                             return dequeued(&stats, len + batch.iter().map(Bytes::len).sum::<usize>());
+                        }
+                        () = &mut left_too_long => {
+                            send.reset(ErrorCode::NoError);
+                            let rest = {
+                                let mut queue = lock(&outbox.queue);
+                                queue.bytes = 0;
+                                queue.take_frames().iter().map(Bytes::len).sum::<usize>()
+                            };
+                            return dequeued(&stats, len + rest + batch.iter().map(Bytes::len).sum::<usize>());
                         }
                     }
                 }

@@ -249,7 +249,8 @@ async fn control<R: RoomHub>(
     let mut replies = Replies::default();
     let mut deferred: Option<Step> = None;
     // Whole requests left in `inbound` because the replies so far reached the high-water mark: served once those
-    // are written, without waiting for more input.
+    // are written, without waiting for more input, and nothing more is read meanwhile (QUIC's flow control then
+    // holds the client back, and its FIN is seen only once its requests are served).
     let mut more_inbound = false;
     loop {
         let awaiting_hello = session.identity().is_none();
@@ -272,7 +273,7 @@ async fn control<R: RoomHub>(
             }
             () = replies.next(&codec, stats, &mut outbound), if replies.waiting() => {}
             () = std::future::ready(()), if more_inbound => {}
-            chunk = recv.read_chunk(), if deferred.is_none() => match chunk {
+            chunk = recv.read_chunk(), if deferred.is_none() && !more_inbound => match chunk {
                 Ok(Some(chunk)) => inbound.extend_from_slice(&chunk),
                 Ok(None) if inbound.is_empty() => {
                     // The posts already taken (waiting for their commit) are answered first (within the frame
@@ -404,7 +405,7 @@ async fn control<R: RoomHub>(
         }
         // The timer runs from the start of the frame now waiting: a client pipelining whole frames is never timed
         // out, whatever its reads' boundaries.
-        partial_since = match (inbound.is_empty() || deferred.is_some(), completed, partial_since) {
+        partial_since = match (inbound.is_empty() || deferred.is_some() || more_inbound, completed, partial_since) {
             (true, _, _) => None, // nothing partial, or a whole request held back by the server itself
             (false, true, _) | (false, false, None) => Some(Instant::now()),
             (false, false, since) => since,

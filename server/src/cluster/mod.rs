@@ -11,6 +11,7 @@
 mod broker;
 mod error;
 mod event;
+mod interest;
 pub mod keys;
 mod node_room;
 mod rooms;

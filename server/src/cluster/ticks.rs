@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use super::{
     broker::{BoxFuture, Broker, ChannelHandler},
+    interest::{Change, RemoteInterest},
     keys,
 };
 use crate::hub::{
@@ -47,7 +48,9 @@ struct Inner {
     changes: Mutex<HashMap<String, bool>>,
     changed: Notify,
     /// Channel → the other nodes with subscribers on it.
-    remote: RwLock<HashMap<String, HashSet<String>>>,
+    remote: RwLock<RemoteInterest>,
+    /// One reload at a time (each keeps the journal of the changes made while it reads).
+    reloading: tokio::sync::Mutex<()>,
     /// Some other node has some interest (the hot path's first, lock-free check).
     any_remote: AtomicBool,
     /// The newest tick per channel waiting to be relayed.
@@ -77,7 +80,8 @@ impl ClusterTicks {
             interest: Mutex::new(HashMap::new()),
             changes: Mutex::new(HashMap::new()),
             changed: Notify::new(),
-            remote: RwLock::new(HashMap::new()),
+            remote: RwLock::new(RemoteInterest::default()),
+            reloading: tokio::sync::Mutex::new(()),
             any_remote: AtomicBool::new(false),
             outgoing: Mutex::new(HashMap::new()),
             wake: Notify::new(),
@@ -121,28 +125,24 @@ impl Inner {
         self.changed.notify_one();
     }
 
+    fn remote(&self) -> std::sync::RwLockWriteGuard<'_, RemoteInterest> {
+        self.remote.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn forget(&self, node: &str) {
-        let mut remote = self.remote.write().unwrap_or_else(|p| p.into_inner());
-        remote.retain(|_, nodes| {
-            nodes.remove(node);
-            !nodes.is_empty()
-        });
-        self.any_remote.store(!remote.is_empty(), Ordering::Relaxed);
+        self.apply(Change::Dead { node: node.to_string() });
     }
 
     fn set_remote(&self, node: &str, channel: &str, interested: bool) {
         if node == self.broker.node() {
             return;
         }
-        let mut remote = self.remote.write().unwrap_or_else(|p| p.into_inner());
-        if interested {
-            remote.entry(channel.to_string()).or_default().insert(node.to_string());
-        } else if let Some(nodes) = remote.get_mut(channel) {
-            nodes.remove(node);
-            if nodes.is_empty() {
-                remote.remove(channel);
-            }
-        }
+        self.apply(Change::Interest { node: node.to_string(), channel: channel.to_string(), interested });
+    }
+
+    fn apply(&self, change: Change) {
+        let mut remote = self.remote();
+        remote.apply(change);
         self.any_remote.store(!remote.is_empty(), Ordering::Relaxed);
     }
 
@@ -163,13 +163,17 @@ impl Inner {
     }
 
     /// One reload; false when some read failed (a node whose channels could not be read keeps what was known of
-    /// it, instead of losing its relayed ticks until the next reload).
+    /// it, instead of losing its relayed ticks until the next reload). Control messages that arrive while it reads
+    /// are applied again over what it read ([`RemoteInterest`]).
     async fn try_reload(&self) -> bool {
+        let _one = self.reloading.lock().await;
+        self.remote().begin_reload();
         let mut conn = self.broker.conn();
         let nodes: Vec<String> = match redis::AsyncCommands::zrange(&mut conn, keys::NODES, 0, -1).await {
             Ok(nodes) => nodes,
             Err(err) => {
                 self.broker.failed(&err);
+                self.remote().abandon_reload();
                 return false;
             }
         };
@@ -180,20 +184,15 @@ impl Inner {
                 Err(err) => {
                     self.broker.failed(&err);
                     complete = false;
-                    let known = self.remote.read().unwrap_or_else(|p| p.into_inner());
-                    known
-                        .iter()
-                        .filter(|(_, nodes)| nodes.contains(&node))
-                        .map(|(channel, _)| channel.clone())
-                        .collect()
+                    self.remote.read().unwrap_or_else(|p| p.into_inner()).of_node(&node)
                 }
             };
             for channel in channels {
                 fresh.entry(channel).or_default().insert(node.clone());
             }
         }
-        let mut remote = self.remote.write().unwrap_or_else(|p| p.into_inner());
-        *remote = fresh;
+        let mut remote = self.remote();
+        remote.finish_reload(fresh);
         self.any_remote.store(!remote.is_empty(), Ordering::Relaxed);
         complete
     }
@@ -363,7 +362,7 @@ impl TickHub for ClusterTicks {
     fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout> {
         let fanout = self.inner.local.publish(channel, sent_time_us, received_us, payload)?;
         if self.inner.any_remote.load(Ordering::Relaxed) {
-            let remote = self.inner.remote.read().unwrap_or_else(|p| p.into_inner()).contains_key(channel);
+            let remote = self.inner.remote.read().unwrap_or_else(|p| p.into_inner()).contains(channel);
             if remote {
                 let tick = Relayed {
                     origin: self.inner.broker.node().to_string(),

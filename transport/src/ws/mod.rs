@@ -4,9 +4,11 @@
 //! code for both.
 //!
 //! One ordered byte pipe cannot give QUIC's independence between streams, so the writer task schedules what
-//! goes next itself: the control stream first; then room streams (round robin, a chunk each) and datagrams take
-//! turns. Each stream may have [`WsConfig::stream_window`] bytes waiting here (a write past it waits: the room
-//! outboxes above keep their bounds and slow-consumer handling). Datagrams wait in a small lane,
+//! goes next itself: the control stream first (but a room stream's chunk goes between two of its chunks, so replies
+//! cannot starve the rooms); then room streams (round robin, a chunk each) and datagrams take turns. Each stream
+//! may have [`WsConfig::stream_window`] bytes waiting here, all room streams together
+//! [`WsConfig::connection_window`] (a write past either waits: the room outboxes above keep their bounds and
+//! slow-consumer handling). Datagrams wait in a small lane,
 //! [`WsConfig::datagram_buffer`] bytes, where a newer tick replaces the waiting one of its channel: when the socket
 //! cannot take more, only the newest tick of each channel waits, never a backlog.
 
@@ -57,6 +59,10 @@ pub enum Role {
 pub struct WsConfig {
     /// Bytes one stream may have waiting to be written (QUIC: the stream's send buffer).
     pub stream_window: usize,
+    /// Bytes all room streams together may have waiting to be written (QUIC: the connection's send window). A
+    /// room stream finished by its writer keeps its bytes here until they are written, with nobody left to reset
+    /// it: without this bound, joining and leaving rooms in a loop piled up a window per cycle.
+    pub connection_window: usize,
     /// Bytes of datagrams waiting to be written (QUIC: the datagram send buffer).
     pub datagram_buffer: usize,
     /// Largest datagram either end sends.
@@ -71,6 +77,7 @@ impl Default for WsConfig {
     fn default() -> Self {
         WsConfig {
             stream_window: 64 * 1024,
+            connection_window: 1024 * 1024,
             datagram_buffer: 4 * 1024,
             max_datagram: MAX_DATAGRAM,
             keepalive: crate::tuning::KEEP_ALIVE,
@@ -81,13 +88,17 @@ impl Default for WsConfig {
 
 impl WsConfig {
     /// The WebSocket settings that go with this: messages of at most a chunk or a datagram (plus their headers),
-    /// every message written at once (no buffering in tungstenite).
+    /// every message written at once (no buffering in tungstenite), and a bounded write buffer: a message waits
+    /// for the socket before the next is buffered, but the Pong tungstenite answers to each Ping while reading was
+    /// appended to it even when the socket was full, so a peer sending Pings and never reading grew it without
+    /// limit. Bounded, a Pong that does not fit waits in tungstenite's one Pong slot (a newer one replaces it).
     pub fn websocket(&self) -> WebSocketConfig {
         let largest = MAX_CHUNK.max(self.max_datagram) + 16;
         WebSocketConfig {
             max_message_size: Some(largest),
             max_frame_size: Some(largest),
             write_buffer_size: 0,
+            max_write_buffer_size: 2 * largest + 1024,
             ..WebSocketConfig::default()
         }
     }

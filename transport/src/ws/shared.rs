@@ -44,6 +44,12 @@ pub(super) struct State {
     pub(super) datagram_bytes: usize,
     /// Datagrams go next when both wait (they alternate with stream chunks).
     pub(super) datagram_turn: bool,
+    /// A room stream's chunk goes next when one waits (after a control chunk).
+    pub(super) rooms_turn: bool,
+    /// Bytes waiting on room streams (not the control stream), at most [`WsConfig::connection_window`].
+    pub(super) room_bytes: usize,
+    /// Room stream writes waiting for `room_bytes` to fall below the connection window.
+    pub(super) blocked: Vec<Waker>,
     pub(super) next_stream: u64,
     /// The next stream id on the wire, and which stream each id on the wire is (for the peer's stops).
     pub(super) next_wire_id: u64,
@@ -87,8 +93,24 @@ impl State {
                 waker.wake();
             }
         }
+        self.room_bytes = 0;
+        self.wake_blocked();
         self.datagrams.clear();
         self.datagram_bytes = 0;
+    }
+
+    /// `freed` bytes of room stream `id` are gone (written, reset or stopped): blocked room writes may go on.
+    fn room_freed(&mut self, id: u64, freed: usize) {
+        if id != 0 && freed > 0 {
+            self.room_bytes = self.room_bytes.saturating_sub(freed);
+            self.wake_blocked();
+        }
+    }
+
+    fn wake_blocked(&mut self) {
+        for waker in self.blocked.drain(..) {
+            waker.wake();
+        }
     }
 }
 
@@ -157,6 +179,10 @@ impl Shared {
             return Poll::Ready(Err(self.closed_error()));
         }
         let window = self.config.stream_window;
+        let connection_room = match id {
+            0 => usize::MAX,
+            _ => self.config.connection_window.saturating_sub(state.room_bytes),
+        };
         let stream = match id {
             0 => state.streams.entry(0).or_default(),
             _ => match state.streams.get_mut(&id) {
@@ -175,12 +201,25 @@ impl Shared {
             stream.waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
-        let taken = buf.len().min(room);
+        if connection_room == 0 {
+            // One waker per waiting task (a task polled again while it waits is not added twice).
+            if !state.blocked.iter().any(|waker| waker.will_wake(cx.waker())) {
+                state.blocked.push(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        let Some(stream) = state.streams.get_mut(&id) else {
+            return Poll::Ready(Err(WsError::Unsupported("write after the stream's end")));
+        };
+        let taken = buf.len().min(room).min(connection_room);
         let was_idle = stream.queue.is_empty();
         for chunk in buf[..taken].chunks(MAX_CHUNK) {
             stream.queue.push_back(Bytes::copy_from_slice(chunk));
         }
         stream.bytes += taken;
+        if id != 0 {
+            state.room_bytes += taken;
+        }
         if id != 0 && was_idle {
             state.ready.push_back(id);
         }
@@ -209,12 +248,14 @@ impl Shared {
             state.streams.remove(&id);
             return;
         }
+        let mut freed = 0;
         if let End::Reset(_) = end {
             stream.queue.clear();
-            stream.bytes = 0;
+            freed = std::mem::take(&mut stream.bytes);
         }
         let idle = stream.queue.is_empty();
         stream.end = Some(end);
+        state.room_freed(id, freed);
         // The control stream's end goes with the close; a room stream's is sent after its bytes.
         if id != 0 && idle {
             state.ready.push_back(id);
@@ -234,7 +275,9 @@ impl Shared {
             return Outbound::Done;
         }
         let state = &mut *state;
-        if let Some(control) = state.streams.get_mut(&0).filter(|s| !s.queue.is_empty()) {
+        let rooms_first = state.rooms_turn && !state.ready.is_empty();
+        if let Some(control) = state.streams.get_mut(&0).filter(|s| !s.queue.is_empty() && !rooms_first) {
+            state.rooms_turn = true;
             return Outbound::Message(WsMessage::Control(take_chunk(control)));
         }
         if !state.datagrams.is_empty() && (state.datagram_turn || state.ready.is_empty()) {
@@ -249,6 +292,7 @@ impl Shared {
         }
         while let Some(key) = state.ready.pop_front() {
             state.datagram_turn = true;
+            state.rooms_turn = false;
             let Some(stream) = state.streams.get_mut(&key) else { continue };
             if stream.stopped.is_some() {
                 continue;
@@ -264,6 +308,7 @@ impl Shared {
                 if !stream.queue.is_empty() || stream.end.is_some() {
                     state.ready.push_back(key);
                 }
+                state.room_freed(key, bytes.len());
                 return Outbound::Message(WsMessage::Stream { id, bytes });
             }
             let message = match stream.end {
@@ -287,7 +332,7 @@ impl Shared {
         let Some(stream) = state.streams.get_mut(&key) else { return };
         stream.stopped = Some(code);
         stream.queue.clear();
-        stream.bytes = 0;
+        let freed = std::mem::take(&mut stream.bytes);
         if let Some(waker) = stream.waker.take() {
             waker.wake();
         }
@@ -295,6 +340,7 @@ impl Shared {
             state.streams.remove(&key);
             state.wire_ids.remove(&wire_id);
         }
+        state.room_freed(key, freed);
         drop(state);
         self.changed.notify_waiters();
     }

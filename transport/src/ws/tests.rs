@@ -169,8 +169,11 @@ async fn hostile_messages_close_with_a_reason() {
         WsError::Closed(ErrorCode::ProtocolViolation, "unknown WebSocket message kind 9".into())
     );
 
+    // (A peer with tungstenite's defaults: ours would not buffer a message this large.)
     let config = WsConfig::default();
-    let (server_ws, mut client_ws) = raw_pair(&config).await;
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(config.websocket())).await;
+    let mut client_ws = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
     let server = WsSession::start(server_ws, Role::Server, config, addr());
     let _ = client_ws.send(Message::Binary(vec![0; 100_000])).await;
     assert!(matches!(within(server.closed()).await, WsError::Closed(ErrorCode::FrameTooLarge, _)));
@@ -266,4 +269,95 @@ async fn stream_ids_go_on_the_wire_in_increasing_order_whatever_the_order_of_wri
         }
     }
     assert_eq!(seen, [(1, Bytes::from_static(b"second")), (2, Bytes::from_static(b"first"))]);
+}
+
+#[tokio::test]
+async fn pings_from_a_peer_that_does_not_read_queue_a_bounded_number_of_pongs() {
+    // The server's direction of a small pipe fills at once: the peer reads nothing while it pings.
+    let config = WsConfig::default();
+    let (a, b) = tokio::io::duplex(1024);
+    let ws = config.websocket();
+    let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(ws)).await;
+    let mut peer = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(ws)).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    const PINGS: usize = 5_000;
+    for _ in 0..PINGS {
+        within(peer.send(Message::Ping(vec![7; 125]))).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every Pong answered while the socket was full used to be kept (about 127 bytes each, without limit).
+    let mut pongs = 0;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_millis(300), peer.next()).await {
+        pongs += usize::from(matches!(message, Message::Pong(_)));
+    }
+    assert!(pongs < PINGS / 10, "{pongs} of {PINGS} pongs were kept for a peer that did not read");
+    assert!(server.close_reason().is_none(), "the session goes on");
+}
+
+#[tokio::test]
+async fn room_streams_finished_while_unread_are_bounded_by_the_connection_window() {
+    let config = WsConfig { connection_window: 200_000, ..WsConfig::default() };
+    // The peer reads nothing yet: whatever room streams hold stays here.
+    let (a, b) = tokio::io::duplex(1024);
+    let ws = config.websocket();
+    let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(ws)).await;
+    let client_ws = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(ws)).await;
+    let server = WsSession::start(server_ws, Role::Server, config.clone(), addr());
+    // Join, a replay that fits its stream's window, Leave: each cycle used to leave 60 KB behind, without limit.
+    let mut finished = 0;
+    let mut waiting = None;
+    for _ in 0..10 {
+        let mut room = server.open_uni().unwrap();
+        match tokio::time::timeout(Duration::from_millis(100), room.write_all(&[3; 60_000])).await {
+            Ok(written) => {
+                written.unwrap();
+                room.finish().unwrap();
+                finished += 1;
+            }
+            Err(_) => {
+                waiting = Some(room);
+                break;
+            }
+        }
+    }
+    assert!(finished <= 3, "{finished} streams of 60 KB took more than the 200 KB window");
+    assert!(lock(&server.shared().state).room_bytes <= 200_000);
+    // Once the peer reads, the waiting write goes on.
+    let client = WsSession::start(client_ws, Role::Client, config, addr());
+    let reading = tokio::spawn(async move {
+        while let Ok(mut recv) = client.accept_uni().await {
+            tokio::spawn(async move { while let Ok(Some(_)) = recv.read_chunk().await {} });
+        }
+    });
+    let mut room = waiting.expect("a write waited for the connection window");
+    within(room.write_all(&[4; 60_000])).await.unwrap();
+    reading.abort();
+}
+
+#[tokio::test]
+async fn replies_on_the_control_stream_do_not_starve_room_streams() {
+    let config = WsConfig { stream_window: 1 << 20, ..WsConfig::default() };
+    let (a, b) = tokio::io::duplex(1024);
+    let ws = config.websocket();
+    let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(ws)).await;
+    let mut peer = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(ws)).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    peer.send(Message::Binary(WsMessage::Control(Bytes::from_static(b"hello")).encode().to_vec())).await.unwrap();
+    let (mut control, _recv) = within(server.accept_bi()).await.unwrap();
+    // A long run of replies waits (the peer reads nothing yet), then a room event.
+    control.write_all(&[1; 300_000]).await.unwrap();
+    let mut room = server.open_uni().unwrap();
+    room.write_all(b"event").await.unwrap();
+    let mut control_chunks_first = 0;
+    loop {
+        let message = within(peer.next()).await.unwrap().unwrap();
+        let Message::Binary(bytes) = message else { continue };
+        match WsMessage::decode(Bytes::from(bytes)).unwrap() {
+            WsMessage::Control(_) => control_chunks_first += 1,
+            WsMessage::Stream { .. } => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    // 300 KB is 19 chunks: the room's chunk goes after at most the few already on their way.
+    assert!(control_chunks_first <= 3, "the room event waited behind {control_chunks_first} control chunks");
 }

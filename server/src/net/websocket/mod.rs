@@ -6,11 +6,7 @@
 
 mod upgrade;
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use quiver_transport::ws::{Role, WsConfig, WsSession};
 use tokio::{
@@ -29,6 +25,7 @@ use super::{
     Current,
 };
 use crate::{
+    admission::SourceKey,
     config::WebSocketListen,
     http::Response,
     hub::{ticks::TickHub, RoomHub},
@@ -40,9 +37,9 @@ use crate::{
 
 /// Largest request head read before the upgrade; a longer one is refused with 431.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// TCP connections between accept and the upgrade (or the page's answer) at once; more wait in the kernel's queue.
+/// TCP connections between accept and the upgrade (or the page's answer) at once; more are closed at once.
 const MAX_UPGRADING: usize = 1024;
-/// Of those, from one address: one host cannot hold the listener's slots.
+/// Of those, from one address (an IPv6 /64 counts as one: [`SourceKey`]): one host cannot hold the listener's slots.
 const MAX_UPGRADING_PER_IP: usize = 16;
 /// How long a new connection has to send its first byte.
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -93,12 +90,8 @@ pub(super) async fn serve<R: RoomHub>(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_UPGRADING));
-    let per_ip: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>> = Arc::default();
+    let per_ip: Arc<std::sync::Mutex<std::collections::HashMap<SourceKey, usize>>> = Arc::default();
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
-            () = shutdown.cancelled() => return,
-        };
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -111,7 +104,13 @@ pub(super) async fn serve<R: RoomHub>(
             },
             () = shutdown.cancelled() => return,
         };
-        let Some(upgrading) = Upgrading::new(&per_ip, remote.ip(), permit) else {
+        // Full: the connection is closed at once (the listener goes on accepting: waiting for a slot before
+        // accepting left every client, the demo page's too, in the kernel's backlog while slow upgrades held them).
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "WebSocket listener: {MAX_UPGRADING} connections upgrading already; closed");
+            continue;
+        };
+        let Some(upgrading) = Upgrading::new(&per_ip, SourceKey::of(remote.ip()), permit) else {
             tracing::debug!(%remote, "WebSocket listener: too many connections upgrading from this address");
             continue;
         };
@@ -124,15 +123,15 @@ pub(super) async fn serve<R: RoomHub>(
 
 /// A connection's place among those upgrading (the listener's and its address's), until dropped.
 struct Upgrading {
-    per_ip: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
+    per_ip: Arc<std::sync::Mutex<std::collections::HashMap<SourceKey, usize>>>,
+    ip: SourceKey,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Upgrading {
     fn new(
-        per_ip: &Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
-        ip: IpAddr,
+        per_ip: &Arc<std::sync::Mutex<std::collections::HashMap<SourceKey, usize>>>,
+        ip: SourceKey,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Option<Upgrading> {
         let mut counts = per_ip.lock().unwrap_or_else(|p| p.into_inner());

@@ -366,3 +366,24 @@ async fn written(store: &crate::store::Store) {
     store.submit(crate::store::Op::Barrier).wait().await.unwrap();
     store.retention_barrier().wait().await.unwrap();
 }
+
+/// History that cannot be read back is an error, not an empty or endless page: a client paging from its last seq
+/// got `messages: []` with `more: true` for stored messages over a lowered `max_frame`, and asked again forever.
+#[tokio::test]
+async fn stored_messages_that_cannot_be_read_back_fail_the_history_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    for id in 1..=3 {
+        let body = Bytes::from(vec![b'x'; 300]);
+        let message = PostMessage { room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
+        hub.post(message).await.unwrap().1.flush();
+    }
+    drop(hub);
+    let hub = open(dir.path(), Limits { max_frame: 200, ..Limits::default() }, Budget::default());
+    let failure = hub.history("r", None, 10, usize::MAX, 20).await.unwrap_err();
+    assert_eq!(failure.code, ErrorCode::Internal, "{failure:?}");
+    assert!(failure.message.contains("message 1 of room r"), "{}", failure.message);
+    // A room that does not exist still has an empty history.
+    let page = hub.history("nobody", None, 10, usize::MAX, 20).await.unwrap();
+    assert!((page.epoch, page.messages.len(), page.more) == (0, 0, false));
+}

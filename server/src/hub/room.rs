@@ -312,11 +312,17 @@ impl Room {
     }
 
     /// Retained messages after `since`, at most `limit`, and no more than fit `budget` encoded bytes.
-    pub fn history(&mut self, since: Option<u64>, limit: usize, budget: usize, now_us: u64) -> HistoryPage {
+    pub fn history(
+        &mut self,
+        since: Option<u64>,
+        limit: usize,
+        budget: usize,
+        now_us: u64,
+    ) -> Result<HistoryPage, Failure> {
         self.history.trim(now_us);
         if let Some(disk) = &self.disk {
-            let (messages, more) = disk.history(since, self.delivered_seq, limit, budget);
-            return HistoryPage { room: self.name.clone(), epoch: self.epoch, messages, more };
+            let (messages, more) = disk.history(since, self.delivered_seq, limit, budget)?;
+            return Ok(HistoryPage { room: self.name.clone(), epoch: self.epoch, messages, more });
         }
         let after = since.unwrap_or(0);
         let candidates = self.history.after(after, limit.saturating_add(1));
@@ -331,7 +337,7 @@ impl Room {
             used += m.frame.len();
             messages.push(m.event.clone());
         }
-        HistoryPage { room: self.name.clone(), epoch: self.epoch, messages, more }
+        Ok(HistoryPage { room: self.name.clone(), epoch: self.epoch, messages, more })
     }
 
     fn broadcast(&mut self, kind: EventKind, now_us: u64) -> Delivery {

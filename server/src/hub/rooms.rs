@@ -457,10 +457,12 @@ impl RoomHub for LocalRooms {
         budget: usize,
         now_us: u64,
     ) -> Result<HistoryPage, Failure> {
-        Ok(match self.with_room(room, false, now_us, |r| r.history(since, limit as usize, budget, now_us)).await {
-            Ok(Some((_, page))) => page,
-            _ => HistoryPage { room: room.to_string(), epoch: 0, messages: Vec::new(), more: false },
-        })
+        // A room that does not exist has an empty history; one that cannot be loaded or read is an error (at
+        // `max_rooms` with every room in use, `ServerFull`; a store read that failed, `Internal`), not "empty".
+        match self.with_room(room, false, now_us, |r| r.history(since, limit as usize, budget, now_us)).await? {
+            Some((_, page)) => page,
+            None => Ok(HistoryPage { room: room.to_string(), epoch: 0, messages: Vec::new(), more: false }),
+        }
     }
 
     fn room_usage(&self) -> RoomUsage {

@@ -30,7 +30,8 @@ impl Store {
         cutoff_us: u64,
         in_memory: impl Fn(&str) -> bool,
     ) -> Result<AgedRooms, StoreError> {
-        let start = cursor.map_or(Bound::Unbounded, |c| Bound::Excluded(c.to_vec()));
+        // (Past the id counter's copy, which sorts before every name.)
+        let start = Bound::Excluded(cursor.unwrap_or(super::ROOM_COUNTER_KEY).to_vec());
         let mut aged = AgedRooms::default();
         let mut examined = 0;
         for guard in self.keyspaces.rooms.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
@@ -43,7 +44,15 @@ impl Store {
                 continue;
             }
             let Some(first) = self.keyspaces.messages.range(key(id, 0)..=key(id, u64::MAX)).next() else { continue };
-            let (_, message) = first.into_inner().map_err(read_err)?;
+            // One room that cannot be read (a damaged block) is skipped, not the walk: stopping here kept every
+            // room after it from being trimmed by age, for good (each sweep starts again at this cursor).
+            let message = match first.into_inner() {
+                Ok((_, message)) => message,
+                Err(err) => {
+                    tracing::error!(room = %name, %err, "retention: the room's oldest message cannot be read; skipped");
+                    continue;
+                }
+            };
             if u64_at(&message, 0).is_some_and(|time_us| time_us < cutoff_us) {
                 aged.names.push(name.to_string());
                 if aged.names.len() >= max_names {

@@ -7,6 +7,7 @@
 //! | `meta` | `format` | [`FORMAT`] |
 //! | `meta` | `next_room_id` | u64 |
 //! | `rooms` | room name | room id u64, epoch u64, last seq u64 (as of its creation or last retention deletion) |
+//! | `rooms` | [`ROOM_COUNTER_KEY`] (no room name: it starts with NUL) | `next_room_id` again, flushed with the records |
 //! | `messages` | room id u64, seq u64 | time µs u64, the event's encoded `RoomFrame::Event` |
 //! | `dedupe_runs` | room id u64, last seq u64 | the dedupe entries of up to 128 posts whose messages retention deleted while the window remembered them (`runs.rs`) |
 //! | `dedupe` | room id u64, seq u64 | time µs u64, client_msg_id u64, identity: one such entry, as formats 1 and 2 kept them (read, deleted, never written) |
@@ -14,6 +15,10 @@
 //! Writes go through one writer thread (`writer.rs`) that commits whatever arrived while the previous commit ran as
 //! one batch with one fsync (group commit); a post is acknowledged, and delivered, only once its batch is durable.
 //! Reads ([`Store::load_room`], [`Store::page`]) go straight to the database from any thread.
+
+/// The key of the room id counter's copy in the `rooms` keyspace: no room name starts with NUL (names have no
+/// control characters), and it sorts before every name.
+pub(crate) const ROOM_COUNTER_KEY: &[u8] = b"\0next_room_id";
 
 mod cold;
 mod disk;
@@ -319,11 +324,14 @@ impl Store {
                 db.persist(PersistMode::SyncAll).map_err(unreadable)?;
             }
         }
-        let next = keyspaces.meta.get("next_room_id").map_err(unreadable)?;
-        let next_room_id = match next {
-            Some(bytes) => u64_at(&bytes, 0).ok_or_else(|| damaged(&path, "next_room_id is not a u64"))?,
-            None => 1,
+        let counter = |bytes: Option<fjall::Slice>| match bytes {
+            Some(bytes) => u64_at(&bytes, 0).ok_or_else(|| damaged(&path, "next_room_id is not a u64")),
+            None => Ok(1),
         };
+        // The larger of the two copies: each keyspace is flushed on its own, and a lost journal leaves each as
+        // of its last flush.
+        let next_room_id = counter(keyspaces.meta.get("next_room_id").map_err(unreadable)?)?
+            .max(counter(keyspaces.rooms.get(ROOM_COUNTER_KEY).map_err(unreadable)?)?);
         // Cheap consistency checks (no scan): a room id at or past the counter means records were lost.
         let newest_id = keyspaces.newest_room_id().map_err(unreadable)?;
         if newest_id.is_some_and(|id| id >= next_room_id) {

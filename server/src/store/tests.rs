@@ -248,6 +248,26 @@ fn group_commit_shares_batches() {
     assert_eq!(store.load_room("r", 0, u64::MAX, 10).unwrap().unwrap().last_seq, 2_000);
 }
 
+/// The room id counter is kept beside the room records too, and the larger copy wins at open: fjall flushes each
+/// keyspace on its own, and after a lost journal the records could be newer than `meta`'s counter, which then
+/// handed a recorded room's id to a new room (their keys merged).
+#[test]
+fn the_room_id_counter_is_never_behind_the_recorded_rooms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let id = filled(&store, 1);
+    let copy = store.keyspaces.rooms.get(super::ROOM_COUNTER_KEY).unwrap().expect("the copy beside the records");
+    assert_eq!(u64_at(&copy, 0), Some(id + 1));
+    // `meta`'s counter as of an older flush.
+    store.keyspaces.meta.insert("next_room_id", 1u64.to_be_bytes()).unwrap();
+    store.keyspaces.db.persist(fjall::PersistMode::SyncAll).unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    assert!(store.allocate_room_id() > id, "a recorded room's id is not handed out again");
+    // The copy is no room: the walk over rooms does not see it.
+    assert_eq!(store.aged_rooms(None, 10, 10, u64::MAX, |_| false).unwrap().names, ["r"]);
+}
+
 #[test]
 fn the_walk_for_aged_rooms_goes_on_from_its_cursor_and_starts_over() {
     let dir = tempfile::tempdir().unwrap();

@@ -244,10 +244,18 @@ impl Handle {
             inline.failed = Some(failure.clone());
             return Err(failure);
         }
-        let committed =
-            commit(&inline.keyspaces, [op], PersistMode::Buffer, Some(&mut inline.next_room_id), &self.stats);
-        committed.map_err(|err| {
-            let failure = StoreFailed(format!("{err:?}").into());
+        // A panic in the commit (fjall's own checks) fails the store like an error, as the writer thread's does:
+        // the post's task would die with it, and the room deliver the post, without knowing it was stored, with
+        // the next one's commit.
+        let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            commit(&inline.keyspaces, [op], PersistMode::Buffer, Some(&mut inline.next_room_id), &self.stats)
+        }));
+        let committed = match committed {
+            Ok(result) => result.map_err(|err| format!("{err:?}")),
+            Err(_) => Err("the commit panicked".to_string()),
+        };
+        committed.map_err(|detail| {
+            let failure = StoreFailed(detail.into());
             tracing::error!(%failure, "room store commit failed");
             self.stats.failed.store(true, Ordering::Relaxed);
             inline.failed = Some(failure.clone());
@@ -424,7 +432,10 @@ fn commit<'a>(
     }
     if counter.is_some_and(|counter| next != counter) {
         batch.insert(&ks.meta, "next_room_id", next.to_be_bytes());
-        writes += 1;
+        // Also beside the records (fjall flushes each keyspace on its own: after a lost journal, the flushed
+        // records of rooms must not be newer than the counter, or a new room would reuse a recorded room's id).
+        batch.insert(&ks.rooms, super::ROOM_COUNTER_KEY, next.to_be_bytes());
+        writes += 2;
     }
     if writes == 0 {
         return Ok(()); // barriers only: what they wait for is in earlier batches, already stored

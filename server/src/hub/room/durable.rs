@@ -8,7 +8,7 @@
 use std::{collections::VecDeque, sync::Arc};
 
 use bytes::Bytes;
-use quiver_proto::{Limits, Position, RoomEvent, RoomFrame};
+use quiver_proto::{ErrorCode, Failure, Limits, Position, RoomEvent, RoomFrame};
 
 use super::{ReplayRange, Room};
 use crate::{
@@ -211,25 +211,29 @@ impl DiskRoom {
         delivered: u64,
         limit: usize,
         budget: usize,
-    ) -> (Vec<RoomEvent>, bool) {
+    ) -> Result<(Vec<RoomEvent>, bool), Failure> {
         let after = since.unwrap_or(0).max(self.first_readable(delivered).saturating_sub(1));
-        let page = match self.store.page(self.id, after, delivered, limit, budget) {
-            Ok(page) => page,
-            Err(err) => {
-                tracing::error!(room = %self.name, %err, "history read failed");
-                return (Vec::new(), false);
-            }
-        };
+        // A read that fails is the client's error to see (an empty last page said "no more history").
+        let page = self.store.page(self.id, after, delivered, limit, budget).map_err(|err| {
+            tracing::error!(room = %self.name, %err, "history read failed");
+            Failure::new(ErrorCode::Internal, format!("the history of room {} could not be read", self.name))
+        })?;
         let mut events = Vec::with_capacity(page.frames.len());
         for stored in page.frames {
             let mut frame = bytes::BytesMut::from(&stored.frame[..]);
             match self.codec.decode::<RoomFrame>(&mut frame) {
                 Ok(Some(RoomFrame::Event(event))) => events.push(event),
-                other => tracing::error!(room = %self.name, seq = stored.seq, ?other, "a stored frame is not an event"),
+                // Skipped, the page would hold nothing past it and say "more": a client paging from its last
+                // seq asked for the same page forever (e.g. `max_frame` lowered below stored messages).
+                other => {
+                    tracing::error!(room = %self.name, seq = stored.seq, ?other, "a stored frame is not an event");
+                    let reason = format!("message {} of room {} cannot be read back", stored.seq, self.name);
+                    return Err(Failure::new(ErrorCode::Internal, reason));
+                }
             }
         }
         // A frame over the budget alone still counts against it: the page stops before it.
-        (events, page.more)
+        Ok((events, page.more))
     }
 
     /// Retention: plans the deletion of the dedupe entries the window forgot (below `dedupe_from`) and of the

@@ -153,3 +153,102 @@ async fn a_peer_that_joins_and_leaves_without_reading_its_room_streams() {
     })
     .await;
 }
+
+/// The well-behaved counterpart: a client at `max_rooms` that leaves two rooms and joins two others in one burst
+/// (one write, four requests) gets all four answered. The left rooms' streams end a moment after their Leave is
+/// answered, and the second Join waits for that instead of counting them as open (it was refused `TooManyRooms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_and_joining_in_one_burst_at_max_rooms() {
+    use quiver_proto::{Join, Reply, RequestBody, ServerMsg};
+    use quiver_tests::hostile::frame;
+    bounded(async {
+        let server = TestServer::start(Limits { max_rooms: 4, ..Limits::default() });
+        let mut control = Control::open(&server).await;
+        let join = |room: &str| RequestBody::Join(Join { room: room.into(), since: None, redundant: false });
+        for (req_id, room) in (1..).zip(["a", "b", "c", "d"]) {
+            let reply = control.request(req_id, join(room)).await;
+            assert!(matches!(reply, Ok(Reply::Joined(_))), "{room}: {reply:?}");
+        }
+        for round in 0..20u64 {
+            let (old, new) = if round % 2 == 0 { (["a", "b"], ["e", "f"]) } else { (["e", "f"], ["a", "b"]) };
+            let base = 10 + round * 4;
+            let mut burst = frame(base, RequestBody::Leave { room: old[0].into() });
+            burst.extend_from_slice(&frame(base + 1, RequestBody::Leave { room: old[1].into() }));
+            burst.extend_from_slice(&frame(base + 2, join(new[0])));
+            burst.extend_from_slice(&frame(base + 3, join(new[1])));
+            control.send.write_all(&burst).await.unwrap();
+            for req_id in base..base + 4 {
+                match control.next().await {
+                    Some(ServerMsg::Reply { req_id: got, result: Ok(_) }) if got == req_id => {}
+                    other => panic!("round {round}, request {req_id}: {other:?}"),
+                }
+            }
+        }
+        control.ping(1_000).await;
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A Join that has to wait for a left room's stream to end is served after the replies before it are written:
+/// a client that stops reading a left room's stream once its Left arrives (as the library does) frees the slot the
+/// Join waits for. The replies used to wait behind the Join, which was then refused `TooManyRooms` after its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_at_the_stream_limit_waits_with_the_replies_before_it_written() {
+    use quiver_proto::{Join, Reply, RequestBody, ServerMsg};
+    use quiver_tests::hostile::{frame, hello};
+    use std::sync::atomic::Ordering;
+    bounded(async {
+        let server = TestServer::start(Limits { max_rooms: 2, ..Limits::default() });
+        let writer = server.client().await;
+        // Each room stream's window is smaller than one event: a room with an event queued stays open until read.
+        let mut config =
+            quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_uni_streams(100u32.into()).stream_receive_window(1_000u32.into());
+        config.transport_config(std::sync::Arc::new(transport));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint.connect_with(config, server.addr, "localhost").unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let mut next = async || quiver_tests::read_msg(&mut recv, &mut buf).await.expect("a reply");
+        let join = |room: &str| RequestBody::Join(Join { room: room.into(), since: None, redundant: false });
+        send.write_all(&frame(0, hello(server.token("stuck")))).await.unwrap();
+        assert!(matches!(next().await, ServerMsg::Reply { result: Ok(Reply::Welcome(_)), .. }));
+        let mut streams = Vec::new();
+        for (req_id, room) in [(1, "a"), (2, "b")] {
+            send.write_all(&frame(req_id, join(room))).await.unwrap();
+            assert!(matches!(next().await, ServerMsg::Reply { result: Ok(Reply::Joined(_)), .. }), "{room}");
+            streams.push(conn.accept_uni().await.unwrap());
+            let before = server.stats.outbox_bytes.load(Ordering::Relaxed);
+            writer.post(room, vec![b'x'; 4_000]).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while server.stats.outbox_bytes.load(Ordering::Relaxed) <= before {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("the event waits on the unread stream");
+        }
+        // a left (its stream stays open: unread), c joined: three room streams, the most a connection keeps.
+        send.write_all(&frame(3, RequestBody::Leave { room: "a".into() })).await.unwrap();
+        assert!(matches!(next().await, ServerMsg::Reply { req_id: 3, result: Ok(Reply::Left { .. }) }));
+        send.write_all(&frame(4, join("c"))).await.unwrap();
+        assert!(matches!(next().await, ServerMsg::Reply { req_id: 4, result: Ok(Reply::Joined(_)) }));
+        // Leave b and join d in one write: d has to wait for a left stream to end.
+        let mut burst = frame(5, RequestBody::Leave { room: "b".into() });
+        burst.extend_from_slice(&frame(6, join("d")));
+        send.write_all(&burst).await.unwrap();
+        let left = next().await;
+        assert!(matches!(left, ServerMsg::Reply { req_id: 5, result: Ok(Reply::Left { .. }) }), "{left:?}");
+        // Left arrived while d waits: the client stops reading what it left.
+        for mut stream in streams {
+            let _ = stream.stop(0u32.into());
+        }
+        let joined = next().await;
+        assert!(matches!(joined, ServerMsg::Reply { req_id: 6, result: Ok(Reply::Joined(_)) }), "{joined:?}");
+        writer.close().await;
+        server.stop().await;
+    })
+    .await;
+}

@@ -38,7 +38,7 @@ async fn metrics_move_by_exactly_the_traffic() {
     for i in 0..5u64 {
         publisher.send(i.to_be_bytes().to_vec()).unwrap();
         // One at a time: each is sent before the next is published, so none is conflated.
-        let tick = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap();
+        let tick = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().unwrap();
         assert_eq!(tick.seq, i + 1);
     }
     // A repeated Subscribe answers the same id and is no second subscription.

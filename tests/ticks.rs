@@ -40,7 +40,7 @@ async fn one_publisher_to_a_hundred_subscribers() {
             let mut seqs = Vec::new();
             let _ = tokio::time::timeout(Duration::from_secs(3), async {
                 loop {
-                    let tick = subscription.next().await;
+                    let Some(tick) = subscription.next().await else { break };
                     seqs.push(tick.seq);
                     if tick.seq >= 200 {
                         break;
@@ -77,11 +77,11 @@ async fn a_subscriber_that_pauses_gets_the_newest_tick_not_the_backlog() {
         let last = publish(&publisher, 1500, Duration::from_millis(1)).await;
         (publisher, last)
     });
-    let first = subscription.next().await;
+    let first = subscription.next().await.unwrap();
     // Stop reading for a while; the publisher goes on at 1 kHz.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let latest_now = subscription.latest().unwrap().seq;
-    let after_pause = subscription.next().await;
+    let after_pause = subscription.next().await.unwrap();
     assert!(after_pause.seq > first.seq + 300, "a backlog was delivered: {} after {}", after_pause.seq, first.seq);
     assert!(
         latest_now.saturating_sub(after_pause.seq) <= 5 || after_pause.seq >= latest_now,
@@ -92,6 +92,37 @@ async fn a_subscriber_that_pauses_gets_the_newest_tick_not_the_backlog() {
     assert!(last >= 1500);
     let stats = subscription.stats();
     assert!(stats.latency.count > 0 && stats.latency.p50_us > 0, "{stats:?}");
+    server.stop().await;
+}
+
+/// A subscription's reader is not left waiting forever: unsubscribing ends every handle of the channel (they share
+/// one subscription), and a client that ends ends its subscriptions' readers, each with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_ends_for_its_readers_when_unsubscribed_or_when_the_client_ends() {
+    let server = TestServer::start(Limits::default());
+    let client = server.client().await;
+    let first = client.subscribe("feed").await.unwrap();
+    let mut second = client.subscribe("feed").await.unwrap();
+    let mut other = client.subscribe("other").await.unwrap();
+    let waiting = tokio::spawn(async move { (second.next().await, second.end_reason()) });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.unsubscribe().await.unwrap();
+    let (tick, why) = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the reader ends").unwrap();
+    assert!(tick.is_none(), "{tick:?}");
+    assert_eq!(why.map(|(code, _)| code), Some(ErrorCode::NoError));
+    // Subscribed again: a new subscription, which ticks reach.
+    let mut again = client.subscribe("feed").await.unwrap();
+    assert_eq!(again.end_reason(), None);
+    client.publisher("feed").await.unwrap().send("after").unwrap();
+    let tick = tokio::time::timeout(Duration::from_secs(5), again.next()).await.expect("a tick");
+    assert_eq!(tick.map(|t| t.payload), Some("after".into()));
+
+    assert_eq!(other.end_reason(), None);
+    client.close().await;
+    let tick = tokio::time::timeout(Duration::from_secs(5), other.next()).await;
+    assert!(matches!(tick, Ok(None)), "a closed client's subscription reader gets None: {tick:?}");
+    assert!(again.next_batch().await.is_none());
+    assert_eq!(other.end_reason().map(|(code, _)| code), Some(ErrorCode::NoError));
     server.stop().await;
 }
 
@@ -146,7 +177,7 @@ async fn garbage_and_unclaimed_datagrams_are_counted_and_ignored() {
         publisher.send(b"real".to_vec()).unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let received = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().unwrap();
     assert_eq!(received.payload, "real");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stats = server.stats.snapshot();
@@ -180,7 +211,10 @@ async fn subscriptions_and_publishers_survive_a_reconnect() {
     let pub_client = server.client().await;
     let publisher = pub_client.publisher("live").await.unwrap();
     publisher.send(b"one".to_vec()).unwrap();
-    assert_eq!(tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().payload, "one");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().unwrap().payload,
+        "one"
+    );
     sub_client.connection().unwrap().close(0u32.into(), b"test");
     pub_client.connection().unwrap().close(0u32.into(), b"test");
     let got = tokio::time::timeout(Duration::from_secs(10), async {
@@ -191,7 +225,7 @@ async fn subscriptions_and_publishers_survive_a_reconnect() {
                 Err(err) => panic!("{err}"),
             }
             if let Ok(tick) = tokio::time::timeout(Duration::from_millis(20), subscription.next()).await {
-                break tick;
+                break tick.expect("the subscription goes on");
             }
         }
     })

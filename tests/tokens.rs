@@ -195,6 +195,7 @@ async fn a_room_refused_at_the_rejoin_ends_for_its_reader_with_the_reason() {
         let mut claims = Claims::everything("narrowed", now_s(), 3600);
         if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
             claims.rooms = BTreeMap::from([("open.*".into(), vec![RoomRight::Join, RoomRight::Post])]);
+            claims.channels = BTreeMap::from([("open.*".into(), vec![ChannelRight::Subscribe, ChannelRight::Publish])]);
         }
         mint_dev(&dir, &claims).map_err(Into::into)
     });
@@ -202,6 +203,7 @@ async fn a_room_refused_at_the_rejoin_ends_for_its_reader_with_the_reason() {
     let client = Client::connect_with(&server.addr.to_string(), options).await.unwrap();
     let mut secret = client.join("secret").await.unwrap();
     let mut hall = client.join("open.hall").await.unwrap();
+    let mut secret_ticks = client.subscribe("secret.ticks").await.unwrap();
     client.post("secret", "before").await.unwrap();
     // Arrived (the acknowledgement can come before the event), and left unread until the room ends.
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -235,6 +237,11 @@ async fn a_room_refused_at_the_rejoin_ends_for_its_reader_with_the_reason() {
     let (code, reason) = secret.end_reason().expect("why the room ended");
     assert_eq!(code, ErrorCode::PermissionDenied, "{reason}");
     assert!(minted.load(std::sync::atomic::Ordering::Relaxed) >= 2, "the reconnect minted the narrower token");
+    // A subscription refused at the resubscribe ends the same way (it waited forever).
+    let tick = tokio::time::timeout(Duration::from_secs(10), secret_ticks.next()).await;
+    assert!(matches!(tick, Ok(None)), "the refused subscription's reader ends: {tick:?}");
+    let (code, reason) = secret_ticks.end_reason().expect("why the subscription ended");
+    assert_eq!(code, ErrorCode::PermissionDenied, "{reason}");
 
     // The client and its granted room go on; the ended room is joined again like any room (and denied here).
     client.post("open.hall", "after").await.unwrap();

@@ -26,6 +26,7 @@ async fn main() {
     loop {
         tokio::select! {
             ticks = feed.next_batch() => {
+                let Some(ticks) = ticks else { break };
                 if let Some(tick) = ticks.last() {
                     last_price = Some(String::from_utf8_lossy(&tick.payload).into_owned());
                 }

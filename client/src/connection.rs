@@ -197,8 +197,7 @@ impl<H: Handler> Connection<H> {
 
     /// Sends one request and waits for its reply.
     pub(crate) async fn request(&self, body: RequestBody) -> Result<Reply, RequestError> {
-        let rx = self.send(body).await?;
-        rx.await.unwrap_or_else(|_| Err(RequestError::closed((ErrorCode::Internal, "reply reader stopped".into()))))
+        reply(self.send(body).await?).await
     }
 
     /// Tick datagrams with `channel_id` go to `route` from now on.
@@ -215,6 +214,11 @@ impl<H: Handler> Connection<H> {
     pub(crate) fn close_reason(&self) -> Option<(ErrorCode, String)> {
         self.link.close_reason()
     }
+}
+
+/// The reply to a request [`Connection::send`] wrote.
+pub(crate) async fn reply(rx: oneshot::Receiver<Result<Reply, RequestError>>) -> Result<Reply, RequestError> {
+    rx.await.unwrap_or_else(|_| Err(RequestError::closed((ErrorCode::Internal, "reply reader stopped".into()))))
 }
 
 /// How long a connection whose control stream ended may stay open before the client closes it itself

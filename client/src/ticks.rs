@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use quiver_proto::ErrorCode;
 
 use crate::{
     driver::{DriverHandle, PubEntry, SubEntry},
@@ -43,13 +44,39 @@ impl TickSubscription {
     /// Waits for a tick not returned yet and returns the newest: ticks come in seq order (older arrivals are
     /// dropped as stale) and a slow reader skips to the latest value instead of working through old ones (those
     /// count as superseded).
-    pub async fn next(&mut self) -> Tick {
+    ///
+    /// `None` once the subscription has ended (unsubscribed, or refused by the server after a reconnect) or the
+    /// client has (closed, or gave up reconnecting), and nothing new is left: [`TickSubscription::end_reason`]
+    /// says why.
+    pub async fn next(&mut self) -> Option<Tick> {
         loop {
             let arrived = self.entry.arrived.notified();
             if let Some(latest) = lock(&self.entry.state).take_latest() {
-                return latest;
+                return Some(latest);
             }
-            arrived.await;
+            if !self.wait(arrived).await {
+                return lock(&self.entry.state).take_latest();
+            }
+        }
+    }
+
+    /// Waits for `arrived`; false when the subscription or the client ended instead.
+    async fn wait(&self, arrived: tokio::sync::futures::Notified<'_>) -> bool {
+        tokio::select! {
+            biased;
+            () = arrived => true,
+            () = self.entry.ended.cancelled() => false,
+            () = self.handle.driver.stop.cancelled() => false,
+        }
+    }
+
+    /// Why [`TickSubscription::next`] returns `None`: the subscription's end (unsubscribed, or the server's
+    /// refusal to take it back), or why the client ended; `None` while the subscription goes on.
+    pub fn end_reason(&self) -> Option<(ErrorCode, String)> {
+        match self.entry.end_reason() {
+            Some(why) => Some(why),
+            None if self.handle.driver.stop.is_cancelled() => Some(self.handle.driver.end_reason()),
+            None => None,
         }
     }
 
@@ -57,14 +84,18 @@ impl TickSubscription {
     /// connection (after a reconnect the server's seqs start over): for readers that want every tick that
     /// arrived (market-data deltas, measurements), not only the newest. At most [`TICK_BACKLOG`] are held; a
     /// reader further behind loses the oldest (counted as superseded), so it never works through stale data.
-    pub async fn next_batch(&mut self) -> Vec<Tick> {
+    /// `None` when [`TickSubscription::next`] would be.
+    pub async fn next_batch(&mut self) -> Option<Vec<Tick>> {
         loop {
             let arrived = self.entry.arrived.notified();
             let ticks = lock(&self.entry.state).take_all();
             if !ticks.is_empty() {
-                return ticks;
+                return Some(ticks);
             }
-            arrived.await;
+            if !self.wait(arrived).await {
+                let ticks = lock(&self.entry.state).take_all();
+                return (!ticks.is_empty()).then_some(ticks);
+            }
         }
     }
 
@@ -73,9 +104,9 @@ impl TickSubscription {
         lock(&self.entry.state).stats()
     }
 
-    /// Stops the subscription.
+    /// Stops the subscription, for every handle of the channel (they share it); `Ok` at once if it had ended.
     pub async fn unsubscribe(self) -> Result<(), RequestError> {
-        self.handle.driver.unsubscribe(&self.entry.channel).await
+        self.handle.driver.unsubscribe(&self.entry).await
     }
 }
 

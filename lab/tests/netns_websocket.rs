@@ -133,7 +133,10 @@ fn websocket_ticks_stay_fresh_on_a_slow_link_and_chat_stays_complete() {
         let deadline = Instant::now() + RUN + Duration::from_secs(20);
         while chat.len() < CHAT as usize && Instant::now() < deadline {
             tokio::select! {
-                tick = ticks.next() => ages.push((Instant::now(), tick.latency())),
+                tick = ticks.next() => match tick {
+                    Some(tick) => ages.push((Instant::now(), tick.latency())),
+                    None => break,
+                },
                 event = room.next() => if let Some(RoomEvent::Message(m)) = event {
                     chat.push(String::from_utf8_lossy(&m.body).into_owned());
                 },
@@ -141,7 +144,7 @@ fn websocket_ticks_stay_fresh_on_a_slow_link_and_chat_stays_complete() {
         }
         // The rest of the run's ticks.
         let end = Instant::now() + Duration::from_secs(1);
-        while let Ok(tick) = tokio::time::timeout_at(end.into(), ticks.next()).await {
+        while let Ok(Some(tick)) = tokio::time::timeout_at(end.into(), ticks.next()).await {
             ages.push((Instant::now(), tick.latency()));
         }
         (ages, chat)

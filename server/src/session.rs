@@ -35,6 +35,13 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// Whether this is a room Join.
+    pub fn is_join(&self) -> bool {
+        matches!(self, Step::Room { request: RoomRequest::Join(_), .. })
+    }
+}
+
 /// Tick channel requests that passed the session's checks (channel name within limits).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TickRequest {

@@ -483,7 +483,7 @@ fn ticks_cross_nodes_only_where_another_node_subscribes_and_stay_latest_wins() {
         }
         let last = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                let tick = local.next().await;
+                let tick = local.next().await.expect("the subscription goes on");
                 if tick.payload.as_ref() == b"49" {
                     break tick;
                 }
@@ -513,7 +513,7 @@ fn ticks_cross_nodes_only_where_another_node_subscribes_and_stay_latest_wins() {
         }
         let newest = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                let tick = remote.next().await;
+                let tick = remote.next().await.expect("the subscription goes on");
                 if tick.payload.as_ref() == b"burst-499" {
                     break tick;
                 }

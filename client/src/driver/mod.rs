@@ -311,12 +311,17 @@ impl Driver {
 
     pub(crate) async fn leave(&self, entry: &Arc<RoomEntry>) -> Result<(), RequestError> {
         let room = entry.name.as_str();
-        self.rooms.remove(room);
-        lock(&self.copy_slots).retain(|_, (held, _)| !Arc::ptr_eq(held, entry));
-        if let Some(live) = self.current.borrow().as_ref() {
-            live.copy_posts_to(room, false);
-        }
-        match self.request(RequestBody::Leave { room: room.to_string() }).await? {
+        let sent = {
+            // Ordered with a rejoin of the entry (`RoomEntry::order`): its Join goes before this Leave, or not at all.
+            let _order = entry.order.lock().await;
+            self.rooms.remove(room);
+            lock(&self.copy_slots).retain(|_, (held, _)| !Arc::ptr_eq(held, entry));
+            if let Some(live) = self.current.borrow().as_ref() {
+                live.copy_posts_to(room, false);
+            }
+            self.live().await?.send(RequestBody::Leave { room: room.to_string() }).await?
+        };
+        match crate::connection::reply(sent).await? {
             Reply::Left { .. } => Ok(()),
             other => Err(RequestError::unexpected(other)),
         }
@@ -359,13 +364,26 @@ impl Driver {
         self.ticks.subscribe(&*self.live().await?, channel).await
     }
 
-    pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<(), RequestError> {
-        // A channel subscribed again gets a new id from the server: the old route would only grow the table.
-        let current = self.current.borrow().clone();
-        if let (Some(entry), Some(connection)) = (self.ticks.unsubscribed(channel), current) {
-            connection.unroute(|route| Arc::ptr_eq(route, &entry));
-        }
-        match self.request(RequestBody::Unsubscribe { channel: channel.to_string() }).await? {
+    /// Ends `entry` for all its readers and tells the server; `Ok` at once if it had ended already (unsubscribed
+    /// through another handle, or refused at a resubscribe: the server has no such subscription, and a newer one
+    /// of the channel is not touched).
+    pub(crate) async fn unsubscribe(&self, entry: &Arc<SubEntry>) -> Result<(), RequestError> {
+        let sent = {
+            // Ordered with the entry's subscribes and resubscribes (`SubEntry::order`).
+            let _order = entry.order.lock().await;
+            if entry.ended.is_cancelled() {
+                return Ok(());
+            }
+            self.ticks.forget(entry);
+            entry.end(ErrorCode::NoError, "unsubscribed".into());
+            // A channel subscribed again gets a new id from the server: the old route would only grow the table.
+            let current = self.current.borrow().clone();
+            if let Some(connection) = current {
+                connection.unroute(|route| Arc::ptr_eq(route, entry));
+            }
+            self.live().await?.send(RequestBody::Unsubscribe { channel: entry.channel.clone() }).await?
+        };
+        match crate::connection::reply(sent).await? {
             Reply::Unsubscribed { .. } => Ok(()),
             other => Err(RequestError::unexpected(other)),
         }
@@ -484,7 +502,11 @@ impl Driver {
                 let connection = connection.clone();
                 self.tasks.spawn(async move { rooms::rejoin(&connection, &entry).await });
             }
-            self.ticks.restore(&connection).await;
+            for entry in self.ticks.subscriptions() {
+                let connection = connection.clone();
+                self.tasks.spawn(async move { ticks::resubscribe(&connection, &entry).await });
+            }
+            self.ticks.claim_again(&connection).await;
         }
     }
 }

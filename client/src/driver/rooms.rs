@@ -43,6 +43,10 @@ pub(crate) struct RoomEntry {
     /// A Join of the room was answered: a reconnect rejoins it. (Before that, the application's own Join is still on
     /// its way, to the new connection if the old one went, and a rejoin beside it would race it.)
     joined: AtomicBool,
+    /// Held while a rejoin decides to send its Join and writes it, and while the application's leave ends the entry
+    /// and writes its Leave: the server sees the rejoin's Join before the Leave, or no Join at all (a Join written
+    /// after the Leave would keep the connection a member of a room the application left).
+    pub(crate) order: tokio::sync::Mutex<()>,
 }
 
 impl RoomEntry {
@@ -90,7 +94,9 @@ impl Rooms {
         let state = Mutex::new(RoomState::new());
         let (ended, end_reason) = (CancellationToken::new(), Mutex::new(None));
         let joined = AtomicBool::new(false);
-        let entry = Arc::new(RoomEntry { name: room.to_string(), redundant, state, events, ended, end_reason, joined });
+        let order = tokio::sync::Mutex::new(());
+        let name = room.to_string();
+        let entry = Arc::new(RoomEntry { name, redundant, state, events, ended, end_reason, joined, order });
         rooms.insert(room.to_string(), entry.clone());
         Ok((entry, received))
     }
@@ -115,7 +121,12 @@ impl Rooms {
 
 /// A rejoin refused for now (`Unavailable`: the server's broker unreachable; `RateLimited`; `ServerFull`;
 /// `Internal`, e.g. a store read that failed) is tried again, this many times at most, with the delay doubling from 50 ms to 2 s (about a minute in all).
-const RETRIED_REJOINS: u32 = 40;
+pub(crate) const RETRIED_REJOINS: u32 = 40;
+
+/// The refusals a rejoin (or resubscribe) tries again: the server may take it back later.
+pub(crate) fn refused_for_now(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::ServerFull | ErrorCode::Internal)
+}
 
 /// Joins a room again from its position (after a reconnect, or a slow-consumer kick). A rejoin the server refuses
 /// for good (or for longer than [`RETRIED_REJOINS`] tries) ends the room: its reader gets `None` and the reason,
@@ -123,24 +134,27 @@ const RETRIED_REJOINS: u32 = 40;
 pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomEntry) {
     let mut delay = std::time::Duration::from_millis(50);
     for _ in 0..RETRIED_REJOINS {
-        if entry.ended.is_cancelled() {
-            return; // left meanwhile (or ended)
-        }
-        let since = lock(&entry.state).rejoin_position();
-        let join = Join { room: entry.name.clone(), since, redundant: entry.redundant };
-        match connection.request(RequestBody::Join(join)).await {
+        let sent = {
+            let _order = entry.order.lock().await;
+            if entry.ended.is_cancelled() {
+                return; // left meanwhile (or ended)
+            }
+            let since = lock(&entry.state).rejoin_position();
+            let join = Join { room: entry.name.clone(), since, redundant: entry.redundant };
+            connection.send(RequestBody::Join(join)).await
+        };
+        let reply = match sent {
+            Ok(reply) => crate::connection::reply(reply).await,
+            Err(err) => Err(err),
+        };
+        match reply {
             Ok(Reply::Joined(joined)) => entry.replied(&joined),
             Ok(other) => entry.end(ErrorCode::ProtocolViolation, format!("unexpected reply to Join: {other:?}")),
             // The connection went again: the supervisor rejoins once it is back.
             Err(RequestError::Closed { .. }) => {}
             // The application's own join of the room got there first (it joined while the client reconnected).
             Err(RequestError::Failed(failure)) if failure.code == ErrorCode::AlreadyJoined => {}
-            Err(RequestError::Failed(failure))
-                if matches!(
-                    failure.code,
-                    ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::ServerFull | ErrorCode::Internal
-                ) =>
-            {
+            Err(RequestError::Failed(failure)) if refused_for_now(failure.code) => {
                 tracing::info!(room = %entry.name, reason = %failure.message, ?delay, "rejoin refused for now; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
@@ -154,17 +168,18 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
     entry.end(ErrorCode::Unavailable, format!("the server refused to take the room back {RETRIED_REJOINS} times"));
 }
 
-/// Room for one event in a room's channel: at once when there is room, else when the application reads or `stop`
-/// is cancelled; `None` when the room's handle is gone or the client stopped.
-async fn reserve<'a>(
-    events: &'a mpsc::Sender<RoomEvent>,
-    stop: &CancellationToken,
-) -> Option<mpsc::Permit<'a, RoomEvent>> {
-    match events.try_reserve() {
+/// Room for one event in `entry`'s channel: at once when there is room, else when the application reads; `None`
+/// when the room's handle is gone, the room was left or ended, or the client stopped.
+async fn reserve<'a>(entry: &'a RoomEntry, stop: &CancellationToken) -> Option<mpsc::Permit<'a, RoomEvent>> {
+    match entry.events.try_reserve() {
         Ok(permit) => Some(permit),
         Err(mpsc::error::TrySendError::Closed(())) => None,
         Err(mpsc::error::TrySendError::Full(())) => tokio::select! {
-            permit = events.reserve() => permit.ok(),
+            permit = entry.events.reserve() => permit.ok(),
+            // Left while its reader waits for the application (which may hold the room until the Left reply):
+            // the stream is stopped now, so the server's end of it is done at once (its room-stream limit counts
+            // it until then).
+            () = entry.ended.cancelled() => None,
             () = stop.cancelled() => None,
         },
     }
@@ -225,7 +240,10 @@ pub(crate) async fn read_stream(
         recv.stop(ErrorCode::NoError);
         return;
     };
-    let Some(permit) = reserve(&entry.events, stop).await else { return };
+    let Some(permit) = reserve(&entry, stop).await else {
+        recv.stop(ErrorCode::NoError);
+        return;
+    };
     // `Resumed` handed out under the state's lock, like every event: a newer stream's events cannot pass it.
     let stale = {
         let mut state = lock(&entry.state);
@@ -248,7 +266,10 @@ pub(crate) async fn read_stream(
         position += 1;
         match frame {
             Ok(Some(RoomFrame::Event(event))) => {
-                let Some(permit) = reserve(&entry.events, stop).await else { return };
+                let Some(permit) = reserve(&entry, stop).await else {
+                    recv.stop(ErrorCode::NoError);
+                    return;
+                };
                 let mut state = lock(&entry.state);
                 match state.stream_event(stream, position, event) {
                     Some(event) => permit.send(event),

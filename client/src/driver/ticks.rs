@@ -5,14 +5,15 @@ use crate::wire::{Link, SendDatagramError};
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
-use quiver_proto::{Reply, RequestBody, TickHeader};
+use quiver_proto::{ErrorCode, Reply, RequestBody, TickHeader};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     connection::{Connection, Handler},
@@ -27,6 +28,43 @@ pub(crate) struct SubEntry {
     pub(crate) channel: String,
     pub(crate) state: Mutex<LatestWins>,
     pub(crate) arrived: Notify,
+    /// Cancelled when the subscription ends: unsubscribed, or refused by the server after a reconnect (its
+    /// readers then get `None`, and `end_reason` says why).
+    pub(crate) ended: CancellationToken,
+    end_reason: Mutex<Option<(ErrorCode, String)>>,
+    /// The server answered a Subscribe of it: it is resubscribed after a reconnect, and shared by later
+    /// subscribes of the channel without asking the server again.
+    confirmed: AtomicBool,
+    /// Held by whatever asks the server about the entry: a subscribe (until its reply is routed), a resubscribe
+    /// (the same), an unsubscribe (while it ends the entry and writes its Unsubscribe). So the server never sees
+    /// a Subscribe of it after its Unsubscribe, a route is never added after the unsubscribe removed them, and a
+    /// second subscribe of the channel waits for the first's answer instead of sharing an entry that may fail.
+    pub(crate) order: tokio::sync::Mutex<()>,
+}
+
+impl SubEntry {
+    fn new(channel: &str) -> SubEntry {
+        SubEntry {
+            channel: channel.to_string(),
+            state: Mutex::default(),
+            arrived: Notify::new(),
+            ended: CancellationToken::new(),
+            end_reason: Mutex::new(None),
+            confirmed: AtomicBool::new(false),
+            order: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The subscription ends here (the first reason is kept).
+    pub(crate) fn end(&self, code: ErrorCode, reason: String) {
+        lock(&self.end_reason).get_or_insert((code, reason));
+        self.ended.cancel();
+    }
+
+    /// Why the subscription ended, if it did.
+    pub(crate) fn end_reason(&self) -> Option<(ErrorCode, String)> {
+        lock(&self.end_reason).clone()
+    }
 }
 
 /// What the client keeps per publish claim.
@@ -52,28 +90,56 @@ pub(crate) struct Ticks {
 }
 
 impl Ticks {
-    /// Subscribes to `channel` on `connection` (the subscription's entry is shared if it exists).
+    /// Subscribes to `channel` on `connection`; a subscription of the channel that goes on is shared (its readers
+    /// take from one state), without asking the server again.
     pub(crate) async fn subscribe<H: TickHandler>(
         &self,
         connection: &Connection<H>,
         channel: &str,
     ) -> Result<Arc<SubEntry>, RequestError> {
-        let entry = lock(&self.subscriptions)
-            .entry(channel.to_string())
-            .or_insert_with(|| {
-                Arc::new(SubEntry { channel: channel.to_string(), state: Mutex::default(), arrived: Notify::new() })
-            })
-            .clone();
-        if let Err(err) = subscribe_on(connection, &entry).await {
-            lock(&self.subscriptions).remove(channel);
-            return Err(err);
+        loop {
+            let entry = {
+                let mut subscriptions = lock(&self.subscriptions);
+                match subscriptions.get(channel) {
+                    Some(entry) if !entry.ended.is_cancelled() => entry.clone(),
+                    _ => {
+                        let entry = Arc::new(SubEntry::new(channel));
+                        subscriptions.insert(channel.to_string(), entry.clone());
+                        entry
+                    }
+                }
+            };
+            let _order = entry.order.lock().await;
+            if entry.ended.is_cancelled() {
+                continue; // unsubscribed meanwhile, or the subscribe it waited for failed: a new entry
+            }
+            if entry.confirmed.load(Ordering::Acquire) {
+                return Ok(entry.clone());
+            }
+            if let Err(err) = subscribe_on(connection, &entry).await {
+                // Never confirmed, so no reader holds it: subscribes waiting for it make their own.
+                self.forget(&entry);
+                entry.end(ErrorCode::NoError, format!("the subscribe failed: {err}"));
+                return Err(err);
+            }
+            return Ok(entry.clone());
         }
-        Ok(entry)
     }
 
-    /// Forgets a subscription (the caller tells the server); returns it, to unroute its datagrams.
-    pub(crate) fn unsubscribed(&self, channel: &str) -> Option<Arc<SubEntry>> {
-        lock(&self.subscriptions).remove(channel)
+    /// Forgets `entry` (unsubscribed, or its subscribe failed), unless the channel has a newer one.
+    pub(crate) fn forget(&self, entry: &Arc<SubEntry>) {
+        let mut subscriptions = lock(&self.subscriptions);
+        if subscriptions.get(&entry.channel).is_some_and(|held| Arc::ptr_eq(held, entry)) {
+            subscriptions.remove(&entry.channel);
+        }
+    }
+
+    /// Every subscription that goes on and was confirmed (to put back on a new connection: [`resubscribe`]; one
+    /// still waiting for its first answer is the application's subscribe's to finish or fail).
+    pub(crate) fn subscriptions(&self) -> Vec<Arc<SubEntry>> {
+        let subscriptions = lock(&self.subscriptions);
+        let going_on = |entry: &&Arc<SubEntry>| !entry.ended.is_cancelled() && entry.confirmed.load(Ordering::Acquire);
+        subscriptions.values().filter(going_on).cloned().collect()
     }
 
     /// Claims `channel` for publishing on `connection`.
@@ -94,15 +160,8 @@ impl Ticks {
         Ok(entry)
     }
 
-    /// Puts every subscription and claim back on a new connection.
-    pub(crate) async fn restore<H: TickHandler>(&self, connection: &Connection<H>) {
-        let subscriptions: Vec<Arc<SubEntry>> = lock(&self.subscriptions).values().cloned().collect();
-        for entry in subscriptions {
-            lock(&entry.state).resync();
-            if let Err(err) = subscribe_on(connection, &entry).await {
-                tracing::warn!(channel = %entry.channel, %err, "cannot resubscribe");
-            }
-        }
+    /// Puts every publish claim back on a new connection (subscriptions: [`resubscribe`]).
+    pub(crate) async fn claim_again<H: Handler>(&self, connection: &Connection<H>) {
         let publishers: Vec<Arc<PubEntry>> = lock(&self.publishers).values().cloned().collect();
         for entry in publishers {
             if let Err(err) = claim_on(connection, &entry).await {
@@ -155,10 +214,48 @@ pub(crate) fn send_tick<H: Handler>(
     Ok(seq)
 }
 
+/// Puts a subscription back on a new connection. Refused for now (the codes a rejoin retries), it is tried again
+/// with the same backoff; refused for good (or for longer), it ends: its readers get `None` and the reason, instead
+/// of waiting for ticks that will never come.
+pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entry: &Arc<SubEntry>) {
+    lock(&entry.state).resync();
+    let mut delay = std::time::Duration::from_millis(50);
+    for _ in 0..crate::driver::rooms::RETRIED_REJOINS {
+        let subscribed = {
+            let _order = entry.order.lock().await;
+            if entry.ended.is_cancelled() {
+                return; // unsubscribed meanwhile
+            }
+            subscribe_on(connection, entry).await
+        };
+        match subscribed {
+            // Done, or the connection went again (the supervisor resubscribes once it is back).
+            Ok(()) | Err(RequestError::Closed { .. }) => return,
+            Err(RequestError::Failed(failure)) if crate::driver::rooms::refused_for_now(failure.code) => {
+                tracing::info!(channel = %entry.channel, reason = %failure.message, ?delay, "resubscribe refused for now; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(RequestError::Failed(failure)) => return ended(entry, failure.code, failure.message),
+            Err(err) => return ended(entry, ErrorCode::Internal, err.to_string()),
+        }
+    }
+    let times = crate::driver::rooms::RETRIED_REJOINS;
+    ended(entry, ErrorCode::Unavailable, format!("the server refused to take the subscription back {times} times"));
+}
+
+fn ended(entry: &SubEntry, code: ErrorCode, reason: String) {
+    tracing::warn!(channel = %entry.channel, %code, %reason, "cannot resubscribe; the subscription ends here");
+    entry.end(code, reason);
+}
+
+/// Subscribes `entry` on `connection` and routes its ticks there. The caller holds `entry.order` and saw it not
+/// ended.
 async fn subscribe_on<H: TickHandler>(connection: &Connection<H>, entry: &Arc<SubEntry>) -> Result<(), RequestError> {
     match connection.request(RequestBody::Subscribe { channel: entry.channel.clone() }).await? {
         Reply::Subscribed { channel_id, .. } => {
             connection.route(channel_id, entry.clone());
+            entry.confirmed.store(true, Ordering::Release);
             Ok(())
         }
         other => Err(RequestError::unexpected(other)),

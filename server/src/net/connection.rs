@@ -363,6 +363,13 @@ async fn control<R: RoomHub>(
                 deferred = Some(step);
                 break;
             }
+            // A Join that may wait for a left room's stream to end (`Connection::at_stream_limit`) waits with the
+            // replies before it written: the client may hold its left room, and that stream, until the Left reply.
+            if !outbound.is_empty() && step.is_join() && connection.at_stream_limit() {
+                deferred = Some(step);
+                more_inbound = true;
+                break;
+            }
             completed = true;
             let msg = match step {
                 Step::Reply(msg) => msg,

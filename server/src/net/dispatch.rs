@@ -30,6 +30,38 @@ use crate::{
 /// How long opening a room stream may wait for the client to grant a stream slot.
 const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a Join may wait for a left room's stream to be written out when the connection has
+/// [`Connection::max_streams`] of them: a client that leaves and joins in one burst (its pumps have not ended
+/// yet) waits microseconds; one whose left streams are not read is refused after this (well within
+/// [`LEFT_STREAM_GRACE`](crate::net::rooms::LEFT_STREAM_GRACE), after which they are reset).
+const STREAM_SLOT_WAIT: Duration = Duration::from_secs(1);
+
+/// The room streams whose pump still runs, and a signal each time one ends.
+#[derive(Debug, Default)]
+struct StreamSlots {
+    open: AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+impl StreamSlots {
+    /// Waits (at most [`STREAM_SLOT_WAIT`]) until fewer than `max` streams are open; false if none came free.
+    async fn wait_below(&self, max: usize) -> bool {
+        let deadline = tokio::time::Instant::now() + STREAM_SLOT_WAIT;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the count is read: a stream ending in between is not missed.
+            freed.as_mut().enable();
+            if self.open.load(Ordering::Acquire) < max {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
 /// One connection's rooms and ticks: its protocol state and the IO behind it.
 #[derive(Debug)]
 pub(super) struct Connection<R> {
@@ -47,7 +79,7 @@ pub(super) struct Connection<R> {
     /// Room streams whose pump still runs: joined rooms, and left ones still being written out. At most
     /// [`Connection::max_streams`], whatever stream credit the client grants (a peer that never reads its streams
     /// and joins and leaves in a loop would otherwise keep a stream and its queue per cycle).
-    open_streams: Arc<AtomicUsize>,
+    open_streams: Arc<StreamSlots>,
     /// `max_rooms` + 1: a room left and joined again overlaps its old stream's end with the new one (the client's
     /// own stream limit is the same).
     max_streams: usize,
@@ -115,6 +147,11 @@ impl<R: RoomHub> Connection<R> {
         self.copies.is_some()
     }
 
+    /// True when a Join would wait for a left room's stream to end first ([`STREAM_SLOT_WAIT`]).
+    pub(super) fn at_stream_limit(&self) -> bool {
+        self.open_streams.open.load(Ordering::Acquire) >= self.max_streams
+    }
+
     /// The server's counters.
     pub(super) fn stats(&self) -> &ServerStats {
         &self.stats
@@ -135,7 +172,7 @@ impl<R: RoomHub> Connection<R> {
         match request {
             RoomRequest::Join(join) => {
                 self.state.may_join(&join.room)?;
-                if self.open_streams.load(Ordering::Acquire) >= self.max_streams {
+                if !self.open_streams.wait_below(self.max_streams).await {
                     let reason = "the streams of rooms left are still being written out; read them, or retry shortly";
                     return Err(Failure::new(ErrorCode::TooManyRooms, reason));
                 }
@@ -160,10 +197,11 @@ impl<R: RoomHub> Connection<R> {
                 let outbox = StreamOutbox::new(room, send, self.room_queue_bytes, probe, self.stats.clone());
                 let pumped = pump(outbox.clone(), self.kicked.clone(), self.stop.clone(), self.stats.clone());
                 let open_streams = self.open_streams.clone();
-                open_streams.fetch_add(1, Ordering::AcqRel);
+                open_streams.open.fetch_add(1, Ordering::AcqRel);
                 self.pumps.spawn(async move {
                     pumped.await;
-                    open_streams.fetch_sub(1, Ordering::AcqRel);
+                    open_streams.open.fetch_sub(1, Ordering::AcqRel);
+                    open_streams.freed.notify_waiters();
                 });
                 let request = JoinRoom {
                     room: join.room.clone(),

@@ -284,8 +284,7 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
         let (recorder, received) = (recorder.clone(), received.clone());
         tasks.spawn(async move {
             let mut mine = LatencyRecorder::default();
-            loop {
-                let tick = subscription.next().await;
+            while let Some(tick) = subscription.next().await {
                 // The tick's number leads its payload; an empty payload is the end marker.
                 let Some(n) = tick.payload.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else {
                     break;

@@ -40,8 +40,11 @@ pub(super) async fn measure(
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    ticks = subscription.next_batch() => for tick in ticks {
-                        Recorder::received(&recorder, Kind::Tick, &tick.payload);
+                    ticks = subscription.next_batch() => match ticks {
+                        Some(ticks) => for tick in ticks {
+                            Recorder::received(&recorder, Kind::Tick, &tick.payload);
+                        },
+                        None => return,
                     },
                     event = room.next() => match event {
                         Some(RoomEvent::Message(m)) => Recorder::received(&recorder, Kind::Chat, &m.body),

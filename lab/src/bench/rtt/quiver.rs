@@ -30,8 +30,8 @@ pub(super) async fn own_ticks(
     let seen = stale.clone();
     // Every accepted tick, not only the newest: a tick superseded on arrival still arrived.
     until_stopped(stop, async move {
-        loop {
-            for tick in subscription.next_batch().await {
+        while let Some(ticks) = subscription.next_batch().await {
+            for tick in ticks {
                 if let Some((w, i)) = parse(&tick.payload) {
                     Tally::received(&tally, w, i);
                 }

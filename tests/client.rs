@@ -146,6 +146,15 @@ async fn posts_beyond_max_queued_posts_fail_at_once_and_the_bound_frees_as_posts
 /// connection open: what a graceful close looks like until the server's close arrives, and, here, forever. Counts
 /// the connections it accepted.
 async fn finishing_after_welcome(endpoint: quinn::Endpoint, accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    after_welcome(endpoint, accepted, false).await
+}
+
+/// The same, but each connection is closed 20 ms after its Welcome (`close`), as by a server in a crash loop.
+async fn after_welcome(
+    endpoint: quinn::Endpoint,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    close: bool,
+) {
     use quiver_proto::{FrameCodec, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
     while let Some(incoming) = endpoint.accept().await {
         let accepted = accepted.clone();
@@ -174,6 +183,11 @@ async fn finishing_after_welcome(endpoint: quinn::Endpoint, accepted: std::sync:
             };
             let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Welcome(welcome)) };
             send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+            if close {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                conn.close(0u32.into(), b"crashed");
+                return;
+            }
             send.finish().unwrap();
             conn.closed().await;
         });
@@ -226,6 +240,29 @@ async fn a_post_on_a_connection_whose_control_stream_ended_waits_without_spinnin
         accepted.load(std::sync::atomic::Ordering::Relaxed) >= 2,
         "the client left the connection without a control stream for a new one"
     );
+}
+
+/// A server that accepts and then fails at once (a crash loop) is not hit every 50 ms: the reconnect delays start
+/// over only after a connection that lasted (`STABLE_CONNECTION`), so they keep growing here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_in_a_crash_loop_gets_growing_reconnect_delays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
+    let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
+    let tuning = quiver_transport::TransportTuning::default();
+    let config =
+        quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(after_welcome(endpoint, accepted.clone(), true));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // 50 ms doubling to 5 s: about 7 connections in 3 s (each waited 25-50 ms before: about 80).
+    let count = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((3..=12).contains(&count), "{count} connections in 3 s");
+    client.close().await;
 }
 
 /// A room joined while the client reconnects is joined once: the application's Join goes to the new connection, and

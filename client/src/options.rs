@@ -26,7 +26,9 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Reconnect after losing the connection (true by default). When false, a lost connection ends the client.
     pub reconnect: bool,
-    /// The first reconnect delay; it doubles on each failed attempt, with jitter, up to `reconnect_max_delay`.
+    /// The first reconnect delay; it doubles on each failed attempt, with jitter, up to `reconnect_max_delay`. It
+    /// starts over only after a connection that lasted [`crate::STABLE_CONNECTION`] (10 s): after one lost sooner
+    /// (a server that accepts and then fails), the delays go on growing.
     pub reconnect_delay: Duration,
     /// The longest delay between reconnect attempts.
     pub reconnect_max_delay: Duration,

@@ -50,6 +50,10 @@ use crate::{
 /// Where a redundant stream's copies go: its room and the stream's number.
 type CopyRoute = (Arc<RoomEntry>, StreamNumber);
 
+/// A connection lost after lasting at least this long starts the reconnect delays over from `reconnect_delay`; one
+/// lost sooner goes on from where the last delays were.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
 /// How long `Client::close` waits for its tasks to stop and for the server to learn of the close.
 pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -431,6 +435,9 @@ impl Driver {
     /// Watches the live connection; when it is lost (or silent for `dead_server_after`), reconnects with backoff and puts rooms (from their
     /// positions), subscriptions and claims back.
     async fn supervise(self: Arc<Self>) {
+        let new_backoff = || Backoff::new(self.options.reconnect_delay, self.options.reconnect_max_delay);
+        let mut backoff = new_backoff();
+        let mut connected_at = tokio::time::Instant::now();
         loop {
             let Some(connection) = self.current.borrow().clone() else { return };
             tokio::select! {
@@ -453,7 +460,11 @@ impl Driver {
             }
             tracing::info!(code = %why.0, reason = %why.1, "connection lost; reconnecting");
             self.current.send_replace(None);
-            let mut backoff = Backoff::new(self.options.reconnect_delay, self.options.reconnect_max_delay);
+            // The delays start over only after a connection that lasted: a server that accepts and then fails
+            // (a crash loop) had every client back every 50 ms for as long as it did.
+            if connected_at.elapsed() >= STABLE_CONNECTION {
+                backoff = new_backoff();
+            }
             let mut last_error = format!("{}: {}", why.0, why.1);
             let connection = loop {
                 let delay = backoff.next_delay(rand::random());
@@ -494,6 +505,7 @@ impl Driver {
                     }
                 }
             };
+            connected_at = tokio::time::Instant::now();
             self.reconnects.fetch_add(1, Ordering::Relaxed);
             self.connected(connection.clone()).await;
             // Rooms rejoin side by side, each on its own task (a room whose join is refused for now retries on

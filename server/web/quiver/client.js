@@ -19,6 +19,9 @@ import { PROTOCOL_VERSION, wire } from './wire/messages.js';
  * announcing `{type: 'resumed', recovered}`), re-sends unacknowledged posts in order with their client_msg_id, and
  * subscribes and claims its channels again.
  */
+/** A session lost after lasting this long starts the reconnect delays over; one lost sooner goes on from them. */
+export const STABLE_CONNECTION_MS = 10_000;
+
 export class QuiverClient {
   /** The latest Welcome (`{version, session_id, server_time_us, identity, limits}`). */
   welcome = null;
@@ -38,6 +41,9 @@ export class QuiverClient {
   #sessionChanged = new Signal();
   #timers = new Timers();
   #backoff;
+  /** When the current session began, and reconnect attempts since the last session that lasted. */
+  #connectedAt = 0;
+  #attempts = 0;
   #rooms = new Map(); // name -> {state: RoomState, onEvent, handle: Room, joining: Promise, stream}
   #roomStreams = 0; // room streams accepted so far, over every session: a later stream is a newer one
   #subscriptions = new Map(); // channel -> {channel, onTick, ticks: LatestWins, latest, handle}
@@ -256,6 +262,7 @@ export class QuiverClient {
     if (this.status === 'closed') session.close(ErrorCode.NoError, 'client closed');
     if (this.status === 'closed' || session.closedWhy) return false;
     this.#session = session;
+    this.#connectedAt = performance.now();
     this.welcome = session.welcome;
     this.reconnecting = null;
     if (session.transport !== this.transport) {
@@ -288,7 +295,11 @@ export class QuiverClient {
 
   async #reconnect(why) {
     let lastError = why;
-    for (let attempt = 0; this.status !== 'closed'; attempt++) {
+    // The delays start over only after a session that lasted: a server that accepts and then fails (a crash
+    // loop) would otherwise have every client back at the first delay for as long as it does.
+    if (performance.now() - this.#connectedAt >= STABLE_CONNECTION_MS) this.#attempts = 0;
+    while (this.status !== 'closed') {
+      const attempt = this.#attempts++;
       const nextTryMs = this.#backoff.delay(attempt);
       this.reconnecting = { attempt, lastError, nextTryMs };
       callBack(this.#options.onAttempt, this.reconnecting);

@@ -396,6 +396,21 @@ test('reconnect keeps trying while the server is down, and reconnect: false ends
   assert.match(once.closeReason.reason, /network unreachable/);
 });
 
+test('a server that drops each session soon after it opens gets growing reconnect delays, not the first every time', async (t) => {
+  const server = new FakeServer();
+  const attempts = [];
+  const ann = await connect(t, server, {
+    reconnectDelayMs: 2, reconnectMaxDelayMs: 50, onAttempt: (a) => attempts.push(a),
+  });
+  for (let loss = 1; loss <= 4; loss++) {
+    await until('connected', () => ann.status === 'connected');
+    server.dropAll(); // a crash loop: each session ends within moments (less than STABLE_CONNECTION_MS)
+    await until('a new attempt', () => attempts.length >= loss);
+  }
+  // One attempt per loss, each going on from the last: the delays grow instead of starting over.
+  assert.deepEqual(attempts.map((a) => a.attempt), [0, 1, 2, 3]);
+});
+
 test('a room stream reset before its Open frame is joined again on the Kicked; a loss during setup fails connect', async (t) => {
   const server = new FakeServer();
   const bob = await connect(t, server, { name: 'bob' });

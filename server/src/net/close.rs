@@ -8,6 +8,8 @@ use quiver_proto::ErrorCode;
 use quiver_transport::close::{describe, truncate_utf8};
 use web_transport_quinn::{Session, SessionError, WebTransportError};
 
+use crate::{net::wire::Wire, stats::ServerStats};
+
 /// Closes a session with `code`, giving `reason` (truncated to fit a packet) to the peer.
 pub(crate) fn close_session(session: &Session, code: ErrorCode, reason: &str) {
     session.close(code.to_u32(), truncate_utf8(reason, 512).as_bytes());
@@ -41,4 +43,17 @@ pub(crate) fn describe_session(error: &SessionError) -> (ErrorCode, String) {
         }
         other => (ErrorCode::Internal, other.to_string()),
     }
+}
+
+/// Closes the connection with `ControlStreamClosed` because the client reset, stopped or half-finished its control
+/// stream; returns the reason (for the log).
+pub(super) fn control_stream_closed(conn: &Wire, stats: &ServerStats, reason: String) -> String {
+    refuse(conn, stats, ErrorCode::ControlStreamClosed, reason)
+}
+
+/// Counts a refusal with `code`, closes the connection with it and `reason`; returns the reason (for the log).
+pub(super) fn refuse(conn: &Wire, stats: &ServerStats, code: ErrorCode, reason: String) -> String {
+    stats.refused(code);
+    conn.close(code, &reason);
+    reason
 }

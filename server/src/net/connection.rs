@@ -20,7 +20,7 @@ use crate::{
     hub::{ticks::TickHub, RoomHub},
     net::{
         admit::Admitted,
-        close::release,
+        close::{control_stream_closed, refuse, release},
         copies,
         dispatch::{Answer, Connection},
         now_us,
@@ -364,11 +364,15 @@ async fn control<R: RoomHub>(
                 break;
             }
             // A Join that may wait for a left room's stream to end (`Connection::at_stream_limit`) waits with the
-            // replies before it written: the client may hold its left room, and that stream, until the Left reply.
-            if !outbound.is_empty() && step.is_join() && connection.at_stream_limit() {
-                deferred = Some(step);
-                more_inbound = true;
-                break;
+            // replies (and kicks) before it written: the client may hold its left room until the Left reply.
+            if step.is_join() && connection.at_stream_limit() {
+                for kicked in connection.pending_kicks(now_us()).await {
+                    encode(&codec, &kicked, &mut outbound);
+                }
+                if !outbound.is_empty() {
+                    (deferred, more_inbound) = (Some(step), true);
+                    break;
+                }
             }
             completed = true;
             let msg = match step {
@@ -443,19 +447,6 @@ async fn control<R: RoomHub>(
             outbound.clear();
         }
     }
-}
-
-/// Closes the connection with `ControlStreamClosed` because the client reset, stopped or half-finished its control
-/// stream; returns the reason (for the log).
-fn control_stream_closed(conn: &Wire, stats: &ServerStats, reason: String) -> String {
-    refuse(conn, stats, ErrorCode::ControlStreamClosed, reason)
-}
-
-/// Counts a refusal with `code`, closes the connection with it and `reason`; returns the reason (for the log).
-fn refuse(conn: &Wire, stats: &ServerStats, code: ErrorCode, reason: String) -> String {
-    stats.refused(code);
-    conn.close(code, &reason);
-    reason
 }
 
 /// Decodes the next whole request in `inbound` and runs it through the throttle, then the session (a post whose

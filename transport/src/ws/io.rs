@@ -66,7 +66,16 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(mut sink: Sink
         // Every write races the end: a close asked for while the socket is full goes at once (what waits is
         // discarded anyway), and a connection that ended (the peer's close, a dead socket) stops the writer even
         // when the peer no longer reads.
-        let written = sink.send(message);
+        let written = async {
+            match sink.send(message).await {
+                // Pongs tungstenite answered while the socket was full filled its (bounded) buffer: let it drain.
+                Err(tokio_tungstenite::tungstenite::Error::WriteBufferFull(message)) => {
+                    sink.flush().await?;
+                    sink.send(message).await
+                }
+                other => other,
+            }
+        };
         let ended = shared.wait_for(|state| (state.closing.is_some() || state.closed.is_some()).then_some(()));
         tokio::select! {
             written = written => if let Err(err) = written {

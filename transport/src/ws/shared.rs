@@ -100,7 +100,7 @@ impl State {
     }
 
     /// `freed` bytes of room stream `id` are gone (written, reset or stopped): blocked room writes may go on.
-    fn room_freed(&mut self, id: u64, freed: usize) {
+    pub(super) fn room_freed(&mut self, id: u64, freed: usize) {
         if id != 0 && freed > 0 {
             self.room_bytes = self.room_bytes.saturating_sub(freed);
             self.wake_blocked();
@@ -248,12 +248,13 @@ impl Shared {
             state.streams.remove(&id);
             return;
         }
+        // In `ready` already when bytes wait (decided before a reset drops them: it was queued twice).
+        let idle = stream.queue.is_empty();
         let mut freed = 0;
         if let End::Reset(_) = end {
             stream.queue.clear();
             freed = std::mem::take(&mut stream.bytes);
         }
-        let idle = stream.queue.is_empty();
         stream.end = Some(end);
         state.room_freed(id, freed);
         // The control stream's end goes with the close; a room stream's is sent after its bytes.
@@ -276,9 +277,10 @@ impl Shared {
         }
         let state = &mut *state;
         let rooms_first = state.rooms_turn && !state.ready.is_empty();
-        if let Some(control) = state.streams.get_mut(&0).filter(|s| !s.queue.is_empty() && !rooms_first) {
-            state.rooms_turn = true;
-            return Outbound::Message(WsMessage::Control(take_chunk(control)));
+        if !rooms_first {
+            if let Some(message) = state.control_chunk() {
+                return message;
+            }
         }
         if !state.datagrams.is_empty() && (state.datagram_turn || state.ready.is_empty()) {
             state.datagram_turn = false;
@@ -320,7 +322,26 @@ impl Shared {
             state.wire_ids.remove(&id);
             return Outbound::Message(message);
         }
+        // Room streams had their turn but nothing to send (stopped or ended ones left in `ready`): the control
+        // stream's, or a datagram's, goes now instead of the writer idling with them waiting.
+        if let Some(message) = state.control_chunk() {
+            return message;
+        }
+        if let Some(datagram) = state.datagrams.pop_front() {
+            state.datagram_bytes -= datagram.len();
+            return Outbound::Message(WsMessage::Datagram(datagram));
+        }
         Outbound::Idle
+    }
+}
+
+impl State {
+    /// The control stream's next chunk, if it has one (room streams go next: [`State::rooms_turn`]).
+    fn control_chunk(&mut self) -> Option<Outbound> {
+        let control = self.streams.get_mut(&0).filter(|s| !s.queue.is_empty())?;
+        let chunk = take_chunk(control);
+        self.rooms_turn = true;
+        Some(Outbound::Message(WsMessage::Control(chunk)))
     }
 }
 
@@ -340,7 +361,11 @@ impl Shared {
             state.streams.remove(&key);
             state.wire_ids.remove(&wire_id);
         }
+        // Nothing of it is sent any more (a stale entry in `ready` made the writer skip the control stream once).
+        state.ready.retain(|queued| *queued != key);
         state.room_freed(key, freed);
+        // A writer of it waiting for the connection window learns of the stop now, not at the next free.
+        state.wake_blocked();
         drop(state);
         self.changed.notify_waiters();
     }

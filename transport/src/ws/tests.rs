@@ -361,3 +361,32 @@ async fn replies_on_the_control_stream_do_not_starve_room_streams() {
     // 300 KB is 19 chunks: the room's chunk goes after at most the few already on their way.
     assert!(control_chunks_first <= 3, "the room event waited behind {control_chunks_first} control chunks");
 }
+
+#[tokio::test]
+async fn a_room_stream_reset_with_bytes_waiting_never_leaves_control_replies_waiting() {
+    let config = WsConfig { stream_window: 1 << 20, ..WsConfig::default() };
+    let (a, b) = tokio::io::duplex(1024);
+    let ws = config.websocket();
+    let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(ws)).await;
+    let mut peer = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(ws)).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    peer.send(Message::Binary(WsMessage::Control(Bytes::from_static(b"hello")).encode().to_vec())).await.unwrap();
+    let (mut control, _recv) = within(server.accept_bi()).await.unwrap();
+    // The peer reads nothing yet: a room's bytes wait, replies wait, then the room is reset (a slow consumer).
+    let mut room = server.open_uni().unwrap();
+    room.write_all(&[2; 10_000]).await.unwrap();
+    control.write_all(&[1; 40_000]).await.unwrap();
+    room.reset(ErrorCode::SlowConsumer).unwrap();
+    // Every reply arrives without waiting for the next keep-alive (the writer idled with them queued behind a
+    // reset stream listed twice).
+    let mut replies = 0;
+    let read_all = async {
+        while replies < 40_000 {
+            let Message::Binary(bytes) = peer.next().await.unwrap().unwrap() else { continue };
+            if let WsMessage::Control(chunk) = WsMessage::decode(Bytes::from(bytes)).unwrap() {
+                replies += chunk.len();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), read_all).await.expect("the replies went at once");
+}

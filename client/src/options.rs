@@ -44,7 +44,7 @@ pub struct ConnectOptions {
     pub first_connect_retry: Option<Duration>,
     /// A server that sends nothing for this long is taken for dead: the connection is dropped and the client
     /// reconnects (to another node of a cluster when given several). QUIC itself only notices at its 30 s idle
-    /// timeout (a killed server sends no close); keep-alives (`tuning.keep_alive`, 5 s) make a live server answer
+    /// timeout (a killed server sends no close); keep-alives (`tuning.keep_alive`, 8 s) make a live server answer
     /// well within it. `None`: wait for the idle timeout.
     pub dead_server_after: Option<Duration>,
     /// Posts queued or awaiting their reply at most (they wait across reconnects, and after `Unavailable`

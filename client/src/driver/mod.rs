@@ -307,7 +307,7 @@ impl Driver {
                 Ok((entry, events))
             }
             other => {
-                self.rooms.remove(room);
+                self.rooms.remove(&entry);
                 Err(other.map_or_else(|err| err, RequestError::unexpected))
             }
         }
@@ -318,7 +318,10 @@ impl Driver {
         let sent = {
             // Ordered with a rejoin of the entry (`RoomEntry::order`): its Join goes before this Leave, or not at all.
             let _order = entry.order.lock().await;
-            self.rooms.remove(room);
+            if entry.ended.is_cancelled() {
+                return Ok(()); // ended meanwhile (its rejoin refused): nothing of it on the server
+            }
+            self.rooms.remove(entry);
             lock(&self.copy_slots).retain(|_, (held, _)| !Arc::ptr_eq(held, entry));
             if let Some(live) = self.current.borrow().as_ref() {
                 live.copy_posts_to(room, false);
@@ -378,14 +381,20 @@ impl Driver {
             if entry.ended.is_cancelled() {
                 return Ok(());
             }
-            self.ticks.forget(entry);
             entry.end(ErrorCode::NoError, "unsubscribed".into());
             // A channel subscribed again gets a new id from the server: the old route would only grow the table.
             let current = self.current.borrow().clone();
             if let Some(connection) = current {
                 connection.unroute(|route| Arc::ptr_eq(route, entry));
             }
-            self.live().await?.send(RequestBody::Unsubscribe { channel: entry.channel.clone() }).await?
+            let sent = match self.live().await {
+                Ok(live) => live.send(RequestBody::Unsubscribe { channel: entry.channel.clone() }).await,
+                Err(err) => Err(err),
+            };
+            // Forgotten once its Unsubscribe is written: a subscribe of the channel meanwhile found it (ended) and
+            // waits for this lock, so that its Subscribe comes after.
+            self.ticks.forget(entry);
+            sent?
         };
         match crate::connection::reply(sent).await? {
             Reply::Unsubscribed { .. } => Ok(()),

@@ -102,10 +102,13 @@ impl Rooms {
     }
 
     /// Forgets `room` (left, or its join failed): a rejoin of it that is waiting to try again gives up.
-    pub(crate) fn remove(&self, room: &str) {
-        if let Some(entry) = lock(&self.0).remove(room) {
-            entry.ended.cancel();
+    /// (Only `entry`: a newer join of its name stays.)
+    pub(crate) fn remove(&self, entry: &Arc<RoomEntry>) {
+        let mut rooms = lock(&self.0);
+        if rooms.get(&entry.name).is_some_and(|held| Arc::ptr_eq(held, entry)) {
+            rooms.remove(&entry.name);
         }
+        entry.ended.cancel();
     }
 
     /// The entry of `room`, if it is joined (and has not ended).

@@ -98,15 +98,23 @@ impl Ticks {
         channel: &str,
     ) -> Result<Arc<SubEntry>, RequestError> {
         loop {
-            let entry = {
-                let mut subscriptions = lock(&self.subscriptions);
-                match subscriptions.get(channel) {
-                    Some(entry) if !entry.ended.is_cancelled() => entry.clone(),
-                    _ => {
-                        let entry = Arc::new(SubEntry::new(channel));
-                        subscriptions.insert(channel.to_string(), entry.clone());
-                        entry
+            let found = lock(&self.subscriptions).get(channel).cloned();
+            let entry = match found {
+                Some(entry) if !entry.ended.is_cancelled() => entry,
+                Some(ended) => {
+                    // Unsubscribed, its Unsubscribe perhaps not written yet: this Subscribe must come after it.
+                    drop(ended.order.lock().await);
+                    self.forget(&ended);
+                    continue;
+                }
+                None => {
+                    let mut subscriptions = lock(&self.subscriptions);
+                    if subscriptions.contains_key(channel) {
+                        continue; // made meanwhile
                     }
+                    let entry = Arc::new(SubEntry::new(channel));
+                    subscriptions.insert(channel.to_string(), entry.clone());
+                    entry
                 }
             };
             let _order = entry.order.lock().await;

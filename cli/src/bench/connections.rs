@@ -23,8 +23,9 @@ pub(crate) struct ConnectionsArgs {
     /// Connections closed and opened again with their TLS session tickets (at most --count).
     #[arg(long, default_value_t = 1000)]
     resumed: u32,
-    /// Seconds over which the server's idle CPU is measured with every connection open.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds over which the server's idle CPU is measured with every connection open: three of the clients'
+    /// keep-alive intervals by default (a window shorter than one misses their PINGs, and the figure with them).
+    #[arg(long, default_value_t = 24.0)]
     idle: f64,
     /// Write the report as JSON here.
     #[arg(long)]
@@ -61,6 +62,15 @@ pub(super) async fn connections(args: ConnectionsArgs) -> Result<(), CliError> {
         config.idle.as_secs_f64(),
         config.resumed
     );
+    let keep_alive = quiver_transport::tuning::KEEP_ALIVE;
+    if config.idle < 2 * keep_alive {
+        crate::err!(
+            "warning: the idle window ({:.0} s) is shorter than two keep-alive intervals ({} s): the idle CPU \
+             figure misses some of the clients' PINGs",
+            config.idle.as_secs_f64(),
+            keep_alive.as_secs()
+        );
+    }
     // About 1,500 handshakes a second here, plus the settling, the idle time and the reconnects.
     let expected = Duration::from_secs_f64((f64::from(config.count) + f64::from(config.resumed)) / 1500.0)
         + config.idle

@@ -7,7 +7,7 @@
 //! | `meta` | `format` | [`FORMAT`] |
 //! | `meta` | `next_room_id` | u64 |
 //! | `rooms` | room name | room id u64, epoch u64, last seq u64 (as of its creation or last retention deletion) |
-//! | `rooms` | [`ROOM_COUNTER_KEY`] (no room name: it starts with NUL) | `next_room_id` again, flushed with the records |
+//! | `rooms` | `ROOM_COUNTER_KEY` (no room name: it starts with NUL) | `next_room_id` again, flushed with the records |
 //! | `messages` | room id u64, seq u64 | time µs u64, the event's encoded `RoomFrame::Event` |
 //! | `dedupe_runs` | room id u64, last seq u64 | the dedupe entries of up to 128 posts whose messages retention deleted while the window remembered them (`runs.rs`) |
 //! | `dedupe` | room id u64, seq u64 | time µs u64, client_msg_id u64, identity: one such entry, as formats 1 and 2 kept them (read, deleted, never written) |

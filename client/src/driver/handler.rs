@@ -42,7 +42,9 @@ impl Handler for Driver {
             ServerMsg::Kicked { room: Some(room), code: ErrorCode::SlowConsumer, reason } => {
                 tracing::info!(%room, %reason, "fell behind in a room; resuming it");
                 let current = self.current.borrow().clone().filter(|c| c.id == connection);
-                let (Some(current), Some(entry)) = (current, self.rooms.get(&room)) else { return };
+                // (Not a room whose own Join is still on its way: its reply starts it anew.)
+                let entry = self.rooms.get(&room).filter(|entry| entry.is_joined());
+                let (Some(current), Some(entry)) = (current, entry) else { return };
                 self.tasks.spawn(async move { rooms::rejoin(&current, &entry).await });
             }
             ServerMsg::Kicked { room, code, reason } => tracing::warn!(?room, %code, %reason, "kicked"),

@@ -297,6 +297,12 @@ impl Driver {
         options: JoinOptions,
     ) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
         let JoinOptions { since, redundant } = options;
+        // A left join of the room still listed is being left: its Leave is written first (under its order lock),
+        // or this Join could reach the server before it and be undone by it.
+        while let Some(left) = self.rooms.ended(room) {
+            drop(left.order.lock().await);
+            self.rooms.remove(&left);
+        }
         let (entry, events) = self.rooms.add(room, redundant)?;
         if let Some(position) = since {
             lock(&entry.state).resume_from(position);
@@ -321,12 +327,19 @@ impl Driver {
             if entry.ended.is_cancelled() {
                 return Ok(()); // ended meanwhile (its rejoin refused): nothing of it on the server
             }
-            self.rooms.remove(entry);
+            // Ended now (its reader stops, a rejoin gives up), listed until its Leave is written: a join of the
+            // room meanwhile waits for this lock.
+            entry.ended.cancel();
             lock(&self.copy_slots).retain(|_, (held, _)| !Arc::ptr_eq(held, entry));
             if let Some(live) = self.current.borrow().as_ref() {
                 live.copy_posts_to(room, false);
             }
-            self.live().await?.send(RequestBody::Leave { room: room.to_string() }).await?
+            let sent = match self.live().await {
+                Ok(live) => live.send(RequestBody::Leave { room: room.to_string() }).await,
+                Err(err) => Err(err),
+            };
+            self.rooms.remove(entry);
+            sent?
         };
         match crate::connection::reply(sent).await? {
             Reply::Left { .. } => Ok(()),

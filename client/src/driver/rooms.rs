@@ -111,6 +111,11 @@ impl Rooms {
         entry.ended.cancel();
     }
 
+    /// The entry of `room` if it ended but is still listed: its Leave may not be written yet.
+    pub(crate) fn ended(&self, room: &str) -> Option<Arc<RoomEntry>> {
+        lock(&self.0).get(room).filter(|entry| entry.ended.is_cancelled()).cloned()
+    }
+
     /// The entry of `room`, if it is joined (and has not ended).
     pub(crate) fn get(&self, room: &str) -> Option<Arc<RoomEntry>> {
         lock(&self.0).get(room).filter(|entry| !entry.ended.is_cancelled()).cloned()

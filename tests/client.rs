@@ -145,11 +145,8 @@ async fn posts_beyond_max_queued_posts_fail_at_once_and_the_bound_frees_as_posts
 /// A server that answers each connection's Hello with a Welcome, then finishes the control stream and leaves the
 /// connection open: what a graceful close looks like until the server's close arrives, and, here, forever. Counts
 /// the connections it accepted.
-async fn finishing_after_welcome(endpoint: quinn::Endpoint, accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    after_welcome(endpoint, accepted, false).await
-}
-
-/// The same, but each connection is closed 20 ms after its Welcome (`close`), as by a server in a crash loop.
+///
+/// With `close`, each connection is closed 20 ms after its Welcome instead, as by a server in a crash loop.
 async fn after_welcome(
     endpoint: quinn::Endpoint,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -194,6 +191,22 @@ async fn after_welcome(
     }
 }
 
+/// A fake server ([`after_welcome`]) on 127.0.0.1 with a dev certificate in a temporary data directory: the
+/// directory (for the client's trust), its address, and the count of connections it accepted.
+fn fake_server(close: bool) -> (tempfile::TempDir, String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
+    let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
+    let tuning = quiver_transport::TransportTuning::default();
+    let config =
+        quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(after_welcome(endpoint, accepted.clone(), close));
+    (dir, addr, accepted)
+}
+
 /// This thread's CPU time so far (Linux: `/proc/thread-self/schedstat`), `None` elsewhere.
 fn thread_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
@@ -205,16 +218,7 @@ fn thread_cpu() -> Option<Duration> {
 /// connection, its post still queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_on_a_connection_whose_control_stream_ended_waits_without_spinning_and_the_client_moves_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
-    let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
-    let tuning = quiver_transport::TransportTuning::default();
-    let config =
-        quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
-    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = endpoint.local_addr().unwrap().to_string();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tokio::spawn(finishing_after_welcome(endpoint, accepted.clone()));
+    let (dir, addr, accepted) = fake_server(false);
 
     // The client on a runtime of one thread of its own: a spin there blocks its timers too, so the test sees it as
     // this thread never answering.
@@ -246,16 +250,7 @@ async fn a_post_on_a_connection_whose_control_stream_ended_waits_without_spinnin
 /// over only after a connection that lasted (`STABLE_CONNECTION`), so they keep growing here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_in_a_crash_loop_gets_growing_reconnect_delays() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
-    let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
-    let tuning = quiver_transport::TransportTuning::default();
-    let config =
-        quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
-    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = endpoint.local_addr().unwrap().to_string();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tokio::spawn(after_welcome(endpoint, accepted.clone(), true));
+    let (dir, addr, accepted) = fake_server(true);
     let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
     let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -22,7 +22,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use quiver_proto::{ErrorCode, Join, Limits, Reply, RequestBody, Welcome};
+use quiver_proto::{ErrorCode, Limits, Reply, RequestBody, Welcome};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -35,12 +35,12 @@ use crate::{
     connection::Connection,
     error::{ConnectError, RequestError, TickError},
     link::ConnectionState,
-    options::{ConnectOptions, JoinOptions},
+    options::ConnectOptions,
     state::{
         backoff::Backoff,
         clock::{offset_us, ClockSample},
         posts::QueuedPost,
-        room::{RoomEvent, StreamNumber},
+        room::StreamNumber,
     },
     sync::lock,
     target::Target,
@@ -288,63 +288,6 @@ impl Driver {
     /// One request on the current connection. Not retried.
     pub(crate) async fn request(&self, body: RequestBody) -> Result<Reply, RequestError> {
         self.live().await?.request(body).await
-    }
-
-    /// Joins `room`; its events arrive on the returned receiver.
-    pub(crate) async fn join(
-        &self,
-        room: &str,
-        options: JoinOptions,
-    ) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
-        let JoinOptions { since, redundant } = options;
-        // A left join of the room still listed is being left: its Leave is written first (under its order lock),
-        // or this Join could reach the server before it and be undone by it.
-        while let Some(left) = self.rooms.ended(room) {
-            drop(left.order.lock().await);
-            self.rooms.remove(&left);
-        }
-        let (entry, events) = self.rooms.add(room, redundant)?;
-        if let Some(position) = since {
-            lock(&entry.state).resume_from(position);
-        }
-        match self.request(RequestBody::Join(Join { room: room.to_string(), since, redundant })).await {
-            Ok(Reply::Joined(joined)) => {
-                entry.replied(&joined);
-                Ok((entry, events))
-            }
-            other => {
-                self.rooms.remove(&entry);
-                Err(other.map_or_else(|err| err, RequestError::unexpected))
-            }
-        }
-    }
-
-    pub(crate) async fn leave(&self, entry: &Arc<RoomEntry>) -> Result<(), RequestError> {
-        let room = entry.name.as_str();
-        let sent = {
-            // Ordered with a rejoin of the entry (`RoomEntry::order`): its Join goes before this Leave, or not at all.
-            let _order = entry.order.lock().await;
-            if entry.ended.is_cancelled() {
-                return Ok(()); // ended meanwhile (its rejoin refused): nothing of it on the server
-            }
-            // Ended now (its reader stops, a rejoin gives up), listed until its Leave is written: a join of the
-            // room meanwhile waits for this lock.
-            entry.ended.cancel();
-            lock(&self.copy_slots).retain(|_, (held, _)| !Arc::ptr_eq(held, entry));
-            if let Some(live) = self.current.borrow().as_ref() {
-                live.copy_posts_to(room, false);
-            }
-            let sent = match self.live().await {
-                Ok(live) => live.send(RequestBody::Leave { room: room.to_string() }).await,
-                Err(err) => Err(err),
-            };
-            self.rooms.remove(entry);
-            sent?
-        };
-        match crate::connection::reply(sent).await? {
-            Reply::Left { .. } => Ok(()),
-            other => Err(RequestError::unexpected(other)),
-        }
     }
 
     /// Queues a post now (with the caller's `client_msg_id`, or the next of this client's own); the future resolves

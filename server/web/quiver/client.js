@@ -1,7 +1,6 @@
-// QuiverClient: a Quiver session over the browser's WebTransport (or the WebSocket fallback, client/dial.js) that
-// survives connection loss, with the Rust client's behaviour. It opens Sessions (client/session.js) and keeps across
-// them what the application asked for: rooms (resumed from their position, state.js's RoomState), posts (re-sent
-// until acknowledged), tick subscriptions and publish claims (made again on each new connection).
+// QuiverClient: a Quiver session over WebTransport (or the WebSocket fallback, client/dial.js) that survives connection
+// loss like the Rust client. It opens Sessions (client/session.js) and keeps across them what the application asked
+// for: rooms (resumed from their position), posts (re-sent until acknowledged), tick subscriptions and claims.
 
 import { ErrorCode, QuiverDecodeError, QuiverError } from './wire/errors.js';
 import { encodeTick } from './wire/ticks.js';
@@ -19,9 +18,6 @@ import { PROTOCOL_VERSION, wire } from './wire/messages.js';
  * announcing `{type: 'resumed', recovered}`), re-sends unacknowledged posts in order with their client_msg_id, and
  * subscribes and claims its channels again.
  */
-/** A session lost after lasting this long starts the reconnect delays over; one lost sooner goes on from them. */
-export const STABLE_CONNECTION_MS = 10_000;
-
 export class QuiverClient {
   /** The latest Welcome (`{version, session_id, server_time_us, identity, limits}`). */
   welcome = null;
@@ -41,9 +37,6 @@ export class QuiverClient {
   #sessionChanged = new Signal();
   #timers = new Timers();
   #backoff;
-  /** When the current session began, and reconnect attempts since the last session that lasted. */
-  #connectedAt = 0;
-  #attempts = 0;
   #rooms = new Map(); // name -> {state: RoomState, onEvent, handle: Room, joining: Promise, stream}
   #roomStreams = 0; // room streams accepted so far, over every session: a later stream is a newer one
   #subscriptions = new Map(); // channel -> {channel, onTick, ticks: LatestWins, latest, handle}
@@ -262,7 +255,7 @@ export class QuiverClient {
     if (this.status === 'closed') session.close(ErrorCode.NoError, 'client closed');
     if (this.status === 'closed' || session.closedWhy) return false;
     this.#session = session;
-    this.#connectedAt = performance.now();
+    this.#backoff.connected(performance.now());
     this.welcome = session.welcome;
     this.reconnecting = null;
     if (session.transport !== this.transport) {
@@ -295,11 +288,7 @@ export class QuiverClient {
 
   async #reconnect(why) {
     let lastError = why;
-    // The delays start over only after a session that lasted: a server that accepts and then fails (a crash
-    // loop) would otherwise have every client back at the first delay for as long as it does.
-    if (performance.now() - this.#connectedAt >= STABLE_CONNECTION_MS) this.#attempts = 0;
-    while (this.status !== 'closed') {
-      const attempt = this.#attempts++;
+    for (let attempt = this.#backoff.lost(performance.now()); this.status !== 'closed'; attempt++) {
       const nextTryMs = this.#backoff.delay(attempt);
       this.reconnecting = { attempt, lastError, nextTryMs };
       callBack(this.#options.onAttempt, this.reconnecting);

@@ -19,7 +19,9 @@ export {
   WS_MAX_CHUNK, WS_MAX_DATAGRAM, WS_MAX_MESSAGE, WS_MAX_REASON, WS_SUBPROTOCOL, WsKind, decodeWsMessage,
   encodeWsMessage, tickChannel,
 } from './wire/ws.js';
-export { Backoff, LatestWins, Merge, PostQueue, RequestTable, RoomState, clockOffsetUs } from './state.js';
+export {
+  Backoff, LatestWins, Merge, PostQueue, RequestTable, RoomState, STABLE_CONNECTION_MS, clockOffsetUs,
+} from './state.js';
 export { AGENT, IDLE_TIMEOUT_MS, KEEP_ALIVE_MS } from './client/session.js';
 export { TRANSPORTS, websocketUrlOf } from './client/dial.js';
 export { TICK_HIGH_WATER, WebSocketTransport, WebSocketTransportError } from './client/websocket.js';

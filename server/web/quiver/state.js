@@ -12,11 +12,31 @@ const lossyUtf8Decoder = new TextDecoder('utf-8', { ignoreBOM: true });
  * Reconnect delays: attempt 0 waits up to `initialMs`, each later attempt up to twice as long, capped at `maxMs`;
  * each delay is drawn from the upper half of its ceiling (as the Rust client does).
  */
+/** A session lost after lasting this long starts the reconnect delays over; one lost sooner goes on from them. */
+export const STABLE_CONNECTION_MS = 10_000;
+
 export class Backoff {
   constructor({ initialMs = 50, maxMs = 5000, random = Math.random } = {}) {
     this.initialMs = initialMs;
     this.maxMs = maxMs;
     this.random = random;
+    this.connectedAt = -Infinity;
+    this.attempts = 0; // made since the last session that lasted
+  }
+
+  /** A session began at `nowMs`. */
+  connected(nowMs) {
+    this.connectedAt = nowMs;
+  }
+
+  /**
+   * The session was lost at `nowMs`: the number of the first reconnect attempt. The delays start over only after a
+   * session that lasted `STABLE_CONNECTION_MS`: a server that accepts and then fails (a crash loop) would otherwise
+   * have every client back at the first delay for as long as it does.
+   */
+  lost(nowMs) {
+    if (nowMs - this.connectedAt >= STABLE_CONNECTION_MS) this.attempts = 0;
+    return this.attempts;
   }
 
   /** The ceiling of attempt `attempt` (0-based). */
@@ -24,8 +44,9 @@ export class Backoff {
     return Math.min(this.initialMs * 2 ** Math.min(attempt, 16), this.maxMs);
   }
 
-  /** The delay before attempt `attempt`, in ms: in [ceiling / 2, ceiling]. */
+  /** The delay before attempt `attempt`, in ms: in [ceiling / 2, ceiling] (a later loss goes on after it). */
   delay(attempt) {
+    this.attempts = attempt + 1;
     return this.ceiling(attempt) * (0.5 + this.random() / 2);
   }
 }

@@ -33,6 +33,15 @@ async fn pair(config: WsConfig) -> (WsSession, WsSession) {
     (server, client)
 }
 
+/// A server session whose raw peer reads nothing yet, over a 1 KiB pipe: the server's socket fills at once.
+async fn stalled(config: WsConfig) -> (WsSession, WebSocketStream<tokio::io::DuplexStream>) {
+    let (a, b) = tokio::io::duplex(1024);
+    let ws = config.websocket();
+    let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(ws)).await;
+    let peer = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(ws)).await;
+    (WsSession::start(server_ws, Role::Server, config, addr()), peer)
+}
+
 async fn within<T>(what: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(5), what).await.expect("timed out")
 }
@@ -192,11 +201,7 @@ async fn a_silent_peer_times_out() {
 async fn a_peer_that_stops_reading_cannot_hold_the_writer_after_it_closed() {
     // A tiny pipe, never read by the raw peer: the server's writer blocks on a full socket.
     let config = WsConfig::default();
-    let (a, b) = tokio::io::duplex(1024);
-    let ws = config.websocket();
-    let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(ws)).await;
-    let mut peer = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(ws)).await;
-    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    let (server, mut peer) = stalled(config).await;
     let mut room = server.open_uni().unwrap();
     let _ = tokio::time::timeout(Duration::from_millis(200), room.write_all(&[1; 200_000])).await;
     // The peer says goodbye (kind 5) but reads nothing: the session ends all the same.
@@ -275,11 +280,7 @@ async fn stream_ids_go_on_the_wire_in_increasing_order_whatever_the_order_of_wri
 async fn pings_from_a_peer_that_does_not_read_queue_a_bounded_number_of_pongs() {
     // The server's direction of a small pipe fills at once: the peer reads nothing while it pings.
     let config = WsConfig::default();
-    let (a, b) = tokio::io::duplex(1024);
-    let ws = config.websocket();
-    let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(ws)).await;
-    let mut peer = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(ws)).await;
-    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    let (server, mut peer) = stalled(config).await;
     const PINGS: usize = 5_000;
     for _ in 0..PINGS {
         within(peer.send(Message::Ping(vec![7; 125]))).await.unwrap();
@@ -337,11 +338,7 @@ async fn room_streams_finished_while_unread_are_bounded_by_the_connection_window
 #[tokio::test]
 async fn replies_on_the_control_stream_do_not_starve_room_streams() {
     let config = WsConfig { stream_window: 1 << 20, ..WsConfig::default() };
-    let (a, b) = tokio::io::duplex(1024);
-    let ws = config.websocket();
-    let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(ws)).await;
-    let mut peer = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(ws)).await;
-    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    let (server, mut peer) = stalled(config).await;
     peer.send(Message::Binary(WsMessage::Control(Bytes::from_static(b"hello")).encode().to_vec())).await.unwrap();
     let (mut control, _recv) = within(server.accept_bi()).await.unwrap();
     // A long run of replies waits (the peer reads nothing yet), then a room event.
@@ -365,11 +362,7 @@ async fn replies_on_the_control_stream_do_not_starve_room_streams() {
 #[tokio::test]
 async fn a_room_stream_reset_with_bytes_waiting_never_leaves_control_replies_waiting() {
     let config = WsConfig { stream_window: 1 << 20, ..WsConfig::default() };
-    let (a, b) = tokio::io::duplex(1024);
-    let ws = config.websocket();
-    let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(ws)).await;
-    let mut peer = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(ws)).await;
-    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    let (server, mut peer) = stalled(config).await;
     peer.send(Message::Binary(WsMessage::Control(Bytes::from_static(b"hello")).encode().to_vec())).await.unwrap();
     let (mut control, _recv) = within(server.accept_bi()).await.unwrap();
     // The peer reads nothing yet: a room's bytes wait, replies wait, then the room is reset (a slow consumer).

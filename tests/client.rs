@@ -7,7 +7,7 @@ use std::time::Duration;
 use quiver_client::{Client, ConnectOptions, ConnectionState, TrustOptions};
 use quiver_proto::Limits;
 use quiver_server::ServerConfig;
-use quiver_tests::TestServer;
+use quiver_tests::{hostile::named, TestServer};
 
 /// The states `watch` (taken before whatever changes them) goes through until `done` says stop (at most 15 s).
 async fn states_until(
@@ -285,5 +285,67 @@ async fn a_room_joined_while_the_client_reconnects_is_joined_once() {
         assert_eq!(&got[..], b"hi");
     }
     client.close().await;
+    server.stop().await;
+}
+
+/// Waits (up to 10 s) for `room` to deliver a presence event of `member`: `joined` or left.
+async fn presence(room: &mut quiver_client::Room, member: &str, joined: bool) {
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match room.next().await {
+                Some(quiver_client::RoomEvent::MemberJoined { member: m }) if joined && m == member => return,
+                Some(quiver_client::RoomEvent::MemberLeft { member: m }) if !joined && m == member => return,
+                Some(_) => {}
+                None => panic!("the room ended"),
+            }
+        }
+    });
+    seen.await.unwrap_or_else(|_| panic!("{member} {} the room", if joined { "never joined" } else { "never left" }));
+}
+
+/// Dropping a `Room` leaves it: the other members see the member go, and a join of the name right after succeeds
+/// (before, the membership stayed on the server and in the client, and the join failed with `AlreadyJoined`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_room_is_left_and_can_be_joined_again_at_once() {
+    let server = TestServer::start(Limits::default());
+    let (alice, bob) = (named(&server, "alice").await, named(&server, "bob").await);
+    let mut watched = bob.join("r").await.unwrap();
+    for _ in 0..3 {
+        let room = alice.join("r").await.unwrap();
+        presence(&mut watched, "alice", true).await;
+        drop(room);
+        presence(&mut watched, "alice", false).await;
+    }
+    // Dropped and joined again in one go: the new Join waits for the dropped room's Leave.
+    let room = alice.join("r").await.unwrap();
+    drop(room);
+    let _room = alice.join("r").await.expect("joined again right after the drop");
+    server.stop().await;
+}
+
+/// A join or leave whose future is dropped midway (a timeout around it) still finishes what it started: the
+/// control stream is never left with half a frame, a join given up is left once answered, and the room can be
+/// joined again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_and_leaves_given_up_midway_leave_nothing_behind() {
+    let server = TestServer::start(Limits::default());
+    let (alice, bob) = (named(&server, "alice").await, named(&server, "bob").await);
+    let mut watched = bob.join("r").await.unwrap();
+    for step in 0..40u64 {
+        // Given up after 0 to about 2 ms: before the Join is written, while it waits for its reply, or after.
+        let after = Duration::from_micros(step * step);
+        let _ = tokio::time::timeout(after, alice.join("r")).await;
+        let room = alice.join("r").await.unwrap_or_else(|err| panic!("step {step}: {err}"));
+        let _ = tokio::time::timeout(after, room.leave()).await;
+    }
+    let room = alice.join("r").await.expect("joined after it all");
+    presence(&mut watched, "alice", true).await;
+    room.leave().await.unwrap();
+    // Whatever came and went before, alice is not left a member: a newcomer's join lists who the server holds.
+    let carol = named(&server, "carol").await;
+    let members = carol.join("r").await.unwrap().members();
+    assert_eq!(members, ["bob", "carol"], "alice is not a member after her last leave");
+    // The connection never saw a broken frame: it still answers.
+    alice.ping().await.expect("the control stream is intact");
     server.stop().await;
 }

@@ -6,9 +6,9 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use quiver_proto::{ErrorCode, HistoryPage, Limits, Reply, RequestBody, Welcome};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    clock::unix_us,
     driver::{Driver, DriverHandle, CLOSE_WAIT},
     ConnectError, ConnectOptions, ConnectionState, JoinOptions, RequestError, Room, TickPublisher, TickSubscription,
     TrustOptions,
@@ -108,10 +108,8 @@ impl Client {
 
     /// One Ping/Pong round trip on the control stream.
     pub async fn ping(&self) -> Result<Pong, RequestError> {
-        let connection = self.handle.driver.live().await?;
-        let sent = std::time::Instant::now();
-        let client_time_us = unix_us();
-        match connection.request(RequestBody::Ping { client_time_us }).await? {
+        let (reply, sent, client_time_us) = self.handle.driver.ping().await?;
+        match reply {
             Reply::Pong { server_time_us, .. } => Ok(Pong { rtt: sent.elapsed(), client_time_us, server_time_us }),
             other => Err(RequestError::unexpected(other)),
         }
@@ -129,8 +127,21 @@ impl Client {
 
     /// Joins `room` with `options`: from a position, with redundant delivery (see [`JoinOptions`]).
     pub async fn join_with(&self, room: &str, options: JoinOptions) -> Result<Room, RequestError> {
-        let (entry, events) = self.handle.driver.join(room, options).await?;
-        Ok(Room { entry, events, handle: self.handle.clone() })
+        // The join runs on a task of its own: if this future is dropped before it returns, `leaving` tells the
+        // join, and the room it may have joined meanwhile is left (its `Room` dropped).
+        let leaving = CancellationToken::new();
+        let given_up = leaving.clone().drop_guard();
+        let (handle, room) = (self.handle.clone(), room.to_string());
+        let joined = self
+            .handle
+            .driver
+            .detached(move |driver| async move {
+                let (entry, events) = driver.join(&room, options, leaving).await?;
+                Ok(Room { entry, events, handle })
+            })
+            .await;
+        given_up.disarm();
+        joined
     }
 
     /// Joins `room` from `position` (a [`Room::position`] stored by an earlier session: a bot or a chat that

@@ -156,10 +156,7 @@ impl<H: Handler> Connection<H> {
     }
 
     /// Writes one request; the receiver gets its reply (or why it will not come).
-    pub(crate) async fn send(
-        &self,
-        body: RequestBody,
-    ) -> Result<oneshot::Receiver<Result<Reply, RequestError>>, RequestError> {
+    pub(crate) async fn send(&self, body: RequestBody) -> Result<Pending, RequestError> {
         let (tx, rx) = oneshot::channel();
         let req_id = lock(&self.outstanding).start(tx).map_err(RequestError::closed)?;
         let copied = matches!(&body, RequestBody::Post(post) if lock(&self.copy_rooms).contains(&post.room));
@@ -216,8 +213,11 @@ impl<H: Handler> Connection<H> {
     }
 }
 
+/// A written request's reply, to come.
+pub(crate) type Pending = oneshot::Receiver<Result<Reply, RequestError>>;
+
 /// The reply to a request [`Connection::send`] wrote.
-pub(crate) async fn reply(rx: oneshot::Receiver<Result<Reply, RequestError>>) -> Result<Reply, RequestError> {
+pub(crate) async fn reply(rx: Pending) -> Result<Reply, RequestError> {
     rx.await.unwrap_or_else(|_| Err(RequestError::closed((ErrorCode::Internal, "reply reader stopped".into()))))
 }
 

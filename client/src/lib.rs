@@ -22,6 +22,11 @@
 //! [`TickSubscription`] / [`TickPublisher`] (ticks over datagrams, with loss, staleness and latency statistics),
 //! [`TrustOptions`] (which certificate to accept), [`ConnectOptions`] and [`TokenProvider`].
 //!
+//! Every future may be dropped at any point (a timeout around it, a `select!`): what it started still finishes on
+//! the client's own tasks, so the control stream never gets half a frame and the server's state never disagrees
+//! with the client's. A join given up before it returns leaves the room once the server answers, and dropping a
+//! [`Room`] leaves it (in the background); a later join of the same name waits for that Leave to be written.
+//!
 //! Inside, the layers mirror the browser client's: [`state`] holds the protocol state without IO (requests in
 //! flight, room positions, the post queue, backoff, tick bookkeeping); `connection` is one QUIC connection; the
 //! `driver` owns every task (one tracker, one cancellation token) and carries out what the state decides.

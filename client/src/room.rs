@@ -13,7 +13,8 @@ use crate::{
     RequestError,
 };
 
-/// A joined room: its events, in order, and posting.
+/// A joined room: its events, in order, and posting. Dropping it leaves the room (in the background), as
+/// [`Room::leave`] does without waiting for the server's answer.
 #[derive(Debug)]
 pub struct Room {
     pub(crate) entry: Arc<RoomEntry>,
@@ -72,11 +73,18 @@ impl Room {
     }
 
     /// Leaves the room; its event stream ends. A room that already ended ([`Room::end_reason`]) has nothing to
-    /// leave: `Ok` at once (a newer join of the same name is not touched).
+    /// leave: `Ok` at once (a newer join of the same name is not touched). Dropping this future before it completes
+    /// still leaves the room.
     pub async fn leave(self) -> Result<(), RequestError> {
         if self.entry.ended.is_cancelled() {
-            return Ok(());
+            return Ok(()); // (forgotten as `self` drops)
         }
         self.handle.driver.leave(&self.entry).await
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.handle.driver.leave_dropped(&self.entry);
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! Work runs in spawned tasks: quinn driven from `block_on`'s thread costs about 4x the round trip (measured).
 
+mod calls;
 mod handler;
 mod posts;
 mod rooms;
@@ -116,6 +117,8 @@ pub(crate) struct Driver {
     clock_offset_us: AtomicI64,
     /// `Transport::Auto` needed the WebSocket: reconnects go straight to it.
     websocket_first: AtomicBool,
+    /// The runtime the client was connected on: a `Room` dropped outside it still leaves through it.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Driver {
@@ -157,6 +160,7 @@ impl Driver {
             }),
             clock_offset_us: AtomicI64::new(0),
             websocket_first: AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::current(),
         });
         let first = tokio::time::timeout(timeout, driver.open(first)).await.map_err(|_| ConnectError::Timeout(timeout));
         match first {
@@ -285,11 +289,6 @@ impl Driver {
         }
     }
 
-    /// One request on the current connection. Not retried.
-    pub(crate) async fn request(&self, body: RequestBody) -> Result<Reply, RequestError> {
-        self.live().await?.request(body).await
-    }
-
     /// Queues a post now (with the caller's `client_msg_id`, or the next of this client's own); the future resolves
     /// to its seq.
     pub(crate) fn post(
@@ -321,49 +320,6 @@ impl Driver {
             }
             outcome.await.unwrap_or_else(|_| Err(RequestError::closed(why())))
         }
-    }
-
-    pub(crate) async fn subscribe(&self, channel: &str) -> Result<Arc<SubEntry>, RequestError> {
-        self.ticks.subscribe(&*self.live().await?, channel).await
-    }
-
-    /// Ends `entry` for all its readers and tells the server; `Ok` at once if it had ended already (unsubscribed
-    /// through another handle, or refused at a resubscribe: the server has no such subscription, and a newer one
-    /// of the channel is not touched).
-    pub(crate) async fn unsubscribe(&self, entry: &Arc<SubEntry>) -> Result<(), RequestError> {
-        let sent = {
-            // Ordered with the entry's subscribes and resubscribes (`SubEntry::order`).
-            let _order = entry.order.lock().await;
-            if entry.ended.is_cancelled() {
-                return Ok(());
-            }
-            entry.end(ErrorCode::NoError, "unsubscribed".into());
-            // A channel subscribed again gets a new id from the server: the old route would only grow the table.
-            let current = self.current.borrow().clone();
-            if let Some(connection) = current {
-                connection.unroute(|route| Arc::ptr_eq(route, entry));
-            }
-            let sent = match self.live().await {
-                Ok(live) => live.send(RequestBody::Unsubscribe { channel: entry.channel.clone() }).await,
-                Err(err) => Err(err),
-            };
-            // Forgotten once its Unsubscribe is written: a subscribe of the channel meanwhile found it (ended) and
-            // waits for this lock, so that its Subscribe comes after.
-            self.ticks.forget(entry);
-            sent?
-        };
-        match crate::connection::reply(sent).await? {
-            Reply::Unsubscribed { .. } => Ok(()),
-            other => Err(RequestError::unexpected(other)),
-        }
-    }
-
-    pub(crate) async fn publisher(
-        &self,
-        channel: &str,
-        max_age_ms: Option<u32>,
-    ) -> Result<Arc<PubEntry>, RequestError> {
-        self.ticks.publisher(&*self.live().await?, channel, max_age_ms).await
     }
 
     /// The largest tick payload that fits one datagram on the current connection.

@@ -66,7 +66,7 @@ impl Drop for QueuedSlot {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
-type PostReply = oneshot::Receiver<Result<Reply, RequestError>>;
+type PostReply = crate::connection::Pending;
 
 /// Sends the posts `queued` on whichever connection `current` holds, until `stop` is cancelled or the queue's
 /// sender is gone; returns the posts never acknowledged, for the caller to fail.

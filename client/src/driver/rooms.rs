@@ -44,10 +44,18 @@ pub(crate) struct RoomEntry {
     /// A Join of the room was answered: a reconnect rejoins it. (Before that, the application's own Join is still on
     /// its way, to the new connection if the old one went, and a rejoin beside it would race it.)
     joined: AtomicBool,
-    /// Held while a rejoin decides to send its Join and writes it, and while the application's leave ends the entry
-    /// and writes its Leave: the server sees the rejoin's Join before the Leave, or no Join at all (a Join written
-    /// after the Leave would keep the connection a member of a room the application left).
+    /// Held while a rejoin decides to send its Join and writes it, and while a leave ends the entry and writes its
+    /// Leave: the server sees the rejoin's Join before the Leave, or no Join at all (a Join written after the Leave
+    /// would keep the connection a member of a room the application left).
     pub(crate) order: tokio::sync::Mutex<()>,
+    /// Cancelled when the application gives the room up: `Room::leave`, the `Room` dropped, or its join's future
+    /// dropped before it returned. A new join of the name then waits for `gone`, so that its Join comes after this
+    /// one's Leave.
+    leaving: CancellationToken,
+    /// A leave of the entry was started (once: by whichever of the above comes first).
+    leave_started: AtomicBool,
+    /// Cancelled when the entry is no longer listed ([`Rooms::remove`]): nothing more of it is written.
+    gone: CancellationToken,
 }
 
 impl RoomEntry {
@@ -73,6 +81,20 @@ impl RoomEntry {
     pub(crate) fn end_reason(&self) -> Option<(ErrorCode, String)> {
         lock(&self.end_reason).clone()
     }
+
+    /// Claims the entry's leave: true for the first caller only (the others have nothing to write).
+    fn start_leave(&self) -> bool {
+        self.leaving.cancel();
+        !self.leave_started.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// What [`Rooms::add`] found.
+pub(crate) enum Added {
+    /// A new entry for the room, and the receiver of its events.
+    New(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>),
+    /// An entry of the name is being left: wait until it is [`RoomEntry::gone`], then try again.
+    Leaving(Arc<RoomEntry>),
 }
 
 /// The rooms the application has joined, by name.
@@ -80,41 +102,47 @@ impl RoomEntry {
 pub(crate) struct Rooms(Mutex<HashMap<String, Arc<RoomEntry>>>);
 
 impl Rooms {
-    /// A new entry for `room`, and the receiver of its events; `AlreadyJoined` if it has one.
-    pub(crate) fn add(
-        &self,
-        room: &str,
-        redundant: bool,
-    ) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
+    /// A new entry for `room` (given up when `leaving` is cancelled); `AlreadyJoined` if it has one. An entry that
+    /// ended (its rejoin refused) is replaced.
+    pub(crate) fn add(&self, room: &str, redundant: bool, leaving: CancellationToken) -> Result<Added, RequestError> {
         let mut rooms = lock(&self.0);
-        if rooms.get(room).is_some_and(|entry| !entry.ended.is_cancelled()) {
-            let failure = Failure::new(ErrorCode::AlreadyJoined, format!("already in room {room}"));
-            return Err(RequestError::Failed(failure));
+        if let Some(held) = rooms.get(room) {
+            if held.leaving.is_cancelled() {
+                return Ok(Added::Leaving(held.clone()));
+            }
+            if !held.ended.is_cancelled() {
+                let failure = Failure::new(ErrorCode::AlreadyJoined, format!("already in room {room}"));
+                return Err(RequestError::Failed(failure));
+            }
+            held.gone.cancel();
         }
         let (events, received) = mpsc::channel(EVENT_BUFFER);
-        let state = Mutex::new(RoomState::new());
-        let (ended, end_reason) = (CancellationToken::new(), Mutex::new(None));
-        let joined = AtomicBool::new(false);
-        let order = tokio::sync::Mutex::new(());
-        let name = room.to_string();
-        let entry = Arc::new(RoomEntry { name, redundant, state, events, ended, end_reason, joined, order });
+        let entry = Arc::new(RoomEntry {
+            name: room.to_string(),
+            redundant,
+            state: Mutex::new(RoomState::new()),
+            events,
+            ended: CancellationToken::new(),
+            end_reason: Mutex::new(None),
+            joined: AtomicBool::new(false),
+            order: tokio::sync::Mutex::new(()),
+            leaving,
+            leave_started: AtomicBool::new(false),
+            gone: CancellationToken::new(),
+        });
         rooms.insert(room.to_string(), entry.clone());
-        Ok((entry, received))
+        Ok(Added::New(entry, received))
     }
 
-    /// Forgets `room` (left, or its join failed): a rejoin of it that is waiting to try again gives up.
-    /// (Only `entry`: a newer join of its name stays.)
+    /// Forgets `entry` (left, or its join failed): a rejoin of it that is waiting to try again gives up, and a join
+    /// of its name waiting for it goes on. (Only `entry`: a newer join of its name stays.)
     pub(crate) fn remove(&self, entry: &Arc<RoomEntry>) {
         let mut rooms = lock(&self.0);
         if rooms.get(&entry.name).is_some_and(|held| Arc::ptr_eq(held, entry)) {
             rooms.remove(&entry.name);
         }
         entry.ended.cancel();
-    }
-
-    /// The entry of `room` if it ended but is still listed: its Leave may not be written yet.
-    pub(crate) fn ended(&self, room: &str) -> Option<Arc<RoomEntry>> {
-        lock(&self.0).get(room).filter(|entry| entry.ended.is_cancelled()).cloned()
+        entry.gone.cancel();
     }
 
     /// The entry of `room`, if it is joined (and has not ended).
@@ -128,28 +156,66 @@ impl Rooms {
     }
 }
 
-/// The application's joins and leaves.
+/// The application's joins and leaves. Each runs on a task of its own ([`super::Driver::detached`]): a join's
+/// future dropped midway (a timeout around it) leaves the room once its Join is answered, and a leave, once
+/// started, writes its Leave whether or not anyone waits for the reply.
 impl super::Driver {
-    /// Joins `room`; its events arrive on the returned receiver.
+    /// Joins `room`; its events arrive on the returned receiver. `leaving` is cancelled if the application gives the
+    /// join up before it returns.
     pub(crate) async fn join(
         &self,
         room: &str,
         options: JoinOptions,
+        leaving: CancellationToken,
     ) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
         let JoinOptions { since, redundant } = options;
-        // A left join of the room still listed is being left: its Leave is written first (under its order lock),
-        // or this Join could reach the server before it and be undone by it.
-        while let Some(left) = self.rooms.ended(room) {
-            drop(left.order.lock().await);
-            self.rooms.remove(&left);
-        }
-        let (entry, events) = self.rooms.add(room, redundant)?;
+        // A join of the room that is being left: its Leave is written first, or this Join could reach the server
+        // before it and be undone by it (or be refused as a second join).
+        let (entry, events) = loop {
+            match self.rooms.add(room, redundant, leaving.clone())? {
+                Added::New(entry, events) => break (entry, events),
+                Added::Leaving(old) => tokio::select! {
+                    () = old.gone.cancelled() => {}
+                    () = self.stop.cancelled() => return Err(RequestError::closed(self.end_reason())),
+                },
+            }
+        };
         if let Some(position) = since {
             lock(&entry.state).resume_from(position);
         }
-        match self.request(RequestBody::Join(Join { room: room.to_string(), since, redundant })).await {
+        let sent = {
+            let _order = entry.order.lock().await;
+            match leaving.is_cancelled() {
+                true => Err(RequestError::closed((ErrorCode::NoError, "join given up".into()))),
+                false => match self.live().await {
+                    Ok(live) => {
+                        let join = RequestBody::Join(Join { room: room.to_string(), since, redundant });
+                        live.send(join).await.map(|sent| (live, sent))
+                    }
+                    Err(err) => Err(err),
+                },
+            }
+        };
+        let (used, reply) = match sent {
+            Ok((live, sent)) => (Some(live), crate::connection::reply(sent).await),
+            Err(err) => (None, Err(err)),
+        };
+        match reply {
             Ok(Reply::Joined(joined)) => {
                 entry.replied(&joined);
+                if leaving.is_cancelled() && entry.start_leave() {
+                    // Given up while its Join was answered: nobody holds the room, so it is left at once.
+                    if let Ok(Some(sent)) = self.write_leave(&entry).await {
+                        drop(sent);
+                    }
+                    return Err(RequestError::closed((ErrorCode::NoError, "join given up".into())));
+                }
+                // Answered on a connection replaced meanwhile: the reconnect may have rejoined the rooms answered
+                // before this one only. (A second rejoin is refused as `AlreadyJoined`, which it ignores.)
+                if let Some(current) = used.and_then(|used| self.replaced(&used)) {
+                    let again = entry.clone();
+                    self.spawn(async move { rejoin(&current, &again).await });
+                }
                 Ok((entry, events))
             }
             other => {
@@ -159,32 +225,63 @@ impl super::Driver {
         }
     }
 
+    /// Leaves `entry`'s room and waits for the server's answer. Cancelling this future does not stop the leave.
     pub(crate) async fn leave(&self, entry: &Arc<RoomEntry>) -> Result<(), RequestError> {
-        let room = entry.name.as_str();
-        let sent = {
-            // Ordered with a rejoin of the entry (`RoomEntry::order`): its Join goes before this Leave, or not at all.
-            let _order = entry.order.lock().await;
-            if entry.ended.is_cancelled() {
-                return Ok(()); // ended meanwhile (its rejoin refused): nothing of it on the server
-            }
-            // Ended now (its reader stops, a rejoin gives up), listed until its Leave is written: a join of the
-            // room meanwhile waits for this lock.
-            entry.ended.cancel();
-            lock(&self.copy_slots).retain(|_, (held, _)| !Arc::ptr_eq(held, entry));
-            if let Some(live) = self.current.borrow().as_ref() {
-                live.copy_posts_to(room, false);
-            }
-            let sent = match self.live().await {
-                Ok(live) => live.send(RequestBody::Leave { room: room.to_string() }).await,
-                Err(err) => Err(err),
-            };
-            self.rooms.remove(entry);
-            sent?
+        if !entry.start_leave() {
+            return Ok(());
+        }
+        let entry = entry.clone();
+        let Some(sent) = self.detached(move |driver| async move { driver.write_leave(&entry).await }).await? else {
+            return Ok(());
         };
         match crate::connection::reply(sent).await? {
             Reply::Left { .. } => Ok(()),
             other => Err(RequestError::unexpected(other)),
         }
+    }
+
+    /// Leaves `entry`'s room in the background (its `Room` was dropped), unless a leave was started already or the
+    /// client is ending.
+    pub(crate) fn leave_dropped(&self, entry: &Arc<RoomEntry>) {
+        if !entry.start_leave() {
+            return;
+        }
+        let driver = self.me.upgrade().filter(|_| !entry.ended.is_cancelled() && !self.stop.is_cancelled());
+        let Some(driver) = driver else {
+            self.rooms.remove(entry); // nothing to write: a join of its name goes on at once
+            return;
+        };
+        let entry = entry.clone();
+        self.spawn(async move {
+            if let Ok(Some(sent)) = driver.write_leave(&entry).await {
+                drop(crate::connection::reply(sent).await);
+            }
+        });
+    }
+
+    /// Ends `entry`, writes its Leave (unless it had ended: nothing of it is on the server) and forgets it; the
+    /// Leave's reply to wait for, if one was written.
+    async fn write_leave(&self, entry: &Arc<RoomEntry>) -> Result<Option<crate::connection::Pending>, RequestError> {
+        let room = entry.name.as_str();
+        // Ordered with a rejoin of the entry (`RoomEntry::order`): its Join goes before this Leave, or not at all.
+        let _order = entry.order.lock().await;
+        if entry.ended.is_cancelled() {
+            self.rooms.remove(entry);
+            return Ok(None); // ended meanwhile (its rejoin refused): nothing of it on the server
+        }
+        // Ended now (its reader stops, a rejoin gives up), listed until its Leave is written: a join of the room
+        // meanwhile waits until it is gone.
+        entry.ended.cancel();
+        lock(&self.copy_slots).retain(|_, (held, _)| !Arc::ptr_eq(held, entry));
+        if let Some(live) = self.current.borrow().as_ref() {
+            live.copy_posts_to(room, false);
+        }
+        let sent = match self.live().await {
+            Ok(live) => live.send(RequestBody::Leave { room: room.to_string() }).await,
+            Err(err) => Err(err),
+        };
+        self.rooms.remove(entry);
+        sent.map(Some)
     }
 }
 

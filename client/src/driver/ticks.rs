@@ -270,6 +270,13 @@ async fn subscribe_on<H: TickHandler>(connection: &Connection<H>, entry: &Arc<Su
     }
 }
 
+/// Claims `entry` again on `connection` (a claim answered on a connection replaced meanwhile).
+pub(crate) async fn claim_again_on<H: Handler>(connection: &Connection<H>, entry: &PubEntry) {
+    if let Err(err) = claim_on(connection, entry).await {
+        tracing::warn!(channel = %entry.channel, %err, "cannot claim channel again");
+    }
+}
+
 async fn claim_on<H: Handler>(connection: &Connection<H>, entry: &PubEntry) -> Result<(), RequestError> {
     let body = RequestBody::Publish { channel: entry.channel.clone(), max_age_ms: entry.max_age_ms };
     match connection.request(body).await? {

@@ -1,0 +1,133 @@
+//! The application's calls that write to the control stream (requests, subscribes, claims, unsubscribes; joins
+//! and leaves are in [`super::rooms`]). Each runs on a task of its own ([`Driver::detached`]): the application may
+//! drop its future at any await (a timeout around it, a `select!`), and a frame half-written when it did would
+//! corrupt the control stream, an unsubscribe stopped between ending its entry and writing its Unsubscribe would
+//! leave the server's subscription behind. Once started, a call finishes whether or not anyone waits for it.
+
+use std::{future::Future, sync::Arc, time::Instant};
+
+use quiver_proto::{ErrorCode, Reply, RequestBody};
+
+use super::{Driver, Live, PubEntry, SubEntry};
+use crate::{clock::unix_us, error::RequestError};
+
+impl Driver {
+    /// Runs `work` on a task of its own and waits for its outcome; dropping the returned future does not stop it.
+    pub(crate) async fn detached<T, F>(&self, work: impl FnOnce(Arc<Driver>) -> F) -> Result<T, RequestError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, RequestError>> + Send + 'static,
+    {
+        let driver = self.me.upgrade().ok_or_else(|| RequestError::closed(self.end_reason()))?;
+        match self.spawn(work(driver)).await {
+            Ok(outcome) => outcome,
+            Err(err) => Err(RequestError::closed((ErrorCode::Internal, format!("the request's task ended: {err}")))),
+        }
+    }
+
+    /// Spawns `task` on the client's runtime, tracked with its other tasks.
+    pub(crate) fn spawn<T: Send + 'static>(
+        &self,
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        self.tasks.spawn_on(task, &self.runtime)
+    }
+
+    /// One request on the current connection. Not retried.
+    pub(crate) async fn request(&self, body: RequestBody) -> Result<Reply, RequestError> {
+        let sent = self.detached(move |driver| async move { driver.live().await?.send(body).await }).await?;
+        crate::connection::reply(sent).await
+    }
+
+    /// A Ping on the current connection: its reply, when it was written and its `client_time_us`.
+    pub(crate) async fn ping(&self) -> Result<(Reply, Instant, u64), RequestError> {
+        let (sent, at, client_time_us) = self
+            .detached(move |driver| async move {
+                let live = driver.live().await?;
+                let (at, client_time_us) = (Instant::now(), unix_us());
+                Ok((live.send(RequestBody::Ping { client_time_us }).await?, at, client_time_us))
+            })
+            .await?;
+        Ok((crate::connection::reply(sent).await?, at, client_time_us))
+    }
+
+    /// The driver's current connection, if it is no longer `used`: a request answered on `used` was answered on a
+    /// connection that has been replaced, perhaps after the reconnect put back what was confirmed then.
+    pub(crate) fn replaced(&self, used: &Live) -> Option<Arc<Live>> {
+        self.current.borrow().clone().filter(|current| current.id != used.id)
+    }
+
+    /// Subscribes to `channel`. Answered on a connection replaced meanwhile, the subscription is put on the new one
+    /// too (the server's subscribe is idempotent: a reconnect that put it back already costs nothing).
+    pub(crate) async fn subscribe(&self, channel: &str) -> Result<Arc<SubEntry>, RequestError> {
+        let channel = channel.to_string();
+        self.detached(move |driver| async move {
+            let live = driver.live().await?;
+            let entry = driver.ticks.subscribe(&*live, &channel).await?;
+            if let Some(current) = driver.replaced(&live) {
+                let again = entry.clone();
+                driver.spawn(async move { super::ticks::resubscribe(&current, &again).await });
+            }
+            Ok(entry)
+        })
+        .await
+    }
+
+    pub(crate) async fn publisher(
+        &self,
+        channel: &str,
+        max_age_ms: Option<u32>,
+    ) -> Result<Arc<PubEntry>, RequestError> {
+        let channel = channel.to_string();
+        self.detached(move |driver| async move {
+            let live = driver.live().await?;
+            let entry = driver.ticks.publisher(&*live, &channel, max_age_ms).await?;
+            if let Some(current) = driver.replaced(&live) {
+                // As a subscribe's (above): claims are idempotent too.
+                let again = entry.clone();
+                driver.spawn(async move { super::ticks::claim_again_on(&current, &again).await });
+            }
+            Ok(entry)
+        })
+        .await
+    }
+
+    /// Ends `entry` for all its readers and tells the server; `Ok` at once if it had ended already (unsubscribed
+    /// through another handle, or refused at a resubscribe: the server has no such subscription, and a newer one
+    /// of the channel is not touched).
+    pub(crate) async fn unsubscribe(&self, entry: &Arc<SubEntry>) -> Result<(), RequestError> {
+        let entry = entry.clone();
+        let sent = self.detached(move |driver| async move { driver.write_unsubscribe(&entry).await }).await?;
+        let Some(sent) = sent else { return Ok(()) };
+        match crate::connection::reply(sent).await? {
+            Reply::Unsubscribed { .. } => Ok(()),
+            other => Err(RequestError::unexpected(other)),
+        }
+    }
+
+    /// Ends `entry` and writes its Unsubscribe (unless it had ended); the reply to wait for, if one was written.
+    async fn write_unsubscribe(
+        &self,
+        entry: &Arc<SubEntry>,
+    ) -> Result<Option<crate::connection::Pending>, RequestError> {
+        // Ordered with the entry's subscribes and resubscribes (`SubEntry::order`).
+        let _order = entry.order.lock().await;
+        if entry.ended.is_cancelled() {
+            return Ok(None);
+        }
+        entry.end(ErrorCode::NoError, "unsubscribed".into());
+        // A channel subscribed again gets a new id from the server: the old route would only grow the table.
+        let current = self.current.borrow().clone();
+        if let Some(connection) = current {
+            connection.unroute(|route| Arc::ptr_eq(route, entry));
+        }
+        let sent = match self.live().await {
+            Ok(live) => live.send(RequestBody::Unsubscribe { channel: entry.channel.clone() }).await,
+            Err(err) => Err(err),
+        };
+        // Forgotten once its Unsubscribe is written: a subscribe of the channel meanwhile found it (ended) and
+        // waits for this lock, so that its Subscribe comes after.
+        self.ticks.forget(entry);
+        sent.map(Some)
+    }
+}

@@ -117,7 +117,7 @@ impl Target {
         let mut request =
             format!("wss://{addr}{}", ws::PATH).into_client_request().map_err(|err| failed("URL", &err))?;
         request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL));
-        let config = WsConfig::default();
+        let config = WsConfig::with_keep_alive(options.tuning.keep_alive);
         let upgraded = tokio_tungstenite::client_async_with_config(request, tls, Some(config.websocket())).await;
         let (socket, response) = upgraded.map_err(|err| match err {
             Error::Http(response) => {

@@ -21,8 +21,9 @@ use tokio::{
 use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
 
 use super::{
+    room_in::{Pushed, RoomQueue},
     shared::{Inbound, Outbound, PendingStream, Shared},
-    Role, INBOUND_STREAM_BYTES,
+    Role, MAX_INBOUND_STREAMS,
 };
 
 pub(super) struct Senders {
@@ -166,60 +167,90 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             WsMessage::Stream { .. } | WsMessage::Finish { .. } | WsMessage::Reset { .. } if role == Role::Server => {
                 return shared.close(ErrorCode::ProtocolViolation, "clients open one stream, the control stream");
             }
-            WsMessage::Stream { id, bytes } => streams.data(id, bytes, &shared, &inbound),
-            WsMessage::Finish { id } => streams.end(id, Inbound::Finish, &inbound),
-            WsMessage::Reset { id, code } => streams.end(id, Inbound::Reset(code), &inbound),
+            WsMessage::Stream { id, bytes } => {
+                if let Err(too_many) = streams.data(id, bytes, &shared, &inbound) {
+                    return too_many.close(&shared);
+                }
+            }
+            WsMessage::Finish { id } => {
+                if let Err(too_many) = streams.end(id, Inbound::Finish, &inbound) {
+                    return too_many.close(&shared);
+                }
+            }
+            WsMessage::Reset { id, code } => {
+                if let Err(too_many) = streams.end(id, Inbound::Reset(code), &inbound) {
+                    return too_many.close(&shared);
+                }
+            }
         }
     }
 }
 
 /// A client's room streams, as its reader routes them: each never waits (an unread stream must not hold the
-/// others up), bounded by bytes instead.
+/// others up), bounded by bytes instead (per stream and in all: [`RoomQueue`]), and by how many are open at once.
 #[derive(Default)]
 struct Streams {
-    open: HashMap<u64, (mpsc::UnboundedSender<Inbound>, Arc<AtomicUsize>)>,
+    open: HashMap<u64, Arc<RoomQueue>>,
     /// The highest id seen: a lower one that is not open ended already (its late bytes are dropped).
     last: u64,
+    /// Bytes of every stream waiting for their readers.
+    total: Arc<AtomicUsize>,
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        for queue in self.open.values() {
+            queue.writer_gone();
+        }
+    }
+}
+
+/// A server that opened more than [`MAX_INBOUND_STREAMS`] room streams at once.
+struct TooManyStreams;
+
+impl TooManyStreams {
+    fn close(self, shared: &Shared) {
+        let reason = format!("the server opened more than {MAX_INBOUND_STREAMS} room streams at once");
+        shared.close(ErrorCode::ProtocolViolation, &reason);
+    }
 }
 
 impl Streams {
-    /// The stream `id`, opened (and handed to `accept_uni`) when it is new.
-    fn get(&mut self, id: u64, inbound: &Senders) -> Option<&(mpsc::UnboundedSender<Inbound>, Arc<AtomicUsize>)> {
+    /// The stream `id`, opened (and handed to `accept_uni`) when it is new; `None` for one that ended.
+    fn get(&mut self, id: u64, inbound: &Senders) -> Result<Option<&Arc<RoomQueue>>, TooManyStreams> {
         if !self.open.contains_key(&id) {
             if id <= self.last {
-                return None;
+                return Ok(None);
+            }
+            if self.open.len() >= MAX_INBOUND_STREAMS {
+                return Err(TooManyStreams);
             }
             self.last = id;
-            let (tx, rx) = mpsc::unbounded_channel();
-            let buffered = Arc::new(AtomicUsize::new(0));
-            inbound.streams.send(PendingStream { rx, buffered: buffered.clone() }).ok()?;
-            self.open.insert(id, (tx, buffered));
+            let queue = RoomQueue::new(self.total.clone());
+            if inbound.streams.send(PendingStream { queue: queue.clone() }).is_err() {
+                return Ok(None);
+            }
+            self.open.insert(id, queue);
         }
-        self.open.get(&id)
+        Ok(self.open.get(&id))
     }
 
-    fn data(&mut self, id: u64, bytes: Bytes, shared: &Shared, inbound: &Senders) {
-        let Some((tx, buffered)) = self.get(id, inbound) else { return };
-        let len = bytes.len();
-        if buffered.load(Ordering::Relaxed) + len > INBOUND_STREAM_BYTES {
-            // Its reader fell behind: it ends here (SlowConsumer, as a server's reset would say) and the server
-            // stops sending it and tells the client to rejoin from its position (Kicked).
-            let _ = tx.send(Inbound::Reset(ErrorCode::SlowConsumer));
+    fn data(&mut self, id: u64, bytes: Bytes, shared: &Shared, inbound: &Senders) -> Result<(), TooManyStreams> {
+        let Some(queue) = self.get(id, inbound)? else { return Ok(()) };
+        if queue.data(bytes) == Pushed::Overflow {
+            // Its reader fell behind (or all of them did): it ends here (SlowConsumer, as a server's reset would
+            // say) and the server stops sending it and tells the client to rejoin from its position (Kicked).
             self.open.remove(&id);
             shared.send_stop(id, ErrorCode::SlowConsumer);
-            return;
         }
-        buffered.fetch_add(len, Ordering::Relaxed);
-        if tx.send(Inbound::Data(bytes)).is_err() {
-            // Nobody reads it any more (the client dropped it): drop what comes.
-            buffered.fetch_sub(len, Ordering::Relaxed);
-        }
+        Ok(())
     }
 
-    fn end(&mut self, id: u64, end: Inbound, inbound: &Senders) {
-        if let Some((tx, _)) = self.get(id, inbound) {
-            let _ = tx.send(end);
+    fn end(&mut self, id: u64, end: Inbound, inbound: &Senders) -> Result<(), TooManyStreams> {
+        if let Some(queue) = self.get(id, inbound)? {
+            queue.end(end);
         }
         self.open.remove(&id);
+        Ok(())
     }
 }

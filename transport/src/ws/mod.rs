@@ -13,6 +13,7 @@
 //! cannot take more, only the newest tick of each channel waits, never a backlog.
 
 mod io;
+mod room_in;
 mod shared;
 #[cfg(test)]
 mod tests;
@@ -67,7 +68,7 @@ pub struct WsConfig {
     pub datagram_buffer: usize,
     /// Largest datagram either end sends.
     pub max_datagram: usize,
-    /// A ping after this long without writing anything.
+    /// A ping after this long without writing anything ([`WsConfig::with_keep_alive`]).
     pub keepalive: Duration,
     /// Closed when nothing arrives for this long.
     pub idle_timeout: Duration,
@@ -87,6 +88,13 @@ impl Default for WsConfig {
 }
 
 impl WsConfig {
+    /// The defaults with a tuning's keep-alive (`TransportTuning::keep_alive`, as on the QUIC lane): a ping after
+    /// that long without writing; `None`, never (the connection then ends after `idle_timeout` of silence, as a
+    /// QUIC connection without keep-alives does).
+    pub fn with_keep_alive(keep_alive: Option<Duration>) -> WsConfig {
+        WsConfig { keepalive: keep_alive.unwrap_or(Duration::MAX), ..WsConfig::default() }
+    }
+
     /// The WebSocket settings that go with this: messages of at most a chunk or a datagram (plus their headers),
     /// every message written at once (no buffering in tungstenite), and a bounded write buffer: a message waits
     /// for the socket before the next is buffered, but the Pong tungstenite answers to each Ping while reading was
@@ -147,6 +155,12 @@ pub(super) const INBOUND_MESSAGES: usize = 64;
 /// Bytes of one room stream that may wait for its reader (the client); beyond that the stream is reset locally
 /// with `SlowConsumer` and the server told to stop (kind 6), so one unread room never holds the connection up.
 pub(super) const INBOUND_STREAM_BYTES: usize = 1024 * 1024;
+/// Bytes of all room streams together that may wait for their readers (QUIC: the connection's receive window); a
+/// stream whose bytes would pass it is reset as one passing [`INBOUND_STREAM_BYTES`] is.
+pub(super) const INBOUND_CONNECTION_BYTES: usize = 16 * 1024 * 1024;
+/// Room streams the server may have open at once (QUIC: the client's stream limit); a server opening more is
+/// broken or hostile, and the connection is closed (`ProtocolViolation`).
+pub(super) const MAX_INBOUND_STREAMS: usize = 4096;
 /// Datagrams waiting for their reader; more are dropped (as QUIC's receive buffer does).
 const INBOUND_DATAGRAMS: usize = 256;
 
@@ -251,7 +265,7 @@ impl WsSession {
         let mut streams = self.shared().streams_in.lock().await;
         tokio::select! {
             Some(stream) = streams.recv() => {
-                let rx = InboundRx::Room(stream.rx, stream.buffered);
+                let rx = InboundRx::Room(stream.queue);
                 Ok(WsRecv { session: self.handle.clone(), rx, ended: false })
             }
             err = self.closed() => Err(err),
@@ -443,7 +457,16 @@ pub struct WsRecv {
 #[derive(Debug)]
 enum InboundRx {
     Control(mpsc::Receiver<Inbound>),
-    Room(mpsc::UnboundedReceiver<Inbound>, Arc<std::sync::atomic::AtomicUsize>),
+    Room(Arc<room_in::RoomQueue>),
+}
+
+impl Drop for WsRecv {
+    fn drop(&mut self) {
+        // What its reader will never take no longer counts against the connection's bound.
+        if let InboundRx::Room(queue) = &self.rx {
+            queue.reader_gone();
+        }
+    }
 }
 
 impl WsRecv {
@@ -454,13 +477,7 @@ impl WsRecv {
         }
         let next = match &mut self.rx {
             InboundRx::Control(rx) => rx.recv().await,
-            InboundRx::Room(rx, buffered) => {
-                let next = rx.recv().await;
-                if let Some(Inbound::Data(bytes)) = &next {
-                    buffered.fetch_sub(bytes.len(), std::sync::atomic::Ordering::Relaxed);
-                }
-                next
-            }
+            InboundRx::Room(queue) => queue.next().await,
         };
         match next {
             Some(Inbound::Data(bytes)) => Ok(Some(bytes)),

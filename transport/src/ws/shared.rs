@@ -4,7 +4,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
-    sync::{atomic::AtomicUsize, Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
 };
 
@@ -380,8 +380,7 @@ impl Shared {
 /// A room stream the server opened, until the client accepts it: what arrived, and its bytes (the reader's bound).
 #[derive(Debug)]
 pub(super) struct PendingStream {
-    pub(super) rx: mpsc::UnboundedReceiver<Inbound>,
-    pub(super) buffered: Arc<AtomicUsize>,
+    pub(super) queue: Arc<super::room_in::RoomQueue>,
 }
 
 /// The stream's next chunk (frames written one by one go out together, up to [`MAX_CHUNK`]); wakes its writer.

@@ -59,9 +59,10 @@ pub(super) struct Listener<R> {
     pub(super) page: Option<(Arc<PageInfo>, bool)>,
 }
 
-/// The WebSocket connection settings of a server.
-fn ws_config() -> WsConfig {
-    WsConfig::default()
+/// The WebSocket connection settings of a server: pings at the tuning's keep-alive (browsers send none of their
+/// own, so the server's keep the connection and its NAT bindings alive).
+fn ws_config(config: &ServerConfig) -> WsConfig {
+    WsConfig::with_keep_alive(config.tuning.keep_alive)
 }
 
 /// Binds the WebSocket fallback's TCP listener where `config.web.websocket` says (`quic`: the bound QUIC address).
@@ -217,7 +218,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
                 return;
             }
             drop(upgrading);
-            let config = ws_config();
+            let config = ws_config(&shared.config);
             let ws = WebSocketStream::from_raw_socket(stream, WsRole::Server, Some(config.websocket())).await;
             let session = WsSession::start(ws, Role::Server, config, remote);
             let id = rand::random::<u64>();

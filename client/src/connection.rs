@@ -116,6 +116,14 @@ impl<H: Handler> Connection<H> {
             let streams = quinn::VarInt::from_u32(welcome.limits.max_rooms.saturating_add(1));
             quic.set_max_concurrent_uni_streams(streams);
         }
+        #[cfg(feature = "websocket")]
+        if let Some(ws) = link.ws() {
+            // No stream credit on the WebSocket: the server may open a rejoined room's stream before the left one's
+            // finish arrives, so twice as many.
+            ws.set_max_inbound_streams(
+                usize::try_from(welcome.limits.max_rooms).unwrap_or(usize::MAX).saturating_add(1) * 2,
+            );
+        }
         // Post copies go out on the probe timer, in place of the tail probe (QUIC only).
         let tuning = &options.tuning;
         let timer = link.quic().and(tuning.probe_timer());

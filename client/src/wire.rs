@@ -101,6 +101,15 @@ impl Link {
         }
     }
 
+    /// The WebSocket session, if this is one.
+    #[cfg(feature = "websocket")]
+    pub(crate) fn ws(&self) -> Option<&WsSession> {
+        match self {
+            Link::Quic(_) => None,
+            Link::Ws(ws) => Some(ws),
+        }
+    }
+
     /// Opens the control stream.
     pub(crate) async fn open_bi(&self) -> Result<(LinkSend, LinkRecv), ReadError> {
         match self {

@@ -340,7 +340,11 @@ async fn posts_whose_messages_were_deleted_are_recognised_after_a_restart_from_t
     let stored = hub.store().unwrap().load_room("r", 10, u64::MAX, usize::MAX).unwrap().unwrap();
     assert!(stored.first_seq > 600, "two deletions or more: first seq {}", stored.first_seq);
     let window: Vec<u64> = stored.dedupe.iter().map(|e| e.2).collect();
-    assert_eq!(window, (1..=3_000).collect::<Vec<_>>(), "every post, in order, once: runs then messages");
+    // Runs the window forgot whole may be deleted already (by the last deletion, if the one before it was done by
+    // then): the window starts at or before the 2,500th newest post.
+    let first = window.first().copied().unwrap_or(0);
+    assert!((1..=501).contains(&first), "the window keeps the 2,500 newest posts: it starts at {first}");
+    assert_eq!(window, (first..=3_000).collect::<Vec<_>>(), "every post, in order, once: runs then messages");
     hub.sweep(11).await;
     written(hub.store().unwrap()).await;
     drop(hub);

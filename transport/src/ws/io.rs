@@ -23,7 +23,7 @@ use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
 use super::{
     room_in::{Pushed, RoomQueue},
     shared::{Inbound, Outbound, PendingStream, Shared},
-    Role, MAX_INBOUND_STREAMS,
+    Role,
 };
 
 pub(super) struct Senders {
@@ -173,12 +173,12 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             WsMessage::Finish { id } => {
-                if let Err(too_many) = streams.end(id, Inbound::Finish, &inbound) {
+                if let Err(too_many) = streams.end(id, Inbound::Finish, &shared, &inbound) {
                     return too_many.close(&shared);
                 }
             }
             WsMessage::Reset { id, code } => {
-                if let Err(too_many) = streams.end(id, Inbound::Reset(code), &inbound) {
+                if let Err(too_many) = streams.end(id, Inbound::Reset(code), &shared, &inbound) {
                     return too_many.close(&shared);
                 }
             }
@@ -205,25 +205,27 @@ impl Drop for Streams {
     }
 }
 
-/// A server that opened more than [`MAX_INBOUND_STREAMS`] room streams at once.
-struct TooManyStreams;
+/// A server that opened more room streams at once than this many ([`MAX_INBOUND_STREAMS`], or what its Welcome
+/// allows).
+struct TooManyStreams(usize);
 
 impl TooManyStreams {
     fn close(self, shared: &Shared) {
-        let reason = format!("the server opened more than {MAX_INBOUND_STREAMS} room streams at once");
+        let reason = format!("the server opened more than {} room streams at once", self.0);
         shared.close(ErrorCode::ProtocolViolation, &reason);
     }
 }
 
 impl Streams {
     /// The stream `id`, opened (and handed to `accept_uni`) when it is new; `None` for one that ended.
-    fn get(&mut self, id: u64, inbound: &Senders) -> Result<Option<&Arc<RoomQueue>>, TooManyStreams> {
+    fn get(&mut self, id: u64, shared: &Shared, inbound: &Senders) -> Result<Option<&Arc<RoomQueue>>, TooManyStreams> {
         if !self.open.contains_key(&id) {
             if id <= self.last {
                 return Ok(None);
             }
-            if self.open.len() >= MAX_INBOUND_STREAMS {
-                return Err(TooManyStreams);
+            let max = shared.max_streams_in.load(Ordering::Relaxed);
+            if self.open.len() >= max {
+                return Err(TooManyStreams(max));
             }
             self.last = id;
             let queue = RoomQueue::new(self.total.clone());
@@ -236,18 +238,36 @@ impl Streams {
     }
 
     fn data(&mut self, id: u64, bytes: Bytes, shared: &Shared, inbound: &Senders) -> Result<(), TooManyStreams> {
-        let Some(queue) = self.get(id, inbound)? else { return Ok(()) };
-        if queue.data(bytes) == Pushed::Overflow {
-            // Its reader fell behind (or all of them did): it ends here (SlowConsumer, as a server's reset would
-            // say) and the server stops sending it and tells the client to rejoin from its position (Kicked).
-            self.open.remove(&id);
-            shared.send_stop(id, ErrorCode::SlowConsumer);
+        loop {
+            let Some(queue) = self.get(id, shared, inbound)? else { return Ok(()) };
+            match queue.data(bytes.clone()) {
+                Pushed::Queued | Pushed::Dropped => return Ok(()),
+                Pushed::Overflow => {
+                    // Its reader fell behind: it ends here (SlowConsumer, as a server's reset would say) and the
+                    // server stops sending it and tells the client to rejoin from its position (Kicked).
+                    self.open.remove(&id);
+                    shared.send_stop(id, ErrorCode::SlowConsumer);
+                    return Ok(());
+                }
+                Pushed::ConnectionFull => {
+                    // The stream holding the most is the one whose reader fell furthest behind: it ends so (this
+                    // one, if it holds the most), not whichever stream's bytes came next.
+                    let most = self.open.iter().max_by_key(|(_, queue)| queue.queued()).map(|(held, _)| *held);
+                    let victim = most.unwrap_or(id);
+                    if let Some(queue) = self.open.remove(&victim) {
+                        queue.end(Inbound::Reset(ErrorCode::SlowConsumer));
+                        shared.send_stop(victim, ErrorCode::SlowConsumer);
+                    }
+                    if victim == id {
+                        return Ok(());
+                    }
+                }
+            }
         }
-        Ok(())
     }
 
-    fn end(&mut self, id: u64, end: Inbound, inbound: &Senders) -> Result<(), TooManyStreams> {
-        if let Some(queue) = self.get(id, inbound)? {
+    fn end(&mut self, id: u64, end: Inbound, shared: &Shared, inbound: &Senders) -> Result<(), TooManyStreams> {
+        if let Some(queue) = self.get(id, shared, inbound)? {
             queue.end(end);
         }
         self.open.remove(&id);

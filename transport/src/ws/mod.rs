@@ -88,11 +88,18 @@ impl Default for WsConfig {
 }
 
 impl WsConfig {
-    /// The defaults with a tuning's keep-alive (`TransportTuning::keep_alive`, as on the QUIC lane): a ping after
-    /// that long without writing; `None`, never (the connection then ends after `idle_timeout` of silence, as a
-    /// QUIC connection without keep-alives does).
+    /// The defaults with a keep-alive as the QUIC lane's (a client's `TransportTuning::keep_alive`, a server's
+    /// `server_keep_alive` of it): a ping after that long without writing; `None`, never (the connection then ends
+    /// after `idle_timeout` of silence, as a QUIC connection without keep-alives does). Sub-second intervals are
+    /// QUIC's tail-loss probes (the `tail-probe` tuning), not keep-alives: TCP retransmits on its own, so the
+    /// WebSocket keeps [`crate::tuning::KEEP_ALIVE`] instead.
     pub fn with_keep_alive(keep_alive: Option<Duration>) -> WsConfig {
-        WsConfig { keepalive: keep_alive.unwrap_or(Duration::MAX), ..WsConfig::default() }
+        let keepalive = match keep_alive {
+            Some(k) if k < Duration::from_secs(1) => crate::tuning::KEEP_ALIVE,
+            Some(k) => k,
+            None => Duration::MAX,
+        };
+        WsConfig { keepalive, ..WsConfig::default() }
     }
 
     /// The WebSocket settings that go with this: messages of at most a chunk or a datagram (plus their headers),
@@ -158,9 +165,10 @@ pub(super) const INBOUND_STREAM_BYTES: usize = 1024 * 1024;
 /// Bytes of all room streams together that may wait for their readers (QUIC: the connection's receive window); a
 /// stream whose bytes would pass it is reset as one passing [`INBOUND_STREAM_BYTES`] is.
 pub(super) const INBOUND_CONNECTION_BYTES: usize = 16 * 1024 * 1024;
-/// Room streams the server may have open at once (QUIC: the client's stream limit); a server opening more is
-/// broken or hostile, and the connection is closed (`ProtocolViolation`).
-pub(super) const MAX_INBOUND_STREAMS: usize = 4096;
+/// Room streams the server may have open at once (QUIC: the client's stream limit), unless the server's Welcome
+/// allows more rooms ([`WsSession::set_max_inbound_streams`]); a server opening more is broken or hostile, and the
+/// connection is closed (`ProtocolViolation`).
+pub const MAX_INBOUND_STREAMS: usize = 4096;
 /// Datagrams waiting for their reader; more are dropped (as QUIC's receive buffer does).
 const INBOUND_DATAGRAMS: usize = 256;
 
@@ -186,6 +194,7 @@ impl WsSession {
             streams_in: tokio::sync::Mutex::new(streams_rx),
             handle: std::sync::OnceLock::new(),
             received: Default::default(),
+            max_streams_in: MAX_INBOUND_STREAMS.into(),
         });
         let handle = Arc::new(Handle(shared.clone()));
         let _ = shared.handle.set(Arc::downgrade(&handle));
@@ -258,6 +267,12 @@ impl WsSession {
         state.next_stream += 1;
         state.streams.insert(id, OutStream::default());
         Ok(WsSend { session: self.handle.clone(), id, finished: false })
+    }
+
+    /// Lets the server have up to `max` room streams open at once (the client, once the server's Welcome said how
+    /// many rooms it allows); never fewer than [`MAX_INBOUND_STREAMS`].
+    pub fn set_max_inbound_streams(&self, max: usize) {
+        self.shared().max_streams_in.store(max.max(MAX_INBOUND_STREAMS), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The next room stream the server opened (the client).

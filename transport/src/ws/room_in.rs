@@ -42,8 +42,10 @@ pub(super) enum Pushed {
     Queued,
     /// Nobody reads the stream any more: dropped.
     Dropped,
-    /// A bound would be passed: the stream is reset (`SlowConsumer`), what waited discarded.
+    /// The stream's bound would be passed: the stream is reset (`SlowConsumer`), what waited discarded.
     Overflow,
+    /// The connection's bound would be passed: nothing was done (the caller resets the stream holding the most).
+    ConnectionFull,
 }
 
 impl RoomQueue {
@@ -67,7 +69,10 @@ impl RoomQueue {
             return Pushed::Dropped;
         }
         let len = bytes.len();
-        if state.bytes + len > INBOUND_STREAM_BYTES || self.total.load(Relaxed) + len > INBOUND_CONNECTION_BYTES {
+        if state.bytes + len <= INBOUND_STREAM_BYTES && self.total.load(Relaxed) + len > INBOUND_CONNECTION_BYTES {
+            return Pushed::ConnectionFull;
+        }
+        if state.bytes + len > INBOUND_STREAM_BYTES {
             self.discard(&mut state);
             state.items.push_back(Inbound::Reset(ErrorCode::SlowConsumer));
             drop(state);
@@ -80,6 +85,11 @@ impl RoomQueue {
         drop(state);
         self.ready.notify_one();
         Pushed::Queued
+    }
+
+    /// Bytes waiting for the reader.
+    pub(super) fn queued(&self) -> usize {
+        self.lock().bytes
     }
 
     /// The stream ended: finished (what waits is still read) or reset (what waits is discarded).

@@ -79,6 +79,8 @@ pub(super) struct Shared {
     pub(super) streams_in: tokio::sync::Mutex<mpsc::UnboundedReceiver<PendingStream>>,
     /// Messages received so far (pings and pongs too): a peer that sends nothing is dead.
     pub(super) received: std::sync::atomic::AtomicU64,
+    /// Room streams the server may have open at once ([`super::WsSession::set_max_inbound_streams`]).
+    pub(super) max_streams_in: std::sync::atomic::AtomicUsize,
     /// The handles' shared part, for streams the reader opens (not kept alive by the reader).
     pub(super) handle: std::sync::OnceLock<std::sync::Weak<Handle>>,
 }

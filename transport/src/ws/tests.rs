@@ -439,15 +439,13 @@ async fn room_streams_nobody_reads_are_bounded_together() {
         }
     });
     let (stopped, code, mut server) = within(sending).await.unwrap();
-    assert_eq!((stopped, code), (streams, ErrorCode::SlowConsumer));
-    // Reading a stream frees its bytes, and so does dropping one unread: a new stream fits again.
-    let mut first = within(client.accept_uni()).await.unwrap();
+    // One of the full streams ends (a reader that fell furthest behind), not the new one.
+    assert!(stopped < streams && code == ErrorCode::SlowConsumer, "stream {stopped} stopped ({code})");
+    // Dropping streams unread frees their bytes (at least 1 MiB for two: at most one of them is the stopped one):
+    // a new stream fits again.
+    let first = within(client.accept_uni()).await.unwrap();
     let second = within(client.accept_uni()).await.unwrap();
-    drop(second);
-    let mut read = 0;
-    while read < INBOUND_STREAM_BYTES / 2 {
-        read += within(first.read_chunk()).await.unwrap().unwrap().len();
-    }
+    drop((first, second));
     let next = streams + 1;
     for _ in 0..INBOUND_STREAM_BYTES / MAX_CHUNK {
         server.send(stream_message(next, Bytes::from(vec![8u8; MAX_CHUNK]))).await.unwrap();
@@ -461,6 +459,6 @@ async fn room_streams_nobody_reads_are_bounded_together() {
         }
     };
     if let Ok(id) = tokio::time::timeout(Duration::from_millis(300), quiet).await {
-        assert_ne!(id, next, "1.5 MiB freed, 1 MiB more fits");
+        assert_ne!(id, next, "1 MiB freed, 1 MiB more fits");
     }
 }

@@ -59,10 +59,12 @@ pub(super) struct Listener<R> {
     pub(super) page: Option<(Arc<PageInfo>, bool)>,
 }
 
-/// The WebSocket connection settings of a server: pings at the tuning's keep-alive (browsers send none of their
-/// own, so the server's keep the connection and its NAT bindings alive).
+/// The WebSocket connection settings of a server: pings at the interval its QUIC lane uses
+/// (`server_keep_alive`: 10 s for the clients' 8 s). Browsers send no WebSocket pings (the JS client sends a
+/// Ping request after 10 s without receiving anything), so the server's keep the connection and its NAT bindings
+/// alive.
 fn ws_config(config: &ServerConfig) -> WsConfig {
-    WsConfig::with_keep_alive(config.tuning.keep_alive)
+    WsConfig::with_keep_alive(quiver_transport::tuning::server_keep_alive(config.tuning.keep_alive))
 }
 
 /// Binds the WebSocket fallback's TCP listener where `config.web.websocket` says (`quic`: the bound QUIC address).

@@ -63,8 +63,9 @@ impl Driver {
         let channel = channel.to_string();
         self.detached(move |driver| async move {
             let live = driver.live().await?;
-            let entry = driver.ticks.subscribe(&*live, &channel).await?;
-            if let Some(current) = driver.replaced(&live) {
+            let (entry, asked) = driver.ticks.subscribe(&*live, &channel).await?;
+            // (A subscription shared without asking is the reconnect's to put back, as any confirmed one.)
+            if let Some(current) = driver.replaced(&live).filter(|_| asked) {
                 let again = entry.clone();
                 driver.spawn(async move { super::ticks::resubscribe(&current, &again).await });
             }

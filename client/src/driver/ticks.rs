@@ -91,12 +91,12 @@ pub(crate) struct Ticks {
 
 impl Ticks {
     /// Subscribes to `channel` on `connection`; a subscription of the channel that goes on is shared (its readers
-    /// take from one state), without asking the server again.
+    /// take from one state), without asking the server again. True when the server was asked (on `connection`).
     pub(crate) async fn subscribe<H: TickHandler>(
         &self,
         connection: &Connection<H>,
         channel: &str,
-    ) -> Result<Arc<SubEntry>, RequestError> {
+    ) -> Result<(Arc<SubEntry>, bool), RequestError> {
         loop {
             let found = lock(&self.subscriptions).get(channel).cloned();
             let entry = match found {
@@ -122,7 +122,7 @@ impl Ticks {
                 continue; // unsubscribed meanwhile, or the subscribe it waited for failed: a new entry
             }
             if entry.confirmed.load(Ordering::Acquire) {
-                return Ok(entry.clone());
+                return Ok((entry.clone(), false));
             }
             if let Err(err) = subscribe_on(connection, &entry).await {
                 // Never confirmed, so no reader holds it: subscribes waiting for it make their own.
@@ -130,7 +130,7 @@ impl Ticks {
                 entry.end(ErrorCode::NoError, format!("the subscribe failed: {err}"));
                 return Err(err);
             }
-            return Ok(entry.clone());
+            return Ok((entry.clone(), true));
         }
     }
 

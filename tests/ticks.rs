@@ -210,11 +210,12 @@ async fn subscriptions_and_publishers_survive_a_reconnect() {
     let mut subscription = sub_client.subscribe("live").await.unwrap();
     let pub_client = server.client().await;
     let publisher = pub_client.publisher("live").await.unwrap();
+    // A second publisher of the channel shares the first's numbering (and claim, put back after the reconnect too).
+    let second = pub_client.publisher("live").await.unwrap();
+    assert_eq!((publisher.send(b"zero".to_vec()).unwrap(), second.send(b"zero".to_vec()).unwrap()), (1, 2));
     publisher.send(b"one".to_vec()).unwrap();
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().unwrap().payload,
-        "one"
-    );
+    let one = async { while subscription.next().await.expect("the subscription goes on").payload != "one" {} };
+    tokio::time::timeout(Duration::from_secs(5), one).await.unwrap();
     sub_client.connection().unwrap().close(0u32.into(), b"test");
     pub_client.connection().unwrap().close(0u32.into(), b"test");
     let got = tokio::time::timeout(Duration::from_secs(10), async {
@@ -232,5 +233,6 @@ async fn subscriptions_and_publishers_survive_a_reconnect() {
     .await
     .unwrap();
     assert_eq!(got.payload, "two");
+    assert!(second.send(b"three".to_vec()).is_ok(), "the first publisher's claim was put back for the second too");
     server.stop().await;
 }

@@ -89,7 +89,8 @@ impl Client {
         Ok(TickSubscription { entry, handle: self.handle.clone() })
     }
 
-    /// Claims the right to publish on a tick channel. Claimed again on its own after a reconnect.
+    /// Claims the right to publish on a tick channel. Claimed again on its own after a reconnect. A second publisher
+    /// of a channel shares the first's claim, max age and tick numbering.
     pub async fn publisher(&self, channel: &str) -> Result<TickPublisher, RequestError> {
         self.publisher_with_max_age(channel, None).await
     }

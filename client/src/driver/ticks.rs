@@ -157,15 +157,20 @@ impl Ticks {
         channel: &str,
         max_age_ms: Option<u32>,
     ) -> Result<Arc<PubEntry>, RequestError> {
-        let entry = Arc::new(PubEntry {
-            channel: channel.to_string(),
-            max_age_ms,
-            claim: Mutex::new(None),
-            next_seq: AtomicU64::new(1),
+        // A second publisher of the channel shares the first's claim, max age and tick numbering (two numberings
+        // of one channel would make its subscribers drop one's ticks as stale, and only the newer was claimed
+        // again after a reconnect).
+        let held = lock(&self.publishers).get(channel).cloned();
+        let entry = held.unwrap_or_else(|| {
+            Arc::new(PubEntry {
+                channel: channel.to_string(),
+                max_age_ms,
+                claim: Mutex::new(None),
+                next_seq: AtomicU64::new(1),
+            })
         });
         claim_on(connection, &entry).await?;
-        lock(&self.publishers).insert(channel.to_string(), entry.clone());
-        Ok(entry)
+        Ok(lock(&self.publishers).entry(channel.to_string()).or_insert(entry).clone())
     }
 
     /// Puts every publish claim back on a new connection (subscriptions: [`resubscribe`]).

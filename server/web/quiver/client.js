@@ -9,8 +9,8 @@ import { Session, roomFrames } from './client/session.js';
 import { Dialer, transportOptions } from './client/dial.js';
 import { Publisher, Room, Subscription } from './client/handles.js';
 import { Signal, Timers } from './client/waiting.js';
-import { callBack, expectReply, toBytes, unixUs } from './client/values.js';
-import { PROTOCOL_VERSION, wire } from './wire/messages.js';
+import { REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, toBytes, unixUs } from './client/values.js';
+import { wire } from './wire/messages.js';
 
 /**
  * A Quiver session over WebTransport (or a WebSocket) that survives connection loss: it reconnects with jittered
@@ -73,13 +73,8 @@ export class QuiverClient {
   constructor(url, options = {}) { // use `QuiverClient.connect`
     this.#urls = Array.isArray(url) ? [...url] : [url];
     if (this.#urls.length === 0) throw new Error('no server URL given');
-    this.#options = transportOptions({
-      certHash: null, name: null, token: null, reconnect: true, onStatus: null, onNotice: null, onAttempt: null,
-      connectTimeoutMs: 10_000, reconnectDelayMs: 50, reconnectMaxDelayMs: 5000, copies: 2, copySpacingMs: 5,
-      transport: 'auto', webTransport: globalThis.WebTransport, webSocket: globalThis.WebSocket, websocketUrl: null,
-      fallbackTimeoutMs: 2000, onTransport: null, protocolVersion: PROTOCOL_VERSION, maxQueuedPosts: 10_000,
-      ...Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)),
-    });
+    const given = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
+    this.#options = transportOptions({ ...clientDefaults(), ...given });
     this.#dialer = new Dialer(this.#urls, this.#options);
     this.#posts = new PostQueue(this.#options.maxQueuedPosts);
     const { reconnectDelayMs: initialMs, reconnectMaxDelayMs: maxMs } = this.#options;
@@ -155,11 +150,13 @@ export class QuiverClient {
     if (this.#subscriptions.has(channel)) {
       throw new QuiverError(ErrorCode.AlreadyJoined, `already subscribed to ${channel}`);
     }
-    const entry = { channel, onTick, ticks: new LatestWins(), latest: null, handle: null };
+    // Until answered (`confirmed`), a reconnect leaves it to this call, which would subscribe it a second time.
+    const entry = { channel, onTick, ticks: new LatestWins(), latest: null, handle: null, confirmed: false };
     entry.handle = new Subscription(this, entry);
     this.#subscriptions.set(channel, entry);
     try {
       await this.#subscribeOn(await this.#live(), entry);
+      entry.confirmed = true;
       return entry.handle;
     } catch (err) {
       if (this.#subscriptions.get(channel) === entry) this.#subscriptions.delete(channel);
@@ -178,10 +175,12 @@ export class QuiverClient {
 
   /**
    * Claims the right to publish on `channel` (`maxAgeMs`: the server drops older ticks rather than send them late);
-   * claimed again after a reconnect. */
+   * claimed again after a reconnect. A second publisher of a channel shares the first's claim, `maxAgeMs` and tick
+   * numbering (two numberings of one channel would make its subscribers drop one's ticks as stale). */
   async publisher(channel, { maxAgeMs = null } = {}) {
-    const entry = { channel, maxAgeMs, claim: null, nextSeq: 1n };
+    let entry = this.#publishers.get(channel) ?? { channel, maxAgeMs, claim: null, nextSeq: 1n };
     await this.#claimOn(await this.#live(), entry);
+    entry = this.#publishers.get(channel) ?? entry; // one made meanwhile is the one
     this.#publishers.set(channel, entry);
     return new Publisher(channel, (payload) => this.#sendTick(entry, toBytes(payload)));
   }
@@ -266,6 +265,7 @@ export class QuiverClient {
     this.#sessionChanged.notify();
     for (const entry of this.#rooms.values()) this.#rejoin(entry);
     for (const entry of this.#subscriptions.values()) {
+      if (!entry.confirmed) continue;
       entry.ticks.resync();
       this.#subscribeOn(session, entry).catch((err) => this.#failed(err, { channel: entry.channel }));
     }
@@ -361,7 +361,7 @@ export class QuiverClient {
   async #rejoin(entry) {
     await entry.joining; // a Kicked may come before join() took its reply, which can be what set the position
     const room = entry.state.name;
-    // Unavailable (the server's broker unreachable): tried again, 40 times at most, 50 ms doubling to 2 s.
+    // Refused for now (e.g. Unavailable: the server's broker unreachable): tried again, 40 times, 50 ms doubling to 2 s.
     for (let attempt = 0; attempt < 40; attempt++) {
       const session = this.#session;
       if (!session || this.#rooms.get(room) !== entry) return;
@@ -370,7 +370,7 @@ export class QuiverClient {
         expectReply(await session.request({ Join: join }), 'Joined');
         return;
       } catch (err) {
-        if (err?.code === ErrorCode.Unavailable && !err?.closed) {
+        if (REFUSED_FOR_NOW.includes(err?.code) && !err?.closed) {
           await this.#timers.sleep(this.#unavailable.backoff.delay(attempt));
           continue;
         }

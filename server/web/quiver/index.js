@@ -24,6 +24,6 @@ export {
 } from './state.js';
 export { AGENT, IDLE_TIMEOUT_MS, KEEP_ALIVE_MS } from './client/session.js';
 export { TRANSPORTS, websocketUrlOf } from './client/dial.js';
-export { TICK_HIGH_WATER, WebSocketTransport, WebSocketTransportError } from './client/websocket.js';
+export { MAX_INBOUND_STREAMS, TICK_HIGH_WATER, WebSocketTransport, WebSocketTransportError } from './client/websocket.js';
 export { Publisher, Room, Subscription } from './client/handles.js';
 export { QuiverClient } from './client.js';

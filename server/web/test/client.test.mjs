@@ -489,3 +489,27 @@ test('redundant rooms: stream and copies merge into one order, each event once; 
   await new Promise((resolve) => setTimeout(resolve, 20));
   assert.equal(server.copies.length, 2, 'a room not joined redundant: no copies');
 });
+
+test('reconnect: a subscribe made while reconnecting is sent once; a second publisher shares the claim; a rejoin refused for now is tried again', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server);
+  const room = await joinCollecting(ann, 'r');
+  const first = await ann.publisher('p');
+  const second = await ann.publisher('p');
+  assert.deepEqual([first.send('a'), second.send('b')], [1n, 2n], 'one numbering of the channel');
+  server.down = true;
+  server.dropAll();
+  await until('ann notices', () => ann.status === 'reconnecting');
+  const subscribing = ann.subscribe('c', { onTick: () => {} });
+  server.rateLimitedJoins = 2;
+  server.down = false;
+  await subscribing;
+  const conn = server.live[0];
+  assert.equal(server.requestsOf('Subscribe', conn).length, 1, 'subscribed once, by subscribe() itself');
+  await until('the room rejoined after two refusals', () => server.rooms.get('r').members.has(conn));
+  assert.equal(server.requestsOf('Join', conn).length, 3);
+  assert.equal(server.requestsOf('Publish', conn).length, 1, 'one claim to put back');
+  assert.deepEqual([first.send('c'), second.send('d')], [3n, 4n], 'both handles publish on the new connection');
+  await ann.post('r', 'still here');
+  await until('the room delivers', () => room.seqs().length === 1);
+});

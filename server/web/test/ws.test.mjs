@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 
 import {
-  ErrorCode, QuiverDecodeError, QuiverEncodeError, WS_MAX_CHUNK, WS_MAX_MESSAGE, WS_MAX_REASON, WebSocketTransport,
+  ErrorCode, MAX_INBOUND_STREAMS, QuiverDecodeError, QuiverEncodeError, WS_MAX_CHUNK, WS_MAX_MESSAGE, WS_MAX_REASON, WebSocketTransport,
   WsKind, decodeWsMessage, encodeTick, encodeWsMessage, tickChannel, websocketUrlOf,
 } from '../quiver/index.js';
 
@@ -347,6 +347,20 @@ test('adapter: room streams open at a new id, carry their bytes, finish, and res
   socket.drop();
   await assert.rejects(last.read(), (err) => err.source === 'session' && err.closeCode === null);
   await assert.rejects(streams.read());
+});
+
+test('adapter: a server with more than MAX_INBOUND_STREAMS room streams open at once is closed', async () => {
+  const { wt, socket } = await open();
+  const one = Uint8Array.of(1);
+  for (let id = 1n; id <= BigInt(MAX_INBOUND_STREAMS); id++) socket.receive({ Stream: { id, bytes: one } });
+  socket.receive({ Finish: { id: 1n } }); // an ended stream frees its place
+  socket.receive({ Stream: { id: BigInt(MAX_INBOUND_STREAMS) + 1n, bytes: one } });
+  assert.equal(socket.sent.length, 0, 'at the limit: nothing said');
+  socket.receive({ Stream: { id: BigInt(MAX_INBOUND_STREAMS) + 2n, bytes: one } });
+  const closed = await wt.closed;
+  assert.equal(closed.closeCode, ErrorCode.ProtocolViolation);
+  assert.match(closed.reason, /more than 4096 room streams/);
+  assert.equal(socket.sent[0].Close.code, ErrorCode.ProtocolViolation, 'the server is told');
 });
 
 test('adapter: datagrams both ways; too large ones are dropped as WebTransport drops them', async () => {

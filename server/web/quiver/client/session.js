@@ -121,6 +121,10 @@ export class Session {
     this.welcome = welcome;
     this.hooks = hooks;
     this.maxFrame = welcome.limits.max_frame;
+    if ('maxInboundStreams' in wt) {
+      // No stream credit on the WebSocket: a rejoined room's stream may open before the left one's finish arrives.
+      wt.maxInboundStreams = Math.max(wt.maxInboundStreams, 2 * (Number(welcome.limits.max_rooms) + 1));
+    }
     this.requests = new RequestTable(1n);
     /** Subscriptions by their channel id on this connection (BigInt keys). */
     this.channels = new Map();

@@ -1,6 +1,20 @@
 // Small helpers of the client: the clock, bytes from what the application passes, replies, callbacks.
 
 import { ErrorCode, QuiverError, describe } from '../wire/errors.js';
+import { PROTOCOL_VERSION } from '../wire/messages.js';
+
+/** The refusals a rejoin tries again (as the Rust client's `refused_for_now`): the server may take it back later. */
+export const REFUSED_FOR_NOW = [ErrorCode.Unavailable, ErrorCode.RateLimited, ErrorCode.ServerFull, ErrorCode.Internal];
+
+/** `QuiverClient.connect`'s options when not given (documented there). */
+export function clientDefaults() {
+  return {
+    certHash: null, name: null, token: null, reconnect: true, onStatus: null, onNotice: null, onAttempt: null,
+    connectTimeoutMs: 10_000, reconnectDelayMs: 50, reconnectMaxDelayMs: 5000, copies: 2, copySpacingMs: 5,
+    transport: 'auto', webTransport: globalThis.WebTransport, webSocket: globalThis.WebSocket, websocketUrl: null,
+    fallbackTimeoutMs: 2000, onTransport: null, protocolVersion: PROTOCOL_VERSION, maxQueuedPosts: 10_000,
+  };
+}
 
 const utf8Encoder = new TextEncoder();
 

@@ -21,6 +21,13 @@ export const TICK_HIGH_WATER = 16 * 1024;
 /** Bytes of datagrams that may wait for the socket; beyond it the oldest waiting one is dropped (as Rust's). */
 export const DATAGRAM_BUFFER = 4 * 1024;
 
+/**
+ * Room streams the server may have open at once (as the Rust client's `MAX_INBOUND_STREAMS`; QUIC: the stream
+ * limit); a server opening more is broken or hostile, and the connection is closed with ProtocolViolation. A
+ * Session raises it to twice its Welcome's `max_rooms` + 1 when that is more.
+ */
+export const MAX_INBOUND_STREAMS = 4096;
+
 /** Datagrams received and not read yet; more are dropped (as QUIC's receive buffer drops them). */
 const INBOUND_DATAGRAMS = 256;
 
@@ -74,6 +81,8 @@ export class WebSocketTransport {
   copies = false;
   /** When a message last arrived, or the socket opened (`performance.now()`, ms). */
   receivedAt = performance.now();
+  /** Room streams the server may have open at once (MAX_INBOUND_STREAMS unless a Session raised it). */
+  maxInboundStreams = MAX_INBOUND_STREAMS;
 
   #url;
   #ws;
@@ -221,6 +230,10 @@ export class WebSocketTransport {
     const open = this.#streams.get(id);
     if (open) return open;
     if (id <= this.#lastStream) return null; // ended before: its late bytes are dropped
+    if (this.#streams.size >= this.maxInboundStreams) {
+      this.#fail(ErrorCode.ProtocolViolation, `the server opened more than ${this.maxInboundStreams} room streams at once`);
+      return null;
+    }
     this.#lastStream = id;
     const stream = feed();
     this.#streams.set(id, stream);

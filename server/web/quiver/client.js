@@ -3,11 +3,10 @@
 // for: rooms (resumed from their position), posts (re-sent until acknowledged), tick subscriptions and claims.
 
 import { ErrorCode, QuiverDecodeError, QuiverError } from './wire/errors.js';
-import { encodeTick } from './wire/ticks.js';
 import { Backoff, LatestWins, Merge, PostQueue, RoomState, clockOffsetUs, messageEvent } from './state.js';
 import { Session, roomFrames } from './client/session.js';
 import { Dialer, transportOptions } from './client/dial.js';
-import { Publisher, Room, Subscription } from './client/handles.js';
+import { Publisher, Room, Subscription, deliverTick, sendTick } from './client/handles.js';
 import { Signal, Timers } from './client/waiting.js';
 import { REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, toBytes, unixUs } from './client/values.js';
 import { wire } from './wire/messages.js';
@@ -93,9 +92,10 @@ export class QuiverClient {
    * Joins `room`; `onEvent` receives its events in order: `{type: 'message', seq, timeUs, sender, clientMsgId,
    * body, text}`, `{type: 'joined' | 'left', member}`, `{type: 'resumed', recovered, epoch}` (the room was joined
    * again after a reconnect or after its stream fell behind; recovered false: messages were missed) and
-   * `{type: 'kicked', code, reason}` (the server dropped this client from the room). `redundant`: the room's events
-   * also come as datagram copies and posts to it go up as copies too, so that a lost packet costs milliseconds, not
-   * a retransmission (about twice the bytes; the events are the same, each once and in order).
+   * `{type: 'kicked', code, reason}` (the server dropped this client from the room, or refused to take it back after
+   * a reconnect: the room ends). `redundant`: the room's events also come as datagram copies and posts to it go up
+   * as copies too, so that a lost packet costs milliseconds, not a retransmission (about twice the bytes; the events
+   * are the same, each once and in order).
    */
   async join(room, { onEvent, redundant = false } = {}) {
     if (this.#rooms.has(room)) throw new QuiverError(ErrorCode.AlreadyJoined, `already in room ${room}`);
@@ -182,7 +182,7 @@ export class QuiverClient {
     await this.#claimOn(await this.#live(), entry);
     entry = this.#publishers.get(channel) ?? entry; // one made meanwhile is the one
     this.#publishers.set(channel, entry);
-    return new Publisher(channel, (payload) => this.#sendTick(entry, toBytes(payload)));
+    return new Publisher(channel, (payload) => sendTick(this.#session, entry, toBytes(payload), this.serverClockUs()));
   }
 
   /** One Ping/Pong round trip on the control stream; resolves to the round-trip time in ms. */
@@ -233,7 +233,7 @@ export class QuiverClient {
       onLost: (session, why) => this.#lost(session, why),
       onPush: (push) => this.#push(push),
       onRoomStream: (session, stream) => this.#readRoomStream(session, stream, ++this.#roomStreams),
-      onTick: (entry, tick) => this.#deliverTick(entry, tick),
+      onTick: (entry, tick) => deliverTick(entry, tick, this.serverClockUs()),
       onRoomCopy: (session, copy) => this.#roomCopy(session, copy),
       copies: { copies: this.#options.copies, spacingMs: this.#options.copySpacingMs }, // for post copies
     };
@@ -342,10 +342,16 @@ export class QuiverClient {
     if (entry && push.code === ErrorCode.SlowConsumer) {
       this.#rejoin(entry); // the room's stream fell behind and was reset; the rest of the session is fine
     } else if (entry) {
-      this.#rooms.delete(push.room);
-      callBack(entry.onEvent, { type: 'kicked', room: push.room, code: push.code, reason: push.reason });
+      this.#endRoom(entry, push);
     }
     callBack(this.#options.onNotice, push);
+  }
+
+  /** `entry`'s room ends (kicked, or its rejoin refused for good): `{type: 'kicked', code, reason}` is its last event. */
+  #endRoom(entry, { code, reason }) {
+    const room = entry.state.name;
+    if (this.#rooms.get(room) === entry) this.#rooms.delete(room);
+    callBack(entry.onEvent, { type: 'kicked', room, code, reason });
   }
 
   /** A request made on the client's own behalf failed: tell the application, unless the connection went. */
@@ -362,7 +368,8 @@ export class QuiverClient {
     await entry.joining; // a Kicked may come before join() took its reply, which can be what set the position
     const room = entry.state.name;
     // Refused for now (e.g. Unavailable: the server's broker unreachable): tried again, 40 times, 50 ms doubling to 2 s.
-    for (let attempt = 0; attempt < 40; attempt++) {
+    let refused = null;
+    for (let attempt = 0; attempt < 40 && !refused; attempt++) {
       const session = this.#session;
       if (!session || this.#rooms.get(room) !== entry) return;
       try {
@@ -375,11 +382,14 @@ export class QuiverClient {
           continue;
         }
         // AlreadyJoined: the server still has (or already restored) the room on this connection; nothing to do.
-        if (err?.code !== ErrorCode.AlreadyJoined) this.#failed(err, { room });
-        return;
+        // Refused for good (not for a lost connection, which the next retries): the room ends, as a kicked one.
+        if (err?.code === ErrorCode.AlreadyJoined || err?.closed) return;
+        refused = new QuiverError(err?.code ?? ErrorCode.Internal, err?.message ?? String(err));
       }
     }
-    this.#failed(new QuiverError(ErrorCode.Unavailable, 'the server stayed unavailable'), { room });
+    refused ??= new QuiverError(ErrorCode.Unavailable, 'the server refused to take the room back 40 times');
+    this.#failed(refused, { room });
+    this.#endRoom(entry, { code: refused.code, reason: refused.message });
   }
 
   /**
@@ -479,22 +489,5 @@ export class QuiverClient {
     const body = { Publish: { channel: entry.channel, max_age_ms: entry.maxAgeMs } };
     const { channel_id } = expectReply(await session.request(body), 'Publishing');
     entry.claim = { session, channelId: channel_id };
-  }
-
-  #deliverTick(entry, tick) {
-    if (!entry.ticks.accept(tick.seq)) return;
-    const latencyMs = (this.serverClockUs() - Number(tick.sent_time_us)) / 1000;
-    entry.latest = { seq: tick.seq, sentTimeUs: tick.sent_time_us, payload: tick.payload, latencyMs };
-    callBack(entry.onTick, entry.latest);
-  }
-
-  #sendTick(entry, payload) {
-    const session = this.#session;
-    if (!session || session.closedWhy || entry.claim?.session !== session) return null;
-    session.checkTickPayload(payload);
-    const seq = entry.nextSeq++;
-    const sentTimeUs = BigInt(Math.round(this.serverClockUs()));
-    session.sendDatagram(encodeTick({ channel_id: entry.claim.channelId, seq, sent_time_us: sentTimeUs, payload }));
-    return seq;
   }
 }

@@ -501,7 +501,7 @@ test('reconnect: a subscribe made while reconnecting is sent once; a second publ
   server.dropAll();
   await until('ann notices', () => ann.status === 'reconnecting');
   const subscribing = ann.subscribe('c', { onTick: () => {} });
-  server.rateLimitedJoins = 2;
+  server.refusedJoins = 2;
   server.down = false;
   await subscribing;
   const conn = server.live[0];
@@ -512,4 +512,20 @@ test('reconnect: a subscribe made while reconnecting is sent once; a second publ
   assert.deepEqual([first.send('c'), second.send('d')], [3n, 4n], 'both handles publish on the new connection');
   await ann.post('r', 'still here');
   await until('the room delivers', () => room.seqs().length === 1);
+});
+
+test('reconnect: a rejoin refused for good ends the room (a kicked event, a notice); it can be joined again', async (t) => {
+  const server = new FakeServer();
+  const notices = [];
+  const ann = await connect(t, server, { onNotice: (n) => notices.push(n) });
+  const room = await joinCollecting(ann, 'r');
+  server.down = true;
+  server.dropAll();
+  await until('ann notices', () => ann.status === 'reconnecting');
+  Object.assign(server, { refusedJoins: 1, refuseJoinsWith: ErrorCode.PermissionDenied, down: false });
+  await until('the room ends', () => room.events.some((e) => e.type === 'kicked'));
+  const ended = room.events.find((e) => e.type === 'kicked');
+  assert.equal(ended.code, ErrorCode.PermissionDenied);
+  assert.ok(notices.some((n) => n.room === 'r' && n.code === ErrorCode.PermissionDenied), 'the application is told');
+  await ann.join('r'); // not AlreadyJoined: the ended room is forgotten
 });

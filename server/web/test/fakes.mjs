@@ -185,7 +185,8 @@ export class FakeServer {
     this.down = false; // connections fail before they open
     this.downUrls = new Set(); // connections to these URLs fail before they open (a dead node of a cluster)
     this.unavailablePosts = 0; // refuse this many posts with Unavailable (a broker unreachable), sequencing nothing
-    this.rateLimitedJoins = 0; // refuse this many joins with RateLimited
+    this.refusedJoins = 0; // refuse this many joins with `refuseJoinsWith`
+    this.refuseJoinsWith = ErrorCode.RateLimited;
     this.holdPostReplies = false; // accept posts but never answer them (their answers are lost with the connection)
     this.openBeforeReply = true; // send a room stream's Open (and replay) before the Join reply
     this.replayOverlap = 0n; // replay this many already-seen messages on a resume (the client must drop them)
@@ -247,7 +248,7 @@ export class FakeServer {
       case 'Join': {
         const room = this.room(body.room);
         if (room.members.has(conn)) return fail(ErrorCode.AlreadyJoined, 'already joined');
-        if (this.rateLimitedJoins > 0 && this.rateLimitedJoins--) return fail(ErrorCode.RateLimited, 'slow down');
+        if (this.refusedJoins > 0 && this.refusedJoins--) return fail(this.refuseJoinsWith, 'refused by the test');
         const last = BigInt(room.messages.length);
         const since = body.since;
         // As the Rust hub: a first join (no since) is recovered, with nothing to replay.

@@ -1,5 +1,9 @@
 // What the application holds: a joined `Room`, a tick `Subscription`, a `Publisher`'s right to send ticks. Thin
-// handles over the QuiverClient that made them, which keeps their state across reconnects.
+// handles over the QuiverClient that made them, which keeps their state across reconnects; and how ticks reach
+// them and leave from them.
+
+import { encodeTick } from '../wire/ticks.js';
+import { callBack } from './values.js';
 
 /** A joined room: its name, members and position; post to it or leave it. Made by `QuiverClient.join`. */
 export class Room {
@@ -85,4 +89,22 @@ export class Publisher {
   send(payload) {
     return this.#send(payload);
   }
+}
+
+/** A tick datagram for subscription `entry` arrived (`nowUs`: the server's clock): delivered if it is newer. */
+export function deliverTick(entry, tick, nowUs) {
+  if (!entry.ticks.accept(tick.seq)) return;
+  const latencyMs = (nowUs - Number(tick.sent_time_us)) / 1000;
+  entry.latest = { seq: tick.seq, sentTimeUs: tick.sent_time_us, payload: tick.payload, latencyMs };
+  callBack(entry.onTick, entry.latest);
+}
+
+/** Sends one tick of publisher `entry` on `session` (`nowUs`: the server's clock); its seq, or null if not claimed there. */
+export function sendTick(session, entry, payload, nowUs) {
+  if (!session || session.closedWhy || entry.claim?.session !== session) return null;
+  session.checkTickPayload(payload);
+  const seq = entry.nextSeq++;
+  const sentTimeUs = BigInt(Math.round(nowUs));
+  session.sendDatagram(encodeTick({ channel_id: entry.claim.channelId, seq, sent_time_us: sentTimeUs, payload }));
+  return seq;
 }

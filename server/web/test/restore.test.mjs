@@ -1,0 +1,48 @@
+// What a reconnect puts back, against the in-memory WebTransport and miniature server of fakes.mjs: requests made
+// while reconnecting, publishers sharing a claim, rejoins refused for now (tried again) or for good (the room ends).
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { ErrorCode } from '../quiver/index.js';
+import { FakeServer, connect, joinCollecting, until } from './fakes.mjs';
+
+test('reconnect: a subscribe made while reconnecting is sent once; a second publisher shares the claim; a rejoin refused for now is tried again', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server);
+  const room = await joinCollecting(ann, 'r');
+  const first = await ann.publisher('p');
+  const second = await ann.publisher('p');
+  assert.deepEqual([first.send('a'), second.send('b')], [1n, 2n], 'one numbering of the channel');
+  server.down = true;
+  server.dropAll();
+  await until('ann notices', () => ann.status === 'reconnecting');
+  const subscribing = ann.subscribe('c', { onTick: () => {} });
+  server.refusedJoins = 2;
+  server.down = false;
+  await subscribing;
+  const conn = server.live[0];
+  assert.equal(server.requestsOf('Subscribe', conn).length, 1, 'subscribed once, by subscribe() itself');
+  await until('the room rejoined after two refusals', () => server.rooms.get('r').members.has(conn));
+  assert.equal(server.requestsOf('Join', conn).length, 3);
+  assert.equal(server.requestsOf('Publish', conn).length, 1, 'one claim to put back');
+  assert.deepEqual([first.send('c'), second.send('d')], [3n, 4n], 'both handles publish on the new connection');
+  await ann.post('r', 'still here');
+  await until('the room delivers', () => room.seqs().length === 1);
+});
+
+test('reconnect: a rejoin refused for good ends the room (a kicked event, a notice); it can be joined again', async (t) => {
+  const server = new FakeServer();
+  const notices = [];
+  const ann = await connect(t, server, { onNotice: (n) => notices.push(n) });
+  const room = await joinCollecting(ann, 'r');
+  server.down = true;
+  server.dropAll();
+  await until('ann notices', () => ann.status === 'reconnecting');
+  Object.assign(server, { refusedJoins: 1, refuseJoinsWith: ErrorCode.PermissionDenied, down: false });
+  await until('the room ends', () => room.events.some((e) => e.type === 'kicked'));
+  const ended = room.events.find((e) => e.type === 'kicked');
+  assert.equal(ended.code, ErrorCode.PermissionDenied);
+  assert.ok(notices.some((n) => n.room === 'r' && n.code === ErrorCode.PermissionDenied), 'the application is told');
+  await ann.join('r'); // not AlreadyJoined: the ended room is forgotten
+});

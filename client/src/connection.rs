@@ -121,7 +121,7 @@ impl<H: Handler> Connection<H> {
             // No stream credit on the WebSocket: the server may open a rejoined room's stream before the left one's
             // finish arrives, so twice as many.
             ws.set_max_inbound_streams(
-                usize::try_from(welcome.limits.max_rooms).unwrap_or(usize::MAX).saturating_add(1) * 2,
+                usize::try_from(welcome.limits.max_rooms).unwrap_or(usize::MAX).saturating_add(1).saturating_mul(2),
             );
         }
         // Post copies go out on the probe timer, in place of the tail probe (QUIC only).

@@ -350,7 +350,8 @@ export class QuiverClient {
   /** `entry`'s room ends (kicked, or its rejoin refused for good): `{type: 'kicked', code, reason}` is its last event. */
   #endRoom(entry, { code, reason }) {
     const room = entry.state.name;
-    if (this.#rooms.get(room) === entry) this.#rooms.delete(room);
+    if (this.#rooms.get(room) !== entry) return; // left, or ended already
+    this.#rooms.delete(room);
     callBack(entry.onEvent, { type: 'kicked', room, code, reason });
   }
 
@@ -369,8 +370,9 @@ export class QuiverClient {
     const room = entry.state.name;
     // Refused for now (e.g. Unavailable: the server's broker unreachable): tried again, 40 times, 50 ms doubling to 2 s.
     let refused = null;
+    let session = null;
     for (let attempt = 0; attempt < 40 && !refused; attempt++) {
-      const session = this.#session;
+      session = this.#session;
       if (!session || this.#rooms.get(room) !== entry) return;
       try {
         const join = { room, since: entry.state.position(), redundant: entry.redundant };
@@ -387,6 +389,8 @@ export class QuiverClient {
         refused = new QuiverError(err?.code ?? ErrorCode.Internal, err?.message ?? String(err));
       }
     }
+    // Not if the connection went meanwhile (the next one rejoins) or the room was left or joined anew.
+    if (this.#session !== session || this.#rooms.get(room) !== entry) return;
     refused ??= new QuiverError(ErrorCode.Unavailable, 'the server refused to take the room back 40 times');
     this.#failed(refused, { room });
     this.#endRoom(entry, { code: refused.code, reason: refused.message });

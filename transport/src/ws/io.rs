@@ -238,6 +238,7 @@ impl Streams {
     }
 
     fn data(&mut self, id: u64, bytes: Bytes, shared: &Shared, inbound: &Senders) -> Result<(), TooManyStreams> {
+        let mut retried = false;
         loop {
             let Some(queue) = self.get(id, shared, inbound)? else { return Ok(()) };
             match queue.data(bytes.clone()) {
@@ -250,10 +251,17 @@ impl Streams {
                     return Ok(());
                 }
                 Pushed::ConnectionFull => {
-                    // The stream holding the most is the one whose reader fell furthest behind: it ends so (this
-                    // one, if it holds the most), not whichever stream's bytes came next.
-                    let most = self.open.iter().max_by_key(|(_, queue)| queue.queued()).map(|(held, _)| *held);
-                    let victim = most.unwrap_or(id);
+                    // The open stream holding the most is the one whose reader fell furthest behind: it ends so,
+                    // not whichever stream's bytes came next. If that frees too little (the bytes wait in streams
+                    // that finished already), this one ends next time round: at most two resets per chunk.
+                    let most = match retried {
+                        true => None,
+                        false => {
+                            self.open.iter().filter(|(_, queue)| queue.queued() > 0).max_by_key(|(_, q)| q.queued())
+                        }
+                    };
+                    let victim = most.map_or(id, |(held, _)| *held);
+                    retried = true;
                     if let Some(queue) = self.open.remove(&victim) {
                         queue.end(Inbound::Reset(ErrorCode::SlowConsumer));
                         shared.send_stop(victim, ErrorCode::SlowConsumer);

@@ -462,3 +462,34 @@ async fn room_streams_nobody_reads_are_bounded_together() {
         assert_ne!(id, next, "1 MiB freed, 1 MiB more fits");
     }
 }
+
+#[tokio::test]
+async fn bytes_of_finished_streams_at_the_bound_end_only_the_stream_that_came_next() {
+    let (mut server, client) = hostile_server().await;
+    let full = (INBOUND_CONNECTION_BYTES / INBOUND_STREAM_BYTES) as u64;
+    let chunk = Bytes::from(vec![7u8; MAX_CHUNK]);
+    for id in 1..=full {
+        for _ in 0..INBOUND_STREAM_BYTES / MAX_CHUNK {
+            server.send(stream_message(id, chunk.clone())).await.unwrap();
+        }
+        server.send(Message::Binary(WsMessage::Finish { id }.encode().to_vec())).await.unwrap();
+    }
+    // Open streams holding nothing: resetting them would free nothing.
+    for id in full + 1..=full + 8 {
+        server.send(stream_message(id, Bytes::new())).await.unwrap();
+    }
+    let next = full + 9;
+    server.send(stream_message(next, chunk)).await.unwrap();
+    let mut stops = Vec::new();
+    let quiet = async {
+        loop {
+            let Some(Ok(Message::Binary(bytes))) = server.next().await else { continue };
+            if let Ok(WsMessage::Stop { id, .. }) = WsMessage::decode(Bytes::from(bytes)) {
+                stops.push(id);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(300), quiet).await;
+    assert_eq!(stops, [next], "only the stream whose bytes did not fit ends");
+    drop(client);
+}

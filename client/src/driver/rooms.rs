@@ -204,10 +204,9 @@ impl super::Driver {
             Ok(Reply::Joined(joined)) => {
                 entry.replied(&joined);
                 if leaving.is_cancelled() && entry.start_leave() {
-                    // Given up while its Join was answered: nobody holds the room, so it is left at once.
-                    if let Ok(Some(sent)) = self.write_leave(&entry).await {
-                        drop(sent);
-                    }
+                    // Given up while its Join was answered: nobody holds the room, so it is left at once (nobody
+                    // waits for the Leave's reply either).
+                    let _ = self.write_leave(&entry).await;
                     return Err(RequestError::closed((ErrorCode::NoError, "join given up".into())));
                 }
                 // Answered on a connection replaced meanwhile: the reconnect may have rejoined the rooms answered

@@ -13,6 +13,7 @@
 //! cannot take more, only the newest tick of each channel waits, never a backlog.
 
 mod io;
+mod recv;
 mod room_in;
 mod shared;
 #[cfg(test)]
@@ -33,7 +34,8 @@ use tokio::{
 };
 use tokio_tungstenite::{tungstenite::protocol::WebSocketConfig, WebSocketStream};
 
-use shared::{lock, End, Inbound, OutStream, Shared, State};
+pub use recv::WsRecv;
+use shared::{lock, End, OutStream, Shared, State};
 
 /// Largest chunk of one stream in one message: a long write is cut into chunks this size, so that streams and
 /// datagrams interleave and a peer can bound what it accepts per message.
@@ -241,7 +243,7 @@ impl WsSession {
         };
         let rx = rx.ok_or(WsError::Unsupported("a WebSocket connection has one control stream"))?;
         let send = WsSend { session: self.handle.clone(), id: 0, finished: false };
-        Ok((send, WsRecv { session: self.handle.clone(), rx: InboundRx::Control(rx), ended: false }))
+        Ok((send, WsRecv::control(self.handle.clone(), rx)))
     }
 
     /// The server's side of the control stream: at once the first time, then never (waits until the connection
@@ -280,8 +282,7 @@ impl WsSession {
         let mut streams = self.shared().streams_in.lock().await;
         tokio::select! {
             Some(stream) = streams.recv() => {
-                let rx = InboundRx::Room(stream.queue);
-                Ok(WsRecv { session: self.handle.clone(), rx, ended: false })
+                Ok(WsRecv::room(self.handle.clone(), stream.queue))
             }
             err = self.closed() => Err(err),
         }
@@ -455,56 +456,6 @@ impl Drop for WsSend {
     fn drop(&mut self) {
         if !self.finished && self.id != 0 {
             self.shared().end(self.id, End::Finish);
-        }
-    }
-}
-
-/// The receiving side of a stream.
-#[derive(Debug)]
-pub struct WsRecv {
-    session: Arc<Handle>,
-    rx: InboundRx,
-    ended: bool,
-}
-
-/// Where a stream's bytes wait: the control stream's bounded queue (the reader waits when it is full), or a room
-/// stream's, bounded by bytes (see [`INBOUND_STREAM_BYTES`]).
-#[derive(Debug)]
-enum InboundRx {
-    Control(mpsc::Receiver<Inbound>),
-    Room(Arc<room_in::RoomQueue>),
-}
-
-impl Drop for WsRecv {
-    fn drop(&mut self) {
-        // What its reader will never take no longer counts against the connection's bound.
-        if let InboundRx::Room(queue) = &self.rx {
-            queue.reader_gone();
-        }
-    }
-}
-
-impl WsRecv {
-    /// The stream's next bytes; `None` once it ended.
-    pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, WsError> {
-        if self.ended {
-            return Ok(None);
-        }
-        let next = match &mut self.rx {
-            InboundRx::Control(rx) => rx.recv().await,
-            InboundRx::Room(queue) => queue.next().await,
-        };
-        match next {
-            Some(Inbound::Data(bytes)) => Ok(Some(bytes)),
-            Some(Inbound::Finish) => {
-                self.ended = true;
-                Ok(None)
-            }
-            Some(Inbound::Reset(code)) => {
-                self.ended = true;
-                Err(WsError::Reset(code))
-            }
-            None => Err(self.session.0.closed_error()),
         }
     }
 }

@@ -1,0 +1,173 @@
+//! The node's heartbeat: every `heartbeat` it stamps its entry in `q:{nodes}` (on Redis' clock) and buries the
+//! nodes that have not beaten for `presence_expiry`; a node that finds itself buried announces its members again.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use redis::AsyncCommands;
+
+use super::Broker;
+use crate::cluster::{keys, scripts};
+use crate::hub::lock::lock;
+
+impl Broker {
+    pub(super) async fn heartbeat(self: Arc<Self>) {
+        // The mark is created by the first beat that reaches Redis, then only refreshed (`SET XX`): burying deletes
+        // it, so a beat that finds it gone tells this node it was buried (a late write from before a partition
+        // cannot bring it back). The token makes the mark this incarnation's.
+        let token = format!("{:016x}", rand::random::<u64>());
+        let mut first = true;
+        // Whether the mark exists (the beats only check it) or is to be made (the first beat, and after a burial).
+        let mut refresh = false;
+        // Set when this node found itself buried, until every revive hook succeeded (they are idempotent). The hooks
+        // run on a task of their own while the beats go on: a node re-registering many members must not stop
+        // beating, or it is buried again meanwhile.
+        let announce_due = Arc::new(AtomicBool::new(false));
+        let reviving = Arc::new(AtomicBool::new(false));
+        let mut failed_beats = 0u32;
+        let checking_pubsub = Arc::new(AtomicBool::new(false));
+        let mut interval = tokio::time::interval(self.config.heartbeat);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                () = self.stop.cancelled() => return,
+            }
+            let (now_ms, marked) = match self.beat(&token, refresh).await {
+                Some(beat) => beat,
+                None => {
+                    self.heartbeat_ok.store(false, Ordering::Relaxed);
+                    failed_beats += 1;
+                    // A creating beat whose reply was lost may have made the mark: check it from now on (a burial
+                    // between that beat and the next would otherwise go unseen under a second `create`).
+                    refresh = !first;
+                    // A connection that stalled (a partition: requests written and never answered) can stay
+                    // wedged after the path heals; three missed beats in a row get a new one.
+                    if failed_beats.is_multiple_of(3) {
+                        tracing::warn!(failed_beats, "the broker does not answer; making the command connection again");
+                        if let Ok(conn) = Broker::command_connection(&self.client, &self.config) {
+                            *lock(&self.conn) = conn;
+                        }
+                    }
+                    continue;
+                }
+            };
+            failed_beats = 0;
+            self.heartbeat_ok.store(true, Ordering::Relaxed);
+            if first {
+                first = false;
+                self.check_version().await;
+            }
+            refresh = true;
+            if marked == 0 {
+                // Buried (or, after a lost reply, maybe never marked): the mark first, then the members again, so
+                // that a burial finishing after this is seen by the next beat, which announces them once more.
+                tracing::warn!(node = %self.node, "this node was declared dead by the others; announcing its members again");
+                refresh = self.beat(&token, false).await.is_some();
+                announce_due.store(true, Ordering::Release);
+            }
+            // Only with the mark made: a burial finishing after the members are announced must show at a check.
+            if refresh && announce_due.load(Ordering::Acquire) && !reviving.swap(true, Ordering::AcqRel) {
+                let (hooks, due, running) = (lock(&self.hooks).revived.clone(), announce_due.clone(), reviving.clone());
+                let stop = self.stop.clone();
+                tokio::spawn(async move {
+                    due.store(false, Ordering::Release);
+                    let mut done = true;
+                    for hook in hooks {
+                        // Retired meanwhile (the node buried itself): nothing may be counted again after that.
+                        if stop.is_cancelled() {
+                            break;
+                        }
+                        done &= hook().await;
+                    }
+                    if !done {
+                        due.store(true, Ordering::Release);
+                    }
+                    running.store(false, Ordering::Release);
+                });
+            }
+            // Off the beat's path: a PING that takes the whole timeout must not delay the next beat.
+            if !checking_pubsub.swap(true, Ordering::Relaxed) {
+                let (me, flag) = (self.clone(), checking_pubsub.clone());
+                tokio::spawn(async move {
+                    me.check_pubsub().await;
+                    flag.store(false, Ordering::Relaxed);
+                });
+            }
+            let expiry_ms = self.config.presence_expiry.as_millis() as u64;
+            // Redis' own clock: nodes' clocks may disagree.
+            let mut conn = self.conn();
+            let silent = conn.zrangebyscore(keys::NODES, "-inf", now_ms.saturating_sub(expiry_ms));
+            let dead: Vec<String> = match tokio::time::timeout(self.config.request_timeout, silent).await {
+                Ok(Ok(dead)) => dead,
+                Ok(Err(err)) => {
+                    self.failed(&err);
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            // Each on its own task: a dead node with many rooms must not hold up this node's own heartbeat.
+            for node in dead.into_iter().filter(|n| *n != self.node) {
+                if lock(&self.burying).insert(node.clone()) {
+                    tracing::info!(%node, "a node stopped beating: its members leave their rooms");
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.bury(node.clone()).await;
+                        lock(&me.burying).remove(&node);
+                    });
+                }
+            }
+        }
+    }
+
+    /// One heartbeat (`create` the mark, or check that it is still this node's): {Redis' time in ms, 1 when the mark
+    /// is this node's}, or `None` when Redis did not answer.
+    async fn beat(&self, token: &str, refresh: bool) -> Option<(u64, u8)> {
+        let mut conn = self.conn();
+        let mut invocation = scripts::BEAT_SCRIPT.prepare_invoke();
+        let mode = if refresh { "refresh" } else { "create" };
+        invocation.key(keys::NODES).key(keys::node_mark(&self.node)).arg(&self.node).arg(token).arg(mode);
+        match tokio::time::timeout(self.config.request_timeout, invocation.invoke_async::<(u64, u8)>(&mut conn)).await {
+            Ok(Ok(beat)) => Some(beat),
+            Ok(Err(err)) => {
+                self.failed(&err);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Runs the dead hooks for `node`, then deletes its entries, unless a hook could not finish (the node stays
+    /// listed and the next heartbeat tries again). Idempotent: several nodes may bury one.
+    pub(super) async fn bury(&self, node: String) {
+        let hooks = lock(&self.hooks).dead.clone();
+        let mut done = true;
+        for hook in hooks {
+            done &= hook(node.clone()).await;
+        }
+        if !done {
+            tracing::warn!(%node, "could not clean up after a dead node yet; trying again at the next heartbeat");
+            return;
+        }
+        let mut conn = self.conn();
+        let done: redis::RedisResult<()> = redis::pipe()
+            .atomic()
+            .del(keys::node_rooms(&node))
+            .ignore()
+            .del(keys::node_ticks(&node))
+            .ignore()
+            .del(keys::node_mark(&node))
+            .ignore()
+            .zrem(keys::NODES, &node)
+            .ignore()
+            .publish(keys::CONTROL, format!("dead {node}"))
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        if let Err(err) = done {
+            self.failed(&err);
+        }
+    }
+}

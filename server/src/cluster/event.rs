@@ -26,8 +26,10 @@ pub(super) struct Published {
 
 /// The payload of a message: what the post script stores and publishes after `M`.
 pub(super) fn message_payload(sender: &str, client_msg_id: u64, body: &Bytes) -> Vec<u8> {
-    // Serialising owned strings and bytes cannot fail.
-    postcard::to_allocvec(&(sender, client_msg_id, body.as_ref())).unwrap_or_default()
+    // Serialising strings and bytes cannot fail. Sized up front (two length prefixes and a varint of at most 10
+    // bytes each): one allocation per post.
+    let room = Vec::with_capacity(sender.len() + body.len() + 30);
+    postcard::to_extend(&(sender, client_msg_id, body.as_ref()), room).unwrap_or_default()
 }
 
 /// A message event from its stream entry or published payload.

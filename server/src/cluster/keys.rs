@@ -51,10 +51,35 @@ pub struct RoomKeys {
     prefix: String,
 }
 
+/// `q:{room}:`, what every key of `room` starts with.
+fn prefix(room: &str) -> String {
+    format!("q:{}:", tag(room))
+}
+
+/// Writes the post script's keys into `call` (meta, log, members, the post's dedupe key, as [`RoomKeys`] names them)
+/// and returns the room's events channel: a post's hot path, one buffer instead of a [`RoomKeys`] per post.
+pub fn write_post_keys(call: &mut redis::Cmd, room: &str, identity: &str, client_msg_id: u64) -> String {
+    use std::fmt::Write;
+    let mut key = prefix(room);
+    key.reserve(identity.len() + 24);
+    let base = key.len();
+    for suffix in ["meta", "log", "members"] {
+        key.truncate(base);
+        key.push_str(suffix);
+        call.arg(key.as_str());
+    }
+    key.truncate(base);
+    let _ = write!(key, "d:{identity}:{client_msg_id}"); // writing to a String cannot fail
+    call.arg(key.as_str());
+    key.truncate(base);
+    key.push_str("events");
+    key
+}
+
 impl RoomKeys {
     /// The keys of `room`.
     pub fn new(room: &str) -> RoomKeys {
-        let prefix = format!("q:{}:", tag(room));
+        let prefix = prefix(room);
         RoomKeys {
             meta: format!("{prefix}meta"),
             log: format!("{prefix}log"),
@@ -110,5 +135,23 @@ mod tests {
             assert_eq!(&key[open..=close], "{a%7Bb%7D%25c}", "{key}");
         }
         assert_ne!(RoomKeys::new("a%7B").meta, RoomKeys::new("a{").meta);
+    }
+
+    #[test]
+    fn a_posts_keys_are_the_rooms_keys() {
+        let keys = RoomKeys::new("a{b}%c");
+        let mut call = redis::cmd("EVALSHA");
+        let events = write_post_keys(&mut call, "a{b}%c", "x}{", 7);
+        let written: Vec<Vec<u8>> = call
+            .args_iter()
+            .skip(1)
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => panic!("a key is a simple argument"),
+            })
+            .collect();
+        let expected = [&keys.meta, &keys.log, &keys.members, &keys.dedupe("x}{", 7)];
+        assert_eq!(written, expected.map(|key| key.as_bytes().to_vec()));
+        assert_eq!(events, keys.events);
     }
 }

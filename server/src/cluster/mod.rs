@@ -14,6 +14,7 @@ mod event;
 mod interest;
 pub mod keys;
 mod node_room;
+mod posts;
 mod rooms;
 mod scripts;
 mod settings;

@@ -375,9 +375,9 @@ impl ChannelHandler for NodeRoom {
     }
 }
 
-/// A fresh random epoch, as the scripts take it (a decimal string); never 0.
-pub(super) fn new_epoch() -> String {
-    rand::random::<u64>().max(1).to_string()
+/// A fresh random epoch (the scripts get its decimal text); never 0.
+pub(super) fn new_epoch() -> u64 {
+    rand::random::<u64>().max(1)
 }
 
 #[cfg(test)]

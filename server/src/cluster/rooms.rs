@@ -23,17 +23,20 @@ use super::{
     event,
     keys::{self, RoomKeys},
     node_room::{new_epoch, Channel, Ctx, NodeRoom, NodeState, Sub},
+    posts::PostQueues,
     scripts,
     stream::{self, Entry},
 };
 use crate::hub::{
-    lock::lock, Delivery, JoinRoom, Joining, Outbox, PostMessage, Posted, Replay, RoomHub, RoomUsage, SubscriberId,
+    lock::lock, Delivery, JoinRoom, Joining, Outbox, PostMessage, PostProgress, Posted, Replay, RoomHub, RoomUsage,
+    SubscriberId,
 };
 
 /// Rooms in Redis, shared by every node on the same broker.
 pub struct RedisRooms {
     ctx: Arc<Ctx>,
     rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>>,
+    posts: Arc<PostQueues>,
     next_subscriber: AtomicU64,
 }
 
@@ -55,7 +58,7 @@ impl RedisRooms {
         broker.on_dead(Arc::new(move |node| Box::pin(bury(dead_ctx.clone(), node))));
         let (revived_ctx, revived_rooms) = (ctx.clone(), rooms.clone());
         broker.on_revived(Arc::new(move || Box::pin(announce(revived_ctx.clone(), revived_rooms.clone()))));
-        RedisRooms { ctx, rooms, next_subscriber: AtomicU64::new(1) }
+        RedisRooms { posts: PostQueues::new(ctx.clone()), ctx, rooms, next_subscriber: AtomicU64::new(1) }
     }
 
     fn room(&self, name: &str) -> Arc<NodeRoom> {
@@ -369,30 +372,41 @@ impl RoomHub for RedisRooms {
     }
 
     async fn post(&self, post: PostMessage<'_>) -> Result<(Posted, Delivery), Failure> {
+        match self.sequence_post(post).await? {
+            PostProgress::Done(done) => Ok(done),
+            PostProgress::Committing(commit) => commit.await,
+        }
+    }
+
+    /// Queues the post's script call behind the room's earlier posts (`super::posts`): the connection goes on
+    /// reading the posts it pipelines, and the room's posts reach Redis together, in order.
+    async fn sequence_post(&self, post: PostMessage<'_>) -> Result<PostProgress, Failure> {
         let PostMessage { room, identity, client_msg_id, body, now_us } = post;
         let ctx = &self.ctx;
         // The body is within `max_body`, and `Limits::check` makes any such post fit a room frame.
-        let keys = RoomKeys::new(room);
         let limits = &ctx.limits;
         let oldest_kept = limits.history_max_age_us().map_or(0, |age| now_us.saturating_sub(age));
-        let mut conn = ctx.broker.conn();
-        let (_epoch, seq, duplicate): (String, u64, u8) = scripts::POST_SCRIPT
-            .key(&keys.meta)
-            .key(&keys.log)
-            .key(&keys.members)
-            .key(keys.dedupe(identity, client_msg_id))
-            .arg(new_epoch())
-            .arg(now_us.to_string())
-            .arg(event::message_payload(identity, client_msg_id, &body))
+        let payload = event::message_payload(identity, client_msg_id, &body);
+        // 15 arguments: EVALSHA, the script's hash, the key count, 4 keys (and the channel) of about the room's
+        // name and a suffix each, 8 more (numbers but for the payload).
+        let size = 5 * (room.len() + 16) + identity.len() + payload.len() + 160;
+        let mut call = redis::Cmd::with_capacity(15, size);
+        call.arg("EVALSHA").arg(scripts::POST_SCRIPT.get_hash()).arg(4);
+        let events = keys::write_post_keys(&mut call, room, identity, client_msg_id);
+        call.arg(new_epoch())
+            .arg(now_us)
+            .arg(payload)
             .arg(u64::from(limits.dedupe_window_s).max(1) * 1000)
             .arg(limits.history_max_messages)
-            .arg(oldest_kept.to_string())
+            .arg(oldest_kept)
             .arg(ctx.room_ttl_ms)
-            .arg(&keys.events)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|err| ctx.unavailable(err))?;
-        Ok((Posted { seq, duplicate: duplicate == 1 }, Delivery::default()))
+            .arg(events);
+        let outcome = self.posts.push(call);
+        Ok(PostProgress::Committing(Box::pin(async move {
+            let posted = outcome.await.map_err(|_| Failure::new(ErrorCode::Unavailable, "the node is stopping"))??;
+            // Delivered to the members through the room's channel, as everyone's posts are.
+            Ok((posted, Delivery::default()))
+        })))
     }
 
     async fn history(

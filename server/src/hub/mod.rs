@@ -121,7 +121,8 @@ pub trait RoomHub: Send + Sync + 'static {
     /// Posts a message (creating the room on first use).
     fn post(&self, post: PostMessage<'_>) -> impl Future<Output = Result<(Posted, Delivery), Failure>> + Send;
     /// Sequences a post and, where the engine can, returns before its commit completes, so that a connection
-    /// goes on reading the posts it pipelines and the store's group commit takes them together. Default: `post`.
+    /// goes on reading the posts it pipelines and the store's group commit (or the broker's pipeline: the post
+    /// queued in order, sequenced by Redis) takes them together. Default: `post`.
     fn sequence_post(&self, post: PostMessage<'_>) -> impl Future<Output = Result<PostProgress, Failure>> + Send {
         async move { self.post(post).await.map(PostProgress::Done) }
     }

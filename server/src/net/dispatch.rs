@@ -16,7 +16,9 @@ use quiver_transport::TailProbe;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    hub::{ticks::TickHub, ConnectionState, Delivery, JoinRoom, PostMessage, PostProgress, Posted, RoomHub},
+    hub::{
+        lock::lock, ticks::TickHub, ConnectionState, Delivery, JoinRoom, PostMessage, PostProgress, Posted, RoomHub,
+    },
     net::{
         mailbox::Mailbox,
         rooms::{pump, Kicked, OutboxCopies, StreamOutbox},
@@ -26,6 +28,15 @@ use crate::{
     session::{RoomRequest, TickRequest},
     stats::{bump, ServerStats},
 };
+
+/// A post refused as `Unavailable`: the connection's posts after it are refused until it comes again.
+#[derive(Debug)]
+struct RefusedPost {
+    /// Its place among the connection's posts.
+    order: u64,
+    room: String,
+    id: u64,
+}
 
 /// How long opening a room stream may wait for the client to grant a stream slot.
 const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,8 +96,13 @@ pub(super) struct Connection<R> {
     max_streams: usize,
     stop: CancellationToken,
     /// The room and `client_msg_id` of a post refused as `Unavailable`: the connection's later posts are refused
-    /// too until it comes again, so that a client retrying it keeps its own posts in the order it made them.
-    unavailable_post: Option<(String, u64)>,
+    /// too until it comes again, so that a client retrying it keeps its own posts in the order it made them. Shared
+    /// with the replies of posts still on their way (a broker's pipelined posts are refused after the control loop
+    /// moved on).
+    /// The first by order taken (`posts_taken`) wins: replies to posts in flight may complete out of order.
+    unavailable_post: Arc<Mutex<Option<RefusedPost>>>,
+    /// Posts taken so far (their order, for `unavailable_post`).
+    posts_taken: u64,
     /// Where copies of redundant rooms' frames wait for the probe timer; `None`: redundancy is not granted.
     copies: Option<Arc<Mutex<CopyQueue>>>,
     /// Slots given to redundant room streams so far (a slot is never reused on the connection).
@@ -135,7 +151,8 @@ impl<R: RoomHub> Connection<R> {
             open_streams: Arc::default(),
             max_streams: (limits.max_rooms as usize).saturating_add(1),
             stop: CancellationToken::new(),
-            unavailable_post: None,
+            unavailable_post: Arc::default(),
+            posts_taken: 0,
             copies,
             slots: 0,
             post_copies: Some(post_copies),
@@ -247,37 +264,58 @@ impl<R: RoomHub> Connection<R> {
     /// Sequences a post; its reply comes now, or once the store's commit completes (`Answer::Later`), in which
     /// case the connection may go on with its next posts meanwhile.
     pub(super) async fn post(&mut self, identity: &str, post: Post, now_us: u64) -> Result<Answer, Failure> {
-        if let Some((room, id)) = &self.unavailable_post {
-            if (room.as_str(), *id) != (post.room.as_str(), post.client_msg_id) {
-                let why = format!(
-                    "an earlier post (room {room}, client_msg_id {id}) was refused as unavailable; send it again first"
-                );
-                return Err(Failure::new(ErrorCode::Unavailable, why));
+        {
+            let mut refused = lock(&self.unavailable_post);
+            if let Some(RefusedPost { room, id, .. }) = &*refused {
+                if (room.as_str(), *id) != (post.room.as_str(), post.client_msg_id) {
+                    let why = format!(
+                        "an earlier post (room {room}, client_msg_id {id}) was refused as unavailable; send it again first"
+                    );
+                    return Err(Failure::new(ErrorCode::Unavailable, why));
+                }
+                *refused = None;
             }
-            self.unavailable_post = None;
         }
         let arrived = std::time::Instant::now();
         let message =
             PostMessage { room: &post.room, identity, client_msg_id: post.client_msg_id, body: post.body, now_us };
+        self.posts_taken += 1;
+        let order = self.posts_taken;
+        let refused = move |refused: &Mutex<Option<RefusedPost>>, failure: &Failure, room: &str, id: u64| {
+            let mut refused = lock(refused);
+            if failure.code == ErrorCode::Unavailable && refused.as_ref().is_none_or(|first| first.order > order) {
+                *refused = Some(RefusedPost { order, room: room.to_string(), id });
+            }
+        };
         let progress = match self.rooms.sequence_post(message).await {
             Ok(progress) => progress,
             Err(failure) => {
-                if failure.code == ErrorCode::Unavailable {
-                    self.unavailable_post = Some((post.room, post.client_msg_id));
-                }
+                refused(&self.unavailable_post, &failure, &post.room, post.client_msg_id);
                 return Err(failure);
             }
         };
-        let (stats, room) = (self.stats.clone(), post.room);
-        let answer = move |(posted, delivery): (Posted, Delivery)| {
+        let (stats, id) = (self.stats.clone(), post.client_msg_id);
+        let answer = move |room: String, (posted, delivery): (Posted, Delivery)| {
             delivery.flush();
             stats.post_delivery.observe_since(arrived);
             bump(if posted.duplicate { &stats.posts_duplicate } else { &stats.posts });
             Reply::Posted { room, seq: posted.seq, duplicate: posted.duplicate }
         };
+        let room = post.room;
         Ok(match progress {
-            PostProgress::Done(done) => Answer::Now(answer(done)),
-            PostProgress::Committing(commit) => Answer::Later(Box::pin(async move { commit.await.map(answer) })),
+            PostProgress::Done(done) => Answer::Now(answer(room, done)),
+            PostProgress::Committing(commit) => {
+                let unavailable = self.unavailable_post.clone();
+                Answer::Later(Box::pin(async move {
+                    match commit.await {
+                        Ok(done) => Ok(answer(room, done)),
+                        Err(failure) => {
+                            refused(&unavailable, &failure, &room, id);
+                            Err(failure)
+                        }
+                    }
+                }))
+            }
         })
     }
 

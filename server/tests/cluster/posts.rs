@@ -1,0 +1,180 @@
+//! Posts through Redis: pipelined per room and kept in order, refused while Redis is unreachable, retried without a
+//! loss or a double.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use quiver_client::{Client, RequestError};
+use quiver_proto::{ErrorCode, Post, Reply, RequestBody};
+
+use super::harness::*;
+
+/// A client's pipelined posts into one room keep the order they were made in (the node sends its posts to Redis as
+/// one pipeline at a time), also when Redis has forgotten the post script (`SCRIPT FLUSH`, as after a restart):
+/// the calls it answers `NOSCRIPT` did not run, and are sent again once the node loaded the script.
+#[test]
+fn pipelined_posts_keep_their_order_also_when_redis_forgot_the_script() {
+    if !redis_available("pipelined_posts_keep_their_order_also_when_redis_forgot_the_script") {
+        return;
+    }
+    let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(1, &[]);
+    runtime.block_on(async {
+        let client = Client::connect_with(&nodes[0].addr, options(&dirs[0], "poster")).await.unwrap();
+        let other = Client::connect_with(&nodes[0].addr, options(&dirs[0], "other")).await.unwrap();
+        let loads = || script_loads(&redis);
+        let mut next_seq = 1;
+        for round in 0..3 {
+            if round > 0 {
+                let flushed: String = redis.query(redis::cmd("SCRIPT").arg("FLUSH")).unwrap();
+                assert_eq!(flushed, "OK");
+            }
+            let loaded_before = loads();
+            // Two clients into two rooms at once: each room's posts in order, whatever the other's do.
+            let posts: Vec<_> = (0..200).map(|k| client.post("ordered", format!("{round}-{k}"))).collect();
+            let others: Vec<_> = (0..50).map(|k| other.post("elsewhere", format!("{round}-{k}"))).collect();
+            // A refused post is retried by the client for as long as it is refused: a bound, not a hang.
+            let seqs = tokio::time::timeout(Duration::from_secs(30), futures_util::future::join_all(posts)).await;
+            let seqs: Vec<u64> = seqs.expect("posts answered").into_iter().map(|seq| seq.unwrap()).collect();
+            let expected: Vec<u64> = (next_seq..next_seq + 200).collect();
+            assert_eq!(seqs, expected, "round {round}: seqs in the order the posts were made");
+            next_seq += 200;
+            for seq in futures_util::future::join_all(others).await {
+                seq.unwrap();
+            }
+            if round > 0 {
+                assert!(loads() > loaded_before, "round {round}: the node loaded the flushed script again");
+            }
+        }
+        // History holds them in that order.
+        let mut since = None;
+        let mut bodies = Vec::new();
+        loop {
+            let page = client.history("ordered", since, 100).await.unwrap();
+            for message in &page.messages {
+                if let quiver_proto::EventKind::Message { body, .. } = &message.kind {
+                    bodies.push(String::from_utf8_lossy(body).into_owned());
+                }
+            }
+            since = page.messages.last().map(|m| m.seq);
+            if !page.more || page.messages.is_empty() {
+                break;
+            }
+        }
+        let expected: Vec<String> = (0..3).flat_map(|round| (0..200).map(move |k| format!("{round}-{k}"))).collect();
+        assert_eq!(bodies, expected);
+        client.close().await;
+        other.close().await;
+    });
+}
+
+/// `SCRIPT LOAD` calls Redis has run so far.
+fn script_loads(redis: &Redis) -> u64 {
+    let info: String = redis.query(redis::cmd("INFO").arg("commandstats")).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_script|load:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+#[test]
+fn posts_while_redis_is_unreachable_are_refused_as_unavailable_and_nothing_acknowledged_is_lost() {
+    if !redis_available("posts_while_redis_is_unreachable_are_refused_as_unavailable_and_nothing_acknowledged_is_lost")
+    {
+        return;
+    }
+    let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(2, &[("QUIVER_BROKER_REQUEST_TIMEOUT_MS", "300")]);
+    runtime.block_on(async {
+        let reader = Client::connect_with(&nodes[1].addr, options(&dirs[0], "reader")).await.unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        read_room(reader.join("ops").await.unwrap(), seen.clone());
+        let acked: Arc<Mutex<BTreeMap<u64, String>>> = Arc::default();
+        let mut writers = Vec::new();
+        for w in 0..2 {
+            let client = Client::connect_with(&nodes[0].addr, options(&dirs[0], &format!("writer-{w}"))).await.unwrap();
+            let acked = acked.clone();
+            writers.push(tokio::spawn(async move {
+                for k in 0..100 {
+                    let body = format!("writer-{w}-{k}");
+                    let seq = client.post("ops", body.clone()).await.unwrap();
+                    assert!(acked.lock().unwrap().insert(seq, body).is_none(), "seq {seq} acknowledged twice");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                client.close().await;
+            }));
+        }
+        assert_eq!(admin_status(nodes[0].admin, "/readyz"), 200);
+        // Pub/Sub is at-most-once: cut the nodes' subscriptions twice; what was published meanwhile is filled in
+        // from the room's stream.
+        for _ in 0..2 {
+            wait_for("some posts", Duration::from_secs(10), || !acked.lock().unwrap().is_empty()).await;
+            let killed: u64 = redis.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub")).unwrap();
+            assert!(killed >= 2, "both nodes hold a Pub/Sub connection");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Redis stops answering.
+        redis.process.signal("STOP");
+        let probe = Client::connect_with(&nodes[0].addr, options(&dirs[0], "prober")).await.unwrap();
+        let post = |id: u64| RequestBody::Post(Post { room: "ops".into(), client_msg_id: id, body: "probe".into() });
+        let refused = probe.request(post(7)).await;
+        match refused {
+            Err(RequestError::Failed(failure)) => assert_eq!(failure.code, ErrorCode::Unavailable, "{failure:?}"),
+            other => panic!("a post while Redis is stopped: {other:?}"),
+        }
+        wait_for("readyz reports not ready", Duration::from_secs(5), || admin_status(nodes[0].admin, "/readyz") == 503)
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        redis.process.signal("CONT");
+        // The refused post, retried with its client_msg_id, is sequenced once (the stopped Redis may have run the
+        // first attempt after all: then the retry gets that seq back).
+        let retried = loop {
+            match probe.request(post(7)).await {
+                Ok(Reply::Posted { seq, .. }) => break seq,
+                Err(RequestError::Failed(f)) if f.code == ErrorCode::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                other => panic!("the retried post: {other:?}"),
+            }
+        };
+        let again = probe.request(post(7)).await.unwrap();
+        assert!(matches!(again, Reply::Posted { seq, duplicate: true, .. } if seq == retried), "{again:?}");
+        acked.lock().unwrap().insert(retried, "probe".into());
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        wait_for("readyz reports ready again", Duration::from_secs(5), || {
+            admin_status(nodes[0].admin, "/readyz") == 200
+        })
+        .await;
+        let acked = acked.lock().unwrap().clone();
+        assert_eq!(acked.len(), 201);
+        wait_for("the reader has every message", Duration::from_secs(20), || {
+            seen.lock().unwrap().messages.len() >= acked.len()
+        })
+        .await;
+        check_one_order(&acked, &[seen]);
+        // History (read through the other node) holds each acknowledged post once, with its seq.
+        let mut history: HashMap<u64, String> = HashMap::new();
+        let mut since = None;
+        loop {
+            let page = reader.history("ops", since, 100).await.unwrap();
+            for message in &page.messages {
+                if let quiver_proto::EventKind::Message { body, .. } = &message.kind {
+                    assert!(history.insert(message.seq, String::from_utf8_lossy(body).into_owned()).is_none());
+                }
+            }
+            since = page.messages.last().map(|m| m.seq);
+            if !page.more || page.messages.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(history.len(), acked.len());
+        for (seq, body) in &acked {
+            assert_eq!(history.get(seq), Some(body), "seq {seq} in history");
+        }
+        probe.close().await;
+        reader.close().await;
+    });
+}

@@ -88,6 +88,7 @@ pub async fn run_restart(config: RestartConfig, progress: impl Fn(&str)) -> Resu
     }
     let started = Instant::now();
     let post = PostMessage {
+        fenced: None,
         room: "restart-1",
         identity: "bench",
         client_msg_id: u64::MAX,
@@ -130,7 +131,14 @@ async fn fill(dir: &Path, config: &RestartConfig, messages: u64, progress: &impl
             let (hub, body) = (hub.clone(), body.clone());
             let room = format!("restart-{}", i % u64::from(config.rooms));
             batch.spawn(async move {
-                let post = PostMessage { room: &room, identity: "filler", client_msg_id: i, body, now_us: now_us() };
+                let post = PostMessage {
+                    fenced: None,
+                    room: &room,
+                    identity: "filler",
+                    client_msg_id: i,
+                    body,
+                    now_us: now_us(),
+                };
                 hub.post(post).await.map(|(_, delivery)| delivery.flush())
             });
         }

@@ -12,10 +12,18 @@
 //! Order: the node's posts reach Redis in the order the node took them (one pipeline in flight at a time, and Redis
 //! runs a pipeline's commands in order), so each room's posts from this node, and each connection's, keep theirs.
 //!
-//! Failures: when a pipeline cannot be sent or answered (Redis unreachable, the request timeout), its posts and
-//! every post queued behind them are refused with `Unavailable`: nothing behind a refused post is sequenced before
-//! the client had a chance to send it again. A script call Redis answers `NOSCRIPT` (its script cache was flushed:
-//! a restart, `SCRIPT FLUSH`) did not run; the script is loaded and those calls are sent again.
+//! Failures: when a pipeline cannot be sent or answered (Redis unreachable, the request timeout), or Redis answers
+//! one of its calls with an error, the posts refused and every post queued behind them are refused with
+//! `Unavailable`, and each is noted on its connection's [`PostFence`] under the queue's lock, where posts are
+//! queued: a connection's later posts are refused until its first refused one comes again, so nothing behind a
+//! refused post is sequenced before the client sent it again. What cannot be undone: calls after an errored one in
+//! the same pipeline ran (an error that hits one call and not the next, such as OOM in between, leaves the later
+//! post acknowledged ahead of the earlier one's retry). A call Redis answers `NOSCRIPT` (its script cache was
+//! flushed: a restart, `SCRIPT FLUSH`) did not run; the script is loaded and those calls are sent again (if
+//! another node loaded the script between two calls of one pipeline, a retried call lands after the next one).
+//!
+//! Bounded: at most [`MAX_QUEUED_BYTES`] of calls wait on a node; a post that would pass it waits (its connection's
+//! control loop with it, and so QUIC's flow control holds the client back) until the sender takes a pipeline.
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -23,12 +31,15 @@ use quiver_proto::Failure;
 use tokio::sync::{oneshot, Notify};
 
 use super::{node_room::Ctx, scripts};
-use crate::hub::{lock::lock, Posted};
+use crate::hub::{lock::lock, PostFence, Posted};
 
 /// Script calls in one pipeline, at most: a backlog beyond it goes in the next pipeline (Redis answers a pipeline
 /// only when all of it ran, ~20 µs per call on this VM; a larger one delays its first posts' replies for little
 /// gain).
 pub(super) const MAX_PIPELINE: usize = 128;
+
+/// Bytes of script calls waiting on a node, at most (each counted with its payload and 256 bytes for the rest).
+pub(super) const MAX_QUEUED_BYTES: usize = 16 << 20;
 
 /// How often a pipeline's `NOSCRIPT` calls are sent again after loading the script, at most.
 const NOSCRIPT_RETRIES: usize = 2;
@@ -36,10 +47,31 @@ const NOSCRIPT_RETRIES: usize = 2;
 /// A post's outcome: its seq (or the original's, for a retry), or why it was refused.
 pub(super) type Outcome = Result<Posted, Failure>;
 
-/// One post's script call, and who waits for its outcome.
+/// Where a refusal of the post is noted: its connection's fence, its place there, its room and `client_msg_id`.
+pub(super) struct FenceNote {
+    pub(super) fence: Arc<PostFence>,
+    pub(super) order: u64,
+    pub(super) room: String,
+    pub(super) client_msg_id: u64,
+}
+
+/// Who waits for a post's outcome.
+struct Waiter {
+    done: oneshot::Sender<Outcome>,
+    note: Option<FenceNote>,
+}
+
+/// One post's script call, its cost against [`MAX_QUEUED_BYTES`], and who waits for it.
 struct Queued {
     call: redis::Cmd,
-    done: oneshot::Sender<Outcome>,
+    bytes: usize,
+    waiter: Waiter,
+}
+
+/// Posts a pipeline left refused (their outcome not sent yet), and why.
+struct Refused {
+    failure: Failure,
+    posts: Vec<Waiter>,
 }
 
 /// The node's posts on their way to Redis.
@@ -49,43 +81,97 @@ pub(super) struct PostQueues {
     /// Wakes the sender task (a permit waits for it while it sends); also when the queues are dropped, so that it
     /// ends.
     wake: Arc<Notify>,
+    /// Wakes posts waiting for room in the queue.
+    space: Notify,
 }
 
 #[derive(Default)]
 struct Queue {
     posts: Vec<Queued>,
+    bytes: usize,
     /// Whether the sender task was started (on the first post: it needs the runtime).
     started: bool,
 }
 
 impl PostQueues {
     pub(super) fn new(ctx: Arc<Ctx>) -> Arc<PostQueues> {
-        Arc::new(PostQueues { ctx, queue: Mutex::default(), wake: Arc::default() })
+        Arc::new(PostQueues { ctx, queue: Mutex::default(), wake: Arc::default(), space: Notify::new() })
     }
 
-    /// Queues `call` (the post script's `EVALSHA`) behind the node's earlier posts; the receiver gets its outcome.
-    pub(super) fn push(self: &Arc<Self>, call: redis::Cmd) -> oneshot::Receiver<Outcome> {
-        let (done, outcome) = oneshot::channel();
-        let mut queue = lock(&self.queue);
-        queue.posts.push(Queued { call, done });
-        if !std::mem::replace(&mut queue.started, true) {
-            tokio::spawn(send(Arc::downgrade(self), self.wake.clone()));
+    /// Queues `call` (the post script's `EVALSHA`, carrying `payload` bytes of message) behind the node's earlier
+    /// posts, waiting while the queue is full; the receiver gets its outcome. Refused at once when an earlier post
+    /// of the same connection was refused since this one passed its fence.
+    pub(super) async fn push(
+        self: &Arc<Self>,
+        call: redis::Cmd,
+        payload: usize,
+        note: Option<FenceNote>,
+    ) -> Result<oneshot::Receiver<Outcome>, Failure> {
+        let bytes = payload + 256;
+        loop {
+            let space = self.space.notified();
+            {
+                let mut queue = lock(&self.queue);
+                if let Some(note) = &note {
+                    note.fence.still_open(note.order)?;
+                }
+                if queue.posts.is_empty() || queue.bytes + bytes <= MAX_QUEUED_BYTES {
+                    let (done, outcome) = oneshot::channel();
+                    queue.posts.push(Queued { call, bytes, waiter: Waiter { done, note } });
+                    queue.bytes += bytes;
+                    if !std::mem::replace(&mut queue.started, true) {
+                        tokio::spawn(send(Arc::downgrade(self), self.wake.clone()));
+                    }
+                    drop(queue);
+                    // The sender runs once the caller yields (a task woken by the running one runs next on its
+                    // thread): the posts the caller's connection takes meanwhile join this pipeline.
+                    self.wake.notify_one();
+                    return Ok(outcome);
+                }
+            }
+            space.await;
         }
-        drop(queue);
-        // The sender runs once the caller yields (a task woken by the running one runs next on its thread): the
-        // posts the caller's connection takes meanwhile join this pipeline.
-        self.wake.notify_one();
-        outcome
     }
 
-    /// Sends `batch` as one pipeline and hands each post its outcome. Err: the pipeline failed as a whole (every
-    /// post of the batch was told so).
-    async fn run(&self, batch: Vec<Queued>) -> Result<(), Failure> {
+    /// Takes the next pipeline's worth of posts (none: the queue is empty).
+    fn take(&self) -> Vec<Queued> {
+        let mut queue = lock(&self.queue);
+        let batch: Vec<Queued> = match queue.posts.len() {
+            n if n > MAX_PIPELINE => queue.posts.drain(..MAX_PIPELINE).collect(),
+            _ => std::mem::take(&mut queue.posts),
+        };
+        queue.bytes -= batch.iter().map(|queued| queued.bytes).sum::<usize>();
+        drop(queue);
+        if !batch.is_empty() {
+            self.space.notify_waiters();
+        }
+        batch
+    }
+
+    /// Refuses `refused`'s posts and every post queued behind them, noting each on its connection's fence under the
+    /// queue's lock (so that no later post of those connections is queued meanwhile).
+    fn refuse(&self, Refused { failure, mut posts }: Refused) {
+        {
+            let mut queue = lock(&self.queue);
+            queue.bytes = 0;
+            posts.extend(queue.posts.drain(..).map(|queued| queued.waiter));
+            for note in posts.iter().filter_map(|waiter| waiter.note.as_ref()) {
+                note.fence.refused(note.order, &note.room, note.client_msg_id);
+            }
+        }
+        self.space.notify_waiters();
+        for waiter in posts {
+            let _ = waiter.done.send(Err(failure.clone()));
+        }
+    }
+
+    /// Sends `batch` as one pipeline and hands each post its outcome, but for those refused (returned).
+    async fn run(&self, batch: Vec<Queued>) -> Option<Refused> {
         let mut conn = self.ctx.broker.conn();
         let (mut pipe, mut waiting) = (redis::pipe(), Vec::with_capacity(batch.len()));
-        for Queued { call, done } in batch {
+        for Queued { call, waiter, .. } in batch {
             pipe.add_command(call);
-            waiting.push(done);
+            waiting.push(waiter);
         }
         for attempt in 0..=NOSCRIPT_RETRIES {
             pipe.ignore_errors();
@@ -97,42 +183,41 @@ impl PostQueues {
                 Ok(results) => {
                     let detail = format!("{} replies to a pipeline of {} posts", results.len(), waiting.len());
                     let err = redis::RedisError::from((redis::ErrorKind::Client, "pipeline", detail));
-                    return Err(self.refuse(waiting, err));
+                    return Some(Refused { failure: self.ctx.unavailable(err), posts: waiting });
                 }
-                Err(err) => return Err(self.refuse(waiting, err)),
+                Err(err) => return Some(Refused { failure: self.ctx.unavailable(err), posts: waiting }),
             };
             let (mut again, mut unloaded) = (redis::pipe(), Vec::new());
-            for ((done, result), call) in waiting.into_iter().zip(results).zip(pipe.cmd_iter()) {
-                let outcome = match result {
+            let mut refused: Option<Refused> = None;
+            for ((waiter, result), call) in waiting.into_iter().zip(results).zip(pipe.cmd_iter()) {
+                match result {
+                    Ok((_epoch, seq, duplicate)) => {
+                        let _ = waiter.done.send(Ok(Posted { seq, duplicate: duplicate == 1 }));
+                    }
                     Err(err) if is_noscript(&err) && attempt < NOSCRIPT_RETRIES => {
                         again.add_command(call.clone());
-                        unloaded.push(done);
-                        continue;
+                        unloaded.push(waiter);
                     }
-                    Ok((_epoch, seq, duplicate)) => Ok(Posted { seq, duplicate: duplicate == 1 }),
-                    Err(err) => Err(self.ctx.unavailable(err)),
-                };
-                let _ = done.send(outcome);
+                    Err(err) => match &mut refused {
+                        Some(refused) => refused.posts.push(waiter),
+                        None => refused = Some(Refused { failure: self.ctx.unavailable(err), posts: vec![waiter] }),
+                    },
+                }
+            }
+            if let Some(mut refused) = refused {
+                refused.posts.extend(unloaded); // not sent again: they would land behind the refused ones
+                return Some(refused);
             }
             if unloaded.is_empty() {
-                return Ok(());
+                return None;
             }
             tracing::info!(posts = unloaded.len(), "the post script was not in Redis' cache: loading it");
             if let Err(err) = scripts::POST_SCRIPT.prepare_invoke().load_async(&mut conn).await {
-                return Err(self.refuse(unloaded, err));
+                return Some(Refused { failure: self.ctx.unavailable(err), posts: unloaded });
             }
             (pipe, waiting) = (again, unloaded);
         }
-        Ok(()) // not reached: the last attempt hands every post its outcome
-    }
-
-    /// Refuses every post waiting with `Unavailable`; returns the failure.
-    fn refuse(&self, waiting: Vec<oneshot::Sender<Outcome>>, err: redis::RedisError) -> Failure {
-        let failure = self.ctx.unavailable(err);
-        for done in waiting {
-            let _ = done.send(Err(failure.clone()));
-        }
-        failure
+        None // not reached: the last attempt hands every post its outcome
     }
 }
 
@@ -145,25 +230,30 @@ impl Drop for PostQueues {
 /// The sender task: sends the queued posts, a pipeline at a time, then waits for more. Holds the queues only while
 /// it sends, so that they can be dropped (and it ends) when the node's rooms are.
 async fn send(queues: Weak<PostQueues>, wake: Arc<Notify>) {
+    let _restart = Restart(queues.clone());
     loop {
         wake.notified().await;
         loop {
             let Some(live) = queues.upgrade() else { return };
-            let batch: Vec<Queued> = {
-                let mut queue = lock(&live.queue);
-                match queue.posts.len() {
-                    0 => break,
-                    n if n > MAX_PIPELINE => queue.posts.drain(..MAX_PIPELINE).collect(),
-                    _ => std::mem::take(&mut queue.posts),
-                }
-            };
-            if let Err(failure) = live.run(batch).await {
-                // Everything queued behind a refused post is refused too, in order.
-                let behind = std::mem::take(&mut lock(&live.queue).posts);
-                for queued in behind {
-                    let _ = queued.done.send(Err(failure.clone()));
-                }
+            let batch = live.take();
+            if batch.is_empty() {
+                break;
             }
+            if let Some(refused) = live.run(batch).await {
+                live.refuse(refused);
+            }
+        }
+    }
+}
+
+/// Lets the next post start a new sender if this one panicked (its posts would otherwise wait forever).
+struct Restart(Weak<PostQueues>);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if let (true, Some(queues)) = (std::thread::panicking(), self.0.upgrade()) {
+            tracing::error!("the broker's post sender panicked; the next post starts another");
+            lock(&queues.queue).started = false;
         }
     }
 }

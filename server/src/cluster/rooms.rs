@@ -23,13 +23,13 @@ use super::{
     event,
     keys::{self, RoomKeys},
     node_room::{new_epoch, Channel, Ctx, NodeRoom, NodeState, Sub},
-    posts::PostQueues,
+    posts::{FenceNote, PostQueues},
     scripts,
     stream::{self, Entry},
 };
 use crate::hub::{
-    lock::lock, Delivery, JoinRoom, Joining, Outbox, PostMessage, PostProgress, Posted, Replay, RoomHub, RoomUsage,
-    SubscriberId,
+    lock::lock, Delivery, Fenced, JoinRoom, Joining, Outbox, PostMessage, PostProgress, Posted, Replay, RoomHub,
+    RoomUsage, SubscriberId,
 };
 
 /// Rooms in Redis, shared by every node on the same broker.
@@ -378,10 +378,10 @@ impl RoomHub for RedisRooms {
         }
     }
 
-    /// Queues the post's script call behind the room's earlier posts (`super::posts`): the connection goes on
-    /// reading the posts it pipelines, and the room's posts reach Redis together, in order.
+    /// Queues the post's script call behind the node's earlier posts (`super::posts`): the connection goes on
+    /// reading the posts it pipelines, and the node's posts reach Redis together, in order.
     async fn sequence_post(&self, post: PostMessage<'_>) -> Result<PostProgress, Failure> {
-        let PostMessage { room, identity, client_msg_id, body, now_us } = post;
+        let PostMessage { room, identity, client_msg_id, body, now_us, fenced } = post;
         let ctx = &self.ctx;
         // The body is within `max_body`, and `Limits::check` makes any such post fit a room frame.
         let limits = &ctx.limits;
@@ -401,7 +401,13 @@ impl RoomHub for RedisRooms {
             .arg(oldest_kept)
             .arg(ctx.room_ttl_ms)
             .arg(events);
-        let outcome = self.posts.push(call);
+        let note = fenced.map(|Fenced { fence, order }| FenceNote {
+            fence: fence.clone(),
+            order,
+            room: room.to_string(),
+            client_msg_id,
+        });
+        let outcome = self.posts.push(call, body.len(), note).await?;
         Ok(PostProgress::Committing(Box::pin(async move {
             let posted = outcome.await.map_err(|_| Failure::new(ErrorCode::Unavailable, "the node is stopping"))??;
             // Delivered to the members through the room's channel, as everyone's posts are.

@@ -46,7 +46,7 @@ fn budget() -> Budget {
 }
 
 async fn post(hub: &LocalRooms, room: &str, id: u64, body: &Bytes, now_us: u64) -> Result<u64, ErrorCode> {
-    let post = PostMessage { room, identity: "mallory", client_msg_id: id, body: body.clone(), now_us };
+    let post = PostMessage { fenced: None, room, identity: "mallory", client_msg_id: id, body: body.clone(), now_us };
     hub.post(post)
         .await
         .map(|(posted, delivery)| {

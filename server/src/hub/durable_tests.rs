@@ -19,7 +19,7 @@ fn open(dir: &Path, limits: Limits, budget: Budget) -> LocalRooms {
 
 async fn post(hub: &LocalRooms, room: &str, who: &str, id: u64, now_us: u64) -> (Posted, Delivery) {
     let body = Bytes::from(format!("{who}-{id}"));
-    hub.post(PostMessage { room, identity: who, client_msg_id: id, body, now_us }).await.unwrap()
+    hub.post(PostMessage { fenced: None, room, identity: who, client_msg_id: id, body, now_us }).await.unwrap()
 }
 
 async fn join(hub: &LocalRooms, room: &str, since: Option<Position>, out: &Arc<Collect>) -> Joining {
@@ -236,7 +236,7 @@ async fn at_the_disk_floor_posts_and_new_rooms_are_refused_and_the_rest_goes_on(
     assert!(store.disk().full() && store.disk().free_bytes().is_some());
     let refused = |room: &'static str, client_msg_id| {
         let body = Bytes::from_static(b"more");
-        hub.post(PostMessage { room, identity: "bob", client_msg_id, body, now_us: 30 })
+        hub.post(PostMessage { fenced: None, room, identity: "bob", client_msg_id, body, now_us: 30 })
     };
     let failure = refused("r", 2).await.expect_err("refused at the floor");
     assert_eq!(failure.code, ErrorCode::ServerFull);
@@ -277,7 +277,7 @@ async fn pipelined_posts_are_sequenced_at_once_and_released_in_order_whichever_c
     let mut commits = Vec::new();
     for id in 1..=3 {
         let body = Bytes::from(format!("p{id}"));
-        let message = PostMessage { room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
+        let message = PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
         let sequenced = tokio::time::timeout(std::time::Duration::from_secs(5), hub.sequence_post(message)).await;
         match sequenced.expect("sequenced without waiting for the held writer").unwrap() {
             PostProgress::Committing(commit) => commits.push(commit),
@@ -303,8 +303,14 @@ async fn a_post_whose_commit_nobody_waits_for_is_still_delivered_once_stored() {
     let hub = open(dir.path(), Limits::default(), Budget::default());
     let member = Collect::new(usize::MAX);
     let _joining = join(&hub, "r", None, &member).await;
-    let message =
-        PostMessage { room: "r", identity: "bob", client_msg_id: 1, body: Bytes::from_static(b"x"), now_us: 10 };
+    let message = PostMessage {
+        fenced: None,
+        room: "r",
+        identity: "bob",
+        client_msg_id: 1,
+        body: Bytes::from_static(b"x"),
+        now_us: 10,
+    };
     let go = hold_the_writer(&hub);
     let sequenced = tokio::time::timeout(std::time::Duration::from_secs(5), hub.sequence_post(message)).await;
     let sequenced = sequenced.expect("sequenced without waiting for the held writer").unwrap();
@@ -379,7 +385,7 @@ async fn stored_messages_that_cannot_be_read_back_fail_the_history_request() {
     let hub = open(dir.path(), Limits::default(), Budget::default());
     for id in 1..=3 {
         let body = Bytes::from(vec![b'x'; 300]);
-        let message = PostMessage { room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
+        let message = PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
         hub.post(message).await.unwrap().1.flush();
     }
     drop(hub);

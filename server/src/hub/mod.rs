@@ -16,6 +16,7 @@
 pub mod conflate;
 pub mod connection;
 mod dedupe;
+mod fence;
 pub mod history;
 pub(crate) mod lock;
 mod outbox;
@@ -32,6 +33,7 @@ use quiver_proto::{Failure, HistoryPage, Joined, Position};
 
 pub use connection::ConnectionState;
 pub use dedupe::DedupeWindow;
+pub use fence::{Fenced, PostFence};
 pub use lock::assert_unlocked;
 pub use outbox::{Delivery, Outbox};
 pub use replay::Replay;
@@ -79,6 +81,8 @@ pub struct PostMessage<'a> {
     pub body: Bytes,
     /// Server time, µs since the Unix epoch.
     pub now_us: u64,
+    /// The poster's connection's fence and the post's place among its posts; `None` outside a connection.
+    pub fenced: Option<Fenced<'a>>,
 }
 
 /// A successful join: the reply (also the stream's Open frame, already queued in the outbox), the subscription's
@@ -98,8 +102,8 @@ pub struct Joining {
 
 /// A post's commit to wait for (`RoomHub::sequence_post`): completes with the post's outcome (whichever of a
 /// connection's is awaited first, its members get the posts in seq order). Dropped before it completes, the post is
-/// still released to the room's members once stored. Never fails with `Unavailable` (the retry rule for that is
-/// applied when a post is sequenced).
+/// still released to the room's members once stored. Fails with `Unavailable` only on a broker (the post was
+/// refused after it was queued: the engine noted it on the post's [`PostFence`]).
 pub type PostCommit = std::pin::Pin<Box<dyn Future<Output = Result<(Posted, Delivery), Failure>> + Send>>;
 
 /// A post sequenced: done, or stored once its commit completes.

@@ -439,7 +439,7 @@ impl RoomHub for LocalRooms {
     }
 
     async fn sequence_post(&self, post: PostMessage<'_>) -> Result<PostProgress, Failure> {
-        let PostMessage { room, identity, client_msg_id, body, now_us } = post;
+        let PostMessage { room, identity, client_msg_id, body, now_us, .. } = post;
         let posting = self.with_room(room, true, now_us, |r| r.post(identity, client_msg_id, body, now_us)).await?;
         let (shared, posting) = posting.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?;
         let Posting { posted, delivery, commit } = posting?;

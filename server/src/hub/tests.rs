@@ -294,7 +294,14 @@ async fn local_rooms_are_created_on_first_use() {
     let joining = hub.join(join).await.unwrap();
     assert_eq!(joining.joined.last_seq, 0);
     assert_ne!(joining.joined.epoch, 0);
-    let post = PostMessage { room: "r", identity: "a", client_msg_id: 1, body: Bytes::from_static(b"hi"), now_us: 0 };
+    let post = PostMessage {
+        fenced: None,
+        room: "r",
+        identity: "a",
+        client_msg_id: 1,
+        body: Bytes::from_static(b"hi"),
+        now_us: 0,
+    };
     let (posted, delivery) = hub.post(post).await.unwrap();
     assert_eq!((posted.seq, delivery.len()), (1, 1));
     assert_eq!(hub.history("r", None, 10, usize::MAX, 0).await.unwrap().messages.len(), 1);

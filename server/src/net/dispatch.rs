@@ -17,7 +17,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     hub::{
-        lock::lock, ticks::TickHub, ConnectionState, Delivery, JoinRoom, PostMessage, PostProgress, Posted, RoomHub,
+        ticks::TickHub, ConnectionState, Delivery, Fenced, JoinRoom, PostFence, PostMessage, PostProgress, Posted,
+        RoomHub,
     },
     net::{
         mailbox::Mailbox,
@@ -28,15 +29,6 @@ use crate::{
     session::{RoomRequest, TickRequest},
     stats::{bump, ServerStats},
 };
-
-/// A post refused as `Unavailable`: the connection's posts after it are refused until it comes again.
-#[derive(Debug)]
-struct RefusedPost {
-    /// Its place among the connection's posts.
-    order: u64,
-    room: String,
-    id: u64,
-}
 
 /// How long opening a room stream may wait for the client to grant a stream slot.
 const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,12 +87,9 @@ pub(super) struct Connection<R> {
     /// own stream limit is the same).
     max_streams: usize,
     stop: CancellationToken,
-    /// The room and `client_msg_id` of a post refused as `Unavailable`: the connection's later posts are refused
-    /// too until it comes again, so that a client retrying it keeps its own posts in the order it made them. Shared
-    /// with the replies of posts still on their way (a broker's pipelined posts are refused after the control loop
-    /// moved on).
-    /// The first by order taken (`posts_taken`) wins: replies to posts in flight may complete out of order.
-    unavailable_post: Arc<Mutex<Option<RefusedPost>>>,
+    /// Refuses the connection's later posts after one was refused as `Unavailable`, until it comes again (so
+    /// that a client retrying it keeps its own posts in the order it made them).
+    fence: Arc<PostFence>,
     /// Posts taken so far (their order, for `unavailable_post`).
     posts_taken: u64,
     /// Where copies of redundant rooms' frames wait for the probe timer; `None`: redundancy is not granted.
@@ -151,7 +140,7 @@ impl<R: RoomHub> Connection<R> {
             open_streams: Arc::default(),
             max_streams: (limits.max_rooms as usize).saturating_add(1),
             stop: CancellationToken::new(),
-            unavailable_post: Arc::default(),
+            fence: Arc::default(),
             posts_taken: 0,
             copies,
             slots: 0,
@@ -264,33 +253,28 @@ impl<R: RoomHub> Connection<R> {
     /// Sequences a post; its reply comes now, or once the store's commit completes (`Answer::Later`), in which
     /// case the connection may go on with its next posts meanwhile.
     pub(super) async fn post(&mut self, identity: &str, post: Post, now_us: u64) -> Result<Answer, Failure> {
-        {
-            let mut refused = lock(&self.unavailable_post);
-            if let Some(RefusedPost { room, id, .. }) = &*refused {
-                if (room.as_str(), *id) != (post.room.as_str(), post.client_msg_id) {
-                    let why = format!(
-                        "an earlier post (room {room}, client_msg_id {id}) was refused as unavailable; send it again first"
-                    );
-                    return Err(Failure::new(ErrorCode::Unavailable, why));
-                }
-                *refused = None;
-            }
-        }
-        let arrived = std::time::Instant::now();
-        let message =
-            PostMessage { room: &post.room, identity, client_msg_id: post.client_msg_id, body: post.body, now_us };
         self.posts_taken += 1;
         let order = self.posts_taken;
-        let refused = move |refused: &Mutex<Option<RefusedPost>>, failure: &Failure, room: &str, id: u64| {
-            let mut refused = lock(refused);
-            if failure.code == ErrorCode::Unavailable && refused.as_ref().is_none_or(|first| first.order > order) {
-                *refused = Some(RefusedPost { order, room: room.to_string(), id });
+        self.fence.pass(order, &post.room, post.client_msg_id)?;
+        let arrived = std::time::Instant::now();
+        let fenced = Some(Fenced { fence: &self.fence, order });
+        let message = PostMessage {
+            room: &post.room,
+            identity,
+            client_msg_id: post.client_msg_id,
+            body: post.body,
+            now_us,
+            fenced,
+        };
+        let refused = move |fence: &PostFence, failure: &Failure, room: &str, id: u64| {
+            if failure.code == ErrorCode::Unavailable {
+                fence.refused(order, room, id);
             }
         };
         let progress = match self.rooms.sequence_post(message).await {
             Ok(progress) => progress,
             Err(failure) => {
-                refused(&self.unavailable_post, &failure, &post.room, post.client_msg_id);
+                refused(&self.fence, &failure, &post.room, post.client_msg_id);
                 return Err(failure);
             }
         };
@@ -305,12 +289,13 @@ impl<R: RoomHub> Connection<R> {
         Ok(match progress {
             PostProgress::Done(done) => Answer::Now(answer(room, done)),
             PostProgress::Committing(commit) => {
-                let unavailable = self.unavailable_post.clone();
+                let fence = self.fence.clone();
                 Answer::Later(Box::pin(async move {
                     match commit.await {
                         Ok(done) => Ok(answer(room, done)),
                         Err(failure) => {
-                            refused(&unavailable, &failure, &room, id);
+                            // Noted already where the engine refused it (a broker's queue); again here for others.
+                            refused(&fence, &failure, &room, id);
                             Err(failure)
                         }
                     }

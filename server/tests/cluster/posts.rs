@@ -70,6 +70,55 @@ fn pipelined_posts_keep_their_order_also_when_redis_forgot_the_script() {
     });
 }
 
+/// Pipelined posts refused while Redis stalls (their pipeline times out, the posts queued behind are refused with
+/// it, the connection's later posts are held back until the first refused one comes again) are retried by the
+/// client: every post ends up acknowledged and in history once, in the order the client made them.
+#[test]
+fn pipelined_posts_refused_while_redis_stalls_keep_their_order_once_retried() {
+    if !redis_available("pipelined_posts_refused_while_redis_stalls_keep_their_order_once_retried") {
+        return;
+    }
+    let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(1, &[("QUIVER_BROKER_REQUEST_TIMEOUT_MS", "300")]);
+    runtime.block_on(async {
+        let client = Client::connect_with(&nodes[0].addr, options(&dirs[0], "poster")).await.unwrap();
+        let mut posts = Vec::new();
+        for k in 0..600 {
+            // Redis stops answering twice, each time with posts in flight and more made meanwhile.
+            if k == 150 || k == 400 {
+                redis.process.signal("STOP");
+            }
+            posts.push(client.post("stalled", format!("{k}")));
+            if k % 25 == 24 {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            if k == 250 || k == 500 {
+                // Longer than the request timeout: what is in flight is refused, and retried meanwhile.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                redis.process.signal("CONT");
+            }
+        }
+        let seqs = tokio::time::timeout(Duration::from_secs(60), futures_util::future::join_all(posts)).await;
+        let seqs: Vec<u64> = seqs.expect("every post answered").into_iter().map(|seq| seq.unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs in the order the posts were made: {seqs:?}");
+        let mut bodies = Vec::new();
+        let mut since = None;
+        loop {
+            let page = client.history("stalled", since, 100).await.unwrap();
+            for message in &page.messages {
+                if let quiver_proto::EventKind::Message { body, .. } = &message.kind {
+                    bodies.push(String::from_utf8_lossy(body).into_owned());
+                }
+            }
+            since = page.messages.last().map(|m| m.seq);
+            if !page.more || page.messages.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(bodies, (0..600).map(|k| k.to_string()).collect::<Vec<_>>(), "history: each post once, in order");
+        client.close().await;
+    });
+}
+
 /// `SCRIPT LOAD` calls Redis has run so far.
 fn script_loads(redis: &Redis) -> u64 {
     let info: String = redis.query(redis::cmd("INFO").arg("commandstats")).unwrap();

@@ -12,9 +12,9 @@
 //! Order: the node's posts reach Redis in the order the node took them (one pipeline in flight at a time, and Redis
 //! runs a pipeline's commands in order), so each room's posts from this node, and each connection's, keep theirs.
 //!
-//! Failures: when a pipeline cannot be sent or answered (Redis unreachable, the request timeout), or Redis answers
-//! one of its calls with an error, the posts refused and every post queued behind them are refused with
-//! `Unavailable`, and each is noted on its connection's [`PostFence`] under the queue's lock, where posts are
+//! Failures: when a pipeline cannot be sent or answered (Redis unreachable, the request timeout), its posts and
+//! every post queued behind them are refused with `Unavailable`; when Redis answers some calls with an error,
+//! those posts and the queued posts of the same connections are, and each is noted on its connection's [`PostFence`] under the queue's lock, where posts are
 //! queued: a connection's later posts are refused until its first refused one comes again, so nothing behind a
 //! refused post is sequenced before the client sent it again. What cannot be undone: calls after an errored one in
 //! the same pipeline ran (an error that hits one call and not the next, such as OOM in between, leaves the later
@@ -38,7 +38,7 @@ use crate::hub::{lock::lock, PostFence, Posted};
 /// gain).
 pub(super) const MAX_PIPELINE: usize = 128;
 
-/// Bytes of script calls waiting on a node, at most (each counted with its payload and 256 bytes for the rest).
+/// Bytes of script calls waiting on a node, at most (each counted at the size of its command).
 pub(super) const MAX_QUEUED_BYTES: usize = 16 << 20;
 
 /// How often a pipeline's `NOSCRIPT` calls are sent again after loading the script, at most.
@@ -72,6 +72,9 @@ struct Queued {
 struct Refused {
     failure: Failure,
     posts: Vec<Waiter>,
+    /// The pipeline failed as a whole (Redis unreachable): every queued post is refused. Else only Redis' answer
+    /// to some calls was an error: only the queued posts of those calls' connections are (their order).
+    all: bool,
 }
 
 /// The node's posts on their way to Redis.
@@ -98,16 +101,14 @@ impl PostQueues {
         Arc::new(PostQueues { ctx, queue: Mutex::default(), wake: Arc::default(), space: Notify::new() })
     }
 
-    /// Queues `call` (the post script's `EVALSHA`, carrying `payload` bytes of message) behind the node's earlier
-    /// posts, waiting while the queue is full; the receiver gets its outcome. Refused at once when an earlier post
+    /// Queues `call` (the post script's `EVALSHA`, `bytes` long) behind the node's earlier posts, waiting while the queue is full; the receiver gets its outcome. Refused at once when an earlier post
     /// of the same connection was refused since this one passed its fence.
     pub(super) async fn push(
         self: &Arc<Self>,
         call: redis::Cmd,
-        payload: usize,
+        bytes: usize,
         note: Option<FenceNote>,
     ) -> Result<oneshot::Receiver<Outcome>, Failure> {
-        let bytes = payload + 256;
         loop {
             let space = self.space.notified();
             {
@@ -148,13 +149,26 @@ impl PostQueues {
         batch
     }
 
-    /// Refuses `refused`'s posts and every post queued behind them, noting each on its connection's fence under the
-    /// queue's lock (so that no later post of those connections is queued meanwhile).
-    fn refuse(&self, Refused { failure, mut posts }: Refused) {
+    /// Refuses `refused`'s posts and the posts queued behind them (all, or those of the same connections), noting
+    /// each on its connection's fence under the queue's lock (so that no later post of those connections is queued
+    /// meanwhile).
+    fn refuse(&self, Refused { failure, mut posts, all }: Refused) {
         {
             let mut queue = lock(&self.queue);
-            queue.bytes = 0;
-            posts.extend(queue.posts.drain(..).map(|queued| queued.waiter));
+            let fences: Vec<Arc<PostFence>> =
+                posts.iter().filter_map(|waiter| waiter.note.as_ref().map(|note| note.fence.clone())).collect();
+            let behind = |queued: &Queued| {
+                all || queued
+                    .waiter
+                    .note
+                    .as_ref()
+                    .is_some_and(|note| fences.iter().any(|f| Arc::ptr_eq(f, &note.fence)))
+            };
+            let (refused, kept): (Vec<Queued>, Vec<Queued>) =
+                std::mem::take(&mut queue.posts).into_iter().partition(behind);
+            queue.bytes = kept.iter().map(|queued| queued.bytes).sum();
+            queue.posts = kept;
+            posts.extend(refused.into_iter().map(|queued| queued.waiter));
             for note in posts.iter().filter_map(|waiter| waiter.note.as_ref()) {
                 note.fence.refused(note.order, &note.room, note.client_msg_id);
             }
@@ -183,9 +197,9 @@ impl PostQueues {
                 Ok(results) => {
                     let detail = format!("{} replies to a pipeline of {} posts", results.len(), waiting.len());
                     let err = redis::RedisError::from((redis::ErrorKind::Client, "pipeline", detail));
-                    return Some(Refused { failure: self.ctx.unavailable(err), posts: waiting });
+                    return Some(Refused { failure: self.ctx.unavailable(err), posts: waiting, all: true });
                 }
-                Err(err) => return Some(Refused { failure: self.ctx.unavailable(err), posts: waiting }),
+                Err(err) => return Some(Refused { failure: self.ctx.unavailable(err), posts: waiting, all: true }),
             };
             let (mut again, mut unloaded) = (redis::pipe(), Vec::new());
             let mut refused: Option<Refused> = None;
@@ -200,7 +214,10 @@ impl PostQueues {
                     }
                     Err(err) => match &mut refused {
                         Some(refused) => refused.posts.push(waiter),
-                        None => refused = Some(Refused { failure: self.ctx.unavailable(err), posts: vec![waiter] }),
+                        None => {
+                            let failure = self.ctx.unavailable(err);
+                            refused = Some(Refused { failure, posts: vec![waiter], all: false });
+                        }
                     },
                 }
             }
@@ -213,7 +230,7 @@ impl PostQueues {
             }
             tracing::info!(posts = unloaded.len(), "the post script was not in Redis' cache: loading it");
             if let Err(err) = scripts::POST_SCRIPT.prepare_invoke().load_async(&mut conn).await {
-                return Some(Refused { failure: self.ctx.unavailable(err), posts: unloaded });
+                return Some(Refused { failure: self.ctx.unavailable(err), posts: unloaded, all: true });
             }
             (pipe, waiting) = (again, unloaded);
         }
@@ -251,10 +268,15 @@ struct Restart(Weak<PostQueues>);
 
 impl Drop for Restart {
     fn drop(&mut self) {
-        if let (true, Some(queues)) = (std::thread::panicking(), self.0.upgrade()) {
-            tracing::error!("the broker's post sender panicked; the next post starts another");
-            lock(&queues.queue).started = false;
-        }
+        let (true, Some(queues)) = (std::thread::panicking(), self.0.upgrade()) else { return };
+        tracing::error!(
+            "the broker's post sender panicked: its queued posts are refused; the next post starts another"
+        );
+        // The posts queued now are refused and noted like a failed pipeline's; the panicked batch's own posts fail
+        // when their senders drop ("the node is stopping").
+        let failure = Failure::new(quiver_proto::ErrorCode::Unavailable, "the node's post sender failed; retry");
+        queues.refuse(Refused { failure, posts: Vec::new(), all: true });
+        lock(&queues.queue).started = false;
     }
 }
 

@@ -407,7 +407,7 @@ impl RoomHub for RedisRooms {
             room: room.to_string(),
             client_msg_id,
         });
-        let outcome = self.posts.push(call, body.len(), note).await?;
+        let outcome = self.posts.push(call, size, note).await?;
         Ok(PostProgress::Committing(Box::pin(async move {
             let posted = outcome.await.map_err(|_| Failure::new(ErrorCode::Unavailable, "the node is stopping"))??;
             // Delivered to the members through the room's channel, as everyone's posts are.

@@ -16,8 +16,8 @@ pub struct Fenced<'a> {
 }
 
 /// Keeps a connection's posts in the order it made them when one is refused as `Unavailable` (the broker cannot be
-/// reached): the connection's later posts are refused too until that one comes again, so that a client retrying it
-/// does not see its later posts sequenced first. With posts pipelined a refusal can come after later posts were
+/// reached, or answered its call with an error): the connection's later posts are refused too until that one comes
+/// again, so that a client retrying it does not see its later posts sequenced first. With posts pipelined a refusal can come after later posts were
 /// taken: the first refused by order holds the fence, and the engine checks the fence again where it queues posts
 /// (under the lock it refuses them under).
 #[derive(Debug, Default)]

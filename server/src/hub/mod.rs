@@ -103,7 +103,7 @@ pub struct Joining {
 /// A post's commit to wait for (`RoomHub::sequence_post`): completes with the post's outcome (whichever of a
 /// connection's is awaited first, its members get the posts in seq order). Dropped before it completes, the post is
 /// still released to the room's members once stored. Fails with `Unavailable` only on a broker (the post was
-/// refused after it was queued: the engine noted it on the post's [`PostFence`]).
+/// refused after it was queued: the engine noted it on the post's [`PostFence`], but for a sender that failed).
 pub type PostCommit = std::pin::Pin<Box<dyn Future<Output = Result<(Posted, Delivery), Failure>> + Send>>;
 
 /// A post sequenced: done, or stored once its commit completes.

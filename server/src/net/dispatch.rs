@@ -90,7 +90,7 @@ pub(super) struct Connection<R> {
     /// Refuses the connection's later posts after one was refused as `Unavailable`, until it comes again (so
     /// that a client retrying it keeps its own posts in the order it made them).
     fence: Arc<PostFence>,
-    /// Posts taken so far (their order, for `unavailable_post`).
+    /// Posts taken so far (their order, for `fence`).
     posts_taken: u64,
     /// Where copies of redundant rooms' frames wait for the probe timer; `None`: redundancy is not granted.
     copies: Option<Arc<Mutex<CopyQueue>>>,

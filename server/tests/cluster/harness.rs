@@ -245,3 +245,21 @@ pub(crate) fn check_one_order(acked: &BTreeMap<u64, String>, seen: &[Arc<Mutex<S
         assert!(seen.resumed.iter().all(|recovered| *recovered), "member {i} resumed without recovery");
     }
 }
+
+/// Every message in `room`'s history, (seq, body) in order, read page by page.
+pub(crate) async fn history(client: &quiver_client::Client, room: &str) -> Vec<(u64, String)> {
+    let mut messages = Vec::new();
+    let mut since = None;
+    loop {
+        let page = client.history(room, since, 100).await.unwrap();
+        for message in &page.messages {
+            if let quiver_proto::EventKind::Message { body, .. } = &message.kind {
+                messages.push((message.seq, String::from_utf8_lossy(body).into_owned()));
+            }
+        }
+        since = page.messages.last().map(|m| m.seq);
+        if !page.more || page.messages.is_empty() {
+            return messages;
+        }
+    }
+}

@@ -49,20 +49,7 @@ fn pipelined_posts_keep_their_order_also_when_redis_forgot_the_script() {
             }
         }
         // History holds them in that order.
-        let mut since = None;
-        let mut bodies = Vec::new();
-        loop {
-            let page = client.history("ordered", since, 100).await.unwrap();
-            for message in &page.messages {
-                if let quiver_proto::EventKind::Message { body, .. } = &message.kind {
-                    bodies.push(String::from_utf8_lossy(body).into_owned());
-                }
-            }
-            since = page.messages.last().map(|m| m.seq);
-            if !page.more || page.messages.is_empty() {
-                break;
-            }
-        }
+        let bodies: Vec<String> = history(&client, "ordered").await.into_iter().map(|(_, body)| body).collect();
         let expected: Vec<String> = (0..3).flat_map(|round| (0..200).map(move |k| format!("{round}-{k}"))).collect();
         assert_eq!(bodies, expected);
         client.close().await;
@@ -100,20 +87,7 @@ fn pipelined_posts_refused_while_redis_stalls_keep_their_order_once_retried() {
         let seqs = tokio::time::timeout(Duration::from_secs(60), futures_util::future::join_all(posts)).await;
         let seqs: Vec<u64> = seqs.expect("every post answered").into_iter().map(|seq| seq.unwrap()).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs in the order the posts were made: {seqs:?}");
-        let mut bodies = Vec::new();
-        let mut since = None;
-        loop {
-            let page = client.history("stalled", since, 100).await.unwrap();
-            for message in &page.messages {
-                if let quiver_proto::EventKind::Message { body, .. } = &message.kind {
-                    bodies.push(String::from_utf8_lossy(body).into_owned());
-                }
-            }
-            since = page.messages.last().map(|m| m.seq);
-            if !page.more || page.messages.is_empty() {
-                break;
-            }
-        }
+        let bodies: Vec<String> = history(&client, "stalled").await.into_iter().map(|(_, body)| body).collect();
         assert_eq!(bodies, (0..600).map(|k| k.to_string()).collect::<Vec<_>>(), "history: each post once, in order");
         client.close().await;
     });
@@ -245,18 +219,8 @@ fn posts_while_redis_is_unreachable_are_refused_as_unavailable_and_nothing_ackno
         check_one_order(&acked, &[seen]);
         // History (read through the other node) holds each acknowledged post once, with its seq.
         let mut history: HashMap<u64, String> = HashMap::new();
-        let mut since = None;
-        loop {
-            let page = reader.history("ops", since, 100).await.unwrap();
-            for message in &page.messages {
-                if let quiver_proto::EventKind::Message { body, .. } = &message.kind {
-                    assert!(history.insert(message.seq, String::from_utf8_lossy(body).into_owned()).is_none());
-                }
-            }
-            since = page.messages.last().map(|m| m.seq);
-            if !page.more || page.messages.is_empty() {
-                break;
-            }
+        for (seq, body) in super::harness::history(&reader, "ops").await {
+            assert!(history.insert(seq, body).is_none(), "seq {seq} twice in history");
         }
         assert_eq!(history.len(), acked.len());
         for (seq, body) in &acked {

@@ -23,6 +23,7 @@ pub(crate) const ROOM_COUNTER_KEY: &[u8] = b"\0next_room_id";
 mod cold;
 mod disk;
 mod inbox;
+mod inline;
 mod journal;
 mod load;
 mod runs;

@@ -21,7 +21,7 @@ fn frame_len() -> u64 {
     event(1, 1, 101).len() as u64
 }
 
-fn append(id: u64, seq: u64, time_us: u64) -> Op {
+pub(super) fn append(id: u64, seq: u64, time_us: u64) -> Op {
     Op::Append(Append { id, seq, time_us, frame: event(seq, time_us, 100 + seq) })
 }
 

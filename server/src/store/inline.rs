@@ -9,18 +9,20 @@
 //! for each other here, and a burst costs one write instead of one each. An operation committed by another task
 //! completes its [`super::Commit`] a moment later; the room then delivers the post as it does under `fsync`.
 
-use std::sync::{atomic::Ordering, Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex, MutexGuard, TryLockError,
+};
 
 use fjall::PersistMode;
 
 use super::{
-    writer::{commit, Job, StoreFailed, WriterStats},
+    writer::{commit, Job, StoreFailed, WriterStats, MAX_BATCH},
     Keyspaces,
 };
 
-/// Batches a committing task writes for others before it leaves the rest to a task of its own (its own work waits
-/// meanwhile).
-const MAX_ROUNDS: usize = 4;
+/// Batches a hand-off task writes before it lets the runtime's other tasks run.
+const HANDOFF_ROUNDS: usize = 16;
 
 /// The queue of operations and the right to commit them.
 #[derive(Debug)]
@@ -28,6 +30,8 @@ pub(super) struct InlineWriter {
     queue: Mutex<Vec<Job>>,
     committer: Mutex<Committer>,
     stats: Arc<WriterStats>,
+    /// A task to commit what is queued is on its way.
+    handing_off: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -42,7 +46,8 @@ struct Committer {
 impl InlineWriter {
     pub(super) fn new(keyspaces: Keyspaces, next_room_id: u64, stats: Arc<WriterStats>) -> Arc<InlineWriter> {
         let committer = Committer { keyspaces, next_room_id, failed: None, jobs: Vec::new() };
-        Arc::new(InlineWriter { queue: Mutex::new(Vec::new()), committer: Mutex::new(committer), stats })
+        let (queue, committer) = (Mutex::new(Vec::new()), Mutex::new(committer));
+        Arc::new(InlineWriter { queue, committer, stats, handing_off: AtomicBool::new(false) })
     }
 
     /// Queues `job` and commits what is queued, unless another task is committing: that one takes it.
@@ -63,29 +68,71 @@ impl InlineWriter {
         }
     }
 
-    /// Commits what is queued, round after round while more arrives, as long as nobody else commits. Whatever is
-    /// queued after the committer let go is seen by its last look at the queue, or by the next task's `try_lock`.
+    /// Commits what is queued now (the caller's own operation among it), unless another task is committing:
+    /// that one takes it. The caller may hold its room's lock or the map of rooms, so it writes one batch; what
+    /// was queued meanwhile goes to a task of its own. Whatever is queued after a committer let go is seen by its
+    /// look at the queue, or by the next task's `try_lock`.
     fn drain(self: &Arc<Self>) {
-        let in_runtime = tokio::runtime::Handle::try_current().ok();
-        let mut rounds = 0;
-        loop {
-            let Some(mut committer) = self.committer() else { return };
-            std::mem::swap(&mut *self.queue(), &mut committer.jobs);
-            if committer.jobs.is_empty() {
-                return;
+        if !self.commit_queued() || self.queue().is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => self.hand_off(&runtime),
+            // Outside a runtime (tests, tools): on until the queue is empty or another thread commits.
+            Err(_) => while self.commit_queued() {},
+        }
+    }
+
+    /// Starts a task that commits what is queued, unless one is on its way (it looks at the queue when it runs).
+    fn hand_off(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        if self.handing_off.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let writer = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let Some(writer) = writer.upgrade() else { return };
+            // From here on, what is queued after this task's last look is handed off again.
+            writer.handing_off.store(false, Ordering::Release);
+            let mut rounds = 0;
+            while writer.commit_queued() {
+                rounds += 1;
+                if rounds % HANDOFF_ROUNDS == 0 {
+                    tokio::task::yield_now().await;
+                }
             }
-            self.commit_batch(&mut committer);
-            drop(committer);
-            if self.queue().is_empty() {
-                return;
-            }
-            rounds += 1;
-            if let (true, Some(runtime)) = (rounds >= MAX_ROUNDS, &in_runtime) {
-                let writer = Arc::clone(self);
-                runtime.spawn(async move { writer.drain() });
-                return;
+        });
+    }
+
+    /// Commits what is queued (at most [`MAX_BATCH`] operations) as one batch, unless another task is committing;
+    /// true if it did.
+    fn commit_queued(&self) -> bool {
+        self.committer().is_some_and(|mut committer| self.take_and_commit(&mut committer))
+    }
+
+    /// [`InlineWriter::commit_queued`] for the holder of the committer.
+    fn take_and_commit(&self, committer: &mut Committer) -> bool {
+        if !committer.jobs.is_empty() {
+            // Left by a panic between taking a batch and answering it: nobody knows what was written.
+            let failure = StoreFailed("a commit was interrupted".into());
+            tracing::error!(%failure, "room store commit failed");
+            self.stats.failed.store(true, Ordering::Relaxed);
+            committer.failed = Some(failure.clone());
+            committer.jobs.iter_mut().for_each(|job| job.answer(Err(failure.clone())));
+            committer.jobs.clear();
+        }
+        {
+            let mut queue = self.queue();
+            if queue.len() <= MAX_BATCH {
+                std::mem::swap(&mut *queue, &mut committer.jobs);
+            } else {
+                committer.jobs.extend(queue.drain(..MAX_BATCH));
             }
         }
+        if committer.jobs.is_empty() {
+            return false;
+        }
+        self.commit_batch(committer);
+        true
     }
 
     /// Writes the batch (to the OS, not synced) and tells each operation how it went.
@@ -137,10 +184,7 @@ impl InlineWriter {
     /// At shutdown: commits what is still queued, then syncs.
     pub(super) fn finish(&self) {
         let mut committer = self.committer.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::swap(&mut *self.queue(), &mut committer.jobs);
-        if !committer.jobs.is_empty() {
-            self.commit_batch(&mut committer);
-        }
+        while self.take_and_commit(&mut committer) {}
         if committer.failed.is_none() {
             if let Err(err) = committer.keyspaces.db.persist(PersistMode::SyncAll) {
                 tracing::error!(?err, "room store: final sync failed");
@@ -233,19 +277,53 @@ mod tests {
         assert_eq!(seqs(&store, id), [1]);
     }
 
-    /// Six rooms, each posted into by its own task (as a room's lock orders its posts): four on a runtime of two
-    /// threads, two from plain threads, all at once: every post is committed, and stored once, in its room's order.
+    /// A poster writes one batch (it may hold its room's lock); what was queued during it is committed by a task
+    /// of its own, without another post.
     #[test]
-    fn posts_committed_from_many_threads_at_once_are_all_stored_once() {
+    fn what_is_queued_during_a_posters_batch_is_committed_by_a_task_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Os).unwrap();
+        let id = store.allocate_room_id();
+        wait_all(vec![store.submit(Op::Create { name: "r".into(), id, epoch: 1 })]);
+        let inline = store.writer.inline().unwrap();
+        let (go, hold) = std::sync::mpsc::channel();
+        let held = inline.hold();
+        let _ = store.submit(Op::Hold(std::sync::Mutex::new(hold))); // queued: the test holds the committer
+        drop(held);
+        // A poster on the runtime commits it with its own operation, and waits in that batch.
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+        let poster = runtime.spawn({
+            let store = store.clone();
+            async move { drop(store.submit(Op::Barrier)) }
+        });
+        while !inline.queue().is_empty() {
+            std::thread::yield_now();
+        }
+        let queued = store.submit(append(id, 1, 1));
+        go.send(()).unwrap();
+        runtime.block_on(poster).unwrap();
+        wait_all(vec![queued]);
+        assert_eq!(seqs(&store, id), [1]);
+        drop(runtime);
+    }
+
+    /// Six rooms, each posted into by its own task (as a room's lock orders its posts): four on a runtime of two
+    /// threads, two from plain threads, all at once. Every post is stored once, and a barrier after a room's posts
+    /// completes only after all of them did (batches are written in the order their operations were queued).
+    #[test]
+    fn posts_committed_from_many_threads_at_once_are_all_stored_once_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::Os).unwrap();
         let ids: Vec<u64> = (0..6).map(|_| store.allocate_room_id()).collect();
         let created: Vec<Commit> =
             ids.iter().map(|&id| store.submit(Op::Create { name: format!("r{id}").into(), id, epoch: 1 })).collect();
         wait_all(created);
-        let post = |store: &Store, id: u64| (1..=500).map(|seq| store.submit(append(id, seq, seq))).collect::<Vec<_>>();
+        let post = |store: &Store, id: u64| {
+            let posts: Vec<Commit> = (1..=500).map(|seq| store.submit(append(id, seq, seq))).collect();
+            (posts, store.submit(Op::Barrier))
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
-        let commits = std::thread::scope(|scope| {
+        let posted = std::thread::scope(|scope| {
             let shared = &store;
             let threads: Vec<_> = ids[4..].iter().map(|&id| scope.spawn(move || post(shared, id))).collect();
             let tasks: Vec<_> = ids[..4]
@@ -255,13 +333,16 @@ mod tests {
                     runtime.spawn(async move { post(&store, id) })
                 })
                 .collect();
-            let mut commits: Vec<Commit> = threads.into_iter().flat_map(|thread| thread.join().unwrap()).collect();
-            for task in tasks {
-                commits.extend(runtime.block_on(task).unwrap());
-            }
-            commits
+            let mut posted: Vec<_> = threads.into_iter().map(|thread| thread.join().unwrap()).collect();
+            posted.extend(tasks.into_iter().map(|task| runtime.block_on(task).unwrap()));
+            posted
         });
-        wait_all(commits);
+        for (mut posts, barrier) in posted {
+            wait_all(vec![barrier]);
+            for commit in &mut posts {
+                assert!(matches!(commit.outcome(), Some(Ok(()))), "a barrier completed before a post queued before it");
+            }
+        }
         assert_eq!(store.writer_stats().appends.load(Ordering::Relaxed), 6 * 500);
         for id in ids {
             assert_eq!(seqs(&store, id), (1..=500).collect::<Vec<_>>(), "room {id}");

@@ -12,8 +12,10 @@
 //! | `dedupe_runs` | room id u64, last seq u64 | the dedupe entries of up to 128 posts whose messages retention deleted while the window remembered them (`runs.rs`) |
 //! | `dedupe` | room id u64, seq u64 | time µs u64, client_msg_id u64, identity: one such entry, as formats 1 and 2 kept them (read, deleted, never written) |
 //!
-//! Writes go through one writer thread (`writer.rs`) that commits whatever arrived while the previous commit ran as
-//! one batch with one fsync (group commit); a post is acknowledged, and delivered, only once its batch is durable.
+//! Under `fsync` writes go through one writer thread (`writer.rs`) that commits whatever arrived while the previous
+//! commit ran as one batch with one fdatasync (group commit); under `os` the posting tasks write themselves, one
+//! taking along what others queued while it wrote (`inline.rs`). A post is acknowledged, and delivered, only once
+//! its batch is stored with the configured durability.
 //! Reads ([`Store::load_room`], [`Store::page`]) go straight to the database from any thread.
 
 /// The key of the room id counter's copy in the `rooms` keyspace: no room name starts with NUL (names have no

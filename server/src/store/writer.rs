@@ -1,5 +1,5 @@
 //! The store's single writer: a thread that takes every operation handed to it, in order, and commits whatever
-//! arrived while the previous commit ran as one atomic batch with one fsync (group commit). Each operation's
+//! arrived while the previous commit ran as one atomic batch with one fdatasync (group commit). Each operation's
 //! [`Commit`] completes when its batch is stored; because batches are committed in the order operations arrived,
 //! a completed commit also vouches for everything handed over before it. Retention deletions are the exception:
 //! they go to a thread of their own ([`Handle`]), and a deletion never reaches a post not yet stored.
@@ -29,7 +29,7 @@ use super::{
 };
 
 /// Operations per batch at most (what is left waits for the next batch).
-const MAX_BATCH: usize = 4096;
+pub(super) const MAX_BATCH: usize = 4096;
 
 /// A message deletion of at most this many seqs writes their tombstones without reading the keys first.
 const BLIND_SPAN: u64 = 1 << 20;
@@ -94,7 +94,7 @@ pub(crate) enum Op {
     /// Writes nothing: completes once everything handed over before it is stored.
     Barrier,
     /// Tests: the writer thread stops here until told to go on (or the sender is dropped), holding every commit
-    /// after it.
+    /// after it. Under `os` the task whose batch it is in stops there itself (`inline.rs`).
     #[cfg(test)]
     Hold(Mutex<mpsc::Receiver<()>>),
 }
@@ -109,7 +109,8 @@ pub struct StoreFailed(pub(super) Arc<str>);
 pub struct Commit(oneshot::Receiver<Result<(), StoreFailed>>);
 
 impl Commit {
-    /// The outcome, if the commit is complete already (always, when the store commits inline).
+    /// The outcome, if the commit is complete already (under `os`, unless another task was committing when it was
+    /// handed over: that one writes it a moment later).
     pub fn outcome(&mut self) -> Option<Result<(), StoreFailed>> {
         match self.0.try_recv() {
             Ok(result) => Some(result),
@@ -151,20 +152,20 @@ impl Job {
 /// What the writer did so far.
 #[derive(Debug, Default)]
 pub struct WriterStats {
-    /// Batches committed (each with one fsync under `Durability::Fsync`).
+    /// Batches committed (each with one fdatasync under `Durability::Fsync`).
     pub commits: AtomicU64,
     /// Messages stored.
     pub appends: AtomicU64,
-    /// Time each batch took to commit (with its fsync under `Durability::Fsync`).
+    /// Time each batch took to commit (with its fdatasync under `Durability::Fsync`).
     pub commit_us: crate::metrics::Histogram,
     /// A commit failed: nothing is acknowledged any more until a restart (`/readyz` says so).
     pub failed: std::sync::atomic::AtomicBool,
 }
 
-/// The writer: a thread (`fsync`), or, with `os` durability, the callers themselves (`inline.rs`): a commit without
-/// a sync is a write to the OS of a few µs, cheaper done at once than handed to a thread and back. Retention deletions go to a thread
-/// of their own in both modes: a deletion may take thousands of keys, and done inline or in the writer's group
-/// commit it held back every post meanwhile (bench post: `os` acks up to 370 ms late, once per sweep). Dropping
+/// The writer: a thread (`fsync`), or, with `os` durability, the callers themselves (`inline.rs`): a commit
+/// without a sync is a write to the OS of a few µs, cheaper done at once than handed to a thread and back.
+/// Retention deletions go to a thread of their own in both modes: a deletion may take thousands of keys, and done
+/// inline or in the writer's group commit it held back every post meanwhile (bench post: `os` acks up to 370 ms late, once per sweep). Dropping
 /// the handle lets the threads finish what they have, sync, and exit.
 #[derive(Debug)]
 pub(super) struct Handle {

@@ -138,7 +138,7 @@ impl<H: Handler> Connection<H> {
         let connection = Arc::new(Connection {
             id: CONNECTION_IDS.fetch_add(1, Ordering::Relaxed),
             link: link.clone(),
-            codec: FrameCodec::new(welcome.limits.max_frame as usize),
+            codec: FrameCodec::new(welcome.limits.client_max_frame()),
             welcome,
             send: tokio::sync::Mutex::new(send),
             outstanding: Arc::new(Mutex::new(Outstanding::new(1))),

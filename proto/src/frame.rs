@@ -58,6 +58,10 @@ pub enum EncodeError {
     Serialize(postcard::Error),
 }
 
+/// Room given at a time to a frame's buffer while its bytes arrive: a length prefix alone never has a reader
+/// reserve `max_frame` bytes (a peer must send what it makes the reader hold).
+const RESERVE_STEP: usize = 64 * 1024;
+
 /// Encodes and decodes length-prefixed frames no larger than `max_frame` bytes (the prefix not counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameCodec {
@@ -85,8 +89,8 @@ impl FrameCodec {
     }
 
     /// Takes one whole frame's body off the front of `buf`, undecoded. `Ok(None)` when `buf` does not hold a
-    /// whole frame yet (nothing is consumed, and `buf` is given room for the rest of the frame, at most
-    /// `max_frame` bytes).
+    /// whole frame yet (nothing is consumed, and `buf` is given room for more of the frame: at most 64 KiB at a
+    /// time, however long the frame says it is).
     pub fn next_frame(&self, buf: &mut BytesMut) -> Result<Option<BytesMut>, DecodeError> {
         let Some((len, prefix)) = varint::decode(buf) else {
             return Ok(None);
@@ -96,7 +100,7 @@ impl FrameCodec {
         }
         let len = len as usize; // <= max_frame, a usize
         if buf.len() < prefix + len {
-            buf.reserve(prefix + len - buf.len());
+            buf.reserve((prefix + len - buf.len()).min(RESERVE_STEP));
             return Ok(None);
         }
         buf.advance(prefix);

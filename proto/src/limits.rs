@@ -77,6 +77,16 @@ impl Limits {
     /// Longest identity (a token's `sub`, or Hello's `name` on an anonymous server), in bytes of UTF-8. Fixed, not
     /// configured like `max_name`: whoever issues tokens must know it without asking each server.
     pub const MAX_IDENTITY: u32 = 128;
+    /// Largest `max_frame` a server may be configured with, and the most of a Welcome's `max_frame` a client
+    /// believes: 16 MiB. A peer's frame is buffered whole before it is decoded, so a server announcing more (hostile,
+    /// or misconfigured) could otherwise have a client hold gigabytes per stream.
+    pub const MAX_FRAME_CEILING: u32 = 16 << 20;
+
+    /// The frame limit a client applies from a Welcome: the server's `max_frame`, at most
+    /// [`Limits::MAX_FRAME_CEILING`].
+    pub fn client_max_frame(&self) -> usize {
+        self.max_frame.min(Self::MAX_FRAME_CEILING) as usize
+    }
 
     /// Bytes a room event adds around a post body at most: seq, time, client_msg_id (10 bytes each as varints),
     /// the sender's identity (length + [`Limits::MAX_IDENTITY`] bytes), enum tags and the body's length prefix.
@@ -87,6 +97,9 @@ impl Limits {
     /// Checks that the limits fit together: any post within `max_body` must fit a room frame, a room stream's queue
     /// must hold at least one frame, counts and rates must be at least 1.
     pub fn check(&self) -> Result<(), LimitsError> {
+        if self.max_frame > Self::MAX_FRAME_CEILING {
+            return Err(LimitsError::FrameTooLarge { max_frame: self.max_frame, ceiling: Self::MAX_FRAME_CEILING });
+        }
         let needed = self.max_body.saturating_add(self.event_overhead());
         if self.max_frame < needed {
             return Err(LimitsError::FrameTooSmall { max_frame: self.max_frame, max_body: self.max_body, needed });
@@ -133,6 +146,14 @@ pub enum LimitsError {
         max_body: u32,
         /// The frame size such a post needs.
         needed: u32,
+    },
+    /// `max_frame` above what clients accept ([`Limits::MAX_FRAME_CEILING`]).
+    #[error("max_frame {max_frame} is above the protocol's ceiling of {ceiling} bytes")]
+    FrameTooLarge {
+        /// `max_frame`.
+        max_frame: u32,
+        /// [`Limits::MAX_FRAME_CEILING`].
+        ceiling: u32,
     },
     /// A room stream's queue could not hold one frame.
     #[error("room_queue_bytes {room_queue_bytes} is smaller than max_frame {max_frame}")]
@@ -193,6 +214,11 @@ mod tests {
         Limits::default().check().unwrap();
         let err = Limits { max_frame: 1000, ..Limits::default() }.check().unwrap_err().to_string();
         assert!(err.contains("max_frame 1000"), "{err}");
+        let huge = Limits { max_frame: 64 << 20, room_queue_bytes: 64 << 20, ..Limits::default() };
+        let err = huge.check().unwrap_err().to_string();
+        assert!(err.contains("max_frame 67108864 is above the protocol's ceiling"), "{err}");
+        assert_eq!(huge.client_max_frame(), Limits::MAX_FRAME_CEILING as usize, "a client believes 16 MiB at most");
+        assert_eq!(Limits::default().client_max_frame(), 64 * 1024);
         let err = Limits { room_queue_bytes: 10, ..Limits::default() }.check().unwrap_err().to_string();
         assert!(err.contains("room_queue_bytes 10"), "{err}");
         let err = Limits { posts_per_s: 0, ..Limits::default() }.check().unwrap_err().to_string();

@@ -95,6 +95,27 @@ fn oversized_length_is_refused_before_the_body_arrives() {
     assert!(buf.capacity() < 1024, "nothing was reserved for the announced body");
 }
 
+/// A frame within the limit is buffered as its bytes arrive: its length prefix alone reserves 64 KiB at most, so a
+/// peer cannot have the reader hold `max_frame` bytes per stream by sending a few.
+#[test]
+fn a_length_prefix_alone_does_not_reserve_the_whole_frame() {
+    let codec = FrameCodec::new(16 << 20);
+    let body = vec![7u8; 10 << 20];
+    let mut frame = BytesMut::new();
+    varint::encode(body.len() as u64, &mut frame).unwrap();
+    let prefix = frame.len();
+    frame.extend_from_slice(&body);
+    let mut buf = BytesMut::from(&frame[..prefix]);
+    assert_eq!(codec.next_frame(&mut buf), Ok(None));
+    assert!(buf.capacity() <= 128 << 10, "reserved {} bytes for a prefix", buf.capacity());
+    // The rest arriving in pieces still makes the whole frame.
+    for piece in frame[prefix..].chunks(100_000) {
+        assert_eq!(codec.next_frame(&mut buf), Ok(None));
+        buf.extend_from_slice(piece);
+    }
+    assert_eq!(codec.next_frame(&mut buf).unwrap().as_deref(), Some(&body[..]));
+}
+
 #[test]
 fn trailing_bytes_are_an_error() {
     let ping = Request { req_id: 1, body: RequestBody::Ping { client_time_us: 2 } };

@@ -23,7 +23,7 @@ impl Handler for Driver {
         let Some(me) = self.me.upgrade() else { return };
         // Numbered here, in accept order, not when its reader gets to its Open frame.
         let stream = self.room_streams.fetch_add(1, Ordering::Relaxed) + 1;
-        let max_frame = self.welcome().limits.max_frame as usize;
+        let max_frame = self.welcome().limits.client_max_frame();
         self.tasks.spawn(async move {
             let copies = |slot, entry: &Arc<RoomEntry>| me.copies_opened(connection, slot, entry, stream);
             rooms::read_stream(&me.rooms, stream, recv, (max_frame, &copies), &me.stop).await

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
 
 import {
-  DEFAULT_MAX_FRAME, FrameReader, PROTOCOL_VERSION, QuiverDecodeError, QuiverEncodeError, VARINT_MAX,
+  DEFAULT_MAX_FRAME, FrameReader, MAX_FRAME_CEILING, PROTOCOL_VERSION, QuiverDecodeError, QuiverEncodeError, VARINT_MAX,
   decodeCopy, decodeFrame, decodeTick, decodeVarint, decodeWsMessage, encodeFrame, encodePostCopy, encodeTick,
   encodeVarint, errorCodeName, isCopy, isProbe, varintLength, wire,
 } from '../quiver/index.js';
@@ -337,6 +337,22 @@ test('FrameReader: partial input waits, an ended stream inside a frame is trunca
   // A 4-byte prefix announcing 1 GiB is refused before anything of the body is buffered.
   const huge = new FrameReader();
   assertDecodeError(() => huge.push(fromHex('bfffffff')), 'frame-too-large', '1 GiB');
+});
+
+test('FrameReader: a length prefix alone does not allocate the frame; the buffer grows as its bytes arrive', () => {
+  const reader = new FrameReader(MAX_FRAME_CEILING);
+  const length = 10 * 1024 * 1024;
+  assert.deepEqual(reader.push(encodeVarint(length)), []);
+  assert.ok(reader.body.length <= 65536, `allocated ${reader.body.length} bytes for a prefix`);
+  const body = new Uint8Array(length).map((_, i) => i % 251);
+  let bodies = [];
+  for (let at = 0; at < length; at += 100000) {
+    bodies = bodies.concat(reader.push(body.subarray(at, at + 100000)));
+    if (at + 100000 < length) assert.ok(reader.body.length <= 2 * (at + 100000) + 65536, 'grows with what arrived');
+  }
+  assert.equal(bodies.length, 1);
+  assert.deepEqual(bodies[0], body);
+  assert.equal(reader.pending, 0);
 });
 
 test('ticks: header fields, truncation names the field, payload copied out', () => {

@@ -4,7 +4,7 @@
 // Session never reconnects; QuiverClient opens a new one when it is lost.
 
 import { ErrorCode, QuiverDecodeError, QuiverError } from '../wire/errors.js';
-import { DEFAULT_MAX_FRAME, FrameReader, encodeFrame } from '../wire/frames.js';
+import { DEFAULT_MAX_FRAME, FrameReader, MAX_FRAME_CEILING, encodeFrame } from '../wire/frames.js';
 import { wire } from '../wire/messages.js';
 import { TICK_HEADER_MAX_LEN, decodeTick, isProbe } from '../wire/ticks.js';
 import { decodeCopy, encodePostCopy, isCopy } from '../wire/copies.js';
@@ -120,7 +120,7 @@ export class Session {
     this.writer = writer;
     this.welcome = welcome;
     this.hooks = hooks;
-    this.maxFrame = welcome.limits.max_frame;
+    this.maxFrame = Math.min(welcome.limits.max_frame, MAX_FRAME_CEILING);
     if ('maxInboundStreams' in wt) {
       // No stream credit on the WebSocket: a rejoined room's stream may open before the left one's finish arrives.
       wt.maxInboundStreams = Math.max(wt.maxInboundStreams, 2 * (Number(welcome.limits.max_rooms) + 1));

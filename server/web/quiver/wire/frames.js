@@ -7,6 +7,15 @@ import { decodeVarint, encodeVarint } from './varint.js';
 /** Default `Limits::max_frame`: the largest frame accepted before the server's Welcome says otherwise. */
 export const DEFAULT_MAX_FRAME = 65536;
 
+/**
+ * `Limits::MAX_FRAME_CEILING`: the most of a Welcome's `max_frame` a client believes (16 MiB). A server announcing
+ * more (hostile, or misconfigured) would otherwise have the client buffer that much per stream.
+ */
+export const MAX_FRAME_CEILING = 16 * 1024 * 1024;
+
+/** Bytes a frame's buffer grows by at first: a length prefix alone never allocates the whole frame. */
+const GROW_FROM = 65536;
+
 /** `value` as one stream frame of `type`: QUIC varint length ‖ postcard body. Throws QuiverEncodeError. */
 export function encodeFrame(type, value, maxFrame = DEFAULT_MAX_FRAME) {
   const body = type.encode(value);
@@ -33,7 +42,8 @@ export function decodeFrame(type, bytes, maxFrame = DEFAULT_MAX_FRAME) {
 
 /**
  * Splits a stream into frame bodies as chunks arrive. The length prefix is checked against `maxFrame` as soon as
- * it is complete, before anything of the body is buffered; at most one frame (`maxFrame` bytes) is buffered.
+ * it is complete, before anything of the body is buffered; at most one frame (`maxFrame` bytes) is buffered, in a
+ * buffer that grows as its bytes arrive (from 64 KiB, doubling): a prefix alone does not allocate the frame.
  * After an error the stream is unusable (framing is lost) and every later `push` throws it again.
  */
 export class FrameReader {
@@ -43,6 +53,7 @@ export class FrameReader {
     this.prefix = new Uint8Array(8);
     this.prefixLength = 0;
     this.body = null; // the frame being filled, once its length is known
+    this.length = 0; // its length
     this.filled = 0;
     this.error = null;
   }
@@ -67,15 +78,21 @@ export class FrameReader {
           this.error = new QuiverDecodeError('frame-too-large', what);
           throw this.error;
         }
-        this.body = new Uint8Array(Number(length.value));
+        this.length = Number(length.value);
+        this.body = new Uint8Array(Math.min(this.length, GROW_FROM));
         this.filled = 0;
       } else {
+        if (this.filled === this.body.length) {
+          const grown = new Uint8Array(Math.min(this.length, 2 * this.body.length));
+          grown.set(this.body);
+          this.body = grown;
+        }
         const take = Math.min(this.body.length - this.filled, chunk.length - at);
         this.body.set(chunk.subarray(at, at + take), this.filled);
         this.filled += take;
         at += take;
       }
-      if (this.body !== null && this.filled === this.body.length) {
+      if (this.body !== null && this.filled === this.length) {
         out.push(this.body);
         this.body = null;
         this.prefixLength = 0;

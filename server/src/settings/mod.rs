@@ -310,6 +310,7 @@ impl Settings {
                     "room_queue_bytes",
                     l.room_queue_bytes != d.room_queue_bytes,
                 ),
+                E::FrameTooLarge { .. } => "max_frame",
                 E::Zero { name } => name,
                 E::PerIpAboveTotal { .. } => pick(
                     "max_connections",

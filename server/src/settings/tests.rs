@@ -73,6 +73,9 @@ fn unknown_keys_and_wrong_types_are_errors_naming_the_line() {
 fn out_of_range_values_are_errors_naming_the_line() {
     let err = load_text("[limits]\nmax_body = 1000\nmax_frame = 100\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 3: limits.max_frame"), "{err}");
+    let huge = "[limits]\nmax_frame = 33554432\nroom_queue_bytes = 33554432\n";
+    let err = load_text(huge, &[], vec![]).unwrap_err().to_string();
+    assert!(err.contains("line 2: limits.max_frame: max_frame 33554432 is above the protocol's ceiling"), "{err}");
     let err = load_text("drain_timeout_ms = 0\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 1: drain_timeout_ms: must be at least 1"), "{err}");
     let err = load_text("[admin]\nlisten = \"everywhere\"\n", &[], vec![]).unwrap_err().to_string();

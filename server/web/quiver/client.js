@@ -6,8 +6,8 @@ import { ErrorCode, QuiverDecodeError, QuiverError } from './wire/errors.js';
 import { Backoff, LatestWins, Merge, PostQueue, RoomState, clockOffsetUs, messageEvent } from './state.js';
 import { Session, roomFrames } from './client/session.js';
 import { Dialer, transportOptions } from './client/dial.js';
-import { Publisher, Room, Subscription, deliverTick, sendTick } from './client/handles.js';
-import { Signal, Timers } from './client/waiting.js';
+import { Publisher, Room, Subscription, claimOn, deliverTick, sendTick, subscribeOn } from './client/handles.js';
+import { Signal, Timers, restore } from './client/waiting.js';
 import { REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, toBytes, unixUs } from './client/values.js';
 import { wire } from './wire/messages.js';
 
@@ -144,18 +144,20 @@ export class QuiverClient {
   /**
    * Subscribes to tick channel `channel`; `onTick` receives `{seq, sentTimeUs, payload, latencyMs}` for every
    * tick newer than the last one delivered (older ones are dropped and counted as stale). Resubscribed after a
-   * reconnect.
+   * reconnect; refused that for good (e.g. PermissionDenied under a renewed token), it ends: `onEnd({code,
+   * reason})` is called and the Subscription's `ended` set (a refusal for now is retried like a rejoin).
    */
-  async subscribe(channel, { onTick } = {}) {
+  async subscribe(channel, { onTick, onEnd } = {}) {
     if (this.#subscriptions.has(channel)) {
       throw new QuiverError(ErrorCode.AlreadyJoined, `already subscribed to ${channel}`);
     }
     // Until answered (`confirmed`), a reconnect leaves it to this call, which would subscribe it a second time.
-    const entry = { channel, onTick, ticks: new LatestWins(), latest: null, handle: null, confirmed: false };
+    const entry = { channel, onTick, onEnd: [onEnd], ticks: new LatestWins(), latest: null, handle: null };
+    entry.confirmed = false;
     entry.handle = new Subscription(this, entry);
     this.#subscriptions.set(channel, entry);
     try {
-      await this.#subscribeOn(await this.#live(), entry);
+      await subscribeOn(await this.#live(), entry, this.#subscriptions);
       entry.confirmed = true;
       return entry.handle;
     } catch (err) {
@@ -175,14 +177,18 @@ export class QuiverClient {
 
   /**
    * Claims the right to publish on `channel` (`maxAgeMs`: the server drops older ticks rather than send them late);
-   * claimed again after a reconnect. A second publisher of a channel shares the first's claim, `maxAgeMs` and tick
-   * numbering (two numberings of one channel would make its subscribers drop one's ticks as stale). */
-  async publisher(channel, { maxAgeMs = null } = {}) {
-    let entry = this.#publishers.get(channel) ?? { channel, maxAgeMs, claim: null, nextSeq: 1n };
-    await this.#claimOn(await this.#live(), entry);
+   * claimed again after a reconnect, or ended like a subscription (`onEnd`, `ended`) if refused that for good. A
+   * second publisher of a channel shares the first's claim, `maxAgeMs` and tick numbering (two numberings of one
+   * channel would make its subscribers drop one's ticks as stale). */
+  async publisher(channel, { maxAgeMs = null, onEnd } = {}) {
+    const made = { channel, maxAgeMs, claim: null, nextSeq: 1n, onEnd: [], ended: null };
+    let entry = this.#publishers.get(channel) ?? made;
+    await claimOn(await this.#live(), entry);
     entry = this.#publishers.get(channel) ?? entry; // one made meanwhile is the one
     this.#publishers.set(channel, entry);
-    return new Publisher(channel, (payload) => sendTick(this.#session, entry, toBytes(payload), this.serverClockUs()));
+    entry.onEnd.push(onEnd);
+    const send = (payload) => sendTick(this.#session, entry, toBytes(payload), this.serverClockUs());
+    return new Publisher(channel, send, () => entry.ended);
   }
 
   /** One Ping/Pong round trip on the control stream; resolves to the round-trip time in ms. */
@@ -267,10 +273,10 @@ export class QuiverClient {
     for (const entry of this.#subscriptions.values()) {
       if (!entry.confirmed) continue;
       entry.ticks.resync();
-      this.#subscribeOn(session, entry).catch((err) => this.#failed(err, { channel: entry.channel }));
+      this.#restoreTicks(session, entry, this.#subscriptions, () => subscribeOn(session, entry, this.#subscriptions));
     }
     for (const entry of this.#publishers.values()) {
-      this.#claimOn(session, entry).catch((err) => this.#failed(err, { channel: entry.channel }));
+      this.#restoreTicks(session, entry, this.#publishers, () => claimOn(session, entry));
     }
     this.#flushPosts();
     return true;
@@ -368,32 +374,24 @@ export class QuiverClient {
   async #rejoin(entry) {
     await entry.joining; // a Kicked may come before join() took its reply, which can be what set the position
     const room = entry.state.name;
-    // Refused for now (e.g. Unavailable: the server's broker unreachable): tried again, 40 times, 50 ms doubling to 2 s.
-    let refused = null;
-    let session = null;
-    for (let attempt = 0; attempt < 40 && !refused; attempt++) {
-      session = this.#session;
-      if (!session || this.#rooms.get(room) !== entry) return;
-      try {
-        const join = { room, since: entry.state.position(), redundant: entry.redundant };
-        expectReply(await session.request({ Join: join }), 'Joined');
-        return;
-      } catch (err) {
-        if (REFUSED_FOR_NOW.includes(err?.code) && !err?.closed) {
-          await this.#timers.sleep(this.#unavailable.backoff.delay(attempt));
-          continue;
-        }
-        // AlreadyJoined: the server still has (or already restored) the room on this connection; nothing to do.
-        // Refused for good (not for a lost connection, which the next retries): the room ends, as a kicked one.
-        if (err?.code === ErrorCode.AlreadyJoined || err?.closed) return;
-        refused = new QuiverError(err?.code ?? ErrorCode.Internal, err?.message ?? String(err));
-      }
-    }
-    // Not if the connection went meanwhile (the next one rejoins) or the room was left or joined anew.
-    if (this.#session !== session || this.#rooms.get(room) !== entry) return;
-    refused ??= new QuiverError(ErrorCode.Unavailable, 'the server refused to take the room back 40 times');
+    const session = this.#session;
+    const join = () => ({ Join: { room, since: entry.state.position(), redundant: entry.redundant } });
+    // AlreadyJoined: the server still has (or already restored) the room on this connection; nothing to do.
+    const refused = await restore(async () => expectReply(await session.request(join()), 'Joined'), {
+      ...this.#restoring(session, () => this.#rooms.get(room) === entry, `room ${room}`),
+      done: (err) => err?.code === ErrorCode.AlreadyJoined,
+    });
+    // Refused for good: the room ends, as a kicked one.
+    if (!refused || this.#session !== session || this.#rooms.get(room) !== entry) return;
     this.#failed(refused, { room });
     this.#endRoom(entry, { code: refused.code, reason: refused.message });
+  }
+
+  /** What `restore` needs on `session` for something that is still the application's while `held()`. */
+  #restoring(session, held, what) {
+    const still = () => Boolean(session) && session === this.#session && !session.closedWhy && held();
+    const delay = (attempt) => this.#unavailable.backoff.delay(attempt);
+    return { still, sleep: (ms) => this.#timers.sleep(ms), delay, refusedForNow: REFUSED_FOR_NOW, what };
   }
 
   /**
@@ -484,14 +482,17 @@ export class QuiverClient {
 
   // ── ticks ──
 
-  async #subscribeOn(session, entry) {
-    const { channel_id } = expectReply(await session.request({ Subscribe: { channel: entry.channel } }), 'Subscribed');
-    if (this.#subscriptions.get(entry.channel) === entry) session.channels.set(channel_id, entry);
-  }
-
-  async #claimOn(session, entry) {
-    const body = { Publish: { channel: entry.channel, max_age_ms: entry.maxAgeMs } };
-    const { channel_id } = expectReply(await session.request(body), 'Publishing');
-    entry.claim = { session, channelId: channel_id };
+  /**
+   * Subscribes or claims `entry` (of `map`) again on a new `session`, retrying refusals for now like a rejoin;
+   * refused for good (e.g. PermissionDenied under a renewed token), it ends: `ended` is set and `onEnd` called.
+   */
+  async #restoreTicks(session, entry, map, request) {
+    const held = () => map.get(entry.channel) === entry;
+    const refused = await restore(request, this.#restoring(session, held, `channel ${entry.channel}`));
+    if (!refused || !held() || session !== this.#session) return;
+    map.delete(entry.channel);
+    entry.ended = { code: refused.code, reason: refused.message };
+    this.#failed(refused, { channel: entry.channel });
+    for (const onEnd of entry.onEnd) callBack(onEnd, entry.ended);
   }
 }

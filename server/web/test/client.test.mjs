@@ -278,6 +278,34 @@ test('after a rejoin an older stream of the room delivers nothing more: no event
   assert.deepEqual(a.handle.members, ['ann', 'bob'], 'no stale presence from the old stream');
 });
 
+test('ticks: a resubscribe or claim refused for now is retried; refused for good, it ends', async (t) => {
+  const server = new FakeServer();
+  const notices = [];
+  const ann = await connect(t, server, { onNotice: (n) => notices.push(n) });
+  const ended = [];
+  const sub = await ann.subscribe('a', { onEnd: (why) => ended.push(['a', why.code]) });
+  const kept = await ann.subscribe('b');
+  const publisher = await ann.publisher('a', { onEnd: (why) => ended.push(['claim', why.code]) });
+  const { PermissionDenied, RateLimited, Unavailable } = ErrorCode;
+  // After the reconnect: 'a' refused for good; 'b' refused for now twice, then taken; the claim refused for good.
+  server.refusedTicks = { Subscribe: [PermissionDenied, RateLimited, Unavailable], Publish: [PermissionDenied] };
+  server.dropAll();
+  await until('b resubscribed', () => server.live[0]?.channels.has('b'));
+  await until('both ended', () => ended.length === 2);
+  assert.deepEqual(ended.sort(), [['a', PermissionDenied], ['claim', PermissionDenied]]);
+  assert.deepEqual(sub.ended?.code, PermissionDenied);
+  assert.equal(kept.ended, null);
+  assert.equal(publisher.ended?.code, PermissionDenied);
+  assert.equal(publisher.send('x'), null, 'no claim: the tick is dropped');
+  assert.equal(notices.filter((n) => n.type === 'error' && n.channel === 'a').length, 2, 'each refusal noticed');
+  // Ended, the channel can be subscribed anew; the ended handle's unsubscribe leaves the new one alone.
+  const again = await ann.subscribe('a');
+  await sub.unsubscribe();
+  assert.ok(server.live[0].channels.has('a'));
+  assert.equal(again.ended, null);
+  assert.equal(server.requestsOf('Subscribe').length, 2 + 4 + 1);
+});
+
 test('ticks: latest wins with loss and staleness counted; resubscribed and re-claimed after a reconnect', async (t) => {
   const server = new FakeServer();
   server.channelIdBase = 5n;

@@ -187,6 +187,7 @@ export class FakeServer {
     this.unavailablePosts = 0; // refuse this many posts with Unavailable (a broker unreachable), sequencing nothing
     this.refusedJoins = 0; // refuse this many joins with `refuseJoinsWith`
     this.refuseJoinsWith = ErrorCode.RateLimited;
+    this.refusedTicks = { Subscribe: [], Publish: [] }; // codes to refuse the next subscribes / claims with, in order
     this.holdPostReplies = false; // accept posts but never answer them (their answers are lost with the connection)
     this.openBeforeReply = true; // send a room stream's Open (and replay) before the Join reply
     this.replayOverlap = 0n; // replay this many already-seen messages on a resume (the client must drop them)
@@ -311,6 +312,7 @@ export class FakeServer {
         return ok({ Posted: { room: body.room, seq, duplicate } });
       }
       case 'Subscribe': {
+        if (this.refusedTicks.Subscribe.length) return fail(this.refusedTicks.Subscribe.shift(), 'refused by the test');
         const id = conn.nextChannelId++;
         conn.channels.set(body.channel, id);
         return ok({ Subscribed: { channel: body.channel, channel_id: id } });
@@ -319,6 +321,7 @@ export class FakeServer {
         if (!conn.channels.delete(body.channel)) return fail(ErrorCode.NotJoined, 'not subscribed');
         return ok({ Unsubscribed: { channel: body.channel } });
       case 'Publish': {
+        if (this.refusedTicks.Publish.length) return fail(this.refusedTicks.Publish.shift(), 'refused by the test');
         const id = conn.nextChannelId++;
         conn.claims.set(id, body.channel);
         return ok({ Publishing: { channel: body.channel, channel_id: id } });

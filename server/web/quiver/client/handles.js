@@ -3,7 +3,7 @@
 // them and leave from them.
 
 import { encodeTick } from '../wire/ticks.js';
-import { callBack } from './values.js';
+import { callBack, expectReply } from './values.js';
 
 /** A joined room: its name, members and position; post to it or leave it. Made by `QuiverClient.join`. */
 export class Room {
@@ -66,8 +66,14 @@ export class Subscription {
     return this.#entry.latest;
   }
 
-  /** Stops the subscription. */
+  /** `{code, reason}` once the server refused to take the subscription back after a reconnect, else null. */
+  get ended() {
+    return this.#entry.ended ?? null;
+  }
+
+  /** Stops the subscription (nothing to do once it `ended`: a newer subscription of the channel is left alone). */
   unsubscribe() {
+    if (this.#entry.ended) return Promise.resolve();
     return this.#client.unsubscribe(this.channel);
   }
 }
@@ -75,20 +81,41 @@ export class Subscription {
 /** The right to publish ticks on a channel. Made by `QuiverClient.publisher`. */
 export class Publisher {
   #send;
+  #ended;
 
-  constructor(channel, send) {
+  constructor(channel, send, ended) {
     this.channel = channel;
     this.#send = send;
+    this.#ended = ended;
+  }
+
+  /** `{code, reason}` once the server refused to take the claim back after a reconnect (`send` then returns null). */
+  get ended() {
+    return this.#ended();
   }
 
   /**
    * Sends one tick (string: UTF-8; or bytes) as a datagram; returns the publisher's seq for it (BigInt), or null
-   * when there is no connection to send on (ticks are dropped, never queued: the next one is newer anyway).
+   * when there is no connection to send on or the claim `ended` (ticks are dropped, never queued: the next one is
+   * newer anyway).
    * Throws a DatagramTooLarge QuiverError for a payload that cannot fit a datagram on this path.
    */
   send(payload) {
     return this.#send(payload);
   }
+}
+
+/** Subscribes `entry` on `session`; its ticks are routed to it while it is the one in `subscriptions`. */
+export async function subscribeOn(session, entry, subscriptions) {
+  const { channel_id } = expectReply(await session.request({ Subscribe: { channel: entry.channel } }), 'Subscribed');
+  if (subscriptions.get(entry.channel) === entry) session.channels.set(channel_id, entry);
+}
+
+/** Claims `entry`'s channel for publishing on `session`. */
+export async function claimOn(session, entry) {
+  const body = { Publish: { channel: entry.channel, max_age_ms: entry.maxAgeMs } };
+  const { channel_id } = expectReply(await session.request(body), 'Publishing');
+  entry.claim = { session, channelId: channel_id };
 }
 
 /** A tick datagram for subscription `entry` arrived (`nowUs`: the server's clock): delivered if it is newer. */

@@ -1,5 +1,8 @@
 // Waiting that ends with the client: `Timers`, whose sleeps all resolve at once when the client closes (so no
-// reconnect loop or request is left sleeping), and `Signal`, which wakes whoever waits for a change.
+// reconnect loop or request is left sleeping), `Signal`, which wakes whoever waits for a change, and `restore`,
+// which retries what a reconnect restores while the server refuses it for now.
+
+import { ErrorCode, QuiverError } from '../wire/errors.js';
 
 /** Sleeps that all end when the client ends. */
 export class Timers {
@@ -47,4 +50,32 @@ export class Signal {
     this.waiters = [];
     for (const wake of waiters) wake();
   }
+}
+
+/** Tries a request refused for now (`REFUSED_FOR_NOW`: the broker unreachable, a rate, a full server) this often. */
+export const RESTORE_TRIES = 40;
+
+/**
+ * Restores something the server held for the application after a reconnect (a room, a subscription, a claim):
+ * runs `request()` until it succeeds, is refused for good, or `still()` turns false (left meanwhile, or the
+ * connection went: the next one restores it). A refusal for now is tried again, `RESTORE_TRIES` times, `delay(n)`
+ * apart. Resolves to the QuiverError that refused it for good (after the last try, an Unavailable one), or to null.
+ * `done(err)`: a refusal that means there is nothing to restore (e.g. AlreadyJoined).
+ */
+export async function restore(request, { still, sleep, delay, refusedForNow, done = () => false, what }) {
+  for (let attempt = 0; attempt < RESTORE_TRIES; attempt++) {
+    if (!still()) return null;
+    try {
+      await request();
+      return null;
+    } catch (err) {
+      if (err?.closed || done(err)) return null;
+      if (!refusedForNow.includes(err?.code)) {
+        return new QuiverError(err?.code ?? ErrorCode.Internal, err?.message ?? String(err));
+      }
+      await sleep(delay(attempt));
+    }
+  }
+  const why = `the server refused to take ${what} back ${RESTORE_TRIES} times`;
+  return still() ? new QuiverError(ErrorCode.Unavailable, why) : null;
 }

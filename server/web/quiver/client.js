@@ -152,8 +152,7 @@ export class QuiverClient {
       throw new QuiverError(ErrorCode.AlreadyJoined, `already subscribed to ${channel}`);
     }
     // Until answered (`confirmed`), a reconnect leaves it to this call, which would subscribe it a second time.
-    const entry = { channel, onTick, onEnd: [onEnd], ticks: new LatestWins(), latest: null, handle: null };
-    entry.confirmed = false;
+    const entry = { channel, onTick, onEnd: [onEnd], ticks: new LatestWins(), latest: null, confirmed: false };
     entry.handle = new Subscription(this, entry);
     this.#subscriptions.set(channel, entry);
     try {
@@ -167,8 +166,9 @@ export class QuiverClient {
   }
 
   /** Stops receiving `channel`. */
-  async unsubscribe(channel) {
+  async unsubscribe(channel, handle = undefined) {
     const entry = this.#subscriptions.get(channel);
+    if (handle && entry !== handle) return; // that handle's subscription ended, or was unsubscribed, already
     this.#subscriptions.delete(channel);
     const session = await this.#live();
     for (const [id, sub] of session.channels) if (sub === entry) session.channels.delete(id);
@@ -184,6 +184,7 @@ export class QuiverClient {
     const made = { channel, maxAgeMs, claim: null, nextSeq: 1n, onEnd: [], ended: null };
     let entry = this.#publishers.get(channel) ?? made;
     await claimOn(await this.#live(), entry);
+    if (entry.ended) entry = { ...entry, onEnd: [], ended: null }; // ended while this claim was on its way
     entry = this.#publishers.get(channel) ?? entry; // one made meanwhile is the one
     this.#publishers.set(channel, entry);
     entry.onEnd.push(onEnd);
@@ -489,7 +490,8 @@ export class QuiverClient {
   async #restoreTicks(session, entry, map, request) {
     const held = () => map.get(entry.channel) === entry;
     const refused = await restore(request, this.#restoring(session, held, `channel ${entry.channel}`));
-    if (!refused || !held() || session !== this.#session) return;
+    // Not if claimed meanwhile on this session (a publisher() call for the channel).
+    if (!refused || !held() || session !== this.#session || entry.claim?.session === session) return;
     map.delete(entry.channel);
     entry.ended = { code: refused.code, reason: refused.message };
     this.#failed(refused, { channel: entry.channel });

@@ -71,10 +71,9 @@ export class Subscription {
     return this.#entry.ended ?? null;
   }
 
-  /** Stops the subscription (nothing to do once it `ended`: a newer subscription of the channel is left alone). */
+  /** Stops the subscription (nothing to do once it ended or was unsubscribed: a newer one of the channel stays). */
   unsubscribe() {
-    if (this.#entry.ended) return Promise.resolve();
-    return this.#client.unsubscribe(this.channel);
+    return this.#client.unsubscribe(this.channel, this.#entry);
   }
 }
 
@@ -128,7 +127,7 @@ export function deliverTick(entry, tick, nowUs) {
 
 /** Sends one tick of publisher `entry` on `session` (`nowUs`: the server's clock); its seq, or null if not claimed there. */
 export function sendTick(session, entry, payload, nowUs) {
-  if (!session || session.closedWhy || entry.claim?.session !== session) return null;
+  if (!session || session.closedWhy || entry.ended || entry.claim?.session !== session) return null;
   session.checkTickPayload(payload);
   const seq = entry.nextSeq++;
   const sentTimeUs = BigInt(Math.round(nowUs));

@@ -73,7 +73,7 @@ export async function restore(request, { still, sleep, delay, refusedForNow, don
       if (!refusedForNow.includes(err?.code)) {
         return new QuiverError(err?.code ?? ErrorCode.Internal, err?.message ?? String(err));
       }
-      await sleep(delay(attempt));
+      if (attempt + 1 < RESTORE_TRIES) await sleep(delay(attempt));
     }
   }
   const why = `the server refused to take ${what} back ${RESTORE_TRIES} times`;

@@ -11,7 +11,7 @@ use std::{
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use quiver_auth::{mint_dev, mint_hs256, read_hs256_key, AuthConfig, ChannelRight, Claims, RoomRight, TokenKey};
-use quiver_client::{Client, ConnectError, ConnectOptions, RequestError, TokenProvider, TrustOptions};
+use quiver_client::{Client, ConnectError, ConnectOptions, RequestError, TickError, TokenProvider, TrustOptions};
 use quiver_proto::{ErrorCode, Limits};
 use quiver_server::{
     token::{self, Signer, TokenCommandError, TokenRequest},
@@ -204,6 +204,7 @@ async fn a_room_refused_at_the_rejoin_ends_for_its_reader_with_the_reason() {
     let mut secret = client.join("secret").await.unwrap();
     let mut hall = client.join("open.hall").await.unwrap();
     let mut secret_ticks = client.subscribe("secret.ticks").await.unwrap();
+    let secret_publisher = client.publisher("secret.ticks").await.unwrap();
     client.post("secret", "before").await.unwrap();
     // Arrived (the acknowledgement can come before the event), and left unread until the room ends.
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -242,6 +243,18 @@ async fn a_room_refused_at_the_rejoin_ends_for_its_reader_with_the_reason() {
     assert!(matches!(tick, Ok(None)), "the refused subscription's reader ends: {tick:?}");
     let (code, reason) = secret_ticks.end_reason().expect("why the subscription ended");
     assert_eq!(code, ErrorCode::PermissionDenied, "{reason}");
+    // And a claim refused at the reclaim: its publisher's ticks fail with the reason (they failed as NotConnected
+    // for good), and a new publisher of the channel claims it anew (denied here).
+    let claim_ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while secret_publisher.end_reason().is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(claim_ended.is_ok(), "the refused claim ends");
+    let sent = secret_publisher.send("late");
+    assert!(matches!(sent, Err(TickError::Ended { code: ErrorCode::PermissionDenied, .. })), "{sent:?}");
+    assert!(denied(client.publisher("secret.ticks").await.map(|_| ())).contains("secret.ticks"));
 
     // The client and its granted room go on; the ended room is joined again like any room (and denied here).
     client.post("open.hall", "after").await.unwrap();

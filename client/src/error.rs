@@ -190,4 +190,13 @@ pub enum TickError {
     /// The server or the path does not carry datagrams.
     #[error("the connection does not carry datagrams")]
     Unsupported,
+    /// The server refused to take the claim back after a reconnect (e.g. `PermissionDenied` under a renewed token
+    /// that no longer grants the channel): this publisher is done; [`crate::Client::publisher`] claims anew.
+    #[error("the claim of this channel ended: {reason} ({code})")]
+    Ended {
+        /// Why, as the server refused it.
+        code: quiver_proto::ErrorCode,
+        /// The server's reason.
+        reason: String,
+    },
 }

@@ -129,8 +129,14 @@ impl TickPublisher {
     }
 
     /// Sends one tick; returns the publisher's own seq for it. Never waits: if quinn's datagram buffer is full,
-    /// its oldest datagram makes room (latest wins).
+    /// its oldest datagram makes room (latest wins). [`TickError::Ended`] once the server refused to take the claim
+    /// back after a reconnect.
     pub fn send(&self, payload: impl Into<Bytes>) -> Result<u64, TickError> {
         self.handle.driver.send_tick(&self.entry, payload.into())
+    }
+
+    /// Why the claim ended (the server refused to take it back after a reconnect), once it did.
+    pub fn end_reason(&self) -> Option<(ErrorCode, String)> {
+        self.entry.end_reason()
     }
 }

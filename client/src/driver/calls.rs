@@ -86,7 +86,7 @@ impl Driver {
             if let Some(current) = driver.replaced(&live) {
                 // As a subscribe's (above): claims are idempotent too.
                 let again = entry.clone();
-                driver.spawn(async move { super::ticks::claim_again_on(&current, &again).await });
+                driver.spawn(async move { super::ticks::reclaim(&current, &again).await });
             }
             Ok(entry)
         })

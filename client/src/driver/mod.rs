@@ -330,6 +330,9 @@ impl Driver {
 
     /// Sends one tick of `publisher` on the current connection; returns the publisher's own seq for it.
     pub(crate) fn send_tick(&self, publisher: &PubEntry, payload: Bytes) -> Result<u64, TickError> {
+        if let Some((code, reason)) = publisher.end_reason() {
+            return Err(TickError::Ended { code, reason });
+        }
         let connection = self.current.borrow().clone().ok_or(TickError::NotConnected)?;
         ticks::send_tick(&connection, publisher, payload, self.server_clock_us())
     }
@@ -439,7 +442,10 @@ impl Driver {
                 let connection = connection.clone();
                 self.tasks.spawn(async move { ticks::resubscribe(&connection, &entry).await });
             }
-            self.ticks.claim_again(&connection).await;
+            for entry in self.ticks.publishers() {
+                let connection = connection.clone();
+                self.tasks.spawn(async move { ticks::reclaim(&connection, &entry).await });
+            }
         }
     }
 }

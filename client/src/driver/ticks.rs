@@ -75,6 +75,25 @@ pub(crate) struct PubEntry {
     /// (connection id, channel id on that connection).
     claim: Mutex<Option<(usize, u64)>>,
     next_seq: AtomicU64,
+    /// Why the claim ended (the server refused to take it back after a reconnect), once it did.
+    ended: Mutex<Option<(ErrorCode, String)>>,
+}
+
+impl PubEntry {
+    fn new(channel: &str, max_age_ms: Option<u32>, claim: Option<(usize, u64)>, next_seq: u64) -> PubEntry {
+        PubEntry {
+            channel: channel.to_string(),
+            max_age_ms,
+            claim: Mutex::new(claim),
+            next_seq: AtomicU64::new(next_seq),
+            ended: Mutex::new(None),
+        }
+    }
+
+    /// Why the claim ended, once it did.
+    pub(crate) fn end_reason(&self) -> Option<(ErrorCode, String)> {
+        lock(&self.ended).clone()
+    }
 }
 
 /// A handler whose routes are subscriptions.
@@ -160,27 +179,31 @@ impl Ticks {
         // A second publisher of the channel shares the first's claim, max age and tick numbering (two numberings
         // of one channel would make its subscribers drop one's ticks as stale, and only the newer was claimed
         // again after a reconnect).
-        let held = lock(&self.publishers).get(channel).cloned();
-        let entry = held.unwrap_or_else(|| {
-            Arc::new(PubEntry {
-                channel: channel.to_string(),
-                max_age_ms,
-                claim: Mutex::new(None),
-                next_seq: AtomicU64::new(1),
-            })
-        });
+        // An ended claim is not shared: a new publisher claims the channel anew.
+        let held = lock(&self.publishers).get(channel).filter(|held| held.end_reason().is_none()).cloned();
+        let entry = held.unwrap_or_else(|| Arc::new(PubEntry::new(channel, max_age_ms, None, 1)));
         claim_on(connection, &entry).await?;
-        Ok(lock(&self.publishers).entry(channel.to_string()).or_insert(entry).clone())
-    }
-
-    /// Puts every publish claim back on a new connection (subscriptions: [`resubscribe`]).
-    pub(crate) async fn claim_again<H: Handler>(&self, connection: &Connection<H>) {
-        let publishers: Vec<Arc<PubEntry>> = lock(&self.publishers).values().cloned().collect();
-        for entry in publishers {
-            if let Err(err) = claim_on(connection, &entry).await {
-                tracing::warn!(channel = %entry.channel, %err, "cannot claim channel again");
+        let entry = match entry.end_reason() {
+            // Ended while this claim was on its way: the claim is this publisher's, on an entry of its own.
+            Some(_) => {
+                let (claim, next_seq) = (*lock(&entry.claim), entry.next_seq.load(Ordering::Relaxed));
+                Arc::new(PubEntry::new(channel, entry.max_age_ms, claim, next_seq))
+            }
+            None => entry,
+        };
+        let mut publishers = lock(&self.publishers);
+        match publishers.get(channel) {
+            Some(current) if current.end_reason().is_none() => Ok(current.clone()), // one made meanwhile is the one
+            _ => {
+                publishers.insert(channel.to_string(), entry.clone());
+                Ok(entry)
             }
         }
+    }
+
+    /// Every claim that goes on (to put back on a new connection: [`reclaim`]).
+    pub(crate) fn publishers(&self) -> Vec<Arc<PubEntry>> {
+        lock(&self.publishers).values().filter(|entry| entry.end_reason().is_none()).cloned().collect()
     }
 }
 
@@ -206,6 +229,9 @@ pub(crate) fn send_tick<H: Handler>(
     payload: Bytes,
     now_us: u64,
 ) -> Result<u64, TickError> {
+    if let Some((code, reason)) = publisher.end_reason() {
+        return Err(TickError::Ended { code, reason });
+    }
     let channel_id = match *lock(&publisher.claim) {
         Some((claimed_on, id)) if claimed_on == connection.id => id,
         _ => return Err(TickError::NotConnected),
@@ -257,6 +283,36 @@ pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entr
     ended(entry, ErrorCode::Unavailable, format!("the server refused to take the subscription back {times} times"));
 }
 
+/// Puts a publish claim back on a new connection, retrying a refusal for now like [`resubscribe`]; refused for good
+/// (or for longer), the claim ends: [`crate::TickPublisher::send`] fails with [`TickError::Ended`], and a new
+/// publisher of the channel claims it anew. Before, a refused claim was only logged, and its publisher's ticks
+/// failed with `NotConnected` for good.
+pub(crate) async fn reclaim<H: Handler>(connection: &Connection<H>, entry: &PubEntry) {
+    let give_up = |code: ErrorCode, reason: String| {
+        // Not if a publisher of the channel claimed it on this connection meanwhile.
+        if lock(&entry.claim).is_some_and(|(on, _)| on == connection.id) {
+            return;
+        }
+        tracing::warn!(channel = %entry.channel, %code, %reason, "cannot claim the channel again; the claim ends here");
+        *lock(&entry.ended) = Some((code, reason));
+    };
+    let mut delay = std::time::Duration::from_millis(50);
+    for _ in 0..crate::driver::rooms::RETRIED_REJOINS {
+        match claim_on(connection, entry).await {
+            Ok(()) | Err(RequestError::Closed { .. }) => return,
+            Err(RequestError::Failed(failure)) if crate::driver::rooms::refused_for_now(failure.code) => {
+                tracing::info!(channel = %entry.channel, reason = %failure.message, ?delay, "claim refused for now; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(RequestError::Failed(failure)) => return give_up(failure.code, failure.message),
+            Err(err) => return give_up(ErrorCode::Internal, err.to_string()),
+        }
+    }
+    let times = crate::driver::rooms::RETRIED_REJOINS;
+    give_up(ErrorCode::Unavailable, format!("the server refused to take the claim back {times} times"));
+}
+
 fn ended(entry: &SubEntry, code: ErrorCode, reason: String) {
     tracing::warn!(channel = %entry.channel, %code, %reason, "cannot resubscribe; the subscription ends here");
     entry.end(code, reason);
@@ -272,13 +328,6 @@ async fn subscribe_on<H: TickHandler>(connection: &Connection<H>, entry: &Arc<Su
             Ok(())
         }
         other => Err(RequestError::unexpected(other)),
-    }
-}
-
-/// Claims `entry` again on `connection` (a claim answered on a connection replaced meanwhile).
-pub(crate) async fn claim_again_on<H: Handler>(connection: &Connection<H>, entry: &PubEntry) {
-    if let Err(err) = claim_on(connection, entry).await {
-        tracing::warn!(channel = %entry.channel, %err, "cannot claim channel again");
     }
 }
 

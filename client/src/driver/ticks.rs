@@ -275,12 +275,13 @@ pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entr
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
             }
-            Err(RequestError::Failed(failure)) => return ended(entry, failure.code, failure.message),
-            Err(err) => return ended(entry, ErrorCode::Internal, err.to_string()),
+            Err(RequestError::Failed(failure)) => return ended(connection, entry, failure.code, failure.message),
+            Err(err) => return ended(connection, entry, ErrorCode::Internal, err.to_string()),
         }
     }
     let times = crate::driver::rooms::RETRIED_REJOINS;
-    ended(entry, ErrorCode::Unavailable, format!("the server refused to take the subscription back {times} times"));
+    let reason = format!("the server refused to take the subscription back {times} times");
+    ended(connection, entry, ErrorCode::Unavailable, reason);
 }
 
 /// Puts a publish claim back on a new connection, retrying a refusal for now like [`resubscribe`]; refused for good
@@ -289,15 +290,19 @@ pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entr
 /// failed with `NotConnected` for good.
 pub(crate) async fn reclaim<H: Handler>(connection: &Connection<H>, entry: &PubEntry) {
     let give_up = |code: ErrorCode, reason: String| {
-        // Not if a publisher of the channel claimed it on this connection meanwhile.
-        if lock(&entry.claim).is_some_and(|(on, _)| on == connection.id) {
+        // Not if this connection is gone meanwhile (a newer one puts the claim back), nor if a publisher of the
+        // channel claimed it on this connection meanwhile; the first reason is kept.
+        if connection.close_reason().is_some() || lock(&entry.claim).is_some_and(|(on, _)| on == connection.id) {
             return;
         }
         tracing::warn!(channel = %entry.channel, %code, %reason, "cannot claim the channel again; the claim ends here");
-        *lock(&entry.ended) = Some((code, reason));
+        lock(&entry.ended).get_or_insert((code, reason));
     };
     let mut delay = std::time::Duration::from_millis(50);
     for _ in 0..crate::driver::rooms::RETRIED_REJOINS {
+        if entry.end_reason().is_some() {
+            return; // another reclaim of it ended it
+        }
         match claim_on(connection, entry).await {
             Ok(()) | Err(RequestError::Closed { .. }) => return,
             Err(RequestError::Failed(failure)) if crate::driver::rooms::refused_for_now(failure.code) => {
@@ -313,7 +318,11 @@ pub(crate) async fn reclaim<H: Handler>(connection: &Connection<H>, entry: &PubE
     give_up(ErrorCode::Unavailable, format!("the server refused to take the claim back {times} times"));
 }
 
-fn ended(entry: &SubEntry, code: ErrorCode, reason: String) {
+/// Ends `entry`, refused on `connection`, unless that connection is gone meanwhile: a newer one puts it back.
+fn ended<H: Handler>(connection: &Connection<H>, entry: &SubEntry, code: ErrorCode, reason: String) {
+    if connection.close_reason().is_some() {
+        return;
+    }
     tracing::warn!(channel = %entry.channel, %code, %reason, "cannot resubscribe; the subscription ends here");
     entry.end(code, reason);
 }

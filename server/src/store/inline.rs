@@ -249,19 +249,26 @@ mod tests {
         assert_eq!(seqs(&store, id), (1..=10).collect::<Vec<_>>());
     }
 
-    /// The committing task looks at the queue again after it let go: an operation queued just before that is not
-    /// left waiting for a next post that may never come.
-    #[test]
-    fn an_operation_queued_during_the_last_batch_is_committed_without_another_post() {
+    /// An `os` store with room "r" (its id returned) and a `Hold` queued behind a committer that let go: whoever
+    /// commits next stops in that batch until `go` is sent.
+    fn hold_queued() -> (tempfile::TempDir, std::sync::Arc<Store>, u64, std::sync::mpsc::Sender<()>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::Os).unwrap();
         let id = store.allocate_room_id();
         wait_all(vec![store.submit(Op::Create { name: "r".into(), id, epoch: 1 })]);
-        let inline = store.writer.inline().unwrap();
         let (go, hold) = std::sync::mpsc::channel();
-        let held = inline.hold();
+        let held = store.writer.inline().unwrap().hold();
         let _ = store.submit(Op::Hold(std::sync::Mutex::new(hold))); // queued: the test holds the committer
         drop(held);
+        (dir, store, id, go)
+    }
+
+    /// The committing task looks at the queue again after it let go: an operation queued just before that is not
+    /// left waiting for a next post that may never come.
+    #[test]
+    fn an_operation_queued_during_the_last_batch_is_committed_without_another_post() {
+        let (_dir, store, id, go) = hold_queued();
+        let inline = store.writer.inline().unwrap();
         // Another thread commits it, and waits in that batch, holding the committer.
         let committing = std::thread::spawn({
             let inline = inline.clone();
@@ -281,15 +288,8 @@ mod tests {
     /// of its own, without another post.
     #[test]
     fn what_is_queued_during_a_posters_batch_is_committed_by_a_task_of_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Durability::Os).unwrap();
-        let id = store.allocate_room_id();
-        wait_all(vec![store.submit(Op::Create { name: "r".into(), id, epoch: 1 })]);
+        let (_dir, store, id, go) = hold_queued();
         let inline = store.writer.inline().unwrap();
-        let (go, hold) = std::sync::mpsc::channel();
-        let held = inline.hold();
-        let _ = store.submit(Op::Hold(std::sync::Mutex::new(hold))); // queued: the test holds the committer
-        drop(held);
         // A poster on the runtime commits it with its own operation, and waits in that batch.
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
         let poster = runtime.spawn({

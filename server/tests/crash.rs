@@ -46,7 +46,7 @@ impl Drop for Running {
     }
 }
 
-fn start(dir: &Path, port: u16) -> Running {
+fn start(dir: &Path, port: u16, durability: &str) -> Running {
     let started = Instant::now();
     loop {
         let mut child = Command::new(server_bin())
@@ -54,6 +54,7 @@ fn start(dir: &Path, port: u16) -> Running {
             // Everything posted stays in history and in the dedupe window: a writer held up for seconds (its
             // retries wait for a reconnect) must still be recognised after the others posted 10,000 more.
             .args(["--history-max-messages", "1000000", "--dedupe-max-entries", "1000000"])
+            .args(["--durability", durability])
             .arg("--data-dir")
             .arg(dir)
             .stdout(Stdio::piped())
@@ -126,10 +127,21 @@ async fn writer(
 
 #[test]
 fn no_acknowledged_post_is_lost_or_doubled_across_kills_and_restarts() {
+    kills_and_restarts("fsync");
+}
+
+/// `os` writes to the OS without syncing: a process killed keeps everything it acknowledged (a power cut would
+/// not). Its posts are written by their posters once they let go of the room's lock (`store/inline.rs`).
+#[test]
+fn under_os_no_acknowledged_post_is_lost_or_doubled_across_kills_and_restarts() {
+    kills_and_restarts("os");
+}
+
+fn kills_and_restarts(durability: &str) {
     let dir = tempfile::tempdir().unwrap();
     let port = ports::restartable_port();
     let server = format!("127.0.0.1:{port}");
-    let mut child = start(dir.path(), port);
+    let mut child = start(dir.path(), port, durability);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let acked: Acked = Arc::default();
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -176,7 +188,7 @@ fn no_acknowledged_post_is_lost_or_doubled_across_kills_and_restarts() {
             assert!(status.success(), "graceful stop: {status}");
         }
         eprintln!("restart {}: {before} posts acknowledged so far", kill + 1);
-        child = start(dir.path(), port);
+        child = start(dir.path(), port, durability);
         let probe = runtime.block_on(async {
             let options = ConnectOptions {
                 trust: TrustOptions::Auto { data_dir: dir.path().to_owned() },

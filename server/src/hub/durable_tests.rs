@@ -364,6 +364,51 @@ async fn posts_whose_messages_were_deleted_are_recognised_after_a_restart_from_t
     assert_eq!(post(&hub, "r", "bob", 499, 12).await.0, Posted { seq: 3_001, duplicate: false });
 }
 
+/// Under `os` a post is written after its room's lock is let go: a post held in its write does not hold the
+/// room's other posters on the lock (their runtime threads slept on it, `perf` on `sched_switch`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_os_post_is_written_outside_its_rooms_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Os).unwrap();
+    let hub = Arc::new(LocalRooms::durable(Limits::default(), Budget::default(), store.clone()));
+    let member = Collect::new(usize::MAX);
+    let _joining = join(&hub, "r", None, &member).await;
+    post(&hub, "r", "bob", 1, 10).await.1.flush();
+    let go = store.hold_next_commit();
+    // A std channel: with both workers stopped (one in the write, one on the lock), no timer would fire.
+    let (sequenced, seen) = std::sync::mpsc::channel();
+    let posters: Vec<_> = [2, 3]
+        .into_iter()
+        .map(|id| {
+            let (hub, sequenced) = (hub.clone(), sequenced.clone());
+            tokio::spawn(async move {
+                let body = Bytes::from_static(b"x");
+                let message =
+                    PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
+                let progress = hub.sequence_post(message).await.unwrap();
+                sequenced.send(id).unwrap();
+                let (posted, delivery) = match progress {
+                    PostProgress::Done(done) => done,
+                    PostProgress::Committing(commit) => commit.await.unwrap(),
+                };
+                delivery.flush();
+                posted.seq
+            })
+        })
+        .collect();
+    // One poster writes both (or its own) and stops in that batch; the other is sequenced meanwhile.
+    let first = seen.recv_timeout(std::time::Duration::from_secs(5));
+    assert!(first.is_ok(), "a post waited for the room's lock while another post was held in its write");
+    go.send(()).unwrap();
+    let mut seqs = Vec::new();
+    for poster in posters {
+        seqs.push(poster.await.unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, [2, 3]);
+    assert_eq!(member.message_seqs(), [1, 2, 3]);
+}
+
 /// Stops `hub`'s store writer (every commit after this waits) until the returned sender says go.
 fn hold_the_writer(hub: &LocalRooms) -> std::sync::mpsc::Sender<()> {
     let (go, wait) = std::sync::mpsc::channel();

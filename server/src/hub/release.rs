@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{
     lock::lock,
     rooms::{store_failure, Shared},
-    PostCommit, Posted,
+    PostCommit, PostProgress, Posted,
 };
 use crate::store::Commit;
 
@@ -21,8 +21,24 @@ pub(super) struct Release {
 }
 
 impl Release {
-    pub(super) fn new(shared: Shared, posted: Posted, commit: Commit, now_us: u64) -> Release {
+    fn new(shared: Shared, posted: Posted, commit: Commit, now_us: u64) -> Release {
         Release { shared, posted, now_us, commit: Some(commit) }
+    }
+
+    /// A sequenced post's progress once its room's lock is let go: under `os` it is written now (the room's other
+    /// posters do not wait for the write) and delivered at once, unless another task's batch took it along;
+    /// otherwise its commit is waited for.
+    pub(super) fn progress(
+        shared: Shared,
+        posted: Posted,
+        mut commit: Commit,
+        now_us: u64,
+    ) -> Result<PostProgress, quiver_proto::Failure> {
+        commit.write_queued();
+        if let Some(outcome) = commit.outcome() {
+            return settle(&shared, posted, outcome, now_us).map(PostProgress::Done);
+        }
+        Ok(PostProgress::Committing(Release::new(shared, posted, commit, now_us).wait()))
     }
 
     /// Waits for the commit; then the post (and any before it) is delivered, or on a store failure dropped.
@@ -53,6 +69,7 @@ impl Drop for Release {
     }
 }
 
+/// Delivers a stored post (and any before it), or drops it if the store failed.
 fn settle(
     shared: &Shared,
     posted: Posted,

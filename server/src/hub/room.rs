@@ -295,8 +295,8 @@ impl Room {
         let posted = Posted { seq, duplicate: false };
         if let Some(disk) = &mut self.disk {
             let mut commit = disk.append(seq, now_us, frame);
-            // Written already (`os` durability commits inline, unless another task's commit takes it along):
-            // delivered at once, like in memory.
+            // Under `os` the post is only queued here: its poster writes it once it let go of this room's lock
+            // (`Commit::write_queued`), and delivers it then.
             return match commit.outcome() {
                 None => Ok(Posting { posted, delivery: Delivery::default(), commit: Some(commit) }),
                 Some(Ok(())) => Ok(Posting { posted, delivery: self.release(seq, now_us), commit: None }),

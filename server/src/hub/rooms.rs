@@ -446,7 +446,7 @@ impl RoomHub for LocalRooms {
         self.shed_if_over(now_us);
         let Some(commit) = commit else { return Ok(PostProgress::Done((posted, delivery))) };
         // The room stays in memory meanwhile: a room with posts waiting is never evicted or unloaded.
-        Ok(PostProgress::Committing(super::release::Release::new(shared, posted, commit, now_us).wait()))
+        super::release::Release::progress(shared, posted, commit, now_us)
     }
 
     async fn history(

@@ -56,6 +56,11 @@ impl InlineWriter {
         self.drain();
     }
 
+    /// Queues `job` for [`InlineWriter::drain`], which the caller runs once it holds no lock.
+    pub(super) fn queue_only(&self, job: Job) {
+        self.queue().push(job);
+    }
+
     fn queue(&self) -> MutexGuard<'_, Vec<Job>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -72,7 +77,7 @@ impl InlineWriter {
     /// that one takes it. The caller may hold its room's lock or the map of rooms, so it writes one batch; what
     /// was queued meanwhile goes to a task of its own. Whatever is queued after a committer let go is seen by its
     /// look at the queue, or by the next task's `try_lock`.
-    fn drain(self: &Arc<Self>) {
+    pub(super) fn drain(self: &Arc<Self>) {
         if !self.commit_queued() || self.queue().is_empty() {
             return;
         }
@@ -256,11 +261,25 @@ mod tests {
         let store = Store::open(dir.path(), Durability::Os).unwrap();
         let id = store.allocate_room_id();
         wait_all(vec![store.submit(Op::Create { name: "r".into(), id, epoch: 1 })]);
-        let (go, hold) = std::sync::mpsc::channel();
-        let held = store.writer.inline().unwrap().hold();
-        let _ = store.submit(Op::Hold(std::sync::Mutex::new(hold))); // queued: the test holds the committer
-        drop(held);
+        let go = store.hold_next_commit();
         (dir, store, id, go)
+    }
+
+    /// A post handed over under its room's lock is only queued; its poster writes it once it let go, and a wait
+    /// writes it too (nothing queued is left unwritten by a waiter).
+    #[test]
+    fn a_queued_post_is_written_by_its_poster_or_by_a_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Os).unwrap();
+        let id = store.allocate_room_id();
+        wait_all(vec![store.submit(Op::Create { name: "r".into(), id, epoch: 1 })]);
+        let mut queued = store.submit_queued(append(id, 1, 1));
+        assert!(queued.outcome().is_none(), "only queued");
+        assert!(seqs(&store, id).is_empty());
+        queued.write_queued();
+        assert!(matches!(queued.outcome(), Some(Ok(()))), "written by its poster");
+        wait_all(vec![store.submit_queued(append(id, 2, 2))]);
+        assert_eq!(seqs(&store, id), [1, 2]);
     }
 
     /// The committing task looks at the queue again after it let go: an operation queued just before that is not

@@ -387,6 +387,23 @@ impl Store {
         self.writer.submit(op)
     }
 
+    /// [`Store::submit`] for a caller holding a lock (a room's): under `os` the operation is only queued, and
+    /// written by [`Commit::write_queued`] (or a wait) once the caller let go.
+    pub(crate) fn submit_queued(&self, op: Op) -> Commit {
+        self.writer.submit_queued(op)
+    }
+
+    /// Tests, under `os`: the next task to commit stops in its batch until the returned sender says go (or is
+    /// dropped).
+    #[cfg(test)]
+    pub(crate) fn hold_next_commit(&self) -> std::sync::mpsc::Sender<()> {
+        let (go, hold) = std::sync::mpsc::channel();
+        let held = self.writer.inline().expect("an os store").hold();
+        drop(self.submit(Op::Hold(std::sync::Mutex::new(hold)))); // queued: the committer is held
+        drop(held);
+        go
+    }
+
     /// Completes once every retention deletion handed over before it is written (deletions have a thread of their
     /// own: a [`Op::Barrier`] through [`Store::submit`] does not wait for them).
     #[cfg(test)]

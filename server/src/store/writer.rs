@@ -106,16 +106,30 @@ pub struct StoreFailed(pub(super) Arc<str>);
 
 /// Completes when an operation is stored.
 #[derive(Debug)]
-pub struct Commit(oneshot::Receiver<Result<(), StoreFailed>>);
+pub struct Commit {
+    done: oneshot::Receiver<Result<(), StoreFailed>>,
+    /// Under `os`, an operation queued by [`Handle::submit_queued`] and not written yet: [`Commit::write_queued`]
+    /// (or a wait) writes it.
+    queued: Option<Arc<InlineWriter>>,
+}
 
 impl Commit {
     /// The outcome, if the commit is complete already (under `os`, unless another task was committing when it was
     /// handed over: that one writes it a moment later).
     pub fn outcome(&mut self) -> Option<Result<(), StoreFailed>> {
-        match self.0.try_recv() {
+        match self.done.try_recv() {
             Ok(result) => Some(result),
             Err(oneshot::error::TryRecvError::Empty) => None,
             Err(oneshot::error::TryRecvError::Closed) => Some(Err(StoreFailed("the writer stopped".into()))),
+        }
+    }
+
+    /// Under `os`, writes what is queued (this operation among it) now, unless another task is writing: that one
+    /// takes it. Called by the caller of `submit_queued` once it let go of its room's lock; a wait does it too,
+    /// so a queued operation is never left unwritten by a waiter.
+    pub fn write_queued(&mut self) {
+        if let Some(inline) = self.queued.take() {
+            inline.drain();
         }
     }
 
@@ -127,10 +141,18 @@ impl Commit {
     /// [`Commit::wait`], keeping the commit: a wait dropped before it completes can be taken up again. Not to be
     /// waited for again once it completed.
     pub async fn wait_mut(&mut self) -> Result<(), StoreFailed> {
-        match (&mut self.0).await {
+        self.write_queued();
+        match (&mut self.done).await {
             Ok(result) => result,
             Err(_) => Err(StoreFailed("the writer stopped".into())),
         }
+    }
+}
+
+impl Drop for Commit {
+    /// A queued operation nobody waits for is written all the same (by the next post otherwise).
+    fn drop(&mut self) {
+        self.write_queued();
     }
 }
 
@@ -217,7 +239,7 @@ impl Handle {
         let (done, commit) = oneshot::channel();
         if matches!(op, Op::TrimMessages { .. } | Op::TrimDedupe { .. }) {
             self.retention.push(Job { op, done: Some(done) });
-            return Commit(commit);
+            return Commit { done: commit, queued: None };
         }
         match (&self.inline, &self.writer) {
             (Some(inline), _) => inline.submit(Job { op, done: Some(done) }),
@@ -225,7 +247,17 @@ impl Handle {
             (None, Some(writer)) => writer.push(Job { op, done: Some(done) }),
             (None, None) => {}
         }
-        Commit(commit)
+        Commit { done: commit, queued: None }
+    }
+
+    /// [`Handle::submit`], but under `os` the operation is only queued: the caller writes it with
+    /// [`Commit::write_queued`] once it holds no lock (a room's lock held across the write put the room's other
+    /// posters' threads to sleep).
+    pub(super) fn submit_queued(&self, op: Op) -> Commit {
+        let Some(inline) = &self.inline else { return self.submit(op) };
+        let (done, commit) = oneshot::channel();
+        inline.queue_only(Job { op, done: Some(done) });
+        Commit { done: commit, queued: Some(inline.clone()) }
     }
 
     /// Tests: the writer under `os`.
@@ -239,7 +271,7 @@ impl Handle {
     pub(super) fn retention_barrier(&self) -> Commit {
         let (done, commit) = oneshot::channel();
         self.retention.push(Job { op: Op::Barrier, done: Some(done) });
-        Commit(commit)
+        Commit { done: commit, queued: None }
     }
 }
 

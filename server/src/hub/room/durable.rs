@@ -168,11 +168,12 @@ impl DiskRoom {
         self.store.submit(Op::Barrier)
     }
 
-    /// Hands a sequenced post to the writer and keeps it until [`Room::release`].
+    /// Hands a sequenced post to the writer and keeps it until [`Room::release`]. Under `os` it is only queued:
+    /// the poster writes it ([`Commit::write_queued`]) once it let go of the room's lock.
     pub(super) fn append(&mut self, seq: u64, time_us: u64, frame: Bytes) -> Commit {
         let append = Append { id: self.id, seq, time_us, frame: frame.clone() };
         self.pending.push_back(PendingPost { seq, frame });
-        self.store.submit(Op::Append(append))
+        self.store.submit_queued(Op::Append(append))
     }
 
     /// The oldest seq a reader gets: the oldest stored, or the newest `max_messages` if the sweep has not deleted

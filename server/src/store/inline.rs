@@ -24,6 +24,15 @@ use super::{
 /// Batches a hand-off task writes before it lets the runtime's other tasks run.
 const HANDOFF_ROUNDS: usize = 16;
 
+/// What a [`InlineWriter::pass`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Wrote a batch (more may be queued).
+    Wrote,
+    /// Nothing left for this task.
+    Done,
+}
+
 /// The queue of operations and the right to commit them.
 #[derive(Debug)]
 pub(super) struct InlineWriter {
@@ -74,17 +83,16 @@ impl InlineWriter {
     }
 
     /// Commits what is queued now (the caller's own operation among it), unless another task is committing:
-    /// that one takes it. The caller may hold its room's lock or the map of rooms, so it writes one batch; what
-    /// was queued meanwhile goes to a task of its own. Whatever is queued after a committer let go is seen by its
-    /// look at the queue, or by the next task's `try_lock`.
+    /// that one takes it. The caller may hold a lock (its room's, for a barrier; the map of rooms, for a new room),
+    /// so it writes one batch; what was queued meanwhile goes to a task of its own.
     pub(super) fn drain(self: &Arc<Self>) {
-        if !self.commit_queued() || self.queue().is_empty() {
+        if self.pass() == Pass::Done || self.queue().is_empty() {
             return;
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => self.hand_off(&runtime),
             // Outside a runtime (tests, tools): on until the queue is empty or another thread commits.
-            Err(_) => while self.commit_queued() {},
+            Err(_) => while self.pass() == Pass::Wrote {},
         }
     }
 
@@ -99,7 +107,7 @@ impl InlineWriter {
             // From here on, what is queued after this task's last look is handed off again.
             writer.handing_off.store(false, Ordering::Release);
             let mut rounds = 0;
-            while writer.commit_queued() {
+            while writer.pass() == Pass::Wrote {
                 rounds += 1;
                 if rounds % HANDOFF_ROUNDS == 0 {
                     tokio::task::yield_now().await;
@@ -108,13 +116,25 @@ impl InlineWriter {
         });
     }
 
-    /// Commits what is queued (at most [`MAX_BATCH`] operations) as one batch, unless another task is committing;
-    /// true if it did.
-    fn commit_queued(&self) -> bool {
-        self.committer().is_some_and(|mut committer| self.take_and_commit(&mut committer))
+    /// One batch of what is queued, written by this task unless another holds the committer. Whoever holds it
+    /// looks at the queue again after letting go, so that an operation queued by a task whose `try_lock` failed
+    /// meanwhile is not left waiting: `Done` means the queue was seen empty after letting go, or another task holds
+    /// the committer (and will look after letting go).
+    fn pass(&self) -> Pass {
+        loop {
+            match self.committer().map(|mut committer| self.take_and_commit(&mut committer)) {
+                None => return Pass::Done,
+                Some(true) => return Pass::Wrote,
+                // Found nothing while holding the committer: a task that queued just then may have found it
+                // taken and left its operation to this one.
+                Some(false) if self.queue().is_empty() => return Pass::Done,
+                Some(false) => {}
+            }
+        }
     }
 
-    /// [`InlineWriter::commit_queued`] for the holder of the committer.
+    /// Commits what is queued (at most [`MAX_BATCH`] operations) as one batch, for the holder of the committer;
+    /// true if there was anything.
     fn take_and_commit(&self, committer: &mut Committer) -> bool {
         if !committer.jobs.is_empty() {
             // Left by a panic between taking a batch and answering it: nobody knows what was written.
@@ -265,8 +285,8 @@ mod tests {
         (dir, store, id, go)
     }
 
-    /// A post handed over under its room's lock is only queued; its poster writes it once it let go, and a wait
-    /// writes it too (nothing queued is left unwritten by a waiter).
+    /// A post handed over under its room's lock is only queued; its poster writes it once it let go, and a wait or
+    /// a drop of its commit writes it too (nothing queued is left unwritten).
     #[test]
     fn a_queued_post_is_written_by_its_poster_or_by_a_wait() {
         let dir = tempfile::tempdir().unwrap();
@@ -280,6 +300,8 @@ mod tests {
         assert!(matches!(queued.outcome(), Some(Ok(()))), "written by its poster");
         wait_all(vec![store.submit_queued(append(id, 2, 2))]);
         assert_eq!(seqs(&store, id), [1, 2]);
+        drop(store.submit_queued(append(id, 3, 3)));
+        assert_eq!(seqs(&store, id), [1, 2, 3], "written when its commit is dropped");
     }
 
     /// The committing task looks at the queue again after it let go: an operation queued just before that is not

@@ -118,7 +118,10 @@ impl Commit {
     /// handed over: that one writes it a moment later).
     pub fn outcome(&mut self) -> Option<Result<(), StoreFailed>> {
         match self.done.try_recv() {
-            Ok(result) => Some(result),
+            Ok(result) => {
+                self.queued = None; // written: nothing left for this commit to write
+                Some(result)
+            }
             Err(oneshot::error::TryRecvError::Empty) => None,
             Err(oneshot::error::TryRecvError::Closed) => Some(Err(StoreFailed("the writer stopped".into()))),
         }

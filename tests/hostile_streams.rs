@@ -190,18 +190,28 @@ async fn leaving_and_joining_in_one_burst_at_max_rooms() {
     .await;
 }
 
-/// A Join that has to wait for a left room's stream to end is served after the replies before it are written:
-/// a client that stops reading a left room's stream once its Left arrives (as the library does) frees the slot the
-/// Join waits for. The replies used to wait behind the Join, which was then refused `TooManyRooms` after its wait.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_join_at_the_stream_limit_waits_with_the_replies_before_it_written() {
-    use quiver_proto::{Join, Reply, RequestBody, ServerMsg};
-    use quiver_tests::hostile::{frame, hello};
-    use std::sync::atomic::Ordering;
-    bounded(async {
+/// A connection whose Join (request 6) waits for a left room's stream to end: at `max_rooms` 2, rooms a and b
+/// joined with an event stuck on each unread stream (their windows are smaller than one event), a left and c
+/// joined, then b left and d joined in one write. Returned once b's Left arrived.
+struct JoinWaiting {
+    server: TestServer,
+    writer: quiver_client::Client,
+    /// Keeps the client's endpoint alive.
+    _endpoint: quinn::Endpoint,
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: bytes::BytesMut,
+    /// The left rooms' unread streams.
+    streams: Vec<quinn::RecvStream>,
+}
+
+impl JoinWaiting {
+    async fn start() -> JoinWaiting {
+        use quiver_proto::{Join, Reply, RequestBody, ServerMsg};
+        use quiver_tests::hostile::{frame, hello};
+        use std::sync::atomic::Ordering;
         let server = TestServer::start(Limits { max_rooms: 2, ..Limits::default() });
         let writer = server.client().await;
-        // Each room stream's window is smaller than one event: a room with an event queued stays open until read.
         let mut config =
             quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
         let mut transport = quinn::TransportConfig::default();
@@ -241,14 +251,53 @@ async fn a_join_at_the_stream_limit_waits_with_the_replies_before_it_written() {
         send.write_all(&burst).await.unwrap();
         let left = next().await;
         assert!(matches!(left, ServerMsg::Reply { req_id: 5, result: Ok(Reply::Left { .. }) }), "{left:?}");
+        JoinWaiting { server, writer, _endpoint: endpoint, _send: send, recv, buf, streams }
+    }
+
+    async fn next(&mut self) -> quiver_proto::ServerMsg {
+        quiver_tests::read_msg(&mut self.recv, &mut self.buf).await.expect("a reply")
+    }
+}
+
+/// A Join that has to wait for a left room's stream to end is served after the replies before it are written:
+/// a client that stops reading a left room's stream once its Left arrives (as the library does) frees the slot the
+/// Join waits for. The replies used to wait behind the Join, which was then refused `TooManyRooms` after its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_at_the_stream_limit_waits_with_the_replies_before_it_written() {
+    use quiver_proto::{Reply, ServerMsg};
+    bounded(async {
+        let mut waiting = JoinWaiting::start().await;
         // Left arrived while d waits: the client stops reading what it left.
-        for mut stream in streams {
+        for stream in &mut waiting.streams {
             let _ = stream.stop(0u32.into());
         }
-        let joined = next().await;
+        let joined = waiting.next().await;
         assert!(matches!(joined, ServerMsg::Reply { req_id: 6, result: Ok(Reply::Joined(_)) }), "{joined:?}");
-        writer.close().await;
-        server.stop().await;
+        waiting.writer.close().await;
+        waiting.server.stop().await;
+    })
+    .await;
+}
+
+/// A Join waiting for a left room's stream stops waiting when the server shuts down: it is refused `GoingAway`
+/// and the connection goes away at once (it waited out its second and was refused `TooManyRooms` first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_waiting_at_the_stream_limit_stops_waiting_when_the_server_shuts_down() {
+    use quiver_proto::ServerMsg;
+    bounded(async {
+        let mut waiting = JoinWaiting::start().await;
+        waiting.writer.clone().close().await;
+        waiting.server.shutdown.cancel();
+        let refused = waiting.next().await;
+        match refused {
+            ServerMsg::Reply { req_id: 6, result: Err(failure) } => {
+                assert_eq!(failure.code, ErrorCode::GoingAway, "{failure:?}")
+            }
+            other => panic!("the waiting Join: {other:?}"),
+        }
+        let going = waiting.next().await;
+        assert!(matches!(going, ServerMsg::GoAway { .. }), "{going:?}");
+        waiting.server.stop().await;
     })
     .await;
 }

@@ -151,7 +151,7 @@ pub(super) async fn serve_wire<R: RoomHub>(
     let copies = (path.is_some() && tuning.copies > 0).then_some(queue);
     let _open = Open::new(&stats, session_id, path, wire.kind());
     let hubs = (rooms, ticks);
-    let mut connection = Connection::start(&wire, &config.limits, hubs, probe, copies, stats.clone());
+    let mut connection = Connection::start(&wire, &config.limits, hubs, probe, copies, stats.clone(), shutdown.clone());
     let session = ControlSession::new(session_id, config.limits.clone(), auth);
     let reason = control(&wire, &config, &stats, &mut connection, session, (deadline, started), &shutdown).await;
     connection.close(now_us()).await;
@@ -256,7 +256,9 @@ async fn control<R: RoomHub>(
         let awaiting_hello = session.identity().is_none();
         let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
         if let (false, Some(exp)) = (expires, session.expires_us()) {
-            expiry.as_mut().reset(Instant::now() + Duration::from_micros(exp.saturating_sub(now_us())));
+            let at = Instant::now() + Duration::from_micros(exp.saturating_sub(now_us()));
+            expiry.as_mut().reset(at);
+            connection.expires_at(at);
             expires = true;
         }
         tokio::select! {

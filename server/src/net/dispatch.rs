@@ -98,6 +98,9 @@ pub(super) struct Connection<R> {
     slots: u64,
     /// Post copies read by the datagram reader, until the control loop takes them.
     post_copies: Option<Arc<Mailbox<PostCopy>>>,
+    /// The server's shutdown, and when the session's token expires: a Join waiting for a stream stops at either.
+    shutdown: CancellationToken,
+    expires_at: Option<tokio::time::Instant>,
 }
 
 /// Post copies waiting for the control loop, at most (more are dropped: the requests carry the posts anyway).
@@ -121,6 +124,7 @@ impl<R: RoomHub> Connection<R> {
         probe: Arc<TailProbe>,
         copies: Option<Arc<Mutex<CopyQueue>>>,
         stats: Arc<ServerStats>,
+        shutdown: CancellationToken,
     ) -> Self {
         let post_copies = Mailbox::new(POST_COPY_QUEUE);
         let datagrams = ConnectionTicks::start(conn, ticks.clone(), limits, post_copies.clone(), stats.clone());
@@ -145,6 +149,28 @@ impl<R: RoomHub> Connection<R> {
             copies,
             slots: 0,
             post_copies: Some(post_copies),
+            shutdown,
+            expires_at: None,
+        }
+    }
+
+    /// The session's token expires at `at` (the control loop ends the connection then).
+    pub(super) fn expires_at(&mut self, at: tokio::time::Instant) {
+        self.expires_at = Some(at);
+    }
+
+    /// Completes when the connection is about to end (the server shuts down, or the token expires), with the
+    /// refusal of a request that would wait past that; the control loop then ends the connection as it does.
+    async fn ending(&self) -> Failure {
+        let expired = async {
+            match self.expires_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = self.shutdown.cancelled() => Failure::new(ErrorCode::GoingAway, "the server is shutting down"),
+            () = expired => Failure::new(ErrorCode::TokenExpired, "the access token expired; reconnect with a fresh one"),
         }
     }
 
@@ -178,11 +204,22 @@ impl<R: RoomHub> Connection<R> {
         match request {
             RoomRequest::Join(join) => {
                 self.state.may_join(&join.room)?;
-                if !self.open_streams.wait_below(self.max_streams).await {
+                // Both waits end with the connection: a shutdown or the token's expiry does not wait for them.
+                let free = tokio::select! {
+                    biased;
+                    failure = self.ending() => return Err(failure),
+                    free = self.open_streams.wait_below(self.max_streams) => free,
+                };
+                if !free {
                     let reason = "the streams of rooms left are still being written out; read them, or retry shortly";
                     return Err(Failure::new(ErrorCode::TooManyRooms, reason));
                 }
-                let send = match tokio::time::timeout(OPEN_STREAM_TIMEOUT, self.conn.open_uni()).await {
+                let opened = tokio::select! {
+                    biased;
+                    failure = self.ending() => return Err(failure),
+                    opened = tokio::time::timeout(OPEN_STREAM_TIMEOUT, self.conn.open_uni()) => opened,
+                };
+                let send = match opened {
                     Ok(Ok(send)) => send,
                     Ok(Err(err)) => {
                         return Err(Failure::new(ErrorCode::Internal, format!("cannot open stream: {err}")))

@@ -226,3 +226,20 @@ async fn auto_keeps_a_slow_quic_handshake_where_no_websocket_answers() {
     assert_eq!(client.transport(), Some(TransportKind::Quic));
     client.post("r", "over a slow QUIC path").await.unwrap();
 }
+
+/// A shutdown does not wait for connections to the WebSocket listener that are still upgrading (half a request
+/// head here): the drain used to wait for them until the handshake timeout (60 s in this test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_does_not_wait_for_connections_still_upgrading() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start(Limits { handshake_timeout_ms: 60_000, ..Limits::default() });
+    let addr = server.websocket.expect("a WebSocket listener");
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+    // The server reads the head meanwhile (taken later, the connection would only be refused at the drain).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = std::time::Instant::now();
+    server.stop().await; // at most 10 s
+    assert!(stopping.elapsed() < Duration::from_secs(5), "the drain waited {:?}", stopping.elapsed());
+    drop(half);
+}

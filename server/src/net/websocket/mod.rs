@@ -174,17 +174,17 @@ async fn connection<R: RoomHub>(
     let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(shared.config.web.websocket_send_buffer);
     let mut first = [0u8; 1];
     let first_deadline = deadline.min(Instant::now() + FIRST_BYTE_TIMEOUT);
-    match tokio::time::timeout_at(first_deadline, tcp.peek(&mut first)).await {
-        Ok(Ok(1..)) => {}
+    match before(first_deadline, &shutdown, tcp.peek(&mut first)).await {
+        Some(Ok(1..)) => {}
         _ => return,
     }
     // A TLS record of type handshake (22) starts every TLS connection; an HTTP request starts with its method.
     if first[0] == 0x16 {
         let tls = shared.current.read().unwrap_or_else(|p| p.into_inner()).tcp.clone();
-        match tokio::time::timeout_at(deadline, tokio_rustls::TlsAcceptor::from(tls).accept(tcp)).await {
-            Ok(Ok(stream)) => request(stream, remote, true, shared, permit, (deadline, started), shutdown).await,
-            Ok(Err(err)) => tracing::debug!(%remote, %err, "WebSocket listener: TLS handshake failed"),
-            Err(_) => tracing::debug!(%remote, "WebSocket listener: TLS handshake timed out"),
+        match before(deadline, &shutdown, tokio_rustls::TlsAcceptor::from(tls).accept(tcp)).await {
+            Some(Ok(stream)) => request(stream, remote, true, shared, permit, (deadline, started), shutdown).await,
+            Some(Err(err)) => tracing::debug!(%remote, %err, "WebSocket listener: TLS handshake failed"),
+            None => tracing::debug!(%remote, "WebSocket listener: TLS handshake timed out, or the server stops"),
         }
     } else {
         request(tcp, remote, false, shared, permit, (deadline, started), shutdown).await;
@@ -201,13 +201,13 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
     (deadline, started): (Instant, std::time::Instant),
     shutdown: CancellationToken,
 ) {
-    let head = match tokio::time::timeout_at(deadline, read_head(&mut stream)).await {
-        Ok(Ok(head)) => head,
-        Ok(Err(response)) => {
+    let head = match before(deadline, &shutdown, read_head(&mut stream)).await {
+        Some(Ok(head)) => head,
+        Some(Err(response)) => {
             drop((upgrading, admitted));
             return answer(stream, response).await;
         }
-        Err(_) => return,
+        None => return,
     };
     let local = is_loopback(remote.ip());
     let response = match upgrade::classify(&head, &shared.config.web) {
@@ -216,7 +216,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
                 stream.write_all(&upgrade::switching_protocols(&key)).await?;
                 stream.flush().await
             };
-            if !matches!(tokio::time::timeout_at(deadline, switched).await, Ok(Ok(()))) {
+            if !matches!(before(deadline, &shutdown, switched).await, Some(Ok(()))) {
                 return;
             }
             drop(upgrading);
@@ -262,6 +262,15 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
     };
     drop((upgrading, admitted));
     answer(stream, response).await;
+}
+
+/// `step` of a connection not served yet, until `deadline`; `None` when it timed out, or when the server began
+/// shutting down (the drain does not wait for a connection that is still upgrading).
+async fn before<F: std::future::Future>(deadline: Instant, shutdown: &CancellationToken, step: F) -> Option<F::Output> {
+    tokio::select! {
+        out = tokio::time::timeout_at(deadline, step) => out.ok(),
+        () = shutdown.cancelled() => None,
+    }
 }
 
 /// Reads up to the end of the request head (nothing may follow it before the answer).

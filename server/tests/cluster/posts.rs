@@ -93,6 +93,58 @@ fn pipelined_posts_refused_while_redis_stalls_keep_their_order_once_retried() {
     });
 }
 
+/// More posts queued on a node than one pipeline takes (`MAX_PIPELINE`, 128): Redis stalls for a moment (shorter
+/// than the request timeout) while four connections pipeline 60 posts each, so that all 240 wait behind the
+/// pipeline in flight; the node sends them in pipelines of at most 128, cutting one connection's posts in two. Each connection's posts keep the order it
+/// made them in, in their seqs and in history, and every post is stored once.
+#[test]
+fn posts_queued_beyond_one_pipeline_keep_each_connections_order() {
+    if !redis_available("posts_queued_beyond_one_pipeline_keep_each_connections_order") {
+        return;
+    }
+    let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(1, &[]);
+    runtime.block_on(async {
+        let mut clients = Vec::new();
+        for c in 0..4 {
+            clients
+                .push(Client::connect_with(&nodes[0].addr, options(&dirs[0], &format!("poster-{c}"))).await.unwrap());
+        }
+        // A first post goes out as a pipeline of its own and waits in the stalled Redis; every later one queues.
+        redis.process.signal("STOP");
+        let first = clients[0].post("split", "first".to_string());
+        tokio::pin!(first);
+        assert!(tokio::time::timeout(Duration::from_millis(100), &mut first).await.is_err(), "Redis is stopped");
+        let posts: Vec<Vec<_>> = clients
+            .iter()
+            .enumerate()
+            .map(|(c, client)| (0..60).map(|k| client.post("split", format!("{c}-{k}"))).collect())
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.process.signal("CONT");
+        assert_eq!(first.await.unwrap(), 1);
+        let mut all = Vec::new();
+        for (c, posts) in posts.into_iter().enumerate() {
+            let seqs = tokio::time::timeout(Duration::from_secs(30), futures_util::future::join_all(posts)).await;
+            let seqs: Vec<u64> = seqs.expect("posts answered").into_iter().map(|seq| seq.unwrap()).collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "connection {c}: seqs in the order it posted: {seqs:?}");
+            all.extend(seqs);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (2..=241).collect::<Vec<u64>>(), "every post sequenced once, no gap");
+        let stored = history(&clients[0], "split").await;
+        assert_eq!(stored.len(), 241);
+        for c in 0..4 {
+            let prefix = format!("{c}-");
+            let bodies: Vec<String> =
+                stored.iter().filter(|(_, body)| body.starts_with(&prefix)).map(|(_, body)| body.clone()).collect();
+            assert_eq!(bodies, (0..60).map(|k| format!("{c}-{k}")).collect::<Vec<_>>(), "connection {c} in history");
+        }
+        for client in clients {
+            client.close().await;
+        }
+    });
+}
+
 /// A post Redis answers with an error (here a room key of the wrong type) is refused with `Unavailable`; the posts
 /// other connections pipelined beside it are not refused with it. (Whether they sit in the same pipeline or behind
 /// it depends on timing: this run did not tell the node's old rule, refusing every queued post, from the new one.)

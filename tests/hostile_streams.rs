@@ -279,24 +279,27 @@ async fn a_join_at_the_stream_limit_waits_with_the_replies_before_it_written() {
     .await;
 }
 
-/// A Join waiting for a left room's stream stops waiting when the server shuts down: it is refused `GoingAway`
-/// and the connection goes away at once (it waited out its second and was refused `TooManyRooms` first).
+/// A Join waiting for a left room's stream stops waiting when the server shuts down: it is refused `Unavailable`
+/// (clients join again once reconnected) and the connection goes away at once (it waited out its second and was
+/// refused `TooManyRooms`, which clients take as final, first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_waiting_at_the_stream_limit_stops_waiting_when_the_server_shuts_down() {
     use quiver_proto::ServerMsg;
     bounded(async {
         let mut waiting = JoinWaiting::start().await;
-        waiting.writer.clone().close().await;
+        // At once: the Join waits at most a second.
         waiting.server.shutdown.cancel();
         let refused = waiting.next().await;
         match refused {
             ServerMsg::Reply { req_id: 6, result: Err(failure) } => {
-                assert_eq!(failure.code, ErrorCode::GoingAway, "{failure:?}")
+                assert_eq!(failure.code, ErrorCode::Unavailable, "{failure:?}");
+                assert!(failure.message.contains("shutting down"), "{}", failure.message);
             }
             other => panic!("the waiting Join: {other:?}"),
         }
         let going = waiting.next().await;
         assert!(matches!(going, ServerMsg::GoAway { .. }), "{going:?}");
+        waiting.writer.clone().close().await;
         waiting.server.stop().await;
     })
     .await;

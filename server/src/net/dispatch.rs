@@ -160,7 +160,8 @@ impl<R: RoomHub> Connection<R> {
     }
 
     /// Completes when the connection is about to end (the server shuts down, or the token expires), with the
-    /// refusal of a request that would wait past that; the control loop then ends the connection as it does.
+    /// refusal of a request that would wait past that: `Unavailable`, which clients retry (a rejoin, once they
+    /// reconnected). The control loop then ends the connection as it does.
     async fn ending(&self) -> Failure {
         let expired = async {
             match self.expires_at {
@@ -168,10 +169,11 @@ impl<R: RoomHub> Connection<R> {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            () = self.shutdown.cancelled() => Failure::new(ErrorCode::GoingAway, "the server is shutting down"),
-            () = expired => Failure::new(ErrorCode::TokenExpired, "the access token expired; reconnect with a fresh one"),
-        }
+        let why = tokio::select! {
+            () = self.shutdown.cancelled() => "the server is shutting down",
+            () = expired => "the access token expired",
+        };
+        Failure::new(ErrorCode::Unavailable, format!("{why}; join again once reconnected"))
     }
 
     /// True when this connection's redundant joins get copies (`transport.copies` above 0).
@@ -204,11 +206,12 @@ impl<R: RoomHub> Connection<R> {
         match request {
             RoomRequest::Join(join) => {
                 self.state.may_join(&join.room)?;
-                // Both waits end with the connection: a shutdown or the token's expiry does not wait for them.
+                // Both waits end with the connection: a shutdown or the token's expiry does not wait for them. A
+                // Join that need not wait is served whatever (first in the select), as it was before.
                 let free = tokio::select! {
                     biased;
-                    failure = self.ending() => return Err(failure),
                     free = self.open_streams.wait_below(self.max_streams) => free,
+                    failure = self.ending() => return Err(failure),
                 };
                 if !free {
                     let reason = "the streams of rooms left are still being written out; read them, or retry shortly";
@@ -216,8 +219,8 @@ impl<R: RoomHub> Connection<R> {
                 }
                 let opened = tokio::select! {
                     biased;
-                    failure = self.ending() => return Err(failure),
                     opened = tokio::time::timeout(OPEN_STREAM_TIMEOUT, self.conn.open_uni()) => opened,
+                    failure = self.ending() => return Err(failure),
                 };
                 let send = match opened {
                     Ok(Ok(send)) => send,

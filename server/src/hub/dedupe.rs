@@ -100,13 +100,13 @@ impl DedupeWindow {
 
     /// The posts remembered with a seq in `from..before`, oldest first: `(identity, client_msg_id, seq, time_us)`.
     /// The queue is in seq order (posts are recorded as they are sequenced), so this reads only that range.
-    pub fn remembered(&self, from: u64, before: u64) -> impl Iterator<Item = (&str, u64, u64, u64)> {
+    pub fn remembered(&self, from: u64, before: u64) -> impl Iterator<Item = (&Arc<str>, u64, u64, u64)> {
         let start = self.order.partition_point(|(_, _, seq, _)| *seq < from);
         self.order
             .range(start..)
             .take_while(move |(_, _, seq, _)| *seq < before)
             .filter(|(identity, client_msg_id, seq, _)| self.seq_of(identity, *client_msg_id) == Some(*seq))
-            .map(|(identity, client_msg_id, seq, at)| (&**identity, *client_msg_id, *seq, *at))
+            .map(|(identity, client_msg_id, seq, at)| (identity, *client_msg_id, *seq, *at))
     }
 
     /// Seq of the oldest post remembered.
@@ -175,7 +175,7 @@ mod tests {
         assert_eq!(seqs(&d, 2, 6), [2, 3, 4, 5]);
         assert_eq!(seqs(&d, 0, u64::MAX), [1, 2, 3, 4, 5, 6]);
         assert_eq!((seqs(&d, 6, 6), seqs(&d, 7, 100)), (vec![], vec![]));
-        assert_eq!(d.remembered(6, 7).next(), Some(("ann", 106, 6, 6)));
+        assert_eq!(d.remembered(6, 7).map(|(who, id, seq, at)| (&**who, id, seq, at)).next(), Some(("ann", 106, 6, 6)));
         // Posts 5 and 6 never stored: forgotten, and their seqs given to other posts.
         d.forget_from(5);
         assert_eq!((d.lookup("ann", 105, 6), d.lookup("ann", 104, 6)), (None, Some(4)));

@@ -45,7 +45,9 @@ pub(super) struct InlineWriter {
 
 #[derive(Debug)]
 struct Committer {
-    keyspaces: Keyspaces,
+    /// Let go of at [`InlineWriter::finish`]: a hand-off task or a commit still holding this writer must not keep
+    /// the database (and its lock on the directory) open after the store is dropped.
+    keyspaces: Option<Keyspaces>,
     next_room_id: u64,
     failed: Option<StoreFailed>,
     /// The batch being written (swapped with the queue, so neither allocates per operation).
@@ -54,7 +56,7 @@ struct Committer {
 
 impl InlineWriter {
     pub(super) fn new(keyspaces: Keyspaces, next_room_id: u64, stats: Arc<WriterStats>) -> Arc<InlineWriter> {
-        let committer = Committer { keyspaces, next_room_id, failed: None, jobs: Vec::new() };
+        let committer = Committer { keyspaces: Some(keyspaces), next_room_id, failed: None, jobs: Vec::new() };
         let (queue, committer) = (Mutex::new(Vec::new()), Mutex::new(committer));
         Arc::new(InlineWriter { queue, committer, stats, handing_off: AtomicBool::new(false) })
     }
@@ -188,7 +190,9 @@ impl InlineWriter {
         // A panic in the commit (fjall's own checks) fails the store like an error, as the writer thread's does:
         // the post's task would die with it, and the room deliver the post, without knowing it was stored, with
         // the next one's commit.
-        let Committer { keyspaces, next_room_id, jobs, .. } = committer;
+        let Committer { keyspaces: Some(keyspaces), next_room_id, jobs, .. } = committer else {
+            return Err(StoreFailed("the store is closed".into()));
+        };
         let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let ops = jobs.iter().map(|job| &job.op);
             commit(keyspaces, ops, PersistMode::Buffer, Some(next_room_id), &self.stats)
@@ -210,11 +214,12 @@ impl InlineWriter {
     pub(super) fn finish(&self) {
         let mut committer = self.committer.lock().unwrap_or_else(|p| p.into_inner());
         while self.take_and_commit(&mut committer) {}
-        if committer.failed.is_none() {
-            if let Err(err) = committer.keyspaces.db.persist(PersistMode::SyncAll) {
+        if let (None, Some(keyspaces)) = (&committer.failed, &committer.keyspaces) {
+            if let Err(err) = keyspaces.db.persist(PersistMode::SyncAll) {
                 tracing::error!(?err, "room store: final sync failed");
             }
         }
+        committer.keyspaces = None;
     }
 
     /// Tests: holds the committer as a committing task does, until the guard is dropped.
@@ -389,5 +394,21 @@ mod tests {
             assert_eq!(seqs(&store, id), (1..=500).collect::<Vec<_>>(), "room {id}");
         }
         drop(runtime);
+    }
+
+    /// A task still holding the writer when the store is dropped (a hand-off task between two batches, a commit
+    /// not dropped yet) does not keep the database open: a server started on the directory right after finds it
+    /// free (`quiver bench restart` failed now and then with "the store is open in another server or process").
+    #[test]
+    fn a_dropped_store_lets_go_of_its_database_whoever_still_holds_its_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Os).unwrap();
+        let id = store.allocate_room_id();
+        wait_all(vec![store.submit(Op::Create { name: "r".into(), id, epoch: 1 })]);
+        let held = store.writer.inline().unwrap().clone();
+        drop(store);
+        let store = Store::open(dir.path(), Durability::Os).expect("the database was let go of");
+        assert!(store.load_room("r", 0, u64::MAX, 10).unwrap().is_some());
+        drop(held);
     }
 }

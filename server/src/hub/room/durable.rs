@@ -274,7 +274,7 @@ impl DiskRoom {
                     seq,
                     time_us,
                     client_msg_id,
-                    identity: identity.to_string(),
+                    identity: identity.clone(),
                 });
                 let op = Op::TrimMessages { id: self.id, from, before: cut, room: room(), keep: keep.collect() };
                 self.trimming = Some(self.store.submit(op));

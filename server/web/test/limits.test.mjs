@@ -1,0 +1,27 @@
+// What the browser client believes of the limits a server's Welcome announces.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { MAX_FRAME_CEILING, QuiverEncodeError } from '../quiver/index.js';
+import { FakeServer, connect } from './fakes.mjs';
+
+const name = 'a Welcome\'s max_frame is believed up to MAX_FRAME_CEILING only: a larger frame is refused, not sent';
+test(name, { timeout: 10_000 }, async (t) => {
+  const server = new FakeServer();
+  server.limits = { ...server.limits, max_frame: 0xffff_ffff }; // a hostile or broken server
+  const client = await connect(t, server);
+  assert.equal(client.welcome.limits.max_frame, 0xffff_ffff, 'announced as is');
+  const posted = server.requestsOf('Post').length;
+  const huge = new Uint8Array(MAX_FRAME_CEILING + 1);
+  await assert.rejects(client.post('r', huge), (err) => {
+    assert.ok(err instanceof QuiverEncodeError, `${err}`);
+    assert.match(err.message, new RegExp(`above the frame limit of ${MAX_FRAME_CEILING}\\b`));
+    return true;
+  });
+  assert.equal(server.requestsOf('Post').length, posted, 'nothing of it reached the server');
+  // Within the ceiling, it goes.
+  const seq = await client.post('r', new Uint8Array(1024));
+  assert.equal(typeof seq, 'bigint');
+  client.close();
+});

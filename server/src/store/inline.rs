@@ -409,6 +409,11 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path(), Durability::Os).expect("the database was let go of");
         assert!(store.load_room("r", 0, u64::MAX, 10).unwrap().is_some());
-        drop(held);
+        // What reaches the dropped store's writer now is refused, not taken as stored.
+        let (done, mut refused) = tokio::sync::oneshot::channel();
+        held.submit(super::Job::new(append(id, 1, 1), done));
+        let err = refused.try_recv().expect("answered at once").expect_err("stored after the drop");
+        assert!(err.to_string().contains("the store is closed"), "{err}");
+        assert!(store.page(id, 0, u64::MAX, 10, usize::MAX).unwrap().frames.is_empty());
     }
 }

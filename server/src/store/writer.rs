@@ -167,6 +167,12 @@ pub(super) struct Job {
 }
 
 impl Job {
+    /// Tests: a job answered through `done`.
+    #[cfg(test)]
+    pub(super) fn new(op: Op, done: oneshot::Sender<Result<(), StoreFailed>>) -> Job {
+        Job { op, done: Some(done) }
+    }
+
     /// Tells the job's [`Commit`] how it went.
     pub(super) fn answer(&mut self, result: Result<(), StoreFailed>) {
         if let Some(done) = self.done.take() {

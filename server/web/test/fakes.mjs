@@ -198,7 +198,7 @@ export class FakeServer {
     this.webTransportHangs = false; // WebTransport connections never become ready (UDP silently dropped)
     this.webTransportDelayMs = 0; // WebTransport connections become ready this long after they are made
     this.webSocketDown = false; // WebSocket connections fail before they open
-    this.limits = LIMITS; // the limits Welcome announces
+    this.limits = { ...LIMITS }; // the limits Welcome announces
     this.webSocketHangs = false; // WebSocket connections never open (until closed)
     this.webSocketDelayMs = 0; // WebSocket connections open this long after they are made
     this.closeAtHello = null; // {closeCode, reason}: close each connection at its Hello (ServerFull and the like)

@@ -77,6 +77,7 @@ async fn metrics_move_by_exactly_the_traffic() {
     assert_eq!(sample(&after, "quiver_subscriptions"), 1.0);
     assert_eq!((sample(&before, "quiver_subscriptions"), sample(&after, "quiver_channels")), (0.0, 1.0));
     assert_eq!(sample(&after, "quiver_rooms"), 1.0);
+    assert_eq!(sample(&after, "quiver_websocket_upgrading"), 0.0, "exported (its counting: tests/websocket.rs)");
     assert!(sample(&after, "quiver_retained_history_bytes") > 0.0);
     assert_eq!(sample(&after, "quiver_outbox_queued_bytes"), 0.0, "everything was written");
     assert_eq!(sample(&after, "quiver_up"), 1.0);

@@ -236,10 +236,17 @@ async fn a_shutdown_does_not_wait_for_connections_still_upgrading() {
     let addr = server.websocket.expect("a WebSocket listener");
     let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
     half.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
-    // The server reads the head meanwhile (taken later, the connection would only be refused at the drain).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Accepted and upgrading before the stop (not accepted, it would only be dropped with the listener).
+    let stats = server.stats.clone();
+    let upgrading = || stats.websocket_upgrading.load(std::sync::atomic::Ordering::Relaxed);
+    let waiting = std::time::Instant::now();
+    while upgrading() != 1 {
+        assert!(waiting.elapsed() < Duration::from_secs(10), "the connection was never taken up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let stopping = std::time::Instant::now();
     server.stop().await; // at most 10 s
     assert!(stopping.elapsed() < Duration::from_secs(5), "the drain waited {:?}", stopping.elapsed());
+    assert_eq!(upgrading(), 0, "the upgrade ended with the stop");
     drop(half);
 }

@@ -299,6 +299,8 @@ impl Collector for ServerMetrics {
             Some(hubs) => ((hubs.rooms)(), (hubs.channels)(), hubs.store.as_ref()),
             None => (RoomUsage::default(), 0, None),
         };
+        let upgrading = load(&s.websocket_upgrading);
+        gauge(&mut e, "websocket_upgrading", "TCP connections on the WebSocket listener not upgraded yet", upgrading)?;
         gauge(&mut e, "rooms", "Rooms held in memory", rooms.rooms as i64)?;
         gauge(&mut e, "room_members", "Room memberships (joins) of connected clients", load(&s.room_members))?;
         gauge(&mut e, "channels", "Tick channels in use", channels as i64)?;

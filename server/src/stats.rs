@@ -135,6 +135,8 @@ pub struct ServerStats {
     pub connections_webtransport: AtomicI64,
     /// WebSocket connections open now.
     pub connections_websocket: AtomicI64,
+    /// TCP connections on the WebSocket listener not upgraded yet (TLS, the request head, the 101).
+    pub websocket_upgrading: AtomicI64,
     /// Room memberships of connected clients.
     pub room_members: AtomicI64,
     /// Tick subscriptions of connected clients.

@@ -113,7 +113,7 @@ pub(super) async fn serve<R: RoomHub>(
             tracing::debug!(%remote, "WebSocket listener: {MAX_UPGRADING} connections upgrading already; closed");
             continue;
         };
-        let Some(upgrading) = Upgrading::new(&per_ip, SourceKey::of(remote.ip()), permit) else {
+        let Some(upgrading) = Upgrading::new(&per_ip, SourceKey::of(remote.ip()), permit, &shared.stats) else {
             tracing::debug!(%remote, "WebSocket listener: too many connections upgrading from this address");
             continue;
         };
@@ -129,6 +129,8 @@ struct Upgrading {
     per_ip: Arc<std::sync::Mutex<std::collections::HashMap<SourceKey, usize>>>,
     ip: SourceKey,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Counted in `websocket_upgrading` meanwhile.
+    stats: Arc<ServerStats>,
 }
 
 impl Upgrading {
@@ -136,6 +138,7 @@ impl Upgrading {
         per_ip: &Arc<std::sync::Mutex<std::collections::HashMap<SourceKey, usize>>>,
         ip: SourceKey,
         permit: tokio::sync::OwnedSemaphorePermit,
+        stats: &Arc<ServerStats>,
     ) -> Option<Upgrading> {
         let mut counts = per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let count = counts.entry(ip).or_default();
@@ -143,12 +146,14 @@ impl Upgrading {
             return None;
         }
         *count += 1;
-        Some(Upgrading { per_ip: per_ip.clone(), ip, _permit: permit })
+        ServerStats::add(&stats.websocket_upgrading, 1);
+        Some(Upgrading { per_ip: per_ip.clone(), ip, _permit: permit, stats: stats.clone() })
     }
 }
 
 impl Drop for Upgrading {
     fn drop(&mut self) {
+        ServerStats::add(&self.stats.websocket_upgrading, -1);
         let mut counts = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = counts.get_mut(&self.ip) {
             *count -= 1;

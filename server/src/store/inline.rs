@@ -279,13 +279,19 @@ mod tests {
         assert_eq!(seqs(&store, id), (1..=10).collect::<Vec<_>>());
     }
 
-    /// An `os` store with room "r" (its id returned) and a `Hold` queued behind a committer that let go: whoever
-    /// commits next stops in that batch until `go` is sent.
-    fn hold_queued() -> (tempfile::TempDir, std::sync::Arc<Store>, u64, std::sync::mpsc::Sender<()>) {
+    /// An `os` store with room "r" created (its id returned).
+    fn with_room() -> (tempfile::TempDir, std::sync::Arc<Store>, u64) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::Os).unwrap();
         let id = store.allocate_room_id();
         wait_all(vec![store.submit(Op::Create { name: "r".into(), id, epoch: 1 })]);
+        (dir, store, id)
+    }
+
+    /// [`with_room`], with a `Hold` queued behind a committer that let go: whoever commits next stops in that batch
+    /// until `go` is sent.
+    fn hold_queued() -> (tempfile::TempDir, std::sync::Arc<Store>, u64, std::sync::mpsc::Sender<()>) {
+        let (dir, store, id) = with_room();
         let go = store.hold_next_commit();
         (dir, store, id, go)
     }
@@ -294,10 +300,7 @@ mod tests {
     /// a drop of its commit writes it too (nothing queued is left unwritten).
     #[test]
     fn a_queued_post_is_written_by_its_poster_or_by_a_wait() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Durability::Os).unwrap();
-        let id = store.allocate_room_id();
-        wait_all(vec![store.submit(Op::Create { name: "r".into(), id, epoch: 1 })]);
+        let (_dir, store, id) = with_room();
         let mut queued = store.submit_queued(append(id, 1, 1));
         assert!(queued.outcome().is_none(), "only queued");
         assert!(seqs(&store, id).is_empty());
@@ -401,18 +404,15 @@ mod tests {
     /// free (`quiver bench restart` failed now and then with "the store is open in another server or process").
     #[test]
     fn a_dropped_store_lets_go_of_its_database_whoever_still_holds_its_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Durability::Os).unwrap();
-        let id = store.allocate_room_id();
-        wait_all(vec![store.submit(Op::Create { name: "r".into(), id, epoch: 1 })]);
+        let (dir, store, id) = with_room();
         let held = store.writer.inline().unwrap().clone();
         drop(store);
         let store = Store::open(dir.path(), Durability::Os).expect("the database was let go of");
         assert!(store.load_room("r", 0, u64::MAX, 10).unwrap().is_some());
         // What reaches the dropped store's writer now is refused, not taken as stored.
-        let (done, mut refused) = tokio::sync::oneshot::channel();
-        held.submit(super::Job::new(append(id, 1, 1), done));
-        let err = refused.try_recv().expect("answered at once").expect_err("stored after the drop");
+        let (job, mut refused) = super::Job::new(append(id, 1, 1));
+        held.submit(job);
+        let err = refused.outcome().expect("answered at once").expect_err("stored after the drop");
         assert!(err.to_string().contains("the store is closed"), "{err}");
         assert!(store.page(id, 0, u64::MAX, 10, usize::MAX).unwrap().frames.is_empty());
     }

@@ -167,10 +167,10 @@ pub(super) struct Job {
 }
 
 impl Job {
-    /// Tests: a job answered through `done`.
-    #[cfg(test)]
-    pub(super) fn new(op: Op, done: oneshot::Sender<Result<(), StoreFailed>>) -> Job {
-        Job { op, done: Some(done) }
+    /// A job for `op`, and the [`Commit`] it answers.
+    pub(super) fn new(op: Op) -> (Job, Commit) {
+        let (done, commit) = oneshot::channel();
+        (Job { op, done: Some(done) }, Commit { done: commit, queued: None })
     }
 
     /// Tells the job's [`Commit`] how it went.
@@ -246,18 +246,16 @@ impl Handle {
 
     /// Hands `op` over: a deletion to the retention thread, anything else to the writer (or commits it at once).
     pub(super) fn submit(&self, op: Op) -> Commit {
-        let (done, commit) = oneshot::channel();
-        if matches!(op, Op::TrimMessages { .. } | Op::TrimDedupe { .. }) {
-            self.retention.push(Job { op, done: Some(done) });
-            return Commit { done: commit, queued: None };
-        }
-        match (&self.inline, &self.writer) {
-            (Some(inline), _) => inline.submit(Job { op, done: Some(done) }),
+        let deletion = matches!(op, Op::TrimMessages { .. } | Op::TrimDedupe { .. });
+        let (job, commit) = Job::new(op);
+        match (deletion, &self.inline, &self.writer) {
+            (true, _, _) => self.retention.push(job),
+            (false, Some(inline), _) => inline.submit(job),
             // Once the writer is gone (shutdown) the job is dropped: its commit reports it.
-            (None, Some(writer)) => writer.push(Job { op, done: Some(done) }),
-            (None, None) => {}
+            (false, None, Some(writer)) => writer.push(job),
+            (false, None, None) => {}
         }
-        Commit { done: commit, queued: None }
+        commit
     }
 
     /// [`Handle::submit`], but under `os` the operation is only queued: the caller writes it with
@@ -265,9 +263,10 @@ impl Handle {
     /// posters' threads to sleep).
     pub(super) fn submit_queued(&self, op: Op) -> Commit {
         let Some(inline) = &self.inline else { return self.submit(op) };
-        let (done, commit) = oneshot::channel();
-        inline.queue_only(Job { op, done: Some(done) });
-        Commit { done: commit, queued: Some(inline.clone()) }
+        let (job, mut commit) = Job::new(op);
+        inline.queue_only(job);
+        commit.queued = Some(inline.clone());
+        commit
     }
 
     /// Tests: the writer under `os`.
@@ -279,9 +278,9 @@ impl Handle {
     /// Completes once every deletion handed over before it is written.
     #[cfg(test)]
     pub(super) fn retention_barrier(&self) -> Commit {
-        let (done, commit) = oneshot::channel();
-        self.retention.push(Job { op: Op::Barrier, done: Some(done) });
-        Commit { done: commit, queued: None }
+        let (job, commit) = Job::new(Op::Barrier);
+        self.retention.push(job);
+        commit
     }
 }
 

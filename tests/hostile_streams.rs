@@ -304,3 +304,47 @@ async fn a_join_waiting_at_the_stream_limit_stops_waiting_when_the_server_shuts_
     })
     .await;
 }
+
+/// A Join in the very chunk of its Hello, from a client that grants the server no stream for it, waits for one
+/// until the token expires, not past it: it is refused `Unavailable` at the expiry (clients join again once
+/// reconnected with a fresh token) and the connection closes `TokenExpired`. The control loop used to learn the
+/// expiry only after that chunk, so the Join waited out the whole stream timeout (5 s) and was refused as
+/// `TooManyRooms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_in_the_hellos_chunk_stops_waiting_when_the_token_expires() {
+    use quiver_auth::{mint_dev, Claims};
+    use quiver_proto::{Join, RequestBody, ServerMsg};
+    use quiver_tests::hostile::{frame, hello};
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        let mut config =
+            quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_uni_streams(0u32.into());
+        config.transport_config(std::sync::Arc::new(transport));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint.connect_with(config, server.addr, "localhost").unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let token = mint_dev(server.data_dir.path(), &Claims::everything("brief", now_s, 2)).unwrap();
+        let mut chunk = frame(0, hello(token));
+        chunk.extend_from_slice(&frame(1, RequestBody::Join(Join { room: "r".into(), since: None, redundant: false })));
+        let sent = std::time::Instant::now();
+        send.write_all(&chunk).await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let welcome = quiver_tests::read_msg(&mut recv, &mut buf).await.expect("Welcome");
+        assert!(matches!(welcome, ServerMsg::Reply { req_id: 0, result: Ok(_) }), "{welcome:?}");
+        match quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the Join's reply") {
+            ServerMsg::Reply { req_id: 1, result: Err(failure) } => {
+                assert_eq!(failure.code, ErrorCode::Unavailable, "{failure:?}");
+                assert!(failure.message.contains("token expired"), "{}", failure.message);
+            }
+            other => panic!("the waiting Join: {other:?}"),
+        }
+        // The token lived at most 2 s; the stream timeout is 5 s.
+        assert!(sent.elapsed() < Duration::from_millis(4_500), "refused after {:?}", sent.elapsed());
+        assert_eq!(closed_with(&conn).await.0, ErrorCode::TokenExpired);
+        server.stop().await;
+    })
+    .await;
+}

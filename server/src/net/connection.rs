@@ -237,7 +237,6 @@ async fn control<R: RoomHub>(
     let mut outbound = BytesMut::new();
     // A token's `exp` ends the session: the client reconnects with a fresh token (docs/security.md). One timer,
     // armed once after Hello, not a new one per request.
-    let mut expires = false;
     let expiry = tokio::time::sleep_until(hello_deadline);
     tokio::pin!(expiry);
     // When the frame waiting in `inbound` began (after Hello it must complete within the frame timeout).
@@ -255,22 +254,16 @@ async fn control<R: RoomHub>(
     loop {
         let awaiting_hello = session.identity().is_none();
         let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
-        if let (false, Some(exp)) = (expires, session.expires_us()) {
-            let at = Instant::now() + Duration::from_micros(exp.saturating_sub(now_us()));
-            expiry.as_mut().reset(at);
-            connection.expires_at(at);
-            expires = true;
-        }
+        let expires = connection.arm_expiry(&session, expiry.as_mut());
         tokio::select! {
             () = &mut expiry, if expires => {
                 bump(&stats.sessions_expired);
                 // The posts already taken are answered first (within the frame timeout).
                 replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
+                // Flushed even when nothing is left to encode: replies written just before (a Join refused at the
+                // expiry) would otherwise be dropped by the close.
                 let reason = "the access token expired; reconnect with a fresh one";
-                match outbound.is_empty() {
-                    true => conn.close(ErrorCode::TokenExpired, reason),
-                    false => flush_and_close(conn, &mut send, &outbound, ErrorCode::TokenExpired, reason).await,
-                }
+                flush_and_close(conn, &mut send, &outbound, ErrorCode::TokenExpired, reason).await;
                 return "token expired".into();
             }
             () = replies.next(&codec, stats, &mut outbound), if replies.waiting() => {}
@@ -361,6 +354,8 @@ async fn control<R: RoomHub>(
                     }
                 },
             };
+            // A request in Hello's own chunk (a Join waiting for a stream) already ends at the token's expiry.
+            connection.arm_expiry(&session, expiry.as_mut());
             if !replies.may_run(&step) {
                 deferred = Some(step);
                 break;

@@ -26,7 +26,7 @@ use crate::{
         ticks::ConnectionTicks,
         wire::Wire,
     },
-    session::{RoomRequest, TickRequest},
+    session::{ControlSession, RoomRequest, TickRequest},
     stats::{bump, ServerStats},
 };
 
@@ -154,9 +154,20 @@ impl<R: RoomHub> Connection<R> {
         }
     }
 
-    /// The session's token expires at `at` (the control loop ends the connection then).
-    pub(super) fn expires_at(&mut self, at: tokio::time::Instant) {
-        self.expires_at = Some(at);
+    /// Arms the token's expiry once the session knows it (after Hello): `timer`, the control loop's (which ends the
+    /// connection then), and the connection's own (a Join waiting for a stream stops at it). True once armed.
+    pub(super) fn arm_expiry(
+        &mut self,
+        session: &ControlSession,
+        timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> bool {
+        if let (None, Some(exp)) = (self.expires_at, session.expires_us()) {
+            let now = tokio::time::Instant::now();
+            let at = now + Duration::from_micros(exp.saturating_sub(super::now_us()));
+            timer.reset(at);
+            self.expires_at = Some(at);
+        }
+        self.expires_at.is_some()
     }
 
     /// Completes when the connection is about to end (the server shuts down, or the token expires), with the

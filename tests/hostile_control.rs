@@ -301,3 +301,32 @@ async fn posts_pipelined_before_the_client_finishes_its_control_stream_are_all_a
     })
     .await;
 }
+
+/// A client that sends requests answered at once (Pings) and finishes its control stream in the same write gets
+/// every reply before the server closes: replies written just before the FIN was read used to be dropped by a close
+/// that did not wait for them to leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_answered_at_once_before_the_client_finishes_are_all_answered() {
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        for round in 0..20u64 {
+            let mut control = Control::open(&server).await;
+            let mut pings = BytesMut::new();
+            for req_id in 1..=3u64 {
+                pings.extend_from_slice(&frame(req_id, RequestBody::Ping { client_time_us: req_id }));
+            }
+            control.send.write_all(&pings).await.unwrap();
+            control.send.finish().unwrap();
+            for expected in 1..=3u64 {
+                match control.next().await {
+                    Some(ServerMsg::Reply { req_id, result: Ok(Reply::Pong { .. }) }) if req_id == expected => {}
+                    other => panic!("round {round}, ping {expected}: {other:?}"),
+                }
+            }
+            let (code, reason) = closed_with(&control.conn).await;
+            assert_eq!(code, ErrorCode::NoError, "{reason}");
+        }
+        server.stop().await;
+    })
+    .await;
+}

@@ -274,11 +274,9 @@ async fn control<R: RoomHub>(
                     // The posts already taken (waiting for their commit) are answered first (within the frame
                     // timeout): every request gets its reply.
                     replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
-                    let reason = "control stream finished";
-                    match outbound.is_empty() {
-                        true => conn.close(ErrorCode::NoError, reason),
-                        false => flush_and_close(conn, &mut send, &outbound, ErrorCode::NoError, reason).await,
-                    }
+                    // Flushed even when nothing is left to encode: replies written just before (requests in the
+                    // FIN's own chunk) would otherwise be dropped by the close.
+                    flush_and_close(conn, &mut send, &outbound, ErrorCode::NoError, "control stream finished").await;
                     return "client finished the control stream".into();
                 }
                 Ok(None) => {

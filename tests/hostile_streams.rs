@@ -309,7 +309,7 @@ async fn a_join_waiting_at_the_stream_limit_stops_waiting_when_the_server_shuts_
 /// until the token expires, not past it: it is refused `Unavailable` at the expiry (clients join again once
 /// reconnected with a fresh token) and the connection closes `TokenExpired`. The control loop used to learn the
 /// expiry only after that chunk, so the Join waited out the whole stream timeout (5 s) and was refused as
-/// `TooManyRooms`.
+/// `TooManyRooms`. A request after the Join is not served past the expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_in_the_hellos_chunk_stops_waiting_when_the_token_expires() {
     use quiver_auth::{mint_dev, Claims};
@@ -326,9 +326,10 @@ async fn a_join_in_the_hellos_chunk_stops_waiting_when_the_token_expires() {
         let conn = endpoint.connect_with(config, server.addr, "localhost").unwrap().await.unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let token = mint_dev(server.data_dir.path(), &Claims::everything("brief", now_s, 2)).unwrap();
+        let token = mint_dev(server.data_dir.path(), &Claims::everything("brief", now_s, 3)).unwrap();
         let mut chunk = frame(0, hello(token));
         chunk.extend_from_slice(&frame(1, RequestBody::Join(Join { room: "r".into(), since: None, redundant: false })));
+        chunk.extend_from_slice(&frame(2, RequestBody::Ping { client_time_us: 1 }));
         let sent = std::time::Instant::now();
         send.write_all(&chunk).await.unwrap();
         let mut buf = bytes::BytesMut::new();
@@ -341,8 +342,10 @@ async fn a_join_in_the_hellos_chunk_stops_waiting_when_the_token_expires() {
             }
             other => panic!("the waiting Join: {other:?}"),
         }
-        // The token lived at most 2 s; the stream timeout is 5 s.
+        // The token lived at most 3 s; the stream timeout is 5 s.
         assert!(sent.elapsed() < Duration::from_millis(4_500), "refused after {:?}", sent.elapsed());
+        let after = quiver_tests::read_msg(&mut recv, &mut buf).await;
+        assert!(after.is_none(), "nothing is served past the expiry: {after:?}");
         assert_eq!(closed_with(&conn).await.0, ErrorCode::TokenExpired);
         server.stop().await;
     })

@@ -340,6 +340,11 @@ async fn control<R: RoomHub>(
                 more_inbound = !inbound.is_empty() || deferred.is_some();
                 break;
             }
+            if connection.expired() {
+                // Nothing more is served past the token's expiry: the loop's expiry branch closes.
+                more_inbound = !inbound.is_empty() || deferred.is_some();
+                break;
+            }
             let step = match deferred.take() {
                 Some(step) => step,
                 None => match next_step(&codec, &mut inbound, &mut session, &mut throttle, &mut post_copies) {

@@ -340,8 +340,9 @@ async fn control<R: RoomHub>(
                 more_inbound = !inbound.is_empty() || deferred.is_some();
                 break;
             }
-            if connection.expired() {
-                // Nothing more is served past the token's expiry: the loop's expiry branch closes.
+            // Armed as soon as Hello is served (a Join in Hello's own chunk stops at the expiry too). Nothing more is
+            // served once the expiry's timer fired: the loop's expiry branch, ready then, closes.
+            if connection.arm_expiry(&session, expiry.as_mut()) && expiry.is_elapsed() {
                 more_inbound = !inbound.is_empty() || deferred.is_some();
                 break;
             }
@@ -357,8 +358,6 @@ async fn control<R: RoomHub>(
                     }
                 },
             };
-            // A request in Hello's own chunk (a Join waiting for a stream) already ends at the token's expiry.
-            connection.arm_expiry(&session, expiry.as_mut());
             if !replies.may_run(&step) {
                 deferred = Some(step);
                 break;

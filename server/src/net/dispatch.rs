@@ -170,11 +170,6 @@ impl<R: RoomHub> Connection<R> {
         self.expires_at.is_some()
     }
 
-    /// True once the token's expiry has passed: nothing more is served (the control loop closes the connection).
-    pub(super) fn expired(&self) -> bool {
-        self.expires_at.is_some_and(|at| tokio::time::Instant::now() >= at)
-    }
-
     /// Completes when the connection is about to end (the server shuts down, or the token expires), with the
     /// refusal of a request that would wait past that: `Unavailable`, which clients retry (a rejoin, once they
     /// reconnected). The control loop then ends the connection as it does.

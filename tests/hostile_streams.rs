@@ -190,6 +190,17 @@ async fn leaving_and_joining_in_one_burst_at_max_rooms() {
     .await;
 }
 
+/// A raw connection to `server` with the client's `transport` (its stream limits and windows), and the endpoint
+/// that keeps it alive.
+async fn connect_with(server: &TestServer, transport: quinn::TransportConfig) -> (quinn::Endpoint, quinn::Connection) {
+    let mut config =
+        quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
+    config.transport_config(std::sync::Arc::new(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint.connect_with(config, server.addr, "localhost").unwrap().await.unwrap();
+    (endpoint, conn)
+}
+
 /// A connection whose Join (request 6) waits for a left room's stream to end: at `max_rooms` 2, rooms a and b
 /// joined with an event stuck on each unread stream (their windows are smaller than one event), a left and c
 /// joined, then b left and d joined in one write. Returned once b's Left arrived.
@@ -212,13 +223,9 @@ impl JoinWaiting {
         use std::sync::atomic::Ordering;
         let server = TestServer::start(Limits { max_rooms: 2, ..Limits::default() });
         let writer = server.client().await;
-        let mut config =
-            quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
         let mut transport = quinn::TransportConfig::default();
         transport.max_concurrent_uni_streams(100u32.into()).stream_receive_window(1_000u32.into());
-        config.transport_config(std::sync::Arc::new(transport));
-        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = endpoint.connect_with(config, server.addr, "localhost").unwrap().await.unwrap();
+        let (endpoint, conn) = connect_with(&server, transport).await;
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         let mut buf = bytes::BytesMut::new();
         let mut next = async || quiver_tests::read_msg(&mut recv, &mut buf).await.expect("a reply");
@@ -317,13 +324,9 @@ async fn a_join_in_the_hellos_chunk_stops_waiting_when_the_token_expires() {
     use quiver_tests::hostile::{frame, hello};
     bounded(async {
         let server = TestServer::start(Limits::default());
-        let mut config =
-            quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
         let mut transport = quinn::TransportConfig::default();
         transport.max_concurrent_uni_streams(0u32.into());
-        config.transport_config(std::sync::Arc::new(transport));
-        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = endpoint.connect_with(config, server.addr, "localhost").unwrap().await.unwrap();
+        let (_endpoint, conn) = connect_with(&server, transport).await;
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let token = mint_dev(server.data_dir.path(), &Claims::everything("brief", now_s, 3)).unwrap();

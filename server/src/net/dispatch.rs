@@ -162,8 +162,7 @@ impl<R: RoomHub> Connection<R> {
         timer: std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> bool {
         if let (None, Some(exp)) = (self.expires_at, session.expires_us()) {
-            let now = tokio::time::Instant::now();
-            let at = now + Duration::from_micros(exp.saturating_sub(super::now_us()));
+            let at = tokio::time::Instant::now() + Duration::from_micros(exp.saturating_sub(super::now_us()));
             timer.reset(at);
             self.expires_at = Some(at);
         }

@@ -194,6 +194,15 @@ async fn after_welcome(
 /// A fake server ([`after_welcome`]) on 127.0.0.1 with a dev certificate in a temporary data directory: the
 /// directory (for the client's trust), its address, and the count of connections it accepted.
 fn fake_server(close: bool) -> (tempfile::TempDir, String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(after_welcome(endpoint, accepted.clone(), close));
+    (dir, addr, accepted)
+}
+
+/// A quinn server endpoint on 127.0.0.1 with a dev certificate in a temporary data directory: the directory (for
+/// the client's trust), the endpoint and its address.
+fn fake_endpoint() -> (tempfile::TempDir, quinn::Endpoint, String) {
     let dir = tempfile::tempdir().unwrap();
     let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
     let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
@@ -202,9 +211,7 @@ fn fake_server(close: bool) -> (tempfile::TempDir, String, std::sync::Arc<std::s
         quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
     let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap().to_string();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tokio::spawn(after_welcome(endpoint, accepted.clone(), close));
-    (dir, addr, accepted)
+    (dir, endpoint, addr)
 }
 
 /// This thread's CPU time so far (Linux: `/proc/thread-self/schedstat`), `None` elsewhere.
@@ -348,4 +355,107 @@ async fn joins_and_leaves_given_up_midway_leave_nothing_behind() {
     // The connection never saw a broken frame: it still answers.
     alice.ping().await.expect("the control stream is intact");
     server.stop().await;
+}
+
+/// A server that lets a room's first stream come late: it answers Join, Leave and Join again of one room before
+/// anything of the first Join's stream leaves, then sends both streams, the first one's Open first. (React's
+/// StrictMode joins, leaves and joins at once; a lost packet delays a stream the same way.)
+async fn late_first_stream(endpoint: quinn::Endpoint) {
+    use quiver_proto::{
+        EventKind, FrameCodec, Joined, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg, Welcome,
+        PROTOCOL_VERSION,
+    };
+    let Some(incoming) = endpoint.accept().await else { return };
+    let conn = incoming.await.unwrap();
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let frame = |frame: &RoomFrame| codec.encode_to_vec(frame).unwrap().freeze();
+    let event = |seq, kind| RoomFrame::Event(RoomEvent { seq, time_us: 0, kind });
+    let joined = |req_id, last_seq| Joined {
+        room: "r".into(),
+        epoch: 1,
+        recovered: true,
+        replay_from: last_seq + 1,
+        last_seq,
+        members: vec!["ann".into()],
+        req_id,
+    };
+    let (mut inbound, mut first) = (bytes::BytesMut::new(), None);
+    loop {
+        let Request { req_id, body } = match codec.decode::<Request>(&mut inbound).unwrap() {
+            Some(request) => request,
+            None => match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => {
+                    inbound.extend_from_slice(&chunk.bytes);
+                    continue;
+                }
+                _ => return,
+            },
+        };
+        let reply = match body {
+            RequestBody::Hello(_) => Reply::Welcome(Welcome {
+                version: PROTOCOL_VERSION,
+                session_id: 1,
+                server_time_us: 0,
+                identity: "ann".into(),
+                limits: Limits::default(),
+            }),
+            RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
+            RequestBody::Leave { room } => Reply::Left { room },
+            RequestBody::Join(_) if first.is_none() => {
+                // The stream is opened (its id taken) but nothing of it is sent yet.
+                first = Some((req_id, conn.open_uni().await.unwrap()));
+                Reply::Joined(joined(req_id, 4))
+            }
+            RequestBody::Join(_) => {
+                let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Joined(joined(req_id, 5))) };
+                send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+                let (first_req, mut stream) = first.take().unwrap();
+                let ann = EventKind::MemberJoined { member: "ann".into() };
+                let left = EventKind::MemberLeft { member: "ann".into() };
+                let posted = EventKind::Message { sender: "bob".into(), client_msg_id: 5, body: "early".into() };
+                for f in
+                    [RoomFrame::Open(joined(first_req, 4)), event(4, ann.clone()), event(5, posted), event(5, left)]
+                {
+                    stream.write_all(&frame(&f)).await.unwrap();
+                }
+                stream.finish().unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await; // the first stream's Open is read first
+                let mut second = conn.open_uni().await.unwrap();
+                let posted = EventKind::Message { sender: "bob".into(), client_msg_id: 6, body: "later".into() };
+                for f in [RoomFrame::Open(joined(req_id, 5)), event(5, ann), event(6, posted)] {
+                    second.write_all(&frame(&f)).await.unwrap();
+                }
+                continue;
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        let reply = ServerMsg::Reply { req_id, result: Ok(reply) };
+        send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+    }
+}
+
+/// A room joined, left and joined again before the first Join's stream arrived gets only the second Join's stream:
+/// each stream's Open frame names its Join. Before, the first stream was taken for the second join's: its events
+/// (which the second join never asked for), then the second stream as a spurious `Resumed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_joined_again_does_not_take_the_first_joins_late_stream() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let server = tokio::spawn(late_first_stream(endpoint));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
+    client.join("r").await.unwrap().leave().await.unwrap();
+    let mut room = client.join("r").await.unwrap();
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        events.push(tokio::time::timeout(Duration::from_secs(10), room.next()).await.unwrap().unwrap());
+    }
+    let later = match &events[1] {
+        quiver_client::RoomEvent::Message(m) => (m.seq, m.body.clone()),
+        other => panic!("expected the second join's message, got {other:?} (all: {events:?})"),
+    };
+    assert_eq!(events[0], quiver_client::RoomEvent::MemberJoined { member: "ann".into() }, "{events:?}");
+    assert_eq!(later, (6, bytes::Bytes::from("later")));
+    client.close().await;
+    server.abort();
 }

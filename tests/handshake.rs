@@ -64,8 +64,10 @@ async fn future_hello_that_does_not_decode_is_refused_for_its_version() {
     let server = TestServer::start(Limits::default());
     let conn = server.raw().await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    // req_id 5, Hello (variant 0), version 4, then fields this version does not know.
-    let body = [0x05, 0x00, 0x04, 0xff, 0xff, 0xff, 0x01];
+    // req_id 5, Hello (variant 0), the next version (one LEB128 byte), then fields this version does not know.
+    let next = u8::try_from(PROTOCOL_VERSION + 1).unwrap();
+    assert!(next < 0x80, "one byte of LEB128");
+    let body = [0x05, 0x00, next, 0xff, 0xff, 0xff, 0x01];
     let mut frame = BytesMut::new();
     varint::encode(body.len() as u64, &mut frame).unwrap();
     frame.extend_from_slice(&body);
@@ -73,7 +75,7 @@ async fn future_hello_that_does_not_decode_is_refused_for_its_version() {
     let reply = read_msg(&mut recv, &mut BytesMut::new()).await.expect("a reply");
     let ServerMsg::Reply { req_id: 5, result: Err(failure) } = reply else { panic!("{reply:?}") };
     assert_eq!(failure.code, ErrorCode::UnsupportedVersion);
-    assert!(failure.message.contains("version 4"), "{}", failure.message);
+    assert!(failure.message.contains(&format!("version {next}")), "{}", failure.message);
     assert_eq!(closed_with(&conn).await.0, ErrorCode::UnsupportedVersion);
     server.stop().await;
 }

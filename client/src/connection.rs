@@ -165,8 +165,14 @@ impl<H: Handler> Connection<H> {
 
     /// Writes one request; the receiver gets its reply (or why it will not come).
     pub(crate) async fn send(&self, body: RequestBody) -> Result<Pending, RequestError> {
+        self.send_noting(body, |_| {}).await
+    }
+
+    /// [`Connection::send`], telling `note` the request's `req_id` before it is written (a Join's stream names it).
+    pub(crate) async fn send_noting(&self, body: RequestBody, note: impl FnOnce(u64)) -> Result<Pending, RequestError> {
         let (tx, rx) = oneshot::channel();
         let req_id = lock(&self.outstanding).start(tx).map_err(RequestError::closed)?;
+        note(req_id);
         let copied = matches!(&body, RequestBody::Post(post) if lock(&self.copy_rooms).contains(&post.room));
         let frame = match self.codec.encode_to_vec(&Request { req_id, body }) {
             Ok(frame) => frame.freeze(),

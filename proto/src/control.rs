@@ -273,4 +273,7 @@ pub struct Joined {
     pub last_seq: u64,
     /// Identities present in the room, this client included.
     pub members: Vec<String>,
+    /// The `req_id` of the Join this answers: a room stream's Open frame names the Join it belongs to, so a client
+    /// that joined, left and joined a room again tells the first Join's late stream from the second's.
+    pub req_id: u64,
 }

@@ -54,7 +54,7 @@ pub fn truncate_utf8(s: &str, max: usize) -> &str {
 }
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// ALPN of native Quiver clients.
 pub const ALPN_QUIVER: &[u8] = b"quiver/1";

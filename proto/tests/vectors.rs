@@ -267,7 +267,8 @@ fn replies(v: &mut Vectors) {
     };
     v.reply("welcome_zero", 127, welcome(0, 0, u64::MAX, "", zero));
 
-    let joined = |room: &str, epoch, recovered, replay_from, last_seq, members: &[&str]| {
+    // The reply repeats its Join's req_id (as the room stream's Open frame does).
+    let joined = |req_id, room: &str, epoch, recovered, replay_from, last_seq, members: &[&str]| {
         Ok(Reply::Joined(Joined {
             room: room.into(),
             epoch,
@@ -275,11 +276,13 @@ fn replies(v: &mut Vectors) {
             replay_from,
             last_seq,
             members: members.iter().map(|m| m.to_string()).collect(),
+            req_id,
         }))
     };
-    v.reply("joined_fresh", 2, joined("lobby", 9_876_543_210, false, 1, 0, &["guest-1"]));
-    v.reply("joined_recovered", 128, joined("lobby", u64::MAX, true, 16384, 16383, &["ann", NON_ASCII, "", BOM_NUL]));
-    v.reply("joined_no_members", 16384, joined("", 0, false, u64::MAX, u64::MAX, &[]));
+    v.reply("joined_fresh", 2, joined(2, "lobby", 9_876_543_210, false, 1, 0, &["guest-1"]));
+    let members = &["ann", NON_ASCII, "", BOM_NUL];
+    v.reply("joined_recovered", 128, joined(128, "lobby", u64::MAX, true, 16384, 16383, members));
+    v.reply("joined_no_members", 16384, joined(16384, "", 0, false, u64::MAX, u64::MAX, &[]));
 
     v.reply("left", 3, Ok(Reply::Left { room: "lobby".into() }));
     v.reply("left_non_ascii", u64::MAX, Ok(Reply::Left { room: NON_ASCII.into() }));
@@ -337,6 +340,7 @@ fn room_frames(v: &mut Vectors) {
             replay_from: 7,
             last_seq: 10,
             members: vec!["ann".into(), "bob".into()],
+            req_id: 2,
         }),
     );
     v.room(
@@ -348,6 +352,7 @@ fn room_frames(v: &mut Vectors) {
             replay_from: 0,
             last_seq: 0,
             members: vec![],
+            req_id: 0,
         }),
     );
     v.room(
@@ -359,6 +364,7 @@ fn room_frames(v: &mut Vectors) {
             replay_from: u64::MAX,
             last_seq: u64::MAX,
             members: vec![NON_ASCII.into()],
+            req_id: u64::MAX,
         }),
     );
     v.room("message", RoomFrame::Event(message(1, 1_767_225_600_000_000, "ann", 7, body(b"hello"))));

@@ -26,7 +26,7 @@ impl Handler for Driver {
         let max_frame = self.welcome().limits.client_max_frame();
         self.tasks.spawn(async move {
             let copies = |slot, entry: &Arc<RoomEntry>| me.copies_opened(connection, slot, entry, stream);
-            rooms::read_stream(&me.rooms, stream, recv, (max_frame, &copies), &me.stop).await
+            rooms::read_stream(&me.rooms, (connection, stream), recv, (max_frame, &copies), &me.stop).await
         });
     }
 

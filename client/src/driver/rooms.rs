@@ -190,7 +190,8 @@ impl super::Driver {
                 false => match self.live().await {
                     Ok(live) => {
                         let join = RequestBody::Join(Join { room: room.to_string(), since, redundant });
-                        live.send(join).await.map(|sent| (live, sent))
+                        let joining = |req_id| lock(&entry.state).joining((live.id, req_id));
+                        live.send_noting(join, joining).await.map(|sent| (live, sent))
                     }
                     Err(err) => Err(err),
                 },
@@ -306,7 +307,8 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
             }
             let since = lock(&entry.state).rejoin_position();
             let join = Join { room: entry.name.clone(), since, redundant: entry.redundant };
-            connection.send(RequestBody::Join(join)).await
+            let joining = |req_id| lock(&entry.state).joining((connection.id, req_id));
+            connection.send_noting(RequestBody::Join(join), joining).await
         };
         let reply = match sent {
             Ok(reply) => crate::connection::reply(reply).await,
@@ -378,13 +380,14 @@ pub(crate) fn on_copy(entry: &RoomEntry, stream: StreamNumber, first: u64, frame
 /// Told when a stream says it has copies: the slot, the room's entry.
 pub(crate) type CopiesOpened<'a> = &'a (dyn Fn(u64, &Arc<RoomEntry>) + Send + Sync);
 
-/// Reads room stream number `stream` (numbered in accept order): its Open frame says which room it carries and
-/// where it starts; then its events, until the stream ends (finished, reset, or its connection closed: closing the
-/// client closes it) or a newer stream of the room replaces it. Frames are numbered by position (Open is 0); a
+/// Reads room stream number `stream` (numbered in accept order) of connection `connection`: its Open frame says
+/// which room it carries, which Join it answers and where it starts; then its events, until the stream ends
+/// (finished, reset, or its connection closed: closing the client closes it) or a newer stream of the room replaces
+/// it. Frames are numbered by position (Open is 0); a
 /// `Copies` frame turns on the merge with datagram copies, and `copies` hears of its slot.
 pub(crate) async fn read_stream(
     rooms: &Rooms,
-    stream: StreamNumber,
+    (connection, stream): (usize, StreamNumber),
     mut recv: LinkRecv,
     (max_frame, copies): (usize, CopiesOpened<'_>),
     stop: &CancellationToken,
@@ -412,7 +415,7 @@ pub(crate) async fn read_stream(
     // `Resumed` handed out under the state's lock, like every event: a newer stream's events cannot pass it.
     let stale = {
         let mut state = lock(&entry.state);
-        match state.open(stream, &open) {
+        match state.open((connection, stream), &open) {
             Opened::Current(Some(resumed)) => {
                 permit.send(resumed);
                 false

@@ -253,7 +253,7 @@ async fn replay_rest(ctx: Arc<Ctx>, log: String, mut after: u64, upto: u64, outb
 
 impl RoomHub for RedisRooms {
     async fn join(&self, join: JoinRoom) -> Result<Joining, Failure> {
-        let JoinRoom { room: name, identity, since, outbox, now_us } = join;
+        let JoinRoom { room: name, identity, since, req_id, outbox, now_us } = join;
         let (room, _joining) = self.subscribed(&name).await?;
         let ctx = &self.ctx;
         // A Pub/Sub reconnect from here until the room is live here loses what was published meanwhile, and the
@@ -283,6 +283,7 @@ impl RoomHub for RedisRooms {
             replay_from: plan.first.first().map_or(seq + 1, Entry::seq),
             last_seq: seq,
             members,
+            req_id,
         };
         crate::hub::fit_members(&mut joined, ctx.codec.max_frame());
         let mut delivery = Delivery::default();

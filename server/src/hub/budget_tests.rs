@@ -58,7 +58,7 @@ async fn post(hub: &LocalRooms, room: &str, id: u64, body: &Bytes, now_us: u64) 
 
 async fn join(hub: &LocalRooms, room: &str, since: Option<Position>, now_us: u64) -> (Joining, Arc<Count>) {
     let outbox = Arc::new(Count::default());
-    let join = JoinRoom { room: room.into(), identity: "ann".into(), since, outbox: outbox.clone(), now_us };
+    let join = JoinRoom { room: room.into(), identity: "ann".into(), since, req_id: 1, outbox: outbox.clone(), now_us };
     let joining = hub.join(join).await.unwrap_or_else(|f| panic!("join {room}: {f:?}"));
     (joining, outbox)
 }
@@ -225,6 +225,7 @@ async fn a_member_is_never_stranded_in_an_evicted_room() {
                         room: room.clone(),
                         identity: "ann".into(),
                         since: None,
+                        req_id: i,
                         outbox: outbox.clone(),
                         now_us: i,
                     };

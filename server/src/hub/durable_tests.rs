@@ -23,7 +23,7 @@ async fn post(hub: &LocalRooms, room: &str, who: &str, id: u64, now_us: u64) -> 
 }
 
 async fn join(hub: &LocalRooms, room: &str, since: Option<Position>, out: &Arc<Collect>) -> Joining {
-    let join = JoinRoom { room: room.into(), identity: "ann".into(), since, outbox: out.clone(), now_us: 1 };
+    let join = JoinRoom { room: room.into(), identity: "ann".into(), since, req_id: 1, outbox: out.clone(), now_us: 1 };
     hub.join(join).await.unwrap()
 }
 
@@ -243,8 +243,14 @@ async fn at_the_disk_floor_posts_and_new_rooms_are_refused_and_the_rest_goes_on(
     assert!(failure.message.contains("disk_min_free_bytes"), "{}", failure.message);
     // A new room would be stored too (its record): neither a post nor a join creates one.
     assert_eq!(refused("fresh", 1).await.expect_err("no new room").code, ErrorCode::ServerFull);
-    let join_fresh =
-        JoinRoom { room: "fresh".into(), identity: "ann".into(), since: None, outbox: Collect::new(1), now_us: 30 };
+    let join_fresh = JoinRoom {
+        room: "fresh".into(),
+        identity: "ann".into(),
+        since: None,
+        req_id: 1,
+        outbox: Collect::new(1),
+        now_us: 30,
+    };
     assert_eq!(hub.join(join_fresh).await.err().map(|f| f.code), Some(ErrorCode::ServerFull));
     written(&store).await;
     assert!(store.load_room("fresh", 0, 0, 0).unwrap().is_none(), "nothing of it stored");

@@ -62,6 +62,8 @@ pub struct JoinRoom {
     pub identity: String,
     /// Resume position, if any.
     pub since: Option<Position>,
+    /// The Join's `req_id`, repeated in its reply and its stream's Open frame ([`quiver_proto::Joined::req_id`]).
+    pub req_id: u64,
     /// Where this subscription's events go.
     pub outbox: Arc<dyn Outbox>,
     /// Server time, µs since the Unix epoch.

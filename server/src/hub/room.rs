@@ -180,7 +180,7 @@ impl Room {
         &mut self,
         subscriber: SubscriberId,
         identity: &str,
-        since: Option<Position>,
+        (since, req_id): (Option<Position>, u64),
         outbox: Arc<dyn Outbox>,
         now_us: u64,
     ) -> (Joined, Delivery, Option<ReplayRange>) {
@@ -210,6 +210,7 @@ impl Room {
             replay_from,
             last_seq: self.delivered_seq,
             members: self.members(),
+            req_id,
         };
         fit_members(&mut joined, self.codec.max_frame());
         if let Some(frame) = self.encode(&RoomFrame::Open(joined.clone())) {

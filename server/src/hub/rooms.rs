@@ -413,10 +413,10 @@ pub(super) fn store_failure(failed: crate::store::StoreFailed) -> Failure {
 impl RoomHub for LocalRooms {
     async fn join(&self, join: JoinRoom) -> Result<Joining, Failure> {
         let subscriber: SubscriberId = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
-        let JoinRoom { room, identity, since, outbox, now_us } = join;
+        let JoinRoom { room, identity, since, req_id, outbox, now_us } = join;
         let joiner = outbox.clone();
-        let joined =
-            self.with_room(&room, true, now_us, |r| r.join(subscriber, &identity, since, joiner, now_us)).await?;
+        let joining = |r: &mut super::room::Room| r.join(subscriber, &identity, (since, req_id), joiner, now_us);
+        let joined = self.with_room(&room, true, now_us, joining).await?;
         let (_, (joined, delivery, range)) =
             joined.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?;
         let replay = match (range, &self.store) {

@@ -109,7 +109,7 @@ fn post(room: &mut Room, who: &str, id: u64, now: u64) -> Posted {
 }
 
 fn join(room: &mut Room, id: SubscriberId, who: &str, since: Option<Position>, out: Arc<Collect>) -> Joined {
-    room.join(id, who, since, out, 0).0
+    room.join(id, who, (since, 1), out, 0).0
 }
 
 #[test]
@@ -276,9 +276,9 @@ fn oversized_message_is_refused_not_truncated() {
 fn operations_return_every_outbox_they_enqueued_into() {
     let mut room = room(&Limits::default());
     let (a, b) = (Collect::new(usize::MAX), Collect::new(usize::MAX));
-    let (_, delivery, _) = room.join(1, "a", None, a.clone(), 0);
+    let (_, delivery, _) = room.join(1, "a", (None, 1), a.clone(), 0);
     assert_eq!(delivery.len(), 2, "the joiner's Open, and its join event to the one member (itself)");
-    let (_, delivery, _) = room.join(2, "b", None, b.clone(), 0);
+    let (_, delivery, _) = room.join(2, "b", (None, 1), b.clone(), 0);
     assert_eq!(delivery.len(), 3, "b's Open, then b's join event to a and b");
     let Posting { posted, delivery, .. } = room.post("a", 1, Bytes::from_static(b"x"), 0).unwrap();
     assert_eq!((posted.seq, delivery.len()), (1, 2));
@@ -290,7 +290,8 @@ fn operations_return_every_outbox_they_enqueued_into() {
 async fn local_rooms_are_created_on_first_use() {
     let hub = LocalRooms::new(Limits::default(), crate::Budget::default());
     let out = Collect::new(usize::MAX);
-    let join = JoinRoom { room: "r".into(), identity: "a".into(), since: None, outbox: out.clone(), now_us: 0 };
+    let join =
+        JoinRoom { room: "r".into(), identity: "a".into(), since: None, req_id: 1, outbox: out.clone(), now_us: 0 };
     let joining = hub.join(join).await.unwrap();
     assert_eq!(joining.joined.last_seq, 0);
     assert_ne!(joining.joined.epoch, 0);
@@ -322,6 +323,7 @@ fn a_member_list_too_long_for_a_frame_is_cut_to_fit_the_reply_and_the_open_frame
         replay_from: u64::MAX >> 2,
         last_seq: u64::MAX >> 2,
         members: (0..members).map(name).collect(),
+        req_id: u64::MAX,
     };
     let mut crowded = joined(3_000);
     fit_members(&mut crowded, max_frame);

@@ -395,7 +395,7 @@ async fn control<R: RoomHub>(
                             }
                             Err(failure) => Err(failure),
                         },
-                        request => Box::pin(connection.room(&identity, request, now_us())).await,
+                        request => Box::pin(connection.room(&identity, (req_id, request), now_us())).await,
                     };
                     ServerMsg::Reply { req_id, result }
                 }

@@ -61,8 +61,8 @@ pub(super) async fn on_post_copy<R: RoomHub>(
             Some(Step::ReplyAndClose(_, code, reason)) => return Some((code, reason)),
             Some(_) => return None,
             None => match session.on_request(request, now_us()) {
-                Step::Room { identity, request: RoomRequest::Post(checked), .. } => {
-                    let outcome = connection.room(&identity, RoomRequest::Post(checked), now_us()).await;
+                Step::Room { req_id, identity, request: RoomRequest::Post(checked) } => {
+                    let outcome = connection.room(&identity, (req_id, RoomRequest::Post(checked)), now_us()).await;
                     if outcome.is_ok() {
                         bump(&connection.stats().post_copies_used);
                     }

@@ -212,7 +212,12 @@ impl<R: RoomHub> Connection<R> {
     }
 
     /// Carries out one room request and returns the reply.
-    pub(super) async fn room(&mut self, identity: &str, request: RoomRequest, now_us: u64) -> Result<Reply, Failure> {
+    pub(super) async fn room(
+        &mut self,
+        identity: &str,
+        (req_id, request): (u64, RoomRequest),
+        now_us: u64,
+    ) -> Result<Reply, Failure> {
         match request {
             RoomRequest::Join(join) => {
                 self.state.may_join(&join.room)?;
@@ -263,6 +268,7 @@ impl<R: RoomHub> Connection<R> {
                     room: join.room.clone(),
                     identity: identity.to_string(),
                     since: join.since,
+                    req_id,
                     outbox: outbox.clone(),
                     now_us,
                 };

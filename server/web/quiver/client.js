@@ -104,7 +104,8 @@ export class QuiverClient {
     this.#rooms.set(room, entry);
     const joining = (async () => {
       const session = await this.#live();
-      entry.state.replied(expectReply(await session.request({ Join: { room, since: null, redundant } }), 'Joined'));
+      const noted = (reqId) => entry.state.joining(session, reqId);
+      entry.state.replied(expectReply(await session.request({ Join: { room, since: null, redundant } }, noted), 'Joined'));
     })();
     entry.joining = joining.catch(() => {});
     try {
@@ -378,7 +379,8 @@ export class QuiverClient {
     const session = this.#session;
     const join = () => ({ Join: { room, since: entry.state.position(), redundant: entry.redundant } });
     // AlreadyJoined: the server still has (or already restored) the room on this connection; nothing to do.
-    const refused = await restore(async () => expectReply(await session.request(join()), 'Joined'), {
+    const noted = (reqId) => entry.state.joining(session, reqId);
+    const refused = await restore(async () => expectReply(await session.request(join(), noted), 'Joined'), {
       ...this.#restoring(session, () => this.#rooms.get(room) === entry, `room ${room}`),
       done: (err) => err?.code === ErrorCode.AlreadyJoined,
     });
@@ -396,16 +398,16 @@ export class QuiverClient {
   }
 
   /**
-   * Reads one room stream; its Open frame says which room it carries and where it resumes. A room's newest
-   * stream (`order`: streams in arrival order) is the one that delivers: once a rejoin's stream opens, an older
-   * stream of the room stops, so its late events are neither repeated nor delivered out of order.
+   * Reads one room stream; its Open frame says which room and Join (`RoomState.ours`) it is of and where it resumes.
+   * A room's newest stream (`order`: streams in arrival order) is the one that delivers: once a rejoin's stream
+   * opens, an older stream of the room stops, so its late events are neither repeated nor delivered out of order.
    */
   async #readRoomStream(session, stream, order) {
     const frames = roomFrames(stream, session.maxFrame);
     try {
       const joined = (await frames.next())?.Open;
       const entry = joined && this.#rooms.get(joined.room);
-      if (!entry || order < entry.stream) return frames.cancel(); // no Open, a room left, or an outdated stream
+      if (!entry?.state.ours(session, joined.req_id) || order < entry.stream) return frames.cancel(); // see above
       entry.stream = order;
       entry.copies = null;
       for (const event of entry.state.open(joined)) callBack(entry.onEvent, event);

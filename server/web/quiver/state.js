@@ -153,6 +153,25 @@ export class RoomState {
     this.members = new Set();
     /** Whether a room stream has opened: every later Open is a rejoin. */
     this.opened = false;
+    /** `{session, reqId}` of the room's first Join on the session of its latest Join: see `ours`. */
+    this.join = null;
+  }
+
+  /**
+   * A Join of the room is about to be written on `session` as request `reqId`. On a new session only streams of it
+   * and of later Joins are the room's from now on; on the same session nothing changes (a rejoin refused as
+   * AlreadyJoined opens no stream, and the earlier Join's stream, maybe still on its way, stays the room's).
+   */
+  joining(session, reqId) {
+    if (this.join?.session !== session) this.join = { session, reqId };
+  }
+
+  /**
+   * Whether a stream of `session` whose Open answers request `reqId` is the room's: not one of a Join written before
+   * the room's first on the session (a Join of the name, left since: its stream may come after the new Join).
+   */
+  ours(session, reqId) {
+    return this.join?.session === session && reqId >= this.join.reqId;
   }
 
   /** Where to resume from: `{epoch, seq}` of the last message delivered, or null before the first join. */

@@ -118,14 +118,24 @@ export class FakeWebTransport {
 
   // ── server side ──
 
+  /** The room streams held back (`heldStreams`) reach the client now, in the order they were opened. */
+  releaseStreams() {
+    for (const readable of this.heldStreams ?? []) this.uni.enqueue(readable);
+    this.heldStreams = null;
+  }
+
   send(msg) {
     if (this.alive) this.control.push(encodeFrame(wire.ServerMsg, msg));
   }
 
-  /** A room stream; `stall()` makes it fall behind: what is written after it never reaches the client. */
+  /**
+   * A room stream; `stall()` makes it fall behind: what is written after it never reaches the client. While
+   * `heldStreams` is an array, new streams wait in it (late on the way) until `releaseStreams()`.
+   */
   openRoomStream() {
     const stream = pipe();
-    this.uni.enqueue(stream.readable);
+    if (this.heldStreams) this.heldStreams.push(stream.readable);
+    else this.uni.enqueue(stream.readable);
     this.roomStreams.push(stream);
     let stalled = false;
     return {
@@ -267,7 +277,9 @@ export class FakeServer {
         room.members.set(conn, stream);
         const members = [...room.members.keys()].map((c) => c.identity);
         const joined = {
-          Joined: { room: body.room, epoch: room.epoch, recovered, replay_from: from, last_seq: last, members },
+          Joined: {
+            room: body.room, epoch: room.epoch, recovered, replay_from: from, last_seq: last, members, req_id: req.req_id,
+          },
         };
         if (this.loseRoomStreams > 0) {
           // The client never sees this stream's Open frame; the test sends the Kicked that names the room.

@@ -1,6 +1,6 @@
 // The client's pure state (quiver/state.js), without IO: backoff bounds, request ids, room resume position from a
-// stream's Open frame and dedupe, post re-send order, latest-wins tick acceptance with loss and staleness counts,
-// clock offset.
+// stream's Open frame and dedupe, which streams are a room's, post re-send order, latest-wins tick acceptance with
+// loss and staleness counts, clock offset.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -133,6 +133,21 @@ test('RoomState: after a stream lost before its Open, the next Open is announced
   assert.deepEqual(lost.position(), { epoch: 8n, seq: 2n }, 'the new epoch\'s replay is delivered whole');
   // Every Open after the first is a rejoin's, announced even when nothing was missed.
   assert.equal(lost.open(joined({ epoch: 8n, recovered: true, replay_from: 3n, last_seq: 4n }))[0].recovered, true);
+});
+
+test('RoomState: only streams of the room\'s own Joins are its: from its first Join on the latest session on', () => {
+  const [one, two] = [{ name: 'session 1' }, { name: 'session 2' }];
+  const room = new RoomState('lobby');
+  assert.equal(room.ours(one, 1n), false, 'no Join written yet');
+  room.joining(one, 3n);
+  assert.equal(room.ours(one, 1n), false, 'a Join of the name before this room\'s (left since)');
+  assert.equal(room.ours(two, 3n), false, 'request 3 of another session');
+  room.joining(one, 4n); // a rejoin refused as AlreadyJoined: request 3's stream stays the room's
+  assert.equal(room.ours(one, 3n), true);
+  assert.equal(room.ours(one, 4n), true, 'a rejoin that was taken (after a kick)');
+  room.joining(two, 1n);
+  assert.equal(room.ours(one, 5n), false, 'the old session\'s streams, after a reconnect');
+  assert.equal(room.ours(two, 1n), true);
 });
 
 test('PostQueue: posts in call order; a lost connection re-sends the unacknowledged ones first, in order', () => {

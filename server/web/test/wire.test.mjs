@@ -320,7 +320,7 @@ test('FrameReader: every vector fed in chunks split at every byte', () => {
 });
 
 test('FrameReader: partial input waits, an ended stream inside a frame is truncated, errors stick', () => {
-  const open = { room: 'lobby', epoch: 1n, recovered: true, replay_from: 1n, last_seq: 0n, members: [] };
+  const open = { room: 'lobby', epoch: 1n, recovered: true, replay_from: 1n, last_seq: 0n, members: [], req_id: 1n };
   const frame = encodeFrame(wire.RoomFrame, { Open: open });
   const reader = new FrameReader();
   assert.deepEqual(reader.push(frame.subarray(0, 3)), []);

@@ -148,14 +148,18 @@ export class Session {
     );
   }
 
-  /** Sends one request; resolves with the reply's Ok value, rejects with a QuiverError (or QuiverEncodeError). */
-  request(body) {
+  /**
+   * Sends one request; resolves with the reply's Ok value, rejects with a QuiverError (or QuiverEncodeError).
+   * `noted(reqId)`, if given, hears the request's id before it is written (a Join's stream names it).
+   */
+  request(body, noted = null) {
     return new Promise((resolve, reject) => {
       let reqId;
       let frame;
       try {
         reqId = this.requests.start({ resolve, reject });
         frame = encodeFrame(wire.Request, { req_id: reqId, body }, this.maxFrame);
+        noted?.(reqId);
       } catch (err) {
         if (reqId !== undefined) this.requests.complete(reqId);
         reject(err);

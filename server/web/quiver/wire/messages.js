@@ -10,7 +10,7 @@
 import { bool, bytes, enumeration, option, string, struct, u32, u64, vec } from './postcard.js';
 
 /** The protocol version this client speaks (`quiver_proto::PROTOCOL_VERSION`). */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 
 /** The message types, by their Rust names. */
 export const wire = (() => {
@@ -44,7 +44,7 @@ export const wire = (() => {
   ]);
   const Joined = struct('Joined', [
     ['room', string], ['epoch', u64], ['recovered', bool], ['replay_from', u64], ['last_seq', u64],
-    ['members', vec(string)],
+    ['members', vec(string)], ['req_id', u64],
   ]);
   const EventKind = enumeration('EventKind', [
     ['Message', struct('Message', [['sender', string], ['client_msg_id', u64], ['body', bytes]])],

@@ -1,0 +1,52 @@
+// A room left and joined again before the first Join's stream arrived (React's StrictMode mounts, unmounts and
+// mounts again at once): only the second Join's stream opens. Its Open frame names its Join (`req_id`), so the first
+// stream, late, is not taken for the second join's (before: its events, then a spurious 'resumed').
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { FakeServer, connect, joinCollecting, sleep, slowConsumerKick, until } from './fakes.mjs';
+
+test('join, leave, join again: the first Join\'s late stream is not the room\'s', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const bob = await connect(t, server, { name: 'bob' });
+  await joinCollecting(bob, 'lobby');
+  await bob.post('lobby', 'before');
+  const conn = server.connections[0];
+  conn.heldStreams = []; // ann's room streams are late: both Joins are answered before either stream arrives
+  await ann.join('lobby', { onEvent: () => {} });
+  await bob.post('lobby', 'while the first join lasted'); // on the first stream only
+  await ann.leave('lobby');
+  const again = await joinCollecting(ann, 'lobby');
+  const [first, second] = conn.heldStreams;
+  conn.releaseStreams();
+  await bob.post('lobby', 'after');
+  await until('ann has the message after her second join', () => again.messages().some((m) => m.text === 'after'));
+  assert.ok(first && second, 'two streams were held');
+  assert.deepEqual(again.messages().map((m) => [m.seq, m.text]), [[3n, 'after']]);
+  // (This fake server does not send a joiner its own MemberJoined.)
+  assert.deepEqual(again.events.map((e) => e.type), ['message'], 'no event of the first join, no resumed');
+  await until('the first stream is given up', () => conn.roomStreams[0].cancelled);
+  assert.deepEqual(server.requestsOf('Join', conn).length, 2);
+});
+
+test('a rejoin refused as AlreadyJoined before the Join\'s stream arrived leaves that stream the room\'s', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const bob = await connect(t, server, { name: 'bob' });
+  await joinCollecting(bob, 'lobby');
+  const conn = server.connections[0];
+  conn.heldStreams = [];
+  const a = await joinCollecting(ann, 'lobby');
+  // A Kicked while the stream is on its way (as a Join in flight over a reconnect is joined again): the server
+  // still has ann in the room and refuses the rejoin as AlreadyJoined; no second stream comes.
+  conn.send(slowConsumerKick('lobby'));
+  await until('the rejoin was refused', () => server.requestsOf('Join', conn).length === 2);
+  await sleep(20);
+  conn.releaseStreams();
+  await bob.post('lobby', 'hello');
+  await until('ann has the message on the first Join\'s stream', () => a.messages().length === 1);
+  assert.equal(conn.roomStreams.length, 1);
+  assert.equal(conn.roomStreams[0].cancelled, false);
+});

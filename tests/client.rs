@@ -459,3 +459,48 @@ async fn a_room_joined_again_does_not_take_the_first_joins_late_stream() {
     client.close().await;
     server.abort();
 }
+
+/// A server that answers Hello and then nothing (a hung process that still holds its connections).
+async fn mute_after_welcome(endpoint: quinn::Endpoint) {
+    use quiver_proto::{FrameCodec, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
+    let Some(incoming) = endpoint.accept().await else { return };
+    let conn = incoming.await.unwrap();
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let mut inbound = bytes::BytesMut::new();
+    loop {
+        match codec.decode::<Request>(&mut inbound).unwrap() {
+            Some(Request { req_id, body: RequestBody::Hello(_) }) => {
+                let limits = Limits::default();
+                let welcome = Welcome {
+                    version: PROTOCOL_VERSION,
+                    session_id: 1,
+                    server_time_us: 0,
+                    identity: "m".into(),
+                    limits,
+                };
+                let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Welcome(welcome)) };
+                send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+            }
+            Some(_) => {} // never answered
+            None => match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
+                _ => return,
+            },
+        }
+    }
+}
+
+/// A server that welcomes the client and then answers nothing does not hang `connect`: the clock offset's Pings
+/// give up after `connect_timeout` (they waited forever, and so did the connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_does_not_wait_forever_for_the_clock_pings() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let server = tokio::spawn(mute_after_welcome(endpoint));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let options = ConnectOptions { trust, connect_timeout: Duration::from_secs(1), ..ConnectOptions::default() };
+    let connected = tokio::time::timeout(Duration::from_secs(10), Client::connect_with(&addr, options)).await;
+    let client = connected.expect("connect returns").expect("connected: the Welcome came");
+    client.close().await;
+    server.abort();
+}

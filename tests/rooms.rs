@@ -413,3 +413,40 @@ async fn pipelined_posts_are_answered_in_order_and_the_requests_after_them_see_t
     assert!(taken < 100, "{taken} commits for 100 pipelined posts");
     server.stop().await;
 }
+
+/// `Room::position` is what the application has read, not what the client has received: a bot that stores it after
+/// each message and restarts with messages still unread resumes before them, and loses none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_position_to_store_is_the_last_message_read_not_the_last_received() {
+    let server = TestServer::start(Limits::default());
+    let bot = named(&server, "bot").await;
+    let mut room = bot.join("log").await.unwrap();
+    let start = room.position().expect("where the join started");
+    assert_eq!(start.seq, 0, "an empty room's head");
+    for i in 1..=3 {
+        bot.post("log", format!("line {i}")).await.unwrap();
+    }
+    // Received (its own join and three messages), none read.
+    tokio::time::timeout(WAIT, async {
+        while room.pending() < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the events arrived");
+    assert_eq!(room.position(), Some(start), "nothing read yet");
+    let (read, _) = messages(&mut room, 1).await;
+    let stored = room.position().unwrap();
+    assert_eq!(stored, quiver_proto::Position { epoch: read[0].epoch, seq: 1 });
+    // The bot crashes with two messages unread, and comes back from what it stored.
+    drop(room);
+    drop(bot);
+    let bot = named(&server, "bot").await;
+    let mut room = bot.join_from("log", stored).await.unwrap();
+    assert_eq!(room.position(), Some(stored));
+    let (rest, events) = messages(&mut room, 2).await;
+    assert_eq!(seqs(&rest), [2, 3], "the unread messages come again, none lost");
+    assert!(matches!(events[0], RoomEvent::Resumed { recovered: true, .. }), "{events:?}");
+    assert_eq!(room.position().map(|p| p.seq), Some(3));
+    server.stop().await;
+}

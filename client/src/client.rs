@@ -137,8 +137,8 @@ impl Client {
             .handle
             .driver
             .detached(move |driver| async move {
-                let (entry, events) = driver.join(&room, options, leaving).await?;
-                Ok(Room { entry, events, handle })
+                let (entry, events, read) = driver.join(&room, options, leaving).await?;
+                Ok(Room { entry, events, handle, read })
             })
             .await;
         given_up.disarm();

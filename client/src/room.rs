@@ -20,6 +20,8 @@ pub struct Room {
     pub(crate) entry: Arc<RoomEntry>,
     pub(crate) events: mpsc::Receiver<RoomEvent>,
     pub(crate) handle: DriverHandle,
+    /// The position of the last message handed to the application, or where the join started.
+    pub(crate) read: Option<Position>,
 }
 
 impl Room {
@@ -32,12 +34,21 @@ impl Room {
     /// not take it back after a reconnect ([`Room::end_reason`] says why). Events that arrived before are handed out
     /// first.
     pub async fn next(&mut self) -> Option<RoomEvent> {
-        tokio::select! {
+        let event = tokio::select! {
             biased;
             event = self.events.recv() => event,
             () = self.entry.ended.cancelled() => self.events.try_recv().ok(),
             () = self.handle.driver.stop.cancelled() => self.events.try_recv().ok(),
+        };
+        self.handed_out(event)
+    }
+
+    /// `event` goes to the application: a message moves [`Room::position`].
+    fn handed_out(&mut self, event: Option<RoomEvent>) -> Option<RoomEvent> {
+        if let Some(RoomEvent::Message(message)) = &event {
+            self.read = Some(Position { epoch: message.epoch, seq: message.seq });
         }
+        event
     }
 
     /// Why [`Room::next`] returns `None`: the server's refusal to take the room back, or why the client ended;
@@ -53,7 +64,14 @@ impl Room {
     /// The next event if one is waiting, without waiting: for a game loop that polls once a frame. `None` when
     /// nothing is waiting (or the room was left).
     pub fn try_next(&mut self) -> Option<RoomEvent> {
-        self.events.try_recv().ok()
+        let event = self.events.try_recv().ok();
+        self.handed_out(event)
+    }
+
+    /// Events received and waiting to be read (up to [`crate::EVENT_BUFFER`]: past that, the room falls behind
+    /// and the server resets it as a slow consumer; the client joins it again once there is room).
+    pub fn pending(&self) -> usize {
+        self.events.len()
     }
 
     /// Posts `body`; the future resolves to the seq the message got. Queued at the call (posts keep the order of
@@ -67,9 +85,12 @@ impl Room {
         lock(&self.entry.state).members()
     }
 
-    /// The last message position delivered.
+    /// The position of the last message this `Room` handed out ([`Room::next`], [`Room::try_next`]), or, before
+    /// the first, where the join started (its `since`, or the room's head): store it after handling each message,
+    /// and [`crate::Client::join_from`] it after a restart to go on with the next one. Messages received but not
+    /// read yet ([`Room::pending`]) are after it, so a crash loses none of them.
     pub fn position(&self) -> Option<Position> {
-        lock(&self.entry.state).position()
+        self.read
     }
 
     /// Leaves the room; its event stream ends. A room that already ended ([`Room::end_reason`]) has nothing to

@@ -45,7 +45,14 @@ impl Handler for Driver {
                 // (Not a room whose own Join is still on its way: its reply starts it anew.)
                 let entry = self.rooms.get(&room).filter(|entry| entry.is_joined());
                 let (Some(current), Some(entry)) = (current, entry) else { return };
-                self.tasks.spawn(async move { rooms::rejoin(&current, &entry).await });
+                let stop = self.stop.clone();
+                self.tasks.spawn(async move {
+                    // Not before the application reads: a room it does not read would be joined, fall behind and
+                    // be reset again and again, each time leaving a reader waiting with its stream.
+                    if entry.has_room(&stop).await {
+                        rooms::rejoin(&current, &entry).await;
+                    }
+                });
             }
             ServerMsg::Kicked { room, code, reason } => tracing::warn!(?room, %code, %reason, "kicked"),
             ServerMsg::GoAway { code, reason } => tracing::info!(%code, %reason, "server is going away"),

@@ -337,16 +337,23 @@ impl Driver {
         ticks::send_tick(&connection, publisher, payload, self.server_clock_us())
     }
 
-    /// Pings a few times and keeps the offset of the fastest round trip.
+    /// Pings a few times and keeps the offset of the fastest round trip. A server that does not answer within
+    /// `connect_timeout` in all (or a client closed meanwhile) leaves the offset to the answers so far: a connect
+    /// or a reconnect never waits on it for longer.
     async fn estimate_clock_offset(&self, connection: &Live) {
+        let deadline = tokio::time::Instant::now() + self.options.connect_timeout;
         let mut samples = Vec::with_capacity(5);
         for _ in 0..5 {
             let started = Instant::now();
             let sent_us = unix_us();
-            let Ok(Reply::Pong { server_time_us, .. }) =
-                connection.request(RequestBody::Ping { client_time_us: sent_us }).await
-            else {
-                return;
+            let ping = connection.request(RequestBody::Ping { client_time_us: sent_us });
+            let reply = tokio::select! {
+                reply = tokio::time::timeout_at(deadline, ping) => reply,
+                () = self.stop.cancelled() => return,
+            };
+            let Ok(Ok(Reply::Pong { server_time_us, .. })) = reply else {
+                tracing::debug!(answered = samples.len(), "the server did not answer every clock Ping");
+                break;
             };
             samples.push(ClockSample { sent_us, rtt: started.elapsed(), server_us: server_time_us });
         }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use quiver_proto::{frame, ErrorCode, Failure, FrameCodec, Join, Joined, Reply, RequestBody, RoomFrame};
+use quiver_proto::{frame, ErrorCode, Failure, FrameCodec, Join, Joined, Position, Reply, RequestBody, RoomFrame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +80,17 @@ impl RoomEntry {
     /// Why the room ended, if it did ([`RoomEntry::end`]).
     pub(crate) fn end_reason(&self) -> Option<(ErrorCode, String)> {
         lock(&self.end_reason).clone()
+    }
+
+    /// Waits until the application has read from the room's full channel (false if the room or the client ended
+    /// first). A stream's reader that waits for room in it is served before this (the channel's waiters queue), so
+    /// it reads on and finds its stream's end.
+    pub(crate) async fn has_room(&self, stop: &CancellationToken) -> bool {
+        tokio::select! {
+            permit = self.events.reserve() => permit.is_ok(), // dropped at once: the place stays free
+            () = self.ended.cancelled() => false,
+            () = stop.cancelled() => false,
+        }
     }
 
     /// Claims the entry's leave: true for the first caller only (the others have nothing to write).
@@ -160,14 +171,14 @@ impl Rooms {
 /// future dropped midway (a timeout around it) leaves the room once its Join is answered, and a leave, once
 /// started, writes its Leave whether or not anyone waits for the reply.
 impl super::Driver {
-    /// Joins `room`; its events arrive on the returned receiver. `leaving` is cancelled if the application gives the
-    /// join up before it returns.
+    /// Joins `room`; its events arrive on the returned receiver, after the returned position (the join's `since`,
+    /// or the room's head). `leaving` is cancelled if the application gives the join up before it returns.
     pub(crate) async fn join(
         &self,
         room: &str,
         options: JoinOptions,
         leaving: CancellationToken,
-    ) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>), RequestError> {
+    ) -> Result<(Arc<RoomEntry>, mpsc::Receiver<RoomEvent>, Option<Position>), RequestError> {
         let JoinOptions { since, redundant } = options;
         // A join of the room that is being left: its Leave is written first, or this Join could reach the server
         // before it and be undone by it (or be refused as a second join).
@@ -216,7 +227,8 @@ impl super::Driver {
                     let again = entry.clone();
                     self.spawn(async move { rejoin(&current, &again).await });
                 }
-                Ok((entry, events))
+                let head = Position { epoch: joined.epoch, seq: joined.replay_from.saturating_sub(1) };
+                Ok((entry, events, Some(since.unwrap_or(head))))
             }
             other => {
                 self.rooms.remove(&entry);

@@ -117,9 +117,10 @@ export class QuiverClient {
     }
   }
 
-  /** Leaves `room` (a name or a Room). */
+  /** Leaves `room` (a name, or a Room: nothing to do if that Room's room ended or was left already). */
   async leave(room) {
     const name = typeof room === 'string' ? room : room.name;
+    if (typeof room !== 'string' && this.#rooms.get(name)?.handle !== room) return; // not a newer join of the name
     this.#rooms.delete(name);
     const session = await this.#live();
     session.copyRooms.delete(name);
@@ -437,6 +438,7 @@ export class QuiverClient {
     for (let next = event; next; next = entry.copies?.merge.ready()) {
       const out = entry.state.event(next);
       if (out) callBack(entry.onEvent, out);
+      if (this.#rooms.get(entry.state.name) !== entry) return; // left (or ended) from inside onEvent
     }
   }
 

@@ -200,6 +200,10 @@ export class RoomState {
     if (!sameEpoch) {
       this.epoch = joined.epoch;
       this.lastSeq = joined.replay_from - 1n;
+    } else if (!joined.recovered && joined.replay_from - 1n < this.lastSeq) {
+      // A position the room cannot resume from in its own epoch, ahead of what it holds (a store that lost its
+      // tail): the seqs from `replay_from` on are new messages, and they are delivered.
+      this.lastSeq = joined.replay_from - 1n;
     }
     this.members = new Set(joined.members);
     const recovered = sameEpoch && joined.recovered;

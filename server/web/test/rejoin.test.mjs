@@ -50,3 +50,17 @@ test('a rejoin refused as AlreadyJoined before the Join\'s stream arrived leaves
   assert.equal(conn.roomStreams.length, 1);
   assert.equal(conn.roomStreams[0].cancelled, false);
 });
+
+test('an old Room\'s leave, called late, does not leave a newer join of its name', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const bob = await connect(t, server, { name: 'bob' });
+  await joinCollecting(bob, 'lobby');
+  const first = await joinCollecting(ann, 'lobby');
+  await first.handle.leave();
+  const again = await joinCollecting(ann, 'lobby');
+  await first.handle.leave(); // an old cleanup (a React effect's), late: the newer join is not its room
+  await bob.post('lobby', 'still here');
+  await until('the newer join still gets messages', () => again.messages().length === 1);
+  assert.equal(server.requestsOf('Leave', server.connections[0]).length, 1);
+});

@@ -108,9 +108,14 @@ test('RoomState: recovered false, and a new epoch, are announced as not recovere
   const room = new RoomState('lobby');
   room.open(joined({ epoch: 7n, recovered: true, replay_from: 51n, last_seq: 50n }));
   room.event(message(51n));
-  // Same epoch, history trimmed: not recovered; messages still deduplicated against seq 51.
-  assert.equal(room.open(joined({ epoch: 7n, recovered: false, replay_from: 40n, last_seq: 60n }))[0].recovered, false);
-  assert.equal(room.event(message(45n)), null);
+  // Same epoch, history trimmed past the position: not recovered; the replay starts after a gap.
+  assert.equal(room.open(joined({ epoch: 7n, recovered: false, replay_from: 55n, last_seq: 60n }))[0].recovered, false);
+  assert.equal(room.event(message(51n)), null, 'delivered before');
+  assert.equal(room.event(message(55n)).seq, 55n);
+  // Same epoch, a position ahead of the room (a store that lost its tail, the epoch kept): the latest are new
+  // messages and are delivered (they were dropped as duplicates of the old seqs, the room silent up to seq 55).
+  assert.equal(room.open(joined({ epoch: 7n, recovered: false, replay_from: 50n, last_seq: 52n }))[0].recovered, false);
+  assert.equal(room.event(message(50n)).seq, 50n);
   assert.equal(room.event(message(52n)).seq, 52n);
   // The server lost the room: a new epoch; seqs start over and nothing old counts.
   const [resumed] = room.open(joined({ epoch: 99n, recovered: true, replay_from: 1n, last_seq: 2n }));

@@ -35,9 +35,9 @@ export class Room {
     return this.#client.post(this.name, textOrBytes);
   }
 
-  /** Leaves the room. */
+  /** Leaves the room (resolves at once if it ended, or was left, already: a newer join of its name stays). */
   leave() {
-    return this.#client.leave(this.name);
+    return this.#client.leave(this);
   }
 }
 

@@ -450,3 +450,54 @@ async fn the_position_to_store_is_the_last_message_read_not_the_last_received() 
     assert_eq!(room.position().map(|p| p.seq), Some(3));
     server.stop().await;
 }
+
+/// A member that does not read a room is reset as a slow consumer once, and joins again only when it reads: it is
+/// not joined, reset and joined again over and over while it does not (each time leaving a reader parked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_is_not_read_is_rejoined_only_once_it_is_read() {
+    let server = TestServer::start(Limits::default());
+    let (member, watcher, writer) =
+        (named(&server, "member").await, named(&server, "watcher").await, named(&server, "writer").await);
+    let mut watched = watcher.join("a").await.unwrap();
+    let mut unread = member.join("a").await.unwrap();
+    let body = vec![b'x'; 2000];
+    // The presence events of `member` the watcher saw, in order (true: joined).
+    let mut presence = Vec::new();
+    let watch = |presence: &mut Vec<bool>, event: RoomEvent| match event {
+        RoomEvent::MemberJoined { member } if member == "member" => presence.push(true),
+        RoomEvent::MemberLeft { member } if member == "member" => presence.push(false),
+        _ => {}
+    };
+    for round in 0..2 {
+        // 8 MB into the room: more than the client's buffer, its stream window and the server's queue together.
+        let writing = {
+            let (writer, body) = (writer.clone(), body.clone());
+            tokio::spawn(async move {
+                for _ in 0..4000 {
+                    writer.post("a", body.clone()).await.unwrap();
+                }
+            })
+        };
+        let (_, events) = messages(&mut watched, 4000).await;
+        writing.await.unwrap();
+        events.into_iter().for_each(|e| watch(&mut presence, e));
+        assert_eq!(presence, [true, false], "round {round}: reset once, and not joined again while unread");
+    }
+    // Read: the room is joined again and goes on.
+    while unread.pending() > 0 {
+        unread.next().await;
+    }
+    let seq = writer.post("a", "after").await.unwrap();
+    let (seen, _) = messages(&mut unread, 1).await;
+    assert!(seen[0].seq <= seq);
+    tokio::time::timeout(WAIT, async {
+        while presence.len() < 3 {
+            let event = watched.next().await.expect("the watcher's room goes on");
+            watch(&mut presence, event);
+        }
+    })
+    .await
+    .expect("the member joined again once it read");
+    assert_eq!(presence, [true, false, true]);
+    server.stop().await;
+}

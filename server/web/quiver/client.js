@@ -8,7 +8,9 @@ import { Session, roomFrames } from './client/session.js';
 import { Dialer, transportOptions } from './client/dial.js';
 import { Publisher, Room, Subscription, claimOn, deliverTick, sendTick, subscribeOn } from './client/handles.js';
 import { Signal, Timers, restore } from './client/waiting.js';
-import { REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, toBytes, unixUs } from './client/values.js';
+import {
+  REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, leftAnyway, toBytes, unixUs,
+} from './client/values.js';
 import { wire } from './wire/messages.js';
 
 /**
@@ -117,14 +119,20 @@ export class QuiverClient {
     }
   }
 
-  /** Leaves `room` (a name, or a Room: nothing to do if that Room's room ended or was left already). */
+  /**
+   * Leaves `room` (a name, or a Room: nothing to do if that Room's room ended or was left already). A joined room
+   * the server no longer holds (left over a reconnect: not rejoined) counts as left; a name never joined rejects
+   * with NotJoined.
+   */
   async leave(room) {
     const name = typeof room === 'string' ? room : room.name;
-    if (typeof room !== 'string' && this.#rooms.get(name)?.handle !== room) return; // not a newer join of the name
+    const entry = this.#rooms.get(name);
+    if (typeof room !== 'string' && entry?.handle !== room) return; // not a newer join of the name
     this.#rooms.delete(name);
+    if (entry && !this.#isLive()) return; // held by no server now, and no longer taken back by a reconnect
     const session = await this.#live();
     session.copyRooms.delete(name);
-    expectReply(await session.request({ Leave: { room: name } }), 'Left');
+    await leftAnyway(session.request({ Leave: { room: name } }), 'Left', entry);
   }
 
   /**
@@ -172,9 +180,10 @@ export class QuiverClient {
     const entry = this.#subscriptions.get(channel);
     if (handle && entry !== handle) return; // that handle's subscription ended, or was unsubscribed, already
     this.#subscriptions.delete(channel);
+    if (entry && !this.#isLive()) return; // held by no server now, and no longer taken back by a reconnect
     const session = await this.#live();
     for (const [id, sub] of session.channels) if (sub === entry) session.channels.delete(id);
-    expectReply(await session.request({ Unsubscribe: { channel } }), 'Unsubscribed');
+    await leftAnyway(session.request({ Unsubscribe: { channel } }), 'Unsubscribed', entry);
   }
 
   /**
@@ -335,11 +344,16 @@ export class QuiverClient {
   }
 
   /** The current session; while reconnecting, waits for the next one (up to the connect timeout). */
+  /** Whether a session is up now (`#live` would not wait). */
+  #isLive() {
+    return Boolean(this.#session) && !this.#session.closedWhy;
+  }
+
   async #live() {
     const deadline = performance.now() + this.#options.connectTimeoutMs;
     for (;;) {
       if (this.status === 'closed') throw QuiverError.closed(this.closeReason);
-      if (this.#session && !this.#session.closedWhy) return this.#session;
+      if (this.#isLive()) return this.#session;
       const left = deadline - performance.now();
       if (left <= 0) throw new QuiverError(ErrorCode.Internal, 'not connected (reconnecting)', { closed: true });
       await Promise.race([this.#sessionChanged.next(), this.#timers.sleep(left)]);

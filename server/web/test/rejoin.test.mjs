@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
+import { ErrorCode } from '../quiver/index.js';
 import { FakeServer, connect, joinCollecting, sleep, slowConsumerKick, until } from './fakes.mjs';
 
 test('join, leave, join again: the first Join\'s late stream is not the room\'s', async (t) => {
@@ -63,4 +64,26 @@ test('an old Room\'s leave, called late, does not leave a newer join of its name
   await bob.post('lobby', 'still here');
   await until('the newer join still gets messages', () => again.messages().length === 1);
   assert.equal(server.requestsOf('Leave', server.connections[0]).length, 1);
+});
+
+test('a room left, or a channel unsubscribed, while the client reconnects is done, not a rejection', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const rooms = await Promise.all(['a', 'b'].map((name) => ann.join(name, { onEvent: () => {} })));
+  const subs = await Promise.all(['x', 'y'].map((name) => ann.subscribe(name)));
+  server.down = true;
+  server.dropAll();
+  // At once, on the connection being lost (its requests fail as closed): done.
+  await rooms[0].leave();
+  await subs[0].unsubscribe();
+  // While the client waits to reconnect: nothing to write (the new session does not take them back).
+  await until('reconnecting', () => ann.status === 'reconnecting');
+  await rooms[1].leave();
+  await subs[1].unsubscribe();
+  server.down = false;
+  await until('reconnected', () => ann.status === 'connected');
+  const session = server.live.at(-1);
+  assert.deepEqual(server.requestsOf('Join', session), [], 'no room was taken back');
+  assert.deepEqual(server.requestsOf('Subscribe', session), [], 'no channel was taken back');
+  await assert.rejects(ann.leave('a'), (err) => err.code === ErrorCode.NotJoined, 'a name not held: NotJoined');
 });

@@ -39,6 +39,19 @@ export function expectReply(reply, name) {
   throw new QuiverError(ErrorCode.ProtocolViolation, `expected a ${name} reply, got ${got}`);
 }
 
+/**
+ * Awaits a Leave's or Unsubscribe's reply (`name`, as `expectReply`). When the client held the room or channel
+ * (`entry`, no longer listed), NotJoined and a lost connection count as done: the server let it go already, or
+ * does with the connection, and no reconnect takes it back.
+ */
+export async function leftAnyway(request, name, entry) {
+  try {
+    expectReply(await request, name);
+  } catch (err) {
+    if (!entry || !(err?.code === ErrorCode.NotJoined || err?.closed)) throw err;
+  }
+}
+
 /** Calls an application callback; an exception in it is reported, not allowed to break the client. */
 export function callBack(fn, ...args) {
   if (typeof fn !== 'function') return;

@@ -94,7 +94,9 @@ impl Room {
     }
 
     /// Leaves the room; its event stream ends. A room that already ended ([`Room::end_reason`]) has nothing to
-    /// leave: `Ok` at once (a newer join of the same name is not touched). Dropping this future before it completes
+    /// leave: `Ok` at once (a newer join of the same name is not touched). A connection lost meanwhile does not make
+    /// it fail: while the client reconnects there is nothing to write (the reconnect does not take the room back),
+    /// and a connection lost under the Leave ends the membership with it. Dropping this future before it completes
     /// still leaves the room.
     pub async fn leave(self) -> Result<(), RequestError> {
         if self.entry.ended.is_cancelled() {

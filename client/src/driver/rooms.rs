@@ -238,17 +238,24 @@ impl super::Driver {
     }
 
     /// Leaves `entry`'s room and waits for the server's answer. Cancelling this future does not stop the leave.
+    /// Never fails for the connection's sake: a connection lost under the Leave ends the membership with it, and
+    /// `NotJoined` means the server let the room go already (a reconnect that did not take it back).
     pub(crate) async fn leave(&self, entry: &Arc<RoomEntry>) -> Result<(), RequestError> {
         if !entry.start_leave() {
             return Ok(());
         }
         let entry = entry.clone();
-        let Some(sent) = self.detached(move |driver| async move { driver.write_leave(&entry).await }).await? else {
-            return Ok(());
+        let sent = self.detached(move |driver| async move { driver.write_leave(&entry).await }).await;
+        let reply = match sent {
+            Ok(Some(sent)) => crate::connection::reply(sent).await,
+            Ok(None) => return Ok(()),
+            Err(err) => Err(err),
         };
-        match crate::connection::reply(sent).await? {
-            Reply::Left { .. } => Ok(()),
-            other => Err(RequestError::unexpected(other)),
+        match reply {
+            Ok(Reply::Left { .. }) | Err(RequestError::Closed { .. }) => Ok(()),
+            Err(RequestError::Failed(failure)) if failure.code == ErrorCode::NotJoined => Ok(()),
+            Ok(other) => Err(RequestError::unexpected(other)),
+            Err(err) => Err(err),
         }
     }
 
@@ -288,12 +295,15 @@ impl super::Driver {
         if let Some(live) = self.current.borrow().as_ref() {
             live.copy_posts_to(room, false);
         }
-        let sent = match self.live().await {
-            Ok(live) => live.send(RequestBody::Leave { room: room.to_string() }).await,
-            Err(err) => Err(err),
+        // No connection up now: nothing of the room is on a server (a reconnect does not take an ended room back,
+        // and this holds the order lock a rejoin writes under), so there is nothing to write or wait for.
+        let live = self.current.borrow().clone().filter(|live| live.close_reason().is_none());
+        let sent = match live {
+            Some(live) => live.send(RequestBody::Leave { room: room.to_string() }).await.map(Some),
+            None => Ok(None),
         };
         self.rooms.remove(entry);
-        sent.map(Some)
+        sent
     }
 }
 

@@ -236,3 +236,33 @@ async fn subscriptions_and_publishers_survive_a_reconnect() {
     assert!(second.send(b"three".to_vec()).is_ok(), "the first publisher's claim was put back for the second too");
     server.stop().await;
 }
+
+/// Dropping a channel's last `TickSubscription` unsubscribes it, as dropping a `Room` leaves: a front end that opens
+/// and closes panels never runs into `max_subscriptions` (it did: the subscriptions stayed, resubscribed at every
+/// reconnect). A handle still held keeps the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_of_a_subscription_unsubscribes() {
+    let server = TestServer::start(Limits { max_subscriptions: 2, ..Limits::default() });
+    let client = server.client().await;
+    for round in 0..5 {
+        let panel = client.subscribe(&format!("panel-{round}")).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        drop(panel);
+    }
+    // Two handles of one channel: dropping one keeps the subscription for the other.
+    let held = client.subscribe("kept").await.unwrap();
+    drop(client.subscribe("kept").await.unwrap());
+    let publisher = client.publisher("kept").await.unwrap();
+    let mut held = held;
+    let tick = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            publisher.send("x").unwrap();
+            if let Ok(Some(tick)) = tokio::time::timeout(Duration::from_millis(50), held.next()).await {
+                break tick;
+            }
+        }
+    })
+    .await
+    .expect("the channel still held gets its ticks");
+    assert_eq!(tick.payload, "x");
+    server.stop().await;
+}

@@ -17,7 +17,7 @@ pub use crate::{
     state::ticks::{Tick, TickStats, TICK_BACKLOG},
 };
 
-/// A subscription to a tick channel.
+/// A subscription to a tick channel. Several handles of one channel share it; dropping the last one unsubscribes.
 #[derive(Debug)]
 pub struct TickSubscription {
     pub(crate) entry: Arc<SubEntry>,
@@ -107,6 +107,13 @@ impl TickSubscription {
     /// Stops the subscription, for every handle of the channel (they share it); `Ok` at once if it had ended.
     pub async fn unsubscribe(self) -> Result<(), RequestError> {
         self.handle.driver.unsubscribe(&self.entry).await
+    }
+}
+
+impl Drop for TickSubscription {
+    /// The channel's last handle dropped unsubscribes it (in the background), as a dropped [`crate::Room`] leaves.
+    fn drop(&mut self) {
+        self.handle.driver.subscription_dropped(&self.entry);
     }
 }
 

@@ -98,7 +98,7 @@ impl Driver {
     /// of the channel is not touched).
     pub(crate) async fn unsubscribe(&self, entry: &Arc<SubEntry>) -> Result<(), RequestError> {
         let entry = entry.clone();
-        let sent = self.detached(move |driver| async move { driver.write_unsubscribe(&entry).await }).await?;
+        let sent = self.detached(move |driver| async move { driver.write_unsubscribe(&entry, false).await }).await?;
         let Some(sent) = sent else { return Ok(()) };
         match crate::connection::reply(sent).await? {
             Reply::Unsubscribed { .. } => Ok(()),
@@ -106,14 +106,30 @@ impl Driver {
         }
     }
 
-    /// Ends `entry` and writes its Unsubscribe (unless it had ended); the reply to wait for, if one was written.
+    /// One of `entry`'s handles was dropped: the last one unsubscribes, in the background (not waiting for the reply).
+    pub(crate) fn subscription_dropped(&self, entry: &Arc<SubEntry>) {
+        let last = entry.handles.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1;
+        let driver = self.me.upgrade().filter(|_| last && !entry.ended.is_cancelled() && !self.stop.is_cancelled());
+        let Some(driver) = driver else { return };
+        let entry = entry.clone();
+        self.spawn(async move {
+            if let Ok(Some(sent)) = driver.write_unsubscribe(&entry, true).await {
+                drop(crate::connection::reply(sent).await);
+            }
+        });
+    }
+
+    /// Ends `entry` and writes its Unsubscribe (unless it had ended, or, `if_unheld`, a subscribe handed out a new
+    /// handle of it meanwhile); the reply to wait for, if one was written.
     async fn write_unsubscribe(
         &self,
         entry: &Arc<SubEntry>,
+        if_unheld: bool,
     ) -> Result<Option<crate::connection::Pending>, RequestError> {
-        // Ordered with the entry's subscribes and resubscribes (`SubEntry::order`).
+        // Ordered with the entry's subscribes and resubscribes (`SubEntry::order`), which count its handles.
         let _order = entry.order.lock().await;
-        if entry.ended.is_cancelled() {
+        let held = if_unheld && entry.handles.load(std::sync::atomic::Ordering::Acquire) > 0;
+        if entry.ended.is_cancelled() || held {
             return Ok(None);
         }
         entry.end(ErrorCode::NoError, "unsubscribed".into());

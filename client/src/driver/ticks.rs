@@ -5,7 +5,7 @@ use crate::wire::{Link, SendDatagramError};
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
 };
@@ -40,6 +40,9 @@ pub(crate) struct SubEntry {
     /// a Subscribe of it after its Unsubscribe, a route is never added after the unsubscribe removed them, and a
     /// second subscribe of the channel waits for the first's answer instead of sharing an entry that may fail.
     pub(crate) order: tokio::sync::Mutex<()>,
+    /// The application's handles of it ([`crate::TickSubscription`]s): counted under `order` when a subscribe
+    /// hands one out; the last one dropped unsubscribes (unless a subscribe took a new one meanwhile).
+    pub(crate) handles: AtomicUsize,
 }
 
 impl SubEntry {
@@ -52,6 +55,7 @@ impl SubEntry {
             end_reason: Mutex::new(None),
             confirmed: AtomicBool::new(false),
             order: tokio::sync::Mutex::new(()),
+            handles: AtomicUsize::new(0),
         }
     }
 
@@ -141,6 +145,7 @@ impl Ticks {
                 continue; // unsubscribed meanwhile, or the subscribe it waited for failed: a new entry
             }
             if entry.confirmed.load(Ordering::Acquire) {
+                entry.handles.fetch_add(1, Ordering::AcqRel);
                 return Ok((entry.clone(), false));
             }
             if let Err(err) = subscribe_on(connection, &entry).await {
@@ -149,6 +154,7 @@ impl Ticks {
                 entry.end(ErrorCode::NoError, format!("the subscribe failed: {err}"));
                 return Err(err);
             }
+            entry.handles.fetch_add(1, Ordering::AcqRel);
             return Ok((entry.clone(), true));
         }
     }

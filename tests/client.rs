@@ -505,17 +505,19 @@ async fn connect_does_not_wait_forever_for_the_clock_pings() {
     server.abort();
 }
 
-/// Leaving a room while the client reconnects succeeds: the membership went with the connection, and the
-/// reconnect does not take the room back (it failed with `NotJoined` from the new connection before, or with the
-/// connect timeout while no server answered).
+/// Leaving a room (or unsubscribing a channel) while the client reconnects succeeds: the membership went with the
+/// connection, and the reconnect does not take the room back (it failed with `NotJoined` from the new connection
+/// before, or with the connect timeout while no server answered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_left_while_the_client_reconnects_is_left_without_an_error() {
     let server = TestServer::start(Limits::default());
     let alice = named(&server, "alice").await;
     for _ in 0..3 {
         let room = alice.join("r").await.unwrap();
+        let ticks = alice.subscribe("t").await.unwrap();
         alice.connection().unwrap().close(0u32.into(), b"test: reconnect");
         room.leave().await.expect("left");
+        ticks.unsubscribe().await.expect("unsubscribed");
         alice.ping().await.expect("reconnected");
         let again = alice.join("r").await.expect("joined again: nothing of the old room was held");
         assert_eq!(again.members(), ["alice"]);

@@ -266,3 +266,28 @@ async fn dropping_the_last_handle_of_a_subscription_unsubscribes() {
     assert_eq!(tick.payload, "x");
     server.stop().await;
 }
+
+/// A subscribe given up midway (a timeout around it) leaves no handle behind: the subscription it made meanwhile
+/// is unsubscribed like a dropped one (its handle was counted and never handed out, and the channel stayed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_given_up_midway_leaves_no_subscription_behind() {
+    let server = TestServer::start(Limits { max_subscriptions: 2, ..Limits::default() });
+    let client = server.client().await;
+    for step in 0..30u64 {
+        // Given up after 0 to about 3.5 ms: before the Subscribe is written, while it waits for its reply, or after.
+        let after = Duration::from_micros(step * step * 4);
+        drop(tokio::time::timeout(after, client.subscribe(&format!("c{step}"))).await);
+    }
+    // None is held: two channels fit again (once the background unsubscribes are written).
+    let both = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match (client.subscribe("a").await, client.subscribe("b").await) {
+                (Ok(a), Ok(b)) => break (a, b),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    assert!(both.is_ok(), "subscriptions given up midway are still held");
+    server.stop().await;
+}

@@ -85,8 +85,7 @@ impl Client {
 
     /// Subscribes to a tick channel. Resubscribed on its own after a reconnect.
     pub async fn subscribe(&self, channel: &str) -> Result<TickSubscription, RequestError> {
-        let entry = self.handle.driver.subscribe(channel).await?;
-        Ok(TickSubscription { entry, handle: self.handle.clone() })
+        self.handle.driver.subscribe(channel, self.handle.clone()).await
     }
 
     /// Claims the right to publish on a tick channel. Claimed again on its own after a reconnect. A second publisher

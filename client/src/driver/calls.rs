@@ -57,19 +57,26 @@ impl Driver {
         self.current.borrow().clone().filter(|current| current.id != used.id)
     }
 
-    /// Subscribes to `channel`. Answered on a connection replaced meanwhile, the subscription is put on the new one
-    /// too (the server's subscribe is idempotent: a reconnect that put it back already costs nothing).
-    pub(crate) async fn subscribe(&self, channel: &str) -> Result<Arc<SubEntry>, RequestError> {
+    /// Subscribes to `channel`: a handle of it (held by `handle`'s client). Answered on a connection replaced
+    /// meanwhile, the subscription is put on the new one too (the server's subscribe is idempotent: a reconnect
+    /// that put it back already costs nothing). The handle is made on the detached task: one the caller gave up
+    /// waiting for is dropped there, and counts no more.
+    pub(crate) async fn subscribe(
+        &self,
+        channel: &str,
+        handle: super::DriverHandle,
+    ) -> Result<crate::TickSubscription, RequestError> {
         let channel = channel.to_string();
         self.detached(move |driver| async move {
             let live = driver.live().await?;
             let (entry, asked) = driver.ticks.subscribe(&*live, &channel).await?;
+            let subscription = crate::TickSubscription { entry, handle };
             // (A subscription shared without asking is the reconnect's to put back, as any confirmed one.)
             if let Some(current) = driver.replaced(&live).filter(|_| asked) {
-                let again = entry.clone();
+                let again = subscription.entry.clone();
                 driver.spawn(async move { super::ticks::resubscribe(&current, &again).await });
             }
-            Ok(entry)
+            Ok(subscription)
         })
         .await
     }
@@ -95,14 +102,20 @@ impl Driver {
 
     /// Ends `entry` for all its readers and tells the server; `Ok` at once if it had ended already (unsubscribed
     /// through another handle, or refused at a resubscribe: the server has no such subscription, and a newer one
-    /// of the channel is not touched).
+    /// of the channel is not touched). As a room's leave, never fails for the connection's sake.
     pub(crate) async fn unsubscribe(&self, entry: &Arc<SubEntry>) -> Result<(), RequestError> {
         let entry = entry.clone();
-        let sent = self.detached(move |driver| async move { driver.write_unsubscribe(&entry, false).await }).await?;
-        let Some(sent) = sent else { return Ok(()) };
-        match crate::connection::reply(sent).await? {
-            Reply::Unsubscribed { .. } => Ok(()),
-            other => Err(RequestError::unexpected(other)),
+        let sent = self.detached(move |driver| async move { driver.write_unsubscribe(&entry, false).await }).await;
+        let reply = match sent {
+            Ok(Some(sent)) => crate::connection::reply(sent).await,
+            Ok(None) => return Ok(()),
+            Err(err) => Err(err),
+        };
+        match reply {
+            Ok(Reply::Unsubscribed { .. }) | Err(RequestError::Closed { .. }) => Ok(()),
+            Err(RequestError::Failed(failure)) if failure.code == ErrorCode::NotJoined => Ok(()),
+            Ok(other) => Err(RequestError::unexpected(other)),
+            Err(err) => Err(err),
         }
     }
 
@@ -138,13 +151,16 @@ impl Driver {
         if let Some(connection) = current {
             connection.unroute(|route| Arc::ptr_eq(route, entry));
         }
-        let sent = match self.live().await {
-            Ok(live) => live.send(RequestBody::Unsubscribe { channel: entry.channel.clone() }).await,
-            Err(err) => Err(err),
+        // No connection up now: nothing of it is on a server, and no resubscribe takes an ended entry back (they
+        // write under this lock): nothing to write or wait for.
+        let live = self.current.borrow().clone().filter(|live| live.close_reason().is_none());
+        let sent = match live {
+            Some(live) => live.send(RequestBody::Unsubscribe { channel: entry.channel.clone() }).await.map(Some),
+            None => Ok(None),
         };
         // Forgotten once its Unsubscribe is written: a subscribe of the channel meanwhile found it (ended) and
         // waits for this lock, so that its Subscribe comes after.
         self.ticks.forget(entry);
-        sent.map(Some)
+        sent
     }
 }

@@ -129,7 +129,9 @@ export class QuiverClient {
     const entry = this.#rooms.get(name);
     if (typeof room !== 'string' && entry?.handle !== room) return; // not a newer join of the name
     this.#rooms.delete(name);
-    if (entry && !this.#isLive()) return; // held by no server now, and no longer taken back by a reconnect
+    // A Join of it written, on a session gone since: no server holds it, and no reconnect takes it back. (A join
+    // still waiting for a session writes its Join first, then this its Leave.)
+    if (entry?.state.join && !this.#isLive()) return;
     const session = await this.#live();
     session.copyRooms.delete(name);
     await leftAnyway(session.request({ Leave: { room: name } }), 'Left', entry);
@@ -180,7 +182,7 @@ export class QuiverClient {
     const entry = this.#subscriptions.get(channel);
     if (handle && entry !== handle) return; // that handle's subscription ended, or was unsubscribed, already
     this.#subscriptions.delete(channel);
-    if (entry && !this.#isLive()) return; // held by no server now, and no longer taken back by a reconnect
+    if (entry?.confirmed && !this.#isLive()) return; // as in `leave`
     const session = await this.#live();
     for (const [id, sub] of session.channels) if (sub === entry) session.channels.delete(id);
     await leftAnyway(session.request({ Unsubscribe: { channel } }), 'Unsubscribed', entry);

@@ -87,3 +87,20 @@ test('a room left, or a channel unsubscribed, while the client reconnects is don
   assert.deepEqual(server.requestsOf('Subscribe', session), [], 'no channel was taken back');
   await assert.rejects(ann.leave('a'), (err) => err.code === ErrorCode.NotJoined, 'a name not held: NotJoined');
 });
+
+test('a join (or subscribe) still waiting for a session, then left, is left on the server too', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  server.down = true;
+  server.dropAll();
+  await until('reconnecting', () => ann.status === 'reconnecting');
+  const joined = ann.join('c', { onEvent: () => {} });
+  const subscribed = ann.subscribe('z');
+  const left = [ann.leave('c'), ann.unsubscribe('z')];
+  server.down = false;
+  await Promise.all([joined, subscribed, ...left]);
+  const session = server.live.at(-1);
+  assert.deepEqual(server.requestsOf('Leave', session), [{ room: 'c' }], 'the Leave follows the Join');
+  assert.equal(server.rooms.get('c').members.size, 0, 'the server does not hold the room');
+  assert.deepEqual(server.requestsOf('Unsubscribe', session), [{ channel: 'z' }]);
+});

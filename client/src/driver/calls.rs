@@ -106,17 +106,7 @@ impl Driver {
     pub(crate) async fn unsubscribe(&self, entry: &Arc<SubEntry>) -> Result<(), RequestError> {
         let entry = entry.clone();
         let sent = self.detached(move |driver| async move { driver.write_unsubscribe(&entry, false).await }).await;
-        let reply = match sent {
-            Ok(Some(sent)) => crate::connection::reply(sent).await,
-            Ok(None) => return Ok(()),
-            Err(err) => Err(err),
-        };
-        match reply {
-            Ok(Reply::Unsubscribed { .. }) | Err(RequestError::Closed { .. }) => Ok(()),
-            Err(RequestError::Failed(failure)) if failure.code == ErrorCode::NotJoined => Ok(()),
-            Ok(other) => Err(RequestError::unexpected(other)),
-            Err(err) => Err(err),
-        }
+        let_go(sent, |reply| matches!(reply, Reply::Unsubscribed { .. })).await
     }
 
     /// One of `entry`'s handles was dropped: the last one unsubscribes, in the background (not waiting for the reply).
@@ -162,5 +152,26 @@ impl Driver {
         // waits for this lock, so that its Subscribe comes after.
         self.ticks.forget(entry);
         sent
+    }
+}
+
+/// A Leave's or an Unsubscribe's outcome (`sent`: the reply to wait for, if one was written; `answered`: the reply
+/// expected). Never fails for the connection's sake: a connection lost under it ends what it let go with it, and
+/// `NotJoined` means the server had let it go already (a reconnect that did not take it back).
+pub(crate) async fn let_go(
+    sent: Result<Option<crate::connection::Pending>, RequestError>,
+    answered: fn(&Reply) -> bool,
+) -> Result<(), RequestError> {
+    let reply = match sent {
+        Ok(Some(sent)) => crate::connection::reply(sent).await,
+        Ok(None) => return Ok(()),
+        Err(err) => Err(err),
+    };
+    match reply {
+        Ok(reply) if answered(&reply) => Ok(()),
+        Err(RequestError::Closed { .. }) => Ok(()),
+        Err(RequestError::Failed(failure)) if failure.code == ErrorCode::NotJoined => Ok(()),
+        Ok(other) => Err(RequestError::unexpected(other)),
+        Err(err) => Err(err),
     }
 }

@@ -238,25 +238,14 @@ impl super::Driver {
     }
 
     /// Leaves `entry`'s room and waits for the server's answer. Cancelling this future does not stop the leave.
-    /// Never fails for the connection's sake: a connection lost under the Leave ends the membership with it, and
-    /// `NotJoined` means the server let the room go already (a reconnect that did not take it back).
+    /// Never fails for the connection's sake ([`super::calls::let_go`]).
     pub(crate) async fn leave(&self, entry: &Arc<RoomEntry>) -> Result<(), RequestError> {
         if !entry.start_leave() {
             return Ok(());
         }
         let entry = entry.clone();
         let sent = self.detached(move |driver| async move { driver.write_leave(&entry).await }).await;
-        let reply = match sent {
-            Ok(Some(sent)) => crate::connection::reply(sent).await,
-            Ok(None) => return Ok(()),
-            Err(err) => Err(err),
-        };
-        match reply {
-            Ok(Reply::Left { .. }) | Err(RequestError::Closed { .. }) => Ok(()),
-            Err(RequestError::Failed(failure)) if failure.code == ErrorCode::NotJoined => Ok(()),
-            Ok(other) => Err(RequestError::unexpected(other)),
-            Err(err) => Err(err),
-        }
+        super::calls::let_go(sent, |reply| matches!(reply, Reply::Left { .. })).await
     }
 
     /// Leaves `entry`'s room in the background (its `Room` was dropped), unless a leave was started already or the

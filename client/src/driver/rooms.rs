@@ -394,8 +394,8 @@ pub(crate) type CopiesOpened<'a> = &'a (dyn Fn(u64, &Arc<RoomEntry>) + Send + Sy
 /// Reads room stream number `stream` (numbered in accept order) of connection `connection`: its Open frame says
 /// which room it carries, which Join it answers and where it starts; then its events, until the stream ends
 /// (finished, reset, or its connection closed: closing the client closes it) or a newer stream of the room replaces
-/// it. Frames are numbered by position (Open is 0); a
-/// `Copies` frame turns on the merge with datagram copies, and `copies` hears of its slot.
+/// it. Frames are numbered by position (Open is 0); a `Copies` frame turns on the merge with datagram copies, and
+/// `copies` hears of its slot.
 pub(crate) async fn read_stream(
     rooms: &Rooms,
     (connection, stream): (usize, StreamNumber),

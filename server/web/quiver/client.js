@@ -345,12 +345,12 @@ export class QuiverClient {
     callBack(this.#options.onStatus, status, detail);
   }
 
-  /** The current session; while reconnecting, waits for the next one (up to the connect timeout). */
   /** Whether a session is up now (`#live` would not wait). */
   #isLive() {
     return Boolean(this.#session) && !this.#session.closedWhy;
   }
 
+  /** The current session; while reconnecting, waits for the next one (up to the connect timeout). */
   async #live() {
     const deadline = performance.now() + this.#options.connectTimeoutMs;
     for (;;) {

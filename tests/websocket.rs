@@ -250,3 +250,28 @@ async fn a_shutdown_does_not_wait_for_connections_still_upgrading() {
     assert_eq!(upgrading(), 0, "the upgrade ended with the stop");
     drop(half);
 }
+
+/// The WebSocket to several addresses is raced like QUIC's handshakes: a first address that accepts TCP and then
+/// never answers (a hung node) does not take the whole connect timeout while the next one is up. (They were tried
+/// one after another under one deadline: every attempt, the first connect and each reconnect, timed out on it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_first_address_does_not_keep_the_websocket_from_the_next() {
+    let server = TestServer::start(Limits::default());
+    let ws = server.websocket.expect("a WebSocket listener");
+    // The same port on 127.0.0.2: the kernel completes TCP handshakes into its backlog; TLS never gets an answer.
+    let hung = std::net::TcpListener::bind(("127.0.0.2", ws.port())).unwrap();
+    let servers = format!("127.0.0.2:{port},127.0.0.1:{port}", port = server.addr.port());
+    let options = ConnectOptions {
+        transport: Transport::WebSocket,
+        trust: server.trust(),
+        websocket_port: Some(ws.port()),
+        connect_timeout: Duration::from_secs(3),
+        ..ConnectOptions::default()
+    };
+    // Within the 3 s (before: `Timeout`, the first address holding the attempt to the end).
+    let client = Client::connect_with(&servers, options).await.expect("connected through the second address");
+    client.ping().await.unwrap();
+    client.close().await;
+    drop(hung);
+    server.stop().await;
+}

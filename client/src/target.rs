@@ -144,12 +144,31 @@ impl Target {
         targets: Vec<Target>,
         timeout: Duration,
     ) -> Result<(Target, quinn::Connection), ConnectError> {
+        Target::race_with(targets, timeout, |target| async move {
+            let result = target.handshake().await;
+            (target, result)
+        })
+        .await
+    }
+
+    /// [`Target::race`] of `attempt` (a QUIC handshake, or a WebSocket's TCP, TLS and upgrade) to each target.
+    pub(crate) async fn race_with<T, A, F>(
+        targets: Vec<Target>,
+        timeout: Duration,
+        attempt: A,
+    ) -> Result<(Target, T), ConnectError>
+    where
+        T: Send + 'static,
+        A: Fn(Target) -> F,
+        F: std::future::Future<Output = (Target, Result<T, ConnectError>)> + Send + 'static,
+    {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pending: std::collections::VecDeque<(usize, Target)> = targets.into_iter().enumerate().collect();
         let mut attempts = tokio::task::JoinSet::new();
         let start = |attempts: &mut tokio::task::JoinSet<_>, (i, target): (usize, Target)| {
+            let attempt = attempt(target);
             attempts.spawn(async move {
-                let result = target.handshake().await;
+                let (target, result) = attempt.await;
                 (i, target, result)
             });
         };
@@ -167,7 +186,7 @@ impl Target {
             }
             tokio::select! {
                 done = attempts.join_next() => match done {
-                    Some(Ok((_, target, Ok(quic)))) => return Ok((target, quic)),
+                    Some(Ok((_, target, Ok(found)))) => return Ok((target, found)),
                     Some(Ok((i, _, Err(err)))) => {
                         if err.is_fatal() {
                             return Err(err);

@@ -76,25 +76,24 @@ impl Target {
         }
     }
 
-    /// The WebSocket to each address in turn, the first that connects within `timeout` wins.
+    /// The WebSocket to each address, raced as QUIC handshakes are ([`Target::race`]: the next address started a
+    /// moment later or as soon as one fails), the first that connects within `timeout` wins. (One after another
+    /// under one deadline, a first address that never answers, a dead node's, took the whole timeout every time.)
     pub(crate) async fn race_ws(
         targets: Vec<Target>,
         options: &ConnectOptions,
         timeout: Duration,
     ) -> Result<(Target, Link), ConnectError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut first_error = None;
-        for target in targets {
-            match tokio::time::timeout_at(deadline, target.websocket(options)).await {
-                Ok(Ok(ws)) => return Ok((target, Link::Ws(ws))),
-                Ok(Err(err)) if err.is_fatal() => return Err(err),
-                Ok(Err(err)) => {
-                    first_error.get_or_insert(err);
-                }
-                Err(_) => break,
+        let options = Arc::new(options.clone());
+        let attempt = |target: Target| {
+            let options = options.clone();
+            async move {
+                let result = target.websocket(&options).await;
+                (target, result)
             }
-        }
-        Err(first_error.unwrap_or(ConnectError::Timeout(timeout)))
+        };
+        let (target, ws) = Target::race_with(targets, timeout, attempt).await?;
+        Ok((target, Link::Ws(ws)))
     }
 
     /// TCP, TLS (the same trust as QUIC) and the upgrade to `wss://addr:port/quiver`, port the QUIC one unless

@@ -37,6 +37,7 @@ export class QuiverClient {
   #session = null;
   #sessionChanged = new Signal();
   #timers = new Timers();
+  #closing = new AbortController(); // aborted when the client ends: a connect under way gives up
   #backoff;
   #rooms = new Map(); // name -> {state: RoomState, onEvent, handle: Room, joining: Promise, stream}
   #roomStreams = 0; // room streams accepted so far, over every session: a later stream is a newer one
@@ -255,6 +256,7 @@ export class QuiverClient {
       onRoomStream: (session, stream) => this.#readRoomStream(session, stream, ++this.#roomStreams),
       onTick: (entry, tick) => deliverTick(entry, tick, this.serverClockUs()),
       onRoomCopy: (session, copy) => this.#roomCopy(session, copy),
+      closing: this.#closing.signal,
       copies: { copies: this.#options.copies, spacingMs: this.#options.copySpacingMs }, // for post copies
     };
     const opening = Session.openFirst(this.#urls, this.#nextUrl, this.#options, hooks);
@@ -270,7 +272,9 @@ export class QuiverClient {
    * posts on it. False when it was lost (or the client closed) before that.
    */
   async #connected(session) {
-    this.#clockOffsetUs = clockOffsetUs(await session.clockSamples(5)) ?? this.#clockOffsetUs;
+    if (this.status !== 'closed') {
+      this.#clockOffsetUs = clockOffsetUs(await session.clockSamples(5)) ?? this.#clockOffsetUs;
+    }
     if (this.status === 'closed') session.close(ErrorCode.NoError, 'client closed');
     if (this.status === 'closed' || session.closedWhy) return false;
     this.#session = session;
@@ -332,6 +336,7 @@ export class QuiverClient {
     this.reconnecting = null;
     this.#setStatus('closed', why);
     this.#timers.stop();
+    this.#closing.abort(QuiverError.closed(why));
     const session = this.#session;
     this.#session = null;
     session?.close(why.code, why.reason);

@@ -35,6 +35,7 @@ export class Session {
   static async openFirst(urls, from, options, hooks) {
     let firstError;
     for (let i = 0; i < urls.length; i++) {
+      if (hooks.closing?.aborted) throw hooks.closing.reason; // the client closed: no next address
       const index = (from + i) % urls.length;
       try {
         return { session: await Session.open(urls[index], options, hooks), index };
@@ -49,16 +50,21 @@ export class Session {
   /**
    * Connects (`hooks.dial(url, signal)`: a ready `{wt, transport, fallback}`, see client/dial.js; `signal` aborts
    * when this gives up) and says Hello; resolves once Welcome arrived, within `options.connectTimeoutMs`. `hooks`:
-   * dial, onPush, onRoomStream, onTick, onRoomCopy, onLost. A server that closes the connection before Welcome
-   * rejects it with a QuiverError of its close code.
+   * dial, onPush, onRoomStream, onTick, onRoomCopy, onLost, and `closing` (an AbortSignal: the client closed, which
+   * gives the attempt up at once). A server that closes the connection before Welcome rejects it with a QuiverError
+   * of its close code.
    */
   static async open(url, options, hooks) {
     const giveUp = new AbortController();
     const dialing = hooks.dial(url, giveUp.signal);
     let timer;
+    let onClosing;
     const timeout = new Promise((_, reject) => {
       const ms = options.connectTimeoutMs;
       timer = setTimeout(() => reject(new Error(`no Welcome from ${url} within ${ms} ms`)), ms);
+      onClosing = () => reject(hooks.closing.reason);
+      if (hooks.closing?.aborted) onClosing();
+      else hooks.closing?.addEventListener('abort', onClosing, { once: true });
     });
     const handshake = async () => {
       const link = await dialing;
@@ -67,8 +73,10 @@ export class Session {
       const writer = stream.writable.getWriter();
       const reader = stream.readable.getReader();
       const { protocolVersion: version, name = null } = options;
+      if (giveUp.signal.aborted) throw giveUp.signal.reason; // given up (timed out, the client closed): no token
       // A function is asked at every connect, so an expired token is replaced by a fresh one on reconnect.
       const token = typeof options.token === 'function' ? await options.token() : (options.token ?? null);
+      if (giveUp.signal.aborted) throw giveUp.signal.reason;
       const hello = { Hello: { version, agent: AGENT, name, token } };
       await writer.write(encodeFrame(wire.Request, { req_id: 0n, body: hello }));
       const frames = new FrameReader(DEFAULT_MAX_FRAME);
@@ -109,6 +117,7 @@ export class Session {
       throw err;
     } finally {
       clearTimeout(timer);
+      hooks.closing?.removeEventListener('abort', onClosing);
     }
   }
 

@@ -1,0 +1,24 @@
+// close() while the client reconnects: the attempt under way is given up at once (no token fetched, no Hello, the
+// connection being opened closed; with several URLs, no next one tried), and nothing connects afterwards.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { FakeServer, connect, sleep, until } from './fakes.mjs';
+
+test('close() while reconnecting gives the connect under way up: no token, no Hello, no further dial', async (t) => {
+  const server = new FakeServer();
+  let tokens = 0;
+  const ann = await connect(t, server, { name: 'ann', token: () => { tokens += 1; return 'tok'; } });
+  assert.equal(tokens, 1);
+  server.webTransportDelayMs = 100; // the next connection is ready only after the client closed
+  server.dropAll();
+  await until('reconnecting', () => ann.status === 'reconnecting' && server.connections.length === 2);
+  ann.close();
+  await sleep(300);
+  assert.equal(tokens, 1, 'no token fetched for a connect given up');
+  assert.equal(server.connections.length, 2, 'nothing dialed after the close');
+  assert.equal(server.requestsOf('Hello').length, 1, 'no Hello on the connection opened after the close');
+  assert.equal(server.connections[1].alive, false, 'the connection being opened was closed');
+  assert.equal(ann.status, 'closed');
+});

@@ -9,7 +9,7 @@ use std::{
 use bytes::Bytes;
 use quiver_proto::{ErrorCode, ServerMsg, TickHeader};
 
-use super::{rooms, ticks, Driver, RoomEntry, SubEntry};
+use super::{rooms, streams, ticks, Driver, RoomEntry, SubEntry};
 use crate::{connection::Handler, state::room::StreamNumber, sync::lock};
 
 impl Handler for Driver {
@@ -26,14 +26,14 @@ impl Handler for Driver {
         let max_frame = self.welcome().limits.client_max_frame();
         self.tasks.spawn(async move {
             let copies = |slot, entry: &Arc<RoomEntry>| me.copies_opened(connection, slot, entry, stream);
-            rooms::read_stream(&me.rooms, (connection, stream), recv, (max_frame, &copies), &me.stop).await
+            streams::read_stream(&me.rooms, (connection, stream), recv, (max_frame, &copies), &me.stop).await
         });
     }
 
     fn room_copy(&self, connection: usize, slot: u64, first: u64, frames: Vec<Bytes>) {
         let found = lock(&self.copy_slots).get(&(connection, slot)).cloned();
         if let Some((entry, stream)) = found {
-            rooms::on_copy(&entry, stream, first, &frames);
+            streams::on_copy(&entry, stream, first, &frames);
         }
     }
 

@@ -10,6 +10,7 @@ mod calls;
 mod handler;
 mod posts;
 mod rooms;
+mod streams;
 mod ticks;
 
 use std::{

@@ -1,9 +1,6 @@
-//! The driver's rooms: which rooms the application joined and the state of each, joining again from a position,
-//! and reading room streams into their rooms' channels. Each room's events are made under its state lock with room
-//! in its channel already reserved, so they leave in the order the state produced them, even while a rejoin's
-//! stream replaces an older one.
+//! The driver's rooms: which rooms the application joined and the state of each, joining, leaving and joining again
+//! from a position. Reading their streams into their channels is `streams.rs`.
 
-use crate::wire::{LinkRecv, ReadError};
 use std::{
     collections::HashMap,
     sync::{
@@ -12,8 +9,7 @@ use std::{
     },
 };
 
-use bytes::{Bytes, BytesMut};
-use quiver_proto::{frame, ErrorCode, Failure, FrameCodec, Join, Joined, Position, Reply, RequestBody, RoomFrame};
+use quiver_proto::{ErrorCode, Failure, Join, Joined, Position, Reply, RequestBody};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +17,7 @@ use crate::{
     connection::{Connection, Handler},
     error::RequestError,
     options::JoinOptions,
-    state::room::{Opened, RoomEvent, RoomState, StreamNumber},
+    state::room::{RoomEvent, RoomState},
     sync::lock,
 };
 
@@ -36,7 +32,7 @@ pub(crate) struct RoomEntry {
     /// Joined with redundant delivery (asked again at every rejoin).
     pub(crate) redundant: bool,
     pub(crate) state: Mutex<RoomState>,
-    events: mpsc::Sender<RoomEvent>,
+    pub(super) events: mpsc::Sender<RoomEvent>,
     /// Cancelled once the room cannot be taken back after a reconnect (the server refused the rejoin for good):
     /// its reader then gets `None`, and `end_reason` says why.
     pub(crate) ended: CancellationToken,
@@ -344,165 +340,4 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
         return;
     }
     entry.end(ErrorCode::Unavailable, format!("the server refused to take the room back {RETRIED_REJOINS} times"));
-}
-
-/// Room for one event in `entry`'s channel: at once when there is room, else when the application reads; `None`
-/// when the room's handle is gone, the room was left or ended, or the client stopped.
-async fn reserve<'a>(entry: &'a RoomEntry, stop: &CancellationToken) -> Option<mpsc::Permit<'a, RoomEvent>> {
-    match entry.events.try_reserve() {
-        Ok(permit) => Some(permit),
-        Err(mpsc::error::TrySendError::Closed(())) => None,
-        Err(mpsc::error::TrySendError::Full(())) => tokio::select! {
-            permit = entry.events.reserve() => permit.ok(),
-            // Left while its reader waits for the application (which may hold the room until the Left reply):
-            // the stream is stopped now, so the server's end of it is done at once (its room-stream limit counts
-            // it until then).
-            () = entry.ended.cancelled() => None,
-            () = stop.cancelled() => None,
-        },
-    }
-}
-
-/// Hands out the events copies brought for `entry`'s current stream, in order, while its channel has room now (the
-/// rest wait for the stream, or for room). Called with the room's state locked.
-fn hand_out_copies(entry: &RoomEntry, state: &mut RoomState) {
-    while state.has_ready() {
-        let Ok(permit) = entry.events.try_reserve() else { return };
-        match state.ready() {
-            Some(Some(event)) => permit.send(event),
-            Some(None) => {}
-            None => return,
-        }
-    }
-}
-
-/// A datagram copy of `entry`'s stream `stream`, frames at positions from `first`.
-pub(crate) fn on_copy(entry: &RoomEntry, stream: StreamNumber, first: u64, frames: &[Bytes]) {
-    let mut state = lock(&entry.state);
-    for (position, body) in (first..).zip(frames) {
-        match frame::decode_body::<RoomFrame>(body) {
-            Ok(RoomFrame::Event(event)) => state.copy(stream, position, event),
-            other => return tracing::debug!(?other, "a room copy that is not an event"),
-        }
-    }
-    hand_out_copies(entry, &mut state);
-}
-
-/// Told when a stream says it has copies: the slot, the room's entry.
-pub(crate) type CopiesOpened<'a> = &'a (dyn Fn(u64, &Arc<RoomEntry>) + Send + Sync);
-
-/// Reads room stream number `stream` (numbered in accept order) of connection `connection`: its Open frame says
-/// which room it carries, which Join it answers and where it starts; then its events, until the stream ends
-/// (finished, reset, or its connection closed: closing the client closes it) or a newer stream of the room replaces
-/// it. Frames are numbered by position (Open is 0); a `Copies` frame turns on the merge with datagram copies, and
-/// `copies` hears of its slot.
-pub(crate) async fn read_stream(
-    rooms: &Rooms,
-    (connection, stream): (usize, StreamNumber),
-    mut recv: LinkRecv,
-    (max_frame, copies): (usize, CopiesOpened<'_>),
-    stop: &CancellationToken,
-) {
-    let codec = FrameCodec::new(max_frame);
-    let mut buf = BytesMut::new();
-    let open = match next_frame(&codec, &mut recv, &mut buf).await {
-        Ok(Some(RoomFrame::Open(open))) => open,
-        Ok(None) | Err(StreamEnd::Reset(_)) => return, // reset before it said anything: a Kicked follows
-        other => {
-            tracing::warn!(?other, "room stream did not start with Open");
-            recv.stop(ErrorCode::ProtocolViolation);
-            return;
-        }
-    };
-    let Some(entry) = rooms.get(&open.room) else {
-        // Left meanwhile.
-        recv.stop(ErrorCode::NoError);
-        return;
-    };
-    let Some(permit) = reserve(&entry, stop).await else {
-        recv.stop(ErrorCode::NoError);
-        return;
-    };
-    // `Resumed` handed out under the state's lock, like every event: a newer stream's events cannot pass it.
-    let stale = {
-        let mut state = lock(&entry.state);
-        match state.open((connection, stream), &open) {
-            Opened::Current(Some(resumed)) => {
-                permit.send(resumed);
-                false
-            }
-            Opened::Current(None) => false,
-            Opened::Stale => true,
-        }
-    };
-    if stale {
-        recv.stop(ErrorCode::NoError);
-        return;
-    }
-    let mut position = 0;
-    loop {
-        let frame = next_frame(&codec, &mut recv, &mut buf).await;
-        position += 1;
-        match frame {
-            Ok(Some(RoomFrame::Event(event))) => {
-                let Some(permit) = reserve(&entry, stop).await else {
-                    recv.stop(ErrorCode::NoError);
-                    return;
-                };
-                let mut state = lock(&entry.state);
-                match state.stream_event(stream, position, event) {
-                    Some(event) => permit.send(event),
-                    None if !state.is_current(stream) => return, // replaced by a rejoin
-                    None => {}                                   // delivered before a resume, or by its copy
-                }
-                hand_out_copies(&entry, &mut state);
-            }
-            Ok(Some(RoomFrame::Copies { slot })) => {
-                lock(&entry.state).copies(stream, position + 1);
-                copies(slot, &entry);
-            }
-            Ok(Some(RoomFrame::Open(_))) => {
-                tracing::warn!(room = %entry.name, "second Open on a room stream");
-                return;
-            }
-            Ok(None) => return, // finished: the room was left
-            Err(StreamEnd::Reset(code)) => {
-                // A slow consumer's reset is followed by Kicked on the control stream, which rejoins.
-                tracing::debug!(room = %entry.name, %code, "room stream reset");
-                return;
-            }
-            Err(StreamEnd::Other(err)) => {
-                tracing::debug!(room = %entry.name, %err, "room stream ended");
-                return;
-            }
-        }
-    }
-}
-
-/// How a room stream ended, when it did not finish cleanly.
-#[derive(Debug)]
-enum StreamEnd {
-    Reset(ErrorCode),
-    Other(String),
-}
-
-async fn next_frame(
-    codec: &FrameCodec,
-    recv: &mut LinkRecv,
-    buf: &mut BytesMut,
-) -> Result<Option<RoomFrame>, StreamEnd> {
-    loop {
-        match codec.decode::<RoomFrame>(buf) {
-            Ok(Some(frame)) => return Ok(Some(frame)),
-            Ok(None) => {}
-            Err(err) => return Err(StreamEnd::Other(err.to_string())),
-        }
-        match recv.read_chunk().await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
-            Ok(None) if buf.is_empty() => return Ok(None),
-            Ok(None) => return Err(StreamEnd::Other("stream ended inside a frame".into())),
-            Err(ReadError::Reset(code)) => return Err(StreamEnd::Reset(code)),
-            Err(err) => return Err(StreamEnd::Other(format!("{err:?}"))),
-        }
-    }
 }

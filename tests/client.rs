@@ -9,6 +9,9 @@ use quiver_proto::Limits;
 use quiver_server::ServerConfig;
 use quiver_tests::{hostile::named, TestServer};
 
+mod fakes;
+use fakes::{broken_room_stream, fake_endpoint, fake_server, late_first_stream, mute_after_welcome, Seen};
+
 /// The states `watch` (taken before whatever changes them) goes through until `done` says stop (at most 15 s).
 async fn states_until(
     mut watch: tokio::sync::watch::Receiver<ConnectionState>,
@@ -140,78 +143,6 @@ async fn posts_beyond_max_queued_posts_fail_at_once_and_the_bound_frees_as_posts
     assert_eq!(client.post("q", "four").await.unwrap(), 3, "acknowledged posts free their places");
     client.close().await;
     server.stop().await;
-}
-
-/// A server that answers each connection's Hello with a Welcome, then finishes the control stream and leaves the
-/// connection open: what a graceful close looks like until the server's close arrives, and, here, forever. Counts
-/// the connections it accepted.
-///
-/// With `close`, each connection is closed 20 ms after its Welcome instead, as by a server in a crash loop.
-async fn after_welcome(
-    endpoint: quinn::Endpoint,
-    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    close: bool,
-) {
-    use quiver_proto::{FrameCodec, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
-    while let Some(incoming) = endpoint.accept().await {
-        let accepted = accepted.clone();
-        tokio::spawn(async move {
-            let Ok(conn) = incoming.await else { return };
-            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
-            let codec = FrameCodec::new(Limits::default().max_frame as usize);
-            let mut inbound = bytes::BytesMut::new();
-            let req_id = loop {
-                match codec.decode::<Request>(&mut inbound).unwrap() {
-                    Some(Request { req_id, body: RequestBody::Hello(_) }) => break req_id,
-                    Some(other) => panic!("expected a Hello first: {other:?}"),
-                    None => match recv.read_chunk(usize::MAX, true).await {
-                        Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
-                        _ => return,
-                    },
-                }
-            };
-            let welcome = Welcome {
-                version: PROTOCOL_VERSION,
-                session_id: 1,
-                server_time_us: 0,
-                identity: "finisher".into(),
-                limits: Limits::default(),
-            };
-            let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Welcome(welcome)) };
-            send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
-            if close {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                conn.close(0u32.into(), b"crashed");
-                return;
-            }
-            send.finish().unwrap();
-            conn.closed().await;
-        });
-    }
-}
-
-/// A fake server ([`after_welcome`]) on 127.0.0.1 with a dev certificate in a temporary data directory: the
-/// directory (for the client's trust), its address, and the count of connections it accepted.
-fn fake_server(close: bool) -> (tempfile::TempDir, String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let (dir, endpoint, addr) = fake_endpoint();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tokio::spawn(after_welcome(endpoint, accepted.clone(), close));
-    (dir, addr, accepted)
-}
-
-/// A quinn server endpoint on 127.0.0.1 with a dev certificate in a temporary data directory: the directory (for
-/// the client's trust), the endpoint and its address.
-fn fake_endpoint() -> (tempfile::TempDir, quinn::Endpoint, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
-    let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
-    let tuning = quiver_transport::TransportTuning::default();
-    let config =
-        quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
-    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = endpoint.local_addr().unwrap().to_string();
-    (dir, endpoint, addr)
 }
 
 /// This thread's CPU time so far (Linux: `/proc/thread-self/schedstat`), `None` elsewhere.
@@ -357,84 +288,6 @@ async fn joins_and_leaves_given_up_midway_leave_nothing_behind() {
     server.stop().await;
 }
 
-/// A server that lets a room's first stream come late: it answers Join, Leave and Join again of one room before
-/// anything of the first Join's stream leaves, then sends both streams, the first one's Open first. (React's
-/// StrictMode joins, leaves and joins at once; a lost packet delays a stream the same way.)
-async fn late_first_stream(endpoint: quinn::Endpoint) {
-    use quiver_proto::{
-        EventKind, FrameCodec, Joined, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg, Welcome,
-        PROTOCOL_VERSION,
-    };
-    let Some(incoming) = endpoint.accept().await else { return };
-    let conn = incoming.await.unwrap();
-    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-    let codec = FrameCodec::new(Limits::default().max_frame as usize);
-    let frame = |frame: &RoomFrame| codec.encode_to_vec(frame).unwrap().freeze();
-    let event = |seq, kind| RoomFrame::Event(RoomEvent { seq, time_us: 0, kind });
-    let joined = |req_id, last_seq| Joined {
-        room: "r".into(),
-        epoch: 1,
-        recovered: true,
-        replay_from: last_seq + 1,
-        last_seq,
-        members: vec!["ann".into()],
-        req_id,
-    };
-    let (mut inbound, mut first) = (bytes::BytesMut::new(), None);
-    loop {
-        let Request { req_id, body } = match codec.decode::<Request>(&mut inbound).unwrap() {
-            Some(request) => request,
-            None => match recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => {
-                    inbound.extend_from_slice(&chunk.bytes);
-                    continue;
-                }
-                _ => return,
-            },
-        };
-        let reply = match body {
-            RequestBody::Hello(_) => Reply::Welcome(Welcome {
-                version: PROTOCOL_VERSION,
-                session_id: 1,
-                server_time_us: 0,
-                identity: "ann".into(),
-                limits: Limits::default(),
-            }),
-            RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
-            RequestBody::Leave { room } => Reply::Left { room },
-            RequestBody::Join(_) if first.is_none() => {
-                // The stream is opened (its id taken) but nothing of it is sent yet.
-                first = Some((req_id, conn.open_uni().await.unwrap()));
-                Reply::Joined(joined(req_id, 4))
-            }
-            RequestBody::Join(_) => {
-                let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Joined(joined(req_id, 5))) };
-                send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
-                let (first_req, mut stream) = first.take().unwrap();
-                let ann = EventKind::MemberJoined { member: "ann".into() };
-                let left = EventKind::MemberLeft { member: "ann".into() };
-                let posted = EventKind::Message { sender: "bob".into(), client_msg_id: 5, body: "early".into() };
-                for f in
-                    [RoomFrame::Open(joined(first_req, 4)), event(4, ann.clone()), event(5, posted), event(5, left)]
-                {
-                    stream.write_all(&frame(&f)).await.unwrap();
-                }
-                stream.finish().unwrap();
-                tokio::time::sleep(Duration::from_millis(50)).await; // the first stream's Open is read first
-                let mut second = conn.open_uni().await.unwrap();
-                let posted = EventKind::Message { sender: "bob".into(), client_msg_id: 6, body: "later".into() };
-                for f in [RoomFrame::Open(joined(req_id, 5)), event(5, ann), event(6, posted)] {
-                    second.write_all(&frame(&f)).await.unwrap();
-                }
-                continue;
-            }
-            other => panic!("unexpected request {other:?}"),
-        };
-        let reply = ServerMsg::Reply { req_id, result: Ok(reply) };
-        send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
-    }
-}
-
 /// A room joined, left and joined again before the first Join's stream arrived gets only the second Join's stream:
 /// each stream's Open frame names its Join. Before, the first stream was taken for the second join's: its events
 /// (which the second join never asked for), then the second stream as a spurious `Resumed`.
@@ -460,48 +313,37 @@ async fn a_room_joined_again_does_not_take_the_first_joins_late_stream() {
     server.abort();
 }
 
-/// A server that answers Hello and then nothing (a hung process that still holds its connections).
-async fn mute_after_welcome(endpoint: quinn::Endpoint) {
-    use quiver_proto::{FrameCodec, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
-    let Some(incoming) = endpoint.accept().await else { return };
-    let conn = incoming.await.unwrap();
-    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-    let codec = FrameCodec::new(Limits::default().max_frame as usize);
-    let mut inbound = bytes::BytesMut::new();
-    loop {
-        match codec.decode::<Request>(&mut inbound).unwrap() {
-            Some(Request { req_id, body: RequestBody::Hello(_) }) => {
-                let limits = Limits::default();
-                let welcome = Welcome {
-                    version: PROTOCOL_VERSION,
-                    session_id: 1,
-                    server_time_us: 0,
-                    identity: "m".into(),
-                    limits,
-                };
-                let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Welcome(welcome)) };
-                send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
-            }
-            Some(_) => {} // never answered
-            None => match recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
-                _ => return,
-            },
-        }
-    }
-}
-
 /// A server that welcomes the client and then answers nothing does not hang `connect`: the clock offset's Pings
 /// give up after `connect_timeout` (they waited forever, and so did the connect).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_does_not_wait_forever_for_the_clock_pings() {
     let (dir, endpoint, addr) = fake_endpoint();
-    let server = tokio::spawn(mute_after_welcome(endpoint));
+    let server = tokio::spawn(mute_after_welcome(endpoint, tokio::sync::oneshot::channel().0));
     let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
     let options = ConnectOptions { trust, connect_timeout: Duration::from_secs(1), ..ConnectOptions::default() };
     let connected = tokio::time::timeout(Duration::from_secs(10), Client::connect_with(&addr, options)).await;
     let client = connected.expect("connect returns").expect("connected: the Welcome came");
     client.close().await;
+    server.abort();
+}
+
+/// A connect given up after the Welcome (its future dropped: the caller's own timeout) closes its connection. It
+/// stayed open before, kept alive for ever by the client's reader tasks, with no handle left to close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_given_up_after_the_welcome_closes_its_connection() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let (welcomed, welcome_sent) = tokio::sync::oneshot::channel();
+    let mut server = tokio::spawn(mute_after_welcome(endpoint, welcomed));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let options = ConnectOptions { trust, connect_timeout: Duration::from_secs(60), ..ConnectOptions::default() };
+    let connecting = Client::connect_with(&addr, options);
+    tokio::select! {
+        connected = connecting => panic!("connect returned although the clock Pings went unanswered: {connected:?}"),
+        // The connect now waits for its clock Pings; it is dropped there.
+        _ = async { welcome_sent.await.unwrap(); tokio::time::sleep(Duration::from_millis(200)).await } => {}
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), &mut server).await;
+    assert!(closed.is_ok(), "the server still holds the connection of a connect given up");
     server.abort();
 }
 
@@ -524,4 +366,41 @@ async fn a_room_left_while_the_client_reconnects_is_left_without_an_error() {
         again.leave().await.unwrap();
     }
     server.stop().await;
+}
+
+/// A room stream that breaks the protocol (here a frame that is no room frame) costs the client its connection,
+/// not the room: the client closes the connection with `ProtocolViolation`, reconnects and resumes the room from
+/// the last message it got, which then goes on. Before, the room's reader just stopped, and the room with it, for
+/// as long as the connection lasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_stream_that_breaks_the_protocol_is_resumed_on_a_new_connection() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(broken_room_stream(endpoint, seen_tx));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
+    let mut room = client.join("r").await.unwrap();
+    let mut messages = Vec::new();
+    while messages.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(10), room.next()).await {
+            Ok(Some(quiver_client::RoomEvent::Message(m))) => messages.push((m.seq, m.body)),
+            Ok(Some(_)) => {}
+            other => panic!("the room stalled after {messages:?}: {other:?}"),
+        }
+    }
+    assert_eq!(messages, [(1, bytes::Bytes::from("first")), (2, bytes::Bytes::from("later"))]);
+    let mut events = Vec::new();
+    while events.len() < 3 {
+        events.push(tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().unwrap());
+    }
+    let closed = events.iter().find_map(|e| match e {
+        Seen::Closed(1, code, reason) => Some((*code, reason.contains("room r's stream"))),
+        _ => None,
+    });
+    let violation = Some((quiver_proto::ErrorCode::ProtocolViolation, true));
+    assert_eq!(closed, violation, "the first connection closed for the violation: {events:?}");
+    let resumed = quiver_proto::Position { epoch: 7, seq: 1 };
+    assert!(events.iter().any(|e| matches!(e, Seen::Join(2, Some(since)) if *since == resumed)), "{events:?}");
+    client.close().await;
+    server.abort();
 }

@@ -26,7 +26,15 @@ impl Handler for Driver {
         let max_frame = self.welcome().limits.client_max_frame();
         self.tasks.spawn(async move {
             let copies = |slot, entry: &Arc<RoomEntry>| me.copies_opened(connection, slot, entry, stream);
-            streams::read_stream(&me.rooms, (connection, stream), recv, (max_frame, &copies), &me.stop).await
+            let read = streams::read_stream(&me.rooms, (connection, stream), recv, (max_frame, &copies), &me.stop);
+            if let Err((code, why)) = read.await {
+                // The room cannot go on from this stream: the connection goes, and the reconnect resumes every room
+                // from its position.
+                tracing::warn!(%code, %why, "the server broke the protocol on a room stream; reconnecting");
+                if let Some(current) = me.current.borrow().as_ref().filter(|c| c.id == connection) {
+                    current.link.close(code, &why);
+                }
+            }
         });
     }
 

@@ -85,6 +85,27 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// A [`Driver::connect`] not yet returned: dropped (the connect failed, or its future was dropped), it ends the
+/// client and closes the connection opened so far.
+struct Unfinished {
+    driver: Arc<Driver>,
+    connection: Option<Arc<Live>>,
+    finished: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let why = (ErrorCode::NoError, "connect given up".to_string());
+        if let Some(connection) = &self.connection {
+            connection.link.close(why.0, &why.1);
+        }
+        self.driver.end(why);
+    }
+}
+
 /// The client's shared state and tasks.
 #[derive(Debug)]
 pub(crate) struct Driver {
@@ -163,14 +184,18 @@ impl Driver {
             websocket_first: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
+        // Until this returns, a dropped future (the caller's own timeout, a `select!`) ends the client: its
+        // connection is already held by its reader tasks, and nothing else would ever close it.
+        let mut unfinished = Unfinished { driver: driver.clone(), connection: None, finished: false };
         let first = tokio::time::timeout(timeout, driver.open(first)).await.map_err(|_| ConnectError::Timeout(timeout));
         match first {
-            Ok(Ok(connection)) => driver.connected(connection).await,
-            Ok(Err(err)) | Err(err) => {
-                driver.stop.cancel();
-                return Err(err);
+            Ok(Ok(connection)) => {
+                unfinished.connection = Some(connection.clone());
+                driver.connected(connection).await;
             }
+            Ok(Err(err)) | Err(err) => return Err(err),
         }
+        unfinished.finished = true;
         driver.tasks.spawn(driver.clone().supervise());
         let sending = posts::send_posts(driver.current.subscribe(), queued, driver.stop.clone());
         let me = driver.clone();

@@ -62,6 +62,11 @@ pub(crate) fn on_copy(entry: &RoomEntry, stream: StreamNumber, first: u64, frame
 /// Told when a stream says it has copies: the slot, the room's entry.
 pub(crate) type CopiesOpened<'a> = &'a (dyn Fn(u64, &Arc<RoomEntry>) + Send + Sync);
 
+/// A room stream that broke the protocol (a malformed or oversized frame, a stream ended inside a frame, no Open
+/// first, a second Open): the code and reason to close its connection with. The room cannot go on from that stream,
+/// and waiting would stall it for good; a reconnect resumes it from its position, so nothing is lost.
+pub(crate) type Violation = (ErrorCode, String);
+
 /// Reads room stream number `stream` (numbered in accept order) of connection `connection`: its Open frame says
 /// which room it carries, which Join it answers and where it starts; then its events, until the stream ends
 /// (finished, reset, or its connection closed: closing the client closes it) or a newer stream of the room replaces
@@ -73,26 +78,23 @@ pub(crate) async fn read_stream(
     mut recv: LinkRecv,
     (max_frame, copies): (usize, CopiesOpened<'_>),
     stop: &CancellationToken,
-) {
+) -> Result<(), Violation> {
     let codec = FrameCodec::new(max_frame);
     let mut buf = BytesMut::new();
     let open = match next_frame(&codec, &mut recv, &mut buf).await {
         Ok(Some(RoomFrame::Open(open))) => open,
-        Ok(None) | Err(StreamEnd::Reset(_)) => return, // reset before it said anything: a Kicked follows
-        other => {
-            tracing::warn!(?other, "room stream did not start with Open");
-            recv.stop(ErrorCode::ProtocolViolation);
-            return;
-        }
+        Ok(None) | Err(StreamEnd::Reset(_) | StreamEnd::Lost(_)) => return Ok(()), // reset: a Kicked follows
+        Ok(Some(other)) => return Err(violation(format!("room stream began with {other:?}, not Open"))),
+        Err(StreamEnd::Broken(code, why)) => return Err((code, format!("room stream: {why}"))),
     };
     let Some(entry) = rooms.get(&open.room) else {
         // Left meanwhile.
         recv.stop(ErrorCode::NoError);
-        return;
+        return Ok(());
     };
     let Some(permit) = reserve(&entry, stop).await else {
         recv.stop(ErrorCode::NoError);
-        return;
+        return Ok(());
     };
     // `Resumed` handed out under the state's lock, like every event: a newer stream's events cannot pass it.
     let stale = {
@@ -108,7 +110,7 @@ pub(crate) async fn read_stream(
     };
     if stale {
         recv.stop(ErrorCode::NoError);
-        return;
+        return Ok(());
     }
     let mut position = 0;
     loop {
@@ -118,13 +120,13 @@ pub(crate) async fn read_stream(
             Ok(Some(RoomFrame::Event(event))) => {
                 let Some(permit) = reserve(&entry, stop).await else {
                     recv.stop(ErrorCode::NoError);
-                    return;
+                    return Ok(());
                 };
                 let mut state = lock(&entry.state);
                 match state.stream_event(stream, position, event) {
                     Some(event) => permit.send(event),
-                    None if !state.is_current(stream) => return, // replaced by a rejoin
-                    None => {}                                   // delivered before a resume, or by its copy
+                    None if !state.is_current(stream) => return Ok(()), // replaced by a rejoin
+                    None => {}                                          // delivered before a resume, or by its copy
                 }
                 hand_out_copies(&entry, &mut state);
             }
@@ -133,28 +135,36 @@ pub(crate) async fn read_stream(
                 copies(slot, &entry);
             }
             Ok(Some(RoomFrame::Open(_))) => {
-                tracing::warn!(room = %entry.name, "second Open on a room stream");
-                return;
+                return Err(violation(format!("a second Open on room {}'s stream", entry.name)));
             }
-            Ok(None) => return, // finished: the room was left
+            Ok(None) => return Ok(()), // finished: the room was left
             Err(StreamEnd::Reset(code)) => {
                 // A slow consumer's reset is followed by Kicked on the control stream, which rejoins.
                 tracing::debug!(room = %entry.name, %code, "room stream reset");
-                return;
+                return Ok(());
             }
-            Err(StreamEnd::Other(err)) => {
+            Err(StreamEnd::Lost(err)) => {
                 tracing::debug!(room = %entry.name, %err, "room stream ended");
-                return;
+                return Ok(());
             }
+            Err(StreamEnd::Broken(code, why)) => return Err((code, format!("room {}'s stream: {why}", entry.name))),
         }
     }
+}
+
+fn violation(why: String) -> Violation {
+    (ErrorCode::ProtocolViolation, why)
 }
 
 /// How a room stream ended, when it did not finish cleanly.
 #[derive(Debug)]
 enum StreamEnd {
+    /// Reset by the server.
     Reset(ErrorCode),
-    Other(String),
+    /// Its bytes broke the protocol.
+    Broken(ErrorCode, String),
+    /// The connection went (closed, lost).
+    Lost(String),
 }
 
 async fn next_frame(
@@ -166,14 +176,14 @@ async fn next_frame(
         match codec.decode::<RoomFrame>(buf) {
             Ok(Some(frame)) => return Ok(Some(frame)),
             Ok(None) => {}
-            Err(err) => return Err(StreamEnd::Other(err.to_string())),
+            Err(err) => return Err(StreamEnd::Broken(err.code(), err.to_string())),
         }
         match recv.read_chunk().await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
             Ok(None) if buf.is_empty() => return Ok(None),
-            Ok(None) => return Err(StreamEnd::Other("stream ended inside a frame".into())),
+            Ok(None) => return Err(StreamEnd::Broken(ErrorCode::ProtocolViolation, "finished inside a frame".into())),
             Err(ReadError::Reset(code)) => return Err(StreamEnd::Reset(code)),
-            Err(err) => return Err(StreamEnd::Other(format!("{err:?}"))),
+            Err(err) => return Err(StreamEnd::Lost(format!("{err:?}"))),
         }
     }
 }

@@ -2,16 +2,16 @@
 // loss like the Rust client. It opens Sessions (client/session.js) and keeps across them what the application asked
 // for: rooms (resumed from their position), posts (re-sent until acknowledged), tick subscriptions and claims.
 
-import { ErrorCode, QuiverDecodeError, QuiverError } from './wire/errors.js';
-import { Backoff, LatestWins, Merge, PostQueue, RoomState, clockOffsetUs, messageEvent } from './state.js';
-import { Session, roomFrames } from './client/session.js';
+import { ErrorCode, QuiverError } from './wire/errors.js';
+import { Backoff, LatestWins, PostQueue, RoomState, clockOffsetUs, messageEvent } from './state.js';
+import { Session } from './client/session.js';
+import { readRoomStream, roomCopy } from './client/streams.js';
 import { Dialer, transportOptions } from './client/dial.js';
 import { Publisher, Room, Subscription, claimOn, deliverTick, sendTick, subscribeOn } from './client/handles.js';
 import { Signal, Timers, restore } from './client/waiting.js';
 import {
   REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, leftAnyway, toBytes, unixUs,
 } from './client/values.js';
-import { wire } from './wire/messages.js';
 
 /**
  * A Quiver session over WebTransport (or a WebSocket) that survives connection loss: it reconnects with jittered
@@ -253,9 +253,9 @@ export class QuiverClient {
       dial: (url, signal) => this.#dialer.dial(url, signal),
       onLost: (session, why) => this.#lost(session, why),
       onPush: (push) => this.#push(push),
-      onRoomStream: (session, stream) => this.#readRoomStream(session, stream, ++this.#roomStreams),
+      onRoomStream: (session, stream) => readRoomStream(this.#rooms, session, stream, ++this.#roomStreams),
       onTick: (entry, tick) => deliverTick(entry, tick, this.serverClockUs()),
-      onRoomCopy: (session, copy) => this.#roomCopy(session, copy),
+      onRoomCopy: (session, copy) => roomCopy(this.#rooms, session, copy),
       closing: this.#closing.signal,
       copies: { copies: this.#options.copies, spacingMs: this.#options.copySpacingMs }, // for post copies
     };
@@ -417,60 +417,6 @@ export class QuiverClient {
     const still = () => Boolean(session) && session === this.#session && !session.closedWhy && held();
     const delay = (attempt) => this.#unavailable.backoff.delay(attempt);
     return { still, sleep: (ms) => this.#timers.sleep(ms), delay, refusedForNow: REFUSED_FOR_NOW, what };
-  }
-
-  /**
-   * Reads one room stream; its Open frame says which room and Join (`RoomState.ours`) it is of and where it resumes.
-   * A room's newest stream (`order`: streams in arrival order) is the one that delivers: once a rejoin's stream
-   * opens, an older stream of the room stops, so its late events are neither repeated nor delivered out of order.
-   */
-  async #readRoomStream(session, stream, order) {
-    const frames = roomFrames(stream, session.maxFrame);
-    try {
-      const joined = (await frames.next())?.Open;
-      const entry = joined && this.#rooms.get(joined.room);
-      if (!entry?.state.ours(session, joined.req_id) || order < entry.stream) return frames.cancel(); // see above
-      entry.stream = order;
-      entry.copies = null;
-      for (const event of entry.state.open(joined)) callBack(entry.onEvent, event);
-      for (let position = 1n; ; position++) {
-        const frame = await frames.next();
-        if (frame === null) return; // finished: the room was left
-        const current = this.#rooms.get(joined.room) === entry && entry.stream === order;
-        if (current && frame.Copies) {
-          // A redundant stream: its events also come as copies with this slot, merged by position.
-          entry.copies = { session, slot: frame.Copies.slot, merge: new Merge(position + 1n) };
-          session.copyRooms.add(joined.room);
-          continue;
-        }
-        if (!current || !frame.Event) return frames.cancel(); // left, rejoined on a newer stream, or a 2nd Open
-        const event = entry.copies ? entry.copies.merge.stream(position, frame.Event) : frame.Event;
-        if (event) this.#deliver(entry, event);
-      }
-    } catch (err) {
-      // Reset, or the connection is gone. A slow consumer's reset comes with a Kicked naming the room, which
-      // rejoins it: the reset alone cannot, when it comes before the Open frame.
-      if (err instanceof QuiverDecodeError) frames.cancel();
-    }
-  }
-
-  /** Hands `event` (a RoomEvent value) to the room, then whatever copies brought next. */
-  #deliver(entry, event) {
-    for (let next = event; next; next = entry.copies?.merge.ready()) {
-      const out = entry.state.event(next);
-      if (out) callBack(entry.onEvent, out);
-      if (this.#rooms.get(entry.state.name) !== entry) return; // left (or ended) from inside onEvent
-    }
-  }
-
-  /** A room copy datagram: its events go through the merge of the stream with that slot, if it is current. */
-  #roomCopy(session, { slot, first, frames }) {
-    const entry = [...this.#rooms.values()].find((e) => e.copies?.session === session && e.copies.slot === slot);
-    try {
-      frames.forEach((body, i) => entry && entry.copies.merge.copy(first + BigInt(i), wire.RoomFrame.decode(body).Event));
-    } catch { /* an undecodable copy: the stream brings the frame */ }
-    const next = entry?.copies.merge.ready();
-    if (next) this.#deliver(entry, next);
   }
 
   // ── posts ──

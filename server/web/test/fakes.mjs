@@ -129,7 +129,8 @@ export class FakeWebTransport {
   }
 
   /**
-   * A room stream; `stall()` makes it fall behind: what is written after it never reaches the client. While
+   * A room stream; `write` sends a RoomFrame value, `writeBytes` raw bytes; `stall()` makes it fall behind: what is
+   * written after it never reaches the client. While
    * `heldStreams` is an array, new streams wait in it (late on the way) until `releaseStreams()`.
    */
   openRoomStream() {
@@ -140,6 +141,7 @@ export class FakeWebTransport {
     let stalled = false;
     return {
       write: (frame) => this.alive && !stalled && stream.push(encodeFrame(wire.RoomFrame, frame)),
+      writeBytes: (bytes) => this.alive && !stalled && stream.push(bytes), // whatever they are
       stall: () => { stalled = true; },
       finish: () => stream.finish(),
       reset: (code) => stream.fail(Object.assign(new Error(`stream reset ${code}`), { streamErrorCode: code })),

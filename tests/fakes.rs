@@ -1,0 +1,284 @@
+//! Scripted servers for the client's tests: quinn endpoints that speak just enough of the protocol to put the
+//! client in one situation (a server that finishes its control stream, goes mute, sends streams late or breaks
+//! the protocol on a room stream).
+
+use std::time::Duration;
+
+use quiver_proto::Limits;
+
+/// A server that answers each connection's Hello with a Welcome, then finishes the control stream and leaves the
+/// connection open: what a graceful close looks like until the server's close arrives, and, here, forever. Counts
+/// the connections it accepted.
+///
+/// With `close`, each connection is closed 20 ms after its Welcome instead, as by a server in a crash loop.
+async fn after_welcome(
+    endpoint: quinn::Endpoint,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    close: bool,
+) {
+    use quiver_proto::{FrameCodec, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
+    while let Some(incoming) = endpoint.accept().await {
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+            let codec = FrameCodec::new(Limits::default().max_frame as usize);
+            let mut inbound = bytes::BytesMut::new();
+            let req_id = loop {
+                match codec.decode::<Request>(&mut inbound).unwrap() {
+                    Some(Request { req_id, body: RequestBody::Hello(_) }) => break req_id,
+                    Some(other) => panic!("expected a Hello first: {other:?}"),
+                    None => match recv.read_chunk(usize::MAX, true).await {
+                        Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
+                        _ => return,
+                    },
+                }
+            };
+            let welcome = Welcome {
+                version: PROTOCOL_VERSION,
+                session_id: 1,
+                server_time_us: 0,
+                identity: "finisher".into(),
+                limits: Limits::default(),
+            };
+            let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Welcome(welcome)) };
+            send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+            if close {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                conn.close(0u32.into(), b"crashed");
+                return;
+            }
+            send.finish().unwrap();
+            conn.closed().await;
+        });
+    }
+}
+
+/// A fake server ([`after_welcome`]) on 127.0.0.1 with a dev certificate in a temporary data directory: the
+/// directory (for the client's trust), its address, and the count of connections it accepted.
+pub(crate) fn fake_server(close: bool) -> (tempfile::TempDir, String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(after_welcome(endpoint, accepted.clone(), close));
+    (dir, addr, accepted)
+}
+
+/// A quinn server endpoint on 127.0.0.1 with a dev certificate in a temporary data directory: the directory (for
+/// the client's trust), the endpoint and its address.
+pub(crate) fn fake_endpoint() -> (tempfile::TempDir, quinn::Endpoint, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
+    let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
+    let tuning = quiver_transport::TransportTuning::default();
+    let config =
+        quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    (dir, endpoint, addr)
+}
+
+/// A server that lets a room's first stream come late: it answers Join, Leave and Join again of one room before
+/// anything of the first Join's stream leaves, then sends both streams, the first one's Open first. (React's
+/// StrictMode joins, leaves and joins at once; a lost packet delays a stream the same way.)
+pub(crate) async fn late_first_stream(endpoint: quinn::Endpoint) {
+    use quiver_proto::{
+        EventKind, FrameCodec, Joined, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg, Welcome,
+        PROTOCOL_VERSION,
+    };
+    let Some(incoming) = endpoint.accept().await else { return };
+    let conn = incoming.await.unwrap();
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let frame = |frame: &RoomFrame| codec.encode_to_vec(frame).unwrap().freeze();
+    let event = |seq, kind| RoomFrame::Event(RoomEvent { seq, time_us: 0, kind });
+    let joined = |req_id, last_seq| Joined {
+        room: "r".into(),
+        epoch: 1,
+        recovered: true,
+        replay_from: last_seq + 1,
+        last_seq,
+        members: vec!["ann".into()],
+        req_id,
+    };
+    let (mut inbound, mut first) = (bytes::BytesMut::new(), None);
+    loop {
+        let Request { req_id, body } = match codec.decode::<Request>(&mut inbound).unwrap() {
+            Some(request) => request,
+            None => match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => {
+                    inbound.extend_from_slice(&chunk.bytes);
+                    continue;
+                }
+                _ => return,
+            },
+        };
+        let reply = match body {
+            RequestBody::Hello(_) => Reply::Welcome(Welcome {
+                version: PROTOCOL_VERSION,
+                session_id: 1,
+                server_time_us: 0,
+                identity: "ann".into(),
+                limits: Limits::default(),
+            }),
+            RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
+            RequestBody::Leave { room } => Reply::Left { room },
+            RequestBody::Join(_) if first.is_none() => {
+                // The stream is opened (its id taken) but nothing of it is sent yet.
+                first = Some((req_id, conn.open_uni().await.unwrap()));
+                Reply::Joined(joined(req_id, 4))
+            }
+            RequestBody::Join(_) => {
+                let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Joined(joined(req_id, 5))) };
+                send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+                let (first_req, mut stream) = first.take().unwrap();
+                let ann = EventKind::MemberJoined { member: "ann".into() };
+                let left = EventKind::MemberLeft { member: "ann".into() };
+                let posted = EventKind::Message { sender: "bob".into(), client_msg_id: 5, body: "early".into() };
+                for f in
+                    [RoomFrame::Open(joined(first_req, 4)), event(4, ann.clone()), event(5, posted), event(5, left)]
+                {
+                    stream.write_all(&frame(&f)).await.unwrap();
+                }
+                stream.finish().unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await; // the first stream's Open is read first
+                let mut second = conn.open_uni().await.unwrap();
+                let posted = EventKind::Message { sender: "bob".into(), client_msg_id: 6, body: "later".into() };
+                for f in [RoomFrame::Open(joined(req_id, 5)), event(5, ann), event(6, posted)] {
+                    second.write_all(&frame(&f)).await.unwrap();
+                }
+                continue;
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        let reply = ServerMsg::Reply { req_id, result: Ok(reply) };
+        send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+    }
+}
+
+/// A server that answers Hello and then nothing (a hung process that still holds its connections); `welcomed` is
+/// told once the Welcome is written. Returns when the client closes the connection.
+pub(crate) async fn mute_after_welcome(endpoint: quinn::Endpoint, welcomed: tokio::sync::oneshot::Sender<()>) {
+    use quiver_proto::{FrameCodec, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
+    let Some(incoming) = endpoint.accept().await else { return };
+    let conn = incoming.await.unwrap();
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let (mut inbound, mut welcomed) = (bytes::BytesMut::new(), Some(welcomed));
+    loop {
+        match codec.decode::<Request>(&mut inbound).unwrap() {
+            Some(Request { req_id, body: RequestBody::Hello(_) }) => {
+                let limits = Limits::default();
+                let welcome = Welcome {
+                    version: PROTOCOL_VERSION,
+                    session_id: 1,
+                    server_time_us: 0,
+                    identity: "m".into(),
+                    limits,
+                };
+                let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Welcome(welcome)) };
+                send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+                let _ = welcomed.take().map(|welcomed| welcomed.send(()));
+            }
+            Some(_) => {} // never answered
+            None => match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
+                _ => return,
+            },
+        }
+    }
+}
+
+/// What [`broken_room_stream`] saw, by connection (numbered from 1 in accept order).
+#[derive(Debug)]
+pub(crate) enum Seen {
+    /// A Join, with its `since`.
+    Join(usize, Option<quiver_proto::Position>),
+    /// The connection ended, with this code and reason.
+    Closed(usize, quiver_proto::ErrorCode, String),
+}
+
+/// A server whose first connection breaks the protocol on a room stream: a Join of room `r` gets a stream with the
+/// room's message 1, then a frame whose body is no room frame. A later connection's Join gets the messages after its
+/// `since`, up to message 2.
+pub(crate) async fn broken_room_stream(endpoint: quinn::Endpoint, seen: tokio::sync::mpsc::UnboundedSender<Seen>) {
+    let mut number = 0;
+    while let Some(incoming) = endpoint.accept().await {
+        number += 1;
+        tokio::spawn(broken_room_stream_connection(incoming, number, seen.clone()));
+    }
+}
+
+async fn broken_room_stream_connection(
+    incoming: quinn::Incoming,
+    number: usize,
+    seen: tokio::sync::mpsc::UnboundedSender<Seen>,
+) {
+    use quiver_proto::{
+        EventKind, FrameCodec, Joined, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg, Welcome,
+        PROTOCOL_VERSION,
+    };
+    let Ok(conn) = incoming.await else { return };
+    let watched = (conn.clone(), seen.clone());
+    tokio::spawn(async move {
+        let (code, reason) = quiver_transport::close::describe(&watched.0.closed().await);
+        let _ = watched.1.send(Seen::Closed(number, code, reason));
+    });
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let message = |seq, body: &str| {
+        let kind = EventKind::Message { sender: "ann".into(), client_msg_id: seq, body: body.to_string().into() };
+        codec.encode_to_vec(&RoomFrame::Event(RoomEvent { seq, time_us: 0, kind })).unwrap()
+    };
+    let mut inbound = bytes::BytesMut::new();
+    loop {
+        let Request { req_id, body } = match codec.decode::<Request>(&mut inbound).unwrap() {
+            Some(request) => request,
+            None => match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => {
+                    inbound.extend_from_slice(&chunk.bytes);
+                    continue;
+                }
+                _ => return,
+            },
+        };
+        let reply = match body {
+            RequestBody::Hello(_) => Reply::Welcome(Welcome {
+                version: PROTOCOL_VERSION,
+                session_id: number as u64,
+                server_time_us: 0,
+                identity: "ann".into(),
+                limits: Limits::default(),
+            }),
+            RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
+            RequestBody::Join(join) => {
+                let _ = seen.send(Seen::Join(number, join.since));
+                let last_seq = join.since.map_or(0, |since| since.seq);
+                let joined = Joined {
+                    room: join.room,
+                    epoch: 7,
+                    recovered: true,
+                    replay_from: last_seq + 1,
+                    last_seq,
+                    members: vec!["ann".into()],
+                    req_id,
+                };
+                let mut stream = conn.open_uni().await.unwrap();
+                stream.write_all(&codec.encode_to_vec(&RoomFrame::Open(joined.clone())).unwrap()).await.unwrap();
+                if number == 1 {
+                    stream.write_all(&message(1, "first")).await.unwrap();
+                    // A one-byte frame whose body names no RoomFrame variant (postcard's variant index 127).
+                    stream.write_all(&[0x01, 0x7f]).await.unwrap();
+                } else {
+                    for seq in last_seq + 1..=2 {
+                        stream.write_all(&message(seq, "later")).await.unwrap();
+                    }
+                }
+                Reply::Joined(joined)
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        let reply = ServerMsg::Reply { req_id, result: Ok(reply) };
+        send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+    }
+}

@@ -326,6 +326,9 @@ impl Outbox for StreamOutbox {
             let mut queue = lock(&self.queue);
             queue.send = Some(send);
             let pending = !rest.is_empty();
+            // Queued again, so counted again: until the pump takes the stream, every push flushes, and a count
+            // left at 0 here would let the queue grow past its bound a frame at a time.
+            queue.bytes += rest.iter().map(Bytes::len).sum::<usize>();
             queue.put_back(rest);
             if pending {
                 drop(queue);
@@ -482,3 +485,7 @@ pub(crate) async fn pump(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "rooms_tests.rs"]
+mod tests;

@@ -1,0 +1,55 @@
+//! A room stream's outbox against a real QUIC stream whose reader never reads.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quiver_proto::Limits;
+
+use super::StreamOutbox;
+use crate::{hub::Outbox, net::wire::WireSend, stats::ServerStats};
+
+/// A QUIC connection on loopback, and a unidirectional stream the server opened on it that the client never reads
+/// (the client endpoint and connection are returned to keep them open).
+async fn unread_stream() -> (web_transport_quinn::SendStream, quinn::Endpoint, quinn::Connection, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
+    let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
+    let tuning = quiver_transport::TransportTuning::default();
+    let config =
+        quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
+    let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let alpn = quiver_proto::ALPN_QUIVER;
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(quiver_client::trust::quinn_client_config(&trust, addr, alpn).unwrap());
+    let connecting = client.connect(addr, "localhost").unwrap();
+    let (accepted, connected) = tokio::join!(async { server.accept().await.unwrap().await.unwrap() }, connecting);
+    let (server_conn, client_conn) = (accepted, connected.unwrap());
+    let send = web_transport_quinn::Session::raw(server_conn).open_uni().await.unwrap();
+    (send, client, client_conn, dir)
+}
+
+/// An outbox whose pump has not run yet (it is not even started here) is flushed after every push. Once the
+/// stream stops taking bytes (the client does not read), the frames a flush could not write stay queued and
+/// count toward the bound: the outbox overflows instead of growing. Before, each flush reset the count to 0 and
+/// put the frames back uncounted, so the queue grew by a frame per push without end.
+#[tokio::test]
+async fn frames_a_flush_could_not_write_still_count_toward_the_bound() {
+    let (send, _client, _conn, _dir) = unread_stream().await;
+    let stats = Arc::new(ServerStats::default());
+    let (probe, _) = quiver_transport::TailProbe::new(None, || quiver_transport::Probed::Gone);
+    let bound = 64 * 1024;
+    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), bound, (probe, None), stats.clone());
+    let frame = Bytes::from(vec![b'x'; 16 * 1024]);
+    // quinn's stream window (1.25 MB by default) takes the first frames at once; then the bound applies.
+    let mut pushed = 0;
+    while outbox.push(frame.clone()) {
+        outbox.flush();
+        pushed += 1;
+        assert!(pushed < 1_000, "16 MB queued toward a reader that takes nothing, and no overflow");
+    }
+    // What is still queued (not taken by quinn) is within the bound.
+    let queued = stats.outbox_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(queued <= bound as i64, "{queued} bytes queued, bound {bound}");
+}

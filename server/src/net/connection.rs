@@ -319,8 +319,10 @@ async fn control<R: RoomHub>(
                     encode(&codec, &msg, &mut outbound);
                 }
             }
-            // Not while a request is held back: a copy must not sequence a later post before it.
-            Some(copy) = async { Some(copied.as_ref()?.pop().await) }, if !awaiting_hello && deferred.is_none() => {
+            // Not while a request is held back: a copy must not sequence a later post before it. Not once the token
+            // expired either (the expiry branch, ready too, may lose `select!`'s draw): no post after `exp`.
+            Some(copy) = async { Some(copied.as_ref()?.pop().await) },
+                if !awaiting_hello && deferred.is_none() && !(expires && expiry.is_elapsed()) => {
                 let flood = copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy);
                 if let Some((code, reason)) = Box::pin(flood).await {
                     return refuse(conn, stats, code, reason);

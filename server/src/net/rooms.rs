@@ -430,8 +430,13 @@ pub(crate) async fn pump(
                     tokio::select! {
                         written = send.write_chunk(frame) => match written {
                             Ok(()) => dequeued(&stats, len),
-                            // The client cannot take more (WebSocket): a slow consumer, as an overflow is.
-                            Err(WireError::Stream(code)) if code == ErrorCode::SlowConsumer.to_u32() => {
+                            // The client stopped the stream: it cannot take more (WebSocket), a slow consumer as an
+                            // overflow is; or, with any other code on a room it has not left, it gave the stream up.
+                            // Either way the room ends on this connection (reset, and Kicked names it) rather than
+                            // stay joined with nothing delivered: in the room's presence, refusing a rejoin.
+                            Err(WireError::Stream(code))
+                                if code == ErrorCode::SlowConsumer.to_u32() || !outbox.left.is_cancelled() =>
+                            {
                                 dequeued(&stats, len);
                                 outbox.kick();
                                 break;

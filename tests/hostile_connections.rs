@@ -126,3 +126,68 @@ async fn new_connections_over_the_rate_are_retried_then_refused() {
 fn is_refused(err: &quinn::ConnectionError) -> bool {
     matches!(err, quinn::ConnectionError::ConnectionClosed(close) if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
 }
+
+/// The first datagram (its Initial) a quinn client sends to connect to `server`, caught on a socket of the test's
+/// own instead: sent on from a socket that never answers, it starts a handshake the server cannot finish, as an
+/// Initial from a forged source address does.
+async fn an_initial_for(server: &TestServer) -> Vec<u8> {
+    let trap = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = trap.local_addr().unwrap();
+    let config = quiver_client::quinn_client_config(&server.trust(), to, quiver_proto::ALPN_QUIVER).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let _connecting = endpoint.connect_with(config, to, "localhost").unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(5), trap.recv_from(&mut buf)).await.unwrap().unwrap();
+    buf.truncate(len);
+    buf
+}
+
+/// Handshakes from addresses not validated yet are bounded in all (`budget.max_unvalidated_handshakes`): Initials
+/// that never finish their handshake (from forged addresses, each under every per-address limit) hold at most that
+/// many, and a real client meanwhile gets a Retry and gets in; a handshake that completes, or times out, frees its
+/// place. Before, each forged Initial was served a TLS handshake and held a slot in `max_connections` until the
+/// handshake timeout, until real clients were closed `TooManyConnections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_from_unvalidated_addresses_are_bounded_and_real_clients_still_get_in() {
+    use quiver_server::{Budget, ServerConfig};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+        let limits = Limits { handshake_timeout_ms: 1_000, ..Limits::default() };
+        let budget = Budget { max_unvalidated_handshakes: 2, ..Budget::default() };
+        let server = TestServer::start_with(ServerConfig { limits, budget, ..dev }, dir);
+        let retries = |server: &TestServer| server.stats.snapshot().retries_over_handshakes;
+        // Real clients one after the other, kept open: each completed handshake gives its place back.
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            open.push(server.try_raw().await.unwrap());
+        }
+        assert_eq!(retries(&server), 0, "a completed handshake no longer counts");
+        open.iter().for_each(|conn| conn.close(0u32.into(), b"bye"));
+        // Two handshakes nobody will finish: the bound is reached (the server answering each shows it took it).
+        let mut unanswered = Vec::new();
+        for _ in 0..2 {
+            let initial = an_initial_for(&server).await;
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket.send_to(&initial, server.addr).await.unwrap();
+            let mut buf = vec![0u8; 2048];
+            tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf)).await.unwrap().unwrap();
+            unanswered.push(socket);
+        }
+        let conn = server.try_raw().await.expect("a real client gets in, validated by a Retry");
+        conn.close(0u32.into(), b"bye");
+        assert_eq!(retries(&server), 1, "the real client was made to validate first");
+        // The unfinished handshakes time out and give their places back.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while server.stats.snapshot().handshake_timeouts < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the unfinished handshakes time out");
+        server.try_raw().await.unwrap().close(0u32.into(), b"bye");
+        assert_eq!(retries(&server), 1, "no Retry once the places are free");
+        server.stop().await;
+    })
+    .await;
+}

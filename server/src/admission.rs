@@ -9,6 +9,11 @@
 //! get a Retry too; validated ones take from the rate like any other attempt (each costs a handshake) and are
 //! admitted just long enough to be closed with `TooManyConnections`, so the client sees why.
 //!
+//! Handshakes in progress from addresses not validated yet are bounded in all (`max_unvalidated_handshakes`): above
+//! it, every unvalidated attempt gets a Retry. A flood of Initials from forged addresses, each new and so under
+//! every per-address limit, would otherwise have the server run a TLS handshake toward each and hold its slot in
+//! `max_connections` until `handshake_timeout_ms`, until real clients were closed `TooManyConnections`.
+//!
 //! The table keeps an entry only for addresses with open connections or a bucket still refilling; idle ones are
 //! swept once a second, so its size stays near the number of open connections plus a few seconds of newcomers.
 
@@ -68,6 +73,8 @@ pub enum Overload {
     Total,
     /// `max_connections_per_ip`.
     PerIp,
+    /// `max_unvalidated_handshakes`.
+    Handshakes,
 }
 
 #[derive(Debug)]
@@ -85,6 +92,9 @@ pub struct Admission {
     max_per_source: u32,
     rate: u32,
     total: u32,
+    /// Admitted attempts from unvalidated addresses whose handshake has not completed yet, and their bound.
+    unvalidated: u32,
+    max_unvalidated: u32,
     sources: HashMap<SourceKey, Source>,
     last_sweep: Instant,
 }
@@ -93,22 +103,30 @@ pub struct Admission {
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Admission {
-    /// An empty table for these limits.
-    pub fn new(limits: &Limits, now: Instant) -> Admission {
+    /// An empty table for these limits, with at most `max_unvalidated` handshakes from unvalidated addresses in
+    /// progress at once.
+    pub fn new(limits: &Limits, max_unvalidated: u32, now: Instant) -> Admission {
         Admission {
             max_total: limits.max_connections,
             max_per_source: limits.max_connections_per_ip,
             rate: limits.new_connections_per_s_per_ip,
             total: 0,
+            unvalidated: 0,
+            max_unvalidated,
             sources: HashMap::new(),
             last_sweep: now,
         }
     }
 
-    /// Decides about a connection attempt from `ip`; `validated` is true when it carries a valid Retry token.
+    /// Decides about a connection attempt from `ip`; `validated` is true when it carries a valid Retry token. An
+    /// unvalidated attempt admitted counts as a handshake in progress until [`Admission::handshake_done`].
     pub fn decide(&mut self, ip: IpAddr, validated: bool, now: Instant) -> Decision {
         if now.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
             self.sweep(now);
+        }
+        if !validated && self.unvalidated >= self.max_unvalidated {
+            // Before anything is stored: forged addresses cannot grow the table either.
+            return Decision::Retry(Overload::Handshakes);
         }
         let key = SourceKey::of(ip);
         let open = self.sources.get(&key).map_or(0, |s| s.open);
@@ -148,7 +166,21 @@ impl Admission {
         }
         source.open += 1;
         self.total += 1;
+        if !validated {
+            self.unvalidated += 1;
+        }
         Decision::Admit
+    }
+
+    /// An unvalidated attempt admitted earlier finished its handshake, or failed it (the address is validated, or
+    /// the attempt is gone).
+    pub fn handshake_done(&mut self) {
+        self.unvalidated = self.unvalidated.saturating_sub(1);
+    }
+
+    /// Handshakes from unvalidated addresses in progress.
+    pub fn unvalidated_handshakes(&self) -> u32 {
+        self.unvalidated
     }
 
     /// An admitted connection from `ip` has ended.
@@ -207,7 +239,7 @@ mod tests {
     #[test]
     fn per_source_and_total_counts() {
         let t0 = Instant::now();
-        let mut admission = Admission::new(&limits(3, 2, 1000), t0);
+        let mut admission = Admission::new(&limits(3, 2, 1000), 1000, t0);
         assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Admit);
         assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Admit);
         // The third from one address: first proven real, then told why.
@@ -232,10 +264,37 @@ mod tests {
         assert_eq!(admission.open(), 2);
     }
 
+    /// Forged addresses, each new (under every per-address limit): at most `max_unvalidated` of their handshakes
+    /// run at once, the rest get a Retry (storing nothing), and a validated client is served meanwhile.
+    #[test]
+    fn handshakes_from_unvalidated_addresses_are_bounded_in_all() {
+        let t0 = Instant::now();
+        let mut admission = Admission::new(&limits(10_000, 256, 100), 3, t0);
+        let forged = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0xc633_6400 + i));
+        for i in 0..3 {
+            assert_eq!(admission.decide(forged(i), false, t0), Decision::Admit);
+        }
+        let tracked = admission.tracked_sources();
+        for i in 3..1_000 {
+            assert_eq!(admission.decide(forged(i), false, t0), Decision::Retry(Overload::Handshakes));
+        }
+        assert_eq!(admission.tracked_sources(), tracked, "a Retry stores nothing");
+        assert_eq!(admission.decide(ip("192.0.2.7"), true, t0), Decision::Admit, "validated: not bounded by it");
+        assert_eq!((admission.open(), admission.unvalidated_handshakes()), (4, 3));
+        // A handshake done (completed or failed) makes room for the next unvalidated attempt.
+        admission.handshake_done();
+        assert_eq!(admission.decide(forged(1_000), false, t0), Decision::Admit);
+        assert_eq!(admission.decide(forged(1_001), false, t0), Decision::Retry(Overload::Handshakes));
+        for _ in 0..10 {
+            admission.handshake_done();
+        }
+        assert_eq!(admission.unvalidated_handshakes(), 0);
+    }
+
     #[test]
     fn over_the_rate_unvalidated_attempts_get_a_retry_and_validated_ones_take_what_is_left() {
         let t0 = Instant::now();
-        let mut admission = Admission::new(&limits(1000, 1000, 10), t0); // burst 20
+        let mut admission = Admission::new(&limits(1000, 1000, 10), 1000, t0); // burst 20
         let a = ip("192.0.2.7");
         for _ in 0..20 {
             assert_eq!(admission.decide(a, false, t0), Decision::Admit);
@@ -260,7 +319,7 @@ mod tests {
     #[test]
     fn idle_entries_are_swept_and_refused_attempts_store_nothing() {
         let t0 = Instant::now();
-        let mut admission = Admission::new(&limits(100, 100, 10), t0);
+        let mut admission = Admission::new(&limits(100, 100, 10), 1000, t0);
         for i in 0..50u8 {
             assert_eq!(admission.decide(IpAddr::from([10, 0, 0, i]), false, t0), Decision::Admit);
             admission.release(IpAddr::from([10, 0, 0, i]));
@@ -271,7 +330,7 @@ mod tests {
         admission.decide(ip("10.0.1.2"), false, t0 + Duration::from_secs(2));
         assert_eq!(admission.tracked_sources(), 2, "only the addresses with open connections");
         // At the total limit, unvalidated attempts from new addresses leave no entry behind.
-        let mut full = Admission::new(&limits(1, 1, 10), t0);
+        let mut full = Admission::new(&limits(1, 1, 10), 1000, t0);
         full.decide(ip("10.0.0.1"), false, t0);
         for i in 0..200u8 {
             assert_eq!(full.decide(IpAddr::from([10, 1, 0, i]), false, t0), Decision::Retry(Overload::Total));
@@ -283,7 +342,7 @@ mod tests {
     fn attempts_closed_for_a_count_take_from_the_rate() {
         // Each costs a handshake, so a validated peer at its count cannot make the server do them without end.
         let t0 = Instant::now();
-        let mut admission = Admission::new(&limits(1000, 1, 5), t0); // burst 10
+        let mut admission = Admission::new(&limits(1000, 1, 5), 1000, t0); // burst 10
         let a = ip("198.51.100.1");
         assert_eq!(admission.decide(a, false, t0), Decision::Admit);
         for _ in 0..9 {

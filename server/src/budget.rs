@@ -44,6 +44,11 @@ pub struct Budget {
     pub frame_timeout_ms: u32,
     /// How often expired history is dropped and empty rooms removed, in milliseconds. Default 1,000.
     pub sweep_interval_ms: u32,
+    /// QUIC handshakes in progress at once, in all, from addresses not validated yet (an attempt without a Retry
+    /// token). Above it every unvalidated attempt gets a QUIC Retry (one round trip more for a real client), so a
+    /// flood of Initials from forged addresses holds at most this many handshakes, and slots in `max_connections`.
+    /// 0: every new address is made to validate first. Default 256.
+    pub max_unvalidated_handshakes: u32,
 }
 
 impl Default for Budget {
@@ -56,6 +61,7 @@ impl Default for Budget {
             disk_min_free_bytes: 1 << 30,
             frame_timeout_ms: 5_000,
             sweep_interval_ms: 1_000,
+            max_unvalidated_handshakes: 256,
         }
     }
 }

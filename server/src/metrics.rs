@@ -338,9 +338,14 @@ impl Collector for ServerMetrics {
         labelled_counters(
             &mut e,
             "retries_sent",
-            "QUIC Retry packets sent, by reason (rate: over new_connections_per_s_per_ip; limit: at a connection limit)",
+            "QUIC Retry packets sent, by reason (rate: over new_connections_per_s_per_ip; limit: at a connection limit; \
+             handshakes: at max_unvalidated_handshakes)",
             "reason",
-            &[("rate".into(), c.retries_over_rate), ("limit".into(), c.retries_over_limit)],
+            &[
+                ("rate".into(), c.retries_over_rate),
+                ("limit".into(), c.retries_over_limit),
+                ("handshakes".into(), c.retries_over_handshakes),
+            ],
         )?;
         counter(&mut e, "posts", "Posts acknowledged with a new seq", c.posts)?;
         counter(&mut e, "posts_duplicate", "Retried posts answered with their original seq", c.posts_duplicate)?;

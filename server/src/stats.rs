@@ -55,6 +55,8 @@ counters! {
     retries_over_rate,
     /// QUIC Retries sent to unvalidated attempts while the server or the address was at its connection limit.
     retries_over_limit,
+    /// QUIC Retries sent to unvalidated attempts while `max_unvalidated_handshakes` handshakes were in progress.
+    retries_over_handshakes,
     /// Validated attempts refused (QUIC `CONNECTION_REFUSED`) from an address over `new_connections_per_s_per_ip`.
     connections_refused_over_rate,
     /// Connections that did not finish the TLS handshake or send Hello within `handshake_timeout_ms`.

@@ -23,16 +23,31 @@ pub(super) enum Admitted {
     TooMany(String),
 }
 
-/// An admitted connection's place in the counts.
+/// An admitted connection's place in the counts (and, from an unvalidated address, among the handshakes in
+/// progress until [`Slot::handshaken`]).
 #[derive(Debug)]
 pub(super) struct Slot {
     admission: Arc<Mutex<Admission>>,
     ip: IpAddr,
+    handshaking: bool,
+}
+
+impl Slot {
+    /// The QUIC handshake completed: the address is validated.
+    pub(super) fn handshaken(&mut self) {
+        if std::mem::take(&mut self.handshaking) {
+            lock(&self.admission).handshake_done();
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        lock(&self.admission).release(self.ip);
+        let mut admission = lock(&self.admission);
+        if self.handshaking {
+            admission.handshake_done();
+        }
+        admission.release(self.ip);
     }
 }
 
@@ -43,11 +58,19 @@ pub(super) fn admit(
     stats: &ServerStats,
 ) -> Option<(quinn::Incoming, Admitted)> {
     let ip = incoming.remote_address().ip();
-    let decision = lock(admission).decide(ip, incoming.remote_address_validated(), Instant::now());
+    let validated = incoming.remote_address_validated();
+    let decision = lock(admission).decide(ip, validated, Instant::now());
     match decision {
-        Decision::Admit => Some((incoming, Admitted::Serve(Slot { admission: admission.clone(), ip }))),
+        Decision::Admit => {
+            let slot = Slot { admission: admission.clone(), ip, handshaking: !validated };
+            Some((incoming, Admitted::Serve(slot)))
+        }
         Decision::Retry(overload) => {
-            bump(if overload == Overload::Rate { &stats.retries_over_rate } else { &stats.retries_over_limit });
+            bump(match overload {
+                Overload::Rate => &stats.retries_over_rate,
+                Overload::Handshakes => &stats.retries_over_handshakes,
+                Overload::Total | Overload::PerIp => &stats.retries_over_limit,
+            });
             // Only unvalidated attempts are asked to retry, and those always may be; refuse if quinn disagrees.
             if let Err(err) = incoming.retry() {
                 err.into_incoming().refuse();
@@ -68,7 +91,7 @@ pub(super) fn admit(
 /// `None`: over the new-connection rate, refused.
 pub(super) fn admit_tcp(ip: IpAddr, admission: &Arc<Mutex<Admission>>, stats: &ServerStats) -> Option<Admitted> {
     match lock(admission).decide(ip, true, Instant::now()) {
-        Decision::Admit => Some(Admitted::Serve(Slot { admission: admission.clone(), ip })),
+        Decision::Admit => Some(Admitted::Serve(Slot { admission: admission.clone(), ip, handshaking: false })),
         Decision::Retry(_) | Decision::Refuse => {
             bump(&stats.connections_refused_over_rate);
             tracing::debug!(%ip, "WebSocket refused: over new_connections_per_s_per_ip");

@@ -69,6 +69,7 @@ pub(super) async fn serve<R: RoomHub>(
         Ok(connecting) => connecting,
         Err(err) => return tracing::debug!(%remote, %err, "handshake failed"),
     };
+    let mut admitted = admitted;
     let conn = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(err)) => return tracing::debug!(%remote, %err, "handshake failed"),
@@ -77,6 +78,9 @@ pub(super) async fn serve<R: RoomHub>(
             return tracing::debug!(%remote, "TLS handshake timed out");
         }
     };
+    if let Admitted::Serve(slot) = &mut admitted {
+        slot.handshaken();
+    }
     let span = tracing::info_span!(
         "conn",
         session = %format_args!("{session_id:016x}"),

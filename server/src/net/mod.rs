@@ -223,7 +223,8 @@ impl<R: RoomHub> Server<R> {
             );
         }
         let Early { stats, metrics, admin } = early;
-        let admission = crate::admission::Admission::new(&config.limits, std::time::Instant::now());
+        let handshakes = config.budget.max_unvalidated_handshakes;
+        let admission = crate::admission::Admission::new(&config.limits, handshakes, std::time::Instant::now());
         let admission = Arc::new(std::sync::Mutex::new(admission));
         let (usage, channels, health) = (rooms.clone(), ticks.clone(), rooms.clone());
         metrics.set_hubs(crate::metrics::HubMetrics {

@@ -4,7 +4,8 @@
 //! Pub/Sub connections cut during posting (posts refused with `Unavailable` and retried, nothing acknowledged lost
 //! or doubled); a room whose stream Redis lost starting a new epoch; a node cut off from Redis (through a relay
 //! that stalls) for longer than the presence expiry, buried by the others and coming back with its members; ticks
-//! crossing nodes only where another node subscribes.
+//! crossing nodes only where another node subscribes; Redis lost by every node at once for longer than the expiry,
+//! and no live node buried.
 //!
 //! Needs `redis-server` (Debian's `redis-server` package; `.ci/run` installs it): without it the tests skip loudly,
 //! or fail under `QUIVER_REQUIRE_ALL=1`. The server binary is `QUIVER_SERVER_BIN` when set, else this package's
@@ -25,6 +26,8 @@ use quiver_client::{Client, ConnectOptions, RoomEvent};
 
 #[path = "cluster/harness.rs"]
 mod harness;
+#[path = "cluster/outage.rs"]
+mod outage;
 /// Ports outside the ephemeral range, so that no client socket takes one between its pick and the bind (or a
 /// node's restart).
 #[path = "../../tests/src/ports.rs"]

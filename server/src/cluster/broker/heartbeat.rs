@@ -27,6 +27,11 @@ impl Broker {
         let announce_due = Arc::new(AtomicBool::new(false));
         let reviving = Arc::new(AtomicBool::new(false));
         let mut failed_beats = 0u32;
+        // Since when this node's beats have reached Redis without a failure. Others are buried only once that is
+        // `presence_expiry` ago: after an outage of Redis (a restart with its data, a network cut) every node's
+        // score is old, and the first node back would otherwise bury every other one, live or not (their members
+        // leaving everywhere, then joining again). By then every live node has beaten too.
+        let mut beating_since: Option<tokio::time::Instant> = None;
         let checking_pubsub = Arc::new(AtomicBool::new(false));
         let mut interval = tokio::time::interval(self.config.heartbeat);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -40,6 +45,7 @@ impl Broker {
                 None => {
                     self.heartbeat_ok.store(false, Ordering::Relaxed);
                     failed_beats += 1;
+                    beating_since = None;
                     // A creating beat whose reply was lost may have made the mark: check it from now on (a burial
                     // between that beat and the next would otherwise go unseen under a second `create`).
                     refresh = !first;
@@ -55,6 +61,7 @@ impl Broker {
                 }
             };
             failed_beats = 0;
+            let beating_since = *beating_since.get_or_insert_with(tokio::time::Instant::now);
             self.heartbeat_ok.store(true, Ordering::Relaxed);
             if first {
                 first = false;
@@ -95,6 +102,9 @@ impl Broker {
                     me.check_pubsub().await;
                     flag.store(false, Ordering::Relaxed);
                 });
+            }
+            if beating_since.elapsed() < self.config.presence_expiry {
+                continue;
             }
             let expiry_ms = self.config.presence_expiry.as_millis() as u64;
             // Redis' own clock: nodes' clocks may disagree.

@@ -1,0 +1,93 @@
+//! Redis unreachable for every node at once, longer than the presence expiry, with its data kept (a restart with
+//! persistence, a network cut that breaks the connections): when it comes back no live node is buried.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use quiver_client::Client;
+
+use super::harness::*;
+
+/// A TCP relay to Redis that can sever: cut, it closes every connection through it and every new one at once (so
+/// nothing sent meanwhile reaches Redis later, unlike a stall), until healed.
+struct Severance {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Severance {
+    async fn start(upstream: u16) -> Severance {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue; // closed at once
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let (mut client, mut server) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Severance { addr, cut }
+    }
+
+    fn set(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// Both nodes lose Redis for longer than the presence expiry; Redis keeps their (now old) heartbeat scores and its
+/// clock goes on. Back, the first node to beat must not take the other, as live as itself, for dead: it buries only
+/// once it has beaten for a whole expiry itself, by when every live node has beaten too. Before, it buried the other
+/// at once, and every member of that node left every room (and joined again once that node noticed).
+#[test]
+fn after_redis_was_unreachable_for_every_node_no_live_node_is_buried() {
+    if !redis_available("after_redis_was_unreachable_for_every_node_no_live_node_is_buried") {
+        return;
+    }
+    let redis = Redis::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("node{i}"))).collect();
+    for dir in &dirs {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let severance = runtime.block_on(Severance::start(redis.port));
+    let broker = format!("redis://{}", severance.addr);
+    let nodes = start_cluster(&dirs, &[broker.clone(), broker], &[("QUIVER_BROKER_REQUEST_TIMEOUT_MS", "300")]);
+    runtime.block_on(async {
+        let observer = Client::connect_with(&nodes[0].addr, options(&dirs[0], "observer")).await.unwrap();
+        let observed = Arc::new(Mutex::new(Seen::default()));
+        read_room(observer.join("lobby").await.unwrap(), observed.clone());
+        let other = Client::connect_with(&nodes[1].addr, options(&dirs[0], "other")).await.unwrap();
+        let room = other.join("lobby").await.unwrap();
+        assert_eq!(room.members(), ["observer", "other"]);
+        severance.set(true);
+        tokio::time::sleep(Duration::from_millis(EXPIRY_MS + 1_000)).await;
+        severance.set(false);
+        wait_for("both nodes are ready again", Duration::from_secs(10), || {
+            nodes.iter().all(|node| admin_status(node.admin, "/readyz") == 200)
+        })
+        .await;
+        // Past the time a burial would have taken (a whole expiry and a few beats after the nodes came back).
+        tokio::time::sleep(Duration::from_millis(EXPIRY_MS + 4 * HEARTBEAT_MS)).await;
+        let left = observed.lock().unwrap().left.clone();
+        assert!(left.is_empty(), "members of a live node left: {left:?}");
+        let seq = other.post("lobby", "still here").await.unwrap();
+        let got = || observed.lock().unwrap().messages.iter().any(|(s, b)| *s == seq && b == "still here");
+        wait_for("the observer gets the other node's post", Duration::from_secs(10), got).await;
+        other.close().await;
+        observer.close().await;
+    });
+}

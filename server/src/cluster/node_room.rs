@@ -48,12 +48,17 @@ impl Ctx {
         self.codec.encode_to_vec(&RoomFrame::Event(event)).ok().map(|b| b.freeze())
     }
 
-    /// Ends subscription `sub` of this node in the room's members (idempotent), retrying while Redis is
-    /// unreachable: a member left behind would look present to everyone.
+    /// Ends subscription `sub` of this node in the room's members (idempotent), retrying for as long as Redis is
+    /// unreachable and the node runs: a member left behind would look present to everyone, and keep the room from
+    /// expiring, for good (nothing else ends it while this node beats). A node that stops is buried instead, which
+    /// ends all its subscriptions.
     pub(super) async fn leave(self: Arc<Self>, room: String, sub: SubscriberId) {
         let keys = RoomKeys::new(&room);
         let node = self.broker.node().to_string();
-        for attempt in 0..60u32 {
+        for attempt in 0u32.. {
+            if self.broker.stopped() {
+                return;
+            }
             let mut conn = self.broker.conn();
             let done: redis::RedisResult<u64> = scripts::LEAVE_SCRIPT
                 .key(&keys.meta)
@@ -69,12 +74,14 @@ impl Ctx {
             match done {
                 Ok(_) => return,
                 Err(err) => {
+                    if attempt % 20 == 19 {
+                        tracing::warn!(%room, sub, %err, attempt, "still cannot record a leave at the broker; retrying");
+                    }
                     self.broker.failed(&err);
                     tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt.min(8) + 1))).await;
                 }
             }
         }
-        tracing::error!(%room, sub, "could not record a leave at the broker; the member stays listed until this node stops");
     }
 }
 

@@ -152,6 +152,14 @@ impl Broker {
     /// Runs the dead hooks for `node`, then deletes its entries, unless a hook could not finish (the node stays
     /// listed and the next heartbeat tries again). Idempotent: several nodes may bury one.
     pub(super) async fn bury(&self, node: String) {
+        // The mark first (and again at the end): a node buried while alive (cut off from Redis for a while) finds
+        // itself buried at its next beat and announces its members again, even if this burial stops half-way (this
+        // node dies, Redis goes) with some of its members already ended and nothing left to delete the mark.
+        let mut conn = self.conn();
+        let marked: redis::RedisResult<()> = conn.del(keys::node_mark(&node)).await;
+        if let Err(err) = marked {
+            return self.failed(&err);
+        }
         let hooks = lock(&self.hooks).dead.clone();
         let mut done = true;
         for hook in hooks {

@@ -265,6 +265,24 @@ fn damaged(path: &Path, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Damaged { path: path.to_path_buf(), detail: detail.to_string() }
 }
 
+/// Why the store at `path` could not be opened: the I/O errors that say nothing about its bytes (permissions, too
+/// many open files, a full disk, a device error) as [`StoreError::Open`], fixable in place; the rest (checksums,
+/// formats, bytes that do not decode, a file that ends early) as [`StoreError::Damaged`], whose advice is to move
+/// the store aside. Moving a sound store aside over a low `ulimit -n` would lose every room's epoch and history.
+fn open_failed(path: &Path, err: fjall::Error) -> StoreError {
+    use std::io::ErrorKind::{InvalidData, UnexpectedEof};
+    let open = |detail: String| StoreError::Open { path: path.to_path_buf(), detail };
+    match &err {
+        fjall::Error::Io(io) | fjall::Error::Storage(fjall::LsmError::Io(io))
+            if !matches!(io.kind(), InvalidData | UnexpectedEof) =>
+        {
+            open(io.to_string())
+        }
+        fjall::Error::Locked => open("the store is open in another server or process".into()),
+        _ => damaged(path, format!("{err:?}")),
+    }
+}
+
 fn read_err(err: fjall::Error) -> StoreError {
     StoreError::Read(format!("{err:?}"))
 }
@@ -285,19 +303,10 @@ impl Store {
             || Database::builder(&path).max_journaling_size(MAX_JOURNALING_BYTES).cache_size(CACHE_BYTES).open();
         let opened =
             std::panic::catch_unwind(builder).map_err(|_| damaged(&path, "the database panicked while reading it"))?;
-        let db = match opened {
-            Ok(db) => db,
-            Err(fjall::Error::Io(err)) if err.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(StoreError::Open { path, detail: err.to_string() })
-            }
-            Err(fjall::Error::Locked) => {
-                return Err(StoreError::Open { path, detail: "the store is open in another server or process".into() })
-            }
-            Err(err) => return Err(damaged(&path, format!("{err:?}"))),
-        };
-        let unreadable = |err: fjall::Error| damaged(&path, format!("{err:?}"));
+        let db = opened.map_err(|err| open_failed(&path, err))?;
+        let unreadable = |err: fjall::Error| open_failed(&path, err);
         let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
-        let open = |name: &str| db.keyspace(name, options).map_err(|err| damaged(&path, err));
+        let open = |name: &str| db.keyspace(name, options).map_err(unreadable);
         let keyspaces = Keyspaces {
             meta: open("meta")?,
             rooms: open("rooms")?,

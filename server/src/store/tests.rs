@@ -439,3 +439,33 @@ fn a_store_thread_that_panics_fails_every_commit_instead_of_leaving_it_waiting()
         assert!(err.contains("another store thread failed"), "{err}");
     }
 }
+
+/// I/O errors that say nothing about the store's bytes (too many open files, a full disk, permissions) refuse it
+/// as not openable, fixable in place; damage (bytes that do not decode, a file that ends early, a bad trailer) as
+/// damaged, whose advice is to move it aside. All of them were "damaged" before: an operator following that
+/// advice over a low `ulimit -n` would have lost every room.
+#[test]
+fn only_damage_is_reported_as_damage() {
+    use std::io::{Error, ErrorKind};
+    let path = Path::new("/srv/quiver/store");
+    let os = |code| fjall::Error::Io(Error::from_raw_os_error(code));
+    for (err, what) in [
+        (os(24), "too many open files"),
+        (os(28), "no space left"),
+        (fjall::Error::Storage(fjall::LsmError::Io(Error::from_raw_os_error(24))), "inside the tree"),
+        (fjall::Error::Io(Error::from(ErrorKind::PermissionDenied)), "permissions"),
+        (fjall::Error::Locked, "locked"),
+    ] {
+        assert!(matches!(open_failed(path, err), StoreError::Open { .. }), "{what}");
+    }
+    for (err, what) in [
+        (fjall::Error::Io(Error::from(ErrorKind::UnexpectedEof)), "a file that ends early"),
+        (fjall::Error::Storage(fjall::LsmError::Io(Error::from(ErrorKind::InvalidData))), "bad bytes"),
+        (fjall::Error::InvalidTrailer, "a bad trailer"),
+        (fjall::Error::Unrecoverable, "unrecoverable"),
+    ] {
+        let err = open_failed(path, err);
+        assert!(matches!(err, StoreError::Damaged { .. }), "{what}: {err}");
+        assert!(err.to_string().contains(".damaged"), "{what}: {err}");
+    }
+}

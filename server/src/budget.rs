@@ -33,7 +33,10 @@ pub struct Budget {
     /// `history_max_messages` 1,000 messages of 4 KiB, each costing its frame and ~200 bytes; bigger messages are
     /// kept fewer).
     pub room_history_bytes: u64,
-    /// Bytes of history and dedupe memory all rooms retain together at most. Default 268,435,456 (256 MiB).
+    /// Bytes of history and dedupe memory all rooms retain together at most. Over it, the rooms idle longest forget
+    /// their oldest messages, then (in memory only) their oldest dedupe entries; durable rooms keep their dedupe
+    /// window, and those without members leave memory instead (read back when next used). Default 268,435,456
+    /// (256 MiB).
     pub retained_bytes: u64,
     /// Free bytes the filesystem holding the room store keeps: below it new posts and rooms are refused with
     /// `ServerFull`, so

@@ -448,3 +448,33 @@ async fn stored_messages_that_cannot_be_read_back_fail_the_history_request() {
     let page = hub.history("nobody", None, 10, usize::MAX, 20).await.unwrap();
     assert!((page.epoch, page.messages.len(), page.more) == (0, 0, false));
 }
+
+/// Over `retained_bytes`, a durable room gives up no dedupe entry (a retry of a forgotten post would be stored
+/// again, and the forgetting was written to the store, so after a restart too): rooms without members are unloaded
+/// instead, which loses nothing (their window is read back from the store). Before, every room, members or not,
+/// forgot its oldest dedupe entries.
+#[tokio::test]
+async fn over_the_memory_budget_durable_rooms_forget_no_retried_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = Budget { retained_bytes: 2_048, ..Budget::default() };
+    let hub = open(dir.path(), Limits::default(), budget.clone());
+    let member = Collect::new(usize::MAX);
+    let joining = join(&hub, "busy", None, &member).await;
+    for id in 1..=100 {
+        post(&hub, "quiet", "bob", id, 10).await.1.flush();
+        post(&hub, "busy", "bob", id, 10).await.1.flush();
+    }
+    for room in ["busy", "quiet"] {
+        let (retry, delivery) = post(&hub, room, "bob", 1, 20).await;
+        assert_eq!(delivery.len(), 0);
+        assert_eq!(retry, Posted { seq: 1, duplicate: true }, "{room}: the first post, retried");
+    }
+    drop(joining);
+    drop(hub);
+    let hub = open(dir.path(), Limits::default(), budget);
+    for room in ["busy", "quiet"] {
+        let (retry, delivery) = post(&hub, room, "bob", 2, 30).await;
+        assert_eq!(delivery.len(), 0);
+        assert_eq!(retry, Posted { seq: 2, duplicate: true }, "{room}: after a restart");
+    }
+}

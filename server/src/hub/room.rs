@@ -126,12 +126,14 @@ impl Room {
 
     /// Gives up memory for the server's budget: oldest messages first, then oldest dedupe entries, until
     /// `bytes` are freed or nothing is left. Returns the bytes freed. Members keep receiving; a resume from a
-    /// position before the remaining history answers `recovered: false`.
+    /// position before the remaining history answers `recovered: false`. A durable room keeps its dedupe window
+    /// (a promise kept across restarts, which its store would be told to forget too): it is unloaded instead, once
+    /// without members ([`crate::hub::LocalRooms`]).
     pub fn shed(&mut self, bytes: u64) -> u64 {
         let start = self.retained_bytes();
         let target = start.saturating_sub(bytes);
         while self.retained_bytes() > target && self.history.forget_oldest() {}
-        while self.retained_bytes() > target && self.dedupe.forget_oldest() {}
+        while self.disk.is_none() && self.retained_bytes() > target && self.dedupe.forget_oldest() {}
         start - self.retained_bytes()
     }
 

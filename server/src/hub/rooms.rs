@@ -223,7 +223,7 @@ impl LocalRooms {
         if let Some(why) = self.store.as_ref().filter(|_| stored.is_none()).and_then(|s| s.disk().refuse()) {
             return Err(Failure::new(ErrorCode::ServerFull, why));
         }
-        if rooms.len() >= self.budget.max_rooms as usize && !self.evict_idle(&mut rooms) {
+        if rooms.len() >= self.budget.max_rooms as usize && !self.evict_idle(&mut rooms, "at max_rooms") {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             let max = self.budget.max_rooms;
             return Err(Failure::new(
@@ -319,7 +319,7 @@ impl LocalRooms {
 
     /// Evicts the rooms without members idle longest: a 64th of `max_rooms` at once (at least one), so that a
     /// stream of new names does not scan every room for each one. False when no room is without members.
-    fn evict_idle(&self, rooms: &mut HubGuard<'_, RoomMap>) -> bool {
+    fn evict_idle(&self, rooms: &mut HubGuard<'_, RoomMap>, why: &'static str) -> bool {
         let mut idle: Vec<(u64, String, Shared)> = rooms
             .iter()
             .filter_map(|(name, shared)| {
@@ -344,14 +344,15 @@ impl LocalRooms {
             self.remove(rooms, name, &mut slot);
             self.counters.shed.fetch_add(freed, Ordering::Relaxed);
             self.counters.evicted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(room = %name, freed, "idle room evicted: the server is at max_rooms");
+            tracing::debug!(room = %name, freed, why, "idle room evicted");
             evicted = true;
         }
         evicted
     }
 
-    /// Over `retained_bytes`: the rooms idle longest shed their oldest messages (then dedupe entries) until the
-    /// total is under the low-water mark; rooms left without members and empty are removed.
+    /// Over `retained_bytes`: the rooms idle longest shed their oldest messages (then dedupe entries, memory rooms
+    /// only) until the total is under the low-water mark; rooms left without members and empty are removed, then
+    /// durable rooms without members unloaded.
     fn shed_if_over(&self, now_us: u64) {
         if self.counters.retained.load(Ordering::Relaxed) <= self.budget.retained_bytes {
             return;
@@ -379,6 +380,14 @@ impl LocalRooms {
             }
         }
         self.remove_if_empty(emptied, now_us);
+        // Durable rooms shed no dedupe entry above: those without members leave memory instead, losing nothing
+        // (their window is read back from the store when they are next used).
+        if self.store.is_some() && self.counters.retained.load(Ordering::Relaxed) > low_water {
+            let mut rooms = lock(&self.rooms);
+            while self.counters.retained.load(Ordering::Relaxed) > low_water
+                && self.evict_idle(&mut rooms, "over retained_bytes")
+            {}
+        }
     }
 
     /// Removes the named rooms that (still) have no members and nothing retained.

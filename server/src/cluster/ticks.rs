@@ -200,7 +200,10 @@ impl Inner {
     /// Applies this node's interest changes in order: listed, subscribed, announced (or the reverse).
     async fn interest_changes(self: Arc<Self>) {
         loop {
-            self.changed.notified().await;
+            tokio::select! {
+                () = self.changed.notified() => {}
+                () = self.broker.retired() => return,
+            }
             let changes: Vec<(String, bool)> = lock(&self.changes).drain().collect();
             for (channel, interested) in changes {
                 self.make_change(channel, interested).await;
@@ -242,7 +245,10 @@ impl Inner {
 
     async fn relay(self: Arc<Self>) {
         loop {
-            self.wake.notified().await;
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = self.broker.retired() => return,
+            }
             let waiting: Vec<(String, Relayed)> = lock(&self.outgoing).drain().collect();
             if waiting.is_empty() {
                 continue;

@@ -170,6 +170,11 @@ impl Broker {
         self.stop.is_cancelled()
     }
 
+    /// Completes once the broker is retired: the node's tasks on it end then.
+    pub(crate) async fn retired(&self) {
+        self.stop.cancelled().await;
+    }
+
     /// Requests that failed so far.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)

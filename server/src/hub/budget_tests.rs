@@ -250,3 +250,31 @@ async fn a_member_is_never_stranded_in_an_evicted_room() {
         assert_eq!(outbox.0.load(Ordering::Relaxed), before + 1, "the member of {room} still receives");
     }
 }
+
+/// A new room at `max_rooms` evicts an idle room without waiting for a room whose lock is held (across a store
+/// commit or read, in a durable hub): such a room is in use, not idle. Before, the eviction's scan waited for it
+/// while holding the map's lock, and every lookup of every room waited behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_does_not_wait_for_a_room_in_use() {
+    let hub = Arc::new(LocalRooms::new(Limits::default(), Budget { max_rooms: 2, ..budget() }));
+    let body = Bytes::from_static(b"x");
+    post(&hub, "busy", 1, &body, S).await.unwrap();
+    post(&hub, "idle", 1, &body, 2 * S).await.unwrap();
+    let busy = lock(&hub.rooms).get("busy").cloned().unwrap();
+    let (held, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    let holder = std::thread::spawn(move || {
+        let _slot = lock(&busy);
+        held.0.send(()).unwrap();
+        let _ = release.1.recv_timeout(std::time::Duration::from_secs(10));
+    });
+    held.1.recv().unwrap();
+    let creating = {
+        let (hub, body) = (hub.clone(), body.clone());
+        tokio::spawn(async move { post(&hub, "new", 1, &body, 3 * S).await })
+    };
+    let created = tokio::time::timeout(std::time::Duration::from_secs(5), creating).await;
+    release.0.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(created.expect("created without waiting for the busy room").unwrap(), Ok(1));
+    assert!(!lock(&hub.rooms).contains_key("idle"), "the idle room was evicted for it");
+}

@@ -26,6 +26,20 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> HubGuard<'_, T> {
     HubGuard(guard)
 }
 
+/// Locks a hub mutex if nobody holds it now ([`lock`]'s rules otherwise): for scans over many rooms under the map's
+/// lock, which must not wait behind one room's lock (held across a store commit or read) with every lookup waiting
+/// behind them. A room someone holds is in use, so no candidate for what such a scan looks for.
+pub(crate) fn try_lock<T>(mutex: &Mutex<T>) -> Option<HubGuard<'_, T>> {
+    let guard = match mutex.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return None,
+    };
+    #[cfg(debug_assertions)]
+    HELD.with(|held| held.set(held.get() + 1));
+    Some(HubGuard(guard))
+}
+
 impl<T> Drop for HubGuard<'_, T> {
     fn drop(&mut self) {
         #[cfg(debug_assertions)]

@@ -13,7 +13,7 @@ use std::{
 use quiver_proto::{ErrorCode, Failure, HistoryPage, Limits};
 
 use super::{
-    lock::{lock, HubGuard},
+    lock::{lock, try_lock, HubGuard},
     replay::Replay,
     room::Posting,
     Delivery, JoinRoom, Joining, PostMessage, PostProgress, Posted, Room, RoomHub, SubscriberId,
@@ -323,7 +323,7 @@ impl LocalRooms {
         let mut idle: Vec<(u64, String, Shared)> = rooms
             .iter()
             .filter_map(|(name, shared)| {
-                let slot = lock(shared);
+                let slot = try_lock(shared)?;
                 slot.room.evictable().then(|| (slot.room.last_active_us(), name.clone(), shared.clone()))
             })
             .collect();
@@ -334,7 +334,7 @@ impl LocalRooms {
         idle.select_nth_unstable_by_key(batch - 1, |(last_active, _, _)| *last_active);
         let mut evicted = false;
         for (_, name, shared) in &idle[..batch] {
-            let mut slot = lock(shared);
+            let Some(mut slot) = try_lock(shared) else { continue };
             // Checked again under the lock: a joiner that found the room before the map lock was taken may have
             // joined since the scan.
             if !slot.room.evictable() {
@@ -362,7 +362,9 @@ impl LocalRooms {
         let low_water = self.budget.retained_low_water();
         let mut rooms: Vec<(u64, String)> = {
             let map = lock(&self.rooms);
-            map.iter().map(|(name, shared)| (lock(shared).room.last_active_us(), name.clone())).collect()
+            map.iter()
+                .filter_map(|(name, shared)| Some((try_lock(shared)?.room.last_active_us(), name.clone())))
+                .collect()
         };
         rooms.sort_unstable();
         let mut emptied = Vec::new();
@@ -398,7 +400,7 @@ impl LocalRooms {
         let mut rooms = lock(&self.rooms);
         for name in names {
             let Some(shared) = rooms.get(&name).cloned() else { continue };
-            let mut slot = lock(&shared);
+            let Some(mut slot) = try_lock(&shared) else { continue }; // in use: not empty for long
             if slot.room.is_idle_and_empty(now_us) {
                 self.remove(&mut rooms, &name, &mut slot);
                 self.counters.removed.fetch_add(1, Ordering::Relaxed);

@@ -83,13 +83,17 @@ pub struct LocalRooms {
     shedding: Mutex<()>,
     /// The durable store rooms live in; `None`: in memory only.
     store: Option<Arc<Store>>,
-    /// Rooms taken out of the map so far: a room read from the store is put in the map only if none left it
-    /// meanwhile (one that did may have stored more since that read).
-    removals: AtomicU64,
+    /// Rooms taken out of the map so far, counted by a hash of their name ([`REMOVAL_BUCKETS`]): a room read from
+    /// the store is put in the map only if it did not leave it meanwhile (it may have stored more since that
+    /// read). By name, roughly: one count for the whole server had a long load retried for as long as any other
+    /// room kept leaving during it (the sweep, an eviction burst), possibly for ever.
+    removals: Box<[AtomicU64]>,
     /// Where the sweep's walk over stored rooms for aged history goes on ([`LocalRooms::load_aged`]).
     aged_cursor: Mutex<Option<Vec<u8>>>,
 }
 
+/// Counts of removed rooms, by a hash of the name.
+const REMOVAL_BUCKETS: usize = 1024;
 /// Stored room records the sweep examines each time for history past its age in rooms not in memory.
 const AGED_EXAMINED_PER_SWEEP: usize = 64;
 /// Such rooms loaded (to be trimmed) per sweep at most: a load reads the room's history.
@@ -106,7 +110,7 @@ impl LocalRooms {
             counters: Counters::default(),
             shedding: Mutex::new(()),
             store: None,
-            removals: AtomicU64::new(0),
+            removals: (0..REMOVAL_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             aged_cursor: Mutex::new(None),
         }
     }
@@ -195,7 +199,7 @@ impl LocalRooms {
         if let Some(room) = self.existing(name) {
             return Ok(Found::Room(room));
         }
-        let removals = self.removals.load(Ordering::Acquire);
+        let removals = self.removals_of(name).load(Ordering::Acquire);
         // Read outside the map's lock; the map is checked again below.
         let stored = match &self.store {
             Some(store) => {
@@ -213,7 +217,7 @@ impl LocalRooms {
         if let Some(room) = rooms.get(name) {
             return Ok(Found::Room(room.clone()));
         }
-        if self.store.is_some() && self.removals.load(Ordering::Acquire) != removals {
+        if self.store.is_some() && self.removals_of(name).load(Ordering::Acquire) != removals {
             return Ok(Found::Retry);
         }
         if stored.is_none() && !create {
@@ -251,6 +255,13 @@ impl LocalRooms {
         let room = Arc::new(Mutex::new(Slot { room, removed: false }));
         rooms.insert(name.to_string(), room.clone());
         Ok(Found::Room(room))
+    }
+
+    /// The removal count `name` is counted in.
+    fn removals_of(&self, name: &str) -> &AtomicU64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);
+        &self.removals[(hash % REMOVAL_BUCKETS as u64) as usize]
     }
 
     fn existing(&self, name: &str) -> Option<Shared> {
@@ -313,7 +324,7 @@ impl LocalRooms {
     fn remove(&self, rooms: &mut RoomMap, name: &str, slot: &mut Slot) {
         slot.removed = true;
         rooms.remove(name);
-        self.removals.fetch_add(1, Ordering::Release);
+        self.removals_of(name).fetch_add(1, Ordering::Release);
         self.account(slot.room.retained_bytes(), 0);
     }
 

@@ -386,7 +386,6 @@ impl RoomHub for RedisRooms {
         let ctx = &self.ctx;
         // The body is within `max_body`, and `Limits::check` makes any such post fit a room frame.
         let limits = &ctx.limits;
-        let oldest_kept = limits.history_max_age_us().map_or(0, |age| now_us.saturating_sub(age));
         let payload = event::message_payload(identity, client_msg_id, &body);
         // 15 arguments: EVALSHA, the script's hash, the key count, 4 keys (and the channel) of about the room's
         // name and a suffix each, 8 more (numbers but for the payload).
@@ -399,7 +398,7 @@ impl RoomHub for RedisRooms {
             .arg(payload)
             .arg(u64::from(limits.dedupe_window_s).max(1) * 1000)
             .arg(limits.history_max_messages)
-            .arg(oldest_kept)
+            .arg(limits.history_max_age_us().unwrap_or(0))
             .arg(ctx.room_ttl_ms)
             .arg(events);
         let note = fenced.map(|Fenced { fence, order }| FenceNote {

@@ -36,7 +36,9 @@ end
 "#;
 
 /// KEYS: meta, log, members, dedupe key. ARGV: fresh epoch, time µs, message payload, dedupe window ms, max
-/// messages, oldest time kept (µs, 0: no age limit), room TTL ms, events channel. Returns {epoch, seq, duplicate}.
+/// messages, max age µs (0: no age limit), room TTL ms, events channel. Returns {epoch, seq, duplicate}. The age
+/// limit is applied on Redis' clock (`TIME`, every 8th post), not the posting node's: a node whose clock runs
+/// ahead would otherwise cut the other nodes' recent messages.
 /// Six calls in the common case (each costs Redis ~10 µs on this VM: the script is kept short on purpose): the
 /// dedupe key is claimed with the seq it would get (`SET NX GET`), and the stream's existence is checked by
 /// `XADD NOMKSTREAM` rather than by a separate `EXISTS`.
@@ -76,8 +78,10 @@ if not added then
 end
 redis.call('HSET', meta, 'epoch', epoch, 'seq', seq, 'op', op)
 -- Every 8th message drops up to 16 entries past the age limit: twice the rate they can come of age.
-local cutoff = tonumber(ARGV[6])
-if cutoff > 0 and seq % 8 == 0 then
+local max_age = tonumber(ARGV[6])
+if max_age > 0 and seq % 8 == 0 then
+  local now = redis.call('TIME')
+  local cutoff = tonumber(now[1]) * 1000000 + tonumber(now[2]) - max_age
   for i = 1, 16 do
     local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
     if not first or tonumber(first[2][4]) >= cutoff then break end

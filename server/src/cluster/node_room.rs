@@ -258,11 +258,13 @@ impl NodeRoom {
         let mut delivery = Delivery::default();
         {
             let mut state = lock(&self.state);
-            if !state.live || state.last_seq != after || state.epoch != epoch {
+            // Another fill (after a resubscribe, say) may have delivered some or all of it meanwhile: what is left
+            // goes on from there, rather than the room being reset for a gap that is not there.
+            if !state.live || state.last_seq < after || state.last_seq >= upto || state.epoch != epoch {
                 return;
             }
-            let mut entries = read.unwrap_or_default().into_iter();
-            for Entry { op, event, .. } in entries.by_ref() {
+            let from = state.last_seq;
+            for Entry { op, event, .. } in read.unwrap_or_default().into_iter().filter(|e| e.event.seq > from) {
                 if event.seq != state.last_seq + 1 || op != state.last_op + 1 {
                     break;
                 }

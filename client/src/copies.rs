@@ -14,5 +14,6 @@ pub(crate) fn send_round(quic: &quinn::Connection, queue: &Mutex<CopyQueue>, pro
         Err(_) => Sent::Gone,
     };
     let max_size = || quic.max_datagram_size().unwrap_or(0);
-    quiver_transport::copy_round(quic, queue, probe, max_size, || quic.datagram_send_buffer_space(), send).0
+    let (path_loss, space) = (|| quiver_transport::path_loss(quic), || quic.datagram_send_buffer_space());
+    quiver_transport::copy_round(path_loss, queue, probe, max_size, space, send).0
 }

@@ -47,13 +47,14 @@ pub enum Sent {
     Gone,
 }
 
-/// One firing of the probe timer on a connection whose copies wait in `queue`: feeds the path's loss so far (`quic`'s
-/// counters, read only when copies wait: they take quinn's connection lock) to the queue, sends the copies due
+/// One firing of the probe timer on a connection whose copies wait in `queue`: feeds the path's loss so far
+/// (`path_loss()`: packets sent and lost, [`path_loss`]; read only when copies wait, as quinn's counters take its
+/// connection lock) to the queue, sends the copies due
 /// (datagrams of at most `max_size()` bytes) with `send`, skipping any that does not fit the datagram buffer's
 /// free `space()` (a copy never pushes a tick out; the stream carries its frame anyway), or, when no copy went, the
 /// tail probe (when `probe`). Returns what the probe task does next, and how many copies went.
 pub fn copy_round(
-    quic: &quinn::Connection,
+    path_loss: impl FnOnce() -> (u64, u64),
     queue: &Mutex<CopyQueue>,
     probe: bool,
     max_size: impl FnOnce() -> usize,
@@ -67,9 +68,9 @@ pub fn copy_round(
     let (datagrams, next) = match empty {
         true => (Vec::new(), None),
         false => {
-            let (path, max) = (quic.stats().path, max_size());
+            let ((sent, lost), max) = (path_loss(), max_size());
             let mut queue = lock();
-            queue.observe(path.sent_packets, path.lost_packets);
+            queue.observe(sent, lost);
             (queue.take(now, max), queue.next_due(now))
         }
     };
@@ -84,10 +85,19 @@ pub fn copy_round(
             Sent::Gone => return (Probed::Gone, copies),
         }
     }
+    // Not into a full datagram buffer, where quinn would make room by dropping its oldest datagram (a tick): what
+    // is queued there draws the ACKs a probe is for.
+    let probe = probe && space() >= quiver_proto::PROBE.len();
     if copies == 0 && probe && send(Bytes::from_static(quiver_proto::PROBE)) == Sent::Gone {
         return (Probed::Gone, 0);
     }
     (next.map_or(Probed::Sent, Probed::Again), copies)
+}
+
+/// A QUIC connection's packets sent and lost so far, for [`copy_round`].
+pub fn path_loss(quic: &quinn::Connection) -> (u64, u64) {
+    let path = quic.stats().path;
+    (path.sent_packets, path.lost_packets)
 }
 
 /// Sends a probe `delay` after [`TailProbe::sent`] is called (calls during the wait share that probe).
@@ -189,6 +199,24 @@ mod tests {
             TailProbe::new(Some(Duration::from_millis(1)), move || answer(counted.fetch_add(1, Ordering::Relaxed)));
         tokio::spawn(task.unwrap());
         (probe, count)
+    }
+
+    /// A probe goes only where the datagram buffer has room for it: into a full one quinn would make room by
+    /// dropping its oldest datagram, a tick already counted as sent (the datagrams waiting there draw the ACKs a
+    /// probe is for).
+    #[test]
+    fn no_probe_into_a_full_datagram_buffer() {
+        let queue = Mutex::new(CopyQueue::new(2, Duration::ZERO, Duration::from_millis(5)));
+        for (space, probes) in [(0, 0), (quiver_proto::PROBE.len(), 1), (1_000, 1)] {
+            let mut sent = Vec::new();
+            let send = |datagram: Bytes| {
+                sent.push(datagram);
+                Sent::Yes
+            };
+            let (probed, copies) = copy_round(|| (0, 0), &queue, true, || 1_200, || space, send);
+            assert_eq!((probed, copies), (Probed::Sent, 0));
+            assert_eq!(sent.len(), probes, "{space} bytes free");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,12 +23,12 @@ pub enum Offered {
     Unsubscribed,
 }
 
-/// Ticks handed out by [`Conflation::take`].
+/// What [`Conflation::take`] handed out.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Taken {
-    /// (channel id, tick), oldest-ready channel first.
-    pub ready: Vec<(u64, Tick)>,
-    /// Ticks dropped for being older than their channel's max age.
+    /// (channel id, tick): the oldest-ready channel's, in flight until [`Conflation::sent`].
+    pub next: Option<(u64, Tick)>,
+    /// Ticks dropped on the way for being older than their channel's max age.
     pub expired: u64,
 }
 
@@ -47,6 +47,10 @@ pub struct Conflation {
     /// other id are dropped, so a fan-out that raced an Unsubscribe cannot leave an entry behind (ids are never
     /// reused, so nothing would ever remove it).
     newest: HashMap<u64, u64>,
+    /// The channel whose tick the sender has taken and is sending (it may wait for room a long time): a newer tick
+    /// of it waits in its slot meanwhile instead of being sent at once, which would put it on the wire (or, on a
+    /// WebSocket, in the lane the older one then replaces it in) before the older one.
+    in_flight: Option<u64>,
 }
 
 impl Conflation {
@@ -63,7 +67,7 @@ impl Conflation {
                 *waiting = Waiting { tick, max_age_us };
                 Offered::Replaced
             }
-            None if room => Offered::Send(tick),
+            None if room && self.in_flight != Some(channel_id) => Offered::Send(tick),
             None => {
                 self.waiting.insert(channel_id, Waiting { tick, max_age_us });
                 self.ready.push_back(channel_id);
@@ -72,19 +76,28 @@ impl Conflation {
         }
     }
 
-    /// Takes every waiting tick at `now_us` (server clock), oldest-ready channel first; those older than their
-    /// channel's max age (since the server received them) are dropped and counted.
+    /// Takes the next waiting tick at `now_us` (server clock), oldest-ready channel first, and marks its channel
+    /// in flight until [`Conflation::sent`]; ticks older than their channel's max age (since the server received
+    /// them) are dropped on the way and counted. One at a time, so that each is checked for age just before it is
+    /// sent, and the others stay where newer ticks replace them.
     pub fn take(&mut self, now_us: u64) -> Taken {
-        let mut taken = Taken { ready: Vec::with_capacity(self.ready.len()), expired: 0 };
+        let mut taken = Taken::default();
         while let Some(id) = self.ready.pop_front() {
             let Some(Waiting { tick, max_age_us }) = self.waiting.remove(&id) else { continue };
             if max_age_us.is_some_and(|max| now_us.saturating_sub(tick.received_us) > max) {
                 taken.expired += 1;
             } else {
-                taken.ready.push((id, tick));
+                self.in_flight = Some(id);
+                taken.next = Some((id, tick));
+                break;
             }
         }
         taken
+    }
+
+    /// The tick last taken was sent (or given up): its channel's newer ticks may go at once again.
+    pub fn sent(&mut self) {
+        self.in_flight = None;
     }
 
     /// Takes ticks for `channel_id` from now on (subscribed).
@@ -120,6 +133,18 @@ mod tests {
         Tick { seq, sent_time_us: seq, received_us: seq, payload: Bytes::from(seq.to_string()) }
     }
 
+    /// Everything waiting at `now`, as the sender takes it (one at a time, each sent before the next).
+    fn take_all(c: &mut Conflation, now: u64) -> (Vec<(u64, Tick)>, u64) {
+        let (mut ready, mut expired) = (Vec::new(), 0);
+        loop {
+            let taken = c.take(now);
+            expired += taken.expired;
+            let Some(next) = taken.next else { return (ready, expired) };
+            ready.push(next);
+            c.sent();
+        }
+    }
+
     /// A conflation with channels 1 to 9 subscribed.
     fn conflation() -> Conflation {
         let mut c = Conflation::default();
@@ -134,10 +159,10 @@ mod tests {
         for seq in 2..=10_000 {
             assert_eq!(c.offer(7, tick(seq), None, seq % 2 == 0), Offered::Replaced, "room or not, it waits");
         }
-        let taken = c.take(0);
-        assert_eq!(taken.ready.len(), 1);
-        assert_eq!(taken.ready[0].0, 7);
-        assert_eq!(taken.ready[0].1.seq, 10_000, "the newest one");
+        let (taken, _) = take_all(&mut c, 0);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].0, 7);
+        assert_eq!(taken[0].1.seq, 10_000, "the newest one");
         assert!(c.is_empty());
     }
 
@@ -149,12 +174,12 @@ mod tests {
         c.offer(2, tick(6), None, false);
         assert_eq!(c.offer(1, tick(2), None, false), Offered::Older);
         assert_eq!(c.len(), 2);
-        let taken: Vec<(u64, u64)> = c.take(0).ready.into_iter().map(|(id, t)| (id, t.seq)).collect();
+        let taken: Vec<(u64, u64)> = take_all(&mut c, 0).0.into_iter().map(|(id, t)| (id, t.seq)).collect();
         assert_eq!(taken, [(2, 6), (1, 3)]);
         assert_eq!(c.offer(1, tick(3), None, true), Offered::Older, "not again once handed out");
         c.offer(3, tick(1), None, false);
         c.remove(3);
-        assert!(c.take(0).ready.is_empty());
+        assert!(take_all(&mut c, 0).0.is_empty());
         assert_eq!(c.offer(3, tick(2), None, true), Offered::Unsubscribed, "a late fan-out leaves nothing behind");
         assert!(!c.newest.contains_key(&3));
         c.open(3);
@@ -169,7 +194,23 @@ mod tests {
         assert_eq!(c.offer(1, tick(1), None, true), Offered::Older, "a reordered duplicate is not sent");
         assert_eq!(c.offer(1, tick(2), None, false), Offered::Queued);
         assert_eq!(c.offer(1, tick(3), None, true), Offered::Replaced, "it waits behind nothing older");
-        assert_eq!(c.take(0).ready, [(1, tick(3))]);
+        assert_eq!(take_all(&mut c, 0).0, [(1, tick(3))]);
+    }
+
+    /// While the sender sends a channel's tick (waiting for room, maybe long), a newer tick of that channel waits
+    /// behind it even when there is room: sent at once, it would reach the subscriber first, and the older one
+    /// after it (dropped there as stale, or, on a WebSocket, put over it in the lane). Other channels still go at
+    /// once.
+    #[test]
+    fn a_newer_tick_waits_while_its_channels_older_tick_is_being_sent() {
+        let mut c = conflation();
+        assert_eq!(c.offer(1, tick(1), None, false), Offered::Queued);
+        assert_eq!(c.take(0).next, Some((1, tick(1))));
+        assert_eq!(c.offer(1, tick(2), None, true), Offered::Queued, "room, but its channel is in flight");
+        assert_eq!(c.offer(2, tick(5), None, true), Offered::Send(tick(5)));
+        c.sent();
+        assert_eq!(take_all(&mut c, 0).0, [(1, tick(2))]);
+        assert_eq!(c.offer(1, tick(3), None, true), Offered::Send(tick(3)), "nothing in flight any more");
     }
 
     #[test]
@@ -178,8 +219,8 @@ mod tests {
         c.offer(1, tick(10), Some(100), false); // received at 10
         c.offer(2, tick(50), Some(100), false); // received at 50
         c.offer(3, tick(20), None, false);
-        let taken = c.take(140);
-        assert_eq!(taken.expired, 1);
-        assert_eq!(taken.ready.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2, 3]);
+        let (taken, expired) = take_all(&mut c, 140);
+        assert_eq!(expired, 1);
+        assert_eq!(taken.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2, 3]);
     }
 }

@@ -32,7 +32,9 @@ pub(super) fn send_round(
         Err(_) => Sent::Gone,
     };
     let space = || conn.datagram_send_buffer_space();
-    let (probed, copies) = quiver_transport::copy_round(quic, queue, probe, || conn.max_datagram_size(), space, send);
+    let path_loss = || quiver_transport::path_loss(quic);
+    let (probed, copies) =
+        quiver_transport::copy_round(path_loss, queue, probe, || conn.max_datagram_size(), space, send);
     stats.room_copies_sent.fetch_add(copies as u64, std::sync::atomic::Ordering::Relaxed);
     probed
 }

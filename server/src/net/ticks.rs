@@ -112,20 +112,28 @@ async fn send_ticks(conn: &Wire, sink: Arc<DatagramSink>, stop: CancellationToke
             () = sink.wake.notified() => {}
             () = stop.cancelled() => return,
         }
-        let taken = lock(&sink.waiting).take(now_us());
-        for _ in 0..taken.expired {
-            bump(&sink.stats.ticks_expired);
-        }
-        for (channel_id, tick) in taken.ready {
-            let Some(datagram) = datagram(channel_id, &tick) else { continue };
-            tokio::select! {
-                sent = conn.send_datagram_wait(datagram) => match sent {
-                    Ok(()) => bump(&sink.stats.ticks_sent),
-                    Err(WireError::TooLarge) => bump(&sink.stats.ticks_too_large),
-                    // The connection is gone, or the peer takes no datagrams at all.
-                    Err(_) => return,
-                },
+        // One at a time: each tick is checked for age just before it goes, and while it waits for room its
+        // channel's newer ticks wait behind it (`Conflation::take`).
+        loop {
+            let taken = lock(&sink.waiting).take(now_us());
+            for _ in 0..taken.expired {
+                bump(&sink.stats.ticks_expired);
+            }
+            let Some((channel_id, tick)) = taken.next else { break };
+            let Some(datagram) = datagram(channel_id, &tick) else {
+                lock(&sink.waiting).sent();
+                continue;
+            };
+            let sent = tokio::select! {
+                sent = conn.send_datagram_wait(datagram) => sent,
                 () = stop.cancelled() => return,
+            };
+            lock(&sink.waiting).sent();
+            match sent {
+                Ok(()) => bump(&sink.stats.ticks_sent),
+                Err(WireError::TooLarge) => bump(&sink.stats.ticks_too_large),
+                // The connection is gone, or the peer takes no datagrams at all.
+                Err(_) => return,
             }
         }
     }

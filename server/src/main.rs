@@ -12,7 +12,7 @@ use quiver_server::{
     settings::{self, DiskDurability, Layers, LogFormat, LogSettings, Override, Settings, StoreKind},
     store::Durability,
     token::{Signer, TokenRequest},
-    Server, ServerConfig,
+    Server,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -199,9 +199,10 @@ struct TokenArgs {
     /// Validity, e.g. 90s, 30m, 1h, 7d.
     #[arg(long, default_value = "1h")]
     ttl: String,
-    /// The server's data directory (its dev key signs the token).
-    #[arg(long, default_value = ServerConfig::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// The server's data directory (its dev key signs the token). Default: the server's own, from its
+    /// configuration (--config, QUIVER_CONFIG, QUIVER_DATA_DIR, the --data-dir before `token`), else .quiver.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Create the dev key in --data-dir if there is none (said on stderr): servers started on that directory from
     /// then on accept the token. Without it, a missing dev key is an error.
     #[arg(long, conflicts_with_all = ["hs256_key", "ed25519_private_key"])]
@@ -215,29 +216,63 @@ struct TokenArgs {
     ed25519_private_key: Option<PathBuf>,
 }
 
-impl From<TokenArgs> for TokenRequest {
-    fn from(args: TokenArgs) -> TokenRequest {
-        let signer = match (args.hs256_key, args.ed25519_private_key) {
+impl TokenArgs {
+    /// What to mint: signed with the key given, else with what the server's configuration (`settings`) verifies
+    /// tokens with: its HS256 secret or first HS256 key file, else the dev key in its data directory. A token no
+    /// such server would accept is refused here, not printed.
+    fn request(self, settings: &Settings) -> Result<TokenRequest, String> {
+        let auth = &settings.auth;
+        let configured = !auth.hs256_secret.is_empty()
+            || !auth.hs256_key_files.is_empty()
+            || !auth.ed25519_public_key_files.is_empty();
+        let signer = match (self.hs256_key, self.ed25519_private_key) {
             (Some(path), _) => Signer::Hs256Key(path),
             (None, Some(path)) => Signer::Ed25519PrivateKey(path),
-            (None, None) => Signer::DevKey { data_dir: args.data_dir, create: args.init_key },
+            (None, None) if auth.anonymous => {
+                return Err("the server's configuration admits anyone without a token (auth.anonymous); tokens \
+                            are neither needed nor checked"
+                    .into())
+            }
+            (None, None) if configured && self.init_key => {
+                return Err("--init-key: the server's configuration names its token keys (auth.*), so it would \
+                            not accept the dev key"
+                    .into())
+            }
+            (None, None) => match (
+                quiver_auth::parse_hs256_secret(&auth.hs256_secret),
+                auth.hs256_key_files.first(),
+                auth.ed25519_public_key_files.is_empty(),
+            ) {
+                (Some(secret), _, _) => Signer::Hs256Secret(secret),
+                (None, Some(path), _) => Signer::Hs256Key(path.clone()),
+                (None, None, false) => {
+                    return Err("the server's configuration verifies EdDSA tokens against public keys \
+                                (auth.ed25519_public_key_files): sign with --ed25519-private-key FILE, the private \
+                                half of one"
+                        .into())
+                }
+                (None, None, true) => {
+                    let data_dir = self.data_dir.unwrap_or_else(|| settings.data_dir.clone());
+                    Signer::DevKey { data_dir, create: self.init_key }
+                }
+            },
         };
-        TokenRequest {
-            sub: args.sub,
-            rooms: args.rooms,
-            post: args.post,
-            channels: args.channels,
-            publish: args.publish,
-            ttl: args.ttl,
+        Ok(TokenRequest {
+            sub: self.sub,
+            rooms: self.rooms,
+            post: self.post,
+            channels: self.channels,
+            publish: self.publish,
+            ttl: self.ttl,
             signer,
-        }
+        })
     }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     match &args.command {
-        Some(Command::Token(token)) => return mint(token),
+        Some(Command::Token(token)) => return mint(token, &args),
         Some(Command::Config(ConfigCommand::Init)) => {
             say(settings::TEMPLATE.trim_end());
             return ExitCode::SUCCESS;
@@ -301,9 +336,21 @@ fn init_logging(log: &LogSettings) {
     }
 }
 
-fn mint(token: &TokenArgs) -> ExitCode {
+/// `quiver-server token`, with the server's configuration (file, environment, flags) read as `serve` reads it: the
+/// token is signed with what that server verifies tokens with.
+fn mint(token: &TokenArgs, args: &Args) -> ExitCode {
     init_logging(&LogSettings::default());
-    match quiver_server::token::mint(&token.clone().into(), std::time::SystemTime::now()) {
+    let file = args.config.clone().or_else(|| std::env::var_os("QUIVER_CONFIG").map(PathBuf::from));
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let settings = match settings::load(file.as_deref(), env, args.overrides()) {
+        Ok((settings, _)) => settings,
+        Err(err) => return fail(&err),
+    };
+    let request = match token.clone().request(&settings) {
+        Ok(request) => request,
+        Err(why) => return fail(&why),
+    };
+    match quiver_server::token::mint(&request, std::time::SystemTime::now()) {
         Ok(minted) => {
             if let Some(path) = minted.created_key {
                 use std::io::Write;

@@ -17,7 +17,7 @@ use crate::auth::{
 };
 
 /// What a token is signed with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Signer {
     /// The dev key in a server's data directory.
     DevKey {
@@ -30,6 +30,21 @@ pub enum Signer {
     Hs256Key(PathBuf),
     /// An Ed25519 private key, PKCS#8 PEM (`--ed25519-private-key`).
     Ed25519PrivateKey(PathBuf),
+    /// The HS256 secret the server's configuration holds (`auth.hs256_secret`).
+    Hs256Secret(Vec<u8>),
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Signer::DevKey { data_dir, create } => {
+                f.debug_struct("DevKey").field("data_dir", data_dir).field("create", create).finish()
+            }
+            Signer::Hs256Key(path) => f.debug_tuple("Hs256Key").field(path).finish(),
+            Signer::Ed25519PrivateKey(path) => f.debug_tuple("Ed25519PrivateKey").field(path).finish(),
+            Signer::Hs256Secret(_) => f.write_str("Hs256Secret(<redacted>)"),
+        }
+    }
 }
 
 /// A token to mint: without rooms or channels it grants every right on every room and channel.
@@ -140,6 +155,7 @@ pub fn mint(request: &TokenRequest, now: SystemTime) -> Result<Minted, TokenComm
             Ok(Minted { token: mint_dev(data_dir, &claims)?, created_key })
         }
         Signer::Hs256Key(path) => Ok(Minted { token: mint_hs256(&claims, &read_hs256_key(path)?)?, created_key: None }),
+        Signer::Hs256Secret(secret) => Ok(Minted { token: mint_hs256(&claims, secret)?, created_key: None }),
         Signer::Ed25519PrivateKey(path) => {
             let pem = std::fs::read(path).map_err(|source| TokenCommandError::Read { path: path.clone(), source })?;
             Ok(Minted { token: mint_ed25519(&claims, &pem)?, created_key: None })

@@ -187,6 +187,48 @@ fn token_subcommand_signs_with_an_hs256_key_file() {
     assert!(!both.status.success(), "--init-key is for the dev key only");
 }
 
+/// `token` signs with what the server's own configuration verifies tokens with: the dev key of the data directory
+/// `QUIVER_DATA_DIR` names (as the shipped Docker image and systemd unit set it), the HS256 key file a
+/// configuration file's `[auth]` names. A server that verifies EdDSA public keys, or admits anyone, gets no token
+/// but the reason. Before, `token` read no configuration: it looked for `.quiver` under the working directory.
+#[test]
+fn token_subcommand_follows_the_servers_configuration() {
+    let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let init = server().args(["token", "--sub", "x", "--init-key", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let token = |cmd: &mut Command| {
+        let out = cmd.current_dir(elsewhere.path()).env_remove("QUIVER_CONFIG").output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, minted, stderr) = token(server().env("QUIVER_DATA_DIR", dir.path()).args(["token", "--sub", "alice"]));
+    assert!(ok, "{stderr}");
+    let auth = quiver_server::auth::Auth::from_config(&quiver_server::auth::AuthConfig::DevKey, dir.path()).unwrap();
+    assert_eq!(auth.verify(Some(&minted), now_s()).unwrap().unwrap().sub, "alice");
+
+    let file = dir.path().join("secret.hex");
+    std::fs::write(&file, "c3".repeat(32)).unwrap();
+    let config = dir.path().join("quiver.toml");
+    std::fs::write(&config, format!("[auth]\nhs256_key_files = [{:?}]\n", file.display().to_string())).unwrap();
+    let (ok, minted, stderr) = token(server().arg("--config").arg(&config).args(["token", "--sub", "svc"]));
+    assert!(ok, "{stderr}");
+    let key = quiver_server::auth::TokenKey::Hs256(quiver_server::auth::read_hs256_key(&file).unwrap());
+    let config_keys = quiver_server::auth::AuthConfig::Keys(vec![key]);
+    let auth = quiver_server::auth::Auth::from_config(&config_keys, dir.path()).unwrap();
+    assert_eq!(auth.verify(Some(&minted), now_s()).unwrap().unwrap().sub, "svc");
+    let (ok, _, stderr) = token(server().arg("--config").arg(&config).args(["token", "--sub", "svc", "--init-key"]));
+    assert!(!ok && stderr.contains("would not accept the dev key"), "{stderr}");
+
+    std::fs::write(&config, "[auth]\ned25519_public_key_files = [\"public.pem\"]\n").unwrap();
+    let (ok, minted, stderr) = token(server().arg("--config").arg(&config).args(["token", "--sub", "svc"]));
+    assert!(!ok && minted.is_empty() && stderr.contains("--ed25519-private-key"), "{stderr}");
+    let (ok, _, stderr) = token(server().args(["--allow-anonymous", "token", "--sub", "svc"]));
+    assert!(!ok && stderr.contains("auth.anonymous"), "{stderr}");
+}
+
 #[test]
 fn token_subcommand_refuses_subjects_servers_refuse_naming_the_limit() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,8 +9,9 @@ use quiver_proto::Limits;
 use quiver_server::ServerConfig;
 use quiver_tests::{hostile::named, TestServer};
 
-mod fakes;
-use fakes::{broken_room_stream, fake_endpoint, fake_server, late_first_stream, mute_after_welcome, Seen};
+use quiver_tests::fakes::{
+    broken_room_stream, fake_endpoint, fake_server, late_first_stream, mute_after_welcome, Seen,
+};
 
 /// The states `watch` (taken before whatever changes them) goes through until `done` says stop (at most 15 s).
 async fn states_until(
@@ -318,7 +319,7 @@ async fn a_room_joined_again_does_not_take_the_first_joins_late_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_does_not_wait_forever_for_the_clock_pings() {
     let (dir, endpoint, addr) = fake_endpoint();
-    let server = tokio::spawn(mute_after_welcome(endpoint, tokio::sync::oneshot::channel().0));
+    let server = tokio::spawn(mute_after_welcome(endpoint, tokio::sync::oneshot::channel().0, false));
     let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
     let options = ConnectOptions { trust, connect_timeout: Duration::from_secs(1), ..ConnectOptions::default() };
     let connected = tokio::time::timeout(Duration::from_secs(10), Client::connect_with(&addr, options)).await;
@@ -333,7 +334,7 @@ async fn connect_does_not_wait_forever_for_the_clock_pings() {
 async fn a_connect_given_up_after_the_welcome_closes_its_connection() {
     let (dir, endpoint, addr) = fake_endpoint();
     let (welcomed, welcome_sent) = tokio::sync::oneshot::channel();
-    let mut server = tokio::spawn(mute_after_welcome(endpoint, welcomed));
+    let mut server = tokio::spawn(mute_after_welcome(endpoint, welcomed, false));
     let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
     let options = ConnectOptions { trust, connect_timeout: Duration::from_secs(60), ..ConnectOptions::default() };
     let connecting = Client::connect_with(&addr, options);

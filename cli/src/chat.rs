@@ -47,6 +47,10 @@ pub(crate) struct PostArgs {
     /// default). Any text; it is hashed to the post's client_msg_id.
     #[arg(long, value_name = "KEY")]
     id: Option<String>,
+    /// Seconds to wait for the post's acknowledgement (reconnects and retries included); 0: no limit. On expiry
+    /// the command fails, and the post may still have been stored (run it again with the same --id).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    timeout: f64,
     /// The message.
     text: String,
 }
@@ -256,6 +260,7 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     // when we print them).
     let mut printed = 0u64;
     let mut interrupted = false;
+    let (mut answered, mut failed) = (0u64, 0u64);
     loop {
         tokio::select! {
             // Input waits while `OUTSTANDING` posts do: a large file piped in never meets the client's
@@ -273,8 +278,10 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
             },
             Some(done) = posts.join_next(), if !posts.is_empty() => {
                 if let Ok((line, result, text)) = done {
-                    if let Ok(seq) = &result {
-                        last_acked = last_acked.max(*seq);
+                    answered += 1;
+                    match &result {
+                        Ok(seq) => last_acked = last_acked.max(*seq),
+                        Err(_) => failed += 1,
                     }
                     out.posted(line, result, room.position().map(|p| p.epoch), &text);
                 }
@@ -320,17 +327,29 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     }
     let _ = tokio::time::timeout(GOODBYE, room.leave()).await;
     let _ = tokio::time::timeout(GOODBYE, client.close()).await;
-    Ok(())
+    match failed {
+        0 => Ok(()),
+        failed => Err(CliError::PostsFailed { failed, posted: answered }),
+    }
 }
 
 pub(crate) async fn post(args: PostArgs) -> Result<(), CliError> {
     if args.id.is_some() && args.name.is_none() && !args.server.has_token() {
         return Err(CliError::IdWithoutIdentity);
     }
+    let limit = crate::seconds("--timeout", args.timeout)?;
+    // 0, or beyond what the clock can count: no limit.
+    let deadline = (!limit.is_zero()).then(|| tokio::time::Instant::now().checked_add(limit)).flatten();
     let client = args.server.connect_as(args.name).await?;
-    let posted = match &args.id {
-        Some(key) => client.post_with_id(&args.room, msg_id_of(key), args.text).await,
-        None => client.post(&args.room, args.text).await,
+    let posted = async {
+        match &args.id {
+            Some(key) => client.post_with_id(&args.room, msg_id_of(key), args.text).await,
+            None => client.post(&args.room, args.text).await,
+        }
+    };
+    let posted = match deadline {
+        Some(at) => tokio::time::timeout_at(at, posted).await.map_err(|_| CliError::PostTimeout(limit))?,
+        None => posted.await,
     };
     let seq = posted.map_err(CliError::Post)?;
     crate::out!("{seq}");

@@ -56,6 +56,15 @@ pub(crate) enum CliError {
     /// `quiver post`.
     #[error("post failed: {0}")]
     Post(RequestError),
+    /// `quiver post --timeout`: no answer in time (the post may still have been stored).
+    #[error(
+        "no answer within {0:?} (the server or its broker is unreachable); the post may have been stored: run the \
+         command again with the same --id to find out without posting twice"
+    )]
+    PostTimeout(std::time::Duration),
+    /// `quiver chat`: posts refused (each said on stderr, or as a `post_failed` line).
+    #[error("{failed} of {posted} posts failed (see above)")]
+    PostsFailed { failed: u64, posted: u64 },
     /// `quiver history`.
     #[error("history failed: {0}")]
     History(RequestError),

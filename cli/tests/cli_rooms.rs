@@ -377,3 +377,43 @@ async fn chat_posts_every_line_of_a_long_piped_file_even_while_the_server_is_awa
     assert_eq!((acks, failed.len()), (LINES, 0), "first failures: {:?}", &failed[..failed.len().min(3)]);
     server.stop().await;
 }
+
+/// `quiver chat` whose posts are refused says so for each and exits non-zero at the end of its input (it exited 0,
+/// the README's one-shot `echo … | quiver chat` then looked successful); `quiver post` whose post gets no answer
+/// gives up after `--timeout`, saying that the post may have been stored (it waited for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_whose_posts_fail_and_a_post_with_no_answer_exit_non_zero() {
+    let server = TestServer::start(Limits { max_body: 8, ..Limits::default() });
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["chat", "--room", "town", "--name", "ann", "--server", &server.addr.to_string(), "--data-dir"])
+        .arg(server.data_dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    stdin.write_all(b"short\nthis line is over the eight bytes allowed\n").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(20), chat.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("post of line 2 failed") && stderr.contains("1 of 2 posts failed"), "{stderr}");
+    server.stop().await;
+
+    let (dir, endpoint, addr) = quiver_tests::fakes::fake_endpoint();
+    let mute = tokio::spawn(quiver_tests::fakes::mute_after_welcome(endpoint, tokio::sync::oneshot::channel().0, true));
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["post", "--room", "town", "--name", "ann", "--timeout", "1", "--server", &addr, "--data-dir"])
+        .arg(dir.path())
+        .arg("hello")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out).await.expect("post gave up").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{stderr}");
+    assert!(stderr.contains("no answer within 1s") && stderr.contains("--id"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    mute.abort();
+}

@@ -3,6 +3,7 @@
 //! tests beside it and by the CLI's tests.
 #![allow(clippy::unwrap_used)]
 
+pub mod fakes;
 pub mod hostile;
 pub mod ports;
 

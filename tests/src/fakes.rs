@@ -57,7 +57,7 @@ async fn after_welcome(
 
 /// A fake server ([`after_welcome`]) on 127.0.0.1 with a dev certificate in a temporary data directory: the
 /// directory (for the client's trust), its address, and the count of connections it accepted.
-pub(crate) fn fake_server(close: bool) -> (tempfile::TempDir, String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+pub fn fake_server(close: bool) -> (tempfile::TempDir, String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let (dir, endpoint, addr) = fake_endpoint();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     tokio::spawn(after_welcome(endpoint, accepted.clone(), close));
@@ -66,7 +66,7 @@ pub(crate) fn fake_server(close: bool) -> (tempfile::TempDir, String, std::sync:
 
 /// A quinn server endpoint on 127.0.0.1 with a dev certificate in a temporary data directory: the directory (for
 /// the client's trust), the endpoint and its address.
-pub(crate) fn fake_endpoint() -> (tempfile::TempDir, quinn::Endpoint, String) {
+pub fn fake_endpoint() -> (tempfile::TempDir, quinn::Endpoint, String) {
     let dir = tempfile::tempdir().unwrap();
     let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
     let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
@@ -81,7 +81,7 @@ pub(crate) fn fake_endpoint() -> (tempfile::TempDir, quinn::Endpoint, String) {
 /// A server that lets a room's first stream come late: it answers Join, Leave and Join again of one room before
 /// anything of the first Join's stream leaves, then sends both streams, the first one's Open first. (React's
 /// StrictMode joins, leaves and joins at once; a lost packet delays a stream the same way.)
-pub(crate) async fn late_first_stream(endpoint: quinn::Endpoint) {
+pub async fn late_first_stream(endpoint: quinn::Endpoint) {
     use quiver_proto::{
         EventKind, FrameCodec, Joined, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg, Welcome,
         PROTOCOL_VERSION,
@@ -156,9 +156,10 @@ pub(crate) async fn late_first_stream(endpoint: quinn::Endpoint) {
     }
 }
 
-/// A server that answers Hello and then nothing (a hung process that still holds its connections); `welcomed` is
-/// told once the Welcome is written. Returns when the client closes the connection.
-pub(crate) async fn mute_after_welcome(endpoint: quinn::Endpoint, welcomed: tokio::sync::oneshot::Sender<()>) {
+/// A server that answers Hello and then nothing (a hung process that still holds its connections), or, with
+/// `pings`, nothing but Pings (a server whose store or broker hangs); `welcomed` is told once the Welcome is
+/// written. Returns when the client closes the connection.
+pub async fn mute_after_welcome(endpoint: quinn::Endpoint, welcomed: tokio::sync::oneshot::Sender<()>, pings: bool) {
     use quiver_proto::{FrameCodec, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
     let Some(incoming) = endpoint.accept().await else { return };
     let conn = incoming.await.unwrap();
@@ -180,6 +181,10 @@ pub(crate) async fn mute_after_welcome(endpoint: quinn::Endpoint, welcomed: toki
                 send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
                 let _ = welcomed.take().map(|welcomed| welcomed.send(()));
             }
+            Some(Request { req_id, body: RequestBody::Ping { client_time_us } }) if pings => {
+                let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Pong { client_time_us, server_time_us: 0 }) };
+                send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+            }
             Some(_) => {} // never answered
             None => match recv.read_chunk(usize::MAX, true).await {
                 Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
@@ -191,7 +196,7 @@ pub(crate) async fn mute_after_welcome(endpoint: quinn::Endpoint, welcomed: toki
 
 /// What [`broken_room_stream`] saw, by connection (numbered from 1 in accept order).
 #[derive(Debug)]
-pub(crate) enum Seen {
+pub enum Seen {
     /// A Join, with its `since`.
     Join(usize, Option<quiver_proto::Position>),
     /// The connection ended, with this code and reason.
@@ -201,7 +206,7 @@ pub(crate) enum Seen {
 /// A server whose first connection breaks the protocol on a room stream: a Join of room `r` gets a stream with the
 /// room's message 1, then a frame whose body is no room frame. A later connection's Join gets the messages after its
 /// `since`, up to message 2.
-pub(crate) async fn broken_room_stream(endpoint: quinn::Endpoint, seen: tokio::sync::mpsc::UnboundedSender<Seen>) {
+pub async fn broken_room_stream(endpoint: quinn::Endpoint, seen: tokio::sync::mpsc::UnboundedSender<Seen>) {
     let mut number = 0;
     while let Some(incoming) = endpoint.accept().await {
         number += 1;

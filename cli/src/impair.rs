@@ -152,7 +152,11 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
     crate::err!("relaying {} -> {upstream}, {}", relay.local_addr(), config.profile);
     let end = async {
         match args.duration {
-            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
+            // Beyond what a duration holds (`inf`): no end.
+            Some(secs) => match Duration::try_from_secs_f64(secs.max(0.0)) {
+                Ok(duration) => tokio::time::sleep(duration).await,
+                Err(_) => std::future::pending().await,
+            },
             None => std::future::pending().await,
         }
     };
@@ -178,6 +182,9 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
     use quiver_lab::impair::netns::{self, NetnsLink, Side};
     netns::available()?;
     let backend = netns::Backend::parse(&args.backend)?;
+    // Before the namespaces exist: Ctrl-C from here on (during their setup too) ends the run below, which removes
+    // them (the signal's default action would kill the process with them left behind).
+    let mut stop = crate::output::Stop::new();
     let link = NetnsLink::start_with("quiver", &profile, backend)
         .map_err(|source| CliError::NetnsSetup { backend, source })?;
     let (srv, cli) = (link.namespace(Side::Server), link.namespace(Side::Client));
@@ -203,24 +210,30 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
         Some(cmd) => {
             // Give the server a moment to bind.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let status = shell(Side::Client, cmd).status().await.map_err(CliError::ClientCommand)?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(CliError::ClientFailed(status))
+            tokio::select! {
+                status = shell(Side::Client, cmd).status() => match status.map_err(CliError::ClientCommand) {
+                    Ok(status) if status.success() => Ok(()),
+                    Ok(status) => Err(CliError::ClientFailed(status)),
+                    Err(err) => Err(err),
+                },
+                // The client command is killed with its future (`kill_on_drop`); the cleanup below runs.
+                () = stop.requested() => Err(CliError::Interrupted),
             }
         }
         None => {
             let end = async {
                 match args.duration {
-                    Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
+                    // Beyond what a duration holds (`inf`): no end.
+                    Some(secs) => match Duration::try_from_secs_f64(secs.max(0.0)) {
+                        Ok(duration) => tokio::time::sleep(duration).await,
+                        Err(_) => std::future::pending().await,
+                    },
                     None => std::future::pending().await,
                 }
             };
             tokio::pin!(end);
             let mut second = tokio::time::interval(Duration::from_secs(1));
             second.tick().await;
-            let mut stop = crate::output::Stop::new();
             loop {
                 tokio::select! {
                     _ = second.tick() => {

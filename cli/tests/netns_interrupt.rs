@@ -1,4 +1,5 @@
-//! `quiver bench --netns` interrupted with SIGINT (as Ctrl-C would) removes the namespaces it created (root, Linux).
+//! `quiver bench --netns` and `quiver impair --netns` interrupted with SIGINT (as Ctrl-C would) remove the namespaces
+//! they created (root, Linux).
 //! Without root or `ip` the test says so loudly and passes, unless `QUIVER_REQUIRE_ALL=1` (CI).
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
@@ -70,4 +71,41 @@ fn ctrl_c_during_a_netns_bench_removes_its_namespaces() {
     };
     assert!(!exit.success(), "an interrupted bench reports failure");
     assert_removed(&prefix);
+}
+
+/// `quiver impair --netns --client-cmd CMD` interrupted with SIGINT while CMD runs removes its namespaces (docs/impair.md
+/// promises cleanup on Ctrl-C). It registered no handler on this path: the signal's default action killed the process
+/// with `quiver-srv` and `quiver-cli` left behind.
+#[test]
+fn ctrl_c_while_impairs_client_command_runs_removes_its_namespaces() {
+    if skip() {
+        return;
+    }
+    let mut impair = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["impair", "--netns", "--profile", "clean", "--client-cmd", "sleep 29.5"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = || Command::new("pgrep").args(["-fx", "sleep 29.5"]).output().unwrap().status.success();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !running() {
+        assert!(Instant::now() < deadline, "the client command never ran in quiver-cli");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = Command::new("kill").args(["-INT", &impair.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = impair.try_wait().unwrap() {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = impair.kill();
+            panic!("quiver impair did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!exit.success(), "an interrupted run reports failure");
+    assert_removed("quiver-");
 }

@@ -337,7 +337,7 @@ pub(crate) async fn post(args: PostArgs) -> Result<(), CliError> {
     if args.id.is_some() && args.name.is_none() && !args.server.has_token() {
         return Err(CliError::IdWithoutIdentity);
     }
-    let limit = crate::seconds("--timeout", args.timeout)?;
+    let limit = crate::seconds("timeout", args.timeout)?;
     // 0, or beyond what the clock can count: no limit.
     let deadline = (!limit.is_zero()).then(|| tokio::time::Instant::now().checked_add(limit)).flatten();
     let client = args.server.connect_as(args.name).await?;

@@ -137,7 +137,7 @@ impl ServerArgs {
             token_provider,
             qlog_dir: self.qlog_dir.clone(),
             transport: self.transport,
-            fallback_after: seconds("--fallback-after", self.fallback_after)?,
+            fallback_after: seconds("fallback-after", self.fallback_after)?,
             websocket_port: self.websocket_port,
             ..ConnectOptions::default()
         };

@@ -65,7 +65,8 @@ pub(crate) async fn run(command: TickCommand) -> Result<(), CliError> {
 }
 
 fn deadline(duration: Option<f64>) -> Result<Option<Instant>, CliError> {
-    duration.map(|secs| seconds("duration", secs).map(|d| Instant::now() + d)).transpose()
+    // Beyond what the clock can count: no end.
+    Ok(duration.map(|secs| seconds("duration", secs)).transpose()?.and_then(|d| Instant::now().checked_add(d)))
 }
 
 async fn until(deadline: Option<Instant>) {

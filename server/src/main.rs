@@ -452,7 +452,8 @@ async fn run<R: RoomHub>(
         say(&format!("demo page http://{host}:{}/ (TCP {page}{tokens})", page.port()));
     }
     if let Some(ws) = server.websocket_addr() {
-        say(&format!("websocket fallback wss://{ws}/quiver (TCP; plain ws:// from this machine only)"));
+        let path = &settings.web.path;
+        say(&format!("websocket fallback wss://{ws}{path} (TCP; plain ws:// from this machine only)"));
     }
     if let Some(admin) = server.admin_addr() {
         say(&format!("admin http://{admin}/metrics /healthz /readyz"));

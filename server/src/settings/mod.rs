@@ -345,6 +345,7 @@ impl Settings {
         if self.transport.initial_rtt_ms > 10_000 {
             return Err(Invalid::new("transport.initial_rtt_ms", "at most 10000"));
         }
+        self.web_config()?; // its ranges and addresses: `config check` must refuse what the server would
         if !matches!(self.transport.mtu_discovery, 0 | 1200..=65527) {
             return Err(Invalid::new("transport.mtu_discovery", "0 (off) or a UDP payload size from 1200 to 65527"));
         }

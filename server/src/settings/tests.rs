@@ -168,3 +168,18 @@ fn of_two_contradicting_limits_the_one_moved_from_its_default_is_named() {
     let err = load_text("[limits]\nmax_connections = 10\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 2: limits.max_connections:"), "{err}");
 }
+
+/// `config check` (`Settings::check`) refuses what the server would refuse at start: the `[web]` ranges and
+/// addresses too (a `websocket_send_buffer` of 100 passed the check, then the server did not start).
+#[test]
+fn the_check_refuses_web_settings_the_server_refuses() {
+    for (text, key) in [
+        ("[web]\nwebsocket_send_buffer = 100\n", "web.websocket_send_buffer"),
+        ("[web]\nwebsocket = \"x\"\n", "web.websocket"),
+    ] {
+        match load_text(text, &[], Vec::new()) {
+            Err(SettingsError::Invalid { key: refused, .. }) => assert_eq!(refused, key),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}

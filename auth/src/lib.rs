@@ -319,6 +319,12 @@ fn token_failure(kind: &ErrorKind) -> Failure {
         | ErrorKind::InvalidKeyFormat
         | ErrorKind::InvalidEcdsaKey
         | ErrorKind::InvalidRsaKey(_) => Failure::new(ErrorCode::TokenInvalid, format!("token signature: {kind:?}")),
+        // Quiver has no audience to check a token's `aud` against: a token that names one (minted for some other
+        // service with a shared key, maybe) is refused as not for this server, not as malformed.
+        ErrorKind::InvalidAudience => Failure::new(
+            ErrorCode::TokenInvalid,
+            "the token names an audience (aud); this server checks none and accepts only tokens without one",
+        ),
         ErrorKind::ExpiredSignature => Failure::new(ErrorCode::TokenExpired, "token expired"),
         ErrorKind::ImmatureSignature => Failure::new(ErrorCode::TokenNotYetValid, "token not yet valid"),
         other => Failure::new(ErrorCode::TokenMalformed, format!("token: {other:?}")),

@@ -177,3 +177,23 @@ fn dev_tokens_need_the_dev_key_and_verify_with_it() {
     let token = mint_dev(dir.path(), &claims()).unwrap();
     assert!(auth.verify(Some(&token), NOW).is_ok());
 }
+
+/// A validly signed token that names an audience is refused as not for this server (`TokenInvalid`, naming `aud`),
+/// not as malformed: Quiver has no audience of its own, and a token minted for another service that shares the key
+/// must not pass for one of its own.
+#[test]
+fn a_token_naming_an_audience_is_refused_as_invalid_naming_aud() {
+    #[derive(serde::Serialize)]
+    struct WithAudience {
+        #[serde(flatten)]
+        claims: Claims,
+        aud: &'static str,
+    }
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let claims = WithAudience { claims: claims(), aud: "billing" };
+    let key = jsonwebtoken::EncodingKey::from_secret(secret);
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key).unwrap();
+    let refused = hs_auth(secret).verify(Some(&token), NOW).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::TokenInvalid, "{refused:?}");
+    assert!(refused.message.contains("aud"), "{}", refused.message);
+}

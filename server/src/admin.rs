@@ -18,15 +18,21 @@ const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 
 /// Serves the admin endpoints on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, metrics: Arc<ServerMetrics>, stop: CancellationToken) {
-    crate::http::serve_http(listener, stop, move |head, _peer: IpAddr| respond(head, &metrics)).await
+    let loopback = listener.local_addr().is_ok_and(|addr| addr.ip().is_loopback());
+    crate::http::serve_http(listener, stop, move |head, _peer: IpAddr| respond(head, &metrics, loopback)).await
 }
 
-/// The response to one request head (sans-IO).
-fn respond(head: &[u8], metrics: &Arc<ServerMetrics>) -> Response {
-    let (head_only, target, _) = match parse_request(head) {
+/// The response to one request head (sans-IO). On a `loopback` listener the request must name this machine
+/// (`Host: localhost`, `127.0.0.1:9433`, none): a web page whose own name was rebound to 127.0.0.1 (DNS rebinding)
+/// would otherwise read the metrics from the browser of whoever runs the server, as its own origin.
+fn respond(head: &[u8], metrics: &Arc<ServerMetrics>, loopback: bool) -> Response {
+    let (head_only, target, lines) = match parse_request(head) {
         Ok(request) => request,
         Err(response) => return response,
     };
+    if loopback && !crate::web::is_loopback_host(crate::web::host_header(lines)) {
+        return Response::error(403, "the admin listener answers requests for this machine's own names only");
+    }
     let text = |status, body: String| Response {
         status,
         content_type: "text/plain; charset=utf-8",
@@ -44,5 +50,27 @@ fn respond(head: &[u8], metrics: &Arc<ServerMetrics>) -> Response {
         },
         "/" => text(200, "quiver-server admin: /metrics /healthz /readyz\n".into()),
         _ => Response::error(404, "not found (try /metrics, /healthz, /readyz)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a loopback listener a request for another name (DNS rebinding: a page's own name pointed at 127.0.0.1)
+    /// is refused; this machine's names, and no `Host`, are served. A listener bound elsewhere serves every name (a
+    /// scraper asks by the address it was given).
+    #[test]
+    fn a_loopback_listener_answers_only_for_this_machines_names() {
+        let metrics = Arc::new(ServerMetrics::new(Arc::default()));
+        let status = |host: &str, loopback| {
+            let head = format!("GET /healthz HTTP/1.1\r\n{host}\r\n\r\n");
+            respond(head.as_bytes(), &metrics, loopback).status
+        };
+        for host in ["Host: localhost:9433", "Host: 127.0.0.1:9433", "Host: [::1]:9433", "X-None: 1"] {
+            assert_eq!(status(host, true), 200, "{host}");
+        }
+        assert_eq!(status("Host: attacker.example:9433", true), 403);
+        assert_eq!(status("Host: attacker.example:9433", false), 200);
     }
 }

@@ -132,7 +132,7 @@ const NOT_LOCAL_NAME: &str = "dev tokens are handed out only to pages opened as 
 
 /// True when a `Host` header names this machine: `localhost` or a loopback address, with or without a port. A
 /// request without one (not a browser's) counts as local; the peer address was checked already.
-fn is_loopback_host(host: Option<&str>) -> bool {
+pub(crate) fn is_loopback_host(host: Option<&str>) -> bool {
     let Some(host) = host else { return true };
     let name = match host.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
@@ -145,17 +145,22 @@ fn is_loopback_host(host: Option<&str>) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(is_loopback)
 }
 
+/// The `Host` header among a request's header `lines`, if any.
+pub(crate) fn host_header<'a>(lines: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    lines
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("host"))
+        .map(|(_, value)| value.trim())
+}
+
 /// The response to a request head from `peer` (sans-IO, so it is tested without sockets).
 pub(crate) fn respond(head: &[u8], peer: IpAddr, info: &PageInfo) -> Response {
     let (head_only, target, lines) = match parse_request(head) {
         Ok(request) => request,
         Err(response) => return response,
     };
-    let host = lines
-        .take_while(|line| !line.is_empty())
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("host"))
-        .map(|(_, value)| value.trim());
+    let host = host_header(lines);
     let path = target.split(['?', '#']).next().unwrap_or("/");
     let name = query_param(target, "name");
     let dev_tokens = info.dev_tokens_from.is_some();

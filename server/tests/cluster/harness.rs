@@ -178,7 +178,7 @@ pub(crate) fn cluster(n: usize, extra_env: &[(&str, &str)]) -> Cluster {
 pub(crate) fn admin_status(admin: SocketAddr, path: &str) -> u16 {
     let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)

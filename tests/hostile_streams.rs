@@ -394,3 +394,44 @@ async fn a_room_stream_stopped_by_its_client_ends_the_membership() {
     })
     .await;
 }
+
+/// A client that lets a room go stops its stream and sends its Leave beside it (the library's dropped `Room`, the
+/// browser client's `leave()`): the Leave is answered `Left` and nothing is counted as a slow consumer, even when
+/// the server meets the stop first. (The stop of a room never left ends the membership after a grace: above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_its_leave_is_a_leave_not_a_kick() {
+    use quiver_proto::{Join, Reply, RequestBody, ServerMsg};
+    use quiver_tests::hostile::{frame, hello};
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        let writer = server.client().await;
+        let (_endpoint, conn) = connect_with(&server, quinn::TransportConfig::default()).await;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let join = RequestBody::Join(Join { room: "r".into(), since: None, redundant: false });
+        send.write_all(&frame(0, hello(server.token("leaver")))).await.unwrap();
+        send.write_all(&frame(1, join)).await.unwrap();
+        let mut stream = conn.accept_uni().await.unwrap();
+        stream.stop(0u32.into()).unwrap();
+        // The server meets the stop first: a post to the room makes it write to the stopped stream.
+        writer.post("r", "while leaving").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        send.write_all(&frame(2, RequestBody::Leave { room: "r".into() })).await.unwrap();
+        let left = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the connection stays") {
+                    ServerMsg::Reply { req_id: 2, result } => return result,
+                    ServerMsg::Reply { .. } => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the Leave's reply");
+        assert!(matches!(left, Ok(Reply::Left { .. })), "{left:?}");
+        assert_eq!(server.stats.snapshot().slow_consumer_resets, 0);
+        writer.close().await;
+        server.stop().await;
+    })
+    .await;
+}

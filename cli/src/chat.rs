@@ -348,7 +348,9 @@ pub(crate) async fn post(args: PostArgs) -> Result<(), CliError> {
         }
     };
     let posted = match deadline {
-        Some(at) => tokio::time::timeout_at(at, posted).await.map_err(|_| CliError::PostTimeout(limit))?,
+        Some(at) => tokio::time::timeout_at(at, posted)
+            .await
+            .map_err(|_| CliError::PostTimeout { after: limit, with_id: args.id.is_some() })?,
         None => posted.await,
     };
     let seq = posted.map_err(CliError::Post)?;

@@ -58,10 +58,14 @@ pub(crate) enum CliError {
     Post(RequestError),
     /// `quiver post --timeout`: no answer in time (the post may still have been stored).
     #[error(
-        "no answer within {0:?} (the server or its broker is unreachable); the post may have been stored: run the \
-         command again with the same --id to find out without posting twice"
+        "no answer within {after:?} (the server or its broker is unreachable); the post may have been stored: {}",
+        if *with_id {
+            "run the command again with the same --id to find out without posting twice"
+        } else {
+            "running the command again may post it twice (give it --id KEY to make a retry safe)"
+        }
     )]
-    PostTimeout(std::time::Duration),
+    PostTimeout { after: std::time::Duration, with_id: bool },
     /// `quiver chat`: posts refused (each said on stderr, or as a `post_failed` line).
     #[error("{failed} of {posted} posts failed (see above)")]
     PostsFailed { failed: u64, posted: u64 },

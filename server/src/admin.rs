@@ -18,13 +18,16 @@ const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 
 /// Serves the admin endpoints on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, metrics: Arc<ServerMetrics>, stop: CancellationToken) {
-    let loopback = listener.local_addr().is_ok_and(|addr| addr.ip().is_loopback());
-    crate::http::serve_http(listener, stop, move |head, _peer: IpAddr| respond(head, &metrics, loopback)).await
+    crate::http::serve_http(listener, stop, move |head, peer: IpAddr| {
+        respond(head, &metrics, crate::web::is_loopback(peer))
+    })
+    .await
 }
 
-/// The response to one request head (sans-IO). On a `loopback` listener the request must name this machine
+/// The response to one request head (sans-IO). From a `loopback` peer the request must name this machine
 /// (`Host: localhost`, `127.0.0.1:9433`, none): a web page whose own name was rebound to 127.0.0.1 (DNS rebinding)
-/// would otherwise read the metrics from the browser of whoever runs the server, as its own origin.
+/// would otherwise read the metrics from the browser of whoever runs the server, as its own origin (whether the
+/// listener is bound to loopback or to every address).
 fn respond(head: &[u8], metrics: &Arc<ServerMetrics>, loopback: bool) -> Response {
     let (head_only, target, lines) = match parse_request(head) {
         Ok(request) => request,
@@ -57,11 +60,11 @@ fn respond(head: &[u8], metrics: &Arc<ServerMetrics>, loopback: bool) -> Respons
 mod tests {
     use super::*;
 
-    /// On a loopback listener a request for another name (DNS rebinding: a page's own name pointed at 127.0.0.1)
-    /// is refused; this machine's names, and no `Host`, are served. A listener bound elsewhere serves every name (a
-    /// scraper asks by the address it was given).
+    /// From a loopback peer a request for another name (DNS rebinding: a page's own name pointed at 127.0.0.1) is
+    /// refused; this machine's names, and no `Host`, are served. A remote peer is served for every name (a scraper
+    /// asks by the address it was given).
     #[test]
-    fn a_loopback_listener_answers_only_for_this_machines_names() {
+    fn a_loopback_peer_is_answered_only_for_this_machines_names() {
         let metrics = Arc::new(ServerMetrics::new(Arc::default()));
         let status = |host: &str, loopback| {
             let head = format!("GET /healthz HTTP/1.1\r\n{host}\r\n\r\n");

@@ -220,42 +220,18 @@ impl TokenArgs {
     /// What to mint: signed with the key given, else with what the server's configuration (`settings`) verifies
     /// tokens with: its HS256 secret or first HS256 key file, else the dev key in its data directory. A token no
     /// such server would accept is refused here, not printed.
-    fn request(self, settings: &Settings) -> Result<TokenRequest, String> {
-        let auth = &settings.auth;
-        let configured = !auth.hs256_secret.is_empty()
-            || !auth.hs256_key_files.is_empty()
-            || !auth.ed25519_public_key_files.is_empty();
-        let signer = match (self.hs256_key, self.ed25519_private_key) {
-            (Some(path), _) => Signer::Hs256Key(path),
-            (None, Some(path)) => Signer::Ed25519PrivateKey(path),
-            (None, None) if auth.anonymous => {
-                return Err("the server's configuration admits anyone without a token (auth.anonymous); tokens \
-                            are neither needed nor checked"
-                    .into())
-            }
-            (None, None) if configured && self.init_key => {
-                return Err("--init-key: the server's configuration names its token keys (auth.*), so it would \
-                            not accept the dev key"
-                    .into())
-            }
-            (None, None) => match (
-                quiver_auth::parse_hs256_secret(&auth.hs256_secret),
-                auth.hs256_key_files.first(),
-                auth.ed25519_public_key_files.is_empty(),
-            ) {
-                (Some(secret), _, _) => Signer::Hs256Secret(secret),
-                (None, Some(path), _) => Signer::Hs256Key(path.clone()),
-                (None, None, false) => {
-                    return Err("the server's configuration verifies EdDSA tokens against public keys \
-                                (auth.ed25519_public_key_files): sign with --ed25519-private-key FILE, the private \
-                                half of one"
-                        .into())
-                }
-                (None, None, true) => {
-                    let data_dir = self.data_dir.unwrap_or_else(|| settings.data_dir.clone());
-                    Signer::DevKey { data_dir, create: self.init_key }
-                }
-            },
+    fn request(self, settings: impl FnOnce() -> Result<Settings, String>) -> Result<TokenRequest, String> {
+        let explicit = match (self.hs256_key.clone(), self.ed25519_private_key.clone(), self.data_dir.clone()) {
+            (Some(path), _, _) => Some(Signer::Hs256Key(path)),
+            (None, Some(path), _) => Some(Signer::Ed25519PrivateKey(path)),
+            (None, None, Some(data_dir)) => Some(Signer::DevKey { data_dir, create: self.init_key }),
+            (None, None, None) => None,
+        };
+        // The configuration is read only when nothing says what to sign with (it may be unreadable to whoever
+        // mints with a key file of their own).
+        let signer = match explicit {
+            Some(signer) => signer,
+            None => self.configured_signer(&settings()?)?,
         };
         Ok(TokenRequest {
             sub: self.sub,
@@ -266,6 +242,38 @@ impl TokenArgs {
             ttl: self.ttl,
             signer,
         })
+    }
+
+    /// What the server configured by `settings` verifies tokens with.
+    fn configured_signer(&self, settings: &Settings) -> Result<Signer, String> {
+        let auth = &settings.auth;
+        if auth.anonymous {
+            return Err("the server's configuration admits anyone without a token (auth.anonymous); tokens are \
+                        neither needed nor checked"
+                .into());
+        }
+        let configured = !auth.hs256_secret.is_empty()
+            || !auth.hs256_key_files.is_empty()
+            || !auth.ed25519_public_key_files.is_empty();
+        if configured && self.init_key {
+            return Err("--init-key: the server's configuration names its token keys (auth.*), so it would not \
+                        accept the dev key"
+                .into());
+        }
+        if let Some(secret) = quiver_auth::parse_hs256_secret(&auth.hs256_secret) {
+            return Ok(Signer::Hs256Secret(secret));
+        }
+        if let Some(path) = auth.hs256_key_files.first() {
+            return Ok(Signer::Hs256Key(path.clone()));
+        }
+        if !auth.ed25519_public_key_files.is_empty() {
+            return Err(
+                "the server's configuration verifies EdDSA tokens against public keys \
+                        (auth.ed25519_public_key_files): sign with --ed25519-private-key FILE, the private half of one"
+                    .into(),
+            );
+        }
+        Ok(Signer::DevKey { data_dir: settings.data_dir.clone(), create: self.init_key })
     }
 }
 
@@ -340,13 +348,12 @@ fn init_logging(log: &LogSettings) {
 /// token is signed with what that server verifies tokens with.
 fn mint(token: &TokenArgs, args: &Args) -> ExitCode {
     init_logging(&LogSettings::default());
-    let file = args.config.clone().or_else(|| std::env::var_os("QUIVER_CONFIG").map(PathBuf::from));
-    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let settings = match settings::load(file.as_deref(), env, args.overrides()) {
-        Ok((settings, _)) => settings,
-        Err(err) => return fail(&err),
+    let settings = || {
+        let file = args.config.clone().or_else(|| std::env::var_os("QUIVER_CONFIG").map(PathBuf::from));
+        let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        settings::load(file.as_deref(), env, args.overrides()).map(|(settings, _)| settings).map_err(|e| e.to_string())
     };
-    let request = match token.clone().request(&settings) {
+    let request = match token.clone().request(settings) {
         Ok(request) => request,
         Err(why) => return fail(&why),
     };

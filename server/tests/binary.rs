@@ -221,6 +221,11 @@ fn token_subcommand_follows_the_servers_configuration() {
     assert_eq!(auth.verify(Some(&minted), now_s()).unwrap().unwrap().sub, "svc");
     let (ok, _, stderr) = token(server().arg("--config").arg(&config).args(["token", "--sub", "svc", "--init-key"]));
     assert!(!ok && stderr.contains("would not accept the dev key"), "{stderr}");
+    // A key given on the command line needs no configuration (which may be unreadable to whoever mints).
+    let mut minting = server();
+    minting.env("QUIVER_CONFIG", "/nonexistent/quiver.toml").args(["token", "--sub", "svc", "--hs256-key"]);
+    let out = minting.arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     std::fs::write(&config, "[auth]\ned25519_public_key_files = [\"public.pem\"]\n").unwrap();
     let (ok, minted, stderr) = token(server().arg("--config").arg(&config).args(["token", "--sub", "svc"]));

@@ -88,6 +88,8 @@ pub struct LocalRooms {
     /// read). By name, roughly: one count for the whole server had a long load retried for as long as any other
     /// room kept leaving during it (the sweep, an eviction burst), possibly for ever.
     removals: Box<[AtomicU64]>,
+    /// Picks a name's bucket in `removals` (seeded per hub: names cannot be chosen to share one).
+    removal_hasher: std::collections::hash_map::RandomState,
     /// Where the sweep's walk over stored rooms for aged history goes on ([`LocalRooms::load_aged`]).
     aged_cursor: Mutex<Option<Vec<u8>>>,
 }
@@ -111,6 +113,7 @@ impl LocalRooms {
             shedding: Mutex::new(()),
             store: None,
             removals: (0..REMOVAL_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            removal_hasher: std::collections::hash_map::RandomState::new(),
             aged_cursor: Mutex::new(None),
         }
     }
@@ -259,8 +262,8 @@ impl LocalRooms {
 
     /// The removal count `name` is counted in.
     fn removals_of(&self, name: &str) -> &AtomicU64 {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);
+        use std::hash::BuildHasher;
+        let hash = self.removal_hasher.hash_one(name);
         &self.removals[(hash % REMOVAL_BUCKETS as u64) as usize]
     }
 
@@ -395,11 +398,10 @@ impl LocalRooms {
         self.remove_if_empty(emptied, now_us);
         // Durable rooms shed no dedupe entry above: those without members leave memory instead, losing nothing
         // (their window is read back from the store when they are next used).
+        // One batch per call: when rooms with members hold most of it, more would unload every other room at each
+        // post, each to be read back at its next use.
         if self.store.is_some() && self.counters.retained.load(Ordering::Relaxed) > low_water {
-            let mut rooms = lock(&self.rooms);
-            while self.counters.retained.load(Ordering::Relaxed) > low_water
-                && self.evict_idle(&mut rooms, "over retained_bytes")
-            {}
+            self.evict_idle(&mut lock(&self.rooms), "over retained_bytes");
         }
     }
 

@@ -303,7 +303,7 @@ impl Outbox for StreamOutbox {
         // Loops until the queue is empty or the stream cannot take more now: frames pushed by another flush while
         // this one held the stream are written here, since that flush found no stream to write to.
         loop {
-            let (mut send, frames) = {
+            let (mut send, frames, counted) = {
                 let mut queue = lock(&self.queue);
                 if queue.frames.is_empty() {
                     self.notify_if_drained(&queue);
@@ -315,8 +315,9 @@ impl Outbox for StreamOutbox {
                     self.wake.notify_one();
                     return;
                 };
-                queue.bytes = 0;
-                (send, queue.take_frames())
+                // The live bytes taken (replay frames are not counted against the bound).
+                let counted = std::mem::take(&mut queue.bytes);
+                (send, queue.take_frames(), counted)
             };
             let (written, rest) = write_now(&mut send, frames);
             dequeued(&self.stats, written);
@@ -326,9 +327,10 @@ impl Outbox for StreamOutbox {
             let mut queue = lock(&self.queue);
             queue.send = Some(send);
             let pending = !rest.is_empty();
-            // Queued again, so counted again: until the pump takes the stream, every push flushes, and a count
-            // left at 0 here would let the queue grow past its bound a frame at a time.
-            queue.bytes += rest.iter().map(Bytes::len).sum::<usize>();
+            // Queued again, so counted again (as far as they were live frames: the unwritten are the last ones):
+            // until the pump takes the stream, every push flushes, and a count left at 0 here would let the queue
+            // grow past its bound a frame at a time.
+            queue.bytes += rest.iter().map(Bytes::len).sum::<usize>().min(counted);
             queue.put_back(rest);
             if pending {
                 drop(queue);
@@ -366,6 +368,16 @@ fn write_now(send: &mut SendStream, mut frames: VecDeque<Bytes>) -> (usize, VecD
         }
     }
     (written_any, frames)
+}
+
+/// True when `outbox`'s room is left (or the connection stops) within [`LEFT_STREAM_GRACE`]: a stream stopped by
+/// its client is usually followed by the client's Leave.
+async fn left_in_grace(outbox: &StreamOutbox, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = outbox.left.cancelled() => true,
+        () = stop.cancelled() => true,
+        () = tokio::time::sleep(LEFT_STREAM_GRACE) => false,
+    }
 }
 
 /// How long a left room's stream may take to write what was queued before it is reset ([`pump`]).
@@ -431,11 +443,12 @@ pub(crate) async fn pump(
                         written = send.write_chunk(frame) => match written {
                             Ok(()) => dequeued(&stats, len),
                             // The client stopped the stream: it cannot take more (WebSocket), a slow consumer as an
-                            // overflow is; or, with any other code on a room it has not left, it gave the stream up.
-                            // Either way the room ends on this connection (reset, and Kicked names it) rather than
-                            // stay joined with nothing delivered: in the room's presence, refusing a rejoin.
+                            // overflow is; or, with any other code, it let the room go, and its Leave, sent beside
+                            // the stop, is on its way. A room not left within the grace ends on this connection
+                            // anyway (reset, and Kicked names it) rather than stay joined with nothing delivered: in
+                            // the room's presence, refusing a rejoin.
                             Err(WireError::Stream(code))
-                                if code == ErrorCode::SlowConsumer.to_u32() || !outbox.left.is_cancelled() =>
+                                if code == ErrorCode::SlowConsumer.to_u32() || !left_in_grace(&outbox, &stop).await =>
                             {
                                 dequeued(&stats, len);
                                 outbox.kick();

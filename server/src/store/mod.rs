@@ -270,17 +270,31 @@ fn damaged(path: &Path, detail: impl std::fmt::Display) -> StoreError {
 /// formats, bytes that do not decode, a file that ends early) as [`StoreError::Damaged`], whose advice is to move
 /// the store aside. Moving a sound store aside over a low `ulimit -n` would lose every room's epoch and history.
 fn open_failed(path: &Path, err: fjall::Error) -> StoreError {
-    use std::io::ErrorKind::{InvalidData, UnexpectedEof};
     let open = |detail: String| StoreError::Open { path: path.to_path_buf(), detail };
     match &err {
-        fjall::Error::Io(io) | fjall::Error::Storage(fjall::LsmError::Io(io))
-            if !matches!(io.kind(), InvalidData | UnexpectedEof) =>
-        {
+        fjall::Error::Io(io) | fjall::Error::Storage(fjall::LsmError::Io(io)) if environmental(io) => {
             open(io.to_string())
         }
         fjall::Error::Locked => open("the store is open in another server or process".into()),
         _ => damaged(path, format!("{err:?}")),
     }
+}
+
+/// An I/O error about the machine rather than the store's files: listed, so that anything else (a file missing
+/// from the store, bytes that do not decode, a file that ends early) stays damage.
+fn environmental(io: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    // EPERM, EIO, ENOMEM, EACCES, EBUSY, ENFILE, EMFILE, ENOSPC, EROFS (the same numbers on Linux and macOS).
+    matches!(io.raw_os_error(), Some(1 | 5 | 12 | 13 | 16 | 23 | 24 | 28 | 30))
+        || matches!(
+            io.kind(),
+            K::PermissionDenied
+                | K::StorageFull
+                | K::QuotaExceeded
+                | K::ReadOnlyFilesystem
+                | K::OutOfMemory
+                | K::ResourceBusy
+        )
 }
 
 fn read_err(err: fjall::Error) -> StoreError {

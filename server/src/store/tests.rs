@@ -460,6 +460,7 @@ fn only_damage_is_reported_as_damage() {
     }
     for (err, what) in [
         (fjall::Error::Io(Error::from(ErrorKind::UnexpectedEof)), "a file that ends early"),
+        (fjall::Error::Io(Error::from(ErrorKind::NotFound)), "a file of the store missing"),
         (fjall::Error::Storage(fjall::LsmError::Io(Error::from(ErrorKind::InvalidData))), "bad bytes"),
         (fjall::Error::InvalidTrailer, "a bad trailer"),
         (fjall::Error::Unrecoverable, "unrecoverable"),

@@ -27,11 +27,14 @@ impl Broker {
         let announce_due = Arc::new(AtomicBool::new(false));
         let reviving = Arc::new(AtomicBool::new(false));
         let mut failed_beats = 0u32;
-        // Since when this node's beats have reached Redis without a failure. Others are buried only once that is
+        // Since when this node's beats have reached Redis without an outage. Others are buried only once that is
         // `presence_expiry` ago: after an outage of Redis (a restart with its data, a network cut) every node's
         // score is old, and the first node back would otherwise bury every other one, live or not (their members
-        // leaving everywhere, then joining again). By then every live node has beaten too.
+        // leaving everywhere, then joining again). By then every live node has beaten too. An outage is failed
+        // beats for half the expiry or more (a beat lost now and then on a flaky link must not put burials off for
+        // good); `failing_since` is when the first beat of the current run of failures was sent.
         let mut beating_since: Option<tokio::time::Instant> = None;
+        let mut failing_since: Option<tokio::time::Instant> = None;
         let checking_pubsub = Arc::new(AtomicBool::new(false));
         let mut interval = tokio::time::interval(self.config.heartbeat);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -40,12 +43,13 @@ impl Broker {
                 _ = interval.tick() => {}
                 () = self.stop.cancelled() => return,
             }
+            let started = tokio::time::Instant::now();
             let (now_ms, marked) = match self.beat(&token, refresh).await {
                 Some(beat) => beat,
                 None => {
                     self.heartbeat_ok.store(false, Ordering::Relaxed);
                     failed_beats += 1;
-                    beating_since = None;
+                    failing_since.get_or_insert(started);
                     // A creating beat whose reply was lost may have made the mark: check it from now on (a burial
                     // between that beat and the next would otherwise go unseen under a second `create`).
                     refresh = !first;
@@ -61,6 +65,9 @@ impl Broker {
                 }
             };
             failed_beats = 0;
+            if failing_since.take().is_some_and(|failing| failing.elapsed() >= self.config.presence_expiry / 2) {
+                beating_since = None;
+            }
             let beating_since = *beating_since.get_or_insert_with(tokio::time::Instant::now);
             self.heartbeat_ok.store(true, Ordering::Relaxed);
             if first {

@@ -169,6 +169,11 @@ async fn announce(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>
     let rooms: Vec<Arc<NodeRoom>> = lock(&rooms).values().cloned().collect();
     let mut done = true;
     for room in rooms {
+        // Under the room's join lock: a join under way when the burial deleted this node's list of rooms (its own
+        // listing done before that) is either in the snapshot below, and listed again, or starts after this and
+        // lists the room itself. Without the lock it could be in neither, counted in a room this node no longer
+        // lists, which its own burial later would not clean.
+        let _joining = room.channel.clone().lock_owned().await;
         let subs: Vec<(SubscriberId, String)> =
             lock(&room.state).subscribers.iter().map(|(id, sub)| (*id, sub.identity.clone())).collect();
         if subs.is_empty() {

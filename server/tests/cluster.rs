@@ -5,7 +5,7 @@
 //! or doubled); a room whose stream Redis lost starting a new epoch; a node cut off from Redis (through a relay
 //! that stalls) for longer than the presence expiry, buried by the others and coming back with its members; ticks
 //! crossing nodes only where another node subscribes; Redis lost by every node at once for longer than the expiry,
-//! and no live node buried.
+//! and no live node buried; a room's gap filled from the stream while the node's other rooms go on.
 //!
 //! Needs `redis-server` (Debian's `redis-server` package; `.ci/run` installs it): without it the tests skip loudly,
 //! or fail under `QUIVER_REQUIRE_ALL=1`. The server binary is `QUIVER_SERVER_BIN` when set, else this package's
@@ -24,6 +24,8 @@ use std::{
 
 use quiver_client::{Client, ConnectOptions, RoomEvent};
 
+#[path = "cluster/fill.rs"]
+mod fill;
 #[path = "cluster/harness.rs"]
 mod harness;
 #[path = "cluster/outage.rs"]

@@ -25,6 +25,9 @@ use crate::hub::{lock::lock, Delivery, Outbox, SubscriberId};
 /// while the room waits for its first join to set where it stands (the newest).
 pub(super) const RECENT: usize = 64;
 
+/// Events a room keeps while its gap is filled from the stream (one Redis round trip, unless Redis stalls).
+const HELD: usize = 1_024;
+
 /// How long after a Pub/Sub reconnect the node waits for the events Redis had already queued to it before it takes
 /// the ones still missing for lost.
 const RESUBSCRIBE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -107,6 +110,12 @@ pub(super) struct NodeState {
     /// The epoch and op of the newest event that reached this node (delivered, dropped or pending): a join that
     /// sets the room live behind it must find every event since in `pending`.
     pub(super) seen: (u64, u64),
+    /// A gap is being filled from the stream: the events that arrive meanwhile wait in `held`, in order, and are
+    /// applied after it (the node's Pub/Sub reader does not wait for the fill: other rooms go on).
+    pub(super) filling: bool,
+    /// Events that arrived during the fill, the newest [`HELD`] (an event dropped here is a gap like one Pub/Sub
+    /// lost: filled from the stream, or the room reset for a presence event).
+    pub(super) held: VecDeque<Published>,
 }
 
 /// What an event means for where the node stands in the room's order.
@@ -173,6 +182,10 @@ impl NodeRoom {
         state.live = false;
         state.recent.clear();
         state.pending.clear();
+        // Events held for a gap fill arrived before anything from now on: the next join finds them first.
+        for held in std::mem::take(&mut state.held) {
+            keep(&mut state.pending, RECENT, held);
+        }
         delivery
     }
 
@@ -279,7 +292,9 @@ impl NodeRoom {
         delivery.flush();
     }
 
-    async fn on_event(&self, payload: Vec<u8>) {
+    /// One event of the room's channel, handled at once: delivered, skipped, kept (the room is not live yet, or a
+    /// gap is being filled), or, where messages are missing, the start of a gap fill on a task of its own.
+    fn on_event(self: Arc<Self>, payload: Vec<u8>) {
         let published = match event::parse(&payload) {
             Ok(published) => published,
             Err(err) => {
@@ -295,26 +310,54 @@ impl NodeRoom {
                 _ => (published.epoch, published.op),
             };
             if !state.live {
-                if state.pending.len() == RECENT {
-                    state.pending.pop_front();
-                }
-                state.pending.push_back(published);
+                keep(&mut state.pending, RECENT, published);
                 return;
             }
-            self.apply(&mut state, published, &mut delivery)
+            if state.filling {
+                keep(&mut state.held, HELD, published);
+                return;
+            }
+            let fill = self.apply(&mut state, published, &mut delivery);
+            state.filling = fill.is_some();
+            fill
         };
         delivery.flush();
-        let Some((upto, published)) = fill else { return };
-        self.fill(upto).await;
-        let mut delivery = Delivery::default();
-        {
-            let mut state = lock(&self.state);
-            // Still a gap after the fill: the stream could not close it.
-            if state.live && self.apply(&mut state, published, &mut delivery).is_some() {
-                delivery.extend(self.reset(&mut state, "a gap the stream could not fill"));
+        if let Some((upto, published)) = fill {
+            tokio::spawn(self.fill_then_apply(upto, published));
+        }
+    }
+
+    /// Fills the gap before `published` (messages up to `upto`) from the stream, applies `published`, then the
+    /// events held meanwhile, in order, filling again where another gap shows.
+    async fn fill_then_apply(self: Arc<Self>, mut upto: u64, mut published: Published) {
+        loop {
+            self.fill(upto).await;
+            let mut delivery = Delivery::default();
+            let next = {
+                let mut state = lock(&self.state);
+                // Still a gap after the fill: the stream could not close it.
+                if state.live && self.apply(&mut state, published, &mut delivery).is_some() {
+                    delivery.extend(self.reset(&mut state, "a gap the stream could not fill"));
+                }
+                let mut next = None;
+                while let Some(held) = state.held.pop_front() {
+                    if !state.live {
+                        // (Not reached: a reset moves what is held to `pending`.) Kept for the next join.
+                        keep(&mut state.pending, RECENT, held);
+                    } else if let Some(fill) = self.apply(&mut state, held, &mut delivery) {
+                        next = Some(fill);
+                        break;
+                    }
+                }
+                state.filling = next.is_some();
+                next
+            };
+            delivery.flush();
+            match next {
+                Some(fill) => (upto, published) = fill,
+                None => return,
             }
         }
-        delivery.flush();
     }
 
     /// After a Pub/Sub reconnect: events published while the node was not subscribed are lost to it. What Redis
@@ -375,13 +418,21 @@ impl NodeRoom {
 }
 
 impl ChannelHandler for NodeRoom {
-    fn message(&self, payload: Vec<u8>) -> BoxFuture<'_, ()> {
-        Box::pin(self.on_event(payload))
+    fn message(self: Arc<Self>, payload: Vec<u8>) {
+        self.on_event(payload);
     }
 
     fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {
         Box::pin(self.on_resubscribed())
     }
+}
+
+/// Appends `published` to `queue`, dropping the oldest beyond `max`.
+fn keep(queue: &mut VecDeque<Published>, max: usize, published: Published) {
+    if queue.len() == max {
+        queue.pop_front();
+    }
+    queue.push_back(published);
 }
 
 /// A fresh random epoch (the scripts get its decimal text); never 0.

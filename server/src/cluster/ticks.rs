@@ -277,17 +277,15 @@ impl Inner {
 struct Control(Arc<Inner>);
 
 impl ChannelHandler for Control {
-    fn message(&self, payload: Vec<u8>) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let Ok(text) = std::str::from_utf8(&payload) else { return };
-            let mut parts = text.splitn(3, ' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("+"), Some(node), Some(channel)) => self.0.set_remote(node, channel, true),
-                (Some("-"), Some(node), Some(channel)) => self.0.set_remote(node, channel, false),
-                (Some("dead"), Some(node), None) => self.0.forget(node),
-                _ => tracing::warn!(message = %text, "unknown control message from the broker; skipped"),
-            }
-        })
+    fn message(self: Arc<Self>, payload: Vec<u8>) {
+        let Ok(text) = std::str::from_utf8(&payload) else { return };
+        let mut parts = text.splitn(3, ' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("+"), Some(node), Some(channel)) => self.0.set_remote(node, channel, true),
+            (Some("-"), Some(node), Some(channel)) => self.0.set_remote(node, channel, false),
+            (Some("dead"), Some(node), None) => self.0.forget(node),
+            _ => tracing::warn!(message = %text, "unknown control message from the broker; skipped"),
+        }
     }
 
     fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {
@@ -302,26 +300,24 @@ struct Incoming {
 }
 
 impl ChannelHandler for Incoming {
-    fn message(&self, payload: Vec<u8>) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let Ok(tick) = postcard::from_bytes::<Relayed>(&payload) else {
-                tracing::warn!(channel = %self.channel, "a relayed tick does not decode; skipped");
-                return;
-            };
-            if tick.origin == self.inner.broker.node() {
-                return;
-            }
-            let fanout = self.inner.local.relay(
-                &self.channel,
-                tick.sent_time_us,
-                crate::now_us(),
-                tick.max_age_us,
-                Bytes::from(tick.payload),
-            );
-            if let Some(fanout) = fanout {
-                fanout.offer();
-            }
-        })
+    fn message(self: Arc<Self>, payload: Vec<u8>) {
+        let Ok(tick) = postcard::from_bytes::<Relayed>(&payload) else {
+            tracing::warn!(channel = %self.channel, "a relayed tick does not decode; skipped");
+            return;
+        };
+        if tick.origin == self.inner.broker.node() {
+            return;
+        }
+        let fanout = self.inner.local.relay(
+            &self.channel,
+            tick.sent_time_us,
+            crate::now_us(),
+            tick.max_age_us,
+            Bytes::from(tick.payload),
+        );
+        if let Some(fanout) = fanout {
+            fanout.offer();
+        }
     }
 
     fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {

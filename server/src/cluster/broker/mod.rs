@@ -43,8 +43,10 @@ pub struct BrokerConfig {
 
 /// Receives the messages of one Pub/Sub channel.
 pub(crate) trait ChannelHandler: Send + Sync {
-    /// One message, in the channel's order.
-    fn message(&self, payload: Vec<u8>) -> BoxFuture<'_, ()>;
+    /// One message, in the channel's order. Must not wait: the node's Pub/Sub reader hands every channel's
+    /// messages over one at a time, so a handler that waits (a gap read from the stream, say) holds every other
+    /// channel's messages behind it, and they pile up in the client's buffer meanwhile.
+    fn message(self: Arc<Self>, payload: Vec<u8>);
     /// The Pub/Sub connection was re-established: messages may have been missed meanwhile (called before the
     /// messages Redis queued since the subscription are handled: what it starts must not wait for them).
     fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()>;
@@ -303,7 +305,7 @@ impl Broker {
                 let Some(message) = message else { break };
                 let handler = lock(&self.handlers).get(message.get_channel_name()).cloned();
                 if let Some(handler) = handler {
-                    handler.message(message.get_payload_bytes().to_vec()).await;
+                    handler.message(message.get_payload_bytes().to_vec());
                 }
             }
             self.pubsub_up.store(false, Ordering::Relaxed);

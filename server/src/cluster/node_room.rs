@@ -116,6 +116,9 @@ pub(super) struct NodeState {
     /// Events that arrived during the fill, the newest [`HELD`] (an event dropped here is a gap like one Pub/Sub
     /// lost: filled from the stream, or the room reset for a presence event).
     pub(super) held: VecDeque<Published>,
+    /// Counts resets: a fill or catch-up begun before one leaves the room's new position (set by the next join)
+    /// alone.
+    pub(super) generation: u64,
 }
 
 /// What an event means for where the node stands in the room's order.
@@ -182,10 +185,13 @@ impl NodeRoom {
         state.live = false;
         state.recent.clear();
         state.pending.clear();
-        // Events held for a gap fill arrived before anything from now on: the next join finds them first.
+        // Events held for a gap fill arrived before anything from now on: the next join finds them first. The fill
+        // under way ends without applying anything (`generation`): it no longer holds the room's events back.
         for held in std::mem::take(&mut state.held) {
             keep(&mut state.pending, RECENT, held);
         }
+        state.filling = false;
+        state.generation += 1;
         delivery
     }
 
@@ -253,9 +259,9 @@ impl NodeRoom {
     /// must follow on (ops too: a hole between them is a presence event missed). Resets the room's subscriptions
     /// when that cannot be done.
     pub(super) async fn fill(&self, upto: u64) {
-        let (after, epoch) = {
+        let (after, epoch, generation) = {
             let state = lock(&self.state);
-            (state.last_seq, state.epoch)
+            (state.last_seq, state.epoch, state.generation)
         };
         if after >= upto {
             return;
@@ -273,7 +279,8 @@ impl NodeRoom {
             let mut state = lock(&self.state);
             // Another fill (after a resubscribe, say) may have delivered some or all of it meanwhile: what is left
             // goes on from there, rather than the room being reset for a gap that is not there.
-            if !state.live || state.last_seq < after || state.last_seq >= upto || state.epoch != epoch {
+            let reset = state.generation != generation;
+            if !state.live || reset || state.last_seq < after || state.last_seq >= upto || state.epoch != epoch {
                 return;
             }
             let from = state.last_seq;
@@ -319,32 +326,33 @@ impl NodeRoom {
             }
             let fill = self.apply(&mut state, published, &mut delivery);
             state.filling = fill.is_some();
-            fill
+            fill.map(|fill| (fill, state.generation))
         };
         delivery.flush();
-        if let Some((upto, published)) = fill {
-            tokio::spawn(self.fill_then_apply(upto, published));
+        if let Some(((upto, published), generation)) = fill {
+            tokio::spawn(self.fill_then_apply(upto, published, generation));
         }
     }
 
     /// Fills the gap before `published` (messages up to `upto`) from the stream, applies `published`, then the
-    /// events held meanwhile, in order, filling again where another gap shows.
-    async fn fill_then_apply(self: Arc<Self>, mut upto: u64, mut published: Published) {
+    /// events held meanwhile, in order, filling again where another gap shows. Ends at once where the room was
+    /// reset meanwhile (`generation` moved on).
+    async fn fill_then_apply(self: Arc<Self>, mut upto: u64, mut published: Published, generation: u64) {
         loop {
             self.fill(upto).await;
             let mut delivery = Delivery::default();
             let next = {
                 let mut state = lock(&self.state);
+                if state.generation != generation {
+                    return;
+                }
                 // Still a gap after the fill: the stream could not close it.
                 if state.live && self.apply(&mut state, published, &mut delivery).is_some() {
                     delivery.extend(self.reset(&mut state, "a gap the stream could not fill"));
                 }
                 let mut next = None;
                 while let Some(held) = state.held.pop_front() {
-                    if !state.live {
-                        // (Not reached: a reset moves what is held to `pending`.) Kept for the next join.
-                        keep(&mut state.pending, RECENT, held);
-                    } else if let Some(fill) = self.apply(&mut state, held, &mut delivery) {
+                    if let Some(fill) = self.apply(&mut state, held, &mut delivery) {
                         next = Some(fill);
                         break;
                     }
@@ -365,9 +373,10 @@ impl NodeRoom {
     /// beyond the node's) is filled from the stream, and if presence events are among it, the room's subscriptions
     /// are reset.
     pub(super) async fn on_resubscribed(self: Arc<Self>) {
-        if !lock(&self.state).live {
-            return;
-        }
+        let generation = match &*lock(&self.state) {
+            state if state.live => state.generation,
+            _ => return,
+        };
         // On a task of its own: the Pub/Sub loop goes on to what Redis queued meanwhile.
         tokio::spawn(async move {
             let mut meta = None;
@@ -398,7 +407,18 @@ impl NodeRoom {
                 _ => (None, 0, 0),
             };
             tokio::time::sleep(RESUBSCRIBE_GRACE).await;
-            let behind = |state: &NodeState| state.live && (epoch != Some(state.epoch) || state.last_op < op);
+            // A gap fill under way holds events that did arrive: they are not missing (a while at most; then what
+            // is still behind is filled or reset as below).
+            for _ in 0..40 {
+                if !lock(&self.state).filling {
+                    break;
+                }
+                tokio::time::sleep(RESUBSCRIBE_GRACE / 8).await;
+            }
+            // Reset meanwhile: the next join sets the room's position afresh, after this reconnect.
+            let behind = |state: &NodeState| {
+                state.live && state.generation == generation && (epoch != Some(state.epoch) || state.last_op < op)
+            };
             if !behind(&lock(&self.state)) {
                 return;
             }

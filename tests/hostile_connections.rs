@@ -191,3 +191,36 @@ async fn handshakes_from_unvalidated_addresses_are_bounded_and_real_clients_stil
     })
     .await;
 }
+
+/// Initials forged with a real client's address (here every socket is 127.0.0.1's) are charged to that address at
+/// most `budget.max_unvalidated_handshakes_per_ip` at a time: the ones beyond get a Retry, which a forger cannot
+/// answer, and the real client, made to validate too, gets in. Before, each forged Initial took a slot of the
+/// address's `max_connections_per_ip` until its handshake timed out: three of them here closed the real client
+/// `TooManyConnections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initials_forged_with_a_real_clients_address_do_not_lock_it_out() {
+    use quiver_server::{Budget, ServerConfig};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+        let limits = Limits { max_connections_per_ip: 3, handshake_timeout_ms: 3_000, ..Limits::default() };
+        let budget = Budget { max_unvalidated_handshakes_per_ip: 2, ..Budget::default() };
+        let server = TestServer::start_with(ServerConfig { limits, budget, ..dev }, dir);
+        let retries = |server: &TestServer| server.stats.snapshot().retries_over_handshakes;
+        let mut forged = Vec::new();
+        for _ in 0..3 {
+            let initial = an_initial_for(&server).await;
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket.send_to(&initial, server.addr).await.unwrap();
+            let mut buf = vec![0u8; 2048];
+            tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf)).await.unwrap().unwrap();
+            forged.push(socket);
+        }
+        // The real client: made to validate, then served (Hello, Welcome, a Ping answered).
+        let mut control = Control::open(&server).await;
+        control.ping(1).await;
+        assert_eq!(retries(&server), 2, "the third forged Initial and the real client's first got a Retry");
+        server.stop().await;
+    })
+    .await;
+}

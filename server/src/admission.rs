@@ -12,7 +12,14 @@
 //! Handshakes in progress from addresses not validated yet are bounded in all (`max_unvalidated_handshakes`): above
 //! it, every unvalidated attempt gets a Retry. A flood of Initials from forged addresses, each new and so under
 //! every per-address limit, would otherwise have the server run a TLS handshake toward each and hold its slot in
-//! `max_connections` until `handshake_timeout_ms`, until real clients were closed `TooManyConnections`.
+//! `max_connections` until `handshake_timeout_ms`, until real clients were closed `TooManyConnections`. They are
+//! bounded per address too (`max_unvalidated_handshakes_per_ip`): Initials forged with a real client's address
+//! would otherwise each be charged to that address (a slot in its count, a token of its rate) until they time out,
+//! and locked it out.
+//!
+//! Handshakes of connections over a count, admitted only to be closed with `TooManyConnections`, are bounded in all
+//! (`max_over_limit_handshakes`): above it such attempts are refused at once. They hold no slot in the counts, so a
+//! client at its count that stalls its handshakes would otherwise hold one each until `handshake_timeout_ms`.
 //!
 //! The table keeps an entry only for addresses with open connections or a bucket still refilling; idle ones are
 //! swept once a second, so its size stays near the number of open connections plus a few seconds of newcomers.
@@ -58,10 +65,23 @@ pub enum Decision {
     Admit,
     /// Send a QUIC Retry: the address must prove it is real before the server spends anything on it.
     Retry(Overload),
-    /// Refuse it at the QUIC level (a validated address over its rate of new connections).
-    Refuse,
-    /// Complete the handshake, then close with `TooManyConnections` and this reason (not counted as open).
+    /// Refuse it at the QUIC level: a validated address over its rate of new connections (`Rate`), or over a count
+    /// while `max_over_limit_handshakes` such handshakes are in progress (`Total`, `PerIp`).
+    Refuse(Overload),
+    /// Complete the handshake, then close with `TooManyConnections` and this reason (not counted as open; one of
+    /// the over-limit handshakes until [`Admission::over_limit_done`]).
     TooMany(Overload, String),
+}
+
+/// Bounds on handshakes in progress (the server's `budget`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeBounds {
+    /// From unvalidated addresses, in all (`max_unvalidated_handshakes`).
+    pub unvalidated: u32,
+    /// From one unvalidated source address (`max_unvalidated_handshakes_per_ip`).
+    pub unvalidated_per_ip: u32,
+    /// Of connections over a count, to be closed with `TooManyConnections` (`max_over_limit_handshakes`).
+    pub over_limit: u32,
 }
 
 /// Which limit an attempt ran into.
@@ -73,13 +93,15 @@ pub enum Overload {
     Total,
     /// `max_connections_per_ip`.
     PerIp,
-    /// `max_unvalidated_handshakes`.
+    /// `max_unvalidated_handshakes` or `max_unvalidated_handshakes_per_ip`.
     Handshakes,
 }
 
 #[derive(Debug)]
 struct Source {
     open: u32,
+    /// Of `open`, admitted unvalidated and still in their handshake.
+    unvalidated: u32,
     new_connections: TokenBucket,
     /// Over its rate since the bucket last ran dry, until it refills completely: unvalidated attempts get a Retry.
     validating: bool,
@@ -92,9 +114,11 @@ pub struct Admission {
     max_per_source: u32,
     rate: u32,
     total: u32,
-    /// Admitted attempts from unvalidated addresses whose handshake has not completed yet, and their bound.
+    /// Admitted attempts from unvalidated addresses whose handshake has not completed yet.
     unvalidated: u32,
-    max_unvalidated: u32,
+    /// Attempts over a count in their handshake, to be closed.
+    over_limit: u32,
+    bounds: HandshakeBounds,
     sources: HashMap<SourceKey, Source>,
     last_sweep: Instant,
 }
@@ -103,16 +127,16 @@ pub struct Admission {
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Admission {
-    /// An empty table for these limits, with at most `max_unvalidated` handshakes from unvalidated addresses in
-    /// progress at once.
-    pub fn new(limits: &Limits, max_unvalidated: u32, now: Instant) -> Admission {
+    /// An empty table for these limits and bounds on handshakes in progress.
+    pub fn new(limits: &Limits, bounds: HandshakeBounds, now: Instant) -> Admission {
         Admission {
             max_total: limits.max_connections,
             max_per_source: limits.max_connections_per_ip,
             rate: limits.new_connections_per_s_per_ip,
             total: 0,
             unvalidated: 0,
-            max_unvalidated,
+            over_limit: 0,
+            bounds,
             sources: HashMap::new(),
             last_sweep: now,
         }
@@ -124,12 +148,16 @@ impl Admission {
         if now.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
             self.sweep(now);
         }
-        if !validated && self.unvalidated >= self.max_unvalidated {
+        if !validated && self.unvalidated >= self.bounds.unvalidated {
             // Before anything is stored: forged addresses cannot grow the table either.
             return Decision::Retry(Overload::Handshakes);
         }
         let key = SourceKey::of(ip);
-        let open = self.sources.get(&key).map_or(0, |s| s.open);
+        let (open, unvalidated) = self.sources.get(&key).map_or((0, 0), |s| (s.open, s.unvalidated));
+        if !validated && unvalidated >= self.bounds.unvalidated_per_ip {
+            // Initials forged with this address take nothing more of its count or rate than this bound.
+            return Decision::Retry(Overload::Handshakes);
+        }
         let over = if self.total >= self.max_total {
             Some((Overload::Total, format!("the server is at max_connections ({})", self.max_total)))
         } else if open >= self.max_per_source {
@@ -144,6 +172,7 @@ impl Admission {
         let rate = self.rate;
         let source = self.sources.entry(key).or_insert_with(|| Source {
             open: 0,
+            unvalidated: 0,
             new_connections: TokenBucket::per_second(rate, now),
             validating: false,
         });
@@ -156,26 +185,44 @@ impl Admission {
         // Every attempt that will cost a handshake takes from the rate, those to be closed for a count too.
         if !source.new_connections.try_take(now) {
             if validated {
-                return Decision::Refuse;
+                return Decision::Refuse(Overload::Rate);
             }
             source.validating = true;
             return Decision::Retry(Overload::Rate);
         }
         if let Some((overload, reason)) = over {
+            if self.over_limit >= self.bounds.over_limit {
+                return Decision::Refuse(overload);
+            }
+            self.over_limit += 1;
             return Decision::TooMany(overload, reason);
         }
         source.open += 1;
         self.total += 1;
         if !validated {
+            source.unvalidated += 1;
             self.unvalidated += 1;
         }
         Decision::Admit
     }
 
-    /// An unvalidated attempt admitted earlier finished its handshake, or failed it (the address is validated, or
-    /// the attempt is gone).
-    pub fn handshake_done(&mut self) {
+    /// An unvalidated attempt from `ip` admitted earlier finished its handshake, or failed it (the address is
+    /// validated, or the attempt is gone).
+    pub fn handshake_done(&mut self, ip: IpAddr) {
         self.unvalidated = self.unvalidated.saturating_sub(1);
+        if let Some(source) = self.sources.get_mut(&SourceKey::of(ip)) {
+            source.unvalidated = source.unvalidated.saturating_sub(1);
+        }
+    }
+
+    /// A connection over a count ([`Decision::TooMany`]) was closed, or its handshake failed.
+    pub fn over_limit_done(&mut self) {
+        self.over_limit = self.over_limit.saturating_sub(1);
+    }
+
+    /// Handshakes of connections over a count in progress.
+    pub fn over_limit_handshakes(&self) -> u32 {
+        self.over_limit
     }
 
     /// Handshakes from unvalidated addresses in progress.
@@ -223,6 +270,11 @@ mod tests {
         }
     }
 
+    /// At most `unvalidated` unvalidated handshakes in all; no other bound.
+    fn bounds(unvalidated: u32) -> HandshakeBounds {
+        HandshakeBounds { unvalidated, unvalidated_per_ip: u32::MAX, over_limit: u32::MAX }
+    }
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
@@ -239,7 +291,7 @@ mod tests {
     #[test]
     fn per_source_and_total_counts() {
         let t0 = Instant::now();
-        let mut admission = Admission::new(&limits(3, 2, 1000), 1000, t0);
+        let mut admission = Admission::new(&limits(3, 2, 1000), bounds(1000), t0);
         assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Admit);
         assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Admit);
         // The third from one address: first proven real, then told why.
@@ -269,7 +321,7 @@ mod tests {
     #[test]
     fn handshakes_from_unvalidated_addresses_are_bounded_in_all() {
         let t0 = Instant::now();
-        let mut admission = Admission::new(&limits(10_000, 256, 100), 3, t0);
+        let mut admission = Admission::new(&limits(10_000, 256, 100), bounds(3), t0);
         let forged = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0xc633_6400 + i));
         for i in 0..3 {
             assert_eq!(admission.decide(forged(i), false, t0), Decision::Admit);
@@ -282,11 +334,11 @@ mod tests {
         assert_eq!(admission.decide(ip("192.0.2.7"), true, t0), Decision::Admit, "validated: not bounded by it");
         assert_eq!((admission.open(), admission.unvalidated_handshakes()), (4, 3));
         // A handshake done (completed or failed) makes room for the next unvalidated attempt.
-        admission.handshake_done();
+        admission.handshake_done(forged(0));
         assert_eq!(admission.decide(forged(1_000), false, t0), Decision::Admit);
         assert_eq!(admission.decide(forged(1_001), false, t0), Decision::Retry(Overload::Handshakes));
-        for _ in 0..10 {
-            admission.handshake_done();
+        for i in 0..10 {
+            admission.handshake_done(forged(i));
         }
         assert_eq!(admission.unvalidated_handshakes(), 0);
     }
@@ -294,13 +346,13 @@ mod tests {
     #[test]
     fn over_the_rate_unvalidated_attempts_get_a_retry_and_validated_ones_take_what_is_left() {
         let t0 = Instant::now();
-        let mut admission = Admission::new(&limits(1000, 1000, 10), 1000, t0); // burst 20
+        let mut admission = Admission::new(&limits(1000, 1000, 10), bounds(1000), t0); // burst 20
         let a = ip("192.0.2.7");
         for _ in 0..20 {
             assert_eq!(admission.decide(a, false, t0), Decision::Admit);
         }
         assert_eq!(admission.decide(a, false, t0), Decision::Retry(Overload::Rate));
-        assert_eq!(admission.decide(a, true, t0), Decision::Refuse, "validated, but nothing left");
+        assert_eq!(admission.decide(a, true, t0), Decision::Refuse(Overload::Rate), "validated, but nothing left");
         // A spoofed flood of unvalidated attempts does not use up the refill...
         for i in 0..1000 {
             assert_eq!(
@@ -319,7 +371,7 @@ mod tests {
     #[test]
     fn idle_entries_are_swept_and_refused_attempts_store_nothing() {
         let t0 = Instant::now();
-        let mut admission = Admission::new(&limits(100, 100, 10), 1000, t0);
+        let mut admission = Admission::new(&limits(100, 100, 10), bounds(1000), t0);
         for i in 0..50u8 {
             assert_eq!(admission.decide(IpAddr::from([10, 0, 0, i]), false, t0), Decision::Admit);
             admission.release(IpAddr::from([10, 0, 0, i]));
@@ -330,7 +382,7 @@ mod tests {
         admission.decide(ip("10.0.1.2"), false, t0 + Duration::from_secs(2));
         assert_eq!(admission.tracked_sources(), 2, "only the addresses with open connections");
         // At the total limit, unvalidated attempts from new addresses leave no entry behind.
-        let mut full = Admission::new(&limits(1, 1, 10), 1000, t0);
+        let mut full = Admission::new(&limits(1, 1, 10), bounds(1000), t0);
         full.decide(ip("10.0.0.1"), false, t0);
         for i in 0..200u8 {
             assert_eq!(full.decide(IpAddr::from([10, 1, 0, i]), false, t0), Decision::Retry(Overload::Total));
@@ -342,13 +394,66 @@ mod tests {
     fn attempts_closed_for_a_count_take_from_the_rate() {
         // Each costs a handshake, so a validated peer at its count cannot make the server do them without end.
         let t0 = Instant::now();
-        let mut admission = Admission::new(&limits(1000, 1, 5), 1000, t0); // burst 10
+        let mut admission = Admission::new(&limits(1000, 1, 5), bounds(1000), t0); // burst 10
         let a = ip("198.51.100.1");
         assert_eq!(admission.decide(a, false, t0), Decision::Admit);
         for _ in 0..9 {
             assert!(matches!(admission.decide(a, true, t0), Decision::TooMany(Overload::PerIp, _)));
         }
-        assert_eq!(admission.decide(a, true, t0), Decision::Refuse);
+        assert_eq!(admission.decide(a, true, t0), Decision::Refuse(Overload::Rate));
+        assert_eq!(admission.open(), 1);
+    }
+
+    /// Initials forged with a real client's address (an off-path attacker cannot answer a Retry): at most
+    /// `unvalidated_per_ip` of them are charged to it; the rest, and the client's own first attempt meanwhile, get
+    /// a Retry, and the client, back validated, is served. Before, each forged attempt took a slot of the address's
+    /// count and a token of its rate until its handshake timed out: a few hundred locked the address out.
+    #[test]
+    fn initials_forged_with_a_real_address_do_not_lock_it_out() {
+        let t0 = Instant::now();
+        let bounds = HandshakeBounds { unvalidated: 256, unvalidated_per_ip: 4, over_limit: 64 };
+        let mut admission = Admission::new(&limits(10_000, 16, 10), bounds, t0); // burst 20
+        let victim = ip("203.0.113.9");
+        for _ in 0..4 {
+            assert_eq!(admission.decide(victim, false, t0), Decision::Admit);
+        }
+        for i in 0..1_000 {
+            let now = t0 + Duration::from_millis(i);
+            assert_eq!(admission.decide(victim, false, now), Decision::Retry(Overload::Handshakes));
+        }
+        // The real client: a Retry too, then served once it comes back with the token, as often as its count and
+        // rate allow (the forged four took 4 of its 16 slots and 4 of its 20 tokens).
+        let now = t0 + Duration::from_secs(1);
+        assert_eq!(admission.decide(victim, false, now), Decision::Retry(Overload::Handshakes));
+        for _ in 0..12 {
+            assert_eq!(admission.decide(victim, true, now), Decision::Admit);
+        }
+        assert_eq!((admission.open(), admission.unvalidated_handshakes()), (16, 4));
+        // A forged handshake that times out makes room for one more unvalidated attempt from there.
+        admission.handshake_done(victim);
+        admission.release(victim);
+        assert_eq!(admission.decide(victim, false, now), Decision::Admit);
+        assert_eq!(admission.decide(victim, false, now), Decision::Retry(Overload::Handshakes));
+        // Other addresses are not affected.
+        assert_eq!(admission.decide(ip("203.0.113.10"), false, now), Decision::Admit);
+    }
+
+    /// Connections over a count are admitted only to be closed with `TooManyConnections` once their handshake is
+    /// done, holding no slot meanwhile: at most `over_limit` such handshakes run at once, the rest are refused.
+    #[test]
+    fn handshakes_over_a_count_are_bounded_in_all() {
+        let t0 = Instant::now();
+        let bounds = HandshakeBounds { unvalidated: 256, unvalidated_per_ip: 4, over_limit: 2 };
+        let mut admission = Admission::new(&limits(1_000, 1, 1_000), bounds, t0);
+        let a = ip("198.51.100.1");
+        assert_eq!(admission.decide(a, false, t0), Decision::Admit);
+        for _ in 0..2 {
+            assert!(matches!(admission.decide(a, true, t0), Decision::TooMany(Overload::PerIp, _)));
+        }
+        assert_eq!(admission.decide(a, true, t0), Decision::Refuse(Overload::PerIp));
+        assert_eq!(admission.over_limit_handshakes(), 2);
+        admission.over_limit_done();
+        assert!(matches!(admission.decide(a, true, t0), Decision::TooMany(Overload::PerIp, _)));
         assert_eq!(admission.open(), 1);
     }
 }

@@ -52,6 +52,17 @@ pub struct Budget {
     /// flood of Initials from forged addresses holds at most this many handshakes, and slots in `max_connections`.
     /// 0: every new address is made to validate first. Default 256.
     pub max_unvalidated_handshakes: u32,
+    /// QUIC handshakes in progress at once from one unvalidated source address (an IPv4 address or an IPv6 /64).
+    /// Above it, that address's unvalidated attempts get a Retry: Initials forged with a real client's address take
+    /// at most this many of its `max_connections_per_ip` slots and `new_connections_per_s_per_ip` tokens (until
+    /// `handshake_timeout_ms`), instead of locking it out. Clients behind one NAT that connect at the same moment
+    /// take one round trip more beyond it. 0: every new connection validates first. Default 4.
+    pub max_unvalidated_handshakes_per_ip: u32,
+    /// QUIC handshakes in progress at once, in all, of connections over `max_connections` or
+    /// `max_connections_per_ip` (completed only to be closed with `TooManyConnections`, so that the client sees
+    /// why). Above it such attempts are refused at the QUIC level at once (CONNECTION_REFUSED, without the
+    /// reason): a client at its count that stalls its handshakes holds at most this many. Default 64.
+    pub max_over_limit_handshakes: u32,
 }
 
 impl Default for Budget {
@@ -65,6 +76,8 @@ impl Default for Budget {
             frame_timeout_ms: 5_000,
             sweep_interval_ms: 1_000,
             max_unvalidated_handshakes: 256,
+            max_unvalidated_handshakes_per_ip: 4,
+            max_over_limit_handshakes: 64,
         }
     }
 }

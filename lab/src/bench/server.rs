@@ -49,6 +49,7 @@ impl QuiverServer {
             // The bench's own load comes from one address: a thousand subscribers would meet the per-address
             // connection limits and rates a server on the internet keeps (the command line says so).
             limits: super::post::raised_limits(),
+            budget: super::post::raised_budget(),
             ..quiver_server::ServerConfig::dev(SocketAddr::new(ip, 0), data_dir.into())
         };
         let server = quiver_server::Server::bind(config)?;

@@ -19,8 +19,19 @@ use crate::{
 pub(super) enum Admitted {
     /// Serve it; the slot is released when it is dropped.
     Serve(Slot),
-    /// Close it with `TooManyConnections` and this reason.
-    TooMany(String),
+    /// Close it with `TooManyConnections` and this reason (one of the over-limit handshakes until dropped).
+    TooMany(String, OverLimit),
+}
+
+/// A connection over a count among the handshakes in progress to be closed ([`Admission::over_limit_done`] when
+/// dropped).
+#[derive(Debug)]
+pub(super) struct OverLimit(Arc<Mutex<Admission>>);
+
+impl Drop for OverLimit {
+    fn drop(&mut self) {
+        lock(&self.0).over_limit_done();
+    }
 }
 
 /// An admitted connection's place in the counts (and, from an unvalidated address, among the handshakes in
@@ -36,7 +47,7 @@ impl Slot {
     /// The QUIC handshake completed: the address is validated.
     pub(super) fn handshaken(&mut self) {
         if std::mem::take(&mut self.handshaking) {
-            lock(&self.admission).handshake_done();
+            lock(&self.admission).handshake_done(self.ip);
         }
     }
 }
@@ -45,7 +56,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut admission = lock(&self.admission);
         if self.handshaking {
-            admission.handshake_done();
+            admission.handshake_done(self.ip);
         }
         admission.release(self.ip);
     }
@@ -77,13 +88,12 @@ pub(super) fn admit(
             }
             None
         }
-        Decision::Refuse => {
-            bump(&stats.connections_refused_over_rate);
-            tracing::debug!(%ip, "refused: over new_connections_per_s_per_ip");
+        Decision::Refuse(overload) => {
+            refused(overload, ip, stats);
             incoming.refuse();
             None
         }
-        Decision::TooMany(overload, reason) => Some((incoming, too_many(overload, reason, stats))),
+        Decision::TooMany(overload, reason) => Some((incoming, too_many(overload, reason, admission, stats))),
     }
 }
 
@@ -92,17 +102,42 @@ pub(super) fn admit(
 pub(super) fn admit_tcp(ip: IpAddr, admission: &Arc<Mutex<Admission>>, stats: &ServerStats) -> Option<Admitted> {
     match lock(admission).decide(ip, true, Instant::now()) {
         Decision::Admit => Some(Admitted::Serve(Slot { admission: admission.clone(), ip, handshaking: false })),
-        Decision::Retry(_) | Decision::Refuse => {
-            bump(&stats.connections_refused_over_rate);
-            tracing::debug!(%ip, "WebSocket refused: over new_connections_per_s_per_ip");
+        Decision::Retry(_) => {
+            refused(Overload::Rate, ip, stats);
             None
         }
-        Decision::TooMany(overload, reason) => Some(too_many(overload, reason, stats)),
+        Decision::Refuse(overload) => {
+            refused(overload, ip, stats);
+            None
+        }
+        Decision::TooMany(overload, reason) => Some(too_many(overload, reason, admission, stats)),
     }
 }
 
 /// Over a connection count: counted, and closed with `TooManyConnections` and `reason` once it can be told.
-fn too_many(overload: Overload, reason: String, stats: &ServerStats) -> Admitted {
-    bump(if overload == Overload::Total { &stats.connections_over_total } else { &stats.connections_over_per_ip });
-    Admitted::TooMany(reason)
+fn too_many(overload: Overload, reason: String, admission: &Arc<Mutex<Admission>>, stats: &ServerStats) -> Admitted {
+    bump(over_count(overload, stats));
+    Admitted::TooMany(reason, OverLimit(admission.clone()))
+}
+
+/// Refused outright: over the rate of new connections, or over a count with `max_over_limit_handshakes` such
+/// connections already in their handshake (counted as over that count; the client is not told which).
+fn refused(overload: Overload, ip: IpAddr, stats: &ServerStats) {
+    match overload {
+        Overload::Rate | Overload::Handshakes => {
+            bump(&stats.connections_refused_over_rate);
+            tracing::debug!(%ip, "refused: over new_connections_per_s_per_ip");
+        }
+        Overload::Total | Overload::PerIp => {
+            bump(over_count(overload, stats));
+            tracing::debug!(%ip, ?overload, "refused: over a connection count, max_over_limit_handshakes in progress");
+        }
+    }
+}
+
+fn over_count(overload: Overload, stats: &ServerStats) -> &std::sync::atomic::AtomicU64 {
+    match overload {
+        Overload::Total => &stats.connections_over_total,
+        _ => &stats.connections_over_per_ip,
+    }
 }

@@ -128,7 +128,7 @@ pub(super) async fn serve_wire<R: RoomHub>(
     // Over a connection limit: closed only now, so that the client sees the code and why.
     let _slot = match admitted {
         Admitted::Serve(slot) => slot,
-        Admitted::TooMany(reason) => {
+        Admitted::TooMany(reason, _over_limit) => {
             stats.refused(ErrorCode::TooManyConnections);
             wire.close(ErrorCode::TooManyConnections, &reason);
             return tracing::info!(%reason, "connection refused");

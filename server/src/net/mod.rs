@@ -223,7 +223,11 @@ impl<R: RoomHub> Server<R> {
             );
         }
         let Early { stats, metrics, admin } = early;
-        let handshakes = config.budget.max_unvalidated_handshakes;
+        let handshakes = crate::admission::HandshakeBounds {
+            unvalidated: config.budget.max_unvalidated_handshakes,
+            unvalidated_per_ip: config.budget.max_unvalidated_handshakes_per_ip,
+            over_limit: config.budget.max_over_limit_handshakes,
+        };
         let admission = crate::admission::Admission::new(&config.limits, handshakes, std::time::Instant::now());
         let admission = Arc::new(std::sync::Mutex::new(admission));
         let (usage, channels, health) = (rooms.clone(), ticks.clone(), rooms.clone());

@@ -13,7 +13,7 @@ use quiver_server::cluster::{Broker, BrokerConfig, ClusterTicks, RedisRooms};
 use tokio_util::sync::CancellationToken;
 
 use super::BenchError;
-use crate::bench::post::raised_limits;
+use crate::bench::post::{raised_budget, raised_limits};
 
 /// The test's own `redis-server`, killed when dropped.
 pub(super) struct RedisProcess {
@@ -85,6 +85,7 @@ impl Node {
         let config = quiver_server::ServerConfig {
             durability: quiver_server::store::Durability::Memory,
             limits: raised_limits(),
+            budget: raised_budget(),
             admin: None,
             ..quiver_server::ServerConfig::dev(SocketAddr::from(([127, 0, 0, 1], 0)), dir.path().into())
         };

@@ -48,6 +48,7 @@ pub async fn serve(max_connections: u32, data_dir: PathBuf) -> Result<(), BenchE
     let config = quiver_server::ServerConfig {
         durability: quiver_server::store::Durability::Memory,
         limits,
+        budget: crate::bench::post::raised_budget(),
         ..quiver_server::ServerConfig::dev(SocketAddr::from(([127, 0, 0, 1], 0)), data_dir.clone())
     };
     let server = quiver_server::Server::bind(config)?;

@@ -40,13 +40,30 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(mut sink: Sink<S>, shared: Arc<Shared>) {
     let keepalive = shared.config.keepalive;
+    // A peer that only receives sends nothing a WebSocket reader sees (TCP's ACKs are not messages; a browser sends
+    // no ping of its own), so a writer that keeps writing pings too when nothing arrived for this long: the pong
+    // keeps the reader's idle timeout away, as the ACKs of what it sends keep a QUIC connection's.
+    let quiet = keepalive.min(shared.config.idle_timeout / 3);
+    let later = |after: Duration| Instant::now().checked_add(after);
+    let (mut check_at, mut received, mut wrote) = (later(quiet), shared.received.load(Ordering::Relaxed), false);
     loop {
         let wake = shared.wake_writer.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        let message = match shared.next_outbound() {
-            Outbound::Message(message) => Message::Binary(message.encode().to_vec()),
-            Outbound::Close(code, reason) => {
+        let quiet_ping = match check_at {
+            Some(at) if Instant::now() >= at => {
+                let now_received = shared.received.load(Ordering::Relaxed);
+                let ping = wrote && now_received == received;
+                (check_at, received, wrote) = (later(quiet), now_received, false);
+                ping
+            }
+            _ => false,
+        };
+        let next = if quiet_ping { None } else { Some(shared.next_outbound()) };
+        let message = match next {
+            None => Message::Ping(Vec::new()),
+            Some(Outbound::Message(message)) => Message::Binary(message.encode().to_vec()),
+            Some(Outbound::Close(code, reason)) => {
                 let close = WsMessage::Close { code, reason: reason.clone() }.encode();
                 let bye = async {
                     sink.send(Message::Binary(close.to_vec())).await?;
@@ -56,14 +73,22 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(mut sink: Sink
                 shared.finished(code, reason);
                 return;
             }
-            Outbound::Done => return,
-            Outbound::Idle => {
+            Some(Outbound::Done) => return,
+            Some(Outbound::Idle) => {
+                let check = async {
+                    match check_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = wake => continue,
+                    () = check, if wrote => continue,
                     () = tokio::time::sleep(keepalive) => Message::Ping(Vec::new()),
                 }
             }
         };
+        wrote = true;
         // Every write races the end: a close asked for while the socket is full goes at once (what waits is
         // discarded anyway), and a connection that ended (the peer's close, a dead socket) stops the writer even
         // when the peer no longer reads.
@@ -151,6 +176,8 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     },
                     () = closed => return,
                 }
+                // The wait was this end's, not the peer's silence: the idle timeout starts again.
+                deadline = Instant::now() + idle;
             }
             WsMessage::Datagram(datagram) if datagram.len() > shared.config.max_datagram => {
                 let reason = format!("datagram of {} bytes (at most {})", datagram.len(), shared.config.max_datagram);

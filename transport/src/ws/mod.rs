@@ -70,7 +70,9 @@ pub struct WsConfig {
     pub datagram_buffer: usize,
     /// Largest datagram either end sends.
     pub max_datagram: usize,
-    /// A ping after this long without writing anything ([`WsConfig::with_keep_alive`]).
+    /// A ping after this long without writing anything ([`WsConfig::with_keep_alive`]); and, whatever it is, after
+    /// at most a third of `idle_timeout` of writing with nothing received (the pong keeps the peer's messages, and
+    /// with them this end's idle timeout, coming: a peer that only receives sends nothing of its own).
     pub keepalive: Duration,
     /// Closed when nothing arrives for this long.
     pub idle_timeout: Duration,

@@ -493,3 +493,39 @@ async fn bytes_of_finished_streams_at_the_bound_end_only_the_stream_that_came_ne
     assert_eq!(stops, [next], "only the stream whose bytes did not fit ends");
     drop(client);
 }
+
+/// A peer that only receives (a browser subscribed to ticks sends nothing of its own, and pings only in answer)
+/// while this end keeps writing: the writer, never idle for a keep-alive, pings anyway once nothing arrived for a
+/// while, and the peer's pongs keep the idle timeout away. Before, the connection was closed "idle" every
+/// `idle_timeout` (30 s), and the browser reconnected and rejoined, losing ticks each time.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_only_receives_is_kept_while_this_end_writes() {
+    let config = WsConfig { idle_timeout: Duration::from_secs(3), ..WsConfig::default() };
+    let (server_ws, mut client_ws) = raw_pair(&config).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    // The peer reads everything (tungstenite answers each ping with a pong as it reads) and sends nothing else.
+    let (mut pings, mut datagrams) = (0, 0);
+    let reading = async {
+        while let Some(Ok(message)) = client_ws.next().await {
+            match message {
+                Message::Ping(_) => pings += 1,
+                Message::Binary(_) => datagrams += 1,
+                _ => {}
+            }
+        }
+    };
+    let writing = async {
+        for n in 0..40u8 {
+            let mut tick = Vec::new();
+            TickHeader { channel_id: 1, seq: u64::from(n) + 1, sent_time_us: 1 }.encode(&mut tick).unwrap();
+            server.send_datagram(Bytes::from(tick)).unwrap();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::select! {
+        () = writing => {}
+        () = reading => panic!("the connection ended"),
+        closed = server.closed() => panic!("closed while writing: {closed:?}"),
+    }
+    assert!(datagrams >= 39 && pings >= 3, "{datagrams} datagrams, {pings} pings in 10 s");
+}

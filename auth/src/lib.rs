@@ -300,11 +300,16 @@ fn header_algorithm(token: &str) -> Result<String, Failure> {
     Ok(header.alg)
 }
 
+/// How far in the future a token's `nbf` may be and the token still be taken: an issuer whose clock runs a little
+/// ahead of the server's, setting `nbf` to its own now, would otherwise mint tokens refused for their first seconds.
+/// `exp` has none: a session never outlives its token.
+pub const NBF_LEEWAY_S: u64 = 30;
+
 fn check_claims(claims: Claims, now_s: u64) -> Result<Claims, Failure> {
     if claims.exp <= now_s {
         return Err(Failure::new(ErrorCode::TokenExpired, format!("token expired {} s ago", now_s - claims.exp)));
     }
-    if let Some(nbf) = claims.nbf.filter(|nbf| *nbf > now_s) {
+    if let Some(nbf) = claims.nbf.filter(|nbf| *nbf > now_s.saturating_add(NBF_LEEWAY_S)) {
         return Err(Failure::new(ErrorCode::TokenNotYetValid, format!("token valid in {} s", nbf - now_s)));
     }
     check_subject(&claims.sub).map_err(|e| Failure::new(ErrorCode::TokenMalformed, format!("token: {e}")))?;

@@ -75,8 +75,11 @@ fn valid_tokens_pass_and_every_failure_has_its_code() {
     assert_eq!(code(Some(&token), NOW + 60), ErrorCode::TokenExpired);
     let other = mint_hs256(&claims(), b"another secret, 32 bytes long!!!").unwrap();
     assert_eq!(code(Some(&other), NOW), ErrorCode::TokenInvalid);
-    let later = Claims { nbf: Some(NOW + 10), ..claims() };
+    let later = Claims { nbf: Some(NOW + NBF_LEEWAY_S + 1), ..claims() };
     assert_eq!(code(Some(&mint_hs256(&later, secret).unwrap()), NOW), ErrorCode::TokenNotYetValid);
+    // An issuer whose clock runs a few seconds ahead: its `nbf` (its own now) is within the leeway.
+    let skewed = Claims { nbf: Some(NOW + 10), ..claims() };
+    assert_eq!(auth.verify(Some(&mint_hs256(&skewed, secret).unwrap()), NOW).unwrap(), Some(skewed));
     // A token whose signature part was altered.
     let mut tampered = token.clone();
     tampered.pop();

@@ -96,10 +96,10 @@ impl Target {
         Ok((target, Link::Ws(ws)))
     }
 
-    /// TCP, TLS (the same trust as QUIC) and the upgrade to `wss://addr:port/quiver`, port the QUIC one unless
+    /// TCP, TLS (the same trust as QUIC) and the upgrade to `wss://host:port/quiver`, port the QUIC one unless
     /// `options.websocket_port` says otherwise.
     async fn websocket(&self, options: &ConnectOptions) -> Result<WsSession, ConnectError> {
-        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue, Error};
+        use tokio_tungstenite::tungstenite::{http::HeaderValue, Error};
         let failed = |what: &str, err: &dyn std::fmt::Display| ConnectError::WebSocket(format!("{what}: {err}"));
         let addr = SocketAddr::new(self.addr.ip(), options.websocket_port.unwrap_or(self.addr.port()));
         let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|err| failed(&format!("TCP to {addr}"), &err))?;
@@ -113,8 +113,7 @@ impl Target {
                 None => failed("TLS", &err),
             }
         })?;
-        let mut request =
-            format!("wss://{addr}{}", ws::PATH).into_client_request().map_err(|err| failed("URL", &err))?;
+        let mut request = upgrade_request(&self.host, addr.port()).map_err(|err| failed("URL", &err))?;
         request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL));
         let config = WsConfig::with_keep_alive(options.tuning.keep_alive);
         let upgraded = tokio_tungstenite::client_async_with_config(request, tls, Some(config.websocket())).await;
@@ -129,5 +128,38 @@ impl Target {
             return Err(ConnectError::WebSocket(format!("the server did not agree to subprotocol {SUBPROTOCOL:?}")));
         }
         Ok(WsSession::start(socket, Role::Client, config, addr))
+    }
+}
+
+/// The upgrade request to `wss://host:port/quiver`: its `Host` names the server as TLS did (SNI), not the address
+/// it resolved to, for a reverse proxy or load balancer in front that routes by it. An IPv6 literal goes in
+/// brackets.
+fn upgrade_request(
+    host: &str,
+    port: u16,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let authority = match host.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{host}]:{port}"),
+        Err(_) => format!("{host}:{port}"),
+    };
+    format!("wss://{authority}{}", ws::PATH).into_client_request().map_err(|err| err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upgrade_request;
+
+    #[test]
+    fn the_upgrade_names_the_server_as_tls_does() {
+        let host = |name: &str| {
+            let request = upgrade_request(name, 4433).unwrap();
+            request.headers().get("host").map(|h| h.to_str().unwrap().to_string())
+        };
+        assert_eq!(host("quiver.example.com").as_deref(), Some("quiver.example.com:4433"));
+        assert_eq!(host("127.0.0.1").as_deref(), Some("127.0.0.1:4433"));
+        assert_eq!(host("::1").as_deref(), Some("[::1]:4433"));
+        assert_eq!(upgrade_request("::1", 4433).unwrap().uri().path(), "/quiver");
+        assert!(upgrade_request("not a name", 4433).is_err());
     }
 }

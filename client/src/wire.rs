@@ -243,14 +243,14 @@ impl LinkRecv {
         }
     }
 
-    /// Tells the server to stop sending on this stream (QUIC; a WebSocket stream is only dropped).
+    /// Tells the server to stop sending on this stream (QUIC's STOP_SENDING; the WebSocket mapping's stop).
     pub(crate) fn stop(&mut self, code: ErrorCode) {
         match self {
             LinkRecv::Quic(recv) => {
                 let _ = recv.stop(quiver_transport::close::quic_code(code));
             }
             #[cfg(feature = "websocket")]
-            LinkRecv::Ws(_) => {}
+            LinkRecv::Ws(recv) => recv.stop(code),
         }
     }
 }

@@ -255,7 +255,7 @@ impl Streams {
                 return Err(TooManyStreams(max));
             }
             self.last = id;
-            let queue = RoomQueue::new(self.total.clone());
+            let queue = RoomQueue::new(self.total.clone(), id);
             if inbound.streams.send(PendingStream { queue: queue.clone() }).is_err() {
                 return Ok(None);
             }

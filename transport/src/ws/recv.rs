@@ -42,6 +42,16 @@ impl WsRecv {
         WsRecv { session, rx: InboundRx::Room(queue), ended: false }
     }
 
+    /// Tells the server to stop sending this room stream (kind 6, with `code`: QUIC's STOP_SENDING) and drops what
+    /// waits of it; reads end from now on. The control stream is not stopped (the connection's end is a close).
+    pub fn stop(&mut self, code: quiver_proto::ErrorCode) {
+        if let (InboundRx::Room(queue), false) = (&self.rx, self.ended) {
+            queue.reader_gone();
+            self.session.0.send_stop(queue.id(), code);
+            self.ended = true;
+        }
+    }
+
     /// The stream's next bytes; `None` once it ended.
     pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, WsError> {
         if self.ended {

@@ -26,6 +26,8 @@ pub(super) struct RoomQueue {
     /// Bytes waiting in every room stream of the connection (each queue changes it under its own lock, by its own
     /// bytes only, so it is always the sum of theirs).
     total: Arc<AtomicUsize>,
+    /// The stream's id on the wire (for a stop).
+    id: u64,
 }
 
 #[derive(Debug, Default)]
@@ -49,8 +51,13 @@ pub(super) enum Pushed {
 }
 
 impl RoomQueue {
-    pub(super) fn new(total: Arc<AtomicUsize>) -> Arc<RoomQueue> {
-        Arc::new(RoomQueue { state: Mutex::default(), ready: Notify::new(), total })
+    pub(super) fn new(total: Arc<AtomicUsize>, id: u64) -> Arc<RoomQueue> {
+        Arc::new(RoomQueue { state: Mutex::default(), ready: Notify::new(), total, id })
+    }
+
+    /// The stream's id on the wire.
+    pub(super) fn id(&self) -> u64 {
+        self.id
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {

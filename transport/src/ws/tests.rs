@@ -529,3 +529,21 @@ async fn a_peer_that_only_receives_is_kept_while_this_end_writes() {
     }
     assert!(datagrams >= 39 && pings >= 3, "{datagrams} datagrams, {pings} pings in 10 s");
 }
+
+/// A client that stops reading a room stream tells the server (kind 6, as QUIC's STOP_SENDING): the server's
+/// writer learns the code, and what the client had waiting of it is dropped. Before, the client only dropped its
+/// reader, and the server went on sending into nothing until a Leave came.
+#[tokio::test]
+async fn a_room_stream_the_client_stops_is_stopped_at_the_server() {
+    let (server, client) = pair(WsConfig::default()).await;
+    let mut room = server.open_uni().unwrap();
+    room.write_all(b"open").await.unwrap();
+    let mut recv = within(client.accept_uni()).await.unwrap();
+    assert_eq!(within(recv.read_chunk()).await.unwrap().unwrap(), &b"open"[..]);
+    recv.stop(ErrorCode::NoError);
+    assert_eq!(within(room.stop_signal()).await, ErrorCode::NoError);
+    assert_eq!(within(recv.read_chunk()).await.unwrap(), None, "reads end after a stop");
+    // The control stream is never stopped this way.
+    let (_c_send, mut c_recv) = client.open_bi().unwrap();
+    c_recv.stop(ErrorCode::NoError);
+}

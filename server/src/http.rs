@@ -2,8 +2,9 @@
 //! connection, bounded head size, time and connections, each answer decided by a sans-IO `respond` function.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -19,9 +20,57 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once from one address (an IPv4 address or an IPv6 /64) other than loopback; more are
+/// closed at once. One peer trickling bytes would otherwise hold every one of [`MAX_CONNECTIONS`] for
+/// [`REQUEST_TIMEOUT`] after another, and the page (or the admin's `/metrics` and `/readyz`) with them. Loopback
+/// peers are not limited: a local reverse proxy or scraper speaks for many.
+const MAX_PER_PEER: usize = 8;
+
+/// Connections in service per peer address, for [`MAX_PER_PEER`].
+#[derive(Debug, Default)]
+struct PeerSlots(Mutex<HashMap<crate::admission::SourceKey, usize>>);
+
+/// A connection's place in [`PeerSlots`], given back when dropped.
+#[derive(Debug)]
+struct PeerSlot(Arc<PeerSlots>, Option<crate::admission::SourceKey>);
+
+impl PeerSlots {
+    /// A place for a connection from `peer`; `None` when it has [`MAX_PER_PEER`] already.
+    fn take(self: &Arc<Self>, peer: IpAddr) -> Option<PeerSlot> {
+        if peer.to_canonical().is_loopback() {
+            return Some(PeerSlot(self.clone(), None));
+        }
+        let key = crate::admission::SourceKey::of(peer);
+        let mut slots = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = slots.entry(key).or_default();
+        if *held >= MAX_PER_PEER {
+            return None;
+        }
+        *held += 1;
+        Some(PeerSlot(self.clone(), Some(key)))
+    }
+
+    #[cfg(test)]
+    fn peers(&self) -> usize {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let Some(key) = self.1 else { return };
+        let mut slots = self.0 .0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = slots.get_mut(&key) {
+            *held -= 1;
+            if *held == 0 {
+                slots.remove(&key);
+            }
+        }
+    }
+}
 
 /// Serves HTTP/1.1 on `listener` until `shutdown`: one request per connection, at most [`MAX_CONNECTIONS`] at
-/// once, each head at most [`MAX_REQUEST_HEAD`] bytes and [`REQUEST_TIMEOUT`] long, answered by `respond` (the
+/// once ([`MAX_PER_PEER`] from one address), each head at most [`MAX_REQUEST_HEAD`] bytes and [`REQUEST_TIMEOUT`] long, answered by `respond` (the
 /// demo page's, or the admin listener's).
 pub(crate) async fn serve_http(
     listener: TcpListener,
@@ -31,6 +80,7 @@ pub(crate) async fn serve_http(
     let respond = Arc::new(respond);
     let tasks = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let peers = Arc::new(PeerSlots::default());
     loop {
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
@@ -48,12 +98,16 @@ pub(crate) async fn serve_http(
             },
             () = shutdown.cancelled() => break,
         };
+        let Some(peer_slot) = peers.take(peer.ip()) else {
+            tracing::debug!(%peer, "HTTP connection closed: {MAX_PER_PEER} from this address in service already");
+            continue; // the stream and the permit are dropped: closed, and the slot free again
+        };
         let respond = respond.clone();
         tasks.spawn(async move {
             if let Err(err) = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, peer.ip(), &*respond)).await {
                 tracing::debug!(%peer, %err, "HTTP request timed out");
             }
-            drop(permit);
+            drop((permit, peer_slot));
         });
     }
     tasks.close();
@@ -158,4 +212,30 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_per_peer_address_are_bounded_but_not_from_loopback() {
+        let peers = Arc::new(PeerSlots::default());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut held: Vec<PeerSlot> = (0..MAX_PER_PEER).map(|_| peers.take(ip("203.0.113.7")).unwrap()).collect();
+        assert!(peers.take(ip("203.0.113.7")).is_none(), "one more from the address");
+        assert!(peers.take(ip("::ffff:203.0.113.7")).is_none(), "the same address, IPv4-mapped");
+        assert!(peers.take(ip("203.0.113.8")).is_some(), "another address");
+        // An IPv6 host's whole /64 is one peer.
+        let v6: Vec<PeerSlot> = (0..MAX_PER_PEER).map(|i| peers.take(ip(&format!("2001:db8::{i}"))).unwrap()).collect();
+        assert!(peers.take(ip("2001:db8::ffff")).is_none());
+        let local: Vec<PeerSlot> = (0..100).map(|_| peers.take(ip("127.0.0.1")).unwrap()).collect();
+        assert_eq!(local.len(), 100, "loopback is not limited");
+        held.pop();
+        let again = peers.take(ip("203.0.113.7"));
+        assert!(again.is_some(), "a finished connection gives its place back");
+        drop(v6);
+        drop(local);
+        assert_eq!(peers.peers(), 1, "addresses with nothing in service are forgotten");
+    }
 }

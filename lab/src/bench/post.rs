@@ -117,9 +117,16 @@ pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<Pos
     }
     let cells: Vec<(u32, u32)> =
         config.rooms.iter().flat_map(|&r| config.posters.iter().map(move |&p| (r, p))).collect();
+    // The modes take turns going first: a mode measured right after another meets that one's background work (its
+    // store's flushes and compactions, the page cache's writeback), and the first of a cell meets the last cell's.
+    // In a fixed order that always charged the same modes (memory, first, with fsync's leftovers; os never after a
+    // store's), and flattered `os` ÷ memory.
+    let mut turn = 0;
     for (rooms, posters) in cells {
         for &in_flight in &config.in_flight {
-            for server in &servers {
+            let first = turn;
+            turn += 1;
+            for server in (0..servers.len()).map(|j| &servers[(first + j) % servers.len()]) {
                 let mode = server.mode.name();
                 progress(&format!("{mode}: {posters} posters ({in_flight} in flight each) into {rooms} room(s)"));
                 let store = server.store.as_ref();

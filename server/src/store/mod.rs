@@ -54,6 +54,9 @@ pub use writer::{Commit, StoreFailed, WriterStats};
 /// missing the runs or finding messages past the recorded seq.
 pub const FORMAT: &[u8] = b"quiver-store 3";
 
+/// The store's keyspaces (fjall's column families).
+const KEYSPACES: [&str; 5] = ["meta", "rooms", "messages", "dedupe_runs", "dedupe"];
+
 /// The formats before [`FORMAT`], opened and upgraded (nothing in them changes but the marker).
 const OLDER_FORMATS: [&[u8]; 2] = [b"quiver-store 1", b"quiver-store 2"];
 
@@ -319,6 +322,10 @@ impl Store {
             std::panic::catch_unwind(builder).map_err(|_| damaged(&path, "the database panicked while reading it"))?;
         let db = opened.map_err(|err| open_failed(&path, err))?;
         let unreadable = |err: fjall::Error| open_failed(&path, err);
+        // Asked before they are opened (opening one that is missing makes it, empty): a store with a format marker
+        // was made with all of them, so one missing now was lost (a partial copy or restore, a damaged directory;
+        // fjall itself removes a keyspace folder it finds half there), with its rooms' history.
+        let missing: Vec<&str> = KEYSPACES.into_iter().filter(|name| !db.keyspace_exists(name)).collect();
         let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         let open = |name: &str| db.keyspace(name, options).map_err(unreadable);
         let keyspaces = Keyspaces {
@@ -329,7 +336,14 @@ impl Store {
             dedupe: open("dedupe")?,
             db: db.clone(),
         };
-        match keyspaces.meta.get("format").map_err(unreadable)? {
+        let format = keyspaces.meta.get("format").map_err(unreadable)?;
+        // Format 3 added `dedupe_runs`: an older store may lack it.
+        let lost = |name: &&str| !(*name == "dedupe_runs" && format.as_deref().is_some_and(|f| f != FORMAT));
+        let lost: Vec<&str> = missing.iter().copied().filter(lost).collect();
+        if format.is_some() && !lost.is_empty() {
+            return Err(damaged(&path, format!("keyspace(s) {} missing (their records were lost)", lost.join(", "))));
+        }
+        match format {
             Some(format) if format.as_ref() == FORMAT => {}
             Some(format) if OLDER_FORMATS.contains(&format.as_ref()) => {
                 keyspaces.meta.insert("format", FORMAT).map_err(unreadable)?;

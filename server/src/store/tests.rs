@@ -340,7 +340,7 @@ fn tables(store: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_truncated_or_lost_file_is_refused_not_wiped() {
-    for damage in ["truncated table", "lost journal", "journal overwritten", "lost version"] {
+    for damage in ["truncated table", "lost journal", "journal overwritten", "lost version", "lost keyspace"] {
         let dir = tempfile::tempdir().unwrap();
         flushed(dir.path());
         let message = refused(dir.path(), |store| match damage {
@@ -355,6 +355,11 @@ fn a_truncated_or_lost_file_is_refused_not_wiped() {
                 let mut journal = std::fs::OpenOptions::new().write(true).open(store.join("0.jnl")).unwrap();
                 journal.seek(std::io::SeekFrom::Start(100)).unwrap();
                 journal.write_all(&[0x5a; 64]).unwrap();
+            }
+            "lost keyspace" => {
+                // The messages' keyspace (the one with the largest table), folder and all.
+                let table = tables(store).into_iter().max_by_key(|t| t.metadata().unwrap().len()).unwrap();
+                std::fs::remove_dir_all(table.parent().unwrap().parent().unwrap()).unwrap();
             }
             _ => std::fs::write(store.join("version"), b"").unwrap(),
         });

@@ -15,7 +15,7 @@ use std::{
 };
 
 use super::{
-    schedule::{admit, deliver, Scheduled, POLL},
+    schedule::{admit, deliver, udp_headers, Scheduled, POLL},
     ImpairmentProfile, Link, LinkStats,
 };
 use crate::sync::lock;
@@ -191,7 +191,8 @@ fn listen_loop(
         let Some(client) = clients.get_mut(&from) else { continue };
         let before = client.link.stats();
         let upstream = client.upstream.clone();
-        admit(&mut client.link, epoch, &buf[..len], || Out::Upstream(upstream.clone()), schedule, &mut order);
+        let packet = (&buf[..len], udp_headers(from));
+        admit(&mut client.link, epoch, packet, || Out::Upstream(upstream.clone()), schedule, &mut order);
         add_delta(&mut lock(stats.as_ref()).up, &before, &client.link.stats());
     }
     for thread in downstream {
@@ -232,7 +233,7 @@ fn down_loop(
             }
         };
         let before = link.stats();
-        admit(&mut link, epoch, &buf[..len], || Out::Client(client), schedule, &mut order);
+        admit(&mut link, epoch, (&buf[..len], udp_headers(client)), || Out::Client(client), schedule, &mut order);
         add_delta(&mut lock(stats).down, &before, &link.stats());
     }
 }

@@ -80,7 +80,7 @@ fn read_loop(
     let mut order = if to_server { 0 } else { 1u64 << 63 };
     // Ends when the interface is deleted (the read fails) or the scheduler is gone.
     while let Ok(len) = device.read(&mut buf) {
-        let delivered = admit(&mut link, epoch, &buf[..len], || to_server, schedule, &mut order);
+        let delivered = admit(&mut link, epoch, (&buf[..len], 0), || to_server, schedule, &mut order);
         let mut totals = lock(stats);
         *(if to_server { &mut totals.up } else { &mut totals.down }) = link.stats();
         if !delivered {

@@ -431,7 +431,13 @@ fn new_epoch() -> u64 {
 }
 
 pub(super) fn store_failure(failed: crate::store::StoreFailed) -> Failure {
-    Failure::new(ErrorCode::Internal, failed.to_string())
+    // What a failed commit wrote may be read back from the journal when the server restarts: the client is told
+    // how to learn the outcome without storing the message twice.
+    let reason = format!(
+        "{failed}; this post may still be stored (it is known once the server restarts): post it again with the \
+         same client_msg_id then, to get its seq without storing it twice"
+    );
+    Failure::new(ErrorCode::Internal, reason)
 }
 
 impl RoomHub for LocalRooms {

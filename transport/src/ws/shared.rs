@@ -198,6 +198,11 @@ impl Shared {
         if stream.end.is_some() {
             return Poll::Ready(Err(WsError::Unsupported("write after the stream's end")));
         }
+        if buf.is_empty() {
+            // Nothing to queue: a stream queued with nothing would be given its wire id before streams that write
+            // first, and its bytes would then go out under an id lower than theirs.
+            return Poll::Ready(Ok(0));
+        }
         let room = window.saturating_sub(stream.bytes);
         if room == 0 {
             stream.waker = Some(cx.waker().clone());

@@ -547,3 +547,28 @@ async fn a_room_stream_the_client_stops_is_stopped_at_the_server() {
     let (_c_send, mut c_recv) = client.open_bi().unwrap();
     c_recv.stop(ErrorCode::NoError);
 }
+
+/// An empty write queues nothing: the stream gets its wire id with its first bytes, not before. Before, it was put
+/// in the writer's ready queue with nothing to send, took the next wire id there, and its first bytes, written
+/// after another stream's, went out under the lower id: the client took them for a stream that had ended.
+#[tokio::test]
+async fn an_empty_write_takes_no_stream_id() {
+    let config = WsConfig::default();
+    let (server_ws, mut client_ws) = raw_pair(&config).await;
+    let server = WsSession::start(server_ws, Role::Server, config, addr());
+    let mut first = server.open_uni().unwrap();
+    let mut second = server.open_uni().unwrap();
+    assert_eq!(first.write(b"").await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(20)).await; // the writer runs meanwhile
+    second.write_all(b"second").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    first.write_all(b"first").await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let Some(Ok(Message::Binary(bytes))) = within(client_ws.next()).await else { continue };
+        if let Ok(WsMessage::Stream { id, bytes }) = WsMessage::decode(Bytes::from(bytes)) {
+            seen.push((id, bytes));
+        }
+    }
+    assert_eq!(seen, [(1, Bytes::from_static(b"second")), (2, Bytes::from_static(b"first"))]);
+}

@@ -190,10 +190,16 @@ async fn run_series(config: RttConfig, view: TargetsView, progress: Progress) ->
     for (name, baseline, runner) in layers {
         progress(name);
         let mut result = runner(name, config.clone(), view.clone()).await?;
-        result.baseline = baseline.map(str::to_string);
+        result.baseline = compared_with(&config, baseline);
         series.push(result);
     }
     Ok(series)
+}
+
+/// The series a Quiver series' ratios are taken against: none for an external server (`--server`), whose path is
+/// not the one the baselines measure (they stay on this machine's loopback).
+fn compared_with(config: &RttConfig, baseline: Option<&str>) -> Option<String> {
+    baseline.filter(|_| config.server.is_none()).map(str::to_string)
 }
 
 type SingleSeries = std::pin::Pin<Box<dyn std::future::Future<Output = Result<SeriesResult, BenchError>> + Send>>;
@@ -208,6 +214,15 @@ pub fn write_json(report: &impl serde::Serialize, path: &Path) -> Result<(), Ben
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_external_server_is_not_compared_with_the_local_baselines() {
+        let local = RttConfig::new();
+        assert_eq!(compared_with(&local, Some("quinn datagram echo")).as_deref(), Some("quinn datagram echo"));
+        let external =
+            RttConfig { server: Some(("quiver.example:4433".into(), TrustOptions::CaFile("ca.pem".into()))), ..local };
+        assert_eq!(compared_with(&external, Some("quinn datagram echo")), None);
+    }
 
     #[tokio::test]
     async fn a_setting_out_of_range_is_named() {

@@ -74,10 +74,11 @@ pub(super) async fn accept(conn: quinn::Connection, web: &WebConfig, deadline: I
     };
     let path = request.url.path().to_string();
     let origin = request.headers.get("origin").and_then(|v| v.to_str().ok()).map(str::to_string);
+    // A refusal names what the peer sent, cut short: it is logged, and the peer chooses up to 16 KiB of it.
     let refusal = if path != web.path {
-        Some((StatusCode::NOT_FOUND, Refused::NotFound { path: path.clone(), serving: web.path.clone() }))
+        Some((StatusCode::NOT_FOUND, Refused::NotFound { path: clipped(&path), serving: web.path.clone() }))
     } else if !web.origin_allowed(origin.as_deref()) {
-        Some((StatusCode::FORBIDDEN, Refused::Forbidden(origin.clone().unwrap_or_else(|| "(none)".into()))))
+        Some((StatusCode::FORBIDDEN, Refused::Forbidden(origin.as_deref().map_or_else(|| "(none)".into(), clipped))))
     } else {
         None
     };
@@ -104,6 +105,17 @@ pub(super) async fn accept(conn: quinn::Connection, web: &WebConfig, deadline: I
 /// Answers the CONNECT with `status` alone and closes the connection once the client has read it (it closes
 /// itself then) or after [`REFUSAL_LINGER`]. The critical streams are untouched until the connection is closed: the
 /// answered session, which holds them, is dropped only on return.
+/// Bytes of a peer's path or origin a refusal (and so the log) repeats.
+const CLIPPED: usize = 200;
+
+/// `text` cut to [`CLIPPED`] bytes, with an ellipsis where it was cut.
+fn clipped(text: &str) -> String {
+    match quiver_proto::truncate_utf8(text, CLIPPED) {
+        whole if whole.len() == text.len() => whole.to_string(),
+        cut => format!("{cut}… ({} bytes)", text.len()),
+    }
+}
+
 async fn refuse(conn: &quinn::Connection, request: Request, status: StatusCode, refused: &Refused) {
     let linger = tokio::time::sleep(REFUSAL_LINGER);
     tokio::pin!(linger);
@@ -120,4 +132,19 @@ async fn refuse(conn: &quinn::Connection, request: Request, status: StatusCode, 
         }
     }
     conn.close(H3_REQUEST_REJECTED, refused.to_string().as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peers_text_in_a_refusal_is_cut_short() {
+        assert_eq!(clipped("/quiver"), "/quiver");
+        let long = format!("/{}", "é".repeat(5_000));
+        let cut = clipped(&long);
+        assert!(cut.len() < CLIPPED + 40 && cut.ends_with(&format!("… ({} bytes)", long.len())), "{cut}");
+        let refused = Refused::NotFound { path: cut, serving: "/quiver".into() };
+        assert!(refused.to_string().len() < 300);
+    }
 }

@@ -137,13 +137,13 @@ impl Target {
 fn upgrade_request(
     host: &str,
     port: u16,
-) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, String> {
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, Box<tokio_tungstenite::tungstenite::Error>> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let authority = match host.parse::<std::net::Ipv6Addr>() {
         Ok(_) => format!("[{host}]:{port}"),
         Err(_) => format!("{host}:{port}"),
     };
-    format!("wss://{authority}{}", ws::PATH).into_client_request().map_err(|err| err.to_string())
+    format!("wss://{authority}{}", ws::PATH).into_client_request().map_err(Box::new)
 }
 
 #[cfg(test)]

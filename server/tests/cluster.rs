@@ -17,7 +17,6 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -323,12 +322,8 @@ fn a_node_cut_off_from_redis_longer_than_the_expiry_is_buried_and_comes_back_wit
         return;
     }
     let redis = Redis::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("node{i}"))).collect();
-    for dir in &dirs {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (_tmp, dirs) = node_dirs(2);
+    let runtime = clients_runtime();
     let partition = runtime.block_on(Partition::start(redis.port));
     // Node 1 reaches Redis through the partition.
     let brokers = [redis.url(), format!("redis://{}", partition.addr)];

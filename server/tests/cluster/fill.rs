@@ -2,7 +2,6 @@
 //! event over without waiting, and the room whose messages are missing waits for its fill alone.
 
 use std::{
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -139,12 +138,8 @@ fn a_rooms_gap_fill_does_not_hold_the_nodes_other_rooms() {
         return;
     }
     let redis = Redis::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("node{i}"))).collect();
-    for dir in &dirs {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (_tmp, dirs) = node_dirs(2);
+    let runtime = clients_runtime();
     let relay = runtime.block_on(Relay::start(redis.port));
     let brokers = [redis.url(), format!("redis://{}", relay.addr)];
     // Node 1's requests may wait behind the held read for a while: nothing times out or is buried meanwhile.

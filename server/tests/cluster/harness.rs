@@ -164,14 +164,24 @@ pub(crate) struct Cluster {
 
 pub(crate) fn cluster(n: usize, extra_env: &[(&str, &str)]) -> Cluster {
     let redis = Redis::start();
+    let (tmp, dirs) = node_dirs(n);
+    let nodes = start_cluster(&dirs, &vec![redis.url(); n], extra_env);
+    Cluster { redis, dirs, nodes, runtime: clients_runtime(), _tmp: tmp }
+}
+
+/// `n` empty data directories (`node0`, `node1`, …) in a temporary directory, removed when it is dropped.
+pub(crate) fn node_dirs(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
     let tmp = tempfile::tempdir().unwrap();
     let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.path().join(format!("node{i}"))).collect();
     for dir in &dirs {
         std::fs::create_dir_all(dir).unwrap();
     }
-    let nodes = start_cluster(&dirs, &vec![redis.url(); n], extra_env);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    Cluster { redis, dirs, nodes, runtime, _tmp: tmp }
+    (tmp, dirs)
+}
+
+/// The runtime a test's clients (and relays) run on.
+pub(crate) fn clients_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 /// `GET path` on the admin listener: the status code.

@@ -2,7 +2,6 @@
 //! persistence, a network cut that breaks the connections): when it comes back no live node is buried.
 
 use std::{
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -57,12 +56,8 @@ fn after_redis_was_unreachable_for_every_node_no_live_node_is_buried() {
         return;
     }
     let redis = Redis::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let dirs: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("node{i}"))).collect();
-    for dir in &dirs {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (_tmp, dirs) = node_dirs(2);
+    let runtime = clients_runtime();
     let severance = runtime.block_on(Severance::start(redis.port));
     let broker = format!("redis://{}", severance.addr);
     let nodes = start_cluster(&dirs, &[broker.clone(), broker], &[("QUIVER_BROKER_REQUEST_TIMEOUT_MS", "300")]);

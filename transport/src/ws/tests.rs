@@ -42,6 +42,18 @@ async fn stalled(config: WsConfig) -> (WsSession, WebSocketStream<tokio::io::Dup
     (WsSession::start(server_ws, Role::Server, config, addr()), peer)
 }
 
+/// The first `n` stream messages (wire id, bytes) a raw peer reads.
+async fn stream_messages(peer: &mut WebSocketStream<tokio::io::DuplexStream>, n: usize) -> Vec<(u64, Bytes)> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let Some(Ok(Message::Binary(bytes))) = within(peer.next()).await else { continue };
+        if let Ok(WsMessage::Stream { id, bytes }) = WsMessage::decode(Bytes::from(bytes)) {
+            seen.push((id, bytes));
+        }
+    }
+    seen
+}
+
 async fn within<T>(what: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(5), what).await.expect("timed out")
 }
@@ -267,13 +279,7 @@ async fn stream_ids_go_on_the_wire_in_increasing_order_whatever_the_order_of_wri
     let mut second = server.open_uni().unwrap();
     second.write_all(b"second").await.unwrap();
     first.write_all(b"first").await.unwrap();
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        let Some(Ok(Message::Binary(bytes))) = within(client_ws.next()).await else { continue };
-        if let Ok(WsMessage::Stream { id, bytes }) = WsMessage::decode(Bytes::from(bytes)) {
-            seen.push((id, bytes));
-        }
-    }
+    let seen = stream_messages(&mut client_ws, 2).await;
     assert_eq!(seen, [(1, Bytes::from_static(b"second")), (2, Bytes::from_static(b"first"))]);
 }
 
@@ -563,12 +569,6 @@ async fn an_empty_write_takes_no_stream_id() {
     second.write_all(b"second").await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     first.write_all(b"first").await.unwrap();
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        let Some(Ok(Message::Binary(bytes))) = within(client_ws.next()).await else { continue };
-        if let Ok(WsMessage::Stream { id, bytes }) = WsMessage::decode(Bytes::from(bytes)) {
-            seen.push((id, bytes));
-        }
-    }
+    let seen = stream_messages(&mut client_ws, 2).await;
     assert_eq!(seen, [(1, Bytes::from_static(b"second")), (2, Bytes::from_static(b"first"))]);
 }

@@ -1,5 +1,6 @@
 //! One server per data directory: an advisory lock on `DATA_DIR/lock` (flock on Unix, LockFileEx on Windows), taken
-//! before anything in the directory is touched and held while the [`crate::Server`] lives, with the holder's pid
+//! before anything in the directory is touched and held while the [`crate::Server`] or its room store lives (a
+//! connection left open past the drain timeout can keep the store a little longer), with the holder's pid
 //! written in the file so that a second server can say who holds it. The lock goes with the process, so a killed
 //! server never leaves a stale one behind (a stale pid in the file is harmless: only the lock counts).
 
@@ -40,6 +41,7 @@ pub enum DataDirError {
 #[derive(Debug)]
 pub struct DataDirLock {
     file: File,
+    dir: PathBuf,
 }
 
 impl DataDirLock {
@@ -69,7 +71,12 @@ impl DataDirLock {
         file.set_len(0).map_err(io(&path))?;
         file.rewind().map_err(io(&path))?;
         writeln!(file, "{}", std::process::id()).map_err(io(&path))?;
-        Ok(DataDirLock { file })
+        Ok(DataDirLock { file, dir: dir.to_path_buf() })
+    }
+
+    /// The locked directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 

@@ -151,8 +151,8 @@ pub struct Server<R = LocalRooms> {
     /// The admin listener, started first so that `/readyz` answers (503) while the server is not serving yet.
     admin: Option<Admin>,
     metrics: Arc<crate::metrics::ServerMetrics>,
-    /// One server per data directory, while this one lives.
-    _data_dir: crate::datadir::DataDirLock,
+    /// One server per data directory, while this one lives (and its room store: the store holds it too).
+    _data_dir: Arc<crate::datadir::DataDirLock>,
 }
 
 impl Server<LocalRooms> {
@@ -161,12 +161,12 @@ impl Server<LocalRooms> {
     /// accepted until [`Server::run`].
     pub fn bind(config: ServerConfig) -> Result<Server<LocalRooms>, ServerError> {
         // Before anything in the directory is read or written.
-        let data_dir = crate::datadir::DataDirLock::acquire(&config.data_dir)?;
+        let data_dir = Arc::new(crate::datadir::DataDirLock::acquire(&config.data_dir)?);
         let early = Early::start(&config)?;
         let rooms = match config.durability {
             crate::store::Durability::Memory => LocalRooms::new(config.limits.clone(), config.budget.clone()),
             durability => {
-                let store = crate::store::Store::open(&config.data_dir, durability)?;
+                let store = crate::store::Store::open_locked(data_dir.clone(), durability)?;
                 tracing::info!(store = %store.path().display(), durability = durability.name(), "room store open");
                 LocalRooms::durable(config.limits.clone(), config.budget.clone(), store)
             }
@@ -180,14 +180,14 @@ impl<R: RoomHub> Server<R> {
     /// Like [`Server::bind`], with rooms and ticks behind the given hubs (another engine than this process's
     /// memory).
     pub fn bind_with(config: ServerConfig, rooms: Arc<R>, ticks: Arc<dyn TickHub>) -> Result<Server<R>, ServerError> {
-        let data_dir = crate::datadir::DataDirLock::acquire(&config.data_dir)?;
+        let data_dir = Arc::new(crate::datadir::DataDirLock::acquire(&config.data_dir)?);
         let early = Early::start(&config)?;
         Server::bind_locked(config, data_dir, early, rooms, ticks)
     }
 
     fn bind_locked(
         config: ServerConfig,
-        data_dir: crate::datadir::DataDirLock,
+        data_dir: Arc<crate::datadir::DataDirLock>,
         early: Early,
         rooms: Arc<R>,
         ticks: Arc<dyn TickHub>,
@@ -455,5 +455,32 @@ async fn sweep<R: RoomHub>(rooms: Arc<R>, interval: Duration, shutdown: Cancella
             _ = timer.tick() => rooms.sweep(now_us()).await,
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection left open after the drain timeout keeps the room store (through the hub) past its server: the
+    /// data directory stays locked until the store is closed, so a second server cannot take the directory while
+    /// the first one's writer may still be committing.
+    #[test]
+    fn the_data_directory_stays_locked_while_the_store_outlives_its_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _entered = runtime.enter();
+        let config = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
+        assert!(config.durability != crate::store::Durability::Memory, "the default stores rooms");
+        let server = Server::bind(config).unwrap();
+        let leftover = server.rooms.clone();
+        drop(server);
+        let held = crate::datadir::DataDirLock::acquire(dir.path());
+        assert!(
+            matches!(held, Err(crate::datadir::DataDirError::InUse { .. })),
+            "released while the store was still open: {held:?}"
+        );
+        drop(leftover);
+        crate::datadir::DataDirLock::acquire(dir.path()).expect("released once the store is closed");
     }
 }

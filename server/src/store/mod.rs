@@ -208,6 +208,10 @@ pub struct Store {
     disk: DiskFloor,
     /// `os` durability: the journal's background sync (`journal.rs`).
     _journal_sync: Option<journal::JournalSync>,
+    /// The data directory's lock, when the server's: released after the fields above (declaration order), so that
+    /// the directory stays locked until the writer threads have committed, synced and let go of the database, also
+    /// when a connection left open after the drain timeout keeps the store past its server.
+    _data_dir: Option<Arc<crate::datadir::DataDirLock>>,
 }
 
 #[derive(Clone)]
@@ -309,6 +313,24 @@ impl Store {
     /// and starts its writer thread. A store that cannot be read is refused with [`StoreError::Damaged`]; nothing
     /// is changed or wiped.
     pub fn open(data_dir: &Path, durability: Durability) -> Result<Arc<Store>, StoreError> {
+        Store::open_with(data_dir, durability, None)
+    }
+
+    /// Like [`Store::open`], in a data directory this process holds `lock` of: the store keeps it until it is
+    /// closed.
+    pub fn open_locked(
+        lock: Arc<crate::datadir::DataDirLock>,
+        durability: Durability,
+    ) -> Result<Arc<Store>, StoreError> {
+        let data_dir = lock.dir().to_path_buf();
+        Store::open_with(&data_dir, durability, Some(lock))
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        durability: Durability,
+        lock: Option<Arc<crate::datadir::DataDirLock>>,
+    ) -> Result<Arc<Store>, StoreError> {
         let path = data_dir.join(STORE_DIR);
         let existed = path.exists();
         std::fs::create_dir_all(&path)
@@ -388,7 +410,16 @@ impl Store {
             Durability::Fsync | Durability::Memory => None,
         };
         let disk = DiskFloor::default();
-        Ok(Arc::new(Store { path, keyspaces, next_room_id, writer, durability, disk, _journal_sync: journal_sync }))
+        Ok(Arc::new(Store {
+            path,
+            keyspaces,
+            next_room_id,
+            writer,
+            durability,
+            disk,
+            _journal_sync: journal_sync,
+            _data_dir: lock,
+        }))
     }
 
     /// The store's directory.

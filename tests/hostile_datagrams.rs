@@ -75,3 +75,40 @@ async fn a_publisher_over_its_tick_rate() {
     })
     .await;
 }
+
+/// A publisher's ticks reordered on the way up (or repeated): the server stamps ticks in the order they arrive, so
+/// without a look at the publisher's own seq the older value would reach every subscriber as the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_reordered_tick_is_not_published_as_the_newest() {
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        let client = server.client().await;
+        let mut subscription = client.subscribe("feed").await.unwrap();
+        let mut control = Control::open(&server).await;
+        let reply = control.request(1, RequestBody::Publish { channel: "feed".into(), max_age_ms: None }).await;
+        let Ok(Reply::Publishing { channel_id, .. }) = reply else { panic!("{reply:?}") };
+        let tick = |seq: u64, payload: &[u8]| {
+            let mut datagram = BytesMut::new();
+            TickHeader { channel_id, seq, sent_time_us: 1 }.encode(&mut datagram).unwrap();
+            datagram.extend_from_slice(payload);
+            datagram.freeze()
+        };
+        // As a path that reorders delivers them: 2, then 1 (and 2 again, repeated).
+        for (seq, payload) in [(2, &b"new"[..]), (1, b"old"), (2, b"new again")] {
+            control.conn.send_datagram(tick(seq, payload)).unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let first = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().unwrap();
+        assert_eq!(&first.payload[..], b"new");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(&subscription.latest().unwrap().payload[..], b"new", "the older tick became the latest");
+        let stats = server.stats.snapshot();
+        assert_eq!((stats.ticks_published, stats.ticks_reordered_in), (1, 2), "{stats:?}");
+        // The publisher's next tick goes on.
+        control.conn.send_datagram(tick(3, b"next")).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().unwrap();
+        assert_eq!(&next.payload[..], b"next");
+        server.stop().await;
+    })
+    .await;
+}

@@ -149,16 +149,21 @@ async fn a_webtransport_session_shares_rooms_and_ticks_with_native_clients() {
     raw.send_datagram(Bytes::from_static(&[0x3f, 1, 2])).unwrap();
     let publish = RequestBody::Publish { channel: "from-web".into(), max_age_ms: None };
     let Reply::Publishing { channel_id, .. } = control.request(publish).await else { panic!("not publishing") };
-    let mut tick = Vec::new();
-    TickHeader { channel_id, seq: 1, sent_time_us: 1 }.encode(&mut tick).unwrap();
-    tick.extend_from_slice(b"web");
+    // A new seq each time: the server drops a publisher's tick whose seq is not above the last it took.
+    let tick = |seq: u64| {
+        let mut tick = Vec::new();
+        TickHeader { channel_id, seq, sent_time_us: 1 }.encode(&mut tick).unwrap();
+        tick.extend_from_slice(b"web");
+        Bytes::from(tick)
+    };
     let published = async {
-        loop {
-            session.send_datagram(Bytes::from(tick.clone())).unwrap();
+        for seq in 1.. {
+            session.send_datagram(tick(seq)).unwrap();
             if let Ok(got) = tokio::time::timeout(Duration::from_millis(50), from_web.next()).await {
                 return got;
             }
         }
+        unreachable!("seqs run out")
     };
     let got = tokio::time::timeout(WAIT, published).await.expect("the browser's ticks are published after the garbage");
     let got = got.expect("the subscription goes on");

@@ -47,6 +47,9 @@ counters! {
     ticks_too_large,
     /// Ticks dropped because their publisher sent more than `ticks_per_s`.
     ticks_rate_limited,
+    /// Ticks dropped because their publisher's seq was not above the last one taken from it on the channel
+    /// (reordered on the way up, or repeated): the newer value was already published.
+    ticks_reordered_in,
     /// Connections closed with `TooManyConnections` because the server was at `max_connections`.
     connections_over_total,
     /// Connections closed with `TooManyConnections` because their source address was at `max_connections_per_ip`.

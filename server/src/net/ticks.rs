@@ -4,6 +4,7 @@
 //! reliable stream, and no lock is held across a call into quinn.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -140,7 +141,9 @@ async fn send_ticks(conn: &Wire, sink: Arc<DatagramSink>, stop: CancellationToke
 }
 
 /// Reads datagrams: ticks on claimed channels are published up to `ticks_per_s`, post copies go to the control
-/// loop (`post_copies`, dropped when it is behind), anything else is counted and dropped.
+/// loop (`post_copies`, dropped when it is behind), anything else is counted and dropped. A tick whose publisher
+/// seq is not above the last one taken on its channel from this connection is dropped too: the path reordered it
+/// (or repeated it), and stamping it now would give subscribers the older value as the newest.
 async fn read_ticks(
     conn: &Wire,
     hub: Arc<dyn TickHub>,
@@ -151,6 +154,8 @@ async fn read_ticks(
     stop: CancellationToken,
 ) {
     let mut rate = TokenBucket::per_second(ticks_per_s, Instant::now());
+    // Channel id → the newest publisher seq taken; at most one entry per claim (`max_publish_channels`).
+    let mut newest: HashMap<u64, u64> = HashMap::new();
     loop {
         let datagram = tokio::select! {
             datagram = conn.read_datagram() => match datagram {
@@ -192,10 +197,15 @@ async fn read_ticks(
                 continue;
             }
         };
+        if newest.get(&header.channel_id).is_some_and(|&seq| header.seq <= seq) {
+            bump(&stats.ticks_reordered_in);
+            continue;
+        }
         if !rate.try_take(Instant::now()) {
             bump(&stats.ticks_rate_limited);
             continue;
         }
+        newest.insert(header.channel_id, header.seq);
         if let Some(fanout) = hub.publish(&channel, header.sent_time_us, now_us(), payload) {
             deliver(fanout);
             bump(&stats.ticks_published);

@@ -290,8 +290,8 @@ impl WsSession {
         }
     }
 
-    /// Queues a datagram: a waiting tick of the same channel is replaced by it; when the buffer is full the oldest
-    /// waiting datagram is dropped (as QUIC's datagram buffer does).
+    /// Queues a datagram: a waiting tick of the same channel is replaced by it (or, older than the waiting one, is
+    /// dropped); when the buffer is full the oldest waiting datagram is dropped (as QUIC's datagram buffer does).
     pub fn send_datagram(&self, datagram: Bytes) -> Result<(), WsError> {
         let shared = self.shared();
         let max = shared.config.max_datagram;
@@ -303,10 +303,18 @@ impl WsSession {
             drop(state);
             return Err(shared.closed_error());
         }
-        let channel = tick_channel(&datagram);
-        let same = channel.and_then(|c| state.datagrams.iter().position(|d| tick_channel(d) == Some(c)));
-        match same {
-            Some(at) => {
+        let tick = tick_key(&datagram);
+        let waiting =
+            tick.and_then(|(channel, _)| {
+                state.datagrams.iter().enumerate().find_map(|(at, d)| {
+                    tick_key(d).filter(|(waiting, _)| *waiting == channel).map(|(_, seq)| (at, seq))
+                })
+            });
+        match waiting {
+            // Two senders' ticks can reach the lane out of their order (a fan-out offers outside the conflation's
+            // lock): an older tick never replaces a newer one.
+            Some((_, seq)) if tick.is_some_and(|(_, new)| new <= seq) => {}
+            Some((at, _)) => {
                 state.datagram_bytes = state.datagram_bytes - state.datagrams[at].len() + datagram.len();
                 state.datagrams[at] = datagram;
             }
@@ -374,9 +382,11 @@ impl WsSession {
     }
 }
 
-/// The channel id of a tick datagram (its first varint; 0 is the copies' channel, never conflated).
-fn tick_channel(datagram: &[u8]) -> Option<u64> {
-    quiver_proto::varint::decode(datagram).map(|(id, _)| id).filter(|id| *id != 0)
+/// The channel id and seq of a tick datagram (its first two varints; channel 0 is the copies', never conflated).
+fn tick_key(datagram: &[u8]) -> Option<(u64, u64)> {
+    let (channel, len) = quiver_proto::varint::decode(datagram).filter(|(id, _)| *id != 0)?;
+    let (seq, _) = quiver_proto::varint::decode(&datagram[len..])?;
+    Some((channel, seq))
 }
 
 /// The sending side of a stream.

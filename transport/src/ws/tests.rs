@@ -170,6 +170,12 @@ async fn a_waiting_tick_is_replaced_by_its_channels_next() {
         let (header, _) = TickHeader::decode(waiting).unwrap();
         assert_eq!(header.seq, 50, "only the newest waits");
     }
+    drop(state);
+    // An older tick reaching the lane after a newer one (two fan-outs racing) does not replace it.
+    server.send_datagram(tick(1, 49)).unwrap();
+    let state = lock(&server.shared().state);
+    let seqs: Vec<u64> = state.datagrams.iter().map(|d| TickHeader::decode(d).unwrap().0.seq).collect();
+    assert_eq!(seqs, [50, 50], "the older tick replaced the newer one");
 }
 
 #[tokio::test]

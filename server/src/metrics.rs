@@ -161,8 +161,8 @@ pub struct Health {
 pub struct HubMetrics {
     /// Rooms held and retained bytes, from the room hub.
     pub rooms: Box<dyn Fn() -> RoomUsage + Send + Sync>,
-    /// Tick channels in use.
-    pub channels: Box<dyn Fn() -> usize + Send + Sync>,
+    /// Tick channels in use, and ticks relayed from other nodes dropped as older than their max age.
+    pub channels: Box<dyn Fn() -> (usize, u64) + Send + Sync>,
     /// The room store, if rooms are stored.
     pub store: Option<Arc<Store>>,
     /// Whether the room engine can serve (a cluster's broker reachable).
@@ -295,9 +295,9 @@ impl Collector for ServerMetrics {
                 .encode(m.encode_family(&[("transport", "webtransport")])?)?;
             ConstGauge::new(load(&s.connections_websocket)).encode(m.encode_family(&[("transport", "websocket")])?)?;
         }
-        let (rooms, channels, store) = match self.hubs.get() {
+        let (rooms, (channels, relays_expired), store) = match self.hubs.get() {
             Some(hubs) => ((hubs.rooms)(), (hubs.channels)(), hubs.store.as_ref()),
-            None => (RoomUsage::default(), 0, None),
+            None => (RoomUsage::default(), (0, 0), None),
         };
         let upgrading = load(&s.websocket_upgrading);
         gauge(&mut e, "websocket_upgrading", "TCP connections on the WebSocket listener not upgraded yet", upgrading)?;
@@ -360,7 +360,12 @@ impl Collector for ServerMetrics {
         counter(&mut e, "ticks_received", "Ticks accepted from publishers", c.ticks_published)?;
         counter(&mut e, "ticks_sent", "Ticks handed to QUIC for subscribers", c.ticks_sent)?;
         counter(&mut e, "ticks_conflated", "Ticks replaced by a newer one before they were sent", c.ticks_conflated)?;
-        counter(&mut e, "ticks_expired", "Ticks dropped as older than their channel's max age", c.ticks_expired)?;
+        counter(
+            &mut e,
+            "ticks_expired",
+            "Ticks dropped as older than their channel's max age (waiting here, or relayed late from another node)",
+            c.ticks_expired + relays_expired,
+        )?;
         labelled_counters(
             &mut e,
             "ticks_dropped",

@@ -210,6 +210,38 @@ fn ticks_cross_nodes_only_where_another_node_subscribes_and_stay_latest_wins() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(redis.publishes(), after, "nobody on another node subscribes any more");
+
+        // A channel with a max age: a tick Redis holds back longer than that is dropped at node 1, not sent there
+        // as fresh (its age counts from when node 0 received it).
+        let max_age = Duration::from_millis(100);
+        let mut quotes = remote_client.subscribe("quotes").await.unwrap();
+        let quoter = publisher_client.publisher_with_max_age("quotes", Some(max_age)).await.unwrap();
+        let started = Instant::now();
+        for k in 0u32.. {
+            quoter.send(format!("warm-{k}")).unwrap();
+            if tokio::time::timeout(Duration::from_millis(20), quotes.next()).await.is_ok() {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "no quote crossed to node 1");
+        }
+        while tokio::time::timeout(Duration::from_millis(100), quotes.next()).await.is_ok() {}
+        redis.query::<()>(redis::cmd("CLIENT").arg("PAUSE").arg(600).arg("ALL")).unwrap();
+        quoter.send("held-1").unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        quoter.send("held-2").unwrap();
+        tokio::time::sleep(Duration::from_millis(1_000)).await; // the pause ends; the held PUBLISHes run
+        let started = Instant::now();
+        let first = loop {
+            quoter.send("fresh").unwrap();
+            if let Ok(tick) = tokio::time::timeout(Duration::from_millis(20), quotes.next()).await {
+                break tick.expect("the subscription goes on");
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "no quote crossed to node 1 after the pause");
+        };
+        assert_eq!(first.payload.as_ref(), b"fresh", "a tick Redis held for 600 ms went out as fresh");
+        let metrics = admin_get(nodes[1].admin, "/metrics");
+        let expired = metrics.lines().find_map(|line| line.strip_prefix("quiver_ticks_expired_total "));
+        assert!(expired.and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n >= 1), "{expired:?}");
         publisher_client.close().await;
         local_client.close().await;
         remote_client.close().await;

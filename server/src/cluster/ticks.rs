@@ -34,6 +34,9 @@ const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 struct Relayed {
     origin: String,
     sent_time_us: u64,
+    /// When the origin node received it (its clock): the tick's age, and its max age, count from there, not from
+    /// when it came out of Redis (which a slow or paused Redis can hold for seconds).
+    received_us: u64,
     max_age_us: Option<u64>,
     payload: Vec<u8>,
 }
@@ -57,6 +60,8 @@ struct Inner {
     outgoing: Mutex<HashMap<String, Relayed>>,
     wake: Notify,
     relayed: AtomicU64,
+    /// Relayed ticks that arrived older than their channel's max age, dropped.
+    relays_expired: AtomicU64,
 }
 
 /// Tick channels of a node in a cluster.
@@ -86,6 +91,7 @@ impl ClusterTicks {
             outgoing: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             relayed: AtomicU64::new(0),
+            relays_expired: AtomicU64::new(0),
         });
         broker.route(keys::CONTROL, Arc::new(Control(inner.clone())));
         let dead = inner.clone();
@@ -308,16 +314,21 @@ impl ChannelHandler for Incoming {
         if tick.origin == self.inner.broker.node() {
             return;
         }
-        let fanout = self.inner.local.relay(
-            &self.channel,
-            tick.sent_time_us,
-            crate::now_us(),
-            tick.max_age_us,
-            Bytes::from(tick.payload),
-        );
-        if let Some(fanout) = fanout {
-            fanout.offer();
+        // Aged by the origin's clock (nodes' clocks agree to within milliseconds under NTP; an origin ahead of this
+        // node counts as now), so that a tick Redis held back is not sent as fresh.
+        let now_us = crate::now_us();
+        let received_us = tick.received_us.min(now_us);
+        let payload = Bytes::from(tick.payload);
+        let Some(fanout) =
+            self.inner.local.relay(&self.channel, tick.sent_time_us, received_us, tick.max_age_us, payload)
+        else {
+            return;
+        };
+        if fanout.max_age_us.is_some_and(|max| now_us - received_us > max) {
+            self.inner.relays_expired.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        fanout.offer();
     }
 
     fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {
@@ -369,6 +380,7 @@ impl TickHub for ClusterTicks {
                 let tick = Relayed {
                     origin: self.inner.broker.node().to_string(),
                     sent_time_us,
+                    received_us,
                     max_age_us: fanout.max_age_us,
                     payload: fanout.tick.payload.to_vec(),
                 };
@@ -381,5 +393,9 @@ impl TickHub for ClusterTicks {
 
     fn channels(&self) -> usize {
         self.inner.local.channels()
+    }
+
+    fn relays_expired(&self) -> u64 {
+        self.inner.relays_expired.load(Ordering::Relaxed)
     }
 }

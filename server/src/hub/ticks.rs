@@ -153,6 +153,12 @@ pub trait TickHub: Send + Sync + std::fmt::Debug + 'static {
     fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout>;
     /// Channels in use now.
     fn channels(&self) -> usize;
+
+    /// Ticks relayed from other nodes that arrived older than their channel's max age, and were dropped (none on
+    /// a single node).
+    fn relays_expired(&self) -> u64 {
+        0
+    }
 }
 
 struct Channel {

@@ -233,7 +233,7 @@ impl<R: RoomHub> Server<R> {
         let (usage, channels, health) = (rooms.clone(), ticks.clone(), rooms.clone());
         metrics.set_hubs(crate::metrics::HubMetrics {
             rooms: Box::new(move || usage.room_usage()),
-            channels: Box::new(move || channels.channels()),
+            channels: Box::new(move || (channels.channels(), channels.relays_expired())),
             store: rooms.durable_store(),
             health: Box::new(move || health.health()),
         });

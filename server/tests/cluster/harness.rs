@@ -186,12 +186,17 @@ pub(crate) fn clients_runtime() -> tokio::runtime::Runtime {
 
 /// `GET path` on the admin listener: the status code.
 pub(crate) fn admin_status(admin: SocketAddr, path: &str) -> u16 {
+    admin_get(admin, path).split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+/// `GET path` on the admin listener: the whole response.
+pub(crate) fn admin_get(admin: SocketAddr, path: &str) -> String {
     let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+    response
 }
 
 pub(crate) fn options(dir: &Path, name: &str) -> ConnectOptions {

@@ -94,13 +94,18 @@ impl Limits {
         3 * 10 + 5 + Self::MAX_IDENTITY + 16
     }
 
-    /// Checks that the limits fit together: any post within `max_body` must fit a room frame, a room stream's queue
-    /// must hold at least one frame, counts and rates must be at least 1.
+    /// Bytes of a History reply's frame kept for the reply's own fields (room name, req_id, flags); the rest is
+    /// the page's budget of encoded events.
+    pub const HISTORY_REPLY_OVERHEAD: u32 = 1024;
+
+    /// Checks that the limits fit together: any post within `max_body` must fit a room frame and a History reply
+    /// (which carries at least one event), a room stream's queue must hold at least one frame, counts, rates and
+    /// timeouts must be at least 1.
     pub fn check(&self) -> Result<(), LimitsError> {
         if self.max_frame > Self::MAX_FRAME_CEILING {
             return Err(LimitsError::FrameTooLarge { max_frame: self.max_frame, ceiling: Self::MAX_FRAME_CEILING });
         }
-        let needed = self.max_body.saturating_add(self.event_overhead());
+        let needed = self.max_body.saturating_add(self.event_overhead()).saturating_add(Self::HISTORY_REPLY_OVERHEAD);
         if self.max_frame < needed {
             return Err(LimitsError::FrameTooSmall { max_frame: self.max_frame, max_body: self.max_body, needed });
         }
@@ -119,6 +124,8 @@ impl Limits {
             ("requests_per_s", self.requests_per_s),
             ("posts_per_s", self.posts_per_s),
             ("ticks_per_s", self.ticks_per_s),
+            // 0 would time out every handshake at its first poll: no client could connect.
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
         ];
         if let Some((name, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             return Err(LimitsError::Zero { name });
@@ -138,7 +145,10 @@ impl Limits {
 #[non_exhaustive]
 pub enum LimitsError {
     /// A post of `max_body` bytes would not fit a room frame.
-    #[error("max_frame {max_frame} is too small for max_body {max_body} (a room event needs up to {needed} bytes)")]
+    #[error(
+        "max_frame {max_frame} is too small for max_body {max_body} (a room event in a History reply needs up to \
+         {needed} bytes)"
+    )]
     FrameTooSmall {
         /// `max_frame`.
         max_frame: u32,
@@ -225,5 +235,14 @@ mod tests {
         assert!(err.contains("posts_per_s"), "{err}");
         let err = Limits { max_connections: 10, ..Limits::default() }.check().unwrap_err().to_string();
         assert!(err.contains("max_connections_per_ip 256"), "{err}");
+        let err = Limits { handshake_timeout_ms: 0, ..Limits::default() }.check().unwrap_err().to_string();
+        assert!(err.contains("handshake_timeout_ms"), "{err}");
+        // A body that fits a frame but not a History reply: no page could carry it.
+        let tight = Limits { max_body: 65_000, ..Limits::default() };
+        assert!(tight.max_body + tight.event_overhead() <= tight.max_frame);
+        let err = tight.check().unwrap_err().to_string();
+        assert!(err.contains("too small for max_body 65000"), "{err}");
+        let fits = Limits::default().max_frame - Limits::default().event_overhead() - Limits::HISTORY_REPLY_OVERHEAD;
+        Limits { max_body: fits, ..Limits::default() }.check().unwrap();
     }
 }

@@ -65,7 +65,7 @@ impl BrokerSettings {
         if self.heartbeat_ms == 0 {
             return Err(("broker.heartbeat_ms", "must be at least 1".into()));
         }
-        if self.presence_expiry_ms < 2 * self.heartbeat_ms {
+        if u64::from(self.presence_expiry_ms) < 2 * u64::from(self.heartbeat_ms) {
             return Err((
                 "broker.presence_expiry_ms",
                 format!(
@@ -105,6 +105,9 @@ mod tests {
         assert_eq!(with("http://127.0.0.1").check().unwrap_err().0, "broker.url");
         let fast = BrokerSettings { presence_expiry_ms: 1_000, ..with("redis://127.0.0.1:1") };
         assert_eq!(fast.check().unwrap_err().0, "broker.presence_expiry_ms");
+        // Two heartbeats past u32::MAX: compared without wrapping (a wrapped product let any expiry through).
+        let slow = BrokerSettings { heartbeat_ms: 1 << 31, presence_expiry_ms: 10_000, ..with("redis://127.0.0.1:1") };
+        assert_eq!(slow.check().unwrap_err().0, "broker.presence_expiry_ms");
         assert!(format!("{:?}", with("redis://u:pw@h:1")).contains("<redacted>"));
     }
 }

@@ -12,7 +12,7 @@ use quiver_proto::{ErrorCode, Failure, Limits};
 use super::{ticks::TickSubscriberId, SubscriberId};
 
 /// Bytes of a History reply's frame kept for the reply's own fields; the rest is the page's budget.
-const HISTORY_REPLY_OVERHEAD: usize = 1024;
+const HISTORY_REPLY_OVERHEAD: usize = Limits::HISTORY_REPLY_OVERHEAD as usize;
 
 /// A room this connection has joined.
 #[derive(Debug)]

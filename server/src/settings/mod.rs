@@ -370,9 +370,10 @@ impl Settings {
         if !self.web.path.starts_with('/') {
             return Err(Invalid::new("web.path", "must start with /"));
         }
-        if let Some(origin) = self.web.origins.iter().find(|o| !(o.starts_with("https://") || o.starts_with("http://")))
-        {
-            return Err(Invalid::new("web.origins", format!("{origin:?} is not an origin (https://host[:port])")));
+        for origin in &self.web.origins {
+            if let Some(why) = not_an_origin(origin) {
+                return Err(Invalid::new("web.origins", format!("{origin:?} {why}")));
+            }
         }
         self.admin_addr()?;
         self.websocket_listen()?;
@@ -479,6 +480,26 @@ impl Settings {
         shown.broker.url = crate::cluster::BrokerSettings::redact(&shown.broker.url);
         toml::to_string(&shown).unwrap_or_else(|err| format!("# cannot show the settings: {err}\n"))
     }
+}
+
+/// Why `origin` can never equal a browser's `Origin` header (`scheme://host[:port]`, the scheme's default port left
+/// out), which the allow-list is compared with as a string; `None` when it can.
+fn not_an_origin(origin: &str) -> Option<&'static str> {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Some("is not an origin (https://host[:port])");
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return Some("is not an origin (https://host[:port])"),
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.chars().any(char::is_whitespace) {
+        return Some("is not an origin (https://host[:port], no path, not even a trailing /): browsers send none");
+    }
+    if rest.ends_with(default_port) {
+        return Some("names its scheme's default port, which browsers leave out of Origin: remove it");
+    }
+    None
 }
 
 #[cfg(test)]

@@ -183,3 +183,26 @@ fn the_check_refuses_web_settings_the_server_refuses() {
         }
     }
 }
+
+#[test]
+fn values_that_would_lock_every_client_out_are_refused() {
+    for (text, key) in [
+        // Times out every handshake at its first poll.
+        ("[limits]\nhandshake_timeout_ms = 0\n", "limits.handshake_timeout_ms"),
+        // Origins a browser never sends: every WebTransport CONNECT and WebSocket upgrade from a page gets 403.
+        ("[web]\norigins = [\"https://app.example/\"]\n", "web.origins"),
+        ("[web]\norigins = [\"https://app.example:443\"]\n", "web.origins"),
+        ("[web]\norigins = [\"http://app.example:80\"]\n", "web.origins"),
+        ("[web]\norigins = [\"https://app.example/chat\"]\n", "web.origins"),
+        ("[web]\norigins = [\"app.example\"]\n", "web.origins"),
+        // A post of max_body could be stored but never paged through History.
+        ("[limits]\nmax_body = 65000\n", "limits.max_body"),
+    ] {
+        match load_text(text, &[], Vec::new()) {
+            Err(SettingsError::Invalid { key: refused, .. }) => assert_eq!(refused, key, "{text}"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+    let fine = "[web]\norigins = [\"https://app.example\", \"https://app.example:8443\", \"http://localhost:3000\"]\n";
+    load_text(fine, &[], Vec::new()).unwrap();
+}

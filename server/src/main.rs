@@ -467,6 +467,9 @@ async fn run<R: RoomHub>(
     }
     let summary = server.run(shutdown).await;
     say(&summary.to_string());
+    if summary.endpoint_lost {
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 

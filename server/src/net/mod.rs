@@ -347,10 +347,19 @@ impl<R: RoomHub> Server<R> {
         }
         tasks.spawn(sweep(self.rooms.clone(), self.config.budget.sweep_interval(), shutdown.clone()));
         self.metrics.health.serving.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut endpoint_lost = false;
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
-                    let Some(incoming) = incoming else { break };
+                    let Some(incoming) = incoming else {
+                        // quinn's driver ended on a socket error (it logged it): nothing more can be served. Drain as
+                        // at a shutdown (the WebSocket listener and the connections' tasks stop on `shutdown`) and
+                        // report a failure.
+                        tracing::error!("the UDP endpoint stopped by itself: shutting down");
+                        endpoint_lost = true;
+                        shutdown.cancel();
+                        break;
+                    };
                     // Retries and refusals are answered here, without a task.
                     let Some((incoming, admitted)) = admit::admit(incoming, &self.admission, &self.stats) else {
                         continue;
@@ -406,6 +415,7 @@ impl<R: RoomHub> Server<R> {
                 .collect(),
             post_delivery_p50_p99_us: h.quantile_us(0.5).zip(h.quantile_us(0.99)),
             left_open,
+            endpoint_lost,
         };
         let c = &summary.counters;
         // One line in the log; the table is the caller's to print (quiver-server prints it on stdout).
@@ -482,5 +492,29 @@ mod tests {
         );
         drop(leftover);
         crate::datadir::DataDirLock::acquire(dir.path()).expect("released once the store is closed");
+    }
+
+    /// An endpoint that stops by itself (quinn's driver ends on a socket error, as a close here stands in for)
+    /// ends the run at once, without waiting out the drain timeout for tasks that only a shutdown stops, and the
+    /// summary says it failed (the binary exits 1, so a supervisor restarts it).
+    #[tokio::test]
+    async fn an_endpoint_that_stops_by_itself_ends_the_run_as_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServerConfig {
+            durability: crate::store::Durability::Memory,
+            drain_timeout: Duration::from_secs(30),
+            ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())
+        };
+        let server = Server::bind(config).unwrap();
+        assert!(server.websocket_addr().is_some(), "a task only the shutdown stops");
+        let endpoint = server.endpoint.clone();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(server.run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        endpoint.close(0u32.into(), b"gone");
+        let summary = tokio::time::timeout(Duration::from_secs(5), run).await.expect("the run ended").unwrap();
+        assert!(summary.endpoint_lost, "{summary}");
+        assert!(shutdown.is_cancelled(), "the other listeners were told to stop");
+        assert!(summary.to_string().contains("FAILED"), "{summary}");
     }
 }

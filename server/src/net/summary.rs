@@ -11,6 +11,9 @@ pub struct Summary {
     pub post_delivery_p50_p99_us: Option<(u64, u64)>,
     /// Connections still open when the drain timeout ran out.
     pub left_open: usize,
+    /// The QUIC endpoint stopped by itself (its socket failed), not at a shutdown: the server did not stop because
+    /// it was asked to, and its process should exit with a failure (so that a supervisor restarts it).
+    pub endpoint_lost: bool,
 }
 
 impl std::fmt::Display for Summary {
@@ -37,6 +40,9 @@ impl std::fmt::Display for Summary {
         let refusals: Vec<String> = self.refusals.iter().map(|(code, n)| format!("{code:?}={n}")).collect();
         let refusals = if refusals.is_empty() { "none".to_string() } else { refusals.join(" ") };
         write!(f, "  refusals             {refusals}")?;
+        if self.endpoint_lost {
+            write!(f, "\n  FAILED               the UDP endpoint stopped by itself (see the log)")?;
+        }
         if self.left_open > 0 {
             write!(
                 f,

@@ -257,13 +257,23 @@ impl Room {
     }
 
     fn drop_membership(&mut self, identity: &str, now_us: u64) -> Delivery {
-        let Some(count) = self.members.get_mut(identity) else { return Delivery::default() };
+        match self.membership_dropped(identity, now_us) {
+            Some(frame) => self.deliver(frame, now_us),
+            None => Delivery::default(),
+        }
+    }
+
+    /// Counts a subscription of `identity` gone; the identity's last one makes it leave: its `MemberLeft` frame,
+    /// for the caller to deliver.
+    fn membership_dropped(&mut self, identity: &str, now_us: u64) -> Option<Bytes> {
+        let count = self.members.get_mut(identity)?;
         *count -= 1;
         if *count > 0 {
-            return Delivery::default();
+            return None;
         }
         self.members.remove(identity);
-        self.broadcast(EventKind::MemberLeft { member: identity.to_string() }, now_us)
+        let kind = EventKind::MemberLeft { member: identity.to_string() };
+        self.encode(&RoomFrame::Event(RoomEvent { seq: self.delivered_seq, time_us: now_us, kind }))
     }
 
     /// Sequences a post (or finds the seq of its earlier copy). In memory it is enqueued for every subscriber at
@@ -353,20 +363,33 @@ impl Room {
     }
 
     /// Enqueues `frame` for every subscriber. The ones whose outbox overflows are dropped (flushing their outbox
-    /// resets their stream) and leave the room like any other member.
+    /// resets their stream) and leave the room like any other member: all of one frame's at once, before their
+    /// `MemberLeft` events go to the rest (which can drop more). A loop, not a recursion: many slow consumers
+    /// overflowing together once made one nested call each, every level pushing to all of them again, under the
+    /// room's lock.
     fn deliver(&mut self, frame: Bytes, now_us: u64) -> Delivery {
         let mut delivery = Delivery::default();
-        let mut overflowed = Vec::new();
-        for (id, subscriber) in &self.subscribers {
-            if !subscriber.outbox.push(frame.clone()) {
-                overflowed.push(*id);
+        let mut frames = std::collections::VecDeque::from([frame]);
+        let mut first = true;
+        while let Some(frame) = frames.pop_front() {
+            let mut overflowed = Vec::new();
+            for (id, subscriber) in &self.subscribers {
+                if !subscriber.outbox.push(frame.clone()) {
+                    overflowed.push(*id);
+                }
+                // Later frames go to subscribers the first one reached: each outbox is flushed once.
+                if first {
+                    delivery.add(subscriber.outbox.clone());
+                }
             }
-            delivery.add(subscriber.outbox.clone());
-        }
-        for id in overflowed {
-            tracing::debug!(room = %self.name, subscriber = id, "slow consumer dropped");
-            if let Some(left) = self.leave(id, now_us) {
-                delivery.extend(left);
+            first = false;
+            let gone: Vec<Subscriber> = overflowed.iter().filter_map(|id| self.subscribers.remove(id)).collect();
+            if !gone.is_empty() {
+                self.last_active_us = now_us;
+            }
+            for subscriber in gone {
+                tracing::debug!(room = %self.name, identity = %subscriber.identity, "slow consumer dropped");
+                frames.extend(self.membership_dropped(&subscriber.identity, now_us));
             }
         }
         delivery

@@ -337,3 +337,52 @@ fn a_member_list_too_long_for_a_frame_is_cut_to_fit_the_reply_and_the_open_frame
     fit_members(&mut small, max_frame);
     assert_eq!(small, joined(10), "a list that fits is untouched");
 }
+
+/// An outbox that takes everything until it is stuck, then refuses (as a stream whose reader stopped), counting
+/// the pushes it was offered.
+#[derive(Debug, Default)]
+struct Stuck {
+    stuck: std::sync::atomic::AtomicBool,
+    pushes: std::sync::atomic::AtomicUsize,
+}
+
+impl Outbox for Stuck {
+    fn push(&self, _: Bytes) -> bool {
+        self.pushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        !self.stuck.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn push_replay(&self, _: Bytes) {}
+    fn kick(&self) {}
+    fn flush(&self) {}
+    fn hold(&self) {}
+    fn release_hold(&self) {}
+    fn drained(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async { true })
+    }
+}
+
+/// Many slow consumers overflowing on one post leave together: each is offered the post once, and the one member
+/// left gets their departures, without a nested delivery per departure (which pushed to every one of them again,
+/// m levels deep, under the room's lock).
+#[test]
+fn slow_consumers_overflowing_together_leave_in_one_pass() {
+    let mut room = room(&Limits::default());
+    let n = 2_000;
+    let stuck: Vec<Arc<Stuck>> = (0..n).map(|_| Arc::new(Stuck::default())).collect();
+    for (i, outbox) in stuck.iter().enumerate() {
+        let _ = room.join(i as SubscriberId, &format!("m{i}"), (None, 1), outbox.clone(), 0);
+    }
+    let fast = Collect::new(usize::MAX);
+    join(&mut room, n as SubscriberId, "fast", None, fast.clone());
+    let offered = |stuck: &[Arc<Stuck>]| -> usize {
+        stuck.iter().map(|s| s.pushes.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    };
+    let before = offered(&stuck);
+    stuck.iter().for_each(|s| s.stuck.store(true, std::sync::atomic::Ordering::Relaxed));
+    let posting = room.post("fast", 1, Bytes::from_static(b"hi"), 0).unwrap();
+    assert_eq!(offered(&stuck) - before, n, "each stuck member is offered the post once");
+    assert!(posting.delivery.len() <= n + 1, "{} outboxes to flush", posting.delivery.len());
+    assert_eq!(room.subscriber_count(), 1);
+    let left = fast.presence().iter().filter(|p| p.starts_with('-')).count();
+    assert_eq!(left, n, "the member left sees every departure");
+}

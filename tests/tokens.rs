@@ -99,6 +99,17 @@ async fn requests_outside_the_grants_are_denied_and_the_connection_stays() {
     let _ticks = client.subscribe("prices.eu.btc").await.unwrap();
     assert!(denied(client.subscribe("news").await.map(|_| ())).contains("subscribe to channel news"));
     assert!(denied(client.publisher("prices.eu.btc").await.map(|_| ())).contains("publish"));
+    // A name over max_name is a bad request, whatever the grants: not a refusal that repeats it (a name of
+    // nearly a frame made a reply too large to send).
+    for long in ["staff".repeat(30), "x".repeat(60_000)] {
+        match client.join(&long).await.map(|_| ()) {
+            Err(RequestError::Failed(failure)) => {
+                assert_eq!(failure.code, ErrorCode::BadRequest, "{}", failure.message);
+                assert!(failure.message.len() < 200, "{}", failure.message);
+            }
+            other => panic!("expected BadRequest, got {other:?}"),
+        }
+    }
     // Still connected and served.
     client.ping().await.unwrap();
     server.stop().await;

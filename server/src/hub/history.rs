@@ -130,7 +130,9 @@ impl HistoryStore for MemoryHistory {
     fn after(&self, after: u64, limit: usize) -> Vec<Arc<StoredMessage>> {
         // Seqs are contiguous, so the position of `after + 1` is computed, not searched.
         let Some(first) = self.first_seq() else { return Vec::new() };
-        let start = usize::try_from((after + 1).saturating_sub(first)).unwrap_or(usize::MAX);
+        // `after` is the peer's (History's `since`): u64::MAX asks for nothing, not (wrapped) for everything.
+        let Some(next) = after.checked_add(1) else { return Vec::new() };
+        let start = usize::try_from(next.saturating_sub(first)).unwrap_or(usize::MAX);
         self.messages.iter().skip(start).take(limit).cloned().collect()
     }
 
@@ -165,6 +167,8 @@ mod tests {
         assert_eq!(seqs(&h.after(3, 10)), [4, 5]);
         assert_eq!(seqs(&h.after(4, 1)), [5]);
         assert_eq!(seqs(&h.after(5, 10)), Vec::<u64>::new());
+        // A peer's `since` at the top of the range: nothing (it wrapped to everything, and panicked in debug).
+        assert_eq!(seqs(&h.after(u64::MAX, 10)), Vec::<u64>::new());
         assert_eq!(seqs(&h.latest(2)), [4, 5]);
     }
 

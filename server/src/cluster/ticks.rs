@@ -364,12 +364,12 @@ impl TickHub for ClusterTicks {
         self.inner.local.claim(channel, max_age_us)
     }
 
-    fn release(&self, channel: &str) {
-        self.inner.local.release(channel)
+    fn release(&self, channel: &str, max_age_us: Option<u64>) {
+        self.inner.local.release(channel, max_age_us)
     }
 
-    fn set_max_age(&self, channel: &str, max_age_us: u64) {
-        self.inner.local.set_max_age(channel, max_age_us)
+    fn set_max_age(&self, channel: &str, from: Option<u64>, to: u64) {
+        self.inner.local.set_max_age(channel, from, to)
     }
 
     fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout> {

@@ -28,10 +28,13 @@ pub struct JoinedRoom<O> {
 pub struct Claim {
     /// The id the client puts in its tick datagrams for the channel.
     pub channel_id: u64,
-    /// The max age the publisher asked for, to pass on to the tick hub.
+    /// The claim's max age (a repeated claim's: the smaller of what it held and what it asked for), to pass on to
+    /// the tick hub.
     pub max_age_us: Option<u64>,
     /// False for a repeated claim (already carried out in the tick hub).
     pub new: bool,
+    /// A repeated claim's max age before it.
+    pub previous_max_age_us: Option<u64>,
 }
 
 /// What an incoming tick datagram's channel id means on this connection.
@@ -80,8 +83,8 @@ pub struct Release<O> {
     pub rooms: Vec<(String, JoinedRoom<O>)>,
     /// (channel, the tick hub's subscription).
     pub subscriptions: Vec<(Arc<str>, TickSubscriberId)>,
-    /// Channels claimed for publishing.
-    pub claims: Vec<Arc<str>>,
+    /// Channels claimed for publishing, with their claims' max ages.
+    pub claims: Vec<(Arc<str>, Option<u64>)>,
 }
 
 /// Everything one connection has set up, and the limits on it.
@@ -95,6 +98,8 @@ pub struct ConnectionState<O> {
     channel_ids: HashMap<Arc<str>, u64>,
     subscriptions: HashMap<u64, (Arc<str>, TickSubscriberId)>,
     claims: Arc<ClaimTable>,
+    /// Each claim's max age (channel id → it), released with the claim.
+    claim_ages: HashMap<u64, Option<u64>>,
 }
 
 impl<O> ConnectionState<O> {
@@ -106,6 +111,7 @@ impl<O> ConnectionState<O> {
             channel_ids: HashMap::new(),
             subscriptions: HashMap::new(),
             claims: Arc::default(),
+            claim_ages: HashMap::new(),
         }
     }
 
@@ -198,8 +204,13 @@ impl<O> ConnectionState<O> {
         claim: impl FnOnce(Option<u64>) -> Result<(), Failure>,
     ) -> Result<Claim, Failure> {
         let max_age_us = max_age_ms.map(|ms| u64::from(ms) * 1000);
-        if let Some(id) = self.channel_ids.get(channel).filter(|id| self.claims.claimed.contains_key(id)) {
-            return Ok(Claim { channel_id: *id, max_age_us, new: false });
+        if let Some(&id) = self.channel_ids.get(channel).filter(|id| self.claims.claimed.contains_key(id)) {
+            let held = self.claim_ages.entry(id).or_default();
+            let previous_max_age_us = *held;
+            if let Some(asked) = max_age_us {
+                *held = Some(held.map_or(asked, |held| held.min(asked)));
+            }
+            return Ok(Claim { channel_id: id, max_age_us: *held, new: false, previous_max_age_us });
         }
         let max = self.limits.max_publish_channels as usize;
         if self.claims.claimed.len() >= max {
@@ -212,7 +223,8 @@ impl<O> ConnectionState<O> {
         claim(max_age_us)?;
         let name = self.record_channel_id(channel, id);
         Arc::make_mut(&mut self.claims).claimed.insert(id, name);
-        Ok(Claim { channel_id: id, max_age_us, new: true })
+        self.claim_ages.insert(id, max_age_us);
+        Ok(Claim { channel_id: id, max_age_us, new: true, previous_max_age_us: None })
     }
 
     /// The claims as they stand, for the datagram reader.
@@ -226,7 +238,10 @@ impl<O> ConnectionState<O> {
         Release {
             rooms: self.rooms.drain().collect(),
             subscriptions: self.subscriptions.drain().map(|(_, subscription)| subscription).collect(),
-            claims: std::mem::take(&mut Arc::make_mut(&mut self.claims).claimed).into_values().collect(),
+            claims: std::mem::take(&mut Arc::make_mut(&mut self.claims).claimed)
+                .into_iter()
+                .map(|(id, channel)| (channel, self.claim_ages.remove(&id).flatten()))
+                .collect(),
         }
     }
 
@@ -294,7 +309,10 @@ mod tests {
                 ErrorCode::TooManySubscriptions
             );
         }
-        assert_eq!(s.claim("p", Some(5), |_| Ok(())), Ok(Claim { channel_id: 2, max_age_us: Some(5000), new: true }));
+        assert_eq!(
+            s.claim("p", Some(5), |_| Ok(())),
+            Ok(Claim { channel_id: 2, max_age_us: Some(5000), new: true, previous_max_age_us: None })
+        );
         assert_eq!(code(s.claim("q", None, |_| panic!("over the limit"))), ErrorCode::TooManyChannels);
         assert_eq!(s.claims().allocated, 3, "refusals took no ids");
         assert_eq!(s.channel_ids.len(), 2);
@@ -318,6 +336,21 @@ mod tests {
             s.unsubscribe(&format!("c{i}")).unwrap();
         }
         assert_eq!(s.channel_names(), 0, "subscribe/unsubscribe churn keeps no names");
+    }
+
+    #[test]
+    fn a_claims_max_age_tightens_on_a_repeat_and_is_released_with_it() {
+        let mut s = state(Limits::default());
+        let first = s.claim("c", Some(50), |_| Ok(())).unwrap();
+        assert_eq!((first.max_age_us, first.new), (Some(50_000), true));
+        let again = s.claim("c", Some(20), |_| panic!("claimed twice")).unwrap();
+        assert_eq!((again.previous_max_age_us, again.max_age_us, again.new), (Some(50_000), Some(20_000), false));
+        let looser = s.claim("c", Some(90), |_| panic!("claimed twice")).unwrap();
+        assert_eq!((looser.previous_max_age_us, looser.max_age_us), (Some(20_000), Some(20_000)), "never loosened");
+        s.claim("d", None, |_| Ok(())).unwrap();
+        let mut released = s.close().claims;
+        released.sort();
+        assert_eq!(released, [(Arc::from("c"), Some(20_000)), (Arc::from("d"), None)]);
     }
 
     #[test]

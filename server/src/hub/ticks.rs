@@ -7,7 +7,7 @@
 //! it, and at most `Budget::max_channels` exist at once (a new one beyond is refused with `ServerFull`).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     hash::{BuildHasher, RandomState},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -144,10 +144,11 @@ pub trait TickHub: Send + Sync + std::fmt::Debug + 'static {
     /// Adds a publisher to `channel` (a granted Publish claim), with the maximum tick age it asked for (the
     /// smallest asked for wins). `ServerFull` like [`TickHub::subscribe`].
     fn claim(&self, channel: &str, max_age_us: Option<u64>) -> Result<(), Failure>;
-    /// Removes a publisher added by [`TickHub::claim`] (the connection ended).
-    fn release(&self, channel: &str);
-    /// Notes a repeated claim's maximum tick age for an existing `channel` (the smallest asked for wins).
-    fn set_max_age(&self, channel: &str, max_age_us: u64);
+    /// Removes a publisher added by [`TickHub::claim`] (the connection ended), with the max age its claim holds:
+    /// the channel's max age is the smallest of its publishers' *now*, not of every publisher it ever had.
+    fn release(&self, channel: &str, max_age_us: Option<u64>);
+    /// A repeated claim changed its publisher's max age from `from` to `to` (the smaller of the two).
+    fn set_max_age(&self, channel: &str, from: Option<u64>, to: u64);
     /// Stamps the channel's next seq on a tick; returns it with the subscribers to offer it to (`None` when the
     /// channel has no publisher: the claim that let the tick in was released).
     fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout>;
@@ -163,20 +164,42 @@ pub trait TickHub: Send + Sync + std::fmt::Debug + 'static {
 
 struct Channel {
     last_seq: u64,
-    max_age_us: Option<u64>,
+    /// The max ages its publishers asked for (value → publishers asking it): the smallest applies.
+    max_ages: BTreeMap<u64, u32>,
     subscribers: Subscribers,
     publishers: u32,
 }
 
 impl Default for Channel {
     fn default() -> Self {
-        Channel { last_seq: 0, max_age_us: None, subscribers: Arc::new([]), publishers: 0 }
+        Channel { last_seq: 0, max_ages: BTreeMap::new(), subscribers: Arc::new([]), publishers: 0 }
     }
 }
 
 impl Channel {
     fn in_use(&self) -> bool {
         self.publishers > 0 || !self.subscribers.is_empty()
+    }
+
+    /// The smallest max age a publisher of the channel asked for.
+    fn max_age_us(&self) -> Option<u64> {
+        self.max_ages.keys().next().copied()
+    }
+
+    fn add_max_age(&mut self, max_age_us: Option<u64>) {
+        if let Some(max_age_us) = max_age_us {
+            *self.max_ages.entry(max_age_us).or_default() += 1;
+        }
+    }
+
+    fn remove_max_age(&mut self, max_age_us: Option<u64>) {
+        let Some(max_age_us) = max_age_us else { return };
+        if let std::collections::btree_map::Entry::Occupied(mut entry) = self.max_ages.entry(max_age_us) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
     }
 }
 
@@ -240,7 +263,7 @@ impl LocalTicks {
         let mut shard = self.shard(channel);
         let c = shard.get_mut(channel).filter(|c| !c.subscribers.is_empty())?;
         c.last_seq += 1;
-        let max_age_us = match (c.max_age_us, max_age_us) {
+        let max_age_us = match (c.max_age_us(), max_age_us) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -316,22 +339,22 @@ impl TickHub for LocalTicks {
     fn claim(&self, channel: &str, max_age_us: Option<u64>) -> Result<(), Failure> {
         self.with_new_channel(&mut self.shard(channel), channel, |c| {
             c.publishers += 1;
-            if let Some(max_age_us) = max_age_us {
-                c.max_age_us = Some(c.max_age_us.map_or(max_age_us, |old| old.min(max_age_us)));
-            }
+            c.add_max_age(max_age_us);
         })
     }
 
-    fn set_max_age(&self, channel: &str, max_age_us: u64) {
+    fn set_max_age(&self, channel: &str, from: Option<u64>, to: u64) {
         if let Some(c) = self.shard(channel).get_mut(channel) {
-            c.max_age_us = Some(c.max_age_us.map_or(max_age_us, |old| old.min(max_age_us)));
+            c.remove_max_age(from);
+            c.add_max_age(Some(to));
         }
     }
 
-    fn release(&self, channel: &str) {
+    fn release(&self, channel: &str, max_age_us: Option<u64>) {
         let mut shard = self.shard(channel);
         if let Some(c) = shard.get_mut(channel) {
             c.publishers = c.publishers.saturating_sub(1);
+            c.remove_max_age(max_age_us);
         }
         self.remove_if_unused(&mut shard, channel);
     }
@@ -342,7 +365,7 @@ impl TickHub for LocalTicks {
         c.last_seq += 1;
         Some(Fanout {
             tick: Tick { seq: c.last_seq, sent_time_us, received_us, payload },
-            max_age_us: c.max_age_us,
+            max_age_us: c.max_age_us(),
             subscribers: c.subscribers.clone(),
         })
     }
@@ -416,14 +439,32 @@ mod tests {
         hub.claim("other", None).unwrap();
         assert_eq!(offer(hub.publish("prices", 0, 0, Bytes::new())), 1);
         assert_eq!(offer(hub.publish("other", 0, 0, Bytes::new())), 1);
-        hub.set_max_age("prices", 500);
-        hub.set_max_age("prices", 900);
+        hub.set_max_age("prices", None, 500);
         assert_eq!(offer(hub.publish("prices", 0, 0, Bytes::new())), 2);
         hub.unsubscribe("prices", sub_a);
         hub.unsubscribe("prices", sub_a);
         offer(hub.publish("prices", 0, 0, Bytes::new()));
         assert_eq!(*a.0.lock().unwrap(), [(1, 1, None), (1, 2, Some(500))]);
         assert_eq!(*b.0.lock().unwrap(), [(9, 1, None), (9, 2, Some(500)), (9, 3, Some(500))]);
+    }
+
+    /// A channel's max age is the smallest its publishers ask for now: one that left takes its own with it.
+    #[test]
+    fn a_publishers_max_age_leaves_with_its_claim() {
+        let hub = LocalTicks::default();
+        let a = Arc::new(Record::default());
+        hub.subscribe("c", 1, a.clone()).unwrap();
+        let max_age = |hub: &LocalTicks| hub.publish("c", 0, 0, Bytes::new()).unwrap().max_age_us;
+        hub.claim("c", Some(1_000)).unwrap();
+        hub.claim("c", Some(50_000)).unwrap();
+        assert_eq!(max_age(&hub), Some(1_000));
+        hub.release("c", Some(1_000));
+        assert_eq!(max_age(&hub), Some(50_000), "the strict publisher left");
+        hub.set_max_age("c", Some(50_000), 20_000);
+        assert_eq!(max_age(&hub), Some(20_000));
+        hub.claim("c", None).unwrap();
+        hub.release("c", Some(20_000));
+        assert_eq!(max_age(&hub), None, "the publisher left has asked for none");
     }
 
     #[test]
@@ -454,7 +495,7 @@ mod tests {
         assert_eq!((hub.channels(), hub.refused()), (2, 2));
         hub.unsubscribe("x", sub);
         assert_eq!(hub.channels(), 1, "x had no one left");
-        hub.release("y");
+        hub.release("y", None);
         assert_eq!(hub.channels(), 1, "y still has a subscriber");
         hub.subscribe("z", 1, a).unwrap();
         assert_eq!(hub.channels(), 2);

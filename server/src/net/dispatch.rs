@@ -386,7 +386,9 @@ impl<R: RoomHub> Connection<R> {
                 let claim = self.state.claim(&channel, max_age_ms, |max_age_us| hub.claim(&channel, max_age_us))?;
                 self.datagrams.set_claims(self.state.claims());
                 if let (false, Some(max_age_us)) = (claim.new, claim.max_age_us) {
-                    self.ticks.set_max_age(&channel, max_age_us);
+                    if claim.previous_max_age_us != Some(max_age_us) {
+                        self.ticks.set_max_age(&channel, claim.previous_max_age_us, max_age_us);
+                    }
                 }
                 Ok(Reply::Publishing { channel, channel_id: claim.channel_id })
             }
@@ -427,8 +429,8 @@ impl<R: RoomHub> Connection<R> {
             ServerStats::add(&self.stats.subscriptions, -1);
             self.ticks.unsubscribe(&channel, subscriber);
         }
-        for channel in release.claims {
-            self.ticks.release(&channel);
+        for (channel, max_age_us) in release.claims {
+            self.ticks.release(&channel, max_age_us);
         }
         for (room, joined) in release.rooms {
             ServerStats::add(&self.stats.room_members, -1);

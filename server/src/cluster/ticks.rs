@@ -106,9 +106,12 @@ impl ClusterTicks {
         broker.on_revived(Arc::new(move || {
             let revived = revived.clone();
             Box::pin(async move {
-                let channels: Vec<String> = lock(&revived.interest).keys().cloned().collect();
-                for channel in channels {
-                    revived.change(&channel, true);
+                // Under the interest lock, as subscribe and unsubscribe make their changes: a last unsubscribe
+                // between a copy of the list and the changes made from it was undone by this "interested", and the
+                // node stayed listed for a channel it had no subscriber of (other nodes relaying to it for nothing).
+                let interest = lock(&revived.interest);
+                for channel in interest.keys() {
+                    revived.change(channel, true);
                 }
                 true
             })

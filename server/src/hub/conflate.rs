@@ -28,6 +28,8 @@ pub enum Offered {
 pub struct Taken {
     /// (channel id, tick): the oldest-ready channel's, in flight until [`Conflation::sent`].
     pub next: Option<(u64, Tick)>,
+    /// The max age `next` was offered with: if waiting for room takes it past that, it is dropped then.
+    pub max_age_us: Option<u64>,
     /// Ticks dropped on the way for being older than their channel's max age.
     pub expired: u64,
 }
@@ -89,6 +91,7 @@ impl Conflation {
             } else {
                 self.in_flight = Some(id);
                 taken.next = Some((id, tick));
+                taken.max_age_us = max_age_us;
                 break;
             }
         }

@@ -125,18 +125,34 @@ async fn send_ticks(conn: &Wire, sink: Arc<DatagramSink>, stop: CancellationToke
                 lock(&sink.waiting).sent();
                 continue;
             };
+            // Waiting for room (a peer that stopped acknowledging) ends where the tick's max age does: it is
+            // dropped then, not sent late with its channel's newer ticks held behind it.
+            let expires = taken.max_age_us.map(|max| {
+                let left = (tick.received_us + max).saturating_sub(now_us());
+                tokio::time::Instant::now() + std::time::Duration::from_micros(left)
+            });
             let sent = tokio::select! {
-                sent = conn.send_datagram_wait(datagram) => sent,
+                sent = conn.send_datagram_wait(datagram) => Some(sent),
+                () = until(expires) => None,
                 () = stop.cancelled() => return,
             };
             lock(&sink.waiting).sent();
             match sent {
-                Ok(()) => bump(&sink.stats.ticks_sent),
-                Err(WireError::TooLarge) => bump(&sink.stats.ticks_too_large),
+                Some(Ok(())) => bump(&sink.stats.ticks_sent),
+                Some(Err(WireError::TooLarge)) => bump(&sink.stats.ticks_too_large),
+                None => bump(&sink.stats.ticks_expired),
                 // The connection is gone, or the peer takes no datagrams at all.
-                Err(_) => return,
+                Some(Err(_)) => return,
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -264,5 +280,56 @@ impl ConnectionTicks {
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quiver_transport::ws::{Role, WsConfig, WsSession};
+    use tokio_tungstenite::{tungstenite::protocol::Role as WsRole, WebSocketStream};
+
+    use super::*;
+
+    /// A subscriber that stopped reading: the socket and the lane are full, so the sender waits for room. A tick
+    /// with a max age is given up when it expires (and the ticks behind it go their way), not waited on for ever.
+    #[tokio::test]
+    async fn a_tick_waiting_for_room_is_dropped_when_its_max_age_passes() {
+        let config = WsConfig { datagram_buffer: 200, ..WsConfig::default() };
+        let (a, b) = tokio::io::duplex(4096);
+        let server = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(config.websocket())).await;
+        let _client_never_reads = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(config.websocket())).await;
+        let conn = Wire::Ws(WsSession::start(server, Role::Server, config, "127.0.0.1:1".parse().unwrap()));
+        let stats = Arc::new(ServerStats::default());
+        let sink = Arc::new(DatagramSink {
+            conn: conn.clone(),
+            waiting: Mutex::new(Conflation::default()),
+            wake: Notify::new(),
+            stats: stats.clone(),
+            send_buffer: conn.datagram_send_buffer_space(),
+        });
+        let stop = CancellationToken::new();
+        let sender = tokio::spawn({
+            let (conn, sink, stop) = (conn.clone(), sink.clone(), stop.clone());
+            async move { send_ticks(&conn, sink, stop).await }
+        });
+        let channels = 1..=60u64;
+        for channel_id in channels.clone() {
+            sink.open(channel_id);
+            let tick = Tick { seq: 1, sent_time_us: 1, received_us: now_us(), payload: Bytes::from(vec![7; 150]) };
+            sink.offer(channel_id, tick, Some(50_000), &mut TickDatagrams::new(1));
+        }
+        let settled = || {
+            let s = stats.snapshot();
+            s.ticks_sent + s.ticks_expired == channels.clone().count() as u64
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while !settled() && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let s = stats.snapshot();
+        assert!(settled(), "ticks left waiting behind one that waits for room for ever: {s:?}");
+        assert!(s.ticks_expired > 0, "{s:?}");
+        stop.cancel();
+        sender.await.unwrap();
     }
 }

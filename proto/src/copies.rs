@@ -3,14 +3,15 @@
 //!
 //! ```text
 //! room copy  (server → client): 0 || 0 || varint slot || varint first_position || frame+
-//! post copy  (client → server): 0 || 1 || varint first_post || frame+
+//! post copy  (client → server): 0 || 1 || varint first_request || frame+
 //! frame = varint length || postcard body      (the very bytes of the stream's frame)
 //! ```
 //!
 //! A room copy carries frames of the room stream named by `slot` ([`crate::RoomFrame::Copies`]) at consecutive
 //! positions from `first_position` (a frame's position is the number of frames before it on the stream). A post
-//! copy carries `Request`s whose body is a `Post`, the first being the connection's `first_post`-th Post request on
-//! its control stream (counting from 1), the next ones consecutive. The stream stays the source of truth: a receiver
+//! copy carries `Request`s whose body is a `Post`, the first being the connection's `first_request`-th request after
+//! Hello on its control stream (counting from 1; every request counts, not only posts: a Join written before the
+//! post is numbered too), the next ones consecutive. The stream stays the source of truth: a receiver
 //! takes each position (each post number) once, from whichever path brings it first, and never out of order.
 
 use std::{
@@ -43,9 +44,10 @@ pub enum Copy {
         /// Frame bodies (`postcard(RoomFrame)`).
         frames: Vec<Bytes>,
     },
-    /// Post requests numbered `first`, `first + 1`, ... among the connection's Post requests.
+    /// Post requests numbered `first`, `first + 1`, ... among the connection's requests after Hello (all of them,
+    /// not only posts: docs/protocol.md, "Request numbers").
     Posts {
-        /// Number of the first post (1 is the connection's first Post request).
+        /// Number of the first post's request (1 is the connection's first request after Hello).
         first: u64,
         /// Frame bodies (`postcard(Request)`).
         frames: Vec<Bytes>,

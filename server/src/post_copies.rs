@@ -15,28 +15,44 @@ pub const MAX_EARLY_POSTS: usize = 64;
 
 /// What the stream's next request is.
 #[derive(Debug, PartialEq, Eq)]
-pub enum StreamPost {
+pub enum StreamPost<T> {
     /// Not handled yet: serve it as usual.
     New,
-    /// A post whose copy was handled: answer with this.
-    Answered(Result<Reply, Failure>),
+    /// A post whose copy was handled: answer with this outcome.
+    Answered(T),
 }
 
-/// The post-copy state of one connection.
-#[derive(Debug, Default)]
-pub struct PostCopies {
+/// A copied post's outcome: known when it was handled, or once its commit completes (the control loop goes on
+/// meanwhile, as for a post from the stream, so that copied posts share commits).
+#[derive(Debug)]
+pub enum Copied {
+    /// Known now.
+    Now(Result<Reply, Failure>),
+    /// Sent here once the post's commit completes.
+    Later(tokio::sync::oneshot::Receiver<Result<Reply, Failure>>),
+}
+
+/// The post-copy state of one connection (`T`: a copied post's outcome, [`Copied`]).
+#[derive(Debug)]
+pub struct PostCopies<T = Copied> {
     /// Requests read from the control stream after Hello so far.
     stream_requests: u64,
     /// Every request numbered up to this one was served (from the stream, or a post from its copy).
     handled: u64,
     /// Posts handled from their copy, oldest first, with their outcome, until their request comes.
-    early: VecDeque<(u64, Post, Result<Reply, Failure>)>,
+    early: VecDeque<(u64, Post, T)>,
 }
 
-impl PostCopies {
+impl<T> Default for PostCopies<T> {
+    fn default() -> Self {
+        PostCopies { stream_requests: 0, handled: 0, early: VecDeque::new() }
+    }
+}
+
+impl<T> PostCopies<T> {
     /// The control stream's next request after Hello (`post`: its body, when it is a Post). `Err`: a copy said it was
     /// another post (a broken client).
-    pub fn on_stream(&mut self, post: Option<&Post>) -> Result<StreamPost, Failure> {
+    pub fn on_stream(&mut self, post: Option<&Post>) -> Result<StreamPost<T>, Failure> {
         self.stream_requests += 1;
         let number = self.stream_requests;
         if number > self.handled {
@@ -67,7 +83,7 @@ impl PostCopies {
     }
 
     /// Request number `handled + 1`, a post, was handled from its copy, with `outcome`.
-    pub fn handled_copy(&mut self, post: Post, outcome: Result<Reply, Failure>) {
+    pub fn handled_copy(&mut self, post: Post, outcome: T) {
         self.handled += 1;
         self.early.push_back((self.handled, post, outcome));
     }
@@ -94,7 +110,7 @@ mod tests {
 
     #[test]
     fn copies_run_ahead_of_the_stream_in_order_and_each_post_is_handled_once() {
-        let mut copies = PostCopies::default();
+        let mut copies = PostCopies::<Result<Reply, Failure>>::default();
         assert_eq!(copies.on_stream(Some(&post(1))), Ok(StreamPost::New));
         // A copy of requests 1..=3: 1 came already; 2 and 3 are next.
         assert_eq!(copies.due(1, 3), 1..3);
@@ -111,16 +127,16 @@ mod tests {
 
     #[test]
     fn a_request_unlike_its_copy_is_a_violation_and_copies_without_requests_are_bounded() {
-        let mut copies = PostCopies::default();
+        let mut copies = PostCopies::<Result<Reply, Failure>>::default();
         copies.handled_copy(post(1), posted(1));
         let err = copies.on_stream(Some(&post(9))).unwrap_err();
         assert_eq!(err.code, ErrorCode::ProtocolViolation);
-        let mut copies = PostCopies::default();
+        let mut copies = PostCopies::<Result<Reply, Failure>>::default();
         copies.handled_copy(post(1), posted(1));
         let err = copies.on_stream(None).unwrap_err();
         assert_eq!(err.code, ErrorCode::ProtocolViolation, "a copy of a post where the stream has a Ping");
 
-        let mut copies = PostCopies::default();
+        let mut copies = PostCopies::<Result<Reply, Failure>>::default();
         for _ in 0..MAX_EARLY_POSTS {
             let range = copies.due(copies.next(), 1);
             assert_eq!(range, 0..1);

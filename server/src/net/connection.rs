@@ -8,7 +8,8 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use quiver_proto::{
-    copies::CopyQueue, frame, ErrorCode, FrameCodec, Request, RequestBody, ServerMsg, ALPN_H3, PROTOCOL_VERSION,
+    copies::CopyQueue, frame, ErrorCode, Failure, FrameCodec, Request, RequestBody, ServerMsg, ALPN_H3,
+    PROTOCOL_VERSION,
 };
 use quiver_transport::TailProbe;
 use tokio::time::Instant;
@@ -28,7 +29,7 @@ use crate::{
         webtransport,
         wire::{Wire, WireError, WireKind},
     },
-    post_copies::{PostCopies, StreamPost},
+    post_copies::{Copied, PostCopies, StreamPost},
     session::{ControlSession, RoomRequest, Step},
     stats::{bump, ServerStats},
     throttle::ControlThrottle,
@@ -327,9 +328,13 @@ async fn control<R: RoomHub>(
             // expired either (the expiry branch, ready too, may lose `select!`'s draw): no post after `exp`.
             Some(copy) = async { Some(copied.as_ref()?.pop().await) },
                 if !awaiting_hello && deferred.is_none() && !(expires && expiry.is_elapsed()) => {
-                let flood = copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy);
-                if let Some((code, reason)) = Box::pin(flood).await {
-                    return refuse(conn, stats, code, reason);
+                // The precondition was checked when the `select!` began: the expiry may have passed since (its
+                // branch, ready too, lost the draw). The copy is dropped then; its request is not served either.
+                if !(expires && expiry.is_elapsed()) {
+                    let flood = copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy);
+                    if let Some((code, reason)) = Box::pin(flood).await {
+                        return refuse(conn, stats, code, reason);
+                    }
                 }
             }
             () = shutdown.cancelled() => {
@@ -354,7 +359,14 @@ async fn control<R: RoomHub>(
             }
             let step = match deferred.take() {
                 Some(step) => step,
-                None => match next_step(&codec, &mut inbound, &mut session, &mut throttle, &mut post_copies) {
+                None => match next_step(
+                    &codec,
+                    &mut inbound,
+                    &mut session,
+                    &mut throttle,
+                    &mut post_copies,
+                    (&mut replies, &mut completed),
+                ) {
                     Ok(Some(step)) => step,
                     Ok(None) => break,
                     Err((code, reason)) => {
@@ -463,34 +475,47 @@ fn next_step(
     session: &mut ControlSession,
     throttle: &mut ControlThrottle,
     post_copies: &mut PostCopies,
+    (replies, completed): (&mut Replies, &mut bool),
 ) -> Result<Option<Step>, (ErrorCode, String)> {
-    let Some(body) = codec.next_frame(inbound).map_err(|e| (e.code(), e.to_string()))? else { return Ok(None) };
-    match frame::decode_body::<Request>(&body) {
-        Ok(request) if session.identity().is_some() => {
-            let post = match &request.body {
-                RequestBody::Post(post) => Some(post),
-                _ => None,
-            };
-            match post_copies.on_stream(post).map_err(|f| (f.code, f.message))? {
-                StreamPost::Answered(result) => {
-                    Ok(Some(Step::Reply(ServerMsg::Reply { req_id: request.req_id, result })))
+    loop {
+        let Some(body) = codec.next_frame(inbound).map_err(|e| (e.code(), e.to_string()))? else { return Ok(None) };
+        return match frame::decode_body::<Request>(&body) {
+            Ok(request) if session.identity().is_some() => {
+                let post = match &request.body {
+                    RequestBody::Post(post) => Some(post),
+                    _ => None,
+                };
+                match post_copies.on_stream(post).map_err(|f| (f.code, f.message))? {
+                    StreamPost::Answered(Copied::Now(result)) => {
+                        Ok(Some(Step::Reply(ServerMsg::Reply { req_id: request.req_id, result })))
+                    }
+                    // Its reply joins the replies waiting for commits, in order; the next request is read meanwhile.
+                    StreamPost::Answered(Copied::Later(outcome)) => {
+                        let req_id = request.req_id;
+                        replies.later(async move {
+                            let gone = || Err(Failure::new(ErrorCode::Internal, "the post's commit was given up"));
+                            ServerMsg::Reply { req_id, result: outcome.await.unwrap_or_else(|_| gone()) }
+                        });
+                        *completed = true;
+                        continue;
+                    }
+                    StreamPost::New => Ok(Some(match throttle.check(&request, std::time::Instant::now()) {
+                        Some(refusal) => refusal,
+                        None => session.on_request(request, now_us()),
+                    })),
                 }
-                StreamPost::New => Ok(Some(match throttle.check(&request, std::time::Instant::now()) {
-                    Some(refusal) => refusal,
-                    None => session.on_request(request, now_us()),
-                })),
             }
-        }
-        Ok(request) => Ok(Some(match throttle.check(&request, std::time::Instant::now()) {
-            Some(refusal) => refusal,
-            None => session.on_request(request, now_us()),
-        })),
-        Err(err) => match frame::peek_hello(&body) {
-            // A Hello of another protocol version need not decode as ours: refuse it for its version.
-            Some(hello) if session.identity().is_none() && hello.version != PROTOCOL_VERSION => {
-                Ok(Some(ControlSession::refuse_version(hello.req_id, hello.version)))
-            }
-            _ => Err((err.code(), err.to_string())),
-        },
+            Ok(request) => Ok(Some(match throttle.check(&request, std::time::Instant::now()) {
+                Some(refusal) => refusal,
+                None => session.on_request(request, now_us()),
+            })),
+            Err(err) => match frame::peek_hello(&body) {
+                // A Hello of another protocol version need not decode as ours: refuse it for its version.
+                Some(hello) if session.identity().is_none() && hello.version != PROTOCOL_VERSION => {
+                    Ok(Some(ControlSession::refuse_version(hello.req_id, hello.version)))
+                }
+                _ => Err((err.code(), err.to_string())),
+            },
+        };
     }
 }

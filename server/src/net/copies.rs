@@ -9,10 +9,13 @@ use quiver_proto::{copies::CopyQueue, frame, ErrorCode, Request, RequestBody, Se
 use quiver_transport::{Probed, Sent};
 use web_transport_quinn::{Session, SessionError};
 
-use super::{dispatch::Connection, now_us};
+use super::{
+    dispatch::{Answer, Connection},
+    now_us,
+};
 use crate::{
     hub::RoomHub,
-    post_copies::PostCopies,
+    post_copies::{Copied, PostCopies},
     session::{ControlSession, RoomRequest, Step},
     stats::{bump, ServerStats},
     throttle::ControlThrottle,
@@ -59,19 +62,33 @@ pub(super) async fn on_post_copy<R: RoomHub>(
         let post = post.clone();
         // The same order as a request's (`next_step`): the throttle, then the session's checks.
         let outcome = match throttle.check(&request, std::time::Instant::now()) {
-            Some(Step::Reply(ServerMsg::Reply { result, .. })) => result,
+            Some(Step::Reply(ServerMsg::Reply { result, .. })) => Copied::Now(result),
             Some(Step::ReplyAndClose(_, code, reason)) => return Some((code, reason)),
             Some(_) => return None,
             None => match session.on_request(request, now_us()) {
-                Step::Room { req_id, identity, request: RoomRequest::Post(checked) } => {
-                    let outcome = connection.room(&identity, (req_id, RoomRequest::Post(checked)), now_us()).await;
-                    if outcome.is_ok() {
-                        bump(&connection.stats().post_copies_used);
+                Step::Room { identity, request: RoomRequest::Post(checked), .. } => {
+                    // Sequenced now; its commit (an fsync, a Redis call) completes on a task of its own, as a
+                    // stream post's does behind the control loop: waiting for it here held the whole loop (and
+                    // every later copied post, which could not share its commit).
+                    match Box::pin(connection.post(&identity, checked, now_us())).await {
+                        Ok(answer) => {
+                            bump(&connection.stats().post_copies_used);
+                            match answer {
+                                Answer::Now(reply) => Copied::Now(Ok(reply)),
+                                Answer::Later(reply) => {
+                                    let (done, outcome) = tokio::sync::oneshot::channel();
+                                    tokio::spawn(async move {
+                                        let _ = done.send(reply.await);
+                                    });
+                                    Copied::Later(outcome)
+                                }
+                            }
+                        }
+                        Err(failure) => Copied::Now(Err(failure)),
                     }
-                    outcome
                 }
                 // Refused by the session's checks (rights, sizes): the request gets the same answer.
-                Step::Reply(ServerMsg::Reply { result, .. }) => result,
+                Step::Reply(ServerMsg::Reply { result, .. }) => Copied::Now(result),
                 _ => return None,
             },
         };

@@ -1,6 +1,6 @@
 // Copy datagrams (redundant delivery; quiver_proto::copies): the varint 0 (never a tick channel id), the kind, then
 // whole stream frames. Room copy (server → client): `0 ‖ 0 ‖ varint slot ‖ varint first_position ‖ frame+`; post
-// copy (client → server): `0 ‖ 1 ‖ varint first_post ‖ frame+`, frame = `varint length ‖ postcard body`.
+// copy (client → server): `0 ‖ 1 ‖ varint first_request ‖ frame+`, frame = `varint length ‖ postcard body`.
 
 import { QuiverDecodeError, malformed } from './errors.js';
 import { concatBytes, decodeVarint, encodeVarint } from './varint.js';
@@ -13,7 +13,7 @@ export function isCopy(datagram) {
   return datagram instanceof Uint8Array && datagram.length > 1 && decodeVarint(datagram)?.value === 0n;
 }
 
-/** A post copy of whole Post-request frames, the first being the connection's `first`-th Post request. */
+/** A post copy of whole Post-request frames, the first being the connection's `first`-th request after Hello (every request counts). */
 export function encodePostCopy(first, frames) {
   return concatBytes([encodeVarint(0n), encodeVarint(1n), encodeVarint(first), ...frames]);
 }

@@ -16,25 +16,47 @@ use crate::{
 /// Prometheus' text exposition format (OpenMetrics, as `prometheus-client` writes it).
 const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves the admin endpoints on `listener` until `stop`.
-pub async fn serve(listener: TcpListener, metrics: Arc<ServerMetrics>, stop: CancellationToken) {
-    crate::http::serve_http(listener, stop, move |head, peer: IpAddr| {
-        respond(head, &metrics, crate::web::is_loopback(peer))
-    })
-    .await
+/// Serves the admin endpoints on `listener` until `stop`, for requests naming this machine, an IP address or one of
+/// `hosts`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<ServerMetrics>,
+    hosts: Arc<Vec<String>>,
+    stop: CancellationToken,
+) {
+    crate::http::serve_http(listener, stop, move |head, _peer: IpAddr| respond(head, &metrics, &hosts)).await
 }
 
-/// The response to one request head (sans-IO). From a `loopback` peer the request must name this machine
-/// (`Host: localhost`, `127.0.0.1:9433`, none): a web page whose own name was rebound to 127.0.0.1 (DNS rebinding)
-/// would otherwise read the metrics from the browser of whoever runs the server, as its own origin (whether the
-/// listener is bound to loopback or to every address).
-fn respond(head: &[u8], metrics: &Arc<ServerMetrics>, loopback: bool) -> Response {
+/// True when `host` (a `Host` header) may be answered: none (not a browser), `localhost`, an IP address, or a name
+/// in `hosts`, with or without a port. A browser sends the page's own name: a page whose name was rebound to this
+/// machine, or to a port-forwarding proxy in front of it (DNS rebinding; a container's published port reaches the
+/// listener from the bridge's address, not loopback), names itself, so it reads nothing.
+fn host_allowed(host: Option<&str>, hosts: &[String]) -> bool {
+    let Some(host) = host else { return true };
+    if crate::web::is_loopback_host(Some(host)) {
+        return true;
+    }
+    let name = match host.strip_prefix('[') {
+        Some(rest) => return rest.split_once(']').is_some_and(|(v6, _)| v6.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    let name = name.trim_end_matches('.');
+    name.parse::<std::net::Ipv4Addr>().is_ok() || hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(name))
+}
+
+/// The response to one request head (sans-IO). The request must name this machine, an IP address or one of
+/// `hosts` ([`host_allowed`]), whatever the peer: a web page whose own name was rebound to this machine (DNS
+/// rebinding) would otherwise read the metrics from the browser of whoever runs the server, as its own origin.
+fn respond(head: &[u8], metrics: &Arc<ServerMetrics>, hosts: &[String]) -> Response {
     let (head_only, target, lines) = match parse_request(head) {
         Ok(request) => request,
         Err(response) => return response,
     };
-    if loopback && !crate::web::is_loopback_host(crate::web::host_header(lines)) {
-        return Response::error(403, "the admin listener answers requests for this machine's own names only");
+    if !host_allowed(crate::web::host_header(lines), hosts) {
+        return Response::error(
+            403,
+            "the admin listener answers requests for localhost, IP addresses and the names in admin.hosts only",
+        );
     }
     let text = |status, body: String| Response {
         status,
@@ -60,20 +82,32 @@ fn respond(head: &[u8], metrics: &Arc<ServerMetrics>, loopback: bool) -> Respons
 mod tests {
     use super::*;
 
-    /// From a loopback peer a request for another name (DNS rebinding: a page's own name pointed at 127.0.0.1) is
-    /// refused; this machine's names, and no `Host`, are served. A remote peer is served for every name (a scraper
-    /// asks by the address it was given).
+    /// A request for another name than this machine's, an IP address or one in `admin.hosts` is refused from any
+    /// peer (DNS rebinding: a page's own name pointed at this machine, or at a container's published port, which
+    /// the listener sees coming from the bridge, not loopback); a request without `Host` is served.
     #[test]
-    fn a_loopback_peer_is_answered_only_for_this_machines_names() {
+    fn requests_are_answered_only_for_this_machines_names_addresses_and_admin_hosts() {
         let metrics = Arc::new(ServerMetrics::new(Arc::default()));
-        let status = |host: &str, loopback| {
+        let hosts = vec!["metrics.internal".to_string()];
+        let status = |host: &str| {
             let head = format!("GET /healthz HTTP/1.1\r\n{host}\r\n\r\n");
-            respond(head.as_bytes(), &metrics, loopback).status
+            respond(head.as_bytes(), &metrics, &hosts).status
         };
-        for host in ["Host: localhost:9433", "Host: 127.0.0.1:9433", "Host: [::1]:9433", "X-None: 1"] {
-            assert_eq!(status(host, true), 200, "{host}");
+        for host in [
+            "Host: localhost:9433",
+            "Host: 127.0.0.1:9433",
+            "Host: [::1]:9433",
+            "Host: 10.1.2.3:9433",
+            "Host: [fd00::7]:9433",
+            "Host: METRICS.internal:9433",
+            "X-None: 1",
+        ] {
+            assert_eq!(status(host), 200, "{host}");
         }
-        assert_eq!(status("Host: attacker.example:9433", true), 403);
-        assert_eq!(status("Host: attacker.example:9433", false), 200);
+        for host in
+            ["Host: attacker.example:9433", "Host: attacker.example", "Host: [attacker]:1", "Host: 10.1.2.3.evil"]
+        {
+            assert_eq!(status(host), 403, "{host}");
+        }
     }
 }

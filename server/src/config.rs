@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// TCP address of the admin listener (`/metrics`, `/healthz`, `/readyz`); `None`: not served.
     pub admin: Option<SocketAddr>,
+    /// Host names the admin listener answers for, besides `localhost` and IP addresses.
+    pub admin_hosts: Vec<String>,
     /// On shutdown, how long clients get to take their GoAway and posts in flight to be stored.
     pub drain_timeout: std::time::Duration,
     /// Write one qlog file per connection into this directory.
@@ -136,6 +138,7 @@ impl ServerConfig {
             web: WebConfig::default(),
             auth: AuthConfig::DevKey,
             admin: None,
+            admin_hosts: Vec::new(),
             drain_timeout: std::time::Duration::from_secs(10),
             qlog_dir: None,
         }

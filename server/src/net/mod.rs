@@ -95,6 +95,7 @@ impl Admin {
     /// Binds `addr` and serves `metrics` there until stopped.
     fn start(
         addr: Option<SocketAddr>,
+        hosts: &[String],
         metrics: &Arc<crate::metrics::ServerMetrics>,
     ) -> Result<Option<Admin>, ServerError> {
         let Some(addr) = addr else { return Ok(None) };
@@ -102,7 +103,8 @@ impl Admin {
         let addr = listener.local_addr().map_err(|err| ServerError::Admin(addr, err))?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|err| ServerError::Admin(addr, err))?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(crate::admin::serve(listener, metrics.clone(), stop.clone()));
+        let hosts = Arc::new(hosts.to_vec());
+        let task = tokio::spawn(crate::admin::serve(listener, metrics.clone(), hosts, stop.clone()));
         Ok(Some(Admin { addr, stop, task }))
     }
 }
@@ -120,7 +122,7 @@ impl Early {
     fn start(config: &ServerConfig) -> Result<Early, ServerError> {
         let stats = Arc::new(ServerStats::default());
         let metrics = Arc::new(crate::metrics::ServerMetrics::new(stats.clone()));
-        let admin = Admin::start(config.admin, &metrics)?;
+        let admin = Admin::start(config.admin, &config.admin_hosts, &metrics)?;
         Ok(Early { stats, metrics, admin })
     }
 }

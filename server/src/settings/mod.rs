@@ -202,6 +202,10 @@ pub struct AdminSettings {
     /// TCP address of `/metrics`, `/healthz` and `/readyz`: `auto` ([`AdminSettings::DEFAULT_ADDR`], or a free
     /// loopback port when the QUIC port is 0), `off`, or an address.
     pub listen: String,
+    /// Host names (besides `localhost` and IP addresses, always answered) the admin listener answers requests for:
+    /// a scraper that asks by name needs its name here. Any other name is refused (a page whose name was rebound
+    /// to this machine or a proxy in front of it, DNS rebinding, must not read the metrics).
+    pub hosts: Vec<String>,
 }
 
 impl AdminSettings {
@@ -211,7 +215,7 @@ impl AdminSettings {
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        AdminSettings { listen: "auto".into() }
+        AdminSettings { listen: "auto".into(), hosts: Vec::new() }
     }
 }
 
@@ -465,6 +469,7 @@ impl Settings {
             budget: self.budget.clone(),
             tuning: self.transport.tuning(),
             admin: self.admin_addr()?,
+            admin_hosts: self.admin.hosts.clone(),
             drain_timeout: Duration::from_millis(u64::from(self.drain_timeout_ms)),
             qlog_dir: (!self.log.qlog_dir.as_os_str().is_empty()).then(|| self.log.qlog_dir.clone()),
             ..ServerConfig::dev(self.listen, self.data_dir.clone())

@@ -48,6 +48,9 @@ struct Queue {
     spare: VecDeque<Bytes>,
     /// Live bytes queued since the pump or a flush last took the queue.
     bytes: usize,
+    /// Live bytes the pump took and has not written yet: they still count toward the bound (the stream is that
+    /// far behind as much as if they were queued).
+    in_flight: usize,
     /// Left: finish the stream once the queue is written.
     closed: bool,
     /// The room stream, parked here while nobody writes to it; taken by whoever writes (a flush or the pump).
@@ -213,7 +216,7 @@ impl Outbox for StreamOutbox {
         if queue.closed {
             return true; // left already; not an overflow
         }
-        if queue.bytes + queue.held_bytes + frame.len() > self.bound {
+        if queue.bytes + queue.in_flight + queue.held_bytes + frame.len() > self.bound {
             drop(queue);
             self.overflow.cancel();
             return false;
@@ -411,7 +414,7 @@ fn next(outbox: &StreamOutbox) -> Next {
         return Next::Wait;
     }
     let Some(send) = queue.send.take() else { return Next::Wait };
-    queue.bytes = 0;
+    queue.in_flight = std::mem::take(&mut queue.bytes);
     Next::Drain(queue.take_frames(), send)
 }
 
@@ -441,7 +444,13 @@ pub(crate) async fn pump(
                     let len = frame.len();
                     tokio::select! {
                         written = send.write_chunk(frame) => match written {
-                            Ok(()) => dequeued(&stats, len),
+                            Ok(()) => {
+                                dequeued(&stats, len);
+                                // (A replay frame, not counted, may come off early: the bound errs on the lenient
+                                // side for the length of a replay.)
+                                let mut queue = lock(&outbox.queue);
+                                queue.in_flight = queue.in_flight.saturating_sub(len);
+                            }
                             // The client stopped the stream: it cannot take more (WebSocket), a slow consumer as an
                             // overflow is; or, with any other code, it let the room go, and its Leave, sent beside
                             // the stop, is on its way. A room not left within the grace ends on this connection
@@ -467,7 +476,7 @@ pub(crate) async fn pump(
                             send.reset(ErrorCode::NoError);
                             let rest = {
                                 let mut queue = lock(&outbox.queue);
-                                queue.bytes = 0;
+                                (queue.bytes, queue.in_flight) = (0, 0);
                                 queue.take_frames().iter().map(Bytes::len).sum::<usize>()
                             };
                             return dequeued(&stats, len + rest + batch.iter().map(Bytes::len).sum::<usize>());
@@ -479,6 +488,7 @@ pub(crate) async fn pump(
                 dequeued(&stats, batch.iter().map(Bytes::len).sum());
                 batch.clear();
                 let mut queue = lock(&outbox.queue);
+                queue.in_flight = 0;
                 queue.send = Some(send);
                 queue.put_back(batch);
                 outbox.notify_if_drained(&queue);

@@ -53,3 +53,38 @@ async fn frames_a_flush_could_not_write_still_count_toward_the_bound() {
     let queued = stats.outbox_bytes.load(std::sync::atomic::Ordering::Relaxed);
     assert!(queued <= bound as i64, "{queued} bytes queued, bound {bound}");
 }
+
+/// With the pump writing, the batch it took (and waits to write) still counts toward the bound: a reader that
+/// stops reading is reset once `room_queue_bytes` are behind, not twice that (a whole batch in the pump's hands,
+/// uncounted, plus a full queue behind it).
+#[tokio::test]
+async fn the_batch_the_pump_is_writing_counts_toward_the_bound() {
+    let (send, _client, _conn, _dir) = unread_stream().await;
+    let stats = Arc::new(ServerStats::default());
+    let (probe, _) = quiver_transport::TailProbe::new(None, || quiver_transport::Probed::Gone);
+    let bound = 64 * 1024;
+    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), bound, (probe, None), stats.clone());
+    let kicked = crate::net::mailbox::Mailbox::new(4);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pump = tokio::spawn(super::pump(outbox.clone(), kicked, stop.clone(), stats.clone()));
+    let frame = Bytes::from(vec![b'x'; 4 * 1024]);
+    let mut most = 0;
+    // Bursts of 15 frames (60 KiB, under the bound), the pump taking each whole: one of them meets the end of the
+    // stream's flow-control window part way, and the pump is left holding the rest of it.
+    'pushing: for burst in 0.. {
+        for _ in 0..15 {
+            if !outbox.push(frame.clone()) {
+                break 'pushing;
+            }
+            most = most.max(stats.outbox_bytes.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        outbox.wake.notify_one();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(burst < 1_000, "60 MB queued toward a reader that takes nothing, and no overflow");
+    }
+    assert!(most <= (bound + frame.len()) as i64, "{most} bytes held for a stream bound to {bound}");
+    stop.cancel();
+    let _ = pump.await;
+}

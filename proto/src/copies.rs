@@ -263,9 +263,11 @@ impl CopyQueue {
         self.pending.push_back(Pending { target, position, frame, left: self.copies, due });
     }
 
-    /// `target`'s held frames were written at `now`: their first copies are due `first` later.
-    pub fn release(&mut self, target: CopyTarget, now: Instant) {
-        for pending in self.pending.iter_mut().filter(|p| p.target == target && p.due.is_none()) {
+    /// `target`'s held frames at positions before `written` were written at `now`: their first copies are due
+    /// `first` later. Frames at `written` or after (left unwritten by flow control, or queued meanwhile) stay held.
+    pub fn release(&mut self, target: CopyTarget, written: u64, now: Instant) {
+        let held = |p: &&mut Pending| p.target == target && p.due.is_none() && p.position < written;
+        for pending in self.pending.iter_mut().filter(held) {
             pending.due = Some(now + self.first);
         }
     }

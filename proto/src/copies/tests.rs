@@ -97,14 +97,22 @@ fn a_held_frame_is_copied_only_once_released() {
     let t0 = Instant::now();
     let mut queue = queue(1);
     queue.push(CopyTarget::Room(4), 2, frame(1), None);
+    queue.push(CopyTarget::Room(4), 3, frame(3), None);
     queue.push(CopyTarget::Room(5), 2, frame(2), None);
     assert!(queue.take(t0 + 10 * MS, 1200).is_empty(), "not written yet");
     assert_eq!(queue.next_due(t0), None);
-    queue.release(CopyTarget::Room(4), t0);
+    // Slot 4's stream took position 2; position 3 is still queued (flow control): its copy stays held.
+    queue.release(CopyTarget::Room(4), 3, t0);
     assert_eq!(queue.next_due(t0), Some(MS));
     let copies = queue.take(t0 + MS, 1200);
     assert_eq!(copies.len(), 1);
-    assert!(matches!(Copy::decode(&copies[0], 4096), Ok(Copy::Room { slot: 4, .. })));
+    assert!(
+        matches!(Copy::decode(&copies[0], 4096), Ok(Copy::Room { slot: 4, first: 2, ref frames }) if frames.len() == 1)
+    );
+    assert_eq!(queue.next_due(t0 + MS), None, "position 3 and slot 5 still held");
+    queue.release(CopyTarget::Room(4), 4, t0 + 2 * MS);
+    let copies = queue.take(t0 + 3 * MS, 1200);
+    assert!(matches!(Copy::decode(&copies[0], 4096), Ok(Copy::Room { slot: 4, first: 3, .. })));
     assert!(!queue.is_empty(), "slot 5 still held");
 }
 

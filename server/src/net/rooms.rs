@@ -65,6 +65,11 @@ struct Queue {
 }
 
 impl Queue {
+    /// The position before which every frame has left the queue (written, or in a writer's hands).
+    fn written_before(&self) -> u64 {
+        self.position - self.frames.len() as u64
+    }
+
     /// Every queued frame, leaving an empty queue with room in its place.
     fn take_frames(&mut self) -> VecDeque<Bytes> {
         let spare = std::mem::take(&mut self.spare);
@@ -155,12 +160,13 @@ impl StreamOutbox {
         })
     }
 
-    /// Frames were written: the tail probe, or (a redundant stream) their first copies, right after the write's
-    /// packet.
-    fn probed(&self) {
+    /// Frames were written, every one before position `written`: the tail probe, or (a redundant stream) their
+    /// first copies, right after the write's packet (frames not written yet keep theirs held).
+    fn probed(&self, written: u64) {
         match &self.copies {
             Some(copies) => {
-                lock(&copies.queue).release(CopyTarget::Room(copies.slot), std::time::Instant::now());
+                let now = std::time::Instant::now();
+                lock(&copies.queue).release(CopyTarget::Room(copies.slot), written, now);
                 self.probe.sent_with_copies();
             }
             None => self.probe.sent(),
@@ -324,9 +330,6 @@ impl Outbox for StreamOutbox {
             };
             let (written, rest) = write_now(&mut send, frames);
             dequeued(&self.stats, written);
-            if written > 0 {
-                self.probed();
-            }
             let mut queue = lock(&self.queue);
             queue.send = Some(send);
             let pending = !rest.is_empty();
@@ -335,13 +338,12 @@ impl Outbox for StreamOutbox {
             // grow past its bound a frame at a time.
             queue.bytes += rest.iter().map(Bytes::len).sum::<usize>().min(counted);
             queue.put_back(rest);
-            if pending {
-                drop(queue);
-                self.wake.notify_one();
-                return;
+            let (written_before, closed) = (queue.written_before(), queue.closed);
+            drop(queue);
+            if written > 0 {
+                self.probed(written_before);
             }
-            if self.overflow.is_cancelled() || queue.closed {
-                drop(queue);
+            if pending || self.overflow.is_cancelled() || closed {
                 self.wake.notify_one();
                 return;
             }
@@ -483,7 +485,9 @@ pub(crate) async fn pump(
                         }
                     }
                 }
-                outbox.probed();
+                // Copies of what is left unwritten (an overflow: it goes with the reset) stay held.
+                let written_before = lock(&outbox.queue).written_before() - batch.len() as u64;
+                outbox.probed(written_before);
                 // What is left after an overflow goes with the reset.
                 dequeued(&stats, batch.iter().map(Bytes::len).sum());
                 batch.clear();

@@ -308,7 +308,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
         duration: seconds("duration", args.duration)?,
         warmup: seconds("warmup", args.warmup)?,
         profile: (!profile.is_clean()).then_some(profile),
-        token: args.server.as_ref().and(args.trust.token_provider(None)),
+        token: args.server.as_deref().and_then(|server| args.trust.token_provider(None, server)),
         server: args.server.map(|server| (server, args.trust.trust())),
         compare_websocket: args.compare.as_deref() == Some("websocket"),
         netns: args.netns.backend()?,
@@ -379,7 +379,7 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
         duration: seconds("duration", args.duration)?,
         warmup: seconds("warmup", args.warmup)?,
         profile: (!profile.is_clean()).then_some(profile),
-        token: args.server.as_ref().and(args.trust.token_provider(None)),
+        token: args.server.as_deref().and_then(|server| args.trust.token_provider(None, server)),
         server: args.server.map(|server| (server, args.trust.trust())),
         tuning: {
             let tuning = quiver_transport::TransportTuning::named(&args.tuning)?;

@@ -234,15 +234,25 @@ const GOODBYE: Duration = Duration::from_millis(300);
 pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     // Before anything is printed: whoever sees the first line may press Ctrl-C at once.
     let mut stop = crate::output::Stop::new();
-    let client = args.server.connect_as(args.name).await?;
-    let joined = match args.since {
-        Some(Since { epoch: Some(epoch), seq }) => {
-            client.join_from(&args.room, quiver_proto::Position { epoch, seq }).await
-        }
-        Some(Since { epoch: None, .. }) => return Err(CliError::SinceNeedsEpoch),
-        None => client.join(&args.room).await,
+    if matches!(args.since, Some(Since { epoch: None, .. })) {
+        return Err(CliError::SinceNeedsEpoch);
+    }
+    // Ctrl-C ends the connect and the join too (the handler above replaced the default that would have).
+    let connected = async {
+        let client = args.server.connect_as(args.name).await?;
+        let joined = match args.since {
+            Some(Since { epoch: Some(epoch), seq }) => {
+                client.join_from(&args.room, quiver_proto::Position { epoch, seq }).await
+            }
+            _ => client.join(&args.room).await,
+        };
+        let room = joined.map_err(|source| CliError::Join { room: args.room.clone(), source })?;
+        Ok::<_, CliError>((client, room))
     };
-    let mut room = joined.map_err(|source| CliError::Join { room: args.room.clone(), source })?;
+    let (client, mut room) = tokio::select! {
+        connected = connected => connected?,
+        () = stop.requested() => return Err(CliError::Interrupted),
+    };
     let out = Out { json: args.json, room: args.room.clone() };
     let mut state = client.state();
     state.borrow_and_update();

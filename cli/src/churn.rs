@@ -28,7 +28,7 @@ pub(crate) struct ChurnArgs {
 }
 
 pub(crate) async fn run(args: ChurnArgs) -> Result<(), CliError> {
-    let token_provider = args.server.trust.token_provider(None);
+    let token_provider = args.server.trust.token_provider(None, &args.server.server);
     let connect = ConnectOptions { trust: args.server.trust.trust(), token_provider, ..ConnectOptions::default() };
     let options = ChurnOptions {
         server: args.server.server.clone(),

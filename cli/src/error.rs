@@ -47,6 +47,17 @@ pub(crate) enum CliError {
     /// `quiver chat`: the room's events stopped.
     #[error("the room's event stream ended")]
     RoomEnded,
+    /// `quiver tick`: the subscription or the claim ended (the client gave up: a refused reconnect, an expired
+    /// token), so no tick would flow any more.
+    #[error("channel {channel}: ended ({code:?}: {reason})")]
+    TicksEnded {
+        /// The channel.
+        channel: String,
+        /// Why, as the server or the client said.
+        code: quiver_proto::ErrorCode,
+        /// The reason.
+        reason: String,
+    },
     /// `chat --since` without an epoch: a seq alone cannot tell a lost history from a kept one.
     #[error("--since needs EPOCH:SEQ for chat (the epoch tells whether the room still holds what followed)")]
     SinceNeedsEpoch,

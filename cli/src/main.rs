@@ -80,20 +80,36 @@ impl TrustArgs {
         }
     }
 
-    /// The token, or a dev-token provider when the data directory holds the server's dev key (whatever the trust).
-    pub(crate) fn token_provider(&self, name: Option<&str>) -> Option<quiver_client::TokenProvider> {
+    /// The token, or a dev-token provider when the data directory holds the server's dev key and every address
+    /// in `servers` (`host:port`, comma-separated) is this machine's (whatever the trust): a token signed with the
+    /// local dev key has every right on the local dev server, so it is never sent to another machine, which could
+    /// use it there. Elsewhere, pass --token.
+    pub(crate) fn token_provider(&self, name: Option<&str>, servers: &str) -> Option<quiver_client::TokenProvider> {
         match &self.token {
             Some(token) => {
                 let token = token.clone();
                 Some(quiver_client::TokenProvider::new(move || Ok(token.clone())))
             }
-            None if quiver_auth::dev_key_exists(&self.data_dir) => {
+            None if quiver_auth::dev_key_exists(&self.data_dir) && on_this_machine(servers) => {
                 let sub = name.map_or_else(|| format!("dev-{:08x}", rand::random::<u32>()), str::to_string);
                 Some(quiver_client::TokenProvider::dev(self.data_dir.clone(), sub))
             }
             None => None,
         }
     }
+}
+
+/// True when every `host:port` in `servers` (comma-separated) is `localhost` or a loopback address; names are not
+/// resolved (one that resolves elsewhere tomorrow must not get a dev token today).
+fn on_this_machine(servers: &str) -> bool {
+    servers.split(',').map(str::trim).all(|server| {
+        let host = match server.strip_prefix('[') {
+            Some(rest) => rest.split_once(']').map_or(rest, |(host, _)| host),
+            None => server.rsplit_once(':').map_or(server, |(host, _)| host),
+        };
+        host.trim_end_matches('.').eq_ignore_ascii_case("localhost")
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+    })
 }
 
 /// Where the server is and how to trust it.
@@ -130,7 +146,7 @@ impl ServerArgs {
     }
 
     pub(crate) async fn connect_as(&self, name: Option<String>) -> Result<Client, CliError> {
-        let token_provider = self.trust.token_provider(name.as_deref());
+        let token_provider = self.trust.token_provider(name.as_deref(), &self.server);
         let options = ConnectOptions {
             trust: self.trust.trust(),
             name,
@@ -197,5 +213,30 @@ fn main() -> ExitCode {
             crate::err!("error: {join}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token signed with the local dev key has every right on the local dev server: it goes only to this
+    /// machine's addresses, whatever the trust (a pinned or CA-checked remote server gets none).
+    #[test]
+    fn a_dev_token_is_minted_only_for_this_machines_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        quiver_auth::load_or_generate_dev_key(dir.path()).unwrap();
+        assert!(quiver_auth::dev_key_exists(dir.path()));
+        let trust = TrustArgs { cert_hash: None, ca: None, data_dir: dir.path().to_owned(), token: None };
+        for local in
+            ["127.0.0.1:4433", "localhost:4433", "[::1]:4433", "127.0.0.1:1,localhost:2", "[::ffff:127.0.0.1]:1"]
+        {
+            assert!(trust.token_provider(None, local).is_some(), "{local}");
+        }
+        for remote in ["192.0.2.1:4433", "example.com:4433", "127.0.0.1:1,192.0.2.1:2", "[2001:db8::1]:4433"] {
+            assert!(trust.token_provider(None, remote).is_none(), "{remote}");
+        }
+        let given = TrustArgs { token: Some("t".into()), ..trust };
+        assert!(given.token_provider(None, "192.0.2.1:4433").is_some(), "a token given is sent where it is told");
     }
 }

@@ -64,6 +64,11 @@ pub(crate) async fn run(command: TickCommand) -> Result<(), CliError> {
     }
 }
 
+/// The client gave up the channel (`why`: code and reason): nothing more would be sent or received.
+fn ended(channel: &str, (code, reason): (quiver_proto::ErrorCode, String)) -> CliError {
+    CliError::TicksEnded { channel: channel.to_string(), code, reason }
+}
+
 fn deadline(duration: Option<f64>) -> Result<Option<Instant>, CliError> {
     // Beyond what the clock can count: no end.
     Ok(duration.map(|secs| seconds("duration", secs)).transpose()?.and_then(|d| Instant::now().checked_add(d)))
@@ -110,6 +115,10 @@ async fn publish(args: PubArgs) -> Result<(), CliError> {
         tokio::select! {
             () = tokio::time::sleep_until(scheduled) => {}
             () = stop.requested() => break,
+            (code, reason) = client.closed() => return Err(ended(&args.channel, (code, reason))),
+        }
+        if let Some(why) = publisher.end_reason() {
+            return Err(ended(&args.channel, why));
         }
         let tick = if args.price {
             // A random walk pulled gently back towards 100.
@@ -181,6 +190,9 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
     loop {
         tokio::select! {
             _ = second.tick() => {
+                if let Some(why) = subscription.end_reason() {
+                    return Err(ended(&args.channel, why));
+                }
                 let stats = subscription.stats();
                 if !args.json {
                     crate::out!("{}", line(&stats, (stats.received - previous) as f64));
@@ -189,6 +201,7 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
             }
             () = until(end) => break,
             () = stop.requested() => break,
+            why = client.closed() => return Err(ended(&args.channel, why)),
         }
     }
     let stats = subscription.stats();

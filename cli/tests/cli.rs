@@ -218,3 +218,28 @@ async fn bench_connections_reports_memory_handshakes_resumptions_and_idle_cpu() 
     assert!(report["server_cpu_per_handshake_us"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["meta"]["command"].as_str().unwrap().contains("connections"), "{report}");
 }
+
+/// A fixed token that expires ends the connection and, refused again at the reconnect, the client: `tick sub` and
+/// `tick pub` exit non-zero naming why, instead of printing `0/s` (or counting ticks "not sent while
+/// reconnecting") until their --duration or Ctrl-C, and exiting 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiver_tick_exits_non_zero_once_its_token_expired() {
+    let server = TestServer::start(Limits::default());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let token = quiver_auth::mint_dev(server.data_dir.path(), &quiver_auth::Claims::everything("t", now, 2)).unwrap();
+    let run = |cmd: &str| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"));
+        command.args(["tick", cmd, "--channel", "c", "--server", &server.addr.to_string(), "--token", &token]);
+        command.args(["--duration", "30", "--data-dir"]).arg(server.data_dir.path());
+        command.kill_on_drop(true).output()
+    };
+    let started = std::time::Instant::now();
+    let (sub, publish) = tokio::join!(run("sub"), run("pub"));
+    for (what, output) in [("sub", sub.unwrap()), ("pub", publish.unwrap())] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "tick {what} exited 0 after its token expired: {stderr}");
+        assert!(stderr.contains("TokenExpired"), "tick {what}: {stderr}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    server.stop().await;
+}

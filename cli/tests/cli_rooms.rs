@@ -229,6 +229,29 @@ async fn ctrl_c_ends_chat_within_a_second_while_stdin_stays_open() {
     server.stop().await;
 }
 
+/// Ctrl-C while still connecting (a server that never answers) ends chat at once: the handler chat installs first
+/// replaced the default action, and nothing listened to it before the join.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_ends_chat_while_it_is_still_connecting() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["chat", "--room", "town", "--server", &silent.local_addr().unwrap().to_string()])
+        .args(["--cert-hash", &"ab".repeat(32), "--transport", "quic"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().unwrap().to_string();
+    let sent = std::time::Instant::now();
+    Command::new("kill").args(["-INT", &pid]).status().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
+    assert!(sent.elapsed() < Duration::from_secs(1), "exited {:?} after Ctrl-C ({status})", sent.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_json_prints_messages_acks_presence_disconnects_and_an_unrecovered_resume() {
     let dir = tempfile::tempdir().unwrap();

@@ -341,16 +341,21 @@ async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
     // Ctrl-C drops the run, which stops its servers and removes the netns emulator's namespaces.
     let run = |progress| run_fanout(config, progress);
     let plot = args.plot.clone();
+    // A plot that could not be written fails the command (after the table is printed), as `bench rtt`'s does.
+    let plot_failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let failed = plot_failed.clone();
     let table = move |report: &quiver_lab::bench::FanoutReport| {
         if let Some(path) = &plot {
             match write_plot(&report.as_series(), &title, path) {
                 Ok(()) => crate::err!("wrote {}", path.display()),
-                Err(err) => crate::err!("error: {}: {err}", path.display()),
+                Err(err) => *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(CliError::from(err)),
             }
         }
         report.table()
     };
-    report(runs * per_run, args.json.as_deref(), run, table).await
+    report(runs * per_run, args.json.as_deref(), run, table).await?;
+    let failed = plot_failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+    failed.map_or(Ok(()), Err)
 }
 
 /// A progress bar over the expected run time, ticking on its own (hidden when stderr is not a terminal).

@@ -77,6 +77,9 @@ pub(crate) struct HistoryArgs {
     /// One JSON object per line: room, epoch, seq, sender, client_msg_id, body (UTF-8, invalid bytes replaced).
     #[arg(long)]
     json: bool,
+    /// Seconds to wait for each page of history (reconnects included); 0: no limit. On expiry the command fails.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    timeout: f64,
 }
 
 /// `--since`: `EPOCH:SEQ`, or a bare `SEQ`.
@@ -107,6 +110,17 @@ impl std::str::FromStr for Since {
 
 fn text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
+}
+
+/// A body as one line of a terminal: control characters (a newline that would forge another message's line, an
+/// escape sequence that would clear the screen or set the clipboard) are shown escaped (`\n`, `\u{1b}`), not
+/// acted on. Any room member chooses the bytes; `--json` escapes them already.
+fn terminal_text(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    if !text.chars().any(char::is_control) {
+        return text.into_owned();
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// One line of `quiver chat --json`.
@@ -198,7 +212,7 @@ impl Out {
 }
 
 fn print_message(m: &Message) {
-    crate::out!("[{}] {}: {}", m.seq, m.sender, text(&m.body));
+    crate::out!("[{}] {}: {}", m.seq, m.sender, terminal_text(&m.body));
 }
 
 /// Stdin's lines, read on a thread of their own: a read blocked on a terminal or an open pipe must not hold the
@@ -380,12 +394,27 @@ struct HistoryLine<'a> {
 }
 
 pub(crate) async fn history(args: HistoryArgs) -> Result<(), CliError> {
+    let limit = crate::seconds("timeout", args.timeout)?;
     let client = args.server.connect().await?;
+    // One page, within --timeout (a server that keeps the connection alive but never answers must not hold a
+    // script for ever).
+    let page_of = |since: Option<u64>, left: u32| {
+        let client = &client;
+        let room = &args.room;
+        async move {
+            let page = client.history(room, since, left);
+            let page = match limit.is_zero() {
+                true => page.await,
+                false => tokio::time::timeout(limit, page).await.map_err(|_| CliError::HistoryTimeout(limit))?,
+            };
+            page.map_err(CliError::History)
+        }
+    };
     let mut since = args.since.map(|s| s.seq);
     let mut left = args.limit;
     let mut first = true;
     while left > 0 {
-        let mut page = client.history(&args.room, since, left).await.map_err(CliError::History)?;
+        let mut page = page_of(since, left).await?;
         if first {
             first = false;
             if let Some(Since { epoch: Some(asked), seq }) = args.since {
@@ -397,7 +426,7 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<(), CliError> {
                         args.room,
                         page.epoch
                     );
-                    page = client.history(&args.room, None, left).await.map_err(CliError::History)?;
+                    page = page_of(None, left).await?;
                 }
             }
             let after = if page.epoch == args.since.and_then(|s| s.epoch).unwrap_or(page.epoch) { since } else { None };
@@ -425,7 +454,7 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<(), CliError> {
                 };
                 crate::out!("{}", serde_json::to_string(&line)?);
             } else {
-                crate::out!("[{}] {}: {}", event.seq, sender, text(body));
+                crate::out!("[{}] {}: {}", event.seq, sender, terminal_text(body));
             }
         }
         left = left.saturating_sub(page.messages.len() as u32);
@@ -436,4 +465,18 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<(), CliError> {
     }
     client.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member's body cannot forge a line or send the reader's terminal an escape sequence.
+    #[test]
+    fn bodies_print_as_one_line_without_terminal_controls() {
+        assert_eq!(terminal_text(b"plain text, caf\xc3\xa9"), "plain text, café");
+        let shown = terminal_text(b"hi\n[7] admin: send me your token\x1b[2J\x1b]52;c;aGk=\x07");
+        assert!(!shown.contains('\n') && !shown.contains('\x1b') && !shown.contains('\x07'), "{shown:?}");
+        assert_eq!(terminal_text(b"a\nb\x1b[2J"), "a\\nb\\u{1b}[2J");
+    }
 }

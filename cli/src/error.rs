@@ -77,6 +77,9 @@ pub(crate) enum CliError {
         }
     )]
     PostTimeout { after: std::time::Duration, with_id: bool },
+    /// `quiver history`: a page did not come within --timeout.
+    #[error("no history page within {0:?} (the server does not answer)")]
+    HistoryTimeout(std::time::Duration),
     /// `quiver chat`: posts refused (each said on stderr, or as a `post_failed` line).
     #[error("{failed} of {posted} posts failed (see above)")]
     PostsFailed { failed: u64, posted: u64 },

@@ -243,3 +243,23 @@ async fn quiver_tick_exits_non_zero_once_its_token_expired() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
     server.stop().await;
 }
+
+/// A server that answers Hello (and pings) but never a History: `quiver history` gives up after --timeout with a
+/// clear error instead of hanging a script for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiver_history_gives_up_on_a_server_that_never_answers() {
+    let (dir, endpoint, addr) = quiver_tests::fakes::fake_endpoint();
+    let (welcomed, _) = tokio::sync::oneshot::channel();
+    tokio::spawn(quiver_tests::fakes::mute_after_welcome(endpoint, welcomed, true));
+    let started = std::time::Instant::now();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["history", "--room", "r", "--timeout", "1", "--transport", "quic", "--server", &addr, "--data-dir"])
+        .arg(dir.path())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), output).await.expect("it hung").unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("no history page within"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+}

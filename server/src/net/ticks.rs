@@ -148,6 +148,16 @@ async fn send_ticks(conn: &Wire, sink: Arc<DatagramSink>, stop: CancellationToke
     }
 }
 
+/// How far back a publisher's seq may be and still count as reordered on the way up; further back, the publisher
+/// numbers anew (a client that restarts its counter), and its ticks are taken.
+const REORDER_WINDOW: u64 = 1024;
+
+/// True when a publisher's tick numbered `seq` is older than the newest (`newest`) taken from it on its channel:
+/// reordered on the way up. An equal seq is taken (a client that numbers nothing sends the same one every time).
+fn reordered(seq: u64, newest: u64) -> bool {
+    seq < newest && newest - seq <= REORDER_WINDOW
+}
+
 /// Sleeps until `deadline`, or for ever without one.
 async fn until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -158,8 +168,8 @@ async fn until(deadline: Option<tokio::time::Instant>) {
 
 /// Reads datagrams: ticks on claimed channels are published up to `ticks_per_s`, post copies go to the control
 /// loop (`post_copies`, dropped when it is behind), anything else is counted and dropped. A tick whose publisher
-/// seq is not above the last one taken on its channel from this connection is dropped too: the path reordered it
-/// (or repeated it), and stamping it now would give subscribers the older value as the newest.
+/// seq is older than the newest taken on its channel from this connection is dropped too ([`reordered`]): the path
+/// reordered it, and stamping it now would give subscribers the older value as the newest.
 async fn read_ticks(
     conn: &Wire,
     hub: Arc<dyn TickHub>,
@@ -213,7 +223,7 @@ async fn read_ticks(
                 continue;
             }
         };
-        if newest.get(&header.channel_id).is_some_and(|&seq| header.seq <= seq) {
+        if newest.get(&header.channel_id).is_some_and(|&newest| reordered(header.seq, newest)) {
             bump(&stats.ticks_reordered_in);
             continue;
         }

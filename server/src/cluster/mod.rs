@@ -20,6 +20,7 @@ mod scripts;
 mod settings;
 mod stream;
 mod ticks;
+mod transit;
 
 pub use broker::{Broker, BrokerConfig};
 pub use error::{BrokerError, Unreachable};

@@ -20,10 +20,11 @@ use super::{
     broker::{BoxFuture, Broker, ChannelHandler},
     interest::{Change, RemoteInterest},
     keys,
+    transit::Transit,
 };
 use crate::hub::{
     lock::lock,
-    ticks::{Fanout, LocalTicks, TickHub, TickSink, TickSubscriberId},
+    ticks::{Fanout, LocalTicks, TickHub, TickSink, TickSubscriberId, TooOld},
 };
 
 /// The pause before an interest change or a reload of other nodes' interest that Redis did not take is tried again.
@@ -34,11 +35,31 @@ const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 struct Relayed {
     origin: String,
     sent_time_us: u64,
-    /// When the origin node received it (its clock): the tick's age, and its max age, count from there, not from
-    /// when it came out of Redis (which a slow or paused Redis can hold for seconds).
-    received_us: u64,
     max_age_us: Option<u64>,
     payload: Vec<u8>,
+    /// When the origin node received it (its clock): the tick's age, and its max age, count from there, not from
+    /// when it came out of Redis (which a slow or paused Redis can hold for seconds). Last, so that a node of the
+    /// version before (which reads the fields above and ignores the rest) still takes it.
+    received_us: u64,
+}
+
+/// [`Relayed`] as a node of the version before sends it (no `received_us`): its age is unknown, counted as none.
+#[derive(Debug, serde::Deserialize)]
+struct RelayedBefore {
+    origin: String,
+    sent_time_us: u64,
+    max_age_us: Option<u64>,
+    payload: Vec<u8>,
+}
+
+impl Relayed {
+    fn decode(bytes: &[u8]) -> Option<(Relayed, bool)> {
+        if let Ok(tick) = postcard::from_bytes::<Relayed>(bytes) {
+            return Some((tick, true));
+        }
+        let RelayedBefore { origin, sent_time_us, max_age_us, payload } = postcard::from_bytes(bytes).ok()?;
+        Some((Relayed { origin, sent_time_us, max_age_us, payload, received_us: 0 }, false))
+    }
 }
 
 struct Inner {
@@ -62,6 +83,8 @@ struct Inner {
     relayed: AtomicU64,
     /// Relayed ticks that arrived older than their channel's max age, dropped.
     relays_expired: AtomicU64,
+    /// How long relayed ticks take from each origin node, beyond its clock's offset from this one's.
+    transit: Mutex<Transit>,
 }
 
 /// Tick channels of a node in a cluster.
@@ -92,6 +115,7 @@ impl ClusterTicks {
             wake: Notify::new(),
             relayed: AtomicU64::new(0),
             relays_expired: AtomicU64::new(0),
+            transit: Mutex::new(Transit::default()),
         });
         broker.route(keys::CONTROL, Arc::new(Control(inner.clone())));
         let dead = inner.clone();
@@ -139,6 +163,7 @@ impl Inner {
     }
 
     fn forget(&self, node: &str) {
+        lock(&self.transit).forget(node);
         self.apply(Change::Dead { node: node.to_string() });
     }
 
@@ -310,28 +335,27 @@ struct Incoming {
 
 impl ChannelHandler for Incoming {
     fn message(self: Arc<Self>, payload: Vec<u8>) {
-        let Ok(tick) = postcard::from_bytes::<Relayed>(&payload) else {
+        let Some((tick, dated)) = Relayed::decode(&payload) else {
             tracing::warn!(channel = %self.channel, "a relayed tick does not decode; skipped");
             return;
         };
         if tick.origin == self.inner.broker.node() {
             return;
         }
-        // Aged by the origin's clock (nodes' clocks agree to within milliseconds under NTP; an origin ahead of this
-        // node counts as now), so that a tick Redis held back is not sent as fresh.
+        // Its age on the way (beyond the origin's clock offset, `transit`): a tick Redis held back is not sent as
+        // fresh, and is dropped before it takes a seq when older than the channel's max age.
         let now_us = crate::now_us();
-        let received_us = tick.received_us.min(now_us);
+        let age_us = if dated { lock(&self.inner.transit).age_us(&tick.origin, tick.received_us, now_us) } else { 0 };
         let payload = Bytes::from(tick.payload);
-        let Some(fanout) =
-            self.inner.local.relay(&self.channel, tick.sent_time_us, received_us, tick.max_age_us, payload)
-        else {
-            return;
-        };
-        if fanout.max_age_us.is_some_and(|max| now_us - received_us > max) {
-            self.inner.relays_expired.fetch_add(1, Ordering::Relaxed);
-            return;
+        let received_us = now_us.saturating_sub(age_us);
+        match self.inner.local.relay(&self.channel, (tick.sent_time_us, received_us, now_us), tick.max_age_us, payload)
+        {
+            Ok(Some(fanout)) => fanout.offer(),
+            Ok(None) => {}
+            Err(TooOld) => {
+                self.inner.relays_expired.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        fanout.offer();
     }
 
     fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {
@@ -400,5 +424,46 @@ impl TickHub for ClusterTicks {
 
     fn relays_expired(&self) -> u64 {
         self.inner.relays_expired.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The version before sent no `received_us`: its ticks are taken (undated), and it takes ours (it reads the
+    /// fields it knows and ignores the last): a rolling upgrade keeps ticks crossing both ways.
+    #[test]
+    fn relayed_ticks_cross_between_this_version_and_the_one_before() {
+        #[derive(serde::Serialize)]
+        struct Before<'a> {
+            origin: &'a str,
+            sent_time_us: u64,
+            max_age_us: Option<u64>,
+            payload: &'a [u8],
+        }
+        let old = postcard::to_allocvec(&Before { origin: "a", sent_time_us: 7, max_age_us: Some(50), payload: b"xy" })
+            .unwrap();
+        let (tick, dated) = Relayed::decode(&old).unwrap();
+        assert_eq!(
+            (tick.origin.as_str(), tick.sent_time_us, tick.max_age_us, &tick.payload[..]),
+            ("a", 7, Some(50), &b"xy"[..])
+        );
+        assert!(!dated);
+        let new = Relayed {
+            origin: "b".into(),
+            sent_time_us: 8,
+            max_age_us: None,
+            payload: b"z".to_vec(),
+            received_us: 1_800_000_000_000_000,
+        };
+        let bytes = postcard::to_allocvec(&new).unwrap();
+        let (tick, dated) = Relayed::decode(&bytes).unwrap();
+        assert!(dated && tick.received_us == new.received_us && tick.payload == b"z");
+        let read_before: RelayedBefore = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            (read_before.origin.as_str(), read_before.sent_time_us, &read_before.payload[..]),
+            ("b", 8, &b"z"[..])
+        );
     }
 }

@@ -203,6 +203,10 @@ impl Channel {
     }
 }
 
+/// A relayed tick older than its channel's max age on arrival: dropped, and no seq taken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooOld;
+
 /// Shards of the channel table: publishes on different channels rarely wait for each other.
 const SHARDS: usize = 16;
 
@@ -251,27 +255,30 @@ impl LocalTicks {
 
     /// Stamps the channel's next seq on a tick published on another node (no local claim needed) and returns it
     /// with the channel's subscribers here (`None` when nobody here subscribes). The stricter of the two maximum
-    /// ages applies.
+    /// ages applies: a tick older than it at `now_us` (its `received_us`, on this node's clock, says how old) is
+    /// refused before it takes a seq.
     pub fn relay(
         &self,
         channel: &str,
-        sent_time_us: u64,
-        received_us: u64,
+        (sent_time_us, received_us, now_us): (u64, u64, u64),
         max_age_us: Option<u64>,
         payload: Bytes,
-    ) -> Option<Fanout> {
+    ) -> Result<Option<Fanout>, TooOld> {
         let mut shard = self.shard(channel);
-        let c = shard.get_mut(channel).filter(|c| !c.subscribers.is_empty())?;
-        c.last_seq += 1;
+        let Some(c) = shard.get_mut(channel).filter(|c| !c.subscribers.is_empty()) else { return Ok(None) };
         let max_age_us = match (c.max_age_us(), max_age_us) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        Some(Fanout {
+        if max_age_us.is_some_and(|max| now_us.saturating_sub(received_us) > max) {
+            return Err(TooOld);
+        }
+        c.last_seq += 1;
+        Ok(Some(Fanout {
             tick: Tick { seq: c.last_seq, sent_time_us, received_us, payload },
             max_age_us,
             subscribers: c.subscribers.clone(),
-        })
+        }))
     }
 
     fn shard(&self, channel: &str) -> HubGuard<'_, Shard> {

@@ -94,9 +94,12 @@ impl Limits {
         3 * 10 + 5 + Self::MAX_IDENTITY + 16
     }
 
-    /// Bytes of a History reply's frame kept for the reply's own fields (room name, req_id, flags); the rest is
-    /// the page's budget of encoded events.
-    pub const HISTORY_REPLY_OVERHEAD: u32 = 1024;
+    /// Bytes of a History reply's frame kept for the reply's own fields (the room's name, up to `max_name`, then
+    /// req_id, epoch, the page's length and flags: varints and tags, within 64 bytes); the rest is the page's
+    /// budget of encoded events.
+    pub fn history_reply_overhead(&self) -> u32 {
+        self.max_name.saturating_add(64)
+    }
 
     /// Checks that the limits fit together: any post within `max_body` must fit a room frame and a History reply
     /// (which carries at least one event), a room stream's queue must hold at least one frame, counts, rates and
@@ -105,7 +108,7 @@ impl Limits {
         if self.max_frame > Self::MAX_FRAME_CEILING {
             return Err(LimitsError::FrameTooLarge { max_frame: self.max_frame, ceiling: Self::MAX_FRAME_CEILING });
         }
-        let needed = self.max_body.saturating_add(self.event_overhead()).saturating_add(Self::HISTORY_REPLY_OVERHEAD);
+        let needed = self.max_body.saturating_add(self.event_overhead()).saturating_add(self.history_reply_overhead());
         if self.max_frame < needed {
             return Err(LimitsError::FrameTooSmall { max_frame: self.max_frame, max_body: self.max_body, needed });
         }
@@ -238,11 +241,15 @@ mod tests {
         let err = Limits { handshake_timeout_ms: 0, ..Limits::default() }.check().unwrap_err().to_string();
         assert!(err.contains("handshake_timeout_ms"), "{err}");
         // A body that fits a frame but not a History reply: no page could carry it.
-        let tight = Limits { max_body: 65_000, ..Limits::default() };
+        let d = Limits::default();
+        let fits = d.max_frame - d.event_overhead() - d.history_reply_overhead();
+        Limits { max_body: fits, ..Limits::default() }.check().unwrap();
+        let tight = Limits { max_body: fits + 1, ..Limits::default() };
         assert!(tight.max_body + tight.event_overhead() <= tight.max_frame);
         let err = tight.check().unwrap_err().to_string();
-        assert!(err.contains("too small for max_body 65000"), "{err}");
-        let fits = Limits::default().max_frame - Limits::default().event_overhead() - Limits::HISTORY_REPLY_OVERHEAD;
-        Limits { max_body: fits, ..Limits::default() }.check().unwrap();
+        assert!(err.contains(&format!("too small for max_body {}", fits + 1)), "{err}");
+        // Long names leave less of the frame to the page.
+        let named = Limits { max_name: 4096, max_body: fits, ..Limits::default() };
+        assert!(named.check().unwrap_err().to_string().contains("too small"));
     }
 }

@@ -11,9 +11,6 @@ use quiver_proto::{ErrorCode, Failure, Limits};
 
 use super::{ticks::TickSubscriberId, SubscriberId};
 
-/// Bytes of a History reply's frame kept for the reply's own fields; the rest is the page's budget.
-const HISTORY_REPLY_OVERHEAD: usize = Limits::HISTORY_REPLY_OVERHEAD as usize;
-
 /// A room this connection has joined.
 #[derive(Debug)]
 pub struct JoinedRoom<O> {
@@ -156,7 +153,7 @@ impl<O> ConnectionState<O> {
 
     /// Bytes of encoded events a History reply may carry: a frame less the reply's own fields.
     pub fn history_budget(&self) -> usize {
-        (self.limits.max_frame as usize).saturating_sub(HISTORY_REPLY_OVERHEAD)
+        (self.limits.max_frame as usize).saturating_sub(self.limits.history_reply_overhead() as usize)
     }
 
     /// Subscribes to `channel` (idempotent: a second Subscribe answers the same id). `subscribe` carries it out in

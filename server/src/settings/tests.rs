@@ -196,7 +196,7 @@ fn values_that_would_lock_every_client_out_are_refused() {
         ("[web]\norigins = [\"https://app.example/chat\"]\n", "web.origins"),
         ("[web]\norigins = [\"app.example\"]\n", "web.origins"),
         // A post of max_body could be stored but never paged through History.
-        ("[limits]\nmax_body = 65000\n", "limits.max_body"),
+        ("[limits]\nmax_body = 65200\n", "limits.max_body"),
     ] {
         match load_text(text, &[], Vec::new()) {
             Err(SettingsError::Invalid { key: refused, .. }) => assert_eq!(refused, key, "{text}"),

@@ -41,7 +41,20 @@ fn host_allowed(host: Option<&str>, hosts: &[String]) -> bool {
         None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
     };
     let name = name.trim_end_matches('.');
-    name.parse::<std::net::Ipv4Addr>().is_ok() || hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(name))
+    name.parse::<std::net::Ipv4Addr>().is_ok() || hosts.iter().any(|allowed| host_matches(allowed, name))
+}
+
+/// True when `name` is `allowed`, or (`allowed` = `*.domain`) a name under `domain`; case aside.
+fn host_matches(allowed: &str, name: &str) -> bool {
+    match allowed.strip_prefix("*.") {
+        Some(domain) => {
+            name.len() > domain.len() + 1 && {
+                let (head, tail) = name.split_at(name.len() - domain.len());
+                head.ends_with('.') && tail.eq_ignore_ascii_case(domain)
+            }
+        }
+        None => allowed.eq_ignore_ascii_case(name),
+    }
 }
 
 /// The response to one request head (sans-IO). The request must name this machine, an IP address or one of
@@ -88,7 +101,7 @@ mod tests {
     #[test]
     fn requests_are_answered_only_for_this_machines_names_addresses_and_admin_hosts() {
         let metrics = Arc::new(ServerMetrics::new(Arc::default()));
-        let hosts = vec!["metrics.internal".to_string()];
+        let hosts = vec!["metrics.internal".to_string(), "*.quiver.svc".to_string()];
         let status = |host: &str| {
             let head = format!("GET /healthz HTTP/1.1\r\n{host}\r\n\r\n");
             respond(head.as_bytes(), &metrics, &hosts).status
@@ -100,13 +113,19 @@ mod tests {
             "Host: 10.1.2.3:9433",
             "Host: [fd00::7]:9433",
             "Host: METRICS.internal:9433",
+            "Host: quiver-0.quiver.svc:9433",
             "X-None: 1",
         ] {
             assert_eq!(status(host), 200, "{host}");
         }
-        for host in
-            ["Host: attacker.example:9433", "Host: attacker.example", "Host: [attacker]:1", "Host: 10.1.2.3.evil"]
-        {
+        for host in [
+            "Host: attacker.example:9433",
+            "Host: attacker.example",
+            "Host: [attacker]:1",
+            "Host: 10.1.2.3.evil",
+            "Host: quiver.svc",
+            "Host: evilquiver.svc",
+        ] {
             assert_eq!(status(host), 403, "{host}");
         }
     }

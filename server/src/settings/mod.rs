@@ -380,6 +380,10 @@ impl Settings {
             }
         }
         self.admin_addr()?;
+        if let Some(host) = self.admin.hosts.iter().find(|host| !is_host_name(host)) {
+            let why = "is not a host name (as in Host, without a port or scheme; *.domain for any name under domain)";
+            return Err(Invalid::new("admin.hosts", format!("{host:?} {why}")));
+        }
         self.websocket_listen()?;
         if self.log.filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
             return Err(Invalid::new("log.filter", format!("{:?} is not a tracing filter", self.log.filter)));
@@ -485,6 +489,16 @@ impl Settings {
         shown.broker.url = crate::cluster::BrokerSettings::redact(&shown.broker.url);
         toml::to_string(&shown).unwrap_or_else(|err| format!("# cannot show the settings: {err}\n"))
     }
+}
+
+/// True for a host name as `Host` carries one (letters, digits, `-`, `_` and dots; no port, scheme, path or final
+/// dot), or `*.` followed by one.
+fn is_host_name(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
 }
 
 /// Why `origin` can never equal a browser's `Origin` header (`scheme://host[:port]`, the scheme's default port left

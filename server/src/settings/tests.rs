@@ -197,6 +197,10 @@ fn values_that_would_lock_every_client_out_are_refused() {
         ("[web]\norigins = [\"app.example\"]\n", "web.origins"),
         // A post of max_body could be stored but never paged through History.
         ("[limits]\nmax_body = 65200\n", "limits.max_body"),
+        // Names the admin listener could never match (Prometheus' target form, a URL).
+        ("[admin]\nhosts = [\"quiver:9433\"]\n", "admin.hosts"),
+        ("[admin]\nhosts = [\"http://quiver\"]\n", "admin.hosts"),
+        ("[admin]\nhosts = [\"quiver.\"]\n", "admin.hosts"),
     ] {
         match load_text(text, &[], Vec::new()) {
             Err(SettingsError::Invalid { key: refused, .. }) => assert_eq!(refused, key, "{text}"),
@@ -205,4 +209,5 @@ fn values_that_would_lock_every_client_out_are_refused() {
     }
     let fine = "[web]\norigins = [\"https://app.example\", \"https://app.example:8443\", \"http://localhost:3000\"]\n";
     load_text(fine, &[], Vec::new()).unwrap();
+    load_text("[admin]\nhosts = [\"quiver\", \"*.quiver.svc\", \"metrics-1.example\"]\n", &[], Vec::new()).unwrap();
 }

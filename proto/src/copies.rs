@@ -136,7 +136,7 @@ impl Copy {
                 let first = field("the first position")?;
                 Copy::Room { slot, first, frames: Vec::new() }
             }
-            POSTS => Copy::Posts { first: field("the first post")?, frames: Vec::new() },
+            POSTS => Copy::Posts { first: field("the first request")?, frames: Vec::new() },
             other => return Err(CopyError::UnknownKind(other)),
         };
         let mut frames = Vec::new();

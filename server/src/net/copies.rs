@@ -77,7 +77,7 @@ pub(super) async fn on_post_copy<R: RoomHub>(
                                 Answer::Now(reply) => Copied::Now(Ok(reply)),
                                 Answer::Later(reply) => {
                                     let (done, outcome) = tokio::sync::oneshot::channel();
-                                    tokio::spawn(async move {
+                                    connection.spawn(async move {
                                         let _ = done.send(reply.await);
                                     });
                                     Copied::Later(outcome)

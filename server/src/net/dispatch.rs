@@ -201,6 +201,11 @@ impl<R: RoomHub> Connection<R> {
         &self.stats
     }
 
+    /// Runs `task` (a copied post's commit) as one of the connection's own: its close waits for it.
+    pub(super) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.pumps.spawn(task);
+    }
+
     /// The post copies the datagram reader passes on, for the control loop (once; `None` after).
     pub(super) fn take_post_copies(&mut self) -> Option<Arc<Mailbox<PostCopy>>> {
         self.post_copies.take()

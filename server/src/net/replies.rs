@@ -7,8 +7,9 @@
 //!
 //! The poster's loop releases its posts to the room when it sees their commits complete; while it is busy (writing
 //! to a client slow to read, for at most the frame timeout) a later post in the room, by anyone, releases them
-//! too, and a loop that ends leaves the release to `hub::release`. Post copies (redundant mode) are still
-//! sequenced one commit at a time.
+//! too, and a loop that ends leaves the release to `hub::release`. A post sequenced from its datagram copy
+//! (redundant mode) commits on a task of the connection's, and its request's reply joins these in order when the
+//! request comes.
 //!
 //! Also the connection's last words: what is queued, a refusal's reply or a GoAway, flushed before the close.
 

@@ -34,7 +34,7 @@ export function decodeCopy(datagram, maxFrame) {
   const kind = field('the kind');
   let copy;
   if (kind === 0n) copy = { kind: 'room', slot: field('the slot'), first: field('the first position') };
-  else if (kind === 1n) copy = { kind: 'posts', first: field('the first post') };
+  else if (kind === 1n) copy = { kind: 'posts', first: field('the first request') };
   else throw malformed(`unknown copy kind ${kind}`);
   copy.frames = [];
   while (at < datagram.length) {

@@ -102,9 +102,11 @@ impl TrustArgs {
 /// True when every `host:port` in `servers` (comma-separated) is `localhost` or a loopback address; names are not
 /// resolved (one that resolves elsewhere tomorrow must not get a dev token today).
 fn on_this_machine(servers: &str) -> bool {
-    servers.split(',').map(str::trim).all(|server| {
+    servers.split(',').map(str::trim).filter(|server| !server.is_empty()).all(|server| {
         let host = match server.strip_prefix('[') {
             Some(rest) => rest.split_once(']').map_or(rest, |(host, _)| host),
+            // An IPv6 address without brackets or port (`::1`).
+            None if server.parse::<std::net::IpAddr>().is_ok() => server,
             None => server.rsplit_once(':').map_or(server, |(host, _)| host),
         };
         host.trim_end_matches('.').eq_ignore_ascii_case("localhost")
@@ -228,9 +230,15 @@ mod tests {
         quiver_auth::load_or_generate_dev_key(dir.path()).unwrap();
         assert!(quiver_auth::dev_key_exists(dir.path()));
         let trust = TrustArgs { cert_hash: None, ca: None, data_dir: dir.path().to_owned(), token: None };
-        for local in
-            ["127.0.0.1:4433", "localhost:4433", "[::1]:4433", "127.0.0.1:1,localhost:2", "[::ffff:127.0.0.1]:1"]
-        {
+        for local in [
+            "127.0.0.1:4433",
+            "localhost:4433",
+            "[::1]:4433",
+            "::1",
+            "127.0.0.1:1,localhost:2",
+            "127.0.0.1:4433,",
+            "[::ffff:127.0.0.1]:1",
+        ] {
             assert!(trust.token_provider(None, local).is_some(), "{local}");
         }
         for remote in ["192.0.2.1:4433", "example.com:4433", "127.0.0.1:1,192.0.2.1:2", "[2001:db8::1]:4433"] {

@@ -47,10 +47,12 @@ fn host_allowed(host: Option<&str>, hosts: &[String]) -> bool {
 /// True when `name` is `allowed`, or (`allowed` = `*.domain`) a name under `domain`; case aside.
 fn host_matches(allowed: &str, name: &str) -> bool {
     match allowed.strip_prefix("*.") {
+        // By bytes: the peer's name need not cut where the domain's characters do.
         Some(domain) => {
+            let (name, domain) = (name.as_bytes(), domain.as_bytes());
             name.len() > domain.len() + 1 && {
                 let (head, tail) = name.split_at(name.len() - domain.len());
-                head.ends_with('.') && tail.eq_ignore_ascii_case(domain)
+                head.ends_with(b".") && tail.eq_ignore_ascii_case(domain)
             }
         }
         None => allowed.eq_ignore_ascii_case(name),
@@ -125,6 +127,7 @@ mod tests {
             "Host: 10.1.2.3.evil",
             "Host: quiver.svc",
             "Host: evilquiver.svc",
+            "Host: a.éuiver.svc",
         ] {
             assert_eq!(status(host), 403, "{host}");
         }

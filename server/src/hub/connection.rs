@@ -380,6 +380,6 @@ mod tests {
         assert_eq!(s.claims().lookup(1), ClaimLookup::NotClaimed);
         assert_eq!(s.claims().lookup(2), ClaimLookup::Unknown);
         assert_eq!(s.claims().lookup(0), ClaimLookup::Unknown, "0 is never a channel");
-        assert_eq!(s.history_budget(), Limits::default().max_frame as usize - 1024);
+        assert_eq!(s.history_budget(), 65_536 - 128 - 64, "max_frame less the reply's own fields (max_name + 64)");
     }
 }

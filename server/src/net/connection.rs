@@ -159,7 +159,7 @@ pub(super) async fn serve_wire<R: RoomHub>(
     let mut connection = Connection::start(&wire, &config.limits, hubs, probe, copies, stats.clone(), shutdown.clone());
     let session = ControlSession::new(session_id, config.limits.clone(), auth);
     let reason = control(&wire, &config, &stats, &mut connection, session, (deadline, started), &shutdown).await;
-    connection.close(now_us()).await;
+    connection.close(now_us(), config.budget.frame_timeout()).await;
     tracing::info!(%reason, "connection ended");
 }
 

@@ -77,7 +77,7 @@ pub(super) async fn on_post_copy<R: RoomHub>(
                                 Answer::Now(reply) => Copied::Now(Ok(reply)),
                                 Answer::Later(reply) => {
                                     let (done, outcome) = tokio::sync::oneshot::channel();
-                                    connection.spawn(async move {
+                                    connection.spawn_commit(async move {
                                         let _ = done.send(reply.await);
                                     });
                                     Copied::Later(outcome)

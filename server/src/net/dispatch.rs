@@ -79,6 +79,8 @@ pub(super) struct Connection<R> {
     /// Room streams that fell behind, from their pumps.
     kicked: Arc<Mailbox<Kicked>>,
     pumps: TaskTracker,
+    /// Commits of posts sequenced from their datagram copies.
+    commits: TaskTracker,
     /// Room streams whose pump still runs: joined rooms, and left ones still being written out. At most
     /// [`Connection::max_streams`], whatever stream credit the client grants (a peer that never reads its streams
     /// and joins and leaves in a loop would otherwise keep a stream and its queue per cycle).
@@ -141,6 +143,7 @@ impl<R: RoomHub> Connection<R> {
             stats,
             kicked,
             pumps: TaskTracker::new(),
+            commits: TaskTracker::new(),
             open_streams: Arc::default(),
             max_streams: (limits.max_rooms as usize).saturating_add(1),
             stop: CancellationToken::new(),
@@ -201,9 +204,9 @@ impl<R: RoomHub> Connection<R> {
         &self.stats
     }
 
-    /// Runs `task` (a copied post's commit) as one of the connection's own: its close waits for it.
-    pub(super) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.pumps.spawn(task);
+    /// Runs `task` (a copied post's commit) as one of the connection's own: its close waits for it (for a while).
+    pub(super) fn spawn_commit(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.commits.spawn(task);
     }
 
     /// The post copies the datagram reader passes on, for the control loop (once; `None` after).
@@ -427,7 +430,7 @@ impl<R: RoomHub> Connection<R> {
     }
 
     /// Leaves every room and ends every subscription (the connection is ending), and stops the tasks.
-    pub(super) async fn close(&mut self, now_us: u64) {
+    pub(super) async fn close(&mut self, now_us: u64, commit_wait: std::time::Duration) {
         self.datagrams.stop().await;
         let release = self.state.close();
         for (channel, subscriber) in release.subscriptions {
@@ -445,5 +448,9 @@ impl<R: RoomHub> Connection<R> {
         self.stop.cancel();
         self.pumps.close();
         self.pumps.wait().await;
+        // Copied posts still committing: waited for as long as a stream post's reply is at the end (the frame
+        // timeout); a commit that takes longer (a stalled disk) completes on its own, its post delivered once stored.
+        self.commits.close();
+        let _ = tokio::time::timeout(commit_wait, self.commits.wait()).await;
     }
 }

@@ -442,6 +442,8 @@ pub(crate) async fn pump(
     loop {
         match next(&outbox) {
             Next::Drain(mut batch, mut send) => {
+                // The frame being written when the stream was given up (an overflow, a stop): not written.
+                let mut cut_short = 0;
                 while let Some(frame) = batch.pop_front() {
                     let len = frame.len();
                     tokio::select! {
@@ -463,12 +465,14 @@ pub(crate) async fn pump(
                             {
                                 dequeued(&stats, len);
                                 outbox.kick();
+                                cut_short = 1;
                                 break;
                             }
                             Err(_) => return dequeued(&stats, len + batch.iter().map(Bytes::len).sum::<usize>()),
                         },
                         () = outbox.overflow.cancelled() => {
                             dequeued(&stats, len);
+                            cut_short = 1;
                             break;
                         }
                         () = stop.cancelled() => {
@@ -486,7 +490,7 @@ pub(crate) async fn pump(
                     }
                 }
                 // Copies of what is left unwritten (an overflow: it goes with the reset) stay held.
-                let written_before = lock(&outbox.queue).written_before() - batch.len() as u64;
+                let written_before = lock(&outbox.queue).written_before() - (batch.len() + cut_short) as u64;
                 outbox.probed(written_before);
                 // What is left after an overflow goes with the reset.
                 dequeued(&stats, batch.iter().map(Bytes::len).sum());

@@ -31,7 +31,7 @@ impl Transit {
     /// how long it spent on the way beyond the fastest lately, µs.
     pub(crate) fn age_us(&mut self, origin: &str, received_us: u64, now_us: u64) -> u64 {
         // Both clocks' µs since 1970 are far below 2^62; a value beyond (garbage) must not overflow.
-        let apparent = (i128::from(now_us) - i128::from(received_us)).clamp(-(1 << 62), 1 << 62) as i64;
+        let apparent = (i128::from(now_us) - i128::from(received_us)).clamp(1 - (1 << 62), (1 << 62) - 1) as i64;
         if self.origins.len() >= MAX_ORIGINS && !self.origins.contains_key(origin) {
             self.origins.clear();
         }

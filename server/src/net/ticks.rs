@@ -62,6 +62,17 @@ fn datagram(channel_id: u64, tick: &Tick) -> Option<Bytes> {
 }
 
 impl DatagramSink {
+    /// The sink of `conn`'s outgoing ticks, with nothing waiting.
+    fn new(conn: &Wire, stats: &Arc<ServerStats>) -> Arc<DatagramSink> {
+        Arc::new(DatagramSink {
+            conn: conn.clone(),
+            waiting: Mutex::new(Conflation::default()),
+            wake: Notify::new(),
+            stats: stats.clone(),
+            send_buffer: conn.datagram_send_buffer_space(),
+        })
+    }
+
     fn send(&self, datagram: Option<Bytes>) {
         let Some(datagram) = datagram else { return };
         match self.conn.send_datagram(datagram) {
@@ -259,13 +270,7 @@ impl ConnectionTicks {
     ) -> Self {
         let read_limits = (limits.ticks_per_s, limits.max_frame as usize);
         let (claims, claims_rx) = watch::channel(Arc::default());
-        let sink = Arc::new(DatagramSink {
-            conn: conn.clone(),
-            waiting: Mutex::new(Conflation::default()),
-            wake: Notify::new(),
-            stats: stats.clone(),
-            send_buffer: conn.datagram_send_buffer_space(),
-        });
+        let sink = DatagramSink::new(conn, &stats);
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         // One task for both directions, sharing one handle on the connection: a task and a `Session` (776 bytes)
@@ -310,13 +315,7 @@ mod tests {
         let _client_never_reads = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(config.websocket())).await;
         let conn = Wire::Ws(WsSession::start(server, Role::Server, config, "127.0.0.1:1".parse().unwrap()));
         let stats = Arc::new(ServerStats::default());
-        let sink = Arc::new(DatagramSink {
-            conn: conn.clone(),
-            waiting: Mutex::new(Conflation::default()),
-            wake: Notify::new(),
-            stats: stats.clone(),
-            send_buffer: conn.datagram_send_buffer_space(),
-        });
+        let sink = DatagramSink::new(&conn, &stats);
         let stop = CancellationToken::new();
         let sender = tokio::spawn({
             let (conn, sink, stop) = (conn.clone(), sink.clone(), stop.clone());

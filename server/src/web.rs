@@ -19,6 +19,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/", "text/html; charset=utf-8", include_str!("../web/index.html")),
     ("/index.html", "text/html; charset=utf-8", include_str!("../web/index.html")),
     ("/app.js", "text/javascript; charset=utf-8", include_str!("../web/app.js")),
+    ("/dev-token.js", "text/javascript; charset=utf-8", include_str!("../web/dev-token.js")),
     ("/quiver/index.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/index.js")),
     ("/quiver/client.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client.js")),
     ("/quiver/client/session.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/session.js")),

@@ -8,6 +8,7 @@
 // once it has joined the room and subscribed to the channel.
 
 import { QuiverClient, QuiverError, errorCodeName } from './quiver/index.js';
+import { devTokenMayGo } from './dev-token.js';
 
 /** Seconds of ticks the plot shows. */
 const PLOT_SECONDS = 5;
@@ -57,10 +58,12 @@ function configUrl(params) {
   return name ? `config.json?name=${encodeURIComponent(name)}` : 'config.json';
 }
 
-/** A fresh token at every connect: `?token=` if given, else the dev server's (from config.json), else none. */
+/** A fresh token at every connect: `?token=` if given, else the dev server's (from config.json) when the page
+ *  connects to it or another loopback server (dev-token.js: a link must not send it elsewhere), else none. */
 async function freshToken() {
   const params = new URLSearchParams(location.search);
   if (params.get('token')) return params.get('token');
+  if (!devTokenMayGo(params)) return null;
   try {
     const response = await fetch(configUrl(params), { cache: 'no-store' });
     return response.ok ? ((await response.json()).token ?? null) : null;
@@ -74,7 +77,7 @@ async function loadConfig() {
   const params = new URLSearchParams(location.search);
   let config = {};
   try {
-    const response = await fetch(configUrl(params), { cache: 'no-store' });
+    const response = await fetch('config.json', { cache: 'no-store' }); // where to connect; no token asked for here
     if (!response.ok) throw new Error(`config.json: HTTP ${response.status}`);
     config = await response.json();
   } catch (err) {

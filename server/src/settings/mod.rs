@@ -235,7 +235,7 @@ impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
             format: LogFormat::Text,
-            filter: "info,quinn=warn,fjall=warn,lsm_tree=warn".into(),
+            filter: "info,quinn=warn,web_transport_quinn=error,fjall=warn,lsm_tree=warn".into(),
             qlog_dir: PathBuf::new(),
         }
     }

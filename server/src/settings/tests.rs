@@ -211,3 +211,32 @@ fn values_that_would_lock_every_client_out_are_refused() {
     load_text(fine, &[], Vec::new()).unwrap();
     load_text("[admin]\nhosts = [\"quiver\", \"*.quiver.svc\", \"metrics-1.example\"]\n", &[], Vec::new()).unwrap();
 }
+
+/// The default filter keeps the server's own info lines and drops what a peer can make a library log without
+/// limit: web-transport-quinn's warning for every stream opened with a bad header.
+#[test]
+fn the_default_log_filter_drops_what_a_peer_can_repeat() {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    use tracing_subscriber::layer::SubscriberExt;
+
+    struct Count(Arc<AtomicUsize>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let seen = |emit: fn()| {
+        let count = Arc::new(AtomicUsize::new(0));
+        let filter = tracing_subscriber::EnvFilter::new(&LogSettings::default().filter);
+        let subscriber = tracing_subscriber::registry().with(filter).with(Count(count.clone()));
+        tracing::subscriber::with_default(subscriber, emit);
+        count.load(Ordering::Relaxed)
+    };
+    assert_eq!(seen(|| tracing::info!(target: "quiver_server::net", "connection ended")), 1);
+    assert_eq!(seen(|| tracing::warn!(target: "web_transport_quinn::session", "failed to decode stream header")), 0);
+    assert_eq!(seen(|| tracing::error!(target: "web_transport_quinn::session", "a real failure")), 1);
+    assert_eq!(seen(|| tracing::info!(target: "quinn_proto::connection", "a packet")), 0);
+}

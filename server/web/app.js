@@ -306,9 +306,9 @@ async function main() {
   state.identity = client.welcome.identity;
   window.quiverClient = client;
 
-  room = await client.join(config.room, { onEvent: (event) => onRoomEvent(room, event) });
+  room = await retried(client, () => client.join(config.room, { onEvent: (event) => onRoomEvent(room, event) }));
   showMembers(room.members);
-  subscription = await client.subscribe(config.channel, { onTick: (tick) => onTick(subscription, tick) });
+  subscription = await retried(client, () => client.subscribe(config.channel, { onTick: (tick) => onTick(subscription, tick) }));
   window.quiverReady = true;
 
   setUpTestSignal(client, config.channel);
@@ -316,6 +316,19 @@ async function main() {
     if (client.status !== 'connected') return;
     client.ping().then((rtt) => { state.rttMs = rtt; }, (err) => { if (!err.closed) report(err); });
   }, 1000);
+}
+
+/** `attempt()` again while it fails only because the connection went before its reply (the client reconnects;
+ *  the join or subscribe must then be made on the new connection), until the client closes for good. */
+async function retried(client, attempt) {
+  for (;;) {
+    try {
+      return await attempt();
+    } catch (err) {
+      if (!err?.closed || client.status === 'closed') throw err;
+      await new Promise((resolve) => setTimeout(resolve, 100)); // never a tight loop
+    }
+  }
 }
 
 // Anything that goes wrong on the page, including in callbacks, shows up in the state.

@@ -5,7 +5,8 @@
 //! or doubled); a room whose stream Redis lost starting a new epoch; a node cut off from Redis (through a relay
 //! that stalls) for longer than the presence expiry, buried by the others and coming back with its members; ticks
 //! crossing nodes only where another node subscribes; Redis lost by every node at once for longer than the expiry,
-//! and no live node buried; a room's gap filled from the stream while the node's other rooms go on.
+//! and no live node buried; a room's gap filled from the stream while the node's other rooms go on; history paged
+//! through more than one read of the stream.
 //!
 //! Needs `redis-server` (Debian's `redis-server` package; `.ci/run` installs it): without it the tests skip loudly,
 //! or fail under `QUIVER_REQUIRE_ALL=1`. The server binary is `QUIVER_SERVER_BIN` when set, else this package's
@@ -293,6 +294,36 @@ fn a_room_whose_stream_redis_lost_starts_a_new_epoch_and_its_members_resume_unre
         .unwrap();
         assert_eq!((next.seq, next.epoch, next.body.as_ref()), (1, page.epoch, &b"new-1"[..]));
         member.close().await;
+        poster.close().await;
+    });
+}
+
+/// History through Redis pages through every message: a page read short by the 1,024-entry cap (a `limit` of
+/// 1,024 or more) says there is more, so a client paging with `since` gets every seq once.
+#[test]
+fn history_through_redis_pages_through_more_than_one_read() {
+    if !redis_available("history_through_redis_pages_through_more_than_one_read") {
+        return;
+    }
+    let Cluster { redis: _redis, dirs, nodes, runtime, _tmp } = cluster(1, &[]);
+    runtime.block_on(async {
+        let poster = Client::connect_with(&nodes[0].addr, options(&dirs[0], "poster")).await.unwrap();
+        const POSTS: u64 = 1_060; // within what `MAXLEN ~ 1000` keeps (whole stream nodes of 100 are trimmed)
+        for k in 1..=POSTS {
+            assert_eq!(poster.post("long", "x").await.unwrap(), k);
+        }
+        let (mut seqs, mut since) = (Vec::new(), None);
+        loop {
+            let page = poster.history("long", since, 5_000).await.unwrap();
+            seqs.extend(page.messages.iter().map(|m| m.seq));
+            since = seqs.last().copied();
+            if !page.more {
+                break;
+            }
+            assert!(!page.messages.is_empty(), "a page that says more has some");
+        }
+        let (count, last) = (seqs.len(), seqs.last().copied());
+        assert!(seqs.into_iter().eq(1..=POSTS), "every seq once, in order: got {count}, the last {last:?}");
         poster.close().await;
     });
 }

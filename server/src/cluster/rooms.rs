@@ -447,7 +447,8 @@ impl RoomHub for RedisRooms {
         let entries = stream::range(&mut conn, &keys.log, since.unwrap_or(0), seq, count, &ctx.codec)
             .await
             .map_err(|err| ctx.unavailable(err))?;
-        let (mut messages, mut used, mut more) = (Vec::new(), 0, false);
+        // A read cut short by the 1,024 cap (a `limit` of 1,024 or more) leaves more unread as well.
+        let (mut messages, mut used, mut more) = (Vec::new(), 0, entries.len() == count && count <= limit as usize);
         for (i, entry) in entries.into_iter().enumerate() {
             if i == limit as usize || used + entry.frame.len() > budget {
                 more = true;

@@ -75,6 +75,39 @@ async fn a_paged_replay_comes_before_live_frames() {
     assert!(matches!(out.frames()[0], RoomFrame::Open(_)));
 }
 
+/// A resume told it was recovered gets every seq it was promised, or is ended and rejoins: retention deleting the
+/// start of its replay range before the replay read it ends the subscription (the client then rejoins from what
+/// it got, unrecovered), where the replay used to begin at the next message left, a gap nobody was told of. A
+/// replay told it was not recovered goes on past such a jump.
+#[tokio::test]
+async fn retention_overtaking_a_recovered_replay_ends_the_subscription_instead_of_skipping() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_messages: 8, ..Limits::default() };
+    let hub = open(dir.path(), limits, Budget::default());
+    for id in 1..=8 {
+        post(&hub, "r", "bob", id, 10).await.1.flush();
+    }
+    let epoch = hub.history("r", None, 1, usize::MAX, 10).await.unwrap().epoch;
+    let recovered = Collect::new(usize::MAX);
+    let resumed = join(&hub, "r", Some(Position { epoch, seq: 0 }), &recovered).await;
+    assert_eq!((resumed.joined.recovered, resumed.joined.replay_from), (true, 1));
+    let unrecovered = Collect::new(usize::MAX);
+    let lost = join(&hub, "r", Some(Position { epoch: epoch ^ 1, seq: 3 }), &unrecovered).await;
+    assert!(!lost.joined.recovered, "another epoch");
+    // Two more posts pass the bound's slack (8 + 1): the oldest are deleted before either replay reads them.
+    for id in 9..=10 {
+        post(&hub, "r", "bob", id, 10).await.1.flush();
+    }
+    written(hub.store().unwrap()).await;
+    assert_eq!(hub.history("r", None, 100, usize::MAX, 10).await.unwrap().messages[0].seq, 3, "1 and 2 deleted");
+    resumed.replay.expect("a replay").run().await;
+    assert!(recovered.kicked(), "ended: its replay would have begun at 3");
+    assert_eq!(recovered.message_seqs(), Vec::<u64>::new(), "nothing past the gap");
+    lost.replay.expect("a replay").run().await;
+    assert!(!unrecovered.kicked());
+    assert_eq!(unrecovered.message_seqs().last(), Some(&10), "the rest, then the live frames");
+}
+
 #[tokio::test]
 async fn retention_trims_as_the_room_passes_its_bound_and_stays_trimmed_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();

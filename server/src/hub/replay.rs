@@ -42,16 +42,25 @@ impl Replay {
 }
 
 async fn from_store(store: Arc<Store>, room: String, range: ReplayRange, outbox: Arc<dyn Outbox>) {
-    let ReplayRange { room_id, mut after, upto } = range;
+    let ReplayRange { room_id, mut after, upto, recovered } = range;
     while after < upto {
         let page = match store.page(room_id, after, upto, PAGE_MESSAGES, PAGE_BYTES) {
             Ok(page) => page,
+            // Not a kick: the rejoin would read the same damaged record again, and again.
             Err(err) => {
                 tracing::error!(room = %room, %err, "replay read failed; the replay stops here");
                 break;
             }
         };
-        // Empty: retention deleted the rest meanwhile (the member sees a jump in seqs, as after a trim).
+        // Not the next seq: retention deleted some of the range meanwhile (or all of the rest: an empty page). A
+        // joiner told it was not recovered knows it missed messages: its replay goes on past the jump.
+        if recovered && page.frames.first().is_none_or(|first| first.seq != after + 1) {
+            // Ended as an overflowed subscription (`SlowConsumer`): the client rejoins from what it got, which is
+            // no longer recoverable, so it learns that it missed messages.
+            outbox.kick();
+            outbox.flush();
+            return;
+        }
         let Some(last) = page.frames.last() else { break };
         after = last.seq;
         for stored in page.frames {

@@ -73,6 +73,8 @@ pub struct ReplayRange {
     pub after: u64,
     /// The last seq delivered when it joined (live frames begin after it).
     pub upto: u64,
+    /// The joiner was told its position was recovered: every seq of the range must reach it.
+    pub recovered: bool,
 }
 
 impl Room {

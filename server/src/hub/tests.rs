@@ -16,11 +16,23 @@ pub(super) struct Collect {
     bound: usize,
     /// Live frames held behind a paged replay.
     held: Mutex<Option<Vec<Bytes>>>,
+    /// Ended by the hub ([`Outbox::kick`]).
+    kicked: std::sync::atomic::AtomicBool,
 }
 
 impl Collect {
     pub(super) fn new(bound: usize) -> Arc<Collect> {
-        Arc::new(Collect { frames: Mutex::new(Vec::new()), bytes: Mutex::new(0), bound, held: Mutex::new(None) })
+        Arc::new(Collect {
+            frames: Mutex::new(Vec::new()),
+            bytes: Mutex::new(0),
+            bound,
+            held: Mutex::new(None),
+            kicked: Default::default(),
+        })
+    }
+
+    pub(super) fn kicked(&self) -> bool {
+        self.kicked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(super) fn frames(&self) -> Vec<RoomFrame> {
@@ -80,7 +92,9 @@ impl Outbox for Collect {
         self.record(frame);
     }
 
-    fn kick(&self) {}
+    fn kick(&self) {
+        self.kicked.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 
     fn flush(&self) {}
 

@@ -192,7 +192,7 @@ impl DiskRoom {
         gap_replay: usize,
         since: Option<Position>,
     ) -> (bool, ReplayRange) {
-        let range = |after: u64| ReplayRange { room_id: self.id, after, upto: delivered };
+        let range = |after: u64| ReplayRange { room_id: self.id, after, upto: delivered, recovered: true };
         let Some(since) = since else { return (true, range(delivered)) };
         let first_needed = since.seq.saturating_add(1);
         let first = self.first_readable(delivered);
@@ -202,7 +202,7 @@ impl DiskRoom {
             return (true, range(since.seq));
         }
         let latest = delivered.saturating_sub(gap_replay as u64).max(first.saturating_sub(1));
-        (false, range(latest))
+        (false, ReplayRange { recovered: false, ..range(latest) })
     }
 
     /// A page of history after `since` (default: from the oldest retained), read from the store.

@@ -357,7 +357,9 @@ async fn a_join_in_the_hellos_chunk_stops_waiting_when_the_token_expires() {
 
 /// A client that stops a room stream it has not left (any code) is kicked from the room, as a slow consumer is:
 /// the stream is reset, `Kicked` names the room, and a Join of it is served again. Before, the room stayed joined
-/// with nothing delivered: the member in its presence for good, and a rejoin refused `AlreadyJoined`.
+/// with nothing delivered: the member in its presence for good, and a rejoin refused `AlreadyJoined`. The same
+/// for a code outside the 32-bit application range (2^40), which the stream's write reports as an invalid stop:
+/// that used to end the room's writer with the member left in the room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_stream_stopped_by_its_client_ends_the_membership() {
     use quiver_proto::{Join, Reply, RequestBody, ServerMsg};
@@ -365,30 +367,33 @@ async fn a_room_stream_stopped_by_its_client_ends_the_membership() {
     bounded(async {
         let server = TestServer::start(Limits::default());
         let writer = server.client().await;
-        let (_endpoint, conn) = connect_with(&server, quinn::TransportConfig::default()).await;
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let mut buf = bytes::BytesMut::new();
-        let join = RequestBody::Join(Join { room: "r".into(), since: None, redundant: false });
-        send.write_all(&frame(0, hello(server.token("stopper")))).await.unwrap();
-        send.write_all(&frame(1, join.clone())).await.unwrap();
-        let mut stream = conn.accept_uni().await.unwrap();
-        stream.stop(7u32.into()).unwrap();
-        writer.post("r", "after the stop").await.unwrap();
-        let kicked = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the connection stays") {
-                    ServerMsg::Kicked { room, code, .. } => return (room, code),
-                    ServerMsg::Reply { result: Ok(_), .. } => {}
-                    other => panic!("{other:?}"),
+        for code in [7u64, 1 << 40] {
+            let room = format!("r-{code}");
+            let (_endpoint, conn) = connect_with(&server, quinn::TransportConfig::default()).await;
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let mut buf = bytes::BytesMut::new();
+            let join = RequestBody::Join(Join { room: room.clone(), since: None, redundant: false });
+            send.write_all(&frame(0, hello(server.token("stopper")))).await.unwrap();
+            send.write_all(&frame(1, join.clone())).await.unwrap();
+            let mut stream = conn.accept_uni().await.unwrap();
+            stream.stop(quinn::VarInt::from_u64(code).unwrap()).unwrap();
+            writer.post(&room, "after the stop").await.unwrap();
+            let kicked = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the connection stays") {
+                        ServerMsg::Kicked { room, code, .. } => return (room, code),
+                        ServerMsg::Reply { result: Ok(_), .. } => {}
+                        other => panic!("{other:?}"),
+                    }
                 }
-            }
-        })
-        .await
-        .expect("Kicked for the stopped room");
-        assert_eq!(kicked, (Some("r".into()), ErrorCode::SlowConsumer));
-        send.write_all(&frame(2, join)).await.unwrap();
-        let again = quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the Join's reply");
-        assert!(matches!(again, ServerMsg::Reply { req_id: 2, result: Ok(Reply::Joined(_)) }), "{again:?}");
+            })
+            .await
+            .unwrap_or_else(|_| panic!("Kicked for the room stopped with code {code}"));
+            assert_eq!(kicked, (Some(room), ErrorCode::SlowConsumer));
+            send.write_all(&frame(2, join)).await.unwrap();
+            let again = quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the Join's reply");
+            assert!(matches!(again, ServerMsg::Reply { req_id: 2, result: Ok(Reply::Joined(_)) }), "{again:?}");
+        }
         writer.close().await;
         server.stop().await;
     })

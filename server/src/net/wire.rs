@@ -85,11 +85,17 @@ impl From<WsError> for WireError {
     }
 }
 
+/// The code a stop with an unrepresentable code is reported with (no application code is this large).
+const INVALID_STOP: u32 = u32::MAX;
+
 impl From<web_transport_quinn::WriteError> for WireError {
     fn from(err: web_transport_quinn::WriteError) -> Self {
         match err {
             web_transport_quinn::WriteError::SessionError(err) => err.into(),
             web_transport_quinn::WriteError::Stopped(code) => WireError::Stream(code),
+            // A stop whose code is outside the application's range (raw QUIC: 2^32 and up; WebTransport: outside
+            // HTTP/3's mapped range) is a stop all the same: the peer takes no more of the stream.
+            web_transport_quinn::WriteError::InvalidStopped(_) => WireError::Stream(INVALID_STOP),
             other => WireError::Other(other.to_string()),
         }
     }

@@ -336,6 +336,48 @@ async fn pipelined_posts_are_sequenced_at_once_and_released_in_order_whichever_c
     assert_eq!(member.message_seqs(), [1, 2, 3]);
 }
 
+/// A slow consumer dropped within a released batch leaves with the seq of the last message before its
+/// `MemberLeft`, not the batch's last (which the others had not been sent yet).
+#[tokio::test]
+async fn a_slow_consumer_dropped_in_a_released_batch_leaves_at_the_frame_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    let member = Collect::new(usize::MAX);
+    let _member = join(&hub, "r", None, &member).await;
+    let slow = Collect::new(25); // its own MemberJoined fits, a message does not
+    let join_slow =
+        JoinRoom { room: "r".into(), identity: "sam".into(), since: None, req_id: 1, outbox: slow, now_us: 1 };
+    let _slow = hub.join(join_slow).await.unwrap();
+    let go = hold_the_writer(&hub);
+    let mut commits = Vec::new();
+    for id in 1..=3 {
+        let body = Bytes::from(format!("p{id}"));
+        let message = PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
+        match hub.sequence_post(message).await.unwrap() {
+            PostProgress::Committing(commit) => commits.push(commit),
+            PostProgress::Done(_) => panic!("fsync: acknowledged only once stored"),
+        }
+    }
+    go.send(()).unwrap();
+    drop(commits.pop().unwrap().await.unwrap()); // the last releases all three
+    let events: Vec<(u64, String)> = member
+        .frames()
+        .into_iter()
+        .filter_map(|f| match f {
+            RoomFrame::Event(e) => Some(match e.kind {
+                quiver_proto::EventKind::Message { .. } => (e.seq, "message".to_string()),
+                quiver_proto::EventKind::MemberJoined { member } => (e.seq, format!("+{member}")),
+                quiver_proto::EventKind::MemberLeft { member } => (e.seq, format!("-{member}")),
+            }),
+            _ => None,
+        })
+        .collect();
+    let left_at = events.iter().position(|(_, what)| what == "-sam").expect("sam dropped");
+    assert!(left_at + 1 < events.len(), "dropped before the batch's last message, which follows: {events:?}");
+    let before = events[..left_at].iter().rev().find(|(_, what)| what == "message").map_or(0, |(seq, _)| *seq);
+    assert_eq!(events[left_at].0, before, "the seq of the last message before it: {events:?}");
+}
+
 #[tokio::test]
 async fn a_post_whose_commit_nobody_waits_for_is_still_delivered_once_stored() {
     let dir = tempfile::tempdir().unwrap();

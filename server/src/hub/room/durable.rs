@@ -108,16 +108,18 @@ impl Room {
             disk.extent.messages += 1;
             disk.extent.bytes += post.frame.len() as u64;
             disk.first_time_us.get_or_insert(now_us);
-            self.delivered_seq = post.seq;
-            frames.push(post.frame);
+            frames.push((post.seq, post.frame));
         }
         // A busy room is trimmed as it passes its bounds, a run at a time, rather than by the sweep only: the plan
         // reads what it deletes under the room's lock, a second's worth of posts at once otherwise.
-        if !frames.is_empty() {
-            disk.trim_if_over(now_us, &self.dedupe, self.epoch, self.delivered_seq);
+        if let Some(&(last, _)) = frames.last() {
+            disk.trim_if_over(now_us, &self.dedupe, self.epoch, last);
         }
+        // Delivered one at a time: a slow consumer dropped on the way leaves with the seq of the last message sent
+        // before its `MemberLeft`, not the batch's last.
         let mut delivery = Delivery::default();
-        for frame in frames {
+        for (seq, frame) in frames {
+            self.delivered_seq = seq;
             delivery.extend(self.deliver(frame, now_us));
         }
         delivery

@@ -31,6 +31,8 @@ const HELD: usize = 1_024;
 /// How long after a Pub/Sub reconnect the node waits for the events Redis had already queued to it before it takes
 /// the ones still missing for lost.
 const RESUBSCRIBE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest pause between two tries of a catch-up's read while Redis does not answer.
+const CATCH_UP_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// What every room of the node shares.
 pub(super) struct Ctx {
@@ -119,6 +121,8 @@ pub(super) struct NodeState {
     /// Counts resets: a fill or catch-up begun before one leaves the room's new position (set by the next join)
     /// alone.
     pub(super) generation: u64,
+    /// Counts Pub/Sub reconnects' catch-ups: one still retrying its read gives way to a later one.
+    pub(super) catch_ups: u64,
 }
 
 /// What an event means for where the node stands in the room's order.
@@ -373,14 +377,21 @@ impl NodeRoom {
     /// beyond the node's) is filled from the stream, and if presence events are among it, the room's subscriptions
     /// are reset.
     pub(super) async fn on_resubscribed(self: Arc<Self>) {
-        let generation = match &*lock(&self.state) {
-            state if state.live => state.generation,
+        let (generation, mine) = match &mut *lock(&self.state) {
+            state if state.live => {
+                state.catch_ups += 1;
+                (state.generation, state.catch_ups)
+            }
             _ => return,
         };
         // On a task of its own: the Pub/Sub loop goes on to what Redis queued meanwhile.
         tokio::spawn(async move {
-            let mut meta = None;
-            for _ in 0..3 {
+            // Read until it is read (the events lost meanwhile may be a quiet room's last: no later event would
+            // show the gap), or until it no longer matters: the room reset or left, or a later reconnect's
+            // catch-up took over.
+            let current = |state: &NodeState| state.live && state.generation == generation && state.catch_ups == mine;
+            let mut retry = RESUBSCRIBE_GRACE / 4;
+            let meta = loop {
                 let mut conn = self.ctx.broker.conn();
                 let read: redis::RedisResult<(Option<String>, Option<u64>, Option<u64>)> = redis::cmd("HMGET")
                     .arg(&self.keys.meta)
@@ -390,18 +401,15 @@ impl NodeRoom {
                     .query_async(&mut conn)
                     .await;
                 match read {
-                    Ok(read) => {
-                        meta = Some(read);
-                        break;
-                    }
-                    Err(err) => {
-                        self.ctx.broker.failed(&err);
-                        tokio::time::sleep(RESUBSCRIBE_GRACE / 4).await;
-                    }
+                    Ok(read) => break read,
+                    Err(err) => self.ctx.broker.failed(&err),
                 }
-            }
-            // Unreadable: the next event of the room shows any gap.
-            let Some(meta) = meta else { return };
+                if !current(&lock(&self.state)) {
+                    return;
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(CATCH_UP_RETRY_MAX);
+            };
             let (epoch, seq, op) = match meta {
                 (Some(epoch), Some(seq), Some(op)) => (epoch.parse::<u64>().ok(), seq, op),
                 _ => (None, 0, 0),

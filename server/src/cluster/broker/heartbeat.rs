@@ -174,6 +174,13 @@ impl Broker {
         }
         if !done {
             tracing::warn!(%node, "could not clean up after a dead node yet; trying again at the next heartbeat");
+            // The mark again: a node that came back meanwhile (it made its mark anew and announced its members)
+            // may have had some of them ended by the hooks that did run, and it beats now, so no later burial
+            // comes; without its mark it finds itself buried at its next beat and announces them again.
+            let unmarked: redis::RedisResult<()> = self.conn().del(keys::node_mark(&node)).await;
+            if let Err(err) = unmarked {
+                self.failed(&err);
+            }
             return;
         }
         let mut conn = self.conn();

@@ -328,6 +328,28 @@ fn history_through_redis_pages_through_more_than_one_read() {
     });
 }
 
+/// Without an age bound (`history_max_age_s = 0`) a room's keys get no expiry when its last member leaves: its
+/// history is kept however long the room is unused (they expired after the dedupe window, 600 s, before).
+#[test]
+fn without_an_age_bound_an_empty_rooms_history_does_not_expire() {
+    if !redis_available("without_an_age_bound_an_empty_rooms_history_does_not_expire") {
+        return;
+    }
+    let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(1, &[("QUIVER_LIMITS_HISTORY_MAX_AGE_S", "0")]);
+    runtime.block_on(async {
+        let member = Client::connect_with(&nodes[0].addr, options(&dirs[0], "member")).await.unwrap();
+        let room = member.join("kept").await.unwrap();
+        assert_eq!(member.post("kept", "for later").await.unwrap(), 1);
+        room.leave().await.unwrap();
+        for key in ["q:{kept}:meta", "q:{kept}:log"] {
+            let ttl: i64 = redis.query(redis::cmd("PTTL").arg(key)).unwrap();
+            assert_eq!(ttl, -1, "{key} exists without an expiry");
+        }
+        assert_eq!(member.history("kept", None, 10).await.unwrap().messages.len(), 1);
+        member.close().await;
+    });
+}
+
 /// A TCP relay to Redis that can be cut: while cut, it holds what it reads instead of forwarding it (a partition:
 /// connections stay open, nothing gets through, and what was sent arrives once it heals).
 struct Partition {

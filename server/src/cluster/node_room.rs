@@ -39,7 +39,7 @@ pub(super) struct Ctx {
     pub(super) broker: Arc<Broker>,
     pub(super) limits: Limits,
     pub(super) codec: FrameCodec,
-    /// TTL of an idle room's keys: history age or dedupe window, whichever is longer.
+    /// TTL of an idle room's keys: history age or dedupe window, whichever is longer; 0 (no age bound): none.
     pub(super) room_ttl_ms: u64,
 }
 

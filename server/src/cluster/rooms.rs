@@ -50,7 +50,12 @@ impl RedisRooms {
     /// Rooms on `broker`, following `limits` (history, dedupe window, frame size). Registers this node's part in
     /// burying dead nodes (their members leave) and in coming back after being buried (its members join again).
     pub fn new(broker: Arc<Broker>, limits: Limits) -> RedisRooms {
-        let room_ttl_ms = u64::from(limits.history_max_age_s.max(limits.dedupe_window_s)).max(1) * 1000;
+        // Without an age bound (`history_max_age_s` 0) a room's history is kept however long it is unused: its
+        // keys get no expiry (0), as the single node keeps it.
+        let room_ttl_ms = match limits.history_max_age_s {
+            0 => 0,
+            age => u64::from(age.max(limits.dedupe_window_s)).max(1) * 1000,
+        };
         let codec = FrameCodec::new(limits.max_frame as usize);
         let ctx = Arc::new(Ctx { broker: broker.clone(), limits, codec, room_ttl_ms });
         let rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>> = Arc::default();

@@ -28,7 +28,7 @@ local function publish(channel, epoch, seq, op, time, event)
     epoch .. ' ' .. string.format('%d', seq) .. ' ' .. string.format('%d', op) .. ' ' .. time .. ' ' .. event)
 end
 local function expire_if_empty(meta, log, members, ttl)
-  if redis.call('EXISTS', members) == 0 then
+  if tonumber(ttl) > 0 and redis.call('EXISTS', members) == 0 then
     redis.call('PEXPIRE', meta, ttl)
     redis.call('PEXPIRE', log, ttl)
   end

@@ -155,7 +155,10 @@ impl Client {
     /// Posts `body` to `room` (joined or not); the returned future resolves to the seq it got. The post is queued
     /// when this is called, not when the future is first polled: posts go out in the order of `post` calls. They
     /// are pipelined, retried after a reconnect until acknowledged, and delivered once (the server deduplicates
-    /// by `client_msg_id`).
+    /// by `client_msg_id`) as long as the server still remembers the first attempt: within its dedupe window
+    /// (`dedupe_window_s`, 600 s by default, and the room's newest `dedupe_max_entries` posts). A post whose
+    /// first attempt was stored but whose reply was lost, retried after a reconnect that took longer than that,
+    /// is stored twice.
     pub fn post(
         &self,
         room: &str,

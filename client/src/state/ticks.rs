@@ -77,7 +77,7 @@ impl LatestWins {
                 self.stale_dropped += 1;
                 return false;
             }
-            self.lost += header.seq - last - 1;
+            self.lost = self.lost.saturating_add(header.seq - last - 1);
         }
         self.last_seq = Some(header.seq);
         self.received += 1;

@@ -287,7 +287,10 @@ impl LocalRooms {
             // first waits; a waiter that gives up leaves it to the next).
             let unsettled = lock(&shared).room.unsettled();
             if let Some(stored) = unsettled {
-                stored.wait().await.map_err(store_failure)?;
+                let created = stored.wait().await;
+                created.map_err(|failed| {
+                    Failure::new(ErrorCode::Internal, format!("{failed}: cannot store room {name}"))
+                })?;
                 lock(&shared).room.settle();
             }
             let mut slot = lock(&shared);

@@ -235,6 +235,28 @@ async fn a_room_nobody_uses_is_trimmed_by_age_too() {
     assert_eq!(posted.seq, 4, "same room, seqs go on");
 }
 
+/// A room loaded from the store with history past the age bound is trimmed by its first user: History and a
+/// resume see only what is within the bound, not what the sweep's walk over stored rooms has not reached yet.
+#[tokio::test]
+async fn a_room_loaded_with_aged_history_serves_none_of_it() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_age_s: 100, ..Limits::default() };
+    let hub = open(dir.path(), limits.clone(), Budget::default());
+    for id in 1..=3 {
+        let _ = post(&hub, "old", "bob", id, 10).await;
+    }
+    let _ = post(&hub, "old", "bob", 4, 150 * S).await;
+    let epoch = hub.history("old", None, 1, usize::MAX, 150 * S).await.unwrap().epoch;
+    drop(hub);
+    let hub = open(dir.path(), limits, Budget::default());
+    let seqs = |page: HistoryPage| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(hub.history("old", None, 10, usize::MAX, 200 * S).await.unwrap()), [4], "1–3 are 200 s old");
+    let out = Collect::new(usize::MAX);
+    let joining = join(&hub, "old", Some(Position { epoch, seq: 0 }), &out).await;
+    assert!(!joining.joined.recovered, "seq 1 is past the age bound");
+}
+
 #[tokio::test]
 async fn history_max_age_0_keeps_history_of_any_age() {
     const S: u64 = 1_000_000;

@@ -29,6 +29,10 @@ use crate::{
 pub(super) struct Slot {
     pub(super) room: Room,
     removed: bool,
+    /// Loaded from the store and not yet trimmed: its history may hold messages past the age bound, which the
+    /// sweep's walk over stored rooms reaches only later. Its first user trims it (under the room's lock, not the
+    /// map's: the plan reads the store).
+    untrimmed: bool,
 }
 
 pub(super) type Shared = Arc<Mutex<Slot>>;
@@ -238,6 +242,7 @@ impl LocalRooms {
                 format!("the server holds {max} rooms, all with members; cannot open room {name} now"),
             ));
         }
+        let untrimmed = stored.is_some();
         let room = match (&self.store, stored) {
             (Some(store), Some(stored)) => {
                 Room::durable(name.to_string(), stored, &self.limits, self.retention(), store.clone(), true)
@@ -255,7 +260,7 @@ impl LocalRooms {
         };
         // A room loaded from the store holds its dedupe window already: counted from the start, like every change.
         self.account(0, room.retained_bytes());
-        let room = Arc::new(Mutex::new(Slot { room, removed: false }));
+        let room = Arc::new(Mutex::new(Slot { room, removed: false, untrimmed }));
         rooms.insert(name.to_string(), room.clone());
         Ok(Found::Room(room))
     }
@@ -298,6 +303,9 @@ impl LocalRooms {
                 continue; // removed between the lookup and the lock: look it up again
             }
             let before = slot.room.retained_bytes();
+            if std::mem::take(&mut slot.untrimmed) {
+                slot.room.trim(now_us);
+            }
             let out = f(&mut slot.room);
             self.account(before, slot.room.retained_bytes());
             drop(slot);

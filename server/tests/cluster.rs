@@ -341,6 +341,12 @@ fn without_an_age_bound_an_empty_rooms_history_does_not_expire() {
         let room = member.join("kept").await.unwrap();
         assert_eq!(member.post("kept", "for later").await.unwrap(), 1);
         room.leave().await.unwrap();
+        // The node runs the leave's script after its reply: the keys' expiry is decided once the member is gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.query::<u64>(redis::cmd("EXISTS").arg("q:{kept}:members")).unwrap() != 0 {
+            assert!(Instant::now() < deadline, "the leave reached Redis");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for key in ["q:{kept}:meta", "q:{kept}:log"] {
             let ttl: i64 = redis.query(redis::cmd("PTTL").arg(key)).unwrap();
             assert_eq!(ttl, -1, "{key} exists without an expiry");

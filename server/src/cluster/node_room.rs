@@ -387,9 +387,11 @@ impl NodeRoom {
         // On a task of its own: the Pub/Sub loop goes on to what Redis queued meanwhile.
         tokio::spawn(async move {
             // Read until it is read (the events lost meanwhile may be a quiet room's last: no later event would
-            // show the gap), or until it no longer matters: the room reset or left, or a later reconnect's
-            // catch-up took over.
-            let current = |state: &NodeState| state.live && state.generation == generation && state.catch_ups == mine;
+            // show the gap), or until it no longer matters: the node stopping, the room reset or without members
+            // here (the next join sets its position afresh), or a later reconnect's catch-up taking over.
+            let current = |state: &NodeState| {
+                state.live && !state.subscribers.is_empty() && state.generation == generation && state.catch_ups == mine
+            };
             let mut retry = RESUBSCRIBE_GRACE / 4;
             let meta = loop {
                 let mut conn = self.ctx.broker.conn();
@@ -404,7 +406,7 @@ impl NodeRoom {
                     Ok(read) => break read,
                     Err(err) => self.ctx.broker.failed(&err),
                 }
-                if !current(&lock(&self.state)) {
+                if self.ctx.broker.stopped() || !current(&lock(&self.state)) {
                     return;
                 }
                 tokio::time::sleep(retry).await;

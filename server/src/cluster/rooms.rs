@@ -449,11 +449,12 @@ impl RoomHub for RedisRooms {
         let epoch = epoch.parse().map_err(|_| Failure::new(ErrorCode::Internal, "unreadable room epoch"))?;
         // One more than asked tells whether there is more; a page never reads more than 1,024 entries.
         let count = (limit as usize).saturating_add(1).min(1024);
-        let entries = stream::range(&mut conn, &keys.log, since.unwrap_or(0), seq, count, &ctx.codec)
+        let (entries, read) = stream::range_read(&mut conn, &keys.log, since.unwrap_or(0), seq, count, &ctx.codec)
             .await
             .map_err(|err| ctx.unavailable(err))?;
-        // A read cut short by the 1,024 cap (a `limit` of 1,024 or more) leaves more unread as well.
-        let (mut messages, mut used, mut more) = (Vec::new(), 0, entries.len() == count && count <= limit as usize);
+        // A full read (cut short by `limit` + 1 or by the 1,024 cap) may leave more unread, also when some of its
+        // entries did not decode and were skipped.
+        let (mut messages, mut used, mut more) = (Vec::new(), 0, read == count);
         for (i, entry) in entries.into_iter().enumerate() {
             if i == limit as usize || used + entry.frame.len() > budget {
                 more = true;
@@ -462,6 +463,8 @@ impl RoomHub for RedisRooms {
             used += entry.frame.len();
             messages.push(entry.event);
         }
+        // A page with nothing in it that says there is more would have its reader ask for the same page again.
+        more &= !messages.is_empty();
         Ok(HistoryPage { room: room.to_string(), epoch, messages, more })
     }
 

@@ -76,12 +76,26 @@ pub(super) async fn range(
     count: usize,
     codec: &FrameCodec,
 ) -> RedisResult<Vec<Entry>> {
+    Ok(range_read(conn, log, after, upto, count, codec).await?.0)
+}
+
+/// [`range`], and how many entries Redis returned (entries that do not decode are skipped, so there may be fewer):
+/// `count` of them means there may be more.
+pub(super) async fn range_read(
+    conn: &mut ConnectionManager,
+    log: &str,
+    after: u64,
+    upto: u64,
+    count: usize,
+    codec: &FrameCodec,
+) -> RedisResult<(Vec<Entry>, usize)> {
     if after >= upto || count == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     let reply: StreamRangeReply =
         conn.xrange_count(log, format!("{}-0", after + 1), format!("{upto}-0"), count).await?;
-    Ok(decode_all(reply, log, codec))
+    let read = reply.ids.len();
+    Ok((decode_all(reply, log, codec), read))
 }
 
 /// The newest `count` messages with seq at most `upto`, oldest first.

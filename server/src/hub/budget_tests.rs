@@ -278,3 +278,37 @@ async fn eviction_does_not_wait_for_a_room_in_use() {
     assert_eq!(created.expect("created without waiting for the busy room").unwrap(), Ok(1));
     assert!(!lock(&hub.rooms).contains_key("idle"), "the idle room was evicted for it");
 }
+
+/// Over the budget with memory no room can give up (a durable room's dedupe window while it has a member), a pass
+/// over the rooms runs again only once the total grew by a tenth of the budget or a second passed, not at every
+/// post: each pass scans and sorts every room under the map's lock and unloads a batch of idle rooms.
+#[tokio::test]
+async fn over_the_budget_with_nothing_to_shed_the_rooms_are_not_scanned_at_every_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(dir.path(), crate::store::Durability::Os).unwrap();
+    let budget = Budget { retained_bytes: 32 << 10, ..budget() };
+    let hub = LocalRooms::durable(Limits::default(), budget.clone(), store);
+    let (_member, _) = join(&hub, "hot", None, 1).await;
+    let body = Bytes::from_static(b"x");
+    // The member's room keeps every post's dedupe entry: over the budget for good.
+    let mut id = 0;
+    while hub.usage().retained_bytes <= budget.retained_bytes {
+        id += 1;
+        post(&hub, "hot", id, &body, 2).await.unwrap();
+    }
+    let passes = || hub.counters.shed_passes.load(Ordering::Relaxed);
+    let (before, retained) = (passes(), hub.usage().retained_bytes);
+    for _ in 0..100 {
+        id += 1;
+        post(&hub, "hot", id, &body, 3).await.unwrap();
+    }
+    let grown = hub.usage().retained_bytes - retained;
+    let allowed = 1 + grown / (budget.retained_bytes / 10);
+    assert!(passes() - before <= allowed, "{} passes for 100 posts ({grown} bytes more)", passes() - before);
+    // A second later it looks again.
+    post(&hub, "hot", id + 1, &body, 3 + S).await.unwrap();
+    assert!(passes() - before <= allowed + 1);
+    let again = passes();
+    post(&hub, "hot", id + 2, &body, 3 + 2 * S).await.unwrap();
+    assert_eq!(passes(), again + 1, "once a second while stuck");
+}

@@ -72,6 +72,9 @@ struct Counters {
     evicted: AtomicU64,
     refused: AtomicU64,
     shed: AtomicU64,
+    /// Passes of [`LocalRooms::shed_if_over`] over the rooms (tests).
+    #[cfg(test)]
+    shed_passes: AtomicU64,
 }
 
 /// All rooms in this process's memory, each behind its own lock (the map's lock is held only to find, add or
@@ -83,8 +86,8 @@ pub struct LocalRooms {
     budget: Budget,
     next_subscriber: AtomicU64,
     counters: Counters,
-    /// Held by the one caller shedding memory at a time.
-    shedding: Mutex<()>,
+    /// Held by the one caller shedding memory at a time: how the last pass ended.
+    shedding: Mutex<ShedState>,
     /// The durable store rooms live in; `None`: in memory only.
     store: Option<Arc<Store>>,
     /// Rooms taken out of the map so far, counted by a hash of their name ([`REMOVAL_BUCKETS`]): a room read from
@@ -98,8 +101,19 @@ pub struct LocalRooms {
     aged_cursor: Mutex<Option<Vec<u8>>>,
 }
 
+/// How the last pass over the rooms to shed memory ended.
+#[derive(Debug, Default)]
+struct ShedState {
+    /// It could not get under the low-water mark (memory no room gives up: the dedupe windows of durable rooms
+    /// with members): the total it left, and when. The next pass waits until the total grew by a tenth of the
+    /// budget or a second passed, instead of scanning every room at every post.
+    stuck: Option<(u64, u64)>,
+}
+
 /// Counts of removed rooms, by a hash of the name.
 const REMOVAL_BUCKETS: usize = 1024;
+/// The longest a stuck shedding waits before it looks again (µs).
+const SHED_RETRY_US: u64 = 1_000_000;
 /// Stored room records the sweep examines each time for history past its age in rooms not in memory.
 const AGED_EXAMINED_PER_SWEEP: usize = 64;
 /// Such rooms loaded (to be trimmed) per sweep at most: a load reads the room's history.
@@ -114,7 +128,7 @@ impl LocalRooms {
             budget,
             next_subscriber: AtomicU64::new(1),
             counters: Counters::default(),
-            shedding: Mutex::new(()),
+            shedding: Mutex::new(ShedState::default()),
             store: None,
             removals: (0..REMOVAL_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             removal_hasher: std::collections::hash_map::RandomState::new(),
@@ -383,7 +397,16 @@ impl LocalRooms {
             return;
         }
         // One shedder at a time; the others go on (the one shedding brings the total down for all).
-        let Ok(_shedding) = self.shedding.try_lock() else { return };
+        let Ok(mut shedding) = self.shedding.try_lock() else { return };
+        if let Some((left, at_us)) = shedding.stuck {
+            let grown =
+                self.counters.retained.load(Ordering::Relaxed) >= left.saturating_add(self.budget.retained_bytes / 10);
+            if !grown && now_us.saturating_sub(at_us) < SHED_RETRY_US {
+                return;
+            }
+        }
+        #[cfg(test)]
+        self.counters.shed_passes.fetch_add(1, Ordering::Relaxed);
         let low_water = self.budget.retained_low_water();
         let mut rooms: Vec<(u64, String)> = {
             let map = lock(&self.rooms);
@@ -414,6 +437,8 @@ impl LocalRooms {
         if self.store.is_some() && self.counters.retained.load(Ordering::Relaxed) > low_water {
             self.evict_idle(&mut lock(&self.rooms), "over retained_bytes");
         }
+        let left = self.counters.retained.load(Ordering::Relaxed);
+        shedding.stuck = (left > low_water).then_some((left, now_us));
     }
 
     /// Removes the named rooms that (still) have no members and nothing retained.

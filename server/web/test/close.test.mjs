@@ -1,10 +1,12 @@
 // close() while the client reconnects: the attempt under way is given up at once (no token fetched, no Hello, the
-// connection being opened closed; with several URLs, no next one tried), and nothing connects afterwards.
+// connection being opened closed; with several URLs, no next one tried), and nothing connects afterwards. And a
+// close by the server before Welcome reaches the application with its code.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { FakeServer, connect, sleep, until } from './fakes.mjs';
+import { ErrorCode, QuiverClient, QuiverError } from '../quiver/index.js';
+import { FakeServer, URL_, connect, sleep, until } from './fakes.mjs';
 
 test('close() while reconnecting gives the connect under way up: no token, no Hello, no further dial', async (t) => {
   const server = new FakeServer();
@@ -21,4 +23,14 @@ test('close() while reconnecting gives the connect under way up: no token, no He
   assert.equal(server.requestsOf('Hello').length, 1, 'no Hello on the connection opened after the close');
   assert.equal(server.connections[1].alive, false, 'the connection being opened was closed');
   assert.equal(ann.status, 'closed');
+});
+
+test('a server that closes the WebTransport session before Welcome: its code is the error\'s, though the stream error carries none', async () => {
+  const server = new FakeServer();
+  // The control stream ends (an error without a code, as Chromium's); the session's `closed` says why.
+  server.closeAtHello = { closeCode: ErrorCode.TooManyConnections, reason: 'too many connections from your address' };
+  await assert.rejects(
+    QuiverClient.connect(URL_, { transport: 'webtransport', webTransport: server.transport }),
+    (err) => err instanceof QuiverError && err.code === ErrorCode.TooManyConnections && /too many/.test(err.message),
+  );
 });

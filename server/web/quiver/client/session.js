@@ -26,6 +26,27 @@ function withCloseCode(err) {
   return new QuiverError(err.closeCode, err.message);
 }
 
+/** How long a handshake that failed waits for its session's `closed` to give the server's close code. */
+const CLOSE_CODE_WAIT_MS = 100;
+
+/**
+ * `err` (a handshake's failure on `wt`) with the code the server closed the session with, if it did. Over
+ * WebTransport the stream errors do not carry it (Chromium's WebTransportError has no closeCode): the session's
+ * `closed` does, at once or a moment later. Nothing else is waited for.
+ */
+async function withSessionClose(wt, err) {
+  const known = withCloseCode(err);
+  if (known !== err || err instanceof QuiverError || err instanceof QuiverDecodeError) return known;
+  let timer;
+  const info = await Promise.race([
+    wt.closed.then((closed) => closed, () => null),
+    new Promise((resolve) => { timer = setTimeout(() => resolve(null), CLOSE_CODE_WAIT_MS); }),
+  ]);
+  clearTimeout(timer);
+  if (typeof info?.closeCode !== 'number') return err;
+  return new QuiverError(info.closeCode, info.reason || String(err?.message ?? err));
+}
+
 /** One connection (see the top of this file). */
 export class Session {
   /**
@@ -68,6 +89,13 @@ export class Session {
     });
     const handshake = async () => {
       const link = await dialing;
+      try {
+        return await greet(link);
+      } catch (err) {
+        throw giveUp.signal.aborted ? err : await withSessionClose(link.wt, err);
+      }
+    };
+    const greet = async (link) => {
       const { wt } = link;
       const stream = await wt.createBidirectionalStream();
       const writer = stream.writable.getWriter();

@@ -41,6 +41,11 @@ pub fn load_or_generate(data_dir: &Path, now: SystemTime) -> Result<(CertKey, De
     let cert_path = data_dir.join(CERT_FILE);
     let key_path = data_dir.join(KEY_FILE);
     let reason = match pem::load(&cert_path, &key_path) {
+        Ok(stored) if !key_matches(&stored, &key_path) => {
+            // A key replaced without its certificate (a write cut short between the two): ours to repair.
+            tracing::warn!(path = %key_path.display(), "the dev key does not match the dev certificate; replacing both");
+            "stored key does not match the certificate".to_string()
+        }
         Ok(stored) => {
             let not_after = validity(&stored.chain[0], &cert_path)?.1;
             match not_after.duration_since(now) {
@@ -81,6 +86,14 @@ pub fn validity(cert: &CertificateDer<'_>, path: &Path) -> Result<(SystemTime, S
         Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
     };
     Ok((to_system(&parsed.validity().not_before)?, to_system(&parsed.validity().not_after)?))
+}
+
+/// Whether the stored key (`key_path`, PEM) is the one whose public key the stored certificate carries.
+fn key_matches(stored: &CertKey, key_path: &Path) -> bool {
+    let Ok(pem) = std::fs::read_to_string(key_path) else { return false };
+    let Ok(key) = KeyPair::from_pem(&pem) else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&stored.chain[0]) else { return false };
+    cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
 }
 
 /// A new dev certificate and key as PEM text, valid from `now - BACKDATE` for `VALIDITY`.
@@ -195,6 +208,19 @@ mod tests {
         std::fs::write(dir.path().join(CERT_FILE), b"garbage").unwrap();
         let (_, status) = load_or_generate(dir.path(), SystemTime::now()).unwrap();
         assert!(matches!(status, DevCertStatus::Generated(ref why) if why.contains("unusable")), "{status:?}");
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_the_certificate_is_replaced_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = load_or_generate(dir.path(), SystemTime::now()).unwrap();
+        let other = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        std::fs::write(dir.path().join(KEY_FILE), other.serialize_pem()).unwrap();
+        let (second, status) = load_or_generate(dir.path(), SystemTime::now()).unwrap();
+        assert!(matches!(status, DevCertStatus::Generated(ref why) if why.contains("does not match")), "{status:?}");
+        assert_ne!(first.fingerprint(), second.fingerprint());
+        let (_, status) = load_or_generate(dir.path(), SystemTime::now()).unwrap();
+        assert_eq!(status, DevCertStatus::Reused, "the new pair matches");
     }
 
     #[test]

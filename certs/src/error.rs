@@ -46,6 +46,14 @@ pub enum CertError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The certificate is not valid now: expired, or valid only from a later time.
+    #[error("{}: {reason}", path.display())]
+    NotValidNow {
+        /// The file.
+        path: PathBuf,
+        /// When it is valid, and what to do.
+        reason: String,
+    },
     /// Certificate generation failed.
     #[error("cannot generate certificate: {0}")]
     Generate(#[from] rcgen::Error),

@@ -37,6 +37,10 @@ impl FromStr for Fingerprint {
         if digits.len() != 64 {
             return Err(bad("expected 64 hex digits (SHA-256)"));
         }
+        // Checked here: `from_str_radix` would take a sign ("+a" is 10).
+        if !digits.iter().all(u8::is_ascii_hexdigit) {
+            return Err(bad("not hex"));
+        }
         let mut out = [0u8; 32];
         for (byte, pair) in out.iter_mut().zip(digits.chunks(2)) {
             let text = std::str::from_utf8(pair).map_err(|_| bad("not hex"))?;
@@ -49,6 +53,13 @@ impl FromStr for Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signs_are_not_hex_digits() {
+        assert!("+0".repeat(32).parse::<Fingerprint>().is_err());
+        assert!("-0".repeat(32).parse::<Fingerprint>().is_err());
+        assert!("0a".repeat(32).parse::<Fingerprint>().is_ok());
+    }
 
     #[test]
     fn hex_round_trip_and_known_digest() {

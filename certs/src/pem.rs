@@ -1,6 +1,6 @@
 //! Production certificates: a PEM chain (leaf first) and its private key, with errors that name the file.
 
-use std::path::Path;
+use std::{path::Path, time::SystemTime};
 
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
@@ -29,6 +29,29 @@ pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
     Ok(chain)
 }
 
+/// Checks that the leaf certificate of `chain` (loaded from `path`) is valid at `now`; returns when it expires.
+/// A server given an expired certificate (an old file restored, a renewal that did not run) would fail every
+/// handshake: it is refused, naming the dates.
+pub fn check_valid(chain: &[CertificateDer<'_>], path: &Path, now: SystemTime) -> Result<SystemTime, CertError> {
+    let Some(leaf) = chain.first() else { return Err(CertError::NoCertificate { path: path.to_owned() }) };
+    let (not_before, not_after) = crate::dev::validity(leaf, path)?;
+    let date = |t: SystemTime| {
+        let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        i64::try_from(secs)
+            .ok()
+            .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+            .map_or_else(|| format!("{secs} s after 1970"), |d| d.to_string())
+    };
+    let reason = if now > not_after {
+        format!("the certificate expired at {}; install a renewed one", date(not_after))
+    } else if now < not_before {
+        format!("the certificate is valid only from {} (is this machine's clock right?)", date(not_before))
+    } else {
+        return Ok(not_after);
+    };
+    Err(CertError::NotValidNow { path: path.to_owned(), reason })
+}
+
 /// The first private key block (PKCS#8, SEC1 or PKCS#1) of a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
     let bytes = std::fs::read(path).map_err(|e| CertError::reading(path, e))?;
@@ -55,6 +78,21 @@ mod tests {
         let loaded = load(&dir.path().join(crate::dev::CERT_FILE), &dir.path().join(crate::dev::KEY_FILE)).unwrap();
         assert_eq!(loaded.fingerprint(), generated.fingerprint());
         assert_eq!(loaded.chain.len(), 1);
+    }
+
+    #[test]
+    fn a_certificate_is_valid_only_between_its_dates() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let made = SystemTime::now();
+        let (cert, _) = crate::dev::load_or_generate(dir.path(), made).unwrap();
+        let path = dir.path().join(crate::dev::CERT_FILE);
+        let not_after = check_valid(&cert.chain, &path, made).unwrap();
+        assert!(not_after > made);
+        let late = check_valid(&cert.chain, &path, made + Duration::from_secs(15 * 24 * 3600)).unwrap_err();
+        assert!(matches!(late, CertError::NotValidNow { .. }) && late.to_string().contains("expired"), "{late}");
+        let early = check_valid(&cert.chain, &path, made - Duration::from_secs(2 * 3600)).unwrap_err();
+        assert!(early.to_string().contains("valid only from"), "{early}");
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub enum ServerError {
 
 pub(super) fn bind(config: &ServerConfig, tickets: &Tickets) -> Result<(quinn::Endpoint, Certified), ServerError> {
     config.limits.check()?;
-    let certified = server_config(config, tickets)?;
+    let certified = server_config(config, tickets, std::time::SystemTime::now())?;
     let server_config = certified.quic.clone();
     let socket = udp_socket(config.listen).map_err(ServerError::Bind)?;
     let runtime = quinn::default_runtime()
@@ -66,27 +66,40 @@ pub(super) struct Certified {
     pub(super) quic: quinn::ServerConfig,
     pub(super) tcp: std::sync::Arc<rustls::ServerConfig>,
     pub(super) fingerprint: Fingerprint,
+    /// When the certificate expires.
+    pub(super) not_after: std::time::SystemTime,
 }
 
 /// The server's TLS session tickets, made once and kept across reloads (`quiver_transport::tls::session_tickets`).
 pub(super) type Tickets = std::sync::Arc<dyn quiver_transport::tls::ProducesTickets>;
 
 /// The QUIC server configuration (and the WebSocket listener's TLS): the certificate (loaded, or the dev one
-/// generated or renewed), the session tickets and the transport. Called at start and on every reload.
-pub(super) fn server_config(config: &ServerConfig, tickets: &Tickets) -> Result<Certified, ServerError> {
-    let cert = match &config.tls {
+/// generated or renewed if due at `now`), the session tickets and the transport. Called at start and on every
+/// reload. A PEM certificate not valid at `now` (expired, or not yet valid) is refused.
+pub(super) fn server_config(
+    config: &ServerConfig,
+    tickets: &Tickets,
+    now: std::time::SystemTime,
+) -> Result<Certified, ServerError> {
+    let (cert, not_after) = match &config.tls {
         TlsSource::Dev => {
-            let (cert, status) = quiver_certs::dev::load_or_generate(&config.data_dir, std::time::SystemTime::now())?;
+            let (cert, status) = quiver_certs::dev::load_or_generate(&config.data_dir, now)?;
             tracing::debug!(?status, "dev certificate");
-            cert
+            let path = config.data_dir.join(quiver_certs::dev::CERT_FILE);
+            let not_after = quiver_certs::pem::check_valid(&cert.chain, &path, now)?;
+            (cert, not_after)
         }
-        TlsSource::Pem { cert, key } => quiver_certs::pem::load(cert, key)?,
+        TlsSource::Pem { cert: path, key } => {
+            let cert = quiver_certs::pem::load(path, key)?;
+            let not_after = quiver_certs::pem::check_valid(&cert.chain, path, now)?;
+            (cert, not_after)
+        }
     };
     let fingerprint = cert.fingerprint();
     let tcp = quiver_transport::tls::server_tcp_config(cert.chain.clone(), cert.key.clone_key(), tickets.clone())?;
     let quic =
         quiver_transport::tls::server_config(cert.chain, cert.key, &config.limits, &config.tuning, tickets.clone())?;
-    Ok(Certified { quic, tcp: std::sync::Arc::new(tcp), fingerprint })
+    Ok(Certified { quic, tcp: std::sync::Arc::new(tcp), fingerprint, not_after })
 }
 
 /// `base` with a transport that writes this connection's qlog into `dir` (`<time>-<id>.sqlog`, JSON-SEQ as qvis

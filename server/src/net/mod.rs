@@ -66,7 +66,12 @@ pub struct Reloader {
     current: Arc<std::sync::RwLock<Current>>,
     fingerprint: crate::web::LiveFingerprint,
     tickets: endpoint::Tickets,
+    /// When the certificate in use expires.
+    not_after: Arc<std::sync::Mutex<std::time::SystemTime>>,
 }
+
+/// How often a running server with the dev certificate checks whether it is due for renewal.
+const DEV_RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Reloader {
     /// Loads the certificate again (from `config.tls`: the PEM files, or the dev certificate, renewed if due) and
@@ -74,12 +79,48 @@ impl Reloader {
     /// browsers the new hash), live connections keep theirs. Returns the certificate's fingerprint. On an error
     /// nothing changes.
     pub fn reload(&self, auth: crate::auth::AuthConfig) -> Result<Fingerprint, ServerError> {
-        let certified = endpoint::server_config(&self.config, &self.tickets)?;
+        let certified = endpoint::server_config(&self.config, &self.tickets, std::time::SystemTime::now())?;
         let auth = Arc::new(crate::auth::Auth::from_config(&auth, &self.config.data_dir)?);
-        let current = Current { quic: Arc::new(certified.quic), tcp: certified.tcp, auth };
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = current;
+        Ok(self.install(certified, Some(auth)))
+    }
+
+    /// With the dev certificate: renews it once less than [`quiver_certs::dev::RENEW_BEFORE`] is left at `now`
+    /// (a server that runs for weeks would otherwise serve it expired, and browsers refuse it), keeping the token
+    /// keys. `Some(fingerprint)` when it renewed.
+    pub fn renew_dev_if_due(&self, now: std::time::SystemTime) -> Result<Option<Fingerprint>, ServerError> {
+        let not_after = *self.not_after.lock().unwrap_or_else(|p| p.into_inner());
+        let due = not_after.duration_since(now).map_or(true, |left| left <= quiver_certs::dev::RENEW_BEFORE);
+        if !matches!(self.config.tls, crate::config::TlsSource::Dev) || !due {
+            return Ok(None);
+        }
+        let certified = endpoint::server_config(&self.config, &self.tickets, now)?;
+        Ok(Some(self.install(certified, None)))
+    }
+
+    /// Makes `certified` (and `auth`, if given) what new connections are accepted with.
+    fn install(&self, certified: endpoint::Certified, auth: Option<Arc<crate::auth::Auth>>) -> Fingerprint {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let auth = auth.unwrap_or_else(|| current.auth.clone());
+        *current = Current { quic: Arc::new(certified.quic), tcp: certified.tcp, auth };
+        drop(current);
+        *self.not_after.lock().unwrap_or_else(|p| p.into_inner()) = certified.not_after;
         self.fingerprint.set(certified.fingerprint);
-        Ok(certified.fingerprint)
+        certified.fingerprint
+    }
+}
+
+/// Renews the dev certificate when due, checking every [`DEV_RENEWAL_CHECK`] until `shutdown`.
+async fn renew_dev_certificate(reloader: Reloader, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(DEV_RENEWAL_CHECK) => {}
+            () = shutdown.cancelled() => return,
+        }
+        match reloader.renew_dev_if_due(std::time::SystemTime::now()) {
+            Ok(Some(fingerprint)) => tracing::info!(%fingerprint, "renewed the dev certificate"),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%err, "cannot renew the dev certificate; trying again in an hour"),
+        }
     }
 }
 
@@ -150,6 +191,8 @@ pub struct Server<R = LocalRooms> {
     fingerprint: crate::web::LiveFingerprint,
     /// TLS session tickets, the same across reloads.
     tickets: endpoint::Tickets,
+    /// When the certificate in use expires (updated by [`Reloader`]).
+    not_after: Arc<std::sync::Mutex<std::time::SystemTime>>,
     /// The admin listener, started first so that `/readyz` answers (503) while the server is not serving yet.
     admin: Option<Admin>,
     metrics: Arc<crate::metrics::ServerMetrics>,
@@ -198,7 +241,7 @@ impl<R: RoomHub> Server<R> {
         let tickets =
             quiver_transport::tls::session_tickets(move || crate::stats::bump(&resumed.tls_tickets_accepted))?;
         let (endpoint, certified) = endpoint::bind(&config, &tickets)?;
-        let endpoint::Certified { quic, tcp, fingerprint } = certified;
+        let endpoint::Certified { quic, tcp, fingerprint, not_after } = certified;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;
         let websocket = websocket::bind(&config, local_addr)?;
         let websocket_addr = websocket.as_ref().map(|l| l.local_addr()).transpose().map_err(ServerError::Bind)?;
@@ -256,6 +299,7 @@ impl<R: RoomHub> Server<R> {
             current: Arc::new(std::sync::RwLock::new(current)),
             fingerprint: crate::web::LiveFingerprint::new(fingerprint),
             tickets,
+            not_after: Arc::new(std::sync::Mutex::new(not_after)),
             admin,
             metrics,
             _data_dir: data_dir,
@@ -309,6 +353,7 @@ impl<R: RoomHub> Server<R> {
             current: self.current.clone(),
             fingerprint: self.fingerprint.clone(),
             tickets: self.tickets.clone(),
+            not_after: self.not_after.clone(),
         }
     }
 
@@ -348,6 +393,9 @@ impl<R: RoomHub> Server<R> {
             }
         }
         tasks.spawn(sweep(self.rooms.clone(), self.config.budget.sweep_interval(), shutdown.clone()));
+        if matches!(self.config.tls, crate::config::TlsSource::Dev) {
+            tasks.spawn(renew_dev_certificate(self.reloader(), shutdown.clone()));
+        }
         self.metrics.health.serving.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut endpoint_lost = false;
         loop {

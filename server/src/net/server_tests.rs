@@ -47,3 +47,50 @@ async fn an_endpoint_that_stops_by_itself_ends_the_run_as_a_failure() {
     assert!(shutdown.is_cancelled(), "the other listeners were told to stop");
     assert!(summary.to_string().contains("FAILED"), "{summary}");
 }
+
+/// A running dev server renews its certificate once less than a day of it is left (browsers refuse an expired
+/// one, and nothing else would renew it before the next restart or SIGHUP): new connections and the demo page get
+/// the new one; the token keys stay.
+#[tokio::test]
+async fn a_running_dev_server_renews_its_certificate_when_due() {
+    use std::time::SystemTime;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        durability: crate::store::Durability::Memory,
+        ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())
+    };
+    let server = Server::bind(config).unwrap();
+    let reloader = server.reloader();
+    let first = server.fingerprint.get();
+    let now = SystemTime::now();
+    assert_eq!(reloader.renew_dev_if_due(now).unwrap(), None, "14 days left");
+    let later = now + Duration::from_secs(13 * 24 * 3600 + 1800); // 30 min left
+    let renewed = reloader.renew_dev_if_due(later).unwrap().expect("renewed when due");
+    assert_ne!(renewed, first);
+    assert_eq!(server.fingerprint.get(), renewed, "the demo page hands out the new hash");
+    assert_eq!(reloader.renew_dev_if_due(later).unwrap(), None, "once");
+}
+
+/// A PEM certificate that has expired is refused with its date, at start as on a reload (an old file restored):
+/// a server serving it would fail every handshake.
+#[tokio::test]
+async fn an_expired_pem_certificate_is_refused() {
+    use std::time::SystemTime;
+    let certs = tempfile::tempdir().unwrap();
+    let month_ago = SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+    quiver_certs::dev::load_or_generate(certs.path(), month_ago).unwrap(); // valid for 14 days from then
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        durability: crate::store::Durability::Memory,
+        tls: crate::config::TlsSource::Pem {
+            cert: certs.path().join(quiver_certs::dev::CERT_FILE),
+            key: certs.path().join(quiver_certs::dev::KEY_FILE),
+        },
+        ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())
+    };
+    let err = match Server::bind(config) {
+        Ok(_) => panic!("an expired certificate was taken"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("expired at"), "{err}");
+}

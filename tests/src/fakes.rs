@@ -287,3 +287,79 @@ async fn broken_room_stream_connection(
         send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
     }
 }
+
+/// A server whose first Join of room `r` is answered together with a `Kicked` for it (`SlowConsumer`), both in one
+/// write, its stream reset: the kick arrives before the client's join has taken its reply. Later Joins are answered
+/// with a stream carrying one message, `after the kick`. Each Join's `req_id` goes to `joins`.
+pub async fn kicked_with_its_join(endpoint: quinn::Endpoint, joins: tokio::sync::mpsc::UnboundedSender<u64>) {
+    use quiver_proto::{
+        ErrorCode, EventKind, FrameCodec, Joined, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg,
+        Welcome, PROTOCOL_VERSION,
+    };
+    let Some(incoming) = endpoint.accept().await else { return };
+    let conn = incoming.await.unwrap();
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let encode = |msg: &ServerMsg| codec.encode_to_vec(msg).unwrap();
+    let joined = |req_id| Joined {
+        room: "r".into(),
+        epoch: 1,
+        recovered: true,
+        replay_from: 1,
+        last_seq: 0,
+        members: vec!["ann".into()],
+        req_id,
+    };
+    let (mut inbound, mut first) = (bytes::BytesMut::new(), true);
+    let mut streams = Vec::new(); // kept open until the connection ends
+    loop {
+        let Request { req_id, body } = match codec.decode::<Request>(&mut inbound).unwrap() {
+            Some(request) => request,
+            None => match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => {
+                    inbound.extend_from_slice(&chunk.bytes);
+                    continue;
+                }
+                _ => return,
+            },
+        };
+        let reply = match body {
+            RequestBody::Hello(_) => Reply::Welcome(Welcome {
+                version: PROTOCOL_VERSION,
+                session_id: 1,
+                server_time_us: 0,
+                identity: "ann".into(),
+                limits: Limits::default(),
+            }),
+            RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
+            RequestBody::Leave { room } => Reply::Left { room },
+            RequestBody::Join(_) => {
+                let _ = joins.send(req_id);
+                let mut stream = conn.open_uni().await.unwrap();
+                stream.write_all(&codec.encode_to_vec(&RoomFrame::Open(joined(req_id))).unwrap()).await.unwrap();
+                let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Joined(joined(req_id))) };
+                if std::mem::take(&mut first) {
+                    let kicked = ServerMsg::Kicked {
+                        room: Some("r".into()),
+                        code: ErrorCode::SlowConsumer,
+                        reason: "fell behind".into(),
+                    };
+                    let mut both = encode(&reply);
+                    both.extend_from_slice(&encode(&kicked));
+                    send.write_all(&both).await.unwrap();
+                    let _ = stream.reset(ErrorCode::SlowConsumer.to_u32().into());
+                } else {
+                    send.write_all(&encode(&reply)).await.unwrap();
+                    let kind =
+                        EventKind::Message { sender: "bob".into(), client_msg_id: 1, body: "after the kick".into() };
+                    let event = RoomFrame::Event(RoomEvent { seq: 1, time_us: 0, kind });
+                    stream.write_all(&codec.encode_to_vec(&event).unwrap()).await.unwrap();
+                    streams.push(stream);
+                }
+                continue;
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        send.write_all(&encode(&ServerMsg::Reply { req_id, result: Ok(reply) })).await.unwrap();
+    }
+}

@@ -50,8 +50,8 @@ impl Handler for Driver {
             ServerMsg::Kicked { room: Some(room), code: ErrorCode::SlowConsumer, reason } => {
                 tracing::info!(%room, %reason, "fell behind in a room; resuming it");
                 let current = self.current.borrow().clone().filter(|c| c.id == connection);
-                // (Not a room whose own Join is still on its way: its reply starts it anew.)
-                let entry = self.rooms.get(&room).filter(|entry| entry.is_joined());
+                // (A room whose Join's reply is not taken yet is rejoined by its join: `RoomEntry::kicked`.)
+                let entry = self.rooms.get(&room).filter(|entry| entry.kicked());
                 let (Some(current), Some(entry)) = (current, entry) else { return };
                 let stop = self.stop.clone();
                 self.tasks.spawn(async move {

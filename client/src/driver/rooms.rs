@@ -40,6 +40,9 @@ pub(crate) struct RoomEntry {
     /// A Join of the room was answered: a reconnect rejoins it. (Before that, the application's own Join is still on
     /// its way, to the new connection if the old one went, and a rejoin beside it would race it.)
     joined: AtomicBool,
+    /// A `Kicked` for the room came before its Join's reply was taken (both in one read): the join rejoins once it
+    /// has it.
+    kicked_early: AtomicBool,
     /// Held while a rejoin decides to send its Join and writes it, and while a leave ends the entry and writes its
     /// Leave: the server sees the rejoin's Join before the Leave, or no Join at all (a Join written after the Leave
     /// would keep the connection a member of a room the application left).
@@ -56,9 +59,25 @@ pub(crate) struct RoomEntry {
 
 impl RoomEntry {
     /// The Join's reply.
-    pub(crate) fn replied(&self, joined: &Joined) {
-        lock(&self.state).replied(joined);
+    /// Returns whether a `Kicked` for the room came before it ([`RoomEntry::kicked`]): the room must be joined
+    /// again.
+    pub(crate) fn replied(&self, joined: &Joined) -> bool {
+        let mut state = lock(&self.state);
+        state.replied(joined);
         self.joined.store(true, Ordering::Release);
+        self.kicked_early.swap(false, Ordering::AcqRel)
+    }
+
+    /// A `Kicked` for the room (it fell behind): true when the room was joined, to be rejoined now; before its
+    /// Join's reply was taken, it is noted for [`RoomEntry::replied`] (under the state's lock, so that neither
+    /// misses the other).
+    pub(crate) fn kicked(&self) -> bool {
+        let _state = lock(&self.state);
+        if self.joined.load(Ordering::Acquire) {
+            return true;
+        }
+        self.kicked_early.store(true, Ordering::Release);
+        false
     }
 
     /// Whether a Join of the room was answered ([`RoomEntry::replied`]).
@@ -132,6 +151,7 @@ impl Rooms {
             ended: CancellationToken::new(),
             end_reason: Mutex::new(None),
             joined: AtomicBool::new(false),
+            kicked_early: AtomicBool::new(false),
             order: tokio::sync::Mutex::new(()),
             leaving,
             leave_started: AtomicBool::new(false),
@@ -210,7 +230,7 @@ impl super::Driver {
         };
         match reply {
             Ok(Reply::Joined(joined)) => {
-                entry.replied(&joined);
+                let kicked = entry.replied(&joined);
                 if leaving.is_cancelled() && entry.start_leave() {
                     // Given up while its Join was answered: nobody holds the room, so it is left at once (nobody
                     // waits for the Leave's reply either).
@@ -222,6 +242,15 @@ impl super::Driver {
                 if let Some(current) = used.and_then(|used| self.replaced(&used)) {
                     let again = entry.clone();
                     self.spawn(async move { rejoin(&current, &again).await });
+                } else if let Some(current) = self.current.borrow().clone().filter(|_| kicked) {
+                    // Kicked before this took the reply: its stream was reset; joined again once the application
+                    // reads (as any kicked room).
+                    let (again, stop) = (entry.clone(), self.stop.clone());
+                    self.spawn(async move {
+                        if again.has_room(&stop).await {
+                            rejoin(&current, &again).await;
+                        }
+                    });
                 }
                 let head = Position { epoch: joined.epoch, seq: joined.replay_from.saturating_sub(1) };
                 Ok((entry, events, Some(since.unwrap_or(head))))
@@ -322,7 +351,10 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
             Err(err) => Err(err),
         };
         match reply {
-            Ok(Reply::Joined(joined)) => entry.replied(&joined),
+            // (Joined already: a kick meanwhile is not noted but answered by a rejoin of its own.)
+            Ok(Reply::Joined(joined)) => {
+                entry.replied(&joined);
+            }
             Ok(other) => entry.end(ErrorCode::ProtocolViolation, format!("unexpected reply to Join: {other:?}")),
             // The connection went again: the supervisor rejoins once it is back.
             Err(RequestError::Closed { .. }) => {}

@@ -291,3 +291,38 @@ async fn a_subscribe_given_up_midway_leaves_no_subscription_behind() {
     assert!(both.is_ok(), "subscriptions given up midway are still held");
     server.stop().await;
 }
+
+/// A dropped `TickPublisher` is not claimed again after a reconnect: a front end that publishes on many channels
+/// over time stays within `max_publish_channels` (64) on each connection. Before, every channel ever published was
+/// claimed again at each reconnect, so new claims were refused `TooManyChannels` (or an arbitrary claim ended). A
+/// publisher still held is claimed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_publishers_are_not_claimed_again_after_a_reconnect() {
+    let server = TestServer::start(Limits::default());
+    let client = server.client().await;
+    let kept = client.publisher("kept").await.unwrap();
+    for i in 0..60 {
+        drop(client.publisher(&format!("gone-{i}")).await.unwrap());
+    }
+    // Published again on the same connection: numbered on (the server drops a seq below the newest it took from
+    // this connection as reordered).
+    let again = client.publisher("gone-0").await.unwrap();
+    assert_eq!(again.send(b"a".to_vec()).unwrap(), 1);
+    drop(again);
+    assert_eq!(client.publisher("gone-0").await.unwrap().send(b"b".to_vec()).unwrap(), 2);
+    let first = client.welcome().session_id;
+    client.connection().unwrap().close(0u32.into(), b"test");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while client.welcome().session_id == first || client.connection().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("reconnected");
+    let mut fresh = Vec::new();
+    for i in 0..30 {
+        fresh.push(client.publisher(&format!("new-{i}")).await.unwrap_or_else(|err| panic!("new-{i}: {err}")));
+    }
+    assert!(kept.end_reason().is_none() && kept.send(b"still".to_vec()).is_ok(), "the held claim was put back");
+    server.stop().await;
+}

@@ -102,8 +102,7 @@ impl Client {
         max_age: Option<Duration>,
     ) -> Result<TickPublisher, RequestError> {
         let max_age_ms = max_age.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
-        let entry = self.handle.driver.publisher(channel, max_age_ms).await?;
-        Ok(TickPublisher { entry, handle: self.handle.clone() })
+        self.handle.driver.publisher(channel, max_age_ms, self.handle.clone()).await
     }
 
     /// One Ping/Pong round trip on the control stream.

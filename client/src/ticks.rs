@@ -147,3 +147,11 @@ impl TickPublisher {
         self.entry.end_reason()
     }
 }
+
+impl Drop for TickPublisher {
+    /// The channel's last publisher dropped: the claim is not put back after a reconnect (the server holds it
+    /// until the connection ends: the protocol has no unclaim).
+    fn drop(&mut self) {
+        self.handle.driver.publisher_dropped(&self.entry);
+    }
+}

@@ -81,23 +81,32 @@ impl Driver {
         .await
     }
 
+    /// Claims `channel` for publishing: a handle of the claim (held by `handle`'s client), made on the detached
+    /// task as a subscription's is.
     pub(crate) async fn publisher(
         &self,
         channel: &str,
         max_age_ms: Option<u32>,
-    ) -> Result<Arc<PubEntry>, RequestError> {
+        handle: super::DriverHandle,
+    ) -> Result<crate::TickPublisher, RequestError> {
         let channel = channel.to_string();
         self.detached(move |driver| async move {
             let live = driver.live().await?;
             let entry = driver.ticks.publisher(&*live, &channel, max_age_ms).await?;
+            let publisher = crate::TickPublisher { entry, handle };
             if let Some(current) = driver.replaced(&live) {
                 // As a subscribe's (above): claims are idempotent too.
-                let again = entry.clone();
+                let again = publisher.entry.clone();
                 driver.spawn(async move { super::ticks::reclaim(&current, &again).await });
             }
-            Ok(entry)
+            Ok(publisher)
         })
         .await
+    }
+
+    /// One of `entry`'s publishers was dropped ([`super::ticks::Ticks::publisher_dropped`]).
+    pub(crate) fn publisher_dropped(&self, entry: &Arc<PubEntry>) {
+        self.ticks.publisher_dropped(entry);
     }
 
     /// Ends `entry` for all its readers and tells the server; `Ok` at once if it had ended already (unsubscribed

@@ -81,6 +81,9 @@ pub(crate) struct PubEntry {
     next_seq: AtomicU64,
     /// Why the claim ended (the server refused to take it back after a reconnect), once it did.
     ended: Mutex<Option<(ErrorCode, String)>>,
+    /// The application's `TickPublisher`s of it: with the last one dropped, the claim is not put back after a
+    /// reconnect (counted under the publishers' map's lock).
+    handles: AtomicU64,
 }
 
 impl PubEntry {
@@ -91,6 +94,7 @@ impl PubEntry {
             claim: Mutex::new(claim),
             next_seq: AtomicU64::new(next_seq),
             ended: Mutex::new(None),
+            handles: AtomicU64::new(0),
         }
     }
 
@@ -187,7 +191,14 @@ impl Ticks {
         // again after a reconnect).
         // An ended claim is not shared: a new publisher claims the channel anew.
         let held = lock(&self.publishers).get(channel).filter(|held| held.end_reason().is_none()).cloned();
-        let entry = held.unwrap_or_else(|| Arc::new(PubEntry::new(channel, max_age_ms, None, 1)));
+        let entry = match held {
+            Some(held) if held.handles.load(Ordering::Acquire) > 0 => held,
+            // Every publisher of it dropped (the server holds its claim until the connection ends): a new claim
+            // with this publisher's max age, numbered on from the old one's (the server drops a tick numbered
+            // below the newest it took on the channel from this connection, as reordered).
+            Some(unheld) => Arc::new(PubEntry::new(channel, max_age_ms, None, unheld.next_seq.load(Ordering::Relaxed))),
+            None => Arc::new(PubEntry::new(channel, max_age_ms, None, 1)),
+        };
         claim_on(connection, &entry).await?;
         let entry = match entry.end_reason() {
             // Ended while this claim was on its way: the claim is this publisher's, on an entry of its own.
@@ -198,18 +209,36 @@ impl Ticks {
             None => entry,
         };
         let mut publishers = lock(&self.publishers);
-        match publishers.get(channel) {
-            Some(current) if current.end_reason().is_none() => Ok(current.clone()), // one made meanwhile is the one
+        let entry = match publishers.get(channel) {
+            // One made meanwhile is the one (unless every publisher of it was dropped).
+            Some(current)
+                if current.end_reason().is_none()
+                    && (Arc::ptr_eq(current, &entry) || current.handles.load(Ordering::Acquire) > 0) =>
+            {
+                current.clone()
+            }
             _ => {
                 publishers.insert(channel.to_string(), entry.clone());
-                Ok(entry)
+                entry
             }
-        }
+        };
+        entry.handles.fetch_add(1, Ordering::AcqRel);
+        Ok(entry)
     }
 
-    /// Every claim that goes on (to put back on a new connection: [`reclaim`]).
+    /// One of `entry`'s publishers was dropped: with the last, the channel is not claimed again after a reconnect
+    /// (the protocol has no unclaim: the server holds the claim until the connection ends).
+    pub(crate) fn publisher_dropped(&self, entry: &Arc<PubEntry>) {
+        let _publishers = lock(&self.publishers);
+        entry.handles.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Every claim that goes on and has a publisher (to put back on a new connection: [`reclaim`]). Those whose
+    /// publishers were all dropped are forgotten here: on the new connection a new claim may number from 1.
     pub(crate) fn publishers(&self) -> Vec<Arc<PubEntry>> {
-        lock(&self.publishers).values().filter(|entry| entry.end_reason().is_none()).cloned().collect()
+        let mut publishers = lock(&self.publishers);
+        publishers.retain(|_, entry| entry.handles.load(Ordering::Acquire) > 0);
+        publishers.values().filter(|entry| entry.end_reason().is_none()).cloned().collect()
     }
 }
 

@@ -103,6 +103,9 @@ impl<H: Handler> Connection<H> {
                     link.close(ErrorCode::NoError, "refused");
                     return Err(ConnectError::Refused(failure));
                 }
+                // A server going away (or reporting an error) before Welcome: its code, as a close's.
+                Some(ServerMsg::GoAway { code, reason }) => return Err(ConnectError::Closed(code, reason)),
+                Some(ServerMsg::Error(failure)) => return Err(ConnectError::Closed(failure.code, failure.message)),
                 Some(other) => return Err(ProtocolError::NotWelcome(Box::new(other)).into()),
                 None => match recv.read_chunk().await {
                     Ok(Some(chunk)) => inbound.extend_from_slice(&chunk),

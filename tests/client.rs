@@ -10,7 +10,8 @@ use quiver_server::ServerConfig;
 use quiver_tests::{hostile::named, TestServer};
 
 use quiver_tests::fakes::{
-    broken_room_stream, fake_endpoint, fake_server, kicked_with_its_join, late_first_stream, mute_after_welcome, Seen,
+    broken_room_stream, fake_endpoint, fake_server, garbage_after_welcome, kicked_with_its_join, late_first_stream,
+    mute_after_welcome, Seen,
 };
 
 /// The states `watch` (taken before whatever changes them) goes through until `done` says stop (at most 15 s).
@@ -431,5 +432,24 @@ async fn a_kick_right_behind_the_joins_reply_is_not_lost() {
     assert_eq!(message, bytes::Bytes::from("after the kick"));
     assert_eq!((joins.recv().await.is_some(), joins.recv().await.is_some()), (true, true), "joined, then rejoined");
     client.close().await;
+    server.abort();
+}
+
+/// A connection the client closes itself (here: the server sent a frame that does not decode) ends with the code
+/// and reason the client closed it with, for the requests waiting on it and for `Client::closed`. quinn reports
+/// such a close only as "closed locally": before, both said `NoError`, "closed locally".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_of_the_clients_own_keeps_its_code_and_reason() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let server = tokio::spawn(garbage_after_welcome(endpoint));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let options = ConnectOptions { trust, reconnect: false, ..ConnectOptions::default() };
+    let client = Client::connect_with(&addr, options).await.unwrap();
+    let err = client.ping().await.expect_err("the reply does not decode");
+    let quiver_client::RequestError::Closed { code, reason } = err else { panic!("{err:?}") };
+    assert_eq!(code, quiver_proto::ErrorCode::ProtocolViolation, "{reason}");
+    assert!(reason.contains("malformed"), "{code}: {reason}");
+    let (closed, why) = tokio::time::timeout(Duration::from_secs(10), client.closed()).await.unwrap();
+    assert_eq!(closed, code, "{why}");
     server.abort();
 }

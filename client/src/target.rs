@@ -252,7 +252,9 @@ impl Target {
             (Transport::WebSocket, _) => {
                 Err(ConnectError::WebSocket("this quiver-client was built without its `websocket` feature".into()))
             }
-            _ => Target::race(targets, timeout).await.map(|(t, quic)| (t, Link::Quic(quic))),
+            _ => {
+                Target::race(targets, timeout).await.map(|(t, quic)| (t, Link::Quic(crate::wire::QuicLink::new(quic))))
+            }
         }
     }
 

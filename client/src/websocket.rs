@@ -54,7 +54,7 @@ impl Target {
         loop {
             tokio::select! {
                 done = &mut quic, if quic_err.is_none() => match done {
-                    Ok((target, quic)) => return Ok((target, Link::Quic(quic))),
+                    Ok((target, quic)) => return Ok((target, Link::Quic(crate::wire::QuicLink::new(quic)))),
                     Err(err) if err.is_fatal() => return Err(err),
                     Err(err) => {
                         quic_failed.notify_one();

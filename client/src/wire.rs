@@ -29,9 +29,30 @@ impl std::fmt::Display for TransportKind {
 /// A connection to the server.
 #[derive(Debug, Clone)]
 pub(crate) enum Link {
-    Quic(quinn::Connection),
+    Quic(QuicLink),
     #[cfg(feature = "websocket")]
     Ws(WsSession),
+}
+
+/// A QUIC connection, and the code and reason this end closed it with (first close wins, as quinn's).
+#[derive(Debug, Clone)]
+pub(crate) struct QuicLink {
+    conn: quinn::Connection,
+    local_close: std::sync::Arc<std::sync::OnceLock<(ErrorCode, String)>>,
+}
+
+impl QuicLink {
+    pub(crate) fn new(conn: quinn::Connection) -> QuicLink {
+        QuicLink { conn, local_close: std::sync::Arc::default() }
+    }
+}
+
+impl std::ops::Deref for QuicLink {
+    type Target = quinn::Connection;
+
+    fn deref(&self) -> &quinn::Connection {
+        &self.conn
+    }
 }
 
 /// The sending side of the control stream.
@@ -95,7 +116,7 @@ impl Link {
     /// The QUIC connection, for what only QUIC has.
     pub(crate) fn quic(&self) -> Option<&quinn::Connection> {
         match self {
-            Link::Quic(quic) => Some(quic),
+            Link::Quic(quic) => Some(&quic.conn),
             #[cfg(feature = "websocket")]
             Link::Ws(_) => None,
         }
@@ -174,7 +195,11 @@ impl Link {
     /// Closes the connection with `code` and `reason`.
     pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
         match self {
-            Link::Quic(quic) => quiver_transport::close::close(quic, code, reason),
+            Link::Quic(quic) => {
+                // quinn reports a close of ours as `LocallyClosed`, without its code or reason: kept here.
+                let _ = quic.local_close.set((code, reason.to_string()));
+                quiver_transport::close::close(quic, code, reason);
+            }
             #[cfg(feature = "websocket")]
             Link::Ws(ws) => ws.close(code, reason),
         }
@@ -196,7 +221,10 @@ impl Link {
     /// Why the connection closed, once it has.
     pub(crate) fn close_reason(&self) -> Option<(ErrorCode, String)> {
         match self {
-            Link::Quic(quic) => quic.close_reason().map(|err| describe(&err)),
+            Link::Quic(quic) => quic.close_reason().map(|err| match (&err, quic.local_close.get()) {
+                (quinn::ConnectionError::LocallyClosed, Some(why)) => why.clone(),
+                _ => describe(&err),
+            }),
             #[cfg(feature = "websocket")]
             Link::Ws(ws) => ws.close_reason(),
         }

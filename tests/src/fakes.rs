@@ -363,3 +363,41 @@ pub async fn kicked_with_its_join(endpoint: quinn::Endpoint, joins: tokio::sync:
         send.write_all(&encode(&ServerMsg::Reply { req_id, result: Ok(reply) })).await.unwrap();
     }
 }
+
+/// A server that answers Hello with a Welcome, then answers the next request with a frame that does not decode
+/// (an unknown message variant).
+pub async fn garbage_after_welcome(endpoint: quinn::Endpoint) {
+    use quiver_proto::{FrameCodec, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
+    let Some(incoming) = endpoint.accept().await else { return };
+    let conn = incoming.await.unwrap();
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let mut inbound = bytes::BytesMut::new();
+    loop {
+        let Request { req_id, body } = match codec.decode::<Request>(&mut inbound).unwrap() {
+            Some(request) => request,
+            None => match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => {
+                    inbound.extend_from_slice(&chunk.bytes);
+                    continue;
+                }
+                _ => return,
+            },
+        };
+        if let RequestBody::Hello(_) = body {
+            let welcome = Welcome {
+                version: PROTOCOL_VERSION,
+                session_id: 1,
+                server_time_us: 0,
+                identity: "ann".into(),
+                limits: Limits::default(),
+            };
+            let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Welcome(welcome)) };
+            send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+        } else {
+            send.write_all(&[0x01, 0x7f]).await.unwrap(); // a one-byte body: message variant 127
+            conn.closed().await;
+            return;
+        }
+    }
+}

@@ -268,6 +268,25 @@ fn seq_of(key: &[u8]) -> Option<u64> {
     (key.len() == 16).then(|| u64_at(key, 8)).flatten()
 }
 
+/// Refuses a store with a keyspace folder that holds tables but lost its `current` file (a partial copy or
+/// restore): fjall takes such a folder for one whose creation was cut short and deletes it at open, tables and
+/// all, before anything here could refuse the store; checked first, so that the refusal changes nothing.
+fn refuse_half_there_keyspaces(path: &Path) -> Result<(), StoreError> {
+    let Ok(folders) = std::fs::read_dir(path.join("keyspaces")) else { return Ok(()) };
+    for folder in folders.flatten() {
+        let dir = folder.path();
+        if !dir.is_dir() || dir.join("current").exists() {
+            continue;
+        }
+        let has_tables = std::fs::read_dir(dir.join("tables")).is_ok_and(|mut tables| tables.next().is_some());
+        if has_tables {
+            let detail = format!("{} holds tables but no `current` file (a partial copy or restore?)", dir.display());
+            return Err(damaged(path, detail));
+        }
+    }
+    Ok(())
+}
+
 fn damaged(path: &Path, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Damaged { path: path.to_path_buf(), detail: detail.to_string() }
 }
@@ -335,6 +354,9 @@ impl Store {
         let existed = path.exists();
         std::fs::create_dir_all(&path)
             .map_err(|err| StoreError::Open { path: path.clone(), detail: err.to_string() })?;
+        if existed {
+            refuse_half_there_keyspaces(&path)?;
+        }
         // fjall has panicked on some damaged bytes (debug assertions): a panic on open is damage too.
         // Journals are replayed at start: fjall's smallest bound (64 MiB, default 512 MiB) keeps that replay short
         // after a crash, whatever the store's size (docs/durability.md, "Restarts").

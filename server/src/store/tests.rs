@@ -340,9 +340,13 @@ fn tables(store: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_truncated_or_lost_file_is_refused_not_wiped() {
-    for damage in ["truncated table", "lost journal", "journal overwritten", "lost version", "lost keyspace"] {
+    let damages =
+        ["truncated table", "lost journal", "journal overwritten", "lost version", "lost keyspace", "lost current"];
+    for damage in damages {
         let dir = tempfile::tempdir().unwrap();
         flushed(dir.path());
+        let messages_table =
+            tables(&dir.path().join(STORE_DIR)).iter().map(|t| t.metadata().unwrap().len()).max().unwrap();
         let message = refused(dir.path(), |store| match damage {
             "truncated table" => {
                 let table = tables(store).into_iter().max_by_key(|t| t.metadata().unwrap().len()).unwrap();
@@ -361,10 +365,19 @@ fn a_truncated_or_lost_file_is_refused_not_wiped() {
                 let table = tables(store).into_iter().max_by_key(|t| t.metadata().unwrap().len()).unwrap();
                 std::fs::remove_dir_all(table.parent().unwrap().parent().unwrap()).unwrap();
             }
+            "lost current" => {
+                // The messages' keyspace folder keeps its tables but loses its `current` file.
+                let table = tables(store).into_iter().max_by_key(|t| t.metadata().unwrap().len()).unwrap();
+                std::fs::remove_file(table.parent().unwrap().parent().unwrap().join("current")).unwrap();
+            }
             _ => std::fs::write(store.join("version"), b"").unwrap(),
         });
         assert!(message.contains("damaged") && message.contains("mv "), "{damage}: {message}");
         assert!(dir.path().join(STORE_DIR).exists(), "{damage}: nothing wiped");
+        if damage == "lost current" {
+            let largest = tables(&dir.path().join(STORE_DIR)).into_iter().map(|t| t.metadata().unwrap().len()).max();
+            assert_eq!(largest, Some(messages_table), "the messages' table is still there: {message}");
+        }
     }
 }
 

@@ -47,8 +47,10 @@ pub fn load_or_generate(data_dir: &Path, now: SystemTime) -> Result<(CertKey, De
             "stored key does not match the certificate".to_string()
         }
         Ok(stored) => {
-            let not_after = validity(&stored.chain[0], &cert_path)?.1;
+            let (not_before, not_after) = validity(&stored.chain[0], &cert_path)?;
             match not_after.duration_since(now) {
+                // Made under a clock that ran ahead (corrected since, or another machine's data directory).
+                _ if not_before > now => "stored certificate not valid yet".to_string(),
                 Ok(left) if left > RENEW_BEFORE => return Ok((stored, DevCertStatus::Reused)),
                 _ => format!("stored certificate expires within {} h", RENEW_BEFORE.as_secs() / 3600),
             }
@@ -221,6 +223,16 @@ mod tests {
         assert_ne!(first.fingerprint(), second.fingerprint());
         let (_, status) = load_or_generate(dir.path(), SystemTime::now()).unwrap();
         assert_eq!(status, DevCertStatus::Reused, "the new pair matches");
+    }
+
+    #[test]
+    fn a_certificate_not_valid_yet_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        load_or_generate(dir.path(), now + Duration::from_secs(3 * 3600)).unwrap(); // a clock 3 h ahead
+        let (cert, status) = load_or_generate(dir.path(), now).unwrap();
+        assert!(matches!(status, DevCertStatus::Generated(ref why) if why.contains("not valid yet")), "{status:?}");
+        assert!(validity(&cert.chain[0], Path::new("x")).unwrap().0 <= now);
     }
 
     #[test]

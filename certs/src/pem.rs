@@ -29,9 +29,13 @@ pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
     Ok(chain)
 }
 
-/// Checks that the leaf certificate of `chain` (loaded from `path`) is valid at `now`; returns when it expires.
-/// A server given an expired certificate (an old file restored, a renewal that did not run) would fail every
-/// handshake: it is refused, naming the dates.
+/// How far in the future a certificate's `not_before` may be and still count as valid: a certificate issued a moment
+/// ago (by a CA that does not backdate) on a machine whose clock is a little behind.
+pub const NOT_BEFORE_SLACK: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Checks that the leaf certificate of `chain` (loaded from `path`) is valid at `now` (its `not_before` within
+/// [`NOT_BEFORE_SLACK`]); returns when it expires. A server given an expired certificate (an old file restored, a
+/// renewal that did not run) fails every handshake of clients that check dates: the error names the dates.
 pub fn check_valid(chain: &[CertificateDer<'_>], path: &Path, now: SystemTime) -> Result<SystemTime, CertError> {
     let Some(leaf) = chain.first() else { return Err(CertError::NoCertificate { path: path.to_owned() }) };
     let (not_before, not_after) = crate::dev::validity(leaf, path)?;
@@ -44,7 +48,7 @@ pub fn check_valid(chain: &[CertificateDer<'_>], path: &Path, now: SystemTime) -
     };
     let reason = if now > not_after {
         format!("the certificate expired at {}; install a renewed one", date(not_after))
-    } else if now < not_before {
+    } else if now + NOT_BEFORE_SLACK < not_before {
         format!("the certificate is valid only from {} (is this machine's clock right?)", date(not_before))
     } else {
         return Ok(not_after);
@@ -92,6 +96,8 @@ mod tests {
         let late = check_valid(&cert.chain, &path, made + Duration::from_secs(15 * 24 * 3600)).unwrap_err();
         assert!(matches!(late, CertError::NotValidNow { .. }) && late.to_string().contains("expired"), "{late}");
         let early = check_valid(&cert.chain, &path, made - Duration::from_secs(2 * 3600)).unwrap_err();
+        // (The dev certificate starts an hour back; a few minutes before its start are within the slack.)
+        assert!(check_valid(&cert.chain, &path, made - Duration::from_secs(3600 + 60)).is_ok());
         assert!(early.to_string().contains("valid only from"), "{early}");
     }
 

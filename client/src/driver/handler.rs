@@ -49,10 +49,10 @@ impl Handler for Driver {
         match msg {
             ServerMsg::Kicked { room: Some(room), code: ErrorCode::SlowConsumer, reason } => {
                 tracing::info!(%room, %reason, "fell behind in a room; resuming it");
-                let current = self.current.borrow().clone().filter(|c| c.id == connection);
+                // (Read late from a replaced connection: nothing of it.)
+                let Some(current) = self.current.borrow().clone().filter(|c| c.id == connection) else { return };
                 // (A room whose Join's reply is not taken yet is rejoined by its join: `RoomEntry::kicked`.)
-                let entry = self.rooms.get(&room).filter(|entry| entry.kicked());
-                let (Some(current), Some(entry)) = (current, entry) else { return };
+                let Some(entry) = self.rooms.get(&room).filter(|entry| entry.kicked()) else { return };
                 let stop = self.stop.clone();
                 self.tasks.spawn(async move {
                     // Not before the application reads: a room it does not read would be joined, fall behind and

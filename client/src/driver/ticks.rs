@@ -217,7 +217,11 @@ impl Ticks {
             {
                 current.clone()
             }
-            _ => {
+            unheld => {
+                // Numbered on from one it replaces (made and dropped while this claim was on its way).
+                if let Some(unheld) = unheld {
+                    entry.next_seq.fetch_max(unheld.next_seq.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
                 publishers.insert(channel.to_string(), entry.clone());
                 entry
             }

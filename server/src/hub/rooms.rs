@@ -104,9 +104,9 @@ pub struct LocalRooms {
 /// How the last pass over the rooms to shed memory ended.
 #[derive(Debug, Default)]
 struct ShedState {
-    /// It could not get under the low-water mark (memory no room gives up: the dedupe windows of durable rooms
-    /// with members): the total it left, and when. The next pass waits until the total grew by a tenth of the
-    /// budget or a second passed, instead of scanning every room at every post.
+    /// It could not get under the low-water mark and gave nothing up (memory no room gives up: the dedupe windows
+    /// of durable rooms with members): the total it left, and when. The next pass waits until the total grew by a
+    /// tenth of the budget or a second passed, instead of scanning every room at every post.
     stuck: Option<(u64, u64)>,
 }
 
@@ -407,6 +407,11 @@ impl LocalRooms {
         }
         #[cfg(test)]
         self.counters.shed_passes.fetch_add(1, Ordering::Relaxed);
+        let progress = || {
+            let c = &self.counters;
+            c.shed.load(Ordering::Relaxed) + c.evicted.load(Ordering::Relaxed) + c.removed.load(Ordering::Relaxed)
+        };
+        let before = progress();
         let low_water = self.budget.retained_low_water();
         let mut rooms: Vec<(u64, String)> = {
             let map = lock(&self.rooms);
@@ -437,8 +442,10 @@ impl LocalRooms {
         if self.store.is_some() && self.counters.retained.load(Ordering::Relaxed) > low_water {
             self.evict_idle(&mut lock(&self.rooms), "over retained_bytes");
         }
+        // Stuck only when it gave nothing up: a pass that freed some (one batch of idle rooms evicted) runs again at
+        // the next post, as before.
         let left = self.counters.retained.load(Ordering::Relaxed);
-        shedding.stuck = (left > low_water).then_some((left, now_us));
+        shedding.stuck = (left > low_water && progress() == before).then_some((left, now_us));
     }
 
     /// Removes the named rooms that (still) have no members and nothing retained.

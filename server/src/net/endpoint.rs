@@ -42,7 +42,7 @@ pub enum ServerError {
 
 pub(super) fn bind(config: &ServerConfig, tickets: &Tickets) -> Result<(quinn::Endpoint, Certified), ServerError> {
     config.limits.check()?;
-    let certified = server_config(config, tickets, std::time::SystemTime::now())?;
+    let certified = server_config(config, tickets, std::time::SystemTime::now(), |_| false)?;
     let server_config = certified.quic.clone();
     let socket = udp_socket(config.listen).map_err(ServerError::Bind)?;
     let runtime = quinn::default_runtime()
@@ -75,27 +75,32 @@ pub(super) type Tickets = std::sync::Arc<dyn quiver_transport::tls::ProducesTick
 
 /// The QUIC server configuration (and the WebSocket listener's TLS): the certificate (loaded, or the dev one
 /// generated or renewed if due at `now`), the session tickets and the transport. Called at start and on every
-/// reload. A PEM certificate not valid at `now` (expired, or not yet valid) is refused.
+/// reload. A certificate not valid at `now` (expired, or not yet valid) is refused when `refuse_invalid` says so
+/// for its fingerprint (a reload replacing the certificate in use); otherwise served with a warning: clients that
+/// pin a certificate by its hash do not check its dates.
 pub(super) fn server_config(
     config: &ServerConfig,
     tickets: &Tickets,
     now: std::time::SystemTime,
+    refuse_invalid: impl Fn(&Fingerprint) -> bool,
 ) -> Result<Certified, ServerError> {
-    let (cert, not_after) = match &config.tls {
+    let (cert, path) = match &config.tls {
         TlsSource::Dev => {
             let (cert, status) = quiver_certs::dev::load_or_generate(&config.data_dir, now)?;
             tracing::debug!(?status, "dev certificate");
-            let path = config.data_dir.join(quiver_certs::dev::CERT_FILE);
-            let not_after = quiver_certs::pem::check_valid(&cert.chain, &path, now)?;
-            (cert, not_after)
+            (cert, config.data_dir.join(quiver_certs::dev::CERT_FILE))
         }
-        TlsSource::Pem { cert: path, key } => {
-            let cert = quiver_certs::pem::load(path, key)?;
-            let not_after = quiver_certs::pem::check_valid(&cert.chain, path, now)?;
-            (cert, not_after)
-        }
+        TlsSource::Pem { cert: path, key } => (quiver_certs::pem::load(path, key)?, path.clone()),
     };
     let fingerprint = cert.fingerprint();
+    let not_after = match quiver_certs::pem::check_valid(&cert.chain, &path, now) {
+        Ok(not_after) => not_after,
+        Err(err) if refuse_invalid(&fingerprint) => return Err(err.into()),
+        Err(err) => {
+            tracing::warn!(%err, "serving a certificate that is not valid now: clients that check its dates refuse it");
+            quiver_certs::dev::validity(&cert.chain[0], &path)?.1
+        }
+    };
     let tcp = quiver_transport::tls::server_tcp_config(cert.chain.clone(), cert.key.clone_key(), tickets.clone())?;
     let quic =
         quiver_transport::tls::server_config(cert.chain, cert.key, &config.limits, &config.tuning, tickets.clone())?;

@@ -79,7 +79,11 @@ impl Reloader {
     /// browsers the new hash), live connections keep theirs. Returns the certificate's fingerprint. On an error
     /// nothing changes.
     pub fn reload(&self, auth: crate::auth::AuthConfig) -> Result<Fingerprint, ServerError> {
-        let certified = endpoint::server_config(&self.config, &self.tickets, std::time::SystemTime::now())?;
+        // A new certificate that is not valid now is refused (the one in use stays); the one in use, read again
+        // (a reload for the token keys), is served as before.
+        let in_use = self.fingerprint.get();
+        let refuse = |new: &Fingerprint| *new != in_use;
+        let certified = endpoint::server_config(&self.config, &self.tickets, std::time::SystemTime::now(), refuse)?;
         let auth = Arc::new(crate::auth::Auth::from_config(&auth, &self.config.data_dir)?);
         Ok(self.install(certified, Some(auth)))
     }
@@ -93,7 +97,7 @@ impl Reloader {
         if !matches!(self.config.tls, crate::config::TlsSource::Dev) || !due {
             return Ok(None);
         }
-        let certified = endpoint::server_config(&self.config, &self.tickets, now)?;
+        let certified = endpoint::server_config(&self.config, &self.tickets, now, |_| true)?;
         Ok(Some(self.install(certified, None)))
     }
 

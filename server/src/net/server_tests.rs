@@ -71,26 +71,39 @@ async fn a_running_dev_server_renews_its_certificate_when_due() {
     assert_eq!(reloader.renew_dev_if_due(later).unwrap(), None, "once");
 }
 
-/// A PEM certificate that has expired is refused with its date, at start as on a reload (an old file restored):
-/// a server serving it would fail every handshake.
+/// A reload that would replace the certificate in use with one that has expired is refused with its date, and the
+/// one in use stays (an old file restored). A server started on an expired certificate serves it, with a warning:
+/// clients that pin it by its hash do not check dates.
 #[tokio::test]
-async fn an_expired_pem_certificate_is_refused() {
+async fn a_reload_to_an_expired_pem_certificate_is_refused() {
     use std::time::SystemTime;
-    let certs = tempfile::tempdir().unwrap();
+    let (valid, expired, live) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    quiver_certs::dev::load_or_generate(valid.path(), SystemTime::now()).unwrap();
     let month_ago = SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
-    quiver_certs::dev::load_or_generate(certs.path(), month_ago).unwrap(); // valid for 14 days from then
+    quiver_certs::dev::load_or_generate(expired.path(), month_ago).unwrap(); // valid for 14 days from then
+    let install = |from: &std::path::Path| {
+        for file in [quiver_certs::dev::CERT_FILE, quiver_certs::dev::KEY_FILE] {
+            std::fs::copy(from.join(file), live.path().join(file)).unwrap();
+        }
+    };
+    install(valid.path());
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
         durability: crate::store::Durability::Memory,
         tls: crate::config::TlsSource::Pem {
-            cert: certs.path().join(quiver_certs::dev::CERT_FILE),
-            key: certs.path().join(quiver_certs::dev::KEY_FILE),
+            cert: live.path().join(quiver_certs::dev::CERT_FILE),
+            key: live.path().join(quiver_certs::dev::KEY_FILE),
         },
         ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())
     };
-    let err = match Server::bind(config) {
-        Ok(_) => panic!("an expired certificate was taken"),
-        Err(err) => err.to_string(),
-    };
+    let server = Server::bind(config.clone()).unwrap();
+    let in_use = server.fingerprint.get();
+    install(expired.path());
+    let err = server.reloader().reload(config.auth.clone()).expect_err("an expired certificate").to_string();
     assert!(err.contains("expired at"), "{err}");
+    assert_eq!(server.fingerprint.get(), in_use, "the certificate in use stays");
+    drop(server);
+    let started = Server::bind(config).map(|server| server.fingerprint.get());
+    assert!(started.is_ok_and(|served| served != in_use), "a start serves the expired one, warning");
 }

@@ -407,10 +407,8 @@ impl LocalRooms {
         }
         #[cfg(test)]
         self.counters.shed_passes.fetch_add(1, Ordering::Relaxed);
-        let progress = || {
-            let c = &self.counters;
-            c.shed.load(Ordering::Relaxed) + c.evicted.load(Ordering::Relaxed) + c.removed.load(Ordering::Relaxed)
-        };
+        // Bytes given up (by shedding and by evicting rooms that held some; removing empty rooms frees none).
+        let progress = || self.counters.shed.load(Ordering::Relaxed);
         let before = progress();
         let low_water = self.budget.retained_low_water();
         let mut rooms: Vec<(u64, String)> = {
@@ -442,7 +440,7 @@ impl LocalRooms {
         if self.store.is_some() && self.counters.retained.load(Ordering::Relaxed) > low_water {
             self.evict_idle(&mut lock(&self.rooms), "over retained_bytes");
         }
-        // Stuck only when it gave nothing up: a pass that freed some (one batch of idle rooms evicted) runs again at
+        // Stuck only when it freed no byte: a pass that freed some (one batch of idle rooms evicted) runs again at
         // the next post, as before.
         let left = self.counters.retained.load(Ordering::Relaxed);
         shedding.stuck = (left > low_water && progress() == before).then_some((left, now_us));

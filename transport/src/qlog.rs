@@ -11,7 +11,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-/// Bytes one connection's qlog file takes at most; its later events are dropped (the file may end inside one).
+/// Bytes one connection's qlog file takes at most; its later events are dropped (whole).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// Bytes all qlog files of this process take at most together.
 pub const MAX_TOTAL_BYTES: u64 = 1 << 30;

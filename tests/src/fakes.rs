@@ -82,10 +82,7 @@ pub fn fake_endpoint() -> (tempfile::TempDir, quinn::Endpoint, String) {
 /// anything of the first Join's stream leaves, then sends both streams, the first one's Open first. (React's
 /// StrictMode joins, leaves and joins at once; a lost packet delays a stream the same way.)
 pub async fn late_first_stream(endpoint: quinn::Endpoint) {
-    use quiver_proto::{
-        EventKind, FrameCodec, Joined, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg, Welcome,
-        PROTOCOL_VERSION,
-    };
+    use quiver_proto::{EventKind, FrameCodec, Joined, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg};
     let Some(incoming) = endpoint.accept().await else { return };
     let conn = incoming.await.unwrap();
     let (mut send, mut recv) = conn.accept_bi().await.unwrap();
@@ -103,24 +100,9 @@ pub async fn late_first_stream(endpoint: quinn::Endpoint) {
     };
     let (mut inbound, mut first) = (bytes::BytesMut::new(), None);
     loop {
-        let Request { req_id, body } = match codec.decode::<Request>(&mut inbound).unwrap() {
-            Some(request) => request,
-            None => match recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => {
-                    inbound.extend_from_slice(&chunk.bytes);
-                    continue;
-                }
-                _ => return,
-            },
-        };
+        let Some(Request { req_id, body }) = next_request(&codec, &mut inbound, &mut recv).await else { return };
         let reply = match body {
-            RequestBody::Hello(_) => Reply::Welcome(Welcome {
-                version: PROTOCOL_VERSION,
-                session_id: 1,
-                server_time_us: 0,
-                identity: "ann".into(),
-                limits: Limits::default(),
-            }),
+            RequestBody::Hello(_) => welcome("ann"),
             RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
             RequestBody::Leave { room } => Reply::Left { room },
             RequestBody::Join(_) if first.is_none() => {
@@ -237,16 +219,7 @@ async fn broken_room_stream_connection(
     };
     let mut inbound = bytes::BytesMut::new();
     loop {
-        let Request { req_id, body } = match codec.decode::<Request>(&mut inbound).unwrap() {
-            Some(request) => request,
-            None => match recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => {
-                    inbound.extend_from_slice(&chunk.bytes);
-                    continue;
-                }
-                _ => return,
-            },
-        };
+        let Some(Request { req_id, body }) = next_request(&codec, &mut inbound, &mut recv).await else { return };
         let reply = match body {
             RequestBody::Hello(_) => Reply::Welcome(Welcome {
                 version: PROTOCOL_VERSION,
@@ -294,7 +267,6 @@ async fn broken_room_stream_connection(
 pub async fn kicked_with_its_join(endpoint: quinn::Endpoint, joins: tokio::sync::mpsc::UnboundedSender<u64>) {
     use quiver_proto::{
         ErrorCode, EventKind, FrameCodec, Joined, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg,
-        Welcome, PROTOCOL_VERSION,
     };
     let Some(incoming) = endpoint.accept().await else { return };
     let conn = incoming.await.unwrap();
@@ -313,24 +285,9 @@ pub async fn kicked_with_its_join(endpoint: quinn::Endpoint, joins: tokio::sync:
     let (mut inbound, mut first) = (bytes::BytesMut::new(), true);
     let mut streams = Vec::new(); // kept open until the connection ends
     loop {
-        let Request { req_id, body } = match codec.decode::<Request>(&mut inbound).unwrap() {
-            Some(request) => request,
-            None => match recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => {
-                    inbound.extend_from_slice(&chunk.bytes);
-                    continue;
-                }
-                _ => return,
-            },
-        };
+        let Some(Request { req_id, body }) = next_request(&codec, &mut inbound, &mut recv).await else { return };
         let reply = match body {
-            RequestBody::Hello(_) => Reply::Welcome(Welcome {
-                version: PROTOCOL_VERSION,
-                session_id: 1,
-                server_time_us: 0,
-                identity: "ann".into(),
-                limits: Limits::default(),
-            }),
+            RequestBody::Hello(_) => welcome("ann"),
             RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
             RequestBody::Leave { room } => Reply::Left { room },
             RequestBody::Join(_) => {
@@ -367,32 +324,16 @@ pub async fn kicked_with_its_join(endpoint: quinn::Endpoint, joins: tokio::sync:
 /// A server that answers Hello with a Welcome, then answers the next request with a frame that does not decode
 /// (an unknown message variant).
 pub async fn garbage_after_welcome(endpoint: quinn::Endpoint) {
-    use quiver_proto::{FrameCodec, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
+    use quiver_proto::{FrameCodec, Request, RequestBody, ServerMsg};
     let Some(incoming) = endpoint.accept().await else { return };
     let conn = incoming.await.unwrap();
     let (mut send, mut recv) = conn.accept_bi().await.unwrap();
     let codec = FrameCodec::new(Limits::default().max_frame as usize);
     let mut inbound = bytes::BytesMut::new();
     loop {
-        let Request { req_id, body } = match codec.decode::<Request>(&mut inbound).unwrap() {
-            Some(request) => request,
-            None => match recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => {
-                    inbound.extend_from_slice(&chunk.bytes);
-                    continue;
-                }
-                _ => return,
-            },
-        };
+        let Some(Request { req_id, body }) = next_request(&codec, &mut inbound, &mut recv).await else { return };
         if let RequestBody::Hello(_) = body {
-            let welcome = Welcome {
-                version: PROTOCOL_VERSION,
-                session_id: 1,
-                server_time_us: 0,
-                identity: "ann".into(),
-                limits: Limits::default(),
-            };
-            let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Welcome(welcome)) };
+            let reply = ServerMsg::Reply { req_id, result: Ok(welcome("ann")) };
             send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
         } else {
             send.write_all(&[0x01, 0x7f]).await.unwrap(); // a one-byte body: message variant 127
@@ -400,4 +341,33 @@ pub async fn garbage_after_welcome(endpoint: quinn::Endpoint) {
             return;
         }
     }
+}
+
+/// The next request on a fake's control stream (`inbound` keeps what was read past it); `None` once the stream
+/// ends or fails.
+async fn next_request(
+    codec: &quiver_proto::FrameCodec,
+    inbound: &mut bytes::BytesMut,
+    recv: &mut quinn::RecvStream,
+) -> Option<quiver_proto::Request> {
+    loop {
+        if let Some(request) = codec.decode::<quiver_proto::Request>(inbound).unwrap() {
+            return Some(request);
+        }
+        match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
+            _ => return None,
+        }
+    }
+}
+
+/// A Welcome for `identity`, with the default limits.
+fn welcome(identity: &str) -> quiver_proto::Reply {
+    quiver_proto::Reply::Welcome(quiver_proto::Welcome {
+        version: quiver_proto::PROTOCOL_VERSION,
+        session_id: 1,
+        server_time_us: 0,
+        identity: identity.into(),
+        limits: Limits::default(),
+    })
 }

@@ -1,0 +1,91 @@
+//! Reloading a running server's certificate and token keys (SIGHUP), and renewing the dev certificate while it
+//! runs.
+
+use std::sync::Arc;
+
+use quiver_certs::Fingerprint;
+use tokio_util::sync::CancellationToken;
+
+use super::endpoint;
+use crate::{config::ServerConfig, ServerError};
+
+/// What connections are accepted with now: swapped by [`Reloader::reload`] (new handshakes get the new certificate
+/// and token keys; live connections keep theirs).
+/// Every connection is accepted with `quic` (`Incoming::accept_with`); the endpoint's own configuration only
+/// decides whether connections are taken at all (none while draining) and keeps its Retry token key for good.
+#[derive(Debug)]
+pub(super) struct Current {
+    pub(super) quic: Arc<quinn::ServerConfig>,
+    /// The WebSocket listener's TLS (the same certificate).
+    pub(super) tcp: Arc<rustls::ServerConfig>,
+    pub(super) auth: Arc<crate::auth::Auth>,
+}
+
+/// Reloads a running server's certificate and token keys (SIGHUP).
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    pub(super) config: Arc<ServerConfig>,
+    pub(super) current: Arc<std::sync::RwLock<Current>>,
+    pub(super) fingerprint: crate::web::LiveFingerprint,
+    pub(super) tickets: endpoint::Tickets,
+    /// When the certificate in use expires.
+    pub(super) not_after: Arc<std::sync::Mutex<std::time::SystemTime>>,
+}
+
+/// How often a running server with the dev certificate checks whether it is due for renewal.
+const DEV_RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl Reloader {
+    /// Loads the certificate again (from `config.tls`: the PEM files, or the dev certificate, renewed if due) and
+    /// verifies tokens with `auth` from now on: every handshake after this returns uses them (the demo page hands
+    /// browsers the new hash), live connections keep theirs. Returns the certificate's fingerprint. On an error
+    /// nothing changes.
+    pub fn reload(&self, auth: crate::auth::AuthConfig) -> Result<Fingerprint, ServerError> {
+        // A new certificate that is not valid now is refused (the one in use stays); the one in use, read again
+        // (a reload for the token keys), is served as before.
+        let in_use = self.fingerprint.get();
+        let refuse = |new: &Fingerprint| *new != in_use;
+        let certified = endpoint::server_config(&self.config, &self.tickets, std::time::SystemTime::now(), refuse)?;
+        let auth = Arc::new(crate::auth::Auth::from_config(&auth, &self.config.data_dir)?);
+        Ok(self.install(certified, Some(auth)))
+    }
+
+    /// With the dev certificate: renews it once less than [`quiver_certs::dev::RENEW_BEFORE`] is left at `now`
+    /// (a server that runs for weeks would otherwise serve it expired, and browsers refuse it), keeping the token
+    /// keys. `Some(fingerprint)` when it renewed.
+    pub fn renew_dev_if_due(&self, now: std::time::SystemTime) -> Result<Option<Fingerprint>, ServerError> {
+        let not_after = *self.not_after.lock().unwrap_or_else(|p| p.into_inner());
+        let due = not_after.duration_since(now).map_or(true, |left| left <= quiver_certs::dev::RENEW_BEFORE);
+        if !matches!(self.config.tls, crate::config::TlsSource::Dev) || !due {
+            return Ok(None);
+        }
+        let certified = endpoint::server_config(&self.config, &self.tickets, now, |_| true)?;
+        Ok(Some(self.install(certified, None)))
+    }
+
+    /// Makes `certified` (and `auth`, if given) what new connections are accepted with.
+    fn install(&self, certified: endpoint::Certified, auth: Option<Arc<crate::auth::Auth>>) -> Fingerprint {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let auth = auth.unwrap_or_else(|| current.auth.clone());
+        *current = Current { quic: Arc::new(certified.quic), tcp: certified.tcp, auth };
+        drop(current);
+        *self.not_after.lock().unwrap_or_else(|p| p.into_inner()) = certified.not_after;
+        self.fingerprint.set(certified.fingerprint);
+        certified.fingerprint
+    }
+}
+
+/// Renews the dev certificate when due, checking every [`DEV_RENEWAL_CHECK`] until `shutdown`.
+pub(super) async fn renew_dev_certificate(reloader: Reloader, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(DEV_RENEWAL_CHECK) => {}
+            () = shutdown.cancelled() => return,
+        }
+        match reloader.renew_dev_if_due(std::time::SystemTime::now()) {
+            Ok(Some(fingerprint)) => tracing::info!(%fingerprint, "renewed the dev certificate"),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%err, "cannot renew the dev certificate; trying again in an hour"),
+        }
+    }
+}

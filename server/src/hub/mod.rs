@@ -162,4 +162,6 @@ pub trait RoomHub: Send + Sync + 'static {
 #[cfg(test)]
 mod durable_tests;
 #[cfg(test)]
+mod retention_tests;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,180 @@
+//! Retention of durable rooms, without sockets: by count as a room passes its bound (and after a restart), by age
+//! in the sweep and when a room is loaded, none without an age bound, and a replay that retention overtakes.
+
+use quiver_proto::{Limits, Position};
+
+use super::{
+    durable_tests::{join, open, post, written},
+    tests::Collect,
+    *,
+};
+use crate::{store::Store, Budget};
+
+/// A resume told it was recovered gets every seq it was promised, or is ended and rejoins: retention deleting the
+/// start of its replay range before the replay read it ends the subscription (the client then rejoins from what
+/// it got, unrecovered), where the replay used to begin at the next message left, a gap nobody was told of. A
+/// replay told it was not recovered goes on past such a jump.
+#[tokio::test]
+async fn retention_overtaking_a_recovered_replay_ends_the_subscription_instead_of_skipping() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_messages: 8, ..Limits::default() };
+    let hub = open(dir.path(), limits, Budget::default());
+    for id in 1..=8 {
+        post(&hub, "r", "bob", id, 10).await.1.flush();
+    }
+    let epoch = hub.history("r", None, 1, usize::MAX, 10).await.unwrap().epoch;
+    let recovered = Collect::new(usize::MAX);
+    let resumed = join(&hub, "r", Some(Position { epoch, seq: 0 }), &recovered).await;
+    assert_eq!((resumed.joined.recovered, resumed.joined.replay_from), (true, 1));
+    let unrecovered = Collect::new(usize::MAX);
+    let lost = join(&hub, "r", Some(Position { epoch: epoch ^ 1, seq: 3 }), &unrecovered).await;
+    assert!(!lost.joined.recovered, "another epoch");
+    // Two more posts pass the bound's slack (8 + 1): the oldest are deleted before either replay reads them.
+    for id in 9..=10 {
+        post(&hub, "r", "bob", id, 10).await.1.flush();
+    }
+    written(hub.store().unwrap()).await;
+    assert_eq!(hub.history("r", None, 100, usize::MAX, 10).await.unwrap().messages[0].seq, 3, "1 and 2 deleted");
+    resumed.replay.expect("a replay").run().await;
+    assert!(recovered.kicked(), "ended: its replay would have begun at 3");
+    assert_eq!(recovered.message_seqs(), Vec::<u64>::new(), "nothing past the gap");
+    lost.replay.expect("a replay").run().await;
+    assert!(!unrecovered.kicked());
+    assert_eq!(unrecovered.message_seqs().last(), Some(&10), "the rest, then the live frames");
+}
+
+#[tokio::test]
+async fn retention_trims_as_the_room_passes_its_bound_and_stays_trimmed_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_messages: 10, ..Limits::default() };
+    let hub = open(dir.path(), limits.clone(), Budget::default());
+    let store = hub.store().unwrap().clone();
+    let stored = |store: &Store| store.load_room("r", 10, 0, 0).unwrap().unwrap();
+    for id in 1..=11 {
+        let _ = post(&hub, "r", "bob", id, 10).await;
+    }
+    written(&store).await;
+    assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (1, 11), "within the slack of 1/8");
+    let _ = post(&hub, "r", "bob", 12, 10).await;
+    written(&store).await;
+    assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (3, 10), "past it: deleted at once");
+    let deletions = store.retention_stats().commits.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(deletions, 1, "by the retention thread (the metric quiver_store_deletions_total)");
+    for id in 13..=30 {
+        let _ = post(&hub, "r", "bob", id, 10).await;
+        // One deletion per room in flight: the next is planned only once this one is written.
+        written(&store).await;
+    }
+    let seqs = |page: HistoryPage| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    // Readers see the count bound at once; the store deletes a run at a time (or in the sweep).
+    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 10).await.unwrap()), (21..=30).collect::<Vec<_>>());
+    written(&store).await;
+    hub.sweep(11).await;
+    written(&store).await;
+    assert_eq!(
+        (stored(&store).first_seq, stored(&store).extent.messages),
+        (21, 10),
+        "a run at a time, and the sweep deletes no more"
+    );
+    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 11).await.unwrap()), (21..=30).collect::<Vec<_>>());
+    let epoch = hub.history("r", None, 1, usize::MAX, 11).await.unwrap().epoch;
+    drop((hub, store));
+    let hub = open(dir.path(), limits, Budget::default());
+    assert_eq!(seqs(hub.history("r", None, 100, usize::MAX, 12).await.unwrap()), (21..=30).collect::<Vec<_>>());
+    let out = Collect::new(usize::MAX);
+    let joining = join(&hub, "r", Some(Position { epoch, seq: 5 }), &out).await;
+    assert!(!joining.joined.recovered, "seq 6 is gone");
+    assert_eq!(joining.joined.replay_from, 21);
+    joining.replay.expect("the latest").run().await;
+    assert_eq!(out.message_seqs(), (21..=30).collect::<Vec<_>>());
+    // The dedupe window outlives the messages: a retry of a deleted post (its entry kept by the deletion) and of a
+    // retained one (read from its message) get their original seqs after the restart, and after a sweep.
+    hub.sweep(12).await;
+    written(hub.store().unwrap()).await;
+    for (id, seq) in [(3, 3), (25, 25)] {
+        let (retry, delivery) = post(&hub, "r", "bob", id, 12).await;
+        assert_eq!((retry, delivery.len()), (Posted { seq, duplicate: true }, 0), "post {id}");
+    }
+    assert_eq!(post(&hub, "r", "bob", 31, 12).await.0, Posted { seq: 31, duplicate: false });
+}
+
+#[tokio::test]
+async fn a_room_nobody_uses_is_trimmed_by_age_too() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_age_s: 100, ..Limits::default() };
+    let hub = open(dir.path(), limits.clone(), Budget::default());
+    for id in 1..=3 {
+        let _ = post(&hub, "old", "bob", id, 10).await;
+    }
+    // More aged rooms than a sweep loads (2): the walk takes them over the next sweeps, none skipped.
+    let others = ["old-1", "old-2", "old-3", "old-4"];
+    for room in others {
+        let _ = post(&hub, room, "bob", 1, 20).await;
+    }
+    let _ = post(&hub, "young", "bob", 1, 150 * S).await;
+    drop(hub);
+    // After a restart neither room is in memory; only the sweep's walk over the store finds them.
+    let hub = open(dir.path(), limits, Budget::default());
+    let store = hub.store().unwrap().clone();
+    let stored = |name: &str| store.load_room(name, 0, 0, 0).unwrap().unwrap().extent.messages;
+    assert_eq!((stored("old"), stored("young"), hub.usage().rooms), (3, 1, 0));
+    hub.sweep(200 * S).await;
+    written(&store).await;
+    assert_eq!(stored("old"), 0, "past the age bound: deleted although nobody used the room");
+    assert_eq!(stored("young"), 1, "50 s old: kept");
+    for t in 201..=205 {
+        hub.sweep(t * S).await;
+        written(&store).await;
+    }
+    assert_eq!(others.map(stored), [0; 4], "every aged room, in the sweeps after");
+    assert_eq!(stored("young"), 1);
+    for t in 206..=207 {
+        hub.sweep(t * S).await;
+    }
+    assert_eq!(hub.usage().rooms, 0, "out of memory again once their deletions are stored");
+    let (posted, _) = post(&hub, "old", "bob", 9, 208 * S).await;
+    assert_eq!(posted.seq, 4, "same room, seqs go on");
+}
+
+/// A room loaded from the store with history past the age bound is trimmed by its first user: History and a
+/// resume see only what is within the bound, not what the sweep's walk over stored rooms has not reached yet.
+#[tokio::test]
+async fn a_room_loaded_with_aged_history_serves_none_of_it() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_age_s: 100, ..Limits::default() };
+    let hub = open(dir.path(), limits.clone(), Budget::default());
+    for id in 1..=3 {
+        let _ = post(&hub, "old", "bob", id, 10).await;
+    }
+    let _ = post(&hub, "old", "bob", 4, 150 * S).await;
+    let epoch = hub.history("old", None, 1, usize::MAX, 150 * S).await.unwrap().epoch;
+    drop(hub);
+    let hub = open(dir.path(), limits, Budget::default());
+    let seqs = |page: HistoryPage| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(hub.history("old", None, 10, usize::MAX, 200 * S).await.unwrap()), [4], "1–3 are 200 s old");
+    let out = Collect::new(usize::MAX);
+    let joining = join(&hub, "old", Some(Position { epoch, seq: 0 }), &out).await;
+    assert!(!joining.joined.recovered, "seq 1 is past the age bound");
+}
+
+#[tokio::test]
+async fn history_max_age_0_keeps_history_of_any_age() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_age_s: 0, ..Limits::default() };
+    let hub = open(dir.path(), limits.clone(), Budget::default());
+    let _ = post(&hub, "kept", "bob", 1, 10).await;
+    let _ = post(&hub, "unloaded", "bob", 1, 10).await;
+    drop(hub);
+    let hub = open(dir.path(), limits, Budget::default());
+    let _ = post(&hub, "kept", "bob", 2, 20).await; // in memory; "unloaded" is not
+    for t in [1_000_000, 1_000_001] {
+        hub.sweep(t * S).await;
+    }
+    let store = hub.store().unwrap().clone();
+    written(&store).await;
+    let stored = |name: &str| store.load_room(name, 0, 0, 0).unwrap().unwrap().extent.messages;
+    assert_eq!((stored("kept"), stored("unloaded")), (2, 1), "no age bound: nothing deleted");
+}

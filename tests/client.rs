@@ -59,6 +59,29 @@ async fn the_state_watch_goes_reconnecting_then_connected_across_a_server_restar
     server.stop().await;
 }
 
+/// A request made while the client reconnects, to a server that does not come back within `connect_timeout`,
+/// fails as `NotConnected` (nothing sent, the client not done), not as a closed connection: before, it was
+/// `Closed { Internal, "not connected (reconnecting)" }`, the same variant as a client that has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_outwaits_a_reconnect_fails_as_not_connected() {
+    let server = TestServer::start(Limits::default());
+    let options = ConnectOptions {
+        trust: server.trust(),
+        connect_timeout: Duration::from_millis(300),
+        reconnect_delay: Duration::from_millis(20),
+        reconnect_max_delay: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(&server.addr.to_string(), options).await.unwrap();
+    let watch = client.state();
+    server.stop().await;
+    states_until(watch, |s| matches!(s, ConnectionState::Reconnecting { .. })).await;
+    let err = client.ping().await.expect_err("no server");
+    assert_eq!(err, quiver_client::RequestError::NotConnected(Duration::from_millis(300)), "{err}");
+    assert!(matches!(*client.state().borrow(), ConnectionState::Reconnecting { .. }), "the client goes on");
+    client.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pin_mismatch_after_a_restart_ends_the_client_naming_both_hashes() {
     let server = TestServer::start(Limits::default());

@@ -140,6 +140,11 @@ pub enum RequestError {
     /// The server answered with a reply of the wrong kind.
     #[error("unexpected reply: {0:?}")]
     UnexpectedReply(Box<Reply>),
+    /// The client is reconnecting and no connection came back within `connect_timeout` (the wait): nothing was
+    /// sent. Unlike `Closed`, the client is not done: the same request may succeed once it is connected again
+    /// ([`crate::Client::state`] shows when).
+    #[error("not connected: the client has been reconnecting for {0:?} (connect_timeout); nothing was sent")]
+    NotConnected(std::time::Duration),
     /// `max` posts are queued or awaiting their reply already (`ConnectOptions::max_queued_posts`): nothing was
     /// queued; post again once some are acknowledged.
     #[error("{max} posts are queued or awaiting their reply already (max_queued_posts); this one was not queued")]

@@ -26,6 +26,10 @@
 //! the client's own tasks, so the control stream never gets half a frame and the server's state never disagrees
 //! with the client's. A join given up before it returns leaves the room once the server answers, and dropping a
 //! [`Room`] leaves it (in the background); a later join of the same name waits for that Leave to be written.
+//! So the library puts no deadline on a reply of its own (a server whose QUIC stack answers while its application
+//! hangs keeps a request waiting): put the timeout your application needs around the call. A post given up so may
+//! still be stored: it is queued when called and sent (again after a reconnect, with the same `client_msg_id`)
+//! whether or not its future is awaited.
 //!
 //! Inside, the layers mirror the browser client's: [`state`] holds the protocol state without IO (requests in
 //! flight, room positions, the post queue, backoff, tick bookkeeping); `connection` is one QUIC connection; the

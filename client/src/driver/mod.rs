@@ -309,7 +309,7 @@ impl Driver {
             found = tokio::time::timeout(self.options.connect_timeout, wait) => match found {
                 Ok(Ok(connection)) => connection.clone().ok_or_else(|| RequestError::closed(self.end_reason())),
                 Ok(Err(_)) => Err(RequestError::closed(self.end_reason())),
-                Err(_) => Err(RequestError::closed((ErrorCode::Internal, "not connected (reconnecting)".into()))),
+                Err(_) => Err(RequestError::NotConnected(self.options.connect_timeout)),
             },
             () = self.stop.cancelled() => Err(RequestError::closed(self.end_reason())),
         }

@@ -59,6 +59,61 @@ async fn the_state_watch_goes_reconnecting_then_connected_across_a_server_restar
     server.stop().await;
 }
 
+/// A first connect whose server takes the handshake but not the session (here: at its `max_connections`) goes on
+/// to the next server given, as a reconnect does: before, it failed with the refusal though another node was up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_connect_refused_after_the_handshake_goes_on_to_the_next_server() {
+    let good = TestServer::start(Limits::default());
+    // A full server with the same certificate (so the client trusts both).
+    let dir = tempfile::tempdir().unwrap();
+    let tls = quiver_server::TlsSource::Pem {
+        cert: good.data_dir.path().join(quiver_certs::dev::CERT_FILE),
+        key: good.data_dir.path().join(quiver_certs::dev::KEY_FILE),
+    };
+    let limits = Limits { max_connections: 1, max_connections_per_ip: 1, ..Limits::default() };
+    let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
+    let full = TestServer::start_with(ServerConfig { tls, limits, ..dev }, dir);
+    // Its one connection taken (a handshake that says nothing yet counts).
+    let config = quiver_client::quinn_client_config(&good.trust(), full.addr, quiver_proto::ALPN_QUIVER).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let _holder = endpoint.connect(full.addr, "localhost").unwrap().await.unwrap();
+    let servers = format!("{},{}", full.addr, good.addr);
+    let options = ConnectOptions { trust: good.trust(), ..ConnectOptions::default() };
+    let client = Client::connect_with(&servers, options).await.expect("the second server takes the session");
+    assert_eq!(client.server_addr(), good.addr);
+    client.ping().await.unwrap();
+    assert_eq!(full.stats.snapshot().connections_over_total, 1, "the first server was tried and refused");
+    client.close().await;
+    full.stop().await;
+    good.stop().await;
+}
+
+/// With `first_connect_retry`, a server that takes the handshake but not the session is tried again after the
+/// backoff until it takes it (here: once its one connection slot is free); before, the refusal ended the connect
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_connect_with_retry_waits_out_a_refusal_after_the_handshake() {
+    let server = TestServer::start(Limits { max_connections: 1, max_connections_per_ip: 1, ..Limits::default() });
+    let holder = server.raw().await;
+    let freed = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        holder.close(0u32.into(), b"done");
+    });
+    let options = ConnectOptions {
+        first_connect_retry: Some(Duration::from_secs(10)),
+        reconnect_delay: Duration::from_millis(50),
+        reconnect_max_delay: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    };
+    let client = server.client_with(options).await.expect("connected once the slot was free");
+    client.ping().await.unwrap();
+    assert!(server.stats.snapshot().connections_over_total >= 1, "refused at first");
+    freed.await.unwrap();
+    client.close().await;
+    server.stop().await;
+}
+
 /// A request made while the client reconnects, to a server that does not come back within `connect_timeout`,
 /// fails as `NotConnected` (nothing sent, the client not done), not as a closed connection: before, it was
 /// `Closed { Internal, "not connected (reconnecting)" }`, the same variant as a client that has ended.

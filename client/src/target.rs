@@ -259,32 +259,65 @@ impl Target {
     }
 
     /// The first connection: every resolved address raced (over the transport the options choose), within the
-    /// connect timeout; tried again with backoff until `first_connect_retry` runs out, unless the failure is fatal.
-    pub(crate) async fn first(server: &str, options: &ConnectOptions) -> Result<(Target, Link), ConnectError> {
-        let timeout = options.connect_timeout;
-        let deadline = options.first_connect_retry.map(|retry| tokio::time::Instant::now() + retry);
-        let mut backoff = crate::state::backoff::Backoff::new(options.reconnect_delay, options.reconnect_max_delay);
+    /// connect timeout; tried again with `backoff` until `deadline` (`first_connect_retry`'s) passes, unless the
+    /// failure is fatal.
+    pub(crate) async fn first(
+        server: &str,
+        options: &ConnectOptions,
+        deadline: Option<tokio::time::Instant>,
+        backoff: &mut crate::state::backoff::Backoff,
+    ) -> Result<(Target, Link), ConnectError> {
         loop {
-            let started = tokio::time::Instant::now();
-            let attempt = match tokio::time::timeout(timeout, Target::resolve_all(server, options)).await {
-                Ok(Ok(targets)) => {
-                    Target::connect(targets, options, timeout.saturating_sub(started.elapsed()), false).await
-                }
-                Ok(Err(err)) => Err(err),
-                Err(_) => Err(ConnectError::Timeout(timeout)),
-            };
-            let err = match attempt {
+            let err = match Target::once(server, options, &[]).await {
                 Ok(found) => return Ok(found),
                 Err(err) => err,
             };
-            let delay = backoff.next_delay(rand::random());
-            match deadline {
-                Some(deadline) if !err.is_fatal() && tokio::time::Instant::now() + delay < deadline => {
-                    tracing::info!(%err, attempt = backoff.attempts(), "first connect failed; trying again");
-                    tokio::time::sleep(delay).await;
-                }
-                _ => return Err(err),
+            if !Target::pause(&err, deadline, backoff).await {
+                return Err(err);
             }
+        }
+    }
+
+    /// One race of the addresses `server` resolves to, except those in `avoid` (servers that took the handshake
+    /// but not the session): a `Resolve` error ("no other address to try") when none is left.
+    pub(crate) async fn once(
+        server: &str,
+        options: &ConnectOptions,
+        avoid: &[SocketAddr],
+    ) -> Result<(Target, Link), ConnectError> {
+        let timeout = options.connect_timeout;
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout(timeout, Target::resolve_all(server, options)).await {
+            Ok(Ok(mut targets)) => {
+                targets.retain(|target| !avoid.contains(&target.addr));
+                if targets.is_empty() {
+                    return Err(ConnectError::Resolve {
+                        server: server.to_string(),
+                        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no other address to try"),
+                    });
+                }
+                Target::connect(targets, options, timeout.saturating_sub(started.elapsed()), false).await
+            }
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(ConnectError::Timeout(timeout)),
+        }
+    }
+
+    /// After a failed first connect (`err`): waits the backoff's next delay and returns true if `deadline` leaves
+    /// time for another attempt and the failure is not fatal; false at once otherwise.
+    pub(crate) async fn pause(
+        err: &ConnectError,
+        deadline: Option<tokio::time::Instant>,
+        backoff: &mut crate::state::backoff::Backoff,
+    ) -> bool {
+        let delay = backoff.next_delay(rand::random());
+        match deadline {
+            Some(deadline) if !err.is_fatal() && tokio::time::Instant::now() + delay < deadline => {
+                tracing::info!(%err, attempt = backoff.attempts(), "first connect failed; trying again");
+                tokio::time::sleep(delay).await;
+                true
+            }
+            _ => false,
         }
     }
 }

@@ -148,7 +148,9 @@ impl Driver {
     pub(crate) async fn connect(server: &str, options: ConnectOptions) -> Result<Arc<Driver>, ConnectError> {
         let options = options.with_dev_tokens();
         let timeout = options.connect_timeout;
-        let (target, first) = Target::first(server, &options).await?;
+        let deadline = options.first_connect_retry.map(|retry| tokio::time::Instant::now() + retry);
+        let mut backoff = Backoff::new(options.reconnect_delay, options.reconnect_max_delay);
+        let (target, mut link) = Target::first(server, &options, deadline, &mut backoff).await?;
         let (posts, queued) = mpsc::unbounded_channel();
         let driver = Arc::new_cyclic(|me| Driver {
             me: me.clone(),
@@ -187,14 +189,38 @@ impl Driver {
         // Until this returns, a dropped future (the caller's own timeout, a `select!`) ends the client: its
         // connection is already held by its reader tasks, and nothing else would ever close it.
         let mut unfinished = Unfinished { driver: driver.clone(), connection: None, finished: false };
-        let first = tokio::time::timeout(timeout, driver.open(first)).await.map_err(|_| ConnectError::Timeout(timeout));
-        match first {
-            Ok(Ok(connection)) => {
-                unfinished.connection = Some(connection.clone());
-                driver.connected(connection).await;
+        // A server that took the handshake but not the session (over its connection limit, going away, no answer
+        // to Hello in time) is not the end while another address is left: a cluster's other nodes are tried, each
+        // once, then (with `first_connect_retry`) all of them again after the backoff's pause.
+        let mut refused = Vec::new();
+        let connection = loop {
+            let opened = tokio::time::timeout(timeout, driver.open(link.clone())).await;
+            let err = match opened {
+                Ok(Ok(connection)) => break connection,
+                Ok(Err(err)) => err,
+                Err(_) => ConnectError::Timeout(timeout),
+            };
+            link.close(ErrorCode::NoError, "session not opened; trying another server");
+            if err.is_fatal() {
+                return Err(err);
             }
-            Ok(Err(err)) | Err(err) => return Err(err),
-        }
+            let addr = driver.target().addr;
+            tracing::info!(%addr, %err, "the server took the handshake but not the session");
+            refused.push(addr);
+            let next = match Target::once(server, &driver.options, &refused).await {
+                Ok(found) => Ok(found),
+                Err(_) if Target::pause(&err, deadline, &mut backoff).await => {
+                    refused.clear();
+                    Target::first(server, &driver.options, deadline, &mut backoff).await
+                }
+                Err(_) => return Err(err),
+            };
+            let (target, next_link) = next?;
+            *lock(&driver.target) = Arc::new(target);
+            link = next_link;
+        };
+        unfinished.connection = Some(connection.clone());
+        driver.connected(connection).await;
         unfinished.finished = true;
         driver.tasks.spawn(driver.clone().supervise());
         let sending = posts::send_posts(driver.current.subscribe(), queued, driver.stop.clone());

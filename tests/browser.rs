@@ -212,8 +212,12 @@ async fn setup(chromium: &PathBuf, room_name: &str, query: impl Fn(u16, u16) -> 
     let native = Client::connect(&format!("127.0.0.1:{udp}"), trust).await.unwrap();
     let room = native.join(room_name).await.unwrap();
     let publisher = native.publisher("browser.ticks").await.unwrap();
-    let url =
-        format!("http://localhost:{page}/?room={room_name}&channel=browser.ticks&name=chromium{}", query(udp, ws));
+    // The page key (`#key=`), as in the URL the server prints: without it the page gets no dev token.
+    let key = quiver_server::web::page_key(dir.path()).unwrap();
+    let url = format!(
+        "http://localhost:{page}/?room={room_name}&channel=browser.ticks&name=chromium{}#key={key}",
+        query(udp, ws)
+    );
     let browser = Browser::open(chromium, &url).await;
     Setup { browser, native, room, publisher: Some(publisher), stop, task, _dir: dir }
 }

@@ -1,6 +1,7 @@
-//! The demo page's `/config.json` hands out dev tokens only to this machine: asked over loopback it carries a token
-//! the server accepts; asked from another address of the machine (a non-loopback source address, so the server
-//! sees a peer that is not loopback) it answers 403 with the reason.
+//! The demo page's `/config.json` hands out dev tokens only to this machine, with the page key: asked over loopback
+//! with the key of the URL the server prints it carries a token the server accepts, without it none; asked from
+//! another address of the machine (a non-loopback source address, so the server sees a peer that is not loopback)
+//! it answers 403 with the reason.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -49,11 +50,24 @@ async fn dev_tokens_only_for_this_machine() {
     let web = WebConfig { http: Some(quiver_server::web::default_page_addr(listen)), ..WebConfig::default() };
     let server = Server::bind(ServerConfig { web, ..ServerConfig::dev(listen, dir.path().into()) }).unwrap();
     let page = server.page_addr().unwrap();
+    let server_url = server.page_url();
+    assert_eq!(
+        server_url.as_deref().map(|url| url.starts_with(&format!("http://localhost:{}/#key=", page.port()))),
+        Some(true)
+    );
     assert!(page.ip().is_loopback(), "the page listens on loopback by default: {page}");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));
 
+    // From this machine without the page key (a reverse proxy's visitor, another user): where to go, no token.
     let (status, body) = get(page, None, "/config.json?name=alice").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((&json["token"], &json["devTokens"]), (&serde_json::Value::Null, &serde_json::Value::Bool(true)));
+    // With the key the server prints in the page's URL: a token.
+    let url = server_url.expect("the page is served");
+    let key = url.split_once("#key=").map(|(_, key)| key.to_string()).expect("the printed URL carries the key");
+    let (status, body) = get(page, None, &format!("/config.json?name=alice&key={key}")).await;
     assert_eq!(status, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     let auth = Auth::from_config(&AuthConfig::DevKey, dir.path()).unwrap();
@@ -61,7 +75,7 @@ async fn dev_tokens_only_for_this_machine() {
     let claims = auth.verify(json["token"].as_str(), now).unwrap().unwrap();
     assert_eq!(claims.sub, "alice");
 
-    let (status, body) = get(page, Some(elsewhere), "/config.json?name=alice").await;
+    let (status, body) = get(page, Some(elsewhere), &format!("/config.json?name=alice&key={key}")).await;
     assert_eq!(status, 403, "asked from {elsewhere}: {body}");
     assert!(body.contains("only to pages opened on the server's own machine"), "{body}");
     assert!(!body.contains("token\""), "{body}");

@@ -446,17 +446,12 @@ async fn run<R: RoomHub>(
         AuthConfig::Anonymous => say("ANONYMOUS ACCESS: no tokens required (--allow-anonymous)"),
     }
     say(rooms);
-    if let Some(page) = server.page_addr() {
-        let host = if page.ip().is_unspecified() || page.ip().is_loopback() {
-            "localhost".to_string()
-        } else {
-            page.ip().to_string()
-        };
+    if let (Some(page), Some(url)) = (server.page_addr(), server.page_url()) {
         let tokens = match auth_mode {
-            AuthConfig::DevKey => "; dev tokens only for pages opened on this machine",
+            AuthConfig::DevKey => "; dev tokens only for pages opened on this machine from this URL (its #key=)",
             _ => "",
         };
-        say(&format!("demo page http://{host}:{}/ (TCP {page}{tokens})", page.port()));
+        say(&format!("demo page {url} (TCP {page}{tokens})"));
     }
     if let Some(ws) = server.websocket_addr() {
         let path = &settings.web.path;

@@ -61,11 +61,44 @@ pub struct PageInfo {
     pub room: String,
     /// See `room`.
     pub channel: String,
-    /// With the dev key (tokens signed by the server's own key, the default), `/config.json?name=N` asked from
-    /// this machine (a loopback peer) also carries a dev token for subject N (every right, 24 h), so the page
-    /// works with no setup; any other peer gets 403. `None` in production: the application hands out tokens (the
-    /// page takes `?token=`).
-    pub dev_tokens_from: Option<std::path::PathBuf>,
+    /// With the dev key (tokens signed by the server's own key, the default), `/config.json?name=N&key=K` asked
+    /// from this machine (a loopback peer, under a loopback `Host`) with the page key K also carries a dev token
+    /// for subject N (every right, 24 h), so the page opened from the URL the server prints works with no setup;
+    /// any other peer gets 403. `None` in production: the application hands out tokens (the page takes `?token=`).
+    pub dev_tokens: Option<DevTokens>,
+}
+
+/// Where the demo page's dev tokens come from, and the key a page must show to get one.
+#[derive(Clone)]
+pub struct DevTokens {
+    /// The data directory with the dev key.
+    pub data_dir: std::path::PathBuf,
+    /// The page key ([`page_key`]): in the URL the server prints (`#key=`), never served.
+    pub key: String,
+}
+
+impl std::fmt::Debug for DevTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevTokens").field("data_dir", &self.data_dir).field("key", &"<redacted>").finish()
+    }
+}
+
+/// The demo page's key on the dev key of `data_dir`: 128 bits of HMAC-SHA256 over a fixed label, so it stays the
+/// same across restarts on one data directory (a browser that opened the printed URL once keeps working) and is
+/// new with a new dev key. A loopback peer is not enough to get a dev token: a reverse proxy or tunnel on this
+/// machine makes every visitor one (nginx's `proxy_pass http://127.0.0.1:4433` even sends a loopback `Host`), and
+/// so is every other user of a shared machine, for whom the dev key file (mode 0600) is out of reach.
+pub fn page_key(data_dir: &std::path::Path) -> Result<String, crate::auth::AuthError> {
+    let secret = crate::auth::load_or_generate_dev_key(data_dir)?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    let tag = ring::hmac::sign(&key, b"quiver demo page key v1");
+    Ok(tag.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `given == expected`, in time that does not depend on where they first differ.
+fn same_key(given: &str, expected: &str) -> bool {
+    // (ring's constant-time comparison is deprecated; the key's length is no secret: it is always 32.)
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
 }
 
 /// The certificate's fingerprint as it is now (a SIGHUP reload replaces it).
@@ -98,7 +131,7 @@ pub async fn serve(listener: TcpListener, info: PageInfo, shutdown: Cancellation
     serve_http(listener, shutdown, move |head, peer| {
         let response = respond(head, peer, &info);
         if response.status == 403 {
-            tracing::info!(%peer, "page: refused a dev token to a peer that is not on this machine");
+            tracing::info!(%peer, "page: refused a dev token (a peer elsewhere, another host name, or a wrong key)");
         }
         response
     })
@@ -130,6 +163,10 @@ const NOT_LOCAL: &str = "dev tokens are handed out only to pages opened on the s
 const NOT_LOCAL_NAME: &str = "dev tokens are handed out only to pages opened as http://localhost, \
     http://127.0.0.1 or http://[::1] (the Host header names another machine: a page under another name that \
     resolves to this one, as in DNS rebinding, gets none)";
+
+/// Why a page with a wrong page key gets no dev token.
+const WRONG_KEY: &str = "this page key is not the server's: open the demo page with the URL quiver-server printed at \
+    start (http://localhost:PORT/#key=...); a new dev key (a new data directory) makes a new page key";
 
 /// True when a `Host` header names this machine: `localhost` or a loopback address, with or without a port. A
 /// request without one (not a browser's) counts as local; the peer address was checked already.
@@ -164,17 +201,22 @@ pub(crate) fn respond(head: &[u8], peer: IpAddr, info: &PageInfo) -> Response {
     let host = host_header(lines);
     let path = target.split(['?', '#']).next().unwrap_or("/");
     let name = query_param(target, "name");
-    let dev_tokens = info.dev_tokens_from.is_some();
-    let mut response = if path == "/config.json" && dev_tokens && !is_loopback(peer) {
+    let dev_tokens = info.dev_tokens.as_ref();
+    // The dev token goes only with the page key; without one the page learns where to connect, not a token.
+    let key = query_param(target, "key");
+    let mint = dev_tokens.filter(|dev| key.as_deref().is_some_and(|key| same_key(key, &dev.key)));
+    let mut response = if path == "/config.json" && dev_tokens.is_some() && !is_loopback(peer) {
         Response::error(403, NOT_LOCAL)
-    } else if path == "/config.json" && dev_tokens && !is_loopback_host(host) {
+    } else if path == "/config.json" && dev_tokens.is_some() && !is_loopback_host(host) {
         // A loopback peer asking for another name: a page whose name was rebound to 127.0.0.1 (DNS rebinding).
         Response::error(403, NOT_LOCAL_NAME)
+    } else if path == "/config.json" && dev_tokens.is_some() && key.is_some() && mint.is_none() {
+        Response::error(403, WRONG_KEY)
     } else if path == "/config.json" {
         Response {
             status: 200,
             content_type: "application/json",
-            body: config_json(info, host, name.as_deref()).into_bytes(),
+            body: config_json(info, host, name.as_deref(), mint).into_bytes(),
             head_only: false,
         }
     } else if let Some((_, content_type, body)) = ASSETS.iter().find(|(p, _, _)| *p == path) {
@@ -205,13 +247,13 @@ fn host_name(host: Option<&str>) -> String {
     name.to_string()
 }
 
-fn config_json(info: &PageInfo, host: Option<&str>, name: Option<&str>) -> String {
+fn config_json(info: &PageInfo, host: Option<&str>, name: Option<&str>, mint: Option<&DevTokens>) -> String {
     let url = format!("https://{}:{}{}", host_name(host), info.udp_port, info.path);
     // A self-signed dev certificate is pinned by hash for WebTransport; a WebSocket cannot pin, so the dev page
     // (opened from this machine) uses plain ws://, which the server takes from this machine only.
     let scheme = if info.cert_hash.is_some() { "ws" } else { "wss" };
     let websocket_url = info.websocket_port.map(|port| format!("{scheme}://{}:{port}{}", host_name(host), info.path));
-    let token = info.dev_tokens_from.as_deref().and_then(|dir| {
+    let token = mint.map(|dev| dev.data_dir.as_path()).and_then(|dir| {
         let sub = match name {
             Some(name) if crate::auth::check_subject(name).is_ok() => name.to_string(),
             _ => format!("web-{:08x}", rand::random::<u32>()),
@@ -227,6 +269,8 @@ fn config_json(info: &PageInfo, host: Option<&str>, name: Option<&str>) -> Strin
         "room": info.room,
         "channel": info.channel,
         "token": token,
+        // This server hands dev tokens to pages with its key (the page tells a user without one where to get it).
+        "devTokens": info.dev_tokens.is_some(),
     });
     config.to_string()
 }
@@ -270,7 +314,7 @@ mod tests {
             cert_hash: Some(LiveFingerprint::new(quiver_certs::sha256(b"cert"))),
             room: "lobby".into(),
             channel: "demo.ticks".into(),
-            dev_tokens_from: None,
+            dev_tokens: None,
         }
     }
 
@@ -297,15 +341,27 @@ mod tests {
     #[test]
     fn the_dev_server_hands_the_page_a_token_in_its_name() {
         let dir = tempfile::tempdir().unwrap();
-        crate::auth::load_or_generate_dev_key(dir.path()).unwrap();
-        let info = PageInfo { dev_tokens_from: Some(dir.path().into()), ..info() };
-        let config = respond(b"GET /config.json?name=ann%20b HTTP/1.1\r\n\r\n", LOCAL, &info);
+        let key = page_key(dir.path()).unwrap();
+        assert_eq!((key.len(), page_key(dir.path()).unwrap()), (32, key.clone()), "128 bits, stable");
+        let info = PageInfo { dev_tokens: Some(DevTokens { data_dir: dir.path().into(), key: key.clone() }), ..info() };
+        let head = format!("GET /config.json?name=ann%20b&key={key} HTTP/1.1\r\n\r\n");
+        let config = respond(head.as_bytes(), LOCAL, &info);
         let json: serde_json::Value = serde_json::from_slice(&config.body).unwrap();
         let token = json["token"].as_str().unwrap();
         let auth = crate::auth::Auth::from_config(&crate::auth::AuthConfig::DevKey, dir.path()).unwrap();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         assert_eq!(auth.verify(Some(token), now).unwrap().unwrap().sub, "ann b");
+        assert_eq!(json["devTokens"], true);
         assert!(get("GET /config.json HTTP/1.1\r\n\r\n").body.windows(12).any(|w| w == b"\"token\":null"));
+        // A loopback peer without the key (a reverse proxy's visitors, another user of the machine): no token.
+        let keyless = respond(b"GET /config.json?name=alice HTTP/1.1\r\nHost: 127.0.0.1:4433\r\n\r\n", LOCAL, &info);
+        let json: serde_json::Value = serde_json::from_slice(&keyless.body).unwrap();
+        assert_eq!((keyless.status, &json["token"], &json["devTokens"]), (200, &serde_json::Value::Null, &true.into()));
+        let wrong = format!("GET /config.json?name=alice&key={} HTTP/1.1\r\n\r\n", "0".repeat(32));
+        let wrong = respond(wrong.as_bytes(), LOCAL, &info);
+        assert_eq!(wrong.status, 403);
+        assert!(String::from_utf8_lossy(&wrong.body).contains("URL quiver-server printed"));
+        assert_ne!(page_key(tempfile::tempdir().unwrap().path()).unwrap(), key, "another dev key, another page key");
         for peer in ["192.0.2.7", "::ffff:10.0.0.1", "2001:db8::1"] {
             let refused = respond(b"GET /config.json?name=alice HTTP/1.1\r\n\r\n", peer.parse().unwrap(), &info);
             assert_eq!(refused.status, 403, "{peer}");
@@ -324,7 +380,7 @@ mod tests {
             let head = format!("GET /config.json HTTP/1.1\r\nHost: {host}\r\n\r\n");
             assert_eq!(respond(head.as_bytes(), LOCAL, &info).status, 200, "Host {host}");
         }
-        let production_info = PageInfo { dev_tokens_from: None, ..info.clone() };
+        let production_info = PageInfo { dev_tokens: None, ..info.clone() };
         let production = respond(b"GET /config.json HTTP/1.1\r\n\r\n", "192.0.2.7".parse().unwrap(), &production_info);
         assert_eq!(production.status, 200, "without dev tokens the page config is public");
         assert_eq!(query_param("/x?a=1&name=%zz", "name"), None);

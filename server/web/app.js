@@ -8,7 +8,7 @@
 // once it has joined the room and subscribed to the channel.
 
 import { QuiverClient, QuiverError, errorCodeName } from './quiver/index.js';
-import { devTokenMayGo } from './dev-token.js';
+import { configUrl, devTokenMayGo, pageKey } from './dev-token.js';
 
 /** Seconds of ticks the plot shows. */
 const PLOT_SECONDS = 5;
@@ -52,10 +52,21 @@ function report(error) {
   $('#errors').hidden = false;
 }
 
-/** config.json, asking for a dev token in our name (the dev server mints one; others send none). */
-function configUrl(params) {
-  const name = params.get('name');
-  return name ? `config.json?name=${encodeURIComponent(name)}` : 'config.json';
+/** The origin's localStorage, or null where reading it throws (a sandboxed frame). */
+function pageStorage() {
+  try {
+    return window.localStorage;
+  } catch {
+    return null;
+  }
+}
+
+/** Why the dev server gave no token, told once. */
+let tokenHintShown = false;
+function tokenHint(text) {
+  if (tokenHintShown) return;
+  tokenHintShown = true;
+  report(text);
 }
 
 /** A fresh token at every connect: `?token=` if given, else the dev server's (from config.json) when the page
@@ -65,8 +76,16 @@ async function freshToken() {
   if (params.get('token')) return params.get('token');
   if (!devTokenMayGo(params)) return null;
   try {
-    const response = await fetch(configUrl(params), { cache: 'no-store' });
-    return response.ok ? ((await response.json()).token ?? null) : null;
+    const response = await fetch(configUrl(params, pageKey(location.hash, pageStorage())), { cache: 'no-store' });
+    if (!response.ok) {
+      if (response.status === 403) tokenHint(`no dev token: ${(await response.text()).trim()}`);
+      return null;
+    }
+    const config = await response.json();
+    if (config.devTokens && !config.token) {
+      tokenHint('no dev token: open the page with the URL quiver-server printed at start (it ends in #key=…)');
+    }
+    return config.token ?? null;
   } catch {
     return null;
   }

@@ -1,5 +1,5 @@
-// Where the demo page may send the dev server's token. The dev server hands a token with every right to the page
-// on its loopback address; the page's query parameters can point it at another server (?url=, ?websocketUrl=),
+// Where the demo page may send the dev server's token, and how it asks for one. The dev server hands a token with
+// every right to the page on its loopback address that shows its page key (the `#key=` of the URL it printed); the page's query parameters can point it at another server (?url=, ?websocketUrl=),
 // and a link from any site can set those. So the token goes only where it stays on this machine: to the server
 // named by config.json (the one that minted it) or to a loopback host. Elsewhere the page sends `?token=` or none.
 
@@ -23,4 +23,30 @@ export function devTokenMayGo(params) {
       return false;
     }
   });
+}
+
+/** Where the dev server's page key is remembered for the page's origin. */
+export const PAGE_KEY = 'quiver-page-key';
+
+/** The dev server's page key: `#key=` of `hash` (the URL quiver-server printed at start), remembered in `storage`
+ *  (the origin's localStorage) so that the page opened again without it still gets dev tokens; else the remembered
+ *  one, else null. A storage that throws (private mode, a sandbox) or is null only loses the memory. */
+export function pageKey(hash, storage) {
+  const fromUrl = new URLSearchParams(hash.replace(/^#/, '')).get('key');
+  try {
+    if (fromUrl) storage.setItem(PAGE_KEY, fromUrl);
+    return fromUrl ?? storage.getItem(PAGE_KEY);
+  } catch {
+    return fromUrl;
+  }
+}
+
+/** config.json's URL, asking for a dev token in `params`' name with `key` (the dev server mints one for its page
+ *  key only; others send none). */
+export function configUrl(params, key) {
+  const query = new URLSearchParams();
+  if (params.get('name')) query.set('name', params.get('name'));
+  if (key) query.set('key', key);
+  const text = query.toString();
+  return text ? `config.json?${text}` : 'config.json';
 }

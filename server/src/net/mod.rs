@@ -417,9 +417,35 @@ impl<R> Server<R> {
             // What the README's `quiver chat --room lobby` and `quiver tick pub --channel prices` use.
             room: "lobby".into(),
             channel: "prices".into(),
-            dev_tokens_from: matches!(self.config.auth, crate::auth::AuthConfig::DevKey)
-                .then(|| self.config.data_dir.clone()),
+            dev_tokens: self.dev_tokens(),
         }
+    }
+
+    /// The demo page's dev tokens, with the dev key (none otherwise, or when the page key cannot be made).
+    fn dev_tokens(&self) -> Option<crate::web::DevTokens> {
+        if !matches!(self.config.auth, crate::auth::AuthConfig::DevKey) {
+            return None;
+        }
+        match crate::web::page_key(&self.config.data_dir) {
+            Ok(key) => Some(crate::web::DevTokens { data_dir: self.config.data_dir.clone(), key }),
+            Err(err) => {
+                tracing::warn!(%err, "page: no page key, so no dev tokens for the demo page");
+                None
+            }
+        }
+    }
+
+    /// The demo page's URL, if it is served: with the dev key, carrying the page key (`#key=`) without which the
+    /// page gets no dev token.
+    pub fn page_url(&self) -> Option<String> {
+        let page = self.page_addr?;
+        let host = match page.ip() {
+            ip if ip.is_unspecified() || ip.is_loopback() => "localhost".to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            ip => ip.to_string(),
+        };
+        let key = self.dev_tokens().map(|dev| format!("#key={}", dev.key)).unwrap_or_default();
+        Some(format!("http://{host}:{}/{key}", page.port()))
     }
 }
 

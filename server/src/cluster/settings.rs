@@ -43,12 +43,30 @@ impl std::fmt::Debug for BrokerSettings {
 }
 
 impl BrokerSettings {
-    /// `url` with a password replaced by `<redacted>`.
+    /// `url` with its credentials replaced by `<redacted>`: the user information before `@`, and the `pass` and
+    /// `password` query parameters (how a `redis+unix://` URL carries them).
     pub fn redact(url: &str) -> String {
-        match (url.find("://"), url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => format!("{}<redacted>{}", &url[..scheme + 3], &url[at..]),
-            _ => url.to_string(),
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (url, None),
+        };
+        let mut out = match (base.find("://"), base.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => format!("{}<redacted>{}", &base[..scheme + 3], &base[at..]),
+            _ => base.to_string(),
+        };
+        if let Some(query) = query {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if ["pass", "password"].contains(&key.to_ascii_lowercase().as_str()) => {
+                        format!("{key}=<redacted>")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            out = format!("{out}?{}", pairs.join("&"));
         }
+        out
     }
 
     /// What is wrong with these settings: (key, why).
@@ -98,6 +116,11 @@ mod tests {
     #[test]
     fn passwords_are_redacted_and_bad_urls_refused() {
         assert_eq!(BrokerSettings::redact("redis://:s3cret@10.0.0.1:6379/0"), "redis://<redacted>@10.0.0.1:6379/0");
+        assert_eq!(
+            BrokerSettings::redact("redis+unix:///run/redis.sock?db=1&pass=S3CRET&PASSWORD=x"),
+            "redis+unix:///run/redis.sock?db=1&pass=<redacted>&PASSWORD=<redacted>"
+        );
+        assert_eq!(BrokerSettings::redact("redis://h:6379/0?protocol=resp3"), "redis://h:6379/0?protocol=resp3");
         assert_eq!(BrokerSettings::redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         let with = |url: &str| BrokerSettings { url: url.into(), ..BrokerSettings::default() };
         assert!(with("").check().is_ok());

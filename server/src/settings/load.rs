@@ -104,14 +104,22 @@ impl std::fmt::Debug for Layers {
     }
 }
 
-/// toml's message for an error in `text`, with the value of any `hs256_secret` line replaced: toml quotes the
-/// offending line, and a secret written without quotes would be printed.
+/// toml's message for an error in `text`, with the value of any `hs256_secret` line and the credentials of any
+/// `url` line (the broker's) replaced: toml quotes the offending line, and a secret written without quotes (or a
+/// mistyped line around one) would be printed.
 fn redacted(text: &str, message: String) -> String {
     text.lines()
-        .filter_map(|line| line.split_once('=').filter(|(key, _)| key.trim().trim_matches('"') == "hs256_secret"))
-        .map(|(_, value)| value.trim())
-        .filter(|value| value.len() > 4)
-        .fold(message, |message, value| message.replace(value, "<redacted>"))
+        .filter_map(|line| line.split_once('='))
+        .filter_map(|(key, value)| {
+            let value = value.trim();
+            match key.trim().trim_matches('"') {
+                "hs256_secret" => Some((value.to_string(), "<redacted>".to_string())),
+                "url" => Some((value.to_string(), crate::cluster::BrokerSettings::redact(value))),
+                _ => None,
+            }
+        })
+        .filter(|(value, redacted)| value.len() > 4 && value != redacted)
+        .fold(message, |message, (value, redacted)| message.replace(&value, &redacted))
 }
 
 impl Layers {

@@ -161,6 +161,19 @@ fn errors_never_show_the_hs256_secret() {
     assert!(!format!("{settings:?}").contains(&"ab".repeat(32)));
 }
 
+/// The broker's password, in the URL's user information or its `pass` parameter, is not in a parse error (toml
+/// quotes the offending line: here an unquoted URL) nor in `config print`.
+#[test]
+fn errors_and_print_never_show_the_brokers_password() {
+    for url in ["redis://:S3CRETPW@10.0.0.1:6379/0", "redis+unix:///run/redis.sock?db=1&pass=S3CRETPW"] {
+        let err = load_text(&format!("[broker]\nurl = {url}\n"), &[], vec![]).unwrap_err().to_string();
+        assert!(err.contains("line 2") && !err.contains("S3CRETPW"), "{err}");
+        let settings = load_text(&format!("[broker]\nurl = \"{url}\"\n"), &[], vec![]).unwrap();
+        let printed = settings.to_redacted_toml();
+        assert!(!printed.contains("S3CRETPW") && printed.contains("<redacted>"), "{printed}");
+    }
+}
+
 #[test]
 fn of_two_contradicting_limits_the_one_moved_from_its_default_is_named() {
     let err = load_text("[limits]\nmax_body = 65530\n", &[], vec![]).unwrap_err().to_string();

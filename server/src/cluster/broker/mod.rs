@@ -28,8 +28,8 @@ mod heartbeat;
 /// A boxed future, as handlers and hooks return them.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Where a broker is and how it is watched.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a broker is and how it is watched. (Its `Debug` shows the URL without credentials.)
+#[derive(Clone, PartialEq, Eq)]
 pub struct BrokerConfig {
     /// `redis://HOST:PORT`.
     pub url: String,
@@ -39,6 +39,17 @@ pub struct BrokerConfig {
     pub heartbeat: Duration,
     /// How long a request may take before it fails.
     pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &super::BrokerSettings::redact(&self.url))
+            .field("presence_expiry", &self.presence_expiry)
+            .field("heartbeat", &self.heartbeat)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 /// Receives the messages of one Pub/Sub channel.

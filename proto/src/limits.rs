@@ -129,6 +129,10 @@ impl Limits {
             ("ticks_per_s", self.ticks_per_s),
             // 0 would time out every handshake at its first poll: no client could connect.
             ("handshake_timeout_ms", self.handshake_timeout_ms),
+            // 0 would forget every post at once (a retried post delivered twice, silently), or keep no history.
+            ("dedupe_window_s", self.dedupe_window_s),
+            ("dedupe_max_entries", self.dedupe_max_entries),
+            ("history_max_messages", self.history_max_messages),
         ];
         if let Some((name, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             return Err(LimitsError::Zero { name });

@@ -289,6 +289,14 @@ impl Invalid {
 
 /// Longest drain the server accepts (10 minutes).
 pub const MAX_DRAIN_TIMEOUT_MS: u32 = 600_000;
+/// Longest `limits.handshake_timeout_ms` accepted (a minute).
+pub const MAX_HANDSHAKE_TIMEOUT_MS: u64 = 60_000;
+/// Most `transport.copies` accepted (the default is 3).
+pub const MAX_COPIES: u8 = 8;
+/// Largest `transport.congestion_floor` accepted: 100 packets of 1,200 bytes (the default is 10).
+pub const MAX_CONGESTION_FLOOR: u64 = 100 * 1200;
+/// Largest `transport.datagram_send_buffer` accepted: quinn's default, 1 MiB (Quiver's is 16 KiB).
+pub const MAX_DATAGRAM_SEND_BUFFER: u64 = 1024 * 1024;
 
 impl Settings {
     /// Checks values no type can: ranges, pairs and addresses. The first problem found.
@@ -305,6 +313,8 @@ impl Settings {
                 false => second,
             };
             let key = match &err {
+                // (`max_name` counts too: a room event carries the sender's and the room's names.)
+                E::FrameTooSmall { .. } if l.max_name != d.max_name && l.max_frame == d.max_frame => "max_name",
                 E::FrameTooSmall { .. } => {
                     pick("max_body", l.max_body != d.max_body, "max_frame", l.max_frame != d.max_frame)
                 }
@@ -348,6 +358,37 @@ impl Settings {
         }
         if self.transport.initial_rtt_ms > 10_000 {
             return Err(Invalid::new("transport.initial_rtt_ms", "at most 10000"));
+        }
+        // Bounds that keep the server safe for the open internet, whatever a configuration says.
+        for (key, value, max, why) in [
+            (
+                "limits.handshake_timeout_ms",
+                u64::from(self.limits.handshake_timeout_ms),
+                MAX_HANDSHAKE_TIMEOUT_MS,
+                "a connection that sends no Hello holds a connection slot this long",
+            ),
+            (
+                "transport.copies",
+                u64::from(self.transport.copies),
+                u64::from(MAX_COPIES),
+                "datagram copies per room frame: a peer that withholds its ACKs gets the most",
+            ),
+            (
+                "transport.congestion_floor",
+                u64::from(self.transport.congestion_floor),
+                MAX_CONGESTION_FLOOR,
+                "a floor under the congestion window this large turns congestion control off",
+            ),
+            (
+                "transport.datagram_send_buffer",
+                u64::from(self.transport.datagram_send_buffer),
+                MAX_DATAGRAM_SEND_BUFFER,
+                "bytes per connection, outside [budget]: quinn's own default; more only queues staler ticks",
+            ),
+        ] {
+            if value > max {
+                return Err(Invalid::new(key, format!("at most {max} ({why})")));
+            }
         }
         self.web_config()?; // its ranges and addresses: `config check` must refuse what the server would
         if !matches!(self.transport.mtu_discovery, 0 | 1200..=65527) {

@@ -222,6 +222,32 @@ fn values_that_would_lock_every_client_out_are_refused() {
     }
     let fine = "[web]\norigins = [\"https://app.example\", \"https://app.example:8443\", \"http://localhost:3000\"]\n";
     load_text(fine, &[], Vec::new()).unwrap();
+}
+
+/// Values that would undo the server's own safety (a slot held for days before Hello, hundreds of copies per
+/// frame, congestion control off, megabytes per connection outside the budget) or silently turn dedupe off are
+/// refused, naming the key; the largest accepted values load.
+#[test]
+fn values_that_undo_the_servers_safety_are_refused() {
+    for (text, key) in [
+        ("[limits]\nhandshake_timeout_ms = 60001\n", "limits.handshake_timeout_ms"),
+        ("[transport]\ncopies = 9\n", "transport.copies"),
+        ("[transport]\ncongestion_floor = 120001\n", "transport.congestion_floor"),
+        ("[transport]\ndatagram_send_buffer = 1048577\n", "transport.datagram_send_buffer"),
+        ("[limits]\ndedupe_window_s = 0\n", "limits.dedupe_window_s"),
+        ("[limits]\ndedupe_max_entries = 0\n", "limits.dedupe_max_entries"),
+        ("[limits]\nhistory_max_messages = 0\n", "limits.history_max_messages"),
+        // A room event carries names: a long max_name outgrows the frame, and max_name is what moved.
+        ("[limits]\nmax_name = 60000\n", "limits.max_name"),
+    ] {
+        match load_text(text, &[], Vec::new()) {
+            Err(SettingsError::Invalid { key: refused, message, .. }) => assert_eq!(refused, key, "{text}: {message}"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+    let largest = "[limits]\nhandshake_timeout_ms = 60000\n[transport]\ncopies = 8\ncongestion_floor = 120000\n\
+                   datagram_send_buffer = 1048576\n";
+    load_text(largest, &[], Vec::new()).unwrap();
     load_text("[admin]\nhosts = [\"quiver\", \"*.quiver.svc\", \"metrics-1.example\"]\n", &[], Vec::new()).unwrap();
 }
 

@@ -31,6 +31,7 @@ pub struct TestServer {
 /// The server could not bind its UDP or TCP port because something else holds it.
 fn addr_in_use(err: &quiver_server::ServerError) -> bool {
     matches!(err, quiver_server::ServerError::Bind(err) | quiver_server::ServerError::WebSocket(_, err)
+        | quiver_server::ServerError::Page(_, err)
         if err.kind() == std::io::ErrorKind::AddrInUse)
 }
 

@@ -35,6 +35,9 @@ pub enum ServerError {
     /// The WebSocket listener's TCP address cannot be bound.
     #[error("WebSocket listener {0}: {1} (set [web] websocket, --websocket ADDR, or --websocket off)")]
     WebSocket(SocketAddr, std::io::Error),
+    /// The demo page's TCP address cannot be bound.
+    #[error("demo page listener {0}: {1} (set [web] page, --web ADDR, or --no-web)")]
+    Page(SocketAddr, std::io::Error),
     /// The admin listener's TCP address cannot be bound.
     #[error("admin listener {0}: {1} (set [admin] listen, --admin ADDR, or --admin off)")]
     Admin(SocketAddr, std::io::Error),

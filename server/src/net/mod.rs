@@ -181,11 +181,17 @@ impl<R: RoomHub> Server<R> {
         };
         let page = match page_on_websocket {
             true => None,
-            false => config.web.http.map(crate::http::bind).transpose().map_err(ServerError::Bind)?,
+            false => match config.web.http {
+                Some(addr) => Some(crate::http::bind(addr).map_err(|err| ServerError::Page(addr, err))?),
+                None => None,
+            },
         };
-        let page_addr = match page_on_websocket {
-            true => config.web.http,
-            false => page.as_ref().map(|l| l.local_addr()).transpose().map_err(ServerError::Bind)?,
+        let page_addr = match (page_on_websocket, &page) {
+            (true, _) => config.web.http,
+            (false, Some(page)) => Some(
+                page.local_addr().map_err(|err| ServerError::Page(config.web.http.unwrap_or(config.listen), err))?,
+            ),
+            (false, None) => None,
         };
         let auth = Arc::new(crate::auth::Auth::from_config(&config.auth, &config.data_dir)?);
         if matches!(config.auth, crate::auth::AuthConfig::Anonymous) {

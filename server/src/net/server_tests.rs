@@ -24,6 +24,19 @@ fn the_data_directory_stays_locked_while_the_store_outlives_its_server() {
     crate::datadir::DataDirLock::acquire(dir.path()).expect("released once the store is closed");
 }
 
+/// A demo page address that is taken is reported as the page's, with how to change it: before, it read "cannot
+/// bind UDP socket".
+#[tokio::test]
+async fn a_page_address_in_use_is_reported_as_the_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let page = taken.local_addr().unwrap();
+    let web = crate::WebConfig { http: Some(page), ..crate::WebConfig::default() };
+    let config = ServerConfig { web, ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned()) };
+    let err = Server::bind(config).err().expect("the page's port is taken").to_string();
+    assert!(err.starts_with(&format!("demo page listener {page}:")) && err.contains("--no-web"), "{err}");
+}
+
 /// An endpoint that stops by itself (quinn's driver ends on a socket error, as a close here stands in for)
 /// ends the run at once, without waiting out the drain timeout for tasks that only a shutdown stops, and the
 /// summary says it failed (the binary exits 1, so a supervisor restarts it).

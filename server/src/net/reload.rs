@@ -41,36 +41,45 @@ impl Reloader {
     /// browsers the new hash), live connections keep theirs. Returns the certificate's fingerprint. On an error
     /// nothing changes.
     pub fn reload(&self, auth: crate::auth::AuthConfig) -> Result<Fingerprint, ServerError> {
+        // One reload or renewal at a time (`not_after`'s lock, held throughout): a SIGHUP meeting the hourly
+        // renewal could otherwise install one certificate and publish the other's fingerprint to the demo page.
+        let mut not_after = self.not_after.lock().unwrap_or_else(|p| p.into_inner());
         // A new certificate that is not valid now is refused (the one in use stays); the one in use, read again
         // (a reload for the token keys), is served as before.
         let in_use = self.fingerprint.get();
         let refuse = |new: &Fingerprint| *new != in_use;
         let certified = endpoint::server_config(&self.config, &self.tickets, std::time::SystemTime::now(), refuse)?;
         let auth = Arc::new(crate::auth::Auth::from_config(&auth, &self.config.data_dir)?);
-        Ok(self.install(certified, Some(auth)))
+        Ok(self.install(&mut not_after, certified, Some(auth)))
     }
 
     /// With the dev certificate: renews it once less than [`quiver_certs::dev::RENEW_BEFORE`] is left at `now`
     /// (a server that runs for weeks would otherwise serve it expired, and browsers refuse it), keeping the token
     /// keys. `Some(fingerprint)` when it renewed.
     pub fn renew_dev_if_due(&self, now: std::time::SystemTime) -> Result<Option<Fingerprint>, ServerError> {
-        let not_after = *self.not_after.lock().unwrap_or_else(|p| p.into_inner());
+        let mut not_after = self.not_after.lock().unwrap_or_else(|p| p.into_inner()); // (as `reload`'s)
         let due = not_after.duration_since(now).map_or(true, |left| left <= quiver_certs::dev::RENEW_BEFORE);
         if !matches!(self.config.tls, crate::config::TlsSource::Dev) || !due {
             return Ok(None);
         }
         let certified = endpoint::server_config(&self.config, &self.tickets, now, |_| true)?;
-        Ok(Some(self.install(certified, None)))
+        Ok(Some(self.install(&mut not_after, certified, None)))
     }
 
-    /// Makes `certified` (and `auth`, if given) what new connections are accepted with.
-    fn install(&self, certified: endpoint::Certified, auth: Option<Arc<crate::auth::Auth>>) -> Fingerprint {
+    /// Makes `certified` (and `auth`, if given) what new connections are accepted with, its expiry `not_after`
+    /// (the caller holds its lock) and its fingerprint the demo page's, all under the configuration's write lock.
+    fn install(
+        &self,
+        not_after: &mut std::time::SystemTime,
+        certified: endpoint::Certified,
+        auth: Option<Arc<crate::auth::Auth>>,
+    ) -> Fingerprint {
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         let auth = auth.unwrap_or_else(|| current.auth.clone());
         *current = Current { quic: Arc::new(certified.quic), tcp: certified.tcp, auth };
-        drop(current);
-        *self.not_after.lock().unwrap_or_else(|p| p.into_inner()) = certified.not_after;
+        *not_after = certified.not_after;
         self.fingerprint.set(certified.fingerprint);
+        drop(current);
         certified.fingerprint
     }
 }

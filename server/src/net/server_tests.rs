@@ -33,7 +33,8 @@ async fn a_page_address_in_use_is_reported_as_the_pages() {
     let page = taken.local_addr().unwrap();
     let web = crate::WebConfig { http: Some(page), ..crate::WebConfig::default() };
     let config = ServerConfig { web, ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned()) };
-    let err = Server::bind(config).err().expect("the page's port is taken").to_string();
+    let Err(err) = Server::bind(config) else { panic!("bound a page address that is taken") };
+    let err = err.to_string();
     assert!(err.starts_with(&format!("demo page listener {page}:")) && err.contains("--no-web"), "{err}");
 }
 

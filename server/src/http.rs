@@ -16,10 +16,17 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// Largest request head read; anything longer is refused with 431.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Time a client has to send its request head: a probe or a browser sends it at once; a peer trickling bytes
+/// holds its connection this long at most.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time a client has to send its request and take the response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once from peers other than loopback (each holds a task and at most
+/// [`MAX_REQUEST_HEAD`] bytes); one more is answered 503 and closed at once.
+const MAX_CONNECTIONS: usize = 256;
+/// Connections kept for loopback peers (a local health check, scraper or the developer's browser) on top of
+/// [`MAX_CONNECTIONS`], so that peers elsewhere cannot take every one.
+const LOOPBACK_RESERVE: usize = 16;
 /// Connections served at once from one address (an IPv4 address or an IPv6 /64) other than loopback; more are
 /// closed at once. One peer trickling bytes would otherwise hold every one of [`MAX_CONNECTIONS`] for
 /// [`REQUEST_TIMEOUT`] after another, and the page (or the admin's `/metrics` and `/readyz`) with them. Loopback
@@ -70,8 +77,10 @@ impl Drop for PeerSlot {
 }
 
 /// Serves HTTP/1.1 on `listener` until `shutdown`: one request per connection, at most [`MAX_CONNECTIONS`] at
-/// once ([`MAX_PER_PEER`] from one address), each head at most [`MAX_REQUEST_HEAD`] bytes and [`REQUEST_TIMEOUT`] long, answered by `respond` (the
-/// demo page's, or the admin listener's).
+/// once ([`MAX_PER_PEER`] from one address, [`LOOPBACK_RESERVE`] more from loopback), each head at most
+/// [`MAX_REQUEST_HEAD`] bytes within [`HEAD_TIMEOUT`], the whole exchange within [`REQUEST_TIMEOUT`], answered by
+/// `respond` (the demo page's, or the admin listener's). A connection over a bound is answered 503 (429 for one
+/// address's) and closed at once, rather than left waiting in the kernel's queue where a health check times out.
 pub(crate) async fn serve_http(
     listener: TcpListener,
     shutdown: CancellationToken,
@@ -80,12 +89,9 @@ pub(crate) async fn serve_http(
     let respond = Arc::new(respond);
     let tasks = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let reserve = Arc::new(tokio::sync::Semaphore::new(LOOPBACK_RESERVE));
     let peers = Arc::new(PeerSlots::default());
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
-            () = shutdown.cancelled() => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -98,8 +104,19 @@ pub(crate) async fn serve_http(
             },
             () = shutdown.cancelled() => break,
         };
+        let loopback = peer.ip().to_canonical().is_loopback();
+        let permit = match loopback {
+            true => reserve.clone().try_acquire_owned().or_else(|_| slots.clone().try_acquire_owned()),
+            false => slots.clone().try_acquire_owned(),
+        };
+        let Ok(permit) = permit else {
+            tracing::debug!(%peer, "HTTP connection refused: every connection slot is in service");
+            refuse(&stream, Response::error(503, "too many connections in service; try again"));
+            continue;
+        };
         let Some(peer_slot) = peers.take(peer.ip()) else {
-            tracing::debug!(%peer, "HTTP connection closed: {MAX_PER_PEER} from this address in service already");
+            tracing::debug!(%peer, "HTTP connection refused: {MAX_PER_PEER} from this address in service already");
+            refuse(&stream, Response::error(429, "too many connections from this address in service"));
             continue; // the stream and the permit are dropped: closed, and the slot free again
         };
         let respond = respond.clone();
@@ -114,19 +131,35 @@ pub(crate) async fn serve_http(
     tasks.wait().await;
 }
 
+/// Answers `response` without waiting (it fits a fresh socket's send buffer; if not, the peer gets less) and
+/// closes the connection.
+fn refuse(stream: &TcpStream, response: Response) {
+    let _ = stream.try_write(&response.to_bytes());
+}
+
 async fn handle(mut stream: TcpStream, peer: IpAddr, respond: &(impl Fn(&[u8], IpAddr) -> Response + ?Sized)) {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
-    let complete = loop {
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
-            break true;
+    let read = async {
+        loop {
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                break Some(true);
+            }
+            if head.len() > MAX_REQUEST_HEAD {
+                break Some(false);
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break None,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
         }
-        if head.len() > MAX_REQUEST_HEAD {
-            break false;
-        }
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+    };
+    let complete = match tokio::time::timeout(HEAD_TIMEOUT, read).await {
+        Ok(Some(complete)) => complete,
+        Ok(None) => return,
+        Err(_) => {
+            refuse(&stream, Response::error(408, "no complete request head in time"));
+            return;
         }
     };
     let response = match complete {
@@ -164,6 +197,8 @@ impl Response {
             503 => "Service Unavailable",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            429 => "Too Many Requests",
             431 => "Request Header Fields Too Large",
             _ => "Error",
         };
@@ -217,6 +252,37 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With every slot held by connections that say nothing, one more is answered 503 at once (it waited in the
+    /// kernel's queue before, where a health check times out), and the silent ones get 408 after the head timeout
+    /// (they held their slots for the whole request timeout before).
+    #[tokio::test]
+    async fn a_full_server_answers_503_at_once_and_silent_connections_408_after_the_head_timeout() {
+        let listener = TcpListener::from_std(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_http(listener, shutdown.clone(), |_, _| Response::error(404, "not here")));
+        let started = tokio::time::Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + LOOPBACK_RESERVE {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let answer = |mut stream: TcpStream| async move {
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text).await;
+            text
+        };
+        let extra = TcpStream::connect(addr).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(1), answer(extra)).await.expect("answered at once");
+        assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+        let silent = tokio::time::timeout(HEAD_TIMEOUT + Duration::from_secs(2), answer(held.remove(0))).await;
+        let silent = silent.expect("closed within the head timeout");
+        assert!(silent.starts_with("HTTP/1.1 408 "), "{silent}");
+        assert!(started.elapsed() >= HEAD_TIMEOUT, "not before the head timeout");
+        shutdown.cancel();
+        drop(held);
+        server.await.unwrap();
+    }
 
     #[test]
     fn connections_per_peer_address_are_bounded_but_not_from_loopback() {

@@ -77,14 +77,18 @@ pub(super) fn admit(
             Some((incoming, Admitted::Serve(slot)))
         }
         Decision::Retry(overload) => {
-            bump(match overload {
-                Overload::Rate => &stats.retries_over_rate,
-                Overload::Handshakes => &stats.retries_over_handshakes,
-                Overload::Total | Overload::PerIp => &stats.retries_over_limit,
-            });
-            // Only unvalidated attempts are asked to retry, and those always may be; refuse if quinn disagrees.
-            if let Err(err) = incoming.retry() {
-                err.into_incoming().refuse();
+            // Only unvalidated attempts are asked to retry, and those always may be; refuse if quinn disagrees
+            // (then no Retry was sent, and none is counted).
+            match incoming.retry() {
+                Ok(()) => bump(match overload {
+                    Overload::Rate => &stats.retries_over_rate,
+                    Overload::Handshakes => &stats.retries_over_handshakes,
+                    Overload::Total | Overload::PerIp => &stats.retries_over_limit,
+                }),
+                Err(err) => {
+                    tracing::debug!(%ip, ?overload, "refused: quinn cannot send this attempt a Retry");
+                    err.into_incoming().refuse();
+                }
             }
             None
         }

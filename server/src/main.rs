@@ -380,18 +380,24 @@ async fn serve(settings: Settings, layers: Layers) -> ExitCode {
         Err(invalid) => return fail(&layers.error(invalid)),
     };
     let (auth_mode, data_dir, durability) = (config.auth.clone(), config.data_dir.clone(), config.durability);
-    // Before the store opens (which can take a while after a crash): a SIGHUP or SIGTERM meanwhile is held, not
-    // fatal, and acted on once the server runs.
+    // Before the store opens (which can take a while after a crash): a SIGTERM meanwhile makes the server drain
+    // as soon as it runs, a second one exits at once (the store is safe to stop anywhere, as a crash is), and a
+    // SIGHUP is held until there is a server to reload.
     let shutdown = CancellationToken::new();
     let signals = match Signals::install() {
         Ok(signals) => signals,
         Err(err) => return fail(&format!("cannot install signal handlers: {err}")),
     };
+    let (reloader, reloader_set) = tokio::sync::oneshot::channel();
+    tokio::spawn(signals.handle(shutdown.clone(), reloader_set, settings.clone()));
     let Some(broker) = config.broker.clone() else {
-        let server = match Server::bind(config) {
-            Ok(server) => server,
-            Err(err) => return fail(&err),
+        // On the blocking pool: the store's recovery must not hold up the runtime's threads (the signals').
+        let server = match tokio::task::spawn_blocking(move || Server::bind(config)).await {
+            Ok(Ok(server)) => server,
+            Ok(Err(err)) => return fail(&err),
+            Err(err) => return fail(&format!("the server's start failed: {err}")),
         };
+        let _ = reloader.send(server.reloader());
         let store = match durability {
             Durability::Memory => "rooms in memory only (--store memory): a restart forgets their history".to_string(),
             durability => format!(
@@ -400,7 +406,7 @@ async fn serve(settings: Settings, layers: Layers) -> ExitCode {
                 durability.name()
             ),
         };
-        return run(server, shutdown, signals, settings, &auth_mode, &data_dir, &store).await;
+        return run(server, shutdown, &settings, &auth_mode, &data_dir, &store).await;
     };
     let broker = match Broker::new(broker) {
         Ok(broker) => broker,
@@ -413,12 +419,13 @@ async fn serve(settings: Settings, layers: Layers) -> ExitCode {
         Ok(server) => server,
         Err(err) => return fail(&err),
     };
+    let _ = reloader.send(server.reloader());
     let rooms = format!(
         "rooms, presence and ticks shared through {} (node {})",
         BrokerSettings::redact(&broker.config().url),
         broker.node()
     );
-    let code = run(server, shutdown, signals, settings, &auth_mode, &data_dir, &rooms).await;
+    let code = run(server, shutdown, &settings, &auth_mode, &data_dir, &rooms).await;
     // Its members leave their rooms now rather than after the presence expiry.
     broker.retire().await;
     code
@@ -428,13 +435,11 @@ async fn serve(settings: Settings, layers: Layers) -> ExitCode {
 async fn run<R: RoomHub>(
     server: Server<R>,
     shutdown: CancellationToken,
-    signals: Signals,
-    settings: Settings,
+    settings: &Settings,
     auth_mode: &AuthConfig,
     data_dir: &std::path::Path,
     rooms: &str,
 ) -> ExitCode {
-    tokio::spawn(signals.handle(shutdown.clone(), server.reloader(), settings.clone()));
     say(&format!("listening on {}", server.local_addr()));
     say(&format!("certificate sha256 {}", server.fingerprint()));
     match auth_mode {
@@ -494,16 +499,35 @@ impl Signals {
         Ok(Signals {})
     }
 
-    /// The first SIGTERM/SIGINT cancels `shutdown` (the server drains); the second exits at once. SIGHUP reloads
-    /// the certificate and the token keys from the files `settings` names.
+    /// The first SIGTERM/SIGINT cancels `shutdown` (the server drains, at once or as soon as it runs); the second
+    /// exits at once. SIGHUP reloads the certificate and the token keys from the files `settings` names, once the
+    /// server (its `reloader`) is there: one that came before is acted on then.
     #[cfg(unix)]
-    async fn handle(mut self, shutdown: CancellationToken, reloader: Reloader, settings: Settings) {
+    async fn handle(
+        mut self,
+        shutdown: CancellationToken,
+        mut reloader: tokio::sync::oneshot::Receiver<Reloader>,
+        settings: Settings,
+    ) {
+        let mut ready: Option<Reloader> = None;
+        let mut held_reload = false;
         loop {
             tokio::select! {
                 _ = self.terminate.recv() => {}
                 _ = self.interrupt.recv() => {}
                 _ = self.hangup.recv() => {
-                    reload(&reloader, &settings);
+                    match &ready {
+                        Some(reloader) => reload(reloader, &settings),
+                        None => held_reload = true,
+                    }
+                    continue;
+                }
+                set = &mut reloader, if ready.is_none() => {
+                    let Ok(set) = set else { return }; // the server did not start: the process is ending
+                    if std::mem::take(&mut held_reload) {
+                        reload(&set, &settings);
+                    }
+                    ready = Some(set);
                     continue;
                 }
             }
@@ -517,7 +541,12 @@ impl Signals {
     }
 
     #[cfg(not(unix))]
-    async fn handle(self, shutdown: CancellationToken, _reloader: Reloader, _settings: Settings) {
+    async fn handle(
+        self,
+        shutdown: CancellationToken,
+        _reloader: tokio::sync::oneshot::Receiver<Reloader>,
+        _settings: Settings,
+    ) {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down: draining (a second signal exits at once)");
         shutdown.cancel();

@@ -56,12 +56,33 @@ fn with_meta(report: &impl serde::Serialize) -> Result<serde_json::Value, CliErr
         "os": std::env::consts::OS,
         "arch": std::env::consts::ARCH,
         "kernel": kernel,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": recorded_command(std::env::args_os().map(|arg| arg.to_string_lossy().into_owned())),
     });
     if let serde_json::Value::Object(fields) = &mut value {
         fields.insert("meta".into(), meta);
     }
     Ok(value)
+}
+
+/// The command line as a report records it: any argument that is not UTF-8 shown lossily (a path may not be;
+/// `std::env::args` would panic at the end of the run), and the value of `--token` redacted (reports are meant
+/// to be kept and shared).
+fn recorded_command(args: impl Iterator<Item = String>) -> String {
+    let mut shown = Vec::new();
+    let mut secret_next = false;
+    for arg in args {
+        if std::mem::take(&mut secret_next) {
+            shown.push("<redacted>".to_string());
+        } else if arg == "--token" {
+            secret_next = true;
+            shown.push(arg);
+        } else if arg.starts_with("--token=") {
+            shown.push("--token=<redacted>".to_string());
+        } else {
+            shown.push(arg);
+        }
+    }
+    shown.join(" ")
 }
 
 /// A `--size` the latency benches cannot use as given (the run would silently send more than asked).
@@ -449,4 +470,17 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
         crate::err!("wrote {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report keeps the command that made it, without the token it was given.
+    #[test]
+    fn the_recorded_command_hides_the_token() {
+        let args = ["quiver", "bench", "rtt", "--token", "eyJsecret", "--server=h:1", "--token=eyJother", "--json", "r"];
+        let shown = recorded_command(args.iter().map(|a| a.to_string()));
+        assert_eq!(shown, "quiver bench rtt --token <redacted> --server=h:1 --token=<redacted> --json r");
+    }
 }

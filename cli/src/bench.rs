@@ -162,8 +162,9 @@ pub(crate) struct FanoutArgs {
     /// Measure an external Quiver server instead of an in-process one.
     #[arg(long)]
     server: Option<String>,
-    /// Run the same workload through a minimal WebSocket hub too (`websocket`). Impaired, it needs --netns.
-    #[arg(long, value_name = "BASELINE", value_parser = ["websocket"])]
+    /// Run the same workload through a minimal WebSocket hub too (`websocket`). Impaired, it needs --netns. Not
+    /// with --server: the hub runs on this machine's loopback, and a ratio against it would compare two paths.
+    #[arg(long, value_name = "BASELINE", value_parser = ["websocket"], conflicts_with = "server")]
     compare: Option<String>,
     /// Leave out the baselines measured first (raw UDP fan-out, with `send_to` and with `sendmmsg`, and bare
     /// quinn datagram fan-out). Left out anyway with --server: they run on this machine's loopback, an external
@@ -246,8 +247,9 @@ pub(crate) struct RttArgs {
     #[arg(long)]
     server: Option<String>,
     /// Run the head-to-head with `websocket` instead: ticks and chat on one Quiver connection and on one
-    /// WebSocket-over-TCP connection per sender. Impaired, it needs --netns.
-    #[arg(long, value_name = "BASELINE", value_parser = ["websocket"])]
+    /// WebSocket-over-TCP connection per sender. Impaired, it needs --netns. Not with --server: the WebSocket echo
+    /// runs on this machine's loopback, and a ratio against it would compare two paths.
+    #[arg(long, value_name = "BASELINE", value_parser = ["websocket"], conflicts_with = "server")]
     compare: Option<String>,
     /// Chat messages per second per sender in the head-to-head (ticks go at --rate).
     #[arg(long, default_value_t = 50.0)]
@@ -479,7 +481,8 @@ mod tests {
     /// A report keeps the command that made it, without the token it was given.
     #[test]
     fn the_recorded_command_hides_the_token() {
-        let args = ["quiver", "bench", "rtt", "--token", "eyJsecret", "--server=h:1", "--token=eyJother", "--json", "r"];
+        let args =
+            ["quiver", "bench", "rtt", "--token", "eyJsecret", "--server=h:1", "--token=eyJother", "--json", "r"];
         let shown = recorded_command(args.iter().map(|a| a.to_string()));
         assert_eq!(shown, "quiver bench rtt --token <redacted> --server=h:1 --token=<redacted> --json r");
     }

@@ -105,6 +105,9 @@ pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<Pos
     if zero(&config.posters) || zero(&config.rooms) || zero(&config.in_flight) {
         return Err(BenchError::BadConfig { field: "posters/rooms/in-flight", value: 0.0, expected: "at least 1" });
     }
+    if config.duration.is_zero() {
+        return Err(BenchError::BadConfig { field: "duration", value: 0.0, expected: "above 0" });
+    }
     let scratch = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
     progress("measuring fsync");
     let fsync = measure_fsync(scratch.path()).map_err(BenchError::io("fsync measurement"))?;
@@ -297,8 +300,12 @@ impl PostReport {
             "errors"
         );
         for row in &self.rows {
-            let ratio =
-                self.memory(row).map_or("-".to_string(), |m| format!("{:.2}x", row.posts_per_s / m.posts_per_s));
+            // (No ratio against a memory cell that acknowledged nothing: every post failed, e.g. a --size over the
+            // server's max_body; the errors column says so.)
+            let ratio = self
+                .memory(row)
+                .filter(|m| m.posts_per_s > 0.0)
+                .map_or("-".to_string(), |m| format!("{:.2}x", row.posts_per_s / m.posts_per_s));
             let per_commit = if row.commits_per_s > 0.0 {
                 format!("{:.1}", row.posts_per_s / row.commits_per_s)
             } else {
@@ -321,7 +328,8 @@ impl PostReport {
         }
         out += "\ngoals:\n";
         for row in &self.rows {
-            let Some(memory) = self.memory(row) else { continue };
+            // (A memory cell that acknowledged nothing is no baseline.)
+            let Some(memory) = self.memory(row).filter(|m| m.posts_per_s > 0.0) else { continue };
             match row.mode {
                 "fsync" => {
                     let bound = memory.ack.p50_us + self.fsync.p50_us;

@@ -17,6 +17,20 @@ use crate::sync::lock;
 /// How late tokio's timer fires on its own (its granularity): a sender waking later than this was held up.
 pub(crate) const TIMER_SLACK: Duration = Duration::from_millis(1);
 
+/// How far past its schedule's end a sender may still send ([`Schedule::due`]).
+pub(crate) const OVERRUN: Duration = Duration::from_secs(2);
+
+/// The highest rate a bench sender is asked for, per second: each message in flight is remembered until it comes
+/// back, and a sender beyond what the machine carries stops at its schedule's end plus [`OVERRUN`].
+pub(crate) const MAX_RATE: f64 = 100_000.0;
+/// The lowest: one message every 100 s.
+pub(crate) const MIN_RATE: f64 = 0.01;
+
+/// A rate a bench sender can be asked for: finite, from [`MIN_RATE`] to [`MAX_RATE`] per second.
+pub(crate) fn rate_in_range(rate: f64) -> bool {
+    rate.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rate)
+}
+
 /// The send schedule of one sender: message `i` is due at `start + i × interval`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Schedule {
@@ -41,13 +55,27 @@ impl Schedule {
     /// woke; later than that, the runtime was busy (on these 2 cores, with the system under test's own work: a
     /// fan-out's deliveries in its clients), and the time beyond the slack counts, as it would for a real
     /// application's sender (no coordinated omission).
-    pub(crate) async fn due(&self, i: u64) -> Instant {
+    ///
+    /// `None` once the sender is more than [`OVERRUN`] past the schedule's end: the machine cannot carry the rate,
+    /// and the run stops on time (what was not sent is neither sent nor lost) instead of sending the rest back to
+    /// back for as long as that takes.
+    pub(crate) async fn due(&self, i: u64) -> Option<Instant> {
         let scheduled = self.start + self.interval.mul_f64(i as f64);
-        if Instant::now() >= scheduled {
-            return scheduled;
+        let now = Instant::now();
+        if now >= scheduled {
+            let end = self.start + self.interval.mul_f64(self.count as f64);
+            if now > end + OVERRUN {
+                tracing::warn!(
+                    sent = i,
+                    scheduled = self.count,
+                    "a sender fell more than {OVERRUN:?} behind its schedule: the rest is not sent (lower the rate)"
+                );
+                return None;
+            }
+            return Some(scheduled);
         }
         tokio::time::sleep_until(scheduled).await;
-        Instant::now().min(scheduled + TIMER_SLACK)
+        Some(Instant::now().min(scheduled + TIMER_SLACK))
     }
 }
 
@@ -231,7 +259,9 @@ impl Report {
 
 /// A ratio as `×0.62`, with a third decimal below 0.1 (`×0.002`, not `×0.00`).
 pub(crate) fn times(r: f64) -> String {
-    if r < 0.1 {
+    if !r.is_finite() {
+        "–".to_string() // a baseline with nothing measured (every message lost)
+    } else if r < 0.1 {
         format!("×{r:.3}")
     } else {
         format!("×{r:.2}")
@@ -315,7 +345,7 @@ mod tests {
         let schedule = Schedule { start: Instant::now(), interval: Duration::from_millis(1), count: 10, warmup: 2 };
         let tally = Tally::shared();
         for i in 0..10 {
-            let origin = schedule.due(i).await;
+            let origin = schedule.due(i).await.unwrap();
             Tally::sent(&tally, &schedule, 0, i, origin);
             if i != 5 {
                 Tally::received(&tally, 0, i);
@@ -326,6 +356,17 @@ mod tests {
         assert_eq!((result.sent, result.lost, result.latency.count), (8, 1, 7));
     }
 
+    /// A sender more than [`OVERRUN`] past its schedule's end stops (the machine cannot carry the rate), instead of
+    /// sending the rest back to back: a run ends on time.
+    #[tokio::test]
+    async fn a_sender_far_behind_its_schedule_stops() {
+        let start = Instant::now() - Duration::from_secs(5);
+        let schedule = Schedule { start, interval: Duration::from_millis(1), count: 1000, warmup: 0 };
+        assert_eq!(schedule.due(10).await, None, "3 s past the end");
+        let schedule = Schedule { start, interval: Duration::from_millis(4), count: 1000, warmup: 0 };
+        assert_eq!(schedule.due(10).await, Some(start + Duration::from_millis(40)), "1 s past the end: still sent");
+    }
+
     /// A sender whose timer fired late because the runtime was busy (here: a task blocking its one thread for
     /// 10 ms) counts its message from at most [`TIMER_SLACK`] past the schedule, not from when it woke.
     #[tokio::test(flavor = "current_thread")]
@@ -334,7 +375,7 @@ mod tests {
         let schedule = Schedule { start, interval: Duration::from_millis(2), count: 2, warmup: 0 };
         // Runs as soon as the sender waits (one thread), and keeps the timer from firing for 10 ms.
         let busy = tokio::spawn(async { std::thread::sleep(Duration::from_millis(10)) });
-        let origin = schedule.due(1).await;
+        let origin = schedule.due(1).await.unwrap();
         let scheduled = start + Duration::from_millis(2);
         assert!(
             origin >= scheduled && origin <= scheduled + TIMER_SLACK,

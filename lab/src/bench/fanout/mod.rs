@@ -69,14 +69,14 @@ impl FanoutConfig {
         if subscribers == 0.0 {
             return bad("subscribers", subscribers, "above 0");
         }
-        if !(self.rate.is_finite() && self.rate > 0.0) {
-            return bad("rate", self.rate, "above 0");
+        if !crate::bench::series::rate_in_range(self.rate) {
+            return bad("rate", self.rate, crate::bench::rtt::RATE_RANGE);
         }
         if self.duration.is_zero() {
             return bad("duration", 0.0, "above 0");
         }
-        if !(self.chat_rate.is_finite() && self.chat_rate >= 0.0) {
-            return bad("chat_rate", self.chat_rate, "0 or above");
+        if self.chat_rate != 0.0 && !crate::bench::series::rate_in_range(self.chat_rate) {
+            return bad("chat_rate", self.chat_rate, "0 (none), or from 0.01 to 100000 per second");
         }
         Ok(())
     }
@@ -263,7 +263,9 @@ mod tests {
         assert!(matches!(err, BenchError::BadConfig { field: "subscribers", .. }), "{err:?}");
         let err = FanoutConfig { chat_rate: -1.0, ..config.clone() }.check().unwrap_err();
         assert!(matches!(err, BenchError::BadConfig { field: "chat_rate", .. }), "{err:?}");
-        assert_eq!(err.to_string(), "chat_rate must be 0 or above, got -1");
+        assert_eq!(err.to_string(), "chat_rate must be 0 (none), or from 0.01 to 100000 per second, got -1");
+        let err = FanoutConfig { rate: 1e7, ..config.clone() }.check().unwrap_err();
+        assert!(matches!(err, BenchError::BadConfig { field: "rate", .. }), "{err:?}");
         let err = FanoutConfig { duration: Duration::ZERO, ..config }.check().unwrap_err();
         assert!(matches!(err, BenchError::BadConfig { field: "duration", .. }), "{err:?}");
     }

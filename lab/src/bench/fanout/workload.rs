@@ -122,7 +122,7 @@ pub(super) async fn drive(
     let size = config.size;
     let ticks = async {
         for i in 0..tick_plan.count {
-            let origin = tick_plan.due(i).await;
+            let Some(origin) = tick_plan.due(i).await else { break };
             if i >= tick_plan.warmup {
                 lock(recorder).tick_origins.insert(i, origin);
             }
@@ -135,7 +135,7 @@ pub(super) async fn drive(
             return;
         }
         for i in 0..chat_plan.count {
-            let origin = chat_plan.due(i).await;
+            let Some(origin) = chat_plan.due(i).await else { break };
             if i >= chat_plan.warmup {
                 lock(recorder).chat_origins.insert(i, origin);
             }

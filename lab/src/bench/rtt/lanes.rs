@@ -21,16 +21,20 @@ pub(super) struct Lane {
 }
 
 impl Lane {
-    /// Waits for message `i`'s turn and records it as sent by `who`.
-    pub(super) async fn turn(&self, who: u32, i: u64) {
-        let origin = self.plan.due(i).await;
+    /// Waits for message `i`'s turn and records it as sent by `who`; false when the sender is out of time
+    /// ([`Schedule::due`]): nothing more is to be sent.
+    pub(super) async fn turn(&self, who: u32, i: u64) -> bool {
+        let Some(origin) = self.plan.due(i).await else { return false };
         Tally::sent(&self.tally, &self.plan, who, i, origin);
+        true
     }
 
     /// Sends every message of the lane with `send`, which must not wait.
     pub(super) async fn send_scheduled(&self, who: u32, mut send: impl FnMut(u64)) {
         for i in 0..self.plan.count {
-            self.turn(who, i).await;
+            if !self.turn(who, i).await {
+                break;
+            }
             send(i);
         }
     }

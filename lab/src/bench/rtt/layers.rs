@@ -45,7 +45,9 @@ pub(super) async fn udp_series(
         });
         let lane = lanes.start_one().await;
         for i in 0..lane.plan.count {
-            lane.turn(who, i).await;
+            if !lane.turn(who, i).await {
+                break;
+            }
             let _ = socket.send(&payload(who, i, size)).await;
         }
         Ok(())
@@ -88,7 +90,9 @@ pub(super) async fn quinn_series(
                 });
                 let lane = lanes.start_one().await;
                 for i in 0..lane.plan.count {
-                    lane.turn(who, i).await;
+                    if !lane.turn(who, i).await {
+                        break;
+                    }
                     send.write_all(&payload(who, i, size)).await?;
                 }
                 messages = (lane.tally.clone(), lane.plan.count);

@@ -66,6 +66,9 @@ pub struct RttConfig {
     pub netns: Option<Backend>,
 }
 
+/// What a bench's rates may be ([`crate::bench::series::rate_in_range`]).
+pub(crate) const RATE_RANGE: &str = "from 0.01 to 100000 per second";
+
 impl RttConfig {
     /// Defaults for everything but what is measured: 1 sender, 200/s, 64 B, 10 s after 1 s, loopback.
     pub fn new() -> RttConfig {
@@ -95,11 +98,13 @@ impl RttConfig {
             }
         };
         above_zero("clients", f64::from(self.clients))?;
-        above_zero("rate", self.rate)?;
-        above_zero("duration", self.duration.as_secs_f64())?;
-        if self.compare_websocket {
-            above_zero("chat_rate", self.chat_rate)?;
+        if !crate::bench::series::rate_in_range(self.rate) {
+            return Err(BenchError::BadConfig { field: "rate", value: self.rate, expected: RATE_RANGE });
         }
+        if self.compare_websocket && !crate::bench::series::rate_in_range(self.chat_rate) {
+            return Err(BenchError::BadConfig { field: "chat_rate", value: self.chat_rate, expected: RATE_RANGE });
+        }
+        above_zero("duration", self.duration.as_secs_f64())?;
         Ok(())
     }
 }
@@ -228,7 +233,11 @@ mod tests {
     async fn a_setting_out_of_range_is_named() {
         let err = run_rtt(RttConfig { rate: 0.0, ..RttConfig::new() }, |_| {}).await.unwrap_err();
         assert!(matches!(err, BenchError::BadConfig { field: "rate", .. }), "{err:?}");
-        assert_eq!(err.to_string(), "rate must be above 0, got 0");
+        assert_eq!(err.to_string(), "rate must be from 0.01 to 100000 per second, got 0");
+        for rate in [1e-20, 1e7, f64::NAN] {
+            let err = RttConfig { rate, ..RttConfig::new() }.check().unwrap_err();
+            assert!(matches!(err, BenchError::BadConfig { field: "rate", .. }), "{rate}: {err:?}");
+        }
         let err = RttConfig { clients: 0, ..RttConfig::new() }.check().unwrap_err();
         assert!(matches!(err, BenchError::BadConfig { field: "clients", .. }), "{err:?}");
         let head_to_head = RttConfig { compare_websocket: true, chat_rate: f64::NAN, ..RttConfig::new() };

@@ -50,6 +50,13 @@ while kill -0 "$churn_pid" 2>/dev/null && ((elapsed < secs + 30)); do
     samples+=("$rss")
     echo "  t=${elapsed}s RSS $(mib "$rss") MiB"
 done
+if kill -0 "$churn_pid" 2>/dev/null; then
+    # (The churn ends by itself 10 s after its duration; one still running 30 s after it is stuck.)
+    echo "quiver churn still running $((elapsed - secs)) s after its duration: stopping it" >&2
+    kill "$churn_pid" 2>/dev/null || true
+    wait "$churn_pid" 2>/dev/null || true
+    exit 1
+fi
 wait "$churn_pid" || { echo "quiver churn failed" >&2; exit 1; }
 churn_pid=""
 cat "$dir/churn.out"

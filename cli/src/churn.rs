@@ -4,7 +4,6 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::Args;
-use quiver_client::ConnectOptions;
 use quiver_lab::churn::{churn, ChurnCounters, ChurnOptions};
 
 use crate::{error::CliError, ServerArgs};
@@ -28,8 +27,8 @@ pub(crate) struct ChurnArgs {
 }
 
 pub(crate) async fn run(args: ChurnArgs) -> Result<(), CliError> {
-    let token_provider = args.server.trust.token_provider(None, &args.server.server);
-    let connect = ConnectOptions { trust: args.server.trust.trust(), token_provider, ..ConnectOptions::default() };
+    // Every flag of the server's (--transport, --qlog-dir, --fallback-after, --websocket-port too).
+    let connect = args.server.options(None)?;
     let options = ChurnOptions {
         server: args.server.server.clone(),
         connect,

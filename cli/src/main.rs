@@ -147,9 +147,10 @@ impl ServerArgs {
         self.connect_as(None).await
     }
 
-    pub(crate) async fn connect_as(&self, name: Option<String>) -> Result<Client, CliError> {
+    /// The connect options these flags say, for a client named `name`.
+    pub(crate) fn options(&self, name: Option<String>) -> Result<ConnectOptions, CliError> {
         let token_provider = self.trust.token_provider(name.as_deref(), &self.server);
-        let options = ConnectOptions {
+        Ok(ConnectOptions {
             trust: self.trust.trust(),
             name,
             token_provider,
@@ -158,7 +159,11 @@ impl ServerArgs {
             fallback_after: seconds("fallback-after", self.fallback_after)?,
             websocket_port: self.websocket_port,
             ..ConnectOptions::default()
-        };
+        })
+    }
+
+    pub(crate) async fn connect_as(&self, name: Option<String>) -> Result<Client, CliError> {
+        let options = self.options(name)?;
         let client = Client::connect_with(&self.server, options)
             .await
             .map_err(|source| CliError::Connect { server: self.server.clone(), source })?;

@@ -70,7 +70,10 @@ impl ChurnCounters {
     }
 }
 
-/// Churns until `options.duration` has passed; `counters` fill as it goes (read them for progress).
+/// How long past its duration a churn waits for a connection's requests before giving them up.
+const OVERTIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Churns until `options.duration` has passed (and at most [`OVERTIME`] more); `counters` fill as it goes (read them for progress).
 pub async fn churn(options: ChurnOptions, counters: Arc<ChurnCounters>) {
     let deadline = Instant::now() + options.duration;
     let body = Bytes::from(vec![b'x'; options.body_bytes]);
@@ -82,7 +85,13 @@ pub async fn churn(options: ChurnOptions, counters: Arc<ChurnCounters>) {
             while Instant::now() < deadline {
                 let next = Instant::now() + options.connection_interval;
                 let prefix = format!("soak-{:08x}-{worker}-{round}", rand::random::<u32>());
-                one_connection(&options, &prefix, &body, &counters).await;
+                // A server that keeps the connection alive but stops answering (the requests have no deadline of
+                // their own) must not keep the churn past its duration: it ends by itself.
+                let connection = one_connection(&options, &prefix, &body, &counters);
+                if tokio::time::timeout_at(deadline + OVERTIME, connection).await.is_err() {
+                    counters.error("connection", format!("unfinished {OVERTIME:?} after the churn's end; given up"));
+                    break;
+                }
                 round += 1;
                 tokio::time::sleep_until(next.min(deadline)).await;
             }

@@ -30,6 +30,11 @@ pub(crate) struct ChatArgs {
     /// `resumed` (recovered), `state` (connected / reconnecting / closed, with detail).
     #[arg(long)]
     json: bool,
+    /// Seconds to wait for the join, and, once input has ended, for the posts not yet acknowledged (reconnects
+    /// included); 0: no limit. On expiry the command fails naming how many posts were left (they may still have
+    /// been stored).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    timeout: f64,
 }
 
 #[derive(Debug, Args)]
@@ -263,8 +268,15 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
         let room = joined.map_err(|source| CliError::Join { room: args.room.clone(), source })?;
         Ok::<_, CliError>((client, room))
     };
+    let limit = Some(crate::seconds("timeout", args.timeout)?).filter(|limit| !limit.is_zero());
+    let within_limit = async {
+        match limit {
+            Some(limit) => tokio::time::timeout(limit, connected).await.map_err(|_| CliError::JoinTimeout(limit))?,
+            None => connected.await,
+        }
+    };
     let (client, mut room) = tokio::select! {
-        connected = connected => connected?,
+        connected = within_limit => connected?,
         () = stop.requested() => return Err(CliError::Interrupted),
     };
     let out = Out { json: args.json, room: args.room.clone() };
@@ -285,6 +297,10 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     let mut printed = 0u64;
     let mut interrupted = false;
     let (mut answered, mut failed) = (0u64, 0u64);
+    // Once input has ended: until when the posts left may take (a server gone for good would otherwise keep the
+    // command reconnecting forever).
+    let mut posts_deadline: Option<tokio::time::Instant> = None;
+    let mut unacknowledged = 0usize;
     loop {
         tokio::select! {
             // Input waits while `OUTSTANDING` posts do: a large file piped in never meets the client's
@@ -297,7 +313,10 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
                     let posted = room.post(line.clone());
                     posts.spawn(async move { (line_no, posted.await, line) });
                 }
-                Some(Ok(None)) | None => input_open = false,
+                Some(Ok(None)) | None => {
+                    input_open = false;
+                    posts_deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
+                }
                 Some(Err(err)) => return Err(CliError::Stdin(err)),
             },
             Some(done) = posts.join_next(), if !posts.is_empty() => {
@@ -328,12 +347,21 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
                 interrupted = true;
                 break;
             }
+            () = async {
+                match posts_deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                unacknowledged = posts.len();
+                break;
+            }
         }
         if !input_open && posts.is_empty() {
             break;
         }
     }
-    if !interrupted {
+    if !interrupted && unacknowledged == 0 {
         // End of input: the room's copies of our own posts may still be on their way (the room stream and the
         // acknowledgements are separate streams); print them before leaving.
         let caught_up = async {
@@ -351,6 +379,9 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     }
     let _ = tokio::time::timeout(GOODBYE, room.leave()).await;
     let _ = tokio::time::timeout(GOODBYE, client.close()).await;
+    if let (true, Some(after)) = (unacknowledged > 0, limit) {
+        return Err(CliError::PostsUnacknowledged { left: unacknowledged, after });
+    }
     match failed {
         0 => Ok(()),
         failed => Err(CliError::PostsFailed { failed, posted: answered }),

@@ -80,6 +80,15 @@ pub(crate) enum CliError {
     /// `quiver history`: a page did not come within --timeout.
     #[error("no history page within {0:?} (the server does not answer)")]
     HistoryTimeout(std::time::Duration),
+    /// `quiver chat --timeout`: no join in time.
+    #[error("not joined within {0:?} (the server does not answer)")]
+    JoinTimeout(std::time::Duration),
+    /// `quiver chat --timeout`: posts still unacknowledged that long after the end of input.
+    #[error(
+        "{left} posts not acknowledged within {after:?} of the end of input (the server or its broker is \
+         unreachable); they may have been stored"
+    )]
+    PostsUnacknowledged { left: usize, after: std::time::Duration },
     /// `quiver chat`: posts refused (each said on stderr, or as a `post_failed` line).
     #[error("{failed} of {posted} posts failed (see above)")]
     PostsFailed { failed: u64, posted: u64 },

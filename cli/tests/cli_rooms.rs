@@ -440,3 +440,32 @@ async fn a_chat_whose_posts_fail_and_a_post_with_no_answer_exit_non_zero() {
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     mute.abort();
 }
+
+/// `quiver chat --timeout`: piped input whose posts the server, gone for good, never acknowledges ends the command
+/// (it reconnected forever before) naming how many were left; a join with no answer ends it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_gives_up_on_posts_and_a_join_nobody_answers_after_its_timeout() {
+    let server = TestServer::start(Limits::default());
+    let (mut child, mut lines) = chat_process(&server, &["--name", "ann", "--json", "--timeout", "1"]);
+    assert_eq!(next(&mut lines).await["state"], "connected", "joined");
+    server.stop().await;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"into the void\n").await.unwrap();
+    drop(stdin);
+    let started = std::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("chat gave up").unwrap();
+    assert!(!status.success());
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+
+    let (dir, endpoint, addr) = quiver_tests::fakes::fake_endpoint();
+    let mute = tokio::spawn(quiver_tests::fakes::mute_after_welcome(endpoint, tokio::sync::oneshot::channel().0, true));
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["chat", "--room", "town", "--name", "ann", "--timeout", "1", "--server", &addr, "--data-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out).await.expect("chat gave up").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("not joined within 1s"), "{stderr}");
+    mute.abort();
+}

@@ -39,6 +39,9 @@ struct PingReport {
     max_us: u64,
 }
 
+/// How often a long ping run says how far it got (without --json).
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 pub(crate) async fn run(args: PingArgs) -> Result<(), CliError> {
     let client = args.server.connect().await?;
     if !args.json {
@@ -47,32 +50,67 @@ pub(crate) async fn run(args: PingArgs) -> Result<(), CliError> {
     let interval = Duration::from_millis(args.interval_ms);
     let timeout = Duration::from_millis(args.timeout_ms);
     let start = Instant::now();
+    let mut stop = crate::output::Stop::new();
     let mut in_flight = JoinSet::new();
+    let mut latencies = LatencyRecorder::default();
+    let (mut lost, mut sent) = (0u64, 0u64);
+    let mut first_failure = None;
+    // Each ping's outcome is taken as it comes (the set holds only those in flight, not one entry per ping of a
+    // long run); Ctrl-C ends the run with the report of what was answered; a long run says how it goes.
+    let mut take = |outcome: Result<Result<Duration, Option<quiver_client::RequestError>>, tokio::task::JoinError>| {
+        match outcome {
+            Ok(Ok(rtt)) => latencies.record(rtt),
+            Ok(Err(failure)) => {
+                lost += 1;
+                first_failure = first_failure.take().or(failure);
+            }
+            Err(err) => {
+                lost += 1;
+                tracing::warn!(%err, "a ping's task failed");
+            }
+        }
+    };
+    let mut progress_at = start + PROGRESS_EVERY;
+    let mut interrupted = false;
     for i in 0..args.count {
         // Fixed schedule: a slow reply does not delay later sends (no coordinated omission).
         let scheduled = start + interval * u32::try_from(i).unwrap_or(u32::MAX);
-        quiver_lab::pace::until(scheduled).await;
+        loop {
+            tokio::select! {
+                () = quiver_lab::pace::until(scheduled) => break,
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => take(done),
+                () = stop.requested() => {
+                    interrupted = true;
+                    break;
+                }
+            }
+        }
+        if interrupted {
+            break;
+        }
+        if !args.json && Instant::now() >= progress_at {
+            progress_at += PROGRESS_EVERY;
+            crate::err!("  {sent} of {} sent, {} in flight", args.count, in_flight.len());
+        }
         let client = client.clone();
+        sent += 1;
         in_flight.spawn(async move {
             // A ping that fails (the connection went while it was out) is lost like one that timed out; the
             // first failure is reported after the run.
             match tokio::time::timeout(timeout, client.ping()).await {
-                Ok(Ok(_)) => Ok::<_, CliError>(Ok(scheduled.elapsed())),
-                Ok(Err(err)) => Ok(Err(Some(err))),
-                Err(_) => Ok(Err(None)),
+                Ok(Ok(_)) => Ok(scheduled.elapsed()),
+                Ok(Err(err)) => Err(Some(err)),
+                Err(_) => Err(None),
             }
         });
     }
-    let mut latencies = LatencyRecorder::default();
-    let mut lost = 0;
-    let mut first_failure = None;
-    while let Some(result) = in_flight.join_next().await {
-        match result?? {
-            Ok(rtt) => latencies.record(rtt),
-            Err(failure) => {
-                lost += 1;
-                first_failure = first_failure.or(failure);
-            }
+    if interrupted {
+        // The pings still out are neither answered nor lost: the run ended before their time was up.
+        in_flight.abort_all();
+        crate::err!("* interrupted after {sent} pings");
+    } else {
+        while let Some(done) = in_flight.join_next().await {
+            take(done);
         }
     }
     if let Some(err) = first_failure {
@@ -103,8 +141,9 @@ pub(crate) async fn run(args: PingArgs) -> Result<(), CliError> {
         );
     }
     // Scripts check the exit code: pings that went unanswered are a failure, after the report.
-    match lost {
-        0 => Ok(()),
-        lost => Err(CliError::PingsLost { lost, sent: s.count + lost }),
+    match (lost, interrupted) {
+        (0, false) => Ok(()),
+        (0, true) => Err(CliError::Interrupted),
+        (lost, _) => Err(CliError::PingsLost { lost, sent: s.count + lost }),
     }
 }

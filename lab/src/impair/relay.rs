@@ -169,7 +169,12 @@ fn listen_loop(
         };
         if !clients.contains_key(&from) {
             if clients.len() >= config.max_clients {
-                lock(stats.as_ref()).refused += 1;
+                let mut stats = lock(stats.as_ref());
+                if stats.refused == 0 {
+                    // (Said, not only counted: a client the relay drops cannot connect, and a run fails on it.)
+                    tracing::warn!(%from, max = config.max_clients, "relay: a new client over max_clients dropped");
+                }
+                stats.refused += 1;
                 continue;
             }
             let index = clients.len();

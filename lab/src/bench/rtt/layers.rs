@@ -11,7 +11,7 @@ use quiver_client::TrustOptions;
 
 use super::{
     lanes::measure,
-    quiver::{self, close_after, quinn_bytes, wire_bytes},
+    quiver::{self, close_after, quinn_bytes, wire_bytes, wire_since},
     targets::TargetsView,
     RttConfig,
 };
@@ -147,7 +147,9 @@ pub(super) async fn quiver_datagram_series(
             })
             .await;
             Tally::stale(&lane.tally, stale.load(Ordering::Relaxed).saturating_sub(stale_before));
-            Tally::wire(&lane.tally, wire_bytes(&client) - before, lane.plan.count);
+            if let Some(bytes) = wire_since(&client, before) {
+                Tally::wire(&lane.tally, bytes, lane.plan.count);
+            }
             close_after(&stop, client);
             Ok(())
         }
@@ -173,7 +175,9 @@ pub(super) async fn quiver_stream_series(
             let lane = lanes.start_one().await;
             let before = wire_bytes(&client);
             lane.send_scheduled(who, |i| quiver::post(&client, &room, payload(who, i, size))).await;
-            Tally::wire(&lane.tally, wire_bytes(&client) - before, lane.plan.count);
+            if let Some(bytes) = wire_since(&client, before) {
+                Tally::wire(&lane.tally, bytes, lane.plan.count);
+            }
             close_after(&stop, client);
             Ok(())
         }

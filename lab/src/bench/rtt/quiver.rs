@@ -43,8 +43,27 @@ pub(super) async fn own_ticks(
 }
 
 /// UDP payload bytes `client`'s connection has sent and received.
-pub(super) fn wire_bytes(client: &Client) -> u64 {
-    client.connection().map_or(0, |quic| quinn_bytes(&quic))
+pub(super) fn wire_bytes(client: &Client) -> Option<WireMark> {
+    client.connection().map(|quic| WireMark { connection: quic.stable_id(), bytes: quinn_bytes(&quic) })
+}
+
+/// A connection's byte count at one moment ([`wire_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct WireMark {
+    connection: usize,
+    bytes: u64,
+}
+
+/// Bytes on the wire since `before`, on the same connection; `None` when the client reconnected meanwhile (a new
+/// connection counts from 0, and the old one's bytes are gone): that sender's figure is left out, with a warning.
+pub(super) fn wire_since(client: &Client, before: Option<WireMark>) -> Option<u64> {
+    match (before, wire_bytes(client)) {
+        (Some(before), Some(now)) if before.connection == now.connection => Some(now.bytes - before.bytes),
+        _ => {
+            tracing::warn!("a sender's client reconnected during the series: its bytes per message are left out");
+            None
+        }
+    }
 }
 
 /// UDP payload bytes a quinn connection has sent and received.

@@ -55,7 +55,10 @@ impl Targets {
         let udp = echo::udp_echo(ip, stop.clone()).await.map_err(BenchError::io("UDP echo"))?;
         let quinn = echo::quinn_echo(ip, cert, stop.clone())?;
         let websocket = echo::websocket_echo(ip, stop.clone()).await.map_err(BenchError::io("WebSocket echo"))?;
-        let (profile, max_clients) = (config.profile.as_ref(), config.clients as usize * 2 + 8);
+        // A relay keeps each client address it has seen for the run: the Quiver relay serves three series (datagram,
+        // stream, stream redundant), each with new clients on sockets of their own, so it needs 3× the clients
+        // (more than that leaves room for a socket a client opens again); the others need fewer.
+        let (profile, max_clients) = (config.profile.as_ref(), config.clients as usize * 6 + 8);
         let (quiver_addr, quiver_relay) = through_relay(profile, quiver.addr, max_clients)?;
         let (udp, udp_relay) = through_relay(profile, udp, max_clients)?;
         let (quinn, quinn_relay) = through_relay(profile, quinn, max_clients)?;

@@ -86,8 +86,9 @@ pub(crate) struct Tally {
     latencies: LatencyRecorder,
     received: u64,
     measured_sent: u64,
-    /// Measured messages that arrived after a newer one and were dropped as stale (ticks, latest wins).
-    stale: u64,
+    /// Stale counters read when the result is taken (after the drain, so that a tick dropped as stale in the last
+    /// round trip is not counted lost), each with its value when measuring began.
+    stale_sources: Vec<(Arc<std::sync::atomic::AtomicU64>, u64)>,
     /// UDP payload bytes both ways on the senders' connections while they sent, and the messages they sent.
     wire: Option<(u64, u64)>,
 }
@@ -119,9 +120,10 @@ impl Tally {
         }
     }
 
-    /// `stale` measured messages arrived after a newer one and were dropped (not lost: reordered).
-    pub(crate) fn stale(t: &SharedTally, stale: u64) {
-        lock(t).stale += stale;
+    /// The stale ticks `counter` counts from now on are measured ones: read when the result is taken.
+    pub(crate) fn stale_from(t: &SharedTally, counter: &Arc<std::sync::atomic::AtomicU64>) {
+        let now = counter.load(std::sync::atomic::Ordering::Relaxed);
+        lock(t).stale_sources.push((counter.clone(), now));
     }
 
     /// A sender's connection carried `bytes` (UDP payload, both ways) while it sent `messages` messages.
@@ -139,12 +141,17 @@ impl Tally {
 
     pub(crate) fn result(t: &SharedTally, name: &str, baseline: Option<&str>) -> SeriesResult {
         let t = lock(t);
+        let stale = t
+            .stale_sources
+            .iter()
+            .map(|(counter, from)| counter.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(*from))
+            .sum::<u64>();
         SeriesResult {
             name: name.to_string(),
             baseline: baseline.map(str::to_string),
             sent: t.measured_sent,
-            lost: t.measured_sent.saturating_sub(t.received + t.stale),
-            stale: t.stale,
+            lost: t.measured_sent.saturating_sub(t.received + stale),
+            stale,
             wire_bytes_per_msg: t.wire.and_then(|(b, m)| (m > 0).then(|| b as f64 / m as f64)),
             latency: t.latencies.summary(),
             curve: t.latencies.curve(),

@@ -80,11 +80,18 @@ pub(super) async fn quiver_mixed_series(
                 true => targets.quiver_ws_client().await?,
             };
             let name = format!("bench.h2h.{who}.{}.{websocket}", std::process::id());
-            let (publisher, _) = quiver::own_ticks(&client, &name, lanes.tally(0), &stop).await?;
+            let (publisher, stale) = quiver::own_ticks(&client, &name, lanes.tally(0), &stop).await?;
             quiver::own_chat(&client, &name, lanes.tally(1), &stop, false).await?;
             let (ticks, chat) = lanes.start_two().await;
+            // Ticks reordered and dropped as stale are not lost (the WebSocket's, over TCP, never are).
+            let warmup = ticks.plan.warmup;
             tokio::join!(
-                ticks.send_scheduled(who, |i| quiver::publish(&publisher, payload(who, i, size))),
+                ticks.send_scheduled(who, |i| {
+                    if i == warmup {
+                        Tally::stale_from(&ticks.tally, &stale);
+                    }
+                    quiver::publish(&publisher, payload(who, i, size))
+                }),
                 chat.send_scheduled(who, |i| quiver::post(&client, &name, payload(who, i, size))),
             );
             close_after(&stop, client);

@@ -2,10 +2,7 @@
 //! stream echoes (its default transport settings), and Quiver's datagram and stream paths, each compared with the
 //! quinn echo it is built on; and the room path with redundant delivery, compared with the path's own datagram echo.
 
-use std::{
-    net::SocketAddr,
-    sync::{atomic::Ordering, Arc},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use quiver_client::TrustOptions;
 
@@ -138,15 +135,13 @@ pub(super) async fn quiver_datagram_series(
             let (publisher, stale) = quiver::own_ticks(&client, &channel, lanes.tally(0), &stop).await?;
             let lane = lanes.start_one().await;
             let before = wire_bytes(&client);
-            let mut stale_before = 0;
             lane.send_scheduled(who, |i| {
                 if i == lane.plan.warmup {
-                    stale_before = stale.load(Ordering::Relaxed);
+                    Tally::stale_from(&lane.tally, &stale); // read after the drain
                 }
                 quiver::publish(&publisher, payload(who, i, size))
             })
             .await;
-            Tally::stale(&lane.tally, stale.load(Ordering::Relaxed).saturating_sub(stale_before));
             if let Some(bytes) = wire_since(&client, before) {
                 Tally::wire(&lane.tally, bytes, lane.plan.count);
             }

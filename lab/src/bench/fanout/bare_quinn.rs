@@ -109,12 +109,12 @@ pub(super) async fn measure(
     let recorder = SharedRecorder::default();
     let stop = CancellationToken::new();
     let mut connections = Vec::new();
-    for _ in 0..config.subscribers {
+    for who in 0..config.subscribers {
         let conn = connect(server, pin).await?;
         let (reader, recorder) = (conn.clone(), recorder.clone());
         until_stopped(&stop, async move {
             while let Ok(datagram) = reader.read_datagram().await {
-                Recorder::received(&recorder, Kind::Tick, &datagram);
+                Recorder::received(&recorder, who, Kind::Tick, &datagram);
             }
         });
         connections.push(conn);

@@ -32,7 +32,7 @@ pub(super) async fn measure(
     let recorder = SharedRecorder::default();
     let stop = CancellationToken::new();
     let mut subscribers = Vec::new();
-    for _ in 0..config.subscribers {
+    for who in 0..config.subscribers {
         let client = connect().await?;
         let mut subscription = client.subscribe(&channel).await.map_err(BenchError::request("subscribe"))?;
         let mut room = client.join(&chat_room).await.map_err(BenchError::request("join"))?;
@@ -42,12 +42,12 @@ pub(super) async fn measure(
                 tokio::select! {
                     ticks = subscription.next_batch() => match ticks {
                         Some(ticks) => for tick in ticks {
-                            Recorder::received(&recorder, Kind::Tick, &tick.payload);
+                            Recorder::received(&recorder, who, Kind::Tick, &tick.payload);
                         },
                         None => return,
                     },
                     event = room.next() => match event {
-                        Some(RoomEvent::Message(m)) => Recorder::received(&recorder, Kind::Chat, &m.body),
+                        Some(RoomEvent::Message(m)) => Recorder::received(&recorder, who, Kind::Chat, &m.body),
                         Some(_) => {}
                         None => return,
                     },

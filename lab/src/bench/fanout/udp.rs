@@ -155,13 +155,13 @@ pub(super) async fn measure(
     progress(&format!("{name}: connecting subscribers"));
     let recorder = SharedRecorder::default();
     let stop = CancellationToken::new();
-    for _ in 0..config.subscribers {
+    for who in 0..config.subscribers {
         let socket = subscribe(server).await?;
         let recorder = recorder.clone();
         until_stopped(&stop, async move {
             let mut buf = vec![0u8; 65_536];
             while let Ok(len) = socket.recv(&mut buf).await {
-                Recorder::received(&recorder, Kind::Tick, &buf[..len]);
+                Recorder::received(&recorder, who, Kind::Tick, &buf[..len]);
             }
         });
     }

@@ -33,14 +33,14 @@ pub(super) async fn measure(
     let recorder = SharedRecorder::default();
     let stop = CancellationToken::new();
     let mut posters = Vec::new();
-    for _ in 0..config.subscribers {
+    for who in 0..config.subscribers {
         let (queue, mut incoming) = websocket::connect(hub, &stop).await?;
         let recorder = recorder.clone();
         until_stopped(&stop, async move {
             while let Some(Ok(message)) = incoming.next().await {
                 match message.into_data().split_first() {
-                    Some((&HUB_TICK, rest)) => Recorder::received(&recorder, Kind::Tick, rest),
-                    Some((&HUB_CHAT, rest)) => Recorder::received(&recorder, Kind::Chat, rest),
+                    Some((&HUB_TICK, rest)) => Recorder::received(&recorder, who, Kind::Tick, rest),
+                    Some((&HUB_CHAT, rest)) => Recorder::received(&recorder, who, Kind::Chat, rest),
                     _ => {}
                 }
             }

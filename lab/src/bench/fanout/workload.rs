@@ -29,19 +29,23 @@ pub(super) struct Recorder {
     stale: u64,
     /// Every tick and chat arrival of the run, warm-up included: the deliveries the server's CPU time paid for.
     arrivals: u64,
+    /// The measured messages each subscriber received: a copy (the link emulator's `duplicate_pct`; raw UDP does
+    /// not drop copies) counts once, so delivered % never passes 100 nor hides a loss.
+    seen: std::collections::HashSet<(u32, Kind, u64)>,
 }
 
 pub(super) type SharedRecorder = Arc<Mutex<Recorder>>;
 
 /// A tick or chat message, as a fan-out receiver sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Kind {
     Tick,
     Chat,
 }
 
 impl Recorder {
-    pub(super) fn received(recorder: &SharedRecorder, kind: Kind, payload: &[u8]) {
+    /// Subscriber `who` received `payload`, a message of `kind`.
+    pub(super) fn received(recorder: &SharedRecorder, who: u32, kind: Kind, payload: &[u8]) {
         let now = Instant::now();
         let Some((_, i)) = parse(payload) else { return };
         let mut r = lock(recorder);
@@ -52,8 +56,10 @@ impl Recorder {
             Kind::Chat => (&r.chat_origins, &mut r.chat_latency, &mut r.chat),
         };
         if let Some(origin) = origins.get(&i) {
-            latency.record(now - *origin);
-            *count += 1;
+            if r.seen.insert((who, kind, i)) {
+                latency.record(now - *origin);
+                *count += 1;
+            }
         }
     }
 
@@ -150,5 +156,25 @@ pub(super) async fn drive(
         && drained.elapsed() < RELIABLE_DRAIN_CAP
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy of a delivery (the link emulator duplicates packets; raw UDP keeps copies) counts once per subscriber,
+    /// so a lost delivery still shows.
+    #[test]
+    fn a_copy_of_a_delivery_counts_once_per_subscriber() {
+        let recorder = SharedRecorder::default();
+        lock(&recorder).tick_origins.insert(0, Instant::now());
+        let tick = payload(0, 0, 64);
+        Recorder::received(&recorder, 0, Kind::Tick, &tick);
+        Recorder::received(&recorder, 0, Kind::Tick, &tick); // a copy
+        let side = Recorder::side(&recorder, "x", 2, Spent::default());
+        assert_eq!(side.delivered_pct, 50.0, "one of two subscribers got it");
+        Recorder::received(&recorder, 1, Kind::Tick, &tick);
+        assert_eq!(Recorder::side(&recorder, "x", 2, Spent::default()).delivered_pct, 100.0);
     }
 }

@@ -58,8 +58,13 @@ pub enum FieldError {
         /// What it may be: `within 0..=100` or `a finite number >= 0`.
         expected: &'static str,
     },
-    /// Loss bursts with every packet lost: the bad state would never be left.
-    #[error("burst_len needs loss_pct below 100 (burst_len {burst_len}, loss_pct {loss_pct})")]
+    /// Loss bursts this short cannot make this much loss: the Gilbert model's good state lasts at least one packet,
+    /// so the long-run loss is at most `burst_len / (burst_len + 1)` (with every packet lost, the bad state would
+    /// never be left).
+    #[error(
+        "burst_len {burst_len} allows at most {:.1} % loss (burst_len / (burst_len + 1)), not loss_pct {loss_pct}",
+        100.0 * burst_len / (burst_len + 1.0)
+    )]
     BurstWithoutDelivery {
         /// The mean burst length asked for.
         burst_len: f64,
@@ -137,7 +142,7 @@ impl DirectionProfile {
                 return Err(FieldError::OutOfRange { field, value, expected: "a finite number >= 0" });
             }
         }
-        if self.loss_pct >= 100.0 && self.burst_len > 1.0 {
+        if self.burst_len > 1.0 && self.loss_pct / 100.0 > self.burst_len / (self.burst_len + 1.0) {
             return Err(FieldError::BurstWithoutDelivery { burst_len: self.burst_len, loss_pct: self.loss_pct });
         }
         Ok(())
@@ -363,6 +368,11 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().starts_with(&format!("{}: down: burst_len", path.display())), "{err}");
+        // Short bursts cannot carry much loss: 70 % in bursts of 1.5 would have given 60 %.
+        let short = DirectionProfile { burst_len: 1.5, loss_pct: 70.0, ..DirectionProfile::default() };
+        let err = short.check().unwrap_err();
+        assert!(err.to_string().contains("at most 60.0 % loss"), "{err}");
+        DirectionProfile { burst_len: 1.5, loss_pct: 60.0, ..DirectionProfile::default() }.check().unwrap();
         let missing = ImpairmentProfile::from_file(&dir.path().join("missing.toml")).unwrap_err();
         assert!(matches!(missing, ProfileError::Read { .. }), "{missing:?}");
     }

@@ -98,6 +98,9 @@ pub(super) fn raised_budget() -> quiver_server::Budget {
     quiver_server::Budget { max_unvalidated_handshakes_per_ip: default.max_unvalidated_handshakes, ..default }
 }
 
+/// How long past a cell's window its last posts may wait for their acknowledgement.
+const POST_OVERTIME: Duration = Duration::from_secs(30);
+
 /// Runs every mode × rooms × posters cell; `progress` hears what runs.
 pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<PostReport, BenchError> {
     let max_posters = config.posters.iter().copied().max().unwrap_or(0);
@@ -231,7 +234,14 @@ async fn cell(
                 if sent >= end {
                     break;
                 }
-                let posted = client.post(&room, body.clone()).await;
+                // (A server that stops answering must not hold the bench: a post unanswered long after the
+                // window is an error, and this loop's end.)
+                let Ok(posted) =
+                    tokio::time::timeout_at((end + POST_OVERTIME).into(), client.post(&room, body.clone())).await
+                else {
+                    errors += 1;
+                    break;
+                };
                 let acked = Instant::now();
                 match (posted.is_ok(), sent >= measure_from) {
                     (_, false) => {}

@@ -227,6 +227,22 @@ async fn open_session(
     token: String,
 ) -> Result<Session, BenchError> {
     let conn = endpoint.connect_with(config, addr, "localhost")?.await?;
+    // A server that keeps the connection alive but never answers Hello must not hold the bench: the QUIC idle
+    // timeout would never fire.
+    match tokio::time::timeout(WELCOME_TIMEOUT, welcome(&conn, token)).await {
+        Ok(control) => Ok(Session { conn, _control: control? }),
+        Err(_) => Err(BenchError::io("hello")(std::io::Error::other(format!("no Welcome within {WELCOME_TIMEOUT:?}")))),
+    }
+}
+
+/// How long a Hello may wait for its Welcome.
+const WELCOME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Hello with `token` on a new control stream, and its Welcome: the stream, kept open for the session.
+async fn welcome(
+    conn: &quinn::Connection,
+    token: String,
+) -> Result<(quinn::SendStream, quinn::RecvStream), BenchError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     let codec = FrameCodec::new(quiver_proto::Limits::default().max_frame as usize);
     let hello = Hello {
@@ -254,7 +270,7 @@ async fn open_session(
             Err(err) => return Err(BenchError::io("hello")(std::io::Error::other(err))),
         }
     }
-    Ok(Session { conn, _control: (send, recv) })
+    Ok((send, recv))
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use quiver_client::{
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::BenchError;
+use super::{series::Schedule, BenchError};
 
 mod nodes;
 
@@ -181,13 +181,17 @@ pub async fn run_cluster(config: ClusterConfig, progress: impl Fn(&str)) -> Resu
 async fn redis_rtt(redis: &RedisProcess, pace: Duration) -> Result<LatencySummary, BenchError> {
     let mut conn = redis.connection().await.map_err(redis_error)?;
     let mut recorder = LatencyRecorder::default();
-    let mut next = tokio::time::Instant::now();
+    // Timed from the schedule, as every paced series (no coordinated omission: a stall counts for every PING it
+    // held up, not once).
+    let schedule = Schedule { start: tokio::time::Instant::now() + pace, interval: pace, count: 1_100, warmup: 100 };
     for i in 0..1_100 {
-        if !pace.is_zero() {
-            next += pace;
-            tokio::time::sleep_until(next).await;
-        }
-        let started = Instant::now();
+        let started = match pace.is_zero() {
+            true => tokio::time::Instant::now(),
+            false => match schedule.due(i).await {
+                Some(due) => due,
+                None => break,
+            },
+        };
         redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(redis_error)?;
         if i >= 100 {
             recorder.record(started.elapsed());
@@ -205,11 +209,16 @@ async fn echo(from: &Node, to: &Node, config: &ClusterConfig) -> Result<LatencyS
     let mut recorder = LatencyRecorder::default();
     let body = vec![b'e'; config.size];
     let warmup = config.echoes / 10;
-    let mut next = tokio::time::Instant::now();
+    let interval = config.echo_interval;
+    let schedule = Schedule {
+        start: tokio::time::Instant::now() + interval,
+        interval,
+        count: config.echoes.into(),
+        warmup: warmup.into(),
+    };
     for i in 0..config.echoes {
-        next += config.echo_interval;
-        tokio::time::sleep_until(next).await;
-        let started = Instant::now();
+        // Timed from the schedule: an echo held up by the one before it counts the wait.
+        let Some(started) = schedule.due(i.into()).await else { break };
         let posted = poster.post(&room, body.clone());
         let seq = posted.await.map_err(BenchError::request("post"))?;
         loop {
@@ -271,6 +280,7 @@ async fn throughput(nodes: &[&Node], config: &ClusterConfig) -> Result<f64, Benc
 /// One publisher on `publisher_node`, `subscribers` spread over `nodes`.
 async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) -> Result<FanoutRow, BenchError> {
     let channel = format!("ticks-{:08x}", rand::random::<u32>());
+    let base = tokio::time::Instant::now();
     let recorder = Arc::new(Mutex::new(LatencyRecorder::default()));
     let received = Arc::new(AtomicU64::new(0));
     // A second of ticks first warms every path up (and lets interest cross to the other nodes).
@@ -285,12 +295,16 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
         tasks.spawn(async move {
             let mut mine = LatencyRecorder::default();
             while let Some(tick) = subscription.next().await {
-                // The tick's number leads its payload; an empty payload is the end marker.
-                let Some(n) = tick.payload.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else {
-                    break;
-                };
+                // The tick's number leads its payload, then its scheduled time (µs after `base`: the publisher is
+                // in this process); an empty payload is the end marker.
+                let field =
+                    |at: usize| tick.payload.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                let (Some(n), Some(scheduled_us)) = (field(0), field(8)) else { break };
                 if (warmup..warmup + measured).contains(&n) {
-                    mine.record(tick.latency());
+                    // From the schedule, not the publisher's send stamp: a stalled publisher's late ticks count
+                    // their wait (no coordinated omission).
+                    let scheduled = base + Duration::from_micros(scheduled_us);
+                    mine.record(tokio::time::Instant::now().saturating_duration_since(scheduled));
                     received.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -303,12 +317,14 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
     let publisher_client = publisher_node.connect().await?;
     let publisher = publisher_client.publisher(&channel).await.map_err(BenchError::request("publish"))?;
     let interval = Duration::from_secs(1) / config.tick_rate.max(1);
-    let mut payload = vec![b't'; config.size.max(8)];
-    let mut next = tokio::time::Instant::now();
+    let mut payload = vec![b't'; config.size.max(16)];
+    let schedule =
+        Schedule { start: tokio::time::Instant::now() + interval, interval, count: warmup + measured, warmup };
     for n in 0..warmup + measured {
+        let Some(scheduled) = schedule.due(n).await else { break };
+        let scheduled_us = u64::try_from(scheduled.saturating_duration_since(base).as_micros()).unwrap_or(u64::MAX);
         payload[..8].copy_from_slice(&n.to_be_bytes());
-        next += interval;
-        tokio::time::sleep_until(next).await;
+        payload[8..16].copy_from_slice(&scheduled_us.to_be_bytes());
         let _ = publisher.send(payload.clone());
     }
     tokio::time::sleep(Duration::from_millis(200)).await;

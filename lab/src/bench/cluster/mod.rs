@@ -142,15 +142,12 @@ pub async fn run_cluster(config: ClusterConfig, progress: impl Fn(&str)) -> Resu
     progress("room echo across nodes");
     let echo_cross = echo(&cluster[0], &cluster[1], &config).await?;
     progress(&format!("posts/s on one node: {} posters, {} rooms", config.posters, config.rooms));
-    let posts_single_per_s = throughput(&[&single], &config).await?;
+    let (posts_single_per_s, _) = throughput(&[&single], &config, || None).await?;
     progress(&format!("posts/s through Redis: {} posters over 3 nodes, {} rooms", config.posters, config.rooms));
-    let cpu_before = redis.cpu_s();
-    let started = Instant::now();
-    let posts_cluster_per_s = throughput(&cluster.iter().collect::<Vec<_>>(), &config).await?;
-    let redis_cpu_pct = match (cpu_before, redis.cpu_s()) {
-        (Some(before), Some(after)) => 100.0 * (after - before) / started.elapsed().as_secs_f64(),
-        _ => f64::NAN,
-    };
+    // Redis' CPU over the measured window only (not the posters' connects and closes around it).
+    let (posts_cluster_per_s, redis_cpu_s) =
+        throughput(&cluster.iter().collect::<Vec<_>>(), &config, || redis.cpu_s()).await?;
+    let redis_cpu_pct = redis_cpu_s.map_or(f64::NAN, |spent| 100.0 * spent / config.duration.as_secs_f64());
     progress(&format!("tick fan-out on one node: {} subscribers", config.subscribers));
     let fanout_single = fanout(&single, &[&single], &config).await?;
     progress(&format!("tick fan-out over 3 nodes: {} subscribers", config.subscribers));
@@ -237,8 +234,13 @@ async fn echo(from: &Node, to: &Node, config: &ClusterConfig) -> Result<LatencyS
     Ok(recorder.summary())
 }
 
-/// Acknowledged posts per second, `posters` connections spread over `nodes`, each keeping `in_flight` posts.
-async fn throughput(nodes: &[&Node], config: &ClusterConfig) -> Result<f64, BenchError> {
+/// Acknowledged posts per second, `posters` connections spread over `nodes`, each keeping `in_flight` posts; and
+/// how much `cpu` (seconds so far, when it can tell) grew over the measured window.
+async fn throughput(
+    nodes: &[&Node],
+    config: &ClusterConfig,
+    cpu: impl Fn() -> Option<f64>,
+) -> Result<(f64, Option<f64>), BenchError> {
     let mut clients = Vec::new();
     for i in 0..config.posters {
         clients.push(Arc::new(nodes[i as usize % nodes.len()].connect().await?));
@@ -266,15 +268,17 @@ async fn throughput(nodes: &[&Node], config: &ClusterConfig) -> Result<f64, Benc
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_before = cpu();
     counting.store(true, Ordering::Relaxed);
     tokio::time::sleep(config.duration).await;
     counting.store(false, Ordering::Relaxed);
+    let cpu_spent = cpu_before.zip(cpu()).map(|(before, after)| after - before);
     let posts = counted.load(Ordering::Relaxed);
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     let clients = clients.into_iter().filter_map(|client| Arc::try_unwrap(client).ok());
     futures_util::future::join_all(clients.map(quiver_client::Client::close)).await;
-    Ok(posts as f64 / config.duration.as_secs_f64())
+    Ok((posts as f64 / config.duration.as_secs_f64(), cpu_spent))
 }
 
 /// One publisher on `publisher_node`, `subscribers` spread over `nodes`.

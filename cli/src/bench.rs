@@ -234,7 +234,8 @@ pub(crate) struct RttArgs {
     /// Write a percentile plot here (.svg or .png).
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// Transport settings of Quiver's server and clients: quiver, quinn-defaults or tail-probe.
+    /// Transport settings of Quiver's server and clients: quiver, no-probe, no-floor, quinn-defaults or
+    /// tail-probe.
     #[arg(long, default_value = "quiver")]
     tuning: String,
     /// Redundant delivery's datagram copies (server and clients), instead of the tuning's.

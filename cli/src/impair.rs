@@ -140,6 +140,10 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
         }
         return Ok(());
     }
+    // A negative or NaN duration is an error, as for every other command (it meant 0 s here); `inf`: no end.
+    if let Some(secs) = args.duration.filter(|secs| !(secs.is_infinite() && *secs > 0.0)) {
+        crate::seconds("duration", secs)?;
+    }
     let profile = args.profile.profile()?;
     if args.netns {
         return netns(args, profile).await;

@@ -125,9 +125,10 @@ async fn publish(args: PubArgs) -> Result<(), CliError> {
             price += (rand::random::<f64>() - 0.5) * 0.4 + (100.0 - price) * 0.002;
             format!("{price:.2}").into_bytes()
         } else {
+            // The counter's low-order bytes when --size is below 8 (its high-order ones would stay 0).
             let counter = i.to_be_bytes();
             let n = counter.len().min(payload.len());
-            payload[..n].copy_from_slice(&counter[..n]);
+            payload[..n].copy_from_slice(&counter[counter.len() - n..]);
             payload.clone()
         };
         match publisher.send(tick) {
@@ -165,10 +166,12 @@ fn percent(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// A live line: this second's rate, then totals since the start (the loss, staleness and latency figures are the
+/// whole run's, said so, not the second's).
 fn line(stats: &TickStats, rate: f64) -> String {
     let seen = stats.received + stats.lost;
     format!(
-        "{rate:>8.0}/s  received {:>8}  lost {:>5.2}%  stale {:>5.2}%  latency p50 {} µs  p99 {} µs",
+        "{rate:>8.0}/s  since start: received {:>8}  lost {:>5.2}%  stale {:>5.2}%  latency p50 {} µs  p99 {} µs",
         stats.received,
         percent(stats.lost, seen),
         percent(stats.stale_dropped, stats.received + stats.stale_dropped),
@@ -185,7 +188,9 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
         crate::err!("subscribed to {}", args.channel);
     }
     let mut second = tokio::time::interval_at(Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
-    let mut previous = 0;
+    // After a stall, one line late rather than several at once (with "0/s" rates).
+    second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut previous, mut last_line) = (0, Instant::now());
     let mut stop = crate::output::Stop::new();
     loop {
         tokio::select! {
@@ -195,8 +200,10 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
                 }
                 let stats = subscription.stats();
                 if !args.json {
-                    crate::out!("{}", line(&stats, (stats.received - previous) as f64));
+                    let window = last_line.elapsed().as_secs_f64().max(1e-3);
+                    crate::out!("{}", line(&stats, (stats.received - previous) as f64 / window));
                 }
+                last_line = Instant::now();
                 previous = stats.received;
             }
             () = until(end) => break,

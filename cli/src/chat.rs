@@ -30,9 +30,9 @@ pub(crate) struct ChatArgs {
     /// `resumed` (recovered), `state` (connected / reconnecting / closed, with detail).
     #[arg(long)]
     json: bool,
-    /// Seconds to wait for the join, and, once input has ended, for the posts not yet acknowledged (reconnects
-    /// included); 0: no limit. On expiry the command fails naming how many posts were left (they may still have
-    /// been stored).
+    /// Seconds to wait for the join, and for the next acknowledgement of posts once input has ended (or waits
+    /// behind 1,000 unacknowledged posts), reconnects included; 0: no limit. On expiry the command fails naming
+    /// how many posts were left (they may still have been stored).
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     timeout: f64,
 }
@@ -297,9 +297,10 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     let mut printed = 0u64;
     let mut interrupted = false;
     let (mut answered, mut failed) = (0u64, 0u64);
-    // Once input has ended: until when the posts left may take (a server gone for good would otherwise keep the
-    // command reconnecting forever).
-    let mut posts_deadline: Option<tokio::time::Instant> = None;
+    // While posts wait and none is acknowledged (input ended, or stalled behind `OUTSTANDING` of them): until when
+    // (a server gone for good would otherwise keep the command reconnecting forever). Each acknowledgement starts
+    // the wait again.
+    let mut last_ack = tokio::time::Instant::now();
     let mut unacknowledged = 0usize;
     loop {
         tokio::select! {
@@ -315,11 +316,12 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
                 }
                 Some(Ok(None)) | None => {
                     input_open = false;
-                    posts_deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
+                    last_ack = tokio::time::Instant::now();
                 }
                 Some(Err(err)) => return Err(CliError::Stdin(err)),
             },
             Some(done) = posts.join_next(), if !posts.is_empty() => {
+                last_ack = tokio::time::Instant::now();
                 if let Ok((line, result, text)) = done {
                     answered += 1;
                     match &result {
@@ -348,11 +350,12 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
                 break;
             }
             () = async {
-                match posts_deadline {
+                // (A limit too large for a deadline is no limit.)
+                match limit.and_then(|limit| last_ack.checked_add(limit)) {
                     Some(deadline) => tokio::time::sleep_until(deadline).await,
                     None => std::future::pending().await,
                 }
-            } => {
+            }, if !posts.is_empty() && (!input_open || posts.len() >= OUTSTANDING) => {
                 unacknowledged = posts.len();
                 break;
             }

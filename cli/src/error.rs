@@ -83,10 +83,11 @@ pub(crate) enum CliError {
     /// `quiver chat --timeout`: no join in time.
     #[error("not joined within {0:?} (the server does not answer)")]
     JoinTimeout(std::time::Duration),
-    /// `quiver chat --timeout`: posts still unacknowledged that long after the end of input.
+    /// `quiver chat --timeout`: posts waited that long with none acknowledged, once input had ended or stalled
+    /// behind them.
     #[error(
-        "{left} posts not acknowledged within {after:?} of the end of input (the server or its broker is \
-         unreachable); they may have been stored"
+        "{left} posts not acknowledged: none was for {after:?} (the server or its broker is unreachable); they may \
+         have been stored"
     )]
     PostsUnacknowledged { left: usize, after: std::time::Duration },
     /// `quiver chat`: posts refused (each said on stderr, or as a `post_failed` line).

@@ -156,7 +156,7 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
     crate::err!("relaying {} -> {upstream}, {}", relay.local_addr(), config.profile);
     let end = async {
         match args.duration {
-            // Beyond what a duration holds (`inf`): no end.
+            // `inf` (checked at the start: anything else is a valid duration): no end.
             Some(secs) => match Duration::try_from_secs_f64(secs.max(0.0)) {
                 Ok(duration) => tokio::time::sleep(duration).await,
                 Err(_) => std::future::pending().await,
@@ -227,7 +227,7 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
         None => {
             let end = async {
                 match args.duration {
-                    // Beyond what a duration holds (`inf`): no end.
+                    // `inf` (checked at the start: anything else is a valid duration): no end.
                     Some(secs) => match Duration::try_from_secs_f64(secs.max(0.0)) {
                         Ok(duration) => tokio::time::sleep(duration).await,
                         Err(_) => std::future::pending().await,

@@ -109,8 +109,20 @@ pub(crate) async fn run(args: PingArgs) -> Result<(), CliError> {
         in_flight.abort_all();
         crate::err!("* interrupted after {sent} pings");
     } else {
-        while let Some(done) = in_flight.join_next().await {
-            take(done);
+        // The last ones, each within --timeout-ms; Ctrl-C ends the wait too.
+        loop {
+            tokio::select! {
+                done = in_flight.join_next() => match done {
+                    Some(done) => take(done),
+                    None => break,
+                },
+                () = stop.requested() => {
+                    interrupted = true;
+                    in_flight.abort_all();
+                    crate::err!("* interrupted while {} pings were still out", in_flight.len());
+                    break;
+                }
+            }
         }
     }
     if let Some(err) = first_failure {

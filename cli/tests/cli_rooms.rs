@@ -446,15 +446,27 @@ async fn a_chat_whose_posts_fail_and_a_post_with_no_answer_exit_non_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_gives_up_on_posts_and_a_join_nobody_answers_after_its_timeout() {
     let server = TestServer::start(Limits::default());
-    let (mut child, mut lines) = chat_process(&server, &["--name", "ann", "--json", "--timeout", "1"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["chat", "--room", "town", "--name", "ann", "--json", "--timeout", "1", "--server"])
+        .arg(server.addr.to_string())
+        .arg("--data-dir")
+        .arg(server.data_dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(next(&mut lines).await["state"], "connected", "joined");
     server.stop().await;
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"into the void\n").await.unwrap();
     drop(stdin);
     let started = std::time::Instant::now();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("chat gave up").unwrap();
-    assert!(!status.success());
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.expect("gave up").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("1 posts not acknowledged: none was for 1s"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 
     let (dir, endpoint, addr) = quiver_tests::fakes::fake_endpoint();

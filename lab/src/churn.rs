@@ -73,7 +73,7 @@ impl ChurnCounters {
 /// How long past its duration a churn waits for a connection's requests before giving them up.
 const OVERTIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Churns until `options.duration` has passed (and at most [`OVERTIME`] more); `counters` fill as it goes (read them for progress).
+/// Churns until `options.duration` has passed (and at most 10 s more: `OVERTIME`); `counters` fill as it goes (read them for progress).
 pub async fn churn(options: ChurnOptions, counters: Arc<ChurnCounters>) {
     let deadline = Instant::now() + options.duration;
     let body = Bytes::from(vec![b'x'; options.body_bytes]);

@@ -34,7 +34,7 @@ pub(crate) struct ClusterArgs {
     /// Ticks per second of the publisher.
     #[arg(long, default_value_t = 60)]
     rate: u32,
-    /// Body and payload bytes.
+    /// Body and payload bytes (ticks carry at least 16: their number and scheduled time).
     #[arg(long, default_value_t = 64)]
     size: usize,
     /// Write the report as JSON here.

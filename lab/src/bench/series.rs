@@ -57,8 +57,8 @@ impl Schedule {
     /// application's sender (no coordinated omission).
     ///
     /// `None` once the sender is more than [`OVERRUN`] past the schedule's end: the machine cannot carry the rate,
-    /// and the run stops on time (what was not sent is neither sent nor lost) instead of sending the rest back to
-    /// back for as long as that takes.
+    /// and the run stops on time (what was not sent counts as lost, [`Tally::not_sent`]) instead of sending the
+    /// rest back to back for as long as that takes.
     pub(crate) async fn due(&self, i: u64) -> Option<Instant> {
         let scheduled = self.start + self.interval.mul_f64(i as f64);
         let now = Instant::now();
@@ -118,6 +118,14 @@ impl Tally {
             t.latencies.record(now - origin);
             t.received += 1;
         }
+    }
+
+    /// Sender `schedule`'s messages from `from` on were not sent ([`Schedule::due`]: out of time): the measured
+    /// ones among them count as sent and lost (they were due, and nothing arrived), so a run whose sender could not
+    /// keep up shows it rather than a shorter, cleaner tail.
+    pub(crate) fn not_sent(t: &SharedTally, schedule: &Schedule, from: u64) {
+        let missing = schedule.count.saturating_sub(from.max(schedule.warmup));
+        lock(t).measured_sent += missing;
     }
 
     /// The stale ticks `counter` counts from now on are measured ones: read when the result is taken.

@@ -178,17 +178,15 @@ pub async fn run_cluster(config: ClusterConfig, progress: impl Fn(&str)) -> Resu
 async fn redis_rtt(redis: &RedisProcess, pace: Duration) -> Result<LatencySummary, BenchError> {
     let mut conn = redis.connection().await.map_err(redis_error)?;
     let mut recorder = LatencyRecorder::default();
-    // Timed from the schedule, as every paced series (no coordinated omission: a stall counts for every PING it
-    // held up, not once).
-    let schedule = Schedule { start: tokio::time::Instant::now() + pace, interval: pace, count: 1_100, warmup: 100 };
+    // A serial probe (each PING waits for the one before), so timed from its own send: timed from the schedule,
+    // one slow reply would be charged again to every later PING, which a pipelined client would not wait for.
+    let mut next = tokio::time::Instant::now();
     for i in 0..1_100 {
-        let started = match pace.is_zero() {
-            true => tokio::time::Instant::now(),
-            false => match schedule.due(i).await {
-                Some(due) => due,
-                None => break,
-            },
-        };
+        if !pace.is_zero() {
+            next += pace;
+            tokio::time::sleep_until(next).await;
+        }
+        let started = Instant::now();
         redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(redis_error)?;
         if i >= 100 {
             recorder.record(started.elapsed());
@@ -206,16 +204,12 @@ async fn echo(from: &Node, to: &Node, config: &ClusterConfig) -> Result<LatencyS
     let mut recorder = LatencyRecorder::default();
     let body = vec![b'e'; config.size];
     let warmup = config.echoes / 10;
-    let interval = config.echo_interval;
-    let schedule = Schedule {
-        start: tokio::time::Instant::now() + interval,
-        interval,
-        count: config.echoes.into(),
-        warmup: warmup.into(),
-    };
+    // A serial probe (each echo waits for the one before), so timed from its own send, as the PINGs above.
+    let mut next = tokio::time::Instant::now();
     for i in 0..config.echoes {
-        // Timed from the schedule: an echo held up by the one before it counts the wait.
-        let Some(started) = schedule.due(i.into()).await else { break };
+        next += config.echo_interval;
+        tokio::time::sleep_until(next).await;
+        let started = Instant::now();
         let posted = poster.post(&room, body.clone());
         let seq = posted.await.map_err(BenchError::request("post"))?;
         loop {
@@ -324,8 +318,10 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
     let mut payload = vec![b't'; config.size.max(16)];
     let schedule =
         Schedule { start: tokio::time::Instant::now() + interval, interval, count: warmup + measured, warmup };
+    let mut measured_sent = 0;
     for n in 0..warmup + measured {
         let Some(scheduled) = schedule.due(n).await else { break };
+        measured_sent += u64::from(n >= warmup);
         let scheduled_us = u64::try_from(scheduled.saturating_duration_since(base).as_micros()).unwrap_or(u64::MAX);
         payload[..8].copy_from_slice(&n.to_be_bytes());
         payload[8..16].copy_from_slice(&scheduled_us.to_be_bytes());
@@ -342,7 +338,8 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
     while tasks.join_next().await.is_some() {}
     publisher_client.close().await;
     futures_util::future::join_all(subscribers.into_iter().map(quiver_client::Client::close)).await;
-    let expected = measured * u64::from(config.subscribers);
+    // (Ticks the publisher never sent, out of time, are not delivery losses.)
+    let expected = measured_sent * u64::from(config.subscribers);
     let delivered_pct = 100.0 * received.load(Ordering::Relaxed) as f64 / expected.max(1) as f64;
     let latency = recorder.lock().map(|r| r.summary()).unwrap_or_else(|p| p.into_inner().summary());
     Ok(FanoutRow { delivered_pct, latency })

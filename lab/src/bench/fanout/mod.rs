@@ -75,6 +75,9 @@ impl FanoutConfig {
         if self.duration.is_zero() {
             return bad("duration", 0.0, "above 0");
         }
+        if (self.duration.as_secs_f64() * self.rate).round() < 1.0 {
+            return bad("rate", self.rate, "a rate and duration that make at least one measured tick");
+        }
         if self.chat_rate != 0.0 && !crate::bench::series::rate_in_range(self.chat_rate) {
             return bad("chat_rate", self.chat_rate, "0 (none), or from 0.01 to 100000 per second");
         }

@@ -22,21 +22,25 @@ pub(super) struct Lane {
 
 impl Lane {
     /// Waits for message `i`'s turn and records it as sent by `who`; false when the sender is out of time
-    /// ([`Schedule::due`]): nothing more is to be sent.
+    /// ([`Schedule::due`]): nothing more is to be sent, and the rest counts as lost ([`Tally::not_sent`]).
     pub(super) async fn turn(&self, who: u32, i: u64) -> bool {
-        let Some(origin) = self.plan.due(i).await else { return false };
+        let Some(origin) = self.plan.due(i).await else {
+            Tally::not_sent(&self.tally, &self.plan, i);
+            return false;
+        };
         Tally::sent(&self.tally, &self.plan, who, i, origin);
         true
     }
 
-    /// Sends every message of the lane with `send`, which must not wait.
-    pub(super) async fn send_scheduled(&self, who: u32, mut send: impl FnMut(u64)) {
+    /// Sends every message of the lane with `send`, which must not wait; returns how many it sent.
+    pub(super) async fn send_scheduled(&self, who: u32, mut send: impl FnMut(u64)) -> u64 {
         for i in 0..self.plan.count {
             if !self.turn(who, i).await {
-                break;
+                return i;
             }
             send(i);
         }
+        self.plan.count
     }
 }
 

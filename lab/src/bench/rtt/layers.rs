@@ -86,13 +86,15 @@ pub(super) async fn quinn_series(
                     }
                 });
                 let lane = lanes.start_one().await;
+                let mut sent = 0;
                 for i in 0..lane.plan.count {
                     if !lane.turn(who, i).await {
                         break;
                     }
                     send.write_all(&payload(who, i, size)).await?;
+                    sent += 1;
                 }
-                messages = (lane.tally.clone(), lane.plan.count);
+                messages = (lane.tally.clone(), sent);
             } else {
                 let reader = conn.clone();
                 until_stopped(&stop, async move {
@@ -103,11 +105,12 @@ pub(super) async fn quinn_series(
                     }
                 });
                 let lane = lanes.start_one().await;
-                lane.send_scheduled(who, |i| {
-                    let _ = conn.send_datagram(payload(who, i, size).into());
-                })
-                .await;
-                messages = (lane.tally.clone(), lane.plan.count);
+                let sent = lane
+                    .send_scheduled(who, |i| {
+                        let _ = conn.send_datagram(payload(who, i, size).into());
+                    })
+                    .await;
+                messages = (lane.tally.clone(), sent);
             }
             Tally::wire(&messages.0, quinn_bytes(&conn) - before, messages.1);
             // Keep the connection through the drain.
@@ -135,15 +138,16 @@ pub(super) async fn quiver_datagram_series(
             let (publisher, stale) = quiver::own_ticks(&client, &channel, lanes.tally(0), &stop).await?;
             let lane = lanes.start_one().await;
             let before = wire_bytes(&client);
-            lane.send_scheduled(who, |i| {
-                if i == lane.plan.warmup {
-                    Tally::stale_from(&lane.tally, &stale); // read after the drain
-                }
-                quiver::publish(&publisher, payload(who, i, size))
-            })
-            .await;
+            let sent = lane
+                .send_scheduled(who, |i| {
+                    if i == lane.plan.warmup {
+                        Tally::stale_from(&lane.tally, &stale); // read after the drain
+                    }
+                    quiver::publish(&publisher, payload(who, i, size))
+                })
+                .await;
             if let Some(bytes) = wire_since(&client, before) {
-                Tally::wire(&lane.tally, bytes, lane.plan.count);
+                Tally::wire(&lane.tally, bytes, sent);
             }
             close_after(&stop, client);
             Ok(())
@@ -169,9 +173,9 @@ pub(super) async fn quiver_stream_series(
             quiver::own_chat(&client, &room, lanes.tally(0), &stop, redundant).await?;
             let lane = lanes.start_one().await;
             let before = wire_bytes(&client);
-            lane.send_scheduled(who, |i| quiver::post(&client, &room, payload(who, i, size))).await;
+            let sent = lane.send_scheduled(who, |i| quiver::post(&client, &room, payload(who, i, size))).await;
             if let Some(bytes) = wire_since(&client, before) {
-                Tally::wire(&lane.tally, bytes, lane.plan.count);
+                Tally::wire(&lane.tally, bytes, sent);
             }
             close_after(&stop, client);
             Ok(())

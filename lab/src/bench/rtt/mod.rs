@@ -105,6 +105,10 @@ impl RttConfig {
             return Err(BenchError::BadConfig { field: "chat_rate", value: self.chat_rate, expected: RATE_RANGE });
         }
         above_zero("duration", self.duration.as_secs_f64())?;
+        if (self.duration.as_secs_f64() * self.rate).round() < 1.0 {
+            let expected = "a rate and duration that make at least one measured message";
+            return Err(BenchError::BadConfig { field: "rate", value: self.rate, expected });
+        }
         Ok(())
     }
 }

@@ -29,12 +29,23 @@ pub(super) async fn own_ticks(
     let stale = Arc::new(AtomicU64::new(0));
     let seen = stale.clone();
     // Every accepted tick, not only the newest: a tick superseded on arrival still arrived.
+    // The stale count is read on a timer too: a tick dropped as stale wakes no reader (only accepted ones do), so
+    // one after the last accepted tick would otherwise never be counted.
     until_stopped(stop, async move {
-        while let Some(ticks) = subscription.next_batch().await {
-            for tick in ticks {
-                if let Some((w, i)) = parse(&tick.payload) {
-                    Tally::received(&tally, w, i);
-                }
+        let mut refresh = tokio::time::interval(std::time::Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                batch = subscription.next_batch() => match batch {
+                    Some(ticks) => {
+                        for tick in ticks {
+                            if let Some((w, i)) = parse(&tick.payload) {
+                                Tally::received(&tally, w, i);
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                _ = refresh.tick() => {}
             }
             seen.store(subscription.stats().stale_dropped, Ordering::Relaxed);
         }

@@ -205,6 +205,8 @@ async fn setup(chromium: &PathBuf, room_name: &str, query: impl Fn(u16, u16) -> 
     let server = Server::bind(config).unwrap();
     let (udp, page) = (server.local_addr().port(), server.page_addr().unwrap().port());
     let ws = server.websocket_addr().unwrap().port();
+    let printed = server.page_url().unwrap();
+    let key = printed.split_once("#key=").map(|(_, key)| key.to_string()).expect("the printed URL carries the key");
     let stop = CancellationToken::new();
     let task = tokio::spawn(server.run(stop.clone()));
 
@@ -212,8 +214,8 @@ async fn setup(chromium: &PathBuf, room_name: &str, query: impl Fn(u16, u16) -> 
     let native = Client::connect(&format!("127.0.0.1:{udp}"), trust).await.unwrap();
     let room = native.join(room_name).await.unwrap();
     let publisher = native.publisher("browser.ticks").await.unwrap();
-    // The page key (`#key=`), as in the URL the server prints: without it the page gets no dev token.
-    let key = quiver_server::web::page_key(dir.path()).unwrap();
+    // The page key (`#key=`) of the URL the server prints: without it the page gets no dev token.
+
     let url = format!(
         "http://localhost:{page}/?room={room_name}&channel=browser.ticks&name=chromium{}#key={key}",
         query(udp, ws)

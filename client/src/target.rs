@@ -268,7 +268,7 @@ impl Target {
         backoff: &mut crate::state::backoff::Backoff,
     ) -> Result<(Target, Link), ConnectError> {
         loop {
-            let err = match Target::once(server, options, &[]).await {
+            let err = match Target::once(server, options, &[], options.connect_timeout).await {
                 Ok(found) => return Ok(found),
                 Err(err) => err,
             };
@@ -279,13 +279,13 @@ impl Target {
     }
 
     /// One race of the addresses `server` resolves to, except those in `avoid` (servers that took the handshake
-    /// but not the session): a `Resolve` error ("no other address to try") when none is left.
+    /// but not the session), within `timeout`: a `Resolve` error ("no other address to try") when none is left.
     pub(crate) async fn once(
         server: &str,
         options: &ConnectOptions,
         avoid: &[SocketAddr],
+        timeout: Duration,
     ) -> Result<(Target, Link), ConnectError> {
-        let timeout = options.connect_timeout;
         let started = tokio::time::Instant::now();
         match tokio::time::timeout(timeout, Target::resolve_all(server, options)).await {
             Ok(Ok(mut targets)) => {

@@ -32,6 +32,12 @@ const LOOPBACK_RESERVE: usize = 16;
 /// [`REQUEST_TIMEOUT`] after another, and the page (or the admin's `/metrics` and `/readyz`) with them. Loopback
 /// peers are not limited: a local reverse proxy or scraper speaks for many.
 const MAX_PER_PEER: usize = 8;
+/// Refusals (503, 429) answered at once, each on a short task of its own that reads what the peer sent and closes
+/// gracefully (a socket closed with unread bytes resets, and the peer sees "connection reset", not the status);
+/// beyond them, a refused connection gets the status written without waiting and is dropped.
+const MAX_REFUSALS: usize = 64;
+/// Time a refusal's task takes at most.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// Connections in service per peer address, for [`MAX_PER_PEER`].
 #[derive(Debug, Default)]
@@ -91,6 +97,18 @@ pub(crate) async fn serve_http(
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let reserve = Arc::new(tokio::sync::Semaphore::new(LOOPBACK_RESERVE));
     let peers = Arc::new(PeerSlots::default());
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
+    let refuse = |stream: TcpStream, response: Response| match refusals.clone().try_acquire_owned() {
+        Ok(permit) => {
+            tasks.spawn(async move {
+                let _ = tokio::time::timeout(REFUSAL_TIME, refuse_gracefully(stream, response)).await;
+                drop(permit);
+            });
+        }
+        Err(_) => {
+            let _ = stream.try_write(&response.to_bytes());
+        }
+    };
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -111,12 +129,12 @@ pub(crate) async fn serve_http(
         };
         let Ok(permit) = permit else {
             tracing::debug!(%peer, "HTTP connection refused: every connection slot is in service");
-            refuse(&stream, Response::error(503, "too many connections in service; try again"));
+            refuse(stream, Response::error(503, "too many connections in service; try again"));
             continue;
         };
         let Some(peer_slot) = peers.take(peer.ip()) else {
             tracing::debug!(%peer, "HTTP connection refused: {MAX_PER_PEER} from this address in service already");
-            refuse(&stream, Response::error(429, "too many connections from this address in service"));
+            refuse(stream, Response::error(429, "too many connections from this address in service"));
             continue; // the stream and the permit are dropped: closed, and the slot free again
         };
         let respond = respond.clone();
@@ -131,9 +149,24 @@ pub(crate) async fn serve_http(
     tasks.wait().await;
 }
 
-/// Answers `response` without waiting (it fits a fresh socket's send buffer; if not, the peer gets less) and
-/// closes the connection.
-fn refuse(stream: &TcpStream, response: Response) {
+/// Reads the request head the peer sent (what is unread when a socket closes makes it reset), answers `response`
+/// and closes the connection.
+async fn refuse_gracefully(mut stream: TcpStream, response: Response) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() <= MAX_REQUEST_HEAD {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = stream.write_all(&response.to_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Answers `response` without waiting (it fits a fresh socket's send buffer; if not, the peer gets less), for a
+/// connection closed right after.
+fn refuse_now(stream: &TcpStream, response: Response) {
     let _ = stream.try_write(&response.to_bytes());
 }
 
@@ -158,7 +191,7 @@ async fn handle(mut stream: TcpStream, peer: IpAddr, respond: &(impl Fn(&[u8], I
         Ok(Some(complete)) => complete,
         Ok(None) => return,
         Err(_) => {
-            refuse(&stream, Response::error(408, "no complete request head in time"));
+            refuse_now(&stream, Response::error(408, "no complete request head in time"));
             return;
         }
     };
@@ -272,8 +305,10 @@ mod tests {
             let _ = stream.read_to_string(&mut text).await;
             text
         };
-        let extra = TcpStream::connect(addr).await.unwrap();
-        let refused = tokio::time::timeout(Duration::from_secs(1), answer(extra)).await.expect("answered at once");
+        // A refused peer that sent its request reads the status (not a reset from unread bytes).
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        extra.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(2), answer(extra)).await.expect("answered at once");
         assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
         let silent = tokio::time::timeout(HEAD_TIMEOUT + Duration::from_secs(2), answer(held.remove(0))).await;
         let silent = silent.expect("closed within the head timeout");

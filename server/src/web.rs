@@ -73,7 +73,7 @@ pub struct PageInfo {
 pub struct DevTokens {
     /// The data directory with the dev key.
     pub data_dir: std::path::PathBuf,
-    /// The page key ([`page_key`]): in the URL the server prints (`#key=`), never served.
+    /// The page key ([`new_page_key`]): in the URL the server prints (`#key=`), never served.
     pub key: String,
 }
 
@@ -83,16 +83,14 @@ impl std::fmt::Debug for DevTokens {
     }
 }
 
-/// The demo page's key on the dev key of `data_dir`: 128 bits of HMAC-SHA256 over a fixed label, so it stays the
-/// same across restarts on one data directory (a browser that opened the printed URL once keeps working) and is
-/// new with a new dev key. A loopback peer is not enough to get a dev token: a reverse proxy or tunnel on this
-/// machine makes every visitor one (nginx's `proxy_pass http://127.0.0.1:4433` even sends a loopback `Host`), and
-/// so is every other user of a shared machine, for whom the dev key file (mode 0600) is out of reach.
-pub fn page_key(data_dir: &std::path::Path) -> Result<String, crate::auth::AuthError> {
-    let secret = crate::auth::load_or_generate_dev_key(data_dir)?;
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
-    let tag = ring::hmac::sign(&key, b"quiver demo page key v1");
-    Ok(tag.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect())
+/// A new page key: 128 random bits as hex, made when the server starts and held in its memory only, so that
+/// whatever a browser kept of it (its history, a tab's session storage, readable by any page later served on the
+/// same origin: another user's server on the port while this one is stopped) is worth nothing after a restart.
+/// A loopback peer is not enough to get a dev token: a reverse proxy or tunnel on this machine makes every visitor
+/// one (nginx's `proxy_pass http://127.0.0.1:4433` even sends a loopback `Host`), and so is every other user of a
+/// shared machine, for whom the dev key file (mode 0600) is out of reach.
+pub fn new_page_key() -> String {
+    rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `given == expected`, in time that does not depend on where they first differ.
@@ -341,8 +339,10 @@ mod tests {
     #[test]
     fn the_dev_server_hands_the_page_a_token_in_its_name() {
         let dir = tempfile::tempdir().unwrap();
-        let key = page_key(dir.path()).unwrap();
-        assert_eq!((key.len(), page_key(dir.path()).unwrap()), (32, key.clone()), "128 bits, stable");
+        crate::auth::load_or_generate_dev_key(dir.path()).unwrap();
+        let key = new_page_key();
+        assert_eq!(key.len(), 32, "128 bits in hex");
+        assert_ne!(new_page_key(), key, "one per run");
         let info = PageInfo { dev_tokens: Some(DevTokens { data_dir: dir.path().into(), key: key.clone() }), ..info() };
         let head = format!("GET /config.json?name=ann%20b&key={key} HTTP/1.1\r\n\r\n");
         let config = respond(head.as_bytes(), LOCAL, &info);
@@ -361,7 +361,6 @@ mod tests {
         let wrong = respond(wrong.as_bytes(), LOCAL, &info);
         assert_eq!(wrong.status, 403);
         assert!(String::from_utf8_lossy(&wrong.body).contains("URL quiver-server printed"));
-        assert_ne!(page_key(tempfile::tempdir().unwrap().path()).unwrap(), key, "another dev key, another page key");
         for peer in ["192.0.2.7", "::ffff:10.0.0.1", "2001:db8::1"] {
             let refused = respond(b"GET /config.json?name=alice HTTP/1.1\r\n\r\n", peer.parse().unwrap(), &info);
             assert_eq!(refused.status, 403, "{peer}");

@@ -8,7 +8,7 @@
 // once it has joined the room and subscribed to the channel.
 
 import { QuiverClient, QuiverError, errorCodeName } from './quiver/index.js';
-import { configUrl, devTokenMayGo, pageKey } from './dev-token.js';
+import { configUrl, devTokenMayGo, keyFromHash, pageKey, settlePageKey } from './dev-token.js';
 
 /** Seconds of ticks the plot shows. */
 const PLOT_SECONDS = 5;
@@ -52,14 +52,19 @@ function report(error) {
   $('#errors').hidden = false;
 }
 
-/** The origin's localStorage, or null where reading it throws (a sandboxed frame). */
+/** The tab's sessionStorage, or null where reading it throws (a sandboxed frame). */
 function pageStorage() {
   try {
-    return window.localStorage;
+    return window.sessionStorage;
   } catch {
     return null;
   }
 }
+
+/** The page key of the URL quiver-server printed, taken out of the address bar at once (it would stay in the
+ *  browser's history and in a copied link otherwise). */
+const keyInUrl = keyFromHash(location.hash);
+if (keyInUrl) history.replaceState(null, '', location.pathname + location.search);
 
 /** Why the dev server gave no token, told once. */
 let tokenHintShown = false;
@@ -76,12 +81,15 @@ async function freshToken() {
   if (params.get('token')) return params.get('token');
   if (!devTokenMayGo(params)) return null;
   try {
-    const response = await fetch(configUrl(params, pageKey(location.hash, pageStorage())), { cache: 'no-store' });
+    const key = pageKey(keyInUrl, pageStorage());
+    const response = await fetch(configUrl(params, key), { cache: 'no-store' });
     if (!response.ok) {
+      if (key) settlePageKey(pageStorage(), key, false);
       if (response.status === 403) tokenHint(`no dev token: ${(await response.text()).trim()}`);
       return null;
     }
     const config = await response.json();
+    if (key) settlePageKey(pageStorage(), key, Boolean(config.token));
     if (config.devTokens && !config.token) {
       tokenHint('no dev token: open the page with the URL quiver-server printed at start (it ends in #key=…)');
     }

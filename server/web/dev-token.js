@@ -25,19 +25,34 @@ export function devTokenMayGo(params) {
   });
 }
 
-/** Where the dev server's page key is remembered for the page's origin. */
+/** Where a tab remembers the dev server's page key (session storage: this tab, this run of the page). */
 export const PAGE_KEY = 'quiver-page-key';
 
-/** The dev server's page key: `#key=` of `hash` (the URL quiver-server printed at start), remembered in `storage`
- *  (the origin's localStorage) so that the page opened again without it still gets dev tokens; else the remembered
- *  one, else null. A storage that throws (private mode, a sandbox) or is null only loses the memory. */
-export function pageKey(hash, storage) {
-  const fromUrl = new URLSearchParams(hash.replace(/^#/, '')).get('key');
+/** The page key in a URL fragment (`#key=…`, the URL quiver-server printed at start), or null. */
+export function keyFromHash(hash) {
+  return new URLSearchParams(hash.replace(/^#/, '')).get('key') || null;
+}
+
+/** The page key to ask with: the URL's, else the one this tab remembered (`storage`, the tab's sessionStorage;
+ *  null, or one that throws, remembers nothing). */
+export function pageKey(fromUrl, storage) {
+  if (fromUrl) return fromUrl;
   try {
-    if (fromUrl) storage.setItem(PAGE_KEY, fromUrl);
-    return fromUrl ?? storage.getItem(PAGE_KEY);
+    return storage.getItem(PAGE_KEY);
   } catch {
-    return fromUrl;
+    return null;
+  }
+}
+
+/** After config.json answered with `key`: remember it if it got a token (a reload of the tab still works), forget
+ *  it if it was refused (the server restarted: a new run has a new key). A key only a link set, never confirmed,
+ *  is not kept. */
+export function settlePageKey(storage, key, gotToken) {
+  try {
+    if (gotToken) storage.setItem(PAGE_KEY, key);
+    else storage.removeItem(PAGE_KEY);
+  } catch {
+    // storage unavailable: only the memory is lost
   }
 }
 

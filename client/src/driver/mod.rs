@@ -148,7 +148,11 @@ impl Driver {
     pub(crate) async fn connect(server: &str, options: ConnectOptions) -> Result<Arc<Driver>, ConnectError> {
         let options = options.with_dev_tokens();
         let timeout = options.connect_timeout;
-        let deadline = options.first_connect_retry.map(|retry| tokio::time::Instant::now() + retry);
+        let started = tokio::time::Instant::now();
+        let deadline = options.first_connect_retry.map(|retry| started + retry);
+        // What a connect may take in all, failing over included: the handshake and the session's opening, a
+        // `connect_timeout` each, or until `first_connect_retry`'s deadline.
+        let budget = deadline.map_or(started + 2 * timeout, |deadline| deadline.max(started + 2 * timeout));
         let mut backoff = Backoff::new(options.reconnect_delay, options.reconnect_max_delay);
         let (target, mut link) = Target::first(server, &options, deadline, &mut backoff).await?;
         let (posts, queued) = mpsc::unbounded_channel();
@@ -193,22 +197,25 @@ impl Driver {
         // to Hello in time) is not the end while another address is left: a cluster's other nodes are tried, each
         // once, then (with `first_connect_retry`) all of them again after the backoff's pause.
         let mut refused = Vec::new();
+        let left = || budget.saturating_duration_since(tokio::time::Instant::now()).min(timeout);
         let connection = loop {
-            let opened = tokio::time::timeout(timeout, driver.open(link.clone())).await;
+            let opened = tokio::time::timeout(left(), driver.open(link.clone())).await;
             let err = match opened {
                 Ok(Ok(connection)) => break connection,
                 Ok(Err(err)) => err,
                 Err(_) => ConnectError::Timeout(timeout),
             };
             link.close(ErrorCode::NoError, "session not opened; trying another server");
-            if err.is_fatal() {
+            if err.is_fatal() || left().is_zero() {
                 return Err(err);
             }
             let addr = driver.target().addr;
             tracing::info!(%addr, %err, "the server took the handshake but not the session");
             refused.push(addr);
-            let next = match Target::once(server, &driver.options, &refused).await {
+            let next = match Target::once(server, &driver.options, &refused, left()).await {
                 Ok(found) => Ok(found),
+                // (Another node's certificate not the pinned one: said, not hidden behind this refusal.)
+                Err(other) if other.is_fatal() => return Err(other),
                 Err(_) if Target::pause(&err, deadline, &mut backoff).await => {
                     refused.clear();
                     Target::first(server, &driver.options, deadline, &mut backoff).await
@@ -237,11 +244,14 @@ impl Driver {
     }
 
     async fn open(&self, link: Link) -> Result<Arc<Live>, ConnectError> {
-        if link.kind() == TransportKind::WebSocket && self.options.transport == crate::Transport::Auto {
-            // Remembered for the client's life: its reconnects go straight to the WebSocket.
+        let websocket = link.kind() == TransportKind::WebSocket;
+        let opened = Connection::open(link, &self.options, self.me.clone(), &self.tasks).await?;
+        if websocket && self.options.transport == crate::Transport::Auto {
+            // Remembered for the client's life (once a session opened over it): its reconnects go straight to the
+            // WebSocket.
             self.websocket_first.store(true, Ordering::Relaxed);
         }
-        Connection::open(link, &self.options, self.me.clone(), &self.tasks).await
+        Ok(opened)
     }
 
     /// Where the current (or last) connection goes.

@@ -46,14 +46,17 @@ impl BrokerSettings {
     /// `url` with its credentials replaced by `<redacted>`: the user information before `@`, and the `pass` and
     /// `password` query parameters (how a `redis+unix://` URL carries them).
     pub fn redact(url: &str) -> String {
-        let (base, query) = match url.split_once('?') {
+        // The user information first, up to the last `@` of the whole URL (a password may hold a `?` or `/` the
+        // parser would trip on; an `@` in the query only makes more hidden).
+        let (mut out, rest) = match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => (format!("{}<redacted>", &url[..scheme + 3]), &url[at..]),
+            _ => (String::new(), url),
+        };
+        let (base, query) = match rest.split_once('?') {
             Some((base, query)) => (base, Some(query)),
-            None => (url, None),
+            None => (rest, None),
         };
-        let mut out = match (base.find("://"), base.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => format!("{}<redacted>{}", &base[..scheme + 3], &base[at..]),
-            _ => base.to_string(),
-        };
+        out.push_str(base);
         if let Some(query) = query {
             let pairs: Vec<String> = query
                 .split('&')
@@ -121,6 +124,7 @@ mod tests {
             "redis+unix:///run/redis.sock?db=1&pass=<redacted>&PASSWORD=<redacted>"
         );
         assert_eq!(BrokerSettings::redact("redis://h:6379/0?protocol=resp3"), "redis://h:6379/0?protocol=resp3");
+        assert_eq!(BrokerSettings::redact("redis://:p?w@host:6379"), "redis://<redacted>@host:6379");
         assert_eq!(BrokerSettings::redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         let with = |url: &str| BrokerSettings { url: url.into(), ..BrokerSettings::default() };
         assert!(with("").check().is_ok());

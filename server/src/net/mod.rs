@@ -102,6 +102,8 @@ pub struct Server<R = LocalRooms> {
     /// The demo page's listener, when `config.web.http` asks for one (and it is not the WebSocket listener's).
     page: Option<std::net::TcpListener>,
     page_addr: Option<SocketAddr>,
+    /// The demo page's key for dev tokens (`#key=` of [`Server::page_url`]): random, this run's only.
+    page_key: String,
     /// The WebSocket fallback's listener (which serves the demo page too when it is on the same address).
     websocket: Option<std::net::TcpListener>,
     websocket_addr: Option<SocketAddr>,
@@ -220,6 +222,7 @@ impl<R: RoomHub> Server<R> {
             local_addr,
             page,
             page_addr,
+            page_key: crate::web::new_page_key(),
             websocket,
             websocket_addr,
             page_on_websocket,
@@ -427,30 +430,24 @@ impl<R> Server<R> {
         }
     }
 
-    /// The demo page's dev tokens, with the dev key (none otherwise, or when the page key cannot be made).
+    /// The demo page's dev tokens: with the dev key only.
     fn dev_tokens(&self) -> Option<crate::web::DevTokens> {
-        if !matches!(self.config.auth, crate::auth::AuthConfig::DevKey) {
-            return None;
-        }
-        match crate::web::page_key(&self.config.data_dir) {
-            Ok(key) => Some(crate::web::DevTokens { data_dir: self.config.data_dir.clone(), key }),
-            Err(err) => {
-                tracing::warn!(%err, "page: no page key, so no dev tokens for the demo page");
-                None
-            }
-        }
+        matches!(self.config.auth, crate::auth::AuthConfig::DevKey)
+            .then(|| crate::web::DevTokens { data_dir: self.config.data_dir.clone(), key: self.page_key.clone() })
     }
 
-    /// The demo page's URL, if it is served: with the dev key, carrying the page key (`#key=`) without which the
-    /// page gets no dev token.
+    /// The demo page's URL, if it is served: with the dev key, and where it is reached from this machine, carrying
+    /// the page key (`#key=`) without which the page gets no dev token. (On another address every peer gets 403
+    /// anyway: the key is not printed where it can only be shared.)
     pub fn page_url(&self) -> Option<String> {
         let page = self.page_addr?;
+        let local = page.ip().is_unspecified() || page.ip().is_loopback();
         let host = match page.ip() {
-            ip if ip.is_unspecified() || ip.is_loopback() => "localhost".to_string(),
+            _ if local => "localhost".to_string(),
             std::net::IpAddr::V6(v6) => format!("[{v6}]"),
             ip => ip.to_string(),
         };
-        let key = self.dev_tokens().map(|dev| format!("#key={}", dev.key)).unwrap_or_default();
+        let key = self.dev_tokens().filter(|_| local).map(|dev| format!("#key={}", dev.key)).unwrap_or_default();
         Some(format!("http://{host}:{}/{key}", page.port()))
     }
 }

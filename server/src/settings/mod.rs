@@ -314,7 +314,11 @@ impl Settings {
             };
             let key = match &err {
                 // (`max_name` counts too: a room event carries the sender's and the room's names.)
-                E::FrameTooSmall { .. } if l.max_name != d.max_name && l.max_frame == d.max_frame => "max_name",
+                E::FrameTooSmall { .. }
+                    if l.max_name != d.max_name && l.max_frame == d.max_frame && l.max_body == d.max_body =>
+                {
+                    "max_name"
+                }
                 E::FrameTooSmall { .. } => {
                     pick("max_body", l.max_body != d.max_body, "max_frame", l.max_frame != d.max_frame)
                 }

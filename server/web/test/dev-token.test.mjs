@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { PAGE_KEY, configUrl, devTokenMayGo, isLoopbackHost, pageKey } from '../dev-token.js';
+import { configUrl, devTokenMayGo, isLoopbackHost, keyFromHash, pageKey, settlePageKey } from '../dev-token.js';
 
 const query = (text) => new URLSearchParams(text);
 
@@ -32,31 +32,36 @@ test('loopback hosts: localhost, 127.0.0.0/8 and [::1] only', () => {
   }
 });
 
-/** A localStorage stand-in. */
+/** A sessionStorage stand-in. */
 function storage(fails = false) {
   const items = new Map();
+  const guard = () => {
+    if (fails) throw new Error('denied');
+  };
   return {
     items,
-    getItem: (key) => {
-      if (fails) throw new Error('denied');
-      return items.get(key) ?? null;
-    },
-    setItem: (key, value) => {
-      if (fails) throw new Error('denied');
-      items.set(key, value);
-    },
+    getItem: (key) => (guard(), items.get(key) ?? null),
+    setItem: (key, value) => (guard(), items.set(key, value)),
+    removeItem: (key) => (guard(), items.delete(key)),
   };
 }
 
-test('the page key comes from the printed URL\'s #key= and is remembered for the origin', () => {
+test('the page key comes from the printed URL\'s #key=, and a tab keeps it only once it got a token', () => {
+  assert.equal(keyFromHash('#key=abc123'), 'abc123');
+  assert.equal(keyFromHash(''), null);
+  assert.equal(keyFromHash('#key='), null);
   const stored = storage();
-  assert.equal(pageKey('', stored), null, 'none yet');
-  assert.equal(pageKey('#key=abc123', stored), 'abc123');
-  assert.equal(stored.items.get(PAGE_KEY), 'abc123');
-  assert.equal(pageKey('', stored), 'abc123', 'opened again without it');
-  assert.equal(pageKey('#key=def456', stored), 'def456', 'a new key replaces the old');
-  assert.equal(pageKey('#key=xyz', storage(true)), 'xyz', 'storage that throws only loses the memory');
-  assert.equal(pageKey('', storage(true)), null);
+  assert.equal(pageKey(null, stored), null, 'none yet');
+  assert.equal(pageKey('abc123', stored), 'abc123', 'the URL\'s');
+  assert.equal(stored.items.size, 0, 'not kept before the server confirmed it (a link may have set it)');
+  settlePageKey(stored, 'abc123', true);
+  assert.equal(pageKey(null, stored), 'abc123', 'the tab reloaded without it');
+  settlePageKey(stored, 'abc123', false);
+  assert.equal(pageKey(null, stored), null, 'refused (a new run of the server): forgotten');
+  assert.equal(pageKey(null, storage(true)), null, 'storage that throws remembers nothing');
+  assert.equal(pageKey(null, null), null);
+  settlePageKey(storage(true), 'k', true); // does not throw
+  settlePageKey(null, 'k', true);
 });
 
 test('config.json is asked with the name and the page key', () => {

@@ -80,21 +80,40 @@ impl TrustArgs {
         }
     }
 
-    /// The token, or a dev-token provider when the data directory holds the server's dev key and every address
-    /// in `servers` (`host:port`, comma-separated) is this machine's (whatever the trust): a token signed with the
-    /// local dev key has every right on the local dev server, so it is never sent to another machine, which could
-    /// use it there. Elsewhere, pass --token.
+    /// The token, or a dev-token provider when the data directory holds the server's dev key, every address in
+    /// `servers` (`host:port`, comma-separated) is this machine's, and the trust is that data directory's dev
+    /// certificate (no --ca; no --cert-hash, or the dev certificate's): a token signed with the local dev key has
+    /// every right on the local dev server, so it is never sent to another machine, which could use it there,
+    /// nor to a loopback port that leads elsewhere (`ssh -L`, `kubectl port-forward`: a server with another
+    /// certificate). Elsewhere, pass --token.
     pub(crate) fn token_provider(&self, name: Option<&str>, servers: &str) -> Option<quiver_client::TokenProvider> {
         match &self.token {
             Some(token) => {
                 let token = token.clone();
                 Some(quiver_client::TokenProvider::new(move || Ok(token.clone())))
             }
-            None if quiver_auth::dev_key_exists(&self.data_dir) && on_this_machine(servers) => {
+            None if quiver_auth::dev_key_exists(&self.data_dir)
+                && on_this_machine(servers)
+                && self.trusts_the_dev_certificate() =>
+            {
                 let sub = name.map_or_else(|| format!("dev-{:08x}", rand::random::<u32>()), str::to_string);
                 Some(quiver_client::TokenProvider::dev(self.data_dir.clone(), sub))
             }
             None => None,
+        }
+    }
+}
+
+impl TrustArgs {
+    /// True when the server is trusted as the data directory's dev server: by its dev certificate (no --ca, and
+    /// no --cert-hash or that certificate's hash).
+    fn trusts_the_dev_certificate(&self) -> bool {
+        match (&self.cert_hash, &self.ca) {
+            (None, None) => true,
+            (Some(pin), None) => {
+                quiver_certs::dev::read(&self.data_dir).is_ok_and(|cert| quiver_certs::sha256(&cert) == *pin)
+            }
+            (_, Some(_)) => false,
         }
     }
 }
@@ -228,7 +247,7 @@ mod tests {
     use super::*;
 
     /// A token signed with the local dev key has every right on the local dev server: it goes only to this
-    /// machine's addresses, whatever the trust (a pinned or CA-checked remote server gets none).
+    /// machine's addresses (a pinned or CA-checked remote server gets none).
     #[test]
     fn a_dev_token_is_minted_only_for_this_machines_addresses() {
         let dir = tempfile::tempdir().unwrap();
@@ -251,5 +270,20 @@ mod tests {
         }
         let given = TrustArgs { token: Some("t".into()), ..trust };
         assert!(given.token_provider(None, "192.0.2.1:4433").is_some(), "a token given is sent where it is told");
+    }
+
+    /// A loopback port that leads elsewhere (`ssh -L 4433:prod:4433`, trusted with prod's pin or a CA) gets no dev
+    /// token: only a server trusted as the data directory's dev server does.
+    #[test]
+    fn a_dev_token_goes_only_to_the_dev_certificates_server() {
+        let dir = tempfile::tempdir().unwrap();
+        quiver_auth::load_or_generate_dev_key(dir.path()).unwrap();
+        let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
+        let trust = |cert_hash, ca| TrustArgs { cert_hash, ca, data_dir: dir.path().to_owned(), token: None };
+        let local = "127.0.0.1:4433";
+        assert!(trust(Some(cert.fingerprint()), None).token_provider(None, local).is_some(), "the dev cert's pin");
+        let other = quiver_certs::sha256(b"prod");
+        assert!(trust(Some(other), None).token_provider(None, local).is_none(), "another server's pin");
+        assert!(trust(None, Some("ca.pem".into())).token_provider(None, local).is_none(), "a CA");
     }
 }

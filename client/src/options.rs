@@ -8,8 +8,9 @@ use quiver_transport::TransportTuning;
 
 use crate::{error::TokenError, TrustOptions};
 
-/// How a client connects and reconnects.
-#[derive(Debug, Clone)]
+/// How a client connects and reconnects. (Its `Debug` hides the token: an application that logs its client's
+/// options must not log a bearer token.)
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// Which certificate to accept.
     pub trust: TrustOptions,
@@ -186,6 +187,30 @@ impl TokenProvider {
     }
 }
 
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("trust", &self.trust)
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_provider", &self.token_provider)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect", &self.reconnect)
+            .field("reconnect_delay", &self.reconnect_delay)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("protocol_version", &self.protocol_version)
+            .field("tuning", &self.tuning)
+            .field("qlog_dir", &self.qlog_dir)
+            .field("first_connect_retry", &self.first_connect_retry)
+            .field("dead_server_after", &self.dead_server_after)
+            .field("max_queued_posts", &self.max_queued_posts)
+            .field("transport", &self.transport)
+            .field("fallback_after", &self.fallback_after)
+            .field("websocket_port", &self.websocket_port)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for TokenProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TokenProvider(..)")
@@ -203,4 +228,19 @@ pub struct JoinOptions {
     /// the bytes; docs/transport.md, "Redundant delivery"). Granted where the server's `transport.copies` is above
     /// 0; the events are the same, each once and in order, either way.
     pub redundant: bool,
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    /// An application that logs its options (or its `Client`) logs no bearer token.
+    #[test]
+    fn debug_hides_the_token() {
+        let options = ConnectOptions { token: Some("eyJ.secret.sig".into()), ..ConnectOptions::default() };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("secret") && shown.contains("<redacted>") && shown.contains("connect_timeout"));
+        let hello = quiver_proto::Hello { version: 1, agent: "a".into(), name: None, token: options.token.clone() };
+        assert!(!format!("{hello:?}").contains("secret"));
+    }
 }

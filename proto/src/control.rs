@@ -67,8 +67,8 @@ pub enum RequestBody {
     },
 }
 
-/// Opens a session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Opens a session. (Its `Debug` hides the token.)
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Hello {
     /// The protocol version the client speaks ([`crate::PROTOCOL_VERSION`]).
@@ -79,6 +79,17 @@ pub struct Hello {
     pub name: Option<String>,
     /// Access token, where the server requires one.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("version", &self.version)
+            .field("agent", &self.agent)
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Join a room, optionally resuming after a known position.

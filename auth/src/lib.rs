@@ -151,10 +151,17 @@ pub enum SubjectError {
     /// `sub` has control characters.
     #[error("the subject has control characters")]
     Control,
+    /// `sub` has characters that show nothing (zero-width, direction marks, line separators): `alice` followed by
+    /// a zero-width space reads as `alice` in every member list.
+    #[error("the subject has invisible characters (zero-width, direction marks or separators)")]
+    Invisible,
+    /// `sub` begins or ends with whitespace (`alice ` reads as `alice`).
+    #[error("the subject begins or ends with whitespace")]
+    Whitespace,
 }
 
-/// Whether `sub` can be an identity: 1 to [`Limits::MAX_IDENTITY`] bytes without control characters. Servers refuse
-/// other tokens (`TokenMalformed`) and nothing here mints them.
+/// Whether `sub` can be an identity: 1 to [`Limits::MAX_IDENTITY`] bytes without control or invisible characters,
+/// and without whitespace at either end. Servers refuse other tokens (`TokenMalformed`) and nothing here mints them.
 pub fn check_subject(sub: &str) -> Result<(), SubjectError> {
     if sub.is_empty() {
         Err(SubjectError::Empty)
@@ -162,9 +169,41 @@ pub fn check_subject(sub: &str) -> Result<(), SubjectError> {
         Err(SubjectError::TooLong { len: sub.len(), max: Limits::MAX_IDENTITY })
     } else if sub.chars().any(char::is_control) {
         Err(SubjectError::Control)
+    } else if sub.chars().any(invisible) {
+        Err(SubjectError::Invisible)
+    } else if sub.starts_with(char::is_whitespace) || sub.ends_with(char::is_whitespace) {
+        Err(SubjectError::Whitespace)
     } else {
         Ok(())
     }
+}
+
+/// Unicode's format characters (category Cf) and the line and paragraph separators (Zl, Zp): they show nothing.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 /// Whether `name` matches `pattern` (dot-separated segments; `*` one segment; a final `**` one or more).

@@ -170,6 +170,16 @@ fn subjects_are_limited_to_max_identity_bytes() {
     assert!(failure.message.contains("at most 128 bytes"), "{failure:?}");
     assert_eq!(check_subject(""), Err(SubjectError::Empty));
     assert_eq!(check_subject("a\nb"), Err(SubjectError::Control));
+    // Names that read as another: invisible characters, whitespace at an end.
+    for spoof in ["alice\u{200B}", "al\u{202E}ice", "\u{FEFF}alice", "alice\u{2028}", "ali\u{00AD}ce", "a\u{E0041}"] {
+        assert_eq!(check_subject(spoof), Err(SubjectError::Invisible), "{spoof:?}");
+    }
+    for spoof in ["alice ", " alice", "\u{3000}alice", "   "] {
+        assert_eq!(check_subject(spoof), Err(SubjectError::Whitespace), "{spoof:?}");
+    }
+    for fine in ["alice", "ann b", "Zoë", "李明", "user@example.com", "a-b_c.d"] {
+        assert_eq!(check_subject(fine), Ok(()), "{fine:?}");
+    }
 }
 
 #[test]

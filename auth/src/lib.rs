@@ -313,13 +313,27 @@ impl Auth {
             validation.validate_exp = false;
             validation.validate_nbf = false;
             validation.required_spec_claims = ["sub", "exp"].iter().map(|s| s.to_string()).collect();
-            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-                Ok(data) => return check_claims(data.claims, now_s).map(Some),
+            match jsonwebtoken::decode::<Received>(token, key, &validation) {
+                // jsonwebtoken refuses an `aud` it can read; one of another shape (a number, a list with one) it
+                // lets through: refused here the same way.
+                Ok(data) if data.claims.aud.as_ref().is_some_and(|aud| !aud.is_null()) => {
+                    return Err(token_failure(&ErrorKind::InvalidAudience))
+                }
+                Ok(data) => return check_claims(data.claims.claims, now_s).map(Some),
                 Err(err) => last = token_failure(err.kind()),
             }
         }
         Err(last)
     }
+}
+
+/// A token's claims as received: [`Claims`] and any `aud`, whatever its shape.
+#[derive(Deserialize)]
+struct Received {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
 }
 
 /// The algorithm a token's header names. A token that is not three dot-separated parts, or whose header is not

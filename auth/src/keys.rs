@@ -55,6 +55,7 @@ pub fn dev_key_exists(data_dir: &Path) -> bool {
 pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<Vec<u8>, AuthError> {
     let path = data_dir.join(DEV_KEY_FILE);
     if path.is_file() {
+        keep_private(&path);
         return read_hs256_key(&path);
     }
     std::fs::create_dir_all(data_dir).map_err(|source| AuthError::Io { path: data_dir.into(), source })?;
@@ -71,6 +72,32 @@ pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<Vec<u8>, AuthError> {
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => read_hs256_key(&path),
         Err(source) => Err(AuthError::Io { path, source }),
     }
+}
+
+/// A key file others may read (copied, restored from a backup, written by hand) lets any user of the machine mint
+/// tokens with every right: it is made readable by its owner only again, with a warning (or the warning that it
+/// could not be).
+fn keep_private(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(mode) = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777) else { return };
+        if mode & 0o077 == 0 {
+            return;
+        }
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {
+                tracing::warn!(path = %path.display(), "the dev key was readable by others (mode {mode:o}): now 0600")
+            }
+            Err(err) => tracing::warn!(
+                path = %path.display(),
+                %err,
+                "the dev key is readable by others (mode {mode:o}) and cannot be made 0600: any user here can mint tokens"
+            ),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -122,6 +149,15 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert_eq!(read_hs256_key(&dir.path().join(DEV_KEY_FILE)).unwrap(), first);
+        #[cfg(unix)]
+        {
+            // One others may read (restored from a backup, say) is made private again when it is loaded.
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.path().join(DEV_KEY_FILE);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert_eq!(load_or_generate_dev_key(dir.path()).unwrap(), first);
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod post_copies;
 pub mod rate;
 pub mod session;
 pub mod settings;
+pub mod signals;
 pub mod stats;
 pub mod store;
 pub mod throttle;

@@ -8,10 +8,10 @@ use quiver_server::{
     auth::AuthConfig,
     cluster::{Broker, BrokerSettings, ClusterTicks, RedisRooms},
     hub::RoomHub,
-    net::Reloader,
     settings::{self, DiskDurability, Layers, LogFormat, LogSettings, Override, Settings, StoreKind},
+    signals::Signals,
     store::Durability,
-    token::{Signer, TokenRequest},
+    token::{Signer, TokenCommandError, TokenRequest},
     Server,
 };
 use tokio_util::sync::CancellationToken;
@@ -220,7 +220,10 @@ impl TokenArgs {
     /// What to mint: signed with the key given, else with what the server's configuration (`settings`) verifies
     /// tokens with: its HS256 secret or first HS256 key file, else the dev key in its data directory. A token no
     /// such server would accept is refused here, not printed.
-    fn request(self, settings: impl FnOnce() -> Result<Settings, String>) -> Result<TokenRequest, String> {
+    fn request(
+        self,
+        settings: impl FnOnce() -> Result<Settings, TokenCommandError>,
+    ) -> Result<TokenRequest, TokenCommandError> {
         let explicit = match (self.hs256_key.clone(), self.ed25519_private_key.clone(), self.data_dir.clone()) {
             (Some(path), _, _) => Some(Signer::Hs256Key(path)),
             (None, Some(path), _) => Some(Signer::Ed25519PrivateKey(path)),
@@ -231,7 +234,10 @@ impl TokenArgs {
         // mints with a key file of their own).
         let signer = match explicit {
             Some(signer) => signer,
-            None => self.configured_signer(&settings()?)?,
+            None => {
+                let settings = settings()?;
+                quiver_server::token::configured_signer(&settings.auth, &settings.data_dir, self.init_key)?
+            }
         };
         Ok(TokenRequest {
             sub: self.sub,
@@ -242,38 +248,6 @@ impl TokenArgs {
             ttl: self.ttl,
             signer,
         })
-    }
-
-    /// What the server configured by `settings` verifies tokens with.
-    fn configured_signer(&self, settings: &Settings) -> Result<Signer, String> {
-        let auth = &settings.auth;
-        if auth.anonymous {
-            return Err("the server's configuration admits anyone without a token (auth.anonymous); tokens are \
-                        neither needed nor checked"
-                .into());
-        }
-        let configured = !auth.hs256_secret.is_empty()
-            || !auth.hs256_key_files.is_empty()
-            || !auth.ed25519_public_key_files.is_empty();
-        if configured && self.init_key {
-            return Err("--init-key: the server's configuration names its token keys (auth.*), so it would not \
-                        accept the dev key"
-                .into());
-        }
-        if let Some(secret) = quiver_auth::parse_hs256_secret(&auth.hs256_secret) {
-            return Ok(Signer::Hs256Secret(secret));
-        }
-        if let Some(path) = auth.hs256_key_files.first() {
-            return Ok(Signer::Hs256Key(path.clone()));
-        }
-        if !auth.ed25519_public_key_files.is_empty() {
-            return Err(
-                "the server's configuration verifies EdDSA tokens against public keys \
-                        (auth.ed25519_public_key_files): sign with --ed25519-private-key FILE, the private half of one"
-                    .into(),
-            );
-        }
-        Ok(Signer::DevKey { data_dir: settings.data_dir.clone(), create: self.init_key })
     }
 }
 
@@ -351,7 +325,9 @@ fn mint(token: &TokenArgs, args: &Args) -> ExitCode {
     let settings = || {
         let file = args.config.clone().or_else(|| std::env::var_os("QUIVER_CONFIG").map(PathBuf::from));
         let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        settings::load(file.as_deref(), env, args.overrides()).map(|(settings, _)| settings).map_err(|e| e.to_string())
+        settings::load(file.as_deref(), env, args.overrides())
+            .map(|(settings, _)| settings)
+            .map_err(|e| Box::new(e).into())
     };
     let request = match token.clone().request(settings) {
         Ok(request) => request,
@@ -471,104 +447,4 @@ async fn run<R: RoomHub>(
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
-}
-
-/// SIGTERM and SIGINT (drain, then exit; a second one exits at once) and SIGHUP (reload), registered up front.
-struct Signals {
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    hangup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    #[cfg(unix)]
-    fn install() -> std::io::Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-            hangup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    #[cfg(not(unix))]
-    fn install() -> std::io::Result<Signals> {
-        Ok(Signals {})
-    }
-
-    /// The first SIGTERM/SIGINT cancels `shutdown` (the server drains, at once or as soon as it runs); the second
-    /// exits at once. SIGHUP reloads the certificate and the token keys from the files `settings` names, once the
-    /// server (its `reloader`) is there: one that came before is acted on then.
-    #[cfg(unix)]
-    async fn handle(
-        mut self,
-        shutdown: CancellationToken,
-        mut reloader: tokio::sync::oneshot::Receiver<Reloader>,
-        settings: Settings,
-    ) {
-        let mut ready: Option<Reloader> = None;
-        let mut held_reload = false;
-        loop {
-            tokio::select! {
-                _ = self.terminate.recv() => {}
-                _ = self.interrupt.recv() => {}
-                _ = self.hangup.recv() => {
-                    match &ready {
-                        Some(reloader) => reload(reloader, &settings),
-                        None => held_reload = true,
-                    }
-                    continue;
-                }
-                set = &mut reloader, if ready.is_none() => {
-                    let Ok(set) = set else { return }; // the server did not start: the process is ending
-                    if std::mem::take(&mut held_reload) {
-                        reload(&set, &settings);
-                    }
-                    ready = Some(set);
-                    continue;
-                }
-            }
-            if shutdown.is_cancelled() {
-                tracing::warn!("second signal: exiting without waiting for the drain");
-                std::process::exit(1);
-            }
-            tracing::info!("shutting down: draining (a second signal exits at once)");
-            shutdown.cancel();
-        }
-    }
-
-    #[cfg(not(unix))]
-    async fn handle(
-        self,
-        shutdown: CancellationToken,
-        _reloader: tokio::sync::oneshot::Receiver<Reloader>,
-        _settings: Settings,
-    ) {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down: draining (a second signal exits at once)");
-        shutdown.cancel();
-        let _ = tokio::signal::ctrl_c().await;
-        std::process::exit(1);
-    }
-}
-
-/// SIGHUP: new handshakes get the certificate and token keys now in the files; live connections stay.
-fn reload(reloader: &Reloader, settings: &Settings) {
-    let auth = match settings.auth_config() {
-        Ok(auth) => auth,
-        Err(invalid) => {
-            tracing::error!(key = invalid.key, error = invalid.message, "reload failed; keeping the current keys");
-            return;
-        }
-    };
-    match reloader.reload(auth) {
-        Ok(fingerprint) => {
-            tracing::info!(%fingerprint, "reloaded the certificate and token keys");
-            say(&format!("reloaded: certificate sha256 {fingerprint}"));
-        }
-        Err(err) => tracing::error!(%err, "reload failed; keeping the current certificate and keys"),
-    }
 }

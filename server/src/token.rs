@@ -141,6 +141,50 @@ pub enum TokenCommandError {
     /// Signing failed.
     #[error(transparent)]
     Mint(#[from] MintError),
+    /// The server's configuration could not be read (to learn what it verifies tokens with).
+    #[error(transparent)]
+    Settings(#[from] Box<crate::settings::SettingsError>),
+    /// The server's configuration admits anyone: no token to mint.
+    #[error("the server's configuration admits anyone without a token (auth.anonymous); tokens are neither needed nor checked")]
+    Anonymous,
+    /// `--init-key` for a server whose configuration names its own keys.
+    #[error(
+        "--init-key: the server's configuration names its token keys (auth.*), so it would not accept the dev key"
+    )]
+    InitKeyWithKeys,
+    /// The server verifies EdDSA public keys only: the private half is needed.
+    #[error(
+        "the server's configuration verifies EdDSA tokens against public keys (auth.ed25519_public_key_files): sign \
+         with --ed25519-private-key FILE, the private half of one"
+    )]
+    PublicKeysOnly,
+}
+
+/// What the server configured by `auth` (with its `data_dir`) verifies tokens with, to sign a token it accepts: its
+/// HS256 secret, else its first HS256 key file, else the dev key of `data_dir` (created with `init_key`).
+pub fn configured_signer(
+    auth: &crate::settings::AuthSettings,
+    data_dir: &Path,
+    init_key: bool,
+) -> Result<Signer, TokenCommandError> {
+    if auth.anonymous {
+        return Err(TokenCommandError::Anonymous);
+    }
+    let configured =
+        !auth.hs256_secret.is_empty() || !auth.hs256_key_files.is_empty() || !auth.ed25519_public_key_files.is_empty();
+    if configured && init_key {
+        return Err(TokenCommandError::InitKeyWithKeys);
+    }
+    if let Some(secret) = crate::auth::parse_hs256_secret(&auth.hs256_secret) {
+        return Ok(Signer::Hs256Secret(secret));
+    }
+    if let Some(path) = auth.hs256_key_files.first() {
+        return Ok(Signer::Hs256Key(path.clone()));
+    }
+    if !auth.ed25519_public_key_files.is_empty() {
+        return Err(TokenCommandError::PublicKeysOnly);
+    }
+    Ok(Signer::DevKey { data_dir: data_dir.to_owned(), create: init_key })
 }
 
 /// Mints the token `request` describes, valid from `now`.

@@ -1,0 +1,111 @@
+//! The server process's signals, registered before the server exists (a store's recovery after a crash can take a
+//! while): SIGTERM and SIGINT drain (a second one exits at once), SIGHUP reloads the certificate and token keys.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{settings::Settings, Reloader};
+
+/// SIGTERM and SIGINT (drain, then exit; a second one exits at once) and SIGHUP (reload), registered up front.
+#[derive(Debug)]
+pub struct Signals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the handlers: from now on these signals no longer end the process by their default action.
+    #[cfg(unix)]
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Registers the handlers (Ctrl-C only, here).
+    #[cfg(not(unix))]
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {})
+    }
+
+    /// The first SIGTERM/SIGINT cancels `shutdown` (the server drains, at once or as soon as it runs); the second
+    /// exits at once. SIGHUP reloads the certificate and the token keys from the files `settings` names, once the
+    /// server (its `reloader`) is there: one that came before is acted on then.
+    #[cfg(unix)]
+    pub async fn handle(
+        mut self,
+        shutdown: CancellationToken,
+        mut reloader: tokio::sync::oneshot::Receiver<Reloader>,
+        settings: Settings,
+    ) {
+        let mut ready: Option<Reloader> = None;
+        let mut held_reload = false;
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => {}
+                _ = self.interrupt.recv() => {}
+                _ = self.hangup.recv() => {
+                    match &ready {
+                        Some(reloader) => reload(reloader, &settings),
+                        None => held_reload = true,
+                    }
+                    continue;
+                }
+                set = &mut reloader, if ready.is_none() => {
+                    let Ok(set) = set else { return }; // the server did not start: the process is ending
+                    if std::mem::take(&mut held_reload) {
+                        reload(&set, &settings);
+                    }
+                    ready = Some(set);
+                    continue;
+                }
+            }
+            if shutdown.is_cancelled() {
+                tracing::warn!("second signal: exiting without waiting for the drain");
+                std::process::exit(1);
+            }
+            tracing::info!("shutting down: draining (a second signal exits at once)");
+            shutdown.cancel();
+        }
+    }
+
+    /// Ctrl-C drains; a second one exits at once.
+    #[cfg(not(unix))]
+    pub async fn handle(
+        self,
+        shutdown: CancellationToken,
+        _reloader: tokio::sync::oneshot::Receiver<Reloader>,
+        _settings: Settings,
+    ) {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: draining (a second signal exits at once)");
+        shutdown.cancel();
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(1);
+    }
+}
+
+/// SIGHUP: new handshakes get the certificate and token keys now in the files; live connections stay.
+fn reload(reloader: &Reloader, settings: &Settings) {
+    let auth = match settings.auth_config() {
+        Ok(auth) => auth,
+        Err(invalid) => {
+            tracing::error!(key = invalid.key, error = invalid.message, "reload failed; keeping the current keys");
+            return;
+        }
+    };
+    match reloader.reload(auth) {
+        Ok(fingerprint) => {
+            tracing::info!(%fingerprint, "reloaded the certificate and token keys");
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "reloaded: certificate sha256 {fingerprint}");
+        }
+        Err(err) => tracing::error!(%err, "reload failed; keeping the current certificate and keys"),
+    }
+}

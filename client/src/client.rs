@@ -95,13 +95,14 @@ impl Client {
     }
 
     /// Like [`Client::publisher`], asking the server to drop ticks of this channel older than `max_age` instead of
-    /// sending them late.
+    /// sending them late (in whole milliseconds, rounded up: at least 1 ms).
     pub async fn publisher_with_max_age(
         &self,
         channel: &str,
         max_age: Option<Duration>,
     ) -> Result<TickPublisher, RequestError> {
-        let max_age_ms = max_age.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
+        // Whole milliseconds, rounded up (the server refuses 0: a max age below 1 ms asks for 1 ms).
+        let max_age_ms = max_age.map(|d| u32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u32::MAX).max(1));
         self.handle.driver.publisher(channel, max_age_ms, self.handle.clone()).await
     }
 

@@ -43,6 +43,26 @@ struct Relayed {
     received_us: u64,
 }
 
+/// A relayed tick waiting to be fanned out ([`Inner::incoming`]).
+#[derive(Debug)]
+struct Arrived {
+    sent_time_us: u64,
+    /// When its origin received it, on this node's clock.
+    received_us: u64,
+    max_age_us: Option<u64>,
+    payload: Bytes,
+}
+
+/// One channel's relay slot ([`Inner::outgoing`]).
+#[derive(Debug, Default)]
+struct Outgoing {
+    /// The highest local seq put in the slot: a tick stamped before it (two publishers of the channel, their
+    /// stamps taken in one order and their relays put here in the other) is older, and must not replace it, nor
+    /// follow it to the other nodes once it has gone (they would keep the older value as the latest).
+    seq: u64,
+    tick: Option<Relayed>,
+}
+
 /// [`Relayed`] as a node of the version before sends it (no `received_us`): its age is unknown, counted as none.
 #[derive(Debug, serde::Deserialize)]
 struct RelayedBefore {
@@ -77,9 +97,16 @@ struct Inner {
     reloading: tokio::sync::Mutex<()>,
     /// Some other node has some interest (the hot path's first, lock-free check).
     any_remote: AtomicBool,
-    /// The newest tick per channel waiting to be relayed.
-    outgoing: Mutex<HashMap<String, Relayed>>,
+    /// Per channel relayed to other nodes: the newest tick waiting to be relayed, and the highest local seq given
+    /// to the relay so far.
+    outgoing: Mutex<HashMap<String, Outgoing>>,
     wake: Notify,
+    /// Per channel, the newest tick other nodes relayed, waiting for [`Inner::deliver`] to fan it out: the Pub/Sub
+    /// reader only puts it here (a fan-out to thousands of subscribers on the reader would hold up every other
+    /// channel's messages, and the Redis client buffers what the reader has not taken without bound), and a newer
+    /// one replaces it.
+    incoming: Mutex<HashMap<String, Arrived>>,
+    delivered: Notify,
     relayed: AtomicU64,
     /// Relayed ticks that arrived older than their channel's max age, dropped.
     relays_expired: AtomicU64,
@@ -113,6 +140,8 @@ impl ClusterTicks {
             any_remote: AtomicBool::new(false),
             outgoing: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            incoming: Mutex::new(HashMap::new()),
+            delivered: Notify::new(),
             relayed: AtomicU64::new(0),
             relays_expired: AtomicU64::new(0),
             transit: Mutex::new(Transit::default()),
@@ -141,6 +170,7 @@ impl ClusterTicks {
             })
         }));
         tokio::spawn(inner.clone().relay());
+        tokio::spawn(inner.clone().deliver());
         tokio::spawn(inner.clone().interest_changes());
         ClusterTicks { inner }
     }
@@ -277,13 +307,44 @@ impl Inner {
         }
     }
 
+    /// Fans out the ticks other nodes relayed ([`Inner::incoming`]), newest per channel, until the node retires.
+    async fn deliver(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.delivered.notified() => {}
+                () = self.broker.retired() => return,
+            }
+            let arrived: Vec<(String, Arrived)> = lock(&self.incoming).drain().collect();
+            for (channel, tick) in arrived {
+                let now_us = crate::now_us();
+                let times = (tick.sent_time_us, tick.received_us, now_us);
+                match self.local.relay(&channel, times, tick.max_age_us, tick.payload) {
+                    Ok(Some(fanout)) => fanout.offer(),
+                    Ok(None) => {}
+                    Err(TooOld) => {
+                        self.relays_expired.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
     async fn relay(self: Arc<Self>) {
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = self.broker.retired() => return,
             }
-            let waiting: Vec<(String, Relayed)> = lock(&self.outgoing).drain().collect();
+            let waiting: Vec<(String, Relayed)> = {
+                let mut outgoing = lock(&self.outgoing);
+                let waiting =
+                    outgoing.iter_mut().filter_map(|(c, slot)| Some((c.clone(), slot.tick.take()?))).collect();
+                // Slots of channels no other node wants any more are forgotten (their seq with them: a channel
+                // wanted again starts over, which only a tick stamped before the forgetting could undercut).
+                let remote = self.remote.read().unwrap_or_else(|p| p.into_inner());
+                outgoing.retain(|channel, _| remote.contains(channel));
+                waiting
+            };
             if waiting.is_empty() {
                 continue;
             }
@@ -346,16 +407,15 @@ impl ChannelHandler for Incoming {
         // fresh, and is dropped before it takes a seq when older than the channel's max age.
         let now_us = crate::now_us();
         let age_us = if dated { lock(&self.inner.transit).age_us(&tick.origin, tick.received_us, now_us) } else { 0 };
-        let payload = Bytes::from(tick.payload);
-        let received_us = now_us.saturating_sub(age_us);
-        match self.inner.local.relay(&self.channel, (tick.sent_time_us, received_us, now_us), tick.max_age_us, payload)
-        {
-            Ok(Some(fanout)) => fanout.offer(),
-            Ok(None) => {}
-            Err(TooOld) => {
-                self.inner.relays_expired.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let arrived = Arrived {
+            sent_time_us: tick.sent_time_us,
+            received_us: now_us.saturating_sub(age_us),
+            max_age_us: tick.max_age_us,
+            payload: Bytes::from(tick.payload),
+        };
+        // Latest wins: one waiting to be fanned out is replaced (conflated, as a subscriber's own queue would).
+        lock(&self.inner.incoming).insert(self.channel.clone(), arrived);
+        self.inner.delivered.notify_one();
     }
 
     fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {
@@ -411,8 +471,13 @@ impl TickHub for ClusterTicks {
                     max_age_us: fanout.max_age_us,
                     payload: fanout.tick.payload.to_vec(),
                 };
-                lock(&self.inner.outgoing).insert(channel.to_string(), tick);
-                self.inner.wake.notify_one();
+                let mut outgoing = lock(&self.inner.outgoing);
+                let slot = outgoing.entry(channel.to_string()).or_default();
+                if fanout.tick.seq > slot.seq {
+                    (slot.seq, slot.tick) = (fanout.tick.seq, Some(tick));
+                    drop(outgoing);
+                    self.inner.wake.notify_one();
+                }
             }
         }
         Some(fanout)

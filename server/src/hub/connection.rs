@@ -200,6 +200,11 @@ impl<O> ConnectionState<O> {
         max_age_ms: Option<u32>,
         claim: impl FnOnce(Option<u64>) -> Result<(), Failure>,
     ) -> Result<Claim, Failure> {
+        if max_age_ms == Some(0) {
+            // Every tick that waited at all would be dropped, for every subscriber of the channel, for as long as
+            // this connection lives (there is no unclaim).
+            return Err(Failure::new(ErrorCode::BadRequest, "max_age_ms must be at least 1 (or absent: no max age)"));
+        }
         let max_age_us = max_age_ms.map(|ms| u64::from(ms) * 1000);
         if let Some(&id) = self.channel_ids.get(channel).filter(|id| self.claims.claimed.contains_key(id)) {
             let held = self.claim_ages.entry(id).or_default();
@@ -345,6 +350,8 @@ mod tests {
         let looser = s.claim("c", Some(90), |_| panic!("claimed twice")).unwrap();
         assert_eq!((looser.previous_max_age_us, looser.max_age_us), (Some(20_000), Some(20_000)), "never loosened");
         s.claim("d", None, |_| Ok(())).unwrap();
+        let zero = s.claim("e", Some(0), |_| panic!("a max age of 0 claimed")).unwrap_err();
+        assert_eq!(zero.code, ErrorCode::BadRequest, "{zero:?}");
         let mut released = s.close().claims;
         released.sort();
         assert_eq!(released, [(Arc::from("c"), Some(20_000)), (Arc::from("d"), None)]);

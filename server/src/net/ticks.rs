@@ -99,10 +99,13 @@ impl TickSink for DatagramSink {
     fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, datagrams: &mut TickDatagrams) {
         crate::hub::assert_unlocked("a tick's offer");
         let header = TickHeader { channel_id, seq: tick.seq, sent_time_us: tick.sent_time_us };
+        // Decided and sent under the subscriber's conflation lock (a leaf: quinn's send only queues): two fan-outs
+        // of one channel to this subscriber at once (two publishers, a local one and a relay) would otherwise each
+        // be told "send", and the older could reach the wire after the newer; and both would see the same room.
+        let mut waiting = lock(&self.waiting);
         let space = self.conn.datagram_send_buffer_space();
         let room = space >= header.encoded_len() + tick.payload.len();
-        let offered = lock(&self.waiting).offer(channel_id, tick, max_age_us, room);
-        match offered {
+        match waiting.offer(channel_id, tick, max_age_us, room) {
             // An empty queue sends at the driver's next turn: a slice of the fan-out's shared buffer. Behind
             // others the datagram may wait (a stalled peer): its own exact copy, so that it holds no one else's.
             // (A WebSocket's lane can hold it while the socket is stalled: its own copy there too.)
@@ -114,6 +117,7 @@ impl TickSink for DatagramSink {
             Offered::Replaced | Offered::Older => bump(&self.stats.ticks_conflated),
             Offered::Unsubscribed => {}
         }
+        drop(waiting);
     }
 }
 

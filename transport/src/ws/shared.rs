@@ -283,21 +283,31 @@ impl Shared {
             return Outbound::Done;
         }
         let state = &mut *state;
-        let rooms_first = state.rooms_turn && !state.ready.is_empty();
-        if !rooms_first {
-            if let Some(message) = state.control_chunk() {
-                return message;
-            }
+        // Stops first: a few bytes each, and each spares the peer a stream it is throwing away.
+        if let Some((id, code)) = state.stops.pop_front() {
+            return Outbound::Message(WsMessage::Stop { id, code });
         }
-        if !state.datagrams.is_empty() && (state.datagram_turn || state.ready.is_empty()) {
+        // Then in turn: a datagram after each control chunk or room chunk (ticks never wait for a backlog of
+        // requests or replies, as over QUIC they would not), room streams after each control chunk.
+        if state.datagram_turn && !state.datagrams.is_empty() {
             state.datagram_turn = false;
             if let Some(datagram) = state.datagrams.pop_front() {
                 state.datagram_bytes -= datagram.len();
                 return Outbound::Message(WsMessage::Datagram(datagram));
             }
         }
-        if let Some((id, code)) = state.stops.pop_front() {
-            return Outbound::Message(WsMessage::Stop { id, code });
+        let rooms_first = state.rooms_turn && !state.ready.is_empty();
+        if !rooms_first {
+            if let Some(message) = state.control_chunk() {
+                return message;
+            }
+        }
+        if !state.datagrams.is_empty() && state.ready.is_empty() {
+            state.datagram_turn = false;
+            if let Some(datagram) = state.datagrams.pop_front() {
+                state.datagram_bytes -= datagram.len();
+                return Outbound::Message(WsMessage::Datagram(datagram));
+            }
         }
         while let Some(key) = state.ready.pop_front() {
             state.datagram_turn = true;
@@ -348,6 +358,7 @@ impl State {
         let control = self.streams.get_mut(&0).filter(|s| !s.queue.is_empty())?;
         let chunk = take_chunk(control);
         self.rooms_turn = true;
+        self.datagram_turn = true;
         Some(Outbound::Message(WsMessage::Control(chunk)))
     }
 }

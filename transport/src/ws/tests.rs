@@ -372,6 +372,32 @@ async fn replies_on_the_control_stream_do_not_starve_room_streams() {
     assert!(control_chunks_first <= 3, "the room event waited behind {control_chunks_first} control chunks");
 }
 
+/// A tick waits for at most one control chunk: a backlog of requests or replies (a client resending its posts
+/// after a reconnect, a server answering a long History) no longer holds every tick back until it has gone, which
+/// over QUIC (datagrams apart from streams) it never did.
+#[tokio::test]
+async fn a_control_backlog_does_not_hold_back_ticks() {
+    let config = WsConfig { stream_window: 1 << 20, ..WsConfig::default() };
+    let (server, mut peer) = stalled(config).await;
+    peer.send(Message::Binary(WsMessage::Control(Bytes::from_static(b"hello")).encode().to_vec())).await.unwrap();
+    let (mut control, _recv) = within(server.accept_bi()).await.unwrap();
+    control.write_all(&[1; 300_000]).await.unwrap();
+    let mut tick = bytes::BytesMut::new();
+    TickHeader { channel_id: 1, seq: 1, sent_time_us: 1 }.encode(&mut tick).unwrap();
+    server.send_datagram(tick.freeze()).unwrap();
+    let mut control_chunks_first = 0;
+    loop {
+        let message = within(peer.next()).await.unwrap().unwrap();
+        let Message::Binary(bytes) = message else { continue };
+        match WsMessage::decode(Bytes::from(bytes)).unwrap() {
+            WsMessage::Control(_) => control_chunks_first += 1,
+            WsMessage::Datagram(_) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(control_chunks_first <= 3, "the tick waited behind {control_chunks_first} control chunks");
+}
+
 #[tokio::test]
 async fn a_room_stream_reset_with_bytes_waiting_never_leaves_control_replies_waiting() {
     let config = WsConfig { stream_window: 1 << 20, ..WsConfig::default() };

@@ -88,6 +88,11 @@ impl<T> PostCopies<T> {
         self.early.push_back((self.handled, post, outcome));
     }
 
+    /// Posts handled from their copies whose requests have not come yet.
+    pub fn early(&self) -> usize {
+        self.early.len()
+    }
+
     /// The number of the next request to serve.
     pub fn next(&self) -> u64 {
         self.handled + 1

@@ -25,7 +25,7 @@ use crate::{
         copies,
         dispatch::{Answer, Connection},
         now_us,
-        replies::{encode, flush_and_close, going_away, Replies},
+        replies::{encode, flush_and_close, going_away, Replies, POSTS_IN_FLIGHT},
         webtransport,
         wire::{Wire, WireError, WireKind},
     },
@@ -325,13 +325,18 @@ async fn control<R: RoomHub>(
                 }
             }
             // Not while a request is held back: a copy must not sequence a later post before it. Not once the token
-            // expired either (the expiry branch, ready too, may lose `select!`'s draw): no post after `exp`.
+            // expired either (the expiry branch, ready too, may lose `select!`'s draw): no post after `exp`. Not
+            // beyond `POSTS_IN_FLIGHT` posts sequenced and unanswered (the stream's own bound): copies, each
+            // answered by a request that only joins its waiting reply, would otherwise start commits without one.
             Some(copy) = async { Some(copied.as_ref()?.pop().await) },
-                if !awaiting_hello && deferred.is_none() && !(expires && expiry.is_elapsed()) => {
+                if !awaiting_hello && deferred.is_none() && !(expires && expiry.is_elapsed())
+                    && replies.posts_in_flight() + post_copies.early() < POSTS_IN_FLIGHT => {
                 // The precondition was checked when the `select!` began: the expiry may have passed since (its
                 // branch, ready too, lost the draw). The copy is dropped then; its request is not served either.
                 if !(expires && expiry.is_elapsed()) {
-                    let flood = copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy);
+                    let room = POSTS_IN_FLIGHT.saturating_sub(replies.posts_in_flight() + post_copies.early());
+                    let flood =
+                        copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy, room);
                     if let Some((code, reason)) = Box::pin(flood).await {
                         return refuse(conn, stats, code, reason);
                     }

@@ -52,11 +52,13 @@ pub(super) async fn on_post_copy<R: RoomHub>(
     throttle: &mut ControlThrottle,
     copies: &mut PostCopies,
     (first, frames): (u64, Vec<Bytes>),
+    room: usize,
 ) -> Option<(ErrorCode, String)> {
     if !connection.grants_copies() {
         return None;
     }
-    for index in copies.due(first, frames.len()) {
+    // At most `room` of them: the posts in flight stay within the stream's bound (the rest come by stream).
+    for index in copies.due(first, frames.len()).take(room) {
         let Ok(request) = frame::decode_body::<Request>(&frames[index]) else { return None };
         let RequestBody::Post(post) = &request.body else { return None };
         let post = post.clone();

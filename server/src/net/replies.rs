@@ -52,6 +52,11 @@ impl std::fmt::Debug for Replies {
 }
 
 impl Replies {
+    /// Posts sequenced whose replies wait for their commits.
+    pub(super) fn posts_in_flight(&self) -> usize {
+        self.posts
+    }
+
     /// Whether some reply waits for a commit.
     pub(super) fn waiting(&self) -> bool {
         !self.queue.is_empty()

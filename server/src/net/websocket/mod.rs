@@ -215,7 +215,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
         None => return,
     };
     let local = is_loopback(remote.ip());
-    let response = match upgrade::classify(&head, &shared.config.web) {
+    let response = match upgrade::classify(&head, &shared.config.web, !secure) {
         Ok(upgrade::Request::Upgrade { key }) if secure || local => {
             let switched = async {
                 stream.write_all(&upgrade::switching_protocols(&key)).await?;

@@ -29,7 +29,8 @@ fn has_token(value: Option<&str>, token: &str) -> bool {
 }
 
 /// Reads a request head (up to and including its blank line).
-pub(super) fn classify(head: &[u8], web: &WebConfig) -> Result<Request, Response> {
+/// `plain`: the connection is plain `ws://` (no TLS: a loopback peer, the dev setup).
+pub(super) fn classify(head: &[u8], web: &WebConfig, plain: bool) -> Result<Request, Response> {
     let (head_only, target, lines) = crate::http::parse_request(head)?;
     let lines: Vec<&str> = lines.take_while(|line| !line.is_empty()).collect();
     let upgrade = header(&lines, "upgrade");
@@ -58,6 +59,17 @@ pub(super) fn classify(head: &[u8], web: &WebConfig) -> Result<Request, Response
     if origin.is_some() && !web.origin_allowed(origin) {
         return Err(Response::error(403, "origin not allowed (web.origins)"));
     }
+    // Without an origin list, plain ws:// (this machine's dev server) takes pages of this machine only: a WebSocket
+    // has no same-origin rule, and any site open in the developer's browser could otherwise reach it.
+    if let Some(origin) = origin.filter(|_| plain && web.allowed_origins.is_empty()) {
+        let host = origin.split_once("://").map_or(origin, |(_, host)| host);
+        if !crate::web::is_loopback_host(Some(host)) {
+            return Err(Response::error(
+                403,
+                "a page from another site may not open plain ws:// to this machine's server (list it in web.origins)",
+            ));
+        }
+    }
     Ok(Request::Upgrade { key: key.to_string() })
 }
 
@@ -80,7 +92,7 @@ mod tests {
         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: quiver\r\nOrigin: http://localhost:4433\r\n\r\n";
 
     fn classify_str(head: &str, web: &WebConfig) -> Result<Request, u16> {
-        classify(head.as_bytes(), web).map_err(|r| r.status)
+        classify(head.as_bytes(), web, false).map_err(|r| r.status)
     }
 
     #[test]
@@ -109,5 +121,27 @@ mod tests {
         assert!(matches!(classify_str(&app, &strict), Ok(Request::Upgrade { .. })));
         let native = UPGRADE.replace("Origin: http://localhost:4433\r\n", "");
         assert!(matches!(classify_str(&native, &strict), Ok(Request::Upgrade { .. })), "no Origin: not a browser");
+    }
+
+    /// Plain ws:// without an origin list takes this machine's pages only (and native clients, which send no
+    /// Origin): a site open in the developer's browser could otherwise open a session to the dev server.
+    #[test]
+    fn plain_ws_without_an_origin_list_takes_this_machines_pages_only() {
+        let web = WebConfig::default();
+        let plain = |head: &str| classify(head.as_bytes(), &web, true).map_err(|r| r.status);
+        assert!(matches!(plain(UPGRADE), Ok(Request::Upgrade { .. })), "http://localhost:4433");
+        for local in ["http://127.0.0.1:8080", "http://[::1]:4433", "http://localhost"] {
+            let head = UPGRADE.replace("http://localhost:4433", local);
+            assert!(matches!(plain(&head), Ok(Request::Upgrade { .. })), "{local}");
+        }
+        for elsewhere in ["https://evil.example", "http://localhost.evil.example", "null"] {
+            assert_eq!(plain(&UPGRADE.replace("http://localhost:4433", elsewhere)), Err(403), "{elsewhere}");
+        }
+        assert!(matches!(
+            plain(&UPGRADE.replace("Origin: http://localhost:4433\r\n", "")),
+            Ok(Request::Upgrade { .. })
+        ));
+        // Over TLS (wss://) the origin list decides alone, as before.
+        assert!(classify_str(&UPGRADE.replace("http://localhost:4433", "https://app.example"), &web).is_ok());
     }
 }

@@ -302,6 +302,12 @@ impl Streams {
     }
 
     fn end(&mut self, id: u64, end: Inbound, shared: &Shared, inbound: &Senders) -> Result<(), TooManyStreams> {
+        if !self.open.contains_key(&id) && id > self.last {
+            // Ended before a byte of it came: nothing to read, nothing to hand out (handed out and closed at once,
+            // such streams escaped the bound on open ones: a hostile peer could queue them without limit).
+            self.last = id;
+            return Ok(());
+        }
         if let Some(queue) = self.get(id, shared, inbound)? {
             queue.end(end);
         }

@@ -456,6 +456,24 @@ async fn a_server_opening_too_many_room_streams_at_once_is_closed() {
     }
 }
 
+/// Streams ended before a byte of them came are not handed out: each was, and closed at once, so they escaped the
+/// bound on open streams and queued without limit.
+#[tokio::test]
+async fn streams_ended_before_their_first_byte_are_not_handed_out() {
+    let (mut server, client) = hostile_server().await;
+    for id in 1..=1000u64 {
+        let end = match id % 2 {
+            0 => WsMessage::Finish { id },
+            _ => WsMessage::Reset { id, code: ErrorCode::NoError },
+        };
+        server.send(Message::Binary(end.encode().to_vec())).await.unwrap();
+    }
+    server.send(stream_message(1001, Bytes::from_static(b"x"))).await.unwrap();
+    let mut first = within(client.accept_uni()).await.unwrap();
+    let bytes = within(first.read_chunk()).await.unwrap();
+    assert_eq!(bytes.as_deref(), Some(&b"x"[..]), "the first stream handed out is the one with bytes");
+}
+
 #[tokio::test]
 async fn room_streams_nobody_reads_are_bounded_together() {
     let (mut server, client) = hostile_server().await;

@@ -209,8 +209,8 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
     let head = match before(deadline, &shutdown, read_head(&mut stream)).await {
         Some(Ok(head)) => head,
         Some(Err(response)) => {
-            drop((upgrading, admitted));
-            return answer(stream, response).await;
+            answer(stream, response).await;
+            return drop((upgrading, admitted)); // (held until answered, as below)
         }
         None => return,
     };
@@ -265,8 +265,10 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
         },
         Err(response) => response,
     };
-    drop((upgrading, admitted));
+    // The places are held until the answer is written (at most 5 s): a peer that does not read its answers (the
+    // page's, a refusal's) holds the listener's bounds, not more than they allow.
     answer(stream, response).await;
+    drop((upgrading, admitted));
 }
 
 /// `step` of a connection not served yet, until `deadline`; `None` when it timed out, or when the server began

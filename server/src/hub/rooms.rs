@@ -65,6 +65,9 @@ pub struct RoomUsage {
     pub bytes_shed: u64,
 }
 
+mod shedding;
+use shedding::ShedState;
+
 #[derive(Debug, Default)]
 struct Counters {
     retained: AtomicU64,
@@ -101,19 +104,8 @@ pub struct LocalRooms {
     aged_cursor: Mutex<Option<Vec<u8>>>,
 }
 
-/// How the last pass over the rooms to shed memory ended.
-#[derive(Debug, Default)]
-struct ShedState {
-    /// It could not get under the low-water mark and gave nothing up (memory no room gives up: the dedupe windows
-    /// of durable rooms with members): the total it left, and when. The next pass waits until the total grew by a
-    /// tenth of the budget or a second passed, instead of scanning every room at every post.
-    stuck: Option<(u64, u64)>,
-}
-
 /// Counts of removed rooms, by a hash of the name.
 const REMOVAL_BUCKETS: usize = 1024;
-/// The longest a stuck shedding waits before it looks again (µs).
-const SHED_RETRY_US: u64 = 1_000_000;
 /// Stored room records the sweep examines each time for history past its age in rooms not in memory.
 const AGED_EXAMINED_PER_SWEEP: usize = 64;
 /// Such rooms loaded (to be trimmed) per sweep at most: a load reads the room's history.
@@ -338,131 +330,6 @@ impl LocalRooms {
         let out = f(&mut slot.room);
         self.account(before, slot.room.retained_bytes());
         Some(out)
-    }
-
-    fn account(&self, before: u64, after: u64) {
-        if after >= before {
-            self.counters.retained.fetch_add(after - before, Ordering::Relaxed);
-        } else {
-            self.counters.retained.fetch_sub(before - after, Ordering::Relaxed);
-        }
-    }
-
-    /// Takes a room out of the map (its lock held by the caller) and returns its memory to the budget.
-    fn remove(&self, rooms: &mut RoomMap, name: &str, slot: &mut Slot) {
-        slot.removed = true;
-        rooms.remove(name);
-        self.removals_of(name).fetch_add(1, Ordering::Release);
-        self.account(slot.room.retained_bytes(), 0);
-    }
-
-    /// Evicts the rooms without members idle longest: a 64th of `max_rooms` at once (at least one), so that a
-    /// stream of new names does not scan every room for each one. False when no room is without members.
-    fn evict_idle(&self, rooms: &mut HubGuard<'_, RoomMap>, why: &'static str) -> bool {
-        let mut idle: Vec<(u64, String, Shared)> = rooms
-            .iter()
-            .filter_map(|(name, shared)| {
-                let slot = try_lock(shared)?;
-                slot.room.evictable().then(|| (slot.room.last_active_us(), name.clone(), shared.clone()))
-            })
-            .collect();
-        if idle.is_empty() {
-            return false;
-        }
-        let batch = (self.budget.max_rooms as usize / 64).max(1).min(idle.len());
-        idle.select_nth_unstable_by_key(batch - 1, |(last_active, _, _)| *last_active);
-        let mut evicted = false;
-        for (_, name, shared) in &idle[..batch] {
-            let Some(mut slot) = try_lock(shared) else { continue };
-            // Checked again under the lock: a joiner that found the room before the map lock was taken may have
-            // joined since the scan.
-            if !slot.room.evictable() {
-                continue;
-            }
-            let freed = slot.room.retained_bytes();
-            self.remove(rooms, name, &mut slot);
-            self.counters.shed.fetch_add(freed, Ordering::Relaxed);
-            self.counters.evicted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(room = %name, freed, why, "idle room evicted");
-            evicted = true;
-        }
-        evicted
-    }
-
-    /// Over `retained_bytes`: the rooms idle longest shed their oldest messages (then dedupe entries, memory rooms
-    /// only) until the total is under the low-water mark; rooms left without members and empty are removed, then
-    /// durable rooms without members unloaded.
-    fn shed_if_over(&self, now_us: u64) {
-        if self.counters.retained.load(Ordering::Relaxed) <= self.budget.retained_bytes {
-            return;
-        }
-        // One shedder at a time; the others go on (the one shedding brings the total down for all).
-        let Ok(mut shedding) = self.shedding.try_lock() else { return };
-        if let Some((left, at_us)) = shedding.stuck {
-            let grown =
-                self.counters.retained.load(Ordering::Relaxed) >= left.saturating_add(self.budget.retained_bytes / 10);
-            if !grown && now_us.saturating_sub(at_us) < SHED_RETRY_US {
-                return;
-            }
-        }
-        #[cfg(test)]
-        self.counters.shed_passes.fetch_add(1, Ordering::Relaxed);
-        // Bytes given up (by shedding and by evicting rooms that held some; removing empty rooms frees none).
-        let progress = || self.counters.shed.load(Ordering::Relaxed);
-        let before = progress();
-        let low_water = self.budget.retained_low_water();
-        let mut rooms: Vec<(u64, String)> = {
-            let map = lock(&self.rooms);
-            map.iter()
-                .filter_map(|(name, shared)| Some((try_lock(shared)?.room.last_active_us(), name.clone())))
-                .collect()
-        };
-        rooms.sort_unstable();
-        let mut emptied = Vec::new();
-        for (_, name) in rooms {
-            let retained = self.counters.retained.load(Ordering::Relaxed);
-            if retained <= low_water {
-                break;
-            }
-            let shed = self.with_loaded(&name, |r| (r.shed(retained - low_water), r.is_idle_and_empty(now_us)));
-            if let Some((freed, empty)) = shed {
-                self.counters.shed.fetch_add(freed, Ordering::Relaxed);
-                if empty {
-                    emptied.push(name);
-                }
-            }
-        }
-        self.remove_if_empty(emptied, now_us);
-        // Durable rooms shed no dedupe entry above: those without members leave memory instead, losing nothing
-        // (their window is read back from the store when they are next used).
-        // One batch per call: when rooms with members hold most of it, more would unload every other room at each
-        // post, each to be read back at its next use.
-        if self.store.is_some() && self.counters.retained.load(Ordering::Relaxed) > low_water {
-            self.evict_idle(&mut lock(&self.rooms), "over retained_bytes");
-        }
-        // Stuck only when it freed no byte: a pass that freed some (one batch of idle rooms evicted) runs again at
-        // the next post, as before.
-        let left = self.counters.retained.load(Ordering::Relaxed);
-        shedding.stuck = (left > low_water && progress() == before).then_some((left, now_us));
-    }
-
-    /// Removes the named rooms that (still) have no members and nothing retained.
-    fn remove_if_empty(&self, names: Vec<String>, now_us: u64) {
-        if names.is_empty() {
-            return;
-        }
-        let mut rooms = lock(&self.rooms);
-        for name in names {
-            let Some(shared) = rooms.get(&name).cloned() else { continue };
-            let Some(mut slot) = try_lock(&shared) else { continue }; // in use: not empty for long
-            if slot.room.is_idle_and_empty(now_us) {
-                self.remove(&mut rooms, &name, &mut slot);
-                self.counters.removed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if rooms.capacity() > 2 * rooms.len() + 64 {
-            rooms.shrink_to_fit();
-        }
     }
 }
 

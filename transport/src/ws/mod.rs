@@ -12,6 +12,8 @@
 //! [`WsConfig::datagram_buffer`] bytes, where a newer tick replaces the waiting one of its channel: when the socket
 //! cannot take more, only the newest tick of each channel waits, never a backlog.
 
+#[cfg(test)]
+mod inbound_tests;
 mod io;
 mod recv;
 mod room_in;

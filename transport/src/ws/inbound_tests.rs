@@ -1,0 +1,137 @@
+//! The WebSocket connection's inbound bounds against a hostile server: streams it opens at once, bytes nobody
+//! reads, streams that end before a byte of them came.
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use quiver_proto::{ws::WsMessage, ErrorCode};
+use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
+
+use super::tests::{addr, raw_pair, within};
+use super::*;
+
+/// A raw server's WebSocket and a client session on the other end.
+async fn hostile_server() -> (WebSocketStream<tokio::io::DuplexStream>, WsSession) {
+    let config = WsConfig::default();
+    let (server_ws, client_ws) = raw_pair(&config).await;
+    (server_ws, WsSession::start(client_ws, Role::Client, config, addr()))
+}
+
+fn stream_message(id: u64, bytes: Bytes) -> Message {
+    Message::Binary(WsMessage::Stream { id, bytes }.encode().to_vec())
+}
+
+#[tokio::test]
+async fn a_server_opening_too_many_room_streams_at_once_is_closed() {
+    let (mut server, client) = hostile_server().await;
+    let one = Bytes::from_static(b"x");
+    for id in 1..=MAX_INBOUND_STREAMS as u64 {
+        server.send(stream_message(id, one.clone())).await.unwrap();
+    }
+    // Each ended stream frees its place.
+    server.send(Message::Binary(WsMessage::Finish { id: 1 }.encode().to_vec())).await.unwrap();
+    server.send(stream_message(MAX_INBOUND_STREAMS as u64 + 1, one.clone())).await.unwrap();
+    let ping = async { tokio::time::sleep(Duration::from_millis(100)).await };
+    tokio::select! {
+        closed = client.closed() => panic!("closed at the limit: {closed:?}"),
+        () = ping => {}
+    }
+    server.send(stream_message(MAX_INBOUND_STREAMS as u64 + 2, one)).await.unwrap();
+    match within(client.closed()).await {
+        WsError::Closed(ErrorCode::ProtocolViolation, reason) => assert!(reason.contains("room streams"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Streams ended before a byte of them came are not handed out: each was, and closed at once, so they escaped the
+/// bound on open streams and queued without limit.
+#[tokio::test]
+async fn streams_ended_before_their_first_byte_are_not_handed_out() {
+    let (mut server, client) = hostile_server().await;
+    for id in 1..=1000u64 {
+        let end = match id % 2 {
+            0 => WsMessage::Finish { id },
+            _ => WsMessage::Reset { id, code: ErrorCode::NoError },
+        };
+        server.send(Message::Binary(end.encode().to_vec())).await.unwrap();
+    }
+    server.send(stream_message(1001, Bytes::from_static(b"x"))).await.unwrap();
+    let mut first = within(client.accept_uni()).await.unwrap();
+    let bytes = within(first.read_chunk()).await.unwrap();
+    assert_eq!(bytes.as_deref(), Some(&b"x"[..]), "the first stream handed out is the one with bytes");
+}
+
+#[tokio::test]
+async fn room_streams_nobody_reads_are_bounded_together() {
+    let (mut server, client) = hostile_server().await;
+    // Each stream stays within its own bound; together they pass the connection's.
+    let streams = (INBOUND_CONNECTION_BYTES / INBOUND_STREAM_BYTES) as u64 + 1;
+    let chunk = Bytes::from(vec![7u8; MAX_CHUNK]);
+    let sending = tokio::spawn(async move {
+        for id in 1..=streams {
+            for _ in 0..INBOUND_STREAM_BYTES / MAX_CHUNK {
+                server.send(stream_message(id, chunk.clone())).await.unwrap();
+            }
+        }
+        // The first Stop the client sends names the stream that passed the bound.
+        loop {
+            let Some(Ok(Message::Binary(bytes))) = within(server.next()).await else { continue };
+            if let Ok(WsMessage::Stop { id, code }) = WsMessage::decode(Bytes::from(bytes)) {
+                return (id, code, server);
+            }
+        }
+    });
+    let (stopped, code, mut server) = within(sending).await.unwrap();
+    // One of the full streams ends (a reader that fell furthest behind), not the new one.
+    assert!(stopped < streams && code == ErrorCode::SlowConsumer, "stream {stopped} stopped ({code})");
+    // Dropping streams unread frees their bytes (at least 1 MiB for two: at most one of them is the stopped one):
+    // a new stream fits again.
+    let first = within(client.accept_uni()).await.unwrap();
+    let second = within(client.accept_uni()).await.unwrap();
+    drop((first, second));
+    let next = streams + 1;
+    for _ in 0..INBOUND_STREAM_BYTES / MAX_CHUNK {
+        server.send(stream_message(next, Bytes::from(vec![8u8; MAX_CHUNK]))).await.unwrap();
+    }
+    let quiet = async {
+        loop {
+            let Some(Ok(Message::Binary(bytes))) = server.next().await else { continue };
+            if let Ok(WsMessage::Stop { id, .. }) = WsMessage::decode(Bytes::from(bytes)) {
+                return id;
+            }
+        }
+    };
+    if let Ok(id) = tokio::time::timeout(Duration::from_millis(300), quiet).await {
+        assert_ne!(id, next, "1 MiB freed, 1 MiB more fits");
+    }
+}
+
+#[tokio::test]
+async fn bytes_of_finished_streams_at_the_bound_end_only_the_stream_that_came_next() {
+    let (mut server, client) = hostile_server().await;
+    let full = (INBOUND_CONNECTION_BYTES / INBOUND_STREAM_BYTES) as u64;
+    let chunk = Bytes::from(vec![7u8; MAX_CHUNK]);
+    for id in 1..=full {
+        for _ in 0..INBOUND_STREAM_BYTES / MAX_CHUNK {
+            server.send(stream_message(id, chunk.clone())).await.unwrap();
+        }
+        server.send(Message::Binary(WsMessage::Finish { id }.encode().to_vec())).await.unwrap();
+    }
+    // Open streams holding nothing: resetting them would free nothing.
+    for id in full + 1..=full + 8 {
+        server.send(stream_message(id, Bytes::new())).await.unwrap();
+    }
+    let next = full + 9;
+    server.send(stream_message(next, chunk)).await.unwrap();
+    let mut stops = Vec::new();
+    let quiet = async {
+        loop {
+            let Some(Ok(Message::Binary(bytes))) = server.next().await else { continue };
+            if let Ok(WsMessage::Stop { id, .. }) = WsMessage::decode(Bytes::from(bytes)) {
+                stops.push(id);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(300), quiet).await;
+    assert_eq!(stops, [next], "only the stream whose bytes did not fit ends");
+    drop(client);
+}

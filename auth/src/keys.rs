@@ -81,7 +81,12 @@ fn keep_private(path: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let Ok(mode) = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777) else { return };
+        let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+        if !meta.file_type().is_file() {
+            // A link (to a secret shared on purpose, say): its target's mode is not this server's to change.
+            return tracing::warn!(path = %path.display(), "the dev key is not a plain file: its mode is not checked");
+        }
+        let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 == 0 {
             return;
         }

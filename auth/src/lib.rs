@@ -169,7 +169,7 @@ pub fn check_subject(sub: &str) -> Result<(), SubjectError> {
         Err(SubjectError::TooLong { len: sub.len(), max: Limits::MAX_IDENTITY })
     } else if sub.chars().any(char::is_control) {
         Err(SubjectError::Control)
-    } else if sub.chars().any(invisible) {
+    } else if has_invisible(sub) {
         Err(SubjectError::Invisible)
     } else if sub.starts_with(char::is_whitespace) || sub.ends_with(char::is_whitespace) {
         Err(SubjectError::Whitespace)
@@ -178,32 +178,61 @@ pub fn check_subject(sub: &str) -> Result<(), SubjectError> {
     }
 }
 
-/// Unicode's format characters (category Cf) and the line and paragraph separators (Zl, Zp): they show nothing.
-fn invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
+/// Whether `sub` has a character that shows nothing where it stands: Unicode's format characters (category Cf),
+/// the line and paragraph separators, and the blanks that render as nothing (Hangul fillers, the Braille blank,
+/// Khmer's inherent vowels); and the joiners and selectors (ZWJ, ZWNJ, the combining grapheme joiner, variation
+/// selectors) anywhere but after a character outside ASCII (an emoji, a letter of a script that joins), and tag
+/// characters anywhere but in a flag's tag sequence (after U+1F3F4). `alice` followed by any of them reads as
+/// `alice`; 👩‍💻, ❤️, 🏴󠁧󠁢󠁳󠁣󠁴󠁿 and Persian names spelled with ZWNJ stay names.
+fn has_invisible(sub: &str) -> bool {
+    let mut before: Option<char> = None;
+    for c in sub.chars() {
+        let shown = match c {
+            '\u{00AD}'
             | '\u{0600}'..='\u{0605}'
             | '\u{061C}'
             | '\u{06DD}'
             | '\u{070F}'
             | '\u{0890}'..='\u{0891}'
             | '\u{08E2}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
             | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
+            | '\u{200B}'
+            | '\u{200E}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
             | '\u{2060}'..='\u{2064}'
             | '\u{2066}'..='\u{206F}'
+            | '\u{2800}'
+            | '\u{3164}'
             | '\u{FEFF}'
+            | '\u{FFA0}'
             | '\u{FFF9}'..='\u{FFFB}'
             | '\u{110BD}'
             | '\u{110CD}'
             | '\u{13430}'..='\u{1343F}'
             | '\u{1BCA0}'..='\u{1BCA3}'
             | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0001}'
-            | '\u{E0020}'..='\u{E007F}'
-    )
+            | '\u{E0001}' => false,
+            // Joiners and selectors: part of what comes before them, if that is not plain ASCII.
+            '\u{034F}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200C}'..='\u{200D}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{E0100}'..='\u{E01EF}' => before.is_some_and(|b| !b.is_ascii()),
+            // Tags: only in a flag's sequence (U+1F3F4, then tags).
+            '\u{E0020}'..='\u{E007F}' => {
+                before.is_some_and(|b| b == '\u{1F3F4}' || ('\u{E0020}'..='\u{E007F}').contains(&b))
+            }
+            _ => true,
+        };
+        if !shown {
+            return true;
+        }
+        before = Some(c);
+    }
+    // A joiner or selector last joins nothing.
+    before.is_some_and(|last| matches!(last, '\u{200C}'..='\u{200D}' | '\u{034F}'))
 }
 
 /// Whether `name` matches `pattern` (dot-separated segments; `*` one segment; a final `**` one or more).

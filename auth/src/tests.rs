@@ -171,8 +171,29 @@ fn subjects_are_limited_to_max_identity_bytes() {
     assert_eq!(check_subject(""), Err(SubjectError::Empty));
     assert_eq!(check_subject("a\nb"), Err(SubjectError::Control));
     // Names that read as another: invisible characters, whitespace at an end.
-    for spoof in ["alice\u{200B}", "al\u{202E}ice", "\u{FEFF}alice", "alice\u{2028}", "ali\u{00AD}ce", "a\u{E0041}"] {
+    for spoof in [
+        "alice\u{200B}",
+        "al\u{202E}ice",
+        "\u{FEFF}alice",
+        "alice\u{2028}",
+        "ali\u{00AD}ce",
+        "a\u{E0041}",
+        "alice\u{200D}",
+        "al\u{200C}ice",
+        "alice\u{3164}",
+        "alice\u{FE00}",
+        "alice\u{2800}",
+        "\u{115F}alice",
+        "al\u{034F}ice",
+        "\u{200D}",
+    ] {
         assert_eq!(check_subject(spoof), Err(SubjectError::Invisible), "{spoof:?}");
+    }
+    // Emoji sequences (ZWJ, variation selector, a flag's tags) and ZWNJ in a Persian name are names.
+    for fine in
+        ["👩\u{200D}💻", "❤\u{FE0F}", "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}", "می\u{200C}خواهم"]
+    {
+        assert_eq!(check_subject(fine), Ok(()), "{fine:?}");
     }
     for spoof in ["alice ", " alice", "\u{3000}alice", "   "] {
         assert_eq!(check_subject(spoof), Err(SubjectError::Whitespace), "{spoof:?}");

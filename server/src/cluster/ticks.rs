@@ -56,10 +56,11 @@ struct Arrived {
 /// One channel's relay slot ([`Inner::outgoing`]).
 #[derive(Debug, Default)]
 struct Outgoing {
-    /// The highest local seq put in the slot: a tick stamped before it (two publishers of the channel, their
-    /// stamps taken in one order and their relays put here in the other) is older, and must not replace it, nor
-    /// follow it to the other nodes once it has gone (they would keep the older value as the latest).
-    seq: u64,
+    /// The newest local stamp put in the slot, `(incarnation, seq)` ([`Fanout::incarnation`]: a channel made
+    /// again numbers from 1 and is newer): a tick stamped before it (two publishers of the channel, their stamps
+    /// taken in one order and their relays put here in the other) is older, and must not replace it, nor follow it
+    /// to the other nodes once it has gone (they would keep the older value as the latest).
+    stamp: (u64, u64),
     tick: Option<Relayed>,
 }
 
@@ -339,7 +340,7 @@ impl Inner {
                 let mut outgoing = lock(&self.outgoing);
                 let waiting =
                     outgoing.iter_mut().filter_map(|(c, slot)| Some((c.clone(), slot.tick.take()?))).collect();
-                // Slots of channels no other node wants any more are forgotten (their seq with them: a channel
+                // Slots of channels no other node wants any more are forgotten (their stamp with them: a channel
                 // wanted again starts over, which only a tick stamped before the forgetting could undercut).
                 let remote = self.remote.read().unwrap_or_else(|p| p.into_inner());
                 outgoing.retain(|channel, _| remote.contains(channel));
@@ -473,8 +474,9 @@ impl TickHub for ClusterTicks {
                 };
                 let mut outgoing = lock(&self.inner.outgoing);
                 let slot = outgoing.entry(channel.to_string()).or_default();
-                if fanout.tick.seq > slot.seq {
-                    (slot.seq, slot.tick) = (fanout.tick.seq, Some(tick));
+                let stamp = (fanout.incarnation, fanout.tick.seq);
+                if stamp > slot.stamp {
+                    (slot.stamp, slot.tick) = (stamp, Some(tick));
                     drop(outgoing);
                     self.inner.wake.notify_one();
                 }

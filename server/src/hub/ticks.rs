@@ -122,6 +122,10 @@ pub struct Fanout {
     pub max_age_us: Option<u64>,
     /// The subscribers when the tick was stamped (a shared snapshot: no allocation per tick).
     pub subscribers: Subscribers,
+    /// Which life of the channel stamped it: a channel removed (no publisher, no subscriber left) and made again
+    /// numbers its ticks from 1 again, and a later life's number is higher. (The cluster's relay orders ticks by
+    /// `(incarnation, seq)`.)
+    pub incarnation: u64,
 }
 
 impl Fanout {
@@ -164,6 +168,8 @@ pub trait TickHub: Send + Sync + std::fmt::Debug + 'static {
 
 struct Channel {
     last_seq: u64,
+    /// This life of the channel ([`Fanout::incarnation`]).
+    incarnation: u64,
     /// The max ages its publishers asked for (value → publishers asking it): the smallest applies.
     max_ages: BTreeMap<u64, u32>,
     subscribers: Subscribers,
@@ -172,7 +178,10 @@ struct Channel {
 
 impl Default for Channel {
     fn default() -> Self {
-        Channel { last_seq: 0, max_ages: BTreeMap::new(), subscribers: Arc::new([]), publishers: 0 }
+        // (One count for the process: lives of any channel are told apart, which is all the relay needs.)
+        static LIVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let incarnation = LIVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Channel { last_seq: 0, incarnation, max_ages: BTreeMap::new(), subscribers: Arc::new([]), publishers: 0 }
     }
 }
 
@@ -278,6 +287,7 @@ impl LocalTicks {
             tick: Tick { seq: c.last_seq, sent_time_us, received_us, payload },
             max_age_us,
             subscribers: c.subscribers.clone(),
+            incarnation: c.incarnation,
         }))
     }
 
@@ -374,6 +384,7 @@ impl TickHub for LocalTicks {
             tick: Tick { seq: c.last_seq, sent_time_us, received_us, payload },
             max_age_us: c.max_age_us(),
             subscribers: c.subscribers.clone(),
+            incarnation: c.incarnation,
         })
     }
 

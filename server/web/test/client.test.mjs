@@ -306,6 +306,17 @@ test('ticks: a resubscribe or claim refused for now is retried; refused for good
   assert.equal(server.requestsOf('Subscribe').length, 2 + 4 + 1);
 });
 
+test('a max age below a millisecond asks for one (the server refuses 0)', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server);
+  await ann.publisher('fast', { maxAgeMs: 0.4 });
+  await ann.publisher('zero', { maxAgeMs: 0 });
+  assert.deepEqual(server.requestsOf('Publish'), [
+    { channel: 'fast', max_age_ms: 1 },
+    { channel: 'zero', max_age_ms: 1 },
+  ]);
+});
+
 test('ticks: latest wins with loss and staleness counted; resubscribed and re-claimed after a reconnect', async (t) => {
   const server = new FakeServer();
   server.channelIdBase = 5n;

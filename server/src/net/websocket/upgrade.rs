@@ -66,7 +66,8 @@ pub(super) fn classify(head: &[u8], web: &WebConfig, plain: bool) -> Result<Requ
         if !crate::web::is_loopback_host(Some(host)) {
             return Err(Response::error(
                 403,
-                "a page from another site may not open plain ws:// to this machine's server (list it in web.origins)",
+                "a page from another site may not open plain ws:// to this machine's server: list its origin in \
+                 web.origins (behind a reverse proxy on this machine, the site's own origin)",
             ));
         }
     }

@@ -112,7 +112,9 @@ export async function subscribeOn(session, entry, subscriptions) {
 
 /** Claims `entry`'s channel for publishing on `session`. */
 export async function claimOn(session, entry) {
-  const body = { Publish: { channel: entry.channel, max_age_ms: entry.maxAgeMs } };
+  // Whole milliseconds, rounded up: the server refuses 0 (a max age below 1 ms asks for 1 ms).
+  const maxAgeMs = entry.maxAgeMs == null ? null : Math.max(1, Math.ceil(entry.maxAgeMs));
+  const body = { Publish: { channel: entry.channel, max_age_ms: maxAgeMs } };
   const { channel_id } = expectReply(await session.request(body), 'Publishing');
   entry.claim = { session, channelId: channel_id };
 }

@@ -65,33 +65,11 @@ pub(crate) fn msg_id_of(key: &str) -> u64 {
     key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
-#[derive(Debug, Args)]
-pub(crate) struct HistoryArgs {
-    #[command(flatten)]
-    server: ServerArgs,
-    /// Room to read.
-    #[arg(long)]
-    room: String,
-    /// Only messages after this position: `EPOCH:SEQ` (as `chat --json` and `history --json` print them; a
-    /// different epoch means the room's history was lost, and that is said), or a bare SEQ in the current epoch.
-    #[arg(long, value_name = "EPOCH:SEQ")]
-    since: Option<Since>,
-    /// At most this many messages.
-    #[arg(long, default_value_t = 1000)]
-    limit: u32,
-    /// One JSON object per line: room, epoch, seq, sender, client_msg_id, body (UTF-8, invalid bytes replaced).
-    #[arg(long)]
-    json: bool,
-    /// Seconds to wait for each page of history (reconnects included); 0: no limit. On expiry the command fails.
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
-    timeout: f64,
-}
-
 /// `--since`: `EPOCH:SEQ`, or a bare `SEQ`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Since {
-    epoch: Option<u64>,
-    seq: u64,
+    pub(crate) epoch: Option<u64>,
+    pub(crate) seq: u64,
 }
 
 /// A `--since` that is neither `EPOCH:SEQ` nor `SEQ`.
@@ -113,14 +91,14 @@ impl std::str::FromStr for Since {
     }
 }
 
-fn text(body: &[u8]) -> String {
+pub(crate) fn text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
 }
 
 /// A body as one line of a terminal: control characters (a newline that would forge another message's line, an
 /// escape sequence that would clear the screen or set the clipboard) are shown escaped (`\n`, `\u{1b}`), not
 /// acted on. Any room member chooses the bytes; `--json` escapes them already.
-fn terminal_text(body: &[u8]) -> String {
+pub(crate) fn terminal_text(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     if !text.chars().any(char::is_control) {
         return text.into_owned();
@@ -413,90 +391,6 @@ pub(crate) async fn post(args: PostArgs) -> Result<(), CliError> {
     };
     let seq = posted.map_err(CliError::Post)?;
     crate::out!("{seq}");
-    client.close().await;
-    Ok(())
-}
-
-#[derive(Debug, Serialize)]
-struct HistoryLine<'a> {
-    room: &'a str,
-    epoch: u64,
-    seq: u64,
-    sender: &'a str,
-    client_msg_id: u64,
-    body: String,
-}
-
-pub(crate) async fn history(args: HistoryArgs) -> Result<(), CliError> {
-    let limit = crate::seconds("timeout", args.timeout)?;
-    let client = args.server.connect().await?;
-    // One page, within --timeout (a server that keeps the connection alive but never answers must not hold a
-    // script for ever).
-    let page_of = |since: Option<u64>, left: u32| {
-        let client = &client;
-        let room = &args.room;
-        async move {
-            let page = client.history(room, since, left);
-            let page = match limit.is_zero() {
-                true => page.await,
-                false => tokio::time::timeout(limit, page).await.map_err(|_| CliError::HistoryTimeout(limit))?,
-            };
-            page.map_err(CliError::History)
-        }
-    };
-    let mut since = args.since.map(|s| s.seq);
-    let mut left = args.limit;
-    let mut first = true;
-    while left > 0 {
-        let mut page = page_of(since, left).await?;
-        if first {
-            first = false;
-            if let Some(Since { epoch: Some(asked), seq }) = args.since {
-                if page.epoch != asked {
-                    // Seqs of another epoch mean nothing here: everything retained now is after the position.
-                    crate::err!(
-                        "* room {} is in epoch {} now, not {asked}: its history up to seq {seq} of that epoch was \
-                         lost (a server without a store restarted, or the room was evicted); showing what is retained",
-                        args.room,
-                        page.epoch
-                    );
-                    page = page_of(None, left).await?;
-                }
-            }
-            let after = if page.epoch == args.since.and_then(|s| s.epoch).unwrap_or(page.epoch) { since } else { None };
-            if let (Some(first_seq), Some(after)) = (page.messages.first().map(|m| m.seq), after) {
-                if first_seq > after + 1 {
-                    crate::err!(
-                        "* history was trimmed: seqs {} to {} of room {} are no longer retained",
-                        after + 1,
-                        first_seq - 1,
-                        args.room
-                    );
-                }
-            }
-        }
-        for event in &page.messages {
-            let quiver_proto::EventKind::Message { sender, client_msg_id, body } = &event.kind else { continue };
-            if args.json {
-                let line = HistoryLine {
-                    room: &page.room,
-                    epoch: page.epoch,
-                    seq: event.seq,
-                    sender,
-                    client_msg_id: *client_msg_id,
-                    body: text(body),
-                };
-                crate::out!("{}", serde_json::to_string(&line)?);
-            } else {
-                crate::out!("[{}] {}: {}", event.seq, sender, terminal_text(body));
-            }
-        }
-        left = left.saturating_sub(page.messages.len() as u32);
-        match page.messages.last() {
-            Some(last) if page.more => since = Some(last.seq),
-            _ => break,
-        }
-    }
     client.close().await;
     Ok(())
 }

@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod churn;
 mod error;
+mod history;
 mod impair;
 mod output;
 mod ping;
@@ -40,7 +41,7 @@ enum Command {
     /// Post one message to a room and print its seq.
     Post(chat::PostArgs),
     /// Print a room's retained messages.
-    History(chat::HistoryArgs),
+    History(history::HistoryArgs),
     /// Ticks over datagrams: publish or subscribe.
     #[command(subcommand)]
     Tick(tick::TickCommand),
@@ -222,7 +223,7 @@ fn main() -> ExitCode {
             Command::Ping(args) => tokio::spawn(ping::run(args)).await,
             Command::Chat(args) => tokio::spawn(chat::chat(args)).await,
             Command::Post(args) => tokio::spawn(chat::post(args)).await,
-            Command::History(args) => tokio::spawn(chat::history(args)).await,
+            Command::History(args) => tokio::spawn(history::history(args)).await,
             Command::Tick(command) => tokio::spawn(tick::run(command)).await,
             Command::Impair(args) => tokio::spawn(impair::run(args)).await,
             Command::Bench(command) => tokio::spawn(bench::run(command)).await,

@@ -1,0 +1,126 @@
+//! The first connect: the servers raced, the session opened (failing over to the other addresses when a server
+//! takes the handshake but not the session), and the client's tasks started.
+
+use super::*;
+
+/// A [`Driver::connect`] not yet returned: dropped (the connect failed, or its future was dropped), it ends the
+/// client and closes the connection opened so far.
+struct Unfinished {
+    driver: Arc<Driver>,
+    connection: Option<Arc<Live>>,
+    finished: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let why = (ErrorCode::NoError, "connect given up".to_string());
+        if let Some(connection) = &self.connection {
+            connection.link.close(why.0, &why.1);
+        }
+        self.driver.end(why);
+    }
+}
+
+impl Driver {
+    /// Resolves `server`, opens the first connection (which must succeed) and starts the client's tasks.
+    pub(crate) async fn connect(server: &str, options: ConnectOptions) -> Result<Arc<Driver>, ConnectError> {
+        let options = options.with_dev_tokens();
+        let timeout = options.connect_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = options.first_connect_retry.map(|retry| started + retry);
+        // What a connect may take in all, failing over included: the handshake and the session's opening, a
+        // `connect_timeout` each, or until `first_connect_retry`'s deadline.
+        let budget = deadline.map_or(started + 2 * timeout, |deadline| deadline.max(started + 2 * timeout));
+        let mut backoff = Backoff::new(options.reconnect_delay, options.reconnect_max_delay);
+        let (target, mut link) = Target::first(server, &options, deadline, &mut backoff).await?;
+        let (posts, queued) = mpsc::unbounded_channel();
+        let driver = Arc::new_cyclic(|me| Driver {
+            me: me.clone(),
+            server: server.to_string(),
+            target: Mutex::new(Arc::new(target)),
+            options,
+            current: watch::channel(None).0,
+            ended: Mutex::new(None),
+            state: watch::channel(ConnectionState::Reconnecting {
+                attempt: 0,
+                last_error: "connecting".into(),
+                next_try_in: Duration::ZERO,
+            })
+            .0,
+            reconnects: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            rooms: rooms::Rooms::default(),
+            ticks: ticks::Ticks::default(),
+            posts,
+            next_msg_id: AtomicU64::new(rand::random::<u64>() >> 2),
+            queued_posts: Arc::default(),
+            room_streams: AtomicU64::new(0),
+            copy_slots: Mutex::default(),
+            welcome: Mutex::new(Welcome {
+                version: 0,
+                session_id: 0,
+                server_time_us: 0,
+                identity: String::new(),
+                limits: Limits::default(),
+            }),
+            clock_offset_us: AtomicI64::new(0),
+            websocket_first: AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        // Until this returns, a dropped future (the caller's own timeout, a `select!`) ends the client: its
+        // connection is already held by its reader tasks, and nothing else would ever close it.
+        let mut unfinished = Unfinished { driver: driver.clone(), connection: None, finished: false };
+        // A server that took the handshake but not the session (over its connection limit, going away, no answer
+        // to Hello in time) is not the end while another address is left: a cluster's other nodes are tried, each
+        // once, then (with `first_connect_retry`) all of them again after the backoff's pause.
+        let mut refused = Vec::new();
+        let left = || budget.saturating_duration_since(tokio::time::Instant::now()).min(timeout);
+        let connection = loop {
+            let opened = tokio::time::timeout(left(), driver.open(link.clone())).await;
+            let err = match opened {
+                Ok(Ok(connection)) => break connection,
+                Ok(Err(err)) => err,
+                Err(_) => ConnectError::Timeout(timeout),
+            };
+            link.close(ErrorCode::NoError, "session not opened; trying another server");
+            if err.is_fatal() || left().is_zero() {
+                return Err(err);
+            }
+            let addr = driver.target().addr;
+            tracing::info!(%addr, %err, "the server took the handshake but not the session");
+            refused.push(addr);
+            let next = match Target::once(server, &driver.options, &refused, left()).await {
+                Ok(found) => Ok(found),
+                // (Another node's certificate not the pinned one: said, not hidden behind this refusal.)
+                Err(other) if other.is_fatal() => return Err(other),
+                Err(_) if Target::pause(&err, deadline, &mut backoff).await => {
+                    refused.clear();
+                    Target::first(server, &driver.options, deadline, &mut backoff).await
+                }
+                Err(_) => return Err(err),
+            };
+            let (target, next_link) = next?;
+            *lock(&driver.target) = Arc::new(target);
+            link = next_link;
+        };
+        unfinished.connection = Some(connection.clone());
+        driver.connected(connection).await;
+        unfinished.finished = true;
+        driver.tasks.spawn(driver.clone().supervise());
+        let sending = posts::send_posts(driver.current.subscribe(), queued, driver.stop.clone());
+        let me = driver.clone();
+        driver.tasks.spawn(async move {
+            let unsent = sending.await;
+            // Read once the client has ended: the reason is the refusal or the close, not a default.
+            let why = me.end_reason();
+            for post in unsent {
+                post.done.send(Err(RequestError::closed(why.clone())));
+            }
+        });
+        Ok(driver)
+    }
+}

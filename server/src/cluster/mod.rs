@@ -13,6 +13,7 @@ mod error;
 mod event;
 mod interest;
 pub mod keys;
+mod membership;
 mod node_room;
 mod posts;
 mod rooms;

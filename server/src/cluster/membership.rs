@@ -1,0 +1,117 @@
+//! A node's membership in Redis: the list of rooms its members are in (so that the others can find them if it
+//! dies), the burial of a dead node's members, and a revived node's announcement of its own again.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use quiver_proto::Failure;
+
+use super::{
+    keys::{self, RoomKeys},
+    node_room::{new_epoch, Ctx, NodeRoom},
+    scripts,
+};
+use crate::hub::{lock::lock, SubscriberId};
+
+/// Every member `node` (dead) held leaves the rooms it was in. False when that could not be finished (Redis
+/// failed): the node is buried again later.
+pub(super) async fn bury(ctx: Arc<Ctx>, node: String) -> bool {
+    let mut conn = ctx.broker.conn();
+    let rooms: Vec<String> = match redis::AsyncCommands::smembers(&mut conn, keys::node_rooms(&node)).await {
+        Ok(rooms) => rooms,
+        Err(err) => {
+            ctx.broker.failed(&err);
+            return false;
+        }
+    };
+    let mut done = true;
+    for room in rooms {
+        let keys = RoomKeys::new(&room);
+        let dropped: redis::RedisResult<u64> = scripts::NODE_GONE_SCRIPT
+            .key(&keys.meta)
+            .key(&keys.log)
+            .key(&keys.members)
+            .key(keys.holders(&node))
+            .arg(crate::now_us().to_string())
+            .arg(&keys.events)
+            .arg(ctx.room_ttl_ms)
+            .invoke_async(&mut conn)
+            .await;
+        match dropped {
+            Ok(n) if n > 0 => tracing::info!(%room, %node, subscriptions = n, "a dead node's members left the room"),
+            Ok(_) => {}
+            Err(err) => {
+                ctx.broker.failed(&err);
+                done = false;
+            }
+        }
+    }
+    done
+}
+
+/// Lists `room` among this node's rooms (before any of its subscriptions is counted there: if the node dies, the
+/// others find them through this list).
+pub(super) async fn list_room(ctx: &Ctx, room: &str) -> Result<(), Failure> {
+    let mut conn = ctx.broker.conn();
+    let listed: redis::RedisResult<()> =
+        redis::AsyncCommands::sadd(&mut conn, keys::node_rooms(ctx.broker.node()), room).await;
+    listed.map_err(|err| ctx.unavailable(err))
+}
+
+/// Counts subscription `sub` of `identity` in `room` (idempotent per subscription).
+pub(super) async fn join_script(
+    ctx: &Ctx,
+    keys: &RoomKeys,
+    identity: &str,
+    sub: SubscriberId,
+    now_us: u64,
+) -> redis::RedisResult<(String, u64, u64, Vec<String>)> {
+    let mut conn = ctx.broker.conn();
+    scripts::JOIN_SCRIPT
+        .key(&keys.meta)
+        .key(&keys.log)
+        .key(&keys.members)
+        .key(keys.holders(ctx.broker.node()))
+        .arg(new_epoch())
+        .arg(identity)
+        .arg(now_us.to_string())
+        .arg(&keys.events)
+        .arg(sub)
+        .invoke_async(&mut conn)
+        .await
+}
+
+/// This node was buried while cut off from Redis: its subscriptions are counted again (idempotent per
+/// subscription; one that left meanwhile is ended again). False when Redis failed on any (all are tried again).
+pub(super) async fn announce(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>>) -> bool {
+    let rooms: Vec<Arc<NodeRoom>> = lock(&rooms).values().cloned().collect();
+    let mut done = true;
+    for room in rooms {
+        // Under the room's join lock: a join under way when the burial deleted this node's list of rooms (its own
+        // listing done before that) is either in the snapshot below, and listed again, or starts after this and
+        // lists the room itself. Without the lock it could be in neither, counted in a room this node no longer
+        // lists, which its own burial later would not clean.
+        let _joining = room.channel.clone().lock_owned().await;
+        let subs: Vec<(SubscriberId, String)> =
+            lock(&room.state).subscribers.iter().map(|(id, sub)| (*id, sub.identity.clone())).collect();
+        if subs.is_empty() {
+            continue;
+        }
+        if list_room(&ctx, &room.name).await.is_err() {
+            done = false;
+            continue;
+        }
+        for (id, identity) in subs {
+            if let Err(err) = join_script(&ctx, &room.keys, &identity, id, crate::now_us()).await {
+                ctx.broker.failed(&err);
+                done = false;
+            }
+            if !lock(&room.state).subscribers.contains_key(&id) {
+                tokio::spawn(ctx.clone().leave(room.name.clone(), id));
+            }
+        }
+    }
+    done
+}

@@ -10,6 +10,7 @@ mod endpoint;
 mod mailbox;
 mod reload;
 mod replies;
+mod requests;
 mod rooms;
 mod summary;
 mod ticks;

@@ -1,0 +1,148 @@
+//! A room stream's pump: moves what the outbox queued onto the stream between direct writes, finishes it once the
+//! room is left, and resets it when the subscriber falls behind.
+
+use super::*;
+
+/// True when `outbox`'s room is left (or the connection stops) within [`LEFT_STREAM_GRACE`]: a stream stopped by
+/// its client is usually followed by the client's Leave.
+async fn left_in_grace(outbox: &StreamOutbox, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = outbox.left.cancelled() => true,
+        () = stop.cancelled() => true,
+        () = tokio::time::sleep(LEFT_STREAM_GRACE) => false,
+    }
+}
+
+/// What the pump does next, decided under the queue's lock.
+enum Next {
+    /// Write this backlog (the stream is taken from the outbox meanwhile).
+    Drain(VecDeque<Bytes>, SendStream),
+    /// Reset the stream: the subscriber fell behind.
+    Reset(SendStream),
+    /// Nothing to do until woken (or a flush is writing and will wake the pump when it is done).
+    Wait,
+    /// The room was left and everything is written, or the stream is gone.
+    Done,
+}
+
+fn next(outbox: &StreamOutbox) -> Next {
+    let mut queue = lock(&outbox.queue);
+    if outbox.overflow.is_cancelled() {
+        return queue.send.take().map_or(Next::Wait, Next::Reset);
+    }
+    if queue.frames.is_empty() {
+        if !queue.closed {
+            return Next::Wait;
+        }
+        if let Some(mut send) = queue.send.take() {
+            send.finish();
+            return Next::Done;
+        }
+        return Next::Wait;
+    }
+    let Some(send) = queue.send.take() else { return Next::Wait };
+    queue.in_flight = std::mem::take(&mut queue.bytes);
+    Next::Drain(queue.take_frames(), send)
+}
+
+/// Moves queued frames from `outbox` to the room stream until the room is left (finish), the subscriber falls
+/// behind (reset with `SlowConsumer`, and `kicked` hears of it), the connection ends, or `stop` is cancelled.
+/// Between backlogs the stream is parked in the outbox for direct writes.
+pub(crate) async fn pump(
+    outbox: Arc<StreamOutbox>,
+    kicked: Arc<Mailbox<Kicked>>,
+    stop: CancellationToken,
+    stats: Arc<ServerStats>,
+) {
+    let _gone = PumpGone(outbox.clone());
+    // Once the room is left, what is queued has this long to be written (a peer that never reads the stream must
+    // not keep it, and its queue, for the connection's life).
+    let left_too_long = async {
+        outbox.left.cancelled().await;
+        tokio::time::sleep(LEFT_STREAM_GRACE).await;
+    };
+    tokio::pin!(left_too_long);
+    let never = || -> std::pin::Pin<Box<dyn Future<Output = ErrorCode> + Send>> { Box::pin(std::future::pending()) };
+    let mut peer_stopped = lock(&outbox.peer_stopped).take().map_or_else(never, |signal| signal.0);
+    loop {
+        match next(&outbox) {
+            Next::Drain(mut batch, mut send) => {
+                // The frame being written when the stream was given up (an overflow, a stop): not written.
+                let mut cut_short = 0;
+                while let Some(frame) = batch.pop_front() {
+                    let len = frame.len();
+                    tokio::select! {
+                        written = send.write_chunk(frame) => match written {
+                            Ok(()) => {
+                                dequeued(&stats, len);
+                                // (A replay frame, not counted, may come off early: the bound errs on the lenient
+                                // side for the length of a replay.)
+                                let mut queue = lock(&outbox.queue);
+                                queue.in_flight = queue.in_flight.saturating_sub(len);
+                            }
+                            // The client stopped the stream: it cannot take more (WebSocket), a slow consumer as an
+                            // overflow is; or, with any other code, it let the room go, and its Leave, sent beside
+                            // the stop, is on its way. A room not left within the grace ends on this connection
+                            // anyway (reset, and Kicked names it) rather than stay joined with nothing delivered: in
+                            // the room's presence, refusing a rejoin.
+                            Err(WireError::Stream(code))
+                                if code == ErrorCode::SlowConsumer.to_u32() || !left_in_grace(&outbox, &stop).await =>
+                            {
+                                dequeued(&stats, len);
+                                outbox.kick();
+                                cut_short = 1;
+                                break;
+                            }
+                            Err(_) => return dequeued(&stats, len + batch.iter().map(Bytes::len).sum::<usize>()),
+                        },
+                        () = outbox.overflow.cancelled() => {
+                            dequeued(&stats, len);
+                            cut_short = 1;
+                            break;
+                        }
+                        () = stop.cancelled() => {
+                            return dequeued(&stats, len + batch.iter().map(Bytes::len).sum::<usize>());
+                        }
+                        () = &mut left_too_long => {
+                            send.reset(ErrorCode::NoError);
+                            let rest = {
+                                let mut queue = lock(&outbox.queue);
+                                (queue.bytes, queue.in_flight) = (0, 0);
+                                queue.take_frames().iter().map(Bytes::len).sum::<usize>()
+                            };
+                            return dequeued(&stats, len + rest + batch.iter().map(Bytes::len).sum::<usize>());
+                        }
+                    }
+                }
+                // Copies of what is left unwritten (an overflow: it goes with the reset) stay held.
+                let written_before = lock(&outbox.queue).written_before() - (batch.len() + cut_short) as u64;
+                outbox.probed(written_before);
+                // What is left after an overflow goes with the reset.
+                dequeued(&stats, batch.iter().map(Bytes::len).sum());
+                batch.clear();
+                let mut queue = lock(&outbox.queue);
+                queue.in_flight = 0;
+                queue.send = Some(send);
+                queue.put_back(batch);
+                outbox.notify_if_drained(&queue);
+            }
+            Next::Reset(mut send) => {
+                bump(&stats.slow_consumer_resets);
+                send.reset(ErrorCode::SlowConsumer);
+                let _ = kicked.push((outbox.room.clone(), outbox.clone()));
+                return;
+            }
+            Next::Wait => tokio::select! {
+                () = outbox.wake.notified() => {}
+                code = &mut peer_stopped => {
+                    peer_stopped = never();
+                    if code == ErrorCode::SlowConsumer {
+                        outbox.kick();
+                    }
+                }
+                () = stop.cancelled() => return,
+            },
+            Next::Done => return,
+        }
+    }
+}

@@ -13,7 +13,7 @@ pub(super) struct ShedState {
 }
 
 /// The longest a stuck shedding waits before it looks again (µs).
-pub(super) const SHED_RETRY_US: u64 = 1_000_000;
+const SHED_RETRY_US: u64 = 1_000_000;
 
 impl LocalRooms {
     pub(super) fn account(&self, before: u64, after: u64) {
@@ -25,7 +25,7 @@ impl LocalRooms {
     }
 
     /// Takes a room out of the map (its lock held by the caller) and returns its memory to the budget.
-    pub(super) fn remove(&self, rooms: &mut RoomMap, name: &str, slot: &mut Slot) {
+    fn remove(&self, rooms: &mut RoomMap, name: &str, slot: &mut Slot) {
         slot.removed = true;
         rooms.remove(name);
         self.removals_of(name).fetch_add(1, Ordering::Release);

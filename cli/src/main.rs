@@ -64,7 +64,8 @@ pub(crate) struct TrustArgs {
     #[arg(long)]
     ca: Option<PathBuf>,
     /// The server's data directory: for a server on this machine, its dev certificate is trusted and, without
-    /// --token, a dev token is minted with its dev key.
+    /// --token (and without --ca, or --cert-hash other than the dev certificate's), a dev token is minted with its
+    /// dev key.
     #[arg(long, default_value = ".quiver")]
     data_dir: PathBuf,
     /// Access token (JWT), e.g. from `quiver-server token --sub NAME`.

@@ -65,7 +65,8 @@ struct Args {
     key: Option<PathBuf>,
     /// Serve the browser demo page over HTTP on this TCP address. Default with the dev certificate: loopback only
     /// (127.0.0.1, or ::1 when --listen is ::1) on the --listen port; with --cert: not served. Dev tokens are
-    /// handed to the page only when it is opened from this machine, whatever the address.
+    /// handed to the page only when it is opened from this machine with the page key of the URL printed at start
+    /// (printed only for a loopback or unspecified address).
     #[arg(long, conflicts_with = "no_web")]
     web: Option<SocketAddr>,
     /// Do not serve the demo page.
@@ -77,8 +78,9 @@ struct Args {
     /// The WebTransport URL path browsers connect to. Default /quiver.
     #[arg(long)]
     web_path: Option<String>,
-    /// An origin allowed to open WebTransport sessions, e.g. https://app.example.com (repeat for more). Without
-    /// any, every origin is allowed: fine for development, not for production.
+    /// An origin allowed to open WebTransport sessions and WebSockets, e.g. https://app.example.com (repeat for
+    /// more). Without any, every origin is allowed (plain ws:// only this machine's pages): fine for development,
+    /// not for production.
     #[arg(long = "web-origin", value_name = "ORIGIN")]
     web_origins: Vec<String>,
     /// Admit clients without tokens, with every right (demos only; logged loudly).

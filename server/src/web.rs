@@ -164,7 +164,7 @@ const NOT_LOCAL_NAME: &str = "dev tokens are handed out only to pages opened as 
 
 /// Why a page with a wrong page key gets no dev token.
 const WRONG_KEY: &str = "this page key is not the server's: open the demo page with the URL quiver-server printed at \
-    start (http://localhost:PORT/#key=...); a new dev key (a new data directory) makes a new page key";
+    start (http://localhost:PORT/#key=...): each start of the server makes a new page key";
 
 /// True when a `Host` header names this machine: `localhost` or a loopback address, with or without a port. A
 /// request without one (not a browser's) counts as local; the peer address was checked already.

@@ -261,7 +261,10 @@ async fn control<R: RoomHub>(
         tokio::select! {
             () = &mut expiry, if expires => {
                 bump(&stats.sessions_expired);
-                // The posts already taken are answered first (within the frame timeout).
+                // Nothing more is delivered or taken from here on (rooms left, subscriptions and claims ended, the
+                // datagram and room-stream tasks stopped): a session does not outlive its token while the posts
+                // already taken are answered (within the frame timeout), which could take seconds.
+                Box::pin(connection.close(now_us(), frame_timeout)).await;
                 replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
                 // Flushed even when nothing is left to encode: replies written just before (a Join refused at the
                 // expiry) would otherwise be dropped by the close.

@@ -198,11 +198,24 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
         netns::CLIENT_ADDR,
         backend.name()
     );
+    // Each command in a process group of its own: what it starts (`cd dir && quiver-server …`, a pipeline) is
+    // stopped with it, not left running in a namespace that is then removed.
     let shell = |side: Side, cmd: &str| {
         let mut command = tokio::process::Command::from(link.command(side, "sh"));
-        command.args(["-c", cmd]).kill_on_drop(true);
+        command.args(["-c", cmd]).kill_on_drop(true).process_group(0);
         command
     };
+    let end = async {
+        match args.duration {
+            // `inf` (checked at the start: anything else is a valid duration): no end.
+            Some(secs) => match Duration::try_from_secs_f64(secs.max(0.0)) {
+                Ok(duration) => tokio::time::sleep(duration).await,
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end);
     let mut server = match &args.server_cmd {
         Some(cmd) => Some(shell(Side::Server, cmd).spawn().map_err(CliError::ServerCommand)?),
         None => {
@@ -214,28 +227,26 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
         Some(cmd) => {
             // Give the server a moment to bind.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            tokio::select! {
-                status = shell(Side::Client, cmd).status() => match status.map_err(CliError::ClientCommand) {
-                    Ok(status) if status.success() => Ok(()),
-                    Ok(status) => Err(CliError::ClientFailed(status)),
-                    Err(err) => Err(err),
-                },
-                // The client command is killed with its future (`kill_on_drop`); the cleanup below runs.
-                () = stop.requested() => Err(CliError::Interrupted),
+            // (A command that cannot start is an outcome like the others: the cleanup below still runs.)
+            match shell(Side::Client, cmd).spawn() {
+                Err(err) => Err(CliError::ClientCommand(err)),
+                Ok(mut client) => {
+                    let outcome = tokio::select! {
+                        status = client.wait() => match status.map_err(CliError::ClientCommand) {
+                            Ok(status) if status.success() => Ok(()),
+                            Ok(status) => Err(CliError::ClientFailed(status)),
+                            Err(err) => Err(err),
+                        },
+                        // --duration bounds the client command too.
+                        () = &mut end => Ok(()),
+                        () = stop.requested() => Err(CliError::Interrupted),
+                    };
+                    stop_group(&mut client).await;
+                    outcome
+                }
             }
         }
         None => {
-            let end = async {
-                match args.duration {
-                    // `inf` (checked at the start: anything else is a valid duration): no end.
-                    Some(secs) => match Duration::try_from_secs_f64(secs.max(0.0)) {
-                        Ok(duration) => tokio::time::sleep(duration).await,
-                        Err(_) => std::future::pending().await,
-                    },
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::pin!(end);
             let mut second = tokio::time::interval(Duration::from_secs(1));
             second.tick().await;
             loop {
@@ -252,12 +263,29 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
         }
     };
     if let Some(server) = server.as_mut() {
-        let _ = server.kill().await;
+        stop_group(server).await;
     }
     let stats = tokio::task::spawn_blocking(move || link.stop()).await?.map_err(CliError::NetnsCleanup)?;
     crate::out!("total:");
     print_directions(&stats.up, &stats.down);
     outcome
+}
+
+/// Stops `child`'s process group (SIGTERM, then SIGKILL after 2 s) and waits for `child`.
+#[cfg(target_os = "linux")]
+async fn stop_group(child: &mut tokio::process::Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let Some(pid) = child.id() else { return };
+    let signal = |name: &str| {
+        let _ = std::process::Command::new("kill").args([name, "--", &format!("-{pid}")]).status();
+    };
+    signal("-TERM");
+    if tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_err() {
+        signal("-KILL");
+        let _ = child.wait().await;
+    }
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -109,3 +109,36 @@ fn ctrl_c_while_impairs_client_command_runs_removes_its_namespaces() {
     assert!(!exit.success(), "an interrupted run reports failure");
     assert_removed("quiver-");
 }
+
+/// `quiver impair --netns` stops what its commands started (their process groups), and `--duration` bounds a
+/// `--client-cmd` too: before, a server command that ran another program (`cd d && quiver-server …`) left it
+/// running in a namespace that was then removed, and a client command that did not end held the run forever.
+#[test]
+fn impairs_commands_are_stopped_with_everything_they_started() {
+    if skip() {
+        return;
+    }
+    let marker = format!("{}", 3000 + std::process::id() % 1000);
+    let started = Instant::now();
+    let status = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["impair", "--netns", "--profile", "lossy-5", "--duration", "1"])
+        .args(["--server-cmd", &format!("sleep {marker}; true"), "--client-cmd", &format!("sleep {marker}; true")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(15), "--duration did not bound the client command");
+    std::thread::sleep(Duration::from_millis(300));
+    // Processes whose command line is `sleep MARKER` (from /proc: no pgrep needed).
+    let wanted = format!("sleep\0{marker}\0");
+    let left: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| cmd == wanted.as_bytes()))
+        .collect();
+    for pid in &left {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    assert!(left.is_empty(), "left running: {left:?}");
+}

@@ -154,16 +154,7 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
     let config = RelayConfig { listen, upstream, profile, max_clients: args.max_clients };
     let relay = Relay::start(config.clone()).map_err(|source| CliError::Relay { listen, source })?;
     crate::err!("relaying {} -> {upstream}, {}", relay.local_addr(), config.profile);
-    let end = async {
-        match args.duration {
-            // `inf` (checked at the start: anything else is a valid duration): no end.
-            Some(secs) => match Duration::try_from_secs_f64(secs.max(0.0)) {
-                Ok(duration) => tokio::time::sleep(duration).await,
-                Err(_) => std::future::pending().await,
-            },
-            None => std::future::pending().await,
-        }
-    };
+    let end = run_ends(args.duration);
     tokio::pin!(end);
     let mut second = tokio::time::interval(Duration::from_secs(1));
     second.tick().await;
@@ -205,16 +196,7 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
         command.args(["-c", cmd]).kill_on_drop(true).process_group(0);
         command
     };
-    let end = async {
-        match args.duration {
-            // `inf` (checked at the start: anything else is a valid duration): no end.
-            Some(secs) => match Duration::try_from_secs_f64(secs.max(0.0)) {
-                Ok(duration) => tokio::time::sleep(duration).await,
-                Err(_) => std::future::pending().await,
-            },
-            None => std::future::pending().await,
-        }
-    };
+    let end = run_ends(args.duration);
     tokio::pin!(end);
     let mut server = match &args.server_cmd {
         Some(cmd) => Some(shell(Side::Server, cmd).spawn().map_err(CliError::ServerCommand)?),
@@ -269,6 +251,15 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
     crate::out!("total:");
     print_directions(&stats.up, &stats.down);
     outcome
+}
+
+/// Ready once `--duration` has passed; never without one, or with `inf` (checked at the start: anything else is a
+/// valid duration).
+async fn run_ends(duration: Option<f64>) {
+    match duration.map(|secs| Duration::try_from_secs_f64(secs.max(0.0))) {
+        Some(Ok(duration)) => tokio::time::sleep(duration).await,
+        _ => std::future::pending().await,
+    }
 }
 
 /// Stops `child`'s process group (SIGTERM, then SIGKILL after 2 s) and waits for `child`.

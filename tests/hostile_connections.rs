@@ -224,3 +224,46 @@ async fn initials_forged_with_a_real_clients_address_do_not_lock_it_out() {
     })
     .await;
 }
+
+/// Connections that never say Hello hold a slot each for `handshake_timeout_ms`; at most
+/// `budget.max_awaiting_hello` of them are kept at once: one more closes the one waiting longest of the network
+/// holding the most (here every socket is 127.0.0.1's, so the oldest), with `TooManyConnections` and why, while a
+/// real client that says Hello is welcomed and stays. Before, silent connections from a few dozen addresses filled
+/// `max_connections` for as long as they were renewed, and real clients were refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_awaiting_hello_are_bounded_and_the_oldest_silent_one_makes_room() {
+    use quiver_server::{Budget, ServerConfig};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+        let budget = Budget { max_awaiting_hello: 3, ..Budget::default() };
+        let server = TestServer::start_with(ServerConfig { budget, ..dev }, dir);
+        beside_a_bystander(&server, async {
+            let mut silent = Vec::new();
+            for _ in 0..3 {
+                silent.push(server.try_raw().await.unwrap());
+            }
+            let started = Instant::now();
+            // A real client: it makes room (the first silent one goes) and, once welcomed, is never closed for it.
+            let mut control = Control::open(&server).await;
+            let (code, reason) = closed_with(&silent[0]).await;
+            assert_eq!(code, ErrorCode::TooManyConnections, "{reason}");
+            assert!(reason.contains("budget.max_awaiting_hello (3)"), "{reason}");
+            assert!(reason.contains("127.0.0.0/24 holds the most"), "{reason}");
+            assert!(started.elapsed() < Duration::from_secs(5), "closed at once, not at the handshake timeout");
+            for _ in 0..5 {
+                silent.push(server.try_raw().await.unwrap());
+            }
+            // Oldest first: the two left of the first three, then the first two of the five.
+            for conn in &silent[1..5] {
+                assert_eq!(closed_with(conn).await.0, ErrorCode::TooManyConnections);
+            }
+            assert!(silent[5..].iter().all(|conn| conn.close_reason().is_none()), "the three newest still wait");
+            control.ping(1).await;
+        })
+        .await;
+        assert!(server.stats.snapshot().connections_closed_awaiting_hello >= 5);
+        server.stop().await;
+    })
+    .await;
+}

@@ -31,8 +31,9 @@ use std::{
 };
 
 use quiver_proto::Limits;
+use tokio_util::sync::CancellationToken;
 
-use crate::rate::TokenBucket;
+use crate::{awaiting::AwaitingHello, rate::TokenBucket};
 
 /// The part of a source address that limits apply to: an IPv4 address, or the /64 prefix of an IPv6 one (a single
 /// host commonly gets a whole /64). IPv4-mapped IPv6 addresses (a dual-stack socket's IPv4 peers) count as IPv4.
@@ -82,6 +83,8 @@ pub struct HandshakeBounds {
     pub unvalidated_per_ip: u32,
     /// Of connections over a count, to be closed with `TooManyConnections` (`max_over_limit_handshakes`).
     pub over_limit: u32,
+    /// Admitted connections not welcomed yet, in all (`max_awaiting_hello`; `crate::awaiting`).
+    pub awaiting_hello: u32,
 }
 
 /// Which limit an attempt ran into.
@@ -121,6 +124,8 @@ pub struct Admission {
     bounds: HandshakeBounds,
     sources: HashMap<SourceKey, Source>,
     last_sweep: Instant,
+    /// Admitted connections not welcomed yet, each with the token that closes it.
+    awaiting: AwaitingHello<CancellationToken>,
 }
 
 /// How often idle entries are dropped.
@@ -139,6 +144,7 @@ impl Admission {
             bounds,
             sources: HashMap::new(),
             last_sweep: now,
+            awaiting: AwaitingHello::new(bounds.awaiting_hello),
         }
     }
 
@@ -245,6 +251,12 @@ impl Admission {
         self.total
     }
 
+    /// The connections admitted and not welcomed yet (`max_awaiting_hello`): an admitted one enters with the token
+    /// that closes it, and leaves when it says Hello or ends.
+    pub fn awaiting_hello(&mut self) -> &mut AwaitingHello<CancellationToken> {
+        &mut self.awaiting
+    }
+
     /// Source addresses the table holds an entry for.
     pub fn tracked_sources(&self) -> usize {
         self.sources.len()
@@ -272,7 +284,7 @@ mod tests {
 
     /// At most `unvalidated` unvalidated handshakes in all; no other bound.
     fn bounds(unvalidated: u32) -> HandshakeBounds {
-        HandshakeBounds { unvalidated, unvalidated_per_ip: u32::MAX, over_limit: u32::MAX }
+        HandshakeBounds { unvalidated, unvalidated_per_ip: u32::MAX, over_limit: u32::MAX, awaiting_hello: u32::MAX }
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -411,7 +423,7 @@ mod tests {
     #[test]
     fn initials_forged_with_a_real_address_do_not_lock_it_out() {
         let t0 = Instant::now();
-        let bounds = HandshakeBounds { unvalidated: 256, unvalidated_per_ip: 4, over_limit: 64 };
+        let bounds = HandshakeBounds { unvalidated: 256, unvalidated_per_ip: 4, over_limit: 64, awaiting_hello: 1024 };
         let mut admission = Admission::new(&limits(10_000, 16, 10), bounds, t0); // burst 20
         let victim = ip("203.0.113.9");
         for _ in 0..4 {
@@ -443,7 +455,7 @@ mod tests {
     #[test]
     fn handshakes_over_a_count_are_bounded_in_all() {
         let t0 = Instant::now();
-        let bounds = HandshakeBounds { unvalidated: 256, unvalidated_per_ip: 4, over_limit: 2 };
+        let bounds = HandshakeBounds { unvalidated: 256, unvalidated_per_ip: 4, over_limit: 2, awaiting_hello: 1024 };
         let mut admission = Admission::new(&limits(1_000, 1, 1_000), bounds, t0);
         let a = ip("198.51.100.1");
         assert_eq!(admission.decide(a, false, t0), Decision::Admit);

@@ -63,6 +63,12 @@ pub struct Budget {
     /// why). Above it such attempts are refused at the QUIC level at once (CONNECTION_REFUSED, without the
     /// reason): a client at its count that stalls its handshakes holds at most this many. Default 64.
     pub max_over_limit_handshakes: u32,
+    /// Connections admitted and not welcomed yet (in their TLS handshake, a browser's CONNECT, or before Hello), in
+    /// all. When one more arrives, the one waiting longest from the source group (IPv4 /24, IPv6 /48) holding the
+    /// most such connections is closed with `TooManyConnections` to make room: silent connections from a few
+    /// networks cannot fill `max_connections` for `handshake_timeout_ms` at a time (`crate::awaiting`).
+    /// Default 1,024.
+    pub max_awaiting_hello: u32,
 }
 
 impl Default for Budget {
@@ -78,6 +84,7 @@ impl Default for Budget {
             max_unvalidated_handshakes: 256,
             max_unvalidated_handshakes_per_ip: 4,
             max_over_limit_handshakes: 64,
+            max_awaiting_hello: 1_024,
         }
     }
 }

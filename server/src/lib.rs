@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 pub mod admin;
 pub mod admission;
+pub mod awaiting;
 pub mod budget;
 pub mod cluster;
 pub mod config;

@@ -226,7 +226,7 @@ impl ServerMetrics {
 }
 
 /// What a limit breach is named by in `quiver_limit_breaches_total{limit}`, with its counter.
-fn breaches(s: &ServerStats) -> [(&'static str, u64); 16] {
+fn breaches(s: &ServerStats) -> [(&'static str, u64); 17] {
     let c = s.snapshot();
     [
         ("max_frame", c.frames_too_large),
@@ -239,6 +239,7 @@ fn breaches(s: &ServerStats) -> [(&'static str, u64); 16] {
         ("frame_timeout_ms", c.frame_timeouts),
         ("max_connections", c.connections_over_total),
         ("max_connections_per_ip", c.connections_over_per_ip),
+        ("max_awaiting_hello", c.connections_closed_awaiting_hello),
         // (Validated attempts refused only: a Retry answers an address that may be forged, so counting those
         // would let anyone raise this breach count; they are in `retries_sent_total{reason="rate"}`.)
         ("new_connections_per_s_per_ip", c.connections_refused_over_rate),

@@ -54,6 +54,9 @@ counters! {
     connections_over_total,
     /// Connections closed with `TooManyConnections` because their source address was at `max_connections_per_ip`.
     connections_over_per_ip,
+    /// Connections not welcomed yet closed with `TooManyConnections` to make room for a newer one
+    /// (`budget.max_awaiting_hello`).
+    connections_closed_awaiting_hello,
     /// QUIC Retries sent to unvalidated attempts from an address over `new_connections_per_s_per_ip`.
     retries_over_rate,
     /// QUIC Retries sent to unvalidated attempts while the server or the address was at its connection limit.

@@ -8,9 +8,12 @@ use std::{
     time::Instant,
 };
 
+use tokio_util::sync::CancellationToken;
+
 use super::lock;
 use crate::{
     admission::{Admission, Decision, Overload},
+    awaiting::Ticket,
     stats::{bump, ServerStats},
 };
 
@@ -35,21 +38,63 @@ impl Drop for OverLimit {
 }
 
 /// An admitted connection's place in the counts (and, from an unvalidated address, among the handshakes in
-/// progress until [`Slot::handshaken`]).
+/// progress until [`Slot::handshaken`]), and among the connections awaiting Hello until [`Slot::welcomed`].
 #[derive(Debug)]
 pub(super) struct Slot {
     admission: Arc<Mutex<Admission>>,
     ip: IpAddr,
     handshaking: bool,
+    awaiting: Option<Ticket>,
+    /// Cancelled when the connection is closed to make room for a newer one awaiting Hello.
+    evicted: CancellationToken,
 }
 
 impl Slot {
+    /// Takes a slot for a connection from `ip` that `admission` admitted: it now awaits Hello, and a connection
+    /// awaiting Hello that had to make room for it is told so (its `evicted` token cancelled).
+    fn new(admission: &Arc<Mutex<Admission>>, ip: IpAddr, handshaking: bool, stats: &ServerStats) -> Slot {
+        let evicted = CancellationToken::new();
+        let (ticket, made_room) = lock(admission).awaiting_hello().enter(ip, evicted.clone());
+        if let Some(made_room) = made_room {
+            bump(&stats.connections_closed_awaiting_hello);
+            tracing::debug!(group = %made_room.group, "closing a connection awaiting Hello: max_awaiting_hello");
+            made_room.handle.cancel();
+        }
+        Slot { admission: admission.clone(), ip, handshaking, awaiting: Some(ticket), evicted }
+    }
+
     /// The QUIC handshake completed: the address is validated.
     pub(super) fn handshaken(&mut self) {
         if std::mem::take(&mut self.handshaking) {
             lock(&self.admission).handshake_done(self.ip);
         }
     }
+
+    /// The connection said Hello and was welcomed: no newer connection can close it to make room any more.
+    pub(super) fn welcomed(&mut self) {
+        if let Some(ticket) = self.awaiting.take() {
+            lock(&self.admission).awaiting_hello().leave(ticket);
+        }
+    }
+
+    /// The peer's address.
+    pub(super) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// Cancelled when this connection, not welcomed yet, is closed to make room (`max_awaiting_hello`).
+    pub(super) fn evicted(&self) -> CancellationToken {
+        self.evicted.clone()
+    }
+}
+
+/// What a connection from `ip` closed to make room is told (with `TooManyConnections`), `max` the bound.
+pub(super) fn evicted_reason(max: u32, ip: IpAddr) -> String {
+    format!(
+        "closed before Hello to make room: the server is at budget.max_awaiting_hello ({max}) connections not \
+         welcomed yet, and {} holds the most of them",
+        crate::awaiting::Group::of(ip)
+    )
 }
 
 impl Drop for Slot {
@@ -57,6 +102,9 @@ impl Drop for Slot {
         let mut admission = lock(&self.admission);
         if self.handshaking {
             admission.handshake_done(self.ip);
+        }
+        if let Some(ticket) = self.awaiting.take() {
+            admission.awaiting_hello().leave(ticket);
         }
         admission.release(self.ip);
     }
@@ -72,10 +120,7 @@ pub(super) fn admit(
     let validated = incoming.remote_address_validated();
     let decision = lock(admission).decide(ip, validated, Instant::now());
     match decision {
-        Decision::Admit => {
-            let slot = Slot { admission: admission.clone(), ip, handshaking: !validated };
-            Some((incoming, Admitted::Serve(slot)))
-        }
+        Decision::Admit => Some((incoming, Admitted::Serve(Slot::new(admission, ip, !validated, stats)))),
         Decision::Retry(overload) => {
             // Only unvalidated attempts are asked to retry, and those always may be; refuse if quinn disagrees
             // (then no Retry was sent, and none is counted).
@@ -105,7 +150,7 @@ pub(super) fn admit(
 /// `None`: over the new-connection rate, refused.
 pub(super) fn admit_tcp(ip: IpAddr, admission: &Arc<Mutex<Admission>>, stats: &ServerStats) -> Option<Admitted> {
     match lock(admission).decide(ip, true, Instant::now()) {
-        Decision::Admit => Some(Admitted::Serve(Slot { admission: admission.clone(), ip, handshaking: false })),
+        Decision::Admit => Some(Admitted::Serve(Slot::new(admission, ip, false, stats))),
         Decision::Retry(_) => {
             refused(Overload::Rate, ip, stats);
             None

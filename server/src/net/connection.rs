@@ -17,7 +17,7 @@ use web_transport_quinn::Session;
 use crate::{
     hub::{ticks::TickHub, RoomHub},
     net::{
-        admit::Admitted,
+        admit::{evicted_reason, Admitted, Slot},
         close::{control_stream_closed, refuse, release},
         copies,
         dispatch::{Answer, Connection},
@@ -69,13 +69,22 @@ pub(super) async fn serve<R: RoomHub>(
         Err(err) => return tracing::debug!(%remote, %err, "handshake failed"),
     };
     let mut admitted = admitted;
-    let conn = match tokio::time::timeout_at(deadline, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(err)) => return tracing::debug!(%remote, %err, "handshake failed"),
-        Err(_) => {
-            stats.refused(ErrorCode::HandshakeTimeout);
-            return tracing::debug!(%remote, "TLS handshake timed out");
-        }
+    // (Over a count: never closed to make room, and bounded by `max_over_limit_handshakes` instead.)
+    let evicted = match &admitted {
+        Admitted::Serve(slot) => slot.evicted(),
+        Admitted::TooMany(..) => CancellationToken::new(),
+    };
+    let conn = tokio::select! {
+        handshake = tokio::time::timeout_at(deadline, connecting) => match handshake {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => return tracing::debug!(%remote, %err, "handshake failed"),
+            Err(_) => {
+                stats.refused(ErrorCode::HandshakeTimeout);
+                return tracing::debug!(%remote, "TLS handshake timed out");
+            }
+        },
+        // Dropping the handshake closes the connection (nothing can tell the client why before it completes).
+        () = evicted.cancelled() => return tracing::debug!(%remote, "closed in its TLS handshake to make room"),
     };
     if let Admitted::Serve(slot) = &mut admitted {
         slot.handshaken();
@@ -91,7 +100,16 @@ pub(super) async fn serve<R: RoomHub>(
         let session = if alpn(&conn).as_deref() == Some(ALPN_H3) {
             // Boxed: a browser's CONNECT is a few kilobytes of state that an async fn would otherwise keep room
             // for in every connection's task for its whole life.
-            match Box::pin(webtransport::accept(conn, &config.web, deadline)).await {
+            let connect = Box::pin(webtransport::accept(conn.clone(), &config.web, deadline));
+            let accepted = tokio::select! {
+                accepted = connect => accepted,
+                () = evicted.cancelled() => {
+                    let reason = evicted_reason(config.budget.max_awaiting_hello, remote.ip());
+                    conn.close(ErrorCode::TooManyConnections.to_u32().into(), reason.as_bytes());
+                    return tracing::info!(%reason, "connection closed");
+                }
+            };
+            match accepted {
                 Ok(session) => session,
                 Err(reason) => return tracing::info!(%reason, "WebTransport session refused"),
             }
@@ -125,7 +143,7 @@ pub(super) async fn serve_wire<R: RoomHub>(
     let Shared { config, rooms, ticks, stats, auth } = shared;
     tracing::debug!(kind = ?wire.kind(), "connected");
     // Over a connection limit: closed only now, so that the client sees the code and why.
-    let _slot = match admitted {
+    let mut slot = match admitted {
         Admitted::Serve(slot) => slot,
         Admitted::TooMany(reason, _over_limit) => {
             stats.refused(ErrorCode::TooManyConnections);
@@ -156,7 +174,8 @@ pub(super) async fn serve_wire<R: RoomHub>(
     let hubs = (rooms, ticks);
     let mut connection = Connection::start(&wire, &config.limits, hubs, probe, copies, stats.clone(), shutdown.clone());
     let session = ControlSession::new(session_id, config.limits.clone(), auth);
-    let reason = control(&wire, &config, &stats, &mut connection, session, (deadline, started), &shutdown).await;
+    let hello = (deadline, started, &mut slot);
+    let reason = control(&wire, &config, &stats, &mut connection, session, hello, &shutdown).await;
     connection.close(now_us(), config.budget.frame_timeout()).await;
     tracing::info!(%reason, "connection ended");
 }
@@ -195,6 +214,14 @@ impl Drop for Open {
     }
 }
 
+/// Closes a connection not welcomed yet to make room for a newer one (`budget.max_awaiting_hello`; counted where
+/// decided). Returns why, for the log.
+fn make_room(conn: &Wire, config: &ServerConfig, slot: &Slot) -> String {
+    let reason = evicted_reason(config.budget.max_awaiting_hello, slot.ip());
+    conn.close(ErrorCode::TooManyConnections, &reason);
+    reason
+}
+
 fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     let data = conn.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?;
     data.protocol
@@ -207,10 +234,11 @@ async fn control<R: RoomHub>(
     stats: &Arc<ServerStats>,
     connection: &mut Connection<R>,
     mut session: ControlSession,
-    (hello_deadline, started): (Instant, std::time::Instant),
+    (hello_deadline, started, slot): (Instant, std::time::Instant, &mut Slot),
     shutdown: &CancellationToken,
 ) -> String {
     let timeout_ms = config.limits.handshake_timeout_ms;
+    let evicted = slot.evicted();
     let (mut send, mut recv) = tokio::select! {
         stream = conn.accept_bi() => match stream {
             Ok(stream) => stream,
@@ -221,6 +249,7 @@ async fn control<R: RoomHub>(
             conn.close(ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
             return "handshake timeout".into();
         }
+        () = evicted.cancelled() => return make_room(conn, config, slot),
         () = shutdown.cancelled() => return going_away(conn, None).await,
     };
     // On a task of its own, not in this loop: the loop can wait long outside its select (a reply the client does
@@ -256,6 +285,9 @@ async fn control<R: RoomHub>(
     let mut more_inbound = false;
     loop {
         let awaiting_hello = session.identity().is_none();
+        if !awaiting_hello {
+            slot.welcomed();
+        }
         let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
         let expires = connection.arm_expiry(&session, expiry.as_mut());
         tokio::select! {
@@ -312,6 +344,7 @@ async fn control<R: RoomHub>(
                 conn.close(ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
                 return "handshake timeout".into();
             }
+            () = evicted.cancelled(), if awaiting_hello => return make_room(conn, config, slot),
             () = tokio::time::sleep_until(partial_deadline), if !awaiting_hello && partial_since.is_some() => {
                 let reason = format!(
                     "a control frame begun {} ms ago is still incomplete ({} bytes received)",

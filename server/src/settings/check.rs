@@ -63,6 +63,7 @@ impl Settings {
             ("budget.retained_bytes", self.budget.retained_bytes),
             ("budget.frame_timeout_ms", u64::from(self.budget.frame_timeout_ms)),
             ("budget.sweep_interval_ms", u64::from(self.budget.sweep_interval_ms)),
+            ("budget.max_awaiting_hello", u64::from(self.budget.max_awaiting_hello)),
             ("transport.reordering_threshold", u64::from(self.transport.reordering_threshold)),
             ("transport.initial_rtt_ms", u64::from(self.transport.initial_rtt_ms)),
             ("transport.datagram_send_buffer", u64::from(self.transport.datagram_send_buffer)),

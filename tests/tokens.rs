@@ -289,3 +289,37 @@ async fn a_room_refused_at_the_rejoin_ends_for_its_reader_with_the_reason() {
     assert_eq!(hall.end_reason().map(|(code, _)| code), Some(ErrorCode::NoError));
     server.stop().await;
 }
+
+/// A reload of the token keys (SIGHUP) ends the sessions whose token was signed with a key it removed, with
+/// `TokenInvalid` and why, a connection accepted before the reload that says Hello after it too; sessions of the
+/// keys kept go on, and the removed key's tokens are refused at Hello. Before, every open session ran on to its
+/// token's `exp` (a leaked key could only be cut off by a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_key_ends_the_sessions_its_tokens_opened() {
+    use quiver_tests::hostile::{frame, hello};
+    let localhost = "127.0.0.1:0".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (leaked, kept) = ([0x11u8; 32], [0x22u8; 32]);
+    let keys = |keys: &[&[u8; 32]]| AuthConfig::Keys(keys.iter().map(|k| TokenKey::Hs256(k.to_vec())).collect());
+    let config = ServerConfig { auth: keys(&[&leaked, &kept]), ..ServerConfig::dev(localhost, dir.path().to_owned()) };
+    let server = TestServer::start_with(config, dir);
+    let token = |sub: &str, key: &[u8; 32]| mint_hs256(&Claims::everything(sub, now_s(), 600), key).unwrap();
+    let revoked = connect(&server, Some(token("mallory", &leaked))).await.unwrap();
+    let _room = revoked.join("lobby").await.unwrap();
+    let staying = connect(&server, Some(token("alice", &kept))).await.unwrap();
+    let early = server.raw().await;
+
+    server.reloader.reload(keys(&[&kept])).unwrap();
+    let (code, reason) = tokio::time::timeout(Duration::from_secs(10), revoked.closed()).await.expect("ended");
+    assert_eq!(code, ErrorCode::TokenInvalid, "{reason}");
+    assert!(reason.contains("no longer trusted"), "{reason}");
+    // Welcomed with the keys its connection started with, then checked again with the new ones.
+    let (mut send, _recv) = early.open_bi().await.unwrap();
+    send.write_all(&frame(0, hello(token("eve", &leaked)))).await.unwrap();
+    assert_eq!(quiver_tests::closed_with(&early).await.0, ErrorCode::TokenInvalid);
+    // The kept key's session goes on; the removed key's tokens are refused from now on.
+    staying.join("lobby").await.unwrap();
+    staying.ping().await.unwrap();
+    assert_eq!(refused_code(connect(&server, Some(token("mallory", &leaked))).await), ErrorCode::TokenInvalid);
+    server.stop().await;
+}

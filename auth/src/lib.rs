@@ -280,12 +280,34 @@ pub enum AuthConfig {
     Anonymous,
 }
 
-/// Verifies tokens; built once per server.
+/// Which key verified a token: the same key gets the same id in every [`Auth`] built in this process, so that a
+/// session can be checked again after the keys are reloaded ([`Auth::trusts`]). A hash of the key, never shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(u64);
+
+impl KeyId {
+    /// The id of `key`. An Ed25519 PEM is taken without its whitespace (the same key read from a file written
+    /// differently keeps its id).
+    pub fn of(key: &TokenKey) -> KeyId {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        match key {
+            TokenKey::Hs256(secret) => (0u8, secret).hash(&mut hasher),
+            TokenKey::Ed25519Pem(pem) => {
+                1u8.hash(&mut hasher);
+                pem.iter().filter(|b| !b.is_ascii_whitespace()).for_each(|b| b.hash(&mut hasher));
+            }
+        }
+        KeyId(hasher.finish())
+    }
+}
+
+/// Verifies tokens; built once per server (and again at each reload of its keys).
 pub enum Auth {
     /// No tokens.
     Anonymous,
-    /// Tokens required.
-    Tokens(Vec<(Algorithm, DecodingKey)>),
+    /// Tokens required, verified with these keys.
+    Tokens(Vec<(Algorithm, DecodingKey, KeyId)>),
 }
 
 impl std::fmt::Debug for Auth {
@@ -307,14 +329,16 @@ impl Auth {
         };
         let mut decoding = Vec::new();
         for key in keys {
+            let id = KeyId::of(&key);
             decoding.push(match key {
-                TokenKey::Hs256(secret) => (Algorithm::HS256, DecodingKey::from_secret(&secret)),
+                TokenKey::Hs256(secret) => (Algorithm::HS256, DecodingKey::from_secret(&secret), id),
                 TokenKey::Ed25519Pem(pem) => (
                     Algorithm::EdDSA,
                     DecodingKey::from_ed_pem(&pem).map_err(|e| AuthError::BadKey {
                         path: PathBuf::from("(Ed25519 public key)"),
                         reason: e.to_string(),
                     })?,
+                    id,
                 ),
             });
         }
@@ -323,6 +347,29 @@ impl Auth {
 
     /// Checks Hello's token at `now_s`. `Ok(None)`: anonymous server, no grants to check.
     pub fn verify(&self, token: Option<&str>, now_s: u64) -> Result<Option<Claims>, Failure> {
+        Ok(self.verify_keyed(token, now_s)?.map(|(claims, _)| claims))
+    }
+
+    /// Whether a session admitted earlier (with a token verified by `key`, or on an anonymous server: `None`) is
+    /// still admitted by this verifier, after a reload of the keys. A session whose key was removed is refused
+    /// `TokenInvalid`; one admitted without a token, by a server that now requires tokens, `TokenRequired`.
+    pub fn readmits(&self, key: Option<KeyId>) -> Result<(), Failure> {
+        match (self, key) {
+            (Auth::Anonymous, _) => Ok(()),
+            (Auth::Tokens(keys), Some(key)) if keys.iter().any(|(_, _, id)| *id == key) => Ok(()),
+            (Auth::Tokens(_), Some(_)) => Err(Failure::new(
+                ErrorCode::TokenInvalid,
+                "the key that signed this session's token is no longer trusted (removed at a reload of the keys)",
+            )),
+            (Auth::Tokens(_), None) => Err(Failure::new(
+                ErrorCode::TokenRequired,
+                "this server requires a token since a reload of its configuration; reconnect with one",
+            )),
+        }
+    }
+
+    /// As [`Auth::verify`], with the id of the key that verified the token.
+    pub fn verify_keyed(&self, token: Option<&str>, now_s: u64) -> Result<Option<(Claims, KeyId)>, Failure> {
         let keys = match self {
             Auth::Anonymous => return Ok(None),
             Auth::Tokens(keys) => keys,
@@ -336,7 +383,7 @@ impl Auth {
         // Names jsonwebtoken does not know (`none`, …) are refused like known ones this server has no key for.
         let header_alg = Algorithm::from_str(&named).map_err(|_| refused())?;
         let mut last = refused();
-        for (alg, key) in keys.iter().filter(|(alg, _)| *alg == header_alg) {
+        for (alg, key, id) in keys.iter().filter(|(alg, _, _)| *alg == header_alg) {
             let mut validation = Validation::new(*alg);
             // Time is checked below against the caller's clock (sans-IO), not jsonwebtoken's.
             validation.validate_exp = false;
@@ -348,7 +395,7 @@ impl Auth {
                 Ok(data) if data.claims.aud.as_ref().is_some_and(|aud| !aud.is_null()) => {
                     return Err(token_failure(&ErrorKind::InvalidAudience))
                 }
-                Ok(data) => return check_claims(data.claims.claims, now_s).map(Some),
+                Ok(data) => return check_claims(data.claims.claims, now_s).map(|claims| Some((claims, *id))),
                 Err(err) => last = token_failure(err.kind()),
             }
         }

@@ -5,7 +5,8 @@ use super::*;
 const NOW: u64 = 1_800_000_000;
 
 fn hs_auth(secret: &[u8]) -> Auth {
-    Auth::Tokens(vec![(Algorithm::HS256, DecodingKey::from_secret(secret))])
+    let key = TokenKey::Hs256(secret.to_vec());
+    Auth::Tokens(vec![(Algorithm::HS256, DecodingKey::from_secret(secret), KeyId::of(&key))])
 }
 
 fn claims() -> Claims {
@@ -242,4 +243,30 @@ fn a_token_naming_an_audience_is_refused_as_invalid_naming_aud() {
     let claims = WithAudience { claims: claims(), aud: serde_json::Value::Null };
     let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key).unwrap();
     hs_auth(secret).verify(Some(&token), NOW).unwrap();
+}
+
+/// After a reload of the keys, a session is admitted again only while the key that verified its token is still
+/// trusted; one admitted without a token, only while the server needs none.
+#[test]
+fn a_session_is_readmitted_after_a_reload_only_while_its_key_is_trusted() {
+    let (a, b) = (TokenKey::Hs256(vec![1; 32]), TokenKey::Hs256(vec![2; 32]));
+    let dir = std::path::Path::new("/nonexistent");
+    let build = |keys: Vec<TokenKey>| Auth::from_config(&AuthConfig::Keys(keys), dir).unwrap();
+    let token = mint_hs256(&claims(), &[1; 32]).unwrap();
+    let (_, key) = build(vec![b.clone(), a.clone()]).verify_keyed(Some(&token), NOW).unwrap().unwrap();
+    assert_eq!(key, KeyId::of(&a));
+    // Rebuilt from the same keys (a reload that changed something else): still trusted.
+    assert!(build(vec![a.clone()]).readmits(Some(key)).is_ok());
+    assert!(build(vec![b.clone(), a]).readmits(Some(key)).is_ok());
+    let removed = build(vec![b]).readmits(Some(key)).unwrap_err();
+    assert_eq!(removed.code, ErrorCode::TokenInvalid);
+    assert!(removed.message.contains("no longer trusted"), "{}", removed.message);
+    assert!(Auth::Anonymous.readmits(Some(key)).is_ok());
+    assert!(Auth::Anonymous.readmits(None).is_ok());
+    assert_eq!(build(vec![TokenKey::Hs256(vec![3; 32])]).readmits(None).unwrap_err().code, ErrorCode::TokenRequired);
+    // An Ed25519 key keeps its id however its PEM is wrapped.
+    let pem = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+    let crlf: Vec<u8> = String::from_utf8_lossy(pem).replace('\n', "\r\n").into_bytes();
+    assert_eq!(KeyId::of(&TokenKey::Ed25519Pem(pem.to_vec())), KeyId::of(&TokenKey::Ed25519Pem(crlf)));
+    assert_ne!(KeyId::of(&TokenKey::Hs256(vec![1; 32])), KeyId::of(&TokenKey::Hs256(vec![2; 32])));
 }

@@ -8,7 +8,7 @@ use quiver_proto::{
     ErrorCode, Failure, Hello, Join, Limits, Post, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION,
 };
 
-use crate::auth::{Auth, ChannelRight, Grant, RoomRight};
+use crate::auth::{Auth, ChannelRight, Grant, KeyId, RoomRight};
 
 /// What the connection must do after a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,10 +90,12 @@ pub enum RoomRequest {
 #[derive(Debug)]
 enum State {
     AwaitingHello,
-    /// Admitted; `grant` is `None` on an anonymous server (everything allowed).
+    /// Admitted; `grant` is `None` on an anonymous server (everything allowed), and so is `key`, the id of the
+    /// key that verified the token.
     Open {
         identity: String,
         grant: Option<Grant>,
+        key: Option<KeyId>,
     },
 }
 
@@ -120,6 +122,16 @@ impl ControlSession {
         }
     }
 
+    /// Whether this session, once welcomed, is still admitted by `auth`, the token verifier after a reload of the
+    /// keys: not when the key that verified its token was removed (`TokenInvalid`), nor when it was admitted without
+    /// a token and `auth` now requires one (`TokenRequired`). A session awaiting Hello is checked at Hello.
+    pub fn readmitted(&self, auth: &Auth) -> Result<(), Failure> {
+        match &self.state {
+            State::Open { key, .. } => auth.readmits(*key),
+            State::AwaitingHello => Ok(()),
+        }
+    }
+
     /// When the client's token expires (µs since the Unix epoch); the session ends then.
     pub fn expires_us(&self) -> Option<u64> {
         match &self.state {
@@ -132,7 +144,7 @@ impl ControlSession {
     /// whatever the grants say, and never repeated in a refusal (a name of nearly a frame echoed in one made a
     /// reply too large to send, so the request got none).
     fn permitted(&self, body: &RequestBody) -> Result<(), Failure> {
-        let State::Open { grant: Some(grant), identity } = &self.state else { return Ok(()) };
+        let State::Open { grant: Some(grant), identity, .. } = &self.state else { return Ok(()) };
         let (allowed, what, name) = match body {
             RequestBody::Join(join) => (grant.may_room(&join.room, RoomRight::Join), "join room", &join.room),
             RequestBody::History { room, .. } => {
@@ -251,7 +263,8 @@ impl ControlSession {
         if hello.version != PROTOCOL_VERSION {
             return Err(version_failure(hello.version));
         }
-        let claims = self.auth.verify(hello.token.as_deref(), now_us / 1_000_000)?;
+        let verified = self.auth.verify_keyed(hello.token.as_deref(), now_us / 1_000_000)?;
+        let (claims, key) = verified.map_or((None, None), |(claims, key)| (Some(claims), Some(key)));
         let identity = match (&claims, &hello.name) {
             // With tokens the identity is the token's subject (checked by `Auth::verify`), whatever Hello's name says.
             (Some(claims), _) => claims.sub.clone(),
@@ -263,7 +276,7 @@ impl ControlSession {
             }
             (None, None) => format!("anon-{:016x}", self.session_id),
         };
-        self.state = State::Open { identity: identity.clone(), grant: claims.map(Grant::from) };
+        self.state = State::Open { identity: identity.clone(), grant: claims.map(Grant::from), key };
         Ok(Welcome {
             version: PROTOCOL_VERSION,
             session_id: self.session_id,

@@ -26,6 +26,8 @@ pub struct TestServer {
     pub admin: Option<SocketAddr>,
     /// The WebSocket fallback's listener, unless the configuration turned it off.
     pub websocket: Option<SocketAddr>,
+    /// Reloads the certificate and token keys, as SIGHUP does.
+    pub reloader: quiver_server::Reloader,
 }
 
 /// The server could not bind its UDP or TCP port because something else holds it.
@@ -107,9 +109,10 @@ impl TestServer {
         let stats = server.stats();
         let admin = server.admin_addr();
         let websocket = server.websocket_addr();
+        let reloader = server.reloader();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        TestServer { addr, stats, data_dir, shutdown, task, admin, websocket }
+        TestServer { addr, stats, data_dir, shutdown, task, admin, websocket, reloader }
     }
 
     pub fn trust(&self) -> TrustOptions {

@@ -41,7 +41,8 @@ pub(super) struct Shared<R> {
     pub(super) rooms: Arc<R>,
     pub(super) ticks: Arc<dyn TickHub>,
     pub(super) stats: Arc<ServerStats>,
-    pub(super) auth: Arc<crate::auth::Auth>,
+    /// The token verifier, replaced at a reload of the keys.
+    pub(super) auth: tokio::sync::watch::Receiver<Arc<crate::auth::Auth>>,
 }
 
 /// Serves one incoming connection, `session_id` its id in logs (and its qlog file's name), accepted with `quic`
@@ -173,8 +174,8 @@ pub(super) async fn serve_wire<R: RoomHub>(
     let _open = Open::new(&stats, session_id, path, wire.kind());
     let hubs = (rooms, ticks);
     let mut connection = Connection::start(&wire, &config.limits, hubs, probe, copies, stats.clone(), shutdown.clone());
-    let session = ControlSession::new(session_id, config.limits.clone(), auth);
-    let hello = (deadline, started, &mut slot);
+    let session = ControlSession::new(session_id, config.limits.clone(), auth.borrow().clone());
+    let hello = (deadline, started, &mut slot, auth);
     let reason = control(&wire, &config, &stats, &mut connection, session, hello, &shutdown).await;
     connection.close(now_us(), config.budget.frame_timeout()).await;
     tracing::info!(%reason, "connection ended");
@@ -227,6 +228,9 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     data.protocol
 }
 
+/// The token verifier, watched for reloads.
+type Keys = tokio::sync::watch::Receiver<Arc<crate::auth::Auth>>;
+
 /// Serves the control stream; returns why the connection ended (for the log). The connection is closed on return.
 async fn control<R: RoomHub>(
     conn: &Wire,
@@ -234,7 +238,7 @@ async fn control<R: RoomHub>(
     stats: &Arc<ServerStats>,
     connection: &mut Connection<R>,
     mut session: ControlSession,
-    (hello_deadline, started, slot): (Instant, std::time::Instant, &mut Slot),
+    (hello_deadline, started, slot, mut keys): (Instant, std::time::Instant, &mut Slot, Keys),
     shutdown: &CancellationToken,
 ) -> String {
     let timeout_ms = config.limits.handshake_timeout_ms;
@@ -283,6 +287,8 @@ async fn control<R: RoomHub>(
     // are written, without waiting for more input, and nothing more is read meanwhile (QUIC's flow control then
     // holds the client back, and its FIN is seen only once its requests are served).
     let mut more_inbound = false;
+    // False once the server's side of the keys is gone (nothing more can be reloaded).
+    let mut reloadable = true;
     loop {
         let awaiting_hello = session.identity().is_none();
         if !awaiting_hello {
@@ -303,6 +309,19 @@ async fn control<R: RoomHub>(
                 let reason = "the access token expired; reconnect with a fresh one";
                 flush_and_close(conn, &mut send, &outbound, ErrorCode::TokenExpired, reason).await;
                 return "token expired".into();
+            }
+            // A reload of the keys: the session checks itself again (a connection accepted just before the reload,
+            // welcomed by the keys it started with, too).
+            changed = keys.changed(), if reloadable && !awaiting_hello => {
+                let auth = keys.borrow_and_update().clone();
+                reloadable = changed.is_ok();
+                if let (true, Err(failure)) = (reloadable, session.readmitted(&auth)) {
+                    stats.refused(failure.code);
+                    Box::pin(connection.close(now_us(), frame_timeout)).await;
+                    replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
+                    flush_and_close(conn, &mut send, &outbound, failure.code, &failure.message).await;
+                    return failure.message;
+                }
             }
             () = replies.next(&codec, stats, &mut outbound), if replies.waiting() => {}
             () = std::future::ready(()), if more_inbound => {}

@@ -218,7 +218,7 @@ impl<R: RoomHub> Server<R> {
             store: rooms.durable_store(),
             health: Box::new(move || health.health()),
         });
-        let current = Current { quic: Arc::new(quic), tcp, auth };
+        let current = Current { quic: Arc::new(quic), tcp, keys: Arc::new(tokio::sync::watch::Sender::new(auth)) };
         Ok(Server {
             endpoint,
             local_addr,
@@ -355,7 +355,7 @@ impl<R: RoomHub> Server<R> {
                     let shutdown = shutdown.child_token();
                     let (quic, auth) = {
                         let current = self.current.read().unwrap_or_else(|p| p.into_inner());
-                        (current.quic.clone(), current.auth.clone())
+                        (current.quic.clone(), current.auth())
                     };
                     let id = rand::random::<u64>();
                     let shared = connection::Shared {

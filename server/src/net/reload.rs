@@ -10,7 +10,7 @@ use super::endpoint;
 use crate::{config::ServerConfig, ServerError};
 
 /// What connections are accepted with now: swapped by [`Reloader::reload`] (new handshakes get the new certificate
-/// and token keys; live connections keep theirs).
+/// and token keys; live connections keep their certificate, and are closed if the key of their token was removed).
 /// Every connection is accepted with `quic` (`Incoming::accept_with`); the endpoint's own configuration only
 /// decides whether connections are taken at all (none while draining) and keeps its Retry token key for good.
 #[derive(Debug)]
@@ -18,7 +18,16 @@ pub(super) struct Current {
     pub(super) quic: Arc<quinn::ServerConfig>,
     /// The WebSocket listener's TLS (the same certificate).
     pub(super) tcp: Arc<rustls::ServerConfig>,
-    pub(super) auth: Arc<crate::auth::Auth>,
+    /// The token verifier: new connections take it (and a receiver, [`Current::auth`]); a reload sends the new one to
+    /// every live session, which checks itself again with it (`ControlSession::readmitted`).
+    pub(super) keys: Arc<tokio::sync::watch::Sender<Arc<crate::auth::Auth>>>,
+}
+
+impl Current {
+    /// The token verifier for a new connection, watching for reloads from now on.
+    pub(super) fn auth(&self) -> tokio::sync::watch::Receiver<Arc<crate::auth::Auth>> {
+        self.keys.subscribe()
+    }
 }
 
 /// Reloads a running server's certificate and token keys (SIGHUP).
@@ -38,7 +47,8 @@ const DEV_RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(36
 impl Reloader {
     /// Loads the certificate again (from `config.tls`: the PEM files, or the dev certificate, renewed if due) and
     /// verifies tokens with `auth` from now on: every handshake after this returns uses them (the demo page hands
-    /// browsers the new hash), live connections keep theirs. Returns the certificate's fingerprint. On an error
+    /// browsers the new hash); live connections keep their certificate, and a session whose token was verified
+    /// with a key `auth` no longer has (or that has none, where `auth` now requires tokens) is closed. Returns the certificate's fingerprint. On an error
     /// nothing changes.
     pub fn reload(&self, auth: crate::auth::AuthConfig) -> Result<Fingerprint, ServerError> {
         // One reload or renewal at a time (`not_after`'s lock, held throughout): a SIGHUP meeting the hourly
@@ -75,8 +85,12 @@ impl Reloader {
         auth: Option<Arc<crate::auth::Auth>>,
     ) -> Fingerprint {
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-        let auth = auth.unwrap_or_else(|| current.auth.clone());
-        *current = Current { quic: Arc::new(certified.quic), tcp: certified.tcp, auth };
+        current.quic = Arc::new(certified.quic);
+        current.tcp = certified.tcp;
+        if let Some(auth) = auth {
+            // Live sessions check themselves again with the new keys.
+            current.keys.send_replace(auth);
+        }
         *not_after = certified.not_after;
         self.fingerprint.set(certified.fingerprint);
         drop(current);

@@ -235,7 +235,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
                 %remote,
                 identity = tracing::field::Empty
             );
-            let auth = shared.current.read().unwrap_or_else(|p| p.into_inner()).auth.clone();
+            let auth = shared.current.read().unwrap_or_else(|p| p.into_inner()).auth();
             let served = Shared {
                 config: shared.config.clone(),
                 rooms: shared.rooms.clone(),

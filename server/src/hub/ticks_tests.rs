@@ -100,6 +100,37 @@ fn a_fanout_is_a_snapshot_taken_when_the_seq_was_stamped() {
     assert_eq!(fanout.subscribers.len(), 1);
 }
 
+/// Thousands of subscriptions coming and going on one channel (clients resubscribing after a restart): each tick
+/// goes to the subscribers of its moment, in the order they subscribed, and ticks between two changes share one
+/// snapshot (a tick allocates nothing). Each change once copied the whole list under the shard's lock.
+#[test]
+fn subscriptions_come_and_go_in_thousands_and_ticks_share_a_snapshot_between_changes() {
+    let hub = LocalTicks::default();
+    hub.claim("c", None).unwrap();
+    let sink = Arc::new(Record::default());
+    let ids: Vec<_> = (0..5_000u64).map(|n| hub.subscribe("c", n, sink.clone()).unwrap()).collect();
+    let first = hub.publish("c", 0, 0, Bytes::new()).unwrap();
+    let second = hub.publish("c", 0, 0, Bytes::new()).unwrap();
+    assert!(Arc::ptr_eq(&first.subscribers, &second.subscribers), "no change, no new snapshot");
+    let channel_ids: Vec<u64> = first.subscribers.iter().map(|(_, channel_id, _)| *channel_id).collect();
+    assert_eq!(channel_ids, (0..5_000).collect::<Vec<_>>(), "in the order they subscribed");
+    // Every other one leaves, the rest stay, and a late one joins.
+    for id in ids.iter().step_by(2) {
+        hub.unsubscribe("c", *id);
+    }
+    hub.unsubscribe("c", ids[0]);
+    hub.subscribe("c", 9_999, sink.clone()).unwrap();
+    let third = hub.publish("c", 0, 0, Bytes::new()).unwrap();
+    let channel_ids: Vec<u64> = third.subscribers.iter().map(|(_, channel_id, _)| *channel_id).collect();
+    let expected: Vec<u64> = (1..5_000).step_by(2).chain([9_999]).collect();
+    assert_eq!(channel_ids, expected);
+    assert_eq!(first.subscribers.len(), 5_000, "a snapshot taken before is untouched");
+    for id in ids.iter().skip(1).step_by(2) {
+        hub.unsubscribe("c", *id);
+    }
+    assert_eq!(hub.publish("c", 0, 0, Bytes::new()).unwrap().subscribers.len(), 1);
+}
+
 #[test]
 fn a_channel_lives_while_used_and_the_budget_bounds_how_many() {
     let hub = LocalTicks::new(2);

@@ -313,7 +313,8 @@ async fn a_reload_that_removes_a_key_ends_the_sessions_its_tokens_opened() {
     let (code, reason) = tokio::time::timeout(Duration::from_secs(10), revoked.closed()).await.expect("ended");
     assert_eq!(code, ErrorCode::TokenInvalid, "{reason}");
     assert!(reason.contains("no longer trusted"), "{reason}");
-    // Welcomed with the keys its connection started with, then checked again with the new ones.
+    // Accepted with the old keys, its Hello checked with the new ones (or, said just before the reload, checked
+    // again once welcomed): refused either way.
     let (mut send, _recv) = early.open_bi().await.unwrap();
     send.write_all(&frame(0, hello(token("eve", &leaked)))).await.unwrap();
     assert_eq!(quiver_tests::closed_with(&early).await.0, ErrorCode::TokenInvalid);

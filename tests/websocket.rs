@@ -275,3 +275,28 @@ async fn a_hung_first_address_does_not_keep_the_websocket_from_the_next() {
     drop(hung);
     server.stop().await;
 }
+
+/// A WebSocket connection awaits Hello from its upgrade on (`budget.max_awaiting_hello`): it makes room like a QUIC
+/// one (the longest waiting silent connection is closed, `TooManyConnections`) and, once welcomed, stays. Before,
+/// admitting a WebSocket connection with the bound in place locked the server's admission table for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_connection_awaiting_hello_makes_room_like_a_quic_one() {
+    use quiver_server::{Budget, ServerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+    let server = TestServer::start_with(
+        ServerConfig { budget: Budget { max_awaiting_hello: 2, ..Budget::default() }, ..dev },
+        dir,
+    );
+    let silent = [server.raw().await, server.raw().await];
+    let client = tokio::time::timeout(WAIT, server.ws_client_with(named("websocket"))).await.unwrap().unwrap();
+    let (code, reason) = quiver_tests::closed_with(&silent[0]).await;
+    assert_eq!(code, ErrorCode::TooManyConnections, "{reason}");
+    assert!(silent[1].close_reason().is_none(), "only one made room");
+    // Welcomed, it no longer awaits Hello: newcomers close the other silent one, then each other.
+    let _more = [server.raw().await, server.raw().await];
+    assert_eq!(quiver_tests::closed_with(&silent[1]).await.0, ErrorCode::TooManyConnections);
+    client.ping().await.unwrap();
+    let quic = server.client().await;
+    quic.ping().await.unwrap();
+}

@@ -281,9 +281,16 @@ pub enum AuthConfig {
 }
 
 /// Which key verified a token: the same key gets the same id in every [`Auth`] built in this process, so that a
-/// session can be checked again after the keys are reloaded ([`Auth::trusts`]). A hash of the key, never shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// session can be checked again after the keys are reloaded ([`Auth::readmits`]). A hash of the key, never shown
+/// (its `Debug` prints nothing of it).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyId(u64);
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyId(<hidden>)")
+    }
+}
 
 impl KeyId {
     /// The id of `key`. An Ed25519 PEM is taken without its whitespace (the same key read from a file written

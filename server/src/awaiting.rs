@@ -2,16 +2,22 @@
 //! sockets or clocks: at most `budget.max_awaiting_hello` in all. A connection that never says Hello holds its slot
 //! in `max_connections` for `handshake_timeout_ms`; without this bound a few dozen addresses opening silent
 //! connections at their allowed rate would fill every slot, and real clients would be refused for as long as they
-//! kept it up. With it, when one more arrives over the bound, the one waiting longest **from the source group
-//! holding the most** is closed to make room (a SYN cache's answer to a SYN flood): a flood from a few networks
-//! closes its own connections, not a real client's, and one spread over more networks than the bound still
-//! closes only connections that had waited longest, while a real client needs a couple of round trips to say Hello.
+//! kept it up. With it, when one more arrives over the bound, one waiting is closed to make room (a SYN cache's
+//! answer to a SYN flood):
+//! - if the newcomer's source group already holds more than its share (a sixteenth of the bound), **that group's**
+//!   longest waiting: a flood from a few networks closes its own connections, not a real client's;
+//! - otherwise the longest waiting of all: a flood spread over many networks must open as many connections as the
+//!   bound within the time a real client takes to say Hello (a round trip or two) to close it, and each of those
+//!   costs it a handshake the server's rate limits and CPU bound.
+//!
+//! (Evicting from the group holding the most, whatever its size, would let a flood of one connection from each of
+//! a thousand networks pick the real networks with two clients connecting at once: an office, a carrier's NAT.)
 //!
 //! A source group is an IPv4 /24 or an IPv6 /48: wider than the per-address limits' key (an IPv4 address, an IPv6
 //! /64), because what matters here is who is flooding, and one party commonly holds a /24 or a /48.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -43,13 +49,15 @@ impl std::fmt::Display for Group {
 pub struct Ticket(u64);
 
 /// The connections awaiting Hello, oldest first, each with a handle `H` that closes it (the server's is a
-/// cancellation token).
+/// cancellation token). Every operation is O(log n).
 #[derive(Debug)]
 pub struct AwaitingHello<H> {
     max: usize,
+    /// A group holding more than this is over its share.
+    share: usize,
     next: u64,
     waiting: BTreeMap<Ticket, (Group, H)>,
-    per_group: HashMap<Group, u32>,
+    per_group: HashMap<Group, BTreeSet<Ticket>>,
 }
 
 /// A connection closed to make room: its handle, and what to tell it.
@@ -64,25 +72,33 @@ pub struct Evicted<H> {
 impl<H> AwaitingHello<H> {
     /// An empty table holding at most `max` connections (at least 1).
     pub fn new(max: u32) -> AwaitingHello<H> {
-        AwaitingHello { max: max.max(1) as usize, next: 0, waiting: BTreeMap::new(), per_group: HashMap::new() }
+        let max = max.max(1) as usize;
+        AwaitingHello { max, share: (max / 16).max(1), next: 0, waiting: BTreeMap::new(), per_group: HashMap::new() }
     }
 
     /// A connection from `ip` now awaits Hello. Returns its ticket and, when the table was full, the connection
-    /// that left it to make room (the one waiting longest in the group holding the most; never this one).
+    /// that left it to make room (never this one): the longest waiting of the newcomer's group if that group holds
+    /// more than its share, else the longest waiting of all.
     pub fn enter(&mut self, ip: IpAddr, handle: H) -> (Ticket, Option<Evicted<H>>) {
-        let evicted = (self.waiting.len() >= self.max).then(|| self.evict()).flatten();
-        let (ticket, group) = (Ticket(self.next), Group::of(ip));
+        let group = Group::of(ip);
+        let evicted = match self.waiting.len() >= self.max {
+            true => {
+                let own = self.per_group.get(&group).filter(|own| own.len() > self.share);
+                let oldest = own.and_then(|own| own.first()).or_else(|| self.waiting.keys().next());
+                oldest.copied().and_then(|ticket| self.take(ticket))
+            }
+            false => None,
+        };
+        let ticket = Ticket(self.next);
         self.next += 1;
         self.waiting.insert(ticket, (group, handle));
-        *self.per_group.entry(group).or_default() += 1;
+        self.per_group.entry(group).or_default().insert(ticket);
         (ticket, evicted)
     }
 
     /// The connection with `ticket` said Hello, or ended. False when it was not in the table (evicted already).
     pub fn leave(&mut self, ticket: Ticket) -> bool {
-        let Some((group, _)) = self.waiting.remove(&ticket) else { return false };
-        self.forget(group);
-        true
+        self.take(ticket).is_some()
     }
 
     /// Connections awaiting Hello.
@@ -95,24 +111,16 @@ impl<H> AwaitingHello<H> {
         self.waiting.is_empty()
     }
 
-    /// Takes out the oldest connection of the group holding the most (of several such groups, the one whose oldest
-    /// waited longest). Linear in the table's size, and run only when it is full.
-    fn evict(&mut self) -> Option<Evicted<H>> {
-        let most = self.per_group.values().copied().max()?;
-        let ticket = self.waiting.iter().find(|(_, (group, _))| self.per_group.get(group) == Some(&most))?.0;
-        let ticket = *ticket;
+    /// Takes `ticket` out of the table.
+    fn take(&mut self, ticket: Ticket) -> Option<Evicted<H>> {
         let (group, handle) = self.waiting.remove(&ticket)?;
-        self.forget(group);
-        Some(Evicted { handle, group })
-    }
-
-    fn forget(&mut self, group: Group) {
-        if let Some(count) = self.per_group.get_mut(&group) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(tickets) = self.per_group.get_mut(&group) {
+            tickets.remove(&ticket);
+            if tickets.is_empty() {
                 self.per_group.remove(&group);
             }
         }
+        Some(Evicted { handle, group })
     }
 }
 
@@ -167,6 +175,26 @@ mod tests {
         assert!(table.leave(real), "the real client is still waiting");
     }
 
+    /// A flood of one connection from each of many networks cannot pick the real networks where two clients connect
+    /// at once (an office, a carrier's NAT): under their share, the longest waiting goes, and a real client that
+    /// just arrived outlasts as many newer arrivals as the bound.
+    #[test]
+    fn a_flood_spread_over_many_networks_closes_the_longest_waiting_not_a_busy_real_network() {
+        let mut table = AwaitingHello::new(32);
+        let flood = |n: u32| ip(&format!("10.{}.{}.1", n / 256, n % 256));
+        for n in 0..32 {
+            table.enter(flood(n), format!("flood {n}"));
+        }
+        let (first, _) = table.enter(ip("198.51.100.20"), "office 1".to_string());
+        let (second, _) = table.enter(ip("198.51.100.21"), "office 2".to_string());
+        let mut closed = Vec::new();
+        for n in 32..61 {
+            closed.extend(table.enter(flood(n), format!("flood {n}")).1.map(|e| e.handle));
+        }
+        assert!(closed.iter().all(|h| h.starts_with("flood")), "{closed:?}");
+        assert!(table.leave(first) && table.leave(second), "both office clients still wait");
+    }
+
     #[test]
     fn among_groups_of_equal_size_the_longest_waiting_goes() {
         let mut table = AwaitingHello::new(3);
@@ -197,8 +225,8 @@ mod tests {
                 tickets.push(ticket);
             }
             assert!(table.len() <= 16);
-            let counted: u32 = table.per_group.values().sum();
-            assert_eq!(counted as usize, table.len());
+            let counted: usize = table.per_group.values().map(BTreeSet::len).sum();
+            assert_eq!(counted, table.len());
         }
     }
 }

@@ -64,10 +64,10 @@ pub struct Budget {
     /// reason): a client at its count that stalls its handshakes holds at most this many. Default 64.
     pub max_over_limit_handshakes: u32,
     /// Connections admitted and not welcomed yet (in their TLS handshake, a browser's CONNECT, or before Hello), in
-    /// all. When one more arrives, the one waiting longest from the source group (IPv4 /24, IPv6 /48) holding the
-    /// most such connections is closed with `TooManyConnections` to make room: silent connections from a few
-    /// networks cannot fill `max_connections` for `handshake_timeout_ms` at a time (`crate::awaiting`).
-    /// Default 1,024.
+    /// all. When one more arrives, one is closed with `TooManyConnections` to make room: the longest waiting of the
+    /// newcomer's source group (IPv4 /24, IPv6 /48) if that group holds more than a sixteenth of this, else the
+    /// longest waiting of all. Silent connections cannot fill `max_connections` for `handshake_timeout_ms` at a time
+    /// (`crate::awaiting`). Default 1,024.
     pub max_awaiting_hello: u32,
 }
 

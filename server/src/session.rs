@@ -104,14 +104,22 @@ enum State {
 pub struct ControlSession {
     session_id: u64,
     limits: Limits,
-    auth: Arc<Auth>,
+    /// What Hello is checked with (let go of once it was: a reload's new keys are checked by `readmitted`).
+    auth: Option<Arc<Auth>>,
     state: State,
 }
 
 impl ControlSession {
     /// A session awaiting Hello, admitting clients as `auth` says.
     pub fn new(session_id: u64, limits: Limits, auth: Arc<Auth>) -> Self {
-        ControlSession { session_id, limits, auth, state: State::AwaitingHello }
+        ControlSession { session_id, limits, auth: Some(auth), state: State::AwaitingHello }
+    }
+
+    /// The token keys were reloaded before Hello: Hello is checked with `auth`.
+    pub fn use_keys(&mut self, auth: Arc<Auth>) {
+        if matches!(self.state, State::AwaitingHello) {
+            self.auth = Some(auth);
+        }
     }
 
     /// The identity the client was admitted with, once Hello succeeded.
@@ -263,7 +271,8 @@ impl ControlSession {
         if hello.version != PROTOCOL_VERSION {
             return Err(version_failure(hello.version));
         }
-        let verified = self.auth.verify_keyed(hello.token.as_deref(), now_us / 1_000_000)?;
+        let auth = self.auth.as_deref().ok_or_else(|| Failure::new(ErrorCode::Internal, "no token verifier"))?;
+        let verified = auth.verify_keyed(hello.token.as_deref(), now_us / 1_000_000)?;
         let (claims, key) = verified.map_or((None, None), |(claims, key)| (Some(claims), Some(key)));
         let identity = match (&claims, &hello.name) {
             // With tokens the identity is the token's subject (checked by `Auth::verify`), whatever Hello's name says.
@@ -277,6 +286,7 @@ impl ControlSession {
             (None, None) => format!("anon-{:016x}", self.session_id),
         };
         self.state = State::Open { identity: identity.clone(), grant: claims.map(Grant::from), key };
+        self.auth = None;
         Ok(Welcome {
             version: PROTOCOL_VERSION,
             session_id: self.session_id,

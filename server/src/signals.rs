@@ -91,7 +91,8 @@ impl Signals {
     }
 }
 
-/// SIGHUP: new handshakes get the certificate and token keys now in the files; live connections stay.
+/// SIGHUP: new handshakes get the certificate and token keys now in the files; live connections stay, but for
+/// the sessions whose token was signed with a key no longer in the files (closed, `TokenInvalid`).
 fn reload(reloader: &Reloader, settings: &Settings) {
     let auth = match settings.auth_config() {
         Ok(auth) => auth,

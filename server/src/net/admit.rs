@@ -44,23 +44,30 @@ pub(super) struct Slot {
     admission: Arc<Mutex<Admission>>,
     ip: IpAddr,
     handshaking: bool,
-    awaiting: Option<Ticket>,
-    /// Cancelled when the connection is closed to make room for a newer one awaiting Hello.
-    evicted: CancellationToken,
+    /// Its place among the connections awaiting Hello, from [`Slot::await_hello`] to [`Slot::welcomed`], with the
+    /// token cancelled when it is closed to make room for a newer one.
+    awaiting: Option<(Ticket, CancellationToken)>,
 }
 
 impl Slot {
-    /// Takes a slot for a connection from `ip` that `admission` admitted: it now awaits Hello, and a connection
-    /// awaiting Hello that had to make room for it is told so (its `evicted` token cancelled).
-    fn new(admission: &Arc<Mutex<Admission>>, ip: IpAddr, handshaking: bool, stats: &ServerStats) -> Slot {
-        let evicted = CancellationToken::new();
-        let (ticket, made_room) = lock(admission).awaiting_hello().enter(ip, evicted.clone());
+    fn new(admission: &Arc<Mutex<Admission>>, ip: IpAddr, handshaking: bool) -> Slot {
+        Slot { admission: admission.clone(), ip, handshaking, awaiting: None }
+    }
+
+    /// The connection now awaits Hello (`max_awaiting_hello`): a connection awaiting Hello that has to make room
+    /// for it is told so (its token cancelled). Returns this one's token, cancelled if it has to make room in turn.
+    pub(super) fn await_hello(&mut self) -> CancellationToken {
+        if let Some((_, token)) = &self.awaiting {
+            return token.clone();
+        }
+        let token = CancellationToken::new();
+        let (ticket, made_room) = lock(&self.admission).awaiting_hello().enter(self.ip, token.clone());
         if let Some(made_room) = made_room {
-            bump(&stats.connections_closed_awaiting_hello);
             tracing::debug!(group = %made_room.group, "closing a connection awaiting Hello: max_awaiting_hello");
             made_room.handle.cancel();
         }
-        Slot { admission: admission.clone(), ip, handshaking, awaiting: Some(ticket), evicted }
+        self.awaiting = Some((ticket, token.clone()));
+        token
     }
 
     /// The QUIC handshake completed: the address is validated.
@@ -72,7 +79,7 @@ impl Slot {
 
     /// The connection said Hello and was welcomed: no newer connection can close it to make room any more.
     pub(super) fn welcomed(&mut self) {
-        if let Some(ticket) = self.awaiting.take() {
+        if let Some((ticket, _)) = self.awaiting.take() {
             lock(&self.admission).awaiting_hello().leave(ticket);
         }
     }
@@ -81,10 +88,13 @@ impl Slot {
     pub(super) fn ip(&self) -> IpAddr {
         self.ip
     }
+}
 
-    /// Cancelled when this connection, not welcomed yet, is closed to make room (`max_awaiting_hello`).
-    pub(super) fn evicted(&self) -> CancellationToken {
-        self.evicted.clone()
+/// Until `token` (a connection's from [`Slot::await_hello`]) is cancelled; never without one.
+pub(super) async fn made_to_make_room(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -103,7 +113,7 @@ impl Drop for Slot {
         if self.handshaking {
             admission.handshake_done(self.ip);
         }
-        if let Some(ticket) = self.awaiting.take() {
+        if let Some((ticket, _)) = self.awaiting.take() {
             admission.awaiting_hello().leave(ticket);
         }
         admission.release(self.ip);
@@ -120,7 +130,7 @@ pub(super) fn admit(
     let validated = incoming.remote_address_validated();
     let decision = lock(admission).decide(ip, validated, Instant::now());
     match decision {
-        Decision::Admit => Some((incoming, Admitted::Serve(Slot::new(admission, ip, !validated, stats)))),
+        Decision::Admit => Some((incoming, Admitted::Serve(Slot::new(admission, ip, !validated)))),
         Decision::Retry(overload) => {
             // Only unvalidated attempts are asked to retry, and those always may be; refuse if quinn disagrees
             // (then no Retry was sent, and none is counted).
@@ -149,8 +159,9 @@ pub(super) fn admit(
 /// Decides about a TCP connection (the WebSocket fallback) from `ip`, whose address TCP's handshake validated.
 /// `None`: over the new-connection rate, refused.
 pub(super) fn admit_tcp(ip: IpAddr, admission: &Arc<Mutex<Admission>>, stats: &ServerStats) -> Option<Admitted> {
-    match lock(admission).decide(ip, true, Instant::now()) {
-        Decision::Admit => Some(Admitted::Serve(Slot::new(admission, ip, false, stats))),
+    let decision = lock(admission).decide(ip, true, Instant::now());
+    match decision {
+        Decision::Admit => Some(Admitted::Serve(Slot::new(admission, ip, false))),
         Decision::Retry(_) => {
             refused(Overload::Rate, ip, stats);
             None

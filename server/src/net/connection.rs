@@ -17,7 +17,7 @@ use web_transport_quinn::Session;
 use crate::{
     hub::{ticks::TickHub, RoomHub},
     net::{
-        admit::{evicted_reason, Admitted, Slot},
+        admit::{evicted_reason, made_to_make_room, Admitted, Slot},
         close::{control_stream_closed, refuse, release},
         copies,
         dispatch::{Answer, Connection},
@@ -70,10 +70,10 @@ pub(super) async fn serve<R: RoomHub>(
         Err(err) => return tracing::debug!(%remote, %err, "handshake failed"),
     };
     let mut admitted = admitted;
-    // (Over a count: never closed to make room, and bounded by `max_over_limit_handshakes` instead.)
-    let evicted = match &admitted {
-        Admitted::Serve(slot) => slot.evicted(),
-        Admitted::TooMany(..) => CancellationToken::new(),
+    // From now on it awaits Hello (over a count: never closed to make room, bounded by `max_over_limit_handshakes`).
+    let evicted = match &mut admitted {
+        Admitted::Serve(slot) => Some(slot.await_hello()),
+        Admitted::TooMany(..) => None,
     };
     let conn = tokio::select! {
         handshake = tokio::time::timeout_at(deadline, connecting) => match handshake {
@@ -85,7 +85,10 @@ pub(super) async fn serve<R: RoomHub>(
             }
         },
         // Dropping the handshake closes the connection (nothing can tell the client why before it completes).
-        () = evicted.cancelled() => return tracing::debug!(%remote, "closed in its TLS handshake to make room"),
+        () = made_to_make_room(evicted.as_ref()) => {
+            bump(&stats.connections_closed_awaiting_hello);
+            return tracing::debug!(%remote, "closed in its TLS handshake to make room");
+        }
     };
     if let Admitted::Serve(slot) = &mut admitted {
         slot.handshaken();
@@ -101,15 +104,19 @@ pub(super) async fn serve<R: RoomHub>(
         let session = if alpn(&conn).as_deref() == Some(ALPN_H3) {
             // Boxed: a browser's CONNECT is a few kilobytes of state that an async fn would otherwise keep room
             // for in every connection's task for its whole life.
-            let connect = Box::pin(webtransport::accept(conn.clone(), &config.web, deadline));
+            let mut connect = Box::pin(webtransport::accept(conn.clone(), &config.web, deadline));
             let accepted = tokio::select! {
-                accepted = connect => accepted,
-                () = evicted.cancelled() => {
+                accepted = &mut connect => accepted,
+                () = made_to_make_room(evicted.as_ref()) => {
+                    bump(&stats.connections_closed_awaiting_hello);
                     let reason = evicted_reason(config.budget.max_awaiting_hello, remote.ip());
                     conn.close(ErrorCode::TooManyConnections.to_u32().into(), reason.as_bytes());
+                    // The CONNECT's HTTP/3 streams go only after the close (webtransport.rs).
+                    drop(connect);
                     return tracing::info!(%reason, "connection closed");
                 }
             };
+            drop(connect);
             match accepted {
                 Ok(session) => session,
                 Err(reason) => return tracing::info!(%reason, "WebTransport session refused"),
@@ -117,6 +124,7 @@ pub(super) async fn serve<R: RoomHub>(
         } else {
             Session::raw(conn)
         };
+        drop(evicted); // (the slot keeps its own until Hello)
         let shared = Shared { config, rooms, ticks, stats, auth };
         // One shared handle kept here for `release` (a `Session` is 776 bytes; the handle, 8).
         let session = Arc::new(session);
@@ -145,7 +153,11 @@ pub(super) async fn serve_wire<R: RoomHub>(
     tracing::debug!(kind = ?wire.kind(), "connected");
     // Over a connection limit: closed only now, so that the client sees the code and why.
     let mut slot = match admitted {
-        Admitted::Serve(slot) => slot,
+        // (A WebSocket connection awaits Hello from its upgrade on: before it, `MAX_UPGRADING` bounds it.)
+        Admitted::Serve(mut slot) => {
+            slot.await_hello();
+            slot
+        }
         Admitted::TooMany(reason, _over_limit) => {
             stats.refused(ErrorCode::TooManyConnections);
             wire.close(ErrorCode::TooManyConnections, &reason);
@@ -215,9 +227,10 @@ impl Drop for Open {
     }
 }
 
-/// Closes a connection not welcomed yet to make room for a newer one (`budget.max_awaiting_hello`; counted where
-/// decided). Returns why, for the log.
-fn make_room(conn: &Wire, config: &ServerConfig, slot: &Slot) -> String {
+/// Closes a connection not welcomed yet to make room for a newer one (`budget.max_awaiting_hello`), and counts it.
+/// Returns why, for the log.
+fn make_room(conn: &Wire, config: &ServerConfig, stats: &ServerStats, slot: &Slot) -> String {
+    bump(&stats.connections_closed_awaiting_hello);
     let reason = evicted_reason(config.budget.max_awaiting_hello, slot.ip());
     conn.close(ErrorCode::TooManyConnections, &reason);
     reason
@@ -242,7 +255,8 @@ async fn control<R: RoomHub>(
     shutdown: &CancellationToken,
 ) -> String {
     let timeout_ms = config.limits.handshake_timeout_ms;
-    let evicted = slot.evicted();
+    // Dropped at Welcome.
+    let mut evicted = Some(slot.await_hello());
     let (mut send, mut recv) = tokio::select! {
         stream = conn.accept_bi() => match stream {
             Ok(stream) => stream,
@@ -253,7 +267,7 @@ async fn control<R: RoomHub>(
             conn.close(ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
             return "handshake timeout".into();
         }
-        () = evicted.cancelled() => return make_room(conn, config, slot),
+        () = made_to_make_room(evicted.as_ref()) => return make_room(conn, config, stats, slot),
         () = shutdown.cancelled() => return going_away(conn, None).await,
     };
     // On a task of its own, not in this loop: the loop can wait long outside its select (a reply the client does
@@ -291,9 +305,6 @@ async fn control<R: RoomHub>(
     let mut reloadable = true;
     loop {
         let awaiting_hello = session.identity().is_none();
-        if !awaiting_hello {
-            slot.welcomed();
-        }
         let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
         let expires = connection.arm_expiry(&session, expiry.as_mut());
         tokio::select! {
@@ -363,7 +374,7 @@ async fn control<R: RoomHub>(
                 conn.close(ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
                 return "handshake timeout".into();
             }
-            () = evicted.cancelled(), if awaiting_hello => return make_room(conn, config, slot),
+            () = made_to_make_room(evicted.as_ref()), if awaiting_hello => return make_room(conn, config, stats, slot),
             () = tokio::time::sleep_until(partial_deadline), if !awaiting_hello && partial_since.is_some() => {
                 let reason = format!(
                     "a control frame begun {} ms ago is still incomplete ({} bytes received)",
@@ -414,6 +425,10 @@ async fn control<R: RoomHub>(
             if connection.arm_expiry(&session, expiry.as_mut()) && expiry.is_elapsed() {
                 more_inbound = !inbound.is_empty() || deferred.is_some();
                 break;
+            }
+            // Keys reloaded since the connection arrived: its Hello is checked with the new ones.
+            if session.identity().is_none() && keys.has_changed().unwrap_or(false) {
+                session.use_keys(keys.borrow_and_update().clone());
             }
             let step = match deferred.take() {
                 Some(step) => step,
@@ -484,6 +499,9 @@ async fn control<R: RoomHub>(
         }
         if awaiting_hello {
             if let Some(identity) = session.identity() {
+                // Welcomed: never closed to make room from now on (before its Welcome is written, which may wait).
+                slot.welcomed();
+                evicted = None;
                 tracing::Span::current().record("identity", identity);
                 stats.handshake.observe_since(started);
                 bump(&stats.handshakes);

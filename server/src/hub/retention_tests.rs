@@ -178,3 +178,21 @@ async fn history_max_age_0_keeps_history_of_any_age() {
     let stored = |name: &str| store.load_room(name, 0, 0, 0).unwrap().unwrap().extent.messages;
     assert_eq!((stored("kept"), stored("unloaded")), (2, 1), "no age bound: nothing deleted");
 }
+
+/// A room whose last retention deletion is stored may leave memory at once: before, the finished deletion kept it
+/// in memory until the next sweep took notice, and a new room meanwhile found no room to evict (`ServerFull`).
+#[tokio::test]
+async fn a_room_whose_deletion_is_stored_can_be_evicted_before_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_messages: 4, ..Limits::default() };
+    let hub = open(dir.path(), limits, Budget { max_rooms: 2, ..Budget::default() });
+    for id in 1..=6 {
+        post(&hub, "trimmed", "bob", id, 10).await.1.flush();
+    }
+    written(hub.store().unwrap()).await;
+    let member = Collect::new(usize::MAX);
+    let _joined = join(&hub, "busy", None, &member).await;
+    // The only room without members is the trimmed one: it makes room for a third.
+    post(&hub, "third", "bob", 1, 20).await.1.flush();
+    assert_eq!(hub.usage().rooms_evicted, 1);
+}

@@ -141,19 +141,18 @@ impl Room {
 
     /// True when the room holds nothing worth keeping: no subscribers, no history, no dedupe memory. Dropping it
     /// loses nothing; a later join starts a new epoch.
-    pub fn is_idle_and_empty(&self, now_us: u64) -> bool {
+    pub fn is_idle_and_empty(&mut self, now_us: u64) -> bool {
+        let evictable = self.evictable();
         match &self.disk {
             None => self.subscribers.is_empty() && self.history.first_seq().is_none() && self.dedupe.is_empty(),
             // Durable: everything is in the store, and a later use loads it again (same epoch).
-            Some(disk) => {
-                self.evictable() && (self.dedupe.is_empty() || disk.idle_long_enough(self.last_active_us, now_us))
-            }
+            Some(disk) => evictable && (self.dedupe.is_empty() || disk.idle_long_enough(self.last_active_us, now_us)),
         }
     }
 
     /// True when the room may leave memory now: no subscribers, and nothing waiting for the store.
-    pub fn evictable(&self) -> bool {
-        self.subscribers.is_empty() && self.disk.as_ref().is_none_or(durable::DiskRoom::settled)
+    pub fn evictable(&mut self) -> bool {
+        self.subscribers.is_empty() && self.disk.as_mut().is_none_or(durable::DiskRoom::settled)
     }
 
     /// The room's epoch.

@@ -146,7 +146,12 @@ impl Room {
 }
 
 impl DiskRoom {
-    pub(super) fn settled(&self) -> bool {
+    /// Nothing of the room waits for the store (a deletion stored already is let go of here, not only by the next
+    /// trim: a room without members may leave memory as soon as it is).
+    pub(super) fn settled(&mut self) -> bool {
+        if self.trimming.as_mut().is_some_and(|trimming| trimming.outcome().is_some()) {
+            self.trimming = None;
+        }
         self.settled && self.pending.is_empty() && self.trimming.is_none()
     }
 

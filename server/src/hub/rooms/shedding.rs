@@ -38,7 +38,7 @@ impl LocalRooms {
         let mut idle: Vec<(u64, String, Shared)> = rooms
             .iter()
             .filter_map(|(name, shared)| {
-                let slot = try_lock(shared)?;
+                let mut slot = try_lock(shared)?;
                 slot.room.evictable().then(|| (slot.room.last_active_us(), name.clone(), shared.clone()))
             })
             .collect();

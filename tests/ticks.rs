@@ -326,3 +326,45 @@ async fn dropped_publishers_are_not_claimed_again_after_a_reconnect() {
     assert!(kept.end_reason().is_none() && kept.send(b"still".to_vec()).is_ok(), "the held claim was put back");
     server.stop().await;
 }
+
+/// A publisher that goes through many channels (one per match) gives each up when done: `max_publish_channels`
+/// counts the claims held now, not every claim the connection ever made. Unpublishing ends the claim for every
+/// publisher sharing it, and a later publisher of the channel claims it anew and reaches its subscribers. Before,
+/// the protocol had no Unpublish and the connection met `TooManyChannels` after its 64th match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_unpublishes_goes_through_more_channels_than_its_limit() {
+    let server = TestServer::start(Limits { max_publish_channels: 2, ..Limits::default() });
+    let publisher_client = server.client().await;
+    for game in 0..10 {
+        let publisher = publisher_client.publisher(&format!("match.{game}")).await.unwrap();
+        publisher.send(b"kick-off".to_vec()).unwrap();
+        publisher.unpublish().await.unwrap();
+    }
+    let shared = publisher_client.publisher("match.10").await.unwrap();
+    let sharing = publisher_client.publisher("match.10").await.unwrap();
+    let _other = publisher_client.publisher("match.11").await.unwrap();
+    let err = publisher_client.publisher("match.12").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TooManyChannels), "{err}");
+    shared.unpublish().await.unwrap();
+    assert!(matches!(sharing.send(b"late".to_vec()), Err(TickError::Ended { .. })), "ended for both");
+    assert_eq!(sharing.end_reason().map(|(code, _)| code), Some(ErrorCode::NoError));
+    sharing.unpublish().await.unwrap(); // ended already: nothing to do
+    let not_claimed = publisher_client.request(RequestBody::Unpublish { channel: "match.10".into() }).await;
+    assert_eq!(not_claimed.unwrap_err().code(), Some(ErrorCode::NotJoined));
+    // Claimed anew, its ticks reach a subscriber.
+    let watcher = server.client().await;
+    let mut subscription = watcher.subscribe("match.10").await.unwrap();
+    let again = publisher_client.publisher("match.10").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            again.send(b"rematch".to_vec()).unwrap();
+            if let Ok(Some(tick)) = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await {
+                return tick;
+            }
+        }
+    })
+    .await
+    .expect("a tick of the new claim");
+    assert_eq!(&got.payload[..], b"rematch");
+    server.stop().await;
+}

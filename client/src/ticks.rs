@@ -142,15 +142,25 @@ impl TickPublisher {
         self.handle.driver.send_tick(&self.entry, payload.into())
     }
 
-    /// Why the claim ended (the server refused to take it back after a reconnect), once it did.
+    /// Why the claim ended (the server refused to take it back after a reconnect, or it was unpublished), once it
+    /// did.
     pub fn end_reason(&self) -> Option<(ErrorCode, String)> {
         self.entry.end_reason()
+    }
+
+    /// Gives the claim up on the server (Unpublish), for every publisher of the channel sharing it (their sends
+    /// fail with [`TickError::Ended`] from now on): the channel no longer counts against the connection's
+    /// `max_publish_channels`, so a long-lived publisher can go through many channels (one per match, say). A
+    /// later [`crate::Client::publisher`] of the channel claims it anew. `Ok` if the claim had ended already or
+    /// went with its connection.
+    pub async fn unpublish(self) -> Result<(), RequestError> {
+        self.handle.driver.unpublish(&self.entry).await
     }
 }
 
 impl Drop for TickPublisher {
     /// The channel's last publisher dropped: the claim is not put back after a reconnect (the server holds it
-    /// until the connection ends: the protocol has no unclaim).
+    /// until the connection ends, unless it was unpublished).
     fn drop(&mut self) {
         self.handle.driver.publisher_dropped(&self.entry);
     }

@@ -65,6 +65,12 @@ pub enum RequestBody {
         /// At most this many messages (the server may return fewer to fit a frame; see `HistoryPage::more`).
         limit: u32,
     },
+    /// Give up a claim made with Publish: the channel no longer counts against `Limits::max_publish_channels`, and
+    /// tick datagrams with its id are dropped from now on.
+    Unpublish {
+        /// Channel name.
+        channel: String,
+    },
 }
 
 /// Opens a session. (Its `Debug` hides the token.)
@@ -231,6 +237,11 @@ pub enum Reply {
     },
     /// Answer to History.
     History(HistoryPage),
+    /// Answer to Unpublish.
+    Unpublished {
+        /// Channel name.
+        channel: String,
+    },
 }
 
 /// Retained messages of a room, oldest first.

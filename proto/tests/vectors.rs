@@ -236,6 +236,7 @@ fn requests(v: &mut Vectors) {
     v.request("history_all", 20, history("lobby", None, 0));
     v.request("history_since_0", 21, history("lobby", Some(0), 127));
     v.request("history_since_max", 22, history(NON_ASCII, Some(u64::MAX), u32::MAX));
+    v.request("unpublish", 40, RequestBody::Unpublish { channel: "match.17".into() });
 }
 
 fn replies(v: &mut Vectors) {
@@ -295,6 +296,7 @@ fn replies(v: &mut Vectors) {
     v.reply("publishing_id_64", 14, Ok(Reply::Publishing { channel: "p".into(), channel_id: 64 }));
     v.reply("pong", 17, Ok(Reply::Pong { client_time_us: 0, server_time_us: 1_767_225_600_000_001 }));
     v.reply("pong_max", 19, Ok(Reply::Pong { client_time_us: u64::MAX, server_time_us: u64::MAX }));
+    v.reply("unpublished", 40, Ok(Reply::Unpublished { channel: "match.17".into() }));
 
     let page = |room: &str, epoch, messages, more| {
         Ok(Reply::History(HistoryPage { room: room.into(), epoch, messages, more }))
@@ -492,6 +494,7 @@ fn every_variant_has_a_vector() {
         "Publish",
         "Ping",
         "History",
+        "Unpublish",
         // ServerMsg and Result
         "Reply",
         "GoAway",
@@ -508,6 +511,7 @@ fn every_variant_has_a_vector() {
         "Unsubscribed",
         "Publishing",
         "Pong",
+        "Unpublished",
         // RoomFrame and EventKind
         "Open",
         "Event",

@@ -62,6 +62,11 @@ pub enum TickRequest {
         /// Requested maximum tick age.
         max_age_ms: Option<u32>,
     },
+    /// Give up a claim.
+    Unpublish {
+        /// Channel name.
+        channel: String,
+    },
 }
 
 /// Room requests that passed the session's checks (names and body within limits).
@@ -218,6 +223,9 @@ impl ControlSession {
             (State::Open { .. }, RequestBody::Publish { channel, max_age_ms }) => {
                 self.tick_request(req_id, channel, |channel| TickRequest::Publish { channel, max_age_ms })
             }
+            (State::Open { .. }, RequestBody::Unpublish { channel }) => {
+                self.tick_request(req_id, channel, |channel| TickRequest::Unpublish { channel })
+            }
         }
     }
 
@@ -331,6 +339,7 @@ fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::Publish { .. } => "Publish",
         RequestBody::Ping { .. } => "Ping",
         RequestBody::History { .. } => "History",
+        RequestBody::Unpublish { .. } => "Unpublish",
     }
 }
 

@@ -96,12 +96,25 @@ impl Driver {
             let publisher = crate::TickPublisher { entry, handle };
             if let Some(current) = driver.replaced(&live) {
                 // As a subscribe's (above): claims are idempotent too.
-                let again = publisher.entry.clone();
-                driver.spawn(async move { super::ticks::reclaim(&current, &again).await });
+                let (again, order) = (publisher.entry.clone(), driver.ticks.claims_order());
+                driver.spawn(async move { super::ticks::reclaim(&current, &again, &order).await });
             }
             Ok(publisher)
         })
         .await
+    }
+
+    /// Gives up `entry`'s claim ([`super::ticks::Ticks::unpublish`]); `Ok` at once if it had ended already. As an
+    /// unsubscribe, never fails for the connection's sake (a connection lost under it took the claim with it).
+    pub(crate) async fn unpublish(&self, entry: &Arc<PubEntry>) -> Result<(), RequestError> {
+        let entry = entry.clone();
+        let sent = self
+            .detached(move |driver| async move {
+                let current = driver.current.borrow().clone();
+                driver.ticks.unpublish(current.as_deref(), &entry).await
+            })
+            .await;
+        let_go(sent, |reply| matches!(reply, Reply::Unpublished { .. })).await
     }
 
     /// One of `entry`'s publishers was dropped ([`super::ticks::Ticks::publisher_dropped`]).

@@ -393,8 +393,8 @@ impl Driver {
                 self.tasks.spawn(async move { ticks::resubscribe(&connection, &entry).await });
             }
             for entry in self.ticks.publishers() {
-                let connection = connection.clone();
-                self.tasks.spawn(async move { ticks::reclaim(&connection, &entry).await });
+                let (connection, order) = (connection.clone(), self.ticks.claims_order());
+                self.tasks.spawn(async move { ticks::reclaim(&connection, &entry, &order).await });
             }
         }
     }

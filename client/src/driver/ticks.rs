@@ -102,7 +102,15 @@ impl PubEntry {
     pub(crate) fn end_reason(&self) -> Option<(ErrorCode, String)> {
         lock(&self.ended).clone()
     }
+
+    /// True once the application gave the claim up ([`crate::TickPublisher::unpublish`]).
+    fn unpublished(&self) -> bool {
+        lock(&self.ended).as_ref().is_some_and(|(code, _)| *code == ErrorCode::NoError)
+    }
 }
+
+/// Why an unpublished claim ended.
+const UNPUBLISHED: &str = "unpublished";
 
 /// A handler whose routes are subscriptions.
 pub(crate) trait TickHandler: Handler<Route = Arc<SubEntry>> {}
@@ -114,6 +122,9 @@ impl<H: Handler<Route = Arc<SubEntry>>> TickHandler for H {}
 pub(crate) struct Ticks {
     subscriptions: Mutex<HashMap<String, Arc<SubEntry>>>,
     publishers: Mutex<HashMap<String, Arc<PubEntry>>>,
+    /// Held while a Publish or an Unpublish is written (not while its reply is awaited): the server sees them in
+    /// the order the claims were made and given up, so an Unpublish never takes back a newer claim of its channel.
+    claims_order: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Ticks {
@@ -190,16 +201,24 @@ impl Ticks {
         // of one channel would make its subscribers drop one's ticks as stale, and only the newer was claimed
         // again after a reconnect).
         // An ended claim is not shared: a new publisher claims the channel anew.
-        let held = lock(&self.publishers).get(channel).filter(|held| held.end_reason().is_none()).cloned();
-        let entry = match held {
-            Some(held) if held.handles.load(Ordering::Acquire) > 0 => held,
-            // Every publisher of it dropped (the server holds its claim until the connection ends): a new claim
-            // with this publisher's max age, numbered on from the old one's (the server drops a tick numbered
-            // below the newest it took on the channel from this connection, as reordered).
-            Some(unheld) => Arc::new(PubEntry::new(channel, max_age_ms, None, unheld.next_seq.load(Ordering::Relaxed))),
-            None => Arc::new(PubEntry::new(channel, max_age_ms, None, 1)),
+        let entry = loop {
+            let held = lock(&self.publishers).get(channel).filter(|held| held.end_reason().is_none()).cloned();
+            let entry = match held {
+                Some(held) if held.handles.load(Ordering::Acquire) > 0 => held,
+                // Every publisher of it dropped (the server holds its claim until the connection ends): a new claim
+                // with this publisher's max age, numbered on from the old one's (the server drops a tick numbered
+                // below the newest it took on the channel from this connection, as reordered).
+                Some(unheld) => {
+                    Arc::new(PubEntry::new(channel, max_age_ms, None, unheld.next_seq.load(Ordering::Relaxed)))
+                }
+                None => Arc::new(PubEntry::new(channel, max_age_ms, None, 1)),
+            };
+            // Unpublished before or after this claim was written: whether the server still holds the claim depends
+            // on which went first, so claim again, on an entry of its own.
+            if claim_on(connection, &entry, &self.claims_order).await? && !entry.unpublished() {
+                break entry;
+            }
         };
-        claim_on(connection, &entry).await?;
         let entry = match entry.end_reason() {
             // Ended while this claim was on its way: the claim is this publisher's, on an entry of its own.
             Some(_) => {
@@ -230,8 +249,43 @@ impl Ticks {
         Ok(entry)
     }
 
+    /// Gives up `entry`'s claim for all its publishers (their sends fail with `TickError::Ended` from now on):
+    /// ends it, forgets it and writes its Unpublish on `connection` if the claim was made there; the reply to wait
+    /// for, if one was written. Nothing if it had ended already.
+    pub(crate) async fn unpublish<H: Handler>(
+        &self,
+        connection: Option<&Connection<H>>,
+        entry: &Arc<PubEntry>,
+    ) -> Result<Option<crate::connection::Pending>, RequestError> {
+        let _order = self.claims_order.lock().await;
+        {
+            let mut ended = lock(&entry.ended);
+            if ended.is_some() {
+                return Ok(None);
+            }
+            *ended = Some((ErrorCode::NoError, UNPUBLISHED.into()));
+        }
+        {
+            let mut publishers = lock(&self.publishers);
+            if publishers.get(&entry.channel).is_some_and(|held| Arc::ptr_eq(held, entry)) {
+                publishers.remove(&entry.channel);
+            }
+        }
+        // Claimed on another connection (gone: nothing of it is on a server) or not at all: nothing to write.
+        let claimed_on = lock(&entry.claim).map(|(on, _)| on);
+        match connection.filter(|live| live.close_reason().is_none() && claimed_on == Some(live.id)) {
+            Some(live) => live.send(RequestBody::Unpublish { channel: entry.channel.clone() }).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The lock Publish and Unpublish are written under, for [`reclaim`].
+    pub(crate) fn claims_order(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.claims_order.clone()
+    }
+
     /// One of `entry`'s publishers was dropped: with the last, the channel is not claimed again after a reconnect
-    /// (the protocol has no unclaim: the server holds the claim until the connection ends).
+    /// (the server holds the claim until the connection ends, or until [`crate::TickPublisher::unpublish`]).
     pub(crate) fn publisher_dropped(&self, entry: &Arc<PubEntry>) {
         let _publishers = lock(&self.publishers);
         entry.handles.fetch_sub(1, Ordering::AcqRel);
@@ -313,12 +367,16 @@ pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entr
 /// (or for longer), the claim ends: [`crate::TickPublisher::send`] fails with [`TickError::Ended`], and a new
 /// publisher of the channel claims it anew. Before, a refused claim was only logged, and its publisher's ticks
 /// failed with `NotConnected` for good.
-pub(crate) async fn reclaim<H: Handler>(connection: &Connection<H>, entry: &PubEntry) {
+pub(crate) async fn reclaim<H: Handler>(connection: &Connection<H>, entry: &PubEntry, order: &tokio::sync::Mutex<()>) {
     let refused = retried(&entry.channel, "claim", || async {
         if entry.end_reason().is_some() {
-            return None; // another reclaim of it ended it: nothing to put back
+            return None; // another reclaim of it ended it, or it was unpublished: nothing to put back
         }
-        Some(claim_on(connection, entry).await)
+        match claim_on(connection, entry, order).await {
+            Ok(false) => None, // unpublished meanwhile
+            Ok(true) => Some(Ok(())),
+            Err(err) => Some(Err(err)),
+        }
     });
     let Some((code, reason)) = refused.await else { return };
     // Not if this connection is gone meanwhile (a newer one puts the claim back), nor if a publisher of the channel
@@ -378,12 +436,25 @@ async fn subscribe_on<H: TickHandler>(connection: &Connection<H>, entry: &Arc<Su
     }
 }
 
-async fn claim_on<H: Handler>(connection: &Connection<H>, entry: &PubEntry) -> Result<(), RequestError> {
+/// Claims `entry`'s channel on `connection`, writing the Publish under `order` ([`Ticks::claims_order`]). False,
+/// nothing written, when `entry` was unpublished.
+async fn claim_on<H: Handler>(
+    connection: &Connection<H>,
+    entry: &PubEntry,
+    order: &tokio::sync::Mutex<()>,
+) -> Result<bool, RequestError> {
     let body = RequestBody::Publish { channel: entry.channel.clone(), max_age_ms: entry.max_age_ms };
-    match connection.request(body).await? {
+    let sent = {
+        let _order = order.lock().await;
+        if entry.unpublished() {
+            return Ok(false);
+        }
+        connection.send(body).await?
+    };
+    match crate::connection::reply(sent).await? {
         Reply::Publishing { channel_id, .. } => {
             *lock(&entry.claim) = Some((connection.id, channel_id));
-            Ok(())
+            Ok(true)
         }
         other => Err(RequestError::unexpected(other)),
     }

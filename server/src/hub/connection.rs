@@ -61,6 +61,11 @@ impl Default for ClaimTable {
 }
 
 impl ClaimTable {
+    /// True while `channel_id` is claimed on this connection.
+    pub fn is_claimed(&self, channel_id: u64) -> bool {
+        self.claimed.contains_key(&channel_id)
+    }
+
     /// What `channel_id` means on this connection.
     pub fn lookup(&self, channel_id: u64) -> ClaimLookup {
         match self.claimed.get(&channel_id) {
@@ -202,7 +207,7 @@ impl<O> ConnectionState<O> {
     ) -> Result<Claim, Failure> {
         if max_age_ms == Some(0) {
             // Every tick that waited at all would be dropped, for every subscriber of the channel, for as long as
-            // this connection lives (there is no unclaim).
+            // the claim lasts.
             return Err(Failure::new(ErrorCode::BadRequest, "max_age_ms must be at least 1 (or absent: no max age)"));
         }
         let max_age_us = max_age_ms.map(|ms| u64::from(ms) * 1000);
@@ -227,6 +232,20 @@ impl<O> ConnectionState<O> {
         Arc::make_mut(&mut self.claims).claimed.insert(id, name);
         self.claim_ages.insert(id, max_age_us);
         Ok(Claim { channel_id: id, max_age_us, new: true, previous_max_age_us: None })
+    }
+
+    /// Gives up the claim on `channel` (Unpublish): its id, and the max age the claim held, to release in the tick
+    /// hub. `NotJoined` if it is not claimed. Its datagrams are dropped from now on; the channel's id is kept while
+    /// it is subscribed (a later claim gets it again), else forgotten (a later claim gets a new one).
+    pub fn unclaim(&mut self, channel: &str) -> Result<(u64, Option<u64>), Failure> {
+        let not_claimed = || Failure::new(ErrorCode::NotJoined, format!("not publishing on {channel}"));
+        let id = *self.channel_ids.get(channel).ok_or_else(not_claimed)?;
+        Arc::make_mut(&mut self.claims).claimed.remove(&id).ok_or_else(not_claimed)?;
+        let max_age_us = self.claim_ages.remove(&id).flatten();
+        if !self.subscriptions.contains_key(&id) {
+            self.channel_ids.remove(channel);
+        }
+        Ok((id, max_age_us))
     }
 
     /// The claims as they stand, for the datagram reader.
@@ -388,5 +407,28 @@ mod tests {
         assert_eq!(s.claims().lookup(2), ClaimLookup::Unknown);
         assert_eq!(s.claims().lookup(0), ClaimLookup::Unknown, "0 is never a channel");
         assert_eq!(s.history_budget(), 65_536 - 128 - 64, "max_frame less the reply's own fields (max_name + 64)");
+    }
+
+    /// A claim given up frees its place under `max_publish_channels` and takes its max age along; its id stays
+    /// while the channel is subscribed, and is never given to another channel.
+    #[test]
+    fn an_unclaim_frees_its_place_and_its_id_is_never_reused_elsewhere() {
+        let mut s = state(Limits { max_publish_channels: 2, ..Limits::default() });
+        assert_eq!(s.claim("match.1", Some(5), |_| Ok(())).unwrap().channel_id, 1);
+        assert_eq!(s.claim("match.2", None, |_| Ok(())).unwrap().channel_id, 2);
+        assert_eq!(code(s.claim("match.3", None, |_| panic!("over the limit"))), ErrorCode::TooManyChannels);
+        assert_eq!(s.unclaim("match.1"), Ok((1, Some(5_000))));
+        assert_eq!(code(s.unclaim("match.1")), ErrorCode::NotJoined);
+        assert_eq!(code(s.unclaim("never")), ErrorCode::NotJoined);
+        assert_eq!(s.claims().lookup(1), ClaimLookup::NotClaimed, "its datagrams are dropped");
+        assert_eq!(s.claim("match.3", None, |_| Ok(())).unwrap().channel_id, 3, "a new id, in its place");
+        // Subscribed and claimed: the subscription keeps the id, and a new claim gets it again.
+        s.subscribe("match.2", |id| Ok(100 + id)).unwrap();
+        assert_eq!(s.unclaim("match.2"), Ok((2, None)));
+        assert_eq!(s.claims().lookup(2), ClaimLookup::NotClaimed);
+        assert_eq!(s.claim("match.2", None, |_| Ok(())).unwrap().channel_id, 2);
+        let release = s.close();
+        assert_eq!(release.claims.len(), 2);
+        assert_eq!(release.subscriptions.len(), 1);
     }
 }

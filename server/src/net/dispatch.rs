@@ -400,6 +400,13 @@ impl<R: RoomHub> Connection<R> {
                 }
                 Ok(Reply::Publishing { channel, channel_id: claim.channel_id })
             }
+            TickRequest::Unpublish { channel } => {
+                let (_, max_age_us) = self.state.unclaim(&channel)?;
+                // The reader drops the channel's datagrams from now on, then the hub lets the claim go.
+                self.datagrams.set_claims(self.state.claims());
+                self.ticks.release(&channel, max_age_us);
+                Ok(Reply::Unpublished { channel })
+            }
         }
     }
 

@@ -188,7 +188,7 @@ async fn until(deadline: Option<tokio::time::Instant>) {
 async fn read_ticks(
     conn: &Wire,
     hub: Arc<dyn TickHub>,
-    claims: watch::Receiver<Arc<ClaimTable>>,
+    mut claims: watch::Receiver<Arc<ClaimTable>>,
     stats: Arc<ServerStats>,
     (ticks_per_s, max_frame): (u32, usize),
     post_copies: Arc<Mailbox<PostCopy>>,
@@ -226,6 +226,12 @@ async fn read_ticks(
             bump(&stats.datagrams_malformed);
             continue;
         };
+        if claims.has_changed().unwrap_or(false) {
+            // A claim given up (Unpublish): its newest seq goes with it (a connection cycling through channels
+            // would otherwise grow this map for as long as it lives).
+            let table = claims.borrow_and_update();
+            newest.retain(|channel_id, _| table.is_claimed(*channel_id));
+        }
         let lookup = claims.borrow().lookup(header.channel_id);
         let channel = match lookup {
             ClaimLookup::Claimed(channel) => channel,

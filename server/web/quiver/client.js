@@ -195,15 +195,36 @@ export class QuiverClient {
    * second publisher of a channel shares the first's claim, `maxAgeMs` and tick numbering (two numberings of one
    * channel would make its subscribers drop one's ticks as stale). */
   async publisher(channel, { maxAgeMs = null, onEnd } = {}) {
-    const made = { channel, maxAgeMs, claim: null, nextSeq: 1n, onEnd: [], ended: null };
-    let entry = this.#publishers.get(channel) ?? made;
-    await claimOn(await this.#live(), entry);
+    let entry;
+    for (;;) {
+      const made = { channel, maxAgeMs, claim: null, nextSeq: 1n, onEnd: [], ended: null, unpublished: false };
+      entry = this.#publishers.get(channel) ?? made;
+      // Unpublished before this claim was written (nothing written) or after (whether the server still holds the
+      // claim depends on which went first): claimed again, on an entry of its own.
+      if ((await claimOn(await this.#live(), entry)) && !entry.unpublished) break;
+    }
     if (entry.ended) entry = { ...entry, onEnd: [], ended: null }; // ended while this claim was on its way
     entry = this.#publishers.get(channel) ?? entry; // one made meanwhile is the one
     this.#publishers.set(channel, entry);
     entry.onEnd.push(onEnd);
     const send = (payload) => sendTick(this.#session, entry, toBytes(payload), this.serverClockUs());
-    return new Publisher(channel, send, () => entry.ended);
+    return new Publisher(channel, send, () => entry.ended, () => this.#unpublish(entry));
+  }
+
+  /**
+   * Gives up `entry`'s claim on the server, for every publisher sharing it (their `send` returns null and `ended`
+   * says `unpublished` from now on): the channel no longer counts against the connection's `max_publish_channels`.
+   * A later `publisher()` of the channel claims it anew. Resolves at once if the claim ended already.
+   */
+  async #unpublish(entry) {
+    if (entry.ended) return;
+    entry.ended = { code: ErrorCode.NoError, reason: 'unpublished' };
+    entry.unpublished = true;
+    if (this.#publishers.get(entry.channel) === entry) this.#publishers.delete(entry.channel);
+    const session = entry.claim?.session;
+    // Written now (requests are written as they are made): after every claim made before, before any made later.
+    if (!session || session !== this.#session || session.closedWhy) return;
+    await leftAnyway(session.request({ Unpublish: { channel: entry.channel } }), 'Unpublished', entry);
   }
 
   /** One Ping/Pong round trip on the control stream; resolves to the round-trip time in ms. */

@@ -306,6 +306,36 @@ test('ticks: a resubscribe or claim refused for now is retried; refused for good
   assert.equal(server.requestsOf('Subscribe').length, 2 + 4 + 1);
 });
 
+test('unpublish gives the claim up for every publisher sharing it; a later publisher claims the channel anew', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server);
+  const first = await ann.publisher('match.1');
+  const sharing = await ann.publisher('match.1');
+  assert.equal(server.live[0].claims.size, 1);
+  await first.unpublish();
+  assert.equal(server.live[0].claims.size, 0, 'the server let the claim go');
+  assert.deepEqual(server.requestsOf('Unpublish'), [{ channel: 'match.1' }]);
+  assert.deepEqual(sharing.ended, { code: ErrorCode.NoError, reason: 'unpublished' });
+  assert.equal(sharing.send('late'), null, 'ended for both');
+  await sharing.unpublish(); // ended already: nothing written
+  assert.equal(server.requestsOf('Unpublish').length, 1);
+  // An unpublish made while a claim of the channel is on its way: the claim is made again after it.
+  const racing = ann.publisher('match.1');
+  const second = await ann.publisher('match.1');
+  const third = await racing;
+  await second.unpublish();
+  const fourth = await ann.publisher('match.1');
+  assert.equal(fourth.ended, null);
+  assert.equal(third.ended?.reason, 'unpublished');
+  assert.equal(server.live[0].claims.size, 1, 'claimed once, after the unpublish');
+  assert.equal(fourth.send('kick-off'), 1n, 'a new claim numbers from 1');
+  // Dropped connections do not put an unpublished claim back.
+  server.dropAll();
+  await until('reconnected', () => server.live.length === 1 && ann.status === 'connected');
+  await until('claimed again', () => server.live[0].claims.size === 1);
+  assert.deepEqual([...server.live[0].claims.values()], ['match.1']);
+});
+
 test('a max age below a millisecond asks for one (the server refuses 0)', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server);

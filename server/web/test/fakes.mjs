@@ -337,9 +337,17 @@ export class FakeServer {
         return ok({ Unsubscribed: { channel: body.channel } });
       case 'Publish': {
         if (this.refusedTicks.Publish.length) return fail(this.refusedTicks.Publish.shift(), 'refused by the test');
-        const id = conn.nextChannelId++;
+        // Idempotent, as the server's: a repeated claim answers the same id.
+        const held = [...conn.claims].find(([, channel]) => channel === body.channel)?.[0];
+        const id = held ?? conn.nextChannelId++;
         conn.claims.set(id, body.channel);
         return ok({ Publishing: { channel: body.channel, channel_id: id } });
+      }
+      case 'Unpublish': {
+        const claimed = [...conn.claims].filter(([, channel]) => channel === body.channel);
+        if (!claimed.length) return fail(ErrorCode.NotJoined, 'not publishing');
+        for (const [id] of claimed) conn.claims.delete(id);
+        return ok({ Unpublished: { channel: body.channel } });
       }
       case 'Ping':
         if (this.dropOnPing) return conn.kill('lost during setup');

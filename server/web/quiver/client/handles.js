@@ -81,16 +81,30 @@ export class Subscription {
 export class Publisher {
   #send;
   #ended;
+  #unpublish;
 
-  constructor(channel, send, ended) {
+  constructor(channel, send, ended, unpublish) {
     this.channel = channel;
     this.#send = send;
     this.#ended = ended;
+    this.#unpublish = unpublish;
   }
 
-  /** `{code, reason}` once the server refused to take the claim back after a reconnect (`send` then returns null). */
+  /**
+   * `{code, reason}` once the server refused to take the claim back after a reconnect, or it was unpublished (code
+   * 0, NoError): `send` then returns null.
+   */
   get ended() {
     return this.#ended();
+  }
+
+  /**
+   * Gives the claim up on the server, for every publisher of the channel sharing it, so that a long-lived publisher
+   * can go through more channels than `max_publish_channels` (one per match, say). A later `publisher()` of the
+   * channel claims it anew.
+   */
+  unpublish() {
+    return this.#unpublish();
   }
 
   /**
@@ -110,13 +124,15 @@ export async function subscribeOn(session, entry, subscriptions) {
   if (subscriptions.get(entry.channel) === entry) session.channels.set(channel_id, entry);
 }
 
-/** Claims `entry`'s channel for publishing on `session`. */
+/** Claims `entry`'s channel for publishing on `session`; false, nothing written, once `entry` was unpublished. */
 export async function claimOn(session, entry) {
+  if (entry.unpublished) return false; // given up: nothing to claim (or claim again after a reconnect)
   // Whole milliseconds, rounded up: the server refuses 0 (a max age below 1 ms asks for 1 ms).
   const maxAgeMs = entry.maxAgeMs == null ? null : Math.max(1, Math.ceil(entry.maxAgeMs));
   const body = { Publish: { channel: entry.channel, max_age_ms: maxAgeMs } };
   const { channel_id } = expectReply(await session.request(body), 'Publishing');
   entry.claim = { session, channelId: channel_id };
+  return true;
 }
 
 /** A tick datagram for subscription `entry` arrived (`nowUs`: the server's clock): delivered if it is newer. */

@@ -31,6 +31,7 @@ export const wire = (() => {
     ['Publish', struct('Publish', [['channel', string], ['max_age_ms', option(u32)]])],
     ['Ping', struct('Ping', [['client_time_us', u64]])],
     ['History', struct('History', [['room', string], ['since', option(u64)], ['limit', u32]])],
+    ['Unpublish', struct('Unpublish', [['channel', string]])],
   ]);
   const Request = struct('Request', [['req_id', u64], ['body', RequestBody]]);
   const Limits = struct('Limits', [
@@ -66,6 +67,7 @@ export const wire = (() => {
     ['Publishing', struct('Publishing', [['channel', string], ['channel_id', u64]])],
     ['Pong', struct('Pong', [['client_time_us', u64], ['server_time_us', u64]])],
     ['History', HistoryPage],
+    ['Unpublished', struct('Unpublished', [['channel', string]])],
   ]);
   const ReplyResult = enumeration('Result<Reply, Failure>', [['Ok', Reply], ['Err', Failure]]);
   const ServerMsg = enumeration('ServerMsg', [

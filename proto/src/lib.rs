@@ -53,8 +53,18 @@ pub fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// The protocol version this build speaks. Version 5 added `Unpublish` (request and reply 9) and gives a
+/// subscription and a claim of one channel ids of their own.
+pub const PROTOCOL_VERSION: u32 = 5;
+
+/// The oldest protocol version a server of this build still admits: a version-4 client never sends what version 5
+/// added, and takes the ids it is given as they come.
+pub const OLDEST_PROTOCOL_VERSION: u32 = 4;
+
+/// True for the protocol versions a server of this build admits.
+pub fn admits_version(version: u32) -> bool {
+    (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
+}
 
 /// ALPN of native Quiver clients.
 pub const ALPN_QUIVER: &[u8] = b"quiver/1";

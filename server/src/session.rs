@@ -276,7 +276,7 @@ impl ControlSession {
     }
 
     fn admit(&mut self, hello: &Hello, now_us: u64) -> Result<Welcome, Failure> {
-        if hello.version != PROTOCOL_VERSION {
+        if !quiver_proto::admits_version(hello.version) {
             return Err(version_failure(hello.version));
         }
         let auth = self.auth.as_deref().ok_or_else(|| Failure::new(ErrorCode::Internal, "no token verifier"))?;
@@ -296,7 +296,7 @@ impl ControlSession {
         self.state = State::Open { identity: identity.clone(), grant: claims.map(Grant::from), key };
         self.auth = None;
         Ok(Welcome {
-            version: PROTOCOL_VERSION,
+            version: hello.version, // the version this session speaks
             session_id: self.session_id,
             server_time_us: now_us,
             identity,
@@ -313,7 +313,10 @@ fn refuse(req_id: u64, failure: Failure) -> Step {
 fn version_failure(version: u32) -> Failure {
     Failure::new(
         ErrorCode::UnsupportedVersion,
-        format!("client speaks protocol version {version}; this server speaks {PROTOCOL_VERSION} only"),
+        format!(
+            "client speaks protocol version {version}; this server speaks {PROTOCOL_VERSION} (and back to {})",
+            quiver_proto::OLDEST_PROTOCOL_VERSION
+        ),
     )
 }
 
@@ -382,6 +385,20 @@ mod tests {
         let mut session = ControlSession::new(0x10, Limits::default(), Arc::new(Auth::Anonymous));
         session.on_request(hello(PROTOCOL_VERSION, None), 0);
         assert_eq!(session.identity(), Some("anon-0000000000000010"));
+    }
+
+    /// Version 4 (before Unpublish) is still admitted, and told it speaks 4; version 3 is not.
+    #[test]
+    fn the_previous_version_is_admitted_and_told_so() {
+        let mut session = ControlSession::new(1, Limits::default(), Arc::new(Auth::Anonymous));
+        let step = session.on_request(hello(quiver_proto::OLDEST_PROTOCOL_VERSION, None), 0);
+        let Step::Reply(ServerMsg::Reply { result: Ok(Reply::Welcome(welcome)), .. }) = step else {
+            panic!("not welcomed: {step:?}")
+        };
+        assert_eq!(welcome.version, quiver_proto::OLDEST_PROTOCOL_VERSION);
+        let mut older = ControlSession::new(2, Limits::default(), Arc::new(Auth::Anonymous));
+        let step = older.on_request(hello(quiver_proto::OLDEST_PROTOCOL_VERSION - 1, None), 0);
+        assert!(matches!(step, Step::ReplyAndClose(_, ErrorCode::UnsupportedVersion, _)), "{step:?}");
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl Driver {
             let publisher = crate::TickPublisher { entry, handle };
             if let Some(current) = driver.replaced(&live) {
                 // As a subscribe's (above): claims are idempotent too.
-                let (again, order) = (publisher.entry.clone(), driver.ticks.claims_order());
+                let (again, order) = (publisher.entry.clone(), driver.ticks.claim_order());
                 driver.spawn(async move { super::ticks::reclaim(&current, &again, &order).await });
             }
             Ok(publisher)

@@ -393,7 +393,7 @@ impl Driver {
                 self.tasks.spawn(async move { ticks::resubscribe(&connection, &entry).await });
             }
             for entry in self.ticks.publishers() {
-                let (connection, order) = (connection.clone(), self.ticks.claims_order());
+                let (connection, order) = (connection.clone(), self.ticks.claim_order());
                 self.tasks.spawn(async move { ticks::reclaim(&connection, &entry, &order).await });
             }
         }

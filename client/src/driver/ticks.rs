@@ -102,15 +102,46 @@ impl PubEntry {
     pub(crate) fn end_reason(&self) -> Option<(ErrorCode, String)> {
         lock(&self.ended).clone()
     }
-
-    /// True once the application gave the claim up ([`crate::TickPublisher::unpublish`]).
-    fn unpublished(&self) -> bool {
-        lock(&self.ended).as_ref().is_some_and(|(code, _)| *code == ErrorCode::NoError)
-    }
 }
 
 /// Why an unpublished claim ended.
 const UNPUBLISHED: &str = "unpublished";
+
+/// Claims and unpublishes of a channel, one at a time: a claim holds its channel's turn from before it looks up its
+/// entry until its reply is in, a reclaim after a reconnect likewise, an unpublish while it ends its entry and
+/// writes its Unpublish. So an Unpublish never takes back a claim the client still counts on (the server keeps one
+/// claim per channel and connection), and a claim is never left on the server for an entry given up meanwhile.
+/// A channel's turn is forgotten when nobody holds or waits for it.
+#[derive(Debug, Default)]
+pub(crate) struct ClaimOrder(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// A channel's turn (see [`ClaimOrder`]), until dropped.
+pub(crate) struct ClaimTurn {
+    order: Arc<ClaimOrder>,
+    channel: String,
+    turn: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl ClaimOrder {
+    /// Waits for `channel`'s turn.
+    pub(crate) async fn turn(self: &Arc<Self>, channel: &str) -> ClaimTurn {
+        let turn = lock(&self.0).entry(channel.to_string()).or_default().clone();
+        let guard = turn.clone().lock_owned().await;
+        ClaimTurn { order: self.clone(), channel: channel.to_string(), turn, guard: Some(guard) }
+    }
+}
+
+impl Drop for ClaimTurn {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut turns = lock(&self.order.0);
+        // Only the table's handle and this one: nobody else holds or waits for the channel's turn.
+        if Arc::strong_count(&self.turn) == 2 {
+            turns.remove(&self.channel);
+        }
+    }
+}
 
 /// A handler whose routes are subscriptions.
 pub(crate) trait TickHandler: Handler<Route = Arc<SubEntry>> {}
@@ -122,9 +153,8 @@ impl<H: Handler<Route = Arc<SubEntry>>> TickHandler for H {}
 pub(crate) struct Ticks {
     subscriptions: Mutex<HashMap<String, Arc<SubEntry>>>,
     publishers: Mutex<HashMap<String, Arc<PubEntry>>>,
-    /// Held while a Publish or an Unpublish is written (not while its reply is awaited): the server sees them in
-    /// the order the claims were made and given up, so an Unpublish never takes back a newer claim of its channel.
-    claims_order: Arc<tokio::sync::Mutex<()>>,
+    /// Each channel's claims and unpublishes, one at a time.
+    claim_order: Arc<ClaimOrder>,
 }
 
 impl Ticks {
@@ -201,24 +231,17 @@ impl Ticks {
         // of one channel would make its subscribers drop one's ticks as stale, and only the newer was claimed
         // again after a reconnect).
         // An ended claim is not shared: a new publisher claims the channel anew.
-        let entry = loop {
-            let held = lock(&self.publishers).get(channel).filter(|held| held.end_reason().is_none()).cloned();
-            let entry = match held {
-                Some(held) if held.handles.load(Ordering::Acquire) > 0 => held,
-                // Every publisher of it dropped (the server holds its claim until the connection ends): a new claim
-                // with this publisher's max age, numbered on from the old one's (the server drops a tick numbered
-                // below the newest it took on the channel from this connection, as reordered).
-                Some(unheld) => {
-                    Arc::new(PubEntry::new(channel, max_age_ms, None, unheld.next_seq.load(Ordering::Relaxed)))
-                }
-                None => Arc::new(PubEntry::new(channel, max_age_ms, None, 1)),
-            };
-            // Unpublished before or after this claim was written: whether the server still holds the claim depends
-            // on which went first, so claim again, on an entry of its own.
-            if claim_on(connection, &entry, &self.claims_order).await? && !entry.unpublished() {
-                break entry;
-            }
+        let _turn = self.claim_order.turn(channel).await;
+        let held = lock(&self.publishers).get(channel).filter(|held| held.end_reason().is_none()).cloned();
+        let entry = match held {
+            Some(held) if held.handles.load(Ordering::Acquire) > 0 => held,
+            // Every publisher of it dropped (the server holds its claim until the connection ends): a new claim
+            // with this publisher's max age, numbered on from the old one's (the server drops a tick numbered
+            // below the newest it took on the channel from this connection, as reordered).
+            Some(unheld) => Arc::new(PubEntry::new(channel, max_age_ms, None, unheld.next_seq.load(Ordering::Relaxed))),
+            None => Arc::new(PubEntry::new(channel, max_age_ms, None, 1)),
         };
+        claim_on(connection, &entry).await?;
         let entry = match entry.end_reason() {
             // Ended while this claim was on its way: the claim is this publisher's, on an entry of its own.
             Some(_) => {
@@ -251,13 +274,14 @@ impl Ticks {
 
     /// Gives up `entry`'s claim for all its publishers (their sends fail with `TickError::Ended` from now on):
     /// ends it, forgets it and writes its Unpublish on `connection` if the claim was made there; the reply to wait
-    /// for, if one was written. Nothing if it had ended already.
+    /// for, if one was written. Nothing if it had ended already. (In the channel's turn: every claim of the entry
+    /// made before is answered, so its claim says where it is held; none is made after.)
     pub(crate) async fn unpublish<H: Handler>(
         &self,
         connection: Option<&Connection<H>>,
         entry: &Arc<PubEntry>,
     ) -> Result<Option<crate::connection::Pending>, RequestError> {
-        let _order = self.claims_order.lock().await;
+        let _turn = self.claim_order.turn(&entry.channel).await;
         {
             let mut ended = lock(&entry.ended);
             if ended.is_some() {
@@ -279,9 +303,9 @@ impl Ticks {
         }
     }
 
-    /// The lock Publish and Unpublish are written under, for [`reclaim`].
-    pub(crate) fn claims_order(&self) -> Arc<tokio::sync::Mutex<()>> {
-        self.claims_order.clone()
+    /// The channels' turns, for [`reclaim`].
+    pub(crate) fn claim_order(&self) -> Arc<ClaimOrder> {
+        self.claim_order.clone()
     }
 
     /// One of `entry`'s publishers was dropped: with the last, the channel is not claimed again after a reconnect
@@ -367,16 +391,13 @@ pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entr
 /// (or for longer), the claim ends: [`crate::TickPublisher::send`] fails with [`TickError::Ended`], and a new
 /// publisher of the channel claims it anew. Before, a refused claim was only logged, and its publisher's ticks
 /// failed with `NotConnected` for good.
-pub(crate) async fn reclaim<H: Handler>(connection: &Connection<H>, entry: &PubEntry, order: &tokio::sync::Mutex<()>) {
+pub(crate) async fn reclaim<H: Handler>(connection: &Connection<H>, entry: &PubEntry, order: &Arc<ClaimOrder>) {
     let refused = retried(&entry.channel, "claim", || async {
+        let _turn = order.turn(&entry.channel).await;
         if entry.end_reason().is_some() {
             return None; // another reclaim of it ended it, or it was unpublished: nothing to put back
         }
-        match claim_on(connection, entry, order).await {
-            Ok(false) => None, // unpublished meanwhile
-            Ok(true) => Some(Ok(())),
-            Err(err) => Some(Err(err)),
-        }
+        Some(claim_on(connection, entry).await)
     });
     let Some((code, reason)) = refused.await else { return };
     // Not if this connection is gone meanwhile (a newer one puts the claim back), nor if a publisher of the channel
@@ -436,26 +457,39 @@ async fn subscribe_on<H: TickHandler>(connection: &Connection<H>, entry: &Arc<Su
     }
 }
 
-/// Claims `entry`'s channel on `connection`, writing the Publish under `order` ([`Ticks::claims_order`]). False,
-/// nothing written, when `entry` was unpublished.
-async fn claim_on<H: Handler>(
-    connection: &Connection<H>,
-    entry: &PubEntry,
-    order: &tokio::sync::Mutex<()>,
-) -> Result<bool, RequestError> {
+/// Claims `entry`'s channel on `connection` (the caller holds the channel's turn, [`ClaimOrder`]).
+async fn claim_on<H: Handler>(connection: &Connection<H>, entry: &PubEntry) -> Result<(), RequestError> {
     let body = RequestBody::Publish { channel: entry.channel.clone(), max_age_ms: entry.max_age_ms };
-    let sent = {
-        let _order = order.lock().await;
-        if entry.unpublished() {
-            return Ok(false);
-        }
-        connection.send(body).await?
-    };
-    match crate::connection::reply(sent).await? {
+    match connection.request(body).await? {
         Reply::Publishing { channel_id, .. } => {
             *lock(&entry.claim) = Some((connection.id, channel_id));
-            Ok(true)
+            Ok(())
         }
         other => Err(RequestError::unexpected(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A channel's claims and unpublishes take turns; other channels do not wait for them, and a channel nobody
+    /// holds or waits for is forgotten (a publisher going through a channel per match leaves nothing behind).
+    #[tokio::test]
+    async fn claims_of_a_channel_take_turns_and_idle_channels_are_forgotten() {
+        let order = Arc::new(ClaimOrder::default());
+        let first = order.turn("match.1").await;
+        let waiting = tokio::spawn({
+            let order = order.clone();
+            async move { drop(order.turn("match.1").await) }
+        });
+        let other = tokio::time::timeout(std::time::Duration::from_secs(5), order.turn("match.2")).await;
+        drop(other.expect("another channel does not wait"));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the same channel waits for its turn");
+        assert_eq!(lock(&order.0).len(), 1, "match.2 forgotten, match.1 held");
+        drop(first);
+        waiting.await.unwrap();
+        assert!(lock(&order.0).is_empty(), "nobody holds or waits: forgotten");
     }
 }

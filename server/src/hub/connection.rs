@@ -94,10 +94,13 @@ pub struct Release<O> {
 pub struct ConnectionState<O> {
     limits: Limits,
     rooms: HashMap<String, JoinedRoom<O>>,
-    /// Channel name → id, for the channels subscribed or claimed now (a name is forgotten when neither any
-    /// more). Ids are small (the header's first byte for the first 64) and never reused on a connection, so a
-    /// late datagram cannot be taken for another channel's tick; a channel subscribed again gets a new id.
-    channel_ids: HashMap<Arc<str>, u64>,
+    /// Channel name → id of its subscription, and of its claim, for the channels subscribed or claimed now. Ids
+    /// are small (the header's first byte for the first 64) and never reused on a connection, so a late datagram
+    /// cannot be taken for another channel's tick, nor for a later claim of the same channel (its seqs start over):
+    /// a channel subscribed or claimed again gets a new id. A subscription and a claim of one channel have ids of
+    /// their own.
+    sub_ids: HashMap<Arc<str>, u64>,
+    claim_ids: HashMap<Arc<str>, u64>,
     subscriptions: HashMap<u64, (Arc<str>, TickSubscriberId)>,
     claims: Arc<ClaimTable>,
     /// Each claim's max age (channel id → it), released with the claim.
@@ -110,7 +113,8 @@ impl<O> ConnectionState<O> {
         ConnectionState {
             limits,
             rooms: HashMap::new(),
-            channel_ids: HashMap::new(),
+            sub_ids: HashMap::new(),
+            claim_ids: HashMap::new(),
             subscriptions: HashMap::new(),
             claims: Arc::default(),
             claim_ages: HashMap::new(),
@@ -169,7 +173,7 @@ impl<O> ConnectionState<O> {
         channel: &str,
         subscribe: impl FnOnce(u64) -> Result<TickSubscriberId, Failure>,
     ) -> Result<u64, Failure> {
-        if let Some(id) = self.channel_ids.get(channel).filter(|id| self.subscriptions.contains_key(id)) {
+        if let Some(id) = self.sub_ids.get(channel) {
             return Ok(*id);
         }
         if self.subscriptions.len() >= self.limits.max_subscriptions as usize {
@@ -178,9 +182,11 @@ impl<O> ConnectionState<O> {
                 format!("at most {} subscriptions per connection", self.limits.max_subscriptions),
             ));
         }
-        let id = self.channel_ids.get(channel).copied().unwrap_or(self.claims.allocated);
+        let id = self.claims.allocated;
         let subscriber = subscribe(id)?;
-        let name = self.record_channel_id(channel, id);
+        let name = self.name(channel);
+        Arc::make_mut(&mut self.claims).allocated = id + 1;
+        self.sub_ids.insert(name.clone(), id);
         self.subscriptions.insert(id, (name, subscriber));
         Ok(id)
     }
@@ -188,11 +194,8 @@ impl<O> ConnectionState<O> {
     /// Ends the subscription to `channel`: its id and the tick hub's subscription. `NotJoined` if not subscribed.
     pub fn unsubscribe(&mut self, channel: &str) -> Result<(u64, TickSubscriberId), Failure> {
         let not_subscribed = || Failure::new(ErrorCode::NotJoined, format!("not subscribed to {channel}"));
-        let id = *self.channel_ids.get(channel).ok_or_else(not_subscribed)?;
+        let id = self.sub_ids.remove(channel).ok_or_else(not_subscribed)?;
         let (_, subscriber) = self.subscriptions.remove(&id).ok_or_else(not_subscribed)?;
-        if !self.claims.claimed.contains_key(&id) {
-            self.channel_ids.remove(channel);
-        }
         Ok((id, subscriber))
     }
 
@@ -211,7 +214,7 @@ impl<O> ConnectionState<O> {
             return Err(Failure::new(ErrorCode::BadRequest, "max_age_ms must be at least 1 (or absent: no max age)"));
         }
         let max_age_us = max_age_ms.map(|ms| u64::from(ms) * 1000);
-        if let Some(&id) = self.channel_ids.get(channel).filter(|id| self.claims.claimed.contains_key(id)) {
+        if let Some(&id) = self.claim_ids.get(channel) {
             let held = self.claim_ages.entry(id).or_default();
             let previous_max_age_us = *held;
             if let Some(asked) = max_age_us {
@@ -226,26 +229,25 @@ impl<O> ConnectionState<O> {
                 format!("at most {max} publish channels per connection"),
             ));
         }
-        let id = self.channel_ids.get(channel).copied().unwrap_or(self.claims.allocated);
+        let id = self.claims.allocated;
         claim(max_age_us)?;
-        let name = self.record_channel_id(channel, id);
-        Arc::make_mut(&mut self.claims).claimed.insert(id, name);
+        let name = self.name(channel);
+        let claims = Arc::make_mut(&mut self.claims);
+        claims.allocated = id + 1;
+        claims.claimed.insert(id, name.clone());
+        self.claim_ids.insert(name, id);
         self.claim_ages.insert(id, max_age_us);
         Ok(Claim { channel_id: id, max_age_us, new: true, previous_max_age_us: None })
     }
 
     /// Gives up the claim on `channel` (Unpublish): its id, and the max age the claim held, to release in the tick
-    /// hub. `NotJoined` if it is not claimed. Its datagrams are dropped from now on; the channel's id is kept while
-    /// it is subscribed (a later claim gets it again), else forgotten (a later claim gets a new one).
+    /// hub. `NotJoined` if it is not claimed. Datagrams with its id are dropped from now on (a later claim of the
+    /// channel gets a new id).
     pub fn unclaim(&mut self, channel: &str) -> Result<(u64, Option<u64>), Failure> {
         let not_claimed = || Failure::new(ErrorCode::NotJoined, format!("not publishing on {channel}"));
-        let id = *self.channel_ids.get(channel).ok_or_else(not_claimed)?;
-        Arc::make_mut(&mut self.claims).claimed.remove(&id).ok_or_else(not_claimed)?;
-        let max_age_us = self.claim_ages.remove(&id).flatten();
-        if !self.subscriptions.contains_key(&id) {
-            self.channel_ids.remove(channel);
-        }
-        Ok((id, max_age_us))
+        let id = self.claim_ids.remove(channel).ok_or_else(not_claimed)?;
+        Arc::make_mut(&mut self.claims).claimed.remove(&id);
+        Ok((id, self.claim_ages.remove(&id).flatten()))
     }
 
     /// The claims as they stand, for the datagram reader.
@@ -255,7 +257,8 @@ impl<O> ConnectionState<O> {
 
     /// Everything to release when the connection ends: its rooms and its tick subscriptions.
     pub fn close(&mut self) -> Release<O> {
-        self.channel_ids.clear();
+        self.sub_ids.clear();
+        self.claim_ids.clear();
         Release {
             rooms: self.rooms.drain().collect(),
             subscriptions: self.subscriptions.drain().map(|(_, subscription)| subscription).collect(),
@@ -268,18 +271,13 @@ impl<O> ConnectionState<O> {
 
     /// Channel names this connection holds an id for (subscribed or claimed now).
     pub fn channel_names(&self) -> usize {
-        self.channel_ids.len()
+        self.sub_ids.len() + self.claim_ids.keys().filter(|name| !self.sub_ids.contains_key(*name)).count()
     }
 
-    /// Records `id` for `channel` (the one it has, or the next one, which is then given out).
-    fn record_channel_id(&mut self, channel: &str, id: u64) -> Arc<str> {
-        if let Some((name, _)) = self.channel_ids.get_key_value(channel) {
-            return name.clone();
-        }
-        let name: Arc<str> = Arc::from(channel);
-        self.channel_ids.insert(name.clone(), id);
-        Arc::make_mut(&mut self.claims).allocated = id + 1;
-        name
+    /// `channel`'s name, shared with its subscription or claim if it has one.
+    fn name(&self, channel: &str) -> Arc<str> {
+        let held = self.sub_ids.get_key_value(channel).or_else(|| self.claim_ids.get_key_value(channel));
+        held.map_or_else(|| Arc::from(channel), |(name, _)| name.clone())
     }
 }
 
@@ -336,7 +334,7 @@ mod tests {
         );
         assert_eq!(code(s.claim("q", None, |_| panic!("over the limit"))), ErrorCode::TooManyChannels);
         assert_eq!(s.claims().allocated, 3, "refusals took no ids");
-        assert_eq!(s.channel_ids.len(), 2);
+        assert_eq!(s.channel_names(), 2);
     }
 
     #[test]
@@ -377,25 +375,26 @@ mod tests {
     }
 
     #[test]
-    fn channel_ids_are_shared_by_subscribe_and_claim_and_never_reused() {
+    fn subscriptions_and_claims_have_ids_of_their_own_never_reused() {
         let mut s = state(Limits::default());
         assert_eq!(s.subscribe("prices", |id| Ok(100 + id)), Ok(1));
-        assert_eq!(s.claim("prices", None, |_| Ok(())).unwrap().channel_id, 1);
+        assert_eq!(s.subscribe("prices", |_| panic!("subscribed twice")), Ok(1), "idempotent");
+        assert_eq!(s.claim("prices", None, |_| Ok(())).unwrap().channel_id, 2);
         assert!(!s.claim("prices", Some(1), |_| panic!("claimed twice")).unwrap().new);
-        assert_eq!(s.claim("other", None, |_| Ok(())).unwrap().channel_id, 2);
+        assert_eq!(s.claim("other", None, |_| Ok(())).unwrap().channel_id, 3);
+        assert_eq!(s.channel_names(), 2);
         let claims = s.claims();
-        assert_eq!(claims.lookup(1), ClaimLookup::Claimed(Arc::from("prices")));
+        assert_eq!(claims.lookup(2), ClaimLookup::Claimed(Arc::from("prices")));
+        assert_eq!(claims.lookup(1), ClaimLookup::NotClaimed, "the subscription's id");
         assert_eq!(claims.lookup(7), ClaimLookup::Unknown);
         assert_eq!(s.unsubscribe("prices"), Ok((1, 101)));
         assert_eq!(code(s.unsubscribe("prices")), ErrorCode::NotJoined);
         assert_eq!(code(s.unsubscribe("never")), ErrorCode::NotJoined);
-        assert_eq!(s.subscribe("third", Ok), Ok(3));
-        assert_eq!(s.subscribe("prices", |id| Ok(200 + id)), Ok(1), "claimed: the name keeps its id");
-        assert_eq!(s.unsubscribe("third"), Ok((3, 3)));
-        assert_eq!(s.subscribe("third", Ok), Ok(4), "not claimed: a new id, never a reused one");
+        assert_eq!(s.subscribe("prices", |id| Ok(200 + id)), Ok(4), "subscribed again: a new id");
+        assert_eq!(s.claim("prices", None, |_| panic!("claimed twice")).unwrap().channel_id, 2, "the claim stays");
         let release = s.close();
         assert!(release.rooms.is_empty());
-        assert_eq!(release.subscriptions.len(), 2);
+        assert_eq!(release.subscriptions.len(), 1);
         assert_eq!(release.claims.len(), 2);
     }
 
@@ -409,10 +408,11 @@ mod tests {
         assert_eq!(s.history_budget(), 65_536 - 128 - 64, "max_frame less the reply's own fields (max_name + 64)");
     }
 
-    /// A claim given up frees its place under `max_publish_channels` and takes its max age along; its id stays
-    /// while the channel is subscribed, and is never given to another channel.
+    /// A claim given up frees its place under `max_publish_channels` and takes its max age along; its id is never
+    /// given out again, not even to the next claim of the same channel (whose seqs start over: a late datagram of
+    /// the old claim must not be taken for one of the new).
     #[test]
-    fn an_unclaim_frees_its_place_and_its_id_is_never_reused_elsewhere() {
+    fn an_unclaim_frees_its_place_and_its_id_is_never_reused() {
         let mut s = state(Limits { max_publish_channels: 2, ..Limits::default() });
         assert_eq!(s.claim("match.1", Some(5), |_| Ok(())).unwrap().channel_id, 1);
         assert_eq!(s.claim("match.2", None, |_| Ok(())).unwrap().channel_id, 2);
@@ -422,11 +422,11 @@ mod tests {
         assert_eq!(code(s.unclaim("never")), ErrorCode::NotJoined);
         assert_eq!(s.claims().lookup(1), ClaimLookup::NotClaimed, "its datagrams are dropped");
         assert_eq!(s.claim("match.3", None, |_| Ok(())).unwrap().channel_id, 3, "a new id, in its place");
-        // Subscribed and claimed: the subscription keeps the id, and a new claim gets it again.
-        s.subscribe("match.2", |id| Ok(100 + id)).unwrap();
+        // Subscribed and claimed: the subscription goes on, and a new claim gets a new id.
+        assert_eq!(s.subscribe("match.2", |id| Ok(100 + id)), Ok(4));
         assert_eq!(s.unclaim("match.2"), Ok((2, None)));
         assert_eq!(s.claims().lookup(2), ClaimLookup::NotClaimed);
-        assert_eq!(s.claim("match.2", None, |_| Ok(())).unwrap().channel_id, 2);
+        assert_eq!(s.claim("match.2", None, |_| Ok(())).unwrap().channel_id, 5);
         let release = s.close();
         assert_eq!(release.claims.len(), 2);
         assert_eq!(release.subscriptions.len(), 1);

@@ -2,7 +2,7 @@
 //! copy sequenced it already, else put through the throttle and the session.
 
 use bytes::BytesMut;
-use quiver_proto::{frame, ErrorCode, Failure, FrameCodec, Request, RequestBody, ServerMsg, PROTOCOL_VERSION};
+use quiver_proto::{frame, ErrorCode, Failure, FrameCodec, Request, RequestBody, ServerMsg};
 
 use crate::{
     net::{now_us, replies::Replies},
@@ -56,7 +56,7 @@ pub(super) fn next_step(
             })),
             Err(err) => match frame::peek_hello(&body) {
                 // A Hello of another protocol version need not decode as ours: refuse it for its version.
-                Some(hello) if session.identity().is_none() && hello.version != PROTOCOL_VERSION => {
+                Some(hello) if session.identity().is_none() && !quiver_proto::admits_version(hello.version) => {
                     Ok(Some(ControlSession::refuse_version(hello.req_id, hello.version)))
                 }
                 _ => Err((err.code(), err.to_string())),

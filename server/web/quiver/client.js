@@ -43,6 +43,7 @@ export class QuiverClient {
   #roomStreams = 0; // room streams accepted so far, over every session: a later stream is a newer one
   #subscriptions = new Map(); // channel -> {channel, onTick, ticks: LatestWins, latest, handle}
   #publishers = new Map(); // channel -> {channel, maxAgeMs, claim: {session, channelId} | null, nextSeq}
+  #claimTurns = new Map(); // channel -> the end of its claims and unpublishes so far (`#inTurn`)
   #posts;
   #nextMsgId;
   #clockOffsetUs = 0;
@@ -195,20 +196,33 @@ export class QuiverClient {
    * second publisher of a channel shares the first's claim, `maxAgeMs` and tick numbering (two numberings of one
    * channel would make its subscribers drop one's ticks as stale). */
   async publisher(channel, { maxAgeMs = null, onEnd } = {}) {
-    let entry;
-    for (;;) {
-      const made = { channel, maxAgeMs, claim: null, nextSeq: 1n, onEnd: [], ended: null, unpublished: false };
-      entry = this.#publishers.get(channel) ?? made;
-      // Unpublished before this claim was written (nothing written) or after (whether the server still holds the
-      // claim depends on which went first): claimed again, on an entry of its own.
-      if ((await claimOn(await this.#live(), entry)) && !entry.unpublished) break;
-    }
-    if (entry.ended) entry = { ...entry, onEnd: [], ended: null }; // ended while this claim was on its way
-    entry = this.#publishers.get(channel) ?? entry; // one made meanwhile is the one
-    this.#publishers.set(channel, entry);
+    const entry = await this.#inTurn(channel, async () => {
+      const made = { channel, maxAgeMs, claim: null, nextSeq: 1n, onEnd: [], ended: null };
+      let entry = this.#publishers.get(channel) ?? made;
+      await claimOn(await this.#live(), entry);
+      if (entry.ended) entry = { ...entry, onEnd: [], ended: null }; // ended while this claim was on its way
+      entry = this.#publishers.get(channel) ?? entry; // one made meanwhile is the one
+      this.#publishers.set(channel, entry);
+      return entry;
+    });
     entry.onEnd.push(onEnd);
     const send = (payload) => sendTick(this.#session, entry, toBytes(payload), this.serverClockUs());
     return new Publisher(channel, send, () => entry.ended, () => this.#unpublish(entry));
+  }
+
+  /**
+   * Runs `fn` in `channel`'s turn: its claims (a publisher's, a reconnect's) and unpublishes one at a time, each
+   * until its reply is in, so that an Unpublish never takes back a claim the client still counts on (the server
+   * keeps one claim per channel and connection) and no claim is left on the server for an entry given up meanwhile.
+   */
+  #inTurn(channel, fn) {
+    const run = (this.#claimTurns.get(channel) ?? Promise.resolve()).then(fn);
+    const tail = run.then(() => {}, () => {});
+    this.#claimTurns.set(channel, tail);
+    tail.then(() => {
+      if (this.#claimTurns.get(channel) === tail) this.#claimTurns.delete(channel);
+    });
+    return run;
   }
 
   /**
@@ -216,15 +230,16 @@ export class QuiverClient {
    * says `unpublished` from now on): the channel no longer counts against the connection's `max_publish_channels`.
    * A later `publisher()` of the channel claims it anew. Resolves at once if the claim ended already.
    */
-  async #unpublish(entry) {
-    if (entry.ended) return;
-    entry.ended = { code: ErrorCode.NoError, reason: 'unpublished' };
-    entry.unpublished = true;
-    if (this.#publishers.get(entry.channel) === entry) this.#publishers.delete(entry.channel);
-    const session = entry.claim?.session;
-    // Written now (requests are written as they are made): after every claim made before, before any made later.
-    if (!session || session !== this.#session || session.closedWhy) return;
-    await leftAnyway(session.request({ Unpublish: { channel: entry.channel } }), 'Unpublished', entry);
+  #unpublish(entry) {
+    return this.#inTurn(entry.channel, async () => {
+      if (entry.ended) return;
+      entry.ended = { code: ErrorCode.NoError, reason: 'unpublished' };
+      if (this.#publishers.get(entry.channel) === entry) this.#publishers.delete(entry.channel);
+      // Every claim of it made before is answered (its turn), so `claim` says where the server holds it.
+      const session = entry.claim?.session;
+      if (!session || session !== this.#session || session.closedWhy) return;
+      await leftAnyway(session.request({ Unpublish: { channel: entry.channel } }), 'Unpublished', entry);
+    });
   }
 
   /** One Ping/Pong round trip on the control stream; resolves to the round-trip time in ms. */
@@ -315,7 +330,8 @@ export class QuiverClient {
       this.#restoreTicks(session, entry, this.#subscriptions, () => subscribeOn(session, entry, this.#subscriptions));
     }
     for (const entry of this.#publishers.values()) {
-      this.#restoreTicks(session, entry, this.#publishers, () => claimOn(session, entry));
+      const claim = () => this.#inTurn(entry.channel, () => (entry.ended ? null : claimOn(session, entry)));
+      this.#restoreTicks(session, entry, this.#publishers, claim);
     }
     this.#flushPosts();
     return true;

@@ -319,14 +319,24 @@ test('unpublish gives the claim up for every publisher sharing it; a later publi
   assert.equal(sharing.send('late'), null, 'ended for both');
   await sharing.unpublish(); // ended already: nothing written
   assert.equal(server.requestsOf('Unpublish').length, 1);
-  // An unpublish made while a claim of the channel is on its way: the claim is made again after it.
-  const racing = ann.publisher('match.1');
-  const second = await ann.publisher('match.1');
-  const third = await racing;
-  await second.unpublish();
+  // An unpublish asked while a second publisher's claim of the channel waits for its reply: it waits its turn, so
+  // it gives up the claim the second publisher shares instead of taking back one that publisher then counts on.
+  const held = await ann.publisher('match.1');
+  server.heldClaims = [];
+  const sharing2 = ann.publisher('match.1');
+  await until('the claim written', () => server.heldClaims.length === 1);
+  const unpublished = held.unpublish();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal(server.requestsOf('Unpublish').length, 1, 'not written while the claim waits for its reply');
+  server.heldClaims.shift()();
+  server.heldClaims = null;
+  const second = await sharing2;
+  await unpublished;
+  assert.equal(server.requestsOf('Unpublish').length, 2);
+  assert.equal(server.live[0].claims.size, 0);
+  assert.equal(second.ended?.reason, 'unpublished', 'it shared the claim given up: told so, not left believing');
   const fourth = await ann.publisher('match.1');
   assert.equal(fourth.ended, null);
-  assert.equal(third.ended?.reason, 'unpublished');
   assert.equal(server.live[0].claims.size, 1, 'claimed once, after the unpublish');
   assert.equal(fourth.send('kick-off'), 1n, 'a new claim numbers from 1');
   // Dropped connections do not put an unpublished claim back.

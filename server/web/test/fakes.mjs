@@ -201,6 +201,7 @@ export class FakeServer {
     this.refuseJoinsWith = ErrorCode.RateLimited;
     this.refusedTicks = { Subscribe: [], Publish: [] }; // codes to refuse the next subscribes / claims with, in order
     this.holdPostReplies = false; // accept posts but never answer them (their answers are lost with the connection)
+    this.heldClaims = null; // an array: Publish replies wait in it (call each to send) instead of going out at once
     this.openBeforeReply = true; // send a room stream's Open (and replay) before the Join reply
     this.replayOverlap = 0n; // replay this many already-seen messages on a resume (the client must drop them)
     this.channelIdBase = 0n; // first channel id handed out on each connection
@@ -341,7 +342,8 @@ export class FakeServer {
         const held = [...conn.claims].find(([, channel]) => channel === body.channel)?.[0];
         const id = held ?? conn.nextChannelId++;
         conn.claims.set(id, body.channel);
-        return ok({ Publishing: { channel: body.channel, channel_id: id } });
+        const answer = () => ok({ Publishing: { channel: body.channel, channel_id: id } });
+        return this.heldClaims ? void this.heldClaims.push(answer) : answer();
       }
       case 'Unpublish': {
         const claimed = [...conn.claims].filter(([, channel]) => channel === body.channel);

@@ -124,15 +124,13 @@ export async function subscribeOn(session, entry, subscriptions) {
   if (subscriptions.get(entry.channel) === entry) session.channels.set(channel_id, entry);
 }
 
-/** Claims `entry`'s channel for publishing on `session`; false, nothing written, once `entry` was unpublished. */
+/** Claims `entry`'s channel for publishing on `session` (in the channel's turn: `Client#inTurn`). */
 export async function claimOn(session, entry) {
-  if (entry.unpublished) return false; // given up: nothing to claim (or claim again after a reconnect)
   // Whole milliseconds, rounded up: the server refuses 0 (a max age below 1 ms asks for 1 ms).
   const maxAgeMs = entry.maxAgeMs == null ? null : Math.max(1, Math.ceil(entry.maxAgeMs));
   const body = { Publish: { channel: entry.channel, max_age_ms: maxAgeMs } };
   const { channel_id } = expectReply(await session.request(body), 'Publishing');
   entry.claim = { session, channelId: channel_id };
-  return true;
 }
 
 /** A tick datagram for subscription `entry` arrived (`nowUs`: the server's clock): delivered if it is newer. */

@@ -10,7 +10,7 @@
 import { bool, bytes, enumeration, option, string, struct, u32, u64, vec } from './postcard.js';
 
 /** The protocol version this client speaks (`quiver_proto::PROTOCOL_VERSION`). */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 
 /** The message types, by their Rust names. */
 export const wire = (() => {

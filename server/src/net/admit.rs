@@ -83,11 +83,6 @@ impl Slot {
             lock(&self.admission).awaiting_hello().leave(ticket);
         }
     }
-
-    /// The peer's address.
-    pub(super) fn ip(&self) -> IpAddr {
-        self.ip
-    }
 }
 
 /// Until `token` (a connection's from [`Slot::await_hello`]) is cancelled; never without one.
@@ -200,4 +195,18 @@ fn over_count(overload: Overload, stats: &ServerStats) -> &std::sync::atomic::At
         Overload::Total => &stats.connections_over_total,
         _ => &stats.connections_over_per_ip,
     }
+}
+
+/// Closes a connection not welcomed yet to make room for a newer one (`budget.max_awaiting_hello`), and counts it.
+/// Returns why, for the log.
+pub(super) fn make_room(
+    conn: &super::wire::Wire,
+    config: &crate::ServerConfig,
+    stats: &ServerStats,
+    slot: &Slot,
+) -> String {
+    bump(&stats.connections_closed_awaiting_hello);
+    let reason = evicted_reason(config.budget.max_awaiting_hello, slot.ip);
+    conn.close(quiver_proto::ErrorCode::TooManyConnections, &reason);
+    reason
 }

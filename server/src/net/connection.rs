@@ -17,15 +17,16 @@ use web_transport_quinn::Session;
 use crate::{
     hub::{ticks::TickHub, RoomHub},
     net::{
-        admit::{evicted_reason, made_to_make_room, Admitted, Slot},
+        admit::{evicted_reason, made_to_make_room, make_room, Admitted, Slot},
         close::{control_stream_closed, refuse, release},
         copies,
         dispatch::{Answer, Connection},
         now_us,
+        open::{accept, Open},
         replies::{encode, flush_and_close, going_away, Replies, POSTS_IN_FLIGHT},
         requests::next_step,
-        webtransport,
-        wire::{Wire, WireError, WireKind},
+        webtransport::{self, alpn},
+        wire::{Wire, WireError},
     },
     post_copies::PostCopies,
     session::{ControlSession, RoomRequest, Step},
@@ -191,54 +192,6 @@ pub(super) async fn serve_wire<R: RoomHub>(
     let reason = control(&wire, &config, &stats, &mut connection, session, hello, &shutdown).await;
     connection.close(now_us(), config.budget.frame_timeout()).await;
     tracing::info!(%reason, "connection ended");
-}
-
-/// Accepts `incoming` (and frees its box now, not when the connection's task ends).
-fn accept(
-    incoming: Box<quinn::Incoming>,
-    quic: Arc<quinn::ServerConfig>,
-) -> Result<quinn::Connecting, quinn::ConnectionError> {
-    (*incoming).accept_with(quic)
-}
-
-/// A served connection in the gauges and the QUIC path figures, until dropped.
-struct Open {
-    stats: Arc<ServerStats>,
-    id: u64,
-    kind: WireKind,
-}
-
-impl Open {
-    fn new(stats: &Arc<ServerStats>, id: u64, path: Option<quinn::Connection>, kind: WireKind) -> Open {
-        let (gauge, counter) = stats.by_kind(kind);
-        ServerStats::add(gauge, 1);
-        bump(counter);
-        if let Some(path) = path {
-            stats.quic.add(id, path);
-        }
-        Open { stats: stats.clone(), id, kind }
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        ServerStats::add(self.stats.by_kind(self.kind).0, -1);
-        self.stats.quic.remove(self.id);
-    }
-}
-
-/// Closes a connection not welcomed yet to make room for a newer one (`budget.max_awaiting_hello`), and counts it.
-/// Returns why, for the log.
-fn make_room(conn: &Wire, config: &ServerConfig, stats: &ServerStats, slot: &Slot) -> String {
-    bump(&stats.connections_closed_awaiting_hello);
-    let reason = evicted_reason(config.budget.max_awaiting_hello, slot.ip());
-    conn.close(ErrorCode::TooManyConnections, &reason);
-    reason
-}
-
-fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
-    let data = conn.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?;
-    data.protocol
 }
 
 /// The token verifier, watched for reloads.

@@ -8,6 +8,7 @@ mod copies;
 mod dispatch;
 mod endpoint;
 mod mailbox;
+mod open;
 mod reload;
 mod replies;
 mod requests;

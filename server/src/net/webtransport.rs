@@ -134,6 +134,12 @@ async fn refuse(conn: &quinn::Connection, request: Request, status: StatusCode, 
     conn.close(H3_REQUEST_REJECTED, refused.to_string().as_bytes());
 }
 
+/// The ALPN the connection's handshake settled on.
+pub(super) fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let data = conn.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?;
+    data.protocol
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ import { Session } from './client/session.js';
 import { readRoomStream, roomCopy } from './client/streams.js';
 import { Dialer, transportOptions } from './client/dial.js';
 import { Publisher, Room, Subscription, claimOn, deliverTick, sendTick, subscribeOn } from './client/handles.js';
-import { Signal, Timers, restore } from './client/waiting.js';
+import { Signal, Timers, Turns, restore } from './client/waiting.js';
 import {
   REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, leftAnyway, toBytes, unixUs,
 } from './client/values.js';
@@ -43,7 +43,9 @@ export class QuiverClient {
   #roomStreams = 0; // room streams accepted so far, over every session: a later stream is a newer one
   #subscriptions = new Map(); // channel -> {channel, onTick, ticks: LatestWins, latest, handle}
   #publishers = new Map(); // channel -> {channel, maxAgeMs, claim: {session, channelId} | null, nextSeq}
-  #claimTurns = new Map(); // channel -> the end of its claims and unpublishes so far (`#inTurn`)
+  // Each channel's claims (a publisher's, a reconnect's) and unpublishes, one at a time until its reply is in: an
+  // Unpublish never takes back a claim the client counts on, and no claim is left for an entry given up meanwhile.
+  #claimTurns = new Turns();
   #posts;
   #nextMsgId;
   #clockOffsetUs = 0;
@@ -196,7 +198,7 @@ export class QuiverClient {
    * second publisher of a channel shares the first's claim, `maxAgeMs` and tick numbering (two numberings of one
    * channel would make its subscribers drop one's ticks as stale). */
   async publisher(channel, { maxAgeMs = null, onEnd } = {}) {
-    const entry = await this.#inTurn(channel, async () => {
+    const entry = await this.#claimTurns.run(channel, async () => {
       const made = { channel, maxAgeMs, claim: null, nextSeq: 1n, onEnd: [], ended: null };
       let entry = this.#publishers.get(channel) ?? made;
       await claimOn(await this.#live(), entry);
@@ -211,27 +213,12 @@ export class QuiverClient {
   }
 
   /**
-   * Runs `fn` in `channel`'s turn: its claims (a publisher's, a reconnect's) and unpublishes one at a time, each
-   * until its reply is in, so that an Unpublish never takes back a claim the client still counts on (the server
-   * keeps one claim per channel and connection) and no claim is left on the server for an entry given up meanwhile.
-   */
-  #inTurn(channel, fn) {
-    const run = (this.#claimTurns.get(channel) ?? Promise.resolve()).then(fn);
-    const tail = run.then(() => {}, () => {});
-    this.#claimTurns.set(channel, tail);
-    tail.then(() => {
-      if (this.#claimTurns.get(channel) === tail) this.#claimTurns.delete(channel);
-    });
-    return run;
-  }
-
-  /**
    * Gives up `entry`'s claim on the server, for every publisher sharing it (their `send` returns null and `ended`
    * says `unpublished` from now on): the channel no longer counts against the connection's `max_publish_channels`.
    * A later `publisher()` of the channel claims it anew. Resolves at once if the claim ended already.
    */
   #unpublish(entry) {
-    return this.#inTurn(entry.channel, async () => {
+    return this.#claimTurns.run(entry.channel, async () => {
       if (entry.ended) return;
       entry.ended = { code: ErrorCode.NoError, reason: 'unpublished' };
       if (this.#publishers.get(entry.channel) === entry) this.#publishers.delete(entry.channel);
@@ -330,7 +317,7 @@ export class QuiverClient {
       this.#restoreTicks(session, entry, this.#subscriptions, () => subscribeOn(session, entry, this.#subscriptions));
     }
     for (const entry of this.#publishers.values()) {
-      const claim = () => this.#inTurn(entry.channel, () => (entry.ended ? null : claimOn(session, entry)));
+      const claim = () => this.#claimTurns.run(entry.channel, () => (entry.ended ? null : claimOn(session, entry)));
       this.#restoreTicks(session, entry, this.#publishers, claim);
     }
     this.#flushPosts();

@@ -255,3 +255,22 @@ test('Merge: stream and copies under seeded loss, duplication and reordering giv
     assert.deepEqual(out, [...Array(n).keys()], `run ${run}`);
   }
 });
+
+test('Turns: tasks of a key run one at a time in order, a rejection does not stop the next, idle keys are forgotten', async () => {
+  const { Turns } = await import('../quiver/client/waiting.js');
+  const turns = new Turns();
+  const log = [];
+  let release;
+  const first = turns.run('a', () => new Promise((resolve) => { release = resolve; }).then(() => log.push('a1')));
+  const failing = turns.run('a', () => { log.push('a2'); throw new Error('refused'); });
+  const third = turns.run('a', () => log.push('a3'));
+  await turns.run('b', () => log.push('b1')); // another key does not wait
+  assert.deepEqual(log, ['b1']);
+  release();
+  await first;
+  await assert.rejects(failing, /refused/);
+  await third;
+  assert.deepEqual(log, ['b1', 'a1', 'a2', 'a3']);
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(turns.size, 0);
+});

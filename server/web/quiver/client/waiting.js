@@ -79,3 +79,24 @@ export async function restore(request, { still, sleep, delay, refusedForNow, don
   const why = `the server refused to take ${what} back ${RESTORE_TRIES} times`;
   return still() ? new QuiverError(ErrorCode.Unavailable, why) : null;
 }
+
+/** Runs tasks one at a time per key, in the order they were asked for; a key nobody waits on is forgotten. */
+export class Turns {
+  #tails = new Map(); // key -> the end of its tasks so far
+
+  /** Runs `fn` once every task asked for before under `key` has settled; its result (or rejection). */
+  run(key, fn) {
+    const run = (this.#tails.get(key) ?? Promise.resolve()).then(fn);
+    const tail = run.then(() => {}, () => {});
+    this.#tails.set(key, tail);
+    tail.then(() => {
+      if (this.#tails.get(key) === tail) this.#tails.delete(key);
+    });
+    return run;
+  }
+
+  /** Keys with a task running or waiting. */
+  get size() {
+    return this.#tails.size;
+  }
+}

@@ -101,6 +101,7 @@ enum State {
         identity: String,
         grant: Option<Grant>,
         key: Option<KeyId>,
+        version: u32,
     },
 }
 
@@ -124,6 +125,14 @@ impl ControlSession {
     pub fn use_keys(&mut self, auth: Arc<Auth>) {
         if matches!(self.state, State::AwaitingHello) {
             self.auth = Some(auth);
+        }
+    }
+
+    /// The protocol version the session speaks, once Hello succeeded.
+    pub fn version(&self) -> Option<u32> {
+        match &self.state {
+            State::Open { version, .. } => Some(*version),
+            State::AwaitingHello => None,
         }
     }
 
@@ -293,7 +302,8 @@ impl ControlSession {
             }
             (None, None) => format!("anon-{:016x}", self.session_id),
         };
-        self.state = State::Open { identity: identity.clone(), grant: claims.map(Grant::from), key };
+        self.state =
+            State::Open { identity: identity.clone(), grant: claims.map(Grant::from), key, version: hello.version };
         self.auth = None;
         Ok(Welcome {
             version: hello.version, // the version this session speaks

@@ -109,10 +109,9 @@ impl Driver {
     pub(crate) async fn unpublish(&self, entry: &Arc<PubEntry>) -> Result<(), RequestError> {
         let entry = entry.clone();
         let sent = self
-            .detached(move |driver| async move {
-                let current = driver.current.borrow().clone();
-                driver.ticks.unpublish(current.as_deref(), &entry).await
-            })
+            .detached(
+                move |driver| async move { driver.ticks.unpublish(|| driver.current.borrow().clone(), &entry).await },
+            )
             .await;
         let_go(sent, |reply| matches!(reply, Reply::Unpublished { .. })).await
     }

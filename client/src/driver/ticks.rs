@@ -273,15 +273,17 @@ impl Ticks {
     }
 
     /// Gives up `entry`'s claim for all its publishers (their sends fail with `TickError::Ended` from now on):
-    /// ends it, forgets it and writes its Unpublish on `connection` if the claim was made there; the reply to wait
+    /// ends it, forgets it and writes its Unpublish on the `current` connection if the claim was made there; the reply to wait
     /// for, if one was written. Nothing if it had ended already. (In the channel's turn: every claim of the entry
     /// made before is answered, so its claim says where it is held; none is made after.)
     pub(crate) async fn unpublish<H: Handler>(
         &self,
-        connection: Option<&Connection<H>>,
+        current: impl FnOnce() -> Option<Arc<Connection<H>>>,
         entry: &Arc<PubEntry>,
     ) -> Result<Option<crate::connection::Pending>, RequestError> {
         let _turn = self.claim_order.turn(&entry.channel).await;
+        // Read in the turn: a reconnect's claim on a new connection that came first is answered by now.
+        let connection = current();
         {
             let mut ended = lock(&entry.ended);
             if ended.is_some() {
@@ -297,7 +299,7 @@ impl Ticks {
         }
         // Claimed on another connection (gone: nothing of it is on a server) or not at all: nothing to write.
         let claimed_on = lock(&entry.claim).map(|(on, _)| on);
-        match connection.filter(|live| live.close_reason().is_none() && claimed_on == Some(live.id)) {
+        match connection.as_deref().filter(|live| live.close_reason().is_none() && claimed_on == Some(live.id)) {
             Some(live) => live.send(RequestBody::Unpublish { channel: entry.channel.clone() }).await.map(Some),
             None => Ok(None),
         }

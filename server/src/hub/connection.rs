@@ -101,6 +101,9 @@ pub struct ConnectionState<O> {
     /// their own.
     sub_ids: HashMap<Arc<str>, u64>,
     claim_ids: HashMap<Arc<str>, u64>,
+    /// A protocol-version-4 session: a subscription and a claim of one channel share its id, as version 4 promised
+    /// (it has no Unpublish, so no claim of a channel is ever made again on the connection).
+    shared_ids: bool,
     subscriptions: HashMap<u64, (Arc<str>, TickSubscriberId)>,
     claims: Arc<ClaimTable>,
     /// Each claim's max age (channel id → it), released with the claim.
@@ -115,10 +118,23 @@ impl<O> ConnectionState<O> {
             rooms: HashMap::new(),
             sub_ids: HashMap::new(),
             claim_ids: HashMap::new(),
+            shared_ids: false,
             subscriptions: HashMap::new(),
             claims: Arc::default(),
             claim_ages: HashMap::new(),
         }
+    }
+
+    /// The session speaks protocol `version` (said at Hello): before 5, a channel's subscription and claim share
+    /// one id.
+    pub fn speaks(&mut self, version: u32) {
+        self.shared_ids = version < 5;
+    }
+
+    /// The id for a new subscription or claim of `channel`: the other's, where they share it, else a new one.
+    fn new_id(&self, channel: &str, other: &HashMap<Arc<str>, u64>) -> u64 {
+        let shared = other.get(channel).filter(|_| self.shared_ids);
+        shared.copied().unwrap_or(self.claims.allocated)
     }
 
     /// Checks that `room` may be joined: not joined already, and below `max_rooms`.
@@ -182,10 +198,11 @@ impl<O> ConnectionState<O> {
                 format!("at most {} subscriptions per connection", self.limits.max_subscriptions),
             ));
         }
-        let id = self.claims.allocated;
+        let id = self.new_id(channel, &self.claim_ids);
         let subscriber = subscribe(id)?;
         let name = self.name(channel);
-        Arc::make_mut(&mut self.claims).allocated = id + 1;
+        let claims = Arc::make_mut(&mut self.claims);
+        claims.allocated = claims.allocated.max(id + 1);
         self.sub_ids.insert(name.clone(), id);
         self.subscriptions.insert(id, (name, subscriber));
         Ok(id)
@@ -229,11 +246,11 @@ impl<O> ConnectionState<O> {
                 format!("at most {max} publish channels per connection"),
             ));
         }
-        let id = self.claims.allocated;
+        let id = self.new_id(channel, &self.sub_ids);
         claim(max_age_us)?;
         let name = self.name(channel);
         let claims = Arc::make_mut(&mut self.claims);
-        claims.allocated = id + 1;
+        claims.allocated = claims.allocated.max(id + 1);
         claims.claimed.insert(id, name.clone());
         self.claim_ids.insert(name, id);
         self.claim_ages.insert(id, max_age_us);
@@ -430,5 +447,20 @@ mod tests {
         let release = s.close();
         assert_eq!(release.claims.len(), 2);
         assert_eq!(release.subscriptions.len(), 1);
+    }
+
+    /// A version-4 session keeps the ids version 4 promised: a channel's subscription and claim share one.
+    #[test]
+    fn a_version_4_session_shares_a_channels_id_between_subscription_and_claim() {
+        let mut s = state(Limits::default());
+        s.speaks(4);
+        assert_eq!(s.subscribe("prices", |id| Ok(100 + id)), Ok(1));
+        assert_eq!(s.claim("prices", None, |_| Ok(())).unwrap().channel_id, 1);
+        assert_eq!(s.claim("other", None, |_| Ok(())).unwrap().channel_id, 2);
+        assert_eq!(s.subscribe("other", Ok), Ok(2));
+        assert_eq!(s.subscribe("third", Ok), Ok(3));
+        assert_eq!(s.unsubscribe("prices"), Ok((1, 101)));
+        assert_eq!(s.claims().lookup(1), ClaimLookup::Claimed(Arc::from("prices")), "the claim keeps it");
+        assert_eq!(s.subscribe("prices", Ok), Ok(1), "claimed: the name keeps its id, as in version 4");
     }
 }

@@ -454,6 +454,7 @@ async fn control<R: RoomHub>(
             if let Some(identity) = session.identity() {
                 // Welcomed: never closed to make room from now on (before its Welcome is written, which may wait).
                 slot.welcomed();
+                connection.speaks(session.version().unwrap_or(quiver_proto::PROTOCOL_VERSION));
                 evicted = None;
                 tracing::Span::current().record("identity", identity);
                 stats.handshake.observe_since(started);

@@ -368,6 +368,11 @@ impl<R: RoomHub> Connection<R> {
         })
     }
 
+    /// The session speaks protocol `version` (its Hello's): what its channel ids look like.
+    pub(super) fn speaks(&mut self, version: u32) {
+        self.state.speaks(version);
+    }
+
     /// Carries out one tick request and returns the reply.
     pub(super) fn tick(&mut self, request: TickRequest) -> Result<Reply, Failure> {
         match request {

@@ -198,10 +198,11 @@ export class QuiverClient {
    * second publisher of a channel shares the first's claim, `maxAgeMs` and tick numbering (two numberings of one
    * channel would make its subscribers drop one's ticks as stale). */
   async publisher(channel, { maxAgeMs = null, onEnd } = {}) {
+    const session = await this.#live(); // (not in the turn: an unpublish needs no connection, and need not wait)
     const entry = await this.#claimTurns.run(channel, async () => {
       const made = { channel, maxAgeMs, claim: null, nextSeq: 1n, onEnd: [], ended: null };
       let entry = this.#publishers.get(channel) ?? made;
-      await claimOn(await this.#live(), entry);
+      await claimOn(session, entry);
       if (entry.ended) entry = { ...entry, onEnd: [], ended: null }; // ended while this claim was on its way
       entry = this.#publishers.get(channel) ?? entry; // one made meanwhile is the one
       this.#publishers.set(channel, entry);

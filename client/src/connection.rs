@@ -37,8 +37,8 @@ type Waiter = oneshot::Sender<Result<Reply, RequestError>>;
 pub(crate) trait Handler: Send + Sync + 'static {
     /// What a subscription's channel id on this connection leads to.
     type Route: Clone + Send + Sync + 'static;
-    /// A tick datagram for a subscription.
-    fn tick(&self, route: &Self::Route, header: TickHeader, payload: Bytes);
+    /// A tick datagram for a subscription, arrived on connection `connection`.
+    fn tick(&self, connection: usize, route: &Self::Route, header: TickHeader, payload: Bytes);
     /// The server opened a room stream.
     fn room_stream(&self, connection: usize, recv: LinkRecv);
     /// The server pushed a message that answers no request (Kicked, GoAway, Error).
@@ -264,7 +264,7 @@ async fn read_datagrams<H: Handler>(connection: Weak<Connection<H>>, link: Link,
         let (Some(connection), Some(handler)) = (connection.upgrade(), handler.upgrade()) else { return };
         let route = lock(&connection.routes).get(&header.channel_id).cloned();
         match route {
-            Some(route) => handler.tick(&route, header, payload),
+            Some(route) => handler.tick(connection.id, &route, header, payload),
             None => tracing::debug!(channel_id = header.channel_id, "datagram for no subscription dropped"),
         }
     }

@@ -15,8 +15,8 @@ use crate::{connection::Handler, state::room::StreamNumber, sync::lock};
 impl Handler for Driver {
     type Route = Arc<SubEntry>;
 
-    fn tick(&self, route: &Arc<SubEntry>, header: TickHeader, payload: Bytes) {
-        ticks::on_tick(route, header, payload, self.server_clock_us());
+    fn tick(&self, connection: usize, route: &Arc<SubEntry>, header: TickHeader, payload: Bytes) {
+        ticks::on_tick(route, connection, header, payload, self.server_clock_us());
     }
 
     fn room_stream(&self, connection: usize, recv: LinkRecv) {

@@ -327,8 +327,8 @@ impl Ticks {
 }
 
 /// A tick datagram for `entry` arrived at `now_us` (server clock).
-pub(crate) fn on_tick(entry: &SubEntry, header: TickHeader, payload: Bytes, now_us: u64) {
-    if lock(&entry.state).on_tick(header, payload, now_us) {
+pub(crate) fn on_tick(entry: &SubEntry, connection: usize, header: TickHeader, payload: Bytes, now_us: u64) {
+    if lock(&entry.state).on_tick(connection, header, payload, now_us) {
         entry.arrived.notify_waiters();
     }
 }
@@ -376,7 +376,7 @@ pub(crate) fn send_tick<H: Handler>(
 /// with the same backoff; refused for good (or for longer), it ends: its readers get `None` and the reason, instead
 /// of waiting for ticks that will never come.
 pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entry: &Arc<SubEntry>) {
-    lock(&entry.state).resync();
+    lock(&entry.state).resync(connection.id);
     let refused = retried(&entry.channel, "subscription", || async {
         let _order = entry.order.lock().await;
         if entry.ended.is_cancelled() {

@@ -55,6 +55,9 @@ pub struct LatestWins {
     latest: Option<Tick>,
     /// Seq of the newest accepted tick; `None` until the first (and again after a resubscribe).
     last_seq: Option<u64>,
+    /// The connection the subscription's ticks come on (the first tick's, or the one it was subscribed again on):
+    /// a late datagram of an earlier connection, whose seqs may run higher, is not taken for one of this one's.
+    connection: Option<usize>,
     /// Accepted ticks not returned yet, oldest first, at most [`TICK_BACKLOG`].
     pending: VecDeque<Tick>,
     received: u64,
@@ -65,13 +68,20 @@ pub struct LatestWins {
 }
 
 impl LatestWins {
-    /// The channel was subscribed again on a new connection: its seqs may start over.
-    pub fn resync(&mut self) {
+    /// The channel is subscribed again on `connection`: its seqs may start over, and ticks that still arrive on
+    /// earlier connections are dropped.
+    pub fn resync(&mut self, connection: usize) {
         self.last_seq = None;
+        self.connection = Some(connection);
     }
 
-    /// A datagram for this subscription arrived at `now_us` (server clock). True when it was accepted.
-    pub fn on_tick(&mut self, header: TickHeader, payload: Bytes, now_us: u64) -> bool {
+    /// A datagram for this subscription arrived on `connection` at `now_us` (server clock). True when it was
+    /// accepted.
+    pub fn on_tick(&mut self, connection: usize, header: TickHeader, payload: Bytes, now_us: u64) -> bool {
+        if *self.connection.get_or_insert(connection) != connection {
+            self.stale_dropped += 1; // a late one of an earlier connection
+            return false;
+        }
         if let Some(last) = self.last_seq {
             if header.seq <= last {
                 self.stale_dropped += 1;
@@ -134,20 +144,22 @@ mod tests {
     fn the_latest_supersedes_the_pending_and_a_batch_returns_every_accepted_tick_in_order() {
         let mut sub = LatestWins::default();
         for seq in [1, 2, 3] {
-            assert!(sub.on_tick(header(seq), Bytes::from_static(b"x"), 10));
+            assert!(sub.on_tick(1, header(seq), Bytes::from_static(b"x"), 10));
         }
-        assert!(!sub.on_tick(header(2), Bytes::new(), 10), "reordered: stale");
+        assert!(!sub.on_tick(1, header(2), Bytes::new(), 10), "reordered: stale");
         assert_eq!(sub.take_latest().map(|t| t.seq), Some(3));
         assert_eq!(sub.take_latest(), None);
         for seq in [5, 6] {
-            sub.on_tick(header(seq), Bytes::new(), 10);
+            sub.on_tick(1, header(seq), Bytes::new(), 10);
         }
         assert_eq!(sub.take_all().iter().map(|t| t.seq).collect::<Vec<_>>(), [5, 6]);
         assert!(sub.take_all().is_empty());
         let stats = sub.stats();
         assert_eq!((stats.received, stats.lost, stats.stale_dropped, stats.superseded), (5, 1, 1, 2));
-        sub.resync();
-        assert!(sub.on_tick(header(1), Bytes::new(), 10), "after a resubscribe seqs may start over");
+        sub.resync(2);
+        assert!(!sub.on_tick(1, header(7), Bytes::new(), 10), "a late tick of the earlier connection");
+        assert!(sub.on_tick(2, header(1), Bytes::new(), 10), "after a resubscribe seqs may start over");
+        assert!(sub.on_tick(2, header(2), Bytes::new(), 10), "and go on from there");
     }
 
     #[test]
@@ -155,7 +167,7 @@ mod tests {
         let mut sub = LatestWins::default();
         let n = TICK_BACKLOG as u64 + 10;
         for seq in 1..=n {
-            sub.on_tick(header(seq), Bytes::new(), 10);
+            sub.on_tick(1, header(seq), Bytes::new(), 10);
         }
         let batch = sub.take_all();
         assert_eq!(batch.len(), TICK_BACKLOG);

@@ -33,7 +33,7 @@ pub struct FanoutSide {
     pub ticks_sent: u64,
     /// Share of (tick, subscriber) pairs delivered, percent.
     pub delivered_pct: f64,
-    /// Share of arrivals dropped as stale (after a newer tick), percent.
+    /// Share of tick arrivals dropped as stale (after a newer tick), over the whole run with its warm-up, percent.
     pub stale_pct: f64,
     /// One-way tick latency, publisher's scheduled send to a subscriber's receipt.
     pub tick_latency: LatencySummary,

@@ -29,6 +29,9 @@ pub(super) struct Recorder {
     stale: u64,
     /// Every tick and chat arrival of the run, warm-up included: the deliveries the server's CPU time paid for.
     arrivals: u64,
+    /// Of `arrivals`, the ticks: what `stale` (counted by the subscriptions over the whole run, warm-up included)
+    /// is a share of.
+    tick_arrivals: u64,
     /// The measured messages each subscriber received: a copy (the link emulator's `duplicate_pct`; raw UDP does
     /// not drop copies) counts once, so delivered % never passes 100 nor hides a loss.
     seen: std::collections::HashSet<(u32, Kind, u64)>,
@@ -51,6 +54,7 @@ impl Recorder {
         let mut r = lock(recorder);
         let r = &mut *r;
         r.arrivals += 1;
+        r.tick_arrivals += u64::from(kind == Kind::Tick);
         let (origins, latency, count) = match kind {
             Kind::Tick => (&r.tick_origins, &mut r.tick_latency, &mut r.ticks),
             Kind::Chat => (&r.chat_origins, &mut r.chat_latency, &mut r.chat),
@@ -89,7 +93,8 @@ impl Recorder {
             name: name.to_string(),
             ticks_sent,
             delivered_pct: pct(r.ticks, ticks_sent * n),
-            stale_pct: pct(r.stale, r.ticks + r.stale),
+            // Both over the whole run: the subscriptions count their stale ticks from their start, warm-up included.
+            stale_pct: pct(r.stale, r.tick_arrivals + r.stale),
             tick_latency: r.tick_latency.summary(),
             chat_sent,
             chat_delivered_pct: pct(r.chat, chat_sent * n),
@@ -176,5 +181,20 @@ mod tests {
         assert_eq!(side.delivered_pct, 50.0, "one of two subscribers got it");
         Recorder::received(&recorder, 1, Kind::Tick, &tick);
         assert_eq!(Recorder::side(&recorder, "x", 2, Spent::default()).delivered_pct, 100.0);
+    }
+
+    /// The stale share compares like with like: the subscriptions count stale ticks from their start, warm-up
+    /// included, so they are a share of every tick that arrived, not of the measured ones (which made it read high).
+    #[test]
+    fn the_stale_share_is_of_every_tick_arrival() {
+        let recorder = SharedRecorder::default();
+        lock(&recorder).tick_origins.insert(9, Instant::now());
+        for i in 0..9 {
+            Recorder::received(&recorder, 0, Kind::Tick, &payload(0, i, 64)); // warm-up: not measured
+        }
+        Recorder::received(&recorder, 0, Kind::Tick, &payload(0, 9, 64));
+        Recorder::stale_dropped(&recorder, 10);
+        let side = Recorder::side(&recorder, "x", 1, Spent::default());
+        assert_eq!(side.stale_pct, 50.0, "10 stale of 20 arrivals, not of 11");
     }
 }

@@ -312,3 +312,36 @@ async fn over_the_budget_with_nothing_to_shed_the_rooms_are_not_scanned_at_every
     post(&hub, "hot", id + 2, &body, 3 + 2 * S).await.unwrap();
     assert_eq!(passes(), again + 1, "once a second while stuck");
 }
+
+/// A durable post whose commit fails gives its dedupe entry back, and the hub's running count follows: it grew by
+/// each failed post's entry for good (a store that failed refuses every post until a restart), and the hub, over
+/// its budget for memory it did not hold, shed and unloaded rooms on every post.
+#[tokio::test]
+async fn failed_durable_posts_leave_the_running_count_exact() {
+    if !cfg!(debug_assertions) {
+        return; // the writer is stopped below by one of its debug assertions
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(dir.path(), crate::store::Durability::Fsync).unwrap();
+    let hub = LocalRooms::durable(Limits::default(), Budget::default(), store);
+    let post = |id: u64| PostMessage {
+        fenced: None,
+        room: "r",
+        identity: "bob",
+        client_msg_id: id,
+        body: Bytes::from_static(b"hello"),
+        now_us: 10,
+    };
+    hub.post(post(1)).await.unwrap().1.flush();
+    // A deletion whose record does not cover what it deletes stops the writer (a debug assertion): every later
+    // commit fails, as after a failed fsync.
+    let store = hub.store().unwrap().clone();
+    let room = crate::store::Record { name: "x".into(), epoch: 1, last_seq: 1 };
+    let bad = store.submit(crate::store::Op::TrimMessages { id: 999, from: 1, before: 10, room, keep: Vec::new() });
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), bad.wait()).await;
+    for id in 2..=50 {
+        let failed = hub.post(post(id)).await.expect_err("the store failed");
+        assert_eq!(failed.code, ErrorCode::Internal, "{failed:?}");
+    }
+    assert_eq!(hub.usage().retained_bytes, recount(&hub), "the running count is exact");
+}

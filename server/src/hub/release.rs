@@ -2,7 +2,7 @@
 //! released to the room's members when stored even if nobody waits any more (the poster's connection ended):
 //! otherwise the stored post would sit undelivered in the room, and keep the room in memory, until a later post.
 
-use std::sync::Arc;
+use std::sync::{atomic::AtomicU64, Arc};
 
 use super::{
     lock::lock,
@@ -16,13 +16,15 @@ pub(super) struct Release {
     shared: Shared,
     posted: Posted,
     now_us: u64,
+    /// The hub's count of retained bytes (a failed post gives its dedupe entry back).
+    retained: Arc<AtomicU64>,
     /// Taken when waited for to the end; still here when dropped early.
     commit: Option<Commit>,
 }
 
 impl Release {
-    fn new(shared: Shared, posted: Posted, commit: Commit, now_us: u64) -> Release {
-        Release { shared, posted, now_us, commit: Some(commit) }
+    fn new(shared: Shared, posted: Posted, (commit, retained): (Commit, Arc<AtomicU64>), now_us: u64) -> Release {
+        Release { shared, posted, now_us, retained, commit: Some(commit) }
     }
 
     /// A sequenced post's progress once its room's lock is let go: under `os` it is written now (the room's other
@@ -31,14 +33,14 @@ impl Release {
     pub(super) fn progress(
         shared: Shared,
         posted: Posted,
-        mut commit: Commit,
+        (mut commit, retained): (Commit, Arc<AtomicU64>),
         now_us: u64,
     ) -> Result<PostProgress, quiver_proto::Failure> {
         commit.write_queued();
         if let Some(outcome) = commit.outcome() {
-            return settle(&shared, posted, outcome, now_us).map(PostProgress::Done);
+            return settle(&shared, posted, outcome, (now_us, &retained)).map(PostProgress::Done);
         }
-        Ok(PostProgress::Committing(Release::new(shared, posted, commit, now_us).wait()))
+        Ok(PostProgress::Committing(Release::new(shared, posted, (commit, retained), now_us).wait()))
     }
 
     /// Waits for the commit; then the post (and any before it) is delivered, or on a store failure dropped.
@@ -49,7 +51,7 @@ impl Release {
                 None => Ok(()),
             };
             self.commit = None; // waited for to the end: nothing left for `drop`
-            settle(&self.shared, self.posted, outcome, self.now_us)
+            settle(&self.shared, self.posted, outcome, (self.now_us, &self.retained))
         })
     }
 }
@@ -57,11 +59,12 @@ impl Release {
 impl Drop for Release {
     fn drop(&mut self) {
         let Some(commit) = self.commit.take() else { return };
-        let (shared, posted, now_us) = (Arc::clone(&self.shared), self.posted, self.now_us);
+        let (shared, posted, now_us, retained) =
+            (Arc::clone(&self.shared), self.posted, self.now_us, self.retained.clone());
         // Outside a runtime (a test's teardown) there is nothing left to deliver to.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Ok((_, delivery)) = settle(&shared, posted, commit.wait().await, now_us) {
+                if let Ok((_, delivery)) = settle(&shared, posted, commit.wait().await, (now_us, &retained)) {
                     delivery.flush();
                 }
             });
@@ -74,7 +77,7 @@ fn settle(
     shared: &Shared,
     posted: Posted,
     outcome: Result<(), crate::store::StoreFailed>,
-    now_us: u64,
+    (now_us, retained): (u64, &AtomicU64),
 ) -> Result<(Posted, super::Delivery), quiver_proto::Failure> {
     match outcome {
         Ok(()) => Ok((posted, lock(shared).room.release(posted.seq, now_us))),
@@ -82,7 +85,13 @@ fn settle(
             // A retry waited for its original's commit, which may have been stored in an earlier batch: the
             // original's own settle aborts it if it failed.
             if !posted.duplicate {
-                lock(shared).room.abort(posted.seq);
+                let mut slot = lock(shared);
+                let before = slot.room.retained_bytes();
+                slot.room.abort(posted.seq);
+                // (A room removed meanwhile gave all its bytes back when it was.)
+                if !slot.removed {
+                    super::rooms::account(retained, before, slot.room.retained_bytes());
+                }
             }
             Err(store_failure(failed))
         }

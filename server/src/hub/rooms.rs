@@ -28,7 +28,7 @@ use crate::{
 #[derive(Debug)]
 pub(super) struct Slot {
     pub(super) room: Room,
-    removed: bool,
+    pub(super) removed: bool,
     /// Loaded from the store and not yet trimmed: its history may hold messages past the age bound, which the
     /// sweep's walk over stored rooms reaches only later. Its first user trims it (under the room's lock, not the
     /// map's: the plan reads the store).
@@ -66,11 +66,14 @@ pub struct RoomUsage {
 }
 
 mod shedding;
+pub(super) use shedding::account;
 use shedding::ShedState;
 
 #[derive(Debug, Default)]
 struct Counters {
-    retained: AtomicU64,
+    /// Shared with posts waiting for their commit ([`super::release::Release`]): a failed one gives its dedupe
+    /// entry back.
+    retained: Arc<AtomicU64>,
     removed: AtomicU64,
     evicted: AtomicU64,
     refused: AtomicU64,
@@ -384,7 +387,7 @@ impl RoomHub for LocalRooms {
         self.shed_if_over(now_us);
         let Some(commit) = commit else { return Ok(PostProgress::Done((posted, delivery))) };
         // The room stays in memory meanwhile: a room with posts waiting is never evicted or unloaded.
-        super::release::Release::progress(shared, posted, commit, now_us)
+        super::release::Release::progress(shared, posted, (commit, self.counters.retained.clone()), now_us)
     }
 
     async fn history(

@@ -17,11 +17,7 @@ const SHED_RETRY_US: u64 = 1_000_000;
 
 impl LocalRooms {
     pub(super) fn account(&self, before: u64, after: u64) {
-        if after >= before {
-            self.counters.retained.fetch_add(after - before, Ordering::Relaxed);
-        } else {
-            self.counters.retained.fetch_sub(before - after, Ordering::Relaxed);
-        }
+        account(&self.counters.retained, before, after);
     }
 
     /// Takes a room out of the map (its lock held by the caller) and returns its memory to the budget.
@@ -139,5 +135,14 @@ impl LocalRooms {
         if rooms.capacity() > 2 * rooms.len() + 64 {
             rooms.shrink_to_fit();
         }
+    }
+}
+
+/// A room's retained bytes went from `before` to `after`: `retained`, the count of all rooms, follows.
+pub(in crate::hub) fn account(retained: &AtomicU64, before: u64, after: u64) {
+    if after >= before {
+        retained.fetch_add(after - before, Ordering::Relaxed);
+    } else {
+        retained.fetch_sub(before - after, Ordering::Relaxed);
     }
 }

@@ -345,3 +345,26 @@ async fn failed_durable_posts_leave_the_running_count_exact() {
     }
     assert_eq!(hub.usage().retained_bytes, recount(&hub), "the running count is exact");
 }
+
+/// New room names at `max_rooms` with every room in use are refused without scanning every room each time (the
+/// scan runs under the map's lock, and names are free to send): one scan per 100 ms at most, and a leave makes the
+/// next new room scan at once.
+#[tokio::test]
+async fn refused_new_rooms_do_not_each_scan_every_room() {
+    let hub = LocalRooms::new(Limits::default(), Budget { max_rooms: 64, ..Budget::default() });
+    let mut members = Vec::new();
+    for room in 0..64 {
+        members.push(join(&hub, &format!("r{room}"), None, 0).await);
+    }
+    let body = Bytes::from_static(b"x");
+    for n in 0..1_000 {
+        assert_eq!(post(&hub, &format!("new{n}"), 1, &body, 1_000 + n).await, Err(ErrorCode::ServerFull));
+    }
+    assert_eq!(hub.counters.full_scans.load(Ordering::Relaxed), 1, "one scan for a burst within 100 ms");
+    assert_eq!(post(&hub, "later", 1, &body, 200_000).await, Err(ErrorCode::ServerFull));
+    assert_eq!(hub.counters.full_scans.load(Ordering::Relaxed), 2, "again after 100 ms");
+    let (joining, _) = members.remove(0);
+    hub.leave("r0", joining.subscriber, 200_001).await.flush();
+    assert_eq!(post(&hub, "after-leave", 1, &body, 200_002).await, Ok(1), "a leave lets the next one scan");
+    assert_eq!(hub.usage().rooms_refused, 1_001);
+}

@@ -196,3 +196,23 @@ async fn a_room_whose_deletion_is_stored_can_be_evicted_before_the_sweep() {
     post(&hub, "third", "bob", 1, 20).await.1.flush();
     assert_eq!(hub.usage().rooms_evicted, 1);
 }
+
+/// A durable room read only through History stays loaded like one that is joined or posted to: a client paging
+/// its history read the room (its dedupe window, up to megabytes) back from the store on every page, since the
+/// sweep took a room never joined or posted to for idle since 1970.
+#[tokio::test]
+async fn a_room_read_through_history_stays_loaded_between_pages() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    post(&hub, "r", "bob", 1, 990 * S).await.1.flush(); // its dedupe entry is in the window at 1,000 s
+    drop(hub);
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    assert_eq!(hub.usage().rooms, 0);
+    hub.history("r", None, 10, usize::MAX, 1_000 * S).await.unwrap();
+    assert_eq!(hub.usage().rooms, 1, "loaded to be read");
+    hub.sweep(1_001 * S).await;
+    assert_eq!(hub.usage().rooms, 1, "read a second ago: not idle");
+    hub.sweep(1_100 * S).await;
+    assert_eq!(hub.usage().rooms, 0, "idle for 100 s: unloaded");
+}

@@ -112,9 +112,14 @@ impl Room {
         self.history.bytes() + self.dedupe.bytes()
     }
 
-    /// Last join, leave or post.
+    /// Last join, leave, post or history read (or the room's creation or loading).
     pub fn last_active_us(&self) -> u64 {
         self.last_active_us
+    }
+
+    /// The room is used at `now_us` (made, loaded or read): it is not the idle room to evict or unload first.
+    pub fn touch(&mut self, now_us: u64) {
+        self.last_active_us = self.last_active_us.max(now_us);
     }
 
     /// Forgets history older than `history_max_age_s` and dedupe entries older than the window.
@@ -334,6 +339,7 @@ impl Room {
         budget: usize,
         now_us: u64,
     ) -> Result<HistoryPage, Failure> {
+        self.touch(now_us);
         self.history.trim(now_us);
         if let Some(disk) = &self.disk {
             let (messages, more) = disk.history(since, self.delivered_seq, limit, budget)?;

@@ -78,6 +78,11 @@ struct Counters {
     evicted: AtomicU64,
     refused: AtomicU64,
     shed: AtomicU64,
+    /// When a scan for a room to evict at `max_rooms` last found none (µs; 0: not since one was found).
+    full_at_us: AtomicU64,
+    /// Such scans (tests).
+    #[cfg(test)]
+    full_scans: AtomicU64,
     /// Passes of [`LocalRooms::shed_if_over`] over the rooms (tests).
     #[cfg(test)]
     shed_passes: AtomicU64,
@@ -243,7 +248,7 @@ impl LocalRooms {
         if let Some(why) = self.store.as_ref().filter(|_| stored.is_none()).and_then(|s| s.disk().refuse()) {
             return Err(Failure::new(ErrorCode::ServerFull, why));
         }
-        if rooms.len() >= self.budget.max_rooms as usize && !self.evict_idle(&mut rooms, "at max_rooms") {
+        if rooms.len() >= self.budget.max_rooms as usize && !self.evict_for_new(&mut rooms, now_us) {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             let max = self.budget.max_rooms;
             return Err(Failure::new(
@@ -267,6 +272,12 @@ impl LocalRooms {
             }
             (None, _) => Room::new(name.to_string(), new_epoch(), &self.limits, self.budget.room_history_bytes),
         };
+        // Not idle since 1970: made or loaded for a join or a post, it is not the first to evict (or unload) before
+        // its user gets it. (A history read touches it itself; the sweep's loads for retention do not.)
+        let mut room = room;
+        if create {
+            room.touch(now_us);
+        }
         // A room loaded from the store holds its dedupe window already: counted from the start, like every change.
         self.account(0, room.retained_bytes());
         let room = Arc::new(Mutex::new(Slot { room, removed: false, untrimmed }));
@@ -368,6 +379,8 @@ impl RoomHub for LocalRooms {
     }
 
     async fn leave(&self, room: &str, subscriber: SubscriberId, now_us: u64) -> Delivery {
+        // A room may have no member left: the next new room scans for one to evict again.
+        self.counters.full_at_us.store(0, Ordering::Relaxed);
         // Never loads: a room not in memory has no subscribers.
         self.with_loaded(room, |r| r.leave(subscriber, now_us)).flatten().unwrap_or_default()
     }
@@ -431,6 +444,10 @@ impl RoomHub for LocalRooms {
             }
         }
         self.remove_if_empty(emptied, now_us);
+        self.counters.full_at_us.store(0, Ordering::Relaxed); // (pending posts settled, deletions stored meanwhile)
+                                                              // Over the budget without a post (rooms loaded by joins and History reads, a pass that left busy rooms
+                                                              // alone): shed here too, not only at the next post.
+        self.shed_if_over(now_us);
     }
 }
 

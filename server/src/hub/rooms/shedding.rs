@@ -28,6 +28,21 @@ impl LocalRooms {
         self.account(slot.room.retained_bytes(), 0);
     }
 
+    /// At `max_rooms`, evicts idle rooms for a new one ([`LocalRooms::evict_idle`]); false when none could go. A
+    /// scan that found none is not made again for [`FULL_RESCAN_US`]: every room had members, and each new name
+    /// (free for anyone to send, and retried by clients) scanned every room under the map's lock.
+    pub(super) fn evict_for_new(&self, rooms: &mut HubGuard<'_, RoomMap>, now_us: u64) -> bool {
+        let full_at = self.counters.full_at_us.load(Ordering::Relaxed);
+        if full_at != 0 && now_us.saturating_sub(full_at) < FULL_RESCAN_US {
+            return false;
+        }
+        #[cfg(test)]
+        self.counters.full_scans.fetch_add(1, Ordering::Relaxed);
+        let evicted = self.evict_idle(rooms, "at max_rooms");
+        self.counters.full_at_us.store(if evicted { 0 } else { now_us.max(1) }, Ordering::Relaxed);
+        evicted
+    }
+
     /// Evicts the rooms without members idle longest: a 64th of `max_rooms` at once (at least one), so that a
     /// stream of new names does not scan every room for each one. False when no room is without members.
     pub(super) fn evict_idle(&self, rooms: &mut HubGuard<'_, RoomMap>, why: &'static str) -> bool {
@@ -146,3 +161,6 @@ pub(in crate::hub) fn account(retained: &AtomicU64, before: u64, after: u64) {
         retained.fetch_sub(before - after, Ordering::Relaxed);
     }
 }
+
+/// How long after a scan at `max_rooms` found no room to evict a new room is refused without scanning again.
+const FULL_RESCAN_US: u64 = 100_000;

@@ -5,7 +5,8 @@
 //! What a breach does (docs/security.md has the whole threat table):
 //! - **`max_rooms`**: a new room name when the server holds this many rooms first evicts the rooms idle longest
 //!   (no members; their history goes, and a later resume there answers `recovered: false`); only when every room
-//!   has members is the Join or Post refused with `ServerFull`.
+//!   has members is the Join or Post refused with `ServerFull` (and new names for 100 ms after, unless a member
+//!   leaves: each look scans every room).
 //! - **`max_channels`**: a Subscribe or Publish naming a new channel is refused with `ServerFull`. A channel with
 //!   neither subscribers nor publishers is removed at once, so this counts channels in use.
 //! - **`room_history_bytes`**: a room forgets its oldest messages beyond it (like `history_max_messages`).

@@ -68,7 +68,10 @@ impl LocalRooms {
             }
             let freed = slot.room.retained_bytes();
             self.remove(rooms, name, &mut slot);
-            self.counters.shed.fetch_add(freed, Ordering::Relaxed);
+            // Shed for the budget only when evicted for it (an eviction for `max_rooms` frees bytes by the way).
+            if why == OVER_RETAINED {
+                self.counters.shed.fetch_add(freed, Ordering::Relaxed);
+            }
             self.counters.evicted.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(room = %name, freed, why, "idle room evicted");
             evicted = true;
@@ -125,7 +128,7 @@ impl LocalRooms {
         // One batch per call: when rooms with members hold most of it, more would unload every other room at each
         // post, each to be read back at its next use.
         if self.store.is_some() && self.counters.retained.load(Ordering::Relaxed) > low_water {
-            self.evict_idle(&mut lock(&self.rooms), "over retained_bytes");
+            self.evict_idle(&mut lock(&self.rooms), OVER_RETAINED);
         }
         // Stuck only when it freed no byte: a pass that freed some (one batch of idle rooms evicted) runs again at
         // the next post, as before.
@@ -164,3 +167,6 @@ pub(in crate::hub) fn account(retained: &AtomicU64, before: u64, after: u64) {
 
 /// How long after a scan at `max_rooms` found no room to evict a new room is refused without scanning again.
 const FULL_RESCAN_US: u64 = 100_000;
+
+/// Why rooms are evicted when over `retained_bytes` (the log's, and what counts their bytes as shed).
+const OVER_RETAINED: &str = "over retained_bytes";

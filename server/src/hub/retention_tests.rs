@@ -216,3 +216,23 @@ async fn a_room_read_through_history_stays_loaded_between_pages() {
     hub.sweep(1_100 * S).await;
     assert_eq!(hub.usage().rooms, 0, "idle for 100 s: unloaded");
 }
+
+/// A new durable room whose first user gave up waiting for its creation to be stored (its connection ended)
+/// settles once the creation is stored, and may leave memory like any other: it stayed in memory for good.
+#[tokio::test]
+async fn a_new_room_whose_first_user_gave_up_settles_once_its_creation_is_stored() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    let store = hub.store().unwrap().clone();
+    let (go, hold) = std::sync::mpsc::channel::<()>();
+    drop(store.submit(crate::store::Op::Hold(std::sync::Mutex::new(hold))));
+    let member = tests::Collect::new(usize::MAX);
+    let joining = join(&hub, "r", None, &member);
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(100), joining).await.is_err(), "gave up");
+    drop(go); // the creation is stored now
+    written(&store).await;
+    assert_eq!(hub.usage().rooms, 1);
+    hub.sweep(10 * S).await;
+    assert_eq!(hub.usage().rooms, 0, "settled, empty and without members: out of memory");
+}

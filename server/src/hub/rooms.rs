@@ -259,16 +259,17 @@ impl LocalRooms {
         let untrimmed = stored.is_some();
         let room = match (&self.store, stored) {
             (Some(store), Some(stored)) => {
-                Room::durable(name.to_string(), stored, &self.limits, self.retention(), store.clone(), true)
+                Room::durable(name.to_string(), stored, &self.limits, self.retention(), store.clone(), None)
             }
             (Some(store), None) => {
                 let (id, epoch) = (store.allocate_room_id(), new_epoch());
                 let mut created = store.submit(Op::Create { name: name.into(), id, epoch });
-                // Settled at once when the store commits inline; otherwise its first user waits (`with_room`).
-                let settled = matches!(created.outcome(), Some(Ok(())));
+                // Settled at once when the store commits inline; otherwise its first user waits (`with_room`), or
+                // the room settles once it finds the creation stored.
+                let creating = (!matches!(created.outcome(), Some(Ok(())))).then_some(created);
                 let stored = StoredRoom::new(id, epoch);
                 let retention = self.retention();
-                Room::durable(name.to_string(), stored, &self.limits, retention, store.clone(), settled)
+                Room::durable(name.to_string(), stored, &self.limits, retention, store.clone(), creating)
             }
             (None, _) => Room::new(name.to_string(), new_epoch(), &self.limits, self.budget.room_history_bytes),
         };

@@ -45,6 +45,9 @@ pub(super) struct DiskRoom {
     /// False until the room's creation is stored (a new room must not leave memory before: it would come back
     /// with another epoch).
     settled: bool,
+    /// The creation's commit, until it is known stored: a room whose first user gave up waiting for it settles
+    /// once it is (it stayed in memory for good).
+    creating: Option<Commit>,
     /// Dedupe entries below this seq were deleted from the store already.
     dedupe_trimmed: u64,
     /// The last retention deletion, until it is stored: the room stays in memory meanwhile (loaded again before,
@@ -63,8 +66,9 @@ impl Room {
         limits: &Limits,
         retention: Retention,
         store: Arc<Store>,
-        settled: bool,
+        creating: Option<Commit>,
     ) -> Room {
+        let settled = creating.is_none();
         let mut room = Room::with_history(name.clone(), stored.epoch, limits, Box::new(MemoryHistory::new(0, 0, 0)));
         room.sequenced_seq = stored.last_seq;
         room.delivered_seq = stored.last_seq;
@@ -83,6 +87,7 @@ impl Room {
             extent: stored.extent,
             retention,
             settled,
+            creating,
             dedupe_trimmed,
             trimming: None,
             plan_failed: false,
@@ -94,7 +99,7 @@ impl Room {
     /// The room's creation is stored: it may leave memory from now on.
     pub fn settle(&mut self) {
         if let Some(disk) = &mut self.disk {
-            disk.settled = true;
+            (disk.settled, disk.creating) = (true, None);
         }
     }
 
@@ -151,6 +156,9 @@ impl DiskRoom {
     pub(super) fn settled(&mut self) -> bool {
         if self.trimming.as_mut().is_some_and(|trimming| trimming.outcome().is_some()) {
             self.trimming = None;
+        }
+        if self.creating.as_mut().is_some_and(|created| matches!(created.outcome(), Some(Ok(())))) {
+            (self.settled, self.creating) = (true, None);
         }
         self.settled && self.pending.is_empty() && self.trimming.is_none()
     }

@@ -62,10 +62,17 @@ if prior then
   end
   redis.call('SET', dedupe, mark, 'PX', ARGV[4])
 end
+-- A failed XADD gives the claim back (Redis keeps what a failing script wrote): a retry must not be told a seq
+-- nothing was stored at.
+local function failed(reply)
+  if prior then redis.call('SET', dedupe, prior, 'PX', ARGV[4]) else redis.call('DEL', dedupe) end
+  return redis.error_reply(reply.err)
+end
 local added = false
 if seq > 1 then
-  added = redis.call('XADD', log, 'NOMKSTREAM', 'MAXLEN', '~', ARGV[5], string.format('%d', seq) .. '-0',
+  added = redis.pcall('XADD', log, 'NOMKSTREAM', 'MAXLEN', '~', ARGV[5], string.format('%d', seq) .. '-0',
     'o', op, 't', ARGV[2], 'p', ARGV[3])
+  if type(added) == 'table' and added.err then return failed(added) end
 end
 if not added then
   if seq > 1 then
@@ -74,7 +81,8 @@ if not added then
     seq = 1
     redis.call('SET', dedupe, epoch .. ':1', 'PX', ARGV[4])
   end
-  redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '1-0', 'o', op, 't', ARGV[2], 'p', ARGV[3])
+  local first = redis.pcall('XADD', log, 'MAXLEN', '~', ARGV[5], '1-0', 'o', op, 't', ARGV[2], 'p', ARGV[3])
+  if type(first) == 'table' and first.err then return failed(first) end
 end
 redis.call('HSET', meta, 'epoch', epoch, 'seq', seq, 'op', op)
 -- Every 8th message drops up to 16 entries past the age limit: twice the rate they can come of age.

@@ -37,7 +37,9 @@ impl Transit {
         }
         let fresh = Base { window_start_us: now_us, current: apparent, previous: apparent };
         let base = self.origins.entry(origin.to_string()).or_insert(fresh);
-        if now_us.saturating_sub(base.window_start_us) > WINDOW_US {
+        // (A window also ends when this clock stepped back past its start: it would otherwise last as long as the
+        // step, keeping a base the origin's clock may have left since.)
+        if now_us < base.window_start_us || now_us - base.window_start_us > WINDOW_US {
             *base = Base { window_start_us: now_us, current: apparent, previous: base.current };
         } else {
             base.current = base.current.min(apparent);
@@ -92,5 +94,30 @@ mod tests {
             now += 100 * MS;
         }
         assert_eq!(last, 0, "still counting the step as age");
+    }
+
+    /// This clock stepping back does not freeze the window: the base follows the origin's delay again within two
+    /// windows, instead of after as long as the step (a minute back kept every tick a minute "old" for a minute).
+    #[test]
+    fn a_clock_stepped_back_starts_a_new_window() {
+        let mut transit = Transit::default();
+        let t0 = 1_000_000 * MS;
+        for i in 0..10 {
+            assert!(transit.age_us("a", t0 + i * 10 * MS, t0 + i * 10 * MS + MS) < MS);
+        }
+        // This clock steps back a minute (the origin's does not): the apparent delay falls by a minute, and the
+        // base with it.
+        let back = t0 - 60_000 * MS;
+        for i in 0..10 {
+            assert!(transit.age_us("a", t0 + (10 + i) * 10 * MS, back + i * 10 * MS) < MS);
+        }
+        // Then the origin's clock steps back too: ticks cross in 1 ms again, and are taken as fresh once the
+        // windows have turned (20 s), not after the minute this clock is behind its old window.
+        let mut last = u64::MAX;
+        for i in 10..(10 + 2_500) {
+            let now = back + i * 10 * MS;
+            last = transit.age_us("a", now - MS, now);
+        }
+        assert!(last < MS, "still {last} µs old 25 s later");
     }
 }

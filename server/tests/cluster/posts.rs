@@ -184,6 +184,59 @@ fn a_post_redis_answers_with_an_error_does_not_refuse_other_connections_posts() 
     });
 }
 
+/// A post whose XADD fails inside the post script (here the room's stream key holds a string) leaves no claim of its
+/// seq behind: Redis keeps what a failing script wrote, so a retry of the post with the same id was answered as a
+/// duplicate of seq 2, which nothing was stored at (and the room's next post got seq 2 too).
+#[test]
+fn a_post_whose_append_fails_leaves_no_claim_of_its_seq() {
+    if !redis_available("a_post_whose_append_fails_leaves_no_claim_of_its_seq") {
+        return;
+    }
+    let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(1, &[]);
+    let log = quiver_server::cluster::keys::RoomKeys::new("halfway").log;
+    runtime.block_on(async {
+        let client = Client::connect_with(&nodes[0].addr, options(&dirs[0], "poster")).await.unwrap();
+        let post = |id: u64| RequestBody::Post(Post { room: "halfway".into(), client_msg_id: id, body: "x".into() });
+        assert!(matches!(client.request(post(1)).await, Ok(Reply::Posted { seq: 1, duplicate: false, .. })));
+        let _: () = redis.query(redis::cmd("DEL").arg(&log)).unwrap();
+        let _: String = redis.query(redis::cmd("SET").arg(&log).arg("not a stream")).unwrap();
+        match client.request(post(2)).await {
+            Err(RequestError::Failed(failure)) => assert_eq!(failure.code, ErrorCode::Unavailable, "{failure:?}"),
+            other => panic!("an append that fails: {other:?}"),
+        }
+        let _: () = redis.query(redis::cmd("DEL").arg(&log)).unwrap();
+        // The stream is gone now: the retry starts a new epoch, stored, not a duplicate of a phantom seq 2.
+        match client.request(post(2)).await {
+            Ok(Reply::Posted { seq: 1, duplicate: false, .. }) => {}
+            other => panic!("the retry after the failed append: {other:?}"),
+        }
+        client.close().await;
+    });
+}
+
+/// A broker that may evict keys (a `maxmemory` with an evicting `maxmemory-policy`) can drop a post's dedupe key
+/// and store a retried post twice: the node says it is not ready, and why, until the policy is `noeviction` again
+/// (changed at run time with `CONFIG SET`).
+#[test]
+fn a_broker_that_may_evict_keys_makes_the_node_not_ready() {
+    if !redis_available("a_broker_that_may_evict_keys_makes_the_node_not_ready") {
+        return;
+    }
+    let Cluster { redis, nodes, runtime, _tmp, .. } = cluster(1, &[]);
+    runtime.block_on(async {
+        wait_for("ready", Duration::from_secs(10), || admin_status(nodes[0].admin, "/readyz") == 200).await;
+        let set = |name: &str, value: &str| {
+            let _: String = redis.query(redis::cmd("CONFIG").arg("SET").arg(name).arg(value)).unwrap();
+        };
+        set("maxmemory", "1gb");
+        set("maxmemory-policy", "volatile-ttl");
+        wait_for("not ready", Duration::from_secs(10), || admin_status(nodes[0].admin, "/readyz") == 503).await;
+        assert!(admin_get(nodes[0].admin, "/readyz").contains("may evict keys"));
+        set("maxmemory-policy", "noeviction");
+        wait_for("ready again", Duration::from_secs(10), || admin_status(nodes[0].admin, "/readyz") == 200).await;
+    });
+}
+
 /// `SCRIPT LOAD` calls Redis has run so far.
 fn script_loads(redis: &Redis) -> u64 {
     let info: String = redis.query(redis::cmd("INFO").arg("commandstats")).unwrap();

@@ -74,6 +74,7 @@ impl Broker {
                 first = false;
                 self.check_version().await;
             }
+            self.check_eviction().await;
             refresh = true;
             if marked == 0 {
                 // Buried (or, after a lost reply, maybe never marked): the mark first, then the members again, so

@@ -88,6 +88,8 @@ pub struct Broker {
     heartbeat_ok: AtomicBool,
     /// The Redis reached is older than 7.0 (the post script needs `SET … NX GET`).
     too_old: AtomicBool,
+    /// The Redis reached may evict keys (a `maxmemory` with a `maxmemory-policy` other than `noeviction`).
+    evicting: AtomicBool,
     hooks: Mutex<Hooks>,
     /// Cancelled when the current Pub/Sub connection stops answering PING: it is dropped and made again.
     pubsub_stale: Mutex<CancellationToken>,
@@ -124,6 +126,7 @@ impl Broker {
             pubsub_up: AtomicBool::new(false),
             heartbeat_ok: AtomicBool::new(false),
             too_old: AtomicBool::new(false),
+            evicting: AtomicBool::new(false),
             hooks: Mutex::new(Hooks::default()),
             pubsub_stale: Mutex::new(CancellationToken::new()),
             burying: Mutex::new(std::collections::HashSet::new()),
@@ -197,6 +200,10 @@ impl Broker {
     pub fn ready(&self) -> Result<(), &'static str> {
         if self.too_old.load(Ordering::Relaxed) {
             return Err("the broker is older than Redis 7.0, which the room scripts need");
+        }
+        if self.evicting.load(Ordering::Relaxed) {
+            return Err("the broker may evict keys (maxmemory-policy is not noeviction): a retried post could be \
+                        stored twice once its dedupe key is evicted");
         }
         if !self.pubsub_up.load(Ordering::Relaxed) {
             return Err("the broker's Pub/Sub connection is down (Redis unreachable)");
@@ -349,6 +356,30 @@ impl Broker {
         if major < 7 {
             tracing::error!(version, "the broker is older than Redis 7.0: posts cannot be sequenced (SET … NX GET)");
             self.too_old.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether Redis may evict keys: with a `maxmemory` and any `maxmemory-policy` but `noeviction`, the dedupe
+    /// keys (the only ones with a TTL while a room has members, so the first to go under the `volatile-*` policies)
+    /// can vanish, and a post retried after a lost reply is then stored twice; meta, log or member keys evicted
+    /// lose a room's epoch or presence. The node reports itself not ready meanwhile (checked at every heartbeat:
+    /// `CONFIG SET` changes it at run time).
+    async fn check_eviction(&self) {
+        let mut conn = self.conn();
+        let Ok(info) = redis::cmd("INFO").arg("memory").query_async::<String>(&mut conn).await else { return };
+        let field = |name: &str| info.lines().find_map(|line| line.strip_prefix(name)).map(str::trim);
+        let maxmemory: u64 = field("maxmemory:").and_then(|m| m.parse().ok()).unwrap_or(0);
+        let policy = field("maxmemory_policy:").unwrap_or("noeviction");
+        let evicting = maxmemory > 0 && policy != "noeviction";
+        if self.evicting.swap(evicting, Ordering::Relaxed) != evicting {
+            match evicting {
+                true => tracing::error!(
+                    maxmemory,
+                    policy,
+                    "the broker may evict keys: not ready until its maxmemory-policy is noeviction"
+                ),
+                false => tracing::info!(policy, "the broker no longer evicts keys"),
+            }
         }
     }
 

@@ -101,6 +101,11 @@ impl<H> AwaitingHello<H> {
         self.take(ticket).is_some()
     }
 
+    /// True while the connection with `ticket` is in the table (it was neither welcomed, nor ended, nor evicted).
+    pub fn contains(&self, ticket: Ticket) -> bool {
+        self.waiting.contains_key(&ticket)
+    }
+
     /// Connections awaiting Hello.
     pub fn len(&self) -> usize {
         self.waiting.len()

@@ -44,9 +44,8 @@ pub(super) struct Slot {
     admission: Arc<Mutex<Admission>>,
     ip: IpAddr,
     handshaking: bool,
-    /// Its place among the connections awaiting Hello, from [`Slot::await_hello`] to [`Slot::welcomed`], with the
-    /// token cancelled when it is closed to make room for a newer one.
-    awaiting: Option<(Ticket, CancellationToken)>,
+    /// Its place among the connections awaiting Hello, from [`Slot::await_hello`] to [`Slot::welcomed`].
+    awaiting: Option<Ticket>,
 }
 
 impl Slot {
@@ -54,20 +53,25 @@ impl Slot {
         Slot { admission: admission.clone(), ip, handshaking, awaiting: None }
     }
 
-    /// The connection now awaits Hello (`max_awaiting_hello`): a connection awaiting Hello that has to make room
-    /// for it is told so (its token cancelled). Returns this one's token, cancelled if it has to make room in turn.
-    pub(super) fn await_hello(&mut self) -> CancellationToken {
-        if let Some((_, token)) = &self.awaiting {
-            return token.clone();
+    /// The connection now awaits Hello (`max_awaiting_hello`); `shutdown` is its own shutdown token, which a newer
+    /// connection cancels when this one has to make room for it ([`Slot::made_room`] then tells it from a server
+    /// shutdown). A connection awaiting Hello that has to make room for this one is told so.
+    pub(super) fn await_hello(&mut self, shutdown: &CancellationToken) {
+        if self.awaiting.is_some() {
+            return;
         }
-        let token = CancellationToken::new();
-        let (ticket, made_room) = lock(&self.admission).awaiting_hello().enter(self.ip, token.clone());
+        let (ticket, made_room) = lock(&self.admission).awaiting_hello().enter(self.ip, shutdown.clone());
         if let Some(made_room) = made_room {
             tracing::debug!(group = %made_room.group, "closing a connection awaiting Hello: max_awaiting_hello");
             made_room.handle.cancel();
         }
-        self.awaiting = Some((ticket, token.clone()));
-        token
+        self.awaiting = Some(ticket);
+    }
+
+    /// Whether the connection's shutdown token was cancelled to make room for a newer one awaiting Hello (rather
+    /// than by the server's shutdown): it awaits Hello and has left the table without being welcomed.
+    pub(super) fn made_room(&self) -> bool {
+        self.awaiting.is_some_and(|ticket| !lock(&self.admission).awaiting_hello().contains(ticket))
     }
 
     /// The QUIC handshake completed: the address is validated.
@@ -79,17 +83,9 @@ impl Slot {
 
     /// The connection said Hello and was welcomed: no newer connection can close it to make room any more.
     pub(super) fn welcomed(&mut self) {
-        if let Some((ticket, _)) = self.awaiting.take() {
+        if let Some(ticket) = self.awaiting.take() {
             lock(&self.admission).awaiting_hello().leave(ticket);
         }
-    }
-}
-
-/// Until `token` (a connection's from [`Slot::await_hello`]) is cancelled; never without one.
-pub(super) async fn made_to_make_room(token: Option<&CancellationToken>) {
-    match token {
-        Some(token) => token.cancelled().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -108,7 +104,7 @@ impl Drop for Slot {
         if self.handshaking {
             admission.handshake_done(self.ip);
         }
-        if let Some((ticket, _)) = self.awaiting.take() {
+        if let Some(ticket) = self.awaiting.take() {
             admission.awaiting_hello().leave(ticket);
         }
         admission.release(self.ip);

@@ -17,7 +17,7 @@ use web_transport_quinn::Session;
 use crate::{
     hub::{ticks::TickHub, RoomHub},
     net::{
-        admit::{evicted_reason, made_to_make_room, make_room, Admitted, Slot},
+        admit::{evicted_reason, make_room, Admitted, Slot},
         close::{control_stream_closed, refuse, release},
         copies,
         dispatch::{Answer, Connection},
@@ -71,11 +71,11 @@ pub(super) async fn serve<R: RoomHub>(
         Err(err) => return tracing::debug!(%remote, %err, "handshake failed"),
     };
     let mut admitted = admitted;
-    // From now on it awaits Hello (over a count: never closed to make room, bounded by `max_over_limit_handshakes`).
-    let evicted = match &mut admitted {
-        Admitted::Serve(slot) => Some(slot.await_hello()),
-        Admitted::TooMany(..) => None,
-    };
+    // From now on it awaits Hello (over a count: never closed to make room, bounded by `max_over_limit_handshakes`);
+    // a newer connection that it has to make room for cancels its `shutdown`.
+    if let Admitted::Serve(slot) = &mut admitted {
+        slot.await_hello(&shutdown);
+    }
     let conn = tokio::select! {
         handshake = tokio::time::timeout_at(deadline, connecting) => match handshake {
             Ok(Ok(conn)) => conn,
@@ -85,10 +85,13 @@ pub(super) async fn serve<R: RoomHub>(
                 return tracing::debug!(%remote, "TLS handshake timed out");
             }
         },
-        // Dropping the handshake closes the connection (nothing can tell the client why before it completes).
-        () = made_to_make_room(evicted.as_ref()) => {
-            bump(&stats.connections_closed_awaiting_hello);
-            return tracing::debug!(%remote, "closed in its TLS handshake to make room");
+        // Dropping the handshake closes the connection (nothing can tell the client why before it completes): to
+        // make room for a newer one, or the server shuts down.
+        () = shutdown.cancelled() => {
+            if matches!(&admitted, Admitted::Serve(slot) if slot.made_room()) {
+                bump(&stats.connections_closed_awaiting_hello);
+            }
+            return tracing::debug!(%remote, "closed in its TLS handshake (to make room, or shutting down)");
         }
     };
     if let Admitted::Serve(slot) = &mut admitted {
@@ -108,10 +111,16 @@ pub(super) async fn serve<R: RoomHub>(
             let mut connect = Box::pin(webtransport::accept(conn.clone(), &config.web, deadline));
             let accepted = tokio::select! {
                 accepted = &mut connect => accepted,
-                () = made_to_make_room(evicted.as_ref()) => {
-                    bump(&stats.connections_closed_awaiting_hello);
-                    let reason = evicted_reason(config.budget.max_awaiting_hello, remote.ip());
-                    conn.close(ErrorCode::TooManyConnections.to_u32().into(), reason.as_bytes());
+                () = shutdown.cancelled() => {
+                    let (code, reason) = match &admitted {
+                        Admitted::Serve(slot) if slot.made_room() => {
+                            bump(&stats.connections_closed_awaiting_hello);
+                            let reason = evicted_reason(config.budget.max_awaiting_hello, remote.ip());
+                            (ErrorCode::TooManyConnections, reason)
+                        }
+                        _ => (ErrorCode::GoingAway, "the server is shutting down".to_string()),
+                    };
+                    conn.close(code.to_u32().into(), reason.as_bytes());
                     // The CONNECT's HTTP/3 streams go only after the close (webtransport.rs).
                     drop(connect);
                     return tracing::info!(%reason, "connection closed");
@@ -125,7 +134,6 @@ pub(super) async fn serve<R: RoomHub>(
         } else {
             Session::raw(conn)
         };
-        drop(evicted); // (the slot keeps its own until Hello)
         let shared = Shared { config, rooms, ticks, stats, auth };
         // One shared handle kept here for `release` (a `Session` is 776 bytes; the handle, 8).
         let session = Arc::new(session);
@@ -156,7 +164,7 @@ pub(super) async fn serve_wire<R: RoomHub>(
     let mut slot = match admitted {
         // (A WebSocket connection awaits Hello from its upgrade on: before it, `MAX_UPGRADING` bounds it.)
         Admitted::Serve(mut slot) => {
-            slot.await_hello();
+            slot.await_hello(&shutdown);
             slot
         }
         Admitted::TooMany(reason, _over_limit) => {
@@ -208,8 +216,6 @@ async fn control<R: RoomHub>(
     shutdown: &CancellationToken,
 ) -> String {
     let timeout_ms = config.limits.handshake_timeout_ms;
-    // Dropped at Welcome.
-    let mut evicted = Some(slot.await_hello());
     let (mut send, mut recv) = tokio::select! {
         stream = conn.accept_bi() => match stream {
             Ok(stream) => stream,
@@ -220,8 +226,10 @@ async fn control<R: RoomHub>(
             conn.close(ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
             return "handshake timeout".into();
         }
-        () = made_to_make_room(evicted.as_ref()) => return make_room(conn, config, stats, slot),
-        () = shutdown.cancelled() => return going_away(conn, None).await,
+        () = shutdown.cancelled() => match slot.made_room() {
+            true => return make_room(conn, config, stats, slot),
+            false => return going_away(conn, None).await,
+        },
     };
     // On a task of its own, not in this loop: the loop can wait long outside its select (a reply the client does
     // not read), and an extra stream must be refused at once, before quinn buffers a stream window's worth of it.
@@ -327,7 +335,6 @@ async fn control<R: RoomHub>(
                 conn.close(ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
                 return "handshake timeout".into();
             }
-            () = made_to_make_room(evicted.as_ref()), if awaiting_hello => return make_room(conn, config, stats, slot),
             () = tokio::time::sleep_until(partial_deadline), if !awaiting_hello && partial_since.is_some() => {
                 let reason = format!(
                     "a control frame begun {} ms ago is still incomplete ({} bytes received)",
@@ -360,6 +367,9 @@ async fn control<R: RoomHub>(
                 }
             }
             () = shutdown.cancelled() => {
+                if slot.made_room() {
+                    return make_room(conn, config, stats, slot);
+                }
                 replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
                 return Box::pin(going_away(conn, Some((&mut send, outbound)))).await;
             }
@@ -455,7 +465,6 @@ async fn control<R: RoomHub>(
                 // Welcomed: never closed to make room from now on (before its Welcome is written, which may wait).
                 slot.welcomed();
                 connection.speaks(session.version().unwrap_or(quiver_proto::PROTOCOL_VERSION));
-                evicted = None;
                 tracing::Span::current().record("identity", identity);
                 stats.handshake.observe_since(started);
                 bump(&stats.handshakes);

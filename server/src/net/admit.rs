@@ -8,6 +8,7 @@ use std::{
     time::Instant,
 };
 
+use quiver_proto::ErrorCode;
 use tokio_util::sync::CancellationToken;
 
 use super::lock;
@@ -205,4 +206,16 @@ pub(super) fn make_room(
     let reason = evicted_reason(config.budget.max_awaiting_hello, slot.ip);
     conn.close(quiver_proto::ErrorCode::TooManyConnections, &reason);
     reason
+}
+
+/// Why a connection not welcomed yet ends when its shutdown token is cancelled: to make room for a newer one
+/// (counted here) or the server's shutdown. The code and reason to close it with.
+pub(super) fn ended_early(admitted: &Admitted, max: u32, ip: IpAddr, stats: &ServerStats) -> (ErrorCode, String) {
+    match admitted {
+        Admitted::Serve(slot) if slot.made_room() => {
+            bump(&stats.connections_closed_awaiting_hello);
+            (ErrorCode::TooManyConnections, evicted_reason(max, ip))
+        }
+        _ => (ErrorCode::GoingAway, "the server is shutting down".to_string()),
+    }
 }

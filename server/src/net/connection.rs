@@ -17,7 +17,7 @@ use web_transport_quinn::Session;
 use crate::{
     hub::{ticks::TickHub, RoomHub},
     net::{
-        admit::{evicted_reason, make_room, Admitted, Slot},
+        admit::{ended_early, make_room, Admitted, Slot},
         close::{control_stream_closed, refuse, release},
         copies,
         dispatch::{Answer, Connection},
@@ -88,10 +88,8 @@ pub(super) async fn serve<R: RoomHub>(
         // Dropping the handshake closes the connection (nothing can tell the client why before it completes): to
         // make room for a newer one, or the server shuts down.
         () = shutdown.cancelled() => {
-            if matches!(&admitted, Admitted::Serve(slot) if slot.made_room()) {
-                bump(&stats.connections_closed_awaiting_hello);
-            }
-            return tracing::debug!(%remote, "closed in its TLS handshake (to make room, or shutting down)");
+            let (_, reason) = ended_early(&admitted, config.budget.max_awaiting_hello, remote.ip(), &stats);
+            return tracing::debug!(%remote, %reason, "closed in its TLS handshake");
         }
     };
     if let Admitted::Serve(slot) = &mut admitted {
@@ -112,14 +110,8 @@ pub(super) async fn serve<R: RoomHub>(
             let accepted = tokio::select! {
                 accepted = &mut connect => accepted,
                 () = shutdown.cancelled() => {
-                    let (code, reason) = match &admitted {
-                        Admitted::Serve(slot) if slot.made_room() => {
-                            bump(&stats.connections_closed_awaiting_hello);
-                            let reason = evicted_reason(config.budget.max_awaiting_hello, remote.ip());
-                            (ErrorCode::TooManyConnections, reason)
-                        }
-                        _ => (ErrorCode::GoingAway, "the server is shutting down".to_string()),
-                    };
+                    let max = config.budget.max_awaiting_hello;
+                    let (code, reason) = ended_early(&admitted, max, remote.ip(), &stats);
                     conn.close(code.to_u32().into(), reason.as_bytes());
                     // The CONNECT's HTTP/3 streams go only after the close (webtransport.rs).
                     drop(connect);

@@ -204,7 +204,7 @@ pub(super) fn make_room(
 ) -> String {
     bump(&stats.connections_closed_awaiting_hello);
     let reason = evicted_reason(config.budget.max_awaiting_hello, slot.ip);
-    conn.close(quiver_proto::ErrorCode::TooManyConnections, &reason);
+    conn.close(ErrorCode::TooManyConnections, &reason);
     reason
 }
 

@@ -78,8 +78,12 @@ struct Counters {
     evicted: AtomicU64,
     refused: AtomicU64,
     shed: AtomicU64,
-    /// When a scan for a room to evict at `max_rooms` last found none (µs; 0: not since one was found).
+    /// When a scan for a room to evict at `max_rooms` last found none (µs; 0: not since one was found), and the
+    /// count of `freed` it began at.
     full_at_us: AtomicU64,
+    full_freed: AtomicU64,
+    /// Leaves and sweeps so far: each may have left a room without members.
+    freed: AtomicU64,
     /// Such scans (tests).
     #[cfg(test)]
     full_scans: AtomicU64,
@@ -380,10 +384,11 @@ impl RoomHub for LocalRooms {
     }
 
     async fn leave(&self, room: &str, subscriber: SubscriberId, now_us: u64) -> Delivery {
-        // A room may have no member left: the next new room scans for one to evict again.
-        self.counters.full_at_us.store(0, Ordering::Relaxed);
         // Never loads: a room not in memory has no subscribers.
-        self.with_loaded(room, |r| r.leave(subscriber, now_us)).flatten().unwrap_or_default()
+        let left = self.with_loaded(room, |r| r.leave(subscriber, now_us)).flatten().unwrap_or_default();
+        // The room may have no member left (counted once it is so): the next new room looks for one to evict again.
+        self.counters.freed.fetch_add(1, Ordering::Release);
+        left
     }
 
     async fn post(&self, post: PostMessage<'_>) -> Result<(Posted, Delivery), Failure> {
@@ -445,9 +450,10 @@ impl RoomHub for LocalRooms {
             }
         }
         self.remove_if_empty(emptied, now_us);
-        self.counters.full_at_us.store(0, Ordering::Relaxed); // (pending posts settled, deletions stored meanwhile)
-                                                              // Over the budget without a post (rooms loaded by joins and History reads, a pass that left busy rooms
-                                                              // alone): shed here too, not only at the next post.
+        // Pending posts settled and deletions stored meanwhile: the next new room looks for one to evict again.
+        self.counters.freed.fetch_add(1, Ordering::Release);
+        // Over the budget without a post (rooms loaded by joins and History reads, a pass that left busy rooms
+        // alone): shed here too, not only at the next post.
         self.shed_if_over(now_us);
     }
 }

@@ -47,11 +47,13 @@ pub(super) struct Slot {
     handshaking: bool,
     /// Its place among the connections awaiting Hello, from [`Slot::await_hello`] to [`Slot::welcomed`].
     awaiting: Option<Ticket>,
+    /// Closed to make room before [`Slot::welcomed`] took it out of the table (its shutdown token is cancelled).
+    made_room: bool,
 }
 
 impl Slot {
     fn new(admission: &Arc<Mutex<Admission>>, ip: IpAddr, handshaking: bool) -> Slot {
-        Slot { admission: admission.clone(), ip, handshaking, awaiting: None }
+        Slot { admission: admission.clone(), ip, handshaking, awaiting: None, made_room: false }
     }
 
     /// The connection now awaits Hello (`max_awaiting_hello`); `shutdown` is its own shutdown token, which a newer
@@ -72,7 +74,7 @@ impl Slot {
     /// Whether the connection's shutdown token was cancelled to make room for a newer one awaiting Hello (rather
     /// than by the server's shutdown): it awaits Hello and has left the table without being welcomed.
     pub(super) fn made_room(&self) -> bool {
-        self.awaiting.is_some_and(|ticket| !lock(&self.admission).awaiting_hello().contains(ticket))
+        self.made_room || self.awaiting.is_some_and(|ticket| !lock(&self.admission).awaiting_hello().contains(ticket))
     }
 
     /// The QUIC handshake completed: the address is validated.
@@ -85,7 +87,9 @@ impl Slot {
     /// The connection said Hello and was welcomed: no newer connection can close it to make room any more.
     pub(super) fn welcomed(&mut self) {
         if let Some(ticket) = self.awaiting.take() {
-            lock(&self.admission).awaiting_hello().leave(ticket);
+            // Gone already: a newer connection made it make room (its shutdown token is cancelled), and it is
+            // closed as such, not as a server shutdown.
+            self.made_room = !lock(&self.admission).awaiting_hello().leave(ticket);
         }
     }
 }

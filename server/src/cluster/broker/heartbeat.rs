@@ -74,7 +74,6 @@ impl Broker {
                 first = false;
                 self.check_version().await;
             }
-            self.check_eviction().await;
             refresh = true;
             if marked == 0 {
                 // Buried (or, after a lost reply, maybe never marked): the mark first, then the members again, so
@@ -104,10 +103,12 @@ impl Broker {
                 });
             }
             // Off the beat's path: a PING that takes the whole timeout must not delay the next beat.
+            // (And whether Redis may evict keys: an INFO that stalls must not delay the beat either.)
             if !checking_pubsub.swap(true, Ordering::Relaxed) {
                 let (me, flag) = (self.clone(), checking_pubsub.clone());
                 tokio::spawn(async move {
                     me.check_pubsub().await;
+                    me.check_eviction().await;
                     flag.store(false, Ordering::Relaxed);
                 });
             }

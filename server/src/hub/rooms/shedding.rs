@@ -31,30 +31,45 @@ impl LocalRooms {
     /// At `max_rooms`, evicts idle rooms for a new one ([`LocalRooms::evict_idle`]); false when none could go. A
     /// scan that found none is not made again for [`FULL_RESCAN_US`]: every room had members, and each new name
     /// (free for anyone to send, and retried by clients) scanned every room under the map's lock.
+    /// Not again after a leave or a sweep that finished since the scan began, nor when the scan passed busy rooms
+    /// by (their lock held: one may be free a moment later), nor when the clock went back.
     pub(super) fn evict_for_new(&self, rooms: &mut HubGuard<'_, RoomMap>, now_us: u64) -> bool {
-        let full_at = self.counters.full_at_us.load(Ordering::Relaxed);
-        if full_at != 0 && now_us.saturating_sub(full_at) < FULL_RESCAN_US {
+        let c = &self.counters;
+        let freed = c.freed.load(Ordering::Acquire);
+        let full_at = c.full_at_us.load(Ordering::Relaxed);
+        let unchanged = c.full_freed.load(Ordering::Relaxed) == freed;
+        if full_at != 0 && unchanged && (full_at..full_at + FULL_RESCAN_US).contains(&now_us) {
             return false;
         }
         #[cfg(test)]
-        self.counters.full_scans.fetch_add(1, Ordering::Relaxed);
-        let evicted = self.evict_idle(rooms, "at max_rooms");
-        self.counters.full_at_us.store(if evicted { 0 } else { now_us.max(1) }, Ordering::Relaxed);
+        c.full_scans.fetch_add(1, Ordering::Relaxed);
+        let (evicted, passed_busy) = self.evict_idle_counting(rooms, "at max_rooms");
+        c.full_freed.store(freed, Ordering::Relaxed);
+        c.full_at_us.store(if evicted || passed_busy { 0 } else { now_us.max(1) }, Ordering::Relaxed);
         evicted
     }
 
     /// Evicts the rooms without members idle longest: a 64th of `max_rooms` at once (at least one), so that a
     /// stream of new names does not scan every room for each one. False when no room is without members.
     pub(super) fn evict_idle(&self, rooms: &mut HubGuard<'_, RoomMap>, why: &'static str) -> bool {
+        self.evict_idle_counting(rooms, why).0
+    }
+
+    /// [`LocalRooms::evict_idle`], and whether it passed rooms by whose lock was held.
+    fn evict_idle_counting(&self, rooms: &mut HubGuard<'_, RoomMap>, why: &'static str) -> (bool, bool) {
+        let mut busy = false;
         let mut idle: Vec<(u64, String, Shared)> = rooms
             .iter()
             .filter_map(|(name, shared)| {
-                let mut slot = try_lock(shared)?;
+                let Some(mut slot) = try_lock(shared) else {
+                    busy = true;
+                    return None;
+                };
                 slot.room.evictable().then(|| (slot.room.last_active_us(), name.clone(), shared.clone()))
             })
             .collect();
         if idle.is_empty() {
-            return false;
+            return (false, busy);
         }
         let batch = (self.budget.max_rooms as usize / 64).max(1).min(idle.len());
         idle.select_nth_unstable_by_key(batch - 1, |(last_active, _, _)| *last_active);
@@ -76,7 +91,7 @@ impl LocalRooms {
             tracing::debug!(room = %name, freed, why, "idle room evicted");
             evicted = true;
         }
-        evicted
+        (evicted, busy)
     }
 
     /// Over `retained_bytes`: the rooms idle longest shed their oldest messages (then dedupe entries, memory rooms

@@ -377,8 +377,18 @@ async fn a_room_stream_stopped_by_its_client_ends_the_membership() {
             send.write_all(&frame(1, join.clone())).await.unwrap();
             let mut stream = conn.accept_uni().await.unwrap();
             stream.stop(quinn::VarInt::from_u64(code).unwrap()).unwrap();
-            writer.post(&room, "after the stop").await.unwrap();
-            let kicked = tokio::time::timeout(Duration::from_secs(10), async {
+            // Posts until the kick: the server notices a stop at the stream's next write after the stop arrived
+            // (a post written before it arrives goes out as if nothing happened), then waits the grace for a Leave.
+            let posting = {
+                let (writer, room) = (writer.clone(), room.clone());
+                tokio::spawn(async move {
+                    loop {
+                        writer.post(&room, "after the stop").await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                })
+            };
+            let kicked = tokio::time::timeout(Duration::from_secs(20), async {
                 loop {
                     match quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the connection stays") {
                         ServerMsg::Kicked { room, code, .. } => return (room, code),
@@ -389,6 +399,7 @@ async fn a_room_stream_stopped_by_its_client_ends_the_membership() {
             })
             .await
             .unwrap_or_else(|_| panic!("Kicked for the room stopped with code {code}"));
+            posting.abort();
             assert_eq!(kicked, (Some(room), ErrorCode::SlowConsumer));
             send.write_all(&frame(2, join)).await.unwrap();
             let again = quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the Join's reply");

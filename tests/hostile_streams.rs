@@ -411,6 +411,46 @@ async fn a_room_stream_stopped_by_its_client_ends_the_membership() {
     .await;
 }
 
+/// The same stop on a quiet room's stream: nothing more is written to it, so no write meets the stop; the server
+/// watches the parked stream and ends the membership after the grace all the same (it used to keep the member in
+/// the room's presence, refusing its rejoin `AlreadyJoined`, until the room's next message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_room_stream_stopped_by_its_client_ends_the_membership() {
+    use quiver_proto::{Join, Reply, RequestBody, ServerMsg};
+    use quiver_tests::hostile::{frame, hello};
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        for code in [7u64, 1 << 40] {
+            let room = format!("quiet-{code}");
+            let (_endpoint, conn) = connect_with(&server, quinn::TransportConfig::default()).await;
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let mut buf = bytes::BytesMut::new();
+            let join = RequestBody::Join(Join { room: room.clone(), since: None, redundant: false });
+            send.write_all(&frame(0, hello(server.token("stopper")))).await.unwrap();
+            send.write_all(&frame(1, join.clone())).await.unwrap();
+            let mut stream = conn.accept_uni().await.unwrap();
+            stream.stop(quinn::VarInt::from_u64(code).unwrap()).unwrap();
+            let kicked = tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    match quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the connection stays") {
+                        ServerMsg::Kicked { room, code, .. } => return (room, code),
+                        ServerMsg::Reply { result: Ok(_), .. } => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("Kicked for the quiet room stopped with code {code}"));
+            assert_eq!(kicked, (Some(room), ErrorCode::SlowConsumer));
+            send.write_all(&frame(2, join)).await.unwrap();
+            let again = quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the Join's reply");
+            assert!(matches!(again, ServerMsg::Reply { req_id: 2, result: Ok(Reply::Joined(_)) }), "{again:?}");
+        }
+        server.stop().await;
+    })
+    .await;
+}
+
 /// A client that lets a room go stops its stream and sends its Leave beside it (the library's dropped `Room`, the
 /// browser client's `leave()`): the Leave is answered `Left` and nothing is counted as a slow consumer, even when
 /// the server meets the stop first. (The stop of a room never left ends the membership after a grace: above.)

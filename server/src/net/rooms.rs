@@ -122,8 +122,8 @@ pub(crate) struct StreamOutbox {
     bound: usize,
     /// `outbox_bytes` (bytes queued, all outboxes) and `room_deliveries`.
     stats: Arc<ServerStats>,
-    /// Completes when the client stops the stream because it cannot take more (WebSocket clients); taken by the
-    /// pump.
+    /// Completes when the client stops a WebSocket room stream; taken by the pump. (A QUIC stream's stop is
+    /// watched on the parked stream: [`pump`].)
     peer_stopped: Mutex<Option<StopSignal>>,
 }
 

@@ -245,12 +245,30 @@ impl WireSend {
         };
     }
 
-    /// Completes with the peer's code when it stops the stream because it cannot take more (the WebSocket's
-    /// kind 6); never for QUIC, whose stops show as write errors.
+    /// Completes with the peer's code when it stops the stream (the WebSocket's kind 6); never for QUIC, whose stops
+    /// show as write errors and through [`WireSend::poll_stopped`].
     pub(crate) fn stop_signal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ErrorCode> + Send>> {
         match self {
             WireSend::Quic(_) => Box::pin(std::future::pending()),
             WireSend::Ws(send) => Box::pin(send.stop_signal()),
+        }
+    }
+
+    /// A QUIC stream's stop, polled without waiting on the stream (it stays free for writers between polls: the
+    /// wake-up is registered with the connection and kept in the stream): `Ready(Some(code))` once the peer
+    /// stopped it, `Ready(None)` once it ended or the connection did. Always pending for a WebSocket stream, whose
+    /// stops [`WireSend::stop_signal`] reports.
+    pub(crate) fn poll_stopped(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<u32>> {
+        use std::task::Poll;
+        use web_transport_quinn::WriteError;
+        match self {
+            WireSend::Quic(send) => match web_transport_trait::poll::SendStream::poll_closed(send, cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(WriteError::Stopped(code))) => Poll::Ready(Some(code)),
+                Poll::Ready(Err(WriteError::InvalidStopped(_))) => Poll::Ready(Some(INVALID_STOP)),
+                Poll::Ready(_) => Poll::Ready(None),
+            },
+            WireSend::Ws(_) => Poll::Pending,
         }
     }
 

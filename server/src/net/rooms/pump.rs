@@ -13,6 +13,28 @@ async fn left_in_grace(outbox: &StreamOutbox, stop: &CancellationToken) -> bool 
     }
 }
 
+/// Completes with the code of a stop the client sent on the QUIC stream parked in `outbox` (a quiet room's stream
+/// stopped while nothing is written: otherwise noticed only at its next write, the member meanwhile in the room's
+/// presence and a rejoin refused `AlreadyJoined`); `None` once the stream or the connection ended. Pending while a
+/// writer holds the stream (its write meets the stop: the wake-up registered stays with the stream) and for
+/// WebSocket streams (their stop signal tells).
+fn parked_stop(outbox: &StreamOutbox) -> impl Future<Output = Option<u32>> + '_ {
+    std::future::poll_fn(move |cx| match lock(&outbox.queue).send.as_mut() {
+        Some(send) => send.poll_stopped(cx),
+        None => Poll::Pending,
+    })
+}
+
+/// What the client's stop of the stream with `code` means: it cannot take more (`SlowConsumer`), kicked at once
+/// as an overflow is; or, with any other code, it let the room go and its Leave, sent beside the stop, is on its
+/// way. A room not left within the grace ends on this connection anyway (reset, and Kicked names it) rather than
+/// stay joined with nothing delivered: in the room's presence, refusing a rejoin.
+async fn stopped_by_peer(outbox: &StreamOutbox, code: u32, stop: &CancellationToken) {
+    if code == ErrorCode::SlowConsumer.to_u32() || !left_in_grace(outbox, stop).await {
+        outbox.kick();
+    }
+}
+
 /// What the pump does next, decided under the queue's lock.
 enum Next {
     /// Write this backlog (the stream is taken from the outbox meanwhile).
@@ -64,6 +86,8 @@ pub(crate) async fn pump(
     tokio::pin!(left_too_long);
     let never = || -> std::pin::Pin<Box<dyn Future<Output = ErrorCode> + Send>> { Box::pin(std::future::pending()) };
     let mut peer_stopped = lock(&outbox.peer_stopped).take().map_or_else(never, |signal| signal.0);
+    // The parked stream's stop is handled once (a stopped stream's `poll_stopped` stays ready).
+    let mut watch_parked = true;
     loop {
         match next(&outbox) {
             Next::Drain(mut batch, mut send) => {
@@ -80,20 +104,18 @@ pub(crate) async fn pump(
                                 let mut queue = lock(&outbox.queue);
                                 queue.in_flight = queue.in_flight.saturating_sub(len);
                             }
-                            // The client stopped the stream: it cannot take more (WebSocket), a slow consumer as an
-                            // overflow is; or, with any other code, it let the room go, and its Leave, sent beside
-                            // the stop, is on its way. A room not left within the grace ends on this connection
-                            // anyway (reset, and Kicked names it) rather than stay joined with nothing delivered: in
-                            // the room's presence, refusing a rejoin.
-                            Err(WireError::Stream(code))
-                                if code == ErrorCode::SlowConsumer.to_u32() || !left_in_grace(&outbox, &stop).await =>
-                            {
+                            Err(err) => {
+                                if let WireError::Stream(code) = err {
+                                    stopped_by_peer(&outbox, code, &stop).await;
+                                }
+                                if !outbox.overflow.is_cancelled() {
+                                    return dequeued(&stats, len + batch.iter().map(Bytes::len).sum::<usize>());
+                                }
+                                // Kicked: the stream is reset, and Kicked names the room.
                                 dequeued(&stats, len);
-                                outbox.kick();
                                 cut_short = 1;
                                 break;
                             }
-                            Err(_) => return dequeued(&stats, len + batch.iter().map(Bytes::len).sum::<usize>()),
                         },
                         () = outbox.overflow.cancelled() => {
                             dequeued(&stats, len);
@@ -132,16 +154,32 @@ pub(crate) async fn pump(
                 let _ = kicked.push((outbox.room.clone(), outbox.clone()));
                 return;
             }
-            Next::Wait => tokio::select! {
-                () = outbox.wake.notified() => {}
-                code = &mut peer_stopped => {
-                    peer_stopped = never();
-                    if code == ErrorCode::SlowConsumer {
-                        outbox.kick();
+            Next::Wait => {
+                let parked = async {
+                    match watch_parked {
+                        true => parked_stop(&outbox).await,
+                        false => std::future::pending().await,
                     }
+                };
+                let code = tokio::select! {
+                    () = outbox.wake.notified() => None,
+                    code = &mut peer_stopped => {
+                        peer_stopped = never();
+                        Some(code.to_u32())
+                    }
+                    code = parked => match code {
+                        Some(code) => {
+                            watch_parked = false;
+                            Some(code)
+                        }
+                        None => return,
+                    },
+                    () = stop.cancelled() => return,
+                };
+                if let Some(code) = code {
+                    stopped_by_peer(&outbox, code, &stop).await;
                 }
-                () = stop.cancelled() => return,
-            },
+            }
             Next::Done => return,
         }
     }

@@ -28,3 +28,9 @@ pub use error::{BrokerError, Unreachable};
 pub use rooms::RedisRooms;
 pub use settings::BrokerSettings;
 pub use ticks::ClusterTicks;
+
+/// The post script's source, for tests that play another node loading it into Redis.
+#[doc(hidden)]
+pub fn post_script_source() -> &'static str {
+    &scripts::POST_SOURCE
+}

@@ -19,8 +19,11 @@
 //! refused post is sequenced before the client sent it again. What cannot be undone: calls after an errored one in
 //! the same pipeline ran (an error that hits one call and not the next, such as OOM in between, leaves the later
 //! post acknowledged ahead of the earlier one's retry). A call Redis answers `NOSCRIPT` (its script cache was
-//! flushed: a restart, `SCRIPT FLUSH`) did not run; the script is loaded and those calls are sent again (if
-//! another node loaded the script between two calls of one pipeline, a retried call lands after the next one).
+//! flushed: a restart, `SCRIPT FLUSH`) did not run; the script is loaded and those calls are sent again. A pipeline
+//! of more than one post begins with `SCRIPT LOAD`: without it, after a restart, another node's load running between
+//! two of its calls (Redis serves other clients between reads of a long pipeline) let the later call run and the
+//! earlier one, answered `NOSCRIPT`, land after it when sent again. (A pipeline of one post cannot be reordered so,
+//! and pays nothing; what remains is a `SCRIPT FLUSH` and another node's load both within one pipeline's run.)
 //!
 //! Bounded: at most [`MAX_QUEUED_BYTES`] of calls wait on a node; a post that would pass it waits (its connection's
 //! control loop with it, and so QUIC's flow control holds the client back) until the sender takes a pipeline.
@@ -182,12 +185,21 @@ impl PostQueues {
     /// Sends `batch` as one pipeline and hands each post its outcome, but for those refused (returned).
     async fn run(&self, batch: Vec<Queued>) -> Option<Refused> {
         let mut conn = self.ctx.broker.conn();
-        let (mut pipe, mut waiting) = (redis::pipe(), Vec::with_capacity(batch.len()));
+        let (mut calls, mut waiting) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
         for Queued { call, waiter, .. } in batch {
-            pipe.add_command(call);
+            calls.push(call);
             waiting.push(waiter);
         }
         for attempt in 0..=NOSCRIPT_RETRIES {
+            let mut pipe = redis::pipe();
+            let head = calls.len() > 1;
+            if head {
+                // Its reply (the script's hash) is not one of the posts': ignored; its failure shows as `NOSCRIPT`.
+                pipe.cmd("SCRIPT").arg("LOAD").arg(scripts::POST_SOURCE.as_str()).ignore();
+            }
+            for call in calls {
+                pipe.add_command(call);
+            }
             pipe.ignore_errors();
             // The epoch comes back as a string: kept as the parser's value, not copied.
             let answered: redis::RedisResult<Vec<redis::RedisResult<(redis::Value, u64, u8)>>> =
@@ -201,15 +213,15 @@ impl PostQueues {
                 }
                 Err(err) => return Some(Refused { failure: self.ctx.unavailable(err), posts: waiting, all: true }),
             };
-            let (mut again, mut unloaded) = (redis::pipe(), Vec::new());
+            let (mut again, mut unloaded) = (Vec::new(), Vec::new());
             let mut refused: Option<Refused> = None;
-            for ((waiter, result), call) in waiting.into_iter().zip(results).zip(pipe.cmd_iter()) {
+            for ((waiter, result), call) in waiting.into_iter().zip(results).zip(pipe.cmd_iter().skip(head.into())) {
                 match result {
                     Ok((_epoch, seq, duplicate)) => {
                         let _ = waiter.done.send(Ok(Posted { seq, duplicate: duplicate == 1 }));
                     }
                     Err(err) if is_noscript(&err) && attempt < NOSCRIPT_RETRIES => {
-                        again.add_command(call.clone());
+                        again.push(call.clone());
                         unloaded.push(waiter);
                     }
                     Err(err) => match &mut refused {
@@ -232,7 +244,7 @@ impl PostQueues {
             if let Err(err) = scripts::POST_SCRIPT.prepare_invoke().load_async(&mut conn).await {
                 return Some(Refused { failure: self.ctx.unavailable(err), posts: unloaded, all: true });
             }
-            (pipe, waiting) = (again, unloaded);
+            (calls, waiting) = (again, unloaded);
         }
         None // not reached: the last attempt hands every post its outcome
     }

@@ -176,7 +176,9 @@ return {now, 0}
 /// The heartbeat script.
 pub(super) static BEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BEAT));
 /// The post script.
-pub(super) static POST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{PRELUDE}{POST}")));
+pub(super) static POST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&POST_SOURCE));
+/// The post script's source (`SCRIPT LOAD` at the head of a pipeline of posts: `posts`).
+pub(super) static POST_SOURCE: LazyLock<String> = LazyLock::new(|| format!("{PRELUDE}{POST}"));
 /// The join script.
 pub(super) static JOIN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{PRELUDE}{JOIN}")));
 /// The leave script.

@@ -57,6 +57,52 @@ fn pipelined_posts_keep_their_order_also_when_redis_forgot_the_script() {
     });
 }
 
+/// After Redis forgot the post script, another node may load it while Redis is in the middle of this node's
+/// pipeline (Redis serves other clients between its reads of a long pipeline): the calls before the load are
+/// answered `NOSCRIPT`, the calls after it run, and the first ones, sent again, used to be sequenced after them.
+/// Staged: the node is stopped while the client pipelines 200 posts (so that they reach the node at once and go out
+/// as one pipeline), Redis is stopped while the node sends that pipeline and while "another node" sends its
+/// `SCRIPT LOAD` behind it; resumed, Redis reads the first 16 KB of the pipeline, then the load, then the rest.
+#[test]
+fn posts_keep_their_order_when_another_node_loads_the_script_amid_their_pipeline() {
+    if !redis_available("posts_keep_their_order_when_another_node_loads_the_script_amid_their_pipeline") {
+        return;
+    }
+    let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(1, &[]);
+    runtime.block_on(async {
+        let client = Client::connect_with(&nodes[0].addr, options(&dirs[0], "poster")).await.unwrap();
+        assert_eq!(client.post("amid", "first".to_string()).await.unwrap(), 1);
+        let flushed: String = redis.query(redis::cmd("SCRIPT").arg("FLUSH")).unwrap();
+        assert_eq!(flushed, "OK");
+        // The other node's connection, accepted before Redis stops.
+        let mut other = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+        redis.process.signal("STOP");
+        nodes[0].process.signal("STOP");
+        let posts: Vec<_> = (0..200).map(|k| client.post("amid", format!("{k}"))).collect();
+        let posts = tokio::spawn(futures_util::future::join_all(posts));
+        // (Shorter than the client's 1 s dead-server timeout.)
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nodes[0].process.signal("CONT");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let source = quiver_server::cluster::post_script_source();
+        let loader = std::thread::spawn(move || {
+            let loaded: String = redis::cmd("SCRIPT").arg("LOAD").arg(source).query(&mut other).unwrap();
+            loaded
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        redis.process.signal("CONT");
+        loader.join().unwrap();
+        let seqs = tokio::time::timeout(Duration::from_secs(30), posts).await.expect("posts answered").unwrap();
+        let seqs: Vec<u64> = seqs.into_iter().map(|seq| seq.unwrap()).collect();
+        assert_eq!(seqs, (2..202).collect::<Vec<u64>>(), "seqs in the order the posts were made");
+        let bodies: Vec<String> = history(&client, "amid").await.into_iter().map(|(_, body)| body).collect();
+        let expected: Vec<String> =
+            std::iter::once("first".to_string()).chain((0..200).map(|k| format!("{k}"))).collect();
+        assert_eq!(bodies, expected);
+        client.close().await;
+    });
+}
+
 /// Pipelined posts refused while Redis stalls (their pipeline times out, the posts queued behind are refused with
 /// it, the connection's later posts are held back until the first refused one comes again) are retried by the
 /// client: every post ends up acknowledged and in history once, in the order the client made them.

@@ -8,6 +8,7 @@
 //! | `q:{room}:members` | hash | identity → subscriptions on all nodes |
 //! | `q:{room}:holders:<node>` | hash | subscription id → identity, for that node's subscriptions |
 //! | `q:{room}:d:<identity>:<client_msg_id>` | string | `<epoch>:<seq>`, expiring after the dedupe window |
+//! | `q:{room}:gone:<node>:<subscription>` | string | a subscription's leave ran before its join: the join counts nothing (15 min) |
 //! | `q:{room}:events` | channel | every event of the room, in script order |
 //! | `q:{nodes}` | sorted set | node id → last heartbeat (ms since the Unix epoch) |
 //! | `q:node:<node>:rooms` | set | rooms where the node holds members |
@@ -94,6 +95,11 @@ impl RoomKeys {
         format!("{}holders:{node}", self.prefix)
     }
 
+    /// `q:{room}:gone:<node>:<subscription>`: the tombstone of a subscription left before its join ran.
+    pub fn gone(&self, node: &str, subscription: u64) -> String {
+        format!("{}gone:{node}:{subscription}", self.prefix)
+    }
+
     /// `q:{room}:d:<identity>:<client_msg_id>`.
     pub fn dedupe(&self, identity: &str, client_msg_id: u64) -> String {
         format!("{}d:{identity}:{client_msg_id}", self.prefix)
@@ -128,7 +134,9 @@ mod tests {
     fn a_rooms_keys_share_one_hash_tag_whatever_its_name() {
         let keys = RoomKeys::new("a{b}%c");
         assert_eq!(keys.meta, "q:{a%7Bb%7D%25c}:meta");
-        for key in [&keys.log, &keys.members, &keys.events, &keys.holders("n1"), &keys.dedupe("x}{", 7)] {
+        for key in
+            [&keys.log, &keys.members, &keys.events, &keys.holders("n1"), &keys.dedupe("x}{", 7), &keys.gone("n1", 3)]
+        {
             // Redis Cluster hashes the text between the first `{` and the first `}` after it.
             let open = key.find('{').unwrap();
             let close = open + key[open..].find('}').unwrap();

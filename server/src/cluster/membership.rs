@@ -74,6 +74,7 @@ pub(super) async fn join_script(
         .key(&keys.log)
         .key(&keys.members)
         .key(keys.holders(ctx.broker.node()))
+        .key(keys.gone(ctx.broker.node(), sub))
         .arg(new_epoch())
         .arg(identity)
         .arg(now_us.to_string())

@@ -31,6 +31,11 @@ const HELD: usize = 1_024;
 /// How long after a Pub/Sub reconnect the node waits for the events Redis had already queued to it before it takes
 /// the ones still missing for lost.
 const RESUBSCRIBE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a tombstone keeps a left subscription's late join from counting it (`q:{room}:gone:…`): a join delayed
+/// in Redis longer than this (a connection's buffered command run after a quarter-hour stall) would count a ghost.
+pub(super) const TOMBSTONE_MS: u64 = 15 * 60 * 1_000;
+
 /// Longest pause between two tries of a catch-up's read while Redis does not answer.
 const CATCH_UP_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(8);
 
@@ -53,7 +58,8 @@ impl Ctx {
         self.codec.encode_to_vec(&RoomFrame::Event(event)).ok().map(|b| b.freeze())
     }
 
-    /// Ends subscription `sub` of this node in the room's members (idempotent), retrying for as long as Redis is
+    /// Ends subscription `sub` of this node in the room's members (idempotent; a subscription not counted gets a
+    /// tombstone for [`TOMBSTONE_MS`], so that its join, if it runs later, counts nothing), retrying for as long as Redis is
     /// unreachable and the node runs: a member left behind would look present to everyone, and keep the room from
     /// expiring, for good (nothing else ends it while this node beats). A node that stops is buried instead, which
     /// ends all its subscriptions.
@@ -70,10 +76,12 @@ impl Ctx {
                 .key(&keys.log)
                 .key(&keys.members)
                 .key(keys.holders(&node))
+                .key(keys.gone(&node, sub))
                 .arg(sub)
                 .arg(crate::now_us().to_string())
                 .arg(&keys.events)
                 .arg(self.room_ttl_ms)
+                .arg(TOMBSTONE_MS)
                 .invoke_async(&mut conn)
                 .await;
             match done {

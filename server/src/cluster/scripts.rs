@@ -101,15 +101,17 @@ publish(ARGV[8], epoch, seq, op, ARGV[2], 'M' .. ARGV[3])
 return {epoch, seq, 0}
 "#;
 
-/// KEYS: meta, log, members, this node's holders. ARGV: fresh epoch, identity, time µs, events channel, the
-/// subscription's id on this node. Idempotent per subscription (a retry, or a node announcing its members again,
-/// counts it once). Returns {epoch, seq, op before this join's event, members}.
+/// KEYS: meta, log, members, this node's holders, the subscription's tombstone. ARGV: fresh epoch, identity, time
+/// µs, events channel, the subscription's id on this node. Idempotent per subscription (a retry, or a node
+/// announcing its members again, counts it once), and never counts a subscription whose leave ran first (its
+/// tombstone: a join whose reply was lost is undone by a leave, and the join, late on a replaced connection, may run
+/// after it). Returns {epoch, seq, op before this join's event, members}.
 const JOIN: &str = r#"
 local epoch, seq, op = room(KEYS[1], KEYS[2], ARGV[1])
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
 local before = op
-if redis.call('HSETNX', KEYS[4], ARGV[5], ARGV[2]) == 1 then
+if redis.call('EXISTS', KEYS[5]) == 0 and redis.call('HSETNX', KEYS[4], ARGV[5], ARGV[2]) == 1 then
   if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 then
     op = redis.call('HINCRBY', KEYS[1], 'op', 1)
     publish(ARGV[4], epoch, seq, op, ARGV[3], 'J' .. ARGV[2])
@@ -119,12 +121,15 @@ return {epoch, seq, before, redis.call('HKEYS', KEYS[3])}
 "#;
 
 /// Ends one subscription of one node (its identity's last one publishes the leave). Idempotent: a subscription
-/// already gone is a no-op. KEYS: meta, log, members, the node's holders. ARGV: subscription id, time µs, events
-/// channel, room TTL ms. Returns 1 if the subscription was there.
+/// already gone is a no-op, but for its tombstone (`gone`, when given: set for `gone_ms`), which keeps a join of
+/// it that runs later from counting it. Returns 1 if the subscription was there.
 const LEAVE_FN: &str = r#"
-local function leave(meta, log, members, holders, sub, time, channel, ttl)
+local function leave(meta, log, members, holders, sub, time, channel, ttl, gone, gone_ms)
   local identity = redis.call('HGET', holders, sub)
-  if not identity then return 0 end
+  if not identity then
+    if gone then redis.call('SET', gone, '1', 'PX', gone_ms) end
+    return 0
+  end
   redis.call('HDEL', holders, sub)
   if redis.call('HINCRBY', members, identity, -1) <= 0 then
     redis.call('HDEL', members, identity)
@@ -139,8 +144,10 @@ local function leave(meta, log, members, holders, sub, time, channel, ttl)
 end
 "#;
 
+/// KEYS: meta, log, members, the node's holders, the subscription's tombstone. ARGV: subscription id, time µs,
+/// events channel, room TTL ms, tombstone TTL ms.
 const LEAVE: &str = r#"
-return leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], KEYS[5], ARGV[5])
 "#;
 
 /// Every subscription a dead node held in the room ends. KEYS: meta, log, members, the dead node's holders. ARGV:
@@ -148,7 +155,7 @@ return leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV
 const NODE_GONE: &str = r#"
 local held = redis.call('HKEYS', KEYS[4])
 for _, sub in ipairs(held) do
-  leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], sub, ARGV[1], ARGV[2], ARGV[3])
+  leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], sub, ARGV[1], ARGV[2], ARGV[3], nil, nil)
 end
 redis.call('DEL', KEYS[4])
 return #held
@@ -187,3 +194,7 @@ pub(super) static LEAVE_SCRIPT: LazyLock<Script> =
 /// The dead-node script.
 pub(super) static NODE_GONE_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{PRELUDE}{LEAVE_FN}{NODE_GONE}")));
+
+#[cfg(test)]
+#[path = "scripts_tests.rs"]
+mod tests;

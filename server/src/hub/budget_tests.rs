@@ -372,3 +372,35 @@ async fn refused_new_rooms_do_not_each_scan_every_room() {
     assert_eq!(post(&hub, "after-leave", 1, &body, 200_002).await, Ok(1), "a leave lets the next one scan");
     assert_eq!(hub.usage().rooms_refused, 1_001);
 }
+
+/// Rooms loaded by History reads (a durable hub after a restart) take memory without a post, and no post comes to
+/// shed it: the sweep sheds then (it used to leave the hub over its budget until the next post).
+#[tokio::test]
+async fn the_sweep_sheds_what_history_reads_loaded_over_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(dir.path(), crate::store::Durability::Os).unwrap();
+    let body = Bytes::from(vec![3u8; 1024]);
+    {
+        let before = LocalRooms::durable(Limits::default(), Budget::default(), store.clone());
+        for i in 0..100 {
+            post(&before, &format!("r{i}"), 1, &body, 1).await.unwrap();
+        }
+    }
+    let budget = Budget { retained_bytes: 32 << 10, ..budget() };
+    let hub = LocalRooms::durable(Limits::default(), budget.clone(), store);
+    for i in 0..100 {
+        let page = hub.history(&format!("r{i}"), None, 10, usize::MAX, 2).await.unwrap();
+        assert_eq!(page.messages.len(), 1);
+    }
+    let loaded = hub.usage();
+    assert!(loaded.retained_bytes > budget.retained_bytes, "the reads alone went over the budget: {loaded:?}");
+    hub.sweep(3).await;
+    let swept = hub.usage();
+    assert!(swept.retained_bytes <= budget.retained_bytes, "{swept:?}");
+    assert!(swept.bytes_shed > loaded.bytes_shed, "{swept:?}");
+    assert_eq!(swept.retained_bytes, recount(&hub), "the running count is exact");
+    for i in 0..100 {
+        let page = hub.history(&format!("r{i}"), None, 10, usize::MAX, 4).await.unwrap();
+        assert_eq!(page.messages.len(), 1, "r{i}: what was shed from memory is still in the store");
+    }
+}

@@ -6,7 +6,8 @@
 //! that stalls) for longer than the presence expiry, buried by the others and coming back with its members; ticks
 //! crossing nodes only where another node subscribes; Redis lost by every node at once for longer than the expiry,
 //! and no live node buried; a room's gap filled from the stream while the node's other rooms go on; history paged
-//! through more than one read of the stream.
+//! through more than one read of the stream; Redis coming back from an older snapshot (a new epoch, no message
+//! skipped).
 //!
 //! Needs `redis-server` (Debian's `redis-server` package; `.ci/run` installs it): without it the tests skip loudly,
 //! or fail under `QUIVER_REQUIRE_ALL=1`. The server binary is `QUIVER_SERVER_BIN` when set, else this package's
@@ -36,6 +37,8 @@ mod outage;
 mod ports;
 #[path = "cluster/posts.rs"]
 mod posts;
+#[path = "cluster/rollback.rs"]
+mod rollback;
 
 use harness::*;
 

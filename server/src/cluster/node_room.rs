@@ -424,6 +424,9 @@ impl NodeRoom {
                 (Some(epoch), Some(seq), Some(op)) => (epoch.parse::<u64>().ok(), seq, op),
                 _ => (None, 0, 0),
             };
+            if super::rollback::check(&self, (epoch, seq, op), generation).await {
+                return;
+            }
             tokio::time::sleep(RESUBSCRIBE_GRACE).await;
             // A gap fill under way holds events that did arrive: they are not missing (a while at most; then what
             // is still behind is filled or reset as below).

@@ -180,6 +180,24 @@ end
 return {now, 0}
 "#;
 
+/// Redis came back with older data than a node delivered (a restart from a snapshot or an `everysec` AOF, a
+/// failover to a replica that lagged): the room's seqs would be given again within its epoch, and a client's
+/// position would name another message. KEYS: meta. ARGV: the epoch the node delivered in, its last seq, its last
+/// op, a fresh epoch. Compare and set: starts the fresh epoch only while the room is still in that epoch and behind
+/// the node (the first node to notice switches; the others find the new epoch). The stream is kept: its entries
+/// become the new epoch's, seqs go on from the room's. Returns the room's epoch.
+const ROLLED_BACK: &str = r#"
+local fields = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'op')
+local seq, op = tonumber(fields[2] or '0'), tonumber(fields[3] or '0')
+if fields[1] == ARGV[1] and (seq < tonumber(ARGV[2]) or op < tonumber(ARGV[3])) then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[4])
+  return ARGV[4]
+end
+return fields[1]
+"#;
+
+/// The rollback script.
+pub(super) static ROLLED_BACK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ROLLED_BACK));
 /// The heartbeat script.
 pub(super) static BEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BEAT));
 /// The post script.

@@ -124,3 +124,33 @@ fn a_join_and_its_leave_in_order_count_and_end_the_member_once() {
     let tomb: u64 = redis::cmd("EXISTS").arg(keys.gone(NODE, 8)).query(&mut redis.conn).unwrap();
     assert_eq!(tomb, 0, "no tombstone for a subscription that was there");
 }
+
+fn rolled_back(redis: &mut Redis, keys: &RoomKeys, (epoch, seq, op): (&str, u64, u64), fresh: &str) -> Option<String> {
+    ROLLED_BACK_SCRIPT.key(&keys.meta).arg(epoch).arg(seq).arg(op).arg(fresh).invoke(&mut redis.conn).unwrap()
+}
+
+/// The switch to a new epoch after Redis went back is a compare and set: only while the room is still in the
+/// node's epoch and behind it, so that the second node to notice finds the first's new epoch, and a node that is
+/// not ahead changes nothing.
+#[test]
+fn a_room_behind_a_node_moves_to_a_new_epoch_once() {
+    let Some(mut redis) = redis("a_room_behind_a_node_moves_to_a_new_epoch_once") else { return };
+    let keys = RoomKeys::new("rewound");
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.meta)
+        .arg("epoch")
+        .arg("17")
+        .arg("seq")
+        .arg(5)
+        .arg("op")
+        .arg(6)
+        .query(&mut redis.conn)
+        .unwrap();
+    assert_eq!(rolled_back(&mut redis, &keys, ("17", 5, 6), "99").as_deref(), Some("17"), "not behind");
+    assert_eq!(rolled_back(&mut redis, &keys, ("17", 5, 7), "99").as_deref(), Some("99"), "behind in ops");
+    assert_eq!(rolled_back(&mut redis, &keys, ("17", 10, 11), "55").as_deref(), Some("99"), "switched already");
+    let meta: (String, u64, u64) =
+        redis::cmd("HMGET").arg(&keys.meta).arg("epoch").arg("seq").arg("op").query(&mut redis.conn).unwrap();
+    assert_eq!(meta, ("99".to_string(), 5, 6), "seqs go on from the room's in the new epoch");
+    assert_eq!(rolled_back(&mut redis, &keys, ("99", 6, 6), "42").as_deref(), Some("42"), "behind in seqs");
+}

@@ -63,9 +63,14 @@ pub(crate) struct Redis {
 
 impl Redis {
     pub(crate) fn start() -> Redis {
-        let port = ports::restartable_port();
+        Redis::start_on(ports::restartable_port(), &[])
+    }
+
+    /// A Redis on `port` (a restart: the port of one that was stopped), with `extra` arguments (`--dir`).
+    pub(crate) fn start_on(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -62,6 +62,10 @@ struct Queue {
     gone: bool,
     /// Position of the next frame to enter `frames` (frames before it on the stream).
     position: u64,
+    /// The pump, watching the parked stream for the client's stop, found it taken by a flush: the flush wakes it
+    /// when it puts the stream back (a stop that came meanwhile used the pump's wake-up up, and a flush that wrote
+    /// everything wakes nobody otherwise).
+    stop_watch_waits: bool,
 }
 
 impl Queue {
@@ -332,7 +336,7 @@ impl Outbox for StreamOutbox {
             dequeued(&self.stats, written);
             let mut queue = lock(&self.queue);
             queue.send = Some(send);
-            let pending = !rest.is_empty();
+            let pending = !rest.is_empty() || std::mem::take(&mut queue.stop_watch_waits);
             // Queued again, so counted again (as far as they were live frames: the unwritten are the last ones):
             // until the pump takes the stream, every push flushes, and a count left at 0 here would let the queue
             // grow past its bound a frame at a time.

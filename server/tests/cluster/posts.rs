@@ -84,6 +84,7 @@ fn posts_keep_their_order_when_another_node_loads_the_script_amid_their_pipeline
         tokio::time::sleep(Duration::from_millis(300)).await;
         nodes[0].process.signal("CONT");
         tokio::time::sleep(Duration::from_millis(300)).await;
+        staged(redis.port).await;
         let source = quiver_server::cluster::post_script_source();
         let loader = std::thread::spawn(move || {
             let loaded: String = redis::cmd("SCRIPT").arg("LOAD").arg(source).query(&mut other).unwrap();
@@ -101,6 +102,25 @@ fn posts_keep_their_order_when_another_node_loads_the_script_amid_their_pipeline
         assert_eq!(bodies, expected);
         client.close().await;
     });
+}
+
+/// Waits (2 s at most) until a connection to the stopped Redis on `port` holds more than one 16 KB read of it (the
+/// node's pipeline); says loudly when it does not (the run then does not stage the interleaving it is for).
+async fn staged(port: u16) {
+    let queued = || -> Option<u64> {
+        let filter = format!("( sport = :{port} )");
+        let out = std::process::Command::new("ss").args(["-tnH", "state", "established", &filter]).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok()).max()
+    };
+    for _ in 0..40 {
+        match queued() {
+            None => return eprintln!("!!! `ss` (iproute2) is missing: not checked that the pipeline was staged"),
+            Some(bytes) if bytes > 16 << 10 => return,
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    eprintln!("!!! the node's pipeline did not reach the stopped Redis as one long pipeline: not staged this run");
 }
 
 /// Pipelined posts refused while Redis stalls (their pipeline times out, the posts queued behind are refused with

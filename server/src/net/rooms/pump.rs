@@ -16,23 +16,32 @@ async fn left_in_grace(outbox: &StreamOutbox, stop: &CancellationToken) -> bool 
 /// Completes with the code of a stop the client sent on the QUIC stream parked in `outbox` (a quiet room's stream
 /// stopped while nothing is written: otherwise noticed only at its next write, the member meanwhile in the room's
 /// presence and a rejoin refused `AlreadyJoined`); `None` once the stream or the connection ended. Pending while a
-/// writer holds the stream (its write meets the stop: the wake-up registered stays with the stream) and for
-/// WebSocket streams (their stop signal tells).
+/// flush holds the stream (it wakes the pump when it puts the stream back: `stop_watch_waits`) and for WebSocket
+/// streams (their stop signal tells).
 fn parked_stop(outbox: &StreamOutbox) -> impl Future<Output = Option<u32>> + '_ {
-    std::future::poll_fn(move |cx| match lock(&outbox.queue).send.as_mut() {
-        Some(send) => send.poll_stopped(cx),
-        None => Poll::Pending,
+    std::future::poll_fn(move |cx| {
+        let mut queue = lock(&outbox.queue);
+        match queue.send.as_mut() {
+            Some(send) => send.poll_stopped(cx),
+            None => {
+                queue.stop_watch_waits = true;
+                Poll::Pending
+            }
+        }
     })
 }
 
 /// What the client's stop of the stream with `code` means: it cannot take more (`SlowConsumer`), kicked at once
 /// as an overflow is; or, with any other code, it let the room go and its Leave, sent beside the stop, is on its
 /// way. A room not left within the grace ends on this connection anyway (reset, and Kicked names it) rather than
-/// stay joined with nothing delivered: in the room's presence, refusing a rejoin.
-async fn stopped_by_peer(outbox: &StreamOutbox, code: u32, stop: &CancellationToken) {
-    if code == ErrorCode::SlowConsumer.to_u32() || !left_in_grace(outbox, stop).await {
+/// stay joined with nothing delivered: in the room's presence, refusing a rejoin. True when it was kicked (the
+/// pump resets the stream); false when the room was left (or the connection ends): nothing more goes to the stream.
+async fn stopped_by_peer(outbox: &StreamOutbox, code: u32, stop: &CancellationToken) -> bool {
+    let kick = code == ErrorCode::SlowConsumer.to_u32() || !left_in_grace(outbox, stop).await;
+    if kick {
         outbox.kick();
     }
+    kick
 }
 
 /// What the pump does next, decided under the queue's lock.
@@ -105,10 +114,11 @@ pub(crate) async fn pump(
                                 queue.in_flight = queue.in_flight.saturating_sub(len);
                             }
                             Err(err) => {
-                                if let WireError::Stream(code) = err {
-                                    stopped_by_peer(&outbox, code, &stop).await;
-                                }
-                                if !outbox.overflow.is_cancelled() {
+                                let kicked = match err {
+                                    WireError::Stream(code) => stopped_by_peer(&outbox, code, &stop).await,
+                                    _ => false, // the connection ended
+                                };
+                                if !kicked {
                                     return dequeued(&stats, len + batch.iter().map(Bytes::len).sum::<usize>());
                                 }
                                 // Kicked: the stream is reset, and Kicked names the room.
@@ -177,7 +187,9 @@ pub(crate) async fn pump(
                     () = stop.cancelled() => return,
                 };
                 if let Some(code) = code {
-                    stopped_by_peer(&outbox, code, &stop).await;
+                    if !stopped_by_peer(&outbox, code, &stop).await {
+                        return;
+                    }
                 }
             }
             Next::Done => return,

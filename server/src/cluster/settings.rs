@@ -18,6 +18,9 @@ pub struct BrokerSettings {
     pub heartbeat_ms: u32,
     /// A Redis request not answered within this long fails (a post is refused with `Unavailable`).
     pub request_timeout_ms: u32,
+    /// Ready although Redis may evict keys (a `maxmemory` with a policy other than `noeviction`): for a managed Redis
+    /// whose policy cannot be changed and whose memory is watched. Off: such a node reports itself not ready.
+    pub allow_eviction: bool,
 }
 
 impl Default for BrokerSettings {
@@ -27,6 +30,7 @@ impl Default for BrokerSettings {
             presence_expiry_ms: 10_000,
             heartbeat_ms: 1_000,
             request_timeout_ms: 2_000,
+            allow_eviction: false,
         }
     }
 }
@@ -38,6 +42,7 @@ impl std::fmt::Debug for BrokerSettings {
             .field("presence_expiry_ms", &self.presence_expiry_ms)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("allow_eviction", &self.allow_eviction)
             .finish()
     }
 }
@@ -108,6 +113,7 @@ impl BrokerSettings {
             presence_expiry: Duration::from_millis(u64::from(self.presence_expiry_ms)),
             heartbeat: Duration::from_millis(u64::from(self.heartbeat_ms)),
             request_timeout: Duration::from_millis(u64::from(self.request_timeout_ms)),
+            allow_eviction: self.allow_eviction,
         })
     }
 }

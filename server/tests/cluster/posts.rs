@@ -303,6 +303,33 @@ fn a_broker_that_may_evict_keys_makes_the_node_not_ready() {
     });
 }
 
+/// `broker.allow_eviction` (a managed Redis whose policy cannot be changed): the node stays ready, and says in its
+/// log what it risks.
+#[test]
+fn a_broker_that_may_evict_keys_is_allowed_when_the_operator_says_so() {
+    if !redis_available("a_broker_that_may_evict_keys_is_allowed_when_the_operator_says_so") {
+        return;
+    }
+    let redis = Redis::start();
+    let set = |name: &str, value: &str| {
+        let _: String = redis.query(redis::cmd("CONFIG").arg("SET").arg(name).arg(value)).unwrap();
+    };
+    set("maxmemory", "1gb");
+    set("maxmemory-policy", "volatile-lru");
+    let (_tmp, dirs) = node_dirs(2);
+    let allowed = start_node(&dirs[0], &redis.url(), &[("QUIVER_BROKER_ALLOW_EVICTION", "true")]);
+    let refused = start_node(&dirs[1], &redis.url(), &[]);
+    let runtime = clients_runtime();
+    runtime.block_on(async {
+        wait_for("not ready", Duration::from_secs(10), || admin_status(refused.admin, "/readyz") == 503).await;
+        wait_for("ready", Duration::from_secs(10), || admin_status(allowed.admin, "/readyz") == 200).await;
+        // A beat or two later it is still ready (the check runs at every heartbeat).
+        tokio::time::sleep(Duration::from_millis(3 * HEARTBEAT_MS)).await;
+        assert_eq!(admin_status(allowed.admin, "/readyz"), 200);
+        assert!(admin_get(refused.admin, "/readyz").contains("may evict keys"));
+    });
+}
+
 /// `SCRIPT LOAD` calls Redis has run so far.
 fn script_loads(redis: &Redis) -> u64 {
     let info: String = redis.query(redis::cmd("INFO").arg("commandstats")).unwrap();

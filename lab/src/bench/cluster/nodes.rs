@@ -102,6 +102,7 @@ impl Node {
                     presence_expiry: Duration::from_secs(10),
                     heartbeat: Duration::from_secs(1),
                     request_timeout: Duration::from_secs(2),
+                    allow_eviction: false,
                 })
                 .map_err(|err| BenchError::io("broker")(std::io::Error::other(err)))?;
                 let rooms = Arc::new(RedisRooms::new(broker.clone(), config.limits.clone()));

@@ -39,6 +39,8 @@ pub struct BrokerConfig {
     pub heartbeat: Duration,
     /// How long a request may take before it fails.
     pub request_timeout: Duration,
+    /// Ready although Redis may evict keys (`broker.allow_eviction`).
+    pub allow_eviction: bool,
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -48,6 +50,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("presence_expiry", &self.presence_expiry)
             .field("heartbeat", &self.heartbeat)
             .field("request_timeout", &self.request_timeout)
+            .field("allow_eviction", &self.allow_eviction)
             .finish()
     }
 }
@@ -201,7 +204,7 @@ impl Broker {
         if self.too_old.load(Ordering::Relaxed) {
             return Err("the broker is older than Redis 7.0, which the room scripts need");
         }
-        if self.evicting.load(Ordering::Relaxed) {
+        if self.evicting.load(Ordering::Relaxed) && !self.config.allow_eviction {
             return Err("the broker may evict keys (maxmemory-policy is not noeviction): a retried post could be \
                         stored twice once its dedupe key is evicted");
         }
@@ -372,13 +375,20 @@ impl Broker {
         let policy = field("maxmemory_policy:").unwrap_or("noeviction");
         let evicting = maxmemory > 0 && policy != "noeviction";
         if self.evicting.swap(evicting, Ordering::Relaxed) != evicting {
-            match evicting {
-                true => tracing::error!(
+            match (evicting, self.config.allow_eviction) {
+                (true, false) => tracing::error!(
                     maxmemory,
                     policy,
-                    "the broker may evict keys: not ready until its maxmemory-policy is noeviction"
+                    "the broker may evict keys: not ready until its maxmemory-policy is noeviction \
+                     (or broker.allow_eviction is set)"
                 ),
-                false => tracing::info!(policy, "the broker no longer evicts keys"),
+                (true, true) => tracing::warn!(
+                    maxmemory,
+                    policy,
+                    "the broker may evict keys (allowed by broker.allow_eviction): a post retried after its dedupe \
+                     key was evicted is stored twice"
+                ),
+                (false, _) => tracing::info!(policy, "the broker no longer evicts keys"),
             }
         }
     }

@@ -94,14 +94,25 @@ fn server_tls(
 /// server and keep it across certificate reloads, or tickets issued before a reload stop resuming.
 /// `on_resumed` is called for every ticket a returning client presents that decrypts: a resumption attempt, which
 /// rustls then checks further (the ticket's binder, cipher suite and server name).
+///
+/// A ticket resumes for its lifetime (6 hours) and no longer: each carries the second it was issued, inside its
+/// encryption. (rustls rolls its keys only when a ticket is made or read, and checks no ticket's age, so on a
+/// server left idle for days a ticket from before the idle stretch still resumed.)
 pub fn session_tickets(on_resumed: impl Fn() + Send + Sync + 'static) -> Result<Arc<dyn ProducesTickets>, TlsError> {
     let inner = rustls::crypto::ring::Ticketer::new()?;
-    Ok(Arc::new(CountedTickets { inner, on_resumed: Box::new(on_resumed) }))
+    Ok(Arc::new(CountedTickets { inner, on_resumed: Box::new(on_resumed), clock: Box::new(unix_seconds) }))
+}
+
+/// Seconds since the Unix epoch (0 for a clock before it).
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
 struct CountedTickets {
     inner: Arc<dyn ProducesTickets>,
     on_resumed: Box<dyn Fn() + Send + Sync>,
+    /// Seconds since the Unix epoch.
+    clock: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
 impl std::fmt::Debug for CountedTickets {
@@ -120,15 +131,21 @@ impl ProducesTickets for CountedTickets {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        self.inner.encrypt(plain)
+        let mut stamped = Vec::with_capacity(8 + plain.len());
+        stamped.extend_from_slice(&(self.clock)().to_be_bytes());
+        stamped.extend_from_slice(plain);
+        self.inner.encrypt(&stamped)
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        let plain = self.inner.decrypt(cipher);
-        if plain.is_some() {
-            (self.on_resumed)();
+        let stamped = self.inner.decrypt(cipher)?;
+        let (issued, plain) = stamped.split_first_chunk::<8>()?;
+        let age = (self.clock)().saturating_sub(u64::from_be_bytes(*issued));
+        if age > u64::from(self.lifetime()) {
+            return None;
         }
-        plain
+        (self.on_resumed)();
+        Some(plain.to_vec())
     }
 }
 
@@ -171,6 +188,33 @@ mod tests {
                 .with_no_client_auth();
         assert_eq!(negotiate(quiver, &server), CipherSuite::TLS13_AES_128_GCM_SHA256);
         assert_eq!(negotiate(rustls_default, &server), CipherSuite::TLS13_AES_256_GCM_SHA384);
+    }
+
+    /// A ticket resumes within its lifetime and not after it, however long the server was idle in between (rustls'
+    /// own keys roll only when a ticket is made or read: the first read after a long idle stretch found the old
+    /// ticket's key still there); a resumption counted only for a ticket taken.
+    #[test]
+    fn a_ticket_resumes_within_its_lifetime_only() {
+        let now = Arc::new(std::sync::atomic::AtomicU64::new(1_000_000));
+        let resumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (clock, counted) = (now.clone(), resumed.clone());
+        let tickets = CountedTickets {
+            inner: rustls::crypto::ring::Ticketer::new().unwrap(),
+            on_resumed: Box::new(move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }),
+            clock: Box::new(move || clock.load(std::sync::atomic::Ordering::Relaxed)),
+        };
+        let lifetime = u64::from(tickets.lifetime());
+        assert!(lifetime >= 3_600, "{lifetime}");
+        let ticket = tickets.encrypt(b"session").unwrap();
+        assert_eq!(tickets.decrypt(&ticket).as_deref(), Some(&b"session"[..]));
+        now.fetch_add(lifetime, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(tickets.decrypt(&ticket).as_deref(), Some(&b"session"[..]), "at the end of its lifetime");
+        now.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(tickets.decrypt(&ticket), None, "past its lifetime");
+        assert_eq!(resumed.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(tickets.decrypt(b"not a ticket"), None);
     }
 
     /// Runs a TLS handshake in memory; the suite the server chose.

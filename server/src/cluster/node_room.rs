@@ -112,6 +112,9 @@ pub(super) struct NodeState {
     pub(super) epoch: u64,
     pub(super) last_op: u64,
     pub(super) last_seq: u64,
+    /// The op and time (µs, as stored) of the message at `last_seq`: which message it was, for a Redis that came
+    /// back with other history under the same seqs (`rollback`).
+    pub(super) last_message: (u64, u64),
     pub(super) subscribers: HashMap<SubscriberId, Sub>,
     /// The last events delivered (op, frame).
     pub(super) recent: VecDeque<(u64, Bytes)>,
@@ -214,6 +217,7 @@ impl NodeRoom {
         state.last_op = op;
         if message {
             state.last_seq = seq;
+            state.last_message = (op, event.time_us);
         }
         let Some(frame) = self.ctx.encode(event) else {
             tracing::error!(room = %self.name, op, "a room event does not fit max_frame; skipped");
@@ -424,7 +428,7 @@ impl NodeRoom {
                 (Some(epoch), Some(seq), Some(op)) => (epoch.parse::<u64>().ok(), seq, op),
                 _ => (None, 0, 0),
             };
-            if super::rollback::check(&self, (epoch, seq, op), generation).await {
+            if super::rollback::check(&self, generation).await {
                 return;
             }
             tokio::time::sleep(RESUBSCRIBE_GRACE).await;

@@ -3,9 +3,10 @@
 //! epoch the room's seq and op went back: the next posts would get seqs members have seen with other messages, the
 //! node would skip them as delivered, and a client resuming from such a seq would be told it missed nothing. Every
 //! such event drops the nodes' connections, so a live room checks at its Pub/Sub catch-up
-//! ([`NodeRoom::on_resubscribed`]): the room then starts a new epoch (compare and set in Redis, the first node to
-//! notice wins) and its subscriptions here are reset, so members rejoin from their position and are told
-//! `recovered: false`.
+//! ([`NodeRoom::on_resubscribed`]): Redis, in one script, compares its copy with what the node delivered (behind in
+//! seq or op, or another message at the node's last seq) and starts a new epoch if so (compare and set: the first
+//! node to notice wins); the room's subscriptions here are then reset, so members rejoin from their position and
+//! are told `recovered: false`.
 
 use super::{
     node_room::{new_epoch, NodeRoom},
@@ -13,52 +14,64 @@ use super::{
 };
 use crate::hub::{lock::lock, Delivery};
 
-/// Tries of the switch to a new epoch (Redis just answered the catch-up's read), and the pause between two.
-const SWITCH_TRIES: usize = 3;
-const SWITCH_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Tries of the check (Redis just answered the catch-up's read), and the pause between two.
+const TRIES: usize = 3;
+const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Where Redis' `meta` of the room stands: epoch (unreadable: `None`), seq, op.
-pub(super) type Meta = (Option<u64>, u64, u64);
-
-/// True when `meta` is behind what this node delivered in the same epoch: the room was moved to a new epoch (or
-/// found moved) and its subscriptions here reset (unless reset meanwhile: `generation`).
-pub(super) async fn check(room: &NodeRoom, (epoch, seq, op): Meta, generation: u64) -> bool {
-    let behind = {
+/// True when the room's epoch in Redis is no longer the one this node delivered in (moved by this check, or
+/// found moved): its subscriptions here were reset (unless reset meanwhile: `generation`). False when Redis holds
+/// what the node delivered (events published since are the catch-up's to follow), or the check failed.
+pub(super) async fn check(room: &NodeRoom, generation: u64) -> bool {
+    let delivered = {
         let state = lock(&room.state);
-        let same = state.live && state.generation == generation && epoch == Some(state.epoch);
-        (same && (seq < state.last_seq || op < state.last_op)).then_some((state.epoch, state.last_seq, state.last_op))
+        let (op, time_us) = state.last_message;
+        (state.live && state.generation == generation).then_some((
+            state.epoch,
+            state.last_seq,
+            state.last_op,
+            op,
+            time_us,
+        ))
     };
-    let Some((old, last_seq, last_op)) = behind else { return false };
-    let mut switched: redis::RedisResult<Option<String>> = Ok(None);
-    for attempt in 0..SWITCH_TRIES {
+    let Some((old, last_seq, last_op, message_op, message_time)) = delivered else { return false };
+    let mut checked: redis::RedisResult<Option<String>> = Ok(None);
+    for attempt in 0..TRIES {
         if attempt > 0 {
-            tokio::time::sleep(SWITCH_RETRY).await;
+            tokio::time::sleep(RETRY).await;
         }
         let mut conn = room.ctx.broker.conn();
-        switched = scripts::ROLLED_BACK_SCRIPT
+        checked = scripts::ROLLED_BACK_SCRIPT
             .key(&room.keys.meta)
+            .key(&room.keys.log)
             .arg(old.to_string())
             .arg(last_seq)
             .arg(last_op)
             .arg(new_epoch().to_string())
+            .arg(message_op)
+            .arg(message_time)
             .invoke_async(&mut conn)
             .await;
-        if switched.is_ok() || room.ctx.broker.stopped() {
+        if checked.is_ok() || room.ctx.broker.stopped() {
             break;
         }
     }
-    let why = "Redis came back with older data than this node delivered (a snapshot, a lagging replica)";
-    match switched {
-        Ok(epoch) => {
-            tracing::warn!(room = %room.name, seq, last_seq, op, last_op, ?epoch, "{why}: the room starts a new epoch");
-        }
+    let epoch = match checked {
+        Ok(Some(epoch)) => epoch,
+        // The room's meta is gone (flushed, expired): the catch-up resets the room as for a new epoch.
+        Ok(None) => return false,
         Err(err) => {
-            // The members here still rejoin, told they missed messages, but in the old epoch: a client that
-            // resumes elsewhere from a seq given again may miss the message given it (as before this check).
+            // A rollback, if there was one, goes unnoticed here: the members keep the old epoch, and a client
+            // resuming from a seq given again may miss the message given it.
             room.ctx.broker.failed(&err);
-            tracing::warn!(room = %room.name, %err, "{why}: could not start a new epoch");
+            tracing::warn!(room = %room.name, %err, "could not check the broker's copy of the room after a reconnect");
+            return false;
         }
+    };
+    if epoch == old.to_string() {
+        return false;
     }
+    let why = "the broker's copy of the room went back (Redis restarted from a snapshot, a lagging replica)";
+    tracing::warn!(room = %room.name, last_seq, last_op, %epoch, "{why}: the room is in a new epoch");
     let delivery = {
         let mut state = lock(&room.state);
         match state.live && state.generation == generation {

@@ -57,8 +57,17 @@ local mark = epoch .. ':' .. string.format('%d', seq)
 local prior = redis.call('SET', dedupe, mark, 'NX', 'GET', 'PX', ARGV[4])
 if prior then
   local sep = string.find(prior, ':', 1, true)
-  if sep and string.sub(prior, 1, sep - 1) == epoch then
-    return {epoch, tonumber(string.sub(prior, sep + 1)), 1}
+  if sep then
+    local first_epoch, first_seq = string.sub(prior, 1, sep - 1), tonumber(string.sub(prior, sep + 1))
+    if first_epoch == epoch then
+      return {epoch, first_seq, 1}
+    end
+    -- The room moved to this epoch after Redis came back with older data, its stream kept: the seqs up to the
+    -- switch are this epoch's now (ROLLED_BACK).
+    local moved = redis.call('HMGET', meta, 'moved_from', 'moved_to', 'moved_at')
+    if moved[1] == first_epoch and moved[2] == epoch and first_seq and first_seq <= tonumber(moved[3] or '0') then
+      return {epoch, first_seq, 1}
+    end
   end
   redis.call('SET', dedupe, mark, 'PX', ARGV[4])
 end
@@ -107,11 +116,16 @@ return {epoch, seq, 0}
 /// tombstone: a join whose reply was lost is undone by a leave, and the join, late on a replaced connection, may run
 /// after it). Returns {epoch, seq, op before this join's event, members}.
 const JOIN: &str = r#"
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  -- Left already: nothing is written (a room gone meanwhile is not made again, nor kept from expiring).
+  local fields = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'op')
+  return {fields[1] or ARGV[1], tonumber(fields[2] or '0'), tonumber(fields[3] or '0'), redis.call('HKEYS', KEYS[3])}
+end
 local epoch, seq, op = room(KEYS[1], KEYS[2], ARGV[1])
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
 local before = op
-if redis.call('EXISTS', KEYS[5]) == 0 and redis.call('HSETNX', KEYS[4], ARGV[5], ARGV[2]) == 1 then
+if redis.call('HSETNX', KEYS[4], ARGV[5], ARGV[2]) == 1 then
   if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 then
     op = redis.call('HINCRBY', KEYS[1], 'op', 1)
     publish(ARGV[4], epoch, seq, op, ARGV[3], 'J' .. ARGV[2])
@@ -182,18 +196,28 @@ return {now, 0}
 
 /// Redis came back with older data than a node delivered (a restart from a snapshot or an `everysec` AOF, a
 /// failover to a replica that lagged): the room's seqs would be given again within its epoch, and a client's
-/// position would name another message. KEYS: meta. ARGV: the epoch the node delivered in, its last seq, its last
-/// op, a fresh epoch. Compare and set: starts the fresh epoch only while the room is still in that epoch and behind
-/// the node (the first node to notice switches; the others find the new epoch). The stream is kept: its entries
-/// become the new epoch's, seqs go on from the room's. Returns the room's epoch.
+/// position would name another message. KEYS: meta, log. ARGV: the epoch the node delivered in, its last seq, its
+/// last op, a fresh epoch, the op and time of the message at its last seq. Compare and set: starts the fresh epoch
+/// only while the room is still in that epoch and either behind the node (seq or op) or holding another message at
+/// the node's last seq (new posts overtook what was lost; a trimmed entry tells nothing). The first node to notice
+/// switches; the others find the new epoch. The stream is kept: its entries become the new epoch's, seqs go on
+/// from the room's, and `moved_*` lets the post script answer a retry of a post stored before the switch as the
+/// duplicate it is. Returns the room's epoch.
 const ROLLED_BACK: &str = r#"
 local fields = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'op')
+if fields[1] ~= ARGV[1] then return fields[1] end
 local seq, op = tonumber(fields[2] or '0'), tonumber(fields[3] or '0')
-if fields[1] == ARGV[1] and (seq < tonumber(ARGV[2]) or op < tonumber(ARGV[3])) then
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[4])
-  return ARGV[4]
+local behind = seq < tonumber(ARGV[2]) or op < tonumber(ARGV[3])
+if not behind and tonumber(ARGV[2]) > 0 then
+  local id = ARGV[2] .. '-0'
+  local entry = redis.call('XRANGE', KEYS[2], id, id)[1]
+  if entry then
+    behind = entry[2][2] ~= ARGV[5] or entry[2][4] ~= ARGV[6]
+  end
 end
-return fields[1]
+if not behind then return fields[1] end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[4], 'moved_from', ARGV[1], 'moved_to', ARGV[4], 'moved_at', seq)
+return ARGV[4]
 "#;
 
 /// The rollback script.

@@ -103,8 +103,8 @@ fn a_join_that_runs_after_its_leave_counts_no_member() {
     assert!(members(&mut redis, &keys).is_empty());
     let held: u64 = redis::cmd("HLEN").arg(keys.holders(NODE)).query(&mut redis.conn).unwrap();
     assert_eq!(held, 0);
-    let op: Option<u64> = redis::cmd("HGET").arg(&keys.meta).arg("op").query(&mut redis.conn).unwrap();
-    assert_eq!(op.unwrap_or(0), 0, "no join event was published");
+    let meta: u64 = redis::cmd("EXISTS").arg(&keys.meta).query(&mut redis.conn).unwrap();
+    assert_eq!(meta, 0, "nothing was written: no room made that nothing would expire");
     let ttl: i64 = redis::cmd("PTTL").arg(keys.gone(NODE, 7)).query(&mut redis.conn).unwrap();
     assert!(ttl > 0 && ttl <= 60_000, "the tombstone expires ({ttl} ms)");
 }
@@ -125,32 +125,94 @@ fn a_join_and_its_leave_in_order_count_and_end_the_member_once() {
     assert_eq!(tomb, 0, "no tombstone for a subscription that was there");
 }
 
-fn rolled_back(redis: &mut Redis, keys: &RoomKeys, (epoch, seq, op): (&str, u64, u64), fresh: &str) -> Option<String> {
-    ROLLED_BACK_SCRIPT.key(&keys.meta).arg(epoch).arg(seq).arg(op).arg(fresh).invoke(&mut redis.conn).unwrap()
+fn rolled_back(redis: &mut Redis, keys: &RoomKeys, delivered: (&str, u64, u64, u64, u64), fresh: &str) -> String {
+    let (epoch, seq, op, message_op, message_time) = delivered;
+    let epoch: Option<String> = ROLLED_BACK_SCRIPT
+        .key(&keys.meta)
+        .key(&keys.log)
+        .arg(epoch)
+        .arg(seq)
+        .arg(op)
+        .arg(fresh)
+        .arg(message_op)
+        .arg(message_time)
+        .invoke(&mut redis.conn)
+        .unwrap();
+    epoch.unwrap()
+}
+
+/// A post as a node makes it: (seq, duplicate).
+fn post(redis: &mut Redis, keys: &RoomKeys, id: u64, time_us: u64) -> (u64, bool) {
+    let (_epoch, seq, duplicate): (String, u64, u8) = POST_SCRIPT
+        .key(&keys.meta)
+        .key(&keys.log)
+        .key(&keys.members)
+        .key(keys.dedupe("poster", id))
+        .arg("17")
+        .arg(time_us)
+        .arg(format!("body {id}"))
+        .arg(60_000)
+        .arg(1_000)
+        .arg(0)
+        .arg(0)
+        .arg(&keys.events)
+        .invoke(&mut redis.conn)
+        .unwrap();
+    (seq, duplicate == 1)
+}
+
+fn meta(redis: &mut Redis, keys: &RoomKeys) -> (String, u64, u64) {
+    redis::cmd("HMGET").arg(&keys.meta).arg("epoch").arg("seq").arg("op").query(&mut redis.conn).unwrap()
 }
 
 /// The switch to a new epoch after Redis went back is a compare and set: only while the room is still in the
-/// node's epoch and behind it, so that the second node to notice finds the first's new epoch, and a node that is
-/// not ahead changes nothing.
+/// node's epoch and behind it (seq or op), so that the second node to notice finds the first's new epoch, and a
+/// node that is not ahead changes nothing.
 #[test]
 fn a_room_behind_a_node_moves_to_a_new_epoch_once() {
     let Some(mut redis) = redis("a_room_behind_a_node_moves_to_a_new_epoch_once") else { return };
     let keys = RoomKeys::new("rewound");
-    let _: () = redis::cmd("HSET")
-        .arg(&keys.meta)
-        .arg("epoch")
-        .arg("17")
-        .arg("seq")
-        .arg(5)
-        .arg("op")
-        .arg(6)
-        .query(&mut redis.conn)
-        .unwrap();
-    assert_eq!(rolled_back(&mut redis, &keys, ("17", 5, 6), "99").as_deref(), Some("17"), "not behind");
-    assert_eq!(rolled_back(&mut redis, &keys, ("17", 5, 7), "99").as_deref(), Some("99"), "behind in ops");
-    assert_eq!(rolled_back(&mut redis, &keys, ("17", 10, 11), "55").as_deref(), Some("99"), "switched already");
-    let meta: (String, u64, u64) =
-        redis::cmd("HMGET").arg(&keys.meta).arg("epoch").arg("seq").arg("op").query(&mut redis.conn).unwrap();
-    assert_eq!(meta, ("99".to_string(), 5, 6), "seqs go on from the room's in the new epoch");
-    assert_eq!(rolled_back(&mut redis, &keys, ("99", 6, 6), "42").as_deref(), Some("42"), "behind in seqs");
+    for id in 1..=5 {
+        assert_eq!(post(&mut redis, &keys, id, 1_000 + id), (id, false));
+    }
+    assert_eq!(meta(&mut redis, &keys), ("17".to_string(), 5, 5));
+    assert_eq!(rolled_back(&mut redis, &keys, ("17", 5, 5, 5, 1_005), "99"), "17", "level with the node");
+    assert_eq!(rolled_back(&mut redis, &keys, ("17", 5, 6, 5, 1_005), "99"), "99", "behind in ops");
+    assert_eq!(rolled_back(&mut redis, &keys, ("17", 9, 9, 9, 1_009), "55"), "99", "switched already");
+    assert_eq!(meta(&mut redis, &keys), ("99".to_string(), 5, 5), "seqs go on from the room's in the new epoch");
+    assert_eq!(rolled_back(&mut redis, &keys, ("99", 6, 5, 5, 1_005), "42"), "42", "behind in seqs");
+}
+
+/// New posts may overtake what Redis lost before a node checks: the room is level with the node or ahead, but the
+/// message at the node's last seq is another one (its op or time differ).
+#[test]
+fn a_room_that_holds_another_message_at_the_nodes_last_seq_moves_to_a_new_epoch() {
+    let Some(mut redis) = redis("a_room_that_holds_another_message_at_the_nodes_last_seq_moves_to_a_new_epoch") else {
+        return;
+    };
+    let keys = RoomKeys::new("overtaken");
+    for id in 1..=6 {
+        post(&mut redis, &keys, id, 1_000 + id);
+    }
+    // The node delivered seq 5 as op 5 at time 1005: the same message.
+    assert_eq!(rolled_back(&mut redis, &keys, ("17", 5, 5, 5, 1_005), "99"), "17");
+    // It delivered a seq 5 made at another time: Redis lost it and gave seq 5 to a new post.
+    assert_eq!(rolled_back(&mut redis, &keys, ("17", 5, 5, 5, 2_005), "99"), "99");
+}
+
+/// A post stored before the switch and retried after it (its reply lost in the restart) is the duplicate it is:
+/// the seqs up to the switch are the new epoch's.
+#[test]
+fn a_post_retried_across_the_switch_is_a_duplicate() {
+    let Some(mut redis) = redis("a_post_retried_across_the_switch_is_a_duplicate") else { return };
+    let keys = RoomKeys::new("retried");
+    for id in 1..=3 {
+        post(&mut redis, &keys, id, 1_000 + id);
+    }
+    assert_eq!(rolled_back(&mut redis, &keys, ("17", 9, 9, 9, 1_009), "99"), "99");
+    assert_eq!(post(&mut redis, &keys, 2, 5_000), (2, true), "stored before the switch");
+    assert_eq!(post(&mut redis, &keys, 4, 5_001), (4, false), "a new post goes on from the room's seq");
+    assert_eq!(post(&mut redis, &keys, 4, 5_002), (4, true));
+    let length: u64 = redis::cmd("XLEN").arg(&keys.log).query(&mut redis.conn).unwrap();
+    assert_eq!(length, 4, "each post stored once");
 }

@@ -334,7 +334,10 @@ impl Store {
     }
 
     /// Retained messages of room `id` with a seq in `after + 1 ..= upto`, oldest first: at most `limit`, and no
-    /// more than fit `budget` bytes of frames (the first always does).
+    /// more than fit `budget` bytes of frames (the first always does). Contiguous: the page ends before a seq that
+    /// is not the next one (`more` set), so a reader finds any gap at the start of a page, where it looks for one.
+    /// A room's stored seqs are contiguous, but the read takes no snapshot: a retention deletion applied while it
+    /// runs can show it the seqs past the cut with some of those before it already gone.
     pub fn page(&self, id: u64, after: u64, upto: u64, limit: usize, budget: usize) -> Result<Page, StoreError> {
         let mut page = Page::default();
         if after >= upto {
@@ -350,6 +353,10 @@ impl Store {
             let (Some(seq), Some(time_us)) = (seq_of(&k), u64_at(&v, 0)) else {
                 return Err(StoreError::Read(format!("room id {id}: a malformed message record")));
             };
+            if page.frames.last().is_some_and(|last| last.seq + 1 != seq) {
+                page.more = true;
+                break;
+            }
             let frame = Bytes::copy_from_slice(&v[8..]);
             if !page.frames.is_empty() && used + frame.len() > budget {
                 page.more = true;

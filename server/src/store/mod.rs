@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `meta` | `format` | [`FORMAT`] |
 //! | `meta` | `next_room_id` | u64 |
+//! | `meta` | `open` | the durability and boot id of the server that has the store open, removed at a clean close (`mark.rs`) |
 //! | `rooms` | room name | room id u64, epoch u64, last seq u64 (as of its creation or last retention deletion) |
 //! | `rooms` | `ROOM_COUNTER_KEY` (no room name: it starts with NUL) | `next_room_id` again, flushed with the records |
 //! | `messages` | room id u64, seq u64 | time µs u64, the event's encoded `RoomFrame::Event` |
@@ -28,6 +29,7 @@ mod inbox;
 mod inline;
 mod journal;
 mod load;
+mod mark;
 mod open;
 #[cfg(test)]
 use open::open_failed;
@@ -211,6 +213,8 @@ pub struct Store {
     disk: DiskFloor,
     /// `os` durability: the journal's background sync (`journal.rs`).
     _journal_sync: Option<journal::JournalSync>,
+    /// Removed at a clean close, after the writer's last sync (declaration order): `mark.rs`.
+    _open_mark: mark::OpenMark,
     /// The data directory's lock, when the server's: released after the fields above (declaration order), so that
     /// the directory stays locked until the writer threads have committed, synced and let go of the database, also
     /// when a connection left open after the drain timeout keeps the store past its server.

@@ -84,6 +84,16 @@ impl Store {
         durability: Durability,
         lock: Option<Arc<crate::datadir::DataDirLock>>,
     ) -> Result<Arc<Store>, StoreError> {
+        Store::open_at_boot(data_dir, durability, lock, super::mark::boot_id().as_deref())
+    }
+
+    /// [`Store::open`] on the machine's boot `boot` (tests name boots of their own).
+    pub(super) fn open_at_boot(
+        data_dir: &Path,
+        durability: Durability,
+        lock: Option<Arc<crate::datadir::DataDirLock>>,
+        boot: Option<&str>,
+    ) -> Result<Arc<Store>, StoreError> {
         let path = data_dir.join(STORE_DIR);
         let existed = path.exists();
         std::fs::create_dir_all(&path)
@@ -155,6 +165,20 @@ impl Store {
         if newest_id.is_some_and(|id| id >= next_room_id) {
             return Err(damaged(&path, format!("room id {newest_id:?} at or past the id counter {next_room_id}")));
         }
+        let renewed = super::mark::open(&keyspaces, durability, boot).map_err(unreadable)?;
+        if renewed > 0 {
+            tracing::warn!(
+                store = %path.display(),
+                rooms = renewed,
+                "the machine went down while the store was open with durability os: posts acknowledged in its last \
+                 moments may be lost, so every room starts a new epoch (members resume told they missed messages)"
+            );
+        }
+        let open_mark = super::mark::OpenMark {
+            keyspaces: keyspaces.clone(),
+            #[cfg(test)]
+            crash: std::sync::atomic::AtomicBool::new(false),
+        };
         let writer = writer::Handle::start(keyspaces.clone(), durability, next_room_id)
             .map_err(|err| StoreError::Open { path: path.clone(), detail: err.to_string() })?;
         let next_room_id = AtomicU64::new(next_room_id);
@@ -174,6 +198,7 @@ impl Store {
             durability,
             disk,
             _journal_sync: journal_sync,
+            _open_mark: open_mark,
             _data_dir: lock,
         }))
     }

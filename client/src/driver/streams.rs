@@ -3,7 +3,7 @@
 //! state lock with room in its channel already reserved, so they leave in the order the state produced them, even
 //! while a rejoin's stream replaces an older one.
 
-use crate::wire::{LinkRecv, ReadError};
+use crate::wire::{Link, LinkRecv, ReadError};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -18,8 +18,13 @@ use crate::{
 };
 
 /// Room for one event in `entry`'s channel: at once when there is room, else when the application reads; `None`
-/// when the room's handle is gone, the room was left or ended, or the client stopped.
-async fn reserve<'a>(entry: &'a RoomEntry, stop: &CancellationToken) -> Option<mpsc::Permit<'a, RoomEvent>> {
+/// when the room's handle is gone, the room was left or ended, the stream's connection closed (the event, not
+/// handed out, comes again in the reconnect's resume), or the client stopped.
+async fn reserve<'a>(
+    entry: &'a RoomEntry,
+    link: Option<&Link>,
+    stop: &CancellationToken,
+) -> Option<mpsc::Permit<'a, RoomEvent>> {
     match entry.events.try_reserve() {
         Ok(permit) => Some(permit),
         Err(mpsc::error::TrySendError::Closed(())) => None,
@@ -30,6 +35,12 @@ async fn reserve<'a>(entry: &'a RoomEntry, stop: &CancellationToken) -> Option<m
             // it until then).
             () = entry.ended.cancelled() => None,
             () = stop.cancelled() => None,
+            () = async {
+                match link {
+                    Some(link) => link.closed().await,
+                    None => std::future::pending().await,
+                }
+            } => None,
         },
     }
 }
@@ -74,7 +85,7 @@ pub(crate) type Violation = (ErrorCode, String);
 /// `copies` hears of its slot.
 pub(crate) async fn read_stream(
     rooms: &Rooms,
-    (connection, stream): (usize, StreamNumber),
+    (connection, stream, link): (usize, StreamNumber, Option<&Link>),
     mut recv: LinkRecv,
     (max_frame, copies): (usize, CopiesOpened<'_>),
     stop: &CancellationToken,
@@ -92,7 +103,7 @@ pub(crate) async fn read_stream(
         recv.stop(ErrorCode::NoError);
         return Ok(());
     };
-    let Some(permit) = reserve(&entry, stop).await else {
+    let Some(permit) = reserve(&entry, link, stop).await else {
         recv.stop(ErrorCode::NoError);
         return Ok(());
     };
@@ -118,7 +129,7 @@ pub(crate) async fn read_stream(
         position += 1;
         match frame {
             Ok(Some(RoomFrame::Event(event))) => {
-                let Some(permit) = reserve(&entry, stop).await else {
+                let Some(permit) = reserve(&entry, link, stop).await else {
                     recv.stop(ErrorCode::NoError);
                     return Ok(());
                 };

@@ -147,6 +147,39 @@ async fn auto_falls_back_when_udp_is_blocked_and_stays_there() {
     drop(server);
 }
 
+/// A client whose WebSocket won once (UDP blocked then) still tries QUIC when the WebSocket is gone (its port or
+/// proxy down, a node that serves none): it used to reconnect over the WebSocket only, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_goes_back_to_quic_when_the_websocket_it_won_with_is_gone() {
+    let server = TestServer::start(Limits::default());
+    let ws_port = server.websocket.unwrap().port();
+    let blackhole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let quic_addr = blackhole.local_addr().unwrap();
+    let options = ConnectOptions {
+        trust: server.trust(),
+        transport: Transport::Auto,
+        fallback_after: Duration::from_millis(300),
+        websocket_port: Some(ws_port),
+        ..named("roamer")
+    };
+    let client = Client::connect_with(&quic_addr.to_string(), options).await.unwrap();
+    assert_eq!(client.transport(), Some(TransportKind::WebSocket));
+    let mut states = client.state();
+    // The server moves where UDP went unanswered, and serves no WebSocket any more.
+    drop(blackhole);
+    let server = server
+        .restart_with(move |dir, _| {
+            let dev = quiver_server::ServerConfig::dev(quic_addr, dir.to_owned());
+            let web = quiver_server::WebConfig { websocket: quiver_server::WebSocketListen::Off, ..dev.web.clone() };
+            quiver_server::ServerConfig { web, ..dev }
+        })
+        .await;
+    reconnected(&mut states).await;
+    assert_eq!(client.transport(), Some(TransportKind::Quic));
+    client.post("r", "back on QUIC").await.unwrap();
+    drop(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_resumes_after_the_server_drops_it() {
     let server = TestServer::start(Limits::default());

@@ -236,7 +236,8 @@ impl Target {
 impl Target {
     /// Connects to one of `targets` over `options.transport` within `timeout`: QUIC (happy eyeballs,
     /// [`Target::race`]), the WebSocket, or (`Auto`) QUIC and then the WebSocket too. `websocket_first`: an `Auto`
-    /// client whose WebSocket won before goes straight to it. Without the `websocket` feature, `Auto` is QUIC.
+    /// client whose WebSocket won before tries it first, and QUIC then too. Without the `websocket` feature, `Auto`
+    /// is QUIC.
     pub(crate) async fn connect(
         targets: Vec<Target>,
         options: &ConnectOptions,
@@ -245,7 +246,9 @@ impl Target {
     ) -> Result<(Target, Link), ConnectError> {
         match (options.transport, websocket_first) {
             #[cfg(feature = "websocket")]
-            (Transport::WebSocket, _) | (Transport::Auto, true) => Target::race_ws(targets, options, timeout).await,
+            (Transport::WebSocket, _) => Target::race_ws(targets, options, timeout).await,
+            #[cfg(feature = "websocket")]
+            (Transport::Auto, true) => Target::websocket_then_quic(targets, options, timeout).await,
             #[cfg(feature = "websocket")]
             (Transport::Auto, false) => Target::quic_then_websocket(targets, options, timeout).await,
             #[cfg(not(feature = "websocket"))]

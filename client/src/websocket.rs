@@ -37,41 +37,89 @@ impl Target {
         options: &ConnectOptions,
         timeout: Duration,
     ) -> Result<(Target, Link), ConnectError> {
-        let started = tokio::time::Instant::now();
-        let quic_failed = tokio::sync::Notify::new();
         let again = targets.clone();
-        let quic = Target::race(targets, timeout);
-        let websocket = async {
+        let websocket = |left| Target::race_ws(again, options, left);
+        let (quic, websocket) =
+            Target::one_then_other(Target::race_quic(targets, timeout), websocket, options, timeout).await;
+        match (quic, websocket) {
+            (Ok(found), _) | (_, Ok(found)) => Ok(found),
+            (Err(quic), Err(websocket)) => Err(if websocket.is_fatal() { websocket } else { quic }),
+        }
+    }
+
+    /// `Auto` once the WebSocket won before (QUIC blocked on this network): the WebSocket first, QUIC too from
+    /// `options.fallback_after` or as soon as the WebSocket fails (a WebSocket port or proxy gone, a node that
+    /// serves none), so that one WebSocket win does not keep a client off a QUIC that works. When both fail: a
+    /// refusal or pin mismatch over the WebSocket, else QUIC's error.
+    pub(crate) async fn websocket_then_quic(
+        targets: Vec<Target>,
+        options: &ConnectOptions,
+        timeout: Duration,
+    ) -> Result<(Target, Link), ConnectError> {
+        let again = targets.clone();
+        let quic = |left| Target::race_quic(again, left);
+        let (websocket, quic) =
+            Target::one_then_other(Target::race_ws(targets, options, timeout), quic, options, timeout).await;
+        match (websocket, quic) {
+            (Ok(found), _) | (_, Ok(found)) => Ok(found),
+            (Err(websocket), Err(quic)) => Err(if websocket.is_fatal() { websocket } else { quic }),
+        }
+    }
+
+    /// QUIC ([`Target::race`]) as a [`Link`].
+    async fn race_quic(targets: Vec<Target>, timeout: Duration) -> Result<(Target, Link), ConnectError> {
+        let (target, quic) = Target::race(targets, timeout).await?;
+        Ok((target, Link::Quic(crate::wire::QuicLink::new(quic))))
+    }
+
+    /// Runs `first` for the whole `timeout`, and `other` (given what is left of it) too from
+    /// `options.fallback_after` (at most half the timeout) or as soon as `first` fails; returns as soon as one
+    /// connects (that one `Ok`, the other's outcome an error or not tried), or both failed, or `first` failed
+    /// fatally (a refusal, a pin mismatch: `other` not waited for).
+    async fn one_then_other<O, F>(
+        first: impl std::future::Future<Output = Result<(Target, Link), ConnectError>>,
+        other: F,
+        options: &ConnectOptions,
+        timeout: Duration,
+    ) -> (Result<(Target, Link), ConnectError>, Result<(Target, Link), ConnectError>)
+    where
+        F: FnOnce(Duration) -> O,
+        O: std::future::Future<Output = Result<(Target, Link), ConnectError>>,
+    {
+        let started = tokio::time::Instant::now();
+        let first_failed = tokio::sync::Notify::new();
+        let second = async {
             tokio::select! {
                 () = tokio::time::sleep(options.fallback_after.min(timeout / 2)) => {}
-                () = quic_failed.notified() => {}
+                () = first_failed.notified() => {}
             }
-            tracing::info!("QUIC is not through yet; trying the WebSocket fallback too");
-            Target::race_ws(again, options, timeout.saturating_sub(started.elapsed())).await
+            tracing::info!("the first transport is not through yet; trying the other too");
+            other(timeout.saturating_sub(started.elapsed())).await
         };
-        tokio::pin!(quic, websocket);
-        let (mut quic_err, mut ws_err) = (None, None);
+        tokio::pin!(first, second);
+        let not_tried = || Err(ConnectError::WebSocket("not tried".into()));
+        let (mut first_err, mut second_err) = (None, None);
         loop {
             tokio::select! {
-                done = &mut quic, if quic_err.is_none() => match done {
-                    Ok((target, quic)) => return Ok((target, Link::Quic(crate::wire::QuicLink::new(quic)))),
-                    Err(err) if err.is_fatal() => return Err(err),
+                done = &mut first, if first_err.is_none() => match done {
+                    Ok(found) => return (Ok(found), not_tried()),
+                    Err(err) if err.is_fatal() => return (Err(err), not_tried()),
                     Err(err) => {
-                        quic_failed.notify_one();
-                        quic_err = Some(err);
+                        first_failed.notify_one();
+                        first_err = Some(err);
                     }
                 },
-                done = &mut websocket, if ws_err.is_none() => match done {
-                    Ok(found) => return Ok(found),
-                    Err(err) => ws_err = Some(err),
+                done = &mut second, if second_err.is_none() => match done {
+                    Ok(found) => return (first_err.map_or_else(not_tried, Err), Ok(found)),
+                    Err(err) => second_err = Some(err),
                 },
             }
-            match (quic_err.take(), ws_err.take()) {
-                (Some(quic), Some(websocket)) => {
-                    tracing::info!(%websocket, "the WebSocket fallback did not connect either");
-                    return Err(if websocket.is_fatal() { websocket } else { quic });
+            match (first_err.take(), second_err.take()) {
+                (Some(first), Some(second)) => {
+                    tracing::info!(%second, "the other transport did not connect either");
+                    return (Err(first), Err(second));
                 }
-                (quic, websocket) => (quic_err, ws_err) = (quic, websocket),
+                (first, second) => (first_err, second_err) = (first, second),
             }
         }
     }

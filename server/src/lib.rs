@@ -50,7 +50,7 @@ pub mod token;
 pub mod web;
 
 pub use budget::Budget;
-pub use config::{ServerConfig, TlsSource, WebConfig};
+pub use config::{ServerConfig, TlsSource, WebConfig, WebSocketListen};
 pub use net::{now_us, Reloader, Server, ServerError, Summary};
 
 /// The version `--version` prints: the crate's, and the git commit it was built from.

@@ -117,7 +117,7 @@ pub(crate) struct Driver {
     welcome: Mutex<Welcome>,
     /// Server clock minus this machine's clock, in µs, estimated from Ping/Pong at each connect.
     clock_offset_us: AtomicI64,
-    /// `Transport::Auto` needed the WebSocket: reconnects go straight to it.
+    /// `Transport::Auto` needed the WebSocket: reconnects try it first (and QUIC then too).
     websocket_first: AtomicBool,
     /// The runtime the client was connected on: a `Room` dropped outside it still leaves through it.
     runtime: tokio::runtime::Handle,
@@ -128,8 +128,8 @@ impl Driver {
         let websocket = link.kind() == TransportKind::WebSocket;
         let opened = Connection::open(link, &self.options, self.me.clone(), &self.tasks).await?;
         if websocket && self.options.transport == crate::Transport::Auto {
-            // Remembered for the client's life (once a session opened over it): its reconnects go straight to the
-            // WebSocket.
+            // Remembered for the client's life (once a session opened over it): its reconnects try the WebSocket
+            // first, QUIC from `fallback_after` or once the WebSocket fails.
             self.websocket_first.store(true, Ordering::Relaxed);
         }
         Ok(opened)

@@ -126,7 +126,11 @@ pub enum RequestError {
     /// The server answered with an error.
     #[error("{0}")]
     Failed(Failure),
-    /// The connection is gone (closed by either side, or lost).
+    /// The connection the request went out on is gone (closed by either side, or lost) before its reply: the
+    /// request may or may not have reached the server. This alone does not say the client is done: unless it was
+    /// closed (`Client::close`, a fatal refusal), it is reconnecting, and [`crate::Client::state`] says which. A
+    /// Join or Subscribe can be made again once it is connected; a post repeated with the same id is stored once
+    /// (the library's own posts are retried so already).
     #[error("connection closed: {code}: {reason}")]
     Closed {
         /// Why, as the server (or the local side) said.
@@ -141,8 +145,8 @@ pub enum RequestError {
     #[error("unexpected reply: {0:?}")]
     UnexpectedReply(Box<Reply>),
     /// The client is reconnecting and no connection came back within `connect_timeout` (the wait): nothing was
-    /// sent. Unlike `Closed`, the client is not done: the same request may succeed once it is connected again
-    /// ([`crate::Client::state`] shows when).
+    /// sent (unlike `Closed`, where the request may have reached the server). The same request may succeed once it
+    /// is connected again ([`crate::Client::state`] shows when).
     #[error("not connected: the client has been reconnecting for {0:?} (connect_timeout); nothing was sent")]
     NotConnected(std::time::Duration),
     /// `max` posts are queued or awaiting their reply already (`ConnectOptions::max_queued_posts`): nothing was

@@ -376,7 +376,15 @@ pub(crate) async fn post(args: PostArgs) -> Result<(), CliError> {
     let limit = crate::seconds("timeout", args.timeout)?;
     // 0, or beyond what the clock can count: no limit.
     let deadline = (!limit.is_zero()).then(|| tokio::time::Instant::now().checked_add(limit)).flatten();
+    let named = args.name.is_some();
     let client = args.server.connect_as(args.name).await?;
+    // A token on a server that admits anonymous sessions is ignored: the identity is the session's, new each run, and
+    // the id could not recognise a re-run.
+    let welcome = client.welcome();
+    if args.id.is_some() && !named && welcome.identity == format!("anon-{:016x}", welcome.session_id) {
+        client.close().await;
+        return Err(CliError::IdWithoutIdentity);
+    }
     let posted = async {
         match &args.id {
             Some(key) => client.post_with_id(&args.room, msg_id_of(key), args.text).await,

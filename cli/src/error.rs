@@ -33,7 +33,10 @@ pub(crate) enum CliError {
     /// `quiver post --id` with an identity that changes from run to run.
     #[error("--modes: {0}")]
     Modes(#[from] quiver_lab::bench::UnknownDurability),
-    #[error("--id needs the same identity every time: give --name (or --token)")]
+    #[error(
+        "--id needs the same identity every time: give --name (or --token, on a server that requires tokens: one \
+         that admits anonymous sessions ignores tokens)"
+    )]
     IdWithoutIdentity,
     /// `quiver churn` met errors, or made no connection at all.
     #[error("churn: {errors} errors in {connections} connections (each is listed above)")]

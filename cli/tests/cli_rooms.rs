@@ -190,6 +190,34 @@ async fn post_with_an_id_run_twice_gets_the_original_seq_even_across_a_restart()
     server.stop().await;
 }
 
+/// On a server that admits anonymous sessions a token is ignored and the identity is the session's, new each run:
+/// `--id` with a token and no name is refused there (it used to post, and a re-run posted again).
+#[tokio::test]
+async fn post_with_an_id_and_a_token_is_refused_where_tokens_are_ignored() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let dev = quiver_server::ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().to_owned());
+    let config = quiver_server::ServerConfig { auth: quiver_auth::AuthConfig::Anonymous, ..dev };
+    let server = TestServer::start_with(config, data_dir);
+    // (Any token: this server reads none.)
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjcm9uIn0.c2lnbmF0dXJl";
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+    command.args(["post", "--room", "jobs", "--server", &server.addr.to_string(), "--data-dir"]);
+    command.arg(server.data_dir.path()).args(["--token", token, "--id", "nightly", "built"]);
+    let refused = command.output().await.unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--id needs the same identity every time"), "{stderr}");
+    let reader = server.client_with(quiver_client::ConnectOptions {
+        name: Some("reader".into()),
+        token: None,
+        trust: server.trust(),
+        ..Default::default()
+    });
+    let history = reader.await.unwrap().history("jobs", None, 100).await.unwrap();
+    assert!(history.messages.is_empty(), "nothing posted");
+    server.stop().await;
+}
+
 /// The next line of `quiver chat --json` as JSON (within 20 s).
 async fn next(lines: &mut Lines<BufReader<ChildStdout>>) -> serde_json::Value {
     let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();

@@ -531,3 +531,21 @@ async fn a_close_of_the_clients_own_keeps_its_code_and_reason() {
     assert_eq!(closed, code, "{why}");
     server.abort();
 }
+
+/// Options that cannot work are refused before anything is tried: a zero `dead_server_after` dropped every
+/// connection at once, a zero `reconnect_delay` reconnected in a busy loop.
+#[tokio::test]
+async fn options_that_cannot_work_are_refused_up_front() {
+    let server = TestServer::start(Limits::default());
+    let tries = [
+        ConnectOptions { dead_server_after: Some(Duration::ZERO), ..ConnectOptions::default() },
+        ConnectOptions { reconnect_delay: Duration::ZERO, ..ConnectOptions::default() },
+        ConnectOptions { connect_timeout: Duration::ZERO, ..ConnectOptions::default() },
+    ];
+    for options in tries {
+        let options = ConnectOptions { trust: server.trust(), token: Some(server.token("a")), ..options };
+        let refused = Client::connect_with(&server.addr.to_string(), options).await.err();
+        assert!(matches!(refused, Some(quiver_client::ConnectError::Options(_))), "{refused:?}");
+    }
+    server.stop().await;
+}

@@ -48,8 +48,10 @@ async fn main() {
                 if let Some(answer) = answer {
                     println!("[{}] {}: answering {answer:?}", message.seq, message.sender);
                     // Acknowledged before the position moves past the question: a crash in between answers it
-                    // again rather than never.
-                    room.post(answer).await.expect("post");
+                    // again, with the same id (the question's place), so the server stores the answer once (within
+                    // its dedupe window, and for a bot with a fixed --name).
+                    let id = message.epoch.rotate_left(32) ^ message.seq;
+                    client.post_with_id(&room_name, id, answer).await.expect("post");
                 }
                 store(Path::new(&state), Position { epoch: message.epoch, seq: message.seq });
             }

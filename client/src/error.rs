@@ -66,6 +66,9 @@ pub enum ConnectError {
     /// The WebSocket fallback could not connect (TCP, TLS or the upgrade).
     #[error("WebSocket: {0}")]
     WebSocket(String),
+    /// A [`crate::ConnectOptions`] value that cannot work: nothing was tried.
+    #[error("connect options: {0}")]
+    Options(String),
     /// No Welcome within the connect timeout.
     #[error("no answer from the server within {0:?}")]
     Timeout(std::time::Duration),

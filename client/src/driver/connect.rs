@@ -27,6 +27,13 @@ impl Drop for Unfinished {
 impl Driver {
     /// Resolves `server`, opens the first connection (which must succeed) and starts the client's tasks.
     pub(crate) async fn connect(server: &str, options: ConnectOptions) -> Result<Arc<Driver>, ConnectError> {
+        // Zero here would drop every connection at once (no silence is shorter) or reconnect in a busy loop.
+        if options.dead_server_after.is_some_and(|after| after.is_zero()) {
+            return Err(ConnectError::Options("dead_server_after must be more than zero (None: never)".into()));
+        }
+        if options.reconnect_delay.is_zero() || options.connect_timeout.is_zero() {
+            return Err(ConnectError::Options("reconnect_delay and connect_timeout must be more than zero".into()));
+        }
         let options = options.with_dev_tokens();
         let timeout = options.connect_timeout;
         let started = tokio::time::Instant::now();

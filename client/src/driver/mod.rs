@@ -289,9 +289,22 @@ impl Driver {
         for _ in 0..5 {
             let started = Instant::now();
             let sent_us = unix_us();
-            let ping = connection.request(RequestBody::Ping { client_time_us: sent_us });
+            let ping = connection.send(RequestBody::Ping { client_time_us: sent_us });
+            let pending = tokio::select! {
+                sent = tokio::time::timeout_at(deadline, ping) => match sent {
+                    Ok(Ok(pending)) => pending,
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        // Its write may have been cut short, half a frame on the control stream: nothing more can
+                        // follow it there. (A server that takes no 20 bytes within connect_timeout is gone anyway.)
+                        let reason = "the server took no clock Ping within connect_timeout; reconnecting";
+                        return connection.link.close(ErrorCode::Unavailable, reason);
+                    }
+                },
+                () = self.stop.cancelled() => return,
+            };
             let reply = tokio::select! {
-                reply = tokio::time::timeout_at(deadline, ping) => reply,
+                reply = tokio::time::timeout_at(deadline, crate::connection::reply(pending)) => reply,
                 () = self.stop.cancelled() => return,
             };
             let Ok(Ok(Reply::Pong { server_time_us, .. })) = reply else {
@@ -319,7 +332,7 @@ impl Driver {
                 () = handler::silent(&connection.link, self.options.dead_server_after) => {
                     let reason = "the server sent nothing for too long (dead_server_after); reconnecting";
                     tracing::info!(reason, "server silent");
-                    connection.link.close(ErrorCode::NoError, reason);
+                    connection.link.close(ErrorCode::Unavailable, reason);
                 }
                 () = self.stop.cancelled() => {
                     // Every handle was dropped (or close() was called): the connection goes with the client.

@@ -39,8 +39,8 @@ pub(crate) trait Handler: Send + Sync + 'static {
     type Route: Clone + Send + Sync + 'static;
     /// A tick datagram for a subscription, arrived on connection `connection`.
     fn tick(&self, connection: usize, route: &Self::Route, header: TickHeader, payload: Bytes);
-    /// The server opened a room stream.
-    fn room_stream(&self, connection: usize, recv: LinkRecv);
+    /// The server opened a room stream on connection `connection` (`link`).
+    fn room_stream(&self, connection: (usize, &Link), recv: LinkRecv);
     /// The server pushed a message that answers no request (Kicked, GoAway, Error).
     fn pushed(&self, connection: usize, msg: ServerMsg);
     /// A datagram copy of frames of the room stream with `slot`, at positions from `first` (redundant delivery).
@@ -273,7 +273,7 @@ async fn read_datagrams<H: Handler>(connection: Weak<Connection<H>>, link: Link,
 async fn accept_room_streams<H: Handler>(link: Link, id: usize, handler: Weak<H>) {
     while let Some(recv) = link.accept_uni().await {
         let Some(handler) = handler.upgrade() else { return };
-        handler.room_stream(id, recv);
+        handler.room_stream((id, &link), recv);
     }
 }
 

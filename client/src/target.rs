@@ -236,7 +236,7 @@ impl Target {
 impl Target {
     /// Connects to one of `targets` over `options.transport` within `timeout`: QUIC (happy eyeballs,
     /// [`Target::race`]), the WebSocket, or (`Auto`) QUIC and then the WebSocket too. `websocket_first`: an `Auto`
-    /// client whose WebSocket won before tries it first, and QUIC then too. Without the `websocket` feature, `Auto`
+    /// client whose WebSocket won the last time tries it and QUIC at once. Without the `websocket` feature, `Auto`
     /// is QUIC.
     pub(crate) async fn connect(
         targets: Vec<Target>,

@@ -39,18 +39,19 @@ impl Target {
     ) -> Result<(Target, Link), ConnectError> {
         let again = targets.clone();
         let websocket = |left| Target::race_ws(again, options, left);
+        let delay = options.fallback_after.min(timeout / 2);
         let (quic, websocket) =
-            Target::one_then_other(Target::race_quic(targets, timeout), websocket, options, timeout).await;
+            Target::one_then_other(Target::race_quic(targets, timeout), websocket, delay, timeout).await;
         match (quic, websocket) {
             (Ok(found), _) | (_, Ok(found)) => Ok(found),
             (Err(quic), Err(websocket)) => Err(if websocket.is_fatal() { websocket } else { quic }),
         }
     }
 
-    /// `Auto` once the WebSocket won before (QUIC blocked on this network): the WebSocket first, QUIC too from
-    /// `options.fallback_after` or as soon as the WebSocket fails (a WebSocket port or proxy gone, a node that
-    /// serves none), so that one WebSocket win does not keep a client off a QUIC that works. When both fail: a
-    /// refusal or pin mismatch over the WebSocket, else QUIC's error.
+    /// `Auto` once the WebSocket won the last time (QUIC blocked on that network): the WebSocket and QUIC at once,
+    /// the first through wins: no `fallback_after` spent on a QUIC that was blocked, and none kept from a QUIC
+    /// that works again (a blocked moment passed, a WebSocket port or proxy gone, a node that serves none). When
+    /// both fail: a refusal or pin mismatch over the WebSocket, else QUIC's error.
     pub(crate) async fn websocket_then_quic(
         targets: Vec<Target>,
         options: &ConnectOptions,
@@ -59,7 +60,7 @@ impl Target {
         let again = targets.clone();
         let quic = |left| Target::race_quic(again, left);
         let (websocket, quic) =
-            Target::one_then_other(Target::race_ws(targets, options, timeout), quic, options, timeout).await;
+            Target::one_then_other(Target::race_ws(targets, options, timeout), quic, Duration::ZERO, timeout).await;
         match (websocket, quic) {
             (Ok(found), _) | (_, Ok(found)) => Ok(found),
             (Err(websocket), Err(quic)) => Err(if websocket.is_fatal() { websocket } else { quic }),
@@ -72,14 +73,13 @@ impl Target {
         Ok((target, Link::Quic(crate::wire::QuicLink::new(quic))))
     }
 
-    /// Runs `first` for the whole `timeout`, and `other` (given what is left of it) too from
-    /// `options.fallback_after` (at most half the timeout) or as soon as `first` fails; returns as soon as one
-    /// connects (that one `Ok`, the other's outcome an error or not tried), or both failed, or `first` failed
-    /// fatally (a refusal, a pin mismatch: `other` not waited for).
+    /// Runs `first` for the whole `timeout`, and `other` (given what is left of it) too after `delay` or as soon
+    /// as `first` fails; returns as soon as one connects (that one `Ok`, the other's outcome an error or not
+    /// tried), or both failed, or `first` failed fatally (a refusal, a pin mismatch: `other` not waited for).
     async fn one_then_other<O, F>(
         first: impl std::future::Future<Output = Result<(Target, Link), ConnectError>>,
         other: F,
-        options: &ConnectOptions,
+        delay: Duration,
         timeout: Duration,
     ) -> (Result<(Target, Link), ConnectError>, Result<(Target, Link), ConnectError>)
     where
@@ -90,7 +90,7 @@ impl Target {
         let first_failed = tokio::sync::Notify::new();
         let second = async {
             tokio::select! {
-                () = tokio::time::sleep(options.fallback_after.min(timeout / 2)) => {}
+                () = tokio::time::sleep(delay) => {}
                 () = first_failed.notified() => {}
             }
             tracing::info!("the first transport is not through yet; trying the other too");

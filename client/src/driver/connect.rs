@@ -31,8 +31,11 @@ impl Driver {
         if options.dead_server_after.is_some_and(|after| after.is_zero()) {
             return Err(ConnectError::Options("dead_server_after must be more than zero (None: never)".into()));
         }
-        if options.reconnect_delay.is_zero() || options.connect_timeout.is_zero() {
-            return Err(ConnectError::Options("reconnect_delay and connect_timeout must be more than zero".into()));
+        if [options.reconnect_delay, options.reconnect_max_delay, options.connect_timeout].iter().any(Duration::is_zero)
+        {
+            return Err(ConnectError::Options(
+                "reconnect_delay, reconnect_max_delay and connect_timeout must be more than zero".into(),
+            ));
         }
         let options = options.with_dev_tokens();
         let timeout = options.connect_timeout;

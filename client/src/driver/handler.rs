@@ -19,23 +19,18 @@ impl Handler for Driver {
         ticks::on_tick(route, connection, header, payload, self.server_clock_us());
     }
 
-    fn room_stream(&self, connection: usize, recv: LinkRecv) {
+    fn room_stream(&self, (connection, link): (usize, &Link), recv: LinkRecv) {
         let Some(me) = self.me.upgrade() else { return };
         // Numbered here, in accept order, not when its reader gets to its Open frame.
         let stream = self.room_streams.fetch_add(1, Ordering::Relaxed) + 1;
         let max_frame = self.welcome().limits.client_max_frame();
         // Its connection, watched while the reader waits for the application: a reader parked on a room nobody reads
         // must not outlive it (each reconnect rejoins the room, and would leave one more, holding a dead connection).
-        let link = self.current.borrow().as_ref().filter(|c| c.id == connection).map(|c| c.link.clone());
+        let link = link.clone();
         self.tasks.spawn(async move {
             let copies = |slot, entry: &Arc<RoomEntry>| me.copies_opened(connection, slot, entry, stream);
-            let read = streams::read_stream(
-                &me.rooms,
-                (connection, stream, link.as_ref()),
-                recv,
-                (max_frame, &copies),
-                &me.stop,
-            );
+            let read =
+                streams::read_stream(&me.rooms, (connection, stream, &link), recv, (max_frame, &copies), &me.stop);
             if let Err((code, why)) = read.await {
                 // The room cannot go on from this stream: the connection goes, and the reconnect resumes every room
                 // from its position.

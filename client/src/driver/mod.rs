@@ -117,7 +117,7 @@ pub(crate) struct Driver {
     welcome: Mutex<Welcome>,
     /// Server clock minus this machine's clock, in µs, estimated from Ping/Pong at each connect.
     clock_offset_us: AtomicI64,
-    /// `Transport::Auto` needed the WebSocket: reconnects try it first (and QUIC then too).
+    /// `Transport::Auto` needed the WebSocket the last time: the reconnect tries it and QUIC at once.
     websocket_first: AtomicBool,
     /// The runtime the client was connected on: a `Room` dropped outside it still leaves through it.
     runtime: tokio::runtime::Handle,
@@ -127,10 +127,10 @@ impl Driver {
     async fn open(&self, link: Link) -> Result<Arc<Live>, ConnectError> {
         let websocket = link.kind() == TransportKind::WebSocket;
         let opened = Connection::open(link, &self.options, self.me.clone(), &self.tasks).await?;
-        if websocket && self.options.transport == crate::Transport::Auto {
-            // Remembered for the client's life (once a session opened over it): its reconnects try the WebSocket
-            // first, QUIC from `fallback_after` or once the WebSocket fails.
-            self.websocket_first.store(true, Ordering::Relaxed);
+        if self.options.transport == crate::Transport::Auto {
+            // Remembered until the next connection (once a session opened over it): after a WebSocket win the
+            // reconnect tries the WebSocket and QUIC at once, after a QUIC win QUIC first again.
+            self.websocket_first.store(websocket, Ordering::Relaxed);
         }
         Ok(opened)
     }

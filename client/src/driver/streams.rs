@@ -22,7 +22,7 @@ use crate::{
 /// handed out, comes again in the reconnect's resume), or the client stopped.
 async fn reserve<'a>(
     entry: &'a RoomEntry,
-    link: Option<&Link>,
+    link: &Link,
     stop: &CancellationToken,
 ) -> Option<mpsc::Permit<'a, RoomEvent>> {
     match entry.events.try_reserve() {
@@ -35,12 +35,7 @@ async fn reserve<'a>(
             // it until then).
             () = entry.ended.cancelled() => None,
             () = stop.cancelled() => None,
-            () = async {
-                match link {
-                    Some(link) => link.closed().await,
-                    None => std::future::pending().await,
-                }
-            } => None,
+            () = link.closed() => None,
         },
     }
 }
@@ -85,7 +80,7 @@ pub(crate) type Violation = (ErrorCode, String);
 /// `copies` hears of its slot.
 pub(crate) async fn read_stream(
     rooms: &Rooms,
-    (connection, stream, link): (usize, StreamNumber, Option<&Link>),
+    (connection, stream, link): (usize, StreamNumber, &Link),
     mut recv: LinkRecv,
     (max_frame, copies): (usize, CopiesOpened<'_>),
     stop: &CancellationToken,

@@ -68,3 +68,7 @@ impl Drop for OpenMark {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "mark_tests.rs"]
+mod tests;

@@ -429,3 +429,6 @@ pub struct Retention {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod page_tests;

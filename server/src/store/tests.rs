@@ -17,7 +17,7 @@ fn event(seq: u64, time_us: u64, client_msg_id: u64) -> Bytes {
 }
 
 /// Bytes of a frame of [`event`] for small seqs, times and ids (one byte each).
-fn frame_len() -> u64 {
+pub(super) fn frame_len() -> u64 {
     event(1, 1, 101).len() as u64
 }
 
@@ -30,7 +30,7 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
 }
 
 /// Creates room `r` (id from the store) with `n` messages of [`event`] at times 1..=n, client_msg_id 100 + seq.
-fn filled(store: &Store, n: u64) -> u64 {
+pub(super) fn filled(store: &Store, n: u64) -> u64 {
     let id = store.allocate_room_id();
     let mut last = store.submit(Op::Create { name: "r".into(), id, epoch: 7 });
     for seq in 1..=n {
@@ -58,38 +58,6 @@ fn what_is_committed_comes_back_after_a_reopen() {
     assert_eq!(page.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), [3, 4, 5]);
     assert_eq!(page.frames[0].frame, event(3, 3, 103));
     assert!(!page.more);
-}
-
-#[test]
-fn pages_stop_at_the_limit_the_budget_and_upto() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), Durability::Os).unwrap();
-    let id = filled(&store, 10);
-    let seqs = |page: Page| (page.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), page.more);
-    assert_eq!(seqs(store.page(id, 0, 10, 3, usize::MAX).unwrap()), (vec![1, 2, 3], true));
-    let budget = 2 * frame_len() as usize + 5;
-    assert_eq!(seqs(store.page(id, 0, 10, 100, budget).unwrap()), (vec![1, 2], true), "2 frames and a half");
-    assert_eq!(seqs(store.page(id, 0, 10, 100, 1).unwrap()), (vec![1], true), "one frame always fits");
-    assert_eq!(seqs(store.page(id, 8, 9, 100, usize::MAX).unwrap()), (vec![9], false), "never past upto");
-    assert_eq!(seqs(store.page(id, 10, 10, 100, usize::MAX).unwrap()), (vec![], false));
-    assert_eq!(seqs(store.page(id + 1, 0, 10, 100, usize::MAX).unwrap()), (vec![], false), "rooms apart");
-}
-
-/// A page read while a retention deletion is applied (no snapshot) can find seqs past the cut with some of those
-/// before it gone: the page ends before the gap, so the next one starts with it, where replays and History look
-/// for one (a replay that was told `recovered` used to deliver across it, missing what was in between).
-#[test]
-fn a_page_ends_before_a_gap_in_the_seqs_it_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), Durability::Os).unwrap();
-    let id = filled(&store, 10);
-    // As a deletion half applied leaves it: 1–3 still there, 4–6 gone, 7–10 kept.
-    for seq in 4..=6 {
-        store.keyspaces.messages.remove(key(id, seq)).unwrap();
-    }
-    let seqs = |page: Page| (page.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), page.more);
-    assert_eq!(seqs(store.page(id, 0, 10, 100, usize::MAX).unwrap()), (vec![1, 2, 3], true));
-    assert_eq!(seqs(store.page(id, 3, 10, 100, usize::MAX).unwrap()), (vec![7, 8, 9, 10], false), "starts at it");
 }
 
 #[test]
@@ -504,39 +472,4 @@ fn only_damage_is_reported_as_damage() {
         assert!(matches!(err, StoreError::Damaged { .. }), "{what}: {err}");
         assert!(err.to_string().contains(".damaged"), "{what}: {err}");
     }
-}
-
-/// Opens the store in `dir` with `durability` on boot `boot`; `crash` leaves it as a crash does (its open mark
-/// kept), else closes it cleanly. The epoch room `r` has after that open.
-fn epoch_after(dir: &Path, durability: Durability, boot: &str, crash: bool) -> u64 {
-    let store = Store::open_at_boot(dir, durability, None, Some(boot)).unwrap();
-    let room = store.load_room("r", 0, u64::MAX, 100).unwrap().expect("stored");
-    store._open_mark.crash.store(crash, Ordering::Relaxed);
-    room.epoch
-}
-
-/// Under `os` a post acknowledged in the machine's last moments may be lost with it (a power cut, a kernel crash):
-/// the room's last seq comes back lower, and its next posts would get seqs members saw with other messages, in the
-/// same epoch. Found from the open mark left by a server of another boot: every room starts a new epoch (history
-/// and seqs kept). A process crash (same boot), a clean close, or a crash under `fsync` keep the epoch.
-#[test]
-fn after_the_machine_went_down_under_os_every_room_starts_a_new_epoch() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = Store::open_at_boot(dir.path(), Durability::Os, None, Some("boot-a")).unwrap();
-        filled(&store, 5);
-        store._open_mark.crash.store(true, Ordering::Relaxed);
-    }
-    assert_eq!(epoch_after(dir.path(), Durability::Os, "boot-a", true), 7, "a process crash: the same boot");
-    let renewed = epoch_after(dir.path(), Durability::Os, "boot-b", false);
-    assert_ne!(renewed, 7, "the machine went down under os: a new epoch");
-    let store = Store::open_at_boot(dir.path(), Durability::Os, None, Some("boot-c")).unwrap();
-    let room = store.load_room("r", 0, u64::MAX, 100).unwrap().unwrap();
-    assert_eq!((room.epoch, room.last_seq, room.extent.messages), (renewed, 5, 5), "closed cleanly: kept");
-    store._open_mark.crash.store(true, Ordering::Relaxed);
-    drop(store);
-    // The os server crashed with its machine; the next one runs with fsync, and crashes with its machine too.
-    let under_fsync = epoch_after(dir.path(), Durability::Fsync, "boot-d", true);
-    assert_ne!(under_fsync, renewed, "os left its mark: renewed");
-    assert_eq!(epoch_after(dir.path(), Durability::Os, "boot-e", false), under_fsync, "fsync's crash loses nothing");
 }

@@ -1,0 +1,40 @@
+//! The open mark: epochs renewed only after the machine went down under `os`.
+
+use std::{path::Path, sync::atomic::Ordering};
+
+use crate::store::{tests::filled, Durability, Store};
+
+/// Opens the store in `dir` with `durability` on boot `boot`; `crash` leaves it as a crash does (its open mark
+/// kept), else closes it cleanly. The epoch room `r` has after that open.
+fn epoch_after(dir: &Path, durability: Durability, boot: &str, crash: bool) -> u64 {
+    let store = Store::open_at_boot(dir, durability, None, Some(boot)).unwrap();
+    let room = store.load_room("r", 0, u64::MAX, 100).unwrap().expect("stored");
+    store._open_mark.crash.store(crash, Ordering::Relaxed);
+    room.epoch
+}
+
+/// Under `os` a post acknowledged in the machine's last moments may be lost with it (a power cut, a kernel crash):
+/// the room's last seq comes back lower, and its next posts would get seqs members saw with other messages, in the
+/// same epoch. Found from the open mark left by a server of another boot: every room starts a new epoch (history
+/// and seqs kept). A process crash (same boot), a clean close, or a crash under `fsync` keep the epoch.
+#[test]
+fn after_the_machine_went_down_under_os_every_room_starts_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_at_boot(dir.path(), Durability::Os, None, Some("boot-a")).unwrap();
+        filled(&store, 5);
+        store._open_mark.crash.store(true, Ordering::Relaxed);
+    }
+    assert_eq!(epoch_after(dir.path(), Durability::Os, "boot-a", true), 7, "a process crash: the same boot");
+    let renewed = epoch_after(dir.path(), Durability::Os, "boot-b", false);
+    assert_ne!(renewed, 7, "the machine went down under os: a new epoch");
+    let store = Store::open_at_boot(dir.path(), Durability::Os, None, Some("boot-c")).unwrap();
+    let room = store.load_room("r", 0, u64::MAX, 100).unwrap().unwrap();
+    assert_eq!((room.epoch, room.last_seq, room.extent.messages), (renewed, 5, 5), "closed cleanly: kept");
+    store._open_mark.crash.store(true, Ordering::Relaxed);
+    drop(store);
+    // The os server crashed with its machine; the next one runs with fsync, and crashes with its machine too.
+    let under_fsync = epoch_after(dir.path(), Durability::Fsync, "boot-d", true);
+    assert_ne!(under_fsync, renewed, "os left its mark: renewed");
+    assert_eq!(epoch_after(dir.path(), Durability::Os, "boot-e", false), under_fsync, "fsync's crash loses nothing");
+}

@@ -362,48 +362,11 @@ async fn a_join_in_the_hellos_chunk_stops_waiting_when_the_token_expires() {
 /// that used to end the room's writer with the member left in the room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_stream_stopped_by_its_client_ends_the_membership() {
-    use quiver_proto::{Join, Reply, RequestBody, ServerMsg};
-    use quiver_tests::hostile::{frame, hello};
     bounded(async {
         let server = TestServer::start(Limits::default());
         let writer = server.client().await;
         for code in [7u64, 1 << 40] {
-            let room = format!("r-{code}");
-            let (_endpoint, conn) = connect_with(&server, quinn::TransportConfig::default()).await;
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            let mut buf = bytes::BytesMut::new();
-            let join = RequestBody::Join(Join { room: room.clone(), since: None, redundant: false });
-            send.write_all(&frame(0, hello(server.token("stopper")))).await.unwrap();
-            send.write_all(&frame(1, join.clone())).await.unwrap();
-            let mut stream = conn.accept_uni().await.unwrap();
-            stream.stop(quinn::VarInt::from_u64(code).unwrap()).unwrap();
-            // Posts until the kick: the server notices a stop at the stream's next write after the stop arrived
-            // (a post written before it arrives goes out as if nothing happened), then waits the grace for a Leave.
-            let posting = {
-                let (writer, room) = (writer.clone(), room.clone());
-                tokio::spawn(async move {
-                    loop {
-                        writer.post(&room, "after the stop").await.unwrap();
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                })
-            };
-            let kicked = tokio::time::timeout(Duration::from_secs(20), async {
-                loop {
-                    match quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the connection stays") {
-                        ServerMsg::Kicked { room, code, .. } => return (room, code),
-                        ServerMsg::Reply { result: Ok(_), .. } => {}
-                        other => panic!("{other:?}"),
-                    }
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("Kicked for the room stopped with code {code}"));
-            posting.abort();
-            assert_eq!(kicked, (Some(room), ErrorCode::SlowConsumer));
-            send.write_all(&frame(2, join)).await.unwrap();
-            let again = quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the Join's reply");
-            assert!(matches!(again, ServerMsg::Reply { req_id: 2, result: Ok(Reply::Joined(_)) }), "{again:?}");
+            stopped_without_leave(&server, &format!("r-{code}"), code, Some(&writer)).await;
         }
         writer.close().await;
         server.stop().await;
@@ -416,39 +379,59 @@ async fn a_room_stream_stopped_by_its_client_ends_the_membership() {
 /// the room's presence, refusing its rejoin `AlreadyJoined`, until the room's next message).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_room_stream_stopped_by_its_client_ends_the_membership() {
-    use quiver_proto::{Join, Reply, RequestBody, ServerMsg};
-    use quiver_tests::hostile::{frame, hello};
     bounded(async {
         let server = TestServer::start(Limits::default());
         for code in [7u64, 1 << 40] {
-            let room = format!("quiet-{code}");
-            let (_endpoint, conn) = connect_with(&server, quinn::TransportConfig::default()).await;
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            let mut buf = bytes::BytesMut::new();
-            let join = RequestBody::Join(Join { room: room.clone(), since: None, redundant: false });
-            send.write_all(&frame(0, hello(server.token("stopper")))).await.unwrap();
-            send.write_all(&frame(1, join.clone())).await.unwrap();
-            let mut stream = conn.accept_uni().await.unwrap();
-            stream.stop(quinn::VarInt::from_u64(code).unwrap()).unwrap();
-            let kicked = tokio::time::timeout(Duration::from_secs(20), async {
-                loop {
-                    match quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the connection stays") {
-                        ServerMsg::Kicked { room, code, .. } => return (room, code),
-                        ServerMsg::Reply { result: Ok(_), .. } => {}
-                        other => panic!("{other:?}"),
-                    }
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("Kicked for the quiet room stopped with code {code}"));
-            assert_eq!(kicked, (Some(room), ErrorCode::SlowConsumer));
-            send.write_all(&frame(2, join)).await.unwrap();
-            let again = quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the Join's reply");
-            assert!(matches!(again, ServerMsg::Reply { req_id: 2, result: Ok(Reply::Joined(_)) }), "{again:?}");
+            stopped_without_leave(&server, &format!("quiet-{code}"), code, None).await;
         }
         server.stop().await;
     })
     .await;
+}
+
+/// A member joins `room` on a raw connection, stops the room's stream with `code` and never leaves; `writer`, if
+/// given, posts into the room until then. Checks the member is kicked from the room (`SlowConsumer`) and can join
+/// it again.
+async fn stopped_without_leave(server: &TestServer, room: &str, code: u64, writer: Option<&quiver_client::Client>) {
+    use quiver_proto::{Join, Reply, RequestBody, ServerMsg};
+    use quiver_tests::hostile::{frame, hello};
+    let (_endpoint, conn) = connect_with(server, quinn::TransportConfig::default()).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let join = RequestBody::Join(Join { room: room.to_string(), since: None, redundant: false });
+    send.write_all(&frame(0, hello(server.token("stopper")))).await.unwrap();
+    send.write_all(&frame(1, join.clone())).await.unwrap();
+    let mut stream = conn.accept_uni().await.unwrap();
+    stream.stop(quinn::VarInt::from_u64(code).unwrap()).unwrap();
+    // Posts until the kick: a post written before the stop arrived goes out as if nothing happened; the server
+    // meets the stop at a later write, or (a quiet room) on the stream parked between writes.
+    let posting = writer.map(|writer| {
+        let (writer, room) = (writer.clone(), room.to_string());
+        tokio::spawn(async move {
+            loop {
+                writer.post(&room, "after the stop").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let kicked = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the connection stays") {
+                ServerMsg::Kicked { room, code, .. } => return (room, code),
+                ServerMsg::Reply { result: Ok(_), .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("Kicked for room {room} stopped with code {code}"));
+    if let Some(posting) = posting {
+        posting.abort();
+    }
+    assert_eq!(kicked, (Some(room.to_string()), ErrorCode::SlowConsumer));
+    send.write_all(&frame(2, join)).await.unwrap();
+    let again = quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the Join's reply");
+    assert!(matches!(again, ServerMsg::Reply { req_id: 2, result: Ok(Reply::Joined(_)) }), "{again:?}");
 }
 
 /// A client that lets a room go stops its stream and sends its Leave beside it (the library's dropped `Room`, the

@@ -44,11 +44,19 @@ impl Replay {
 async fn from_store(store: Arc<Store>, room: String, range: ReplayRange, outbox: Arc<dyn Outbox>) {
     let ReplayRange { room_id, mut after, upto, recovered } = range;
     while after < upto {
-        let page = match store.page(room_id, after, upto, PAGE_MESSAGES, PAGE_BYTES) {
-            Ok(page) => page,
+        // On the blocking pool: a page not in the cache is read from disk (up to 256 KiB), which must not hold up
+        // the runtime's threads (every connection's tasks).
+        let reading = store.clone();
+        let read = tokio::task::spawn_blocking(move || reading.page(room_id, after, upto, PAGE_MESSAGES, PAGE_BYTES));
+        let page = match read.await {
+            Ok(Ok(page)) => page,
             // Not a kick: the rejoin would read the same damaged record again, and again.
-            Err(err) => {
+            Ok(Err(err)) => {
                 tracing::error!(room = %room, %err, "replay read failed; the replay stops here");
+                break;
+            }
+            Err(err) => {
+                tracing::error!(room = %room, %err, "replay read did not finish; the replay stops here");
                 break;
             }
         };

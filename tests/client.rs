@@ -10,8 +10,8 @@ use quiver_server::ServerConfig;
 use quiver_tests::{hostile::named, TestServer};
 
 use quiver_tests::fakes::{
-    broken_room_stream, fake_endpoint, fake_server, garbage_after_welcome, kicked_with_its_join, late_first_stream,
-    mute_after_welcome, Seen,
+    broken_room_stream, drops_each_first_request, fake_endpoint, fake_server, garbage_after_welcome,
+    kicked_with_its_join, late_first_stream, mute_after_welcome, Seen,
 };
 
 /// The states `watch` (taken before whatever changes them) goes through until `done` says stop (at most 15 s).
@@ -548,4 +548,50 @@ async fn options_that_cannot_work_are_refused_up_front() {
         assert!(matches!(refused, Some(quiver_client::ConnectError::Options(_))), "{refused:?}");
     }
     server.stop().await;
+}
+
+/// A Join, Subscribe, claim or History whose connection drops before the answer is sent again on the next
+/// connection and succeeds there, instead of failing with `Closed` while the client reconnects on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_whose_connection_drops_before_the_answer_go_again_on_the_next_connection() {
+    use quiver_proto::RequestBody;
+    let (dir, endpoint, addr) = fake_endpoint();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(drops_each_first_request(endpoint, seen_tx));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
+    let calls = async {
+        let mut room = client.join("r").await.expect("the join, sent again after the drop");
+        let message = loop {
+            match room.next().await {
+                Some(quiver_client::RoomEvent::Message(m)) => break m.body,
+                Some(_) => {}
+                None => panic!("the room ended"),
+            }
+        };
+        assert_eq!(message, bytes::Bytes::from("after the drop"));
+        let _subscription = client.subscribe("c").await.expect("the subscribe, sent again after the drop");
+        let _publisher = client.publisher("p").await.expect("the claim, sent again after the drop");
+        let page = client.history("r", None, 10).await.expect("the history, asked again after the drop");
+        assert_eq!(page.messages.len(), 1);
+    };
+    tokio::time::timeout(Duration::from_secs(30), calls).await.expect("the calls finished");
+    // Each went out once on the connection that dropped, then again on a later one.
+    let mut tries = std::collections::HashMap::<&str, Vec<usize>>::new();
+    while let Ok((connection, body)) = seen.try_recv() {
+        let kind = match body {
+            RequestBody::Join(_) => "join",
+            RequestBody::Subscribe { .. } => "subscribe",
+            RequestBody::Publish { .. } => "publish",
+            RequestBody::History { .. } => "history",
+            _ => "other",
+        };
+        tries.entry(kind).or_default().push(connection);
+    }
+    for kind in ["join", "subscribe", "publish", "history"] {
+        let on = &tries[kind];
+        assert!(on.len() >= 2 && on[0] < on[1], "{kind} sent on connections {on:?}: {tries:?}");
+    }
+    client.close().await;
+    server.abort();
 }

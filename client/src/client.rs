@@ -83,12 +83,14 @@ impl Client {
         self.handle.driver.server_clock_us()
     }
 
-    /// Subscribes to a tick channel. Resubscribed on its own after a reconnect.
+    /// Subscribes to a tick channel. Resubscribed on its own after a reconnect (also when the connection drops
+    /// before the server's answer: the subscribe is sent again on the next connection).
     pub async fn subscribe(&self, channel: &str) -> Result<TickSubscription, RequestError> {
         self.handle.driver.subscribe(channel, self.handle.clone()).await
     }
 
-    /// Claims the right to publish on a tick channel. Claimed again on its own after a reconnect. A second publisher
+    /// Claims the right to publish on a tick channel. Claimed again on its own after a reconnect (the claim, too, is
+    /// sent again if the connection drops before its answer). A second publisher
     /// of a channel shares the first's claim, max age and tick numbering.
     pub async fn publisher(&self, channel: &str) -> Result<TickPublisher, RequestError> {
         self.publisher_with_max_age(channel, None).await
@@ -120,7 +122,9 @@ impl Client {
         self.handle.driver.request(body).await
     }
 
-    /// Joins `room`: its events (from now on) arrive through the returned [`Room`].
+    /// Joins `room`: its events (from now on) arrive through the returned [`Room`]. A Join whose connection drops
+    /// before the answer is sent again on the next connection (up to three connections in all), so a reconnect
+    /// of a moment does not fail it.
     pub async fn join(&self, room: &str) -> Result<Room, RequestError> {
         self.join_with(room, JoinOptions::default()).await
     }
@@ -183,9 +187,9 @@ impl Client {
     }
 
     /// A room's retained messages after `since`, at most `limit` (fewer when they do not fit one frame: see
-    /// `HistoryPage::more`).
+    /// `HistoryPage::more`). Asked again on the next connection if the connection drops before the answer.
     pub async fn history(&self, room: &str, since: Option<u64>, limit: u32) -> Result<HistoryPage, RequestError> {
-        match self.request(RequestBody::History { room: room.to_string(), since, limit }).await? {
+        match self.handle.driver.read(RequestBody::History { room: room.to_string(), since, limit }).await? {
             Reply::History(page) => Ok(page),
             other => Err(RequestError::unexpected(other)),
         }

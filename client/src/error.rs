@@ -131,9 +131,10 @@ pub enum RequestError {
     Failed(Failure),
     /// The connection the request went out on is gone (closed by either side, or lost) before its reply: the
     /// request may or may not have reached the server. This alone does not say the client is done: unless it was
-    /// closed (`Client::close`, a fatal refusal), it is reconnecting, and [`crate::Client::state`] says which. A
-    /// Join or Subscribe can be made again once it is connected; a post repeated with the same id is stored once
-    /// (the library's own posts are retried so already).
+    /// closed (`Client::close`, a fatal refusal), it is reconnecting, and [`crate::Client::state`] says which. Joins,
+    /// subscribes, claims and History are sent again on the next connection (three connections in all) before
+    /// they fail so; a raw [`crate::Client::request`] is not. A post repeated with the same id is stored once (the
+    /// library's own posts are retried so already).
     #[error("connection closed: {code}: {reason}")]
     Closed {
         /// Why, as the server (or the local side) said.

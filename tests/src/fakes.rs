@@ -321,6 +321,81 @@ pub async fn kicked_with_its_join(endpoint: quinn::Endpoint, joins: tokio::sync:
     }
 }
 
+/// A server whose connection drops under the first Join, the first Subscribe, the first Publish and the first
+/// History it is sent (each closes the connection it came on, unanswered, as a server that crashed); those sent
+/// again, on the next connections, are answered: a Join with a stream carrying one message, `after the drop`, a
+/// History with that message. Every request but Hello and Ping goes to `seen`, with the number of the connection
+/// it came on (from 0).
+pub async fn drops_each_first_request(
+    endpoint: quinn::Endpoint,
+    seen: tokio::sync::mpsc::UnboundedSender<(usize, quiver_proto::RequestBody)>,
+) {
+    use std::sync::{Arc, Mutex};
+
+    use quiver_proto::{
+        EventKind, FrameCodec, HistoryPage, Joined, Reply, RequestBody, RoomEvent, RoomFrame, ServerMsg,
+    };
+    let dropped = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let mut connections = 0..;
+    while let Some(incoming) = endpoint.accept().await {
+        let (number, dropped, seen) = (connections.next().unwrap_or(0), dropped.clone(), seen.clone());
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+            let codec = FrameCodec::new(Limits::default().max_frame as usize);
+            let message = RoomEvent {
+                seq: 1,
+                time_us: 0,
+                kind: EventKind::Message { sender: "bob".into(), client_msg_id: 1, body: "after the drop".into() },
+            };
+            let mut inbound = bytes::BytesMut::new();
+            let mut streams = Vec::new(); // kept open until the connection ends
+            while let Some(quiver_proto::Request { req_id, body }) = next_request(&codec, &mut inbound, &mut recv).await
+            {
+                if !matches!(body, RequestBody::Hello(_) | RequestBody::Ping { .. }) {
+                    let _ = seen.send((number, body.clone()));
+                    let kind = std::mem::discriminant(&body);
+                    if dropped.lock().unwrap().insert(kind) {
+                        conn.close(0u32.into(), b"crashed");
+                        return;
+                    }
+                }
+                let reply = match body {
+                    RequestBody::Hello(_) => welcome("ann"),
+                    RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
+                    RequestBody::Join(join) => {
+                        let joined = Joined {
+                            room: join.room,
+                            epoch: 1,
+                            recovered: true,
+                            replay_from: 1,
+                            last_seq: 0,
+                            members: vec!["ann".into()],
+                            req_id,
+                        };
+                        let mut stream = conn.open_uni().await.unwrap();
+                        for frame in [RoomFrame::Open(joined.clone()), RoomFrame::Event(message.clone())] {
+                            stream.write_all(&codec.encode_to_vec(&frame).unwrap()).await.unwrap();
+                        }
+                        streams.push(stream);
+                        Reply::Joined(joined)
+                    }
+                    RequestBody::Subscribe { channel } => Reply::Subscribed { channel, channel_id: 1 },
+                    RequestBody::Publish { channel, .. } => Reply::Publishing { channel, channel_id: 2 },
+                    RequestBody::History { room, .. } => {
+                        Reply::History(HistoryPage { room, epoch: 1, messages: vec![message.clone()], more: false })
+                    }
+                    other => panic!("unexpected request {other:?}"),
+                };
+                let reply = ServerMsg::Reply { req_id, result: Ok(reply) };
+                if send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 /// A server that answers Hello with a Welcome, then answers the next request with a frame that does not decode
 /// (an unknown message variant).
 pub async fn garbage_after_welcome(endpoint: quinn::Endpoint) {

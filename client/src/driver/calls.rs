@@ -11,6 +11,9 @@ use quiver_proto::{ErrorCode, Reply, RequestBody};
 use super::{Driver, Live, PubEntry, SubEntry};
 use crate::{clock::unix_us, error::RequestError};
 
+/// How many connections [`Driver::across_reconnects`] tries a call on before its `Closed` is the application's.
+pub(crate) const TRIES_ACROSS_RECONNECTS: u32 = 3;
+
 impl Driver {
     /// Runs `work` on a task of its own and waits for its outcome; dropping the returned future does not stop it.
     pub(crate) async fn detached<T, F>(&self, work: impl FnOnce(Arc<Driver>) -> F) -> Result<T, RequestError>
@@ -37,6 +40,47 @@ impl Driver {
     pub(crate) async fn request(&self, body: RequestBody) -> Result<Reply, RequestError> {
         let sent = self.detached(move |driver| async move { driver.live().await?.send(body).await }).await?;
         crate::connection::reply(sent).await
+    }
+
+    /// A request that only reads (History): sent again on the next connection if its own drops before the reply
+    /// ([`Driver::across_reconnects`]).
+    pub(crate) async fn read(&self, body: RequestBody) -> Result<Reply, RequestError> {
+        self.detached(move |driver| async move {
+            let body = &body;
+            let read = |live: Arc<Live>| async move { crate::connection::reply(live.send(body.clone()).await?).await };
+            driver.across_reconnects(read).await
+        })
+        .await
+    }
+
+    /// Runs `attempt` on the current connection; if that connection is lost before the attempt is answered (its
+    /// `Closed`), runs it again on the next one, up to [`TRIES_ACROSS_RECONNECTS`] connections in all. For what
+    /// the server may take twice without harm, and what a lost connection undoes anyway (a Join or Subscribe of a
+    /// connection that is gone holds nothing), so a reconnect of a moment does not fail the application's call.
+    /// Once the client ends, or no connection comes back within `connect_timeout`, the last `Closed` is returned.
+    pub(crate) async fn across_reconnects<T, F>(
+        &self,
+        mut attempt: impl FnMut(Arc<Live>) -> F,
+    ) -> Result<T, RequestError>
+    where
+        F: Future<Output = Result<T, RequestError>>,
+    {
+        let mut live = self.live().await?;
+        let mut tries = 1;
+        loop {
+            match attempt(live.clone()).await {
+                Err(err @ RequestError::Closed { .. })
+                    if tries < TRIES_ACROSS_RECONNECTS
+                        && live.close_reason().is_some()
+                        && !self.stop.is_cancelled() =>
+                {
+                    tracing::debug!(%err, "the connection was lost under a request; sending it again on the next one");
+                    live = self.live().await.map_err(|_| err)?;
+                    tries += 1;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// A Ping on the current connection: its reply, when it was written and its `client_time_us`.
@@ -68,8 +112,9 @@ impl Driver {
     ) -> Result<crate::TickSubscription, RequestError> {
         let channel = channel.to_string();
         self.detached(move |driver| async move {
-            let live = driver.live().await?;
-            let (entry, asked) = driver.ticks.subscribe(&*live, &channel).await?;
+            let (ticks, channel) = (&driver.ticks, &channel);
+            let subscribe = |live: Arc<Live>| async move { Ok((ticks.subscribe(&*live, channel).await?, live)) };
+            let ((entry, asked), live) = driver.across_reconnects(subscribe).await?;
             let subscription = crate::TickSubscription { entry, handle };
             // (A subscription shared without asking is the reconnect's to put back, as any confirmed one.)
             if let Some(current) = driver.replaced(&live).filter(|_| asked) {
@@ -91,8 +136,10 @@ impl Driver {
     ) -> Result<crate::TickPublisher, RequestError> {
         let channel = channel.to_string();
         self.detached(move |driver| async move {
-            let live = driver.live().await?;
-            let entry = driver.ticks.publisher(&*live, &channel, max_age_ms).await?;
+            let (ticks, channel) = (&driver.ticks, &channel);
+            let claim =
+                |live: Arc<Live>| async move { Ok((ticks.publisher(&*live, channel, max_age_ms).await?, live)) };
+            let (entry, live) = driver.across_reconnects(claim).await?;
             let publisher = crate::TickPublisher { entry, handle };
             if let Some(current) = driver.replaced(&live) {
                 // As a subscribe's (above): claims are idempotent too.

@@ -210,23 +210,28 @@ impl super::Driver {
         if let Some(position) = since {
             lock(&entry.state).resume_from(position);
         }
-        let sent = {
-            let _order = entry.order.lock().await;
-            match leaving.is_cancelled() {
-                true => Err(RequestError::closed((ErrorCode::NoError, "join given up".into()))),
-                false => match self.live().await {
-                    Ok(live) => {
-                        let join = RequestBody::Join(Join { room: room.to_string(), since, redundant });
-                        let joining = |req_id| lock(&entry.state).joining((live.id, req_id));
-                        live.send_noting(join, joining).await.map(|sent| (live, sent))
+        // Sent again on the next connection if the connection drops before the reply (that connection's membership
+        // went with it): from `since` the first time, from what the first stream delivered if it opened (as a
+        // reconnect's rejoin).
+        let join = |live: Arc<super::Live>| {
+            let (entry, leaving) = (&entry, &leaving);
+            async move {
+                let sent = {
+                    let _order = entry.order.lock().await;
+                    if leaving.is_cancelled() {
+                        return Err(RequestError::closed((ErrorCode::NoError, "join given up".into())));
                     }
-                    Err(err) => Err(err),
-                },
+                    let since = lock(&entry.state).rejoin_position();
+                    let join = RequestBody::Join(Join { room: room.to_string(), since, redundant });
+                    let joining = |req_id| lock(&entry.state).joining((live.id, req_id));
+                    live.send_noting(join, joining).await?
+                };
+                Ok((crate::connection::reply(sent).await?, live))
             }
         };
-        let (used, reply) = match sent {
-            Ok((live, sent)) => (Some(live), crate::connection::reply(sent).await),
-            Err(err) => (None, Err(err)),
+        let (reply, used) = match self.across_reconnects(join).await {
+            Ok((reply, used)) => (Ok(reply), Some(used)),
+            Err(err) => (Err(err), None),
         };
         match reply {
             Ok(Reply::Joined(joined)) => {

@@ -10,8 +10,8 @@ use quiver_server::ServerConfig;
 use quiver_tests::{hostile::named, TestServer};
 
 use quiver_tests::fakes::{
-    broken_room_stream, drops_each_first_request, fake_endpoint, fake_server, garbage_after_welcome,
-    kicked_with_its_join, late_first_stream, mute_after_welcome, Seen,
+    broken_room_stream, closes_at_a_clock_ping, drops_each_first_request, fake_endpoint, fake_server,
+    garbage_after_welcome, kicked_with_its_join, late_first_stream, mute_after_welcome, Seen,
 };
 
 /// The states `watch` (taken before whatever changes them) goes through until `done` says stop (at most 15 s).
@@ -592,6 +592,33 @@ async fn calls_whose_connection_drops_before_the_answer_go_again_on_the_next_con
         let on = &tries[kind];
         assert!(on.len() >= 2 && on[0] < on[1], "{kind} sent on connections {on:?}: {tries:?}");
     }
+    client.close().await;
+    server.abort();
+}
+
+/// A reconnect whose connection is closed while the client measures its clock (its Pings) is not the client's
+/// connection: it is neither published as connected nor counted as a reconnect, and the client goes on to the
+/// next. Before, it was published for a moment (`Connected` with a dead connection, requests sent on it failing
+/// with `Closed`) and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_while_its_clock_is_measured_is_not_published() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let server = tokio::spawn(closes_at_a_clock_ping(endpoint));
+    let options = ConnectOptions {
+        trust: TrustOptions::Auto { data_dir: dir.path().to_owned() },
+        reconnect_delay: Duration::from_millis(20),
+        reconnect_max_delay: Duration::from_millis(100),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(&addr, options).await.unwrap();
+    assert_eq!(client.welcome().session_id, 1);
+    let seen = states_until(client.state(), |s| matches!(s, ConnectionState::Connected { session_id: 3, .. })).await;
+    assert_eq!(
+        *seen.last().unwrap(),
+        ConnectionState::Connected { session_id: 3, reconnects: 1 },
+        "the connection closed at its clock Ping counted as a reconnect: {seen:?}"
+    );
+    assert!(!seen.iter().any(|s| matches!(s, ConnectionState::Connected { session_id: 2, .. })), "{seen:?}");
     client.close().await;
     server.abort();
 }

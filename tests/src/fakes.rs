@@ -396,6 +396,47 @@ pub async fn drops_each_first_request(
     }
 }
 
+/// A server whose connections are numbered from 0, each welcomed with that number plus one as its session id:
+/// connection 0 answers its Pings and is closed 300 ms after its Welcome (as by a crash), connection 1 is closed at
+/// its first Ping (while the client measures its clock), and the later ones answer their Pings for good.
+pub async fn closes_at_a_clock_ping(endpoint: quinn::Endpoint) {
+    use quiver_proto::{FrameCodec, Reply, RequestBody, ServerMsg};
+    let mut connections = 0u64..;
+    while let Some(incoming) = endpoint.accept().await {
+        let number = connections.next().unwrap_or(0);
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+            let codec = FrameCodec::new(Limits::default().max_frame as usize);
+            if number == 0 {
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    conn.close(0u32.into(), b"crashed");
+                });
+            }
+            let mut inbound = bytes::BytesMut::new();
+            while let Some(quiver_proto::Request { req_id, body }) = next_request(&codec, &mut inbound, &mut recv).await
+            {
+                let reply = match body {
+                    RequestBody::Hello(_) => {
+                        let Reply::Welcome(mut welcome) = welcome("ann") else { unreachable!() };
+                        welcome.session_id = number + 1;
+                        Reply::Welcome(welcome)
+                    }
+                    RequestBody::Ping { .. } if number == 1 => return conn.close(0u32.into(), b"crashed at a ping"),
+                    RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
+                    other => panic!("unexpected request {other:?}"),
+                };
+                let reply = ServerMsg::Reply { req_id, result: Ok(reply) };
+                if send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 /// A server that answers Hello with a Welcome, then answers the next request with a frame that does not decode
 /// (an unknown message variant).
 pub async fn garbage_after_welcome(endpoint: quinn::Endpoint) {

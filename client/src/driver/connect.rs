@@ -118,7 +118,9 @@ impl Driver {
             link = next_link;
         };
         unfinished.connection = Some(connection.clone());
-        driver.connected(connection).await;
+        // (Published even if closed while its clock was measured: the supervisor then reconnects, as for any
+        // connection lost after the connect.)
+        driver.connected(connection, false).await;
         unfinished.finished = true;
         driver.tasks.spawn(driver.clone().supervise());
         let sending = posts::send_posts(driver.current.subscribe(), queued, driver.stop.clone());

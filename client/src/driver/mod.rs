@@ -156,14 +156,26 @@ impl Driver {
         self.open(link).await
     }
 
-    /// A new connection is up: its Welcome and clock offset are noted, then it becomes the current one.
-    async fn connected(&self, connection: Arc<Live>) {
+    /// A new connection is up (`reconnect`: not the client's first): its Welcome and clock offset are noted, then
+    /// it becomes the current one. False, and nothing published, for a reconnect's connection closed while its
+    /// clock was measured (a clock Ping the server would not take, a crash): not handed to the application, or
+    /// counted as a reconnect, and the next one is tried. (The first connection is published all the same: the
+    /// supervisor then reconnects from it.)
+    async fn connected(&self, connection: Arc<Live>, reconnect: bool) -> bool {
         *lock(&self.welcome) = connection.welcome.clone();
         self.estimate_clock_offset(&connection).await;
+        if reconnect && connection.close_reason().is_some() {
+            return false;
+        }
         let session_id = connection.welcome.session_id;
         self.current.send_replace(Some(connection));
-        let reconnects = u32::try_from(self.reconnects.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        let reconnects = match reconnect {
+            true => self.reconnects.fetch_add(1, Ordering::Relaxed) + 1,
+            false => self.reconnects.load(Ordering::Relaxed),
+        };
+        let reconnects = u32::try_from(reconnects).unwrap_or(u32::MAX);
         self.set_state(ConnectionState::Connected { session_id, reconnects });
+        true
     }
 
     pub(crate) fn welcome(&self) -> Welcome {
@@ -370,7 +382,14 @@ impl Driver {
                     () = self.stop.cancelled() => return self.end((ErrorCode::NoError, "client dropped".into())),
                 };
                 match attempt {
-                    Ok(Ok(connection)) => break connection,
+                    Ok(Ok(connection)) => {
+                        if self.connected(connection.clone(), true).await {
+                            break connection;
+                        }
+                        let why = connection.close_reason().unwrap_or((ErrorCode::Internal, "connection lost".into()));
+                        tracing::info!(code = %why.0, reason = %why.1, "connection lost while its clock was measured");
+                        last_error = format!("{}: {}", why.0, why.1);
+                    }
                     Ok(Err(err)) if err.is_fatal() => {
                         // Trying again cannot help (a refused token or version, a certificate that is not the
                         // pinned one): the client ends and says why.
@@ -393,8 +412,6 @@ impl Driver {
                 }
             };
             connected_at = tokio::time::Instant::now();
-            self.reconnects.fetch_add(1, Ordering::Relaxed);
-            self.connected(connection.clone()).await;
             // Rooms rejoin side by side, each on its own task (a room whose join is refused for now retries on
             // its own), and ticks do not wait for them.
             for entry in self.rooms.all().into_iter().filter(|entry| entry.is_joined()) {

@@ -77,6 +77,24 @@ pub struct ReplayRange {
     pub recovered: bool,
 }
 
+/// A History request's page ([`Room::history`]): ready (a room in memory only), or to be read from the store.
+#[derive(Debug)]
+pub enum HistoryRead {
+    Page(HistoryPage),
+    Disk(durable::DiskHistory),
+}
+
+impl HistoryRead {
+    /// Tests: the page, read at once.
+    #[cfg(test)]
+    pub fn page(self) -> Result<HistoryPage, Failure> {
+        match self {
+            HistoryRead::Page(page) => Ok(page),
+            HistoryRead::Disk(read) => read.read(),
+        }
+    }
+}
+
 impl Room {
     /// A new, empty room with the given epoch and the in-memory history `limits` describe, holding at most
     /// `history_bytes` of it.
@@ -331,19 +349,13 @@ impl Room {
         Ok(Posting { posted, delivery: self.deliver(frame, now_us), commit: None })
     }
 
-    /// Retained messages after `since`, at most `limit`, and no more than fit `budget` encoded bytes.
-    pub fn history(
-        &mut self,
-        since: Option<u64>,
-        limit: usize,
-        budget: usize,
-        now_us: u64,
-    ) -> Result<HistoryPage, Failure> {
+    /// Retained messages after `since`, at most `limit`, and no more than fit `budget` encoded bytes: the page, or
+    /// for a durable room what to read from the store once the room's lock is let go.
+    pub fn history(&mut self, since: Option<u64>, limit: usize, budget: usize, now_us: u64) -> HistoryRead {
         self.touch(now_us);
         self.history.trim(now_us);
         if let Some(disk) = &self.disk {
-            let (messages, more) = disk.history(since, self.delivered_seq, limit, budget)?;
-            return Ok(HistoryPage { room: self.name.clone(), epoch: self.epoch, messages, more });
+            return HistoryRead::Disk(disk.history(since, (self.epoch, self.delivered_seq), limit, budget));
         }
         let after = since.unwrap_or(0);
         let candidates = self.history.after(after, limit.saturating_add(1));
@@ -358,7 +370,7 @@ impl Room {
             used += m.frame.len();
             messages.push(m.event.clone());
         }
-        Ok(HistoryPage { room: self.name.clone(), epoch: self.epoch, messages, more })
+        HistoryRead::Page(HistoryPage { room: self.name.clone(), epoch: self.epoch, messages, more })
     }
 
     fn broadcast(&mut self, kind: EventKind, now_us: u64) -> Delivery {

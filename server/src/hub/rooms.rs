@@ -15,7 +15,7 @@ use quiver_proto::{ErrorCode, Failure, HistoryPage, Limits};
 use super::{
     lock::{lock, try_lock, HubGuard},
     replay::Replay,
-    room::Posting,
+    room::{HistoryRead, Posting},
     Delivery, JoinRoom, Joining, PostMessage, PostProgress, Posted, Room, RoomHub, SubscriberId,
 };
 use crate::{
@@ -420,7 +420,13 @@ impl RoomHub for LocalRooms {
         // A room that does not exist has an empty history; one that cannot be loaded or read is an error (at
         // `max_rooms` with every room in use, `ServerFull`; a store read that failed, `Internal`), not "empty".
         match self.with_room(room, false, now_us, |r| r.history(since, limit as usize, budget, now_us)).await? {
-            Some((_, page)) => page,
+            Some((_, HistoryRead::Page(page))) => Ok(page),
+            // Read outside the room's lock (posts and joins of the room go on meanwhile), on the blocking pool.
+            Some((_, HistoryRead::Disk(read))) => {
+                tokio::task::spawn_blocking(move || read.read()).await.map_err(|err| {
+                    Failure::new(ErrorCode::Internal, format!("the history of room {room} could not be read: {err}"))
+                })?
+            }
             None => Ok(HistoryPage { room: room.to_string(), epoch: 0, messages: Vec::new(), more: false }),
         }
     }

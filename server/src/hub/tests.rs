@@ -162,15 +162,15 @@ fn history_is_bounded_by_count_and_age() {
     for i in 0..25 {
         post(&mut room, "a", i, i * 1_000_000);
     }
-    let page = room.history(None, 100, usize::MAX, 25_000_000).unwrap();
+    let page = room.history(None, 100, usize::MAX, 25_000_000).page().unwrap();
     let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, (16..=25).collect::<Vec<_>>());
     // 200 s later all of it is older than 100 s.
-    assert!(room.history(None, 100, usize::MAX, 225_000_000).unwrap().messages.is_empty());
+    assert!(room.history(None, 100, usize::MAX, 225_000_000).page().unwrap().messages.is_empty());
     // 0: no age bound (as through Redis), only the count.
     let mut ageless = self::room(&Limits { history_max_messages: 10, history_max_age_s: 0, ..Limits::default() });
     post(&mut ageless, "a", 1, 0);
-    assert_eq!(ageless.history(None, 100, usize::MAX, u64::MAX / 2).unwrap().messages.len(), 1);
+    assert_eq!(ageless.history(None, 100, usize::MAX, u64::MAX / 2).page().unwrap().messages.len(), 1);
 }
 
 #[test]
@@ -179,12 +179,12 @@ fn history_pages_by_limit_and_budget() {
     for i in 0..10 {
         post(&mut room, "a", i, 0);
     }
-    let page = room.history(Some(2), 3, usize::MAX, 0).unwrap();
+    let page = room.history(Some(2), 3, usize::MAX, 0).page().unwrap();
     assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 4, 5]);
     assert!(page.more);
-    let page = room.history(Some(8), 10, usize::MAX, 0).unwrap();
+    let page = room.history(Some(8), 10, usize::MAX, 0).page().unwrap();
     assert!(!page.more);
-    let tiny = room.history(None, 10, 30, 0).unwrap();
+    let tiny = room.history(None, 10, 30, 0).page().unwrap();
     assert!(tiny.messages.len() < 10 && tiny.more, "budget cuts the page: {}", tiny.messages.len());
 }
 

@@ -8,7 +8,7 @@
 use std::{collections::VecDeque, sync::Arc};
 
 use bytes::Bytes;
-use quiver_proto::{ErrorCode, Failure, Limits, Position, RoomEvent, RoomFrame};
+use quiver_proto::{ErrorCode, Failure, Limits, Position, RoomFrame};
 
 use super::{ReplayRange, Room};
 use crate::{
@@ -220,36 +220,18 @@ impl DiskRoom {
         (false, ReplayRange { recovered: false, ..range(latest) })
     }
 
-    /// A page of history after `since` (default: from the oldest retained), read from the store.
+    /// A page of history after `since` (default: from the oldest retained), to be read from the store by
+    /// [`DiskHistory::read`], outside the room's lock.
     pub(super) fn history(
         &self,
         since: Option<u64>,
-        delivered: u64,
+        (epoch, delivered): (u64, u64),
         limit: usize,
         budget: usize,
-    ) -> Result<(Vec<RoomEvent>, bool), Failure> {
+    ) -> DiskHistory {
         let after = since.unwrap_or(0).max(self.first_readable(delivered).saturating_sub(1));
-        // A read that fails is the client's error to see (an empty last page said "no more history").
-        let page = self.store.page(self.id, after, delivered, limit, budget).map_err(|err| {
-            tracing::error!(room = %self.name, %err, "history read failed");
-            Failure::new(ErrorCode::Internal, format!("the history of room {} could not be read", self.name))
-        })?;
-        let mut events = Vec::with_capacity(page.frames.len());
-        for stored in page.frames {
-            let mut frame = bytes::BytesMut::from(&stored.frame[..]);
-            match self.codec.decode::<RoomFrame>(&mut frame) {
-                Ok(Some(RoomFrame::Event(event))) => events.push(event),
-                // Skipped, the page would hold nothing past it and say "more": a client paging from its last
-                // seq asked for the same page forever (e.g. `max_frame` lowered below stored messages).
-                other => {
-                    tracing::error!(room = %self.name, seq = stored.seq, ?other, "a stored frame is not an event");
-                    let reason = format!("message {} of room {} cannot be read back", stored.seq, self.name);
-                    return Err(Failure::new(ErrorCode::Internal, reason));
-                }
-            }
-        }
-        // A frame over the budget alone still counts against it: the page stops before it.
-        Ok((events, page.more))
+        let (store, id, name, codec) = (self.store.clone(), self.id, self.name.clone(), self.codec);
+        DiskHistory { store, id, name, codec, epoch, after, delivered, limit, budget }
     }
 
     /// Retention: plans the deletion of the dedupe entries the window forgot (below `dedupe_from`) and of the
@@ -310,5 +292,48 @@ impl DiskRoom {
         if !self.plan_failed && self.over_retention() {
             self.trim(now_us, dedupe, epoch, last_seq);
         }
+    }
+}
+
+/// A History page of a durable room, read from the store outside the room's lock (a page not in the store's cache
+/// is read from disk, up to a frame's worth): [`DiskHistory::read`], on a blocking thread.
+#[derive(Debug)]
+pub struct DiskHistory {
+    store: Arc<Store>,
+    id: u64,
+    name: Arc<str>,
+    codec: quiver_proto::FrameCodec,
+    epoch: u64,
+    after: u64,
+    delivered: u64,
+    limit: usize,
+    budget: usize,
+}
+
+impl DiskHistory {
+    /// Reads the page (blocking: the store's read).
+    pub fn read(self) -> Result<quiver_proto::HistoryPage, Failure> {
+        let DiskHistory { store, id, name, codec, epoch, after, delivered, limit, budget } = self;
+        // A read that fails is the client's error to see (an empty last page said "no more history").
+        let page = store.page(id, after, delivered, limit, budget).map_err(|err| {
+            tracing::error!(room = %name, %err, "history read failed");
+            Failure::new(ErrorCode::Internal, format!("the history of room {name} could not be read"))
+        })?;
+        let mut messages = Vec::with_capacity(page.frames.len());
+        for stored in page.frames {
+            let mut frame = bytes::BytesMut::from(&stored.frame[..]);
+            match codec.decode::<RoomFrame>(&mut frame) {
+                Ok(Some(RoomFrame::Event(event))) => messages.push(event),
+                // Skipped, the page would hold nothing past it and say "more": a client paging from its last
+                // seq asked for the same page forever (e.g. `max_frame` lowered below stored messages).
+                other => {
+                    tracing::error!(room = %name, seq = stored.seq, ?other, "a stored frame is not an event");
+                    let reason = format!("message {} of room {name} cannot be read back", stored.seq);
+                    return Err(Failure::new(ErrorCode::Internal, reason));
+                }
+            }
+        }
+        // A frame over the budget alone still counts against it: the page stops before it.
+        Ok(quiver_proto::HistoryPage { room: name.to_string(), epoch, messages, more: page.more })
     }
 }

@@ -297,8 +297,8 @@ impl<R: RoomHub> Server<R> {
 
     /// Serves until `shutdown` is cancelled, then drains: stops accepting, sends every connection GoAway (after
     /// the request it is serving, so a post in flight is stored and acknowledged first) and closes it with
-    /// `GoingAway`, and returns once they are closed, or after `config.drain_timeout`. The room store is flushed
-    /// when the server is dropped.
+    /// `GoingAway`, and returns once they are closed, or after `config.drain_timeout`, and the room store
+    /// flushed (if nothing else holds it).
     pub async fn run(mut self, shutdown: CancellationToken) -> Summary {
         let tasks = TaskTracker::new();
         let page = self.page_info();
@@ -414,6 +414,9 @@ impl<R: RoomHub> Server<R> {
             left_open = summary.left_open,
             "server stopped"
         );
+        // The room store's last commits, its sync and its threads' joins (when the server held its last handle)
+        // run on the blocking pool, not on a runtime thread.
+        let _ = tokio::task::spawn_blocking(move || drop(self)).await;
         summary
     }
 }

@@ -116,3 +116,41 @@ pub(super) async fn announce(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc
     }
     done
 }
+
+/// Redis' count of this node's members made to agree with the node's own, in every room Redis lists for it (run at
+/// each Pub/Sub connection: Redis may be back from a snapshot that still counts subscriptions ended since, which
+/// would look present until this node died). Under each room's join lock, so that no join is counted meanwhile; a
+/// room this node does not have is looked at through a room made for it (the sweep takes it away again).
+pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>>) {
+    let node = ctx.broker.node().to_string();
+    let mut conn = ctx.broker.conn();
+    let listed: Vec<String> = match redis::AsyncCommands::smembers(&mut conn, keys::node_rooms(&node)).await {
+        Ok(listed) => listed,
+        Err(err) => return ctx.broker.failed(&err), // the next connection tries again
+    };
+    for name in listed {
+        let (room, _joining) = loop {
+            let room = super::rooms::node_room(&ctx, &rooms, &name);
+            let guard = room.channel.clone().lock_owned().await;
+            if !matches!(*guard, super::node_room::Channel::Removed) {
+                break (room, guard);
+            }
+        };
+        let held: Vec<SubscriberId> = lock(&room.state).subscribers.keys().copied().collect();
+        let mut call = scripts::RECONCILE_SCRIPT.prepare_invoke();
+        call.key(&room.keys.meta).key(&room.keys.log).key(&room.keys.members).key(room.keys.holders(&node));
+        call.arg(crate::now_us().to_string()).arg(&room.keys.events).arg(ctx.room_ttl_ms);
+        for id in held {
+            call.arg(id);
+        }
+        match call.invoke_async::<u64>(&mut conn).await {
+            Ok(0) => {}
+            Ok(ended) => tracing::warn!(
+                room = %name,
+                subscriptions = ended,
+                "the broker counted members this node no longer has (Redis back from older data?); they left"
+            ),
+            Err(err) => return ctx.broker.failed(&err),
+        }
+    }
+}

@@ -22,7 +22,7 @@ use super::{
     broker::{Broker, ChannelHandler},
     event,
     keys::{self, RoomKeys},
-    membership::{announce, bury, join_script, list_room},
+    membership::{announce, bury, join_script, list_room, reconcile},
     node_room::{new_epoch, Channel, Ctx, NodeRoom, NodeState, Sub},
     posts::{FenceNote, PostQueues},
     scripts,
@@ -64,22 +64,14 @@ impl RedisRooms {
         broker.on_dead(Arc::new(move |node| Box::pin(bury(dead_ctx.clone(), node))));
         let (revived_ctx, revived_rooms) = (ctx.clone(), rooms.clone());
         broker.on_revived(Arc::new(move || Box::pin(announce(revived_ctx.clone(), revived_rooms.clone()))));
+        let (connected_ctx, connected_rooms) = (ctx.clone(), rooms.clone());
+        broker
+            .on_pubsub_connected(Arc::new(move || Box::pin(reconcile(connected_ctx.clone(), connected_rooms.clone()))));
         RedisRooms { posts: PostQueues::new(ctx.clone()), ctx, rooms, next_subscriber: AtomicU64::new(1) }
     }
 
     fn room(&self, name: &str) -> Arc<NodeRoom> {
-        lock(&self.rooms)
-            .entry(name.to_string())
-            .or_insert_with(|| {
-                Arc::new(NodeRoom {
-                    name: name.to_string(),
-                    keys: RoomKeys::new(name),
-                    ctx: self.ctx.clone(),
-                    channel: Arc::new(tokio::sync::Mutex::new(Channel::Unsubscribed)),
-                    state: Mutex::new(NodeState::default()),
-                })
-            })
-            .clone()
+        node_room(&self.ctx, &self.rooms, name)
     }
 
     /// Subscribes the node to `room`'s channel, once; returns the room with its join lock held.
@@ -99,6 +91,22 @@ impl RedisRooms {
             }
         }
     }
+}
+
+/// The node's room of that name, made (not subscribed to) if it has none.
+pub(super) fn node_room(ctx: &Arc<Ctx>, rooms: &Mutex<HashMap<String, Arc<NodeRoom>>>, name: &str) -> Arc<NodeRoom> {
+    lock(rooms)
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            Arc::new(NodeRoom {
+                name: name.to_string(),
+                keys: RoomKeys::new(name),
+                ctx: ctx.clone(),
+                channel: Arc::new(tokio::sync::Mutex::new(Channel::Unsubscribed)),
+                state: Mutex::new(NodeState::default()),
+            })
+        })
+        .clone()
 }
 
 /// What a join replays: whether `since` is recovered, the first page, and what is left to read after it.

@@ -175,6 +175,22 @@ redis.call('DEL', KEYS[4])
 return #held
 "#;
 
+/// The node's subscriptions in the room as Redis counts them, made to agree with the node's own: every one it does
+/// not hold any more ends (Redis back from a snapshot taken before they left; a leave that never reached it).
+/// KEYS: meta, log, members, the node's holders. ARGV: time µs, events channel, room TTL ms, then the id of every
+/// subscription the node holds in the room. Returns the subscriptions ended.
+const RECONCILE: &str = r#"
+local keep = {}
+for i = 4, #ARGV do keep[ARGV[i]] = true end
+local ended = 0
+for _, sub in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if not keep[sub] then
+    ended = ended + leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], sub, ARGV[1], ARGV[2], ARGV[3], nil, nil)
+  end
+end
+return ended
+"#;
+
 /// A node's heartbeat, on Redis' clock. KEYS: the nodes' sorted set, the node's mark. ARGV: node id, the node's
 /// token, `create` or `refresh`. Stamps the node (on Redis' clock, never backwards) and, with `create`, sets its
 /// mark; with `refresh` it only checks that the mark is still the node's: a node buried meanwhile (mark deleted) is
@@ -236,6 +252,9 @@ pub(super) static LEAVE_SCRIPT: LazyLock<Script> =
 /// The dead-node script.
 pub(super) static NODE_GONE_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{PRELUDE}{LEAVE_FN}{NODE_GONE}")));
+/// The reconcile script.
+pub(super) static RECONCILE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PRELUDE}{LEAVE_FN}{RECONCILE}")));
 
 #[cfg(test)]
 #[path = "scripts_tests.rs"]

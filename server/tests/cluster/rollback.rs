@@ -131,3 +131,69 @@ fn a_busy_room_through_pubsub_reconnects_is_not_taken_for_a_rollback() {
         member.close().await;
     });
 }
+
+/// Members that left after Redis' last snapshot come back with it: counted in presence again, they looked present
+/// to everyone joining since, until their node died. Each node now makes Redis' count of its members agree with
+/// its own when its Pub/Sub connection is made again: here a member that left a room that stays busy on its node,
+/// and one that left a room where it was its node's last.
+#[test]
+fn members_that_left_after_the_snapshot_are_not_present_when_redis_returns_with_it() {
+    if !redis_available("members_that_left_after_the_snapshot_are_not_present_when_redis_returns_with_it") {
+        return;
+    }
+    let snapshots = tempfile::tempdir().unwrap();
+    let dir = snapshots.path().to_str().unwrap().to_string();
+    let port = ports::restartable_port();
+    let redis = Redis::start_on(port, &["--dir", &dir]);
+    let (_tmp, dirs) = node_dirs(2);
+    let nodes = start_cluster(&dirs, &[redis.url(), redis.url()], &[]);
+    let runtime = clients_runtime();
+    runtime.block_on(async {
+        let counted = |redis: &Redis, room: &str, member: &str| -> bool {
+            let key = format!("q:{{{room}}}:members");
+            redis.query::<Option<u64>>(redis::cmd("HGET").arg(&key).arg(member)).unwrap_or(None).is_some()
+        };
+        let stayer = Client::connect_with(&nodes[0].addr, options(&dirs[0], "stayer")).await.unwrap();
+        let _stays = stayer.join("ghosts").await.unwrap();
+        let leaver = Client::connect_with(&nodes[0].addr, options(&dirs[0], "leaver")).await.unwrap();
+        let left = leaver.join("ghosts").await.unwrap();
+        let solo = leaver.join("emptied").await.unwrap();
+        let saved: String = redis.query(&mut redis::cmd("SAVE")).unwrap();
+        assert_eq!(saved, "OK");
+        left.leave().await.unwrap();
+        solo.leave().await.unwrap();
+        wait_for("the leaves counted", Duration::from_secs(10), || {
+            !counted(&redis, "ghosts", "leaver") && !counted(&redis, "emptied", "leaver")
+        })
+        .await;
+        // The node lets the emptied room go at its next sweep: it no longer follows it (nor checks it at a
+        // reconnect), but the snapshot still lists it among the node's rooms.
+        let listed = |redis: &Redis| -> bool {
+            let lists: Vec<String> = redis.query(redis::cmd("KEYS").arg("q:node:*:rooms")).unwrap();
+            lists.iter().any(|list| redis.query::<bool>(redis::cmd("SISMEMBER").arg(list).arg("emptied")).unwrap())
+        };
+        wait_for("the node to let the emptied room go", Duration::from_secs(10), || !listed(&redis)).await;
+        // Redis is killed and comes back from its snapshot, which counts the leaver in both rooms.
+        drop(redis);
+        let redis = Redis::start_on(port, &["--dir", &dir]);
+        assert!(counted(&redis, "ghosts", "leaver") && counted(&redis, "emptied", "leaver"), "the snapshot's count");
+        assert!(listed(&redis), "the snapshot lists the emptied room");
+        wait_for("the node to take its members' leaves back to Redis", Duration::from_secs(20), || {
+            !counted(&redis, "ghosts", "leaver") && !counted(&redis, "emptied", "leaver")
+        })
+        .await;
+        assert!(counted(&redis, "ghosts", "stayer"), "a member still there stays counted");
+        // What a member joining on the other node is told.
+        let checker = Client::connect_with(&nodes[1].addr, options(&dirs[1], "checker")).await.unwrap();
+        let ghosts = checker.join("ghosts").await.unwrap();
+        let mut present = ghosts.members();
+        present.sort();
+        assert_eq!(present, ["checker", "stayer"]);
+        let emptied = checker.join("emptied").await.unwrap();
+        assert_eq!(emptied.members(), ["checker"]);
+        for client in [stayer, leaver, checker] {
+            client.close().await;
+        }
+        drop(redis);
+    });
+}

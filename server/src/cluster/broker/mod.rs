@@ -71,11 +71,14 @@ type DeadHook = Arc<dyn Fn(String) -> BoxFuture<'static, bool> + Send + Sync>;
 /// Counts this node's members again after it was buried; false when it could not finish (tried again at the next
 /// heartbeat).
 type RevivedHook = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
+/// Runs on a task of its own each time the Pub/Sub connection is made (Redis may have come back with other data).
+type ConnectedHook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
 #[derive(Default)]
 struct Hooks {
     dead: Vec<DeadHook>,
     revived: Vec<RevivedHook>,
+    connected: Vec<ConnectedHook>,
 }
 
 /// Commands, Pub/Sub and heartbeat of this node.
@@ -227,6 +230,12 @@ impl Broker {
         lock(&self.hooks).revived.push(hook);
     }
 
+    /// Runs `hook`, on a task of its own, each time the Pub/Sub connection is made (after the channels' handlers
+    /// were told).
+    pub(crate) fn on_pubsub_connected(&self, hook: ConnectedHook) {
+        lock(&self.hooks).connected.push(hook);
+    }
+
     /// Routes `channel`'s messages to `handler` and subscribes to it; returns once Redis confirmed the
     /// subscription (so nothing published after this returns is missed, unless the connection drops, which the
     /// handler is told of).
@@ -316,6 +325,9 @@ impl Broker {
             let handlers: Vec<_> = lock(&self.handlers).values().cloned().collect();
             for handler in handlers {
                 handler.resubscribed().await;
+            }
+            for hook in lock(&self.hooks).connected.clone() {
+                tokio::spawn(hook());
             }
             loop {
                 let message = tokio::select! {

@@ -9,7 +9,7 @@ use quiver_server::{
     cluster::{Broker, BrokerSettings, ClusterTicks, RedisRooms},
     hub::RoomHub,
     settings::{self, DiskDurability, Layers, LogFormat, LogSettings, Override, Settings, StoreKind},
-    signals::Signals,
+    signals::{Served, Signals},
     store::Durability,
     token::{Signer, TokenCommandError, TokenRequest},
     Server,
@@ -375,7 +375,8 @@ async fn serve(settings: Settings, layers: Layers) -> ExitCode {
             Ok(Err(err)) => return fail(&err),
             Err(err) => return fail(&format!("the server's start failed: {err}")),
         };
-        let _ = reloader.send(server.reloader());
+        let store = server.store().as_ref().map(Arc::downgrade);
+        let _ = reloader.send(Served { reloader: server.reloader(), store });
         let store = match durability {
             Durability::Memory => "rooms in memory only (--store memory): a restart forgets their history".to_string(),
             durability => format!(
@@ -397,7 +398,7 @@ async fn serve(settings: Settings, layers: Layers) -> ExitCode {
         Ok(server) => server,
         Err(err) => return fail(&err),
     };
-    let _ = reloader.send(server.reloader());
+    let _ = reloader.send(Served { reloader: server.reloader(), store: None });
     let rooms = format!(
         "rooms, presence and ticks shared through {} (node {})",
         BrokerSettings::redact(&broker.config().url),

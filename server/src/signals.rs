@@ -1,9 +1,25 @@
 //! The server process's signals, registered before the server exists (a store's recovery after a crash can take a
 //! while): SIGTERM and SIGINT drain (a second one exits at once), SIGHUP reloads the certificate and token keys.
 
+use std::sync::Weak;
+
 use tokio_util::sync::CancellationToken;
 
-use crate::{settings::Settings, Reloader};
+use crate::{settings::Settings, store::Store, Reloader};
+
+/// How long a second signal waits for the room store's sync before the process exits all the same (a disk that
+/// hangs must not keep it from exiting).
+const SEAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the signals act on once the server is there: its reloader (SIGHUP), and its room store (sealed before a
+/// second SIGTERM exits).
+#[derive(Debug)]
+pub struct Served {
+    /// Reloads the certificate and token keys.
+    pub reloader: Reloader,
+    /// The server's room store, if it has one (not kept alive by the signals).
+    pub store: Option<Weak<Store>>,
+}
 
 /// SIGTERM and SIGINT (drain, then exit; a second one exits at once) and SIGHUP (reload), registered up front.
 #[derive(Debug)]
@@ -35,16 +51,17 @@ impl Signals {
     }
 
     /// The first SIGTERM/SIGINT cancels `shutdown` (the server drains, at once or as soon as it runs); the second
-    /// exits at once. SIGHUP reloads the certificate and the token keys from the files `settings` names, once the
+    /// exits at once, once the room store is sealed (`Store::seal_for_exit`, at most [`SEAL_WAIT`]). SIGHUP reloads the certificate and the token keys from the files `settings` names, once the
     /// server (its `reloader`) is there: one that came before is acted on then.
     #[cfg(unix)]
     pub async fn handle(
         mut self,
         shutdown: CancellationToken,
-        mut reloader: tokio::sync::oneshot::Receiver<Reloader>,
+        mut served: tokio::sync::oneshot::Receiver<Served>,
         settings: Settings,
     ) {
         let mut ready: Option<Reloader> = None;
+        let mut store: Option<Weak<Store>> = None;
         let mut held_reload = false;
         loop {
             tokio::select! {
@@ -57,17 +74,23 @@ impl Signals {
                     }
                     continue;
                 }
-                set = &mut reloader, if ready.is_none() => {
+                set = &mut served, if ready.is_none() => {
                     let Ok(set) = set else { return }; // the server did not start: the process is ending
                     if std::mem::take(&mut held_reload) {
-                        reload(&set, &settings);
+                        reload(&set.reloader, &settings);
                     }
-                    ready = Some(set);
+                    (ready, store) = (Some(set.reloader), set.store);
                     continue;
                 }
             }
             if shutdown.is_cancelled() {
                 tracing::warn!("second signal: exiting without waiting for the drain");
+                if let Some(store) = store.as_ref().and_then(Weak::upgrade) {
+                    let sealing = tokio::task::spawn_blocking(move || store.seal_for_exit());
+                    if tokio::time::timeout(SEAL_WAIT, sealing).await.is_err() {
+                        tracing::error!("the room store's sync did not finish in time; exiting without it");
+                    }
+                }
                 std::process::exit(1);
             }
             tracing::info!("shutting down: draining (a second signal exits at once)");
@@ -80,7 +103,7 @@ impl Signals {
     pub async fn handle(
         self,
         shutdown: CancellationToken,
-        _reloader: tokio::sync::oneshot::Receiver<Reloader>,
+        _served: tokio::sync::oneshot::Receiver<Served>,
         _settings: Settings,
     ) {
         let _ = tokio::signal::ctrl_c().await;

@@ -228,3 +228,38 @@ fn config_check_names_the_line_and_print_redacts_the_secret() {
     assert!(!printed.contains(&secret) && printed.contains("hs256_secret = \"<redacted>\""), "{printed}");
     assert!(printed.contains("posts_per_s = 20") && printed.contains("listen = \"off\""), "{printed}");
 }
+
+/// A second signal exits at once, without the drain and the store's clean close; under `os` the store is sealed
+/// first (synced, its open mark removed: `Store::seal_for_exit`), so that a reboot of the machine afterwards is
+/// not taken for its crash. The two signals go back to back (a SIGTERM and a SIGINT: two of one kind may be taken
+/// as one), so the second comes while the first's drain still runs, most times: a run whose drain won is tried
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_seals_an_os_store_before_exiting() {
+    let mut exits = Vec::new();
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ["--listen", "127.0.0.1:0", "--no-web", "--durability", "os", "--data-dir"];
+        let mut args: Vec<&str> = args.to_vec();
+        args.push(dir.path().to_str().unwrap());
+        let mut server = Running::start(&args, &[("RUST_LOG", "info")], Stdio::piped());
+        let trust = TrustOptions::Auto { data_dir: dir.path().into() };
+        let client = Client::connect_with(&server.addr, options(trust)).await.unwrap();
+        let room = client.join("lobby").await.unwrap();
+        room.post("before the signals").await.unwrap();
+        let pid = server.child.id();
+        let status = Command::new("sh").arg("-c").arg(format!("kill -TERM {pid}; kill -INT {pid}")).status();
+        assert!(status.unwrap().success());
+        let status = server.exit_within(Duration::from_secs(10));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut server.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        if status.success() {
+            exits.push("drained before the second signal");
+            continue;
+        }
+        assert!(stderr.contains("second signal"), "{status}: {stderr}");
+        assert!(stderr.contains("room store synced before exiting"), "the store was not sealed: {stderr}");
+        return;
+    }
+    panic!("the second signal never came during the drain: {exits:?}");
+}

@@ -284,6 +284,11 @@ impl<R: RoomHub> Server<R> {
         self.metrics.clone()
     }
 
+    /// The room store, if rooms are stored durably.
+    pub fn store(&self) -> Option<Arc<crate::store::Store>> {
+        self.rooms.durable_store()
+    }
+
     /// A handle that reloads the certificate and token keys while the server runs.
     pub fn reloader(&self) -> Reloader {
         Reloader {

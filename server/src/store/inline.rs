@@ -222,6 +222,21 @@ impl InlineWriter {
         committer.keyspaces = None;
     }
 
+    /// The process exits without the clean close: nothing is committed (or acknowledged) from here on, and the
+    /// writes so far are synced. True if the sync worked.
+    pub(super) fn seal(&self) -> bool {
+        let mut committer = self.committer.lock().unwrap_or_else(|p| p.into_inner());
+        committer.failed = Some(StoreFailed("the server is exiting".into()));
+        let Some(keyspaces) = committer.keyspaces.as_ref() else { return false };
+        match keyspaces.db.persist(PersistMode::SyncAll) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(?err, "room store: the sync before exiting failed");
+                false
+            }
+        }
+    }
+
     /// Tests: holds the committer as a committing task does, until the guard is dropped.
     #[cfg(test)]
     pub(super) fn hold(&self) -> impl Drop + '_ {

@@ -56,8 +56,10 @@ pub(super) struct OpenMark {
     pub(super) crash: std::sync::atomic::AtomicBool,
 }
 
-impl Drop for OpenMark {
-    fn drop(&mut self) {
+impl OpenMark {
+    /// Removes the mark and syncs (the store's writes synced before: a clean close, or an exit sealed by
+    /// [`super::Store::seal_for_exit`]).
+    pub(super) fn remove(&self) {
         #[cfg(test)]
         if self.crash.load(std::sync::atomic::Ordering::Relaxed) {
             return;
@@ -66,6 +68,12 @@ impl Drop for OpenMark {
         if let Err(err) = removed {
             tracing::warn!(?err, "room store: the open mark could not be removed (the next start may renew epochs)");
         }
+    }
+}
+
+impl Drop for OpenMark {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 

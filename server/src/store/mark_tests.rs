@@ -9,7 +9,7 @@ use crate::store::{tests::filled, Durability, Store};
 fn epoch_after(dir: &Path, durability: Durability, boot: &str, crash: bool) -> u64 {
     let store = Store::open_at_boot(dir, durability, None, Some(boot)).unwrap();
     let room = store.load_room("r", 0, u64::MAX, 100).unwrap().expect("stored");
-    store._open_mark.crash.store(crash, Ordering::Relaxed);
+    store.open_mark.crash.store(crash, Ordering::Relaxed);
     room.epoch
 }
 
@@ -23,7 +23,7 @@ fn after_the_machine_went_down_under_os_every_room_starts_a_new_epoch() {
     {
         let store = Store::open_at_boot(dir.path(), Durability::Os, None, Some("boot-a")).unwrap();
         filled(&store, 5);
-        store._open_mark.crash.store(true, Ordering::Relaxed);
+        store.open_mark.crash.store(true, Ordering::Relaxed);
     }
     assert_eq!(epoch_after(dir.path(), Durability::Os, "boot-a", true), 7, "a process crash: the same boot");
     let renewed = epoch_after(dir.path(), Durability::Os, "boot-b", false);
@@ -31,10 +31,31 @@ fn after_the_machine_went_down_under_os_every_room_starts_a_new_epoch() {
     let store = Store::open_at_boot(dir.path(), Durability::Os, None, Some("boot-c")).unwrap();
     let room = store.load_room("r", 0, u64::MAX, 100).unwrap().unwrap();
     assert_eq!((room.epoch, room.last_seq, room.extent.messages), (renewed, 5, 5), "closed cleanly: kept");
-    store._open_mark.crash.store(true, Ordering::Relaxed);
+    store.open_mark.crash.store(true, Ordering::Relaxed);
     drop(store);
     // The os server crashed with its machine; the next one runs with fsync, and crashes with its machine too.
     let under_fsync = epoch_after(dir.path(), Durability::Fsync, "boot-d", true);
     assert_ne!(under_fsync, renewed, "os left its mark: renewed");
     assert_eq!(epoch_after(dir.path(), Durability::Os, "boot-e", false), under_fsync, "fsync's crash loses nothing");
+}
+
+/// A second SIGTERM exits at once (`process::exit`: no destructor runs, so no clean close). Under `os` that left
+/// the open mark, and a reboot of the machine afterwards renewed every room's epoch although nothing was lost. The
+/// store is sealed first now: nothing more is acknowledged, what was written is synced, and the mark removed.
+#[test]
+fn an_os_store_sealed_for_exit_keeps_its_epochs_across_a_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_at_boot(dir.path(), Durability::Os, None, Some("boot-a")).unwrap();
+        let id = filled(&store, 5);
+        store.seal_for_exit();
+        let late = store.submit(crate::store::tests::append(id, 6, 6));
+        let refused = crate::store::tests::block_on(late.wait());
+        assert!(refused.is_err(), "nothing is acknowledged once sealed: {refused:?}");
+        // The process exits: no destructor runs.
+        store.open_mark.crash.store(true, Ordering::Relaxed);
+    }
+    let store = Store::open_at_boot(dir.path(), Durability::Os, None, Some("boot-b")).unwrap();
+    let room = store.load_room("r", 0, u64::MAX, 100).unwrap().expect("stored");
+    assert_eq!((room.epoch, room.last_seq), (7, 5), "sealed before the exit: the reboot kept the epoch");
 }

@@ -214,7 +214,7 @@ pub struct Store {
     /// `os` durability: the journal's background sync (`journal.rs`).
     _journal_sync: Option<journal::JournalSync>,
     /// Removed at a clean close, after the writer's last sync (declaration order): `mark.rs`.
-    _open_mark: mark::OpenMark,
+    open_mark: mark::OpenMark,
     /// The data directory's lock, when the server's: released after the fields above (declaration order), so that
     /// the directory stays locked until the writer threads have committed, synced and let go of the database, also
     /// when a connection left open after the drain timeout keeps the store past its server.
@@ -293,6 +293,18 @@ impl Store {
     /// What the retention thread did so far (its batches: one deletion each).
     pub fn retention_stats(&self) -> &WriterStats {
         &self.writer.retention_stats
+    }
+
+    /// The process is about to exit without the store's clean close (a second SIGTERM: `process::exit` runs no
+    /// destructor). Under `os`: nothing more is committed or acknowledged, what was written is synced, and the open
+    /// mark is removed, so that a reboot of the machine after this exit is not taken for its crash (every room's
+    /// epoch renewed, `mark.rs`). Under `fsync` nothing is needed: what was acknowledged is synced, and its mark
+    /// renews nothing. Blocks for the sync.
+    pub fn seal_for_exit(&self) {
+        if self.writer.seal() {
+            self.open_mark.remove();
+            tracing::info!("room store synced before exiting");
+        }
     }
 
     /// The durability posts wait for.

@@ -198,7 +198,7 @@ impl Store {
             durability,
             disk,
             _journal_sync: journal_sync,
-            _open_mark: open_mark,
+            open_mark,
             _data_dir: lock,
         }))
     }

@@ -25,7 +25,7 @@ pub(super) fn append(id: u64, seq: u64, time_us: u64) -> Op {
     Op::Append(Append { id, seq, time_us, frame: event(seq, time_us, 100 + seq) })
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+pub(super) fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 }
 

@@ -269,6 +269,12 @@ impl Handle {
         commit
     }
 
+    /// Under `os`: nothing is committed from here on, and what was written is synced (true if it was). The
+    /// process is exiting without the clean close.
+    pub(super) fn seal(&self) -> bool {
+        self.inline.as_ref().is_some_and(|inline| inline.seal())
+    }
+
     /// Tests: the writer under `os`.
     #[cfg(test)]
     pub(super) fn inline(&self) -> Option<&Arc<InlineWriter>> {

@@ -554,10 +554,21 @@ async fn options_that_cannot_work_are_refused_up_front() {
 /// connection and succeeds there, instead of failing with `Closed` while the client reconnects on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_whose_connection_drops_before_the_answer_go_again_on_the_next_connection() {
+    calls_go_again_on_the_next_connection(false).await;
+}
+
+/// The same when each connection goes as a draining server's does (GoAway and the control stream finished a moment
+/// before the close): the calls fail on the finished stream while the connection is not closed yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_whose_server_drains_before_the_answer_go_again_on_the_next_connection() {
+    calls_go_again_on_the_next_connection(true).await;
+}
+
+async fn calls_go_again_on_the_next_connection(graceful: bool) {
     use quiver_proto::RequestBody;
     let (dir, endpoint, addr) = fake_endpoint();
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let server = tokio::spawn(drops_each_first_request(endpoint, seen_tx));
+    let server = tokio::spawn(drops_each_first_request(endpoint, seen_tx, graceful));
     let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
     let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
     let calls = async {

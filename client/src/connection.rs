@@ -228,6 +228,12 @@ impl<H: Handler> Connection<H> {
     pub(crate) fn close_reason(&self) -> Option<(ErrorCode, String)> {
         self.link.close_reason()
     }
+
+    /// True once no request can be sent on the connection: it closed, or its control stream ended (a server that
+    /// drains sends GoAway and finishes the stream a moment before it closes the connection).
+    pub(crate) fn is_done(&self) -> bool {
+        self.close_reason().is_some() || lock(&self.outstanding).is_closed()
+    }
 }
 
 /// A written request's reply, to come.

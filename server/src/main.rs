@@ -375,7 +375,7 @@ async fn serve(settings: Settings, layers: Layers) -> ExitCode {
             Ok(Err(err)) => return fail(&err),
             Err(err) => return fail(&format!("the server's start failed: {err}")),
         };
-        let store = server.store().as_ref().map(Arc::downgrade);
+        let store = server.store().map(|store| (Arc::downgrade(&store), store.closed_flag()));
         let _ = reloader.send(Served { reloader: server.reloader(), store });
         let store = match durability {
             Durability::Memory => "rooms in memory only (--store memory): a restart forgets their history".to_string(),

@@ -1,7 +1,10 @@
 //! The server process's signals, registered before the server exists (a store's recovery after a crash can take a
 //! while): SIGTERM and SIGINT drain (a second one exits at once), SIGHUP reloads the certificate and token keys.
 
-use std::sync::Weak;
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Weak,
+};
 
 use tokio_util::sync::CancellationToken;
 
@@ -17,8 +20,8 @@ const SEAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct Served {
     /// Reloads the certificate and token keys.
     pub reloader: Reloader,
-    /// The server's room store, if it has one (not kept alive by the signals).
-    pub store: Option<Weak<Store>>,
+    /// The server's room store, if it has one (not kept alive by the signals), and its [`Store::closed_flag`].
+    pub store: Option<(Weak<Store>, Arc<AtomicBool>)>,
 }
 
 /// SIGTERM and SIGINT (drain, then exit; a second one exits at once) and SIGHUP (reload), registered up front.
@@ -51,8 +54,9 @@ impl Signals {
     }
 
     /// The first SIGTERM/SIGINT cancels `shutdown` (the server drains, at once or as soon as it runs); the second
-    /// exits at once, once the room store is sealed (`Store::seal_for_exit`, at most [`SEAL_WAIT`]). SIGHUP reloads the certificate and the token keys from the files `settings` names, once the
-    /// server (its `reloader`) is there: one that came before is acted on then.
+    /// exits at once, once the room store is sealed (`Store::seal_for_exit`), or its clean close under way has
+    /// finished (at most [`SEAL_WAIT`] either way). SIGHUP reloads the certificate and the token keys from the files
+    /// `settings` names, once the server (its `reloader`) is there: one that came before is acted on then.
     #[cfg(unix)]
     pub async fn handle(
         mut self,
@@ -61,7 +65,7 @@ impl Signals {
         settings: Settings,
     ) {
         let mut ready: Option<Reloader> = None;
-        let mut store: Option<Weak<Store>> = None;
+        let mut store: Option<(Weak<Store>, Arc<AtomicBool>)> = None;
         let mut held_reload = false;
         loop {
             tokio::select! {
@@ -85,9 +89,19 @@ impl Signals {
             }
             if shutdown.is_cancelled() {
                 tracing::warn!("second signal: exiting without waiting for the drain");
-                if let Some(store) = store.as_ref().and_then(Weak::upgrade) {
-                    let sealing = tokio::task::spawn_blocking(move || store.seal_for_exit());
-                    if tokio::time::timeout(SEAL_WAIT, sealing).await.is_err() {
+                if let Some((store, closed)) = store.take() {
+                    let sealed = async move {
+                        match store.upgrade() {
+                            Some(store) => drop(tokio::task::spawn_blocking(move || store.seal_for_exit()).await),
+                            // Closing already (the drain is over): its clean close is left to finish.
+                            None => {
+                                while !closed.load(Ordering::Acquire) {
+                                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                                }
+                            }
+                        }
+                    };
+                    if tokio::time::timeout(SEAL_WAIT, sealed).await.is_err() {
                         tracing::error!("the room store's sync did not finish in time; exiting without it");
                     }
                 }

@@ -325,10 +325,12 @@ pub async fn kicked_with_its_join(endpoint: quinn::Endpoint, joins: tokio::sync:
 /// History it is sent (each closes the connection it came on, unanswered, as a server that crashed); those sent
 /// again, on the next connections, are answered: a Join with a stream carrying one message, `after the drop`, a
 /// History with that message. Every request but Hello and Ping goes to `seen`, with the number of the connection
-/// it came on (from 0).
+/// it came on (from 0). With `graceful`, a connection goes as a draining server's does instead: GoAway, its control
+/// stream finished, and the connection closed 300 ms later.
 pub async fn drops_each_first_request(
     endpoint: quinn::Endpoint,
     seen: tokio::sync::mpsc::UnboundedSender<(usize, quiver_proto::RequestBody)>,
+    graceful: bool,
 ) {
     use std::sync::{Arc, Mutex};
 
@@ -356,6 +358,13 @@ pub async fn drops_each_first_request(
                     let _ = seen.send((number, body.clone()));
                     let kind = std::mem::discriminant(&body);
                     if dropped.lock().unwrap().insert(kind) {
+                        if graceful {
+                            let code = quiver_proto::ErrorCode::GoingAway;
+                            let away = ServerMsg::GoAway { code, reason: "draining".into() };
+                            let _ = send.write_all(&codec.encode_to_vec(&away).unwrap()).await;
+                            let _ = send.finish();
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
                         conn.close(0u32.into(), b"crashed");
                         return;
                     }

@@ -70,9 +70,7 @@ impl Driver {
         loop {
             match attempt(live.clone()).await {
                 Err(err @ RequestError::Closed { .. })
-                    if tries < TRIES_ACROSS_RECONNECTS
-                        && live.close_reason().is_some()
-                        && !self.stop.is_cancelled() =>
+                    if tries < TRIES_ACROSS_RECONNECTS && live.is_done() && !self.stop.is_cancelled() =>
                 {
                     tracing::debug!(%err, "the connection was lost under a request; sending it again on the next one");
                     live = self.live().await.map_err(|_| err)?;

@@ -162,10 +162,14 @@ impl Driver {
     /// counted as a reconnect, and the next one is tried. (The first connection is published all the same: the
     /// supervisor then reconnects from it.)
     async fn connected(&self, connection: Arc<Live>, reconnect: bool) -> bool {
-        *lock(&self.welcome) = connection.welcome.clone();
-        self.estimate_clock_offset(&connection).await;
+        let offset = self.estimate_clock_offset(&connection).await;
         if reconnect && connection.close_reason().is_some() {
             return false;
+        }
+        *lock(&self.welcome) = connection.welcome.clone();
+        if let Some(offset) = offset {
+            tracing::debug!(offset_us = offset, "clock offset to the server");
+            self.clock_offset_us.store(offset, Ordering::Relaxed);
         }
         let session_id = connection.welcome.session_id;
         self.current.send_replace(Some(connection));
@@ -233,7 +237,8 @@ impl Driver {
     /// A live connection, waiting up to the connect timeout for a reconnect.
     pub(crate) async fn live(&self) -> Result<Arc<Live>, RequestError> {
         let mut current = self.current.subscribe();
-        let wait = current.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()));
+        // (Not one whose control stream ended: a draining server's, about to close.)
+        let wait = current.wait_for(|c| c.as_ref().is_some_and(|c| !c.is_done()));
         tokio::select! {
             found = tokio::time::timeout(self.options.connect_timeout, wait) => match found {
                 Ok(Ok(connection)) => connection.clone().ok_or_else(|| RequestError::closed(self.end_reason())),
@@ -292,10 +297,10 @@ impl Driver {
         ticks::send_tick(&connection, publisher, payload, self.server_clock_us())
     }
 
-    /// Pings a few times and keeps the offset of the fastest round trip. A server that does not answer within
+    /// Pings a few times; the offset of the fastest round trip. A server that does not answer within
     /// `connect_timeout` in all (or a client closed meanwhile) leaves the offset to the answers so far: a connect
     /// or a reconnect never waits on it for longer.
-    async fn estimate_clock_offset(&self, connection: &Live) {
+    async fn estimate_clock_offset(&self, connection: &Live) -> Option<i64> {
         let deadline = tokio::time::Instant::now() + self.options.connect_timeout;
         let mut samples = Vec::with_capacity(5);
         for _ in 0..5 {
@@ -310,14 +315,15 @@ impl Driver {
                         // Its write may have been cut short, half a frame on the control stream: nothing more can
                         // follow it there. (A server that takes no 20 bytes within connect_timeout is gone anyway.)
                         let reason = "the server took no clock Ping within connect_timeout; reconnecting";
-                        return connection.link.close(ErrorCode::Unavailable, reason);
+                        connection.link.close(ErrorCode::Unavailable, reason);
+                        return None;
                     }
                 },
-                () = self.stop.cancelled() => return,
+                () = self.stop.cancelled() => return None,
             };
             let reply = tokio::select! {
                 reply = tokio::time::timeout_at(deadline, crate::connection::reply(pending)) => reply,
-                () = self.stop.cancelled() => return,
+                () = self.stop.cancelled() => return None,
             };
             let Ok(Ok(Reply::Pong { server_time_us, .. })) = reply else {
                 tracing::debug!(answered = samples.len(), "the server did not answer every clock Ping");
@@ -325,10 +331,7 @@ impl Driver {
             };
             samples.push(ClockSample { sent_us, rtt: started.elapsed(), server_us: server_time_us });
         }
-        if let Some(offset) = offset_us(&samples) {
-            tracing::debug!(offset_us = offset, "clock offset to the server");
-            self.clock_offset_us.store(offset, Ordering::Relaxed);
-        }
+        offset_us(&samples)
     }
 
     /// Watches the live connection; when it is lost (or silent for `dead_server_after`), reconnects with backoff and puts rooms (from their

@@ -221,6 +221,8 @@ impl super::Driver {
                     if leaving.is_cancelled() {
                         return Err(RequestError::closed((ErrorCode::NoError, "join given up".into())));
                     }
+                    // A kick read on a connection that went is nothing to this attempt.
+                    entry.kicked_early.store(false, Ordering::Release);
                     let since = lock(&entry.state).rejoin_position();
                     let join = RequestBody::Join(Join { room: room.to_string(), since, redundant });
                     let joining = |req_id| lock(&entry.state).joining((live.id, req_id));
@@ -257,8 +259,11 @@ impl super::Driver {
                         }
                     });
                 }
+                // (A stream of an earlier attempt, on a connection that went, may have delivered events already:
+                // the room's events are after where that stream started.)
                 let head = Position { epoch: joined.epoch, seq: joined.replay_from.saturating_sub(1) };
-                Ok((entry, events, Some(since.unwrap_or(head))))
+                let started = lock(&entry.state).started();
+                Ok((entry, events, Some(since.or(started).unwrap_or(head))))
             }
             other => {
                 self.rooms.remove(&entry);

@@ -46,6 +46,11 @@ impl<W> Outstanding<W> {
         self.waiting.drain().map(|(_, w)| w).collect()
     }
 
+    /// True once [`Outstanding::close`]d: no request can be sent any more.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
     /// Number of requests awaiting a reply.
     pub fn len(&self) -> usize {
         self.waiting.len()

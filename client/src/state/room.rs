@@ -89,6 +89,8 @@ pub struct RoomState {
     resuming: bool,
     /// The current stream's merge with its datagram copies, once it said it has them (redundant delivery).
     copies: Option<(StreamNumber, Merge<quiver_proto::RoomEvent>)>,
+    /// Where the room's first stream started: its events come after it.
+    started: Option<Position>,
 }
 
 impl RoomState {
@@ -103,6 +105,12 @@ impl RoomState {
         self.epoch = Some(position.epoch);
         self.last_seq = position.seq;
         self.resuming = true;
+    }
+
+    /// Where the room's first stream started (its events, delivered or waiting to be read, are after it), once
+    /// one opened.
+    pub fn started(&self) -> Option<Position> {
+        self.started
     }
 
     /// The position to resume from: the last message delivered (`None` before the room's epoch is known).
@@ -172,6 +180,9 @@ impl RoomState {
         }
         self.members = open.members.iter().cloned().collect();
         self.copies = None;
+        if self.started.is_none() {
+            self.started = self.position();
+        }
         Opened::Current(rejoin.then_some(RoomEvent::Resumed { recovered: open.recovered, epoch: open.epoch }))
     }
 

@@ -117,17 +117,26 @@ pub(super) async fn announce(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc
     done
 }
 
+/// Tries of each of reconcile's calls, and the first pause between two (doubling): it runs just as Redis comes
+/// back, when the command connection may still hold the dead socket.
+const RECONCILE_TRIES: u32 = 6;
+const RECONCILE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Redis' count of this node's members made to agree with the node's own, in every room Redis lists for it (run at
 /// each Pub/Sub connection: Redis may be back from a snapshot that still counts subscriptions ended since, which
 /// would look present until this node died). Under each room's join lock, so that no join is counted meanwhile; a
-/// room this node does not have is looked at through a room made for it (the sweep takes it away again).
+/// room this node does not have is looked at through a room made for it (the sweep takes it away again). Each call
+/// is tried [`RECONCILE_TRIES`] times; a room whose call still fails is left (and said so), the others go on.
 pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>>) {
     let node = ctx.broker.node().to_string();
-    let mut conn = ctx.broker.conn();
-    let listed: Vec<String> = match redis::AsyncCommands::smembers(&mut conn, keys::node_rooms(&node)).await {
-        Ok(listed) => listed,
-        Err(err) => return ctx.broker.failed(&err), // the next connection tries again
+    let listed = retried(&ctx, |mut conn| {
+        let key = keys::node_rooms(&node);
+        async move { redis::AsyncCommands::smembers::<_, Vec<String>>(&mut conn, key).await }
+    });
+    let Some(listed) = listed.await else {
+        return tracing::warn!("could not read this node's rooms from the broker to check its members there");
     };
+    let mut left_unchecked = 0;
     for name in listed {
         let (room, _joining) = loop {
             let room = super::rooms::node_room(&ctx, &rooms, &name);
@@ -137,20 +146,47 @@ pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Ar
             }
         };
         let held: Vec<SubscriberId> = lock(&room.state).subscribers.keys().copied().collect();
-        let mut call = scripts::RECONCILE_SCRIPT.prepare_invoke();
-        call.key(&room.keys.meta).key(&room.keys.log).key(&room.keys.members).key(room.keys.holders(&node));
-        call.arg(crate::now_us().to_string()).arg(&room.keys.events).arg(ctx.room_ttl_ms);
-        for id in held {
-            call.arg(id);
-        }
-        match call.invoke_async::<u64>(&mut conn).await {
-            Ok(0) => {}
-            Ok(ended) => tracing::warn!(
+        let ended = retried(&ctx, |mut conn| {
+            let mut call = scripts::RECONCILE_SCRIPT.prepare_invoke();
+            call.key(&room.keys.meta).key(&room.keys.log).key(&room.keys.members).key(room.keys.holders(&node));
+            call.arg(crate::now_us().to_string()).arg(&room.keys.events).arg(ctx.room_ttl_ms);
+            for id in &held {
+                call.arg(*id);
+            }
+            async move { call.invoke_async::<u64>(&mut conn).await }
+        });
+        match ended.await {
+            Some(0) => {}
+            Some(ended) => tracing::warn!(
                 room = %name,
                 subscriptions = ended,
                 "the broker counted members this node no longer has (Redis back from older data?); they left"
             ),
-            Err(err) => return ctx.broker.failed(&err),
+            None => left_unchecked += 1,
         }
     }
+    if left_unchecked > 0 {
+        tracing::warn!(rooms = left_unchecked, "could not check this node's members in some rooms on the broker");
+    }
+}
+
+/// `call` on the broker's command connection until it answers, [`RECONCILE_TRIES`] times at most (`None` then, or
+/// once the node stops).
+async fn retried<T, F>(ctx: &Ctx, mut call: impl FnMut(redis::aio::ConnectionManager) -> F) -> Option<T>
+where
+    F: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let mut pause = RECONCILE_RETRY;
+    for attempt in 1..=RECONCILE_TRIES {
+        match call(ctx.broker.conn()).await {
+            Ok(answer) => return Some(answer),
+            Err(err) => ctx.broker.failed(&err),
+        }
+        if attempt == RECONCILE_TRIES || ctx.broker.stopped() {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        pause *= 2;
+    }
+    None
 }

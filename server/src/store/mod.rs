@@ -219,6 +219,18 @@ pub struct Store {
     /// the directory stays locked until the writer threads have committed, synced and let go of the database, also
     /// when a connection left open after the drain timeout keeps the store past its server.
     _data_dir: Option<Arc<crate::datadir::DataDirLock>>,
+    /// Set once everything above is dropped (the store closed cleanly): last, for [`Store::closed_flag`].
+    closed: Closed,
+}
+
+/// Set when the store has closed (its last field dropped).
+#[derive(Debug, Default)]
+pub(crate) struct Closed(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 #[derive(Clone)]
@@ -293,6 +305,12 @@ impl Store {
     /// What the retention thread did so far (its batches: one deletion each).
     pub fn retention_stats(&self) -> &WriterStats {
         &self.writer.retention_stats
+    }
+
+    /// True once the store has closed cleanly (its writes synced, its mark removed, its directory let go): a flag
+    /// that outlives the store, for whoever must not cut its close short (a second SIGTERM arriving during it).
+    pub fn closed_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.closed.0.clone()
     }
 
     /// The process is about to exit without the store's clean close (a second SIGTERM: `process::exit` runs no

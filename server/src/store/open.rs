@@ -200,6 +200,7 @@ impl Store {
             _journal_sync: journal_sync,
             open_mark,
             _data_dir: lock,
+            closed: Closed::default(),
         }))
     }
 }

@@ -55,7 +55,7 @@ impl Signals {
 
     /// The first SIGTERM/SIGINT cancels `shutdown` (the server drains, at once or as soon as it runs); the second
     /// exits at once, once the room store is sealed (`Store::seal_for_exit`), or its clean close under way has
-    /// finished (at most [`SEAL_WAIT`] either way). SIGHUP reloads the certificate and the token keys from the files
+    /// finished (at most 2 s either way). SIGHUP reloads the certificate and the token keys from the files
     /// `settings` names, once the server (its `reloader`) is there: one that came before is acted on then.
     #[cfg(unix)]
     pub async fn handle(

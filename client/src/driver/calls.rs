@@ -48,7 +48,7 @@ impl Driver {
         self.detached(move |driver| async move {
             let body = &body;
             let read = |live: Arc<Live>| async move { crate::connection::reply(live.send(body.clone()).await?).await };
-            driver.across_reconnects(read).await
+            driver.across_reconnects(read, || false).await
         })
         .await
     }
@@ -57,10 +57,12 @@ impl Driver {
     /// `Closed`), runs it again on the next one, up to [`TRIES_ACROSS_RECONNECTS`] connections in all. For what
     /// the server may take twice without harm, and what a lost connection undoes anyway (a Join or Subscribe of a
     /// connection that is gone holds nothing), so a reconnect of a moment does not fail the application's call.
-    /// Once the client ends, or no connection comes back within `connect_timeout`, the last `Closed` is returned.
+    /// Once the client ends, the caller gives up (`given_up`), or no connection comes back within `connect_timeout`,
+    /// the last `Closed` is returned.
     pub(crate) async fn across_reconnects<T, F>(
         &self,
         mut attempt: impl FnMut(Arc<Live>) -> F,
+        given_up: impl Fn() -> bool,
     ) -> Result<T, RequestError>
     where
         F: Future<Output = Result<T, RequestError>>,
@@ -70,7 +72,10 @@ impl Driver {
         loop {
             match attempt(live.clone()).await {
                 Err(err @ RequestError::Closed { .. })
-                    if tries < TRIES_ACROSS_RECONNECTS && live.is_done() && !self.stop.is_cancelled() =>
+                    if tries < TRIES_ACROSS_RECONNECTS
+                        && live.is_done()
+                        && !self.stop.is_cancelled()
+                        && !given_up() =>
                 {
                     tracing::debug!(%err, "the connection was lost under a request; sending it again on the next one");
                     live = self.live().await.map_err(|_| err)?;
@@ -112,7 +117,7 @@ impl Driver {
         self.detached(move |driver| async move {
             let (ticks, channel) = (&driver.ticks, &channel);
             let subscribe = |live: Arc<Live>| async move { Ok((ticks.subscribe(&*live, channel).await?, live)) };
-            let ((entry, asked), live) = driver.across_reconnects(subscribe).await?;
+            let ((entry, asked), live) = driver.across_reconnects(subscribe, || false).await?;
             let subscription = crate::TickSubscription { entry, handle };
             // (A subscription shared without asking is the reconnect's to put back, as any confirmed one.)
             if let Some(current) = driver.replaced(&live).filter(|_| asked) {
@@ -137,7 +142,7 @@ impl Driver {
             let (ticks, channel) = (&driver.ticks, &channel);
             let claim =
                 |live: Arc<Live>| async move { Ok((ticks.publisher(&*live, channel, max_age_ms).await?, live)) };
-            let (entry, live) = driver.across_reconnects(claim).await?;
+            let (entry, live) = driver.across_reconnects(claim, || false).await?;
             let publisher = crate::TickPublisher { entry, handle };
             if let Some(current) = driver.replaced(&live) {
                 // As a subscribe's (above): claims are idempotent too.

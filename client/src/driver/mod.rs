@@ -163,7 +163,7 @@ impl Driver {
     /// supervisor then reconnects from it.)
     async fn connected(&self, connection: Arc<Live>, reconnect: bool) -> bool {
         let offset = self.estimate_clock_offset(&connection).await;
-        if reconnect && connection.close_reason().is_some() {
+        if reconnect && connection.is_done() {
             return false;
         }
         *lock(&self.welcome) = connection.welcome.clone();

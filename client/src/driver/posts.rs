@@ -79,7 +79,8 @@ pub(crate) async fn send_posts<H: Handler>(
     let mut unavailable = Backoff::new(UNAVAILABLE_DELAY.0, UNAVAILABLE_DELAY.1);
     'connected: loop {
         let connection = tokio::select! {
-            found = current.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none())) => match found {
+            // (Not one whose control stream ended: a draining server's, about to close.)
+            found = current.wait_for(|c| c.as_ref().is_some_and(|c| !c.is_done())) => match found {
                 Ok(connection) => connection.clone(),
                 Err(_) => None,
             },

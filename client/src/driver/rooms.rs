@@ -231,7 +231,7 @@ impl super::Driver {
                 Ok((crate::connection::reply(sent).await?, live))
             }
         };
-        let (reply, used) = match self.across_reconnects(join).await {
+        let (reply, used) = match self.across_reconnects(join, || leaving.is_cancelled()).await {
             Ok((reply, used)) => (Ok(reply), Some(used)),
             Err(err) => (Err(err), None),
         };

@@ -124,36 +124,37 @@ const RECONCILE_RETRY: std::time::Duration = std::time::Duration::from_millis(10
 
 /// Redis' count of this node's members made to agree with the node's own, in every room Redis lists for it (run at
 /// each Pub/Sub connection: Redis may be back from a snapshot that still counts subscriptions ended since, which
-/// would look present until this node died). Under each room's join lock, so that no join is counted meanwhile; a
-/// room this node does not have is looked at through a room made for it (the sweep takes it away again). Each call
-/// is tried [`RECONCILE_TRIES`] times; a room whose call still fails is left (and said so), the others go on.
+/// would look present until this node died). Each room's call runs under its join lock, so that no join is counted
+/// meanwhile (the lock is let go between tries); a room this node does not have is looked at through a room made
+/// for it (the sweep takes it away again). A call is tried [`RECONCILE_TRIES`] times; if it still fails, or the
+/// Pub/Sub connection was made again meanwhile (which starts another reconcile), this one stops.
 pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>>) {
-    let node = ctx.broker.node().to_string();
-    let listed = retried(&ctx, |mut conn| {
+    let (node, connection) = (ctx.broker.node().to_string(), ctx.broker.pubsub_connections());
+    let listed = retried(&ctx, connection, |mut conn| {
         let key = keys::node_rooms(&node);
         async move { redis::AsyncCommands::smembers::<_, Vec<String>>(&mut conn, key).await }
     });
     let Some(listed) = listed.await else {
         return tracing::warn!("could not read this node's rooms from the broker to check its members there");
     };
-    let mut left_unchecked = 0;
-    for name in listed {
-        let (room, _joining) = loop {
-            let room = super::rooms::node_room(&ctx, &rooms, &name);
-            let guard = room.channel.clone().lock_owned().await;
-            if !matches!(*guard, super::node_room::Channel::Removed) {
-                break (room, guard);
-            }
-        };
-        let held: Vec<SubscriberId> = lock(&room.state).subscribers.keys().copied().collect();
-        let ended = retried(&ctx, |mut conn| {
+    for name in &listed {
+        let (ctx, rooms, node) = (&ctx, &rooms, &node);
+        let ended = retried(ctx, connection, |mut conn| async move {
+            let (room, _joining) = loop {
+                let room = super::rooms::node_room(ctx, rooms, name);
+                let guard = room.channel.clone().lock_owned().await;
+                if !matches!(*guard, super::node_room::Channel::Removed) {
+                    break (room, guard);
+                }
+            };
+            let held: Vec<SubscriberId> = lock(&room.state).subscribers.keys().copied().collect();
             let mut call = scripts::RECONCILE_SCRIPT.prepare_invoke();
-            call.key(&room.keys.meta).key(&room.keys.log).key(&room.keys.members).key(room.keys.holders(&node));
+            call.key(&room.keys.meta).key(&room.keys.log).key(&room.keys.members).key(room.keys.holders(node));
             call.arg(crate::now_us().to_string()).arg(&room.keys.events).arg(ctx.room_ttl_ms);
-            for id in &held {
-                call.arg(*id);
+            for id in held {
+                call.arg(id);
             }
-            async move { call.invoke_async::<u64>(&mut conn).await }
+            call.invoke_async::<u64>(&mut conn).await
         });
         match ended.await {
             Some(0) => {}
@@ -162,17 +163,18 @@ pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Ar
                 subscriptions = ended,
                 "the broker counted members this node no longer has (Redis back from older data?); they left"
             ),
-            None => left_unchecked += 1,
+            None => return tracing::warn!(room = %name, "could not check this node's members on the broker; stopped"),
         }
-    }
-    if left_unchecked > 0 {
-        tracing::warn!(rooms = left_unchecked, "could not check this node's members in some rooms on the broker");
     }
 }
 
-/// `call` on the broker's command connection until it answers, [`RECONCILE_TRIES`] times at most (`None` then, or
-/// once the node stops).
-async fn retried<T, F>(ctx: &Ctx, mut call: impl FnMut(redis::aio::ConnectionManager) -> F) -> Option<T>
+/// `call` on the broker's command connection until it answers, [`RECONCILE_TRIES`] times at most; `None` then, or
+/// once the node stops or its Pub/Sub connection is no longer the `connection`th.
+async fn retried<T, F>(
+    ctx: &Ctx,
+    connection: u64,
+    mut call: impl FnMut(redis::aio::ConnectionManager) -> F,
+) -> Option<T>
 where
     F: std::future::Future<Output = redis::RedisResult<T>>,
 {
@@ -182,7 +184,7 @@ where
             Ok(answer) => return Some(answer),
             Err(err) => ctx.broker.failed(&err),
         }
-        if attempt == RECONCILE_TRIES || ctx.broker.stopped() {
+        if attempt == RECONCILE_TRIES || ctx.broker.stopped() || ctx.broker.pubsub_connections() != connection {
             break;
         }
         tokio::time::sleep(pause).await;

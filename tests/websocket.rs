@@ -333,3 +333,46 @@ async fn a_websocket_connection_awaiting_hello_makes_room_like_a_quic_one() {
     let quic = server.client().await;
     quic.ping().await.unwrap();
 }
+
+/// Connections on the WebSocket listener that never finish their upgrade are bounded from one address
+/// (`budget.websocket_max_upgrading_per_ip`) and in all (`budget.websocket_max_upgrading`): one more is closed at
+/// once and counted as a breach of the setting that closed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_over_its_websocket_upgrade_bound_is_closed_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let budget =
+        quiver_server::Budget { websocket_max_upgrading: 3, websocket_max_upgrading_per_ip: 2, ..Default::default() };
+    let server = TestServer::start_with_budget(budget);
+    let addr = server.websocket.expect("a WebSocket listener");
+    let stats = server.stats.clone();
+    let upgrading = || stats.websocket_upgrading.load(std::sync::atomic::Ordering::Relaxed);
+    // Half a request head from `from`: the connection stays in its upgrade.
+    let half_from = |from: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((std::net::Ipv4Addr::from(from), 0).into()).unwrap();
+        let mut tcp = socket.connect(addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+        tcp
+    };
+    let closed_at_once = |mut tcp: tokio::net::TcpStream| async move {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte)).await;
+        matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+    };
+    let until = |count: i64| async move {
+        let started = std::time::Instant::now();
+        while upgrading() != count {
+            assert!(started.elapsed() < Duration::from_secs(10), "never {count} upgrading");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let _first = (half_from([127, 0, 0, 1]).await, half_from([127, 0, 0, 1]).await);
+    until(2).await;
+    assert!(closed_at_once(half_from([127, 0, 0, 1]).await).await, "a third from one address is closed");
+    let _other = half_from([127, 0, 0, 2]).await;
+    until(3).await;
+    assert!(closed_at_once(half_from([127, 0, 0, 3]).await).await, "a fourth in all is closed");
+    let s = server.stats.snapshot();
+    assert_eq!((s.websocket_upgrades_over_per_ip, s.websocket_upgrades_over_total), (1, 1), "{s:?}");
+    assert_eq!(upgrading(), 3, "the bounded ones stay upgrading");
+}

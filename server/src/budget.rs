@@ -70,6 +70,12 @@ pub struct Budget {
     /// longest waiting of all. Silent connections cannot fill `max_connections` for `handshake_timeout_ms` at a time
     /// (`crate::awaiting`). Default 1,024.
     pub max_awaiting_hello: u32,
+    /// TCP connections on the WebSocket listener between their accept and their upgrade (TLS, the request head,
+    /// the 101), in all; one more is closed at once (the listener goes on accepting). Default 1,024.
+    pub websocket_max_upgrading: u32,
+    /// Of those, from one source address (an IPv4 address or an IPv6 /64): one host cannot hold the listener's
+    /// slots. Default 16.
+    pub websocket_max_upgrading_per_ip: u32,
 }
 
 impl Default for Budget {
@@ -86,6 +92,8 @@ impl Default for Budget {
             max_unvalidated_handshakes_per_ip: 4,
             max_over_limit_handshakes: 64,
             max_awaiting_hello: 1_024,
+            websocket_max_upgrading: 1_024,
+            websocket_max_upgrading_per_ip: 16,
         }
     }
 }

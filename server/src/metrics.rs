@@ -226,7 +226,7 @@ impl ServerMetrics {
 }
 
 /// What a limit breach is named by in `quiver_limit_breaches_total{limit}`, with its counter.
-fn breaches(s: &ServerStats) -> [(&'static str, u64); 17] {
+fn breaches(s: &ServerStats) -> [(&'static str, u64); 19] {
     let c = s.snapshot();
     [
         ("max_frame", c.frames_too_large),
@@ -240,6 +240,8 @@ fn breaches(s: &ServerStats) -> [(&'static str, u64); 17] {
         ("max_connections", c.connections_over_total),
         ("max_connections_per_ip", c.connections_over_per_ip),
         ("max_awaiting_hello", c.connections_closed_awaiting_hello),
+        ("websocket_max_upgrading", c.websocket_upgrades_over_total),
+        ("websocket_max_upgrading_per_ip", c.websocket_upgrades_over_per_ip),
         // (Validated attempts refused only: a Retry answers an address that may be forged, so counting those
         // would let anyone raise this breach count; they are in `retries_sent_total{reason="rate"}`.)
         ("new_connections_per_s_per_ip", c.connections_refused_over_rate),

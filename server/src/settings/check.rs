@@ -64,6 +64,8 @@ impl Settings {
             ("budget.frame_timeout_ms", u64::from(self.budget.frame_timeout_ms)),
             ("budget.sweep_interval_ms", u64::from(self.budget.sweep_interval_ms)),
             ("budget.max_awaiting_hello", u64::from(self.budget.max_awaiting_hello)),
+            ("budget.websocket_max_upgrading", u64::from(self.budget.websocket_max_upgrading)),
+            ("budget.websocket_max_upgrading_per_ip", u64::from(self.budget.websocket_max_upgrading_per_ip)),
             ("transport.reordering_threshold", u64::from(self.transport.reordering_threshold)),
             ("transport.initial_rtt_ms", u64::from(self.transport.initial_rtt_ms)),
             ("transport.datagram_send_buffer", u64::from(self.transport.datagram_send_buffer)),

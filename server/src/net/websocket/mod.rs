@@ -30,17 +30,13 @@ use crate::{
     http::Response,
     hub::{ticks::TickHub, RoomHub},
     net::ServerError,
-    stats::ServerStats,
+    stats::{bump, ServerStats},
     web::{is_loopback, PageInfo},
     ServerConfig,
 };
 
 /// Largest request head read before the upgrade; a longer one is refused with 431.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// TCP connections between accept and the upgrade (or the page's answer) at once; more are closed at once.
-const MAX_UPGRADING: usize = 1024;
-/// Of those, from one address (an IPv6 /64 counts as one: [`SourceKey`]): one host cannot hold the listener's slots.
-const MAX_UPGRADING_PER_IP: usize = 16;
 /// How long a new connection has to send its first byte.
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a closed connection's close message gets to leave.
@@ -92,7 +88,11 @@ pub(super) async fn serve<R: RoomHub>(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_UPGRADING));
+    // TCP connections between accept and the upgrade (or the page's answer) at once, in all and from one address
+    // (an IPv6 /64 counts as one: [`SourceKey`]); more are closed at once.
+    let budget = &shared.config.budget;
+    let (max, max_per_ip) = (budget.websocket_max_upgrading as usize, budget.websocket_max_upgrading_per_ip as usize);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
     let per_ip: Arc<std::sync::Mutex<std::collections::HashMap<SourceKey, usize>>> = Arc::default();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -110,11 +110,14 @@ pub(super) async fn serve<R: RoomHub>(
         // Full: the connection is closed at once (the listener goes on accepting: waiting for a slot before
         // accepting left every client, the demo page's too, in the kernel's backlog while slow upgrades held them).
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%remote, "WebSocket listener: {MAX_UPGRADING} connections upgrading already; closed");
+            bump(&shared.stats.websocket_upgrades_over_total);
+            tracing::debug!(%remote, "WebSocket listener: {max} connections upgrading already (budget.websocket_max_upgrading); closed");
             continue;
         };
-        let Some(upgrading) = Upgrading::new(&per_ip, SourceKey::of(remote.ip()), permit, &shared.stats) else {
-            tracing::debug!(%remote, "WebSocket listener: too many connections upgrading from this address");
+        let Some(upgrading) = Upgrading::new(&per_ip, (SourceKey::of(remote.ip()), max_per_ip), permit, &shared.stats)
+        else {
+            bump(&shared.stats.websocket_upgrades_over_per_ip);
+            tracing::debug!(%remote, "WebSocket listener: {max_per_ip} connections upgrading from this address already (budget.websocket_max_upgrading_per_ip); closed");
             continue;
         };
         // Admission (the per-address rate and counts) before any TLS work.
@@ -136,13 +139,13 @@ struct Upgrading {
 impl Upgrading {
     fn new(
         per_ip: &Arc<std::sync::Mutex<std::collections::HashMap<SourceKey, usize>>>,
-        ip: SourceKey,
+        (ip, max_per_ip): (SourceKey, usize),
         permit: tokio::sync::OwnedSemaphorePermit,
         stats: &Arc<ServerStats>,
     ) -> Option<Upgrading> {
         let mut counts = per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let count = counts.entry(ip).or_default();
-        if *count >= MAX_UPGRADING_PER_IP {
+        if *count >= max_per_ip {
             return None;
         }
         *count += 1;

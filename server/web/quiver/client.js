@@ -101,18 +101,21 @@ export class QuiverClient {
    * `{type: 'kicked', code, reason}` (the server dropped this client from the room, or refused to take it back after
    * a reconnect: the room ends). `redundant`: the room's events also come as datagram copies and posts to it go up
    * as copies too, so that a lost packet costs milliseconds, not a retransmission (about twice the bytes; the events
-   * are the same, each once and in order).
+   * are the same, each once and in order). A Join whose session is lost before the answer is sent again on the next
+   * session (three in all), as are a Subscribe and a History.
    */
   async join(room, { onEvent, redundant = false } = {}) {
     if (this.#rooms.has(room)) throw new QuiverError(ErrorCode.AlreadyJoined, `already in room ${room}`);
     const entry = { state: new RoomState(room), onEvent, handle: null, joining: null, stream: 0, redundant };
     entry.handle = new Room(this, entry.state);
     this.#rooms.set(room, entry);
-    const joining = (async () => {
-      const session = await this.#live();
+    // Sent again on the next session if the session is lost before the reply (its membership went with it): from
+    // what a stream of the lost session delivered, if one opened, as a rejoin.
+    const joining = this.#acrossReconnects(async (session) => {
       const noted = (reqId) => entry.state.joining(session, reqId);
-      entry.state.replied(expectReply(await session.request({ Join: { room, since: null, redundant } }, noted), 'Joined'));
-    })();
+      const join = { Join: { room, since: entry.state.position(), redundant } };
+      entry.state.replied(expectReply(await session.request(join, noted), 'Joined'));
+    }, () => this.#rooms.get(room) !== entry);
     entry.joining = joining.catch(() => {});
     try {
       await joining;
@@ -172,7 +175,7 @@ export class QuiverClient {
     entry.handle = new Subscription(this, entry);
     this.#subscriptions.set(channel, entry);
     try {
-      await subscribeOn(await this.#live(), entry, this.#subscriptions);
+      await this.#acrossReconnects((session) => subscribeOn(session, entry, this.#subscriptions));
       entry.confirmed = true;
       return entry.handle;
     } catch (err) {
@@ -243,9 +246,8 @@ export class QuiverClient {
    * `{room, epoch, more, messages}` with messages shaped like `onEvent`'s.
    */
   async history(room, since = null, limit = 100) {
-    const session = await this.#live();
     const request = { History: { room, since: since === null ? null : BigInt(since), limit } };
-    const page = expectReply(await session.request(request), 'History');
+    const page = await this.#acrossReconnects(async (session) => expectReply(await session.request(request), 'History'));
     const messages = page.messages.filter((e) => e.kind.Message).map((e) => messageEvent(page.room, page.epoch, e));
     return { room: page.room, epoch: page.epoch, more: page.more, messages };
   }
@@ -378,6 +380,29 @@ export class QuiverClient {
   /** Whether a session is up now (`#live` would not wait). */
   #isLive() {
     return Boolean(this.#session) && !this.#session.closedWhy;
+  }
+
+  /**
+   * Runs `attempt(session)` on the current session; if that session is lost before the attempt is answered (its
+   * request failed as closed), runs it again on the next one, three sessions in all, unless the client closed or
+   * `givenUp()`: a Join, Subscribe or History is not failed by a reconnect of a moment. (What a lost session held
+   * went with it.)
+   */
+  async #acrossReconnects(attempt, givenUp = () => false) {
+    let session = await this.#live();
+    for (let tries = 1; ; tries++) {
+      try {
+        return await attempt(session);
+      } catch (err) {
+        const lost = err instanceof QuiverError && err.closed && Boolean(session.closedWhy);
+        if (!lost || tries >= 3 || this.status === 'closed' || givenUp()) throw err;
+        try {
+          session = await this.#live();
+        } catch {
+          throw err;
+        }
+      }
+    }
   }
 
   /** The current session; while reconnecting, waits for the next one (up to the connect timeout). */

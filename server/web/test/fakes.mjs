@@ -207,6 +207,7 @@ export class FakeServer {
     this.channelIdBase = 0n; // first channel id handed out on each connection
     this.loseRoomStreams = 0; // reset this many room streams as slow consumers before their Open frame
     this.dropOnPing = false; // lose the connection on its first Ping
+    this.dropOnFirst = new Set(); // request kinds ('Join', 'Subscribe', ...): the first of each loses its connection
     this.webTransportDown = false; // WebTransport connections fail before they open (the WebSocket gets through)
     this.webTransportHangs = false; // WebTransport connections never become ready (UDP silently dropped)
     this.webTransportDelayMs = 0; // WebTransport connections become ready this long after they are made
@@ -249,6 +250,7 @@ export class FakeServer {
     const ok = (value) => reply({ Ok: value });
     const fail = (code, message) => reply({ Err: { code, message } });
     const [tag, body] = Object.entries(req.body)[0];
+    if (this.dropOnFirst.delete(tag)) return conn.kill('lost under a request');
     switch (tag) {
       case 'Hello':
         if (this.closeAtHello) return conn.close(this.closeAtHello);

@@ -104,3 +104,21 @@ test('a join (or subscribe) still waiting for a session, then left, is left on t
   assert.equal(server.rooms.get('c').members.size, 0, 'the server does not hold the room');
   assert.deepEqual(server.requestsOf('Unsubscribe', session), [{ channel: 'z' }]);
 });
+
+test('a join, subscribe or history whose connection is lost before the answer goes again on the next one', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const bob = await connect(t, server, { name: 'bob' });
+  await bob.post('lobby', 'before');
+  server.dropOnFirst = new Set(['Join', 'Subscribe', 'History']);
+  const joined = await joinCollecting(ann, 'lobby');
+  await bob.post('lobby', 'after');
+  await until('ann has the message after her join', () => joined.messages().some((m) => m.text === 'after'));
+  const subscription = await ann.subscribe('ticks');
+  assert.ok(subscription);
+  const page = await ann.history('lobby');
+  assert.deepEqual(page.messages.map((m) => m.text), ['before', 'after']);
+  assert.equal(server.dropOnFirst.size, 0, 'each went out once on a connection that was lost');
+  // (Later Joins are the reconnects' rejoins of the room, after the Subscribe's and the History's losses.)
+  assert.ok(server.requestsOf('Join').length >= 2);
+});

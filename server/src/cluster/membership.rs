@@ -126,18 +126,26 @@ const RECONCILE_RETRY: std::time::Duration = std::time::Duration::from_millis(10
 /// each Pub/Sub connection: Redis may be back from a snapshot that still counts subscriptions ended since, which
 /// would look present until this node died). Each room's call runs under its join lock, so that no join is counted
 /// meanwhile (the lock is let go between tries); a room this node does not have is looked at through a room made
-/// for it (the sweep takes it away again). A call is tried [`RECONCILE_TRIES`] times; if it still fails, or the
-/// Pub/Sub connection was made again meanwhile (which starts another reconcile), this one stops.
+/// for it (the sweep takes it away again). A call the connection fails is tried [`RECONCILE_TRIES`] times, then this
+/// reconcile stops (the next connection starts another); one Redis refuses is skipped. A newer Pub/Sub connection
+/// (and its own reconcile) takes over at the next room.
 pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>>) {
     let (node, connection) = (ctx.broker.node().to_string(), ctx.broker.pubsub_connections());
     let listed = retried(&ctx, connection, |mut conn| {
         let key = keys::node_rooms(&node);
         async move { redis::AsyncCommands::smembers::<_, Vec<String>>(&mut conn, key).await }
     });
-    let Some(listed) = listed.await else {
-        return tracing::warn!("could not read this node's rooms from the broker to check its members there");
+    let listed = match listed.await {
+        Ok(listed) => listed,
+        Err(Gave::Up) => return tracing::debug!("reconcile: taken over by a newer connection, or the node stops"),
+        Err(Gave::Failed(err)) => {
+            return tracing::warn!(%err, "could not read this node's rooms from the broker to check its members there")
+        }
     };
     for name in &listed {
+        if ctx.broker.pubsub_connections() != connection || ctx.broker.stopped() {
+            return tracing::debug!("reconcile: taken over by a newer connection, or the node stops");
+        }
         let (ctx, rooms, node) = (&ctx, &rooms, &node);
         let ended = retried(ctx, connection, |mut conn| async move {
             let (room, _joining) = loop {
@@ -157,38 +165,59 @@ pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Ar
             call.invoke_async::<u64>(&mut conn).await
         });
         match ended.await {
-            Some(0) => {}
-            Some(ended) => tracing::warn!(
+            Ok(0) => {}
+            Ok(ended) => tracing::warn!(
                 room = %name,
                 subscriptions = ended,
                 "the broker counted members this node no longer has (Redis back from older data?); they left"
             ),
-            None => return tracing::warn!(room = %name, "could not check this node's members on the broker; stopped"),
+            Err(Gave::Up) => return tracing::debug!("reconcile: taken over by a newer connection, or the node stops"),
+            Err(Gave::Failed(err)) if connection_trouble(&err) => {
+                return tracing::warn!(room = %name, %err, "could not check this node's members on the broker; stopped")
+            }
+            Err(Gave::Failed(err)) => tracing::warn!(room = %name, %err, "could not check this node's members here"),
         }
     }
 }
 
-/// `call` on the broker's command connection until it answers, [`RECONCILE_TRIES`] times at most; `None` then, or
-/// once the node stops or its Pub/Sub connection is no longer the `connection`th.
+/// Why [`retried`] returned without an answer.
+enum Gave {
+    /// The node stops, or a newer Pub/Sub connection took over.
+    Up,
+    /// The last error: a refusal by Redis (not tried again), or the connection's after every try.
+    Failed(redis::RedisError),
+}
+
+/// An error of the connection to Redis (worth trying again), not a refusal of the call by Redis.
+fn connection_trouble(err: &redis::RedisError) -> bool {
+    err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout()
+}
+
+/// `call` on the broker's command connection until it answers, [`RECONCILE_TRIES`] times at most while the
+/// connection fails it.
 async fn retried<T, F>(
     ctx: &Ctx,
     connection: u64,
     mut call: impl FnMut(redis::aio::ConnectionManager) -> F,
-) -> Option<T>
+) -> Result<T, Gave>
 where
     F: std::future::Future<Output = redis::RedisResult<T>>,
 {
     let mut pause = RECONCILE_RETRY;
-    for attempt in 1..=RECONCILE_TRIES {
-        match call(ctx.broker.conn()).await {
-            Ok(answer) => return Some(answer),
-            Err(err) => ctx.broker.failed(&err),
+    for attempt in 1.. {
+        let err = match call(ctx.broker.conn()).await {
+            Ok(answer) => return Ok(answer),
+            Err(err) => err,
+        };
+        ctx.broker.failed(&err);
+        if attempt >= RECONCILE_TRIES || !connection_trouble(&err) {
+            return Err(Gave::Failed(err));
         }
-        if attempt == RECONCILE_TRIES || ctx.broker.stopped() || ctx.broker.pubsub_connections() != connection {
-            break;
+        if ctx.broker.stopped() || ctx.broker.pubsub_connections() != connection {
+            return Err(Gave::Up);
         }
         tokio::time::sleep(pause).await;
         pause *= 2;
     }
-    None
+    Err(Gave::Up)
 }

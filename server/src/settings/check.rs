@@ -13,6 +13,8 @@ pub const MAX_COPIES: u8 = 8;
 pub const MAX_CONGESTION_FLOOR: u64 = 100 * 1200;
 /// Largest `transport.datagram_send_buffer` accepted: quinn's default, 1 MiB (Quiver's is 16 KiB).
 pub const MAX_DATAGRAM_SEND_BUFFER: u64 = 1024 * 1024;
+/// `budget.websocket_max_upgrading` at most: a file descriptor and a TLS handshake each.
+pub(super) const MAX_WEBSOCKET_UPGRADING: u64 = 1_000_000;
 
 impl Settings {
     /// Checks values no type can: ranges, pairs and addresses. The first problem found.
@@ -101,6 +103,18 @@ impl Settings {
                 u64::from(self.transport.congestion_floor),
                 MAX_CONGESTION_FLOOR,
                 "a floor under the congestion window this large turns congestion control off",
+            ),
+            (
+                "budget.websocket_max_upgrading",
+                u64::from(self.budget.websocket_max_upgrading),
+                MAX_WEBSOCKET_UPGRADING,
+                "TCP connections not upgraded yet hold a file descriptor and a TLS handshake each",
+            ),
+            (
+                "budget.websocket_max_upgrading_per_ip",
+                u64::from(self.budget.websocket_max_upgrading_per_ip),
+                u64::from(self.budget.websocket_max_upgrading),
+                "budget.websocket_max_upgrading: no address gets more than all",
             ),
             (
                 "transport.datagram_send_buffer",

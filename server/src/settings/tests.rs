@@ -237,6 +237,11 @@ fn values_that_undo_the_servers_safety_are_refused() {
         ("[limits]\ndedupe_window_s = 0\n", "limits.dedupe_window_s"),
         ("[limits]\ndedupe_max_entries = 0\n", "limits.dedupe_max_entries"),
         ("[limits]\nhistory_max_messages = 0\n", "limits.history_max_messages"),
+        ("[budget]\nwebsocket_max_upgrading = 1000001\n", "budget.websocket_max_upgrading"),
+        (
+            "[budget]\nwebsocket_max_upgrading = 8\nwebsocket_max_upgrading_per_ip = 9\n",
+            "budget.websocket_max_upgrading_per_ip",
+        ),
         // A room event carries names: a long max_name outgrows the frame, and max_name is what moved.
         ("[limits]\nmax_name = 60000\n", "limits.max_name"),
     ] {

@@ -175,7 +175,8 @@ export class QuiverClient {
     entry.handle = new Subscription(this, entry);
     this.#subscriptions.set(channel, entry);
     try {
-      await this.#acrossReconnects((session) => subscribeOn(session, entry, this.#subscriptions));
+      const givenUp = () => this.#subscriptions.get(channel) !== entry;
+      await this.#acrossReconnects((session) => subscribeOn(session, entry, this.#subscriptions), givenUp);
       entry.confirmed = true;
       return entry.handle;
     } catch (err) {
@@ -401,6 +402,7 @@ export class QuiverClient {
         } catch {
           throw err;
         }
+        if (givenUp()) throw err; // (left, or unsubscribed, while the client reconnected)
       }
     }
   }

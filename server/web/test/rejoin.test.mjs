@@ -119,6 +119,24 @@ test('a join, subscribe or history whose connection is lost before the answer go
   const page = await ann.history('lobby');
   assert.deepEqual(page.messages.map((m) => m.text), ['before', 'after']);
   assert.equal(server.dropOnFirst.size, 0, 'each went out once on a connection that was lost');
-  // (Later Joins are the reconnects' rejoins of the room, after the Subscribe's and the History's losses.)
-  assert.ok(server.requestsOf('Join').length >= 2);
+  for (const kind of ['Join', 'Subscribe', 'History']) {
+    const on = server.requests.filter((r) => kind in r.req.body && r.conn.identity === 'ann').map((r) => r.conn);
+    assert.ok(on.length >= 2 && on[0] !== on[1] && !on[0].alive, `${kind}: again on another connection`);
+  }
+});
+
+test('a join whose connection was lost, then left while the client reconnects, is not sent again', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  server.dropOnFirst = new Set(['Join']);
+  server.down = true; // the reconnect waits until the test lets it through
+  const joining = ann.join('c', { onEvent: () => {} });
+  await until('reconnecting', () => ann.status === 'reconnecting');
+  await ann.leave('c');
+  server.down = false;
+  await assert.rejects(joining, (err) => err.closed);
+  await until('connected again', () => ann.status === 'connected');
+  await sleep(20);
+  assert.equal(server.requestsOf('Join').length, 1, 'only the Join of the lost connection');
+  assert.equal(server.rooms.get('c')?.members.size ?? 0, 0, 'the server does not hold the room');
 });

@@ -188,9 +188,13 @@ enum Gave {
     Failed(redis::RedisError),
 }
 
-/// An error of the connection to Redis (worth trying again), not a refusal of the call by Redis.
+/// An error worth trying again: the connection's, or Redis' own for now (`LOADING` a snapshot just after its
+/// restart, `MASTERDOWN`, `TRYAGAIN`, `READONLY`: what redis-rs would retry), not a refusal of the call.
 fn connection_trouble(err: &redis::RedisError) -> bool {
-    err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout()
+    use redis::RetryMethod;
+    let for_now =
+        !matches!(err.retry_method(), RetryMethod::NoRetry | RetryMethod::AskRedirect | RetryMethod::MovedRedirect);
+    for_now || err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout()
 }
 
 /// `call` on the broker's command connection until it answers, [`RECONCILE_TRIES`] times at most while the
@@ -204,7 +208,9 @@ where
     F: std::future::Future<Output = redis::RedisResult<T>>,
 {
     let mut pause = RECONCILE_RETRY;
-    for attempt in 1.. {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         let err = match call(ctx.broker.conn()).await {
             Ok(answer) => return Ok(answer),
             Err(err) => err,
@@ -219,5 +225,4 @@ where
         tokio::time::sleep(pause).await;
         pause *= 2;
     }
-    Err(Gave::Up)
 }

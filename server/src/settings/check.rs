@@ -111,12 +111,6 @@ impl Settings {
                 "TCP connections not upgraded yet hold a file descriptor and a TLS handshake each",
             ),
             (
-                "budget.websocket_max_upgrading_per_ip",
-                u64::from(self.budget.websocket_max_upgrading_per_ip),
-                u64::from(self.budget.websocket_max_upgrading),
-                "budget.websocket_max_upgrading: no address gets more than all",
-            ),
-            (
                 "transport.datagram_send_buffer",
                 u64::from(self.transport.datagram_send_buffer),
                 MAX_DATAGRAM_SEND_BUFFER,

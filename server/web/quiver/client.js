@@ -136,9 +136,9 @@ export class QuiverClient {
     const entry = this.#rooms.get(name);
     if (typeof room !== 'string' && entry?.handle !== room) return; // not a newer join of the name
     this.#rooms.delete(name);
-    // A Join of it written, on a session gone since: no server holds it, and no reconnect takes it back. (A join
-    // still waiting for a session writes its Join first, then this its Leave.)
-    if (entry?.state.join && !this.#isLive()) return;
+    // No session now: no server holds the room (a Join of it written went with its session, and no reconnect takes
+    // it back; a join still waiting for a session, or to be sent again, gives up once it has one).
+    if (entry && !this.#isLive()) return;
     const session = await this.#live();
     session.copyRooms.delete(name);
     await leftAnyway(session.request({ Leave: { room: name } }), 'Left', entry);
@@ -190,7 +190,7 @@ export class QuiverClient {
     const entry = this.#subscriptions.get(channel);
     if (handle && entry !== handle) return; // that handle's subscription ended, or was unsubscribed, already
     this.#subscriptions.delete(channel);
-    if (entry?.confirmed && !this.#isLive()) return; // as in `leave`
+    if (entry && !this.#isLive()) return; // as in `leave`
     const session = await this.#live();
     for (const [id, sub] of session.channels) if (sub === entry) session.channels.delete(id);
     await leftAnyway(session.request({ Unsubscribe: { channel } }), 'Unsubscribed', entry);
@@ -391,6 +391,8 @@ export class QuiverClient {
    */
   async #acrossReconnects(attempt, givenUp = () => false) {
     let session = await this.#live();
+    // (Given up while it waited for a session: nothing was written, and nothing is.)
+    if (givenUp()) throw QuiverError.closed({ code: ErrorCode.NoError, reason: 'given up before it was sent' });
     for (let tries = 1; ; tries++) {
       try {
         return await attempt(session);

@@ -91,7 +91,9 @@ pub(super) async fn serve<R: RoomHub>(
     // TCP connections between accept and the upgrade (or the page's answer) at once, in all and from one address
     // (an IPv6 /64 counts as one: [`SourceKey`]); more are closed at once.
     let budget = &shared.config.budget;
-    let (max, max_per_ip) = (budget.websocket_max_upgrading as usize, budget.websocket_max_upgrading_per_ip as usize);
+    // (A per-address bound above the total is the total.)
+    let max = budget.websocket_max_upgrading as usize;
+    let max_per_ip = (budget.websocket_max_upgrading_per_ip as usize).min(max);
     let slots = Arc::new(tokio::sync::Semaphore::new(max));
     let per_ip: Arc<std::sync::Mutex<std::collections::HashMap<SourceKey, usize>>> = Arc::default();
     loop {

@@ -1,13 +1,12 @@
 //! One task per connection: the QUIC handshake, then (for browsers, ALPN `h3`) the WebTransport CONNECT, then the
-//! control stream (Hello first, within the handshake timeout), answering each request in order, until the peer
-//! leaves, breaks the protocol, or the server shuts down. Native QUIC connections and WebTransport sessions are
+//! control stream (`control.rs`: Hello first, within the handshake timeout, then each request answered in order),
+//! until the peer leaves, breaks the protocol, or the server shuts down. Native QUIC connections and WebTransport sessions are
 //! both a [`Session`] from here on, and with WebSocket connections (`websocket.rs`) a [`Wire`]: one code path for
 //! every kind of client.
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::BytesMut;
-use quiver_proto::{copies::CopyQueue, ErrorCode, FrameCodec, ServerMsg, ALPN_H3};
+use quiver_proto::{copies::CopyQueue, ErrorCode, ALPN_H3};
 use quiver_transport::TailProbe;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,21 +16,18 @@ use web_transport_quinn::Session;
 use crate::{
     hub::{ticks::TickHub, RoomHub},
     net::{
-        admit::{ended_early, make_room, Admitted, Slot},
-        close::{control_stream_closed, refuse, release},
+        admit::{ended_early, Admitted},
+        close::release,
+        control::control,
         copies,
-        dispatch::{Answer, Connection},
+        dispatch::Connection,
         now_us,
         open::{accept, Open},
-        replies::{encode, flush_and_close, going_away, Replies, POSTS_IN_FLIGHT},
-        requests::next_step,
         webtransport::{self, alpn},
-        wire::{Wire, WireError},
+        wire::Wire,
     },
-    post_copies::PostCopies,
-    session::{ControlSession, RoomRequest, Step},
-    stats::{bump, ServerStats},
-    throttle::ControlThrottle,
+    session::ControlSession,
+    stats::ServerStats,
     ServerConfig,
 };
 
@@ -198,315 +194,5 @@ pub(super) fn serve_wire<R: RoomHub>(
         let reason = control(&wire, &config, &stats, &mut connection, session, hello, &shutdown).await;
         connection.close(now_us(), config.budget.frame_timeout()).await;
         tracing::info!(%reason, "connection ended");
-    }
-}
-
-/// The token verifier, watched for reloads.
-type Keys = tokio::sync::watch::Receiver<Arc<crate::auth::Auth>>;
-
-/// Serves the control stream; returns why the connection ended (for the log). The connection is closed on return.
-///
-/// Not an `async fn`: an async fn's future keeps each argument twice (the argument, and the local it is moved into),
-/// about 280 bytes here in every idle connection's task; an `async move` block keeps what it captures once.
-fn control<'a, R: RoomHub>(
-    conn: &'a Wire,
-    config: &'a ServerConfig,
-    stats: &'a Arc<ServerStats>,
-    connection: &'a mut Connection<R>,
-    session: ControlSession,
-    (hello_deadline, started, slot, keys): (Instant, std::time::Instant, &'a mut Slot, Keys),
-    shutdown: &'a CancellationToken,
-) -> impl std::future::Future<Output = String> + 'a {
-    let (mut session, mut keys) = (session, keys);
-    async move {
-        let timeout_ms = config.limits.handshake_timeout_ms;
-        let (mut send, mut recv) = tokio::select! {
-            stream = conn.accept_bi() => match stream {
-                Ok(stream) => stream,
-                Err(err) => return format!("closed before opening the control stream: {err}"),
-            },
-            () = tokio::time::sleep_until(hello_deadline) => {
-                stats.refused(ErrorCode::HandshakeTimeout);
-                conn.close(ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
-                return "handshake timeout".into();
-            }
-            () = shutdown.cancelled() => match slot.made_room() {
-                true => return make_room(conn, config, stats, slot),
-                false => return going_away(conn, None).await,
-            },
-        };
-        // On a task of its own, not in this loop: the loop can wait long outside its select (a reply the client does
-        // not read), and an extra stream must be refused at once, before quinn buffers a stream window's worth of it.
-        let (refusing, refused) = (conn.clone(), stats.clone());
-        let _refuse = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-            if let Some(what) = refusing.other_stream().await {
-                tracing::info!("client opened {what}");
-                refused.refused(ErrorCode::ProtocolViolation);
-                let reason = format!("clients open one stream, the control stream, not {what}");
-                refusing.close(ErrorCode::ProtocolViolation, &reason);
-            }
-        }));
-        let mut throttle = ControlThrottle::new(&config.limits, stats.clone(), Instant::now().into_std());
-        let codec = FrameCodec::new(config.limits.max_frame as usize);
-        let mut inbound = BytesMut::new();
-        let mut outbound = BytesMut::new();
-        // A token's `exp` ends the session: the client reconnects with a fresh token (docs/security.md). One timer,
-        // armed once after Hello, not a new one per request.
-        let expiry = tokio::time::sleep_until(hello_deadline);
-        tokio::pin!(expiry);
-        // When the frame waiting in `inbound` began (after Hello it must complete within the frame timeout).
-        let frame_timeout = config.budget.frame_timeout();
-        let mut partial_since: Option<Instant> = None;
-        let mut post_copies = PostCopies::default();
-        let copied = connection.take_post_copies();
-        // Replies waiting for a post's commit, and the request held back meanwhile (`Replies::may_run`).
-        let mut replies = Replies::default();
-        let mut deferred: Option<Step> = None;
-        // Whole requests left in `inbound` because the replies so far reached the high-water mark: served once those
-        // are written, without waiting for more input, and nothing more is read meanwhile (QUIC's flow control then
-        // holds the client back, and its FIN is seen only once its requests are served).
-        let mut more_inbound = false;
-        // False once the server's side of the keys is gone (nothing more can be reloaded).
-        let mut reloadable = true;
-        loop {
-            let awaiting_hello = session.identity().is_none();
-            let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
-            let expires = connection.arm_expiry(&session, expiry.as_mut());
-            tokio::select! {
-                () = &mut expiry, if expires => {
-                    bump(&stats.sessions_expired);
-                    // Nothing more is delivered or taken from here on (rooms left, subscriptions and claims ended, the
-                    // datagram and room-stream tasks stopped): a session does not outlive its token while the posts
-                    // already taken are answered (within the frame timeout), which could take seconds.
-                    Box::pin(connection.close(now_us(), frame_timeout)).await;
-                    replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
-                    // Flushed even when nothing is left to encode: replies written just before (a Join refused at the
-                    // expiry) would otherwise be dropped by the close.
-                    let reason = "the access token expired; reconnect with a fresh one";
-                    flush_and_close(conn, &mut send, &outbound, ErrorCode::TokenExpired, reason).await;
-                    return "token expired".into();
-                }
-                // A reload of the keys: the session checks itself again (a connection accepted just before the reload,
-                // welcomed by the keys it started with, too).
-                changed = keys.changed(), if reloadable && !awaiting_hello => {
-                    let auth = keys.borrow_and_update().clone();
-                    reloadable = changed.is_ok();
-                    if let (true, Err(failure)) = (reloadable, session.readmitted(&auth)) {
-                        stats.refused(failure.code);
-                        Box::pin(connection.close(now_us(), frame_timeout)).await;
-                        replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
-                        flush_and_close(conn, &mut send, &outbound, failure.code, &failure.message).await;
-                        return failure.message;
-                    }
-                }
-                () = replies.next(&codec, stats, &mut outbound), if replies.waiting() => {}
-                () = std::future::ready(()), if more_inbound => {}
-                chunk = recv.read_chunk(), if deferred.is_none() && !more_inbound => match chunk {
-                    Ok(Some(chunk)) => inbound.extend_from_slice(&chunk),
-                    Ok(None) if inbound.is_empty() => {
-                        // The posts already taken (waiting for their commit) are answered first (within the frame
-                        // timeout): every request gets its reply.
-                        replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
-                        // Flushed even when nothing is left to encode: replies written just before (requests in the
-                        // FIN's own chunk) would otherwise be dropped by the close.
-                        flush_and_close(conn, &mut send, &outbound, ErrorCode::NoError, "control stream finished").await;
-                        return "client finished the control stream".into();
-                    }
-                    Ok(None) => {
-                        let reason = format!(
-                            "the client finished its control stream inside a frame ({} bytes of it sent)",
-                            inbound.len()
-                        );
-                        return control_stream_closed(conn, stats, reason);
-                    }
-                    Err(err @ WireError::Closed(..)) => return err.to_string(),
-                    Err(WireError::Stream(code)) => {
-                        let reason = format!("the client reset its control stream (code {code})");
-                        return control_stream_closed(conn, stats, reason);
-                    }
-                    Err(err) => return control_stream_closed(conn, stats, format!("control stream: {err}")),
-                },
-                stopped = send.stopped() => {
-                    let reason = match stopped {
-                        Ok(Some(code)) => format!("the client stopped reading its control stream (code {code})"),
-                        Ok(None) => "the control stream ended".to_string(),
-                        Err(err) => return err.to_string(),
-                    };
-                    return control_stream_closed(conn, stats, reason);
-                }
-                () = tokio::time::sleep_until(hello_deadline), if awaiting_hello => {
-                    stats.refused(ErrorCode::HandshakeTimeout);
-                    conn.close(ErrorCode::HandshakeTimeout, &format!("no Hello within {timeout_ms} ms"));
-                    return "handshake timeout".into();
-                }
-                () = tokio::time::sleep_until(partial_deadline), if !awaiting_hello && partial_since.is_some() => {
-                    let reason = format!(
-                        "a control frame begun {} ms ago is still incomplete ({} bytes received)",
-                        frame_timeout.as_millis(),
-                        inbound.len()
-                    );
-                    return refuse(conn, stats, ErrorCode::FrameTimeout, reason);
-                }
-                kicked = connection.next_kicked() => {
-                    if let Some(msg) = Box::pin(connection.kick(kicked, now_us())).await {
-                        encode(&codec, &msg, &mut outbound);
-                    }
-                }
-                // Not while a request is held back: a copy must not sequence a later post before it. Not once the token
-                // expired either (the expiry branch, ready too, may lose `select!`'s draw): no post after `exp`. Not
-                // beyond `POSTS_IN_FLIGHT` posts sequenced and unanswered (the stream's own bound): copies, each
-                // answered by a request that only joins its waiting reply, would otherwise start commits without one.
-                Some(copy) = async { Some(copied.as_ref()?.pop().await) },
-                    if !awaiting_hello && deferred.is_none() && !(expires && expiry.is_elapsed())
-                        && replies.posts_in_flight() + post_copies.early() < POSTS_IN_FLIGHT => {
-                    // The precondition was checked when the `select!` began: the expiry may have passed since (its
-                    // branch, ready too, lost the draw). The copy is dropped then; its request is not served either.
-                    if !(expires && expiry.is_elapsed()) {
-                        let room = POSTS_IN_FLIGHT.saturating_sub(replies.posts_in_flight() + post_copies.early());
-                        let flood =
-                            copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy, room);
-                        if let Some((code, reason)) = Box::pin(flood).await {
-                            return refuse(conn, stats, code, reason);
-                        }
-                    }
-                }
-                () = shutdown.cancelled() => {
-                    if slot.made_room() {
-                        return make_room(conn, config, stats, slot);
-                    }
-                    replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
-                    return Box::pin(going_away(conn, Some((&mut send, outbound)))).await;
-                }
-            }
-            let mut completed = false;
-            more_inbound = false;
-            loop {
-                // Replies are written before more requests are served: a burst of small requests with large replies
-                // (History) must not buffer more than about a frame per connection.
-                if outbound.len() >= codec.max_frame() {
-                    more_inbound = !inbound.is_empty() || deferred.is_some();
-                    break;
-                }
-                // Armed as soon as Hello is served (a Join in Hello's own chunk stops at the expiry too). Nothing more is
-                // served once the expiry's timer fired: the loop's expiry branch, ready then, closes.
-                if connection.arm_expiry(&session, expiry.as_mut()) && expiry.is_elapsed() {
-                    more_inbound = !inbound.is_empty() || deferred.is_some();
-                    break;
-                }
-                // Keys reloaded since the connection arrived: its Hello is checked with the new ones.
-                if session.identity().is_none() && keys.has_changed().unwrap_or(false) {
-                    session.use_keys(keys.borrow_and_update().clone());
-                }
-                let step = match deferred.take() {
-                    Some(step) => step,
-                    None => match next_step(
-                        &codec,
-                        &mut inbound,
-                        &mut session,
-                        &mut throttle,
-                        &mut post_copies,
-                        (&mut replies, &mut completed),
-                    ) {
-                        Ok(Some(step)) => step,
-                        Ok(None) => break,
-                        Err((code, reason)) => {
-                            stats.refused(code);
-                            conn.close(code, &reason);
-                            return format!("protocol error: {reason}");
-                        }
-                    },
-                };
-                if !replies.may_run(&step) {
-                    deferred = Some(step);
-                    break;
-                }
-                // A Join that may wait for a left room's stream to end (`Connection::at_stream_limit`) waits with the
-                // replies (and kicks) before it written: the client may hold its left room until the Left reply.
-                if step.is_join() && connection.at_stream_limit() {
-                    for kicked in connection.pending_kicks(now_us()).await {
-                        encode(&codec, &kicked, &mut outbound);
-                    }
-                    if !outbound.is_empty() {
-                        (deferred, more_inbound) = (Some(step), true);
-                        break;
-                    }
-                }
-                completed = true;
-                let msg = match step {
-                    Step::Reply(msg) => msg,
-                    Step::ReplyAndClose(msg, code, reason) => {
-                        stats.reply(&msg);
-                        encode(&codec, &msg, &mut outbound);
-                        flush_and_close(conn, &mut send, &outbound, code, &reason).await;
-                        return format!("refused: {reason}");
-                    }
-                    Step::Room { req_id, identity, request } => {
-                        for kicked in connection.pending_kicks(now_us()).await {
-                            encode(&codec, &kicked, &mut outbound);
-                        }
-                        let result = match request {
-                            RoomRequest::Post(post) => match Box::pin(connection.post(&identity, post, now_us())).await
-                            {
-                                Ok(Answer::Now(reply)) => Ok(reply),
-                                Ok(Answer::Later(reply)) => {
-                                    replies.later(async move { ServerMsg::Reply { req_id, result: reply.await } });
-                                    continue;
-                                }
-                                Err(failure) => Err(failure),
-                            },
-                            request => Box::pin(connection.room(&identity, (req_id, request), now_us())).await,
-                        };
-                        ServerMsg::Reply { req_id, result }
-                    }
-                    Step::Tick { req_id, request } => ServerMsg::Reply { req_id, result: connection.tick(request) },
-                };
-                if let Some(msg) = replies.ready(msg) {
-                    stats.reply(&msg);
-                    encode(&codec, &msg, &mut outbound);
-                }
-            }
-            if awaiting_hello {
-                if let Some(identity) = session.identity() {
-                    // Welcomed: never closed to make room from now on (before its Welcome is written, which may wait).
-                    slot.welcomed();
-                    connection.speaks(session.version().unwrap_or(quiver_proto::PROTOCOL_VERSION));
-                    tracing::Span::current().record("identity", identity);
-                    stats.handshake.observe_since(started);
-                    bump(&stats.handshakes);
-                }
-            }
-            // The timer runs from the start of the frame now waiting: a client pipelining whole frames is never timed
-            // out, whatever its reads' boundaries.
-            partial_since = match (inbound.is_empty() || deferred.is_some() || more_inbound, completed, partial_since) {
-                (true, _, _) => None, // nothing partial, or a whole request held back by the server itself
-                (false, true, _) | (false, false, None) => Some(Instant::now()),
-                (false, false, since) => since,
-            };
-            if !outbound.is_empty() {
-                // A client that stops reading its replies must not hold this loop (and with it the token's expiry and
-                // shutdown) for as long as it keeps the connection alive: it has `frame_timeout` to take them.
-                let written = tokio::select! {
-                    written = send.write_all(&outbound) => written,
-                    () = tokio::time::sleep(frame_timeout) => {
-                        let reason = format!(
-                            "the client did not read its control-stream replies ({} bytes) within {} ms",
-                            outbound.len(),
-                            frame_timeout.as_millis()
-                        );
-                        return refuse(conn, stats, ErrorCode::SlowConsumer, reason);
-                    }
-                };
-                match written {
-                    Ok(()) => {}
-                    Err(err @ WireError::Closed(..)) => return err.to_string(),
-                    Err(err) => {
-                        let reason = format!("the client stopped reading its control stream ({err})");
-                        return control_stream_closed(conn, stats, reason);
-                    }
-                }
-                connection.probe().sent();
-                outbound.clear();
-            }
-        }
     }
 }

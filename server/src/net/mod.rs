@@ -4,6 +4,7 @@
 mod admit;
 mod close;
 mod connection;
+mod control;
 mod copies;
 mod dispatch;
 mod endpoint;

@@ -266,22 +266,14 @@ async fn broken_room_stream_connection(
 /// with a stream carrying one message, `after the kick`. Each Join's `req_id` goes to `joins`.
 pub async fn kicked_with_its_join(endpoint: quinn::Endpoint, joins: tokio::sync::mpsc::UnboundedSender<u64>) {
     use quiver_proto::{
-        ErrorCode, EventKind, FrameCodec, Joined, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg,
+        ErrorCode, EventKind, FrameCodec, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg,
     };
     let Some(incoming) = endpoint.accept().await else { return };
     let conn = incoming.await.unwrap();
     let (mut send, mut recv) = conn.accept_bi().await.unwrap();
     let codec = FrameCodec::new(Limits::default().max_frame as usize);
     let encode = |msg: &ServerMsg| codec.encode_to_vec(msg).unwrap();
-    let joined = |req_id| Joined {
-        room: "r".into(),
-        epoch: 1,
-        recovered: true,
-        replay_from: 1,
-        last_seq: 0,
-        members: vec!["ann".into()],
-        req_id,
-    };
+    let joined = |req_id| joined_empty("r", req_id);
     let (mut inbound, mut first) = (bytes::BytesMut::new(), true);
     let mut streams = Vec::new(); // kept open until the connection ends
     loop {
@@ -334,9 +326,7 @@ pub async fn drops_each_first_request(
 ) {
     use std::sync::{Arc, Mutex};
 
-    use quiver_proto::{
-        EventKind, FrameCodec, HistoryPage, Joined, Reply, RequestBody, RoomEvent, RoomFrame, ServerMsg,
-    };
+    use quiver_proto::{EventKind, FrameCodec, HistoryPage, Reply, RequestBody, RoomEvent, RoomFrame, ServerMsg};
     let dropped = Arc::new(Mutex::new(std::collections::HashSet::new()));
     let mut connections = 0..;
     while let Some(incoming) = endpoint.accept().await {
@@ -373,15 +363,7 @@ pub async fn drops_each_first_request(
                     RequestBody::Hello(_) => welcome("ann"),
                     RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
                     RequestBody::Join(join) => {
-                        let joined = Joined {
-                            room: join.room,
-                            epoch: 1,
-                            recovered: true,
-                            replay_from: 1,
-                            last_seq: 0,
-                            members: vec!["ann".into()],
-                            req_id,
-                        };
+                        let joined = joined_empty(&join.room, req_id);
                         let mut stream = conn.open_uni().await.unwrap();
                         for frame in [RoomFrame::Open(joined.clone()), RoomFrame::Event(message.clone())] {
                             stream.write_all(&codec.encode_to_vec(&frame).unwrap()).await.unwrap();
@@ -487,6 +469,19 @@ async fn next_request(
 }
 
 /// A Welcome for `identity`, with the default limits.
+/// The reply to Join `req_id` of an empty room (epoch 1, no message yet) where `ann` is.
+fn joined_empty(room: &str, req_id: u64) -> quiver_proto::Joined {
+    quiver_proto::Joined {
+        room: room.into(),
+        epoch: 1,
+        recovered: true,
+        replay_from: 1,
+        last_seq: 0,
+        members: vec!["ann".into()],
+        req_id,
+    }
+}
+
 fn welcome(identity: &str) -> quiver_proto::Reply {
     quiver_proto::Reply::Welcome(quiver_proto::Welcome {
         version: quiver_proto::PROTOCOL_VERSION,

@@ -75,6 +75,16 @@ const CACHE_BYTES: u64 = 16 << 20;
 /// Bytes a keyspace's memtable holds before it is flushed to a table (fjall's default is 64 MiB).
 const MEMTABLE_BYTES: u64 = 16 << 20;
 
+/// fjall's background threads (flushes and compactions) for a machine of `cores`: fjall's own choice (one per core,
+/// at most 4), but never fewer than 3. fjall keeps its first worker for flushes by having it put every compaction it
+/// receives back into the queue; with two workers, while the other one compacts, the first takes that compaction
+/// out and puts it back in a loop, a spinning thread for as long as the compaction runs (3 % of a 2-core machine's
+/// CPU under `quiver bench post --modes os`, `perf`: docs/durability.md, "fjall's spinning worker"). With a third,
+/// a free worker takes the compaction within moments.
+pub(super) fn store_workers(cores: usize) -> usize {
+    cores.clamp(3, 4)
+}
+
 /// The store's directory inside the data directory.
 pub const STORE_DIR: &str = "store";
 

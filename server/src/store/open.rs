@@ -104,8 +104,13 @@ impl Store {
         // fjall has panicked on some damaged bytes (debug assertions): a panic on open is damage too.
         // Journals are replayed at start: fjall's smallest bound (64 MiB, default 512 MiB) keeps that replay short
         // after a crash, whatever the store's size (docs/durability.md, "Restarts").
-        let builder =
-            || Database::builder(&path).max_journaling_size(MAX_JOURNALING_BYTES).cache_size(CACHE_BYTES).open();
+        let builder = || {
+            Database::builder(&path)
+                .max_journaling_size(MAX_JOURNALING_BYTES)
+                .cache_size(CACHE_BYTES)
+                .worker_threads(store_workers(std::thread::available_parallelism().map_or(1, usize::from)))
+                .open()
+        };
         let opened =
             std::panic::catch_unwind(builder).map_err(|_| damaged(&path, "the database panicked while reading it"))?;
         let db = opened.map_err(|err| open_failed(&path, err))?;

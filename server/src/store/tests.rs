@@ -473,3 +473,9 @@ fn only_damage_is_reported_as_damage() {
         assert!(err.to_string().contains(".damaged"), "{what}: {err}");
     }
 }
+
+/// Two of fjall's workers spin while one compacts (`store_workers`): small machines get a third.
+#[test]
+fn fjall_has_at_least_three_workers_and_at_most_its_own_four() {
+    assert_eq!([1, 2, 3, 4, 8, 64].map(super::store_workers), [3, 3, 3, 4, 4, 4]);
+}

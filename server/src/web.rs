@@ -33,6 +33,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
     ("/quiver/client/values.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/values.js")),
     ("/quiver/client/streams.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/streams.js")),
+    ("/quiver/client/posts.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/posts.js")),
     ("/quiver/state.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/state.js")),
     ("/quiver/wire/errors.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/errors.js")),
     ("/quiver/wire/varint.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/wire/varint.js")),

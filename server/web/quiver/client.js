@@ -8,7 +8,8 @@ import { Session } from './client/session.js';
 import { readRoomStream, roomCopy } from './client/streams.js';
 import { Dialer, transportOptions } from './client/dial.js';
 import { Publisher, Room, Subscription, claimOn, deliverTick, sendTick, subscribeOn } from './client/handles.js';
-import { Signal, Timers, Turns, restore } from './client/waiting.js';
+import { sendPosts } from './client/posts.js';
+import { Signal, Timers, Turns, acrossReconnects, restore } from './client/waiting.js';
 import {
   REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, leftAnyway, toBytes, unixUs,
 } from './client/values.js';
@@ -200,18 +201,19 @@ export class QuiverClient {
    * Claims the right to publish on `channel` (`maxAgeMs`: the server drops older ticks rather than send them late);
    * claimed again after a reconnect, or ended like a subscription (`onEnd`, `ended`) if refused that for good. A
    * second publisher of a channel shares the first's claim, `maxAgeMs` and tick numbering (two numberings of one
-   * channel would make its subscribers drop one's ticks as stale). */
+   * channel would make its subscribers drop one's ticks as stale). A claim whose session is lost before the answer
+   * is made again on the next session (three in all), like a Join. */
   async publisher(channel, { maxAgeMs = null, onEnd } = {}) {
-    const session = await this.#live(); // (not in the turn: an unpublish needs no connection, and need not wait)
-    const entry = await this.#claimTurns.run(channel, async () => {
-      const made = { channel, maxAgeMs, claim: null, nextSeq: 1n, onEnd: [], ended: null };
+    const made = { channel, maxAgeMs, claim: null, nextSeq: 1n, onEnd: [], ended: null };
+    // The session is awaited outside the turn: an unpublish needs no connection, and need not wait for one.
+    const entry = await this.#acrossReconnects((session) => this.#claimTurns.run(channel, async () => {
       let entry = this.#publishers.get(channel) ?? made;
       await claimOn(session, entry);
       if (entry.ended) entry = { ...entry, onEnd: [], ended: null }; // ended while this claim was on its way
       entry = this.#publishers.get(channel) ?? entry; // one made meanwhile is the one
       this.#publishers.set(channel, entry);
       return entry;
-    });
+    }));
     entry.onEnd.push(onEnd);
     const send = (payload) => sendTick(this.#session, entry, toBytes(payload), this.serverClockUs());
     return new Publisher(channel, send, () => entry.ended, () => this.#unpublish(entry));
@@ -389,24 +391,8 @@ export class QuiverClient {
    * `givenUp()`: a Join, Subscribe or History is not failed by a reconnect of a moment. (What a lost session held
    * went with it.)
    */
-  async #acrossReconnects(attempt, givenUp = () => false) {
-    let session = await this.#live();
-    // (Given up while it waited for a session: nothing was written, and nothing is.)
-    if (givenUp()) throw QuiverError.closed({ code: ErrorCode.NoError, reason: 'given up before it was sent' });
-    for (let tries = 1; ; tries++) {
-      try {
-        return await attempt(session);
-      } catch (err) {
-        const lost = err instanceof QuiverError && err.closed && Boolean(session.closedWhy);
-        if (!lost || tries >= 3 || this.status === 'closed' || givenUp()) throw err;
-        try {
-          session = await this.#live();
-        } catch {
-          throw err;
-        }
-        if (givenUp()) throw err; // (left, or unsubscribed, while the client reconnected)
-      }
-    }
+  #acrossReconnects(attempt, givenUp = () => false) {
+    return acrossReconnects(() => this.#live(), attempt, givenUp, () => this.status === 'closed');
   }
 
   /** The current session; while reconnecting, waits for the next one (up to the connect timeout). */
@@ -478,32 +464,7 @@ export class QuiverClient {
   #flushPosts() {
     const session = this.#session;
     if (!session || session.closedWhy) return;
-    for (const job of this.#posts.startSending(session)) {
-      const body = { Post: { room: job.room, client_msg_id: job.clientMsgId, body: job.body } };
-      session.request(body).then(
-        (reply) => {
-          if (!this.#posts.settle(job, session)) return;
-          this.#unavailable.tries = 0;
-          try {
-            job.resolve(expectReply(reply, 'Posted').seq);
-          } catch (err) {
-            job.reject(err);
-          }
-        },
-        (err) => {
-          if (err?.closed) return; // sent again on the next connection (see PostQueue.connectionLost)
-          if (err?.code === ErrorCode.Unavailable && this.#posts.settle(job, session)) {
-            // The server's broker is unreachable and nothing was sequenced: this post and every later one go
-            // again, in order, after a pause (the server deduplicates any that went through).
-            this.#posts.retryFrom(job);
-            const delayMs = this.#unavailable.backoff.delay(this.#unavailable.tries++);
-            this.#timers.sleep(delayMs).then(() => this.#flushPosts());
-            return;
-          }
-          if (this.#posts.settle(job, session)) job.reject(err);
-        },
-      );
-    }
+    sendPosts(session, this.#posts, this.#unavailable, this.#timers, () => this.#flushPosts());
   }
 
   // ── ticks ──

@@ -204,7 +204,7 @@ export class FakeServer {
     this.heldClaims = null; // an array: Publish replies wait in it (call each to send) instead of going out at once
     this.openBeforeReply = true; // send a room stream's Open (and replay) before the Join reply
     this.replayOverlap = 0n; // replay this many already-seen messages on a resume (the client must drop them)
-    this.channelIdBase = 0n; // first channel id handed out on each connection
+    this.channelIdBase = 1n; // first channel id handed out on each connection (1: 0 is a copy datagram's)
     this.loseRoomStreams = 0; // reset this many room streams as slow consumers before their Open frame
     this.dropOnPing = false; // lose the connection on its first Ping
     this.dropOnFirst = new Set(); // request kinds ('Join', 'Subscribe', ...): the first of each loses its connection

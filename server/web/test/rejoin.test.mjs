@@ -130,6 +130,19 @@ test('a join, subscribe or history whose connection is lost before the answer go
   }
 });
 
+test('a publisher whose claim lost its connection before the answer claims on the next one', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  server.dropOnFirst = new Set(['Publish']);
+  const publisher = await ann.publisher('prices');
+  assert.equal(server.dropOnFirst.size, 0, 'the first claim went out on a connection that was lost');
+  const on = server.requests.filter((r) => 'Publish' in r.req.body).map((r) => r.conn);
+  assert.ok(on.length === 2 && on[0] !== on[1] && !on[0].alive, 'claimed again on another connection');
+  assert.equal(publisher.send('tick'), 1n, 'the publisher holds the claim of the new connection');
+  await until('the tick reached the server', () => server.datagrams.length === 1);
+  assert.equal(server.datagrams[0].conn, on[1], 'on the connection that holds the claim');
+});
+
 test('a join whose connection was lost, then left while the client reconnects, is not sent again', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server, { name: 'ann' });

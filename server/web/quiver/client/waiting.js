@@ -1,6 +1,7 @@
 // Waiting that ends with the client: `Timers`, whose sleeps all resolve at once when the client closes (so no
-// reconnect loop or request is left sleeping), `Signal`, which wakes whoever waits for a change, and `restore`,
-// which retries what a reconnect restores while the server refuses it for now.
+// reconnect loop or request is left sleeping), `Signal`, which wakes whoever waits for a change, `restore`, which
+// retries what a reconnect restores while the server refuses it for now, and `acrossReconnects`, which makes a call
+// again on the next session when its own is lost before the answer.
 
 import { ErrorCode, QuiverError } from '../wire/errors.js';
 
@@ -98,5 +99,34 @@ export class Turns {
   /** Keys with a task running or waiting. */
   get size() {
     return this.#tails.size;
+  }
+}
+
+/** Sessions a call that survives reconnects is made on, at most (`acrossReconnects`). */
+export const RECONNECT_TRIES = 3;
+
+/**
+ * Runs `attempt(session)` on the session `live()` resolves to; if that session is lost before the attempt is answered
+ * (its request failed as closed), runs it again on the next one, `RECONNECT_TRIES` sessions in all, unless the
+ * client `ended()` or `givenUp()`: a Join, Subscribe, claim or History is not failed by a reconnect of a moment.
+ * (What a lost session held went with it.)
+ */
+export async function acrossReconnects(live, attempt, givenUp, ended) {
+  let session = await live();
+  // (Given up while it waited for a session: nothing was written, and nothing is.)
+  if (givenUp()) throw QuiverError.closed({ code: ErrorCode.NoError, reason: 'given up before it was sent' });
+  for (let tries = 1; ; tries++) {
+    try {
+      return await attempt(session);
+    } catch (err) {
+      const lost = err instanceof QuiverError && err.closed && Boolean(session.closedWhy);
+      if (!lost || tries >= RECONNECT_TRIES || ended() || givenUp()) throw err;
+      try {
+        session = await live();
+      } catch {
+        throw err;
+      }
+      if (givenUp()) throw err; // (left, or unsubscribed, while the client reconnected)
+    }
   }
 }

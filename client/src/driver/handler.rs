@@ -61,7 +61,7 @@ impl Handler for Driver {
                 self.tasks.spawn(async move {
                     // Not before the application reads: a room it does not read would be joined, fall behind and
                     // be reset again and again, each time leaving a reader waiting with its stream.
-                    if entry.has_room(&stop).await {
+                    if entry.has_room(&stop, current.link.closed()).await {
                         rooms::rejoin(&current, &entry).await;
                     }
                 });

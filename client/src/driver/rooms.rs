@@ -97,14 +97,21 @@ impl RoomEntry {
         lock(&self.end_reason).clone()
     }
 
-    /// Waits until the application has read from the room's full channel (false if the room or the client ended
-    /// first). A stream's reader that waits for room in it is served before this (the channel's waiters queue), so
-    /// it reads on and finds its stream's end.
-    pub(crate) async fn has_room(&self, stop: &CancellationToken) -> bool {
+    /// Waits until the application has read from the room's full channel (false if the room, the client or the
+    /// kicked connection (`closed`) ended first). A stream's reader that waits for room in it is served before this
+    /// (the channel's waiters queue), so it reads on and finds its stream's end. Not past its connection: the next
+    /// connection rejoins the room itself, and a wait that outlived its connection kept it (and everything it holds)
+    /// until the application read, one more at every reconnect while the room was not read.
+    pub(crate) async fn has_room(
+        &self,
+        stop: &CancellationToken,
+        closed: impl std::future::Future<Output = ()>,
+    ) -> bool {
         tokio::select! {
             permit = self.events.reserve() => permit.is_ok(), // dropped at once: the place stays free
             () = self.ended.cancelled() => false,
             () = stop.cancelled() => false,
+            () = closed => false,
         }
     }
 
@@ -254,7 +261,7 @@ impl super::Driver {
                     // reads (as any kicked room).
                     let (again, stop) = (entry.clone(), self.stop.clone());
                     self.spawn(async move {
-                        if again.has_room(&stop).await {
+                        if again.has_room(&stop, current.link.closed()).await {
                             rejoin(&current, &again).await;
                         }
                     });
@@ -382,4 +389,45 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
         return;
     }
     entry.end(ErrorCode::Unavailable, format!("the server refused to take the room back {RETRIED_REJOINS} times"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kicked room that the application does not read: the wait for it to be read ends with its connection
+    /// (the next connection rejoins the room), and otherwise once the application reads.
+    #[tokio::test]
+    async fn the_wait_for_a_full_room_to_be_read_ends_with_its_connection() {
+        let rooms = Rooms::default();
+        let Ok(Added::New(entry, mut received)) = rooms.add("r", false, CancellationToken::new()) else {
+            panic!("a new room")
+        };
+        let event = || RoomEvent::MemberJoined { member: "bob".into() };
+        (0..EVENT_BUFFER).for_each(|_| entry.events.try_send(event()).unwrap());
+        let stop = CancellationToken::new();
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        let waiting = tokio::spawn({
+            let (entry, stop) = (entry.clone(), stop.clone());
+            async move {
+                entry
+                    .has_room(&stop, async move {
+                        let _ = closed.await;
+                    })
+                    .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the room is full and nobody reads it");
+        drop(close);
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert!(!waited.expect("ended with the connection").unwrap(), "not read: no rejoin");
+
+        let read = tokio::spawn({
+            let entry = entry.clone();
+            async move { entry.has_room(&stop, std::future::pending()).await }
+        });
+        assert!(received.recv().await.is_some());
+        assert!(tokio::time::timeout(std::time::Duration::from_secs(5), read).await.unwrap().unwrap(), "read");
+    }
 }

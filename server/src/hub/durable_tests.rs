@@ -90,6 +90,30 @@ async fn an_evicted_room_comes_back_with_its_epoch() {
     assert_eq!((again.joined.epoch, again.joined.last_seq), (joining.joined.epoch, 1), "loaded, not new");
 }
 
+/// A room not in memory is read from the store on the blocking pool, not on the runtime's thread (here, the test's
+/// own): a load reads the room's whole retained extent, and a peer may have one done again and again (History of a
+/// stored room that left memory), which would stall every connection on that thread. The sweep's loads too.
+#[tokio::test]
+async fn rooms_are_loaded_off_the_runtimes_threads() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_age_s: 100, ..Limits::default() };
+    let hub = open(dir.path(), limits.clone(), Budget::default());
+    for (room, id) in [("r", 1), ("r", 2), ("old", 1)] {
+        let _ = post(&hub, room, "bob", id, 10).await;
+    }
+    drop(hub);
+    let hub = open(dir.path(), limits, Budget::default());
+    let store = hub.store().unwrap().clone();
+    let page = hub.history("r", None, 10, usize::MAX, 20).await.unwrap();
+    assert_eq!(page.messages.len(), 2);
+    hub.sweep(200 * S).await; // loads "old", whose history is past the age bound
+    let here = std::thread::current().id();
+    let loaded_on = store.loaded_on.lock().unwrap().clone();
+    assert_eq!(loaded_on.len(), 2, "\"r\" for the History, \"old\" by the sweep");
+    assert!(!loaded_on.contains(&here), "loaded on the runtime's thread");
+}
+
 #[tokio::test]
 async fn a_loaded_rooms_memory_is_counted_and_given_back() {
     let dir = tempfile::tempdir().unwrap();

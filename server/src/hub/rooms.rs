@@ -156,26 +156,28 @@ impl LocalRooms {
     /// over the stored rooms that goes on from sweep to sweep, so that the sweep trims them like the rooms in use
     /// and the next sweep unloads them: rooms nobody uses would otherwise keep their history on disk forever. A
     /// load at `max_rooms` evicts an idle room, as any load does (rooms with members are never evicted).
-    fn load_aged(&self, now_us: u64) {
+    async fn load_aged(&self, now_us: u64) {
         let (Some(store), Some(max_age_us)) = (&self.store, self.limits.history_max_age_us()) else { return };
         let cutoff_us = now_us.saturating_sub(max_age_us);
-        let aged = {
-            let mut cursor = lock(&self.aged_cursor);
-            let in_memory = |name: &str| self.existing(name).is_some();
-            let (examined, loads) = (AGED_EXAMINED_PER_SWEEP, AGED_LOADS_PER_SWEEP);
-            match store.aged_rooms(cursor.as_deref(), examined, loads, cutoff_us, in_memory) {
-                Ok(aged) => {
-                    *cursor = aged.cursor;
-                    aged.names
-                }
-                Err(err) => {
-                    tracing::error!(%err, "retention: cannot read the stored rooms");
-                    return;
-                }
+        // The walk reads the store too: on the blocking pool, with the names of the rooms in memory (skipped) taken
+        // before it, and the cursor (only the sweep moves it) put back after.
+        let in_memory: std::collections::HashSet<String> = lock(&self.rooms).keys().cloned().collect();
+        let (store, cursor) = (store.clone(), lock(&self.aged_cursor).clone());
+        let (examined, loads) = (AGED_EXAMINED_PER_SWEEP, AGED_LOADS_PER_SWEEP);
+        let walked = tokio::task::spawn_blocking(move || {
+            store.aged_rooms(cursor.as_deref(), examined, loads, cutoff_us, |name| in_memory.contains(name))
+        })
+        .await;
+        let aged = match walked {
+            Ok(Ok(aged)) => {
+                *lock(&self.aged_cursor) = aged.cursor;
+                aged.names
             }
+            Ok(Err(err)) => return tracing::error!(%err, "retention: cannot read the stored rooms"),
+            Err(err) => return tracing::error!(%err, "retention: the walk over the stored rooms failed"),
         };
         for name in &aged {
-            match self.room(name, false, now_us) {
+            match self.room(name, false, now_us).await {
                 // Every room in memory has members: this one waits for the walk's next round.
                 Err(err) if err.code == ErrorCode::ServerFull => tracing::debug!(room = %name, %err, "retention"),
                 Err(err) => tracing::warn!(room = %name, %err, "retention: cannot load a room with aged history"),
@@ -208,10 +210,19 @@ impl LocalRooms {
 
     /// The room named `name`: in memory, else loaded from the store, else (when `create`) created, if there is
     /// place for it (evicting idle rooms at `max_rooms`). A room just created in the store is not settled until
-    /// its creation is stored (`with_room` waits for it before anyone learns its epoch).
-    fn room(&self, name: &str, create: bool, now_us: u64) -> Result<Option<Shared>, Failure> {
+    /// its creation is stored (`with_room` waits for it before anyone learns its epoch). The store is read on the
+    /// blocking pool: a load reads the room's whole retained extent, which a peer could otherwise have the
+    /// runtime's threads do (a History of a stored room not in memory, again and again), stalling every
+    /// connection.
+    async fn room(&self, name: &str, create: bool, now_us: u64) -> Result<Option<Shared>, Failure> {
         loop {
-            match self.find_or_open(name, create, now_us)? {
+            if let Some(room) = self.existing(name) {
+                return Ok(Some(room));
+            }
+            let removals = self.removals_of(name).load(Ordering::Acquire);
+            // Read outside the map's lock; the map is checked again (`settle`).
+            let stored = self.load_stored(name, now_us).await?;
+            match self.settle(name, create, now_us, removals, stored)? {
                 Found::Room(room) => return Ok(Some(room)),
                 Found::Absent => return Ok(None),
                 Found::Retry => continue,
@@ -219,24 +230,35 @@ impl LocalRooms {
         }
     }
 
-    /// One attempt of [`LocalRooms::room`].
-    fn find_or_open(&self, name: &str, create: bool, now_us: u64) -> Result<Found, Failure> {
-        if let Some(room) = self.existing(name) {
-            return Ok(Found::Room(room));
-        }
-        let removals = self.removals_of(name).load(Ordering::Acquire);
-        // Read outside the map's lock; the map is checked again below.
-        let stored = match &self.store {
-            Some(store) => {
-                let window_us = u64::from(self.limits.dedupe_window_s) * 1_000_000;
-                let entries = self.limits.dedupe_max_entries as usize;
-                store.load_room(name, now_us, window_us, entries).map_err(|err| {
-                    tracing::error!(room = %name, %err, "cannot load a room from the store");
-                    Failure::new(ErrorCode::Internal, format!("room {name} cannot be read from the store"))
-                })?
-            }
-            None => None,
+    /// The room named `name` as stored (none without a store), read on the blocking pool.
+    async fn load_stored(&self, name: &str, now_us: u64) -> Result<Option<StoredRoom>, Failure> {
+        let Some(store) = &self.store else { return Ok(None) };
+        let window_us = u64::from(self.limits.dedupe_window_s) * 1_000_000;
+        let entries = self.limits.dedupe_max_entries as usize;
+        let (store, owned) = (store.clone(), name.to_string());
+        let loaded = tokio::task::spawn_blocking(move || store.load_room(&owned, now_us, window_us, entries)).await;
+        let failed = |detail: String| {
+            tracing::error!(room = %name, %detail, "cannot load a room from the store");
+            Failure::new(ErrorCode::Internal, format!("room {name} cannot be read from the store"))
         };
+        match loaded {
+            Ok(Ok(stored)) => Ok(stored),
+            Ok(Err(err)) => Err(failed(err.to_string())),
+            Err(join) => Err(failed(join.to_string())),
+        }
+    }
+
+    /// One attempt of [`LocalRooms::room`] once the store was read (`stored`; `removals`: the name's removal count
+    /// before that read): the room in the map, the loaded or a new one put there, or `Retry` if the read may be
+    /// stale.
+    fn settle(
+        &self,
+        name: &str,
+        create: bool,
+        now_us: u64,
+        removals: u64,
+        stored: Option<StoredRoom>,
+    ) -> Result<Found, Failure> {
         let mut rooms = lock(&self.rooms);
         // Look up before inserting: `entry` would allocate the name on every post.
         if let Some(room) = rooms.get(name) {
@@ -312,7 +334,7 @@ impl LocalRooms {
         f: impl FnOnce(&mut Room) -> T,
     ) -> Result<Option<(Shared, T)>, Failure> {
         loop {
-            let Some(shared) = self.room(name, create, now_us)? else { return Ok(None) };
+            let Some(shared) = self.room(name, create, now_us).await? else { return Ok(None) };
             // A room whose creation may not be stored yet: nobody learns its epoch before it is (whoever comes
             // first waits; a waiter that gives up leaves it to the next).
             let unsettled = lock(&shared).room.unsettled();
@@ -443,7 +465,7 @@ impl RoomHub for LocalRooms {
         if let Some(store) = &self.store {
             store.check_disk(self.budget.disk_min_free_bytes);
         }
-        self.load_aged(now_us);
+        self.load_aged(now_us).await;
         let names: Vec<String> = lock(&self.rooms).keys().cloned().collect();
         let mut emptied = Vec::new();
         for name in names {

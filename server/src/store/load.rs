@@ -15,6 +15,8 @@ impl Store {
         window_us: u64,
         max_entries: usize,
     ) -> Result<Option<StoredRoom>, StoreError> {
+        #[cfg(test)]
+        self.loaded_on.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(std::thread::current().id());
         let Some(meta) = self.keyspaces.rooms.get(name).map_err(read_err)? else { return Ok(None) };
         let (Some(id), Some(epoch), Some(recorded)) = (u64_at(&meta, 0), u64_at(&meta, 8), u64_at(&meta, 16)) else {
             return Err(StoreError::Read(format!("room {name}: a malformed record ({} bytes)", meta.len())));

@@ -229,6 +229,9 @@ pub struct Store {
     /// the directory stays locked until the writer threads have committed, synced and let go of the database, also
     /// when a connection left open after the drain timeout keeps the store past its server.
     _data_dir: Option<Arc<crate::datadir::DataDirLock>>,
+    /// The threads rooms were loaded on (`load_room`), for the tests of where loads run.
+    #[cfg(test)]
+    pub(crate) loaded_on: std::sync::Mutex<Vec<std::thread::ThreadId>>,
     /// Set once everything above is dropped (the store closed cleanly): last, for [`Store::closed_flag`].
     closed: Closed,
 }

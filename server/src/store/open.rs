@@ -205,6 +205,8 @@ impl Store {
             _journal_sync: journal_sync,
             open_mark,
             _data_dir: lock,
+            #[cfg(test)]
+            loaded_on: std::sync::Mutex::default(),
             closed: Closed::default(),
         }))
     }

@@ -154,14 +154,26 @@ pub(crate) async fn serve_http(
 async fn refuse_gracefully(mut stream: TcpStream, response: Response) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() <= MAX_REQUEST_HEAD {
+    while head.len() <= MAX_REQUEST_HEAD {
+        let searched = head.len();
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
+        if head_end(&head, searched).is_some() {
+            break;
+        }
     }
     let _ = stream.write_all(&response.to_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// Where the blank line that ends a request head begins in `head`, looking only where bytes after the first
+/// `searched` (read before, and searched then) can complete it: a head trickled in byte by byte is searched once in
+/// all, not once per read (up to `MAX_REQUEST_HEAD` squared comparisons per connection).
+pub(crate) fn head_end(head: &[u8], searched: usize) -> Option<usize> {
+    let from = searched.saturating_sub(3);
+    head.get(from..)?.windows(4).position(|w| w == b"\r\n\r\n").map(|at| from + at)
 }
 
 /// Answers `response` without waiting (it fits a fresh socket's send buffer; if not, the peer gets less), for a
@@ -175,15 +187,16 @@ async fn handle(mut stream: TcpStream, peer: IpAddr, respond: &(impl Fn(&[u8], I
     let mut buf = [0u8; 1024];
     let read = async {
         loop {
-            if head.windows(4).any(|w| w == b"\r\n\r\n") {
-                break Some(true);
-            }
             if head.len() > MAX_REQUEST_HEAD {
                 break Some(false);
             }
+            let searched = head.len();
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => break None,
                 Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+            if head_end(&head, searched).is_some() {
+                break Some(true);
             }
         }
     };
@@ -285,6 +298,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The blank line is found wherever it lies against what was searched before, also split across reads, and
+    /// bytes searched before are not searched again.
+    #[test]
+    fn a_heads_end_is_found_in_what_is_new() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let end = head.len() - 4;
+        for searched in 0..=head.len() {
+            assert_eq!(head_end(head, searched), Some(end).filter(|_| searched <= end + 3), "searched {searched}");
+        }
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n", 0), None);
+        // Searched before: a blank line wholly in the old bytes is not looked for again.
+        assert_eq!(head_end(b"\r\n\r\nmore", 8), None);
+    }
 
     /// With every slot held by connections that say nothing, one more is answered 503 at once (it waited in the
     /// kernel's queue before, where a health check times out), and the silent ones get 408 after the head timeout

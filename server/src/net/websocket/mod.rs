@@ -293,13 +293,12 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, Resp
         if head.len() > MAX_REQUEST_HEAD {
             return Err(Response::error(431, "request head too large"));
         }
-        let searched = head.len().saturating_sub(3);
+        let searched = head.len();
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return Err(Response::error(400, "incomplete request head")),
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
-        // Only the new bytes (and the 3 before them) can complete the blank line: no rescan of the whole head.
-        if let Some(end) = head[searched..].windows(4).position(|w| w == b"\r\n\r\n").map(|at| searched + at) {
+        if let Some(end) = crate::http::head_end(&head, searched) {
             if end + 4 != head.len() {
                 return Err(Response::error(400, "bytes after the request head, before the answer"));
             }

@@ -92,26 +92,32 @@ async fn an_evicted_room_comes_back_with_its_epoch() {
 
 /// A room not in memory is read from the store on the blocking pool, not on the runtime's thread (here, the test's
 /// own): a load reads the room's whole retained extent, and a peer may have one done again and again (History of a
-/// stored room that left memory), which would stall every connection on that thread. The sweep's loads too.
+/// stored room that left memory), which would stall every connection on that thread. So is the first trim's plan of
+/// a room whose history aged past the bound (all of it read), for a History and for the sweep's loads.
 #[tokio::test]
-async fn rooms_are_loaded_off_the_runtimes_threads() {
+async fn rooms_are_loaded_and_first_trimmed_off_the_runtimes_threads() {
     const S: u64 = 1_000_000;
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits { history_max_age_s: 100, ..Limits::default() };
     let hub = open(dir.path(), limits.clone(), Budget::default());
-    for (room, id) in [("r", 1), ("r", 2), ("old", 1)] {
-        let _ = post(&hub, room, "bob", id, 10).await;
+    for (room, id, at) in [("young", 1, 150 * S), ("aged", 1, 10 * S), ("aged", 2, 10 * S), ("old", 1, 10 * S)] {
+        let _ = post(&hub, room, "bob", id, at).await;
     }
     drop(hub);
     let hub = open(dir.path(), limits, Budget::default());
     let store = hub.store().unwrap().clone();
-    let page = hub.history("r", None, 10, usize::MAX, 20).await.unwrap();
-    assert_eq!(page.messages.len(), 2);
-    hub.sweep(200 * S).await; // loads "old", whose history is past the age bound
+    let seqs = |page: HistoryPage| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(hub.history("young", None, 10, usize::MAX, 200 * S).await.unwrap()), [1]);
+    assert_eq!(seqs(hub.history("aged", None, 10, usize::MAX, 200 * S).await.unwrap()), [] as [u64; 0], "aged out");
+    hub.sweep(200 * S).await; // loads "old", whose history is past the age bound, and trims it
+    written(&store).await;
+    let stored = |name: &str| store.load_room(name, 0, 0, 0).unwrap().unwrap().extent.messages;
+    assert_eq!((stored("young"), stored("aged"), stored("old")), (1, 0, 0), "the aged history was deleted");
     let here = std::thread::current().id();
-    let loaded_on = store.loaded_on.lock().unwrap().clone();
-    assert_eq!(loaded_on.len(), 2, "\"r\" for the History, \"old\" by the sweep");
-    assert!(!loaded_on.contains(&here), "loaded on the runtime's thread");
+    let (loaded_on, planned_on) = (store.loaded_on.lock().unwrap().clone(), store.planned_on.lock().unwrap().clone());
+    assert_eq!(loaded_on.iter().filter(|on| **on != here).count(), 3, "young, aged and old, off this thread");
+    assert_eq!(planned_on.len(), 2, "aged and old: planned as they were loaded");
+    assert!(!planned_on.contains(&here), "a loaded room's first trim planned on the runtime's thread");
 }
 
 #[tokio::test]

@@ -22,6 +22,8 @@ use crate::store::Commit;
 
 mod durable;
 
+pub(super) use durable::{plan_at_load, TrimPlan};
+
 #[derive(Debug)]
 struct Subscriber {
     identity: String,

@@ -15,7 +15,7 @@ use quiver_proto::{ErrorCode, Failure, HistoryPage, Limits};
 use super::{
     lock::{lock, try_lock, HubGuard},
     replay::Replay,
-    room::{HistoryRead, Posting},
+    room::{plan_at_load, HistoryRead, Posting, TrimPlan},
     Delivery, JoinRoom, Joining, PostMessage, PostProgress, Posted, Room, RoomHub, SubscriberId,
 };
 use crate::{
@@ -230,13 +230,21 @@ impl LocalRooms {
         }
     }
 
-    /// The room named `name` as stored (none without a store), read on the blocking pool.
-    async fn load_stored(&self, name: &str, now_us: u64) -> Result<Option<StoredRoom>, Failure> {
+    /// The room named `name` as stored (none without a store), read on the blocking pool, with its first trim
+    /// planned there too (a room whose history all aged past `history_max_age_s` is read whole for that plan).
+    async fn load_stored(&self, name: &str, now_us: u64) -> Result<Option<(StoredRoom, Option<TrimPlan>)>, Failure> {
         let Some(store) = &self.store else { return Ok(None) };
         let window_us = u64::from(self.limits.dedupe_window_s) * 1_000_000;
         let entries = self.limits.dedupe_max_entries as usize;
-        let (store, owned) = (store.clone(), name.to_string());
-        let loaded = tokio::task::spawn_blocking(move || store.load_room(&owned, now_us, window_us, entries)).await;
+        let (store, owned, retention) = (store.clone(), name.to_string(), self.retention());
+        let loaded = tokio::task::spawn_blocking(move || {
+            let stored = store.load_room(&owned, now_us, window_us, entries)?;
+            Ok::<_, crate::store::StoreError>(stored.map(|stored| {
+                let plan = plan_at_load(&store, &stored, &retention, now_us);
+                (stored, plan)
+            }))
+        })
+        .await;
         let failed = |detail: String| {
             tracing::error!(room = %name, %detail, "cannot load a room from the store");
             Failure::new(ErrorCode::Internal, format!("room {name} cannot be read from the store"))
@@ -257,7 +265,7 @@ impl LocalRooms {
         create: bool,
         now_us: u64,
         removals: u64,
-        stored: Option<StoredRoom>,
+        stored: Option<(StoredRoom, Option<TrimPlan>)>,
     ) -> Result<Found, Failure> {
         let mut rooms = lock(&self.rooms);
         // Look up before inserting: `entry` would allocate the name on every post.
@@ -284,8 +292,9 @@ impl LocalRooms {
         }
         let untrimmed = stored.is_some();
         let room = match (&self.store, stored) {
-            (Some(store), Some(stored)) => {
-                Room::durable(name.to_string(), stored, &self.limits, self.retention(), store.clone(), None)
+            (Some(store), Some((stored, planned))) => {
+                let retention = self.retention();
+                Room::durable(name.to_string(), stored, &self.limits, retention, store.clone(), (None, planned))
             }
             (Some(store), None) => {
                 let (id, epoch) = (store.allocate_room_id(), new_epoch());
@@ -295,7 +304,7 @@ impl LocalRooms {
                 let creating = (!matches!(created.outcome(), Some(Ok(())))).then_some(created);
                 let stored = StoredRoom::new(id, epoch);
                 let retention = self.retention();
-                Room::durable(name.to_string(), stored, &self.limits, retention, store.clone(), creating)
+                Room::durable(name.to_string(), stored, &self.limits, retention, store.clone(), (creating, None))
             }
             (None, _) => Room::new(name.to_string(), new_epoch(), &self.limits, self.budget.room_history_bytes),
         };

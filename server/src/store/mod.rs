@@ -229,9 +229,12 @@ pub struct Store {
     /// the directory stays locked until the writer threads have committed, synced and let go of the database, also
     /// when a connection left open after the drain timeout keeps the store past its server.
     _data_dir: Option<Arc<crate::datadir::DataDirLock>>,
-    /// The threads rooms were loaded on (`load_room`), for the tests of where loads run.
+    /// The threads rooms were loaded on (`load_room`), and retention planned on (`plan_trim`), for the tests of
+    /// where reads run.
     #[cfg(test)]
     pub(crate) loaded_on: std::sync::Mutex<Vec<std::thread::ThreadId>>,
+    #[cfg(test)]
+    pub(crate) planned_on: std::sync::Mutex<Vec<std::thread::ThreadId>>,
     /// Set once everything above is dropped (the store closed cleanly): last, for [`Store::closed_flag`].
     closed: Closed,
 }
@@ -428,6 +431,8 @@ impl Store {
         retention: &Retention,
         now_us: u64,
     ) -> Result<(u64, Extent, Option<u64>), StoreError> {
+        #[cfg(test)]
+        self.planned_on.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(std::thread::current().id());
         let oldest_us = now_us.saturating_sub(retention.max_age_us);
         let mut left = extent;
         let mut cut = first_seq;

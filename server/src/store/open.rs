@@ -207,6 +207,8 @@ impl Store {
             _data_dir: lock,
             #[cfg(test)]
             loaded_on: std::sync::Mutex::default(),
+            #[cfg(test)]
+            planned_on: std::sync::Mutex::default(),
             closed: Closed::default(),
         }))
     }

@@ -55,18 +55,49 @@ pub(super) struct DiskRoom {
     trimming: Option<Commit>,
     /// The last deletion's plan could not read the store: the sweep tries again, not every post.
     plan_failed: bool,
+    /// The first trim's cut, planned as the room was loaded (used if the room is still as it was then).
+    planned: Option<TrimPlan>,
     codec: quiver_proto::FrameCodec,
 }
 
+/// A retention cut planned for a room as it was loaded ([`plan_at_load`]), valid while the room's oldest retained
+/// seq is still `from` and its last stored seq `upto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TrimPlan {
+    from: u64,
+    upto: u64,
+    cut: u64,
+    left: Extent,
+    first_time_us: Option<u64>,
+}
+
+/// What the first trim of a room just loaded as `stored` would cut, planned now: on the blocking pool, where the
+/// room is loaded, rather than under the room's lock on a runtime thread (a room idle past `max_age_us` has all of
+/// its history to read for the plan, up to `room_history_bytes`). `None` when nothing is to be cut, or the read
+/// failed (the trim plans again then).
+pub(crate) fn plan_at_load(store: &Store, stored: &StoredRoom, retention: &Retention, now_us: u64) -> Option<TrimPlan> {
+    let slack = |max: u64| max.saturating_add(max / 8);
+    let over =
+        stored.extent.messages > slack(retention.max_messages) || stored.extent.bytes > slack(retention.max_bytes);
+    let too_old = stored.first_time_us.is_some_and(|t| t < now_us.saturating_sub(retention.max_age_us));
+    if !over && !too_old {
+        return None;
+    }
+    let (from, upto) = (stored.first_seq, stored.last_seq);
+    let (cut, left, first_time_us) = store.plan_trim(stored.id, from, upto, stored.extent, retention, now_us).ok()?;
+    Some(TrimPlan { from, upto, cut, left, first_time_us })
+}
+
 impl Room {
-    /// A room loaded from the store (or just created in it: `settled` false until its creation commits).
-    pub fn durable(
+    /// A room loaded from the store (or just created in it: `settled` false until its creation commits), with the
+    /// first trim's cut if it was planned as the room was loaded.
+    pub(crate) fn durable(
         name: String,
         stored: StoredRoom,
         limits: &Limits,
         retention: Retention,
         store: Arc<Store>,
-        creating: Option<Commit>,
+        (creating, planned): (Option<Commit>, Option<TrimPlan>),
     ) -> Room {
         let settled = creating.is_none();
         let mut room = Room::with_history(name.clone(), stored.epoch, limits, Box::new(MemoryHistory::new(0, 0, 0)));
@@ -91,6 +122,7 @@ impl Room {
             dedupe_trimmed,
             trimming: None,
             plan_failed: false,
+            planned,
             codec: quiver_proto::FrameCodec::new(limits.max_frame as usize),
         });
         room
@@ -262,7 +294,12 @@ impl DiskRoom {
             return;
         }
         self.plan_failed = false;
-        match self.store.plan_trim(self.id, self.first_seq, last_seq, self.extent, &r, now_us) {
+        let planned = self.planned.take().filter(|p| (p.from, p.upto) == (self.first_seq, last_seq));
+        let plan = match planned {
+            Some(p) => Ok((p.cut, p.left, p.first_time_us)),
+            None => self.store.plan_trim(self.id, self.first_seq, last_seq, self.extent, &r, now_us),
+        };
+        match plan {
             Ok((cut, _, _)) if cut == self.first_seq => {} // nothing stored to delete yet
             Ok((cut, left, first_time_us)) => {
                 let from = std::mem::replace(&mut self.first_seq, cut);

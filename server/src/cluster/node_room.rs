@@ -113,8 +113,9 @@ pub(super) struct NodeState {
     pub(super) last_op: u64,
     pub(super) last_seq: u64,
     /// The op and time (µs, as stored) of the message at `last_seq`: which message it was, for a Redis that came
-    /// back with other history under the same seqs (`rollback`).
-    pub(super) last_message: (u64, u64),
+    /// back with other history under the same seqs (`rollback`). `None` when the node does not know it (the room
+    /// went live through a join after its last message, and the join read no message at that seq).
+    pub(super) last_message: Option<(u64, u64)>,
     pub(super) subscribers: HashMap<SubscriberId, Sub>,
     /// The last events delivered (op, frame).
     pub(super) recent: VecDeque<(u64, Bytes)>,
@@ -217,7 +218,7 @@ impl NodeRoom {
         state.last_op = op;
         if message {
             state.last_seq = seq;
-            state.last_message = (op, event.time_us);
+            state.last_message = Some((op, event.time_us));
         }
         let Some(frame) = self.ctx.encode(event) else {
             tracing::error!(room = %self.name, op, "a room event does not fit max_frame; skipped");

@@ -24,7 +24,9 @@ const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 pub(super) async fn check(room: &NodeRoom, generation: u64) -> bool {
     let delivered = {
         let state = lock(&room.state);
-        let (op, time_us) = state.last_message;
+        // An unknown message (the room went live through a join after it) is not compared: "" (the script skips it).
+        let (op, time_us) =
+            state.last_message.map_or((String::new(), String::new()), |(op, t)| (op.to_string(), t.to_string()));
         (state.live && state.generation == generation).then_some((
             state.epoch,
             state.last_seq,
@@ -47,8 +49,8 @@ pub(super) async fn check(room: &NodeRoom, generation: u64) -> bool {
             .arg(last_seq)
             .arg(last_op)
             .arg(new_epoch().to_string())
-            .arg(message_op)
-            .arg(message_time)
+            .arg(&message_op)
+            .arg(&message_time)
             .invoke_async(&mut conn)
             .await;
         if checked.is_ok() || room.ctx.broker.stopped() {

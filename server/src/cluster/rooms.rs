@@ -242,8 +242,17 @@ impl RoomHub for RedisRooms {
                         format!("room {name} changed while this join was under way; retry"),
                     )));
                 }
-                *state =
-                    NodeState { live: true, epoch, last_op: op_before, last_seq: seq, ..std::mem::take(&mut *state) };
+                // Which message is at `seq`, if the join read it (a resume's or a gap's replay ends there): else the
+                // node does not know it until it delivers one, and its rollback check compares seqs and ops only.
+                let last_message = plan.first.last().filter(|e| e.seq() == seq).map(|e| (e.op, e.event.time_us));
+                *state = NodeState {
+                    live: true,
+                    epoch,
+                    last_op: op_before,
+                    last_seq: seq,
+                    last_message,
+                    ..std::mem::take(&mut *state)
+                };
                 catch_up = ctx.broker.pubsub_connections() != pubsub_connections;
             }
             if let Ok(open) = ctx.codec.encode_to_vec(&RoomFrame::Open(joined.clone())) {

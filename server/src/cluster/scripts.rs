@@ -224,7 +224,7 @@ local fields = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'op')
 if fields[1] ~= ARGV[1] then return fields[1] end
 local seq, op = tonumber(fields[2] or '0'), tonumber(fields[3] or '0')
 local behind = seq < tonumber(ARGV[2]) or op < tonumber(ARGV[3])
-if not behind and tonumber(ARGV[2]) > 0 then
+if not behind and tonumber(ARGV[2]) > 0 and ARGV[5] ~= '' then
   local id = ARGV[2] .. '-0'
   local entry = redis.call('XRANGE', KEYS[2], id, id)[1]
   if entry then

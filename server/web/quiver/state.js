@@ -8,6 +8,9 @@ import { QuiverError } from './wire/errors.js';
 
 const lossyUtf8Decoder = new TextDecoder('utf-8', { ignoreBOM: true });
 
+/** The seq before `replayFrom` (a u64: never below 0, whatever a server sends). */
+const before = (replayFrom) => (replayFrom > 0n ? replayFrom - 1n : 0n);
+
 /**
  * Reconnect delays: attempt 0 waits up to `initialMs`, each later attempt up to twice as long, capped at `maxMs`;
  * each delay is drawn from the upper half of its ceiling (as the Rust client does).
@@ -183,7 +186,7 @@ export class RoomState {
   replied(joined) {
     if (this.epoch !== null) return;
     this.epoch = joined.epoch;
-    this.lastSeq = joined.replay_from - 1n;
+    this.lastSeq = before(joined.replay_from);
     this.members = new Set(joined.members);
   }
 
@@ -199,11 +202,11 @@ export class RoomState {
     const sameEpoch = this.epoch === joined.epoch;
     if (!sameEpoch) {
       this.epoch = joined.epoch;
-      this.lastSeq = joined.replay_from - 1n;
-    } else if (!joined.recovered && joined.replay_from - 1n < this.lastSeq) {
+      this.lastSeq = before(joined.replay_from);
+    } else if (!joined.recovered && before(joined.replay_from) < this.lastSeq) {
       // A position the room cannot resume from in its own epoch, ahead of what it holds (a store that lost its
       // tail): the seqs from `replay_from` on are new messages, and they are delivered.
-      this.lastSeq = joined.replay_from - 1n;
+      this.lastSeq = before(joined.replay_from);
     }
     this.members = new Set(joined.members);
     const recovered = sameEpoch && joined.recovered;

@@ -91,6 +91,17 @@ test('RoomState: a Join reply before the Open fills a new room; that join\'s Ope
   assert.deepEqual(room.position(), { epoch: 7n, seq: 4n }, 'only a brand-new room takes a reply');
 });
 
+test('RoomState: a replay_from of 0 (a hostile or broken server) leaves the position at 0, not -1', () => {
+  const room = new RoomState('lobby');
+  room.replied(joined({ epoch: 7n, recovered: true, replay_from: 0n, last_seq: 0n }));
+  assert.deepEqual(room.position(), { epoch: 7n, seq: 0n }, 'a Join reply');
+  const other = new RoomState('lobby');
+  other.open(joined({ epoch: 7n, recovered: true, replay_from: 0n, last_seq: 0n }));
+  assert.deepEqual(other.position(), { epoch: 7n, seq: 0n }, 'an Open');
+  other.open(joined({ epoch: 7n, recovered: false, replay_from: 0n, last_seq: 0n }));
+  assert.deepEqual(other.position(), { epoch: 7n, seq: 0n }, 'an Open that cannot resume');
+});
+
 test('RoomState: a rejoin resumes from the last delivered message and announces recovery', () => {
   const room = new RoomState('lobby');
   room.open(joined({ epoch: 7n, recovered: true, replay_from: 1n, last_seq: 0n }));

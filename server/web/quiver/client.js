@@ -32,7 +32,7 @@ export class QuiverClient {
 
   #urls;
   #nextUrl = 0;
-  #unavailable = { backoff: new Backoff({ initialMs: 50, maxMs: 2000 }), tries: 0 };
+  #unavailable = { backoff: new Backoff({ initialMs: 50, maxMs: 2000 }), tries: 0, paused: false };
   #options;
   #dialer;
   #session = null;

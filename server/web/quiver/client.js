@@ -302,7 +302,9 @@ export class QuiverClient {
    */
   async #connected(session) {
     if (this.status !== 'closed') {
-      this.#clockOffsetUs = clockOffsetUs(await session.clockSamples(5)) ?? this.#clockOffsetUs;
+      // Within the connect timeout, and not past a close (`#closing`): the connection is closed below then.
+      const bounds = { timeoutMs: this.#options.connectTimeoutMs, signal: this.#closing.signal };
+      this.#clockOffsetUs = clockOffsetUs(await session.clockSamples(5, bounds)) ?? this.#clockOffsetUs;
     }
     if (this.status === 'closed') session.close(ErrorCode.NoError, 'client closed');
     if (this.status === 'closed' || session.closedWhy) return false;

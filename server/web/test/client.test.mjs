@@ -528,6 +528,21 @@ test('a room stream reset before its Open frame is joined again on the Kicked; a
   await assert.rejects(QuiverClient.connect(URL_, { transport: server.transport }), /lost during setup/);
 });
 
+test('a server that answers no clock Ping holds neither a reconnect past the connect timeout nor a close', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann', connectTimeoutMs: 300 });
+  const bob = await connect(t, server, { name: 'bob', connectTimeoutMs: 60_000 });
+  server.ignorePings = true;
+  server.dropAll();
+  await until('both welcomed again, waiting for Pongs', () => server.live.length === 2 && server.live.every((c) => c.identity));
+  assert.equal(ann.status, 'reconnecting');
+  await until('ann goes on without the Pongs once her connect timeout passed', () => ann.status === 'connected', 3000);
+  assert.equal(bob.status, 'reconnecting', 'bob waits for his (60 s)');
+  bob.close();
+  await until('bob\'s new connection closed at once', () => server.live.length === 1, 1000);
+  assert.equal(bob.status, 'closed');
+});
+
 test('redundant rooms: stream and copies merge into one order, each event once; posts also go up as copies', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server, { name: 'ann', copies: 2, copySpacingMs: 2 });

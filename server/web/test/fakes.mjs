@@ -207,6 +207,7 @@ export class FakeServer {
     this.channelIdBase = 1n; // first channel id handed out on each connection (1: 0 is a copy datagram's)
     this.loseRoomStreams = 0; // reset this many room streams as slow consumers before their Open frame
     this.dropOnPing = false; // lose the connection on its first Ping
+    this.ignorePings = false; // answer no Ping (the connection stays up)
     this.dropOnFirst = new Set(); // request kinds ('Join', 'Subscribe', ...): the first of each loses its connection
     this.webTransportDown = false; // WebTransport connections fail before they open (the WebSocket gets through)
     this.webTransportHangs = false; // WebTransport connections never become ready (UDP silently dropped)
@@ -355,6 +356,7 @@ export class FakeServer {
       }
       case 'Ping':
         if (this.dropOnPing) return conn.kill('lost during setup');
+        if (this.ignorePings) return undefined; // a server wedged past the QUIC level: no Pong, ever
         return ok({ Pong: { client_time_us: body.client_time_us, server_time_us: nowUs() } });
       case 'History': {
         const room = this.rooms.get(body.room);

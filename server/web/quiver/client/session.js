@@ -259,14 +259,21 @@ export class Session {
     this.keepAliveTimer = setTimeout(check, pingMs);
   }
 
-  /** `count` Ping/Pong round trips (fewer when one fails): `{rttUs, clientTimeUs, serverTimeUs}` samples. */
-  async clockSamples(count) {
+  /**
+   * `count` Ping/Pong round trips: `{rttUs, clientTimeUs, serverTimeUs}` samples; fewer when one fails, when
+   * `timeoutMs` passed in all (a server that answers no Ping must not hold a connect or a reconnect), or when
+   * `signal` aborts (the client closed): the samples so far.
+   */
+  async clockSamples(count, { timeoutMs = Infinity, signal = undefined } = {}) {
     const samples = [];
-    for (let i = 0; i < count && !this.closedWhy; i++) {
+    const deadline = performance.now() + timeoutMs;
+    for (let i = 0; i < count && !this.closedWhy && !signal?.aborted; i++) {
       const clientTimeUs = unixUs();
       const started = performance.now();
       try {
-        const reply = await this.request({ Ping: { client_time_us: BigInt(Math.round(clientTimeUs)) } });
+        const ping = this.request({ Ping: { client_time_us: BigInt(Math.round(clientTimeUs)) } });
+        const reply = await within(ping, deadline - performance.now(), signal);
+        if (reply === undefined) break; // out of time, or the client closed
         const serverTimeUs = Number(expectReply(reply, 'Pong').server_time_us);
         samples.push({ rttUs: (performance.now() - started) * 1000, clientTimeUs, serverTimeUs });
       } catch {
@@ -417,4 +424,21 @@ export function roomFrames(stream, maxFrame) {
       reader.cancel().catch(() => {});
     },
   };
+}
+
+/** `promise`'s outcome, or `undefined` once `ms` passed or `signal` aborted (whichever comes first). */
+function within(promise, ms, signal) {
+  if (signal?.aborted || ms <= 0) return Promise.resolve(undefined);
+  return new Promise((resolve, reject) => {
+    const timer = Number.isFinite(ms) ? setTimeout(() => finish(undefined), ms) : null;
+    const aborted = () => finish(undefined);
+    function finish(value, err) {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', aborted);
+      if (err === undefined) resolve(value);
+      else reject(err);
+    }
+    signal?.addEventListener('abort', aborted, { once: true });
+    promise.then((value) => finish(value), (err) => finish(undefined, err ?? new Error('request failed')));
+  });
 }

@@ -195,19 +195,21 @@ return ended
 /// token, `create` or `refresh`. Stamps the node (on Redis' clock, never backwards) and, with `create`, sets its
 /// mark; with `refresh` it only checks that the mark is still the node's: a node buried meanwhile (mark deleted) is
 /// told so by every beat until it creates the mark again, even if a beat from before a partition runs late.
-/// Returns {now ms, 1 if the mark is the node's}.
+/// Returns {now ms, 1 if the mark is the node's, the node's stamp before this beat (0 if none)}: a stamp older than
+/// the node's last beat tells it Redis lost its beats since (back from an older snapshot, or it was buried).
 const BEAT: &str = r#"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local before = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
 redis.call('ZADD', KEYS[1], 'GT', now, ARGV[1])
 if ARGV[3] == 'create' then
   redis.call('SET', KEYS[2], ARGV[2])
-  return {now, 1}
+  return {now, 1, before}
 end
 if redis.call('GET', KEYS[2]) == ARGV[2] then
-  return {now, 1}
+  return {now, 1, before}
 end
-return {now, 0}
+return {now, 0, before}
 "#;
 
 /// Redis came back with older data than a node delivered (a restart from a snapshot or an `everysec` AOF, a

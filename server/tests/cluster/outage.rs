@@ -86,3 +86,46 @@ fn after_redis_was_unreachable_for_every_node_no_live_node_is_buried() {
         observer.close().await;
     });
 }
+
+/// Redis restarted at once (an outage far shorter than half the expiry) from a snapshot older than the expiry: it
+/// holds every node's heartbeat from then, so the first node to beat again found the other's score old and buried
+/// it, though it was beating all along (every member of that node left every room). A node now sees that Redis
+/// lost its own beats (its score went back) and waits a whole expiry of its own beats again before it buries.
+#[test]
+fn after_redis_restarts_from_an_old_snapshot_no_live_node_is_buried() {
+    if !redis_available("after_redis_restarts_from_an_old_snapshot_no_live_node_is_buried") {
+        return;
+    }
+    let snapshots = tempfile::tempdir().unwrap();
+    let dir = snapshots.path().to_str().unwrap().to_string();
+    let port = super::ports::restartable_port();
+    let redis = Redis::start_on(port, &["--dir", &dir]);
+    let (_tmp, dirs) = node_dirs(2);
+    let nodes = start_cluster(&dirs, &[redis.url(), redis.url()], &[]);
+    let runtime = clients_runtime();
+    runtime.block_on(async {
+        let observer = Client::connect_with(&nodes[0].addr, options(&dirs[0], "observer")).await.unwrap();
+        let observed = Arc::new(Mutex::new(Seen::default()));
+        read_room(observer.join("lobby").await.unwrap(), observed.clone());
+        let other = Client::connect_with(&nodes[1].addr, options(&dirs[0], "other")).await.unwrap();
+        let room = other.join("lobby").await.unwrap();
+        assert_eq!(room.members(), ["observer", "other"]);
+        let saved: String = redis.query(&mut redis::cmd("SAVE")).unwrap();
+        assert_eq!(saved, "OK");
+        // The snapshot's heartbeats grow older than the expiry while both nodes beat on.
+        tokio::time::sleep(Duration::from_millis(EXPIRY_MS + 1_000)).await;
+        drop(redis);
+        let redis = Redis::start_on(port, &["--dir", &dir]);
+        wait_for("both nodes are ready again", Duration::from_secs(10), || {
+            nodes.iter().all(|node| admin_status(node.admin, "/readyz") == 200)
+        })
+        .await;
+        // Past the time a burial would have taken.
+        tokio::time::sleep(Duration::from_millis(EXPIRY_MS + 4 * HEARTBEAT_MS)).await;
+        let left = observed.lock().unwrap().left.clone();
+        assert!(left.is_empty(), "members of a live node left: {left:?}");
+        other.close().await;
+        observer.close().await;
+        drop(redis);
+    });
+}

@@ -35,6 +35,12 @@ impl Broker {
         // good); `failing_since` is when the first beat of the current run of failures was sent.
         let mut beating_since: Option<tokio::time::Instant> = None;
         let mut failing_since: Option<tokio::time::Instant> = None;
+        // Redis' time at this node's last beat: a later beat that finds the node's stamp older than that learns that
+        // Redis lost its beats since (restarted at once from an older snapshot, failed over to a lagging replica):
+        // every node's stamp is then as old as the snapshot, and it waits a whole expiry of beats again before it
+        // buries anyone, as after an outage (a restart quicker than half the expiry did not count as one, and the
+        // first node back buried the others, live).
+        let mut last_beat_ms: Option<u64> = None;
         let checking_pubsub = Arc::new(AtomicBool::new(false));
         let mut interval = tokio::time::interval(self.config.heartbeat);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -44,7 +50,7 @@ impl Broker {
                 () = self.stop.cancelled() => return,
             }
             let started = tokio::time::Instant::now();
-            let (now_ms, marked) = match self.beat(&token, refresh).await {
+            let (now_ms, marked, stamped_ms) = match self.beat(&token, refresh).await {
                 Some(beat) => beat,
                 None => {
                     self.heartbeat_ok.store(false, Ordering::Relaxed);
@@ -66,6 +72,10 @@ impl Broker {
             };
             failed_beats = 0;
             if failing_since.take().is_some_and(|failing| failing.elapsed() >= self.config.presence_expiry / 2) {
+                beating_since = None;
+            }
+            if last_beat_ms.replace(now_ms).is_some_and(|last| stamped_ms < last) {
+                tracing::warn!(node = %self.node, "the broker lost this node's latest heartbeats (Redis back from older data?): no node is buried for a whole expiry");
                 beating_since = None;
             }
             let beating_since = *beating_since.get_or_insert_with(tokio::time::Instant::now);
@@ -142,13 +152,15 @@ impl Broker {
     }
 
     /// One heartbeat (`create` the mark, or check that it is still this node's): {Redis' time in ms, 1 when the mark
-    /// is this node's}, or `None` when Redis did not answer.
-    async fn beat(&self, token: &str, refresh: bool) -> Option<(u64, u8)> {
+    /// is this node's, the node's stamp before it}, or `None` when Redis did not answer.
+    async fn beat(&self, token: &str, refresh: bool) -> Option<(u64, u8, u64)> {
         let mut conn = self.conn();
         let mut invocation = scripts::BEAT_SCRIPT.prepare_invoke();
         let mode = if refresh { "refresh" } else { "create" };
         invocation.key(keys::NODES).key(keys::node_mark(&self.node)).arg(&self.node).arg(token).arg(mode);
-        match tokio::time::timeout(self.config.request_timeout, invocation.invoke_async::<(u64, u8)>(&mut conn)).await {
+        match tokio::time::timeout(self.config.request_timeout, invocation.invoke_async::<(u64, u8, u64)>(&mut conn))
+            .await
+        {
             Ok(Ok(beat)) => Some(beat),
             Ok(Err(err)) => {
                 self.failed(&err);

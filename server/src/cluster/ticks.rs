@@ -262,6 +262,28 @@ impl Inner {
         complete
     }
 
+    /// This node's listed interest in Redis made to agree with its own (at each Pub/Sub connection): Redis back from
+    /// an older snapshot lacks the channels the node took since (the other nodes, reading the list afresh, relayed
+    /// it none of their ticks any more) and lists those it gave up (relayed to it for nothing). Each difference is
+    /// made as a change of interest (listed and announced); a list that cannot be read is left as it is.
+    async fn reassert(&self) {
+        let mut conn = self.broker.conn();
+        let listed =
+            redis::AsyncCommands::smembers::<_, HashSet<String>>(&mut conn, keys::node_ticks(self.broker.node()));
+        let listed = match listed.await {
+            Ok(listed) => listed,
+            Err(err) => return self.broker.failed(&err),
+        };
+        // Under the interest lock, as subscribe and unsubscribe make their changes (see `on_revived`).
+        let interest = lock(&self.interest);
+        for channel in interest.keys().filter(|channel| !listed.contains(*channel)) {
+            self.change(channel, true);
+        }
+        for channel in listed.iter().filter(|channel| !interest.contains_key(*channel)) {
+            self.change(channel, false);
+        }
+    }
+
     /// Applies this node's interest changes in order: listed, subscribed, announced (or the reverse).
     async fn interest_changes(self: Arc<Self>) {
         loop {
@@ -385,7 +407,10 @@ impl ChannelHandler for Control {
     }
 
     fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(async move { self.0.reload().await })
+        Box::pin(async move {
+            self.0.reload().await;
+            self.0.reassert().await;
+        })
     }
 }
 

@@ -235,3 +235,57 @@ fn members_that_left_after_the_snapshot_are_not_present_when_redis_returns_with_
         drop(redis);
     });
 }
+
+/// A node's interest in a tick channel taken after Redis' last snapshot: Redis back from that snapshot lists the
+/// node without the channel, the other nodes read that list afresh at their reconnect, and relayed the channel's
+/// ticks to it no more, until its subscriber count fell to 0 and rose again. Each node now makes its listed
+/// interest in Redis agree with its own at each Pub/Sub connection.
+#[test]
+fn tick_interest_taken_after_the_snapshot_survives_redis_returning_with_it() {
+    if !redis_available("tick_interest_taken_after_the_snapshot_survives_redis_returning_with_it") {
+        return;
+    }
+    let snapshots = tempfile::tempdir().unwrap();
+    let dir = snapshots.path().to_str().unwrap().to_string();
+    let port = ports::restartable_port();
+    let redis = Redis::start_on(port, &["--dir", &dir]);
+    let (_tmp, dirs) = node_dirs(2);
+    let nodes = start_cluster(&dirs, &[redis.url(), redis.url()], &[]);
+    let runtime = clients_runtime();
+    runtime.block_on(async {
+        let feed = Client::connect_with(&nodes[0].addr, options(&dirs[0], "feed")).await.unwrap();
+        let publisher = feed.publisher("prices").await.unwrap();
+        let saved: String = redis.query(&mut redis::cmd("SAVE")).unwrap();
+        assert_eq!(saved, "OK");
+        let reader = Client::connect_with(&nodes[1].addr, options(&dirs[0], "reader")).await.unwrap();
+        let mut prices = reader.subscribe("prices").await.unwrap();
+        let listed = |redis: &Redis| {
+            let lists: Vec<String> = redis.query(redis::cmd("KEYS").arg("q:node:*:ticks")).unwrap();
+            lists.iter().any(|list| redis.query::<bool>(redis::cmd("SISMEMBER").arg(list).arg("prices")).unwrap())
+        };
+        wait_for("node 1's interest listed", Duration::from_secs(10), || listed(&redis)).await;
+        drop(redis);
+        let redis = Redis::start_on(port, &["--dir", &dir]);
+        assert!(!listed(&redis), "the snapshot predates the interest");
+        wait_for("both nodes are ready again", Duration::from_secs(10), || {
+            nodes.iter().all(|node| admin_status(node.admin, "/readyz") == 200)
+        })
+        .await;
+        wait_for("node 1's interest listed again", Duration::from_secs(10), || listed(&redis)).await;
+        // What node 0 reads of it at its own reconnect (a reload), or hears announced: it relays to node 1 again.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = std::time::Instant::now();
+        let mut k = 0u32;
+        loop {
+            publisher.send(k.to_string()).unwrap();
+            k += 1;
+            if tokio::time::timeout(Duration::from_millis(20), prices.next()).await.is_ok_and(|tick| tick.is_some()) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no tick crossed to node 1 after Redis came back");
+        }
+        feed.close().await;
+        reader.close().await;
+        drop(redis);
+    });
+}

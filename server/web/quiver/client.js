@@ -205,9 +205,14 @@ export class QuiverClient {
    * is made again on the next session (three in all), like a Join. */
   async publisher(channel, { maxAgeMs = null, onEnd } = {}) {
     const made = { channel, maxAgeMs, claim: null, nextSeq: 1n, onEnd: [], ended: null };
+    // The entry a first attempt joined: unpublished before an attempt on a later session, it ends this call as it
+    // would have without the reconnect, not claimed anew after the application gave it up.
+    let attached = null;
     // The session is awaited outside the turn: an unpublish needs no connection, and need not wait for one.
     const entry = await this.#acrossReconnects((session) => this.#claimTurns.run(channel, async () => {
-      let entry = this.#publishers.get(channel) ?? made;
+      if (attached?.ended) return attached;
+      let entry = attached ?? this.#publishers.get(channel) ?? made;
+      attached = entry;
       await claimOn(session, entry);
       if (entry.ended) entry = { ...entry, onEnd: [], ended: null }; // ended while this claim was on its way
       entry = this.#publishers.get(channel) ?? entry; // one made meanwhile is the one

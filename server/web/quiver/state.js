@@ -235,8 +235,8 @@ export class RoomState {
 }
 
 /**
- * Posts in the order they were made: pending (not sent on the current connection) and in flight (sent on
- * connection `token`, reply awaited). When a connection is lost every in-flight post goes back in front of the
+ * Posts in the order they were made: pending (not sent on the current connection) and in flight (sent, with
+ * `token`, the send's own: a reply to an earlier send of the same post is not taken for this one's; reply awaited). When a connection is lost every in-flight post goes back in front of the
  * pending ones, in order, to be sent again with the same client_msg_id (the server deduplicates).
  */
 export class PostQueue {
@@ -260,7 +260,7 @@ export class PostQueue {
     this.pending.push(job);
   }
 
-  /** Every pending post, now in flight on connection `token`, in order. */
+  /** Every pending post, now in flight with `token` (this send's), in order. */
   startSending(token) {
     const jobs = this.pending;
     this.pending = [];

@@ -143,6 +143,24 @@ test('a publisher whose claim lost its connection before the answer claims on th
   assert.equal(server.datagrams[0].conn, on[1], 'on the connection that holds the claim');
 });
 
+test('a shared claim whose connection was lost, unpublished meanwhile, is not claimed again on the next one', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const held = await ann.publisher('c');
+  server.heldClaims = []; // the second publisher's claim waits for its reply (never sent)
+  const sharing = ann.publisher('c');
+  await until('the second claim written', () => server.heldClaims.length === 1);
+  const unpublished = held.unpublish(); // in its turn, behind the second claim
+  server.heldClaims = null;
+  server.dropAll(); // the second claim fails as closed; the unpublish runs (nothing to write on no session)
+  await unpublished;
+  const second = await sharing;
+  assert.equal(second.ended?.reason, 'unpublished', 'ended as it would have without the reconnect');
+  await until('connected again', () => ann.status === 'connected');
+  await sleep(20);
+  assert.deepEqual(server.requestsOf('Publish', server.live.at(-1)), [], 'no claim on the new connection');
+});
+
 test('a join whose connection was lost, then left while the client reconnects, is not sent again', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server, { name: 'ann' });

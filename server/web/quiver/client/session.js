@@ -430,7 +430,8 @@ export function roomFrames(stream, maxFrame) {
 function within(promise, ms, signal) {
   if (signal?.aborted || ms <= 0) return Promise.resolve(undefined);
   return new Promise((resolve, reject) => {
-    const timer = Number.isFinite(ms) ? setTimeout(() => finish(undefined), ms) : null;
+    // (Timers past 2^31 - 1 ms fire at once: longer is never.)
+    const timer = ms < 2 ** 31 - 1 ? setTimeout(() => finish(undefined), ms) : null;
     const aborted = () => finish(undefined);
     function finish(value, err) {
       clearTimeout(timer);

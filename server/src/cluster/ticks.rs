@@ -265,14 +265,18 @@ impl Inner {
     /// This node's listed interest in Redis made to agree with its own (at each Pub/Sub connection): Redis back from
     /// an older snapshot lacks the channels the node took since (the other nodes, reading the list afresh, relayed
     /// it none of their ticks any more) and lists those it gave up (relayed to it for nothing). Each difference is
-    /// made as a change of interest (listed and announced); a list that cannot be read is left as it is.
-    async fn reassert(&self) {
+    /// made as a change of interest (listed and announced). False when the list could not be read (nothing changed:
+    /// [`Inner::reassert_until_done`] tries again).
+    async fn reassert(&self) -> bool {
         let mut conn = self.broker.conn();
         let listed =
             redis::AsyncCommands::smembers::<_, HashSet<String>>(&mut conn, keys::node_ticks(self.broker.node()));
         let listed = match listed.await {
             Ok(listed) => listed,
-            Err(err) => return self.broker.failed(&err),
+            Err(err) => {
+                self.broker.failed(&err);
+                return false;
+            }
         };
         // Under the interest lock, as subscribe and unsubscribe make their changes (see `on_revived`).
         let interest = lock(&self.interest);
@@ -282,6 +286,22 @@ impl Inner {
         for channel in listed.iter().filter(|channel| !interest.contains_key(*channel)) {
             self.change(channel, false);
         }
+        true
+    }
+
+    /// [`Inner::reassert`] on a task of its own, every [`RETRY_PAUSE`] until Redis answered it (it may still be
+    /// loading its snapshot, the command connection still reconnecting), the node stops, or a newer Pub/Sub
+    /// connection does it again.
+    fn reassert_until_done(self: &Arc<Self>) {
+        let (me, connection) = (self.clone(), self.broker.pubsub_connections());
+        tokio::spawn(async move {
+            while !me.reassert().await {
+                tokio::time::sleep(RETRY_PAUSE).await;
+                if me.broker.stopped() || me.broker.pubsub_connections() != connection {
+                    return;
+                }
+            }
+        });
     }
 
     /// Applies this node's interest changes in order: listed, subscribed, announced (or the reverse).
@@ -409,7 +429,7 @@ impl ChannelHandler for Control {
     fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.0.reload().await;
-            self.0.reassert().await;
+            self.0.reassert_until_done();
         })
     }
 }

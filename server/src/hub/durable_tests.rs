@@ -120,6 +120,34 @@ async fn rooms_are_loaded_and_first_trimmed_off_the_runtimes_threads() {
     assert!(!planned_on.contains(&here), "a loaded room's first trim planned on the runtime's thread");
 }
 
+/// Requests for a stored room not in memory that arrive together (clients rejoining after a restart) wait for
+/// the loads under way (`LOADS_AT_ONCE`) and find the room loaded: it is not read from the store once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_a_room_being_loaded_share_its_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = open(dir.path(), Limits::default(), Budget::default());
+    for id in 1..=1_000 {
+        let _ = post(&hub, "r", "bob", id, 10).await; // a load reads them all: long enough to overlap
+    }
+    drop(hub);
+    let hub = Arc::new(open(dir.path(), Limits::default(), Budget::default()));
+    let start = Arc::new(tokio::sync::Barrier::new(8));
+    let reads: Vec<_> = (0..8)
+        .map(|_| {
+            let (hub, start) = (hub.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                hub.history("r", None, 10, usize::MAX, 20).await.unwrap().messages.len()
+            })
+        })
+        .collect();
+    for read in reads {
+        assert_eq!(read.await.unwrap(), 10);
+    }
+    let loads = hub.store().unwrap().loaded_on.lock().unwrap().len();
+    assert!(loads <= super::rooms::LOADS_AT_ONCE, "{loads} loads of one room for 8 requests");
+}
+
 #[tokio::test]
 async fn a_loaded_rooms_memory_is_counted_and_given_back() {
     let dir = tempfile::tempdir().unwrap();

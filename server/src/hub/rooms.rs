@@ -114,6 +114,9 @@ pub struct LocalRooms {
     removal_hasher: std::collections::hash_map::RandomState,
     /// Where the sweep's walk over stored rooms for aged history goes on ([`LocalRooms::load_aged`]).
     aged_cursor: Mutex<Option<Vec<u8>>>,
+    /// Loads from the store under way at most ([`LOADS_AT_ONCE`]): requests for rooms not in memory (clients
+    /// rejoining a big room after a restart, all at once) wait here, and find the room loaded by the first.
+    loads: tokio::sync::Semaphore,
 }
 
 /// Counts of removed rooms, by a hash of the name.
@@ -122,6 +125,9 @@ const REMOVAL_BUCKETS: usize = 1024;
 const AGED_EXAMINED_PER_SWEEP: usize = 64;
 /// Such rooms loaded (to be trimmed) per sweep at most: a load reads the room's history.
 const AGED_LOADS_PER_SWEEP: usize = 2;
+/// Rooms read from the store at once, at most (each on a thread of the blocking pool, reading up to a room's
+/// retained history): more would only share the same disk and cores, and the same room would be read once each.
+pub(super) const LOADS_AT_ONCE: usize = 2;
 
 impl LocalRooms {
     /// An empty hub whose rooms follow `limits` (history, dedupe, frame size) within `budget`.
@@ -137,6 +143,7 @@ impl LocalRooms {
             removals: (0..REMOVAL_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             removal_hasher: std::collections::hash_map::RandomState::new(),
             aged_cursor: Mutex::new(None),
+            loads: tokio::sync::Semaphore::new(LOADS_AT_ONCE),
         }
     }
 
@@ -216,6 +223,14 @@ impl LocalRooms {
     /// connection.
     async fn room(&self, name: &str, create: bool, now_us: u64) -> Result<Option<Shared>, Failure> {
         loop {
+            if let Some(room) = self.existing(name) {
+                return Ok(Some(room));
+            }
+            let _load = match &self.store {
+                Some(_) => Some(self.loads.acquire().await.map_err(|_| Failure::new(ErrorCode::Internal, "closed"))?),
+                None => None,
+            };
+            // Loaded by another request while this one waited for its turn: that room.
             if let Some(room) = self.existing(name) {
                 return Ok(Some(room));
             }

@@ -75,7 +75,10 @@ impl Broker {
                 beating_since = None;
             }
             if last_beat_ms.replace(now_ms).is_some_and(|last| stamped_ms < last) {
-                tracing::warn!(node = %self.node, "the broker lost this node's latest heartbeats (Redis back from older data?): no node is buried for a whole expiry");
+                // (No stamp at all: this node was buried meanwhile, which it says below.)
+                if stamped_ms > 0 {
+                    tracing::warn!(node = %self.node, "the broker lost this node's latest heartbeats (Redis back from older data?): no node is buried for a whole expiry");
+                }
                 beating_since = None;
             }
             let beating_since = *beating_since.get_or_insert_with(tokio::time::Instant::now);

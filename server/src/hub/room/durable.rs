@@ -84,8 +84,14 @@ pub(crate) fn plan_at_load(store: &Store, stored: &StoredRoom, retention: &Reten
         return None;
     }
     let (from, upto) = (stored.first_seq, stored.last_seq);
-    let (cut, left, first_time_us) = store.plan_trim(stored.id, from, upto, stored.extent, retention, now_us).ok()?;
-    Some(TrimPlan { from, upto, cut, left, first_time_us })
+    match store.plan_trim(stored.id, from, upto, stored.extent, retention, now_us) {
+        Ok((cut, left, first_time_us)) => Some(TrimPlan { from, upto, cut, left, first_time_us }),
+        Err(err) => {
+            // The first trim plans again, under the room's lock (and, failing too, leaves it to the sweep).
+            tracing::error!(room_id = stored.id, %err, "retention read failed as the room was loaded");
+            None
+        }
+    }
 }
 
 impl Room {

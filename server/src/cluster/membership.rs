@@ -122,9 +122,9 @@ pub(super) async fn announce(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc
 const RECONCILE_TRIES: u32 = 6;
 const RECONCILE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Redis' count of this node's members made to agree with the node's own, in every room Redis lists for it (run at
-/// each Pub/Sub connection: Redis may be back from a snapshot that still counts subscriptions ended since, which
-/// would look present until this node died). Each room's call runs under its join lock, so that no join is counted
+/// Redis' count of this node's members made to agree with the node's own, in every room Redis lists for it and every
+/// room where it holds members (run at each Pub/Sub connection: Redis may be back from a snapshot that still counts
+/// subscriptions ended since, which would look present until this node died, or lacks ones taken since). Each room's call runs under its join lock, so that no join is counted
 /// meanwhile (the lock is let go between tries); a room this node does not have is looked at through a room made
 /// for it (the sweep takes it away again). A call the connection fails is tried [`RECONCILE_TRIES`] times, then this
 /// reconcile stops (the next connection starts another); one Redis refuses is skipped. A newer Pub/Sub connection
@@ -135,13 +135,31 @@ pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Ar
         let key = keys::node_rooms(&node);
         async move { redis::AsyncCommands::smembers::<_, Vec<String>>(&mut conn, key).await }
     });
-    let listed = match listed.await {
+    let mut listed = match listed.await {
         Ok(listed) => listed,
         Err(Gave::Up) => return tracing::debug!("reconcile: taken over by a newer connection, or the node stops"),
         Err(Gave::Failed(err)) => {
             return tracing::warn!(%err, "could not read this node's rooms from the broker to check its members there")
         }
     };
+    // Rooms where this node holds members that Redis does not list for it (joined after Redis' snapshot): listed
+    // again (so that a burial of this node cleans them), then mended like the others.
+    let known: std::collections::HashSet<&String> = listed.iter().collect();
+    let held: Vec<(String, Arc<NodeRoom>)> =
+        lock(&rooms).iter().filter(|(name, _)| !known.contains(name)).map(|(n, r)| (n.clone(), r.clone())).collect();
+    let unlisted: Vec<String> =
+        held.into_iter().filter(|(_, room)| !lock(&room.state).subscribers.is_empty()).map(|(n, _)| n).collect();
+    for name in unlisted {
+        let added = retried(&ctx, connection, |mut conn| {
+            let (key, name) = (keys::node_rooms(&node), name.clone());
+            async move { redis::AsyncCommands::sadd::<_, _, ()>(&mut conn, key, name).await }
+        });
+        match added.await {
+            Ok(()) => listed.push(name),
+            Err(Gave::Up) => return tracing::debug!("reconcile: taken over by a newer connection, or the node stops"),
+            Err(Gave::Failed(err)) => tracing::warn!(room = %name, %err, "could not list a room of this node's again"),
+        }
+    }
     for name in &listed {
         if ctx.broker.pubsub_connections() != connection || ctx.broker.stopped() {
             return tracing::debug!("reconcile: taken over by a newer connection, or the node stops");
@@ -155,21 +173,23 @@ pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Ar
                     break (room, guard);
                 }
             };
-            let held: Vec<SubscriberId> = lock(&room.state).subscribers.keys().copied().collect();
+            let held: Vec<(SubscriberId, String)> =
+                lock(&room.state).subscribers.iter().map(|(id, sub)| (*id, sub.identity.clone())).collect();
             let mut call = scripts::RECONCILE_SCRIPT.prepare_invoke();
             call.key(&room.keys.meta).key(&room.keys.log).key(&room.keys.members).key(room.keys.holders(node));
             call.arg(crate::now_us().to_string()).arg(&room.keys.events).arg(ctx.room_ttl_ms);
-            for id in held {
-                call.arg(id);
+            for (id, identity) in held {
+                call.arg(id).arg(identity);
             }
-            call.invoke_async::<u64>(&mut conn).await
+            call.invoke_async::<(u64, u64)>(&mut conn).await
         });
         match ended.await {
-            Ok(0) => {}
-            Ok(ended) => tracing::warn!(
+            Ok((0, 0)) => {}
+            Ok((ended, counted)) => tracing::warn!(
                 room = %name,
-                subscriptions = ended,
-                "the broker counted members this node no longer has (Redis back from older data?); they left"
+                ended,
+                counted,
+                "the broker's count of this node's members was not this node's (Redis back from older data?); mended"
             ),
             Err(Gave::Up) => return tracing::debug!("reconcile: taken over by a newer connection, or the node stops"),
             Err(Gave::Failed(err)) if connection_trouble(&err) => {

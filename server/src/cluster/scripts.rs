@@ -176,19 +176,35 @@ return #held
 "#;
 
 /// The node's subscriptions in the room as Redis counts them, made to agree with the node's own: every one it does
-/// not hold any more ends (Redis back from a snapshot taken before they left; a leave that never reached it).
-/// KEYS: meta, log, members, the node's holders. ARGV: time µs, events channel, room TTL ms, then the id of every
-/// subscription the node holds in the room. Returns the subscriptions ended.
+/// not hold any more ends (Redis back from a snapshot taken before they left; a leave that never reached it), and
+/// every one it holds that Redis does not count is counted (taken after the snapshot: a member that looked absent,
+/// and whose identity's other subscription's leave would have published it gone, though still there), as a join
+/// counts it. KEYS: meta, log, members, the node's holders. ARGV: time µs, events channel, room TTL ms, then the id
+/// and identity of every subscription the node holds in the room. Returns {subscriptions ended, counted}.
 const RECONCILE: &str = r#"
 local keep = {}
-for i = 4, #ARGV do keep[ARGV[i]] = true end
+for i = 4, #ARGV, 2 do keep[ARGV[i]] = true end
 local ended = 0
 for _, sub in ipairs(redis.call('HKEYS', KEYS[4])) do
   if not keep[sub] then
     ended = ended + leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], sub, ARGV[1], ARGV[2], ARGV[3], nil, nil)
   end
 end
-return ended
+local counted = 0
+local fields = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+if fields[1] then
+  for i = 4, #ARGV, 2 do
+    local identity = ARGV[i + 1]
+    if redis.call('HSETNX', KEYS[4], ARGV[i], identity) == 1 then
+      counted = counted + 1
+      if redis.call('HINCRBY', KEYS[3], identity, 1) == 1 then
+        local op = redis.call('HINCRBY', KEYS[1], 'op', 1)
+        publish(ARGV[2], fields[1], tonumber(fields[2] or '0'), op, ARGV[1], 'J' .. identity)
+      end
+    end
+  end
+end
+return {ended, counted}
 "#;
 
 /// A node's heartbeat, on Redis' clock. KEYS: the nodes' sorted set, the node's mark. ARGV: node id, the node's

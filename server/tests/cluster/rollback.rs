@@ -238,6 +238,55 @@ fn members_that_left_after_the_snapshot_are_not_present_when_redis_returns_with_
     });
 }
 
+/// A second subscription of an identity, taken after Redis' last snapshot, is not counted by Redis back from it (the
+/// join bumped no op: the identity was there already, so no rollback check notices). The first subscription's leave
+/// then published the identity gone while its second was still in the room. Each node now also counts, at each
+/// Pub/Sub connection, the subscriptions it holds that Redis does not.
+#[test]
+fn a_subscription_taken_after_the_snapshot_is_counted_when_redis_returns_with_it() {
+    if !redis_available("a_subscription_taken_after_the_snapshot_is_counted_when_redis_returns_with_it") {
+        return;
+    }
+    let snapshots = tempfile::tempdir().unwrap();
+    let dir = snapshots.path().to_str().unwrap().to_string();
+    let port = ports::restartable_port();
+    let redis = Redis::start_on(port, &["--dir", &dir]);
+    let (_tmp, dirs) = node_dirs(1);
+    let nodes = start_cluster(&dirs, &[redis.url()], &[]);
+    let runtime = clients_runtime();
+    runtime.block_on(async {
+        let count = |redis: &Redis| -> u64 {
+            redis
+                .query::<Option<u64>>(redis::cmd("HGET").arg("q:{twice}:members").arg("x"))
+                .unwrap_or(None)
+                .unwrap_or(0)
+        };
+        let observer = Client::connect_with(&nodes[0].addr, options(&dirs[0], "observer")).await.unwrap();
+        let observed = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+        read_room(observer.join("twice").await.unwrap(), observed.clone());
+        let first = Client::connect_with(&nodes[0].addr, options(&dirs[0], "x")).await.unwrap();
+        let first_room = first.join("twice").await.unwrap();
+        let saved: String = redis.query(&mut redis::cmd("SAVE")).unwrap();
+        assert_eq!(saved, "OK");
+        let second = Client::connect_with(&nodes[0].addr, options(&dirs[0], "x")).await.unwrap();
+        let _second_room = second.join("twice").await.unwrap();
+        assert_eq!(count(&redis), 2);
+        drop(redis);
+        let redis = Redis::start_on(port, &["--dir", &dir]);
+        wait_for("the node to count x's second subscription again", Duration::from_secs(20), || count(&redis) == 2)
+            .await;
+        first_room.leave().await.unwrap();
+        wait_for("x's first leave counted", Duration::from_secs(10), || count(&redis) == 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let left = observed.lock().unwrap().left.clone();
+        assert!(left.iter().all(|(member, _)| member != "x"), "x looked gone while still in the room: {left:?}");
+        for client in [observer, first, second] {
+            client.close().await;
+        }
+        drop(redis);
+    });
+}
+
 /// A node's interest in a tick channel taken after Redis' last snapshot: Redis back from that snapshot lists the
 /// node without the channel, the other nodes read that list afresh at their reconnect, and relayed the channel's
 /// ticks to it no more, until its subscriber count fell to 0 and rose again. Each node now makes its listed

@@ -178,10 +178,18 @@ pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Ar
             let mut call = scripts::RECONCILE_SCRIPT.prepare_invoke();
             call.key(&room.keys.meta).key(&room.keys.log).key(&room.keys.members).key(room.keys.holders(node));
             call.arg(crate::now_us().to_string()).arg(&room.keys.events).arg(ctx.room_ttl_ms);
-            for (id, identity) in held {
-                call.arg(id).arg(identity);
+            for (id, identity) in &held {
+                call.arg(*id).arg(identity);
             }
-            call.invoke_async::<(u64, u64)>(&mut conn).await
+            let answer = call.invoke_async::<(u64, u64)>(&mut conn).await;
+            // A leave does not take the join lock: one that ran while the call was on its way found nothing to end
+            // in Redis, and the call then counted its subscription. Ended again (as `announce` does).
+            let state = lock(&room.state);
+            for (id, _) in held.iter().filter(|(id, _)| !state.subscribers.contains_key(id)) {
+                tokio::spawn(ctx.clone().leave(room.name.clone(), *id));
+            }
+            drop(state);
+            answer
         });
         match ended.await {
             Ok((0, 0)) => {}

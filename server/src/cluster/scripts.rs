@@ -204,6 +204,11 @@ if fields[1] then
     end
   end
 end
+if counted > 0 then
+  -- Members again: the room must not expire (a leave above, or before, may have set its expiry), as JOIN.
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+end
 return {ended, counted}
 "#;
 

@@ -55,6 +55,31 @@ impl Running {
     }
 }
 
+/// Where a Redis keeps its snapshots (`SAVE`), and the port it is started on again from the last one: Redis back
+/// with older data than the nodes saw.
+pub(crate) struct Snapshots {
+    _dir: tempfile::TempDir,
+    path: String,
+    port: u16,
+}
+
+impl Snapshots {
+    /// A Redis that saves into a directory of its own, on a port it can be started on again.
+    pub(crate) fn start() -> (Snapshots, Redis) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap().to_string();
+        let port = ports::restartable_port();
+        let redis = Redis::start_on(port, &["--dir", &path]);
+        (Snapshots { _dir: dir, path, port }, redis)
+    }
+
+    /// Kills `redis` and starts it again from its last snapshot.
+    pub(crate) fn restart(&self, redis: Redis) -> Redis {
+        drop(redis);
+        Redis::start_on(self.port, &["--dir", &self.path])
+    }
+}
+
 /// A `redis-server` of the test's own, persistence off.
 pub(crate) struct Redis {
     pub(crate) process: Running,

@@ -96,10 +96,7 @@ fn after_redis_restarts_from_an_old_snapshot_no_live_node_is_buried() {
     if !redis_available("after_redis_restarts_from_an_old_snapshot_no_live_node_is_buried") {
         return;
     }
-    let snapshots = tempfile::tempdir().unwrap();
-    let dir = snapshots.path().to_str().unwrap().to_string();
-    let port = super::ports::restartable_port();
-    let redis = Redis::start_on(port, &["--dir", &dir]);
+    let (snapshots, redis) = Snapshots::start();
     let (_tmp, dirs) = node_dirs(2);
     // A longer expiry than the other tests': a restart, reconnects included, well within half of it (3 s) even on
     // a loaded machine, so that it never counts as an outage, which would hide what the test is after.
@@ -118,8 +115,7 @@ fn after_redis_restarts_from_an_old_snapshot_no_live_node_is_buried() {
         assert_eq!(saved, "OK");
         // The snapshot's heartbeats grow older than the expiry while both nodes beat on.
         tokio::time::sleep(Duration::from_millis(EXPIRY + 1_000)).await;
-        drop(redis);
-        let redis = Redis::start_on(port, &["--dir", &dir]);
+        let redis = snapshots.restart(redis);
         wait_for("both nodes are ready again", Duration::from_secs(10), || {
             nodes.iter().all(|node| admin_status(node.admin, "/readyz") == 200)
         })

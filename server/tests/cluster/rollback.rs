@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use quiver_client::{Client, RoomEvent};
 
-use super::{harness::*, ports};
+use super::harness::*;
 
 /// Posts after Redis' return: more than the five it lost.
 const AFTER: u64 = 8;
@@ -21,10 +21,7 @@ fn a_redis_back_with_older_data_moves_the_room_to_a_new_epoch_and_skips_no_messa
     if !redis_available("a_redis_back_with_older_data_moves_the_room_to_a_new_epoch_and_skips_no_message") {
         return;
     }
-    let snapshots = tempfile::tempdir().unwrap();
-    let dir = snapshots.path().to_str().unwrap().to_string();
-    let port = ports::restartable_port();
-    let redis = Redis::start_on(port, &["--dir", &dir]);
+    let (snapshots, redis) = Snapshots::start();
     let (_tmp, dirs) = node_dirs(1);
     let nodes = start_cluster(&dirs, &[redis.url()], &[]);
     let runtime = clients_runtime();
@@ -53,8 +50,7 @@ fn a_redis_back_with_older_data_moves_the_room_to_a_new_epoch_and_skips_no_messa
         .await;
         seen.expect("the member saw seq 10");
         // Redis is killed and comes back from its snapshot (seq 5); the posts meanwhile are retried by the client.
-        drop(redis);
-        let redis = Redis::start_on(port, &["--dir", &dir]);
+        let redis = snapshots.restart(redis);
         for k in 1..=AFTER {
             poster.post("rewound", format!("after-{k}")).await.unwrap();
         }
@@ -181,10 +177,7 @@ fn members_that_left_after_the_snapshot_are_not_present_when_redis_returns_with_
     if !redis_available("members_that_left_after_the_snapshot_are_not_present_when_redis_returns_with_it") {
         return;
     }
-    let snapshots = tempfile::tempdir().unwrap();
-    let dir = snapshots.path().to_str().unwrap().to_string();
-    let port = ports::restartable_port();
-    let redis = Redis::start_on(port, &["--dir", &dir]);
+    let (snapshots, redis) = Snapshots::start();
     let (_tmp, dirs) = node_dirs(2);
     let nodes = start_cluster(&dirs, &[redis.url(), redis.url()], &[]);
     let runtime = clients_runtime();
@@ -214,8 +207,7 @@ fn members_that_left_after_the_snapshot_are_not_present_when_redis_returns_with_
         };
         wait_for("the node to let the emptied room go", Duration::from_secs(10), || !listed(&redis)).await;
         // Redis is killed and comes back from its snapshot, which counts the leaver in both rooms.
-        drop(redis);
-        let redis = Redis::start_on(port, &["--dir", &dir]);
+        let redis = snapshots.restart(redis);
         assert!(counted(&redis, "ghosts", "leaver") && counted(&redis, "emptied", "leaver"), "the snapshot's count");
         assert!(listed(&redis), "the snapshot lists the emptied room");
         wait_for("the node to take its members' leaves back to Redis", Duration::from_secs(20), || {
@@ -247,10 +239,7 @@ fn a_subscription_taken_after_the_snapshot_is_counted_when_redis_returns_with_it
     if !redis_available("a_subscription_taken_after_the_snapshot_is_counted_when_redis_returns_with_it") {
         return;
     }
-    let snapshots = tempfile::tempdir().unwrap();
-    let dir = snapshots.path().to_str().unwrap().to_string();
-    let port = ports::restartable_port();
-    let redis = Redis::start_on(port, &["--dir", &dir]);
+    let (snapshots, redis) = Snapshots::start();
     let (_tmp, dirs) = node_dirs(1);
     let nodes = start_cluster(&dirs, &[redis.url()], &[]);
     let runtime = clients_runtime();
@@ -271,8 +260,7 @@ fn a_subscription_taken_after_the_snapshot_is_counted_when_redis_returns_with_it
         let second = Client::connect_with(&nodes[0].addr, options(&dirs[0], "x")).await.unwrap();
         let _second_room = second.join("twice").await.unwrap();
         assert_eq!(count(&redis), 2);
-        drop(redis);
-        let redis = Redis::start_on(port, &["--dir", &dir]);
+        let redis = snapshots.restart(redis);
         wait_for("the node to count x's second subscription again", Duration::from_secs(20), || count(&redis) == 2)
             .await;
         first_room.leave().await.unwrap();
@@ -296,10 +284,7 @@ fn tick_interest_taken_after_the_snapshot_survives_redis_returning_with_it() {
     if !redis_available("tick_interest_taken_after_the_snapshot_survives_redis_returning_with_it") {
         return;
     }
-    let snapshots = tempfile::tempdir().unwrap();
-    let dir = snapshots.path().to_str().unwrap().to_string();
-    let port = ports::restartable_port();
-    let redis = Redis::start_on(port, &["--dir", &dir]);
+    let (snapshots, redis) = Snapshots::start();
     let (_tmp, dirs) = node_dirs(2);
     let nodes = start_cluster(&dirs, &[redis.url(), redis.url()], &[]);
     let runtime = clients_runtime();
@@ -315,8 +300,7 @@ fn tick_interest_taken_after_the_snapshot_survives_redis_returning_with_it() {
             lists.iter().any(|list| redis.query::<bool>(redis::cmd("SISMEMBER").arg(list).arg("prices")).unwrap())
         };
         wait_for("node 1's interest listed", Duration::from_secs(10), || listed(&redis)).await;
-        drop(redis);
-        let redis = Redis::start_on(port, &["--dir", &dir]);
+        let redis = snapshots.restart(redis);
         wait_for("both nodes are ready again", Duration::from_secs(10), || {
             nodes.iter().all(|node| admin_status(node.admin, "/readyz") == 200)
         })

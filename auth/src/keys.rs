@@ -55,7 +55,7 @@ pub fn dev_key_exists(data_dir: &Path) -> bool {
 pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<Vec<u8>, AuthError> {
     let path = data_dir.join(DEV_KEY_FILE);
     if path.is_file() {
-        keep_private(&path);
+        keep_private(&path)?;
         return read_hs256_key(&path);
     }
     std::fs::create_dir_all(data_dir).map_err(|source| AuthError::Io { path: data_dir.into(), source })?;
@@ -75,34 +75,40 @@ pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<Vec<u8>, AuthError> {
 }
 
 /// A key file others may read (copied, restored from a backup, written by hand) lets any user of the machine mint
-/// tokens with every right: it is made readable by its owner only again, with a warning (or the warning that it
-/// could not be).
-fn keep_private(path: &Path) {
+/// tokens with every right: it is made readable by its owner only again, with a warning; one that cannot be (owned by
+/// another user, a read-only file system) is refused, not used.
+fn keep_private(path: &Path) -> Result<(), AuthError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+        let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
         if !meta.file_type().is_file() {
             // A link (to a secret shared on purpose, say): its target's mode is not this server's to change.
-            return tracing::warn!(path = %path.display(), "the dev key is not a plain file: its mode is not checked");
+            tracing::warn!(path = %path.display(), "the dev key is not a plain file: its mode is not checked");
+            return Ok(());
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 == 0 {
-            return;
+            return Ok(());
         }
         match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
             Ok(()) => {
                 tracing::warn!(path = %path.display(), "the dev key was readable by others (mode {mode:o}): now 0600")
             }
-            Err(err) => tracing::warn!(
-                path = %path.display(),
-                %err,
-                "the dev key is readable by others (mode {mode:o}) and cannot be made 0600: any user here can mint tokens"
-            ),
+            Err(err) => {
+                return Err(AuthError::BadKey {
+                    path: path.into(),
+                    reason: format!(
+                        "readable by others (mode {mode:o}) and it cannot be made 0600 ({err}): any user here could \
+                         mint tokens with it; make it private (chmod 600, owned by this user) or delete it"
+                    ),
+                })
+            }
         }
     }
     #[cfg(not(unix))]
     let _ = path;
+    Ok(())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -27,6 +27,17 @@ pub enum DataDirError {
         /// What the holder wrote in the lock file (its pid), or "unknown".
         pid: String,
     },
+    /// The directory is not this user's alone to write: whoever else can write there could put in their own token
+    /// key or certificate, or replace the store.
+    #[error("data directory {dir} {why}: a server keeps its keys and store only where no other user can write; {fix}")]
+    NotPrivate {
+        /// The data directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        why: String,
+        /// What to do.
+        fix: String,
+    },
     /// The directory or its lock file could not be created or locked.
     #[error("data directory {path}: {source}")]
     Io {
@@ -51,7 +62,7 @@ impl DataDirLock {
             let path = path.to_path_buf();
             move |source| DataDirError::Io { path, source }
         };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        private_dir(dir)?;
         let path = dir.join(LOCK_FILE);
         let mut file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
@@ -85,6 +96,52 @@ impl Drop for DataDirLock {
         // The lock itself goes with the file; the pid goes too, so the file does not name a process that left.
         let _ = self.file.set_len(0);
     }
+}
+
+/// Creates `dir` readable and writable by this user only (0700, its missing parents too), or checks the one there:
+/// it must belong to this process' user and be writable by no one else (whoever can write in it could put in a token
+/// key of their own, a certificate, or another store). One that others can read is used, with a warning: the room
+/// store's history and the stateless-reset key are readable through it.
+pub fn private_dir(dir: &Path) -> Result<(), DataDirError> {
+    let io = |source| DataDirError::Io { path: dir.to_path_buf(), source };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let existed = dir.is_dir();
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        if !existed {
+            return Ok(());
+        }
+        let meta = std::fs::metadata(dir).map_err(io)?;
+        let (owner, me) = (meta.uid(), nix::unistd::geteuid().as_raw());
+        let not_private = |why: String, fix: String| DataDirError::NotPrivate { dir: dir.to_path_buf(), why, fix };
+        if owner != me {
+            return Err(not_private(
+                format!("belongs to another user (uid {owner}; this server runs as uid {me})"),
+                format!(
+                    "give this server a directory of its own user's (chown {me} {}, or another --data-dir)",
+                    dir.display()
+                ),
+            ));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(not_private(
+                format!("is writable by other users (mode {mode:o})"),
+                format!("chmod 700 {}", dir.display()),
+            ));
+        }
+        if mode & 0o007 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the data directory is readable by other users (mode {mode:o}): they can read the rooms' stored \
+                 history; chmod 700 it"
+            );
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).map_err(io)
 }
 
 /// The file holding the stateless-reset key.
@@ -136,5 +193,38 @@ mod tests {
         let again = DataDirLock::acquire(&dir.path().join("fresh/sub")).unwrap();
         drop(again);
         DataDirLock::acquire(dir.path()).expect("free once the first let go");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_directory_is_made_private_and_one_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        let set =
+            |path: &Path, mode: u32| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let made = scratch.path().join("made/here");
+        drop(DataDirLock::acquire(&made).unwrap());
+        assert_eq!(mode(&made), 0o700, "made for this user alone");
+        assert_eq!(mode(&scratch.path().join("made")), 0o700, "its missing parents too");
+        // Readable by others: used (with a warning); writable by others or the group: refused, the fix named.
+        set(&made, 0o755);
+        drop(DataDirLock::acquire(&made).expect("readable by others is the operator's choice"));
+        for writable in [0o777, 0o770, 0o1777, 0o702] {
+            set(&made, writable);
+            let err = DataDirLock::acquire(&made).expect_err("writable by others");
+            let text = err.to_string();
+            assert!(matches!(err, DataDirError::NotPrivate { .. }), "{text}");
+            assert!(text.contains("writable by other users") && text.contains("chmod 700"), "{text}");
+        }
+        set(&made, 0o700);
+        // Another user's directory (only root can hand one over to test it).
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&made, Some(54_321), None).unwrap();
+            let text = DataDirLock::acquire(&made).expect_err("another user's").to_string();
+            assert!(text.contains("belongs to another user (uid 54321"), "{text}");
+        } else {
+            eprintln!("not root: the check of another user's data directory is not tested here");
+        }
     }
 }

@@ -158,6 +158,23 @@ pub enum TokenCommandError {
          with --ed25519-private-key FILE, the private half of one"
     )]
     PublicKeysOnly,
+    /// `--post` without a `--room`, or `--publish` without a `--channel`: it narrows nothing (a token without
+    /// patterns has every right), which is not what it reads like.
+    #[error(
+        "{flag} applies to the {patterns} patterns and none is given: without --room and --channel the token has \
+         every right on every room and channel; name the {patterns} patterns it may {verb}"
+    )]
+    RightWithoutPattern {
+        /// `--post` or `--publish`.
+        flag: &'static str,
+        /// `--room` or `--channel`.
+        patterns: &'static str,
+        /// What the right allows.
+        verb: &'static str,
+    },
+    /// The data directory of the dev key is not this user's alone.
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
 }
 
 /// What the server configured by `auth` (with its `data_dir`) verifies tokens with, to sign a token it accepts: its
@@ -192,6 +209,13 @@ pub fn mint(request: &TokenRequest, now: SystemTime) -> Result<Minted, TokenComm
     let ttl_s = parse_ttl(&request.ttl)?;
     let now_s = now.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| TokenCommandError::Clock)?.as_secs();
     check_subject(&request.sub)?;
+    if request.post && request.rooms.is_empty() {
+        return Err(TokenCommandError::RightWithoutPattern { flag: "--post", patterns: "--room", verb: "post to" });
+    }
+    if request.publish && request.channels.is_empty() {
+        let (flag, patterns, verb) = ("--publish", "--channel", "publish on");
+        return Err(TokenCommandError::RightWithoutPattern { flag, patterns, verb });
+    }
     let claims = claims(request, now_s, ttl_s);
     match &request.signer {
         Signer::DevKey { data_dir, create } => {
@@ -216,6 +240,8 @@ fn dev_key(data_dir: &Path, create: bool) -> Result<Option<PathBuf>, TokenComman
     if !create {
         return Err(TokenCommandError::NoDevKey { path, data_dir: data_dir.to_owned() });
     }
+    // Made (or checked) as the server makes its data directory: no other user may write a key of their own there.
+    crate::datadir::private_dir(data_dir)?;
     load_or_generate_dev_key(data_dir)?;
     Ok(Some(path))
 }
@@ -350,5 +376,24 @@ mod tests {
         assert!(!granted.may_channel("prices", ChannelRight::Subscribe));
         let everything = claims(&request("dave", Signer::Hs256Key(PathBuf::new())), NOW_S, 60);
         assert!(everything.may_channel("prices", ChannelRight::Publish));
+    }
+
+    /// `--sub bot --publish` reads like "publish only" but, with no pattern, would have granted every right.
+    #[test]
+    fn a_right_without_its_patterns_is_refused_not_widened() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut publish = request("bot", dev(dir.path(), true));
+        publish.publish = true;
+        let err = mint(&publish, now()).unwrap_err().to_string();
+        assert!(err.starts_with("--publish applies to the --channel patterns") && err.contains("every right"), "{err}");
+        publish.rooms = vec!["lobby".into()];
+        assert!(mint(&publish, now()).is_err(), "a room pattern does not narrow channels");
+        publish.channels = vec!["prices".into()];
+        assert!(mint(&publish, now()).is_ok());
+        let mut post = request("bot", dev(dir.path(), true));
+        post.post = true;
+        post.channels = vec!["prices".into()];
+        let err = mint(&post, now()).unwrap_err().to_string();
+        assert!(err.starts_with("--post applies to the --room patterns"), "{err}");
     }
 }

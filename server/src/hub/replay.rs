@@ -30,9 +30,20 @@ impl Replay {
         Replay(Box::pin(task))
     }
 
-    /// A replay of `range` of `room` from the durable store.
-    pub(super) fn from_store(store: Arc<Store>, room: String, range: ReplayRange, outbox: Arc<dyn Outbox>) -> Replay {
-        Replay::new(from_store(store, room, range, outbox))
+    /// A replay of `range` of `room` from the durable store, of frames no longer than `codec` allows. When part of
+    /// the range cannot be read (a store read fails, a stored frame is over the server's `max_frame`, lowered since
+    /// it was stored), `unreadable(upto)` is called with the range's end and the joiner is dropped from the room
+    /// as a slow consumer: its rejoin finds the history it asked for unreadable and is told it missed messages
+    /// (`recovered: false`), rather than being sent the live frames after a replay cut short under `recovered:
+    /// true`, a gap nobody would see.
+    pub(super) fn from_store(
+        store: Arc<Store>,
+        (room, codec): (String, quiver_proto::FrameCodec),
+        range: ReplayRange,
+        outbox: Arc<dyn Outbox>,
+        unreadable: Box<dyn FnOnce(u64) + Send>,
+    ) -> Replay {
+        Replay::new(from_store(store, (room, codec), range, outbox, unreadable))
     }
 
     /// Writes the replay, then lets the held live frames follow.
@@ -41,8 +52,31 @@ impl Replay {
     }
 }
 
-async fn from_store(store: Arc<Store>, room: String, range: ReplayRange, outbox: Arc<dyn Outbox>) {
+async fn from_store(
+    store: Arc<Store>,
+    (room, codec): (String, quiver_proto::FrameCodec),
+    range: ReplayRange,
+    outbox: Arc<dyn Outbox>,
+    unreadable: Box<dyn FnOnce(u64) + Send>,
+) {
     let ReplayRange { room_id, mut after, upto, recovered } = range;
+    let joiner = outbox.clone();
+    // The history up to the range's end is taken for unreadable (by whoever joins next, until a restart), and the
+    // joiner rejoins to learn so. Not the failing seq alone: a read error does not say which record it met, and a
+    // floor raised a message at a time would have the joiner rejoin once per message.
+    let cut_short = move |after: u64, why: &dyn std::fmt::Display| {
+        tracing::error!(
+            room = %room,
+            after,
+            upto,
+            %why,
+            "the replay cannot go on: the room's history up to its seq {upto} is taken for unreadable, and the \
+             joiner rejoins to be told it missed messages"
+        );
+        unreadable(upto);
+        joiner.kick();
+        joiner.flush();
+    };
     while after < upto {
         // On the blocking pool: a page not in the cache is read from disk (up to 256 KiB), which must not hold up
         // the runtime's threads (every connection's tasks).
@@ -50,15 +84,8 @@ async fn from_store(store: Arc<Store>, room: String, range: ReplayRange, outbox:
         let read = tokio::task::spawn_blocking(move || reading.page(room_id, after, upto, PAGE_MESSAGES, PAGE_BYTES));
         let page = match read.await {
             Ok(Ok(page)) => page,
-            // Not a kick: the rejoin would read the same damaged record again, and again.
-            Ok(Err(err)) => {
-                tracing::error!(room = %room, %err, "replay read failed; the replay stops here");
-                break;
-            }
-            Err(err) => {
-                tracing::error!(room = %room, %err, "replay read did not finish; the replay stops here");
-                break;
-            }
+            Ok(Err(err)) => return cut_short(after, &format_args!("replay read failed: {err}")),
+            Err(err) => return cut_short(after, &format_args!("replay read did not finish: {err}")),
         };
         // Not the next seq: retention deleted some of the range meanwhile (or all of the rest: an empty page). A
         // joiner told it was not recovered knows it missed messages: its replay goes on past the jump.
@@ -68,6 +95,12 @@ async fn from_store(store: Arc<Store>, room: String, range: ReplayRange, outbox:
             outbox.kick();
             outbox.flush();
             return;
+        }
+        // A frame the client would refuse (it decodes with the Welcome's `max_frame`) breaks its connection, and it
+        // would reconnect into the same replay for as long as the message is retained.
+        if let Some(long) = page.frames.iter().find(|stored| !fits(&stored.frame, codec.max_frame())) {
+            let why = format!("stored message {} is over max_frame ({} bytes)", long.seq, codec.max_frame());
+            return cut_short(after, &why);
         }
         let Some(last) = page.frames.last() else { break };
         after = last.seq;
@@ -81,4 +114,10 @@ async fn from_store(store: Arc<Store>, room: String, range: ReplayRange, outbox:
     }
     outbox.release_hold();
     outbox.flush();
+}
+
+/// Whether `frame` (a length prefix and a body) has a body of at most `max_frame` bytes.
+fn fits(frame: &[u8], max_frame: usize) -> bool {
+    quiver_proto::varint::decode(frame)
+        .is_some_and(|(len, prefix)| len <= max_frame as u64 && prefix as u64 + len == frame.len() as u64)
 }

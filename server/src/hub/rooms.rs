@@ -360,10 +360,18 @@ impl RoomHub for LocalRooms {
         let joiner = outbox.clone();
         let joining = |r: &mut super::room::Room| r.join(subscriber, &identity, (since, req_id), joiner, now_us);
         let joined = self.with_room(&room, true, now_us, joining).await?;
-        let (_, (joined, delivery, range)) =
+        let (shared, (joined, delivery, range)) =
             joined.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?;
         let replay = match (range, &self.store) {
-            (Some(range), Some(store)) => Some(Replay::from_store(store.clone(), room, range, outbox)),
+            (Some(range), Some(store)) => {
+                let slot = Arc::downgrade(&shared);
+                let unreadable = Box::new(move |upto| {
+                    let Some(slot) = slot.upgrade() else { return }; // gone from memory: read again when loaded
+                    lock(&slot).room.unreadable_through(upto);
+                });
+                let codec = quiver_proto::FrameCodec::new(self.limits.max_frame as usize);
+                Some(Replay::from_store(store.clone(), (room, codec), range, outbox, unreadable))
+            }
             _ => None,
         };
         Ok(Joining { joined, subscriber, delivery, replay })

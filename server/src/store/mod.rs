@@ -376,6 +376,15 @@ impl Store {
         go
     }
 
+    /// Tests: overwrites room `name`'s message `seq` with a record too short to be one (a damaged record, as a read
+    /// meets it).
+    #[cfg(test)]
+    pub(crate) fn damage_message(&self, name: &str, seq: u64) {
+        let meta = self.keyspaces.rooms.get(name).unwrap().expect("a stored room");
+        let id = u64_at(&meta, 0).unwrap();
+        self.keyspaces.messages.insert(key(id, seq), b"bad").unwrap();
+    }
+
     /// Completes once every retention deletion handed over before it is written (deletions have a thread of their
     /// own: a [`Op::Barrier`] through [`Store::submit`] does not wait for them).
     #[cfg(test)]

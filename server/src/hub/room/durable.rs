@@ -57,6 +57,9 @@ pub(super) struct DiskRoom {
     plan_failed: bool,
     /// The first trim's cut, planned as the room was loaded (used if the room is still as it was then).
     planned: Option<TrimPlan>,
+    /// History up to this seq is not given to readers: a replay could not read it back ([`Room::unreadable_through`];
+    /// in memory only, until the room is loaded again).
+    unreadable_through: u64,
     codec: quiver_proto::FrameCodec,
 }
 
@@ -129,9 +132,19 @@ impl Room {
             trimming: None,
             plan_failed: false,
             planned,
+            unreadable_through: 0,
             codec: quiver_proto::FrameCodec::new(limits.max_frame as usize),
         });
         room
+    }
+
+    /// A replay could not read this room's history back up to `seq` (a failed read, a message over `max_frame`):
+    /// joins and History requests start after it from now on, so a member resuming from before it is told it missed
+    /// messages instead of being replayed into the same failure.
+    pub(crate) fn unreadable_through(&mut self, seq: u64) {
+        if let Some(disk) = &mut self.disk {
+            disk.unreadable_through = disk.unreadable_through.max(seq);
+        }
     }
 
     /// The room's creation is stored: it may leave memory from now on.
@@ -233,7 +246,7 @@ impl DiskRoom {
     /// the older ones yet (the count bound holds exactly for readers; bytes and age within a sweep interval).
     fn first_readable(&self, delivered: u64) -> u64 {
         let by_count = (delivered + 1).saturating_sub(self.retention.max_messages);
-        self.first_seq.max(by_count)
+        self.first_seq.max(by_count).max(self.unreadable_through.saturating_add(1))
     }
 
     /// Whether `since` can be resumed exactly, and what to replay: everything after it, or (when it cannot) the

@@ -267,3 +267,36 @@ async fn connections_awaiting_hello_are_bounded_and_the_oldest_silent_one_makes_
     })
     .await;
 }
+
+/// `max_connections` set below `budget.max_awaiting_hello` (a small box, a public deployment lowering it): silent
+/// connections never filled the awaiting table, so none was closed to make room, and they held every slot of
+/// `max_connections` for as long as they were renewed. A validated newcomer at `max_connections` now takes the place
+/// of the longest waiting one not welcomed yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_fill_a_max_connections_below_max_awaiting_hello() {
+    bounded(async {
+        // The bystander holds two connections; four silent ones, from another address, fill the rest (the awaiting
+        // table's bound, 1,024 by default, is far away).
+        let limits = Limits { max_connections: 6, max_connections_per_ip: 6, ..Limits::default() };
+        let server = TestServer::start(limits);
+        beside_a_bystander(&server, async {
+            let mut silent = Vec::new();
+            for _ in 0..4 {
+                silent.push(server.try_raw_from([127, 0, 0, 2].into()).await.unwrap());
+            }
+            let mut control = Control::open(&server).await;
+            let (code, reason) = closed_with(&silent[0]).await;
+            assert_eq!(code, ErrorCode::TooManyConnections, "{reason}");
+            assert!(
+                reason.contains("closed before Hello to make room") && reason.contains("max_connections"),
+                "{reason}"
+            );
+            assert!(silent[1..].iter().all(|conn| conn.close_reason().is_none()), "one made room, the others wait");
+            control.ping(1).await;
+        })
+        .await;
+        assert!(server.stats.snapshot().connections_closed_awaiting_hello >= 1);
+        server.stop().await;
+    })
+    .await;
+}

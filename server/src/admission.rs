@@ -196,6 +196,20 @@ impl Admission {
             source.validating = true;
             return Decision::Retry(Overload::Rate);
         }
+        // At max_connections, a validated newcomer (forged addresses cannot) closes one connection not welcomed yet
+        // to take its place, as one more over `max_awaiting_hello` does: otherwise silent connections, fewer than
+        // that bound when `max_connections` is set lower, would hold every slot for as long as they are renewed.
+        // (The closed one gives its slot back once it is gone: the count is over the bound by as many meanwhile.)
+        let over = over.filter(|(overload, _)| {
+            *overload != Overload::Total || open >= self.max_per_source || {
+                let evicted = self.awaiting.make_room(ip);
+                if let Some(evicted) = &evicted {
+                    tracing::debug!(group = %evicted.group, "closing a connection awaiting Hello: max_connections");
+                    evicted.handle.cancel();
+                }
+                evicted.is_none()
+            }
+        });
         if let Some((overload, reason)) = over {
             if self.over_limit >= self.bounds.over_limit {
                 return Decision::Refuse(overload);
@@ -467,5 +481,34 @@ mod tests {
         admission.over_limit_done();
         assert!(matches!(admission.decide(a, true, t0), Decision::TooMany(Overload::PerIp, _)));
         assert_eq!(admission.open(), 1);
+    }
+
+    /// At `max_connections`, a validated newcomer closes a connection not welcomed yet (the longest waiting, by the
+    /// awaiting table's rule) rather than being refused: with `max_connections` set below `max_awaiting_hello`,
+    /// silent connections would otherwise hold every slot. Welcomed connections are never closed for it, and a
+    /// forged (unvalidated) newcomer closes nothing.
+    #[test]
+    fn at_max_connections_a_validated_newcomer_takes_the_place_of_one_not_welcomed() {
+        let t0 = Instant::now();
+        let mut admission = Admission::new(&limits(3, 3, 1_000), bounds(1_000), t0);
+        let silent: Vec<CancellationToken> = (0..3).map(|_| CancellationToken::new()).collect();
+        let mut tickets = Vec::new();
+        for (i, token) in silent.iter().enumerate() {
+            let from = ip(&format!("198.51.100.{}", i + 1));
+            assert_eq!(admission.decide(from, true, t0), Decision::Admit);
+            tickets.push(admission.awaiting_hello().enter(from, token.clone()).0);
+        }
+        let newcomer = ip("203.0.113.7");
+        assert_eq!(admission.decide(newcomer, false, t0), Decision::Retry(Overload::Total), "forged: closes nothing");
+        assert!(silent.iter().all(|token| !token.is_cancelled()));
+        assert_eq!(admission.decide(newcomer, true, t0), Decision::Admit);
+        assert!(silent[0].is_cancelled() && !silent[1].is_cancelled(), "the longest waiting made room");
+        assert!(!admission.awaiting_hello().contains(tickets[0]));
+        // The other two are welcomed: nothing left to close, so the next is refused as before.
+        for ticket in &tickets[1..] {
+            assert!(admission.awaiting_hello().leave(*ticket));
+        }
+        assert!(matches!(admission.decide(ip("203.0.113.8"), true, t0), Decision::TooMany(Overload::Total, _)));
+        assert!(!silent[1].is_cancelled() && !silent[2].is_cancelled());
     }
 }

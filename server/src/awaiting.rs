@@ -82,11 +82,7 @@ impl<H> AwaitingHello<H> {
     pub fn enter(&mut self, ip: IpAddr, handle: H) -> (Ticket, Option<Evicted<H>>) {
         let group = Group::of(ip);
         let evicted = match self.waiting.len() >= self.max {
-            true => {
-                let own = self.per_group.get(&group).filter(|own| own.len() > self.share);
-                let oldest = own.and_then(|own| own.first()).or_else(|| self.waiting.keys().next());
-                oldest.copied().and_then(|ticket| self.take(ticket))
-            }
+            true => self.make_room(ip),
             false => None,
         };
         let ticket = Ticket(self.next);
@@ -94,6 +90,15 @@ impl<H> AwaitingHello<H> {
         self.waiting.insert(ticket, (group, handle));
         self.per_group.entry(group).or_default().insert(ticket);
         (ticket, evicted)
+    }
+
+    /// Takes one connection out of the table to make room for a newcomer from `ip` (the table is full, or the
+    /// server is at `max_connections`): the longest waiting of the newcomer's group if that group holds more than
+    /// its share, else the longest waiting of all. `None` when the table is empty.
+    pub fn make_room(&mut self, ip: IpAddr) -> Option<Evicted<H>> {
+        let own = self.per_group.get(&Group::of(ip)).filter(|own| own.len() > self.share);
+        let oldest = own.and_then(|own| own.first()).or_else(|| self.waiting.keys().next());
+        oldest.copied().and_then(|ticket| self.take(ticket))
     }
 
     /// The connection with `ticket` said Hello, or ended. False when it was not in the table (evicted already).

@@ -147,8 +147,13 @@ impl TestServer {
     /// [`TestServer::raw`], or why the handshake failed. Each connection has its own endpoint, so nothing is shared
     /// with other connections.
     pub async fn try_raw(&self) -> Result<quinn::Connection, quinn::ConnectionError> {
+        self.try_raw_from([127, 0, 0, 1].into()).await
+    }
+
+    /// [`TestServer::try_raw`] from another loopback address (`from`: in 127.0.0.0/8), as another client would.
+    pub async fn try_raw_from(&self, from: std::net::IpAddr) -> Result<quinn::Connection, quinn::ConnectionError> {
         let config = quiver_client::quinn_client_config(&self.trust(), self.addr, quiver_proto::ALPN_QUIVER).unwrap();
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut endpoint = quinn::Endpoint::client(SocketAddr::new(from, 0)).unwrap();
         endpoint.set_default_client_config(config);
         endpoint.connect(self.addr, "localhost").unwrap().await
     }

@@ -98,7 +98,7 @@ impl Slot {
 pub(super) fn evicted_reason(max: u32, ip: IpAddr) -> String {
     format!(
         "closed before Hello to make room: the server is at budget.max_awaiting_hello ({max}) connections not \
-         welcomed yet, and {} holds the most of them",
+         welcomed yet, or at max_connections, and {} holds the most of them",
         crate::awaiting::Group::of(ip)
     )
 }

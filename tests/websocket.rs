@@ -108,6 +108,22 @@ async fn ticks_cross_between_transports() {
     }
     let too_big = bytes::Bytes::from(vec![0u8; 2000]);
     assert!(matches!(ticker.send(too_big), Err(quiver_client::TickError::TooLarge { .. })));
+    // The largest tick the WebSocket publisher may send reaches the QUIC subscriber too. Before, it was offered
+    // the WebSocket's own 1,200-byte datagrams (1,176 B of payload), more than a QUIC path carries (about 1,162 B
+    // of datagram): the server dropped such ticks for every QUIC and WebTransport subscriber, and nobody was told.
+    let max = ticker.max_payload().unwrap();
+    assert_eq!(max, quiver_proto::TickHeader::MAX_PORTABLE_PAYLOAD);
+    let largest = bytes::Bytes::from(vec![7u8; max]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the largest tick reaches the QUIC subscriber");
+        ticker.send(largest.clone()).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if on_quic.latest().is_some_and(|tick| tick.payload == largest) {
+            break;
+        }
+    }
+    assert!(ticker.send(bytes::Bytes::from(vec![0u8; max + 1])).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,7 +39,7 @@ pub use error_code::ErrorCode;
 pub use frame::{DecodeError, EncodeError, FrameCodec};
 pub use limits::{Limits, LimitsError};
 pub use room::{EventKind, RoomEvent, RoomFrame};
-pub use tick::{is_probe, DatagramError, TickHeader, PROBE};
+pub use tick::{is_probe, DatagramError, TickHeader, MAX_PORTABLE_DATAGRAM, PROBE};
 
 /// `s` cut to at most `max` bytes at a character boundary (a close reason must fit one packet).
 pub fn truncate_utf8(s: &str, max: usize) -> &str {

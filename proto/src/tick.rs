@@ -41,9 +41,19 @@ pub enum DatagramError {
     TooLarge(#[from] varint::VarintTooLarge),
 }
 
+/// The largest datagram every path carries: what a QUIC packet of QUIC's guaranteed 1,200-byte UDP payload holds
+/// for a DATAGRAM frame on the worst path: 1,200 − 1 (short header) − 20 (the longest connection ID) − 4 (the
+/// longest packet number) − 16 (AEAD tag) − 9 (the frame's type and length), less 2 for WebTransport's session
+/// prefix. Quiver's clients publish no larger tick on any path, the WebSocket lane included (which itself carries
+/// up to 1,200 B), so that a tick one subscriber gets reaches every subscriber, whatever its path.
+pub const MAX_PORTABLE_DATAGRAM: usize = 1_200 - 1 - 20 - 4 - 16 - 9 - 2;
+
 impl TickHeader {
     /// Largest encoded header, in bytes.
     pub const MAX_LEN: usize = 24;
+
+    /// The largest tick payload a client publishes: [`MAX_PORTABLE_DATAGRAM`] less the largest header.
+    pub const MAX_PORTABLE_PAYLOAD: usize = MAX_PORTABLE_DATAGRAM - TickHeader::MAX_LEN;
 
     /// Encoded length of this header.
     pub fn encoded_len(&self) -> usize {

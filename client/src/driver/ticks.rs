@@ -333,11 +333,13 @@ pub(crate) fn on_tick(entry: &SubEntry, connection: usize, header: TickHeader, p
     }
 }
 
-/// The largest tick payload that fits one datagram on `link`. The limit counts the largest header, so it does not
-/// shift as seqs and ids grow.
+/// The largest tick payload that fits one datagram on `link` and on every subscriber's path
+/// ([`quiver_proto::MAX_PORTABLE_DATAGRAM`]: a larger one, which the WebSocket lane would carry, is dropped by the
+/// server as too large for every QUIC and WebTransport subscriber). The limit counts the largest header, so it does
+/// not shift as seqs and ids grow.
 pub(crate) fn max_payload(link: &Link) -> Result<usize, TickError> {
     let max = link.max_datagram_size().ok_or(TickError::Unsupported)?;
-    Ok(max.saturating_sub(TickHeader::MAX_LEN))
+    Ok(max.min(quiver_proto::MAX_PORTABLE_DATAGRAM).saturating_sub(TickHeader::MAX_LEN))
 }
 
 /// Sends one tick of `publisher` on `connection` (which must be the one it claimed on), stamped `now_us` (server

@@ -13,7 +13,7 @@ export {
 export { VARINT_MAX, decodeVarint, encodeVarint, varintLength } from './wire/varint.js';
 export { PROTOCOL_VERSION, wire } from './wire/messages.js';
 export { DEFAULT_MAX_FRAME, FrameReader, MAX_FRAME_CEILING, decodeFrame, encodeFrame } from './wire/frames.js';
-export { PROBE, TICK_HEADER_MAX_LEN, decodeTick, encodeTick, isProbe } from './wire/ticks.js';
+export { MAX_PORTABLE_DATAGRAM, PROBE, TICK_HEADER_MAX_LEN, decodeTick, encodeTick, isProbe } from './wire/ticks.js';
 export { MAX_COPY_FRAMES, decodeCopy, encodePostCopy, isCopy } from './wire/copies.js';
 export {
   WS_MAX_CHUNK, WS_MAX_DATAGRAM, WS_MAX_MESSAGE, WS_MAX_REASON, WS_SUBPROTOCOL, WsKind, decodeWsMessage,

@@ -43,8 +43,9 @@ use shared::{lock, End, OutStream, Shared, State};
 /// datagrams interleave and a peer can bound what it accepts per message.
 pub const MAX_CHUNK: usize = 16 * 1024;
 
-/// Largest datagram (tick) over a WebSocket: QUIC's smallest datagram size, so that a tick that fits one fits the
-/// other everywhere.
+/// Largest datagram (tick) over a WebSocket: QUIC's guaranteed UDP payload, more than any QUIC path carries in a
+/// DATAGRAM frame, so that whatever a QUIC peer sends fits. Clients publish no more than
+/// `quiver_proto::MAX_PORTABLE_DATAGRAM` (1,148 B) on any path: what every subscriber's path carries.
 pub const MAX_DATAGRAM: usize = 1200;
 
 /// The WebSocket path, as WebTransport's: `wss://host:port/quiver`.

@@ -6,7 +6,7 @@
 import { ErrorCode, QuiverDecodeError, QuiverError } from '../wire/errors.js';
 import { DEFAULT_MAX_FRAME, FrameReader, MAX_FRAME_CEILING, encodeFrame } from '../wire/frames.js';
 import { wire } from '../wire/messages.js';
-import { TICK_HEADER_MAX_LEN, decodeTick, isProbe } from '../wire/ticks.js';
+import { MAX_PORTABLE_DATAGRAM, TICK_HEADER_MAX_LEN, decodeTick, isProbe } from '../wire/ticks.js';
 import { decodeCopy, encodePostCopy, isCopy } from '../wire/copies.js';
 import { RequestTable } from '../state.js';
 import { expectReply, unixUs } from './values.js';
@@ -283,10 +283,13 @@ export class Session {
     return samples;
   }
 
-  /** Throws a DatagramTooLarge QuiverError for a tick payload that does not fit a datagram on this path. */
+  /**
+   * Throws a DatagramTooLarge QuiverError for a tick payload that does not fit a datagram on this path, or on every
+   * subscriber's (MAX_PORTABLE_DATAGRAM).
+   */
   checkTickPayload(payload) {
-    const max = this.maxDatagramSize;
-    if (max !== null && payload.length > max - TICK_HEADER_MAX_LEN) {
+    const max = Math.min(this.maxDatagramSize ?? MAX_PORTABLE_DATAGRAM, MAX_PORTABLE_DATAGRAM);
+    if (payload.length > max - TICK_HEADER_MAX_LEN) {
       const maxPayload = Math.max(0, max - TICK_HEADER_MAX_LEN);
       const what = `tick payload of ${payload.length} bytes does not fit a datagram on this path`;
       throw new QuiverError(ErrorCode.DatagramTooLarge, `${what}: the maximum payload is ${maxPayload} bytes`);

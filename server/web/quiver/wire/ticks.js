@@ -7,6 +7,14 @@ import { decodeVarint, encodeVarint } from './varint.js';
 /** Largest tick datagram header: three 8-byte QUIC varints. */
 export const TICK_HEADER_MAX_LEN = 24;
 
+/**
+ * The largest datagram every path carries (quiver_proto::MAX_PORTABLE_DATAGRAM): a DATAGRAM frame in a QUIC packet
+ * of 1,200 bytes on the worst path (20-byte connection ID, 4-byte packet number, 16-byte tag, 9 bytes of frame
+ * header), less 2 for WebTransport's session prefix. No tick published is larger, on any path: a larger one (which
+ * the WebSocket lane would carry) is dropped by the server for every QUIC and WebTransport subscriber.
+ */
+export const MAX_PORTABLE_DATAGRAM = 1200 - 1 - 20 - 4 - 16 - 9 - 2;
+
 /** A tick datagram: QUIC varints `channel_id`, `seq`, `sent_time_us` (BigInt or safe integers), then `payload`. */
 export function encodeTick({ channel_id, seq, sent_time_us, payload }) {
   if (!(payload instanceof Uint8Array)) throw expected('payload', 'a Uint8Array', payload);

@@ -8,10 +8,12 @@ use quiver_transport::{Probed, Sent};
 /// The probe timer fired: the post copies due in `queue`, or the tail probe (when `probe`)
 /// ([`quiver_transport::copy_round`]).
 pub(crate) fn send_round(quic: &quinn::Connection, queue: &Mutex<CopyQueue>, probe: bool) -> Probed {
-    let send = |datagram| match quic.send_datagram(datagram) {
-        Ok(()) => Sent::Yes,
-        Err(quinn::SendDatagramError::TooLarge) => Sent::Skipped,
-        Err(_) => Sent::Gone,
+    // Never into a full buffer, where quinn would make room by dropping the oldest datagram: a tick published since
+    // the round checked the room ([`quiver_transport::if_ready`]).
+    let send = |datagram| match quiver_transport::if_ready(quic.send_datagram_wait(datagram)) {
+        Some(Ok(())) => Sent::Yes,
+        None | Some(Err(quinn::SendDatagramError::TooLarge)) => Sent::Skipped,
+        Some(Err(_)) => Sent::Gone,
     };
     let max_size = || quic.max_datagram_size().unwrap_or(0);
     let (path_loss, space) = (|| quiver_transport::path_loss(quic), || quic.datagram_send_buffer_space());

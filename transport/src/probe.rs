@@ -94,6 +94,19 @@ pub fn copy_round(
     (next.map_or(Probed::Sent, Probed::Again), copies)
 }
 
+/// `future`'s output if it is ready at its first poll, else `None` (the future is dropped unfinished). For a send
+/// that waits for room (`send_datagram_wait`): polled once, it queues the datagram if there is room now and queues
+/// nothing otherwise, checked and done under the connection's own lock. Checking the room first and then sending
+/// with `send_datagram`, which makes room by dropping the oldest datagram, is a race: another task's datagram
+/// taken meanwhile leaves too little, and a tick already counted as sent is dropped for a copy or a probe.
+pub fn if_ready<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(future).poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// A QUIC connection's packets sent and lost so far, for [`copy_round`].
 pub fn path_loss(quic: &quinn::Connection) -> (u64, u64) {
     let path = quic.stats().path;

@@ -78,6 +78,14 @@ impl Conflation {
         }
     }
 
+    /// A tick [`Conflation::offer`] said to send found no room after all (another sender took it first): it waits
+    /// in its channel's slot instead, as if offered without room.
+    pub fn wait(&mut self, channel_id: u64, tick: Tick, max_age_us: Option<u64>) {
+        if self.waiting.insert(channel_id, Waiting { tick, max_age_us }).is_none() {
+            self.ready.push_back(channel_id);
+        }
+    }
+
     /// Takes the next waiting tick at `now_us` (server clock), oldest-ready channel first, and marks its channel
     /// in flight until [`Conflation::sent`]; ticks older than their channel's max age (since the server received
     /// them) are dropped on the way and counted. One at a time, so that each is checked for age just before it is
@@ -166,6 +174,20 @@ mod tests {
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].0, 7);
         assert_eq!(taken[0].1.seq, 10_000, "the newest one");
+        assert!(c.is_empty());
+    }
+
+    /// A tick told to send that found no room after all waits its turn like one offered without room, and a newer
+    /// one of its channel then replaces it.
+    #[test]
+    fn a_tick_that_found_no_room_waits_in_its_slot() {
+        let mut c = conflation();
+        let Offered::Send(first) = c.offer(4, tick(1), Some(9), true) else { panic!("sent at once") };
+        c.wait(4, first, Some(9));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.offer(4, tick(2), None, true), Offered::Replaced, "not sent ahead of the waiting one");
+        let taken = c.take(0);
+        assert_eq!(taken.next.map(|(id, t)| (id, t.seq)), Some((4, 2)));
         assert!(c.is_empty());
     }
 

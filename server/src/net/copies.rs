@@ -29,10 +29,12 @@ pub(super) fn send_round(
     probe: bool,
     stats: &ServerStats,
 ) -> Probed {
-    let send = |datagram| match conn.send_datagram(datagram) {
-        Ok(()) => Sent::Yes,
-        Err(SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge)) => Sent::Skipped,
-        Err(_) => Sent::Gone,
+    // Never into a full buffer, where quinn would make room by dropping the oldest datagram: a tick a fan-out sent
+    // since the round checked the room, counted as sent ([`quiver_transport::if_ready`]).
+    let send = |datagram| match quiver_transport::if_ready(conn.send_datagram_wait(datagram)) {
+        Some(Ok(())) => Sent::Yes,
+        None | Some(Err(SessionError::SendDatagramError(quinn::SendDatagramError::TooLarge))) => Sent::Skipped,
+        Some(Err(_)) => Sent::Gone,
     };
     let space = || conn.datagram_send_buffer_space();
     let path_loss = || quiver_transport::path_loss(quic);

@@ -73,12 +73,24 @@ impl DatagramSink {
         })
     }
 
-    fn send(&self, datagram: Option<Bytes>) {
+    /// Sends `tick`'s datagram now if the transport has room, without dropping a datagram queued before it (a copy,
+    /// a probe or the sender task's tick may have taken the room `offer` saw); else the tick waits in its channel's
+    /// slot (`waiting`, the subscriber's conflation, locked) for the sender task.
+    fn send(
+        &self,
+        waiting: &mut Conflation,
+        (channel_id, tick, max_age_us): (u64, Tick, Option<u64>),
+        datagram: Option<Bytes>,
+    ) {
         let Some(datagram) = datagram else { return };
-        match self.conn.send_datagram(datagram) {
-            Ok(()) => bump(&self.stats.ticks_sent),
-            Err(WireError::TooLarge) => bump(&self.stats.ticks_too_large),
-            Err(_) => {}
+        match self.conn.try_send_datagram(datagram) {
+            Some(Ok(())) => bump(&self.stats.ticks_sent),
+            Some(Err(WireError::TooLarge)) => bump(&self.stats.ticks_too_large),
+            Some(Err(_)) => {}
+            None => {
+                waiting.wait(channel_id, tick, max_age_us);
+                self.wake.notify_one();
+            }
         }
     }
 
@@ -110,9 +122,13 @@ impl TickSink for DatagramSink {
             // others the datagram may wait (a stalled peer): its own exact copy, so that it holds no one else's.
             // (A WebSocket's lane can hold it while the socket is stalled: its own copy there too.)
             Offered::Send(tick) if space >= self.send_buffer && !self.conn.is_websocket() => {
-                self.send(datagrams.datagram(channel_id, &tick))
+                let datagram = datagrams.datagram(channel_id, &tick);
+                self.send(&mut waiting, (channel_id, tick, max_age_us), datagram)
             }
-            Offered::Send(tick) => self.send(datagram(channel_id, &tick)),
+            Offered::Send(tick) => {
+                let datagram = datagram(channel_id, &tick);
+                self.send(&mut waiting, (channel_id, tick, max_age_us), datagram)
+            }
             Offered::Queued => self.wake.notify_one(),
             Offered::Replaced | Offered::Older => bump(&self.stats.ticks_conflated),
             Offered::Unsubscribed => {}
@@ -350,5 +366,49 @@ mod tests {
         assert!(s.ticks_expired > 0, "{s:?}");
         stop.cancel();
         sender.await.unwrap();
+    }
+
+    /// A server connection on loopback (wrapped as the server wraps a native one) and the client's end.
+    async fn quic_pair() -> (Wire, quinn::Connection, quinn::Endpoint, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
+        let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
+        let tuning = quiver_transport::TransportTuning::default();
+        let config =
+            quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
+        let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let alpn = quiver_proto::ALPN_QUIVER;
+        client.set_default_client_config(quiver_client::trust::quinn_client_config(&trust, addr, alpn).unwrap());
+        let connecting = client.connect(addr, "localhost").unwrap();
+        let (accepted, connected) = tokio::join!(async { server.accept().await.unwrap().await.unwrap() }, connecting);
+        let conn = Wire::Quic(Arc::new(web_transport_quinn::Session::raw(accepted)));
+        (conn, connected.unwrap(), client, dir)
+    }
+
+    /// The sends that must not push out a datagram queued before them (a fan-out's tick sent at once, a copy
+    /// round, the probe) go through `try_send_datagram`: with no room it queues nothing, where `send_datagram`
+    /// made room by dropping the oldest datagram, a tick already counted as sent. Checking the room first and then
+    /// sending was a race with the connection's other senders.
+    #[tokio::test]
+    async fn a_send_that_finds_no_room_queues_nothing_and_drops_nothing() {
+        let (conn, client, _endpoint, _dir) = quic_pair().await;
+        // Filled without yielding (this runtime has one thread): the connection's driver cannot send meanwhile.
+        let datagram = |i: u8| Bytes::from(vec![i; 1_000]);
+        let mut queued = 0u8;
+        while let Some(sent) = conn.try_send_datagram(datagram(queued)) {
+            sent.unwrap();
+            queued += 1;
+            assert!(queued < 100, "quinn's datagram buffer is bounded");
+        }
+        assert!(queued >= 2 && conn.datagram_send_buffer_space() < 1_000, "{queued} queued");
+        assert!(conn.try_send_datagram(datagram(255)).is_none(), "still no room: nothing queued");
+        // Every datagram queued before arrives: none was dropped to make room.
+        for i in 0..queued {
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), client.read_datagram()).await;
+            assert_eq!(got.expect("arrives").unwrap()[0], i);
+        }
     }
 }

@@ -163,20 +163,18 @@ impl Wire {
         }
     }
 
-    /// Sends a datagram now (or drops the oldest waiting one to make room).
-    pub(crate) fn send_datagram(&self, datagram: Bytes) -> Result<(), WireError> {
-        match self {
-            Wire::Quic(session) => Ok(session.send_datagram(datagram)?),
-            Wire::Ws(ws) => Ok(ws.send_datagram(datagram)?),
-        }
-    }
-
     /// Sends a datagram once there is room for it.
     pub(crate) async fn send_datagram_wait(&self, datagram: Bytes) -> Result<(), WireError> {
         match self {
             Wire::Quic(session) => Ok(session.send_datagram_wait(datagram).await?),
             Wire::Ws(ws) => Ok(ws.send_datagram_wait(datagram).await?),
         }
+    }
+
+    /// Sends a datagram if there is room for it now, never making room by dropping an older one: `None` when there
+    /// is none (nothing was sent). Checked and queued in one step ([`quiver_transport::if_ready`]).
+    pub(crate) fn try_send_datagram(&self, datagram: Bytes) -> Option<Result<(), WireError>> {
+        quiver_transport::if_ready(self.send_datagram_wait(datagram))
     }
 
     /// Room in the datagram send buffer, bytes.

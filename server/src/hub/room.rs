@@ -390,8 +390,15 @@ impl Room {
     /// room's lock.
     fn deliver(&mut self, frame: Bytes, now_us: u64) -> Delivery {
         let mut delivery = Delivery::default();
+        self.deliver_into(frame, now_us, &mut delivery, true);
+        delivery
+    }
+
+    /// [`Room::deliver`] into `delivery`, which already holds every subscriber's outbox unless `add` (a batch of
+    /// frames delivered under one lock: each outbox once, not once per frame).
+    fn deliver_into(&mut self, frame: Bytes, now_us: u64, delivery: &mut Delivery, add: bool) {
         let mut frames = std::collections::VecDeque::from([frame]);
-        let mut first = true;
+        let mut first = add;
         while let Some(frame) = frames.pop_front() {
             let mut overflowed = Vec::new();
             for (id, subscriber) in &self.subscribers {
@@ -413,7 +420,6 @@ impl Room {
                 frames.extend(self.membership_dropped(&subscriber.identity, now_us));
             }
         }
-        delivery
     }
 
     fn encode(&self, frame: &RoomFrame) -> Option<Bytes> {

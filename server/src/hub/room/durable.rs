@@ -173,10 +173,12 @@ impl Room {
         }
         // Delivered one at a time: a slow consumer dropped on the way leaves with the seq of the last message sent
         // before its `MemberLeft`, not the batch's last.
+        // Every outbox once for the batch (the first frame's subscribers: later frames reach only those still
+        // there): a commit may release thousands of posts into a room of thousands of members.
         let mut delivery = Delivery::default();
-        for (seq, frame) in frames {
+        for (i, (seq, frame)) in frames.into_iter().enumerate() {
             self.delivered_seq = seq;
-            delivery.extend(self.deliver(frame, now_us));
+            self.deliver_into(frame, now_us, &mut delivery, i == 0);
         }
         delivery
     }

@@ -380,6 +380,7 @@ impl Collector for ServerMetrics {
                 ("too_large".into(), c.ticks_too_large),
                 ("rate_limited".into(), c.ticks_rate_limited),
                 ("reordered".into(), c.ticks_reordered_in),
+                ("reordered_out".into(), c.ticks_reordered_out),
                 ("malformed".into(), c.datagrams_malformed),
                 ("unknown_channel".into(), c.datagrams_unknown_channel),
                 ("unclaimed".into(), c.datagrams_unclaimed),

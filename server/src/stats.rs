@@ -41,6 +41,9 @@ counters! {
     ticks_sent,
     /// Ticks replaced by a newer one before they could be sent (latest wins).
     ticks_conflated,
+    /// Ticks not sent to a subscriber because a newer tick of the channel reached it first (two publishers, or a
+    /// local publish and another node's relay, whose fan-outs interleave): not conflation, nothing was slow.
+    ticks_reordered_out,
     /// Ticks dropped for being older than their channel's max age when their turn came.
     ticks_expired,
     /// Ticks that did not fit a subscriber's path (its max datagram size is smaller than the publisher's).

@@ -389,7 +389,11 @@ impl TickHub for ClusterTicks {
     }
 
     fn unsubscribe(&self, channel: &str, subscriber: TickSubscriberId) {
-        self.inner.local.unsubscribe(channel, subscriber);
+        // Idempotent, as the trait says: a second unsubscribe of one subscription must not take another's interest
+        // (the channel would be un-listed while a subscriber here still waits for other nodes' ticks).
+        if !self.inner.local.unsubscribed(channel, subscriber) {
+            return;
+        }
         let mut interest = lock(&self.inner.interest);
         if let Some(count) = interest.get_mut(channel) {
             *count -= 1;

@@ -268,6 +268,21 @@ impl Default for LocalTicks {
 }
 
 impl LocalTicks {
+    /// Ends a subscription; false when it was not there (ended already): a hub counting subscribers on top (the
+    /// cluster's interest) counts each once.
+    pub(crate) fn unsubscribed(&self, channel: &str, subscriber: TickSubscriberId) -> bool {
+        let mut shard = self.shard(channel);
+        let removed = shard.get_mut(channel).is_some_and(|c| {
+            let removed = c.members.remove(&subscriber).is_some();
+            if removed {
+                c.snapshot = None;
+            }
+            removed
+        });
+        self.remove_if_unused(&mut shard, channel);
+        removed
+    }
+
     /// No channels yet; at most `max_channels` at once.
     pub fn new(max_channels: u32) -> Self {
         LocalTicks {
@@ -366,13 +381,7 @@ impl TickHub for LocalTicks {
     }
 
     fn unsubscribe(&self, channel: &str, subscriber: TickSubscriberId) {
-        let mut shard = self.shard(channel);
-        if let Some(c) = shard.get_mut(channel) {
-            if c.members.remove(&subscriber).is_some() {
-                c.snapshot = None;
-            }
-        }
-        self.remove_if_unused(&mut shard, channel);
+        self.unsubscribed(channel, subscriber);
     }
 
     fn claim(&self, channel: &str, max_age_us: Option<u64>) -> Result<(), Failure> {

@@ -62,7 +62,8 @@ fn seqs_are_per_channel_and_every_subscriber_gets_each_tick() {
     assert_eq!(offer(hub.publish("other", 0, 0, Bytes::new())), 1);
     hub.set_max_age("prices", None, 500);
     assert_eq!(offer(hub.publish("prices", 0, 0, Bytes::new())), 2);
-    hub.unsubscribe("prices", sub_a);
+    assert!(hub.unsubscribed("prices", sub_a));
+    assert!(!hub.unsubscribed("prices", sub_a), "ended already: said so (the cluster counts interest on it)");
     hub.unsubscribe("prices", sub_a);
     offer(hub.publish("prices", 0, 0, Bytes::new()));
     assert_eq!(*a.0.lock().unwrap(), [(1, 1, None), (1, 2, Some(500))]);

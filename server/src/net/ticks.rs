@@ -130,7 +130,8 @@ impl TickSink for DatagramSink {
                 self.send(&mut waiting, (channel_id, tick, max_age_us), datagram)
             }
             Offered::Queued => self.wake.notify_one(),
-            Offered::Replaced | Offered::Older => bump(&self.stats.ticks_conflated),
+            Offered::Replaced => bump(&self.stats.ticks_conflated),
+            Offered::Older => bump(&self.stats.ticks_reordered_out),
             Offered::Unsubscribed => {}
         }
         drop(waiting);
@@ -410,5 +411,21 @@ mod tests {
             let got = tokio::time::timeout(std::time::Duration::from_secs(5), client.read_datagram()).await;
             assert_eq!(got.expect("arrives").unwrap()[0], i);
         }
+    }
+
+    /// Two fan-outs of one channel reaching a subscriber out of their order (two publishers, a relay and a local
+    /// publish): the older is not sent, and is counted as reordered, not as conflated, which operators read as "a
+    /// subscriber too slow".
+    #[tokio::test]
+    async fn a_tick_older_than_one_already_sent_is_counted_as_reordered_not_conflated() {
+        let (conn, _client, _endpoint, _dir) = quic_pair().await;
+        let stats = Arc::new(ServerStats::default());
+        let sink = DatagramSink::new(&conn, &stats);
+        sink.open(1);
+        let tick = |seq| Tick { seq, sent_time_us: 1, received_us: now_us(), payload: Bytes::from_static(b"v") };
+        sink.offer(1, tick(6), None, &mut TickDatagrams::new(1));
+        sink.offer(1, tick(5), None, &mut TickDatagrams::new(1));
+        let s = stats.snapshot();
+        assert_eq!((s.ticks_sent, s.ticks_conflated, s.ticks_reordered_out), (1, 0, 1), "{s:?}");
     }
 }

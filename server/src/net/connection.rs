@@ -192,6 +192,9 @@ pub(super) fn serve_wire<R: RoomHub>(
         let session = ControlSession::new(session_id, config.limits.clone(), auth.borrow().clone());
         let hello = (deadline, started, &mut slot, auth);
         let reason = control(&wire, &config, &stats, &mut connection, session, hello, &shutdown).await;
+        if let Some(code) = wire.transport_refusal() {
+            stats.refused(code); // a breach the WebSocket lane closed for: counted as the server's own refusals are
+        }
         connection.close(now_us(), config.budget.frame_timeout()).await;
         tracing::info!(%reason, "connection ended");
     }

@@ -177,6 +177,16 @@ impl Wire {
         quiver_transport::if_ready(self.send_datagram_wait(datagram))
     }
 
+    /// The code the transport itself closed the connection with for what the client sent, if it did (the
+    /// WebSocket lane: a text message, one too large or malformed), to be counted as a refusal. QUIC's own
+    /// protocol errors are quinn's to close and are not counted here.
+    pub(crate) fn transport_refusal(&self) -> Option<ErrorCode> {
+        match self {
+            Wire::Quic(_) => None,
+            Wire::Ws(ws) => ws.refused(),
+        }
+    }
+
     /// Room in the datagram send buffer, bytes.
     pub(crate) fn datagram_send_buffer_space(&self) -> usize {
         match self {

@@ -73,7 +73,12 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(mut sink: Sink
                 shared.finished(code, reason);
                 return;
             }
-            Some(Outbound::Done) => return,
+            // The connection is over: a close the peer began is answered (tungstenite queued the reply, which only
+            // a write or flush sends; a browser reports 1006 without it), and one ended otherwise is closed.
+            Some(Outbound::Done) => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+                return;
+            }
             Some(Outbound::Idle) => {
                 let check = async {
                     match check_at {
@@ -144,25 +149,37 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             Some(Ok(Message::Binary(bytes))) => Bytes::from(bytes),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Text(_))) => {
-                shared.close(ErrorCode::ProtocolViolation, "text WebSocket message (Quiver sends binary only)");
+                shared.refuse(ErrorCode::ProtocolViolation, "text WebSocket message (Quiver sends binary only)");
                 return;
             }
             Some(Ok(Message::Close(_))) | None => {
                 return shared.finished(ErrorCode::Internal, "the peer closed the WebSocket without a reason".into());
             }
             Some(Err(err)) => {
+                use tokio_tungstenite::tungstenite::{error::ProtocolError, Error};
                 let code = match err {
-                    tokio_tungstenite::tungstenite::Error::Capacity(_) => ErrorCode::FrameTooLarge,
-                    tokio_tungstenite::tungstenite::Error::Protocol(_) => ErrorCode::ProtocolViolation,
+                    // The socket went away without a close: the connection is lost, nobody broke a rule.
+                    Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+                    | Error::Io(_)
+                    | Error::ConnectionClosed
+                    | Error::AlreadyClosed => {
+                        return shared.finished(ErrorCode::Internal, format!("connection lost: {err}"));
+                    }
+                    Error::Capacity(_) => ErrorCode::FrameTooLarge,
+                    // A text frame that is not UTF-8 is the peer's breach (RFC 6455 §8.1), as any protocol error.
+                    Error::Protocol(_) | Error::Utf8 => ErrorCode::ProtocolViolation,
                     _ => ErrorCode::Internal,
                 };
-                shared.close(code, &format!("WebSocket: {err}"));
+                match code {
+                    ErrorCode::Internal => shared.close(code, &format!("WebSocket: {err}")),
+                    _ => shared.refuse(code, &format!("WebSocket: {err}")),
+                }
                 return shared.finished(code, format!("WebSocket: {err}"));
             }
         };
         let message = match WsMessage::decode(bytes) {
             Ok(message) => message,
-            Err(err) => return shared.close(err.code(), &err.to_string()),
+            Err(err) => return shared.refuse(err.code(), &err.to_string()),
         };
         let role = shared.role;
         match message {
@@ -181,7 +198,7 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
             WsMessage::Datagram(datagram) if datagram.len() > shared.config.max_datagram => {
                 let reason = format!("datagram of {} bytes (at most {})", datagram.len(), shared.config.max_datagram);
-                return shared.close(ErrorCode::DatagramTooLarge, &reason);
+                return shared.refuse(ErrorCode::DatagramTooLarge, &reason);
             }
             WsMessage::Datagram(datagram) => {
                 let _ = inbound.datagrams.try_send(datagram);
@@ -189,10 +206,10 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             WsMessage::Close { code, reason } => return shared.finished(code, reason),
             WsMessage::Stop { id, code } if role == Role::Server => shared.stop_stream(id, code),
             WsMessage::Stop { .. } => {
-                return shared.close(ErrorCode::ProtocolViolation, "a server stops no streams (kind 6)");
+                return shared.refuse(ErrorCode::ProtocolViolation, "a server stops no streams (kind 6)");
             }
             WsMessage::Stream { .. } | WsMessage::Finish { .. } | WsMessage::Reset { .. } if role == Role::Server => {
-                return shared.close(ErrorCode::ProtocolViolation, "clients open one stream, the control stream");
+                return shared.refuse(ErrorCode::ProtocolViolation, "clients open one stream, the control stream");
             }
             WsMessage::Stream { id, bytes } => {
                 if let Err(too_many) = streams.data(id, bytes, &shared, &inbound) {
@@ -239,7 +256,7 @@ struct TooManyStreams(usize);
 impl TooManyStreams {
     fn close(self, shared: &Shared) {
         let reason = format!("the server opened more than {} room streams at once", self.0);
-        shared.close(ErrorCode::ProtocolViolation, &reason);
+        shared.refuse(ErrorCode::ProtocolViolation, &reason);
     }
 }
 

@@ -378,6 +378,12 @@ impl WsSession {
         WsError::Closed(code, reason)
     }
 
+    /// The code this end closed the connection with for what the peer sent (a text message, one too large or
+    /// malformed, a WebSocket protocol error), if it did: a breach the owner counts (it sees only the close).
+    pub fn refused(&self) -> Option<ErrorCode> {
+        lock(&self.shared().state).refused
+    }
+
     /// Why the connection closed, once it has (or is closing).
     pub fn close_reason(&self) -> Option<(ErrorCode, String)> {
         let state = lock(&self.shared().state);

@@ -61,6 +61,9 @@ pub(super) struct State {
     pub(super) closing: Option<(ErrorCode, String)>,
     /// The connection is over, and why.
     pub(super) closed: Option<(ErrorCode, String)>,
+    /// This end closed the connection for what the peer sent (a text message, a message too large, a malformed
+    /// one): the code, for the owner to count as a refusal (it sees only that the connection closed).
+    pub(super) refused: Option<ErrorCode>,
 }
 
 #[derive(Debug)]
@@ -140,6 +143,18 @@ impl Shared {
         drop(state);
         self.wake_writer.notify_one();
         self.changed.notify_waiters();
+    }
+
+    /// [`Shared::close`] for a breach by the peer, noted for [`super::WsSession::refused`].
+    pub(super) fn refuse(&self, code: ErrorCode, reason: &str) {
+        {
+            let mut state = lock(&self.state);
+            if state.closed.is_some() || state.closing.is_some() {
+                return;
+            }
+            state.refused = Some(code);
+        }
+        self.close(code, reason);
     }
 
     /// The connection is over (after the close was written, or the peer's arrived, or the socket failed).

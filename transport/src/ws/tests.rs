@@ -495,3 +495,56 @@ async fn an_empty_write_takes_no_stream_id() {
     let seen = stream_messages(&mut client_ws, 2).await;
     assert_eq!(seen, [(1, Bytes::from_static(b"second")), (2, Bytes::from_static(b"first"))]);
 }
+
+/// A close the peer begins is answered with a close frame (RFC 6455 §5.5.1): tungstenite queues the reply, which
+/// only a later write or flush sends, and the writer used to return without one (browsers then report 1006,
+/// `wasClean: false`).
+#[tokio::test]
+async fn a_close_the_peer_begins_is_answered() {
+    let config = WsConfig::default();
+    let (server, mut peer) = raw_pair(&config).await;
+    let session = WsSession::start(server, Role::Server, config, addr());
+    peer.send(Message::Close(None)).await.unwrap();
+    let answer = within(async {
+        loop {
+            match peer.next().await {
+                Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return false,
+            }
+        }
+    })
+    .await;
+    assert!(answer, "the peer's close answered with a close frame");
+    within(session.closed()).await;
+    assert_eq!(session.refused(), None, "a close is not a breach");
+}
+
+/// What the peer breaks is noted for the owner to count (it sees only the close): a text message, and a text frame
+/// that is not UTF-8, which tungstenite reports as a UTF-8 error (once mapped to `Internal`, "not the client's
+/// fault").
+#[tokio::test]
+async fn a_peers_breach_is_noted_with_its_code() {
+    let config = WsConfig::default();
+    let (server, mut peer) = raw_pair(&config).await;
+    let session = WsSession::start(server, Role::Server, config.clone(), addr());
+    peer.send(Message::Text("hello".into())).await.unwrap();
+    within(session.closed()).await;
+    assert_eq!(session.refused(), Some(ErrorCode::ProtocolViolation));
+
+    // A text frame of invalid UTF-8, written as raw bytes (tungstenite's sender refuses to make one).
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    let server = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(config.websocket())).await;
+    let session = WsSession::start(server, Role::Server, config, addr());
+    // FIN + text opcode, masked, length 2, mask 0, payload 0xff 0xfe.
+    tokio::io::AsyncWriteExt::write_all(&mut b, &[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe]).await.unwrap();
+    let why = within(session.closed()).await;
+    assert_eq!(session.refused(), Some(ErrorCode::ProtocolViolation), "{why}");
+
+    // A peer that goes away without a close lost its connection: no breach.
+    let (server, peer) = raw_pair(&WsConfig::default()).await;
+    let session = WsSession::start(server, Role::Server, WsConfig::default(), addr());
+    drop(peer);
+    within(session.closed()).await;
+    assert_eq!(session.refused(), None);
+}

@@ -60,10 +60,11 @@ counters! {
     /// Connections not welcomed yet closed with `TooManyConnections` to make room for a newer one
     /// (`budget.max_awaiting_hello`).
     connections_closed_awaiting_hello,
-    /// TCP connections closed at once by the WebSocket listener because `budget.websocket_max_upgrading` were
-    /// upgrading already.
+    /// TCP connections the WebSocket listener closed before their upgrade to make room for a newer one:
+    /// `budget.websocket_max_upgrading` were upgrading.
     websocket_upgrades_over_total,
-    /// The same because their address had `budget.websocket_max_upgrading_per_ip` upgrading already.
+    /// TCP connections closed at once by the WebSocket listener because their address had
+    /// `budget.websocket_max_upgrading_per_ip` upgrading already.
     websocket_upgrades_over_per_ip,
     /// QUIC Retries sent to unvalidated attempts from an address over `new_connections_per_s_per_ip`.
     retries_over_rate,

@@ -89,13 +89,17 @@ pub(super) async fn serve<R: RoomHub>(
     shutdown: CancellationToken,
 ) {
     // TCP connections between accept and the upgrade (or the page's answer) at once, in all and from one address
-    // (an IPv6 /64 counts as one: [`SourceKey`]); more are closed at once.
+    // (an IPv6 /64 counts as one: [`SourceKey`]). Over an address's bound, one more is closed at once; over the
+    // bound in all, one upgrading is closed to make room, by the rule of the connections awaiting Hello
+    // (`crate::awaiting`): a slow upgrade from a few networks closes their own, else the longest upgrading goes.
     let budget = &shared.config.budget;
     // (A per-address bound above the total is the total.)
-    let max = budget.websocket_max_upgrading as usize;
-    let max_per_ip = (budget.websocket_max_upgrading_per_ip as usize).min(max);
-    let slots = Arc::new(tokio::sync::Semaphore::new(max));
-    let per_ip: Arc<std::sync::Mutex<std::collections::HashMap<SourceKey, usize>>> = Arc::default();
+    let max = budget.websocket_max_upgrading;
+    let max_per_ip = (budget.websocket_max_upgrading_per_ip as usize).min(max as usize);
+    let table = Arc::new(std::sync::Mutex::new(UpgradeTable {
+        upgrading: crate::awaiting::AwaitingHello::new(max),
+        per_ip: std::collections::HashMap::new(),
+    }));
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -109,61 +113,72 @@ pub(super) async fn serve<R: RoomHub>(
             },
             () = shutdown.cancelled() => return,
         };
-        // Full: the connection is closed at once (the listener goes on accepting: waiting for a slot before
-        // accepting left every client, the demo page's too, in the kernel's backlog while slow upgrades held them).
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            bump(&shared.stats.websocket_upgrades_over_total);
-            tracing::debug!(%remote, "WebSocket listener: {max} connections upgrading already (budget.websocket_max_upgrading); closed");
-            continue;
-        };
-        let Some(upgrading) = Upgrading::new(&per_ip, (SourceKey::of(remote.ip()), max_per_ip), permit, &shared.stats)
-        else {
+        let stop = shutdown.child_token();
+        let Some(upgrading) = Upgrading::new(&table, (remote.ip(), max_per_ip), &stop, &shared.stats) else {
             bump(&shared.stats.websocket_upgrades_over_per_ip);
             tracing::debug!(%remote, "WebSocket listener: {max_per_ip} connections upgrading from this address already (budget.websocket_max_upgrading_per_ip); closed");
             continue;
         };
         // Admission (the per-address rate and counts) before any TLS work.
         let Some(admitted) = admit_tcp(remote.ip(), &shared.admission, &shared.stats) else { continue };
-        let (shared, shutdown) = (shared.clone(), shutdown.child_token());
-        tasks.spawn(connection(tcp, remote, shared, (upgrading, admitted), shutdown));
+        tasks.spawn(connection(tcp, remote, shared.clone(), (upgrading, admitted), stop));
     }
+}
+
+/// The connections upgrading: in all (each with the token that closes it), and per address.
+struct UpgradeTable {
+    upgrading: crate::awaiting::AwaitingHello<CancellationToken>,
+    per_ip: std::collections::HashMap<SourceKey, usize>,
 }
 
 /// A connection's place among those upgrading (the listener's and its address's), until dropped.
 struct Upgrading {
-    per_ip: Arc<std::sync::Mutex<std::collections::HashMap<SourceKey, usize>>>,
+    table: Arc<std::sync::Mutex<UpgradeTable>>,
     ip: SourceKey,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    ticket: crate::awaiting::Ticket,
     /// Counted in `websocket_upgrading` meanwhile.
     stats: Arc<ServerStats>,
 }
 
 impl Upgrading {
+    /// A place for a connection from `ip` (closed by `stop`), or `None` when its address is at `max_per_ip`. At
+    /// the bound in all, another connection upgrading is closed to make room (its `stop` cancelled; counted in
+    /// `websocket_upgrades_over_total`): before, the newcomer was, and 64 sources trickling their heads held every
+    /// slot, the demo page's visitors and every real WebSocket client closed at once.
     fn new(
-        per_ip: &Arc<std::sync::Mutex<std::collections::HashMap<SourceKey, usize>>>,
-        (ip, max_per_ip): (SourceKey, usize),
-        permit: tokio::sync::OwnedSemaphorePermit,
+        table: &Arc<std::sync::Mutex<UpgradeTable>>,
+        (ip, max_per_ip): (std::net::IpAddr, usize),
+        stop: &CancellationToken,
         stats: &Arc<ServerStats>,
     ) -> Option<Upgrading> {
-        let mut counts = per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(ip).or_default();
+        let mut locked = table.lock().unwrap_or_else(|p| p.into_inner());
+        let key = SourceKey::of(ip);
+        let count = locked.per_ip.entry(key).or_default();
         if *count >= max_per_ip {
             return None;
         }
         *count += 1;
+        let (ticket, made_room) = locked.upgrading.enter(ip, stop.clone());
+        drop(locked);
+        if let Some(made_room) = made_room {
+            bump(&stats.websocket_upgrades_over_total);
+            tracing::debug!(group = %made_room.group, "WebSocket listener: closing a connection still upgrading to make room (budget.websocket_max_upgrading)");
+            made_room.handle.cancel();
+        }
         ServerStats::add(&stats.websocket_upgrading, 1);
-        Some(Upgrading { per_ip: per_ip.clone(), ip, _permit: permit, stats: stats.clone() })
+        Some(Upgrading { table: table.clone(), ip: key, ticket, stats: stats.clone() })
     }
 }
 
 impl Drop for Upgrading {
     fn drop(&mut self) {
         ServerStats::add(&self.stats.websocket_upgrading, -1);
-        let mut counts = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        table.upgrading.leave(self.ticket); // (gone already if it made room)
+        if let Some(count) = table.per_ip.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.ip);
+                table.per_ip.remove(&self.ip);
             }
         }
     }

@@ -82,6 +82,11 @@ impl Limits {
     /// or misconfigured) could otherwise have a client hold gigabytes per stream.
     pub const MAX_FRAME_CEILING: u32 = 16 << 20;
 
+    /// Smallest `max_frame` a server may be configured with: 4 KiB, room for a Hello carrying an access token (a
+    /// JWT with a few room and channel patterns is some hundreds of bytes to a few KB; one over `max_frame` closes
+    /// the connection with `FrameTooLarge`, and a server below this floor would take no client with a token).
+    pub const MIN_FRAME: u32 = 4 << 10;
+
     /// The frame limit a client applies from a Welcome: the server's `max_frame`, at most
     /// [`Limits::MAX_FRAME_CEILING`].
     pub fn client_max_frame(&self) -> usize {
@@ -107,6 +112,9 @@ impl Limits {
     pub fn check(&self) -> Result<(), LimitsError> {
         if self.max_frame > Self::MAX_FRAME_CEILING {
             return Err(LimitsError::FrameTooLarge { max_frame: self.max_frame, ceiling: Self::MAX_FRAME_CEILING });
+        }
+        if self.max_frame < Self::MIN_FRAME {
+            return Err(LimitsError::FrameBelowFloor { max_frame: self.max_frame, floor: Self::MIN_FRAME });
         }
         let needed = self.max_body.saturating_add(self.event_overhead()).saturating_add(self.history_reply_overhead());
         if self.max_frame < needed {
@@ -163,6 +171,14 @@ pub enum LimitsError {
         max_body: u32,
         /// The frame size such a post needs.
         needed: u32,
+    },
+    /// `max_frame` below [`Limits::MIN_FRAME`]: a Hello with an access token would not fit.
+    #[error("max_frame {max_frame} is below {floor} bytes: a Hello carrying an access token would not fit, and no client with a token could connect")]
+    FrameBelowFloor {
+        /// `max_frame`.
+        max_frame: u32,
+        /// [`Limits::MIN_FRAME`].
+        floor: u32,
     },
     /// `max_frame` above what clients accept ([`Limits::MAX_FRAME_CEILING`]).
     #[error("max_frame {max_frame} is above the protocol's ceiling of {ceiling} bytes")]
@@ -231,6 +247,13 @@ mod tests {
         Limits::default().check().unwrap();
         let err = Limits { max_frame: 1000, ..Limits::default() }.check().unwrap_err().to_string();
         assert!(err.contains("max_frame 1000"), "{err}");
+        // Below the floor a Hello with a token would not fit, however small the bodies (once accepted: 244 bytes
+        // with `max_body` 0 and one-byte names, and no client with a token could connect).
+        let tiny = Limits { max_frame: 244, max_body: 0, max_name: 1, room_queue_bytes: 4096, ..Limits::default() };
+        let err = tiny.check().unwrap_err().to_string();
+        assert!(err.contains("max_frame 244 is below 4096 bytes") && err.contains("access token"), "{err}");
+        let floor = Limits { max_frame: Limits::MIN_FRAME, max_body: 0, ..tiny };
+        floor.check().unwrap();
         let huge = Limits { max_frame: 64 << 20, room_queue_bytes: 64 << 20, ..Limits::default() };
         let err = huge.check().unwrap_err().to_string();
         assert!(err.contains("max_frame 67108864 is above the protocol's ceiling"), "{err}");

@@ -117,7 +117,94 @@ impl Default for WebConfig {
     }
 }
 
+/// Longest `limits.handshake_timeout_ms` accepted (a minute).
+pub const MAX_HANDSHAKE_TIMEOUT_MS: u64 = 60_000;
+/// Most `transport.copies` accepted (the default is 3).
+pub const MAX_COPIES: u8 = 8;
+/// Largest `transport.congestion_floor` accepted: 100 packets of 1,200 bytes (the default is 10).
+pub const MAX_CONGESTION_FLOOR: u64 = 100 * 1200;
+/// Largest `transport.datagram_send_buffer` accepted: quinn's default, 1 MiB (Quiver's is 16 KiB).
+pub const MAX_DATAGRAM_SEND_BUFFER: u64 = 1024 * 1024;
+/// `budget.websocket_max_upgrading` at most: a file descriptor and a TLS handshake each.
+pub const MAX_WEBSOCKET_UPGRADING: u64 = 1_000_000;
+
+/// The ranges of `budget`, `tuning` and the handshake timeout that no type can make, however the server is
+/// configured (a file, or [`ServerConfig`] built by a program that embeds it): the first problem, as the
+/// configuration file's key and why. Zero where it would stop the server working, and bounds that keep it safe for
+/// the open internet.
+pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) -> Result<(), (&'static str, String)> {
+    for (key, value) in [
+        ("budget.max_rooms", u64::from(budget.max_rooms)),
+        ("budget.max_channels", u64::from(budget.max_channels)),
+        ("budget.room_history_bytes", budget.room_history_bytes),
+        ("budget.retained_bytes", budget.retained_bytes),
+        ("budget.frame_timeout_ms", u64::from(budget.frame_timeout_ms)),
+        ("budget.sweep_interval_ms", u64::from(budget.sweep_interval_ms)),
+        ("budget.max_awaiting_hello", u64::from(budget.max_awaiting_hello)),
+        ("budget.websocket_max_upgrading", u64::from(budget.websocket_max_upgrading)),
+        ("budget.websocket_max_upgrading_per_ip", u64::from(budget.websocket_max_upgrading_per_ip)),
+        ("transport.reordering_threshold", u64::from(tuning.reordering_threshold)),
+        ("transport.initial_rtt_ms", tuning.initial_rtt.as_millis().try_into().unwrap_or(u64::MAX)),
+        ("transport.datagram_send_buffer", tuning.datagram_send_buffer as u64),
+    ] {
+        if value == 0 {
+            return Err((key, "must be at least 1".into()));
+        }
+    }
+    if tuning.initial_rtt > std::time::Duration::from_secs(10) {
+        return Err(("transport.initial_rtt_ms", "at most 10000".into()));
+    }
+    for (key, value, max, why) in [
+        (
+            "limits.handshake_timeout_ms",
+            u64::from(limits.handshake_timeout_ms),
+            MAX_HANDSHAKE_TIMEOUT_MS,
+            "a connection that sends no Hello holds a connection slot this long",
+        ),
+        (
+            "transport.copies",
+            u64::from(tuning.copies),
+            u64::from(MAX_COPIES),
+            "datagram copies per room frame: a peer that withholds its ACKs gets the most",
+        ),
+        (
+            "transport.congestion_floor",
+            tuning.congestion_floor.unwrap_or(0),
+            MAX_CONGESTION_FLOOR,
+            "a floor under the congestion window this large turns congestion control off",
+        ),
+        (
+            "budget.websocket_max_upgrading",
+            u64::from(budget.websocket_max_upgrading),
+            MAX_WEBSOCKET_UPGRADING,
+            "TCP connections not upgraded yet hold a file descriptor and a TLS handshake each",
+        ),
+        (
+            "transport.datagram_send_buffer",
+            tuning.datagram_send_buffer as u64,
+            MAX_DATAGRAM_SEND_BUFFER,
+            "bytes per connection, outside [budget]: quinn's own default; more only queues staler ticks",
+        ),
+    ] {
+        if value > max {
+            return Err((key, format!("at most {max} ({why})")));
+        }
+    }
+    if tuning.mtu_discovery.is_some_and(|mtu| !(1200..=65527).contains(&mtu)) {
+        return Err(("transport.mtu_discovery", "0 (off) or a UDP payload size from 1200 to 65527".into()));
+    }
+    Ok(())
+}
+
 impl ServerConfig {
+    /// Checks what no type can: the limits fit together ([`Limits::check`]) and the ranges of [`check_values`].
+    /// [`crate::Server::bind`] refuses a configuration that fails it, as the configuration file's checks do.
+    pub fn check(&self) -> Result<(), crate::ServerError> {
+        self.limits.check()?;
+        check_values(&self.limits, &self.budget, &self.tuning)
+            .map_err(|(key, why)| crate::ServerError::Config { key, why })
+    }
+
     /// The default address: all interfaces, IPv4 and IPv6, UDP port 4433.
     pub const DEFAULT_LISTEN: &'static str = "[::]:4433";
     /// The default data directory, relative to the working directory.

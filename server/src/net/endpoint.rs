@@ -23,6 +23,14 @@ pub enum ServerError {
     /// The configured limits contradict each other.
     #[error("limits: {0}")]
     Limits(#[from] quiver_proto::LimitsError),
+    /// A value of the configuration out of its range ([`crate::config::check_values`]).
+    #[error("{key}: {why}")]
+    Config {
+        /// The configuration file's key for it.
+        key: &'static str,
+        /// What is wrong.
+        why: String,
+    },
     /// The token keys could not be loaded or generated.
     #[error("access tokens: {0}")]
     Auth(#[from] crate::auth::AuthError),
@@ -44,7 +52,7 @@ pub enum ServerError {
 }
 
 pub(super) fn bind(config: &ServerConfig, tickets: &Tickets) -> Result<(quinn::Endpoint, Certified), ServerError> {
-    config.limits.check()?;
+    config.check()?;
     let certified = server_config(config, tickets, std::time::SystemTime::now(), |_| false)?;
     let server_config = certified.quic.clone();
     let socket = udp_socket(config.listen).map_err(ServerError::Bind)?;

@@ -124,3 +124,25 @@ async fn a_reload_to_an_expired_pem_certificate_is_refused() {
     // A reload of the certificate in use (for the token keys) is not refused for its dates.
     assert_eq!(started.reloader().reload(config.auth.clone()).unwrap(), expired_in_use);
 }
+
+/// A program that embeds the server (a `ServerConfig` of its own, no configuration file) is held to the ranges a
+/// file is: before, only the limits were checked there, and a `frame_timeout_ms` of 0 closed every connection at its
+/// first partial frame, a `websocket_max_upgrading_per_ip` of 0 refused every WebSocket client.
+#[tokio::test]
+async fn a_server_config_out_of_range_is_refused_naming_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = || ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
+    let refused = |config: ServerConfig| match Server::bind(config) {
+        Err(err) => err.to_string(),
+        Ok(_) => panic!("bound"),
+    };
+    let budget = crate::Budget { frame_timeout_ms: 0, ..crate::Budget::default() };
+    assert_eq!(refused(ServerConfig { budget, ..dev() }), "budget.frame_timeout_ms: must be at least 1");
+    let budget = crate::Budget { websocket_max_upgrading_per_ip: 0, ..crate::Budget::default() };
+    assert!(refused(ServerConfig { budget, ..dev() }).starts_with("budget.websocket_max_upgrading_per_ip"));
+    let tuning = quiver_transport::TransportTuning { copies: 200, ..quiver_transport::TransportTuning::quiver() };
+    assert!(refused(ServerConfig { tuning, ..dev() }).starts_with("transport.copies: at most 8"));
+    let limits = quiver_proto::Limits { handshake_timeout_ms: 3_600_000, ..quiver_proto::Limits::default() };
+    assert!(refused(ServerConfig { limits, ..dev() }).starts_with("limits.handshake_timeout_ms: at most 60000"));
+    drop(Server::bind(dev()).expect("the defaults are in range"));
+}

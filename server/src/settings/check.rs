@@ -5,16 +5,6 @@ use super::*;
 
 /// Longest drain the server accepts (10 minutes).
 pub const MAX_DRAIN_TIMEOUT_MS: u32 = 600_000;
-/// Longest `limits.handshake_timeout_ms` accepted (a minute).
-pub const MAX_HANDSHAKE_TIMEOUT_MS: u64 = 60_000;
-/// Most `transport.copies` accepted (the default is 3).
-pub const MAX_COPIES: u8 = 8;
-/// Largest `transport.congestion_floor` accepted: 100 packets of 1,200 bytes (the default is 10).
-pub const MAX_CONGESTION_FLOOR: u64 = 100 * 1200;
-/// Largest `transport.datagram_send_buffer` accepted: quinn's default, 1 MiB (Quiver's is 16 KiB).
-pub const MAX_DATAGRAM_SEND_BUFFER: u64 = 1024 * 1024;
-/// `budget.websocket_max_upgrading` at most: a file descriptor and a TLS handshake each.
-pub(super) const MAX_WEBSOCKET_UPGRADING: u64 = 1_000_000;
 
 impl Settings {
     /// Checks values no type can: ranges, pairs and addresses. The first problem found.
@@ -58,73 +48,17 @@ impl Settings {
             };
             Invalid::new(&format!("limits.{key}"), err.to_string())
         })?;
-        for (key, value) in [
-            ("budget.max_rooms", u64::from(self.budget.max_rooms)),
-            ("budget.max_channels", u64::from(self.budget.max_channels)),
-            ("budget.room_history_bytes", self.budget.room_history_bytes),
-            ("budget.retained_bytes", self.budget.retained_bytes),
-            ("budget.frame_timeout_ms", u64::from(self.budget.frame_timeout_ms)),
-            ("budget.sweep_interval_ms", u64::from(self.budget.sweep_interval_ms)),
-            ("budget.max_awaiting_hello", u64::from(self.budget.max_awaiting_hello)),
-            ("budget.websocket_max_upgrading", u64::from(self.budget.websocket_max_upgrading)),
-            ("budget.websocket_max_upgrading_per_ip", u64::from(self.budget.websocket_max_upgrading_per_ip)),
-            ("transport.reordering_threshold", u64::from(self.transport.reordering_threshold)),
-            ("transport.initial_rtt_ms", u64::from(self.transport.initial_rtt_ms)),
-            ("transport.datagram_send_buffer", u64::from(self.transport.datagram_send_buffer)),
-            ("drain_timeout_ms", u64::from(self.drain_timeout_ms)),
-        ] {
-            if value == 0 {
-                return Err(Invalid::new(key, "must be at least 1"));
-            }
+        if self.drain_timeout_ms == 0 {
+            return Err(Invalid::new("drain_timeout_ms", "must be at least 1"));
         }
         self.broker.check().map_err(|(key, why)| Invalid::new(key, why))?;
         if self.drain_timeout_ms > MAX_DRAIN_TIMEOUT_MS {
             return Err(Invalid::new("drain_timeout_ms", format!("at most {MAX_DRAIN_TIMEOUT_MS} (10 minutes)")));
         }
-        if self.transport.initial_rtt_ms > 10_000 {
-            return Err(Invalid::new("transport.initial_rtt_ms", "at most 10000"));
-        }
-        // Bounds that keep the server safe for the open internet, whatever a configuration says.
-        for (key, value, max, why) in [
-            (
-                "limits.handshake_timeout_ms",
-                u64::from(self.limits.handshake_timeout_ms),
-                MAX_HANDSHAKE_TIMEOUT_MS,
-                "a connection that sends no Hello holds a connection slot this long",
-            ),
-            (
-                "transport.copies",
-                u64::from(self.transport.copies),
-                u64::from(MAX_COPIES),
-                "datagram copies per room frame: a peer that withholds its ACKs gets the most",
-            ),
-            (
-                "transport.congestion_floor",
-                u64::from(self.transport.congestion_floor),
-                MAX_CONGESTION_FLOOR,
-                "a floor under the congestion window this large turns congestion control off",
-            ),
-            (
-                "budget.websocket_max_upgrading",
-                u64::from(self.budget.websocket_max_upgrading),
-                MAX_WEBSOCKET_UPGRADING,
-                "TCP connections not upgraded yet hold a file descriptor and a TLS handshake each",
-            ),
-            (
-                "transport.datagram_send_buffer",
-                u64::from(self.transport.datagram_send_buffer),
-                MAX_DATAGRAM_SEND_BUFFER,
-                "bytes per connection, outside [budget]: quinn's own default; more only queues staler ticks",
-            ),
-        ] {
-            if value > max {
-                return Err(Invalid::new(key, format!("at most {max} ({why})")));
-            }
-        }
+        // The ranges a program embedding the server is held to as well (`ServerConfig::check`).
+        crate::config::check_values(&self.limits, &self.budget, &self.transport.tuning())
+            .map_err(|(key, why)| Invalid::new(key, why))?;
         self.web_config()?; // its ranges and addresses: `config check` must refuse what the server would
-        if !matches!(self.transport.mtu_discovery, 0 | 1200..=65527) {
-            return Err(Invalid::new("transport.mtu_discovery", "0 (off) or a UDP payload size from 1200 to 65527"));
-        }
         match (self.tls.cert.as_os_str().is_empty(), self.tls.key.as_os_str().is_empty()) {
             (false, true) => return Err(Invalid::new("tls.key", "tls.cert is set, so tls.key must be too")),
             (true, false) => return Err(Invalid::new("tls.cert", "tls.key is set, so tls.cert must be too")),

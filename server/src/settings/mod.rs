@@ -7,9 +7,8 @@ mod check;
 mod load;
 mod web;
 
-pub use check::{
-    MAX_CONGESTION_FLOOR, MAX_COPIES, MAX_DATAGRAM_SEND_BUFFER, MAX_DRAIN_TIMEOUT_MS, MAX_HANDSHAKE_TIMEOUT_MS,
-};
+pub use crate::config::{MAX_CONGESTION_FLOOR, MAX_COPIES, MAX_DATAGRAM_SEND_BUFFER, MAX_HANDSHAKE_TIMEOUT_MS};
+pub use check::MAX_DRAIN_TIMEOUT_MS;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 

@@ -326,10 +326,10 @@ impl<R: RoomHub> Server<R> {
                         stats: self.stats.clone(),
                         admission: self.admission.clone(),
                         current: self.current.clone(),
-                        page: self.page_on_websocket.then(|| {
-                            let anyone = self.page_addr.is_some_and(|addr| !addr.ip().is_loopback());
-                            (Arc::new(page), anyone)
-                        }),
+                        page: match (self.page_on_websocket, self.page_addr) {
+                            (true, Some(addr)) => Some((Arc::new(page), addr.ip())),
+                            _ => None,
+                        },
                     });
                     tasks.spawn(websocket::serve(listener, shared, tasks.clone(), shutdown.clone()));
                 }

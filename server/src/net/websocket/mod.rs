@@ -50,9 +50,10 @@ pub(super) struct Listener<R> {
     pub(super) stats: Arc<ServerStats>,
     pub(super) admission: Arc<std::sync::Mutex<crate::admission::Admission>>,
     pub(super) current: Arc<std::sync::RwLock<Current>>,
-    /// The demo page, when it is served on this listener, and whether to any peer (`web.page` names a
-    /// non-loopback address) or (the dev default) to this machine only.
-    pub(super) page: Option<(Arc<PageInfo>, bool)>,
+    /// The demo page, when it is served on this listener, and the address `web.page` names: loopback (the dev
+    /// default), to this machine only; another, to peers that reached the listener at that address only (the
+    /// listener may be bound to every address); unspecified, to anyone.
+    pub(super) page: Option<(Arc<PageInfo>, std::net::IpAddr)>,
 }
 
 /// The WebSocket connection settings of a server: pings at the interval its QUIC lane uses
@@ -194,6 +195,7 @@ async fn connection<R: RoomHub>(
 ) {
     let started = std::time::Instant::now();
     let deadline = Instant::now() + Duration::from_millis(u64::from(shared.config.limits.handshake_timeout_ms));
+    let here = tcp.local_addr().map(|addr| addr.ip().to_canonical()).ok();
     let _ = tcp.set_nodelay(true);
     // The kernel's queue is where a slow link's ticks would go stale: keep it small (docs/web.md).
     let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(shared.config.web.websocket_send_buffer);
@@ -207,19 +209,21 @@ async fn connection<R: RoomHub>(
     if first[0] == 0x16 {
         let tls = shared.current.read().unwrap_or_else(|p| p.into_inner()).tcp.clone();
         match before(deadline, &shutdown, tokio_rustls::TlsAcceptor::from(tls).accept(tcp)).await {
-            Some(Ok(stream)) => request(stream, remote, true, shared, permit, (deadline, started), shutdown).await,
+            Some(Ok(stream)) => {
+                request(stream, (remote, here), true, shared, permit, (deadline, started), shutdown).await
+            }
             Some(Err(err)) => tracing::debug!(%remote, %err, "WebSocket listener: TLS handshake failed"),
             None => tracing::debug!(%remote, "WebSocket listener: TLS handshake timed out, or the server stops"),
         }
     } else {
-        request(tcp, remote, false, shared, permit, (deadline, started), shutdown).await;
+        request(tcp, (remote, here), false, shared, permit, (deadline, started), shutdown).await;
     }
 }
 
 /// Reads the request head and answers it: the upgrade (then serves the connection), the page, or an error.
 async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut stream: S,
-    remote: SocketAddr,
+    (remote, here): (SocketAddr, Option<std::net::IpAddr>),
     secure: bool,
     shared: Arc<Listener<R>>,
     (upgrading, admitted): (Upgrading, Admitted),
@@ -277,7 +281,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
             Response::error(403, "ws:// (without TLS) is for clients on this machine only; use wss://")
         }
         Ok(upgrade::Request::Http) => match &shared.page {
-            Some((page, anyone)) if (local || *anyone) && !secure => crate::web::respond(&head, remote.ip(), page),
+            Some((page, at)) if !secure && page_here(*at, here, local) => crate::web::respond(&head, remote.ip(), page),
             _ => Response::error(
                 404,
                 &format!("Quiver's WebSocket endpoint: GET {} with Upgrade: websocket", shared.config.web.path),
@@ -328,4 +332,38 @@ async fn answer<S: AsyncWrite + Unpin>(mut stream: S, response: Response) {
         let _ = stream.shutdown().await;
     })
     .await;
+}
+
+/// Whether a plain HTTP request gets the demo page configured at `page` (its IP), from a peer that reached this
+/// listener at `here` (`local`: the peer is on this machine). A page named at one address of a listener bound to
+/// every address is that address's only: before, it was served on every interface.
+fn page_here(page: std::net::IpAddr, here: Option<std::net::IpAddr>, local: bool) -> bool {
+    let page = page.to_canonical();
+    match () {
+        () if page.is_loopback() => local,
+        () if page.is_unspecified() => true,
+        () => here == Some(page),
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::page_here;
+
+    /// `web.page = "10.0.0.5:4433"` beside the WebSocket listener on `[::]:4433`: one listener serves both, and the
+    /// page went to peers that reached any of the machine's addresses.
+    #[test]
+    fn a_page_named_at_one_address_is_served_there_only() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let at = ip("10.0.0.5");
+        assert!(page_here(at, Some(ip("10.0.0.5")), false));
+        assert!(page_here(at, Some(ip("::ffff:10.0.0.5").to_canonical()), false), "the listener is dual-stack");
+        assert!(!page_here(at, Some(ip("192.0.2.1")), false), "reached at another address");
+        assert!(!page_here(at, None, true));
+        // The dev default: loopback, to this machine only, whichever loopback address the browser used.
+        assert!(page_here(ip("127.0.0.1"), Some(ip("::1")), true));
+        assert!(!page_here(ip("127.0.0.1"), Some(ip("127.0.0.1")), false));
+        // Unspecified: anyone.
+        assert!(page_here(ip("0.0.0.0"), Some(ip("192.0.2.1")), false));
+    }
 }

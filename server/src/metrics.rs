@@ -362,6 +362,13 @@ impl Collector for ServerMetrics {
             c.room_copies_sent,
         )?;
         counter(&mut e, "post_copies_used", "Posts sequenced from their datagram copy first", c.post_copies_used)?;
+        counter(
+            &mut e,
+            "tls_handshakes_abandoned",
+            "TLS handshakes from addresses not validated by a Retry that did not complete in time (forgeable: not a \
+             limit breach)",
+            c.tls_handshakes_abandoned,
+        )?;
         counter(&mut e, "ticks_received", "Ticks accepted from publishers", c.ticks_published)?;
         counter(&mut e, "ticks_sent", "Ticks handed to QUIC for subscribers", c.ticks_sent)?;
         counter(&mut e, "ticks_conflated", "Ticks replaced by a newer one before they were sent", c.ticks_conflated)?;

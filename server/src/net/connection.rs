@@ -64,6 +64,7 @@ pub(super) fn serve<R: RoomHub>(
             (Some(dir), Admitted::Serve(_)) => Arc::new(super::endpoint::with_qlog(&quic, &config, dir, session_id)),
             _ => quic,
         };
+        let validated = incoming.remote_address_validated();
         let connecting = match accept(incoming, quic) {
             Ok(connecting) => connecting,
             Err(err) => return tracing::debug!(%remote, %err, "handshake failed"),
@@ -78,6 +79,12 @@ pub(super) fn serve<R: RoomHub>(
             handshake = tokio::time::timeout_at(deadline, connecting) => match handshake {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(err)) => return tracing::debug!(%remote, %err, "handshake failed"),
+                // From an address never validated (no Retry), an Initial anyone can forge: counted apart, not as a
+                // limit breach, which forged packets must not be able to raise (and fire alerts with).
+                Err(_) if !validated => {
+                    crate::stats::bump(&stats.tls_handshakes_abandoned);
+                    return tracing::debug!(%remote, "TLS handshake from an address not validated timed out");
+                }
                 Err(_) => {
                     stats.refused(ErrorCode::HandshakeTimeout);
                     return tracing::debug!(%remote, "TLS handshake timed out");

@@ -34,3 +34,18 @@ pub use quiver_server::store::{Durability, UnknownDurability};
 pub use restart::{run_restart, RestartConfig, RestartReport};
 pub use rtt::{run_rtt, write_json, RttConfig};
 pub use series::{Report, SeriesResult};
+
+/// A temporary directory only this user may read and write (0700): the benches' servers keep their data directories
+/// in these, and a server warns about one others can read (tempfile's default is 0777 less the umask).
+pub(crate) fn private_tempdir(within: Option<&std::path::Path>) -> std::io::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    match within {
+        Some(dir) => builder.tempdir_in(dir),
+        None => builder.tempdir(),
+    }
+}

@@ -117,7 +117,7 @@ pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<Pos
     if config.duration.is_zero() {
         return Err(BenchError::BadConfig { field: "duration", value: 0.0, expected: "above 0" });
     }
-    let scratch = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
+    let scratch = super::private_tempdir(None).map_err(BenchError::io("temporary directory"))?;
     progress("measuring fsync");
     let fsync = measure_fsync(scratch.path()).map_err(BenchError::io("fsync measurement"))?;
     let mut rows = Vec::new();
@@ -186,7 +186,7 @@ impl ModeServer {
         posters: u32,
         stop: &CancellationToken,
     ) -> Result<Self, BenchError> {
-        let dir = tempfile::tempdir_in(scratch).map_err(BenchError::io("data directory"))?;
+        let dir = super::private_tempdir(Some(scratch)).map_err(BenchError::io("data directory"))?;
         let server_config = quiver_server::ServerConfig {
             durability: mode,
             limits: raised_limits(),

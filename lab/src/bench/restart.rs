@@ -61,7 +61,7 @@ pub async fn run_restart(config: RestartConfig, progress: impl Fn(&str)) -> Resu
             expected: "at least 1 room, and 1 to 16,384 bytes",
         });
     }
-    let dir = tempfile::tempdir().map_err(BenchError::io("data directory"))?;
+    let dir = super::private_tempdir(None).map_err(BenchError::io("data directory"))?;
     let messages = (config.mib << 20) / config.size as u64;
     let started = Instant::now();
     fill(dir.path(), &config, messages, &progress).await?;

@@ -81,7 +81,7 @@ pub(super) struct Node {
 impl Node {
     /// A node on `redis` (or without a broker, rooms in memory), serving until `stop`.
     pub(super) async fn start(redis: Option<&str>, stop: &CancellationToken) -> Result<Node, BenchError> {
-        let dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
+        let dir = crate::bench::private_tempdir(None).map_err(BenchError::io("temporary directory"))?;
         let config = quiver_server::ServerConfig {
             durability: quiver_server::store::Durability::Memory,
             limits: raised_limits(),

@@ -85,7 +85,7 @@ pub async fn run_connections(
     let mut args = config.server_args.clone();
     args.push(config.count.saturating_add(config.resumed).saturating_add(64).to_string());
     // The server's data directory is the bench's: removed even when the server process has to be killed.
-    let data_dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
+    let data_dir = crate::bench::private_tempdir(None).map_err(BenchError::io("temporary directory"))?;
     args.push(data_dir.path().display().to_string());
     let mut server = ServerProcess::start(&config.server_program, &args).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;

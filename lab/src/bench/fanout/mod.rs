@@ -185,7 +185,7 @@ fn server_workers() -> usize {
 /// for them.
 async fn start_servers(config: &FanoutConfig, ip: IpAddr) -> Result<Servers, BenchError> {
     let stop = CancellationToken::new();
-    let data_dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
+    let data_dir = crate::bench::private_tempdir(None).map_err(BenchError::io("temporary directory"))?;
     // Started on the current runtime's thread: in the netns emulator, that thread is in the servers' namespace
     // and the runtime's threads are born there too.
     let runtime = cpu::ServerRuntime::new(server_workers()).map_err(BenchError::io("the servers' runtime"))?;

@@ -47,7 +47,7 @@ impl Targets {
     /// Starts the servers, bound to `ip`, and the relays in front of them when the profile asks for them.
     pub(super) async fn start(config: &RttConfig, ip: IpAddr) -> Result<Targets, BenchError> {
         let stop = CancellationToken::new();
-        let data_dir = tempfile::tempdir().map_err(BenchError::io("temporary directory"))?;
+        let data_dir = crate::bench::private_tempdir(None).map_err(BenchError::io("temporary directory"))?;
         let (cert, _) = quiver_certs::dev::load_or_generate(data_dir.path(), std::time::SystemTime::now())?;
         let quinn_pin = cert.fingerprint();
         let (server, token) = (config.server.as_ref(), config.token.as_ref());

@@ -54,7 +54,9 @@ pub(crate) struct RoomEntry {
     /// A leave of the entry was started (once: by whichever of the above comes first).
     leave_started: AtomicBool,
     /// Cancelled when the entry is no longer listed ([`Rooms::remove`]): nothing more of it is written.
-    gone: CancellationToken,
+    pub(super) gone: CancellationToken,
+    /// A task waits for room in `events` to hand out what datagram copies brought (`streams::on_copy`).
+    pub(super) copies_waiting: AtomicBool,
 }
 
 impl RoomEntry {
@@ -163,6 +165,7 @@ impl Rooms {
             leaving,
             leave_started: AtomicBool::new(false),
             gone: CancellationToken::new(),
+            copies_waiting: AtomicBool::new(false),
         });
         rooms.insert(room.to_string(), entry.clone());
         Ok(Added::New(entry, received))

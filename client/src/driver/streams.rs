@@ -54,7 +54,7 @@ fn hand_out_copies(entry: &RoomEntry, state: &mut RoomState) {
 }
 
 /// A datagram copy of `entry`'s stream `stream`, frames at positions from `first`.
-pub(crate) fn on_copy(entry: &RoomEntry, stream: StreamNumber, first: u64, frames: &[Bytes]) {
+pub(crate) fn on_copy(entry: &Arc<RoomEntry>, stream: StreamNumber, first: u64, frames: &[Bytes]) {
     let mut state = lock(&entry.state);
     for (position, body) in (first..).zip(frames) {
         match frame::decode_body::<RoomFrame>(body) {
@@ -63,6 +63,36 @@ pub(crate) fn on_copy(entry: &RoomEntry, stream: StreamNumber, first: u64, frame
         }
     }
     hand_out_copies(entry, &mut state);
+    // The channel is full (the application is behind): what the copies brought goes out as soon as it reads, not
+    // when the stream's next frame or copy comes (for a lost packet, its retransmission: the wait copies are for).
+    // One task per room at a time, started and ended under the state's lock.
+    if state.has_ready() && !entry.copies_waiting.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tokio::spawn(hand_out_when_read(entry.clone()));
+    }
+}
+
+/// Waits for room in `entry`'s channel and hands out the events copies brought, until none is left to hand out (or
+/// the room's reader is gone, or the room ended).
+async fn hand_out_when_read(entry: Arc<RoomEntry>) {
+    loop {
+        let permit = tokio::select! {
+            permit = entry.events.reserve() => permit.ok(),
+            () = entry.ended.cancelled() => None,
+            () = entry.gone.cancelled() => None,
+        };
+        let mut state = lock(&entry.state);
+        if let Some(permit) = permit {
+            if let Some(Some(event)) = state.ready() {
+                permit.send(event);
+            }
+            hand_out_copies(&entry, &mut state);
+            if state.has_ready() {
+                continue;
+            }
+        }
+        entry.copies_waiting.store(false, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
 }
 
 /// Told when a stream says it has copies: the slot, the room's entry.
@@ -191,5 +221,95 @@ async fn next_frame(
             Err(ReadError::Reset(code)) => return Err(StreamEnd::Reset(code)),
             Err(err) => return Err(StreamEnd::Lost(format!("{err:?}"))),
         }
+    }
+}
+
+#[cfg(all(test, feature = "websocket"))]
+mod tests {
+    use std::time::Duration;
+
+    use quiver_proto::{EventKind, Joined, RoomEvent as Event};
+    use quiver_transport::ws::{Role, WsConfig, WsSession};
+    use tokio_tungstenite::{tungstenite::protocol::Role as WsRole, WebSocketStream};
+
+    use super::*;
+    use crate::driver::rooms::{Added, EVENT_BUFFER};
+
+    /// Events copies brought while the room's channel was full are handed out as soon as the application reads:
+    /// before, only the stream's next frame or the next copy did, and for a lost packet that is its retransmission,
+    /// the very wait copies are for.
+    #[tokio::test]
+    async fn copies_that_found_the_room_full_go_out_once_the_application_reads() {
+        // A room stream from a server, over an in-memory WebSocket (the merge is the same on every transport).
+        let config = WsConfig::default();
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let server = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(config.websocket())).await;
+        let client = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(config.websocket())).await;
+        let addr = "127.0.0.1:9".parse().unwrap();
+        let server = WsSession::start(server, Role::Server, config.clone(), addr);
+        let client = WsSession::start(client, Role::Client, config, addr);
+        let codec = FrameCodec::new(64 * 1024);
+        let joined = Joined {
+            room: "r".into(),
+            epoch: 7,
+            recovered: true,
+            replay_from: 1,
+            last_seq: 0,
+            members: vec![],
+            req_id: 1,
+        };
+        let mut send = server.open_uni().unwrap();
+        let mut head = codec.encode_to_vec(&RoomFrame::Open(joined)).unwrap();
+        codec.encode(&RoomFrame::Copies { slot: 1 }, &mut head).unwrap();
+        send.write_all(&head).await.unwrap();
+        let recv = LinkRecv::Ws(client.accept_uni().await.unwrap());
+        let link = Link::Ws(client);
+
+        let rooms = Arc::new(Rooms::default());
+        let Ok(Added::New(entry, mut received)) = rooms.add("r", true, CancellationToken::new()) else {
+            panic!("a new room")
+        };
+        lock(&entry.state).joining((0, 1));
+        let filler = || crate::state::room::RoomEvent::MemberJoined { member: "x".into() };
+        (0..EVENT_BUFFER - 1).for_each(|_| entry.events.try_send(filler()).unwrap());
+        let stop = CancellationToken::new();
+        let reading = tokio::spawn({
+            let (rooms, stop) = (rooms.clone(), stop.clone());
+            async move {
+                let copies = |_: u64, _: &Arc<RoomEntry>| {};
+                read_stream(&rooms, (0, 0, &link), recv, (64 * 1024, &copies), &stop).await
+            }
+        });
+        // The Open and the Copies frame are read (the last place left), then the channel is full.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !lock(&entry.state).is_current(0) || entry.events.capacity() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the stream opened");
+        tokio::time::sleep(Duration::from_millis(20)).await; // the Copies frame, right behind the Open
+                                                             // Copies of positions 2 and 3 (messages 1 and 2), the stream silent: they wait for room.
+        let message = |seq: u64| {
+            let kind = EventKind::Message { sender: "ann".into(), client_msg_id: seq, body: Bytes::from("hi") };
+            let body = codec.encode_to_vec(&RoomFrame::Event(Event { seq, time_us: 1, kind })).unwrap();
+            Bytes::copy_from_slice(&body[1..]) // the body without its one-byte length prefix
+        };
+        on_copy(&entry, 0, 2, &[message(1), message(2)]);
+        // The application reads: the copies follow at once, with no stream frame to wake the reader.
+        let mut seqs = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while seqs.len() < 2 {
+                let event = received.recv().await.expect("the room goes on");
+                if let crate::state::room::RoomEvent::Message(m) = event {
+                    seqs.push(m.seq);
+                }
+            }
+        })
+        .await
+        .expect("the copies were handed out once there was room");
+        assert_eq!(seqs, [1, 2]);
+        stop.cancel();
+        reading.abort(); // (its stream is still open: it would read on)
     }
 }

@@ -419,6 +419,13 @@ impl Collector for ServerMetrics {
             "Room streams reset for falling behind room_queue_bytes",
             c.slow_consumer_resets,
         )?;
+        counter(
+            &mut e,
+            "replays_cut_short",
+            "Room streams reset because their join's replay could not deliver its range (deleted by retention, or \
+             unreadable): the client rejoins, told it missed messages",
+            c.replays_cut_short,
+        )?;
         histogram(
             &mut e,
             "post_delivery_seconds",

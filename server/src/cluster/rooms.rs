@@ -160,7 +160,7 @@ async fn replay_rest(ctx: Arc<Ctx>, log: String, mut after: u64, upto: u64, outb
                     ctx.broker.failed(&err);
                 }
                 // Trimmed meanwhile, or unreadable: the member rejoins from where it got to.
-                outbox.kick();
+                outbox.kick_replay();
                 break;
             }
         }

@@ -74,7 +74,7 @@ async fn from_store(
              joiner rejoins to be told it missed messages"
         );
         unreadable(upto);
-        joiner.kick();
+        joiner.kick_replay();
         joiner.flush();
     };
     while after < upto {
@@ -92,7 +92,7 @@ async fn from_store(
         if recovered && page.frames.first().is_none_or(|first| first.seq != after + 1) {
             // Ended as an overflowed subscription (`SlowConsumer`): the client rejoins from what it got, which is
             // no longer recoverable, so it learns that it missed messages.
-            outbox.kick();
+            outbox.kick_replay();
             outbox.flush();
             return;
         }

@@ -284,7 +284,15 @@ impl<R: RoomHub> Connection<R> {
                     Ok(joining) => {
                         joining.delivery.flush();
                         if let Some(replay) = joining.replay {
-                            self.pumps.spawn(replay.run());
+                            // Given up when the connection ends: a store read that never returns (a stalled disk)
+                            // must not hold the connection's close, and its slot, for ever.
+                            let stop = self.stop.clone();
+                            self.pumps.spawn(async move {
+                                tokio::select! {
+                                    () = replay.run() => {}
+                                    () = stop.cancelled() => {}
+                                }
+                            });
                         }
                         self.state.joined(join.room, joining.subscriber, outbox);
                         ServerStats::add(&self.stats.room_members, 1);
@@ -437,7 +445,14 @@ impl<R: RoomHub> Connection<R> {
         ServerStats::add(&self.stats.room_members, -1);
         // The room dropped the subscription when it overflowed; leaving again is a no-op kept for other hubs.
         self.rooms.leave(&room, gone.subscriber, now_us).await.flush();
-        let reason = format!("room {room} fell behind by more than room_queue_bytes; rejoin from your last seq");
+        let reason = match outbox.replay_cut_short.load(std::sync::atomic::Ordering::Relaxed) {
+            true => format!(
+                "room {room}: the history your join asked to catch up on is no longer readable (deleted by retention \
+                 meanwhile, or the store could not read it); rejoin from your last seq: you will be told messages \
+                 were missed"
+            ),
+            false => format!("room {room} fell behind by more than room_queue_bytes; rejoin from your last seq"),
+        };
         Some(ServerMsg::Kicked { room: Some(room.to_string()), code: ErrorCode::SlowConsumer, reason })
     }
 

@@ -121,6 +121,8 @@ pub(crate) struct StreamOutbox {
     /// Wakes a paged replay: the queue was written out (or the stream is gone).
     drained: Notify,
     overflow: CancellationToken,
+    /// The overflow is a join's replay that could not deliver its range ([`Outbox::kick_replay`]), not a slow reader.
+    pub(crate) replay_cut_short: std::sync::atomic::AtomicBool,
     /// Cancelled when the room is left: the pump then has [`LEFT_STREAM_GRACE`] to finish the stream.
     left: CancellationToken,
     bound: usize,
@@ -159,6 +161,7 @@ impl StreamOutbox {
             wake: Notify::new(),
             drained: Notify::new(),
             overflow: CancellationToken::new(),
+            replay_cut_short: std::sync::atomic::AtomicBool::new(false),
             left: CancellationToken::new(),
             bound,
         })
@@ -256,6 +259,11 @@ impl Outbox for StreamOutbox {
     fn kick(&self) {
         self.overflow.cancel();
         self.wake.notify_one();
+    }
+
+    fn kick_replay(&self) {
+        self.replay_cut_short.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.kick();
     }
 
     fn push_replay(&self, frame: Bytes) {

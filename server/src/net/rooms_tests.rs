@@ -88,3 +88,24 @@ async fn the_batch_the_pump_is_writing_counts_toward_the_bound() {
     stop.cancel();
     let _ = pump.await;
 }
+
+/// A join's replay that cannot deliver its range ends the stream as a slow reader's overflow does (the client
+/// rejoins and is told it missed messages), but is counted apart: before, it counted as a slow-consumer reset and
+/// the client was told it "fell behind by more than room_queue_bytes".
+#[tokio::test]
+async fn a_replay_cut_short_is_not_counted_as_a_slow_consumer() {
+    let (send, _client, _conn, _dir) = unread_stream().await;
+    let stats = Arc::new(ServerStats::default());
+    let (probe, _) = quiver_transport::TailProbe::new(None, || quiver_transport::Probed::Gone);
+    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), 64 * 1024, (probe, None), stats.clone());
+    let kicked = crate::net::mailbox::Mailbox::new(4);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pump = tokio::spawn(super::pump(outbox.clone(), kicked.clone(), stop.clone(), stats.clone()));
+    outbox.kick_replay();
+    let (room, _) = tokio::time::timeout(std::time::Duration::from_secs(5), kicked.pop()).await.expect("reset");
+    assert_eq!(&*room, "r");
+    let s = stats.snapshot();
+    assert_eq!((s.replays_cut_short, s.slow_consumer_resets), (1, 0), "{s:?}");
+    stop.cancel();
+    let _ = pump.await;
+}

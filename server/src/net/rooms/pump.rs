@@ -159,7 +159,10 @@ pub(crate) async fn pump(
                 outbox.notify_if_drained(&queue);
             }
             Next::Reset(mut send) => {
-                bump(&stats.slow_consumer_resets);
+                match outbox.replay_cut_short.load(std::sync::atomic::Ordering::Relaxed) {
+                    true => bump(&stats.replays_cut_short),
+                    false => bump(&stats.slow_consumer_resets),
+                }
                 send.reset(ErrorCode::SlowConsumer);
                 let _ = kicked.push((outbox.room.clone(), outbox.clone()));
                 return;

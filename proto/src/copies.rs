@@ -207,6 +207,9 @@ pub struct CopyQueue {
     first: Duration,
     spacing: Duration,
     pending: VecDeque<Pending>,
+    /// The largest datagram the last [`CopyQueue::take`] was given (until then, none is assumed): a frame that
+    /// cannot fit one with its header is not queued at all.
+    max_size: Option<usize>,
     /// Smoothed fraction of packets lost, and the packet counters at the last sample.
     loss: f64,
     sampled: Option<(u64, u64)>,
@@ -252,12 +255,25 @@ impl CopyQueue {
     /// Queues `frame` (a whole stream frame) at `position` of `target`, written at `written` (its first copy is due
     /// `first` later), or not written yet (`None`: held until [`CopyQueue::release`], so that no copy leaves before
     /// its frame, or in the frame's packet).
+    /// A frame that cannot fit a datagram (as large as the last [`CopyQueue::take`] allowed) is not queued: it goes
+    /// by the stream only. Full, the queue makes room by dropping its oldest held frame (a stream that is not being
+    /// written: its copies may never be due), else its oldest.
     pub fn push(&mut self, target: CopyTarget, position: u64, frame: Bytes, written: Option<Instant>) {
         if self.copies == 0 {
             return;
         }
+        let header = match target {
+            CopyTarget::Room(slot) => room_header_len(slot, position),
+            CopyTarget::Posts => posts_header_len(position),
+        };
+        if self.max_size.is_some_and(|max| header + frame.len() > max) {
+            return;
+        }
         if self.pending.len() == MAX_PENDING_COPIES {
-            self.pending.pop_front();
+            match self.pending.iter().position(|p| p.due.is_none()) {
+                Some(held) => drop(self.pending.remove(held)),
+                None => drop(self.pending.pop_front()),
+            }
         }
         let due = written.map(|at| at + self.first);
         self.pending.push_back(Pending { target, position, frame, left: self.copies, due });
@@ -270,6 +286,12 @@ impl CopyQueue {
         for pending in self.pending.iter_mut().filter(held) {
             pending.due = Some(now + self.first);
         }
+    }
+
+    /// Drops every frame of `target` (its stream ended: reset, kicked, left): none of them is sent, and they no
+    /// longer take places from other targets' frames.
+    pub fn forget(&mut self, target: CopyTarget) {
+        self.pending.retain(|pending| pending.target != target);
     }
 
     /// How long from `now` until the next copy is due (zero when one is due already); `None` when nothing is due
@@ -287,6 +309,7 @@ impl CopyQueue {
     /// datagram of at most `max_size` bytes (and [`MAX_COPY_FRAMES`] frames); their next copies are due `spacing`
     /// later. A frame that cannot fit a datagram on its own is dropped: it goes by the stream only.
     pub fn take(&mut self, now: Instant, max_size: usize) -> Vec<Bytes> {
+        self.max_size = Some(max_size);
         let mut out = Vec::new();
         // The datagram being filled: its target, first position, frames and size.
         let mut open: Option<(CopyTarget, u64, Vec<Bytes>, usize)> = None;

@@ -175,3 +175,33 @@ proptest! {
         let _ = Copy::decode(&Bytes::from(bytes), 32);
     }
 }
+
+/// A stalled or ended room's frames no longer take the places a healthy room's copies need: a full queue drops its
+/// oldest held frame first, `forget` drops an ended stream's, and a frame too large for any datagram is not queued.
+/// Before, 256 held frames of a room nobody read pushed out the next room's copy, and nothing ever removed them.
+#[test]
+fn held_and_ended_frames_do_not_crowd_out_live_copies() {
+    let now = Instant::now();
+    let mut queue = CopyQueue::new(2, Duration::from_millis(1), Duration::from_millis(5));
+    queue.push(CopyTarget::Room(2), 1, frame(1), Some(now)); // written: due in 1 ms
+    for position in 1..=MAX_PENDING_COPIES as u64 {
+        queue.push(CopyTarget::Room(1), position, frame(position), None); // held: its stream takes nothing
+    }
+    let copies = queue.take(now + Duration::from_millis(1), 1_200);
+    assert_eq!(copies.len(), 1, "room 2's copy, not pushed out by room 1's held frames");
+    assert!(matches!(Copy::decode(&copies[0], 1024), Ok(Copy::Room { slot: 2, .. })));
+    assert!(!queue.is_empty());
+    queue.forget(CopyTarget::Room(1));
+    assert!(queue.is_empty(), "room 1 ended: nothing of it is left");
+    // A frame no datagram can carry (the last round allowed 1,200 bytes) is not queued: the stream carries it.
+    let large = FrameCodec::new(1 << 20)
+        .encode_to_vec(&RoomFrame::Event(RoomEvent {
+            seq: 1,
+            time_us: 1,
+            kind: EventKind::Message { sender: "a".into(), client_msg_id: 1, body: Bytes::from(vec![0; 5_000]) },
+        }))
+        .unwrap()
+        .freeze();
+    queue.push(CopyTarget::Room(3), 1, large, Some(now));
+    assert!(queue.is_empty());
+}

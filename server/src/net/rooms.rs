@@ -109,6 +109,14 @@ impl OutboxCopies {
     }
 }
 
+impl Drop for OutboxCopies {
+    /// The stream's subscription is over (left, kicked, its connection closing): its frames' copies go too, rather
+    /// than holding places in the connection's queue that other rooms' copies need (held ones would never be due).
+    fn drop(&mut self) {
+        lock(&self.queue).forget(CopyTarget::Room(self.slot));
+    }
+}
+
 /// Frames waiting for one room stream, at most `bound` live bytes.
 #[derive(Debug)]
 pub(crate) struct StreamOutbox {

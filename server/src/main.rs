@@ -262,8 +262,12 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Config(ConfigCommand::Check { file })) => {
-            return match settings::load(Some(file), std::iter::empty(), Vec::new()) {
-                Ok(_) => {
+            let checked = match settings::load(Some(file), std::iter::empty(), Vec::new()) {
+                Ok((settings, layers)) => settings.check_files().map_err(|err| layers.error(err).to_string()),
+                Err(err) => Err(err.to_string()),
+            };
+            return match checked {
+                Ok(()) => {
                     say(&format!("{}: ok", file.display()));
                     ExitCode::SUCCESS
                 }

@@ -216,6 +216,30 @@ fn config_check_names_the_line_and_print_redacts_the_secret() {
     let out = Command::new(env!("CARGO_BIN_EXE_quiver-server")).args(["config", "check"]).arg(&good).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // The files the server reads at start are read here too: a key or certificate it would refuse is refused now,
+    // named (before, `config check` said "ok" and the server then exited at start, an Ed25519 key unnamed).
+    let garbage = dir.path().join("typo.pem");
+    std::fs::write(&garbage, "not a key").unwrap();
+    let keyed = dir.path().join("keyed.toml");
+    std::fs::write(&keyed, format!("[auth]\ned25519_public_key_files = [{:?}]\n", garbage.display().to_string()))
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver-server")).args(["config", "check"]).arg(&keyed).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("auth.ed25519_public_key_files") && stderr.contains("typo.pem"), "{stderr}");
+    let missing = dir.path().join("missing.toml");
+    let cert = dir.path().join("none.pem");
+    std::fs::write(
+        &missing,
+        format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.display().to_string(), cert.display().to_string()),
+    )
+    .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_quiver-server")).args(["config", "check"]).arg(&missing).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("tls.cert") && stderr.contains("none.pem"), "{stderr}");
+
     let secret = "5e".repeat(32);
     let out = Command::new(env!("CARGO_BIN_EXE_quiver-server"))
         .args(["--config", good.to_str().unwrap(), "--admin", "off", "config", "print"])

@@ -346,8 +346,18 @@ impl Settings {
             keys.push(TokenKey::Hs256(secret));
         }
         for path in &self.auth.ed25519_public_key_files {
-            let pem = std::fs::read(path)
-                .map_err(|err| Invalid::new("auth.ed25519_public_key_files", format!("{}: {err}", path.display())))?;
+            let named =
+                |why: String| Invalid::new("auth.ed25519_public_key_files", format!("{}: {why}", path.display()));
+            let pem = std::fs::read(path).map_err(|err| named(err.to_string()))?;
+            // Parsed here, one file at a time, so that a bad one is named (the verifier only knows it was "an
+            // Ed25519 public key").
+            let one = AuthConfig::Keys(vec![TokenKey::Ed25519Pem(pem.clone())]);
+            crate::auth::Auth::from_config(&one, std::path::Path::new("")).map_err(|err| match err {
+                crate::auth::AuthError::BadKey { reason, .. } => {
+                    named(format!("not an Ed25519 public key (PEM): {reason}"))
+                }
+                other => named(other.to_string()),
+            })?;
             keys.push(TokenKey::Ed25519Pem(pem));
         }
         Ok(match keys.is_empty() {
@@ -379,6 +389,18 @@ impl Settings {
             qlog_dir: (!self.log.qlog_dir.as_os_str().is_empty()).then(|| self.log.qlog_dir.clone()),
             ..ServerConfig::dev(self.listen, self.data_dir.clone())
         })
+    }
+
+    /// What `config check` checks beyond [`Settings::check`]: the files the server would read at start, read and
+    /// parsed (the token keys, the certificate and its key), so that a file the server would refuse is refused
+    /// here too, named.
+    pub fn check_files(&self) -> Result<(), Invalid> {
+        self.server_config()?; // checks, then reads the token key files
+        if !self.tls.cert.as_os_str().is_empty() {
+            quiver_certs::pem::load(&self.tls.cert, &self.tls.key)
+                .map_err(|err| Invalid::new("tls.cert", err.to_string()))?;
+        }
+        Ok(())
     }
 
     /// The settings as TOML, with secrets replaced by `<redacted>` (`config print`).

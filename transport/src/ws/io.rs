@@ -109,11 +109,15 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(mut sink: Sink
         };
         let ended = shared.wait_for(|state| (state.closing.is_some() || state.closed.is_some()).then_some(()));
         tokio::select! {
+            // The write first: one the socket takes at once is never dropped for a close asked for meanwhile (the
+            // final reply a stream's `stopped` said was written).
+            biased;
             written = written => if let Err(err) = written {
                 return shared.finished(ErrorCode::Internal, format!("connection lost: {err}"));
             },
             () = ended => {}
         }
+        super::shared::lock(&shared.state).writing = None;
         shared.changed.notify_waiters();
     }
 }

@@ -462,7 +462,8 @@ impl WsSend {
                 if state.closed.is_some() || state.closing.is_some() {
                     return Some(false);
                 }
-                let written = state.streams.get(&id).is_none_or(|s| s.queue.is_empty());
+                // Taken by the writer is not written yet: the queue empties when a chunk is taken.
+                let written = state.streams.get(&id).is_none_or(|s| s.queue.is_empty()) && state.writing != Some(id);
                 (finished && written).then_some(true)
             })
             .await;

@@ -61,6 +61,9 @@ pub(super) struct State {
     pub(super) closing: Option<(ErrorCode, String)>,
     /// The connection is over, and why.
     pub(super) closed: Option<(ErrorCode, String)>,
+    /// The stream whose chunk the writer took and has not finished sending: what `WsSend::stopped` waits for
+    /// besides an empty queue (the queue empties when the chunk is taken, before it reaches the socket).
+    pub(super) writing: Option<u64>,
     /// This end closed the connection for what the peer sent (a text message, a message too large, a malformed
     /// one): the code, for the owner to count as a refusal (it sees only that the connection closed).
     pub(super) refused: Option<ErrorCode>,
@@ -291,6 +294,18 @@ impl Shared {
     /// What the writer sends next.
     pub(super) fn next_outbound(&self) -> Outbound {
         let mut state = lock(&self.state);
+        let next = self.pick_outbound(&mut state);
+        // A stream's chunk taken is in the writer's hands until it is sent: not handed to the socket yet
+        // (`WsSend::stopped`).
+        state.writing = match &next {
+            Outbound::Message(WsMessage::Control(_)) => Some(0),
+            Outbound::Message(WsMessage::Stream { id, .. }) => state.wire_ids.get(id).copied(),
+            _ => None,
+        };
+        next
+    }
+
+    fn pick_outbound(&self, state: &mut State) -> Outbound {
         if let Some((code, reason)) = state.closing.clone() {
             return Outbound::Close(code, reason);
         }

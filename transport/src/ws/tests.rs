@@ -548,3 +548,22 @@ async fn a_peers_breach_is_noted_with_its_code() {
     within(session.closed()).await;
     assert_eq!(session.refused(), None);
 }
+
+/// `stopped` says a finished stream's bytes were handed to the socket: not while the writer still holds its last
+/// chunk (the queue empties when the chunk is taken). Before, a stream's final reply could be taken for written while
+/// the socket had not taken it, and a close right after dropped it.
+#[tokio::test]
+async fn a_stream_is_not_said_written_while_its_last_chunk_waits_for_the_socket() {
+    let (server, _peer_reads_nothing) = stalled(WsConfig::default()).await;
+    let mut room = server.open_uni().unwrap();
+    room.write_all(&[1; 16 * 1024]).await.unwrap();
+    room.finish().unwrap();
+    within(async {
+        while !lock(&server.shared().state).streams.values().all(|s| s.queue.is_empty()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await; // the writer took the chunk; the 1 KiB pipe holds a little of it
+    let stopped = tokio::time::timeout(Duration::from_millis(200), room.stopped()).await;
+    assert!(stopped.is_err(), "said written while the socket had not taken it: {stopped:?}");
+}

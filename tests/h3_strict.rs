@@ -20,7 +20,8 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 /// The script bounds itself by 10 s; this is the backstop if it hangs anyway.
 const WAIT: Duration = Duration::from_secs(20);
 const H3_CLOSED_CRITICAL_STREAM: u64 = 0x104;
-const H3_REQUEST_REJECTED: u64 = 0x10c;
+const H3_REQUEST_REJECTED: u64 = 0x10b;
+const H3_REQUEST_CANCELLED: u64 = 0x10c;
 
 fn python() -> String {
     std::env::var("QUIVER_PYTHON").unwrap_or_else(|_| "python3".into())
@@ -156,4 +157,20 @@ async fn a_strict_client_reads_the_close_capsule_when_the_server_shuts_down() {
     let capsule = &report["capsule"];
     assert_eq!(capsule["code"], ErrorCode::GoingAway.to_u32(), "{report:#}");
     assert_eq!(capsule["reason"], "server shutting down; reconnect", "{report:#}");
+}
+
+/// A browser that completes the HTTP/3 handshake but sends no CONNECT within `handshake_timeout_ms` is closed with an
+/// HTTP/3 code (H3_REQUEST_CANCELLED), not a Quiver one, which an HTTP/3 client takes for H3_NO_ERROR: before, it was
+/// closed with Quiver's `HandshakeTimeout` as the QUIC code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_client_that_sends_no_connect_is_closed_with_an_http3_code() {
+    if !aioquic_available("the strict HTTP/3 client's no-CONNECT test") {
+        return;
+    }
+    let server = TestServer::start(Limits { handshake_timeout_ms: 500, ..Limits::default() });
+    let report = StrictClient::start(&server, "/quiver", "http://localhost", 0, "no-connect").result().await;
+    assert_clean(&report);
+    assert_eq!(report["close_code"], H3_REQUEST_CANCELLED, "{report:#}");
+    assert!(report["close_reason"].as_str().unwrap().contains("no CONNECT in time"), "{report:#}");
+    server.stop().await;
 }

@@ -183,7 +183,7 @@ async def run(args):
     ) as client:
         # An extended CONNECT needs the server's SETTINGS (SETTINGS_ENABLE_CONNECT_PROTOCOL) first, RFC 9220 §3.
         await client.settings
-        if client.report["closed_by"] is None:
+        if client.report["closed_by"] is None and args.then != "no-connect":
             client.send_connect(f"{args.host}:{args.port}", args.path, args.origin)
             await client.response
         if client.report["status"] == 200 and client.report["closed_by"] is None:
@@ -200,7 +200,8 @@ async def run(args):
 
 def problems(report, expected_status):
     found = []
-    if report["status"] != expected_status:
+    # (0: no response expected, as with --then no-connect.)
+    if report["status"] != (expected_status or None):
         found.append(f"expected status {expected_status}, got {report['status']}")
     for error in report["h3_errors"]:
         name = " (H3_CLOSED_CRITICAL_STREAM)" if error["code"] == H3_CLOSED_CRITICAL_STREAM else ""
@@ -223,7 +224,9 @@ def main():
     trust.add_argument("--ca", help="PEM file of the certificate (or its CA) to trust")
     trust.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
     parser.add_argument("--expect-status", type=int, required=True)
-    parser.add_argument("--then", choices=["wait-close", "open-stream", "garbage"], default="wait-close")
+    parser.add_argument(
+        "--then", choices=["wait-close", "open-stream", "garbage", "no-connect"], default="wait-close"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds before giving up (default 10)")
     args = parser.parse_args()
     try:

@@ -117,7 +117,12 @@ pub(super) fn serve<R: RoomHub>(
                     () = shutdown.cancelled() => {
                         let max = config.budget.max_awaiting_hello;
                         let (code, reason) = ended_early(&admitted, max, remote.ip(), &stats);
-                        conn.close(code.to_u32().into(), reason.as_bytes());
+                        // No session yet: an HTTP/3 code (a Quiver one means nothing to an HTTP/3 client).
+                        let h3 = match code {
+                            ErrorCode::TooManyConnections => webtransport::H3_EXCESSIVE_LOAD,
+                            _ => webtransport::H3_NO_ERROR,
+                        };
+                        conn.close(h3, reason.as_bytes());
                         // The CONNECT's HTTP/3 streams go only after the close (webtransport.rs).
                         drop(connect);
                         return tracing::info!(%reason, "connection closed");

@@ -21,8 +21,18 @@ use crate::config::WebConfig;
 /// How long a refused browser has to read the refusal before the connection is closed.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
-/// The connection's close code after a refusal (RFC 9114 §8.1).
-const H3_REQUEST_REJECTED: quinn::VarInt = quinn::VarInt::from_u32(0x010c);
+/// HTTP/3's error codes (RFC 9114 §8.1) a connection is closed with before it has a WebTransport session: codes of
+/// Quiver's own (a `quic_code`) mean nothing to an HTTP/3 client, which takes an unknown code for H3_NO_ERROR.
+/// After a refusal (404, 403). (0x010c until 2026-12-05, which is H3_REQUEST_CANCELLED.)
+pub(super) const H3_REQUEST_REJECTED: quinn::VarInt = quinn::VarInt::from_u32(0x010b);
+/// The HTTP/3 handshake or the CONNECT broke the protocol.
+const H3_GENERAL_PROTOCOL_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x0101);
+/// No CONNECT in time, or its answer was not taken in time, or the client cancelled its CONNECT.
+const H3_REQUEST_CANCELLED: quinn::VarInt = quinn::VarInt::from_u32(0x010c);
+/// Closed before its session to make room for a newer connection.
+pub(super) const H3_EXCESSIVE_LOAD: quinn::VarInt = quinn::VarInt::from_u32(0x0107);
+/// Closed before its session because the server shuts down.
+pub(super) const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x0100);
 
 /// Why a browser's session was not opened (for the log; the connection is closed by then).
 #[derive(Debug, thiserror::Error)]
@@ -60,15 +70,12 @@ pub(super) async fn accept(conn: quinn::Connection, web: &WebConfig, deadline: I
             Ok(request) => request,
             Err(err) => {
                 // The crate has dropped its half-done streams by now; at least the close says why.
-                conn.close(quiver_transport::close::quic_code(quiver_proto::ErrorCode::ProtocolViolation), b"HTTP/3 handshake failed");
+                conn.close(H3_GENERAL_PROTOCOL_ERROR, b"HTTP/3 handshake failed");
                 return Err(Refused::Handshake(err));
             }
         },
         () = tokio::time::sleep_until(deadline) => {
-            conn.close(
-                quiver_transport::close::quic_code(quiver_proto::ErrorCode::HandshakeTimeout),
-                b"no CONNECT in time",
-            );
+            conn.close(H3_REQUEST_CANCELLED, b"no CONNECT in time");
             return Err(Refused::Timeout);
         }
     };
@@ -91,12 +98,13 @@ pub(super) async fn accept(conn: quinn::Connection, web: &WebConfig, deadline: I
     let answer = request.ok();
     tokio::pin!(answer);
     tokio::select! {
-        answered = &mut answer => answered.map_err(Refused::Answer),
+        answered = &mut answer => answered.map_err(|err| {
+            // (The client reset its CONNECT stream, say: the session will never be, so nor will the connection.)
+            conn.close(H3_REQUEST_CANCELLED, b"the CONNECT could not be answered");
+            Refused::Answer(err)
+        }),
         () = tokio::time::sleep_until(deadline) => {
-            conn.close(
-                quiver_transport::close::quic_code(quiver_proto::ErrorCode::HandshakeTimeout),
-                b"the CONNECT's answer was not taken in time",
-            );
+            conn.close(H3_REQUEST_CANCELLED, b"the CONNECT's answer was not taken in time");
             Err(Refused::Timeout)
         }
     }

@@ -127,6 +127,22 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     inbound: Senders,
 ) {
+    read_messages(&mut source, &shared, inbound).await;
+    // This end closed the connection (a breach, the idle timeout, its owner's close): what still comes is read, and
+    // dropped, until the peer closes too (briefly). Closing a socket with unread data resets it, and the peer, its
+    // window full or on a stack that drops what it had not read at a reset, could lose the close message and its
+    // reason; every path here, not only the owner's close.
+    if super::shared::lock(&shared.state).closing.is_some() {
+        let drain = async { while let Some(Ok(_)) = source.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+    }
+}
+
+async fn read_messages<S: AsyncRead + AsyncWrite + Unpin>(
+    source: &mut Source<S>,
+    shared: &Arc<Shared>,
+    inbound: Senders,
+) {
     let idle = shared.config.idle_timeout;
     let mut streams = Streams::default();
     let mut deadline = Instant::now() + idle;
@@ -139,13 +155,7 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 shared.close(ErrorCode::Internal, &reason);
                 return;
             }
-            () = closed => {
-                // Read what still comes until the peer closes too (briefly): closing a socket with unread data
-                // resets it, and the peer could lose the close message.
-                let drain = async { while let Some(Ok(_)) = source.next().await {} };
-                let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
-                return;
-            }
+            () = closed => return, // (drained by the caller when this end closed)
         };
         deadline = Instant::now() + idle;
         shared.received.fetch_add(1, Ordering::Relaxed);
@@ -216,18 +226,18 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 return shared.refuse(ErrorCode::ProtocolViolation, "clients open one stream, the control stream");
             }
             WsMessage::Stream { id, bytes } => {
-                if let Err(too_many) = streams.data(id, bytes, &shared, &inbound) {
-                    return too_many.close(&shared);
+                if let Err(too_many) = streams.data(id, bytes, shared, &inbound) {
+                    return too_many.close(shared);
                 }
             }
             WsMessage::Finish { id } => {
-                if let Err(too_many) = streams.end(id, Inbound::Finish, &shared, &inbound) {
-                    return too_many.close(&shared);
+                if let Err(too_many) = streams.end(id, Inbound::Finish, shared, &inbound) {
+                    return too_many.close(shared);
                 }
             }
             WsMessage::Reset { id, code } => {
-                if let Err(too_many) = streams.end(id, Inbound::Reset(code), &shared, &inbound) {
-                    return too_many.close(&shared);
+                if let Err(too_many) = streams.end(id, Inbound::Reset(code), shared, &inbound) {
+                    return too_many.close(shared);
                 }
             }
         }

@@ -567,3 +567,44 @@ async fn a_stream_is_not_said_written_while_its_last_chunk_waits_for_the_socket(
     let stopped = tokio::time::timeout(Duration::from_millis(200), room.stopped()).await;
     assert!(stopped.is_err(), "said written while the socket had not taken it: {stopped:?}");
 }
+
+/// A connection this end closes for a breach goes on reading (and dropping) what the peer still sends, briefly:
+/// before, only a close by the owner drained, and a breach's close left unread bytes in the socket, whose reset can
+/// lose the close message and its reason at the peer (here: the peer's writes never completed).
+#[tokio::test]
+async fn a_breach_is_closed_while_the_peer_still_writes_and_it_reads_why() {
+    let config = WsConfig::default();
+    let (a, b) = tokio::io::duplex(8 * 1024);
+    let server = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(config.websocket())).await;
+    let peer = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(config.websocket())).await;
+    let _session = WsSession::start(server, Role::Server, config, addr());
+    let (mut tx, mut rx) = peer.split();
+    tx.send(Message::Text("not binary".into())).await.unwrap();
+    let writing = tokio::spawn(async move {
+        for _ in 0..64 {
+            tx.send(Message::Binary(vec![0; 4096])).await?;
+        }
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(tx)
+    });
+    let written = tokio::time::timeout(Duration::from_millis(900), writing).await;
+    let written = written.expect("the peer's writes complete in time").unwrap();
+    // (Without the drain they fail: the server stops reading, and its end of the pipe goes with the session, which
+    // on TCP is the reset that can take the close message with it.)
+    assert!(written.is_ok(), "the server stopped reading at its close: {:?}", written.err());
+    let why = within(async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Binary(bytes))) => match WsMessage::decode(Bytes::from(bytes)) {
+                    Ok(WsMessage::Close { code, reason }) => return Some((code, reason)),
+                    _ => continue,
+                },
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await;
+    let (code, reason) = why.expect("the close message and its reason");
+    assert_eq!(code, ErrorCode::ProtocolViolation, "{reason}");
+    assert!(reason.contains("text WebSocket message"), "{reason}");
+}

@@ -151,6 +151,14 @@ impl Admission {
     /// Decides about a connection attempt from `ip`; `validated` is true when it carries a valid Retry token. An
     /// unvalidated attempt admitted counts as a handshake in progress until [`Admission::handshake_done`].
     pub fn decide(&mut self, ip: IpAddr, validated: bool, now: Instant) -> Decision {
+        self.decide_as(ip, (validated, validated), now)
+    }
+
+    /// [`Admission::decide`], for an attempt that `may_make_room` at `max_connections` (by closing a connection not
+    /// welcomed yet): a validated QUIC attempt, which enters the table of those awaiting Hello as it is admitted, may;
+    /// a TCP connection to the WebSocket listener, which enters it only after its upgrade (and which nothing could
+    /// close in turn until then), may not.
+    pub fn decide_as(&mut self, ip: IpAddr, (validated, may_make_room): (bool, bool), now: Instant) -> Decision {
         if now.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
             self.sweep(now);
         }
@@ -201,7 +209,7 @@ impl Admission {
         // that bound when `max_connections` is set lower, would hold every slot for as long as they are renewed.
         // (The closed one gives its slot back once it is gone: the count is over the bound by as many meanwhile.)
         let over = over.filter(|(overload, _)| {
-            *overload != Overload::Total || open >= self.max_per_source || {
+            *overload != Overload::Total || !may_make_room || open >= self.max_per_source || {
                 let evicted = self.awaiting.make_room(ip);
                 if let Some(evicted) = &evicted {
                     tracing::debug!(group = %evicted.group, "closing a connection awaiting Hello: max_connections");
@@ -510,5 +518,21 @@ mod tests {
         }
         assert!(matches!(admission.decide(ip("203.0.113.8"), true, t0), Decision::TooMany(Overload::Total, _)));
         assert!(!silent[1].is_cancelled() && !silent[2].is_cancelled());
+    }
+
+    /// A TCP connection to the WebSocket listener at `max_connections` closes nobody: it enters the table of those
+    /// awaiting Hello only after its upgrade, so silent TCP connections would close real clients' handshakes while
+    /// nothing could close them.
+    #[test]
+    fn a_tcp_connection_before_its_upgrade_makes_no_room() {
+        let t0 = Instant::now();
+        let mut admission = Admission::new(&limits(1, 1, 1_000), bounds(1_000), t0);
+        let waiting = CancellationToken::new();
+        let quic = ip("198.51.100.1");
+        assert_eq!(admission.decide(quic, true, t0), Decision::Admit);
+        admission.awaiting_hello().enter(quic, waiting.clone());
+        let tcp = admission.decide_as(ip("203.0.113.7"), (true, false), t0);
+        assert!(matches!(tcp, Decision::TooMany(Overload::Total, _)), "{tcp:?}");
+        assert!(!waiting.is_cancelled(), "the QUIC client in its handshake stays");
     }
 }

@@ -99,39 +99,53 @@ impl Drop for DataDirLock {
 }
 
 /// Creates `dir` readable and writable by this user only (0700, its missing parents too), or checks the one there:
-/// it must belong to this process' user and be writable by no one else (whoever can write in it could put in a token
-/// key of their own, a certificate, or another store). One that others can read is used, with a warning: the room
-/// store's history and the stateless-reset key are readable through it.
+/// it must belong to this process' user and not be writable by every user (whoever can write in it could put in a
+/// token key of their own, a certificate, or another store). One its group can write (a group the operator chose),
+/// or others can read, is used with a warning.
 pub fn private_dir(dir: &Path) -> Result<(), DataDirError> {
     let io = |source| DataDirError::Io { path: dir.to_path_buf(), source };
     #[cfg(unix)]
     {
         use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-        let existed = dir.is_dir();
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
-        if !existed {
-            return Ok(());
+        // Checked whether it was made now or found (another user may have made it in between), and the link too
+        // when it is one: a link another user owns can be pointed elsewhere later.
+        let me = nix::unistd::geteuid().as_raw();
+        let not_private = |why: String, fix: String| DataDirError::NotPrivate { dir: dir.to_path_buf(), why, fix };
+        let link = std::fs::symlink_metadata(dir).map_err(io)?;
+        if link.file_type().is_symlink() && link.uid() != me && link.uid() != 0 {
+            return Err(not_private(
+                format!("is a symbolic link that belongs to another user (uid {})", link.uid()),
+                "give this server the directory itself, or a link of its own user's".into(),
+            ));
         }
         let meta = std::fs::metadata(dir).map_err(io)?;
-        let (owner, me) = (meta.uid(), nix::unistd::geteuid().as_raw());
-        let not_private = |why: String, fix: String| DataDirError::NotPrivate { dir: dir.to_path_buf(), why, fix };
+        let owner = meta.uid();
         if owner != me {
             return Err(not_private(
                 format!("belongs to another user (uid {owner}; this server runs as uid {me})"),
+                format!("run the server as uid {owner}, or give it a directory of its own (--data-dir)"),
+            ));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o002 != 0 {
+            return Err(not_private(
+                format!("is writable by every user (mode {mode:o})"),
                 format!(
-                    "give this server a directory of its own user's (chown {me} {}, or another --data-dir)",
+                    "chmod 700 {} (and look for files others may have put there: a token key, a certificate)",
                     dir.display()
                 ),
             ));
         }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o022 != 0 {
-            return Err(not_private(
-                format!("is writable by other users (mode {mode:o})"),
-                format!("chmod 700 {}", dir.display()),
-            ));
+        if mode & 0o020 != 0 {
+            // (A group the operator chose, e.g. Kubernetes' fsGroup volumes: its members are trusted like the owner.)
+            tracing::warn!(
+                dir = %dir.display(),
+                "the data directory is writable by its group (mode {mode:o}): its members could put in a token key \
+                 of their own; chmod 700 it unless they are trusted like this server's user"
+            );
         }
-        if mode & 0o007 != 0 {
+        if mode & 0o004 != 0 {
             tracing::warn!(
                 dir = %dir.display(),
                 "the data directory is readable by other users (mode {mode:o}): they can read the rooms' stored \
@@ -210,19 +224,31 @@ mod tests {
         // Readable by others: used (with a warning); writable by others or the group: refused, the fix named.
         set(&made, 0o755);
         drop(DataDirLock::acquire(&made).expect("readable by others is the operator's choice"));
-        for writable in [0o777, 0o770, 0o1777, 0o702] {
+        for writable in [0o777, 0o1777, 0o702] {
             set(&made, writable);
-            let err = DataDirLock::acquire(&made).expect_err("writable by others");
+            let err = DataDirLock::acquire(&made).expect_err("writable by every user");
             let text = err.to_string();
             assert!(matches!(err, DataDirError::NotPrivate { .. }), "{text}");
-            assert!(text.contains("writable by other users") && text.contains("chmod 700"), "{text}");
+            assert!(text.contains("writable by every user") && text.contains("chmod 700"), "{text}");
         }
+        // Writable by its group (umask 002, Kubernetes' fsGroup): used, with a warning.
+        set(&made, 0o770);
+        drop(DataDirLock::acquire(&made).expect("a group the operator chose"));
         set(&made, 0o700);
         // Another user's directory (only root can hand one over to test it).
         if nix::unistd::geteuid().is_root() {
+            // A link another user owns (to a directory of this user's): it could be pointed elsewhere later.
+            let link = scratch.path().join("link");
+            std::os::unix::fs::symlink(&made, &link).unwrap();
+            std::os::unix::fs::lchown(&link, Some(54_321), None).unwrap();
+            let text = DataDirLock::acquire(&link).expect_err("another user's link").to_string();
+            assert!(text.contains("symbolic link that belongs to another user"), "{text}");
             std::os::unix::fs::chown(&made, Some(54_321), None).unwrap();
             let text = DataDirLock::acquire(&made).expect_err("another user's").to_string();
-            assert!(text.contains("belongs to another user (uid 54321"), "{text}");
+            assert!(
+                text.contains("belongs to another user (uid 54321") && text.contains("run the server as uid 54321"),
+                "{text}"
+            );
         } else {
             eprintln!("not root: the check of another user's data directory is not tested here");
         }

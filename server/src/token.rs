@@ -161,8 +161,9 @@ pub enum TokenCommandError {
     /// `--post` without a `--room`, or `--publish` without a `--channel`: it narrows nothing (a token without
     /// patterns has every right), which is not what it reads like.
     #[error(
-        "{flag} applies to the {patterns} patterns and none is given: without --room and --channel the token has \
-         every right on every room and channel; name the {patterns} patterns it may {verb}"
+        "{flag} applies to the {patterns} patterns and none is given, so it would grant nothing (and without any \
+         --room or --channel the token has every right on every room and channel); name the {patterns} patterns \
+         it may {verb}"
     )]
     RightWithoutPattern {
         /// `--post` or `--publish`.

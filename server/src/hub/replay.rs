@@ -11,6 +11,8 @@ use crate::store::Store;
 const PAGE_MESSAGES: usize = 256;
 /// Bytes of frames per page at most (a single bigger message still makes a page).
 const PAGE_BYTES: usize = 256 << 10;
+/// Before a failed page is read again.
+const READ_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The replay of one join, to run on its own task: it writes the replay page by page into the joiner's outbox,
 /// then lets the held live frames follow.
@@ -80,11 +82,20 @@ async fn from_store(
     while after < upto {
         // On the blocking pool: a page not in the cache is read from disk (up to 256 KiB), which must not hold up
         // the runtime's threads (every connection's tasks).
-        let reading = store.clone();
-        let read = tokio::task::spawn_blocking(move || reading.page(room_id, after, upto, PAGE_MESSAGES, PAGE_BYTES));
-        let page = match read.await {
+        let read = || {
+            let reading = store.clone();
+            tokio::task::spawn_blocking(move || reading.page(room_id, after, upto, PAGE_MESSAGES, PAGE_BYTES))
+        };
+        // Tried twice (a moment apart): the history is taken for unreadable, until the room is loaded again, only
+        // when reading fails again, not at a passing error.
+        let mut page = read().await;
+        if !matches!(page, Ok(Ok(_))) {
+            tokio::time::sleep(READ_RETRY).await;
+            page = read().await;
+        }
+        let page = match page {
             Ok(Ok(page)) => page,
-            Ok(Err(err)) => return cut_short(after, &format_args!("replay read failed: {err}")),
+            Ok(Err(err)) => return cut_short(after, &format_args!("replay read failed (twice): {err}")),
             Err(err) => return cut_short(after, &format_args!("replay read did not finish: {err}")),
         };
         // Not the next seq: retention deleted some of the range meanwhile (or all of the rest: an empty page). A

@@ -155,7 +155,9 @@ pub(super) fn admit(
 /// Decides about a TCP connection (the WebSocket fallback) from `ip`, whose address TCP's handshake validated.
 /// `None`: over the new-connection rate, refused.
 pub(super) fn admit_tcp(ip: IpAddr, admission: &Arc<Mutex<Admission>>, stats: &ServerStats) -> Option<Admitted> {
-    let decision = lock(admission).decide(ip, true, Instant::now());
+    // Validated (a TCP handshake), but it makes no room at max_connections: it is not among those awaiting Hello
+    // until its upgrade, and nothing could close it in turn.
+    let decision = lock(admission).decide_as(ip, (true, false), Instant::now());
     match decision {
         Decision::Admit => Some(Admitted::Serve(Slot::new(admission, ip, false))),
         Decision::Retry(_) => {

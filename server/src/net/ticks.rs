@@ -1,7 +1,8 @@
 //! A connection's datagrams: ticks in (publish on claimed channels) and out (subscriptions). Outgoing ticks pass a
 //! [`Conflation`] (latest wins, one waiting per channel) in front of quinn's small datagram buffer; the sender
 //! waits for room in that buffer, so a slow path is sent the newest tick, never a backlog. Nothing here waits on a
-//! reliable stream, and no lock is held across a call into quinn.
+//! reliable stream, and no lock is held across a call into quinn that can wait (a fan-out's send at once, under
+//! the subscriber's conflation lock, only queues: quinn's own lock, never a wait).
 
 use std::{
     collections::HashMap,

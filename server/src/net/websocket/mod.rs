@@ -114,14 +114,15 @@ pub(super) async fn serve<R: RoomHub>(
             },
             () = shutdown.cancelled() => return,
         };
+        // Admission (the per-address rate and counts) first, before any TLS work, and before a place among those
+        // upgrading is made for it: a newcomer admission refuses closes nobody.
+        let Some(admitted) = admit_tcp(remote.ip(), &shared.admission, &shared.stats) else { continue };
         let stop = shutdown.child_token();
         let Some(upgrading) = Upgrading::new(&table, (remote.ip(), max_per_ip), &stop, &shared.stats) else {
             bump(&shared.stats.websocket_upgrades_over_per_ip);
             tracing::debug!(%remote, "WebSocket listener: {max_per_ip} connections upgrading from this address already (budget.websocket_max_upgrading_per_ip); closed");
             continue;
         };
-        // Admission (the per-address rate and counts) before any TLS work.
-        let Some(admitted) = admit_tcp(remote.ip(), &shared.admission, &shared.stats) else { continue };
         tasks.spawn(connection(tcp, remote, shared.clone(), (upgrading, admitted), stop));
     }
 }
@@ -233,7 +234,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
     let head = match before(deadline, &shutdown, read_head(&mut stream)).await {
         Some(Ok(head)) => head,
         Some(Err(response)) => {
-            answer(stream, response).await;
+            answer(stream, response, &shutdown).await;
             return drop((upgrading, admitted)); // (held until answered, as below)
         }
         None => return,
@@ -291,7 +292,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
     };
     // The places are held until the answer is written (at most 5 s): a peer that does not read its answers (the
     // page's, a refusal's) holds the listener's bounds, not more than they allow.
-    answer(stream, response).await;
+    answer(stream, response, &shutdown).await;
     drop((upgrading, admitted));
 }
 
@@ -326,12 +327,14 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, Resp
     }
 }
 
-async fn answer<S: AsyncWrite + Unpin>(mut stream: S, response: Response) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+/// Writes `response` and shuts the stream down, within 5 s, or until `stop` (the server stops, or the connection
+/// was closed to make room among those upgrading: its place is free already, so it must go now).
+async fn answer<S: AsyncWrite + Unpin>(mut stream: S, response: Response, stop: &CancellationToken) {
+    let write = async {
         let _ = stream.write_all(&response.to_bytes()).await;
         let _ = stream.shutdown().await;
-    })
-    .await;
+    };
+    let _ = before(Instant::now() + Duration::from_secs(5), stop, write).await;
 }
 
 /// Whether a plain HTTP request gets the demo page configured at `page` (its IP), from a peer that reached this

@@ -130,7 +130,8 @@ impl TickPublisher {
         &self.entry.channel
     }
 
-    /// The largest payload that fits one datagram now (it can change with the path MTU).
+    /// The largest payload that fits one datagram on this path and every subscriber's: 1,124 bytes
+    /// (`TickHeader::MAX_PORTABLE_PAYLOAD`), less on a path that carries less.
     pub fn max_payload(&self) -> Result<usize, TickError> {
         self.handle.driver.max_payload()
     }

@@ -164,7 +164,8 @@ impl Copy {
     }
 }
 
-/// Frames waiting for copies at most: beyond, the oldest are dropped (they are copies; the stream carries them).
+/// Frames waiting for copies at most: beyond, the oldest held one (not written yet) is dropped, else the oldest
+/// (they are copies; the stream carries them).
 pub const MAX_PENDING_COPIES: usize = 256;
 
 /// What a queued frame is a copy of.
@@ -207,8 +208,8 @@ pub struct CopyQueue {
     first: Duration,
     spacing: Duration,
     pending: VecDeque<Pending>,
-    /// The largest datagram the last [`CopyQueue::take`] was given (until then, none is assumed): a frame that
-    /// cannot fit one with its header is not queued at all.
+    /// The largest datagram the last [`CopyQueue::take`] was given, while frames wait (until then, and once none
+    /// does, none is assumed): a frame that cannot fit one with its header is not queued at all.
     max_size: Option<usize>,
     /// Smoothed fraction of packets lost, and the packet counters at the last sample.
     loss: f64,
@@ -345,6 +346,11 @@ impl CopyQueue {
         }
         out.extend(open.and_then(encode));
         self.pending.retain(|pending| pending.left > 0);
+        if self.pending.is_empty() {
+            // Nothing waits, so no take will come to see a new size (a path whose MTU grew): frames are not judged
+            // by an old one meanwhile.
+            self.max_size = None;
+        }
         out
     }
 }

@@ -45,7 +45,7 @@ impl Handler for Driver {
     fn room_copy(&self, connection: usize, slot: u64, first: u64, frames: Vec<Bytes>) {
         let found = lock(&self.copy_slots).get(&(connection, slot)).cloned();
         if let Some((entry, stream)) = found {
-            streams::on_copy(&entry, stream, first, &frames);
+            streams::on_copy(&entry, stream, first, &frames, &self.stop);
         }
     }
 

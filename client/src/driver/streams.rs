@@ -54,7 +54,13 @@ fn hand_out_copies(entry: &RoomEntry, state: &mut RoomState) {
 }
 
 /// A datagram copy of `entry`'s stream `stream`, frames at positions from `first`.
-pub(crate) fn on_copy(entry: &Arc<RoomEntry>, stream: StreamNumber, first: u64, frames: &[Bytes]) {
+pub(crate) fn on_copy(
+    entry: &Arc<RoomEntry>,
+    stream: StreamNumber,
+    first: u64,
+    frames: &[Bytes],
+    stop: &CancellationToken,
+) {
     let mut state = lock(&entry.state);
     for (position, body) in (first..).zip(frames) {
         match frame::decode_body::<RoomFrame>(body) {
@@ -67,18 +73,19 @@ pub(crate) fn on_copy(entry: &Arc<RoomEntry>, stream: StreamNumber, first: u64, 
     // when the stream's next frame or copy comes (for a lost packet, its retransmission: the wait copies are for).
     // One task per room at a time, started and ended under the state's lock.
     if state.has_ready() && !entry.copies_waiting.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tokio::spawn(hand_out_when_read(entry.clone()));
+        tokio::spawn(hand_out_when_read(entry.clone(), stop.clone()));
     }
 }
 
 /// Waits for room in `entry`'s channel and hands out the events copies brought, until none is left to hand out (or
-/// the room's reader is gone, or the room ended).
-async fn hand_out_when_read(entry: Arc<RoomEntry>) {
+/// the room's reader is gone, the room ended, or the client stopped).
+async fn hand_out_when_read(entry: Arc<RoomEntry>, stop: CancellationToken) {
     loop {
         let permit = tokio::select! {
             permit = entry.events.reserve() => permit.ok(),
             () = entry.ended.cancelled() => None,
             () = entry.gone.cancelled() => None,
+            () = stop.cancelled() => None,
         };
         let mut state = lock(&entry.state);
         if let Some(permit) = permit {
@@ -140,7 +147,11 @@ pub(crate) async fn read_stream(
                 permit.send(resumed);
                 false
             }
-            Opened::Current(None) => false,
+            // (The place reserved goes back now: held for the stream's life, it took one of the room's.)
+            Opened::Current(None) => {
+                drop(permit);
+                false
+            }
             Opened::Stale => true,
         }
     };
@@ -280,22 +291,24 @@ mod tests {
                 read_stream(&rooms, (0, 0, &link), recv, (64 * 1024, &copies), &stop).await
             }
         });
-        // The Open and the Copies frame are read (the last place left), then the channel is full.
+        // The Open and the Copies frame are read (the Open's place given back), then the channel is filled.
         tokio::time::timeout(Duration::from_secs(5), async {
-            while !lock(&entry.state).is_current(0) || entry.events.capacity() > 0 {
+            while !lock(&entry.state).is_current(0) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
         .await
         .expect("the stream opened");
         tokio::time::sleep(Duration::from_millis(20)).await; // the Copies frame, right behind the Open
-                                                             // Copies of positions 2 and 3 (messages 1 and 2), the stream silent: they wait for room.
+        entry.events.try_send(filler()).expect("the Open's place is free again");
+        assert_eq!(entry.events.capacity(), 0);
+        // Copies of positions 2 and 3 (messages 1 and 2), the stream silent: they wait for room.
         let message = |seq: u64| {
             let kind = EventKind::Message { sender: "ann".into(), client_msg_id: seq, body: Bytes::from("hi") };
             let body = codec.encode_to_vec(&RoomFrame::Event(Event { seq, time_us: 1, kind })).unwrap();
             Bytes::copy_from_slice(&body[1..]) // the body without its one-byte length prefix
         };
-        on_copy(&entry, 0, 2, &[message(1), message(2)]);
+        on_copy(&entry, 0, 2, &[message(1), message(2)], &stop);
         // The application reads: the copies follow at once, with no stream frame to wake the reader.
         let mut seqs = Vec::new();
         tokio::time::timeout(Duration::from_secs(2), async {

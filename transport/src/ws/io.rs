@@ -65,8 +65,10 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(mut sink: Sink
             Some(Outbound::Message(message)) => Message::Binary(message.encode().to_vec()),
             Some(Outbound::Close(code, reason)) => {
                 let close = WsMessage::Close { code, reason: reason.clone() }.encode();
+                // The close frame whatever the message's send says (the peer's own close may have come first, and
+                // tungstenite then refuses the message but still owes its close reply, sent by `close`).
                 let bye = async {
-                    sink.send(Message::Binary(close.to_vec())).await?;
+                    let _ = sink.send(Message::Binary(close.to_vec())).await;
                     sink.close().await
                 };
                 let _ = tokio::time::timeout(CLOSE_GRACE, bye).await;

@@ -306,44 +306,41 @@ impl WsSession {
             drop(state);
             return Err(shared.closed_error());
         }
-        let tick = tick_key(&datagram);
-        let waiting =
-            tick.and_then(|(channel, _)| {
-                state.datagrams.iter().enumerate().find_map(|(at, d)| {
-                    tick_key(d).filter(|(waiting, _)| *waiting == channel).map(|(_, seq)| (at, seq))
-                })
-            });
-        match waiting {
-            // Two senders' ticks can reach the lane out of their order (a fan-out offers outside the conflation's
-            // lock): an older tick never replaces a newer one.
-            Some((_, seq)) if tick.is_some_and(|(_, new)| new <= seq) => {}
-            Some((at, _)) => {
-                state.datagram_bytes = state.datagram_bytes - state.datagrams[at].len() + datagram.len();
-                state.datagrams[at] = datagram;
-            }
-            None => {
-                state.datagram_bytes += datagram.len();
-                state.datagrams.push_back(datagram);
-            }
-        }
-        // Over the buffer: the oldest waiting datagrams go (never the newest).
-        while state.datagram_bytes > shared.config.datagram_buffer && state.datagrams.len() > 1 {
-            let Some(old) = state.datagrams.pop_front() else { break };
-            state.datagram_bytes -= old.len();
-        }
+        queue_datagram(&mut state, datagram, shared.config.datagram_buffer);
         drop(state);
         shared.wake_writer.notify_one();
         Ok(())
     }
 
-    /// Queues a datagram once the buffer has room for it.
+    /// Queues a datagram once the buffer has room for it: checked and queued under one lock, so that another
+    /// sender's datagram taken in between cannot make this one push out a datagram queued before it.
     pub async fn send_datagram_wait(&self, datagram: Bytes) -> Result<(), WsError> {
         let shared = self.shared();
+        let max = shared.config.max_datagram;
+        if datagram.len() > max {
+            return Err(WsError::TooLarge(datagram.len(), max));
+        }
         let (len, cap) = (datagram.len(), shared.config.datagram_buffer);
-        shared
-            .wait_for(|state| (state.closed.is_some() || state.datagram_bytes + len <= cap.max(len)).then_some(()))
+        let mut datagram = Some(datagram);
+        let queued = shared
+            .wait_for(|state| {
+                if state.closed.is_some() || state.closing.is_some() {
+                    return Some(false);
+                }
+                if state.datagram_bytes + len > cap.max(len) {
+                    return None;
+                }
+                queue_datagram(state, datagram.take()?, cap);
+                Some(true)
+            })
             .await;
-        self.send_datagram(datagram)
+        match queued {
+            true => {
+                shared.wake_writer.notify_one();
+                Ok(())
+            }
+            false => Err(shared.closed_error()),
+        }
     }
 
     /// Bytes the datagram buffer can take now.
@@ -388,6 +385,36 @@ impl WsSession {
     pub fn close_reason(&self) -> Option<(ErrorCode, String)> {
         let state = lock(&self.shared().state);
         state.closed.clone().or_else(|| state.closing.clone())
+    }
+}
+
+/// Puts `datagram` in the lane (`state` locked): in place of a waiting tick of its channel (or, older than that one,
+/// nowhere), else at the end; over `buffer` bytes, the oldest waiting datagrams go (never the newest).
+fn queue_datagram(state: &mut State, datagram: Bytes, buffer: usize) {
+    let tick = tick_key(&datagram);
+    let waiting = tick.and_then(|(channel, _)| {
+        state
+            .datagrams
+            .iter()
+            .enumerate()
+            .find_map(|(at, d)| tick_key(d).filter(|(waiting, _)| *waiting == channel).map(|(_, seq)| (at, seq)))
+    });
+    match waiting {
+        // Two senders' ticks can reach the lane out of their order (a fan-out offers outside the conflation's
+        // lock): an older tick never replaces a newer one.
+        Some((_, seq)) if tick.is_some_and(|(_, new)| new <= seq) => {}
+        Some((at, _)) => {
+            state.datagram_bytes = state.datagram_bytes - state.datagrams[at].len() + datagram.len();
+            state.datagrams[at] = datagram;
+        }
+        None => {
+            state.datagram_bytes += datagram.len();
+            state.datagrams.push_back(datagram);
+        }
+    }
+    while state.datagram_bytes > buffer && state.datagrams.len() > 1 {
+        let Some(old) = state.datagrams.pop_front() else { break };
+        state.datagram_bytes -= old.len();
     }
 }
 

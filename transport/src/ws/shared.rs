@@ -135,9 +135,16 @@ impl Shared {
 
     /// Ends the connection with `code` and `reason` (the first close wins); the writer tells the peer.
     pub(super) fn close(&self, code: ErrorCode, reason: &str) {
+        self.close_as(code, reason, false);
+    }
+
+    fn close_as(&self, code: ErrorCode, reason: &str, refused: bool) {
         let mut state = lock(&self.state);
         if state.closed.is_some() || state.closing.is_some() {
             return;
+        }
+        if refused {
+            state.refused = Some(code);
         }
         let reason = quiver_proto::truncate_utf8(reason, quiver_proto::ws::MAX_REASON).to_string();
         state.closing = Some((code, reason));
@@ -148,16 +155,10 @@ impl Shared {
         self.changed.notify_waiters();
     }
 
-    /// [`Shared::close`] for a breach by the peer, noted for [`super::WsSession::refused`].
+    /// [`Shared::close`] for a breach by the peer, noted for [`super::WsSession::refused`] (only when this close is
+    /// the one that counts: the first).
     pub(super) fn refuse(&self, code: ErrorCode, reason: &str) {
-        {
-            let mut state = lock(&self.state);
-            if state.closed.is_some() || state.closing.is_some() {
-                return;
-            }
-            state.refused = Some(code);
-        }
-        self.close(code, reason);
+        self.close_as(code, reason, true);
     }
 
     /// The connection is over (after the close was written, or the peer's arrived, or the socket failed).

@@ -462,67 +462,6 @@ async fn stored_messages_that_cannot_be_read_back_fail_the_history_request() {
     assert!((page.epoch, page.messages.len(), page.more) == (0, 0, false));
 }
 
-/// A replay that cannot read the history it promised (`recovered: true`) used to stop, log, and let the held live
-/// frames follow: the member saw a gap it was told was not there. The joiner is now dropped from the room (as a slow
-/// consumer), and its rejoin is told it missed messages: the history up to the replay's end is taken for unreadable.
-#[tokio::test]
-async fn a_replay_that_cannot_read_its_history_drops_the_joiner_instead_of_skipping_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
-    let hub = LocalRooms::durable(Limits::default(), Budget::default(), store.clone());
-    let member = Collect::new(usize::MAX);
-    let epoch = join(&hub, "r", None, &member).await.joined.epoch; // keeps the room in memory
-    for id in 1..=6 {
-        post(&hub, "r", "bob", id, 10).await.1.flush();
-    }
-    store.damage_message("r", 3);
-    let out = Collect::new(usize::MAX);
-    let joining = join(&hub, "r", Some(Position { epoch, seq: 0 }), &out).await;
-    assert!(joining.joined.recovered, "the room holds 1..=6, as far as it knows");
-    post(&hub, "r", "bob", 7, 10).await.1.flush(); // live: held behind the replay
-    joining.replay.expect("a replay").run().await;
-    assert!(out.kicked(), "dropped, to rejoin");
-    assert_eq!(out.message_seqs(), Vec::<u64>::new(), "no live frame after a replay cut short");
-    // The rejoin from where it stood: not recovered, and no replay into the same damaged record.
-    let again = Collect::new(usize::MAX);
-    let joining = join(&hub, "r", Some(Position { epoch, seq: 0 }), &again).await;
-    assert!(!joining.joined.recovered, "told it missed messages");
-    assert_eq!(joining.joined.replay_from, 7);
-    joining.replay.expect("a replay").run().await;
-    assert!(!again.kicked());
-    assert_eq!(again.message_seqs(), [7]);
-    post(&hub, "r", "bob", 8, 10).await.1.flush();
-    assert_eq!(again.message_seqs(), [7, 8]);
-    let page = hub.history("r", None, 10, usize::MAX, 20).await.unwrap();
-    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [7, 8], "History skips it too");
-}
-
-/// Stored messages over a `max_frame` lowered since would break the client's connection (it decodes with the
-/// Welcome's limit), and it would reconnect into the same replay for as long as they are retained.
-#[tokio::test]
-async fn a_replay_never_sends_a_stored_frame_over_max_frame() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = open(dir.path(), Limits::default(), Budget::default());
-    let member = Collect::new(usize::MAX);
-    let epoch = join(&hub, "r", None, &member).await.joined.epoch;
-    for id in 1..=3 {
-        let body = Bytes::from(vec![b'x'; 300]);
-        let message = PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
-        hub.post(message).await.unwrap().1.flush();
-    }
-    drop(hub);
-    let hub = open(dir.path(), Limits { max_frame: 200, ..Limits::default() }, Budget::default());
-    let out = Collect::new(usize::MAX);
-    let joining = join(&hub, "r", Some(Position { epoch, seq: 0 }), &out).await;
-    assert!(joining.joined.recovered);
-    joining.replay.expect("a replay").run().await;
-    assert!(out.kicked(), "dropped, to rejoin");
-    assert_eq!(out.message_seqs(), Vec::<u64>::new(), "no frame over max_frame");
-    let again = Collect::new(usize::MAX);
-    let joining = join(&hub, "r", Some(Position { epoch, seq: 0 }), &again).await;
-    assert!(!joining.joined.recovered && joining.joined.replay_from == 4, "{:?}", joining.joined);
-}
-
 /// Over `retained_bytes`, a durable room gives up no dedupe entry (a retry of a forgotten post would be stored
 /// again, and the forgetting was written to the store, so after a restart too): rooms without members are unloaded
 /// instead, which loses nothing (their window is read back from the store). Before, every room, members or not,

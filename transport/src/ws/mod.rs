@@ -13,8 +13,11 @@
 //! cannot take more, only the newest tick of each channel waits, never a backlog.
 
 #[cfg(test)]
+mod close_tests;
+#[cfg(test)]
 mod inbound_tests;
 mod io;
+mod lane;
 mod recv;
 mod room_in;
 mod shared;
@@ -306,7 +309,7 @@ impl WsSession {
             drop(state);
             return Err(shared.closed_error());
         }
-        queue_datagram(&mut state, datagram, shared.config.datagram_buffer);
+        lane::queue_datagram(&mut state, datagram, shared.config.datagram_buffer);
         drop(state);
         shared.wake_writer.notify_one();
         Ok(())
@@ -330,7 +333,7 @@ impl WsSession {
                 if state.datagram_bytes + len > cap.max(len) {
                     return None;
                 }
-                queue_datagram(state, datagram.take()?, cap);
+                lane::queue_datagram(state, datagram.take()?, cap);
                 Some(true)
             })
             .await;
@@ -386,43 +389,6 @@ impl WsSession {
         let state = lock(&self.shared().state);
         state.closed.clone().or_else(|| state.closing.clone())
     }
-}
-
-/// Puts `datagram` in the lane (`state` locked): in place of a waiting tick of its channel (or, older than that one,
-/// nowhere), else at the end; over `buffer` bytes, the oldest waiting datagrams go (never the newest).
-fn queue_datagram(state: &mut State, datagram: Bytes, buffer: usize) {
-    let tick = tick_key(&datagram);
-    let waiting = tick.and_then(|(channel, _)| {
-        state
-            .datagrams
-            .iter()
-            .enumerate()
-            .find_map(|(at, d)| tick_key(d).filter(|(waiting, _)| *waiting == channel).map(|(_, seq)| (at, seq)))
-    });
-    match waiting {
-        // Two senders' ticks can reach the lane out of their order (a fan-out offers outside the conflation's
-        // lock): an older tick never replaces a newer one.
-        Some((_, seq)) if tick.is_some_and(|(_, new)| new <= seq) => {}
-        Some((at, _)) => {
-            state.datagram_bytes = state.datagram_bytes - state.datagrams[at].len() + datagram.len();
-            state.datagrams[at] = datagram;
-        }
-        None => {
-            state.datagram_bytes += datagram.len();
-            state.datagrams.push_back(datagram);
-        }
-    }
-    while state.datagram_bytes > buffer && state.datagrams.len() > 1 {
-        let Some(old) = state.datagrams.pop_front() else { break };
-        state.datagram_bytes -= old.len();
-    }
-}
-
-/// The channel id and seq of a tick datagram (its first two varints; channel 0 is the copies', never conflated).
-fn tick_key(datagram: &[u8]) -> Option<(u64, u64)> {
-    let (channel, len) = quiver_proto::varint::decode(datagram).filter(|(id, _)| *id != 0)?;
-    let (seq, _) = quiver_proto::varint::decode(&datagram[len..])?;
-    Some((channel, seq))
 }
 
 /// The sending side of a stream.

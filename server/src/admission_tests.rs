@@ -1,0 +1,241 @@
+//! Admission's decisions, without sockets or clocks.
+
+use super::*;
+
+fn limits(total: u32, per_ip: u32, rate: u32) -> Limits {
+    Limits {
+        max_connections: total,
+        max_connections_per_ip: per_ip,
+        new_connections_per_s_per_ip: rate,
+        ..Limits::default()
+    }
+}
+
+/// At most `unvalidated` unvalidated handshakes in all; no other bound.
+fn bounds(unvalidated: u32) -> HandshakeBounds {
+    HandshakeBounds { unvalidated, unvalidated_per_ip: u32::MAX, over_limit: u32::MAX, awaiting_hello: u32::MAX }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn keys_are_ipv4_or_an_ipv6_slash_64() {
+    assert_eq!(SourceKey::of(ip("::ffff:10.0.0.1")), SourceKey::of(ip("10.0.0.1")));
+    assert_eq!(SourceKey::of(ip("2001:db8:1:2:aaaa::1")), SourceKey::of(ip("2001:db8:1:2:bbbb::2")));
+    assert_ne!(SourceKey::of(ip("2001:db8:1:2::1")), SourceKey::of(ip("2001:db8:1:3::1")));
+    assert_eq!(SourceKey::of(ip("2001:db8:1:2:aaaa::1")).to_string(), "2001:db8:1:2::/64");
+    assert_eq!(SourceKey::of(ip("10.0.0.1")).to_string(), "10.0.0.1");
+}
+
+#[test]
+fn per_source_and_total_counts() {
+    let t0 = Instant::now();
+    let mut admission = Admission::new(&limits(3, 2, 1000), bounds(1000), t0);
+    assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Admit);
+    assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Admit);
+    // The third from one address: first proven real, then told why.
+    assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Retry(Overload::PerIp));
+    let Decision::TooMany(Overload::PerIp, reason) = admission.decide(ip("10.0.0.1"), true, t0) else {
+        panic!("not refused")
+    };
+    assert!(reason.contains("max_connections_per_ip (2)") && reason.contains("10.0.0.1"), "{reason}");
+    assert_eq!(admission.decide(ip("10.0.0.2"), false, t0), Decision::Admit);
+    let Decision::TooMany(Overload::Total, reason) = admission.decide(ip("10.0.0.3"), true, t0) else {
+        panic!("not refused")
+    };
+    assert!(reason.contains("max_connections (3)"), "{reason}");
+    assert_eq!(admission.open(), 3);
+    admission.release(ip("10.0.0.1"));
+    assert_eq!(admission.decide(ip("10.0.0.3"), true, t0), Decision::Admit);
+    // Releasing more than was admitted changes nothing.
+    for _ in 0..5 {
+        admission.release(ip("10.0.0.9"));
+        admission.release(ip("10.0.0.2"));
+    }
+    assert_eq!(admission.open(), 2);
+}
+
+/// Forged addresses, each new (under every per-address limit): at most `max_unvalidated` of their handshakes
+/// run at once, the rest get a Retry (storing nothing), and a validated client is served meanwhile.
+#[test]
+fn handshakes_from_unvalidated_addresses_are_bounded_in_all() {
+    let t0 = Instant::now();
+    let mut admission = Admission::new(&limits(10_000, 256, 100), bounds(3), t0);
+    let forged = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0xc633_6400 + i));
+    for i in 0..3 {
+        assert_eq!(admission.decide(forged(i), false, t0), Decision::Admit);
+    }
+    let tracked = admission.tracked_sources();
+    for i in 3..1_000 {
+        assert_eq!(admission.decide(forged(i), false, t0), Decision::Retry(Overload::Handshakes));
+    }
+    assert_eq!(admission.tracked_sources(), tracked, "a Retry stores nothing");
+    assert_eq!(admission.decide(ip("192.0.2.7"), true, t0), Decision::Admit, "validated: not bounded by it");
+    assert_eq!((admission.open(), admission.unvalidated_handshakes()), (4, 3));
+    // A handshake done (completed or failed) makes room for the next unvalidated attempt.
+    admission.handshake_done(forged(0));
+    assert_eq!(admission.decide(forged(1_000), false, t0), Decision::Admit);
+    assert_eq!(admission.decide(forged(1_001), false, t0), Decision::Retry(Overload::Handshakes));
+    for i in 0..10 {
+        admission.handshake_done(forged(i));
+    }
+    assert_eq!(admission.unvalidated_handshakes(), 0);
+}
+
+#[test]
+fn over_the_rate_unvalidated_attempts_get_a_retry_and_validated_ones_take_what_is_left() {
+    let t0 = Instant::now();
+    let mut admission = Admission::new(&limits(1000, 1000, 10), bounds(1000), t0); // burst 20
+    let a = ip("192.0.2.7");
+    for _ in 0..20 {
+        assert_eq!(admission.decide(a, false, t0), Decision::Admit);
+    }
+    assert_eq!(admission.decide(a, false, t0), Decision::Retry(Overload::Rate));
+    assert_eq!(admission.decide(a, true, t0), Decision::Refuse(Overload::Rate), "validated, but nothing left");
+    // A spoofed flood of unvalidated attempts does not use up the refill...
+    for i in 0..1000 {
+        assert_eq!(admission.decide(a, false, t0 + Duration::from_micros(i * 100)), Decision::Retry(Overload::Rate));
+    }
+    // ...so a real client that comes back validated gets it.
+    assert_eq!(admission.decide(a, true, t0 + Duration::from_millis(150)), Decision::Admit);
+    // Other addresses are not affected.
+    assert_eq!(admission.decide(ip("192.0.2.8"), false, t0), Decision::Admit);
+    // Once the bucket is full again (2 s at 10/s from empty), no more Retry.
+    assert_eq!(admission.decide(a, false, t0 + Duration::from_secs(3)), Decision::Admit);
+}
+
+#[test]
+fn idle_entries_are_swept_and_refused_attempts_store_nothing() {
+    let t0 = Instant::now();
+    let mut admission = Admission::new(&limits(100, 100, 10), bounds(1000), t0);
+    for i in 0..50u8 {
+        assert_eq!(admission.decide(IpAddr::from([10, 0, 0, i]), false, t0), Decision::Admit);
+        admission.release(IpAddr::from([10, 0, 0, i]));
+    }
+    assert_eq!(admission.decide(ip("10.0.1.1"), false, t0), Decision::Admit);
+    assert_eq!(admission.tracked_sources(), 51);
+    // One token each was taken: refilled within 100 ms at 10/s. The next decision sweeps.
+    admission.decide(ip("10.0.1.2"), false, t0 + Duration::from_secs(2));
+    assert_eq!(admission.tracked_sources(), 2, "only the addresses with open connections");
+    // At the total limit, unvalidated attempts from new addresses leave no entry behind.
+    let mut full = Admission::new(&limits(1, 1, 10), bounds(1000), t0);
+    full.decide(ip("10.0.0.1"), false, t0);
+    for i in 0..200u8 {
+        assert_eq!(full.decide(IpAddr::from([10, 1, 0, i]), false, t0), Decision::Retry(Overload::Total));
+    }
+    assert_eq!(full.tracked_sources(), 1);
+}
+
+#[test]
+fn attempts_closed_for_a_count_take_from_the_rate() {
+    // Each costs a handshake, so a validated peer at its count cannot make the server do them without end.
+    let t0 = Instant::now();
+    let mut admission = Admission::new(&limits(1000, 1, 5), bounds(1000), t0); // burst 10
+    let a = ip("198.51.100.1");
+    assert_eq!(admission.decide(a, false, t0), Decision::Admit);
+    for _ in 0..9 {
+        assert!(matches!(admission.decide(a, true, t0), Decision::TooMany(Overload::PerIp, _)));
+    }
+    assert_eq!(admission.decide(a, true, t0), Decision::Refuse(Overload::Rate));
+    assert_eq!(admission.open(), 1);
+}
+
+/// Initials forged with a real client's address (an off-path attacker cannot answer a Retry): at most
+/// `unvalidated_per_ip` of them are charged to it; the rest, and the client's own first attempt meanwhile, get
+/// a Retry, and the client, back validated, is served. Before, each forged attempt took a slot of the address's
+/// count and a token of its rate until its handshake timed out: a few hundred locked the address out.
+#[test]
+fn initials_forged_with_a_real_address_do_not_lock_it_out() {
+    let t0 = Instant::now();
+    let bounds = HandshakeBounds { unvalidated: 256, unvalidated_per_ip: 4, over_limit: 64, awaiting_hello: 1024 };
+    let mut admission = Admission::new(&limits(10_000, 16, 10), bounds, t0); // burst 20
+    let victim = ip("203.0.113.9");
+    for _ in 0..4 {
+        assert_eq!(admission.decide(victim, false, t0), Decision::Admit);
+    }
+    for i in 0..1_000 {
+        let now = t0 + Duration::from_millis(i);
+        assert_eq!(admission.decide(victim, false, now), Decision::Retry(Overload::Handshakes));
+    }
+    // The real client: a Retry too, then served once it comes back with the token, as often as its count and
+    // rate allow (the forged four took 4 of its 16 slots and 4 of its 20 tokens).
+    let now = t0 + Duration::from_secs(1);
+    assert_eq!(admission.decide(victim, false, now), Decision::Retry(Overload::Handshakes));
+    for _ in 0..12 {
+        assert_eq!(admission.decide(victim, true, now), Decision::Admit);
+    }
+    assert_eq!((admission.open(), admission.unvalidated_handshakes()), (16, 4));
+    // A forged handshake that times out makes room for one more unvalidated attempt from there.
+    admission.handshake_done(victim);
+    admission.release(victim);
+    assert_eq!(admission.decide(victim, false, now), Decision::Admit);
+    assert_eq!(admission.decide(victim, false, now), Decision::Retry(Overload::Handshakes));
+    // Other addresses are not affected.
+    assert_eq!(admission.decide(ip("203.0.113.10"), false, now), Decision::Admit);
+}
+
+/// Connections over a count are admitted only to be closed with `TooManyConnections` once their handshake is
+/// done, holding no slot meanwhile: at most `over_limit` such handshakes run at once, the rest are refused.
+#[test]
+fn handshakes_over_a_count_are_bounded_in_all() {
+    let t0 = Instant::now();
+    let bounds = HandshakeBounds { unvalidated: 256, unvalidated_per_ip: 4, over_limit: 2, awaiting_hello: 1024 };
+    let mut admission = Admission::new(&limits(1_000, 1, 1_000), bounds, t0);
+    let a = ip("198.51.100.1");
+    assert_eq!(admission.decide(a, false, t0), Decision::Admit);
+    for _ in 0..2 {
+        assert!(matches!(admission.decide(a, true, t0), Decision::TooMany(Overload::PerIp, _)));
+    }
+    assert_eq!(admission.decide(a, true, t0), Decision::Refuse(Overload::PerIp));
+    assert_eq!(admission.over_limit_handshakes(), 2);
+    admission.over_limit_done();
+    assert!(matches!(admission.decide(a, true, t0), Decision::TooMany(Overload::PerIp, _)));
+    assert_eq!(admission.open(), 1);
+}
+
+/// At `max_connections`, a validated newcomer closes a connection not welcomed yet (the longest waiting, by the
+/// awaiting table's rule) rather than being refused: with `max_connections` set below `max_awaiting_hello`,
+/// silent connections would otherwise hold every slot. Welcomed connections are never closed for it, and a
+/// forged (unvalidated) newcomer closes nothing.
+#[test]
+fn at_max_connections_a_validated_newcomer_takes_the_place_of_one_not_welcomed() {
+    let t0 = Instant::now();
+    let mut admission = Admission::new(&limits(3, 3, 1_000), bounds(1_000), t0);
+    let silent: Vec<CancellationToken> = (0..3).map(|_| CancellationToken::new()).collect();
+    let mut tickets = Vec::new();
+    for (i, token) in silent.iter().enumerate() {
+        let from = ip(&format!("198.51.100.{}", i + 1));
+        assert_eq!(admission.decide(from, true, t0), Decision::Admit);
+        tickets.push(admission.awaiting_hello().enter(from, token.clone()).0);
+    }
+    let newcomer = ip("203.0.113.7");
+    assert_eq!(admission.decide(newcomer, false, t0), Decision::Retry(Overload::Total), "forged: closes nothing");
+    assert!(silent.iter().all(|token| !token.is_cancelled()));
+    assert_eq!(admission.decide(newcomer, true, t0), Decision::Admit);
+    assert!(silent[0].is_cancelled() && !silent[1].is_cancelled(), "the longest waiting made room");
+    assert!(!admission.awaiting_hello().contains(tickets[0]));
+    // The other two are welcomed: nothing left to close, so the next is refused as before.
+    for ticket in &tickets[1..] {
+        assert!(admission.awaiting_hello().leave(*ticket));
+    }
+    assert!(matches!(admission.decide(ip("203.0.113.8"), true, t0), Decision::TooMany(Overload::Total, _)));
+    assert!(!silent[1].is_cancelled() && !silent[2].is_cancelled());
+}
+
+/// A TCP connection to the WebSocket listener at `max_connections` closes nobody: it enters the table of those
+/// awaiting Hello only after its upgrade, so silent TCP connections would close real clients' handshakes while
+/// nothing could close them.
+#[test]
+fn a_tcp_connection_before_its_upgrade_makes_no_room() {
+    let t0 = Instant::now();
+    let mut admission = Admission::new(&limits(1, 1, 1_000), bounds(1_000), t0);
+    let waiting = CancellationToken::new();
+    let quic = ip("198.51.100.1");
+    assert_eq!(admission.decide(quic, true, t0), Decision::Admit);
+    admission.awaiting_hello().enter(quic, waiting.clone());
+    let tcp = admission.decide_as(ip("203.0.113.7"), (true, false), t0);
+    assert!(matches!(tcp, Decision::TooMany(Overload::Total, _)), "{tcp:?}");
+    assert!(!waiting.is_cancelled(), "the QUIC client in its handshake stays");
+}

@@ -259,17 +259,7 @@ async fn a_slow_consumer_dropped_in_a_released_batch_leaves_at_the_frame_it_miss
     let join_slow =
         JoinRoom { room: "r".into(), identity: "sam".into(), since: None, req_id: 1, outbox: slow, now_us: 1 };
     let _slow = hub.join(join_slow).await.unwrap();
-    let go = hold_the_writer(&hub);
-    let mut commits = Vec::new();
-    for id in 1..=3 {
-        let body = Bytes::from(format!("p{id}"));
-        let message = PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
-        match hub.sequence_post(message).await.unwrap() {
-            PostProgress::Committing(commit) => commits.push(commit),
-            PostProgress::Done(_) => panic!("fsync: acknowledged only once stored"),
-        }
-    }
-    go.send(()).unwrap();
+    let mut commits = held_posts(&hub, 1..=3).await;
     drop(commits.pop().unwrap().await.unwrap()); // the last releases all three
     let events: Vec<(u64, String)> = member
         .frames()
@@ -300,17 +290,7 @@ async fn a_released_batch_hands_each_outbox_over_once() {
     for member in &members {
         joined.push(join(&hub, "r", None, member).await);
     }
-    let go = hold_the_writer(&hub);
-    let mut commits = Vec::new();
-    for id in 1..=20 {
-        let body = Bytes::from(format!("p{id}"));
-        let message = PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
-        match hub.sequence_post(message).await.unwrap() {
-            PostProgress::Committing(commit) => commits.push(commit),
-            PostProgress::Done(_) => panic!("fsync: acknowledged only once stored"),
-        }
-    }
-    go.send(()).unwrap();
+    let mut commits = held_posts(&hub, 1..=20).await;
     let (_, delivery) = commits.pop().unwrap().await.unwrap(); // the last releases all twenty
     assert_eq!(delivery.len(), 50, "each member's outbox once");
     assert!(members.iter().all(|m| m.message_seqs() == (1..=20).collect::<Vec<_>>()));
@@ -428,6 +408,32 @@ async fn an_os_post_is_written_outside_its_rooms_lock() {
     assert_eq!(member.message_seqs(), [1, 2, 3]);
 }
 
+/// Posts `ids` (bob's, to room "r") while the store's writer is held, so that one commit stores them all, then lets
+/// it go: their commits, in order (none is acknowledged before it is stored).
+async fn held_posts(hub: &LocalRooms, ids: std::ops::RangeInclusive<u64>) -> Vec<PostCommit> {
+    let go = hold_the_writer(hub);
+    let mut commits = Vec::new();
+    for id in ids {
+        let body = Bytes::from(format!("p{id}"));
+        let message = PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
+        match hub.sequence_post(message).await.unwrap() {
+            PostProgress::Committing(commit) => commits.push(commit),
+            PostProgress::Done(_) => panic!("fsync: acknowledged only once stored"),
+        }
+    }
+    go.send(()).unwrap();
+    commits
+}
+
+/// Three messages of 300 bytes to room "r" (over a `max_frame` of 200 once the hub is opened again with it).
+pub(super) async fn post_long_messages(hub: &LocalRooms) {
+    for id in 1..=3 {
+        let body = Bytes::from(vec![b'x'; 300]);
+        let message = PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
+        hub.post(message).await.unwrap().1.flush();
+    }
+}
+
 /// Stops `hub`'s store writer (every commit after this waits) until the returned sender says go.
 fn hold_the_writer(hub: &LocalRooms) -> std::sync::mpsc::Sender<()> {
     let (go, wait) = std::sync::mpsc::channel();
@@ -447,11 +453,7 @@ pub(super) async fn written(store: &crate::store::Store) {
 async fn stored_messages_that_cannot_be_read_back_fail_the_history_request() {
     let dir = tempfile::tempdir().unwrap();
     let hub = open(dir.path(), Limits::default(), Budget::default());
-    for id in 1..=3 {
-        let body = Bytes::from(vec![b'x'; 300]);
-        let message = PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
-        hub.post(message).await.unwrap().1.flush();
-    }
+    post_long_messages(&hub).await;
     drop(hub);
     let hub = open(dir.path(), Limits { max_frame: 200, ..Limits::default() }, Budget::default());
     let failure = hub.history("r", None, 10, usize::MAX, 20).await.unwrap_err();

@@ -1,11 +1,10 @@
 //! A durable room's replay that cannot deliver what it promised (a damaged record, a stored frame over a lowered
 //! `max_frame`): the joiner is dropped to rejoin unrecovered, never sent live frames after a gap.
 
-use bytes::Bytes;
 use quiver_proto::{Limits, Position};
 
 use super::{
-    durable_tests::{join, open, post},
+    durable_tests::{join, open, post, post_long_messages},
     tests::Collect,
     *,
 };
@@ -57,11 +56,7 @@ async fn a_replay_never_sends_a_stored_frame_over_max_frame() {
     let hub = open(dir.path(), Limits::default(), Budget::default());
     let member = Collect::new(usize::MAX);
     let epoch = join(&hub, "r", None, &member).await.joined.epoch;
-    for id in 1..=3 {
-        let body = Bytes::from(vec![b'x'; 300]);
-        let message = PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id: id, body, now_us: 10 };
-        hub.post(message).await.unwrap().1.flush();
-    }
+    post_long_messages(&hub).await;
     drop(hub);
     let hub = open(dir.path(), Limits { max_frame: 200, ..Limits::default() }, Budget::default());
     let out = Collect::new(usize::MAX);

@@ -15,6 +15,8 @@ mod replies;
 mod requests;
 mod rooms;
 mod summary;
+#[cfg(test)]
+mod test_quic;
 mod ticks;
 mod websocket;
 mod webtransport;

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quiver_proto::Limits;
 
 use super::StreamOutbox;
 use crate::{hub::Outbox, net::wire::WireSend, stats::ServerStats};
@@ -11,21 +10,7 @@ use crate::{hub::Outbox, net::wire::WireSend, stats::ServerStats};
 /// A QUIC connection on loopback, and a unidirectional stream the server opened on it that the client never reads
 /// (the client endpoint and connection are returned to keep them open).
 async fn unread_stream() -> (web_transport_quinn::SendStream, quinn::Endpoint, quinn::Connection, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
-    let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
-    let tuning = quiver_transport::TransportTuning::default();
-    let config =
-        quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
-    let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = server.local_addr().unwrap();
-    let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };
-    let alpn = quiver_proto::ALPN_QUIVER;
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    client.set_default_client_config(quiver_client::trust::quinn_client_config(&trust, addr, alpn).unwrap());
-    let connecting = client.connect(addr, "localhost").unwrap();
-    let (accepted, connected) = tokio::join!(async { server.accept().await.unwrap().await.unwrap() }, connecting);
-    let (server_conn, client_conn) = (accepted, connected.unwrap());
+    let (server_conn, client_conn, client, dir) = crate::net::test_quic::loopback_pair().await;
     let send = web_transport_quinn::Session::raw(server_conn).open_uni().await.unwrap();
     (send, client, client_conn, dir)
 }

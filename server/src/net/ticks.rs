@@ -372,22 +372,8 @@ mod tests {
 
     /// A server connection on loopback (wrapped as the server wraps a native one) and the client's end.
     async fn quic_pair() -> (Wire, quinn::Connection, quinn::Endpoint, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
-        let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
-        let tuning = quiver_transport::TransportTuning::default();
-        let config =
-            quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
-        let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = server.local_addr().unwrap();
-        let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let alpn = quiver_proto::ALPN_QUIVER;
-        client.set_default_client_config(quiver_client::trust::quinn_client_config(&trust, addr, alpn).unwrap());
-        let connecting = client.connect(addr, "localhost").unwrap();
-        let (accepted, connected) = tokio::join!(async { server.accept().await.unwrap().await.unwrap() }, connecting);
-        let conn = Wire::Quic(Arc::new(web_transport_quinn::Session::raw(accepted)));
-        (conn, connected.unwrap(), client, dir)
+        let (accepted, client_conn, client, dir) = crate::net::test_quic::loopback_pair().await;
+        (Wire::Quic(Arc::new(web_transport_quinn::Session::raw(accepted))), client_conn, client, dir)
     }
 
     /// The sends that must not push out a datagram queued before them (a fan-out's tick sent at once, a copy

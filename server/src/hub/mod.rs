@@ -19,6 +19,7 @@ mod dedupe;
 mod fence;
 pub mod history;
 pub(crate) mod lock;
+mod members;
 mod outbox;
 mod release;
 mod replay;

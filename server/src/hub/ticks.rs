@@ -18,7 +18,10 @@ use std::{
 use bytes::{BufMut, Bytes, BytesMut};
 use quiver_proto::{varint, ErrorCode, Failure};
 
-use super::lock::{lock, HubGuard};
+use super::{
+    lock::{lock, HubGuard},
+    members::Members,
+};
 
 /// One tick as the server forwards it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,8 +112,7 @@ fn encode_shared(tick: &Tick) -> Option<Bytes> {
 /// Identifies one subscription.
 pub type TickSubscriberId = u64;
 
-/// A channel's subscribers: (subscription, the subscriber's channel id, its sink).
-pub type Subscribers = Arc<[(TickSubscriberId, u64, Arc<dyn TickSink>)]>;
+pub use super::members::{Member, Subscribers};
 
 /// A published tick and whom to offer it to.
 #[derive(Debug)]
@@ -172,13 +174,11 @@ struct Channel {
     incarnation: u64,
     /// The max ages its publishers asked for (value → publishers asking it): the smallest applies.
     max_ages: BTreeMap<u64, u32>,
-    /// Its subscriptions, in the order they were made (ids only grow): a subscribe or unsubscribe costs O(log n)
-    /// under the shard's lock, however many subscribe (10,000 resubscribing after a restart was O(n²) when each
-    /// copied the whole list).
-    members: BTreeMap<TickSubscriberId, (u64, Arc<dyn TickSink>)>,
-    /// What ticks are offered to: a shared snapshot of `members`, made again at the first publish after a change
-    /// (`None`), so a tick allocates nothing and a burst of subscriptions makes it once.
-    snapshot: Option<Subscribers>,
+    /// Its subscriptions, in the order they were made, and the snapshot ticks are offered to (made again at the
+    /// first publish after a change, so a tick allocates nothing): a subscribe or unsubscribe copies at most one
+    /// chunk of them under the shard's lock, however many subscribe (10,000 resubscribing after a restart was
+    /// O(n²) when each copied the whole list; one client's churn between ticks copied all n at every tick).
+    members: Members,
     publishers: u32,
 }
 
@@ -187,30 +187,13 @@ impl Default for Channel {
         // (One count for the process: lives of any channel are told apart, which is all the relay needs.)
         static LIVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let incarnation = LIVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        Channel {
-            last_seq: 0,
-            incarnation,
-            max_ages: BTreeMap::new(),
-            members: BTreeMap::new(),
-            snapshot: None,
-            publishers: 0,
-        }
+        Channel { last_seq: 0, incarnation, max_ages: BTreeMap::new(), members: Members::default(), publishers: 0 }
     }
 }
 
 impl Channel {
     fn in_use(&self) -> bool {
         self.publishers > 0 || !self.members.is_empty()
-    }
-
-    /// The subscribers now, as a shared snapshot (made again only after a change).
-    fn subscribers(&mut self) -> Subscribers {
-        let members = &self.members;
-        self.snapshot
-            .get_or_insert_with(|| {
-                members.iter().map(|(id, (channel_id, sink))| (*id, *channel_id, sink.clone())).collect()
-            })
-            .clone()
     }
 
     /// The smallest max age a publisher of the channel asked for.
@@ -272,13 +255,7 @@ impl LocalTicks {
     /// cluster's interest) counts each once.
     pub(crate) fn unsubscribed(&self, channel: &str, subscriber: TickSubscriberId) -> bool {
         let mut shard = self.shard(channel);
-        let removed = shard.get_mut(channel).is_some_and(|c| {
-            let removed = c.members.remove(&subscriber).is_some();
-            if removed {
-                c.snapshot = None;
-            }
-            removed
-        });
+        let removed = shard.get_mut(channel).is_some_and(|c| c.members.remove(subscriber));
         self.remove_if_unused(&mut shard, channel);
         removed
     }
@@ -324,7 +301,7 @@ impl LocalTicks {
         Ok(Some(Fanout {
             tick: Tick { seq: c.last_seq, sent_time_us, received_us, payload },
             max_age_us,
-            subscribers: c.subscribers(),
+            subscribers: c.members.snapshot(),
             incarnation: c.incarnation,
         }))
     }
@@ -374,8 +351,7 @@ impl TickHub for LocalTicks {
     fn subscribe(&self, channel: &str, channel_id: u64, sink: Arc<dyn TickSink>) -> Result<TickSubscriberId, Failure> {
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         self.with_new_channel(&mut self.shard(channel), channel, |c| {
-            c.members.insert(id, (channel_id, sink));
-            c.snapshot = None;
+            c.members.insert((id, channel_id, sink));
         })?;
         Ok(id)
     }
@@ -414,7 +390,7 @@ impl TickHub for LocalTicks {
         Some(Fanout {
             tick: Tick { seq: c.last_seq, sent_time_us, received_us, payload },
             max_age_us: c.max_age_us(),
-            subscribers: c.subscribers(),
+            subscribers: c.members.snapshot(),
             incarnation: c.incarnation,
         })
     }

@@ -112,7 +112,7 @@ fn subscriptions_come_and_go_in_thousands_and_ticks_share_a_snapshot_between_cha
     let ids: Vec<_> = (0..5_000u64).map(|n| hub.subscribe("c", n, sink.clone()).unwrap()).collect();
     let first = hub.publish("c", 0, 0, Bytes::new()).unwrap();
     let second = hub.publish("c", 0, 0, Bytes::new()).unwrap();
-    assert!(Arc::ptr_eq(&first.subscribers, &second.subscribers), "no change, no new snapshot");
+    assert!(Subscribers::ptr_eq(&first.subscribers, &second.subscribers), "no change, no new snapshot");
     let channel_ids: Vec<u64> = first.subscribers.iter().map(|(_, channel_id, _)| *channel_id).collect();
     assert_eq!(channel_ids, (0..5_000).collect::<Vec<_>>(), "in the order they subscribed");
     // Every other one leaves, the rest stay, and a late one joins.

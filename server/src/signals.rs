@@ -131,8 +131,14 @@ impl Signals {
 /// SIGHUP: new handshakes get the certificate and token keys now in the files; live connections stay, but for
 /// the sessions whose token was signed with a key no longer in the files (closed, `TokenInvalid`).
 fn reload(reloader: &Reloader, settings: &Settings) {
-    let auth = match settings.auth_config() {
-        Ok(auth) => auth,
+    let auth = match settings.auth_config_for_reload() {
+        Ok((auth, gone)) => {
+            for path in gone {
+                let file = path.display();
+                tracing::warn!(%file, "a token key file is gone: its key is removed, and its sessions are closed");
+            }
+            auth
+        }
         Err(invalid) => {
             tracing::error!(key = invalid.key, error = invalid.message, "reload failed; keeping the current keys");
             return;

@@ -120,6 +120,20 @@ fn redacted(text: &str, message: String) -> String {
         })
         .filter(|(value, redacted)| value.len() > 4 && value != redacted)
         .fold(message, |message, (value, redacted)| message.replace(&value, &redacted))
+        .lines()
+        .map(|line| withheld(line).unwrap_or_else(|| line.to_string()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// toml's quote of a line of the file (`12 | text`) withheld when the line names a secret or a URL in any form
+/// the value-by-value replacement above does not read (a dotted key, an inline table).
+fn withheld(line: &str) -> Option<String> {
+    let (gutter, quoted) = line.split_once('|')?;
+    let number = gutter.trim();
+    let sensitive = ["hs256_secret", "url", "pass"].iter().any(|word| quoted.contains(word));
+    (!number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) && sensitive)
+        .then(|| format!("{gutter}| <the line is not shown: it may hold a secret>"))
 }
 
 impl Layers {

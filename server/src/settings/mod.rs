@@ -331,24 +331,57 @@ impl Settings {
         }
     }
 
-    /// How clients are admitted; reads the key files.
+    /// How clients are admitted; reads the key files (each one must be there).
     pub fn auth_config(&self) -> Result<AuthConfig, Invalid> {
-        if self.auth.anonymous {
-            return Ok(AuthConfig::Anonymous);
+        self.read_auth(false).map(|(auth, _)| auth)
+    }
+
+    /// How clients are admitted from now on, for a reload (SIGHUP): a key file that is gone is a key removed (an
+    /// operator revokes a key by deleting its file: keeping it trusted would fail open), returned to be named. A
+    /// reload that would leave no key at all is refused (write the new key before deleting the old one).
+    pub fn auth_config_for_reload(&self) -> Result<(AuthConfig, Vec<PathBuf>), Invalid> {
+        let (auth, gone) = self.read_auth(true)?;
+        if !gone.is_empty() && matches!(auth, AuthConfig::DevKey) {
+            let gone = gone.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+            return Err(Invalid::new(
+                "auth",
+                format!("every token key file is gone ({gone}): a reload must leave at least one key"),
+            ));
         }
+        Ok((auth, gone))
+    }
+
+    fn read_auth(&self, gone_is_removed: bool) -> Result<(AuthConfig, Vec<PathBuf>), Invalid> {
+        if self.auth.anonymous {
+            return Ok((AuthConfig::Anonymous, Vec::new()));
+        }
+        let mut gone = Vec::new();
+        let mut is_gone = |path: &PathBuf, err: &std::io::Error| {
+            let removed = gone_is_removed && err.kind() == std::io::ErrorKind::NotFound;
+            if removed {
+                gone.push(path.clone());
+            }
+            removed
+        };
         let mut keys = Vec::new();
         if let Some(secret) = crate::auth::parse_hs256_secret(&self.auth.hs256_secret) {
             keys.push(TokenKey::Hs256(secret));
         }
         for path in &self.auth.hs256_key_files {
-            let secret = crate::auth::read_hs256_key(path)
-                .map_err(|err| Invalid::new("auth.hs256_key_files", err.to_string()))?;
-            keys.push(TokenKey::Hs256(secret));
+            match crate::auth::read_hs256_key(path) {
+                Ok(secret) => keys.push(TokenKey::Hs256(secret)),
+                Err(crate::auth::AuthError::Io { source, .. }) if is_gone(path, &source) => {}
+                Err(err) => return Err(Invalid::new("auth.hs256_key_files", err.to_string())),
+            }
         }
         for path in &self.auth.ed25519_public_key_files {
             let named =
                 |why: String| Invalid::new("auth.ed25519_public_key_files", format!("{}: {why}", path.display()));
-            let pem = std::fs::read(path).map_err(|err| named(err.to_string()))?;
+            let pem = match std::fs::read(path) {
+                Ok(pem) => pem,
+                Err(err) if is_gone(path, &err) => continue,
+                Err(err) => return Err(named(err.to_string())),
+            };
             // Parsed here, one file at a time, so that a bad one is named (the verifier only knows it was "an
             // Ed25519 public key").
             let one = AuthConfig::Keys(vec![TokenKey::Ed25519Pem(pem.clone())]);
@@ -360,10 +393,11 @@ impl Settings {
             })?;
             keys.push(TokenKey::Ed25519Pem(pem));
         }
-        Ok(match keys.is_empty() {
+        let auth = match keys.is_empty() {
             true => AuthConfig::DevKey,
             false => AuthConfig::Keys(keys),
-        })
+        };
+        Ok((auth, gone))
     }
 
     /// The server configuration these settings describe (checked first; key files are read).

@@ -161,6 +161,20 @@ fn errors_never_show_the_hs256_secret() {
     assert!(!format!("{settings:?}").contains(&"ab".repeat(32)));
 }
 
+/// A secret in a dotted key or an inline table (a mistyped neighbour makes toml quote the line): not shown either.
+#[test]
+fn errors_never_show_a_secret_in_a_dotted_key_or_an_inline_table() {
+    let secret = "0123456789".repeat(7);
+    for text in [
+        format!("auth.hs256_secret = {secret}\n"),
+        format!("auth = {{ hs256_secret = \"{secret}\", anonymus = true }}\n"),
+        format!("broker = {{ url = \"redis://:{secret}@h:6379\", typo = 1 }}\n"),
+    ] {
+        let err = load_text(&text, &[], vec![]).unwrap_err().to_string();
+        assert!(err.contains("line 1") && !err.contains(&secret), "{err}");
+    }
+}
+
 /// The broker's password, in the URL's user information or its `pass` parameter, is not in a parse error (toml
 /// quotes the offending line: here an unquoted URL) nor in `config print`.
 #[test]
@@ -280,4 +294,33 @@ fn the_default_log_filter_drops_what_a_peer_can_repeat() {
     assert_eq!(seen(|| tracing::warn!(target: "web_transport_quinn::session", "failed to decode stream header")), 0);
     assert_eq!(seen(|| tracing::error!(target: "web_transport_quinn::session", "a real failure")), 1);
     assert_eq!(seen(|| tracing::info!(target: "quinn_proto::connection", "a packet")), 0);
+}
+
+/// A reload (SIGHUP) takes a deleted key file for a key removed (an operator revokes a key so), where the start
+/// refuses it; a reload that would leave no key is refused rather than falling back to the dev key.
+#[test]
+fn a_reload_takes_a_deleted_key_file_for_a_key_removed_but_never_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.hex"), dir.path().join("b.hex"));
+    std::fs::write(&a, "aa".repeat(32)).unwrap();
+    std::fs::write(&b, "bb".repeat(32)).unwrap();
+    let text = format!("[auth]\nhs256_key_files = [{:?}, {:?}]\n", a.display().to_string(), b.display().to_string());
+    let settings = load_text(&text, &[], vec![]).unwrap();
+    let keys = |auth: AuthConfig| match auth {
+        AuthConfig::Keys(keys) => keys.len(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(keys(settings.auth_config_for_reload().unwrap().0), 2);
+
+    std::fs::remove_file(&a).unwrap();
+    let err = settings.auth_config().unwrap_err();
+    assert!(err.key == "auth.hs256_key_files" && err.message.contains("a.hex"), "{err:?}");
+    let (auth, gone) = settings.auth_config_for_reload().unwrap();
+    assert_eq!((keys(auth), gone), (1, vec![a.clone()]));
+
+    std::fs::write(&b, "not hex").unwrap();
+    assert!(settings.auth_config_for_reload().is_err(), "a damaged key file is an error, not a key removed");
+    std::fs::remove_file(&b).unwrap();
+    let err = settings.auth_config_for_reload().unwrap_err();
+    assert!(err.message.contains("at least one key") && err.message.contains("b.hex"), "{err:?}");
 }

@@ -125,6 +125,14 @@ pub const MAX_COPIES: u8 = 8;
 pub const MAX_CONGESTION_FLOOR: u64 = 100 * 1200;
 /// Largest `transport.datagram_send_buffer` accepted: quinn's default, 1 MiB (Quiver's is 16 KiB).
 pub const MAX_DATAGRAM_SEND_BUFFER: u64 = 1024 * 1024;
+/// Longest `budget.frame_timeout_ms` accepted (a minute): a frame begun and never finished holds its connection
+/// this long.
+pub const MAX_FRAME_TIMEOUT_MS: u64 = 60_000;
+/// Longest `budget.sweep_interval_ms` accepted (a minute): expired history stays up to this long.
+pub const MAX_SWEEP_INTERVAL_MS: u64 = 60_000;
+/// Bytes quinn counts per queued datagram beyond its payload (`size_of::<Bytes>()`): a datagram send buffer must
+/// hold the largest datagram and these, or every datagram that large is refused as too large.
+pub const DATAGRAM_BUFFER_OVERHEAD: usize = 32;
 /// `budget.websocket_max_upgrading` at most: a file descriptor and a TLS handshake each.
 pub const MAX_WEBSOCKET_UPGRADING: u64 = 1_000_000;
 
@@ -174,6 +182,18 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
             "a floor under the congestion window this large turns congestion control off",
         ),
         (
+            "budget.frame_timeout_ms",
+            u64::from(budget.frame_timeout_ms),
+            MAX_FRAME_TIMEOUT_MS,
+            "a peer that begins a frame and never finishes it holds its connection this long",
+        ),
+        (
+            "budget.sweep_interval_ms",
+            u64::from(budget.sweep_interval_ms),
+            MAX_SWEEP_INTERVAL_MS,
+            "expired history is kept until the next sweep",
+        ),
+        (
             "budget.websocket_max_upgrading",
             u64::from(budget.websocket_max_upgrading),
             MAX_WEBSOCKET_UPGRADING,
@@ -192,6 +212,15 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
     }
     if tuning.mtu_discovery.is_some_and(|mtu| !(1200..=65527).contains(&mtu)) {
         return Err(("transport.mtu_discovery", "0 (off) or a UDP payload size from 1200 to 65527".into()));
+    }
+    // The largest datagram the path may carry (a UDP payload of 1,200 bytes, or up to the MTU discovery's
+    // ceiling), with quinn's overhead per datagram: a smaller buffer refuses every datagram that large.
+    let largest = usize::from(tuning.mtu_discovery.unwrap_or(1200)) + DATAGRAM_BUFFER_OVERHEAD;
+    if tuning.datagram_send_buffer < largest {
+        return Err((
+            "transport.datagram_send_buffer",
+            format!("at least {largest} (the largest datagram this path may carry, and {DATAGRAM_BUFFER_OVERHEAD} bytes quinn counts with each)"),
+        ));
     }
     Ok(())
 }

@@ -91,6 +91,7 @@ impl Settings {
             return Err(Invalid::new("admin.hosts", format!("{host:?} {why}")));
         }
         self.websocket_listen()?;
+        self.no_shared_tcp_port()?;
         if self.log.filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
             return Err(Invalid::new("log.filter", format!("{:?} is not a tracing filter", self.log.filter)));
         }
@@ -100,6 +101,42 @@ impl Settings {
 
 /// True for a host name as `Host` carries one (letters, digits, `-`, `_` and dots; no port, scheme, path or final
 /// dot), or `*.` followed by one.
+impl Settings {
+    /// The admin listener does not take the TCP port of the page or the WebSocket fallback (those two share one
+    /// by design): the second to bind would fail at start, and the error would name the listener bound later.
+    fn no_shared_tcp_port(&self) -> Result<(), Invalid> {
+        let Some(admin) = self.admin_addr()?.filter(|a| a.port() != 0) else { return Ok(()) };
+        let websocket = match self.websocket_listen()? {
+            crate::config::WebSocketListen::Off => None,
+            crate::config::WebSocketListen::SamePort => Some(self.listen),
+            crate::config::WebSocketListen::At(addr) => Some(addr),
+        };
+        for (key, other) in [("web.page", self.page_addr()?), ("web.websocket", websocket)] {
+            let Some(other) = other.filter(|other| overlap(admin, *other)) else { continue };
+            // The one set by hand is named (the other's `auto` moved with it).
+            let named = if self.admin.listen == "auto" { key } else { "admin.listen" };
+            return Err(Invalid::new(
+                named,
+                format!("admin.listen ({admin}) and {key} ({other}) take the same TCP port: give one another"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Two TCP listeners that cannot both bind: one port, and the same address or a wildcard covering the other's
+/// (`[::]` is dual-stack, so it covers IPv4 addresses too; `0.0.0.0` covers only IPv4).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| match wild {
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => true,
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+            other.is_ipv4() || matches!(other, std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
+        }
+        _ => false,
+    };
+    a.port() == b.port() && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
 fn is_host_name(host: &str) -> bool {
     let name = host.strip_prefix("*.").unwrap_or(host);
     !name.is_empty()

@@ -324,3 +324,31 @@ fn a_reload_takes_a_deleted_key_file_for_a_key_removed_but_never_the_last() {
     let err = settings.auth_config_for_reload().unwrap_err();
     assert!(err.message.contains("at least one key") && err.message.contains("b.hex"), "{err:?}");
 }
+
+/// Ranges that looked valid and quietly broke a guarantee: a frame timeout of days (a half-sent frame held a
+/// connection), a sweep once a month (expired history kept), a datagram buffer smaller than a datagram (every
+/// full-size tick refused), and the admin listener on the WebSocket's TCP port (the server failed at start, naming
+/// the other listener).
+#[test]
+fn ranges_that_quietly_broke_a_guarantee_and_a_shared_tcp_port_are_refused() {
+    for (text, key) in [
+        ("[budget]\nframe_timeout_ms = 4000000000\n", "budget.frame_timeout_ms"),
+        ("[budget]\nsweep_interval_ms = 2592000000\n", "budget.sweep_interval_ms"),
+        ("[transport]\ndatagram_send_buffer = 1000\n", "transport.datagram_send_buffer"),
+        ("[transport]\nmtu_discovery = 1452\ndatagram_send_buffer = 1400\n", "transport.datagram_send_buffer"),
+        ("listen = \"[::]:4433\"\n[admin]\nlisten = \"[::]:4433\"\n", "admin.listen"),
+        ("listen = \"[::]:4433\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n[web]\npage = \"off\"\nwebsocket = \"0.0.0.0:8080\"\n", "admin.listen"),
+        ("[web]\nwebsocket = \"127.0.0.1:9433\"\n", "web.websocket"),
+    ] {
+        let err = load_text(text, &[], vec![]).unwrap_err().to_string();
+        assert!(err.contains(key), "{text}: {err}");
+    }
+    for text in [
+        "[budget]\nframe_timeout_ms = 60000\nsweep_interval_ms = 60000\n",
+        "[transport]\ndatagram_send_buffer = 1232\n",
+        "listen = \"[::]:4433\"\n[admin]\nlisten = \"127.0.0.1:9433\"\n",
+        "[admin]\nlisten = \"0.0.0.0:8080\"\n[web]\npage = \"off\"\nwebsocket = \"[::1]:8080\"\n",
+    ] {
+        load_text(text, &[], vec![]).unwrap_or_else(|err| panic!("{text}: {err}"));
+    }
+}

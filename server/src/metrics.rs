@@ -426,6 +426,35 @@ impl Collector for ServerMetrics {
              unreadable): the client rejoins, told it missed messages",
             c.replays_cut_short,
         )?;
+        // What `quiver_refusals_total{code}` cannot tell apart (a flooder closed from a RateLimited reply, a token
+        // expiring mid-session from one refused at Hello), and the names docs/security.md counts breaches under.
+        for (name, help, value) in [
+            (
+                "floods_closed",
+                "Connections closed with RateLimited for flooding on after being refused",
+                c.floods_closed,
+            ),
+            (
+                "sessions_expired",
+                "Sessions closed with TokenExpired because their token's exp passed during the session",
+                c.sessions_expired,
+            ),
+            (
+                "tokens_refused",
+                "Hellos refused for their token (codes 20 to 24), and sessions closed by a reload that removed its key",
+                c.tokens_refused,
+            ),
+            (
+                "permission_denied",
+                "Requests answered PermissionDenied (outside the token's grants)",
+                c.permission_denied,
+            ),
+            ("bad_requests", "Requests answered BadRequest", c.bad_requests),
+            ("protocol_violations", "Connections closed with ProtocolViolation", c.protocol_violations),
+            ("control_streams_closed", "Connections closed with ControlStreamClosed", c.control_streams_closed),
+        ] {
+            counter(&mut e, name, help, value)?;
+        }
         histogram(
             &mut e,
             "post_delivery_seconds",

@@ -33,37 +33,42 @@ pub(crate) fn err_line(args: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_fmt(format_args!("{args}\n"));
 }
 
-/// Why a long-running command should stop now: Ctrl-C (SIGINT), or nobody reading its output any more. The
-/// signal handler is registered when this is made, so a Ctrl-C that comes before (or between) waits is not lost.
+/// Why a long-running command should stop now: Ctrl-C (SIGINT), SIGTERM or SIGHUP (`timeout`, `kill`, systemd, a
+/// closed terminal: each must let the command clean up what it made, namespaces and child servers, as Ctrl-C
+/// does), or nobody reading its output any more. The handlers are registered when this is made, so a signal that
+/// comes before (or between) waits is not lost.
 #[derive(Debug)]
 pub(crate) struct Stop {
     #[cfg(unix)]
-    interrupt: Option<tokio::signal::unix::Signal>,
+    signals: [Option<tokio::signal::unix::Signal>; 3],
 }
 
 impl Stop {
-    /// Registers for Ctrl-C now.
+    /// Registers for the signals now.
     pub(crate) fn new() -> Stop {
         #[cfg(unix)]
         {
-            let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
-            Stop { interrupt: interrupt.ok() }
+            use tokio::signal::unix::{signal, SignalKind};
+            let kinds = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()];
+            Stop { signals: kinds.map(|kind| signal(kind).ok()) }
         }
         #[cfg(not(unix))]
         Stop {}
     }
 
-    /// Waits for Ctrl-C or stdout's reader to go (cancel-safe).
+    /// Waits for a signal or stdout's reader to go (cancel-safe).
     pub(crate) async fn requested(&mut self) {
         #[cfg(unix)]
         let interrupted = async {
-            match &mut self.interrupt {
-                Some(interrupt) => {
-                    interrupt.recv().await;
+            let [interrupt, terminate, hangup] = &mut self.signals;
+            if interrupt.is_some() {
+                tokio::select! {
+                    () = received(interrupt.as_mut()) => {}
+                    () = received(terminate.as_mut()) => {}
+                    () = received(hangup.as_mut()) => {}
                 }
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
             }
         };
         #[cfg(not(unix))]
@@ -74,6 +79,17 @@ impl Stop {
             () = interrupted => {}
             () = stdout_gone().cancelled() => {}
         }
+    }
+}
+
+/// The next delivery of `signal` (never, without a handler).
+#[cfg(unix)]
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -24,6 +24,9 @@ fn skip() -> bool {
     }
 }
 
+/// Held by the tests that run `quiver impair --netns`, whose namespaces have fixed names: one run at a time.
+static IMPAIR_NAMES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn assert_removed(name: &str) {
     let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let namespaces = String::from_utf8_lossy(&namespaces.stdout);
@@ -73,14 +76,17 @@ fn ctrl_c_during_a_netns_bench_removes_its_namespaces() {
     assert_removed(&prefix);
 }
 
-/// `quiver impair --netns --client-cmd CMD` interrupted with SIGINT while CMD runs removes its namespaces (docs/impair.md
-/// promises cleanup on Ctrl-C). It registered no handler on this path: the signal's default action killed the process
-/// with `quiver-srv` and `quiver-cli` left behind.
+/// `quiver impair --netns --client-cmd CMD` stopped with SIGTERM (`timeout`, `kill`, systemd) while CMD runs removes
+/// its namespaces, as Ctrl-C does (docs/impair.md). Only SIGINT had a handler: SIGTERM's default action killed the
+/// process with `quiver-srv` and `quiver-cli` left behind. A second run started meanwhile is refused, naming the
+/// namespace, and leaves the first's alone: it took the same names, failed to add them, and its cleanup deleted the
+/// first run's namespaces under it.
 #[test]
-fn ctrl_c_while_impairs_client_command_runs_removes_its_namespaces() {
+fn sigterm_while_impairs_client_command_runs_removes_its_namespaces_and_a_second_run_leaves_them_alone() {
     if skip() {
         return;
     }
+    let _one_at_a_time = IMPAIR_NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut impair = Command::new(env!("CARGO_BIN_EXE_quiver"))
         .args(["impair", "--netns", "--profile", "clean", "--client-cmd", "sleep 29.5"])
         .stdout(std::process::Stdio::null())
@@ -93,7 +99,18 @@ fn ctrl_c_while_impairs_client_command_runs_removes_its_namespaces() {
         assert!(Instant::now() < deadline, "the client command never ran in quiver-cli");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = Command::new("kill").args(["-INT", &impair.id().to_string()]).status().unwrap();
+    let second = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["impair", "--netns", "--profile", "clean", "--client-cmd", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success() && stderr.contains("quiver-srv exists"), "{stderr}");
+    let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let namespaces = String::from_utf8_lossy(&namespaces.stdout);
+    assert!(namespaces.contains("quiver-srv") && namespaces.contains("quiver-cli"), "{namespaces}");
+    assert!(running(), "the first run's client command was stopped by the second run");
+
+    let status = Command::new("kill").args(["-TERM", &impair.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(15);
     let exit = loop {
@@ -102,7 +119,7 @@ fn ctrl_c_while_impairs_client_command_runs_removes_its_namespaces() {
         }
         if Instant::now() > deadline {
             let _ = impair.kill();
-            panic!("quiver impair did not stop on SIGINT");
+            panic!("quiver impair did not stop on SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -118,6 +135,7 @@ fn impairs_commands_are_stopped_with_everything_they_started() {
     if skip() {
         return;
     }
+    let _one_at_a_time = IMPAIR_NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let marker = format!("{}", 3000 + std::process::id() % 1000);
     let started = Instant::now();
     let status = Command::new(env!("CARGO_BIN_EXE_quiver"))

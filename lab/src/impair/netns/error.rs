@@ -38,6 +38,16 @@ pub enum NetnsError {
         /// What it wrote to stderr, trimmed.
         stderr: String,
     },
+    /// A namespace of the link's name exists: another run's (two runs of one name would delete each other's), or
+    /// one a killed run left behind.
+    #[error(
+        "network namespace {namespace} exists: another run is using it (wait for it), or a killed run left it (remove \
+         it with `ip netns del {namespace}`)"
+    )]
+    InUse {
+        /// The namespace.
+        namespace: String,
+    },
     /// `tc` does not know the netem qdisc: the kernel has no `sch_netem`.
     #[error("{command}: {stderr} (this kernel has no sch_netem: use the tun backend)")]
     NoNetem {

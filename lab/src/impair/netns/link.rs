@@ -35,6 +35,9 @@ pub struct NetnsLink {
     pub(super) threads: Vec<JoinHandle<()>>,
     /// Both directions' counters, kept by the TUN backend's readers.
     pub(super) stats: Arc<Mutex<NetnsStats>>,
+    /// The namespaces this link added (server, client): only these are removed, never another run's of the same
+    /// name.
+    created: [bool; 2],
     removed: bool,
 }
 
@@ -57,6 +60,7 @@ impl NetnsLink {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
             stats: Arc::default(),
+            created: [false; 2],
             removed: false,
         };
         // On an error, dropping `link` removes what was created.
@@ -78,6 +82,20 @@ impl NetnsLink {
             Side::Server => format!("{}-srv", self.name),
             Side::Client => format!("{}-cli", self.name),
         }
+    }
+
+    /// Adds `side`'s namespace, refused when one of its name exists (another run's, or one a killed run left).
+    pub(super) fn add_namespace(&mut self, side: Side) -> Result<(), NetnsError> {
+        let ns = self.namespace(side);
+        if std::path::Path::new("/var/run/netns").join(&ns).exists() {
+            return Err(NetnsError::InUse { namespace: ns });
+        }
+        ip(&["netns", "add", &ns]).map_err(|err| match err {
+            NetnsError::Failed { stderr, .. } if stderr.contains("File exists") => NetnsError::InUse { namespace: ns },
+            other => other,
+        })?;
+        self.created[side as usize] = true;
+        Ok(())
     }
 
     /// The network device of `side`.
@@ -127,7 +145,7 @@ impl NetnsLink {
         self.removed = true;
         self.stop.store(true, Ordering::Relaxed);
         let mut first_error = None;
-        for side in [Side::Server, Side::Client] {
+        for side in [Side::Server, Side::Client].into_iter().filter(|side| self.created[*side as usize]) {
             let (ns, dev) = (self.namespace(side), self.device(side));
             // Deleting the interface wakes our blocked reader with an error; then the namespace goes.
             let _ = ip(&["netns", "exec", &ns, "ip", "link", "del", &dev]);

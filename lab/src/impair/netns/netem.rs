@@ -16,8 +16,8 @@ impl NetnsLink {
             Ok(out) if out.status.success() => {}
             _ => return Err(NetnsError::TcMissing),
         }
-        ip(&["netns", "add", &srv])?;
-        ip(&["netns", "add", &cli])?;
+        self.add_namespace(Side::Server)?;
+        self.add_namespace(Side::Client)?;
         ip(&["link", "add", &srv_dev, "netns", &srv, "type", "veth", "peer", "name", &cli_dev, "netns", &cli])?;
         for (ns, dev, addr, peer, direction) in [
             (&srv, &srv_dev, SERVER_ADDR, CLIENT_ADDR, &profile.down),

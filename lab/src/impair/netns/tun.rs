@@ -54,7 +54,7 @@ impl NetnsLink {
             Side::Server => (SERVER_ADDR, CLIENT_ADDR),
             Side::Client => (CLIENT_ADDR, SERVER_ADDR),
         };
-        ip(&["netns", "add", &ns])?;
+        self.add_namespace(side)?;
         let mut config = ::tun::Configuration::default();
         config.tun_name(&dev).mtu(1500);
         let device = ::tun::create(&config).map_err(|source| NetnsError::Tun { device: dev.clone(), source })?;

@@ -370,7 +370,7 @@ async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
     let failed = plot_failed.clone();
     let table = move |report: &quiver_lab::bench::FanoutReport| {
         if let Some(path) = &plot {
-            match write_plot(&report.as_series(), &title, path) {
+            match write_plot(&report.as_series(), &title, "one way, publisher to subscriber (µs)", path) {
                 Ok(()) => crate::err!("wrote {}", path.display()),
                 Err(err) => *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(CliError::from(err)),
             }
@@ -469,7 +469,7 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
         crate::err!("wrote {}", path.display());
     }
     if let Some(path) = &args.plot {
-        write_plot(&report, &title, path)?;
+        write_plot(&report, &title, "round trip (µs)", path)?;
         crate::err!("wrote {}", path.display());
     }
     Ok(())

@@ -63,13 +63,14 @@ async fn rtt_measures_every_series_and_sees_the_loss() {
     assert!(table.contains("quiver stream") && table.contains("vs baseline"), "{table}");
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("rtt.svg");
-    quiver_lab::bench::write_plot(&report, "test", &svg).unwrap();
+    quiver_lab::bench::write_plot(&report, "test", "round trip (µs)", &svg).unwrap();
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.starts_with("<svg") && text.contains("quiver datagram") && text.contains("99.9"), "plot content");
+    assert!(text.contains("round trip (µs)"), "the axis named by the caller");
     let png = dir.path().join("rtt.png");
-    quiver_lab::bench::write_plot(&report, "test", &png).unwrap();
+    quiver_lab::bench::write_plot(&report, "test", "round trip (µs)", &png).unwrap();
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"), "PNG signature");
-    let gif = quiver_lab::bench::write_plot(&report, "test", &dir.path().join("x.gif")).unwrap_err();
+    let gif = quiver_lab::bench::write_plot(&report, "test", "round trip (µs)", &dir.path().join("x.gif")).unwrap_err();
     assert!(matches!(gif, quiver_lab::bench::PlotError::Format { .. }), "{gif:?}");
     let json = serde_json::to_value(&report).unwrap();
     for key in ["name", "sent", "lost", "stale", "wire_bytes_per_msg", "count", "p50_us", "p99_us", "p999_us", "max_us"]

@@ -66,12 +66,13 @@ fn register_font() -> Result<(), PlotError> {
 
 const SIZE: (u32, u32) = (900, 560);
 
-/// Writes the plot as SVG or PNG, by `path`'s extension.
-pub fn write_plot(report: &Report, title: &str, path: &Path) -> Result<(), PlotError> {
+/// Writes the plot as SVG or PNG, by `path`'s extension, with `y_desc` naming what the latencies are (a round
+/// trip, or one way for a fan-out).
+pub fn write_plot(report: &Report, title: &str, y_desc: &str, path: &Path) -> Result<(), PlotError> {
     register_font()?;
     match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("svg") => draw(report, title, SVGBackend::new(path, SIZE).into_drawing_area()),
-        Some("png") => draw(report, title, BitMapBackend::new(path, SIZE).into_drawing_area()),
+        Some("svg") => draw(report, (title, y_desc), SVGBackend::new(path, SIZE).into_drawing_area()),
+        Some("png") => draw(report, (title, y_desc), BitMapBackend::new(path, SIZE).into_drawing_area()),
         _ => return Err(PlotError::Format { path: path.to_owned() }),
     }
     .map_err(|source| PlotError::Draw { path: path.to_owned(), source })
@@ -81,7 +82,7 @@ type DrawError = Box<dyn std::error::Error + Send + Sync>;
 
 fn draw<DB: DrawingBackend>(
     report: &Report,
-    title: &str,
+    (title, y_desc): (&str, &str),
     root: DrawingArea<DB, plotters::coord::Shift>,
 ) -> Result<(), DrawError>
 where
@@ -102,7 +103,7 @@ where
     chart
         .configure_mesh()
         .x_desc("percentile")
-        .y_desc("round trip (µs)")
+        .y_desc(y_desc)
         .x_label_formatter(&|x| match x.round() as i64 {
             0 => "50".into(),
             1 => "90".into(),

@@ -257,19 +257,37 @@ impl Report {
                 .as_ref()
                 .and_then(|b| self.series.iter().find(|x| &x.name == b))
                 .map(|b| {
-                    let r = |a: u64, b: u64| if b == 0 { f64::NAN } else { a as f64 / b as f64 };
-                    let (p50, p99) = (r(l.p50_us, b.latency.p50_us), r(l.p99_us, b.latency.p99_us));
+                    let [p50, p99] = ratios(l, &b.latency);
                     format!("{}, {} ({})", times(p50), times(p99), b.name)
                 })
                 .unwrap_or_default();
-            let spread = format!("{} ± {}", l.mean_us, l.stdev_us);
+            let [p50, p90, p99, p999, max, spread] = cells(l);
             out += &format!(
                 "{:<24} {:>7} {:>6.2} {:>6.2} {:>7} {:>7} {:>8} {:>8} {:>8} {:>14} {:>6}  {}\n",
-                s.name, l.count, loss, stale, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, spread, bytes, ratio
+                s.name, l.count, loss, stale, p50, p90, p99, p999, max, spread, bytes, ratio
             );
         }
         out
     }
+}
+
+/// p50, p90, p99, p99.9, max and "mean ± sd" of `l` for a table: "–" for a series that measured nothing (every
+/// message lost), whose summary says 0 µs and would read as the fastest.
+pub(crate) fn cells(l: &LatencySummary) -> [String; 6] {
+    if l.count == 0 {
+        return std::array::from_fn(|_| "–".to_string());
+    }
+    let us = |us: u64| us.to_string();
+    [us(l.p50_us), us(l.p90_us), us(l.p99_us), us(l.p999_us), us(l.max_us), format!("{} ± {}", l.mean_us, l.stdev_us)]
+}
+
+/// `l`'s p50 and p99 over `baseline`'s; NaN (shown as "–") when either measured nothing.
+pub(crate) fn ratios(l: &LatencySummary, baseline: &LatencySummary) -> [f64; 2] {
+    let r = |a: u64, b: u64| match l.count == 0 || baseline.count == 0 || b == 0 {
+        true => f64::NAN,
+        false => a as f64 / b as f64,
+    };
+    [r(l.p50_us, baseline.p50_us), r(l.p99_us, baseline.p99_us)]
 }
 
 /// A ratio as `×0.62`, with a third decimal below 0.1 (`×0.002`, not `×0.00`).
@@ -308,8 +326,10 @@ impl Report {
         }
         let find = |name: &str| self.series.iter().find(|s| s.name == name);
         let three = |s: Option<&SeriesResult>| match s {
-            Some(s) => format!("{} / {} / {}", ms(s.latency.p50_us), ms(s.latency.p99_us), ms(s.latency.p999_us)),
-            None => "–".to_string(),
+            Some(s) if s.latency.count > 0 => {
+                format!("{} / {} / {}", ms(s.latency.p50_us), ms(s.latency.p99_us), ms(s.latency.p999_us))
+            }
+            _ => "–".to_string(),
         };
         let lost = |s: Option<&SeriesResult>| match s {
             Some(s) if s.sent > 0 => format!("{:.2} %", 100.0 * s.lost as f64 / s.sent as f64),
@@ -321,12 +341,11 @@ impl Report {
             };
             let qw = find(&format!("quiver-ws {kind}"));
             let ratio = |s: Option<&SeriesResult>| match s {
-                Some(s) if w.latency.p50_us > 0 && w.latency.p99_us > 0 => format!(
-                    "{} / {}",
-                    times(s.latency.p50_us as f64 / w.latency.p50_us as f64),
-                    times(s.latency.p99_us as f64 / w.latency.p99_us as f64)
-                ),
-                _ => "–".to_string(),
+                Some(s) => {
+                    let [p50, p99] = ratios(&s.latency, &w.latency);
+                    format!("{} / {}", times(p50), times(p99))
+                }
+                None => "–".to_string(),
             };
             out += &format!(
                 "| {label} | {kind} | {} | {} | {} | {}, {} | {} / {} / {} |\n",
@@ -369,6 +388,28 @@ mod tests {
         Tally::received(&tally, 0, 3); // duplicate: ignored
         let result = Tally::result(&tally, "x", None);
         assert_eq!((result.sent, result.lost, result.latency.count), (8, 1, 7));
+    }
+
+    /// A series that lost every message has no latency: its cells and ratios show "–", not p50 0 and "×0.000",
+    /// which read as infinitely fast.
+    #[tokio::test]
+    async fn a_series_that_measured_nothing_shows_no_latency_and_no_ratio() {
+        let schedule = Schedule { start: Instant::now(), interval: Duration::from_millis(1), count: 3, warmup: 0 };
+        let (baseline, lost) = (Tally::shared(), Tally::shared());
+        for i in 0..3 {
+            let origin = schedule.due(i).await.unwrap();
+            Tally::sent(&baseline, &schedule, 0, i, origin);
+            Tally::received(&baseline, 0, i);
+            Tally::sent(&lost, &schedule, 0, i, origin);
+        }
+        let report = Report {
+            config: serde_json::Value::Null,
+            series: vec![Tally::result(&baseline, "quinn", None), Tally::result(&lost, "quiver", Some("quinn"))],
+        };
+        let table = report.table();
+        let row = table.lines().find(|l| l.starts_with("quiver")).unwrap();
+        assert!(!row.contains('×') && row.contains("–, – (quinn)"), "{table}");
+        assert!(ratios(&report.series[0].latency, &report.series[1].latency)[0].is_nan());
     }
 
     /// A sender more than [`OVERRUN`] past its schedule's end stops (the machine cannot carry the rate), instead of

@@ -137,21 +137,23 @@ impl FanoutReport {
     /// Human-readable summary: latency of every side's ticks (p50 and p99 as a ratio of raw UDP's) and chat
     /// (as a ratio of the WebSocket hub's, when compared), then the servers' CPU per delivery.
     pub fn table(&self) -> String {
-        let ratio = |a: u64, b: u64| if b == 0 { f64::NAN } else { a as f64 / b as f64 };
         let row = |name: &str, l: &LatencySummary, delivered: f64, stale: String, vs: Option<&LatencySummary>| {
-            let vs =
-                vs.map(|b| format!("  {}, {}", times(ratio(l.p50_us, b.p50_us)), times(ratio(l.p99_us, b.p99_us))));
+            let vs = vs.map(|b| {
+                let [p50, p99] = crate::bench::series::ratios(l, b);
+                format!("  {}, {}", times(p50), times(p99))
+            });
+            let [p50, p90, p99, p999, max, spread] = crate::bench::series::cells(l);
             format!(
                 "{name:<23} {:>9} {:>8.2} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>14}{}\n",
                 l.count,
                 delivered,
                 stale,
-                l.p50_us,
-                l.p90_us,
-                l.p99_us,
-                l.p999_us,
-                l.max_us,
-                format!("{} ± {}", l.mean_us, l.stdev_us),
+                p50,
+                p90,
+                p99,
+                p999,
+                max,
+                spread,
                 vs.unwrap_or_default()
             )
         };

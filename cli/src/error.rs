@@ -109,6 +109,10 @@ pub(crate) enum CliError {
     /// `quiver tick sub`.
     #[error("cannot subscribe: {0}")]
     Subscribe(RequestError),
+    /// `quiver tick sub|pub --duration`: the connection or the Subscribe/Publish claim took the whole duration (the
+    /// server does not answer).
+    #[error("--duration ended before the server answered ({0}): it does not answer")]
+    TickSetupTimeout(&'static str),
     /// A tick that cannot be sent.
     #[error(transparent)]
     Tick(#[from] TickError),

@@ -81,18 +81,32 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
+/// `setup` (a connection, a claim), within the run's `--duration` if it has one: a server that never answers
+/// does not hold a bounded run forever.
+async fn within<T>(
+    end: Option<Instant>,
+    what: &'static str,
+    setup: impl std::future::Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
+    tokio::select! {
+        result = setup => result,
+        () = until(end) => Err(CliError::TickSetupTimeout(what)),
+    }
+}
+
 async fn publish(args: PubArgs) -> Result<(), CliError> {
     if !(args.rate > 0.0 && args.rate <= 1_000_000.0) {
         return Err(CliError::TickRate(args.rate));
     }
-    let client = args.server.connect().await?;
+    let end = deadline(args.duration)?;
+    let client = within(end, "connecting", args.server.connect()).await?;
     let max_age = args.max_age_ms.map(Duration::from_millis);
-    let publisher = client.publisher_with_max_age(&args.channel, max_age).await.map_err(CliError::Publish)?;
+    let claim = async { client.publisher_with_max_age(&args.channel, max_age).await.map_err(CliError::Publish) };
+    let publisher = within(end, "Publish", claim).await?;
     let max = publisher.max_payload()?;
     if args.size > max {
         return Err(TickError::TooLarge { size: args.size, max_payload: max }.into());
     }
-    let end = deadline(args.duration)?;
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     if args.price {
         crate::err!("publishing {} prices/s on {}", args.rate, args.channel);
@@ -181,9 +195,10 @@ fn line(stats: &TickStats, rate: f64) -> String {
 }
 
 async fn subscribe(args: SubArgs) -> Result<(), CliError> {
-    let client = args.server.connect().await?;
-    let subscription = client.subscribe(&args.channel).await.map_err(CliError::Subscribe)?;
     let end = deadline(args.duration)?;
+    let client = within(end, "connecting", args.server.connect()).await?;
+    let subscribed = async { client.subscribe(&args.channel).await.map_err(CliError::Subscribe) };
+    let subscription = within(end, "Subscribe", subscribed).await?;
     if !args.json {
         crate::err!("subscribed to {}", args.channel);
     }

@@ -263,3 +263,25 @@ async fn quiver_history_gives_up_on_a_server_that_never_answers() {
     assert!(stderr.contains("no history page within"), "{stderr}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
 }
+
+/// The same mute server and `quiver tick sub --duration 1`: the run ends with the duration, saying the server did
+/// not answer its Subscribe. The duration's clock started only after the subscription was answered, so a script's
+/// `tick sub --duration 5 &` waited for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiver_tick_sub_duration_bounds_a_subscribe_never_answered() {
+    let (dir, endpoint, addr) = quiver_tests::fakes::fake_endpoint();
+    let (welcomed, _) = tokio::sync::oneshot::channel();
+    tokio::spawn(quiver_tests::fakes::mute_after_welcome(endpoint, welcomed, true));
+    let started = std::time::Instant::now();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["tick", "sub", "--channel", "c", "--duration", "1", "--transport", "quic", "--server", &addr])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), output).await.expect("it hung").unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("before the server answered (Subscribe)"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+}

@@ -116,6 +116,13 @@ pub async fn run_connections(
     let connect_time = started.elapsed();
     let handshake_cpu = child_spent(cpu_before, server.cpu());
     let opened = sessions.iter().flatten().count() as u32;
+    if opened == 0 {
+        // Nothing to measure: a report of zeros would read as a run (and exit 0).
+        server.stop().await;
+        let why = first_failure.unwrap_or_else(|| "no attempt was made".into());
+        let why = format!("none of {} connections was opened; the first failure: {why}", config.count);
+        return Err(BenchError::io("opening connections")(std::io::Error::other(why)));
+    }
     progress("letting the connections settle");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = server.rss_bytes();
@@ -264,8 +271,15 @@ async fn welcome(
                 Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
                 _ => return Err(BenchError::io("hello")(std::io::Error::other("the control stream ended"))),
             },
+            Ok(Some(ServerMsg::Reply { result: Err(failure), .. })) => {
+                let why =
+                    format!("refused with {} ({}): {}", failure.code.name(), failure.code.to_u32(), failure.message);
+                return Err(BenchError::io("hello")(std::io::Error::other(why)));
+            }
             Ok(Some(other)) => {
-                return Err(BenchError::io("hello")(std::io::Error::other(format!("not welcomed: {other:?}"))))
+                let what: String = format!("{other:?}").chars().take(120).collect();
+                let why = format!("answered with something other than Welcome: {what}");
+                return Err(BenchError::io("hello")(std::io::Error::other(why)));
             }
             Err(err) => return Err(BenchError::io("hello")(std::io::Error::other(err))),
         }

@@ -15,6 +15,13 @@ cargo build --release --locked -q -p quiver-server -p quiver-cli
 dir=$(mktemp -d)
 server_pid=""
 churn_pid=""
+# What the churn and the server said, before the directory goes: a failure's reasons are in them.
+show_logs() {
+    echo "-- quiver churn's output:" >&2
+    cat "$dir/churn.out" >&2 2>/dev/null || true
+    echo "-- the server's last log lines:" >&2
+    tail -n 20 "$dir/server.err" >&2 2>/dev/null || true
+}
 cleanup() {
     [ -n "$churn_pid" ] && kill "$churn_pid" 2>/dev/null || true
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
@@ -33,7 +40,14 @@ for _ in $(seq 100); do
 done
 [ -n "$addr" ] || { echo "the server did not start:" >&2; cat "$dir/server.err" >&2; exit 1; }
 
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$server_pid/status"; }
+rss_kib() {
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+        echo "the server (pid $server_pid) is gone" >&2
+        show_logs
+        exit 1
+    fi
+    awk '/^VmRSS/ {print $2}' "/proc/$server_pid/status"
+}
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
 start=$(rss_kib)
@@ -55,9 +69,10 @@ if kill -0 "$churn_pid" 2>/dev/null; then
     echo "quiver churn still running $((elapsed - secs)) s after its duration: stopping it" >&2
     kill "$churn_pid" 2>/dev/null || true
     wait "$churn_pid" 2>/dev/null || true
+    show_logs
     exit 1
 fi
-wait "$churn_pid" || { echo "quiver churn failed" >&2; exit 1; }
+wait "$churn_pid" || { echo "quiver churn failed" >&2; show_logs; exit 1; }
 churn_pid=""
 cat "$dir/churn.out"
 

@@ -177,6 +177,11 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
     use quiver_lab::impair::netns::{self, NetnsLink, Side};
     netns::available()?;
     let backend = netns::Backend::parse(&args.backend)?;
+    // netem keeps its counters in the kernel: rows of zeros would say nothing passed.
+    let counted = backend == netns::Backend::Tun;
+    if !counted {
+        crate::err!("(the netem backend counts in the kernel: `ip netns exec quiver-srv tc -s qdisc` shows them)");
+    }
     // Before the namespaces exist: Ctrl-C from here on (during their setup too) ends the run below, which removes
     // them (the signal's default action would kill the process with them left behind).
     let mut stop = crate::output::Stop::new();
@@ -233,7 +238,7 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
             second.tick().await;
             loop {
                 tokio::select! {
-                    _ = second.tick() => {
+                    _ = second.tick(), if counted => {
                         let stats = link.stats();
                         print_directions(&stats.up, &stats.down);
                     }
@@ -248,8 +253,10 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
         stop_group(server).await;
     }
     let stats = tokio::task::spawn_blocking(move || link.stop()).await?.map_err(CliError::NetnsCleanup)?;
-    crate::out!("total:");
-    print_directions(&stats.up, &stats.down);
+    if counted {
+        crate::out!("total:");
+        print_directions(&stats.up, &stats.down);
+    }
     outcome
 }
 

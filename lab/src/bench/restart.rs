@@ -54,12 +54,16 @@ pub struct RestartReport {
 
 /// Fills a store, restarts a server on it, and times what the report lists.
 pub async fn run_restart(config: RestartConfig, progress: impl Fn(&str)) -> Result<RestartReport, BenchError> {
-    if config.rooms == 0 || config.size == 0 || config.size > 16 * 1024 {
-        return Err(BenchError::BadConfig {
-            field: "rooms/size",
-            value: config.size as f64,
-            expected: "at least 1 room, and 1 to 16,384 bytes",
-        });
+    if config.rooms == 0 {
+        return Err(BenchError::BadConfig { field: "rooms", value: 0.0, expected: "at least 1" });
+    }
+    if config.size == 0 || config.size > 16 * 1024 {
+        return Err(BenchError::BadConfig { field: "size", value: config.size as f64, expected: "1 to 16,384 bytes" });
+    }
+    if (config.mib << 20) < config.size as u64 {
+        // (Nothing would be filled, and the restarted server's empty history read as lost.)
+        let expected = "at least 1 MiB (and at least one message of --size)";
+        return Err(BenchError::BadConfig { field: "mib", value: config.mib as f64, expected });
     }
     let dir = super::private_tempdir(None).map_err(BenchError::io("data directory"))?;
     let messages = (config.mib << 20) / config.size as u64;
@@ -204,5 +208,20 @@ mod tests {
         assert_eq!(report.messages, 512);
         assert!(report.disk_mib > 1.0, "{report:?}");
         assert!(report.table().contains("ready"), "{}", report.table());
+    }
+
+    /// A fill of nothing (`--mib 0`) is refused before the run, naming the setting: it filled nothing and then
+    /// failed with "the restarted server lost the history". And each bad setting is named with its own value.
+    #[tokio::test]
+    async fn bad_settings_are_named_with_their_own_values() {
+        let named = |config: RestartConfig| async move {
+            match run_restart(config, |_| {}).await {
+                Err(BenchError::BadConfig { field, value, .. }) => (field, value),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(named(RestartConfig { mib: 0, rooms: 4, size: 64 }).await, ("mib", 0.0));
+        assert_eq!(named(RestartConfig { mib: 1, rooms: 0, size: 8192 }).await, ("rooms", 0.0));
+        assert_eq!(named(RestartConfig { mib: 1, rooms: 1, size: 0 }).await, ("size", 0.0));
     }
 }

@@ -114,12 +114,16 @@ pub struct ClusterReport {
 
 /// Runs every series; `progress` hears what runs.
 pub async fn run_cluster(config: ClusterConfig, progress: impl Fn(&str)) -> Result<ClusterReport, BenchError> {
-    if config.posters == 0 || config.rooms == 0 || config.subscribers == 0 || config.echoes < 10 {
-        return Err(BenchError::BadConfig {
-            field: "posters/rooms/subscribers/echoes",
-            value: 0.0,
-            expected: "at least 1 (10 echoes)",
-        });
+    for (field, value, least) in [
+        ("posters", config.posters, 1),
+        ("rooms", config.rooms, 1),
+        ("subscribers", config.subscribers, 1),
+        ("echoes", config.echoes, 10),
+    ] {
+        if value < least {
+            let expected = if least == 1 { "at least 1" } else { "at least 10" };
+            return Err(BenchError::BadConfig { field, value: f64::from(value), expected });
+        }
     }
     progress("starting redis-server and 4 nodes (1 alone, 3 on the Redis)");
     let redis = RedisProcess::start().await?;

@@ -156,18 +156,31 @@ impl Layers {
     }
 }
 
-/// The 1-based line of `section.key` (or a top-level `key`) in a TOML text, for the usual layout (`[section]`
-/// headers, one `key = value` per line).
+/// The 1-based line of `section.key` (or a top-level `key`) in a TOML text: under a `[section]` header, as a
+/// dotted key (`section.key = …`), or inside an inline table (`section = { key = … }`).
 fn line_of(text: &str, key: &str) -> Option<usize> {
     let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
-    let mut current = "";
+    let mut current = String::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if let Some(header) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
-            current = header.trim();
-        } else if current == section
-            && line.split('=').next().is_some_and(|k| line.contains('=') && k.trim().trim_matches('"') == name)
-        {
+            current = header.trim().to_string();
+            continue;
+        }
+        let Some((left, value)) = line.split_once('=') else { continue };
+        let left: Vec<&str> = left.split('.').map(|part| part.trim().trim_matches('"')).collect();
+        let full = match current.is_empty() {
+            true => left.join("."),
+            false => format!("{current}.{}", left.join(".")),
+        };
+        if full == key {
+            return Some(n + 1);
+        }
+        // `section = { …, name = … }`
+        let inline = value.trim_start().strip_prefix('{').is_some_and(|table| {
+            table.split(',').any(|pair| pair.split_once('=').is_some_and(|(k, _)| k.trim().trim_matches('"') == name))
+        });
+        if full == section && inline {
             return Some(n + 1);
         }
     }

@@ -352,3 +352,12 @@ fn ranges_that_quietly_broke_a_guarantee_and_a_shared_tcp_port_are_refused() {
         load_text(text, &[], vec![]).unwrap_or_else(|err| panic!("{text}: {err}"));
     }
 }
+
+/// A bad value set by a dotted key or in an inline table is named at its line, not as "default".
+#[test]
+fn a_bad_value_in_a_dotted_key_or_an_inline_table_is_named_at_its_line() {
+    for text in ["\nlimits.max_frame = 100\n", "\nlimits = { max_rooms = 8, max_frame = 100 }\n"] {
+        let err = load_text(text, &[], vec![]).unwrap_err().to_string();
+        assert!(err.contains("line 2: limits.max_frame"), "{text}: {err}");
+    }
+}

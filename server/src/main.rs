@@ -311,8 +311,15 @@ fn fail(err: &dyn std::fmt::Display) -> ExitCode {
 /// Logs go to stderr: text for people (colours only on a terminal) or one JSON object per line.
 fn init_logging(log: &LogSettings) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG when it is set and a filter; an unreadable one is said so once logging is up (it was ignored in
+    // silence: an operator asking for debug lines got none and no reason).
+    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let (filter, unreadable) = match env.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(err)) => (EnvFilter::new(&log.filter), Some(err)),
+        None => (EnvFilter::new(&log.filter), None),
+    };
     // A log line that cannot be written (stderr closed, or a pipe whose reader is gone) is dropped:
     // tracing-subscriber's default reports it with `eprintln!`, which panics on that same stderr and took the
     // server down.
@@ -321,6 +328,9 @@ fn init_logging(log: &LogSettings) {
     match log.format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    }
+    if let Some(err) = unreadable {
+        tracing::warn!(%err, filter = %log.filter, "RUST_LOG is not a tracing filter; logging with log.filter instead");
     }
 }
 

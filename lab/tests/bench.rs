@@ -136,16 +136,21 @@ async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// An external server by name with a certificate for that name only (no IP address in it), trusted through
+/// `--ca`: the bench dials the name (it dialled the resolved address, whose check against the certificate failed).
 async fn fanout_measures_an_external_server() {
     use quiver_client::TrustOptions;
     use quiver_lab::bench::{run_fanout, FanoutConfig};
     let dir = tempfile::tempdir().unwrap();
-    let server = quiver_server::Server::bind(quiver_server::ServerConfig::dev(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().into(),
-    ))
-    .unwrap();
-    let (addr, pin) = (server.local_addr(), server.fingerprint());
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let tls = quiver_server::TlsSource::Pem { cert: cert_path.clone(), key: key_path };
+    let config = quiver_server::ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+    let server = quiver_server::Server::bind(quiver_server::ServerConfig { tls, ..config }).unwrap();
+    let addr = server.local_addr();
     let stats = server.stats();
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(server.run(stop.clone()));
@@ -157,7 +162,7 @@ async fn fanout_measures_an_external_server() {
         duration: Duration::from_millis(1000),
         warmup: Duration::from_millis(200),
         profile: None,
-        server: Some((addr.to_string(), TrustOptions::Pin(pin))),
+        server: Some((format!("localhost:{}", addr.port()), TrustOptions::CaFile(cert_path))),
         token: Some(quiver_client::TokenProvider::dev(dir.path().to_owned(), "bench".into())),
         compare_websocket: false,
         netns: None,
@@ -168,7 +173,7 @@ async fn fanout_measures_an_external_server() {
     assert_eq!(report.quiver.chat_delivered_pct, 100.0, "{report:?}");
     assert!(report.quiver.tick_latency.count > 100, "{report:?}");
     assert!(report.websocket.is_none());
-    assert!(report.config["server"].as_str().unwrap().starts_with("127.0.0.1:"), "{report:?}");
+    assert!(report.config["server"].as_str().unwrap().starts_with("localhost:"), "{report:?}");
     assert!(stats.snapshot().ticks_published >= 50, "the external server carried the run");
     stop.cancel();
 }

@@ -18,6 +18,9 @@ use crate::impair::{ImpairmentProfile, Relay, RelayConfig};
 #[derive(Debug, Clone)]
 pub(crate) struct QuiverServer {
     pub(crate) addr: SocketAddr,
+    /// An external server's name as given (`host:port`), dialled by name while nothing sits between (the TLS
+    /// server name a `--ca` certificate is checked against: dialling its address checked the address).
+    name: Option<String>,
     pub(crate) trust: TrustOptions,
     pub(crate) token: Option<TokenProvider>,
     /// The in-process server's counters (`None` for an external one).
@@ -40,7 +43,8 @@ impl QuiverServer {
         if let Some((server, trust)) = external {
             let addr = resolve(server).await?;
             let (trust, token) = (trust.clone(), token.cloned());
-            return Ok(QuiverServer { addr, trust, token, stats: None, websocket: None });
+            let name = Some(server.clone());
+            return Ok(QuiverServer { addr, name, trust, token, stats: None, websocket: None });
         }
         let config = quiver_server::ServerConfig {
             tuning: tuning.clone(),
@@ -58,7 +62,15 @@ impl QuiverServer {
         tokio::spawn(server.run(stop.clone()));
         let sub = format!("bench-{:08x}", rand::random::<u32>());
         let token = TokenProvider::dev(data_dir.to_owned(), sub);
-        Ok(QuiverServer { addr, trust: TrustOptions::Pin(pin), token: Some(token), stats: Some(stats), websocket })
+        let (trust, token, stats) = (TrustOptions::Pin(pin), Some(token), Some(stats));
+        Ok(QuiverServer { addr, name: None, trust, token, stats, websocket })
+    }
+
+    /// The same server reached at `addr` (a relay's on loopback, or its own address when none is needed): a
+    /// relayed server is dialled by that address.
+    pub(crate) fn reached_at(self, addr: SocketAddr) -> QuiverServer {
+        let name = self.name.filter(|_| addr == self.addr);
+        QuiverServer { addr, name, ..self }
     }
 
     /// A client connected over QUIC with `tuning`.
@@ -80,7 +92,8 @@ impl QuiverServer {
             websocket_port: self.websocket.map(|ws| ws.port()),
             ..ConnectOptions::default()
         };
-        Ok(Client::connect_with(&self.addr.to_string(), options).await?)
+        let server = self.name.clone().unwrap_or_else(|| self.addr.to_string());
+        Ok(Client::connect_with(&server, options).await?)
     }
 }
 

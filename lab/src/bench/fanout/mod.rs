@@ -205,7 +205,10 @@ async fn start_servers(config: &FanoutConfig, ip: IpAddr) -> Result<Servers, Ben
         relays.extend(relay);
         Ok(addr)
     };
-    let quiver = QuiverServer { addr: relayed(quiver.addr)?, ..quiver };
+    let quiver = {
+        let addr = relayed(quiver.addr)?;
+        quiver.reached_at(addr)
+    };
     let baselines = if config.baselines {
         let (cert, _) = quiver_certs::dev::load_or_generate(data_dir.path(), std::time::SystemTime::now())?;
         let quinn_trust = TrustOptions::Pin(cert.fingerprint());

@@ -119,6 +119,9 @@ pub(crate) enum CliError {
     /// `quiver impair`: the UDP relay.
     #[error("cannot start the relay on {listen}: {source}")]
     Relay { listen: SocketAddr, source: io::Error },
+    /// The relay stopped relaying during the run (a socket error): the run ends, failed.
+    #[error("the relay stopped: {0}")]
+    RelayStopped(String),
     /// `quiver impair --netns` when the emulator cannot run here.
     #[cfg(target_os = "linux")]
     #[error(transparent)]

@@ -159,17 +159,25 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
     let mut second = tokio::time::interval(Duration::from_secs(1));
     second.tick().await;
     let mut stop = crate::output::Stop::new();
-    loop {
+    let failed = loop {
         tokio::select! {
-            _ = second.tick() => print(&relay.stats()),
-            () = &mut end => break,
-            () = stop.requested() => break,
+            _ = second.tick() => {
+                print(&relay.stats());
+                if let Some(why) = relay.failed() {
+                    break Some(why);
+                }
+            }
+            () = &mut end => break None,
+            () = stop.requested() => break None,
         }
-    }
+    };
     let stats = tokio::task::spawn_blocking(move || relay.stop()).await?;
     crate::out!("total ({} clients{}):", stats.clients, if stats.refused > 0 { ", some refused" } else { "" });
     print(&stats);
-    Ok(())
+    match failed {
+        Some(why) => Err(CliError::RelayStopped(why)),
+        None => Ok(()),
+    }
 }
 
 #[cfg(target_os = "linux")]

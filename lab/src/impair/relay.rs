@@ -49,6 +49,8 @@ pub struct Relay {
     local_addr: SocketAddr,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<RelayStats>>,
+    /// Why the relay stopped relaying by itself, if it did.
+    failure: Arc<Mutex<Option<String>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -96,21 +98,27 @@ impl Relay {
                 });
             })?);
         }
+        let failure = Arc::new(Mutex::new(None));
         {
-            let stop = stop.clone();
-            let stats = stats.clone();
+            let (stop, stats, failure) = (stop.clone(), stats.clone(), failure.clone());
             threads.push(std::thread::Builder::new().name("impair-listen".into()).spawn(move || {
                 if let Err(err) = listen_loop(&config, &listen, epoch, &schedule, &stop, &stats) {
                     tracing::error!(%err, "relay stopped");
+                    *lock(&failure) = Some(err.to_string());
                 }
             })?);
         }
-        Ok(Relay { local_addr, stop, stats, threads })
+        Ok(Relay { local_addr, stop, stats, failure, threads })
     }
 
     /// The address clients send to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Why the relay stopped relaying by itself (a socket error), if it did: nothing passes any more.
+    pub fn failed(&self) -> Option<String> {
+        lock(&self.failure).clone()
     }
 
     /// Counters so far.

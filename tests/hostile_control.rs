@@ -239,6 +239,40 @@ async fn a_client_that_stops_reading_its_replies_is_closed_within_the_frame_time
     .await;
 }
 
+/// What a client can make the server hold while the server does not read its control stream (here: stuck
+/// writing replies the client never reads) is two frames' worth, not quinn's default 1.25 MB per stream (with 256
+/// connections from one address, 320 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_make_the_server_buffer_more_than_two_frames_it_has_not_read() {
+    bounded(async {
+        let budget = quiver_server::Budget { frame_timeout_ms: 3_000, ..quiver_server::Budget::default() };
+        let server = TestServer::start_with_budget(budget);
+        let mut config =
+            quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(quinn::VarInt::from_u32(1024));
+        config.transport_config(std::sync::Arc::new(transport));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint.connect_with(config, server.addr, "localhost").unwrap().await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&frame(0, hello(server.token("hoarder")))).await.unwrap();
+        // Replies it never reads, until the server waits to write one and stops reading.
+        let pings: Vec<u8> = (1..=100).flat_map(|id| frame(id, RequestBody::Ping { client_time_us: 1 })).collect();
+        send.write_all(&pings).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Then as much as the server's flow control lets it send.
+        let flood = vec![0u8; 4 << 20];
+        let mut accepted = 0;
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), send.write(&flood[accepted..])).await {
+            accepted += n;
+        }
+        let window = quiver_transport::tuning::server_receive_windows(&Limits::default()).0 as usize;
+        assert!(accepted <= window + pings.len(), "the client got {accepted} bytes into the server unread");
+        server.stop().await;
+    })
+    .await;
+}
+
 /// A burst of small requests with large replies (History pages of a frame each) is answered a frame at a time, as
 /// the peer reads them, not buffered whole (a 16 KiB burst of History requests made over 100 MB of replies): every
 /// request still gets its reply, in order.

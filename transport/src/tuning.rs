@@ -198,12 +198,36 @@ fn common(tuning: &TransportTuning) -> TransportConfig {
 /// encoder and decoder; RFC 9114 §6.2 asks for at least three). The limits are per endpoint, before ALPN is
 /// known, so they are the browser's; a native client opening any stream besides the control stream is closed
 /// with `ProtocolViolation`. Room streams are opened by the server.
-pub fn server_transport(_limits: &Limits, tuning: &TransportTuning) -> Arc<TransportConfig> {
+///
+/// What a client may send before the server reads it is bounded ([`server_receive_windows`]), and so is what the
+/// server keeps unacknowledged for a client ([`SERVER_SEND_WINDOW`]): quinn's defaults (1.25 MB per stream, no
+/// bound per connection; 10 MB unacknowledged) let any client make the server hold megabytes while it was busy
+/// elsewhere (its replies unread, a room stream not granted), per connection.
+pub fn server_transport(limits: &Limits, tuning: &TransportTuning) -> Arc<TransportConfig> {
     let mut config = common(tuning);
     config.keep_alive_interval(server_keep_alive(tuning.keep_alive));
     config.max_concurrent_bidi_streams(VarInt::from_u32(2)).max_concurrent_uni_streams(VarInt::from_u32(3));
+    let (stream, connection) = server_receive_windows(limits);
+    config
+        .stream_receive_window(VarInt::from_u32(stream))
+        .receive_window(VarInt::from_u32(connection))
+        .send_window(SERVER_SEND_WINDOW);
     Arc::new(config)
 }
+
+/// Bytes a client may have sent on one stream, and on all its streams, that the server has not read: two of the
+/// largest frames on a stream (one being read, the next arriving), at least 64 KiB, and the control stream's and
+/// a browser's CONNECT and HTTP/3 streams' together on the connection. 128 KiB and 256 KiB with the default
+/// 64 KiB frames, against quinn's 1.25 MB per stream.
+pub fn server_receive_windows(limits: &Limits) -> (u32, u32) {
+    let stream = limits.max_frame.saturating_mul(2).max(64 * 1024);
+    (stream, stream.saturating_mul(2))
+}
+
+/// Bytes the server sends a client and keeps until they are acknowledged, at most (quinn's default: 10 MB): a
+/// peer that withholds its ACKs pins this much. 1 MiB still carries 10 MB/s of room traffic at 100 ms of RTT,
+/// and ticks (datagrams) are not counted in it.
+pub const SERVER_SEND_WINDOW: u64 = 1 << 20;
 
 /// quinn's default upper bound for path MTU discovery (a 1,500-byte Ethernet MTU less IPv6 and UDP headers).
 pub const QUINN_MTU_DISCOVERY: u16 = 1452;

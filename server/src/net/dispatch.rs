@@ -456,8 +456,13 @@ impl<R: RoomHub> Connection<R> {
         Some(ServerMsg::Kicked { room: Some(room.to_string()), code: ErrorCode::SlowConsumer, reason })
     }
 
-    /// Leaves every room and ends every subscription (the connection is ending), and stops the tasks.
+    /// Leaves every room and ends every subscription (the connection is ending), and stops the tasks. Once: a
+    /// session closed early (its token expired, its key removed) is not closed again at the connection's end (that
+    /// waited a second frame timeout for commits, holding the task and its admission slot).
     pub(super) async fn close(&mut self, now_us: u64, commit_wait: std::time::Duration) {
+        if self.stop.is_cancelled() {
+            return;
+        }
         self.datagrams.stop().await;
         let release = self.state.close();
         for (channel, subscriber) in release.subscriptions {

@@ -133,6 +133,10 @@ pub(crate) async fn pump(
                             break;
                         }
                         () = stop.cancelled() => {
+                            // Reset, not dropped: a dropped stream is finished, and a finish inside a frame reads as a
+                            // protocol violation to the client, which could hide the close that follows (its token
+                            // expired: reconnect with a fresh one).
+                            send.reset(ErrorCode::NoError);
                             return dequeued(&stats, len + batch.iter().map(Bytes::len).sum::<usize>());
                         }
                         () = &mut left_too_long => {

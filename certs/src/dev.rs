@@ -4,7 +4,6 @@
 //! directory so that restarts keep the same hash, and is renewed once less than [`RENEW_BEFORE`] is left.
 
 use std::{
-    io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     time::{Duration, SystemTime},
@@ -40,6 +39,14 @@ pub enum DevCertStatus {
 pub fn load_or_generate(data_dir: &Path, now: SystemTime) -> Result<(CertKey, DevCertStatus), CertError> {
     let cert_path = data_dir.join(CERT_FILE);
     let key_path = data_dir.join(KEY_FILE);
+    // A dev key others can read lets them present this server's pinned certificate: private again, or refused.
+    match crate::files::keep_private(&key_path) {
+        Ok(Some(mode)) => {
+            tracing::warn!(path = %key_path.display(), "the dev TLS key was readable by others (mode {mode:o}): now 0600")
+        }
+        Ok(None) => {}
+        Err(source) => return Err(CertError::NotPrivate { path: key_path, source }),
+    }
     let reason = match pem::load(&cert_path, &key_path) {
         Ok(stored) if !key_matches(&stored, &key_path) => {
             // A key replaced without its certificate (a write cut short between the two): ours to repair.
@@ -120,23 +127,9 @@ fn generate_pem(now: SystemTime) -> Result<(String, String), CertError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Writes `content` to a temporary file beside `path`, then renames it over `path`: a reader never sees half a
-/// file. `private` files are readable by their owner only.
 fn write_atomic(path: &Path, content: &[u8], private: bool) -> Result<(), CertError> {
-    let write_err = |source| CertError::Write { path: path.to_owned(), source };
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut file = options.open(&tmp).map_err(write_err)?;
-    file.write_all(content).and_then(|()| file.sync_all()).map_err(write_err)?;
-    std::fs::rename(&tmp, path).map_err(write_err)
+    crate::files::write_atomic(path, content, private)
+        .map_err(|source| CertError::Write { path: path.to_owned(), source })
 }
 
 #[cfg(test)]
@@ -176,6 +169,22 @@ mod tests {
             })
             .collect();
         assert_eq!(names, ["localhost", "[127, 0, 0, 1]", "[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]"]);
+    }
+
+    /// A dev key others can read (a copied data directory) is made private again before it is used: with it, any
+    /// user could present this server's pinned certificate while it is down.
+    #[cfg(unix)]
+    #[test]
+    fn a_dev_key_others_can_read_is_made_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = load_or_generate(dir.path(), SystemTime::now()).unwrap();
+        let key = dir.path().join(KEY_FILE);
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (again, status) = load_or_generate(dir.path(), SystemTime::now()).unwrap();
+        assert_eq!((status, again.fingerprint()), (DevCertStatus::Reused, first.fingerprint()));
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -46,6 +46,18 @@ pub enum CertError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A private key file other users can read, which cannot be made readable by its owner only.
+    #[error(
+        "{}: readable by other users, and it cannot be made 0600 ({source}): make it private (chmod 600, owned by \
+         this user) or delete it",
+        path.display()
+    )]
+    NotPrivate {
+        /// The file.
+        path: PathBuf,
+        /// Why its mode could not be changed.
+        source: std::io::Error,
+    },
     /// The certificate is not valid now: expired, or valid only from a later time.
     #[error("{}: {reason}", path.display())]
     NotValidNow {

@@ -3,6 +3,7 @@
 //! - [`dev`]: a self-signed ECDSA P-256 certificate valid for 14 days (what browsers accept with
 //!   `serverCertificateHashes`), kept in the server's data directory and renewed when less than a day is left.
 //! - [`pem`]: a production certificate chain and key from PEM files.
+//! - [`files`]: key files written whole and private, and kept private.
 //! - [`sha256`] / [`Fingerprint`]: the SHA-256 of a DER certificate, the pin native clients and browsers use.
 //!
 //! ```
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 pub mod dev;
 mod error;
+pub mod files;
 mod fingerprint;
 pub mod pem;
 

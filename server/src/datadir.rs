@@ -168,6 +168,10 @@ pub const RESET_KEY_FILE: &str = "reset-key";
 pub fn reset_key(dir: &Path) -> Result<[u8; 32], DataDirError> {
     let path = dir.join(RESET_KEY_FILE);
     let io = |source| DataDirError::Io { path: path.clone(), source };
+    // A key others can read lets them forge resets of this server's connections: private again, or refused.
+    if let Some(mode) = quiver_certs::files::keep_private(&path).map_err(io)? {
+        tracing::warn!(path = %path.display(), "the stateless-reset key was readable by others (mode {mode:o}): now 0600");
+    }
     match std::fs::read(&path) {
         Ok(bytes) => {
             let invalid =
@@ -177,14 +181,7 @@ pub fn reset_key(dir: &Path) -> Result<[u8; 32], DataDirError> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             // Written aside and renamed into place: a crash in between never leaves a short key behind.
             let key: [u8; 32] = rand::random();
-            let partial = dir.join(format!("{RESET_KEY_FILE}.partial"));
-            let mut options = OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&partial).map_err(io)?;
-            file.write_all(&key).and_then(|()| file.sync_all()).map_err(io)?;
-            std::fs::rename(&partial, &path).map_err(io)?;
+            quiver_certs::files::write_atomic(&path, &key, true).map_err(io)?;
             Ok(key)
         }
         Err(err) => Err(io(err)),
@@ -207,6 +204,22 @@ mod tests {
         let again = DataDirLock::acquire(&dir.path().join("fresh/sub")).unwrap();
         drop(again);
         DataDirLock::acquire(dir.path()).expect("free once the first let go");
+    }
+
+    /// The stateless-reset key is made owner-only, kept across restarts, and made private again when others could
+    /// read it (with it, anyone could forge resets of this server's connections).
+    #[cfg(unix)]
+    #[test]
+    fn the_reset_key_is_kept_and_kept_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = reset_key(dir.path()).unwrap();
+        let path = dir.path().join(RESET_KEY_FILE);
+        let mode = || std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(reset_key(dir.path()).unwrap(), key, "the same key after a restart");
+        assert_eq!(mode(), 0o600);
     }
 
     #[cfg(unix)]

@@ -1,0 +1,90 @@
+//! Key files: written whole and private, and kept private.
+
+use std::{io::Write, path::Path};
+
+/// Writes `content` to `path` whole: into a new file of a random name beside it (`create_new`: never an existing
+/// file or a link someone left there, whose mode or target would be kept), synced, then renamed over `path`, so a
+/// reader never sees half a file. `private` files are readable by their owner only from their creation. The
+/// temporary file is removed when anything fails.
+pub fn write_atomic(path: &Path, content: &[u8], private: bool) -> std::io::Result<()> {
+    let mut suffix = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut suffix)
+        .map_err(|_| std::io::Error::other("no randomness for a temporary file name"))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_file_name(format!(".{name}.{suffix}.tmp"));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(content)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    // The rename itself made durable (best effort: not every file system syncs a directory).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// Makes a key file others may read (copied, restored from a backup, written by hand) readable by its owner only
+/// again, returning the mode it had (`None`: it was private, is missing, or is not a plain file: a link's target
+/// is not this program's to change). An error when it cannot be changed (another user's file, a read-only file
+/// system): the caller should refuse the key rather than use it.
+pub fn keep_private(path: &Path) -> std::io::Result<Option<u32>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(None) };
+        let mode = meta.permissions().mode() & 0o777;
+        if !meta.file_type().is_file() || mode & 0o077 == 0 {
+            return Ok(None);
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Some(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_file_is_never_written_through_a_link_or_with_a_mode_left_there() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, elsewhere) = (dir.path().join("key.pem"), dir.path().join("elsewhere"));
+        // What a fixed temporary name let another writer of the directory prepare: a link to a file it can read.
+        std::fs::write(&elsewhere, b"").unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("key.tmp")).unwrap();
+        write_atomic(&path, b"secret", true).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"", "nothing written through the link");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 3, "no temporary file left: {left:?}");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(keep_private(&path).unwrap(), Some(0o644));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(keep_private(&path).unwrap(), None, "private already");
+    }
+}

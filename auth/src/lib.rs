@@ -237,14 +237,17 @@ fn has_invisible(sub: &str) -> bool {
     before.is_some_and(|last| matches!(last, '\u{200C}'..='\u{200D}' | '\u{034F}'))
 }
 
-/// Whether `name` matches `pattern` (dot-separated segments; `*` one segment; a final `**` one or more).
+/// Whether `name` matches `pattern` (dot-separated segments; `*` one segment; a final `**` one or more). A
+/// wildcard's segments are never empty: `game.*` grants `game.lobby`, not `game.` nor `game..x`.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     let mut pattern = pattern.split('.');
     let mut name = name.split('.');
     loop {
         match (pattern.next(), name.next()) {
-            (Some("**"), Some(_)) => return pattern.next().is_none(),
-            (Some("*"), Some(_)) => {}
+            (Some("**"), Some(n)) if !n.is_empty() => {
+                return pattern.next().is_none() && name.all(|rest| !rest.is_empty())
+            }
+            (Some("*"), Some(n)) if !n.is_empty() => {}
             (Some(p), Some(n)) if p == n => {}
             (None, None) => return true,
             _ => return false,
@@ -289,6 +292,15 @@ impl Auth {
             AuthConfig::DevKey => vec![TokenKey::Hs256(load_or_generate_dev_key(data_dir)?)],
             AuthConfig::Keys(keys) => keys.clone(),
         };
+        // A program embedding the server holds to what key files are held to: a short secret is guessed, and no
+        // key at all would verify nothing while looking like a server that requires tokens.
+        if keys.is_empty() {
+            return Err(AuthError::BadKey { path: PathBuf::from("(token keys)"), reason: "no key given".into() });
+        }
+        if keys.iter().any(|key| matches!(key, TokenKey::Hs256(secret) if secret.len() < MIN_HS256_SECRET)) {
+            let reason = format!("an HS256 secret shorter than {MIN_HS256_SECRET} bytes");
+            return Err(AuthError::BadKey { path: PathBuf::from("(HS256 secret)"), reason });
+        }
         let mut decoding = Vec::new();
         for key in keys {
             let id = KeyId::of(&key);
@@ -448,6 +460,10 @@ pub enum MintError {
 /// Signs `claims` with an HS256 secret.
 pub fn mint_hs256(claims: &Claims, secret: &[u8]) -> Result<String, MintError> {
     check_subject(&claims.sub)?;
+    if secret.len() < MIN_HS256_SECRET {
+        let reason = format!("an HS256 secret shorter than {MIN_HS256_SECRET} bytes");
+        return Err(MintError::Key(AuthError::BadKey { path: PathBuf::from("(HS256 secret)"), reason }));
+    }
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
         .map_err(MintError::Sign)
 }

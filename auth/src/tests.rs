@@ -31,6 +31,11 @@ fn patterns_match_per_segment() {
     assert!(pattern_matches("**", "anything.at.all"));
     assert!(pattern_matches("*.x", "a.x"));
     assert!(!pattern_matches("a.**.b", "a.x.b"), "** only at the end");
+    // A wildcard stands for a segment, never an empty one.
+    for (pattern, name) in [("game.*", "game."), ("*.x", ".x"), ("prices.**", "prices."), ("prices.**", "prices.eu.")] {
+        assert!(!pattern_matches(pattern, name), "{pattern} matched {name:?}");
+    }
+    assert!(!pattern_matches("**", "a..b"));
 }
 
 #[test]
@@ -269,4 +274,17 @@ fn a_session_is_readmitted_after_a_reload_only_while_its_key_is_trusted() {
     let crlf: Vec<u8> = String::from_utf8_lossy(pem).replace('\n', "\r\n").into_bytes();
     assert_eq!(KeyId::of(&TokenKey::Ed25519Pem(pem.to_vec())), KeyId::of(&TokenKey::Ed25519Pem(crlf)));
     assert_ne!(KeyId::of(&TokenKey::Hs256(vec![1; 32])), KeyId::of(&TokenKey::Hs256(vec![2; 32])));
+}
+
+/// A program embedding the server is held to what key files are: an HS256 secret under 32 bytes (anyone could
+/// guess it and forge tokens) and an empty key list are refused, and nothing is minted with a short secret.
+#[test]
+fn short_secrets_and_no_keys_are_refused_by_the_library_too() {
+    let dir = std::path::Path::new("/nonexistent");
+    for keys in [vec![TokenKey::Hs256(b"secret".to_vec())], vec![TokenKey::Hs256(Vec::new())], vec![]] {
+        let err = Auth::from_config(&AuthConfig::Keys(keys.clone()), dir).unwrap_err();
+        assert!(matches!(err, AuthError::BadKey { .. }), "{keys:?}: {err}");
+    }
+    assert!(Auth::from_config(&AuthConfig::Keys(vec![TokenKey::Hs256(vec![7; 32])]), dir).is_ok());
+    assert!(matches!(mint_hs256(&claims(), b"secret"), Err(MintError::Key(AuthError::BadKey { .. }))));
 }

@@ -106,7 +106,7 @@ pub enum TokenCommandError {
         unit: String,
     },
     /// `--ttl` is 0 or too large.
-    #[error("--ttl {0:?}: out of range")]
+    #[error("--ttl {0:?}: out of range (1 s to 366 d: a token cannot be revoked alone, so it must end)")]
     TtlRange(String),
     /// `--sub` is not an identity servers accept.
     #[error("--sub: {0}")]
@@ -274,8 +274,12 @@ pub fn parse_ttl(text: &str) -> Result<u64, TokenCommandError> {
         "d" => 86_400,
         other => return Err(TokenCommandError::TtlUnit { text: text.into(), unit: other.into() }),
     };
-    n.checked_mul(unit).filter(|s| *s > 0).ok_or_else(|| TokenCommandError::TtlRange(text.into()))
+    n.checked_mul(unit).filter(|s| (1..=MAX_TTL_S).contains(s)).ok_or_else(|| TokenCommandError::TtlRange(text.into()))
 }
+
+/// The longest `--ttl`: 366 days. A token cannot be revoked alone (only its key can), so one that never expires is
+/// a leak that never ends; services that need long access renew their tokens.
+pub const MAX_TTL_S: u64 = 366 * 86_400;
 
 #[cfg(test)]
 mod tests {
@@ -310,6 +314,7 @@ mod tests {
         assert!(matches!(parse_ttl("5y"), Err(TokenCommandError::TtlUnit { .. })));
         assert!(matches!(parse_ttl("h"), Err(TokenCommandError::BadTtl(_))));
         assert!(matches!(parse_ttl("0s"), Err(TokenCommandError::TtlRange(_))));
+        assert!(parse_ttl("366d").is_ok() && matches!(parse_ttl("367d"), Err(TokenCommandError::TtlRange(_))));
         assert!(matches!(parse_ttl("99999999999999999d"), Err(TokenCommandError::TtlRange(_))));
     }
 

@@ -60,6 +60,14 @@ pub enum BenchError {
         /// Why it failed.
         source: quiver_client::RequestError,
     },
+    /// A Quiver request got no answer within 30 s (the server stopped answering).
+    #[error("quiver {request}: no answer within {} s (the server does not answer)", after.as_secs())]
+    Unanswered {
+        /// What was asked.
+        request: &'static str,
+        /// How long the bench waited.
+        after: std::time::Duration,
+    },
     /// A bare quinn baseline's client could not be configured.
     #[error("bare quinn: {0}")]
     Trust(#[from] quiver_client::TrustError),
@@ -124,10 +132,25 @@ impl From<tokio_tungstenite::tungstenite::Error> for BenchError {
     }
 }
 
+/// How long a bench waits for the answer to one request (a join, a subscribe, a claim, a post).
+pub(crate) const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl BenchError {
     /// A [`BenchError::Io`] for what was being done.
     pub(crate) fn io(doing: &'static str) -> impl FnOnce(io::Error) -> BenchError {
         move |source| BenchError::Io { doing, source }
+    }
+
+    /// `request`'s answer within [`ANSWER_WAIT`]: a server that stops answering (an external one, wedged) fails
+    /// the run instead of holding it, and every other client waiting at the start with it.
+    pub(crate) async fn answered<T>(
+        request: &'static str,
+        answer: impl std::future::Future<Output = Result<T, quiver_client::RequestError>>,
+    ) -> Result<T, BenchError> {
+        match tokio::time::timeout(ANSWER_WAIT, answer).await {
+            Ok(result) => result.map_err(Self::request(request)),
+            Err(_) => Err(BenchError::Unanswered { request, after: ANSWER_WAIT }),
+        }
     }
 
     /// A [`BenchError::Request`] for `request`.

@@ -204,7 +204,7 @@ async fn echo(from: &Node, to: &Node, config: &ClusterConfig) -> Result<LatencyS
     let room = format!("echo-{:08x}", rand::random::<u32>());
     let poster = from.connect().await?;
     let reader = to.connect().await?;
-    let mut joined = reader.join(&room).await.map_err(BenchError::request("join"))?;
+    let mut joined = BenchError::answered("join", reader.join(&room)).await?;
     let mut recorder = LatencyRecorder::default();
     let body = vec![b'e'; config.size];
     let warmup = config.echoes / 10;
@@ -215,7 +215,7 @@ async fn echo(from: &Node, to: &Node, config: &ClusterConfig) -> Result<LatencyS
         tokio::time::sleep_until(next).await;
         let started = Instant::now();
         let posted = poster.post(&room, body.clone());
-        let seq = posted.await.map_err(BenchError::request("post"))?;
+        let seq = BenchError::answered("post", posted).await?;
         loop {
             match tokio::time::timeout(Duration::from_secs(5), joined.next()).await {
                 Ok(Some(RoomEvent::Message(m))) if m.seq >= seq => break,
@@ -292,7 +292,7 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..config.subscribers {
         let client = nodes[i as usize % nodes.len()].connect().await?;
-        let mut subscription = client.subscribe(&channel).await.map_err(BenchError::request("subscribe"))?;
+        let mut subscription = BenchError::answered("subscribe", client.subscribe(&channel)).await?;
         let (recorder, received) = (recorder.clone(), received.clone());
         tasks.spawn(async move {
             let mut mine = LatencyRecorder::default();
@@ -317,7 +317,7 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
         subscribers.push(client);
     }
     let publisher_client = publisher_node.connect().await?;
-    let publisher = publisher_client.publisher(&channel).await.map_err(BenchError::request("publish"))?;
+    let publisher = BenchError::answered("publish", publisher_client.publisher(&channel)).await?;
     let interval = Duration::from_secs(1) / config.tick_rate.max(1);
     let mut payload = vec![b't'; config.size.max(16)];
     let schedule =

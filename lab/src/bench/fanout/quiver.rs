@@ -34,8 +34,8 @@ pub(super) async fn measure(
     let mut subscribers = Vec::new();
     for who in 0..config.subscribers {
         let client = connect().await?;
-        let mut subscription = client.subscribe(&channel).await.map_err(BenchError::request("subscribe"))?;
-        let mut room = client.join(&chat_room).await.map_err(BenchError::request("join"))?;
+        let mut subscription = BenchError::answered("subscribe", client.subscribe(&channel)).await?;
+        let mut room = BenchError::answered("join", client.join(&chat_room)).await?;
         let (recorder, stop) = (recorder.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
@@ -61,7 +61,7 @@ pub(super) async fn measure(
         subscribers.push(client);
     }
     let publisher_client = connect().await?;
-    let publisher = publisher_client.publisher(&channel).await.map_err(BenchError::request("publish"))?;
+    let publisher = BenchError::answered("publish", publisher_client.publisher(&channel)).await?;
     progress("quiver: measuring");
     let cpu = CpuMeter::start(config.server.is_none());
     let counters = || server.stats.as_ref().map(|s| s.snapshot());

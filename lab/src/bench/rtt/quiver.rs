@@ -24,8 +24,8 @@ pub(super) async fn own_ticks(
     tally: SharedTally,
     stop: &CancellationToken,
 ) -> Result<(TickPublisher, Arc<AtomicU64>), BenchError> {
-    let mut subscription = client.subscribe(channel).await.map_err(BenchError::request("subscribe"))?;
-    let publisher = client.publisher(channel).await.map_err(BenchError::request("publish"))?;
+    let mut subscription = BenchError::answered("subscribe", client.subscribe(channel)).await?;
+    let publisher = BenchError::answered("publish", client.publisher(channel)).await?;
     let stale = Arc::new(AtomicU64::new(0));
     let seen = stale.clone();
     // Every accepted tick, not only the newest: a tick superseded on arrival still arrived.
@@ -100,7 +100,7 @@ pub(super) async fn own_chat(
     redundant: bool,
 ) -> Result<(), BenchError> {
     let options = JoinOptions { redundant, ..JoinOptions::default() };
-    let mut room = client.join_with(room, options).await.map_err(BenchError::request("join"))?;
+    let mut room = BenchError::answered("join", client.join_with(room, options)).await?;
     until_stopped(stop, async move {
         while let Some(event) = room.next().await {
             if let RoomEvent::Message(m) = event {

@@ -400,3 +400,53 @@ async fn an_address_over_its_websocket_upgrade_bound_is_closed_and_counted() {
     };
     assert!(still(fourth).await && still(other).await && still(first.1).await, "the others stay upgrading");
 }
+
+/// Behind a reverse proxy the operator trusts (`web.trusted_proxies`), each client is admitted as the address its
+/// `X-Forwarded-For` names: two clients behind one local proxy each get `max_connections_per_ip` (before, every
+/// client behind the proxy shared 127.0.0.1's one place, and one client could take it from all). The same header
+/// from a peer that is no trusted proxy is not believed, and a hop the client wrote left of the proxy's is not
+/// either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_behind_a_trusted_proxy_are_admitted_by_their_own_address() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let web = quiver_server::WebConfig {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..quiver_server::WebConfig::default()
+    };
+    let server = TestServer::start_web(Limits { max_connections_per_ip: 1, ..Limits::default() }, web);
+    let addr = server.websocket.expect("a WebSocket listener");
+    // An upgrade from `from` carrying `forwarded` (an X-Forwarded-For value): its answer's status code, and the
+    // connection (kept open while it is served).
+    let upgrade = |from: [u8; 4], forwarded: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((std::net::Ipv4Addr::from(from), 0).into()).unwrap();
+        let mut tcp = socket.connect(addr).await.unwrap();
+        let head = format!(
+            "GET /quiver HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: quiver\r\nX-Forwarded-For: {forwarded}\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 12];
+        tcp.read_exact(&mut answer).await.unwrap();
+        (String::from_utf8_lossy(&answer[9..12]).into_owned(), tcp)
+    };
+    let over = || server.stats.snapshot().connections_over_per_ip;
+    let settled = || tokio::time::sleep(Duration::from_millis(200));
+
+    let first = upgrade([127, 0, 0, 1], "203.0.113.7").await;
+    let second = upgrade([127, 0, 0, 1], "203.0.113.8").await;
+    assert_eq!((first.0.as_str(), second.0.as_str()), ("101", "101"));
+    settled().await;
+    assert_eq!(over(), 0, "two clients behind one proxy: one place each");
+    // The first client again, with a hop of its own making on the left: still the first client.
+    let again = upgrade([127, 0, 0, 1], "198.51.100.1, 203.0.113.7").await;
+    settled().await;
+    assert_eq!((again.0.as_str(), over()), ("101", 1), "over the first client's one place (closed after the 101)");
+
+    // Not a trusted proxy: the header is the peer's word, not believed.
+    let untrusted = (upgrade([127, 0, 0, 2], "203.0.113.9").await, upgrade([127, 0, 0, 2], "203.0.113.10").await);
+    settled().await;
+    assert_eq!(over(), 2, "two from 127.0.0.2 share its one place, whatever they say");
+    drop((first, second, again, untrusted));
+}

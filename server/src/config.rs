@@ -76,6 +76,10 @@ pub struct WebConfig {
     /// ticks that can no longer be replaced by newer ones. Small keeps ticks fresh; large lets a fast, distant
     /// link carry more.
     pub websocket_send_buffer: usize,
+    /// Reverse proxies in front of the WebSocket listener (addresses or CIDR blocks): an upgrade from one is
+    /// admitted as the client its `X-Forwarded-For` names ([`crate::forwarded`]). Empty (the default): every
+    /// connection is its TCP peer, whatever it says.
+    pub trusted_proxies: Vec<crate::forwarded::Cidr>,
 }
 
 /// Where the WebSocket fallback listens.
@@ -113,6 +117,7 @@ impl Default for WebConfig {
             http: None,
             websocket: WebSocketListen::SamePort,
             websocket_send_buffer: WebConfig::DEFAULT_WEBSOCKET_SEND_BUFFER,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod budget;
 pub mod cluster;
 pub mod config;
 pub mod datadir;
+pub mod forwarded;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -361,3 +361,12 @@ fn a_bad_value_in_a_dotted_key_or_an_inline_table_is_named_at_its_line() {
         assert!(err.contains("line 2: limits.max_frame"), "{text}: {err}");
     }
 }
+
+#[test]
+fn trusted_proxies_are_addresses_or_blocks_named_when_not() {
+    let settings =
+        load_text("[web]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\"]\n", &[], vec![]).unwrap();
+    assert_eq!(settings.server_config().unwrap().web.trusted_proxies.len(), 3);
+    let err = load_text("[web]\ntrusted_proxies = [\"10.0.0.0/40\"]\n", &[], vec![]).unwrap_err().to_string();
+    assert!(err.contains("line 2: web.trusted_proxies") && err.contains("prefix length"), "{err}");
+}

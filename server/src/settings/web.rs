@@ -20,6 +20,9 @@ pub struct WebSettings {
     pub websocket: String,
     /// The WebSocket connections' TCP send buffer, bytes: small keeps ticks fresh on slow links.
     pub websocket_send_buffer: usize,
+    /// Reverse proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the client a WebSocket upgrade is
+    /// admitted as (empty: none).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for WebSettings {
@@ -30,6 +33,7 @@ impl Default for WebSettings {
             origins: Vec::new(),
             websocket: "auto".into(),
             websocket_send_buffer: WebConfig::DEFAULT_WEBSOCKET_SEND_BUFFER,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -50,7 +54,14 @@ impl Settings {
         if !(4096..=64 << 20).contains(&self.web.websocket_send_buffer) {
             return Err(Invalid::new("web.websocket_send_buffer", "must be 4096 to 67108864 bytes"));
         }
+        let trusted_proxies = self
+            .web
+            .trusted_proxies
+            .iter()
+            .map(|text| text.parse().map_err(|why: String| Invalid::new("web.trusted_proxies", why)))
+            .collect::<Result<_, _>>()?;
         Ok(WebConfig {
+            trusted_proxies,
             path: self.web.path.clone(),
             allowed_origins: self.web.origins.clone(),
             http: self.page_addr()?,

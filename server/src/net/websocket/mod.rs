@@ -115,10 +115,20 @@ pub(super) async fn serve<R: RoomHub>(
             () = shutdown.cancelled() => return,
         };
         // Admission (the per-address rate and counts) first, before any TLS work, and before a place among those
-        // upgrading is made for it: a newcomer admission refuses closes nobody.
-        let Some(admitted) = admit_tcp(remote.ip(), &shared.admission, &shared.stats) else { continue };
+        // upgrading is made for it: a newcomer admission refuses closes nobody. From a trusted reverse proxy, once
+        // its request head names the client (`crate::forwarded`), and its upgrades are bounded in all only: the
+        // per-address bounds would be every client's behind it together.
+        let proxied = crate::forwarded::trusted(&shared.config.web.trusted_proxies, remote.ip());
+        let admitted = match proxied {
+            true => None,
+            false => match admit_tcp(remote.ip(), &shared.admission, &shared.stats) {
+                Some(admitted) => Some(admitted),
+                None => continue,
+            },
+        };
+        let per_ip = if proxied { max as usize } else { max_per_ip };
         let stop = shutdown.child_token();
-        let Some(upgrading) = Upgrading::new(&table, (remote.ip(), max_per_ip), &stop, &shared.stats) else {
+        let Some(upgrading) = Upgrading::new(&table, (remote.ip(), per_ip), &stop, &shared.stats) else {
             bump(&shared.stats.websocket_upgrades_over_per_ip);
             tracing::debug!(%remote, "WebSocket listener: {max_per_ip} connections upgrading from this address already (budget.websocket_max_upgrading_per_ip); closed");
             continue;
@@ -191,7 +201,7 @@ async fn connection<R: RoomHub>(
     tcp: TcpStream,
     remote: SocketAddr,
     shared: Arc<Listener<R>>,
-    permit: (Upgrading, Admitted),
+    permit: (Upgrading, Option<Admitted>),
     shutdown: CancellationToken,
 ) {
     let started = std::time::Instant::now();
@@ -224,10 +234,10 @@ async fn connection<R: RoomHub>(
 /// Reads the request head and answers it: the upgrade (then serves the connection), the page, or an error.
 async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut stream: S,
-    (remote, here): (SocketAddr, Option<std::net::IpAddr>),
+    (peer, here): (SocketAddr, Option<std::net::IpAddr>),
     secure: bool,
     shared: Arc<Listener<R>>,
-    (upgrading, admitted): (Upgrading, Admitted),
+    (upgrading, admitted): (Upgrading, Option<Admitted>),
     (deadline, started): (Instant, std::time::Instant),
     shutdown: CancellationToken,
 ) {
@@ -239,7 +249,24 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
         }
         None => return,
     };
-    let local = is_loopback(remote.ip());
+    // From a trusted proxy: admitted now, as the client its head names.
+    let (remote, admitted) = match admitted {
+        Some(admitted) => (peer, admitted),
+        None => {
+            let trusted = &shared.config.web.trusted_proxies;
+            let client = crate::forwarded::client_address(trusted, peer.ip(), upgrade::forwarded_for(&head));
+            let Some(admitted) = admit_tcp(client, &shared.admission, &shared.stats) else {
+                let refused = Response::error(429, "too many new connections from your address; try again later");
+                answer(stream, refused, &shutdown).await;
+                return drop(upgrading);
+            };
+            // (The client's port is the proxy's to know.)
+            let port = if client == peer.ip() { peer.port() } else { 0 };
+            (SocketAddr::new(client, port), admitted)
+        }
+    };
+    // Plain ws:// is for this machine: the TCP peer's (a proxy here terminates TLS itself).
+    let local = is_loopback(peer.ip());
     let response = match upgrade::classify(&head, &shared.config.web, !secure) {
         Ok(upgrade::Request::Upgrade { key }) if secure || local => {
             let switched = async {
@@ -282,7 +309,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
             Response::error(403, "ws:// (without TLS) is for clients on this machine only; use wss://")
         }
         Ok(upgrade::Request::Http) => match &shared.page {
-            Some((page, at)) if !secure && page_here(*at, here, local) => crate::web::respond(&head, remote.ip(), page),
+            Some((page, at)) if !secure && page_here(*at, here, local) => crate::web::respond(&head, peer.ip(), page),
             _ => Response::error(
                 404,
                 &format!("Quiver's WebSocket endpoint: GET {} with Upgrade: websocket", shared.config.web.path),

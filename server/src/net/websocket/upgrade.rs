@@ -74,6 +74,17 @@ pub(super) fn classify(head: &[u8], web: &WebConfig, plain: bool) -> Result<Requ
     Ok(Request::Upgrade { key: key.to_string() })
 }
 
+/// Every `X-Forwarded-For` value of a request head, in order (none for a head that does not parse).
+pub(super) fn forwarded_for(head: &[u8]) -> Vec<&str> {
+    let Ok((_, _, lines)) = crate::http::parse_request(head) else { return Vec::new() };
+    lines
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("x-forwarded-for"))
+        .map(|(_, value)| value.trim())
+        .collect()
+}
+
 /// The 101 answer to an upgrade with `key`.
 pub(super) fn switching_protocols(key: &str) -> Vec<u8> {
     format!(

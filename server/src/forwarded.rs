@@ -1,0 +1,152 @@
+//! The client behind a reverse proxy the operator trusts: `web.trusted_proxies` names the proxies (addresses or
+//! CIDR blocks), and a WebSocket upgrade that comes from one is admitted as the address its `X-Forwarded-For`
+//! names (the per-address limits apply to it), not as the proxy's: every client behind a local nginx otherwise
+//! shared 127.0.0.1's budget, so one of them could use it all up for everyone. Sans IO.
+//!
+//! The header is read from the right, as the proxies appended to it: the first address that is not a trusted proxy
+//! is the client (the ones further left were written by whoever sent the request, and may be forged). A request
+//! from a trusted proxy without the header is the proxy's own. A request from any other address is taken as its
+//! TCP peer, whatever it says.
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+/// An address block: an address and how many of its leading bits are the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the block (an IPv4 address in its IPv6-mapped form too).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => masked(u32::from(net).into(), u32::from(ip).into(), 32, self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => masked(u128::from(net), u128::from(ip), 128, self.prefix),
+            _ => false,
+        }
+    }
+}
+
+/// Whether `a` and `b`, numbers of `bits` bits, agree in their `prefix` leading bits.
+fn masked(a: u128, b: u128, bits: u8, prefix: u8) -> bool {
+    let shift = u32::from(bits - prefix.min(bits));
+    a.checked_shr(shift).unwrap_or(0) == b.checked_shr(shift).unwrap_or(0)
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    /// `203.0.113.7`, `10.0.0.0/8`, `::1`, `fd00::/8` (an address alone is a block of one).
+    fn from_str(text: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
+        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("{text:?} is not an address or a CIDR block"))?;
+        let addr = addr.to_canonical();
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix.trim() {
+            "" => bits,
+            p => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {bits}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Whether `ip` is one of the `trusted` proxies.
+pub fn trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
+    trusted.iter().any(|block| block.contains(ip))
+}
+
+/// The address to admit a request from `peer` as: `peer` itself unless it is a trusted proxy; else the rightmost
+/// address of `forwarded_for` (every `X-Forwarded-For` value of the request, in order) that is not a trusted
+/// proxy, or, when each one is, the leftmost. `peer` when the header is missing or its rightmost untrusted entry
+/// is not an address.
+pub fn client_address<'a>(
+    trusted_proxies: &[Cidr],
+    peer: IpAddr,
+    forwarded_for: impl IntoIterator<Item = &'a str>,
+) -> IpAddr {
+    if !trusted(trusted_proxies, peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = forwarded_for.into_iter().flat_map(|value| value.split(',')).map(str::trim).collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Some(ip) = hop_address(hop) else { return client };
+        client = ip;
+        if !trusted(trusted_proxies, ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+/// An `X-Forwarded-For` entry's address: `203.0.113.7`, `2001:db8::1`, and the forms with a port some proxies
+/// write (`203.0.113.7:4711`, `[2001:db8::1]:4711`).
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Some(bracketed) = hop.strip_prefix('[') {
+        return bracketed.split_once(']').and_then(|(ip, _)| ip.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical());
+    }
+    let (ip, port) = hop.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    ip.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn blocks(texts: &[&str]) -> Vec<Cidr> {
+        texts.iter().map(|t| t.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn blocks_hold_their_addresses_in_both_families() {
+        let [lo, ten, v6, one, all] =
+            ["127.0.0.1", "10.0.0.0/8", "fd00::/8", "::1", "0.0.0.0/0"].map(|t| t.parse::<Cidr>().unwrap());
+        assert!(lo.contains(ip("127.0.0.1")) && !lo.contains(ip("127.0.0.2")));
+        assert!(lo.contains(ip("::ffff:127.0.0.1")), "the IPv6-mapped form of a dual-stack socket");
+        assert!(ten.contains(ip("10.255.1.2")) && !ten.contains(ip("11.0.0.1")));
+        assert!(v6.contains(ip("fd12::5")) && !v6.contains(ip("fe80::1")) && !v6.contains(ip("10.0.0.1")));
+        assert!(one.contains(ip("::1")) && !one.contains(ip("127.0.0.1")));
+        assert!(all.contains(ip("203.0.113.9")) && !all.contains(ip("2001:db8::1")));
+        assert_eq!(ten.to_string(), "10.0.0.0/8");
+        for bad in ["10.0.0.0/33", "::/129", "ten", "10.0.0.0/x", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    /// The rightmost untrusted hop is the client: what the client wrote itself, left of it, is not believed.
+    #[test]
+    fn the_client_is_the_rightmost_hop_no_trusted_proxy_wrote() {
+        let proxies = blocks(&["127.0.0.1", "10.0.0.0/8"]);
+        let from = |peer: &str, xff: &[&str]| client_address(&proxies, ip(peer), xff.iter().copied());
+        assert_eq!(from("127.0.0.1", &["203.0.113.7"]), ip("203.0.113.7"));
+        assert_eq!(from("127.0.0.1", &["198.51.100.1, 203.0.113.7"]), ip("203.0.113.7"), "a forged hop on the left");
+        assert_eq!(from("127.0.0.1", &["198.51.100.1", "203.0.113.7, 10.1.2.3"]), ip("203.0.113.7"), "two proxies");
+        assert_eq!(from("127.0.0.1", &["10.0.0.5, 10.1.2.3"]), ip("10.0.0.5"), "all trusted: the leftmost");
+        assert_eq!(from("127.0.0.1", &[]), ip("127.0.0.1"), "the proxy's own request");
+        assert_eq!(from("127.0.0.1", &["203.0.113.7, nonsense"]), ip("127.0.0.1"), "an unreadable last hop");
+        assert_eq!(from("127.0.0.1", &["[2001:db8::7]:4711"]), ip("2001:db8::7"));
+        assert_eq!(from("127.0.0.1", &["203.0.113.7:4711"]), ip("203.0.113.7"));
+        assert_eq!(from("::ffff:127.0.0.1", &["203.0.113.7"]), ip("203.0.113.7"), "a dual-stack listener's peer");
+        assert_eq!(from("192.0.2.1", &["203.0.113.7"]), ip("192.0.2.1"), "not a trusted proxy: the header is not read");
+        assert_eq!(client_address(&[], ip("127.0.0.1"), ["203.0.113.7"]), ip("127.0.0.1"), "none trusted");
+    }
+}

@@ -209,21 +209,31 @@ async fn a_peer_that_floods_posts() {
     .await;
 }
 
+/// A server with `frame_timeout_ms`, and a client `name` welcomed on it whose control stream takes only 1 KiB
+/// before the server must wait for it to read (it reads nothing from the receive half, which it must keep: dropped,
+/// it would stop the server's sending).
+async fn reading_little(
+    frame_timeout_ms: u32,
+    name: &str,
+) -> (TestServer, quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let budget = quiver_server::Budget { frame_timeout_ms, ..quiver_server::Budget::default() };
+    let server = TestServer::start_with_budget(budget);
+    let mut config =
+        quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(1024));
+    config.transport_config(std::sync::Arc::new(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint.connect_with(config, server.addr, "localhost").unwrap().await.unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&frame(0, hello(server.token(name)))).await.unwrap();
+    (server, conn, send, recv)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_its_replies_is_closed_within_the_frame_timeout() {
     bounded(async {
-        let budget = quiver_server::Budget { frame_timeout_ms: 300, ..quiver_server::Budget::default() };
-        let server = TestServer::start_with_budget(budget);
-        // A client whose control stream takes only 1 KiB before the server must wait for it to read.
-        let mut config =
-            quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
-        let mut transport = quinn::TransportConfig::default();
-        transport.stream_receive_window(quinn::VarInt::from_u32(1024));
-        config.transport_config(std::sync::Arc::new(transport));
-        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = endpoint.connect_with(config, server.addr, "localhost").unwrap().await.unwrap();
-        let (mut send, _recv) = conn.open_bi().await.unwrap();
-        send.write_all(&frame(0, hello(server.token("sleeper")))).await.unwrap();
+        let (server, conn, mut send, _recv) = reading_little(300, "sleeper").await;
         // Pings whose replies it never reads: a few KiB, within the request rate.
         for req_id in 1..=200 {
             send.write_all(&frame(req_id, RequestBody::Ping { client_time_us: 1 })).await.unwrap();
@@ -245,17 +255,7 @@ async fn a_client_that_stops_reading_its_replies_is_closed_within_the_frame_time
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_make_the_server_buffer_more_than_two_frames_it_has_not_read() {
     bounded(async {
-        let budget = quiver_server::Budget { frame_timeout_ms: 3_000, ..quiver_server::Budget::default() };
-        let server = TestServer::start_with_budget(budget);
-        let mut config =
-            quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
-        let mut transport = quinn::TransportConfig::default();
-        transport.stream_receive_window(quinn::VarInt::from_u32(1024));
-        config.transport_config(std::sync::Arc::new(transport));
-        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = endpoint.connect_with(config, server.addr, "localhost").unwrap().await.unwrap();
-        let (mut send, _recv) = conn.open_bi().await.unwrap();
-        send.write_all(&frame(0, hello(server.token("hoarder")))).await.unwrap();
+        let (server, _conn, mut send, _recv) = reading_little(3_000, "hoarder").await;
         // Replies it never reads, until the server waits to write one and stops reading.
         let pings: Vec<u8> = (1..=100).flat_map(|id| frame(id, RequestBody::Ping { client_time_us: 1 })).collect();
         send.write_all(&pings).await.unwrap();

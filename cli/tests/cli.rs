@@ -244,24 +244,31 @@ async fn quiver_tick_exits_non_zero_once_its_token_expired() {
     server.stop().await;
 }
 
-/// A server that answers Hello (and pings) but never a History: `quiver history` gives up after --timeout with a
-/// clear error instead of hanging a script for ever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quiver_history_gives_up_on_a_server_that_never_answers() {
+/// `quiver ARGS --server ADDR --data-dir DIR` against a server that answers Hello (and pings) but no request: it
+/// must end within 10 s, failing, and saying `expected` on stderr.
+async fn gives_up_on_a_mute_server(args: &[&str], expected: &str) {
     let (dir, endpoint, addr) = quiver_tests::fakes::fake_endpoint();
     let (welcomed, _) = tokio::sync::oneshot::channel();
     tokio::spawn(quiver_tests::fakes::mute_after_welcome(endpoint, welcomed, true));
     let started = std::time::Instant::now();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .args(["history", "--room", "r", "--timeout", "1", "--transport", "quic", "--server", &addr, "--data-dir"])
+        .args(args)
+        .args(["--transport", "quic", "--server", &addr, "--data-dir"])
         .arg(dir.path())
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(std::time::Duration::from_secs(20), output).await.expect("it hung").unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("no history page within"), "{stderr}");
+    assert!(stderr.contains(expected), "{stderr}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+/// A server that answers Hello (and pings) but never a History: `quiver history` gives up after --timeout with a
+/// clear error instead of hanging a script for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiver_history_gives_up_on_a_server_that_never_answers() {
+    gives_up_on_a_mute_server(&["history", "--room", "r", "--timeout", "1"], "no history page within").await;
 }
 
 /// The same mute server and `quiver tick sub --duration 1`: the run ends with the duration, saying the server did
@@ -269,19 +276,6 @@ async fn quiver_history_gives_up_on_a_server_that_never_answers() {
 /// `tick sub --duration 5 &` waited for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiver_tick_sub_duration_bounds_a_subscribe_never_answered() {
-    let (dir, endpoint, addr) = quiver_tests::fakes::fake_endpoint();
-    let (welcomed, _) = tokio::sync::oneshot::channel();
-    tokio::spawn(quiver_tests::fakes::mute_after_welcome(endpoint, welcomed, true));
-    let started = std::time::Instant::now();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .args(["tick", "sub", "--channel", "c", "--duration", "1", "--transport", "quic", "--server", &addr])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(std::time::Duration::from_secs(20), output).await.expect("it hung").unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("before the server answered (Subscribe)"), "{stderr}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    let args = ["tick", "sub", "--channel", "c", "--duration", "1"];
+    gives_up_on_a_mute_server(&args, "before the server answered (Subscribe)").await;
 }

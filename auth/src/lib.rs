@@ -356,7 +356,7 @@ impl Auth {
         };
         // Names jsonwebtoken does not know (`none`, …) are refused like known ones this server has no key for.
         let header_alg = Algorithm::from_str(&named).map_err(|_| refused())?;
-        let mut last = refused();
+        let (mut last, mut signed_by_one) = (refused(), false);
         for (alg, key, id) in keys.iter().filter(|(alg, _, _)| *alg == header_alg) {
             let mut validation = Validation::new(*alg);
             // Time is checked below against the caller's clock (sans-IO), not jsonwebtoken's.
@@ -370,7 +370,13 @@ impl Auth {
                     return Err(token_failure(&ErrorKind::InvalidAudience))
                 }
                 Ok(data) => return check_claims(data.claims.claims, now_s).map(|claims| Some((claims, *id))),
-                Err(err) => last = token_failure(err.kind()),
+                // The signature is checked first: an error past it (claims malformed, a claim missing) comes from
+                // the key that signed the token, and says more than another key's "invalid signature".
+                Err(err) if matches!(err.kind(), ErrorKind::InvalidSignature) && signed_by_one => {}
+                Err(err) => {
+                    signed_by_one |= !matches!(err.kind(), ErrorKind::InvalidSignature);
+                    last = token_failure(err.kind());
+                }
             }
         }
         Err(last)

@@ -288,3 +288,22 @@ fn short_secrets_and_no_keys_are_refused_by_the_library_too() {
     assert!(Auth::from_config(&AuthConfig::Keys(vec![TokenKey::Hs256(vec![7; 32])]), dir).is_ok());
     assert!(matches!(mint_hs256(&claims(), b"secret"), Err(MintError::Key(AuthError::BadKey { .. }))));
 }
+
+/// A token its key signed but whose claims are malformed is refused as malformed whichever place that key has
+/// among several: a later key's "invalid signature" said TokenInvalid, sending its minter after the wrong fault.
+#[test]
+fn a_signed_token_with_bad_claims_is_malformed_whatever_the_order_of_the_keys() {
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    let no_exp = serde_json::json!({ "sub": "x" });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &no_exp,
+        &jsonwebtoken::EncodingKey::from_secret(&a),
+    )
+    .unwrap();
+    for keys in [vec![a, b], vec![b, a]] {
+        let keys = keys.iter().map(|k| TokenKey::Hs256(k.to_vec())).collect();
+        let auth = Auth::from_config(&AuthConfig::Keys(keys), std::path::Path::new("/nonexistent")).unwrap();
+        assert_eq!(auth.verify(Some(&token), NOW).unwrap_err().code, ErrorCode::TokenMalformed);
+    }
+}

@@ -152,13 +152,14 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
         return Err(CliError::RelayAddresses);
     };
     let config = RelayConfig { listen, upstream, profile, max_clients: args.max_clients };
+    // Before the relay runs: a signal from here on ends the run below (and prints its totals).
+    let mut stop = crate::output::Stop::new();
     let relay = Relay::start(config.clone()).map_err(|source| CliError::Relay { listen, source })?;
     crate::err!("relaying {} -> {upstream}, {}", relay.local_addr(), config.profile);
     let end = run_ends(args.duration);
     tokio::pin!(end);
     let mut second = tokio::time::interval(Duration::from_secs(1));
     second.tick().await;
-    let mut stop = crate::output::Stop::new();
     let failed = loop {
         tokio::select! {
             _ = second.tick() => {

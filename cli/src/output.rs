@@ -49,8 +49,10 @@ impl Stop {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let kinds = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()];
-            Stop { signals: kinds.map(|kind| signal(kind).ok()) }
+            // SIGHUP only where it is not ignored: a handler would replace `nohup`'s "ignore", and a run started
+            // to outlive its terminal would stop with it.
+            let hangup = (!hangup_ignored()).then(|| signal(SignalKind::hangup()).ok()).flatten();
+            Stop { signals: [signal(SignalKind::interrupt()).ok(), signal(SignalKind::terminate()).ok(), hangup] }
         }
         #[cfg(not(unix))]
         Stop {}
@@ -80,6 +82,15 @@ impl Stop {
             () = stdout_gone().cancelled() => {}
         }
     }
+}
+
+/// Whether this process ignores SIGHUP (`nohup`), as Linux's `/proc/self/status` says (`SigIgn`, a hex mask with
+/// bit 0 for signal 1); elsewhere taken as ignored, so that SIGHUP keeps its inherited disposition.
+#[cfg(unix)]
+fn hangup_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return true };
+    let mask = status.lines().find_map(|line| line.strip_prefix("SigIgn:")).map(str::trim);
+    mask.and_then(|hex| u64::from_str_radix(hex, 16).ok()).is_none_or(|mask| mask & 1 != 0)
 }
 
 /// The next delivery of `signal` (never, without a handler).

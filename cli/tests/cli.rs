@@ -279,3 +279,53 @@ async fn quiver_tick_sub_duration_bounds_a_subscribe_never_answered() {
     let args = ["tick", "sub", "--channel", "c", "--duration", "1"];
     gives_up_on_a_mute_server(&args, "before the server answered (Subscribe)").await;
 }
+
+/// SIGTERM and SIGHUP end a long command as Ctrl-C does (its cleanup runs; only SIGINT had a handler, and the
+/// others killed it with namespaces and child servers left behind), but under `nohup` SIGHUP stays ignored: a run
+/// started to outlive its terminal goes on.
+#[cfg(target_os = "linux")]
+#[test]
+fn sigterm_and_sighup_end_a_run_but_not_under_nohup() {
+    use std::{process::Command, time::Duration};
+    let relay = |nohup: bool| {
+        let bin = env!("CARGO_BIN_EXE_quiver");
+        let args = ["impair", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9", "--duration", "30"];
+        let mut command = if nohup { Command::new("nohup") } else { Command::new(bin) };
+        if nohup {
+            command.arg(bin);
+        }
+        let child = command.args(args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        let child = child.stderr(std::process::Stdio::piped());
+        let mut child = child.spawn().unwrap();
+        // Running (its handlers registered) once it says where it relays.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(line.contains("relaying"), "{line}");
+        child
+    };
+    let signal = |child: &std::process::Child, name: &str| {
+        assert!(Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap().success());
+    };
+    let ended = |child: &mut std::process::Child| {
+        for _ in 0..100 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    };
+    for name in ["TERM", "HUP"] {
+        let mut child = relay(false);
+        signal(&child, name);
+        let status = ended(&mut child).unwrap_or_else(|| panic!("SIG{name} did not end the run"));
+        assert!(status.code().is_some(), "SIG{name} killed it ({status}): no cleanup ran");
+    }
+    let mut child = relay(true);
+    signal(&child, "HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP under nohup ended the run");
+    signal(&child, "TERM");
+    assert!(ended(&mut child).is_some_and(|status| status.code().is_some()));
+}

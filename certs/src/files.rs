@@ -45,13 +45,20 @@ pub fn write_atomic(path: &Path, content: &[u8], private: bool) -> std::io::Resu
 pub fn keep_private(path: &Path) -> std::io::Result<Option<u32>> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(None) };
         let mode = meta.permissions().mode() & 0o777;
         if !meta.file_type().is_file() || mode & 0o077 == 0 {
             return Ok(None);
         }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        // Changed through a handle on the very file looked at (fchmod), not by its name: a link put in its place
+        // meanwhile would have the mode of whatever it points to changed.
+        let file = std::fs::File::open(path)?;
+        let opened = file.metadata()?;
+        if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+            return Err(std::io::Error::other("the file was replaced while its mode was being checked"));
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         Ok(Some(mode))
     }
     #[cfg(not(unix))]

@@ -169,7 +169,11 @@ pub fn reset_key(dir: &Path) -> Result<[u8; 32], DataDirError> {
     let path = dir.join(RESET_KEY_FILE);
     let io = |source| DataDirError::Io { path: path.clone(), source };
     // A key others can read lets them forge resets of this server's connections: private again, or refused.
-    if let Some(mode) = quiver_certs::files::keep_private(&path).map_err(io)? {
+    let kept = quiver_certs::files::keep_private(&path).map_err(|err| {
+        let why = format!("readable by other users, and it cannot be made 0600 ({err}): make it private or delete it");
+        io(std::io::Error::new(err.kind(), why))
+    })?;
+    if let Some(mode) = kept {
         tracing::warn!(path = %path.display(), "the stateless-reset key was readable by others (mode {mode:o}): now 0600");
     }
     match std::fs::read(&path) {

@@ -41,7 +41,8 @@ impl FromStr for Cidr {
     fn from_str(text: &str) -> Result<Cidr, String> {
         let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
         let addr: IpAddr = addr.trim().parse().map_err(|_| format!("{text:?} is not an address or a CIDR block"))?;
-        let addr = addr.to_canonical();
+        // The prefix in the family as written (`::ffff:10.0.0.0/104` is IPv6's), then held as IPv4's for an
+        // IPv4-mapped block (its last 32 bits).
         let bits = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix.trim() {
             "" => bits,
@@ -51,7 +52,13 @@ impl FromStr for Cidr {
                 .filter(|p| *p <= bits)
                 .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {bits}"))?,
         };
-        Ok(Cidr { addr, prefix })
+        match addr.to_canonical() {
+            IpAddr::V4(v4) if addr.is_ipv6() => match prefix.checked_sub(96) {
+                Some(prefix) => Ok(Cidr { addr: IpAddr::V4(v4), prefix }),
+                None => Err(format!("{text:?}: an IPv4-mapped block needs a prefix length of 96 to 128")),
+            },
+            addr => Ok(Cidr { addr, prefix }),
+        }
     }
 }
 
@@ -127,7 +134,9 @@ mod tests {
         assert!(one.contains(ip("::1")) && !one.contains(ip("127.0.0.1")));
         assert!(all.contains(ip("203.0.113.9")) && !all.contains(ip("2001:db8::1")));
         assert_eq!(ten.to_string(), "10.0.0.0/8");
-        for bad in ["10.0.0.0/33", "::/129", "ten", "10.0.0.0/x", ""] {
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains(ip("10.1.2.3")) && !mapped.contains(ip("11.0.0.1")), "an IPv4-mapped block");
+        for bad in ["10.0.0.0/33", "::/129", "ten", "10.0.0.0/x", "", "::ffff:10.0.0.0/64"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }

@@ -126,7 +126,7 @@ pub(super) async fn serve<R: RoomHub>(
                 None => continue,
             },
         };
-        let per_ip = if proxied { max as usize } else { max_per_ip };
+        let per_ip = (!proxied).then_some(max_per_ip);
         let stop = shutdown.child_token();
         let Some(upgrading) = Upgrading::new(&table, (remote.ip(), per_ip), &stop, &shared.stats) else {
             bump(&shared.stats.websocket_upgrades_over_per_ip);
@@ -146,30 +146,35 @@ struct UpgradeTable {
 /// A connection's place among those upgrading (the listener's and its address's), until dropped.
 struct Upgrading {
     table: Arc<std::sync::Mutex<UpgradeTable>>,
-    ip: SourceKey,
+    /// Where it is counted per address (`None`: a trusted proxy's, not counted so).
+    ip: Option<SourceKey>,
     ticket: crate::awaiting::Ticket,
     /// Counted in `websocket_upgrading` meanwhile.
     stats: Arc<ServerStats>,
 }
 
 impl Upgrading {
-    /// A place for a connection from `ip` (closed by `stop`), or `None` when its address is at `max_per_ip`. At
+    /// A place for a connection from `ip` (closed by `stop`), or `None` when its address is at `max_per_ip` (no
+    /// such bound, and not counted per address, for a trusted proxy's: its clients are many). At
     /// the bound in all, another connection upgrading is closed to make room (its `stop` cancelled; counted in
     /// `websocket_upgrades_over_total`): before, the newcomer was, and 64 sources trickling their heads held every
     /// slot, the demo page's visitors and every real WebSocket client closed at once.
     fn new(
         table: &Arc<std::sync::Mutex<UpgradeTable>>,
-        (ip, max_per_ip): (std::net::IpAddr, usize),
+        (ip, max_per_ip): (std::net::IpAddr, Option<usize>),
         stop: &CancellationToken,
         stats: &Arc<ServerStats>,
     ) -> Option<Upgrading> {
         let mut locked = table.lock().unwrap_or_else(|p| p.into_inner());
-        let key = SourceKey::of(ip);
-        let count = locked.per_ip.entry(key).or_default();
-        if *count >= max_per_ip {
-            return None;
+        // (A proxy's are not counted with its /64's other addresses either: they would crowd those out.)
+        let key = max_per_ip.map(|_| SourceKey::of(ip));
+        if let (Some(key), Some(max_per_ip)) = (key, max_per_ip) {
+            let count = locked.per_ip.entry(key).or_default();
+            if *count >= max_per_ip {
+                return None;
+            }
+            *count += 1;
         }
-        *count += 1;
         let (ticket, made_room) = locked.upgrading.enter(ip, stop.clone());
         drop(locked);
         if let Some(made_room) = made_room {
@@ -187,10 +192,12 @@ impl Drop for Upgrading {
         ServerStats::add(&self.stats.websocket_upgrading, -1);
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         table.upgrading.leave(self.ticket); // (gone already if it made room)
-        if let Some(count) = table.per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                table.per_ip.remove(&self.ip);
+        if let Some(ip) = self.ip {
+            if let Some(count) = table.per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    table.per_ip.remove(&ip);
+                }
             }
         }
     }
@@ -256,7 +263,11 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
             let trusted = &shared.config.web.trusted_proxies;
             let client = crate::forwarded::client_address(trusted, peer.ip(), upgrade::forwarded_for(&head));
             let Some(admitted) = admit_tcp(client, &shared.admission, &shared.stats) else {
-                let refused = Response::error(429, "too many new connections from your address; try again later");
+                let refused = Response::error(
+                    429,
+                    "not admitted now: over the server's limits on new connections (from your address, or in all); \
+                     try again later",
+                );
                 answer(stream, refused, &shutdown).await;
                 return drop(upgrading);
             };
@@ -265,8 +276,9 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
             (SocketAddr::new(client, port), admitted)
         }
     };
-    // Plain ws:// is for this machine: the TCP peer's (a proxy here terminates TLS itself).
-    let local = is_loopback(peer.ip());
+    // Plain ws:// is for this machine's peers, and for trusted proxies (which end TLS themselves, on this machine
+    // or a load balancer in front of it).
+    let local = is_loopback(peer.ip()) || crate::forwarded::trusted(&shared.config.web.trusted_proxies, peer.ip());
     let response = match upgrade::classify(&head, &shared.config.web, !secure) {
         Ok(upgrade::Request::Upgrade { key }) if secure || local => {
             let switched = async {

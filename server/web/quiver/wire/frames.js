@@ -13,8 +13,11 @@ export const DEFAULT_MAX_FRAME = 65536;
  */
 export const MAX_FRAME_CEILING = 16 * 1024 * 1024;
 
-/** Bytes a frame's buffer grows by at first: a length prefix alone never allocates the whole frame. */
-const GROW_FROM = 65536;
+/**
+ * Bytes a frame's buffer holds at first (then it doubles as its bytes arrive): a length prefix alone never allocates
+ * the whole frame (from 64 KiB, 3 bytes had a default-size frame allocated whole).
+ */
+const GROW_FROM = 4096;
 
 /** `value` as one stream frame of `type`: QUIC varint length ‖ postcard body. Throws QuiverEncodeError. */
 export function encodeFrame(type, value, maxFrame = DEFAULT_MAX_FRAME) {
@@ -43,7 +46,7 @@ export function decodeFrame(type, bytes, maxFrame = DEFAULT_MAX_FRAME) {
 /**
  * Splits a stream into frame bodies as chunks arrive. The length prefix is checked against `maxFrame` as soon as
  * it is complete, before anything of the body is buffered; at most one frame (`maxFrame` bytes) is buffered, in a
- * buffer that grows as its bytes arrive (from 64 KiB, doubling): a prefix alone does not allocate the frame.
+ * buffer that grows as its bytes arrive (from 4 KiB, doubling): a prefix alone does not allocate the frame.
  * After an error the stream is unusable (framing is lost) and every later `push` throws it again.
  */
 export class FrameReader {

@@ -12,7 +12,13 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  mapfile -t targets < <(RUSTC_BOOTSTRAP=1 cargo fuzz list)
+  # (Not `< <(…)`: its failure would go unseen, and no target fuzzed would pass.)
+  list=$(RUSTC_BOOTSTRAP=1 cargo fuzz list)
+  mapfile -t targets <<<"$list"
+  if [ -z "$list" ] || [ ${#targets[@]} -eq 0 ]; then
+    echo "cargo fuzz list named no target" >&2
+    exit 1
+  fi
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -4,19 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --release --locked
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release"
 dir=$(mktemp -d)
 out="$dir/server.out"
-./target/release/quiver-server --listen 127.0.0.1:0 --data-dir "$dir/data" >"$out" 2>"$dir/server.err" &
+pid=""
+# (Set before the server starts: a Ctrl-C in between must not leave it running.)
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
+"$bin/quiver-server" --listen 127.0.0.1:0 --data-dir "$dir/data" >"$out" 2>"$dir/server.err" &
 pid=$!
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do
   grep -q '^certificate sha256 ' "$out" && break
   kill -0 "$pid" 2>/dev/null || { cat "$dir/server.err" >&2; exit 1; }
   sleep 0.1
 done
-cat "$out"
 addr=$(sed -n 's/^listening on //p' "$out")
-report=$(./target/release/quiver ping --server "$addr" --data-dir "$dir/data" --count 200 --json)
+if [ -z "$addr" ] || ! grep -q '^certificate sha256 ' "$out"; then
+  echo "smoke: the server did not say where it listens within 10 s:" >&2
+  cat "$out" "$dir/server.err" >&2
+  exit 1
+fi
+cat "$out"
+report=$("$bin/quiver" ping --server "$addr" --data-dir "$dir/data" --count 200 --json)
 echo "$report"
 echo "$report" | grep -q '"count":200,"lost":0,' || { echo "smoke: not every ping answered" >&2; exit 1; }
 kill -TERM "$pid"

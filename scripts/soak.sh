@@ -81,7 +81,12 @@ half=${samples[$(((${#samples[@]} - 1) / 2))]}
 max=$(printf '%s\n' "${samples[@]}" "$end" | sort -n | tail -1)
 echo "== RSS: start $(mib "$start") MiB, half-way $(mib "$half") MiB, end $(mib "$end") MiB, max $(mib "$max") MiB"
 kill -TERM "$server_pid"
-wait "$server_pid" || true
+if ! wait "$server_pid"; then
+    echo "the server did not exit cleanly on SIGTERM" >&2
+    server_pid=""
+    show_logs
+    exit 1
+fi
 server_pid=""
 sed 's/\x1b\[[0-9;]*m//g' "$dir/server.err" | grep -o 'stats=.*' | tail -1 || true
 if ((end * 10 > half * 11)); then

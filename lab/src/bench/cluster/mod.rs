@@ -433,8 +433,10 @@ mod tests {
         if std::process::Command::new("redis-server").arg("--version").output().is_err() {
             let required = std::env::var("QUIVER_REQUIRE_ALL").is_ok_and(|v| v == "1");
             assert!(!required, "QUIVER_REQUIRE_ALL=1 and redis-server is not installed");
-            eprintln!(
-                "!!! SKIPPED a_small_run_measures_every_series_and_checks_the_goals: redis-server is not installed"
+            // (The stderr handle: `eprintln!` is captured by the test harness for passing tests.)
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr().lock(),
+                format_args!("\n!!! SKIPPED a_small_run_measures_every_series_and_checks_the_goals: no redis-server\n"),
             );
             return;
         }

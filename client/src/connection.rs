@@ -116,7 +116,9 @@ impl<H: Handler> Connection<H> {
         };
         // The server may open one stream per room it allows (+1 for a room being left and rejoined).
         if let Some(quic) = link.quic() {
-            let streams = quinn::VarInt::from_u32(welcome.limits.max_rooms.saturating_add(1));
+            // (At most `Limits::MAX_ROOMS_CEILING`: a hostile server's 4 billion would have the client take a stream,
+            // a reader and a buffer for every few bytes it sends.)
+            let streams = quinn::VarInt::from_u32(welcome.limits.client_max_rooms().saturating_add(1));
             quic.set_max_concurrent_uni_streams(streams);
         }
         #[cfg(feature = "websocket")]
@@ -124,7 +126,10 @@ impl<H: Handler> Connection<H> {
             // No stream credit on the WebSocket: the server may open a rejoined room's stream before the left one's
             // finish arrives, so twice as many.
             ws.set_max_inbound_streams(
-                usize::try_from(welcome.limits.max_rooms).unwrap_or(usize::MAX).saturating_add(1).saturating_mul(2),
+                usize::try_from(welcome.limits.client_max_rooms())
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1)
+                    .saturating_mul(2),
             );
         }
         // Post copies go out on the probe timer, in place of the tail probe (QUIC only).

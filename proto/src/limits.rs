@@ -87,6 +87,18 @@ impl Limits {
     /// the connection with `FrameTooLarge`, and a server below this floor would take no client with a token).
     pub const MIN_FRAME: u32 = 4 << 10;
 
+    /// Largest `max_rooms` a server may be configured with, and the most of a Welcome's `max_rooms` a client
+    /// believes: 4,096. A client lets the server open one room stream per room it allows, each with its reader and
+    /// buffer, so a server announcing 4 billion (hostile) could otherwise have it hold a buffer per stream for a
+    /// few bytes each.
+    pub const MAX_ROOMS_CEILING: u32 = 4096;
+
+    /// The rooms per connection a client allows from a Welcome: the server's `max_rooms`, at most
+    /// [`Limits::MAX_ROOMS_CEILING`].
+    pub fn client_max_rooms(&self) -> u32 {
+        self.max_rooms.min(Self::MAX_ROOMS_CEILING)
+    }
+
     /// The frame limit a client applies from a Welcome: the server's `max_frame`, at most
     /// [`Limits::MAX_FRAME_CEILING`].
     pub fn client_max_frame(&self) -> usize {
@@ -112,6 +124,9 @@ impl Limits {
     pub fn check(&self) -> Result<(), LimitsError> {
         if self.max_frame > Self::MAX_FRAME_CEILING {
             return Err(LimitsError::FrameTooLarge { max_frame: self.max_frame, ceiling: Self::MAX_FRAME_CEILING });
+        }
+        if self.max_rooms > Self::MAX_ROOMS_CEILING {
+            return Err(LimitsError::RoomsAboveCeiling { max_rooms: self.max_rooms, ceiling: Self::MAX_ROOMS_CEILING });
         }
         if self.max_frame < Self::MIN_FRAME {
             return Err(LimitsError::FrameBelowFloor { max_frame: self.max_frame, floor: Self::MIN_FRAME });
@@ -188,6 +203,14 @@ pub enum LimitsError {
         /// [`Limits::MAX_FRAME_CEILING`].
         ceiling: u32,
     },
+    /// `max_rooms` above what clients accept ([`Limits::MAX_ROOMS_CEILING`]).
+    #[error("max_rooms {max_rooms} is above the protocol's ceiling of {ceiling} rooms per connection")]
+    RoomsAboveCeiling {
+        /// `max_rooms`.
+        max_rooms: u32,
+        /// [`Limits::MAX_ROOMS_CEILING`].
+        ceiling: u32,
+    },
     /// A room stream's queue could not hold one frame.
     #[error("room_queue_bytes {room_queue_bytes} is smaller than max_frame {max_frame}")]
     QueueTooSmall {
@@ -259,6 +282,13 @@ mod tests {
         assert!(err.contains("max_frame 67108864 is above the protocol's ceiling"), "{err}");
         assert_eq!(huge.client_max_frame(), Limits::MAX_FRAME_CEILING as usize, "a client believes 16 MiB at most");
         assert_eq!(Limits::default().client_max_frame(), 64 * 1024);
+        // Rooms per connection: a client takes a stream per room the server allows, so a Welcome's count is
+        // believed up to the ceiling, and a server configured above it refuses to start.
+        let many = Limits { max_rooms: u32::MAX, ..Limits::default() };
+        assert_eq!(many.client_max_rooms(), Limits::MAX_ROOMS_CEILING);
+        assert!(many.check().unwrap_err().to_string().contains("max_rooms 4294967295 is above"));
+        Limits { max_rooms: Limits::MAX_ROOMS_CEILING, ..Limits::default() }.check().unwrap();
+        assert_eq!(Limits::default().client_max_rooms(), 64);
         let err = Limits { room_queue_bytes: 10, ..Limits::default() }.check().unwrap_err().to_string();
         assert!(err.contains("room_queue_bytes 10"), "{err}");
         let err = Limits { posts_per_s: 0, ..Limits::default() }.check().unwrap_err().to_string();

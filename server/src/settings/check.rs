@@ -37,6 +37,7 @@ impl Settings {
                     l.room_queue_bytes != d.room_queue_bytes,
                 ),
                 E::FrameTooLarge { .. } => "max_frame",
+                E::RoomsAboveCeiling { .. } => "max_rooms",
                 E::Zero { name } => name,
                 E::PerIpAboveTotal { .. } => pick(
                     "max_connections",

@@ -12,7 +12,14 @@ export {
 } from './wire/errors.js';
 export { VARINT_MAX, decodeVarint, encodeVarint, varintLength } from './wire/varint.js';
 export { PROTOCOL_VERSION, wire } from './wire/messages.js';
-export { DEFAULT_MAX_FRAME, FrameReader, MAX_FRAME_CEILING, decodeFrame, encodeFrame } from './wire/frames.js';
+export {
+  DEFAULT_MAX_FRAME,
+  FrameReader,
+  MAX_FRAME_CEILING,
+  MAX_ROOMS_CEILING,
+  decodeFrame,
+  encodeFrame,
+} from './wire/frames.js';
 export { MAX_PORTABLE_DATAGRAM, PROBE, TICK_HEADER_MAX_LEN, decodeTick, encodeTick, isProbe } from './wire/ticks.js';
 export { MAX_COPY_FRAMES, decodeCopy, encodePostCopy, isCopy } from './wire/copies.js';
 export {

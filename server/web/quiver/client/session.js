@@ -4,7 +4,7 @@
 // Session never reconnects; QuiverClient opens a new one when it is lost.
 
 import { ErrorCode, QuiverDecodeError, QuiverError } from '../wire/errors.js';
-import { DEFAULT_MAX_FRAME, FrameReader, MAX_FRAME_CEILING, encodeFrame } from '../wire/frames.js';
+import { DEFAULT_MAX_FRAME, FrameReader, MAX_FRAME_CEILING, MAX_ROOMS_CEILING, encodeFrame } from '../wire/frames.js';
 import { wire } from '../wire/messages.js';
 import { MAX_PORTABLE_DATAGRAM, TICK_HEADER_MAX_LEN, decodeTick, isProbe } from '../wire/ticks.js';
 import { decodeCopy, encodePostCopy, isCopy } from '../wire/copies.js';
@@ -160,7 +160,10 @@ export class Session {
     this.maxFrame = Math.min(welcome.limits.max_frame, MAX_FRAME_CEILING);
     if ('maxInboundStreams' in wt) {
       // No stream credit on the WebSocket: a rejoined room's stream may open before the left one's finish arrives.
-      wt.maxInboundStreams = Math.max(wt.maxInboundStreams, 2 * (Number(welcome.limits.max_rooms) + 1));
+      // (At most MAX_ROOMS_CEILING of the Welcome's: a hostile server announcing billions would have the client
+      // take a stream and a buffer for every few bytes it sends.)
+      const rooms = Math.min(Number(welcome.limits.max_rooms), MAX_ROOMS_CEILING);
+      wt.maxInboundStreams = Math.max(wt.maxInboundStreams, 2 * (rooms + 1));
     }
     this.requests = new RequestTable(1n);
     /** Subscriptions by their channel id on this connection (BigInt keys). */

@@ -13,6 +13,9 @@ export const DEFAULT_MAX_FRAME = 65536;
  */
 export const MAX_FRAME_CEILING = 16 * 1024 * 1024;
 
+/** `Limits::MAX_ROOMS_CEILING`: the most of a Welcome's `max_rooms` a client believes (4,096 rooms). */
+export const MAX_ROOMS_CEILING = 4096;
+
 /**
  * Bytes a frame's buffer holds at first (then it doubles as its bytes arrive): a length prefix alone never allocates
  * the whole frame (from 64 KiB, 3 bytes had a default-size frame allocated whole).

@@ -407,6 +407,23 @@ async fn connect_does_not_wait_forever_for_the_clock_pings() {
     server.abort();
 }
 
+/// A Welcome in another protocol version than the Hello asked for is refused (it was taken, and the client went on
+/// speaking its own version to a server that speaks another): here a client asking for the oldest version, and a
+/// server answering in the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_in_another_protocol_version_is_refused() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let server = tokio::spawn(mute_after_welcome(endpoint, tokio::sync::oneshot::channel().0, false));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let version = quiver_proto::OLDEST_PROTOCOL_VERSION;
+    assert_ne!(version, quiver_proto::PROTOCOL_VERSION, "the fake answers in the newest");
+    let options = ConnectOptions { trust, protocol_version: version, ..ConnectOptions::default() };
+    let refused = tokio::time::timeout(Duration::from_secs(10), Client::connect_with(&addr, options)).await;
+    let err = refused.expect("connect returns").map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("protocol version 5") && err.to_string().contains("asked for 4"), "{err}");
+    server.abort();
+}
+
 /// A connect given up after the Welcome (its future dropped: the caller's own timeout) closes its connection. It
 /// stayed open before, kept alive for ever by the client's reader tasks, with no handle left to close it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,6 +98,13 @@ impl<H: Handler> Connection<H> {
         let mut inbound = BytesMut::new();
         let welcome = loop {
             match codec.decode::<ServerMsg>(&mut inbound).map_err(ProtocolError::from)? {
+                Some(ServerMsg::Reply { req_id: 0, result: Ok(Reply::Welcome(welcome)) })
+                    if welcome.version != options.protocol_version =>
+                {
+                    link.close(ErrorCode::ProtocolViolation, "Welcome in another protocol version than Hello's");
+                    let (hello, welcome) = (options.protocol_version, welcome.version);
+                    return Err(ProtocolError::VersionMismatch { hello, welcome }.into());
+                }
                 Some(ServerMsg::Reply { req_id: 0, result: Ok(Reply::Welcome(welcome)) }) => break welcome,
                 Some(ServerMsg::Reply { req_id: 0, result: Err(failure) }) => {
                     link.close(ErrorCode::NoError, "refused");

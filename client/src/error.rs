@@ -103,7 +103,12 @@ impl ConnectError {
     /// its certificate is not the pinned one. A reconnecting client ends on these instead of retrying in silence.
     /// (Trust options that find no dev certificate yet are not fatal: the server may still be starting.)
     pub fn is_fatal(&self) -> bool {
-        matches!(self, ConnectError::Refused(_) | ConnectError::PinMismatch { .. })
+        matches!(
+            self,
+            ConnectError::Refused(_)
+                | ConnectError::PinMismatch { .. }
+                | ConnectError::Protocol(ProtocolError::VersionMismatch { .. })
+        )
     }
 }
 
@@ -120,6 +125,15 @@ pub enum ProtocolError {
     /// The server finished the control stream before answering Hello.
     #[error("the server finished the control stream before answering Hello")]
     Finished,
+    /// Welcome named another protocol version than the Hello asked for: the two ends would not understand each
+    /// other.
+    #[error("the server's Welcome speaks protocol version {welcome}, this client's Hello asked for {hello}")]
+    VersionMismatch {
+        /// The Hello's.
+        hello: u32,
+        /// The Welcome's.
+        welcome: u32,
+    },
 }
 
 /// Why a request failed.

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { MAX_FRAME_CEILING, QuiverEncodeError } from '../quiver/index.js';
+import { ErrorCode, MAX_FRAME_CEILING, QuiverEncodeError } from '../quiver/index.js';
 import { FakeServer, connect } from './fakes.mjs';
 
 const name = 'a Welcome\'s max_frame is believed up to MAX_FRAME_CEILING only: a larger frame is refused, not sent';
@@ -25,4 +25,14 @@ test(name, { timeout: 10_000 }, async (t) => {
   const seq = await client.post('r', new Uint8Array(1024));
   assert.equal(typeof seq, 'bigint');
   client.close();
+});
+
+test('a Welcome in another protocol version than the Hello asked for is refused, for good', { timeout: 10_000 }, async (t) => {
+  const server = new FakeServer(); // answers in PROTOCOL_VERSION
+  await assert.rejects(connect(t, server, { protocolVersion: 4 }), (err) => {
+    assert.equal(err.code, ErrorCode.ProtocolViolation, `${err}`);
+    assert.match(err.message, /speaks protocol version 5, this client's Hello asked for 4/);
+    assert.equal(err.refused, true, 'trying again cannot help');
+    return true;
+  });
 });

@@ -377,6 +377,15 @@ test('adapter: datagrams both ways; too large ones are dropped as WebTransport d
   assert.deepEqual(socket.sent[0], { Datagram: tick });
 });
 
+test('adapter: a datagram from the server over 1,200 bytes closes with DatagramTooLarge, as the Rust lane does', async () => {
+  const { wt, socket } = await open();
+  socket.receive({ Datagram: new Uint8Array(1200) }); // at the bound: taken
+  socket.receive({ Datagram: new Uint8Array(1201) });
+  const closed = await wt.closed;
+  assert.equal(closed.closeCode, ErrorCode.DatagramTooLarge);
+  assert.match(closed.reason, /1201 bytes \(at most 1200\)/);
+});
+
 test('adapter: backed up, at most one tick per channel waits, replaced in place; the newest go on drain', async () => {
   const { wt, socket } = await open();
   const writer = wt.datagrams.writable.getWriter();

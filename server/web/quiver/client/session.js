@@ -122,6 +122,15 @@ export class Session {
         if (reply?.req_id !== 0n || !reply.result.Ok?.Welcome) {
           throw new QuiverError(ErrorCode.ProtocolViolation, `expected Welcome, got ${Object.keys(msg)[0]}`);
         }
+        const spoken = reply.result.Ok.Welcome.version;
+        if (spoken !== version) {
+          // The two ends would not understand each other; trying again cannot help.
+          throw new QuiverError(
+            ErrorCode.ProtocolViolation,
+            `the server's Welcome speaks protocol version ${spoken}, this client's Hello asked for ${version}`,
+            { refused: true },
+          );
+        }
         const keepAlive = {
           pingMs: options.keepAliveMs ?? KEEP_ALIVE_MS, timeoutMs: options.idleTimeoutMs ?? IDLE_TIMEOUT_MS,
         };

@@ -200,6 +200,12 @@ export class WebSocketTransport {
     if (message.Control) {
       if (message.Control.length > 0) this.#control.enqueue(message.Control);
     } else if (message.Datagram) {
+      if (message.Datagram.length > WS_MAX_DATAGRAM) {
+        // As the Rust lane closes (either end): a datagram QUIC's path could not have carried.
+        const what = `a datagram of ${message.Datagram.length} bytes (at most ${WS_MAX_DATAGRAM})`;
+        this.#fail(ErrorCode.DatagramTooLarge, what);
+        return;
+      }
       // Dropped when the reader is far behind (as QUIC's receive buffer drops datagrams).
       if (this.#datagramsIn.desiredSize > 0) this.#datagramsIn.enqueue(message.Datagram);
     } else if (message.Stream) {

@@ -289,7 +289,7 @@ fn replies(v: &mut Vectors) {
     v.reply("left_non_ascii", u64::MAX, Ok(Reply::Left { room: NON_ASCII.into() }));
     v.reply("posted", 5, Ok(Reply::Posted { room: "lobby".into(), seq: 1, duplicate: false }));
     v.reply("posted_duplicate", 6, Ok(Reply::Posted { room: "lobby".into(), seq: u64::MAX, duplicate: true }));
-    v.reply("subscribed", 9, Ok(Reply::Subscribed { channel: "demo.ticks".into(), channel_id: 0 }));
+    v.reply("subscribed", 9, Ok(Reply::Subscribed { channel: "demo.ticks".into(), channel_id: 1 }));
     v.reply("subscribed_id_max", 10, Ok(Reply::Subscribed { channel: NON_ASCII.into(), channel_id: u64::MAX }));
     v.reply("unsubscribed", 11, Ok(Reply::Unsubscribed { channel: "demo.ticks".into() }));
     v.reply("publishing", 13, Ok(Reply::Publishing { channel: "demo.ticks".into(), channel_id: 63 }));
@@ -384,7 +384,7 @@ fn room_frames(v: &mut Vectors) {
 fn ticks(v: &mut Vectors) {
     let max = varint::MAX;
     v.tick("tick_zero_empty", 0, 0, 0, &[]);
-    v.tick("tick_text_number", 0, 1, 1_767_225_600_000_000, b"0.5");
+    v.tick("tick_text_number", 1, 1, 1_767_225_600_000_000, b"0.5");
     v.tick("tick_u16_le", 3, 2, 1_767_225_600_016_666, &[0x00, 0x80]);
     v.tick("tick_1_byte_fields", 63, 63, 63, &[1]);
     v.tick("tick_2_byte_fields", 64, 16383, 64, &[]);

@@ -9,7 +9,8 @@ dir=$(mktemp -d)
 out="$dir/server.out"
 pid=""
 # (Set before the server starts: a Ctrl-C in between must not leave it running.)
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
+# (`kill` may fail: the server already reaped. Under `set -e` a failing last command of a list ends the trap.)
+trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
 "$bin/quiver-server" --listen 127.0.0.1:0 --data-dir "$dir/data" >"$out" 2>"$dir/server.err" &
 pid=$!
 for _ in $(seq 100); do
@@ -30,5 +31,6 @@ echo "$report" | grep -q '"count":200,"lost":0,' || { echo "smoke: not every pin
 kill -TERM "$pid"
 for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$pid" 2>/dev/null; then echo "smoke: server still running 5 s after SIGTERM" >&2; exit 1; fi
-wait "$pid" || { echo "smoke: server exited with status $?" >&2; exit 1; }
+wait "$pid" || { echo "smoke: server exited with status $?" >&2; pid=""; exit 1; }
+pid=""
 echo "smoke: ok"

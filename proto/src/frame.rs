@@ -60,8 +60,8 @@ pub enum EncodeError {
 
 /// Room given to a frame's buffer while its bytes arrive: at first [`RESERVE_FROM`], then about twice what has
 /// arrived, at most [`RESERVE_STEP`] at a time. A length prefix alone never has a reader reserve more than 4 KiB
-/// (a peer must send about a third of what it makes the reader hold): with a step of 64 KiB from the first byte,
-/// 3 bytes announcing a default-size frame (64 KiB) had it reserved whole, 640 MiB across 10,000 connections.
+/// (a peer must send about a quarter of what it makes the reader hold): with a step of 64 KiB from the first byte,
+/// 4 bytes announcing a default-size frame (64 KiB) had it reserved whole, 640 MiB across 10,000 connections.
 const RESERVE_STEP: usize = 64 * 1024;
 /// The first room given to a frame's buffer.
 const RESERVE_FROM: usize = 4 * 1024;

@@ -97,7 +97,7 @@ fn oversized_length_is_refused_before_the_body_arrives() {
 
 /// A frame within the limit is buffered as its bytes arrive: its length prefix alone reserves 4 KiB, then the buffer
 /// grows with what arrived, so a peer cannot have the reader hold `max_frame` bytes per stream by sending a few
-/// (64 KiB from the first byte: a default-size frame whole, for 3 bytes).
+/// (64 KiB from the first byte: a default-size frame whole, for 4 bytes).
 #[test]
 fn a_length_prefix_alone_does_not_reserve_the_whole_frame() {
     let codec = FrameCodec::new(16 << 20);

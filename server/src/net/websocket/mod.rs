@@ -278,9 +278,10 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
     };
     // Plain ws:// is for this machine's peers, and for trusted proxies (which end TLS themselves, on this machine
     // or a load balancer in front of it).
-    let local = is_loopback(peer.ip()) || crate::forwarded::trusted(&shared.config.web.trusted_proxies, peer.ip());
+    let local = is_loopback(peer.ip());
+    let plain_allowed = local || crate::forwarded::trusted(&shared.config.web.trusted_proxies, peer.ip());
     let response = match upgrade::classify(&head, &shared.config.web, !secure) {
-        Ok(upgrade::Request::Upgrade { key }) if secure || local => {
+        Ok(upgrade::Request::Upgrade { key }) if secure || plain_allowed => {
             let switched = async {
                 stream.write_all(&upgrade::switching_protocols(&key)).await?;
                 stream.flush().await
@@ -317,9 +318,10 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
             .await;
             return;
         }
-        Ok(upgrade::Request::Upgrade { .. }) => {
-            Response::error(403, "ws:// (without TLS) is for clients on this machine only; use wss://")
-        }
+        Ok(upgrade::Request::Upgrade { .. }) => Response::error(
+            403,
+            "ws:// (without TLS) is for clients on this machine (or web.trusted_proxies) only; use wss://",
+        ),
         Ok(upgrade::Request::Http) => match &shared.page {
             Some((page, at)) if !secure && page_here(*at, here, local) => crate::web::respond(&head, peer.ip(), page),
             _ => Response::error(

@@ -18,7 +18,7 @@ export const MAX_ROOMS_CEILING = 4096;
 
 /**
  * Bytes a frame's buffer holds at first (then it doubles as its bytes arrive): a length prefix alone never allocates
- * the whole frame (from 64 KiB, 3 bytes had a default-size frame allocated whole).
+ * the whole frame (from 64 KiB, 4 bytes had a default-size frame allocated whole).
  */
 const GROW_FROM = 4096;
 

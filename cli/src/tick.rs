@@ -199,9 +199,8 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
     let client = within(end, "connecting", args.server.connect()).await?;
     let subscribed = async { client.subscribe(&args.channel).await.map_err(CliError::Subscribe) };
     let subscription = within(end, "Subscribe", subscribed).await?;
-    if !args.json {
-        crate::err!("subscribed to {}", args.channel);
-    }
+    // (On stderr with --json too: stdout holds only the report, and a script may wait for this line.)
+    crate::err!("subscribed to {}", args.channel);
     let mut second = tokio::time::interval_at(Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
     // After a stall, one line late rather than several at once (with "0/s" rates).
     second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -123,6 +123,8 @@ mod tests {
         }
         let (first, second) = (rx.recv().unwrap(), rx.recv().unwrap());
         let gap = second.at.duration_since(first.at);
-        assert!(gap >= Duration::from_micros(990) && gap <= Duration::from_micros(1_010), "{gap:?}");
+        // At least the 100 bytes' millisecond (0.72 ms without the headers); more only if this thread was held up
+        // between the two (each reads the clock itself).
+        assert!(gap >= Duration::from_micros(990) && gap <= Duration::from_millis(50), "{gap:?}");
     }
 }

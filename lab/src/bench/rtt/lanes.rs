@@ -203,7 +203,9 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((results[0].sent, results[1].sent), (60, 30));
-        assert!(results[0].latency.max_us < 50_000, "{:?}", results[0]);
+        // (Loose: a stall of this one thread on a loaded machine counts as latency; the set-up's seconds would not
+        // fit.)
+        assert!(results[0].latency.max_us < 500_000, "{:?}", results[0]);
     }
 
     #[tokio::test]

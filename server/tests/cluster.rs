@@ -155,8 +155,7 @@ fn ticks_cross_nodes_only_where_another_node_subscribes_and_stay_latest_wins() {
         let mut local = local_client.subscribe("prices").await.unwrap();
         let publisher = publisher_client.publisher("prices").await.unwrap();
         // Interest announcements settle.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let before = redis.publishes();
+        let before = redis.settled_publishes().await;
         for k in 0..50u32 {
             publisher.send(k.to_string()).unwrap();
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -207,8 +206,7 @@ fn ticks_cross_nodes_only_where_another_node_subscribes_and_stay_latest_wins() {
         assert!(relayed >= 1);
         // Once node 1's subscriber leaves, node 0 stops relaying.
         remote.unsubscribe().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let after = redis.publishes();
+        let after = redis.settled_publishes().await;
         for n in 0..50u32 {
             publisher.send(format!("after-{n}")).unwrap();
         }

@@ -130,6 +130,21 @@ impl Redis {
             .and_then(|rest| rest.split(',').next())
             .map_or(0, |calls| calls.parse().unwrap())
     }
+
+    /// The PUBLISH count once it has held still for 200 ms (at most 5 s): the nodes' announcements settled (a fixed
+    /// wait took a late one for the traffic under test on a busy machine).
+    pub(crate) async fn settled_publishes(&self) -> u64 {
+        let started = std::time::Instant::now();
+        let mut last = self.publishes();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let now = self.publishes();
+            if now == last || started.elapsed() > std::time::Duration::from_secs(5) {
+                return now;
+            }
+            last = now;
+        }
+    }
 }
 
 /// One node: its process, QUIC address and admin address.

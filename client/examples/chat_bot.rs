@@ -12,8 +12,8 @@ mod common;
 
 use std::path::Path;
 
+use quiver_client::Position;
 use quiver_client::RoomEvent;
-use quiver_proto::Position;
 
 #[tokio::main]
 async fn main() {

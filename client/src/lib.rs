@@ -62,6 +62,11 @@ pub use driver::STABLE_CONNECTION;
 pub use error::{ConnectError, ProtocolError, RequestError, TickError, TokenError};
 pub use link::ConnectionState;
 pub use options::{ConnectOptions, JoinOptions, TokenFuture, TokenProvider, Transport, UnknownTransport};
+/// quinn, at the version [`Client::connection`] hands out a connection of.
+pub use quinn;
+/// The wire format's crate and the types this API takes and returns, at the very version this library speaks (an
+/// application need not depend on `quiver-proto` itself, nor keep its version in step).
+pub use quiver_proto::{self, ErrorCode, Failure, HistoryPage, Limits, Position, Welcome};
 pub use quiver_transport::TransportTuning;
 pub use room::{Message, Room, RoomEvent};
 pub use target::DEFAULT_PORT;

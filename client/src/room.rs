@@ -80,7 +80,8 @@ impl Room {
         self.handle.driver.post(&self.entry.name, None, body.into())
     }
 
-    /// Members present, as of the events delivered to the room's reader so far.
+    /// Members present, as of the events this client has received for the room: a join or leave still waiting to
+    /// be read ([`Room::pending`]) is counted already, and a rejoin's stream replaces the list whole.
     pub fn members(&self) -> Vec<String> {
         lock(&self.entry.state).members()
     }

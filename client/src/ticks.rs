@@ -17,7 +17,9 @@ pub use crate::{
     state::ticks::{Tick, TickStats, TICK_BACKLOG},
 };
 
-/// A subscription to a tick channel. Several handles of one channel share it; dropping the last one unsubscribes.
+/// A subscription to a tick channel. Several handles of one channel share it, and share its ticks too: a tick one
+/// handle takes (`next`, `next_batch`) is gone for the others, so give each consumer of a channel
+/// its ticks from one reader. Dropping the last handle unsubscribes.
 #[derive(Debug)]
 pub struct TickSubscription {
     pub(crate) entry: Arc<SubEntry>,

@@ -42,12 +42,15 @@ impl Default for TrustOptions {
 pub enum TrustError {
     /// Auto trust found no dev certificate to pin.
     #[error(
-        "no dev certificate to trust ({0}); run the client where the server's data directory is, pass --data-dir, \
-         or pin the hash quiver-server prints with --cert-hash"
+        "no dev certificate to trust ({0}); run the client where the server's data directory is (TrustOptions::Auto's \
+         data_dir; the CLI's --data-dir), or pin the hash quiver-server prints (TrustOptions::Pin; --cert-hash)"
     )]
     NoDevCert(CertError),
     /// Auto trust is only for servers on this machine.
-    #[error("{0} is not a loopback address: pass --cert-hash HEX or --ca PEM to say which certificate to trust")]
+    #[error(
+        "{0} is not a loopback address: say which certificate to trust (TrustOptions::Pin or CaFile; the CLI's \
+         --cert-hash HEX or --ca PEM)"
+    )]
     NotLoopback(SocketAddr),
     /// The CA file could not be loaded.
     #[error("CA file: {0}")]

@@ -411,3 +411,35 @@ async fn a_publisher_that_unpublishes_goes_through_more_channels_than_its_limit(
     assert_eq!(server.stats.snapshot().ticks_reordered_in, 0, "none taken for a late tick of the old claim");
     server.stop().await;
 }
+
+/// Dropping a channel's last publisher gives its claim up (as dropping the last subscription handle unsubscribes):
+/// a publisher made and dropped per match counted against `max_publish_channels` until the connection ended, and
+/// the next match's channel was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_publisher_gives_its_claim_up() {
+    let server = TestServer::start(Limits { max_publish_channels: 1, ..Limits::default() });
+    let client = server.client().await;
+    let first = client.publisher("match.1").await.unwrap();
+    first.send(b"over".to_vec()).unwrap();
+    drop(first);
+    // Given up in the background: the next channel is taken once it is.
+    let started = std::time::Instant::now();
+    let next = loop {
+        match client.publisher("match.2").await {
+            Ok(next) => break next,
+            Err(err) => {
+                assert_eq!(err.code(), Some(quiver_proto::ErrorCode::TooManyChannels), "{err}");
+                assert!(started.elapsed() < Duration::from_secs(5), "the dropped publisher's claim was kept");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    next.send(b"next match".to_vec()).unwrap();
+    // A publisher made again at once shares nothing with the dropped one's claim being given up.
+    let again = client.publisher("match.2").await.unwrap();
+    drop(next);
+    again.send(b"still claimed".to_vec()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(again.end_reason().is_none(), "{:?}", again.end_reason());
+    server.stop().await;
+}

@@ -162,8 +162,9 @@ impl TickPublisher {
 }
 
 impl Drop for TickPublisher {
-    /// The channel's last publisher dropped: the claim is not put back after a reconnect (the server holds it
-    /// until the connection ends, unless it was unpublished).
+    /// The channel's last publisher dropped: its claim is given up (Unpublish, in the background 250 ms later, so
+    /// that ticks sent just before arrive first; not if a new publisher of the channel came first), and not put
+    /// back after a reconnect.
     fn drop(&mut self) {
         self.handle.driver.publisher_dropped(&self.entry);
     }

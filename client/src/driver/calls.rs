@@ -14,6 +14,9 @@ use crate::{clock::unix_us, error::RequestError};
 /// How many connections [`Driver::across_reconnects`] tries a call on before its `Closed` is the application's.
 pub(crate) const TRIES_ACROSS_RECONNECTS: u32 = 3;
 
+/// How long after its last publisher is dropped a claim is given up: ticks sent just before arrive first.
+pub(crate) const UNPUBLISH_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl Driver {
     /// Runs `work` on a task of its own and waits for its outcome; dropping the returned future does not stop it.
     pub(crate) async fn detached<T, F>(&self, work: impl FnOnce(Arc<Driver>) -> F) -> Result<T, RequestError>
@@ -166,9 +169,30 @@ impl Driver {
         let_go(sent, |reply| matches!(reply, Reply::Unpublished { .. })).await
     }
 
-    /// One of `entry`'s publishers was dropped ([`super::ticks::Ticks::publisher_dropped`]).
+    /// One of `entry`'s publishers was dropped: the last one gives the claim up on the server, [`UNPUBLISH_GRACE`]
+    /// later, in the background
+    /// (as the last subscription handle unsubscribes): it counted against `max_publish_channels` until the
+    /// connection ended, so a publisher made and dropped per match ran out of channels.
     pub(crate) fn publisher_dropped(&self, entry: &Arc<PubEntry>) {
-        self.ticks.publisher_dropped(entry);
+        let last = self.ticks.publisher_dropped(entry);
+        // (A version-4 session has no Unpublish: it keeps the claim until the connection ends, as before.)
+        let speaks_unpublish = self.welcome().version >= 5;
+        let going_on = last && speaks_unpublish && entry.end_reason().is_none() && !self.stop.is_cancelled();
+        let driver = self.me.upgrade().filter(|_| going_on);
+        let Some(driver) = driver else { return };
+        let entry = entry.clone();
+        self.spawn(async move {
+            // After a grace: ticks sent just before the drop are read on the server by another task than the
+            // Unpublish, and one taken after it would be dropped as unclaimed.
+            tokio::select! {
+                () = driver.stop.cancelled() => return,
+                () = tokio::time::sleep(UNPUBLISH_GRACE) => {}
+            }
+            let current = || driver.current.borrow().clone();
+            if let Ok(Some(sent)) = driver.ticks.unpublish_unheld(current, &entry).await {
+                drop(crate::connection::reply(sent).await);
+            }
+        });
     }
 
     /// Ends `entry` for all its readers and tells the server; `Ok` at once if it had ended already (unsubscribed

@@ -282,6 +282,33 @@ impl Ticks {
         entry: &Arc<PubEntry>,
     ) -> Result<Option<crate::connection::Pending>, RequestError> {
         let _turn = self.claim_order.turn(&entry.channel).await;
+        self.unpublish_in_turn(current, entry).await
+    }
+
+    /// [`Ticks::unpublish`] of a claim whose last publisher was dropped, unless a publisher of the channel was made
+    /// meanwhile (one sharing the entry, or a new entry in its place: its claim must not be given up).
+    pub(crate) async fn unpublish_unheld<H: Handler>(
+        &self,
+        current: impl FnOnce() -> Option<Arc<Connection<H>>>,
+        entry: &Arc<PubEntry>,
+    ) -> Result<Option<crate::connection::Pending>, RequestError> {
+        let _turn = self.claim_order.turn(&entry.channel).await;
+        let unheld = {
+            let publishers = lock(&self.publishers);
+            entry.handles.load(Ordering::Acquire) == 0
+                && publishers.get(&entry.channel).is_some_and(|held| Arc::ptr_eq(held, entry))
+        };
+        match unheld {
+            true => self.unpublish_in_turn(current, entry).await,
+            false => Ok(None),
+        }
+    }
+
+    async fn unpublish_in_turn<H: Handler>(
+        &self,
+        current: impl FnOnce() -> Option<Arc<Connection<H>>>,
+        entry: &Arc<PubEntry>,
+    ) -> Result<Option<crate::connection::Pending>, RequestError> {
         // Read in the turn: a reconnect's claim on a new connection that came first is answered by now.
         let connection = current();
         {
@@ -310,11 +337,11 @@ impl Ticks {
         self.claim_order.clone()
     }
 
-    /// One of `entry`'s publishers was dropped: with the last, the channel is not claimed again after a reconnect
-    /// (the server holds the claim until the connection ends, or until [`crate::TickPublisher::unpublish`]).
-    pub(crate) fn publisher_dropped(&self, entry: &Arc<PubEntry>) {
+    /// One of `entry`'s publishers was dropped; true for the last (the channel is not claimed again after a
+    /// reconnect, and its claim is to be given up: [`Ticks::unpublish_unheld`]).
+    pub(crate) fn publisher_dropped(&self, entry: &Arc<PubEntry>) -> bool {
         let _publishers = lock(&self.publishers);
-        entry.handles.fetch_sub(1, Ordering::AcqRel);
+        entry.handles.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
     /// Every claim that goes on and has a publisher (to put back on a new connection: [`reclaim`]). Those whose

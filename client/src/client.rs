@@ -118,6 +118,10 @@ impl Client {
     }
 
     /// Sends one request on the control stream of the current connection and waits for its reply. Not retried.
+    /// For requests the client does not track: a raw `Join`, `Subscribe` or `Publish` here is unknown to it (the
+    /// server opens a room stream the client then stops, and keeps the membership; a later [`Client::join`] of
+    /// the room is refused `AlreadyJoined`), so use the typed methods for those. A future given up leaves its
+    /// entry among the requests awaiting a reply until the reply or the connection's end.
     pub async fn request(&self, body: RequestBody) -> Result<Reply, RequestError> {
         self.handle.driver.request(body).await
     }

@@ -24,7 +24,7 @@
 //!
 //! Every future may be dropped at any point (a timeout around it, a `select!`): what it started still finishes on
 //! the client's own tasks, so the control stream never gets half a frame and the server's state never disagrees
-//! with the client's. A join given up before it returns leaves the room once the server answers, and dropping a
+//! with the client's (for what goes through the typed methods: [`Client::request`] is raw). A join given up before it returns leaves the room once the server answers, and dropping a
 //! [`Room`] leaves it (in the background); a later join of the same name waits for that Leave to be written.
 //! So the library puts no deadline on a reply of its own (a server whose QUIC stack answers while its application
 //! hangs keeps a request waiting): put the timeout your application needs around the call. A post given up so may

@@ -34,13 +34,32 @@ fn masked(a: u128, b: u128, bits: u8, prefix: u8) -> bool {
     a.checked_shr(shift).unwrap_or(0) == b.checked_shr(shift).unwrap_or(0)
 }
 
+/// Why a text is not an address block.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// Not an address, with or without a prefix length.
+    #[error("{0:?} is not an address or a CIDR block")]
+    NotAnAddress(String),
+    /// A prefix length beyond the family's bits.
+    #[error("{text:?}: the prefix length must be 0 to {bits}")]
+    Prefix {
+        /// The text.
+        text: String,
+        /// The family's bits (32 or 128).
+        bits: u8,
+    },
+    /// An IPv4-mapped IPv6 block whose prefix reaches into the mapping's first 96 bits.
+    #[error("{0:?}: an IPv4-mapped block needs a prefix length of 96 to 128")]
+    MappedPrefix(String),
+}
+
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = CidrError;
 
     /// `203.0.113.7`, `10.0.0.0/8`, `::1`, `fd00::/8` (an address alone is a block of one).
-    fn from_str(text: &str) -> Result<Cidr, String> {
+    fn from_str(text: &str) -> Result<Cidr, CidrError> {
         let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
-        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("{text:?} is not an address or a CIDR block"))?;
+        let addr: IpAddr = addr.trim().parse().map_err(|_| CidrError::NotAnAddress(text.to_string()))?;
         // The prefix in the family as written (`::ffff:10.0.0.0/104` is IPv6's), then held as IPv4's for an
         // IPv4-mapped block (its last 32 bits).
         let bits = if addr.is_ipv4() { 32 } else { 128 };
@@ -50,12 +69,12 @@ impl FromStr for Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= bits)
-                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {bits}"))?,
+                .ok_or_else(|| CidrError::Prefix { text: text.to_string(), bits })?,
         };
         match addr.to_canonical() {
             IpAddr::V4(v4) if addr.is_ipv6() => match prefix.checked_sub(96) {
                 Some(prefix) => Ok(Cidr { addr: IpAddr::V4(v4), prefix }),
-                None => Err(format!("{text:?}: an IPv4-mapped block needs a prefix length of 96 to 128")),
+                None => Err(CidrError::MappedPrefix(text.to_string())),
             },
             addr => Ok(Cidr { addr, prefix }),
         }

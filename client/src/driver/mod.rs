@@ -13,6 +13,7 @@ mod posts;
 mod rooms;
 mod streams;
 mod ticks;
+mod ticks_resume;
 
 use std::{
     collections::HashMap,

@@ -58,7 +58,10 @@ impl Settings {
             .web
             .trusted_proxies
             .iter()
-            .map(|text| text.parse().map_err(|why: String| Invalid::new("web.trusted_proxies", why)))
+            .map(|text| {
+                text.parse()
+                    .map_err(|why: crate::forwarded::CidrError| Invalid::new("web.trusted_proxies", why.to_string()))
+            })
             .collect::<Result<_, _>>()?;
         Ok(WebConfig {
             trusted_proxies,

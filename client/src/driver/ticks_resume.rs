@@ -1,0 +1,87 @@
+//! Putting a connection's subscriptions and publish claims back on a new connection after a reconnect, retrying
+//! the server's refusals for now like a room's rejoin.
+
+use std::sync::Arc;
+
+use quiver_proto::ErrorCode;
+
+use super::ticks::{claim_on, subscribe_on, ClaimOrder, PubEntry, SubEntry, TickHandler};
+use crate::{
+    connection::{Connection, Handler},
+    error::RequestError,
+    sync::lock,
+};
+
+/// Puts a subscription back on a new connection. Refused for now (the codes a rejoin retries), it is tried again
+/// with the same backoff; refused for good (or for longer), it ends: its readers get `None` and the reason, instead
+/// of waiting for ticks that will never come.
+pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entry: &Arc<SubEntry>) {
+    lock(&entry.state).resync(connection.id);
+    let refused = retried(&entry.channel, "subscription", || async {
+        let _order = entry.order.lock().await;
+        if entry.ended.is_cancelled() {
+            return None; // unsubscribed meanwhile: nothing to put back
+        }
+        Some(subscribe_on(connection, entry).await)
+    });
+    if let Some((code, reason)) = refused.await {
+        ended(connection, entry, code, reason);
+    }
+}
+
+/// Puts a publish claim back on a new connection, retrying a refusal for now like [`resubscribe`]; refused for good
+/// (or for longer), the claim ends: [`crate::TickPublisher::send`] fails with [`crate::error::TickError::Ended`], and a new
+/// publisher of the channel claims it anew. Before, a refused claim was only logged, and its publisher's ticks
+/// failed with `NotConnected` for good.
+pub(crate) async fn reclaim<H: Handler>(connection: &Connection<H>, entry: &PubEntry, order: &Arc<ClaimOrder>) {
+    let refused = retried(&entry.channel, "claim", || async {
+        let _turn = order.turn(&entry.channel).await;
+        if entry.end_reason().is_some() {
+            return None; // another reclaim of it ended it, or it was unpublished: nothing to put back
+        }
+        Some(claim_on(connection, entry).await)
+    });
+    let Some((code, reason)) = refused.await else { return };
+    // Not if this connection is gone meanwhile (a newer one puts the claim back), nor if a publisher of the channel
+    // claimed it on this connection meanwhile; the first reason is kept.
+    if connection.close_reason().is_some() || lock(&entry.claim).is_some_and(|(on, _)| on == connection.id) {
+        return;
+    }
+    tracing::warn!(channel = %entry.channel, %code, %reason, "cannot claim the channel again; the claim ends here");
+    lock(&entry.ended).get_or_insert((code, reason));
+}
+
+/// Runs `attempt` (a request putting `what` of `channel` back) until it is done, retrying a refusal for now (the
+/// codes a rejoin retries) with the rejoins' backoff. The refusal for good (after the last try, an `Unavailable`
+/// one), or `None`: done, the connection went again (the supervisor puts it back once it is back), or `attempt`
+/// found nothing to put back (`None`).
+async fn retried<F, Fut>(channel: &str, what: &str, mut attempt: F) -> Option<(ErrorCode, String)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Result<(), RequestError>>>,
+{
+    let mut delay = std::time::Duration::from_millis(50);
+    for _ in 0..crate::driver::rooms::RETRIED_REJOINS {
+        match attempt().await? {
+            Ok(()) | Err(RequestError::Closed { .. }) => return None,
+            Err(RequestError::Failed(failure)) if crate::driver::rooms::refused_for_now(failure.code) => {
+                tracing::info!(%channel, reason = %failure.message, ?delay, "{what} refused for now; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(RequestError::Failed(failure)) => return Some((failure.code, failure.message)),
+            Err(err) => return Some((ErrorCode::Internal, err.to_string())),
+        }
+    }
+    let times = crate::driver::rooms::RETRIED_REJOINS;
+    Some((ErrorCode::Unavailable, format!("the server refused to take the {what} back {times} times")))
+}
+
+/// Ends `entry`, refused on `connection`, unless that connection is gone meanwhile: a newer one puts it back.
+fn ended<H: Handler>(connection: &Connection<H>, entry: &SubEntry, code: ErrorCode, reason: String) {
+    if connection.close_reason().is_some() {
+        return;
+    }
+    tracing::warn!(channel = %entry.channel, %code, %reason, "cannot resubscribe; the subscription ends here");
+    entry.end(code, reason);
+}

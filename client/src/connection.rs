@@ -141,12 +141,14 @@ impl<H: Handler> Connection<H> {
         }
         // Post copies go out on the probe timer, in place of the tail probe (QUIC only).
         let tuning = &options.tuning;
-        let timer = link.quic().and(tuning.probe_timer());
+        let timing = link.quic().and(tuning.probe_timing());
         // The first copies go right after the request's packet (`TailProbe::sent_with_copies`).
         let copies = CopyQueue::new(tuning.copies, Duration::ZERO, tuning.copy_spacing);
         let copies = Arc::new(Mutex::new(copies));
         let (probing, queued, tail_probe) = (link.clone(), copies.clone(), tuning.tail_probe.is_some());
-        let (probe, probe_task) = TailProbe::new(timer, move || match probing.quic() {
+        let sampled = link.clone();
+        let path = move || sampled.quic().map(quiver_transport::path_sample).unwrap_or_default();
+        let (probe, probe_task) = TailProbe::new(timing, path, move || match probing.quic() {
             Some(quic) => crate::copies::send_round(quic, &queued, tail_probe),
             None => quiver_transport::Probed::Gone,
         });

@@ -17,5 +17,7 @@ pub(crate) fn send_round(quic: &quinn::Connection, queue: &Mutex<CopyQueue>, pro
     };
     let max_size = || quic.max_datagram_size().unwrap_or(0);
     let (path_loss, space) = (|| quiver_transport::path_loss(quic), || quic.datagram_send_buffer_space());
-    quiver_transport::copy_round(path_loss, queue, probe, max_size, space, send).0
+    // Only for a write still unacknowledged (quiver_transport::probe).
+    let probe_helps = || probe && quiver_transport::congestion::unacknowledged(quic);
+    quiver_transport::copy_round(path_loss, queue, probe_helps, max_size, space, send).0
 }

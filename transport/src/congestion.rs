@@ -12,15 +12,25 @@
 //! round trip without feedback). Above it Cubic reacts to loss as usual, so a bulk flow still backs off; below it a
 //! real-time connection keeps its (application-limited) rate. It never lets more than the initial window into
 //! a path that is losing everything: the loss still costs retransmissions and PTOs.
+//!
+//! The controller also keeps what the tail probe asks before it sends ([`unacknowledged`]): whether anything sent
+//! may still be unacknowledged. quinn tells a controller every packet it sends and, after each ACK, the bytes still
+//! in flight; it has no other public view of them.
 
 use std::{any::Any, sync::Arc, time::Instant};
 
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
 
-/// Cubic whose window never drops below `floor` bytes.
+/// Cubic whose window never drops below `floor` bytes (0: plain Cubic), and which knows whether anything sent
+/// may still be unacknowledged.
 pub struct FlooredCubic {
     inner: Box<dyn Controller>,
     floor: u64,
+    /// Bytes in flight after the last ACK processed.
+    in_flight_at_ack: u64,
+    /// A packet was sent since (quinn reports ACK-only packets too: counted, so this may say yes when only an ACK
+    /// left, never no when data did).
+    sent_since_ack: bool,
 }
 
 impl std::fmt::Debug for FlooredCubic {
@@ -31,6 +41,7 @@ impl std::fmt::Debug for FlooredCubic {
 
 impl Controller for FlooredCubic {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+        self.sent_since_ack = true;
         self.inner.on_sent(now, bytes, last_packet_number);
     }
 
@@ -39,6 +50,7 @@ impl Controller for FlooredCubic {
     }
 
     fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, largest_acked: Option<u64>) {
+        (self.in_flight_at_ack, self.sent_since_ack) = (in_flight, false);
         self.inner.on_end_acks(now, in_flight, app_limited, largest_acked);
     }
 
@@ -61,7 +73,7 @@ impl Controller for FlooredCubic {
     }
 
     fn clone_box(&self) -> Box<dyn Controller> {
-        Box::new(FlooredCubic { inner: self.inner.clone_box(), floor: self.floor })
+        Box::new(FlooredCubic { inner: self.inner.clone_box(), ..*self })
     }
 
     fn initial_window(&self) -> u64 {
@@ -89,8 +101,22 @@ impl FlooredCubicFactory {
 
 impl ControllerFactory for FlooredCubicFactory {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(FlooredCubic { inner: self.cubic.clone().build(now, current_mtu), floor: self.floor })
+        let inner = self.cubic.clone().build(now, current_mtu);
+        Box::new(FlooredCubic { inner, floor: self.floor, in_flight_at_ack: 0, sent_since_ack: false })
     }
+}
+
+impl FlooredCubic {
+    /// Whether anything ACK-eliciting sent may still be unacknowledged (or lost and not yet declared so).
+    pub fn unacknowledged(&self) -> bool {
+        self.sent_since_ack || self.in_flight_at_ack > 0
+    }
+}
+
+/// Whether anything `quic` sent may still be unacknowledged: true unless its controller is a [`FlooredCubic`] that
+/// knows everything sent was acknowledged.
+pub fn unacknowledged(quic: &quinn::Connection) -> bool {
+    quic.congestion_state().into_any().downcast::<FlooredCubic>().map_or(true, |cubic| cubic.unacknowledged())
 }
 
 #[cfg(test)]
@@ -114,5 +140,26 @@ mod tests {
         assert_eq!(floored.window(), 12_000);
         assert_eq!(floored.metrics().congestion_window, 12_000);
         assert_eq!(floored.clone_box().window(), 12_000);
+    }
+
+    /// What the tail probe asks: after a packet is sent something is unacknowledged until an ACK leaves none in
+    /// flight; a copy of the controller (quinn hands out copies) says the same.
+    #[test]
+    fn it_knows_whether_anything_sent_is_unacknowledged() {
+        let now = Instant::now();
+        let build = || Arc::new(FlooredCubicFactory::new(0)).build(now, 1200);
+        let unacked = |controller: Box<dyn Controller>| match controller.into_any().downcast::<FlooredCubic>() {
+            Ok(cubic) => cubic.unacknowledged(),
+            Err(_) => panic!("not a FlooredCubic"),
+        };
+        assert!(!unacked(build()), "nothing sent yet");
+        let mut cubic = build();
+        cubic.on_sent(now, 100, 1);
+        assert!(unacked(cubic.clone_box()));
+        cubic.on_end_acks(now, 100, true, Some(0));
+        assert!(unacked(cubic.clone_box()), "an ACK that leaves bytes in flight");
+        cubic.on_end_acks(now, 0, true, Some(1));
+        assert!(!unacked(cubic.clone_box()), "all acknowledged");
+        assert_eq!(cubic.window(), build().window(), "floor 0: plain Cubic");
     }
 }

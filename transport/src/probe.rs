@@ -3,8 +3,15 @@
 //! until the probe timeout, which quinn 0.11 cannot bring below 25 ms (its `max_ack_delay` transport parameter is
 //! fixed there; the ACK-frequency extension shortens the ACKs, not the PTO). So after writing reliable data, an
 //! endpoint sends one probe datagram a moment later: ACK-eliciting, ignored by the receiver (the protocol defines
-//! the one-byte datagram `0x00` as a probe, [`quiver_proto::PROBE`]), and its ACK exposes a lost tail within about `delay` + RTT. Cost: one small
-//! packet per burst of writes, none on idle connections (unlike a short keep-alive).
+//! the one-byte datagram `0x00` as a probe, [`quiver_proto::PROBE`]), and its ACK exposes a lost tail within about
+//! `delay` + RTT.
+//!
+//! A probe costs a packet each way (it, and the ACK it elicits), so it goes only where it can help
+//! ([`ProbeTiming`]): when the last write (not the first of a burst) is still unacknowledged after the delay,
+//! never for data already acknowledged, and on a path that has not lost a packet lately only once that write's ACK
+//! is overdue (RFC 8985's tail-loss probe timeout: two smoothed RTTs and the peer's ACK delay) rather than 1 ms
+//! after it, which on a busy server (where replies take milliseconds) was a probe after nearly every reply, and
+//! more than halved the posts a server could acknowledge (docs/benchmarks.md). Idle connections send none.
 //!
 //! Redundant delivery rides on the same timer: where datagram copies of the reliable data wait
 //! ([`quiver_proto::copies::CopyQueue`]), the first round of copies goes instead of the probe (a copy elicits the
@@ -13,7 +20,7 @@
 use std::{
     future::Future,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, PoisonError,
     },
     time::Duration,
@@ -52,11 +59,12 @@ pub enum Sent {
 /// connection lock) to the queue, sends the copies due
 /// (datagrams of at most `max_size()` bytes) with `send`, skipping any that does not fit the datagram buffer's
 /// free `space()` (a copy never pushes a tick out; the stream carries its frame anyway), or, when no copy went, the
-/// tail probe (when `probe`). Returns what the probe task does next, and how many copies went.
+/// tail probe (when `probe()` says it is due: asked last, only when nothing else decided). Returns what the probe
+/// task does next, and how many copies went.
 pub fn copy_round(
     path_loss: impl FnOnce() -> (u64, u64),
     queue: &Mutex<CopyQueue>,
-    probe: bool,
+    probe: impl FnOnce() -> bool,
     max_size: impl FnOnce() -> usize,
     space: impl Fn() -> usize,
     mut send: impl FnMut(Bytes) -> Sent,
@@ -87,8 +95,8 @@ pub fn copy_round(
     }
     // Not into a full datagram buffer, where quinn would make room by dropping its oldest datagram (a tick): what
     // is queued there draws the ACKs a probe is for.
-    let probe = probe && space() >= quiver_proto::PROBE.len();
-    if copies == 0 && probe && send(Bytes::from_static(quiver_proto::PROBE)) == Sent::Gone {
+    let probe = || space() >= quiver_proto::PROBE.len() && probe();
+    if copies == 0 && probe() && send(Bytes::from_static(quiver_proto::PROBE)) == Sent::Gone {
         return (Probed::Gone, 0);
     }
     (next.map_or(Probed::Sent, Probed::Again), copies)
@@ -113,38 +121,118 @@ pub fn path_loss(quic: &quinn::Connection) -> (u64, u64) {
     (path.sent_packets, path.lost_packets)
 }
 
-/// Sends a probe `delay` after [`TailProbe::sent`] is called (calls during the wait share that probe).
-#[derive(Debug, Default)]
+/// A connection's path as the probe timer sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathSample {
+    /// Packets sent so far.
+    pub sent: u64,
+    /// Packets lost so far.
+    pub lost: u64,
+    /// The smoothed round-trip time.
+    pub rtt: Duration,
+}
+
+/// `quic`'s path now (one look under its lock).
+pub fn path_sample(quic: &quinn::Connection) -> PathSample {
+    let path = quic.stats().path;
+    PathSample { sent: path.sent_packets, lost: path.lost_packets, rtt: path.rtt }
+}
+
+/// Packets a path sends after a loss during which the probe stays speculative ([`ProbeTiming`]): about a loss
+/// rate of 0.1 % or more keeps it so.
+pub const LOSSY_FOR_PACKETS: u64 = 1_000;
+
+/// How long after the last write the tail probe is due, sans IO. On a path that lost a packet among its last
+/// [`LOSSY_FOR_PACKETS`] sent, `speculative` (1 ms): the probe's ACK then exposes a lost tail about an RTT after
+/// it, before quinn's time threshold (9/8 RTT) would have let it declare the loss anyway on most paths, at the cost
+/// of a probe after most bursts. On a path that has not, the write's ACK is waited for: two smoothed RTTs and the
+/// peer's ACK delay (RFC 8985's tail-loss probe timeout; at least `speculative`), after which a probe goes only if
+/// the write is still unacknowledged, so a clean path sends almost none, and a lost tail is still found sooner than
+/// quinn's probe timeout (which adds quinn's fixed 25 ms ACK delay and four RTT variances) would.
+#[derive(Debug, Clone)]
+pub struct ProbeTiming {
+    speculative: Duration,
+    ack_delay: Duration,
+    /// Packets lost when last sampled, and packets sent when a loss was last seen.
+    lost: u64,
+    lost_at: Option<u64>,
+}
+
+impl ProbeTiming {
+    /// A schedule probing `speculative` after a write on lossy paths, where the peer acknowledges within
+    /// `ack_delay`.
+    pub fn new(speculative: Duration, ack_delay: Duration) -> ProbeTiming {
+        ProbeTiming { speculative, ack_delay, lost: 0, lost_at: None }
+    }
+
+    /// The delay for a write made now, on a path that looks like `path`.
+    pub fn delay(&mut self, path: PathSample) -> Duration {
+        if path.lost > self.lost {
+            (self.lost, self.lost_at) = (path.lost, Some(path.sent));
+        }
+        match self.lossy(path.sent) {
+            true => self.speculative,
+            false => (path.rtt.saturating_mul(2) + self.ack_delay).max(self.speculative),
+        }
+    }
+
+    /// Whether the path lost a packet among its last [`LOSSY_FOR_PACKETS`] (`sent`: packets sent so far).
+    pub fn lossy(&self, sent: u64) -> bool {
+        self.lost_at.is_some_and(|at| sent.saturating_sub(at) < LOSSY_FOR_PACKETS)
+    }
+}
+
+/// Calls the sender a while after the last [`TailProbe::sent`] ([`ProbeTiming`]; writes during the wait move the
+/// time on and share the one call), or at once after [`TailProbe::sent_with_copies`].
+#[derive(Debug)]
 pub struct TailProbe {
     wake: Notify,
     /// A probe is scheduled and not sent yet: later writes are covered by it.
     pending: AtomicBool,
     /// Copies of what was just written wait: call the sender as soon as the transport had its turn.
     early: AtomicBool,
+    /// When the last write was, in µs since `epoch`.
+    last_write: AtomicU64,
+    epoch: Instant,
     enabled: bool,
 }
 
 impl TailProbe {
-    /// A probe that sends with `send` (which returns false once the connection is gone), and the task that does
-    /// the sending, for the caller to run and stop with the connection; or a probe that does nothing (and no task)
-    /// when `delay` is `None`.
-    pub fn new(
-        delay: Option<Duration>,
-        send: impl Fn() -> Probed + Send + 'static,
-    ) -> (Arc<TailProbe>, Option<impl Future<Output = ()> + Send + 'static>) {
-        let Some(delay) = delay else { return (Arc::new(TailProbe::default()), None) };
-        let probe = Arc::new(TailProbe {
+    /// A probe that does nothing, and no task.
+    pub fn disabled() -> Arc<TailProbe> {
+        Arc::new(TailProbe::with(false))
+    }
+
+    fn with(enabled: bool) -> TailProbe {
+        TailProbe {
             wake: Notify::new(),
             pending: AtomicBool::new(false),
             early: AtomicBool::new(false),
-            enabled: true,
-        });
+            last_write: AtomicU64::new(0),
+            epoch: Instant::now(),
+            enabled,
+        }
+    }
+
+    /// A probe scheduled by `timing` from the connection's `path()` (looked at once per probe, when a write comes
+    /// with none pending), that sends with `send`, and the task that does the sending, for the caller to run and
+    /// stop with the connection; or a probe that does nothing (and no task) when `timing` is `None`. `send` decides
+    /// at the time whether a probe still helps ([`copy_round`]'s `probe`).
+    pub fn new(
+        timing: Option<ProbeTiming>,
+        path: impl Fn() -> PathSample + Send + 'static,
+        send: impl Fn() -> Probed + Send + 'static,
+    ) -> (Arc<TailProbe>, Option<impl Future<Output = ()> + Send + 'static>) {
+        let Some(mut timing) = timing else { return (TailProbe::disabled(), None) };
+        let probe = Arc::new(TailProbe::with(true));
         let waiting = probe.clone();
         let task = async move {
-            // When the sender is to be called next: `delay` after a write, or when it asked to be called again.
-            let mut deadline: Option<Instant> = None;
+            // When the sender asked to be called again (the next round of copies), and the delay of the probe
+            // pending after the last write.
+            let (mut again, mut probe_delay): (Option<Instant>, Option<Duration>) = (None, None);
             loop {
-                let woken_by_write = match deadline {
+                let probe_at = probe_delay.map(|delay| waiting.last_write() + delay);
+                let woken_by_write = match again.into_iter().chain(probe_at).min() {
                     None => {
                         waiting.wake.notified().await;
                         true
@@ -154,6 +242,7 @@ impl TailProbe {
                         () = waiting.wake.notified() => true,
                     },
                 };
+                let now = Instant::now();
                 if woken_by_write {
                     if waiting.early.load(Ordering::Acquire) {
                         // Two turns of the scheduler: the connection's driver, woken by the write before this
@@ -161,15 +250,23 @@ impl TailProbe {
                         tokio::task::yield_now().await;
                         tokio::task::yield_now().await;
                     } else {
-                        let at = Instant::now() + delay;
-                        deadline = Some(deadline.map_or(at, |d| d.min(at)));
+                        probe_delay = probe_delay.or_else(|| Some(timing.delay(path())));
                         continue;
+                    }
+                } else if let (true, Some(_)) = (again.is_none_or(|at| at > now), probe_delay) {
+                    // The probe's time (not the copies'): looked at again, as the path may have lost packets since
+                    // (a connection writing more often than the delay never gets here otherwise).
+                    let delay = timing.delay(path());
+                    probe_delay = Some(delay);
+                    if waiting.last_write() + delay > now {
+                        continue; // written again since: the probe is due after that write
                     }
                 }
                 waiting.pending.store(false, Ordering::Release);
                 // Copies of a write from here on need another wake-up (this call may not see them).
                 waiting.early.store(false, Ordering::Release);
-                deadline = match send() {
+                probe_delay = None;
+                again = match send() {
                     Probed::Sent => None,
                     Probed::Again(after) => Some(Instant::now() + after),
                     Probed::Gone => return,
@@ -181,8 +278,11 @@ impl TailProbe {
 
     /// Reliable data was just written.
     pub fn sent(&self) {
-        if self.enabled && !self.pending.swap(true, Ordering::AcqRel) {
-            self.wake.notify_one();
+        if self.enabled {
+            self.note_write();
+            if !self.pending.swap(true, Ordering::AcqRel) {
+                self.wake.notify_one();
+            }
         }
     }
 
@@ -190,102 +290,22 @@ impl TailProbe {
     /// transport has had its turn to send the data, not `delay` later (a copy elicits the ACK a probe would).
     pub fn sent_with_copies(&self) {
         if self.enabled {
+            self.note_write();
             self.pending.store(true, Ordering::Release);
             if !self.early.swap(true, Ordering::AcqRel) {
                 self.wake.notify_one();
             }
         }
     }
-}
 
+    fn note_write(&self) {
+        let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_write.store(micros, Ordering::Release);
+    }
+
+    fn last_write(&self) -> Instant {
+        self.epoch + Duration::from_micros(self.last_write.load(Ordering::Acquire))
+    }
+}
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use super::*;
-
-    /// A probe with a 1 ms delay whose sender counts its calls and answers with `answer(call number)`.
-    fn counting(answer: fn(u32) -> Probed) -> (Arc<TailProbe>, Arc<AtomicU32>) {
-        let count = Arc::new(AtomicU32::new(0));
-        let counted = count.clone();
-        let (probe, task) =
-            TailProbe::new(Some(Duration::from_millis(1)), move || answer(counted.fetch_add(1, Ordering::Relaxed)));
-        tokio::spawn(task.unwrap());
-        (probe, count)
-    }
-
-    /// A probe goes only where the datagram buffer has room for it: into a full one quinn would make room by
-    /// dropping its oldest datagram, a tick already counted as sent (the datagrams waiting there draw the ACKs a
-    /// probe is for).
-    #[test]
-    fn no_probe_into_a_full_datagram_buffer() {
-        let queue = Mutex::new(CopyQueue::new(2, Duration::ZERO, Duration::from_millis(5)));
-        for (space, probes) in [(0, 0), (quiver_proto::PROBE.len(), 1), (1_000, 1)] {
-            let mut sent = Vec::new();
-            let send = |datagram: Bytes| {
-                sent.push(datagram);
-                Sent::Yes
-            };
-            let (probed, copies) = copy_round(|| (0, 0), &queue, true, || 1_200, || space, send);
-            assert_eq!((probed, copies), (Probed::Sent, 0));
-            assert_eq!(sent.len(), probes, "{space} bytes free");
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn one_probe_per_burst_after_the_delay() {
-        let (probe, count) = counting(|_| Probed::Sent);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(count.load(Ordering::Relaxed), 0, "no writes, no probes");
-        for _ in 0..5 {
-            probe.sent();
-        }
-        tokio::time::sleep(Duration::from_micros(500)).await;
-        assert_eq!(count.load(Ordering::Relaxed), 0, "not before the delay");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(count.load(Ordering::Relaxed), 1, "a burst of writes costs one probe");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(count.load(Ordering::Relaxed), 1, "and only one");
-        probe.sent();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(count.load(Ordering::Relaxed), 2, "the next write schedules the next probe");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_sender_with_more_due_is_called_again_without_a_write() {
-        let (probe, count) = counting(|call| match call {
-            0 | 1 => Probed::Again(Duration::from_millis(5)),
-            _ => Probed::Sent,
-        });
-        probe.sent();
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        assert_eq!(count.load(Ordering::Relaxed), 1);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(count.load(Ordering::Relaxed), 2, "again after 5 ms");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(count.load(Ordering::Relaxed), 3, "and once more, then it waits for a write");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn writes_with_copies_call_the_sender_at_once_and_plain_writes_after_the_delay() {
-        let (probe, count) = counting(|_| Probed::Sent);
-        probe.sent_with_copies();
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(count.load(Ordering::Relaxed), 1, "no timer: called after the transport's turn");
-        probe.sent();
-        tokio::task::yield_now().await;
-        assert_eq!(count.load(Ordering::Relaxed), 1, "a plain write waits for the delay");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        assert_eq!(count.load(Ordering::Relaxed), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn disabled_probes_send_nothing() {
-        let (probe, task) = TailProbe::new(None, || panic!("sent"));
-        probe.sent();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(task.is_none());
-    }
-}
+mod tests;

@@ -6,6 +6,8 @@ use std::{sync::Arc, time::Duration};
 use quinn::{AckFrequencyConfig, MtuDiscoveryConfig, TransportConfig, VarInt};
 use quiver_proto::Limits;
 
+use crate::probe::ProbeTiming;
+
 /// Idle connections are closed after this long without any packet. Keep-alives (below) keep live ones open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A PING every 8 s keeps NAT bindings and the idle timer alive on quiet connections, and a live server's answer
@@ -24,7 +26,9 @@ pub const DATAGRAM_SEND_BUFFER: usize = 16 * 1024;
 /// loss-free median. Sparse chat traffic is exactly the case where loss detection waits on ACKs.
 pub const MAX_ACK_DELAY: Duration = Duration::from_millis(1);
 /// After writing reliable data, a probe datagram this much later acts as a tail-loss probe ([`crate::probe`]):
-/// a lost last packet is then found in ~1–2 ms + RTT instead of at the next message or quinn's ≥25 ms PTO.
+/// a lost last packet is then found in ~1–2 ms + RTT instead of at the next message or quinn's ≥25 ms PTO. This
+/// delay is for paths that lost packets lately; on others the probe waits until the write's ACK is overdue
+/// ([`crate::probe::ProbeTiming`]), and no probe goes for a write already acknowledged.
 pub const TAIL_PROBE_DELAY: Duration = Duration::from_millis(1);
 /// The congestion window never falls below this (quinn's initial window at a 1,200-byte MTU): at random loss
 /// Cubic's 2-packet minimum congestion-blocks a stream of small real-time packets ([`crate::congestion`]).
@@ -148,6 +152,14 @@ impl TransportTuning {
         self.tail_probe.or((self.copies > 0).then_some(FIRST_COPY_DELAY))
     }
 
+    /// The probe timer's schedule ([`ProbeTiming`]): [`TransportTuning::probe_timer`] on a path that lost packets
+    /// lately, else the time by which the ACK of the last write is overdue (the peer's ACK delay: the one asked
+    /// for, or quinn's 25 ms). `None`: no probe timer.
+    pub fn probe_timing(&self) -> Option<ProbeTiming> {
+        let ack_delay = self.max_ack_delay.unwrap_or(QUINN_MAX_ACK_DELAY);
+        self.probe_timer().map(|delay| ProbeTiming::new(delay, ack_delay))
+    }
+
     /// The names [`TransportTuning::named`] knows.
     pub const NAMES: &'static [&'static str] = &["quiver", "no-probe", "no-floor", "quinn-defaults", "tail-probe"];
 
@@ -182,9 +194,9 @@ fn common(tuning: &TransportTuning) -> TransportConfig {
             mtu.upper_bound(max);
             mtu
         }));
-    if let Some(floor) = tuning.congestion_floor {
-        config.congestion_controller_factory(Arc::new(crate::congestion::FlooredCubicFactory::new(floor)));
-    }
+    // Always ours (floor 0 is plain Cubic): it also tells the tail probe whether anything is unacknowledged.
+    let floor = tuning.congestion_floor.unwrap_or(0);
+    config.congestion_controller_factory(Arc::new(crate::congestion::FlooredCubicFactory::new(floor)));
     if let Some(delay) = tuning.max_ack_delay {
         let mut ack = AckFrequencyConfig::default();
         ack.max_ack_delay(Some(delay)).reordering_threshold(VarInt::from_u32(tuning.reordering_threshold));
@@ -228,6 +240,9 @@ pub fn server_receive_windows(limits: &Limits) -> (u32, u32) {
 /// peer that withholds its ACKs pins this much. 1 MiB still carries 10 MB/s of room traffic at 100 ms of RTT,
 /// and ticks (datagrams) are not counted in it.
 pub const SERVER_SEND_WINDOW: u64 = 1 << 20;
+
+/// quinn's `max_ack_delay` (RFC 9000's default), a peer's ACK delay when none is asked for.
+pub const QUINN_MAX_ACK_DELAY: Duration = Duration::from_millis(25);
 
 /// quinn's default upper bound for path MTU discovery (a 1,500-byte Ethernet MTU less IPv6 and UDP headers).
 pub const QUINN_MTU_DISCOVERY: u16 = 1452;

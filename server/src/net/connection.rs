@@ -187,12 +187,15 @@ pub(super) fn serve_wire<R: RoomHub>(
             (Wire::Quic(session), Some(path)) => {
                 let (probing, queued, counted, path) = (session.clone(), queue.clone(), stats.clone(), path.clone());
                 let tail_probe = tuning.tail_probe.is_some();
-                let (probe, task) = TailProbe::new(tuning.probe_timer(), move || {
-                    copies::send_round((&probing, &path), &queued, tail_probe, &counted)
-                });
+                let sampled = path.clone();
+                let (probe, task) = TailProbe::new(
+                    tuning.probe_timing(),
+                    move || quiver_transport::path_sample(&sampled),
+                    move || copies::send_round((&probing, &path), &queued, tail_probe, &counted),
+                );
                 (probe, task.map(|task| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task))))
             }
-            _ => (TailProbe::new(None, || quiver_transport::Probed::Gone).0, None),
+            _ => (TailProbe::disabled(), None),
         };
         // Stopped when the connection's task returns.
         let _probing = probing;

@@ -23,7 +23,7 @@ async fn unread_stream() -> (web_transport_quinn::SendStream, quinn::Endpoint, q
 async fn frames_a_flush_could_not_write_still_count_toward_the_bound() {
     let (send, _client, _conn, _dir) = unread_stream().await;
     let stats = Arc::new(ServerStats::default());
-    let (probe, _) = quiver_transport::TailProbe::new(None, || quiver_transport::Probed::Gone);
+    let probe = quiver_transport::TailProbe::disabled();
     let bound = 64 * 1024;
     let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), bound, (probe, None), stats.clone());
     let frame = Bytes::from(vec![b'x'; 16 * 1024]);
@@ -46,7 +46,7 @@ async fn frames_a_flush_could_not_write_still_count_toward_the_bound() {
 async fn the_batch_the_pump_is_writing_counts_toward_the_bound() {
     let (send, _client, _conn, _dir) = unread_stream().await;
     let stats = Arc::new(ServerStats::default());
-    let (probe, _) = quiver_transport::TailProbe::new(None, || quiver_transport::Probed::Gone);
+    let probe = quiver_transport::TailProbe::disabled();
     let bound = 64 * 1024;
     let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), bound, (probe, None), stats.clone());
     let kicked = crate::net::mailbox::Mailbox::new(4);
@@ -81,7 +81,7 @@ async fn the_batch_the_pump_is_writing_counts_toward_the_bound() {
 async fn a_replay_cut_short_is_not_counted_as_a_slow_consumer() {
     let (send, _client, _conn, _dir) = unread_stream().await;
     let stats = Arc::new(ServerStats::default());
-    let (probe, _) = quiver_transport::TailProbe::new(None, || quiver_transport::Probed::Gone);
+    let probe = quiver_transport::TailProbe::disabled();
     let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), 64 * 1024, (probe, None), stats.clone());
     let kicked = crate::net::mailbox::Mailbox::new(4);
     let stop = tokio_util::sync::CancellationToken::new();

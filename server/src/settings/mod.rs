@@ -141,7 +141,8 @@ pub struct TransportSettings {
     pub keep_alive_ms: u32,
     /// Bytes of datagrams quinn may hold waiting for the congestion window.
     pub datagram_send_buffer: u32,
-    /// Tail-loss probe this many ms after reliable data; 0: none.
+    /// Tail-loss probe this many ms after the last reliable write, if it is still unacknowledged, on a path that lost
+    /// packets lately (elsewhere once its ACK is overdue); 0: none.
     pub tail_probe_ms: u32,
     /// Floor under the congestion window, bytes; 0: quinn's plain Cubic.
     pub congestion_floor: u32,

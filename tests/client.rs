@@ -624,6 +624,41 @@ async fn calls_go_again_on_the_next_connection(graceful: bool) {
     server.abort();
 }
 
+/// A connect waits for the clock's first Ping only: the other four refine the server clock's offset after it
+/// returned. Before, it waited for all five round trips (here 100 + 3 × 150 + 5 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_waits_for_one_clock_ping_and_the_rest_refine_the_offset_after() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = tokio::spawn(quiver_tests::fakes::slow_clock_pongs(endpoint, answered.clone()));
+    let options =
+        ConnectOptions { trust: TrustOptions::Auto { data_dir: dir.path().to_owned() }, ..Default::default() };
+    let client = Client::connect_with(&addr, options).await.unwrap();
+    let pongs = answered.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(pongs, 1, "the connect waited for {pongs} clock Pongs");
+    let ahead_s = |client: &Client| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+        (client.server_clock_us() as i64 - now) as f64 / 1e6
+    };
+    let first = ahead_s(&client);
+    assert!((first - 10.0).abs() < 0.5, "the first Pong's offset: {first} s");
+    let refined = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let ahead = ahead_s(&client);
+            if ahead > 15.0 {
+                return ahead;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the offset was never refined by the later, faster Pongs");
+    assert!((refined - 20.0).abs() < 0.5, "the fastest Pong's offset: {refined} s");
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 5);
+    client.close().await;
+    server.abort();
+}
+
 /// A reconnect whose connection is closed while the client measures its clock (its Pings) is not the client's
 /// connection: it is neither published as connected nor counted as a reconnect, and the client goes on to the
 /// next. Before, it was published for a moment (`Connected` with a dead connection, requests sent on it failing

@@ -450,6 +450,41 @@ pub async fn garbage_after_welcome(endpoint: quinn::Endpoint) {
     }
 }
 
+/// A server whose clock Pongs come slowly but the last: the first after 100 ms, with its clock 10 s ahead of the
+/// client's; the next three after 150 ms each; the fifth and later after 5 ms, with its clock 20 s ahead (the
+/// midpoint of each round trip is what the server's clock says). Counts the Pongs it sends.
+pub async fn slow_clock_pongs(endpoint: quinn::Endpoint, answered: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use quiver_proto::{FrameCodec, Reply, RequestBody, ServerMsg};
+    let Some(incoming) = endpoint.accept().await else { return };
+    let Ok(conn) = incoming.await else { return };
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let mut inbound = bytes::BytesMut::new();
+    let mut pings = 0u64;
+    while let Some(quiver_proto::Request { req_id, body }) = next_request(&codec, &mut inbound, &mut recv).await {
+        let reply = match body {
+            RequestBody::Hello(_) => welcome("ann"),
+            RequestBody::Ping { client_time_us } => {
+                pings += 1;
+                let (delay_ms, ahead_s) = match pings {
+                    1 => (100, 10),
+                    2..=4 => (150, 10),
+                    _ => (5, 20),
+                };
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                let server_time_us = client_time_us + ahead_s * 1_000_000 + delay_ms * 500;
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Reply::Pong { client_time_us, server_time_us }
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        let reply = ServerMsg::Reply { req_id, result: Ok(reply) };
+        if send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The next request on a fake's control stream (`inbound` keeps what was read past it); `None` once the stream
 /// ends or fails.
 async fn next_request(
@@ -468,7 +503,6 @@ async fn next_request(
     }
 }
 
-/// A Welcome for `identity`, with the default limits.
 /// The reply to Join `req_id` of an empty room (epoch 1, no message yet) where `ann` is.
 fn joined_empty(room: &str, req_id: u64) -> quiver_proto::Joined {
     quiver_proto::Joined {
@@ -482,6 +516,7 @@ fn joined_empty(room: &str, req_id: u64) -> quiver_proto::Joined {
     }
 }
 
+/// A Welcome for `identity`, with the default limits.
 fn welcome(identity: &str) -> quiver_proto::Reply {
     quiver_proto::Reply::Welcome(quiver_proto::Welcome {
         version: quiver_proto::PROTOCOL_VERSION,

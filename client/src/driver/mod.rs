@@ -124,6 +124,10 @@ pub(crate) struct Driver {
     runtime: tokio::runtime::Handle,
 }
 
+/// Clock Pings per connection, one after the other: the fastest round trip's answer gives the server clock's offset
+/// ([`offset_us`]). The first is waited for before the connection is handed out, the others are not.
+const CLOCK_PINGS: usize = 5;
+
 impl Driver {
     async fn open(&self, link: Link) -> Result<Arc<Live>, ConnectError> {
         let websocket = link.kind() == TransportKind::WebSocket;
@@ -162,15 +166,27 @@ impl Driver {
     /// clock was measured (a clock Ping the server would not take, a crash): not handed to the application, or
     /// counted as a reconnect, and the next one is tried. (The first connection is published all the same: the
     /// supervisor then reconnects from it.)
+    ///
+    /// Only the clock's first Ping is waited for ([`CLOCK_PINGS`]): the others refine the offset in the background
+    /// once the connection is handed out (a connect used to wait for all five round trips, half a second at 100 ms
+    /// of RTT).
     async fn connected(&self, connection: Arc<Live>, reconnect: bool) -> bool {
-        let offset = self.estimate_clock_offset(&connection).await;
+        let mut samples = Vec::with_capacity(CLOCK_PINGS);
+        self.clock_samples(&connection, 1, &mut samples).await;
         if reconnect && connection.is_done() {
             return false;
         }
         *lock(&self.welcome) = connection.welcome.clone();
-        if let Some(offset) = offset {
-            tracing::debug!(offset_us = offset, "clock offset to the server");
-            self.clock_offset_us.store(offset, Ordering::Relaxed);
+        self.note_clock_offset(&samples);
+        if let (Some(me), false) = (self.me.upgrade(), samples.is_empty()) {
+            let live = connection.clone();
+            self.spawn(async move {
+                me.clock_samples(&live, CLOCK_PINGS - 1, &mut samples).await;
+                // Only for the connection still current: a reconnect's own first sample is newer.
+                if me.current.borrow().as_ref().is_some_and(|current| Arc::ptr_eq(current, &live)) {
+                    me.note_clock_offset(&samples);
+                }
+            });
         }
         let session_id = connection.welcome.session_id;
         self.current.send_replace(Some(connection));
@@ -298,13 +314,20 @@ impl Driver {
         ticks::send_tick(&connection, publisher, payload, self.server_clock_us())
     }
 
-    /// Pings a few times; the offset of the fastest round trip. A server that does not answer within
-    /// `connect_timeout` in all (or a client closed meanwhile) leaves the offset to the answers so far: a connect
-    /// or a reconnect never waits on it for longer.
-    async fn estimate_clock_offset(&self, connection: &Live) -> Option<i64> {
+    /// The clock offset of the fastest round trip in `samples`, if any.
+    fn note_clock_offset(&self, samples: &[ClockSample]) {
+        if let Some(offset) = offset_us(samples) {
+            tracing::debug!(offset_us = offset, samples = samples.len(), "clock offset to the server");
+            self.clock_offset_us.store(offset, Ordering::Relaxed);
+        }
+    }
+
+    /// Pings `count` times, one after the other, adding each answer to `samples`. A server that does not answer
+    /// within `connect_timeout` in all (or a client closed meanwhile) leaves the samples so far: a connect or a
+    /// reconnect never waits on them for longer.
+    async fn clock_samples(&self, connection: &Live, count: usize, samples: &mut Vec<ClockSample>) {
         let deadline = tokio::time::Instant::now() + self.options.connect_timeout;
-        let mut samples = Vec::with_capacity(5);
-        for _ in 0..5 {
+        for _ in 0..count {
             let started = Instant::now();
             let sent_us = unix_us();
             let ping = connection.send(RequestBody::Ping { client_time_us: sent_us });
@@ -317,14 +340,14 @@ impl Driver {
                         // follow it there. (A server that takes no 20 bytes within connect_timeout is gone anyway.)
                         let reason = "the server took no clock Ping within connect_timeout; reconnecting";
                         connection.link.close(ErrorCode::Unavailable, reason);
-                        return None;
+                        return;
                     }
                 },
-                () = self.stop.cancelled() => return None,
+                () = self.stop.cancelled() => return,
             };
             let reply = tokio::select! {
                 reply = tokio::time::timeout_at(deadline, crate::connection::reply(pending)) => reply,
-                () = self.stop.cancelled() => return None,
+                () = self.stop.cancelled() => return,
             };
             let Ok(Ok(Reply::Pong { server_time_us, .. })) = reply else {
                 tracing::debug!(answered = samples.len(), "the server did not answer every clock Ping");
@@ -332,7 +355,6 @@ impl Driver {
             };
             samples.push(ClockSample { sent_us, rtt: started.elapsed(), server_us: server_time_us });
         }
-        offset_us(&samples)
     }
 
     /// Watches the live connection; when it is lost (or silent for `dead_server_after`), reconnects with backoff and puts rooms (from their

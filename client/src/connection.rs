@@ -148,8 +148,8 @@ impl<H: Handler> Connection<H> {
         let (probing, queued, tail_probe) = (link.clone(), copies.clone(), tuning.tail_probe.is_some());
         let sampled = link.clone();
         let path = move || sampled.quic().map(quiver_transport::path_sample).unwrap_or_default();
-        let (probe, probe_task) = TailProbe::new(timing, path, move || match probing.quic() {
-            Some(quic) => crate::copies::send_round(quic, &queued, tail_probe),
+        let (probe, probe_task) = TailProbe::new(timing, path, move |written| match probing.quic() {
+            Some(quic) => crate::copies::send_round(quic, &queued, tail_probe.then_some(written)),
             None => quiver_transport::Probed::Gone,
         });
         let connection = Arc::new(Connection {

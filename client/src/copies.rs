@@ -5,9 +5,14 @@ use std::sync::Mutex;
 use quiver_proto::copies::CopyQueue;
 use quiver_transport::{Probed, Sent};
 
-/// The probe timer fired: the post copies due in `queue`, or the tail probe (when `probe`)
+/// The probe timer fired: the post copies due in `queue`, or the tail probe (when `probe`: the time of the last
+/// write, and only if that may still be unacknowledged)
 /// ([`quiver_transport::copy_round`]).
-pub(crate) fn send_round(quic: &quinn::Connection, queue: &Mutex<CopyQueue>, probe: bool) -> Probed {
+pub(crate) fn send_round(
+    quic: &quinn::Connection,
+    queue: &Mutex<CopyQueue>,
+    probe: Option<tokio::time::Instant>,
+) -> Probed {
     // Never into a full buffer, where quinn would make room by dropping the oldest datagram: a tick published since
     // the round checked the room ([`quiver_transport::if_ready`]).
     let send = |datagram| match quiver_transport::if_ready(quic.send_datagram_wait(datagram)) {
@@ -18,6 +23,7 @@ pub(crate) fn send_round(quic: &quinn::Connection, queue: &Mutex<CopyQueue>, pro
     let max_size = || quic.max_datagram_size().unwrap_or(0);
     let (path_loss, space) = (|| quiver_transport::path_loss(quic), || quic.datagram_send_buffer_space());
     // Only for a write still unacknowledged (quiver_transport::probe).
-    let probe_helps = || probe && quiver_transport::congestion::unacknowledged(quic);
+    let probe_helps =
+        || probe.is_some_and(|written| quiver_transport::congestion::unacknowledged(quic, written.into_std()));
     quiver_transport::copy_round(path_loss, queue, probe_helps, max_size, space, send).0
 }

@@ -13,9 +13,10 @@
 //! real-time connection keeps its (application-limited) rate. It never lets more than the initial window into
 //! a path that is losing everything: the loss still costs retransmissions and PTOs.
 //!
-//! The controller also keeps what the tail probe asks before it sends ([`unacknowledged`]): whether anything sent
-//! may still be unacknowledged. quinn tells a controller every packet it sends and, after each ACK, the bytes still
-//! in flight; it has no other public view of them.
+//! The controller also keeps what the tail probe asks before it sends ([`unacknowledged`]): whether what was
+//! written at some moment may still be unacknowledged. quinn tells a controller of each transmit (after its last
+//! packet, ACK-only ones included) and, after each ACK that acknowledges something new, of the bytes still in
+//! flight; it has no other public view of them.
 
 use std::{any::Any, sync::Arc, time::Instant};
 
@@ -26,10 +27,12 @@ use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicC
 pub struct FlooredCubic {
     inner: Box<dyn Controller>,
     floor: u64,
-    /// Bytes in flight after the last ACK processed.
+    /// When quinn last transmitted.
+    last_sent: Option<Instant>,
+    /// After the last ACK processed: the bytes still in flight, and when quinn had last transmitted before it.
     in_flight_at_ack: u64,
-    /// A packet was sent since (quinn reports ACK-only packets too: counted, so this may say yes when only an ACK
-    /// left, never no when data did).
+    covered_until: Option<Instant>,
+    /// quinn transmitted since that ACK (true until the first ACK).
     sent_since_ack: bool,
 }
 
@@ -41,7 +44,7 @@ impl std::fmt::Debug for FlooredCubic {
 
 impl Controller for FlooredCubic {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
-        self.sent_since_ack = true;
+        (self.last_sent, self.sent_since_ack) = (Some(now), true);
         self.inner.on_sent(now, bytes, last_packet_number);
     }
 
@@ -50,7 +53,7 @@ impl Controller for FlooredCubic {
     }
 
     fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, largest_acked: Option<u64>) {
-        (self.in_flight_at_ack, self.sent_since_ack) = (in_flight, false);
+        (self.in_flight_at_ack, self.covered_until, self.sent_since_ack) = (in_flight, self.last_sent, false);
         self.inner.on_end_acks(now, in_flight, app_limited, largest_acked);
     }
 
@@ -102,21 +105,35 @@ impl FlooredCubicFactory {
 impl ControllerFactory for FlooredCubicFactory {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
         let inner = self.cubic.clone().build(now, current_mtu);
-        Box::new(FlooredCubic { inner, floor: self.floor, in_flight_at_ack: 0, sent_since_ack: false })
+        let (last_sent, covered_until, sent_since_ack) = (None, None, true);
+        Box::new(FlooredCubic {
+            inner,
+            floor: self.floor,
+            last_sent,
+            in_flight_at_ack: 0,
+            covered_until,
+            sent_since_ack,
+        })
     }
 }
 
 impl FlooredCubic {
-    /// Whether anything ACK-eliciting sent may still be unacknowledged (or lost and not yet declared so).
-    pub fn unacknowledged(&self) -> bool {
-        self.sent_since_ack || self.in_flight_at_ack > 0
+    /// Whether what was written at `written` may still be unacknowledged. No, once an ACK left nothing in flight
+    /// and either quinn has not transmitted since (the write went out before that ACK: its transmit may have read
+    /// the clock before the writer did, on another thread) or it had transmitted at or after `written` before that
+    /// ACK (ACK-only packets sent since then need no acknowledgment). Conservative: anything ACK-eliciting in flight
+    /// (a tick too) counts.
+    pub fn unacknowledged(&self, written: Instant) -> bool {
+        let covered = !self.sent_since_ack || self.covered_until.is_some_and(|covered| covered >= written);
+        self.in_flight_at_ack > 0 || !covered
     }
 }
 
-/// Whether anything `quic` sent may still be unacknowledged: true unless its controller is a [`FlooredCubic`] that
-/// knows everything sent was acknowledged.
-pub fn unacknowledged(quic: &quinn::Connection) -> bool {
-    quic.congestion_state().into_any().downcast::<FlooredCubic>().map_or(true, |cubic| cubic.unacknowledged())
+/// Whether what `quic` was given at `written` may still be unacknowledged ([`FlooredCubic::unacknowledged`]); true
+/// when its controller is not a [`FlooredCubic`]. A controller made for a new path (a migration) knows of no ACK
+/// and says true.
+pub fn unacknowledged(quic: &quinn::Connection, written: Instant) -> bool {
+    quic.congestion_state().into_any().downcast::<FlooredCubic>().map_or(true, |cubic| cubic.unacknowledged(written))
 }
 
 #[cfg(test)]
@@ -142,24 +159,31 @@ mod tests {
         assert_eq!(floored.clone_box().window(), 12_000);
     }
 
-    /// What the tail probe asks: after a packet is sent something is unacknowledged until an ACK leaves none in
-    /// flight; a copy of the controller (quinn hands out copies) says the same.
+    /// What the tail probe asks: a write is unacknowledged until quinn transmitted after it and then took an ACK
+    /// that left nothing in flight; ACK-only transmits after that do not change it; a copy of the controller (quinn
+    /// hands out copies) says the same.
     #[test]
-    fn it_knows_whether_anything_sent_is_unacknowledged() {
-        let now = Instant::now();
-        let build = || Arc::new(FlooredCubicFactory::new(0)).build(now, 1200);
-        let unacked = |controller: Box<dyn Controller>| match controller.into_any().downcast::<FlooredCubic>() {
-            Ok(cubic) => cubic.unacknowledged(),
+    fn it_knows_whether_a_write_is_unacknowledged() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        let build = || Arc::new(FlooredCubicFactory::new(0)).build(t0, 1200);
+        let unacked = |controller: Box<dyn Controller>, written| match controller.into_any().downcast::<FlooredCubic>()
+        {
+            Ok(cubic) => cubic.unacknowledged(written),
             Err(_) => panic!("not a FlooredCubic"),
         };
-        assert!(!unacked(build()), "nothing sent yet");
+        assert!(unacked(build(), t0), "no ACK yet (a new path's controller too)");
         let mut cubic = build();
-        cubic.on_sent(now, 100, 1);
-        assert!(unacked(cubic.clone_box()));
-        cubic.on_end_acks(now, 100, true, Some(0));
-        assert!(unacked(cubic.clone_box()), "an ACK that leaves bytes in flight");
-        cubic.on_end_acks(now, 0, true, Some(1));
-        assert!(!unacked(cubic.clone_box()), "all acknowledged");
+        cubic.on_sent(at(2), 100, 1); // the write of 1 ms, sent
+        assert!(unacked(cubic.clone_box(), at(1)));
+        cubic.on_end_acks(at(3), 100, true, Some(0));
+        assert!(unacked(cubic.clone_box(), at(1)), "an ACK that leaves bytes in flight");
+        cubic.on_end_acks(at(4), 0, true, Some(1));
+        assert!(!unacked(cubic.clone_box(), at(1)), "acknowledged");
+        assert!(!unacked(cubic.clone_box(), at(5)), "no transmit since the ACK: a write stamped after its transmit");
+        cubic.on_sent(at(5), 30, 2); // an ACK-only packet: in flight stays 0
+        assert!(!unacked(cubic.clone_box(), at(1)), "ACK-only transmits since do not count");
+        assert!(unacked(cubic.clone_box(), at(5)), "a write sent after that ACK is not covered by it");
         assert_eq!(cubic.window(), build().window(), "floor 0: plain Cubic");
     }
 }

@@ -1,17 +1,18 @@
 //! Tail-loss probes on demand. A lost packet is detected when a later packet is acknowledged; when the lost one was
 //! the last of a burst (a chat message, a reply), nothing later comes until the application's next message, or
-//! until the probe timeout, which quinn 0.11 cannot bring below 25 ms (its `max_ack_delay` transport parameter is
-//! fixed there; the ACK-frequency extension shortens the ACKs, not the PTO). So after writing reliable data, an
+//! until quinn's probe timeout: the smoothed RTT, four RTT variances (at least 1 ms) and the peer's ACK delay (25 ms
+//! unless the peer took the ACK-frequency request), doubling after each probe timeout without an answer; at a few
+//! percent loss the variance alone puts it at many milliseconds. So after writing reliable data, an
 //! endpoint sends one probe datagram a moment later: ACK-eliciting, ignored by the receiver (the protocol defines
 //! the one-byte datagram `0x00` as a probe, [`quiver_proto::PROBE`]), and its ACK exposes a lost tail within about
 //! `delay` + RTT.
 //!
 //! A probe costs a packet each way (it, and the ACK it elicits), so it goes only where it can help
-//! ([`ProbeTiming`]): when the last write (not the first of a burst) is still unacknowledged after the delay,
-//! never for data already acknowledged, and on a path that has not lost a packet lately only once that write's ACK
-//! is overdue (RFC 8985's tail-loss probe timeout: two smoothed RTTs and the peer's ACK delay) rather than 1 ms
-//! after it, which on a busy server (where replies take milliseconds) was a probe after nearly every reply, and
-//! more than halved the posts a server could acknowledge (docs/benchmarks.md). Idle connections send none.
+//! ([`ProbeTiming`]): when the last write (not the first of a burst) may still be unacknowledged after the delay
+//! (anything ACK-eliciting in flight counts, a tick too: [`crate::congestion::unacknowledged`]), and on a path that
+//! has not lost a packet lately only once that write's ACK is overdue, not 1 ms after it, which on a busy server
+//! (where replies take milliseconds) was a probe after nearly every reply, and more than halved the posts a server
+//! could acknowledge (docs/benchmarks.md). Idle connections send none.
 //!
 //! Redundant delivery rides on the same timer: where datagram copies of the reliable data wait
 //! ([`quiver_proto::copies::CopyQueue`]), the first round of copies goes instead of the probe (a copy elicits the
@@ -37,7 +38,7 @@ pub enum Probed {
     /// Sent (a probe, or copies in its place).
     Sent,
     /// Sent, and more is due this long from now (the next round of copies), whether or not data is written again
-    /// (a write before then is still probed `delay` after it).
+    /// (a write before then is probed at that round, or `delay` after it if that comes first).
     Again(Duration),
     /// The connection is gone: the task ends.
     Gone,
@@ -139,16 +140,20 @@ pub fn path_sample(quic: &quinn::Connection) -> PathSample {
 }
 
 /// Packets a path sends after a loss during which the probe stays speculative ([`ProbeTiming`]): about a loss
-/// rate of 0.1 % or more keeps it so.
-pub const LOSSY_FOR_PACKETS: u64 = 1_000;
+/// rate of 0.01 % or more keeps it so (1,000 left a path with 0.5 % loss in bursts, `wifi`, on the slow choice for a
+/// quarter of its losses: p99 ×1.1–1.2).
+pub const LOSSY_FOR_PACKETS: u64 = 10_000;
 
 /// How long after the last write the tail probe is due, sans IO. On a path that lost a packet among its last
 /// [`LOSSY_FOR_PACKETS`] sent, `speculative` (1 ms): the probe's ACK then exposes a lost tail about an RTT after
 /// it, before quinn's time threshold (9/8 RTT) would have let it declare the loss anyway on most paths, at the cost
 /// of a probe after most bursts. On a path that has not, the write's ACK is waited for: two smoothed RTTs and the
 /// peer's ACK delay (RFC 8985's tail-loss probe timeout; at least `speculative`), after which a probe goes only if
-/// the write is still unacknowledged, so a clean path sends almost none, and a lost tail is still found sooner than
-/// quinn's probe timeout (which adds quinn's fixed 25 ms ACK delay and four RTT variances) would.
+/// the write may still be unacknowledged, so a clean path sends almost none (5/4 of the RTT was tried: under load,
+/// where RTT samples spread, a third of the replies still drew a probe). quinn's own probe timeout (the smoothed
+/// RTT, four RTT variances of at least 1 ms, the peer's ACK delay) comes sooner on long steady paths, later on short
+/// or jittery ones. The first tail lost after [`LOSSY_FOR_PACKETS`] clean packets is found that much later than at
+/// 1 ms.
 #[derive(Debug, Clone)]
 pub struct ProbeTiming {
     speculative: Duration,
@@ -216,12 +221,12 @@ impl TailProbe {
 
     /// A probe scheduled by `timing` from the connection's `path()` (looked at once per probe, when a write comes
     /// with none pending), that sends with `send`, and the task that does the sending, for the caller to run and
-    /// stop with the connection; or a probe that does nothing (and no task) when `timing` is `None`. `send` decides
-    /// at the time whether a probe still helps ([`copy_round`]'s `probe`).
+    /// stop with the connection; or a probe that does nothing (and no task) when `timing` is `None`. `send` is
+    /// given the last write's time and decides whether a probe still helps ([`copy_round`]'s `probe`).
     pub fn new(
         timing: Option<ProbeTiming>,
         path: impl Fn() -> PathSample + Send + 'static,
-        send: impl Fn() -> Probed + Send + 'static,
+        send: impl Fn(Instant) -> Probed + Send + 'static,
     ) -> (Arc<TailProbe>, Option<impl Future<Output = ()> + Send + 'static>) {
         let Some(mut timing) = timing else { return (TailProbe::disabled(), None) };
         let probe = Arc::new(TailProbe::with(true));
@@ -262,11 +267,13 @@ impl TailProbe {
                         continue; // written again since: the probe is due after that write
                     }
                 }
-                waiting.pending.store(false, Ordering::Release);
+                // A write from here on schedules the next probe. One that came before saw a probe pending and did not
+                // wake this task: its time is read after the swap (which takes its `pending`), so the sender sees it.
+                waiting.pending.swap(false, Ordering::AcqRel);
                 // Copies of a write from here on need another wake-up (this call may not see them).
                 waiting.early.store(false, Ordering::Release);
                 probe_delay = None;
-                again = match send() {
+                again = match send(waiting.last_write()) {
                     Probed::Sent => None,
                     Probed::Again(after) => Some(Instant::now() + after),
                     Probed::Gone => return,

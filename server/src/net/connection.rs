@@ -191,7 +191,9 @@ pub(super) fn serve_wire<R: RoomHub>(
                 let (probe, task) = TailProbe::new(
                     tuning.probe_timing(),
                     move || quiver_transport::path_sample(&sampled),
-                    move || copies::send_round((&probing, &path), &queued, tail_probe, &counted),
+                    move |written| {
+                        copies::send_round((&probing, &path), &queued, tail_probe.then_some(written), &counted)
+                    },
                 );
                 (probe, task.map(|task| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task))))
             }

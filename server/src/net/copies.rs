@@ -21,12 +21,13 @@ use crate::{
     throttle::ControlThrottle,
 };
 
-/// The probe timer fired: the room-frame copies due in `queue`, or the tail probe (when `probe`)
+/// The probe timer fired: the room-frame copies due in `queue`, or the tail probe (when `probe`: the time of the
+/// last write, and only if that may still be unacknowledged)
 /// ([`quiver_transport::copy_round`]); copies sent are counted.
 pub(super) fn send_round(
     (conn, quic): (&Session, &quinn::Connection),
     queue: &Mutex<CopyQueue>,
-    probe: bool,
+    probe: Option<tokio::time::Instant>,
     stats: &ServerStats,
 ) -> Probed {
     // Never into a full buffer, where quinn would make room by dropping the oldest datagram: a tick a fan-out sent
@@ -39,7 +40,8 @@ pub(super) fn send_round(
     let space = || conn.datagram_send_buffer_space();
     let path_loss = || quiver_transport::path_loss(quic);
     // Only for a write still unacknowledged (quiver_transport::probe).
-    let probe_helps = || probe && quiver_transport::congestion::unacknowledged(quic);
+    let probe_helps =
+        || probe.is_some_and(|written| quiver_transport::congestion::unacknowledged(quic, written.into_std()));
     let (probed, copies) =
         quiver_transport::copy_round(path_loss, queue, probe_helps, || conn.max_datagram_size(), space, send);
     stats.room_copies_sent.fetch_add(copies as u64, std::sync::atomic::Ordering::Relaxed);

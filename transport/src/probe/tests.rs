@@ -8,20 +8,24 @@ const MS: Duration = Duration::from_millis(1);
 /// A path that lost a packet (so the probe is speculative: 1 ms after the last write).
 const LOSSY: PathSample = PathSample { sent: 10, lost: 1, rtt: Duration::from_millis(20) };
 
-/// A probe on `path` (1 ms when speculative, a 1 ms ACK delay) whose sender counts its calls and answers with
-/// `answer(call number)`.
-fn counting_on(path: PathSample, answer: fn(u32) -> Probed) -> (Arc<TailProbe>, Arc<AtomicU32>) {
+/// A probe on `path` (`speculative` when the path lost a packet, a 1 ms ACK delay) whose sender counts its calls
+/// and answers with `answer(call number)`.
+fn counting_with(
+    speculative: Duration,
+    path: PathSample,
+    answer: fn(u32) -> Probed,
+) -> (Arc<TailProbe>, Arc<AtomicU32>) {
     let count = Arc::new(AtomicU32::new(0));
     let counted = count.clone();
-    let timing = ProbeTiming::new(MS, MS);
+    let timing = ProbeTiming::new(speculative, MS);
     let (probe, task) =
-        TailProbe::new(Some(timing), move || path, move || answer(counted.fetch_add(1, Ordering::Relaxed)));
+        TailProbe::new(Some(timing), move || path, move |_| answer(counted.fetch_add(1, Ordering::Relaxed)));
     tokio::spawn(task.unwrap());
     (probe, count)
 }
 
 fn counting(answer: fn(u32) -> Probed) -> (Arc<TailProbe>, Arc<AtomicU32>) {
-    counting_on(LOSSY, answer)
+    counting_with(MS, LOSSY, answer)
 }
 
 #[test]
@@ -29,13 +33,14 @@ fn the_probe_speculates_only_after_a_loss() {
     let mut timing = ProbeTiming::new(MS, MS);
     let rtt = Duration::from_millis(10);
     let clean = PathSample { sent: 500, lost: 0, rtt };
-    assert_eq!(timing.delay(clean), Duration::from_millis(21), "two RTTs and the ACK delay");
+    let overdue = Duration::from_millis(21);
+    assert_eq!(timing.delay(clean), overdue, "two RTTs and the ACK delay");
     let loss = PathSample { sent: 600, lost: 1, rtt };
     assert_eq!(timing.delay(loss), MS, "a loss: 1 ms");
     let later = PathSample { sent: 600 + LOSSY_FOR_PACKETS - 1, ..loss };
     assert_eq!(timing.delay(later), MS, "still within the packets after it");
     let quiet = PathSample { sent: 600 + LOSSY_FOR_PACKETS, ..loss };
-    assert_eq!(timing.delay(quiet), Duration::from_millis(21), "then waiting for the ACK again");
+    assert_eq!(timing.delay(quiet), overdue, "then waiting for the ACK again");
     let again = PathSample { sent: 5_000, lost: 2, rtt };
     assert_eq!(timing.delay(again), MS, "until the next loss");
     let mut fast = ProbeTiming::new(Duration::from_millis(3), Duration::ZERO);
@@ -48,7 +53,7 @@ fn the_probe_speculates_only_after_a_loss() {
 #[tokio::test(start_paused = true)]
 async fn on_a_clean_path_the_probe_waits_for_the_ack() {
     let clean = PathSample { sent: 10, lost: 0, rtt: Duration::from_millis(10) };
-    let (probe, count) = counting_on(clean, |_| Probed::Sent);
+    let (probe, count) = counting_with(MS, clean, |_| Probed::Sent);
     probe.sent();
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(count.load(Ordering::Relaxed), 0, "not before two RTTs and the ACK delay");
@@ -66,7 +71,7 @@ async fn a_path_that_starts_losing_gets_the_speculative_probe_while_writes_conti
     let (probe, task) = TailProbe::new(
         Some(ProbeTiming::new(MS, MS)),
         move || *sampled.lock().unwrap(),
-        move || {
+        move |_| {
             counted.fetch_add(1, Ordering::Relaxed);
             Probed::Sent
         },
@@ -87,14 +92,14 @@ async fn a_path_that_starts_losing_gets_the_speculative_probe_while_writes_conti
 /// later packets' ACKs).
 #[tokio::test(start_paused = true)]
 async fn writes_during_the_wait_move_the_probe_after_the_last() {
-    let (probe, count) = counting(|_| Probed::Sent);
+    let (probe, count) = counting_with(Duration::from_millis(3), LOSSY, |_| Probed::Sent);
     for _ in 0..10 {
         probe.sent();
-        tokio::time::sleep(Duration::from_micros(500)).await;
+        tokio::time::sleep(MS).await;
     }
-    assert_eq!(count.load(Ordering::Relaxed), 0, "5 ms of writes 0.5 ms apart: no probe yet");
-    tokio::time::sleep(Duration::from_micros(600)).await;
-    assert_eq!(count.load(Ordering::Relaxed), 1, "1 ms after the last");
+    assert_eq!(count.load(Ordering::Relaxed), 0, "10 ms of writes 1 ms apart, a 3 ms delay: no probe yet");
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    assert_eq!(count.load(Ordering::Relaxed), 1, "3 ms after the last");
 }
 
 /// A probe goes only where the datagram buffer has room for it: into a full one quinn would make room by
@@ -183,7 +188,7 @@ async fn writes_with_copies_call_the_sender_at_once_and_plain_writes_after_the_d
 
 #[tokio::test(start_paused = true)]
 async fn disabled_probes_send_nothing() {
-    let (probe, task) = TailProbe::new(None, PathSample::default, || panic!("sent"));
+    let (probe, task) = TailProbe::new(None, PathSample::default, |_| panic!("sent"));
     probe.sent();
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(task.is_none());

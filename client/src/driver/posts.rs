@@ -116,7 +116,15 @@ pub(crate) async fn send_posts<H: Handler>(
             }
             tokio::select! {
                 post = queued.recv() => match post {
-                    Some(post) => posts.push(post),
+                    Some(post) => {
+                        posts.push(post);
+                        // Posts made in the same turn of the scheduler go out together (one write each, one packet
+                        // for all): the tasks that make them (woken by the replies just taken) run first.
+                        tokio::task::yield_now().await;
+                        while let Ok(post) = queued.try_recv() {
+                            posts.push(post);
+                        }
+                    }
                     None => break 'connected,
                 },
                 reply = async {

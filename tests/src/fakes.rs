@@ -452,8 +452,13 @@ pub async fn garbage_after_welcome(endpoint: quinn::Endpoint) {
 
 /// A server whose clock Pongs come slowly but the last: the first after 100 ms, with its clock 10 s ahead of the
 /// client's; the next three after 150 ms each; the fifth and later after 5 ms, with its clock 20 s ahead (the
-/// midpoint of each round trip is what the server's clock says). Counts the Pongs it sends.
-pub async fn slow_clock_pongs(endpoint: quinn::Endpoint, answered: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// midpoint of each round trip is what the server's clock says). Counts the Pongs it sends; the second Ping is
+/// not answered before `release` is notified.
+pub async fn slow_clock_pongs(
+    endpoint: quinn::Endpoint,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+) {
     use quiver_proto::{FrameCodec, Reply, RequestBody, ServerMsg};
     let Some(incoming) = endpoint.accept().await else { return };
     let Ok(conn) = incoming.await else { return };
@@ -466,6 +471,9 @@ pub async fn slow_clock_pongs(endpoint: quinn::Endpoint, answered: std::sync::Ar
             RequestBody::Hello(_) => welcome("ann"),
             RequestBody::Ping { client_time_us } => {
                 pings += 1;
+                if pings == 2 {
+                    release.notified().await;
+                }
                 let (delay_ms, ahead_s) = match pings {
                     1 => (100, 10),
                     2..=4 => (150, 10),

@@ -34,6 +34,9 @@ pub struct FlooredCubic {
     covered_until: Option<Instant>,
     /// quinn transmitted since that ACK (true until the first ACK).
     sent_since_ack: bool,
+    /// At that ACK, quinn's last look for something to send found nothing left (`app_limited`: not blocked by the
+    /// congestion window or pacing with data waiting).
+    drained: bool,
 }
 
 impl std::fmt::Debug for FlooredCubic {
@@ -53,7 +56,8 @@ impl Controller for FlooredCubic {
     }
 
     fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, largest_acked: Option<u64>) {
-        (self.in_flight_at_ack, self.covered_until, self.sent_since_ack) = (in_flight, self.last_sent, false);
+        (self.in_flight_at_ack, self.covered_until) = (in_flight, self.last_sent);
+        (self.sent_since_ack, self.drained) = (false, app_limited);
         self.inner.on_end_acks(now, in_flight, app_limited, largest_acked);
     }
 
@@ -105,7 +109,7 @@ impl FlooredCubicFactory {
 impl ControllerFactory for FlooredCubicFactory {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
         let inner = self.cubic.clone().build(now, current_mtu);
-        let (last_sent, covered_until, sent_since_ack) = (None, None, true);
+        let (last_sent, covered_until, sent_since_ack, drained) = (None, None, true, false);
         Box::new(FlooredCubic {
             inner,
             floor: self.floor,
@@ -113,19 +117,23 @@ impl ControllerFactory for FlooredCubicFactory {
             in_flight_at_ack: 0,
             covered_until,
             sent_since_ack,
+            drained,
         })
     }
 }
 
 impl FlooredCubic {
-    /// Whether what was written at `written` may still be unacknowledged. No, once an ACK left nothing in flight
-    /// and either quinn has not transmitted since (the write went out before that ACK: its transmit may have read
-    /// the clock before the writer did, on another thread) or it had transmitted at or after `written` before that
-    /// ACK (ACK-only packets sent since then need no acknowledgment). Conservative: anything ACK-eliciting in flight
-    /// (a tick too) counts.
+    /// Whether what was written at `written` may still be unacknowledged. No, once an ACK left nothing in flight,
+    /// quinn had nothing left to send when it last looked before that ACK (not held back by the congestion window
+    /// or pacing, where a transmit after the write may have carried earlier data and left the write's waiting), and
+    /// either it had transmitted at or after `written` before that ACK (ACK-only packets sent since need no
+    /// acknowledgment) or it has not transmitted since (the write went out before that ACK: its transmit may have
+    /// read the clock before the writer did, on another thread). Conservative: anything ACK-eliciting in flight (a
+    /// tick too) counts. Not a proof in one case: a write made after that ACK whose data quinn has not transmitted
+    /// at all by the time it is asked (its driver not run since) is taken for covered.
     pub fn unacknowledged(&self, written: Instant) -> bool {
         let covered = !self.sent_since_ack || self.covered_until.is_some_and(|covered| covered >= written);
-        self.in_flight_at_ack > 0 || !covered
+        self.in_flight_at_ack > 0 || !self.drained || !covered
     }
 }
 
@@ -178,6 +186,8 @@ mod tests {
         assert!(unacked(cubic.clone_box(), at(1)));
         cubic.on_end_acks(at(3), 100, true, Some(0));
         assert!(unacked(cubic.clone_box(), at(1)), "an ACK that leaves bytes in flight");
+        cubic.on_end_acks(at(4), 0, false, Some(1));
+        assert!(unacked(cubic.clone_box(), at(1)), "all acknowledged, but quinn was held back with data waiting");
         cubic.on_end_acks(at(4), 0, true, Some(1));
         assert!(!unacked(cubic.clone_box(), at(1)), "acknowledged");
         assert!(!unacked(cubic.clone_box(), at(5)), "no transmit since the ACK: a write stamped after its transmit");

@@ -267,11 +267,13 @@ impl TailProbe {
                         continue; // written again since: the probe is due after that write
                     }
                 }
+                // Copies of a write from here on need another wake-up (this call may not see them). Cleared first: a
+                // write with copies between the two would otherwise find `early` set, wake nobody, and leave
+                // `pending` set for good.
+                waiting.early.store(false, Ordering::Release);
                 // A write from here on schedules the next probe. One that came before saw a probe pending and did not
                 // wake this task: its time is read after the swap (which takes its `pending`), so the sender sees it.
                 waiting.pending.swap(false, Ordering::AcqRel);
-                // Copies of a write from here on need another wake-up (this call may not see them).
-                waiting.early.store(false, Ordering::Release);
                 probe_delay = None;
                 again = match send(waiting.last_write()) {
                     Probed::Sent => None,

@@ -162,17 +162,17 @@ impl Driver {
     }
 
     /// A new connection is up (`reconnect`: not the client's first): its Welcome and clock offset are noted, then
-    /// it becomes the current one. False, and nothing published, for a reconnect's connection closed while its
-    /// clock was measured (a clock Ping the server would not take, a crash): not handed to the application, or
-    /// counted as a reconnect, and the next one is tried. (The first connection is published all the same: the
-    /// supervisor then reconnects from it.)
+    /// it becomes the current one. False, and nothing published, for a reconnect's connection closed at its first
+    /// clock Ping (one the server would not take, a crash): not handed to the application, or counted as a
+    /// reconnect, and the next one is tried. (The first connection is published all the same: the supervisor then
+    /// reconnects from it. One closed during the later Pings was published and is reconnected from.)
     ///
     /// Only the clock's first Ping is waited for ([`CLOCK_PINGS`]): the others refine the offset in the background
     /// once the connection is handed out (a connect used to wait for all five round trips, half a second at 100 ms
     /// of RTT).
     async fn connected(&self, connection: Arc<Live>, reconnect: bool) -> bool {
         let mut samples = Vec::with_capacity(CLOCK_PINGS);
-        self.clock_samples(&connection, 1, &mut samples).await;
+        self.clock_samples(&connection, 1, &mut samples, true).await;
         if reconnect && connection.is_done() {
             return false;
         }
@@ -181,7 +181,7 @@ impl Driver {
         if let (Some(me), false) = (self.me.upgrade(), samples.is_empty()) {
             let live = connection.clone();
             self.spawn(async move {
-                me.clock_samples(&live, CLOCK_PINGS - 1, &mut samples).await;
+                me.clock_samples(&live, CLOCK_PINGS - 1, &mut samples, false).await;
                 // Only for the connection still current: a reconnect's own first sample is newer.
                 if me.current.borrow().as_ref().is_some_and(|current| Arc::ptr_eq(current, &live)) {
                     me.note_clock_offset(&samples);
@@ -324,15 +324,23 @@ impl Driver {
 
     /// Pings `count` times, one after the other, adding each answer to `samples`. A server that does not answer
     /// within `connect_timeout` in all (or a client closed meanwhile) leaves the samples so far: a connect or a
-    /// reconnect never waits on them for longer.
-    async fn clock_samples(&self, connection: &Live, count: usize, samples: &mut Vec<ClockSample>) {
+    /// reconnect never waits on them for longer. `unused`: nothing else writes on the connection yet, so a Ping not
+    /// written within that time means a server that takes nothing, and the connection is closed; on a connection in
+    /// use (the later Pings) the write waits its turn behind the application's, however long, and closes nothing.
+    async fn clock_samples(&self, connection: &Live, count: usize, samples: &mut Vec<ClockSample>, unused: bool) {
         let deadline = tokio::time::Instant::now() + self.options.connect_timeout;
+        let write_deadline = unused.then_some(deadline);
         for _ in 0..count {
             let started = Instant::now();
             let sent_us = unix_us();
             let ping = connection.send(RequestBody::Ping { client_time_us: sent_us });
             let pending = tokio::select! {
-                sent = tokio::time::timeout_at(deadline, ping) => match sent {
+                sent = async {
+                    match write_deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, ping).await,
+                        None => Ok(ping.await),
+                    }
+                } => match sent {
                     Ok(Ok(pending)) => pending,
                     Ok(Err(_)) => break,
                     Err(_) => {

@@ -22,8 +22,6 @@ pub(crate) fn send_round(
     };
     let max_size = || quic.max_datagram_size().unwrap_or(0);
     let (path_loss, space) = (|| quiver_transport::path_loss(quic), || quic.datagram_send_buffer_space());
-    // Only for a write still unacknowledged (quiver_transport::probe).
-    let probe_helps =
-        || probe.is_some_and(|written| quiver_transport::congestion::unacknowledged(quic, written.into_std()));
+    let probe_helps = || quiver_transport::probe_helps(quic, probe);
     quiver_transport::copy_round(path_loss, queue, probe_helps, max_size, space, send).0
 }

@@ -29,5 +29,7 @@ pub mod tuning;
 #[cfg(feature = "websocket")]
 pub mod ws;
 
-pub use probe::{copy_round, if_ready, path_loss, path_sample, PathSample, ProbeTiming, Probed, Sent, TailProbe};
+pub use probe::{
+    copy_round, if_ready, path_loss, path_sample, probe_helps, PathSample, ProbeTiming, Probed, Sent, TailProbe,
+};
 pub use tuning::{client_transport, server_transport, TransportTuning, UnknownTuning};

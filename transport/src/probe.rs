@@ -118,8 +118,14 @@ pub fn if_ready<F: std::future::Future>(future: F) -> Option<F::Output> {
 
 /// A QUIC connection's packets sent and lost so far, for [`copy_round`].
 pub fn path_loss(quic: &quinn::Connection) -> (u64, u64) {
-    let path = quic.stats().path;
-    (path.sent_packets, path.lost_packets)
+    let path = path_sample(quic);
+    (path.sent, path.lost)
+}
+
+/// For [`copy_round`]'s `probe`: whether a tail probe for the write made at `written` (`None`: probes off) still
+/// helps, that is whether `quic` may not have had it acknowledged ([`crate::congestion::unacknowledged`]).
+pub fn probe_helps(quic: &quinn::Connection, written: Option<Instant>) -> bool {
+    written.is_some_and(|written| crate::congestion::unacknowledged(quic, written.into_std()))
 }
 
 /// A connection's path as the probe timer sees it.
@@ -219,8 +225,8 @@ impl TailProbe {
         }
     }
 
-    /// A probe scheduled by `timing` from the connection's `path()` (looked at once per probe, when a write comes
-    /// with none pending), that sends with `send`, and the task that does the sending, for the caller to run and
+    /// A probe scheduled by `timing` from the connection's `path()` (looked at when a write comes with none
+    /// pending, and each time the probe's timer fires), that sends with `send`, and the task that does the sending, for the caller to run and
     /// stop with the connection; or a probe that does nothing (and no task) when `timing` is `None`. `send` is
     /// given the last write's time and decides whether a probe still helps ([`copy_round`]'s `probe`).
     pub fn new(

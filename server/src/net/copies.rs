@@ -39,9 +39,7 @@ pub(super) fn send_round(
     };
     let space = || conn.datagram_send_buffer_space();
     let path_loss = || quiver_transport::path_loss(quic);
-    // Only for a write still unacknowledged (quiver_transport::probe).
-    let probe_helps =
-        || probe.is_some_and(|written| quiver_transport::congestion::unacknowledged(quic, written.into_std()));
+    let probe_helps = || quiver_transport::probe_helps(quic, probe);
     let (probed, copies) =
         quiver_transport::copy_round(path_loss, queue, probe_helps, || conn.max_datagram_size(), space, send);
     stats.room_copies_sent.fetch_add(copies as u64, std::sync::atomic::Ordering::Relaxed);

@@ -28,6 +28,7 @@ mod disk;
 mod inbox;
 mod inline;
 mod journal;
+mod journal_scan;
 mod load;
 mod mark;
 mod open;

@@ -100,6 +100,12 @@ impl Store {
             .map_err(|err| StoreError::Open { path: path.clone(), detail: err.to_string() })?;
         if existed {
             refuse_half_there_keyspaces(&path)?;
+            // Before fjall replays the journals: it would cut one damaged in its middle as if it were a torn tail.
+            match super::journal_scan::damaged_journal(&path) {
+                Ok(Some(damage)) => return Err(damaged(&path, damage)),
+                Ok(None) => {}
+                Err(err) => return Err(StoreError::Open { path: path.clone(), detail: err.to_string() }),
+            }
         }
         // fjall has panicked on some damaged bytes (debug assertions): a panic on open is damage too.
         // Journals are replayed at start: fjall's smallest bound (64 MiB, default 512 MiB) keeps that replay short

@@ -387,6 +387,48 @@ fn a_journal_cut_under_flushed_messages_is_refused_or_never_reuses_a_seq() {
 }
 
 #[test]
+fn a_journal_damaged_in_its_middle_is_refused_unchanged_and_opens_once_cut_where_the_error_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    // Each post waited for: a batch each.
+    let id = store.allocate_room_id();
+    block_on(store.submit(Op::Create { name: "r".into(), id, epoch: 7 }).wait()).unwrap();
+    for seq in 1..=300 {
+        block_on(store.submit(append(id, seq, seq)).wait()).unwrap();
+    }
+    store.open_mark.crash.store(true, Ordering::Relaxed);
+    drop(store);
+    let journal = dir.path().join(STORE_DIR).join("0.jnl");
+    let whole = std::fs::read(&journal).unwrap();
+    let starts = super::journal_scan::batch_starts(&whole);
+    assert!(starts.len() >= 20, "{} batches in the journal", starts.len());
+    // A torn tail (the last batch cut short, a crash while writing it) is not damage.
+    let cut = starts[starts.len() - 1] + 5;
+    std::fs::write(&journal, &whole[..cut]).unwrap();
+    drop(Store::open(dir.path(), Durability::Fsync).expect("a torn tail opens"));
+    let whole = std::fs::read(&journal).unwrap();
+    let starts = super::journal_scan::batch_starts(&whole);
+    // A Start tag in the middle broken (one bit): fjall alone would cut the journal there and open without the rest.
+    let middle = starts[starts.len() / 2];
+    let mut damaged = whole.clone();
+    damaged[middle] ^= 0x08;
+    std::fs::write(&journal, &damaged).unwrap();
+    let message = match Store::open(dir.path(), Durability::Fsync) {
+        Err(err @ StoreError::Damaged { .. }) => err.to_string(),
+        Err(other) => panic!("refused, but not as damaged: {other}"),
+        Ok(store) => panic!("opened: room r = {:?}", store.load_room("r", 0, 0, 0).map(|r| r.map(|r| r.last_seq))),
+    };
+    let advice = format!("truncate -s {middle} {}", journal.display());
+    assert!(message.contains(&advice) && message.contains("mv "), "{message}");
+    assert_eq!(std::fs::read(&journal).unwrap(), damaged, "nothing changed");
+    // Cut where the error says: the store opens with what came before the damage.
+    std::fs::OpenOptions::new().write(true).open(&journal).unwrap().set_len(middle as u64).unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).expect("opens once cut");
+    let room = store.load_room("r", 0, 0, 0).unwrap().expect("the room's record came before the damage");
+    assert!(room.last_seq < 300, "what followed the cut is gone: {}", room.last_seq);
+}
+
+#[test]
 fn a_backlog_over_a_batch_commits_in_order_in_several_batches() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), Durability::Fsync).unwrap();

@@ -1,0 +1,238 @@
+//! Journal damage that fjall's replay would take for a crash's torn tail, found before fjall opens the store.
+//!
+//! fjall (3.1) replays each journal (`<store>/N.jnl`) batch by batch (a Start entry with the item count, the items,
+//! an End entry with the xxh3 checksum of the items' bytes and a magic trailer) and, at the first entry it cannot
+//! decode (an unknown tag, a length running past the end, a broken compressed value) or that is out of place (a
+//! Start inside a batch, an item or End outside one), cuts the file at the end of the last complete batch and opens.
+//! That is right for a torn tail, the batch a crash left half written at the end; but damage in a journal's middle
+//! (bit rot, a bad copy) that breaks a tag or a length instead of an item's bytes is cut the same way, and every
+//! batch after it is lost without a word: posts acknowledged and not yet flushed to tables, up to the journal bound.
+//!
+//! Here each journal is read the way fjall reads it, up to the end of its last complete batch; if bytes follow,
+//! and a complete batch (its items' checksum matching) begins anywhere in them, the break is not a torn tail: the
+//! store is refused as damaged, nothing changed, and the error says where to cut the journal to start anyway (what
+//! fjall would have done) besides moving the store aside. A torn tail holds no complete batch after the break, so
+//! a crash's restart is not refused.
+//!
+//! Not told apart: after a power cut under `os` durability (batches written but not synced), the disk may keep a
+//! later page of the journal and lose an earlier one; that is refused too, and cutting the journal then loses what
+//! the machine's crash lost anyway (the rooms get new epochs: `mark.rs`). A torn batch whose item bytes happen to
+//! hold a complete batch of their own (a post's body made to look like one) would be refused the same way.
+
+use std::path::{Path, PathBuf};
+
+/// Entry tags.
+const START: u8 = 1;
+const ITEM: u8 = 2;
+const END: u8 = 3;
+const CLEAR: u8 = 4;
+/// The trailer of an End entry.
+const MAGIC: [u8; 4] = *b"FJL\x03";
+/// An item's bytes before its key: tag, value type, compression, keyspace id (u64), key length (u16), value length
+/// and stored value length (u32 each).
+const ITEM_HEAD: usize = 21;
+
+/// A journal damaged in its middle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Damage {
+    /// The journal file.
+    pub journal: PathBuf,
+    /// The end of its last complete batch before the damage: where fjall would cut it.
+    pub cut_at: u64,
+    /// Where the first complete batch after the damage begins.
+    pub batch_after: u64,
+    /// The file's length.
+    pub len: u64,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (journal, cut) = (self.journal.display(), self.cut_at);
+        write!(
+            f,
+            "the journal {journal} cannot be read past byte {cut}, yet complete batches follow from byte {} (of {}): \
+             damage in its middle, not a crash's torn tail, and replaying it would drop everything after byte \
+             {cut}. To start with what comes before the damage (the batches after it are lost, as a replay would \
+             lose them), cut the journal there: `truncate -s {cut} {journal}`",
+            self.batch_after, self.len
+        )
+    }
+}
+
+/// The first journal in `store` damaged in its middle, if any (journals are read in full; they are bounded by the
+/// store's journal size).
+pub(super) fn damaged_journal(store: &Path) -> std::io::Result<Option<Damage>> {
+    let mut journals = Vec::new();
+    for entry in std::fs::read_dir(store)? {
+        let path = entry?.path();
+        let numbered = path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("jnl"))
+            && path.file_stem().and_then(|stem| stem.to_str()).is_some_and(|stem| stem.parse::<u64>().is_ok());
+        if numbered && path.is_file() {
+            journals.push(path);
+        }
+    }
+    journals.sort();
+    for journal in journals {
+        let bytes = std::fs::read(&journal)?;
+        if let Some((cut_at, batch_after)) = break_with_batches_after(&bytes) {
+            let len = bytes.len() as u64;
+            return Ok(Some(Damage { journal, cut_at: cut_at as u64, batch_after: batch_after as u64, len }));
+        }
+    }
+    Ok(None)
+}
+
+/// Where a replay stops reading `journal` (the end of its last complete batch) and where a complete batch begins
+/// after that, if one does.
+fn break_with_batches_after(journal: &[u8]) -> Option<(usize, usize)> {
+    let mut at = 0;
+    while at < journal.len() {
+        match batch_at(journal, at) {
+            Some(end) => at = end,
+            None => break,
+        }
+    }
+    let cut = at;
+    (cut + 1..journal.len())
+        .find(|&start| journal[start] == START && batch_at(journal, start).is_some())
+        .map(|after| (cut, after))
+}
+
+/// Tests: where each complete batch of `journal` begins, up to the first that is not one.
+#[cfg(test)]
+pub(super) fn batch_starts(journal: &[u8]) -> Vec<usize> {
+    let (mut starts, mut at) = (Vec::new(), 0);
+    while let Some(end) = batch_at(journal, at) {
+        starts.push(at);
+        at = end;
+    }
+    starts
+}
+
+/// The end of the complete batch that begins at `at`: a Start, exactly its count of items (or keyspace clears), and
+/// an End whose checksum is the xxh3 of the items' bytes and whose trailer is whole. `None` if there is none.
+fn batch_at(journal: &[u8], at: usize) -> Option<usize> {
+    let rest = journal.get(at..)?;
+    if *rest.first()? != START {
+        return None;
+    }
+    let count = u32::from_le_bytes(rest.get(1..5)?.try_into().ok()?);
+    let mut pos = at + 13; // tag, count (u32), seqno (u64)
+    let items_from = pos;
+    for _ in 0..count {
+        pos = item_end(journal, pos)?;
+    }
+    let items = journal.get(items_from..pos)?;
+    let end = journal.get(pos..pos + 13)?;
+    let checksum = u64::from_le_bytes(end.get(1..9)?.try_into().ok()?);
+    (end[0] == END && end[9..] == MAGIC && xxhash_rust::xxh3::xxh3_64(items) == checksum).then_some(pos + 13)
+}
+
+/// The end of the item (or keyspace clear) entry at `at`, if it is one whose lengths fit the file.
+fn item_end(journal: &[u8], at: usize) -> Option<usize> {
+    let head = journal.get(at..)?;
+    match *head.first()? {
+        CLEAR => (at + 9 <= journal.len()).then_some(at + 9), // tag, keyspace id (u64)
+        ITEM => {
+            let head = head.get(..ITEM_HEAD)?;
+            // Value types: value, tombstone, weak tombstone, indirection; compression: none, lz4.
+            if !matches!(head[1], 0 | 1 | 2 | 4) || head[2] > 1 {
+                return None;
+            }
+            let key = usize::from(u16::from_le_bytes([head[11], head[12]]));
+            let stored = u32::from_le_bytes(head[17..21].try_into().ok()?) as usize;
+            let end = at.checked_add(ITEM_HEAD)?.checked_add(key)?.checked_add(stored)?;
+            (end <= journal.len()).then_some(end)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch as fjall writes it: Start, the items, End.
+    fn batch(seqno: u64, items: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (key, value) in items {
+            body.extend([ITEM, 0, 0]);
+            body.extend(3u64.to_le_bytes());
+            body.extend((key.len() as u16).to_le_bytes());
+            body.extend((value.len() as u32).to_le_bytes());
+            body.extend((value.len() as u32).to_le_bytes());
+            body.extend(*key);
+            body.extend(*value);
+        }
+        let mut out = vec![START];
+        out.extend((items.len() as u32).to_le_bytes());
+        out.extend(seqno.to_le_bytes());
+        out.extend(&body);
+        out.push(END);
+        out.extend(xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes());
+        out.extend(MAGIC);
+        out
+    }
+
+    fn journal(batches: usize) -> (Vec<u8>, Vec<usize>) {
+        let (mut bytes, mut starts) = (Vec::new(), Vec::new());
+        for i in 0..batches {
+            starts.push(bytes.len());
+            bytes.extend(batch(i as u64, &[(b"key", &[i as u8; 20]), (b"other", b"value")]));
+        }
+        (bytes, starts)
+    }
+
+    #[test]
+    fn a_whole_journal_or_a_torn_tail_is_not_damage() {
+        let (whole, starts) = journal(10);
+        assert_eq!(break_with_batches_after(&whole), None);
+        assert_eq!(break_with_batches_after(&[]), None);
+        // Cut anywhere inside its last batch (a crash while writing it), or zeros after it (blocks never written).
+        for cut in starts[9] + 1..whole.len() {
+            assert_eq!(break_with_batches_after(&whole[..cut]), None, "cut at {cut}");
+        }
+        let mut zeros = whole.clone();
+        zeros.extend([0; 4096]);
+        assert_eq!(break_with_batches_after(&zeros), None);
+        // The last batch with a byte of an item wrong (a torn write of its middle): fjall's checksum, not a break
+        // with batches after it.
+        let mut torn = whole.clone();
+        torn[starts[9] + 30] ^= 0xff;
+        assert_eq!(break_with_batches_after(&torn), None);
+    }
+
+    #[test]
+    fn a_broken_tag_or_length_with_batches_after_it_is_damage() {
+        let (whole, starts) = journal(10);
+        let damages: [(&str, usize, u8); 5] = [
+            ("the Start tag", starts[4], 9),
+            ("the item count", starts[4] + 1, 7),
+            ("an item's tag", starts[4] + 13, 0x5a),
+            ("an item's key length", starts[4] + 13 + 11, 0xff),
+            ("the End tag", starts[5] - 13, 0),
+        ];
+        for (what, at, byte) in damages {
+            let mut damaged = whole.clone();
+            damaged[at] = byte;
+            assert_eq!(break_with_batches_after(&damaged), Some((starts[4], starts[5])), "{what}");
+        }
+        // Sixteen bytes overwritten across two batches: the cut is before the first, the batch after the second.
+        let mut damaged = whole.clone();
+        damaged[starts[2] - 8..starts[2] + 8].fill(0x5a);
+        assert_eq!(break_with_batches_after(&damaged), Some((starts[1], starts[3])));
+    }
+
+    #[test]
+    fn hostile_lengths_end_the_batch_and_never_panic() {
+        let (mut bytes, starts) = journal(3);
+        // A key length and stored length at their largest, and an item count far past the file.
+        bytes[starts[1] + 13 + 11..starts[1] + 13 + 13].fill(0xff);
+        bytes[starts[1] + 13 + 17..starts[1] + 13 + 21].fill(0xff);
+        bytes[starts[2] + 1..starts[2] + 5].fill(0xff);
+        assert_eq!(break_with_batches_after(&bytes), None, "no complete batch after the first");
+        for len in 0..bytes.len() {
+            let _ = break_with_batches_after(&bytes[..len]);
+        }
+    }
+}

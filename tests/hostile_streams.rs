@@ -355,6 +355,96 @@ async fn a_join_in_the_hellos_chunk_stops_waiting_when_the_token_expires() {
     .await;
 }
 
+/// A connection is welcomed as soon as its Hello is served, not after the requests pipelined behind it in the same
+/// chunk. Here a Join in Hello's chunk waits for a stream the client never grants (5 s), and meanwhile (0.5 s in) a
+/// newer connection arrives with `budget.max_awaiting_hello` at 1: the welcomed connection used to be still in the table of
+/// those awaiting Hello (it was let out only after the whole chunk), so the newer one closed it to make room
+/// (`TooManyConnections` after its Welcome, its Join refused as if the server were shutting down). Now the newer one
+/// waits its turn and the Join is answered as it would be alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_welcomed_at_its_hello_not_after_the_requests_pipelined_behind_it() {
+    use quiver_proto::{Join, RequestBody, ServerMsg};
+    use quiver_server::{Budget, ServerConfig};
+    use quiver_tests::hostile::{frame, hello};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+        let budget = Budget { max_awaiting_hello: 1, ..Budget::default() };
+        let server = TestServer::start_with(ServerConfig { budget, ..dev }, dir);
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_uni_streams(0u32.into());
+        let (_endpoint, conn) = connect_with(&server, transport).await;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut chunk = frame(0, hello(server.token("first")));
+        chunk.extend_from_slice(&frame(1, RequestBody::Join(Join { room: "r".into(), since: None, redundant: false })));
+        send.write_all(&chunk).await.unwrap();
+        // While the Join waits (its Welcome is written with the Join's reply, after the chunk), a newer connection,
+        // which never says Hello, takes the one place for a connection awaiting Hello.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let newer = server.try_raw().await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let welcome = quiver_tests::read_msg(&mut recv, &mut buf).await.expect("Welcome");
+        assert!(matches!(welcome, ServerMsg::Reply { req_id: 0, result: Ok(_) }), "{welcome:?}");
+        match quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the Join's reply") {
+            ServerMsg::Reply { req_id: 1, result: Err(failure) } => {
+                assert_eq!(failure.code, ErrorCode::TooManyRooms, "{failure:?}");
+            }
+            other => panic!("the waiting Join: {other:?}"),
+        }
+        // Still served after the Join.
+        send.write_all(&frame(2, RequestBody::Ping { client_time_us: 1 })).await.unwrap();
+        let pong = quiver_tests::read_msg(&mut recv, &mut buf).await;
+        assert!(
+            matches!(pong, Some(ServerMsg::Reply { req_id: 2, result: Ok(_) })),
+            "{pong:?} {:?}",
+            conn.close_reason()
+        );
+        assert_eq!(server.stats.snapshot().connections_closed_awaiting_hello, 0);
+        drop(newer);
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A session of protocol 4 gets one id per channel for its subscription and its claim, also for requests in its
+/// Hello's own chunk: those used to be served before the session's version was taken in (after the whole chunk),
+/// with the ids of protocol 5 (a subscription and a claim of one channel 1 and 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_the_hellos_chunk_are_served_in_the_hellos_protocol_version() {
+    use quiver_proto::{Hello, Reply, RequestBody, ServerMsg, OLDEST_PROTOCOL_VERSION};
+    use quiver_tests::hostile::frame;
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        let conn = server.try_raw().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let hello = Hello {
+            version: OLDEST_PROTOCOL_VERSION,
+            agent: "hostile".into(),
+            name: None,
+            token: Some(server.token("four")),
+        };
+        let mut chunk = frame(0, RequestBody::Hello(hello));
+        chunk.extend_from_slice(&frame(1, RequestBody::Subscribe { channel: "c".into() }));
+        chunk.extend_from_slice(&frame(2, RequestBody::Publish { channel: "c".into(), max_age_ms: None }));
+        send.write_all(&chunk).await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let mut ids = Vec::new();
+        for req in 0..3 {
+            match quiver_tests::read_msg(&mut recv, &mut buf).await.expect("a reply") {
+                ServerMsg::Reply { req_id, result: Ok(reply) } if req_id == req => match reply {
+                    Reply::Subscribed { channel_id, .. } | Reply::Publishing { channel_id, .. } => ids.push(channel_id),
+                    _ => {}
+                },
+                other => panic!("request {req}: {other:?}"),
+            }
+        }
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0], ids[1], "protocol 4: one id for the channel's subscription and claim");
+        server.stop().await;
+    })
+    .await;
+}
+
 /// A client that stops a room stream it has not left (any code) is kicked from the room, as a slow consumer is:
 /// the stream is reset, `Kicked` names the room, and a Join of it is served again. Before, the room stayed joined
 /// with nothing delivered: the member in its presence for good, and a rejoin refused `AlreadyJoined`. The same

@@ -95,6 +95,8 @@ pub(super) fn control<'a, R: RoomHub>(
         let mut more_inbound = false;
         // False once the server's side of the keys is gone (nothing more can be reloaded).
         let mut reloadable = true;
+        // Hello served, and the connection counted as welcomed.
+        let mut welcomed = false;
         loop {
             let awaiting_hello = session.identity().is_none();
             let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
@@ -208,6 +210,23 @@ pub(super) fn control<'a, R: RoomHub>(
             let mut completed = false;
             more_inbound = false;
             loop {
+                // Welcomed as soon as its Hello is served, before the requests pipelined behind it in the same chunk
+                // are (they may wait: a Join for a stream, a store's commit), not after the whole chunk: from here on
+                // no newer connection closes it to make room, and those requests are served in the protocol version
+                // it speaks. One closed to make room before its Hello was served is closed as such, unwelcomed.
+                if !welcomed {
+                    if let Some(identity) = session.identity() {
+                        welcomed = true;
+                        slot.welcomed();
+                        if slot.made_room() {
+                            return make_room(conn, config, stats, slot);
+                        }
+                        connection.speaks(session.version().unwrap_or(quiver_proto::PROTOCOL_VERSION));
+                        tracing::Span::current().record("identity", identity);
+                        stats.handshake.observe_since(started);
+                        bump(&stats.handshakes);
+                    }
+                }
                 // Replies are written before more requests are served: a burst of small requests with large replies
                 // (History) must not buffer more than about a frame per connection.
                 if outbound.len() >= codec.max_frame() {
@@ -290,16 +309,6 @@ pub(super) fn control<'a, R: RoomHub>(
                 if let Some(msg) = replies.ready(msg) {
                     stats.reply(&msg);
                     encode(&codec, &msg, &mut outbound);
-                }
-            }
-            if awaiting_hello {
-                if let Some(identity) = session.identity() {
-                    // Welcomed: never closed to make room from now on (before its Welcome is written, which may wait).
-                    slot.welcomed();
-                    connection.speaks(session.version().unwrap_or(quiver_proto::PROTOCOL_VERSION));
-                    tracing::Span::current().record("identity", identity);
-                    stats.handshake.observe_since(started);
-                    bump(&stats.handshakes);
                 }
             }
             // The timer runs from the start of the frame now waiting: a client pipelining whole frames is never timed

@@ -664,6 +664,31 @@ async fn a_connect_waits_for_one_clock_ping_and_the_rest_refine_the_offset_after
     server.abort();
 }
 
+/// A server that stops reading the client's control stream (STOP_SENDING) and keeps the connection open and
+/// acknowledging: the client's next write fails, and it closes the connection itself and reconnects, so its posts go
+/// out on the next one. Before, the failed write left the connection the current one (nothing closed it, and the
+/// server's keep-alive answers kept `dead_server_after` away): each post was retried on it every 50 ms for good, and
+/// the post's future never resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_stream_the_server_stops_reading_is_closed_and_the_post_goes_on_the_next_connection() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = tokio::spawn(quiver_tests::fakes::stops_reading_after_welcome(endpoint, connections.clone()));
+    let options = ConnectOptions {
+        trust: TrustOptions::Auto { data_dir: dir.path().to_owned() },
+        reconnect_delay: Duration::from_millis(20),
+        reconnect_max_delay: Duration::from_millis(100),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(&addr, options).await.unwrap();
+    let posted = tokio::time::timeout(Duration::from_secs(10), client.post("r", "x")).await;
+    let seq = posted.expect("the post never resolved").expect("posted");
+    assert_eq!(seq, 1);
+    assert!(connections.load(std::sync::atomic::Ordering::SeqCst) >= 2, "posted on a new connection");
+    client.close().await;
+    server.abort();
+}
+
 /// A reconnect whose connection is closed while the client measures its clock (its Pings) is not the client's
 /// connection: it is neither published as connected nor counted as a reconnect, and the client goes on to the
 /// next. Before, it was published for a moment (`Connected` with a dead connection, requests sent on it failing

@@ -201,7 +201,19 @@ impl<H: Handler> Connection<H> {
         let mut send = self.send.lock().await;
         if let Err(err) = send.write_all(&frame).await {
             lock(&self.outstanding).abandon(req_id);
-            return Err(RequestError::closed(self.close_reason().unwrap_or((ErrorCode::Internal, err.0))));
+            // A connection still open whose control stream cannot be written (the server stopped reading it, or a
+            // write failed midway and left half a frame) takes no request any more: it is closed here, so that the
+            // client reconnects and what was queued goes on the next one. Left open, nothing else would close it
+            // while the server keeps acknowledging, and posts were retried on it for good.
+            let why = match self.close_reason() {
+                Some(why) => why,
+                None => {
+                    let why = format!("the control stream cannot be written: {}", err.0);
+                    self.link.close(ErrorCode::Internal, &why);
+                    (ErrorCode::Internal, why)
+                }
+            };
+            return Err(RequestError::closed(why));
         }
         // Numbered in the order written, under the send lock: the server counts them in the same order.
         let number = self.requests.fetch_add(1, Ordering::Relaxed) + 1;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use quiver_proto::Limits;
 
 mod clock;
+mod stopped;
 pub use clock::slow_clock_pongs;
+pub use stopped::stops_reading_after_welcome;
 
 /// A server that answers each connection's Hello with a Welcome, then finishes the control stream and leaves the
 /// connection open: what a graceful close looks like until the server's close arrives, and, here, forever. Counts

@@ -226,7 +226,7 @@ impl Room {
         };
         let replay_from = match range {
             Some(range) => range.after + 1,
-            None => replay.first().map_or(self.sequenced_seq + 1, |m| m.event.seq),
+            None => replay.first().map_or(self.sequenced_seq.saturating_add(1), |m| m.event.seq),
         };
         let count = self.members.entry(identity.to_string()).or_insert(0);
         *count += 1;
@@ -319,7 +319,9 @@ impl Room {
         }
         self.last_active_us = now_us;
         self.history.trim(now_us);
-        let seq = self.sequenced_seq + 1;
+        let Some(seq) = self.sequenced_seq.checked_add(1) else {
+            return Err(Failure::new(ErrorCode::Internal, "the room's seqs are exhausted"));
+        };
         let event = RoomEvent {
             seq,
             time_us: now_us,

@@ -44,8 +44,10 @@ impl Store {
             }
         }
         let last_seq = recorded.max(newest).max(newest_dedupe);
-        if last_seq == u64::MAX {
-            return Err(StoreError::Read(format!("room {name}: its seqs are exhausted")));
+        if last_seq >= super::MAX_SEQ {
+            let why =
+                format!("room {name}: its last seq {last_seq} is past any room's (2^62): a damaged record or key");
+            return Err(StoreError::Read(why));
         }
         // Newest first: the messages, then the entries kept for deleted ones (older than every message; a store of
         // format 1 also holds entries for retained messages, which the messages give already).

@@ -23,6 +23,10 @@
 /// control characters), and it sorts before every name.
 pub(crate) const ROOM_COUNTER_KEY: &[u8] = b"\0next_room_id";
 
+/// No room's seq reaches this (a million posts a second for 146,000 years): a stored seq at or past it is damage (a
+/// record or key whose bytes changed), and the room is refused rather than sequenced on towards `u64::MAX`.
+pub(crate) const MAX_SEQ: u64 = 1 << 62;
+
 mod cold;
 mod disk;
 mod inbox;

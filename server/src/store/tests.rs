@@ -428,6 +428,27 @@ fn a_journal_damaged_in_its_middle_is_refused_unchanged_and_opens_once_cut_where
     assert!(room.last_seq < 300, "what followed the cut is gone: {}", room.last_seq);
 }
 
+/// A seq read back far past any real room's (a record's or key's bytes changed) refuses the room as unreadable.
+/// Before, only `u64::MAX` itself was refused: a room at `u64::MAX - 1` loaded, and its next posts overflowed the
+/// seq (a panic in a debug build; in a release build seqs wrapping to 0 in the same epoch). (`u64::MAX - 1_000`
+/// here: the test's message names a `client_msg_id` of 100 + seq.)
+#[test]
+fn a_room_whose_seq_is_past_any_real_room_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let id = filled(&store, 3);
+    block_on(store.submit(append(id, u64::MAX - 1_000, 4)).wait()).unwrap();
+    match store.load_room("r", 0, u64::MAX, 100) {
+        Err(StoreError::Read(why)) => assert!(why.contains("past any room's"), "{why}"),
+        other => panic!("loaded: {:?}", other.map(|room| room.map(|room| room.last_seq))),
+    }
+    // The rooms beside it are not affected.
+    let other = store.allocate_room_id();
+    block_on(store.submit(Op::Create { name: "s".into(), id: other, epoch: 1 }).wait()).unwrap();
+    block_on(store.submit(append(other, 1, 1)).wait()).unwrap();
+    assert_eq!(store.load_room("s", 0, u64::MAX, 100).unwrap().unwrap().last_seq, 1);
+}
+
 #[test]
 fn a_backlog_over_a_batch_commits_in_order_in_several_batches() {
     let dir = tempfile::tempdir().unwrap();

@@ -247,7 +247,7 @@ impl DiskRoom {
     /// The oldest seq a reader gets: the oldest stored, or the newest `max_messages` if the sweep has not deleted
     /// the older ones yet (the count bound holds exactly for readers; bytes and age within a sweep interval).
     fn first_readable(&self, delivered: u64) -> u64 {
-        let by_count = (delivered + 1).saturating_sub(self.retention.max_messages);
+        let by_count = delivered.saturating_add(1).saturating_sub(self.retention.max_messages);
         self.first_seq.max(by_count).max(self.unreadable_through.saturating_add(1))
     }
 
@@ -297,7 +297,7 @@ impl DiskRoom {
     /// entries when their messages are deleted.
     pub(super) fn trim(&mut self, now_us: u64, dedupe: &DedupeWindow, epoch: u64, last_seq: u64) {
         let room = || Record { name: self.name.clone(), epoch, last_seq };
-        let dedupe_from = dedupe.oldest_seq().unwrap_or(last_seq + 1);
+        let dedupe_from = dedupe.oldest_seq().unwrap_or(last_seq.saturating_add(1));
         if let Some(mut trimming) = self.trimming.take() {
             if trimming.outcome().is_none() {
                 self.trimming = Some(trimming);

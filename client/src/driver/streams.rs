@@ -69,9 +69,13 @@ pub(crate) fn on_copy(
         }
     }
     hand_out_copies(entry, &mut state);
-    // The channel is full (the application is behind): what the copies brought goes out as soon as it reads, not
-    // when the stream's next frame or copy comes (for a lost packet, its retransmission: the wait copies are for).
-    // One task per room at a time, started and ended under the state's lock.
+    wait_for_room(entry, &state, stop);
+}
+
+/// Where `entry`'s channel is full (the application is behind) with events copies brought ready behind it: they go
+/// out as soon as the application reads, not when the stream's next frame or copy comes (for a lost packet, its
+/// retransmission: the wait copies are for). One task per room at a time, started and ended under the state's lock.
+fn wait_for_room(entry: &Arc<RoomEntry>, state: &RoomState, stop: &CancellationToken) {
     if state.has_ready() && !entry.copies_waiting.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tokio::spawn(hand_out_when_read(entry.clone(), stop.clone()));
     }
@@ -176,6 +180,9 @@ pub(crate) async fn read_stream(
                     None => {}                                          // delivered before a resume, or by its copy
                 }
                 hand_out_copies(&entry, &mut state);
+                // Its event took the place the application made: copies behind it that found no room wait for the
+                // next (before, they waited for the stream's next frame, for a lost packet its retransmission).
+                wait_for_room(&entry, &state, stop);
             }
             Ok(Some(RoomFrame::Copies { slot })) => {
                 lock(&entry.state).copies(stream, position + 1);
@@ -246,83 +253,139 @@ mod tests {
     use super::*;
     use crate::driver::rooms::{Added, EVENT_BUFFER};
 
+    /// A redundant room's stream from a server, over an in-memory WebSocket (the merge is the same on every
+    /// transport): its Open and Copies frames read, then the room's channel filled.
+    struct FullRoom {
+        /// The server's end of the room stream (its next frame is at position 2).
+        send: quiver_transport::ws::WsSend,
+        entry: Arc<RoomEntry>,
+        received: mpsc::Receiver<crate::state::room::RoomEvent>,
+        stop: CancellationToken,
+        reading: tokio::task::JoinHandle<Result<(), Violation>>,
+        codec: FrameCodec,
+        _sessions: (WsSession, Arc<Rooms>),
+    }
+
+    #[allow(clippy::unwrap_used)] // a test's setup: a failure is the test's
+    impl FullRoom {
+        async fn open() -> FullRoom {
+            let config = WsConfig::default();
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let server = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(config.websocket())).await;
+            let client = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(config.websocket())).await;
+            let addr = "127.0.0.1:9".parse().unwrap();
+            let server = WsSession::start(server, Role::Server, config.clone(), addr);
+            let client = WsSession::start(client, Role::Client, config, addr);
+            let codec = FrameCodec::new(64 * 1024);
+            let joined = Joined {
+                room: "r".into(),
+                epoch: 7,
+                recovered: true,
+                replay_from: 1,
+                last_seq: 0,
+                members: vec![],
+                req_id: 1,
+            };
+            let mut send = server.open_uni().unwrap();
+            let mut head = codec.encode_to_vec(&RoomFrame::Open(joined)).unwrap();
+            codec.encode(&RoomFrame::Copies { slot: 1 }, &mut head).unwrap();
+            send.write_all(&head).await.unwrap();
+            let recv = LinkRecv::Ws(client.accept_uni().await.unwrap());
+            let link = Link::Ws(client);
+
+            let rooms = Arc::new(Rooms::default());
+            let Ok(Added::New(entry, received)) = rooms.add("r", true, CancellationToken::new()) else {
+                panic!("a new room")
+            };
+            lock(&entry.state).joining((0, 1));
+            (0..EVENT_BUFFER - 1).for_each(|_| entry.events.try_send(filler()).unwrap());
+            let stop = CancellationToken::new();
+            let reading = tokio::spawn({
+                let (rooms, stop) = (rooms.clone(), stop.clone());
+                async move {
+                    let copies = |_: u64, _: &Arc<RoomEntry>| {};
+                    read_stream(&rooms, (0, 0, &link), recv, (64 * 1024, &copies), &stop).await
+                }
+            });
+            // The Open and the Copies frame are read (the Open's place given back), then the channel is filled.
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while !lock(&entry.state).is_current(0) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("the stream opened");
+            tokio::time::sleep(Duration::from_millis(20)).await; // the Copies frame, right behind the Open
+            entry.events.try_send(filler()).expect("the Open's place is free again");
+            assert_eq!(entry.events.capacity(), 0);
+            FullRoom { send, entry, received, stop, reading, codec, _sessions: (server, rooms) }
+        }
+
+        /// Message `seq`'s frame, as the stream carries it.
+        fn framed(&self, seq: u64) -> bytes::BytesMut {
+            let kind = EventKind::Message { sender: "ann".into(), client_msg_id: seq, body: Bytes::from("hi") };
+            self.codec.encode_to_vec(&RoomFrame::Event(Event { seq, time_us: 1, kind })).unwrap()
+        }
+
+        /// Message `seq`'s frame body (without its one-byte length prefix, as a copy carries it).
+        fn message(&self, seq: u64) -> Bytes {
+            Bytes::copy_from_slice(&self.framed(seq)[1..])
+        }
+
+        /// The application reads until it has `n` messages (fillers skipped); their seqs, or `None` after 2 s.
+        async fn messages(&mut self, n: usize) -> Option<Vec<u64>> {
+            let mut seqs = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(2), async {
+                while seqs.len() < n {
+                    let event = self.received.recv().await.expect("the room goes on");
+                    if let crate::state::room::RoomEvent::Message(m) = event {
+                        seqs.push(m.seq);
+                    }
+                }
+            });
+            read.await.ok().map(|()| seqs)
+        }
+
+        fn end(self) {
+            self.stop.cancel();
+            self.reading.abort(); // (its stream is still open: it would read on)
+        }
+    }
+
+    fn filler() -> crate::state::room::RoomEvent {
+        crate::state::room::RoomEvent::MemberJoined { member: "x".into() }
+    }
+
     /// Events copies brought while the room's channel was full are handed out as soon as the application reads:
     /// before, only the stream's next frame or the next copy did, and for a lost packet that is its retransmission,
     /// the very wait copies are for.
     #[tokio::test]
     async fn copies_that_found_the_room_full_go_out_once_the_application_reads() {
-        // A room stream from a server, over an in-memory WebSocket (the merge is the same on every transport).
-        let config = WsConfig::default();
-        let (a, b) = tokio::io::duplex(1 << 20);
-        let server = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(config.websocket())).await;
-        let client = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(config.websocket())).await;
-        let addr = "127.0.0.1:9".parse().unwrap();
-        let server = WsSession::start(server, Role::Server, config.clone(), addr);
-        let client = WsSession::start(client, Role::Client, config, addr);
-        let codec = FrameCodec::new(64 * 1024);
-        let joined = Joined {
-            room: "r".into(),
-            epoch: 7,
-            recovered: true,
-            replay_from: 1,
-            last_seq: 0,
-            members: vec![],
-            req_id: 1,
-        };
-        let mut send = server.open_uni().unwrap();
-        let mut head = codec.encode_to_vec(&RoomFrame::Open(joined)).unwrap();
-        codec.encode(&RoomFrame::Copies { slot: 1 }, &mut head).unwrap();
-        send.write_all(&head).await.unwrap();
-        let recv = LinkRecv::Ws(client.accept_uni().await.unwrap());
-        let link = Link::Ws(client);
-
-        let rooms = Arc::new(Rooms::default());
-        let Ok(Added::New(entry, mut received)) = rooms.add("r", true, CancellationToken::new()) else {
-            panic!("a new room")
-        };
-        lock(&entry.state).joining((0, 1));
-        let filler = || crate::state::room::RoomEvent::MemberJoined { member: "x".into() };
-        (0..EVENT_BUFFER - 1).for_each(|_| entry.events.try_send(filler()).unwrap());
-        let stop = CancellationToken::new();
-        let reading = tokio::spawn({
-            let (rooms, stop) = (rooms.clone(), stop.clone());
-            async move {
-                let copies = |_: u64, _: &Arc<RoomEntry>| {};
-                read_stream(&rooms, (0, 0, &link), recv, (64 * 1024, &copies), &stop).await
-            }
-        });
-        // The Open and the Copies frame are read (the Open's place given back), then the channel is filled.
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while !lock(&entry.state).is_current(0) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("the stream opened");
-        tokio::time::sleep(Duration::from_millis(20)).await; // the Copies frame, right behind the Open
-        entry.events.try_send(filler()).expect("the Open's place is free again");
-        assert_eq!(entry.events.capacity(), 0);
+        let mut room = FullRoom::open().await;
         // Copies of positions 2 and 3 (messages 1 and 2), the stream silent: they wait for room.
-        let message = |seq: u64| {
-            let kind = EventKind::Message { sender: "ann".into(), client_msg_id: seq, body: Bytes::from("hi") };
-            let body = codec.encode_to_vec(&RoomFrame::Event(Event { seq, time_us: 1, kind })).unwrap();
-            Bytes::copy_from_slice(&body[1..]) // the body without its one-byte length prefix
-        };
-        on_copy(&entry, 0, 2, &[message(1), message(2)], &stop);
+        on_copy(&room.entry, 0, 2, &[room.message(1), room.message(2)], &room.stop);
         // The application reads: the copies follow at once, with no stream frame to wake the reader.
-        let mut seqs = Vec::new();
-        tokio::time::timeout(Duration::from_secs(2), async {
-            while seqs.len() < 2 {
-                let event = received.recv().await.expect("the room goes on");
-                if let crate::state::room::RoomEvent::Message(m) = event {
-                    seqs.push(m.seq);
-                }
-            }
-        })
-        .await
-        .expect("the copies were handed out once there was room");
+        let seqs = room.messages(2).await.expect("the copies were handed out once there was room");
         assert_eq!(seqs, [1, 2]);
-        stop.cancel();
-        reading.abort(); // (its stream is still open: it would read on)
+        room.end();
+    }
+
+    /// The same where the stream's own frame took the place the application made: its reader, waiting for room with
+    /// message 1 from the stream, sends it, and the copies behind it (messages 2 and 3, come while 1's copy was
+    /// lost) find the channel full again. They go out as the application reads on; before, they waited for the
+    /// stream's next frame (for a lost packet, its retransmission).
+    #[tokio::test]
+    async fn copies_behind_a_stream_frame_that_took_the_room_go_out_once_the_application_reads() {
+        let mut room = FullRoom::open().await;
+        room.send.write_all(&room.framed(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await; // the reader waits for room with message 1
+        on_copy(&room.entry, 0, 3, &[room.message(2), room.message(3)], &room.stop);
+        // One event read: the reader takes its place for message 1, and the channel is full again.
+        room.received.recv().await.expect("a filler");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(room.entry.events.capacity(), 0);
+        let seqs = room.messages(3).await.expect("the copies behind the stream's frame were not handed out");
+        assert_eq!(seqs, [1, 2, 3]);
+        room.end();
     }
 }

@@ -278,6 +278,34 @@ async fn a_server_in_a_crash_loop_gets_growing_reconnect_delays() {
     client.close().await;
 }
 
+/// `ConnectionState::Reconnecting::attempt` counts the attempts since the loss: 0 at the first of each outage, also
+/// against a server whose connections each fail after a moment (the backoff's delays go on growing across those;
+/// its count of attempts had been reported instead, 1, 2, … at the first of each later outage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_outage_counts_its_reconnect_attempts_from_zero() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let server = tokio::spawn(quiver_tests::fakes::welcomes_then_closes(endpoint, Duration::from_millis(150)));
+    let options = ConnectOptions {
+        trust: TrustOptions::Auto { data_dir: dir.path().to_owned() },
+        reconnect_delay: Duration::from_millis(50),
+        reconnect_max_delay: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(&addr, options).await.unwrap();
+    let seen = states_until(client.state(), |s| matches!(s, ConnectionState::Connected { reconnects: 3, .. })).await;
+    let firsts: Vec<u32> = seen
+        .windows(2)
+        .filter_map(|pair| match pair {
+            [ConnectionState::Connected { .. }, ConnectionState::Reconnecting { attempt, .. }] => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    assert!(firsts.len() >= 2, "{seen:?}");
+    assert!(firsts.iter().all(|attempt| *attempt == 0), "first attempts of each outage: {firsts:?}");
+    client.close().await;
+    server.abort();
+}
+
 /// A room joined while the client reconnects is joined once: the application's Join goes to the new connection, and
 /// the reconnect does not rejoin the room beside it (the two raced, and the loser's AlreadyJoined failed the
 /// application's join while the server kept the membership).

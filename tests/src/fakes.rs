@@ -7,8 +7,10 @@ use std::time::Duration;
 use quiver_proto::Limits;
 
 mod clock;
+mod flapping;
 mod stopped;
 pub use clock::slow_clock_pongs;
+pub use flapping::welcomes_then_closes;
 pub use stopped::stops_reading_after_welcome;
 
 /// A server that answers each connection's Hello with a Welcome, then finishes the control stream and leaves the

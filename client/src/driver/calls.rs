@@ -125,7 +125,12 @@ impl Driver {
             // (A subscription shared without asking is the reconnect's to put back, as any confirmed one.)
             if let Some(current) = driver.replaced(&live).filter(|_| asked) {
                 let again = subscription.entry.clone();
-                driver.spawn(async move { super::ticks::resubscribe(&current, &again).await });
+                let me = driver.clone();
+                driver.spawn(async move {
+                    if super::ticks::resubscribe(&current, &again).await {
+                        me.ticks.forget(&again);
+                    }
+                });
             }
             Ok(subscription)
         })

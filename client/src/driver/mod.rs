@@ -399,9 +399,12 @@ impl Driver {
                 backoff = new_backoff();
             }
             let mut last_error = format!("{}: {}", why.0, why.1);
+            // Counted from this loss (the backoff's own count goes on across short-lived connections).
+            let mut attempts_since_loss = 0;
             let connection = loop {
                 let delay = backoff.next_delay(rand::random());
-                let attempt = backoff.attempts().saturating_sub(1);
+                let attempt = attempts_since_loss;
+                attempts_since_loss += 1;
                 self.set_state(ConnectionState::Reconnecting {
                     attempt,
                     last_error: last_error.clone(),
@@ -453,8 +456,14 @@ impl Driver {
                 self.tasks.spawn(async move { rooms::rejoin(&connection, &entry).await });
             }
             for entry in self.ticks.subscriptions() {
-                let connection = connection.clone();
-                self.tasks.spawn(async move { ticks::resubscribe(&connection, &entry).await });
+                let (connection, me) = (connection.clone(), self.me.clone());
+                self.tasks.spawn(async move {
+                    if ticks::resubscribe(&connection, &entry).await {
+                        if let Some(driver) = me.upgrade() {
+                            driver.ticks.forget(&entry);
+                        }
+                    }
+                });
             }
             for entry in self.ticks.publishers() {
                 let (connection, order) = (connection.clone(), self.ticks.claim_order());

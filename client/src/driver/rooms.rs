@@ -301,7 +301,7 @@ impl super::Driver {
         }
         let driver = self.me.upgrade().filter(|_| !entry.ended.is_cancelled() && !self.stop.is_cancelled());
         let Some(driver) = driver else {
-            self.rooms.remove(entry); // nothing to write: a join of its name goes on at once
+            self.forget_room(entry); // nothing to write: a join of its name goes on at once
             return;
         };
         let entry = entry.clone();
@@ -312,6 +312,13 @@ impl super::Driver {
         });
     }
 
+    /// Forgets an ended `entry`: a join of its name goes on, and no copy slot routes to it any more (a redundant room
+    /// refused at a rejoin kept its slot, and with it the room's state, until the next redundant room's stream).
+    fn forget_room(&self, entry: &Arc<RoomEntry>) {
+        lock(&self.copy_slots).retain(|_, (held, _)| !Arc::ptr_eq(held, entry));
+        self.rooms.remove(entry);
+    }
+
     /// Ends `entry`, writes its Leave (unless it had ended: nothing of it is on the server) and forgets it; the
     /// Leave's reply to wait for, if one was written.
     async fn write_leave(&self, entry: &Arc<RoomEntry>) -> Result<Option<crate::connection::Pending>, RequestError> {
@@ -319,7 +326,7 @@ impl super::Driver {
         // Ordered with a rejoin of the entry (`RoomEntry::order`): its Join goes before this Leave, or not at all.
         let _order = entry.order.lock().await;
         if entry.ended.is_cancelled() {
-            self.rooms.remove(entry);
+            self.forget_room(entry);
             return Ok(None); // ended meanwhile (its rejoin refused): nothing of it on the server
         }
         // Ended now (its reader stops, a rejoin gives up), listed until its Leave is written: a join of the room

@@ -12,10 +12,12 @@ use crate::{
     sync::lock,
 };
 
-/// Puts a subscription back on a new connection. Refused for now (the codes a rejoin retries), it is tried again
-/// with the same backoff; refused for good (or for longer), it ends: its readers get `None` and the reason, instead
-/// of waiting for ticks that will never come.
-pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entry: &Arc<SubEntry>) {
+/// Puts a subscription back on a new connection. Refused for good (or for longer), it ends: its readers get `None` and
+/// the reason, instead of waiting for ticks that will never come. True when it ended so: the caller forgets it
+/// ([`super::ticks::Ticks::forget`]; nothing else would, and each kept its tick buffer and latency histogram, about
+/// 190 KB, for as long as the client lived unless the channel was subscribed again). Refused for now (the codes a
+/// rejoin retries), it is tried again with the same backoff.
+pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entry: &Arc<SubEntry>) -> bool {
     lock(&entry.state).resync(connection.id);
     let refused = retried(&entry.channel, "subscription", || async {
         let _order = entry.order.lock().await;
@@ -24,8 +26,9 @@ pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entr
         }
         Some(subscribe_on(connection, entry).await)
     });
-    if let Some((code, reason)) = refused.await {
-        ended(connection, entry, code, reason);
+    match refused.await {
+        Some((code, reason)) => ended(connection, entry, code, reason),
+        None => false,
     }
 }
 
@@ -77,11 +80,13 @@ where
     Some((ErrorCode::Unavailable, format!("the server refused to take the {what} back {times} times")))
 }
 
-/// Ends `entry`, refused on `connection`, unless that connection is gone meanwhile: a newer one puts it back.
-fn ended<H: Handler>(connection: &Connection<H>, entry: &SubEntry, code: ErrorCode, reason: String) {
+/// Ends `entry`, refused on `connection`, unless that connection is gone meanwhile: a newer one puts it back. True
+/// if it ended it.
+fn ended<H: Handler>(connection: &Connection<H>, entry: &SubEntry, code: ErrorCode, reason: String) -> bool {
     if connection.close_reason().is_some() {
-        return;
+        return false;
     }
     tracing::warn!(channel = %entry.channel, %code, %reason, "cannot resubscribe; the subscription ends here");
     entry.end(code, reason);
+    true
 }

@@ -253,9 +253,11 @@ impl LocalRooms {
             }
             (Some(store), None) => {
                 let (id, epoch) = (store.allocate_room_id(), new_epoch());
-                let mut created = store.submit(Op::Create { name: name.into(), id, epoch });
-                // Settled at once when the store commits inline; otherwise its first user waits (`with_room`), or
-                // the room settles once it finds the creation stored.
+                // Under `os` only queued, not written under the map of rooms' lock (a write held there, with what
+                // other rooms' posts it took along, stopped every room's lookups): its first user's wait writes it
+                // (`with_room`), or any later write takes it along. Settled at once if it is stored already;
+                // otherwise the room settles once it finds the creation stored.
+                let mut created = store.submit_queued(Op::Create { name: name.into(), id, epoch });
                 let creating = (!matches!(created.outcome(), Some(Ok(())))).then_some(created);
                 let stored = StoredRoom::new(id, epoch);
                 let retention = self.retention();

@@ -196,10 +196,11 @@ impl Room {
     }
 
     /// When the room's creation may not be stored yet: a commit to wait for before anyone learns the room's epoch,
-    /// or before the room may leave memory (a deletion in flight keeps it in memory by itself: `settled()`).
+    /// or before the room may leave memory (a deletion in flight keeps it in memory by itself: `settled()`). Under
+    /// `os` only queued: the caller holds the room's lock, and the wait writes it once let go.
     pub fn unsettled(&self) -> Option<Commit> {
         let disk = self.disk.as_ref()?;
-        (!disk.settled).then(|| disk.store.submit(Op::Barrier))
+        (!disk.settled).then(|| disk.store.submit_queued(Op::Barrier))
     }
 }
 
@@ -231,9 +232,10 @@ impl DiskRoom {
         self.store.disk().refuse()
     }
 
-    /// A commit that completes once everything handed to the writer so far is stored.
+    /// A commit that completes once everything handed to the writer so far is stored. Under `os` only queued: the
+    /// caller holds the room's lock, and writes it ([`Commit::write_queued`]) once let go.
     pub(super) fn barrier(&self) -> Commit {
-        self.store.submit(Op::Barrier)
+        self.store.submit_queued(Op::Barrier)
     }
 
     /// Hands a sequenced post to the writer and keeps it until [`Room::release`]. Under `os` it is only queued:

@@ -125,8 +125,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Hex digits only: `from_str_radix` alone would take a sign ("+0" is 0), and a key of "+0" pairs passed the
+/// 64-digit rule as 32 zero bytes, anyone's guess (as `quiver_certs`' fingerprints found before).
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
@@ -177,11 +179,19 @@ mod tests {
         let path = dir.path().join("secret.hex");
         std::fs::write(&path, format!("  {}\n", "ab".repeat(32))).unwrap();
         assert_eq!(read_hs256_key(&path).unwrap(), vec![0xab; 32]);
-        for bad in ["ab".repeat(31), "zz".repeat(32), format!("{}a", "ab".repeat(32))] {
+        for bad in [
+            "ab".repeat(31),
+            "zz".repeat(32),
+            format!("{}a", "ab".repeat(32)),
+            "+0".repeat(32),
+            "+a".repeat(32),
+            format!("{}+c", "ab".repeat(32)),
+        ] {
             std::fs::write(&path, bad).unwrap();
             let err = read_hs256_key(&path).unwrap_err().to_string();
             assert!(err.contains("secret.hex") && err.contains("at least 64 hex digits"), "{err}");
         }
+        assert!(parse_hs256_secret(&"+0".repeat(32)).is_none(), "signs are not hex digits");
         let missing = read_hs256_key(&dir.path().join("none")).unwrap_err();
         assert!(matches!(missing, AuthError::Io { .. }), "{missing}");
     }

@@ -73,13 +73,55 @@ pub(super) fn damaged_journal(store: &Path) -> std::io::Result<Option<Damage>> {
     }
     journals.sort();
     for journal in journals {
-        let bytes = std::fs::read(&journal)?;
+        let bytes = read_written(&journal)?;
         if let Some((cut_at, batch_after)) = break_with_batches_after(&bytes) {
             let len = bytes.len() as u64;
             return Ok(Some(Damage { journal, cut_at: cut_at as u64, batch_after: batch_after as u64, len }));
         }
     }
     Ok(None)
+}
+
+/// The journal's bytes up to the end of its last written region. fjall makes each journal 64 MiB at once
+/// (`set_len`: a hole the file system reads as zeros), and reading that hole made every open read, and a debug build
+/// scan, 64 MiB; where the file system tells its holes (`SEEK_DATA`/`SEEK_HOLE`), the hole at the end is not read
+/// (nothing can be there). Elsewhere the whole file is read.
+fn read_written(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let end = written_end(&file).unwrap_or(len).min(len);
+    file.rewind()?; // (the holes were looked for by moving the file's offset)
+    let mut bytes = Vec::with_capacity(usize::try_from(end).unwrap_or(0));
+    file.take(end).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The end of the file's last region of data (the start of the hole after it), where the file system tells.
+#[cfg(target_os = "linux")]
+fn written_end(file: &std::fs::File) -> Option<u64> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let (mut from, mut end) = (0, 0);
+    loop {
+        let data = match lseek(fd, from, Whence::SeekData) {
+            Ok(data) => data,
+            Err(nix::errno::Errno::ENXIO) => break, // no data at or after `from`
+            Err(_) => return None,                  // not told: read it all
+        };
+        let hole = lseek(fd, data, Whence::SeekHole).ok()?;
+        if hole <= data {
+            return None; // not what SEEK_HOLE promises: read it all
+        }
+        (from, end) = (hole, hole);
+    }
+    u64::try_from(end).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn written_end(_file: &std::fs::File) -> Option<u64> {
+    None
 }
 
 /// Where a replay stops reading `journal` (the end of its last complete batch) and where a complete batch begins
@@ -93,9 +135,29 @@ fn break_with_batches_after(journal: &[u8]) -> Option<(usize, usize)> {
         }
     }
     let cut = at;
-    (cut + 1..journal.len())
-        .find(|&start| journal[start] == START && batch_at(journal, start).is_some())
-        .map(|after| (cut, after))
+    // fjall allocates its journal ahead (64 MiB here) and the rest is zeros: skipped a block at a time.
+    let mut from = cut + 1;
+    while let Some(start) = next_nonzero(journal, from) {
+        if journal[start] == START && batch_at(journal, start).is_some() {
+            return Some((cut, start));
+        }
+        from = start + 1;
+    }
+    None
+}
+
+/// The first byte at or after `from` that is not zero.
+fn next_nonzero(journal: &[u8], from: usize) -> Option<usize> {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    let mut at = from;
+    while at < journal.len() {
+        let block = &journal[at..journal.len().min(at + ZEROS.len())];
+        if block != &ZEROS[..block.len()] {
+            return block.iter().position(|b| *b != 0).map(|p| at + p);
+        }
+        at += block.len();
+    }
+    None
 }
 
 /// Tests: where each complete batch of `journal` begins, up to the first that is not one.
@@ -193,8 +255,14 @@ mod tests {
             assert_eq!(break_with_batches_after(&whole[..cut]), None, "cut at {cut}");
         }
         let mut zeros = whole.clone();
-        zeros.extend([0; 4096]);
+        zeros.extend(vec![0; 10_000]);
         assert_eq!(break_with_batches_after(&zeros), None);
+        // A torn tail, then zeros, then a whole batch: damage, found past the zeros.
+        let mut past = whole[..starts[9] + 7].to_vec();
+        past.extend(vec![0; 10_000]);
+        let after = past.len();
+        past.extend(&whole[starts[8]..starts[9]]);
+        assert_eq!(break_with_batches_after(&past), Some((starts[9], after)));
         // The last batch with a byte of an item wrong (a torn write of its middle): fjall's checksum, not a break
         // with batches after it.
         let mut torn = whole.clone();

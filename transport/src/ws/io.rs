@@ -285,6 +285,11 @@ impl Streams {
             }
             let max = shared.max_streams_in.load(Ordering::Relaxed);
             if self.open.len() >= max {
+                // Streams this end stopped count no more (their late bytes are dropped by `last`): a server that
+                // does not answer a stop with an end would otherwise have them counted for the connection's life.
+                self.open.retain(|_, queue| !queue.is_reader_gone());
+            }
+            if self.open.len() >= max {
                 return Err(TooManyStreams(max));
             }
             self.last = id;

@@ -22,6 +22,8 @@ mod recv;
 mod room_in;
 mod shared;
 #[cfg(test)]
+mod stop_tests;
+#[cfg(test)]
 mod tests;
 
 use std::{

@@ -116,6 +116,11 @@ impl RoomQueue {
         self.ready.notify_one();
     }
 
+    /// The reader stopped the stream (or is gone): it no longer counts among the streams open at once.
+    pub(super) fn is_reader_gone(&self) -> bool {
+        self.lock().reader_gone
+    }
+
     /// The reader is gone: what waits, and what comes, is dropped.
     pub(super) fn reader_gone(&self) {
         let mut state = self.lock();

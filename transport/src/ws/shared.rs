@@ -266,12 +266,16 @@ impl Shared {
         if stream.end.is_some() {
             return;
         }
-        if stream.stopped.is_some() {
-            // The peer wants nothing more of it: forget it without a word.
-            if let Some(wire) = stream.wire_id {
-                state.wire_ids.remove(&wire);
-            }
-            state.streams.remove(&id);
+        if let Some(code) = stream.stopped {
+            // The peer wants nothing more of it: its end is a reset with the peer's code, as QUIC answers a
+            // STOP_SENDING with a RESET_STREAM. The peer counts the stream open until its end comes (forgotten
+            // without a word, every room a client stopped stayed open at its end, until it hit its bound on open
+            // streams and closed the connection).
+            stream.end = Some(End::Reset(code));
+            state.ready.push_back(id);
+            drop(state);
+            self.wake_writer.notify_one();
+            self.changed.notify_waiters();
             return;
         }
         // In `ready` already when bytes wait (decided before a reset drops them: it was queued twice).
@@ -344,7 +348,8 @@ impl Shared {
             state.datagram_turn = true;
             state.rooms_turn = false;
             let Some(stream) = state.streams.get_mut(&key) else { continue };
-            if stream.stopped.is_some() {
+            // A stopped stream sends nothing more but its end (a reset), once its owner ended it.
+            if stream.stopped.is_some() && stream.end.is_none() {
                 continue;
             }
             let id = *stream.wire_id.get_or_insert_with(|| {
@@ -406,12 +411,16 @@ impl Shared {
         if let Some(waker) = stream.waker.take() {
             waker.wake();
         }
-        if stream.end.is_some() {
-            state.streams.remove(&key);
-            state.wire_ids.remove(&wire_id);
+        // Nothing of it is sent any more but its end (a stale entry in `ready` made the writer skip the control
+        // stream once): ended already, with its end not written yet, that end is a reset with the peer's code.
+        let ended = stream.end.is_some();
+        if ended {
+            stream.end = Some(End::Reset(code));
         }
-        // Nothing of it is sent any more (a stale entry in `ready` made the writer skip the control stream once).
         state.ready.retain(|queued| *queued != key);
+        if ended {
+            state.ready.push_back(key);
+        }
         state.room_freed(key, freed);
         // A writer of it waiting for the connection window learns of the stop now, not at the next free.
         state.wake_blocked();

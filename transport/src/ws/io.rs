@@ -162,7 +162,14 @@ async fn read_messages<S: AsyncRead + AsyncWrite + Unpin>(
         deadline = Instant::now() + idle;
         shared.received.fetch_add(1, Ordering::Relaxed);
         let bytes = match message {
-            Some(Ok(Message::Binary(bytes))) => Bytes::from(bytes),
+            Some(Ok(Message::Binary(mut bytes))) => {
+                // A message put together from fragments may hold twice its length: what waits for its reader
+                // holds only its length.
+                if bytes.capacity() > 2 * bytes.len() + 64 {
+                    bytes.shrink_to_fit();
+                }
+                Bytes::from(bytes)
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Text(_))) => {
                 shared.refuse(ErrorCode::ProtocolViolation, "text WebSocket message (Quiver sends binary only)");
@@ -203,10 +210,18 @@ async fn read_messages<S: AsyncRead + AsyncWrite + Unpin>(
                 // The control stream's queue is bounded: a peer that sends requests faster than they are served
                 // waits here (QUIC: the stream's flow control), until the connection ends.
                 let closed = shared.wait_for(|state| state.closed.is_some().then_some(()));
-                tokio::select! {
-                    sent = inbound.control.send(Inbound::Data(bytes)) => if sent.is_err() {
+                let permits = shared.control_permits(bytes.len());
+                let queued = async {
+                    // Its bytes are counted against the window until its reader takes them (`WsRecv::read_chunk`).
+                    if let Ok(room) = shared.control_room.acquire_many(permits).await {
+                        room.forget();
+                    }
+                    if inbound.control.send(Inbound::Data(bytes)).await.is_err() {
                         tracing::trace!("control stream no longer read");
-                    },
+                    }
+                };
+                tokio::select! {
+                    () = queued => {}
                     () = closed => return,
                 }
                 // The wait was this end's, not the peer's silence: the idle timeout starts again.

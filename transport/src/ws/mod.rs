@@ -15,6 +15,8 @@
 #[cfg(test)]
 mod close_tests;
 #[cfg(test)]
+mod control_in_tests;
+#[cfg(test)]
 mod inbound_tests;
 mod io;
 mod lane;
@@ -76,6 +78,9 @@ pub struct WsConfig {
     pub connection_window: usize,
     /// Bytes of datagrams waiting to be written (QUIC: the datagram send buffer).
     pub datagram_buffer: usize,
+    /// Bytes of the control stream received and not read yet (QUIC: the stream's receive window); beyond that,
+    /// reading the socket waits. A server's is [`crate::tuning::server_receive_windows`]' stream window.
+    pub control_window: usize,
     /// Largest datagram either end sends.
     pub max_datagram: usize,
     /// A ping after this long without writing anything ([`WsConfig::with_keep_alive`]); and, whatever it is, after
@@ -92,6 +97,7 @@ impl Default for WsConfig {
             stream_window: 64 * 1024,
             connection_window: 1024 * 1024,
             datagram_buffer: 4 * 1024,
+            control_window: 128 * 1024,
             max_datagram: MAX_DATAGRAM,
             keepalive: crate::tuning::KEEP_ALIVE,
             idle_timeout: crate::tuning::IDLE_TIMEOUT,
@@ -168,8 +174,10 @@ pub struct WsSession {
     handle: Arc<Handle>,
 }
 
-/// How many messages of the control stream may wait for its reader (beyond that, reading the socket waits, as
-/// QUIC's flow control makes a peer wait).
+/// How many messages of the control stream may wait for its reader, and bytes [`WsConfig::control_window`] (beyond
+/// either, reading the socket waits, as QUIC's flow control makes a peer wait). Counted in messages alone, 64 of
+/// 16 KiB each (more with the spare capacity of a fragmented message's buffer) let a client pin 1–2 MiB per
+/// connection where QUIC's window allows 128 KiB.
 pub(super) const INBOUND_MESSAGES: usize = 64;
 /// Bytes of one room stream that may wait for its reader (the client); beyond that the stream is reset locally
 /// with `SlowConsumer` and the server told to stop (kind 6), so one unread room never holds the connection up.
@@ -192,6 +200,7 @@ impl WsSession {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (control_tx, control_rx) = mpsc::channel(INBOUND_MESSAGES);
+        let control_room = tokio::sync::Semaphore::new(config.control_window.max(1));
         let (datagrams_tx, datagrams_rx) = mpsc::channel(INBOUND_DATAGRAMS);
         let (streams_tx, streams_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -202,6 +211,7 @@ impl WsSession {
             wake_writer: Notify::new(),
             changed: Notify::new(),
             control_in: tokio::sync::Mutex::new(Some(control_rx)),
+            control_room,
             datagrams_in: tokio::sync::Mutex::new(datagrams_rx),
             streams_in: tokio::sync::Mutex::new(streams_rx),
             handle: std::sync::OnceLock::new(),

@@ -62,7 +62,13 @@ impl WsRecv {
             InboundRx::Room(queue) => queue.next().await,
         };
         match next {
-            Some(Inbound::Data(bytes)) => Ok(Some(bytes)),
+            Some(Inbound::Data(bytes)) => {
+                if let InboundRx::Control(_) = self.rx {
+                    let shared = &self.session.0;
+                    shared.control_room.add_permits(shared.control_permits(bytes.len()) as usize);
+                }
+                Ok(Some(bytes))
+            }
             Some(Inbound::Finish) => {
                 self.ended = true;
                 Ok(None)

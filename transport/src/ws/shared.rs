@@ -80,6 +80,9 @@ pub(super) struct Shared {
     /// Bytes were written, room was made, or the connection closed.
     pub(super) changed: Notify,
     pub(super) control_in: tokio::sync::Mutex<Option<mpsc::Receiver<Inbound>>>,
+    /// Bytes the control stream may still receive before its reader takes some ([`super::WsConfig::control_window`]):
+    /// taken by the read loop for each message it queues, given back as the reader takes them.
+    pub(super) control_room: tokio::sync::Semaphore,
     pub(super) datagrams_in: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
     /// Room streams the server opened, until accepted (no handle inside: queued streams keep nothing alive).
     pub(super) streams_in: tokio::sync::Mutex<mpsc::UnboundedReceiver<PendingStream>>,
@@ -400,6 +403,12 @@ impl State {
 }
 
 impl Shared {
+    /// The part of a control message of `len` bytes counted against the control stream's window (a message over
+    /// the whole window counts as the window).
+    pub(super) fn control_permits(&self, len: usize) -> u32 {
+        u32::try_from(len.min(self.config.control_window.max(1))).unwrap_or(u32::MAX)
+    }
+
     /// The peer stopped stream `wire_id` (kind 6) with `code`: what waits is dropped, writes fail with `code`.
     pub(super) fn stop_stream(&self, wire_id: u64, code: ErrorCode) {
         let mut state = lock(&self.state);

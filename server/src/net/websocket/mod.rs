@@ -61,7 +61,10 @@ pub(super) struct Listener<R> {
 /// Ping request after 10 s without receiving anything), so the server's keep the connection and its NAT bindings
 /// alive.
 fn ws_config(config: &ServerConfig) -> WsConfig {
-    WsConfig::with_keep_alive(quiver_transport::tuning::server_keep_alive(config.tuning.keep_alive))
+    let keep_alive = quiver_transport::tuning::server_keep_alive(config.tuning.keep_alive);
+    // The control stream's window as over QUIC: a client's requests not read yet hold at most this much.
+    let control_window = quiver_transport::tuning::server_receive_windows(&config.limits).0 as usize;
+    WsConfig { control_window, ..WsConfig::with_keep_alive(keep_alive) }
 }
 
 /// Binds the WebSocket fallback's TCP listener where `config.web.websocket` says (`quic`: the bound QUIC address).

@@ -109,7 +109,7 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(mut sink: Sink
                 other => other,
             }
         };
-        let ended = shared.wait_for(|state| (state.closing.is_some() || state.closed.is_some()).then_some(()));
+        let ended = shared.wait_for_end(|state| (state.closing.is_some() || state.closed.is_some()).then_some(()));
         tokio::select! {
             // The write first: one the socket takes at once is never dropped for a close asked for meanwhile (the
             // final reply a stream's `stopped` said was written).
@@ -149,7 +149,7 @@ async fn read_messages<S: AsyncRead + AsyncWrite + Unpin>(
     let mut streams = Streams::default();
     let mut deadline = Instant::now() + idle;
     loop {
-        let closed = shared.wait_for(|state| state.closed.is_some().then_some(()));
+        let closed = shared.wait_for_end(|state| state.closed.is_some().then_some(()));
         let message = tokio::select! {
             message = source.next() => message,
             () = tokio::time::sleep_until(deadline) => {
@@ -209,7 +209,7 @@ async fn read_messages<S: AsyncRead + AsyncWrite + Unpin>(
             WsMessage::Control(bytes) => {
                 // The control stream's queue is bounded: a peer that sends requests faster than they are served
                 // waits here (QUIC: the stream's flow control), until the connection ends.
-                let closed = shared.wait_for(|state| state.closed.is_some().then_some(()));
+                let closed = shared.wait_for_end(|state| state.closed.is_some().then_some(()));
                 let permits = shared.control_permits(bytes.len());
                 let queued = async {
                     // Its bytes are counted against the window until its reader takes them (`WsRecv::read_chunk`).

@@ -210,6 +210,7 @@ impl WsSession {
             state: Mutex::new(State { next_stream: 1, next_wire_id: 1, ..State::default() }),
             wake_writer: Notify::new(),
             changed: Notify::new(),
+            ended: Notify::new(),
             control_in: tokio::sync::Mutex::new(Some(control_rx)),
             control_room,
             datagrams_in: tokio::sync::Mutex::new(datagrams_rx),
@@ -386,7 +387,7 @@ impl WsSession {
     /// Waits until the connection is closed; returns why.
     pub async fn closed(&self) -> WsError {
         let shared = self.shared();
-        let (code, reason) = shared.wait_for(|state| state.closed.clone()).await;
+        let (code, reason) = shared.wait_for_end(|state| state.closed.clone()).await;
         WsError::Closed(code, reason)
     }
 
@@ -453,7 +454,7 @@ impl WsSend {
     /// once this handle is dropped: hold it while waiting).
     pub fn stop_signal(&self) -> impl std::future::Future<Output = ErrorCode> + Send + 'static {
         let (shared, id) = (self.session.0.clone(), self.id);
-        async move { shared.wait_for(|state| state.streams.get(&id).and_then(|s| s.stopped)).await }
+        async move { shared.wait_for_end(|state| state.streams.get(&id).and_then(|s| s.stopped)).await }
     }
 
     /// Waits until the stream ended and everything written was handed to the socket (`Ok(None)`), or the

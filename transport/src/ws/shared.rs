@@ -79,6 +79,11 @@ pub(super) struct Shared {
     pub(super) wake_writer: Notify,
     /// Bytes were written, room was made, or the connection closed.
     pub(super) changed: Notify,
+    /// A stream was stopped by the peer, or the connection is closing or closed: what room streams' stop signals
+    /// and the waits for the close listen to. Not woken by each message written (with `changed`, every room
+    /// stream's stop signal was polled again after every message: a client in 64 rooms sending Pings made the
+    /// server poll 65 tasks per reply).
+    pub(super) ended: Notify,
     pub(super) control_in: tokio::sync::Mutex<Option<mpsc::Receiver<Inbound>>>,
     /// Bytes the control stream may still receive before its reader takes some ([`super::WsConfig::control_window`]):
     /// taken by the read loop for each message it queues, given back as the reader takes them.
@@ -156,6 +161,7 @@ impl Shared {
         drop(state);
         self.wake_writer.notify_one();
         self.changed.notify_waiters();
+        self.ended.notify_waiters();
     }
 
     /// [`Shared::close`] for a breach by the peer, noted for [`super::WsSession::refused`] (only when this close is
@@ -176,6 +182,7 @@ impl Shared {
         drop(state);
         self.wake_writer.notify_one();
         self.changed.notify_waiters();
+        self.ended.notify_waiters();
     }
 
     pub(super) fn is_closed(&self) -> bool {
@@ -184,9 +191,19 @@ impl Shared {
     }
 
     /// Waits until `check` returns something (checked again whenever something changed).
-    pub(super) async fn wait_for<T>(&self, mut check: impl FnMut(&mut State) -> Option<T>) -> T {
+    pub(super) async fn wait_for<T>(&self, check: impl FnMut(&mut State) -> Option<T>) -> T {
+        self.wait_on(&self.changed, check).await
+    }
+
+    /// Waits until `check`, about stops and the close only, returns something (checked again whenever a stream
+    /// was stopped or the connection closes: [`Shared::ended`]).
+    pub(super) async fn wait_for_end<T>(&self, check: impl FnMut(&mut State) -> Option<T>) -> T {
+        self.wait_on(&self.ended, check).await
+    }
+
+    async fn wait_on<T>(&self, notify: &Notify, mut check: impl FnMut(&mut State) -> Option<T>) -> T {
         loop {
-            let changed = self.changed.notified();
+            let changed = notify.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             if let Some(done) = check(&mut lock(&self.state)) {
@@ -434,7 +451,9 @@ impl Shared {
         // A writer of it waiting for the connection window learns of the stop now, not at the next free.
         state.wake_blocked();
         drop(state);
+        self.wake_writer.notify_one();
         self.changed.notify_waiters();
+        self.ended.notify_waiters();
     }
 
     /// Tells the peer to stop sending stream `wire_id` (the client).

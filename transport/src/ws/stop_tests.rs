@@ -66,3 +66,44 @@ async fn streams_the_client_stopped_do_not_count_against_its_bound() {
     }
     drop(server);
 }
+
+/// Counts its wake-ups.
+#[derive(Default)]
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Wakes {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Room streams waiting for a stop are not woken by every message written on the connection: only a stop (or the
+/// close) wakes them. Before, each written message woke every room stream's stop signal (and the read loop's
+/// wait for the close): a client in 64 rooms sending Pings made the server poll 65 tasks per reply.
+#[tokio::test]
+async fn stop_signals_are_not_woken_by_messages_written() {
+    use std::future::Future;
+    let (server_ws, client_ws) = raw_pair(&WsConfig::default()).await;
+    let server = WsSession::start(server_ws, Role::Server, WsConfig::default(), addr());
+    let client = WsSession::start(client_ws, Role::Client, WsConfig::default(), addr());
+    let wakes = std::sync::Arc::new(Wakes::default());
+    let waker = std::task::Waker::from(wakes.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut rooms = Vec::new();
+    let mut signals = Vec::new();
+    for _ in 0..64 {
+        let room = server.open_uni().unwrap();
+        let mut signal = Box::pin(room.stop_signal());
+        assert!(signal.as_mut().poll(&mut cx).is_pending());
+        signals.push(signal);
+        rooms.push(room);
+    }
+    let (_client_send, mut client_recv) = client.open_bi().unwrap();
+    let (mut control, _server_recv) = server.accept_bi().await.unwrap();
+    for _ in 0..200 {
+        control.write_all(b"reply").await.unwrap();
+        within(client_recv.read_chunk()).await.unwrap().unwrap();
+    }
+    assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 0, "stop signals woken by writes");
+    drop(signals);
+}

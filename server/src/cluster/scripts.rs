@@ -233,6 +233,29 @@ end
 return {now, 0, before}
 "#;
 
+/// The end of a dead node's burial, once its rooms' members were ended (`NODE_GONE`). KEYS: the node's rooms
+/// list, its ticks list, its mark, the nodes' set. ARGV: the node, the presence expiry in ms, '1' when the node
+/// retires itself (always buried), the control channel, the message that says it is dead. A node that came back
+/// during the burial (its mark made again, or a beat since the expiry's start) is not buried: only its mark is
+/// deleted again, so that its next beat finds itself buried and announces its members (some ended here) again; its
+/// lists stay, so a burial after its later death still finds its rooms. (Deleted without this check, the lists a
+/// node back from a partition had just filled were lost, and if it died before its next beat its members stayed in
+/// their rooms for good.) Returns 1 when buried, 0 when it came back.
+const BURIED: &str = r#"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local beat = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[1]) or '0')
+local back = redis.call('EXISTS', KEYS[3]) == 1 or beat > now - tonumber(ARGV[2])
+if back and ARGV[3] ~= '1' then
+  redis.call('DEL', KEYS[3])
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"#;
+
 /// Redis came back with older data than a node delivered (a restart from a snapshot or an `everysec` AOF, a
 /// failover to a replica that lagged): the room's seqs would be given again within its epoch, and a client's
 /// position would name another message. KEYS: meta, log. ARGV: the epoch the node delivered in, its last seq, its
@@ -261,6 +284,8 @@ return ARGV[4]
 
 /// The rollback script.
 pub(super) static ROLLED_BACK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ROLLED_BACK));
+/// The end of a burial.
+pub(super) static BURIED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BURIED));
 /// The heartbeat script.
 pub(super) static BEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BEAT));
 /// The post script.

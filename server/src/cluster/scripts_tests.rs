@@ -217,3 +217,49 @@ fn a_post_retried_across_the_switch_is_a_duplicate() {
     let length: u64 = redis::cmd("XLEN").arg(&keys.log).query(&mut redis.conn).unwrap();
     assert_eq!(length, 4, "each post stored once");
 }
+
+/// The end of a burial buries a node that stayed away, and of one that came back meanwhile (its mark made again,
+/// or a beat since the expiry's start) only deletes the mark again, keeping its lists: a burial after its later
+/// death must still find its rooms. Before, the lists were deleted unconditionally, and a node back from a
+/// partition that died before its next beat left its members in their rooms for good. A node retiring itself is
+/// buried whatever its beats.
+#[test]
+fn a_burial_keeps_the_lists_of_a_node_that_came_back_meanwhile() {
+    use crate::cluster::keys;
+    let Some(mut redis) = redis("a_burial_keeps_the_lists_of_a_node_that_came_back_meanwhile") else { return };
+    let c = &mut redis.conn;
+    let bury = |c: &mut redis::Connection, node: &str, retiring: bool| -> u8 {
+        let mut invocation = BURIED_SCRIPT.prepare_invoke();
+        invocation.key(keys::node_rooms(node)).key(keys::node_ticks(node)).key(keys::node_mark(node));
+        invocation.key(keys::NODES).arg(node).arg(10_000u64).arg(if retiring { "1" } else { "0" });
+        invocation.arg(keys::CONTROL).arg(format!("dead {node}")).invoke(c).unwrap()
+    };
+    let listed = |c: &mut redis::Connection, node: &str| {
+        let rooms: bool = redis::cmd("EXISTS").arg(keys::node_rooms(node)).query(c).unwrap();
+        let score: Option<u64> = redis::cmd("ZSCORE").arg(keys::NODES).arg(node).query(c).unwrap();
+        let marked: bool = redis::cmd("EXISTS").arg(keys::node_mark(node)).query(c).unwrap();
+        (rooms, score.is_some(), marked)
+    };
+    let (now_s, _): (u64, u64) = redis::cmd("TIME").query(c).unwrap();
+    let now_ms = now_s * 1000;
+    let node = |c: &mut redis::Connection, name: &str, beat_ms: u64, marked: bool| {
+        redis::cmd("ZADD").arg(keys::NODES).arg(beat_ms).arg(name).query::<()>(c).unwrap();
+        redis::cmd("SADD").arg(keys::node_rooms(name)).arg("r").query::<()>(c).unwrap();
+        redis::cmd("SADD").arg(keys::node_ticks(name)).arg("t").query::<()>(c).unwrap();
+        if marked {
+            redis::cmd("SET").arg(keys::node_mark(name)).arg("token").query::<()>(c).unwrap();
+        }
+    };
+    node(c, "away", 1, false);
+    assert_eq!(bury(c, "away", false), 1);
+    assert_eq!(listed(c, "away"), (false, false, false), "buried");
+    node(c, "back", 1, true);
+    assert_eq!(bury(c, "back", false), 0);
+    assert_eq!(listed(c, "back"), (true, true, false), "came back: only unmarked");
+    node(c, "beating", now_ms, false);
+    assert_eq!(bury(c, "beating", false), 0);
+    assert_eq!(listed(c, "beating"), (true, true, false), "beat since: only unmarked");
+    node(c, "retiring", now_ms, true);
+    assert_eq!(bury(c, "retiring", true), 1);
+    assert_eq!(listed(c, "retiring"), (false, false, false), "retired");
+}

@@ -200,23 +200,18 @@ impl Broker {
             }
             return;
         }
+        // Unless it came back meanwhile (`scripts::BURIED`); a node retiring itself is buried whatever its beats.
         let mut conn = self.conn();
-        let done: redis::RedisResult<()> = redis::pipe()
-            .atomic()
-            .del(keys::node_rooms(&node))
-            .ignore()
-            .del(keys::node_ticks(&node))
-            .ignore()
-            .del(keys::node_mark(&node))
-            .ignore()
-            .zrem(keys::NODES, &node)
-            .ignore()
-            .publish(keys::CONTROL, format!("dead {node}"))
-            .ignore()
-            .query_async(&mut conn)
-            .await;
-        if let Err(err) = done {
-            self.failed(&err);
+        let mut invocation = scripts::BURIED_SCRIPT.prepare_invoke();
+        invocation.key(keys::node_rooms(&node)).key(keys::node_ticks(&node)).key(keys::node_mark(&node));
+        let retiring = node == self.node;
+        let expiry_ms = self.config.presence_expiry.as_millis() as u64;
+        invocation.key(keys::NODES).arg(&node).arg(expiry_ms).arg(if retiring { "1" } else { "0" });
+        invocation.arg(keys::CONTROL).arg(format!("dead {node}"));
+        match invocation.invoke_async::<u8>(&mut conn).await {
+            Ok(0) => tracing::warn!(%node, "a node came back while it was buried: it announces its members again"),
+            Ok(_) => {}
+            Err(err) => self.failed(&err),
         }
     }
 }

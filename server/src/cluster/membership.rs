@@ -175,9 +175,14 @@ pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Ar
             };
             let held: Vec<(SubscriberId, String)> =
                 lock(&room.state).subscribers.iter().map(|(id, sub)| (*id, sub.identity.clone())).collect();
+            // Read under the room's join lock: a join after this takes a higher id.
+            let last = ctx.next_subscriber.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1);
             let mut call = scripts::RECONCILE_SCRIPT.prepare_invoke();
             call.key(&room.keys.meta).key(&room.keys.log).key(&room.keys.members).key(room.keys.holders(node));
-            call.arg(crate::now_us().to_string()).arg(&room.keys.events).arg(ctx.room_ttl_ms);
+            for (id, _) in &held {
+                call.key(room.keys.gone(node, *id));
+            }
+            call.arg(crate::now_us().to_string()).arg(&room.keys.events).arg(ctx.room_ttl_ms).arg(last);
             for (id, identity) in &held {
                 call.arg(*id).arg(identity);
             }

@@ -46,6 +46,9 @@ pub(super) struct Ctx {
     pub(super) codec: FrameCodec,
     /// TTL of an idle room's keys: history age or dedupe window, whichever is longer; 0 (no age bound): none.
     pub(super) room_ttl_ms: u64,
+    /// The next subscription id on this node (a join takes one under its room's join lock: a reconcile that read a
+    /// room's subscriptions under that lock knows every later one by its higher id).
+    pub(super) next_subscriber: std::sync::atomic::AtomicU64,
 }
 
 impl Ctx {

@@ -38,7 +38,6 @@ pub struct RedisRooms {
     ctx: Arc<Ctx>,
     rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>>,
     posts: Arc<PostQueues>,
-    next_subscriber: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisRooms {
@@ -58,7 +57,8 @@ impl RedisRooms {
             age => u64::from(age.max(limits.dedupe_window_s)).max(1) * 1000,
         };
         let codec = FrameCodec::new(limits.max_frame as usize);
-        let ctx = Arc::new(Ctx { broker: broker.clone(), limits, codec, room_ttl_ms });
+        let next_subscriber = AtomicU64::new(1);
+        let ctx = Arc::new(Ctx { broker: broker.clone(), limits, codec, room_ttl_ms, next_subscriber });
         let rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>> = Arc::default();
         let dead_ctx = ctx.clone();
         broker.on_dead(Arc::new(move |node| Box::pin(bury(dead_ctx.clone(), node))));
@@ -67,7 +67,7 @@ impl RedisRooms {
         let (connected_ctx, connected_rooms) = (ctx.clone(), rooms.clone());
         broker
             .on_pubsub_connected(Arc::new(move || Box::pin(reconcile(connected_ctx.clone(), connected_rooms.clone()))));
-        RedisRooms { posts: PostQueues::new(ctx.clone()), ctx, rooms, next_subscriber: AtomicU64::new(1) }
+        RedisRooms { posts: PostQueues::new(ctx.clone()), ctx, rooms }
     }
 
     fn room(&self, name: &str) -> Arc<NodeRoom> {
@@ -179,7 +179,7 @@ impl RoomHub for RedisRooms {
         let pubsub_connections = ctx.broker.pubsub_connections();
         let mut catch_up = false;
         let keys = &room.keys;
-        let subscriber = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        let subscriber = ctx.next_subscriber.fetch_add(1, Ordering::Relaxed);
         list_room(ctx, &name).await?;
         // Undone on any failure from here on, also when the script's reply is lost: it may have run (a leave of a
         // subscription that is not counted is a no-op).

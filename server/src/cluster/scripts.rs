@@ -136,7 +136,8 @@ return {epoch, seq, before, redis.call('HKEYS', KEYS[3])}
 
 /// Ends one subscription of one node (its identity's last one publishes the leave). Idempotent: a subscription
 /// already gone is a no-op, but for its tombstone (`gone`, when given: set for `gone_ms`), which keeps a join of
-/// it that runs later from counting it. Returns 1 if the subscription was there.
+/// it, or a reconcile that read it before this leave, from counting it when it runs later. Returns 1 if the
+/// subscription was there.
 const LEAVE_FN: &str = r#"
 local function leave(meta, log, members, holders, sub, time, channel, ttl, gone, gone_ms)
   local identity = redis.call('HGET', holders, sub)
@@ -179,23 +180,30 @@ return #held
 /// not hold any more ends (Redis back from a snapshot taken before they left; a leave that never reached it), and
 /// every one it holds that Redis does not count is counted (taken after the snapshot: a member that looked absent,
 /// and whose identity's other subscription's leave would have published it gone, though still there), as a join
-/// counts it. KEYS: meta, log, members, the node's holders. ARGV: time µs, events channel, room TTL ms, then the id
-/// and identity of every subscription the node holds in the room. Returns {subscriptions ended, counted}.
+/// counts it. KEYS: meta, log, members, the node's holders, then the tombstone of every subscription the node holds
+/// in the room. ARGV: time µs, events channel, room TTL ms, the node's last subscription id when it read them, then
+/// the id and identity of every one. Run late (its call's connection stalled and was replaced), it neither counts a
+/// subscription whose leave ran meanwhile (its tombstone, as JOIN) nor ends one joined since (an id above the last
+/// one read). (A subscription whose leave found it counted leaves no tombstone, one key per leave for 15 minutes:
+/// a reconcile that read it and runs after that leave counts it again, until the node's next reconcile or
+/// burial.) Returns {subscriptions ended, counted}.
 const RECONCILE: &str = r#"
 local keep = {}
-for i = 4, #ARGV, 2 do keep[ARGV[i]] = true end
+for i = 5, #ARGV, 2 do keep[ARGV[i]] = true end
+local last = tonumber(ARGV[4])
 local ended = 0
 for _, sub in ipairs(redis.call('HKEYS', KEYS[4])) do
-  if not keep[sub] then
+  if not keep[sub] and tonumber(sub) <= last then
     ended = ended + leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], sub, ARGV[1], ARGV[2], ARGV[3], nil, nil)
   end
 end
 local counted = 0
 local fields = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
 if fields[1] then
-  for i = 4, #ARGV, 2 do
+  for i = 5, #ARGV, 2 do
     local identity = ARGV[i + 1]
-    if redis.call('HSETNX', KEYS[4], ARGV[i], identity) == 1 then
+    local gone = KEYS[4 + (i - 3) / 2]
+    if redis.call('EXISTS', gone) == 0 and redis.call('HSETNX', KEYS[4], ARGV[i], identity) == 1 then
       counted = counted + 1
       if redis.call('HINCRBY', KEYS[3], identity, 1) == 1 then
         local op = redis.call('HINCRBY', KEYS[1], 'op', 1)

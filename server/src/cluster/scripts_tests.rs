@@ -263,3 +263,46 @@ fn a_burial_keeps_the_lists_of_a_node_that_came_back_meanwhile() {
     assert_eq!(bury(c, "retiring", true), 1);
     assert_eq!(listed(c, "retiring"), (false, false, false), "retired");
 }
+
+/// `RECONCILE` with `held` (subscription id, identity) read when the node's last subscription id was `last`.
+fn reconcile(redis: &mut Redis, keys: &RoomKeys, last: u64, held: &[(u64, &str)]) -> (u64, u64) {
+    let mut call = RECONCILE_SCRIPT.prepare_invoke();
+    call.key(&keys.meta).key(&keys.log).key(&keys.members).key(keys.holders(NODE));
+    for (id, _) in held {
+        call.key(keys.gone(NODE, *id));
+    }
+    call.arg("3000").arg(&keys.events).arg(0).arg(last);
+    for (id, identity) in held {
+        call.arg(*id).arg(*identity);
+    }
+    call.invoke(&mut redis.conn).unwrap()
+}
+
+/// A reconcile that runs late (its call's connection stalled and was replaced) acts on the node's subscriptions as
+/// they were when it read them: it does not count one whose leave left a tombstone (the leave found it not counted,
+/// as a join does not), nor end one joined since (an id above the last one it read). Before, it counted the left one
+/// (a member present for good) and ended the new one (a member told gone while connected).
+#[test]
+fn a_late_reconcile_neither_counts_a_left_subscription_nor_ends_a_newer_one() {
+    let Some(mut redis) = redis("a_late_reconcile_neither_counts_a_left_subscription_nor_ends_a_newer_one") else {
+        return;
+    };
+    let keys = RoomKeys::new("reconciled");
+    join(&mut redis, &keys, "zed", 3);
+    // Read with 3 and 7 held, 7 not counted by Redis (it lost it); 7 leaves before the reconcile runs.
+    assert_eq!(leave(&mut redis, &keys, 7), 0);
+    assert_eq!(reconcile(&mut redis, &keys, 8, &[(3, "zed"), (7, "ann")]), (0, 0), "not counted after its leave");
+    assert_eq!(members(&mut redis, &keys), ["zed"]);
+    // Read with 3 held and 8 the last id; subscription 9 joins before the reconcile runs.
+    join(&mut redis, &keys, "bob", 9);
+    assert_eq!(reconcile(&mut redis, &keys, 8, &[(3, "zed")]), (0, 0), "not ended");
+    let mut present = members(&mut redis, &keys);
+    present.sort();
+    assert_eq!(present, ["bob", "zed"]);
+    // What a reconcile is for still holds: one the node does not hold (and read since) ends, one it holds that
+    // Redis lost is counted.
+    assert_eq!(reconcile(&mut redis, &keys, 10, &[(3, "zed"), (10, "cyd")]), (1, 1));
+    let mut present = members(&mut redis, &keys);
+    present.sort();
+    assert_eq!(present, ["cyd", "zed"]);
+}

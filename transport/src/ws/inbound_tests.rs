@@ -27,8 +27,12 @@ async fn a_server_opening_too_many_room_streams_at_once_is_closed() {
     for id in 1..=MAX_INBOUND_STREAMS as u64 {
         server.send(stream_message(id, one.clone())).await.unwrap();
     }
-    // Each ended stream frees its place.
+    // An ended stream frees its place once its reader let go of it (over QUIC, once the stream is read to its end or
+    // dropped, not when its end arrives).
     server.send(Message::Binary(WsMessage::Finish { id: 1 }.encode().to_vec())).await.unwrap();
+    let mut first = within(client.accept_uni()).await.unwrap();
+    while within(first.read_chunk()).await.unwrap().is_some() {}
+    drop(first);
     server.send(stream_message(MAX_INBOUND_STREAMS as u64 + 1, one.clone())).await.unwrap();
     let ping = async { tokio::time::sleep(Duration::from_millis(100)).await };
     tokio::select! {
@@ -134,4 +138,73 @@ async fn bytes_of_finished_streams_at_the_bound_end_only_the_stream_that_came_ne
     let _ = tokio::time::timeout(Duration::from_millis(300), quiet).await;
     assert_eq!(stops, [next], "only the stream whose bytes did not fit ends");
     drop(client);
+}
+
+/// Streams the server ends at once still count against the bound on open streams while their readers hold them:
+/// counted only until their ends came, a server finishing each stream right after its first bytes had every one
+/// handed out (each reader parked, over QUIC bounded by the stream credit quinn gives back only as readers let go).
+#[tokio::test]
+async fn finished_streams_count_while_their_readers_hold_them() {
+    let (mut server, client) = hostile_server().await;
+    let mut held = Vec::new();
+    for id in 1..=MAX_INBOUND_STREAMS as u64 + 1 {
+        server.send(stream_message(id, Bytes::from_static(b"x"))).await.unwrap();
+        server.send(Message::Binary(WsMessage::Finish { id }.encode().to_vec())).await.unwrap();
+        let accepted = tokio::select! {
+            stream = client.accept_uni() => stream,
+            closed = client.closed() => Err(closed),
+        };
+        match accepted {
+            Ok(stream) => held.push(stream),
+            Err(closed) => {
+                assert!(id > MAX_INBOUND_STREAMS as u64, "closed at stream {id}: {closed:?}");
+                break;
+            }
+        }
+    }
+    match within(client.closed()).await {
+        WsError::Closed(ErrorCode::ProtocolViolation, reason) => assert!(reason.contains("room streams"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(held.len() <= MAX_INBOUND_STREAMS, "{} handed out", held.len());
+}
+
+/// Stops wait in a bounded queue: a server that takes none of them (its socket full) while it opens streams whose
+/// readers stop them has the connection closed, instead of the stops piling up without bound.
+#[tokio::test]
+async fn stops_a_server_never_takes_are_bounded() {
+    let config = WsConfig::default();
+    let (a, b) = tokio::io::duplex(1024);
+    let mut server = WebSocketStream::from_raw_socket(
+        a,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        Some(config.websocket()),
+    )
+    .await;
+    let client_ws = WebSocketStream::from_raw_socket(
+        b,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        Some(config.websocket()),
+    )
+    .await;
+    let client = WsSession::start(client_ws, Role::Client, config, addr());
+    // The server never reads: the client's first stops fill the pipe and the WebSocket's write buffer, the rest
+    // wait.
+    for id in 1..=3 * super::shared::MAX_STOPS as u64 {
+        server.send(stream_message(id, Bytes::from_static(b"x"))).await.unwrap();
+        let accepted = tokio::select! {
+            stream = client.accept_uni() => stream,
+            closed = client.closed() => Err(closed),
+        };
+        match accepted {
+            Ok(mut stream) => stream.stop(ErrorCode::NoError),
+            Err(_) => break,
+        }
+    }
+    // The server reads now: the close comes through.
+    tokio::spawn(async move { while futures_util::StreamExt::next(&mut server).await.is_some() {} });
+    match within(client.closed()).await {
+        WsError::Closed(ErrorCode::ProtocolViolation, reason) => assert!(reason.contains("stops"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -270,6 +270,10 @@ struct Streams {
     last: u64,
     /// Bytes of every stream waiting for their readers.
     total: Arc<AtomicUsize>,
+    /// Streams whose queue is alive ([`RoomQueue`]): a stream the server ended still counts while its reader holds
+    /// it (counted only until their ends came, a server finishing each stream at once, its reader parked, had them
+    /// handed out without bound).
+    live: Arc<AtomicUsize>,
 }
 
 impl Drop for Streams {
@@ -299,16 +303,17 @@ impl Streams {
                 return Ok(None);
             }
             let max = shared.max_streams_in.load(Ordering::Relaxed);
-            if self.open.len() >= max {
-                // Streams this end stopped count no more (their late bytes are dropped by `last`): a server that
-                // does not answer a stop with an end would otherwise have them counted for the connection's life.
+            if self.live.load(Ordering::Relaxed) >= max {
+                // Streams this end stopped count no more once their readers let go (their late bytes are dropped
+                // by `last`): a server that does not answer a stop with an end would otherwise have them counted
+                // for the connection's life.
                 self.open.retain(|_, queue| !queue.is_reader_gone());
             }
-            if self.open.len() >= max {
+            if self.live.load(Ordering::Relaxed) >= max {
                 return Err(TooManyStreams(max));
             }
             self.last = id;
-            let queue = RoomQueue::new(self.total.clone(), id);
+            let queue = RoomQueue::new(self.total.clone(), self.live.clone(), id);
             if inbound.streams.send(PendingStream { queue: queue.clone() }).is_err() {
                 return Ok(None);
             }

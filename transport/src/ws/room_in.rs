@@ -28,6 +28,15 @@ pub(super) struct RoomQueue {
     total: Arc<AtomicUsize>,
     /// The stream's id on the wire (for a stop).
     id: u64,
+    /// Room streams of the connection whose queue is alive (handed out and not dropped by both the read loop and the
+    /// reader): the bound on streams open at once counts these, not only those whose end has not come.
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for RoomQueue {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Relaxed);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -51,8 +60,9 @@ pub(super) enum Pushed {
 }
 
 impl RoomQueue {
-    pub(super) fn new(total: Arc<AtomicUsize>, id: u64) -> Arc<RoomQueue> {
-        Arc::new(RoomQueue { state: Mutex::default(), ready: Notify::new(), total, id })
+    pub(super) fn new(total: Arc<AtomicUsize>, live: Arc<AtomicUsize>, id: u64) -> Arc<RoomQueue> {
+        live.fetch_add(1, Relaxed);
+        Arc::new(RoomQueue { state: Mutex::default(), ready: Notify::new(), total, id, live })
     }
 
     /// The stream's id on the wire.

@@ -14,6 +14,9 @@ use tokio::sync::{mpsc, Notify};
 
 use super::{Handle, Role, WsConfig, WsError, MAX_CHUNK};
 
+/// Stops waiting to be written at most ([`Shared::send_stop`]).
+pub(super) const MAX_STOPS: usize = super::MAX_INBOUND_STREAMS;
+
 /// How a stream ends.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum End {
@@ -456,9 +459,18 @@ impl Shared {
         self.ended.notify_waiters();
     }
 
-    /// Tells the peer to stop sending stream `wire_id` (the client).
+    /// Tells the peer to stop sending stream `wire_id` (the client). A server that takes none of them (its socket
+    /// full) while it opens more streams has the connection closed at [`MAX_STOPS`] waiting: each stream owes one
+    /// stop, and they were queued without bound.
     pub(super) fn send_stop(&self, wire_id: u64, code: ErrorCode) {
-        lock(&self.state).stops.push_back((wire_id, code));
+        let mut state = lock(&self.state);
+        if state.stops.len() >= MAX_STOPS {
+            drop(state);
+            let reason = format!("the server opened streams faster than it took {MAX_STOPS} stops of them");
+            return self.refuse(ErrorCode::ProtocolViolation, &reason);
+        }
+        state.stops.push_back((wire_id, code));
+        drop(state);
         self.wake_writer.notify_one();
     }
 }

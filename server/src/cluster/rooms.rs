@@ -94,6 +94,23 @@ impl RedisRooms {
 }
 
 /// The node's room of that name, made (not subscribed to) if it has none.
+/// Ends a join's subscription in Redis if the join is dropped before it completes (also after an error: a leave of a
+/// subscription not counted is a no-op).
+struct UndoOnDrop {
+    ctx: Arc<Ctx>,
+    room: String,
+    subscriber: SubscriberId,
+    armed: bool,
+}
+
+impl Drop for UndoOnDrop {
+    fn drop(&mut self) {
+        if let (true, Ok(runtime)) = (self.armed, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(self.ctx.clone().leave(self.room.clone(), self.subscriber));
+        }
+    }
+}
+
 pub(super) fn node_room(ctx: &Arc<Ctx>, rooms: &Mutex<HashMap<String, Arc<NodeRoom>>>, name: &str) -> Arc<NodeRoom> {
     lock(rooms)
         .entry(name.to_string())
@@ -187,6 +204,9 @@ impl RoomHub for RedisRooms {
             tokio::spawn(ctx.clone().leave(name.clone(), subscriber));
             failure
         };
+        // The same if this join is dropped from here on (the connection ended while it waited for Redis): its
+        // subscription may be counted by the script, and nothing else would end it.
+        let mut dropped = UndoOnDrop { ctx: ctx.clone(), room: name.clone(), subscriber, armed: true };
         let (epoch, seq, op_before, mut members) =
             join_script(ctx, keys, &identity, subscriber, now_us).await.map_err(|err| undo(ctx.unavailable(err)))?;
         let mut conn = ctx.broker.conn();
@@ -286,6 +306,7 @@ impl RoomHub for RedisRooms {
         }
         let replay =
             plan.rest.map(|(after, upto)| Replay::new(replay_rest(ctx.clone(), keys.log.clone(), after, upto, outbox)));
+        dropped.armed = false;
         Ok(Joining { joined, subscriber, delivery, replay })
     }
 

@@ -280,7 +280,13 @@ impl<R: RoomHub> Connection<R> {
                     outbox: outbox.clone(),
                     now_us,
                 };
-                match self.rooms.join(request).await {
+                // Not past the connection's end either: a room to load or create may wait for the store (a stalled
+                // disk), and the token's expiry and a shutdown do not wait for it (nor for a broker).
+                let joined = tokio::select! {
+                    joined = self.rooms.join(request) => joined,
+                    failure = self.ending() => Err(failure),
+                };
+                match joined {
                     Ok(joining) => {
                         joining.delivery.flush();
                         if let Some(replay) = joining.replay {
@@ -317,7 +323,11 @@ impl<R: RoomHub> Connection<R> {
             },
             RoomRequest::History { room, since, limit } => {
                 let budget = self.state.history_budget();
-                self.rooms.history(&room, since, limit, budget, now_us).await.map(Reply::History)
+                // (A store read that never returns does not hold the connection past its end.)
+                tokio::select! {
+                    page = self.rooms.history(&room, since, limit, budget, now_us) => page.map(Reply::History),
+                    failure = self.ending() => Err(failure),
+                }
             }
         }
     }
@@ -343,7 +353,14 @@ impl<R: RoomHub> Connection<R> {
                 fence.refused(order, room, id);
             }
         };
-        let progress = match self.rooms.sequence_post(message).await {
+        // Not past the connection's end: a post to a room to load or create may wait for the store. (Dropped there,
+        // a post the broker may have sequenced is answered to the client's retry, same `client_msg_id`, as the
+        // duplicate it is.)
+        let sequenced = tokio::select! {
+            sequenced = self.rooms.sequence_post(message) => sequenced,
+            failure = self.ending() => Err(failure),
+        };
+        let progress = match sequenced {
             Ok(progress) => progress,
             Err(failure) => {
                 refused(&self.fence, &failure, &post.room, post.client_msg_id);

@@ -146,3 +146,62 @@ async fn a_server_config_out_of_range_is_refused_naming_its_key() {
     assert!(refused(ServerConfig { limits, ..dev() }).starts_with("limits.handshake_timeout_ms: at most 60000"));
     drop(Server::bind(dev()).expect("the defaults are in range"));
 }
+
+/// A Join waiting for the store (its new room's creation, the writer stalled: a hung disk) does not hold the
+/// connection past its token's expiry: it is refused `Unavailable` at the expiry and the connection closes
+/// `TokenExpired`. Before, the control loop waited in the store's call, and the session outlived its token (and a
+/// shutdown waited out its drain) for as long as the disk stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_waiting_for_a_stalled_store_ends_at_the_tokens_expiry() {
+    use quiver_proto::{ErrorCode, FrameCodec, Hello, Join, Limits, Request, RequestBody, ServerMsg};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())).unwrap();
+    let addr = server.local_addr();
+    let (go, wait) = std::sync::mpsc::channel();
+    drop(server.store().expect("a durable store").submit(crate::store::Op::Hold(std::sync::Mutex::new(wait))));
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(server.run(shutdown.clone()));
+
+    let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = quiver_client::trust::quinn_client_config(&trust, addr, quiver_proto::ALPN_QUIVER).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let token = quiver_auth::mint_dev(dir.path(), &quiver_auth::Claims::everything("brief", now_s, 3)).unwrap();
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let hello = Hello { version: quiver_proto::PROTOCOL_VERSION, agent: "test".into(), name: None, token: Some(token) };
+    let mut chunk = codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) }).unwrap();
+    let join = Join { room: "new".into(), since: None, redundant: false };
+    codec.encode(&Request { req_id: 1, body: RequestBody::Join(join) }, &mut chunk).unwrap();
+    let sent = std::time::Instant::now();
+    send.write_all(&chunk).await.unwrap();
+    let mut inbound = bytes::BytesMut::new();
+    let mut replies = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            if let Some(msg) = codec.decode::<ServerMsg>(&mut inbound).unwrap() {
+                replies.push(msg);
+                continue;
+            }
+            match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
+                _ => return,
+            }
+        }
+    });
+    let ended = read.await.is_ok();
+    let took = sent.elapsed();
+    go.send(()).unwrap();
+    assert!(ended, "the connection outlived its token while the store stalled: {replies:?}");
+    assert!(took < Duration::from_millis(5_500), "ended after {took:?}");
+    let refused = replies.iter().any(|msg| {
+        matches!(msg, ServerMsg::Reply { req_id: 1, result: Err(failure) } if failure.code == ErrorCode::Unavailable)
+    });
+    assert!(refused, "{replies:?}");
+    let closed = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await.expect("closed");
+    assert!(format!("{closed:?}").contains("token"), "{closed:?}");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
+}

@@ -276,7 +276,7 @@ impl super::Driver {
                 Ok((entry, events, Some(since.or(started).unwrap_or(head))))
             }
             other => {
-                self.rooms.remove(&entry);
+                self.forget_room(&entry);
                 Err(other.map_or_else(|err| err, RequestError::unexpected))
             }
         }

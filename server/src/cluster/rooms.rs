@@ -199,20 +199,15 @@ impl RoomHub for RedisRooms {
         let subscriber = ctx.next_subscriber.fetch_add(1, Ordering::Relaxed);
         list_room(ctx, &name).await?;
         // Undone on any failure from here on, also when the script's reply is lost: it may have run (a leave of a
-        // subscription that is not counted is a no-op).
-        let undo = |failure: Failure| {
-            tokio::spawn(ctx.clone().leave(name.clone(), subscriber));
-            failure
-        };
-        // The same if this join is dropped from here on (the connection ended while it waited for Redis): its
-        // subscription may be counted by the script, and nothing else would end it.
+        // subscription that is not counted is a no-op); and if this join is dropped from here on (its connection
+        // ended while it waited for Redis), since nothing else would end it. Every return but the success's drops
+        // this armed.
         let mut dropped = UndoOnDrop { ctx: ctx.clone(), room: name.clone(), subscriber, armed: true };
         let (epoch, seq, op_before, mut members) =
-            join_script(ctx, keys, &identity, subscriber, now_us).await.map_err(|err| undo(ctx.unavailable(err)))?;
+            join_script(ctx, keys, &identity, subscriber, now_us).await.map_err(|err| ctx.unavailable(err))?;
         let mut conn = ctx.broker.conn();
-        let epoch: u64 = epoch.parse().map_err(|_| undo(Failure::new(ErrorCode::Internal, "unreadable room epoch")))?;
-        let plan =
-            plan(ctx, &mut conn, &keys.log, epoch, seq, since).await.map_err(|err| undo(ctx.unavailable(err)))?;
+        let epoch: u64 = epoch.parse().map_err(|_| Failure::new(ErrorCode::Internal, "unreadable room epoch"))?;
+        let plan = plan(ctx, &mut conn, &keys.log, epoch, seq, since).await.map_err(|err| ctx.unavailable(err))?;
         members.sort();
         let mut joined = Joined {
             room: name.clone(),
@@ -239,10 +234,10 @@ impl RoomHub for RedisRooms {
                 true => {
                     drop(state);
                     delivery.flush();
-                    return Err(undo(Failure::new(
+                    return Err(Failure::new(
                         ErrorCode::Unavailable,
                         format!("room {name} moved on faster than this join could follow; retry"),
-                    )));
+                    ));
                 }
             };
             if !was_live {
@@ -257,10 +252,10 @@ impl RoomHub for RedisRooms {
                     state.pending.clear();
                     drop(state);
                     delivery.flush();
-                    return Err(undo(Failure::new(
+                    return Err(Failure::new(
                         ErrorCode::Unavailable,
                         format!("room {name} changed while this join was under way; retry"),
-                    )));
+                    ));
                 }
                 // Which message is at `seq`, if the join read it (a resume's or a gap's replay ends there): else the
                 // node does not know it until it delivers one, and its rollback check compares seqs and ops only.

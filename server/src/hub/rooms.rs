@@ -116,7 +116,7 @@ pub struct LocalRooms {
     aged_cursor: Mutex<Option<Vec<u8>>>,
     /// Loads from the store under way at most ([`LOADS_AT_ONCE`]): requests for rooms not in memory (clients
     /// rejoining a big room after a restart, all at once) wait here, and find the room loaded by the first.
-    loads: tokio::sync::Semaphore,
+    loads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Counts of removed rooms, by a hash of the name.
@@ -143,7 +143,7 @@ impl LocalRooms {
             removals: (0..REMOVAL_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             removal_hasher: std::collections::hash_map::RandomState::new(),
             aged_cursor: Mutex::new(None),
-            loads: tokio::sync::Semaphore::new(LOADS_AT_ONCE),
+            loads: Arc::new(tokio::sync::Semaphore::new(LOADS_AT_ONCE)),
         }
     }
 
@@ -192,8 +192,14 @@ impl LocalRooms {
             if let Some(room) = self.existing(name) {
                 return Ok(Some(room));
             }
-            let _load = match &self.store {
-                Some(_) => Some(self.loads.acquire().await.map_err(|_| Failure::new(ErrorCode::Internal, "closed"))?),
+            // Held until the room is in the map (later requests find it loaded), and by the read itself too (on the
+            // blocking pool): a request given up while the read is stuck (a stalled disk, its connection ended)
+            // must not let another read start beside it.
+            let load = match &self.store {
+                Some(_) => {
+                    let permit = self.loads.clone().acquire_owned().await;
+                    Some(Arc::new(permit.map_err(|_| Failure::new(ErrorCode::Internal, "closed"))?))
+                }
                 None => None,
             };
             // Loaded by another request while this one waited for its turn: that room.
@@ -202,7 +208,7 @@ impl LocalRooms {
             }
             let removals = self.removals_of(name).load(Ordering::Acquire);
             // Read outside the map's lock; the map is checked again (`settle`).
-            let stored = self.load_stored(name, now_us).await?;
+            let stored = self.load_stored(name, now_us, load.clone()).await?;
             match self.settle(name, create, now_us, removals, stored)? {
                 Found::Room(room) => return Ok(Some(room)),
                 Found::Absent => return Ok(None),

@@ -13,12 +13,14 @@ impl LocalRooms {
         &self,
         name: &str,
         now_us: u64,
+        permit: Option<std::sync::Arc<tokio::sync::OwnedSemaphorePermit>>,
     ) -> Result<Option<(StoredRoom, Option<TrimPlan>)>, Failure> {
         let Some(store) = &self.store else { return Ok(None) };
         let window_us = u64::from(self.limits.dedupe_window_s) * 1_000_000;
         let entries = self.limits.dedupe_max_entries as usize;
         let (store, owned, retention) = (store.clone(), name.to_string(), self.retention());
         let loaded = tokio::task::spawn_blocking(move || {
+            let _permit = permit; // let go when the read is done, however long the waiter waited
             let stored = store.load_room(&owned, now_us, window_us, entries)?;
             Ok::<_, crate::store::StoreError>(stored.map(|stored| {
                 let plan = plan_at_load(&store, &stored, &retention, now_us);

@@ -14,10 +14,13 @@
 //! fjall would have done) besides moving the store aside. A torn tail holds no complete batch after the break, so
 //! a crash's restart is not refused.
 //!
-//! Not told apart: after a power cut under `os` durability (batches written but not synced), the disk may keep a
-//! later page of the journal and lose an earlier one; that is refused too, and cutting the journal then loses what
-//! the machine's crash lost anyway (the rooms get new epochs: `mark.rs`). A torn batch whose item bytes happen to
-//! hold a complete batch of their own (a post's body made to look like one) would be refused the same way.
+//! A power cut can also leave a break with whole batches after it: batches written and not synced (a retention
+//! deletion, written without a sync of its own, before a post whose sync did not finish; anything under `os`) may
+//! come back with an earlier page lost and a later one kept. A page the disk never wrote reads as zeros, so a break
+//! followed by a sector or more of zeros up to a page boundary is taken for that torn write, and fjall's cut is
+//! right (nothing acknowledged under `fsync` is after it). Not told apart: damage that zeroes such a run (taken for
+//! a torn write, as fjall takes every break), and a torn batch whose item bytes happen to hold a complete batch of
+//! their own (a post's body made to look like one: refused as damage).
 
 use std::path::{Path, PathBuf};
 
@@ -51,9 +54,8 @@ impl std::fmt::Display for Damage {
         write!(
             f,
             "the journal {journal} cannot be read past byte {cut}, yet complete batches follow from byte {} (of {}): \
-             damage in its middle, not a crash's torn tail, and replaying it would drop everything after byte \
-             {cut}. To start with what comes before the damage (the batches after it are lost, as a replay would \
-             lose them), cut the journal there: `truncate -s {cut} {journal}`",
+             damage in its middle, not a crash's torn tail, where a replay stops. To start with what comes before \
+             the damage (the batches after it are lost), cut the journal there: `truncate -s {cut} {journal}`",
             self.batch_after, self.len
         )
     }
@@ -139,11 +141,30 @@ fn break_with_batches_after(journal: &[u8]) -> Option<(usize, usize)> {
     let mut from = cut + 1;
     while let Some(start) = next_nonzero(journal, from) {
         if journal[start] == START && batch_at(journal, start).is_some() {
-            return Some((cut, start));
+            return (!looks_torn(&journal[cut..start], cut)).then_some((cut, start));
         }
         from = start + 1;
     }
     None
+}
+
+/// Whether the bytes between a break (at `cut`) and the whole batch after it hold a page the disk never wrote: at
+/// least [`SECTOR`] zeros ending at a page boundary. Batches written but not synced when the power went (a
+/// retention deletion, written without a sync of its own, before a post whose sync did not finish; or anything
+/// under `os`) may come back with an earlier page lost and a later one kept: that is a torn write, nothing
+/// acknowledged after it under `fsync`, and fjall's cut is right. Bit rot or a bad copy seldom leaves such a run
+/// (one that does is taken for a torn write too, as fjall alone takes every break).
+fn looks_torn(between: &[u8], cut: usize) -> bool {
+    const PAGE: usize = 4096;
+    const SECTOR: usize = 512;
+    let mut zeros = 0;
+    for (offset, byte) in between.iter().enumerate() {
+        zeros = if *byte == 0 { zeros + 1 } else { 0 };
+        if zeros >= SECTOR && (cut + offset + 1).is_multiple_of(PAGE) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The first byte at or after `from` that is not zero.
@@ -257,12 +278,24 @@ mod tests {
         let mut zeros = whole.clone();
         zeros.extend(vec![0; 10_000]);
         assert_eq!(break_with_batches_after(&zeros), None);
-        // A torn tail, then zeros, then a whole batch: damage, found past the zeros.
-        let mut past = whole[..starts[9] + 7].to_vec();
-        past.extend(vec![0; 10_000]);
-        let after = past.len();
-        past.extend(&whole[starts[8]..starts[9]]);
-        assert_eq!(break_with_batches_after(&past), Some((starts[9], after)));
+        // A page the disk never wrote (zeros up to a page boundary), then a whole batch: a torn write after a power
+        // cut (a batch written and not synced before one whose sync did not finish), not damage.
+        let mut torn_page = whole[..starts[9] + 7].to_vec();
+        torn_page.resize(torn_page.len().next_multiple_of(4096) + 4096, 0);
+        torn_page.extend(&whole[starts[8]..starts[9]]);
+        assert_eq!(break_with_batches_after(&torn_page), None);
+        // Zeros not up to a page boundary, or fewer than a sector up to one: damage, found past them.
+        let mut short = whole[..starts[9] + 7].to_vec();
+        short.resize(short.len() + 1000, 0);
+        let after = short.len();
+        short.extend(&whole[starts[8]..starts[9]]);
+        assert!(after < 4096);
+        assert_eq!(break_with_batches_after(&short), Some((starts[9], after)));
+        let mut sector = whole[..starts[9] + 7].to_vec();
+        sector.resize(4096 - 300, 0xff);
+        sector.resize(4096, 0);
+        sector.extend(&whole[starts[8]..starts[9]]);
+        assert_eq!(break_with_batches_after(&sector), Some((starts[9], 4096)));
         // The last batch with a byte of an item wrong (a torn write of its middle): fjall's checksum, not a break
         // with batches after it.
         let mut torn = whole.clone();

@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, Notify};
 
 use super::{Handle, Role, WsConfig, WsError, MAX_CHUNK};
 
-/// Stops waiting to be written at most ([`Shared::send_stop`]).
+/// Stops waiting to be written at most ([`Shared::send_stop`]), or the streams the server may have open at once if
+/// more.
 pub(super) const MAX_STOPS: usize = super::MAX_INBOUND_STREAMS;
 
 /// How a stream ends.
@@ -463,10 +464,12 @@ impl Shared {
     /// full) while it opens more streams has the connection closed at [`MAX_STOPS`] waiting: each stream owes one
     /// stop, and they were queued without bound.
     pub(super) fn send_stop(&self, wire_id: u64, code: ErrorCode) {
+        // Each stream open at once owes at most one stop: the bound grows with what the server's Welcome allows.
+        let max = MAX_STOPS.max(self.max_streams_in.load(std::sync::atomic::Ordering::Relaxed));
         let mut state = lock(&self.state);
-        if state.stops.len() >= MAX_STOPS {
+        if state.stops.len() >= max {
             drop(state);
-            let reason = format!("the server opened streams faster than it took {MAX_STOPS} stops of them");
+            let reason = format!("the server opened streams faster than it took {max} stops of them");
             return self.refuse(ErrorCode::ProtocolViolation, &reason);
         }
         state.stops.push_back((wire_id, code));

@@ -114,6 +114,27 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+/// A handler [`Broker::subscribe`] put in place, taken away again when dropped unless `kept`.
+struct Registered<'a> {
+    handlers: &'a Mutex<HashMap<String, Arc<dyn ChannelHandler>>>,
+    channel: &'a str,
+    handler: Arc<dyn ChannelHandler>,
+    kept: bool,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let mut handlers = lock(self.handlers);
+        let ours = handlers.get(self.channel).is_some_and(|current| Arc::ptr_eq(current, &self.handler));
+        if ours {
+            handlers.remove(self.channel);
+        }
+    }
+}
+
 impl Broker {
     /// A broker client for `config` (nothing is connected before [`Broker::connect`]; the hubs route their
     /// channels first).
@@ -240,7 +261,11 @@ impl Broker {
     /// subscription (so nothing published after this returns is missed, unless the connection drops, which the
     /// handler is told of).
     pub(crate) async fn subscribe(&self, channel: &str, handler: Arc<dyn ChannelHandler>) -> Result<(), Unreachable> {
-        lock(&self.handlers).insert(channel.to_string(), handler);
+        lock(&self.handlers).insert(channel.to_string(), handler.clone());
+        // Routed only once confirmed: a subscribe that fails, or is dropped on the way (its join given up when its
+        // connection ended), leaves no handler behind (the next Pub/Sub connection would subscribe it again, and the
+        // node take the room's events for good). Not a newer subscribe's handler of the channel.
+        let mut registered = Registered { handlers: &self.handlers, channel, handler, kept: false };
         let sink = lock(&self.sink).clone();
         let outcome = match sink {
             Some(mut sink) => match tokio::time::timeout(self.config.request_timeout, sink.subscribe(channel)).await {
@@ -253,9 +278,7 @@ impl Broker {
             },
             None => Err(Unreachable::NoPubSub),
         };
-        if outcome.is_err() {
-            lock(&self.handlers).remove(channel);
-        }
+        registered.kept = outcome.is_ok();
         outcome
     }
 

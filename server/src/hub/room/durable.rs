@@ -150,7 +150,13 @@ impl Room {
     /// The room's creation is stored: it may leave memory from now on.
     pub fn settle(&mut self) {
         if let Some(disk) = &mut self.disk {
-            (disk.settled, disk.creating) = (true, None);
+            disk.settled = true;
+            // Its outcome taken (stored: a barrier after it completed), the commit is let go of without writing
+            // what other tasks queued under `os` (a commit dropped unwritten writes the queue, here under this
+            // room's lock).
+            if let Some(mut created) = disk.creating.take() {
+                let _ = created.outcome();
+            }
         }
     }
 

@@ -34,3 +34,23 @@ test('a server that closes the WebTransport session before Welcome: its code is 
     (err) => err instanceof QuiverError && err.code === ErrorCode.TooManyConnections && /too many/.test(err.message),
   );
 });
+
+test('a server that finishes the control stream and then closes with a code: the client reports that code, not NoError', async (t) => {
+  const server = new FakeServer();
+  const client = await connect(t, server, { reconnect: false });
+  // The fake finishes every stream before the session's `closed` settles, as a server's close after its FIN does.
+  server.connections[0].close({ closeCode: ErrorCode.TokenExpired, reason: 'the access token expired' });
+  await until('closed', () => client.status === 'closed');
+  assert.equal(client.closeReason.code, ErrorCode.TokenExpired);
+  assert.match(client.closeReason.reason, /token expired/);
+});
+
+test('a connect timeout of Infinity (never give up) connects, and one that is not a number is refused', async (t) => {
+  const server = new FakeServer();
+  const client = await connect(t, server, { connectTimeoutMs: Infinity });
+  assert.equal(client.status, 'connected');
+  await assert.rejects(
+    QuiverClient.connect(URL_, { transport: server.transport, connectTimeoutMs: 'soon' }),
+    (err) => err instanceof TypeError && /connectTimeoutMs/.test(err.message),
+  );
+});

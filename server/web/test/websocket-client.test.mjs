@@ -61,13 +61,17 @@ test('auto: WebTransport not ready in time falls back to the WebSocket, which se
   await until('ann has five', () => a.messages().length === 5);
   assert.deepEqual(a.seqs(), [1, 2, 3, 4, 5]);
 
-  // A lost connection: the reconnect goes straight to the WebSocket (WebTransport would work by now).
+  // A lost connection: the reconnect tries both at once, WebTransport hanging again as when the fallback was
+  // chosen: the WebSocket at once, with no fallback timeout spent first.
+  server.webTransportHangs = true;
   const before = server.connections.length;
+  const lost = Date.now();
   ws.kill();
   const annIsBack = () => server.connections.slice(before).some((c) => c.alive && c.identity === 'ann');
   await until('reconnected', () => ann.status === 'connected' && annIsBack());
+  assert.ok(Date.now() - lost < 1000, 'no fallback timeout spent on WebTransport');
   const again = server.connections.slice(before); // bob's connection is not touched: all of these are ann's
-  assert.ok(again.length >= 1 && again.every(isWebSocket), 'no WebTransport attempt after the fallback');
+  assert.ok(again.some((c) => c.alive && isWebSocket(c)), 'back over the WebSocket');
   assert.deepEqual(transports.length, 1, 'the transport did not change');
   await bob.post('lobby', 'six');
   await until('ann has six', () => a.messages().length === 6);
@@ -371,4 +375,20 @@ test('a server that closes the WebSocket before Welcome: its code is the error\'
   await until('an attempt refused for now', () => attempts.some((a) => a.lastError?.code === ErrorCode.ServerFull));
   server.closeAtHello = null;
   await until('reconnected', () => client.status === 'connected');
+});
+
+test('auto: after a fallback, a reconnect whose WebSocket is gone goes back to WebTransport, and the fallback is forgotten', async (t) => {
+  const server = new FakeServer();
+  server.webTransportHangs = true;
+  const { client, transports } = await connectAuto(t, server, { name: 'ann' });
+  assert.equal(client.transport, 'websocket');
+  // WebTransport works again; the WebSocket's port or proxy is gone.
+  server.webTransportHangs = false;
+  server.webSocketDown = true;
+  const before = server.connections.length;
+  server.connections.find((c) => c.alive && isWebSocket(c)).kill();
+  await until('reconnected', () => client.status === 'connected' && client.transport === 'webtransport');
+  assert.ok(server.connections.slice(before).some((c) => c.alive && !isWebSocket(c)));
+  assert.equal(transports.at(-1)[0], 'webtransport');
+  assert.equal(transports.at(-1)[1], null, 'no fallback any more');
 });

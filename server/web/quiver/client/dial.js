@@ -1,7 +1,8 @@
 // How a client reaches the server: over WebTransport (QUIC), over the WebSocket fallback (TCP, client/websocket.js),
 // or, the default ('auto'), WebTransport first and the WebSocket too when WebTransport fails or is not ready in time,
-// the first one ready used and the other closed. Once the WebSocket won, the client's reconnects go straight to it
-// (as the Rust client's Transport::Auto).
+// the first one ready used and the other closed. Once the WebSocket won, the client's reconnects try both at once
+// (no fallback timeout spent on a WebTransport that was blocked, and none kept from one that works again: a blocked
+// moment passed, a WebSocket port or proxy gone), as the Rust client's Transport::Auto.
 
 import { WebSocketTransport } from './websocket.js';
 
@@ -51,7 +52,13 @@ export function transportOptions(options) {
     throw new TypeError(`fallbackTimeoutMs must be a finite number of ms, at least 0, got ${String(ms)}`);
   }
   const connectMs = out.connectTimeoutMs;
-  const most = typeof connectMs === 'number' && connectMs >= 0 ? connectMs / 2 : Infinity;
+  if (typeof connectMs !== 'number' || Number.isNaN(connectMs) || connectMs < 0) {
+    throw new TypeError(`connectTimeoutMs must be a number of ms, at least 0, got ${String(connectMs)}`);
+  }
+  // Infinity (never give up) and anything past what setTimeout takes (2^31 - 1 ms, about 24.8 days) are that: a
+  // browser fires a longer timer at once, and every connect failed on the spot.
+  out.connectTimeoutMs = Math.min(connectMs, 2 ** 31 - 1);
+  const most = out.connectTimeoutMs / 2;
   out.fallbackTimeoutMs = Math.min(ms, most, 2 ** 31 - 1); // setTimeout takes at most 2^31 - 1
   out.certHashes = out.certHash ? [{ algorithm: 'sha-256', value: certHashBytes(out.certHash) }] : null;
   return out;
@@ -96,7 +103,8 @@ export class Dialer {
   #websocketUrls = new Map(); // WebTransport URL -> WebSocket URL
   /**
    * Why WebTransport was given up for the WebSocket ('auto'): set when a WebSocket won a race because WebTransport
-   * had failed or was not ready yet, and then kept for the rest of the client's life; else null.
+   * had failed or was not ready yet, and kept until WebTransport wins one again; else null. While set, both are
+   * tried at once.
    */
   fallback = null;
 
@@ -120,7 +128,7 @@ export class Dialer {
     if (mode === 'webtransport' || (mode === 'auto' && typeof webSocket !== 'function')) {
       return this.#one(this.#webTransport(url), 'webtransport', signal);
     }
-    if (mode === 'websocket' || this.fallback !== null) return this.#one(this.#webSocket(url), 'websocket', signal);
+    if (mode === 'websocket') return this.#one(this.#webSocket(url), 'websocket', signal);
     return this.#race(url, signal);
   }
 
@@ -144,13 +152,13 @@ export class Dialer {
   }
 
   /**
-   * 'auto': WebTransport; after `fallbackTimeoutMs` (or at once when it fails) the WebSocket as well, WebTransport
-   * still running. The first one ready is used and the other closed; this fails only when both failed (or at
-   * `signal`). The fallback is remembered only when the WebSocket won.
+   * 'auto': WebTransport; after `fallbackTimeoutMs` (at once after a fallback, or when it fails) the WebSocket as
+   * well, WebTransport still running. The first one ready is used and the other closed; this fails only when both
+   * failed (or at `signal`). The fallback is remembered when the WebSocket won, forgotten when WebTransport did.
    */
   #race(url, signal) {
     return new Promise((resolve, reject) => {
-      const ms = this.#options.fallbackTimeoutMs;
+      const ms = this.fallback !== null ? 0 : this.#options.fallbackTimeoutMs;
       const webTransport = this.#webTransport(url);
       let webSocket = null;
       let wtError = null;
@@ -193,6 +201,7 @@ export class Dialer {
       webTransport.ready.then(
         (wt) => finish(() => {
           webSocket?.abandon('WebTransport was ready first');
+          this.fallback = null;
           resolve(this.#link(wt, 'webtransport'));
         }),
         (err) => {

@@ -30,6 +30,13 @@ function withCloseCode(err) {
 const CLOSE_CODE_WAIT_MS = 100;
 
 /**
+ * How long a connection whose control stream the server ended (without GoAway) waits for the server's close, with
+ * its code, before it closes itself (the Rust client's `CONTROL_GONE_GRACE`): the server finishes the stream first
+ * and closes a moment later, with `TokenExpired` at the token's expiry or the refusal's code after a key reload.
+ */
+const CONTROL_GONE_GRACE_MS = 2000;
+
+/**
  * `err` (a handshake's failure on `wt`) with the code the server closed the session with, if it did. Over
  * WebTransport the stream errors do not carry it (Chromium's WebTransportError has no closeCode): the session's
  * `closed` does, at once or a moment later. Nothing else is waited for.
@@ -347,7 +354,13 @@ export class Session {
         const { done, value } = await reader.read();
         if (done) {
           frames.finish();
-          return this.lost(this.goAway ?? { code: ErrorCode.NoError, reason: 'the server ended the control stream' });
+          if (this.goAway) return this.lost(this.goAway);
+          // The server's close follows, with its code: the session's `closed` reports it (`lost` then). Closed here
+          // at once, the close said NoError, and a token's expiry looked like a normal end.
+          const ended = { code: ErrorCode.NoError, reason: 'the server ended the control stream' };
+          const grace = setTimeout(() => this.lost(ended), CONTROL_GONE_GRACE_MS);
+          this.wt.closed.then(() => clearTimeout(grace), () => clearTimeout(grace));
+          return undefined;
         }
         for (const body of frames.push(value)) this.dispatch(wire.ServerMsg.decode(body));
       }

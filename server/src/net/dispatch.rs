@@ -3,10 +3,7 @@
 //! telling the datagram reader about new claims. Every hub call returns before anything here touches quinn.
 
 use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
 };
 
@@ -30,40 +27,10 @@ use crate::{
     stats::{bump, ServerStats},
 };
 
+use super::stream_slots::StreamSlots;
+
 /// How long opening a room stream may wait for the client to grant a stream slot.
 const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a Join may wait for a left room's stream to be written out when the connection has
-/// [`Connection::max_streams`] of them: a client that leaves and joins in one burst (its pumps have not ended
-/// yet) waits microseconds; one whose left streams are not read is refused after this (well within
-/// [`LEFT_STREAM_GRACE`](crate::net::rooms::LEFT_STREAM_GRACE), after which they are reset).
-const STREAM_SLOT_WAIT: Duration = Duration::from_secs(1);
-
-/// The room streams whose pump still runs, and a signal each time one ends.
-#[derive(Debug, Default)]
-struct StreamSlots {
-    open: AtomicUsize,
-    freed: tokio::sync::Notify,
-}
-
-impl StreamSlots {
-    /// Waits (at most [`STREAM_SLOT_WAIT`]) until fewer than `max` streams are open; false if none came free.
-    async fn wait_below(&self, max: usize) -> bool {
-        let deadline = tokio::time::Instant::now() + STREAM_SLOT_WAIT;
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            // Registered before the count is read: a stream ending in between is not missed.
-            freed.as_mut().enable();
-            if self.open.load(Ordering::Acquire) < max {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return false;
-            }
-        }
-    }
-}
 
 /// One connection's rooms and ticks: its protocol state and the IO behind it.
 #[derive(Debug)]

@@ -14,6 +14,7 @@ mod reload;
 mod replies;
 mod requests;
 mod rooms;
+mod stream_slots;
 mod summary;
 #[cfg(test)]
 mod test_quic;

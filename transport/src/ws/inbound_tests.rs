@@ -190,7 +190,7 @@ async fn stops_a_server_never_takes_are_bounded() {
     let client = WsSession::start(client_ws, Role::Client, config, addr());
     // The server never reads: the client's first stops fill the pipe and the WebSocket's write buffer, the rest
     // wait.
-    for id in 1..=3 * super::shared::MAX_STOPS as u64 {
+    for id in 1..=3 * super::stops::MAX_STOPS as u64 {
         server.send(stream_message(id, Bytes::from_static(b"x"))).await.unwrap();
         let accepted = tokio::select! {
             stream = client.accept_uni() => stream,

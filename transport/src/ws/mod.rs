@@ -25,6 +25,7 @@ mod room_in;
 mod shared;
 #[cfg(test)]
 mod stop_tests;
+mod stops;
 #[cfg(test)]
 mod tests;
 

@@ -16,9 +16,9 @@
 //!
 //! A power cut can also leave a break with whole batches after it: batches written and not synced (a retention
 //! deletion, written without a sync of its own, before a post whose sync did not finish; anything under `os`) may
-//! come back with an earlier page lost and a later one kept. A page the disk never wrote reads as zeros, so a break
-//! followed by a sector or more of zeros up to a page boundary is taken for that torn write, and fjall's cut is
-//! right (nothing acknowledged under `fsync` is after it). Not told apart: damage that zeroes such a run (taken for
+//! come back with an earlier page lost and a later one kept. A lost page reads as it was before, so a break
+//! followed by zeros to the end of its page, or by a whole page of zeros, is taken for that torn write, and fjall's
+//! cut is right (nothing acknowledged under `fsync` is after it). Not told apart: damage that zeroes such a run (taken for
 //! a torn write, as fjall takes every break), and a torn batch whose item bytes happen to hold a complete batch of
 //! their own (a post's body made to look like one: refused as damage).
 
@@ -148,23 +148,22 @@ fn break_with_batches_after(journal: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// Whether the bytes between a break (at `cut`) and the whole batch after it hold a page the disk never wrote: at
-/// least [`SECTOR`] zeros ending at a page boundary. Batches written but not synced when the power went (a
-/// retention deletion, written without a sync of its own, before a post whose sync did not finish; or anything
-/// under `os`) may come back with an earlier page lost and a later one kept: that is a torn write, nothing
-/// acknowledged after it under `fsync`, and fjall's cut is right. Bit rot or a bad copy seldom leaves such a run
-/// (one that does is taken for a torn write too, as fjall alone takes every break).
+/// Whether the bytes between a break (at `cut`) and the whole batch after it hold a page the disk never wrote.
+/// Batches written but not synced when the power went (a retention deletion, written without a sync of its own,
+/// before a post whose sync did not finish; or anything under `os`) may come back with an earlier page lost and a
+/// later one kept: that is a torn write, nothing acknowledged after it under `fsync`, and fjall's cut is right. A
+/// lost page reads as it was before: zeros after the last batch synced in it (from `cut` to the page's end), or
+/// zeros all through (a page of the journal's preallocated hole). Bit rot or a bad copy seldom leaves either (one
+/// that does is taken for a torn write too, as fjall alone takes every break).
 fn looks_torn(between: &[u8], cut: usize) -> bool {
     const PAGE: usize = 4096;
-    const SECTOR: usize = 512;
-    let mut zeros = 0;
-    for (offset, byte) in between.iter().enumerate() {
-        zeros = if *byte == 0 { zeros + 1 } else { 0 };
-        if zeros >= SECTOR && (cut + offset + 1).is_multiple_of(PAGE) {
-            return true;
-        }
+    let zeros = |bytes: &[u8]| !bytes.is_empty() && bytes.iter().all(|b| *b == 0);
+    let first_page_end = (cut / PAGE + 1) * PAGE - cut;
+    if first_page_end <= between.len() && zeros(&between[..first_page_end]) {
+        return true;
     }
-    false
+    // Whole pages inside `between`.
+    (first_page_end..between.len()).step_by(PAGE).any(|start| between.get(start..start + PAGE).is_some_and(zeros))
 }
 
 /// The first byte at or after `from` that is not zero.
@@ -296,6 +295,13 @@ mod tests {
         sector.resize(4096, 0);
         sector.extend(&whole[starts[8]..starts[9]]);
         assert_eq!(break_with_batches_after(&sector), Some((starts[9], 4096)));
+        // The page holding the cut lost (zeros from the cut to its end, however few), a later page kept with the
+        // end of a batch and a whole batch: torn.
+        let mut lost_first = whole[..starts[9]].to_vec();
+        lost_first.resize(lost_first.len().next_multiple_of(4096), 0);
+        lost_first.extend(&whole[starts[9] + 3..starts[9] + 40]);
+        lost_first.extend(&whole[starts[8]..starts[9]]);
+        assert_eq!(break_with_batches_after(&lost_first), None);
         // The last batch with a byte of an item wrong (a torn write of its middle): fjall's checksum, not a break
         // with batches after it.
         let mut torn = whole.clone();

@@ -210,7 +210,10 @@ export class Dialer {
           else if (wsError) bothFailed();
         },
       );
-      timer = setTimeout(() => startWebSocket(`WebTransport to ${url} was not ready within ${ms} ms`), ms);
+      const late = ms === 0
+        ? 'the WebSocket was ready first (both tried at once since an earlier fallback)'
+        : `WebTransport to ${url} was not ready within ${ms} ms`;
+      timer = setTimeout(() => startWebSocket(late), ms);
     });
   }
 

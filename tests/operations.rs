@@ -128,6 +128,39 @@ async fn readyz_is_503_until_the_server_serves_and_again_once_it_drains() {
     assert!(summary.to_string().starts_with("server stopped\n"), "{summary}");
 }
 
+/// A store that failed to write refuses posts until the server restarts: `/healthz` says so (503), so that a
+/// liveness probe restarts it. Before, it stayed 200 and the server refused every post until someone noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_once_the_store_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+    let server = Server::bind(ServerConfig { admin: Some("127.0.0.1:0".parse().unwrap()), ..dev }).unwrap();
+    let admin = server.admin_addr().unwrap();
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    let store = server.store().expect("a durable store");
+    store.writer_stats().failed.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (status, body) = http_get(admin, "/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("restarted"), "{body}");
+    drop(server);
+}
+
+/// A bind that fails after the admin listener started (here the UDP port is taken) stops that listener: it kept
+/// answering `/healthz` 200, and a program retrying the bind found its admin port in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_bind_leaves_no_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dev = ServerConfig::dev(taken.local_addr().unwrap(), dir.path().into());
+    assert!(Server::bind(ServerConfig { admin: Some(admin), ..dev }).is_err(), "bound a UDP port in use");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(admin).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the admin listener still answers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qlog_dir_gets_one_parseable_qlog_file_per_connection() {
     let data_dir = tempfile::tempdir().unwrap();

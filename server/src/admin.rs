@@ -83,7 +83,10 @@ fn respond(head: &[u8], metrics: &Arc<ServerMetrics>, hosts: &[String]) -> Respo
         "/metrics" => {
             Response { status: 200, content_type: METRICS_TYPE, body: metrics.render().into_bytes(), head_only }
         }
-        "/healthz" => text(200, "ok\n".into()),
+        "/healthz" => match metrics.alive() {
+            Ok(()) => text(200, "ok\n".into()),
+            Err(why) => text(503, format!("failing: {why}\n")),
+        },
         "/readyz" => match metrics.ready() {
             Ok(()) => text(200, "ready\n".into()),
             Err(why) => text(503, format!("not ready: {why}\n")),

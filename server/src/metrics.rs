@@ -201,6 +201,20 @@ impl ServerMetrics {
         let _ = self.hubs.set(hubs);
     }
 
+    /// Alive: answering, unless the store failed (only a restart recovers it: `/healthz` then says so, and a
+    /// liveness probe restarts the server; a process that answered 200 refused every post until someone noticed).
+    pub fn alive(&self) -> Result<(), &'static str> {
+        let failed = self
+            .hubs
+            .get()
+            .and_then(|hubs| hubs.store.as_ref())
+            .is_some_and(|store| store.writer_stats().failed.load(Ordering::Relaxed));
+        match failed {
+            true => Err("the room store failed to write: posts are refused until the server is restarted"),
+            false => Ok(()),
+        }
+    }
+
     /// Ready: serving, and the store (if any) has not failed.
     pub fn ready(&self) -> Result<(), &'static str> {
         let Some(hubs) = self.hubs.get() else { return Err("starting: opening the room store") };

@@ -130,7 +130,8 @@ pub async fn serve(listener: TcpListener, info: PageInfo, shutdown: Cancellation
     serve_http(listener, shutdown, move |head, peer| {
         let response = respond(head, peer, &info);
         if response.status == 403 {
-            tracing::info!(%peer, "page: refused a dev token (a peer elsewhere, another host name, or a wrong key)");
+            // (Debug: a peer can repeat it at will.)
+            tracing::debug!(%peer, "page: refused a dev token (a peer elsewhere, another host name, or a wrong key)");
         }
         response
     })

@@ -60,7 +60,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 struct Admin {
     addr: SocketAddr,
-    stop: CancellationToken,
+    /// Stops the listener when dropped: also when the server's bind fails after the admin listener started (a
+    /// program embedding the server, retrying, found the port still answering `/healthz`).
+    stop: tokio_util::sync::DropGuard,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -78,7 +80,7 @@ impl Admin {
         let stop = CancellationToken::new();
         let hosts = Arc::new(hosts.to_vec());
         let task = tokio::spawn(crate::admin::serve(listener, metrics.clone(), hosts, stop.clone()));
-        Ok(Some(Admin { addr, stop, task }))
+        Ok(Some(Admin { addr, stop: stop.drop_guard(), task }))
     }
 }
 
@@ -398,8 +400,8 @@ impl<R: RoomHub> Server<R> {
         // Let the CONNECTION_CLOSE frames leave before the socket goes.
         let _ = tokio::time::timeout(CLOSE_GRACE, self.endpoint.wait_idle()).await;
         if let Some(admin) = self.admin.take() {
-            admin.stop.cancel();
-            // It holds the hubs (and so the store) through the metrics: let it go before the server is dropped.
+            drop(admin.stop); // stops it
+                              // It holds the hubs (and so the store) through the metrics: let it go before the server is dropped.
             let _ = tokio::time::timeout(CLOSE_GRACE, admin.task).await;
         }
         let h = &self.stats.post_delivery;
@@ -470,9 +472,7 @@ impl<R> Server<R> {
 impl<R> Drop for Server<R> {
     fn drop(&mut self) {
         // A server dropped without running (or whose run was cancelled) takes its admin listener with it.
-        if let Some(admin) = &self.admin {
-            admin.stop.cancel();
-        }
+        drop(self.admin.take());
     }
 }
 

@@ -161,7 +161,7 @@ async fn send_ticks(conn: &Wire, sink: Arc<DatagramSink>, stop: CancellationToke
             // Waiting for room (a peer that stopped acknowledging) ends where the tick's max age does: it is
             // dropped then, not sent late with its channel's newer ticks held behind it.
             let expires = taken.max_age_us.map(|max| {
-                let left = (tick.received_us + max).saturating_sub(now_us());
+                let left = tick.received_us.saturating_add(max).saturating_sub(now_us());
                 tokio::time::Instant::now() + std::time::Duration::from_micros(left)
             });
             let sent = tokio::select! {

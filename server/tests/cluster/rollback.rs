@@ -214,7 +214,10 @@ fn members_that_left_after_the_snapshot_are_not_present_when_redis_returns_with_
             !counted(&redis, "ghosts", "leaver") && !counted(&redis, "emptied", "leaver")
         })
         .await;
-        assert!(counted(&redis, "ghosts", "stayer"), "a member still there stays counted");
+        // A member still there is counted (again: the room's op went back with Redis, so the node may have taken it
+        // for a rollback and reset the room's subscriptions, and the member rejoins in a new epoch; under load that
+        // rejoin came after the leaves above were taken back).
+        wait_for("a member still there counted", Duration::from_secs(10), || counted(&redis, "ghosts", "stayer")).await;
         // What a member joining on the other node is told.
         let checker = Client::connect_with(&nodes[1].addr, options(&dirs[1], "checker")).await.unwrap();
         let ghosts = checker.join("ghosts").await.unwrap();

@@ -32,6 +32,10 @@ const LOOPBACK_RESERVE: usize = 16;
 /// [`REQUEST_TIMEOUT`] after another, and the page (or the admin's `/metrics` and `/readyz`) with them. Loopback
 /// peers are not limited: a local reverse proxy or scraper speaks for many.
 const MAX_PER_PEER: usize = 8;
+/// Connections served at once from one network (an IPv4 /24 or an IPv6 /48, what one party commonly holds:
+/// `crate::awaiting::Group`) other than loopback: 32 addresses' worth of [`MAX_PER_PEER`] from one /48 held every one
+/// of [`MAX_CONNECTIONS`] (and a kubelet's probes of `/healthz` were refused, so it restarted the server).
+const MAX_PER_GROUP: usize = MAX_CONNECTIONS / 8;
 /// Refusals (503, 429) answered at once, each on a short task of its own that reads what the peer sent and closes
 /// gracefully (a socket closed with unread bytes resets, and the peer sees "connection reset", not the status);
 /// beyond them, a refused connection gets the status written without waiting and is dropped.
@@ -39,46 +43,64 @@ const MAX_REFUSALS: usize = 64;
 /// Time a refusal's task takes at most.
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
-/// Connections in service per peer address, for [`MAX_PER_PEER`].
+/// Connections in service per peer address and per network, for [`MAX_PER_PEER`] and [`MAX_PER_GROUP`].
 #[derive(Debug, Default)]
-struct PeerSlots(Mutex<HashMap<crate::admission::SourceKey, usize>>);
+struct PeerSlots(Mutex<Held>);
+
+#[derive(Debug, Default)]
+struct Held {
+    peers: HashMap<crate::admission::SourceKey, usize>,
+    groups: HashMap<crate::awaiting::Group, usize>,
+}
+
+type Place = (crate::admission::SourceKey, crate::awaiting::Group);
 
 /// A connection's place in [`PeerSlots`], given back when dropped.
 #[derive(Debug)]
-struct PeerSlot(Arc<PeerSlots>, Option<crate::admission::SourceKey>);
+struct PeerSlot(Arc<PeerSlots>, Option<Place>);
 
 impl PeerSlots {
-    /// A place for a connection from `peer`; `None` when it has [`MAX_PER_PEER`] already.
+    /// A place for a connection from `peer`; `None` when its address has [`MAX_PER_PEER`] already, or its network
+    /// [`MAX_PER_GROUP`].
     fn take(self: &Arc<Self>, peer: IpAddr) -> Option<PeerSlot> {
         if peer.to_canonical().is_loopback() {
             return Some(PeerSlot(self.clone(), None));
         }
-        let key = crate::admission::SourceKey::of(peer);
-        let mut slots = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let held = slots.entry(key).or_default();
-        if *held >= MAX_PER_PEER {
+        let (key, group) = (crate::admission::SourceKey::of(peer), crate::awaiting::Group::of(peer));
+        let mut held = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let full = held.peers.get(&key).is_some_and(|n| *n >= MAX_PER_PEER)
+            || held.groups.get(&group).is_some_and(|n| *n >= MAX_PER_GROUP);
+        if full {
             return None;
         }
-        *held += 1;
-        Some(PeerSlot(self.clone(), Some(key)))
+        *held.peers.entry(key).or_default() += 1;
+        *held.groups.entry(group).or_default() += 1;
+        Some(PeerSlot(self.clone(), Some((key, group))))
     }
 
     #[cfg(test)]
-    fn peers(&self) -> usize {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    fn peers(&self) -> (usize, usize) {
+        let held = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (held.peers.len(), held.groups.len())
+    }
+}
+
+/// Takes one from `key`'s count, forgetting it at 0.
+fn give_back<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
     }
 }
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        let Some(key) = self.1 else { return };
-        let mut slots = self.0 .0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(held) = slots.get_mut(&key) {
-            *held -= 1;
-            if *held == 0 {
-                slots.remove(&key);
-            }
-        }
+        let Some((key, group)) = self.1 else { return };
+        let mut held = self.0 .0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        give_back(&mut held.peers, &key);
+        give_back(&mut held.groups, &group);
     }
 }
 
@@ -133,8 +155,8 @@ pub(crate) async fn serve_http(
             continue;
         };
         let Some(peer_slot) = peers.take(peer.ip()) else {
-            tracing::debug!(%peer, "HTTP connection refused: {MAX_PER_PEER} from this address in service already");
-            refuse(stream, Response::error(429, "too many connections from this address in service"));
+            tracing::debug!(%peer, "HTTP connection refused: too many from this address or network in service already");
+            refuse(stream, Response::error(429, "too many connections from this address or network in service"));
             continue; // the stream and the permit are dropped: closed, and the slot free again
         };
         let respond = respond.clone();
@@ -364,6 +386,23 @@ mod tests {
         assert!(again.is_some(), "a finished connection gives its place back");
         drop(v6);
         drop(local);
-        assert_eq!(peers.peers(), 1, "addresses with nothing in service are forgotten");
+        assert_eq!(peers.peers(), (1, 1), "addresses with nothing in service are forgotten");
+    }
+
+    /// One network (an IPv6 /48, an IPv4 /24) holds at most [`MAX_PER_GROUP`] connections, whatever its addresses:
+    /// before, 32 /64s of one /48 held every one of [`MAX_CONNECTIONS`], and every other peer was refused.
+    #[test]
+    fn connections_per_network_are_bounded() {
+        let peers = Arc::new(PeerSlots::default());
+        let ip = |s: String| s.parse::<IpAddr>().unwrap();
+        let from_48: Vec<PeerSlot> = (0..MAX_CONNECTIONS)
+            .filter_map(|i| peers.take(ip(format!("2001:db8:7:{:x}::1", i / MAX_PER_PEER))))
+            .collect();
+        assert_eq!(from_48.len(), MAX_PER_GROUP, "one /48's connections");
+        assert!(peers.take(ip("2001:db8:8::1".into())).is_some(), "another /48");
+        let from_24: Vec<PeerSlot> =
+            (0..MAX_CONNECTIONS).filter_map(|i| peers.take(ip(format!("198.51.100.{}", i / MAX_PER_PEER)))).collect();
+        assert_eq!(from_24.len(), MAX_PER_GROUP, "one /24's connections");
+        assert!(peers.take(ip("198.51.101.1".into())).is_some(), "another /24");
     }
 }

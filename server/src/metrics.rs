@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
 };
@@ -19,7 +19,7 @@ use prometheus_client::{
 };
 use quiver_proto::ErrorCode;
 
-use crate::{hub::RoomUsage, stats::ServerStats, store::Store};
+use crate::{hub::RoomUsage, stats::ServerStats};
 
 /// Bucket bounds of every latency histogram, in µs (50 µs to 10 s).
 const BUCKETS_US: [u64; 17] = [
@@ -150,30 +150,9 @@ impl QuicPaths {
     }
 }
 
-/// Liveness and readiness, for `/healthz` and `/readyz`.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// The endpoint is bound and accepting (false before `Server::run` and while draining).
-    pub serving: AtomicBool,
-}
-
-/// What the hubs report, once they exist (the admin listener answers before the store is open).
-pub struct HubMetrics {
-    /// Rooms held and retained bytes, from the room hub.
-    pub rooms: Box<dyn Fn() -> RoomUsage + Send + Sync>,
-    /// Tick channels in use, and ticks relayed from other nodes dropped as older than their max age.
-    pub channels: Box<dyn Fn() -> (usize, u64) + Send + Sync>,
-    /// The room store, if rooms are stored.
-    pub store: Option<Arc<Store>>,
-    /// Whether the room engine can serve (a cluster's broker reachable).
-    pub health: Box<dyn Fn() -> Result<(), &'static str> + Send + Sync>,
-}
-
-impl std::fmt::Debug for HubMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HubMetrics").field("store", &self.store.is_some()).finish_non_exhaustive()
-    }
-}
+#[path = "metrics_health.rs"]
+mod health;
+pub use health::{Health, HubMetrics};
 
 /// The server's metrics, encoded on each scrape.
 pub struct ServerMetrics {

@@ -163,6 +163,8 @@ pub trait RoomHub: Send + Sync + 'static {
 #[cfg(test)]
 mod durable_tests;
 #[cfg(test)]
+mod os_tests;
+#[cfg(test)]
 mod replay_tests;
 #[cfg(test)]
 mod retention_tests;

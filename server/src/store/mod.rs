@@ -494,3 +494,6 @@ mod tests;
 
 #[cfg(test)]
 mod page_tests;
+
+#[cfg(test)]
+mod damage_tests;

@@ -52,7 +52,7 @@ pub mod web;
 
 pub use budget::Budget;
 pub use config::{ServerConfig, TlsSource, WebConfig, WebSocketListen};
-pub use net::{now_us, Reloader, Server, ServerError, Summary};
+pub use net::{now_us, tick_clock_us, Reloader, Server, ServerError, Summary};
 
 /// The version `--version` prints: the crate's, and the git commit it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("QUIVER_COMMIT"), ")");

@@ -266,7 +266,7 @@ impl Inner {
             }
             let arrived: Vec<(String, Arrived)> = lock(&self.incoming).drain().collect();
             for (channel, tick) in arrived {
-                let now_us = crate::now_us();
+                let now_us = crate::tick_clock_us();
                 let times = (tick.sent_time_us, tick.received_us, now_us);
                 match self.local.relay(&channel, times, tick.max_age_us, tick.payload) {
                     Ok(Some(fanout)) => fanout.offer(),
@@ -358,7 +358,7 @@ impl ChannelHandler for Incoming {
         }
         // Its age on the way (beyond the origin's clock offset, `transit`): a tick Redis held back is not sent as
         // fresh, and is dropped before it takes a seq when older than the channel's max age.
-        let now_us = crate::now_us();
+        let now_us = crate::tick_clock_us();
         let age_us = if dated { lock(&self.inner.transit).age_us(&tick.origin, tick.received_us, now_us) } else { 0 };
         let arrived = Arrived {
             sent_time_us: tick.sent_time_us,

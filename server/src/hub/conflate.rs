@@ -86,7 +86,7 @@ impl Conflation {
         }
     }
 
-    /// Takes the next waiting tick at `now_us` (server clock), oldest-ready channel first, and marks its channel
+    /// Takes the next waiting tick at `now_us` (the tick clock), oldest-ready channel first, and marks its channel
     /// in flight until [`Conflation::sent`]; ticks older than their channel's max age (since the server received
     /// them) are dropped on the way and counted. One at a time, so that each is checked for age just before it is
     /// sent, and the others stay where newer ticks replace them.

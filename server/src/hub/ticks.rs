@@ -30,7 +30,7 @@ pub struct Tick {
     pub seq: u64,
     /// When the publisher sent it (publisher's estimate of the server clock, µs since the Unix epoch).
     pub sent_time_us: u64,
-    /// When the server received it (server clock), for the channel's max age.
+    /// When the server received it ([`crate::tick_clock_us`], monotonic), for the channel's max age.
     pub received_us: u64,
     /// Application payload.
     pub payload: Bytes,
@@ -279,7 +279,7 @@ impl LocalTicks {
 
     /// Stamps the channel's next seq on a tick published on another node (no local claim needed) and returns it
     /// with the channel's subscribers here (`None` when nobody here subscribes). The stricter of the two maximum
-    /// ages applies: a tick older than it at `now_us` (its `received_us`, on this node's clock, says how old) is
+    /// ages applies: a tick older than it at `now_us` (its `received_us`, on this node's tick clock, says how old) is
     /// refused before it takes a seq.
     pub fn relay(
         &self,

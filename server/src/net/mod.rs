@@ -53,6 +53,18 @@ pub fn now_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// The tick path's clock, µs: monotonic, counted from this process's first reading plus 10^12 (11.6 days: no
+/// reading is 0, and one less any age a tick can have is not below 0). A tick's age (its channel's max age, a relay's time on the way) is measured on it, not on the
+/// wall clock, which a clock step (NTP, an operator) moves by any amount: a step back had kept a waiting tick
+/// "fresh" for as long as the step, a step forward expired every waiting tick at once. Only differences of its
+/// readings mean anything, and only within this process (other nodes' readings go through `cluster::transit`,
+/// which takes no two clocks to agree).
+pub fn tick_clock_us() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX).saturating_add(1_000_000_000_000)
+}
+
 /// After the drain, how long the CONNECTION_CLOSE frames get to leave before the socket goes.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 

@@ -22,7 +22,7 @@ use super::{
     dispatch::PostCopy,
     lock,
     mailbox::Mailbox,
-    now_us,
+    tick_clock_us,
     wire::{Wire, WireError},
 };
 use crate::{
@@ -149,7 +149,7 @@ async fn send_ticks(conn: &Wire, sink: Arc<DatagramSink>, stop: CancellationToke
         // One at a time: each tick is checked for age just before it goes, and while it waits for room its
         // channel's newer ticks wait behind it (`Conflation::take`).
         loop {
-            let taken = lock(&sink.waiting).take(now_us());
+            let taken = lock(&sink.waiting).take(tick_clock_us());
             for _ in 0..taken.expired {
                 bump(&sink.stats.ticks_expired);
             }
@@ -161,7 +161,7 @@ async fn send_ticks(conn: &Wire, sink: Arc<DatagramSink>, stop: CancellationToke
             // Waiting for room (a peer that stopped acknowledging) ends where the tick's max age does: it is
             // dropped then, not sent late with its channel's newer ticks held behind it.
             let expires = taken.max_age_us.map(|max| {
-                let left = tick.received_us.saturating_add(max).saturating_sub(now_us());
+                let left = tick.received_us.saturating_add(max).saturating_sub(tick_clock_us());
                 tokio::time::Instant::now() + std::time::Duration::from_micros(left)
             });
             let sent = tokio::select! {
@@ -271,7 +271,7 @@ async fn read_ticks(
             continue;
         }
         newest.insert(header.channel_id, header.seq);
-        if let Some(fanout) = hub.publish(&channel, header.sent_time_us, now_us(), payload) {
+        if let Some(fanout) = hub.publish(&channel, header.sent_time_us, tick_clock_us(), payload) {
             deliver(fanout);
             bump(&stats.ticks_published);
         }
@@ -352,7 +352,8 @@ mod tests {
         let channels = 1..=60u64;
         for channel_id in channels.clone() {
             sink.open(channel_id);
-            let tick = Tick { seq: 1, sent_time_us: 1, received_us: now_us(), payload: Bytes::from(vec![7; 150]) };
+            let tick =
+                Tick { seq: 1, sent_time_us: 1, received_us: tick_clock_us(), payload: Bytes::from(vec![7; 150]) };
             sink.offer(channel_id, tick, Some(50_000), &mut TickDatagrams::new(1));
         }
         let settled = || {
@@ -409,7 +410,7 @@ mod tests {
         let stats = Arc::new(ServerStats::default());
         let sink = DatagramSink::new(&conn, &stats);
         sink.open(1);
-        let tick = |seq| Tick { seq, sent_time_us: 1, received_us: now_us(), payload: Bytes::from_static(b"v") };
+        let tick = |seq| Tick { seq, sent_time_us: 1, received_us: tick_clock_us(), payload: Bytes::from_static(b"v") };
         sink.offer(1, tick(6), None, &mut TickDatagrams::new(1));
         sink.offer(1, tick(5), None, &mut TickDatagrams::new(1));
         let s = stats.snapshot();

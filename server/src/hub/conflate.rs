@@ -45,7 +45,8 @@ struct Waiting {
 pub struct Conflation {
     waiting: HashMap<u64, Waiting>,
     ready: VecDeque<u64>,
-    /// Per subscribed channel (and only those), the newest seq sent or waiting; 0 before the first. Offers for any
+    /// Per subscribed channel (and only those), the newest seq sent or waiting; before the first, the channel's seq
+    /// when the subscription was made ([`Conflation::open`]). Offers for any
     /// other id are dropped, so a fan-out that raced an Unsubscribe cannot leave an entry behind (ids are never
     /// reused, so nothing would ever remove it).
     newest: HashMap<u64, u64>,
@@ -111,9 +112,11 @@ impl Conflation {
         self.in_flight = None;
     }
 
-    /// Takes ticks for `channel_id` from now on (subscribed).
-    pub fn open(&mut self, channel_id: u64) {
-        self.newest.insert(channel_id, 0);
+    /// Takes ticks for `channel_id` from now on (subscribed), those after `last_seq`: the channel's seq when the
+    /// subscription was made, so that a fan-out stamped before it (one that raced an Unsubscribe of the same id, as
+    /// a protocol-4 session's Subscribe after an Unsubscribe reuses its claim's id) cannot come after newer ticks.
+    pub fn open(&mut self, channel_id: u64, last_seq: u64) {
+        self.newest.insert(channel_id, last_seq);
     }
 
     /// Forgets a channel (unsubscribed): its waiting tick, and what was handed out; later offers are dropped.
@@ -159,7 +162,7 @@ mod tests {
     /// A conflation with channels 1 to 9 subscribed.
     fn conflation() -> Conflation {
         let mut c = Conflation::default();
-        (1..10).for_each(|id| c.open(id));
+        (1..10).for_each(|id| c.open(id, 0));
         c
     }
 
@@ -207,8 +210,15 @@ mod tests {
         assert!(take_all(&mut c, 0).0.is_empty());
         assert_eq!(c.offer(3, tick(2), None, true), Offered::Unsubscribed, "a late fan-out leaves nothing behind");
         assert!(!c.newest.contains_key(&3));
-        c.open(3);
-        assert_eq!(c.offer(3, tick(1), None, true), Offered::Send(tick(1)), "a reopened channel starts over");
+        c.open(3, 0);
+        assert_eq!(c.offer(3, tick(1), None, true), Offered::Send(tick(1)), "a channel made again starts over");
+        c.remove(3);
+        // Subscribed again to a channel at seq 7 (the same id: a protocol-4 session's claim's): a fan-out stamped
+        // before (seq 6, racing the Unsubscribe) is not handed out after the ticks that follow.
+        c.open(3, 7);
+        assert_eq!(c.offer(3, tick(8), None, true), Offered::Send(tick(8)));
+        assert_eq!(c.offer(3, tick(6), None, true), Offered::Older, "stamped before the subscription");
+        assert_eq!(c.offer(3, tick(7), None, true), Offered::Older, "the channel's seq at the subscription");
         assert_eq!(c.offer(42, tick(1), None, true), Offered::Unsubscribed, "never subscribed");
     }
 

@@ -42,6 +42,14 @@ pub trait TickSink: Send + Sync + std::fmt::Debug {
     /// once takes the datagram from `datagrams`, shared by the whole fan-out. Called with a [`Fanout`], never under
     /// a hub lock.
     fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, datagrams: &mut TickDatagrams);
+
+    /// A subscription of the channel as `channel_id` begins, the channel's ticks so far having seqs up to
+    /// `last_seq`: offers of ticks after it follow. Called by [`TickHub::subscribe`] under the channel's lock, at
+    /// the moment the subscriber joins its fan-outs, so nothing stamped before (a fan-out that raced an earlier
+    /// Unsubscribe of the same id) is taken for new; must be quick and must not call the hub.
+    fn open(&self, channel_id: u64, last_seq: u64) {
+        let _ = (channel_id, last_seq);
+    }
 }
 
 /// One tick's datagrams for a whole fan-out, cut from a few allocations: what every subscriber's datagram shares
@@ -142,8 +150,8 @@ impl Fanout {
 
 /// Access to tick channels, whatever backs them.
 pub trait TickHub: Send + Sync + std::fmt::Debug + 'static {
-    /// Subscribes `sink` to `channel`; its ticks are offered with `channel_id`. `ServerFull` when the channel is
-    /// new and the server has as many as it allows.
+    /// Subscribes `sink` to `channel` (opening it, [`TickSink::open`]); its ticks are offered with `channel_id`.
+    /// `ServerFull` when the channel is new and the server has as many as it allows.
     fn subscribe(&self, channel: &str, channel_id: u64, sink: Arc<dyn TickSink>) -> Result<TickSubscriberId, Failure>;
     /// Ends a subscription (idempotent).
     fn unsubscribe(&self, channel: &str, subscriber: TickSubscriberId);
@@ -351,6 +359,7 @@ impl TickHub for LocalTicks {
     fn subscribe(&self, channel: &str, channel_id: u64, sink: Arc<dyn TickSink>) -> Result<TickSubscriberId, Failure> {
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         self.with_new_channel(&mut self.shard(channel), channel, |c| {
+            sink.open(channel_id, c.last_seq);
             c.members.insert((id, channel_id, sink));
         })?;
         Ok(id)

@@ -101,6 +101,43 @@ fn a_fanout_is_a_snapshot_taken_when_the_seq_was_stamped() {
     assert_eq!(fanout.subscribers.len(), 1);
 }
 
+/// A subscriber whose ticks go through a latest-wins slot, as the network layer's sink does.
+#[derive(Debug, Default)]
+struct Slots(Mutex<crate::hub::conflate::Conflation>, Mutex<Vec<(u64, crate::hub::conflate::Offered)>>);
+
+impl TickSink for Slots {
+    fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, _: &mut TickDatagrams) {
+        let seq = tick.seq;
+        let offered = self.0.lock().unwrap().offer(channel_id, tick, max_age_us, true);
+        self.1.lock().unwrap().push((seq, offered));
+    }
+
+    fn open(&self, channel_id: u64, last_seq: u64) {
+        self.0.lock().unwrap().open(channel_id, last_seq);
+    }
+}
+
+/// A protocol-4 session's Subscribe after its Unsubscribe reuses the id its claim shares: a fan-out stamped before
+/// (here still on its way when the session subscribed again) must not reach the subscriber after the newer ticks.
+/// The hub opens the subscriber's slot at the channel's seq when it adds it; the slot used to start at 0 there.
+#[test]
+fn a_subscription_made_again_under_the_same_id_takes_nothing_stamped_before_it() {
+    use crate::hub::conflate::Offered;
+    let hub = LocalTicks::default();
+    let slots = Arc::new(Slots::default());
+    hub.claim("c", None).unwrap();
+    let first = hub.subscribe("c", 5, slots.clone()).unwrap();
+    let late = hub.publish("c", 0, 0, Bytes::new()).expect("claimed"); // seq 1, still to be offered
+    offer(hub.publish("c", 0, 0, Bytes::new())); // seq 2
+    hub.unsubscribe("c", first);
+    slots.0.lock().unwrap().remove(5);
+    hub.subscribe("c", 5, slots.clone()).unwrap(); // the same id
+    late.offer();
+    offer(hub.publish("c", 0, 0, Bytes::new())); // seq 3
+    let offered: Vec<(u64, Offered)> = slots.1.lock().unwrap().drain(..).collect();
+    assert!(matches!(offered[..], [(2, Offered::Send(_)), (1, Offered::Older), (3, Offered::Send(_))]), "{offered:?}");
+}
+
 /// Thousands of subscriptions coming and going on one channel (clients resubscribing after a restart): each tick
 /// goes to the subscribers of its moment, in the order they subscribed, and ticks between two changes share one
 /// snapshot (a tick allocates nothing). Each change once copied the whole list under the shard's lock.

@@ -372,7 +372,7 @@ impl<R: RoomHub> Connection<R> {
                 let (hub, sink, stats) = (&self.ticks, &self.datagrams.sink, &self.stats);
                 // Called only for a new subscription (a repeated Subscribe answers the same id): counted here.
                 let channel_id = self.state.subscribe(&channel, |id| {
-                    sink.open(id);
+                    // (The hub opens the sink's slot for `id`, at the channel's seq, as it adds the subscriber.)
                     let subscribed = hub.subscribe(&channel, id, sink.clone()).inspect_err(|_| sink.remove(id));
                     subscribed.inspect(|_| ServerStats::add(&stats.subscriptions, 1))
                 })?;

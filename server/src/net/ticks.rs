@@ -95,11 +95,6 @@ impl DatagramSink {
         }
     }
 
-    /// Takes ticks for a channel being subscribed (before the tick hub offers any).
-    pub(crate) fn open(&self, channel_id: u64) {
-        lock(&self.waiting).open(channel_id);
-    }
-
     /// Forgets an unsubscribed channel: its waiting tick, and any tick offered from now on.
     pub(crate) fn remove(&self, channel_id: u64) {
         lock(&self.waiting).remove(channel_id);
@@ -136,6 +131,12 @@ impl TickSink for DatagramSink {
             Offered::Unsubscribed => {}
         }
         drop(waiting);
+    }
+
+    /// Takes ticks for a channel being subscribed, those after `last_seq` (under the tick hub's channel lock;
+    /// the conflation's lock is a leaf).
+    fn open(&self, channel_id: u64, last_seq: u64) {
+        lock(&self.waiting).open(channel_id, last_seq);
     }
 }
 
@@ -351,7 +352,7 @@ mod tests {
         });
         let channels = 1..=60u64;
         for channel_id in channels.clone() {
-            sink.open(channel_id);
+            sink.open(channel_id, 0);
             let tick =
                 Tick { seq: 1, sent_time_us: 1, received_us: tick_clock_us(), payload: Bytes::from(vec![7; 150]) };
             sink.offer(channel_id, tick, Some(50_000), &mut TickDatagrams::new(1));
@@ -409,7 +410,7 @@ mod tests {
         let (conn, _client, _endpoint, _dir) = quic_pair().await;
         let stats = Arc::new(ServerStats::default());
         let sink = DatagramSink::new(&conn, &stats);
-        sink.open(1);
+        sink.open(1, 0);
         let tick = |seq| Tick { seq, sent_time_us: 1, received_us: tick_clock_us(), payload: Bytes::from_static(b"v") };
         sink.offer(1, tick(6), None, &mut TickDatagrams::new(1));
         sink.offer(1, tick(5), None, &mut TickDatagrams::new(1));

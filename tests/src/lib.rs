@@ -215,36 +215,45 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The value of the sample `name` (with its labels as written, e.g. `quiver_refusals_total{code="TooManyRooms"}`)
-/// in a Prometheus text exposition; 0 when absent.
+/// in a Prometheus text exposition. Panics when it is absent: a sample renamed or no longer exported must fail the
+/// checks of its value (a check of 0 would otherwise pass).
 pub fn sample(metrics: &str, name: &str) -> f64 {
-    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+    sample_if(metrics, name).unwrap_or_else(|| panic!("no sample {name} in the exposition:\n{metrics}"))
 }
 
-/// One member joins rooms `a` and `b`; `writer` posts 2,000 messages of 2,000 bytes into each while the member
-/// reads only `b` (which must keep flowing, complete and in order), then `a`: everything arrives, in order, once,
-/// after `a` was reset as a slow consumer and resumed. For a server whose `room_queue_bytes` is small (16 KiB), over
-/// whatever transport `member` uses.
+/// The value of the sample `name`, `None` when absent (a labelled counter appears at its first count).
+pub fn sample_if(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// One member joins rooms `a` and `b` and subscribes to channel `t`; `writer` posts 2,000 messages of 2,000 bytes
+/// into each while the member reads only `b` (which must keep flowing, complete, in order and never resumed), then
+/// ticks still arrive on `t`, then the member reads `a`: everything arrives, in order, once, after `a` was reset as
+/// a slow consumer and resumed. For a server whose `room_queue_bytes` is small (16 KiB), over whatever transport
+/// `member` uses.
 pub async fn a_member_stops_reading_one_room(member: &Client, writer: &Client) {
     use quiver_client::{Room, RoomEvent};
     const TOTAL: usize = 2000;
-    /// The next `count` messages of `room`, and whether it resumed with everything recovered on the way.
-    async fn read(room: &mut Room, count: usize) -> (Vec<u64>, bool) {
-        let (mut seqs, mut resumed) = (Vec::new(), false);
+    /// The next `count` messages of `room`, and its resumes on the way (`recovered` said by each).
+    async fn read(room: &mut Room, count: usize) -> (Vec<u64>, Vec<bool>) {
+        let (mut seqs, mut resumes) = (Vec::new(), Vec::new());
         tokio::time::timeout(Duration::from_secs(30), async {
             while seqs.len() < count {
                 match room.next().await.expect("room stream ended") {
                     RoomEvent::Message(m) => seqs.push(m.seq),
-                    RoomEvent::Resumed { recovered: true, .. } => resumed = true,
+                    RoomEvent::Resumed { recovered, .. } => resumes.push(recovered),
                     _ => {}
                 }
             }
         })
         .await
         .expect("the room's messages arrive");
-        (seqs, resumed)
+        (seqs, resumes)
     }
     let mut stalled = member.join("a").await.unwrap();
     let mut flowing = member.join("b").await.unwrap();
+    let mut ticks = member.subscribe("t").await.unwrap();
+    let publisher = writer.publisher("t").await.unwrap();
     let writer_task = {
         let (writer, body) = (writer.clone(), vec![b'x'; 2000]);
         tokio::spawn(async move {
@@ -254,12 +263,29 @@ pub async fn a_member_stops_reading_one_room(member: &Client, writer: &Client) {
             }
         })
     };
-    // Room b keeps flowing while nobody reads room a.
-    let (b_seqs, _) = read(&mut flowing, TOTAL).await;
+    // Room b keeps flowing while nobody reads room a, and is never reset.
+    let (b_seqs, b_resumes) = read(&mut flowing, TOTAL).await;
     assert_eq!(b_seqs, (1..=TOTAL as u64).collect::<Vec<_>>());
+    assert!(b_resumes.is_empty(), "room b was never reset: resumed {b_resumes:?}");
     writer_task.await.unwrap();
-    // Now read room a: everything arrives, in order, once, after a resume.
-    let (a_seqs, resumed) = read(&mut stalled, TOTAL).await;
+    // Ticks still flow on the connection while room a is stalled (a tick may be lost; one of many arrives).
+    let tick = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut interval = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {
+                    publisher.send(&b"still here"[..]).expect("a tick within the limits");
+                }
+                tick = ticks.next() => break tick.expect("the subscription ends only with the client"),
+            }
+        }
+    })
+    .await
+    .expect("ticks arrive while room a is stalled");
+    assert_eq!(&tick.payload[..], b"still here");
+    // Now read room a: everything arrives, in order, once, after a resume with everything recovered.
+    let (a_seqs, a_resumes) = read(&mut stalled, TOTAL).await;
     assert_eq!(a_seqs, (1..=TOTAL as u64).collect::<Vec<_>>());
-    assert!(resumed, "room a was reset as a slow consumer and resumed");
+    assert!(!a_resumes.is_empty(), "room a was reset as a slow consumer and resumed");
+    assert!(a_resumes.iter().all(|recovered| *recovered), "every resume recovered everything: {a_resumes:?}");
 }

@@ -306,3 +306,52 @@ async fn silent_connections_cannot_fill_a_max_connections_below_max_awaiting_hel
     })
     .await;
 }
+
+/// A returning client's address-validation token (QUIC NEW_TOKEN, which every connection is given for the next)
+/// spares it the Retry, across a reload of the certificate (SIGHUP) and a restart on the same data directory: every
+/// configuration the server makes shares one token key, derived from the data directory's secret. Before, each made
+/// a random key of its own, and the endpoint checks tokens with the one it was bound with: after a reload every
+/// token given out was unreadable to it (after a restart, every token), and its client was made to validate again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_clients_address_token_holds_across_reloads_and_restarts() {
+    use quiver_server::{Budget, ServerConfig};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        // Every handshake from an address not validated yet gets a Retry.
+        let config = |dir: &std::path::Path, addr| ServerConfig {
+            budget: Budget { max_unvalidated_handshakes_per_ip: 0, ..Budget::default() },
+            ..ServerConfig::dev(addr, dir.to_owned())
+        };
+        let mut server = TestServer::start_with(config(dir.path(), "127.0.0.1:0".parse().unwrap()), dir);
+        // One client endpoint and configuration throughout: its token store keeps what each connection was given.
+        let client = quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER);
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(client.unwrap());
+        // Connects, waits for both tokens the connection is given (the store keeps the two newest, and the next
+        // connection takes the older of them: one from this connection), and closes.
+        let visit = |server: &TestServer| {
+            let connecting = endpoint.connect(server.addr, "localhost").unwrap();
+            async move {
+                let connection = connecting.await.unwrap();
+                while connection.stats().frame_rx.new_token < 2 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                connection.close(0u32.into(), b"bye");
+            }
+        };
+        let retries = |server: &TestServer| server.stats.snapshot().retries_over_handshakes;
+        visit(&server).await;
+        assert_eq!(retries(&server), 1, "the first visit validates with a Retry");
+        visit(&server).await;
+        assert_eq!(retries(&server), 1, "a token from the visit before: no Retry");
+        server.reloader.reload(quiver_auth::AuthConfig::DevKey).unwrap();
+        visit(&server).await; // accepted with the reloaded configuration, and given its tokens
+        visit(&server).await;
+        assert_eq!(retries(&server), 1, "a token given after the reload: no Retry");
+        server = server.restart_with(config).await;
+        visit(&server).await;
+        assert_eq!(retries(&server), 0, "a token given before the restart: no Retry (a fresh count)");
+        server.stop().await;
+    })
+    .await;
+}

@@ -81,8 +81,38 @@ pub(super) struct Certified {
     pub(super) not_after: std::time::SystemTime,
 }
 
-/// The server's TLS session tickets, made once and kept across reloads (`quiver_transport::tls::session_tickets`).
-pub(super) type Tickets = std::sync::Arc<dyn quiver_transport::tls::ProducesTickets>;
+/// What every configuration the server makes shares, at start and across reloads: its TLS session tickets
+/// (`quiver_transport::tls::session_tickets`) and the key of its QUIC address-validation tokens (Retry, and the
+/// NEW_TOKEN tokens a connection is given for its client's next one).
+#[derive(Clone)]
+pub(super) struct Tickets {
+    pub(super) tls: std::sync::Arc<dyn quiver_transport::tls::ProducesTickets>,
+    /// Derived from the data directory's secret (`datadir::reset_key`), so that a returning client's token holds
+    /// across reloads and restarts: the endpoint checks every token with the configuration it was bound with, and
+    /// quinn's default (a random key per configuration) made the tokens of connections accepted after a reload
+    /// (each accepted with the reloaded configuration) unreadable to it, and every token unreadable after a restart;
+    /// their clients then paid a Retry's round trip wherever the server asks for one (a reconnect storm after a
+    /// restart is where it does most), and lost the validated standing `Admission` gives them.
+    pub(super) tokens: std::sync::Arc<dyn quinn::crypto::HandshakeTokenKey>,
+}
+
+impl Tickets {
+    pub(super) fn new(
+        tls: std::sync::Arc<dyn quiver_transport::tls::ProducesTickets>,
+        data_dir: &std::path::Path,
+    ) -> Result<Tickets, ServerError> {
+        let secret = crate::datadir::reset_key(data_dir)?;
+        // HKDF with a label of its own: the stateless-reset key (the same secret, HMAC'd) stays independent of it.
+        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"quiver address validation tokens");
+        Ok(Tickets { tls, tokens: std::sync::Arc::new(salt.extract(&secret)) })
+    }
+}
+
+impl std::fmt::Debug for Tickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tickets").field("tls", &self.tls).finish_non_exhaustive()
+    }
+}
 
 /// The QUIC server configuration (and the WebSocket listener's TLS): the certificate (loaded, or the dev one
 /// generated or renewed if due at `now`), the session tickets and the transport. Called at start and on every
@@ -112,9 +142,15 @@ pub(super) fn server_config(
             quiver_certs::dev::validity(&cert.chain[0], &path)?.1
         }
     };
-    let tcp = quiver_transport::tls::server_tcp_config(cert.chain.clone(), cert.key.clone_key(), tickets.clone())?;
-    let quic =
-        quiver_transport::tls::server_config(cert.chain, cert.key, &config.limits, &config.tuning, tickets.clone())?;
+    let tcp = quiver_transport::tls::server_tcp_config(cert.chain.clone(), cert.key.clone_key(), tickets.tls.clone())?;
+    let mut quic = quiver_transport::tls::server_config(
+        cert.chain,
+        cert.key,
+        &config.limits,
+        &config.tuning,
+        tickets.tls.clone(),
+    )?;
+    quic.token_key(tickets.tokens.clone());
     Ok(Certified { quic, tcp: std::sync::Arc::new(tcp), fingerprint, not_after })
 }
 

@@ -186,8 +186,10 @@ impl<R: RoomHub> Server<R> {
         ticks: Arc<dyn TickHub>,
     ) -> Result<Server<R>, ServerError> {
         let resumed = early.stats.clone();
-        let tickets =
-            quiver_transport::tls::session_tickets(move || crate::stats::bump(&resumed.tls_tickets_accepted))?;
+        let tickets = endpoint::Tickets::new(
+            quiver_transport::tls::session_tickets(move || crate::stats::bump(&resumed.tls_tickets_accepted))?,
+            &config.data_dir,
+        )?;
         let (endpoint, certified) = endpoint::bind(&config, &tickets)?;
         let endpoint::Certified { quic, tcp, fingerprint, not_after } = certified;
         let local_addr = endpoint.local_addr().map_err(ServerError::Bind)?;

@@ -12,7 +12,8 @@ use crate::{config::ServerConfig, ServerError};
 /// What connections are accepted with now: swapped by [`Reloader::reload`] (new handshakes get the new certificate
 /// and token keys; live connections keep their certificate, and are closed if the key of their token was removed).
 /// Every connection is accepted with `quic` (`Incoming::accept_with`); the endpoint's own configuration only
-/// decides whether connections are taken at all (none while draining) and keeps its Retry token key for good.
+/// decides whether connections are taken at all (none while draining) and checks address-validation tokens (with
+/// the one key every configuration shares, `endpoint::Tickets`).
 #[derive(Debug)]
 pub(super) struct Current {
     pub(super) quic: Arc<quinn::ServerConfig>,

@@ -114,7 +114,7 @@ pub async fn run_fanout(
     config.check()?;
     namespaces::check(config.profile.as_ref(), config.compare_websocket, config.netns, config.server.is_some())?;
     let progress: Progress = Arc::new(progress);
-    let ((quiver, baselines, websocket), emulator) = match config.netns {
+    let (Sides { quiver, quiver_no_chat, baselines, websocket }, emulator) = match config.netns {
         None => {
             let servers = start_servers(&config, IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
             (measure_sides(&config, &servers, &progress).await?, namespaces::loopback(config.profile.as_ref()))
@@ -148,16 +148,21 @@ pub async fn run_fanout(
         }),
         quiver,
         baselines,
+        quiver_no_chat,
         websocket,
     })
 }
 
+/// What [`measure_sides`] measured.
+struct Sides {
+    quiver: FanoutSide,
+    quiver_no_chat: Option<FanoutSide>,
+    baselines: Vec<FanoutSide>,
+    websocket: Option<FanoutSide>,
+}
+
 /// Each side in turn, the baselines first, so no two load the machine at once.
-async fn measure_sides(
-    config: &FanoutConfig,
-    servers: &Servers,
-    progress: &Progress,
-) -> Result<(FanoutSide, Vec<FanoutSide>, Option<FanoutSide>), BenchError> {
+async fn measure_sides(config: &FanoutConfig, servers: &Servers, progress: &Progress) -> Result<Sides, BenchError> {
     let mut baselines = Vec::new();
     if let Some(b) = &servers.baselines {
         baselines.push(udp::measure(report::RAW_UDP, config, b.udp, progress).await?);
@@ -165,11 +170,19 @@ async fn measure_sides(
         baselines.push(bare_quinn::measure("bare quinn", config, b.quinn, &b.quinn_trust, progress).await?);
     }
     let quiver = quiver::measure(config, &servers.quiver, progress).await?;
+    let quiver_no_chat = if servers.baselines.is_some() && config.chat_rate > 0.0 {
+        progress("quiver again, ticks only (the baselines' load)");
+        let ticks_only = FanoutConfig { chat_rate: 0.0, ..config.clone() };
+        let side = quiver::measure(&ticks_only, &servers.quiver, progress).await?;
+        Some(FanoutSide { name: report::QUIVER_NO_CHAT.into(), ..side })
+    } else {
+        None
+    };
     let websocket = match servers.websocket {
         Some(hub) => Some(websocket::measure(config, hub, progress).await?),
         None => None,
     };
-    Ok((quiver, baselines, websocket))
+    Ok(Sides { quiver, quiver_no_chat, baselines, websocket })
 }
 
 /// Worker threads of the servers' runtime: half the cores (at least one). The clients' runtime has a worker per

@@ -2,7 +2,8 @@
 //! (target: 1 GiB ready in 2 s). The store is filled through the server's own room hub (no network), closed, and a
 //! server is bound on it as `quiver-server` does before printing "listening on"; then the first read of a room
 //! (which loads it from the store) and the first post are timed too. Rooms load lazily: nothing is scanned at
-//! start.
+//! start. The store's files are dropped from the page cache before the restart (as after a reboot or a crash of
+//! the machine: read from the disk, not from memory the fill left them in).
 
 use std::{
     net::SocketAddr,
@@ -44,8 +45,11 @@ pub struct RestartReport {
     /// Seconds the fill took.
     pub fill_s: f64,
     /// Binding a server on the directory: lock, store open (journal recovery), certificate, socket. `quiver-server`
-    /// prints "listening on" right after this.
+    /// prints "listening on" right after this. With the store's files out of the page cache.
     pub ready_ms: f64,
+    /// MiB the process read from the disk while binding (`/proc/self/io`; `None` where unknown, or when the
+    /// files could not be dropped from the page cache, and the restart was warm).
+    pub ready_read_mib: Option<f64>,
     /// The first history read of a room after the restart (the room is loaded from the store then).
     pub first_read_ms: f64,
     /// The first post after the restart, acknowledged (fsync).
@@ -72,7 +76,15 @@ pub async fn run_restart(config: RestartConfig, progress: impl Fn(&str)) -> Resu
     let fill_s = started.elapsed().as_secs_f64();
     let disk_mib = dir_bytes(&dir.path().join(quiver_server::store::STORE_DIR)) as f64 / f64::from(1 << 20);
 
-    progress("restarting on the filled store");
+    progress("restarting on the filled store (its files dropped from the page cache)");
+    let cold = match evict(&dir.path().join(quiver_server::store::STORE_DIR)) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(%err, "the store's files stay in the page cache: the restart reads them from memory");
+            false
+        }
+    };
+    let read_before = read_bytes();
     let started = Instant::now();
     let server_config = quiver_server::ServerConfig {
         limits: unbounded_history(),
@@ -80,6 +92,10 @@ pub async fn run_restart(config: RestartConfig, progress: impl Fn(&str)) -> Resu
     };
     let server = quiver_server::Server::bind(server_config)?;
     let ready_ms = ms(started.elapsed());
+    let ready_read_mib = read_before
+        .zip(read_bytes())
+        .filter(|_| cold)
+        .map(|(before, after)| after.saturating_sub(before) as f64 / f64::from(1 << 20));
     let rooms = server.rooms().clone();
     let started = Instant::now();
     let page = rooms
@@ -111,6 +127,7 @@ pub async fn run_restart(config: RestartConfig, progress: impl Fn(&str)) -> Resu
         disk_mib,
         fill_s,
         ready_ms,
+        ready_read_mib,
         first_read_ms,
         first_post_ms,
     })
@@ -165,6 +182,35 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1_000.0
 }
 
+/// Writes back and drops from the page cache every file under `dir`.
+#[cfg(target_os = "linux")]
+fn evict(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            evict(&entry.path())?;
+            continue;
+        }
+        let file = std::fs::File::open(entry.path())?;
+        file.sync_all()?;
+        let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+        nix::fcntl::posix_fadvise(file.as_raw_fd(), 0, 0, advice).map_err(std::io::Error::from)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn evict(_: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::other("dropping files from the page cache is implemented for Linux only"))
+}
+
+/// Bytes this process caused to be read from storage so far (`/proc/self/io`'s `read_bytes`).
+fn read_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|line| line.strip_prefix("read_bytes:")?.trim().parse().ok())
+}
+
 fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
@@ -182,7 +228,7 @@ impl RestartReport {
     pub fn table(&self) -> String {
         format!(
             "stored {} messages, {:.0} MiB of bodies ({:.0} MiB on disk) in {:.1} s\n\
-             ready (lock, store open, certificate, socket): {:.1} ms  (target <= 2000 ms: {})\n\
+             ready (lock, store open, certificate, socket): {:.1} ms  (target <= 2000 ms: {}), {}\n\
              first history read (loads the room):          {:.1} ms\n\
              first post acknowledged (fsync):                {:.1} ms\n",
             self.messages,
@@ -191,6 +237,10 @@ impl RestartReport {
             self.fill_s,
             self.ready_ms,
             if self.ready_ms <= 2_000.0 { "met" } else { "NOT MET" },
+            match self.ready_read_mib {
+                Some(mib) => format!("{mib:.1} MiB read from the disk (page cache dropped)"),
+                None => "the store's files in the page cache (warm)".to_string(),
+            },
             self.first_read_ms,
             self.first_post_ms
         )
@@ -208,6 +258,12 @@ mod tests {
         assert_eq!(report.messages, 512);
         assert!(report.disk_mib > 1.0, "{report:?}");
         assert!(report.table().contains("ready"), "{}", report.table());
+        // The store's files were dropped from the page cache before the restart (what was read then depends on
+        // the file system: none from tmpfs).
+        if cfg!(target_os = "linux") {
+            assert!(report.ready_read_mib.is_some(), "{report:?}");
+            assert!(report.table().contains("page cache dropped"), "{}", report.table());
+        }
     }
 
     /// A fill of nothing (`--mib 0`) is refused before the run, naming the setting: it filled nothing and then

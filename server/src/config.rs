@@ -215,6 +215,22 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
             return Err((key, format!("at most {max} ({why})")));
         }
     }
+    // A room's history (and the server's) holds at least one message of the largest size: below that, a post is
+    // acknowledged and delivered, then forgotten at once (a member resuming is told it missed it).
+    let largest_message = u64::from(limits.max_frame) + u64::from(Limits::MAX_IDENTITY) + crate::hub::STORED_OVERHEAD;
+    for (key, value) in
+        [("budget.room_history_bytes", budget.room_history_bytes), ("budget.retained_bytes", budget.retained_bytes)]
+    {
+        if value < largest_message {
+            return Err((
+                key,
+                format!(
+                    "at least {largest_message} (one message of limits.max_frame, its sender's name and the \
+                     history's bookkeeping): a post larger than it would be acknowledged and then forgotten at once"
+                ),
+            ));
+        }
+    }
     if tuning.mtu_discovery.is_some_and(|mtu| !(1200..=65527).contains(&mtu)) {
         return Err(("transport.mtu_discovery", "0 (off) or a UDP payload size from 1200 to 65527".into()));
     }

@@ -16,7 +16,7 @@ pub struct StoredMessage {
 
 /// Memory a retained message costs besides its frame and body: the shared allocation, the event's fields, the
 /// queue slot (an estimate, kept on the high side).
-const STORED_OVERHEAD: u64 = 160;
+pub(crate) const STORED_OVERHEAD: u64 = 160;
 
 impl StoredMessage {
     /// A message to retain. The event's body is kept as a slice of the frame (postcard writes the body last, as

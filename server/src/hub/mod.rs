@@ -35,6 +35,7 @@ use quiver_proto::{Failure, HistoryPage, Joined, Position};
 pub use connection::ConnectionState;
 pub use dedupe::DedupeWindow;
 pub use fence::{Fenced, PostFence};
+pub(crate) use history::STORED_OVERHEAD;
 pub use lock::assert_unlocked;
 pub use outbox::{Delivery, Outbox};
 pub use replay::Replay;

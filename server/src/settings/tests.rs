@@ -251,6 +251,9 @@ fn values_that_undo_the_servers_safety_are_refused() {
         ("[limits]\ndedupe_window_s = 0\n", "limits.dedupe_window_s"),
         ("[limits]\ndedupe_max_entries = 0\n", "limits.dedupe_max_entries"),
         ("[limits]\nhistory_max_messages = 0\n", "limits.history_max_messages"),
+        // A history smaller than one message of max_frame: acknowledged posts forgotten at once.
+        ("[budget]\nroom_history_bytes = 8192\n", "budget.room_history_bytes"),
+        ("[budget]\nretained_bytes = 8192\n", "budget.retained_bytes"),
         ("[budget]\nwebsocket_max_upgrading = 1000001\n", "budget.websocket_max_upgrading"),
         // A room event carries names: a long max_name outgrows the frame, and max_name is what moved.
         ("[limits]\nmax_name = 60000\n", "limits.max_name"),

@@ -25,8 +25,11 @@ pub(crate) enum CliError {
     #[error("--{flag}: {source}")]
     Seconds { flag: &'static str, source: TryFromFloatSecsError },
     /// `quiver tick pub --rate`.
-    #[error("--rate must be above 0 and at most 1,000,000")]
+    #[error("--rate must be from 0.01 to 1,000,000 per second")]
     TickRate(f64),
+    /// `quiver tick pub`: every tick of the run came while the client was reconnecting.
+    #[error("no tick was sent: all {0} came while the client was reconnecting")]
+    TicksNotSent(u64),
     /// `quiver impair` without the relay's addresses or `--netns`.
     #[error("--listen and --upstream are required (or --netns)")]
     RelayAddresses,

@@ -19,8 +19,8 @@ pub(crate) struct PingArgs {
     /// Time between scheduled sends, in ms; latency counts from the scheduled time, not the actual send.
     #[arg(long, default_value_t = 10)]
     interval_ms: u64,
-    /// A ping not answered within this many ms counts as lost.
-    #[arg(long, default_value_t = 2000)]
+    /// A ping not answered within this many ms counts as lost (at least 1).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]

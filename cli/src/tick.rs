@@ -95,7 +95,7 @@ async fn within<T>(
 }
 
 async fn publish(args: PubArgs) -> Result<(), CliError> {
-    if !(args.rate > 0.0 && args.rate <= 1_000_000.0) {
+    if !(args.rate >= 0.01 && args.rate <= 1_000_000.0) {
         return Err(CliError::TickRate(args.rate));
     }
     let end = deadline(args.duration)?;
@@ -159,6 +159,10 @@ async fn publish(args: PubArgs) -> Result<(), CliError> {
     // Closing drops datagrams quinn has not sent yet: give the last ticks a moment to leave.
     tokio::time::sleep(Duration::from_millis(50)).await;
     client.close().await;
+    if sent == 0 && unsent > 0 {
+        // Connected throughout the run's end, it would have sent some: a script must not take this for success.
+        return Err(CliError::TicksNotSent(unsent));
+    }
     Ok(())
 }
 
@@ -206,11 +210,12 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
     second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut previous, mut last_line) = (0, Instant::now());
     let mut stop = crate::output::Stop::new();
-    loop {
+    // A subscription that ends still reports what it received (with --json too) before the error.
+    let ending = loop {
         tokio::select! {
             _ = second.tick() => {
                 if let Some(why) = subscription.end_reason() {
-                    return Err(ended(&args.channel, why));
+                    break Some(ended(&args.channel, why));
                 }
                 let stats = subscription.stats();
                 if !args.json {
@@ -220,11 +225,11 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
                 last_line = Instant::now();
                 previous = stats.received;
             }
-            () = until(end) => break,
-            () = stop.requested() => break,
-            why = client.closed() => return Err(ended(&args.channel, why)),
+            () = until(end) => break None,
+            () = stop.requested() => break None,
+            why = client.closed() => break Some(ended(&args.channel, why)),
         }
-    }
+    };
     let stats = subscription.stats();
     if args.json {
         let report = SubReport {
@@ -248,5 +253,5 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
         );
     }
     client.close().await;
-    Ok(())
+    ending.map_or(Ok(()), Err)
 }

@@ -152,6 +152,27 @@ async fn bench_outputs_are_checked_before_the_run() {
     }
 }
 
+/// Values a command cannot run with are refused before it connects, naming the flag, without a panic: a tick rate
+/// so low that its interval overflowed a `Duration`, and a ping timeout of 0 (every ping lost at once; elsewhere 0
+/// means no limit).
+#[tokio::test]
+async fn values_a_command_cannot_run_with_are_refused_up_front() {
+    for (args, wanted) in [
+        (&["tick", "pub", "--channel", "c", "--rate", "1e-20"][..], "--rate must be from 0.01"),
+        (&["ping", "--timeout-ms", "0"][..], "--timeout-ms"),
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(args)
+            .args(["--server", "127.0.0.1:9", "--data-dir", "/nonexistent"])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(wanted), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_ends_a_command_quietly() {
@@ -246,15 +267,22 @@ async fn quiver_tick_exits_non_zero_once_its_token_expired() {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"));
         command.args(["tick", cmd, "--channel", "c", "--server", &server.addr.to_string(), "--token", &token]);
         command.args(["--duration", "30", "--data-dir"]).arg(server.data_dir.path());
+        if cmd == "sub" {
+            command.arg("--json");
+        }
         command.kill_on_drop(true).output()
     };
     let started = std::time::Instant::now();
     let (sub, publish) = tokio::join!(run("sub"), run("pub"));
-    for (what, output) in [("sub", sub.unwrap()), ("pub", publish.unwrap())] {
+    let (sub, publish) = (sub.unwrap(), publish.unwrap());
+    for (what, output) in [("sub", &sub), ("pub", &publish)] {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "tick {what} exited 0 after its token expired: {stderr}");
         assert!(stderr.contains("TokenExpired"), "tick {what}: {stderr}");
     }
+    // `sub --json` still prints its report of what it received (a script read nothing at all).
+    let report: serde_json::Value = serde_json::from_slice(&sub.stdout).expect("sub --json prints its report");
+    assert!(report["received"].is_u64(), "{report}");
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
     server.stop().await;
 }

@@ -71,7 +71,8 @@ pub struct Budget {
     /// (`crate::awaiting`). Default 1,024.
     pub max_awaiting_hello: u32,
     /// TCP connections on the WebSocket listener between their accept and their upgrade (TLS, the request head,
-    /// the 101), in all; one more is closed at once (the listener goes on accepting). Default 1,024.
+    /// the 101), in all; one more closes one of them to make room (the longest upgrading of its network when that
+    /// network holds more than a sixteenth, else the longest upgrading of all). Default 1,024.
     pub websocket_max_upgrading: u32,
     /// Of those, from one source address (an IPv4 address or an IPv6 /64): one host cannot hold the listener's
     /// slots. Default 16.

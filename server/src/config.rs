@@ -164,6 +164,9 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
             return Err((key, "must be at least 1".into()));
         }
     }
+    if budget.sweep_interval_ms < 10 {
+        return Err(("budget.sweep_interval_ms", "at least 10 (each sweep walks every room)".into()));
+    }
     if tuning.initial_rtt > std::time::Duration::from_secs(10) {
         return Err(("transport.initial_rtt_ms", "at most 10000".into()));
     }

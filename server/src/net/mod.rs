@@ -153,6 +153,8 @@ impl Server<LocalRooms> {
     /// generates the certificate and binds the UDP socket, with ticks in this process's memory. Nothing is
     /// accepted until [`Server::run`].
     pub fn bind(config: ServerConfig) -> Result<Server<LocalRooms>, ServerError> {
+        // A configuration that cannot run is refused before the store is opened (a recovery may take long).
+        config.check()?;
         // Before anything in the directory is read or written.
         let data_dir = Arc::new(crate::datadir::DataDirLock::acquire(&config.data_dir)?);
         let early = Early::start(&config)?;
@@ -173,6 +175,7 @@ impl<R: RoomHub> Server<R> {
     /// Like [`Server::bind`], with rooms and ticks behind the given hubs (another engine than this process's
     /// memory).
     pub fn bind_with(config: ServerConfig, rooms: Arc<R>, ticks: Arc<dyn TickHub>) -> Result<Server<R>, ServerError> {
+        config.check()?;
         let data_dir = Arc::new(crate::datadir::DataDirLock::acquire(&config.data_dir)?);
         let early = Early::start(&config)?;
         Server::bind_locked(config, data_dir, early, rooms, ticks)

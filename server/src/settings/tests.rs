@@ -337,6 +337,7 @@ fn ranges_that_quietly_broke_a_guarantee_and_a_shared_tcp_port_are_refused() {
     for (text, key) in [
         ("[budget]\nframe_timeout_ms = 4000000000\n", "budget.frame_timeout_ms"),
         ("[budget]\nsweep_interval_ms = 2592000000\n", "budget.sweep_interval_ms"),
+        ("[budget]\nsweep_interval_ms = 9\n", "budget.sweep_interval_ms"),
         ("[transport]\ndatagram_send_buffer = 1000\n", "transport.datagram_send_buffer"),
         ("[transport]\nmtu_discovery = 1452\ndatagram_send_buffer = 1400\n", "transport.datagram_send_buffer"),
         ("listen = \"[::]:4433\"\n[admin]\nlisten = \"[::]:4433\"\n", "admin.listen"),

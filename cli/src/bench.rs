@@ -338,7 +338,9 @@ async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
         netns: args.netns.backend()?,
         baselines: !args.no_baselines && in_process,
     };
-    let runs = 1 + u32::from(config.compare_websocket) + if config.baselines { 3 } else { 0 };
+    // (With chat and baselines, Quiver runs twice: the second time with ticks only, the baselines' load.)
+    let again = config.baselines && config.chat_rate > 0.0;
+    let runs = 1 + u32::from(config.compare_websocket) + if config.baselines { 3 } else { 0 } + u32::from(again);
     crate::err!(
         "1 publisher at {}/s -> {} subscribers, chat {}/s (Quiver, WebSocket), {:.0} s per series: {}{}{}",
         config.rate,
@@ -346,6 +348,8 @@ async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
         config.chat_rate,
         (config.warmup + config.duration).as_secs_f64(),
         match (config.baselines, config.compare_websocket) {
+            (true, true) if again => "raw UDP, raw UDP sendmmsg, bare quinn, Quiver, Quiver without chat, WebSocket",
+            (true, false) if again => "raw UDP, raw UDP sendmmsg, bare quinn, Quiver, Quiver without chat",
             (true, true) => "raw UDP, raw UDP sendmmsg, bare quinn, Quiver, WebSocket",
             (true, false) => "raw UDP, raw UDP sendmmsg, bare quinn, Quiver",
             (false, true) => "Quiver, WebSocket",

@@ -269,10 +269,19 @@ async fn cell(
     let commits_during = commits() - commits_before;
     let (mut total, mut failed) = (0, 0);
     let mut merged = LatencyRecorder::default();
-    while let Some(Ok((count, latency, errors))) = posters.join_next().await {
-        total += count;
-        failed += errors;
-        merged.merge(&latency);
+    // Every poster's figures (one that panicked is counted as an error, and the others are kept).
+    while let Some(joined) = posters.join_next().await {
+        match joined {
+            Ok((count, latency, errors)) => {
+                total += count;
+                failed += errors;
+                merged.merge(&latency);
+            }
+            Err(err) => {
+                tracing::warn!(%err, "a poster task failed");
+                failed += 1;
+            }
+        }
     }
     (total, merged.summary(), commits_during, failed)
 }
@@ -346,6 +355,14 @@ impl PostReport {
         for row in &self.rows {
             // (A memory cell that acknowledged nothing is no baseline.)
             let Some(memory) = self.memory(row).filter(|m| m.posts_per_s > 0.0) else { continue };
+            if row.mode != "memory" && (row.errors > 0 || row.ack.count == 0) {
+                // (A cell whose posts failed has no ack p50 worth a verdict: 0 when none was acknowledged.)
+                out += &format!(
+                    "  {} {} room(s) x {} posters x {} in flight: not judged ({} errors, {} acknowledged)\n",
+                    row.mode, row.rooms, row.posters, row.in_flight, row.errors, row.ack.count
+                );
+                continue;
+            }
             match row.mode {
                 "fsync" => {
                     let bound = memory.ack.p50_us + self.fsync.p50_us;
@@ -420,5 +437,11 @@ mod tests {
         assert!(report.fsync.count == 200 && report.fsync.p50_us > 0);
         let table = report.table();
         assert!(table.contains("goals:") && table.contains("fsync on this disk"), "{table}");
+        assert!(!table.contains("not judged"), "{table}");
+        // A cell whose posts failed gets no verdict (its ack p50 read 0, "met").
+        let mut failed = report.clone();
+        let fsync = failed.rows.iter_mut().find(|r| r.mode == "fsync").unwrap();
+        fsync.errors = 5;
+        assert!(failed.table().contains("fsync 1 room(s) x 1 posters x 1 in flight: not judged (5 errors"));
     }
 }

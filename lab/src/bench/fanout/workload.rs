@@ -131,9 +131,20 @@ pub(super) async fn drive(
         Schedule { start: start_at, interval: Duration::from_secs(1), count: 0, warmup: 0 }
     };
     let size = config.size;
+    // A sender that fell too far behind stops (`Schedule::due`); what it did not send still counts, as sent and
+    // never delivered (lost), so that delivered % and the percentiles do not leave out the worst stretch.
+    let not_sent = |plan: &Schedule, from: u64, origins: fn(&mut Recorder) -> &mut HashMap<u64, Instant>| {
+        let mut r = lock(recorder);
+        for j in from.max(plan.warmup)..plan.count {
+            origins(&mut r).insert(j, plan.start + plan.interval.mul_f64(j as f64));
+        }
+    };
     let ticks = async {
         for i in 0..tick_plan.count {
-            let Some(origin) = tick_plan.due(i).await else { break };
+            let Some(origin) = tick_plan.due(i).await else {
+                not_sent(&tick_plan, i, |r| &mut r.tick_origins);
+                break;
+            };
             if i >= tick_plan.warmup {
                 lock(recorder).tick_origins.insert(i, origin);
             }
@@ -146,7 +157,10 @@ pub(super) async fn drive(
             return;
         }
         for i in 0..chat_plan.count {
-            let Some(origin) = chat_plan.due(i).await else { break };
+            let Some(origin) = chat_plan.due(i).await else {
+                not_sent(&chat_plan, i, |r| &mut r.chat_origins);
+                break;
+            };
             if i >= chat_plan.warmup {
                 lock(recorder).chat_origins.insert(i, origin);
             }
@@ -181,6 +195,38 @@ mod tests {
         assert_eq!(side.delivered_pct, 50.0, "one of two subscribers got it");
         Recorder::received(&recorder, 1, Kind::Tick, &tick);
         assert_eq!(Recorder::side(&recorder, "x", 2, Spent::default()).delivered_pct, 100.0);
+    }
+
+    /// A publisher that fell too far behind stops sending (`Schedule::due`), and the ticks it did not send count as
+    /// sent and lost: they had vanished from the counts, leaving delivered % at 100 and the worst stretch out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ticks_a_late_publisher_never_sent_count_as_lost() {
+        let config = FanoutConfig {
+            subscribers: 1,
+            rate: 100.0,
+            size: 64,
+            chat_rate: 0.0,
+            duration: Duration::from_millis(500),
+            warmup: Duration::from_millis(100),
+            profile: None,
+            server: None,
+            token: None,
+            compare_websocket: false,
+            netns: None,
+            baselines: false,
+        };
+        let recorder = SharedRecorder::default();
+        let mut first = true;
+        let publish = |_| {
+            if std::mem::take(&mut first) {
+                // Stalled past the schedule's end and its overrun: nothing more is sent.
+                std::thread::sleep(crate::bench::series::OVERRUN + Duration::from_millis(800));
+            }
+        };
+        drive(&config, &recorder, false, publish, |_, _| {}).await;
+        let side = Recorder::side(&recorder, "x", 1, Spent::default());
+        assert_eq!(side.ticks_sent, 50, "the measured ticks of the schedule, sent or not");
+        assert_eq!(side.delivered_pct, 0.0);
     }
 
     /// The stale share compares like with like: the subscriptions count stale ticks from their start, warm-up

@@ -141,6 +141,9 @@ fn reload(reloader: &Reloader, settings: &Settings) {
         }
         Err(invalid) => {
             tracing::error!(key = invalid.key, error = invalid.message, "reload failed; keeping the current keys");
+            use std::io::Write;
+            let _ =
+                writeln!(std::io::stdout(), "reload failed: {}: {} (nothing changed)", invalid.key, invalid.message);
             return;
         }
     };
@@ -150,6 +153,10 @@ fn reload(reloader: &Reloader, settings: &Settings) {
             use std::io::Write;
             let _ = writeln!(std::io::stdout(), "reloaded: certificate sha256 {fingerprint}");
         }
-        Err(err) => tracing::error!(%err, "reload failed; keeping the current certificate and keys"),
+        Err(err) => {
+            tracing::error!(%err, "reload failed; keeping the current certificate and keys");
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "reload failed: {err} (nothing changed)");
+        }
     }
 }

@@ -29,7 +29,23 @@ impl Drop for RedisProcess {
 }
 
 impl RedisProcess {
+    /// A `redis-server` of its own on a free port. The port is found free and let go before Redis binds it, so
+    /// another process may take it meanwhile: a Redis that exits at once, or a PING answered by another process
+    /// (its `process_id` not our child's), means trying another port (the bench would otherwise measure, and
+    /// flush, someone else's Redis).
     pub(super) async fn start() -> Result<RedisProcess, BenchError> {
+        let mut last = None;
+        for _ in 0..5 {
+            match Self::start_once().await? {
+                Ok(redis) => return Ok(redis),
+                Err(why) => last = Some(why),
+            }
+        }
+        let why = last.unwrap_or_default();
+        Err(BenchError::io("redis-server")(std::io::Error::other(format!("five ports tried: {why}"))))
+    }
+
+    async fn start_once() -> Result<Result<RedisProcess, String>, BenchError> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(BenchError::io("a free port for redis-server"))?
@@ -39,15 +55,33 @@ impl RedisProcess {
             .stdout(Stdio::null())
             .spawn()
             .map_err(BenchError::io("starting redis-server (Debian package redis-server)"))?;
-        let redis = RedisProcess { child, url: format!("redis://127.0.0.1:{port}") };
+        let mut redis = RedisProcess { child, url: format!("redis://127.0.0.1:{port}") };
         let started = Instant::now();
-        while redis.ping().await.is_err() {
+        loop {
+            if let Ok(Some(status)) = redis.child.try_wait() {
+                return Ok(Err(format!("redis-server on port {port} exited at once ({status})")));
+            }
+            if let Ok(pid) = redis.process_id().await {
+                if pid == redis.child.id() {
+                    return Ok(Ok(redis));
+                }
+                return Ok(Err(format!("port {port} was taken by another Redis (pid {pid})")));
+            }
             if started.elapsed() > Duration::from_secs(10) {
                 return Err(BenchError::io("redis-server")(std::io::Error::other("it does not answer PING")));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(redis)
+    }
+
+    /// The `process_id` the Redis on this port reports.
+    async fn process_id(&self) -> redis::RedisResult<u32> {
+        let mut conn = self.connection().await?;
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
+        let pid = info.lines().find_map(|line| line.strip_prefix("process_id:")?.trim().parse().ok());
+        pid.ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "no process_id in INFO server"))
+        })
     }
 
     /// CPU seconds the Redis process used so far (user + system), from /proc.
@@ -57,11 +91,6 @@ impl RedisProcess {
 
     pub(super) async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
         redis::Client::open(self.url.as_str())?.get_multiplexed_async_connection().await
-    }
-
-    async fn ping(&self) -> redis::RedisResult<()> {
-        let mut conn = self.connection().await?;
-        redis::cmd("PING").query_async::<()>(&mut conn).await
     }
 }
 

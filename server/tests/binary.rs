@@ -11,17 +11,42 @@ fn server() -> Command {
     Command::new(env!("CARGO_BIN_EXE_quiver-server"))
 }
 
+/// A server process killed (and reaped) when dropped: a failing assertion must not leave it running.
+struct Guarded(std::process::Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Guarded {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn prints_address_and_hash_then_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = server()
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Guarded(
+        server()
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let listening = lines.next().unwrap().unwrap();
     let addr: std::net::SocketAddr = listening.strip_prefix("listening on ").unwrap().parse().unwrap();
@@ -46,14 +71,16 @@ fn prints_address_and_hash_then_stops_cleanly_on_sigterm() {
 }
 
 /// A server on `dir` that has printed its address (so it holds the directory).
-fn listening(dir: &std::path::Path) -> std::process::Child {
-    let mut child = server()
-        .args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn listening(dir: &std::path::Path) -> Guarded {
+    let mut child = Guarded(
+        server()
+            .args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert!(lines.next().unwrap().unwrap().starts_with("listening on "), "the server did not start");
     // Keep reading: the server prints more lines, and a closed pipe would fail its later prints.
@@ -247,13 +274,15 @@ fn token_subcommand_refuses_subjects_servers_refuse_naming_the_limit() {
 /// Runs the server on `dir` and returns its exit status and stderr, failing the test if it is still running after
 /// 20 s (it started instead of refusing).
 fn refused_start(dir: &std::path::Path) -> (std::process::ExitStatus, String) {
-    let mut child = server()
-        .args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Guarded(
+        server()
+            .args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -171,7 +171,8 @@ enum Command {
 enum ConfigCommand {
     /// Print a configuration file with every setting at its default, commented (`config init > quiver.toml`).
     Init,
-    /// Check FILE: unknown keys, wrong types and out-of-range values are errors naming the line; exit 1 on one.
+    /// Check FILE, with the QUIVER_* environment and the flags given, as a start would read them: unknown keys,
+    /// wrong types and out-of-range values are errors naming the line or the variable; exit 1 on one.
     Check {
         /// The file.
         file: PathBuf,
@@ -262,7 +263,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Config(ConfigCommand::Check { file })) => {
-            let checked = match settings::load(Some(file), std::iter::empty(), Vec::new()) {
+            // The file as the server would read it: with the environment's QUIVER_* variables and the flags given
+            // (a bad variable in a service's environment was found only at its next start).
+            let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+            let checked = match settings::load(Some(file), env, args.overrides()) {
                 Ok((settings, layers)) => settings.check_files().map_err(|err| layers.error(err).to_string()),
                 Err(err) => Err(err.to_string()),
             };

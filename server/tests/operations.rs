@@ -240,6 +240,17 @@ fn config_check_names_the_line_and_print_redacts_the_secret() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("tls.cert") && stderr.contains("none.pem"), "{stderr}");
+    // With the environment the server would start with: a bad variable (in a service's environment) is named now,
+    // not at the next start.
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver-server"))
+        .args(["config", "check"])
+        .arg(&good)
+        .env("QUIVER_AUTH_HS256_SECRET", "zz")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("QUIVER_AUTH_HS256_SECRET"), "{stderr}");
 
     let secret = "5e".repeat(32);
     let out = Command::new(env!("CARGO_BIN_EXE_quiver-server"))

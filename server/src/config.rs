@@ -218,9 +218,13 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
             return Err((key, format!("at most {max} ({why})")));
         }
     }
-    // A room's history (and the server's) holds at least one message of the largest size: below that, a post is
-    // acknowledged and delivered, then forgotten at once (a member resuming is told it missed it).
-    let largest_message = u64::from(limits.max_frame) + u64::from(Limits::MAX_IDENTITY) + crate::hub::STORED_OVERHEAD;
+    // A room's history (and the server's) holds at least one message of the largest size (its body, its event's
+    // encoding around it, its sender's name and the history's bookkeeping: `StoredMessage::cost`): below that, a
+    // post is acknowledged and delivered, then forgotten at once (a member resuming is told it missed it).
+    let largest_message = u64::from(limits.max_body)
+        + u64::from(limits.event_overhead())
+        + u64::from(Limits::MAX_IDENTITY)
+        + crate::hub::STORED_OVERHEAD;
     for (key, value) in
         [("budget.room_history_bytes", budget.room_history_bytes), ("budget.retained_bytes", budget.retained_bytes)]
     {
@@ -228,8 +232,8 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
             return Err((
                 key,
                 format!(
-                    "at least {largest_message} (one message of limits.max_frame, its sender's name and the \
-                     history's bookkeeping): a post larger than it would be acknowledged and then forgotten at once"
+                    "at least {largest_message} (one message of limits.max_body, its event's encoding, its sender's \
+                     name and the history's bookkeeping): a larger post would be acknowledged, then forgotten at once"
                 ),
             ));
         }

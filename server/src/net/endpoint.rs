@@ -94,7 +94,15 @@ pub(super) struct Tickets {
     /// their clients then paid a Retry's round trip wherever the server asks for one (a reconnect storm after a
     /// restart is where it does most), and lost the validated standing `Admission` gives them.
     pub(super) tokens: std::sync::Arc<dyn quinn::crypto::HandshakeTokenKey>,
+    /// The NEW_TOKEN tokens' lifetime and the log of those used (each is taken once), one for every configuration:
+    /// a reloaded configuration's own log would forget the tokens used before.
+    pub(super) validation: quinn::ValidationTokenConfig,
 }
+
+/// How long a NEW_TOKEN token validates its client's address (quinn's default: two weeks). Tokens now outlive
+/// restarts (their key is the data directory's) while the log of used ones is in memory: a token used before a
+/// restart is taken once more after it, from the address it was given to; a day bounds that.
+pub(super) const VALIDATION_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Tickets {
     pub(super) fn new(
@@ -104,7 +112,9 @@ impl Tickets {
         let secret = crate::datadir::reset_key(data_dir)?;
         // HKDF with a label of its own: the stateless-reset key (the same secret, HMAC'd) stays independent of it.
         let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"quiver address validation tokens");
-        Ok(Tickets { tls, tokens: std::sync::Arc::new(salt.extract(&secret)) })
+        let mut validation = quinn::ValidationTokenConfig::default();
+        validation.lifetime(VALIDATION_TOKEN_LIFETIME);
+        Ok(Tickets { tls, tokens: std::sync::Arc::new(salt.extract(&secret)), validation })
     }
 }
 
@@ -150,7 +160,7 @@ pub(super) fn server_config(
         &config.tuning,
         tickets.tls.clone(),
     )?;
-    quic.token_key(tickets.tokens.clone());
+    quic.token_key(tickets.tokens.clone()).validation_token_config(tickets.validation.clone());
     Ok(Certified { quic, tcp: std::sync::Arc::new(tcp), fingerprint, not_after })
 }
 

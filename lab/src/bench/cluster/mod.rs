@@ -363,8 +363,12 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
     while tasks.join_next().await.is_some() {}
     publisher_client.close().await;
     futures_util::future::join_all(subscribers.into_iter().map(quiver_client::Client::close)).await;
-    // (Ticks the publisher never sent, out of time, are not delivery losses.)
-    let expected = measured_sent * u64::from(config.subscribers);
+    // Ticks the publisher never sent (it fell too far behind its schedule) count as lost: a stalled publisher's run
+    // is not judged as a clean, shorter one.
+    if measured_sent < measured {
+        tracing::warn!(sent = measured_sent, scheduled = measured, "the publisher fell behind: the rest counts lost");
+    }
+    let expected = measured * u64::from(config.subscribers);
     let delivered_pct = 100.0 * received.load(Ordering::Relaxed) as f64 / expected.max(1) as f64;
     let latency = recorder.lock().map(|r| r.summary()).unwrap_or_else(|p| p.into_inner().summary());
     Ok(FanoutRow { delivered_pct, latency })
@@ -434,14 +438,14 @@ impl ClusterReport {
         out.push_str(&format!(
             "goal: posts through Redis {:.0}/s >= 30000/s: {}\n",
             self.posts_cluster_per_s,
-            if failed_single + failed_cluster > 0 {
-                format!("not judged: {failed_single} posts failed on one node, {failed_cluster} through Redis")
+            if failed_cluster > 0 {
+                format!("not judged: {failed_cluster} posts failed through Redis ({failed_single} on one node)")
             } else {
                 verdict(self.posts_cluster_per_s >= 30_000.0).to_string()
             }
         ));
-        // (Judged only where both runs delivered everything: a run that delivered nothing has a p99 of 0.)
-        let complete = fs.delivered_pct >= 100.0 && fc.delivered_pct >= 100.0;
+        // (Judged only where both runs delivered nearly everything: a run that delivered nothing has a p99 of 0.)
+        let complete = fs.delivered_pct >= 99.0 && fc.delivered_pct >= 99.0;
         out.push_str(&format!(
             "goal: 3-node fan-out p99 {:.2} ms <= 2 x one-node p99 = {:.2} ms: {}\n",
             ms(fc.latency.p99_us),
@@ -495,7 +499,7 @@ mod tests {
         // fan-out that delivered nothing has a p99 of 0, and read "met").
         let mut failing = report.clone();
         failing.posts_failed = [0, 3];
-        assert!(failing.table().contains("not judged: 0 posts failed on one node, 3 through Redis"));
+        assert!(failing.table().contains("not judged: 3 posts failed through Redis (0 on one node)"));
         failing.fanout_cluster.delivered_pct = 0.0;
         assert!(failing.table().contains("fan-out p99") && failing.table().contains("not judged: delivered"));
     }

@@ -24,8 +24,8 @@ pub struct FanoutReport {
     /// The baselines' numbers (raw UDP, raw UDP with `sendmmsg`, bare quinn datagrams), unless left out.
     pub baselines: Vec<FanoutSide>,
     /// Quiver again with ticks only (no chat), when the run has chat and baselines: the baselines carry ticks only,
-    /// and CPU per delivery compares like loads only so (a chat message's delivery, on a stream, costs more than a
-    /// tick's).
+    /// and CPU per delivery compares like loads only so (a chat message's delivery, on a stream, costs the server
+    /// differently from a tick's: less, in the runs so far).
     pub quiver_no_chat: Option<FanoutSide>,
     /// The WebSocket hub's numbers, when compared.
     pub websocket: Option<FanoutSide>,

@@ -217,8 +217,10 @@ impl<H: Handler> Connection<H> {
         }
         // Numbered in the order written, under the send lock: the server counts them in the same order.
         let number = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        if copied {
-            lock(&self.copies).push(CopyTarget::Posts, number, frame, Some(std::time::Instant::now()));
+        // (A post whose copy was not queued, too large for a datagram, is probed on the probe's own schedule.)
+        let queued =
+            copied && lock(&self.copies).push(CopyTarget::Posts, number, frame, Some(std::time::Instant::now()));
+        if queued {
             self.probe.sent_with_copies();
         } else {
             self.probe.sent();

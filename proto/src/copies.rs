@@ -259,16 +259,18 @@ impl CopyQueue {
     /// A frame that cannot fit a datagram (as large as the last [`CopyQueue::take`] allowed) is not queued: it goes
     /// by the stream only. Full, the queue makes room by dropping its oldest held frame (a stream that is not being
     /// written: its copies may never be due), else its oldest.
-    pub fn push(&mut self, target: CopyTarget, position: u64, frame: Bytes, written: Option<Instant>) {
+    /// Returns whether it was queued (not when copies are off or the frame is too large for a datagram): a write
+    /// with nothing queued is probed as any other ([`crate::copies`]' callers tell the tail probe which).
+    pub fn push(&mut self, target: CopyTarget, position: u64, frame: Bytes, written: Option<Instant>) -> bool {
         if self.copies == 0 {
-            return;
+            return false;
         }
         let header = match target {
             CopyTarget::Room(slot) => room_header_len(slot, position),
             CopyTarget::Posts => posts_header_len(position),
         };
         if self.max_size.is_some_and(|max| header + frame.len() > max) {
-            return;
+            return false;
         }
         if self.pending.len() == MAX_PENDING_COPIES {
             match self.pending.iter().position(|p| p.due.is_none()) {
@@ -278,15 +280,20 @@ impl CopyQueue {
         }
         let due = written.map(|at| at + self.first);
         self.pending.push_back(Pending { target, position, frame, left: self.copies, due });
+        true
     }
 
     /// `target`'s held frames at positions before `written` were written at `now`: their first copies are due
     /// `first` later. Frames at `written` or after (left unwritten by flow control, or queued meanwhile) stay held.
-    pub fn release(&mut self, target: CopyTarget, written: u64, now: Instant) {
+    /// Returns how many were released.
+    pub fn release(&mut self, target: CopyTarget, written: u64, now: Instant) -> usize {
         let held = |p: &&mut Pending| p.target == target && p.due.is_none() && p.position < written;
+        let mut released = 0;
         for pending in self.pending.iter_mut().filter(held) {
             pending.due = Some(now + self.first);
+            released += 1;
         }
+        released
     }
 
     /// Drops every frame of `target` (its stream ended: reset, kicked, left): none of them is sent, and they no

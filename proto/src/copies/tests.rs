@@ -102,7 +102,7 @@ fn a_held_frame_is_copied_only_once_released() {
     assert!(queue.take(t0 + 10 * MS, 1200).is_empty(), "not written yet");
     assert_eq!(queue.next_due(t0), None);
     // Slot 4's stream took position 2; position 3 is still queued (flow control): its copy stays held.
-    queue.release(CopyTarget::Room(4), 3, t0);
+    assert_eq!(queue.release(CopyTarget::Room(4), 3, t0), 1, "one frame released");
     assert_eq!(queue.next_due(t0), Some(MS));
     let copies = queue.take(t0 + MS, 1200);
     assert_eq!(copies.len(), 1);
@@ -110,7 +110,8 @@ fn a_held_frame_is_copied_only_once_released() {
         matches!(Copy::decode(&copies[0], 4096), Ok(Copy::Room { slot: 4, first: 2, ref frames }) if frames.len() == 1)
     );
     assert_eq!(queue.next_due(t0 + MS), None, "position 3 and slot 5 still held");
-    queue.release(CopyTarget::Room(4), 4, t0 + 2 * MS);
+    assert_eq!(queue.release(CopyTarget::Room(4), 4, t0 + 2 * MS), 1);
+    assert_eq!(queue.release(CopyTarget::Room(4), 4, t0 + 2 * MS), 0, "nothing held any more: the write is probed");
     let copies = queue.take(t0 + 3 * MS, 1200);
     assert!(matches!(Copy::decode(&copies[0], 4096), Ok(Copy::Room { slot: 4, first: 3, .. })));
     assert!(!queue.is_empty(), "slot 5 still held");
@@ -202,6 +203,6 @@ fn held_and_ended_frames_do_not_crowd_out_live_copies() {
         }))
         .unwrap()
         .freeze();
-    queue.push(CopyTarget::Room(3), 1, large, Some(now));
+    assert!(!queue.push(CopyTarget::Room(3), 1, large, Some(now)), "not queued: said so (the write is probed)");
     assert!(queue.is_empty());
 }

@@ -176,15 +176,19 @@ impl StreamOutbox {
     }
 
     /// Frames were written, every one before position `written`: the tail probe, or (a redundant stream) their
-    /// first copies, right after the write's packet (frames not written yet keep theirs held).
+    /// first copies, right after the write's packet (frames not written yet keep theirs held). A write with no copy
+    /// released (its frames too large for a datagram, or held behind a paged replay) is probed on the probe's own
+    /// schedule: the copies' early round would otherwise send the probe at once, or, the write not on the wire
+    /// yet, take it for acknowledged and send none.
     fn probed(&self, written: u64) {
-        match &self.copies {
-            Some(copies) => {
-                let now = std::time::Instant::now();
-                lock(&copies.queue).release(CopyTarget::Room(copies.slot), written, now);
-                self.probe.sent_with_copies();
-            }
-            None => self.probe.sent(),
+        let released = self.copies.as_ref().map_or(0, |copies| {
+            let now = std::time::Instant::now();
+            lock(&copies.queue).release(CopyTarget::Room(copies.slot), written, now)
+        });
+        if released > 0 {
+            self.probe.sent_with_copies();
+        } else {
+            self.probe.sent();
         }
     }
 

@@ -34,8 +34,8 @@ pub const TAIL_PROBE_DELAY: Duration = Duration::from_millis(1);
 /// Cubic's 2-packet minimum congestion-blocks a stream of small real-time packets ([`crate::congestion`]).
 pub const CONGESTION_WINDOW_FLOOR: u64 = 10 * 1200;
 /// Redundant delivery (rooms joined with `redundant`): each room frame and post also goes as up to this many
-/// datagram copies, the first one tail-probe delay after the stream write (in its own packet, so that one loss does
-/// not take both), the next ones [`COPY_SPACING`] apart. How many, of this maximum, follows the loss each end
+/// datagram copies, the first one right after the stream write's packet (in a packet of its own, so that one loss
+/// does not take both; it stands for the write's tail probe), the next ones [`COPY_SPACING`] apart. How many, of this maximum, follows the loss each end
 /// observes on its path (`quiver_proto::copies::CopyQueue`): one on a clean path, three at 10 % loss, where a
 /// message then waits for a retransmission only when four packets in a row are lost (docs/transport.md,
 /// "Redundant delivery").
@@ -223,7 +223,8 @@ pub fn server_transport(limits: &Limits, tuning: &TransportTuning) -> Arc<Transp
     config
         .stream_receive_window(VarInt::from_u32(stream))
         .receive_window(VarInt::from_u32(connection))
-        .send_window(SERVER_SEND_WINDOW);
+        .send_window(SERVER_SEND_WINDOW)
+        .datagram_receive_buffer_size(Some(SERVER_DATAGRAM_RECEIVE_BUFFER));
     Arc::new(config)
 }
 
@@ -240,6 +241,15 @@ pub fn server_receive_windows(limits: &Limits) -> (u32, u32) {
 /// peer that withholds its ACKs pins this much. 1 MiB still carries 10 MB/s of room traffic at 100 ms of RTT,
 /// and ticks (datagrams) are not counted in it.
 pub const SERVER_SEND_WINDOW: u64 = 1 << 20;
+
+/// Bytes of a client's datagrams (ticks it publishes, copies of its posts) the server holds before reading them,
+/// at most (quinn's default: 1.25 MB, counted as each datagram's payload and 32 bytes, while a datagram keeps its
+/// whole received packet): beyond it quinn drops the oldest (latest wins, as for ticks everywhere). The server
+/// reads them as they come, but a browser's session is read only from its CONNECT, up to `handshake_timeout_ms`
+/// after the handshake: a thousand connections withholding it held 1.25 GB before. 64 KiB is some fifty of the
+/// largest ticks, and more than any datagram a path carries (it is also the largest datagram frame the server
+/// announces: 65,535 bytes, as before).
+pub const SERVER_DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
 
 /// quinn's `max_ack_delay` (RFC 9000's default), a peer's ACK delay when none is asked for.
 pub const QUINN_MAX_ACK_DELAY: Duration = Duration::from_millis(25);
@@ -289,5 +299,13 @@ mod tests {
         assert_eq!(server_keep_alive(Some(secs(60))), Some(IDLE_TIMEOUT / 2), "but within the idle timeout");
         assert_eq!(server_keep_alive(Some(Duration::from_millis(1))), Some(Duration::from_millis(1)), "a probe");
         assert_eq!(server_keep_alive(None), None);
+    }
+
+    /// What a client's datagrams may hold on the server before they are read is bounded (quinn's default, 1.25 MB,
+    /// held per connection while a browser withholds its CONNECT).
+    #[test]
+    fn the_servers_datagram_receive_buffer_is_bounded() {
+        let config = format!("{:?}", server_transport(&Limits::default(), &TransportTuning::quiver()));
+        assert!(config.contains("datagram_receive_buffer_size: Some(65536)"), "{config}");
     }
 }

@@ -330,11 +330,25 @@ async fn quiver_tick_sub_duration_bounds_a_subscribe_never_answered() {
 #[test]
 fn sigterm_and_sighup_end_a_run_but_not_under_nohup() {
     use std::{process::Command, time::Duration};
+    // A test run that ignores SIGHUP itself (started under nohup, or by a supervisor) passes that on to its
+    // children: the child then starts through `env --default-signal=HUP` (coreutils), which gives it SIGHUP's
+    // default back, so the HUP case is tested there too (it was left out without a word).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let ignored = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).map(str::trim);
+    let hup_ignored_here = ignored.and_then(|hex| u64::from_str_radix(hex, 16).ok()).is_some_and(|mask| mask & 1 != 0);
     let relay = |nohup: bool| {
         let bin = env!("CARGO_BIN_EXE_quiver");
         let args = ["impair", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9", "--duration", "30"];
-        let mut command = if nohup { Command::new("nohup") } else { Command::new(bin) };
-        if nohup {
+        let mut command = match (nohup, hup_ignored_here) {
+            (true, _) => Command::new("nohup"),
+            (false, true) => {
+                let mut env = Command::new("env");
+                env.arg("--default-signal=HUP");
+                env
+            }
+            (false, false) => Command::new(bin),
+        };
+        if nohup || hup_ignored_here {
             command.arg(bin);
         }
         let child = command.args(args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
@@ -359,12 +373,7 @@ fn sigterm_and_sighup_end_a_run_but_not_under_nohup() {
         }
         None
     };
-    // A test run that ignores SIGHUP itself (started under nohup) passes that on to the child: no HUP case then.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let ignored = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).map(str::trim);
-    let hup_ignored_here = ignored.and_then(|hex| u64::from_str_radix(hex, 16).ok()).is_some_and(|mask| mask & 1 != 0);
-    let names: &[&str] = if hup_ignored_here { &["TERM"] } else { &["TERM", "HUP"] };
-    for &name in names {
+    for name in ["TERM", "HUP"] {
         let mut child = relay(false);
         signal(&child, name);
         let status = ended(&mut child).unwrap_or_else(|| panic!("SIG{name} did not end the run"));

@@ -329,9 +329,10 @@ async fn chromium_falls_back_to_the_websocket_when_udp_is_blocked() {
     let state = setup.browser.wait_for("connected over the WebSocket", |s| s["status"] == "connected").await;
     let took = started.elapsed();
     assert_eq!(state["transport"], "websocket", "{state:#}");
-    // The page loads, gives WebTransport FALLBACK_MS, then connects over TCP on loopback.
+    // The page loads, gives WebTransport FALLBACK_MS, then connects over TCP on loopback (a loaded CI machine's
+    // Chromium may take seconds more; what the bound tells apart is a WebSocket chosen only at a timeout, 10 s).
     let at = state["transportAtMs"].as_u64().unwrap_or(u64::MAX);
-    assert!((FALLBACK_MS..FALLBACK_MS + 1500).contains(&at), "the WebSocket was chosen {at} ms after the page began");
+    assert!((FALLBACK_MS..FALLBACK_MS + 4000).contains(&at), "the WebSocket was chosen {at} ms after the page began");
     assert!(took < Duration::from_secs(20), "{took:?}");
     chat_and_ticks(&mut setup, "fallback-test").await;
     finish(setup).await;

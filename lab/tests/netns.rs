@@ -127,7 +127,7 @@ fn udp_round_trips_see_the_delay_and_the_seeded_loss() {
     // 10 % each way: a round trip survives with p = 0.81; 400 trials, sd ≈ 7.8: 4 sd either side.
     assert!((293..=355).contains(&received), "received {received} of {N}");
     let median = median(rtts);
-    assert!(median >= Duration::from_millis(20) && median < Duration::from_millis(26), "median RTT {median:?}");
+    assert!(median >= Duration::from_millis(20) && median < Duration::from_millis(35), "median RTT {median:?}");
     assert!(stats.up.dropped > 0 && stats.down.dropped > 0, "{stats:?}");
 }
 
@@ -173,7 +173,7 @@ fn tcp_request_response_sees_the_delay_and_loss_is_applied_to_its_packets() {
     assert_removed(&name);
     // Reliable: every exchange completed; most took the emulated 10 ms round trip, losses cost retransmissions.
     let median = median(rtts);
-    assert!(median >= Duration::from_millis(10) && median < Duration::from_millis(15), "median RTT {median:?}");
+    assert!(median >= Duration::from_millis(10) && median < Duration::from_millis(18), "median RTT {median:?}");
     let packets = stats.up.passed + stats.up.dropped + stats.down.passed + stats.down.dropped;
     let dropped = stats.up.dropped + stats.down.dropped;
     let rate = dropped as f64 / packets as f64;
@@ -228,7 +228,7 @@ fn netem_backend_shapes_the_link_or_says_the_kernel_lacks_sch_netem() {
             echo.join().unwrap();
             assert_removed(&name);
             let median = median(rtts);
-            assert!(median >= Duration::from_millis(20) && median < Duration::from_millis(26), "median RTT {median:?}");
+            assert!(median >= Duration::from_millis(20) && median < Duration::from_millis(35), "median RTT {median:?}");
         }
     }
 }

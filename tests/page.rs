@@ -52,8 +52,9 @@ async fn dev_tokens_only_for_this_machine() {
     let page = server.page_addr().unwrap();
     let server_url = server.page_url();
     assert_eq!(
-        server_url.as_deref().map(|url| url.starts_with(&format!("http://localhost:{}/#key=", page.port()))),
-        Some(true)
+        server_url.as_deref().map(|url| url.starts_with(&format!("http://127.0.0.1:{}/#key=", page.port()))),
+        Some(true),
+        "the address the page holds, not localhost (whose other address another user could hold): {server_url:?}"
     );
     assert!(page.ip().is_loopback(), "the page listens on loopback by default: {page}");
     let shutdown = CancellationToken::new();
@@ -84,4 +85,40 @@ async fn dev_tokens_only_for_this_machine() {
 
     shutdown.cancel();
     task.await.unwrap();
+}
+
+/// The URL the server prints names an address no other local user can hold at the page's port: `localhost` only
+/// where the listener holds both loopback addresses (`[::]`, IPv4 taken too whatever `net.ipv6.bindv6only` says),
+/// else the address it holds. It printed `localhost` for a page on 127.0.0.1 alone: a browser taking `localhost` to
+/// `::1` then sent the key to whoever listened there.
+#[tokio::test]
+async fn the_printed_page_url_names_an_address_no_one_else_can_hold() {
+    for listen in ["[::]", "127.0.0.1", "0.0.0.0"] {
+        let dir = tempfile::tempdir().unwrap();
+        // A port of its own, as quiver-server's 4433 (with port 0 the page gets a listener of its own).
+        let addr =
+            SocketAddr::new(listen.trim_matches(['[', ']']).parse().unwrap(), quiver_tests::ports::restartable_port());
+        // As quiver-server sets it up by default: the page on loopback at the QUIC port, served by the WebSocket
+        // listener there.
+        let web = WebConfig { http: Some(quiver_server::web::default_page_addr(addr)), ..WebConfig::default() };
+        let server = match Server::bind(ServerConfig { web, ..ServerConfig::dev(addr, dir.path().into()) }) {
+            Ok(server) => server,
+            Err(quiver_server::ServerError::Bind(err)) if listen == "[::]" => {
+                quiver_tests::skip("the page URL test on [::]", &format!("{err}"));
+                continue;
+            }
+            Err(err) => panic!("{listen}: {err}"),
+        };
+        let url = server.page_url().unwrap();
+        let port = server.page_addr().unwrap().port();
+        let held = |addr: &str| std::net::TcpListener::bind((addr, port)).is_err();
+        match listen {
+            "[::]" => {
+                assert!(url.starts_with(&format!("http://localhost:{port}/#key=")), "{url}");
+                assert!(held("127.0.0.1"), "127.0.0.1:{port} was free to another listener");
+                assert!(held("::1"), "[::1]:{port} was free to another listener");
+            }
+            _ => assert!(url.starts_with(&format!("http://127.0.0.1:{port}/#key=")), "{listen}: {url}"),
+        }
+    }
 }

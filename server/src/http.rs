@@ -310,11 +310,23 @@ pub(crate) fn parse_request(head: &[u8]) -> Result<(bool, &str, std::str::Split<
     Ok((head_only, target, lines))
 }
 
-/// The page server's address as bound (for port 0).
+/// A TCP listener on `addr` (the page's, the admin's, the WebSocket listener's), non-blocking. An IPv6 address
+/// takes IPv4 too (`IPV6_V6ONLY` off, whatever `net.ipv6.bindv6only` says): `[::]` then holds both loopback
+/// addresses, so no other local user can take `127.0.0.1` at the same port and receive what a browser sends to
+/// `localhost` there (the page's key, a dev token).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    // (As std's `TcpListener::bind`: a restarted server binds again while its old connections wait in TIME_WAIT.)
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]

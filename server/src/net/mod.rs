@@ -473,11 +473,21 @@ impl<R> Server<R> {
     /// The demo page's URL, if it is served: with the dev key, and where it is reached from this machine, carrying
     /// the page key (`#key=`) without which the page gets no dev token. (On another address every peer gets 403
     /// anyway: the key is not printed where it can only be shared.)
+    /// The host is the loopback address the page's listener holds, not `localhost` (which a browser may take to
+    /// the other loopback address, where another local user could listen at the same port and take the key), but
+    /// where the listener is on `[::]`, which holds both (`http::bind`): the page's own, or the WebSocket listener
+    /// serving it (the default).
     pub fn page_url(&self) -> Option<String> {
         let page = self.page_addr?;
         let local = page.ip().is_unspecified() || page.ip().is_loopback();
+        let listener = match (self.page_on_websocket, self.websocket_addr) {
+            (true, Some(ws)) => ws.ip(),
+            _ => page.ip(),
+        };
+        let both = matches!(listener, std::net::IpAddr::V6(v6) if v6.is_unspecified());
         let host = match page.ip() {
-            _ if local => "localhost".to_string(),
+            _ if both => "localhost".to_string(),
+            std::net::IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".to_string(),
             std::net::IpAddr::V6(v6) => format!("[{v6}]"),
             ip => ip.to_string(),
         };

@@ -8,7 +8,7 @@
 // once it has joined the room and subscribed to the channel.
 
 import { QuiverClient, QuiverError, errorCodeName } from './quiver/index.js';
-import { configUrl, devTokenMayGo, keyFromHash, pageKey, settlePageKey } from './dev-token.js';
+import { devTokenMayGo, fetchDevToken, keyFromHash, pageKey } from './dev-token.js';
 
 /** Seconds of ticks the plot shows. */
 const PLOT_SECONDS = 5;
@@ -80,23 +80,8 @@ async function freshToken() {
   const params = new URLSearchParams(location.search);
   if (params.get('token')) return params.get('token');
   if (!devTokenMayGo(params)) return null;
-  try {
-    const key = pageKey(keyInUrl, pageStorage());
-    const response = await fetch(configUrl(params, key), { cache: 'no-store' });
-    if (!response.ok) {
-      if (key) settlePageKey(pageStorage(), key, false);
-      if (response.status === 403) tokenHint(`no dev token: ${(await response.text()).trim()}`);
-      return null;
-    }
-    const config = await response.json();
-    if (key) settlePageKey(pageStorage(), key, Boolean(config.token));
-    if (config.devTokens && !config.token) {
-      tokenHint('no dev token: open the page with the URL quiver-server printed at start (it ends in #key=…)');
-    }
-    return config.token ?? null;
-  } catch {
-    return null;
-  }
+  // (A passing failure throws: the connect is tried again, the key kept. dev-token.js.)
+  return fetchDevToken(fetch, params, pageKey(keyInUrl, pageStorage()), pageStorage(), tokenHint);
 }
 
 /** Where to connect: config.json, then the query parameters. */

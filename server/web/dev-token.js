@@ -65,3 +65,25 @@ export function configUrl(params, key) {
   const text = query.toString();
   return text ? `config.json?${text}` : 'config.json';
 }
+
+/** Asks the dev server for a token for `params`' name with `key` (`fetchFn`: the browser's fetch) and settles the
+ *  key in `storage`: the token, or null where none is for this page (`hint(text)` hears why). Only a refusal (403:
+ *  a wrong key, the server restarted, a peer elsewhere) forgets the key; anything else (429 or 503 from a busy
+ *  server, a network error) throws, so that the connect fails as a passing failure and is tried again with the
+ *  key kept. A 429 once made the page forget its key and connect without a token, which the server refused for
+ *  good. */
+export async function fetchDevToken(fetchFn, params, key, storage, hint) {
+  const response = await fetchFn(configUrl(params, key), { cache: 'no-store' });
+  if (response.status === 403) {
+    if (key) settlePageKey(storage, key, false);
+    hint(`no dev token: ${(await response.text()).trim()}`);
+    return null;
+  }
+  if (!response.ok) throw new Error(`config.json: HTTP ${response.status} (the connect is tried again)`);
+  const config = await response.json();
+  if (key) settlePageKey(storage, key, Boolean(config.token));
+  if (config.devTokens && !config.token) {
+    hint('no dev token: open the page with the URL quiver-server printed at start (it ends in #key=…)');
+  }
+  return config.token ?? null;
+}

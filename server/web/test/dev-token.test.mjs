@@ -3,7 +3,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { configUrl, devTokenMayGo, isLoopbackHost, keyFromHash, pageKey, settlePageKey } from '../dev-token.js';
+import {
+  configUrl, devTokenMayGo, fetchDevToken, isLoopbackHost, keyFromHash, pageKey, settlePageKey,
+} from '../dev-token.js';
 
 const query = (text) => new URLSearchParams(text);
 
@@ -69,4 +71,36 @@ test('config.json is asked with the name and the page key', () => {
   assert.equal(configUrl(query('name=ann b'), null), 'config.json?name=ann+b');
   assert.equal(configUrl(query('name=ann&room=r'), 'k1'), 'config.json?name=ann&key=k1');
   assert.equal(configUrl(query('room=r'), 'k1'), 'config.json?key=k1');
+});
+
+test('only a refusal forgets the page key: a busy server or a network error fails the connect, to be tried again', async () => {
+  const answer = (status, body) => async () => ({
+    status,
+    ok: status >= 200 && status < 300,
+    text: async () => body,
+    json: async () => JSON.parse(body),
+  });
+  const hints = [];
+  const hint = (text) => hints.push(text);
+  const kept = () => {
+    const stored = storage();
+    settlePageKey(stored, 'k1', true);
+    return stored;
+  };
+  // A token: the key stays kept.
+  let stored = kept();
+  const token = await fetchDevToken(answer(200, '{"token":"t1","devTokens":true}'), query(''), 'k1', stored, hint);
+  assert.equal(token, 't1');
+  assert.equal(pageKey(null, stored), 'k1');
+  // Rate-limited, unavailable, or no answer at all: thrown (the client tries again), the key still kept.
+  for (const fetchFn of [answer(429, 'slow down'), answer(503, 'busy'), async () => { throw new TypeError('offline'); }]) {
+    stored = kept();
+    await assert.rejects(fetchDevToken(fetchFn, query(''), 'k1', stored, hint));
+    assert.equal(pageKey(null, stored), 'k1', 'a passing failure does not forget the key');
+  }
+  // Refused (the server restarted with a new key): forgotten, and the page is told why.
+  stored = kept();
+  assert.equal(await fetchDevToken(answer(403, 'wrong key\n'), query(''), 'k1', stored, hint), null);
+  assert.equal(pageKey(null, stored), null);
+  assert.equal(hints.at(-1), 'no dev token: wrong key');
 });

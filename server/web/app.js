@@ -267,6 +267,8 @@ function setUpTestSignal(client, channel) {
     if (!event.target.checked) return;
     try {
       publisher ??= await client.publisher(channel);
+      // Unticked (or ticked again, which started its own) while the claim was on its way: no interval from here.
+      if (!event.target.checked || timer !== null) return;
       timer = setInterval(() => publisher.send((Math.sin(performance.now() / 500) * 10 + 100).toFixed(3)), 1000 / 60);
     } catch (err) {
       event.target.checked = false;

@@ -174,3 +174,22 @@ async fn a_strict_client_that_sends_no_connect_is_closed_with_an_http3_code() {
     assert!(report["close_reason"].as_str().unwrap().contains("no CONNECT in time"), "{report:#}");
     server.stop().await;
 }
+
+/// A browser that closes its session as Chromium does (its streams reset and stopped with WT_SESSION_GONE, an
+/// HTTP/3 code outside the mapped range, before the close capsule) has ended its session, not refused its control
+/// stream: no `ControlStreamClosed` refusal is counted (the server counted one, with a misleading reason, for
+/// every page closed or reloaded). A few times over, as the reset and the stop race in the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_closing_its_session_is_no_refusal() {
+    if !aioquic_available("the strict HTTP/3 client's client-close test") {
+        return;
+    }
+    let server = TestServer::start(Limits::default());
+    for _ in 0..5 {
+        let report = StrictClient::start(&server, "/quiver", "http://localhost", 200, "client-close").result().await;
+        assert_eq!(report["status"], 200, "{report:#}");
+        assert_eq!(report["h3_errors"], serde_json::json!([]), "{report:#}");
+    }
+    assert_eq!(server.stats.snapshot().control_streams_closed, 0, "a browser's close counted as a refusal");
+    server.stop().await;
+}

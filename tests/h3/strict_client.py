@@ -42,6 +42,8 @@ H3_CLOSED_CRITICAL_STREAM = 0x104
 CLOSE_WEBTRANSPORT_SESSION = 0x2843
 # The first WebTransport application error code in HTTP/3's space (draft-ietf-webtrans-http3, "webtransport_code").
 WT_ERROR_FIRST = 0x52E4A40FA8DB
+# What a browser resets and stops its session's streams with as it closes the session.
+WT_SESSION_GONE = 0x170D7B68
 
 
 def http3_code_to_webtransport(code):
@@ -161,6 +163,19 @@ class StrictClient(QuicConnectionProtocol):
         if data:
             self._quic.send_stream_data(stream, data)
         self.transmit()
+        return stream
+
+    def close_session(self, stream):
+        # As Chromium closes a session: its streams reset and stopped with WT_SESSION_GONE, then the close capsule
+        # (code 0, no reason) on the CONNECT stream, which ends.
+        self._quic.reset_stream(stream, WT_SESSION_GONE)
+        self._quic.stop_stream(stream, WT_SESSION_GONE)
+        capsule = Buffer(capacity=16)
+        capsule.push_uint_var(CLOSE_WEBTRANSPORT_SESSION)
+        capsule.push_uint_var(4)
+        capsule.push_uint32(0)
+        self.h3.send_data(self.connect_stream, capsule.data, end_stream=True)
+        self.transmit()
 
 
 def emit(line):
@@ -192,6 +207,10 @@ async def run(args):
             elif args.then == "garbage":
                 # A Quiver frame is `varint length || body`: an 8-byte varint of 2^62 - 1 is over any frame limit.
                 client.open_stream(b"\xff" * 8)
+            elif args.then == "client-close":
+                stream = client.open_stream(b"")
+                await asyncio.sleep(0.2)  # the server takes it as the session's control stream
+                client.close_session(stream)
             emit({"kind": "accepted"})
         # Whatever was asked for, the server is the one to end the connection: wait for it.
         await client.terminated
@@ -225,7 +244,7 @@ def main():
     trust.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
     parser.add_argument("--expect-status", type=int, required=True)
     parser.add_argument(
-        "--then", choices=["wait-close", "open-stream", "garbage", "no-connect"], default="wait-close"
+        "--then", choices=["wait-close", "open-stream", "garbage", "no-connect", "client-close"], default="wait-close"
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds before giving up (default 10)")
     args = parser.parse_args()

@@ -148,7 +148,7 @@ pub(super) fn control<'a, R: RoomHub>(
                         );
                         return control_stream_closed(conn, stats, reason);
                     }
-                    Err(err @ WireError::Closed(..)) => return err.to_string(),
+                    Err(err @ (WireError::Closed(..) | WireError::SessionGone)) => return err.to_string(),
                     Err(WireError::Stream(code)) => {
                         let reason = format!("the client reset its control stream (code {code})");
                         return control_stream_closed(conn, stats, reason);

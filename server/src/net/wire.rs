@@ -45,6 +45,10 @@ pub(crate) enum WireError {
     TooLarge,
     /// A datagram that belongs to no session (WebTransport): the peer's garbage, not the end.
     Malformed,
+    /// The browser closed its WebTransport session: it resets and stops the session's streams with
+    /// `WT_SESSION_GONE` (HTTP/3's code, outside the mapped range) before its close capsule arrives. The end of the
+    /// session, not a refusal of the stream.
+    SessionGone,
     /// Anything else.
     Other(String),
 }
@@ -56,6 +60,7 @@ impl std::fmt::Display for WireError {
             WireError::Stream(code) => write!(f, "stream cut off by the peer (code {code})"),
             WireError::TooLarge => write!(f, "datagram too large"),
             WireError::Malformed => write!(f, "datagram for no session"),
+            WireError::SessionGone => write!(f, "the browser closed its WebTransport session"),
             WireError::Other(what) => write!(f, "{what}"),
         }
     }
@@ -88,6 +93,10 @@ impl From<WsError> for WireError {
 /// The code a stop with an unrepresentable code is reported with (no application code is this large).
 const INVALID_STOP: u32 = u32::MAX;
 
+/// WebTransport's `WT_SESSION_GONE` (draft-ietf-webtrans-http3): the code a browser resets and stops its session's
+/// streams with as it closes the session (Chromium, before the close capsule).
+const WT_SESSION_GONE: u64 = 0x170d_7b68;
+
 impl From<web_transport_quinn::WriteError> for WireError {
     fn from(err: web_transport_quinn::WriteError) -> Self {
         match err {
@@ -95,6 +104,9 @@ impl From<web_transport_quinn::WriteError> for WireError {
             web_transport_quinn::WriteError::Stopped(code) => WireError::Stream(code),
             // A stop whose code is outside the application's range (raw QUIC: 2^32 and up; WebTransport: outside
             // HTTP/3's mapped range) is a stop all the same: the peer takes no more of the stream.
+            web_transport_quinn::WriteError::InvalidStopped(code) if code.into_inner() == WT_SESSION_GONE => {
+                WireError::SessionGone
+            }
             web_transport_quinn::WriteError::InvalidStopped(_) => WireError::Stream(INVALID_STOP),
             other => WireError::Other(other.to_string()),
         }
@@ -280,10 +292,22 @@ impl WireSend {
         }
     }
 
-    /// Completes when the peer stopped the stream (`Some(code)`), or it ended and was delivered (`None`).
-    pub(crate) async fn stopped(&self) -> Result<Option<u32>, WireError> {
+    /// Completes when the peer stopped the stream (`Some(code)`), or it ended and was delivered (`None`); a
+    /// browser's stop as it closes its session is [`WireError::SessionGone`] (the crate's own `stopped` reports a
+    /// code outside the mapped range as an ordinary end).
+    pub(crate) async fn stopped(&mut self) -> Result<Option<u32>, WireError> {
         match self {
-            WireSend::Quic(send) => Ok(send.stopped().await?),
+            WireSend::Quic(send) => {
+                let closed = std::future::poll_fn(|cx| web_transport_trait::poll::SendStream::poll_closed(send, cx));
+                match closed.await {
+                    Ok(()) => Ok(None),
+                    Err(web_transport_quinn::WriteError::Stopped(code)) => Ok(Some(code)),
+                    Err(err) => match WireError::from(err) {
+                        WireError::Stream(code) => Ok(Some(code)),
+                        err => Err(err),
+                    },
+                }
+            }
             WireSend::Ws(send) => Ok(send.stopped().await?.map(|code| code.to_u32())),
         }
     }
@@ -297,6 +321,9 @@ impl WireRecv {
                 Ok(chunk) => Ok(chunk.map(|chunk| chunk.bytes)),
                 Err(web_transport_quinn::ReadError::SessionError(err)) => Err(err.into()),
                 Err(web_transport_quinn::ReadError::Reset(code)) => Err(WireError::Stream(code)),
+                Err(web_transport_quinn::ReadError::InvalidReset(code)) if code.into_inner() == WT_SESSION_GONE => {
+                    Err(WireError::SessionGone)
+                }
                 Err(err) => Err(WireError::Other(err.to_string())),
             },
             WireRecv::Ws(recv) => Ok(recv.read_chunk().await?),

@@ -214,6 +214,11 @@ async def run(args):
             emit({"kind": "accepted"})
         # Whatever was asked for, the server is the one to end the connection: wait for it.
         await client.terminated
+        # This client's HTTP/3 critical streams (control, QPACK encoder and decoder): the server must never stop or
+        # reset them (RFC 9114 §6.2.1); only aioquic 1.7 and later closes the connection itself when it does.
+        h3 = client.h3
+        critical = [getattr(h3, f"_local_{name}_stream_id", None) for name in ("control", "encoder", "decoder")]
+        client.report["critical_streams"] = [stream for stream in critical if stream is not None]
         return client.report
 
 
@@ -229,6 +234,9 @@ def problems(report, expected_status):
         found.append("the connection was closed with H3_CLOSED_CRITICAL_STREAM")
     if report["closed_by"] is None:
         found.append("the connection did not end")
+    for stream in report.get("critical_streams", []):
+        if stream in report["stop_sending"] or stream in report["resets"]:
+            found.append(f"the server stopped or reset this client's critical stream {stream} (RFC 9114 §6.2.1)")
     return found
 
 

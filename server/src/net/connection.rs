@@ -140,18 +140,32 @@ pub(super) fn serve<R: RoomHub>(
             // One shared handle kept here for `release` (a `Session` is 776 bytes; the handle, 8).
             let session = Arc::new(session);
             let wire = Wire::Quic(session.clone());
-            serve_wire(session_id, wire, Some(path), admitted, shared, (deadline, started), shutdown).await;
-            // The session's HTTP/3 streams go with its last handle: only once the connection is closed.
+            let held = serve_wire(session_id, wire, Some(path), admitted, shared, (deadline, started), shutdown).await;
+            // The session's HTTP/3 streams go with its last handle: only once the connection is closed. Its places
+            // (`held`) are given back only then too.
             release(session).await;
+            drop(held);
         }
         .instrument(span)
         .await
     }
 }
 
+/// What a served connection holds until its caller drops it: its admission slot (its place in
+/// `max_connections_per_ip` and the like) and its place in the connection gauges. The caller keeps it until the
+/// connection underneath is gone (`close::release`, the WebSocket's close grace): a peer that keeps it open
+/// (withholding the close's ACKs, ignoring the close capsule) for seconds still counts meanwhile, where it had left
+/// its place to a newcomer at once.
+#[must_use = "dropping it gives the connection's places back: keep it until the connection is closed"]
+pub(super) struct Held {
+    _slot: Option<super::admit::Slot>,
+    _open: Option<Open>,
+}
+
 /// Serves a connection from its first stream on, whatever carries it: `path` is the QUIC connection underneath
 /// (none for a WebSocket), for the tail probe and datagram copies, which only QUIC has. `deadline`: Hello's;
-/// `started`: when the connection arrived. The connection is closed on return.
+/// `started`: when the connection arrived. The connection is closed on return; what it holds ([`Held`]) is
+/// returned.
 /// (Not an `async fn`, for the reason [`control`] gives.)
 pub(super) fn serve_wire<R: RoomHub>(
     session_id: u64,
@@ -161,7 +175,7 @@ pub(super) fn serve_wire<R: RoomHub>(
     shared: Shared<R>,
     (deadline, started): (Instant, std::time::Instant),
     shutdown: CancellationToken,
-) -> impl std::future::Future<Output = ()> {
+) -> impl std::future::Future<Output = Held> {
     let Shared { config, rooms, ticks, stats, auth } = shared;
     async move {
         tracing::debug!(kind = ?wire.kind(), "connected");
@@ -172,10 +186,12 @@ pub(super) fn serve_wire<R: RoomHub>(
                 slot.await_hello(&shutdown);
                 slot
             }
-            Admitted::TooMany(reason, _over_limit) => {
+            Admitted::TooMany(reason, over_limit) => {
                 stats.refused(ErrorCode::TooManyConnections);
                 wire.close(ErrorCode::TooManyConnections, &reason);
-                return tracing::info!(%reason, "connection refused");
+                tracing::info!(%reason, "connection refused");
+                drop(over_limit);
+                return Held { _slot: None, _open: None };
             }
         };
         // Copies of redundant rooms' frames go out on the probe timer, in place of the tail probe (QUIC only).
@@ -202,7 +218,7 @@ pub(super) fn serve_wire<R: RoomHub>(
         // Stopped when the connection's task returns.
         let _probing = probing;
         let copies = (path.is_some() && tuning.copies > 0).then_some(queue);
-        let _open = Open::new(&stats, session_id, path, wire.kind());
+        let open = Open::new(&stats, session_id, path, wire.kind());
         let hubs = (rooms, ticks);
         let mut connection =
             Connection::start(&wire, &config.limits, hubs, probe, copies, stats.clone(), shutdown.clone());
@@ -214,5 +230,6 @@ pub(super) fn serve_wire<R: RoomHub>(
         }
         connection.close(now_us(), config.budget.frame_timeout()).await;
         tracing::info!(%reason, "connection ended");
+        Held { _slot: Some(slot), _open: Some(open) }
     }
 }

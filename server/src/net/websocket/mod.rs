@@ -313,9 +313,10 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
             };
             let wire = Wire::Ws(session.clone());
             async move {
-                serve_wire(id, wire, None, admitted, served, (deadline, started), shutdown).await;
+                let held = serve_wire(id, wire, None, admitted, served, (deadline, started), shutdown).await;
                 session.close(quiver_proto::ErrorCode::NoError, "session ended");
                 let _ = tokio::time::timeout(CLOSE_GRACE, session.closed()).await;
+                drop(held); // (its places given back once the connection is gone)
             }
             .instrument(span)
             .await;

@@ -74,6 +74,9 @@ fn websocket_ticks_stay_fresh_on_a_slow_link_and_chat_stays_complete() {
     // The server, and a publisher beside it (not behind the slow link).
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    // The subscriber says when it has joined and subscribed (a fixed wait before publishing lost the first chat
+    // messages when the connect across the slow link took longer).
+    let (joined_tx, joined_rx) = tokio::sync::oneshot::channel::<()>();
     let server = inside(&link, Side::Server, move || async move {
         let dir = tempfile::tempdir().unwrap();
         let mut config = quiver_server::ServerConfig::dev(SocketAddr::from((netns::SERVER_ADDR, 0)), dir.path().into());
@@ -95,7 +98,7 @@ fn websocket_ticks_stay_fresh_on_a_slow_link_and_chat_stays_complete() {
         ready_tx.send((addr, ws, trust, token("subscriber"))).unwrap();
         let ticks = publisher.publisher("prices").await.unwrap();
         // Wait for the subscriber, then offer twice what the link carries, with chat alongside.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::timeout(Duration::from_secs(30), joined_rx).await.expect("the subscriber joins").unwrap();
         let started = Instant::now();
         let mut posted = 0;
         let mut sent = 0u64;
@@ -132,6 +135,7 @@ fn websocket_ticks_stay_fresh_on_a_slow_link_and_chat_stays_complete() {
         assert_eq!(client.transport(), Some(TransportKind::WebSocket));
         let mut room = client.join("desk").await.unwrap();
         let mut ticks = client.subscribe("prices").await.unwrap();
+        joined_tx.send(()).unwrap();
         let mut ages: Vec<(Instant, Duration)> = Vec::new();
         let mut chat = Vec::new();
         let deadline = Instant::now() + RUN + Duration::from_secs(20);

@@ -373,7 +373,7 @@ async fn an_os_post_is_written_outside_its_rooms_lock() {
     let member = Collect::new(usize::MAX);
     let _joining = join(&hub, "r", None, &member).await;
     post(&hub, "r", "bob", 1, 10).await.1.flush();
-    let go = store.hold_next_commit();
+    let (go, _) = store.hold_next_commit();
     // A std channel: with both workers stopped (one in the write, one on the lock), no timer would fire.
     let (sequenced, seen) = std::sync::mpsc::channel();
     let posters: Vec<_> = [2, 3]
@@ -437,7 +437,7 @@ pub(super) async fn post_long_messages(hub: &LocalRooms) {
 /// Stops `hub`'s store writer (every commit after this waits) until the returned sender says go.
 fn hold_the_writer(hub: &LocalRooms) -> std::sync::mpsc::Sender<()> {
     let (go, wait) = std::sync::mpsc::channel();
-    drop(hub.store().unwrap().submit(crate::store::Op::Hold(std::sync::Mutex::new(wait))));
+    drop(hub.store().unwrap().submit(crate::store::Op::Hold(std::sync::Mutex::new(wait), std::sync::Mutex::new(None))));
     go
 }
 

@@ -24,7 +24,7 @@ async fn an_os_room_creation_is_written_outside_the_map_of_rooms() {
     let member = Collect::new(usize::MAX);
     let _joining = join(&hub, "r", None, &member).await;
     post(&hub, "r", "bob", 1, 10).await.1.flush();
-    let go = store.hold_next_commit();
+    let (go, reached) = store.hold_next_commit();
     // A std channel: with both workers stopped (one in the write, one on the map's lock), no timer would fire.
     let (sequenced, seen) = std::sync::mpsc::channel();
     let creator = tokio::spawn({
@@ -36,8 +36,9 @@ async fn an_os_room_creation_is_written_outside_the_map_of_rooms() {
             posted.seq
         }
     });
-    // The creator is held in the write meanwhile (it takes the queued hold along).
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The creator is held in the write meanwhile (it takes the queued hold along): once it is (a fixed sleep let
+    // the poster go first on a loaded machine, and the test passed without the fix).
+    reached.recv_timeout(std::time::Duration::from_secs(5)).expect("the creator's write is held");
     let poster = tokio::spawn(async move {
         let body = Bytes::from_static(b"x");
         let message = PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id: 2, body, now_us: 10 };

@@ -226,7 +226,7 @@ async fn a_new_room_whose_first_user_gave_up_settles_once_its_creation_is_stored
     let hub = open(dir.path(), Limits::default(), Budget::default());
     let store = hub.store().unwrap().clone();
     let (go, hold) = std::sync::mpsc::channel::<()>();
-    drop(store.submit(crate::store::Op::Hold(std::sync::Mutex::new(hold))));
+    drop(store.submit(crate::store::Op::Hold(std::sync::Mutex::new(hold), std::sync::Mutex::new(None))));
     let member = tests::Collect::new(usize::MAX);
     let joining = join(&hub, "r", None, &member);
     assert!(tokio::time::timeout(std::time::Duration::from_millis(100), joining).await.is_err(), "gave up");

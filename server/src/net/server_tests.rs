@@ -158,7 +158,12 @@ async fn a_join_waiting_for_a_stalled_store_ends_at_the_tokens_expiry() {
     let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())).unwrap();
     let addr = server.local_addr();
     let (go, wait) = std::sync::mpsc::channel();
-    drop(server.store().expect("a durable store").submit(crate::store::Op::Hold(std::sync::Mutex::new(wait))));
+    drop(
+        server
+            .store()
+            .expect("a durable store")
+            .submit(crate::store::Op::Hold(std::sync::Mutex::new(wait), std::sync::Mutex::new(None))),
+    );
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(server.run(shutdown.clone()));
 

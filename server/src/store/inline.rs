@@ -166,7 +166,8 @@ impl InlineWriter {
     fn commit_batch(&self, committer: &mut Committer) {
         #[cfg(test)]
         for job in &committer.jobs {
-            if let super::writer::Op::Hold(go) = &job.op {
+            if let super::writer::Op::Hold(go, reached) = &job.op {
+                reached.lock().ok().and_then(|mut reached| reached.take()).map(|reached| reached.send(()));
                 let _ = go.lock().map(|go| go.recv());
             }
         }
@@ -307,7 +308,7 @@ mod tests {
     /// until `go` is sent.
     fn hold_queued() -> (tempfile::TempDir, std::sync::Arc<Store>, u64, std::sync::mpsc::Sender<()>) {
         let (dir, store, id) = with_room();
-        let go = store.hold_next_commit();
+        let (go, _) = store.hold_next_commit();
         (dir, store, id, go)
     }
 

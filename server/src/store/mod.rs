@@ -371,14 +371,16 @@ impl Store {
     }
 
     /// Tests, under `os`: the next task to commit stops in its batch until the returned sender says go (or is
-    /// dropped).
+    /// dropped); the receiver hears when it stopped there.
     #[cfg(test)]
-    pub(crate) fn hold_next_commit(&self) -> std::sync::mpsc::Sender<()> {
+    pub(crate) fn hold_next_commit(&self) -> (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>) {
         let (go, hold) = std::sync::mpsc::channel();
+        let (reached, stopped) = std::sync::mpsc::channel();
         let held = self.writer.inline().expect("an os store").hold();
-        drop(self.submit(Op::Hold(std::sync::Mutex::new(hold)))); // queued: the committer is held
+        let op = Op::Hold(std::sync::Mutex::new(hold), std::sync::Mutex::new(Some(reached)));
+        drop(self.submit(op)); // queued: the committer is held
         drop(held);
-        go
+        (go, stopped)
     }
 
     /// Tests: overwrites room `name`'s message `seq` with a record too short to be one (a damaged record, as a read

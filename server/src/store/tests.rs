@@ -392,7 +392,7 @@ fn a_backlog_over_a_batch_commits_in_order_in_several_batches() {
     let store = Store::open(dir.path(), Durability::Fsync).unwrap();
     let id = store.allocate_room_id();
     let (go, hold) = std::sync::mpsc::channel();
-    let mut commits = vec![store.submit(Op::Hold(std::sync::Mutex::new(hold)))];
+    let mut commits = vec![store.submit(Op::Hold(std::sync::Mutex::new(hold), std::sync::Mutex::new(None)))];
     commits.push(store.submit(Op::Create { name: "r".into(), id, epoch: 1 }));
     for seq in 1..=10_000 {
         commits.push(store.submit(append(id, seq, seq)));
@@ -417,7 +417,7 @@ fn a_store_thread_that_panics_fails_every_commit_instead_of_leaving_it_waiting()
     let store = Store::open(dir.path(), Durability::Fsync).unwrap();
     let id = store.allocate_room_id();
     let (go, hold) = std::sync::mpsc::channel();
-    let _ = store.submit(Op::Hold(std::sync::Mutex::new(hold)));
+    let _ = store.submit(Op::Hold(std::sync::Mutex::new(hold), std::sync::Mutex::new(None)));
     let queued = store.submit(append(id, 1, 1));
     // A deletion whose record does not cover what it deletes: the retention thread's debug assertion panics on it.
     let room = Record { name: "r".into(), epoch: 1, last_seq: 1 };

@@ -95,9 +95,10 @@ pub(crate) enum Op {
     /// Writes nothing: completes once everything handed over before it is stored.
     Barrier,
     /// Tests: the writer thread stops here until told to go on (or the sender is dropped), holding every commit
-    /// after it. Under `os` the task whose batch it is in stops there itself (`inline.rs`).
+    /// after it; says so first on the second channel, if any (a test then knows the hold is reached, where it slept
+    /// and assumed it). Under `os` the task whose batch it is in stops there itself (`inline.rs`).
     #[cfg(test)]
-    Hold(Mutex<mpsc::Receiver<()>>),
+    Hold(Mutex<mpsc::Receiver<()>>, Mutex<Option<mpsc::Sender<()>>>),
 }
 
 /// The store failed to write; nothing is acknowledged until the server restarts.
@@ -347,7 +348,8 @@ fn run(
             let batch = &mut jobs[start..end];
             #[cfg(test)]
             for job in batch.iter() {
-                if let Op::Hold(go) = &job.op {
+                if let Op::Hold(go, reached) = &job.op {
+                    reached.lock().ok().and_then(|mut reached| reached.take()).map(|reached| reached.send(()));
                     let _ = go.lock().map(|go| go.recv());
                 }
             }
@@ -442,7 +444,7 @@ pub(super) fn commit<'a>(
             }
             Op::Barrier => {}
             #[cfg(test)]
-            Op::Hold(_) => {}
+            Op::Hold(..) => {}
         }
     }
     for (id, (name, epoch, last_seq)) in rooms {

@@ -38,14 +38,14 @@ impl RedisProcess {
         for _ in 0..5 {
             match Self::start_once().await? {
                 Ok(redis) => return Ok(redis),
-                Err(why) => last = Some(why),
+                Err(PortTaken(why)) => last = Some(why),
             }
         }
         let why = last.unwrap_or_default();
         Err(BenchError::io("redis-server")(std::io::Error::other(format!("five ports tried: {why}"))))
     }
 
-    async fn start_once() -> Result<Result<RedisProcess, String>, BenchError> {
+    async fn start_once() -> Result<Result<RedisProcess, PortTaken>, BenchError> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(BenchError::io("a free port for redis-server"))?
@@ -59,13 +59,13 @@ impl RedisProcess {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = redis.child.try_wait() {
-                return Ok(Err(format!("redis-server on port {port} exited at once ({status})")));
+                return Ok(Err(PortTaken(format!("redis-server on port {port} exited at once ({status})"))));
             }
             if let Ok(pid) = redis.process_id().await {
                 if pid == redis.child.id() {
                     return Ok(Ok(redis));
                 }
-                return Ok(Err(format!("port {port} was taken by another Redis (pid {pid})")));
+                return Ok(Err(PortTaken(format!("port {port} was taken by another Redis (pid {pid})"))));
             }
             if started.elapsed() > Duration::from_secs(10) {
                 return Err(BenchError::io("redis-server")(std::io::Error::other("it does not answer PING")));
@@ -93,6 +93,9 @@ impl RedisProcess {
         redis::Client::open(self.url.as_str())?.get_multiplexed_async_connection().await
     }
 }
+
+/// Why a `redis-server` could not have the port it was started on (another process took it meanwhile).
+struct PortTaken(String);
 
 pub(super) fn redis_error(err: redis::RedisError) -> BenchError {
     BenchError::io("redis")(std::io::Error::other(err))

@@ -1,0 +1,324 @@
+//! The client library's link, continued from `client.rs`: rooms joined and left while it reconnects, given up
+//! midway, or raced by a late stream, a kick or a room stream that breaks the protocol; connects given up or
+//! refused after the Welcome; calls that go again on the next connection.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use quiver_client::{Client, ConnectOptions, TrustOptions};
+use quiver_proto::Limits;
+use quiver_tests::{hostile::named, TestServer};
+
+use quiver_tests::fakes::{
+    broken_room_stream, drops_each_first_request, fake_endpoint, kicked_with_its_join, late_first_stream,
+    mute_after_welcome, Seen,
+};
+
+/// A room joined while the client reconnects is joined once: the application's Join goes to the new connection, and
+/// the reconnect does not rejoin the room beside it (the two raced, and the loser's AlreadyJoined failed the
+/// application's join while the server kept the membership).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_joined_while_the_client_reconnects_is_joined_once() {
+    let server = TestServer::start(Limits::default());
+    let options = ConnectOptions { reconnect_delay: Duration::from_millis(200), ..ConnectOptions::default() };
+    let client = server.client_with(options).await.unwrap();
+    for round in 0..5 {
+        let name = format!("during-{round}");
+        client.connection().unwrap().close(0u32.into(), b"test: reconnect");
+        let mut room = client.join(&name).await.expect("joined, once");
+        client.post(&name, "hi").await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(quiver_client::RoomEvent::Message(m)) = room.next().await {
+                    return m.body;
+                }
+            }
+        })
+        .await
+        .expect("the room delivers");
+        assert_eq!(&got[..], b"hi");
+    }
+    client.close().await;
+    server.stop().await;
+}
+
+/// Waits (up to 10 s) for `room` to deliver a presence event of `member`: `joined` or left.
+async fn presence(room: &mut quiver_client::Room, member: &str, joined: bool) {
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match room.next().await {
+                Some(quiver_client::RoomEvent::MemberJoined { member: m }) if joined && m == member => return,
+                Some(quiver_client::RoomEvent::MemberLeft { member: m }) if !joined && m == member => return,
+                Some(_) => {}
+                None => panic!("the room ended"),
+            }
+        }
+    });
+    seen.await.unwrap_or_else(|_| panic!("{member} {} the room", if joined { "never joined" } else { "never left" }));
+}
+
+/// Dropping a `Room` leaves it: the other members see the member go, and a join of the name right after succeeds
+/// (before, the membership stayed on the server and in the client, and the join failed with `AlreadyJoined`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_room_is_left_and_can_be_joined_again_at_once() {
+    let server = TestServer::start(Limits::default());
+    let (alice, bob) = (named(&server, "alice").await, named(&server, "bob").await);
+    let mut watched = bob.join("r").await.unwrap();
+    for _ in 0..3 {
+        let room = alice.join("r").await.unwrap();
+        presence(&mut watched, "alice", true).await;
+        drop(room);
+        presence(&mut watched, "alice", false).await;
+    }
+    // Dropped and joined again in one go: the new Join waits for the dropped room's Leave.
+    let room = alice.join("r").await.unwrap();
+    drop(room);
+    let _room = alice.join("r").await.expect("joined again right after the drop");
+    server.stop().await;
+}
+
+/// A join or leave whose future is dropped midway (a timeout around it) still finishes what it started: the
+/// control stream is never left with half a frame, a join given up is left once answered, and the room can be
+/// joined again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_and_leaves_given_up_midway_leave_nothing_behind() {
+    let server = TestServer::start(Limits::default());
+    let (alice, bob) = (named(&server, "alice").await, named(&server, "bob").await);
+    let mut watched = bob.join("r").await.unwrap();
+    for step in 0..40u64 {
+        // Given up after 0 to about 2 ms: before the Join is written, while it waits for its reply, or after.
+        let after = Duration::from_micros(step * step);
+        let _ = tokio::time::timeout(after, alice.join("r")).await;
+        let room = alice.join("r").await.unwrap_or_else(|err| panic!("step {step}: {err}"));
+        let _ = tokio::time::timeout(after, room.leave()).await;
+    }
+    let room = alice.join("r").await.expect("joined after it all");
+    presence(&mut watched, "alice", true).await;
+    room.leave().await.unwrap();
+    // Whatever came and went before, alice is not left a member: a newcomer's join lists who the server holds.
+    let carol = named(&server, "carol").await;
+    let members = carol.join("r").await.unwrap().members();
+    assert_eq!(members, ["bob", "carol"], "alice is not a member after her last leave");
+    // The connection never saw a broken frame: it still answers.
+    alice.ping().await.expect("the control stream is intact");
+    server.stop().await;
+}
+
+/// A room joined, left and joined again before the first Join's stream arrived gets only the second Join's stream:
+/// each stream's Open frame names its Join. Before, the first stream was taken for the second join's: its events
+/// (which the second join never asked for), then the second stream as a spurious `Resumed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_joined_again_does_not_take_the_first_joins_late_stream() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let server = tokio::spawn(late_first_stream(endpoint));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
+    client.join("r").await.unwrap().leave().await.unwrap();
+    let mut room = client.join("r").await.unwrap();
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        events.push(tokio::time::timeout(Duration::from_secs(10), room.next()).await.unwrap().unwrap());
+    }
+    let later = match &events[1] {
+        quiver_client::RoomEvent::Message(m) => (m.seq, m.body.clone()),
+        other => panic!("expected the second join's message, got {other:?} (all: {events:?})"),
+    };
+    assert_eq!(events[0], quiver_client::RoomEvent::MemberJoined { member: "ann".into() }, "{events:?}");
+    assert_eq!(later, (6, bytes::Bytes::from("later")));
+    client.close().await;
+    server.abort();
+}
+
+/// A server that welcomes the client and then answers nothing does not hang `connect`: the clock offset's Pings
+/// give up after `connect_timeout` (they waited forever, and so did the connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_does_not_wait_forever_for_the_clock_pings() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let server = tokio::spawn(mute_after_welcome(endpoint, tokio::sync::oneshot::channel().0, false));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let options = ConnectOptions { trust, connect_timeout: Duration::from_secs(1), ..ConnectOptions::default() };
+    let connected = tokio::time::timeout(Duration::from_secs(10), Client::connect_with(&addr, options)).await;
+    let client = connected.expect("connect returns").expect("connected: the Welcome came");
+    client.close().await;
+    server.abort();
+}
+
+/// A Welcome in another protocol version than the Hello asked for is refused (it was taken, and the client went on
+/// speaking its own version to a server that speaks another): here a client asking for the oldest version, and a
+/// server answering in the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_in_another_protocol_version_is_refused() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let server = tokio::spawn(mute_after_welcome(endpoint, tokio::sync::oneshot::channel().0, false));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let version = quiver_proto::OLDEST_PROTOCOL_VERSION;
+    assert_ne!(version, quiver_proto::PROTOCOL_VERSION, "the fake answers in the newest");
+    let options = ConnectOptions { trust, protocol_version: version, ..ConnectOptions::default() };
+    let refused = tokio::time::timeout(Duration::from_secs(10), Client::connect_with(&addr, options)).await;
+    let err = refused.expect("connect returns").map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("protocol version 5") && err.to_string().contains("asked for 4"), "{err}");
+    server.abort();
+}
+
+/// A connect given up after the Welcome (its future dropped: the caller's own timeout) closes its connection. It
+/// stayed open before, kept alive for ever by the client's reader tasks, with no handle left to close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_given_up_after_the_welcome_closes_its_connection() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let (welcomed, welcome_sent) = tokio::sync::oneshot::channel();
+    let mut server = tokio::spawn(mute_after_welcome(endpoint, welcomed, false));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let options = ConnectOptions { trust, connect_timeout: Duration::from_secs(60), ..ConnectOptions::default() };
+    let connecting = Client::connect_with(&addr, options);
+    tokio::select! {
+        connected = connecting => panic!("connect returned although the clock Pings went unanswered: {connected:?}"),
+        // The connect now waits for its clock Pings; it is dropped there.
+        _ = async { welcome_sent.await.unwrap(); tokio::time::sleep(Duration::from_millis(200)).await } => {}
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), &mut server).await;
+    assert!(closed.is_ok(), "the server still holds the connection of a connect given up");
+    server.abort();
+}
+
+/// Leaving a room (or unsubscribing a channel) while the client reconnects succeeds: the membership went with the
+/// connection, and the reconnect does not take the room back (it failed with `NotJoined` from the new connection
+/// before, or with the connect timeout while no server answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_left_while_the_client_reconnects_is_left_without_an_error() {
+    let server = TestServer::start(Limits::default());
+    let alice = named(&server, "alice").await;
+    for _ in 0..3 {
+        let room = alice.join("r").await.unwrap();
+        let ticks = alice.subscribe("t").await.unwrap();
+        alice.connection().unwrap().close(0u32.into(), b"test: reconnect");
+        room.leave().await.expect("left");
+        ticks.unsubscribe().await.expect("unsubscribed");
+        alice.ping().await.expect("reconnected");
+        let again = alice.join("r").await.expect("joined again: nothing of the old room was held");
+        assert_eq!(again.members(), ["alice"]);
+        again.leave().await.unwrap();
+    }
+    server.stop().await;
+}
+
+/// A room stream that breaks the protocol (here a frame that is no room frame) costs the client its connection,
+/// not the room: the client closes the connection with `ProtocolViolation`, reconnects and resumes the room from
+/// the last message it got, which then goes on. Before, the room's reader just stopped, and the room with it, for
+/// as long as the connection lasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_stream_that_breaks_the_protocol_is_resumed_on_a_new_connection() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(broken_room_stream(endpoint, seen_tx));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
+    let mut room = client.join("r").await.unwrap();
+    let mut messages = Vec::new();
+    while messages.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(10), room.next()).await {
+            Ok(Some(quiver_client::RoomEvent::Message(m))) => messages.push((m.seq, m.body)),
+            Ok(Some(_)) => {}
+            other => panic!("the room stalled after {messages:?}: {other:?}"),
+        }
+    }
+    assert_eq!(messages, [(1, bytes::Bytes::from("first")), (2, bytes::Bytes::from("later"))]);
+    let mut events = Vec::new();
+    while events.len() < 3 {
+        events.push(tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().unwrap());
+    }
+    let closed = events.iter().find_map(|e| match e {
+        Seen::Closed(1, code, reason) => Some((*code, reason.contains("room r's stream"))),
+        _ => None,
+    });
+    let violation = Some((quiver_proto::ErrorCode::ProtocolViolation, true));
+    assert_eq!(closed, violation, "the first connection closed for the violation: {events:?}");
+    let resumed = quiver_proto::Position { epoch: 7, seq: 1 };
+    assert!(events.iter().any(|e| matches!(e, Seen::Join(2, Some(since)) if *since == resumed)), "{events:?}");
+    client.close().await;
+    server.abort();
+}
+
+/// A `Kicked` (`SlowConsumer`) that arrives right behind its room's Join reply, before the join has taken the
+/// reply, still makes the client rejoin: the room goes on. Before, the kick was dropped as one for a join still
+/// on its way, and the room stayed silent (its stream reset) until the next reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_right_behind_the_joins_reply_is_not_lost() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let (joins_tx, mut joins) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(kicked_with_its_join(endpoint, joins_tx));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
+    let mut room = client.join("r").await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match room.next().await {
+                Some(quiver_client::RoomEvent::Message(m)) => break m.body,
+                Some(_) => {}
+                None => panic!("the room ended"),
+            }
+        }
+    })
+    .await
+    .expect("the room rejoined after the kick");
+    assert_eq!(message, bytes::Bytes::from("after the kick"));
+    assert_eq!((joins.recv().await.is_some(), joins.recv().await.is_some()), (true, true), "joined, then rejoined");
+    client.close().await;
+    server.abort();
+}
+
+/// A Join, Subscribe, claim or History whose connection drops before the answer is sent again on the next
+/// connection and succeeds there, instead of failing with `Closed` while the client reconnects on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_whose_connection_drops_before_the_answer_go_again_on_the_next_connection() {
+    calls_go_again_on_the_next_connection(false).await;
+}
+
+/// The same when each connection goes as a draining server's does (GoAway and the control stream finished a moment
+/// before the close): the calls fail on the finished stream while the connection is not closed yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_whose_server_drains_before_the_answer_go_again_on_the_next_connection() {
+    calls_go_again_on_the_next_connection(true).await;
+}
+
+async fn calls_go_again_on_the_next_connection(graceful: bool) {
+    use quiver_proto::RequestBody;
+    let (dir, endpoint, addr) = fake_endpoint();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(drops_each_first_request(endpoint, seen_tx, graceful));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
+    let calls = async {
+        let mut room = client.join("r").await.expect("the join, sent again after the drop");
+        let message = loop {
+            match room.next().await {
+                Some(quiver_client::RoomEvent::Message(m)) => break m.body,
+                Some(_) => {}
+                None => panic!("the room ended"),
+            }
+        };
+        assert_eq!(message, bytes::Bytes::from("after the drop"));
+        let _subscription = client.subscribe("c").await.expect("the subscribe, sent again after the drop");
+        let _publisher = client.publisher("p").await.expect("the claim, sent again after the drop");
+        let page = client.history("r", None, 10).await.expect("the history, asked again after the drop");
+        assert_eq!(page.messages.len(), 1);
+    };
+    tokio::time::timeout(Duration::from_secs(30), calls).await.expect("the calls finished");
+    // Each went out once on the connection that dropped, then again on a later one.
+    let mut tries = std::collections::HashMap::<&str, Vec<usize>>::new();
+    while let Ok((connection, body)) = seen.try_recv() {
+        let kind = match body {
+            RequestBody::Join(_) => "join",
+            RequestBody::Subscribe { .. } => "subscribe",
+            RequestBody::Publish { .. } => "publish",
+            RequestBody::History { .. } => "history",
+            _ => "other",
+        };
+        tries.entry(kind).or_default().push(connection);
+    }
+    for kind in ["join", "subscribe", "publish", "history"] {
+        let on = &tries[kind];
+        assert!(on.len() >= 2 && on[0] < on[1], "{kind} sent on connections {on:?}: {tries:?}");
+    }
+    client.close().await;
+    server.abort();
+}

@@ -96,6 +96,7 @@ fn assert_clean(report: &Value) {
     assert_eq!(report["h3_errors"], serde_json::json!([]), "{report:#}");
     // (The script fails when the server stopped or reset one of these: they must be known for that to be checked.)
     assert_eq!(report["critical_streams"].as_array().map(Vec::len), Some(3), "{report:#}");
+    assert!(report["server_critical_streams"].as_array().is_some_and(|s| !s.is_empty()), "{report:#}");
     assert_ne!(report["close_code"], H3_CLOSED_CRITICAL_STREAM, "{report:#}");
     assert_eq!(report["closed_by"], "server", "{report:#}");
 }
@@ -186,11 +187,16 @@ async fn a_browser_closing_its_session_is_no_refusal() {
     if !aioquic_available("the strict HTTP/3 client's client-close test") {
         return;
     }
-    let server = TestServer::start(Limits::default());
+    // Anonymous: the script's Hello carries no token, and its Welcome says the control stream is being served.
+    let dir = tempfile::tempdir().unwrap();
+    let dev = quiver_server::ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+    let config = quiver_server::ServerConfig { auth: quiver_auth::AuthConfig::Anonymous, ..dev };
+    let server = TestServer::start_with(config, dir);
     for _ in 0..5 {
         let report = StrictClient::start(&server, "/quiver", "http://localhost", 200, "client-close").result().await;
         assert_eq!(report["status"], 200, "{report:#}");
         assert_eq!(report["h3_errors"], serde_json::json!([]), "{report:#}");
+        assert!(report["stream_bytes"].as_u64().unwrap() > 0, "closed only after the Welcome: {report:#}");
     }
     assert_eq!(server.stats.snapshot().control_streams_closed, 0, "a browser's close counted as a refusal");
     server.stop().await;

@@ -334,7 +334,7 @@ pub(super) fn control<'a, R: RoomHub>(
                 };
                 match written {
                     Ok(()) => {}
-                    Err(err @ WireError::Closed(..)) => return err.to_string(),
+                    Err(err @ (WireError::Closed(..) | WireError::SessionGone)) => return err.to_string(),
                     Err(err) => {
                         let reason = format!("the client stopped reading its control stream ({err})");
                         return control_stream_closed(conn, stats, reason);

@@ -156,7 +156,7 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 
 /// Why a peer that is not on this machine gets no dev token.
 const NOT_LOCAL: &str = "dev tokens are handed out only to pages opened on the server's own machine \
-    (http://localhost); from elsewhere, open the page with ?token= (mint one on the server: quiver-server token \
+    (from the URL it printed at start); from elsewhere, open the page with ?token= (mint one on the server: quiver-server token \
     --sub NAME), or run the server with production keys (--hs256-key / --ed25519-public-key)";
 
 /// Why a page reached under another name than this machine's gets no dev token.
@@ -166,7 +166,7 @@ const NOT_LOCAL_NAME: &str = "dev tokens are handed out only to pages opened as 
 
 /// Why a page with a wrong page key gets no dev token.
 const WRONG_KEY: &str = "this page key is not the server's: open the demo page with the URL quiver-server printed at \
-    start (http://localhost:PORT/#key=...): each start of the server makes a new page key";
+    start (it ends in #key=...): each start of the server makes a new page key";
 
 /// True when a `Host` header names this machine: `localhost` or a loopback address, with or without a port. A
 /// request without one (not a browser's) counts as local; the peer address was checked already.

@@ -298,7 +298,7 @@ async function main() {
     input.value = '';
     client.post(config.room, text).catch(report);
   });
-  client = await QuiverClient.connect(config.url, {
+  const options = {
     transport: config.transport,
     websocketUrl: config.websocketUrl,
     fallbackTimeoutMs: config.fallbackTimeoutMs,
@@ -321,7 +321,20 @@ async function main() {
       if (notice.type === 'kicked' && notice.room !== null) return; // told through the room's events
       report(`${notice.type}: ${errorCodeName(notice.code)}: ${notice.reason}`);
     },
-  });
+  };
+  // The client retries only once connected: a first connect that failed for a passing reason (the server busy,
+  // restarting, its config.json answering 429) is tried again here, with a growing pause; a refusal is final.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      client = await QuiverClient.connect(config.url, options);
+      break;
+    } catch (err) {
+      if (err?.refused || attempt >= 5) throw err;
+      const pauseMs = Math.min(500 * 2 ** attempt, 5000);
+      showNote(`connecting failed (${err?.message ?? err}); trying again in ${pauseMs / 1000} s`);
+      await new Promise((resolve) => setTimeout(resolve, pauseMs));
+    }
+  }
   state.status = client.status;
   state.transport = client.transport;
   state.identity = client.welcome.identity;

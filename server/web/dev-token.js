@@ -66,12 +66,15 @@ export function configUrl(params, key) {
   return text ? `config.json?${text}` : 'config.json';
 }
 
+/** Answers of config.json that mean "not now" (a busy server): the connect fails and is tried again. */
+const PASSING = new Set([429, 503]);
+
 /** Asks the dev server for a token for `params`' name with `key` (`fetchFn`: the browser's fetch) and settles the
- *  key in `storage`: the token, or null where none is for this page (`hint(text)` hears why). Only a refusal (403:
- *  a wrong key, the server restarted, a peer elsewhere) forgets the key; anything else (429 or 503 from a busy
- *  server, a network error) throws, so that the connect fails as a passing failure and is tried again with the
- *  key kept. A 429 once made the page forget its key and connect without a token, which the server refused for
- *  good. */
+ *  key in `storage`: the token, or null where none is for this page (`hint(text)` hears why). A refusal (403: a
+ *  wrong key, the server restarted, a peer elsewhere) forgets the key; a busy server's 429 or 503, or a network
+ *  error, throws with the key kept, so that the connect fails as a passing failure and is tried again (a 429
+ *  once made the page forget its key and connect without a token, which the server refused for good); any other
+ *  answer (no config.json at all: a page served elsewhere, pointed at a server by `?url=`) means no token. */
 export async function fetchDevToken(fetchFn, params, key, storage, hint) {
   const response = await fetchFn(configUrl(params, key), { cache: 'no-store' });
   if (response.status === 403) {
@@ -79,7 +82,8 @@ export async function fetchDevToken(fetchFn, params, key, storage, hint) {
     hint(`no dev token: ${(await response.text()).trim()}`);
     return null;
   }
-  if (!response.ok) throw new Error(`config.json: HTTP ${response.status} (the connect is tried again)`);
+  if (PASSING.has(response.status)) throw new Error(`config.json: HTTP ${response.status}`);
+  if (!response.ok) return null;
   const config = await response.json();
   if (key) settlePageKey(storage, key, Boolean(config.token));
   if (config.devTokens && !config.token) {

@@ -98,6 +98,9 @@ test('only a refusal forgets the page key: a busy server or a network error fail
     await assert.rejects(fetchDevToken(fetchFn, query(''), 'k1', stored, hint));
     assert.equal(pageKey(null, stored), 'k1', 'a passing failure does not forget the key');
   }
+  // No config.json (a page served elsewhere, pointed at a server by ?url=): no token, nothing thrown.
+  stored = kept();
+  assert.equal(await fetchDevToken(answer(404, 'not found'), query(''), 'k1', stored, hint), null);
   // Refused (the server restarted with a new key): forgotten, and the page is told why.
   stored = kept();
   assert.equal(await fetchDevToken(answer(403, 'wrong key\n'), query(''), 'k1', stored, hint), null);

@@ -373,7 +373,19 @@ fn sigterm_and_sighup_end_a_run_but_not_under_nohup() {
         }
         None
     };
-    for name in ["TERM", "HUP"] {
+    // (`env --default-signal` is coreutils 8.31 and later; without it the HUP case cannot be made here.)
+    let resettable = !hup_ignored_here
+        || Command::new("env").args(["--default-signal=HUP", "true"]).status().is_ok_and(|s| s.success());
+    if !resettable {
+        let why = "this run ignores SIGHUP and env has no --default-signal (coreutils before 8.31)";
+        assert!(!std::env::var("QUIVER_REQUIRE_ALL").is_ok_and(|v| v == "1"), "QUIVER_REQUIRE_ALL=1 but {why}");
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr().lock(),
+            format_args!("\n!!! SKIPPED the SIGHUP case: {why}\n"),
+        );
+    }
+    let names: &[&str] = if resettable { &["TERM", "HUP"] } else { &["TERM"] };
+    for &name in names {
         let mut child = relay(false);
         signal(&child, name);
         let status = ended(&mut child).unwrap_or_else(|| panic!("SIG{name} did not end the run"));

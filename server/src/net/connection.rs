@@ -160,6 +160,8 @@ pub(super) fn serve<R: RoomHub>(
 pub(super) struct Held {
     _slot: Option<super::admit::Slot>,
     _open: Option<Open>,
+    /// A connection over a limit: its place among the handshakes over limits (`max_over_limit_handshakes`).
+    _over_limit: Option<super::admit::OverLimit>,
 }
 
 /// Serves a connection from its first stream on, whatever carries it: `path` is the QUIC connection underneath
@@ -190,8 +192,7 @@ pub(super) fn serve_wire<R: RoomHub>(
                 stats.refused(ErrorCode::TooManyConnections);
                 wire.close(ErrorCode::TooManyConnections, &reason);
                 tracing::info!(%reason, "connection refused");
-                drop(over_limit);
-                return Held { _slot: None, _open: None };
+                return Held { _slot: None, _open: None, _over_limit: Some(over_limit) };
             }
         };
         // Copies of redundant rooms' frames go out on the probe timer, in place of the tail probe (QUIC only).
@@ -230,6 +231,6 @@ pub(super) fn serve_wire<R: RoomHub>(
         }
         connection.close(now_us(), config.budget.frame_timeout()).await;
         tracing::info!(%reason, "connection ended");
-        Held { _slot: Some(slot), _open: Some(open) }
+        Held { _slot: Some(slot), _open: Some(open), _over_limit: None }
     }
 }

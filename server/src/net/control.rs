@@ -65,12 +65,18 @@ pub(super) fn control<'a, R: RoomHub>(
         // On a task of its own, not in this loop: the loop can wait long outside its select (a reply the client does
         // not read), and an extra stream must be refused at once, before quinn buffers a stream window's worth of it.
         let (refusing, refused) = (conn.clone(), stats.clone());
+        // Cancelled once it closed the connection: this loop then serves nothing more (over WebTransport the close is
+        // a capsule, and the connection stays open for a few round trips after it, where the loop went on taking
+        // posts and joins).
+        let violated = CancellationToken::new();
+        let violation = violated.clone();
         let _refuse = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             if let Some(what) = refusing.other_stream().await {
                 tracing::info!("client opened {what}");
                 refused.refused(ErrorCode::ProtocolViolation);
                 let reason = format!("clients open one stream, the control stream, not {what}");
                 refusing.close(ErrorCode::ProtocolViolation, &reason);
+                violation.cancel();
             }
         }));
         let mut throttle = ControlThrottle::new(&config.limits, stats.clone(), Instant::now().into_std());
@@ -98,6 +104,9 @@ pub(super) fn control<'a, R: RoomHub>(
         // Hello served, and the connection counted as welcomed.
         let mut welcomed = false;
         loop {
+            if violated.is_cancelled() {
+                return "closed: the client opened a stream besides its control stream".into();
+            }
             let awaiting_hello = session.identity().is_none();
             let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
             let expires = connection.arm_expiry(&session, expiry.as_mut());
@@ -128,6 +137,7 @@ pub(super) fn control<'a, R: RoomHub>(
                         return failure.message;
                     }
                 }
+                () = violated.cancelled() => {}
                 () = replies.next(&codec, stats, &mut outbound), if replies.waiting() => {}
                 () = std::future::ready(()), if more_inbound => {}
                 chunk = recv.read_chunk(), if deferred.is_none() && !more_inbound => match chunk {

@@ -9,6 +9,9 @@ use std::{
 use super::*;
 use crate::cluster::keys::RoomKeys;
 
+#[path = "../../../tests/src/ports.rs"]
+mod ports;
+
 /// A `redis-server` on a free port, persistence off, and a connection to it.
 struct Redis {
     conn: redis::Connection,
@@ -34,34 +37,26 @@ fn redis(test: &str) -> Option<Redis> {
         let _ = std::io::Write::write_fmt(&mut std::io::stderr().lock(), format_args!("\n!!! SKIPPED {test}: {why}\n"));
         return None;
     }
-    // The port is let go before Redis binds it: another process may take it meanwhile. A Redis that exits at
-    // once, or a Redis answering with another `process_id` (another test's, which this one would flush), means
-    // another port.
-    for _ in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut process = Process(
-            Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-        let started = Instant::now();
-        while process.0.try_wait().unwrap().is_none() {
-            if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) {
-                let info: String = redis::cmd("INFO").arg("server").query(&mut conn).unwrap();
-                let pid = info.lines().find_map(|l| l.strip_prefix("process_id:")?.trim().parse::<u32>().ok());
-                if pid == Some(process.0.id()) {
-                    return Some(Redis { conn, _process: process });
-                }
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server does not answer");
-            std::thread::sleep(Duration::from_millis(20));
+    // A port outside the kernel's ephemeral range (`ports::restartable_port`, the end-to-end harness's): no
+    // outgoing socket of another process is given it meanwhile, as a port found free at 0 and let go could be.
+    let port = ports::restartable_port();
+    let mut process = Process(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let started = Instant::now();
+    loop {
+        if let Ok(conn) = client.get_connection_with_timeout(Duration::from_secs(1)) {
+            return Some(Redis { conn, _process: process });
         }
+        assert!(process.0.try_wait().unwrap().is_none(), "redis-server on port {port} exited at once");
+        assert!(started.elapsed() < Duration::from_secs(10), "redis-server does not answer");
+        std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("redis-server could not get a port of its own in five tries");
 }
 
 const NODE: &str = "n1";

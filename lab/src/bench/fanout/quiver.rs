@@ -35,26 +35,38 @@ pub(super) async fn measure(
     for who in 0..config.subscribers {
         let client = connect().await?;
         let mut subscription = BenchError::answered("subscribe", client.subscribe(&channel)).await?;
-        let mut room = BenchError::answered("join", client.join(&chat_room)).await?;
+        // Ticks only: no room, as the baselines' receivers have none (a subscriber that also waits on a room pays
+        // for that wait at every tick).
+        let mut room = match config.chat_rate > 0.0 {
+            true => Some(BenchError::answered("join", client.join(&chat_room)).await?),
+            false => None,
+        };
         let (recorder, stop) = (recorder.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
+                let chat = async {
+                    match room.as_mut() {
+                        Some(room) => room.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
+                    biased;
+                    () = stop.cancelled() => {
+                        Recorder::stale_dropped(&recorder, subscription.stats().stale_dropped);
+                        return;
+                    }
                     ticks = subscription.next_batch() => match ticks {
                         Some(ticks) => for tick in ticks {
                             Recorder::received(&recorder, who, Kind::Tick, &tick.payload);
                         },
                         None => return,
                     },
-                    event = room.next() => match event {
+                    event = chat => match event {
                         Some(RoomEvent::Message(m)) => Recorder::received(&recorder, who, Kind::Chat, &m.body),
                         Some(_) => {}
                         None => return,
                     },
-                    () = stop.cancelled() => {
-                        Recorder::stale_dropped(&recorder, subscription.stats().stale_dropped);
-                        return;
-                    }
                 }
             }
         });

@@ -139,9 +139,11 @@ impl<R: RoomHub> Connection<R> {
         self.expires_at.is_some()
     }
 
-    /// Completes when the connection is about to end (the server shuts down, or the token expires), with the
-    /// refusal of a request that would wait past that: `Unavailable`, which clients retry (a rejoin, once they
-    /// reconnected). The control loop then ends the connection as it does.
+    /// Completes when the connection is about to end (the server shuts down, the token expires, or the connection
+    /// is closed already), with the refusal of a request that would wait past that: `Unavailable`, which clients
+    /// retry (a rejoin, once they reconnected). The control loop then ends the connection as it does. Without the
+    /// close among them, a client gone while its request waited (for a stalled store, say) kept its task, its slot
+    /// among its address's connections and its memberships until the wait ended.
     async fn ending(&self) -> Failure {
         let expired = async {
             match self.expires_at {
@@ -152,6 +154,7 @@ impl<R: RoomHub> Connection<R> {
         let why = tokio::select! {
             () = self.shutdown.cancelled() => "the server is shutting down",
             () = expired => "the access token expired",
+            () = self.conn.closed() => "the connection closed",
         };
         Failure::new(ErrorCode::Unavailable, format!("{why}; join again once reconnected"))
     }

@@ -210,3 +210,58 @@ async fn a_join_waiting_for_a_stalled_store_ends_at_the_tokens_expiry() {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
 }
+
+/// A client gone while its Join waits for a stalled store: its task ends at once (its slot among its address's
+/// connections, its memberships, its subscriptions let go), not when the store moves again. Before, nothing
+/// watched the connection during the wait, so a client reconnecting in a loop against a stalled disk held a slot
+/// per attempt until its address reached `max_connections_per_ip`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_its_join_waits_for_a_stalled_store_lets_go_of_its_connection() {
+    use quiver_proto::{FrameCodec, Hello, Join, Limits, Request, RequestBody};
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())).unwrap();
+    let (addr, stats) = (server.local_addr(), server.stats());
+    let (go, wait) = std::sync::mpsc::channel();
+    drop(
+        server
+            .store()
+            .expect("a durable store")
+            .submit(crate::store::Op::Hold(std::sync::Mutex::new(wait), std::sync::Mutex::new(None))),
+    );
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(server.run(shutdown.clone()));
+
+    let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = quiver_client::trust::quinn_client_config(&trust, addr, quiver_proto::ALPN_QUIVER).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let token = quiver_auth::mint_dev(dir.path(), &quiver_auth::Claims::everything("gone", now_s, 3_600)).unwrap();
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let hello = Hello { version: quiver_proto::PROTOCOL_VERSION, agent: "test".into(), name: None, token: Some(token) };
+    let mut chunk = codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) }).unwrap();
+    let join = Join { room: "new".into(), since: None, redundant: false };
+    codec.encode(&Request { req_id: 1, body: RequestBody::Join(join) }, &mut chunk).unwrap();
+    send.write_all(&chunk).await.unwrap();
+    let open = || stats.connections_native.load(Ordering::Acquire);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while open() != 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(open(), 1, "the connection was never counted");
+    // The Join is read and waiting for the store by now (or soon: the close below is seen either way).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.close(0u32.into(), b"gone");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while open() != 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = open();
+    go.send(()).unwrap();
+    assert_eq!(left, 0, "the connection's task waited for the stalled store after its client was gone");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
+}

@@ -167,6 +167,14 @@ impl Wire {
         }
     }
 
+    /// Completes once the connection is closed (by either side, or by the transport).
+    pub(crate) async fn closed(&self) {
+        match self {
+            Wire::Quic(session) => drop(session.closed().await),
+            Wire::Ws(ws) => drop(ws.closed().await),
+        }
+    }
+
     /// Opens a room stream.
     pub(crate) async fn open_uni(&self) -> Result<WireSend, WireError> {
         match self {

@@ -249,6 +249,14 @@ pub(super) fn control<'a, R: RoomHub>(
                     more_inbound = !inbound.is_empty() || deferred.is_some();
                     break;
                 }
+                // A stream opened beside the control stream, or a reload of the keys once welcomed: the loop's own
+                // branches close or check the session before anything more is served (a chunk ready together with
+                // either may have won the `select!`'s draw).
+                let reloaded = || reloadable && keys.has_changed().unwrap_or(false);
+                if violated.is_cancelled() || (session.identity().is_some() && reloaded()) {
+                    more_inbound = !inbound.is_empty() || deferred.is_some();
+                    break;
+                }
                 // Keys reloaded since the connection arrived: its Hello is checked with the new ones.
                 if session.identity().is_none() && keys.has_changed().unwrap_or(false) {
                     session.use_keys(keys.borrow_and_update().clone());

@@ -15,6 +15,9 @@
 //! - **`disk_min_free_bytes`**: while the filesystem holding the room store has less free space than this, new
 //!   posts and new rooms are refused with `ServerFull` (everything else goes on, retention included) until it has
 //!   a sixteenth more again (docs/durability.md, "A disk that fills"). The one bound on disk, not memory.
+//! - **`store_backlog_bytes`**: while this many bytes of posts wait for the room store's commit (a disk that
+//!   stalls), new posts are refused with `Unavailable` (nothing was done: the client retries the same post later)
+//!   until the store catches up.
 //! - **`frame_timeout_ms`**: a connection that starts a control frame and does not finish it in time is closed
 //!   with `FrameTimeout` (before Hello, `handshake_timeout_ms` applies instead); one that does not read the
 //!   server's replies on its control stream within it is closed with `SlowConsumer`.
@@ -44,6 +47,11 @@ pub struct Budget {
     /// that the disk never fills (a full disk fails the store's commits, and the server then refuses posts until
     /// it is restarted). 0 turns the check off. Default 1,073,741,824 (1 GiB).
     pub disk_min_free_bytes: u64,
+    /// Bytes of posts waiting for the room store's commit, in all (each post's frame and 256 bytes): at it, new
+    /// posts are refused with `Unavailable` until the store catches up, so that a disk that stalls does not keep
+    /// every post taken meanwhile in memory. A healthy disk keeps a commit's worth waiting. 0 turns the bound off.
+    /// Default 67,108,864 (64 MiB).
+    pub store_backlog_bytes: u64,
     /// Time a control frame begun after Hello has to complete, in milliseconds. Default 5,000.
     pub frame_timeout_ms: u32,
     /// How often expired history is dropped and empty rooms removed, in milliseconds. Default 1,000.
@@ -87,6 +95,7 @@ impl Default for Budget {
             room_history_bytes: 4 << 20,
             retained_bytes: 256 << 20,
             disk_min_free_bytes: 1 << 30,
+            store_backlog_bytes: 64 << 20,
             frame_timeout_ms: 5_000,
             sweep_interval_ms: 1_000,
             max_unvalidated_handshakes: 256,

@@ -487,6 +487,11 @@ impl Collector for ServerMetrics {
             gauge(&mut e, "store_disk_full", full_help, disk.full().into())?;
             let refused_help = "Posts and new rooms refused for budget.disk_min_free_bytes";
             counter(&mut e, "store_disk_refused", refused_help, disk.refused())?;
+            let backlog = store.backlog();
+            let backlog_help = "Bytes of posts waiting for the room store's commit (each post's frame and 256 bytes)";
+            gauge(&mut e, "store_backlog_bytes", backlog_help, i64::try_from(backlog.bytes()).unwrap_or(i64::MAX))?;
+            let refused_help = "Posts refused (Unavailable) for budget.store_backlog_bytes";
+            counter(&mut e, "store_backlog_refused", refused_help, backlog.refused())?;
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ use crate::{
 /// The longest a post waits, after its connection refused it as closed, before the next try (the close usually
 /// comes sooner, and then the next connection).
 const CLOSED_PAUSE: Duration = Duration::from_millis(50);
-/// After an `Unavailable` refusal (the server's broker unreachable), the pause before posting again: from the
+/// After an `Unavailable` refusal (the server's broker unreachable, or its room store behind), the pause before posting again: from the
 /// first to the last, doubling.
 const UNAVAILABLE_DELAY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
@@ -135,8 +135,9 @@ pub(crate) async fn send_posts<H: Handler>(
                 } => {
                     let outcome = match reply {
                         Ok(Err(RequestError::Failed(failure))) if failure.code == ErrorCode::Unavailable => {
-                            // Nothing was sequenced (the server's broker is unreachable): this post and every later
-                            // one go again, in order, after a pause; the server deduplicates any that went through.
+                            // Nothing was sequenced (the server's broker is unreachable, or its store behind): this
+                            // post and every later one go again, in order, after a pause; the server deduplicates
+                            // any that went through.
                             let delay = unavailable.next_delay(rand::random());
                             tracing::debug!(reason = %failure.message, ?delay, "post refused as unavailable; retrying");
                             posts.requeue();

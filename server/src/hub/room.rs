@@ -317,6 +317,11 @@ impl Room {
         if let Some(why) = self.disk.as_ref().and_then(durable::DiskRoom::refuse_post) {
             return Err(Failure::new(ErrorCode::ServerFull, why));
         }
+        // The store's backlog (`budget.store_backlog_bytes`): a disk that stalls does not keep every post taken
+        // meanwhile in memory; the post is retried by its client (with its `client_msg_id`, so it is sequenced once).
+        if let Some(why) = self.disk.as_ref().and_then(durable::DiskRoom::refuse_backlog) {
+            return Err(Failure::new(ErrorCode::Unavailable, why));
+        }
         self.last_active_us = now_us;
         self.history.trim(now_us);
         let Some(seq) = self.sequenced_seq.checked_add(1) else {

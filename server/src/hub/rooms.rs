@@ -151,6 +151,7 @@ impl LocalRooms {
     /// acknowledged once stored, and rooms leave memory when unused (loaded again, same epoch, on the next use).
     pub fn durable(limits: Limits, budget: Budget, store: Arc<Store>) -> Self {
         store.check_disk(budget.disk_min_free_bytes); // then at every sweep
+        store.backlog().set_limit(budget.store_backlog_bytes);
         LocalRooms { store: Some(store), ..LocalRooms::new(limits, budget) }
     }
 

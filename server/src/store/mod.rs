@@ -27,6 +27,7 @@ pub(crate) const ROOM_COUNTER_KEY: &[u8] = b"\0next_room_id";
 /// record or key whose bytes changed), and the room is refused rather than sequenced on towards `u64::MAX`.
 pub(crate) const MAX_SEQ: u64 = 1 << 62;
 
+mod backlog;
 mod cold;
 mod disk;
 mod inbox;
@@ -52,6 +53,7 @@ use std::{
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
+pub use backlog::Backlog;
 pub use cold::AgedRooms;
 pub use disk::{Change as DiskChange, DiskFloor};
 pub(crate) use writer::{Append, Op, Record, Remembered};
@@ -321,6 +323,11 @@ impl Store {
     /// What the writer did so far (batches committed, messages stored).
     pub fn writer_stats(&self) -> &WriterStats {
         &self.writer.stats
+    }
+
+    /// Posts handed to the writer and not committed yet, and their bound (`Budget::store_backlog_bytes`).
+    pub fn backlog(&self) -> &Backlog {
+        &self.writer.backlog
     }
 
     /// What the retention thread did so far (its batches: one deletion each).

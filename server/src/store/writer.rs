@@ -165,17 +165,20 @@ impl Drop for Commit {
 pub(super) struct Job {
     pub(super) op: Op,
     done: Option<oneshot::Sender<Result<(), StoreFailed>>>,
+    /// A post's share of the store's backlog, given back as the job is let go of.
+    backlog: Option<super::backlog::BacklogBytes>,
 }
 
 impl Job {
     /// A job for `op`, and the [`Commit`] it answers.
     pub(super) fn new(op: Op) -> (Job, Commit) {
         let (done, commit) = oneshot::channel();
-        (Job { op, done: Some(done) }, Commit { done: commit, queued: None })
+        (Job { op, done: Some(done), backlog: None }, Commit { done: commit, queued: None })
     }
 
     /// Tells the job's [`Commit`] how it went.
     pub(super) fn answer(&mut self, result: Result<(), StoreFailed>) {
+        self.backlog = None; // answered: no longer waiting
         if let Some(done) = self.done.take() {
             let _ = done.send(result);
         }
@@ -213,6 +216,8 @@ pub(super) struct Handle {
     pub(super) stats: Arc<WriterStats>,
     /// The retention thread's (its commits are deletions, not posts).
     pub(super) retention_stats: Arc<WriterStats>,
+    /// Posts handed over and not committed yet (`Budget::store_backlog_bytes`).
+    pub(super) backlog: Arc<super::Backlog>,
 }
 
 impl Handle {
@@ -236,19 +241,31 @@ impl Handle {
         };
         if mode == PersistMode::Buffer {
             let inline = InlineWriter::new(keyspaces, next_room_id, stats.clone());
-            return Ok(Handle { writer: None, inline: Some(inline), retention, stats, retention_stats });
+            let backlog = Arc::default();
+            return Ok(Handle { writer: None, inline: Some(inline), retention, stats, retention_stats, backlog });
         }
         let counted = stats.clone();
         let writer = Worker::spawn("quiver-store-writer", move |inbox| {
             run(keyspaces, inbox, mode, Some(next_room_id), MAX_BATCH, &counted, &counted.failed);
         })?;
-        Ok(Handle { writer: Some(writer), inline: None, retention, stats, retention_stats })
+        Ok(Handle { writer: Some(writer), inline: None, retention, stats, retention_stats, backlog: Arc::default() })
+    }
+
+    /// A job for `op`, a post counted in the backlog until it is let go of.
+    fn job(&self, op: Op) -> (Job, Commit) {
+        let bytes = match &op {
+            Op::Append(append) => Some(append.frame.len() as u64 + super::backlog::POST_OVERHEAD),
+            _ => None,
+        };
+        let (mut job, commit) = Job::new(op);
+        job.backlog = bytes.map(|bytes| self.backlog.hold(bytes));
+        (job, commit)
     }
 
     /// Hands `op` over: a deletion to the retention thread, anything else to the writer (or commits it at once).
     pub(super) fn submit(&self, op: Op) -> Commit {
         let deletion = matches!(op, Op::TrimMessages { .. } | Op::TrimDedupe { .. });
-        let (job, commit) = Job::new(op);
+        let (job, commit) = self.job(op);
         match (deletion, &self.inline, &self.writer) {
             (true, _, _) => self.retention.push(job),
             (false, Some(inline), _) => inline.submit(job),
@@ -264,7 +281,7 @@ impl Handle {
     /// posters' threads to sleep).
     pub(super) fn submit_queued(&self, op: Op) -> Commit {
         let Some(inline) = &self.inline else { return self.submit(op) };
-        let (job, mut commit) = Job::new(op);
+        let (job, mut commit) = self.job(op);
         inline.queue_only(job);
         commit.queued = Some(inline.clone());
         commit
@@ -367,9 +384,7 @@ fn run(
                 failure = Some(err.clone());
             }
             for job in batch.iter_mut() {
-                if let Some(done) = job.done.take() {
-                    let _ = done.send(result.clone());
-                }
+                job.answer(result.clone());
             }
             start = end;
         }

@@ -238,6 +238,11 @@ impl DiskRoom {
         self.store.disk().refuse()
     }
 
+    /// Why a new post cannot be taken now (the store's backlog at its bound), if it cannot.
+    pub(super) fn refuse_backlog(&self) -> Option<String> {
+        self.store.backlog().refuse()
+    }
+
     /// A commit that completes once everything handed to the writer so far is stored. Under `os` only queued: the
     /// caller holds the room's lock, and writes it ([`Commit::write_queued`]) once let go.
     pub(super) fn barrier(&self) -> Commit {

@@ -1,0 +1,63 @@
+//! The store's backlog bound (`budget.store_backlog_bytes`), without sockets: a stalled writer (a hung disk) no
+//! longer takes every post into memory.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quiver_proto::{ErrorCode, Limits};
+
+use super::{durable_tests::open, *};
+use crate::Budget;
+
+/// Posts wait for a stalled store until the backlog reaches its bound; then new posts are refused `Unavailable`
+/// (nothing sequenced: no seq taken, nothing stored), while a retry of a post already waiting still waits for its
+/// own commit. Once the store moves, everything taken is stored, seqs without a gap, and posts are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_backlog_bound_posts_are_refused_until_the_store_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = Budget { store_backlog_bytes: 1_500, ..Budget::default() };
+    let hub = Arc::new(open(dir.path(), Limits::default(), budget));
+    let post = |hub: &Arc<LocalRooms>, client_msg_id| {
+        let hub = Arc::clone(hub);
+        async move {
+            let body = Bytes::from(format!("post {client_msg_id}"));
+            hub.post(PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id, body, now_us: 10 }).await
+        }
+    };
+    post(&hub, 1).await.expect("the room made and stored").1.flush();
+    let store = hub.store().unwrap().clone();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    drop(store.submit(crate::store::Op::Hold(std::sync::Mutex::new(wait), std::sync::Mutex::new(None))));
+    let mut waiting = Vec::new();
+    let mut id = 1;
+    while store.backlog().bytes() < 1_500 && id < 100 {
+        id += 1;
+        let before = store.backlog().bytes();
+        waiting.push(tokio::spawn(post(&hub, id)));
+        // Each post handed to the (stalled) writer before the next is made.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while store.backlog().bytes() == before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    let taken = id;
+    assert!((3..100).contains(&taken), "the bound was reached after {taken} posts");
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(2), post(&hub, taken + 1)).await;
+    let refused = refused.expect("answered at once, not taken to wait").expect_err("refused at the bound");
+    assert_eq!(refused.code, ErrorCode::Unavailable, "{refused:?}");
+    assert!(refused.message.contains("store_backlog_bytes"), "{}", refused.message);
+    assert_eq!(store.backlog().refused(), 1);
+    // A retry of a post taken before the bound is not refused: it waits for its original's commit.
+    let retry = tokio::spawn(post(&hub, taken));
+    go.send(()).unwrap();
+    for post in waiting {
+        post.await.unwrap().expect("stored once the store moved").1.flush();
+    }
+    let (retried, _) = retry.await.unwrap().expect("the retry answered");
+    assert_eq!(retried, Posted { seq: taken, duplicate: true });
+    assert_eq!(store.backlog().bytes(), 0, "every share given back");
+    let (next, _) = post(&hub, taken + 1).await.expect("taken again");
+    assert_eq!(next.seq, taken + 1, "the refused post took no seq");
+    let page = hub.history("r", None, 1_000, usize::MAX, 20).await.unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=taken + 1).collect::<Vec<_>>());
+}

@@ -450,3 +450,29 @@ async fn a_connection_closed_while_its_clock_is_measured_is_not_published() {
     client.close().await;
     server.abort();
 }
+
+/// Posts made faster than the server's post rate (a burst, or a queue built up while disconnected) wait in the
+/// client and go out as fast as the server takes them: every one is stored, none refused. Before, the library
+/// wrote them all at once; the part over the server's bucket was refused `RateLimited` and failed to the
+/// application, and a burst of refusals closed the connection as a flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_made_faster_than_the_servers_post_rate_wait_in_the_client_and_all_go_through() {
+    // A bucket of 200 posts, 100 more a second: 300 posts at once take about 2 s.
+    let server = TestServer::start(Limits { posts_per_s: 100, ..Limits::default() });
+    let client = server.client_with(ConnectOptions { name: Some("eager".into()), ..ConnectOptions::default() }).await;
+    let client = client.unwrap();
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let client = client.clone();
+        posts.spawn(async move { client.post("fast", format!("{i}")).await });
+    }
+    let mut seqs = Vec::new();
+    while let Some(posted) = posts.join_next().await {
+        seqs.push(posted.unwrap().expect("stored, not refused"));
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+    let stats = server.stats.snapshot();
+    assert_eq!((stats.posts_rate_limited, stats.requests_rate_limited, stats.floods_closed), (0, 0, 0), "{stats:?}");
+    server.stop().await;
+}

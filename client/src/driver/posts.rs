@@ -7,7 +7,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use quiver_proto::{ErrorCode, Post, Reply, RequestBody};
@@ -19,6 +19,7 @@ use crate::{
     error::RequestError,
     state::{
         backoff::Backoff,
+        pacer::Pacer,
         posts::{PostQueue, QueuedPost},
     },
 };
@@ -69,7 +70,8 @@ impl Drop for QueuedSlot {
 type PostReply = crate::connection::Pending;
 
 /// Sends the posts `queued` on whichever connection `current` holds, until `stop` is cancelled or the queue's
-/// sender is gone; returns the posts never acknowledged, for the caller to fail.
+/// sender is gone; returns the posts never acknowledged, for the caller to fail. Posts leave no faster than the
+/// connection's server takes them ([`Pacer`]): the rest wait here, in order.
 pub(crate) async fn send_posts<H: Handler>(
     mut current: watch::Receiver<Option<Arc<Connection<H>>>>,
     mut queued: mpsc::UnboundedReceiver<QueuedPost<PostDone>>,
@@ -77,6 +79,8 @@ pub(crate) async fn send_posts<H: Handler>(
 ) -> Vec<QueuedPost<PostDone>> {
     let mut posts: PostQueue<PostDone, PostReply> = PostQueue::default();
     let mut unavailable = Backoff::new(UNAVAILABLE_DELAY.0, UNAVAILABLE_DELAY.1);
+    // The pacer of the connection posts last went on (a new connection starts with a full bucket, as the server's).
+    let mut pacer: Option<(usize, Pacer)> = None;
     'connected: loop {
         let connection = tokio::select! {
             // (Not one whose control stream ended: a draining server's, about to close.)
@@ -87,8 +91,21 @@ pub(crate) async fn send_posts<H: Handler>(
             () = stop.cancelled() => None,
         };
         let Some(connection) = connection else { break };
+        if pacer.as_ref().is_none_or(|(id, _)| *id != connection.id) {
+            pacer = Some((connection.id, Pacer::new(&connection.welcome.limits, Instant::now())));
+        }
+        let Some((_, pace)) = pacer.as_mut() else { break };
         loop {
-            while let Some(post) = posts.next_to_send() {
+            // When the pacer lets the next post go.
+            let mut paced_until = None;
+            while posts.has_pending() {
+                let now = Instant::now();
+                if let Some(wait) = pace.wait(now) {
+                    paced_until = Some(tokio::time::Instant::from_std(now + wait));
+                    break;
+                }
+                let Some(post) = posts.next_to_send() else { break };
+                pace.take(now);
                 let body = RequestBody::Post(Post {
                     room: post.room.clone(),
                     client_msg_id: post.client_msg_id,
@@ -152,6 +169,12 @@ pub(crate) async fn send_posts<H: Handler>(
                             Ok(seq)
                         }
                         Ok(Ok(other)) => Err(RequestError::unexpected(other)),
+                        Ok(Err(RequestError::Failed(failure))) if failure.code == ErrorCode::RateLimited => {
+                            // Over the server's rate anyway (its other requests took tokens too): the posts behind
+                            // it slow down. It fails (a retry now would be sequenced after later posts taken since).
+                            pace.empty(Instant::now());
+                            Err(RequestError::Failed(failure))
+                        }
                         Ok(Err(RequestError::Closed { .. })) | Err(_) => {
                             // The connection went: this post and every later one go again, in order.
                             posts.requeue();
@@ -163,6 +186,12 @@ pub(crate) async fn send_posts<H: Handler>(
                         post.done.send(outcome);
                     }
                 }
+                () = async {
+                    match paced_until {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 () = stop.cancelled() => break 'connected,
             }
         }

@@ -39,6 +39,11 @@ impl<D, R> PostQueue<D, R> {
         self.pending.push_back(post);
     }
 
+    /// True when a post waits to be sent on the current connection.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// The next post to send on the current connection, taken from the queue (hand it back with
     /// [`PostQueue::sent`] or [`PostQueue::unsent`]).
     pub fn next_to_send(&mut self) -> Option<QueuedPost<D>> {

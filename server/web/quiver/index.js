@@ -27,7 +27,7 @@ export {
   encodeWsMessage, tickChannel,
 } from './wire/ws.js';
 export {
-  Backoff, LatestWins, Merge, PostQueue, RequestTable, RoomState, STABLE_CONNECTION_MS, clockOffsetUs,
+  Backoff, LatestWins, Merge, Pacer, PostQueue, RequestTable, RoomState, STABLE_CONNECTION_MS, clockOffsetUs,
 } from './state.js';
 export { AGENT, IDLE_TIMEOUT_MS, KEEP_ALIVE_MS } from './client/session.js';
 export { TRANSPORTS, websocketUrlOf } from './client/dial.js';

@@ -1,6 +1,6 @@
 // The client's bookkeeping without IO, as the Rust client keeps it: reconnect delays (`Backoff`), requests awaiting
 // replies (`RequestTable`), a room's resume position and dedupe (`RoomState`), posts re-sent in order
-// (`PostQueue`), a redundant room stream's merge with its datagram copies (`Merge`), latest-wins tick acceptance
+// (`PostQueue`) no faster than the server takes them (`Pacer`), a redundant room stream's merge with its datagram copies (`Merge`), latest-wins tick acceptance
 // (`LatestWins`) and the server clock offset (`clockOffsetUs`). Plain
 // values in, decisions out, so the node tests drive each one directly.
 
@@ -239,6 +239,57 @@ export class RoomState {
  * `token`, the send's own: a reply to an earlier send of the same post is not taken for this one's; reply awaited). When a connection is lost every in-flight post goes back in front of the
  * pending ones, in order, to be sent again with the same client_msg_id (the server deduplicates).
  */
+/** The seconds of its rate a server's token bucket holds (`Limits::BURST_SECONDS`). */
+export const BURST_SECONDS = 2;
+
+/**
+ * Posts paced to the rate the server allows, as the Rust client's `Pacer`: the server counts a connection's posts
+ * in a bucket of `posts_per_s` (and `requests_per_s`) holding `BURST_SECONDS` of them and refuses what is over
+ * (`RateLimited`; a burst of refusals closes the connection). This bucket, one per session, started full as the
+ * server's is, holds half of that and refills at 95 % of the rate, so queued posts leave as fast as the server takes
+ * them and no faster. Times in ms.
+ */
+export class Pacer {
+  constructor(limits, nowMs) {
+    const serverRate = Math.max(1, Math.min(Number(limits.posts_per_s), Number(limits.requests_per_s)) || 1);
+    this.perMs = Math.max(1, Math.floor((serverRate * 95) / 100)) / 1000;
+    this.burst = Math.max(1, Math.floor((serverRate * BURST_SECONDS) / 2));
+    this.tokens = this.burst;
+    this.last = nowMs;
+  }
+
+  #refill(nowMs) {
+    if (nowMs > this.last) {
+      this.tokens = Math.min(this.burst, this.tokens + (nowMs - this.last) * this.perMs);
+      this.last = nowMs;
+    }
+  }
+
+  /** Posts that may go now. */
+  allowed(nowMs) {
+    this.#refill(nowMs);
+    return Math.floor(this.tokens);
+  }
+
+  /** `count` posts go now. */
+  take(nowMs, count = 1) {
+    this.#refill(nowMs);
+    this.tokens = Math.max(0, this.tokens - count);
+  }
+
+  /** Ms until the next post may go (0: now). */
+  wait(nowMs) {
+    this.#refill(nowMs);
+    return this.tokens >= 1 ? 0 : Math.ceil((1 - this.tokens) / this.perMs);
+  }
+
+  /** The server refused a post as over its rate anyway: start from empty. */
+  empty(nowMs) {
+    this.#refill(nowMs);
+    this.tokens = 0;
+  }
+}
+
 export class PostQueue {
   /** `max`: posts queued or in flight at most (0: no bound); see `full`. */
   constructor(max = 0) {
@@ -260,10 +311,9 @@ export class PostQueue {
     this.pending.push(job);
   }
 
-  /** Every pending post, now in flight with `token` (this send's), in order. */
-  startSending(token) {
-    const jobs = this.pending;
-    this.pending = [];
+  /** The first `count` pending posts (all by default), now in flight with `token` (this send's), in order. */
+  startSending(token, count = Infinity) {
+    const jobs = this.pending.splice(0, Math.min(count, this.pending.length));
     for (const job of jobs) this.inflight.push({ job, token });
     return jobs;
   }

@@ -1,11 +1,11 @@
-// Posts refused as Unavailable (the server's broker unreachable): sendPosts (client/posts.js) driven with a session
+// Posts refused as Unavailable (the server's broker unreachable), and paced to the server's post rate: sendPosts (client/posts.js) driven with a session
 // whose replies the test gives, in the order it chooses, and a pause the test ends.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { ErrorCode, QuiverError } from '../quiver/index.js';
-import { Backoff, PostQueue } from '../quiver/state.js';
+import { Backoff, Pacer, PostQueue } from '../quiver/state.js';
 import { sendPosts } from '../quiver/client/posts.js';
 
 /** A session whose requests wait for the test: `sent` lists `{id, answer(result), refuse(err)}` in order. */
@@ -75,4 +75,43 @@ test('nothing is sent during a pause after an Unavailable, new posts neither: th
   timers.wake();
   await tick();
   assert.deepEqual(sent.map((s) => s.id), [1n, 1n, 2n], 'the refused post first, then the new one');
+});
+
+test('posts beyond the server\'s rate wait for the pacer and go in order as it allows, never refused', async () => {
+  const { session, sent } = heldSession();
+  // The server's bucket: 10 posts a second, 20 held. The pacer sends 10 at once, then 9.5 a second.
+  session.welcome = { limits: { posts_per_s: 10, requests_per_s: 5000 } };
+  const timers = heldTimers();
+  const posts = new PostQueue();
+  const pacing = { backoff: new Backoff({ initialMs: 1, maxMs: 1 }), tries: 0, paused: false };
+  let nowMs = 0;
+  const again = () => sendPosts(session, posts, pacing, timers, again, () => nowMs);
+  for (let id = 1n; id <= 25n; id++) {
+    posts.enqueue({ room: 'r', clientMsgId: id, body: new Uint8Array(0), resolve: () => {}, reject: () => {} });
+  }
+  again();
+  assert.equal(sent.length, 10, 'half the server\'s burst at once');
+  again(); // a post() meanwhile: nothing more goes, and no second timer
+  assert.equal(sent.length, 10);
+  nowMs = 1000;
+  timers.wake();
+  await tick();
+  assert.equal(sent.length, 19, 'then 9.5 a second');
+  nowMs = 2000;
+  timers.wake();
+  await tick();
+  assert.deepEqual(sent.map((s) => s.id), Array.from({ length: 25 }, (_, i) => BigInt(i + 1)), 'all, in order');
+});
+
+test('the pacer: half the burst, 95 % of the rate, the lower of the post and request rates, waits to the next token', () => {
+  const pacer = new Pacer({ posts_per_s: 100, requests_per_s: 5000 }, 0);
+  assert.equal(pacer.allowed(0), 100);
+  pacer.take(0, 100);
+  assert.equal(pacer.allowed(0), 0);
+  assert.equal(pacer.wait(0), 11, '95 a second: a token every 10.53 ms');
+  assert.equal(pacer.allowed(1000), 95);
+  pacer.empty(1000);
+  assert.equal(pacer.allowed(1000), 0);
+  assert.equal(new Pacer({ posts_per_s: 1000, requests_per_s: 10 }, 0).allowed(0), 10);
+  assert.equal(new Pacer({ posts_per_s: 0, requests_per_s: 0 }, 0).allowed(0), 1, 'never zero');
 });

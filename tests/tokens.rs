@@ -324,3 +324,35 @@ async fn a_reload_that_removes_a_key_ends_the_sessions_its_tokens_opened() {
     assert_eq!(refused_code(connect(&server, Some(token("mallory", &leaked))).await), ErrorCode::TokenInvalid);
     server.stop().await;
 }
+
+/// On a server that admits anonymous sessions, a client without a name is known by a name of its own, the same on
+/// every connection: posts in flight when the connection drops, re-sent on the next one, are each stored once.
+/// Before, its identity was the session's (`anon-<session id>`), new at every reconnect, and the server's
+/// deduplication (by identity and `client_msg_id`) took the re-sent posts for new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnamed_client_of_an_anonymous_server_keeps_its_identity_and_its_resent_posts_are_stored_once() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().to_owned());
+    let server = TestServer::start_with(ServerConfig { auth: AuthConfig::Anonymous, ..dev }, data_dir);
+    let options = ConnectOptions { reconnect_delay: Duration::from_millis(20), ..ConnectOptions::default() };
+    let poster = server.client_with(options).await.unwrap();
+    let identity = poster.welcome().identity;
+    assert!(identity.starts_with("guest-") && identity == poster.name(), "{identity}");
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let client = poster.clone();
+        posts.spawn(async move { client.post("ops", format!("{i}")).await });
+        if i == 100 {
+            poster.connection().unwrap().close(0u32.into(), b"test drops the connection");
+        }
+    }
+    let mut acked = std::collections::BTreeSet::new();
+    while let Some(posted) = posts.join_next().await {
+        assert!(acked.insert(posted.unwrap().unwrap()), "two posts acknowledged with one seq");
+    }
+    assert_eq!(acked.into_iter().collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>(), "each stored once");
+    assert_eq!(poster.welcome().identity, identity, "the same identity after the reconnect");
+    let history = poster.history("ops", None, 1_000).await.unwrap();
+    assert_eq!(history.messages.len(), 200, "nothing stored twice");
+    server.stop().await;
+}

@@ -378,10 +378,10 @@ pub(crate) async fn post(args: PostArgs) -> Result<(), CliError> {
     let deadline = (!limit.is_zero()).then(|| tokio::time::Instant::now().checked_add(limit)).flatten();
     let named = args.name.is_some();
     let client = args.server.connect_as(args.name).await?;
-    // A token on a server that admits anonymous sessions is ignored: the identity is the session's, new each run, and
-    // the id could not recognise a re-run.
+    // A token on a server that admits anonymous sessions is ignored: the identity is the name the client chose for
+    // itself, new each run, and the id could not recognise a re-run.
     let welcome = client.welcome();
-    if args.id.is_some() && !named && welcome.identity == format!("anon-{:016x}", welcome.session_id) {
+    if args.id.is_some() && !named && welcome.identity == client.name() {
         client.close().await;
         return Err(CliError::IdWithoutIdentity);
     }

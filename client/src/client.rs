@@ -57,6 +57,13 @@ impl Client {
         self.handle.driver.welcome()
     }
 
+    /// The name this client says in Hello: [`ConnectOptions::name`](crate::ConnectOptions::name), or the one it
+    /// chose for itself without one (`guest-…`). The identity the server gave it is [`Client::welcome`]'s (a
+    /// token's subject, where the server requires tokens).
+    pub fn name(&self) -> String {
+        self.handle.driver.options.name.clone().unwrap_or_default()
+    }
+
     /// The limits the server enforces on this connection.
     pub fn limits(&self) -> Limits {
         self.welcome().limits

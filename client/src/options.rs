@@ -14,7 +14,11 @@ use crate::{error::TokenError, TrustOptions};
 pub struct ConnectOptions {
     /// Which certificate to accept.
     pub trust: TrustOptions,
-    /// The name to be known by in rooms, where the server allows it.
+    /// The name to be known by in rooms, where the server allows it (a server that requires tokens takes the
+    /// token's subject instead). `None`: a name of the client's own, `guest-` and 16 random hex digits, chosen at
+    /// connect and kept across reconnects, so that a server admitting anonymous sessions knows the client as the
+    /// same identity on every connection (post deduplication keys on the identity: a post re-sent after a
+    /// reconnect under a new one would be stored twice).
     pub name: Option<String>,
     /// Access token, where the server requires one. A token fixed here cannot be renewed: when it expires the
     /// server closes the connection with `TokenExpired` and the reconnect is refused. Prefer `token_provider`.
@@ -125,6 +129,15 @@ impl ConnectOptions {
             (None, Some(provider)) => provider.token().await.map(Some),
             (None, None) => Ok(None),
         }
+    }
+
+    /// Without a name, one of the client's own for its whole life (see [`ConnectOptions::name`]); after
+    /// [`ConnectOptions::with_dev_tokens`], whose subject stays `dev-…` then.
+    pub(crate) fn with_stable_name(mut self) -> Self {
+        if self.name.is_none() {
+            self.name = Some(format!("guest-{:016x}", rand::random::<u64>()));
+        }
+        self
     }
 
     /// With auto trust, no token, and the server's dev key in the data directory: a dev-token provider, under the

@@ -37,7 +37,7 @@ impl Driver {
                 "reconnect_delay, reconnect_max_delay and connect_timeout must be more than zero".into(),
             ));
         }
-        let options = options.with_dev_tokens();
+        let options = options.with_dev_tokens().with_stable_name();
         let timeout = options.connect_timeout;
         let started = tokio::time::Instant::now();
         let deadline = options.first_connect_retry.map(|retry| started + retry);

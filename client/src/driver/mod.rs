@@ -95,7 +95,7 @@ pub(crate) struct Driver {
     server: String,
     /// Where the current (or last) connection goes.
     target: Mutex<Arc<Target>>,
-    options: ConnectOptions,
+    pub(crate) options: ConnectOptions,
     /// The live connection, `None` while reconnecting.
     current: watch::Sender<Option<Arc<Live>>>,
     /// Why the client ended for good (closed by the application, refused, or reconnect disabled).

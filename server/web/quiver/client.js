@@ -55,7 +55,8 @@ export class QuiverClient {
    * Connects to `url` (e.g. "https://127.0.0.1:4433/quiver"; an array of URLs: the nodes of a cluster, tried in turn,
    * and after a lost connection the next one first) and opens the session. Options: `certHash` (64 hex digits of the
    * server certificate's SHA-256, for `serverCertificateHashes`; null to rely on the browser's trust), `name` and
-   * `token` (sent in Hello), `reconnect` (default true), `onStatus(status, detail)`, `onNotice(notice)` (server
+   * `token` (sent in Hello; without a name the client picks `guest-` and 16 random hex digits, kept across
+   * reconnects), `reconnect` (default true), `onStatus(status, detail)`, `onNotice(notice)` (server
    * pushes: `{type: 'goaway'|'kicked'|'error', code, reason, room?}`, and rooms that could not be rejoined),
    * `onAttempt({attempt, lastError, nextTryMs})` (while reconnecting, before each attempt: which one, why the link is
    * down or the last attempt failed, and when the next starts; the same object is `client.reconnecting`),
@@ -81,6 +82,13 @@ export class QuiverClient {
     if (this.#urls.length === 0) throw new Error('no server URL given');
     const given = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
     this.#options = transportOptions({ ...clientDefaults(), ...given });
+    // Without a name, one of the client's own for its life: a server admitting anonymous sessions knows it as the
+    // same identity on every connection (post deduplication keys on it; a post re-sent after a reconnect under a
+    // session's own identity would be stored twice). A server requiring tokens takes the token's subject instead.
+    if (this.#options.name == null) {
+      const random = crypto.getRandomValues(new BigUint64Array(1))[0];
+      this.#options.name = `guest-${random.toString(16).padStart(16, '0')}`;
+    }
     this.#dialer = new Dialer(this.#urls, this.#options);
     this.#posts = new PostQueue(this.#options.maxQueuedPosts);
     const { reconnectDelayMs: initialMs, reconnectMaxDelayMs: maxMs } = this.#options;

@@ -126,9 +126,12 @@ impl Client {
 
     /// Sends one request on the control stream of the current connection and waits for its reply. Not retried.
     /// For requests the client does not track: a raw `Join`, `Subscribe` or `Publish` here is unknown to it (the
-    /// server opens a room stream the client then stops, and keeps the membership; a later [`Client::join`] of
-    /// the room is refused `AlreadyJoined`), so use the typed methods for those. A future given up leaves its
-    /// entry among the requests awaiting a reply until the reply or the connection's end.
+    /// server opens a room stream the client then stops; the server ends that membership 5 s later, and a
+    /// [`Client::join`] of the room meanwhile is refused `AlreadyJoined`), so use the typed methods for those. A
+    /// raw `Post` refused `Unavailable` (a cluster's broker unreachable) holds the connection's later posts back
+    /// until the same post is sent again (the server keeps a connection's posts in order across such a refusal):
+    /// the typed [`Client::post`]s then wait, retried, until it is, or until the next connection. A future given
+    /// up leaves its entry among the requests awaiting a reply until the reply or the connection's end.
     pub async fn request(&self, body: RequestBody) -> Result<Reply, RequestError> {
         self.handle.driver.request(body).await
     }

@@ -125,10 +125,15 @@ impl Replies {
 /// Encodes `msg` into `out`.
 pub(super) fn encode(codec: &FrameCodec, msg: &ServerMsg, out: &mut BytesMut) {
     // Replies are built by the server from bounded inputs; one that does not fit is a server bug, reported as such.
+    // A reply's request is answered with the failure (a client waits for that reply, and an `Error` names none).
     if let Err(err) = codec.encode(msg, out) {
         tracing::error!(%err, "reply does not fit a frame");
         let failure = quiver_proto::Failure::new(ErrorCode::Internal, "reply too large");
-        let _ = codec.encode(&ServerMsg::Error(failure), out);
+        let instead = match msg {
+            ServerMsg::Reply { req_id, .. } => ServerMsg::Reply { req_id: *req_id, result: Err(failure) },
+            _ => ServerMsg::Error(failure),
+        };
+        let _ = codec.encode(&instead, out);
     }
 }
 
@@ -159,4 +164,31 @@ pub(super) async fn going_away(conn: &Wire, send: Option<(&mut WireSend, BytesMu
         None => conn.close(ErrorCode::GoingAway, reason),
     }
     "server shutdown".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_too_large_for_a_frame_answers_its_request_with_the_failure() {
+        let codec = FrameCodec::new(64);
+        let pong = |server_time_us| ServerMsg::Reply {
+            req_id: 7,
+            result: Ok(quiver_proto::Reply::Pong { client_time_us: 0, server_time_us }),
+        };
+        let big = ServerMsg::Reply {
+            req_id: 7,
+            result: Err(quiver_proto::Failure::new(ErrorCode::BadRequest, "x".repeat(100))),
+        };
+        let mut out = BytesMut::new();
+        encode(&codec, &pong(1), &mut out);
+        encode(&codec, &big, &mut out);
+        assert_eq!(codec.decode::<ServerMsg>(&mut out).unwrap(), Some(pong(1)));
+        match codec.decode::<ServerMsg>(&mut out).unwrap() {
+            Some(ServerMsg::Reply { req_id: 7, result: Err(failure) }) => assert_eq!(failure.code, ErrorCode::Internal),
+            other => panic!("{other:?}"),
+        }
+        assert!(out.is_empty());
+    }
 }

@@ -322,3 +322,19 @@ async fn calls_go_again_on_the_next_connection(graceful: bool) {
     client.close().await;
     server.abort();
 }
+
+/// At `max_rooms`, dropping a `Room` and joining another at once works: the join waits for the dropped room's Leave
+/// (written in the background) to be answered. Before, the Join could reach the server first and be refused
+/// `TooManyRooms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_rooms_a_join_right_after_dropping_a_room_waits_for_its_leave() {
+    let server = TestServer::start(Limits { max_rooms: 1, ..Limits::default() });
+    let client = named(&server, "switcher").await;
+    let mut room = client.join("room-0").await.unwrap();
+    for i in 1..=200 {
+        drop(room);
+        room = client.join(&format!("room-{i}")).await.unwrap_or_else(|err| panic!("join {i}: {err}"));
+    }
+    assert_eq!(room.name(), "room-200");
+    server.stop().await;
+}

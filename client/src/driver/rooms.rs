@@ -171,6 +171,15 @@ impl Rooms {
         Ok(Added::New(entry, received))
     }
 
+    /// Rooms the server may still hold for this client (joined, joining, or being left: listed until its Leave is
+    /// written), and one being left (the `gone` of its entry), if any.
+    fn census(&self) -> (usize, Option<CancellationToken>) {
+        let rooms = lock(&self.0);
+        let being_left = |entry: &&Arc<RoomEntry>| entry.leaving.is_cancelled() && !entry.gone.is_cancelled();
+        let held = rooms.values().filter(|entry| !entry.ended.is_cancelled() || being_left(entry)).count();
+        (held, rooms.values().find(being_left).map(|entry| entry.gone.clone()))
+    }
+
     /// Forgets `entry` (left, or its join failed): a rejoin of it that is waiting to try again gives up, and a join
     /// of its name waiting for it goes on. (Only `entry`: a newer join of its name stays.)
     pub(crate) fn remove(&self, entry: &Arc<RoomEntry>) {
@@ -219,6 +228,22 @@ impl super::Driver {
         };
         if let Some(position) = since {
             lock(&entry.state).resume_from(position);
+        }
+        // At `max_rooms` with a room being left (a dropped `Room`'s Leave is written in the background): this Join
+        // waits for the Leave's answer, or it could reach the server first and be refused `TooManyRooms`.
+        let max_rooms = self.welcome().limits.max_rooms as usize;
+        while let (held, Some(gone)) = self.rooms.census() {
+            if held <= max_rooms {
+                break;
+            }
+            tokio::select! {
+                () = gone.cancelled() => {}
+                () = leaving.cancelled() => break, // given up: the join below finds out and cleans up
+                () = self.stop.cancelled() => {
+                    self.forget_room(&entry);
+                    return Err(RequestError::closed(self.end_reason()));
+                }
+            }
         }
         // Sent again on the next connection if the connection drops before the reply (that connection's membership
         // went with it): from `since` the first time, from what the first stream delivered if it opened (as a

@@ -190,8 +190,9 @@ async fn post_with_an_id_run_twice_gets_the_original_seq_even_across_a_restart()
     server.stop().await;
 }
 
-/// On a server that admits anonymous sessions a token is ignored and the identity is the session's, new each run:
-/// `--id` with a token and no name is refused there (it used to post, and a re-run posted again).
+/// On a server that admits anonymous sessions a token is ignored and the identity is the name the client chose for
+/// itself, new each run: `--id` with a token and no name is refused there (it used to post, and a re-run posted
+/// again).
 #[tokio::test]
 async fn post_with_an_id_and_a_token_is_refused_where_tokens_are_ignored() {
     let data_dir = tempfile::tempdir().unwrap();

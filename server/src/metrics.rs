@@ -398,7 +398,12 @@ impl Collector for ServerMetrics {
             "code",
             &refusals,
         )?;
-        let breaches: Vec<(String, u64)> = breaches(s).iter().map(|(l, n)| (l.to_string(), *n)).collect();
+        let mut breaches: Vec<(String, u64)> = breaches(s).iter().map(|(l, n)| (l.to_string(), *n)).collect();
+        // (The store's own: its refusals are counted where they happen, not from their replies' code, which
+        // `Unavailable` shares with a cluster's broker.)
+        if let Some(store) = store {
+            breaches.push(("store_backlog_bytes".into(), store.backlog().refused()));
+        }
         labelled_counters(
             &mut e,
             "limit_breaches",

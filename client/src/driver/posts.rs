@@ -27,8 +27,8 @@ use crate::{
 /// The longest a post waits, after its connection refused it as closed, before the next try (the close usually
 /// comes sooner, and then the next connection).
 const CLOSED_PAUSE: Duration = Duration::from_millis(50);
-/// After an `Unavailable` refusal (the server's broker unreachable, or its room store behind), the pause before posting again: from the
-/// first to the last, doubling.
+/// After an `Unavailable` refusal (the server's broker unreachable, or its room store behind), the pause before
+/// posting again: from the first to the last, doubling.
 const UNAVAILABLE_DELAY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
 /// Told the outcome of a post; until then (or until dropped) the post counts against

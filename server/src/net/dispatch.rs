@@ -253,6 +253,7 @@ impl<R: RoomHub> Connection<R> {
                 // Not past the connection's end either: a room to load or create may wait for the store (a stalled
                 // disk), and the token's expiry and a shutdown do not wait for it (nor for a broker).
                 let joined = tokio::select! {
+                    biased;
                     joined = self.rooms.join(request) => joined,
                     failure = self.ending() => Err(failure),
                 };
@@ -294,7 +295,9 @@ impl<R: RoomHub> Connection<R> {
             RoomRequest::History { room, since, limit } => {
                 let budget = self.state.history_budget();
                 // (A store read that never returns does not hold the connection past its end.)
+                // (Biased: a read that is ready at once never polls the close, which takes quinn's connection lock.)
                 tokio::select! {
+                    biased;
                     page = self.rooms.history(&room, since, limit, budget, now_us) => page.map(Reply::History),
                     failure = self.ending() => Err(failure),
                 }
@@ -326,7 +329,9 @@ impl<R: RoomHub> Connection<R> {
         // Not past the connection's end: a post to a room to load or create may wait for the store. (Dropped there,
         // a post the broker may have sequenced is answered to the client's retry, same `client_msg_id`, as the
         // duplicate it is.)
+        // Biased: a post sequenced at once (nearly all) never polls the close, which takes quinn's connection lock.
         let sequenced = tokio::select! {
+            biased;
             sequenced = self.rooms.sequence_post(message) => sequenced,
             failure = self.ending() => Err(failure),
         };

@@ -221,7 +221,7 @@ async fn a_client_gone_while_its_join_waits_for_a_stalled_store_lets_go_of_its_c
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())).unwrap();
-    let (addr, stats) = (server.local_addr(), server.stats());
+    let (addr, stats, rooms) = (server.local_addr(), server.stats(), server.rooms.clone());
     let (go, wait) = std::sync::mpsc::channel();
     drop(
         server
@@ -252,8 +252,13 @@ async fn a_client_gone_while_its_join_waits_for_a_stalled_store_lets_go_of_its_c
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(open(), 1, "the connection was never counted");
-    // The Join is read and waiting for the store by now (or soon: the close below is seen either way).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The Join is waiting for its room's creation to be stored once the room is in the hub (before, the close would
+    // be seen by the control loop's read, which is not what this tests).
+    while rooms.usage().rooms == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rooms.usage().rooms, 1, "the Join never reached the hub");
+    tokio::time::sleep(Duration::from_millis(50)).await;
     conn.close(0u32.into(), b"gone");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while open() != 0 && tokio::time::Instant::now() < deadline {

@@ -234,11 +234,6 @@ export class RoomState {
   }
 }
 
-/**
- * Posts in the order they were made: pending (not sent on the current connection) and in flight (sent, with
- * `token`, the send's own: a reply to an earlier send of the same post is not taken for this one's; reply awaited). When a connection is lost every in-flight post goes back in front of the
- * pending ones, in order, to be sent again with the same client_msg_id (the server deduplicates).
- */
 /** The seconds of its rate a server's token bucket holds (`Limits::BURST_SECONDS`). */
 export const BURST_SECONDS = 2;
 
@@ -290,6 +285,11 @@ export class Pacer {
   }
 }
 
+/**
+ * Posts in the order they were made: pending (not sent on the current connection) and in flight (sent, with
+ * `token`, the send's own: a reply to an earlier send of the same post is not taken for this one's; reply awaited). When a connection is lost every in-flight post goes back in front of the
+ * pending ones, in order, to be sent again with the same client_msg_id (the server deduplicates).
+ */
 export class PostQueue {
   /** `max`: posts queued or in flight at most (0: no bound); see `full`. */
   constructor(max = 0) {

@@ -109,18 +109,7 @@ async fn posts_in_flight_when_the_connection_drops_appear_exactly_once() {
     let watcher = named(&server, "watcher").await;
     let mut room = watcher.join("ops").await.unwrap();
     let poster = named(&server, "poster").await;
-    let mut posts = tokio::task::JoinSet::new();
-    for i in 0..200 {
-        let client = poster.clone();
-        posts.spawn(async move { client.post("ops", format!("{i}")).await });
-        if i == 100 {
-            poster.connection().unwrap().close(0u32.into(), b"test drops the connection");
-        }
-    }
-    let mut acked = HashSet::new();
-    while let Some(result) = posts.join_next().await {
-        assert!(acked.insert(result.unwrap().unwrap()), "two posts acknowledged with one seq");
-    }
+    let acked = quiver_tests::posts_across_a_dropped_connection(&poster, "ops", 200, 100).await;
     assert_eq!(acked.len(), 200);
     let (got, _) = messages(&mut room, 200).await;
     let bodies: HashSet<_> = got.iter().map(|m| m.body.clone()).collect();

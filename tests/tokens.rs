@@ -338,19 +338,8 @@ async fn an_unnamed_client_of_an_anonymous_server_keeps_its_identity_and_its_res
     let poster = server.client_with(options).await.unwrap();
     let identity = poster.welcome().identity;
     assert!(identity.starts_with("guest-") && identity == poster.name(), "{identity}");
-    let mut posts = tokio::task::JoinSet::new();
-    for i in 0..200 {
-        let client = poster.clone();
-        posts.spawn(async move { client.post("ops", format!("{i}")).await });
-        if i == 100 {
-            poster.connection().unwrap().close(0u32.into(), b"test drops the connection");
-        }
-    }
-    let mut acked = std::collections::BTreeSet::new();
-    while let Some(posted) = posts.join_next().await {
-        assert!(acked.insert(posted.unwrap().unwrap()), "two posts acknowledged with one seq");
-    }
-    assert_eq!(acked.into_iter().collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>(), "each stored once");
+    let acked = quiver_tests::posts_across_a_dropped_connection(&poster, "ops", 200, 100).await;
+    assert_eq!(acked, (1..=200).collect::<Vec<_>>(), "each stored once");
     assert_eq!(poster.welcome().identity, identity, "the same identity after the reconnect");
     let history = poster.history("ops", None, 1_000).await.unwrap();
     assert_eq!(history.messages.len(), 200, "nothing stored twice");

@@ -226,6 +226,24 @@ pub fn sample_if(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// `count` posts to `room` from `poster`, each on a task of its own, the connection closed under them once the
+/// first `drop_at` are made: their seqs as acknowledged, in order (two posts acknowledged with one seq fail).
+pub async fn posts_across_a_dropped_connection(poster: &Client, room: &str, count: u64, drop_at: u64) -> Vec<u64> {
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let (client, room) = (poster.clone(), room.to_string());
+        posts.spawn(async move { client.post(&room, format!("{i}")).await });
+        if i == drop_at {
+            poster.connection().unwrap().close(0u32.into(), b"test drops the connection");
+        }
+    }
+    let mut acked = std::collections::BTreeSet::new();
+    while let Some(posted) = posts.join_next().await {
+        assert!(acked.insert(posted.unwrap().unwrap()), "two posts acknowledged with one seq");
+    }
+    acked.into_iter().collect()
+}
+
 /// One member joins rooms `a` and `b` and subscribes to channel `t`; `writer` posts 2,000 messages of 2,000 bytes
 /// into each while the member reads only `b` (which must keep flowing, complete, in order and never resumed), then
 /// ticks still arrive on `t`, then the member reads `a`: everything arrives, in order, once, after `a` was reset as

@@ -153,35 +153,14 @@ async fn a_server_config_out_of_range_is_refused_naming_its_key() {
 /// shutdown waited out its drain) for as long as the disk stalled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_waiting_for_a_stalled_store_ends_at_the_tokens_expiry() {
-    use quiver_proto::{ErrorCode, FrameCodec, Hello, Join, Limits, Request, RequestBody, ServerMsg};
+    use quiver_proto::{ErrorCode, ServerMsg};
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())).unwrap();
+    let (server, go) = with_a_stalled_store(dir.path());
     let addr = server.local_addr();
-    let (go, wait) = std::sync::mpsc::channel();
-    drop(
-        server
-            .store()
-            .expect("a durable store")
-            .submit(crate::store::Op::Hold(std::sync::Mutex::new(wait), std::sync::Mutex::new(None))),
-    );
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(server.run(shutdown.clone()));
-
-    let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let config = quiver_client::trust::quinn_client_config(&trust, addr, quiver_proto::ALPN_QUIVER).unwrap();
-    endpoint.set_default_client_config(config);
-    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let token = quiver_auth::mint_dev(dir.path(), &quiver_auth::Claims::everything("brief", now_s, 3)).unwrap();
-    let codec = FrameCodec::new(Limits::default().max_frame as usize);
-    let hello = Hello { version: quiver_proto::PROTOCOL_VERSION, agent: "test".into(), name: None, token: Some(token) };
-    let mut chunk = codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) }).unwrap();
-    let join = Join { room: "new".into(), since: None, redundant: false };
-    codec.encode(&Request { req_id: 1, body: RequestBody::Join(join) }, &mut chunk).unwrap();
     let sent = std::time::Instant::now();
-    send.write_all(&chunk).await.unwrap();
+    let (conn, codec, _send, mut recv) = hello_and_join_a_new_room(dir.path(), addr, 3).await;
     let mut inbound = bytes::BytesMut::new();
     let mut replies = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(8), async {
@@ -217,35 +196,13 @@ async fn a_join_waiting_for_a_stalled_store_ends_at_the_tokens_expiry() {
 /// per attempt until its address reached `max_connections_per_ip`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_while_its_join_waits_for_a_stalled_store_lets_go_of_its_connection() {
-    use quiver_proto::{FrameCodec, Hello, Join, Limits, Request, RequestBody};
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())).unwrap();
+    let (server, go) = with_a_stalled_store(dir.path());
     let (addr, stats, rooms) = (server.local_addr(), server.stats(), server.rooms.clone());
-    let (go, wait) = std::sync::mpsc::channel();
-    drop(
-        server
-            .store()
-            .expect("a durable store")
-            .submit(crate::store::Op::Hold(std::sync::Mutex::new(wait), std::sync::Mutex::new(None))),
-    );
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(server.run(shutdown.clone()));
-
-    let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let config = quiver_client::trust::quinn_client_config(&trust, addr, quiver_proto::ALPN_QUIVER).unwrap();
-    endpoint.set_default_client_config(config);
-    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
-    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let token = quiver_auth::mint_dev(dir.path(), &quiver_auth::Claims::everything("gone", now_s, 3_600)).unwrap();
-    let codec = FrameCodec::new(Limits::default().max_frame as usize);
-    let hello = Hello { version: quiver_proto::PROTOCOL_VERSION, agent: "test".into(), name: None, token: Some(token) };
-    let mut chunk = codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) }).unwrap();
-    let join = Join { room: "new".into(), since: None, redundant: false };
-    codec.encode(&Request { req_id: 1, body: RequestBody::Join(join) }, &mut chunk).unwrap();
-    send.write_all(&chunk).await.unwrap();
+    let (conn, _codec, _send, _recv) = hello_and_join_a_new_room(dir.path(), addr, 3_600).await;
     let open = || stats.connections_native.load(Ordering::Acquire);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while open() != 1 && tokio::time::Instant::now() < deadline {
@@ -269,4 +226,39 @@ async fn a_client_gone_while_its_join_waits_for_a_stalled_store_lets_go_of_its_c
     assert_eq!(left, 0, "the connection's task waited for the stalled store after its client was gone");
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
+}
+
+/// A dev server on 127.0.0.1 whose store's writer is held (a hung disk) until the returned sender says go.
+fn with_a_stalled_store(dir: &std::path::Path) -> (Server, std::sync::mpsc::Sender<()>) {
+    let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.to_owned())).unwrap();
+    let (go, wait) = std::sync::mpsc::channel();
+    let hold = crate::store::Op::Hold(std::sync::Mutex::new(wait), std::sync::Mutex::new(None));
+    drop(server.store().expect("a durable store").submit(hold));
+    (server, go)
+}
+
+/// A raw connection to the dev server at `addr` that sends Hello (a dev token good for `lifetime_s`) and a Join of
+/// a room not made yet, in one chunk.
+async fn hello_and_join_a_new_room(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    lifetime_s: u64,
+) -> (quinn::Connection, quiver_proto::FrameCodec, quinn::SendStream, quinn::RecvStream) {
+    use quiver_proto::{FrameCodec, Hello, Join, Limits, Request, RequestBody};
+    let trust = quiver_client::TrustOptions::Auto { data_dir: dir.to_owned() };
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = quiver_client::trust::quinn_client_config(&trust, addr, quiver_proto::ALPN_QUIVER).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = quiver_auth::Claims::everything("stalled", now_s, lifetime_s);
+    let token = quiver_auth::mint_dev(dir, &claims).unwrap();
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let hello = Hello { version: quiver_proto::PROTOCOL_VERSION, agent: "test".into(), name: None, token: Some(token) };
+    let mut chunk = codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) }).unwrap();
+    let join = Join { room: "new".into(), since: None, redundant: false };
+    codec.encode(&Request { req_id: 1, body: RequestBody::Join(join) }, &mut chunk).unwrap();
+    send.write_all(&chunk).await.unwrap();
+    (conn, codec, send, recv)
 }

@@ -399,11 +399,8 @@ impl Collector for ServerMetrics {
             &refusals,
         )?;
         let mut breaches: Vec<(String, u64)> = breaches(s).iter().map(|(l, n)| (l.to_string(), *n)).collect();
-        // (The store's own: its refusals are counted where they happen, not from their replies' code, which
-        // `Unavailable` shares with a cluster's broker.)
-        if let Some(store) = store {
-            breaches.push(("store_backlog_bytes".into(), store.backlog().refused()));
-        }
+        // (Counted by the store: its refusals' code, `Unavailable`, is also a cluster broker's.)
+        breaches.extend(store.map(|store| ("store_backlog_bytes".to_string(), store.backlog().refused())));
         labelled_counters(
             &mut e,
             "limit_breaches",

@@ -82,13 +82,9 @@ export class QuiverClient {
     if (this.#urls.length === 0) throw new Error('no server URL given');
     const given = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
     this.#options = transportOptions({ ...clientDefaults(), ...given });
-    // Without a name, one of the client's own for its life: a server admitting anonymous sessions knows it as the
-    // same identity on every connection (post deduplication keys on it; a post re-sent after a reconnect under a
-    // session's own identity would be stored twice). A server requiring tokens takes the token's subject instead.
-    if (this.#options.name == null) {
-      const random = crypto.getRandomValues(new BigUint64Array(1))[0];
-      this.#options.name = `guest-${random.toString(16).padStart(16, '0')}`;
-    }
+    // Without a name, one of its own for its life: an anonymous server dedupes re-sent posts by identity.
+    const guest = () => `guest-${crypto.getRandomValues(new BigUint64Array(1))[0].toString(16).padStart(16, '0')}`;
+    this.#options.name ??= guest();
     this.#dialer = new Dialer(this.#urls, this.#options);
     this.#posts = new PostQueue(this.#options.maxQueuedPosts);
     const { reconnectDelayMs: initialMs, reconnectMaxDelayMs: maxMs } = this.#options;

@@ -28,6 +28,7 @@ pub(crate) const ROOM_COUNTER_KEY: &[u8] = b"\0next_room_id";
 pub(crate) const MAX_SEQ: u64 = 1 << 62;
 
 mod backlog;
+mod batch;
 mod cold;
 mod disk;
 mod inbox;

@@ -5,36 +5,14 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use quiver_client::{Client, ConnectOptions, Message, Room, RoomEvent};
+use quiver_client::{Client, ConnectOptions, RoomEvent};
 use quiver_proto::{ErrorCode, Limits, RequestBody};
-use quiver_tests::TestServer;
+use quiver_tests::{messages, resumed, seqs, TestServer};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn named(server: &TestServer, name: &str) -> Client {
     server.client_with(ConnectOptions { name: Some(name.into()), ..ConnectOptions::default() }).await.unwrap()
-}
-
-/// Reads events until `count` messages have arrived; returns the messages and every event seen.
-async fn messages(room: &mut Room, count: usize) -> (Vec<Message>, Vec<RoomEvent>) {
-    let mut messages = Vec::new();
-    let mut events = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        while messages.len() < count {
-            let event = room.next().await.expect("room stream ended");
-            if let RoomEvent::Message(m) = &event {
-                messages.push(m.clone());
-            }
-            events.push(event);
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("only {} of {count} messages within {WAIT:?}", messages.len()));
-    (messages, events)
-}
-
-fn seqs(messages: &[Message]) -> Vec<u64> {
-    messages.iter().map(|m| m.seq).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,20 +190,6 @@ async fn history_reads_retained_messages_without_joining() {
     server.stop().await;
 }
 
-/// The first `Resumed` the room hears of (after the client reconnected on its own).
-async fn resumed(room: &mut quiver_client::Room) -> (bool, u64) {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match room.next().await.expect("room stream ended") {
-                RoomEvent::Resumed { recovered, epoch } => break (recovered, epoch),
-                _ => continue,
-            }
-        }
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_keeps_the_room_and_the_client_resumes_without_a_gap() {
     let server = TestServer::start(Limits::default());
@@ -264,6 +228,33 @@ async fn with_the_memory_store_a_restart_loses_the_room_and_says_so() {
     assert_eq!(client.post("lobby", "after").await.unwrap(), 1, "seqs restart in the new epoch");
     let (after, _) = messages(&mut room, 1).await;
     assert_eq!(after[0].body, "after");
+    server.stop().await;
+}
+
+/// With `--store memory` a long replay is paged from the room's memory (256 messages at once, the rest as the
+/// stream takes them): every message once, in order, and the live ones after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_memory_store_a_long_replay_arrives_whole_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = quiver_server::ServerConfig {
+        durability: quiver_server::store::Durability::Memory,
+        ..quiver_server::ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())
+    };
+    let server = TestServer::start_with(config, dir);
+    let writer = named(&server, "writer").await;
+    let mut room = writer.join("log").await.unwrap();
+    let posts: Vec<_> = (0..700).map(|i| writer.post("log", format!("{i}"))).collect();
+    for post in posts {
+        post.await.unwrap();
+    }
+    messages(&mut room, 700).await;
+    let epoch = room.position().unwrap().epoch;
+    let reader = named(&server, "reader").await;
+    let mut replayed = reader.join_from("log", quiver_proto::Position { epoch, seq: 0 }).await.unwrap();
+    writer.post("log", "live").await.unwrap();
+    let (got, _) = messages(&mut replayed, 701).await;
+    assert_eq!(seqs(&got), (1..=701).collect::<Vec<_>>(), "no gap, no duplicate");
+    assert_eq!(got[700].body, "live");
     server.stop().await;
 }
 

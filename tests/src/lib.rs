@@ -10,7 +10,7 @@ pub mod ports;
 use std::{io::Write, net::SocketAddr, time::Duration};
 
 use bytes::BytesMut;
-use quiver_client::{Client, ConnectOptions, TrustOptions};
+use quiver_client::{Client, ConnectOptions, Message, Room, RoomEvent, TrustOptions};
 use quiver_proto::{FrameCodec, Limits, ServerMsg};
 use quiver_server::{Server, ServerConfig, WebConfig};
 use tokio_util::sync::CancellationToken;
@@ -306,4 +306,44 @@ pub async fn a_member_stops_reading_one_room(member: &Client, writer: &Client) {
     assert_eq!(a_seqs, (1..=TOTAL as u64).collect::<Vec<_>>());
     assert!(!a_resumes.is_empty(), "room a was reset as a slow consumer and resumed");
     assert!(a_resumes.iter().all(|recovered| *recovered), "every resume recovered everything: {a_resumes:?}");
+}
+
+/// How long the room helpers below wait for what they read.
+const ROOM_WAIT: Duration = Duration::from_secs(30);
+
+/// Reads events until `count` messages have arrived; returns the messages and every event seen.
+pub async fn messages(room: &mut Room, count: usize) -> (Vec<Message>, Vec<RoomEvent>) {
+    let mut messages = Vec::new();
+    let mut events = Vec::new();
+    tokio::time::timeout(ROOM_WAIT, async {
+        while messages.len() < count {
+            let event = room.next().await.expect("room stream ended");
+            if let RoomEvent::Message(m) = &event {
+                messages.push(m.clone());
+            }
+            events.push(event);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {count} messages within {ROOM_WAIT:?}", messages.len()));
+    (messages, events)
+}
+
+/// The seqs of `messages`.
+pub fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+/// The first `Resumed` the room hears of (after the client reconnected on its own).
+pub async fn resumed(room: &mut quiver_client::Room) -> (bool, u64) {
+    tokio::time::timeout(ROOM_WAIT, async {
+        loop {
+            match room.next().await.expect("room stream ended") {
+                RoomEvent::Resumed { recovered, epoch } => break (recovered, epoch),
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .unwrap()
 }

@@ -1,5 +1,6 @@
-//! A join's replay read from the durable store in pages: the next page is read only once the joiner's stream took
-//! the previous one, so a replay holds one page in memory however long the history and however slow the reader.
+//! A join's replay read in pages, from the durable store or a memory room's history: the next page is read only
+//! once the joiner's stream took the previous one, so a replay holds one page however long the history and however
+//! slow the reader.
 //! Live frames wait in the joiner's outbox meanwhile (within its live bound) and follow the last page.
 
 use std::sync::Arc;
@@ -46,6 +47,18 @@ impl Replay {
         unreadable: Box<dyn FnOnce(u64) + Send>,
     ) -> Replay {
         Replay::new(from_store(store, (room, codec), range, outbox, unreadable))
+    }
+
+    /// The rest of an in-memory room's replay (`range`, after the page [`super::room::Room::join`] queued), read
+    /// from `room`'s history a page at a time as the joiner's stream takes them. A message of the range gone from
+    /// memory meanwhile (retention, or the room evicted) ends a recovered replay as a slow consumer's: the joiner
+    /// rejoins and is told it missed messages.
+    pub(super) fn from_memory(
+        room: std::sync::Weak<std::sync::Mutex<super::rooms::Slot>>,
+        range: ReplayRange,
+        outbox: Arc<dyn Outbox>,
+    ) -> Replay {
+        Replay::new(from_memory(room, range, outbox))
     }
 
     /// Writes the replay, then lets the held live frames follow.
@@ -127,8 +140,57 @@ async fn from_store(
     outbox.flush();
 }
 
+async fn from_memory(
+    room: std::sync::Weak<std::sync::Mutex<super::rooms::Slot>>,
+    ReplayRange { mut after, upto, recovered, .. }: ReplayRange,
+    outbox: Arc<dyn Outbox>,
+) {
+    while after < upto {
+        let page = room.upgrade().and_then(|slot| {
+            let slot = super::lock::lock(&slot);
+            (!slot.removed).then(|| slot.room.memory_page(after, upto, PAGE_MESSAGES, PAGE_BYTES))
+        });
+        let page = page.unwrap_or_default();
+        if recovered && page.first().is_none_or(|(seq, _)| *seq != after + 1) {
+            outbox.kick_replay();
+            outbox.flush();
+            return;
+        }
+        let Some(&(last, _)) = page.last() else { break };
+        after = last;
+        for (_, frame) in page {
+            outbox.push_replay(frame);
+        }
+        outbox.flush();
+        if !outbox.drained().await {
+            return; // the stream is gone
+        }
+    }
+    outbox.release_hold();
+    outbox.flush();
+}
+
 /// Whether `frame` (a length prefix and a body) has a body of at most `max_frame` bytes.
 fn fits(frame: &[u8], max_frame: usize) -> bool {
     quiver_proto::varint::decode(frame)
         .is_some_and(|(len, prefix)| len <= max_frame as u64 && prefix as u64 + len == frame.len() as u64)
+}
+
+/// Splits an in-memory replay into the page queued at once and, when more follows, the seq the rest of it starts
+/// after (the last seq of the page).
+pub(super) fn first_page(
+    mut replay: Vec<Arc<super::history::StoredMessage>>,
+) -> (Vec<Arc<super::history::StoredMessage>>, Option<u64>) {
+    let mut bytes = 0;
+    let fits = replay.iter().take(PAGE_MESSAGES).take_while(|message| {
+        bytes += message.frame.len();
+        bytes <= PAGE_BYTES
+    });
+    let len = fits.count().max(1).min(replay.len());
+    if len == replay.len() {
+        return (replay, None);
+    }
+    replay.truncate(len);
+    let after = replay.last().map(|message| message.event.seq);
+    (replay, after)
 }

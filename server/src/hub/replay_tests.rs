@@ -69,3 +69,56 @@ async fn a_replay_never_sends_a_stored_frame_over_max_frame() {
     let joining = join(&hub, "r", Some(Position { epoch, seq: 0 }), &again).await;
     assert!(!joining.joined.recovered && joining.joined.replay_from == 4, "{:?}", joining.joined);
 }
+
+/// A memory room's replay is paged too: a join queued the whole history it asked for (up to
+/// `history_max_messages` frames, outside the member's live bound, and held past retention for as long as the member
+/// did not read), so a client joining big rooms and never reading pinned each room's history once per join.
+#[tokio::test]
+async fn a_memory_rooms_replay_is_queued_a_page_at_a_time() {
+    let hub = LocalRooms::new(Limits::default(), Budget::default());
+    let member = Collect::new(usize::MAX);
+    let epoch = join(&hub, "r", None, &member).await.joined.epoch;
+    for id in 1..=600 {
+        post(&hub, "r", "bob", id, 10).await.1.flush();
+    }
+    let out = Collect::new(usize::MAX);
+    let joining = join(&hub, "r", Some(Position { epoch, seq: 0 }), &out).await;
+    assert!(joining.joined.recovered);
+    assert_eq!(joining.joined.replay_from, 1);
+    assert_eq!(out.message_seqs(), (1..=256).collect::<Vec<_>>(), "one page at once");
+    post(&hub, "r", "bob", 601, 10).await.1.flush(); // live: held behind the replay
+    assert_eq!(out.message_seqs().len(), 256);
+    joining.replay.expect("the rest to page").run().await;
+    assert!(!out.kicked());
+    assert_eq!(out.message_seqs(), (1..=601).collect::<Vec<_>>(), "each once, in order, the live one last");
+    // Nothing to page: a short replay goes at once, as before.
+    let short = Collect::new(usize::MAX);
+    let joining = join(&hub, "r", Some(Position { epoch, seq: 590 }), &short).await;
+    assert!(joining.replay.is_none());
+    assert_eq!(short.message_seqs(), (591..=601).collect::<Vec<_>>());
+}
+
+/// History trimmed away under a paged memory replay: the joiner, told it was recovered, is dropped to rejoin (and
+/// learn that it missed messages), never sent the rest after a gap.
+#[tokio::test]
+async fn a_memory_replay_whose_messages_were_trimmed_drops_the_joiner() {
+    let limits = Limits { history_max_messages: 600, ..Limits::default() };
+    let hub = LocalRooms::new(limits, Budget::default());
+    let member = Collect::new(usize::MAX);
+    let epoch = join(&hub, "r", None, &member).await.joined.epoch;
+    for id in 1..=600 {
+        post(&hub, "r", "bob", id, 10).await.1.flush();
+    }
+    let out = Collect::new(usize::MAX);
+    let joining = join(&hub, "r", Some(Position { epoch, seq: 0 }), &out).await;
+    assert!(joining.joined.recovered);
+    for id in 601..=900 {
+        post(&hub, "r", "bob", id, 10).await.1.flush(); // 1..=300 retired meanwhile
+    }
+    joining.replay.expect("a replay").run().await;
+    assert!(out.kicked(), "dropped, to rejoin");
+    assert_eq!(out.message_seqs(), (1..=256).collect::<Vec<_>>(), "nothing after the gap, live or replayed");
+    let again = Collect::new(usize::MAX);
+    let joining = join(&hub, "r", Some(Position { epoch, seq: 256 }), &again).await;
+    assert!(!joining.joined.recovered, "told it missed messages");
+}

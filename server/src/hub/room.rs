@@ -217,16 +217,22 @@ impl Room {
         let (recovered, replay, range) = match &self.disk {
             None => {
                 let (recovered, replay) = self.replay_for(since);
-                (recovered, replay, None)
+                // The first page goes now; the rest, if any, is paged from memory by the caller like a durable
+                // room's ([`super::replay`]): a join never queues a whole history (up to `history_max_messages`
+                // frames, outside the member's live bound, and held past retention while it waits).
+                let (replay, rest) = super::replay::first_page(replay);
+                let range = rest.map(|after| ReplayRange { room_id: 0, after, upto: self.delivered_seq, recovered });
+                (recovered, replay, range)
             }
             Some(disk) => {
                 let (recovered, range) = disk.replay_range(self.epoch, self.delivered_seq, self.gap_replay, since);
                 (recovered, Vec::new(), Some(range))
             }
         };
-        let replay_from = match range {
-            Some(range) => range.after + 1,
-            None => replay.first().map_or(self.sequenced_seq.saturating_add(1), |m| m.event.seq),
+        let replay_from = match (range, replay.first()) {
+            (_, Some(first)) => first.event.seq,
+            (Some(range), None) => range.after + 1,
+            (None, None) => self.sequenced_seq.saturating_add(1),
         };
         let count = self.members.entry(identity.to_string()).or_insert(0);
         *count += 1;
@@ -258,6 +264,21 @@ impl Room {
             delivery.extend(self.broadcast(EventKind::MemberJoined { member: identity.to_string() }, now_us));
         }
         (joined, delivery, range)
+    }
+
+    /// A page of the in-memory history for a paged replay: the messages after `after` up to `upto`, at most
+    /// `max_messages` and (but the first) `max_bytes` of frames; each with its seq.
+    pub fn memory_page(&self, after: u64, upto: u64, max_messages: usize, max_bytes: usize) -> Vec<(u64, Bytes)> {
+        let mut bytes = 0;
+        let mut page = Vec::new();
+        for message in self.history.after(after, max_messages) {
+            bytes += message.frame.len();
+            if message.event.seq > upto || (!page.is_empty() && bytes > max_bytes) {
+                break;
+            }
+            page.push((message.event.seq, message.frame.clone()));
+        }
+        page
     }
 
     fn replay_for(&self, since: Option<Position>) -> (bool, Vec<Arc<StoredMessage>>) {

@@ -381,7 +381,8 @@ impl RoomHub for LocalRooms {
                 let codec = quiver_proto::FrameCodec::new(self.limits.max_frame as usize);
                 Some(Replay::from_store(store.clone(), (room, codec), range, outbox, unreadable))
             }
-            _ => None,
+            (Some(range), None) => Some(Replay::from_memory(Arc::downgrade(&shared), range, outbox)),
+            (None, _) => None,
         };
         Ok(Joining { joined, subscriber, delivery, replay })
     }

@@ -18,6 +18,9 @@ use crate::{error::CliError, impair::ProfileArgs, seconds, TrustArgs};
 
 /// The smallest payload the latency benches carry: a sequence number and a send time.
 const MIN_SIZE: usize = 12;
+/// The largest: what fits a datagram in QUIC's smallest packet (1,200 bytes) with every series' headers. Larger
+/// payloads were refused by the datagram series at each send, which showed as 100 % loss on the path.
+pub(crate) const MAX_SIZE: usize = 1_024;
 
 /// Checks, before a run, that each output can be written where it is asked for: the directory exists and the
 /// file can be created (left empty until the run writes it), and a plot's extension is one we draw. A long run
@@ -87,12 +90,26 @@ fn recorded_command(args: impl Iterator<Item = String>) -> String {
 
 /// A `--size` the latency benches cannot use as given (the run would silently send more than asked).
 #[derive(Debug, thiserror::Error)]
-#[error("expected a byte count of at least {MIN_SIZE} (the seq and send time every message carries)")]
+#[error(
+    "expected a byte count from {MIN_SIZE} (the seq and send time every message carries) to {MAX_SIZE} (a datagram in \
+     QUIC's smallest packet)"
+)]
 pub(crate) struct BadSize;
 
-/// A payload size for the latency benches: at least [`MIN_SIZE`].
-fn payload_size(s: &str) -> Result<usize, BadSize> {
-    s.parse::<usize>().ok().filter(|size| *size >= MIN_SIZE).ok_or(BadSize)
+/// The longest window a bench measures (or idles) for, in seconds.
+pub(crate) const MAX_BENCH_SECONDS: u64 = 86_400;
+
+/// A bench's `--duration`, `--warmup` or `--idle`: a duration of at most [`MAX_BENCH_SECONDS`].
+pub(crate) fn bench_seconds(flag: &'static str, value: f64) -> Result<Duration, CliError> {
+    if value > MAX_BENCH_SECONDS as f64 {
+        return Err(CliError::BenchTooLong { flag, value });
+    }
+    seconds(flag, value)
+}
+
+/// A payload size for the latency benches: from [`MIN_SIZE`] to [`MAX_SIZE`].
+pub(crate) fn payload_size(s: &str) -> Result<usize, BadSize> {
+    s.parse::<usize>().ok().filter(|size| (MIN_SIZE..=MAX_SIZE).contains(size)).ok_or(BadSize)
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,7 +158,7 @@ pub(crate) struct FanoutArgs {
     /// Ticks per second from the publisher.
     #[arg(long, default_value_t = 60.0)]
     rate: f64,
-    /// Tick payload bytes (at least 12).
+    /// Tick payload bytes (12 to 1,024).
     #[arg(long, default_value_t = 64, value_parser = payload_size)]
     size: usize,
     /// Chat messages per second into the room (posted by the subscribers in turn); 0 for none.
@@ -219,7 +236,7 @@ pub(crate) struct RttArgs {
     /// Messages per second per sender.
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
-    /// Payload bytes per message (at least 12).
+    /// Payload bytes per message (12 to 1,024).
     #[arg(long, default_value_t = 64, value_parser = payload_size)]
     size: usize,
     /// Measured seconds per series.
@@ -329,8 +346,8 @@ async fn fanout(args: FanoutArgs) -> Result<(), CliError> {
         rate: args.rate,
         size: args.size,
         chat_rate: args.chat_rate,
-        duration: seconds("duration", args.duration)?,
-        warmup: seconds("warmup", args.warmup)?,
+        duration: bench_seconds("duration", args.duration)?,
+        warmup: bench_seconds("warmup", args.warmup)?,
         profile: (!profile.is_clean()).then_some(profile),
         token: args.server.as_deref().and_then(|server| args.trust.token_provider(None, server)),
         server: args.server.map(|server| (server, args.trust.trust())),
@@ -409,8 +426,8 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
         clients: args.clients,
         rate: args.rate,
         size: args.size,
-        duration: seconds("duration", args.duration)?,
-        warmup: seconds("warmup", args.warmup)?,
+        duration: bench_seconds("duration", args.duration)?,
+        warmup: bench_seconds("warmup", args.warmup)?,
         profile: (!profile.is_clean()).then_some(profile),
         token: args.server.as_deref().and_then(|server| args.trust.token_provider(None, server)),
         server: args.server.map(|server| (server, args.trust.trust())),

@@ -24,6 +24,9 @@ pub(crate) enum CliError {
     /// A duration in seconds that is negative, not a number or too large.
     #[error("--{flag}: {source}")]
     Seconds { flag: &'static str, source: TryFromFloatSecsError },
+    /// A bench's measured window past a day (every bench run is bounded).
+    #[error("--{flag} {value} s: a bench measures for at most {max} s (a day)", max = crate::bench::MAX_BENCH_SECONDS)]
+    BenchTooLong { flag: &'static str, value: f64 },
     /// `quiver tick pub --rate`.
     #[error("--rate must be from 0.01 to 1,000,000 per second")]
     TickRate(f64),

@@ -133,10 +133,14 @@ async fn quiver_bench_post_and_restart_print_their_tables_and_json() {
 #[tokio::test]
 async fn bench_outputs_are_checked_before_the_run() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(Vec<String>, &str); 3] = [
+    let cases: [(Vec<String>, &str); 5] = [
         (vec!["--plot".into(), dir.path().join("x.jpg").display().to_string()], "a plot is .svg or .png"),
         (vec!["--json".into(), dir.path().join("missing/x.json").display().to_string()], "No such file"),
-        (vec!["--size".into(), "4".into()], "at least 12"),
+        (vec!["--size".into(), "4".into()], "from 12"),
+        // Over a datagram: the datagram series would lose every message, as if the path had.
+        (vec!["--size".into(), "1200".into()], "to 1024"),
+        // Was a panic (the expected run time overflowed).
+        (vec!["--warmup".into(), "1e19".into()], "at most 86400 s"),
     ];
     for (args, wanted) in cases {
         let started = std::time::Instant::now();

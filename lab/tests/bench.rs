@@ -9,6 +9,10 @@ use quiver_lab::{
     impair::{DirectionProfile, ImpairmentProfile},
 };
 
+/// One bench at a time: each loads both cores, and two at once starved each other's subscribers (a fan-out's
+/// delivered share and tick count fell under these tests' bounds when they ran side by side).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn config(profile: Option<ImpairmentProfile>) -> RttConfig {
     RttConfig {
         clients: 2,
@@ -25,6 +29,7 @@ fn config(profile: Option<ImpairmentProfile>) -> RttConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtt_measures_every_series_and_sees_the_loss() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let lossy = ImpairmentProfile::symmetric(DirectionProfile { loss_pct: 10.0, ..DirectionProfile::default() });
     let report = run_rtt(config(Some(lossy)), |_| {}).await.unwrap();
     let names: Vec<&str> = report.series.iter().map(|s| s.name.as_str()).collect();
@@ -81,6 +86,7 @@ async fn rtt_measures_every_series_and_sees_the_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
+    let _one = ONE_AT_A_TIME.lock().await;
     use quiver_lab::bench::{run_fanout, FanoutConfig};
     let config = FanoutConfig {
         subscribers: 10,
@@ -138,10 +144,38 @@ async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
     assert!(json["baselines"][2]["cpu_us_per_delivery"].is_f64(), "{json}");
 }
 
+/// Through the relay (an impairment profile), with chat and the baselines: Quiver's relay carries two runs, and
+/// refused the second run's clients once the first's had filled it (its client bound was one run's worth).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impaired_fanout_runs_quiver_twice_through_one_relay() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    use quiver_lab::bench::{run_fanout, FanoutConfig};
+    let config = FanoutConfig {
+        subscribers: 8,
+        rate: 50.0,
+        size: 64,
+        chat_rate: 10.0,
+        duration: Duration::from_millis(1000),
+        warmup: Duration::from_millis(200),
+        profile: Some(ImpairmentProfile::symmetric(DirectionProfile { delay_ms: 1.0, ..DirectionProfile::default() })),
+        server: None,
+        token: None,
+        compare_websocket: false,
+        netns: None,
+        baselines: true,
+    };
+    let report = run_fanout(config, |_| {}).await.unwrap();
+    let alone = report.quiver_no_chat.as_ref().expect("the ticks-only run");
+    for side in [&report.quiver, alone] {
+        assert!(side.delivered_pct > 90.0 && side.ticks_sent == 50, "{side:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// An external server by name with a certificate for that name only (no IP address in it), trusted through
 /// `--ca`: the bench dials the name (it dialled the resolved address, whose check against the certificate failed).
 async fn fanout_measures_an_external_server() {
+    let _one = ONE_AT_A_TIME.lock().await;
     use quiver_client::TrustOptions;
     use quiver_lab::bench::{run_fanout, FanoutConfig};
     let dir = tempfile::tempdir().unwrap();
@@ -183,6 +217,7 @@ async fn fanout_measures_an_external_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtt_runs_the_websocket_head_to_head_on_a_clean_link() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let h2h =
         RttConfig { compare_websocket: true, duration: Duration::from_millis(1000), chat_rate: 50.0, ..config(None) };
     let report = run_rtt(h2h, |_| {}).await.unwrap();

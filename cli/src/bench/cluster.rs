@@ -34,8 +34,8 @@ pub(crate) struct ClusterArgs {
     /// Ticks per second of the publisher.
     #[arg(long, default_value_t = 60)]
     rate: u32,
-    /// Body and payload bytes (ticks carry at least 16: their number and scheduled time).
-    #[arg(long, default_value_t = 64)]
+    /// Body and payload bytes, 12 to 1,024 (ticks carry at least 16: their number and scheduled time).
+    #[arg(long, default_value_t = 64, value_parser = super::payload_size)]
     size: usize,
     /// Write the report as JSON here.
     #[arg(long)]
@@ -49,7 +49,7 @@ pub(super) async fn cluster(args: ClusterArgs) -> Result<(), CliError> {
         posters: args.posters,
         rooms: args.rooms,
         in_flight: args.in_flight,
-        duration: Duration::from_secs(args.duration.max(1)),
+        duration: Duration::from_secs(args.duration.clamp(1, super::MAX_BENCH_SECONDS)),
         subscribers: args.subscribers,
         tick_rate: args.rate,
         size: args.size,
@@ -58,7 +58,8 @@ pub(super) async fn cluster(args: ClusterArgs) -> Result<(), CliError> {
         "redis-server (persistence off) and 4 in-process nodes (1 alone, 3 on the Redis) with their per-connection \
          rates and per-address connection limits raised for the bench's load"
     );
-    let echoes = config.echo_interval * config.echoes * 2;
+    // Three echo series and the paced PINGs (1,100 at the echoes' pace), then four throughput and fan-out runs.
+    let echoes = config.echo_interval.saturating_mul(config.echoes.saturating_mul(3).saturating_add(1_100));
     let expected = echoes + (config.duration + Duration::from_secs(2)) * 4 + Duration::from_secs(5);
     let run = |progress| run_cluster(config, progress);
     report(expected, args.json.as_deref(), run, quiver_lab::bench::ClusterReport::table).await

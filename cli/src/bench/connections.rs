@@ -7,7 +7,7 @@ use clap::Args;
 use quiver_lab::bench::{run_connections, ConnectionsConfig};
 
 use super::report;
-use crate::{error::CliError, seconds};
+use crate::error::CliError;
 
 #[derive(Debug, Args)]
 pub(crate) struct ConnectionsArgs {
@@ -48,7 +48,7 @@ pub(super) async fn connections(args: ConnectionsArgs) -> Result<(), CliError> {
         sockets: args.sockets,
         in_flight: args.in_flight,
         resumed: args.resumed.min(args.count),
-        idle: seconds("idle", args.idle)?,
+        idle: super::bench_seconds("idle", args.idle)?,
         server_program: program,
         server_args: vec!["bench".into(), "connections-server".into()],
     };

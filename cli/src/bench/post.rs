@@ -6,7 +6,7 @@ use clap::Args;
 use quiver_lab::bench::{run_post, PostConfig};
 
 use super::report;
-use crate::{error::CliError, seconds};
+use crate::error::CliError;
 
 #[derive(Debug, Args)]
 pub(crate) struct PostArgs {
@@ -48,8 +48,8 @@ pub(super) async fn post(args: PostArgs) -> Result<(), CliError> {
         rooms: args.rooms,
         modes,
         size: args.size,
-        duration: seconds("duration", args.duration)?,
-        warmup: seconds("warmup", args.warmup)?,
+        duration: super::bench_seconds("duration", args.duration)?,
+        warmup: super::bench_seconds("warmup", args.warmup)?,
     };
     let cells = config.modes.len() * config.rooms.len() * config.posters.len() * config.in_flight.len();
     let per_cell = config.warmup + config.duration;

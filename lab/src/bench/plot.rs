@@ -42,13 +42,19 @@ fn nines(q: f64) -> f64 {
     }
 }
 
-const COLORS: [RGBColor; 6] = [
+/// Ten, one per series of the largest chart (a fan-out's ticks and chat of every side) with room to spare: with
+/// six, two of its series shared a colour.
+const COLORS: [RGBColor; 10] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xff, 0x7f, 0x0e),
     RGBColor(0x2c, 0xa0, 0x2c),
     RGBColor(0xd6, 0x27, 0x28),
     RGBColor(0x94, 0x67, 0xbd),
     RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x17, 0xbe, 0xcf),
 ];
 
 /// The font every chart uses, compiled in so plots need no system font (licence: lab/assets/).

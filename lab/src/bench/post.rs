@@ -356,8 +356,16 @@ impl PostReport {
         }
         out += "\ngoals:\n";
         for row in &self.rows {
-            // (A memory cell that acknowledged nothing is no baseline.)
+            // (A memory cell that acknowledged nothing is no baseline, nor one whose posts failed: its throughput
+            // is depressed, and a ratio against it would flatter the mode judged.)
             let Some(memory) = self.memory(row).filter(|m| m.posts_per_s > 0.0) else { continue };
+            if memory.errors > 0 && row.mode != "memory" {
+                out += &format!(
+                    "  {} {} room(s) x {} posters x {} in flight: not judged (memory's cell had {} errors)\n",
+                    row.mode, row.rooms, row.posters, row.in_flight, memory.errors
+                );
+                continue;
+            }
             if row.mode != "memory" && (row.errors > 0 || row.ack.count == 0) {
                 // (A cell whose posts failed has no ack p50 worth a verdict: 0 when none was acknowledged.)
                 out += &format!(

@@ -119,6 +119,9 @@ impl Default for DirectionProfile {
     }
 }
 
+/// The longest delay or jitter a direction may add (ms).
+const MAX_DELAY_MS: f64 = 60_000.0;
+
 impl DirectionProfile {
     /// Checks that every value is in range.
     pub fn check(&self) -> Result<(), FieldError> {
@@ -140,6 +143,12 @@ impl DirectionProfile {
         ] {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(FieldError::OutOfRange { field, value, expected: "a finite number >= 0" });
+            }
+        }
+        // A minute of delay is already no path anyone runs on; beyond it the emulators' clocks would overflow.
+        for (field, value) in [("delay_ms", self.delay_ms), ("jitter_ms", self.jitter_ms)] {
+            if value > MAX_DELAY_MS {
+                return Err(FieldError::OutOfRange { field, value, expected: "at most 60000 (a minute)" });
             }
         }
         if self.burst_len > 1.0 && self.loss_pct / 100.0 > self.burst_len / (self.burst_len + 1.0) {

@@ -129,6 +129,10 @@ pub async fn run_cluster(config: ClusterConfig, progress: impl Fn(&str)) -> Resu
             return Err(BenchError::BadConfig { field, value: f64::from(value), expected });
         }
     }
+    if f64::from(config.tick_rate) > crate::bench::series::MAX_RATE {
+        let (value, expected) = (f64::from(config.tick_rate), "at most 100000 per second, as the other benches");
+        return Err(BenchError::BadConfig { field: "tick_rate", value, expected });
+    }
     progress("starting redis-server and 4 nodes (1 alone, 3 on the Redis)");
     let redis = RedisProcess::start().await?;
     let stop = CancellationToken::new();
@@ -219,17 +223,27 @@ async fn echo(from: &Node, to: &Node, config: &ClusterConfig) -> Result<LatencyS
         next += config.echo_interval;
         tokio::time::sleep_until(next).await;
         let started = Instant::now();
-        let posted = poster.post(&room, body.clone());
-        let seq = BenchError::answered("post", posted).await?;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), joined.next()).await {
-                Ok(Some(RoomEvent::Message(m))) if m.seq >= seq => break,
-                Ok(Some(_)) => {}
-                _ => return Err(BenchError::io("echo")(std::io::Error::other("a posted message never arrived"))),
+        let posted = BenchError::answered("post", poster.post(&room, body.clone()));
+        // Timed when the message arrives, whether before or after the post's acknowledgement (read after it, an
+        // echo that arrived first was timed at the acknowledgement: a one-node echo, whose two come together,
+        // more often than a cross-node one). Posts go one at a time into a room of their own: the next message
+        // is this one.
+        let arrived = async {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), joined.next()).await {
+                    Ok(Some(RoomEvent::Message(m))) => break Ok((m.seq, started.elapsed())),
+                    Ok(Some(_)) => {}
+                    _ => break Err(BenchError::io("echo")(std::io::Error::other("a posted message never arrived"))),
+                }
             }
+        };
+        let (seq, (got, elapsed)) = tokio::try_join!(posted, arrived)?;
+        if got != seq {
+            let why = format!("the echo room delivered seq {got} where the post was given {seq}");
+            return Err(BenchError::io("echo")(std::io::Error::other(why)));
         }
         if i >= warmup {
-            recorder.record(started.elapsed());
+            recorder.record(elapsed);
         }
     }
     poster.close().await;
@@ -295,6 +309,20 @@ async fn throughput(
     Ok((posts as f64 / config.duration.as_secs_f64(), failed, cpu_spent))
 }
 
+/// A subscriber's latencies, merged into everyone's when its task ends or is dropped.
+struct MergedOnDrop {
+    mine: LatencyRecorder,
+    into: Arc<Mutex<LatencyRecorder>>,
+}
+
+impl Drop for MergedOnDrop {
+    fn drop(&mut self) {
+        if let Ok(mut all) = self.into.lock() {
+            all.merge(&self.mine);
+        }
+    }
+}
+
 /// One publisher on `publisher_node`, `subscribers` spread over `nodes`.
 async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) -> Result<FanoutRow, BenchError> {
     let channel = format!("ticks-{:08x}", rand::random::<u32>());
@@ -311,7 +339,10 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
         let mut subscription = BenchError::answered("subscribe", client.subscribe(&channel)).await?;
         let (recorder, received) = (recorder.clone(), received.clone());
         tasks.spawn(async move {
-            let mut mine = LatencyRecorder::default();
+            // Merged when the task ends, or is aborted at the end marker's deadline: the slowest subscribers'
+            // latencies count too (their ticks count as delivered).
+            let mut mine = MergedOnDrop { mine: LatencyRecorder::default(), into: recorder };
+            let mine = &mut mine.mine;
             // Every tick that arrived, not only the newest of those waiting (`next`): a subscriber task woken late
             // would otherwise leave its oldest, slowest ticks out of the percentiles and the delivered share.
             'batches: while let Some(ticks) = subscription.next_batch().await {
@@ -330,9 +361,6 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
                         received.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-            }
-            if let Ok(mut all) = recorder.lock() {
-                all.merge(&mine);
             }
         });
         subscribers.push(client);
@@ -358,6 +386,9 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
     while !tasks.is_empty() && Instant::now() < deadline {
         let _ = publisher.send(Vec::new());
         if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), tasks.join_next()).await {}
+    }
+    if !tasks.is_empty() {
+        tracing::warn!(subscribers = tasks.len(), "subscribers still reading 5 s after the last tick: stopped");
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}

@@ -41,6 +41,11 @@ pub(super) struct InlineWriter {
     stats: Arc<WriterStats>,
     /// A task to commit what is queued is on its way.
     handing_off: AtomicBool,
+    /// fjall is close to holding writes back ([`Keyspaces::near_write_stall`], seen after the last commit): commits
+    /// leave the runtime's threads for the blocking pool, because fjall's back-pressure sleeps in the committing
+    /// thread (100 ms at a time while 4 memtables wait to be flushed), and a runtime thread asleep there holds up
+    /// every task it would run.
+    near_stall: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -58,7 +63,8 @@ impl InlineWriter {
     pub(super) fn new(keyspaces: Keyspaces, next_room_id: u64, stats: Arc<WriterStats>) -> Arc<InlineWriter> {
         let committer = Committer { keyspaces: Some(keyspaces), next_room_id, failed: None, jobs: Vec::new() };
         let (queue, committer) = (Mutex::new(Vec::new()), Mutex::new(committer));
-        Arc::new(InlineWriter { queue, committer, stats, handing_off: AtomicBool::new(false) })
+        let (handing_off, near_stall) = (AtomicBool::new(false), AtomicBool::new(false));
+        Arc::new(InlineWriter { queue, committer, stats, handing_off, near_stall })
     }
 
     /// Queues `job` and commits what is queued, unless another task is committing: that one takes it.
@@ -88,14 +94,24 @@ impl InlineWriter {
     /// that one takes it. The caller may hold a lock (its room's, for a barrier; the map of rooms, for a new room),
     /// so it writes one batch; what was queued meanwhile goes to a task of its own.
     pub(super) fn drain(self: &Arc<Self>) {
+        let runtime = tokio::runtime::Handle::try_current();
+        if let (true, Ok(runtime)) = (self.near_stall.load(Ordering::Relaxed), &runtime) {
+            return self.hand_off(runtime);
+        }
         if self.pass() == Pass::Done || self.queue().is_empty() {
             return;
         }
-        match tokio::runtime::Handle::try_current() {
+        match runtime {
             Ok(runtime) => self.hand_off(&runtime),
             // Outside a runtime (tests, tools): on until the queue is empty or another thread commits.
             Err(_) => while self.pass() == Pass::Wrote {},
         }
+    }
+
+    /// Tests: takes fjall for close to its write stall until the next commit looks again.
+    #[cfg(test)]
+    pub(super) fn assume_near_stall(&self) {
+        self.near_stall.store(true, Ordering::Relaxed);
     }
 
     /// Starts a task that commits what is queued, unless one is on its way (it looks at the queue when it runs).
@@ -104,6 +120,14 @@ impl InlineWriter {
             return;
         }
         let writer = Arc::downgrade(self);
+        if self.near_stall.load(Ordering::Relaxed) {
+            runtime.spawn_blocking(move || {
+                let Some(writer) = writer.upgrade() else { return };
+                writer.handing_off.store(false, Ordering::Release);
+                while writer.pass() == Pass::Wrote {}
+            });
+            return;
+        }
         runtime.spawn(async move {
             let Some(writer) = writer.upgrade() else { return };
             // From here on, what is queued after this task's last look is handed off again.
@@ -198,6 +222,7 @@ impl InlineWriter {
             let ops = jobs.iter().map(|job| &job.op);
             commit(keyspaces, ops, PersistMode::Buffer, Some(next_room_id), &self.stats)
         }));
+        self.near_stall.store(keyspaces.near_write_stall(), Ordering::Relaxed);
         let committed = match committed {
             Ok(result) => result.map_err(|err| format!("{err:?}")),
             Err(_) => Err("the commit panicked".to_string()),
@@ -413,6 +438,40 @@ mod tests {
             assert_eq!(seqs(&store, id), (1..=500).collect::<Vec<_>>(), "room {id}");
         }
         drop(runtime);
+    }
+
+    /// Close to fjall's write stall (whose back-pressure sleeps in the committing thread), a poster on the runtime
+    /// leaves the commit to the blocking pool: its runtime thread goes on while the commit waits.
+    #[test]
+    fn near_fjalls_write_stall_a_poster_leaves_the_commit_to_the_blocking_pool() {
+        let (_dir, store, id) = with_room();
+        let (go, stopped) = store.hold_next_commit(); // the next commit waits in its batch
+        store.writer.inline().unwrap().assume_near_stall();
+        let returned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Releases the held commit once the poster has gone on, or after 5 s (so that a poster stuck in the commit
+        // fails the test rather than hanging it).
+        let releaser = std::thread::spawn({
+            let returned = returned.clone();
+            move || {
+                stopped.recv().unwrap();
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while !returned.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let went_on = returned.load(Ordering::Relaxed);
+                go.send(()).unwrap();
+                went_on
+            }
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let commit = runtime.block_on(async {
+            let commit = store.submit(append(id, 1, 1));
+            returned.store(true, Ordering::Relaxed);
+            commit
+        });
+        assert!(releaser.join().unwrap(), "the poster's thread waited in the commit");
+        wait_all(vec![commit]);
+        assert_eq!(seqs(&store, id), [1]);
     }
 
     /// A task still holding the writer when the store is dropped (a hand-off task between two batches, a commit

@@ -275,6 +275,14 @@ impl std::fmt::Debug for Keyspaces {
 }
 
 impl Keyspaces {
+    /// Whether a keyspace written per post is on its way to fjall's write stall: half of the 4 sealed memtables at
+    /// which it halts writes, or 16 tables in level 0 (it slows writes from 20 runs and halts them at 30).
+    fn near_write_stall(&self) -> bool {
+        [&self.messages, &self.rooms, &self.dedupe_runs, &self.meta]
+            .iter()
+            .any(|keyspace| keyspace.sealed_memtable_count() >= 2 || keyspace.l0_table_count() >= 16)
+    }
+
     fn holds_rooms(&self) -> Result<bool, fjall::Error> {
         Ok(!self.rooms.is_empty()?
             || !self.messages.is_empty()?

@@ -69,19 +69,15 @@ impl DataDirLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let pid = match pid.trim() {
-                    "" => "unknown".to_string(),
-                    pid => pid.chars().take(32).collect(),
-                };
-                return Err(DataDirError::InUse { dir: dir.to_path_buf(), pid });
+                return Err(DataDirError::InUse { dir: dir.to_path_buf(), pid: holder(&mut file) });
             }
             Err(std::fs::TryLockError::Error(source)) => return Err(DataDirError::Io { path, source }),
         }
-        file.set_len(0).map_err(io(&path))?;
-        file.rewind().map_err(io(&path))?;
-        writeln!(file, "{}", std::process::id()).map_err(io(&path))?;
+        // Written over what is there, then cut to its length: a server that starts meanwhile reads this pid (its
+        // first line) or the one before, never an empty file or part of a pid.
+        let line = format!("{}\n", std::process::id());
+        file.rewind().and_then(|()| file.write_all(line.as_bytes())).map_err(io(&path))?;
+        file.set_len(line.len() as u64).map_err(io(&path))?;
         Ok(DataDirLock { file, dir: dir.to_path_buf() })
     }
 
@@ -89,6 +85,20 @@ impl DataDirLock {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The pid the lock file names (its first line), read again for a moment while it is empty: its holder may have
+/// taken the lock and not written yet.
+fn holder(file: &mut std::fs::File) -> String {
+    for _ in 0..5 {
+        let mut content = String::new();
+        let _ = file.rewind().and_then(|()| file.read_to_string(&mut content));
+        if let Some(pid) = content.lines().next().map(str::trim).filter(|pid| !pid.is_empty()) {
+            return pid.chars().take(32).collect();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    "unknown".to_string()
 }
 
 impl Drop for DataDirLock {
@@ -214,6 +224,37 @@ mod tests {
             assert!(started.elapsed() < std::time::Duration::from_secs(5), "still held 5 s after the first let go");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    /// A server that finds the lock taken but its pid not written yet (its holder between the two) waits a moment
+    /// for it rather than naming no holder; a longer pid left by an earlier holder is not read with it.
+    #[test]
+    fn the_holder_is_named_even_when_read_between_its_lock_and_its_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(LOCK_FILE), "4294967295\n").unwrap(); // an earlier holder's, longer
+        let taken = std::fs::File::options().read(true).write(true).open(dir.path().join(LOCK_FILE)).unwrap();
+        taken.try_lock().unwrap();
+        taken.set_len(0).unwrap(); // as a holder that took the lock and truncated before this change
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            (&taken).write_all(b"4321\n").unwrap();
+            taken
+        });
+        let Err(DataDirError::InUse { pid, .. }) = DataDirLock::acquire(dir.path()) else { panic!("not refused") };
+        assert_eq!(pid, "4321");
+        drop(writer.join().unwrap());
+        // (Free a moment later if a child spawned meanwhile holds a copy of the descriptor: see the test above.)
+        let started = std::time::Instant::now();
+        let mine = loop {
+            match DataDirLock::acquire(dir.path()) {
+                Ok(mine) => break mine,
+                Err(err) => assert!(started.elapsed() < std::time::Duration::from_secs(5), "{err}"),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let written = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(written, format!("{}\n", std::process::id()), "no tail of the longer pid before");
+        drop(mine);
     }
 
     /// The stateless-reset key is made owner-only, kept across restarts, and made private again when others could

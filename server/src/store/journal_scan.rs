@@ -75,7 +75,9 @@ pub(super) fn damaged_journal(store: &Path) -> std::io::Result<Option<Damage>> {
     }
     journals.sort();
     for journal in journals {
-        let bytes = read_written(&journal)?;
+        // (Named in the error: "permission denied" alone does not say which file.)
+        let named = |err: std::io::Error| std::io::Error::new(err.kind(), format!("{}: {err}", journal.display()));
+        let bytes = read_written(&journal).map_err(named)?;
         if let Some((cut_at, batch_after)) = break_with_batches_after(&bytes) {
             let len = bytes.len() as u64;
             return Ok(Some(Damage { journal, cut_at: cut_at as u64, batch_after: batch_after as u64, len }));

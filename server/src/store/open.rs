@@ -39,7 +39,13 @@ pub(super) fn open_failed(path: &Path, err: fjall::Error) -> StoreError {
         fjall::Error::Io(io) | fjall::Error::Storage(fjall::LsmError::Io(io)) if environmental(io) => {
             open(io.to_string())
         }
-        fjall::Error::Locked => open("the store is open in another server or process".into()),
+        // (A server takes the data directory's lock first and names its holder's pid; a tool may open the store
+        // without it.)
+        fjall::Error::Locked => open(
+            "the store is open in another process (a server on this data directory, or a tool that opened the store \
+             itself): stop it, then try again"
+                .into(),
+        ),
         _ => damaged(path, format!("{err:?}")),
     }
 }

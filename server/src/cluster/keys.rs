@@ -8,6 +8,7 @@
 //! | `q:{room}:members` | hash | identity → subscriptions on all nodes |
 //! | `q:{room}:holders:<node>` | hash | subscription id → identity, for that node's subscriptions |
 //! | `q:{room}:d:<identity>:<client_msg_id>` | string | `<epoch>:<seq>`, expiring after the dedupe window |
+//! | `q:{room}:dring` | list | the room's dedupe keys, oldest first: past `dedupe_max_entries` (+ 64) the oldest are deleted |
 //! | `q:{room}:gone:<node>:<subscription>` | string | a subscription's leave ran before its join: the join counts nothing (15 min) |
 //! | `q:{room}:events` | channel | every event of the room, in script order |
 //! | `q:{nodes}` | sorted set | node id → last heartbeat (ms since the Unix epoch) |
@@ -57,7 +58,8 @@ fn prefix(room: &str) -> String {
     format!("q:{}:", tag(room))
 }
 
-/// Writes the post script's keys into `call` (meta, log, members, the post's dedupe key, as [`RoomKeys`] names them)
+/// Writes the post script's keys into `call` (meta, log, members, the post's dedupe key, the dedupe ring, as
+/// [`RoomKeys`] names them)
 /// and returns the room's events channel: a post's hot path, one buffer instead of a [`RoomKeys`] per post.
 pub fn write_post_keys(call: &mut redis::Cmd, room: &str, identity: &str, client_msg_id: u64) -> String {
     use std::fmt::Write;
@@ -71,6 +73,9 @@ pub fn write_post_keys(call: &mut redis::Cmd, room: &str, identity: &str, client
     }
     key.truncate(base);
     let _ = write!(key, "d:{identity}:{client_msg_id}"); // writing to a String cannot fail
+    call.arg(key.as_str());
+    key.truncate(base);
+    key.push_str("dring");
     call.arg(key.as_str());
     key.truncate(base);
     key.push_str("events");
@@ -104,6 +109,11 @@ impl RoomKeys {
     pub fn dedupe(&self, identity: &str, client_msg_id: u64) -> String {
         format!("{}d:{identity}:{client_msg_id}", self.prefix)
     }
+
+    /// `q:{room}:dring`: the room's dedupe keys, oldest first.
+    pub fn dedupe_ring(&self) -> String {
+        format!("{}dring", self.prefix)
+    }
 }
 
 /// `q:node:<node>:rooms`.
@@ -136,6 +146,8 @@ mod tests {
         assert_eq!(keys.meta, "q:{a%7Bb%7D%25c}:meta");
         for key in
             [&keys.log, &keys.members, &keys.events, &keys.holders("n1"), &keys.dedupe("x}{", 7), &keys.gone("n1", 3)]
+                .into_iter()
+                .chain([&keys.dedupe_ring()])
         {
             // Redis Cluster hashes the text between the first `{` and the first `}` after it.
             let open = key.find('{').unwrap();
@@ -158,7 +170,7 @@ mod tests {
                 _ => panic!("a key is a simple argument"),
             })
             .collect();
-        let expected = [&keys.meta, &keys.log, &keys.members, &keys.dedupe("x}{", 7)];
+        let expected = [&keys.meta, &keys.log, &keys.members, &keys.dedupe("x}{", 7), &keys.dedupe_ring()];
         assert_eq!(written, expected.map(|key| key.as_bytes().to_vec()));
         assert_eq!(events, keys.events);
     }

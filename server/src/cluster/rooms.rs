@@ -330,11 +330,11 @@ impl RoomHub for RedisRooms {
         // The body is within `max_body`, and `Limits::check` makes any such post fit a room frame.
         let limits = &ctx.limits;
         let payload = event::message_payload(identity, client_msg_id, &body);
-        // 15 arguments: EVALSHA, the script's hash, the key count, 4 keys (and the channel) of about the room's
-        // name and a suffix each, 8 more (numbers but for the payload).
-        let size = 5 * (room.len() + 16) + identity.len() + payload.len() + 160;
-        let mut call = redis::Cmd::with_capacity(15, size);
-        call.arg("EVALSHA").arg(scripts::POST_SCRIPT.get_hash()).arg(4);
+        // 17 arguments: EVALSHA, the script's hash, the key count, 5 keys (and the channel) of about the room's
+        // name and a suffix each, 9 more (numbers but for the payload).
+        let size = 6 * (room.len() + 16) + identity.len() + payload.len() + 180;
+        let mut call = redis::Cmd::with_capacity(17, size);
+        call.arg("EVALSHA").arg(scripts::POST_SCRIPT.get_hash()).arg(5);
         let events = keys::write_post_keys(&mut call, room, identity, client_msg_id);
         call.arg(new_epoch())
             .arg(now_us)
@@ -343,7 +343,8 @@ impl RoomHub for RedisRooms {
             .arg(limits.history_max_messages)
             .arg(limits.history_max_age_us().unwrap_or(0))
             .arg(ctx.room_ttl_ms)
-            .arg(events);
+            .arg(events)
+            .arg(limits.dedupe_max_entries.max(1));
         let note = fenced.map(|Fenced { fence, order }| FenceNote {
             fence: fence.clone(),
             order,

@@ -35,8 +35,12 @@ local function expire_if_empty(meta, log, members, ttl)
 end
 "#;
 
-/// KEYS: meta, log, members, dedupe key. ARGV: fresh epoch, time µs, message payload, dedupe window ms, max
-/// messages, max age µs (0: no age limit), room TTL ms, events channel. Returns {epoch, seq, duplicate}. The age
+/// KEYS: meta, log, members, dedupe key, dedupe ring. ARGV: fresh epoch, time µs, message payload, dedupe window
+/// ms, max messages, max age µs (0: no age limit), room TTL ms, events channel, dedupe max entries. Returns {epoch,
+/// seq, duplicate}. The dedupe keys of a room are bounded by count as well as by age, as on one node: each new post's
+/// key is pushed onto the room's ring (a list), and once it holds 64 more than `dedupe_max_entries` the oldest
+/// keys are deleted down to that many (one `RPUSH` a post, the rest every 64th). Without it a client posting at its
+/// rate limit made a key per post for the whole window (about 150 bytes each: a Redis filled by one address). The age
 /// limit is applied on Redis' clock (`TIME`, every 8th post), not the posting node's: a node whose clock runs
 /// ahead would otherwise cut the other nodes' recent messages.
 /// Six calls in the common case (each costs Redis ~10 µs on this VM: the script is kept short on purpose): the
@@ -94,6 +98,19 @@ if not added then
   if type(first) == 'table' and first.err then return failed(first) end
 end
 redis.call('HSET', meta, 'epoch', epoch, 'seq', seq, 'op', op)
+-- The ring lives as long as the window past its first entry or last trim: a room posted into slowly lets it expire
+-- (its keys expire on their own), a busy one trims it every 64 posts.
+local ring, max_entries = KEYS[5], tonumber(ARGV[9])
+local held = redis.call('RPUSH', ring, dedupe)
+if held == 1 then
+  redis.call('PEXPIRE', ring, ARGV[4])
+elseif held > max_entries + 64 then
+  local old = redis.call('LPOP', ring, held - max_entries)
+  for i = 1, #old, 512 do
+    redis.call('DEL', unpack(old, i, math.min(i + 511, #old)))
+  end
+  redis.call('PEXPIRE', ring, ARGV[4])
+end
 -- Every 8th message drops up to 16 entries past the age limit: twice the rate they can come of age.
 local max_age = tonumber(ARGV[6])
 if max_age > 0 and seq % 8 == 0 then

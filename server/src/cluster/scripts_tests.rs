@@ -150,11 +150,17 @@ fn rolled_back(redis: &mut Redis, keys: &RoomKeys, delivered: (&str, u64, u64, u
 
 /// A post as a node makes it: (seq, duplicate).
 fn post(redis: &mut Redis, keys: &RoomKeys, id: u64, time_us: u64) -> (u64, bool) {
+    post_remembering(redis, keys, id, time_us, 10_000)
+}
+
+/// [`post`], in a room whose dedupe remembers `max_entries` posts.
+fn post_remembering(redis: &mut Redis, keys: &RoomKeys, id: u64, time_us: u64, max_entries: u32) -> (u64, bool) {
     let (_epoch, seq, duplicate): (String, u64, u8) = POST_SCRIPT
         .key(&keys.meta)
         .key(&keys.log)
         .key(&keys.members)
         .key(keys.dedupe("poster", id))
+        .key(keys.dedupe_ring())
         .arg("17")
         .arg(time_us)
         .arg(format!("body {id}"))
@@ -163,9 +169,31 @@ fn post(redis: &mut Redis, keys: &RoomKeys, id: u64, time_us: u64) -> (u64, bool
         .arg(0)
         .arg(0)
         .arg(&keys.events)
+        .arg(max_entries)
         .invoke(&mut redis.conn)
         .unwrap();
     (seq, duplicate == 1)
+}
+
+/// A room's dedupe keys are bounded by count (`dedupe_max_entries`, and 64 between trims), not only by the window:
+/// a key per post for the whole window let one client at its post rate fill Redis. The newest are remembered (a
+/// retry gets its seq back); the oldest are forgotten, as on one node.
+#[test]
+fn a_rooms_dedupe_keys_are_bounded_by_count() {
+    let Some(mut redis) = redis("a_rooms_dedupe_keys_are_bounded_by_count") else { return };
+    let keys = RoomKeys::new("busy");
+    for id in 1..=500 {
+        assert_eq!(post_remembering(&mut redis, &keys, id, 1_000 + id, 100), (id, false));
+    }
+    let pattern = format!("{}*", keys.dedupe("poster", 0).trim_end_matches('0'));
+    let stored: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut redis.conn).unwrap();
+    assert!((100..=164).contains(&stored.len()), "{} dedupe keys for 500 posts", stored.len());
+    let ring: u64 = redis::cmd("LLEN").arg(keys.dedupe_ring()).query(&mut redis.conn).unwrap();
+    assert_eq!(ring, stored.len() as u64, "the ring names every key kept");
+    let ttl: i64 = redis::cmd("PTTL").arg(keys.dedupe_ring()).query(&mut redis.conn).unwrap();
+    assert!(ttl > 0, "the ring expires: {ttl}");
+    assert_eq!(post_remembering(&mut redis, &keys, 480, 9_000, 100), (480, true), "a recent post is remembered");
+    assert_eq!(post_remembering(&mut redis, &keys, 3, 9_001, 100), (501, false), "an old one is forgotten");
 }
 
 fn meta(redis: &mut Redis, keys: &RoomKeys) -> (String, u64, u64) {

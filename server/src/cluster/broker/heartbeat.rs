@@ -41,6 +41,11 @@ impl Broker {
         // buries anyone, as after an outage (a restart quicker than half the expiry did not count as one, and the
         // first node back buried the others, live).
         let mut last_beat_ms: Option<u64> = None;
+        // And when this node sent that beat: Redis' clock moving ahead of this node's by more than a beat and the
+        // request timeout (an NTP step, a failover to a replica whose clock is ahead) makes every other node look
+        // silent, live or not; it is taken for an outage too.
+        let mut last_beat_at: Option<tokio::time::Instant> = None;
+        let slack = self.config.heartbeat + self.config.request_timeout;
         let checking_pubsub = Arc::new(AtomicBool::new(false));
         let mut interval = tokio::time::interval(self.config.heartbeat);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -72,6 +77,11 @@ impl Broker {
             };
             failed_beats = 0;
             if failing_since.take().is_some_and(|failing| failing.elapsed() >= self.config.presence_expiry / 2) {
+                beating_since = None;
+            }
+            let (previous_ms, previous_at) = (last_beat_ms, last_beat_at.replace(started));
+            if let Some(jump) = clock_jump(previous_ms.zip(previous_at), (now_ms, started), slack) {
+                tracing::warn!(node = %self.node, ?jump, "the broker's clock moved ahead of this node's: no node is buried for a whole expiry");
                 beating_since = None;
             }
             if last_beat_ms.replace(now_ms).is_some_and(|last| stamped_ms < last) {
@@ -213,5 +223,41 @@ impl Broker {
             Ok(_) => {}
             Err(err) => self.failed(&err),
         }
+    }
+}
+
+/// How far Redis' clock ran ahead of this node's between two beats (each Redis' time in ms and when this node sent
+/// the beat), when that is more than `slack`.
+fn clock_jump(
+    previous: Option<(u64, tokio::time::Instant)>,
+    (now_ms, sent): (u64, tokio::time::Instant),
+    slack: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let (previous_ms, previous_sent) = previous?;
+    let redis = std::time::Duration::from_millis(now_ms.saturating_sub(previous_ms));
+    let here = sent.saturating_duration_since(previous_sent);
+    (redis > here + slack).then(|| redis - here)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::clock_jump;
+
+    /// A step of Redis' clock ahead of the node's (an NTP step, a failover to a replica whose clock is ahead) made
+    /// every other node's stamp look a whole step old: with a step over the expiry, the next beat buried every live
+    /// node (their members left everywhere, then joined again). Beats that keep pace, or a clock that goes back
+    /// (handled as lost beats), are no jump.
+    #[test]
+    fn a_step_of_redis_clock_ahead_of_the_nodes_is_seen() {
+        let at = tokio::time::Instant::now();
+        let slack = Duration::from_secs(3);
+        let beat = |ms: u64, after: Duration| clock_jump(Some((1_000_000, at)), (ms, at + after), slack);
+        assert_eq!(clock_jump(None, (5_000_000, at), slack), None, "the first beat has nothing to compare");
+        assert_eq!(beat(1_001_000, Duration::from_secs(1)), None, "in step");
+        assert_eq!(beat(1_003_500, Duration::from_secs(1)), None, "within the slack (a slow reply)");
+        assert_eq!(beat(1_031_000, Duration::from_secs(1)), Some(Duration::from_secs(30)), "30 s ahead");
+        assert_eq!(beat(900_000, Duration::from_secs(1)), None, "back: not this check's");
     }
 }

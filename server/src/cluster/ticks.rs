@@ -334,10 +334,17 @@ impl ChannelHandler for Control {
     }
 
     fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            self.0.reload().await;
-            self.0.reassert_until_done();
-        })
+        // On a task of its own: the reload reads Redis (a list of nodes, then each node's channels, each allowed
+        // the request timeout) and the Pub/Sub reader waits for this before it reads any message, so a slow Redis
+        // held every room's delivery behind it, and the rooms' catch-ups, waiting a grace for those messages,
+        // reset their members for nothing. Control messages handled meanwhile are applied again over what the
+        // reload reads (`RemoteInterest`), or are in what it reads.
+        let inner = self.0.clone();
+        tokio::spawn(async move {
+            inner.reload().await;
+            inner.reassert_until_done();
+        });
+        Box::pin(std::future::ready(()))
     }
 }
 

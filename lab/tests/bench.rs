@@ -205,6 +205,12 @@ async fn fanout_measures_an_external_server() {
         netns: None,
         baselines: false,
     };
+    // Behind the relay a profile adds, the certificate would be checked against the relay's address: refused
+    // before the run, naming --cert-hash (it failed every connection, after a minute).
+    let delayed = ImpairmentProfile::symmetric(DirectionProfile { delay_ms: 1.0, ..DirectionProfile::default() });
+    let relayed = FanoutConfig { profile: Some(delayed), ..config.clone() };
+    let refused = run_fanout(relayed, |_| {}).await.unwrap_err().to_string();
+    assert!(refused.contains("--cert-hash"), "{refused}");
     let report = run_fanout(config, |_| {}).await.unwrap();
     assert_eq!(report.quiver.ticks_sent, 50);
     assert_eq!(report.quiver.chat_delivered_pct, 100.0, "{report:?}");

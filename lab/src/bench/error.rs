@@ -26,6 +26,16 @@ pub enum BenchError {
          both through the netns emulator, or compare without a profile"
     )]
     WebSocketNeedsNetns,
+    /// An external server trusted through a CA, behind the relay an impairment profile puts in front of it.
+    #[error(
+        "{server}: a profile puts the UDP relay (on 127.0.0.1) between the bench and the server, and a certificate \
+         from --ca is checked against the name dialled, the relay's address: pin the server's certificate with \
+         --cert-hash instead, or run without a profile"
+    )]
+    CaBehindRelay {
+        /// The server's name, as given.
+        server: String,
+    },
     /// The netns emulator with an external server.
     #[error("--netns runs the servers itself, inside its namespace; it cannot measure an external server")]
     NetnsWithExternalServer,

@@ -68,9 +68,14 @@ impl QuiverServer {
 
     /// The same server reached at `addr` (a relay's on loopback, or its own address when none is needed): a
     /// relayed server is dialled by that address.
-    pub(crate) fn reached_at(self, addr: SocketAddr) -> QuiverServer {
+    /// A server trusted through a CA is checked against the name dialled, so it cannot be relayed (the relay's
+    /// address is no name of its certificate's): refused before the run rather than failing every connection.
+    pub(crate) fn reached_at(self, addr: SocketAddr) -> Result<QuiverServer, BenchError> {
+        if let (Some(name), TrustOptions::CaFile(_), true) = (&self.name, &self.trust, addr != self.addr) {
+            return Err(BenchError::CaBehindRelay { server: name.clone() });
+        }
         let name = self.name.filter(|_| addr == self.addr);
-        QuiverServer { addr, name, ..self }
+        Ok(QuiverServer { addr, name, ..self })
     }
 
     /// A client connected over QUIC with `tuning`.

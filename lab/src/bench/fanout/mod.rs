@@ -234,7 +234,7 @@ async fn start_servers(config: &FanoutConfig, ip: IpAddr) -> Result<Servers, Ben
     };
     let quiver = {
         let addr = relayed(quiver.addr)?;
-        quiver.reached_at(addr)
+        quiver.reached_at(addr)?
     };
     let baselines = if config.baselines {
         let (cert, _) = quiver_certs::dev::load_or_generate(data_dir.path(), std::time::SystemTime::now())?;

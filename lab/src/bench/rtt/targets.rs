@@ -63,7 +63,7 @@ impl Targets {
         let (udp, udp_relay) = through_relay(profile, udp, max_clients)?;
         let (quinn, quinn_relay) = through_relay(profile, quinn, max_clients)?;
         Ok(Targets {
-            quiver: quiver.reached_at(quiver_addr),
+            quiver: quiver.reached_at(quiver_addr)?,
             udp,
             quinn,
             quinn_pin,

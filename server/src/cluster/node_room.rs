@@ -20,6 +20,8 @@ use super::{
 };
 use crate::hub::{lock::lock, Delivery, Outbox, SubscriberId};
 
+mod gap;
+
 /// Events a node keeps per room for joins that overlap them (a join's script returns the op it saw; events after
 /// it that the node delivered before the joiner was added are given to the joiner from here), and events kept
 /// while the room waits for its first join to set where it stands (the newest).
@@ -38,6 +40,8 @@ pub(super) const TOMBSTONE_MS: u64 = 15 * 60 * 1_000;
 
 /// Longest pause between two tries of a catch-up's read while Redis does not answer.
 const CATCH_UP_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(8);
+/// The last pause before a failed gap read is tried again (100, 200, 400 ms: four reads in all).
+const GAP_READ_RETRY_LAST: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// What every room of the node shares.
 pub(super) struct Ctx {
@@ -273,50 +277,6 @@ impl NodeRoom {
                 None
             }
         }
-    }
-
-    /// Reads the messages after the node's last seq up to `upto` from the stream and delivers them; every one
-    /// must follow on (ops too: a hole between them is a presence event missed). Resets the room's subscriptions
-    /// when that cannot be done.
-    pub(super) async fn fill(&self, upto: u64) {
-        let (after, epoch, generation) = {
-            let state = lock(&self.state);
-            (state.last_seq, state.epoch, state.generation)
-        };
-        if after >= upto {
-            return;
-        }
-        let missing = (upto - after) as usize;
-        let read = match missing <= self.ctx.limits.history_max_messages as usize {
-            true => {
-                let mut conn = self.ctx.broker.conn();
-                stream::range(&mut conn, &self.keys.log, after, upto, missing, &self.ctx.codec).await.ok()
-            }
-            false => None,
-        };
-        let mut delivery = Delivery::default();
-        {
-            let mut state = lock(&self.state);
-            // Another fill (after a resubscribe, say) may have delivered some or all of it meanwhile: what is left
-            // goes on from there, rather than the room being reset for a gap that is not there.
-            let reset = state.generation != generation;
-            if !state.live || reset || state.last_seq < after || state.last_seq >= upto || state.epoch != epoch {
-                return;
-            }
-            let from = state.last_seq;
-            for Entry { op, event, .. } in read.unwrap_or_default().into_iter().filter(|e| e.event.seq > from) {
-                if event.seq != state.last_seq + 1 || op != state.last_op + 1 {
-                    break;
-                }
-                self.deliver(&mut state, op, event, &mut delivery);
-            }
-            if state.last_seq == upto {
-                tracing::debug!(room = %self.name, from = after + 1, upto, "gap filled from the stream");
-            } else {
-                delivery.extend(self.reset(&mut state, "messages missed and not in the stream (or not in order)"));
-            }
-        }
-        delivery.flush();
     }
 
     /// One event of the room's channel, handled at once: delivered, skipped, kept (the room is not live yet, or a

@@ -115,3 +115,49 @@ async fn a_publishers_reordered_tick_is_not_published_as_the_newest() {
     })
     .await;
 }
+
+/// A tick larger than the server's paths carry (Quiver's clients never publish one; a raw client whose path found
+/// a larger MTU can): dropped on arrival and counted once. Before, it took the channel's next seq and went to every
+/// subscriber, whose path refused it one by one (a `max_datagram` breach each, and a lost tick for all of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_larger_than_the_servers_paths_is_dropped_on_arrival() {
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        let client = server.client().await;
+        let mut subscription = client.subscribe("wide").await.unwrap();
+        // A raw client with quinn's path MTU discovery (Quiver's clients keep 1,200 B): on loopback it finds larger
+        // packets.
+        let mut config =
+            quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_QUIVER).unwrap();
+        let mut transport = quinn::TransportConfig::default();
+        transport.mtu_discovery_config(Some(quinn::MtuDiscoveryConfig::default()));
+        config.transport_config(std::sync::Arc::new(transport));
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(config);
+        let conn = endpoint.connect(server.addr, "localhost").unwrap().await.unwrap();
+        let mut control = Control::over(conn, &server).await;
+        let reply = control.request(1, RequestBody::Publish { channel: "wide".into(), max_age_ms: None }).await;
+        let Ok(Reply::Publishing { channel_id, .. }) = reply else { panic!("{reply:?}") };
+        let started = Instant::now();
+        while control.conn.max_datagram_size().unwrap_or(0) < 1_300 {
+            assert!(started.elapsed() < Duration::from_secs(10), "no larger path found");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let tick = |seq: u64, size: usize| {
+            let mut datagram = BytesMut::new();
+            TickHeader { channel_id, seq, sent_time_us: 1 }.encode(&mut datagram).unwrap();
+            datagram.extend_from_slice(&vec![b'w'; size]);
+            datagram.freeze()
+        };
+        control.conn.send_datagram(tick(1, 1_250)).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        control.conn.send_datagram(tick(2, 100)).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().unwrap();
+        assert_eq!(got.payload.len(), 100);
+        assert_eq!(subscription.stats().lost, 0, "no seq was taken for the large one");
+        let stats = server.stats.snapshot();
+        assert_eq!((stats.ticks_too_large_in, stats.ticks_too_large, stats.ticks_published), (1, 0, 1), "{stats:?}");
+        server.stop().await;
+    })
+    .await;
+}

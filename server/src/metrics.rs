@@ -11,6 +11,7 @@ use std::{
     },
 };
 
+use crate::{hub::RoomUsage, stats::ServerStats};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -18,8 +19,6 @@ use prometheus_client::{
     registry::Registry,
 };
 use quiver_proto::ErrorCode;
-
-use crate::{hub::RoomUsage, stats::ServerStats};
 
 /// Bucket bounds of every latency histogram, in µs (50 µs to 10 s).
 const BUCKETS_US: [u64; 17] = [
@@ -242,7 +241,7 @@ fn breaches(s: &ServerStats) -> [(&'static str, u64); 19] {
         ("posts_per_s", c.posts_rate_limited),
         ("ticks_per_s", c.ticks_rate_limited),
         ("budget", c.server_full),
-        ("max_datagram", c.ticks_too_large),
+        ("max_datagram", c.ticks_too_large + c.ticks_too_large_in),
     ]
 }
 
@@ -378,6 +377,7 @@ impl Collector for ServerMetrics {
             "reason",
             &[
                 ("too_large".into(), c.ticks_too_large),
+                ("too_large_in".into(), c.ticks_too_large_in),
                 ("rate_limited".into(), c.ticks_rate_limited),
                 ("reordered".into(), c.ticks_reordered_in),
                 ("reordered_out".into(), c.ticks_reordered_out),

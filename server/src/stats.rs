@@ -48,6 +48,9 @@ counters! {
     ticks_expired,
     /// Ticks that did not fit a subscriber's path (its max datagram size is smaller than the publisher's).
     ticks_too_large,
+    /// Ticks a publisher sent larger than every path carries (`TickHeader::MAX_PORTABLE_PAYLOAD`): dropped on
+    /// arrival, before a seq is taken for them (fanned out, each subscriber's path refused them one by one).
+    ticks_too_large_in,
     /// Ticks dropped because their publisher sent more than `ticks_per_s`.
     ticks_rate_limited,
     /// Ticks dropped because their publisher's seq was not above the last one taken from it on the channel

@@ -60,7 +60,11 @@ pub struct Control {
 impl Control {
     /// Connects, opens the control stream and says Hello as `hostile`.
     pub async fn open(server: &TestServer) -> Control {
-        let conn = server.try_raw().await.unwrap();
+        Control::over(server.try_raw().await.unwrap(), server).await
+    }
+
+    /// [`Control::open`] on `conn`, a connection of the test's own making.
+    pub async fn over(conn: quinn::Connection, server: &TestServer) -> Control {
         let (mut send, recv) = conn.open_bi().await.unwrap();
         send.write_all(&frame(0, hello(server.token("hostile")))).await.unwrap();
         let mut control = Control { conn, send, recv, buf: BytesMut::new() };

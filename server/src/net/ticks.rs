@@ -245,6 +245,12 @@ async fn read_ticks(
             bump(&stats.datagrams_malformed);
             continue;
         };
+        // Larger than the server's paths carry (Quiver's clients never send one): every subscriber's would refuse
+        // it, one by one, and the channel's seq taken for it would read as a lost tick everywhere.
+        if payload.len() > TickHeader::MAX_PORTABLE_PAYLOAD && datagram.len() > conn.tick_datagram_max() {
+            bump(&stats.ticks_too_large_in);
+            continue;
+        }
         if claims.has_changed().unwrap_or(false) {
             // A claim given up (Unpublish): its newest seq goes with it (a connection cycling through channels
             // would otherwise grow this map for as long as it lives).

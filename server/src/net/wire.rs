@@ -207,6 +207,17 @@ impl Wire {
         }
     }
 
+    /// The largest tick datagram from this client passed on to subscribers: what the server sends on this client's
+    /// own path (larger than the portable size only where path MTU discovery found a larger path: such ticks reach
+    /// the subscribers whose paths carry them), at least the portable size; over the WebSocket lane, which has no
+    /// path of its own, the portable size.
+    pub(crate) fn tick_datagram_max(&self) -> usize {
+        match self {
+            Wire::Quic(session) => session.max_datagram_size().max(quiver_proto::MAX_PORTABLE_DATAGRAM),
+            Wire::Ws(_) => quiver_proto::MAX_PORTABLE_DATAGRAM,
+        }
+    }
+
     /// Room in the datagram send buffer, bytes.
     pub(crate) fn datagram_send_buffer_space(&self) -> usize {
         match self {

@@ -69,8 +69,13 @@ pub struct LatestWins {
 
 impl LatestWins {
     /// The channel is subscribed again on `connection`: its seqs may start over, and ticks that still arrive on
-    /// earlier connections are dropped.
+    /// earlier connections are dropped. Again on the connection its ticks already come on (a reconnect's resubscribe
+    /// and the subscribing call's own, both on the new connection), nothing changes: the server answers the same
+    /// subscription, and forgetting the last seq let a tick reordered on the path in as the newest.
     pub fn resync(&mut self, connection: usize) {
+        if self.connection == Some(connection) {
+            return;
+        }
         self.last_seq = None;
         self.connection = Some(connection);
     }
@@ -160,6 +165,10 @@ mod tests {
         assert!(!sub.on_tick(1, header(7), Bytes::new(), 10), "a late tick of the earlier connection");
         assert!(sub.on_tick(2, header(1), Bytes::new(), 10), "after a resubscribe seqs may start over");
         assert!(sub.on_tick(2, header(2), Bytes::new(), 10), "and go on from there");
+        sub.on_tick(2, header(5), Bytes::new(), 10);
+        sub.resync(2);
+        assert!(!sub.on_tick(2, header(3), Bytes::new(), 10), "subscribed again on the same connection: still older");
+        assert_eq!(sub.latest().map(|t| t.seq), Some(5));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::ticks::Tick;
 /// What [`Conflation::offer`] decided about a tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Offered {
-    /// Nothing of the channel waits and there is room: send this tick now.
+    /// Nothing waits, nothing is being sent, and there is room: send this tick now.
     Send(Tick),
     /// The channel had nothing waiting; the tick waits now.
     Queued,
@@ -58,7 +58,9 @@ pub struct Conflation {
 
 impl Conflation {
     /// Offers `tick` for `channel_id` (the subscriber's id for the channel). `room`: the transport can take a
-    /// datagram now, so a tick with nothing of its channel waiting before it is sent at once.
+    /// datagram now, so a tick with nothing waiting before it (of any channel) is sent at once. Behind others it
+    /// takes its turn: jumping ahead whenever a little room opened, small ticks of other channels took it before a
+    /// large waiting one ever fitted, which then went late (stale) or, without a max age, never.
     pub fn offer(&mut self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, room: bool) -> Offered {
         match self.newest.get_mut(&channel_id) {
             None => return Offered::Unsubscribed,
@@ -70,7 +72,7 @@ impl Conflation {
                 *waiting = Waiting { tick, max_age_us };
                 Offered::Replaced
             }
-            None if room && self.in_flight != Some(channel_id) => Offered::Send(tick),
+            None if room && self.in_flight.is_none() && self.ready.is_empty() => Offered::Send(tick),
             None => {
                 self.waiting.insert(channel_id, Waiting { tick, max_age_us });
                 self.ready.push_back(channel_id);
@@ -234,18 +236,31 @@ mod tests {
 
     /// While the sender sends a channel's tick (waiting for room, maybe long), a newer tick of that channel waits
     /// behind it even when there is room: sent at once, it would reach the subscriber first, and the older one
-    /// after it (dropped there as stale, or, on a WebSocket, put over it in the lane). Other channels still go at
-    /// once.
+    /// after it (dropped there as stale, or, on a WebSocket, put over it in the lane).
     #[test]
     fn a_newer_tick_waits_while_its_channels_older_tick_is_being_sent() {
         let mut c = conflation();
         assert_eq!(c.offer(1, tick(1), None, false), Offered::Queued);
         assert_eq!(c.take(0).next, Some((1, tick(1))));
         assert_eq!(c.offer(1, tick(2), None, true), Offered::Queued, "room, but its channel is in flight");
-        assert_eq!(c.offer(2, tick(5), None, true), Offered::Send(tick(5)));
         c.sent();
         assert_eq!(take_all(&mut c, 0).0, [(1, tick(2))]);
         assert_eq!(c.offer(1, tick(3), None, true), Offered::Send(tick(3)), "nothing in flight any more");
+    }
+
+    /// Other channels' ticks take their turn behind a tick that waits or is being sent, room or not: sent at once
+    /// whenever a little room opened, small ticks took it before a large one waiting for room ever fitted (it went
+    /// late, or with no max age never: its channel's newer ticks wait behind it).
+    #[test]
+    fn ticks_of_other_channels_do_not_overtake_one_waiting_for_room() {
+        let mut c = conflation();
+        assert_eq!(c.offer(1, tick(1), None, false), Offered::Queued, "a large tick, no room for it");
+        assert_eq!(c.offer(2, tick(5), None, true), Offered::Queued, "room for a small one, but one waits");
+        assert_eq!(c.take(0).next, Some((1, tick(1))), "the large one first");
+        assert_eq!(c.offer(3, tick(7), None, true), Offered::Queued, "one is being sent");
+        c.sent();
+        assert_eq!(take_all(&mut c, 0).0, [(2, tick(5)), (3, tick(7))]);
+        assert_eq!(c.offer(2, tick(6), None, true), Offered::Send(tick(6)), "nothing waits any more");
     }
 
     #[test]

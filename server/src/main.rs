@@ -9,7 +9,7 @@ use quiver_server::{
     cluster::{Broker, BrokerSettings, ClusterTicks, RedisRooms},
     hub::RoomHub,
     settings::{self, DiskDurability, Layers, LogFormat, LogSettings, Override, Settings, StoreKind},
-    signals::{Served, Signals},
+    signals::{Reread, Served, Signals},
     store::Durability,
     token::{Signer, TokenCommandError, TokenRequest},
     Server,
@@ -296,7 +296,13 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fail(&format!("cannot start the async runtime: {err}")),
     };
-    runtime.block_on(serve(settings, layers))
+    // A reload (SIGHUP) reads the settings again as they were read now.
+    let overrides = args.overrides();
+    let again = Box::new(move || {
+        let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        settings::load(file.as_deref(), env, overrides.clone()).map(|(settings, _)| settings).map_err(|e| e.to_string())
+    });
+    runtime.block_on(serve(Reread { started: settings, again }, layers))
 }
 
 /// Prints a line on stdout; a closed stdout is not worth a panic (the server keeps serving).
@@ -370,7 +376,8 @@ fn mint(token: &TokenArgs, args: &Args) -> ExitCode {
     }
 }
 
-async fn serve(settings: Settings, layers: Layers) -> ExitCode {
+async fn serve(reread: Reread, layers: Layers) -> ExitCode {
+    let settings = reread.started.clone();
     let config = match settings.server_config() {
         Ok(config) => config,
         Err(invalid) => return fail(&layers.error(invalid)),
@@ -385,7 +392,7 @@ async fn serve(settings: Settings, layers: Layers) -> ExitCode {
         Err(err) => return fail(&format!("cannot install signal handlers: {err}")),
     };
     let (reloader, reloader_set) = tokio::sync::oneshot::channel();
-    tokio::spawn(signals.handle(shutdown.clone(), reloader_set, settings.clone()));
+    tokio::spawn(signals.handle(shutdown.clone(), reloader_set, reread));
     let Some(broker) = config.broker.clone() else {
         // On the blocking pool: the store's recovery must not hold up the runtime's threads (the signals').
         let server = match tokio::task::spawn_blocking(move || Server::bind(config)).await {

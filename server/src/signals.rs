@@ -24,6 +24,21 @@ pub struct Served {
     pub store: Option<(Weak<Store>, Arc<AtomicBool>)>,
 }
 
+/// The settings the server started with, and how to read them again as it read them (the same file, the
+/// environment, the same flags) for a reload.
+pub struct Reread {
+    /// What the server runs with.
+    pub started: Settings,
+    /// Reads the settings again (an error as the operator should read it).
+    pub again: Box<dyn Fn() -> Result<Settings, String> + Send>,
+}
+
+impl std::fmt::Debug for Reread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reread").finish_non_exhaustive()
+    }
+}
+
 /// SIGTERM and SIGINT (drain, then exit; a second one exits at once) and SIGHUP (reload), registered up front.
 #[derive(Debug)]
 pub struct Signals {
@@ -62,7 +77,7 @@ impl Signals {
         mut self,
         shutdown: CancellationToken,
         mut served: tokio::sync::oneshot::Receiver<Served>,
-        settings: Settings,
+        settings: Reread,
     ) {
         let mut ready: Option<Reloader> = None;
         let mut store: Option<(Weak<Store>, Arc<AtomicBool>)> = None;
@@ -118,7 +133,7 @@ impl Signals {
         self,
         shutdown: CancellationToken,
         _served: tokio::sync::oneshot::Receiver<Served>,
-        _settings: Settings,
+        _settings: Reread,
     ) {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down: draining (a second signal exits at once)");
@@ -128,9 +143,27 @@ impl Signals {
     }
 }
 
-/// SIGHUP: new handshakes get the certificate and token keys now in the files; live connections stay, but for
-/// the sessions whose token was signed with a key no longer in the files (closed, `TokenInvalid`).
-fn reload(reloader: &Reloader, settings: &Settings) {
+/// SIGHUP: the settings are read again (file, environment, flags); new handshakes get the certificate and the token
+/// keys they name now; live connections stay, but for the sessions whose token was signed with a key no longer
+/// among them (closed, `TokenInvalid`). Until 2026-12-06 the settings read at start were used again: a key removed
+/// from `auth.hs256_key_files` (or a changed `auth.hs256_secret`) stayed trusted, and the reload said it had
+/// worked. Other settings that changed are named as waiting for a restart (the certificate is read from the paths
+/// the server started with).
+fn reload(reloader: &Reloader, reread: &Reread) {
+    let settings = match (reread.again)() {
+        Ok(settings) => settings,
+        Err(err) => {
+            tracing::error!(%err, "reload failed: cannot read the settings; nothing changed");
+            // (On one line: a settings error can take several, and the verdict goes last.)
+            let err = err.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join("; ");
+            say(&format!("reload failed: {err} (nothing changed)"));
+            return;
+        }
+    };
+    let waiting = changed_keys(&reread.started, &settings);
+    if !waiting.is_empty() {
+        tracing::warn!(keys = %waiting.join(", "), "settings changed that only a restart applies");
+    }
     let auth = match settings.auth_config_for_reload() {
         Ok((auth, gone)) => {
             for path in gone {
@@ -141,22 +174,69 @@ fn reload(reloader: &Reloader, settings: &Settings) {
         }
         Err(invalid) => {
             tracing::error!(key = invalid.key, error = invalid.message, "reload failed; keeping the current keys");
-            use std::io::Write;
-            let _ =
-                writeln!(std::io::stdout(), "reload failed: {}: {} (nothing changed)", invalid.key, invalid.message);
+            say(&format!("reload failed: {}: {} (nothing changed)", invalid.key, invalid.message));
             return;
         }
     };
     match reloader.reload(auth) {
         Ok(fingerprint) => {
             tracing::info!(%fingerprint, "reloaded the certificate and token keys");
-            use std::io::Write;
-            let _ = writeln!(std::io::stdout(), "reloaded: certificate sha256 {fingerprint}");
+            say(&format!("reloaded: certificate sha256 {fingerprint}"));
+            if !waiting.is_empty() {
+                say(&format!("changed, applied at the next restart: {}", waiting.join(", ")));
+            }
         }
         Err(err) => {
             tracing::error!(%err, "reload failed; keeping the current certificate and keys");
-            use std::io::Write;
-            let _ = writeln!(std::io::stdout(), "reload failed: {err} (nothing changed)");
+            say(&format!("reload failed: {err} (nothing changed)"));
         }
+    }
+}
+
+/// A line on stdout, where the operator who sent the signal looks.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// The settings that differ between `started` and `now`, as `section.key` (or `key`), but for `auth.*`, which a
+/// reload applies.
+pub fn changed_keys(started: &Settings, now: &Settings) -> Vec<String> {
+    let table = |settings: &Settings| match toml::Value::try_from(settings) {
+        Ok(toml::Value::Table(table)) => table,
+        _ => toml::value::Table::new(),
+    };
+    let (before, after) = (table(started), table(now));
+    let mut changed = Vec::new();
+    let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for name in names {
+        match (before.get(name), after.get(name)) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) if name != "auth" => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                changed.extend(keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).map(|k| format!("{name}.{k}")));
+            }
+            (Some(toml::Value::Table(_)), _) | (_, Some(toml::Value::Table(_))) if name == "auth" => {}
+            (a, b) if a != b => changed.push(name.clone()),
+            _ => {}
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reload names what it does not apply: keys of any section but `auth` (which it applies), and top-level keys.
+    #[test]
+    fn changed_keys_are_named_but_for_auth() {
+        let started = Settings::default();
+        let mut now = started.clone();
+        assert!(changed_keys(&started, &now).is_empty());
+        now.limits.max_rooms += 1;
+        now.auth.anonymous = !now.auth.anonymous;
+        now.drain_timeout_ms += 1;
+        now.tls.cert = "/etc/quiver/new.pem".into();
+        assert_eq!(changed_keys(&started, &now), ["drain_timeout_ms", "limits.max_rooms", "tls.cert"]);
     }
 }

@@ -201,6 +201,58 @@ async fn sighup_reloads_the_certificate_while_live_connections_stay() {
     assert!(again.is_ok(), "the failed reload took the certificate away");
 }
 
+/// SIGHUP reads the configuration file again: a key taken out of `auth.hs256_key_files` is no longer trusted (its
+/// sessions are closed, its tokens refused), and what else changed is named as waiting for a restart. Before, the
+/// settings read at start were used again: the key stayed trusted, and the reload said it had worked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_the_configuration_again_and_a_key_taken_out_of_it_is_no_longer_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (leaked, kept) = ([0x11u8; 32], [0x22u8; 32]);
+    let hex = |key: &[u8; 32]| key.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (leaked_file, kept_file) = (dir.path().join("leaked.key"), dir.path().join("kept.key"));
+    std::fs::write(&leaked_file, hex(&leaked)).unwrap();
+    std::fs::write(&kept_file, hex(&kept)).unwrap();
+    let config = dir.path().join("quiver.toml");
+    let write_config = |files: &[&Path], max_rooms: u32| {
+        let files: Vec<String> = files.iter().map(|f| format!("{:?}", f.display().to_string())).collect();
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\n[auth]\nhs256_key_files = [{}]\n[limits]\nmax_rooms = {max_rooms}\n[web]\npage = \"off\"\n",
+            files.join(", ")
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write_config(&[&leaked_file, &kept_file], 4);
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()];
+    let mut server = Running::start(&args, &[], Stdio::null());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let token =
+        |key: &[u8; 32]| quiver_auth::mint_hs256(&quiver_auth::Claims::everything("ops", now, 600), key).unwrap();
+    let (trust, addr) = (|| TrustOptions::Auto { data_dir: data.clone() }, server.addr.clone());
+    let connect = |key: &[u8; 32]| {
+        let options = ConnectOptions { token: Some(token(key)), ..options(trust()) };
+        Client::connect_with(&addr, options)
+    };
+    let revoked = connect(&leaked).await.unwrap();
+    let _room = revoked.join("lobby").await.unwrap();
+
+    write_config(&[&kept_file], 8);
+    server.signal("HUP");
+    assert!(server.line_starting("reloaded: ").starts_with("reloaded: certificate sha256 "));
+    assert_eq!(server.line_starting("changed, "), "changed, applied at the next restart: limits.max_rooms");
+    let (code, reason) = tokio::time::timeout(Duration::from_secs(10), revoked.closed()).await.expect("closed");
+    assert_eq!(code, ErrorCode::TokenInvalid, "{reason}");
+    let refused = connect(&leaked).await.map(|_| ()).unwrap_err();
+    assert!(refused.to_string().contains("TokenInvalid") || refused.to_string().contains("token"), "{refused}");
+    connect(&kept).await.unwrap().join("lobby").await.unwrap();
+
+    // A configuration that no longer reads changes nothing, and says so.
+    std::fs::write(&config, "listen = 5\n").unwrap();
+    server.signal("HUP");
+    assert!(server.line_starting("reload failed: ").contains("(nothing changed)"));
+    connect(&kept).await.unwrap();
+}
+
 #[test]
 fn config_check_names_the_line_and_print_redacts_the_secret() {
     let dir = tempfile::tempdir().unwrap();

@@ -65,8 +65,8 @@ pub(crate) struct TrustArgs {
     ca: Option<PathBuf>,
     /// The server's data directory: for a server on this machine, its dev certificate is trusted and, without
     /// --token (and without --ca, or --cert-hash other than the dev certificate's), a dev token is minted with its
-    /// dev key.
-    #[arg(long, default_value = ".quiver")]
+    /// dev key. Default: `QUIVER_DATA_DIR` (what the server's image and unit set), else `.quiver`.
+    #[arg(long, env = "QUIVER_DATA_DIR", default_value = ".quiver")]
     data_dir: PathBuf,
     /// Access token (JWT), e.g. from `quiver-server token --sub NAME`.
     #[arg(long)]

@@ -70,6 +70,16 @@ pub fn server_tcp_config(
     server_tls(chain, key, tickets, vec![b"http/1.1".to_vec()])
 }
 
+/// Whether the server's TLS takes `chain` with `key`: a key it can use, and the private half of the leaf's public
+/// key (what the server checks when it starts; `config check` checks it before).
+pub fn check_server_cert(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<(), TlsError> {
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(())
+}
+
 fn server_tls(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,

@@ -432,8 +432,13 @@ impl Settings {
     pub fn check_files(&self) -> Result<(), Invalid> {
         self.server_config()?; // checks, then reads the token key files
         if !self.tls.cert.as_os_str().is_empty() {
-            quiver_certs::pem::load(&self.tls.cert, &self.tls.key)
+            let loaded = quiver_certs::pem::load(&self.tls.cert, &self.tls.key)
                 .map_err(|err| Invalid::new("tls.cert", err.to_string()))?;
+            // The pair as the server's TLS takes it: a key of another certificate (a renewal half done), or of a
+            // kind it cannot use, passed here and failed the start.
+            quiver_transport::tls::check_server_cert(loaded.chain, loaded.key).map_err(|err| {
+                Invalid::new("tls.key", format!("{err} ({} with {})", self.tls.cert.display(), self.tls.key.display()))
+            })?;
         }
         Ok(())
     }

@@ -374,3 +374,22 @@ fn trusted_proxies_are_addresses_or_blocks_named_when_not() {
     let err = load_text("[web]\ntrusted_proxies = [\"10.0.0.0/40\"]\n", &[], vec![]).unwrap_err().to_string();
     assert!(err.contains("line 2: web.trusted_proxies") && err.contains("prefix length"), "{err}");
 }
+
+/// `config check` checks the certificate and key as the server's TLS takes them: a key of another certificate (a
+/// renewal half done) passed the check and failed the start.
+#[test]
+fn config_check_refuses_a_key_of_another_certificate() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in [&one, &two] {
+        quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
+    }
+    let cert = one.path().join(quiver_certs::dev::CERT_FILE);
+    let settings = |key: &std::path::Path| {
+        let mut settings = Settings { data_dir: one.path().to_owned(), ..Settings::default() };
+        (settings.tls.cert, settings.tls.key) = (cert.clone(), key.to_owned());
+        settings
+    };
+    settings(&one.path().join(quiver_certs::dev::KEY_FILE)).check_files().expect("its own key");
+    let err = settings(&two.path().join(quiver_certs::dev::KEY_FILE)).check_files().unwrap_err();
+    assert_eq!(err.key, "tls.key", "{}", err.message);
+}

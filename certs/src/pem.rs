@@ -33,19 +33,21 @@ pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
 /// ago (by a CA that does not backdate) on a machine whose clock is a little behind.
 pub const NOT_BEFORE_SLACK: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// `t` as a date and time in UTC, as certificate messages show it.
+pub fn date(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    i64::try_from(secs)
+        .ok()
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+        .map_or_else(|| format!("{secs} s after 1970"), |d| d.to_string())
+}
+
 /// Checks that the leaf certificate of `chain` (loaded from `path`) is valid at `now` (its `not_before` within
 /// [`NOT_BEFORE_SLACK`]); returns when it expires. A server given an expired certificate (an old file restored, a
 /// renewal that did not run) fails every handshake of clients that check dates: the error names the dates.
 pub fn check_valid(chain: &[CertificateDer<'_>], path: &Path, now: SystemTime) -> Result<SystemTime, CertError> {
     let Some(leaf) = chain.first() else { return Err(CertError::NoCertificate { path: path.to_owned() }) };
     let (not_before, not_after) = crate::dev::validity(leaf, path)?;
-    let date = |t: SystemTime| {
-        let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        i64::try_from(secs)
-            .ok()
-            .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
-            .map_or_else(|| format!("{secs} s after 1970"), |d| d.to_string())
-    };
     let reason = if now > not_after {
         format!("the certificate expired at {}; install a renewed one", date(not_after))
     } else if now + NOT_BEFORE_SLACK < not_before {

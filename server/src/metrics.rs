@@ -302,18 +302,12 @@ impl Collector for ServerMetrics {
         gauge(&mut e, "room_members", "Room memberships (joins) of connected clients", load(&s.room_members))?;
         gauge(&mut e, "channels", "Tick channels in use", channels as i64)?;
         gauge(&mut e, "subscriptions", "Tick subscriptions of connected clients", load(&s.subscriptions))?;
-        gauge(
-            &mut e,
-            "retained_history_bytes",
-            "Bytes of history and dedupe memory rooms retain",
-            rooms.retained_bytes as i64,
-        )?;
-        gauge(
-            &mut e,
-            "outbox_queued_bytes",
-            "Bytes of room events queued toward clients' room streams",
-            load(&s.outbox_bytes),
-        )?;
+        let expiry = ("tls_certificate_expiry_timestamp_seconds", "When the served certificate expires (Unix time)");
+        gauge(&mut e, expiry.0, expiry.1, load(&s.certificate_expiry_s))?;
+        let retained = ("retained_history_bytes", "Bytes of history and dedupe memory rooms retain");
+        gauge(&mut e, retained.0, retained.1, rooms.retained_bytes as i64)?;
+        let queued = ("outbox_queued_bytes", "Bytes of room events queued toward clients' room streams");
+        gauge(&mut e, queued.0, queued.1, load(&s.outbox_bytes))?;
         {
             let mut m = e.encode_descriptor(
                 "connections_accepted",

@@ -169,6 +169,8 @@ pub struct ServerStats {
     pub subscriptions: AtomicI64,
     /// Bytes queued toward room streams.
     pub outbox_bytes: AtomicI64,
+    /// When the certificate served now expires (seconds since the Unix epoch; 0 before the server has one).
+    pub certificate_expiry_s: AtomicI64,
     /// A post's arrival to its delivery and acknowledgement, inside the server.
     pub post_delivery: crate::metrics::Histogram,
     /// A connection's first packet to Welcome.
@@ -186,6 +188,12 @@ impl std::ops::Deref for ServerStats {
 }
 
 impl ServerStats {
+    /// Notes `not_after` as the served certificate's expiry.
+    pub(crate) fn certificate_expires(&self, not_after: std::time::SystemTime) {
+        let secs = not_after.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.certificate_expiry_s.store(i64::try_from(secs).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
     /// The open-connections gauge and the accepted counter of a kind of client connection.
     pub(crate) fn by_kind(&self, kind: crate::net::WireKind) -> (&AtomicI64, &AtomicU64) {
         use crate::net::WireKind;

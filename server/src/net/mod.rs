@@ -39,7 +39,7 @@ use crate::{
 };
 pub use endpoint::ServerError;
 pub use reload::Reloader;
-use reload::{renew_dev_certificate, Current};
+use reload::{watch_certificate, Current};
 pub use summary::Summary;
 pub(crate) use wire::WireKind;
 
@@ -228,6 +228,7 @@ impl<R: RoomHub> Server<R> {
             );
         }
         let Early { stats, metrics, admin } = early;
+        stats.certificate_expires(not_after);
         let handshakes = crate::admission::HandshakeBounds {
             unvalidated: config.budget.max_unvalidated_handshakes,
             unvalidated_per_ip: config.budget.max_unvalidated_handshakes_per_ip,
@@ -321,6 +322,7 @@ impl<R: RoomHub> Server<R> {
             fingerprint: self.fingerprint.clone(),
             tickets: self.tickets.clone(),
             not_after: self.not_after.clone(),
+            stats: self.stats.clone(),
         }
     }
 
@@ -360,9 +362,7 @@ impl<R: RoomHub> Server<R> {
             }
         }
         tasks.spawn(sweep(self.rooms.clone(), self.config.budget.sweep_interval(), shutdown.clone()));
-        if matches!(self.config.tls, crate::config::TlsSource::Dev) {
-            tasks.spawn(renew_dev_certificate(self.reloader(), shutdown.clone()));
-        }
+        tasks.spawn(watch_certificate(self.reloader(), shutdown.clone()));
         self.metrics.health.serving.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut endpoint_lost = false;
         loop {

@@ -40,6 +40,8 @@ pub struct Reloader {
     pub(super) tickets: endpoint::Tickets,
     /// When the certificate in use expires.
     pub(super) not_after: Arc<std::sync::Mutex<std::time::SystemTime>>,
+    /// Where the expiry is shown (`quiver_tls_certificate_expiry_timestamp_seconds`).
+    pub(super) stats: Arc<crate::stats::ServerStats>,
 }
 
 /// How often a running server with the dev certificate checks whether it is due for renewal.
@@ -93,23 +95,70 @@ impl Reloader {
             current.keys.send_replace(auth);
         }
         *not_after = certified.not_after;
+        self.stats.certificate_expires(certified.not_after);
         self.fingerprint.set(certified.fingerprint);
         drop(current);
         certified.fingerprint
     }
 }
 
-/// Renews the dev certificate when due, checking every [`DEV_RENEWAL_CHECK`] until `shutdown`.
-pub(super) async fn renew_dev_certificate(reloader: Reloader, shutdown: CancellationToken) {
+/// Left before a certificate of the operator's expires when the hourly check starts warning.
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Every [`DEV_RENEWAL_CHECK`] until `shutdown`: renews the dev certificate when due; warns (once an hour) when the
+/// operator's certificate has less than [`EXPIRY_WARNING`] left, or has expired (a renewal hook that stopped runs
+/// unseen until clients start failing; `quiver_tls_certificate_expiry_timestamp_seconds` charts it too).
+pub(super) async fn watch_certificate(reloader: Reloader, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(DEV_RENEWAL_CHECK) => {}
             () = shutdown.cancelled() => return,
         }
-        match reloader.renew_dev_if_due(std::time::SystemTime::now()) {
+        let now = std::time::SystemTime::now();
+        if !matches!(reloader.config.tls, crate::config::TlsSource::Dev) {
+            if let Some(warning) = expiry_warning(*reloader.not_after.lock().unwrap_or_else(|p| p.into_inner()), now) {
+                tracing::warn!("{warning}");
+            }
+            continue;
+        }
+        match reloader.renew_dev_if_due(now) {
             Ok(Some(fingerprint)) => tracing::info!(%fingerprint, "renewed the dev certificate"),
             Ok(None) => {}
             Err(err) => tracing::warn!(%err, "cannot renew the dev certificate; trying again in an hour"),
         }
+    }
+}
+
+/// What to say of a certificate expiring at `not_after`, seen at `now`: nothing while more than [`EXPIRY_WARNING`]
+/// is left.
+fn expiry_warning(not_after: std::time::SystemTime, now: std::time::SystemTime) -> Option<String> {
+    let date = quiver_certs::pem::date(not_after);
+    match not_after.duration_since(now) {
+        Ok(left) if left > EXPIRY_WARNING => None,
+        Ok(left) => Some(format!(
+            "the certificate expires in {} h ({date}): replace its files and reload (SIGHUP)",
+            left.as_secs() / 3600
+        )),
+        Err(_) => Some(format!(
+            "the certificate expired at {date}: clients that check it are refused; replace its files and reload \
+             (SIGHUP)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::expiry_warning;
+
+    #[test]
+    fn a_certificate_close_to_its_expiry_or_past_it_is_warned_of() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(expiry_warning(now + Duration::from_secs(30 * 86_400), now), None);
+        let soon = expiry_warning(now + Duration::from_secs(3 * 86_400), now).unwrap();
+        assert!(soon.contains("expires in 72 h"), "{soon}");
+        let past = expiry_warning(now - Duration::from_secs(60), now).unwrap();
+        assert!(past.contains("expired at"), "{past}");
     }
 }

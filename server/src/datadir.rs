@@ -38,6 +38,20 @@ pub enum DataDirError {
         /// What to do.
         fix: String,
     },
+    /// The directory is to be made inside another server's data directory: most likely an upgrade that moved the
+    /// data directory one level down (the Docker image's, from `/var/lib/quiver` to `/var/lib/quiver/data`), which
+    /// would start on empty state (no rooms, a new dev certificate and token key) beside the old.
+    #[error(
+        "data directory {dir} does not exist, and {parent} holds a quiver-server's data (its lock file): to keep it, \
+         give this server {parent} (QUIVER_DATA_DIR or --data-dir; the Docker image's default moved to \
+         /var/lib/quiver/data on 2026-12-06), or move its contents into {dir} first"
+    )]
+    InsideAnother {
+        /// The data directory asked for.
+        dir: PathBuf,
+        /// The data directory it would be made in.
+        parent: PathBuf,
+    },
     /// The directory or its lock file could not be created or locked.
     #[error("data directory {path}: {source}")]
     Io {
@@ -62,6 +76,9 @@ impl DataDirLock {
             let path = path.to_path_buf();
             move |source| DataDirError::Io { path, source }
         };
+        if let Some(parent) = dir.parent().filter(|parent| !dir.exists() && parent.join(LOCK_FILE).is_file()) {
+            return Err(DataDirError::InsideAnother { dir: dir.to_path_buf(), parent: parent.to_path_buf() });
+        }
         private_dir(dir)?;
         let path = dir.join(LOCK_FILE);
         let mut file =
@@ -255,6 +272,22 @@ mod tests {
         let written = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
         assert_eq!(written, format!("{}\n", std::process::id()), "no tail of the longer pid before");
         drop(mine);
+    }
+
+    /// A data directory to be made inside another's (an upgrade of the Docker image, whose default moved one level
+    /// down) is refused, naming the old one: it would have started on empty state beside it.
+    #[cfg(unix)]
+    #[test]
+    fn a_new_data_directory_inside_another_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(DataDirLock::acquire(dir.path()).unwrap()); // a server ran here: its lock file stays
+        let err = DataDirLock::acquire(&dir.path().join("data")).unwrap_err();
+        assert!(matches!(err, DataDirError::InsideAnother { .. }), "{err}");
+        assert!(err.to_string().contains("QUIVER_DATA_DIR"), "{err}");
+        // Made already (its contents moved in, or made on purpose): taken.
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::set_permissions(dir.path().join("data"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        drop(DataDirLock::acquire(&dir.path().join("data")).unwrap());
     }
 
     /// The stateless-reset key is made owner-only, kept across restarts, and made private again when others could

@@ -302,7 +302,7 @@ fn main() -> ExitCode {
         let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
         settings::load(file.as_deref(), env, overrides.clone()).map(|(settings, _)| settings).map_err(|e| e.to_string())
     });
-    runtime.block_on(serve(Reread { started: settings, again }, layers))
+    runtime.block_on(serve(Reread::new(settings, again), layers))
 }
 
 /// Prints a line on stdout; a closed stdout is not worth a panic (the server keeps serving).

@@ -27,10 +27,20 @@ pub struct Served {
 /// The settings the server started with, and how to read them again as it read them (the same file, the
 /// environment, the same flags) for a reload.
 pub struct Reread {
-    /// What the server runs with.
+    /// What the server started with.
     pub started: Settings,
     /// Reads the settings again (an error as the operator should read it).
     pub again: Box<dyn Fn() -> Result<Settings, String> + Send>,
+    /// The settings the last reload read (at first, `started`): a reload that cannot read them again reloads the
+    /// certificate and token key files with these.
+    pub applied: Settings,
+}
+
+impl Reread {
+    /// Settings read at start, read again with `again`.
+    pub fn new(started: Settings, again: Box<dyn Fn() -> Result<Settings, String> + Send>) -> Reread {
+        Reread { applied: started.clone(), started, again }
+    }
 }
 
 impl std::fmt::Debug for Reread {
@@ -77,7 +87,7 @@ impl Signals {
         mut self,
         shutdown: CancellationToken,
         mut served: tokio::sync::oneshot::Receiver<Served>,
-        settings: Reread,
+        mut settings: Reread,
     ) {
         let mut ready: Option<Reloader> = None;
         let mut store: Option<(Weak<Store>, Arc<AtomicBool>)> = None;
@@ -88,7 +98,7 @@ impl Signals {
                 _ = self.interrupt.recv() => {}
                 _ = self.hangup.recv() => {
                     match &ready {
-                        Some(reloader) => reload(reloader, &settings),
+                        Some(reloader) => reload(reloader, &mut settings),
                         None => held_reload = true,
                     }
                     continue;
@@ -96,7 +106,7 @@ impl Signals {
                 set = &mut served, if ready.is_none() => {
                     let Ok(set) = set else { return }; // the server did not start: the process is ending
                     if std::mem::take(&mut held_reload) {
-                        reload(&set.reloader, &settings);
+                        reload(&set.reloader, &mut settings);
                     }
                     (ready, store) = (Some(set.reloader), set.store);
                     continue;
@@ -148,16 +158,18 @@ impl Signals {
 /// among them (closed, `TokenInvalid`). Until 2026-12-06 the settings read at start were used again: a key removed
 /// from `auth.hs256_key_files` (or a changed `auth.hs256_secret`) stayed trusted, and the reload said it had
 /// worked. Other settings that changed are named as waiting for a restart (the certificate is read from the paths
-/// the server started with).
-fn reload(reloader: &Reloader, reread: &Reread) {
-    let settings = match (reread.again)() {
-        Ok(settings) => settings,
+/// the server started with). Settings that no longer read (a typo staged for the next restart) do not hold up the
+/// certificate: it and the token key files are read again with the settings the last reload read, and a line says
+/// so.
+fn reload(reloader: &Reloader, reread: &mut Reread) {
+    let (settings, read) = match (reread.again)() {
+        Ok(settings) => (settings, true),
         Err(err) => {
-            tracing::error!(%err, "reload failed: cannot read the settings; nothing changed");
-            // (On one line: a settings error can take several, and the verdict goes last.)
+            tracing::error!(%err, "reload: the settings do not read; the certificate and token keys are reloaded with the settings read before");
+            // (On one line: a settings error can take several.)
             let err = err.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join("; ");
-            say(&format!("reload failed: {err} (nothing changed)"));
-            return;
+            say(&format!("reload: the settings do not read, those read before are used: {err}"));
+            (reread.applied.clone(), false)
         }
     };
     let waiting = changed_keys(&reread.started, &settings);
@@ -182,6 +194,9 @@ fn reload(reloader: &Reloader, reread: &Reread) {
         Ok(fingerprint) => {
             tracing::info!(%fingerprint, "reloaded the certificate and token keys");
             say(&format!("reloaded: certificate sha256 {fingerprint}"));
+            if read {
+                reread.applied = settings;
+            }
             if !waiting.is_empty() {
                 say(&format!("changed, applied at the next restart: {}", waiting.join(", ")));
             }
@@ -203,10 +218,12 @@ fn say(line: &str) {
 /// reload applies.
 pub fn changed_keys(started: &Settings, now: &Settings) -> Vec<String> {
     let table = |settings: &Settings| match toml::Value::try_from(settings) {
-        Ok(toml::Value::Table(table)) => table,
-        _ => toml::value::Table::new(),
+        Ok(toml::Value::Table(table)) => Some(table),
+        _ => None,
     };
-    let (before, after) = (table(started), table(now));
+    let (Some(before), Some(after)) = (table(started), table(now)) else {
+        return vec!["(settings that cannot be compared: take any change for one that needs a restart)".into()];
+    };
     let mut changed = Vec::new();
     let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     for name in names {

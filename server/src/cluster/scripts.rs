@@ -100,8 +100,11 @@ end
 redis.call('HSET', meta, 'epoch', epoch, 'seq', seq, 'op', op)
 -- The ring lives as long as the window past its first entry or last trim: a room posted into slowly lets it expire
 -- (its keys expire on their own), a busy one trims it every 64 posts.
+-- A key claimed again (its earlier claim of another epoch was there: the ring names it already) is not pushed twice:
+-- trimming its older entry would delete the new claim long before its turn.
 local ring, max_entries = KEYS[5], tonumber(ARGV[9])
-local held = redis.call('RPUSH', ring, dedupe)
+local held = 0
+if not prior then held = redis.call('RPUSH', ring, dedupe) end
 if held == 1 then
   redis.call('PEXPIRE', ring, ARGV[4])
 elseif held > max_entries + 64 then

@@ -109,13 +109,18 @@ const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(7 * 2
 /// operator's certificate has less than [`EXPIRY_WARNING`] left, or has expired (a renewal hook that stopped runs
 /// unseen until clients start failing; `quiver_tls_certificate_expiry_timestamp_seconds` charts it too).
 pub(super) async fn watch_certificate(reloader: Reloader, shutdown: CancellationToken) {
+    let mut first = true;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(DEV_RENEWAL_CHECK) => {}
-            () = shutdown.cancelled() => return,
+        // (The operator's certificate is looked at once at start too; the dev one was renewed at start if due.)
+        let dev = matches!(reloader.config.tls, crate::config::TlsSource::Dev);
+        if !std::mem::take(&mut first) || dev {
+            tokio::select! {
+                () = tokio::time::sleep(DEV_RENEWAL_CHECK) => {}
+                () = shutdown.cancelled() => return,
+            }
         }
         let now = std::time::SystemTime::now();
-        if !matches!(reloader.config.tls, crate::config::TlsSource::Dev) {
+        if !dev {
             if let Some(warning) = expiry_warning(*reloader.not_after.lock().unwrap_or_else(|p| p.into_inner()), now) {
                 tracing::warn!("{warning}");
             }

@@ -102,8 +102,9 @@ impl DatagramSink {
 }
 
 impl TickSink for DatagramSink {
-    /// Sends at once when quinn has room and nothing of the channel waits (no task hop, no conflation of ticks
-    /// that merely arrived together); otherwise the tick waits in the channel's slot, replacing an older one.
+    /// Sends at once when quinn has room and no tick of any channel waits or is being sent (no task hop, no
+    /// conflation of ticks that merely arrived together); otherwise the tick waits in the channel's slot, replacing
+    /// an older one, for its turn.
     fn offer(&self, channel_id: u64, tick: Tick, max_age_us: Option<u64>, datagrams: &mut TickDatagrams) {
         crate::hub::assert_unlocked("a tick's offer");
         let header = TickHeader { channel_id, seq: tick.seq, sent_time_us: tick.sent_time_us };

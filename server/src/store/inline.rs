@@ -128,12 +128,19 @@ impl InlineWriter {
             });
             return;
         }
+        let blocking = runtime.clone();
         runtime.spawn(async move {
             let Some(writer) = writer.upgrade() else { return };
             // From here on, what is queued after this task's last look is handed off again.
             writer.handing_off.store(false, Ordering::Release);
             let mut rounds = 0;
             while writer.pass() == Pass::Wrote {
+                // Close to fjall's stall since it began (a steady load keeps this loop going): the rest is written
+                // on the blocking pool, as a hand-off made now would be.
+                if writer.near_stall.load(Ordering::Relaxed) {
+                    blocking.spawn_blocking(move || while writer.pass() == Pass::Wrote {});
+                    return;
+                }
                 rounds += 1;
                 if rounds % HANDOFF_ROUNDS == 0 {
                     tokio::task::yield_now().await;

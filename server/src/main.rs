@@ -300,7 +300,7 @@ fn main() -> ExitCode {
     let overrides = args.overrides();
     let again = Box::new(move || {
         let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        settings::load(file.as_deref(), env, overrides.clone()).map(|(settings, _)| settings).map_err(|e| e.to_string())
+        settings::load(file.as_deref(), env, overrides.clone()).map(|(settings, _)| settings)
     });
     runtime.block_on(serve(Reread::new(settings, again), layers))
 }

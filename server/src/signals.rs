@@ -8,7 +8,11 @@ use std::sync::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{settings::Settings, store::Store, Reloader};
+use crate::{
+    settings::{Settings, SettingsError},
+    store::Store,
+    Reloader,
+};
 
 /// How long a second signal waits for the room store's sync before the process exits all the same (a disk that
 /// hangs must not keep it from exiting).
@@ -30,7 +34,7 @@ pub struct Reread {
     /// What the server started with.
     pub started: Settings,
     /// Reads the settings again (an error as the operator should read it).
-    pub again: Box<dyn Fn() -> Result<Settings, String> + Send>,
+    pub again: Box<dyn Fn() -> Result<Settings, SettingsError> + Send>,
     /// The settings the last reload read (at first, `started`): a reload that cannot read them again reloads the
     /// certificate and token key files with these.
     pub applied: Settings,
@@ -38,7 +42,7 @@ pub struct Reread {
 
 impl Reread {
     /// Settings read at start, read again with `again`.
-    pub fn new(started: Settings, again: Box<dyn Fn() -> Result<Settings, String> + Send>) -> Reread {
+    pub fn new(started: Settings, again: Box<dyn Fn() -> Result<Settings, SettingsError> + Send>) -> Reread {
         Reread { applied: started.clone(), started, again }
     }
 }
@@ -167,6 +171,7 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
         Err(err) => {
             tracing::error!(%err, "reload: the settings do not read; the certificate and token keys are reloaded with the settings read before");
             // (On one line: a settings error can take several.)
+            let err = err.to_string();
             let err = err.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join("; ");
             say(&format!("reload: the settings do not read, those read before are used: {err}"));
             (reread.applied.clone(), false)

@@ -70,12 +70,10 @@ async fn a_replay_never_sends_a_stored_frame_over_max_frame() {
     assert!(!joining.joined.recovered && joining.joined.replay_from == 4, "{:?}", joining.joined);
 }
 
-/// A memory room's replay is paged too: a join queued the whole history it asked for (up to
-/// `history_max_messages` frames, outside the member's live bound, and held past retention for as long as the member
-/// did not read), so a client joining big rooms and never reading pinned each room's history once per join.
-#[tokio::test]
-async fn a_memory_rooms_replay_is_queued_a_page_at_a_time() {
-    let hub = LocalRooms::new(Limits::default(), Budget::default());
+/// A memory room of 600 messages (a member keeps it), and a join of it from seq 0, told it was recovered: the hub,
+/// the room's epoch, the joiner's outbox and its joining.
+async fn joined_from_the_start_of_600(limits: Limits) -> (LocalRooms, u64, Arc<Collect>, Joining) {
+    let hub = LocalRooms::new(limits, Budget::default());
     let member = Collect::new(usize::MAX);
     let epoch = join(&hub, "r", None, &member).await.joined.epoch;
     for id in 1..=600 {
@@ -84,6 +82,15 @@ async fn a_memory_rooms_replay_is_queued_a_page_at_a_time() {
     let out = Collect::new(usize::MAX);
     let joining = join(&hub, "r", Some(Position { epoch, seq: 0 }), &out).await;
     assert!(joining.joined.recovered);
+    (hub, epoch, out, joining)
+}
+
+/// A memory room's replay is paged too: a join queued the whole history it asked for (up to
+/// `history_max_messages` frames, outside the member's live bound, and held past retention for as long as the member
+/// did not read), so a client joining big rooms and never reading pinned each room's history once per join.
+#[tokio::test]
+async fn a_memory_rooms_replay_is_queued_a_page_at_a_time() {
+    let (hub, epoch, out, joining) = joined_from_the_start_of_600(Limits::default()).await;
     assert_eq!(joining.joined.replay_from, 1);
     assert_eq!(out.message_seqs(), (1..=256).collect::<Vec<_>>(), "one page at once");
     post(&hub, "r", "bob", 601, 10).await.1.flush(); // live: held behind the replay
@@ -103,15 +110,7 @@ async fn a_memory_rooms_replay_is_queued_a_page_at_a_time() {
 #[tokio::test]
 async fn a_memory_replay_whose_messages_were_trimmed_drops_the_joiner() {
     let limits = Limits { history_max_messages: 600, ..Limits::default() };
-    let hub = LocalRooms::new(limits, Budget::default());
-    let member = Collect::new(usize::MAX);
-    let epoch = join(&hub, "r", None, &member).await.joined.epoch;
-    for id in 1..=600 {
-        post(&hub, "r", "bob", id, 10).await.1.flush();
-    }
-    let out = Collect::new(usize::MAX);
-    let joining = join(&hub, "r", Some(Position { epoch, seq: 0 }), &out).await;
-    assert!(joining.joined.recovered);
+    let (hub, epoch, out, joining) = joined_from_the_start_of_600(limits).await;
     for id in 601..=900 {
         post(&hub, "r", "bob", id, 10).await.1.flush(); // 1..=300 retired meanwhile
     }

@@ -195,6 +195,15 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
             return;
         }
     };
+    // Settings that name no token key any more (the list emptied) would fall back to the dev key, as a start does:
+    // a reload keeps the keys instead, as it does when every key file is gone.
+    let was_dev = matches!(reread.applied.auth_config_for_reload(), Ok((crate::auth::AuthConfig::DevKey, _)));
+    if matches!(auth, crate::auth::AuthConfig::DevKey) && !was_dev {
+        let why = "the settings name no token key any more: a reload must leave at least one key";
+        tracing::error!(why, "reload failed; keeping the current keys");
+        say(&format!("reload failed: auth: {why} (nothing changed)"));
+        return;
+    }
     match reloader.reload(auth) {
         Ok(fingerprint) => {
             tracing::info!(%fingerprint, "reloaded the certificate and token keys");

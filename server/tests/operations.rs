@@ -254,6 +254,11 @@ async fn sighup_reads_the_configuration_again_and_a_key_taken_out_of_it_is_no_lo
     assert!(server.line_starting("reloaded: ").starts_with("reloaded: certificate sha256 "));
     connect(&kept).await.unwrap();
     assert!(connect(&leaked).await.is_err(), "the key taken out stays out");
+    // A list emptied would fall back to the dev key: refused, the keys kept.
+    write_config(&[], 8);
+    server.signal("HUP");
+    assert!(server.line_starting("reload failed: ").starts_with("reload failed: auth: "));
+    connect(&kept).await.unwrap();
 }
 
 #[test]

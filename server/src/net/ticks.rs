@@ -49,6 +49,8 @@ pub(crate) struct DatagramSink {
     stats: Arc<ServerStats>,
     /// quinn's datagram send buffer when empty (its space at the start).
     send_buffer: usize,
+    /// What a WebSocket's lane had let go of when last counted ([`DatagramSink::count_lane`]).
+    lane_counted: Mutex<(u64, u64)>,
 }
 
 /// A waiting tick's datagram (the sender task's path; a fan-out sending at once cuts its datagrams from one
@@ -71,7 +73,22 @@ impl DatagramSink {
             wake: Notify::new(),
             stats: stats.clone(),
             send_buffer: conn.datagram_send_buffer_space(),
+            lane_counted: Mutex::new((0, 0)),
         })
+    }
+
+    /// Counts the ticks a WebSocket's lane let go of since last counted, though handed to it (and counted as
+    /// sent): replaced there by their channel's newer tick (conflated, as a slow subscriber's are), or older than
+    /// the one waiting (reordered). Until 2026-12-06 they were sent for `/metrics`, and a slow WebSocket
+    /// subscriber's conflation showed nowhere.
+    fn count_lane(&self) {
+        let Some(now) = self.conn.lane_superseded() else { return };
+        let before = std::mem::replace(&mut *lock(&self.lane_counted), now);
+        let add = |counter: &std::sync::atomic::AtomicU64, n: u64| {
+            counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        };
+        add(&self.stats.ticks_conflated, now.0.saturating_sub(before.0));
+        add(&self.stats.ticks_reordered_out, now.1.saturating_sub(before.1));
     }
 
     /// Sends `tick`'s datagram now if the transport has room, without dropping a datagram queued before it (a copy,
@@ -85,7 +102,10 @@ impl DatagramSink {
     ) {
         let Some(datagram) = datagram else { return };
         match self.conn.try_send_datagram(datagram) {
-            Some(Ok(())) => bump(&self.stats.ticks_sent),
+            Some(Ok(())) => {
+                bump(&self.stats.ticks_sent);
+                self.count_lane();
+            }
             Some(Err(WireError::TooLarge)) => bump(&self.stats.ticks_too_large),
             Some(Err(_)) => {}
             None => {
@@ -173,7 +193,10 @@ async fn send_ticks(conn: &Wire, sink: Arc<DatagramSink>, stop: CancellationToke
             };
             lock(&sink.waiting).sent();
             match sent {
-                Some(Ok(())) => bump(&sink.stats.ticks_sent),
+                Some(Ok(())) => {
+                    bump(&sink.stats.ticks_sent);
+                    sink.count_lane();
+                }
                 Some(Err(WireError::TooLarge)) => bump(&sink.stats.ticks_too_large),
                 None => bump(&sink.stats.ticks_expired),
                 // The connection is gone, or the peer takes no datagrams at all.
@@ -377,6 +400,28 @@ mod tests {
         assert!(s.ticks_expired > 0, "{s:?}");
         stop.cancel();
         sender.await.unwrap();
+    }
+
+    /// A WebSocket subscriber whose lane holds a tick the socket has not taken: its channel's next tick replaces
+    /// it there. Both were counted as sent; the replaced one now counts as conflated too (it counted nowhere, and a
+    /// slow WebSocket subscriber's conflation showed nowhere).
+    #[tokio::test]
+    async fn ticks_replaced_in_a_websocket_lane_count_as_conflated() {
+        let config = WsConfig { datagram_buffer: 4096, ..WsConfig::default() };
+        let (a, b) = tokio::io::duplex(4096);
+        let server = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(config.websocket())).await;
+        let _client_never_reads = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(config.websocket())).await;
+        let conn = Wire::Ws(WsSession::start(server, Role::Server, config, "127.0.0.1:1".parse().unwrap()));
+        let stats = Arc::new(ServerStats::default());
+        let sink = DatagramSink::new(&conn, &stats);
+        sink.open(1, 0);
+        // Without a yield (one thread): the lane's writer does not run meanwhile.
+        for seq in 1..=5 {
+            let tick = Tick { seq, sent_time_us: 1, received_us: tick_clock_us(), payload: Bytes::from(vec![7; 20]) };
+            sink.offer(1, tick, None, &mut TickDatagrams::new(1));
+        }
+        let s = stats.snapshot();
+        assert_eq!((s.ticks_sent, s.ticks_conflated), (5, 4), "{s:?}");
     }
 
     /// A server connection on loopback (wrapped as the server wraps a native one) and the client's end.

@@ -218,6 +218,15 @@ impl Wire {
         }
     }
 
+    /// What the WebSocket lane let go of so far, though queued (`WsSession::lane_superseded`); `None` over QUIC,
+    /// whose datagram buffer drops nothing the sink queues (it sends only where there is room).
+    pub(crate) fn lane_superseded(&self) -> Option<(u64, u64)> {
+        match self {
+            Wire::Quic(_) => None,
+            Wire::Ws(ws) => Some(ws.lane_superseded()),
+        }
+    }
+
     /// Room in the datagram send buffer, bytes.
     pub(crate) fn datagram_send_buffer_space(&self) -> usize {
         match self {

@@ -19,10 +19,11 @@ pub(super) fn queue_datagram(state: &mut State, datagram: Bytes, buffer: usize) 
     match waiting {
         // Two senders' ticks can reach the lane out of their order (a fan-out offers outside the conflation's
         // lock): an older tick never replaces a newer one.
-        Some((_, seq)) if tick.is_some_and(|(_, new)| new <= seq) => {}
+        Some((_, seq)) if tick.is_some_and(|(_, new)| new <= seq) => state.lane_superseded.1 += 1,
         Some((at, _)) => {
             state.datagram_bytes = state.datagram_bytes - state.datagrams[at].len() + datagram.len();
             state.datagrams[at] = datagram;
+            state.lane_superseded.0 += 1;
         }
         None => {
             state.datagram_bytes += datagram.len();

@@ -360,6 +360,12 @@ impl WsSession {
         }
     }
 
+    /// Ticks the datagram lane let go of so far before the socket took them, though queued: (replaced by their
+    /// channel's newer tick, dropped as older than the one of their channel waiting).
+    pub fn lane_superseded(&self) -> (u64, u64) {
+        lock(&self.shared().state).lane_superseded
+    }
+
     /// Bytes the datagram buffer can take now.
     pub fn datagram_send_buffer_space(&self) -> usize {
         let shared = self.shared();

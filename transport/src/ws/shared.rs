@@ -42,6 +42,9 @@ pub(super) struct State {
     pub(super) ready: VecDeque<u64>,
     pub(super) datagrams: VecDeque<Bytes>,
     pub(super) datagram_bytes: usize,
+    /// Ticks the lane let go of before the socket took them: replaced by their channel's newer tick, and ticks
+    /// older than the one of their channel waiting (dropped). The sender counted each as handed over.
+    pub(super) lane_superseded: (u64, u64),
     /// Datagrams go next when both wait (they alternate with stream chunks).
     pub(super) datagram_turn: bool,
     /// A room stream's chunk goes next when one waits (after a control chunk).

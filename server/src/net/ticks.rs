@@ -364,17 +364,26 @@ mod tests {
 
     use super::*;
 
+    /// A WebSocket subscriber's wire (its lane holding `datagram_buffer` bytes), counters and tick sink, and the
+    /// client's end, which never reads.
+    async fn websocket_subscriber(
+        datagram_buffer: usize,
+    ) -> (Wire, Arc<ServerStats>, Arc<DatagramSink>, WebSocketStream<tokio::io::DuplexStream>) {
+        let config = WsConfig { datagram_buffer, ..WsConfig::default() };
+        let (a, b) = tokio::io::duplex(4096);
+        let server = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(config.websocket())).await;
+        let client = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(config.websocket())).await;
+        let conn = Wire::Ws(WsSession::start(server, Role::Server, config, "127.0.0.1:1".parse().unwrap()));
+        let stats = Arc::new(ServerStats::default());
+        let sink = DatagramSink::new(&conn, &stats);
+        (conn, stats, sink, client)
+    }
+
     /// A subscriber that stopped reading: the socket and the lane are full, so the sender waits for room. A tick
     /// with a max age is given up when it expires (and the ticks behind it go their way), not waited on for ever.
     #[tokio::test]
     async fn a_tick_waiting_for_room_is_dropped_when_its_max_age_passes() {
-        let config = WsConfig { datagram_buffer: 200, ..WsConfig::default() };
-        let (a, b) = tokio::io::duplex(4096);
-        let server = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(config.websocket())).await;
-        let _client_never_reads = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(config.websocket())).await;
-        let conn = Wire::Ws(WsSession::start(server, Role::Server, config, "127.0.0.1:1".parse().unwrap()));
-        let stats = Arc::new(ServerStats::default());
-        let sink = DatagramSink::new(&conn, &stats);
+        let (conn, stats, sink, _client_never_reads) = websocket_subscriber(200).await;
         let stop = CancellationToken::new();
         let sender = tokio::spawn({
             let (conn, sink, stop) = (conn.clone(), sink.clone(), stop.clone());
@@ -407,13 +416,7 @@ mod tests {
     /// slow WebSocket subscriber's conflation showed nowhere).
     #[tokio::test]
     async fn ticks_replaced_in_a_websocket_lane_count_as_conflated() {
-        let config = WsConfig { datagram_buffer: 4096, ..WsConfig::default() };
-        let (a, b) = tokio::io::duplex(4096);
-        let server = WebSocketStream::from_raw_socket(a, WsRole::Server, Some(config.websocket())).await;
-        let _client_never_reads = WebSocketStream::from_raw_socket(b, WsRole::Client, Some(config.websocket())).await;
-        let conn = Wire::Ws(WsSession::start(server, Role::Server, config, "127.0.0.1:1".parse().unwrap()));
-        let stats = Arc::new(ServerStats::default());
-        let sink = DatagramSink::new(&conn, &stats);
+        let (_conn, stats, sink, _client_never_reads) = websocket_subscriber(4096).await;
         sink.open(1, 0);
         // Without a yield (one thread): the lane's writer does not run meanwhile.
         for seq in 1..=5 {

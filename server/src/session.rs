@@ -232,6 +232,15 @@ impl ControlSession {
             (State::Open { .. }, RequestBody::Publish { channel, max_age_ms }) => {
                 self.tick_request(req_id, channel, |channel| TickRequest::Publish { channel, max_age_ms })
             }
+            // Version 4 has no Unpublish: its subscription and claim of a channel share one id, which a claim made
+            // again after an Unpublish would take once more, so that a late datagram of the first claim could pass
+            // for one of the second (whose seqs start over).
+            (State::Open { version, .. }, RequestBody::Unpublish { .. }) if *version < UNPUBLISH_SINCE => {
+                Step::Reply(reply(Err(Failure::new(
+                    ErrorCode::Unsupported,
+                    format!("Unpublish needs protocol version {UNPUBLISH_SINCE}; this session speaks {version}"),
+                ))))
+            }
             (State::Open { .. }, RequestBody::Unpublish { channel }) => {
                 self.tick_request(req_id, channel, |channel| TickRequest::Unpublish { channel })
             }
@@ -319,6 +328,9 @@ fn refuse(req_id: u64, failure: Failure) -> Step {
     let (code, message) = (failure.code, failure.message.clone());
     Step::ReplyAndClose(ServerMsg::Reply { req_id, result: Err(failure) }, code, message)
 }
+
+/// The protocol version that brought Unpublish (and an id of its own for each subscription and claim).
+const UNPUBLISH_SINCE: u32 = 5;
 
 fn version_failure(version: u32) -> Failure {
     Failure::new(
@@ -409,6 +421,26 @@ mod tests {
         let mut older = ControlSession::new(2, Limits::default(), Arc::new(Auth::Anonymous));
         let step = older.on_request(hello(quiver_proto::OLDEST_PROTOCOL_VERSION - 1, None), 0);
         assert!(matches!(step, Step::ReplyAndClose(_, ErrorCode::UnsupportedVersion, _)), "{step:?}");
+    }
+
+    /// A version-4 session cannot Unpublish (version 4 has none, and its claims share their channel's
+    /// subscription id, which a claim made again would reuse); a version-5 session can.
+    #[test]
+    fn unpublish_is_refused_to_a_version_4_session() {
+        let unpublish = Request { req_id: 2, body: RequestBody::Unpublish { channel: "prices".into() } };
+        let mut old = ControlSession::new(1, Limits::default(), Arc::new(Auth::Anonymous));
+        old.on_request(hello(4, None), 0);
+        let step = old.on_request(unpublish.clone(), 0);
+        let Step::Reply(ServerMsg::Reply { req_id: 2, result: Err(failure) }) = step else {
+            panic!("not refused: {step:?}")
+        };
+        assert_eq!(failure.code, ErrorCode::Unsupported);
+        assert!(failure.message.contains("speaks 4"), "{}", failure.message);
+        let mut current = ControlSession::new(2, Limits::default(), Arc::new(Auth::Anonymous));
+        current.on_request(hello(5, None), 0);
+        let step = current.on_request(unpublish, 0);
+        let expected = TickRequest::Unpublish { channel: "prices".into() };
+        assert_eq!(step, Step::Tick { req_id: 2, request: expected });
     }
 
     #[test]

@@ -266,6 +266,8 @@ export class FakeServer {
       case 'Join': {
         const room = this.room(body.room);
         if (room.members.has(conn)) return fail(ErrorCode.AlreadyJoined, 'already joined');
+        const held = [...this.rooms.values()].filter((r) => r.members.has(conn)).length;
+        if (held >= Number(this.limits.max_rooms)) return fail(ErrorCode.TooManyRooms, 'at most max_rooms rooms');
         if (this.refusedJoins > 0 && this.refusedJoins--) return fail(this.refuseJoinsWith, 'refused by the test');
         const last = BigInt(room.messages.length);
         const since = body.since;

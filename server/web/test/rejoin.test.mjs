@@ -176,3 +176,18 @@ test('a join whose connection was lost, then left while the client reconnects, i
   assert.equal(server.requestsOf('Join').length, 1, 'only the Join of the lost connection');
   assert.equal(server.rooms.get('c')?.members.size ?? 0, 0, 'the server does not hold the room');
 });
+
+test('at max_rooms, a join right after a leave that was not awaited is not refused TooManyRooms', async (t) => {
+  const server = new FakeServer();
+  server.limits = { ...server.limits, max_rooms: 2 };
+  const ann = await connect(t, server, { name: 'ann' });
+  const a = await ann.join('a', { onEvent: () => {} });
+  await ann.join('b', { onEvent: () => {} });
+  const left = [ann.leave('b'), a.leave()]; // neither awaited before the joins
+  const joined = await Promise.all([ann.join('c', { onEvent: () => {} }), ann.join('d', { onEvent: () => {} })]);
+  await Promise.all(left);
+  assert.deepEqual(joined.map((room) => room.name), ['c', 'd']);
+  const conn = server.connections[0];
+  const held = [...server.rooms.entries()].filter(([, room]) => room.members.has(conn)).map(([name]) => name);
+  assert.deepEqual(held.sort(), ['c', 'd']);
+});

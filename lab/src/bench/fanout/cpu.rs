@@ -45,12 +45,23 @@ impl Drop for ServerRuntime {
 /// CPU time the servers' threads have used so far, or `None` where `/proc` does not tell (not Linux). Threads
 /// that exited took their time with them; the servers' workers live as long as the runtime.
 pub(super) fn server_cpu() -> Option<Duration> {
+    threads_cpu(|name| name == SERVER_THREAD)
+}
+
+/// Whether a thread named `name` is the link emulator's (the UDP relay's `impair-*`, the netns emulator's
+/// `netns-*`): an impaired run's link, neither server nor client.
+fn link_thread(name: &str) -> bool {
+    name.starts_with("impair-") || name.starts_with("netns-")
+}
+
+/// CPU time the live threads named as `wanted` says have used so far (`/proc/self/task/*/schedstat`).
+fn threads_cpu(wanted: impl Fn(&str) -> bool) -> Option<Duration> {
     let tasks = std::fs::read_dir("/proc/self/task").ok()?;
     let mut total = Duration::ZERO;
     for task in tasks.flatten() {
         let path = task.path();
         let Ok(name) = std::fs::read_to_string(path.join("comm")) else { continue };
-        if name.trim_end() != SERVER_THREAD {
+        if !wanted(name.trim_end()) {
             continue;
         }
         // A thread that exited since the listing: nothing to add.
@@ -61,11 +72,16 @@ pub(super) fn server_cpu() -> Option<Duration> {
     Some(total)
 }
 
-/// CPU time the rest of the process has used so far: the clients, the publisher, the bench's own bookkeeping, and
-/// the UDP relay or netns emulator threads when the link is impaired (the load generator). The whole process's
-/// time (`/proc/self/stat`, which keeps exited threads' time, in 10 ms ticks) less the servers'.
+/// CPU time the rest of the process has used so far: the clients, the publisher and the bench's own bookkeeping
+/// (the load generator). The whole process's time (`/proc/self/stat`, which keeps exited threads' time, in 10 ms
+/// ticks) less the servers' and the link emulator's (an impaired run's relay threads live through its series).
 pub(super) fn client_cpu() -> Option<Duration> {
-    Some(crate::bench::proc::cpu_time("self")?.saturating_sub(server_cpu()?))
+    Some(the_rest(crate::bench::proc::cpu_time("self")?, server_cpu()?, threads_cpu(link_thread)?))
+}
+
+/// The process's CPU time less the servers' and the link's.
+fn the_rest(process: Duration, server: Duration, link: Duration) -> Duration {
+    process.saturating_sub(server).saturating_sub(link)
 }
 
 /// What the servers' threads spent between two readings of [`server_cpu`].
@@ -103,8 +119,12 @@ impl CpuMeter {
 mod tests {
     use super::*;
 
+    /// The process's CPU time is read whole: one test at a time, or one's busy loop is the other's.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn only_the_servers_threads_are_counted() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let runtime = ServerRuntime::new(1).unwrap();
         let idle = server_cpu().unwrap();
         // Busy on this (test) thread: not the server's.
@@ -131,5 +151,38 @@ mod tests {
         rx.recv().unwrap();
         let spent = spent(Some(after_own_work), server_cpu()).unwrap();
         assert!(spent >= Duration::from_millis(60), "the server's busy loop: {spent:?}");
+    }
+
+    /// A link emulator's thread (an impaired run's relay) is counted as the link's, not the server's, and the
+    /// clients' share is what is left of the process's.
+    #[test]
+    fn the_link_emulators_threads_are_not_the_clients() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let own_cpu = || {
+            let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            Duration::from_nanos(schedstat.split_whitespace().next().unwrap().parse().unwrap())
+        };
+        let (busy, done) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let (server, link) = (server_cpu().unwrap(), threads_cpu(link_thread).unwrap());
+        let relay = std::thread::Builder::new()
+            .name("impair-down-0".into())
+            .spawn(move || {
+                let (start, started) = (own_cpu(), std::time::Instant::now());
+                while own_cpu() - start < Duration::from_millis(200) && started.elapsed() < Duration::from_secs(20) {
+                    std::hint::black_box(started.elapsed());
+                }
+                busy.0.send(()).unwrap();
+                let _ = done.1.recv(); // alive (its time listed) until the readings are taken
+            })
+            .unwrap();
+        busy.1.recv().unwrap();
+        let (server_after, link_after) = (server_cpu().unwrap(), threads_cpu(link_thread).unwrap());
+        done.0.send(()).unwrap();
+        relay.join().unwrap();
+        assert!(link_after - link >= Duration::from_millis(150), "the relay's busy loop: {link:?} -> {link_after:?}");
+        assert!(server_after - server < Duration::from_millis(50), "the server's: {server:?} -> {server_after:?}");
+        let ms = Duration::from_millis;
+        assert_eq!(the_rest(ms(1000), ms(300), ms(200)), ms(500));
+        assert_eq!(the_rest(ms(100), ms(300), ms(200)), Duration::ZERO, "never below zero");
     }
 }

@@ -212,7 +212,7 @@ impl FanoutReport {
         }
         let raw = self.side(RAW_UDP).and_then(|s| s.cpu_us_per_delivery);
         let mut out = format!(
-            "\nserver CPU (its own threads, whole run incl. warm-up); clients: the rest of the process\n\
+            "\nserver CPU (its own threads, whole run incl. warm-up); clients: the rest of the process but the link emulator\n\
              {:<23} {:>11} {:>8} {:>12} {:>16} {:>13} {:>14}\n",
             "series", "deliveries", "CPU s", "µs/delivery", "deliveries/core-s", "× raw udp", "clients µs/del."
         );

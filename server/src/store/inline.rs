@@ -46,6 +46,9 @@ pub(super) struct InlineWriter {
     /// thread (100 ms at a time while 4 memtables wait to be flushed), and a runtime thread asleep there holds up
     /// every task it would run.
     near_stall: AtomicBool,
+    /// Tests: every commit finds fjall close to its stall, whatever fjall says.
+    #[cfg(test)]
+    stall_from_now: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -64,7 +67,15 @@ impl InlineWriter {
         let committer = Committer { keyspaces: Some(keyspaces), next_room_id, failed: None, jobs: Vec::new() };
         let (queue, committer) = (Mutex::new(Vec::new()), Mutex::new(committer));
         let (handing_off, near_stall) = (AtomicBool::new(false), AtomicBool::new(false));
-        Arc::new(InlineWriter { queue, committer, stats, handing_off, near_stall })
+        Arc::new(InlineWriter {
+            queue,
+            committer,
+            stats,
+            handing_off,
+            near_stall,
+            #[cfg(test)]
+            stall_from_now: AtomicBool::new(false),
+        })
     }
 
     /// Queues `job` and commits what is queued, unless another task is committing: that one takes it.
@@ -104,14 +115,26 @@ impl InlineWriter {
         match runtime {
             Ok(runtime) => self.hand_off(&runtime),
             // Outside a runtime (tests, tools): on until the queue is empty or another thread commits.
-            Err(_) => while self.pass() == Pass::Wrote {},
+            Err(_) => self.write_all(),
         }
+    }
+
+    /// Writes batch after batch until the queue is empty or another task holds the committer (on a thread that
+    /// may block: the blocking pool, or outside a runtime).
+    fn write_all(&self) {
+        while self.pass() == Pass::Wrote {}
     }
 
     /// Tests: takes fjall for close to its write stall until the next commit looks again.
     #[cfg(test)]
     pub(super) fn assume_near_stall(&self) {
         self.near_stall.store(true, Ordering::Relaxed);
+    }
+
+    /// Tests: every commit from now on finds fjall close to its stall.
+    #[cfg(test)]
+    pub(super) fn stall_from_now(&self) {
+        self.stall_from_now.store(true, Ordering::Relaxed);
     }
 
     /// Starts a task that commits what is queued, unless one is on its way (it looks at the queue when it runs).
@@ -124,7 +147,7 @@ impl InlineWriter {
             runtime.spawn_blocking(move || {
                 let Some(writer) = writer.upgrade() else { return };
                 writer.handing_off.store(false, Ordering::Release);
-                while writer.pass() == Pass::Wrote {}
+                writer.write_all();
             });
             return;
         }
@@ -138,7 +161,7 @@ impl InlineWriter {
                 // Close to fjall's stall since it began (a steady load keeps this loop going): the rest is written
                 // on the blocking pool, as a hand-off made now would be.
                 if writer.near_stall.load(Ordering::Relaxed) {
-                    blocking.spawn_blocking(move || while writer.pass() == Pass::Wrote {});
+                    blocking.spawn_blocking(move || writer.write_all());
                     return;
                 }
                 rounds += 1;
@@ -229,7 +252,10 @@ impl InlineWriter {
             let ops = jobs.iter().map(|job| &job.op);
             commit(keyspaces, ops, PersistMode::Buffer, Some(next_room_id), &self.stats)
         }));
-        self.near_stall.store(keyspaces.near_write_stall(), Ordering::Relaxed);
+        let near_stall = keyspaces.near_write_stall();
+        #[cfg(test)]
+        let near_stall = near_stall || self.stall_from_now.load(Ordering::Relaxed);
+        self.near_stall.store(near_stall, Ordering::Relaxed);
         let committed = match committed {
             Ok(result) => result.map_err(|err| format!("{err:?}")),
             Err(_) => Err("the commit panicked".to_string()),

@@ -213,3 +213,57 @@ fn a_dropped_store_lets_go_of_its_database_whoever_still_holds_its_writer() {
     assert!(err.to_string().contains("the store is closed"), "{err}");
     assert!(store.page(id, 0, u64::MAX, 10, usize::MAX).unwrap().frames.is_empty());
 }
+
+/// A `Hold` operation not yet queued: its job, its commit, the sender that lets it go on and the receiver that hears
+/// when its batch stopped there.
+fn hold_job() -> (super::Job, Commit, std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>) {
+    let (go, hold) = std::sync::mpsc::channel();
+    let (reached, stopped) = std::sync::mpsc::channel();
+    let op = Op::Hold(std::sync::Mutex::new(hold), std::sync::Mutex::new(Some(reached)));
+    let (job, commit) = super::Job::new(op);
+    (job, commit, go, stopped)
+}
+
+/// A hand-off task that finds fjall close to its stall after one of its batches (a steady load keeps it going)
+/// writes the rest on the blocking pool: the runtime's thread runs its other tasks while the next batch waits.
+#[test]
+fn a_hand_off_task_near_the_stall_moves_the_rest_to_the_blocking_pool() {
+    let (_dir, store, _id) = with_room();
+    let inline = store.writer.inline().unwrap().clone();
+    let (first, first_commit, go_first, first_stopped) = hold_job();
+    let (second, second_commit, go_second, second_stopped) = hold_job();
+    inline.queue_only(first);
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The first batch runs on the runtime's thread (fjall is clear); while it is held, the second is queued and
+    // fjall is taken for close to its stall from then on. Then: whether the runtime's thread ticks while the second
+    // batch is held (5 s at most, so that a thread stuck in it fails the test rather than hanging it).
+    let releaser = std::thread::spawn({
+        let (inline, ticks, finished) = (inline.clone(), ticks.clone(), finished.clone());
+        move || {
+            first_stopped.recv().unwrap();
+            inline.queue_only(second);
+            inline.stall_from_now();
+            go_first.send(()).unwrap();
+            second_stopped.recv().unwrap();
+            let (from, deadline) = (ticks.load(Ordering::Relaxed), std::time::Instant::now() + Duration::from_secs(5));
+            while ticks.load(Ordering::Relaxed) < from + 3 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let runtime_went_on = ticks.load(Ordering::Relaxed) >= from + 3;
+            go_second.send(()).unwrap();
+            finished.store(true, Ordering::Relaxed);
+            runtime_went_on
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    runtime.block_on(async {
+        inline.hand_off(&tokio::runtime::Handle::current());
+        while !finished.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            ticks.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    assert!(releaser.join().unwrap(), "the second batch was written on the runtime's thread");
+    wait_all(vec![first_commit, second_commit]);
+}

@@ -155,13 +155,18 @@ fn post(redis: &mut Redis, keys: &RoomKeys, id: u64, time_us: u64) -> (u64, bool
 
 /// [`post`], in a room whose dedupe remembers `max_entries` posts.
 fn post_remembering(redis: &mut Redis, keys: &RoomKeys, id: u64, time_us: u64, max_entries: u32) -> (u64, bool) {
+    post_fresh(redis, keys, id, time_us, max_entries, "17")
+}
+
+/// [`post_remembering`], with `fresh` the epoch a room with none (new, or lost) is given.
+fn post_fresh(redis: &mut Redis, keys: &RoomKeys, id: u64, time_us: u64, max_entries: u32, fresh: &str) -> (u64, bool) {
     let (_epoch, seq, duplicate): (String, u64, u8) = POST_SCRIPT
         .key(&keys.meta)
         .key(&keys.log)
         .key(&keys.members)
         .key(keys.dedupe("poster", id))
         .key(keys.dedupe_ring())
-        .arg("17")
+        .arg(fresh)
         .arg(time_us)
         .arg(format!("body {id}"))
         .arg(60_000)
@@ -194,6 +199,27 @@ fn a_rooms_dedupe_keys_are_bounded_by_count() {
     assert!(ttl > 0, "the ring expires: {ttl}");
     assert_eq!(post_remembering(&mut redis, &keys, 480, 9_000, 100), (480, true), "a recent post is remembered");
     assert_eq!(post_remembering(&mut redis, &keys, 3, 9_001, 100), (501, false), "an old one is forgotten");
+}
+
+/// A dedupe key claimed again by a post in a later epoch (the room lost, its key still in the window) is not pushed
+/// onto the ring a second time: the ring names it already, and its older entry, trimmed, would delete the new
+/// claim long before its turn.
+#[test]
+fn a_dedupe_key_claimed_again_in_a_new_epoch_is_not_pushed_twice() {
+    let Some(mut redis) = redis("a_dedupe_key_claimed_again_in_a_new_epoch_is_not_pushed_twice") else { return };
+    let keys = RoomKeys::new("lost");
+    for id in 1..=3 {
+        assert_eq!(post(&mut redis, &keys, id, 1_000 + id), (id, false));
+    }
+    let ring_length =
+        |redis: &mut Redis| -> u64 { redis::cmd("LLEN").arg(keys.dedupe_ring()).query(&mut redis.conn).unwrap() };
+    assert_eq!(ring_length(&mut redis), 3);
+    // The room's meta and stream are lost (evicted, flushed); its dedupe keys and ring are not.
+    let _: () = redis::cmd("DEL").arg(&keys.meta).arg(&keys.log).query(&mut redis.conn).unwrap();
+    assert_eq!(post_fresh(&mut redis, &keys, 2, 5_000, 10_000, "18"), (1, false), "a new epoch: stored again");
+    assert_eq!(ring_length(&mut redis), 3, "the key claimed again is named once");
+    assert_eq!(post_fresh(&mut redis, &keys, 4, 5_001, 10_000, "18"), (2, false));
+    assert_eq!(ring_length(&mut redis), 4, "a new key is pushed");
 }
 
 fn meta(redis: &mut Redis, keys: &RoomKeys) -> (String, u64, u64) {

@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -15,7 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::harness::*;
 
 /// A TCP relay to Redis for one node that can lose one Pub/Sub message (the next one whose bytes hold `DROP-`:
-/// Pub/Sub is at-most-once) and hold the node's stream reads (`XRANGE`: Redis slow to answer them) until released.
+/// Pub/Sub is at-most-once), hold the node's stream reads (`XRANGE`: Redis slow to answer them) until released, and
+/// make the next few of them fail (sent as a command Redis does not know, so that its error comes back in order).
 #[derive(Clone)]
 struct Relay {
     addr: std::net::SocketAddr,
@@ -28,6 +29,8 @@ struct Flags {
     dropped: AtomicBool,
     hold_reads: AtomicBool,
     holding: AtomicBool,
+    fail_reads: AtomicU32,
+    failed_reads: AtomicU32,
 }
 
 impl Relay {
@@ -65,6 +68,14 @@ impl Relay {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 flags.holding.store(false, Ordering::SeqCst);
+            }
+            if let Some(at) = find(&buf[..n], b"XRANGE") {
+                let fail =
+                    flags.fail_reads.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1));
+                if fail.is_ok() {
+                    buf[at + 5] = b'X'; // "XRANGX": an unknown command, answered with an error
+                    flags.failed_reads.fetch_add(1, Ordering::SeqCst);
+                }
             }
             if to.write_all(&buf[..n]).await.is_err() {
                 return;
@@ -108,7 +119,11 @@ impl Relay {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    find(haystack, needle).is_some()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The length of the whole RESP2/RESP3 frame at the start of `bytes`, `None` until all of it is there.
@@ -204,6 +219,48 @@ fn a_rooms_gap_fill_does_not_hold_the_nodes_other_rooms() {
         assert_eq!(messages(&seen_a), expected, "room a: every message once, in order");
         assert!(seen_a.lock().unwrap().resumed.is_empty(), "room a was not reset");
         assert_eq!(messages(&seen_b), [(1, "b-1".to_string())]);
+        member.close().await;
+        poster.close().await;
+    });
+}
+
+/// A gap read that fails (a blip, a failover) is tried again: node 1 loses a message of room `a`, its first two
+/// reads of the stream fail, the third fills the gap, and the member sees every message once, in order, without a
+/// reset. Before, the first failure reset every member of the room although the stream held the gap.
+#[test]
+fn a_gap_read_that_fails_is_tried_again_before_the_room_is_reset() {
+    if !redis_available("a_gap_read_that_fails_is_tried_again_before_the_room_is_reset") {
+        return;
+    }
+    let redis = Redis::start();
+    let (_tmp, dirs) = node_dirs(2);
+    let runtime = clients_runtime();
+    let relay = runtime.block_on(Relay::start(redis.port));
+    let brokers = [redis.url(), format!("redis://{}", relay.addr)];
+    let nodes = start_cluster(&dirs, &brokers, &[]);
+    runtime.block_on(async {
+        let poster = Client::connect_with(&nodes[0].addr, options(&dirs[0], "poster")).await.unwrap();
+        let member = Client::connect_with(&nodes[1].addr, options(&dirs[0], "member")).await.unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        read_room(member.join("a").await.unwrap(), seen.clone());
+        let messages = || seen.lock().unwrap().messages.clone();
+        assert_eq!(poster.post("a", "a-1").await.unwrap(), 1);
+        wait_for("a-1 reaches node 1", Duration::from_secs(10), || messages().len() == 1).await;
+
+        relay.flags.fail_reads.store(2, Ordering::SeqCst);
+        relay.flags.drop_next.store(true, Ordering::SeqCst);
+        assert_eq!(poster.post("a", "DROP-a-2").await.unwrap(), 2);
+        wait_for("node 1's copy of a-2 is lost", Duration::from_secs(10), || {
+            relay.flags.dropped.load(Ordering::SeqCst)
+        })
+        .await;
+        assert_eq!(poster.post("a", "a-3").await.unwrap(), 3);
+        wait_for("the gap is filled", Duration::from_secs(10), || messages().len() == 3).await;
+        assert_eq!(relay.flags.failed_reads.load(Ordering::SeqCst), 2, "two reads failed before the fill");
+        let expected: Vec<(u64, String)> =
+            [(1, "a-1"), (2, "DROP-a-2"), (3, "a-3")].map(|(s, b)| (s, b.to_string())).to_vec();
+        assert_eq!(messages(), expected, "every message once, in order");
+        assert!(seen.lock().unwrap().resumed.is_empty(), "the room was not reset");
         member.close().await;
         poster.close().await;
     });

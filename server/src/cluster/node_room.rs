@@ -158,6 +158,16 @@ pub(super) enum Next {
 }
 
 impl NodeState {
+    /// Whether `published` is of the epoch the room left before this node went live in its new one: a join's
+    /// script can see the new epoch before the node's Pub/Sub reader has the old epoch's last events (two
+    /// connections). Pub/Sub keeps the scripts' order, so until the channel brings the live epoch's first event,
+    /// an event of the epoch it brought last was published before the switch: delivered to the old subscriptions
+    /// or not, it is not news, and taking it for a newer epoch reset the room a second time. (A Redis that really
+    /// went back to that epoch drops the Pub/Sub connection first, and the reconnect's rollback check sees it.)
+    pub(super) fn straggler(&self, published: &Published) -> bool {
+        self.live && published.epoch != self.epoch && self.seen.0 == published.epoch
+    }
+
     /// Where `published` stands: every op must follow the last one delivered, every message the last seq.
     pub(super) fn next(&self, published: &Published) -> Next {
         let (op, seq) = (published.op, published.event.seq);
@@ -292,6 +302,9 @@ impl NodeRoom {
         let mut delivery = Delivery::default();
         let fill = {
             let mut state = lock(&self.state);
+            if state.straggler(&published) {
+                return;
+            }
             state.seen = match state.seen {
                 (epoch, op) if epoch == published.epoch => (epoch, op.max(published.op)),
                 _ => (published.epoch, published.op),

@@ -32,3 +32,96 @@ fn every_event_must_follow_the_last_one_delivered() {
     assert_eq!(state.next(&message(11, 4)), Next::Lost);
     assert_eq!(state.next(&joined(11, 3)), Next::Lost);
 }
+
+/// After a join set the room live in a new epoch (its script saw the switch first), the old epoch's last events
+/// that Pub/Sub still brings are stragglers, not a reason to reset; an event of another epoch than the last one the
+/// channel brought is one.
+#[test]
+fn the_old_epochs_last_events_after_a_switch_are_stragglers() {
+    let in_epoch = |epoch, published: Published| Published { epoch, ..published };
+    // Live in epoch 2 through a join; the channel last brought epoch 1's op 5.
+    let state = NodeState { live: true, epoch: 2, last_op: 7, last_seq: 3, seen: (1, 5), ..NodeState::default() };
+    assert!(state.straggler(&in_epoch(1, message(6, 3))), "epoch 1, published before the switch");
+    assert!(!state.straggler(&in_epoch(2, message(8, 4))), "the live epoch");
+    assert!(!state.straggler(&in_epoch(3, message(1, 1))), "a newer epoch: a reset");
+    // Once the channel brought the live epoch, an event of the old one is not a straggler.
+    let moved_on = NodeState { seen: (2, 8), ..state };
+    assert!(!moved_on.straggler(&in_epoch(1, message(6, 3))));
+    // Not live: events are kept for the next join, which sorts them by epoch.
+    let waiting = NodeState { live: false, epoch: 2, seen: (1, 5), ..NodeState::default() };
+    assert!(!waiting.straggler(&in_epoch(1, message(6, 3))));
+}
+
+/// A subscriber's outbox that records what reaches it.
+#[derive(Debug, Default)]
+struct Recorded {
+    frames: Mutex<Vec<Bytes>>,
+    kicked: std::sync::atomic::AtomicBool,
+}
+
+impl Outbox for Recorded {
+    fn push(&self, frame: Bytes) -> bool {
+        self.frames.lock().unwrap().push(frame);
+        true
+    }
+    fn push_replay(&self, frame: Bytes) {
+        self.push(frame);
+    }
+    fn kick(&self) {
+        self.kicked.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn flush(&self) {}
+    fn hold(&self) {}
+    fn release_hold(&self) {}
+    fn drained(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async { true })
+    }
+}
+
+/// A room on a node whose broker is never reached (it connects lazily), with `state` and one subscriber.
+fn room_with(state: NodeState) -> (Arc<NodeRoom>, Arc<Recorded>) {
+    let config = super::super::broker::BrokerConfig {
+        url: "redis://127.0.0.1:1".into(),
+        presence_expiry: std::time::Duration::from_secs(30),
+        heartbeat: std::time::Duration::from_secs(1),
+        request_timeout: std::time::Duration::from_secs(1),
+        allow_eviction: false,
+    };
+    let limits = Limits::default();
+    let ctx = Arc::new(Ctx {
+        broker: Broker::new(config).unwrap(),
+        codec: FrameCodec::new(limits.max_frame as usize),
+        limits,
+        room_ttl_ms: 0,
+        next_subscriber: std::sync::atomic::AtomicU64::new(2),
+    });
+    let outbox = Arc::new(Recorded::default());
+    let mut state = state;
+    state.subscribers.insert(1, Sub { identity: "ann".into(), outbox: outbox.clone(), after_op: state.last_op });
+    let room = NodeRoom {
+        name: "r".into(),
+        keys: RoomKeys::new("r"),
+        ctx,
+        channel: Arc::new(tokio::sync::Mutex::new(Channel::Subscribed)),
+        state: Mutex::new(state),
+    };
+    (Arc::new(room), outbox)
+}
+
+/// The old epoch's last events, brought by Pub/Sub after a join set the room live in the new one, neither reset
+/// the room nor reach its members; the new epoch's next event does.
+#[tokio::test]
+async fn a_straggler_of_the_old_epoch_does_not_reset_the_room() {
+    let state = NodeState { live: true, epoch: 2, last_op: 7, last_seq: 3, seen: (1, 5), ..NodeState::default() };
+    let (room, outbox) = room_with(state);
+    room.clone().on_event(b"1 3 6 0 Lbob".to_vec());
+    assert!(!outbox.kicked.load(std::sync::atomic::Ordering::SeqCst), "reset by a straggler");
+    assert!(outbox.frames.lock().unwrap().is_empty());
+    room.clone().on_event(b"2 3 8 0 Jcarol".to_vec());
+    assert!(!outbox.kicked.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(outbox.frames.lock().unwrap().len(), 1, "the live epoch's next event is delivered");
+    assert_eq!(lock(&room.state).last_op, 8);
+    // An event of a newer epoch than the live one is a reset.
+    room.clone().on_event(b"5 1 1 0 Jdan".to_vec());
+    assert!(outbox.kicked.load(std::sync::atomic::Ordering::SeqCst), "a newer epoch resets the room");
+}

@@ -191,6 +191,10 @@ impl RoomHub for RedisRooms {
         let JoinRoom { room: name, identity, since, req_id, outbox, now_us } = join;
         let (room, _joining) = self.subscribed(&name).await?;
         let ctx = &self.ctx;
+        // A reset of the room's subscriptions while this join waits for Redis (an event of a newer epoch, a gap
+        // the stream could not fill, a rollback) may come after this join's script read the room: its reply is
+        // stale, and the room set live from it would be reset again at the next event.
+        let started = lock(&room.state).generation;
         // A Pub/Sub reconnect from here until the room is live here loses what was published meanwhile, and the
         // reconnect's own catch-up skips a room that is not live yet: the join catches up instead.
         let pubsub_connections = ctx.broker.pubsub_connections();
@@ -222,6 +226,13 @@ impl RoomHub for RedisRooms {
         let mut delivery = Delivery::default();
         {
             let mut state = lock(&room.state);
+            if state.generation != started {
+                drop(state);
+                return Err(Failure::new(
+                    ErrorCode::Unavailable,
+                    format!("room {name} was reset while this join was under way; retry"),
+                ));
+            }
             if state.live && state.epoch != epoch {
                 delivery.extend(room.reset(&mut state, "the room started a new epoch (its history was lost)"));
             }
@@ -292,6 +303,9 @@ impl RoomHub for RedisRooms {
                         // Events missed before the room went live here: everyone (the joiner too) rejoins.
                         delivery.extend(room.reset(&mut state, "events missed before the room's first join"));
                         break;
+                    }
+                    if !state.live {
+                        break; // reset by the event: the rest waits for the next join, as any event would
                     }
                 }
             }

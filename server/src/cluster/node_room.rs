@@ -343,15 +343,7 @@ impl NodeRoom {
                 if state.live && self.apply(&mut state, published, &mut delivery).is_some() {
                     delivery.extend(self.reset(&mut state, "a gap the stream could not fill"));
                 }
-                let mut next = None;
-                while let Some(held) = state.held.pop_front() {
-                    if let Some(fill) = self.apply(&mut state, held, &mut delivery) {
-                        next = Some(fill);
-                        break;
-                    }
-                }
-                state.filling = next.is_some();
-                next
+                self.apply_held(&mut state, &mut delivery)
             };
             delivery.flush();
             match next {
@@ -359,6 +351,20 @@ impl NodeRoom {
                 None => return,
             }
         }
+    }
+
+    /// Applies the events held during a fill, in order, up to the first that needs a fill of its own (returned:
+    /// `filling` stays set for it); with none, the room's fill slot is free again.
+    fn apply_held(&self, state: &mut NodeState, delivery: &mut Delivery) -> Option<(u64, Published)> {
+        let mut next = None;
+        while let Some(held) = state.held.pop_front() {
+            if let Some(fill) = self.apply(state, held, delivery) {
+                next = Some(fill);
+                break;
+            }
+        }
+        state.filling = next.is_some();
+        next
     }
 
     /// After a Pub/Sub reconnect: events published while the node was not subscribed are lost to it. What Redis
@@ -409,32 +415,50 @@ impl NodeRoom {
                 return;
             }
             tokio::time::sleep(RESUBSCRIBE_GRACE).await;
-            // A gap fill under way holds events that did arrive: they are not missing (a while at most; then what
-            // is still behind is filled or reset as below).
-            for _ in 0..40 {
-                if !lock(&self.state).filling {
-                    break;
-                }
-                tokio::time::sleep(RESUBSCRIBE_GRACE / 8).await;
-            }
             // Reset meanwhile: the next join sets the room's position afresh, after this reconnect.
             let behind = |state: &NodeState| {
                 state.live && state.generation == generation && (epoch != Some(state.epoch) || state.last_op < op)
             };
-            if !behind(&lock(&self.state)) {
-                return;
+            // A gap fill under way holds events that did arrive: they are not missing. It ends (its reads are
+            // bounded), and this catch-up then takes the room's fill slot itself, so that events arriving during
+            // its own fill wait behind it (held) instead of starting a fill beside it, and are applied after it.
+            // Until 2026-12-06 it waited 5 s at most and judged the events held by a slower fill as missed.
+            loop {
+                {
+                    let mut state = lock(&self.state);
+                    if !behind(&state) {
+                        return;
+                    }
+                    if !state.filling {
+                        state.filling = true;
+                        break;
+                    }
+                }
+                if self.ctx.broker.stopped() {
+                    return;
+                }
+                tokio::time::sleep(RESUBSCRIBE_GRACE / 8).await;
             }
             if epoch == Some(lock(&self.state).epoch) {
                 self.fill(seq).await;
             }
-            let delivery = {
+            let mut delivery = Delivery::default();
+            let next = {
                 let mut state = lock(&self.state);
-                match behind(&state) {
-                    true => self.reset(&mut state, "events missed while the broker's Pub/Sub was down"),
-                    false => Delivery::default(),
+                if state.generation != generation {
+                    return; // reset meanwhile (which freed the fill slot); what came after is not this one's
                 }
+                let next = self.apply_held(&mut state, &mut delivery);
+                // An event held meanwhile shows a gap of its own: its fill goes on (and resets where it must).
+                if next.is_none() && behind(&state) {
+                    delivery.extend(self.reset(&mut state, "events missed while the broker's Pub/Sub was down"));
+                }
+                next
             };
             delivery.flush();
+            if let Some((upto, published)) = next {
+                self.fill_then_apply(upto, published, generation).await;
+            }
         });
     }
 }

@@ -80,8 +80,13 @@ impl Outbox for Recorded {
 
 /// A room on a node whose broker is never reached (it connects lazily), with `state` and one subscriber.
 fn room_with(state: NodeState) -> (Arc<NodeRoom>, Arc<Recorded>) {
+    room_on("redis://127.0.0.1:1", state)
+}
+
+/// [`room_with`], on the Redis at `url`.
+fn room_on(url: &str, state: NodeState) -> (Arc<NodeRoom>, Arc<Recorded>) {
     let config = super::super::broker::BrokerConfig {
-        url: "redis://127.0.0.1:1".into(),
+        url: url.into(),
         presence_expiry: std::time::Duration::from_secs(30),
         heartbeat: std::time::Duration::from_secs(1),
         request_timeout: std::time::Duration::from_secs(1),
@@ -124,4 +129,56 @@ async fn a_straggler_of_the_old_epoch_does_not_reset_the_room() {
     // An event of a newer epoch than the live one is a reset.
     room.clone().on_event(b"5 1 1 0 Jdan".to_vec());
     assert!(outbox.kicked.load(std::sync::atomic::Ordering::SeqCst), "a newer epoch resets the room");
+}
+
+/// A Pub/Sub reconnect's catch-up does not take the events a slow gap fill holds for missed: it waits for the fill
+/// (however long its reads take) and judges after it. Before, it waited 5 s at most, then filled what it could and
+/// reset the room, although the fill's event (here a join at op 4) had arrived.
+#[tokio::test]
+async fn a_catch_up_waits_for_a_slow_fill_instead_of_resetting_the_room() {
+    let Some(mut redis) =
+        super::super::scripts::tests::redis("a_catch_up_waits_for_a_slow_fill_instead_of_resetting_the_room")
+    else {
+        return;
+    };
+    // Redis holds messages 1 to 3 (ops 1 to 3), then bob's join (op 4).
+    let keys = RoomKeys::new("r");
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.meta)
+        .arg("epoch")
+        .arg("7")
+        .arg("seq")
+        .arg(3)
+        .arg("op")
+        .arg(4)
+        .query(&mut redis.conn)
+        .unwrap();
+    for n in 1..=3u64 {
+        let payload = super::event::message_payload("a", n, &Bytes::new());
+        let _: String = redis::cmd("XADD")
+            .arg(&keys.log)
+            .arg(format!("{n}-0"))
+            .arg("o")
+            .arg(n)
+            .arg("t")
+            .arg(1_000 + n)
+            .arg("p")
+            .arg(payload)
+            .query(&mut redis.conn)
+            .unwrap();
+    }
+    // The node delivered message 1; bob's join arrived, showing messages 2 and 3 missing, and their fill is slow.
+    let state = NodeState { live: true, epoch: 7, last_op: 1, last_seq: 1, filling: true, ..NodeState::default() };
+    let (room, outbox) = room_on(&redis.url, state);
+    let join = Published { epoch: 7, ..joined(4, 3) };
+    room.clone().on_resubscribed().await;
+    let kicked = || outbox.kicked.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(6_500)).await; // past the grace and the 5 s it waited
+    assert!(!kicked(), "the catch-up reset the room while the fill held the join");
+    room.clone().fill_then_apply(3, join, 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await; // the catch-up looks again, and ends
+    assert!(!kicked(), "reset after the fill");
+    let state = lock(&room.state);
+    assert_eq!((state.last_seq, state.last_op, state.filling), (3, 4, false));
+    assert_eq!(outbox.frames.lock().unwrap().len(), 3, "messages 2 and 3, then bob's join");
 }

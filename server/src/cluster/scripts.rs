@@ -334,4 +334,4 @@ pub(super) static RECONCILE_SCRIPT: LazyLock<Script> =
 
 #[cfg(test)]
 #[path = "scripts_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -13,8 +13,10 @@ use crate::cluster::keys::RoomKeys;
 mod ports;
 
 /// A `redis-server` on a free port, persistence off, and a connection to it.
-struct Redis {
-    conn: redis::Connection,
+pub(in crate::cluster) struct Redis {
+    pub(in crate::cluster) conn: redis::Connection,
+    /// `redis://127.0.0.1:PORT`.
+    pub(in crate::cluster) url: String,
     _process: Process,
 }
 
@@ -29,7 +31,7 @@ impl Drop for Process {
 }
 
 /// A Redis of the test's own; `None` (after a loud message) without `redis-server`.
-fn redis(test: &str) -> Option<Redis> {
+pub(in crate::cluster) fn redis(test: &str) -> Option<Redis> {
     if !Command::new("redis-server").arg("--version").output().is_ok_and(|o| o.status.success()) {
         let why = "redis-server is not installed (Debian package redis-server)";
         assert!(std::env::var("QUIVER_REQUIRE_ALL").as_deref() != Ok("1"), "QUIVER_REQUIRE_ALL=1 and {why}");
@@ -47,11 +49,12 @@ fn redis(test: &str) -> Option<Redis> {
             .spawn()
             .unwrap(),
     );
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str()).unwrap();
     let started = Instant::now();
     loop {
         if let Ok(conn) = client.get_connection_with_timeout(Duration::from_secs(1)) {
-            return Some(Redis { conn, _process: process });
+            return Some(Redis { conn, url, _process: process });
         }
         assert!(process.0.try_wait().unwrap().is_none(), "redis-server on port {port} exited at once");
         assert!(started.elapsed() < Duration::from_secs(10), "redis-server does not answer");

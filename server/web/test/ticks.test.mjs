@@ -1,0 +1,140 @@
+// QuiverClient's tick channels (subscriptions and publish claims: refused for now or for good, unpublish, max age,
+// latest wins with loss and staleness counted, restored after a reconnect), against the fakes of fakes.mjs. The rest
+// of the client: client.test.mjs.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { ErrorCode } from '../quiver/index.js';
+import { FakeServer, connect, sleep, text, until } from './fakes.mjs';
+
+test('ticks: a resubscribe or claim refused for now is retried; refused for good, it ends', async (t) => {
+  const server = new FakeServer();
+  const notices = [];
+  const ann = await connect(t, server, { onNotice: (n) => notices.push(n) });
+  const ended = [];
+  const sub = await ann.subscribe('a', { onEnd: (why) => ended.push(['a', why.code]) });
+  const kept = await ann.subscribe('b');
+  const publisher = await ann.publisher('a', { onEnd: (why) => ended.push(['claim', why.code]) });
+  const { PermissionDenied, RateLimited, Unavailable } = ErrorCode;
+  // After the reconnect: 'a' refused for good; 'b' refused for now twice, then taken; the claim refused for good.
+  server.refusedTicks = { Subscribe: [PermissionDenied, RateLimited, Unavailable], Publish: [PermissionDenied] };
+  server.dropAll();
+  await until('b resubscribed', () => server.live[0]?.channels.has('b'));
+  await until('both ended', () => ended.length === 2);
+  assert.deepEqual(ended.sort(), [['a', PermissionDenied], ['claim', PermissionDenied]]);
+  assert.deepEqual(sub.ended?.code, PermissionDenied);
+  assert.equal(kept.ended, null);
+  assert.equal(publisher.ended?.code, PermissionDenied);
+  assert.equal(publisher.send('x'), null, 'no claim: the tick is dropped');
+  assert.equal(notices.filter((n) => n.type === 'error' && n.channel === 'a').length, 2, 'each refusal noticed');
+  // Ended, the channel can be subscribed anew; the ended handle's unsubscribe leaves the new one alone.
+  const again = await ann.subscribe('a');
+  await sub.unsubscribe();
+  assert.ok(server.live[0].channels.has('a'));
+  assert.equal(again.ended, null);
+  assert.equal(server.requestsOf('Subscribe').length, 2 + 4 + 1);
+});
+
+test('unpublish gives the claim up for every publisher sharing it; a later publisher claims the channel anew', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server);
+  const first = await ann.publisher('match.1');
+  const sharing = await ann.publisher('match.1');
+  assert.equal(server.live[0].claims.size, 1);
+  await first.unpublish();
+  assert.equal(server.live[0].claims.size, 0, 'the server let the claim go');
+  assert.deepEqual(server.requestsOf('Unpublish'), [{ channel: 'match.1' }]);
+  assert.deepEqual(sharing.ended, { code: ErrorCode.NoError, reason: 'unpublished' });
+  assert.equal(sharing.send('late'), null, 'ended for both');
+  await sharing.unpublish(); // ended already: nothing written
+  assert.equal(server.requestsOf('Unpublish').length, 1);
+  // An unpublish asked while a second publisher's claim of the channel waits for its reply: it waits its turn, so
+  // it gives up the claim the second publisher shares instead of taking back one that publisher then counts on.
+  const held = await ann.publisher('match.1');
+  server.heldClaims = [];
+  const sharing2 = ann.publisher('match.1');
+  await until('the claim written', () => server.heldClaims.length === 1);
+  const unpublished = held.unpublish();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal(server.requestsOf('Unpublish').length, 1, 'not written while the claim waits for its reply');
+  server.heldClaims.shift()();
+  server.heldClaims = null;
+  const second = await sharing2;
+  await unpublished;
+  assert.equal(server.requestsOf('Unpublish').length, 2);
+  assert.equal(server.live[0].claims.size, 0);
+  assert.equal(second.ended?.reason, 'unpublished', 'it shared the claim given up: told so, not left believing');
+  const fourth = await ann.publisher('match.1');
+  assert.equal(fourth.ended, null);
+  assert.equal(server.live[0].claims.size, 1, 'claimed once, after the unpublish');
+  assert.equal(fourth.send('kick-off'), 1n, 'a new claim numbers from 1');
+  // Dropped connections do not put an unpublished claim back.
+  server.dropAll();
+  await until('reconnected', () => server.live.length === 1 && ann.status === 'connected');
+  await until('claimed again', () => server.live[0].claims.size === 1);
+  assert.deepEqual([...server.live[0].claims.values()], ['match.1']);
+});
+
+test('a max age below a millisecond asks for one (the server refuses 0)', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server);
+  await ann.publisher('fast', { maxAgeMs: 0.4 });
+  await ann.publisher('zero', { maxAgeMs: 0 });
+  assert.deepEqual(server.requestsOf('Publish'), [
+    { channel: 'fast', max_age_ms: 1 },
+    { channel: 'zero', max_age_ms: 1 },
+  ]);
+});
+
+test('ticks: latest wins with loss and staleness counted; resubscribed and re-claimed after a reconnect', async (t) => {
+  const server = new FakeServer();
+  server.channelIdBase = 5n;
+  const ann = await connect(t, server);
+  const ticks = [];
+  const sub = await ann.subscribe('demo.ticks', { onTick: (tick) => ticks.push(tick) });
+  assert.equal(sub.channel, 'demo.ticks');
+  for (const seq of [1n, 2n, 2n, 5n, 3n, 6n]) server.tick('demo.ticks', seq, text(`${seq}`), BigInt(Date.now() - 3) * 1000n);
+  server.tick('other', 9n); // a channel id this client does not know: dropped
+  await until('4 ticks', () => ticks.length === 4);
+  assert.deepEqual(ticks.map((k) => k.seq), [1n, 2n, 5n, 6n]);
+  assert.deepEqual(sub.stats, { received: 4, lost: 2, stale: 2 });
+  assert.equal(new TextDecoder().decode(sub.latest.payload), '6');
+  assert.ok(ticks[0].latencyMs >= 2 && ticks[0].latencyMs < 1000, `latency ${ticks[0].latencyMs}`);
+  assert.equal(typeof ticks[0].sentTimeUs, 'bigint');
+
+  const publisher = await ann.publisher('demo.ticks', { maxAgeMs: 100 });
+  assert.deepEqual(server.requestsOf('Publish'), [{ channel: 'demo.ticks', max_age_ms: 100 }]);
+  assert.equal(publisher.send('0.5'), 1n);
+  assert.equal(publisher.send(Uint8Array.of(1, 2)), 2n);
+  await until('2 datagrams', () => server.datagrams.length === 2);
+  const sent = server.datagrams.map((d) => [d.channel_id, d.seq, d.payload]);
+  assert.deepEqual(sent, [[6n, 1n, text('0.5')], [6n, 2n, Uint8Array.of(1, 2)]]);
+  assert.ok(Math.abs(Number(server.datagrams[0].sent_time_us) - Date.now() * 1000) < 2_000_000);
+  // The path's datagrams (1,200 B here) are larger than every subscriber's path carries: the portable bound wins.
+  assert.throws(
+    () => publisher.send(new Uint8Array(1148 - 24 + 1)),
+    (err) => err.code === ErrorCode.DatagramTooLarge && /maximum payload is 1124 bytes/.test(err.message),
+  );
+
+  server.down = true;
+  server.dropAll();
+  await until('ann notices', () => ann.status === 'reconnecting');
+  assert.equal(publisher.send('lost'), null, 'no connection: the tick is dropped, not queued');
+  server.down = false;
+  const restored = () => server.live[0]?.channels.has('demo.ticks') && server.live[0].claims.size === 1;
+  await until('resubscribed and claimed again', restored);
+  server.tick('demo.ticks', 1n); // the channel's seqs started over on the new connection
+  await until('a 5th tick', () => ticks.length === 5);
+  assert.deepEqual(sub.stats, { received: 5, lost: 2, stale: 2 });
+  assert.equal(publisher.send('again'), 3n);
+  await until('a 3rd datagram', () => server.datagrams.length === 3);
+  assert.equal(server.datagrams[2].conn, server.live[0]);
+
+  await sub.unsubscribe();
+  assert.equal(server.live[0].channels.has('demo.ticks'), false);
+  server.tick('demo.ticks', 2n);
+  await sleep(20);
+  assert.equal(ticks.length, 5, 'nothing after unsubscribing');
+  await assert.rejects(ann.subscribe('x').then(() => ann.subscribe('x')), (err) => err.code === ErrorCode.AlreadyJoined);
+});

@@ -56,13 +56,29 @@ pub(crate) enum WireError {
 impl std::fmt::Display for WireError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WireError::Closed(code, reason) => write!(f, "connection closed: {code}: {reason}"),
+            WireError::Closed(code, reason) => write!(f, "connection closed: {code}: {}", Printable(reason)),
             WireError::Stream(code) => write!(f, "stream cut off by the peer (code {code})"),
             WireError::TooLarge => write!(f, "datagram too large"),
             WireError::Malformed => write!(f, "datagram for no session"),
             WireError::SessionGone => write!(f, "the browser closed its WebTransport session"),
             WireError::Other(what) => write!(f, "{what}"),
         }
+    }
+}
+
+/// A peer's text (a close reason) as it goes into the server's log: control characters escaped (`\n` as the two
+/// characters `\` `n`), so that a peer cannot start a line of the log that looks like the server's own.
+struct Printable<'a>(&'a str);
+
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c.is_control() {
+                true => write!(f, "{}", c.escape_default())?,
+                false => std::fmt::Write::write_char(f, c)?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -356,5 +372,21 @@ impl WireRecv {
             },
             WireRecv::Ws(recv) => Ok(recv.read_chunk().await?),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer's close reason cannot forge a line of the server's text log: its control characters are escaped.
+    #[test]
+    fn a_close_reason_is_logged_with_its_control_characters_escaped() {
+        let forged = "bye\n2026-12-06T03:00:00Z  INFO quiver_server: server stopped\r\u{1b}[2J";
+        let shown = WireError::Closed(ErrorCode::NoError, forged.into()).to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("bye\\n2026-12-06"), "{shown}");
+        let plain = WireError::Closed(ErrorCode::NoError, "Zoë 名前: done".into()).to_string();
+        assert!(plain.ends_with("Zoë 名前: done"), "{plain}");
     }
 }

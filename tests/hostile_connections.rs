@@ -314,6 +314,73 @@ async fn silent_connections_cannot_fill_a_max_connections_below_max_awaiting_hel
     .await;
 }
 
+/// A TCP connection to the WebSocket listener from `from` that sends the first byte of a TLS handshake and then
+/// nothing: a connection still upgrading, holding its place of `max_connections`.
+async fn silent_tcp(server: &TestServer, from: std::net::IpAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+    let mut tcp = socket.connect(server.websocket.expect("a WebSocket listener")).await.unwrap();
+    tcp.write_all(&[0x16]).await.unwrap();
+    tcp
+}
+
+/// Whether the server closed `tcp` within 5 s.
+async fn closed_by_the_server(tcp: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
+/// Silent TCP connections to the WebSocket listener (upgrading: a TLS handshake begun, nothing more) cannot fill
+/// `max_connections` either: a QUIC newcomer takes the place of the longest waiting one. Before, a connection still
+/// upgrading was not among those awaiting Hello, so nothing could close it to make room, and the QUIC newcomer was
+/// refused `TooManyConnections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_websocket_upgrades_cannot_fill_max_connections() {
+    bounded(async {
+        let limits = Limits { max_connections: 6, max_connections_per_ip: 6, ..Limits::default() };
+        let server = TestServer::start(limits);
+        beside_a_bystander(&server, async {
+            let mut silent = Vec::new();
+            for _ in 0..4 {
+                silent.push(silent_tcp(&server, [127, 0, 0, 2].into()).await);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // accepted and admitted, all four
+            let mut control = Control::open(&server).await;
+            assert!(closed_by_the_server(&mut silent[0]).await, "the longest waiting one made room");
+            control.ping(1).await;
+        })
+        .await;
+        server.stop().await;
+    })
+    .await;
+}
+
+/// The other way round: silent QUIC connections (no Hello) cannot keep a WebSocket client out at
+/// `max_connections`: it takes the place of the longest waiting one, as a QUIC newcomer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_quic_connections_cannot_keep_a_websocket_client_out() {
+    bounded(async {
+        let limits = Limits { max_connections: 6, max_connections_per_ip: 6, ..Limits::default() };
+        let server = TestServer::start(limits);
+        beside_a_bystander(&server, async {
+            let mut silent = Vec::new();
+            for _ in 0..4 {
+                silent.push(server.try_raw_from([127, 0, 0, 2].into()).await.unwrap());
+            }
+            let options = ConnectOptions { name: Some("browser".into()), ..ConnectOptions::default() };
+            let client = server.ws_client_with(options).await.expect("welcomed over the WebSocket fallback");
+            let (code, reason) = closed_with(&silent[0]).await;
+            assert_eq!(code, ErrorCode::TooManyConnections, "{reason}");
+            client.close().await;
+        })
+        .await;
+        server.stop().await;
+    })
+    .await;
+}
+
 /// A returning client's address-validation token (QUIC NEW_TOKEN, which every connection is given for the next)
 /// spares it the Retry, across a reload of the certificate (SIGHUP) and a restart on the same data directory: every
 /// configuration the server makes shares one token key, derived from the data directory's secret. Before, each made

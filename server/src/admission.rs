@@ -155,9 +155,8 @@ impl Admission {
     }
 
     /// [`Admission::decide`], for an attempt that `may_make_room` at `max_connections` (by closing a connection not
-    /// welcomed yet): a validated QUIC attempt, which enters the table of those awaiting Hello as it is admitted, may;
-    /// a TCP connection to the WebSocket listener, which enters it only after its upgrade (and which nothing could
-    /// close in turn until then), may not.
+    /// welcomed yet): a validated QUIC attempt and a TCP connection to the WebSocket listener, each of which enters
+    /// the table of those awaiting Hello as it is admitted (so that a newer one can close it in turn), may.
     pub fn decide_as(&mut self, ip: IpAddr, (validated, may_make_room): (bool, bool), now: Instant) -> Decision {
         if now.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
             self.sweep(now);

@@ -155,9 +155,11 @@ pub(super) fn admit(
 /// Decides about a TCP connection (the WebSocket fallback) from `ip`, whose address TCP's handshake validated.
 /// `None`: over the new-connection rate, refused.
 pub(super) fn admit_tcp(ip: IpAddr, admission: &Arc<Mutex<Admission>>, stats: &ServerStats) -> Option<Admitted> {
-    // Validated (a TCP handshake), but it makes no room at max_connections: it is not among those awaiting Hello
-    // until its upgrade, and nothing could close it in turn.
-    let decision = lock(admission).decide_as(ip, (true, false), Instant::now());
+    // Validated (a TCP handshake): at max_connections it makes room as a QUIC newcomer does, and its caller puts it
+    // among those awaiting Hello at once (`Slot::await_hello`), upgrade and all, so that it can be made to make
+    // room in turn. Until 2026-12-06 it entered that table only after its upgrade: silent TCP connections to the
+    // WebSocket listener held places of max_connections that no newcomer could take back.
+    let decision = lock(admission).decide_as(ip, (true, true), Instant::now());
     match decision {
         Decision::Admit => Some(Admitted::Serve(Slot::new(admission, ip, false))),
         Decision::Retry(_) => {

@@ -122,7 +122,7 @@ pub(super) async fn serve<R: RoomHub>(
         // its request head names the client (`crate::forwarded`), and its upgrades are bounded in all only: the
         // per-address bounds would be every client's behind it together.
         let proxied = crate::forwarded::trusted(&shared.config.web.trusted_proxies, remote.ip());
-        let admitted = match proxied {
+        let mut admitted = match proxied {
             true => None,
             false => match admit_tcp(remote.ip(), &shared.admission, &shared.stats) {
                 Some(admitted) => Some(admitted),
@@ -131,6 +131,9 @@ pub(super) async fn serve<R: RoomHub>(
         };
         let per_ip = (!proxied).then_some(max_per_ip);
         let stop = shutdown.child_token();
+        if let Some(Admitted::Serve(slot)) = &mut admitted {
+            slot.await_hello(&stop); // (closed through `stop` to make room for a newer one)
+        }
         let Some(upgrading) = Upgrading::new(&table, (remote.ip(), per_ip), &stop, &shared.stats) else {
             bump(&shared.stats.websocket_upgrades_over_per_ip);
             tracing::debug!(%remote, "WebSocket listener: {max_per_ip} connections upgrading from this address already (budget.websocket_max_upgrading_per_ip); closed");
@@ -265,7 +268,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
         None => {
             let trusted = &shared.config.web.trusted_proxies;
             let client = crate::forwarded::client_address(trusted, peer.ip(), upgrade::forwarded_for(&head));
-            let Some(admitted) = admit_tcp(client, &shared.admission, &shared.stats) else {
+            let Some(mut admitted) = admit_tcp(client, &shared.admission, &shared.stats) else {
                 let refused = Response::error(
                     429,
                     "not admitted now: over the server's limits on new connections (from your address, or in all); \
@@ -274,6 +277,9 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
                 answer(stream, refused, &shutdown).await;
                 return drop(upgrading);
             };
+            if let Admitted::Serve(slot) = &mut admitted {
+                slot.await_hello(&shutdown);
+            }
             // (The client's port is the proxy's to know.)
             let port = if client == peer.ip() { peer.port() } else { 0 };
             (SocketAddr::new(client, port), admitted)

@@ -115,6 +115,7 @@ pub(crate) async fn send_posts<H: Handler>(
                     Ok(reply) => posts.sent(post, reply),
                     Err(RequestError::Closed { .. }) => {
                         posts.unsent(post);
+                        settle(&mut posts);
                         posts.requeue();
                         // The connection takes no more requests but may not be closed yet (its control stream ended
                         // first, the close is on its way): wait for the close, or a moment, before trying again,
@@ -177,7 +178,7 @@ pub(crate) async fn send_posts<H: Handler>(
                         }
                         Ok(Err(RequestError::Closed { .. })) | Err(_) => {
                             // The connection went: this post and every later one go again, in order.
-                            posts.requeue();
+                            posts.requeue(); // (later ones were answered after this one, if at all: none to settle)
                             continue 'connected;
                         }
                         Ok(Err(err)) => Err(err),
@@ -196,5 +197,74 @@ pub(crate) async fn send_posts<H: Handler>(
             }
         }
     }
+    settle(&mut posts);
     posts.drain()
+}
+
+/// Resolves the posts in flight whose replies have arrived but were not taken yet, oldest first, up to the first
+/// without one (or with `Unavailable`: sent again), before the rest are sent again on the next connection or failed
+/// as the client ends. The sender takes replies only between bursts of sending (up to a server's burst of posts),
+/// so a connection that went mid-burst left acknowledged posts in flight: they were sent again (stored twice where
+/// the server's dedupe was gone meanwhile) or, as the client ended, failed `Closed` although stored.
+fn settle(posts: &mut PostQueue<PostDone, PostReply>) {
+    while let Some(reply) = posts.oldest_reply() {
+        let outcome = match reply.try_recv() {
+            Ok(Ok(Reply::Posted { seq, .. })) => Ok(seq),
+            Ok(Ok(other)) => Err(RequestError::unexpected(other)),
+            Ok(Err(RequestError::Failed(failure))) if failure.code != ErrorCode::Unavailable => {
+                Err(RequestError::Failed(failure))
+            }
+            _ => return,
+        };
+        if let Some(post) = posts.answered() {
+            post.done.send(outcome);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(
+        id: u64,
+        total: &Arc<AtomicUsize>,
+    ) -> (QueuedPost<PostDone>, oneshot::Receiver<Result<u64, RequestError>>) {
+        let (tx, rx) = oneshot::channel();
+        let done = PostDone::new(tx, QueuedSlot::take(total).0);
+        (QueuedPost { room: "r".into(), client_msg_id: id, body: bytes::Bytes::new(), done }, rx)
+    }
+
+    /// Posts whose replies arrived before the connection went (not taken yet: the sender was sending) are resolved
+    /// with their seq, not sent again nor failed; the first without a reply, and every one after it, go again.
+    #[test]
+    fn posts_answered_before_the_connection_went_are_resolved_not_sent_again() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let mut posts: PostQueue<PostDone, PostReply> = PostQueue::default();
+        let mut outcomes = Vec::new();
+        let mut replies = Vec::new();
+        for id in 1..=4 {
+            let (post, outcome) = queued(id, &total);
+            let (tx, rx) = oneshot::channel();
+            posts.push(post);
+            let post = posts.next_to_send().unwrap();
+            posts.sent(post, rx);
+            outcomes.push(outcome);
+            replies.push(tx);
+        }
+        let mut replies = replies.into_iter();
+        let posted = |seq| Ok(Reply::Posted { room: "r".into(), seq, duplicate: false });
+        replies.next().unwrap().send(posted(10)).unwrap();
+        replies.next().unwrap().send(posted(11)).unwrap();
+        let _third_unanswered = replies.next();
+        replies.next().unwrap().send(posted(13)).unwrap(); // (answered out of turn: left to the re-send)
+        settle(&mut posts);
+        assert_eq!(outcomes[0].try_recv().unwrap().unwrap(), 10);
+        assert_eq!(outcomes[1].try_recv().unwrap().unwrap(), 11);
+        assert!(outcomes[2].try_recv().is_err(), "no reply yet: not resolved");
+        assert_eq!(total.load(Ordering::Relaxed), 2, "the resolved posts no longer count as queued");
+        posts.requeue();
+        let again: Vec<u64> = std::iter::from_fn(|| posts.next_to_send()).map(|p| p.client_msg_id).collect();
+        assert_eq!(again, [3, 4], "only the unanswered and what follows go again");
+    }
 }

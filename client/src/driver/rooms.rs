@@ -57,6 +57,8 @@ pub(crate) struct RoomEntry {
     pub(super) gone: CancellationToken,
     /// A task waits for room in `events` to hand out what datagram copies brought (`streams::on_copy`).
     pub(super) copies_waiting: AtomicBool,
+    /// The connection on which a rejoin for a `Kicked` waits for the application to read ([`RoomEntry::rejoin_waits`]).
+    rejoin_waiting: Mutex<Option<usize>>,
 }
 
 impl RoomEntry {
@@ -80,6 +82,28 @@ impl RoomEntry {
         }
         self.kicked_early.store(true, Ordering::Release);
         false
+    }
+
+    /// A `Kicked` for the room on `connection` is to be answered by a rejoin that first waits for the application
+    /// to read: false when one already waits on that connection (its Join, written after this kick, answers it
+    /// too). A server sending the same kick over and over made a task each, without bound, while the room was not
+    /// read. [`RoomEntry::rejoin_waited`] when the wait ends.
+    pub(crate) fn rejoin_waits(&self, connection: usize) -> bool {
+        let mut waiting = lock(&self.rejoin_waiting);
+        if *waiting == Some(connection) {
+            return false;
+        }
+        *waiting = Some(connection);
+        true
+    }
+
+    /// The rejoin on `connection` stopped waiting (its Join is written next, or never): a kick from now on is
+    /// answered by a rejoin of its own.
+    pub(crate) fn rejoin_waited(&self, connection: usize) {
+        let mut waiting = lock(&self.rejoin_waiting);
+        if *waiting == Some(connection) {
+            *waiting = None;
+        }
     }
 
     /// Whether a Join of the room was answered ([`RoomEntry::replied`]).
@@ -166,6 +190,7 @@ impl Rooms {
             leave_started: AtomicBool::new(false),
             gone: CancellationToken::new(),
             copies_waiting: AtomicBool::new(false),
+            rejoin_waiting: Mutex::new(None),
         });
         rooms.insert(room.to_string(), entry.clone());
         Ok(Added::New(entry, received))
@@ -429,6 +454,23 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Kicks on one connection while a rejoin waits for the application to read are answered by that rejoin; after
+    /// it stopped waiting, and on another connection, a kick gets a rejoin of its own.
+    #[test]
+    fn kicks_while_a_rejoin_waits_share_it() {
+        let rooms = Rooms::default();
+        let Ok(Added::New(entry, _received)) = rooms.add("r", false, CancellationToken::new()) else {
+            panic!("a new room")
+        };
+        assert!(entry.rejoin_waits(1));
+        assert!((0..1_000).all(|_| !entry.rejoin_waits(1)), "the same kick again: no rejoin more");
+        entry.rejoin_waited(2); // (another connection's: not this wait)
+        assert!(!entry.rejoin_waits(1));
+        entry.rejoin_waited(1);
+        assert!(entry.rejoin_waits(1), "a kick after the Join: a rejoin of its own");
+        assert!(entry.rejoin_waits(2), "a kick on the next connection");
+    }
 
     /// A kicked room that the application does not read: the wait for it to be read ends with its connection
     /// (the next connection rejoins the room), and otherwise once the application reads.

@@ -333,6 +333,12 @@ impl LocalRooms {
         }
     }
 
+    /// Tests: holds every load from the store (rooms not in memory wait for it) until the permit is dropped.
+    #[cfg(test)]
+    pub(crate) async fn hold_loads(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.loads.clone().acquire_many_owned(LOADS_AT_ONCE as u32).await.expect("the loads' semaphore is open")
+    }
+
     /// Runs `f` on the room named `name` if it is in memory (never loads or creates it).
     fn with_loaded<T>(&self, name: &str, f: impl FnOnce(&mut Room) -> T) -> Option<T> {
         let shared = self.existing(name)?;

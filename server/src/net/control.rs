@@ -195,16 +195,25 @@ pub(super) fn control<'a, R: RoomHub>(
                 // expired either (the expiry branch, ready too, may lose `select!`'s draw): no post after `exp`. Not
                 // beyond `POSTS_IN_FLIGHT` posts sequenced and unanswered (the stream's own bound): copies, each
                 // answered by a request that only joins its waiting reply, would otherwise start commits without one.
+                // Nor once a stream was opened beside the control stream, or the keys were reloaded, until the loop's
+                // own branches closed or checked the session again (as for the stream's requests).
                 Some(copy) = async { Some(copied.as_ref()?.pop().await) },
-                    if !awaiting_hello && deferred.is_none() && !(expires && expiry.is_elapsed())
+                    if !awaiting_hello && deferred.is_none()
+                        && !(copies_gated(&violated, &keys, reloadable) || expires && expiry.is_elapsed())
                         && replies.posts_in_flight() + post_copies.early() < POSTS_IN_FLIGHT => {
                     // The precondition was checked when the `select!` began: the expiry may have passed since (its
-                    // branch, ready too, lost the draw). The copy is dropped then; its request is not served either.
-                    if !(expires && expiry.is_elapsed()) {
+                    // branch, ready too, lost the draw), a stream been opened beside or the keys reloaded. The copy is
+                    // dropped then; its request is served (or refused) as the session stands after those branches.
+                    if !(copies_gated(&violated, &keys, reloadable) || expires && expiry.is_elapsed()) {
                         let room = POSTS_IN_FLIGHT.saturating_sub(replies.posts_in_flight() + post_copies.early());
                         let flood =
                             copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy, room);
-                        if let Some((code, reason)) = Box::pin(flood).await {
+                        let (flood, wrote) =
+                            replies.meanwhile(Box::pin(flood), (&codec, stats), (&mut outbound, &mut send)).await;
+                        if wrote {
+                            connection.probe().sent();
+                        }
+                        if let Some((code, reason)) = flood {
                             return refuse(conn, stats, code, reason);
                         }
                     }
@@ -309,15 +318,23 @@ pub(super) fn control<'a, R: RoomHub>(
                             encode(&codec, &kicked, &mut outbound);
                         }
                         let result = match request {
-                            RoomRequest::Post(post) => match Box::pin(connection.post(&identity, post, now_us())).await
-                            {
-                                Ok(Answer::Now(reply)) => Ok(reply),
-                                Ok(Answer::Later(reply)) => {
-                                    replies.later(async move { ServerMsg::Reply { req_id, result: reply.await } });
-                                    continue;
+                            RoomRequest::Post(post) => {
+                                // (Its room may have to be loaded from the store: the replies before it go on.)
+                                let posting = Box::pin(connection.post(&identity, post, now_us()));
+                                let (posted, wrote) =
+                                    replies.meanwhile(posting, (&codec, stats), (&mut outbound, &mut send)).await;
+                                if wrote {
+                                    connection.probe().sent();
                                 }
-                                Err(failure) => Err(failure),
-                            },
+                                match posted {
+                                    Ok(Answer::Now(reply)) => Ok(reply),
+                                    Ok(Answer::Later(reply)) => {
+                                        replies.later(async move { ServerMsg::Reply { req_id, result: reply.await } });
+                                        continue;
+                                    }
+                                    Err(failure) => Err(failure),
+                                }
+                            }
                             request => Box::pin(connection.room(&identity, (req_id, request), now_us())).await,
                         };
                         ServerMsg::Reply { req_id, result }
@@ -363,4 +380,11 @@ pub(super) fn control<'a, R: RoomHub>(
             }
         }
     }
+}
+
+/// Whether a post copy must wait: a stream was opened beside the control stream (`violated`), or the keys were
+/// reloaded (`keys` changed, while `reloadable`), and the loop's own branches have not closed or checked the
+/// session again yet; a request on the stream waits for the same.
+fn copies_gated(violated: &CancellationToken, keys: &Keys, reloadable: bool) -> bool {
+    violated.is_cancelled() || (reloadable && keys.has_changed().unwrap_or(false))
 }

@@ -5,7 +5,8 @@
 //! includes it); tick requests and pings are carried out at once; every reply waits for the replies before it, so
 //! the client sees replies in request order, as before.
 //!
-//! The poster's loop releases its posts to the room when it sees their commits complete; while it is busy (writing
+//! The poster's loop releases its posts to the room when it sees their commits complete, also while a later post
+//! of the connection waits for its room to be loaded ([`Replies::meanwhile`]); while it is busy otherwise (writing
 //! to a client slow to read, for at most the frame timeout) a later post in the room, by anyone, releases them
 //! too, and a loop that ends leaves the release to `hub::release`. A post sequenced from its datagram copy
 //! (redundant mode) commits on a task of the connection's, and its request's reply joins these in order when the
@@ -94,6 +95,44 @@ impl Replies {
         self.sent(first, codec, stats, out);
         while let Some(Some(next)) = self.queue.next().now_or_never() {
             self.sent(next, codec, stats, out);
+        }
+    }
+
+    /// Runs `work` (a post, which may wait long for its room to be loaded from the store) while the replies before
+    /// it go on: each waiting post is released to its room's members once its commit completes, and its reply
+    /// encoded into `out` and written to `send` as the stream takes it (a write that fails is left to the caller's
+    /// next, which meets the error again). Until 2026-12-06 a post to a room not in memory held the connection's
+    /// earlier stored posts undelivered and unanswered for as long as the room's load took. Returns `work`'s
+    /// output, and whether anything was written.
+    pub(super) async fn meanwhile<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+        (codec, stats): (&FrameCodec, &ServerStats),
+        (out, send): (&mut BytesMut, &mut WireSend),
+    ) -> (T, bool) {
+        let mut work = std::pin::pin!(work);
+        let (mut wrote, mut failed) = (false, false);
+        // Replies made meanwhile, put behind `out` between turns (the write borrows `out`).
+        let mut made = BytesMut::new();
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => {
+                    out.extend_from_slice(&made);
+                    return (done, wrote);
+                }
+                () = self.next(codec, stats, &mut made), if self.waiting() => {}
+                // (Both writers are cancel-safe: a write not completed wrote nothing.)
+                written = send.write(out), if !out.is_empty() && !failed => match written {
+                    Ok(n) => {
+                        bytes::Buf::advance(out, n);
+                        wrote = true;
+                    }
+                    Err(_) => failed = true,
+                },
+            }
+            out.extend_from_slice(&made);
+            made.clear();
         }
     }
 

@@ -228,6 +228,51 @@ async fn a_client_gone_while_its_join_waits_for_a_stalled_store_lets_go_of_its_c
     let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
 }
 
+/// A post to a room not in memory (its load from the store waiting) does not hold back the connection's earlier
+/// posts: their commits done, they reach the room's members (and their replies are made) while the load waits.
+/// Before, the control loop waited in the later post's load, and the earlier posts were neither delivered nor
+/// acknowledged until it was done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_waiting_for_its_rooms_load_does_not_hold_back_earlier_posts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())).unwrap();
+    let (addr, rooms) = (server.local_addr(), server.rooms().clone());
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(server.run(shutdown.clone()));
+    let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let member = quiver_client::Client::connect(&addr.to_string(), trust.clone()).await.unwrap();
+    let mut lobby = member.join("lobby").await.unwrap();
+    let poster = quiver_client::Client::connect(&addr.to_string(), trust).await.unwrap();
+    let held = rooms.hold_loads().await; // a room not in memory now waits for its load
+    let first = tokio::spawn({
+        let poster = poster.clone();
+        async move { poster.post("lobby", "first").await }
+    });
+    let second = tokio::spawn({
+        let poster = poster.clone();
+        async move { poster.post("cold", "second").await }
+    });
+    let delivered = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(quiver_client::RoomEvent::Message(message)) = lobby.next().await {
+                return message.body;
+            }
+        }
+    })
+    .await;
+    let first_done = tokio::time::timeout(Duration::from_secs(5), first).await;
+    let second_waiting = !second.is_finished();
+    drop(held);
+    assert_eq!(delivered.expect("the first post was held back by the second's load"), "first");
+    assert_eq!(first_done.expect("the first post was not acknowledged").unwrap().unwrap(), 1);
+    assert!(second_waiting, "the second post did not wait for its room's load");
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap().unwrap(), 1);
+    member.close().await;
+    poster.close().await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
+}
+
 /// A dev server on 127.0.0.1 whose store's writer is held (a hung disk) until the returned sender says go.
 fn with_a_stalled_store(dir: &std::path::Path) -> (Server, std::sync::mpsc::Sender<()>) {
     let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.to_owned())).unwrap();

@@ -16,13 +16,13 @@ use crate::{
 /// Prometheus' text exposition format (OpenMetrics, as `prometheus-client` writes it).
 const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves the admin endpoints on `listener` until `stop`, for requests naming this machine, an IP address or one of
+/// Serves the admin endpoints on `listener` until `stop` (its token; its bounds on connections), for requests naming this machine, an IP address or one of
 /// `hosts`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Arc<ServerMetrics>,
     hosts: Arc<Vec<String>>,
-    stop: CancellationToken,
+    stop: (CancellationToken, crate::http::HttpBounds),
 ) {
     crate::http::serve_http(listener, stop, move |head, _peer: IpAddr| respond(head, &metrics, &hosts)).await
 }

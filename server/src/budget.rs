@@ -85,6 +85,14 @@ pub struct Budget {
     /// Of those, from one source address (an IPv4 address or an IPv6 /64): one host cannot hold the listener's
     /// slots. Default 16.
     pub websocket_max_upgrading_per_ip: u32,
+    /// Connections the small HTTP listeners (the demo page's, the admin's `/metrics`, `/healthz`, `/readyz`) serve
+    /// at once from peers other than loopback, each holding a task and at most 8 KiB of request head; one more is
+    /// answered 503. 16 more are kept for loopback peers (a local health check or scraper). One network (an IPv4
+    /// /24, an IPv6 /48) holds at most an eighth of them. Default 256.
+    pub http_max_connections: u32,
+    /// Of those, from one address other than loopback (an IPv4 address or an IPv6 /64); one more is answered 429.
+    /// Default 8.
+    pub http_max_connections_per_ip: u32,
 }
 
 impl Default for Budget {
@@ -104,6 +112,8 @@ impl Default for Budget {
             max_awaiting_hello: 1_024,
             websocket_max_upgrading: 1_024,
             websocket_max_upgrading_per_ip: 16,
+            http_max_connections: 256,
+            http_max_connections_per_ip: 8,
         }
     }
 }

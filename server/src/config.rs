@@ -140,6 +140,8 @@ pub const MAX_SWEEP_INTERVAL_MS: u64 = 60_000;
 pub const DATAGRAM_BUFFER_OVERHEAD: usize = 32;
 /// `budget.websocket_max_upgrading` at most: a file descriptor and a TLS handshake each.
 pub const MAX_WEBSOCKET_UPGRADING: u64 = 1_000_000;
+/// `budget.http_max_connections` at most: a file descriptor and a task each.
+pub const MAX_HTTP_CONNECTIONS: u64 = 100_000;
 
 /// The ranges of `budget`, `tuning` and the handshake timeout that no type can make, however the server is
 /// configured (a file, or [`ServerConfig`] built by a program that embeds it): the first problem, as the
@@ -156,6 +158,8 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
         ("budget.max_awaiting_hello", u64::from(budget.max_awaiting_hello)),
         ("budget.websocket_max_upgrading", u64::from(budget.websocket_max_upgrading)),
         ("budget.websocket_max_upgrading_per_ip", u64::from(budget.websocket_max_upgrading_per_ip)),
+        ("budget.http_max_connections", u64::from(budget.http_max_connections)),
+        ("budget.http_max_connections_per_ip", u64::from(budget.http_max_connections_per_ip)),
         ("transport.reordering_threshold", u64::from(tuning.reordering_threshold)),
         ("transport.initial_rtt_ms", tuning.initial_rtt.as_millis().try_into().unwrap_or(u64::MAX)),
         ("transport.datagram_send_buffer", tuning.datagram_send_buffer as u64),
@@ -206,6 +210,12 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
             u64::from(budget.websocket_max_upgrading),
             MAX_WEBSOCKET_UPGRADING,
             "TCP connections not upgraded yet hold a file descriptor and a TLS handshake each",
+        ),
+        (
+            "budget.http_max_connections",
+            u64::from(budget.http_max_connections),
+            MAX_HTTP_CONNECTIONS,
+            "connections of the page's and the admin's HTTP listeners hold a file descriptor and a task each",
         ),
         (
             "transport.datagram_send_buffer",

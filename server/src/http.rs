@@ -21,21 +21,48 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time a client has to send its request and take the response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once from peers other than loopback (each holds a task and at most
-/// [`MAX_REQUEST_HEAD`] bytes); one more is answered 503 and closed at once.
-const MAX_CONNECTIONS: usize = 256;
 /// Connections kept for loopback peers (a local health check, scraper or the developer's browser) on top of
-/// [`MAX_CONNECTIONS`], so that peers elsewhere cannot take every one.
+/// [`HttpBounds::max_connections`], so that peers elsewhere cannot take every one.
 const LOOPBACK_RESERVE: usize = 16;
-/// Connections served at once from one address (an IPv4 address or an IPv6 /64) other than loopback; more are
-/// closed at once. One peer trickling bytes would otherwise hold every one of [`MAX_CONNECTIONS`] for
-/// [`REQUEST_TIMEOUT`] after another, and the page (or the admin's `/metrics` and `/readyz`) with them. Loopback
-/// peers are not limited: a local reverse proxy or scraper speaks for many.
-const MAX_PER_PEER: usize = 8;
-/// Connections served at once from one network (an IPv4 /24 or an IPv6 /48, what one party commonly holds:
-/// `crate::awaiting::Group`) other than loopback: 32 addresses' worth of [`MAX_PER_PEER`] from one /48 held every one
-/// of [`MAX_CONNECTIONS`] (and a kubelet's probes of `/healthz` were refused, so it restarted the server).
-const MAX_PER_GROUP: usize = MAX_CONNECTIONS / 8;
+
+/// How many connections an HTTP listener serves at once (`budget.http_max_connections` and
+/// `budget.http_max_connections_per_ip`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpBounds {
+    /// Connections served at once from peers other than loopback (each holds a task and at most
+    /// [`MAX_REQUEST_HEAD`] bytes); one more is answered 503 and closed at once.
+    pub(crate) max_connections: usize,
+    /// Connections served at once from one address (an IPv4 address or an IPv6 /64) other than loopback; more are
+    /// answered 429 and closed at once. One peer trickling bytes would otherwise hold every one of `max_connections`
+    /// for [`REQUEST_TIMEOUT`] after another, and the page (or the admin's `/metrics` and `/readyz`) with them.
+    /// Loopback peers are not limited: a local reverse proxy or scraper speaks for many.
+    pub(crate) max_per_peer: usize,
+}
+
+impl HttpBounds {
+    /// The bounds `budget` sets.
+    pub(crate) fn of(budget: &crate::Budget) -> HttpBounds {
+        HttpBounds {
+            max_connections: budget.http_max_connections as usize,
+            max_per_peer: budget.http_max_connections_per_ip as usize,
+        }
+    }
+
+    /// Connections served at once from one network (an IPv4 /24 or an IPv6 /48, what one party commonly holds:
+    /// `crate::awaiting::Group`) other than loopback, an eighth of `max_connections` (and never fewer than one
+    /// address's): 32 addresses' worth of `max_per_peer` from one /48 held every connection (and a kubelet's probes
+    /// of `/healthz` were refused, so it restarted the server).
+    fn max_per_group(&self) -> usize {
+        (self.max_connections / 8).max(self.max_per_peer)
+    }
+}
+
+impl Default for HttpBounds {
+    fn default() -> Self {
+        HttpBounds::of(&crate::Budget::default())
+    }
+}
+
 /// Refusals (503, 429) answered at once, each on a short task of its own that reads what the peer sent and closes
 /// gracefully (a socket closed with unread bytes resets, and the peer sees "connection reset", not the status);
 /// beyond them, a refused connection gets the status written without waiting and is dropped.
@@ -43,9 +70,9 @@ const MAX_REFUSALS: usize = 64;
 /// Time a refusal's task takes at most.
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
-/// Connections in service per peer address and per network, for [`MAX_PER_PEER`] and [`MAX_PER_GROUP`].
+/// Connections in service per peer address and per network, within their [`HttpBounds`].
 #[derive(Debug, Default)]
-struct PeerSlots(Mutex<Held>);
+struct PeerSlots(Mutex<Held>, HttpBounds);
 
 #[derive(Debug, Default)]
 struct Held {
@@ -60,16 +87,16 @@ type Place = (crate::admission::SourceKey, crate::awaiting::Group);
 struct PeerSlot(Arc<PeerSlots>, Option<Place>);
 
 impl PeerSlots {
-    /// A place for a connection from `peer`; `None` when its address has [`MAX_PER_PEER`] already, or its network
-    /// [`MAX_PER_GROUP`].
+    /// A place for a connection from `peer`; `None` when its address has `max_per_peer` already, or its network
+    /// its share (`HttpBounds::max_per_group`).
     fn take(self: &Arc<Self>, peer: IpAddr) -> Option<PeerSlot> {
         if peer.to_canonical().is_loopback() {
             return Some(PeerSlot(self.clone(), None));
         }
         let (key, group) = (crate::admission::SourceKey::of(peer), crate::awaiting::Group::of(peer));
         let mut held = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let full = held.peers.get(&key).is_some_and(|n| *n >= MAX_PER_PEER)
-            || held.groups.get(&group).is_some_and(|n| *n >= MAX_PER_GROUP);
+        let full = held.peers.get(&key).is_some_and(|n| *n >= self.1.max_per_peer)
+            || held.groups.get(&group).is_some_and(|n| *n >= self.1.max_per_group());
         if full {
             return None;
         }
@@ -104,21 +131,21 @@ impl Drop for PeerSlot {
     }
 }
 
-/// Serves HTTP/1.1 on `listener` until `shutdown`: one request per connection, at most [`MAX_CONNECTIONS`] at
-/// once ([`MAX_PER_PEER`] from one address, [`LOOPBACK_RESERVE`] more from loopback), each head at most
+/// Serves HTTP/1.1 on `listener` until `shutdown`: one request per connection, at most `bounds.max_connections` at
+/// once (`bounds.max_per_peer` from one address, [`LOOPBACK_RESERVE`] more from loopback), each head at most
 /// [`MAX_REQUEST_HEAD`] bytes within [`HEAD_TIMEOUT`], the whole exchange within [`REQUEST_TIMEOUT`], answered by
 /// `respond` (the demo page's, or the admin listener's). A connection over a bound is answered 503 (429 for one
 /// address's) and closed at once, rather than left waiting in the kernel's queue where a health check times out.
 pub(crate) async fn serve_http(
     listener: TcpListener,
-    shutdown: CancellationToken,
+    (shutdown, bounds): (CancellationToken, HttpBounds),
     respond: impl Fn(&[u8], IpAddr) -> Response + Send + Sync + 'static,
 ) {
     let respond = Arc::new(respond);
     let tasks = TaskTracker::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(bounds.max_connections));
     let reserve = Arc::new(tokio::sync::Semaphore::new(LOOPBACK_RESERVE));
-    let peers = Arc::new(PeerSlots::default());
+    let peers = Arc::new(PeerSlots(Mutex::default(), bounds));
     let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     let refuse = |stream: TcpStream, response: Response| match refusals.clone().try_acquire_owned() {
         Ok(permit) => {
@@ -355,10 +382,12 @@ mod tests {
         let listener = TcpListener::from_std(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve_http(listener, shutdown.clone(), |_, _| Response::error(404, "not here")));
+        let bounds = HttpBounds::default();
+        let server =
+            tokio::spawn(serve_http(listener, (shutdown.clone(), bounds), |_, _| Response::error(404, "not here")));
         let started = tokio::time::Instant::now();
         let mut held = Vec::new();
-        for _ in 0..MAX_CONNECTIONS + LOOPBACK_RESERVE {
+        for _ in 0..bounds.max_connections + LOOPBACK_RESERVE {
             held.push(TcpStream::connect(addr).await.unwrap());
         }
         let answer = |mut stream: TcpStream| async move {
@@ -383,13 +412,14 @@ mod tests {
     #[test]
     fn connections_per_peer_address_are_bounded_but_not_from_loopback() {
         let peers = Arc::new(PeerSlots::default());
+        let max_per_peer = peers.1.max_per_peer;
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let mut held: Vec<PeerSlot> = (0..MAX_PER_PEER).map(|_| peers.take(ip("203.0.113.7")).unwrap()).collect();
+        let mut held: Vec<PeerSlot> = (0..max_per_peer).map(|_| peers.take(ip("203.0.113.7")).unwrap()).collect();
         assert!(peers.take(ip("203.0.113.7")).is_none(), "one more from the address");
         assert!(peers.take(ip("::ffff:203.0.113.7")).is_none(), "the same address, IPv4-mapped");
         assert!(peers.take(ip("203.0.113.8")).is_some(), "another address");
         // An IPv6 host's whole /64 is one peer.
-        let v6: Vec<PeerSlot> = (0..MAX_PER_PEER).map(|i| peers.take(ip(&format!("2001:db8::{i}"))).unwrap()).collect();
+        let v6: Vec<PeerSlot> = (0..max_per_peer).map(|i| peers.take(ip(&format!("2001:db8::{i}"))).unwrap()).collect();
         assert!(peers.take(ip("2001:db8::ffff")).is_none());
         let local: Vec<PeerSlot> = (0..100).map(|_| peers.take(ip("127.0.0.1")).unwrap()).collect();
         assert_eq!(local.len(), 100, "loopback is not limited");
@@ -401,20 +431,31 @@ mod tests {
         assert_eq!(peers.peers(), (1, 1), "addresses with nothing in service are forgotten");
     }
 
-    /// One network (an IPv6 /48, an IPv4 /24) holds at most [`MAX_PER_GROUP`] connections, whatever its addresses:
-    /// before, 32 /64s of one /48 held every one of [`MAX_CONNECTIONS`], and every other peer was refused.
+    /// One network (an IPv6 /48, an IPv4 /24) holds at most an eighth of the connections, whatever its addresses:
+    /// before, 32 /64s of one /48 held every one of them, and every other peer was refused. The bounds are the
+    /// budget's: a larger one takes more.
     #[test]
     fn connections_per_network_are_bounded() {
-        let peers = Arc::new(PeerSlots::default());
+        let larger =
+            crate::Budget { http_max_connections: 1_000, http_max_connections_per_ip: 20, ..Default::default() };
+        for bounds in [HttpBounds::default(), HttpBounds::of(&larger)] {
+            per_network(bounds);
+        }
+    }
+
+    fn per_network(bounds: HttpBounds) {
+        let (max_connections, max_per_peer, max_per_group) =
+            (bounds.max_connections, bounds.max_per_peer, bounds.max_per_group());
+        let peers = Arc::new(PeerSlots(Mutex::default(), bounds));
         let ip = |s: String| s.parse::<IpAddr>().unwrap();
-        let from_48: Vec<PeerSlot> = (0..MAX_CONNECTIONS)
-            .filter_map(|i| peers.take(ip(format!("2001:db8:7:{:x}::1", i / MAX_PER_PEER))))
+        let from_48: Vec<PeerSlot> = (0..max_connections)
+            .filter_map(|i| peers.take(ip(format!("2001:db8:7:{:x}::1", i / max_per_peer))))
             .collect();
-        assert_eq!(from_48.len(), MAX_PER_GROUP, "one /48's connections");
+        assert_eq!(from_48.len(), max_per_group, "one /48's connections");
         assert!(peers.take(ip("2001:db8:8::1".into())).is_some(), "another /48");
         let from_24: Vec<PeerSlot> =
-            (0..MAX_CONNECTIONS).filter_map(|i| peers.take(ip(format!("198.51.100.{}", i / MAX_PER_PEER)))).collect();
-        assert_eq!(from_24.len(), MAX_PER_GROUP, "one /24's connections");
+            (0..max_connections).filter_map(|i| peers.take(ip(format!("198.51.100.{}", i / max_per_peer)))).collect();
+        assert_eq!(from_24.len(), max_per_group, "one /24's connections");
         assert!(peers.take(ip("198.51.101.1".into())).is_some(), "another /24");
     }
 }

@@ -124,8 +124,12 @@ impl LiveFingerprint {
 /// Validity of the demo page's dev tokens.
 const PAGE_TOKEN_TTL_S: u64 = 24 * 3600;
 
-/// Serves the page on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, info: PageInfo, shutdown: CancellationToken) {
+/// Serves the page on `listener` until `shutdown` (its token; its bounds on connections).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    info: PageInfo,
+    shutdown: (CancellationToken, crate::http::HttpBounds),
+) {
     let info = Arc::new(info);
     serve_http(listener, shutdown, move |head, peer| {
         let response = respond(head, peer, &info);

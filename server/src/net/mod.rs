@@ -85,6 +85,7 @@ impl Admin {
         addr: Option<SocketAddr>,
         hosts: &[String],
         metrics: &Arc<crate::metrics::ServerMetrics>,
+        bounds: crate::http::HttpBounds,
     ) -> Result<Option<Admin>, ServerError> {
         let Some(addr) = addr else { return Ok(None) };
         let listener = crate::http::bind(addr).map_err(|err| ServerError::Admin(addr, err))?;
@@ -92,7 +93,7 @@ impl Admin {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|err| ServerError::Admin(addr, err))?;
         let stop = CancellationToken::new();
         let hosts = Arc::new(hosts.to_vec());
-        let task = tokio::spawn(crate::admin::serve(listener, metrics.clone(), hosts, stop.clone()));
+        let task = tokio::spawn(crate::admin::serve(listener, metrics.clone(), hosts, (stop.clone(), bounds)));
         Ok(Some(Admin { addr, stop: stop.drop_guard(), task }))
     }
 }
@@ -110,7 +111,8 @@ impl Early {
     fn start(config: &ServerConfig) -> Result<Early, ServerError> {
         let stats = Arc::new(ServerStats::default());
         let metrics = Arc::new(crate::metrics::ServerMetrics::new(stats.clone()));
-        let admin = Admin::start(config.admin, &config.admin_hosts, &metrics)?;
+        let bounds = crate::http::HttpBounds::of(&config.budget);
+        let admin = Admin::start(config.admin, &config.admin_hosts, &metrics, bounds)?;
         Ok(Early { stats, metrics, admin })
     }
 }
@@ -336,7 +338,8 @@ impl<R: RoomHub> Server<R> {
         if let Some(listener) = self.page.take() {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    tasks.spawn(crate::web::serve(listener, page.clone(), shutdown.clone()));
+                    let bounds = crate::http::HttpBounds::of(&self.config.budget);
+                    tasks.spawn(crate::web::serve(listener, page.clone(), (shutdown.clone(), bounds)));
                 }
                 Err(err) => tracing::error!(%err, "demo page: cannot use its listener"),
             }

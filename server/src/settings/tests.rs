@@ -255,6 +255,9 @@ fn values_that_undo_the_servers_safety_are_refused() {
         ("[budget]\nroom_history_bytes = 8192\n", "budget.room_history_bytes"),
         ("[budget]\nretained_bytes = 8192\n", "budget.retained_bytes"),
         ("[budget]\nwebsocket_max_upgrading = 1000001\n", "budget.websocket_max_upgrading"),
+        ("[budget]\nhttp_max_connections = 100001\n", "budget.http_max_connections"),
+        ("[budget]\nhttp_max_connections = 0\n", "budget.http_max_connections"),
+        ("[budget]\nhttp_max_connections_per_ip = 0\n", "budget.http_max_connections_per_ip"),
         // A room event carries names: a long max_name outgrows the frame, and max_name is what moved.
         ("[limits]\nmax_name = 60000\n", "limits.max_name"),
     ] {
@@ -265,7 +268,7 @@ fn values_that_undo_the_servers_safety_are_refused() {
     }
     let largest = "[limits]\nhandshake_timeout_ms = 60000\n[transport]\ncopies = 8\ncongestion_floor = 120000\n\
                    datagram_send_buffer = 1048576\n[budget]\nwebsocket_max_upgrading = 1000000\n\
-                   websocket_max_upgrading_per_ip = 1000000\n";
+                   websocket_max_upgrading_per_ip = 1000000\nhttp_max_connections = 100000\n";
     load_text(largest, &[], Vec::new()).unwrap();
     load_text("[admin]\nhosts = [\"quiver\", \"*.quiver.svc\", \"metrics-1.example\"]\n", &[], Vec::new()).unwrap();
 }

@@ -346,10 +346,59 @@ async fn silent_websocket_upgrades_cannot_fill_max_connections() {
             for _ in 0..4 {
                 silent.push(silent_tcp(&server, [127, 0, 0, 2].into()).await);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await; // accepted and admitted, all four
+            // Accepted and admitted, all four (a connect returns once the kernel took the handshake).
+            let upgrading = || server.stats.websocket_upgrading.load(std::sync::atomic::Ordering::Relaxed);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while upgrading() < 4 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(upgrading(), 4, "the four silent connections were not all accepted");
             let mut control = Control::open(&server).await;
             assert!(closed_by_the_server(&mut silent[0]).await, "the longest waiting one made room");
             control.ping(1).await;
+        })
+        .await;
+        assert!(server.stats.snapshot().connections_closed_awaiting_hello >= 1, "counted as closed to make room");
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A TCP newcomer over its address's bound on upgrading connections is refused before it is admitted: it closes
+/// nobody. (Admitted first, at `max_connections` it closed a connection not welcomed yet to make room, and was then
+/// refused itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_newcomer_over_its_upgrade_bound_closes_nobody() {
+    use quiver_server::{Budget, ServerConfig};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits { max_connections: 6, max_connections_per_ip: 6, ..Limits::default() };
+        let budget = Budget { websocket_max_upgrading_per_ip: 1, ..Budget::default() };
+        let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+        let server = TestServer::start_with(ServerConfig { limits, budget, ..dev }, dir);
+        beside_a_bystander(&server, async {
+            let mut silent = Vec::new();
+            for _ in 0..3 {
+                silent.push(server.try_raw_from([127, 0, 0, 2].into()).await.unwrap());
+            }
+            let mut upgrading = silent_tcp(&server, [127, 0, 0, 3].into()).await;
+            let gauge = || server.stats.websocket_upgrading.load(std::sync::atomic::Ordering::Relaxed);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while gauge() < 1 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // At max_connections (the bystander's 2, 3 silent, 1 upgrading): one more upgrade from .3 is over its
+            // address's bound.
+            let mut over = silent_tcp(&server, [127, 0, 0, 3].into()).await;
+            assert!(closed_by_the_server(&mut over).await, "the newcomer over its bound is closed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(silent.iter().all(|conn| conn.close_reason().is_none()), "nobody was closed for it");
+            let mut buf = [0u8; 1];
+            let still = tokio::time::timeout(
+                Duration::from_millis(100),
+                tokio::io::AsyncReadExt::read(&mut upgrading, &mut buf),
+            );
+            assert!(still.await.is_err(), "the first upgrade from .3 is still open");
         })
         .await;
         server.stop().await;

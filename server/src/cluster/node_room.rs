@@ -426,7 +426,8 @@ impl NodeRoom {
             loop {
                 {
                     let mut state = lock(&self.state);
-                    if !behind(&state) {
+                    // (A later reconnect's catch-up takes over, as while the read is retried.)
+                    if !behind(&state) || state.catch_ups != mine {
                         return;
                     }
                     if !state.filling {

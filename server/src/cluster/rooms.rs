@@ -305,7 +305,9 @@ impl RoomHub for RedisRooms {
                         break;
                     }
                     if !state.live {
-                        break; // reset by the event: the rest waits for the next join, as any event would
+                        // Reset by the event (which dropped what was pending): the rest go with it, and the next
+                        // join, which starts after them, sets the room's position afresh.
+                        break;
                     }
                 }
             }

@@ -183,7 +183,7 @@ pub(super) fn serve_wire<R: RoomHub>(
         tracing::debug!(kind = ?wire.kind(), "connected");
         // Over a connection limit: closed only now, so that the client sees the code and why.
         let mut slot = match admitted {
-            // (A WebSocket connection awaits Hello from its upgrade on: before it, `MAX_UPGRADING` bounds it.)
+            // (A WebSocket connection awaits Hello from its admission at the TCP accept: this is a no-op for it.)
             Admitted::Serve(mut slot) => {
                 slot.await_hello(&shutdown);
                 slot

@@ -103,7 +103,8 @@ impl Replies {
     /// encoded into `out` and written to `send` as the stream takes it (a write that fails is left to the caller's
     /// next, which meets the error again). Until 2026-12-06 a post to a room not in memory held the connection's
     /// earlier stored posts undelivered and unanswered for as long as the room's load took. Returns `work`'s
-    /// output, and whether anything was written.
+    /// output, and whether anything was written. (Writes here are not under the frame timeout, and a token's
+    /// expiry, a shutdown or a stream opened beside wait for `work` as before: the caller's loop sees them after.)
     pub(super) async fn meanwhile<T>(
         &mut self,
         work: impl Future<Output = T>,

@@ -244,14 +244,9 @@ async fn a_post_waiting_for_its_rooms_load_does_not_hold_back_earlier_posts() {
     let mut lobby = member.join("lobby").await.unwrap();
     let poster = quiver_client::Client::connect(&addr.to_string(), trust).await.unwrap();
     let held = rooms.hold_loads().await; // a room not in memory now waits for its load
-    let first = tokio::spawn({
-        let poster = poster.clone();
-        async move { poster.post("lobby", "first").await }
-    });
-    let second = tokio::spawn({
-        let poster = poster.clone();
-        async move { poster.post("cold", "second").await }
-    });
+                                         // (Queued when called, in this order.)
+    let first = tokio::spawn(poster.post("lobby", "first"));
+    let second = tokio::spawn(poster.post("cold", "second"));
     let delivered = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Some(quiver_client::RoomEvent::Message(message)) = lobby.next().await {

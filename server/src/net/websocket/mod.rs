@@ -117,11 +117,21 @@ pub(super) async fn serve<R: RoomHub>(
             },
             () = shutdown.cancelled() => return,
         };
-        // Admission (the per-address rate and counts) first, before any TLS work, and before a place among those
-        // upgrading is made for it: a newcomer admission refuses closes nobody. From a trusted reverse proxy, once
-        // its request head names the client (`crate::forwarded`), and its upgrades are bounded in all only: the
+        // Every check that can refuse the newcomer comes before anything that closes another connection to make
+        // room for it (a newcomer refused closes nobody): first its address's upgrades
+        // (`websocket_max_upgrading_per_ip`), then admission (the per-address rate and counts; at
+        // `max_connections` it may close a connection not welcomed yet), before any TLS work. Then it is among the
+        // connections awaiting Hello (a newer one may close it in turn) and among those upgrading (at
+        // `websocket_max_upgrading` it closes one of them). From a trusted reverse proxy, admission comes once its
+        // request head names the client (`crate::forwarded`), and its upgrades are bounded in all only: the
         // per-address bounds would be every client's behind it together.
         let proxied = crate::forwarded::trusted(&shared.config.web.trusted_proxies, remote.ip());
+        let per_ip = (!proxied).then_some(max_per_ip);
+        let Some(mut upgrading) = Upgrading::reserve(&table, (remote.ip(), per_ip), &shared.stats) else {
+            bump(&shared.stats.websocket_upgrades_over_per_ip);
+            tracing::debug!(%remote, "WebSocket listener: {max_per_ip} connections upgrading from this address already (budget.websocket_max_upgrading_per_ip); closed");
+            continue;
+        };
         let mut admitted = match proxied {
             true => None,
             false => match admit_tcp(remote.ip(), &shared.admission, &shared.stats) {
@@ -129,16 +139,11 @@ pub(super) async fn serve<R: RoomHub>(
                 None => continue,
             },
         };
-        let per_ip = (!proxied).then_some(max_per_ip);
         let stop = shutdown.child_token();
         if let Some(Admitted::Serve(slot)) = &mut admitted {
             slot.await_hello(&stop); // (closed through `stop` to make room for a newer one)
         }
-        let Some(upgrading) = Upgrading::new(&table, (remote.ip(), per_ip), &stop, &shared.stats) else {
-            bump(&shared.stats.websocket_upgrades_over_per_ip);
-            tracing::debug!(%remote, "WebSocket listener: {max_per_ip} connections upgrading from this address already (budget.websocket_max_upgrading_per_ip); closed");
-            continue;
-        };
+        upgrading.enter(&stop);
         tasks.spawn(connection(tcp, remote, shared.clone(), (upgrading, admitted), stop));
     }
 }
@@ -154,21 +159,21 @@ struct Upgrading {
     table: Arc<std::sync::Mutex<UpgradeTable>>,
     /// Where it is counted per address (`None`: a trusted proxy's, not counted so).
     ip: Option<SourceKey>,
-    ticket: crate::awaiting::Ticket,
+    /// Its address, for its network's share of those upgrading.
+    group: std::net::IpAddr,
+    /// Its place among those upgrading in all, once it entered ([`Upgrading::enter`]).
+    ticket: Option<crate::awaiting::Ticket>,
     /// Counted in `websocket_upgrading` meanwhile.
     stats: Arc<ServerStats>,
 }
 
 impl Upgrading {
-    /// A place for a connection from `ip` (closed by `stop`), or `None` when its address is at `max_per_ip` (no
-    /// such bound, and not counted per address, for a trusted proxy's: its clients are many). At
-    /// the bound in all, another connection upgrading is closed to make room (its `stop` cancelled; counted in
-    /// `websocket_upgrades_over_total`): before, the newcomer was, and 64 sources trickling their heads held every
-    /// slot, the demo page's visitors and every real WebSocket client closed at once.
-    fn new(
+    /// A place for a connection from `ip` among its address's (`None` when its address is at `max_per_ip`; no such
+    /// bound, and not counted per address, for a trusted proxy's: its clients are many), not yet among those
+    /// upgrading in all ([`Upgrading::enter`]): a refusal here closes nobody.
+    fn reserve(
         table: &Arc<std::sync::Mutex<UpgradeTable>>,
         (ip, max_per_ip): (std::net::IpAddr, Option<usize>),
-        stop: &CancellationToken,
         stats: &Arc<ServerStats>,
     ) -> Option<Upgrading> {
         let mut locked = table.lock().unwrap_or_else(|p| p.into_inner());
@@ -181,15 +186,24 @@ impl Upgrading {
             }
             *count += 1;
         }
-        let (ticket, made_room) = locked.upgrading.enter(ip, stop.clone());
         drop(locked);
+        ServerStats::add(&stats.websocket_upgrading, 1);
+        Some(Upgrading { table: table.clone(), ip: key, group: ip, ticket: None, stats: stats.clone() })
+    }
+
+    /// Among the connections upgrading in all (closed by `stop`). At the bound, another connection upgrading is
+    /// closed to make room (its `stop` cancelled; counted in `websocket_upgrades_over_total`): before, the newcomer
+    /// was, and 64 sources trickling their heads held every slot, the demo page's visitors and every real
+    /// WebSocket client closed at once.
+    fn enter(&mut self, stop: &CancellationToken) {
+        let (ticket, made_room) =
+            self.table.lock().unwrap_or_else(|p| p.into_inner()).upgrading.enter(self.group, stop.clone());
+        self.ticket = Some(ticket);
         if let Some(made_room) = made_room {
-            bump(&stats.websocket_upgrades_over_total);
+            bump(&self.stats.websocket_upgrades_over_total);
             tracing::debug!(group = %made_room.group, "WebSocket listener: closing a connection still upgrading to make room (budget.websocket_max_upgrading)");
             made_room.handle.cancel();
         }
-        ServerStats::add(&stats.websocket_upgrading, 1);
-        Some(Upgrading { table: table.clone(), ip: key, ticket, stats: stats.clone() })
     }
 }
 
@@ -197,7 +211,9 @@ impl Drop for Upgrading {
     fn drop(&mut self) {
         ServerStats::add(&self.stats.websocket_upgrading, -1);
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        table.upgrading.leave(self.ticket); // (gone already if it made room)
+        if let Some(ticket) = self.ticket {
+            table.upgrading.leave(ticket); // (gone already if it made room)
+        }
         if let Some(ip) = self.ip {
             if let Some(count) = table.per_ip.get_mut(&ip) {
                 *count -= 1;
@@ -205,6 +221,17 @@ impl Drop for Upgrading {
                     table.per_ip.remove(&ip);
                 }
             }
+        }
+    }
+}
+
+/// A connection that ended before its upgrade (its deadline, the server's shutdown, or closed to make room for a
+/// newer one: `budget.max_awaiting_hello`, `max_connections`): counted with the connections not welcomed yet closed
+/// to make room when that is why. (Nothing is told: before the upgrade there is no protocol to say it in.)
+fn ended_before_upgrade(admitted: &Option<Admitted>, stats: &ServerStats) {
+    if let Some(Admitted::Serve(slot)) = admitted {
+        if slot.made_room() {
+            bump(&stats.connections_closed_awaiting_hello);
         }
     }
 }
@@ -227,6 +254,7 @@ async fn connection<R: RoomHub>(
     let first_deadline = deadline.min(Instant::now() + FIRST_BYTE_TIMEOUT);
     match before(first_deadline, &shutdown, tcp.peek(&mut first)).await {
         Some(Ok(1..)) => {}
+        None => return ended_before_upgrade(&permit.1, &shared.stats),
         _ => return,
     }
     // A TLS record of type handshake (22) starts every TLS connection; an HTTP request starts with its method.
@@ -237,7 +265,10 @@ async fn connection<R: RoomHub>(
                 request(stream, (remote, here), true, shared, permit, (deadline, started), shutdown).await
             }
             Some(Err(err)) => tracing::debug!(%remote, %err, "WebSocket listener: TLS handshake failed"),
-            None => tracing::debug!(%remote, "WebSocket listener: TLS handshake timed out, or the server stops"),
+            None => {
+                ended_before_upgrade(&permit.1, &shared.stats);
+                tracing::debug!(%remote, "WebSocket listener: TLS handshake timed out, closed to make room, or the server stops");
+            }
         }
     } else {
         request(tcp, (remote, here), false, shared, permit, (deadline, started), shutdown).await;
@@ -260,7 +291,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
             answer(stream, response, &shutdown).await;
             return drop((upgrading, admitted)); // (held until answered, as below)
         }
-        None => return,
+        None => return ended_before_upgrade(&admitted, &shared.stats),
     };
     // From a trusted proxy: admitted now, as the client its head names.
     let (remote, admitted) = match admitted {

@@ -57,17 +57,20 @@ impl Handler for Driver {
                 let Some(current) = self.current.borrow().clone().filter(|c| c.id == connection) else { return };
                 // (A room whose Join's reply is not taken yet is rejoined by its join: `RoomEntry::kicked`.)
                 let Some(entry) = self.rooms.get(&room).filter(|entry| entry.kicked()) else { return };
-                if !entry.rejoin_waits(connection) {
-                    return; // a rejoin already waits to be read, and its Join answers this kick too
+                if !entry.kick_rejoin(connection) {
+                    return; // a rejoin runs for an earlier kick: one more follows it
                 }
                 let stop = self.stop.clone();
                 self.tasks.spawn(async move {
-                    // Not before the application reads: a room it does not read would be joined, fall behind and
-                    // be reset again and again, each time leaving a reader waiting with its stream.
-                    let read = entry.has_room(&stop, current.link.closed()).await;
-                    entry.rejoin_waited(current.id);
-                    if read {
-                        rooms::rejoin(&current, &entry).await;
+                    loop {
+                        // Not before the application reads: a room it does not read would be joined, fall behind
+                        // and be reset again and again, each time leaving a reader waiting with its stream.
+                        if entry.has_room(&stop, current.link.closed()).await {
+                            rooms::rejoin(&current, &entry).await;
+                        }
+                        if !entry.kick_rejoined(current.id) || stop.is_cancelled() || current.is_done() {
+                            break;
+                        }
                     }
                 });
             }

@@ -57,8 +57,9 @@ pub(crate) struct RoomEntry {
     pub(super) gone: CancellationToken,
     /// A task waits for room in `events` to hand out what datagram copies brought (`streams::on_copy`).
     pub(super) copies_waiting: AtomicBool,
-    /// The connection on which a rejoin for a `Kicked` waits for the application to read ([`RoomEntry::rejoin_waits`]).
-    rejoin_waiting: Mutex<Option<usize>>,
+    /// The connection on which a rejoin for a `Kicked` runs, and whether another kick came meanwhile
+    /// ([`RoomEntry::kick_rejoin`]).
+    kick_rejoining: Mutex<Option<(usize, bool)>>,
 }
 
 impl RoomEntry {
@@ -84,25 +85,39 @@ impl RoomEntry {
         false
     }
 
-    /// A `Kicked` for the room on `connection` is to be answered by a rejoin that first waits for the application
-    /// to read: false when one already waits on that connection (its Join, written after this kick, answers it
-    /// too). A server sending the same kick over and over made a task each, without bound, while the room was not
-    /// read. [`RoomEntry::rejoin_waited`] when the wait ends.
-    pub(crate) fn rejoin_waits(&self, connection: usize) -> bool {
-        let mut waiting = lock(&self.rejoin_waiting);
-        if *waiting == Some(connection) {
-            return false;
+    /// A `Kicked` for the room on `connection`: true to start a rejoin for it, false when one runs already on that
+    /// connection (noted: one more rejoin follows it, [`RoomEntry::kick_rejoined`]). One at a time: a server sending
+    /// the same kick over and over made a task each, without bound, waiting while the room was not read, and a
+    /// Join (and a retry loop) each once it was.
+    pub(crate) fn kick_rejoin(&self, connection: usize) -> bool {
+        let mut rejoining = lock(&self.kick_rejoining);
+        match &mut *rejoining {
+            Some((on, again)) if *on == connection => {
+                *again = true;
+                false
+            }
+            _ => {
+                *rejoining = Some((connection, false));
+                true
+            }
         }
-        *waiting = Some(connection);
-        true
     }
 
-    /// The rejoin on `connection` stopped waiting (its Join is written next, or never): a kick from now on is
-    /// answered by a rejoin of its own.
-    pub(crate) fn rejoin_waited(&self, connection: usize) {
-        let mut waiting = lock(&self.rejoin_waiting);
-        if *waiting == Some(connection) {
-            *waiting = None;
+    /// The rejoin for a kick on `connection` is done (or given up): true when another kick came meanwhile, for one
+    /// more rejoin (answered `AlreadyJoined` when the kicks were for the membership it replaced; a kick of the new
+    /// membership comes after its `Joined`, maybe in the same read); else a kick from now on starts one anew.
+    pub(crate) fn kick_rejoined(&self, connection: usize) -> bool {
+        let mut rejoining = lock(&self.kick_rejoining);
+        match &mut *rejoining {
+            Some((on, again)) if *on == connection && *again => {
+                *again = false;
+                true
+            }
+            Some((on, _)) if *on == connection => {
+                *rejoining = None;
+                false
+            }
+            _ => false,
         }
     }
 
@@ -190,7 +205,7 @@ impl Rooms {
             leave_started: AtomicBool::new(false),
             gone: CancellationToken::new(),
             copies_waiting: AtomicBool::new(false),
-            rejoin_waiting: Mutex::new(None),
+            kick_rejoining: Mutex::new(None),
         });
         rooms.insert(room.to_string(), entry.clone());
         Ok(Added::New(entry, received))
@@ -455,21 +470,22 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
 mod tests {
     use super::*;
 
-    /// Kicks on one connection while a rejoin waits for the application to read are answered by that rejoin; after
-    /// it stopped waiting, and on another connection, a kick gets a rejoin of its own.
+    /// Kicks on one connection while a rejoin for one runs are answered by one more rejoin after it, not one each;
+    /// on another connection, and after the rejoins are done, a kick starts one anew.
     #[test]
-    fn kicks_while_a_rejoin_waits_share_it() {
+    fn kicks_while_a_rejoin_runs_make_one_more() {
         let rooms = Rooms::default();
         let Ok(Added::New(entry, _received)) = rooms.add("r", false, CancellationToken::new()) else {
             panic!("a new room")
         };
-        assert!(entry.rejoin_waits(1));
-        assert!((0..1_000).all(|_| !entry.rejoin_waits(1)), "the same kick again: no rejoin more");
-        entry.rejoin_waited(2); // (another connection's: not this wait)
-        assert!(!entry.rejoin_waits(1));
-        entry.rejoin_waited(1);
-        assert!(entry.rejoin_waits(1), "a kick after the Join: a rejoin of its own");
-        assert!(entry.rejoin_waits(2), "a kick on the next connection");
+        assert!(entry.kick_rejoin(1));
+        assert!((0..1_000).all(|_| !entry.kick_rejoin(1)), "the same kick again: no rejoin more now");
+        assert!(!entry.kick_rejoined(2), "(another connection's)");
+        assert!(entry.kick_rejoined(1), "one more rejoin for the kicks that came meanwhile");
+        assert!(!entry.kick_rejoined(1), "then done");
+        assert!(entry.kick_rejoin(1), "a kick after the rejoins: a rejoin of its own");
+        assert!(!entry.kick_rejoin(1));
+        assert!(entry.kick_rejoin(2), "a kick on the next connection");
     }
 
     /// A kicked room that the application does not read: the wait for it to be read ends with its connection

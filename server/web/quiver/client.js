@@ -111,7 +111,10 @@ export class QuiverClient {
    */
   async join(room, { onEvent, redundant = false } = {}) {
     if (this.#rooms.has(room)) throw new QuiverError(ErrorCode.AlreadyJoined, `already in room ${room}`);
-    const entry = { state: new RoomState(room), onEvent, handle: null, joining: null, stream: 0, redundant };
+    const entry = {
+      state: new RoomState(room), onEvent, handle: null, joining: null, stream: 0, redundant, rejoining: null,
+      kickedAgain: false,
+    };
     entry.handle = new Room(this, entry.state);
     this.#rooms.set(room, entry);
     // Sent again on the next session if the session is lost before the reply (its membership went with it): from
@@ -421,7 +424,8 @@ export class QuiverClient {
   #push(push) {
     const entry = push.type === 'kicked' && push.room !== null ? this.#rooms.get(push.room) : undefined;
     if (entry && push.code === ErrorCode.SlowConsumer) {
-      this.#rejoin(entry); // the room's stream fell behind and was reset; the rest of the session is fine
+      // The room's stream fell behind and was reset; the rest of the session is fine.
+      this.#kickRejoin(entry);
     } else if (entry) {
       this.#endRoom(entry, push);
     }
@@ -444,6 +448,29 @@ export class QuiverClient {
   }
 
   // ── rooms ──
+
+  /**
+   * Joins a room again for a Kicked (it fell behind): one rejoin at a time per room and session. Kicks while it runs
+   * are noted, and one more rejoin follows it (answered AlreadyJoined when they were for the membership it
+   * replaced; a kick of the new membership comes after its Joined, maybe in the same read). A server repeating the
+   * kick made a Join, and a retry loop, each.
+   */
+  async #kickRejoin(entry) {
+    const session = this.#session;
+    if (entry.rejoining === session) {
+      entry.kickedAgain = true;
+      return;
+    }
+    entry.rejoining = session;
+    try {
+      do {
+        entry.kickedAgain = false;
+        await this.#rejoin(entry);
+      } while (entry.kickedAgain && this.#session === session && this.#rooms.get(entry.state.name) === entry);
+    } finally {
+      if (entry.rejoining === session) entry.rejoining = null;
+    }
+  }
 
   /** Joins a room again from its last position (after a reconnect, or a Kicked for falling behind). */
   async #rejoin(entry) {

@@ -1,20 +1,28 @@
 // Posts refused as Unavailable (the server's broker unreachable), and paced to the server's post rate: sendPosts (client/posts.js) driven with a session
-// whose replies the test gives, in the order it chooses, and a pause the test ends.
+// whose replies the test gives, in the order it chooses, and a pause the test ends; and a reply read in one chunk
+// with a push that closes the client.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { ErrorCode, QuiverError } from '../quiver/index.js';
+import { ErrorCode, QuiverError, encodeFrame, wire } from '../quiver/index.js';
 import { Backoff, Pacer, PostQueue } from '../quiver/state.js';
 import { sendPosts } from '../quiver/client/posts.js';
+import { concatBytes } from '../quiver/wire/varint.js';
+import { FakeServer, connect, until } from './fakes.mjs';
 
-/** A session whose requests wait for the test: `sent` lists `{id, answer(result), refuse(err)}` in order. */
+/**
+ * A session whose requests wait for the test: `sent` lists `{id, answer(result), refuse(err)}` in order. As the real
+ * one, a reply (an answer, or a refusal that is not the connection's loss) goes to the request's `answered`.
+ */
 function heldSession() {
   const sent = [];
   const session = {
-    request(body) {
+    request(body, noted = null, answered = null) {
       return new Promise((resolve, reject) => {
-        sent.push({ id: body.Post.client_msg_id, answer: resolve, refuse: reject });
+        const answer = (result) => (answered ? answered(result, null) : resolve(result));
+        const refuse = (err) => (answered && !err?.closed ? answered(null, err) : reject(err));
+        sent.push({ id: body.Post.client_msg_id, answer, refuse });
       });
     },
   };
@@ -114,4 +122,24 @@ test('the pacer: half the burst, 95 % of the rate, the lower of the post and req
   assert.equal(pacer.allowed(1000), 0);
   assert.equal(new Pacer({ posts_per_s: 1000, requests_per_s: 10 }, 0).allowed(0), 10);
   assert.equal(new Pacer({ posts_per_s: 0, requests_per_s: 0 }, 0).allowed(0), 1, 'never zero');
+});
+
+test('a post answered in the same chunk as a push that closes the client resolves to its seq', async (t) => {
+  const server = new FakeServer();
+  server.holdPostReplies = true; // stored, answered below by the test
+  let client = null;
+  client = await connect(t, server, {
+    name: 'ann',
+    onNotice: (notice) => {
+      if (notice.type === 'goaway') client.close();
+    },
+  });
+  const post = client.post('lobby', 'hi');
+  await until('the post reached the server', () => server.requestsOf('Post').length === 1);
+  const reqId = server.requests.find((r) => 'Post' in r.req.body).req.req_id;
+  const reply = { Reply: { req_id: reqId, result: { Ok: { Posted: { room: 'lobby', seq: 1n, duplicate: false } } } } };
+  const goAway = { GoAway: { code: ErrorCode.GoingAway, reason: 'restarting' } };
+  const chunk = concatBytes([encodeFrame(wire.ServerMsg, reply), encodeFrame(wire.ServerMsg, goAway)]);
+  server.connections[0].control.enqueue(chunk); // one read: the reply, then the push
+  assert.equal(await post, 1n, 'stored and answered: resolved, not rejected as closed');
 });

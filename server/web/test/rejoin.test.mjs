@@ -191,3 +191,37 @@ test('at max_rooms, a join right after a leave that was not awaited is not refus
   const held = [...server.rooms.entries()].filter(([, room]) => room.members.has(conn)).map(([name]) => name);
   assert.deepEqual(held.sort(), ['c', 'd']);
 });
+
+test('the same Kicked pushed again and again while a rejoin runs makes one rejoin more, not one each', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const lobby = await joinCollecting(ann, 'lobby');
+  const conn = server.connections[0];
+  server.refusedJoins = 5;
+  server.refuseJoinsWith = ErrorCode.Unavailable; // refused for now: the rejoin tries again
+  const kick = server.fallBehind(conn, 'lobby');
+  for (let i = 0; i < 1000; i++) conn.send(kick); // each in reads of its own
+  await until('rejoined', () => server.rooms.get('lobby').members.has(conn));
+  await sleep(200);
+  const joins = server.requestsOf('Join', conn).length - 1; // (the first join's)
+  // Six for the rejoin (five refused), and one after it for the kicks that came meanwhile (AlreadyJoined).
+  assert.ok(joins >= 6 && joins <= 8, `${joins} Joins for 1,000 kicks`);
+  assert.ok(lobby.events.every((e) => e.type !== 'kicked'), 'the room did not end');
+  await ann.post('lobby', 'after');
+  await until('the rejoined room delivers', () => lobby.messages().some((m) => m.text === 'after'));
+});
+
+test('a room stream read of a million empty frames ends the session as a protocol violation, and the room resumes', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const lobby = await joinCollecting(ann, 'lobby');
+  const conn = server.connections[0];
+  // Each zero byte is a frame of no body (never a RoomFrame): one read brings 500,000 of them (the fake splits the
+  // write in two). Spread into one call's arguments, they overflowed it, and the error left the room silent.
+  server.rooms.get('lobby').members.get(conn).writeBytes(new Uint8Array(1_000_000));
+  await until('the session is lost and a new one made', () => server.connections.length === 2);
+  await until('the room is joined again', () => server.requestsOf('Join', server.connections[1]).length === 1);
+  const bob = await connect(t, server, { name: 'bob' });
+  await bob.post('lobby', 'after');
+  await until('the room delivers again', () => lobby.messages().some((m) => m.text === 'after'));
+});

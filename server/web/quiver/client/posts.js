@@ -37,34 +37,36 @@ export function sendPosts(session, posts, unavailable, timers, again, now = () =
   }
   for (const job of jobs) {
     const body = { Post: { room: job.room, client_msg_id: job.clientMsgId, body: job.body } };
-    session.request(body).then(
-      (reply) => {
-        if (!posts.settle(job, token)) return;
-        unavailable.tries = 0;
-        try {
-          job.resolve(expectReply(reply, 'Posted').seq);
-        } catch (err) {
-          job.reject(err);
-        }
-      },
-      (err) => {
-        if (err?.closed) return; // sent again on the next connection (see PostQueue.connectionLost)
-        if (err?.code === ErrorCode.Unavailable && posts.settle(job, token)) {
-          // The server's broker is unreachable and nothing was sequenced: this post and every later one go again,
-          // in order, after a pause (the server deduplicates any that went through).
-          posts.retryFrom(job);
-          unavailable.paused = true;
-          timers.sleep(unavailable.backoff.delay(unavailable.tries++)).then(() => {
-            unavailable.paused = false;
-            again();
-          });
-          return;
-        }
-        // Over the server's rate anyway (its other requests took tokens too): the posts behind it slow down. It
-        // fails (a retry now would be sequenced after later posts taken since).
-        if (err?.code === ErrorCode.RateLimited) pacer?.empty(now());
-        if (posts.settle(job, token)) job.reject(err);
-      },
-    );
+    const posted = (reply) => {
+      if (!posts.settle(job, token)) return;
+      unavailable.tries = 0;
+      try {
+        job.resolve(expectReply(reply, 'Posted').seq);
+      } catch (err) {
+        job.reject(err);
+      }
+    };
+    const refused = (err) => {
+      if (err?.closed) return; // sent again on the next connection (see PostQueue.connectionLost)
+      if (err?.code === ErrorCode.Unavailable && posts.settle(job, token)) {
+        // The server's broker is unreachable and nothing was sequenced: this post and every later one go again,
+        // in order, after a pause (the server deduplicates any that went through).
+        posts.retryFrom(job);
+        unavailable.paused = true;
+        timers.sleep(unavailable.backoff.delay(unavailable.tries++)).then(() => {
+          unavailable.paused = false;
+          again();
+        });
+        return;
+      }
+      // Over the server's rate anyway (its other requests took tokens too): the posts behind it slow down. It
+      // fails (a retry now would be sequenced after later posts taken since).
+      if (err?.code === ErrorCode.RateLimited) pacer?.empty(now());
+      if (posts.settle(job, token)) job.reject(err);
+    };
+    // The reply is taken as its frame is read, before the frames behind it in the same chunk: a push that closes
+    // the client, or a loss that puts the posts in flight back in the queue, no longer finds this post unanswered
+    // (it was rejected as closed although stored, or sent again).
+    session.request(body, null, (reply, err) => (err ? refused(err) : posted(reply))).catch(refused);
   }
 }

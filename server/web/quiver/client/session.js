@@ -207,13 +207,15 @@ export class Session {
   /**
    * Sends one request; resolves with the reply's Ok value, rejects with a QuiverError (or QuiverEncodeError).
    * `noted(reqId)`, if given, hears the request's id before it is written (a Join's stream names it).
+   * `answered(ok, err)`, if given, hears the reply instead, synchronously as its frame is read (the promise then
+   * settles only if the request fails otherwise: not written, or the session lost).
    */
-  request(body, noted = null) {
+  request(body, noted = null, answered = null) {
     return new Promise((resolve, reject) => {
       let reqId;
       let frame;
       try {
-        reqId = this.requests.start({ resolve, reject });
+        reqId = this.requests.start({ resolve, reject, answered });
         frame = encodeFrame(wire.Request, { req_id: reqId, body }, this.maxFrame);
         noted?.(reqId);
       } catch (err) {
@@ -378,6 +380,9 @@ export class Session {
       const waiter = this.requests.complete(msg.Reply.req_id);
       const { Ok: ok, Err: failure } = msg.Reply.result;
       if (!waiter) return;
+      // Told at once, before the next frame of the chunk (a push that closes the client, say) is dispatched: the
+      // promise's callbacks would run a microtask later.
+      if (waiter.answered) return waiter.answered(ok, failure ? new QuiverError(failure.code, failure.message) : null);
       if (failure) waiter.reject(new QuiverError(failure.code, failure.message));
       else waiter.resolve(ok);
     } else if (msg.GoAway) {
@@ -444,7 +449,8 @@ export function roomFrames(stream, maxFrame) {
           frames.finish();
           return null;
         }
-        queue.push(...frames.push(value));
+        // (Not `push(...frames)`: a chunk of many tiny frames would pass more arguments than a call takes.)
+        for (const body of frames.push(value)) queue.push(body);
       }
       return wire.RoomFrame.decode(queue.shift());
     },

@@ -9,7 +9,7 @@ import { readRoomStream, roomCopy } from './client/streams.js';
 import { Dialer, transportOptions } from './client/dial.js';
 import { Publisher, Room, Subscription, claimOn, deliverTick, sendTick, subscribeOn } from './client/handles.js';
 import { sendPosts } from './client/posts.js';
-import { Signal, Timers, Turns, acrossReconnects, restore } from './client/waiting.js';
+import { Signal, Timers, Turns, acrossReconnects, oneRejoinAtATime, restore } from './client/waiting.js';
 import {
   REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, leftAnyway, toBytes, unixUs,
 } from './client/values.js';
@@ -40,7 +40,7 @@ export class QuiverClient {
   #timers = new Timers();
   #closing = new AbortController(); // aborted when the client ends: a connect under way gives up
   #backoff;
-  #rooms = new Map(); // name -> {state: RoomState, onEvent, handle: Room, joining: Promise, stream}
+  #rooms = new Map(); // name -> {state: RoomState, onEvent, handle: Room, joining: Promise, stream, rejoining?}
   #roomStreams = 0; // room streams accepted so far, over every session: a later stream is a newer one
   #subscriptions = new Map(); // channel -> {channel, onTick, ticks: LatestWins, latest, handle}
   #publishers = new Map(); // channel -> {channel, maxAgeMs, claim: {session, channelId} | null, nextSeq}
@@ -111,10 +111,7 @@ export class QuiverClient {
    */
   async join(room, { onEvent, redundant = false } = {}) {
     if (this.#rooms.has(room)) throw new QuiverError(ErrorCode.AlreadyJoined, `already in room ${room}`);
-    const entry = {
-      state: new RoomState(room), onEvent, handle: null, joining: null, stream: 0, redundant, rejoining: null,
-      kickedAgain: false,
-    };
+    const entry = { state: new RoomState(room), onEvent, handle: null, joining: null, stream: 0, redundant };
     entry.handle = new Room(this, entry.state);
     this.#rooms.set(room, entry);
     // Sent again on the next session if the session is lost before the reply (its membership went with it): from
@@ -425,7 +422,9 @@ export class QuiverClient {
     const entry = push.type === 'kicked' && push.room !== null ? this.#rooms.get(push.room) : undefined;
     if (entry && push.code === ErrorCode.SlowConsumer) {
       // The room's stream fell behind and was reset; the rest of the session is fine.
-      this.#kickRejoin(entry);
+      const session = this.#session;
+      const still = () => this.#session === session && this.#rooms.get(entry.state.name) === entry;
+      oneRejoinAtATime(entry, session, () => this.#rejoin(entry), still);
     } else if (entry) {
       this.#endRoom(entry, push);
     }
@@ -448,29 +447,6 @@ export class QuiverClient {
   }
 
   // ── rooms ──
-
-  /**
-   * Joins a room again for a Kicked (it fell behind): one rejoin at a time per room and session. Kicks while it runs
-   * are noted, and one more rejoin follows it (answered AlreadyJoined when they were for the membership it
-   * replaced; a kick of the new membership comes after its Joined, maybe in the same read). A server repeating the
-   * kick made a Join, and a retry loop, each.
-   */
-  async #kickRejoin(entry) {
-    const session = this.#session;
-    if (entry.rejoining === session) {
-      entry.kickedAgain = true;
-      return;
-    }
-    entry.rejoining = session;
-    try {
-      do {
-        entry.kickedAgain = false;
-        await this.#rejoin(entry);
-      } while (entry.kickedAgain && this.#session === session && this.#rooms.get(entry.state.name) === entry);
-    } finally {
-      if (entry.rejoining === session) entry.rejoining = null;
-    }
-  }
 
   /** Joins a room again from its last position (after a reconnect, or a Kicked for falling behind). */
   async #rejoin(entry) {

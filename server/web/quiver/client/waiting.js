@@ -130,3 +130,25 @@ export async function acrossReconnects(live, attempt, givenUp, ended) {
     }
   }
 }
+
+/**
+ * Rejoins `entry`'s room for a Kicked (it fell behind) on `session`, one at a time per room and session: a kick while
+ * one runs is noted, and one more rejoin follows it while `still()` (answered AlreadyJoined when the kicks were for
+ * the membership it replaced; a kick of the new membership comes after its Joined, maybe in the same read). A server
+ * repeating the kick made a Join, and a retry loop, each.
+ */
+export async function oneRejoinAtATime(entry, session, rejoin, still) {
+  if (entry.rejoining === session) {
+    entry.kickedAgain = true;
+    return;
+  }
+  entry.rejoining = session;
+  try {
+    do {
+      entry.kickedAgain = false;
+      await rejoin();
+    } while (entry.kickedAgain && still());
+  } finally {
+    if (entry.rejoining === session) entry.rejoining = null;
+  }
+}

@@ -111,6 +111,9 @@ impl Replies {
         (codec, stats): (&FrameCodec, &ServerStats),
         (out, send): (&mut BytesMut, &mut WireSend),
     ) -> (T, bool) {
+        if !self.waiting() {
+            return (work.await, false); // (nothing to go on with: the common case, a post right after its answer)
+        }
         let mut work = std::pin::pin!(work);
         let (mut wrote, mut failed) = (false, false);
         // Replies made meanwhile, put behind `out` between turns (the write borrows `out`).

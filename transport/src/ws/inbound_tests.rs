@@ -208,3 +208,35 @@ async fn stops_a_server_never_takes_are_bounded() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A hostile server's empty chunks on a room stream nobody reads are not queued (they cost a place each and counted
+/// nothing, without bound), and tiny ones count at least a queue place each: the stream's bound ends it long before
+/// it holds a bound's worth of places.
+#[tokio::test]
+async fn empty_and_tiny_chunks_cannot_grow_a_room_streams_queue_past_its_bound() {
+    let (mut server, client) = hostile_server().await;
+    server.send(stream_message(1, Bytes::from_static(b"x"))).await.unwrap();
+    let mut stream = within(client.accept_uni()).await.unwrap();
+    for _ in 0..100_000 {
+        server.send(stream_message(1, Bytes::new())).await.unwrap();
+    }
+    server.send(Message::Binary(WsMessage::Finish { id: 1 }.encode().to_vec())).await.unwrap();
+    assert_eq!(within(stream.read_chunk()).await.unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(within(stream.read_chunk()).await.unwrap(), None, "nothing queued for the empty chunks");
+    // One-byte chunks on a stream nobody reads: a stream's bound of places, not of bytes, ends it.
+    server.send(stream_message(2, Bytes::from_static(b"y"))).await.unwrap();
+    let _unread = within(client.accept_uni()).await.unwrap();
+    let places = INBOUND_STREAM_BYTES / 64 + 1;
+    let sending = tokio::spawn(async move {
+        for _ in 0..places {
+            server.send(stream_message(2, Bytes::from_static(b"z"))).await.unwrap();
+        }
+        loop {
+            let Some(Ok(Message::Binary(bytes))) = within(server.next()).await else { continue };
+            if let Ok(WsMessage::Stop { id, code }) = WsMessage::decode(Bytes::from(bytes)) {
+                return (id, code);
+            }
+        }
+    });
+    assert_eq!(within(sending).await.unwrap(), (2, ErrorCode::SlowConsumer));
+}

@@ -59,6 +59,16 @@ pub(super) enum Pushed {
     ConnectionFull,
 }
 
+/// The least a chunk counts against [`INBOUND_STREAM_BYTES`] and [`INBOUND_CONNECTION_BYTES`]: about its place in
+/// the queue (the item, its buffer's header), so that a peer sending tiny chunks cannot make the queue hold many
+/// times the bound in places (a chunk of a byte counted one).
+const CHUNK_COST: usize = 64;
+
+/// What `bytes` counts against the bounds: its length, or [`CHUNK_COST`] if that is more.
+fn charged(bytes: &Bytes) -> usize {
+    bytes.len().max(CHUNK_COST)
+}
+
 impl RoomQueue {
     pub(super) fn new(total: Arc<AtomicUsize>, live: Arc<AtomicUsize>, id: u64) -> Arc<RoomQueue> {
         live.fetch_add(1, Relaxed);
@@ -85,7 +95,10 @@ impl RoomQueue {
         if state.reader_gone {
             return Pushed::Dropped;
         }
-        let len = bytes.len();
+        if bytes.is_empty() {
+            return Pushed::Queued; // nothing to read: not queued (an empty chunk cost a place and counted nothing)
+        }
+        let len = charged(&bytes);
         if state.bytes + len <= INBOUND_STREAM_BYTES && self.total.load(Relaxed) + len > INBOUND_CONNECTION_BYTES {
             return Pushed::ConnectionFull;
         }
@@ -146,8 +159,8 @@ impl RoomQueue {
                 let mut state = self.lock();
                 if let Some(item) = state.items.pop_front() {
                     if let Inbound::Data(bytes) = &item {
-                        state.bytes -= bytes.len();
-                        self.total.fetch_sub(bytes.len(), Relaxed);
+                        state.bytes -= charged(bytes);
+                        self.total.fetch_sub(charged(bytes), Relaxed);
                     }
                     return Some(item);
                 }

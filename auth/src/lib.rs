@@ -181,9 +181,11 @@ pub fn check_subject(sub: &str) -> Result<(), SubjectError> {
 }
 
 /// Whether `sub` has a character that shows nothing where it stands: Unicode's format characters (category Cf),
-/// the line and paragraph separators, and the blanks that render as nothing (Hangul fillers, the Braille blank,
-/// Khmer's inherent vowels); and the joiners and selectors (ZWJ, ZWNJ, the combining grapheme joiner, variation
-/// selectors) anywhere but after a character outside ASCII (an emoji, a letter of a script that joins), and tag
+/// the line and paragraph separators, the blanks that render as nothing (Hangul fillers, the Braille blank,
+/// Khmer's inherent vowels) and the code points Unicode reserves to render as nothing (unassigned ones too: U+2065,
+/// U+FFF0–FFF8, the tag block's and the variation selectors' unassigned rest); and the joiners and selectors (ZWJ,
+/// ZWNJ, the combining grapheme joiner, variation selectors) anywhere but once after a character outside ASCII (an
+/// emoji, a letter of a script that joins; a joiner may also follow a selector: 🏳️‍🌈), and tag
 /// characters anywhere but in a flag's tag sequence (after U+1F3F4). `alice` followed by any of them reads as
 /// `alice`; 👩‍💻, ❤️, 🏴󠁧󠁢󠁳󠁣󠁴󠁿 and Persian names spelled with ZWNJ stay names.
 fn has_invisible(sub: &str) -> bool {
@@ -203,25 +205,27 @@ fn has_invisible(sub: &str) -> bool {
             | '\u{200B}'
             | '\u{200E}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}'
+            | '\u{2060}'..='\u{206F}'
             | '\u{2800}'
             | '\u{3164}'
             | '\u{FEFF}'
             | '\u{FFA0}'
-            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{FFF0}'..='\u{FFFB}'
             | '\u{110BD}'
             | '\u{110CD}'
             | '\u{13430}'..='\u{1343F}'
             | '\u{1BCA0}'..='\u{1BCA3}'
             | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0001}' => false,
-            // Joiners and selectors: part of what comes before them, if that is not plain ASCII.
-            '\u{034F}'
-            | '\u{180B}'..='\u{180F}'
-            | '\u{200C}'..='\u{200D}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{E0100}'..='\u{E01EF}' => before.is_some_and(|b| !b.is_ascii()),
+            | '\u{E0000}'..='\u{E001F}'
+            | '\u{E0080}'..='\u{E00FF}'
+            | '\u{E01F0}'..='\u{E0FFF}' => false,
+            // Selectors: part of what comes before them, if that is neither plain ASCII nor another selector or
+            // joiner (a run of them after one letter reads as that letter).
+            '\u{034F}' | '\u{180B}'..='\u{180F}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' => {
+                before.is_some_and(|b| !b.is_ascii() && !is_selector(b) && !is_joiner(b))
+            }
+            // Joiners: after a character outside ASCII (a selected one too: 🏳️‍🌈), not after another joiner.
+            '\u{200C}'..='\u{200D}' => before.is_some_and(|b| !b.is_ascii() && !is_joiner(b)),
             // Tags: only in a flag's sequence (U+1F3F4, then tags).
             '\u{E0020}'..='\u{E007F}' => {
                 before.is_some_and(|b| b == '\u{1F3F4}' || ('\u{E0020}'..='\u{E007F}').contains(&b))
@@ -235,6 +239,16 @@ fn has_invisible(sub: &str) -> bool {
     }
     // A joiner or selector last joins nothing.
     before.is_some_and(|last| matches!(last, '\u{200C}'..='\u{200D}' | '\u{034F}'))
+}
+
+/// A variation selector or the combining grapheme joiner (shows nothing of its own).
+fn is_selector(c: char) -> bool {
+    matches!(c, '\u{034F}' | '\u{180B}'..='\u{180F}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
+}
+
+/// ZWNJ or ZWJ.
+fn is_joiner(c: char) -> bool {
+    matches!(c, '\u{200C}'..='\u{200D}')
 }
 
 /// Whether `name` matches `pattern` (dot-separated segments; `*` one segment; a final `**` one or more). A

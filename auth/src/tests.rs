@@ -192,13 +192,27 @@ fn subjects_are_limited_to_max_identity_bytes() {
         "\u{115F}alice",
         "al\u{034F}ice",
         "\u{200D}",
+        // Rendered as nothing though unassigned, and runs of selectors or joiners after one letter.
+        "alice\u{2065}",
+        "alice\u{FFF0}",
+        "alice\u{E0000}",
+        "alice\u{E0080}",
+        "alice\u{E01F0}",
+        "José\u{FE0F}\u{FE0F}",
+        "José\u{200D}\u{200D}x",
+        "José\u{200C}\u{FE0F}",
     ] {
         assert_eq!(check_subject(spoof), Err(SubjectError::Invisible), "{spoof:?}");
     }
     // Emoji sequences (ZWJ, variation selector, a flag's tags) and ZWNJ in a Persian name are names.
-    for fine in
-        ["👩\u{200D}💻", "❤\u{FE0F}", "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}", "می\u{200C}خواهم"]
-    {
+    for fine in [
+        "👩\u{200D}💻",
+        "❤\u{FE0F}",
+        "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+        "می\u{200C}خواهم",
+        "🏳\u{FE0F}\u{200D}🌈",
+        "👁\u{FE0F}\u{200D}🗨\u{FE0F}",
+    ] {
         assert_eq!(check_subject(fine), Ok(()), "{fine:?}");
     }
     for spoof in ["alice ", " alice", "\u{3000}alice", "   "] {

@@ -196,9 +196,13 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
         }
     };
     // Settings that name no token key any more (the list emptied) would fall back to the dev key, as a start does:
-    // a reload keeps the keys instead, as it does when every key file is gone.
-    let was_dev = matches!(reread.applied.auth_config_for_reload(), Ok((crate::auth::AuthConfig::DevKey, _)));
-    if matches!(auth, crate::auth::AuthConfig::DevKey) && !was_dev {
+    // a reload keeps the keys instead, as it does when every key file is gone. Not when tokens were not asked for
+    // at all (`auth.anonymous`): the dev key is then the tighter setting, and the anonymous sessions are refused
+    // (`TokenRequired`) as the reload checks them.
+    let before = reread.applied.auth_config_for_reload();
+    let was_dev_or_anonymous =
+        matches!(before, Ok((crate::auth::AuthConfig::DevKey | crate::auth::AuthConfig::Anonymous, _)));
+    if matches!(auth, crate::auth::AuthConfig::DevKey) && !was_dev_or_anonymous {
         let why = "the settings name no token key any more: a reload must leave at least one key";
         tracing::error!(why, "reload failed; keeping the current keys");
         say(&format!("reload failed: auth: {why} (nothing changed)"));

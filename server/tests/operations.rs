@@ -261,6 +261,34 @@ async fn sighup_reads_the_configuration_again_and_a_key_taken_out_of_it_is_no_lo
     connect(&kept).await.unwrap();
 }
 
+/// Anonymous access turned off by a reload (`auth.anonymous` taken out, no key named: the dev key, as a start would
+/// take) is applied: the anonymous sessions are closed `TokenRequired`. Before, the reload was refused as one that
+/// named no token key any more, and the server stayed open to anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_turns_anonymous_access_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("quiver.toml");
+    let write_config = |anonymous: bool| {
+        let auth = if anonymous { "[auth]\nanonymous = true\n" } else { "" };
+        std::fs::write(&config, format!("listen = \"127.0.0.1:0\"\n{auth}[web]\npage = \"off\"\n")).unwrap();
+    };
+    write_config(true);
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()];
+    let mut server = Running::start(&args, &[], Stdio::null());
+    // Pinned, not `Auto`: no dev token either (the data directory's key, made with the certificate).
+    let trust = TrustOptions::Pin(quiver_certs::sha256(&quiver_certs::dev::read(&data).unwrap()));
+    let options = ConnectOptions { token: None, ..options(trust) };
+    let anonymous = Client::connect_with(&server.addr, options.clone()).await.expect("anonymous access");
+    write_config(false);
+    server.signal("HUP");
+    assert!(server.line_starting("reload").starts_with("reloaded: certificate sha256 "));
+    let (code, reason) = tokio::time::timeout(Duration::from_secs(10), anonymous.closed()).await.expect("closed");
+    assert_eq!(code, ErrorCode::TokenRequired, "{reason}");
+    let refused = Client::connect_with(&server.addr, options).await.map(|_| ()).unwrap_err();
+    assert!(refused.to_string().contains("TokenRequired") || refused.to_string().contains("token"), "{refused}");
+}
+
 #[test]
 fn config_check_names_the_line_and_print_redacts_the_secret() {
     let dir = tempfile::tempdir().unwrap();

@@ -61,8 +61,10 @@ impl Reloader {
         // (a reload for the token keys), is served as before.
         let in_use = self.fingerprint.get();
         let refuse = |new: &Fingerprint| *new != in_use;
-        let certified = endpoint::server_config(&self.config, &self.tickets, std::time::SystemTime::now(), refuse)?;
+        // The keys first: the certificate's config may renew the dev certificate on disk, which a reload that then
+        // failed (a damaged key file) left there unserved, and clients pinning the file's hash were refused.
         let auth = Arc::new(crate::auth::Auth::from_config(&auth, &self.config.data_dir)?);
+        let certified = endpoint::server_config(&self.config, &self.tickets, std::time::SystemTime::now(), refuse)?;
         Ok(self.install(&mut not_after, certified, Some(auth)))
     }
 

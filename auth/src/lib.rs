@@ -298,6 +298,32 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// The DER of an Ed25519 `SubjectPublicKeyInfo` (RFC 8410) before its 32-byte key.
+const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// Checks that `pem` is one `PUBLIC KEY` block holding an Ed25519 key of 32 bytes, and nothing else: the PEM
+/// reader behind the verifier takes the first block of any kind (a certificate too), the first algorithm it finds
+/// in it, and a key of any length, so a wrong file was accepted and every token then refused.
+fn check_ed25519_pem(pem: &[u8]) -> Result<(), String> {
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    let text = std::str::from_utf8(pem).map_err(|_| "not text (a PEM file is)".to_string())?.trim();
+    let body = text
+        .strip_prefix(BEGIN)
+        .and_then(|rest| rest.strip_suffix(END))
+        .ok_or_else(|| "not one PEM block labelled PUBLIC KEY, alone in the file".to_string())?;
+    if body.contains("-----") {
+        return Err("more than one PEM block (one key per file)".into());
+    }
+    let base64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, base64)
+        .map_err(|err| format!("the PEM block is not base64: {err}"))?;
+    match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
+        Some(key) if key.len() == 32 => Ok(()),
+        _ => Err("not an Ed25519 public key of 32 bytes (SubjectPublicKeyInfo, RFC 8410)".into()),
+    }
+}
+
 impl Auth {
     /// Builds the verifier for `config`, generating the dev key in `data_dir` when needed.
     pub fn from_config(config: &AuthConfig, data_dir: &Path) -> Result<Auth, AuthError> {
@@ -320,14 +346,12 @@ impl Auth {
             let id = KeyId::of(&key);
             decoding.push(match key {
                 TokenKey::Hs256(secret) => (Algorithm::HS256, DecodingKey::from_secret(&secret), id),
-                TokenKey::Ed25519Pem(pem) => (
-                    Algorithm::EdDSA,
-                    DecodingKey::from_ed_pem(&pem).map_err(|e| AuthError::BadKey {
-                        path: PathBuf::from("(Ed25519 public key)"),
-                        reason: e.to_string(),
-                    })?,
-                    id,
-                ),
+                TokenKey::Ed25519Pem(pem) => {
+                    let bad =
+                        |reason: String| AuthError::BadKey { path: PathBuf::from("(Ed25519 public key)"), reason };
+                    check_ed25519_pem(&pem).map_err(bad)?;
+                    (Algorithm::EdDSA, DecodingKey::from_ed_pem(&pem).map_err(|e| bad(e.to_string()))?, id)
+                }
             });
         }
         Ok(Auth::Tokens(decoding))

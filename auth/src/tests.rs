@@ -321,3 +321,36 @@ fn a_signed_token_with_bad_claims_is_malformed_whatever_the_order_of_the_keys() 
         assert_eq!(auth.verify(Some(&token), NOW).unwrap_err().code, ErrorCode::TokenMalformed);
     }
 }
+
+/// An Ed25519 key file must be one `PUBLIC KEY` block of a 32-byte Ed25519 key: a short key, a certificate, another
+/// algorithm's key or a second block are refused when the keys are loaded (the PEM reader took them, and every
+/// token was refused afterwards).
+#[test]
+fn ed25519_key_files_are_checked_strictly() {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let good = pair.public_key_pem();
+    let load = |pem: &str| {
+        Auth::from_config(&AuthConfig::Keys(vec![TokenKey::Ed25519Pem(pem.as_bytes().to_vec())]), Path::new("."))
+    };
+    assert!(load(&good).is_ok(), "{good}");
+    assert!(load(&format!("\n{good}\n")).is_ok(), "whitespace around the block");
+    use base64::Engine as _;
+    let b64 = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
+    let block = |label: &str, der: &[u8]| format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", b64(der));
+    let mut short = ED25519_SPKI_PREFIX.to_vec();
+    short[1] = 0x29;
+    short[10] = 0x20;
+    short.extend_from_slice(&[7u8; 31]);
+    let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["x".into()]).unwrap().self_signed(&pair).unwrap();
+    for (bad, why) in [
+        (block("PUBLIC KEY", &short), "a 31-byte key"),
+        (p256.public_key_pem(), "a P-256 key"),
+        (cert.pem(), "a certificate"),
+        (format!("{good}{good}"), "two blocks"),
+        ("not a key".to_string(), "no block"),
+    ] {
+        let err = load(&bad).map(|_| ()).expect_err(why);
+        assert!(err.to_string().contains("Ed25519"), "{why}: {err}");
+    }
+}

@@ -392,6 +392,7 @@ async fn a_websocket_newcomer_over_its_upgrade_bound_closes_nobody() {
             let mut over = silent_tcp(&server, [127, 0, 0, 3].into()).await;
             assert!(closed_by_the_server(&mut over).await, "the newcomer over its bound is closed");
             tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(server.stats.snapshot().connections_closed_awaiting_hello, 0, "nobody was closed for it");
             assert!(silent.iter().all(|conn| conn.close_reason().is_none()), "nobody was closed for it");
             let mut buf = [0u8; 1];
             let still = tokio::time::timeout(

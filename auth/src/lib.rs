@@ -189,7 +189,7 @@ pub fn check_subject(sub: &str) -> Result<(), SubjectError> {
 /// characters anywhere but in a flag's tag sequence (after U+1F3F4). `alice` followed by any of them reads as
 /// `alice`; 👩‍💻, ❤️, 🏴󠁧󠁢󠁳󠁣󠁴󠁿 and Persian names spelled with ZWNJ stay names.
 fn has_invisible(sub: &str) -> bool {
-    let mut before: Option<char> = None;
+    let (mut before, mut before2): (Option<char>, Option<char>) = (None, None);
     for c in sub.chars() {
         let shown = match c {
             '\u{00AD}'
@@ -224,8 +224,15 @@ fn has_invisible(sub: &str) -> bool {
             '\u{034F}' | '\u{180B}'..='\u{180F}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' => {
                 before.is_some_and(|b| !b.is_ascii() && !is_selector(b) && !is_joiner(b))
             }
-            // Joiners: after a character outside ASCII (a selected one too: 🏳️‍🌈), not after another joiner.
-            '\u{200C}'..='\u{200D}' => before.is_some_and(|b| !b.is_ascii() && !is_joiner(b)),
+            // Joiners: after a character outside ASCII, not after another joiner, and after a selector only as in
+            // an emoji sequence (🏳️‍🌈: ZWJ after U+FE0F after a symbol, not a letter: `José` FE0F ZWJ reads as `José`).
+            '\u{200C}'..='\u{200D}' => before.is_some_and(|b| {
+                let selected_emoji = b == '\u{FE0F}'
+                    && c == '\u{200D}'
+                    && before2
+                        .is_some_and(|b2| !b2.is_ascii() && !b2.is_alphabetic() && !is_selector(b2) && !is_joiner(b2));
+                !b.is_ascii() && !is_joiner(b) && (!is_selector(b) || selected_emoji)
+            }),
             // Tags: only in a flag's sequence (U+1F3F4, then tags).
             '\u{E0020}'..='\u{E007F}' => {
                 before.is_some_and(|b| b == '\u{1F3F4}' || ('\u{E0020}'..='\u{E007F}').contains(&b))
@@ -235,7 +242,7 @@ fn has_invisible(sub: &str) -> bool {
         if !shown {
             return true;
         }
-        before = Some(c);
+        (before2, before) = (before, Some(c));
     }
     // A joiner or selector last joins nothing.
     before.is_some_and(|last| matches!(last, '\u{200C}'..='\u{200D}' | '\u{034F}'))
@@ -307,12 +314,14 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b,
 fn check_ed25519_pem(pem: &[u8]) -> Result<(), String> {
     const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
     const END: &str = "-----END PUBLIC KEY-----";
-    let text = std::str::from_utf8(pem).map_err(|_| "not text (a PEM file is)".to_string())?.trim();
-    let body = text
-        .strip_prefix(BEGIN)
-        .and_then(|rest| rest.strip_suffix(END))
-        .ok_or_else(|| "not one PEM block labelled PUBLIC KEY, alone in the file".to_string())?;
-    if body.contains("-----") {
+    let text = std::str::from_utf8(pem).map_err(|_| "not text (a PEM file is)".to_string())?;
+    // Text around the block is allowed (RFC 7468: `openssl pkey -pubout -text` writes the key's dump after it).
+    let start = text.find(BEGIN).ok_or_else(|| "no PEM block labelled PUBLIC KEY".to_string())?;
+    let body_and_rest = &text[start + BEGIN.len()..];
+    let end = body_and_rest.find(END).ok_or_else(|| "the PUBLIC KEY block has no end".to_string())?;
+    let body = &body_and_rest[..end];
+    let outside = [&text[..start], &body_and_rest[end + END.len()..]];
+    if body.contains("-----") || outside.iter().any(|t| t.contains("-----BEGIN")) {
         return Err("more than one PEM block (one key per file)".into());
     }
     let base64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
@@ -320,7 +329,7 @@ fn check_ed25519_pem(pem: &[u8]) -> Result<(), String> {
         .map_err(|err| format!("the PEM block is not base64: {err}"))?;
     match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
         Some(key) if key.len() == 32 => Ok(()),
-        _ => Err("not an Ed25519 public key of 32 bytes (SubjectPublicKeyInfo, RFC 8410)".into()),
+        _ => Err("the PUBLIC KEY block is not a 32-byte Ed25519 key (SubjectPublicKeyInfo, RFC 8410)".into()),
     }
 }
 

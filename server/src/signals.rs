@@ -177,7 +177,7 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
             (reread.applied.clone(), false)
         }
     };
-    let waiting = changed_keys(&reread.started, &settings);
+    let mut waiting = changed_keys(&reread.started, &settings);
     if !waiting.is_empty() {
         tracing::warn!(keys = %waiting.join(", "), "settings changed that only a restart applies");
     }
@@ -202,6 +202,11 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
     let before = reread.applied.auth_config_for_reload();
     let was_dev_or_anonymous =
         matches!(before, Ok((crate::auth::AuthConfig::DevKey | crate::auth::AuthConfig::Anonymous, _)));
+    // The demo page's dev tokens are decided at start: a server started anonymous gives its page none until then.
+    if matches!(auth, crate::auth::AuthConfig::DevKey) && matches!(before, Ok((crate::auth::AuthConfig::Anonymous, _)))
+    {
+        waiting.push("auth.anonymous (the demo page's dev tokens)".to_string());
+    }
     if matches!(auth, crate::auth::AuthConfig::DevKey) && !was_dev_or_anonymous {
         let why = "the settings name no token key any more: a reload must leave at least one key";
         tracing::error!(why, "reload failed; keeping the current keys");

@@ -283,6 +283,8 @@ async fn sighup_turns_anonymous_access_off() {
     write_config(false);
     server.signal("HUP");
     assert!(server.line_starting("reload").starts_with("reloaded: certificate sha256 "));
+    let restart = server.line_starting("changed, ");
+    assert!(restart.contains("the demo page's dev tokens"), "{restart}");
     let (code, reason) = tokio::time::timeout(Duration::from_secs(10), anonymous.closed()).await.expect("closed");
     assert_eq!(code, ErrorCode::TokenRequired, "{reason}");
     let refused = Client::connect_with(&server.addr, options).await.map(|_| ()).unwrap_err();

@@ -68,7 +68,11 @@ impl Handler for Driver {
                         if entry.has_room(&stop, current.link.closed()).await {
                             rooms::rejoin(&current, &entry).await;
                         }
-                        if !entry.kick_rejoined(current.id) || stop.is_cancelled() || current.is_done() {
+                        if !entry.kick_rejoined(current.id) {
+                            break;
+                        }
+                        if stop.is_cancelled() || current.is_done() {
+                            entry.kick_rejoin_ended(current.id);
                             break;
                         }
                     }

@@ -103,6 +103,15 @@ impl RoomEntry {
         }
     }
 
+    /// Forgets the rejoin for a kick on `connection` (its task ends without another: the connection or client is
+    /// done), if that is the one noted.
+    pub(crate) fn kick_rejoin_ended(&self, connection: usize) {
+        let mut rejoining = lock(&self.kick_rejoining);
+        if rejoining.is_some_and(|(on, _)| on == connection) {
+            *rejoining = None;
+        }
+    }
+
     /// The rejoin for a kick on `connection` is done (or given up): true when another kick came meanwhile, for one
     /// more rejoin (answered `AlreadyJoined` when the kicks were for the membership it replaced; a kick of the new
     /// membership comes after its `Joined`, maybe in the same read); else a kick from now on starts one anew.
@@ -443,7 +452,7 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
             Err(err) => Err(err),
         };
         match reply {
-            // (Joined already: a kick meanwhile is not noted but answered by a rejoin of its own.)
+            // (Joined already: a kick meanwhile is not noted here; its handler has a rejoin follow this one.)
             Ok(Reply::Joined(joined)) => {
                 entry.replied(&joined);
             }

@@ -111,7 +111,7 @@ impl Replies {
         (codec, stats): (&FrameCodec, &ServerStats),
         (out, send): (&mut BytesMut, &mut WireSend),
     ) -> (T, bool) {
-        if !self.waiting() {
+        if !self.waiting() && out.is_empty() {
             return (work.await, false); // (nothing to go on with: the common case, a post right after its answer)
         }
         let mut work = std::pin::pin!(work);

@@ -268,6 +268,64 @@ async fn a_post_waiting_for_its_rooms_load_does_not_hold_back_earlier_posts() {
     let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
 }
 
+/// The replies before a post that waits for its room's load are written while it waits, also when none of them
+/// waits for a commit (a Welcome, a Joined, in the same read as the post): they sat unwritten until the load was
+/// done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_before_a_post_waiting_for_its_rooms_load_are_written_meanwhile() {
+    use quiver_proto::{FrameCodec, Hello, Join, Limits, Post, Reply, Request, RequestBody, ServerMsg};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())).unwrap();
+    let (addr, rooms) = (server.local_addr(), server.rooms().clone());
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(server.run(shutdown.clone()));
+    let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let member = quiver_client::Client::connect(&addr.to_string(), trust.clone()).await.unwrap();
+    let _lobby = member.join("lobby").await.unwrap(); // in memory from now on
+    let held = rooms.hold_loads().await;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(
+        quiver_client::trust::quinn_client_config(&trust, addr, quiver_proto::ALPN_QUIVER).unwrap(),
+    );
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let token = quiver_auth::mint_dev(dir.path(), &quiver_auth::Claims::everything("raw", now_s, 600)).unwrap();
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let hello = Hello { version: quiver_proto::PROTOCOL_VERSION, agent: "test".into(), name: None, token: Some(token) };
+    let mut chunk = codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) }).unwrap();
+    let join = Join { room: "lobby".into(), since: None, redundant: false };
+    codec.encode(&Request { req_id: 1, body: RequestBody::Join(join) }, &mut chunk).unwrap();
+    let post = Post { room: "cold".into(), client_msg_id: 1, body: bytes::Bytes::from_static(b"x") };
+    codec.encode(&Request { req_id: 2, body: RequestBody::Post(post) }, &mut chunk).unwrap();
+    send.write_all(&chunk).await.unwrap();
+    let mut inbound = bytes::BytesMut::new();
+    let mut replies = Vec::new();
+    let joined = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            while let Some(msg) = codec.decode::<ServerMsg>(&mut inbound).unwrap() {
+                replies.push(msg);
+            }
+            let joined = |m: &ServerMsg| matches!(m, ServerMsg::Reply { req_id: 1, result: Ok(Reply::Joined(_)) });
+            if replies.iter().any(joined) {
+                return;
+            }
+            match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
+                _ => return,
+            }
+        }
+    })
+    .await;
+    let posted = replies.iter().any(|m| matches!(m, ServerMsg::Reply { req_id: 2, .. }));
+    drop(held);
+    assert!(joined.is_ok(), "the Welcome and Joined waited for the post's load: {replies:?}");
+    assert!(!posted, "the post did not wait for its room's load");
+    member.close().await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
+}
+
 /// A dev server on 127.0.0.1 whose store's writer is held (a hung disk) until the returned sender says go.
 fn with_a_stalled_store(dir: &std::path::Path) -> (Server, std::sync::mpsc::Sender<()>) {
     let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.to_owned())).unwrap();

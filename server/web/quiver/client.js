@@ -424,7 +424,7 @@ export class QuiverClient {
       // The room's stream fell behind and was reset; the rest of the session is fine.
       const session = this.#session;
       const still = () => this.#session === session && this.#rooms.get(entry.state.name) === entry;
-      oneRejoinAtATime(entry, session, () => this.#rejoin(entry), still);
+      oneRejoinAtATime(entry, session, () => this.#rejoin(entry), still).catch(() => {}); // (a failure ends the room)
     } else if (entry) {
       this.#endRoom(entry, push);
     }

@@ -234,12 +234,8 @@ async fn a_client_gone_while_its_join_waits_for_a_stalled_store_lets_go_of_its_c
 /// acknowledged until it was done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_waiting_for_its_rooms_load_does_not_hold_back_earlier_posts() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())).unwrap();
-    let (addr, rooms) = (server.local_addr(), server.rooms().clone());
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(server.run(shutdown.clone()));
-    let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let server = InProcess::start();
+    let (addr, rooms, trust) = (server.addr, server.rooms.clone(), server.trust());
     let member = quiver_client::Client::connect(&addr.to_string(), trust.clone()).await.unwrap();
     let mut lobby = member.join("lobby").await.unwrap();
     let poster = quiver_client::Client::connect(&addr.to_string(), trust).await.unwrap();
@@ -264,8 +260,7 @@ async fn a_post_waiting_for_its_rooms_load_does_not_hold_back_earlier_posts() {
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap().unwrap(), 1);
     member.close().await;
     poster.close().await;
-    shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
+    server.stop().await;
 }
 
 /// The replies before a post that waits for its room's load are written while it waits, also when none of them
@@ -274,12 +269,8 @@ async fn a_post_waiting_for_its_rooms_load_does_not_hold_back_earlier_posts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_before_a_post_waiting_for_its_rooms_load_are_written_meanwhile() {
     use quiver_proto::{FrameCodec, Hello, Join, Limits, Post, Reply, Request, RequestBody, ServerMsg};
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())).unwrap();
-    let (addr, rooms) = (server.local_addr(), server.rooms().clone());
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(server.run(shutdown.clone()));
-    let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let server = InProcess::start();
+    let (addr, rooms, trust, dir) = (server.addr, server.rooms.clone(), server.trust(), server.dir.path());
     let member = quiver_client::Client::connect(&addr.to_string(), trust.clone()).await.unwrap();
     let _lobby = member.join("lobby").await.unwrap(); // in memory from now on
     let held = rooms.hold_loads().await;
@@ -290,7 +281,7 @@ async fn replies_before_a_post_waiting_for_its_rooms_load_are_written_meanwhile(
     let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let token = quiver_auth::mint_dev(dir.path(), &quiver_auth::Claims::everything("raw", now_s, 600)).unwrap();
+    let token = quiver_auth::mint_dev(dir, &quiver_auth::Claims::everything("raw", now_s, 600)).unwrap();
     let codec = FrameCodec::new(Limits::default().max_frame as usize);
     let hello = Hello { version: quiver_proto::PROTOCOL_VERSION, agent: "test".into(), name: None, token: Some(token) };
     let mut chunk = codec.encode_to_vec(&Request { req_id: 0, body: RequestBody::Hello(hello) }).unwrap();
@@ -322,8 +313,37 @@ async fn replies_before_a_post_waiting_for_its_rooms_load_are_written_meanwhile(
     assert!(joined.is_ok(), "the Welcome and Joined waited for the post's load: {replies:?}");
     assert!(!posted, "the post did not wait for its room's load");
     member.close().await;
-    shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
+    server.stop().await;
+}
+
+/// A dev server on 127.0.0.1 running in this test's process, with its hub of rooms.
+struct InProcess {
+    dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+    rooms: std::sync::Arc<crate::hub::LocalRooms>,
+    shutdown: CancellationToken,
+    run: tokio::task::JoinHandle<crate::Summary>,
+}
+
+impl InProcess {
+    fn start() -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())).unwrap();
+        let (addr, rooms) = (server.local_addr(), server.rooms().clone());
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(server.run(shutdown.clone()));
+        InProcess { dir, addr, rooms, shutdown, run }
+    }
+
+    /// What its clients trust (its dev certificate, and dev tokens, from its data directory).
+    fn trust(&self) -> quiver_client::TrustOptions {
+        quiver_client::TrustOptions::Auto { data_dir: self.dir.path().to_owned() }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.run).await;
+    }
 }
 
 /// A dev server on 127.0.0.1 whose store's writer is held (a hung disk) until the returned sender says go.

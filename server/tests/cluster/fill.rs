@@ -118,6 +118,44 @@ impl Relay {
     }
 }
 
+/// Two nodes on one Redis, node 1 (the second) through a [`Relay`]; `None` (skipped loudly) without Redis.
+struct BehindRelay {
+    _redis: Redis,
+    _tmp: tempfile::TempDir,
+    dirs: Vec<std::path::PathBuf>,
+    runtime: tokio::runtime::Runtime,
+    relay: Relay,
+    nodes: Vec<Node>,
+}
+
+impl BehindRelay {
+    fn start(test: &str, env: &[(&str, &str)]) -> Option<BehindRelay> {
+        if !redis_available(test) {
+            return None;
+        }
+        let redis = Redis::start();
+        let (tmp, dirs) = node_dirs(2);
+        let runtime = clients_runtime();
+        let relay = runtime.block_on(Relay::start(redis.port));
+        let brokers = [redis.url(), format!("redis://{}", relay.addr)];
+        let nodes = start_cluster(&dirs, &brokers, env);
+        Some(BehindRelay { _redis: redis, _tmp: tmp, dirs, runtime, relay, nodes })
+    }
+
+    /// A client of node `node` named `name`.
+    async fn client(&self, node: usize, name: &str) -> Client {
+        Client::connect_with(&self.nodes[node].addr, options(&self.dirs[0], name)).await.unwrap()
+    }
+
+    /// `poster` posts `body` to `room` (seq `seq`), and node 1's copy of it is lost on the way.
+    async fn post_lost_to_node_1(&self, poster: &Client, room: &str, body: &str, seq: u64) {
+        self.relay.flags.drop_next.store(true, Ordering::SeqCst);
+        assert_eq!(poster.post(room, body.to_string()).await.unwrap(), seq);
+        wait_for("node 1's copy is lost", Duration::from_secs(10), || self.relay.flags.dropped.load(Ordering::SeqCst))
+            .await;
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     find(haystack, needle).is_some()
 }
@@ -168,20 +206,14 @@ fn is_message(frame: &[u8]) -> bool {
 /// unbounded buffer.
 #[test]
 fn a_rooms_gap_fill_does_not_hold_the_nodes_other_rooms() {
-    if !redis_available("a_rooms_gap_fill_does_not_hold_the_nodes_other_rooms") {
-        return;
-    }
-    let redis = Redis::start();
-    let (_tmp, dirs) = node_dirs(2);
-    let runtime = clients_runtime();
-    let relay = runtime.block_on(Relay::start(redis.port));
-    let brokers = [redis.url(), format!("redis://{}", relay.addr)];
     // Node 1's requests may wait behind the held read for a while: nothing times out or is buried meanwhile.
     let env = [("QUIVER_BROKER_REQUEST_TIMEOUT_MS", "30000"), ("QUIVER_BROKER_PRESENCE_EXPIRY_MS", "60000")];
-    let nodes = start_cluster(&dirs, &brokers, &env);
-    runtime.block_on(async {
-        let poster = Client::connect_with(&nodes[0].addr, options(&dirs[0], "poster")).await.unwrap();
-        let member = Client::connect_with(&nodes[1].addr, options(&dirs[0], "member")).await.unwrap();
+    let Some(cluster) = BehindRelay::start("a_rooms_gap_fill_does_not_hold_the_nodes_other_rooms", &env) else {
+        return;
+    };
+    let relay = &cluster.relay;
+    cluster.runtime.block_on(async {
+        let (poster, member) = (cluster.client(0, "poster").await, cluster.client(1, "member").await);
         let (seen_a, seen_b) = (Arc::new(Mutex::new(Seen::default())), Arc::new(Mutex::new(Seen::default())));
         read_room(member.join("a").await.unwrap(), seen_a.clone());
         read_room(member.join("b").await.unwrap(), seen_b.clone());
@@ -189,12 +221,7 @@ fn a_rooms_gap_fill_does_not_hold_the_nodes_other_rooms() {
         assert_eq!(poster.post("a", "a-1").await.unwrap(), 1);
         wait_for("a-1 reaches node 1", Duration::from_secs(10), || messages(&seen_a).len() == 1).await;
 
-        relay.flags.drop_next.store(true, Ordering::SeqCst);
-        assert_eq!(poster.post("a", "DROP-a-2").await.unwrap(), 2);
-        wait_for("node 1's copy of a-2 is lost", Duration::from_secs(10), || {
-            relay.flags.dropped.load(Ordering::SeqCst)
-        })
-        .await;
+        cluster.post_lost_to_node_1(&poster, "a", "DROP-a-2", 2).await;
         relay.flags.hold_reads.store(true, Ordering::SeqCst);
         assert_eq!(poster.post("a", "a-3").await.unwrap(), 3);
         wait_for("node 1 reads the missing a-2 from the stream", Duration::from_secs(10), || {
@@ -229,18 +256,12 @@ fn a_rooms_gap_fill_does_not_hold_the_nodes_other_rooms() {
 /// reset. Before, the first failure reset every member of the room although the stream held the gap.
 #[test]
 fn a_gap_read_that_fails_is_tried_again_before_the_room_is_reset() {
-    if !redis_available("a_gap_read_that_fails_is_tried_again_before_the_room_is_reset") {
+    let Some(cluster) = BehindRelay::start("a_gap_read_that_fails_is_tried_again_before_the_room_is_reset", &[]) else {
         return;
-    }
-    let redis = Redis::start();
-    let (_tmp, dirs) = node_dirs(2);
-    let runtime = clients_runtime();
-    let relay = runtime.block_on(Relay::start(redis.port));
-    let brokers = [redis.url(), format!("redis://{}", relay.addr)];
-    let nodes = start_cluster(&dirs, &brokers, &[]);
-    runtime.block_on(async {
-        let poster = Client::connect_with(&nodes[0].addr, options(&dirs[0], "poster")).await.unwrap();
-        let member = Client::connect_with(&nodes[1].addr, options(&dirs[0], "member")).await.unwrap();
+    };
+    let relay = &cluster.relay;
+    cluster.runtime.block_on(async {
+        let (poster, member) = (cluster.client(0, "poster").await, cluster.client(1, "member").await);
         let seen = Arc::new(Mutex::new(Seen::default()));
         read_room(member.join("a").await.unwrap(), seen.clone());
         let messages = || seen.lock().unwrap().messages.clone();
@@ -248,12 +269,7 @@ fn a_gap_read_that_fails_is_tried_again_before_the_room_is_reset() {
         wait_for("a-1 reaches node 1", Duration::from_secs(10), || messages().len() == 1).await;
 
         relay.flags.fail_reads.store(2, Ordering::SeqCst);
-        relay.flags.drop_next.store(true, Ordering::SeqCst);
-        assert_eq!(poster.post("a", "DROP-a-2").await.unwrap(), 2);
-        wait_for("node 1's copy of a-2 is lost", Duration::from_secs(10), || {
-            relay.flags.dropped.load(Ordering::SeqCst)
-        })
-        .await;
+        cluster.post_lost_to_node_1(&poster, "a", "DROP-a-2", 2).await;
         assert_eq!(poster.post("a", "a-3").await.unwrap(), 3);
         wait_for("the gap is filled", Duration::from_secs(10), || messages().len() == 3).await;
         assert_eq!(relay.flags.failed_reads.load(Ordering::SeqCst), 2, "two reads failed before the fill");

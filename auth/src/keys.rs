@@ -134,6 +134,37 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
+/// The DER of an Ed25519 `SubjectPublicKeyInfo` (RFC 8410) before its 32-byte key.
+pub(crate) const ED25519_SPKI_PREFIX: [u8; 12] =
+    [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// Checks that `pem` has one `PUBLIC KEY` block (text around it allowed), holding an Ed25519 key of 32 bytes, and
+/// no other block: the PEM
+/// reader behind the verifier takes the first block of any kind (a certificate too), the first algorithm it finds
+/// in it, and a key of any length, so a wrong file was accepted and every token then refused.
+pub(crate) fn check_ed25519_pem(pem: &[u8]) -> Result<(), AuthError> {
+    let bad = |reason: String| AuthError::BadKey { path: PathBuf::from("(Ed25519 public key)"), reason };
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    let text = std::str::from_utf8(pem).map_err(|_| bad("not text (a PEM file is)".into()))?;
+    // Text around the block is allowed (RFC 7468: `openssl pkey -pubout -text` writes the key's dump after it).
+    let start = text.find(BEGIN).ok_or_else(|| bad("no PEM block labelled PUBLIC KEY".into()))?;
+    let body_and_rest = &text[start + BEGIN.len()..];
+    let end = body_and_rest.find(END).ok_or_else(|| bad("the PUBLIC KEY block has no end".into()))?;
+    let body = &body_and_rest[..end];
+    let outside = [&text[..start], &body_and_rest[end + END.len()..]];
+    if body.contains("-----") || outside.iter().any(|t| t.contains("-----BEGIN")) {
+        return Err(bad("more than one PEM block (one key per file)".into()));
+    }
+    let base64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, base64)
+        .map_err(|err| bad(format!("the PEM block is not base64: {err}")))?;
+    match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
+        Some(key) if key.len() == 32 => Ok(()),
+        _ => Err(bad("the PUBLIC KEY block is not a 32-byte Ed25519 key (SubjectPublicKeyInfo, RFC 8410)".into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 //! key, HS256 secrets) are read and created in `keys.rs`.
 
 #![warn(missing_docs)]
+mod invisible;
 mod key;
 mod keys;
 
@@ -171,91 +172,13 @@ pub fn check_subject(sub: &str) -> Result<(), SubjectError> {
         Err(SubjectError::TooLong { len: sub.len(), max: Limits::MAX_IDENTITY })
     } else if sub.chars().any(char::is_control) {
         Err(SubjectError::Control)
-    } else if has_invisible(sub) {
+    } else if invisible::has_invisible(sub) {
         Err(SubjectError::Invisible)
     } else if sub.starts_with(char::is_whitespace) || sub.ends_with(char::is_whitespace) {
         Err(SubjectError::Whitespace)
     } else {
         Ok(())
     }
-}
-
-/// Whether `sub` has a character that shows nothing where it stands: Unicode's format characters (category Cf),
-/// the line and paragraph separators, the blanks that render as nothing (Hangul fillers, the Braille blank,
-/// Khmer's inherent vowels) and the code points Unicode reserves to render as nothing (unassigned ones too: U+2065,
-/// U+FFF0–FFF8, the tag block's and the variation selectors' unassigned rest); and the joiners and selectors (ZWJ,
-/// ZWNJ, the combining grapheme joiner, variation selectors) anywhere but once after a character outside ASCII (an
-/// emoji, a letter of a script that joins; a joiner may also follow a selector: 🏳️‍🌈), and tag
-/// characters anywhere but in a flag's tag sequence (after U+1F3F4). `alice` followed by any of them reads as
-/// `alice`; 👩‍💻, ❤️, 🏴󠁧󠁢󠁳󠁣󠁴󠁿 and Persian names spelled with ZWNJ stay names.
-fn has_invisible(sub: &str) -> bool {
-    let (mut before, mut before2): (Option<char>, Option<char>) = (None, None);
-    for c in sub.chars() {
-        let shown = match c {
-            '\u{00AD}'
-            | '\u{0600}'..='\u{0605}'
-            | '\u{061C}'
-            | '\u{06DD}'
-            | '\u{070F}'
-            | '\u{0890}'..='\u{0891}'
-            | '\u{08E2}'
-            | '\u{115F}'..='\u{1160}'
-            | '\u{17B4}'..='\u{17B5}'
-            | '\u{180E}'
-            | '\u{200B}'
-            | '\u{200E}'..='\u{200F}'
-            | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{2800}'
-            | '\u{3164}'
-            | '\u{FEFF}'
-            | '\u{FFA0}'
-            | '\u{FFF0}'..='\u{FFFB}'
-            | '\u{110BD}'
-            | '\u{110CD}'
-            | '\u{13430}'..='\u{1343F}'
-            | '\u{1BCA0}'..='\u{1BCA3}'
-            | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E001F}'
-            | '\u{E0080}'..='\u{E00FF}'
-            | '\u{E01F0}'..='\u{E0FFF}' => false,
-            // Selectors: part of what comes before them, if that is neither plain ASCII nor another selector or
-            // joiner (a run of them after one letter reads as that letter).
-            '\u{034F}' | '\u{180B}'..='\u{180F}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' => {
-                before.is_some_and(|b| !b.is_ascii() && !is_selector(b) && !is_joiner(b))
-            }
-            // Joiners: after a character outside ASCII, not after another joiner, and after a selector only as in
-            // an emoji sequence (🏳️‍🌈: ZWJ after U+FE0F after a symbol, not a letter: `José` FE0F ZWJ reads as `José`).
-            '\u{200C}'..='\u{200D}' => before.is_some_and(|b| {
-                let selected_emoji = b == '\u{FE0F}'
-                    && c == '\u{200D}'
-                    && before2
-                        .is_some_and(|b2| !b2.is_ascii() && !b2.is_alphabetic() && !is_selector(b2) && !is_joiner(b2));
-                !b.is_ascii() && !is_joiner(b) && (!is_selector(b) || selected_emoji)
-            }),
-            // Tags: only in a flag's sequence (U+1F3F4, then tags).
-            '\u{E0020}'..='\u{E007F}' => {
-                before.is_some_and(|b| b == '\u{1F3F4}' || ('\u{E0020}'..='\u{E007F}').contains(&b))
-            }
-            _ => true,
-        };
-        if !shown {
-            return true;
-        }
-        (before2, before) = (before, Some(c));
-    }
-    // A joiner or selector last joins nothing.
-    before.is_some_and(|last| matches!(last, '\u{200C}'..='\u{200D}' | '\u{034F}'))
-}
-
-/// A variation selector or the combining grapheme joiner (shows nothing of its own).
-fn is_selector(c: char) -> bool {
-    matches!(c, '\u{034F}' | '\u{180B}'..='\u{180F}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
-}
-
-/// ZWNJ or ZWJ.
-fn is_joiner(c: char) -> bool {
-    matches!(c, '\u{200C}'..='\u{200D}')
 }
 
 /// Whether `name` matches `pattern` (dot-separated segments; `*` one segment; a final `**` one or more). A
@@ -305,36 +228,6 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// The DER of an Ed25519 `SubjectPublicKeyInfo` (RFC 8410) before its 32-byte key.
-const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
-
-/// Checks that `pem` has one `PUBLIC KEY` block (text around it allowed), holding an Ed25519 key of 32 bytes, and
-/// no other block: the PEM
-/// reader behind the verifier takes the first block of any kind (a certificate too), the first algorithm it finds
-/// in it, and a key of any length, so a wrong file was accepted and every token then refused.
-fn check_ed25519_pem(pem: &[u8]) -> Result<(), AuthError> {
-    let bad = |reason: String| AuthError::BadKey { path: PathBuf::from("(Ed25519 public key)"), reason };
-    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
-    const END: &str = "-----END PUBLIC KEY-----";
-    let text = std::str::from_utf8(pem).map_err(|_| bad("not text (a PEM file is)".into()))?;
-    // Text around the block is allowed (RFC 7468: `openssl pkey -pubout -text` writes the key's dump after it).
-    let start = text.find(BEGIN).ok_or_else(|| bad("no PEM block labelled PUBLIC KEY".into()))?;
-    let body_and_rest = &text[start + BEGIN.len()..];
-    let end = body_and_rest.find(END).ok_or_else(|| bad("the PUBLIC KEY block has no end".into()))?;
-    let body = &body_and_rest[..end];
-    let outside = [&text[..start], &body_and_rest[end + END.len()..]];
-    if body.contains("-----") || outside.iter().any(|t| t.contains("-----BEGIN")) {
-        return Err(bad("more than one PEM block (one key per file)".into()));
-    }
-    let base64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, base64)
-        .map_err(|err| bad(format!("the PEM block is not base64: {err}")))?;
-    match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
-        Some(key) if key.len() == 32 => Ok(()),
-        _ => Err(bad("the PUBLIC KEY block is not a 32-byte Ed25519 key (SubjectPublicKeyInfo, RFC 8410)".into())),
-    }
-}
-
 impl Auth {
     /// Builds the verifier for `config`, generating the dev key in `data_dir` when needed.
     pub fn from_config(config: &AuthConfig, data_dir: &Path) -> Result<Auth, AuthError> {
@@ -360,7 +253,7 @@ impl Auth {
                 TokenKey::Ed25519Pem(pem) => {
                     let bad =
                         |reason: String| AuthError::BadKey { path: PathBuf::from("(Ed25519 public key)"), reason };
-                    check_ed25519_pem(&pem)?;
+                    keys::check_ed25519_pem(&pem)?;
                     (Algorithm::EdDSA, DecodingKey::from_ed_pem(&pem).map_err(|e| bad(e.to_string()))?, id)
                 }
             });

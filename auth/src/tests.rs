@@ -344,7 +344,7 @@ fn ed25519_key_files_are_checked_strictly() {
     use base64::Engine as _;
     let b64 = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
     let block = |label: &str, der: &[u8]| format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", b64(der));
-    let mut short = ED25519_SPKI_PREFIX.to_vec();
+    let mut short = keys::ED25519_SPKI_PREFIX.to_vec();
     short[1] = 0x29;
     short[10] = 0x20;
     short.extend_from_slice(&[7u8; 31]);

@@ -1,0 +1,79 @@
+//! What makes a subject read as another: characters that show nothing where they stand.
+
+/// Whether `sub` has a character that shows nothing where it stands: Unicode's format characters (category Cf),
+/// the line and paragraph separators, the blanks that render as nothing (Hangul fillers, the Braille blank,
+/// Khmer's inherent vowels) and the code points Unicode reserves to render as nothing (unassigned ones too: U+2065,
+/// U+FFF0–FFF8, the tag block's and the variation selectors' unassigned rest); and the joiners and selectors (ZWJ,
+/// ZWNJ, the combining grapheme joiner, variation selectors) anywhere but once after a character outside ASCII (an
+/// emoji, a letter of a script that joins; a joiner may also follow a selector: 🏳️‍🌈), and tag
+/// characters anywhere but in a flag's tag sequence (after U+1F3F4). `alice` followed by any of them reads as
+/// `alice`; 👩‍💻, ❤️, 🏴󠁧󠁢󠁳󠁣󠁴󠁿 and Persian names spelled with ZWNJ stay names.
+pub(crate) fn has_invisible(sub: &str) -> bool {
+    let (mut before, mut before2): (Option<char>, Option<char>) = (None, None);
+    for c in sub.chars() {
+        let shown = match c {
+            '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180E}'
+            | '\u{200B}'
+            | '\u{200E}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E001F}'
+            | '\u{E0080}'..='\u{E00FF}'
+            | '\u{E01F0}'..='\u{E0FFF}' => false,
+            // Selectors: part of what comes before them, if that is neither plain ASCII nor another selector or
+            // joiner (a run of them after one letter reads as that letter).
+            '\u{034F}' | '\u{180B}'..='\u{180F}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' => {
+                before.is_some_and(|b| !b.is_ascii() && !is_selector(b) && !is_joiner(b))
+            }
+            // Joiners: after a character outside ASCII, not after another joiner, and after a selector only as in
+            // an emoji sequence (🏳️‍🌈: ZWJ after U+FE0F after a symbol, not a letter: `José` FE0F ZWJ reads as `José`).
+            '\u{200C}'..='\u{200D}' => before.is_some_and(|b| {
+                let selected_emoji = b == '\u{FE0F}'
+                    && c == '\u{200D}'
+                    && before2
+                        .is_some_and(|b2| !b2.is_ascii() && !b2.is_alphabetic() && !is_selector(b2) && !is_joiner(b2));
+                !b.is_ascii() && !is_joiner(b) && (!is_selector(b) || selected_emoji)
+            }),
+            // Tags: only in a flag's sequence (U+1F3F4, then tags).
+            '\u{E0020}'..='\u{E007F}' => {
+                before.is_some_and(|b| b == '\u{1F3F4}' || ('\u{E0020}'..='\u{E007F}').contains(&b))
+            }
+            _ => true,
+        };
+        if !shown {
+            return true;
+        }
+        (before2, before) = (before, Some(c));
+    }
+    // A joiner or selector last joins nothing.
+    before.is_some_and(|last| matches!(last, '\u{200C}'..='\u{200D}' | '\u{034F}'))
+}
+
+/// A variation selector or the combining grapheme joiner (shows nothing of its own).
+fn is_selector(c: char) -> bool {
+    matches!(c, '\u{034F}' | '\u{180B}'..='\u{180F}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
+}
+
+/// ZWNJ or ZWJ.
+fn is_joiner(c: char) -> bool {
+    matches!(c, '\u{200C}'..='\u{200D}')
+}

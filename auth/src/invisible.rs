@@ -5,7 +5,7 @@
 /// Khmer's inherent vowels) and the code points Unicode reserves to render as nothing (unassigned ones too: U+2065,
 /// U+FFF0–FFF8, the tag block's and the variation selectors' unassigned rest); and the joiners and selectors (ZWJ,
 /// ZWNJ, the combining grapheme joiner, variation selectors) anywhere but once after a character outside ASCII (an
-/// emoji, a letter of a script that joins; a joiner may also follow a selector: 🏳️‍🌈), and tag
+/// emoji, a letter of a script that joins; a ZWJ may also follow an emoji's U+FE0F: 🏳️‍🌈), and tag
 /// characters anywhere but in a flag's tag sequence (after U+1F3F4). `alice` followed by any of them reads as
 /// `alice`; 👩‍💻, ❤️, 🏴󠁧󠁢󠁳󠁣󠁴󠁿 and Persian names spelled with ZWNJ stay names.
 pub(crate) fn has_invisible(sub: &str) -> bool {
@@ -45,12 +45,9 @@ pub(crate) fn has_invisible(sub: &str) -> bool {
                 before.is_some_and(|b| !b.is_ascii() && !is_selector(b) && !is_joiner(b))
             }
             // Joiners: after a character outside ASCII, not after another joiner, and after a selector only as in
-            // an emoji sequence (🏳️‍🌈: ZWJ after U+FE0F after a symbol, not a letter: `José` FE0F ZWJ reads as `José`).
+            // an emoji sequence (🏳️‍🌈: ZWJ after U+FE0F after an emoji; `José` FE0F ZWJ x reads as `Joséx`).
             '\u{200C}'..='\u{200D}' => before.is_some_and(|b| {
-                let selected_emoji = b == '\u{FE0F}'
-                    && c == '\u{200D}'
-                    && before2
-                        .is_some_and(|b2| !b2.is_ascii() && !b2.is_alphabetic() && !is_selector(b2) && !is_joiner(b2));
+                let selected_emoji = b == '\u{FE0F}' && c == '\u{200D}' && before2.is_some_and(is_emoji);
                 !b.is_ascii() && !is_joiner(b) && (!is_selector(b) || selected_emoji)
             }),
             // Tags: only in a flag's sequence (U+1F3F4, then tags).
@@ -66,6 +63,32 @@ pub(crate) fn has_invisible(sub: &str) -> bool {
     }
     // A joiner or selector last joins nothing.
     before.is_some_and(|last| matches!(last, '\u{200C}'..='\u{200D}' | '\u{034F}'))
+}
+
+/// Whether `c` is an emoji that a ZWJ sequence may continue after its presentation selector (U+FE0F): Unicode's
+/// Extended_Pictographic blocks, roughly (symbols and pictographs; no letter, mark or punctuation, after which the
+/// selector and the joiner would show nothing).
+fn is_emoji(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00A9}'
+            | '\u{00AE}'
+            | '\u{203C}'
+            | '\u{2049}'
+            | '\u{2122}'
+            | '\u{2139}'
+            | '\u{2194}'..='\u{21AA}'
+            | '\u{231A}'..='\u{23FF}'
+            | '\u{24C2}'
+            | '\u{25AA}'..='\u{27BF}'
+            | '\u{2934}'..='\u{2935}'
+            | '\u{2B05}'..='\u{2B55}'
+            | '\u{3030}'
+            | '\u{303D}'
+            | '\u{3297}'
+            | '\u{3299}'
+            | '\u{1F000}'..='\u{1FAFF}'
+    )
 }
 
 /// A variation selector or the combining grapheme joiner (shows nothing of its own).

@@ -204,6 +204,8 @@ fn subjects_are_limited_to_max_identity_bytes() {
         "José\u{FE0F}\u{200D}x",
         "José\u{034F}\u{200C}x",
         "José\u{FE0F}\u{200C}x",
+        "Jose\u{0301}\u{FE0F}\u{200D}x",
+        "alice·\u{FE0F}\u{200D}bob",
     ] {
         assert_eq!(check_subject(spoof), Err(SubjectError::Invisible), "{spoof:?}");
     }
@@ -215,6 +217,9 @@ fn subjects_are_limited_to_max_identity_bytes() {
         "می\u{200C}خواهم",
         "🏳\u{FE0F}\u{200D}🌈",
         "👁\u{FE0F}\u{200D}🗨\u{FE0F}",
+        "❤\u{FE0F}\u{200D}🔥",
+        "🧑🏽\u{200D}💻",
+        "🏴\u{200D}☠\u{FE0F}",
     ] {
         assert_eq!(check_subject(fine), Ok(()), "{fine:?}");
     }

@@ -178,6 +178,12 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
         }
     };
     let mut waiting = changed_keys(&reread.started, &settings);
+    // The demo page's dev tokens are decided at start: a server started anonymous gives its page none until then.
+    let started_anonymous =
+        matches!(reread.started.auth_config_for_reload(), Ok((crate::auth::AuthConfig::Anonymous, _)));
+    if started_anonymous && !settings.auth.anonymous {
+        waiting.push("auth.anonymous (the demo page's dev tokens)".to_string());
+    }
     if !waiting.is_empty() {
         tracing::warn!(keys = %waiting.join(", "), "settings changed that only a restart applies");
     }
@@ -202,11 +208,6 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
     let before = reread.applied.auth_config_for_reload();
     let was_dev_or_anonymous =
         matches!(before, Ok((crate::auth::AuthConfig::DevKey | crate::auth::AuthConfig::Anonymous, _)));
-    // The demo page's dev tokens are decided at start: a server started anonymous gives its page none until then.
-    if matches!(auth, crate::auth::AuthConfig::DevKey) && matches!(before, Ok((crate::auth::AuthConfig::Anonymous, _)))
-    {
-        waiting.push("auth.anonymous (the demo page's dev tokens)".to_string());
-    }
     if matches!(auth, crate::auth::AuthConfig::DevKey) && !was_dev_or_anonymous {
         let why = "the settings name no token key any more: a reload must leave at least one key";
         tracing::error!(why, "reload failed; keeping the current keys");

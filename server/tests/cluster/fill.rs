@@ -119,13 +119,14 @@ impl Relay {
 }
 
 /// Two nodes on one Redis, node 1 (the second) through a [`Relay`]; `None` (skipped loudly) without Redis.
+/// (Fields drop in this order: the nodes first, Redis and the nodes' directories last.)
 struct BehindRelay {
-    _redis: Redis,
-    _tmp: tempfile::TempDir,
-    dirs: Vec<std::path::PathBuf>,
-    runtime: tokio::runtime::Runtime,
-    relay: Relay,
     nodes: Vec<Node>,
+    relay: Relay,
+    runtime: tokio::runtime::Runtime,
+    dirs: Vec<std::path::PathBuf>,
+    _tmp: tempfile::TempDir,
+    _redis: Redis,
 }
 
 impl BehindRelay {
@@ -139,7 +140,7 @@ impl BehindRelay {
         let relay = runtime.block_on(Relay::start(redis.port));
         let brokers = [redis.url(), format!("redis://{}", relay.addr)];
         let nodes = start_cluster(&dirs, &brokers, env);
-        Some(BehindRelay { _redis: redis, _tmp: tmp, dirs, runtime, relay, nodes })
+        Some(BehindRelay { nodes, relay, runtime, dirs, _tmp: tmp, _redis: redis })
     }
 
     /// A client of node `node` named `name`.

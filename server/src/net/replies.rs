@@ -112,9 +112,14 @@ impl Replies {
         (out, send): (&mut BytesMut, &mut WireSend),
     ) -> (T, bool) {
         if !self.waiting() && out.is_empty() {
-            return (work.await, false); // (nothing to go on with: the common case, a post right after its answer)
+            return (work.await, false); // (nothing to go on with)
         }
         let mut work = std::pin::pin!(work);
+        // The common case: the post is sequenced at once (its room in memory), and what is unwritten stays so until
+        // the loop writes the chunk's replies together.
+        if let Some(done) = (&mut work).now_or_never() {
+            return (done, false);
+        }
         let (mut wrote, mut failed) = (false, false);
         // Replies made meanwhile, put behind `out` between turns (the write borrows `out`).
         let mut made = BytesMut::new();

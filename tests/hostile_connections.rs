@@ -325,6 +325,17 @@ async fn silent_tcp(server: &TestServer, from: std::net::IpAddr) -> tokio::net::
     tcp
 }
 
+/// Waits (10 s at most) until the server counts `count` TCP connections upgrading: a connect returns once the
+/// kernel took the handshake, before the server accepted it.
+async fn wait_upgrading(server: &TestServer, count: i64) {
+    let upgrading = || server.stats.websocket_upgrading.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upgrading() < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(upgrading(), count, "the silent connections were not all accepted");
+}
+
 /// Whether the server closed `tcp` within 5 s.
 async fn closed_by_the_server(tcp: &mut tokio::net::TcpStream) -> bool {
     use tokio::io::AsyncReadExt;
@@ -347,12 +358,7 @@ async fn silent_websocket_upgrades_cannot_fill_max_connections() {
                 silent.push(silent_tcp(&server, [127, 0, 0, 2].into()).await);
             }
             // Accepted and admitted, all four (a connect returns once the kernel took the handshake).
-            let upgrading = || server.stats.websocket_upgrading.load(std::sync::atomic::Ordering::Relaxed);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while upgrading() < 4 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            assert_eq!(upgrading(), 4, "the four silent connections were not all accepted");
+            wait_upgrading(&server, 4).await;
             let mut control = Control::open(&server).await;
             assert!(closed_by_the_server(&mut silent[0]).await, "the longest waiting one made room");
             control.ping(1).await;
@@ -382,11 +388,7 @@ async fn a_websocket_newcomer_over_its_upgrade_bound_closes_nobody() {
                 silent.push(server.try_raw_from([127, 0, 0, 2].into()).await.unwrap());
             }
             let mut upgrading = silent_tcp(&server, [127, 0, 0, 3].into()).await;
-            let gauge = || server.stats.websocket_upgrading.load(std::sync::atomic::Ordering::Relaxed);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while gauge() < 1 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            wait_upgrading(&server, 1).await;
             // At max_connections (the bystander's 2, 3 silent, 1 upgrading): one more upgrade from .3 is over its
             // address's bound.
             let mut over = silent_tcp(&server, [127, 0, 0, 3].into()).await;

@@ -41,12 +41,10 @@ pub(crate) fn has_invisible(sub: &str) -> bool {
             | '\u{E01F0}'..='\u{E0FFF}' => false,
             // Selectors: part of what comes before them, if that is neither plain ASCII nor another selector or
             // joiner (a run of them after one letter reads as that letter).
-            '\u{034F}' | '\u{180B}'..='\u{180F}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' => {
-                before.is_some_and(|b| !b.is_ascii() && !is_selector(b) && !is_joiner(b))
-            }
+            c if is_selector(c) => before.is_some_and(|b| !b.is_ascii() && !is_selector(b) && !is_joiner(b)),
             // Joiners: after a character outside ASCII, not after another joiner, and after a selector only as in
             // an emoji sequence (🏳️‍🌈: ZWJ after U+FE0F after an emoji; `José` FE0F ZWJ x reads as `Joséx`).
-            '\u{200C}'..='\u{200D}' => before.is_some_and(|b| {
+            c if is_joiner(c) => before.is_some_and(|b| {
                 let selected_emoji = b == '\u{FE0F}' && c == '\u{200D}' && before2.is_some_and(is_emoji);
                 !b.is_ascii() && !is_joiner(b) && (!is_selector(b) || selected_emoji)
             }),

@@ -44,8 +44,13 @@ pub struct Reloader {
     pub(super) stats: Arc<crate::stats::ServerStats>,
 }
 
-/// How often a running server with the dev certificate checks whether it is due for renewal.
-const DEV_RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often a running server looks at its certificate's expiry (the dev one's renewal, the operator's warning).
+/// Often, because the timer's clock stops while the machine sleeps, and the check reads the wall clock: with an hourly
+/// timer a laptop that slept past its dev certificate's renewal served it expired for up to an hour of waking time.
+const CERTIFICATE_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How often a warning of the certificate's expiry (or of a failing dev renewal) is repeated, on the wall clock.
+const WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Reloader {
     /// Loads the certificate again (from `config.tls`: the PEM files, or the dev certificate, renewed if due) and
@@ -54,7 +59,7 @@ impl Reloader {
     /// with a key `auth` no longer has (or that has none, where `auth` now requires tokens) is closed. Returns the certificate's fingerprint. On an error
     /// nothing changes.
     pub fn reload(&self, auth: crate::auth::AuthConfig) -> Result<Fingerprint, ServerError> {
-        // One reload or renewal at a time (`not_after`'s lock, held throughout): a SIGHUP meeting the hourly
+        // One reload or renewal at a time (`not_after`'s lock, held throughout): a SIGHUP meeting the periodic
         // renewal could otherwise install one certificate and publish the other's fingerprint to the demo page.
         let mut not_after = self.not_after.lock().unwrap_or_else(|p| p.into_inner());
         // A new certificate that is not valid now is refused (the one in use stays); the one in use, read again
@@ -104,36 +109,48 @@ impl Reloader {
     }
 }
 
-/// Left before a certificate of the operator's expires when the hourly check starts warning.
+/// Left before a certificate of the operator's expires when the periodic check starts warning.
 const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
-/// Every [`DEV_RENEWAL_CHECK`] until `shutdown`: renews the dev certificate when due; warns (once an hour) when the
-/// operator's certificate has less than [`EXPIRY_WARNING`] left, or has expired (a renewal hook that stopped runs
-/// unseen until clients start failing; `quiver_tls_certificate_expiry_timestamp_seconds` charts it too).
+/// Every [`CERTIFICATE_CHECK`] until `shutdown`: renews the dev certificate when due; warns (once per
+/// [`WARNING_EVERY`]) when the operator's certificate has less than [`EXPIRY_WARNING`] left, or has expired (a renewal
+/// hook that stopped runs unseen until clients start failing; `quiver_tls_certificate_expiry_timestamp_seconds`
+/// charts it too).
 pub(super) async fn watch_certificate(reloader: Reloader, shutdown: CancellationToken) {
-    let mut first = true;
+    let dev = matches!(reloader.config.tls, crate::config::TlsSource::Dev);
+    let mut warned = None;
     loop {
-        // (The operator's certificate is looked at once at start too; the dev one was renewed at start if due.)
-        let dev = matches!(reloader.config.tls, crate::config::TlsSource::Dev);
-        if !std::mem::take(&mut first) || dev {
-            tokio::select! {
-                () = tokio::time::sleep(DEV_RENEWAL_CHECK) => {}
-                () = shutdown.cancelled() => return,
-            }
-        }
         let now = std::time::SystemTime::now();
-        if !dev {
-            if let Some(warning) = expiry_warning(*reloader.not_after.lock().unwrap_or_else(|p| p.into_inner()), now) {
+        if dev {
+            match reloader.renew_dev_if_due(now) {
+                Ok(Some(fingerprint)) => tracing::info!(%fingerprint, "renewed the dev certificate"),
+                Ok(None) => {}
+                Err(err) if repeat_due(&mut warned, now) => {
+                    tracing::warn!(%err, "cannot renew the dev certificate; trying again every minute")
+                }
+                Err(_) => {}
+            }
+        } else if let Some(warning) = expiry_warning(*reloader.not_after.lock().unwrap_or_else(|p| p.into_inner()), now)
+        {
+            if repeat_due(&mut warned, now) {
                 tracing::warn!("{warning}");
             }
-            continue;
         }
-        match reloader.renew_dev_if_due(now) {
-            Ok(Some(fingerprint)) => tracing::info!(%fingerprint, "renewed the dev certificate"),
-            Ok(None) => {}
-            Err(err) => tracing::warn!(%err, "cannot renew the dev certificate; trying again in an hour"),
+        tokio::select! {
+            () = tokio::time::sleep(CERTIFICATE_CHECK) => {}
+            () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Whether a warning last given at `last` is due again at `now` (then `now` becomes its last time): the first at
+/// once, then once per [`WARNING_EVERY`] of the wall clock (a clock set back makes it due at once).
+fn repeat_due(last: &mut Option<std::time::SystemTime>, now: std::time::SystemTime) -> bool {
+    let due = last.is_none_or(|at| now.duration_since(at).map_or(true, |since| since >= WARNING_EVERY));
+    if due {
+        *last = Some(now);
+    }
+    due
 }
 
 /// What to say of a certificate expiring at `not_after`, seen at `now`: nothing while more than [`EXPIRY_WARNING`]
@@ -157,7 +174,18 @@ fn expiry_warning(not_after: std::time::SystemTime, now: std::time::SystemTime) 
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use super::expiry_warning;
+    use super::{expiry_warning, repeat_due, WARNING_EVERY};
+
+    #[test]
+    fn a_warning_is_repeated_once_an_hour_of_the_wall_clock() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut last = None;
+        assert!(repeat_due(&mut last, now), "the first at once");
+        assert!(!repeat_due(&mut last, now + Duration::from_secs(60)));
+        assert!(!repeat_due(&mut last, now + WARNING_EVERY - Duration::from_secs(1)));
+        assert!(repeat_due(&mut last, now + WARNING_EVERY), "an hour later (slept through or not)");
+        assert!(repeat_due(&mut last, now), "the clock set back");
+    }
 
     #[test]
     fn a_certificate_close_to_its_expiry_or_past_it_is_warned_of() {

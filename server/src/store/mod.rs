@@ -283,13 +283,6 @@ impl Keyspaces {
             .any(|keyspace| keyspace.sealed_memtable_count() >= 2 || keyspace.l0_table_count() >= 16)
     }
 
-    fn holds_rooms(&self) -> Result<bool, fjall::Error> {
-        Ok(!self.rooms.is_empty()?
-            || !self.messages.is_empty()?
-            || !self.dedupe_runs.is_empty()?
-            || !self.dedupe.is_empty()?)
-    }
-
     /// The highest room id with messages or dedupe entries.
     fn newest_room_id(&self) -> Result<Option<u64>, fjall::Error> {
         let mut newest = None;

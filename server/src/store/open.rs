@@ -127,12 +127,31 @@ impl Store {
             std::panic::catch_unwind(builder).map_err(|_| damaged(&path, "the database panicked while reading it"))?;
         let db = opened.map_err(|err| open_failed(&path, err))?;
         let unreadable = |err: fjall::Error| open_failed(&path, err);
-        // Asked before they are opened (opening one that is missing makes it, empty): a store with a format marker
-        // was made with all of them, so one missing now was lost (a partial copy or restore, a damaged directory;
-        // fjall itself removes a keyspace folder it finds half there), with its rooms' history.
+        // Asked before they are opened (opening one that is missing makes it, empty, for good): a store with a format
+        // marker was made with all of them, so one missing now was lost (a partial copy or restore, a damaged
+        // directory; fjall itself removes a keyspace folder it finds half there), with its rooms' history. Refused
+        // before any is made: until 2026-12-06 the missing one was made first, and the next start (a service
+        // manager's restart a second later) found nothing missing and opened the store without it.
         let missing: Vec<&str> = KEYSPACES.into_iter().filter(|name| !db.keyspace_exists(name)).collect();
         let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         let open = |name: &str| db.keyspace(name, options).map_err(unreadable);
+        let format = match missing.contains(&"meta") {
+            false => open("meta")?.get("format").map_err(unreadable)?,
+            true => None,
+        };
+        // Format 3 added `dedupe_runs`: an older store may lack it.
+        let lost = |name: &&str| !(*name == "dedupe_runs" && format.as_deref().is_some_and(|f| f != FORMAT));
+        let lost: Vec<&str> = missing.iter().copied().filter(lost).collect();
+        if format.is_some() && !lost.is_empty() {
+            return Err(damaged(&path, format!("keyspace(s) {} missing (their records were lost)", lost.join(", "))));
+        }
+        if format.is_none() && existed {
+            for name in KEYSPACES.into_iter().filter(|name| *name != "meta" && !missing.contains(name)) {
+                if !open(name)?.is_empty().map_err(unreadable)? {
+                    return Err(damaged(&path, "rooms without a format marker (its journal lost records)"));
+                }
+            }
+        }
         let keyspaces = Keyspaces {
             meta: open("meta")?,
             rooms: open("rooms")?,
@@ -141,34 +160,18 @@ impl Store {
             dedupe: open("dedupe")?,
             db: db.clone(),
         };
-        let format = keyspaces.meta.get("format").map_err(unreadable)?;
-        // Format 3 added `dedupe_runs`: an older store may lack it.
-        let lost = |name: &&str| !(*name == "dedupe_runs" && format.as_deref().is_some_and(|f| f != FORMAT));
-        let lost: Vec<&str> = missing.iter().copied().filter(lost).collect();
-        if format.is_some() && !lost.is_empty() {
-            return Err(damaged(&path, format!("keyspace(s) {} missing (their records were lost)", lost.join(", "))));
-        }
-        match format {
-            Some(format) if format.as_ref() == FORMAT => {}
-            Some(format) if OLDER_FORMATS.contains(&format.as_ref()) => {
-                keyspaces.meta.insert("format", FORMAT).map_err(unreadable)?;
-                db.persist(PersistMode::SyncAll).map_err(unreadable)?;
-                let was = String::from_utf8_lossy(&format);
-                tracing::info!(store = %path.display(), %was, "room store upgraded to format 3 (dedupe runs)");
-            }
+        // The marker is written (a new store's, an older format's upgraded) once every check below has passed: a
+        // store refused is left as it was.
+        let write_marker = match format {
+            Some(format) if format.as_ref() == FORMAT => None,
+            Some(format) if OLDER_FORMATS.contains(&format.as_ref()) => Some(Some(format)),
             Some(other) => {
                 let other = String::from_utf8_lossy(&other);
                 let ours = String::from_utf8_lossy(FORMAT);
                 return Err(damaged(&path, format!("format {other:?}, this server reads {ours:?}")));
             }
-            None if existed && keyspaces.holds_rooms().map_err(unreadable)? => {
-                return Err(damaged(&path, "rooms without a format marker (its journal lost records)"));
-            }
-            None => {
-                keyspaces.meta.insert("format", FORMAT).map_err(unreadable)?;
-                db.persist(PersistMode::SyncAll).map_err(unreadable)?;
-            }
-        }
+            None => Some(None),
+        };
         let counter = |bytes: Option<fjall::Slice>| match bytes {
             Some(bytes) => u64_at(&bytes, 0).ok_or_else(|| damaged(&path, "next_room_id is not a u64")),
             None => Ok(1),
@@ -181,6 +184,14 @@ impl Store {
         let newest_id = keyspaces.newest_room_id().map_err(unreadable)?;
         if newest_id.is_some_and(|id| id >= next_room_id) {
             return Err(damaged(&path, format!("room id {newest_id:?} at or past the id counter {next_room_id}")));
+        }
+        if let Some(was) = write_marker {
+            keyspaces.meta.insert("format", FORMAT).map_err(unreadable)?;
+            db.persist(PersistMode::SyncAll).map_err(unreadable)?;
+            if let Some(was) = was {
+                let was = String::from_utf8_lossy(&was);
+                tracing::info!(store = %path.display(), %was, "room store upgraded to format 3 (dedupe runs)");
+            }
         }
         let renewed = super::mark::open(&keyspaces, durability, boot).map_err(unreadable)?;
         if renewed > 0 {

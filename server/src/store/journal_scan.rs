@@ -12,7 +12,10 @@
 //! and a complete batch (its items' checksum matching) begins anywhere in them, the break is not a torn tail: the
 //! store is refused as damaged, nothing changed, and the error says where to cut the journal to start anyway (what
 //! fjall would have done) besides moving the store aside. A torn tail holds no complete batch after the break, so
-//! a crash's restart is not refused.
+//! a crash's restart is not refused. Only the newest journal can have one: fjall syncs a journal whole before it
+//! begins the next, so a journal that a later one follows and that cannot be read to its end (a break, or a last
+//! batch whose checksum fails) was damaged after it was written, and is refused too (fjall would cut it and replay
+//! the later journals past the hole).
 //!
 //! A power cut can also leave a break with whole batches after it: batches written and not synced (a retention
 //! deletion, written without a sync of its own, before a post whose sync did not finish; anything under `os`) may
@@ -42,48 +45,89 @@ pub(super) struct Damage {
     pub journal: PathBuf,
     /// The end of its last complete batch before the damage: where fjall would cut it.
     pub cut_at: u64,
-    /// Where the first complete batch after the damage begins.
-    pub batch_after: u64,
+    /// What shows that batches were written after the damage.
+    pub after: After,
     /// The file's length.
     pub len: u64,
+}
+
+/// What follows a journal's damage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum After {
+    /// A complete batch, beginning at this byte of the same journal.
+    Batch(u64),
+    /// A later journal: fjall syncs a journal whole before it begins the next, so a sealed journal that cannot be
+    /// read to its end was damaged after it was written. Cut there, it would be replayed without its last batches
+    /// and the later journals with theirs: a hole in the rooms' messages.
+    Journal(PathBuf),
 }
 
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (journal, cut) = (self.journal.display(), self.cut_at);
-        write!(
-            f,
-            "the journal {journal} cannot be read past byte {cut}, yet complete batches follow from byte {} (of {}): \
-             damage in its middle, not a crash's torn tail, where a replay stops. To start with what comes before \
-             the damage (the batches after it are lost), cut the journal there: `truncate -s {cut} {journal}`",
-            self.batch_after, self.len
-        )
+        match &self.after {
+            After::Batch(batch_after) => write!(
+                f,
+                "the journal {journal} cannot be read past byte {cut}, yet complete batches follow from byte \
+                 {batch_after} (of {}): damage in its middle, not a crash's torn tail, where a replay stops. To start \
+                 with what comes before the damage (the batches after it are lost), cut the journal there: \
+                 `truncate -s {cut} {journal}`",
+                self.len
+            ),
+            After::Journal(next) => write!(
+                f,
+                "the journal {journal} cannot be read past byte {cut} (of {}), yet it is not the newest: it was synced \
+                 whole before {} was begun, so this is damage, not a crash's torn tail (a replay would go on with \
+                 the later journals past a hole in the rooms' messages)",
+                self.len,
+                next.display()
+            ),
+        }
     }
 }
 
 /// The first journal in `store` damaged in its middle, if any (journals are read in full; they are bounded by the
-/// store's journal size).
+/// store's journal size): a break with a complete batch after it in the same journal, or a break in a journal that
+/// a later one follows (only the newest can have a crash's torn tail).
 pub(super) fn damaged_journal(store: &Path) -> std::io::Result<Option<Damage>> {
     let mut journals = Vec::new();
     for entry in std::fs::read_dir(store)? {
         let path = entry?.path();
-        let numbered = path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("jnl"))
-            && path.file_stem().and_then(|stem| stem.to_str()).is_some_and(|stem| stem.parse::<u64>().is_ok());
-        if numbered && path.is_file() {
-            journals.push(path);
+        let id = path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("jnl"))
+            .then(|| path.file_stem().and_then(|stem| stem.to_str()).and_then(|stem| stem.parse::<u64>().ok()))
+            .flatten();
+        if let Some(id) = id.filter(|_| path.is_file()) {
+            journals.push((id, path));
         }
     }
+    // In fjall's order (by number: 10.jnl comes after 9.jnl).
     journals.sort();
-    for journal in journals {
+    for (i, (_, journal)) in journals.iter().enumerate() {
         // (Named in the error: "permission denied" alone does not say which file.)
         let named = |err: std::io::Error| std::io::Error::new(err.kind(), format!("{}: {err}", journal.display()));
-        let bytes = read_written(&journal).map_err(named)?;
+        let bytes = read_written(journal).map_err(named)?;
+        let len = bytes.len() as u64;
+        let journal = journal.clone();
         if let Some((cut_at, batch_after)) = break_with_batches_after(&bytes) {
-            let len = bytes.len() as u64;
-            return Ok(Some(Damage { journal, cut_at: cut_at as u64, batch_after: batch_after as u64, len }));
+            return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::Batch(batch_after as u64), len }));
+        }
+        if let (Some((_, next)), Some(cut_at)) = (journals.get(i + 1), unread_tail(&bytes)) {
+            return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::Journal(next.clone()), len }));
         }
     }
     Ok(None)
+}
+
+/// Where a replay stops reading `journal`, if bytes other than zeros follow (a torn tail in the newest journal,
+/// damage in any other).
+fn unread_tail(journal: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(end) = batch_at(journal, at) {
+        at = end;
+    }
+    next_nonzero(journal, at).map(|_| at)
 }
 
 /// The journal's bytes up to the end of its last written region. fjall makes each journal 64 MiB at once
@@ -330,6 +374,36 @@ mod tests {
         let mut damaged = whole.clone();
         damaged[starts[2] - 8..starts[2] + 8].fill(0x5a);
         assert_eq!(break_with_batches_after(&damaged), Some((starts[1], starts[3])));
+    }
+
+    #[test]
+    fn a_sealed_journal_that_cannot_be_read_to_its_end_is_damage_and_only_the_newest_may_be_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let (whole, starts) = journal(10);
+        let torn = &whole[..starts[9] + 20];
+        // 9.jnl, torn, then 10.jnl (after it in fjall's order, before it in a name's).
+        std::fs::write(dir.path().join("9.jnl"), torn).unwrap();
+        assert_eq!(damaged_journal(dir.path()).unwrap(), None, "the newest journal's torn tail");
+        std::fs::write(dir.path().join("10.jnl"), &whole).unwrap();
+        let damage = damaged_journal(dir.path()).unwrap().expect("a sealed journal's broken tail is damage");
+        let expected = Damage {
+            journal: dir.path().join("9.jnl"),
+            cut_at: starts[9] as u64,
+            after: After::Journal(dir.path().join("10.jnl")),
+            len: torn.len() as u64,
+        };
+        assert_eq!(damage, expected);
+        assert!(damage.to_string().contains("not the newest"), "{damage}");
+        // Its last batch whole and zeros after it (the journal's preallocated space): sound.
+        let mut zeros = whole.clone();
+        zeros.resize(whole.len() + 8192, 0);
+        std::fs::write(dir.path().join("9.jnl"), &zeros).unwrap();
+        assert_eq!(damaged_journal(dir.path()).unwrap(), None);
+        // A byte of its last batch's items changed (the checksum fails): damage too, in a sealed journal.
+        let mut changed = whole.clone();
+        changed[starts[9] + 30] ^= 0xff;
+        std::fs::write(dir.path().join("9.jnl"), &changed).unwrap();
+        assert!(damaged_journal(dir.path()).unwrap().is_some());
     }
 
     #[test]

@@ -13,6 +13,9 @@ use super::{Durability, Keyspaces, ROOM_COUNTER_KEY};
 /// The mark's key in `meta`.
 const MARK: &str = "open";
 
+/// Room records given a new epoch per write batch when the machine went down under `os`.
+const RENEWAL_BATCH: u64 = 4096;
+
 /// This boot of the machine (`None` where the OS does not say: every `os` mark left behind then counts as a crash
 /// of the machine).
 pub(super) fn boot_id() -> Option<String> {
@@ -29,6 +32,9 @@ pub(super) fn open(ks: &Keyspaces, durability: Durability, boot: Option<&str>) -
         left.as_deref().and_then(|mark| mark.strip_prefix("os ")).is_some_and(|was| Some(was) != boot);
     let mut moved = 0;
     if machine_went_down {
+        // In batches of a bounded size (room records are never deleted: a store that saw millions of room names
+        // would otherwise be renewed in one batch of that size, in memory, at the start after a crash). A crash
+        // midway leaves the mark: the next start renews every room again.
         let mut batch = ks.db.batch();
         for guard in ks.rooms.iter() {
             let (name, record) = guard.into_inner()?;
@@ -39,6 +45,9 @@ pub(super) fn open(ks: &Keyspaces, durability: Durability, boot: Option<&str>) -
             record[8..16].copy_from_slice(&rand::random::<u64>().max(1).to_be_bytes());
             batch.insert(&ks.rooms, name, record);
             moved += 1;
+            if moved % RENEWAL_BATCH == 0 {
+                std::mem::replace(&mut batch, ks.db.batch()).commit()?;
+            }
         }
         batch.commit()?;
     }

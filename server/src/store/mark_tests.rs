@@ -59,3 +59,26 @@ fn an_os_store_sealed_for_exit_keeps_its_epochs_across_a_reboot() {
     let room = store.load_room("r", 0, u64::MAX, 100).unwrap().expect("stored");
     assert_eq!((room.epoch, room.last_seq), (7, 5), "sealed before the exit: the reboot kept the epoch");
 }
+
+/// Room records are renewed in batches of a bounded size (a store that saw millions of room names renewed them in
+/// one batch in memory): every room of more than one batch gets its new epoch.
+#[test]
+fn a_renewal_of_more_rooms_than_one_batch_renews_every_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let rooms = super::RENEWAL_BATCH + 3;
+    {
+        let store = Store::open_at_boot(dir.path(), Durability::Os, None, Some("boot-a")).unwrap();
+        let mut last = None;
+        for i in 0..rooms {
+            let id = store.allocate_room_id();
+            last = Some(store.submit(crate::store::Op::Create { name: format!("room-{i}").into(), id, epoch: 7 }));
+        }
+        crate::store::tests::block_on(last.unwrap().wait()).unwrap();
+        store.open_mark.crash.store(true, Ordering::Relaxed);
+    }
+    let store = Store::open_at_boot(dir.path(), Durability::Os, None, Some("boot-b")).unwrap();
+    let kept = (0..rooms)
+        .filter(|i| store.load_room(&format!("room-{i}"), 0, u64::MAX, 100).unwrap().expect("stored").epoch == 7)
+        .count();
+    assert_eq!(kept, 0, "rooms left in their old epoch");
+}

@@ -8,7 +8,8 @@
 //!   quiver-proto --test docs` rewrites those three columns (keeping the others, matched by name) and adds a table
 //!   for a new type.
 //! - The tick header table (`TickHeader`, not a serde type) lists its fields in encoding order.
-//! - Every error code has its row, every limit its default, every worked example the bytes of its vector.
+//! - Every error code has its row, every limit its default, every worked example the bytes of its vector, every
+//!   named ceiling, floor and tick size the value the code has.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -340,6 +341,37 @@ fn every_limit_default_is_documented() {
         let in_doc = cells.get(column).map(|c| c.replace(',', "")).unwrap_or_default();
         let default = defaults.get(name).map(Value::to_string).unwrap_or_default();
         assert_eq!(in_doc, default, "docs/protocol.md: the default of `{name}`");
+    }
+}
+
+/// `n` with a comma between thousands, as the docs write numbers.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+#[test]
+fn named_ceilings_floors_and_tick_sizes_are_documented_as_the_code_has_them() {
+    // (Lines joined: a phrase may wrap.)
+    let doc = protocol_md().split_whitespace().collect::<Vec<_>>().join(" ");
+    let expected = [
+        format!("`Limits::MIN_FRAME` ({} KiB", Limits::MIN_FRAME >> 10),
+        format!("`Limits::MAX_FRAME_CEILING` ({} MiB)", Limits::MAX_FRAME_CEILING >> 20),
+        format!("`Limits::MAX_ROOMS_CEILING` ({})", thousands(Limits::MAX_ROOMS_CEILING as usize)),
+        format!("{} bytes (`MAX_PORTABLE_PAYLOAD`", thousands(TickHeader::MAX_PORTABLE_PAYLOAD)),
+        format!("{}-byte `MAX_PORTABLE_DATAGRAM`", thousands(quiver_proto::MAX_PORTABLE_DATAGRAM)),
+        format!("portable {} bytes", thousands(quiver_proto::MAX_PORTABLE_DATAGRAM)),
+        format!("{}–{} header bytes", 3, TickHeader::MAX_LEN),
+    ];
+    for phrase in expected {
+        assert!(doc.contains(&phrase), "docs/protocol.md lacks `{phrase}`");
     }
 }
 

@@ -37,7 +37,7 @@ pub use control::{
 };
 pub use error_code::ErrorCode;
 pub use frame::{DecodeError, EncodeError, FrameCodec};
-pub use limits::{Limits, LimitsError};
+pub use limits::{Limits, LimitsError, MAX_CLOSE_REASON};
 pub use room::{EventKind, RoomEvent, RoomFrame};
 pub use tick::{is_probe, DatagramError, TickHeader, MAX_PORTABLE_DATAGRAM, PROBE};
 

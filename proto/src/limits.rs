@@ -3,6 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Longest close reason either side sends, in bytes of UTF-8 (QUIC's CONNECTION_CLOSE frame must fit one packet;
+/// the WebSocket lane's close message and WebTransport's close capsule keep the same bound). A longer one is cut at
+/// a character boundary by the sender, and refused by the WebSocket lane's decoder.
+pub const MAX_CLOSE_REASON: usize = 512;
+
 /// The bounds a server enforces, per connection and per source address. Defaults are documented on each field and
 /// in `docs/security.md` (with what a breach costs the client and which counter counts it).
 ///

@@ -21,8 +21,17 @@ use crate::{varint, ErrorCode};
 /// The WebSocket subprotocol (`Sec-WebSocket-Protocol`) both ends name; the protocol version is Hello's, as on QUIC.
 pub const SUBPROTOCOL: &str = "quiver";
 
-/// Longest close reason, in bytes (as on QUIC).
-pub const MAX_REASON: usize = 512;
+/// Largest chunk of one stream in one message: a long write is cut into chunks this size, so that streams and
+/// datagrams interleave and a peer can bound what it accepts per message.
+pub const MAX_CHUNK: usize = 16 * 1024;
+
+/// Largest datagram (tick) over a WebSocket: QUIC's guaranteed UDP payload, more than any QUIC path carries in a
+/// DATAGRAM frame, so that whatever a QUIC peer sends fits. Clients publish no more than
+/// [`crate::MAX_PORTABLE_DATAGRAM`] (1,148 B) on any path: what every subscriber's path carries.
+pub const MAX_DATAGRAM: usize = 1200;
+
+/// Longest close reason, in bytes (as on QUIC: [`crate::MAX_CLOSE_REASON`]).
+pub const MAX_REASON: usize = crate::MAX_CLOSE_REASON;
 
 /// One WebSocket binary message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@
 //! The checked-in `server/web/test/vectors.json` must equal what this test generates; after a deliberate change
 //! of the wire format, regenerate it with `QUIVER_WRITE_VECTORS=1 cargo test -p quiver-proto --test vectors`.
 
-use std::fmt::Debug;
+use std::{collections::BTreeMap, fmt::Debug};
 
 use bytes::{Bytes, BytesMut};
 use quiver_proto::{
@@ -33,6 +33,8 @@ struct VectorFile {
     generated_by: &'static str,
     protocol_version: u32,
     max_frame: u32,
+    /// The wire's named bounds, by the browser client's names for them (its copies are checked against these).
+    constants: BTreeMap<&'static str, usize>,
     vectors: Vec<Vector>,
 }
 
@@ -157,6 +159,16 @@ fn generate() -> String {
         generated_by: "proto/tests/vectors.rs (QUIVER_WRITE_VECTORS=1 cargo test -p quiver-proto --test vectors)",
         protocol_version: PROTOCOL_VERSION,
         max_frame: Limits::default().max_frame,
+        constants: BTreeMap::from([
+            ("MAX_FRAME_CEILING", Limits::MAX_FRAME_CEILING as usize),
+            ("MAX_ROOMS_CEILING", Limits::MAX_ROOMS_CEILING as usize),
+            ("MAX_COPY_FRAMES", quiver_proto::copies::MAX_COPY_FRAMES),
+            ("TICK_HEADER_MAX_LEN", quiver_proto::TickHeader::MAX_LEN),
+            ("MAX_PORTABLE_DATAGRAM", quiver_proto::MAX_PORTABLE_DATAGRAM),
+            ("WS_MAX_REASON", quiver_proto::ws::MAX_REASON),
+            ("WS_MAX_CHUNK", quiver_proto::ws::MAX_CHUNK),
+            ("WS_MAX_DATAGRAM", quiver_proto::ws::MAX_DATAGRAM),
+        ]),
         vectors: v.0,
     };
     let mut json = serde_json::to_string_pretty(&file).unwrap_or_else(|err| panic!("vectors as JSON: {err}"));

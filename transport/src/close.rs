@@ -20,7 +20,7 @@ pub fn from_quic_code(code: VarInt) -> ErrorCode {
 /// Closes `conn` with `code`, giving `reason` (truncated to fit a packet) to the peer.
 pub fn close(conn: &quinn::Connection, code: ErrorCode, reason: &str) {
     // The reason travels in a CONNECTION_CLOSE frame, which must fit one packet.
-    let reason = truncate_utf8(reason, 512);
+    let reason = truncate_utf8(reason, quiver_proto::MAX_CLOSE_REASON);
     conn.close(quic_code(code), reason.as_bytes());
 }
 

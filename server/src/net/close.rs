@@ -12,7 +12,7 @@ use crate::{net::wire::Wire, stats::ServerStats};
 
 /// Closes a session with `code`, giving `reason` (truncated to fit a packet) to the peer.
 pub(crate) fn close_session(session: &Session, code: ErrorCode, reason: &str) {
-    session.close(code.to_u32(), truncate_utf8(reason, 512).as_bytes());
+    session.close(code.to_u32(), truncate_utf8(reason, quiver_proto::MAX_CLOSE_REASON).as_bytes());
 }
 
 /// How long [`release`] waits for a closed session's connection to end. web-transport-quinn ends it itself after

@@ -6,6 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
 
+import * as quiver from '../quiver/index.js';
+
 import {
   DEFAULT_MAX_FRAME, FrameReader, MAX_FRAME_CEILING, PROTOCOL_VERSION, QuiverDecodeError, QuiverEncodeError, VARINT_MAX,
   decodeCopy, decodeFrame, decodeTick, decodeVarint, decodeWsMessage, encodeFrame, encodePostCopy, encodeTick,
@@ -65,6 +67,14 @@ function prng(seed) {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+test('the wire bounds the browser client copies are quiver-proto\'s', () => {
+  const constants = vectorsFile.constants;
+  assert.ok(Object.keys(constants).length >= 8, 'vectors.json lists the bounds');
+  for (const [name, value] of Object.entries(constants)) {
+    assert.equal(quiver[name], Number(value), `${name} in quiver/index.js`);
+  }
+});
 
 test('the vectors were made for this protocol version and frame limit', () => {
   assert.equal(Number(vectorsFile.protocol_version), PROTOCOL_VERSION);

@@ -47,14 +47,9 @@ use tokio_tungstenite::{tungstenite::protocol::WebSocketConfig, WebSocketStream}
 pub use recv::WsRecv;
 use shared::{lock, End, OutStream, Shared, State};
 
-/// Largest chunk of one stream in one message: a long write is cut into chunks this size, so that streams and
-/// datagrams interleave and a peer can bound what it accepts per message.
-pub const MAX_CHUNK: usize = 16 * 1024;
-
-/// Largest datagram (tick) over a WebSocket: QUIC's guaranteed UDP payload, more than any QUIC path carries in a
-/// DATAGRAM frame, so that whatever a QUIC peer sends fits. Clients publish no more than
-/// `quiver_proto::MAX_PORTABLE_DATAGRAM` (1,148 B) on any path: what every subscriber's path carries.
-pub const MAX_DATAGRAM: usize = 1200;
+/// The wire's bounds for the WebSocket mapping: the largest chunk of one stream in one message, the largest
+/// datagram (defined with the mapping's encoding, `quiver_proto::ws`).
+pub use quiver_proto::ws::{MAX_CHUNK, MAX_DATAGRAM};
 
 /// The WebSocket path, as WebTransport's: `wss://host:port/quiver`.
 pub const PATH: &str = "/quiver";

@@ -241,6 +241,9 @@ export class QuiverClient {
       // Every claim of it made before is answered (its turn), so `claim` says where the server holds it.
       const session = entry.claim?.session;
       if (!session || session !== this.#session || session.closedWhy) return;
+      // A version-4 session has no Unpublish (the server refuses it Unsupported): the claim stays until the
+      // connection ends, as the Rust client does.
+      if (Number(session.welcome.version) < 5) return;
       await leftAnyway(session.request({ Unpublish: { channel: entry.channel } }), 'Unpublished', entry);
     });
   }

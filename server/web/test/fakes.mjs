@@ -194,6 +194,7 @@ export class FakeServer {
     this.datagrams = []; // every datagram from clients: {conn, channel_id, seq, sent_time_us, payload}
     this.copies = []; // every copy datagram from clients: {conn, kind, first, frames}
     this.refuse = null; // a Failure to answer Hello with
+    this.welcomeVersion = null; // the protocol version Welcome speaks (null: PROTOCOL_VERSION)
     this.down = false; // connections fail before they open
     this.downUrls = new Set(); // connections to these URLs fail before they open (a dead node of a cluster)
     this.unavailablePosts = 0; // refuse this many posts with Unavailable (a broker unreachable), sequencing nothing
@@ -259,7 +260,7 @@ export class FakeServer {
         conn.identity = body.name ?? `guest-${conn.id}`;
         return ok({
           Welcome: {
-            version: PROTOCOL_VERSION, session_id: BigInt(conn.id), server_time_us: nowUs(), identity: conn.identity,
+            version: this.welcomeVersion ?? PROTOCOL_VERSION, session_id: BigInt(conn.id), server_time_us: nowUs(), identity: conn.identity,
             limits: this.limits,
           },
         });

@@ -36,6 +36,17 @@ test('ticks: a resubscribe or claim refused for now is retried; refused for good
   assert.equal(server.requestsOf('Subscribe').length, 2 + 4 + 1);
 });
 
+test('a version-4 session has no Unpublish: unpublish ends the publishers and leaves the claim, as the Rust client', async (t) => {
+  const server = new FakeServer();
+  server.welcomeVersion = 4;
+  const ann = await connect(t, server, { protocolVersion: 4 });
+  const publisher = await ann.publisher('match.1');
+  await publisher.unpublish(); // the server would refuse it Unsupported: not sent, nothing thrown
+  assert.deepEqual(server.requestsOf('Unpublish'), []);
+  assert.deepEqual(publisher.ended, { code: ErrorCode.NoError, reason: 'unpublished' });
+  assert.equal(publisher.send('late'), null);
+});
+
 test('unpublish gives the claim up for every publisher sharing it; a later publisher claims the channel anew', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server);

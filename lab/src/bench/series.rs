@@ -89,6 +89,12 @@ pub(crate) struct Tally {
     /// Stale counters read when the result is taken (after the drain, so that a tick dropped as stale in the last
     /// round trip is not counted lost), each with its value when measuring began.
     stale_sources: Vec<(Arc<std::sync::atomic::AtomicU64>, u64)>,
+    /// Superseded counters (ticks a subscriber's backlog let go of, its reader behind), read as the stale ones.
+    superseded_sources: Vec<(Arc<std::sync::atomic::AtomicU64>, u64)>,
+    /// Measured messages a latest-wins receiver of this tally's own dropped as stale ([`Tally::received_latest`]).
+    stale_here: u64,
+    /// The newest message each sender's latest-wins receiver took.
+    newest: HashMap<u32, u64>,
     /// UDP payload bytes both ways on the senders' connections while they sent, and the messages they sent.
     wire: Option<(u64, u64)>,
 }
@@ -120,6 +126,28 @@ impl Tally {
         }
     }
 
+    /// Message `i` of sender `who` came back now, to a receiver that keeps only the newest (as Quiver's tick
+    /// subscriptions do): one older than a message taken already is dropped as stale, not measured. The datagram
+    /// baselines receive so, so that their percentiles and Quiver's are over the same arrivals (the overtaken ones,
+    /// the slowest, left out of both, and counted stale in both).
+    pub(crate) fn received_latest(t: &SharedTally, who: u32, i: u64) {
+        let now = Instant::now();
+        let mut t = lock(t);
+        let t = &mut *t;
+        let newest = t.newest.entry(who).or_insert(i);
+        let stale = i < *newest;
+        *newest = (*newest).max(i);
+        if let Some(origin) = t.sent.remove(&(who, i)) {
+            match stale {
+                true => t.stale_here += 1,
+                false => {
+                    t.latencies.record(now - origin);
+                    t.received += 1;
+                }
+            }
+        }
+    }
+
     /// Sender `schedule`'s messages from `from` on were not sent ([`Schedule::due`]: out of time): the measured
     /// ones among them count as sent and lost (they were due, and nothing arrived), so a run whose sender could not
     /// keep up shows it rather than a shorter, cleaner tail.
@@ -132,6 +160,12 @@ impl Tally {
     pub(crate) fn stale_from(t: &SharedTally, counter: &Arc<std::sync::atomic::AtomicU64>) {
         let now = counter.load(std::sync::atomic::Ordering::Relaxed);
         lock(t).stale_sources.push((counter.clone(), now));
+    }
+
+    /// The superseded ticks `counter` counts from now on are measured ones (as [`Tally::stale_from`]).
+    pub(crate) fn superseded_from(t: &SharedTally, counter: &Arc<std::sync::atomic::AtomicU64>) {
+        let now = counter.load(std::sync::atomic::Ordering::Relaxed);
+        lock(t).superseded_sources.push((counter.clone(), now));
     }
 
     /// A sender's connection carried `bytes` (UDP payload, both ways) while it sent `messages` messages.
@@ -149,17 +183,20 @@ impl Tally {
 
     pub(crate) fn result(t: &SharedTally, name: &str, baseline: Option<&str>) -> SeriesResult {
         let t = lock(t);
-        let stale = t
-            .stale_sources
-            .iter()
-            .map(|(counter, from)| counter.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(*from))
-            .sum::<u64>();
+        let read = |sources: &[(Arc<std::sync::atomic::AtomicU64>, u64)]| {
+            sources
+                .iter()
+                .map(|(counter, from)| counter.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(*from))
+                .sum::<u64>()
+        };
+        let (stale, superseded) = (read(&t.stale_sources) + t.stale_here, read(&t.superseded_sources));
         SeriesResult {
             name: name.to_string(),
             baseline: baseline.map(str::to_string),
             sent: t.measured_sent,
-            lost: t.measured_sent.saturating_sub(t.received + stale),
+            lost: t.measured_sent.saturating_sub(t.received + stale + superseded),
             stale,
+            superseded,
             wire_bytes_per_msg: t.wire.and_then(|(b, m)| (m > 0).then(|| b as f64 / m as f64)),
             latency: t.latencies.summary(),
             curve: t.latencies.curve(),
@@ -210,6 +247,9 @@ pub struct SeriesResult {
     pub lost: u64,
     /// Measured messages that came back after a newer one and were dropped as stale (ticks: reordered, not lost).
     pub stale: u64,
+    /// Measured ticks that arrived and were let go of by the subscription's backlog of accepted ticks (its reader
+    /// fell behind): not lost, and (like the stale ones) not in the percentiles: a run with any says so.
+    pub superseded: u64,
     /// UDP payload bytes on the wire (both ways, ACKs and control traffic included) per message sent, where the
     /// series can count them (its client's QUIC connection statistics).
     pub wire_bytes_per_msg: Option<f64>,
@@ -265,6 +305,13 @@ impl Report {
             out += &format!(
                 "{:<24} {:>7} {:>6.2} {:>6.2} {:>7} {:>7} {:>8} {:>8} {:>8} {:>14} {:>6}  {}\n",
                 s.name, l.count, loss, stale, p50, p90, p99, p999, max, spread, bytes, ratio
+            );
+        }
+        for s in self.series.iter().filter(|s| s.superseded > 0) {
+            out += &format!(
+                "note: {}: {} ticks arrived and were superseded in the subscription's backlog (the reader fell \
+                 behind): not lost, and not in its percentiles, which are the lower for it\n",
+                s.name, s.superseded
             );
         }
         out
@@ -388,6 +435,30 @@ mod tests {
         Tally::received(&tally, 0, 3); // duplicate: ignored
         let result = Tally::result(&tally, "x", None);
         assert_eq!((result.sent, result.lost, result.latency.count), (8, 1, 7));
+    }
+
+    /// The datagram baselines receive as Quiver's tick subscriptions do (latest wins): an arrival overtaken by a
+    /// newer one is stale, neither lost nor measured, in both, so that their percentiles are over the same arrivals.
+    /// Ticks a subscription's backlog let go of are neither lost nor measured either, and the table says so.
+    #[tokio::test]
+    async fn overtaken_arrivals_are_stale_and_superseded_ticks_are_noted() {
+        let schedule = Schedule { start: Instant::now(), interval: Duration::from_millis(1), count: 6, warmup: 0 };
+        let tally = Tally::shared();
+        for i in 0..6 {
+            let origin = schedule.due(i).await.unwrap();
+            Tally::sent(&tally, &schedule, 0, i, origin);
+        }
+        for i in [0, 2, 1, 3, 3] {
+            Tally::received_latest(&tally, 0, i); // 1 overtaken by 2; 3 twice (a copy: ignored)
+        }
+        let superseded = Arc::new(std::sync::atomic::AtomicU64::new(7));
+        Tally::superseded_from(&tally, &superseded);
+        superseded.store(8, std::sync::atomic::Ordering::Relaxed); // one of them (4) let go of by the backlog
+        let result = Tally::result(&tally, "quiver datagram", None);
+        let counts = (result.sent, result.latency.count, result.stale, result.superseded, result.lost);
+        assert_eq!(counts, (6, 3, 1, 1, 1), "5 never arrived");
+        let report = Report { config: serde_json::Value::Null, series: vec![result] };
+        assert!(report.table().contains("quiver datagram: 1 ticks arrived and were superseded"), "{}", report.table());
     }
 
     /// A series that lost every message has no latency: its cells and ratios show "–", not p50 0 and "×0.000",

@@ -123,11 +123,21 @@ pub async fn run_cluster(config: ClusterConfig, progress: impl Fn(&str)) -> Resu
         ("subscribers", config.subscribers, 1),
         ("echoes", config.echoes, 10),
         ("tick_rate", config.tick_rate, 1),
+        // (None in flight posted nothing, and the posts goal was judged on a run that measured none.)
+        ("in_flight", config.in_flight, 1),
     ] {
         if value < least {
             let expected = if least == 1 { "at least 1" } else { "at least 10" };
             return Err(BenchError::BadConfig { field, value: f64::from(value), expected });
         }
+    }
+    if config.duration < Duration::from_secs(1) {
+        let (value, expected) = (config.duration.as_secs_f64(), "at least 1 s");
+        return Err(BenchError::BadConfig { field: "duration", value, expected });
+    }
+    if config.echo_interval < Duration::from_millis(1) {
+        let (value, expected) = (config.echo_interval.as_secs_f64() * 1e3, "at least 1 ms");
+        return Err(BenchError::BadConfig { field: "echo_interval_ms", value, expected });
     }
     if f64::from(config.tick_rate) > crate::bench::series::MAX_RATE {
         let (value, expected) = (f64::from(config.tick_rate), "at most 100000 per second, as the other benches");
@@ -329,6 +339,7 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
     let base = tokio::time::Instant::now();
     let recorder = Arc::new(Mutex::new(LatencyRecorder::default()));
     let received = Arc::new(AtomicU64::new(0));
+    let superseded = Arc::new(AtomicU64::new(0));
     // A second of ticks first warms every path up (and lets interest cross to the other nodes).
     let warmup = u64::from(config.tick_rate);
     let measured = u64::from(config.tick_rate) * config.duration.as_secs().max(1);
@@ -337,7 +348,7 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
     for i in 0..config.subscribers {
         let client = nodes[i as usize % nodes.len()].connect().await?;
         let mut subscription = BenchError::answered("subscribe", client.subscribe(&channel)).await?;
-        let (recorder, received) = (recorder.clone(), received.clone());
+        let (recorder, received, superseded) = (recorder.clone(), received.clone(), superseded.clone());
         tasks.spawn(async move {
             // Merged when the task ends, or is aborted at the end marker's deadline: the slowest subscribers'
             // latencies count too (their ticks count as delivered).
@@ -345,7 +356,13 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
             let mine = &mut mine.mine;
             // Every tick that arrived, not only the newest of those waiting (`next`): a subscriber task woken late
             // would otherwise leave its oldest, slowest ticks out of the percentiles and the delivered share.
+            // (Ticks a subscription's backlog let go of, its task more than the backlog behind, are counted, and
+            // the run says so: they are neither delivered nor in the percentiles.)
+            let mut let_go = 0;
             'batches: while let Some(ticks) = subscription.next_batch().await {
+                let now = subscription.stats().superseded;
+                superseded.fetch_add(now.saturating_sub(let_go), Ordering::Relaxed);
+                let_go = now;
                 for tick in ticks {
                     // The tick's number leads its payload, then its scheduled time (µs after `base`: the publisher is
                     // in this process); an empty payload is the end marker.
@@ -389,6 +406,14 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
     }
     if !tasks.is_empty() {
         tracing::warn!(subscribers = tasks.len(), "subscribers still reading 5 s after the last tick: stopped");
+    }
+    let superseded = superseded.load(Ordering::Relaxed);
+    if superseded > 0 {
+        tracing::warn!(
+            superseded,
+            "ticks arrived and were superseded in the subscriptions' backlogs (readers fell behind): counted as not \
+             delivered, and not in the percentiles, which are the lower for it"
+        );
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}

@@ -41,3 +41,21 @@ async fn a_small_run_measures_every_series_and_checks_the_goals() {
     failing.fanout_cluster.delivered_pct = 0.0;
     assert!(failing.table().contains("fan-out p99") && failing.table().contains("not judged: delivered"));
 }
+
+/// Settings that would measure nothing, or something other than the command line says, are refused before
+/// anything starts: none in flight posted nothing (and the posts goal was judged on it), a duration or echo
+/// interval of 0 was silently made 1 s or 1 ms.
+#[tokio::test]
+async fn settings_that_measure_nothing_are_refused() {
+    let refused = [
+        ("in_flight", ClusterConfig { in_flight: 0, ..ClusterConfig::default() }),
+        ("duration", ClusterConfig { duration: Duration::ZERO, ..ClusterConfig::default() }),
+        ("echo_interval_ms", ClusterConfig { echo_interval: Duration::ZERO, ..ClusterConfig::default() }),
+    ];
+    for (field, config) in refused {
+        match run_cluster(config, |_| {}).await {
+            Err(BenchError::BadConfig { field: named, .. }) => assert_eq!(named, field),
+            other => panic!("{field}: {:?}", other.map(|_| "ran")),
+        }
+    }
+}

@@ -57,19 +57,25 @@ fn link_thread(name: &str) -> bool {
 /// CPU time the live threads named as `wanted` says have used so far (`/proc/self/task/*/schedstat`).
 fn threads_cpu(wanted: impl Fn(&str) -> bool) -> Option<Duration> {
     let tasks = std::fs::read_dir("/proc/self/task").ok()?;
-    let mut total = Duration::ZERO;
+    let (mut total, mut wanted_threads, mut read) = (Duration::ZERO, 0, 0);
     for task in tasks.flatten() {
         let path = task.path();
         let Ok(name) = std::fs::read_to_string(path.join("comm")) else { continue };
         if !wanted(name.trim_end()) {
             continue;
         }
+        wanted_threads += 1;
         // A thread that exited since the listing: nothing to add.
         let Ok(schedstat) = std::fs::read_to_string(path.join("schedstat")) else { continue };
-        let on_cpu_ns = schedstat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok());
-        total += Duration::from_nanos(on_cpu_ns.unwrap_or(0));
+        let Some(on_cpu_ns) = schedstat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()) else {
+            continue;
+        };
+        total += Duration::from_nanos(on_cpu_ns);
+        read += 1;
     }
-    Some(total)
+    // Threads there and not one whose time could be read (a kernel without schedstat): not known, rather than 0
+    // (which read as free).
+    (wanted_threads == 0 || read > 0).then_some(total)
 }
 
 /// CPU time the rest of the process has used so far: the clients, the publisher and the bench's own bookkeeping

@@ -53,7 +53,9 @@ pub(super) async fn measure(
                 tokio::select! {
                     biased;
                     () = stop.cancelled() => {
-                        Recorder::stale_dropped(&recorder, subscription.stats().stale_dropped);
+                        let stats = subscription.stats();
+                        Recorder::stale_dropped(&recorder, stats.stale_dropped);
+                        Recorder::superseded(&recorder, stats.superseded);
                         return;
                     }
                     ticks = subscription.next_batch() => match ticks {

@@ -42,6 +42,9 @@ pub struct FanoutSide {
     pub delivered_pct: f64,
     /// Share of tick arrivals dropped as stale (after a newer tick), over the whole run with its warm-up, percent.
     pub stale_pct: f64,
+    /// Ticks that arrived and were let go of by a subscription's backlog of accepted ticks (its reader fell
+    /// behind), over the whole run: counted as not delivered, and not in the percentiles (the table says so).
+    pub superseded: u64,
     /// One-way tick latency, publisher's scheduled send to a subscriber's receipt.
     pub tick_latency: LatencySummary,
     /// Chat messages posted (measured part).
@@ -115,6 +118,7 @@ impl FanoutReport {
                 sent,
                 lost: sent - (sent as f64 * delivered_pct / 100.0).round().min(sent as f64) as u64,
                 stale: 0,
+                superseded: 0,
                 wire_bytes_per_msg: None,
                 latency,
                 curve: curve.clone(),
@@ -194,6 +198,13 @@ impl FanoutReport {
                 let vs = ws_chat.filter(|_| side.name != "websocket");
                 out += &row(&format!("{} chat", side.name), &side.chat_latency, side.chat_delivered_pct, "".into(), vs);
             }
+        }
+        for side in self.sides().filter(|side| side.superseded > 0) {
+            out += &format!(
+                "note: {}: {} ticks arrived and were superseded in the subscriptions' backlogs (readers fell behind): \
+                 not delivered, and not in the percentiles, which are the lower for it\n",
+                side.name, side.superseded
+            );
         }
         if let Some(t) = self.quiver.server_ticks {
             out += &format!(

@@ -30,13 +30,16 @@ pub(super) struct Recorder {
     ticks: u64,
     chat: u64,
     stale: u64,
+    /// Ticks that arrived and were let go of by a subscription's backlog (its reader fell behind).
+    superseded: u64,
     /// Every tick and chat arrival of the run, warm-up included: the deliveries the server's CPU time paid for.
     arrivals: u64,
     /// Of `arrivals`, the ticks: what `stale` (counted by the subscriptions over the whole run, warm-up included)
     /// is a share of.
     tick_arrivals: u64,
-    /// The measured messages each subscriber received: a copy (the link emulator's `duplicate_pct`; raw UDP does
-    /// not drop copies) counts once, so delivered % never passes 100 nor hides a loss.
+    /// The messages each subscriber received (warm-up's too): a copy (the link emulator's `duplicate_pct`; raw UDP
+    /// does not drop copies) counts once, so delivered % never passes 100 nor hides a loss, and a delivery is
+    /// counted for CPU per delivery once.
     seen: std::collections::HashSet<(u32, Kind, u64)>,
 }
 
@@ -56,6 +59,12 @@ impl Recorder {
         let Some((_, i)) = parse(payload) else { return };
         let mut r = lock(recorder);
         let r = &mut *r;
+        // A copy (the link emulator duplicates after the server sent: raw UDP's receivers see it, quinn drops it)
+        // is not a delivery the server paid for: counted once, so raw UDP's CPU per delivery is not divided by more
+        // deliveries than it made.
+        if !r.seen.insert((who, kind, i)) {
+            return;
+        }
         r.arrivals += 1;
         r.tick_arrivals += u64::from(kind == Kind::Tick);
         let (origins, latency, count) = match kind {
@@ -63,16 +72,19 @@ impl Recorder {
             Kind::Chat => (&r.chat_origins, &mut r.chat_latency, &mut r.chat),
         };
         if let Some(origin) = origins.get(&i) {
-            if r.seen.insert((who, kind, i)) {
-                latency.record(now - *origin);
-                *count += 1;
-            }
+            latency.record(now - *origin);
+            *count += 1;
         }
     }
 
     /// `count` ticks a subscriber dropped as stale (after a newer one).
     pub(super) fn stale_dropped(recorder: &SharedRecorder, count: u64) {
         lock(recorder).stale += count;
+    }
+
+    /// `count` ticks a subscription's backlog let go of, its reader behind: neither delivered nor measured.
+    pub(super) fn superseded(recorder: &SharedRecorder, count: u64) {
+        lock(recorder).superseded += count;
     }
 
     /// Every chat message (and, when they are reliable, every tick) reached every subscriber.
@@ -98,6 +110,7 @@ impl Recorder {
             delivered_pct: pct(r.ticks, ticks_sent * n),
             // Both over the whole run: the subscriptions count their stale ticks from their start, warm-up included.
             stale_pct: pct(r.stale, r.tick_arrivals + r.stale),
+            superseded: r.superseded,
             tick_latency: r.tick_latency.summary(),
             chat_sent,
             chat_delivered_pct: pct(r.chat, chat_sent * n),
@@ -205,7 +218,9 @@ mod tests {
         let side = Recorder::side(&recorder, "x", 2, Spent::default());
         assert_eq!(side.delivered_pct, 50.0, "one of two subscribers got it");
         Recorder::received(&recorder, 1, Kind::Tick, &tick);
-        assert_eq!(Recorder::side(&recorder, "x", 2, Spent::default()).delivered_pct, 100.0);
+        let side = Recorder::side(&recorder, "x", 2, Spent::default());
+        assert_eq!(side.delivered_pct, 100.0);
+        assert_eq!(side.deliveries, 2, "the copy is no delivery the server paid for (CPU per delivery)");
     }
 
     /// A publisher that fell too far behind stops sending (`Schedule::due`), and the ticks it did not send count as

@@ -80,7 +80,7 @@ pub(super) async fn quiver_mixed_series(
                 true => targets.quiver_ws_client().await?,
             };
             let name = format!("bench.h2h.{who}.{}.{websocket}", std::process::id());
-            let (publisher, stale) = quiver::own_ticks(&client, &name, lanes.tally(0), &stop).await?;
+            let (publisher, dropped) = quiver::own_ticks(&client, &name, lanes.tally(0), &stop).await?;
             quiver::own_chat(&client, &name, lanes.tally(1), &stop, false).await?;
             let (ticks, chat) = lanes.start_two().await;
             // Ticks reordered and dropped as stale are not lost (the WebSocket's, over TCP, never are).
@@ -88,7 +88,7 @@ pub(super) async fn quiver_mixed_series(
             tokio::join!(
                 ticks.send_scheduled(who, |i| {
                     if i == warmup {
-                        Tally::stale_from(&ticks.tally, &stale);
+                        dropped.measured_in(&ticks.tally);
                     }
                     quiver::publish(&publisher, payload(who, i, size))
                 }),

@@ -35,7 +35,7 @@ pub(super) async fn udp_series(
             loop {
                 if let Ok(len) = reader.recv(&mut buf).await {
                     if let Some((w, i)) = parse(&buf[..len]) {
-                        Tally::received(&reader_tally, w, i);
+                        Tally::received_latest(&reader_tally, w, i); // (as Quiver's ticks: the series compare)
                     }
                 }
             }
@@ -100,7 +100,7 @@ pub(super) async fn quinn_series(
                 until_stopped(&stop, async move {
                     while let Ok(datagram) = reader.read_datagram().await {
                         if let Some((w, i)) = parse(&datagram) {
-                            Tally::received(&reader_tally, w, i);
+                            Tally::received_latest(&reader_tally, w, i);
                         }
                     }
                 });
@@ -135,13 +135,13 @@ pub(super) async fn quiver_datagram_series(
         async move {
             let client = targets.quiver_client().await?;
             let channel = format!("bench.rtt.{who}.{}", std::process::id());
-            let (publisher, stale) = quiver::own_ticks(&client, &channel, lanes.tally(0), &stop).await?;
+            let (publisher, dropped) = quiver::own_ticks(&client, &channel, lanes.tally(0), &stop).await?;
             let lane = lanes.start_one().await;
             let before = wire_bytes(&client);
             let sent = lane
                 .send_scheduled(who, |i| {
                     if i == lane.plan.warmup {
-                        Tally::stale_from(&lane.tally, &stale); // read after the drain
+                        dropped.measured_in(&lane.tally); // read after the drain
                     }
                     quiver::publish(&publisher, payload(who, i, size))
                 })

@@ -15,19 +15,34 @@ use crate::bench::{
     BenchError,
 };
 
+/// What a subscription counted so far of the ticks it did not hand its reader: dropped as stale (arrived after a
+/// newer one: reordered on the way, not lost), and superseded in its backlog (the reader fell behind).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Dropped {
+    pub stale: Arc<AtomicU64>,
+    pub superseded: Arc<AtomicU64>,
+}
+
+impl Dropped {
+    /// The counts from now on are of measured ticks, read when `tally`'s result is taken.
+    pub(super) fn measured_in(&self, tally: &SharedTally) {
+        Tally::stale_from(tally, &self.stale);
+        Tally::superseded_from(tally, &self.superseded);
+    }
+}
+
 /// Subscribes `client` to tick channel `channel`, tallies every tick that comes back until `stop`, and returns a
-/// publisher on the channel and the count of ticks the subscription dropped as stale so far (arrived after a newer
-/// one: reordered on the way, not lost).
+/// publisher on the channel and the counts of the ticks the subscription did not hand on.
 pub(super) async fn own_ticks(
     client: &Client,
     channel: &str,
     tally: SharedTally,
     stop: &CancellationToken,
-) -> Result<(TickPublisher, Arc<AtomicU64>), BenchError> {
+) -> Result<(TickPublisher, Dropped), BenchError> {
     let mut subscription = BenchError::answered("subscribe", client.subscribe(channel)).await?;
     let publisher = BenchError::answered("publish", client.publisher(channel)).await?;
-    let stale = Arc::new(AtomicU64::new(0));
-    let seen = stale.clone();
+    let dropped = Dropped::default();
+    let seen = dropped.clone();
     // Every accepted tick, not only the newest: a tick superseded on arrival still arrived.
     // The stale count is read on a timer too: a tick dropped as stale wakes no reader (only accepted ones do), so
     // one after the last accepted tick would otherwise never be counted.
@@ -47,10 +62,12 @@ pub(super) async fn own_ticks(
                 },
                 _ = refresh.tick() => {}
             }
-            seen.store(subscription.stats().stale_dropped, Ordering::Relaxed);
+            let stats = subscription.stats();
+            seen.stale.store(stats.stale_dropped, Ordering::Relaxed);
+            seen.superseded.store(stats.superseded, Ordering::Relaxed);
         }
     });
-    Ok((publisher, stale))
+    Ok((publisher, dropped))
 }
 
 /// UDP payload bytes `client`'s connection has sent and received.

@@ -225,13 +225,14 @@ pub(crate) struct RttArgs {
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Transport settings of Quiver's server and clients: quiver, no-probe, no-floor, quinn-defaults or
-    /// tail-probe.
+    /// tail-probe (with --server: the clients' only).
     #[arg(long, default_value = "quiver")]
     tuning: String,
-    /// Redundant delivery's datagram copies (server and clients), instead of the tuning's.
+    /// Redundant delivery's datagram copies (server and clients; with --server the clients'), instead of the
+    /// tuning's.
     #[arg(long)]
     copies: Option<u8>,
-    /// Time between rounds of copies, ms, instead of the tuning's.
+    /// Time between rounds of copies, ms, instead of the tuning's (with --server: the clients').
     #[arg(long)]
     copy_spacing_ms: Option<u64>,
     /// Measure an external Quiver server instead of an in-process one (baselines stay in-process).
@@ -433,11 +434,20 @@ async fn rtt(args: RttArgs) -> Result<(), CliError> {
         config.clients,
         config.size,
     );
+    // The tuning as it ran: its name, and the copies' settings where the command line changed them.
+    let overrides = [
+        args.copies.map(|copies| format!("copies {copies}")),
+        args.copy_spacing_ms.map(|ms| format!("copy spacing {ms} ms")),
+    ];
+    let overrides: Vec<String> = overrides.into_iter().flatten().collect();
+    let tuning = match overrides.is_empty() {
+        true => config.tuning.name.to_string(),
+        false => format!("{} ({})", config.tuning.name, overrides.join(", ")),
+    };
     let title = format!(
-        "quiver bench rtt, {what}, {} B, {}, tuning {}",
+        "quiver bench rtt, {what}, {} B, {}, tuning {tuning}",
         config.size,
         args.markdown.as_deref().unwrap_or(if config.profile.is_some() { "impaired" } else { "clean" }),
-        config.tuning.name
     );
     check_outputs(args.json.as_deref(), args.plot.as_deref())?;
     let mut stop = crate::output::Stop::new();

@@ -45,11 +45,11 @@ pub(crate) struct ClusterArgs {
 pub(super) async fn cluster(args: ClusterArgs) -> Result<(), CliError> {
     let config = ClusterConfig {
         echoes: args.echoes,
-        echo_interval: Duration::from_millis(args.echo_interval_ms.max(1)),
+        echo_interval: Duration::from_millis(args.echo_interval_ms),
         posters: args.posters,
         rooms: args.rooms,
         in_flight: args.in_flight,
-        duration: Duration::from_secs(args.duration.clamp(1, super::MAX_BENCH_SECONDS)),
+        duration: super::bench_seconds("duration", args.duration as f64)?,
         subscribers: args.subscribers,
         tick_rate: args.rate,
         size: args.size,

@@ -159,6 +159,10 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str) + Send + Sync + 
         "warmup_s": config.warmup.as_secs_f64(),
         "profile": config.profile,
         "tuning": config.tuning.name,
+        // (Given apart: a command line may change them from the named tuning's.)
+        "copies": config.tuning.copies,
+        "copy_spacing_ms": config.tuning.copy_spacing.as_secs_f64() * 1e3,
+        "tuning_applies_to": if config.server.is_some() { "clients" } else { "server and clients" },
         "server": config.server.as_ref().map(|(s, _)| s.clone()).unwrap_or_else(|| "in-process".into()),
         "compare_websocket": config.compare_websocket,
         "emulator": emulator,

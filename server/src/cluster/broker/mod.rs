@@ -28,6 +28,9 @@ mod heartbeat;
 /// A boxed future, as handlers and hooks return them.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// How long a graceful shutdown spends removing the node from Redis at most ([`Broker::retire`]).
+const RETIRE_LIMIT: Duration = Duration::from_secs(10);
+
 /// Where a broker is and how it is watched. (Its `Debug` shows the URL without credentials.)
 #[derive(Clone, PartialEq, Eq)]
 pub struct BrokerConfig {
@@ -301,10 +304,17 @@ impl Broker {
         }
     }
 
-    /// Stops the tasks and removes this node from Redis (its members leave their rooms): a graceful shutdown.
+    /// Stops the tasks and removes this node from Redis (its members leave their rooms): a graceful shutdown. At
+    /// most 10 s (`RETIRE_LIMIT`; each call is bounded by the request timeout, but a node in many rooms makes many). Past
+    /// it the shutdown goes on, and the other nodes bury this one after the presence expiry.
     pub async fn retire(&self) {
         self.stop.cancel();
-        self.bury(self.node.clone()).await;
+        if tokio::time::timeout(RETIRE_LIMIT, self.bury(self.node.clone())).await.is_err() {
+            tracing::warn!(
+                limit_s = RETIRE_LIMIT.as_secs(),
+                "leaving the broker took too long: this node's members leave their rooms at the presence expiry"
+            );
+        }
     }
 
     async fn pubsub(self: Arc<Self>) {

@@ -4,7 +4,8 @@
 //! what came with it. So: refusals are the HTTP status alone (404, 403) followed by the server's close, and a
 //! session the server closes (protocol error, shutdown) ends with the WebTransport close capsule carrying our code.
 //!
-//! Needs python3 with aioquic (`pip install aioquic`, or Debian's `python3-aioquic`; `QUIVER_PYTHON` names another
+//! Needs python3 with aioquic (`pip install aioquic`, in a virtual environment where the
+//! system Python refuses it: Debian has no package of it; `QUIVER_PYTHON` names another
 //! interpreter). Without it the tests say so loudly and pass, unless `QUIVER_REQUIRE_ALL=1` (CI), where a skip is a
 //! failure.
 #![allow(clippy::unwrap_used)]
@@ -36,7 +37,7 @@ fn aioquic_available(test: &str) -> bool {
         .status()
         .is_ok_and(|status| status.success());
     if !found {
-        let why = format!("{} cannot import aioquic (pip install aioquic, or apt install python3-aioquic)", python());
+        let why = format!("{} cannot import aioquic (pip install aioquic; or in a virtual environment, named by QUIVER_PYTHON)", python());
         quiver_tests::skip(test, &why);
     }
     found

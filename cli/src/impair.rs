@@ -285,12 +285,13 @@ async fn stop_group(child: &mut tokio::process::Child) {
         return;
     }
     let Some(pid) = child.id() else { return };
-    let signal = |name: &str| {
-        let _ = std::process::Command::new("kill").args([name, "--", &format!("-{pid}")]).status();
+    let Ok(group) = i32::try_from(pid).map(nix::unistd::Pid::from_raw) else { return };
+    let signal = |signal| {
+        let _ = nix::sys::signal::killpg(group, signal);
     };
-    signal("-TERM");
+    signal(nix::sys::signal::Signal::SIGTERM);
     if tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_err() {
-        signal("-KILL");
+        signal(nix::sys::signal::Signal::SIGKILL);
         let _ = child.wait().await;
     }
 }

@@ -57,8 +57,7 @@ fn prints_address_and_hash_then_stops_cleanly_on_sigterm() {
     let stored = quiver_certs::dev::read(dir.path()).unwrap();
     assert_eq!(hash, quiver_certs::sha256(&stored).to_string());
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    terminate(&child);
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -319,7 +318,7 @@ fn a_damaged_store_stops_the_server_with_a_clear_error_and_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let first = listening(dir.path());
         // SIGTERM: a graceful stop flushes the store's tables.
-        std::process::Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+        terminate(&first);
         let mut first = first;
         assert!(first.wait().unwrap().success());
         let store = dir.path().join("store");
@@ -352,4 +351,10 @@ fn a_damaged_store_stops_the_server_with_a_clear_error_and_is_left_alone() {
         third.kill().unwrap();
         third.wait().unwrap();
     }
+}
+
+/// SIGTERM to `child` (a graceful stop).
+fn terminate(child: &std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
 }

@@ -188,7 +188,8 @@ fn kills_and_restarts(durability: &str) {
             let _ = child.0.wait();
         } else {
             // The last restart is graceful: SIGTERM, and the server must exit by itself.
-            let _ = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status();
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.0.id()).unwrap());
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let status = child.0.wait().unwrap();
             assert!(status.success(), "graceful stop: {status}");
         }

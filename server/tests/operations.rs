@@ -58,8 +58,9 @@ impl Running {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
-        assert!(status.unwrap().success());
+        let signal: nix::sys::signal::Signal = format!("SIG{name}").parse().unwrap();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
     }
 
     /// Waits for the exit (at most `within`); the exit status.

@@ -53,8 +53,9 @@ impl Drop for Running {
 
 impl Running {
     pub(crate) fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.0.id().to_string()).status().unwrap();
-        assert!(status.success(), "kill -{signal}");
+        let parsed: nix::sys::signal::Signal = format!("SIG{signal}").parse().unwrap();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
+        nix::sys::signal::kill(pid, parsed).unwrap_or_else(|err| panic!("kill -{signal}: {err}"));
     }
 }
 

@@ -37,7 +37,10 @@ fn aioquic_available(test: &str) -> bool {
         .status()
         .is_ok_and(|status| status.success());
     if !found {
-        let why = format!("{} cannot import aioquic (pip install aioquic; or in a virtual environment, named by QUIVER_PYTHON)", python());
+        let why = format!(
+            "{} cannot import aioquic (pip install aioquic; or in a virtual environment, named by QUIVER_PYTHON)",
+            python()
+        );
         quiver_tests::skip(test, &why);
     }
     found

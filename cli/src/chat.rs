@@ -18,7 +18,9 @@ pub(crate) struct ChatArgs {
     /// Room to join.
     #[arg(long)]
     room: String,
-    /// Name to be known by in the room (default: one the server assigns).
+    /// Name to be known by in the room (default: a new one each run, `dev-` and 8 hex digits with a dev token,
+    /// `guest-` and 16 on an anonymous server; with --token, the token's subject where the server reads tokens). Pass one to
+    /// be recognised across runs.
     #[arg(long)]
     name: Option<String>,
     /// Resume from a position a previous run printed (`EPOCH:SEQ`, e.g. from a `message` line's epoch and seq):
@@ -44,7 +46,8 @@ pub(crate) struct PostArgs {
     /// Room to post to.
     #[arg(long)]
     room: String,
-    /// Name to post as.
+    /// Name to post as (default: a new one each run, as `chat`'s; with --token, the token's subject where the
+    /// server reads tokens).
     #[arg(long)]
     name: Option<String>,
     /// Idempotency key: running the command again with the same key (and the same --name or --token) gets the

@@ -170,6 +170,12 @@ impl ServerArgs {
 
     /// The connect options these flags say, for a client named `name`.
     pub(crate) fn options(&self, name: Option<String>) -> Result<ConnectOptions, CliError> {
+        if name.is_some() && self.has_token() {
+            eprintln!(
+                "note: with --token a server knows this client by the token's subject; --name counts only on a server \
+                 that reads no tokens (anonymous)"
+            );
+        }
         let token_provider = self.trust.token_provider(name.as_deref(), &self.server);
         Ok(ConnectOptions {
             trust: self.trust.trust(),

@@ -187,7 +187,7 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
     if !waiting.is_empty() {
         tracing::warn!(keys = %waiting.join(", "), "settings changed that only a restart applies");
     }
-    let auth = match settings.auth_config_for_reload() {
+    let auth = match settings.auth_config_for_reload_after(&reread.applied) {
         Ok((auth, gone)) => {
             for path in gone {
                 let file = path.display();

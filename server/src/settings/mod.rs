@@ -10,7 +10,11 @@ mod web;
 pub use crate::config::{MAX_CONGESTION_FLOOR, MAX_COPIES, MAX_DATAGRAM_SEND_BUFFER, MAX_HANDSHAKE_TIMEOUT_MS};
 pub use check::MAX_DRAIN_TIMEOUT_MS;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use quiver_proto::Limits;
 use quiver_transport::TransportTuning;
@@ -334,14 +338,29 @@ impl Settings {
 
     /// How clients are admitted; reads the key files (each one must be there).
     pub fn auth_config(&self) -> Result<AuthConfig, Invalid> {
-        self.read_auth(false).map(|(auth, _)| auth)
+        self.read_auth(&|_| false).map(|(auth, _)| auth)
     }
 
     /// How clients are admitted from now on, for a reload (SIGHUP): a key file that is gone is a key removed (an
     /// operator revokes a key by deleting its file: keeping it trusted would fail open), returned to be named. A
     /// reload that would leave no key at all is refused (write the new key before deleting the old one).
     pub fn auth_config_for_reload(&self) -> Result<(AuthConfig, Vec<PathBuf>), Invalid> {
-        let (auth, gone) = self.read_auth(true)?;
+        self.reload_auth(&|_| true)
+    }
+
+    /// [`Settings::auth_config_for_reload`] after `before` (the settings applied until now): only a key file
+    /// `before` listed too can be gone (a key removed); one listed anew must be there (a path mistyped while adding
+    /// a key was taken for a key removed, and the reload applied without the new key).
+    pub fn auth_config_for_reload_after(&self, before: &Settings) -> Result<(AuthConfig, Vec<PathBuf>), Invalid> {
+        let listed = |path: &Path| {
+            let auth = &before.auth;
+            auth.hs256_key_files.iter().chain(&auth.ed25519_public_key_files).any(|was| was == path)
+        };
+        self.reload_auth(&listed)
+    }
+
+    fn reload_auth(&self, removable: &dyn Fn(&Path) -> bool) -> Result<(AuthConfig, Vec<PathBuf>), Invalid> {
+        let (auth, gone) = self.read_auth(removable)?;
         if !gone.is_empty() && matches!(auth, AuthConfig::DevKey) {
             let gone = gone.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
             return Err(Invalid::new(
@@ -352,13 +371,15 @@ impl Settings {
         Ok((auth, gone))
     }
 
-    fn read_auth(&self, gone_is_removed: bool) -> Result<(AuthConfig, Vec<PathBuf>), Invalid> {
+    /// The auth settings with their key files read; a file missing that `removable` names is a key removed
+    /// (returned), any other is an error.
+    fn read_auth(&self, removable: &dyn Fn(&Path) -> bool) -> Result<(AuthConfig, Vec<PathBuf>), Invalid> {
         if self.auth.anonymous {
             return Ok((AuthConfig::Anonymous, Vec::new()));
         }
         let mut gone = Vec::new();
         let mut is_gone = |path: &PathBuf, err: &std::io::Error| {
-            let removed = gone_is_removed && err.kind() == std::io::ErrorKind::NotFound;
+            let removed = removable(path) && err.kind() == std::io::ErrorKind::NotFound;
             if removed {
                 gone.push(path.clone());
             }

@@ -331,6 +331,29 @@ fn a_reload_takes_a_deleted_key_file_for_a_key_removed_but_never_the_last() {
     assert!(err.message.contains("at least one key") && err.message.contains("b.hex"), "{err:?}");
 }
 
+/// A key file listed anew by the reload's settings must be there: only one the settings before listed can be gone
+/// (a key removed). A path mistyped while adding a key was taken for a key removed, the reload applied without the
+/// new key (its clients refused), and the next start refused the settings.
+#[test]
+fn a_key_file_listed_anew_and_missing_fails_the_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old.hex"), dir.path().join("new.hex"));
+    std::fs::write(&old, "aa".repeat(32)).unwrap();
+    let list = |paths: &[&std::path::Path]| {
+        let paths: Vec<String> = paths.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        load_text(&format!("[auth]\nhs256_key_files = [{}]\n", paths.join(", ")), &[], vec![]).unwrap()
+    };
+    let before = list(&[&old]);
+    let after = list(&[&old, &new]); // new.hex mistyped: not there
+    let err = after.auth_config_for_reload_after(&before).unwrap_err();
+    assert!(err.key == "auth.hs256_key_files" && err.message.contains("new.hex"), "{err:?}");
+    // Deleted after it was applied: a key removed.
+    std::fs::write(&new, "bb".repeat(32)).unwrap();
+    std::fs::remove_file(&old).unwrap();
+    let (_, gone) = after.auth_config_for_reload_after(&after).unwrap();
+    assert_eq!(gone, vec![old]);
+}
+
 /// Ranges that looked valid and quietly broke a guarantee: a frame timeout of days (a half-sent frame held a
 /// connection), a sweep once a month (expired history kept), a datagram buffer smaller than a datagram (every
 /// full-size tick refused), and the admin listener on the WebSocket's TCP port (the server failed at start, naming

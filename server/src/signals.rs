@@ -184,6 +184,16 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
     if started_anonymous && !settings.auth.anonymous {
         waiting.push("auth.anonymous (the demo page's dev tokens)".to_string());
     }
+    // Likewise a server started with the dev key hands its page dev-key tokens until a restart, which keys of the
+    // operator's no longer verify.
+    let started_dev = matches!(reread.started.auth_config_for_reload(), Ok((crate::auth::AuthConfig::DevKey, _)));
+    let now_keys = !settings.auth.anonymous
+        && (!settings.auth.hs256_key_files.is_empty()
+            || !settings.auth.ed25519_public_key_files.is_empty()
+            || !settings.auth.hs256_secret.is_empty());
+    if started_dev && now_keys {
+        waiting.push("auth (the demo page's dev tokens, which the new keys do not verify)".to_string());
+    }
     if !waiting.is_empty() {
         tracing::warn!(keys = %waiting.join(", "), "settings changed that only a restart applies");
     }
@@ -218,6 +228,13 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
         Ok(fingerprint) => {
             tracing::info!(%fingerprint, "reloaded the certificate and token keys");
             say(&format!("reloaded: certificate sha256 {fingerprint}"));
+            // As loud as at start: a reload that turned tokens off opened the server to anyone.
+            if settings.auth.anonymous && !reread.applied.auth.anonymous {
+                let warning = "ANONYMOUS ACCESS from now on (auth.anonymous): no tokens required; anyone who reaches \
+                               this server may join, post and publish";
+                tracing::warn!("{warning}");
+                say(&format!("reload: {warning}"));
+            }
             if read {
                 reread.applied = settings;
             }

@@ -290,6 +290,11 @@ async fn sighup_turns_anonymous_access_off() {
     assert_eq!(code, ErrorCode::TokenRequired, "{reason}");
     let refused = Client::connect_with(&server.addr, options).await.map(|_| ()).unwrap_err();
     assert!(refused.to_string().contains("TokenRequired") || refused.to_string().contains("token"), "{refused}");
+    // Turned on again: said as loudly as at a start (it was applied with no more than "reloaded").
+    write_config(true);
+    server.signal("HUP");
+    assert!(server.line_starting("reload").starts_with("reloaded: certificate sha256 "));
+    assert!(server.line_starting("reload: ").contains("ANONYMOUS ACCESS from now on"));
 }
 
 #[test]

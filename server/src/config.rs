@@ -163,6 +163,8 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
         ("transport.reordering_threshold", u64::from(tuning.reordering_threshold)),
         ("transport.initial_rtt_ms", tuning.initial_rtt.as_millis().try_into().unwrap_or(u64::MAX)),
         ("transport.datagram_send_buffer", tuning.datagram_send_buffer as u64),
+        // (0 was taken as 1 ms without a word.)
+        ("transport.copy_spacing_ms", tuning.copy_spacing.as_millis().try_into().unwrap_or(u64::MAX)),
     ] {
         if value == 0 {
             return Err((key, "must be at least 1".into()));

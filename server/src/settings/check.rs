@@ -104,14 +104,29 @@ impl Settings {
 /// dot), or `*.` followed by one.
 impl Settings {
     /// The admin listener does not take the TCP port of the page or the WebSocket fallback (those two share one
-    /// by design): the second to bind would fail at start, and the error would name the listener bound later.
+    /// by design, where they can): the second to bind would fail at start, and the error would name the listener
+    /// bound later.
     fn no_shared_tcp_port(&self) -> Result<(), Invalid> {
-        let Some(admin) = self.admin_addr()?.filter(|a| a.port() != 0) else { return Ok(()) };
         let websocket = match self.websocket_listen()? {
             crate::config::WebSocketListen::Off => None,
             crate::config::WebSocketListen::SamePort => Some(self.listen),
             crate::config::WebSocketListen::At(addr) => Some(addr),
         };
+        // The page and the WebSocket share one listener only at the same address, or with the WebSocket's on every
+        // address (`net::Server::bind`); on one port otherwise, the page's bind failed at start.
+        if let (Some(page), Some(ws)) = (self.page_addr()?, websocket) {
+            let shared = page.port() == ws.port() && (page.ip() == ws.ip() || ws.ip().is_unspecified());
+            if page.port() != 0 && overlap(page, ws) && !shared {
+                return Err(Invalid::new(
+                    "web.page",
+                    format!(
+                        "web.page ({page}) and web.websocket ({ws}) take the same TCP port but cannot share a listener \
+                         (that needs one address, or the WebSocket's on every address): give one another"
+                    ),
+                ));
+            }
+        }
+        let Some(admin) = self.admin_addr()?.filter(|a| a.port() != 0) else { return Ok(()) };
         for (key, other) in [("web.page", self.page_addr()?), ("web.websocket", websocket)] {
             let Some(other) = other.filter(|other| overlap(admin, *other)) else { continue };
             // The one set by hand is named (the other's `auto` moved with it).

@@ -369,6 +369,8 @@ fn ranges_that_quietly_broke_a_guarantee_and_a_shared_tcp_port_are_refused() {
         ("listen = \"[::]:4433\"\n[admin]\nlisten = \"[::]:4433\"\n", "admin.listen"),
         ("listen = \"[::]:4433\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n[web]\npage = \"off\"\nwebsocket = \"0.0.0.0:8080\"\n", "admin.listen"),
         ("[web]\nwebsocket = \"127.0.0.1:9433\"\n", "web.websocket"),
+        ("[transport]\ncopy_spacing_ms = 0\n", "transport.copy_spacing_ms"),
+        ("[web]\npage = \"0.0.0.0:8080\"\nwebsocket = \"127.0.0.1:8080\"\n", "web.page"),
     ] {
         let err = load_text(text, &[], vec![]).unwrap_err().to_string();
         assert!(err.contains(key), "{text}: {err}");
@@ -378,6 +380,8 @@ fn ranges_that_quietly_broke_a_guarantee_and_a_shared_tcp_port_are_refused() {
         "[transport]\ndatagram_send_buffer = 1232\n",
         "listen = \"[::]:4433\"\n[admin]\nlisten = \"127.0.0.1:9433\"\n",
         "[admin]\nlisten = \"0.0.0.0:8080\"\n[web]\npage = \"off\"\nwebsocket = \"[::1]:8080\"\n",
+        "[web]\npage = \"127.0.0.1:8080\"\nwebsocket = \"0.0.0.0:8080\"\n",
+        "[web]\npage = \"127.0.0.1:8080\"\nwebsocket = \"127.0.0.1:8080\"\n",
     ] {
         load_text(text, &[], vec![]).unwrap_or_else(|err| panic!("{text}: {err}"));
     }

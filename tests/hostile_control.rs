@@ -248,6 +248,7 @@ async fn a_client_that_stops_reading_its_replies_is_closed_within_the_frame_time
         assert!(reason.contains("did not read"), "{reason}");
         assert!(started.elapsed() < Duration::from_secs(5), "closed within about the frame timeout");
         assert_eq!(server.stats.refusals(ErrorCode::SlowConsumer), 1);
+        assert_eq!(server.stats.snapshot().frame_timeouts, 1, "a breach of frame_timeout_ms (its metric)");
         server.stop().await;
     })
     .await;

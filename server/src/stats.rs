@@ -117,7 +117,8 @@ counters! {
     /// Joins, posts, subscribes and publish claims refused with `ServerFull` (the server at `max_rooms` with every
     /// room in use, at `max_channels`, or its store's disk at `disk_min_free_bytes`).
     server_full,
-    /// Connections closed with `FrameTimeout` (a control frame begun and not finished within `frame_timeout_ms`).
+    /// Connections closed for `frame_timeout_ms`: with `FrameTimeout` (a control frame begun and not finished within
+    /// it), or with `SlowConsumer` (control-stream replies not read within it).
     frame_timeouts,
     /// Connections closed with `ControlStreamClosed` (the client reset or stopped its control stream, or finished
     /// it inside a frame).

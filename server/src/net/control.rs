@@ -364,6 +364,8 @@ pub(super) fn control<'a, R: RoomHub>(
                             outbound.len(),
                             frame_timeout.as_millis()
                         );
+                        // A breach of `frame_timeout_ms` as a half-sent request is (its close code says whose side).
+                        crate::stats::bump(&stats.frame_timeouts);
                         return refuse(conn, stats, ErrorCode::SlowConsumer, reason);
                     }
                 };

@@ -79,11 +79,14 @@ impl DiskFloor {
             return None;
         }
         self.refused.fetch_add(1, Ordering::Relaxed);
-        let (free, floor) = (self.free.load(Ordering::Relaxed), self.floor.load(Ordering::Relaxed));
+        let free = match self.free_bytes() {
+            Some(free) => format!("{} MiB free", free >> 20),
+            None => "free space unknown".to_string(),
+        };
+        let floor = self.floor.load(Ordering::Relaxed);
         Some(format!(
-            "the server's disk is nearly full ({} MiB free, under disk_min_free_bytes {} MiB): new posts and rooms \
-             are refused until space is freed; retry later",
-            free >> 20,
+            "the server's disk is nearly full ({free}, under disk_min_free_bytes {} MiB): new posts and rooms are \
+             refused until space is freed; retry later",
             floor >> 20
         ))
     }
@@ -91,6 +94,12 @@ impl DiskFloor {
     /// Whether posts are refused now.
     pub fn full(&self) -> bool {
         self.full.load(Ordering::Relaxed)
+    }
+
+    /// The free space could not be read: unknown from now on (the gauge says -1, not the last reading), the
+    /// floor's state kept.
+    fn unknown(&self) {
+        self.free.store(u64::MAX, Ordering::Relaxed);
     }
 
     /// Free bytes at the last check, if known.
@@ -116,6 +125,7 @@ impl Store {
                     Some(free)
                 }
                 Err(err) => {
+                    self.disk.unknown();
                     if !self.disk.unreadable.swap(true, Ordering::Relaxed) {
                         let path = self.path().display();
                         tracing::warn!(%err, %path, "cannot read the free space of the store's disk; the floor keeps its last state");
@@ -196,6 +206,19 @@ mod tests {
         // Turned off (or unreadable) while refusing: posts resume.
         assert_eq!(disk.observe(Some(0), 0), Change::Resumed);
         assert_eq!(disk.refuse(), None);
+    }
+
+    /// A free space that cannot be read keeps the floor's state, and is unknown (the gauge's -1), not the last
+    /// reading (which stayed, stale, on the gauge).
+    #[test]
+    fn an_unreadable_free_space_is_unknown_and_keeps_the_state() {
+        let disk = DiskFloor::default();
+        assert_eq!(disk.observe(Some(GIB - 1), GIB), Change::Full);
+        disk.unknown();
+        assert_eq!(disk.free_bytes(), None);
+        assert!(disk.full());
+        let why = disk.refuse().expect("still refused");
+        assert!(why.contains("free space unknown"), "{why}");
     }
 
     #[cfg(unix)]

@@ -56,6 +56,47 @@ fn a_journal_damaged_in_its_middle_is_refused_unchanged_and_opens_once_cut_where
     drop(Store::open(dir.path(), Durability::Fsync).expect("a torn tail opens"));
 }
 
+/// The newest journal's last batch whole but failing its checksum (a power cut that wrote the batch's end and not a
+/// page of its middle, before its sync finished): fjall refuses the journal rather than cutting it, and the error
+/// advised moving the store aside (every room's history and epochs lost); now it names the cut that drops that
+/// batch alone, and the store opens once cut.
+#[test]
+fn a_last_batch_failing_its_checksum_is_refused_with_the_cut_that_drops_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    let id = store.allocate_room_id();
+    block_on(store.submit(Op::Create { name: "r".into(), id, epoch: 7 }).wait()).unwrap();
+    for seq in 1..=30 {
+        block_on(store.submit(append(id, seq, seq)).wait()).unwrap();
+    }
+    store.open_mark.crash.store(true, Ordering::Relaxed);
+    drop(store);
+    let journal = dir.path().join(STORE_DIR).join("0.jnl");
+    let whole = std::fs::read(&journal).unwrap();
+    let starts = super::journal_scan::batch_starts(&whole);
+    let last = *starts.last().unwrap();
+    // The written part ends with the last End entry's trailer (not zero); a byte of the last item's value before it.
+    let end = whole.iter().rposition(|b| *b != 0).unwrap() + 1;
+    {
+        use std::io::{Seek, Write};
+        let at = end - 13 - 3;
+        let mut file = std::fs::OpenOptions::new().write(true).open(&journal).unwrap();
+        file.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
+        file.write_all(&[whole[at] ^ 0x10]).unwrap();
+    }
+    let message = match Store::open(dir.path(), Durability::Fsync) {
+        Err(err @ StoreError::Damaged { .. }) => err.to_string(),
+        Err(other) => panic!("refused, but not as damaged: {other}"),
+        Ok(store) => panic!("opened: room r = {:?}", store.load_room("r", 0, 0, 0).map(|r| r.map(|r| r.last_seq))),
+    };
+    let advice = format!("truncate -s {last} {}", journal.display());
+    assert!(message.contains("fails its checksum") && message.contains(&advice), "{message}");
+    std::fs::OpenOptions::new().write(true).open(&journal).unwrap().set_len(last as u64).unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).expect("opens once cut");
+    let room = store.load_room("r", 0, 0, 0).unwrap().expect("stored");
+    assert_eq!(room.last_seq, 29, "only the torn batch is gone");
+}
+
 /// A seq read back far past any real room's (a record's or key's bytes changed) refuses the room as unreadable.
 /// Before, only `u64::MAX` itself was refused: a room at `u64::MAX - 1` loaded, and its next posts overflowed the
 /// seq (a panic in a debug build; in a release build seqs wrapping to 0 in the same epoch). (`u64::MAX - 1_000`

@@ -60,6 +60,10 @@ pub(super) enum After {
     /// read to its end was damaged after it was written. Cut there, it would be replayed without its last batches
     /// and the later journals with theirs: a hole in the rooms' messages.
     Journal(PathBuf),
+    /// Nothing: the newest journal's last batch is whole but fails its checksum, which fjall refuses rather than
+    /// cuts. A power cut can leave that (the batch's end reached the disk, a page of its middle did not: its sync
+    /// had not finished, so under `fsync` it was not acknowledged); so can damage.
+    LastChecksum,
 }
 
 impl std::fmt::Display for Damage {
@@ -72,6 +76,13 @@ impl std::fmt::Display for Damage {
                  {batch_after} (of {}): damage in its middle, not a crash's torn tail, where a replay stops. To start \
                  with what comes before the damage (the batches after it are lost), cut the journal there: \
                  `truncate -s {cut} {journal}`",
+                self.len
+            ),
+            After::LastChecksum => write!(
+                f,
+                "the last batch of the journal {journal} (from byte {cut} to its end, {}) fails its checksum: a write a \
+                 power cut tore (its sync had not finished: under fsync it was not acknowledged), or damage. To start \
+                 without that batch, cut the journal there: `truncate -s {cut} {journal}`",
                 self.len
             ),
             After::Journal(next) => write!(
@@ -116,8 +127,16 @@ pub(super) fn damaged_journal(store: &Path) -> std::io::Result<Option<Damage>> {
         if let (Some((_, next)), Some(cut_at)) = (journals.get(i + 1), unread_tail(&bytes)) {
             return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::Journal(next.clone()), len }));
         }
+        if let Some(cut_at) = unread_tail(&bytes).filter(|&cut| last_batch_fails_its_checksum(&bytes, cut)) {
+            return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::LastChecksum, len }));
+        }
     }
     Ok(None)
+}
+
+/// Whether the bytes from `cut` (where a replay stops) are one whole batch that fails its checksum, and zeros after.
+fn last_batch_fails_its_checksum(journal: &[u8], cut: usize) -> bool {
+    matches!(batch_shape_at(journal, cut), Some((end, false)) if next_nonzero(journal, end).is_none())
 }
 
 /// Where a replay stops reading `journal`, if bytes other than zeros follow (a torn tail in the newest journal,
@@ -240,6 +259,12 @@ pub(super) fn batch_starts(journal: &[u8]) -> Vec<usize> {
 /// The end of the complete batch that begins at `at`: a Start, exactly its count of items (or keyspace clears), and
 /// an End whose checksum is the xxh3 of the items' bytes and whose trailer is whole. `None` if there is none.
 fn batch_at(journal: &[u8], at: usize) -> Option<usize> {
+    batch_shape_at(journal, at).and_then(|(end, sound)| sound.then_some(end))
+}
+
+/// The end of the batch that begins at `at` if its entries are whole (a Start, its count of items, an End with its
+/// trailer), and whether its checksum matches.
+fn batch_shape_at(journal: &[u8], at: usize) -> Option<(usize, bool)> {
     let rest = journal.get(at..)?;
     if *rest.first()? != START {
         return None;
@@ -253,7 +278,7 @@ fn batch_at(journal: &[u8], at: usize) -> Option<usize> {
     let items = journal.get(items_from..pos)?;
     let end = journal.get(pos..pos + 13)?;
     let checksum = u64::from_le_bytes(end.get(1..9)?.try_into().ok()?);
-    (end[0] == END && end[9..] == MAGIC && xxhash_rust::xxh3::xxh3_64(items) == checksum).then_some(pos + 13)
+    (end[0] == END && end[9..] == MAGIC).then_some((pos + 13, xxhash_rust::xxh3::xxh3_64(items) == checksum))
 }
 
 /// The end of the item (or keyspace clear) entry at `at`, if it is one whose lengths fit the file.
@@ -403,7 +428,19 @@ mod tests {
         let mut changed = whole.clone();
         changed[starts[9] + 30] ^= 0xff;
         std::fs::write(dir.path().join("9.jnl"), &changed).unwrap();
-        assert!(damaged_journal(dir.path()).unwrap().is_some());
+        assert_eq!(
+            damaged_journal(dir.path()).unwrap().map(|d| d.after),
+            Some(After::Journal(dir.path().join("10.jnl")))
+        );
+        // In the newest, a byte of its last batch's value changed (its entries whole): the cut that drops that batch
+        // alone is named (fjall refuses it rather than cuts it).
+        std::fs::remove_file(dir.path().join("10.jnl")).unwrap();
+        let mut changed = whole.clone();
+        changed[starts[9] + 40] ^= 0xff;
+        std::fs::write(dir.path().join("9.jnl"), &changed).unwrap();
+        let damage = damaged_journal(dir.path()).unwrap().expect("named");
+        assert_eq!((damage.after.clone(), damage.cut_at), (After::LastChecksum, starts[9] as u64));
+        assert!(damage.to_string().contains(&format!("truncate -s {}", starts[9])), "{damage}");
     }
 
     #[test]

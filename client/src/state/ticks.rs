@@ -38,7 +38,8 @@ impl Tick {
 pub struct TickStats {
     /// Ticks accepted (newer than every tick before them).
     pub received: u64,
-    /// Seqs skipped when a newer tick arrived (dropped on the way, or replaced by a newer tick at the server).
+    /// Seqs skipped when a newer tick arrived (dropped on the way, or replaced by a newer tick at the server) that
+    /// have not arrived since (one that arrives late, among the 64 before the newest, counts as stale instead).
     pub lost: u64,
     /// Ticks that arrived after a newer one (reordered on the way) and were dropped.
     pub stale_dropped: u64,
@@ -60,6 +61,8 @@ pub struct LatestWins {
     connection: Option<usize>,
     /// Accepted ticks not returned yet, oldest first, at most [`TICK_BACKLOG`].
     pending: VecDeque<Tick>,
+    /// The seqs before `last_seq` counted lost, as bits: bit `i` for seq `last_seq - 1 - i` (64 of them).
+    missing: u64,
     received: u64,
     lost: u64,
     stale_dropped: u64,
@@ -77,6 +80,7 @@ impl LatestWins {
             return;
         }
         self.last_seq = None;
+        self.missing = 0;
         self.connection = Some(connection);
     }
 
@@ -90,9 +94,20 @@ impl LatestWins {
         if let Some(last) = self.last_seq {
             if header.seq <= last {
                 self.stale_dropped += 1;
+                // Counted lost when a newer one overtook it: it was not (reordered on the way, not dropped).
+                let bit = (last - header.seq).checked_sub(1).filter(|bit| *bit < 64).map(|bit| 1u64 << bit);
+                if let Some(bit) = bit.filter(|bit| self.missing & bit != 0) {
+                    self.missing &= !bit;
+                    self.lost -= 1;
+                }
                 return false;
             }
-            self.lost = self.lost.saturating_add(header.seq - last - 1);
+            let skipped = header.seq - last - 1;
+            self.lost = self.lost.saturating_add(skipped);
+            // The skipped seqs take the lowest bits, below `last` (not missing) and what was before it.
+            let shifted = self.missing.checked_shl(u32::try_from(skipped + 1).unwrap_or(u32::MAX)).unwrap_or(0);
+            let skipped_bits = if skipped >= 64 { u64::MAX } else { (1u64 << skipped) - 1 };
+            self.missing = shifted | skipped_bits;
         }
         self.last_seq = Some(header.seq);
         self.received += 1;
@@ -169,6 +184,25 @@ mod tests {
         sub.resync(2);
         assert!(!sub.on_tick(2, header(3), Bytes::new(), 10), "subscribed again on the same connection: still older");
         assert_eq!(sub.latest().map(|t| t.seq), Some(5));
+    }
+
+    /// A tick overtaken on the way (1, 3, 2) counted lost when 3 came, then stale when it came itself: one of the
+    /// two, not both (three ticks published, four counted). Beyond the 64 seqs before the newest it stays lost.
+    #[test]
+    fn a_reordered_tick_is_stale_not_lost_as_well() {
+        let mut sub = LatestWins::default();
+        for seq in [1, 3, 2, 2] {
+            sub.on_tick(1, header(seq), Bytes::new(), 10);
+        }
+        let stats = sub.stats();
+        assert_eq!((stats.received, stats.lost, stats.stale_dropped), (2, 0, 2), "2 once stale, once a copy");
+        sub.on_tick(1, header(10), Bytes::new(), 10); // 4..9 lost
+        sub.on_tick(1, header(5), Bytes::new(), 10);
+        sub.on_tick(1, header(80), Bytes::new(), 10); // 11..79 lost
+        sub.on_tick(1, header(6), Bytes::new(), 10); // 73 before the newest: past the window, still lost
+        sub.on_tick(1, header(79), Bytes::new(), 10);
+        let stats = sub.stats();
+        assert_eq!((stats.received, stats.lost, stats.stale_dropped), (4, 5 + 69 - 1, 5));
     }
 
     #[test]

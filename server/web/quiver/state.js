@@ -355,14 +355,19 @@ export class PostQueue {
   }
 }
 
+const MASK64 = (1n << 64n) - 1n;
+
 /**
  * Latest-wins acceptance of a subscription's ticks: a tick whose seq is not newer than the last accepted one is
- * stale (reordered on the way) and dropped; a jump forward counts the skipped seqs as lost.
+ * stale (reordered on the way) and dropped; a jump forward counts the skipped seqs as lost, until one of them
+ * arrives after all (among the 64 before the newest): then it is stale, not lost as well (as the Rust client's).
  */
 export class LatestWins {
   constructor() {
     /** Seq of the newest accepted tick, null until the first (and again after a resubscribe). */
     this.lastSeq = null;
+    /** The seqs before lastSeq counted lost, as bits: bit i for seq lastSeq - 1 - i (64 of them). */
+    this.missing = 0n;
     this.received = 0;
     this.lost = 0;
     this.stale = 0;
@@ -373,9 +378,17 @@ export class LatestWins {
     if (this.lastSeq !== null) {
       if (seq <= this.lastSeq) {
         this.stale += 1;
+        const bit = this.lastSeq - seq - 1n;
+        if (bit >= 0n && bit < 64n && ((this.missing >> bit) & 1n) === 1n) {
+          this.missing &= ~(1n << bit);
+          this.lost -= 1;
+        }
         return false;
       }
-      this.lost += Number(seq - this.lastSeq - 1n);
+      const skipped = seq - this.lastSeq - 1n;
+      this.lost += Number(skipped);
+      const shifted = skipped + 1n >= 64n ? 0n : (this.missing << (skipped + 1n)) & MASK64;
+      this.missing = shifted | (skipped >= 64n ? MASK64 : (1n << skipped) - 1n);
     }
     this.lastSeq = seq;
     this.received += 1;
@@ -385,6 +398,7 @@ export class LatestWins {
   /** Subscribed again on a new connection: the channel's seqs may start over. */
   resync() {
     this.lastSeq = null;
+    this.missing = 0n;
   }
 
   /** `{received, lost, stale}`. */

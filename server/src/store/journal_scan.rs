@@ -121,11 +121,13 @@ pub(super) fn damaged_journal(store: &Path) -> std::io::Result<Option<Damage>> {
         let bytes = read_written(journal).map_err(named)?;
         let len = bytes.len() as u64;
         let journal = journal.clone();
-        if let Some((cut_at, batch_after)) = break_with_batches_after(&bytes) {
-            return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::Batch(batch_after as u64), len }));
-        }
+        // A sealed journal first: cut where it breaks (as the advice for the newest says), it would be replayed up
+        // to the cut and the later journals after it, past the hole.
         if let (Some((_, next)), Some(cut_at)) = (journals.get(i + 1), unread_tail(&bytes)) {
             return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::Journal(next.clone()), len }));
+        }
+        if let Some((cut_at, batch_after)) = break_with_batches_after(&bytes) {
+            return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::Batch(batch_after as u64), len }));
         }
         if let Some(cut_at) = unread_tail(&bytes).filter(|&cut| last_batch_fails_its_checksum(&bytes, cut)) {
             return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::LastChecksum, len }));
@@ -424,14 +426,20 @@ mod tests {
         zeros.resize(whole.len() + 8192, 0);
         std::fs::write(dir.path().join("9.jnl"), &zeros).unwrap();
         assert_eq!(damaged_journal(dir.path()).unwrap(), None);
-        // A byte of its last batch's items changed (the checksum fails): damage too, in a sealed journal.
+        // A byte of its last batch's value changed (its entries whole, the checksum fails), or a tag broken in its
+        // middle with whole batches after it: damage of a sealed journal, with no cut to offer (the later journal
+        // would be replayed past the hole).
+        let sealed = Some(After::Journal(dir.path().join("10.jnl")));
         let mut changed = whole.clone();
-        changed[starts[9] + 30] ^= 0xff;
+        changed[starts[9] + 40] ^= 0xff;
         std::fs::write(dir.path().join("9.jnl"), &changed).unwrap();
-        assert_eq!(
-            damaged_journal(dir.path()).unwrap().map(|d| d.after),
-            Some(After::Journal(dir.path().join("10.jnl")))
-        );
+        assert_eq!(damaged_journal(dir.path()).unwrap().map(|d| d.after), sealed);
+        let mut middle = whole.clone();
+        middle[starts[4]] = 9;
+        std::fs::write(dir.path().join("9.jnl"), &middle).unwrap();
+        let damage = damaged_journal(dir.path()).unwrap().expect("damage");
+        assert_eq!((Some(damage.after.clone()), damage.cut_at), (sealed, starts[4] as u64));
+        assert!(!damage.to_string().contains("truncate"), "no cut that would leave a hole: {damage}");
         // In the newest, a byte of its last batch's value changed (its entries whole): the cut that drops that batch
         // alone is named (fjall refuses it rather than cuts it).
         std::fs::remove_file(dir.path().join("10.jnl")).unwrap();

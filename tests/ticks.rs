@@ -340,6 +340,21 @@ async fn dropped_publishers_are_not_claimed_again_after_a_reconnect() {
     server.stop().await;
 }
 
+/// A version-4 session has no Unpublish: `unpublish()` ends the publishers and leaves the claim with the connection,
+/// as a dropped publisher's. It sent Unpublish anyway, the server refused it `Unsupported`, and the call failed with
+/// the claim ended on the client and kept on the server (the browser client had the same defect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublish_on_a_version_4_session_ends_the_publishers_without_asking_the_server() {
+    let server = TestServer::start(Limits::default());
+    let options = quiver_client::ConnectOptions { protocol_version: 4, ..quiver_client::ConnectOptions::default() };
+    let client = server.client_with(options).await.unwrap();
+    let publisher = client.publisher("match.1").await.unwrap();
+    let sharing = client.publisher("match.1").await.unwrap();
+    publisher.unpublish().await.expect("not refused");
+    assert!(matches!(sharing.send(b"late".to_vec()), Err(TickError::Ended { .. })), "ended for both");
+    server.stop().await;
+}
+
 /// A publisher that goes through many channels (one per match) gives each up when done: `max_publish_channels`
 /// counts the claims held now, not every claim the connection ever made. Unpublishing ends the claim for every
 /// publisher sharing it, and a later publisher of the channel claims it anew and reaches its subscribers. Before,

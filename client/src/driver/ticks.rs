@@ -326,9 +326,15 @@ impl Ticks {
                 publishers.remove(&entry.channel);
             }
         }
-        // Claimed on another connection (gone: nothing of it is on a server) or not at all: nothing to write.
+        // Claimed on another connection (gone: nothing of it is on a server) or not at all: nothing to write. Nor on
+        // a version-4 session, which has no Unpublish (the server refuses it `Unsupported`): the claim stays until
+        // the connection ends, as a dropped publisher's does.
         let claimed_on = lock(&entry.claim).map(|(on, _)| on);
-        match connection.as_deref().filter(|live| live.close_reason().is_none() && claimed_on == Some(live.id)) {
+        match connection
+            .as_deref()
+            .filter(|live| live.close_reason().is_none() && claimed_on == Some(live.id))
+            .filter(|live| live.welcome.version >= 5)
+        {
             Some(live) => live.send(RequestBody::Unpublish { channel: entry.channel.clone() }).await.map(Some),
             None => Ok(None),
         }

@@ -149,8 +149,10 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if let Some(pid) = self.process.id() {
-            // The group's id is the browser's pid (process_group(0)); `kill` needs no unsafe code.
-            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+            // The group's id is the browser's pid (process_group(0)).
+            if let Ok(group) = i32::try_from(pid).map(nix::unistd::Pid::from_raw) {
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            }
         }
     }
 }

@@ -366,7 +366,9 @@ fn sigterm_and_sighup_end_a_run_but_not_under_nohup() {
         child
     };
     let signal = |child: &std::process::Child, name: &str| {
-        assert!(Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap().success());
+        let signal: nix::sys::signal::Signal = format!("SIG{name}").parse().unwrap();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
     };
     let ended = |child: &mut std::process::Child| {
         for _ in 0..100 {

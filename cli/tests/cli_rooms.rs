@@ -67,8 +67,7 @@ impl Chat {
 
     #[cfg(unix)]
     async fn interrupt(mut self) {
-        let pid = self.child.id().unwrap().to_string();
-        Command::new("kill").args(["-INT", &pid]).status().await.unwrap();
+        interrupt_pid(self.child.id().unwrap());
         let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.unwrap().unwrap();
         assert!(status.success(), "quiver chat exits cleanly on Ctrl-C: {status}");
     }
@@ -134,9 +133,9 @@ async fn ctrl_c_ends_chat_within_a_second_while_stdin_stays_open() {
     // Joined (the first line is the connection state), stdin open and idle.
     let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
     assert!(first.contains("\"state\":\"connected\""), "{first}");
-    let pid = child.id().unwrap().to_string();
+    let pid = child.id().unwrap();
     let sent = std::time::Instant::now();
-    Command::new("kill").args(["-INT", &pid]).status().await.unwrap();
+    interrupt_pid(pid);
     let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
     // (Up to 600 ms of goodbyes to a server busy with the other tests, and the `kill` process's own start.)
@@ -159,7 +158,7 @@ async fn ctrl_c_ends_chat_while_it_is_still_connecting() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let pid = child.id().unwrap().to_string();
+    let pid = child.id().unwrap();
     // Once chat catches SIGINT (`SigCgt` bit 1 in /proc; a fixed wait could signal it before, and its default
     // action's kill passed the test without a handler), or after 2 s where /proc does not say.
     let started = std::time::Instant::now();
@@ -172,7 +171,7 @@ async fn ctrl_c_ends_chat_while_it_is_still_connecting() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let sent = std::time::Instant::now();
-    Command::new("kill").args(["-INT", &pid]).status().await.unwrap();
+    interrupt_pid(pid);
     let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
     assert!(status.code().is_some(), "killed by the signal ({status}): no handler ran");
     assert!(sent.elapsed() < Duration::from_millis(2_500), "exited {:?} after Ctrl-C ({status})", sent.elapsed());
@@ -374,4 +373,11 @@ async fn chat_gives_up_on_posts_and_a_join_nobody_answers_after_its_timeout() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("not joined within 1s"), "{stderr}");
     mute.abort();
+}
+
+/// SIGINT to `pid`, as Ctrl-C sends (through nix: the `kill` program is procps', not on every machine).
+#[cfg(unix)]
+fn interrupt_pid(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
 }

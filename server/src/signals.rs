@@ -191,7 +191,9 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
         && (!settings.auth.hs256_key_files.is_empty()
             || !settings.auth.ed25519_public_key_files.is_empty()
             || !settings.auth.hs256_secret.is_empty());
-    if started_dev && now_keys {
+    // (Only where the server started with a page: one with none hands out no tokens.)
+    let page = reread.started.page_addr().ok().flatten().is_some();
+    if started_dev && now_keys && page {
         waiting.push("auth (the demo page's dev tokens, which the new keys do not verify)".to_string());
     }
     if !waiting.is_empty() {

@@ -82,8 +82,12 @@ impl DatagramSink {
     /// the one waiting (reordered). Until 2026-12-06 they were sent for `/metrics`, and a slow WebSocket
     /// subscriber's conflation showed nowhere.
     fn count_lane(&self) {
+        // Read under the lock: two callers (the fan-out and the sender task) reading apart stored an older reading
+        // over a newer one, and the next call counted the difference again.
+        let mut counted = lock(&self.lane_counted);
         let Some(now) = self.conn.lane_superseded() else { return };
-        let before = std::mem::replace(&mut *lock(&self.lane_counted), now);
+        let before = std::mem::replace(&mut *counted, now);
+        drop(counted);
         let add = |counter: &std::sync::atomic::AtomicU64, n: u64| {
             counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         };

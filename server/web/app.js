@@ -84,10 +84,13 @@ function tokenHint(text) {
 async function freshToken() {
   const params = new URLSearchParams(location.search);
   if (params.get('token')) return params.get('token');
-  if (!devTokenMayGo(params)) return null;
+  if (!devTokenMayGo(params, served)) return null;
   // (A passing failure throws: the connect is tried again, the key kept. dev-token.js.)
   return fetchDevToken(fetch, params, pageKey(keyInUrl, pageStorage()), pageStorage(), tokenHint);
 }
+
+/** What config.json said (its server's certificate hash and WebSocket URL): where the dev token may go. */
+let served = {};
 
 /** Where to connect: config.json, then the query parameters. */
 async function loadConfig() {
@@ -100,6 +103,7 @@ async function loadConfig() {
   } catch (err) {
     if (!params.get('url')) throw err; // without config.json the URL must be given
   }
+  served = { certHash: config.certHash ?? null, websocketUrl: config.websocketUrl ?? null };
   const pick = (key, fallback) => params.get(key) || config[key] || fallback;
   // The WebSocket fallback: ?websocketUrl=, else config.json's URL (null: the server has no WebSocket listener, so
   // WebTransport only); with ?url= (another server) and no ?websocketUrl=, the client derives it from the URL.

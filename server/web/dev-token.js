@@ -1,7 +1,10 @@
 // Where the demo page may send the dev server's token, and how it asks for one. The dev server hands a token with
 // every right to the page on its loopback address that shows its page key (the `#key=` of the URL it printed); the page's query parameters can point it at another server (?url=, ?websocketUrl=),
-// and a link from any site can set those. So the token goes only where it stays on this machine: to the server
-// named by config.json (the one that minted it) or to a loopback host. Elsewhere the page sends `?token=` or none.
+// and a link from any site can set those. So the token goes only where it stays with the server that minted it: to
+// the server config.json names, or over WebTransport to a loopback host that must show config.json's certificate
+// (another node sharing the dev files, as in docs/cluster.md); a link's own ?certHash= or a WebSocket URL other than
+// config.json's gets none (another user of the machine listening on a loopback port would get it: a loopback
+// address alone does not say whose server it is). Elsewhere the page sends `?token=` or none.
 
 /** True for a host name or address that is this machine: `localhost`, 127.0.0.0/8, `[::1]`. */
 export function isLoopbackHost(hostname) {
@@ -11,18 +14,31 @@ export function isLoopbackHost(hostname) {
   return octets.length === 4 && octets[0] === '127' && octets.every((o) => /^\d{1,3}$/.test(o) && Number(o) <= 255);
 }
 
-/** True when the dev token may go with a connection configured by these query parameters: every URL they set
- *  (`url`, `websocketUrl`) is a loopback one. A URL that does not parse counts as elsewhere. */
-export function devTokenMayGo(params) {
-  return ['url', 'websocketUrl'].every((key) => {
-    const value = params.get(key);
-    if (!value) return true;
+/** True when the dev token may go with a connection configured by these query parameters, `served` being what
+ *  config.json said (`certHash`, `websocketUrl`; `{}` without one): a `url` only to a loopback host, checked with
+ *  config.json's certificate (a link's `certHash` other than it, or none to check with, gets no token); a
+ *  `websocketUrl` only if it is config.json's own. A URL that does not parse counts as elsewhere. */
+export function devTokenMayGo(params, served = {}) {
+  const same = (a, b) => {
     try {
-      return isLoopbackHost(new URL(value).hostname);
+      return Boolean(a && b) && new URL(a).href === new URL(b).href;
     } catch {
       return false;
     }
-  });
+  };
+  const url = params.get('url');
+  if (url) {
+    let loopback = false;
+    try {
+      loopback = isLoopbackHost(new URL(url).hostname);
+    } catch {
+      return false;
+    }
+    const hash = params.get('certHash') || served.certHash;
+    if (!loopback || !served.certHash || hash.toLowerCase() !== served.certHash.toLowerCase()) return false;
+  }
+  const websocketUrl = params.get('websocketUrl');
+  return !websocketUrl || same(websocketUrl, served.websocketUrl);
 }
 
 /** Where a tab remembers the dev server's page key (session storage: this tab, this run of the page). */

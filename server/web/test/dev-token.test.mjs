@@ -9,11 +9,14 @@ import {
 
 const query = (text) => new URLSearchParams(text);
 
-test('the dev token goes with the configured server or a loopback one, never to a server a link names', () => {
-  assert.ok(devTokenMayGo(query('name=alice')), 'config.json\'s own server');
-  assert.ok(devTokenMayGo(query('url=https://localhost:4433/quiver&name=alice')));
-  assert.ok(devTokenMayGo(query('url=https://127.0.0.1:4433/quiver&websocketUrl=ws://[::1]:4434/quiver')));
-  assert.ok(devTokenMayGo(query('websocketUrl=ws://LOCALHOST:4434/quiver')));
+test('the dev token goes with the configured server, or a loopback one showing its certificate, never elsewhere', () => {
+  const hash = 'ab'.repeat(32);
+  const served = { certHash: hash, websocketUrl: 'ws://localhost:4433/quiver' };
+  assert.ok(devTokenMayGo(query('name=alice'), served), 'config.json\'s own server');
+  assert.ok(devTokenMayGo(query('url=https://localhost:4433/quiver&name=alice'), served));
+  assert.ok(devTokenMayGo(query('url=https://127.0.0.1:4434/quiver'), served), 'another node with the dev files');
+  assert.ok(devTokenMayGo(query(`url=https://[::1]:4434/quiver&certHash=${hash.toUpperCase()}`), served));
+  assert.ok(devTokenMayGo(query('websocketUrl=ws://LOCALHOST:4433/quiver'), served), 'config.json\'s WebSocket');
   for (const elsewhere of [
     'url=https://evil.example/quiver',
     'url=https://localhost.evil.example/quiver',
@@ -22,9 +25,16 @@ test('the dev token goes with the configured server or a loopback one, never to 
     'url=https://localhost:4433/quiver&websocketUrl=wss://evil.example/quiver',
     'websocketUrl=ws://10.0.0.1:4434/quiver',
     'url=not a url',
+    // A loopback port of someone else's (another user of the machine): its own certificate, or a WebSocket URL
+    // other than config.json's.
+    `url=https://127.0.0.1:9999/quiver&certHash=${'cd'.repeat(32)}`,
+    'websocketUrl=ws://127.0.0.1:9999/quiver&transport=websocket',
+    'url=https://127.0.0.1:4433/quiver&websocketUrl=ws://[::1]:4434/quiver',
   ]) {
-    assert.equal(devTokenMayGo(query(elsewhere)), false, elsewhere);
+    assert.equal(devTokenMayGo(query(elsewhere), served), false, elsewhere);
   }
+  // No config.json (a page served elsewhere): nothing to check a loopback server with.
+  assert.equal(devTokenMayGo(query('url=https://localhost:4433/quiver'), {}), false);
 });
 
 test('loopback hosts: localhost, 127.0.0.0/8 and [::1] only', () => {

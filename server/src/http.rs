@@ -299,7 +299,8 @@ impl Response {
         };
         let mut out = format!(
             "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\
-             X-Content-Type-Options: nosniff\r\nConnection: close\r\n",
+             X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\nContent-Security-Policy: \
+             frame-ancestors 'none'\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n",
             self.status,
             self.content_type,
             self.body.len()
@@ -359,6 +360,16 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No page of this server can be framed by another site (clickjacking), and none sends a Referer (the demo page's
+    /// address may carry `?token=`).
+    #[test]
+    fn every_answer_forbids_framing_and_referers() {
+        let text = String::from_utf8(Response::error(404, "not here").to_bytes()).unwrap();
+        for header in ["X-Frame-Options: DENY\r\n", "frame-ancestors 'none'", "Referrer-Policy: no-referrer\r\n"] {
+            assert!(text.contains(header), "{text}");
+        }
+    }
 
     /// The blank line is found wherever it lies against what was searched before, also split across reads, and
     /// bytes searched before are not searched again.

@@ -69,7 +69,15 @@ function pageStorage() {
 /** The page key of the URL quiver-server printed, taken out of the address bar at once (it would stay in the
  *  browser's history and in a copied link otherwise). */
 const keyInUrl = keyFromHash(location.hash);
-if (keyInUrl) history.replaceState(null, '', location.pathname + location.search);
+/** An application's token (`?token=`), likewise taken out of the address bar (a token lasting months stayed in the
+ *  history and in every link copied from it). */
+const tokenInUrl = new URLSearchParams(location.search).get('token');
+if (keyInUrl || tokenInUrl) {
+  const kept = new URLSearchParams(location.search);
+  kept.delete('token');
+  const query = kept.toString();
+  history.replaceState(null, '', location.pathname + (query ? `?${query}` : ''));
+}
 
 /** Why the dev server gave no token, told once. */
 let tokenHintShown = false;
@@ -83,7 +91,7 @@ function tokenHint(text) {
  *  connects to it or another loopback server (dev-token.js: a link must not send it elsewhere), else none. */
 async function freshToken() {
   const params = new URLSearchParams(location.search);
-  if (params.get('token')) return params.get('token');
+  if (tokenInUrl) return tokenInUrl;
   if (!devTokenMayGo(params, served)) return null;
   // (A passing failure throws: the connect is tried again, the key kept. dev-token.js.)
   return fetchDevToken(fetch, params, pageKey(keyInUrl, pageStorage()), pageStorage(), tokenHint);

@@ -211,8 +211,14 @@ pub(crate) fn respond(head: &[u8], peer: IpAddr, info: &PageInfo) -> Response {
     let mint = dev_tokens.filter(|dev| key.as_deref().is_some_and(|key| same_key(key, &dev.key)));
     let mut response = if path == "/config.json" && dev_tokens.is_some() && !is_loopback(peer) {
         Response::error(403, NOT_LOCAL)
-    } else if path == "/config.json" && dev_tokens.is_some() && !is_loopback_host(host) {
-        // A loopback peer asking for another name: a page whose name was rebound to 127.0.0.1 (DNS rebinding).
+    } else if path == "/config.json"
+        && (dev_tokens.is_some() || (info.cert_hash.is_some() && is_loopback(peer)))
+        && !is_loopback_host(host)
+    {
+        // A loopback peer asking for another name: a page whose name was rebound to 127.0.0.1 (DNS rebinding). Also
+        // without dev tokens (`--allow-anonymous`), where the dev certificate's hash is all another site's page
+        // needs to open a WebTransport session to this machine's server, which takes anyone: WebTransport has no
+        // origin rule of its own here (the plain WebSocket refuses other sites' origins).
         Response::error(403, NOT_LOCAL_NAME)
     } else if path == "/config.json" && dev_tokens.is_some() && key.is_some() && mint.is_none() {
         Response::error(403, WRONG_KEY)
@@ -385,6 +391,10 @@ mod tests {
             let head = format!("GET /config.json HTTP/1.1\r\nHost: {host}\r\n\r\n");
             assert_eq!(respond(head.as_bytes(), LOCAL, &info).status, 200, "Host {host}");
         }
+        // Without dev tokens (an anonymous dev server) a rebound name gets no certificate hash either.
+        let anonymous = PageInfo { dev_tokens: None, ..info.clone() };
+        let rebound = b"GET /config.json HTTP/1.1\r\nHost: evil.example:4433\r\n\r\n";
+        assert_eq!(respond(rebound, LOCAL, &anonymous).status, 403, "DNS rebinding, anonymous dev server");
         let production_info = PageInfo { dev_tokens: None, ..info.clone() };
         let production = respond(b"GET /config.json HTTP/1.1\r\n\r\n", "192.0.2.7".parse().unwrap(), &production_info);
         assert_eq!(production.status, 200, "without dev tokens the page config is public");

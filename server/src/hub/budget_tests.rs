@@ -153,6 +153,24 @@ async fn when_every_room_has_members_a_new_room_is_refused_with_server_full() {
     assert_eq!(hub.usage().rooms, 3);
 }
 
+/// With the memory store, a room evicted for `max_rooms` forgets the posts it remembered for the dedupe window: a
+/// client's retry after it is stored again (a new epoch). Such rooms go last, after every idle room that remembers
+/// none, however long they have been idle.
+#[tokio::test]
+async fn max_rooms_evicts_memory_rooms_that_remember_posts_last() {
+    let hub = LocalRooms::new(Limits::default(), Budget { max_rooms: 3, ..Budget::default() });
+    let body = Bytes::from_static(b"x");
+    assert_eq!(post(&hub, "a", 1, &body, 0).await, Ok(1));
+    assert_eq!(post(&hub, "a", 2, &body, 0).await, Ok(2)); // a: idle longest, remembers two posts
+    for (room, now) in [("b", S), ("c", 2 * S)] {
+        let (member, _) = join(&hub, room, None, now).await;
+        hub.leave(room, member.subscriber, now).await.flush();
+    }
+    let _d = join(&hub, "d", None, 3 * S).await; // a fourth room: one idle room goes
+    assert_eq!(hub.usage().rooms_evicted, 1);
+    assert_eq!(post(&hub, "a", 2, &body, 4 * S).await, Ok(2), "a's retry gets its original seq");
+}
+
 #[tokio::test]
 async fn a_room_with_nothing_left_is_removed_by_the_sweep() {
     let limits = Limits { history_max_age_s: 1, dedupe_window_s: 1, ..Limits::default() };

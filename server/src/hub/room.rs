@@ -137,6 +137,12 @@ impl Room {
         self.last_active_us
     }
 
+    /// True for a memory room that remembers posts for the dedupe window: evicted, it forgets them (a retry made
+    /// after is stored again, in a new epoch). A durable room's window is read back from the store.
+    pub fn eviction_forgets_retries(&self) -> bool {
+        self.disk.is_none() && !self.dedupe.is_empty()
+    }
+
     /// The room is used at `now_us` (made, loaded or read): it is not the idle room to evict or unload first.
     pub fn touch(&mut self, now_us: u64) {
         self.last_active_us = self.last_active_us.max(now_us);

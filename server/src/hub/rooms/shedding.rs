@@ -58,21 +58,24 @@ impl LocalRooms {
     /// [`LocalRooms::evict_idle`], and whether it passed rooms by whose lock was held.
     fn evict_idle_counting(&self, rooms: &mut HubGuard<'_, RoomMap>, why: &'static str) -> (bool, bool) {
         let mut busy = false;
-        let mut idle: Vec<(u64, String, Shared)> = rooms
+        // The idle longest first, but memory rooms that remember posts for the dedupe window after every other: such
+        // a room evicted forgets them, and a client's retry after it was stored twice.
+        let mut idle: Vec<((bool, u64), String, Shared)> = rooms
             .iter()
             .filter_map(|(name, shared)| {
                 let Some(mut slot) = try_lock(shared) else {
                     busy = true;
                     return None;
                 };
-                slot.room.evictable().then(|| (slot.room.last_active_us(), name.clone(), shared.clone()))
+                let order = (slot.room.eviction_forgets_retries(), slot.room.last_active_us());
+                slot.room.evictable().then(|| (order, name.clone(), shared.clone()))
             })
             .collect();
         if idle.is_empty() {
             return (false, busy);
         }
         let batch = (self.budget.max_rooms as usize / 64).max(1).min(idle.len());
-        idle.select_nth_unstable_by_key(batch - 1, |(last_active, _, _)| *last_active);
+        idle.select_nth_unstable_by_key(batch - 1, |(order, _, _)| *order);
         let mut evicted = false;
         for (_, name, shared) in &idle[..batch] {
             let Some(mut slot) = try_lock(shared) else { continue };

@@ -49,9 +49,10 @@ impl DedupeWindow {
         self.seqs.get(identity)?.get(&client_msg_id).copied()
     }
 
-    /// The seq an earlier post with this key got, if it is still remembered at `now_us`.
-    pub fn lookup(&mut self, identity: &str, client_msg_id: u64, now_us: u64) -> Option<u64> {
-        self.expire(now_us);
+    /// The seq an earlier post with this key got, if it is still remembered at `now_us` (`delivered`: as
+    /// [`DedupeWindow::expire`]).
+    pub fn lookup(&mut self, identity: &str, client_msg_id: u64, now_us: u64, delivered: u64) -> Option<u64> {
+        self.expire(now_us, delivered);
         self.seq_of(identity, client_msg_id)
     }
 
@@ -114,9 +115,15 @@ impl DedupeWindow {
         self.order.front().map(|(_, _, seq, _)| *seq)
     }
 
-    /// Forgets the posts older than the window at `now_us`.
-    pub fn expire(&mut self, now_us: u64) {
-        while self.order.front().is_some_and(|(_, _, _, at)| now_us.saturating_sub(*at) > self.window_us) {
+    /// Forgets the posts older than the window at `now_us`, but for those after seq `delivered` (sequenced and
+    /// not stored yet: a commit held up for longer than the window would otherwise let a retry of its post in as a
+    /// new one, and both be stored). The window counts from the post's sequencing.
+    pub fn expire(&mut self, now_us: u64, delivered: u64) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, _, seq, at)| *seq <= delivered && now_us.saturating_sub(*at) > self.window_us)
+        {
             self.forget_oldest();
         }
         if self.order.is_empty() && self.order.capacity() > 0 {
@@ -142,10 +149,20 @@ mod tests {
     fn remembers_within_the_window_only() {
         let mut d = DedupeWindow::new(1_000, 100);
         d.record("alice", 7, 42, 0);
-        assert_eq!(d.lookup("alice", 7, 1_000), Some(42));
-        assert_eq!(d.lookup("bob", 7, 1_000), None, "keys are per identity");
-        assert_eq!(d.lookup("alice", 7, 1_001), None);
+        assert_eq!(d.lookup("alice", 7, 1_000, u64::MAX), Some(42));
+        assert_eq!(d.lookup("bob", 7, 1_000, u64::MAX), None, "keys are per identity");
+        assert_eq!(d.lookup("alice", 7, 1_001, u64::MAX), None);
         assert_eq!((d.bytes(), d.is_empty()), (0, true));
+    }
+
+    /// A post sequenced and not stored yet (its seq after the delivered one) is remembered past the window: a
+    /// commit held up that long let a retry of it in as a new post, and both were stored.
+    #[test]
+    fn a_post_not_stored_yet_is_remembered_past_the_window() {
+        let mut d = DedupeWindow::new(1_000, 100);
+        d.record("alice", 7, 42, 0);
+        assert_eq!(d.lookup("alice", 7, 5_000, 41), Some(42), "42 waits for its commit");
+        assert_eq!(d.lookup("alice", 7, 5_000, 42), None, "stored: the window applies");
     }
 
     #[test]
@@ -158,7 +175,7 @@ mod tests {
         let bo = identity_cost("bo") + 2 * ENTRY_COST;
         assert_eq!(d.bytes(), identity_cost("ann") + ENTRY_COST + bo, "a key recorded twice counts once");
         assert!(d.forget_oldest());
-        assert_eq!((d.bytes(), d.lookup("ann", 1, 0)), (bo, None), "ann's last post: ann is forgotten too");
+        assert_eq!((d.bytes(), d.lookup("ann", 1, 0, u64::MAX)), (bo, None), "ann's last post: ann is forgotten too");
         assert!(d.forget_oldest());
         assert!(d.forget_oldest());
         assert!(!d.forget_oldest());
@@ -178,7 +195,7 @@ mod tests {
         assert_eq!(d.remembered(6, 7).map(|(who, id, seq, at)| (&**who, id, seq, at)).next(), Some(("ann", 106, 6, 6)));
         // Posts 5 and 6 never stored: forgotten, and their seqs given to other posts.
         d.forget_from(5);
-        assert_eq!((d.lookup("ann", 105, 6), d.lookup("ann", 104, 6)), (None, Some(4)));
+        assert_eq!((d.lookup("ann", 105, 6, u64::MAX), d.lookup("ann", 104, 6, u64::MAX)), (None, Some(4)));
         d.record("bo", 1, 5, 7);
         assert_eq!(seqs(&d, 0, u64::MAX), [1, 2, 3, 4, 5], "still in seq order");
         assert_eq!(d.bytes(), identity_cost("ann") + identity_cost("bo") + 5 * ENTRY_COST);
@@ -190,7 +207,7 @@ mod tests {
         for id in 1..=3 {
             d.record("a", id, id, 0);
         }
-        assert_eq!(d.lookup("a", 1, 0), None);
-        assert_eq!(d.lookup("a", 3, 0), Some(3));
+        assert_eq!(d.lookup("a", 1, 0, u64::MAX), None);
+        assert_eq!(d.lookup("a", 3, 0, u64::MAX), Some(3));
     }
 }

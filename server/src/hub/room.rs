@@ -151,7 +151,7 @@ impl Room {
     /// Forgets history older than `history_max_age_s` and dedupe entries older than the window.
     pub fn trim(&mut self, now_us: u64) {
         self.history.trim(now_us);
-        self.dedupe.expire(now_us);
+        self.dedupe.expire(now_us, self.delivered_seq);
         if let Some(disk) = &mut self.disk {
             disk.trim(now_us, &self.dedupe, self.epoch, self.delivered_seq);
         }
@@ -333,7 +333,7 @@ impl Room {
     /// once; with a durable store it waits in the room until its commit completes and [`Room::release`] delivers
     /// it (a retry of a post still waiting waits for the same commit).
     pub fn post(&mut self, identity: &str, client_msg_id: u64, body: Bytes, now_us: u64) -> Result<Posting, Failure> {
-        if let Some(seq) = self.dedupe.lookup(identity, client_msg_id, now_us) {
+        if let Some(seq) = self.dedupe.lookup(identity, client_msg_id, now_us, self.delivered_seq) {
             self.last_active_us = now_us;
             let posted = Posted { seq, duplicate: true };
             let commit = self.disk.as_ref().filter(|_| seq > self.delivered_seq).map(durable::DiskRoom::barrier);

@@ -117,3 +117,21 @@ fn a_room_whose_seq_is_past_any_real_room_is_refused_at_load() {
     block_on(store.submit(append(other, 1, 1)).wait()).unwrap();
     assert_eq!(store.load_room("s", 0, u64::MAX, 100).unwrap().unwrap().last_seq, 1);
 }
+
+#[test]
+fn a_store_of_an_older_format_refused_for_damage_keeps_its_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
+    filled(&store, 3);
+    store.keyspaces.meta.insert("format", "quiver-store 2").unwrap();
+    // Both copies of the id counter lost: room 1's messages are at or past it.
+    store.keyspaces.meta.remove("next_room_id").unwrap();
+    store.keyspaces.rooms.remove(ROOM_COUNTER_KEY).unwrap();
+    drop(store);
+    let err = Store::open(dir.path(), Durability::Fsync).unwrap_err();
+    assert!(err.to_string().contains("at or past the id counter"), "{err}");
+    // Not upgraded on the way to the refusal: a server of the older version still reads it as it was.
+    let db = Database::builder(dir.path().join(STORE_DIR)).open().unwrap();
+    let meta = db.keyspace("meta", KeyspaceCreateOptions::default).unwrap();
+    assert_eq!(meta.get("format").unwrap().as_deref(), Some(&b"quiver-store 2"[..]));
+}

@@ -239,11 +239,9 @@ export class QuiverClient {
       entry.ended = { code: ErrorCode.NoError, reason: 'unpublished' };
       if (this.#publishers.get(entry.channel) === entry) this.#publishers.delete(entry.channel);
       // Every claim of it made before is answered (its turn), so `claim` says where the server holds it.
+      // (A version-4 session has no Unpublish, refused Unsupported: the claim stays until the connection ends.)
       const session = entry.claim?.session;
-      if (!session || session !== this.#session || session.closedWhy) return;
-      // A version-4 session has no Unpublish (the server refuses it Unsupported): the claim stays until the
-      // connection ends, as the Rust client does.
-      if (Number(session.welcome.version) < 5) return;
+      if (!session || session !== this.#session || session.closedWhy || Number(session.welcome.version) < 5) return;
       await leftAnyway(session.request({ Unpublish: { channel: entry.channel } }), 'Unpublished', entry);
     });
   }

@@ -1,0 +1,98 @@
+//! The series' tally, schedule and table.
+
+use super::*;
+
+#[test]
+fn payload_round_trip() {
+    assert_eq!(parse(&payload(7, 123_456, 64)), Some((7, 123_456)));
+    assert_eq!(payload(1, 2, 3).len(), 12);
+    assert_eq!(parse(&[1, 2, 3]), None);
+}
+
+#[tokio::test]
+async fn warmup_is_not_measured_and_losses_are_counted() {
+    let schedule = Schedule { start: Instant::now(), interval: Duration::from_millis(1), count: 10, warmup: 2 };
+    let tally = Tally::shared();
+    for i in 0..10 {
+        let origin = schedule.due(i).await.unwrap();
+        Tally::sent(&tally, &schedule, 0, i, origin);
+        if i != 5 {
+            Tally::received(&tally, 0, i);
+        }
+    }
+    Tally::received(&tally, 0, 3); // duplicate: ignored
+    let result = Tally::result(&tally, "x", None);
+    assert_eq!((result.sent, result.lost, result.latency.count), (8, 1, 7));
+}
+
+/// The datagram baselines receive as Quiver's tick subscriptions do (latest wins): an arrival overtaken by a
+/// newer one is stale, neither lost nor measured, in both, so that their percentiles are over the same arrivals.
+/// Ticks a subscription's backlog let go of are neither lost nor measured either, and the table says so.
+#[tokio::test]
+async fn overtaken_arrivals_are_stale_and_superseded_ticks_are_noted() {
+    let schedule = Schedule { start: Instant::now(), interval: Duration::from_millis(1), count: 6, warmup: 0 };
+    let tally = Tally::shared();
+    for i in 0..6 {
+        let origin = schedule.due(i).await.unwrap();
+        Tally::sent(&tally, &schedule, 0, i, origin);
+    }
+    for i in [0, 2, 1, 3, 3] {
+        Tally::received_latest(&tally, 0, i); // 1 overtaken by 2; 3 twice (a copy: ignored)
+    }
+    let superseded = Arc::new(std::sync::atomic::AtomicU64::new(7));
+    Tally::superseded_from(&tally, &superseded);
+    superseded.store(8, std::sync::atomic::Ordering::Relaxed); // one of them (4) let go of by the backlog
+    let result = Tally::result(&tally, "quiver datagram", None);
+    let counts = (result.sent, result.latency.count, result.stale, result.superseded, result.lost);
+    assert_eq!(counts, (6, 3, 1, 1, 1), "5 never arrived");
+    let report = Report { config: serde_json::Value::Null, series: vec![result] };
+    assert!(report.table().contains("quiver datagram: 1 ticks arrived and were superseded"), "{}", report.table());
+}
+
+/// A series that lost every message has no latency: its cells and ratios show "–", not p50 0 and "×0.000",
+/// which read as infinitely fast.
+#[tokio::test]
+async fn a_series_that_measured_nothing_shows_no_latency_and_no_ratio() {
+    let schedule = Schedule { start: Instant::now(), interval: Duration::from_millis(1), count: 3, warmup: 0 };
+    let (baseline, lost) = (Tally::shared(), Tally::shared());
+    for i in 0..3 {
+        let origin = schedule.due(i).await.unwrap();
+        Tally::sent(&baseline, &schedule, 0, i, origin);
+        Tally::received(&baseline, 0, i);
+        Tally::sent(&lost, &schedule, 0, i, origin);
+    }
+    let report = Report {
+        config: serde_json::Value::Null,
+        series: vec![Tally::result(&baseline, "quinn", None), Tally::result(&lost, "quiver", Some("quinn"))],
+    };
+    let table = report.table();
+    let row = table.lines().find(|l| l.starts_with("quiver")).unwrap();
+    assert!(!row.contains('×') && row.contains("–, – (quinn)"), "{table}");
+    assert!(ratios(&report.series[0].latency, &report.series[1].latency)[0].is_nan());
+}
+
+/// A sender more than [`OVERRUN`] past its schedule's end stops (the machine cannot carry the rate), instead of
+/// sending the rest back to back: a run ends on time.
+#[tokio::test]
+async fn a_sender_far_behind_its_schedule_stops() {
+    let start = Instant::now() - Duration::from_secs(5);
+    let schedule = Schedule { start, interval: Duration::from_millis(1), count: 1000, warmup: 0 };
+    assert_eq!(schedule.due(10).await, None, "3 s past the end");
+    let schedule = Schedule { start, interval: Duration::from_millis(4), count: 1000, warmup: 0 };
+    assert_eq!(schedule.due(10).await, Some(start + Duration::from_millis(40)), "1 s past the end: still sent");
+}
+
+/// A sender whose timer fired late because the runtime was busy (here: a task blocking its one thread for
+/// 10 ms) counts its message from at most [`TIMER_SLACK`] past the schedule, not from when it woke.
+#[tokio::test(flavor = "current_thread")]
+async fn a_sender_held_up_counts_from_the_schedule() {
+    let start = Instant::now();
+    let schedule = Schedule { start, interval: Duration::from_millis(2), count: 2, warmup: 0 };
+    // Runs as soon as the sender waits (one thread), and keeps the timer from firing for 10 ms.
+    let busy = tokio::spawn(async { std::thread::sleep(Duration::from_millis(10)) });
+    let origin = schedule.due(1).await.unwrap();
+    let scheduled = start + Duration::from_millis(2);
+    assert!(origin >= scheduled && origin <= scheduled + TIMER_SLACK, "{:?} after the schedule", origin - scheduled);
+    assert!(Instant::now() >= start + Duration::from_millis(10), "the sender was held up");
+    busy.await.unwrap();
+}

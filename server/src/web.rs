@@ -67,6 +67,9 @@ pub struct PageInfo {
     /// for subject N (every right, 24 h), so the page opened from the URL the server prints works with no setup;
     /// any other peer gets 403. `None` in production: the application hands out tokens (the page takes `?token=`).
     pub dev_tokens: Option<DevTokens>,
+    /// The server takes sessions without a token (`auth.anonymous`): its dev certificate's hash is then all a
+    /// session needs, and `/config.json` names it only under this machine's names (DNS rebinding).
+    pub anonymous: bool,
 }
 
 /// Where the demo page's dev tokens come from, and the key a page must show to get one.
@@ -164,9 +167,10 @@ const NOT_LOCAL: &str = "dev tokens are handed out only to pages opened on the s
     --sub NAME), or run the server with production keys (--hs256-key / --ed25519-public-key)";
 
 /// Why a page reached under another name than this machine's gets no dev token.
-const NOT_LOCAL_NAME: &str = "dev tokens are handed out only to pages opened as http://localhost, \
-    http://127.0.0.1 or http://[::1] (the Host header names another machine: a page under another name that \
-    resolves to this one, as in DNS rebinding, gets none)";
+const NOT_LOCAL_NAME: &str = "the dev server's page config (its dev tokens, or the certificate of a server that \
+    takes anyone) is handed out only to pages opened as http://localhost, http://127.0.0.1 or http://[::1] (the \
+    Host header names another machine: a page under another name that resolves to this one, as in DNS rebinding, \
+    gets none)";
 
 /// Why a page with a wrong page key gets no dev token.
 const WRONG_KEY: &str = "this page key is not the server's: open the demo page with the URL quiver-server printed at \
@@ -212,7 +216,7 @@ pub(crate) fn respond(head: &[u8], peer: IpAddr, info: &PageInfo) -> Response {
     let mut response = if path == "/config.json" && dev_tokens.is_some() && !is_loopback(peer) {
         Response::error(403, NOT_LOCAL)
     } else if path == "/config.json"
-        && (dev_tokens.is_some() || (info.cert_hash.is_some() && is_loopback(peer)))
+        && (dev_tokens.is_some() || (info.anonymous && info.cert_hash.is_some() && is_loopback(peer)))
         && !is_loopback_host(host)
     {
         // A loopback peer asking for another name: a page whose name was rebound to 127.0.0.1 (DNS rebinding). Also
@@ -325,6 +329,7 @@ mod tests {
             room: "lobby".into(),
             channel: "demo.ticks".into(),
             dev_tokens: None,
+            anonymous: false,
         }
     }
 
@@ -392,9 +397,13 @@ mod tests {
             assert_eq!(respond(head.as_bytes(), LOCAL, &info).status, 200, "Host {host}");
         }
         // Without dev tokens (an anonymous dev server) a rebound name gets no certificate hash either.
-        let anonymous = PageInfo { dev_tokens: None, ..info.clone() };
+        let anonymous = PageInfo { dev_tokens: None, anonymous: true, ..info.clone() };
         let rebound = b"GET /config.json HTTP/1.1\r\nHost: evil.example:4433\r\n\r\n";
         assert_eq!(respond(rebound, LOCAL, &anonymous).status, 403, "DNS rebinding, anonymous dev server");
+        // With keys of the operator's (no dev tokens, not anonymous) a session needs a token anyway: a local proxy
+        // passing its site's name is answered.
+        let keyed = PageInfo { dev_tokens: None, ..info.clone() };
+        assert_eq!(respond(rebound, LOCAL, &keyed).status, 200, "a local proxy's Host, keys of the operator's");
         let production_info = PageInfo { dev_tokens: None, ..info.clone() };
         let production = respond(b"GET /config.json HTTP/1.1\r\n\r\n", "192.0.2.7".parse().unwrap(), &production_info);
         assert_eq!(production.status, 200, "without dev tokens the page config is public");

@@ -14,6 +14,7 @@ impl<R> Server<R> {
             room: "lobby".into(),
             channel: "prices".into(),
             dev_tokens: self.dev_tokens(),
+            anonymous: matches!(self.config.auth, crate::auth::AuthConfig::Anonymous),
         }
     }
 

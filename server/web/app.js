@@ -70,13 +70,13 @@ function pageStorage() {
  *  browser's history and in a copied link otherwise). */
 const keyInUrl = keyFromHash(location.hash);
 /** An application's token (`?token=`), likewise taken out of the address bar (a token lasting months stayed in the
- *  history and in every link copied from it). */
-const tokenInUrl = new URLSearchParams(location.search).get('token');
-if (keyInUrl || tokenInUrl) {
+ *  history and in every link copied from it), and kept with the history entry, so that a reload still has it. */
+const tokenInUrl = new URLSearchParams(location.search).get('token') || history.state?.token || null;
+if (keyInUrl || new URLSearchParams(location.search).has('token')) {
   const kept = new URLSearchParams(location.search);
   kept.delete('token');
   const query = kept.toString();
-  history.replaceState(null, '', location.pathname + (query ? `?${query}` : ''));
+  history.replaceState(tokenInUrl ? { token: tokenInUrl } : null, '', location.pathname + (query ? `?${query}` : ''));
 }
 
 /** Why the dev server gave no token, told once. */
@@ -92,7 +92,7 @@ function tokenHint(text) {
 async function freshToken() {
   const params = new URLSearchParams(location.search);
   if (tokenInUrl) return tokenInUrl;
-  if (!devTokenMayGo(params, served)) return null;
+  if (!devTokenMayGo(params, served, served.transport)) return null;
   // (A passing failure throws: the connect is tried again, the key kept. dev-token.js.)
   return fetchDevToken(fetch, params, pageKey(keyInUrl, pageStorage()), pageStorage(), tokenHint);
 }
@@ -111,14 +111,19 @@ async function loadConfig() {
   } catch (err) {
     if (!params.get('url')) throw err; // without config.json the URL must be given
   }
-  served = { certHash: config.certHash ?? null, websocketUrl: config.websocketUrl ?? null };
+  served = { url: config.url ?? null, certHash: config.certHash ?? null, websocketUrl: config.websocketUrl ?? null };
   const pick = (key, fallback) => params.get(key) || config[key] || fallback;
   // The WebSocket fallback: ?websocketUrl=, else config.json's URL (null: the server has no WebSocket listener, so
   // WebTransport only); with ?url= (another server) and no ?websocketUrl=, the client derives it from the URL.
   const configured = !params.get('url') && !params.get('websocketUrl');
   const websocketUrl = params.get('websocketUrl') || (configured ? (config.websocketUrl ?? null) : null);
   const noWebSocket = configured && config.websocketUrl === null;
-  const transport = params.get('transport') || (noWebSocket ? 'webtransport' : 'auto');
+  // Another loopback node named by ?url= alone, with the dev token: WebTransport only (its certificate is checked;
+  // the WebSocket URL derived from it would be checked by none: dev-token.js).
+  const otherNode = Boolean(params.get('url')) && params.get('url') !== config.url && !params.get('websocketUrl');
+  const devToken = otherNode && !tokenInUrl;
+  const transport = params.get('transport') || (noWebSocket || devToken ? 'webtransport' : 'auto');
+  served.transport = transport;
   return {
     url: pick('url', null),
     websocketUrl,

@@ -15,10 +15,12 @@ export function isLoopbackHost(hostname) {
 }
 
 /** True when the dev token may go with a connection configured by these query parameters, `served` being what
- *  config.json said (`certHash`, `websocketUrl`; `{}` without one): a `url` only to a loopback host, checked with
- *  config.json's certificate (a link's `certHash` other than it, or none to check with, gets no token); a
- *  `websocketUrl` only if it is config.json's own. A URL that does not parse counts as elsewhere. */
-export function devTokenMayGo(params, served = {}) {
+ *  config.json said (`url`, `certHash`, `websocketUrl`; `{}` without one) and `transport` the one the page uses: a
+ *  `url` other than config.json's only to a loopback host, checked with config.json's certificate (a link's
+ *  `certHash` other than it, or none to check with, gets no token), and over WebTransport alone unless a
+ *  `websocketUrl` is given (the WebSocket URL a client derives from it is checked by no certificate the page
+ *  knows); a `websocketUrl` only if it is config.json's own. A URL that does not parse counts as elsewhere. */
+export function devTokenMayGo(params, served = {}, transport = params.get('transport') || 'auto') {
   const same = (a, b) => {
     try {
       return Boolean(a && b) && new URL(a).href === new URL(b).href;
@@ -26,18 +28,21 @@ export function devTokenMayGo(params, served = {}) {
       return false;
     }
   };
+  // As the client reads a hash: hex digits, colons and spaces between them allowed.
+  const hashOf = (hash) => (hash ?? '').replace(/[\s:]/g, '').toLowerCase();
   const url = params.get('url');
-  if (url) {
+  const websocketUrl = params.get('websocketUrl');
+  if (url && !same(url, served.url)) {
     let loopback = false;
     try {
       loopback = isLoopbackHost(new URL(url).hostname);
     } catch {
       return false;
     }
-    const hash = params.get('certHash') || served.certHash;
-    if (!loopback || !served.certHash || hash.toLowerCase() !== served.certHash.toLowerCase()) return false;
+    const minted = hashOf(served.certHash);
+    if (!loopback || !minted || hashOf(params.get('certHash') || served.certHash) !== minted) return false;
+    if (!websocketUrl && transport !== 'webtransport') return false;
   }
-  const websocketUrl = params.get('websocketUrl');
   return !websocketUrl || same(websocketUrl, served.websocketUrl);
 }
 

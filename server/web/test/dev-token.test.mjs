@@ -11,12 +11,21 @@ const query = (text) => new URLSearchParams(text);
 
 test('the dev token goes with the configured server, or a loopback one showing its certificate, never elsewhere', () => {
   const hash = 'ab'.repeat(32);
-  const served = { certHash: hash, websocketUrl: 'ws://localhost:4433/quiver' };
+  const served = { url: 'https://localhost:4433/quiver', certHash: hash, websocketUrl: 'ws://localhost:4433/quiver' };
+  const wt = 'webtransport'; // the page's transport for another node named by ?url= alone (app.js)
   assert.ok(devTokenMayGo(query('name=alice'), served), 'config.json\'s own server');
-  assert.ok(devTokenMayGo(query('url=https://localhost:4433/quiver&name=alice'), served));
-  assert.ok(devTokenMayGo(query('url=https://127.0.0.1:4434/quiver'), served), 'another node with the dev files');
-  assert.ok(devTokenMayGo(query(`url=https://[::1]:4434/quiver&certHash=${hash.toUpperCase()}`), served));
+  assert.ok(devTokenMayGo(query('url=https://localhost:4433/quiver&name=alice'), served), 'config.json\'s own URL');
+  assert.ok(devTokenMayGo(query('url=https://127.0.0.1:4434/quiver'), served, wt), 'another node with the dev files');
+  assert.ok(devTokenMayGo(query(`url=https://[::1]:4434/quiver&certHash=${hash.toUpperCase()}`), served, wt));
+  const colons = hash.toUpperCase().match(/../g).join(':');
+  assert.ok(devTokenMayGo(query(`url=https://[::1]:4434/quiver&certHash=${colons}`), served, wt), 'as the client reads it');
   assert.ok(devTokenMayGo(query('websocketUrl=ws://LOCALHOST:4433/quiver'), served), 'config.json\'s WebSocket');
+  const fallback = 'url=https://localhost:9/quiver&websocketUrl=ws://localhost:4433/quiver';
+  assert.ok(devTokenMayGo(query(fallback), served), 'WebTransport elsewhere on this machine, config.json\'s WebSocket');
+  // config.json's own URL without a certificate hash to check (a certificate browsers validate themselves).
+  const validated = { url: 'https://localhost:4433/quiver', certHash: null, websocketUrl: null };
+  assert.ok(devTokenMayGo(query('url=https://localhost:4433/quiver'), validated));
+  assert.equal(devTokenMayGo(query('url=https://localhost:4434/quiver'), validated, wt), false);
   for (const elsewhere of [
     'url=https://evil.example/quiver',
     'url=https://localhost.evil.example/quiver',
@@ -31,7 +40,12 @@ test('the dev token goes with the configured server, or a loopback one showing i
     'websocketUrl=ws://127.0.0.1:9999/quiver&transport=websocket',
     'url=https://127.0.0.1:4433/quiver&websocketUrl=ws://[::1]:4434/quiver',
   ]) {
-    assert.equal(devTokenMayGo(query(elsewhere), served), false, elsewhere);
+    assert.equal(devTokenMayGo(query(elsewhere), served, wt), false, elsewhere);
+  }
+  // Another loopback node over a transport that may fall back to the WebSocket URL derived from it (wss:, checked
+  // by no certificate the page knows).
+  for (const transport of ['auto', 'websocket']) {
+    assert.equal(devTokenMayGo(query('url=https://127.0.0.1:4434/quiver'), served, transport), false, transport);
   }
   // No config.json (a page served elsewhere): nothing to check a loopback server with.
   assert.equal(devTokenMayGo(query('url=https://localhost:4433/quiver'), {}), false);

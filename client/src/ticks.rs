@@ -155,7 +155,9 @@ impl TickPublisher {
     /// fail with [`TickError::Ended`] from now on): the channel no longer counts against the connection's
     /// `max_publish_channels`, so a long-lived publisher can go through many channels (one per match, say). A
     /// later [`crate::Client::publisher`] of the channel claims it anew. `Ok` if the claim had ended already or
-    /// went with its connection.
+    /// went with its connection. On a session of protocol version 4 (which has no Unpublish) the publishers end
+    /// and the claim stays on the server until the connection ends: it still counts, and a later publisher of the
+    /// channel is given the same claim back.
     pub async fn unpublish(self) -> Result<(), RequestError> {
         self.handle.driver.unpublish(&self.entry).await
     }

@@ -29,7 +29,7 @@ mod heartbeat;
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How long a graceful shutdown spends removing the node from Redis at most ([`Broker::retire`]).
-const RETIRE_LIMIT: Duration = Duration::from_secs(3);
+const RETIRE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Where a broker is and how it is watched. (Its `Debug` shows the URL without credentials.)
 #[derive(Clone, PartialEq, Eq)]
@@ -305,7 +305,7 @@ impl Broker {
     }
 
     /// Stops the tasks and removes this node from Redis (its members leave their rooms): a graceful shutdown. At
-    /// most 3 s (`RETIRE_LIMIT`, within the 5 s a supervisor is told to give past the drain; each call is bounded by the request timeout, but a node in many rooms makes many). Past
+    /// most 2 s (`RETIRE_LIMIT`, within the 5 s a supervisor is told to give past the drain, with a second to spare; each call is bounded by the request timeout, but a node in many rooms makes many). Past
     /// it the shutdown goes on, and the other nodes bury this one after the presence expiry.
     pub async fn retire(&self) {
         self.stop.cancel();

@@ -5,20 +5,26 @@ use std::sync::atomic::Ordering;
 use super::tests::{append, block_on, filled};
 use super::*;
 
-#[test]
-fn a_journal_damaged_in_its_middle_is_refused_unchanged_and_opens_once_cut_where_the_error_says() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
-    // Each post waited for: a batch each.
+/// A store in `dir` with room `r` (epoch 7) and `posts` messages, each post waited for (a batch each), left as a
+/// crash leaves it; its journal's path and bytes.
+fn posted_one_batch_each(dir: &Path, posts: u64) -> (PathBuf, Vec<u8>) {
+    let store = Store::open(dir, Durability::Fsync).unwrap();
     let id = store.allocate_room_id();
     block_on(store.submit(Op::Create { name: "r".into(), id, epoch: 7 }).wait()).unwrap();
-    for seq in 1..=300 {
+    for seq in 1..=posts {
         block_on(store.submit(append(id, seq, seq)).wait()).unwrap();
     }
     store.open_mark.crash.store(true, Ordering::Relaxed);
     drop(store);
-    let journal = dir.path().join(STORE_DIR).join("0.jnl");
+    let journal = dir.join(STORE_DIR).join("0.jnl");
     let whole = std::fs::read(&journal).unwrap();
+    (journal, whole)
+}
+
+#[test]
+fn a_journal_damaged_in_its_middle_is_refused_unchanged_and_opens_once_cut_where_the_error_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, whole) = posted_one_batch_each(dir.path(), 300);
     // fjall allocates its journal ahead: what follows the batches is a hole of zeros the scan does not read.
     assert_eq!(whole.len(), 64 << 20);
     let starts = super::journal_scan::batch_starts(&whole);
@@ -63,16 +69,7 @@ fn a_journal_damaged_in_its_middle_is_refused_unchanged_and_opens_once_cut_where
 #[test]
 fn a_last_batch_failing_its_checksum_is_refused_with_the_cut_that_drops_it_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), Durability::Fsync).unwrap();
-    let id = store.allocate_room_id();
-    block_on(store.submit(Op::Create { name: "r".into(), id, epoch: 7 }).wait()).unwrap();
-    for seq in 1..=30 {
-        block_on(store.submit(append(id, seq, seq)).wait()).unwrap();
-    }
-    store.open_mark.crash.store(true, Ordering::Relaxed);
-    drop(store);
-    let journal = dir.path().join(STORE_DIR).join("0.jnl");
-    let whole = std::fs::read(&journal).unwrap();
+    let (journal, whole) = posted_one_batch_each(dir.path(), 30);
     let starts = super::journal_scan::batch_starts(&whole);
     let last = *starts.last().unwrap();
     // The written part ends with the last End entry's trailer (not zero); a byte of the last item's value before it.

@@ -67,9 +67,14 @@ pub struct PageInfo {
     /// for subject N (every right, 24 h), so the page opened from the URL the server prints works with no setup;
     /// any other peer gets 403. `None` in production: the application hands out tokens (the page takes `?token=`).
     pub dev_tokens: Option<DevTokens>,
-    /// The server takes sessions without a token (`auth.anonymous`): its dev certificate's hash is then all a
-    /// session needs, and `/config.json` names it only under this machine's names (DNS rebinding).
-    pub anonymous: bool,
+    /// The `Host`s (`host[:port]`) of `web.origins`: a proxy of the operator's on this machine may pass its site's
+    /// name to a server with the dev certificate (without dev tokens); any other name is refused (DNS rebinding).
+    pub origin_hosts: Vec<String>,
+}
+
+/// The `host[:port]` of each origin (`scheme://host[:port]`), as a `Host` header carries it.
+pub(crate) fn origin_hosts(origins: &[String]) -> Vec<String> {
+    origins.iter().filter_map(|origin| origin.split_once("://").map(|(_, host)| host.to_ascii_lowercase())).collect()
 }
 
 /// Where the demo page's dev tokens come from, and the key a page must show to get one.
@@ -216,13 +221,17 @@ pub(crate) fn respond(head: &[u8], peer: IpAddr, info: &PageInfo) -> Response {
     let mut response = if path == "/config.json" && dev_tokens.is_some() && !is_loopback(peer) {
         Response::error(403, NOT_LOCAL)
     } else if path == "/config.json"
-        && (dev_tokens.is_some() || (info.anonymous && info.cert_hash.is_some() && is_loopback(peer)))
         && !is_loopback_host(host)
+        && (dev_tokens.is_some()
+            || (info.cert_hash.is_some()
+                && is_loopback(peer)
+                && !host.is_some_and(|host| info.origin_hosts.iter().any(|o| o.eq_ignore_ascii_case(host)))))
     {
         // A loopback peer asking for another name: a page whose name was rebound to 127.0.0.1 (DNS rebinding). Also
-        // without dev tokens (`--allow-anonymous`), where the dev certificate's hash is all another site's page
-        // needs to open a WebTransport session to this machine's server, which takes anyone: WebTransport has no
-        // origin rule of its own here (the plain WebSocket refuses other sites' origins).
+        // without dev tokens, where the dev certificate's hash is all another site's page needs to open a
+        // WebTransport session to this machine's server (one that takes anyone, or is reloaded to: the rule does
+        // not follow the auth mode), which has no origin rule of its own here (the plain WebSocket refuses other
+        // sites' origins); but for the names of `web.origins` (a proxy of the operator's on this machine).
         Response::error(403, NOT_LOCAL_NAME)
     } else if path == "/config.json" && dev_tokens.is_some() && key.is_some() && mint.is_none() {
         Response::error(403, WRONG_KEY)
@@ -329,7 +338,7 @@ mod tests {
             room: "lobby".into(),
             channel: "demo.ticks".into(),
             dev_tokens: None,
-            anonymous: false,
+            origin_hosts: Vec::new(),
         }
     }
 
@@ -397,13 +406,13 @@ mod tests {
             assert_eq!(respond(head.as_bytes(), LOCAL, &info).status, 200, "Host {host}");
         }
         // Without dev tokens (an anonymous dev server) a rebound name gets no certificate hash either.
-        let anonymous = PageInfo { dev_tokens: None, anonymous: true, ..info.clone() };
+        let anonymous = PageInfo { dev_tokens: None, ..info.clone() };
         let rebound = b"GET /config.json HTTP/1.1\r\nHost: evil.example:4433\r\n\r\n";
-        assert_eq!(respond(rebound, LOCAL, &anonymous).status, 403, "DNS rebinding, anonymous dev server");
-        // With keys of the operator's (no dev tokens, not anonymous) a session needs a token anyway: a local proxy
-        // passing its site's name is answered.
-        let keyed = PageInfo { dev_tokens: None, ..info.clone() };
-        assert_eq!(respond(rebound, LOCAL, &keyed).status, 200, "a local proxy's Host, keys of the operator's");
+        assert_eq!(respond(rebound, LOCAL, &anonymous).status, 403, "DNS rebinding, dev certificate, no dev tokens");
+        // A proxy of the operator's on this machine passing its site's name, listed in web.origins: answered.
+        let origins = origin_hosts(&["https://EVIL.example:4433".to_string()]);
+        let proxied = PageInfo { dev_tokens: None, origin_hosts: origins, ..info.clone() };
+        assert_eq!(respond(rebound, LOCAL, &proxied).status, 200, "a name of web.origins");
         let production_info = PageInfo { dev_tokens: None, ..info.clone() };
         let production = respond(b"GET /config.json HTTP/1.1\r\n\r\n", "192.0.2.7".parse().unwrap(), &production_info);
         assert_eq!(production.status, 200, "without dev tokens the page config is public");

@@ -14,7 +14,7 @@ impl<R> Server<R> {
             room: "lobby".into(),
             channel: "prices".into(),
             dev_tokens: self.dev_tokens(),
-            anonymous: matches!(self.config.auth, crate::auth::AuthConfig::Anonymous),
+            origin_hosts: crate::web::origin_hosts(&self.config.web.allowed_origins),
         }
     }
 

@@ -118,11 +118,11 @@ async function loadConfig() {
   const configured = !params.get('url') && !params.get('websocketUrl');
   const websocketUrl = params.get('websocketUrl') || (configured ? (config.websocketUrl ?? null) : null);
   const noWebSocket = configured && config.websocketUrl === null;
-  // Another loopback node named by ?url= alone, with the dev token: WebTransport only (its certificate is checked;
-  // the WebSocket URL derived from it would be checked by none: dev-token.js).
-  const otherNode = Boolean(params.get('url')) && params.get('url') !== config.url && !params.get('websocketUrl');
-  const devToken = otherNode && !tokenInUrl;
-  const transport = params.get('transport') || (noWebSocket || devToken ? 'webtransport' : 'auto');
+  // Another loopback node named by ?url= alone, the dev token allowed to it over WebTransport only (its certificate
+  // is checked; the WebSocket URL derived from it would be checked by none: dev-token.js): WebTransport is used.
+  // Anywhere else (no dev token goes) the WebSocket fallback stays.
+  const webTransportOnly = !tokenInUrl && devTokenMayGo(params, served, 'webtransport') && !devTokenMayGo(params, served);
+  const transport = params.get('transport') || (noWebSocket || webTransportOnly ? 'webtransport' : 'auto');
   served.transport = transport;
   return {
     url: pick('url', null),

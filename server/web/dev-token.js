@@ -32,6 +32,9 @@ export function devTokenMayGo(params, served = {}, transport = params.get('trans
   const hashOf = (hash) => (hash ?? '').replace(/[\s:]/g, '').toLowerCase();
   const url = params.get('url');
   const websocketUrl = params.get('websocketUrl');
+  // A link's own certificate hash, whatever the URL (config.json's own included): the client pins it, so whoever
+  // shows that certificate at the address would get the token.
+  if (params.get('certHash') && hashOf(params.get('certHash')) !== hashOf(served.certHash)) return false;
   if (url && !same(url, served.url)) {
     let loopback = false;
     try {

@@ -15,6 +15,7 @@ test('the dev token goes with the configured server, or a loopback one showing i
   const wt = 'webtransport'; // the page's transport for another node named by ?url= alone (app.js)
   assert.ok(devTokenMayGo(query('name=alice'), served), 'config.json\'s own server');
   assert.ok(devTokenMayGo(query('url=https://localhost:4433/quiver&name=alice'), served), 'config.json\'s own URL');
+  assert.ok(devTokenMayGo(query('url=https://LOCALHOST:4433/quiver'), served), 'written otherwise');
   assert.ok(devTokenMayGo(query('url=https://127.0.0.1:4434/quiver'), served, wt), 'another node with the dev files');
   assert.ok(devTokenMayGo(query(`url=https://[::1]:4434/quiver&certHash=${hash.toUpperCase()}`), served, wt));
   const colons = hash.toUpperCase().match(/../g).join(':');
@@ -39,6 +40,9 @@ test('the dev token goes with the configured server, or a loopback one showing i
     `url=https://127.0.0.1:9999/quiver&certHash=${'cd'.repeat(32)}`,
     'websocketUrl=ws://127.0.0.1:9999/quiver&transport=websocket',
     'url=https://127.0.0.1:4433/quiver&websocketUrl=ws://[::1]:4434/quiver',
+    // A link's own certificate hash with config.json's own URL, or alone.
+    `url=https://localhost:4433/quiver&certHash=${'cd'.repeat(32)}`,
+    `certHash=${'cd'.repeat(32)}`,
   ]) {
     assert.equal(devTokenMayGo(query(elsewhere), served, wt), false, elsewhere);
   }

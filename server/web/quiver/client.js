@@ -7,7 +7,9 @@ import { Backoff, LatestWins, PostQueue, RoomState, clockOffsetUs, messageEvent 
 import { Session } from './client/session.js';
 import { readRoomStream, roomCopy } from './client/streams.js';
 import { Dialer, transportOptions } from './client/dial.js';
-import { Publisher, Room, Subscription, claimOn, deliverTick, sendTick, subscribeOn } from './client/handles.js';
+import {
+  Publisher, Room, Subscription, claimOn, deliverTick, sendTick, subscribeOn, unclaimOn,
+} from './client/handles.js';
 import { sendPosts } from './client/posts.js';
 import { Signal, Timers, Turns, acrossReconnects, oneRejoinAtATime, restore } from './client/waiting.js';
 import {
@@ -238,11 +240,7 @@ export class QuiverClient {
       if (entry.ended) return;
       entry.ended = { code: ErrorCode.NoError, reason: 'unpublished' };
       if (this.#publishers.get(entry.channel) === entry) this.#publishers.delete(entry.channel);
-      // Every claim of it made before is answered (its turn), so `claim` says where the server holds it.
-      // (A version-4 session has no Unpublish, refused Unsupported: the claim stays until the connection ends.)
-      const session = entry.claim?.session;
-      if (!session || session !== this.#session || session.closedWhy || Number(session.welcome.version) < 5) return;
-      await leftAnyway(session.request({ Unpublish: { channel: entry.channel } }), 'Unpublished', entry);
+      await unclaimOn(this.#session, entry);
     });
   }
 

@@ -3,7 +3,7 @@
 // them and leave from them.
 
 import { encodeTick } from '../wire/ticks.js';
-import { callBack, expectReply } from './values.js';
+import { callBack, expectReply, leftAnyway } from './values.js';
 
 /** A joined room: its name, members and position; post to it or leave it. Made by `QuiverClient.join`. */
 export class Room {
@@ -122,6 +122,15 @@ export class Publisher {
 export async function subscribeOn(session, entry, subscriptions) {
   const { channel_id } = expectReply(await session.request({ Subscribe: { channel: entry.channel } }), 'Subscribed');
   if (subscriptions.get(entry.channel) === entry) session.channels.set(channel_id, entry);
+}
+
+/** Gives `entry`'s claim up on `session` (in the channel's turn, so `claim` says where the server holds it):
+ *  nothing to write where it is not held, or on a version-4 session, which has no Unpublish (refused Unsupported:
+ *  the claim stays until the connection ends). */
+export async function unclaimOn(session, entry) {
+  const held = Boolean(session) && entry.claim?.session === session && !session.closedWhy;
+  if (!held || Number(session.welcome.version) < 5) return;
+  await leftAnyway(session.request({ Unpublish: { channel: entry.channel } }), 'Unpublished', entry);
 }
 
 /** Claims `entry`'s channel for publishing on `session` (in the channel's turn: `Client#inTurn`). */

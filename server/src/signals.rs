@@ -185,13 +185,10 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
         waiting.push("auth.anonymous (the demo page's dev tokens)".to_string());
     }
     // Likewise a server started with the dev key hands its page dev-key tokens until a restart, which keys of the
-    // operator's no longer verify.
+    // operator's no longer verify (only where it started with a page: one with none hands out no tokens).
+    let reloaded = settings.auth_config_for_reload_after(&reread.applied);
     let started_dev = matches!(reread.started.auth_config_for_reload(), Ok((crate::auth::AuthConfig::DevKey, _)));
-    let now_keys = !settings.auth.anonymous
-        && (!settings.auth.hs256_key_files.is_empty()
-            || !settings.auth.ed25519_public_key_files.is_empty()
-            || !settings.auth.hs256_secret.is_empty());
-    // (Only where the server started with a page: one with none hands out no tokens.)
+    let now_keys = matches!(reloaded, Ok((crate::auth::AuthConfig::Keys(_), _)));
     let page = reread.started.page_addr().ok().flatten().is_some();
     if started_dev && now_keys && page {
         waiting.push("auth (the demo page's dev tokens, which the new keys do not verify)".to_string());
@@ -199,7 +196,7 @@ fn reload(reloader: &Reloader, reread: &mut Reread) {
     if !waiting.is_empty() {
         tracing::warn!(keys = %waiting.join(", "), "settings changed that only a restart applies");
     }
-    let auth = match settings.auth_config_for_reload_after(&reread.applied) {
+    let auth = match reloaded {
         Ok((auth, gone)) => {
             for path in gone {
                 let file = path.display();

@@ -23,6 +23,13 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Running {
+        let mut running = Running::spawn(args, env, stderr);
+        running.wait_listening();
+        running
+    }
+
+    /// Started, not yet waited for.
+    fn spawn(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_quiver-server"))
             .args(args)
             .envs(env.iter().copied())
@@ -38,10 +45,12 @@ impl Running {
                 let _ = tx.send(line);
             }
         });
-        let mut running = Running { child, lines, addr: String::new() };
-        let listening = running.line_starting("listening on ");
-        running.addr = listening.trim_start_matches("listening on ").to_string();
-        running
+        Running { child, lines, addr: String::new() }
+    }
+
+    fn wait_listening(&mut self) {
+        let listening = self.line_starting("listening on ");
+        self.addr = listening.trim_start_matches("listening on ").to_string();
     }
 
     /// The next printed line that starts with `prefix` (within 10 s).
@@ -200,6 +209,41 @@ async fn sighup_reloads_the_certificate_while_live_connections_stay() {
     assert!(server.line_starting("reload failed: ").contains("(nothing changed)"));
     let again = Client::connect_with(&server.addr, options(TrustOptions::Pin(second))).await;
     assert!(again.is_ok(), "the failed reload took the certificate away");
+}
+
+/// A SIGHUP while the server is still starting (here: reading its configuration file, a FIFO the test writes only
+/// after the signal) is held and acted on once the server is up. It ended the process before (the default action
+/// of a signal whose handler was not registered yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_while_the_server_starts_is_held_for_it_not_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("quiver.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR).unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--config",
+        fifo.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--no-web",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let mut server = Running::spawn(&args, &[], Stdio::null());
+    // Opening the FIFO to write returns once the server has opened it to read: it is in `main`, reading its
+    // settings, before any handler is registered.
+    const CONFIG: &[u8] = b"[limits]\nmax_rooms = 7\n";
+    let mut opened = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    server.signal("HUP");
+    std::thread::sleep(Duration::from_millis(100)); // (the signal's default action, if any, had ended it by now)
+    opened.write_all(CONFIG).expect("the server is gone: ended by the SIGHUP");
+    drop(opened);
+    server.wait_listening();
+    // The held reload reads the settings again: from the FIFO, once more.
+    std::fs::OpenOptions::new().write(true).open(&fifo).unwrap().write_all(CONFIG).unwrap();
+    let reloaded = server.line_starting("reloaded: ");
+    assert!(reloaded.starts_with("reloaded: certificate sha256 "), "{reloaded}");
+    assert!(server.child.try_wait().unwrap().is_none(), "the server exited");
 }
 
 /// SIGHUP reads the configuration file again: a key taken out of `auth.hs256_key_files` is no longer trusted (its

@@ -7,8 +7,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 macro_rules! error_codes {
     ($( $(#[$doc:meta])* $name:ident = $value:literal, )*) => {
         /// Why a request, a stream or a connection failed. Serialized as its number; a number this build does not
-        /// know decodes as [`ErrorCode::Unknown`] so that a newer peer's codes are reported, not rejected.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        /// know decodes as [`ErrorCode::Unknown`] so that a newer peer's codes are reported, not rejected. Two codes
+        /// are equal (and hash alike) when their numbers are: `Unknown(2)`, made by hand, is `ProtocolViolation`,
+        /// as it is once it has been sent (patterns still tell them apart: [`ErrorCode::from_u32`] makes the
+        /// named one).
+        #[derive(Debug, Clone, Copy)]
         #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
         #[non_exhaustive]
         pub enum ErrorCode {
@@ -106,10 +109,24 @@ error_codes! {
     Unavailable = 29,
 }
 
+impl PartialEq for ErrorCode {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_u32() == other.to_u32()
+    }
+}
+
+impl Eq for ErrorCode {}
+
+impl std::hash::Hash for ErrorCode {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.to_u32().hash(state);
+    }
+}
+
 impl ErrorCode {
     /// A short human-readable name, stable across releases.
     pub fn name(self) -> String {
-        match self {
+        match ErrorCode::from_u32(self.to_u32()) {
             ErrorCode::Unknown(n) => format!("unknown error code {n}"),
             known => {
                 let debug = format!("{known:?}");
@@ -157,6 +174,19 @@ mod tests {
             assert_eq!(ErrorCode::from_u32(code.to_u32()), code);
         }
         assert_eq!(ErrorCode::from_u32(4242), ErrorCode::Unknown(4242));
+    }
+
+    /// `Unknown(n)` made with a known number was unequal to itself once sent (it decodes as the named code) and
+    /// was named "unknown error code n".
+    #[test]
+    fn a_known_number_made_unknown_by_hand_is_the_named_code() {
+        let by_hand = ErrorCode::Unknown(ErrorCode::SlowConsumer.to_u32());
+        assert_eq!(by_hand, ErrorCode::SlowConsumer);
+        assert_eq!(ErrorCode::from_u32(by_hand.to_u32()), by_hand, "a round trip");
+        assert_eq!(by_hand.to_string(), "slow consumer (16)");
+        let set: std::collections::HashSet<ErrorCode> = [by_hand, ErrorCode::SlowConsumer].into();
+        assert_eq!(set.len(), 1);
+        assert_ne!(ErrorCode::Unknown(4242), ErrorCode::Unknown(4243));
     }
 
     #[test]

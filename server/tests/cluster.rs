@@ -29,6 +29,8 @@ use quiver_client::{Client, ConnectOptions, RoomEvent};
 mod fill;
 #[path = "cluster/harness.rs"]
 mod harness;
+#[path = "../../tests/src/lines.rs"]
+mod lines;
 #[path = "cluster/outage.rs"]
 mod outage;
 /// Ports outside the ephemeral range, so that no client socket takes one between its pick and the bind (or a

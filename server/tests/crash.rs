@@ -11,7 +11,6 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -35,6 +34,31 @@ fn server_bin() -> String {
 /// Ports outside the ephemeral range: the restarted server takes the same one, so clients reconnect to it.
 #[path = "../../tests/src/ports.rs"]
 mod ports;
+
+#[path = "../../tests/src/lines.rs"]
+mod lines;
+use lines::{Lines, NoLine};
+
+/// How long a server may take to say it listens (a store's recovery included).
+const START_WITHIN: Duration = Duration::from_secs(60);
+/// How long a SIGTERM's drain may take: the drain's own bound (10 s by default) and the store's close.
+const STOP_WITHIN: Duration = Duration::from_secs(30);
+
+/// Waits for `child` to exit, at most `within` (then it is killed and the test fails: a drain that never ends must
+/// fail the test, not hold CI until its timeout).
+fn exit_within(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            panic!("the server did not exit within {within:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// The server process, killed when dropped (a failing test must not leave it running).
 struct Running(Child);
@@ -62,11 +86,15 @@ fn start(dir: &Path, port: u16, durability: &str) -> Running {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        if lines.next().is_some_and(|line| line.is_ok_and(|line| line.starts_with("listening on "))) {
-            // Keep draining stdout so the server never blocks on it.
-            std::thread::spawn(move || for _ in lines {});
-            return Running(child);
+        // (Read on a thread of its own, which drains stdout from then on so the server never blocks on it.)
+        let lines = Lines::read(child.stdout.take().unwrap());
+        match lines.next_within(START_WITHIN) {
+            Ok(line) if line.starts_with("listening on ") => return Running(child),
+            Err(NoLine::TimedOut) => {
+                let _ = child.kill();
+                panic!("the server printed nothing within {START_WITHIN:?}");
+            }
+            Ok(_) | Err(NoLine::Ended) => {}
         }
         let status = child.wait().unwrap();
         // The port may still be held for a moment by the process just killed.
@@ -190,7 +218,7 @@ fn kills_and_restarts(durability: &str) {
             // The last restart is graceful: SIGTERM, and the server must exit by itself.
             let pid = nix::unistd::Pid::from_raw(i32::try_from(child.0.id()).unwrap());
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let status = child.0.wait().unwrap();
+            let status = exit_within(&mut child.0, STOP_WITHIN);
             assert!(status.success(), "graceful stop: {status}");
         }
         eprintln!("restart {}: {before} posts acknowledged so far", kill + 1);

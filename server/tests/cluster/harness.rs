@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -13,7 +13,10 @@ use std::{
 
 use quiver_client::{ConnectOptions, RoomEvent, TrustOptions};
 
-use super::ports;
+use super::{
+    lines::{Lines, NoLine},
+    ports,
+};
 
 /// Presence expiry and heartbeat the nodes run with here (short, so that a dead node is noticed quickly).
 pub(crate) const EXPIRY_MS: u64 = 2_000;
@@ -171,17 +174,15 @@ pub(crate) fn start_node(dir: &Path, broker: &str, extra_env: &[(&str, &str)]) -
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut admin = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("admin http://") {
-            admin = Some(rest.split('/').next().unwrap().parse().unwrap());
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Node { process: Running(child), addr: format!("127.0.0.1:{port}"), admin: admin.expect("the node did not start") }
+    // (Read on a thread of its own, which drains stdout from then on so the node never blocks on it.)
+    let lines = Lines::read(child.stdout.take().unwrap());
+    let process = Running(child); // killed if the node does not start
+    let admin = match lines.starting_with("admin http://", Duration::from_secs(60)) {
+        Ok(line) => line["admin http://".len()..].split('/').next().unwrap().parse().unwrap(),
+        Err(NoLine::Ended) => panic!("the node did not start (its stdout ended)"),
+        Err(NoLine::TimedOut) => panic!("the node did not say where its admin listener is within 60 s"),
+    };
+    Node { process, addr: format!("127.0.0.1:{port}"), admin }
 }
 
 /// The first node in `dirs[0]`, then the others with its dev certificate and keys: one cluster, one certificate.

@@ -215,7 +215,11 @@ async fn localhost_reaches_a_server_bound_to_ipv6_loopback_and_the_port_defaults
     match listener {
         // A QUIC Initial: padded to at least 1,200 bytes.
         Some(_) => assert!(dialled.is_some_and(|n| n >= 1200), "nothing reached 127.0.0.1:4433: {dialled:?}"),
-        None => eprintln!("127.0.0.1:4433 is in use here: the default port's dialling was not observed"),
+        // Said loudly (it was an `eprintln!` the harness swallows), and a failure under QUIVER_REQUIRE_ALL=1.
+        None => quiver_tests::skip(
+            "localhost_reaches_a_server_bound_to_ipv6_loopback_and_the_port_defaults",
+            "127.0.0.1:4433 is in use here: the default port's dialling was not observed",
+        ),
     }
     shutdown.cancel();
     task.await.unwrap();

@@ -79,7 +79,22 @@ async fn a_sender_far_behind_its_schedule_stops() {
     let schedule = Schedule { start, interval: Duration::from_millis(1), count: 1000, warmup: 0 };
     assert_eq!(schedule.due(10).await, None, "3 s past the end");
     let schedule = Schedule { start, interval: Duration::from_millis(4), count: 1000, warmup: 0 };
-    assert_eq!(schedule.due(10).await, Some(start + Duration::from_millis(40)), "1 s past the end: still sent");
+    let origin = start + Duration::from_millis(40) + TIMER_SLACK;
+    assert_eq!(schedule.due(10).await, Some(origin), "1 s past the end: still sent");
+}
+
+/// A message found already due counts as one the sender slept for: from when it is sent while within
+/// [`TIMER_SLACK`] of its schedule, from the schedule plus the slack beyond. Above 1,000 messages a second the timer
+/// (1 ms steps) wakes a sender with several due, and counting those from their schedule charged each up to 1 ms.
+#[tokio::test(start_paused = true)]
+async fn a_message_found_due_within_the_timers_step_counts_from_its_send() {
+    let start = Instant::now();
+    let schedule = Schedule { start, interval: Duration::from_micros(100), count: 1000, warmup: 0 };
+    tokio::time::advance(Duration::from_micros(900)).await;
+    assert_eq!(schedule.due(3).await, Some(Instant::now()), "600 µs behind: the timer's step");
+    tokio::time::advance(Duration::from_millis(4)).await;
+    let due = schedule.due(10).await; // scheduled at 1 ms, now at 4.9 ms
+    assert_eq!(due, Some(start + Duration::from_millis(1) + TIMER_SLACK), "held up: counts beyond the slack");
 }
 
 /// A sender whose timer fired late because the runtime was busy (here: a task blocking its one thread for

@@ -63,12 +63,17 @@ impl Replies {
         !self.queue.is_empty()
     }
 
-    /// Whether `step` may be carried out now: a post while fewer than [`POSTS_IN_FLIGHT`] wait, anything else
-    /// that reads or changes rooms only once no post waits; the rest (tick requests, pings, replies known already)
-    /// at once while fewer than `REPLIES_WAITING` replies wait.
+    /// Whether `step` may be carried out now: a post while fewer than [`POSTS_IN_FLIGHT`] wait for their commits
+    /// and fewer than `REPLIES_WAITING` replies in all (a post may be answered at once, refused, and its reply
+    /// then waits behind the others: with a disk that stalls, or the store's backlog at its bound, every post after
+    /// the first was refused `Unavailable` at once and queued, without bound, until the commit came), anything
+    /// else that reads or changes rooms only once no post waits; the rest (tick requests, pings, replies known
+    /// already) at once while fewer than `REPLIES_WAITING` replies wait.
     pub(super) fn may_run(&self, step: &Step) -> bool {
         match step {
-            Step::Room { request: RoomRequest::Post(_), .. } => self.posts < POSTS_IN_FLIGHT,
+            Step::Room { request: RoomRequest::Post(_), .. } => {
+                self.posts < POSTS_IN_FLIGHT && self.queue.len() < REPLIES_WAITING
+            }
             Step::Room { .. } | Step::ReplyAndClose(..) => !self.waiting(),
             Step::Reply(_) | Step::Tick { .. } => self.queue.len() < REPLIES_WAITING,
         }
@@ -217,6 +222,35 @@ pub(super) async fn going_away(conn: &Wire, send: Option<(&mut WireSend, BytesMu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Posts answered at once (refused) behind one that waits for its commit queue their replies: at most
+    /// `REPLIES_WAITING` of them, then the connection's requests wait. Before, only posts waiting for commits were
+    /// counted, and refused ones queued without bound for as long as the commit took.
+    #[test]
+    fn posts_answered_at_once_behind_a_waiting_commit_queue_at_most_replies_waiting() {
+        let mut replies = Replies::default();
+        replies.later(std::future::pending());
+        let post = Step::Room {
+            req_id: 1,
+            identity: "p".into(),
+            request: RoomRequest::Post(quiver_proto::Post {
+                room: "r".into(),
+                client_msg_id: 1,
+                body: Default::default(),
+            }),
+        };
+        let refused = |req_id| ServerMsg::Reply {
+            req_id,
+            result: Err(quiver_proto::Failure::new(ErrorCode::Unavailable, "the store is behind")),
+        };
+        let mut taken = 0;
+        while replies.may_run(&post) {
+            assert!(replies.ready(refused(taken)).is_none(), "queued behind the waiting commit");
+            taken += 1;
+            assert!(taken <= 10 * REPLIES_WAITING as u64, "the refused posts' replies queue without bound");
+        }
+        assert_eq!(taken, REPLIES_WAITING as u64 - 1, "with the waiting post: REPLIES_WAITING in all");
+    }
 
     #[test]
     fn a_reply_too_large_for_a_frame_answers_its_request_with_the_failure() {

@@ -366,10 +366,17 @@ impl<R: RoomHub> Server<R> {
         }
         tasks.spawn(sweep(self.rooms.clone(), self.config.budget.sweep_interval(), shutdown.clone()));
         tasks.spawn(watch_certificate(self.reloader(), shutdown.clone()));
-        self.metrics.health.serving.store(true, std::sync::atomic::Ordering::Relaxed);
+        // A SIGTERM while the store opened cancelled `shutdown` already: then the server is never ready and takes
+        // no connection (it was marked serving, and the unbiased loop below took about every other handshake queued
+        // meanwhile before it saw the shutdown: a load balancer could add a node that was stopping).
+        if !shutdown.is_cancelled() {
+            self.metrics.health.serving.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut endpoint_lost = false;
         loop {
             tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else {
                         // quinn's driver ended on a socket error (it logged it): nothing more can be served. Drain as
@@ -400,7 +407,6 @@ impl<R: RoomHub> Server<R> {
                     };
                     tasks.spawn(connection::serve(id, Box::new(incoming), quic, admitted, shared, shutdown));
                 }
-                () = shutdown.cancelled() => break,
             }
         }
         // Not ready from now on (load balancers stop sending clients); refuse new connections; existing ones see

@@ -340,6 +340,36 @@ fn a_broker_that_may_evict_keys_is_allowed_when_the_operator_says_so() {
     });
 }
 
+/// A Redis user whose ACL leaves out `INFO` (least privilege on a managed Redis): whether it may evict keys cannot
+/// be checked, so the node is not ready and says why (it was ready: the check gave up in silence), unless
+/// `broker.allow_eviction` says the operator accepts it; once the user may run `INFO`, the node is ready.
+#[test]
+fn a_broker_user_refused_info_makes_the_node_not_ready_unless_eviction_is_allowed() {
+    if !redis_available("a_broker_user_refused_info_makes_the_node_not_ready_unless_eviction_is_allowed") {
+        return;
+    }
+    let redis = Redis::start();
+    let acl = |rules: &[&str]| {
+        let _: String = redis.query(redis::cmd("ACL").arg("SETUSER").arg("quiver").arg(rules)).unwrap();
+    };
+    acl(&["reset", "on", ">secret", "~*", "&*", "+@all", "-info"]);
+    let url = format!("redis://quiver:secret@127.0.0.1:{}", redis.url().rsplit(':').next().unwrap());
+    let (_tmp, dirs) = node_dirs(2);
+    let refused = start_node(&dirs[0], &url, &[]);
+    let allowed = start_node(&dirs[1], &url, &[("QUIVER_BROKER_ALLOW_EVICTION", "true")]);
+    let runtime = clients_runtime();
+    runtime.block_on(async {
+        wait_for("not ready", Duration::from_secs(10), || admin_status(refused.admin, "/readyz") == 503).await;
+        assert!(admin_get(refused.admin, "/readyz").contains("refuses INFO"));
+        wait_for("ready", Duration::from_secs(10), || admin_status(allowed.admin, "/readyz") == 200).await;
+        acl(&["+info"]);
+        wait_for("ready once INFO is granted", Duration::from_secs(10), || {
+            admin_status(refused.admin, "/readyz") == 200
+        })
+        .await;
+    });
+}
+
 /// `SCRIPT LOAD` calls Redis has run so far.
 fn script_loads(redis: &Redis) -> u64 {
     let info: String = redis.query(redis::cmd("INFO").arg("commandstats")).unwrap();

@@ -93,10 +93,7 @@ impl Broker {
             }
             let beating_since = *beating_since.get_or_insert_with(tokio::time::Instant::now);
             self.heartbeat_ok.store(true, Ordering::Relaxed);
-            if first {
-                first = false;
-                self.check_version().await;
-            }
+            first = false;
             refresh = true;
             if marked == 0 {
                 // Buried (or, after a lost reply, maybe never marked): the mark first, then the members again, so
@@ -126,12 +123,12 @@ impl Broker {
                 });
             }
             // Off the beat's path: a PING that takes the whole timeout must not delay the next beat.
-            // (And whether Redis may evict keys: an INFO that stalls must not delay the beat either.)
+            // (And what INFO says: an INFO that stalls must not delay the beat either.)
             if !checking_pubsub.swap(true, Ordering::Relaxed) {
                 let (me, flag) = (self.clone(), checking_pubsub.clone());
                 tokio::spawn(async move {
                     me.check_pubsub().await;
-                    me.check_eviction().await;
+                    me.check_broker().await;
                     flag.store(false, Ordering::Relaxed);
                 });
             }

@@ -99,6 +99,8 @@ pub struct Broker {
     too_old: AtomicBool,
     /// The Redis reached may evict keys (a `maxmemory` with a `maxmemory-policy` other than `noeviction`).
     evicting: AtomicBool,
+    /// The Redis reached refuses `INFO` (a user whose ACL leaves it out): whether it may evict keys is unknown.
+    info_refused: AtomicBool,
     hooks: Mutex<Hooks>,
     /// Cancelled when the current Pub/Sub connection stops answering PING: it is dropped and made again.
     pubsub_stale: Mutex<CancellationToken>,
@@ -157,6 +159,7 @@ impl Broker {
             heartbeat_ok: AtomicBool::new(false),
             too_old: AtomicBool::new(false),
             evicting: AtomicBool::new(false),
+            info_refused: AtomicBool::new(false),
             hooks: Mutex::new(Hooks::default()),
             pubsub_stale: Mutex::new(CancellationToken::new()),
             burying: Mutex::new(std::collections::HashSet::new()),
@@ -234,6 +237,10 @@ impl Broker {
         if self.evicting.load(Ordering::Relaxed) && !self.config.allow_eviction {
             return Err("the broker may evict keys (maxmemory-policy is not noeviction): a retried post could be \
                         stored twice once its dedupe key is evicted");
+        }
+        if self.info_refused.load(Ordering::Relaxed) && !self.config.allow_eviction {
+            return Err("the broker refuses INFO (its user's ACL leaves it out), so whether it may evict keys cannot \
+                        be checked: grant the user +info, or set broker.allow_eviction");
         }
         if !self.pubsub_up.load(Ordering::Relaxed) {
             return Err("the broker's Pub/Sub connection is down (Redis unreachable)");
@@ -395,27 +402,49 @@ impl Broker {
         }
     }
 
-    /// Refuses (not ready, logged) a Redis older than 7.0: every post would fail.
-    async fn check_version(&self) {
+    /// What `INFO` says of the Redis reached, at every heartbeat (off the beat's path): a version older than 7.0
+    /// (every post would fail: not ready, logged), and whether it may evict keys. With a `maxmemory` and any
+    /// `maxmemory-policy` but `noeviction`, the dedupe keys (the only ones with a TTL while a room has members, so
+    /// the first to go under the `volatile-*` policies) can vanish, and a post retried after a lost reply is then
+    /// stored twice; meta, log or member keys evicted lose a room's epoch or presence. The node reports itself not
+    /// ready meanwhile (`CONFIG SET` changes it at run time), and also while Redis refuses `INFO` (an ACL without
+    /// it: unknown is not safe), unless `broker.allow_eviction` is set. Each state clears when `INFO` says so: a
+    /// node started against Redis 6 is ready once Redis is upgraded in place (the version was checked once, at the
+    /// first beat, and a "too old" stayed for the process's life; a refused `INFO` left the node ready).
+    async fn check_broker(&self) {
         let mut conn = self.conn();
-        let Ok(info) = redis::cmd("INFO").arg("server").query_async::<String>(&mut conn).await else { return };
-        let version = info.lines().find_map(|line| line.strip_prefix("redis_version:")).unwrap_or("");
-        let major: u32 = version.split('.').next().and_then(|m| m.trim().parse().ok()).unwrap_or(0);
-        if major < 7 {
-            tracing::error!(version, "the broker is older than Redis 7.0: posts cannot be sequenced (SET … NX GET)");
-            self.too_old.store(true, Ordering::Relaxed);
+        let info = match redis::cmd("INFO").query_async::<String>(&mut conn).await {
+            Ok(info) => info,
+            // Refused by the server (NOPERM): the answer is an error reply, not a lost connection.
+            Err(err) if err.code().is_some() => {
+                if !self.info_refused.swap(true, Ordering::Relaxed) {
+                    match self.config.allow_eviction {
+                        false => tracing::error!(%err, "the broker refuses INFO: whether it may evict keys cannot be \
+                            checked; not ready until its user may run INFO (+info) or broker.allow_eviction is set"),
+                        true => tracing::warn!(%err, "the broker refuses INFO: whether it may evict keys cannot be \
+                            checked (allowed by broker.allow_eviction)"),
+                    }
+                }
+                return;
+            }
+            Err(_) => return, // unreachable: the heartbeat says so
+        };
+        if self.info_refused.swap(false, Ordering::Relaxed) {
+            tracing::info!("the broker answers INFO again");
         }
-    }
-
-    /// Whether Redis may evict keys: with a `maxmemory` and any `maxmemory-policy` but `noeviction`, the dedupe
-    /// keys (the only ones with a TTL while a room has members, so the first to go under the `volatile-*` policies)
-    /// can vanish, and a post retried after a lost reply is then stored twice; meta, log or member keys evicted
-    /// lose a room's epoch or presence. The node reports itself not ready meanwhile (checked at every heartbeat:
-    /// `CONFIG SET` changes it at run time).
-    async fn check_eviction(&self) {
-        let mut conn = self.conn();
-        let Ok(info) = redis::cmd("INFO").arg("memory").query_async::<String>(&mut conn).await else { return };
         let field = |name: &str| info.lines().find_map(|line| line.strip_prefix(name)).map(str::trim);
+        let version = field("redis_version:").unwrap_or("");
+        let major: u32 = version.split('.').next().and_then(|m| m.trim().parse().ok()).unwrap_or(0);
+        let too_old = major < 7;
+        if self.too_old.swap(too_old, Ordering::Relaxed) != too_old {
+            match too_old {
+                true => tracing::error!(
+                    version,
+                    "the broker is older than Redis 7.0: posts cannot be sequenced (SET … NX GET); not ready"
+                ),
+                false => tracing::info!(version, "the broker is Redis 7.0 or newer again"),
+            }
+        }
         let maxmemory: u64 = field("maxmemory:").and_then(|m| m.parse().ok()).unwrap_or(0);
         let policy = field("maxmemory_policy:").unwrap_or("noeviction");
         let evicting = maxmemory > 0 && policy != "noeviction";

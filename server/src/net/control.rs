@@ -353,6 +353,7 @@ pub(super) fn control<'a, R: RoomHub>(
                 (false, true, _) | (false, false, None) => Some(Instant::now()),
                 (false, false, since) => since,
             };
+            shrink_if_empty(&mut inbound);
             if !outbound.is_empty() {
                 // A client that stops reading its replies must not hold this loop (and with it the token's expiry and
                 // shutdown) for as long as it keeps the connection alive: it has `frame_timeout` to take them.
@@ -379,8 +380,21 @@ pub(super) fn control<'a, R: RoomHub>(
                 }
                 connection.probe().sent();
                 outbound.clear();
+                shrink_if_empty(&mut outbound);
             }
         }
+    }
+}
+
+/// What an empty control-stream buffer may keep of the room it once needed: one large request or reply (a Hello at
+/// `max_frame`, a History page) left its capacity for the connection's life, 64 to 128 KiB per idle connection
+/// that anyone could leave behind with one frame (a review's find).
+const KEPT_BUFFER: usize = 8 * 1024;
+
+/// Lets go of `buf`'s memory when it is empty and holds more than [`KEPT_BUFFER`].
+fn shrink_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > KEPT_BUFFER {
+        *buf = BytesMut::new();
     }
 }
 
@@ -389,4 +403,25 @@ pub(super) fn control<'a, R: RoomHub>(
 /// session again yet; a request on the stream waits for the same.
 fn copies_gated(violated: &CancellationToken, keys: &Keys, reloadable: bool) -> bool {
     violated.is_cancelled() || (reloadable && keys.has_changed().unwrap_or(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An emptied buffer that once held a large frame lets its memory go; a small one, or one with bytes in it,
+    /// keeps what it has.
+    #[test]
+    fn an_emptied_buffer_lets_a_large_capacity_go() {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        buf.extend_from_slice(&[1; 100]);
+        shrink_if_empty(&mut buf);
+        assert!(buf.capacity() >= 64 * 1024, "bytes in it: kept");
+        buf.clear();
+        shrink_if_empty(&mut buf);
+        assert_eq!(buf.capacity(), 0);
+        let mut small = BytesMut::with_capacity(KEPT_BUFFER);
+        shrink_if_empty(&mut small);
+        assert_eq!(small.capacity(), KEPT_BUFFER);
+    }
 }

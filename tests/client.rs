@@ -346,7 +346,7 @@ async fn a_close_of_the_clients_own_keeps_its_code_and_reason() {
 }
 
 /// Options that cannot work are refused before anything is tried: a zero `dead_server_after` dropped every
-/// connection at once, a zero `reconnect_delay` reconnected in a busy loop.
+/// connection at once, a zero `reconnect_delay` reconnected in a busy loop, a `Duration::MAX` panicked.
 #[tokio::test]
 async fn options_that_cannot_work_are_refused_up_front() {
     let server = TestServer::start(Limits::default());
@@ -354,6 +354,10 @@ async fn options_that_cannot_work_are_refused_up_front() {
         ConnectOptions { dead_server_after: Some(Duration::ZERO), ..ConnectOptions::default() },
         ConnectOptions { reconnect_delay: Duration::ZERO, ..ConnectOptions::default() },
         ConnectOptions { connect_timeout: Duration::ZERO, ..ConnectOptions::default() },
+        // (These panicked: doubled or added to a clock reading.)
+        ConnectOptions { connect_timeout: Duration::MAX, ..ConnectOptions::default() },
+        ConnectOptions { first_connect_retry: Some(Duration::MAX), ..ConnectOptions::default() },
+        ConnectOptions { dead_server_after: Some(Duration::MAX), ..ConnectOptions::default() },
     ];
     for options in tries {
         let options = ConnectOptions { trust: server.trust(), token: Some(server.token("a")), ..options };

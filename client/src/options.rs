@@ -9,7 +9,8 @@ use quiver_transport::TransportTuning;
 use crate::{error::TokenError, TrustOptions};
 
 /// How a client connects and reconnects. (Its `Debug` hides the token: an application that logs its client's
-/// options must not log a bearer token.)
+/// options must not log a bearer token.) Its durations are more than zero and at most a year
+/// ([`crate::ConnectError::Options`] otherwise; `None`, where an option takes it, means never).
 #[derive(Clone)]
 pub struct ConnectOptions {
     /// Which certificate to accept.

@@ -24,6 +24,9 @@ impl Drop for Unfinished {
     }
 }
 
+/// The longest duration an option takes: a year.
+const MAX_OPTION_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Driver {
     /// Resolves `server`, opens the first connection (which must succeed) and starts the client's tasks.
     pub(crate) async fn connect(server: &str, options: ConnectOptions) -> Result<Arc<Driver>, ConnectError> {
@@ -36,6 +39,22 @@ impl Driver {
             return Err(ConnectError::Options(
                 "reconnect_delay, reconnect_max_delay and connect_timeout must be more than zero".into(),
             ));
+        }
+        // Durations past a year mean "no limit" to whoever wrote them; added to a clock reading or doubled, the
+        // largest ones overflowed and panicked here (`Duration::MAX`).
+        let durations = [
+            ("connect_timeout", Some(options.connect_timeout)),
+            ("reconnect_delay", Some(options.reconnect_delay)),
+            ("reconnect_max_delay", Some(options.reconnect_max_delay)),
+            ("first_connect_retry", options.first_connect_retry),
+            ("dead_server_after", options.dead_server_after),
+            ("fallback_after", Some(options.fallback_after)),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_some_and(|d| d > MAX_OPTION_DURATION)) {
+            return Err(ConnectError::Options(format!(
+                "{name} is more than a year ({} s at most; None means never where the option takes it)",
+                MAX_OPTION_DURATION.as_secs()
+            )));
         }
         let options = options.with_dev_tokens().with_stable_name();
         let timeout = options.connect_timeout;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use quiver_client::{Client, ConnectOptions, ConnectionState, TrustOptions};
-use quiver_proto::Limits;
+use quiver_proto::{ErrorCode, Limits};
 use quiver_server::ServerConfig;
 use quiver_tests::TestServer;
 
@@ -83,6 +83,46 @@ async fn a_first_connect_refused_after_the_handshake_goes_on_to_the_next_server(
     assert_eq!(full.stats.snapshot().connections_over_total, 1, "the first server was tried and refused");
     client.close().await;
     full.stop().await;
+    good.stop().await;
+}
+
+/// A node that refuses the session (here: its token keys are not the cluster's, as mid-way through a rolling
+/// change) is passed over while another address is left, at the first connect and at a reconnect (the lost address
+/// is tried last, so the refuser first): before, its refusal ended the client though another node served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_refuses_the_session_is_passed_over_for_the_others() {
+    let good = TestServer::start(Limits::default());
+    // The same certificate (trusted), its own dev key (the client's token is not one it takes).
+    let dir = tempfile::tempdir().unwrap();
+    let tls = quiver_server::TlsSource::Pem {
+        cert: good.data_dir.path().join(quiver_certs::dev::CERT_FILE),
+        key: good.data_dir.path().join(quiver_certs::dev::KEY_FILE),
+    };
+    let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
+    let refuser = TestServer::start_with(ServerConfig { tls, ..dev }, dir);
+    let options = ConnectOptions {
+        trust: good.trust(),
+        token: Some(good.token("a")),
+        reconnect_delay: Duration::from_millis(20),
+        reconnect_max_delay: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    };
+    let servers = format!("{},{}", refuser.addr, good.addr);
+    let client = Client::connect_with(&servers, options).await.expect("the second server takes the session");
+    assert_eq!(client.server_addr(), good.addr);
+    assert!(refuser.stats.refusals(ErrorCode::TokenInvalid) >= 1, "the refuser was tried and refused");
+    let watch = client.state();
+    let good = good.restart(Limits::default()).await;
+    let seen = states_until(watch, |s| matches!(s, ConnectionState::Connected { reconnects: 1, .. })).await;
+    assert!(
+        seen.iter()
+            .any(|s| matches!(s, ConnectionState::Reconnecting { last_error, .. } if last_error.contains("refused"))),
+        "the refuser was tried on the way: {seen:?}"
+    );
+    assert_eq!(client.server_addr(), good.addr);
+    client.ping().await.unwrap();
+    client.close().await;
+    refuser.stop().await;
     good.stop().await;
 }
 

@@ -100,7 +100,8 @@ impl ConnectError {
     }
 
     /// True when trying again cannot help: the server refused the session (a token, the protocol version), or
-    /// its certificate is not the pinned one. A reconnecting client ends on these instead of retrying in silence.
+    /// its certificate is not the pinned one. A reconnecting client ends on these instead of retrying in silence,
+    /// once no other address of the server takes the session (a refusing node is passed over for the others).
     /// (Trust options that find no dev certificate yet are not fatal: the server may still be starting.)
     pub fn is_fatal(&self) -> bool {
         matches!(

@@ -174,6 +174,10 @@ impl Target {
         };
         let mut next_at = tokio::time::Instant::now();
         let mut first_error: Option<(usize, ConnectError)> = None;
+        // A fatal error from one address (its certificate not the pinned one) is the answer only once no other
+        // address connects: a cluster's node mid-way through a certificate change must not end the client while
+        // the others serve (the race stopped at it).
+        let mut fatal: Option<ConnectError> = None;
         loop {
             if attempts.is_empty() {
                 match pending.pop_front() {
@@ -189,9 +193,8 @@ impl Target {
                     Some(Ok((_, target, Ok(found)))) => return Ok((target, found)),
                     Some(Ok((i, _, Err(err)))) => {
                         if err.is_fatal() {
-                            return Err(err);
-                        }
-                        if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
+                            fatal.get_or_insert(err);
+                        } else if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
                             first_error = Some((i, err));
                         }
                         // A failure starts the next address at once.
@@ -211,7 +214,7 @@ impl Target {
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        Err(first_error.map_or(ConnectError::Timeout(timeout), |(_, err)| err))
+        Err(fatal.or(first_error.map(|(_, err)| err)).unwrap_or(ConnectError::Timeout(timeout)))
     }
 
     /// The QUIC handshake, with a pin mismatch reported as such.

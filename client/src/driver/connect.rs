@@ -104,9 +104,11 @@ impl Driver {
         // connection is already held by its reader tasks, and nothing else would ever close it.
         let mut unfinished = Unfinished { driver: driver.clone(), connection: None, finished: false };
         // A server that took the handshake but not the session (over its connection limit, going away, no answer
-        // to Hello in time) is not the end while another address is left: a cluster's other nodes are tried, each
+        // to Hello in time, or a refusal of it) is not the end while another address is left: a cluster's other nodes are tried, each
         // once, then (with `first_connect_retry`) all of them again after the backoff's pause.
         let mut refused = Vec::new();
+        // The refusal met so far, if any: the connect's error once no other address takes the session.
+        let mut fatal = None;
         let left = || budget.saturating_duration_since(tokio::time::Instant::now()).min(timeout);
         let connection = loop {
             let opened = tokio::time::timeout(left(), driver.open(link.clone())).await;
@@ -116,21 +118,38 @@ impl Driver {
                 Err(_) => ConnectError::Timeout(timeout),
             };
             link.close(ErrorCode::NoError, "session not opened; trying another server");
-            if err.is_fatal() || left().is_zero() {
-                return Err(err);
+            if left().is_zero() {
+                return Err(fatal.unwrap_or(err));
             }
             let addr = driver.target().addr;
-            tracing::info!(%addr, %err, "the server took the handshake but not the session");
             refused.push(addr);
+            // A refusal of the session (a token this node does not take, a protocol version it does not speak: a
+            // cluster mid-way through a rolling change) ends the connect only once no other address takes it.
+            let err = match err.is_fatal() {
+                true => {
+                    tracing::warn!(%addr, %err, "this server refused the session; trying the others");
+                    fatal = Some(err);
+                    None
+                }
+                false => {
+                    tracing::info!(%addr, %err, "the server took the handshake but not the session");
+                    Some(err)
+                }
+            };
             let next = match Target::once(server, &driver.options, &refused, left()).await {
                 Ok(found) => Ok(found),
                 // (Another node's certificate not the pinned one: said, not hidden behind this refusal.)
                 Err(other) if other.is_fatal() => return Err(other),
-                Err(_) if Target::pause(&err, deadline, &mut backoff).await => {
-                    refused.clear();
-                    Target::first(server, &driver.options, deadline, &mut backoff).await
-                }
-                Err(_) => return Err(err),
+                Err(other) => match (fatal.take(), err) {
+                    // Every other address failed too: the refusal is the answer, and trying again cannot help.
+                    (Some(refusal), _) => return Err(refusal),
+                    (None, Some(err)) if Target::pause(&err, deadline, &mut backoff).await => {
+                        refused.clear();
+                        Target::first(server, &driver.options, deadline, &mut backoff).await
+                    }
+                    (None, Some(err)) => return Err(err),
+                    (None, None) => return Err(other),
+                },
             };
             let (target, next_link) = next?;
             *lock(&driver.target) = Arc::new(target);

@@ -147,9 +147,13 @@ impl Driver {
 
     /// A reconnect: the servers resolved again and raced (the address just lost last, so that another node of a
     /// cluster is tried first), then the winner's session opened.
-    async fn reopen(&self) -> Result<Arc<Live>, ConnectError> {
+    async fn reopen(&self, avoid: &[std::net::SocketAddr]) -> Result<Arc<Live>, ConnectError> {
         let lost = self.target().addr;
         let mut targets = Target::resolve_all(&self.server, &self.options).await?;
+        // Not those that refused the session in this outage, while another is left.
+        if targets.iter().any(|t| !avoid.contains(&t.addr)) {
+            targets.retain(|t| !avoid.contains(&t.addr));
+        }
         if let Some(i) = targets.iter().position(|t| t.addr == lost) {
             let again = targets.remove(i);
             targets.push(again);
@@ -159,6 +163,19 @@ impl Driver {
             Target::connect(targets, &self.options, self.options.connect_timeout, websocket_first).await?;
         *lock(&self.target) = Arc::new(target);
         self.open(link).await
+    }
+
+    /// After a refusal of the session by the current target's address (its Hello answered with an error): notes it
+    /// in `refused_by`, and whether `server` still resolves to an address that has not refused.
+    async fn others_left(&self, refused_by: &mut Vec<std::net::SocketAddr>) -> bool {
+        let addr = self.target().addr;
+        if !refused_by.contains(&addr) {
+            refused_by.push(addr);
+        }
+        match Target::resolve_all(&self.server, &self.options).await {
+            Ok(targets) => targets.iter().any(|t| !refused_by.contains(&t.addr)),
+            Err(_) => false,
+        }
     }
 
     /// A new connection is up (`reconnect`: not the client's first): its Welcome and clock offset are noted, then
@@ -401,6 +418,8 @@ impl Driver {
             let mut last_error = format!("{}: {}", why.0, why.1);
             // Counted from this loss (the backoff's own count goes on across short-lived connections).
             let mut attempts_since_loss = 0;
+            // Addresses that refused the session in this outage: passed over while another is left.
+            let mut refused_by = Vec::new();
             let connection = loop {
                 let delay = backoff.next_delay(rand::random());
                 let attempt = attempts_since_loss;
@@ -415,7 +434,7 @@ impl Driver {
                     () = self.stop.cancelled() => return self.end((ErrorCode::NoError, "client dropped".into())),
                 }
                 let attempt = tokio::select! {
-                    attempt = tokio::time::timeout(self.options.connect_timeout, self.reopen()) => attempt,
+                    attempt = tokio::time::timeout(self.options.connect_timeout, self.reopen(&refused_by)) => attempt,
                     () = self.stop.cancelled() => return self.end((ErrorCode::NoError, "client dropped".into())),
                 };
                 match attempt {
@@ -427,9 +446,21 @@ impl Driver {
                         tracing::info!(code = %why.0, reason = %why.1, "connection lost while its clock was measured");
                         last_error = format!("{}: {}", why.0, why.1);
                     }
+                    // (A certificate mismatch comes only once every address was raced: none is left then.)
+                    Ok(Err(err))
+                        if err.is_fatal()
+                            && !matches!(err, ConnectError::PinMismatch { .. })
+                            && self.others_left(&mut refused_by).await =>
+                    {
+                        // This node refused the session (a token it does not take, a version it does not speak:
+                        // a cluster mid-way through a rolling change): the others are tried. Before, the first
+                        // refusal ended the client though other nodes served.
+                        tracing::warn!(%err, "reconnect refused by this server; trying the others");
+                        last_error = err.to_string();
+                    }
                     Ok(Err(err)) if err.is_fatal() => {
                         // Trying again cannot help (a refused token or version, a certificate that is not the
-                        // pinned one): the client ends and says why.
+                        // pinned one, from every address): the client ends and says why.
                         tracing::error!(%err, "reconnect refused; the client ends");
                         let code = match &err {
                             ConnectError::Refused(failure) => failure.code,

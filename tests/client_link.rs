@@ -338,3 +338,27 @@ async fn at_max_rooms_a_join_right_after_dropping_a_room_waits_for_its_leave() {
     assert_eq!(room.name(), "room-200");
     server.stop().await;
 }
+
+/// A join, subscribe or claim the application gave up (its own timeout), with the client then dropped, ends the
+/// client: its connection closes. The call's task held a whole handle on the client, which kept it running (its
+/// tasks, its connection and keep-alives) for as long as the server did not answer: for ever, here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dropped_after_giving_up_a_call_closes_its_connection() {
+    for call in ["join", "subscribe", "publisher"] {
+        let (dir, endpoint, addr) = fake_endpoint();
+        // Answers Hello and Pings (the connect's clock), nothing else.
+        let server = tokio::spawn(mute_after_welcome(endpoint, tokio::sync::oneshot::channel().0, true));
+        let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+        let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
+        let wait = Duration::from_millis(200);
+        let given_up = match call {
+            "join" => tokio::time::timeout(wait, client.join("r")).await.is_err(),
+            "subscribe" => tokio::time::timeout(wait, client.subscribe("c")).await.is_err(),
+            _ => tokio::time::timeout(wait, client.publisher("c")).await.is_err(),
+        };
+        assert!(given_up, "{call}: the mute server answered");
+        drop(client);
+        let closed = tokio::time::timeout(Duration::from_secs(5), server).await;
+        closed.unwrap_or_else(|_| panic!("{call}: the connection stayed open")).unwrap();
+    }
+}

@@ -93,7 +93,7 @@ impl Client {
     /// Subscribes to a tick channel. Resubscribed on its own after a reconnect (also when the connection drops
     /// before the server's answer: the subscribe is sent again on the next connection).
     pub async fn subscribe(&self, channel: &str) -> Result<TickSubscription, RequestError> {
-        self.handle.driver.subscribe(channel, self.handle.clone()).await
+        self.handle.driver.subscribe(channel, self.handle.downgrade()).await
     }
 
     /// Claims the right to publish on a tick channel. Claimed again on its own after a reconnect (the claim, too, is
@@ -112,7 +112,7 @@ impl Client {
     ) -> Result<TickPublisher, RequestError> {
         // Whole milliseconds, rounded up (the server refuses 0: a max age below 1 ms asks for 1 ms).
         let max_age_ms = max_age.map(|d| u32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u32::MAX).max(1));
-        self.handle.driver.publisher(channel, max_age_ms, self.handle.clone()).await
+        self.handle.driver.publisher(channel, max_age_ms, self.handle.downgrade()).await
     }
 
     /// One Ping/Pong round trip on the control stream.
@@ -149,13 +149,13 @@ impl Client {
         // join, and the room it may have joined meanwhile is left (its `Room` dropped).
         let leaving = CancellationToken::new();
         let given_up = leaving.clone().drop_guard();
-        let (handle, room) = (self.handle.clone(), room.to_string());
+        let (handle, room) = (self.handle.downgrade(), room.to_string());
         let joined = self
             .handle
             .driver
             .detached(move |driver| async move {
                 let (entry, events, read) = driver.join(&room, options, leaving).await?;
-                Ok(Room { entry, events, handle, read })
+                Ok(Room { entry, events, handle: handle.upgrade()?, read })
             })
             .await;
         given_up.disarm();

@@ -114,14 +114,14 @@ impl Driver {
     pub(crate) async fn subscribe(
         &self,
         channel: &str,
-        handle: super::DriverHandle,
+        handle: super::WeakHandle,
     ) -> Result<crate::TickSubscription, RequestError> {
         let channel = channel.to_string();
         self.detached(move |driver| async move {
             let (ticks, channel) = (&driver.ticks, &channel);
             let subscribe = |live: Arc<Live>| async move { Ok((ticks.subscribe(&*live, channel).await?, live)) };
             let ((entry, asked), live) = driver.across_reconnects(subscribe, || false).await?;
-            let subscription = crate::TickSubscription { entry, handle };
+            let subscription = crate::TickSubscription { entry, handle: handle.upgrade()? };
             // (A subscription shared without asking is the reconnect's to put back, as any confirmed one.)
             if let Some(current) = driver.replaced(&live).filter(|_| asked) {
                 let again = subscription.entry.clone();
@@ -143,7 +143,7 @@ impl Driver {
         &self,
         channel: &str,
         max_age_ms: Option<u32>,
-        handle: super::DriverHandle,
+        handle: super::WeakHandle,
     ) -> Result<crate::TickPublisher, RequestError> {
         let channel = channel.to_string();
         self.detached(move |driver| async move {
@@ -151,7 +151,7 @@ impl Driver {
             let claim =
                 |live: Arc<Live>| async move { Ok((ticks.publisher(&*live, channel, max_age_ms).await?, live)) };
             let (entry, live) = driver.across_reconnects(claim, || false).await?;
-            let publisher = crate::TickPublisher { entry, handle };
+            let publisher = crate::TickPublisher { entry, handle: handle.upgrade()? };
             if let Some(current) = driver.replaced(&live) {
                 // As a subscribe's (above): claims are idempotent too.
                 let (again, order) = (publisher.entry.clone(), driver.ticks.claim_order());

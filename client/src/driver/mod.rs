@@ -76,6 +76,30 @@ impl DriverHandle {
         let guard = Arc::new(StopOnDrop(driver.stop.clone()));
         DriverHandle { driver, _guard: guard }
     }
+
+    /// A handle for a call's detached task (a join, a subscribe, a claim) that does not keep the client running.
+    /// A task holding a whole one kept the client (its tasks, its connection, keep-alives and all) alive after the
+    /// application gave up the call and dropped every handle, for as long as the server did not answer.
+    pub(crate) fn downgrade(&self) -> WeakHandle {
+        WeakHandle { driver: self.driver.clone(), guard: Arc::downgrade(&self._guard) }
+    }
+}
+
+/// [`DriverHandle::downgrade`].
+#[derive(Debug)]
+pub(crate) struct WeakHandle {
+    driver: Arc<Driver>,
+    guard: std::sync::Weak<StopOnDrop>,
+}
+
+impl WeakHandle {
+    /// The handle again, or `Closed` when the application dropped every one meanwhile (the client has ended).
+    pub(crate) fn upgrade(&self) -> Result<DriverHandle, RequestError> {
+        match self.guard.upgrade() {
+            Some(guard) => Ok(DriverHandle { driver: self.driver.clone(), _guard: guard }),
+            None => Err(RequestError::closed((ErrorCode::NoError, "client dropped".into()))),
+        }
+    }
 }
 
 #[derive(Debug)]

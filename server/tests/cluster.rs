@@ -364,6 +364,44 @@ fn without_an_age_bound_an_empty_rooms_history_does_not_expire() {
     });
 }
 
+/// A room gone quiet keeps no message older than `history_max_age_s` for History or a resume, though a member
+/// keeps it (its keys have no expiry then) and no post came to trim its stream: before, History returned them and
+/// a resume from before them was `recovered`, days later.
+#[test]
+fn a_quiet_rooms_messages_past_the_age_bound_are_not_served() {
+    if !redis_available("a_quiet_rooms_messages_past_the_age_bound_are_not_served") {
+        return;
+    }
+    let Cluster { redis: _redis, dirs, nodes, runtime, _tmp } = cluster(1, &[("QUIVER_LIMITS_HISTORY_MAX_AGE_S", "1")]);
+    runtime.block_on(async {
+        let member = Client::connect_with(&nodes[0].addr, options(&dirs[0], "member")).await.unwrap();
+        let mut room = member.join("quiet").await.unwrap();
+        for i in 1..=3 {
+            assert_eq!(member.post("quiet", format!("old {i}")).await.unwrap(), i);
+        }
+        while room.position().is_none_or(|p| p.seq < 3) {
+            tokio::time::timeout(Duration::from_secs(10), room.next()).await.expect("delivered");
+        }
+        let epoch = room.position().unwrap().epoch;
+        assert_eq!(member.history("quiet", None, 10).await.unwrap().messages.len(), 3, "retained for now");
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert!(member.history("quiet", None, 10).await.unwrap().messages.is_empty(), "aged out of History");
+        let reader = Client::connect_with(&nodes[0].addr, options(&dirs[0], "reader")).await.unwrap();
+        let mut resumed = reader.join_from("quiet", quiver_proto::Position { epoch, seq: 0 }).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), resumed.next()).await.unwrap();
+        assert!(
+            matches!(first, Some(RoomEvent::Resumed { recovered: false, .. })),
+            "the aged messages are not the room's any more: {first:?}"
+        );
+        // Newer messages are served as ever.
+        assert_eq!(member.post("quiet", "new").await.unwrap(), 4);
+        let page = member.history("quiet", None, 10).await.unwrap();
+        assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [4]);
+        reader.close().await;
+        member.close().await;
+    });
+}
+
 /// A TCP relay to Redis that can be cut: while cut, it holds what it reads instead of forwarding it (a partition:
 /// connections stay open, nothing gets through, and what was sent arrives once it heals).
 struct Partition {

@@ -133,13 +133,19 @@ struct Plan {
     rest: Option<(u64, u64)>,
 }
 
+/// Whether `entry` is older than `history_max_age_s` at `now_us`: no longer retained, though Redis may still hold
+/// it (its stream is trimmed by age only as posts come, [`super::scripts`]' POST, so a room gone quiet kept serving
+/// its aged messages to History and to resumes, `recovered` and all, until its keys expired; a review's find).
+fn aged(ctx: &Ctx, entry: &Entry, now_us: u64) -> bool {
+    ctx.limits.history_max_age_us().is_some_and(|max_age| entry.event.time_us.saturating_add(max_age) < now_us)
+}
+
 async fn plan(
     ctx: &Ctx,
     conn: &mut redis::aio::ConnectionManager,
-    log: &str,
-    epoch: u64,
-    seq: u64,
+    (log, epoch, seq): (&str, u64, u64),
     since: Option<Position>,
+    now_us: u64,
 ) -> redis::RedisResult<Plan> {
     let Some(since) = since else { return Ok(Plan { recovered: true, first: Vec::new(), rest: None }) };
     if since.epoch == epoch && since.seq <= seq {
@@ -147,13 +153,15 @@ async fn plan(
             return Ok(Plan { recovered: true, first: Vec::new(), rest: None });
         }
         let first = stream::range(conn, log, since.seq, seq, stream::PAGE, &ctx.codec).await?;
-        if first.first().is_some_and(|e| e.seq() == since.seq.saturating_add(1)) {
+        // (The entries after a retained one are newer: retained too.)
+        if first.first().is_some_and(|e| e.seq() == since.seq.saturating_add(1) && !aged(ctx, e, now_us)) {
             let last = first.last().map_or(seq, Entry::seq);
             let rest = (last < seq).then_some((last, seq));
             return Ok(Plan { recovered: true, first, rest });
         }
     }
-    let first = stream::latest(conn, log, seq, ctx.limits.gap_replay as usize, &ctx.codec).await?;
+    let mut first = stream::latest(conn, log, seq, ctx.limits.gap_replay as usize, &ctx.codec).await?;
+    first.retain(|e| !aged(ctx, e, now_us));
     Ok(Plan { recovered: false, first, rest: None })
 }
 
@@ -211,7 +219,8 @@ impl RoomHub for RedisRooms {
             join_script(ctx, keys, &identity, subscriber, now_us).await.map_err(|err| ctx.unavailable(err))?;
         let mut conn = ctx.broker.conn();
         let epoch: u64 = epoch.parse().map_err(|_| Failure::new(ErrorCode::Internal, "unreadable room epoch"))?;
-        let plan = plan(ctx, &mut conn, &keys.log, epoch, seq, since).await.map_err(|err| ctx.unavailable(err))?;
+        let plan =
+            plan(ctx, &mut conn, (&keys.log, epoch, seq), since, now_us).await.map_err(|err| ctx.unavailable(err))?;
         members.sort();
         let mut joined = Joined {
             room: name.clone(),
@@ -381,7 +390,7 @@ impl RoomHub for RedisRooms {
         since: Option<u64>,
         limit: u32,
         budget: usize,
-        _now_us: u64,
+        now_us: u64,
     ) -> Result<HistoryPage, Failure> {
         let ctx = &self.ctx;
         let keys = RoomKeys::new(room);
@@ -399,13 +408,27 @@ impl RoomHub for RedisRooms {
         let epoch = epoch.parse().map_err(|_| Failure::new(ErrorCode::Internal, "unreadable room epoch"))?;
         // One more than asked tells whether there is more; a page never reads more than 1,024 entries.
         let count = (limit as usize).saturating_add(1).min(1024);
-        let (entries, read) = stream::range_read(&mut conn, &keys.log, since.unwrap_or(0), seq, count, &ctx.codec)
-            .await
-            .map_err(|err| ctx.unavailable(err))?;
+        let mut from = since.unwrap_or(0);
+        let (entries, read) = loop {
+            let (entries, read) = stream::range_read(&mut conn, &keys.log, from, seq, count, &ctx.codec)
+                .await
+                .map_err(|err| ctx.unavailable(err))?;
+            // A whole read of aged messages (a room gone quiet after many): past them, at most 64 reads.
+            match entries.last() {
+                Some(last) if read == count && entries.iter().all(|e| aged(ctx, e, now_us)) && from < last.seq() => {
+                    from = last.seq();
+                    if from - since.unwrap_or(0) > 64 * count as u64 {
+                        break (Vec::new(), 0);
+                    }
+                }
+                _ => break (entries, read),
+            }
+        };
         // A full read (cut short by `limit` + 1 or by the 1,024 cap) may leave more unread, also when some of its
         // entries did not decode and were skipped.
         let (mut messages, mut used, mut more) = (Vec::new(), 0, read == count);
-        for (i, entry) in entries.into_iter().enumerate() {
+        // Aged messages are no longer retained ([`aged`]): left out, and not counted against `limit`.
+        for (i, entry) in entries.into_iter().filter(|e| !aged(ctx, e, now_us)).enumerate() {
             if i == limit as usize || used + entry.frame.len() > budget {
                 more = true;
                 break;

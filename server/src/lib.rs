@@ -39,6 +39,8 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod net;
+#[cfg(unix)]
+pub mod notify;
 pub mod post_copies;
 pub mod rate;
 pub mod session;

@@ -509,6 +509,18 @@ async fn run<R: RoomHub>(
     if let Some(admin) = server.admin_addr() {
         say(&format!("admin http://{admin}/metrics /healthz /readyz"));
     }
+    #[cfg(unix)]
+    if let Some(notifier) = quiver_server::notify::Notifier::from_env().map(Arc::new) {
+        // (Serving from the run's first step; a SIGTERM meanwhile drains it at once.)
+        notifier.send("READY=1");
+        let (metrics, pinger) = (server.metrics(), notifier.clone());
+        tokio::spawn(async move { pinger.keep_alive(|| metrics.alive()).await });
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            notifier.send("STOPPING=1");
+        });
+    }
     let summary = server.run(shutdown).await;
     say(&summary.to_string());
     if summary.endpoint_lost {

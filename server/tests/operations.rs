@@ -156,6 +156,32 @@ async fn sigterm_with_stderr_a_closed_pipe_drains_and_exits() {
     assert!(server.line_starting("  posts").contains("1 ("));
 }
 
+/// Under systemd (`Type=notify`, `WatchdogSec=`): `READY=1` once the server serves, `WATCHDOG=1` while it is alive,
+/// `STOPPING=1` at SIGTERM (deploy/quiver.service; the watchdog is what restarts a server whose store failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_server_says_ready_pings_the_watchdog_and_says_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let data = dir.path().join("data");
+    let args = ["--listen", "127.0.0.1:0", "--no-web", "--data-dir", data.to_str().unwrap()];
+    let env = [("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "200000")];
+    let mut server = Running::start(&args, &env, Stdio::null());
+    let next = || {
+        let mut buf = [0u8; 64];
+        let n = systemd.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    assert_eq!(next(), "WATCHDOG=1");
+    assert_eq!(next(), "WATCHDOG=1", "every 100 ms (half of WATCHDOG_USEC)");
+    server.signal("TERM");
+    let stopping = (0..100).map(|_| next()).find(|state| state != "WATCHDOG=1");
+    assert_eq!(stopping.as_deref(), Some("STOPPING=1"));
+    assert!(server.exit_within(Duration::from_secs(15)).success());
+}
+
 /// A certificate and key (PEM) for localhost, written into `dir` as cert.pem and key.pem; its fingerprint.
 fn write_cert(dir: &Path) -> quiver_certs::Fingerprint {
     let scratch = tempfile::tempdir().unwrap();

@@ -328,6 +328,7 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
             },
             () = stop.requested() => {
                 interrupted = true;
+                unacknowledged = posts.len();
                 break;
             }
             () = async {
@@ -363,8 +364,12 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     }
     let _ = tokio::time::timeout(GOODBYE, room.leave()).await;
     let _ = tokio::time::timeout(GOODBYE, client.close()).await;
-    if let (true, Some(after)) = (unacknowledged > 0, limit) {
-        return Err(CliError::PostsUnacknowledged { left: unacknowledged, after });
+    // Stopped or timed out with posts in flight: a script must not read exit 0 as "all stored".
+    match (unacknowledged, interrupted, limit) {
+        (0, _, _) => {}
+        (left, true, _) => return Err(CliError::PostsInterrupted { left }),
+        (left, false, Some(after)) => return Err(CliError::PostsUnacknowledged { left, after }),
+        (_, false, None) => {}
     }
     match failed {
         0 => Ok(()),

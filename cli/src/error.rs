@@ -99,6 +99,9 @@ pub(crate) enum CliError {
          have been stored"
     )]
     PostsUnacknowledged { left: usize, after: std::time::Duration },
+    /// `quiver chat` stopped (a signal, or its output's reader gone) with posts not acknowledged yet.
+    #[error("stopped with {left} posts not acknowledged: they may or may not have been stored")]
+    PostsInterrupted { left: usize },
     /// `quiver chat`: posts refused (each said on stderr, or as a `post_failed` line).
     #[error("{failed} of {posted} posts failed (see above)")]
     PostsFailed { failed: u64, posted: u64 },

@@ -375,6 +375,45 @@ async fn chat_gives_up_on_posts_and_a_join_nobody_answers_after_its_timeout() {
     mute.abort();
 }
 
+/// `quiver chat` stopped (Ctrl-C, a supervisor's SIGTERM) with posts not acknowledged fails naming how many: it
+/// exited 0, and a script read that as every line stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_stopped_with_posts_not_acknowledged_fails_naming_them() {
+    let server = TestServer::start(Limits::default());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["chat", "--room", "town", "--name", "ann", "--json", "--server"])
+        .arg(server.addr.to_string())
+        .arg("--data-dir")
+        .arg(server.data_dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(next(&mut lines).await["state"], "connected", "joined");
+    server.stop().await;
+    // The post waits for a server that is gone (queued, reconnecting); stdin stays open.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"never acknowledged\n").await.unwrap();
+    stdin.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    interrupt_pid(child.id().unwrap());
+    // (Drained on a task: the chat's reconnecting lines must not fill the pipe.)
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut stderr = String::new();
+    let mut err = child.stderr.take().unwrap();
+    let exited = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::io::AsyncReadExt::read_to_string(&mut err, &mut stderr).await.unwrap();
+        child.wait().await.unwrap()
+    });
+    let status = exited.await.expect("chat exits after the signal");
+    assert!(!status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("stopped with 1 posts not acknowledged"), "{stderr}");
+    drop(stdin);
+}
+
 /// SIGINT to `pid`, as Ctrl-C sends (through nix: the `kill` program is procps', not on every machine).
 #[cfg(unix)]
 fn interrupt_pid(pid: u32) {

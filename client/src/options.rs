@@ -28,7 +28,10 @@ pub struct ConnectOptions {
     /// `exp`). When neither `token` nor this is set and `trust` is `TrustOptions::Auto` with a data directory that
     /// holds the server's dev key, a dev token is minted from it (same machine, development).
     pub token_provider: Option<TokenProvider>,
-    /// Time allowed for QUIC handshake plus Hello/Welcome, and for a request to wait for a connection.
+    /// Time allowed for the QUIC handshake, and again for Hello/Welcome (the first connect, failing over to the
+    /// other addresses included, takes at most twice this unless `first_connect_retry` allows more), then for the
+    /// first clock Ping's answer (a connect to a server that welcomes and then hangs returns after up to three
+    /// times this); and how long a request waits for a connection while the client reconnects.
     pub connect_timeout: Duration,
     /// Reconnect after losing the connection (true by default). When false, a lost connection ends the client.
     pub reconnect: bool,

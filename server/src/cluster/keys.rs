@@ -126,7 +126,7 @@ pub fn node_ticks(node: &str) -> String {
     format!("q:node:{node}:ticks")
 }
 
-/// `q:node:<node>:mark`: set by the node, deleted when it is buried.
+/// `q:{nodes}:mark:<node>`: set by the node, deleted when it is buried.
 pub fn node_mark(node: &str) -> String {
     format!("q:{{nodes}}:mark:{node}")
 }

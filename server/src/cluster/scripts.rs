@@ -43,7 +43,7 @@ end
 /// rate limit made a key per post for the whole window (about 150 bytes each: a Redis filled by one address). The age
 /// limit is applied on Redis' clock (`TIME`, every 8th post), not the posting node's: a node whose clock runs
 /// ahead would otherwise cut the other nodes' recent messages.
-/// Six calls in the common case (each costs Redis ~10 µs on this VM: the script is kept short on purpose): the
+/// Seven calls in the common case (each costs Redis ~10 µs on this VM: the script is kept short on purpose): the
 /// dedupe key is claimed with the seq it would get (`SET NX GET`), and the stream's existence is checked by
 /// `XADD NOMKSTREAM` rather than by a separate `EXISTS`.
 const POST: &str = r#"

@@ -15,7 +15,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// Largest request head read; anything longer is refused with 431.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
+pub(crate) const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// Time a client has to send its request head: a probe or a browser sends it at once; a peer trickling bytes
 /// holds its connection this long at most.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(3);

@@ -35,8 +35,9 @@ use crate::{
     ServerConfig,
 };
 
-/// Largest request head read before the upgrade; a longer one is refused with 431.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
+// Largest request head read before the upgrade (the demo page's own listener's, one limit for both); a longer one
+// is refused with 431.
+use crate::http::MAX_REQUEST_HEAD;
 /// How long a new connection has to send its first byte.
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a closed connection's close message gets to leave.

@@ -91,6 +91,15 @@ impl Admin {
         let listener = crate::http::bind(addr).map_err(|err| ServerError::Admin(addr, err))?;
         let addr = listener.local_addr().map_err(|err| ServerError::Admin(addr, err))?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|err| ServerError::Admin(addr, err))?;
+        if !addr.ip().is_loopback() {
+            // (Meant for a private network or a container's own interface; its Host check admits any IP literal,
+            // so it is no protection once the port is reachable from the internet.)
+            tracing::warn!(
+                %addr,
+                "the admin listener (/metrics, /healthz, /readyz) is bound beyond loopback: keep its port off the \
+                 public internet (a firewall, or a private network only)"
+            );
+        }
         let stop = CancellationToken::new();
         let hosts = Arc::new(hosts.to_vec());
         let task = tokio::spawn(crate::admin::serve(listener, metrics.clone(), hosts, (stop.clone(), bounds)));

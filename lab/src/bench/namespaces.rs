@@ -40,10 +40,30 @@ pub(crate) fn loopback(profile: Option<&ImpairmentProfile>) -> EmulatorReport {
     serde_json::json!({ "kind": if impaired(profile) { "udp relay" } else { "none (loopback)" } })
 }
 
-/// How long replies may still arrive after the last send: 1 s plus 4× the path's delay and jitter.
+/// A direction's counters in a run's record: every one, the rate limiter's drops and the reorders included (they
+/// were left out, so a rate-limited run's series lost more than its link said it dropped, unexplained).
+fn link_json(d: &crate::impair::LinkStats) -> serde_json::Value {
+    serde_json::json!({
+        "passed": d.passed,
+        "dropped": d.dropped,
+        "queue_dropped": d.queue_dropped,
+        "duplicated": d.duplicated,
+        "reordered": d.reordered,
+        "delayed": d.delayed,
+    })
+}
+
+/// How long replies may still arrive after the last send: 1 s plus 4× the path's delay and jitter, plus what a
+/// rate-limited direction's full queue takes to empty (`queue_bytes` at `rate_kbps`: 2 s for the default 64 KiB at
+/// 256 kbit/s, whose replies still queued at the end counted as lost).
 pub(crate) fn drain(profile: Option<&ImpairmentProfile>) -> Duration {
     let path_ms = profile.map_or(0.0, |p| p.up.delay_ms + p.up.jitter_ms + p.down.delay_ms + p.down.jitter_ms);
-    Duration::from_millis(1000) + Duration::from_secs_f64(path_ms * 4.0 / 1000.0)
+    let queue_ms = |d: &crate::impair::DirectionProfile| match d.rate_kbps > 0.0 {
+        true => d.queue_bytes as f64 * 8.0 / d.rate_kbps,
+        false => 0.0,
+    };
+    let queues_ms = profile.map_or(0.0, |p| queue_ms(&p.up) + queue_ms(&p.down));
+    Duration::from_millis(1000) + Duration::from_secs_f64((path_ms * 4.0 + queues_ms) / 1000.0)
 }
 
 /// Starts the emulated link with `profile` on `backend`, runs `servers(ip)` in the server namespace and then
@@ -97,7 +117,7 @@ where
     let direction = |d: crate::impair::LinkStats| match backend {
         // netem's counters stay in the kernel: unknown rather than zero.
         Backend::Netem => serde_json::Value::Null,
-        Backend::Tun => serde_json::json!({ "passed": d.passed, "dropped": d.dropped, "duplicated": d.duplicated }),
+        Backend::Tun => link_json(&d),
     };
     let mut emulator = serde_json::json!({
         "kind": format!("netns ({})", backend.name()),
@@ -138,3 +158,28 @@ fn flatten<T>(joined: Result<Result<T, BenchError>, tokio::task::JoinError>) -> 
 
 /// The address the clients' sockets bind to: any (the namespace has one route, to the server).
 pub(crate) const CLIENT_BIND: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rate-limited direction's full queue is waited out too: 64 KiB at 256 kbit/s is 2 s more (replies still
+    /// queued at the end counted as lost, behind a 1 s drain).
+    #[test]
+    fn the_drain_waits_out_a_rate_limited_queue() {
+        let clean = drain(None);
+        assert_eq!(clean, Duration::from_secs(1));
+        let mut profile = ImpairmentProfile::default();
+        profile.down.rate_kbps = 256.0;
+        profile.down.queue_bytes = 64 * 1024;
+        let drained = drain(Some(&profile));
+        assert!(drained >= Duration::from_millis(3_048), "{drained:?}");
+    }
+
+    #[test]
+    fn a_runs_link_record_has_every_counter() {
+        let stats = crate::impair::LinkStats { queue_dropped: 3, reordered: 2, ..Default::default() };
+        let json = link_json(&stats);
+        assert_eq!((json["queue_dropped"].as_u64(), json["reordered"].as_u64()), (Some(3), Some(2)));
+    }
+}

@@ -66,8 +66,9 @@ pub struct Link {
     rng: StdRng,
     /// Gilbert model: in the bad (losing) state.
     bad: bool,
-    /// When the rate limiter's transmitter is free again.
-    free_at_us: u64,
+    /// When the rate limiter's transmitter is free again, in µs (fractional: each packet's transmit time rounded
+    /// up to a whole µs carried 20 % less than asked at 1 Gbit/s with 100-byte packets).
+    free_at_us: f64,
     /// The latest delivery time scheduled so far.
     last_delivery_us: u64,
     stats: LinkStats,
@@ -80,7 +81,7 @@ impl Link {
             profile,
             rng: StdRng::seed_from_u64(seed),
             bad: false,
-            free_at_us: 0,
+            free_at_us: 0.0,
             last_delivery_us: 0,
             stats: LinkStats::default(),
         }
@@ -115,24 +116,27 @@ impl Link {
             self.stats.dropped += 1;
             return Fate::Drop(DropReason::Loss);
         }
-        // Rate limit: the packet leaves the bottleneck once everything queued before it has been sent.
-        let mut departs_us = now_us;
-        if self.profile.rate_kbps > 0.0 {
-            let start = self.free_at_us.max(now_us);
-            let backlog_bytes = (start - now_us) as f64 * self.profile.rate_kbps / 8_000.0;
-            if backlog_bytes + len as f64 > self.profile.queue_bytes as f64 {
-                self.stats.queue_dropped += 1;
-                return Fate::Drop(DropReason::Queue);
-            }
-            let transmit_us = (len as f64 * 8_000.0 / self.profile.rate_kbps).ceil() as u64;
-            self.free_at_us = start + transmit_us;
-            departs_us = self.free_at_us;
-        }
+        // Every other random choice is drawn before the rate limiter's, which depends on when packets arrive (the
+        // wall clock): a queue drop that returned before them shifted every later choice, so a seed did not repeat
+        // a rate-limited run.
         let skip_delay = self.chance(self.profile.reorder_pct);
         let mut delay_us = if skip_delay { 0.0 } else { self.profile.delay_ms * 1000.0 };
         if self.profile.jitter_ms > 0.0 && !skip_delay {
             let jitter = self.profile.jitter_ms * 1000.0;
             delay_us = (delay_us + self.rng.gen_range(-jitter..=jitter)).max(0.0);
+        }
+        let duplicate = self.chance(self.profile.duplicate_pct);
+        // Rate limit: the packet leaves the bottleneck once everything queued before it has been sent.
+        let mut departs_us = now_us;
+        if self.profile.rate_kbps > 0.0 {
+            let start = self.free_at_us.max(now_us as f64);
+            let backlog_bytes = (start - now_us as f64) * self.profile.rate_kbps / 8_000.0;
+            if backlog_bytes + len as f64 > self.profile.queue_bytes as f64 {
+                self.stats.queue_dropped += 1;
+                return Fate::Drop(DropReason::Queue);
+            }
+            self.free_at_us = start + len as f64 * 8_000.0 / self.profile.rate_kbps;
+            departs_us = self.free_at_us.ceil() as u64;
         }
         let mut at_us = departs_us + delay_us.round() as u64;
         if !self.profile.jitter_reorders && !skip_delay {
@@ -141,7 +145,7 @@ impl Link {
         }
         let reordered = at_us < self.last_delivery_us;
         self.last_delivery_us = self.last_delivery_us.max(at_us);
-        let duplicate_at_us = self.chance(self.profile.duplicate_pct).then_some(at_us);
+        let duplicate_at_us = duplicate.then_some(at_us);
         self.stats.passed += 1;
         self.stats.reordered += u64::from(reordered);
         self.stats.duplicated += u64::from(duplicate_at_us.is_some());
@@ -168,6 +172,54 @@ mod tests {
         let mean = N as f64 * p;
         let sd = (N as f64 * p * (1.0 - p)).sqrt();
         (count as f64 - mean).abs() <= 5.0 * sd
+    }
+
+    /// A seed repeats a rate-limited run: a queue drop (which depends on arrival times) no longer shifts the random
+    /// choices after it. Two runs, the second with two packets arriving early enough to be queue-dropped: the
+    /// losses after them are the same packets.
+    #[test]
+    fn a_queue_drop_does_not_shift_the_random_choices_after_it() {
+        let profile = DirectionProfile {
+            loss_pct: 20.0,
+            jitter_ms: 2.0,
+            duplicate_pct: 5.0,
+            rate_kbps: 800.0,
+            queue_bytes: 150,
+            ..DirectionProfile::default()
+        };
+        let losses = |early: bool| {
+            let mut link = Link::new(profile.clone(), 7);
+            let mut lost = Vec::new();
+            for i in 0..2_000u64 {
+                let at = if early && (i == 10 || i == 11) { 9 * 2_000 } else { i * 2_000 };
+                match link.on_packet(at, 100) {
+                    Fate::Drop(DropReason::Loss) if i > 11 => lost.push(i),
+                    _ => {}
+                }
+            }
+            (lost, link.stats().queue_dropped)
+        };
+        let (steady, steady_queue) = losses(false);
+        let (early, early_queue) = losses(true);
+        assert_eq!(steady_queue, 0);
+        assert!(early_queue >= 1, "the early packets met a full queue");
+        assert_eq!(steady, early, "the same losses after the queue drop");
+    }
+
+    /// The rate limiter carries what it is asked to: 10,000 packets of 100 B at 1 Gbit/s take 8 ms, not 10 (each
+    /// packet's 0.8 µs was rounded up to 1 µs).
+    #[test]
+    fn the_rate_limiter_keeps_its_rate_for_small_packets() {
+        let profile =
+            DirectionProfile { rate_kbps: 1_000_000.0, queue_bytes: 10_000_000, ..DirectionProfile::default() };
+        let mut link = Link::new(profile, 1);
+        let mut last = 0;
+        for _ in 0..10_000 {
+            if let Fate::Deliver { at_us, .. } = link.on_packet(0, 100) {
+                last = at_us;
+            }
+        }
+        assert!((7_990..=8_010).contains(&last), "the last packet left at {last} µs");
     }
 
     #[test]

@@ -51,8 +51,17 @@ pub struct Relay {
     stats: Arc<Mutex<RelayStats>>,
     /// Why the relay stopped relaying by itself, if it did.
     failure: Arc<Mutex<Option<String>>>,
+    /// Each client's upstream socket, whose thread waits on it without a timeout where a shutdown wakes it (Linux):
+    /// an idle client's thread polled every 50 ms, and an impaired fan-out's thousands of them woke 20 times a
+    /// second each for the whole run, beside the series being measured (a review's find).
+    upstreams: Upstreams,
     threads: Vec<JoinHandle<()>>,
 }
+
+type Upstreams = Arc<Mutex<Vec<Arc<UdpSocket>>>>;
+
+/// What the listening thread shares with the relay: the scheduler, the stop flag, the counters, the sockets.
+type Shared<'a> = (&'a mpsc::Sender<Scheduled<Out>>, &'a Arc<AtomicBool>, &'a Arc<Mutex<RelayStats>>, &'a Upstreams);
 
 /// What a relay needs.
 #[derive(Debug, Clone)]
@@ -99,16 +108,19 @@ impl Relay {
             })?);
         }
         let failure = Arc::new(Mutex::new(None));
+        let upstreams = Upstreams::default();
         {
             let (stop, stats, failure) = (stop.clone(), stats.clone(), failure.clone());
+            let upstreams = upstreams.clone();
             threads.push(std::thread::Builder::new().name("impair-listen".into()).spawn(move || {
-                if let Err(err) = listen_loop(&config, &listen, epoch, &schedule, &stop, &stats) {
+                let run = (&schedule, &stop, &stats, &upstreams);
+                if let Err(err) = listen_loop(&config, &listen, epoch, run) {
                     tracing::error!(%err, "relay stopped");
                     *lock(&failure) = Some(err.to_string());
                 }
             })?);
         }
-        Ok(Relay { local_addr, stop, stats, failure, threads })
+        Ok(Relay { local_addr, stop, stats, failure, upstreams, threads })
     }
 
     /// The address clients send to.
@@ -134,6 +146,12 @@ impl Relay {
 
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wakes the clients' threads waiting on their sockets (they see `stop` then).
+        #[cfg(target_os = "linux")]
+        for socket in lock(&self.upstreams).iter() {
+            use std::os::fd::AsRawFd;
+            let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -156,9 +174,7 @@ fn listen_loop(
     config: &RelayConfig,
     listen: &Arc<UdpSocket>,
     epoch: Instant,
-    schedule: &mpsc::Sender<Scheduled<Out>>,
-    stop: &Arc<AtomicBool>,
-    stats: &Arc<Mutex<RelayStats>>,
+    (schedule, stop, stats, upstreams): Shared<'_>,
 ) -> io::Result<()> {
     struct Client {
         upstream: Arc<UdpSocket>,
@@ -191,7 +207,14 @@ fn listen_loop(
                 .map_err(|_| io::Error::other("wildcard address"))?;
             let upstream = Arc::new(UdpSocket::bind(bind)?);
             upstream.connect(config.upstream)?;
+            // (Elsewhere than Linux a shutdown may not wake a waiting receive: polled then.)
+            #[cfg(not(target_os = "linux"))]
             upstream.set_read_timeout(Some(POLL))?;
+            lock(upstreams.as_ref()).push(upstream.clone());
+            // (Stopping meanwhile: the relay's shutdown of the sockets may have passed this one by.)
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
             let down = Link::new(config.profile.down.clone(), seed(config.profile.seed, index, true));
             let (socket, schedule, stop, totals) = (upstream.clone(), schedule.clone(), stop.clone(), stats.clone());
             downstream.push(std::thread::Builder::new().name(format!("impair-down-{index}")).spawn(move || {
@@ -237,6 +260,8 @@ fn down_loop(
     let mut order = 1u64 << 63;
     while !stop.load(Ordering::Relaxed) {
         let len = match upstream.recv(&mut buf) {
+            // The relay's stop shut the socket down, which ends the wait with nothing read.
+            Ok(0) if stop.load(Ordering::Relaxed) => break,
             Ok(len) => len,
             Err(err) if nothing_yet(&err) => continue,
             Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => continue,

@@ -1,5 +1,7 @@
 //! A connection's control-request rates, without sockets or clocks: every request counts against
-//! `requests_per_s`, a Post also against `posts_per_s`. A request over a rate is answered `RateLimited` and the
+//! `requests_per_s`, a Post, a Join and a Leave also against `posts_per_s` (each sends an event to every member of
+//! its room: a connection joining and leaving a room in a loop sent its members presence events at
+//! `requests_per_s`, 5,000 a second, and with them each Join's copy of the member list, under the room's lock). A request over a rate is answered `RateLimited` and the
 //! connection goes on; a peer that keeps sending regardless (more than `FLOOD_BURSTS` bursts refused within a
 //! second) gets its last refusal and is closed with `RateLimited`.
 
@@ -40,6 +42,10 @@ impl ControlThrottle {
         let (verdict, what, rate, counter) = match self.requests.check(now) {
             Verdict::Allow if matches!(request.body, RequestBody::Post(_)) => {
                 (self.posts.check(now), "posts", self.posts_per_s, &self.stats.posts_rate_limited)
+            }
+            Verdict::Allow if matches!(request.body, RequestBody::Join(_) | RequestBody::Leave { .. }) => {
+                let what = "posts, joins and leaves";
+                (self.posts.check(now), what, self.posts_per_s, &self.stats.posts_rate_limited)
             }
             Verdict::Allow => return None,
             verdict => (verdict, "requests", self.requests_per_s, &self.stats.requests_rate_limited),
@@ -119,6 +125,29 @@ mod tests {
         assert_eq!(code(&throttle.check(&post(4), t0)), Some((ErrorCode::RateLimited, false)));
         assert_eq!(code(&throttle.check(&ping(5), t0)), None, "other requests still go");
         assert_eq!((stats.snapshot().posts_rate_limited, stats.snapshot().requests_rate_limited), (1, 0));
+    }
+
+    /// Joins and leaves send their room's members an event each, as a post does: they count against `posts_per_s`
+    /// (a connection joining and leaving in a loop sent presence events at `requests_per_s`).
+    #[test]
+    fn joins_and_leaves_count_as_room_events() {
+        let t0 = Instant::now();
+        let stats = Arc::new(ServerStats::default());
+        let limits = Limits { requests_per_s: 1000, posts_per_s: 2, ..Limits::default() };
+        let mut throttle = ControlThrottle::new(&limits, stats.clone(), t0);
+        let join = |req_id| Request {
+            req_id,
+            body: RequestBody::Join(quiver_proto::Join { room: "r".into(), since: None, redundant: false }),
+        };
+        let leave = |req_id| Request { req_id, body: RequestBody::Leave { room: "r".into() } };
+        for i in 0..2 {
+            assert_eq!(code(&throttle.check(&join(2 * i), t0)), None);
+            assert_eq!(code(&throttle.check(&leave(2 * i + 1), t0)), None);
+        }
+        assert_eq!(code(&throttle.check(&join(4), t0)), Some((ErrorCode::RateLimited, false)));
+        assert_eq!(code(&throttle.check(&post(5), t0)), Some((ErrorCode::RateLimited, false)), "one bucket");
+        assert_eq!(code(&throttle.check(&ping(6), t0)), None, "other requests still go");
+        assert_eq!(stats.snapshot().posts_rate_limited, 2);
     }
 
     #[test]

@@ -28,6 +28,41 @@ fn skip() -> bool {
     }
 }
 
+/// A run of `quiver` stopped if the test fails while it runs: SIGTERM, so that it removes its namespaces (a
+/// later test would otherwise meet them, `quiver-srv exists`), then SIGKILL if it has not exited within 15 s.
+struct Running(std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Held by the tests that run `quiver impair --netns`, whose namespaces have fixed names: one run at a time.
 static IMPAIR_NAMES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -45,12 +80,14 @@ fn ctrl_c_during_a_netns_bench_removes_its_namespaces() {
     if skip() {
         return;
     }
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .args(["bench", "rtt", "--compare", "websocket", "--netns", "--profile", "lossy-1-20", "--duration", "30"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut bench = Running(
+        Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(["bench", "rtt", "--compare", "websocket", "--netns", "--profile", "lossy-1-20", "--duration", "30"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let prefix = format!("qb{:04x}", bench.id() & 0xffff);
     let listed = || {
         let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
@@ -91,12 +128,14 @@ fn sigterm_while_impairs_client_command_runs_removes_its_namespaces_and_a_second
         return;
     }
     let _one_at_a_time = IMPAIR_NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut impair = Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .args(["impair", "--netns", "--profile", "clean", "--client-cmd", "sleep 29.5"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut impair = Running(
+        Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(["impair", "--netns", "--profile", "clean", "--client-cmd", "sleep 29.5"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let running = || Command::new("pgrep").args(["-fx", "sleep 29.5"]).output().unwrap().status.success();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !running() {

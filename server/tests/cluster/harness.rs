@@ -126,6 +126,12 @@ impl Redis {
         cmd.query(&mut conn)
     }
 
+    /// Connections in Pub/Sub mode now (subscribed): the nodes' Pub/Sub connections once they subscribed.
+    pub(crate) fn pubsub_clients(&self) -> usize {
+        let list: String = self.query(redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub")).unwrap();
+        list.lines().filter(|line| !line.trim().is_empty()).count()
+    }
+
     /// PUBLISH commands Redis has run so far.
     pub(crate) fn publishes(&self) -> u64 {
         let info: String = self.query(redis::cmd("INFO").arg("commandstats")).unwrap();

@@ -405,11 +405,13 @@ fn posts_while_redis_is_unreachable_are_refused_as_unavailable_and_nothing_ackno
                 client.close().await;
             }));
         }
-        assert_eq!(admin_status(nodes[0].admin, "/readyz"), 200);
+        wait_for("ready", Duration::from_secs(10), || admin_status(nodes[0].admin, "/readyz") == 200).await;
         // Pub/Sub is at-most-once: cut the nodes' subscriptions twice; what was published meanwhile is filled in
-        // from the room's stream.
+        // from the room's stream. (Each cut once both nodes are subscribed again: a fixed 100 ms between them
+        // asked a loaded machine to reconnect and resubscribe in that time.)
         for _ in 0..2 {
             wait_for("some posts", Duration::from_secs(10), || !acked.lock().unwrap().is_empty()).await;
+            wait_for("both nodes subscribed", Duration::from_secs(10), || redis.pubsub_clients() >= 2).await;
             let killed: u64 = redis.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub")).unwrap();
             assert!(killed >= 2, "both nodes hold a Pub/Sub connection");
             tokio::time::sleep(Duration::from_millis(100)).await;

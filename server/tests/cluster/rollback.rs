@@ -117,6 +117,8 @@ fn a_busy_room_through_pubsub_reconnects_is_not_taken_for_a_rollback() {
         });
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(150)).await;
+            // (Once the node is subscribed again: a fixed wait asked a loaded machine to resubscribe within it.)
+            wait_for("the node subscribed", Duration::from_secs(10), || redis.pubsub_clients() >= 1).await;
             let killed: u64 = redis.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub")).unwrap();
             assert!(killed >= 1);
         }

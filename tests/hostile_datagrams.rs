@@ -100,7 +100,14 @@ async fn a_publishers_reordered_tick_is_not_published_as_the_newest() {
         }
         let first = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().unwrap();
         assert_eq!(&first.payload[..], b"new");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Until the server has taken the two older ticks (polled: a loaded machine may take longer than a fixed wait).
+        let counted = tokio::time::timeout(Duration::from_secs(10), async {
+            while server.stats.snapshot().ticks_reordered_in < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        counted.await.expect("the reordered ticks reached the server");
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(&subscription.latest().unwrap().payload[..], b"new", "an older tick became the latest");
         let stats = server.stats.snapshot();
         assert_eq!((stats.ticks_published, stats.ticks_reordered_in), (1, 2), "{stats:?}");

@@ -402,6 +402,38 @@ fn a_quiet_rooms_messages_past_the_age_bound_are_not_served() {
     });
 }
 
+/// A stream entry this node cannot read (here: written without its payload; also one over its `max_frame`, from a
+/// node with larger limits) breaks a resume's replay: the resume is not `recovered`. Before, only the replay's
+/// first entry was checked, and the member was told nothing was missed.
+#[test]
+fn a_replay_over_an_unreadable_entry_is_not_recovered() {
+    if !redis_available("a_replay_over_an_unreadable_entry_is_not_recovered") {
+        return;
+    }
+    let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(1, &[]);
+    runtime.block_on(async {
+        let poster = Client::connect_with(&nodes[0].addr, options(&dirs[0], "poster")).await.unwrap();
+        assert_eq!(poster.post("holed", "one").await.unwrap(), 1);
+        // Message 2, as a broken writer would leave it: no payload field.
+        let _: String = redis
+            .query(redis::cmd("XADD").arg("q:{holed}:log").arg("2-0").arg("o").arg("2").arg("t").arg("1"))
+            .unwrap();
+        let _: i64 = redis.query(redis::cmd("HINCRBY").arg("q:{holed}:meta").arg("seq").arg(1)).unwrap();
+        let _: i64 = redis.query(redis::cmd("HINCRBY").arg("q:{holed}:meta").arg("op").arg(1)).unwrap();
+        assert_eq!(poster.post("holed", "three").await.unwrap(), 3);
+        let epoch: u64 = redis.query(redis::cmd("HGET").arg("q:{holed}:meta").arg("epoch")).unwrap();
+        let reader = Client::connect_with(&nodes[0].addr, options(&dirs[0], "reader")).await.unwrap();
+        let mut resumed = reader.join_from("holed", quiver_proto::Position { epoch, seq: 0 }).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), resumed.next()).await.unwrap();
+        assert!(
+            matches!(first, Some(RoomEvent::Resumed { recovered: false, .. })),
+            "told nothing was missed: {first:?}"
+        );
+        reader.close().await;
+        poster.close().await;
+    });
+}
+
 /// A TCP relay to Redis that can be cut: while cut, it holds what it reads instead of forwarding it (a partition:
 /// connections stay open, nothing gets through, and what was sent arrives once it heals).
 struct Partition {

@@ -133,6 +133,14 @@ struct Plan {
     rest: Option<(u64, u64)>,
 }
 
+/// Whether `entries` follow `after` one by one (seqs `after + 1`, `after + 2`, …): a stream entry that does not
+/// decode, or whose frame is over this node's `max_frame` (a node configured with smaller limits than the one that
+/// took the post), is left out by [`stream::range`], and a replay that checked only a page's first entry passed over
+/// it in silence, `recovered` and all.
+fn contiguous(after: u64, entries: &[Entry]) -> bool {
+    entries.iter().zip(after.saturating_add(1)..).all(|(entry, seq)| entry.seq() == seq)
+}
+
 /// Whether `entry` is older than `history_max_age_s` at `now_us`: no longer retained, though Redis may still hold
 /// it (its stream is trimmed by age only as posts come, [`super::scripts`]' POST, so a room gone quiet kept serving
 /// its aged messages to History and to resumes, `recovered` and all, until its keys expired; a review's find).
@@ -154,7 +162,8 @@ async fn plan(
         }
         let first = stream::range(conn, log, since.seq, seq, stream::PAGE, &ctx.codec).await?;
         // (The entries after a retained one are newer: retained too.)
-        if first.first().is_some_and(|e| e.seq() == since.seq.saturating_add(1) && !aged(ctx, e, now_us)) {
+        let retained = first.first().is_some_and(|e| !aged(ctx, e, now_us));
+        if retained && !first.is_empty() && contiguous(since.seq, &first) {
             let last = first.last().map_or(seq, Entry::seq);
             let rest = (last < seq).then_some((last, seq));
             return Ok(Plan { recovered: true, first, rest });
@@ -170,7 +179,7 @@ async fn replay_rest(ctx: Arc<Ctx>, log: String, mut after: u64, upto: u64, outb
     while after < upto {
         let mut conn = ctx.broker.conn();
         match stream::range(&mut conn, &log, after, upto, stream::PAGE, &ctx.codec).await {
-            Ok(page) if page.first().is_some_and(|e| e.seq() == after + 1) => {
+            Ok(page) if !page.is_empty() && contiguous(after, &page) => {
                 after = page.last().map_or(upto, Entry::seq);
                 for entry in page {
                     outbox.push_replay(entry.frame);

@@ -1,6 +1,6 @@
-//! Which new connections the server takes, without sockets or clocks: at most `max_connections` in all and
-//! `max_connections_per_ip` per source address, and at most `new_connections_per_s_per_ip` new ones a second per
-//! source address. The endpoint asks [`Admission::decide`] for each incoming connection and carries out the answer.
+//! Which new connections the server takes, without sockets or clocks: at most `max_connections` in all,
+//! `max_connections_per_ip` per source address and `budget.max_connections_per_network` per network (an IPv4 /24, an
+//! IPv6 /48), and at most `new_connections_per_s_per_ip` new ones a second per source address. The endpoint asks [`Admission::decide`] for each incoming connection and carries out the answer.
 //!
 //! An address over its rate is made to prove it is real: attempts that are not validated yet get a QUIC Retry
 //! (stateless, costs the server one small packet) and do not use up the rate; validated ones (they came back with
@@ -33,7 +33,10 @@ use std::{
 use quiver_proto::Limits;
 use tokio_util::sync::CancellationToken;
 
-use crate::{awaiting::AwaitingHello, rate::TokenBucket};
+use crate::{
+    awaiting::{AwaitingHello, Group},
+    rate::TokenBucket,
+};
 
 /// The part of a source address that limits apply to: an IPv4 address, or the /64 prefix of an IPv6 one (a single
 /// host commonly gets a whole /64). IPv4-mapped IPv6 addresses (a dual-stack socket's IPv4 peers) count as IPv4.
@@ -85,6 +88,8 @@ pub struct HandshakeBounds {
     pub over_limit: u32,
     /// Admitted connections not welcomed yet, in all (`max_awaiting_hello`; `crate::awaiting`).
     pub awaiting_hello: u32,
+    /// Admitted connections from one network, an IPv4 /24 or an IPv6 /48 (`max_connections_per_network`).
+    pub per_network: u32,
 }
 
 /// Which limit an attempt ran into.
@@ -123,6 +128,8 @@ pub struct Admission {
     over_limit: u32,
     bounds: HandshakeBounds,
     sources: HashMap<SourceKey, Source>,
+    /// Admitted connections by network ([`Group`]: an IPv4 /24, an IPv6 /48), entries only while some are open.
+    networks: HashMap<Group, u32>,
     last_sweep: Instant,
     /// Admitted connections not welcomed yet, each with the token that closes it.
     awaiting: AwaitingHello<CancellationToken>,
@@ -143,6 +150,7 @@ impl Admission {
             over_limit: 0,
             bounds,
             sources: HashMap::new(),
+            networks: HashMap::new(),
             last_sweep: now,
             awaiting: AwaitingHello::new(bounds.awaiting_hello),
         }
@@ -171,10 +179,15 @@ impl Admission {
             // Initials forged with this address take nothing more of its count or rate than this bound.
             return Decision::Retry(Overload::Handshakes);
         }
+        let network = Group::of(ip);
+        let network_full = self.networks.get(&network).is_some_and(|&n| n >= self.bounds.per_network);
         let over = if self.total >= self.max_total {
             Some((Overload::Total, format!("the server is at max_connections ({})", self.max_total)))
         } else if open >= self.max_per_source {
             Some((Overload::PerIp, format!("{key} is at max_connections_per_ip ({})", self.max_per_source)))
+        } else if network_full {
+            let max = self.bounds.per_network;
+            Some((Overload::PerIp, format!("{network} is at budget.max_connections_per_network ({max})")))
         } else {
             None
         };
@@ -208,7 +221,7 @@ impl Admission {
         // that bound when `max_connections` is set lower, would hold every slot for as long as they are renewed.
         // (The closed one gives its slot back once it is gone: the count is over the bound by as many meanwhile.)
         let over = over.filter(|(overload, _)| {
-            *overload != Overload::Total || !may_make_room || open >= self.max_per_source || {
+            *overload != Overload::Total || !may_make_room || open >= self.max_per_source || network_full || {
                 let evicted = self.awaiting.make_room(ip);
                 if let Some(evicted) = &evicted {
                     tracing::debug!(group = %evicted.group, "closing a connection awaiting Hello: max_connections");
@@ -226,6 +239,7 @@ impl Admission {
         }
         source.open += 1;
         self.total += 1;
+        *self.networks.entry(network).or_insert(0) += 1;
         if !validated {
             source.unvalidated += 1;
             self.unvalidated += 1;
@@ -263,6 +277,13 @@ impl Admission {
             if source.open > 0 {
                 source.open -= 1;
                 self.total = self.total.saturating_sub(1);
+                let network = Group::of(ip);
+                if let Some(open) = self.networks.get_mut(&network) {
+                    *open = open.saturating_sub(1);
+                    if *open == 0 {
+                        self.networks.remove(&network);
+                    }
+                }
             }
         }
     }

@@ -13,7 +13,13 @@ fn limits(total: u32, per_ip: u32, rate: u32) -> Limits {
 
 /// At most `unvalidated` unvalidated handshakes in all; no other bound.
 fn bounds(unvalidated: u32) -> HandshakeBounds {
-    HandshakeBounds { unvalidated, unvalidated_per_ip: u32::MAX, over_limit: u32::MAX, awaiting_hello: u32::MAX }
+    HandshakeBounds {
+        unvalidated,
+        unvalidated_per_ip: u32::MAX,
+        over_limit: u32::MAX,
+        awaiting_hello: u32::MAX,
+        per_network: u32::MAX,
+    }
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -55,6 +61,28 @@ fn per_source_and_total_counts() {
         admission.release(ip("10.0.0.2"));
     }
     assert_eq!(admission.open(), 2);
+}
+
+/// One network (here an IPv6 /48, each connection from a /64 of its own, under every per-address limit) holds at
+/// most `max_connections_per_network`; the next is told why, other networks are served, and a connection that
+/// ends gives its network's place back. Before, a /48's 65,536 /64s could take every one of `max_connections`.
+#[test]
+fn one_network_holds_at_most_its_share() {
+    let t0 = Instant::now();
+    let bounds = HandshakeBounds { per_network: 40, ..bounds(1000) };
+    let mut admission = Admission::new(&limits(10_000, 256, 1000), bounds, t0);
+    let host = |n: u32| ip(&format!("2001:db8:7:{n:x}::1"));
+    for n in 0..40 {
+        assert_eq!(admission.decide(host(n), true, t0), Decision::Admit, "{n}");
+    }
+    let Decision::TooMany(Overload::PerIp, reason) = admission.decide(host(40), true, t0) else {
+        panic!("the network's 41st was taken")
+    };
+    assert!(reason.contains("2001:db8:7::/48 is at budget.max_connections_per_network (40)"), "{reason}");
+    assert_eq!(admission.decide(ip("2001:db8:8::1"), true, t0), Decision::Admit, "another /48");
+    assert_eq!(admission.decide(ip("203.0.113.1"), true, t0), Decision::Admit, "an IPv4 network");
+    admission.release(host(3));
+    assert_eq!(admission.decide(host(41), true, t0), Decision::Admit, "its place given back");
 }
 
 /// Forged addresses, each new (under every per-address limit): at most `max_unvalidated` of their handshakes
@@ -149,7 +177,13 @@ fn attempts_closed_for_a_count_take_from_the_rate() {
 #[test]
 fn initials_forged_with_a_real_address_do_not_lock_it_out() {
     let t0 = Instant::now();
-    let bounds = HandshakeBounds { unvalidated: 256, unvalidated_per_ip: 4, over_limit: 64, awaiting_hello: 1024 };
+    let bounds = HandshakeBounds {
+        unvalidated: 256,
+        unvalidated_per_ip: 4,
+        over_limit: 64,
+        awaiting_hello: 1024,
+        per_network: u32::MAX,
+    };
     let mut admission = Admission::new(&limits(10_000, 16, 10), bounds, t0); // burst 20
     let victim = ip("203.0.113.9");
     for _ in 0..4 {
@@ -181,7 +215,13 @@ fn initials_forged_with_a_real_address_do_not_lock_it_out() {
 #[test]
 fn handshakes_over_a_count_are_bounded_in_all() {
     let t0 = Instant::now();
-    let bounds = HandshakeBounds { unvalidated: 256, unvalidated_per_ip: 4, over_limit: 2, awaiting_hello: 1024 };
+    let bounds = HandshakeBounds {
+        unvalidated: 256,
+        unvalidated_per_ip: 4,
+        over_limit: 2,
+        awaiting_hello: 1024,
+        per_network: u32::MAX,
+    };
     let mut admission = Admission::new(&limits(1_000, 1, 1_000), bounds, t0);
     let a = ip("198.51.100.1");
     assert_eq!(admission.decide(a, false, t0), Decision::Admit);

@@ -81,6 +81,12 @@ pub struct Budget {
     /// longest waiting of all. Silent connections cannot fill `max_connections` for `handshake_timeout_ms` at a time
     /// (`crate::awaiting`). Default 1,024.
     pub max_awaiting_hello: u32,
+    /// Connections from one network (an IPv4 /24, an IPv6 /48) at once, welcomed or not; one more is closed with
+    /// `TooManyConnections` like one over `max_connections_per_ip`. Without it a party holding an IPv6 /48 (free
+    /// from many hosting providers: 65,536 /64s, each under `max_connections_per_ip`) could take every one of
+    /// `max_connections`. Raise it for clients behind one carrier's address pool (CGNAT). Default 2,560 (a quarter
+    /// of the default `max_connections`).
+    pub max_connections_per_network: u32,
     /// TCP connections on the WebSocket listener between their accept and their upgrade (TLS, the request head,
     /// the 101), in all; one more closes one of them to make room (the longest upgrading of its network when that
     /// network holds more than a sixteenth, else the longest upgrading of all). Default 1,024.
@@ -113,6 +119,7 @@ impl Default for Budget {
             max_unvalidated_handshakes_per_ip: 4,
             max_over_limit_handshakes: 64,
             max_awaiting_hello: 1_024,
+            max_connections_per_network: 2_560,
             websocket_max_upgrading: 1_024,
             websocket_max_upgrading_per_ip: 16,
             http_max_connections: 256,

@@ -97,12 +97,15 @@ pub(super) fn raised_limits() -> quiver_proto::Limits {
 /// a server on the internet makes a burst of newcomers from one address beyond a few validate first (a Retry, one
 /// round trip more each), which is not what the benches measure. And as many connections awaiting Hello as
 /// `max_connections` allows: the bench's thousands of connections all come from one network, whose oldest
-/// newcomers a server on the internet would close beyond `max_awaiting_hello` to make room.
+/// newcomers a server on the internet would close beyond `max_awaiting_hello` to make room, and beyond
+/// `max_connections_per_network` would refuse.
 pub(super) fn raised_budget() -> quiver_server::Budget {
     let default = quiver_server::Budget::default();
     quiver_server::Budget {
         max_unvalidated_handshakes_per_ip: default.max_unvalidated_handshakes,
         max_awaiting_hello: 100_000,
+        // (All from 127.0.0.0/24: one network.)
+        max_connections_per_network: 100_000,
         ..default
     }
 }

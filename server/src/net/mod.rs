@@ -245,6 +245,7 @@ impl<R: RoomHub> Server<R> {
             unvalidated_per_ip: config.budget.max_unvalidated_handshakes_per_ip,
             over_limit: config.budget.max_over_limit_handshakes,
             awaiting_hello: config.budget.max_awaiting_hello,
+            per_network: config.budget.max_connections_per_network,
         };
         let admission = crate::admission::Admission::new(&config.limits, handshakes, std::time::Instant::now());
         let admission = Arc::new(std::sync::Mutex::new(admission));

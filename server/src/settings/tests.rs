@@ -258,6 +258,7 @@ fn values_that_undo_the_servers_safety_are_refused() {
         ("[budget]\nhttp_max_connections = 100001\n", "budget.http_max_connections"),
         ("[budget]\nhttp_max_connections = 0\n", "budget.http_max_connections"),
         ("[budget]\nhttp_max_connections_per_ip = 0\n", "budget.http_max_connections_per_ip"),
+        ("[budget]\nmax_connections_per_network = 0\n", "budget.max_connections_per_network"),
         // A room event carries names: a long max_name outgrows the frame, and max_name is what moved.
         ("[limits]\nmax_name = 60000\n", "limits.max_name"),
     ] {

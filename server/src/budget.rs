@@ -20,8 +20,7 @@
 //!   until the store catches up.
 //! - **`frame_timeout_ms`**: a connection that starts a control frame and does not finish it in time is closed
 //!   with `FrameTimeout` (before Hello, `handshake_timeout_ms` applies instead); one that does not read the
-//!   server's replies on its control stream within it is closed with `SlowConsumer`; a room stream that takes
-//!   nothing for it while something waits to be written is reset with `SlowConsumer` (that room only).
+//!   server's replies on its control stream within it is closed with `SlowConsumer`.
 
 use std::time::Duration;
 
@@ -53,9 +52,7 @@ pub struct Budget {
     /// every post taken meanwhile in memory. A healthy disk keeps a commit's worth waiting. 0 turns the bound off.
     /// Default 67,108,864 (64 MiB).
     pub store_backlog_bytes: u64,
-    /// Time a control frame begun after Hello has to complete, and time a client may take nothing of what waits on
-    /// its control stream (the connection closes) or on a room stream (that room is reset), in milliseconds.
-    /// Default 5,000.
+    /// Time a control frame begun after Hello has to complete, in milliseconds. Default 5,000.
     pub frame_timeout_ms: u32,
     /// How often expired history is dropped and empty rooms removed, in milliseconds. Default 1,000.
     pub sweep_interval_ms: u32,

@@ -102,8 +102,7 @@ counters! {
     too_many_subscriptions,
     /// Publish claims answered `TooManyChannels` (at `max_publish_channels`).
     too_many_channels,
-    /// Room streams reset with `SlowConsumer` (more than `room_queue_bytes` waiting for the client, or nothing taken
-    /// by it for `frame_timeout_ms`).
+    /// Room streams reset with `SlowConsumer` (more than `room_queue_bytes` waiting for the client).
     slow_consumer_resets,
     /// Room streams reset because their join's replay could not deliver its range (retention deleted part of it, or
     /// the store could not read it back): the client rejoins and is told it missed messages. Not a slow reader.

@@ -41,8 +41,6 @@ pub(super) struct Connection<R> {
     ticks: Arc<dyn TickHub>,
     datagrams: ConnectionTicks,
     room_queue_bytes: usize,
-    /// `budget.frame_timeout_ms`: how long a room stream's write may wait for the client ([`StreamOutbox`]).
-    frame_timeout: Duration,
     probe: Arc<TailProbe>,
     stats: Arc<ServerStats>,
     /// Room streams that fell behind, from their pumps.
@@ -90,7 +88,7 @@ impl<R: RoomHub> Connection<R> {
     /// Starts the connection's datagram tasks. `copies`: the connection's copy queue, where redundancy is granted.
     pub(super) fn start(
         conn: &Wire,
-        (limits, frame_timeout): (&Limits, Duration),
+        limits: &Limits,
         (rooms, ticks): (Arc<R>, Arc<dyn TickHub>),
         probe: Arc<TailProbe>,
         copies: Option<Arc<Mutex<CopyQueue>>>,
@@ -108,7 +106,6 @@ impl<R: RoomHub> Connection<R> {
             ticks,
             datagrams,
             room_queue_bytes: limits.room_queue_bytes as usize,
-            frame_timeout,
             probe,
             stats,
             kicked,
@@ -236,8 +233,7 @@ impl<R: RoomHub> Connection<R> {
                     _ => None,
                 };
                 let probe = (self.probe.clone(), copies);
-                let bounds = (self.room_queue_bytes, self.frame_timeout);
-                let outbox = StreamOutbox::new(room, send, bounds, probe, self.stats.clone());
+                let outbox = StreamOutbox::new(room, send, self.room_queue_bytes, probe, self.stats.clone());
                 let pumped = pump(outbox.clone(), self.kicked.clone(), self.stop.clone(), self.stats.clone());
                 let open_streams = self.open_streams.clone();
                 open_streams.open.fetch_add(1, Ordering::AcqRel);
@@ -441,12 +437,7 @@ impl<R: RoomHub> Connection<R> {
         ServerStats::add(&self.stats.room_members, -1);
         // The room dropped the subscription when it overflowed; leaving again is a no-op kept for other hubs.
         self.rooms.leave(&room, gone.subscriber, now_us).await.flush();
-        let stalled = outbox.stalled.load(std::sync::atomic::Ordering::Relaxed);
         let reason = match outbox.replay_cut_short.load(std::sync::atomic::Ordering::Relaxed) {
-            false if stalled => format!(
-                "room {room}: its stream took nothing for frame_timeout_ms ({} ms); rejoin from your last seq",
-                self.frame_timeout.as_millis()
-            ),
             true => format!(
                 "room {room}: the history your join asked to catch up on is no longer readable (deleted by retention \
                  meanwhile, or the store could not read it); rejoin from your last seq: you will be told messages \

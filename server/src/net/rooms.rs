@@ -131,14 +131,6 @@ pub(crate) struct StreamOutbox {
     overflow: CancellationToken,
     /// The overflow is a join's replay that could not deliver its range ([`Outbox::kick_replay`]), not a slow reader.
     pub(crate) replay_cut_short: std::sync::atomic::AtomicBool,
-    /// The overflow is a write that made no progress for [`StreamOutbox::stall`] (the client stopped reading the
-    /// stream), not a queue over its bound.
-    pub(crate) stalled: std::sync::atomic::AtomicBool,
-    /// How long one frame's write may wait for the client to take it (`budget.frame_timeout_ms`): a stream that
-    /// does not move for that long is reset (`SlowConsumer`), whatever is queued on it. Without it a client that
-    /// never read a quiet room's stream kept what was queued there (a replay's pages, up to twice 256 KiB per room,
-    /// none of it counted against `room_queue_bytes`) for the connection's life.
-    stall: std::time::Duration,
     /// Cancelled when the room is left: the pump then has [`LEFT_STREAM_GRACE`] to finish the stream.
     left: CancellationToken,
     bound: usize,
@@ -162,7 +154,7 @@ impl StreamOutbox {
     pub(crate) fn new(
         room: Arc<str>,
         send: SendStream,
-        (bound, stall): (usize, std::time::Duration),
+        bound: usize,
         (probe, copies): (Arc<TailProbe>, Option<OutboxCopies>),
         stats: Arc<ServerStats>,
     ) -> Arc<StreamOutbox> {
@@ -178,10 +170,8 @@ impl StreamOutbox {
             drained: Notify::new(),
             overflow: CancellationToken::new(),
             replay_cut_short: std::sync::atomic::AtomicBool::new(false),
-            stalled: std::sync::atomic::AtomicBool::new(false),
             left: CancellationToken::new(),
             bound,
-            stall,
         })
     }
 

@@ -105,24 +105,15 @@ pub(crate) async fn pump(
                 while let Some(frame) = batch.pop_front() {
                     let len = frame.len();
                     tokio::select! {
-                        // (The timer is armed only when the write has to wait: `timeout` polls the write first.)
-                        written = tokio::time::timeout(outbox.stall, send.write_chunk(frame)) => match written {
-                            Err(_stalled) => {
-                                // Nothing taken for the whole timeout: reset and kicked as a slow reader.
-                                outbox.stalled.store(true, std::sync::atomic::Ordering::Relaxed);
-                                outbox.overflow.cancel();
-                                dequeued(&stats, len);
-                                cut_short = 1;
-                                break;
-                            }
-                            Ok(Ok(())) => {
+                        written = send.write_chunk(frame) => match written {
+                            Ok(()) => {
                                 dequeued(&stats, len);
                                 // (A replay frame, not counted, may come off early: the bound errs on the lenient
                                 // side for the length of a replay.)
                                 let mut queue = lock(&outbox.queue);
                                 queue.in_flight = queue.in_flight.saturating_sub(len);
                             }
-                            Ok(Err(err)) => {
+                            Err(err) => {
                                 let kicked = match err {
                                     WireError::Stream(code) => stopped_by_peer(&outbox, code, &stop).await,
                                     _ => false, // the connection ended

@@ -69,6 +69,14 @@ struct Queue {
 }
 
 impl Queue {
+    /// Everything queued was handed to the stream: nothing queued, and nobody holding frames to write (the stream
+    /// is parked here). Until 2026-12-06 a paged replay went on once the pump had *taken* a page, so a reader that
+    /// took nothing held two pages per room (one in the pump's hands, the next queued), neither counted against
+    /// `room_queue_bytes` (a review's find).
+    fn written_out(&self) -> bool {
+        self.frames.is_empty() && self.send.is_some()
+    }
+
     /// The position before which every frame has left the queue (written, or in a writer's hands).
     fn written_before(&self) -> u64 {
         self.position - self.frames.len() as u64
@@ -203,7 +211,7 @@ impl StreamOutbox {
 
     /// Tells a waiting replay when everything queued was handed to the stream.
     fn notify_if_drained(&self, queue: &Queue) {
-        if queue.frames.is_empty() || queue.gone {
+        if queue.written_out() || queue.gone {
             self.drained.notify_waiters();
         }
     }
@@ -318,7 +326,7 @@ impl Outbox for StreamOutbox {
                     if queue.gone || queue.closed || self.overflow.is_cancelled() {
                         return false;
                     }
-                    if queue.frames.is_empty() {
+                    if queue.written_out() {
                         return true;
                     }
                 }

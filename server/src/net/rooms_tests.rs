@@ -94,3 +94,32 @@ async fn a_replay_cut_short_is_not_counted_as_a_slow_consumer() {
     stop.cancel();
     let _ = pump.await;
 }
+
+/// A paged replay reads its next page only once the last one was handed to the stream, not as soon as the pump took
+/// it: a reader that takes nothing holds one page per room (before, one in the pump's hands and the next queued).
+#[tokio::test]
+async fn a_replay_page_counts_as_drained_once_written_not_once_taken() {
+    let (send, _client, _conn, _dir) = unread_stream().await;
+    let stats = Arc::new(ServerStats::default());
+    let probe = quiver_transport::TailProbe::disabled();
+    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), 64 * 1024, (probe, None), stats.clone());
+    let kicked = crate::net::mailbox::Mailbox::new(4);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pump = tokio::spawn(super::pump(outbox.clone(), kicked, stop.clone(), stats.clone()));
+    // A page past what quinn takes for a reader that reads nothing (its 1 MiB send window).
+    for _ in 0..100 {
+        outbox.push_replay(Bytes::from(vec![b'x'; 16 * 1024]));
+    }
+    outbox.wake.notify_one();
+    // The pump takes the page at once and writes what it can.
+    let taken = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while !crate::net::lock(&outbox.queue).frames.is_empty() {
+            tokio::task::yield_now().await;
+        }
+    });
+    taken.await.expect("the pump took the page");
+    let drained = tokio::time::timeout(std::time::Duration::from_millis(300), outbox.drained()).await;
+    assert!(drained.is_err(), "drained while the page is still unwritten: {drained:?}");
+    stop.cancel();
+    let _ = pump.await;
+}

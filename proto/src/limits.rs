@@ -62,8 +62,9 @@ pub struct Limits {
     /// stays; a connection that keeps going ([`Limits::FLOOD_BURSTS`] bursts refused within a second) is closed
     /// with `RateLimited`. Default 5,000.
     pub requests_per_s: u32,
-    /// Posts, joins and leaves per second per connection (each sends an event to every member of its room; they
-    /// count as requests too), enforced like `requests_per_s`. Default 2,000.
+    /// Posts per second per connection (they count as requests too), enforced like `requests_per_s`. Joins and
+    /// leaves (each sends an event to every member of its room, as a post does) have a rate of their own, this or
+    /// `max_rooms` + 1, whichever is more. Default 2,000.
     pub posts_per_s: u32,
     /// Ticks per second a connection may publish (over all its channels); the rest are dropped. Default 10,000.
     pub ticks_per_s: u32,

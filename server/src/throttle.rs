@@ -1,7 +1,10 @@
 //! A connection's control-request rates, without sockets or clocks: every request counts against
-//! `requests_per_s`, a Post, a Join and a Leave also against `posts_per_s` (each sends an event to every member of
-//! its room: a connection joining and leaving a room in a loop sent its members presence events at
-//! `requests_per_s`, 5,000 a second, and with them each Join's copy of the member list, under the room's lock). A request over a rate is answered `RateLimited` and the
+//! `requests_per_s`, a Post also against `posts_per_s`, and a Join or a Leave against a rate of its own,
+//! `posts_per_s` or `max_rooms` + 1 a second, whichever is more ([`membership_rate`]): each sends an event to every
+//! member of its room, and a connection joining and leaving a room in a loop sent its members presence events at
+//! `requests_per_s`, 5,000 a second, each Join copying the member list under the room's lock. Not the posts' own
+//! bucket: a client rejoining all its rooms at a reconnect would then have its paced posts refused (its pacer counts
+//! posts only), or, with a low `posts_per_s`, be closed as a flood at every reconnect (the diff review's find). A request over a rate is answered `RateLimited` and the
 //! connection goes on; a peer that keeps sending regardless (more than `FLOOD_BURSTS` bursts refused within a
 //! second) gets its last refusal and is closed with `RateLimited`.
 
@@ -20,8 +23,10 @@ use crate::{
 pub struct ControlThrottle {
     requests: RateLimit,
     posts: RateLimit,
+    memberships: RateLimit,
     requests_per_s: u32,
     posts_per_s: u32,
+    memberships_per_s: u32,
     stats: Arc<ServerStats>,
 }
 
@@ -31,8 +36,10 @@ impl ControlThrottle {
         ControlThrottle {
             requests: RateLimit::new(limits.requests_per_s, now),
             posts: RateLimit::new(limits.posts_per_s, now),
+            memberships: RateLimit::new(membership_rate(limits), now),
             requests_per_s: limits.requests_per_s,
             posts_per_s: limits.posts_per_s,
+            memberships_per_s: membership_rate(limits),
             stats,
         }
     }
@@ -44,8 +51,8 @@ impl ControlThrottle {
                 (self.posts.check(now), "posts", self.posts_per_s, &self.stats.posts_rate_limited)
             }
             Verdict::Allow if matches!(request.body, RequestBody::Join(_) | RequestBody::Leave { .. }) => {
-                let what = "posts, joins and leaves";
-                (self.posts.check(now), what, self.posts_per_s, &self.stats.posts_rate_limited)
+                let rate = self.memberships_per_s;
+                (self.memberships.check(now), "joins and leaves", rate, &self.stats.posts_rate_limited)
             }
             Verdict::Allow => return None,
             verdict => (verdict, "requests", self.requests_per_s, &self.stats.requests_rate_limited),
@@ -64,6 +71,13 @@ impl ControlThrottle {
         }
         Some(Step::Reply(reply))
     }
+}
+
+/// Joins and leaves a connection may send a second: `posts_per_s` (each sends its room's members an event, as a
+/// post does), but at least `max_rooms` + 1, so that a client rejoining every room it may hold at once (a reconnect)
+/// is never refused, let alone closed as a flood (its burst is twice that).
+pub fn membership_rate(limits: &Limits) -> u32 {
+    limits.posts_per_s.max(limits.max_rooms.saturating_add(1))
 }
 
 #[cfg(test)]
@@ -127,27 +141,33 @@ mod tests {
         assert_eq!((stats.snapshot().posts_rate_limited, stats.snapshot().requests_rate_limited), (1, 0));
     }
 
-    /// Joins and leaves send their room's members an event each, as a post does: they count against `posts_per_s`
-    /// (a connection joining and leaving in a loop sent presence events at `requests_per_s`).
+    /// Joins and leaves send their room's members an event each, as a post does: they have a rate of their own,
+    /// `posts_per_s` or `max_rooms` + 1, whichever is more (a connection joining and leaving in a loop sent presence
+    /// events at `requests_per_s`). A client rejoining every room it may hold, at once, is never refused, and its
+    /// posts keep their own bucket.
     #[test]
-    fn joins_and_leaves_count_as_room_events() {
+    fn joins_and_leaves_have_a_rate_of_their_own() {
         let t0 = Instant::now();
         let stats = Arc::new(ServerStats::default());
-        let limits = Limits { requests_per_s: 1000, posts_per_s: 2, ..Limits::default() };
+        let limits = Limits { requests_per_s: 100_000, posts_per_s: 2, max_rooms: 64, ..Limits::default() };
+        assert_eq!(membership_rate(&limits), 65);
         let mut throttle = ControlThrottle::new(&limits, stats.clone(), t0);
         let join = |req_id| Request {
             req_id,
             body: RequestBody::Join(quiver_proto::Join { room: "r".into(), since: None, redundant: false }),
         };
         let leave = |req_id| Request { req_id, body: RequestBody::Leave { room: "r".into() } };
-        for i in 0..2 {
-            assert_eq!(code(&throttle.check(&join(2 * i), t0)), None);
-            assert_eq!(code(&throttle.check(&leave(2 * i + 1), t0)), None);
+        // A reconnect's rejoins, and then some: the burst is twice the rate.
+        for i in 0..65 {
+            assert_eq!(code(&throttle.check(&join(2 * i), t0)), None, "join {i}");
+            assert_eq!(code(&throttle.check(&leave(2 * i + 1), t0)), None, "leave {i}");
         }
-        assert_eq!(code(&throttle.check(&join(4), t0)), Some((ErrorCode::RateLimited, false)));
-        assert_eq!(code(&throttle.check(&post(5), t0)), Some((ErrorCode::RateLimited, false)), "one bucket");
-        assert_eq!(code(&throttle.check(&ping(6), t0)), None, "other requests still go");
-        assert_eq!(stats.snapshot().posts_rate_limited, 2);
+        assert_eq!(code(&throttle.check(&join(130), t0)), Some((ErrorCode::RateLimited, false)));
+        assert_eq!(code(&throttle.check(&post(131), t0)), None, "the posts' bucket is untouched");
+        assert_eq!(code(&throttle.check(&ping(132), t0)), None, "other requests still go");
+        assert_eq!(stats.snapshot().posts_rate_limited, 1);
+        let busy = Limits { posts_per_s: 2_000, max_rooms: 64, ..Limits::default() };
+        assert_eq!(membership_rate(&busy), 2_000);
     }
 
     #[test]

@@ -88,7 +88,8 @@ async fn a_first_connect_refused_after_the_handshake_goes_on_to_the_next_server(
 
 /// A node that refuses the session (here: its token keys are not the cluster's, as mid-way through a rolling
 /// change) is passed over while another address is left, at the first connect and at a reconnect (the lost address
-/// is tried last, so the refuser first): before, its refusal ended the client though another node served.
+/// is tried last, so the refuser first): before, its refusal ended the client though another node served. With no
+/// other node taking the session within `connect_timeout` the client ends with the refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_refuses_the_session_is_passed_over_for_the_others() {
     let good = TestServer::start(Limits::default());
@@ -100,11 +101,16 @@ async fn a_node_that_refuses_the_session_is_passed_over_for_the_others() {
     };
     let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
     let refuser = TestServer::start_with(ServerConfig { tls, ..dev }, dir);
+    // The certificate kept apart from the good node's data directory, which goes with it when it stops for good.
+    let trusted = tempfile::tempdir().unwrap();
+    let cert = quiver_certs::dev::CERT_FILE;
+    std::fs::copy(good.data_dir.path().join(cert), trusted.path().join(cert)).unwrap();
     let options = ConnectOptions {
-        trust: good.trust(),
+        trust: TrustOptions::Auto { data_dir: trusted.path().to_owned() },
         token: Some(good.token("a")),
         reconnect_delay: Duration::from_millis(20),
         reconnect_max_delay: Duration::from_millis(200),
+        connect_timeout: Duration::from_secs(2),
         ..ConnectOptions::default()
     };
     let servers = format!("{},{}", refuser.addr, good.addr);
@@ -121,9 +127,14 @@ async fn a_node_that_refuses_the_session_is_passed_over_for_the_others() {
     );
     assert_eq!(client.server_addr(), good.addr);
     client.ping().await.unwrap();
-    client.close().await;
-    refuser.stop().await;
+    // The good node gone for good: the refusal is the answer once no other address took the session within
+    // connect_timeout (passed over for ever, the client would reconnect in silence for ever).
+    let watch = client.state();
     good.stop().await;
+    let seen = states_until(watch, |s| matches!(s, ConnectionState::Closed { .. })).await;
+    let Some(ConnectionState::Closed { code, .. }) = seen.last() else { unreachable!() };
+    assert_eq!(*code, ErrorCode::TokenInvalid, "{seen:?}");
+    refuser.stop().await;
 }
 
 /// With `first_connect_retry`, a server that takes the handshake but not the session is tried again after the

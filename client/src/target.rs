@@ -138,8 +138,8 @@ impl Target {
     /// Happy eyeballs (RFC 8305's idea, for QUIC): a handshake to the first address, the next one started
     /// [`NEXT_ADDRESS_DELAY`] later or as soon as one fails; the first to complete wins and the others are dropped.
     /// A host whose first address does not answer (`localhost` as 127.0.0.1 for a server on `[::1]`) connects
-    /// through the next. A fatal failure (a pin mismatch) ends it at once; at `timeout`, the first address's
-    /// error, or `Timeout` when none failed.
+    /// through the next. A fatal failure (a pin mismatch) is the answer only if no other address connects; at
+    /// `timeout`, that failure, else the first address's error, or `Timeout` when none failed.
     pub(crate) async fn race(
         targets: Vec<Target>,
         timeout: Duration,

@@ -58,6 +58,14 @@ type CopyRoute = (Arc<RoomEntry>, StreamNumber);
 /// lost sooner goes on from where the last delays were.
 pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
+/// The code a refusal ends the client with: the server's, for a session it refused.
+fn refusal_code(err: &ConnectError) -> ErrorCode {
+    match err {
+        ConnectError::Refused(failure) => failure.code,
+        _ => ErrorCode::Internal,
+    }
+}
+
 /// How long `Client::close` waits for its tasks to stop and for the server to learn of the close.
 pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -196,9 +204,14 @@ impl Driver {
         if !refused_by.contains(&addr) {
             refused_by.push(addr);
         }
-        match Target::resolve_all(&self.server, &self.options).await {
-            Ok(targets) => targets.iter().any(|t| !refused_by.contains(&t.addr)),
-            Err(_) => false,
+        // (Bounded, and given up with the client: a resolver that does not answer must not hold the supervisor.)
+        let resolved = tokio::select! {
+            resolved = tokio::time::timeout(self.options.connect_timeout, Target::resolve_all(&self.server, &self.options)) => resolved,
+            () = self.stop.cancelled() => return false,
+        };
+        match resolved {
+            Ok(Ok(targets)) => targets.iter().any(|t| !refused_by.contains(&t.addr)),
+            _ => false,
         }
     }
 
@@ -442,8 +455,12 @@ impl Driver {
             let mut last_error = format!("{}: {}", why.0, why.1);
             // Counted from this loss (the backoff's own count goes on across short-lived connections).
             let mut attempts_since_loss = 0;
-            // Addresses that refused the session in this outage: passed over while another is left.
+            // Addresses that refused the session in this outage: passed over while another is left, for at most
+            // `connect_timeout` from the first refusal; no other address taking the session by then, the client ends
+            // with that refusal (an expired token refused by one node while the others are down ended the client
+            // before; passed over for ever, it would reconnect in silence for ever).
             let mut refused_by = Vec::new();
+            let mut refusal: Option<(tokio::time::Instant, (ErrorCode, String))> = None;
             let connection = loop {
                 let delay = backoff.next_delay(rand::random());
                 let attempt = attempts_since_loss;
@@ -474,6 +491,7 @@ impl Driver {
                     Ok(Err(err))
                         if err.is_fatal()
                             && !matches!(err, ConnectError::PinMismatch { .. })
+                            && refusal.as_ref().is_none_or(|(at, _)| at.elapsed() < self.options.connect_timeout)
                             && self.others_left(&mut refused_by).await =>
                     {
                         // This node refused the session (a token it does not take, a version it does not speak:
@@ -481,16 +499,13 @@ impl Driver {
                         // refusal ended the client though other nodes served.
                         tracing::warn!(%err, "reconnect refused by this server; trying the others");
                         last_error = err.to_string();
+                        refusal.get_or_insert((tokio::time::Instant::now(), (refusal_code(&err), last_error.clone())));
                     }
                     Ok(Err(err)) if err.is_fatal() => {
                         // Trying again cannot help (a refused token or version, a certificate that is not the
                         // pinned one, from every address): the client ends and says why.
                         tracing::error!(%err, "reconnect refused; the client ends");
-                        let code = match &err {
-                            ConnectError::Refused(failure) => failure.code,
-                            _ => ErrorCode::Internal,
-                        };
-                        self.end((code, err.to_string()));
+                        self.end((refusal_code(&err), err.to_string()));
                         return;
                     }
                     Ok(Err(err)) => {
@@ -500,6 +515,13 @@ impl Driver {
                     Err(_) => {
                         tracing::info!(attempt = backoff.attempts(), "reconnect timed out");
                         last_error = format!("no answer within {} ms", self.options.connect_timeout.as_millis());
+                    }
+                }
+                if let Some((at, why)) = &refusal {
+                    if at.elapsed() >= self.options.connect_timeout {
+                        tracing::error!(reason = %why.1, "no other server took the session since one refused it; the client ends");
+                        self.end(why.clone());
+                        return;
                     }
                 }
             };

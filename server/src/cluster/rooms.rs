@@ -416,23 +416,34 @@ impl RoomHub for RedisRooms {
         };
         let epoch = epoch.parse().map_err(|_| Failure::new(ErrorCode::Internal, "unreadable room epoch"))?;
         // One more than asked tells whether there is more; a page never reads more than 1,024 entries.
-        let count = (limit as usize).saturating_add(1).min(1024);
-        let mut from = since.unwrap_or(0);
-        let (entries, read) = loop {
-            let (entries, read) = stream::range_read(&mut conn, &keys.log, from, seq, count, &ctx.codec)
-                .await
-                .map_err(|err| ctx.unavailable(err))?;
-            // A whole read of aged messages (a room gone quiet after many): past them, at most 64 reads.
-            match entries.last() {
-                Some(last) if read == count && entries.iter().all(|e| aged(ctx, e, now_us)) && from < last.seq() => {
-                    from = last.seq();
-                    if from - since.unwrap_or(0) > 64 * count as u64 {
-                        break (Vec::new(), 0);
+        let count = (limit as usize).saturating_add(1).min(stream::MAX_READ);
+        let read_from = |from: u64, count: usize| {
+            let (mut conn, log) = (conn.clone(), keys.log.clone());
+            async move { stream::range_read(&mut conn, &log, from, seq, count, &ctx.codec).await }
+        };
+        let (mut entries, mut read) = read_from(since.unwrap_or(0), count).await.map_err(|err| ctx.unavailable(err))?;
+        if entries.first().is_some_and(|e| aged(ctx, e, now_us)) {
+            // Aged messages first (a room gone quiet after many, its stream not trimmed since): past them in reads
+            // of 1,024, as many as the stream can hold, then the page from the first retained one.
+            let mut from = since.unwrap_or(0);
+            let most_reads = ctx.limits.history_max_messages as usize / stream::MAX_READ + 2;
+            for _ in 0..most_reads {
+                let (skipped, read) = read_from(from, stream::MAX_READ).await.map_err(|err| ctx.unavailable(err))?;
+                match (skipped.iter().position(|e| !aged(ctx, e, now_us)), skipped.last()) {
+                    (Some(0), _) => break,
+                    (Some(i), _) => {
+                        from = skipped[i - 1].seq();
+                        break;
+                    }
+                    (None, Some(last)) if read == stream::MAX_READ && from < last.seq() => from = last.seq(),
+                    (None, _) => {
+                        from = seq; // every one aged
+                        break;
                     }
                 }
-                _ => break (entries, read),
             }
-        };
+            (entries, read) = read_from(from, count).await.map_err(|err| ctx.unavailable(err))?;
+        }
         // A full read (cut short by `limit` + 1 or by the 1,024 cap) may leave more unread, also when some of its
         // entries did not decode and were skipped.
         let (mut messages, mut used, mut more) = (Vec::new(), 0, read == count);

@@ -14,6 +14,8 @@ use super::event;
 
 /// Messages per read at most.
 pub(super) const PAGE: usize = 256;
+/// Entries one History read takes at most.
+pub(super) const MAX_READ: usize = 1024;
 
 /// One stored message.
 #[derive(Debug, Clone)]

@@ -415,8 +415,9 @@ impl Broker {
         let mut conn = self.conn();
         let info = match redis::cmd("INFO").query_async::<String>(&mut conn).await {
             Ok(info) => info,
-            // Refused by the server (NOPERM): the answer is an error reply, not a lost connection.
-            Err(err) if err.code().is_some() => {
+            // Refused by the server's ACL (NOPERM). (Another error reply, a proxy's unknown command or a busy
+            // script, says nothing of the ACL: tried again at the next beat.)
+            Err(err) if err.code() == Some("NOPERM") => {
                 if !self.info_refused.swap(true, Ordering::Relaxed) {
                     match self.config.allow_eviction {
                         false => tracing::error!(%err, "the broker refuses INFO: whether it may evict keys cannot be \

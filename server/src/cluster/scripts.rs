@@ -241,7 +241,8 @@ return {ended, counted}
 "#;
 
 /// A node's heartbeat, on Redis' clock. KEYS: the nodes' sorted set, the node's mark. ARGV: node id, the node's
-/// token, `create` or `refresh`. Stamps the node (on Redis' clock, never backwards) and, with `create`, sets its
+/// token, `create` or `refresh`. Stamps the node (on Redis' clock, never backwards but after a step back of Redis'
+/// clock) and, with `create`, sets its
 /// mark; with `refresh` it only checks that the mark is still the node's: a node buried meanwhile (mark deleted) is
 /// told so by every beat until it creates the mark again, even if a beat from before a partition runs late.
 /// Returns {now ms, 1 if the mark is the node's, the node's stamp before this beat (0 if none)}: a stamp older than
@@ -250,6 +251,13 @@ const BEAT: &str = r#"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local before = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
+-- Never backwards, but for stamps ahead of Redis' clock by more than 5 s, every node's: its clock stepped back (an
+-- NTP step, a failover to a replica behind), and kept there a stamp would keep its node, once dead (already, or
+-- later), from being buried until Redis' clock caught up with it (an hour's step, an hour). A live node's next beat
+-- stamps it again.
+for _, ahead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now + 5000), '+inf')) do
+  redis.call('ZADD', KEYS[1], 'XX', now, ahead)
+end
 redis.call('ZADD', KEYS[1], 'GT', now, ARGV[1])
 if ARGV[3] == 'create' then
   redis.call('SET', KEYS[2], ARGV[2])

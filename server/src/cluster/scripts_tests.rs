@@ -327,6 +327,36 @@ fn a_burial_keeps_the_lists_of_a_node_that_came_back_meanwhile() {
     assert_eq!(listed(c, "retiring"), (false, false, false), "retired");
 }
 
+/// A beat after Redis' clock stepped back (here: stamps an hour ahead of it) stamps Redis' time, for every node
+/// whose stamp is that far ahead: kept an hour ahead (`ZADD GT`), a node that died would not be buried for that
+/// hour. A stamp a moment ahead (a beat that ran first) is kept.
+#[test]
+fn a_beat_after_redis_clock_stepped_back_stamps_redis_time() {
+    use crate::cluster::keys;
+    let Some(mut redis) = redis("a_beat_after_redis_clock_stepped_back_stamps_redis_time") else { return };
+    let c = &mut redis.conn;
+    let (now_s, _): (u64, u64) = redis::cmd("TIME").query(c).unwrap();
+    let beat = |c: &mut redis::Connection, node: &str| -> (u64, u64, u64) {
+        let mut invocation = BEAT_SCRIPT.prepare_invoke();
+        invocation.key(keys::NODES).key(keys::node_mark(node)).arg(node).arg("token").arg("create");
+        invocation.invoke(c).unwrap()
+    };
+    let stamp = |c: &mut redis::Connection, node: &str| -> u64 {
+        redis::cmd("ZSCORE").arg(keys::NODES).arg(node).query(c).unwrap()
+    };
+    let ahead = now_s * 1000 + 3_600_000;
+    redis::cmd("ZADD").arg(keys::NODES).arg(ahead).arg("stepped").query::<()>(c).unwrap();
+    redis::cmd("ZADD").arg(keys::NODES).arg(ahead).arg("dead").query::<()>(c).unwrap();
+    let (now_ms, _, before) = beat(c, "stepped");
+    assert_eq!(before, ahead);
+    assert_eq!(stamp(c, "stepped"), now_ms, "Redis' time, not the hour ahead");
+    assert_eq!(stamp(c, "dead"), now_ms, "a node that beats no more is stamped back too: buried an expiry later");
+    let moment = now_ms + 1_000;
+    redis::cmd("ZADD").arg(keys::NODES).arg(moment).arg("racing").query::<()>(c).unwrap();
+    beat(c, "racing");
+    assert_eq!(stamp(c, "racing"), moment, "a stamp a moment ahead is not taken back");
+}
+
 /// `RECONCILE` with `held` (subscription id, identity) read when the node's last subscription id was `last`.
 fn reconcile(redis: &mut Redis, keys: &RoomKeys, last: u64, held: &[(u64, &str)]) -> (u64, u64) {
     let mut call = RECONCILE_SCRIPT.prepare_invoke();

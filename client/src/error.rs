@@ -35,7 +35,7 @@ pub enum ConnectError {
     },
     /// The local UDP socket could not be set up.
     #[error("cannot open a UDP socket: {0}")]
-    Socket(std::io::Error),
+    Socket(#[source] std::io::Error),
     /// quinn refused to start the connection.
     #[error("cannot connect: {0}")]
     Connect(#[from] quinn::ConnectError),

@@ -84,7 +84,8 @@ counters! {
     handshake_timeouts,
     /// Requests answered `RateLimited` for going over `requests_per_s`.
     requests_rate_limited,
-    /// Posts answered `RateLimited` for going over `posts_per_s`.
+    /// Posts answered `RateLimited` for going over `posts_per_s`, and joins and leaves for going over theirs
+    /// (`posts_per_s` or `max_rooms` + 1, whichever is more).
     posts_rate_limited,
     /// Connections closed with `RateLimited` for flooding on after being refused.
     floods_closed,

@@ -133,6 +133,23 @@ struct Plan {
     rest: Option<(u64, u64)>,
 }
 
+/// Bytes of frames a replay page holds at most (a single bigger message still makes a page), as the single node's
+/// pages: 256 messages of up to `max_body` each were up to 4 MiB a page.
+const PAGE_BYTES: usize = 256 << 10;
+
+/// Cuts `page` after the entries that fit [`PAGE_BYTES`] (the first always stays).
+fn within_page_bytes(page: &mut Vec<Entry>) {
+    let mut bytes = 0;
+    let keep = page
+        .iter()
+        .position(|entry| {
+            bytes += entry.frame.len();
+            bytes > PAGE_BYTES
+        })
+        .map_or(page.len(), |over| over.max(1));
+    page.truncate(keep);
+}
+
 /// Whether `entries` follow `after` one by one (seqs `after + 1`, `after + 2`, …): a stream entry that does not
 /// decode, or whose frame is over this node's `max_frame` (a node configured with smaller limits than the one that
 /// took the post), is left out by [`stream::range`], and a replay that checked only a page's first entry passed over
@@ -160,7 +177,8 @@ async fn plan(
         if since.seq == seq {
             return Ok(Plan { recovered: true, first: Vec::new(), rest: None });
         }
-        let first = stream::range(conn, log, since.seq, seq, stream::PAGE, &ctx.codec).await?;
+        let mut first = stream::range(conn, log, since.seq, seq, stream::PAGE, &ctx.codec).await?;
+        within_page_bytes(&mut first);
         // (The entries after a retained one are newer: retained too.)
         let retained = first.first().is_some_and(|e| !aged(ctx, e, now_us));
         if retained && !first.is_empty() && contiguous(since.seq, &first) {
@@ -177,17 +195,20 @@ async fn plan(
 /// The pages of a replay after the first, read once the joiner's stream took the previous one.
 async fn replay_rest(ctx: Arc<Ctx>, log: String, mut after: u64, upto: u64, outbox: Arc<dyn Outbox>) {
     while after < upto {
+        // Each page read once what is queued before it (the join's first page, then the last one) was handed to the
+        // stream (read at once after the join's, two pages were held for a reader taking nothing).
+        if !outbox.drained().await {
+            return;
+        }
         let mut conn = ctx.broker.conn();
         match stream::range(&mut conn, &log, after, upto, stream::PAGE, &ctx.codec).await {
-            Ok(page) if !page.is_empty() && contiguous(after, &page) => {
+            Ok(mut page) if !page.is_empty() && contiguous(after, &page) => {
+                within_page_bytes(&mut page);
                 after = page.last().map_or(upto, Entry::seq);
                 for entry in page {
                     outbox.push_replay(entry.frame);
                 }
                 outbox.flush();
-                if !outbox.drained().await {
-                    return;
-                }
             }
             outcome => {
                 if let Err(err) = outcome {
@@ -499,5 +520,32 @@ impl RoomHub for RedisRooms {
 
     fn health(&self) -> Result<(), &'static str> {
         self.ctx.broker.ready()
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+
+    fn entry(seq: u64, bytes: usize) -> Entry {
+        let kind = quiver_proto::EventKind::Message { sender: "s".into(), client_msg_id: seq, body: vec![0; 8].into() };
+        let event = quiver_proto::RoomEvent { seq, time_us: 1, kind };
+        Entry { op: seq, event, frame: bytes::Bytes::from(vec![0; bytes]) }
+    }
+
+    /// A replay page holds at most 256 KiB of frames, as the single node's (256 messages of 16 KiB were 4 MiB), and
+    /// always its first message, however big.
+    #[test]
+    fn a_replay_page_is_bounded_in_bytes() {
+        let mut page: Vec<Entry> = (1..=256).map(|seq| entry(seq, 16 * 1024)).collect();
+        within_page_bytes(&mut page);
+        assert_eq!(page.len(), 16, "256 KiB of 16 KiB frames");
+        assert!(contiguous(0, &page));
+        let mut one = vec![entry(1, 1 << 20), entry(2, 10)];
+        within_page_bytes(&mut one);
+        assert_eq!(one.len(), 1, "the first stays, however big");
+        let mut small: Vec<Entry> = (1..=10).map(|seq| entry(seq, 100)).collect();
+        within_page_bytes(&mut small);
+        assert_eq!(small.len(), 10);
     }
 }

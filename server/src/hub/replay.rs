@@ -1,6 +1,6 @@
 //! A join's replay read in pages, from the durable store or a memory room's history: the next page is read only
-//! once the joiner's stream took the previous one, so a replay holds one page however long the history and however
-//! slow the reader.
+//! once the previous one was handed to the joiner's stream ([`Outbox::drained`]), so a replay holds one page however
+//! long the history and however slow the reader.
 //! Live frames wait in the joiner's outbox meanwhile (within its live bound) and follow the last page.
 
 use std::sync::Arc;
@@ -93,6 +93,10 @@ async fn from_store(
         joiner.flush();
     };
     while after < upto {
+        // Each page read once what is queued before it (Open, or the last page) was handed to the stream.
+        if !outbox.drained().await {
+            return; // the stream is gone
+        }
         // On the blocking pool: a page not in the cache is read from disk (up to 256 KiB), which must not hold up
         // the runtime's threads (every connection's tasks).
         let read = || {
@@ -132,9 +136,6 @@ async fn from_store(
             outbox.push_replay(stored.frame);
         }
         outbox.flush();
-        if !outbox.drained().await {
-            return; // the stream is gone
-        }
     }
     outbox.release_hold();
     outbox.flush();
@@ -146,6 +147,11 @@ async fn from_memory(
     outbox: Arc<dyn Outbox>,
 ) {
     while after < upto {
+        // Each page read once what is queued before it (the join's own first page, then the last one) was handed to
+        // the stream: the next page was read at once after the join's, two pages held for a reader taking nothing.
+        if !outbox.drained().await {
+            return; // the stream is gone
+        }
         let page = room.upgrade().and_then(|slot| {
             let slot = super::lock::lock(&slot);
             (!slot.removed).then(|| slot.room.memory_page(after, upto, PAGE_MESSAGES, PAGE_BYTES))
@@ -162,9 +168,6 @@ async fn from_memory(
             outbox.push_replay(frame);
         }
         outbox.flush();
-        if !outbox.drained().await {
-            return; // the stream is gone
-        }
     }
     outbox.release_hold();
     outbox.flush();

@@ -105,6 +105,22 @@ async fn a_memory_rooms_replay_is_queued_a_page_at_a_time() {
     assert_eq!(short.message_seqs(), (591..=601).collect::<Vec<_>>());
 }
 
+/// The next page is read only once the join's first page was written out: with a reader that takes nothing, the
+/// replay holds that one page (the second was read and queued at once behind the join's, two pages per room).
+#[tokio::test]
+async fn a_memory_replays_next_page_waits_for_the_first_to_be_written() {
+    let (_hub, _epoch, out, joining) = joined_from_the_start_of_600(Limits::default()).await;
+    out.take_nothing();
+    let replay = tokio::spawn(joining.replay.expect("the rest to page").run());
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(out.message_seqs().len(), 256, "only the join's page while nothing is written");
+    out.written_out();
+    replay.await.unwrap();
+    assert_eq!(out.message_seqs(), (1..=600).collect::<Vec<_>>());
+}
+
 /// History trimmed away under a paged memory replay: the joiner, told it was recovered, is dropped to rejoin (and
 /// learn that it missed messages), never sent the rest after a gap.
 #[tokio::test]

@@ -18,6 +18,9 @@ pub(super) struct Collect {
     held: Mutex<Option<Vec<Bytes>>>,
     /// Ended by the hub ([`Outbox::kick`]).
     kicked: std::sync::atomic::AtomicBool,
+    /// While set, [`Outbox::drained`] waits (a reader that takes nothing), until [`Collect::written_out`].
+    unwritten: std::sync::atomic::AtomicBool,
+    written: tokio::sync::Notify,
 }
 
 impl Collect {
@@ -28,7 +31,20 @@ impl Collect {
             bound,
             held: Mutex::new(None),
             kicked: Default::default(),
+            unwritten: Default::default(),
+            written: tokio::sync::Notify::new(),
         })
+    }
+
+    /// From now on nothing is written out ([`Outbox::drained`] waits) until [`Collect::written_out`].
+    pub(super) fn take_nothing(&self) {
+        self.unwritten.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Everything so far counts as written ([`Outbox::drained`] completes).
+    pub(super) fn written_out(&self) {
+        self.unwritten.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.written.notify_waiters();
     }
 
     pub(super) fn kicked(&self) -> bool {
@@ -110,7 +126,15 @@ impl Outbox for Collect {
     }
 
     fn drained(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
-        Box::pin(async { true })
+        Box::pin(async {
+            loop {
+                let written = self.written.notified();
+                if !self.unwritten.load(std::sync::atomic::Ordering::Relaxed) {
+                    return true;
+                }
+                written.await;
+            }
+        })
     }
 }
 

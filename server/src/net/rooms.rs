@@ -370,6 +370,9 @@ impl Outbox for StreamOutbox {
             // grow past its bound a frame at a time.
             queue.bytes += rest.iter().map(Bytes::len).sum::<usize>().min(counted);
             queue.put_back(rest);
+            // The stream is parked again: a paged replay waiting for it to be written out hears of it here too (a
+            // flush that returns below to wake the pump would otherwise leave it waiting for the next event).
+            self.notify_if_drained(&queue);
             let (written_before, closed) = (queue.written_before(), queue.closed);
             drop(queue);
             if written > 0 {

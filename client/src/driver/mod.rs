@@ -58,6 +58,10 @@ type CopyRoute = (Arc<RoomEntry>, StreamNumber);
 /// lost sooner goes on from where the last delays were.
 pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
+/// Attempts since a refusal, its own included, before the client ends with it (once `connect_timeout` has passed
+/// too): another node restarting (its drain, 10 s by default, and its start) has that long to come back.
+const OTHERS_TRIES: u32 = 3;
+
 /// The code a refusal ends the client with: the server's, for a session it refused.
 fn refusal_code(err: &ConnectError) -> ErrorCode {
     match err {
@@ -195,6 +199,12 @@ impl Driver {
             Target::connect(targets, &self.options, self.options.connect_timeout, websocket_first).await?;
         *lock(&self.target) = Arc::new(target);
         self.open(link).await
+    }
+
+    /// Whether a refusal (when, attempts since, why) is the answer now: `connect_timeout` has passed since it, and
+    /// [`OTHERS_TRIES`] attempts (its own included) failed.
+    fn refusal_stands(&self, (at, tries, _): &(tokio::time::Instant, u32, (ErrorCode, String))) -> bool {
+        at.elapsed() >= self.options.connect_timeout && *tries >= OTHERS_TRIES
     }
 
     /// After a refusal of the session by the current target's address (its Hello answered with an error): notes it
@@ -455,12 +465,12 @@ impl Driver {
             let mut last_error = format!("{}: {}", why.0, why.1);
             // Counted from this loss (the backoff's own count goes on across short-lived connections).
             let mut attempts_since_loss = 0;
-            // Addresses that refused the session in this outage: passed over while another is left, for at most
-            // `connect_timeout` from the first refusal; no other address taking the session by then, the client ends
-            // with that refusal (an expired token refused by one node while the others are down ended the client
-            // before; passed over for ever, it would reconnect in silence for ever).
+            // Addresses that refused the session in this outage: passed over while another is left, until
+            // `connect_timeout` has passed since the first refusal and [`OTHERS_TRIES`] more attempts failed; no other
+            // address taking the session by then, the client ends with that refusal (passed over for ever, an
+            // expired token refused by one node while the others are down reconnected in silence for ever).
             let mut refused_by = Vec::new();
-            let mut refusal: Option<(tokio::time::Instant, (ErrorCode, String))> = None;
+            let mut refusal: Option<(tokio::time::Instant, u32, (ErrorCode, String))> = None;
             let connection = loop {
                 let delay = backoff.next_delay(rand::random());
                 let attempt = attempts_since_loss;
@@ -491,7 +501,7 @@ impl Driver {
                     Ok(Err(err))
                         if err.is_fatal()
                             && !matches!(err, ConnectError::PinMismatch { .. })
-                            && refusal.as_ref().is_none_or(|(at, _)| at.elapsed() < self.options.connect_timeout)
+                            && refusal.as_ref().is_none_or(|r| !self.refusal_stands(r))
                             && self.others_left(&mut refused_by).await =>
                     {
                         // This node refused the session (a token it does not take, a version it does not speak:
@@ -499,7 +509,14 @@ impl Driver {
                         // refusal ended the client though other nodes served.
                         tracing::warn!(%err, "reconnect refused by this server; trying the others");
                         last_error = err.to_string();
-                        refusal.get_or_insert((tokio::time::Instant::now(), (refusal_code(&err), last_error.clone())));
+                        refusal.get_or_insert((
+                            tokio::time::Instant::now(),
+                            0,
+                            (refusal_code(&err), last_error.clone()),
+                        ));
+                    }
+                    Ok(Err(_)) if self.stop.is_cancelled() => {
+                        return self.end((ErrorCode::NoError, "client dropped".into()));
                     }
                     Ok(Err(err)) if err.is_fatal() => {
                         // Trying again cannot help (a refused token or version, a certificate that is not the
@@ -517,10 +534,12 @@ impl Driver {
                         last_error = format!("no answer within {} ms", self.options.connect_timeout.as_millis());
                     }
                 }
-                if let Some((at, why)) = &refusal {
-                    if at.elapsed() >= self.options.connect_timeout {
+                if let Some(refused) = &mut refusal {
+                    refused.1 += 1;
+                    if self.refusal_stands(refused) {
+                        let why = refused.2.clone();
                         tracing::error!(reason = %why.1, "no other server took the session since one refused it; the client ends");
-                        self.end(why.clone());
+                        self.end(why);
                         return;
                     }
                 }

@@ -239,8 +239,8 @@ impl Broker {
                         stored twice once its dedupe key is evicted");
         }
         if self.info_refused.load(Ordering::Relaxed) && !self.config.allow_eviction {
-            return Err("the broker refuses INFO (its user's ACL leaves it out), so whether it may evict keys cannot \
-                        be checked: grant the user +info, or set broker.allow_eviction");
+            return Err("the broker answers INFO with an error (an ACL that leaves it out refuses INFO: grant the \
+                        user +info), so whether it may evict keys cannot be checked; or set broker.allow_eviction");
         }
         if !self.pubsub_up.load(Ordering::Relaxed) {
             return Err("the broker's Pub/Sub connection is down (Redis unreachable)");
@@ -415,20 +415,22 @@ impl Broker {
         let mut conn = self.conn();
         let info = match redis::cmd("INFO").query_async::<String>(&mut conn).await {
             Ok(info) => info,
-            // Refused by the server's ACL (NOPERM). (Another error reply, a proxy's unknown command or a busy
-            // script, says nothing of the ACL: tried again at the next beat.)
-            Err(err) if err.code() == Some("NOPERM") => {
+            // Answered with an error (NOPERM: an ACL that leaves INFO out; a proxy that does not pass it on; a busy
+            // script): whether Redis may evict keys is unknown, which is not safe. Until INFO answers again.
+            Err(err) if err.code().is_some() => {
                 if !self.info_refused.swap(true, Ordering::Relaxed) {
                     match self.config.allow_eviction {
-                        false => tracing::error!(%err, "the broker refuses INFO: whether it may evict keys cannot be \
-                            checked; not ready until its user may run INFO (+info) or broker.allow_eviction is set"),
-                        true => tracing::warn!(%err, "the broker refuses INFO: whether it may evict keys cannot be \
-                            checked (allowed by broker.allow_eviction)"),
+                        false => tracing::error!(%err, "the broker answers INFO with an error: whether it may evict \
+                            keys cannot be checked; not ready until it answers (an ACL needs +info) or \
+                            broker.allow_eviction is set"),
+                        true => tracing::warn!(%err, "the broker answers INFO with an error: whether it may evict \
+                            keys cannot be checked (allowed by broker.allow_eviction)"),
                     }
                 }
                 return;
             }
-            Err(_) => return, // unreachable: the heartbeat says so
+            // Unreachable (no answer at all): the heartbeat says so, and this is tried again at the next beat.
+            Err(_) => return,
         };
         if self.info_refused.swap(false, Ordering::Relaxed) {
             tracing::info!("the broker answers INFO again");

@@ -221,7 +221,8 @@ impl Driver {
         };
         match resolved {
             Ok(Ok(targets)) => targets.iter().any(|t| !refused_by.contains(&t.addr)),
-            _ => false,
+            // A resolver that fails for now is no proof that no other address is left: the refusal's window says.
+            _ => true,
         }
     }
 

@@ -194,6 +194,9 @@ async fn plan(
 
 /// The pages of a replay after the first, read once the joiner's stream took the previous one.
 async fn replay_rest(ctx: Arc<Ctx>, log: String, mut after: u64, upto: u64, outbox: Arc<dyn Outbox>) {
+    // Entries read at a time: a page's worth of the last page's size (with large messages, 256 a read fetched and
+    // decoded up to 4 MiB to keep 256 KiB, and read most of it again for the next page).
+    let mut count = stream::PAGE;
     while after < upto {
         // Each page read once what is queued before it (the join's first page, then the last one) was handed to the
         // stream (read at once after the join's, two pages were held for a reader taking nothing).
@@ -201,9 +204,14 @@ async fn replay_rest(ctx: Arc<Ctx>, log: String, mut after: u64, upto: u64, outb
             return;
         }
         let mut conn = ctx.broker.conn();
-        match stream::range(&mut conn, &log, after, upto, stream::PAGE, &ctx.codec).await {
-            Ok(mut page) if !page.is_empty() && contiguous(after, &page) => {
-                within_page_bytes(&mut page);
+        let read = stream::range(&mut conn, &log, after, upto, count, &ctx.codec).await.map(|mut page| {
+            // (Cut before the gap check: a gap past the cut is the next page's, not a reason to end this one.)
+            within_page_bytes(&mut page);
+            page
+        });
+        match read {
+            Ok(page) if !page.is_empty() && contiguous(after, &page) => {
+                count = (page.len() * 2).clamp(8, stream::PAGE);
                 after = page.last().map_or(upto, Entry::seq);
                 for entry in page {
                     outbox.push_replay(entry.frame);
@@ -216,12 +224,18 @@ async fn replay_rest(ctx: Arc<Ctx>, log: String, mut after: u64, upto: u64, outb
                 }
                 // Trimmed meanwhile, or unreadable: the member rejoins from where it got to.
                 outbox.kick_replay();
-                break;
+                outbox.release_hold();
+                outbox.flush();
+                return;
             }
         }
     }
-    outbox.release_hold();
-    outbox.flush();
+    // The held live frames follow once the last page was written, in a write of their own: in one with the page
+    // they would be counted against `room_queue_bytes` as the page's frames were written.
+    if outbox.drained().await {
+        outbox.release_hold();
+        outbox.flush();
+    }
 }
 
 impl RoomHub for RedisRooms {

@@ -137,8 +137,7 @@ async fn from_store(
         }
         outbox.flush();
     }
-    outbox.release_hold();
-    outbox.flush();
+    release_after_the_last_page(&*outbox).await;
 }
 
 async fn from_memory(
@@ -169,8 +168,17 @@ async fn from_memory(
         }
         outbox.flush();
     }
-    outbox.release_hold();
-    outbox.flush();
+    release_after_the_last_page(&*outbox).await;
+}
+
+/// Lets the held live frames follow once the last page was written, in a write of their own: in one with the page,
+/// they would be counted against `room_queue_bytes` as the page's frames were written. Nothing when the stream is
+/// gone meanwhile.
+async fn release_after_the_last_page(outbox: &dyn Outbox) {
+    if outbox.drained().await {
+        outbox.release_hold();
+        outbox.flush();
+    }
 }
 
 /// Whether `frame` (a length prefix and a body) has a body of at most `max_frame` bytes.

@@ -417,7 +417,8 @@ impl Broker {
             Ok(info) => info,
             // Answered with an error (NOPERM: an ACL that leaves INFO out; a proxy that does not pass it on; a busy
             // script): whether Redis may evict keys is unknown, which is not safe. Until INFO answers again.
-            Err(err) if err.code().is_some() => {
+            // (Any answer that is not INFO's: an error reply, or a reply of another kind, from a proxy.)
+            Err(err) if !(err.is_io_error() || err.is_timeout() || err.is_connection_dropped()) => {
                 if !self.info_refused.swap(true, Ordering::Relaxed) {
                     match self.config.allow_eviction {
                         false => tracing::error!(%err, "the broker answers INFO with an error: whether it may evict \
@@ -429,7 +430,7 @@ impl Broker {
                 }
                 return;
             }
-            // Unreachable (no answer at all): the heartbeat says so, and this is tried again at the next beat.
+            // No answer at all: the heartbeat says so, and this is tried again at the next beat.
             Err(_) => return,
         };
         if self.info_refused.swap(false, Ordering::Relaxed) {

@@ -16,6 +16,7 @@ pub mod keys;
 mod membership;
 mod node_room;
 mod posts;
+mod replay;
 mod rollback;
 mod rooms;
 mod scripts;

@@ -9,7 +9,7 @@ use quiver_server::{
     cluster::{Broker, BrokerSettings, ClusterTicks, RedisRooms},
     hub::RoomHub,
     settings::{self, DiskDurability, Layers, LogFormat, LogSettings, Override, Settings, StoreKind},
-    signals::{Reread, Served, Signals},
+    signals::{self, Reread, Served, Signals},
     store::Durability,
     token::{Signer, TokenCommandError, TokenRequest},
     Server,
@@ -280,7 +280,7 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    if let Err(err) = hold_reloads() {
+    if let Err(err) = signals::hold_reloads() {
         return fail(&format!("cannot hold SIGHUP until the server's handlers are registered: {err}"));
     }
     let file = args.config.clone().or_else(|| std::env::var_os("QUIVER_CONFIG").map(PathBuf::from));
@@ -306,40 +306,6 @@ fn main() -> ExitCode {
         settings::load(file.as_deref(), env, overrides.clone()).map(|(settings, _)| settings)
     });
     runtime.block_on(serve(Reread::new(settings, again), layers))
-}
-
-/// A SIGHUP before the server's handlers are registered (`Signals::install`; a `systemctl reload` just after a
-/// start, or a configuration file that is slow to read) ended the process by its default action. It is blocked
-/// from here on in this thread, and so in every thread started after it (the runtime's), and stays pending until
-/// `serve` unblocks it in this thread once the handlers are there: the reload then runs once the server is up
-/// (`Signals::handle`). (A SIGHUP before `main` runs at all still ends the process.)
-#[cfg(unix)]
-fn hold_reloads() -> nix::Result<()> {
-    reloads().thread_block()
-}
-
-#[cfg(not(unix))]
-fn hold_reloads() -> Result<(), std::convert::Infallible> {
-    Ok(())
-}
-
-/// Lets a SIGHUP held by [`hold_reloads`] (and every one after it) reach the handlers, from this thread (the one
-/// `block_on` runs `serve` on; the runtime's own threads keep it blocked, so it is always this one that takes it).
-#[cfg(unix)]
-fn release_reloads() -> nix::Result<()> {
-    reloads().thread_unblock()
-}
-
-#[cfg(not(unix))]
-fn release_reloads() -> Result<(), std::convert::Infallible> {
-    Ok(())
-}
-
-#[cfg(unix)]
-fn reloads() -> nix::sys::signal::SigSet {
-    let mut set = nix::sys::signal::SigSet::empty();
-    set.add(nix::sys::signal::Signal::SIGHUP);
-    set
 }
 
 /// Prints a line on stdout; a closed stdout is not worth a panic (the server keeps serving).
@@ -428,7 +394,7 @@ async fn serve(reread: Reread, layers: Layers) -> ExitCode {
         Ok(signals) => signals,
         Err(err) => return fail(&format!("cannot install signal handlers: {err}")),
     };
-    if let Err(err) = release_reloads() {
+    if let Err(err) = signals::release_reloads() {
         return fail(&format!("cannot unblock SIGHUP for its handler: {err}"));
     }
     let (reloader, reloader_set) = tokio::sync::oneshot::channel();

@@ -18,6 +18,41 @@ use crate::{
 /// hangs must not keep it from exiting).
 const SEAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// A SIGHUP before the server's handlers are registered ([`Signals::install`]; a `systemctl reload` just after a
+/// start, or a configuration file that is slow to read) ended the process by its default action. Called first in
+/// `main`, before any other thread starts: it is blocked from then on in this thread, and so in every thread started
+/// after it (the runtime's), and stays pending until [`release_reloads`] unblocks it in this thread once the
+/// handlers are there; the reload then runs once the server is up ([`Signals::handle`]). (A SIGHUP before `main`
+/// runs at all still ends the process.)
+#[cfg(unix)]
+pub fn hold_reloads() -> nix::Result<()> {
+    reloads().thread_block()
+}
+
+#[cfg(not(unix))]
+pub fn hold_reloads() -> Result<(), std::convert::Infallible> {
+    Ok(())
+}
+
+/// Lets a SIGHUP held by [`hold_reloads`] (and every one after it) reach the handlers, from this thread (the one
+/// `block_on` runs the server on; the runtime's own threads keep it blocked, so it is always this one that takes it).
+#[cfg(unix)]
+pub fn release_reloads() -> nix::Result<()> {
+    reloads().thread_unblock()
+}
+
+#[cfg(not(unix))]
+pub fn release_reloads() -> Result<(), std::convert::Infallible> {
+    Ok(())
+}
+
+#[cfg(unix)]
+fn reloads() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGHUP);
+    set
+}
+
 /// What the signals act on once the server is there: its reloader (SIGHUP), and its room store (sealed before a
 /// second SIGTERM exits).
 #[derive(Debug)]

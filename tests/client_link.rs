@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use quiver_client::{Client, ConnectOptions, TrustOptions};
-use quiver_proto::Limits;
-use quiver_tests::{hostile::named, TestServer};
+use quiver_client::{Client, ConnectOptions, ConnectionState, TrustOptions};
+use quiver_proto::{ErrorCode, Limits};
+use quiver_server::ServerConfig;
+use quiver_tests::{hostile::named, states_until, TestServer};
 
 use quiver_tests::fakes::{
     broken_room_stream, drops_each_first_request, fake_endpoint, kicked_with_its_join, late_first_stream,
@@ -361,4 +362,55 @@ async fn a_client_dropped_after_giving_up_a_call_closes_its_connection() {
         let closed = tokio::time::timeout(Duration::from_secs(5), server).await;
         closed.unwrap_or_else(|_| panic!("{call}: the connection stayed open")).unwrap();
     }
+}
+
+/// A node that refuses the session (here: its token keys are not the cluster's, as mid-way through a rolling
+/// change) is passed over while another address is left, at the first connect and at a reconnect (the lost address
+/// is tried last, so the refuser first): before, its refusal ended the client though another node served. With no
+/// other node taking the session within `connect_timeout` the client ends with the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_refuses_the_session_is_passed_over_for_the_others() {
+    let good = TestServer::start(Limits::default());
+    // The same certificate (trusted), its own dev key (the client's token is not one it takes).
+    let dir = tempfile::tempdir().unwrap();
+    let tls = quiver_server::TlsSource::Pem {
+        cert: good.data_dir.path().join(quiver_certs::dev::CERT_FILE),
+        key: good.data_dir.path().join(quiver_certs::dev::KEY_FILE),
+    };
+    let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
+    let refuser = TestServer::start_with(ServerConfig { tls, ..dev }, dir);
+    // The certificate kept apart from the good node's data directory, which goes with it when it stops for good.
+    let trusted = tempfile::tempdir().unwrap();
+    let cert = quiver_certs::dev::CERT_FILE;
+    std::fs::copy(good.data_dir.path().join(cert), trusted.path().join(cert)).unwrap();
+    let options = ConnectOptions {
+        trust: TrustOptions::Auto { data_dir: trusted.path().to_owned() },
+        token: Some(good.token("a")),
+        reconnect_delay: Duration::from_millis(20),
+        reconnect_max_delay: Duration::from_millis(200),
+        connect_timeout: Duration::from_secs(2),
+        ..ConnectOptions::default()
+    };
+    let servers = format!("{},{}", refuser.addr, good.addr);
+    let client = Client::connect_with(&servers, options).await.expect("the second server takes the session");
+    assert_eq!(client.server_addr(), good.addr);
+    assert!(refuser.stats.refusals(ErrorCode::TokenInvalid) >= 1, "the refuser was tried and refused");
+    let watch = client.state();
+    let good = good.restart(Limits::default()).await;
+    let seen = states_until(watch, |s| matches!(s, ConnectionState::Connected { reconnects: 1, .. })).await;
+    assert!(
+        seen.iter()
+            .any(|s| matches!(s, ConnectionState::Reconnecting { last_error, .. } if last_error.contains("refused"))),
+        "the refuser was tried on the way: {seen:?}"
+    );
+    assert_eq!(client.server_addr(), good.addr);
+    client.ping().await.unwrap();
+    // The good node gone for good: the refusal is the answer once no other address took the session within
+    // connect_timeout (passed over for ever, the client would reconnect in silence for ever).
+    let watch = client.state();
+    good.stop().await;
+    let seen = states_until(watch, |s| matches!(s, ConnectionState::Closed { .. })).await;
+    let Some(ConnectionState::Closed { code, .. }) = seen.last() else { unreachable!() };
+    assert_eq!(*code, ErrorCode::TokenInvalid, "{seen:?}");
+    refuser.stop().await;
 }

@@ -347,3 +347,20 @@ pub async fn resumed(room: &mut quiver_client::Room) -> (bool, u64) {
     .await
     .unwrap()
 }
+
+/// The states `watch` (taken before whatever changes them) goes through until `done` says stop (at most 15 s).
+pub async fn states_until(
+    mut watch: tokio::sync::watch::Receiver<quiver_client::ConnectionState>,
+    done: impl Fn(&quiver_client::ConnectionState) -> bool,
+) -> Vec<quiver_client::ConnectionState> {
+    let mut seen = vec![watch.borrow_and_update().clone()];
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while !done(seen.last().unwrap()) {
+            watch.changed().await.unwrap();
+            seen.push(watch.borrow_and_update().clone());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("states so far: {seen:?}"));
+    seen
+}

@@ -1,6 +1,7 @@
 //! Which new connections the server takes, without sockets or clocks: at most `max_connections` in all,
 //! `max_connections_per_ip` per source address and `budget.max_connections_per_network` per network (an IPv4 /24, an
-//! IPv6 /48), and at most `new_connections_per_s_per_ip` new ones a second per source address. The endpoint asks [`Admission::decide`] for each incoming connection and carries out the answer.
+//! IPv6 /48), and at most `new_connections_per_s_per_ip` new ones a second per source address. The endpoint asks
+//! [`Admission::decide`] for each incoming connection and carries out the answer.
 //!
 //! An address over its rate is made to prove it is real: attempts that are not validated yet get a QUIC Retry
 //! (stateless, costs the server one small packet) and do not use up the rate; validated ones (they came back with

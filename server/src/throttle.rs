@@ -4,9 +4,9 @@
 //! member of its room, and a connection joining and leaving a room in a loop sent its members presence events at
 //! `requests_per_s`, 5,000 a second, each Join copying the member list under the room's lock. Not the posts' own
 //! bucket: a client rejoining all its rooms at a reconnect would then have its paced posts refused (its pacer counts
-//! posts only), or, with a low `posts_per_s`, be closed as a flood at every reconnect (the diff review's find). A request over a rate is answered `RateLimited` and the
-//! connection goes on; a peer that keeps sending regardless (more than `FLOOD_BURSTS` bursts refused within a
-//! second) gets its last refusal and is closed with `RateLimited`.
+//! posts only), or, with a low `posts_per_s`, be closed as a flood at every reconnect (the diff review's find). A
+//! request over a rate is answered `RateLimited` and the connection goes on; a peer that keeps sending regardless
+//! (more than `FLOOD_BURSTS` bursts refused within a second) gets its last refusal and is closed with `RateLimited`.
 
 use std::{sync::Arc, time::Instant};
 

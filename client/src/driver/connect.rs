@@ -104,8 +104,8 @@ impl Driver {
         // connection is already held by its reader tasks, and nothing else would ever close it.
         let mut unfinished = Unfinished { driver: driver.clone(), connection: None, finished: false };
         // A server that took the handshake but not the session (over its connection limit, going away, no answer
-        // to Hello in time, or a refusal of it) is not the end while another address is left: a cluster's other nodes are tried, each
-        // once, then (with `first_connect_retry`) all of them again after the backoff's pause.
+        // to Hello in time, or a refusal of it) is not the end while another address is left: a cluster's other
+        // nodes are tried, each once, then (with `first_connect_retry`) all of them again after the backoff's pause.
         let mut refused = Vec::new();
         // The refusal met so far, if any: the connect's error once no other address takes the session.
         let mut fatal = None;

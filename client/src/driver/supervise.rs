@@ -41,6 +41,11 @@ impl Driver {
         self.open(link).await
     }
 
+    /// The addresses `server` names now, with their trust.
+    async fn resolve(&self) -> Result<Vec<Target>, ConnectError> {
+        Target::resolve_all(&self.server, &self.options).await
+    }
+
     /// Whether a refusal (when, attempts since, why) is the answer now: `connect_timeout` has passed since it, and
     /// [`OTHERS_TRIES`] attempts (its own included) failed.
     fn refusal_stands(&self, (at, tries, _): &(tokio::time::Instant, u32, (ErrorCode, String))) -> bool {
@@ -56,7 +61,7 @@ impl Driver {
         }
         // (Bounded, and given up with the client: a resolver that does not answer must not hold the supervisor.)
         let resolved = tokio::select! {
-            resolved = tokio::time::timeout(self.options.connect_timeout, Target::resolve_all(&self.server, &self.options)) => resolved,
+            resolved = tokio::time::timeout(self.options.connect_timeout, self.resolve()) => resolved,
             () = self.stop.cancelled() => return false,
         };
         match resolved {
@@ -66,8 +71,8 @@ impl Driver {
         }
     }
 
-    /// Watches the live connection; when it is lost (or silent for `dead_server_after`), reconnects with backoff and puts rooms (from their
-    /// positions), subscriptions and claims back.
+    /// Watches the live connection; when it is lost (or silent for `dead_server_after`), reconnects with backoff and
+    /// puts rooms (from their positions), subscriptions and claims back.
     pub(super) async fn supervise(self: Arc<Self>) {
         let new_backoff = || Backoff::new(self.options.reconnect_delay, self.options.reconnect_max_delay);
         let mut backoff = new_backoff();
@@ -175,7 +180,8 @@ impl Driver {
                     refused.1 += 1;
                     if self.refusal_stands(refused) {
                         let why = refused.2.clone();
-                        tracing::error!(reason = %why.1, "no other server took the session since one refused it; the client ends");
+                        let reason = &why.1;
+                        tracing::error!(%reason, "no other server took the session since one refused it; ending");
                         self.end(why);
                         return;
                     }

@@ -9,8 +9,9 @@ use quiver_transport::TransportTuning;
 use crate::{error::TokenError, TrustOptions};
 
 /// How a client connects and reconnects. (Its `Debug` hides the token: an application that logs its client's
-/// options must not log a bearer token.) Its durations are more than zero and at most a year
-/// ([`crate::ConnectError::Options`] otherwise; `None`, where an option takes it, means never).
+/// options must not log a bearer token.) Its durations are at most a year, and `connect_timeout`, `reconnect_delay`,
+/// `reconnect_max_delay` and `dead_server_after` more than zero ([`crate::ConnectError::Options`] otherwise; `None`,
+/// where an option takes it, means never).
 #[derive(Clone)]
 pub struct ConnectOptions {
     /// Which certificate to accept.
@@ -49,7 +50,8 @@ pub struct ConnectOptions {
     /// Write one qlog file per connection (each reconnect too) into this directory, for qvis.
     pub qlog_dir: Option<std::path::PathBuf>,
     /// Keep trying the first connect (with the reconnect backoff) for up to this long, for a client that may
-    /// start before its server; `None`: one attempt. Fatal refusals (a token, the version, a pin) end it at once.
+    /// start before its server; `None`: one attempt. Fatal refusals (a token, the version, a pin) end it once no
+    /// other address takes the session.
     pub first_connect_retry: Option<Duration>,
     /// A server that sends nothing for this long is taken for dead: the connection is dropped and the client
     /// reconnects (to another node of a cluster when given several). QUIC itself only notices at its 30 s idle

@@ -18,8 +18,9 @@ pub struct BrokerSettings {
     pub heartbeat_ms: u32,
     /// A Redis request not answered within this long fails (a post is refused with `Unavailable`).
     pub request_timeout_ms: u32,
-    /// Ready although Redis may evict keys (a `maxmemory` with a policy other than `noeviction`): for a managed Redis
-    /// whose policy cannot be changed and whose memory is watched. Off: such a node reports itself not ready.
+    /// Ready although Redis may evict keys (a `maxmemory` with a policy other than `noeviction`), or cannot say (it
+    /// answers `INFO` with an error: an ACL without `+info`, a proxy): for a managed Redis whose policy cannot be
+    /// changed and whose memory is watched. Off: such a node reports itself not ready.
     pub allow_eviction: bool,
 }
 

@@ -370,15 +370,18 @@ impl Outbox for StreamOutbox {
             // grow past its bound a frame at a time.
             queue.bytes += rest.iter().map(Bytes::len).sum::<usize>().min(counted);
             queue.put_back(rest);
-            // The stream is parked again: a paged replay waiting for it to be written out hears of it here too (a
-            // flush that returns below to wake the pump would otherwise leave it waiting for the next event).
-            self.notify_if_drained(&queue);
             let (written_before, closed) = (queue.written_before(), queue.closed);
+            let leaving = pending || self.overflow.is_cancelled() || closed;
+            if leaving {
+                // The stream is parked again and this flush returns without looking at the queue once more (where
+                // it tells a waiting paged replay): tell it here, or it waits for the next event.
+                self.notify_if_drained(&queue);
+            }
             drop(queue);
             if written > 0 {
                 self.probed(written_before);
             }
-            if pending || self.overflow.is_cancelled() || closed {
+            if leaving {
                 self.wake.notify_one();
                 return;
             }

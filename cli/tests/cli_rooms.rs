@@ -338,22 +338,7 @@ async fn a_chat_whose_posts_fail_and_a_post_with_no_answer_exit_non_zero() {
 /// (it reconnected forever before) naming how many were left; a join with no answer ends it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_gives_up_on_posts_and_a_join_nobody_answers_after_its_timeout() {
-    let server = TestServer::start(Limits::default());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .args(["chat", "--room", "town", "--name", "ann", "--json", "--timeout", "1", "--server"])
-        .arg(server.addr.to_string())
-        .arg("--data-dir")
-        .arg(server.data_dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(next(&mut lines).await["state"], "connected", "joined");
-    server.stop().await;
-    let mut stdin = child.stdin.take().unwrap();
+    let (child, _lines, mut stdin) = chat_whose_server_is_gone(&["--timeout", "1"]).await;
     stdin.write_all(b"into the void\n").await.unwrap();
     drop(stdin);
     let started = std::time::Instant::now();
@@ -379,23 +364,8 @@ async fn chat_gives_up_on_posts_and_a_join_nobody_answers_after_its_timeout() {
 /// exited 0, and a script read that as every line stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_stopped_with_posts_not_acknowledged_fails_naming_them() {
-    let server = TestServer::start(Limits::default());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .args(["chat", "--room", "town", "--name", "ann", "--json", "--server"])
-        .arg(server.addr.to_string())
-        .arg("--data-dir")
-        .arg(server.data_dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(next(&mut lines).await["state"], "connected", "joined");
-    server.stop().await;
+    let (mut child, mut lines, mut stdin) = chat_whose_server_is_gone(&[]).await;
     // The post waits for a server that is gone (queued, reconnecting); stdin stays open.
-    let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"never acknowledged\n").await.unwrap();
     stdin.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -412,6 +382,32 @@ async fn chat_stopped_with_posts_not_acknowledged_fails_naming_them() {
     assert!(!status.success(), "{status}: {stderr}");
     assert!(stderr.contains("stopped with 1 posts not acknowledged"), "{stderr}");
     drop(stdin);
+}
+
+/// `quiver chat --json` with `extra` arguments, joined to a server that is then stopped for good: the process, its
+/// stdout's lines (the first, `connected`, read) and its stdin.
+async fn chat_whose_server_is_gone(
+    extra: &[&str],
+) -> (tokio::process::Child, Lines<BufReader<ChildStdout>>, tokio::process::ChildStdin) {
+    let server = TestServer::start(Limits::default());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["chat", "--room", "town", "--name", "ann", "--json"])
+        .args(extra)
+        .arg("--server")
+        .arg(server.addr.to_string())
+        .arg("--data-dir")
+        .arg(server.data_dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(next(&mut lines).await["state"], "connected", "joined");
+    server.stop().await;
+    let stdin = child.stdin.take().unwrap();
+    (child, lines, stdin)
 }
 
 /// SIGINT to `pid`, as Ctrl-C sends (through nix: the `kill` program is procps', not on every machine).

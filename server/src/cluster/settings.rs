@@ -104,6 +104,19 @@ impl BrokerSettings {
         if self.request_timeout_ms == 0 {
             return Err(("broker.request_timeout_ms", "must be at least 1".into()));
         }
+        // A beat waits for Redis up to the request timeout, so a live node on a slow Redis can go a heartbeat and a
+        // request timeout between beats: an expiry within that buries live nodes.
+        let longest_gap = u64::from(self.heartbeat_ms) + u64::from(self.request_timeout_ms);
+        if u64::from(self.presence_expiry_ms) <= longest_gap {
+            return Err((
+                "broker.presence_expiry_ms",
+                format!(
+                    "{} is not more than broker.heartbeat_ms + broker.request_timeout_ms ({} + {}): a live node \
+                     waiting on a slow Redis would be declared dead",
+                    self.presence_expiry_ms, self.heartbeat_ms, self.request_timeout_ms
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -142,6 +155,12 @@ mod tests {
         // Two heartbeats past u32::MAX: compared without wrapping (a wrapped product let any expiry through).
         let slow = BrokerSettings { heartbeat_ms: 1 << 31, presence_expiry_ms: 10_000, ..with("redis://127.0.0.1:1") };
         assert_eq!(slow.check().unwrap_err().0, "broker.presence_expiry_ms");
+        // Two heartbeats, but not a heartbeat and a request timeout: a beat waiting on a slow Redis outlives it.
+        let waits = BrokerSettings { presence_expiry_ms: 3_000, heartbeat_ms: 1_000, ..with("redis://127.0.0.1:1") };
+        let (key, why) = waits.check().unwrap_err();
+        assert_eq!(key, "broker.presence_expiry_ms");
+        assert!(why.contains("request_timeout_ms"), "{why}");
+        assert!(BrokerSettings { request_timeout_ms: 1_999, ..waits }.check().is_ok());
         assert!(format!("{:?}", with("redis://u:pw@h:1")).contains("<redacted>"));
     }
 }

@@ -18,9 +18,11 @@ use super::{
     ports,
 };
 
-/// Presence expiry and heartbeat the nodes run with here (short, so that a dead node is noticed quickly).
+/// Presence expiry and heartbeat the nodes run with here (short, so that a dead node is noticed quickly), and a
+/// request timeout that keeps the expiry above a heartbeat and a request timeout (the server refuses less).
 pub(crate) const EXPIRY_MS: u64 = 2_000;
 pub(crate) const HEARTBEAT_MS: u64 = 250;
+pub(crate) const REQUEST_TIMEOUT_MS: u64 = 1_000;
 
 pub(crate) fn server_bin() -> String {
     std::env::var("QUIVER_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quiver-server").to_string())
@@ -174,6 +176,7 @@ pub(crate) fn start_node(dir: &Path, broker: &str, extra_env: &[(&str, &str)]) -
         .arg(dir)
         .env("QUIVER_BROKER_PRESENCE_EXPIRY_MS", EXPIRY_MS.to_string())
         .env("QUIVER_BROKER_HEARTBEAT_MS", HEARTBEAT_MS.to_string())
+        .env("QUIVER_BROKER_REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS.to_string())
         .env("RUST_LOG", std::env::var("QUIVER_NODE_LOG").unwrap_or_else(|_| "warn".into()))
         .envs(extra_env.iter().copied())
         .stdout(Stdio::piped())

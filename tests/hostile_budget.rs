@@ -1,12 +1,13 @@
 //! The server's budget and the control stream's ends, end to end: a frame left unfinished after Hello, a control
-//! stream reset, stopped or finished inside a frame (each closed with its own code and a reason), and tick channels
-//! over `max_channels` refused with `ServerFull`, beside a bystander who loses nothing.
+//! stream reset, stopped or finished inside a frame (each closed with its own code and a reason), tick channels
+//! over `max_channels` refused with `ServerFull`, beside a bystander who loses nothing, and one network's rooms and
+//! channels bounded by its share.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use quiver_proto::{varint, ErrorCode, Post, Reply, RequestBody};
+use quiver_proto::{varint, ErrorCode, Join, Post, Reply, RequestBody};
 use quiver_server::Budget;
 use quiver_tests::{
     closed_with,
@@ -159,6 +160,64 @@ async fn at_the_disk_floor_posts_are_refused_with_server_full_and_the_connection
         let subscribe = RequestBody::Subscribe { channel: "prices".into() };
         assert!(control.request(2, subscribe).await.is_ok(), "the rest goes on, on the same connection");
         assert_eq!(server.stats.snapshot().server_full, 1);
+        server.stop().await;
+    })
+    .await;
+}
+
+/// One network's connections keep at most `max_rooms_per_network` distinct rooms (and `max_channels_per_network`
+/// channels) in use: one address could otherwise hold every room of `max_rooms`, which are never evicted while they
+/// have members, and have every new room name refused for everyone. A room the network is in already may be joined
+/// by more of its connections; a place comes back when its last membership ends, by a Leave or by the connection's
+/// end; another network is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_network_holds_at_most_its_share_of_rooms_and_channels() {
+    bounded(async {
+        let budget = Budget { max_rooms_per_network: 2, max_channels_per_network: 1, ..Budget::default() };
+        let server = TestServer::start_with_budget(budget);
+        let join = |room: &str| RequestBody::Join(Join { room: room.into(), since: None, redundant: false });
+        let (mut first, mut second) = (Control::open(&server).await, Control::open(&server).await);
+        assert!(first.request(1, join("a")).await.is_ok());
+        assert!(second.request(1, join("b")).await.is_ok());
+        assert!(second.request(2, join("a")).await.is_ok(), "a room the network holds takes more of its members");
+        let refused = first.request(2, join("c")).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::TooManyRooms, "{}", refused.message);
+        assert!(refused.message.contains("127.0.0.0/24") && refused.message.contains("max_rooms_per_network"));
+        // "a" is still held by the second connection: leaving it on the first frees nothing.
+        assert!(first.request(3, RequestBody::Leave { room: "a".into() }).await.is_ok());
+        assert_eq!(first.request(4, join("c")).await.unwrap_err().code, ErrorCode::TooManyRooms);
+        assert!(second.request(3, RequestBody::Leave { room: "b".into() }).await.is_ok());
+        assert!(first.request(5, join("c")).await.is_ok(), "a room's place comes back with its last member");
+        // Channels: subscriptions and claims of one channel hold one place.
+        assert!(first.request(6, RequestBody::Subscribe { channel: "p".into() }).await.is_ok());
+        let publish = |channel: &str| RequestBody::Publish { channel: channel.into(), max_age_ms: None };
+        assert!(second.request(4, publish("p")).await.is_ok());
+        let refused = second.request(5, RequestBody::Subscribe { channel: "q".into() }).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::TooManySubscriptions, "{}", refused.message);
+        assert!(refused.message.contains("max_channels_per_network"), "{}", refused.message);
+        // The connection's end gives its places back: the first's room "c" (its subscription to "p" goes too, but
+        // the second's claim of "p" still holds that channel).
+        first.conn.close(0u32.into(), b"bye");
+        drop(first);
+        let started = Instant::now();
+        loop {
+            match second.request(6, join("d")).await {
+                Ok(_) => break,
+                Err(refused)
+                    if refused.code == ErrorCode::TooManyRooms && started.elapsed() < Duration::from_secs(10) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(refused) => panic!("the closed connection's room was not given back: {refused:?}"),
+            }
+        }
+        assert_eq!(
+            second.request(7, RequestBody::Subscribe { channel: "q".into() }).await.unwrap_err().code,
+            ErrorCode::TooManySubscriptions,
+            "the second connection's claim still holds p"
+        );
+        assert!(second.request(8, RequestBody::Unpublish { channel: "p".into() }).await.is_ok());
+        assert!(second.request(9, RequestBody::Subscribe { channel: "q".into() }).await.is_ok());
         server.stop().await;
     })
     .await;

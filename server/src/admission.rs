@@ -28,6 +28,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     awaiting::{AwaitingHello, Group},
     rate::TokenBucket,
+    shares::{NetworkShare, Shares},
 };
 
 /// The part of a source address that limits apply to: an IPv4 address, or the /64 prefix of an IPv6 one (a single
@@ -134,6 +136,8 @@ pub struct Admission {
     last_sweep: Instant,
     /// Admitted connections not welcomed yet, each with the token that closes it.
     awaiting: AwaitingHello<CancellationToken>,
+    /// The rooms and channels each network holds (`crate::shares`), for the connections admitted.
+    shares: Option<Arc<Shares>>,
 }
 
 /// How often idle entries are dropped.
@@ -154,7 +158,19 @@ impl Admission {
             networks: HashMap::new(),
             last_sweep: now,
             awaiting: AwaitingHello::new(bounds.awaiting_hello),
+            shares: None,
         }
+    }
+
+    /// The connections admitted take their rooms and channels from their network's share in `shares`.
+    pub fn with_shares(mut self, shares: Arc<Shares>) -> Admission {
+        self.shares = Some(shares);
+        self
+    }
+
+    /// The share of `ip`'s network, when the table has shares.
+    pub fn share_of(&self, ip: IpAddr) -> Option<NetworkShare> {
+        self.shares.as_ref().map(|shares| shares.of(ip))
     }
 
     /// Decides about a connection attempt from `ip`; `validated` is true when it carries a valid Retry token. An

@@ -9,6 +9,10 @@
 //!   leaves: each look scans every room).
 //! - **`max_channels`**: a Subscribe or Publish naming a new channel is refused with `ServerFull`. A channel with
 //!   neither subscribers nor publishers is removed at once, so this counts channels in use.
+//! - **`max_rooms_per_network`**, **`max_channels_per_network`**: a Join (Subscribe, Publish) naming a room
+//!   (channel) the connections of its network (IPv4 /24, IPv6 /48) are not in yet, when they are in this many
+//!   already, is refused with `TooManyRooms` (`TooManySubscriptions`): one network cannot hold all of `max_rooms`
+//!   (`max_channels`) and have new names refused for everyone (`crate::shares`).
 //! - **`room_history_bytes`**: a room forgets its oldest messages beyond it (like `history_max_messages`).
 //! - **`retained_bytes`**: when history and dedupe memory of all rooms together exceed it, the rooms idle longest
 //!   shed their oldest messages (then their oldest dedupe entries) until the total is back under 90 % of it.
@@ -84,6 +88,17 @@ pub struct Budget {
     /// `max_connections`. Raise it for clients behind one carrier's address pool (CGNAT). Default 2,560 (a quarter
     /// of the default `max_connections`).
     pub max_connections_per_network: u32,
+    /// Distinct rooms the connections from one network (an IPv4 /24, an IPv6 /48) are members of at once; a Join
+    /// of one more is refused with `TooManyRooms`, naming the network and this setting. Rooms with members are never
+    /// evicted, so without it one address under every per-connection limit (157 connections × 64 rooms) could hold
+    /// all of `max_rooms`, and every new room name would be refused `ServerFull` for everyone. Rooms, not
+    /// memberships: clients behind one NAT in one room hold one. Default 2,500 (a quarter of the default
+    /// `max_rooms`).
+    pub max_rooms_per_network: u32,
+    /// Distinct tick channels the connections from one network subscribe to or publish on at once; one more is
+    /// refused with `TooManySubscriptions`, as `max_rooms_per_network` is for rooms against `max_channels`.
+    /// Default 2,500.
+    pub max_channels_per_network: u32,
     /// TCP connections on the WebSocket listener between their accept and their upgrade (TLS, the request head,
     /// the 101), in all; one more closes one of them to make room (the longest upgrading of its network when that
     /// network holds more than a sixteenth, else the longest upgrading of all). Default 1,024.
@@ -117,6 +132,8 @@ impl Default for Budget {
             max_over_limit_handshakes: 64,
             max_awaiting_hello: 1_024,
             max_connections_per_network: 2_560,
+            max_rooms_per_network: 2_500,
+            max_channels_per_network: 2_500,
             websocket_max_upgrading: 1_024,
             websocket_max_upgrading_per_ip: 16,
             http_max_connections: 256,

@@ -157,6 +157,8 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
         ("budget.sweep_interval_ms", u64::from(budget.sweep_interval_ms)),
         ("budget.max_awaiting_hello", u64::from(budget.max_awaiting_hello)),
         ("budget.max_connections_per_network", u64::from(budget.max_connections_per_network)),
+        ("budget.max_rooms_per_network", u64::from(budget.max_rooms_per_network)),
+        ("budget.max_channels_per_network", u64::from(budget.max_channels_per_network)),
         ("budget.websocket_max_upgrading", u64::from(budget.websocket_max_upgrading)),
         ("budget.websocket_max_upgrading_per_ip", u64::from(budget.websocket_max_upgrading_per_ip)),
         ("budget.http_max_connections", u64::from(budget.http_max_connections)),

@@ -45,6 +45,7 @@ pub mod post_copies;
 pub mod rate;
 pub mod session;
 pub mod settings;
+pub mod shares;
 pub mod signals;
 pub mod stats;
 pub mod store;

@@ -98,7 +98,8 @@ pub(super) fn raised_limits() -> quiver_proto::Limits {
 /// round trip more each), which is not what the benches measure. And as many connections awaiting Hello as
 /// `max_connections` allows: the bench's thousands of connections all come from one network, whose oldest
 /// newcomers a server on the internet would close beyond `max_awaiting_hello` to make room, and beyond
-/// `max_connections_per_network` would refuse.
+/// `max_connections_per_network` would refuse (its rooms and channels beyond `max_rooms_per_network` and
+/// `max_channels_per_network`).
 pub(super) fn raised_budget() -> quiver_server::Budget {
     let default = quiver_server::Budget::default();
     quiver_server::Budget {
@@ -106,6 +107,8 @@ pub(super) fn raised_budget() -> quiver_server::Budget {
         max_awaiting_hello: 100_000,
         // (All from 127.0.0.0/24: one network.)
         max_connections_per_network: 100_000,
+        max_rooms_per_network: 100_000,
+        max_channels_per_network: 100_000,
         ..default
     }
 }

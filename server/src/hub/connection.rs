@@ -10,6 +10,7 @@ use std::{collections::HashMap, sync::Arc};
 use quiver_proto::{ErrorCode, Failure, Limits};
 
 use super::{ticks::TickSubscriberId, SubscriberId};
+use crate::shares::{Hold, Kind, NetworkShare};
 
 /// A room this connection has joined.
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub struct JoinedRoom<O> {
     pub subscriber: SubscriberId,
     /// The network layer's handle for the room's stream.
     pub outbox: O,
+    /// The room's place in its network's share (`crate::shares`), given back with the entry.
+    pub hold: Hold,
 }
 
 /// A publish claim that was granted.
@@ -108,6 +111,10 @@ pub struct ConnectionState<O> {
     claims: Arc<ClaimTable>,
     /// Each claim's max age (channel id → it), released with the claim.
     claim_ages: HashMap<u64, Option<u64>>,
+    /// The network's share of rooms and channels this connection takes from (`None`: none applies).
+    share: Option<NetworkShare>,
+    /// Each subscription's (`false`) and claim's (`true`) place in the network's share of channels, by id.
+    channel_holds: HashMap<(u64, bool), Hold>,
 }
 
 impl<O> ConnectionState<O> {
@@ -122,6 +129,22 @@ impl<O> ConnectionState<O> {
             subscriptions: HashMap::new(),
             claims: Arc::default(),
             claim_ages: HashMap::new(),
+            share: None,
+            channel_holds: HashMap::new(),
+        }
+    }
+
+    /// Takes the rooms and channels this connection joins, subscribes to and claims from its network's `share`.
+    pub fn with_share(mut self, share: NetworkShare) -> Self {
+        self.share = Some(share);
+        self
+    }
+
+    /// A place in the network's share of `kind` for `name` (nothing to take when no share applies).
+    fn take(&self, kind: Kind, name: &str) -> Result<Hold, Failure> {
+        match &self.share {
+            Some(share) => share.take(kind, &Arc::from(name)),
+            None => Ok(Hold::none()),
         }
     }
 
@@ -137,8 +160,9 @@ impl<O> ConnectionState<O> {
         shared.copied().unwrap_or(self.claims.allocated)
     }
 
-    /// Checks that `room` may be joined: not joined already, and below `max_rooms`.
-    pub fn may_join(&self, room: &str) -> Result<(), Failure> {
+    /// Checks that `room` may be joined: not joined already, below `max_rooms`, and within the network's share of
+    /// rooms, whose place it returns for [`ConnectionState::joined`] (dropped, it is given back).
+    pub fn may_join(&self, room: &str) -> Result<Hold, Failure> {
         if self.rooms.contains_key(room) {
             return Err(Failure::new(ErrorCode::AlreadyJoined, format!("already in room {room}")));
         }
@@ -148,12 +172,12 @@ impl<O> ConnectionState<O> {
                 format!("at most {} rooms per connection", self.limits.max_rooms),
             ));
         }
-        Ok(())
+        self.take(Kind::Room, room)
     }
 
-    /// Records a join that [`ConnectionState::may_join`] allowed and the hub carried out.
-    pub fn joined(&mut self, room: String, subscriber: SubscriberId, outbox: O) {
-        self.rooms.insert(room, JoinedRoom { subscriber, outbox });
+    /// Records a join that [`ConnectionState::may_join`] allowed (with the place it took) and the hub carried out.
+    pub fn joined(&mut self, room: String, subscriber: SubscriberId, outbox: O, hold: Hold) {
+        self.rooms.insert(room, JoinedRoom { subscriber, outbox, hold });
     }
 
     /// Forgets `room` for a Leave; `NotJoined` if it is not joined.
@@ -199,7 +223,9 @@ impl<O> ConnectionState<O> {
             ));
         }
         let id = self.new_id(channel, &self.claim_ids);
+        let hold = self.take(Kind::Channel, channel)?;
         let subscriber = subscribe(id)?;
+        self.channel_holds.insert((id, false), hold);
         let name = self.name(channel);
         let claims = Arc::make_mut(&mut self.claims);
         claims.allocated = claims.allocated.max(id + 1);
@@ -213,6 +239,7 @@ impl<O> ConnectionState<O> {
         let not_subscribed = || Failure::new(ErrorCode::NotJoined, format!("not subscribed to {channel}"));
         let id = self.sub_ids.remove(channel).ok_or_else(not_subscribed)?;
         let (_, subscriber) = self.subscriptions.remove(&id).ok_or_else(not_subscribed)?;
+        self.channel_holds.remove(&(id, false));
         Ok((id, subscriber))
     }
 
@@ -247,7 +274,9 @@ impl<O> ConnectionState<O> {
             ));
         }
         let id = self.new_id(channel, &self.sub_ids);
+        let hold = self.take(Kind::Channel, channel)?;
         claim(max_age_us)?;
+        self.channel_holds.insert((id, true), hold);
         let name = self.name(channel);
         let claims = Arc::make_mut(&mut self.claims);
         claims.allocated = claims.allocated.max(id + 1);
@@ -264,6 +293,7 @@ impl<O> ConnectionState<O> {
         let not_claimed = || Failure::new(ErrorCode::NotJoined, format!("not publishing on {channel}"));
         let id = self.claim_ids.remove(channel).ok_or_else(not_claimed)?;
         Arc::make_mut(&mut self.claims).claimed.remove(&id);
+        self.channel_holds.remove(&(id, true));
         Ok((id, self.claim_ages.remove(&id).flatten()))
     }
 
@@ -272,10 +302,12 @@ impl<O> ConnectionState<O> {
         self.claims.clone()
     }
 
-    /// Everything to release when the connection ends: its rooms and its tick subscriptions.
+    /// Everything to release when the connection ends: its rooms and its tick subscriptions. (The rooms' places
+    /// in the network's share go with their entries; the channels' go now.)
     pub fn close(&mut self) -> Release<O> {
         self.sub_ids.clear();
         self.claim_ids.clear();
+        self.channel_holds.clear();
         Release {
             rooms: self.rooms.drain().collect(),
             subscriptions: self.subscriptions.drain().map(|(_, subscription)| subscription).collect(),
@@ -313,25 +345,25 @@ mod tests {
     #[test]
     fn rooms_are_joined_once_and_at_most_max_rooms() {
         let mut s = state(Limits { max_rooms: 2, ..Limits::default() });
-        s.may_join("a").unwrap();
-        s.joined("a".into(), 1, ());
+        let _ = s.may_join("a").unwrap();
+        s.joined("a".into(), 1, (), Hold::none());
         assert_eq!(code(s.may_join("a")), ErrorCode::AlreadyJoined);
-        s.joined("b".into(), 2, ());
+        s.joined("b".into(), 2, (), Hold::none());
         assert_eq!(code(s.may_join("c")), ErrorCode::TooManyRooms);
         assert_eq!(s.leave("a").unwrap().subscriber, 1);
         assert_eq!(code(s.leave("a")), ErrorCode::NotJoined);
-        s.may_join("c").unwrap();
+        let _ = s.may_join("c").unwrap();
     }
 
     #[test]
     fn a_kick_forgets_only_the_subscription_it_names() {
         let mut s = state(Limits::default());
-        s.joined("a".into(), 1, ());
+        s.joined("a".into(), 1, (), Hold::none());
         assert!(s.kicked("a", |j| j.subscriber == 7).is_none(), "another subscription (replaced by a rejoin)");
         assert!(s.kicked("b", |_| true).is_none(), "not joined");
         assert!(s.kicked("a", |j| j.subscriber == 1).is_some());
         assert!(s.room("a").is_none());
-        s.may_join("a").unwrap();
+        let _ = s.may_join("a").unwrap();
     }
 
     #[test]

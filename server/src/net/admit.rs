@@ -77,6 +77,11 @@ impl Slot {
         self.made_room || self.awaiting.is_some_and(|ticket| !lock(&self.admission).awaiting_hello().contains(ticket))
     }
 
+    /// The share of rooms and channels of the connection's network (`crate::shares`), when the server keeps them.
+    pub(super) fn network_share(&self) -> Option<crate::shares::NetworkShare> {
+        lock(&self.admission).share_of(self.ip)
+    }
+
     /// The QUIC handshake completed: the address is validated.
     pub(super) fn handshaken(&mut self) {
         if std::mem::take(&mut self.handshaking) {

@@ -221,8 +221,8 @@ pub(super) fn serve_wire<R: RoomHub>(
         let copies = (path.is_some() && tuning.copies > 0).then_some(queue);
         let open = Open::new(&stats, session_id, path, wire.kind());
         let hubs = (rooms, ticks);
-        let mut connection =
-            Connection::start(&wire, &config.limits, hubs, probe, copies, stats.clone(), shutdown.clone());
+        let counted = (stats.clone(), slot.network_share());
+        let mut connection = Connection::start(&wire, &config.limits, hubs, probe, copies, counted, shutdown.clone());
         let session = ControlSession::new(session_id, config.limits.clone(), auth.borrow().clone());
         let hello = (deadline, started, &mut slot, auth);
         let reason = control(&wire, &config, &stats, &mut connection, session, hello, &shutdown).await;

@@ -24,6 +24,7 @@ use crate::{
         wire::Wire,
     },
     session::{ControlSession, RoomRequest, TickRequest},
+    shares::NetworkShare,
     stats::{bump, ServerStats},
 };
 
@@ -92,7 +93,7 @@ impl<R: RoomHub> Connection<R> {
         (rooms, ticks): (Arc<R>, Arc<dyn TickHub>),
         probe: Arc<TailProbe>,
         copies: Option<Arc<Mutex<CopyQueue>>>,
-        stats: Arc<ServerStats>,
+        (stats, share): (Arc<ServerStats>, Option<NetworkShare>),
         shutdown: CancellationToken,
     ) -> Self {
         let post_copies = Mailbox::new(POST_COPY_QUEUE);
@@ -101,7 +102,10 @@ impl<R: RoomHub> Connection<R> {
         let kicked = Mailbox::new(usize::MAX);
         Connection {
             conn: conn.clone(),
-            state: ConnectionState::new(limits.clone()),
+            state: match share {
+                Some(share) => ConnectionState::new(limits.clone()).with_share(share),
+                None => ConnectionState::new(limits.clone()),
+            },
             rooms,
             ticks,
             datagrams,
@@ -198,7 +202,7 @@ impl<R: RoomHub> Connection<R> {
     ) -> Result<Reply, Failure> {
         match request {
             RoomRequest::Join(join) => {
-                self.state.may_join(&join.room)?;
+                let hold = self.state.may_join(&join.room)?;
                 // Both waits end with the connection: a shutdown or the token's expiry does not wait for them. A
                 // Join that need not wait is served whatever (first in the select), as it was before.
                 let free = tokio::select! {
@@ -271,7 +275,7 @@ impl<R: RoomHub> Connection<R> {
                                 }
                             });
                         }
-                        self.state.joined(join.room, joining.subscriber, outbox);
+                        self.state.joined(join.room, joining.subscriber, outbox, hold);
                         ServerStats::add(&self.stats.room_members, 1);
                         Ok(Reply::Joined(joining.joined))
                     }

@@ -52,11 +52,14 @@ pub(super) async fn bury(ctx: Arc<Ctx>, node: String) -> bool {
 }
 
 /// Lists `room` among this node's rooms (before any of its subscriptions is counted there: if the node dies, the
-/// others find them through this list).
+/// others find them through this list), and the node among the nodes if its entry is gone (`scripts::LISTED`).
 pub(super) async fn list_room(ctx: &Ctx, room: &str) -> Result<(), Failure> {
     let mut conn = ctx.broker.conn();
-    let listed: redis::RedisResult<()> =
-        redis::AsyncCommands::sadd(&mut conn, keys::node_rooms(ctx.broker.node()), room).await;
+    let node = ctx.broker.node();
+    let mut pipe = redis::pipe();
+    pipe.cmd("EVAL").arg(scripts::LISTED).arg(1).arg(keys::NODES).arg(node).ignore();
+    pipe.sadd(keys::node_rooms(node), room).ignore();
+    let listed: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
     listed.map_err(|err| ctx.unavailable(err))
 }
 

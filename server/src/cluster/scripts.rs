@@ -269,6 +269,18 @@ end
 return {now, 0, before}
 "#;
 
+/// Lists a node in `q:{nodes}`, stamped with Redis' time, unless it is listed already. Sent with each write to the
+/// node's lists of rooms and channels (`q:node:NODE:*`), so that a node whose entry is gone (Redis back without its
+/// data, a burial that finished while it was cut off) and that dies before its next beat is still found by the
+/// others' burials, which walk `q:{nodes}`: its members were otherwise counted in their rooms for good. KEYS: the
+/// nodes' set. ARGV: the node. Returns 1 when it listed the node.
+pub(super) const LISTED: &str = r#"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local time = redis.call('TIME')
+redis.call('ZADD', KEYS[1], tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000), ARGV[1])
+return 1
+"#;
+
 /// The end of a dead node's burial, once its rooms' members were ended (`NODE_GONE`). KEYS: the node's rooms
 /// list, its ticks list, its mark, the nodes' set. ARGV: the node, the presence expiry in ms, '1' when the node
 /// retires itself (always buried), the control channel, the message that says it is dead. A node that came back

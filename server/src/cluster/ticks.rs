@@ -232,6 +232,10 @@ impl Inner {
         let mut conn = self.broker.conn();
         let sign = if interested { "+" } else { "-" };
         let mut pipe = redis::pipe();
+        if interested {
+            // (The node among the nodes again if its entry is gone: a burial must find this list, `scripts::LISTED`.)
+            pipe.cmd("EVAL").arg(super::scripts::LISTED).arg(1).arg(keys::NODES).arg(&node).ignore();
+        }
         match interested {
             true => pipe.sadd(keys::node_ticks(&node), &channel).ignore(),
             false => pipe.srem(keys::node_ticks(&node), &channel).ignore(),

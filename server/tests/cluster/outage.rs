@@ -129,3 +129,43 @@ fn after_redis_restarts_from_an_old_snapshot_no_live_node_is_buried() {
         drop(redis);
     });
 }
+
+/// Redis loses every key (a restart without its data, a FLUSHALL) and a member joins on a node before that node's
+/// next beat has listed it among the nodes again, and the node dies right after: the other nodes' burials walk the
+/// nodes' set, so the member was counted in its room for good (seen by every newcomer, never leaving). A write to a
+/// node's lists now lists the node too (`scripts::LISTED`), so its burial finds the member.
+#[test]
+fn a_member_joined_before_its_nodes_first_beat_on_an_emptied_redis_is_buried_with_its_node() {
+    if !redis_available("a_member_joined_before_its_nodes_first_beat_on_an_emptied_redis_is_buried_with_its_node") {
+        return;
+    }
+    let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(2, &[]);
+    runtime.block_on(async {
+        let ghost = Client::connect_with(
+            &nodes[0].addr,
+            quiver_client::ConnectOptions { reconnect: false, ..options(&dirs[0], "ghost") },
+        )
+        .await
+        .unwrap();
+        let flushed: String = redis.query(&mut redis::cmd("FLUSHALL")).unwrap();
+        assert_eq!(flushed, "OK");
+        // Within a heartbeat (250 ms) of the flush: the node has most likely not beaten since.
+        let _room = ghost.join("lobby").await.unwrap();
+        nodes[0].process.signal("KILL");
+        let newcomer = Client::connect_with(&nodes[1].addr, options(&dirs[0], "newcomer")).await.unwrap();
+        // The live node waits a whole expiry of its own beats after the flush before it buries anyone.
+        let within = Duration::from_millis(2 * EXPIRY_MS + 8 * HEARTBEAT_MS) + Duration::from_secs(2);
+        let started = std::time::Instant::now();
+        loop {
+            let room = newcomer.join("lobby").await.unwrap();
+            let members = room.members();
+            room.leave().await.unwrap();
+            if !members.iter().any(|member| member == "ghost") {
+                break;
+            }
+            assert!(started.elapsed() < within, "the dead node's member is still counted: {members:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        newcomer.close().await;
+    });
+}

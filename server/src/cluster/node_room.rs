@@ -238,7 +238,23 @@ impl NodeRoom {
             state.last_message = Some((op, event.time_us));
         }
         let Some(frame) = self.ctx.encode(event) else {
-            tracing::error!(room = %self.name, op, "a room event does not fit max_frame; skipped");
+            // (Another node took the post under a larger `max_frame`.) Skipped in silence, it was a gap its members
+            // here were never told of: they are dropped as if slow, and each rejoins from its last position, whose
+            // replay leaves the frame out and says `recovered: false` (`replay::contiguous`).
+            tracing::error!(
+                room = %self.name,
+                op,
+                "a room event does not fit this node's max_frame: its members here rejoin, told they missed it"
+            );
+            let passed: Vec<SubscriberId> =
+                state.subscribers.iter().filter(|(_, sub)| sub.after_op < op).map(|(id, _)| *id).collect();
+            for id in passed {
+                if let Some(sub) = state.subscribers.remove(&id) {
+                    sub.outbox.kick();
+                    delivery.add(sub.outbox);
+                    tokio::spawn(self.ctx.clone().leave(self.name.clone(), id));
+                }
+            }
             return;
         };
         if state.recent.len() == RECENT {

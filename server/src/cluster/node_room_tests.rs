@@ -131,6 +131,24 @@ async fn a_straggler_of_the_old_epoch_does_not_reset_the_room() {
     assert!(outbox.kicked.load(std::sync::atomic::Ordering::SeqCst), "a newer epoch resets the room");
 }
 
+/// An event over this node's `max_frame` (another node took the post under larger limits) ends the subscriptions it
+/// would have reached, so that their clients rejoin and are told they missed it: it was skipped in silence, a gap
+/// nobody was told of. The room goes on with the next event.
+#[tokio::test]
+async fn an_event_over_max_frame_ends_the_subscriptions_it_would_reach() {
+    let state = NodeState { live: true, epoch: 2, last_op: 7, last_seq: 3, seen: (2, 7), ..NodeState::default() };
+    let (room, outbox) = room_with(state);
+    let payload = super::super::event::message_payload("bob", 1, &Bytes::from(vec![b'x'; 70_000]));
+    let mut published = b"2 4 8 0 M".to_vec();
+    published.extend_from_slice(&payload);
+    room.clone().on_event(published);
+    assert!(outbox.kicked.load(std::sync::atomic::Ordering::SeqCst), "the member missed a message it was not told of");
+    assert!(outbox.frames.lock().unwrap().is_empty());
+    let state = lock(&room.state);
+    assert!(state.subscribers.is_empty(), "the subscription is ended");
+    assert_eq!((state.last_op, state.last_seq), (8, 4), "the room goes on after the event");
+}
+
 /// A Pub/Sub reconnect's catch-up does not take the events a slow gap fill holds for missed: it waits for the fill
 /// (however long its reads take) and judges after it. Before, it waited 5 s at most, then filled what it could and
 /// reset the room, although the fill's event (here a join at op 4) had arrived.

@@ -1,6 +1,7 @@
 //! The client library's link, continued from `client.rs`: rooms joined and left while it reconnects, given up
 //! midway, or raced by a late stream, a kick or a room stream that breaks the protocol; connects given up or
-//! refused after the Welcome; calls that go again on the next connection.
+//! refused after the Welcome; calls that go again on the next connection; a server that leaves many room streams
+//! inside large frames.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -12,7 +13,7 @@ use quiver_tests::{hostile::named, states_until, TestServer};
 
 use quiver_tests::fakes::{
     broken_room_stream, drops_each_first_request, fake_endpoint, kicked_with_its_join, late_first_stream,
-    mute_after_welcome, Seen,
+    mute_after_welcome, unfinished_frames, Seen,
 };
 
 /// A room joined while the client reconnects is joined once: the application's Join goes to the new connection, and
@@ -413,4 +414,22 @@ async fn a_node_that_refuses_the_session_is_passed_over_for_the_others() {
     let Some(ConnectionState::Closed { code, .. }) = seen.last() else { unreachable!() };
     assert_eq!(*code, ErrorCode::TokenInvalid, "{seen:?}");
     refuser.stop().await;
+}
+
+/// A server announcing large frames (here 4 MiB) opens room streams and leaves each inside one: the client holds at
+/// most 16 MiB (or four frames) of unfinished frames across a connection's room streams, then closes it as a
+/// protocol violation. Before, it took up to a whole frame on every stream it allows: the Welcome's `max_rooms` + 1
+/// streams of `max_frame` each, 4,097 × 16 MiB at the ceilings a client believes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_leaving_room_streams_inside_large_frames_is_cut_off() {
+    let (dir, endpoint, addr) = fake_endpoint();
+    // Five streams of 3.5 MiB: 17.5 MiB, over the bound (16 MiB, four 4 MiB frames).
+    let server = tokio::spawn(unfinished_frames(endpoint, 5, 7 << 19));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let options = ConnectOptions { trust, reconnect: false, ..ConnectOptions::default() };
+    let client = Client::connect_with(&addr, options).await.unwrap();
+    let (code, why) = tokio::time::timeout(Duration::from_secs(30), client.closed()).await.unwrap();
+    assert_eq!(code, ErrorCode::ProtocolViolation, "{why}");
+    assert!(why.contains("unfinished frames"), "{why}");
+    server.abort();
 }

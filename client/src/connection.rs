@@ -39,8 +39,10 @@ pub(crate) trait Handler: Send + Sync + 'static {
     type Route: Clone + Send + Sync + 'static;
     /// A tick datagram for a subscription, arrived on connection `connection`.
     fn tick(&self, connection: usize, route: &Self::Route, header: TickHeader, payload: Bytes);
-    /// The server opened a room stream on connection `connection` (`link`).
-    fn room_stream(&self, connection: (usize, &Link), recv: LinkRecv);
+    /// The server opened a room stream on connection `connection` (`link`, whose frames are at most `max_frame`
+    /// bytes); `unfinished` counts the bytes of
+    /// unfinished frames the connection's room streams hold together (`streams::Unfinished`).
+    fn room_stream(&self, connection: (usize, &Link, usize), recv: LinkRecv, unfinished: &Arc<AtomicUsize>);
     /// The server pushed a message that answers no request (Kicked, GoAway, Error).
     fn pushed(&self, connection: usize, msg: ServerMsg);
     /// A datagram copy of frames of the room stream with `slot`, at positions from `first` (redundant delivery).
@@ -175,7 +177,8 @@ impl<H: Handler> Connection<H> {
             });
         }
         tasks.spawn(read_control(connection.clone(), recv, inbound, handler.clone()));
-        tasks.spawn(accept_room_streams(link.clone(), connection.id, handler.clone()));
+        let max_frame = connection.codec.max_frame();
+        tasks.spawn(accept_room_streams(link.clone(), (connection.id, max_frame), handler.clone()));
         tasks.spawn(read_datagrams(Arc::downgrade(&connection), link, handler));
         Ok(connection)
     }
@@ -304,10 +307,13 @@ async fn read_datagrams<H: Handler>(connection: Weak<Connection<H>>, link: Link,
     }
 }
 
-async fn accept_room_streams<H: Handler>(link: Link, id: usize, handler: Weak<H>) {
+/// Hands each room stream the server opens to the handler, with the connection's frame limit (its own Welcome's:
+/// the handler's may still be an earlier connection's while this one connects).
+async fn accept_room_streams<H: Handler>(link: Link, (id, max_frame): (usize, usize), handler: Weak<H>) {
+    let unfinished = Arc::new(AtomicUsize::new(0));
     while let Some(recv) = link.accept_uni().await {
         let Some(handler) = handler.upgrade() else { return };
-        handler.room_stream((id, &link), recv);
+        handler.room_stream((id, &link, max_frame), recv, &unfinished);
     }
 }
 

@@ -9,9 +9,11 @@ use quiver_proto::Limits;
 mod clock;
 mod flapping;
 mod stopped;
+mod unfinished;
 pub use clock::slow_clock_pongs;
 pub use flapping::welcomes_then_closes;
 pub use stopped::stops_reading_after_welcome;
+pub use unfinished::{unfinished_frames, LARGE_FRAME};
 
 /// A server that answers each connection's Hello with a Welcome, then finishes the control stream and leaves the
 /// connection open: what a graceful close looks like until the server's close arrives, and, here, forever. Counts

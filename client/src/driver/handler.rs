@@ -2,7 +2,10 @@
 
 use crate::wire::{Link, LinkRecv};
 use std::{
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -19,25 +22,30 @@ impl Handler for Driver {
         ticks::on_tick(route, connection, header, payload, self.server_clock_us());
     }
 
-    fn room_stream(&self, (connection, link): (usize, &Link), recv: LinkRecv) {
+    fn room_stream(
+        &self,
+        (connection, link, max_frame): (usize, &Link, usize),
+        recv: LinkRecv,
+        unfinished: &Arc<AtomicUsize>,
+    ) {
         let Some(me) = self.me.upgrade() else { return };
         // Numbered here, in accept order, not when its reader gets to its Open frame.
         let stream = self.room_streams.fetch_add(1, Ordering::Relaxed) + 1;
-        let max_frame = self.welcome().limits.client_max_frame();
+        let unfinished = streams::Unfinished::new(unfinished.clone(), max_frame);
         // Its connection, watched while the reader waits for the application: a reader parked on a room nobody reads
         // must not outlive it (each reconnect rejoins the room, and would leave one more, holding a dead connection).
         let link = link.clone();
         self.tasks.spawn(async move {
             let copies = |slot, entry: &Arc<RoomEntry>| me.copies_opened(connection, slot, entry, stream);
-            let read =
-                streams::read_stream(&me.rooms, (connection, stream, &link), recv, (max_frame, &copies), &me.stop);
+            let frames: (usize, streams::Unfinished, streams::CopiesOpened<'_>) = (max_frame, unfinished, &copies);
+            let read = streams::read_stream(&me.rooms, (connection, stream, &link), recv, frames, &me.stop);
             if let Err((code, why)) = read.await {
                 // The room cannot go on from this stream: the connection goes, and the reconnect resumes every room
                 // from its position.
                 tracing::warn!(%code, %why, "the server broke the protocol on a room stream; reconnecting");
-                if let Some(current) = me.current.borrow().as_ref().filter(|c| c.id == connection) {
-                    current.link.close(code, &why);
-                }
+                // The stream's own connection, current or not: one still in its connect (a stream opened before the
+                // client's first Pings were answered) was left open, its stream dropped in silence.
+                link.close(code, &why);
             }
         });
     }

@@ -4,7 +4,10 @@
 //! while a rejoin's stream replaces an older one.
 
 use crate::wire::{Link, LinkRecv, ReadError};
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
 
 use bytes::{Bytes, BytesMut};
 use quiver_proto::{frame, ErrorCode, FrameCodec, RoomFrame};
@@ -16,6 +19,48 @@ use crate::{
     state::room::{Opened, RoomEvent, RoomState, StreamNumber},
     sync::lock,
 };
+
+/// Bytes of unfinished frames (read, not yet decoded) the room streams of one connection hold together at most: 16
+/// MiB, or four of the Welcome's `max_frame` if more. Each stream alone is bounded by `max_frame`, but a server may
+/// open as many room streams as the client allows (the Welcome's `max_rooms` + 1, up to 4,097), and one announcing
+/// large limits (hostile, or misconfigured) could otherwise have the client buffer a frame's worth on each: 64 GiB
+/// at the ceilings. Past it the connection is closed as a protocol violation (as QUIC's own flow control would
+/// stop the peer, had the client not taken the bytes out of its window), and the reconnect resumes every room.
+pub(crate) const UNFINISHED_FRAME_BYTES: usize = 16 << 20;
+
+/// One room stream's part of its connection's unfinished frame bytes ([`UNFINISHED_FRAME_BYTES`]), given back when
+/// the stream's reader ends.
+#[derive(Debug)]
+pub(crate) struct Unfinished {
+    total: Arc<AtomicUsize>,
+    mine: usize,
+    limit: usize,
+}
+
+impl Unfinished {
+    /// A stream's part of `total`, on a connection whose frames are at most `max_frame`.
+    pub(crate) fn new(total: Arc<AtomicUsize>, max_frame: usize) -> Unfinished {
+        Unfinished { total, mine: 0, limit: UNFINISHED_FRAME_BYTES.max(max_frame.saturating_mul(4)) }
+    }
+
+    /// The stream now holds `bytes` of unfinished frames: false when the connection's streams together hold more
+    /// than they may.
+    fn hold(&mut self, bytes: usize) -> bool {
+        let total = if bytes >= self.mine {
+            self.total.fetch_add(bytes - self.mine, Ordering::AcqRel) + (bytes - self.mine)
+        } else {
+            self.total.fetch_sub(self.mine - bytes, Ordering::AcqRel) - (self.mine - bytes)
+        };
+        self.mine = bytes;
+        total <= self.limit
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.mine, Ordering::AcqRel);
+    }
+}
 
 /// Room for one event in `entry`'s channel: at once when there is room, else when the application reads; `None`
 /// when the room's handle is gone, the room was left or ended, the stream's connection closed (the event, not
@@ -123,12 +168,12 @@ pub(crate) async fn read_stream(
     rooms: &Rooms,
     (connection, stream, link): (usize, StreamNumber, &Link),
     mut recv: LinkRecv,
-    (max_frame, copies): (usize, CopiesOpened<'_>),
+    (max_frame, mut unfinished, copies): (usize, Unfinished, CopiesOpened<'_>),
     stop: &CancellationToken,
 ) -> Result<(), Violation> {
     let codec = FrameCodec::new(max_frame);
     let mut buf = BytesMut::new();
-    let open = match next_frame(&codec, &mut recv, &mut buf).await {
+    let open = match next_frame(&codec, &mut recv, &mut buf, &mut unfinished).await {
         Ok(Some(RoomFrame::Open(open))) => open,
         Ok(None) | Err(StreamEnd::Reset(_) | StreamEnd::Lost(_)) => return Ok(()), // reset: a Kicked follows
         Ok(Some(other)) => return Err(violation(format!("room stream began with {other:?}, not Open"))),
@@ -165,7 +210,7 @@ pub(crate) async fn read_stream(
     }
     let mut position = 0;
     loop {
-        let frame = next_frame(&codec, &mut recv, &mut buf).await;
+        let frame = next_frame(&codec, &mut recv, &mut buf, &mut unfinished).await;
         position += 1;
         match frame {
             Ok(Some(RoomFrame::Event(event))) => {
@@ -225,9 +270,19 @@ async fn next_frame(
     codec: &FrameCodec,
     recv: &mut LinkRecv,
     buf: &mut BytesMut,
+    unfinished: &mut Unfinished,
 ) -> Result<Option<RoomFrame>, StreamEnd> {
     loop {
-        match codec.decode::<RoomFrame>(buf) {
+        let decoded = codec.decode::<RoomFrame>(buf);
+        if !unfinished.hold(buf.len()) {
+            let why = format!(
+                "the room streams hold over {} bytes of unfinished frames together (the server opened many and left \
+                 each inside a large frame)",
+                unfinished.limit
+            );
+            return Err(StreamEnd::Broken(ErrorCode::ProtocolViolation, why));
+        }
+        match decoded {
             Ok(Some(frame)) => return Ok(Some(frame)),
             Ok(None) => {}
             Err(err) => return Err(StreamEnd::Broken(err.code(), err.to_string())),
@@ -304,7 +359,8 @@ mod tests {
                 let (rooms, stop) = (rooms.clone(), stop.clone());
                 async move {
                     let copies = |_: u64, _: &Arc<RoomEntry>| {};
-                    read_stream(&rooms, (0, 0, &link), recv, (64 * 1024, &copies), &stop).await
+                    let unfinished = Unfinished::new(Arc::default(), 64 * 1024);
+                    read_stream(&rooms, (0, 0, &link), recv, (64 * 1024, unfinished, &copies), &stop).await
                 }
             });
             // The Open and the Copies frame are read (the Open's place given back), then the channel is filled.

@@ -7,11 +7,20 @@
 /// ZWNJ, the combining grapheme joiner, variation selectors) anywhere but once after a character outside ASCII (an
 /// emoji, a letter of a script that joins; a ZWJ may also follow an emoji's U+FE0F: 🏳️‍🌈), and tag
 /// characters anywhere but in a flag's tag sequence (after U+1F3F4). `alice` followed by any of them reads as
-/// `alice`; 👩‍💻, ❤️, 🏴󠁧󠁢󠁳󠁣󠁴󠁿 and Persian names spelled with ZWNJ stay names.
+/// `alice`; 👩‍💻, ❤️, 🏴󠁧󠁢󠁳󠁣󠁴󠁿 and Persian names spelled with ZWNJ stay names, and so do three sequences whose
+/// invisible part changes how the letters around it are drawn: a keycap (`1` U+FE0F U+20E3: 1️⃣), Malayalam's
+/// old-style chillu (a consonant, the virama U+0D4D and a ZWJ, at a word's end too) and the Mongolian vowel
+/// separator (U+180E) between two Mongolian letters.
 pub(crate) fn has_invisible(sub: &str) -> bool {
-    let (mut before, mut before2): (Option<char>, Option<char>) = (None, None);
-    for c in sub.chars() {
+    let (mut before, mut before2, mut before3): (Option<char>, Option<char>, Option<char>) = (None, None, None);
+    let mut chars = sub.chars().peekable();
+    while let Some(c) = chars.next() {
+        let next = chars.peek().copied();
         let shown = match c {
+            // A keycap: a digit, `#` or `*`, U+FE0F, then the enclosing keycap.
+            '\u{FE0F}' if before.is_some_and(is_keycap_base) && next == Some('\u{20E3}') => true,
+            // Between two Mongolian letters, the vowel separator shapes them (a gap and a final form).
+            '\u{180E}' if before.is_some_and(is_mongolian_letter) && next.is_some_and(is_mongolian_letter) => true,
             '\u{00AD}'
             | '\u{0600}'..='\u{0605}'
             | '\u{061C}'
@@ -57,10 +66,25 @@ pub(crate) fn has_invisible(sub: &str) -> bool {
         if !shown {
             return true;
         }
-        (before2, before) = (before, Some(c));
+        (before3, before2, before) = (before2, before, Some(c));
     }
-    // A joiner or selector last joins nothing.
-    before.is_some_and(|last| matches!(last, '\u{200C}'..='\u{200D}' | '\u{034F}'))
+    // A joiner or selector last joins nothing, but for a ZWJ after Malayalam's virama after one of the six
+    // consonants that have a chillu (ക ണ ന ര ല ള): an old-style chillu.
+    let chillu = before == Some('\u{200D}')
+        && before2 == Some('\u{0D4D}')
+        && before3
+            .is_some_and(|c| matches!(c, '\u{0D15}' | '\u{0D23}' | '\u{0D28}' | '\u{0D30}' | '\u{0D32}' | '\u{0D33}'));
+    before.is_some_and(|last| matches!(last, '\u{200C}'..='\u{200D}' | '\u{034F}')) && !chillu
+}
+
+/// What a keycap encloses.
+fn is_keycap_base(c: char) -> bool {
+    c.is_ascii_digit() || c == '#' || c == '*'
+}
+
+/// A letter of the Mongolian script (its basic letters, U+1820–U+1878).
+fn is_mongolian_letter(c: char) -> bool {
+    ('\u{1820}'..='\u{1878}').contains(&c)
 }
 
 /// Whether `c` is an emoji that a ZWJ sequence may continue after its presentation selector (U+FE0F): Unicode's

@@ -206,6 +206,14 @@ fn subjects_are_limited_to_max_identity_bytes() {
         "José\u{FE0F}\u{200C}x",
         "Jose\u{0301}\u{FE0F}\u{200D}x",
         "alice·\u{FE0F}\u{200D}bob",
+        // Not a keycap, chillu or Mongolian word: the same characters where they show nothing.
+        "a\u{FE0F}\u{20E3}",
+        "1\u{FE0F}",
+        "alice\u{0D4D}\u{200D}\u{200D}",
+        "x\u{0D4D}\u{200D}",
+        "alice\u{180E}",
+        "\u{1820}\u{180E}",
+        "a\u{180E}\u{1820}",
     ] {
         assert_eq!(check_subject(spoof), Err(SubjectError::Invisible), "{spoof:?}");
     }
@@ -220,6 +228,12 @@ fn subjects_are_limited_to_max_identity_bytes() {
         "❤\u{FE0F}\u{200D}🔥",
         "🧑🏽\u{200D}💻",
         "🏴\u{200D}☠\u{FE0F}",
+        // A keycap, Malayalam's old-style chillu (mid-word and at the end), the Mongolian vowel separator.
+        "1\u{FE0F}\u{20E3}",
+        "team#\u{FE0F}\u{20E3}",
+        "\u{0D28}\u{0D4D}\u{200D}",
+        "\u{0D05}\u{0D35}\u{0D7B}\u{0D28}\u{0D4D}\u{200D}\u{0D31}",
+        "\u{182D}\u{1823}\u{180E}\u{1820}",
     ] {
         assert_eq!(check_subject(fine), Ok(()), "{fine:?}");
     }

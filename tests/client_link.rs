@@ -417,14 +417,14 @@ async fn a_node_that_refuses_the_session_is_passed_over_for_the_others() {
 }
 
 /// A server announcing large frames (here 4 MiB) opens room streams and leaves each inside one: the client holds at
-/// most 16 MiB (or four frames) of unfinished frames across a connection's room streams, then closes it as a
+/// most 64 MiB (or four frames) of unfinished frames across a connection's room streams, then closes it as a
 /// protocol violation. Before, it took up to a whole frame on every stream it allows: the Welcome's `max_rooms` + 1
 /// streams of `max_frame` each, 4,097 × 16 MiB at the ceilings a client believes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_leaving_room_streams_inside_large_frames_is_cut_off() {
     let (dir, endpoint, addr) = fake_endpoint();
-    // Five streams of 3.5 MiB: 17.5 MiB, over the bound (16 MiB, four 4 MiB frames).
-    let server = tokio::spawn(unfinished_frames(endpoint, 5, 7 << 19));
+    // Twenty streams of 3.5 MiB: 70 MiB, over the bound (64 MiB).
+    let server = tokio::spawn(unfinished_frames(endpoint, 20, 7 << 19));
     let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
     let options = ConnectOptions { trust, reconnect: false, ..ConnectOptions::default() };
     let client = Client::connect_with(&addr, options).await.unwrap();

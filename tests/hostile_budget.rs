@@ -195,6 +195,8 @@ async fn one_network_holds_at_most_its_share_of_rooms_and_channels() {
         let refused = second.request(5, RequestBody::Subscribe { channel: "q".into() }).await.unwrap_err();
         assert_eq!(refused.code, ErrorCode::TooManySubscriptions, "{}", refused.message);
         assert!(refused.message.contains("max_channels_per_network"), "{}", refused.message);
+        let refused = second.request(5, publish("q")).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::TooManyChannels, "a Publish is refused with its own code");
         // The connection's end gives its places back: the first's room "c" (its subscription to "p" goes too, but
         // the second's claim of "p" still holds that channel).
         first.conn.close(0u32.into(), b"bye");
@@ -218,6 +220,11 @@ async fn one_network_holds_at_most_its_share_of_rooms_and_channels() {
         );
         assert!(second.request(8, RequestBody::Unpublish { channel: "p".into() }).await.is_ok());
         assert!(second.request(9, RequestBody::Subscribe { channel: "q".into() }).await.is_ok());
+        // Counted apart from the per-connection bounds (the joins of "d" refused until the close took effect too).
+        let counted = server.stats.snapshot();
+        assert!(counted.rooms_over_network_share >= 2);
+        assert_eq!(counted.rooms_over_network_share, counted.too_many_rooms, "every refused join was the share's");
+        assert_eq!((counted.subscriptions_over_network_share, counted.claims_over_network_share), (2, 1));
         server.stop().await;
     })
     .await;

@@ -64,13 +64,16 @@ error_codes! {
     Unsupported = 8,
     /// The client is not allowed to do this.
     PermissionDenied = 9,
-    /// The connection already has `Limits::max_rooms` rooms joined.
+    /// The connection already has `Limits::max_rooms` rooms joined, or the connections of its network are in as many
+    /// distinct rooms as the server allows one network (its `budget.max_rooms_per_network`).
     TooManyRooms = 10,
     /// The post body is larger than `Limits::max_body`.
     BodyTooLarge = 11,
-    /// The connection already has `Limits::max_subscriptions` tick subscriptions.
+    /// The connection already has `Limits::max_subscriptions` tick subscriptions, or its network uses as many
+    /// distinct tick channels as the server allows one network (`budget.max_channels_per_network`).
     TooManySubscriptions = 12,
-    /// The connection already claims `Limits::max_publish_channels` channels.
+    /// The connection already claims `Limits::max_publish_channels` channels, or its network uses as many distinct
+    /// tick channels as the server allows one network (`budget.max_channels_per_network`).
     TooManyChannels = 13,
     /// The room (or channel) is not joined (subscribed, claimed) on this connection.
     NotJoined = 14,

@@ -218,14 +218,17 @@ impl ServerMetrics {
 }
 
 /// What a limit breach is named by in `quiver_limit_breaches_total{limit}`, with its counter.
-fn breaches(s: &ServerStats) -> [(&'static str, u64); 19] {
+fn breaches(s: &ServerStats) -> [(&'static str, u64); 21] {
     let c = s.snapshot();
     [
         ("max_frame", c.frames_too_large),
         ("max_body", c.bodies_too_large),
-        ("max_rooms", c.too_many_rooms),
-        ("max_subscriptions", c.too_many_subscriptions),
-        ("max_publish_channels", c.too_many_channels),
+        // (A network's share is refused with the per-connection bound's code: told apart here.)
+        ("max_rooms", c.too_many_rooms.saturating_sub(c.rooms_over_network_share)),
+        ("max_subscriptions", c.too_many_subscriptions.saturating_sub(c.subscriptions_over_network_share)),
+        ("max_publish_channels", c.too_many_channels.saturating_sub(c.claims_over_network_share)),
+        ("max_rooms_per_network", c.rooms_over_network_share),
+        ("max_channels_per_network", c.subscriptions_over_network_share + c.claims_over_network_share),
         ("room_queue_bytes", c.slow_consumer_resets),
         ("handshake_timeout_ms", c.handshake_timeouts),
         ("frame_timeout_ms", c.frame_timeouts),

@@ -21,15 +21,20 @@ use std::{
 
 use quiver_proto::{ErrorCode, Failure};
 
-use crate::awaiting::Group;
+use crate::{
+    awaiting::Group,
+    stats::{bump, ServerStats},
+};
 
-/// Rooms or channels.
+/// What a membership is: of a room, or of a tick channel (a subscription or a publish claim, which count alike).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// Rooms joined.
+    /// A room joined.
     Room,
-    /// Tick channels subscribed to or claimed for publishing.
-    Channel,
+    /// A tick channel subscribed to.
+    Subscription,
+    /// A tick channel claimed for publishing.
+    Claim,
 }
 
 /// The names one network holds, each with its count of holds.
@@ -43,7 +48,7 @@ impl Held {
     fn of(&mut self, kind: Kind) -> &mut HashMap<Arc<str>, u32> {
         match kind {
             Kind::Room => &mut self.rooms,
-            Kind::Channel => &mut self.channels,
+            Kind::Subscription | Kind::Claim => &mut self.channels,
         }
     }
 }
@@ -55,12 +60,14 @@ pub struct Shares {
     max_channels: u32,
     /// Entries only while the network holds something.
     held: Mutex<HashMap<Group, Held>>,
+    /// Where refusals are counted (`*_over_network_share`).
+    stats: Option<Arc<ServerStats>>,
 }
 
 impl Shares {
-    /// A table allowing each network `max_rooms` rooms and `max_channels` channels.
-    pub fn new(max_rooms: u32, max_channels: u32) -> Arc<Shares> {
-        Arc::new(Shares { max_rooms, max_channels, held: Mutex::default() })
+    /// A table allowing each network `max_rooms` rooms and `max_channels` channels, counting refusals in `stats`.
+    pub fn new(max_rooms: u32, max_channels: u32, stats: Option<Arc<ServerStats>>) -> Arc<Shares> {
+        Arc::new(Shares { max_rooms, max_channels, held: Mutex::default(), stats })
     }
 
     /// The share of the network `ip` belongs to.
@@ -108,12 +115,12 @@ pub struct NetworkShare {
 
 impl NetworkShare {
     /// A place for one membership of `name`: always, when the network holds the name already; else when it holds
-    /// fewer than its bound of `kind`. Refused with `TooManyRooms` or `TooManySubscriptions`, naming the network and
-    /// the setting.
+    /// fewer than its bound of `kind`. Refused with the code of the per-connection bound of the same kind
+    /// (`TooManyRooms`, `TooManySubscriptions`, `TooManyChannels`), naming the network and the setting.
     pub fn take(&self, kind: Kind, name: &Arc<str>) -> Result<Hold, Failure> {
         let max = match kind {
             Kind::Room => self.shares.max_rooms,
-            Kind::Channel => self.shares.max_channels,
+            Kind::Subscription | Kind::Claim => self.shares.max_channels,
         };
         let mut networks = self.shares.lock();
         let held = networks.entry(self.group).or_default();
@@ -125,10 +132,19 @@ impl NetworkShare {
                 if held.rooms.is_empty() && held.channels.is_empty() {
                     networks.remove(&self.group);
                 }
+                let channels = (ErrorCode::TooManySubscriptions, "tick channels", "max_channels_per_network");
                 let (code, what, key) = match kind {
                     Kind::Room => (ErrorCode::TooManyRooms, "rooms", "max_rooms_per_network"),
-                    Kind::Channel => (ErrorCode::TooManySubscriptions, "tick channels", "max_channels_per_network"),
+                    Kind::Subscription => channels,
+                    Kind::Claim => (ErrorCode::TooManyChannels, channels.1, channels.2),
                 };
+                if let Some(stats) = &self.shares.stats {
+                    bump(match kind {
+                        Kind::Room => &stats.rooms_over_network_share,
+                        Kind::Subscription => &stats.subscriptions_over_network_share,
+                        Kind::Claim => &stats.claims_over_network_share,
+                    });
+                }
                 let why = format!("the connections from {} hold {max} {what}, budget.{key}", self.group);
                 return Err(Failure::new(code, why));
             }
@@ -175,7 +191,8 @@ mod tests {
 
     #[test]
     fn a_network_holds_at_most_its_share_of_distinct_names() {
-        let shares = Shares::new(2, 1);
+        let stats = Arc::new(ServerStats::default());
+        let shares = Shares::new(2, 1, Some(stats.clone()));
         let (a, b) = (shares.of(ip("10.0.0.1")), shares.of(ip("10.0.0.200")));
         let (x, y, z): (Arc<str>, Arc<str>, Arc<str>) = ("x".into(), "y".into(), "z".into());
         let first = a.take(Kind::Room, &x).unwrap();
@@ -187,8 +204,13 @@ mod tests {
         assert!(refused.message.contains("10.0.0.0/24") && refused.message.contains("max_rooms_per_network"));
         assert!(a.take(Kind::Room, &x).is_ok(), "a held room joined once more");
         // Rooms and channels are bounded apart; another network is not touched.
-        let channel = a.take(Kind::Channel, &z).unwrap();
-        assert_eq!(a.take(Kind::Channel, &y).unwrap_err().code, ErrorCode::TooManySubscriptions);
+        let channel = a.take(Kind::Subscription, &z).unwrap();
+        let claimed = a.take(Kind::Claim, &z).unwrap();
+        assert_eq!(a.take(Kind::Subscription, &y).unwrap_err().code, ErrorCode::TooManySubscriptions);
+        assert_eq!(a.take(Kind::Claim, &y).unwrap_err().code, ErrorCode::TooManyChannels, "a Publish's own code");
+        let counted = stats.snapshot();
+        let over = (counted.rooms_over_network_share, counted.subscriptions_over_network_share);
+        assert_eq!((over, counted.claims_over_network_share), ((1, 1), 1));
         let other = shares.of(ip("10.0.1.1"));
         let _elsewhere = (other.take(Kind::Room, &z).unwrap(), other.take(Kind::Room, &y).unwrap());
         assert_eq!(shares.held(ip("10.0.0.9"), Kind::Room), 2);
@@ -197,14 +219,14 @@ mod tests {
         assert!(a.take(Kind::Room, &z).is_err(), "x is still held by its second membership");
         drop(again);
         let third = a.take(Kind::Room, &z).unwrap();
-        drop((second, third, channel));
+        drop((second, third, channel, claimed));
         assert_eq!(shares.held(ip("10.0.0.1"), Kind::Room), 0);
         assert_eq!(shares.networks(), 1, "the emptied network's entry is gone, the other's stays");
     }
 
     #[test]
     fn ipv6_networks_are_48s_and_a_refusal_leaves_no_entry() {
-        let shares = Shares::new(1, 1);
+        let shares = Shares::new(1, 1, None);
         let name: Arc<str> = "r".into();
         let held = shares.of(ip("2001:db8:1:2::1")).take(Kind::Room, &name).unwrap();
         // Another /64 of the same /48: the same network.
@@ -216,8 +238,8 @@ mod tests {
         }));
         drop(held);
         assert_eq!(shares.networks(), 0);
-        let zero = Shares::new(0, 0);
-        assert!(zero.of(ip("10.0.0.1")).take(Kind::Channel, &name).is_err());
+        let zero = Shares::new(0, 0, None);
+        assert!(zero.of(ip("10.0.0.1")).take(Kind::Claim, &name).is_err());
         assert_eq!(zero.networks(), 0, "a refusal leaves no empty entry behind");
         drop(Hold::none());
     }

@@ -97,12 +97,18 @@ counters! {
     bad_requests,
     /// Posts answered `BodyTooLarge` (above `max_body`).
     bodies_too_large,
-    /// Joins answered `TooManyRooms` (at `max_rooms`).
+    /// Joins answered `TooManyRooms` (at `max_rooms`, or the network's share).
     too_many_rooms,
-    /// Subscribes answered `TooManySubscriptions` (at `max_subscriptions`).
+    /// Subscribes answered `TooManySubscriptions` (at `max_subscriptions`, or the network's share).
     too_many_subscriptions,
-    /// Publish claims answered `TooManyChannels` (at `max_publish_channels`).
+    /// Publish claims answered `TooManyChannels` (at `max_publish_channels`, or the network's share).
     too_many_channels,
+    /// Of `too_many_rooms`, those refused for the network's share (`budget.max_rooms_per_network`).
+    rooms_over_network_share,
+    /// Of `too_many_subscriptions`, those refused for the network's share (`budget.max_channels_per_network`).
+    subscriptions_over_network_share,
+    /// Of `too_many_channels`, those refused for the network's share (`budget.max_channels_per_network`).
+    claims_over_network_share,
     /// Room streams reset with `SlowConsumer` (more than `room_queue_bytes` waiting for the client).
     slow_consumer_resets,
     /// Room streams reset because their join's replay could not deliver its range (retention deleted part of it, or

@@ -20,13 +20,14 @@ use crate::{
     sync::lock,
 };
 
-/// Bytes of unfinished frames (read, not yet decoded) the room streams of one connection hold together at most: 16
+/// Bytes of unfinished frames (read, not yet decoded) the room streams of one connection hold together at most: 64
 /// MiB, or four of the Welcome's `max_frame` if more. Each stream alone is bounded by `max_frame`, but a server may
 /// open as many room streams as the client allows (the Welcome's `max_rooms` + 1, up to 4,097), and one announcing
 /// large limits (hostile, or misconfigured) could otherwise have the client buffer a frame's worth on each: 64 GiB
-/// at the ceilings. Past it the connection is closed as a protocol violation (as QUIC's own flow control would
-/// stop the peer, had the client not taken the bytes out of its window), and the reconnect resumes every room.
-pub(crate) const UNFINISHED_FRAME_BYTES: usize = 16 << 20;
+/// at the ceilings. Past it the connection is closed as a protocol violation, and the reconnect resumes every
+/// room. An honest server comes near it only with every room stream inside a large frame at once (quinn sends
+/// streams in turn): 65 streams of 1 MiB frames; the default 64 KiB frames reach 4 MiB at most.
+pub(crate) const UNFINISHED_FRAME_BYTES: usize = 64 << 20;
 
 /// One room stream's part of its connection's unfinished frame bytes ([`UNFINISHED_FRAME_BYTES`]), given back when
 /// the stream's reader ends.

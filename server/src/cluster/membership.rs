@@ -154,8 +154,11 @@ pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Ar
         held.into_iter().filter(|(_, room)| !lock(&room.state).subscribers.is_empty()).map(|(n, _)| n).collect();
     for name in unlisted {
         let added = retried(&ctx, connection, |mut conn| {
-            let (key, name) = (keys::node_rooms(&node), name.clone());
-            async move { redis::AsyncCommands::sadd::<_, _, ()>(&mut conn, key, name).await }
+            // (With the node among the nodes again if its entry is gone, as `list_room` does.)
+            let mut pipe = redis::pipe();
+            pipe.cmd("EVAL").arg(scripts::LISTED).arg(1).arg(keys::NODES).arg(&node).ignore();
+            pipe.sadd(keys::node_rooms(&node), &name).ignore();
+            async move { pipe.query_async::<()>(&mut conn).await }
         });
         match added.await {
             Ok(()) => listed.push(name),

@@ -248,9 +248,12 @@ impl NodeRoom {
             );
             let passed: Vec<SubscriberId> =
                 state.subscribers.iter().filter(|(_, sub)| sub.after_op < op).map(|(id, _)| *id).collect();
+            // And a join under way whose script ran before it must not pass over it either: with the recent events
+            // gone, one that overlaps them is refused (`Unavailable`) and retried, its replay read from the stream.
+            state.recent.clear();
             for id in passed {
                 if let Some(sub) = state.subscribers.remove(&id) {
-                    sub.outbox.kick();
+                    sub.outbox.kick_replay();
                     delivery.add(sub.outbox);
                     tokio::spawn(self.ctx.clone().leave(self.name.clone(), id));
                 }

@@ -136,7 +136,8 @@ async fn a_straggler_of_the_old_epoch_does_not_reset_the_room() {
 /// nobody was told of. The room goes on with the next event.
 #[tokio::test]
 async fn an_event_over_max_frame_ends_the_subscriptions_it_would_reach() {
-    let state = NodeState { live: true, epoch: 2, last_op: 7, last_seq: 3, seen: (2, 7), ..NodeState::default() };
+    let mut state = NodeState { live: true, epoch: 2, last_op: 7, last_seq: 3, seen: (2, 7), ..NodeState::default() };
+    state.recent.push_back((7, Bytes::from_static(b"op 7")));
     let (room, outbox) = room_with(state);
     let payload = super::super::event::message_payload("bob", 1, &Bytes::from(vec![b'x'; 70_000]));
     let mut published = b"2 4 8 0 M".to_vec();
@@ -146,6 +147,8 @@ async fn an_event_over_max_frame_ends_the_subscriptions_it_would_reach() {
     assert!(outbox.frames.lock().unwrap().is_empty());
     let state = lock(&room.state);
     assert!(state.subscribers.is_empty(), "the subscription is ended");
+    // A join whose script ran before the event finds no recent events to bridge it with: refused, retried.
+    assert!(state.recent.is_empty(), "a join overlapping the event would pass over it");
     assert_eq!((state.last_op, state.last_seq), (8, 4), "the room goes on after the event");
 }
 

@@ -223,7 +223,7 @@ impl<O> ConnectionState<O> {
             ));
         }
         let id = self.new_id(channel, &self.claim_ids);
-        let hold = self.take(Kind::Channel, channel)?;
+        let hold = self.take(Kind::Subscription, channel)?;
         let subscriber = subscribe(id)?;
         self.channel_holds.insert((id, false), hold);
         let name = self.name(channel);
@@ -274,7 +274,7 @@ impl<O> ConnectionState<O> {
             ));
         }
         let id = self.new_id(channel, &self.sub_ids);
-        let hold = self.take(Kind::Channel, channel)?;
+        let hold = self.take(Kind::Claim, channel)?;
         claim(max_age_us)?;
         self.channel_holds.insert((id, true), hold);
         let name = self.name(channel);

@@ -443,9 +443,9 @@ impl<R: RoomHub> Connection<R> {
         self.rooms.leave(&room, gone.subscriber, now_us).await.flush();
         let reason = match outbox.replay_cut_short.load(std::sync::atomic::Ordering::Relaxed) {
             true => format!(
-                "room {room}: the history your join asked to catch up on is no longer readable (deleted by retention \
-                 meanwhile, or the store could not read it); rejoin from your last seq: you will be told messages \
-                 were missed"
+                "room {room}: messages cannot be delivered on this stream (the history your join asked to catch up on \
+                 is no longer readable: deleted by retention meanwhile, or the store could not read it; or a message \
+                 is over this node's max_frame); rejoin from your last seq: you will be told messages were missed"
             ),
             false => format!("room {room} fell behind by more than room_queue_bytes; rejoin from your last seq"),
         };

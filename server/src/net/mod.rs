@@ -247,8 +247,11 @@ impl<R: RoomHub> Server<R> {
             awaiting_hello: config.budget.max_awaiting_hello,
             per_network: config.budget.max_connections_per_network,
         };
-        let shares =
-            crate::shares::Shares::new(config.budget.max_rooms_per_network, config.budget.max_channels_per_network);
+        let shares = crate::shares::Shares::new(
+            config.budget.max_rooms_per_network,
+            config.budget.max_channels_per_network,
+            Some(stats.clone()),
+        );
         let admission = crate::admission::Admission::new(&config.limits, handshakes, std::time::Instant::now());
         let admission = admission.with_shares(shares);
         let admission = Arc::new(std::sync::Mutex::new(admission));

@@ -2,7 +2,7 @@
 
 use quiver_proto::{varint, FrameCodec, Limits, Reply, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
 
-/// Frames of up to 4 MiB announced in the Welcome: the client's bound on unfinished frame bytes is then 16 MiB.
+/// Frames of up to 4 MiB announced in the Welcome (the client's bound on unfinished frame bytes stays 64 MiB).
 pub const LARGE_FRAME: u32 = 4 << 20;
 
 /// Answers Hello with a Welcome allowing frames of [`LARGE_FRAME`] bytes and Pings, then opens `streams` room

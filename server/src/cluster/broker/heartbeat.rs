@@ -91,6 +91,13 @@ impl Broker {
                 }
                 beating_since = None;
             }
+            if refresh && marked == 0 {
+                // The mark was there and is gone: this node was buried, or Redis lost its keys. Its stamp does not
+                // tell the second apart any more (a write to this node's lists stamps it anew when it is gone,
+                // `scripts::LISTED`), and every other node's may be as old as Redis' data: no burial for a whole
+                // expiry, as after an outage.
+                beating_since = None;
+            }
             let beating_since = *beating_since.get_or_insert_with(tokio::time::Instant::now);
             self.heartbeat_ok.store(true, Ordering::Relaxed);
             first = false;

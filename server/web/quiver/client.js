@@ -16,6 +16,9 @@ import {
   REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, leftAnyway, toBytes, unixUs,
 } from './client/values.js';
 
+/** Attempts after a refusal (while other addresses were down) before the client ends with it: `#reconnect`. */
+const OTHERS_TRIES = 3;
+
 /**
  * A Quiver session over WebTransport (or a WebSocket) that survives connection loss: it reconnects with jittered
  * exponential backoff, rejoins every room from its last position (dropping what was already delivered and
@@ -352,6 +355,11 @@ export class QuiverClient {
 
   async #reconnect(why) {
     let lastError = why;
+    // A refusal while other addresses were down: they may come back and take the session (another node restarting
+    // during a rolling change), so the client ends with it only once `connectTimeoutMs` has passed since the first
+    // refusal and OTHERS_TRIES more attempts found none taking it (as the Rust client).
+    let refusedSince = null;
+    let triesSinceRefusal = 0;
     for (let attempt = this.#backoff.lost(performance.now()); this.status !== 'closed'; attempt++) {
       const nextTryMs = this.#backoff.delay(attempt);
       this.reconnecting = { attempt, lastError, nextTryMs };
@@ -362,7 +370,14 @@ export class QuiverClient {
       try {
         session = await this.#open();
       } catch (err) {
-        if (err.refused) return this.#end({ code: err.code, reason: err.message });
+        if (refusedSince !== null) triesSinceRefusal++;
+        if (err.refused) {
+          refusedSince ??= performance.now();
+          const waited = performance.now() - refusedSince >= this.#options.connectTimeoutMs;
+          if (!err.othersLeft || (waited && triesSinceRefusal >= OTHERS_TRIES)) {
+            return this.#end({ code: err.code, reason: err.message });
+          }
+        }
         lastError = { code: err.code ?? ErrorCode.Internal, reason: err.message };
         continue;
       }

@@ -73,6 +73,34 @@ test('cluster: several URLs, the first that answers is used, and a lost connecti
   assert.throws(() => new QuiverClient([], { transport: server.transport }), /no server URL/);
 });
 
+test('cluster: a node that refuses the session is passed over for the others; refused by every node, the client ends', async (t) => {
+  const server = new FakeServer();
+  const urls = ['https://node-a.test/quiver', 'https://node-b.test/quiver', 'https://node-c.test/quiver'];
+  const refusal = { code: ErrorCode.TokenInvalid, message: 'signed with a key this node does not know' };
+  server.refuseUrls.set(urls[1], refusal);
+  const client = await QuiverClient.connect(urls, {
+    transport: server.transport, reconnectDelayMs: 1, reconnectMaxDelayMs: 20, connectTimeoutMs: 200,
+  });
+  t.after(() => client.close());
+  // Node a is lost: b, next in turn, refuses; c takes the session. Before, b's refusal ended the client.
+  server.downUrls.add(urls[0]);
+  server.live[0].kill();
+  await until('reconnected to node c', () => client.status === 'connected' && server.live[0]?.url === urls[2]);
+  // b refuses, a and c are down (restarting): the client keeps trying while they may come back ...
+  server.downUrls.add(urls[2]);
+  server.live[0].kill();
+  await until('reconnecting', () => client.status === 'reconnecting');
+  await sleep(50);
+  assert.equal(client.status, 'reconnecting', 'not ended while other nodes may come back');
+  server.downUrls = new Set([urls[2]]);
+  await until('back on node a', () => client.status === 'connected' && server.live[0]?.url === urls[0]);
+  // ... and ends once every node refuses.
+  for (const url of urls) server.refuseUrls.set(url, refusal);
+  server.live[0].kill();
+  await until('the client ends', () => client.status === 'closed', 5000);
+  assert.equal(client.closeReason.code, ErrorCode.TokenInvalid);
+});
+
 test('posts refused as Unavailable are sent again, in order, and resolve once the broker is back', async (t) => {
   const server = new FakeServer();
   const client = await connect(t, server);

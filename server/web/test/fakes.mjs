@@ -194,6 +194,7 @@ export class FakeServer {
     this.datagrams = []; // every datagram from clients: {conn, channel_id, seq, sent_time_us, payload}
     this.copies = []; // every copy datagram from clients: {conn, kind, first, frames}
     this.refuse = null; // a Failure to answer Hello with
+    this.refuseUrls = new Map(); // URL -> a Failure to answer Hello with on connections to it (one node of a cluster)
     this.welcomeVersion = null; // the protocol version Welcome speaks (null: PROTOCOL_VERSION)
     this.down = false; // connections fail before they open
     this.downUrls = new Set(); // connections to these URLs fail before they open (a dead node of a cluster)
@@ -257,6 +258,7 @@ export class FakeServer {
       case 'Hello':
         if (this.closeAtHello) return conn.close(this.closeAtHello);
         if (this.refuse) return reply({ Err: this.refuse });
+        if (this.refuseUrls.has(conn.url)) return reply({ Err: this.refuseUrls.get(conn.url) });
         conn.identity = body.name ?? `guest-${conn.id}`;
         return ok({
           Welcome: {

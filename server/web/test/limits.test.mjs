@@ -3,8 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { ErrorCode, MAX_FRAME_CEILING, QuiverEncodeError } from '../quiver/index.js';
-import { FakeServer, connect } from './fakes.mjs';
+import { ErrorCode, MAX_FRAME_CEILING, QuiverEncodeError, encodeVarint } from '../quiver/index.js';
+import { FakeServer, connect, until } from './fakes.mjs';
 
 const name = 'a Welcome\'s max_frame is believed up to MAX_FRAME_CEILING only: a larger frame is refused, not sent';
 test(name, { timeout: 10_000 }, async (t) => {
@@ -35,4 +35,31 @@ test('a Welcome in another protocol version than the Hello asked for is refused,
     assert.equal(err.refused, true, 'trying again cannot help');
     return true;
   });
+});
+
+const unfinished = 'room streams left inside large frames are bounded together: past 64 MiB the session ends as a protocol violation';
+test(unfinished, { timeout: 20_000 }, async (t) => {
+  const server = new FakeServer();
+  const frame = 4 * 1024 * 1024; // the bound is then 64 MiB (four frames would be 16)
+  server.limits = { ...server.limits, max_frame: frame };
+  const client = await connect(t, server);
+  const conn = server.connections.at(-1);
+  const prefix = encodeVarint(BigInt(frame - 16));
+  const part = new Uint8Array(7 * 512 * 1024); // 3.5 MiB of each frame, never the rest
+  const streams = [];
+  for (let i = 0; i < 18; i++) {
+    const stream = conn.openRoomStream();
+    stream.writeBytes(prefix);
+    stream.writeBytes(part);
+    streams.push(stream);
+  }
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(conn.closedBy, undefined, '63 MiB of 18 streams: within the bound');
+  const last = conn.openRoomStream();
+  last.writeBytes(prefix);
+  last.writeBytes(part);
+  await until('the session is closed', () => conn.closedBy);
+  assert.equal(conn.closedBy.closeCode, ErrorCode.ProtocolViolation);
+  assert.match(conn.closedBy.reason, /unfinished frames/);
+  client.close();
 });

@@ -57,20 +57,30 @@ async function withSessionClose(wt, err) {
 /** One connection (see the top of this file). */
 export class Session {
   /**
-   * Opens a session to the first of `urls` that answers, trying them in turn from index `from` (a refusal ends it
-   * at once: every node of a cluster would refuse alike). Resolves to `{session, index}`.
+   * Opens a session to the first of `urls` that answers, trying them in turn from index `from`. A node that refuses
+   * the session (a token it does not take, a version it does not speak: a cluster midway through a rolling change)
+   * is passed over for the others, as the Rust client does; with none answering, the first refusal is thrown, with
+   * `othersLeft` set when some address failed otherwise (down: it may come back and take the session). Resolves
+   * to `{session, index}`.
    */
   static async openFirst(urls, from, options, hooks) {
     let firstError;
+    let refusal;
+    let othersLeft = false;
     for (let i = 0; i < urls.length; i++) {
       if (hooks.closing?.aborted) throw hooks.closing.reason; // the client closed: no next address
       const index = (from + i) % urls.length;
       try {
         return { session: await Session.open(urls[index], options, hooks), index };
       } catch (err) {
-        if (err?.refused) throw err;
+        if (err?.refused) refusal ??= err;
+        else othersLeft = true;
         firstError ??= err;
       }
+    }
+    if (refusal) {
+      refusal.othersLeft = othersLeft;
+      throw refusal;
     }
     throw firstError;
   }
@@ -174,6 +184,8 @@ export class Session {
     this.welcome = welcome;
     this.hooks = hooks;
     this.maxFrame = Math.min(welcome.limits.max_frame, MAX_FRAME_CEILING);
+    /** Bytes of unfinished frames this session's room streams hold together (`roomFrames`). */
+    this.unfinished = { held: 0 };
     if ('maxInboundStreams' in wt) {
       // No stream credit on the WebSocket: a rejoined room's stream may open before the left one's finish arrives.
       // (At most MAX_ROOMS_CEILING of the Welcome's: a hostile server announcing billions would have the client
@@ -436,25 +448,56 @@ export class Session {
   }
 }
 
-/** Reads one room stream frame by frame: `next()` resolves to a RoomFrame value, or null at the stream's end. */
-export function roomFrames(stream, maxFrame) {
+/**
+ * Bytes of unfinished frames the room streams of one session hold together at most: 64 MiB, or four of its
+ * `maxFrame` if more (as the Rust client). Each stream alone is bounded by `maxFrame`, but a server may open as
+ * many room streams as the client takes (thousands), and one announcing large limits (hostile, or misconfigured)
+ * could otherwise have the tab buffer a frame's worth on each. Past it the session ends as a protocol violation and
+ * the reconnect resumes every room.
+ */
+export const UNFINISHED_FRAME_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Reads one room stream frame by frame: `next()` resolves to a RoomFrame value, or null at the stream's end.
+ * `unfinished` (`{ held }`, one per session) counts the bytes of unfinished frames its room streams hold together;
+ * `next()` throws a QuiverDecodeError past UNFINISHED_FRAME_BYTES.
+ */
+export function roomFrames(stream, maxFrame, unfinished = { held: 0 }) {
   const reader = stream.getReader();
   const frames = new FrameReader(maxFrame);
   const queue = [];
+  const limit = Math.max(UNFINISHED_FRAME_BYTES, 4 * maxFrame);
+  let mine = 0; // this stream's part of `unfinished.held`
+  const hold = (bytes) => {
+    unfinished.held += bytes - mine;
+    mine = bytes;
+  };
   return {
     async next() {
-      while (queue.length === 0) {
-        const { done, value } = await reader.read();
-        if (done) {
-          frames.finish();
-          return null;
+      try {
+        while (queue.length === 0) {
+          const { done, value } = await reader.read();
+          if (done) {
+            frames.finish();
+            hold(0);
+            return null;
+          }
+          // (Not `push(...frames)`: a chunk of many tiny frames would pass more arguments than a call takes.)
+          for (const body of frames.push(value)) queue.push(body);
+          hold(frames.pending);
+          if (unfinished.held > limit) {
+            const what = `the room streams hold over ${limit} bytes of unfinished frames together (the server opened many and left each inside a large frame)`;
+            throw new QuiverDecodeError('unfinished', what);
+          }
         }
-        // (Not `push(...frames)`: a chunk of many tiny frames would pass more arguments than a call takes.)
-        for (const body of frames.push(value)) queue.push(body);
+      } catch (err) {
+        hold(0); // the stream ends with it
+        throw err;
       }
       return wire.RoomFrame.decode(queue.shift());
     },
     cancel() {
+      hold(0);
       reader.cancel().catch(() => {});
     },
   };

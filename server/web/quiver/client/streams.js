@@ -16,7 +16,7 @@ import { callBack } from './values.js';
  * reason: the room could not go on from it, and would otherwise wait for good.
  */
 export async function readRoomStream(rooms, session, stream, order) {
-  const frames = roomFrames(stream, session.maxFrame);
+  const frames = roomFrames(stream, session.maxFrame, session.unfinished);
   const broken = (code, reason) => {
     frames.cancel();
     session.lost({ code, reason });

@@ -150,10 +150,16 @@ impl Room {
 
     /// Forgets history older than `history_max_age_s` and dedupe entries older than the window.
     pub fn trim(&mut self, now_us: u64) {
+        self.trim_with(now_us, true);
+    }
+
+    /// [`Room::trim`]; with `read` false a durable room's retention cut is made only from a plan at hand
+    /// ([`Room::planned`]), never from a store read under the room's lock (the sweep plans off it).
+    pub fn trim_with(&mut self, now_us: u64, read: bool) {
         self.history.trim(now_us);
         self.dedupe.expire(now_us, self.delivered_seq);
         if let Some(disk) = &mut self.disk {
-            disk.trim(now_us, &self.dedupe, self.epoch, self.delivered_seq);
+            disk.trim(now_us, &self.dedupe, self.epoch, self.delivered_seq, read);
         }
     }
 

@@ -451,14 +451,24 @@ impl RoomHub for LocalRooms {
 
     async fn sweep(&self, now_us: u64) {
         if let Some(store) = &self.store {
-            store.check_disk(self.budget.disk_min_free_bytes);
+            // (A `statvfs`: on the blocking pool, as every store read of the sweep, so that a stalled disk holds no
+            // runtime thread.)
+            let (store, floor) = (store.clone(), self.budget.disk_min_free_bytes);
+            let _ = tokio::task::spawn_blocking(move || store.check_disk(floor)).await;
         }
         self.load_aged(now_us).await;
         let names: Vec<String> = lock(&self.rooms).keys().cloned().collect();
         let mut emptied = Vec::new();
         for name in names {
+            // A retention cut's plan reads the store: off the room's lock, on the blocking pool (under it, a slow
+            // disk held every post and join of the room, and with two of them both runtime threads).
+            if let Some(Some(input)) = self.with_loaded(&name, |r| r.trim_input(now_us)) {
+                if let Ok(Some(plan)) = tokio::task::spawn_blocking(move || input.plan()).await {
+                    self.with_loaded(&name, |r| r.planned(plan));
+                }
+            }
             let trimmed = self.with_loaded(&name, |r| {
-                r.trim(now_us);
+                r.trim_with(now_us, false);
                 r.is_idle_and_empty(now_us)
             });
             if trimmed == Some(true) {

@@ -97,7 +97,48 @@ pub(crate) fn plan_at_load(store: &Store, stored: &StoredRoom, retention: &Reten
     }
 }
 
+/// What the sweep's trim of a room would read from the store to plan its cut, taken under the room's lock and
+/// planned on the blocking pool ([`TrimInput::plan`]), not under the lock on a runtime thread: a slow or stalled
+/// disk there held every post and join of the room, and the runtime's threads they run on, for as long as the read.
+#[derive(Debug)]
+pub(crate) struct TrimInput {
+    store: Arc<Store>,
+    id: u64,
+    from: u64,
+    upto: u64,
+    extent: Extent,
+    retention: Retention,
+    now_us: u64,
+}
+
+impl TrimInput {
+    /// The cut (blocking: reads the store). `None` when the read failed (the sweep tries again next time).
+    pub(crate) fn plan(self) -> Option<TrimPlan> {
+        let TrimInput { store, id, from, upto, extent, retention, now_us } = self;
+        match store.plan_trim(id, from, upto, extent, &retention, now_us) {
+            Ok((cut, left, first_time_us)) => Some(TrimPlan { from, upto, cut, left, first_time_us }),
+            Err(err) => {
+                tracing::error!(room_id = id, %err, "retention read failed");
+                None
+            }
+        }
+    }
+}
+
 impl Room {
+    /// What the sweep's trim would read to plan a retention cut, when it has to (past a bound, or its oldest message
+    /// too old) and no plan for the room as it is now is at hand; `None` for a room in memory only.
+    pub(crate) fn trim_input(&self, now_us: u64) -> Option<TrimInput> {
+        self.disk.as_ref()?.trim_input(now_us, self.delivered_seq)
+    }
+
+    /// A plan made from [`Room::trim_input`]: the next trim uses it if the room is still as it was then.
+    pub(crate) fn planned(&mut self, plan: TrimPlan) {
+        if let Some(disk) = &mut self.disk {
+            disk.planned = Some(plan);
+        }
+    }
+
     /// A room loaded from the store (or just created in it: `settled` false until its creation commits), with the
     /// first trim's cut if it was planned as the room was loaded.
     pub(crate) fn durable(
@@ -308,7 +349,7 @@ impl DiskRoom {
     /// record with each deletion, and no deletion reaches past `last_seq` (deletions are written by a thread of
     /// their own, not behind the posts handed to the writer); the posts `dedupe` remembers are kept as dedupe
     /// entries when their messages are deleted.
-    pub(super) fn trim(&mut self, now_us: u64, dedupe: &DedupeWindow, epoch: u64, last_seq: u64) {
+    pub(super) fn trim(&mut self, now_us: u64, dedupe: &DedupeWindow, epoch: u64, last_seq: u64, read: bool) {
         let room = || Record { name: self.name.clone(), epoch, last_seq };
         let dedupe_from = dedupe.oldest_seq().unwrap_or(last_seq.saturating_add(1));
         if let Some(mut trimming) = self.trimming.take() {
@@ -327,12 +368,14 @@ impl DiskRoom {
         if !self.over_retention() && !too_old {
             return;
         }
-        self.plan_failed = false;
         let planned = self.planned.take().filter(|p| (p.from, p.upto) == (self.first_seq, last_seq));
         let plan = match planned {
             Some(p) => Ok((p.cut, p.left, p.first_time_us)),
+            // The sweep plans off the lock: a room that moved on since waits for its next sweep (or post).
+            None if !read => return,
             None => self.store.plan_trim(self.id, self.first_seq, last_seq, self.extent, &r, now_us),
         };
+        self.plan_failed = plan.is_err();
         match plan {
             Ok((cut, _, _)) if cut == self.first_seq => {} // nothing stored to delete yet
             Ok((cut, left, first_time_us)) => {
@@ -350,8 +393,7 @@ impl DiskRoom {
                 self.first_time_us = first_time_us;
             }
             Err(err) => {
-                // Tried again by the sweep, not by every post.
-                self.plan_failed = true;
+                // Tried again by the sweep, not by every post (`plan_failed`).
                 tracing::error!(room = %self.name, %err, "retention read failed");
             }
         }
@@ -361,8 +403,30 @@ impl DiskRoom {
     /// fail): a post's delivery calls it.
     pub(super) fn trim_if_over(&mut self, now_us: u64, dedupe: &DedupeWindow, epoch: u64, last_seq: u64) {
         if !self.plan_failed && self.over_retention() {
-            self.trim(now_us, dedupe, epoch, last_seq);
+            self.trim(now_us, dedupe, epoch, last_seq, true);
         }
+    }
+
+    /// [`DiskRoom::trim`]'s store read, when it would make one now: past a bound or too old, its last deletion
+    /// stored, and no plan at hand for the room as it is.
+    fn trim_input(&self, now_us: u64, last_seq: u64) -> Option<TrimInput> {
+        if self.trimming.is_some() {
+            return None; // the trim looks at the last deletion first (it may be stored by then: the next sweep)
+        }
+        let too_old = self.first_time_us.is_some_and(|t| t < now_us.saturating_sub(self.retention.max_age_us));
+        let planned = self.planned.is_some_and(|p| (p.from, p.upto) == (self.first_seq, last_seq));
+        if (!self.over_retention() && !too_old) || planned || last_seq < self.first_seq {
+            return None;
+        }
+        Some(TrimInput {
+            store: self.store.clone(),
+            id: self.id,
+            from: self.first_seq,
+            upto: last_seq,
+            extent: self.extent,
+            retention: self.retention,
+            now_us,
+        })
     }
 }
 

@@ -417,7 +417,8 @@ impl Store {
     /// Where retention cuts room `id`: the first seq to keep so that at most `max_messages` and `max_bytes` of
     /// frames remain and none older than `oldest_us`, scanning from `first_seq` up to `upto` (the room's last
     /// stored and delivered seq: a deletion never reaches a post whose commit may still be on its way) with
-    /// `extent` retained. Returns the cut and what remains after it (with the time of the new oldest message).
+    /// `extent` retained. Returns the cut and what remains after it (with the time of the new oldest message). One
+    /// cut deletes at most [`MAX_TRIM_MESSAGES`]; the next trim goes on from there.
     pub fn plan_trim(
         &self,
         id: u64,
@@ -440,7 +441,8 @@ impl Store {
             let (Some(seq), Some(time_us)) = (seq_of(&k), u64_at(&v, 0)) else {
                 return Err(StoreError::Read(format!("room id {id}: a malformed message record")));
             };
-            if left.messages <= retention.max_messages && left.bytes <= retention.max_bytes && time_us >= oldest_us {
+            let within = left.messages <= retention.max_messages && left.bytes <= retention.max_bytes;
+            if (within && time_us >= oldest_us) || seq - first_seq >= MAX_TRIM_MESSAGES {
                 return Ok((seq, left, Some(time_us)));
             }
             left.messages = left.messages.saturating_sub(1);
@@ -450,6 +452,12 @@ impl Store {
         Ok((cut, Extent::default(), None))
     }
 }
+
+/// Messages one retention deletion removes at most: a room whose bounds were lowered far (1,000,000 messages to
+/// 1,000, after a disk-space scare) is cut down over several trims, each a bounded write, instead of one deletion
+/// of a million tombstones that held the store's journal, and every post's commit behind it, for seconds. Readers
+/// see the lowered count bound at once (`first_readable`).
+pub const MAX_TRIM_MESSAGES: u64 = 4_096;
 
 /// A page of retained messages.
 #[derive(Debug, Default)]

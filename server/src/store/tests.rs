@@ -101,6 +101,24 @@ fn retention_cuts_by_count_bytes_and_age_and_deletes_in_the_background() {
     assert!(loaded.dedupe.is_empty());
 }
 
+/// A room whose bounds were lowered far is cut down a bounded deletion at a time ([`MAX_TRIM_MESSAGES`]): one
+/// deletion of everything past the new bound held the store's journal, and every post behind it, for seconds.
+#[test]
+fn one_retention_cut_deletes_at_most_max_trim_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Os).unwrap();
+    let n = MAX_TRIM_MESSAGES + 100;
+    let id = filled(&store, n);
+    let l = frame_len();
+    let extent = Extent { messages: n, bytes: n * l };
+    let keep = Retention { max_messages: 10, max_bytes: u64::MAX, max_age_us: u64::MAX };
+    let (cut, left, first_time_us) = store.plan_trim(id, 1, n, extent, &keep, n).unwrap();
+    assert_eq!((cut, left.messages), (MAX_TRIM_MESSAGES + 1, 100), "the first cut stops at the bound on one deletion");
+    assert_eq!(first_time_us, Some(MAX_TRIM_MESSAGES + 1));
+    let (cut, left, _) = store.plan_trim(id, cut, n, left, &keep, n).unwrap();
+    assert_eq!((cut, left.messages), (n - 9, 10), "the next one goes on to the bound");
+}
+
 #[test]
 fn older_format_stores_are_read_and_marked_format_3() {
     for older in OLDER_FORMATS {

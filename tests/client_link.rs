@@ -417,7 +417,7 @@ async fn a_node_that_refuses_the_session_is_passed_over_for_the_others() {
 }
 
 /// A server announcing large frames (here 4 MiB) opens room streams and leaves each inside one: the client holds at
-/// most 64 MiB (or four frames) of unfinished frames across a connection's room streams, then closes it as a
+/// most 64 MiB of unfinished frames across a connection's room streams, then closes it as a
 /// protocol violation. Before, it took up to a whole frame on every stream it allows: the Welcome's `max_rooms` + 1
 /// streams of `max_frame` each, 4,097 × 16 MiB at the ceilings a client believes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,20 +7,27 @@
 /// ZWNJ, the combining grapheme joiner, variation selectors) anywhere but once after a character outside ASCII (an
 /// emoji, a letter of a script that joins; a ZWJ may also follow an emoji's U+FE0F: 🏳️‍🌈), and tag
 /// characters anywhere but in a flag's tag sequence (after U+1F3F4). `alice` followed by any of them reads as
-/// `alice`; 👩‍💻, ❤️, 🏴󠁧󠁢󠁳󠁣󠁴󠁿 and Persian names spelled with ZWNJ stay names, and so do three sequences whose
-/// invisible part changes how the letters around it are drawn: a keycap (`1` U+FE0F U+20E3: 1️⃣), Malayalam's
-/// old-style chillu (a consonant, the virama U+0D4D and a ZWJ, at a word's end too) and the Mongolian vowel
-/// separator (U+180E) between two Mongolian letters.
+/// `alice`; 👩‍💻, ❤️, 🏴󠁧󠁢󠁳󠁣󠁴󠁿 and Persian names spelled with ZWNJ stay names, and so do two sequences whose
+/// invisible part changes how the letters around it are drawn: a keycap (`1` U+FE0F U+20E3: 1️⃣; the same without
+/// U+FE0F, drawn alike by emoji fonts, is refused) and the Mongolian vowel separator (U+180E) before the final a or
+/// e (U+1820, U+1821) after a Mongolian letter. Malayalam's old-style chillu (one of its six consonants, the virama
+/// U+0D4D, a ZWJ) is refused: it reads as the atomic chillu (U+0D7A–U+0D7F), the spelling to use.
 pub(crate) fn has_invisible(sub: &str) -> bool {
-    let (mut before, mut before2, mut before3): (Option<char>, Option<char>, Option<char>) = (None, None, None);
+    let (mut before, mut before2): (Option<char>, Option<char>) = (None, None);
     let mut chars = sub.chars().peekable();
     while let Some(c) = chars.next() {
         let next = chars.peek().copied();
         let shown = match c {
-            // A keycap: a digit, `#` or `*`, U+FE0F, then the enclosing keycap.
+            // A keycap: a digit, `#` or `*`, U+FE0F, then the enclosing keycap (without U+FE0F it reads the same).
             '\u{FE0F}' if before.is_some_and(is_keycap_base) && next == Some('\u{20E3}') => true,
-            // Between two Mongolian letters, the vowel separator shapes them (a gap and a final form).
-            '\u{180E}' if before.is_some_and(is_mongolian_letter) && next.is_some_and(is_mongolian_letter) => true,
+            '\u{20E3}' if before.is_some_and(is_keycap_base) => false,
+            // The vowel separator before a final a or e shapes it (a gap and the final form); elsewhere it only
+            // breaks the join, as a ZWNJ would.
+            '\u{180E}' if before.is_some_and(is_mongolian_letter) && matches!(next, Some('\u{1820}' | '\u{1821}')) => {
+                true
+            }
+            // An old-style chillu: the atomic chillu reads the same.
+            '\u{200D}' if before == Some('\u{0D4D}') && before2.is_some_and(has_atomic_chillu) => false,
             '\u{00AD}'
             | '\u{0600}'..='\u{0605}'
             | '\u{061C}'
@@ -66,15 +73,15 @@ pub(crate) fn has_invisible(sub: &str) -> bool {
         if !shown {
             return true;
         }
-        (before3, before2, before) = (before2, before, Some(c));
+        (before2, before) = (before, Some(c));
     }
-    // A joiner or selector last joins nothing, but for a ZWJ after Malayalam's virama after one of the six
-    // consonants that have a chillu (ക ണ ന ര ല ള): an old-style chillu.
-    let chillu = before == Some('\u{200D}')
-        && before2 == Some('\u{0D4D}')
-        && before3
-            .is_some_and(|c| matches!(c, '\u{0D15}' | '\u{0D23}' | '\u{0D28}' | '\u{0D30}' | '\u{0D32}' | '\u{0D33}'));
-    before.is_some_and(|last| matches!(last, '\u{200C}'..='\u{200D}' | '\u{034F}')) && !chillu
+    // A joiner or selector last joins nothing.
+    before.is_some_and(|last| matches!(last, '\u{200C}'..='\u{200D}' | '\u{034F}'))
+}
+
+/// The six Malayalam consonants with an atomic chillu (ക ണ ന ര ല ള).
+fn has_atomic_chillu(c: char) -> bool {
+    matches!(c, '\u{0D15}' | '\u{0D23}' | '\u{0D28}' | '\u{0D30}' | '\u{0D32}' | '\u{0D33}')
 }
 
 /// What a keycap encloses.

@@ -223,10 +223,11 @@ fn breaches(s: &ServerStats) -> [(&'static str, u64); 21] {
     [
         ("max_frame", c.frames_too_large),
         ("max_body", c.bodies_too_large),
-        // (A network's share is refused with the per-connection bound's code: told apart here.)
-        ("max_rooms", c.too_many_rooms.saturating_sub(c.rooms_over_network_share)),
-        ("max_subscriptions", c.too_many_subscriptions.saturating_sub(c.subscriptions_over_network_share)),
-        ("max_publish_channels", c.too_many_channels.saturating_sub(c.claims_over_network_share)),
+        // (Every refusal with the code, a network's share included; those alone under the share's own name. Not
+        // subtracted: the two are counted at different moments, and a counter must never go back.)
+        ("max_rooms", c.too_many_rooms),
+        ("max_subscriptions", c.too_many_subscriptions),
+        ("max_publish_channels", c.too_many_channels),
         ("max_rooms_per_network", c.rooms_over_network_share),
         ("max_channels_per_network", c.subscriptions_over_network_share + c.claims_over_network_share),
         ("room_queue_bytes", c.slow_consumer_resets),

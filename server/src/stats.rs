@@ -111,8 +111,9 @@ counters! {
     claims_over_network_share,
     /// Room streams reset with `SlowConsumer` (more than `room_queue_bytes` waiting for the client).
     slow_consumer_resets,
-    /// Room streams reset because their join's replay could not deliver its range (retention deleted part of it, or
-    /// the store could not read it back): the client rejoins and is told it missed messages. Not a slow reader.
+    /// Room streams reset because messages cannot be delivered on them: their join's replay could not deliver its
+    /// range (retention deleted part of it, or the store could not read it back), or a cluster event is over this
+    /// node's `max_frame`. The client rejoins and is told it missed messages. Not a slow reader.
     replays_cut_short,
     /// Hellos refused for their token (`TokenRequired`, `TokenMalformed`, `TokenInvalid`, `TokenExpired`,
     /// `TokenNotYetValid`).

@@ -31,7 +31,7 @@ impl Handler for Driver {
         let Some(me) = self.me.upgrade() else { return };
         // Numbered here, in accept order, not when its reader gets to its Open frame.
         let stream = self.room_streams.fetch_add(1, Ordering::Relaxed) + 1;
-        let unfinished = streams::Unfinished::new(unfinished.clone(), max_frame);
+        let unfinished = streams::Unfinished::new(unfinished.clone());
         // Its connection, watched while the reader waits for the application: a reader parked on a room nobody reads
         // must not outlive it (each reconnect rejoins the room, and would leave one more, holding a dead connection).
         let link = link.clone();

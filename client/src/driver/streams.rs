@@ -21,12 +21,12 @@ use crate::{
 };
 
 /// Bytes of unfinished frames (read, not yet decoded) the room streams of one connection hold together at most: 64
-/// MiB, or four of the Welcome's `max_frame` if more. Each stream alone is bounded by `max_frame`, but a server may
-/// open as many room streams as the client allows (the Welcome's `max_rooms` + 1, up to 4,097), and one announcing
-/// large limits (hostile, or misconfigured) could otherwise have the client buffer a frame's worth on each: 64 GiB
-/// at the ceilings. Past it the connection is closed as a protocol violation, and the reconnect resumes every
-/// room. An honest server comes near it only with every room stream inside a large frame at once (quinn sends
-/// streams in turn): 65 streams of 1 MiB frames; the default 64 KiB frames reach 4 MiB at most.
+/// MiB (four frames at the 16 MiB ceiling a client believes). Each stream alone is bounded by `max_frame`, but a
+/// server may open as many room streams as the client allows (the Welcome's `max_rooms` + 1, up to 4,097), and one
+/// announcing large limits (hostile, or misconfigured) could otherwise have the client buffer a frame's worth on
+/// each: 64 GiB at the ceilings. Past it the connection is closed as a protocol violation, and the reconnect
+/// resumes every room. An honest server reaches it only with every room stream inside a large frame at once
+/// (quinn sends streams in turn): 64 streams of 1 MiB frames; the default 64 KiB frames stay under 5 MiB.
 pub(crate) const UNFINISHED_FRAME_BYTES: usize = 64 << 20;
 
 /// One room stream's part of its connection's unfinished frame bytes ([`UNFINISHED_FRAME_BYTES`]), given back when
@@ -39,9 +39,9 @@ pub(crate) struct Unfinished {
 }
 
 impl Unfinished {
-    /// A stream's part of `total`, on a connection whose frames are at most `max_frame`.
-    pub(crate) fn new(total: Arc<AtomicUsize>, max_frame: usize) -> Unfinished {
-        Unfinished { total, mine: 0, limit: UNFINISHED_FRAME_BYTES.max(max_frame.saturating_mul(4)) }
+    /// A stream's part of `total`, its connection's count.
+    pub(crate) fn new(total: Arc<AtomicUsize>) -> Unfinished {
+        Unfinished { total, mine: 0, limit: UNFINISHED_FRAME_BYTES }
     }
 
     /// The stream now holds `bytes` of unfinished frames: false when the connection's streams together hold more
@@ -360,7 +360,7 @@ mod tests {
                 let (rooms, stop) = (rooms.clone(), stop.clone());
                 async move {
                     let copies = |_: u64, _: &Arc<RoomEntry>| {};
-                    let unfinished = Unfinished::new(Arc::default(), 64 * 1024);
+                    let unfinished = Unfinished::new(Arc::default());
                     read_stream(&rooms, (0, 0, &link), recv, (64 * 1024, unfinished, &copies), &stop).await
                 }
             });

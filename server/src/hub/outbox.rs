@@ -19,9 +19,10 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     /// `SlowConsumer` and the client rejoins from its last position (an engine that lost the room's thread: a gap
     /// it cannot fill, a new epoch).
     fn kick(&self);
-    /// [`Outbox::kick`] for a join's replay that cannot deliver what it promised (retention deleted part of its
-    /// range, or the store could not read it back): the same rejoin, which learns that messages were missed, told
-    /// apart from a slow reader in what the client is told and in the counts.
+    /// [`Outbox::kick`] for messages that cannot be delivered: a join's replay that cannot deliver what it promised
+    /// (retention deleted part of its range, or the store could not read it back), a cluster event over this node's
+    /// `max_frame`. The same rejoin, which learns that messages were missed, told apart from a slow reader in what
+    /// the client is told and in the counts.
     fn kick_replay(&self) {
         self.kick();
     }

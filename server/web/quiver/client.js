@@ -16,7 +16,7 @@ import {
   REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, leftAnyway, toBytes, unixUs,
 } from './client/values.js';
 
-/** Attempts after a refusal (while other addresses were down) before the client ends with it: `#reconnect`. */
+/** Attempts from a refusal (while other addresses were down) before the client ends with it: `#reconnect`. */
 const OTHERS_TRIES = 3;
 
 /**
@@ -357,8 +357,9 @@ export class QuiverClient {
     let lastError = why;
     // A refusal while other addresses were down: they may come back and take the session (another node restarting
     // during a rolling change), so the client ends with it only once `connectTimeoutMs` has passed since the first
-    // refusal and OTHERS_TRIES more attempts found none taking it (as the Rust client).
-    let refusedSince = null;
+    // refusal and OTHERS_TRIES attempts (the refusal's own included) found none taking it (as the Rust client).
+    let refusal = null;
+    let refusedSince = 0;
     let triesSinceRefusal = 0;
     for (let attempt = this.#backoff.lost(performance.now()); this.status !== 'closed'; attempt++) {
       const nextTryMs = this.#backoff.delay(attempt);
@@ -370,13 +371,15 @@ export class QuiverClient {
       try {
         session = await this.#open();
       } catch (err) {
-        if (refusedSince !== null) triesSinceRefusal++;
         if (err.refused) {
-          refusedSince ??= performance.now();
+          if (!err.othersLeft) return this.#end({ code: err.code, reason: err.message });
+          if (!refusal) refusedSince = performance.now();
+          refusal ??= err;
+        }
+        if (refusal) {
+          triesSinceRefusal++;
           const waited = performance.now() - refusedSince >= this.#options.connectTimeoutMs;
-          if (!err.othersLeft || (waited && triesSinceRefusal >= OTHERS_TRIES)) {
-            return this.#end({ code: err.code, reason: err.message });
-          }
+          if (waited && triesSinceRefusal >= OTHERS_TRIES) return this.#end({ code: refusal.code, reason: refusal.message });
         }
         lastError = { code: err.code ?? ErrorCode.Internal, reason: err.message };
         continue;

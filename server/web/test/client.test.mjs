@@ -79,7 +79,7 @@ test('cluster: a node that refuses the session is passed over for the others; re
   const refusal = { code: ErrorCode.TokenInvalid, message: 'signed with a key this node does not know' };
   server.refuseUrls.set(urls[1], refusal);
   const client = await QuiverClient.connect(urls, {
-    transport: server.transport, reconnectDelayMs: 1, reconnectMaxDelayMs: 20, connectTimeoutMs: 200,
+    transport: server.transport, reconnectDelayMs: 1, reconnectMaxDelayMs: 20, connectTimeoutMs: 1000,
   });
   t.after(() => client.close());
   // Node a is lost: b, next in turn, refuses; c takes the session. Before, b's refusal ended the client.
@@ -94,10 +94,12 @@ test('cluster: a node that refuses the session is passed over for the others; re
   assert.equal(client.status, 'reconnecting', 'not ended while other nodes may come back');
   server.downUrls = new Set([urls[2]]);
   await until('back on node a', () => client.status === 'connected' && server.live[0]?.url === urls[0]);
-  // ... and ends once every node refuses.
-  for (const url of urls) server.refuseUrls.set(url, refusal);
+  // ... and ends with the refusal once the one left refuses too and the other stays down past connectTimeoutMs.
+  server.refuseUrls.set(urls[0], refusal);
+  const lost = performance.now();
   server.live[0].kill();
   await until('the client ends', () => client.status === 'closed', 5000);
+  assert.ok(performance.now() - lost >= 900, 'not before connectTimeoutMs from the first refusal');
   assert.equal(client.closeReason.code, ErrorCode.TokenInvalid);
 });
 

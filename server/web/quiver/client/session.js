@@ -449,8 +449,8 @@ export class Session {
 }
 
 /**
- * Bytes of unfinished frames the room streams of one session hold together at most: 64 MiB, or four of its
- * `maxFrame` if more (as the Rust client). Each stream alone is bounded by `maxFrame`, but a server may open as
+ * Bytes of unfinished frames the room streams of one session hold together at most: 64 MiB, four frames at
+ * MAX_FRAME_CEILING (as the Rust client). Each stream alone is bounded by `maxFrame`, but a server may open as
  * many room streams as the client takes (thousands), and one announcing large limits (hostile, or misconfigured)
  * could otherwise have the tab buffer a frame's worth on each. Past it the session ends as a protocol violation and
  * the reconnect resumes every room.
@@ -466,7 +466,7 @@ export function roomFrames(stream, maxFrame, unfinished = { held: 0 }) {
   const reader = stream.getReader();
   const frames = new FrameReader(maxFrame);
   const queue = [];
-  const limit = Math.max(UNFINISHED_FRAME_BYTES, 4 * maxFrame);
+  const limit = UNFINISHED_FRAME_BYTES;
   let mine = 0; // this stream's part of `unfinished.held`
   const hold = (bytes) => {
     unfinished.held += bytes - mine;

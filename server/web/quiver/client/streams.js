@@ -50,6 +50,7 @@ export async function readRoomStream(rooms, session, stream, order) {
     // Reset, or the connection is gone. A slow consumer's reset comes with a Kicked naming the room, which
     // rejoins it: the reset alone cannot, when it comes before the Open frame.
     if (err instanceof QuiverDecodeError) broken(err.code, `a room stream: ${err.message}`);
+    else frames.cancel(); // (its unfinished bytes given back, the stream let go)
   }
 }
 

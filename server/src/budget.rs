@@ -51,8 +51,9 @@ pub struct Budget {
     /// that the disk never fills (a full disk fails the store's commits, and the server then refuses posts until
     /// it is restarted). 0 turns the check off. Default 1,073,741,824 (1 GiB).
     pub disk_min_free_bytes: u64,
-    /// Bytes of posts waiting for the room store's commit, in all (each post's frame and 256 bytes): at it, new
-    /// posts are refused with `Unavailable` until the store catches up, so that a disk that stalls does not keep
+    /// Bytes of posts waiting for the room store's commit, in all (each post's frame and 256 bytes, 256 bytes for a
+    /// retry waiting for its original): at it, new posts and such retries are refused with `Unavailable` until the
+    /// store catches up, so that a disk that stalls does not keep
     /// every post taken meanwhile in memory. A healthy disk keeps a commit's worth waiting. 0 turns the bound off.
     /// Default 67,108,864 (64 MiB).
     pub store_backlog_bytes: u64,

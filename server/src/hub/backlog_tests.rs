@@ -10,8 +10,9 @@ use super::{durable_tests::open, *};
 use crate::Budget;
 
 /// Posts wait for a stalled store until the backlog reaches its bound; then new posts are refused `Unavailable`
-/// (nothing sequenced: no seq taken, nothing stored), while a retry of a post already waiting still waits for its
-/// own commit. Once the store moves, everything taken is stored, seqs without a gap, and posts are taken again.
+/// (nothing sequenced: no seq taken, nothing stored), and so are retries of posts still waiting (each a barrier in
+/// the store's queue, counted in the backlog: retries during a stall queued barriers without a bound). Once the
+/// store moves, everything taken is stored, seqs without a gap, retries get their seqs, and posts are taken again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_backlog_bound_posts_are_refused_until_the_store_catches_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,13 +48,28 @@ async fn at_the_backlog_bound_posts_are_refused_until_the_store_catches_up() {
     assert_eq!(refused.code, ErrorCode::Unavailable, "{refused:?}");
     assert!(refused.message.contains("store_backlog_bytes"), "{}", refused.message);
     assert_eq!(store.backlog().refused(), 1);
-    // A retry of a post taken before the bound is not refused: it waits for its original's commit.
-    let retry = tokio::spawn(post(&hub, taken));
+    // A retry of a post taken before the bound, still waiting, is refused too (it would wait in the store's queue,
+    // and clients reconnecting during a stall would queue retries without end); once the store moved, it gets its
+    // original's seq.
+    // Under the bound, a retry's wait counts in it.
+    store.backlog().set_limit(0);
+    let before = store.backlog().bytes();
+    let waiting_retry = tokio::spawn(post(&hub, taken));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.backlog().bytes() == before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(store.backlog().bytes(), before + 256, "a retry's barrier is counted");
+    store.backlog().set_limit(1_500);
+    let refused = post(&hub, taken).await.expect_err("a waiting post's retry refused at the bound");
+    assert_eq!(refused.code, ErrorCode::Unavailable, "{refused:?}");
     go.send(()).unwrap();
     for post in waiting {
         post.await.unwrap().expect("stored once the store moved").1.flush();
     }
-    let (retried, _) = retry.await.unwrap().expect("the retry answered");
+    let (retried, _) = waiting_retry.await.unwrap().expect("the retry taken under the bound answered");
+    assert_eq!(retried, Posted { seq: taken, duplicate: true });
+    let (retried, _) = post(&hub, taken).await.expect("the retry answered");
     assert_eq!(retried, Posted { seq: taken, duplicate: true });
     assert_eq!(store.backlog().bytes(), 0, "every share given back");
     let (next, _) = post(&hub, taken + 1).await.expect("taken again");

@@ -340,9 +340,15 @@ impl Room {
     /// it (a retry of a post still waiting waits for the same commit).
     pub fn post(&mut self, identity: &str, client_msg_id: u64, body: Bytes, now_us: u64) -> Result<Posting, Failure> {
         if let Some(seq) = self.dedupe.lookup(identity, client_msg_id, now_us, self.delivered_seq) {
+            let waits = seq > self.delivered_seq;
+            // A retry of a post still waiting for its commit waits too, a barrier in the store's queue: counted in
+            // its backlog, and refused like a new post at the bound (retried later, it gets its seq).
+            if let Some(why) = self.disk.as_ref().filter(|_| waits).and_then(durable::DiskRoom::refuse_backlog) {
+                return Err(Failure::new(ErrorCode::Unavailable, why));
+            }
             self.last_active_us = now_us;
             let posted = Posted { seq, duplicate: true };
-            let commit = self.disk.as_ref().filter(|_| seq > self.delivered_seq).map(durable::DiskRoom::barrier);
+            let commit = self.disk.as_ref().filter(|_| waits).map(durable::DiskRoom::barrier);
             return Ok(Posting { posted, delivery: Delivery::default(), commit });
         }
         // The disk floor (`budget.disk_min_free_bytes`): no new post is stored while it is reached (and a refusal

@@ -3,7 +3,9 @@
 //! post taken meanwhile in memory, in the writer's queue and in its room, with its connection's task waiting, and
 //! connections that close and come back take more: nothing bounded it. `Budget::store_backlog_bytes` does now: past
 //! it, new posts are refused with `Unavailable` (nothing was done; the client library retries the same post later,
-//! so it is sequenced once) until the store catches up. A post's retry of one already sequenced still gets its seq.
+//! so it is sequenced once) until the store catches up. A retry of a post still waiting for its commit waits as a
+//! barrier in the writer's queue, counted here too, and is refused the same way at the bound; one of a post already
+//! stored gets its seq at once.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},

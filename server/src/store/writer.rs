@@ -247,10 +247,13 @@ impl Handle {
         Ok(Handle { writer: Some(writer), inline: None, retention, stats, retention_stats, backlog: Arc::default() })
     }
 
-    /// A job for `op`, a post counted in the backlog until it is let go of.
+    /// A job for `op`, a post counted in the backlog until it is let go of, and a barrier too (a retry of a post
+    /// that waits for its original's commit: during a stall, clients that reconnect and retry would otherwise queue
+    /// barriers without a bound).
     fn job(&self, op: Op) -> (Job, Commit) {
         let bytes = match &op {
             Op::Append(append) => Some(append.frame.len() as u64 + super::backlog::POST_OVERHEAD),
+            Op::Barrier => Some(super::backlog::POST_OVERHEAD),
             _ => None,
         };
         let (mut job, commit) = Job::new(op);

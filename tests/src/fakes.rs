@@ -8,12 +8,12 @@ use quiver_proto::Limits;
 
 mod clock;
 mod flapping;
+mod hostile;
 mod stopped;
-mod unfinished;
 pub use clock::slow_clock_pongs;
 pub use flapping::welcomes_then_closes;
+pub use hostile::{garbage_after_welcome, unfinished_frames};
 pub use stopped::stops_reading_after_welcome;
-pub use unfinished::{unfinished_frames, LARGE_FRAME};
 
 /// A server that answers each connection's Hello with a Welcome, then finishes the control stream and leaves the
 /// connection open: what a graceful close looks like until the server's close arrives, and, here, forever. Counts
@@ -434,28 +434,6 @@ pub async fn closes_at_a_clock_ping(endpoint: quinn::Endpoint) {
                 }
             }
         });
-    }
-}
-
-/// A server that answers Hello with a Welcome, then answers the next request with a frame that does not decode
-/// (an unknown message variant).
-pub async fn garbage_after_welcome(endpoint: quinn::Endpoint) {
-    use quiver_proto::{FrameCodec, Request, RequestBody, ServerMsg};
-    let Some(incoming) = endpoint.accept().await else { return };
-    let conn = incoming.await.unwrap();
-    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-    let codec = FrameCodec::new(Limits::default().max_frame as usize);
-    let mut inbound = bytes::BytesMut::new();
-    loop {
-        let Some(Request { req_id, body }) = next_request(&codec, &mut inbound, &mut recv).await else { return };
-        if let RequestBody::Hello(_) = body {
-            let reply = ServerMsg::Reply { req_id, result: Ok(welcome("ann")) };
-            send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
-        } else {
-            send.write_all(&[0x01, 0x7f]).await.unwrap(); // a one-byte body: message variant 127
-            conn.closed().await;
-            return;
-        }
     }
 }
 

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::hub::{lock::lock, Delivery, Outbox, SubscriberId};
 
+mod catch_up;
 mod gap;
 
 /// Events a node keeps per room for joins that overlap them (a join's script returns the op it saw; events after
@@ -384,102 +385,6 @@ impl NodeRoom {
         }
         state.filling = next.is_some();
         next
-    }
-
-    /// After a Pub/Sub reconnect: events published while the node was not subscribed are lost to it. What Redis
-    /// queued before the reconnect arrives first; after a grace period, what is still missing (the room's `op`
-    /// beyond the node's) is filled from the stream, and if presence events are among it, the room's subscriptions
-    /// are reset.
-    pub(super) async fn on_resubscribed(self: Arc<Self>) {
-        let (generation, mine) = match &mut *lock(&self.state) {
-            state if state.live => {
-                state.catch_ups += 1;
-                (state.generation, state.catch_ups)
-            }
-            _ => return,
-        };
-        // On a task of its own: the Pub/Sub loop goes on to what Redis queued meanwhile.
-        tokio::spawn(async move {
-            // Read until it is read (the events lost meanwhile may be a quiet room's last: no later event would
-            // show the gap), or until it no longer matters: the node stopping, the room reset or without members
-            // here (the next join sets its position afresh), or a later reconnect's catch-up taking over.
-            let current = |state: &NodeState| {
-                state.live && !state.subscribers.is_empty() && state.generation == generation && state.catch_ups == mine
-            };
-            let mut retry = RESUBSCRIBE_GRACE / 4;
-            let meta = loop {
-                let mut conn = self.ctx.broker.conn();
-                let read: redis::RedisResult<(Option<String>, Option<u64>, Option<u64>)> = redis::cmd("HMGET")
-                    .arg(&self.keys.meta)
-                    .arg("epoch")
-                    .arg("seq")
-                    .arg("op")
-                    .query_async(&mut conn)
-                    .await;
-                match read {
-                    Ok(read) => break read,
-                    Err(err) => self.ctx.broker.failed(&err),
-                }
-                if self.ctx.broker.stopped() || !current(&lock(&self.state)) {
-                    return;
-                }
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(CATCH_UP_RETRY_MAX);
-            };
-            let (epoch, seq, op) = match meta {
-                (Some(epoch), Some(seq), Some(op)) => (epoch.parse::<u64>().ok(), seq, op),
-                _ => (None, 0, 0),
-            };
-            if super::rollback::check(&self, generation).await {
-                return;
-            }
-            tokio::time::sleep(RESUBSCRIBE_GRACE).await;
-            // Reset meanwhile: the next join sets the room's position afresh, after this reconnect.
-            let behind = |state: &NodeState| {
-                state.live && state.generation == generation && (epoch != Some(state.epoch) || state.last_op < op)
-            };
-            // A gap fill under way holds events that did arrive: they are not missing. It ends (its reads are
-            // bounded), and this catch-up then takes the room's fill slot itself, so that events arriving during
-            // its own fill wait behind it (held) instead of starting a fill beside it, and are applied after it.
-            // Until 2026-12-06 it waited 5 s at most and judged the events held by a slower fill as missed.
-            loop {
-                {
-                    let mut state = lock(&self.state);
-                    // (A later reconnect's catch-up takes over, as while the read is retried.)
-                    if !behind(&state) || state.catch_ups != mine {
-                        return;
-                    }
-                    if !state.filling {
-                        state.filling = true;
-                        break;
-                    }
-                }
-                if self.ctx.broker.stopped() {
-                    return;
-                }
-                tokio::time::sleep(RESUBSCRIBE_GRACE / 8).await;
-            }
-            if epoch == Some(lock(&self.state).epoch) {
-                self.fill(seq).await;
-            }
-            let mut delivery = Delivery::default();
-            let next = {
-                let mut state = lock(&self.state);
-                if state.generation != generation {
-                    return; // reset meanwhile (which freed the fill slot); what came after is not this one's
-                }
-                let next = self.apply_held(&mut state, &mut delivery);
-                // An event held meanwhile shows a gap of its own: its fill goes on (and resets where it must).
-                if next.is_none() && behind(&state) {
-                    delivery.extend(self.reset(&mut state, "events missed while the broker's Pub/Sub was down"));
-                }
-                next
-            };
-            delivery.flush();
-            if let Some((upto, published)) = next {
-                self.fill_then_apply(upto, published, generation).await;
-            }
-        });
     }
 }
 

@@ -120,29 +120,6 @@ async fn rooms_are_loaded_and_first_trimmed_off_the_runtimes_threads() {
     assert!(!planned_on.contains(&here), "a loaded room's first trim planned on the runtime's thread");
 }
 
-/// The sweep's retention cut of a room in memory is planned on the blocking pool, off the room's lock: planned
-/// under it on a runtime thread, a slow or stalled disk held every post and join of the room, and the runtime's
-/// threads they ran on, for as long as the read took.
-#[tokio::test]
-async fn the_sweeps_retention_reads_are_made_off_the_runtimes_threads() {
-    const S: u64 = 1_000_000;
-    let dir = tempfile::tempdir().unwrap();
-    let limits = Limits { history_max_age_s: 100, ..Limits::default() };
-    let hub = open(dir.path(), limits, Budget::default());
-    for (id, at) in [(1, 10 * S), (2, 150 * S)] {
-        let _ = post(&hub, "r", "bob", id, at).await;
-    }
-    let store = hub.store().unwrap().clone();
-    written(&store).await;
-    store.planned_on.lock().unwrap().clear();
-    hub.sweep(200 * S).await; // message 1 is past the age bound
-    written(&store).await;
-    assert_eq!(store.load_room("r", 0, 0, 0).unwrap().unwrap().extent.messages, 1, "the aged message was deleted");
-    let planned_on = store.planned_on.lock().unwrap().clone();
-    assert!(!planned_on.is_empty(), "the sweep planned the cut");
-    assert!(!planned_on.contains(&std::thread::current().id()), "planned on the runtime's thread, under the lock");
-}
-
 /// Requests for a stored room not in memory that arrive together (clients rejoining after a restart) wait for
 /// the loads under way (`LOADS_AT_ONCE`) and find the room loaded: it is not read from the store once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -236,3 +236,26 @@ async fn a_new_room_whose_first_user_gave_up_settles_once_its_creation_is_stored
     hub.sweep(10 * S).await;
     assert_eq!(hub.usage().rooms, 0, "settled, empty and without members: out of memory");
 }
+
+/// The sweep's retention cut of a room in memory is planned on the blocking pool, off the room's lock: planned
+/// under it on a runtime thread, a slow or stalled disk held every post and join of the room, and the runtime's
+/// threads they ran on, for as long as the read took.
+#[tokio::test]
+async fn the_sweeps_retention_reads_are_made_off_the_runtimes_threads() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_age_s: 100, ..Limits::default() };
+    let hub = open(dir.path(), limits, Budget::default());
+    for (id, at) in [(1, 10 * S), (2, 150 * S)] {
+        let _ = post(&hub, "r", "bob", id, at).await;
+    }
+    let store = hub.store().unwrap().clone();
+    written(&store).await;
+    store.planned_on.lock().unwrap().clear();
+    hub.sweep(200 * S).await; // message 1 is past the age bound
+    written(&store).await;
+    assert_eq!(store.load_room("r", 0, 0, 0).unwrap().unwrap().extent.messages, 1, "the aged message was deleted");
+    let planned_on = store.planned_on.lock().unwrap().clone();
+    assert!(!planned_on.is_empty(), "the sweep planned the cut");
+    assert!(!planned_on.contains(&std::thread::current().id()), "planned on the runtime's thread, under the lock");
+}

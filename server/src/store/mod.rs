@@ -489,4 +489,7 @@ mod test_hooks;
 mod page_tests;
 
 #[cfg(test)]
+mod retention_tests;
+
+#[cfg(test)]
 mod damage_tests;

@@ -11,13 +11,10 @@ import {
   Publisher, Room, Subscription, claimOn, deliverTick, sendTick, subscribeOn, unclaimOn,
 } from './client/handles.js';
 import { sendPosts } from './client/posts.js';
-import { Signal, Timers, Turns, acrossReconnects, oneRejoinAtATime, restore } from './client/waiting.js';
+import { RefusalWindow, Signal, Timers, Turns, acrossReconnects, oneRejoinAtATime, restore } from './client/waiting.js';
 import {
   REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, leftAnyway, toBytes, unixUs,
 } from './client/values.js';
-
-/** Attempts from a refusal (while other addresses were down) before the client ends with it: `#reconnect`. */
-const OTHERS_TRIES = 3;
 
 /**
  * A Quiver session over WebTransport (or a WebSocket) that survives connection loss: it reconnects with jittered
@@ -355,12 +352,7 @@ export class QuiverClient {
 
   async #reconnect(why) {
     let lastError = why;
-    // A refusal while other addresses were down: they may come back and take the session (another node restarting
-    // during a rolling change), so the client ends with it only once `connectTimeoutMs` has passed since the first
-    // refusal and OTHERS_TRIES attempts (the refusal's own included) found none taking it (as the Rust client).
-    let refusal = null;
-    let refusedSince = 0;
-    let triesSinceRefusal = 0;
+    const refusals = new RefusalWindow(this.#options.connectTimeoutMs);
     for (let attempt = this.#backoff.lost(performance.now()); this.status !== 'closed'; attempt++) {
       const nextTryMs = this.#backoff.delay(attempt);
       this.reconnecting = { attempt, lastError, nextTryMs };
@@ -371,16 +363,8 @@ export class QuiverClient {
       try {
         session = await this.#open();
       } catch (err) {
-        if (err.refused) {
-          if (!err.othersLeft) return this.#end({ code: err.code, reason: err.message });
-          if (!refusal) refusedSince = performance.now();
-          refusal ??= err;
-        }
-        if (refusal) {
-          triesSinceRefusal++;
-          const waited = performance.now() - refusedSince >= this.#options.connectTimeoutMs;
-          if (waited && triesSinceRefusal >= OTHERS_TRIES) return this.#end({ code: refusal.code, reason: refusal.message });
-        }
+        const refusal = refusals.failed(err, performance.now());
+        if (refusal) return this.#end({ code: refusal.code, reason: refusal.message });
         lastError = { code: err.code ?? ErrorCode.Internal, reason: err.message };
         continue;
       }
@@ -409,9 +393,7 @@ export class QuiverClient {
   }
 
   /** Whether a session is up now (`#live` would not wait). */
-  #isLive() {
-    return Boolean(this.#session) && !this.#session.closedWhy;
-  }
+  #isLive = () => Boolean(this.#session) && !this.#session.closedWhy;
 
   /**
    * Runs `attempt(session)` on the current session; if that session is lost before the attempt is answered (its

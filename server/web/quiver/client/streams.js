@@ -3,9 +3,9 @@
 // protocol costs (its session: the reconnect resumes every room from its position).
 
 import { ErrorCode, QuiverDecodeError } from '../wire/errors.js';
+import { FrameReader } from '../wire/frames.js';
 import { wire } from '../wire/messages.js';
 import { Merge } from '../state.js';
-import { roomFrames } from './session.js';
 import { callBack } from './values.js';
 
 /**
@@ -71,4 +71,59 @@ export function roomCopy(rooms, session, { slot, first, frames }) {
   } catch { /* an undecodable copy: the stream brings the frame */ }
   const next = entry?.copies.merge.ready();
   if (next) deliver(rooms, entry, next);
+}
+
+/**
+ * Bytes of unfinished frames the room streams of one session hold together at most: 64 MiB, four frames at
+ * MAX_FRAME_CEILING (as the Rust client). Each stream alone is bounded by `maxFrame`, but a server may open as
+ * many room streams as the client takes (thousands), and one announcing large limits (hostile, or misconfigured)
+ * could otherwise have the tab buffer a frame's worth on each. Past it the session ends as a protocol violation and
+ * the reconnect resumes every room.
+ */
+export const UNFINISHED_FRAME_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Reads one room stream frame by frame: `next()` resolves to a RoomFrame value, or null at the stream's end.
+ * `unfinished` (`{ held }`, one per session) counts the bytes of unfinished frames its room streams hold together;
+ * `next()` throws a QuiverDecodeError past UNFINISHED_FRAME_BYTES.
+ */
+export function roomFrames(stream, maxFrame, unfinished = { held: 0 }) {
+  const reader = stream.getReader();
+  const frames = new FrameReader(maxFrame);
+  const queue = [];
+  const limit = UNFINISHED_FRAME_BYTES;
+  let mine = 0; // this stream's part of `unfinished.held`
+  const hold = (bytes) => {
+    unfinished.held += bytes - mine;
+    mine = bytes;
+  };
+  return {
+    async next() {
+      try {
+        while (queue.length === 0) {
+          const { done, value } = await reader.read();
+          if (done) {
+            frames.finish();
+            hold(0);
+            return null;
+          }
+          // (Not `push(...frames)`: a chunk of many tiny frames would pass more arguments than a call takes.)
+          for (const body of frames.push(value)) queue.push(body);
+          hold(frames.pending);
+          if (unfinished.held > limit) {
+            const what = `the room streams hold over ${limit} bytes of unfinished frames together (the server opened many and left each inside a large frame)`;
+            throw new QuiverDecodeError('unfinished', what);
+          }
+        }
+      } catch (err) {
+        hold(0); // the stream ends with it
+        throw err;
+      }
+      return wire.RoomFrame.decode(queue.shift());
+    },
+    cancel() {
+      hold(0);
+      reader.cancel().catch(() => {});
+    },
+  };
 }

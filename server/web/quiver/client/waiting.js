@@ -35,6 +35,33 @@ export class Timers {
   }
 }
 
+/** Attempts from a refusal (while other addresses were down) before the client ends with it. */
+const OTHERS_TRIES = 3;
+
+/**
+ * A reconnect's refusals: a node that refused the session while other addresses were down may be passed over until
+ * they come back (another node restarting during a rolling change), so the client ends with the refusal only once
+ * `windowMs` (its `connectTimeoutMs`) has passed since the first one and OTHERS_TRIES attempts (the refusal's own
+ * included) found none taking the session, as the Rust client does; at once when every address refused.
+ */
+export class RefusalWindow {
+  constructor(windowMs) {
+    this.windowMs = windowMs;
+    this.refusal = null;
+    this.since = 0;
+    this.tries = 0;
+  }
+
+  /** A failed attempt (`err`, thrown by Session.openFirst) at `now`: the refusal to end with, or null to go on. */
+  failed(err, now) {
+    if (err?.refused && !err.othersLeft) return err;
+    if (err?.refused && !this.refusal) [this.refusal, this.since] = [err, now];
+    if (!this.refusal) return null;
+    this.tries++;
+    return now - this.since >= this.windowMs && this.tries >= OTHERS_TRIES ? this.refusal : null;
+  }
+}
+
 /** Wakes whoever waits for something to change (the client's session, when one opens or is lost). */
 export class Signal {
   constructor() {

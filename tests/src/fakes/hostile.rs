@@ -1,9 +1,10 @@
-//! A scripted server that announces large frames and opens room streams, each left inside one large frame.
+//! Scripted servers that break the protocol: a reply that does not decode, room streams each left inside one large
+//! frame.
 
 use quiver_proto::{varint, FrameCodec, Limits, Reply, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
 
 /// Frames of up to 4 MiB announced in the Welcome (the client's bound on unfinished frame bytes stays 64 MiB).
-pub const LARGE_FRAME: u32 = 4 << 20;
+const LARGE_FRAME: u32 = 4 << 20;
 
 /// Answers Hello with a Welcome allowing frames of [`LARGE_FRAME`] bytes and Pings, then opens `streams` room
 /// streams and writes into each the start of one frame announcing [`LARGE_FRAME`] − 16 bytes: its length prefix
@@ -46,6 +47,28 @@ pub async fn unfinished_frames(endpoint: quinn::Endpoint, streams: usize, per_st
                 conn.closed().await; // held open, never finished
                 drop(stream);
             });
+        }
+    }
+}
+
+/// A server that answers Hello with a Welcome, then answers the next request with a frame that does not decode
+/// (an unknown message variant).
+pub async fn garbage_after_welcome(endpoint: quinn::Endpoint) {
+    use quiver_proto::{FrameCodec, Request, RequestBody, ServerMsg};
+    let Some(incoming) = endpoint.accept().await else { return };
+    let conn = incoming.await.unwrap();
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let codec = FrameCodec::new(Limits::default().max_frame as usize);
+    let mut inbound = bytes::BytesMut::new();
+    loop {
+        let Some(Request { req_id, body }) = super::next_request(&codec, &mut inbound, &mut recv).await else { return };
+        if let RequestBody::Hello(_) = body {
+            let reply = ServerMsg::Reply { req_id, result: Ok(super::welcome("ann")) };
+            send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
+        } else {
+            send.write_all(&[0x01, 0x7f]).await.unwrap(); // a one-byte body: message variant 127
+            conn.closed().await;
+            return;
         }
     }
 }

@@ -63,6 +63,7 @@ async fn at_the_backlog_bound_posts_are_refused_until_the_store_catches_up() {
     store.backlog().set_limit(1_500);
     let refused = post(&hub, taken).await.expect_err("a waiting post's retry refused at the bound");
     assert_eq!(refused.code, ErrorCode::Unavailable, "{refused:?}");
+    assert!(refused.message.contains(&format!("is seq {taken}, still waiting")), "{}", refused.message);
     go.send(()).unwrap();
     for post in waiting {
         post.await.unwrap().expect("stored once the store moved").1.flush();

@@ -259,3 +259,32 @@ async fn the_sweeps_retention_reads_are_made_off_the_runtimes_threads() {
     assert!(!planned_on.is_empty(), "the sweep planned the cut");
     assert!(!planned_on.contains(&std::thread::current().id()), "planned on the runtime's thread, under the lock");
 }
+
+/// A room with more aged history than one deletion takes (`store::MAX_TRIM_MESSAGES`) is cut down to its bound at
+/// every sweep until it is: for a room with members the sweep took the last deletion for unstored until a trim let
+/// it go (every other sweep cut nothing), and posts delivered during the sweep's read made its plan stale, thrown
+/// away (a busy room was never cut by age).
+#[tokio::test]
+async fn aged_history_beyond_one_deletion_is_cut_at_every_sweep() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_age_s: 100, history_max_messages: 20_000, ..Limits::default() };
+    let store = Store::open(dir.path(), crate::store::Durability::Os).unwrap();
+    let hub = LocalRooms::durable(limits, Budget::default(), store);
+    let aged = 2 * crate::store::MAX_TRIM_MESSAGES + 50;
+    for id in 1..=aged {
+        let _ = post(&hub, "old", "bob", id, 10 * S).await;
+    }
+    let member = Collect::new(usize::MAX);
+    let _joined = join(&hub, "old", None, &member).await;
+    let _ = post(&hub, "old", "bob", aged + 1, 150 * S).await;
+    let store = hub.store().unwrap().clone();
+    let stored = || store.load_room("old", 0, 0, 0).unwrap().unwrap().extent.messages;
+    for (since, (t, left)) in [(200, aged + 1 - 4_096), (201, aged + 1 - 2 * 4_096), (202, 1)].into_iter().enumerate() {
+        hub.sweep(t * S).await;
+        written(&store).await;
+        assert_eq!(stored(), left + since as u64, "sweep at {t} s: one deletion's worth");
+        // Posts between the sweeps are left after the cuts.
+        let _ = post(&hub, "old", "bob", aged + 1 + t, 150 * S).await;
+    }
+}

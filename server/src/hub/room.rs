@@ -21,9 +21,10 @@ use super::{
 use crate::store::Commit;
 
 mod durable;
+mod plan;
 mod retention;
 
-pub(super) use durable::{plan_at_load, TrimPlan};
+pub(super) use plan::{plan_at_load, TrimPlan};
 
 #[derive(Debug)]
 struct Subscriber {
@@ -316,7 +317,12 @@ impl Room {
             let waits = seq > self.delivered_seq;
             // A retry of a post still waiting for its commit waits too, a barrier in the store's queue: counted in
             // its backlog, and refused like a new post at the bound (retried later, it gets its seq).
-            if let Some(why) = self.disk.as_ref().filter(|_| waits).and_then(durable::DiskRoom::refuse_backlog) {
+            if self.disk.as_ref().filter(|_| waits).and_then(durable::DiskRoom::refuse_backlog).is_some() {
+                // (Not the new post's "nothing was done": this one is sequenced, and will be delivered.)
+                let why = format!(
+                    "your post {client_msg_id} is seq {seq}, still waiting for the room store (it is behind, \
+                     budget.store_backlog_bytes): retry it later for its acknowledgement; do not post it anew"
+                );
                 return Err(Failure::new(ErrorCode::Unavailable, why));
             }
             self.last_active_us = now_us;

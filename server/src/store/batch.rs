@@ -74,7 +74,7 @@ pub(super) fn commit<'a>(
                 writes += remove(&mut batch, &ks.dedupe, *id, *from, *before);
                 note(&mut rooms, *id, room);
             }
-            Op::Barrier => {}
+            Op::Barrier | Op::RetryWait => {}
             #[cfg(test)]
             Op::Hold(..) => {}
         }

@@ -90,6 +90,9 @@ pub(crate) enum Op {
     TrimDedupe { id: u64, from: u64, before: u64, room: Record },
     /// Writes nothing: completes once everything handed over before it is stored.
     Barrier,
+    /// A [`Op::Barrier`] for a retried post that waits for its original's commit: counted in the backlog
+    /// (`budget.store_backlog_bytes`), as the posts are, where the barriers of rooms being created are not.
+    RetryWait,
     /// Tests: the writer thread stops here until told to go on (or the sender is dropped), holding every commit
     /// after it; says so first on the second channel, if any (a test then knows the hold is reached, where it slept
     /// and assumed it). Under `os` the task whose batch it is in stops there itself (`inline.rs`).
@@ -247,13 +250,12 @@ impl Handle {
         Ok(Handle { writer: Some(writer), inline: None, retention, stats, retention_stats, backlog: Arc::default() })
     }
 
-    /// A job for `op`, a post counted in the backlog until it is let go of, and a barrier too (a retry of a post
-    /// that waits for its original's commit: during a stall, clients that reconnect and retry would otherwise queue
-    /// barriers without a bound).
+    /// A job for `op`, a post counted in the backlog until it is let go of, and a retry's wait too (during a stall,
+    /// clients that reconnect and retry would otherwise queue barriers without a bound).
     fn job(&self, op: Op) -> (Job, Commit) {
         let bytes = match &op {
             Op::Append(append) => Some(append.frame.len() as u64 + super::backlog::POST_OVERHEAD),
-            Op::Barrier => Some(super::backlog::POST_OVERHEAD),
+            Op::RetryWait => Some(super::backlog::POST_OVERHEAD),
             _ => None,
         };
         let (mut job, commit) = Job::new(op);

@@ -10,7 +10,10 @@ use std::{collections::VecDeque, sync::Arc};
 use bytes::Bytes;
 use quiver_proto::{ErrorCode, Failure, Limits, Position, RoomFrame};
 
-use super::{ReplayRange, Room};
+use super::{
+    plan::{TrimInput, TrimPlan},
+    ReplayRange, Room,
+};
 use crate::{
     hub::{history::MemoryHistory, DedupeWindow, Delivery},
     store::{Append, Commit, Extent, Op, Record, Remembered, Retention, Store, StoredRoom},
@@ -63,79 +66,20 @@ pub(super) struct DiskRoom {
     codec: quiver_proto::FrameCodec,
 }
 
-/// A retention cut planned for a room as it was loaded ([`plan_at_load`]), valid while the room's oldest retained
-/// seq is still `from` and its last stored seq `upto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TrimPlan {
-    from: u64,
-    upto: u64,
-    cut: u64,
-    left: Extent,
-    first_time_us: Option<u64>,
-}
-
-/// What the first trim of a room just loaded as `stored` would cut, planned now: on the blocking pool, where the
-/// room is loaded, rather than under the room's lock on a runtime thread (a room idle past `max_age_us` has all of
-/// its history to read for the plan, up to `room_history_bytes`). `None` when nothing is to be cut, or the read
-/// failed (the trim plans again then).
-pub(crate) fn plan_at_load(store: &Store, stored: &StoredRoom, retention: &Retention, now_us: u64) -> Option<TrimPlan> {
-    let slack = |max: u64| max.saturating_add(max / 8);
-    let over =
-        stored.extent.messages > slack(retention.max_messages) || stored.extent.bytes > slack(retention.max_bytes);
-    let too_old = stored.first_time_us.is_some_and(|t| t < now_us.saturating_sub(retention.max_age_us));
-    if !over && !too_old {
-        return None;
-    }
-    let (from, upto) = (stored.first_seq, stored.last_seq);
-    match store.plan_trim(stored.id, from, upto, stored.extent, retention, now_us) {
-        Ok((cut, left, first_time_us)) => Some(TrimPlan { from, upto, cut, left, first_time_us }),
-        Err(err) => {
-            // The first trim plans again, under the room's lock (and, failing too, leaves it to the sweep).
-            tracing::error!(room_id = stored.id, %err, "retention read failed as the room was loaded");
-            None
-        }
-    }
-}
-
-/// What the sweep's trim of a room would read from the store to plan its cut, taken under the room's lock and
-/// planned on the blocking pool ([`TrimInput::plan`]), not under the lock on a runtime thread: a slow or stalled
-/// disk there held every post and join of the room, and the runtime's threads they run on, for as long as the read.
-#[derive(Debug)]
-pub(crate) struct TrimInput {
-    store: Arc<Store>,
-    id: u64,
-    from: u64,
-    upto: u64,
-    extent: Extent,
-    retention: Retention,
-    now_us: u64,
-}
-
-impl TrimInput {
-    /// The cut (blocking: reads the store). `None` when the read failed (the sweep tries again next time).
-    pub(crate) fn plan(self) -> Option<TrimPlan> {
-        let TrimInput { store, id, from, upto, extent, retention, now_us } = self;
-        match store.plan_trim(id, from, upto, extent, &retention, now_us) {
-            Ok((cut, left, first_time_us)) => Some(TrimPlan { from, upto, cut, left, first_time_us }),
-            Err(err) => {
-                tracing::error!(room_id = id, %err, "retention read failed");
-                None
-            }
-        }
-    }
-}
-
 impl Room {
     /// What the sweep's trim would read to plan a retention cut, when it has to (past a bound, or its oldest message
     /// too old) and no plan for the room as it is now is at hand; `None` for a room in memory only.
-    pub(crate) fn trim_input(&self, now_us: u64) -> Option<TrimInput> {
-        self.disk.as_ref()?.trim_input(now_us, self.delivered_seq)
+    pub(crate) fn trim_input(&mut self, now_us: u64) -> Option<TrimInput> {
+        let delivered = self.delivered_seq;
+        self.disk.as_mut()?.trim_input(now_us, delivered)
     }
 
-    /// A plan made from [`Room::trim_input`]: the next trim uses it if the room is still as it was then.
+    /// A plan made from [`Room::trim_input`]: the next trim uses it if the room's oldest message is still the one
+    /// it started from. A read that succeeded lets posts plan again (`plan_failed`).
     pub(crate) fn planned(&mut self, plan: TrimPlan) {
         if let Some(disk) = &mut self.disk {
             disk.planned = Some(plan);
+            disk.plan_failed = false;
         }
     }
 
@@ -268,6 +212,12 @@ impl DiskRoom {
         now_us.saturating_sub(last_active_us) >= UNLOAD_AFTER_US
     }
 
+    /// Past a count or bytes bound by the slack, or its oldest message past the age bound.
+    fn needs_trim(&self, now_us: u64) -> bool {
+        let too_old = self.first_time_us.is_some_and(|t| t < now_us.saturating_sub(self.retention.max_age_us));
+        self.over_retention() || too_old
+    }
+
     /// More is stored than the count or bytes bound allow, by the slack a deletion waits for.
     fn over_retention(&self) -> bool {
         let slack = |max: u64| max.saturating_add(max / 8);
@@ -287,7 +237,7 @@ impl DiskRoom {
     /// A commit that completes once everything handed to the writer so far is stored. Under `os` only queued: the
     /// caller holds the room's lock, and writes it ([`Commit::write_queued`]) once let go.
     pub(super) fn barrier(&self) -> Commit {
-        self.store.submit_queued(Op::Barrier)
+        self.store.submit_queued(Op::RetryWait)
     }
 
     /// Hands a sequenced post to the writer and keeps it until [`Room::release`]. Under `os` it is only queued:
@@ -299,7 +249,8 @@ impl DiskRoom {
     }
 
     /// The oldest seq a reader gets: the oldest stored, or the newest `max_messages` if the sweep has not deleted
-    /// the older ones yet (the count bound holds exactly for readers; bytes and age within a sweep interval).
+    /// the older ones yet (the count bound holds exactly for readers; bytes and age within a sweep interval, or,
+    /// for bounds lowered far, within the sweeps the cut takes at `store::MAX_TRIM_MESSAGES` each).
     fn first_readable(&self, delivered: u64) -> u64 {
         let by_count = delivered.saturating_add(1).saturating_sub(self.retention.max_messages);
         self.first_seq.max(by_count).max(self.unreadable_through.saturating_add(1))
@@ -368,16 +319,20 @@ impl DiskRoom {
         if !self.over_retention() && !too_old {
             return;
         }
-        let planned = self.planned.take().filter(|p| (p.from, p.upto) == (self.first_seq, last_seq));
+        let planned = self.planned.take().and_then(|p| p.now(self.first_seq, last_seq, self.extent));
         let plan = match planned {
-            Some(p) => Ok((p.cut, p.left, p.first_time_us)),
+            Some(p) => Ok(p),
             // The sweep plans off the lock: a room that moved on since waits for its next sweep (or post).
             None if !read => return,
             None => self.store.plan_trim(self.id, self.first_seq, last_seq, self.extent, &r, now_us),
         };
         self.plan_failed = plan.is_err();
         match plan {
-            Ok((cut, _, _)) if cut == self.first_seq => {} // nothing stored to delete yet
+            // Nothing stored to delete yet; the oldest message's time as read (one taken for older, from a plan
+            // that cut through its view, would have every sweep plan again until it aged).
+            Ok((cut, _, first_time_us)) if cut == self.first_seq => {
+                self.first_time_us = first_time_us.or(self.first_time_us);
+            }
             Ok((cut, left, first_time_us)) => {
                 let from = std::mem::replace(&mut self.first_seq, cut);
                 // Behind the dedupe deletion, if any: its commit vouches for both.
@@ -409,13 +364,16 @@ impl DiskRoom {
 
     /// [`DiskRoom::trim`]'s store read, when it would make one now: past a bound or too old, its last deletion
     /// stored, and no plan at hand for the room as it is.
-    fn trim_input(&self, now_us: u64, last_seq: u64) -> Option<TrimInput> {
-        if self.trimming.is_some() {
-            return None; // the trim looks at the last deletion first (it may be stored by then: the next sweep)
+    fn trim_input(&mut self, now_us: u64, last_seq: u64) -> Option<TrimInput> {
+        // (A deletion stored is let go of here too: for a room with members nothing else would before the trim.)
+        if self.trimming.as_mut().is_some_and(|trimming| trimming.outcome().is_some()) {
+            self.trimming = None;
         }
-        let too_old = self.first_time_us.is_some_and(|t| t < now_us.saturating_sub(self.retention.max_age_us));
-        let planned = self.planned.is_some_and(|p| (p.from, p.upto) == (self.first_seq, last_seq));
-        if (!self.over_retention() && !too_old) || planned || last_seq < self.first_seq {
+        if self.trimming.is_some() {
+            return None; // the last deletion is not stored yet: the next sweep plans from what is
+        }
+        let planned = self.planned.is_some_and(|p| p.now(self.first_seq, last_seq, self.extent).is_some());
+        if !self.needs_trim(now_us) || planned || last_seq < self.first_seq {
             return None;
         }
         Some(TrimInput {

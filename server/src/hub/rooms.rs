@@ -340,7 +340,7 @@ impl LocalRooms {
     }
 
     /// Runs `f` on the room named `name` if it is in memory (never loads or creates it).
-    fn with_loaded<T>(&self, name: &str, f: impl FnOnce(&mut Room) -> T) -> Option<T> {
+    pub(super) fn with_loaded<T>(&self, name: &str, f: impl FnOnce(&mut Room) -> T) -> Option<T> {
         let shared = self.existing(name)?;
         let mut slot = lock(&shared);
         if slot.removed {

@@ -58,7 +58,8 @@ pub(super) struct DiskRoom {
     trimming: Option<Commit>,
     /// The last deletion's plan could not read the store: the sweep tries again, not every post.
     plan_failed: bool,
-    /// The first trim's cut, planned as the room was loaded (used if the room is still as it was then).
+    /// A cut planned off the lock, as the room was loaded or by the sweep: used while the room's oldest message is
+    /// still the one it started from ([`TrimPlan`]).
     planned: Option<TrimPlan>,
     /// History up to this seq is not given to readers: a replay could not read it back ([`Room::unreadable_through`];
     /// in memory only, until the room is loaded again).
@@ -315,14 +316,13 @@ impl DiskRoom {
             let op = Op::TrimDedupe { id: self.id, from, before: dedupe_from, room: room() };
             self.trimming = Some(self.store.submit(op));
         }
-        let too_old = self.first_time_us.is_some_and(|t| t < now_us.saturating_sub(r.max_age_us));
-        if !self.over_retention() && !too_old {
+        if !self.needs_trim(now_us) {
             return;
         }
         let planned = self.planned.take().and_then(|p| p.now(self.first_seq, last_seq, self.extent));
         let plan = match planned {
             Some(p) => Ok(p),
-            // The sweep plans off the lock: a room that moved on since waits for its next sweep (or post).
+            // The sweep plans off the lock: a room cut since (by a post's trim) waits for its next sweep.
             None if !read => return,
             None => self.store.plan_trim(self.id, self.first_seq, last_seq, self.extent, &r, now_us),
         };

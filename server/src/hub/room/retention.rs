@@ -10,7 +10,7 @@ impl Room {
     }
 
     /// [`Room::trim`]; with `read` false a durable room's retention cut is made only from a plan at hand
-    /// ([`Room::planned`]), never from a store read under the room's lock (the sweep plans off it).
+    /// (`Room::planned`), never from a store read under the room's lock (the sweep plans off it).
     pub fn trim_with(&mut self, now_us: u64, read: bool) {
         self.history.trim(now_us);
         self.dedupe.expire(now_us, self.delivered_seq);

@@ -11,8 +11,8 @@
 //!   neither subscribers nor publishers is removed at once, so this counts channels in use.
 //! - **`max_rooms_per_network`**, **`max_channels_per_network`**: a Join (Subscribe, Publish) naming a room
 //!   (channel) the connections of its network (IPv4 /24, IPv6 /48) are not in yet, when they are in this many
-//!   already, is refused with `TooManyRooms` (`TooManySubscriptions`): one network cannot hold all of `max_rooms`
-//!   (`max_channels`) and have new names refused for everyone (`crate::shares`).
+//!   already, is refused with `TooManyRooms` (`TooManySubscriptions`, `TooManyChannels`): one network cannot hold
+//!   all of `max_rooms` (`max_channels`) and have new names refused for everyone (`crate::shares`).
 //! - **`room_history_bytes`**: a room forgets its oldest messages beyond it (like `history_max_messages`).
 //! - **`retained_bytes`**: when history and dedupe memory of all rooms together exceed it, the rooms idle longest
 //!   shed their oldest messages (then their oldest dedupe entries) until the total is back under 90 % of it.
@@ -97,7 +97,8 @@ pub struct Budget {
     /// `max_rooms`).
     pub max_rooms_per_network: u32,
     /// Distinct tick channels the connections from one network subscribe to or publish on at once; one more is
-    /// refused with `TooManySubscriptions`, as `max_rooms_per_network` is for rooms against `max_channels`.
+    /// refused with `TooManySubscriptions` (a Publish: `TooManyChannels`), as `max_rooms_per_network` is for rooms,
+    /// against `max_channels`.
     /// Default 2,500.
     pub max_channels_per_network: u32,
     /// TCP connections on the WebSocket listener between their accept and their upgrade (TLS, the request head,

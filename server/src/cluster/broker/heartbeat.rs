@@ -93,7 +93,7 @@ impl Broker {
             }
             if refresh && marked == 0 {
                 // The mark was there and is gone: this node was buried, or Redis lost its keys. Its stamp does not
-                // tell the second apart any more (a write to this node's lists stamps it anew when it is gone,
+                // tell the second apart any more (an addition to this node's lists stamps it anew when it is gone,
                 // `scripts::LISTED`), and every other node's may be as old as Redis' data: no burial for a whole
                 // expiry, as after an outage.
                 beating_since = None;

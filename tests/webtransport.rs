@@ -208,3 +208,25 @@ async fn native_clients_opening_other_streams_are_closed_with_protocol_violation
     assert_eq!(code, quiver_proto::ErrorCode::ProtocolViolation, "{reason}");
     assert!(reason.contains("unidirectional"), "{reason}");
 }
+
+/// Datagrams a connection on the browsers' ALPN sends before its CONNECT are read and dropped as they come (and
+/// counted), not held until Hello: each held one kept its whole received packet, so one-byte datagrams in full
+/// packets held ~45 times the 64 KiB receive buffer per connection, for `handshake_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_before_a_connect_are_dropped_as_they_come() {
+    let server = TestServer::start(Limits::default());
+    let config = quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_H3).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(server.addr, "localhost").unwrap().await.unwrap();
+    for _ in 0..20 {
+        conn.send_datagram(bytes::Bytes::from_static(b"x")).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.stats.snapshot().datagrams_before_session < 20 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", server.stats.snapshot().datagrams_before_session);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    conn.close(0u32.into(), b"done");
+    server.stop().await;
+}

@@ -382,6 +382,7 @@ impl Collector for ServerMetrics {
                 ("malformed".into(), c.datagrams_malformed),
                 ("unknown_channel".into(), c.datagrams_unknown_channel),
                 ("unclaimed".into(), c.datagrams_unclaimed),
+                ("before_session".into(), c.datagrams_before_session),
             ],
         )?;
         let refusals: Vec<(String, u64)> = ErrorCode::ALL

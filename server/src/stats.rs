@@ -35,6 +35,8 @@ counters! {
     datagrams_unknown_channel,
     /// Datagrams on a channel this connection subscribed to but did not claim with Publish.
     datagrams_unclaimed,
+    /// Datagrams a WebTransport connection sent before its session was answered (read and dropped).
+    datagrams_before_session,
     /// Ticks accepted from publishers.
     ticks_published,
     /// Ticks handed to QUIC for a subscriber.

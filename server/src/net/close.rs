@@ -34,12 +34,13 @@ pub(crate) async fn release(session: std::sync::Arc<Session>) {
     }
 }
 
-/// [`describe`] for a session's errors.
+/// [`describe`] for a session's errors. A browser's close capsule may carry a reason of up to 64 KiB, logged at
+/// info: cut to `MAX_CLOSE_REASON` as a native close's packet and a WebSocket's frame cut theirs.
 pub(crate) fn describe_session(error: &SessionError) -> (ErrorCode, String) {
     match error {
         SessionError::ConnectionError(err) => describe(err),
         SessionError::WebTransportError(WebTransportError::Closed(code, reason)) => {
-            (ErrorCode::from_u32(*code), reason.clone())
+            (ErrorCode::from_u32(*code), truncate_utf8(reason, quiver_proto::MAX_CLOSE_REASON).to_string())
         }
         other => (ErrorCode::Internal, other.to_string()),
     }
@@ -56,4 +57,20 @@ pub(super) fn refuse(conn: &Wire, stats: &ServerStats, code: ErrorCode, reason: 
     stats.refused(code);
     conn.close(code, &reason);
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A browser's close capsule may carry 64 KiB of reason, which the connection's end logs at info: cut to
+    /// `MAX_CLOSE_REASON`, as a native close's and a WebSocket's are by their frames.
+    #[test]
+    fn a_session_close_reason_is_cut_to_max_close_reason() {
+        let long = "é".repeat(40_000);
+        let closed = SessionError::WebTransportError(WebTransportError::Closed(3, long));
+        let (code, reason) = describe_session(&closed);
+        assert_eq!(code, ErrorCode::from_u32(3));
+        assert!(reason.len() <= quiver_proto::MAX_CLOSE_REASON && reason.len() > 400, "{}", reason.len());
+    }
 }

@@ -111,7 +111,7 @@ pub(super) fn serve<R: RoomHub>(
             let session = if alpn(&conn).as_deref() == Some(ALPN_H3) {
                 // Boxed: a browser's CONNECT is a few kilobytes of state that an async fn would otherwise keep room
                 // for in every connection's task for its whole life.
-                let mut connect = Box::pin(webtransport::accept(conn.clone(), &config.web, deadline));
+                let mut connect = Box::pin(webtransport::accept(conn.clone(), &config.web, deadline, &stats));
                 let accepted = tokio::select! {
                     accepted = &mut connect => accepted,
                     () = shutdown.cancelled() => {

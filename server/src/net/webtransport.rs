@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use web_transport_quinn::{http::StatusCode, Request, Session};
 
-use crate::config::WebConfig;
+use crate::{config::WebConfig, stats::ServerStats};
 
 /// How long a refused browser has to read the refusal before the connection is closed.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
@@ -59,8 +59,32 @@ pub(super) enum Refused {
     Answer(web_transport_quinn::ServerError),
 }
 
-/// Completes the HTTP/3 handshake and accepts or refuses the CONNECT.
-pub(super) async fn accept(conn: quinn::Connection, web: &WebConfig, deadline: Instant) -> Result<Session, Refused> {
+/// Completes the HTTP/3 handshake and accepts or refuses the CONNECT. Datagrams that arrive meanwhile are read and
+/// dropped (counted in `stats.datagrams_before_session`): a browser sends none before its session is answered, and
+/// held unread until Hello, each kept its whole received packet (quinn counts a datagram's payload against the
+/// 64 KiB receive buffer, not the packet it holds): a peer sending one-byte datagrams in full packets held ~45×
+/// that per connection, for `handshake_timeout_ms`.
+pub(super) async fn accept(
+    conn: quinn::Connection,
+    web: &WebConfig,
+    deadline: Instant,
+    stats: &ServerStats,
+) -> Result<Session, Refused> {
+    let drain = async {
+        while conn.read_datagram().await.is_ok() {
+            crate::stats::bump(&stats.datagrams_before_session);
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        biased;
+        accepted = accept_connect(conn.clone(), web, deadline) => accepted,
+        () = drain => unreachable!("pends for ever once the connection is gone"),
+    }
+}
+
+/// [`accept`]'s handshake and CONNECT.
+async fn accept_connect(conn: quinn::Connection, web: &WebConfig, deadline: Instant) -> Result<Session, Refused> {
     // Pinned here rather than dropped by a timeout: a half-done handshake holds the control streams, and must only
     // be dropped (on return) once the connection is closed.
     let handshake = Request::accept(conn.clone());

@@ -57,7 +57,7 @@ pub(super) async fn list_room(ctx: &Ctx, room: &str) -> Result<(), Failure> {
     let mut conn = ctx.broker.conn();
     let node = ctx.broker.node();
     let mut pipe = redis::pipe();
-    pipe.cmd("EVAL").arg(scripts::LISTED).arg(1).arg(keys::NODES).arg(node).ignore();
+    scripts::listed(&mut pipe, node);
     pipe.sadd(keys::node_rooms(node), room).ignore();
     let listed: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
     listed.map_err(|err| ctx.unavailable(err))
@@ -156,7 +156,7 @@ pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Ar
         let added = retried(&ctx, connection, |mut conn| {
             // (With the node among the nodes again if its entry is gone, as `list_room` does.)
             let mut pipe = redis::pipe();
-            pipe.cmd("EVAL").arg(scripts::LISTED).arg(1).arg(keys::NODES).arg(&node).ignore();
+            scripts::listed(&mut pipe, &node);
             pipe.sadd(keys::node_rooms(&node), &name).ignore();
             async move { pipe.query_async::<()>(&mut conn).await }
         });

@@ -281,6 +281,11 @@ redis.call('ZADD', KEYS[1], tonumber(time[1]) * 1000 + math.floor(tonumber(time[
 return 1
 "#;
 
+/// Adds [`LISTED`] for `node` to `pipe` (its reply ignored): sent with each addition to the node's lists.
+pub(super) fn listed(pipe: &mut redis::Pipeline, node: &str) {
+    pipe.cmd("EVAL").arg(LISTED).arg(1).arg(super::keys::NODES).arg(node).ignore();
+}
+
 /// The end of a dead node's burial, once its rooms' members were ended (`NODE_GONE`). KEYS: the node's rooms
 /// list, its ticks list, its mark, the nodes' set. ARGV: the node, the presence expiry in ms, '1' when the node
 /// retires itself (always buried), the control channel, the message that says it is dead. A node that came back

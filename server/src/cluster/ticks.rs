@@ -234,7 +234,7 @@ impl Inner {
         let mut pipe = redis::pipe();
         if interested {
             // (The node among the nodes again if its entry is gone: a burial must find this list, `scripts::LISTED`.)
-            pipe.cmd("EVAL").arg(super::scripts::LISTED).arg(1).arg(keys::NODES).arg(&node).ignore();
+            super::scripts::listed(&mut pipe, &node);
         }
         match interested {
             true => pipe.sadd(keys::node_ticks(&node), &channel).ignore(),

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use quiver_proto::{ErrorCode, Failure, Limits, Position, RoomFrame};
 
 use super::{
-    plan::{TrimInput, TrimPlan},
+    plan::{self, TrimInput, TrimPlan},
     ReplayRange, Room,
 };
 use crate::{
@@ -215,14 +215,12 @@ impl DiskRoom {
 
     /// Past a count or bytes bound by the slack, or its oldest message past the age bound.
     fn needs_trim(&self, now_us: u64) -> bool {
-        let too_old = self.first_time_us.is_some_and(|t| t < now_us.saturating_sub(self.retention.max_age_us));
-        self.over_retention() || too_old
+        plan::needs_trim(self.extent, self.first_time_us, &self.retention, now_us)
     }
 
     /// More is stored than the count or bytes bound allow, by the slack a deletion waits for.
     fn over_retention(&self) -> bool {
-        let slack = |max: u64| max.saturating_add(max / 8);
-        self.extent.messages > slack(self.retention.max_messages) || self.extent.bytes > slack(self.retention.max_bytes)
+        plan::over_bounds(self.extent, &self.retention)
     }
 
     /// Why a new post cannot be stored now (the disk floor), if it cannot.

@@ -42,21 +42,41 @@ impl TrimPlan {
 /// its history to read for the plan, up to `room_history_bytes`). `None` when nothing is to be cut, or the read
 /// failed (the trim plans again then).
 pub(crate) fn plan_at_load(store: &Store, stored: &StoredRoom, retention: &Retention, now_us: u64) -> Option<TrimPlan> {
-    let slack = |max: u64| max.saturating_add(max / 8);
-    let over =
-        stored.extent.messages > slack(retention.max_messages) || stored.extent.bytes > slack(retention.max_bytes);
-    let too_old = stored.first_time_us.is_some_and(|t| t < now_us.saturating_sub(retention.max_age_us));
-    if !over && !too_old {
+    if !needs_trim(stored.extent, stored.first_time_us, retention, now_us) {
         return None;
     }
-    let (from, upto) = (stored.first_seq, stored.last_seq);
-    match store.plan_trim(stored.id, from, upto, stored.extent, retention, now_us) {
+    // (A failed read: the first trim plans again, under the room's lock, and, failing too, leaves it to the sweep.)
+    plan(store, stored.id, (stored.first_seq, stored.last_seq), stored.extent, retention, now_us)
+}
+
+/// Whether a room with `extent` retained, its oldest message stored at `first_time_us`, is past a count or bytes
+/// bound by the slack a deletion waits for (an eighth), or its oldest message past the age bound.
+pub(super) fn needs_trim(extent: Extent, first_time_us: Option<u64>, retention: &Retention, now_us: u64) -> bool {
+    over_bounds(extent, retention) || first_time_us.is_some_and(|t| t < now_us.saturating_sub(retention.max_age_us))
+}
+
+/// Whether `extent` is past the count or bytes bound by the slack a deletion waits for.
+pub(super) fn over_bounds(extent: Extent, retention: &Retention) -> bool {
+    let slack = |max: u64| max.saturating_add(max / 8);
+    extent.messages > slack(retention.max_messages) || extent.bytes > slack(retention.max_bytes)
+}
+
+/// The cut of room `id` (`extent` retained from `from` to `upto`), read from the store (blocking). `None` when the
+/// read failed (logged; the caller plans again later).
+fn plan(
+    store: &Store,
+    id: u64,
+    (from, upto): (u64, u64),
+    extent: Extent,
+    retention: &Retention,
+    now_us: u64,
+) -> Option<TrimPlan> {
+    match store.plan_trim(id, from, upto, extent, retention, now_us) {
         Ok((cut, left, first_time_us)) => {
-            Some(TrimPlan { from, upto, cut, left, first_time_us, extent: stored.extent, at_us: now_us })
+            Some(TrimPlan { from, upto, cut, left, first_time_us, extent, at_us: now_us })
         }
         Err(err) => {
-            // The first trim plans again, under the room's lock (and, failing too, leaves it to the sweep).
-            tracing::error!(room_id = stored.id, %err, "retention read failed as the room was loaded");
+            tracing::error!(room_id = id, %err, "retention read failed");
             None
         }
     }
@@ -79,16 +99,7 @@ pub(crate) struct TrimInput {
 impl TrimInput {
     /// The cut (blocking: reads the store). `None` when the read failed (the sweep tries again next time).
     pub(crate) fn plan(self) -> Option<TrimPlan> {
-        let TrimInput { store, id, from, upto, extent, retention, now_us } = self;
-        match store.plan_trim(id, from, upto, extent, &retention, now_us) {
-            Ok((cut, left, first_time_us)) => {
-                Some(TrimPlan { from, upto, cut, left, first_time_us, extent, at_us: now_us })
-            }
-            Err(err) => {
-                tracing::error!(room_id = id, %err, "retention read failed");
-                None
-            }
-        }
+        plan(&self.store, self.id, (self.from, self.upto), self.extent, &self.retention, self.now_us)
     }
 }
 

@@ -23,6 +23,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/quiver/index.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/index.js")),
     ("/quiver/client.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client.js")),
     ("/quiver/client/session.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/session.js")),
+    ("/quiver/client/race.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/race.js")),
     ("/quiver/client/handles.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/handles.js")),
     ("/quiver/client/waiting.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/waiting.js")),
     ("/quiver/client/dial.js", "text/javascript; charset=utf-8", include_str!("../web/quiver/client/dial.js")),

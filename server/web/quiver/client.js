@@ -4,7 +4,7 @@
 
 import { ErrorCode, QuiverError } from './wire/errors.js';
 import { Backoff, LatestWins, PostQueue, RoomState, clockOffsetUs, messageEvent } from './state.js';
-import { Session } from './client/session.js';
+import { openFirst } from './client/race.js';
 import { readRoomStream, roomCopy } from './client/streams.js';
 import { Dialer, transportOptions } from './client/dial.js';
 import {
@@ -54,8 +54,9 @@ export class QuiverClient {
   #clockOffsetUs = 0;
 
   /**
-   * Connects to `url` (e.g. "https://127.0.0.1:4433/quiver"; an array of URLs: the nodes of a cluster, tried in turn,
-   * and after a lost connection the next one first) and opens the session. Options: `certHash` (64 hex digits of the
+   * Connects to `url` (e.g. "https://127.0.0.1:4433/quiver"; an array of URLs: the nodes of a cluster, raced: the next
+   * one tried alongside 250 ms later or as soon as one fails, the first to answer used, and after a lost connection
+   * the node after it first) and opens the session. Options: `certHash` (64 hex digits of the
    * server certificate's SHA-256, for `serverCertificateHashes`; null to rely on the browser's trust), `name` and
    * `token` (sent in Hello; without a name the client picks `guest-` and 16 random hex digits, kept across
    * reconnects), `reconnect` (default true), `onStatus(status, detail)`, `onNotice(notice)` (server
@@ -296,7 +297,7 @@ export class QuiverClient {
       closing: this.#closing.signal,
       copies: { copies: this.#options.copies, spacingMs: this.#options.copySpacingMs }, // for post copies
     };
-    const opening = Session.openFirst(this.#urls, this.#nextUrl, this.#options, hooks);
+    const opening = openFirst(this.#urls, this.#nextUrl, this.#options, hooks);
     // Next time (after this session is lost) the node after it goes first.
     return opening.then(({ session, index }) => {
       this.#nextUrl = (index + 1) % this.#urls.length;

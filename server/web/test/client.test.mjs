@@ -5,7 +5,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { DEFAULT_MAX_FRAME, ErrorCode, PROTOCOL_VERSION, QuiverClient, QuiverError, wire } from '../quiver/index.js';
+import {
+  DEFAULT_MAX_FRAME, ErrorCode, NEXT_ADDRESS_DELAY_MS, PROTOCOL_VERSION, QuiverClient, QuiverError, wire,
+} from '../quiver/index.js';
 import {
   FakeServer, URL_, connect, joinCollecting, presence, slowConsumerKick, sleep, text, until,
 } from './fakes.mjs';
@@ -101,6 +103,30 @@ test('cluster: a node that refuses the session is passed over for the others; re
   await until('the client ends', () => client.status === 'closed', 5000);
   assert.ok(performance.now() - lost >= 900, 'not before connectTimeoutMs from the first refusal');
   assert.equal(client.closeReason.code, ErrorCode.TokenInvalid);
+});
+
+test('cluster: a node that never answers costs the next one NEXT_ADDRESS_DELAY_MS, not the connect timeout', async (t) => {
+  const server = new FakeServer();
+  const urls = ['https://node-a.test/quiver', 'https://node-b.test/quiver', 'https://node-c.test/quiver'];
+  server.silentUrls.add(urls[0]);
+  const options = { transport: server.transport, reconnectDelayMs: 1, reconnectMaxDelayMs: 20, connectTimeoutMs: 60_000 };
+  const started = performance.now();
+  const client = await Promise.race([QuiverClient.connect(urls, options), sleep(3000).then(() => null)]);
+  assert.ok(client, 'connected through node b, not after node a\'s 60 s connect timeout');
+  t.after(() => client.close());
+  assert.ok(performance.now() - started >= NEXT_ADDRESS_DELAY_MS - 20, 'node a had its head start');
+  assert.deepEqual(server.connections.map((c) => c.url), urls.slice(0, 2), 'node c was not needed');
+  const [silent, live] = server.connections;
+  assert.equal(silent.alive, false, 'the attempt still waiting on node a is given up once b answered');
+  // Node b is lost; c, next in turn, has gone quiet and a is back: the reconnect moves on to a without waiting c out.
+  server.silentUrls = new Set([urls[2]]);
+  const before = server.connections.length;
+  live.kill();
+  await until('reconnected to node a', () => client.status === 'connected' && server.live[0]?.url === urls[0]);
+  const tried = server.connections.slice(before);
+  assert.deepEqual(tried.map((c) => c.url), [urls[2], urls[0]], 'c first, then a alongside it');
+  assert.equal(tried[0].alive, false, 'the attempt waiting on node c is given up');
+  assert.equal(server.live.length, 1);
 });
 
 test('posts refused as Unavailable are sent again, in order, and resolve once the broker is back', async (t) => {

@@ -80,7 +80,7 @@ export class FakeWebTransport {
     if (server.down || server.webTransportDown || server.downUrls.has(url)) {
       this.alive = false;
       this.settleReady.reject(new Error('connection refused'));
-    } else if (server.webTransportHangs) {
+    } else if (server.webTransportHangs || server.silentUrls.has(url)) {
       // UDP dropped: QUIC never gets through (until closed)
     } else if (server.webTransportDelayMs > 0) {
       setTimeout(() => this.open(), server.webTransportDelayMs);
@@ -198,6 +198,7 @@ export class FakeServer {
     this.welcomeVersion = null; // the protocol version Welcome speaks (null: PROTOCOL_VERSION)
     this.down = false; // connections fail before they open
     this.downUrls = new Set(); // connections to these URLs fail before they open (a dead node of a cluster)
+    this.silentUrls = new Set(); // connections to these URLs never open (a node gone quiet: its packets dropped)
     this.unavailablePosts = 0; // refuse this many posts with Unavailable (a broker unreachable), sequencing nothing
     this.refusedJoins = 0; // refuse this many joins with `refuseJoinsWith`
     this.refuseJoinsWith = ErrorCode.RateLimited;

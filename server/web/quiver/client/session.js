@@ -57,52 +57,28 @@ async function withSessionClose(wt, err) {
 /** One connection (see the top of this file). */
 export class Session {
   /**
-   * Opens a session to the first of `urls` that answers, trying them in turn from index `from`. A node that refuses
-   * the session (a token it does not take, a version it does not speak: a cluster midway through a rolling change)
-   * is passed over for the others, as the Rust client does; with none answering, the first refusal is thrown, with
-   * `othersLeft` set when some address failed otherwise (down: it may come back and take the session). Resolves
-   * to `{session, index}`.
-   */
-  static async openFirst(urls, from, options, hooks) {
-    let firstError;
-    let refusal;
-    let othersLeft = false;
-    for (let i = 0; i < urls.length; i++) {
-      if (hooks.closing?.aborted) throw hooks.closing.reason; // the client closed: no next address
-      const index = (from + i) % urls.length;
-      try {
-        return { session: await Session.open(urls[index], options, hooks), index };
-      } catch (err) {
-        if (err?.refused) refusal ??= err;
-        else othersLeft = true;
-        firstError ??= err;
-      }
-    }
-    if (refusal) {
-      refusal.othersLeft = othersLeft;
-      throw refusal;
-    }
-    throw firstError;
-  }
-
-  /**
    * Connects (`hooks.dial(url, signal)`: a ready `{wt, transport, fallback}`, see client/dial.js; `signal` aborts
    * when this gives up) and says Hello; resolves once Welcome arrived, within `options.connectTimeoutMs`. `hooks`:
    * dial, onPush, onRoomStream, onTick, onRoomCopy, onLost, and `closing` (an AbortSignal: the client closed, which
-   * gives the attempt up at once). A server that closes the connection before Welcome rejects it with a QuiverError
-   * of its close code.
+   * gives the attempt up at once). `cancel` (an AbortSignal, optional) gives this attempt alone up (another address
+   * answered first). A server that closes the connection before Welcome rejects it with a QuiverError of its close
+   * code.
    */
-  static async open(url, options, hooks) {
+  static async open(url, options, hooks, cancel = null) {
     const giveUp = new AbortController();
     const dialing = hooks.dial(url, giveUp.signal);
     let timer;
     let onClosing;
+    let onCancel;
     const timeout = new Promise((_, reject) => {
       const ms = options.connectTimeoutMs;
       timer = setTimeout(() => reject(new Error(`no Welcome from ${url} within ${ms} ms`)), ms);
       onClosing = () => reject(hooks.closing.reason);
+      onCancel = () => reject(cancel.reason);
       if (hooks.closing?.aborted) onClosing();
       else hooks.closing?.addEventListener('abort', onClosing, { once: true });
+      if (cancel?.aborted) onCancel();
+      else cancel?.addEventListener('abort', onCancel, { once: true });
     });
     const handshake = async () => {
       const link = await dialing;
@@ -172,6 +148,7 @@ export class Session {
     } finally {
       clearTimeout(timer);
       hooks.closing?.removeEventListener('abort', onClosing);
+      cancel?.removeEventListener('abort', onCancel);
     }
   }
 

@@ -78,8 +78,8 @@ impl Settings {
             ));
         }
         self.page_addr()?;
-        if !self.web.path.starts_with('/') {
-            return Err(Invalid::new("web.path", "must start with /"));
+        if let Some(why) = not_a_plain_path(&self.web.path) {
+            return Err(Invalid::new("web.path", format!("{:?} {why}", self.web.path)));
         }
         for origin in &self.web.origins {
             if let Some(why) = not_an_origin(origin) {
@@ -163,6 +163,30 @@ fn is_host_name(host: &str) -> bool {
 
 /// Why `origin` can never equal a browser's `Origin` header (`scheme://host[:port]`, the scheme's default port left
 /// out), which the allow-list is compared with as a string; `None` when it can.
+/// Why `path` cannot be `web.path`, if it cannot: the WebTransport lane compares it with the request URL's path as
+/// the URL parser normalises it (dot segments resolved, a space or a non-ASCII letter percent-encoded), the
+/// WebSocket lane with the request line's target as sent, so a path either would rewrite never matched, with no
+/// error at start. A plain path is the same in both: `/` and segments of RFC 3986's unreserved characters and
+/// sub-delimiters, `:` and `@`, none of them `.` or `..` or empty, and no `%`, `?` or `#`.
+fn not_a_plain_path(path: &str) -> Option<&'static str> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Some("must start with /");
+    };
+    if rest.is_empty() {
+        return None; // "/" itself
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@".contains(c);
+    for segment in rest.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Some("has an empty, . or .. segment (a URL parser rewrites those: it would never match)");
+        }
+        if !segment.chars().all(plain) {
+            return Some("has a character a URL would percent-encode, or %, ? or # (it would never match)");
+        }
+    }
+    None
+}
+
 fn not_an_origin(origin: &str) -> Option<&'static str> {
     let Some((scheme, rest)) = origin.split_once("://") else {
         return Some("is not an origin (https://host[:port])");

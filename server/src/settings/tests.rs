@@ -203,11 +203,23 @@ fn the_check_refuses_web_settings_the_server_refuses() {
     for (text, key) in [
         ("[web]\nwebsocket_send_buffer = 100\n", "web.websocket_send_buffer"),
         ("[web]\nwebsocket = \"x\"\n", "web.websocket"),
+        // Paths a URL parser rewrites (the WebTransport lane compares the parsed path): they never matched.
+        ("[web]\npath = \"quiver\"\n", "web.path"),
+        ("[web]\npath = \"/my room\"\n", "web.path"),
+        ("[web]\npath = \"/a/../quiver\"\n", "web.path"),
+        ("[web]\npath = \"/quiver/\"\n", "web.path"),
+        ("[web]\npath = \"/quiver?x=1\"\n", "web.path"),
+        ("[web]\npath = \"/café\"\n", "web.path"),
+        ("[web]\npath = \"/q%75iver\"\n", "web.path"),
     ] {
         match load_text(text, &[], Vec::new()) {
             Err(SettingsError::Invalid { key: refused, .. }) => assert_eq!(refused, key),
             other => panic!("{text}: {other:?}"),
         }
+    }
+    for path in ["/", "/quiver", "/api/v1/quiver", "/a-b_c.d~e:f@g"] {
+        let text = format!("[web]\npath = {path:?}\n");
+        assert!(load_text(&text, &[], Vec::new()).is_ok(), "{path} is plain");
     }
 }
 

@@ -273,12 +273,6 @@ async fn read_ticks(
             bump(&stats.datagrams_malformed);
             continue;
         };
-        // Larger than the server's paths carry (Quiver's clients never send one): every subscriber's would refuse
-        // it, one by one, and the channel's seq taken for it would read as a lost tick everywhere.
-        if payload.len() > TickHeader::MAX_PORTABLE_PAYLOAD && datagram.len() > conn.tick_datagram_max() {
-            bump(&stats.ticks_too_large_in);
-            continue;
-        }
         if claims.has_changed().unwrap_or(false) {
             // A claim given up (Unpublish): its newest seq goes with it (a connection cycling through channels
             // would otherwise grow this map for as long as it lives).
@@ -297,6 +291,15 @@ async fn read_ticks(
                 continue;
             }
         };
+        // Larger than the server's paths carry (Quiver's clients never send one): every subscriber's would refuse
+        // it, one by one, and the channel's seq taken for it would read as a lost tick everywhere. Measured with the
+        // longest header, not the publisher's: the server sends it on with each subscriber's channel id and the
+        // channel's seq (8 bytes from 2^30), so a short header that fit would not (a 1,148-byte datagram passed the
+        // WebSocket lane's check before and left it at up to 1,163).
+        if payload.len() + TickHeader::MAX_LEN > conn.tick_datagram_max() {
+            bump(&stats.ticks_too_large_in);
+            continue;
+        }
         if newest.get(&header.channel_id).is_some_and(|&newest| reordered(header.seq, newest)) {
             bump(&stats.ticks_reordered_in);
             continue;

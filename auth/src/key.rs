@@ -31,17 +31,22 @@ impl std::fmt::Debug for KeyId {
 }
 
 impl KeyId {
-    /// The id of `key`. An Ed25519 PEM is taken without its whitespace (the same key read from a file written
-    /// differently keeps its id).
+    /// The id of `key`. An Ed25519 PEM is taken by the 32-byte key it holds: the same key read from a file written
+    /// differently (a comment or `openssl pkey -text`'s dump added or dropped, other line breaks) keeps its id, so a
+    /// reload does not take it for a removed key and close its sessions. (Until 2026-12-06 the id was the PEM's
+    /// text without whitespace.) A PEM that holds no such key (never a verifier's) is taken by that text.
     pub fn of(key: &TokenKey) -> KeyId {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         match key {
             TokenKey::Hs256(secret) => (0u8, secret).hash(&mut hasher),
-            TokenKey::Ed25519Pem(pem) => {
-                1u8.hash(&mut hasher);
-                pem.iter().filter(|b| !b.is_ascii_whitespace()).for_each(|b| b.hash(&mut hasher));
-            }
+            TokenKey::Ed25519Pem(pem) => match crate::keys::ed25519_key(pem) {
+                Ok(key) => (1u8, key).hash(&mut hasher),
+                Err(_) => {
+                    2u8.hash(&mut hasher);
+                    pem.iter().filter(|b| !b.is_ascii_whitespace()).for_each(|b| b.hash(&mut hasher));
+                }
+            },
         }
         KeyId(hasher.finish())
     }

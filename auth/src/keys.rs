@@ -143,6 +143,11 @@ pub(crate) const ED25519_SPKI_PREFIX: [u8; 12] =
 /// reader behind the verifier takes the first block of any kind (a certificate too), the first algorithm it finds
 /// in it, and a key of any length, so a wrong file was accepted and every token then refused.
 pub(crate) fn check_ed25519_pem(pem: &[u8]) -> Result<(), AuthError> {
+    ed25519_key(pem).map(|_| ())
+}
+
+/// The 32-byte key of an Ed25519 public key PEM that [`check_ed25519_pem`] takes.
+pub(crate) fn ed25519_key(pem: &[u8]) -> Result<[u8; 32], AuthError> {
     let bad = |reason: String| AuthError::BadKey { path: PathBuf::from("(Ed25519 public key)"), reason };
     const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
     const END: &str = "-----END PUBLIC KEY-----";
@@ -159,8 +164,8 @@ pub(crate) fn check_ed25519_pem(pem: &[u8]) -> Result<(), AuthError> {
     let base64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, base64)
         .map_err(|err| bad(format!("the PEM block is not base64: {err}")))?;
-    match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
-        Some(key) if key.len() == 32 => Ok(()),
+    match der.strip_prefix(&ED25519_SPKI_PREFIX[..]).and_then(|key| <[u8; 32]>::try_from(key).ok()) {
+        Some(key) => Ok(key),
         _ => Err(bad("the PUBLIC KEY block is not a 32-byte Ed25519 key (SubjectPublicKeyInfo, RFC 8410)".into())),
     }
 }

@@ -314,6 +314,14 @@ fn a_session_is_readmitted_after_a_reload_only_while_its_key_is_trusted() {
     let pem = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
     let crlf: Vec<u8> = String::from_utf8_lossy(pem).replace('\n', "\r\n").into_bytes();
     assert_eq!(KeyId::of(&TokenKey::Ed25519Pem(pem.to_vec())), KeyId::of(&TokenKey::Ed25519Pem(crlf)));
+    // ... and whatever text is around the block (a comment, `openssl pkey -text`'s dump): before, such an edit made
+    // the next reload take the key for removed and close every session it signed.
+    let mut commented = b"# managed by ansible\n".to_vec();
+    commented.extend_from_slice(pem);
+    commented.extend_from_slice(b"ED25519 Public-Key:\npub:\n    19:bf:44:09\n");
+    assert_eq!(KeyId::of(&TokenKey::Ed25519Pem(pem.to_vec())), KeyId::of(&TokenKey::Ed25519Pem(commented)));
+    let other = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuA=\n-----END PUBLIC KEY-----\n";
+    assert_ne!(KeyId::of(&TokenKey::Ed25519Pem(pem.to_vec())), KeyId::of(&TokenKey::Ed25519Pem(other.to_vec())));
     assert_ne!(KeyId::of(&TokenKey::Hs256(vec![1; 32])), KeyId::of(&TokenKey::Hs256(vec![2; 32])));
 }
 

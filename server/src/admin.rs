@@ -67,8 +67,10 @@ fn respond(head: &[u8], metrics: &Arc<ServerMetrics>, hosts: &[String]) -> Respo
         Ok(request) => request,
         Err(response) => return response,
     };
+    // A HEAD is answered without a body, refusals included (RFC 9110 §9.3.2).
+    let error = |status, why: &str| Response { head_only, ..Response::error(status, why) };
     if !host_allowed(crate::web::host_header(lines), hosts) {
-        return Response::error(
+        return error(
             403,
             "the admin listener answers requests for localhost, IP addresses and the names in admin.hosts only",
         );
@@ -92,7 +94,7 @@ fn respond(head: &[u8], metrics: &Arc<ServerMetrics>, hosts: &[String]) -> Respo
             Err(why) => text(503, format!("not ready: {why}\n")),
         },
         "/" => text(200, "quiver-server admin: /metrics /healthz /readyz\n".into()),
-        _ => Response::error(404, "not found (try /metrics, /healthz, /readyz)"),
+        _ => error(404, "not found (try /metrics, /healthz, /readyz)"),
     }
 }
 
@@ -133,6 +135,20 @@ mod tests {
             "Host: a.éuiver.svc",
         ] {
             assert_eq!(status(host), 403, "{host}");
+        }
+    }
+
+    /// A HEAD gets no body, whatever the status (a refusal's and a 404's carried theirs).
+    #[test]
+    fn a_head_request_gets_no_body() {
+        let metrics = Arc::new(ServerMetrics::new(Arc::default()));
+        for (head, status) in [
+            ("HEAD /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", 200),
+            ("HEAD /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+            ("HEAD /metrics HTTP/1.1\r\nHost: attacker.example\r\n\r\n", 403),
+        ] {
+            let response = respond(head.as_bytes(), &metrics, &[]);
+            assert_eq!((response.status, response.head_only), (status, true), "{head}");
         }
     }
 }

@@ -26,6 +26,16 @@ impl Cidr {
             _ => false,
         }
     }
+
+    /// Wider than one site's network (IPv4 shorter than /24, IPv6 than /64): every host in it is believed about the
+    /// client it forwards for, so a pod or a VM inside it that reaches the listener directly can name any address
+    /// with every connection and pass each per-address bound.
+    pub fn is_wide(&self) -> bool {
+        match self.addr {
+            IpAddr::V4(_) => self.prefix < 24,
+            IpAddr::V6(_) => self.prefix < 64,
+        }
+    }
 }
 
 /// Whether `a` and `b`, numbers of `bits` bits, agree in their `prefix` leading bits.
@@ -157,6 +167,17 @@ mod tests {
         assert!(mapped.contains(ip("10.1.2.3")) && !mapped.contains(ip("11.0.0.1")), "an IPv4-mapped block");
         for bad in ["10.0.0.0/33", "::/129", "ten", "10.0.0.0/x", "", "::ffff:10.0.0.0/64"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    /// Blocks wider than one site's network are warned of at start (every host in them is believed).
+    #[test]
+    fn wide_blocks_are_told_apart() {
+        for wide in ["10.0.0.0/8", "0.0.0.0/0", "172.16.0.0/12", "fd00::/8", "2001:db8::/48"] {
+            assert!(wide.parse::<Cidr>().unwrap().is_wide(), "{wide}");
+        }
+        for narrow in ["10.1.2.0/24", "10.1.2.3", "127.0.0.1", "::1", "2001:db8::/64", "::ffff:10.1.2.0/120"] {
+            assert!(!narrow.parse::<Cidr>().unwrap().is_wide(), "{narrow}");
         }
     }
 

@@ -76,6 +76,14 @@ pub(super) fn bind(config: &ServerConfig, quic: SocketAddr) -> Result<Option<std
         WebSocketListen::SamePort => SocketAddr::new(config.listen.ip(), quic.port()),
         WebSocketListen::At(addr) => addr,
     };
+    for proxy in config.web.trusted_proxies.iter().filter(|proxy| proxy.is_wide()) {
+        tracing::warn!(
+            %proxy,
+            "web.trusted_proxies: a block wider than /24 (IPv4) or /64 (IPv6): every host in it that reaches the \
+             WebSocket listener is believed about the client it names (X-Forwarded-For), past the per-address \
+             bounds; list the proxies' own addresses"
+        );
+    }
     match crate::http::bind(addr) {
         Ok(listener) => Ok(Some(listener)),
         Err(err) if config.listen.port() == 0 && err.kind() == std::io::ErrorKind::AddrInUse => {

@@ -49,7 +49,7 @@ enum Command {
     Impair(impair::ImpairArgs),
     /// Latency benchmarks with same-run baselines.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(Box<bench::BenchCommand>),
     /// Ever-new rooms, channels and connections for a bounded time (the load of scripts/soak.sh).
     Churn(churn::ChurnArgs),
 }
@@ -68,9 +68,14 @@ pub(crate) struct TrustArgs {
     /// dev key. Default: `QUIVER_DATA_DIR` (what the server's image and unit set), else `.quiver`.
     #[arg(long, env = "QUIVER_DATA_DIR", default_value = ".quiver")]
     data_dir: PathBuf,
-    /// Access token (JWT), e.g. from `quiver-server token --sub NAME`.
-    #[arg(long)]
+    /// Access token (JWT), e.g. from `quiver-server token --sub NAME`. Prefer `QUIVER_TOKEN` or --token-file: a
+    /// command line is readable by every user of the machine (`ps`) for as long as the command runs.
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
     token: Option<String>,
+    /// A file holding the access token (surrounding whitespace ignored), read again at every connect, so that a
+    /// token renewed in place is used at the next reconnect.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
 }
 
 impl TrustArgs {
@@ -89,6 +94,10 @@ impl TrustArgs {
     /// nor to a loopback port that leads elsewhere (`ssh -L`, `kubectl port-forward`: a server with another
     /// certificate). Elsewhere, pass --token.
     pub(crate) fn token_provider(&self, name: Option<&str>, servers: &str) -> Option<quiver_client::TokenProvider> {
+        if let Some(path) = &self.token_file {
+            let path = path.clone();
+            return Some(quiver_client::TokenProvider::new(move || read_token_file(&path)));
+        }
         match &self.token {
             Some(token) => {
                 let token = token.clone();
@@ -103,6 +112,15 @@ impl TrustArgs {
             }
             None => None,
         }
+    }
+}
+
+/// The token in the file at `path`, without surrounding whitespace; an error names the file (never its content).
+fn read_token_file(path: &std::path::Path) -> Result<String, quiver_client::TokenError> {
+    let text = std::fs::read_to_string(path).map_err(|err| format!("--token-file {}: {err}", path.display()))?;
+    match text.trim() {
+        "" => Err(format!("--token-file {}: the file is empty", path.display()).into()),
+        token => Ok(token.to_string()),
     }
 }
 
@@ -161,7 +179,7 @@ pub(crate) struct ServerArgs {
 impl ServerArgs {
     /// True when a fixed token (so a fixed identity) was given.
     pub(crate) fn has_token(&self) -> bool {
-        self.trust.token.is_some()
+        self.trust.token.is_some() || self.trust.token_file.is_some()
     }
 
     pub(crate) async fn connect(&self) -> Result<Client, CliError> {
@@ -233,7 +251,7 @@ fn main() -> ExitCode {
             Command::History(args) => tokio::spawn(history::history(args)).await,
             Command::Tick(command) => tokio::spawn(tick::run(command)).await,
             Command::Impair(args) => tokio::spawn(impair::run(args)).await,
-            Command::Bench(command) => tokio::spawn(bench::run(command)).await,
+            Command::Bench(command) => tokio::spawn(bench::run(*command)).await,
             Command::Churn(args) => tokio::spawn(churn::run(args)).await,
         }
     });
@@ -261,7 +279,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         quiver_auth::load_or_generate_dev_key(dir.path()).unwrap();
         assert!(quiver_auth::dev_key_exists(dir.path()));
-        let trust = TrustArgs { cert_hash: None, ca: None, data_dir: dir.path().to_owned(), token: None };
+        let trust =
+            TrustArgs { cert_hash: None, ca: None, data_dir: dir.path().to_owned(), token: None, token_file: None };
         for local in [
             "127.0.0.1:4433",
             "localhost:4433",
@@ -280,6 +299,34 @@ mod tests {
         assert!(given.token_provider(None, "192.0.2.1:4433").is_some(), "a token given is sent where it is told");
     }
 
+    /// --token-file is read at every connect (a token renewed in place is used at the next), and a missing or empty
+    /// file is an error naming it; --token and --token-file together are refused.
+    #[tokio::test]
+    async fn a_token_file_is_read_at_every_connect() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  first.token\n").unwrap();
+        let trust = TrustArgs {
+            cert_hash: None,
+            ca: None,
+            data_dir: dir.path().to_owned(),
+            token: None,
+            token_file: Some(file.clone()),
+        };
+        let provider = trust.token_provider(None, "192.0.2.1:4433").expect("a token file is sent where it is told");
+        assert_eq!(provider.token().await.unwrap(), "first.token");
+        std::fs::write(&file, "second.token").unwrap();
+        assert_eq!(provider.token().await.unwrap(), "second.token", "read again");
+        std::fs::write(&file, "\n").unwrap();
+        let empty = provider.token().await.unwrap_err().to_string();
+        assert!(empty.contains("token") && empty.contains("empty"), "{empty}");
+        std::fs::remove_file(&file).unwrap();
+        let missing = provider.token().await.unwrap_err().to_string();
+        assert!(missing.contains(&file.display().to_string()), "{missing}");
+        let both = ["quiver", "ping", "--token", "t", "--token-file", "f"];
+        assert!(Cli::try_parse_from(both).is_err(), "--token and --token-file together");
+    }
+
     /// A loopback port that leads elsewhere (`ssh -L 4433:prod:4433`, trusted with prod's pin or a CA) gets no dev
     /// token: only a server trusted as the data directory's dev server does.
     #[test]
@@ -287,7 +334,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         quiver_auth::load_or_generate_dev_key(dir.path()).unwrap();
         let (cert, _) = quiver_certs::dev::load_or_generate(dir.path(), std::time::SystemTime::now()).unwrap();
-        let trust = |cert_hash, ca| TrustArgs { cert_hash, ca, data_dir: dir.path().to_owned(), token: None };
+        let trust =
+            |cert_hash, ca| TrustArgs { cert_hash, ca, data_dir: dir.path().to_owned(), token: None, token_file: None };
         let local = "127.0.0.1:4433";
         assert!(trust(Some(cert.fingerprint()), None).token_provider(None, local).is_some(), "the dev cert's pin");
         let other = quiver_certs::sha256(b"prod");

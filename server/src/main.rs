@@ -34,7 +34,7 @@ struct Args {
     listen: Option<SocketAddr>,
     /// Directory for the dev certificate, the dev token key and the room store; one server per directory.
     /// Default .quiver.
-    #[arg(long)]
+    #[arg(long, value_parser = Utf8Path)]
     data_dir: Option<PathBuf>,
     /// Where rooms keep their epochs, seqs, history and dedupe window: `disk` (the store in --data-dir/store,
     /// kept across restarts and crashes; the default) or `memory` (lost on restart).
@@ -58,10 +58,10 @@ struct Args {
     dedupe_max_entries: Option<u32>,
     /// PEM certificate chain (leaf first) for production; needs --key. Without it a dev certificate is used.
     /// SIGHUP re-reads it.
-    #[arg(long, requires = "key")]
+    #[arg(long, requires = "key", value_parser = Utf8Path)]
     cert: Option<PathBuf>,
     /// PEM private key of --cert.
-    #[arg(long, requires = "cert")]
+    #[arg(long, requires = "cert", value_parser = Utf8Path)]
     key: Option<PathBuf>,
     /// Serve the browser demo page over HTTP on this TCP address. Default with the dev certificate: loopback only
     /// (127.0.0.1, or ::1 when --listen is ::1) on the --listen port; with --cert: not served. Dev tokens are
@@ -88,10 +88,10 @@ struct Args {
     allow_anonymous: bool,
     /// Verify tokens with the HS256 secret in this file (hex, at least 64 digits) instead of the dev key
     /// (repeatable). SIGHUP re-reads it.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = Utf8Path)]
     hs256_key: Vec<PathBuf>,
     /// Verify EdDSA tokens with the Ed25519 public key in this PEM file (repeatable). SIGHUP re-reads it.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = Utf8Path)]
     ed25519_public_key: Vec<PathBuf>,
     /// The admin listener (/metrics, /healthz, /readyz): a TCP address, `auto` (127.0.0.1:9433, or a free
     /// loopback port when --listen's port is 0) or `off`.
@@ -101,7 +101,7 @@ struct Args {
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
     /// Write one qlog file per connection into this directory (for qvis).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = Utf8Path)]
     qlog_dir: Option<PathBuf>,
     /// On SIGTERM/SIGINT, wait at most this long for clients to leave and posts in flight to be stored.
     /// Default 10000.
@@ -150,6 +150,47 @@ impl Args {
         push("--drain-timeout-ms", "drain_timeout_ms", self.drain_timeout_ms.map(int));
         out
     }
+}
+
+/// A path flag that becomes a setting: UTF-8 text, as the settings are (clap refuses other bytes, naming the flag).
+/// Before, `--data-dir` with a byte that is not UTF-8 was turned into another path (U+FFFD in its place), where
+/// the server made a fresh data directory: a new certificate, a new token key, an empty store.
+#[derive(Debug, Clone, Copy)]
+struct Utf8Path;
+
+impl clap::builder::TypedValueParser for Utf8Path {
+    type Value = PathBuf;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<PathBuf, clap::Error> {
+        let Some(text) = value.to_str() else {
+            let flag = arg.map_or_else(|| "a path".to_string(), ToString::to_string);
+            let why = format!("{flag}: {:?} is not UTF-8 text (settings are)\n", value.to_string_lossy());
+            return Err(clap::Error::raw(clap::error::ErrorKind::InvalidUtf8, why).with_cmd(cmd));
+        };
+        Ok(PathBuf::from(text))
+    }
+}
+
+/// The process's environment as the settings read it. A `QUIVER_…` variable that is not UTF-8 is an error naming
+/// it: before, it was left out in silence (a `QUIVER_DATA_DIR` so dropped started the server on `.quiver`, while
+/// the `quiver` CLI, reading it as a path, looked in the directory meant).
+fn environment() -> Result<Vec<(String, String)>, settings::SettingsError> {
+    let mut out = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        match (key.into_string(), value.into_string()) {
+            (Ok(key), Ok(value)) => out.push((key, value)),
+            (Ok(key), Err(_)) if key.starts_with("QUIVER_") => {
+                return Err(settings::SettingsError::Override { origin: key, message: "not UTF-8 text".into() });
+            }
+            _ => {} // not a setting
+        }
+    }
+    Ok(out)
 }
 
 /// A clap value's name (`disk`, `fsync`, `json`): the same word the file uses.
@@ -265,7 +306,10 @@ fn main() -> ExitCode {
         Some(Command::Config(ConfigCommand::Check { file })) => {
             // The file as the server would read it: with the environment's QUIVER_* variables and the flags given
             // (a bad variable in a service's environment was found only at its next start).
-            let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+            let env = match environment() {
+                Ok(env) => env,
+                Err(err) => return fail(&err),
+            };
             let checked = match settings::load(Some(file), env, args.overrides()) {
                 Ok((settings, layers)) => settings.check_files().map_err(|err| layers.error(err).to_string()),
                 Err(err) => Err(err.to_string()),
@@ -284,8 +328,11 @@ fn main() -> ExitCode {
         return fail(&format!("cannot hold SIGHUP until the server's handlers are registered: {err}"));
     }
     let file = args.config.clone().or_else(|| std::env::var_os("QUIVER_CONFIG").map(PathBuf::from));
-    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let (settings, layers) = match settings::load(file.as_deref(), env, args.overrides()) {
+    let env = match environment() {
+        Ok(env) => env,
+        Err(err) => return fail(&err),
+    };
+    let (settings, layers) = match settings::load(file.as_deref(), env.clone(), args.overrides()) {
         Ok(loaded) => loaded,
         Err(err) => return fail(&err),
     };
@@ -301,10 +348,9 @@ fn main() -> ExitCode {
     };
     // A reload (SIGHUP) reads the settings again as they were read now.
     let overrides = args.overrides();
-    let again = Box::new(move || {
-        let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        settings::load(file.as_deref(), env, overrides.clone()).map(|(settings, _)| settings)
-    });
+    // (The process's environment does not change after start: the variables read then.)
+    let again =
+        Box::new(move || settings::load(file.as_deref(), env.clone(), overrides.clone()).map(|(settings, _)| settings));
     runtime.block_on(serve(Reread::new(settings, again), layers))
 }
 
@@ -353,7 +399,7 @@ fn mint(token: &TokenArgs, args: &Args) -> ExitCode {
     init_logging(&LogSettings::default());
     let settings = || {
         let file = args.config.clone().or_else(|| std::env::var_os("QUIVER_CONFIG").map(PathBuf::from));
-        let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        let env = environment().map_err(Box::new)?;
         settings::load(file.as_deref(), env, args.overrides())
             .map(|(settings, _)| settings)
             .map_err(|e| Box::new(e).into())

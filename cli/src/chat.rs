@@ -201,21 +201,31 @@ fn print_message(m: &Message) {
     crate::out!("[{}] {}: {}", m.seq, m.sender, terminal_text(&m.body));
 }
 
-/// Stdin's lines, read on a thread of their own: a read blocked on a terminal or an open pipe must not hold the
-/// process when it ends (tokio's stdin would: the runtime waits for its blocking reads at shutdown). `None` at the
-/// end of input.
-fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<std::io::Result<Option<String>>> {
+/// Stdin's lines (without their `\n` or `\r\n`), read on a thread of their own: a read blocked on a terminal or an
+/// open pipe must not hold the process when it ends (tokio's stdin would: the runtime waits for its blocking reads
+/// at shutdown). `None` at the end of input. Bytes, not text: a line that is not UTF-8 (a Latin-1 log) is posted
+/// as it is (a message is bytes) instead of ending the chat with the lines before it unacknowledged.
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<std::io::Result<Option<Vec<u8>>>> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
         let stdin = std::io::stdin();
-        let mut lines = stdin.lock().lines();
+        let mut stdin = stdin.lock();
         loop {
-            let next = match lines.next() {
-                Some(Err(err)) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-                Some(Ok(line)) => Ok(Some(line)),
-                Some(Err(err)) => Err(err),
-                None => Ok(None),
+            let mut line = Vec::new();
+            let next = match stdin.read_until(b'\n', &mut line) {
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Ok(0) => Ok(None),
+                Ok(_) => {
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                        if line.last() == Some(&b'\r') {
+                            line.pop();
+                        }
+                    }
+                    Ok(Some(line))
+                }
+                Err(err) => Err(err),
             };
             let end = !matches!(next, Ok(Some(_)));
             if tx.send(next).is_err() || end {
@@ -288,12 +298,13 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
             // Input waits while `OUTSTANDING` posts do: a large file piped in never meets the client's
             // `max_queued_posts`.
             line = lines.recv(), if input_open && posts.len() < OUTSTANDING => match line {
-                Some(Ok(Some(line))) if line.trim().is_empty() => line_no += 1,
+                Some(Ok(Some(line))) if line.trim_ascii().is_empty() => line_no += 1,
                 Some(Ok(Some(line))) => {
                     line_no += 1;
                     // Queued now, in input order; acknowledged whenever.
-                    let posted = room.post(line.clone());
-                    posts.spawn(async move { (line_no, posted.await, line) });
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    let posted = room.post(line);
+                    posts.spawn(async move { (line_no, posted.await, text) });
                 }
                 Some(Ok(None)) | None => {
                     input_open = false;

@@ -334,6 +334,34 @@ async fn a_chat_whose_posts_fail_and_a_post_with_no_answer_exit_non_zero() {
     mute.abort();
 }
 
+/// A piped line that is not UTF-8 (a Latin-1 log) is posted as its bytes, CRLF line ends taken off: before, it
+/// ended the chat at once ("stream did not contain valid UTF-8"), the lines before it left unacknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_posts_lines_that_are_not_utf8_as_their_bytes() {
+    let server = TestServer::start(Limits::default());
+    let (mut child, mut lines) = chat_process(&server, &["--name", "ann", "--json"]);
+    assert_eq!(next(&mut lines).await["state"], "connected");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"before\ncaf\xe9 cr\xe8me\r\nafter").await.unwrap();
+    drop(stdin);
+    let mut acks = 0;
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap() {
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        acks += usize::from(value["type"] == "ack");
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert!(status.success() && acks == 3, "{status}, {acks} acknowledged");
+    let page = server.client().await.history("town", None, 10).await.unwrap();
+    let bodies: Vec<&[u8]> = (page.messages.iter())
+        .filter_map(|m| match &m.kind {
+            quiver_proto::EventKind::Message { body, .. } => Some(&body[..]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies, [&b"before"[..], b"caf\xe9 cr\xe8me", b"after"]);
+    server.stop().await;
+}
+
 /// `quiver chat --timeout`: piped input whose posts the server, gone for good, never acknowledges ends the command
 /// (it reconnected forever before) naming how many were left; a join with no answer ends it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

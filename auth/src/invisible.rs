@@ -4,9 +4,11 @@
 /// the line and paragraph separators, the blanks that render as nothing (Hangul fillers, the Braille blank,
 /// Khmer's inherent vowels) and the code points Unicode reserves to render as nothing (unassigned ones too: U+2065,
 /// U+FFF0–FFF8, the tag block's and the variation selectors' unassigned rest); and the joiners and selectors (ZWJ,
-/// ZWNJ, the combining grapheme joiner, variation selectors) anywhere but once after a character outside ASCII (an
-/// emoji, a letter of a script that joins; a ZWJ may also follow an emoji's U+FE0F: 🏳️‍🌈), and tag
-/// characters anywhere but in a flag's tag sequence (after U+1F3F4). `alice` followed by any of them reads as
+/// ZWNJ, the combining grapheme joiner, variation selectors) anywhere but where they change a character's form:
+/// a selector once after what it selects a form of ([`selects`]: an emoji, a CJK ideograph, ...), a joiner between
+/// two letters of a script whose letters it joins or parts ([`joins`]) or in an emoji sequence (a ZWJ may also
+/// follow an emoji's U+FE0F: 🏳️‍🌈); and tag characters anywhere but in a flag's tag sequence (U+1F3F4, tags, the
+/// cancel tag). `alice` followed by any of them reads as
 /// `alice`; 👩‍💻, ❤️, 🏴󠁧󠁢󠁳󠁣󠁴󠁿 and Persian names spelled with ZWNJ stay names, and so do two sequences whose
 /// invisible part changes how the letters around it are drawn: a keycap (`1` U+FE0F U+20E3: 1️⃣; the same without
 /// U+FE0F, drawn alike by emoji fonts, is refused) and the Mongolian vowel separator (U+180E) before the final a or
@@ -55,19 +57,25 @@ pub(crate) fn has_invisible(sub: &str) -> bool {
             | '\u{E0000}'..='\u{E001F}'
             | '\u{E0080}'..='\u{E00FF}'
             | '\u{E01F0}'..='\u{E0FFF}' => false,
-            // Selectors: part of what comes before them, if that is neither plain ASCII nor another selector or
-            // joiner (a run of them after one letter reads as that letter).
-            c if is_selector(c) => before.is_some_and(|b| !b.is_ascii() && !is_selector(b) && !is_joiner(b)),
-            // Joiners: after a character outside ASCII, not after another joiner, and after a selector only as in
-            // an emoji sequence (🏳️‍🌈: ZWJ after U+FE0F after an emoji; `José` FE0F ZWJ x reads as `Joséx`).
-            c if is_joiner(c) => before.is_some_and(|b| {
-                let selected_emoji = b == '\u{FE0F}' && c == '\u{200D}' && before2.is_some_and(is_emoji);
-                !b.is_ascii() && !is_joiner(b) && (!is_selector(b) || selected_emoji)
-            }),
-            // Tags: only in a flag's sequence (U+1F3F4, then tags).
-            '\u{E0020}'..='\u{E007F}' => {
-                before.is_some_and(|b| b == '\u{1F3F4}' || ('\u{E0020}'..='\u{E007F}').contains(&b))
+            // Selectors: part of what comes before them, if that is a character they select a form of (an emoji,
+            // a CJK ideograph, a Mongolian letter, ...; not another selector or a joiner: a run of them after one
+            // letter reads as that letter). After a Latin letter (`Björn` FE0F) they draw nothing.
+            c if is_selector(c) => before.is_some_and(|b| selects(c, b)),
+            // Joiners: between two characters of a script whose letters they join or part (Arabic, the Indic
+            // scripts, ...) or of an emoji sequence, not after another joiner, and after a selector only as in an
+            // emoji sequence (🏳️‍🌈: ZWJ after U+FE0F after an emoji; `José` FE0F ZWJ x reads as `Joséx`). Between
+            // Latin letters (`Bjö` ZWNJ `rn`) they draw nothing.
+            c if is_joiner(c) => {
+                let selected_emoji = before == Some('\u{FE0F}') && c == '\u{200D}' && before2.is_some_and(is_emoji);
+                let after = before.is_some_and(|b| joins(b) || is_emoji(b)) || selected_emoji;
+                after && next.is_some_and(|n| joins(n) || is_emoji(n))
             }
+            // Tags: only in a flag's sequence (U+1F3F4, then tags, then the cancel tag U+E007F that ends it).
+            '\u{E0020}'..='\u{E007E}' => {
+                before.is_some_and(|b| b == '\u{1F3F4}' || ('\u{E0020}'..='\u{E007E}').contains(&b))
+                    && next.is_some_and(|n| ('\u{E0020}'..='\u{E007F}').contains(&n))
+            }
+            '\u{E007F}' => before.is_some_and(|b| ('\u{E0020}'..='\u{E007E}').contains(&b)),
             _ => true,
         };
         if !shown {
@@ -117,6 +125,57 @@ fn is_emoji(c: char) -> bool {
             | '\u{3297}'
             | '\u{3299}'
             | '\u{1F000}'..='\u{1FAFF}'
+    )
+}
+
+/// Whether selector `c` selects a form of `b`: the emoji and text presentation selectors (U+FE0E, U+FE0F) after
+/// an emoji; the standardized variation selectors (U+FE00–U+FE0D) after a CJK ideograph, an emoji, a mathematical
+/// operator or a letter of the scripts that define sequences with them (Myanmar, Phags-pa, Manichaean, Egyptian
+/// hieroglyphs); ideographic variation selectors (U+E0100–U+E01EF) after a CJK ideograph; Mongolian's free
+/// variation selectors after a Mongolian letter. The combining grapheme joiner (U+034F) selects nothing visible.
+fn selects(c: char, b: char) -> bool {
+    let cjk = |b: char| matches!(b, '\u{3400}'..='\u{4DBF}' | '\u{4E00}'..='\u{9FFF}' | '\u{F900}'..='\u{FAFF}' | '\u{20000}'..='\u{3FFFF}');
+    match c {
+        '\u{FE0E}' | '\u{FE0F}' => is_emoji(b),
+        '\u{FE00}'..='\u{FE0D}' => {
+            cjk(b)
+                || is_emoji(b)
+                || matches!(
+                    b,
+                    '\u{2200}'..='\u{22FF}'
+                        | '\u{2A00}'..='\u{2AFF}'
+                        | '\u{1000}'..='\u{109F}'
+                        | '\u{A9E0}'..='\u{A9FF}'
+                        | '\u{AA60}'..='\u{AA7F}'
+                        | '\u{A840}'..='\u{A87F}'
+                        | '\u{10AC0}'..='\u{10AFF}'
+                        | '\u{13000}'..='\u{1342F}'
+                )
+        }
+        '\u{E0100}'..='\u{E01EF}' => cjk(b),
+        '\u{180B}'..='\u{180D}' | '\u{180F}' => ('\u{1820}'..='\u{18AA}').contains(&b),
+        _ => false,
+    }
+}
+
+/// Whether a ZWJ or ZWNJ next to `c` changes how it is drawn: a character (letter, mark, virama) of a script
+/// whose letters join or form conjuncts: Arabic, Syriac, Thaana, N'Ko and the other scripts of U+0600–U+08FF, the
+/// Indic scripts (U+0900–U+0DFF), Tibetan, Myanmar, Khmer, Mongolian, the Brahmic scripts of U+A800–U+ABFF and of
+/// the supplementary plane (U+11000–U+11FFF), Kharoshthi and Manichaean, Adlam, and Arabic's presentation forms.
+fn joins(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0600}'..='\u{08FF}'
+            | '\u{0900}'..='\u{0DFF}'
+            | '\u{0F00}'..='\u{0FFF}'
+            | '\u{1000}'..='\u{109F}'
+            | '\u{1780}'..='\u{18AF}'
+            | '\u{A800}'..='\u{ABFF}'
+            | '\u{FB50}'..='\u{FDFF}'
+            | '\u{FE70}'..='\u{FEFE}'
+            | '\u{10A00}'..='\u{10AFF}'
+            | '\u{11000}'..='\u{11FFF}'
+            | '\u{1E900}'..='\u{1E95F}'
     )
 }
 

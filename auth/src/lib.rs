@@ -158,6 +158,12 @@ pub enum SubjectError {
     /// a zero-width space reads as `alice` in every member list.
     #[error("the subject has invisible characters (zero-width, direction marks or separators)")]
     Invisible,
+    /// `sub` is not in Unicode's composed form (NFC): `José` with its accent written apart (e, U+0301) reads as
+    /// `José` written whole, another identity.
+    #[error(
+        "the subject is not in Unicode NFC (a letter and its accent written apart read as the letter written whole)"
+    )]
+    NotNfc,
     /// `sub` begins or ends with whitespace (`alice ` reads as `alice`).
     #[error("the subject begins or ends with whitespace")]
     Whitespace,
@@ -174,6 +180,8 @@ pub fn check_subject(sub: &str) -> Result<(), SubjectError> {
         Err(SubjectError::Control)
     } else if invisible::has_invisible(sub) {
         Err(SubjectError::Invisible)
+    } else if !icu_normalizer::ComposingNormalizerBorrowed::new_nfc().is_normalized(sub) {
+        Err(SubjectError::NotNfc)
     } else if sub.starts_with(char::is_whitespace) || sub.ends_with(char::is_whitespace) {
         Err(SubjectError::Whitespace)
     } else {

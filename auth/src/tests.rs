@@ -220,9 +220,22 @@ fn subjects_are_limited_to_max_identity_bytes() {
         "\u{0D05}\u{0D35}\u{0D28}\u{0D4D}\u{200D}",
         "\u{0D28}\u{0D4D}\u{200D}\u{0D31}",
         "\u{182D}\u{180E}\u{1823}",
+        // A joiner or selector after a Latin letter (drawn as nothing), a flag's tags without their cancel tag or
+        // a cancel tag alone.
+        "Bjö\u{200C}rn",
+        "Bjö\u{200D}rn",
+        "Bjö\u{FE0F}rn",
+        "Zoë\u{FE0E}",
+        "ann🏴\u{E0061}",
+        "ann🏴\u{E007F}",
+        "é\u{E0100}",
+        "ی\u{200C}x",
     ] {
         assert_eq!(check_subject(spoof), Err(SubjectError::Invisible), "{spoof:?}");
     }
+    // The same letters in another composition: José written whole and with its accent apart.
+    assert_eq!(check_subject("Jose\u{0301}"), Err(SubjectError::NotNfc));
+    assert_eq!(check_subject("Jos\u{00E9}"), Ok(()));
     // Emoji sequences (ZWJ, variation selector, a flag's tags) and ZWNJ in a Persian name are names.
     for fine in [
         "👩\u{200D}💻",
@@ -239,6 +252,11 @@ fn subjects_are_limited_to_max_identity_bytes() {
         "team#\u{FE0F}\u{20E3}",
         "\u{182D}\u{1823}\u{180E}\u{1820}",
         "\u{0D05}\u{0D35}\u{0D7B}",
+        // Conjuncts and ideographic variants: a Devanagari half form (ZWJ after the virama), a Japanese name's
+        // ideographic variation sequence, Mongolian's free variation selector.
+        "\u{0915}\u{094D}\u{200D}\u{0937}",
+        "\u{845B}\u{E0100}\u{98FE}",
+        "\u{182D}\u{180B}",
     ] {
         assert_eq!(check_subject(fine), Ok(()), "{fine:?}");
     }

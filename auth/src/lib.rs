@@ -190,8 +190,13 @@ pub fn check_subject(sub: &str) -> Result<(), SubjectError> {
 }
 
 /// Whether `name` matches `pattern` (dot-separated segments; `*` one segment; a final `**` one or more). A
-/// wildcard's segments are never empty: `game.*` grants `game.lobby`, not `game.` nor `game..x`.
+/// wildcard's segments are never empty: `game.*` grants `game.lobby`, not `game.` nor `game..x`. `**` alone is
+/// every name, those with an empty segment too (`lobby.`, `a..b`: names the server takes): a token with every
+/// right ([`Claims::everything`], the dev tokens) was refused them.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    if pattern == "**" {
+        return !name.is_empty();
+    }
     let mut pattern = pattern.split('.');
     let mut name = name.split('.');
     loop {

@@ -82,9 +82,21 @@ fn keep_private(path: &Path) -> Result<(), AuthError> {
     {
         use std::os::unix::fs::PermissionsExt;
         let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+        if meta.file_type().is_symlink() {
+            // A link (to a secret shared on purpose, say): its target's mode is not this server's to change, so a
+            // target others can read is refused (it was used, with a warning, until 2026-12-06).
+            return match std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777) {
+                Ok(mode) if mode & 0o077 != 0 => Err(AuthError::BadKey {
+                    path: path.into(),
+                    reason: format!(
+                        "a link to a file others can read (mode {mode:o}): any user here could mint tokens with it; \
+                         make its target private (chmod 600)"
+                    ),
+                }),
+                _ => Ok(()),
+            };
+        }
         if !meta.file_type().is_file() {
-            // A link (to a secret shared on purpose, say): its target's mode is not this server's to change.
-            tracing::warn!(path = %path.display(), "the dev key is not a plain file: its mode is not checked");
             return Ok(());
         }
         let mode = meta.permissions().mode() & 0o777;
@@ -206,6 +218,17 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
             assert_eq!(load_or_generate_dev_key(dir.path()).unwrap(), first);
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            // A link to a key others may read is refused (its target's mode is not the server's to change); it
+            // was used, with a warning.
+            let shared = tempfile::tempdir().unwrap();
+            let target = shared.path().join("key");
+            std::fs::rename(&path, &target).unwrap();
+            std::os::unix::fs::symlink(&target, &path).unwrap();
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let refused = load_or_generate_dev_key(dir.path()).unwrap_err().to_string();
+            assert!(refused.contains("a link to a file others can read"), "{refused}");
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert_eq!(load_or_generate_dev_key(dir.path()).unwrap(), first, "a link to a private key is used");
         }
     }
 

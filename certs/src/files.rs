@@ -39,15 +39,29 @@ pub fn write_atomic(path: &Path, content: &[u8], private: bool) -> std::io::Resu
 }
 
 /// Makes a key file others may read (copied, restored from a backup, written by hand) readable by its owner only
-/// again, returning the mode it had (`None`: it was private, is missing, or is not a plain file: a link's target
-/// is not this program's to change). An error when it cannot be changed (another user's file, a read-only file
-/// system): the caller should refuse the key rather than use it.
+/// again, returning the mode it had (`None`: it was private, or is missing). An error when it cannot be changed
+/// (another user's file, a read-only file system), and for a link to a file others may read (a link's target is
+/// not this program's to change; until 2026-12-06 a link was used whatever its target's mode): the caller should
+/// refuse the key rather than use it.
 pub fn keep_private(path: &Path) -> std::io::Result<Option<u32>> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(None) };
         let mode = meta.permissions().mode() & 0o777;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777);
+            return match target {
+                Ok(mode) if mode & 0o077 != 0 => Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "a link to a file others can read (mode {mode:o}), which is not this program's to change: \
+                         make its target private (chmod 600)"
+                    ),
+                )),
+                _ => Ok(None), // a private target, or a dangling link (read as missing)
+            };
+        }
         if !meta.file_type().is_file() || mode & 0o077 == 0 {
             return Ok(None);
         }
@@ -93,5 +107,16 @@ mod tests {
         assert_eq!(keep_private(&path).unwrap(), Some(0o644));
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(keep_private(&path).unwrap(), None, "private already");
+
+        // A link: its target's mode is not ours to change, so a target others can read is refused (it was used).
+        let (target, link) = (dir.path().join("shared.pem"), dir.path().join("linked.pem"));
+        std::fs::write(&target, b"secret").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = keep_private(&link).unwrap_err();
+        assert!(refused.to_string().contains("mode 644"), "{refused}");
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o644, "left as it was");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(keep_private(&link).unwrap(), None, "a link to a private file is used");
     }
 }

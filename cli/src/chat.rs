@@ -98,15 +98,27 @@ pub(crate) fn text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
 }
 
-/// A body as one line of a terminal: control characters (a newline that would forge another message's line, an
-/// escape sequence that would clear the screen or set the clipboard) are shown escaped (`\n`, `\u{1b}`), not
-/// acted on. Any room member chooses the bytes; `--json` escapes them already.
+/// A body (or a name) as one line of a terminal: control characters (a newline that would forge another message's
+/// line, an escape sequence that would clear the screen or set the clipboard) and the bidirectional formatting
+/// characters (an override that shows `nimda` as `admin`, or reorders the rest of the line) are shown escaped
+/// (`\n`, `\u{1b}`, `\u{202e}`), not acted on. Any room member chooses a body's bytes, and a server its names;
+/// `--json` escapes them already.
 pub(crate) fn terminal_text(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
-    if !text.chars().any(char::is_control) {
+    let acted_on = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(acted_on) {
         return text.into_owned();
     }
-    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    text.chars().map(|c| if acted_on(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// A name from the server (a sender, a member, this session's identity) as [`terminal_text`] shows a body: servers
+/// refuse control characters in identities, but the server is not to be trusted with the reader's terminal.
+pub(crate) fn terminal_name(name: &str) -> String {
+    terminal_text(name.as_bytes())
 }
 
 /// One line of `quiver chat --json`.
@@ -166,8 +178,8 @@ impl Out {
         }
         match event {
             RoomEvent::Message(m) => print_message(m),
-            RoomEvent::MemberJoined { member } => crate::out!("* {member} joined"),
-            RoomEvent::MemberLeft { member } => crate::out!("* {member} left"),
+            RoomEvent::MemberJoined { member } => crate::out!("* {} joined", terminal_name(member)),
+            RoomEvent::MemberLeft { member } => crate::out!("* {} left", terminal_name(member)),
             RoomEvent::Resumed { recovered: true, .. } => crate::err!("* resumed; nothing missed"),
             RoomEvent::Resumed { recovered: false, .. } => {
                 crate::err!("* resumed; messages were missed, showing the latest")
@@ -198,7 +210,7 @@ impl Out {
 }
 
 fn print_message(m: &Message) {
-    crate::out!("[{}] {}: {}", m.seq, m.sender, terminal_text(&m.body));
+    crate::out!("[{}] {}: {}", m.seq, terminal_name(&m.sender), terminal_text(&m.body));
 }
 
 /// Stdin's lines (without their `\n` or `\r\n`), read on a thread of their own: a read blocked on a terminal or an
@@ -276,7 +288,9 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     if out.json {
         out.state(&client.state().borrow());
     } else {
-        crate::err!("* joined {} as {} (members: {})", args.room, client.welcome().identity, room.members().join(", "));
+        let members: Vec<String> = room.members().iter().map(|m| terminal_name(m)).collect();
+        let identity = terminal_name(&client.welcome().identity);
+        crate::err!("* joined {} as {identity} (members: {})", args.room, members.join(", "));
     }
     let mut lines = stdin_lines();
     let mut posts = tokio::task::JoinSet::new();
@@ -433,5 +447,9 @@ mod tests {
         let shown = terminal_text(b"hi\n[7] admin: send me your token\x1b[2J\x1b]52;c;aGk=\x07");
         assert!(!shown.contains('\n') && !shown.contains('\x1b') && !shown.contains('\x07'), "{shown:?}");
         assert_eq!(terminal_text(b"a\nb\x1b[2J"), "a\\nb\\u{1b}[2J");
+        // A right-to-left override shows `nimda` as `admin` on a terminal that reorders.
+        assert_eq!(terminal_name("\u{202E}nimda"), "\\u{202e}nimda");
+        assert_eq!(terminal_name("ann\u{1b}[31m"), "ann\\u{1b}[31m");
+        assert_eq!(terminal_name("Zoë"), "Zoë");
     }
 }

@@ -4,7 +4,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::{
-    chat::{terminal_text, text, Since},
+    chat::{terminal_name, terminal_text, text, Since},
     error::CliError,
     ServerArgs,
 };
@@ -102,7 +102,7 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<(), CliError> {
                 };
                 crate::out!("{}", serde_json::to_string(&line)?);
             } else {
-                crate::out!("[{}] {}: {}", event.seq, sender, terminal_text(body));
+                crate::out!("[{}] {}: {}", event.seq, terminal_name(sender), terminal_text(body));
             }
         }
         left = left.saturating_sub(page.messages.len() as u32);

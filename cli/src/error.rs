@@ -158,6 +158,10 @@ pub(crate) enum CliError {
     #[cfg(target_os = "linux")]
     #[error("the client command exited with {0}")]
     ClientFailed(std::process::ExitStatus),
+    /// `quiver impair --netns --client-cmd` still running at the end of `--duration` (stopped).
+    #[cfg(target_os = "linux")]
+    #[error("the client command was still running after --duration {0} s; stopped before it finished")]
+    ClientCutOff(f64),
     /// `quiver impair --netns` elsewhere.
     #[cfg(not(target_os = "linux"))]
     #[error("--netns needs Linux")]

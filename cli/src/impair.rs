@@ -233,8 +233,9 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
                             Ok(status) => Err(CliError::ClientFailed(status)),
                             Err(err) => Err(err),
                         },
-                        // --duration bounds the client command too.
-                        () = &mut end => Ok(()),
+                        // --duration bounds the client command too: one cut off did not finish, and says so
+                        // (it exited 0, as if it had, where Ctrl-C at the same moment failed).
+                        () = &mut end => Err(CliError::ClientCutOff(args.duration.unwrap_or_default())),
                         () = stop.requested() => Err(CliError::Interrupted),
                     };
                     stop_group(&mut client).await;

@@ -172,6 +172,9 @@ pub(crate) enum CliError {
     /// `quiver bench rtt --plot`.
     #[error(transparent)]
     Plot(#[from] PlotError),
+    /// `quiver tick sub` whose client was reconnecting when the run ended.
+    #[error("not connected at the end of the run (the server went away?): the figures for {0} are partial")]
+    NotConnectedAtEnd(String),
     /// Ctrl-C during a benchmark.
     #[error("interrupted")]
     Interrupted,

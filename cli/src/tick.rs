@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use quiver_client::{latency::LatencySummary, TickError, TickStats};
+use quiver_client::{latency::LatencySummary, ConnectionState, TickError, TickStats};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -174,6 +174,10 @@ struct SubReport {
     lost: u64,
     stale_dropped: u64,
     latency: LatencySummary,
+    /// Milliseconds of the run the client spent not connected (reconnecting).
+    disconnected_ms: u64,
+    /// Whether the client was connected when the run ended (if not, the command exits non-zero).
+    connected_at_end: bool,
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -210,9 +214,31 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
     second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut previous, mut last_line) = (0, Instant::now());
     let mut stop = crate::output::Stop::new();
+    // The connection's state, told on stderr as it changes, and the time spent without one: a run against a server
+    // that went away printed "0/s" lines and exited 0, like a run on a channel nobody published on.
+    let mut state = client.state();
+    let mut down_since = (!matches!(*state.borrow_and_update(), ConnectionState::Connected { .. })).then(Instant::now);
+    let (mut disconnected, mut watching) = (Duration::ZERO, true);
     // A subscription that ends still reports what it received (with --json too) before the error.
     let ending = loop {
         tokio::select! {
+            changed = state.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false; // the client is going: its close ends the run
+                    continue;
+                }
+                let now = state.borrow_and_update().clone();
+                crate::err!("* {now}");
+                match (&now, down_since) {
+                    (ConnectionState::Connected { .. }, Some(since)) => {
+                        disconnected += since.elapsed();
+                        down_since = None;
+                    }
+                    (ConnectionState::Connected { .. }, None) => {}
+                    (_, None) => down_since = Some(Instant::now()),
+                    (_, Some(_)) => {}
+                }
+            }
             _ = second.tick() => {
                 if let Some(why) = subscription.end_reason() {
                     break Some(ended(&args.channel, why));
@@ -231,17 +257,24 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
         }
     };
     let stats = subscription.stats();
+    let connected_at_end = down_since.is_none();
+    let disconnected = disconnected + down_since.map_or(Duration::ZERO, |since| since.elapsed());
     if args.json {
         let report = SubReport {
-            channel: args.channel,
+            channel: args.channel.clone(),
             received: stats.received,
             lost: stats.lost,
             stale_dropped: stats.stale_dropped,
             latency: stats.latency,
+            disconnected_ms: u64::try_from(disconnected.as_millis()).unwrap_or(u64::MAX),
+            connected_at_end,
         };
         crate::out!("{}", serde_json::to_string(&report)?);
     } else {
         crate::out!("total: received {}  lost {}  stale {}", stats.received, stats.lost, stats.stale_dropped);
+        if !disconnected.is_zero() {
+            crate::out!("not connected for {:.1} s of the run", disconnected.as_secs_f64());
+        }
         let l = stats.latency;
         crate::out!(
             "latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
@@ -253,5 +286,9 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
         );
     }
     client.close().await;
-    ending.map_or(Ok(()), Err)
+    match ending {
+        Some(err) => Err(err),
+        None if !connected_at_end => Err(CliError::NotConnectedAtEnd(args.channel)),
+        None => Ok(()),
+    }
 }

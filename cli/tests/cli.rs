@@ -86,6 +86,51 @@ async fn quiver_tick_sub_json_reports_what_quiver_tick_pub_sent() {
     server.stop().await;
 }
 
+/// `quiver tick sub` whose server goes away during the run says so on stderr, reports the time without a connection
+/// (`disconnected_ms`, `connected_at_end`) and exits non-zero: it printed "0/s" and exited 0, as on a channel
+/// nobody published on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiver_tick_sub_fails_when_its_server_is_gone_at_the_end() {
+    use tokio::io::AsyncBufReadExt;
+    let server = TestServer::start(Limits::default());
+    let mut sub = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"));
+    sub.args(["tick", "sub", "--channel", "prices", "--duration", "3", "--json", "--server"]);
+    sub.arg(server.addr.to_string()).arg("--data-dir").arg(server.data_dir.path());
+    sub.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut sub = sub.kill_on_drop(true).spawn().unwrap();
+    let mut said = tokio::io::BufReader::new(sub.stderr.take().unwrap()).lines();
+    let subscribed = async {
+        while let Some(line) = said.next_line().await.unwrap() {
+            if line.contains("subscribed to prices") {
+                return;
+            }
+        }
+        panic!("quiver tick sub ended before it subscribed");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), subscribed).await.expect("subscribed within 10 s");
+    // Gone (its data directory kept: the dev token the reconnects mint comes from its key).
+    let TestServer { data_dir, shutdown, task, .. } = server;
+    shutdown.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(10), task).await.unwrap().unwrap();
+    let rest = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = said.next_line().await {
+            rest.push(line);
+        }
+        rest
+    });
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut sub.stdout.take().unwrap(), &mut stdout).await.unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), sub.wait()).await.unwrap().unwrap();
+    let stderr = rest.await.unwrap().join("\n");
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("reconnecting") && stderr.contains("not connected at the end"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["connected_at_end"], false, "{report}");
+    assert!(report["disconnected_ms"].as_u64().unwrap() > 500, "{report}");
+    drop(data_dir);
+}
+
 #[tokio::test]
 async fn quiver_bench_post_and_restart_print_their_tables_and_json() {
     let dir = tempfile::tempdir().unwrap();

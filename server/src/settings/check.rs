@@ -206,5 +206,9 @@ fn not_an_origin(origin: &str) -> Option<&'static str> {
     if rest.ends_with(default_port) {
         return Some("names its scheme's default port, which browsers leave out of Origin: remove it");
     }
+    if !rest.is_ascii() {
+        // (It passed and matched no browser: every page of the site was refused.)
+        return Some("is not ASCII: browsers send an internationalized name in its punycode form (https://xn--...)");
+    }
     None
 }

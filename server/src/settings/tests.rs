@@ -234,6 +234,7 @@ fn values_that_would_lock_every_client_out_are_refused() {
         ("[web]\norigins = [\"http://app.example:80\"]\n", "web.origins"),
         ("[web]\norigins = [\"https://app.example/chat\"]\n", "web.origins"),
         ("[web]\norigins = [\"app.example\"]\n", "web.origins"),
+        ("[web]\norigins = [\"https://bücher.example\"]\n", "web.origins"),
         // A post of max_body could be stored but never paged through History.
         ("[limits]\nmax_body = 65200\n", "limits.max_body"),
         // Names the admin listener could never match (Prometheus' target form, a URL).

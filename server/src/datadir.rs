@@ -77,7 +77,11 @@ impl DataDirLock {
             move |source| DataDirError::Io { path, source }
         };
         if let Some(parent) = dir.parent().filter(|parent| !dir.exists() && parent.join(LOCK_FILE).is_file()) {
-            return Err(DataDirError::InsideAnother { dir: dir.to_path_buf(), parent: parent.to_path_buf() });
+            // Named whole: a relative `--data-dir node-b`'s parent is the working directory, `""` as a path (the
+            // message named it as nothing, twice).
+            let whole = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+            return Err(DataDirError::InsideAnother { dir: whole(dir), parent: whole(parent) });
         }
         private_dir(dir)?;
         let path = dir.join(LOCK_FILE);

@@ -167,6 +167,21 @@ fn paths_and_variables_that_are_not_utf8_or_empty_are_refused_naming_them() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no data directory was made: {stderr}");
 }
 
+/// A relative `--data-dir` to be made inside another data directory (the working directory, here) is refused naming
+/// both whole: the working directory was named as nothing, twice ("and  holds a quiver-server's data").
+#[test]
+fn a_relative_data_directory_inside_another_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lock"), b"1\n").unwrap(); // a server ran here
+    let output = server().current_dir(dir.path()).args(["--listen", "127.0.0.1:0", "--data-dir", "node-b"]).output();
+    let output = output.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let whole = dir.path().canonicalize().unwrap();
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("and {} holds", whole.display())), "{stderr}");
+    assert!(stderr.contains(&format!("{}/node-b does not exist", whole.display())), "{stderr}");
+}
+
 #[test]
 fn cert_without_key_is_a_usage_error() {
     let output = server().args(["--cert", "x.pem"]).output().unwrap();

@@ -70,7 +70,9 @@ export class QuiverClient {
    * 'webtransport'; 'websocket'), `websocketUrl` (default: the URL with `wss:`; an array: one per URL),
    * `onTransport(transport, fallback)` (at the first connection and on a change: 'webtransport' or 'websocket', and
    * why WebTransport was not used, else null), `keepAliveMs` (10000) and `idleTimeoutMs` (30000) (over the WebSocket:
-   * a Ping after that long without receiving anything, the connection lost after this long), `webTransport` and
+   * a Ping after that long without receiving anything, the connection lost after this long), `deadServerAfterMs`
+   * (12000; 0: never) (over WebTransport: the connection lost after this long without receiving anything, a Ping
+   * having gone out after two thirds of it, as the Rust client's `dead_server_after`), `webTransport` and
    * `webSocket` (the constructors; replaceable for tests; a function as `transport` is taken as `webTransport`,
    * WebTransport only), `maxQueuedPosts` (10000; 0: none; see `post`). The first connection must succeed.
    */

@@ -29,7 +29,7 @@ export {
 export {
   Backoff, LatestWins, Merge, Pacer, PostQueue, RequestTable, RoomState, STABLE_CONNECTION_MS, clockOffsetUs,
 } from './state.js';
-export { AGENT, IDLE_TIMEOUT_MS, KEEP_ALIVE_MS } from './client/session.js';
+export { AGENT, DEAD_SERVER_AFTER_MS, IDLE_TIMEOUT_MS, KEEP_ALIVE_MS } from './client/session.js';
 export { NEXT_ADDRESS_DELAY_MS } from './client/race.js';
 export { TRANSPORTS, websocketUrlOf } from './client/dial.js';
 export { MAX_INBOUND_STREAMS, TICK_HIGH_WATER, WebSocketTransport, WebSocketTransportError } from './client/websocket.js';

@@ -470,6 +470,32 @@ test('a server that answers no clock Ping holds neither a reconnect past the con
   assert.equal(bob.status, 'closed');
 });
 
+test('over WebTransport a server gone quiet is noticed after deadServerAfterMs, a Ping sent first; traffic puts it off', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann', deadServerAfterMs: 600 });
+  const [first] = server.live;
+  // Anything arriving puts the Ping off: ticks on a channel, every 100 ms for 1.2 s, and no Ping goes out.
+  await ann.subscribe('prices');
+  const pings = server.requestsOf('Ping').length;
+  for (let i = 1; i <= 12; i++) {
+    server.tick('prices', BigInt(i), text('t'));
+    await sleep(100);
+  }
+  assert.equal(server.requestsOf('Ping').length, pings, 'no Ping while ticks arrive');
+  assert.equal(ann.status, 'connected');
+  // Quiet (its QUIC still up, so the browser would notice nothing for 30 s): a Ping at 400 ms, lost at 600 ms.
+  server.ignorePings = true;
+  await until('the quiet connection is given up', () => !first.alive, 3000);
+  assert.ok(server.requestsOf('Ping').length > pings, 'a Ping went out first');
+  assert.match(first.closedBy.reason, /nothing received for 600 ms/);
+  server.ignorePings = false;
+  await until('reconnected', () => ann.status === 'connected' && server.live.length === 1, 3000);
+  await assert.rejects(
+    QuiverClient.connect(URL_, { transport: server.transport, deadServerAfterMs: -1 }),
+    /deadServerAfterMs must be a number/,
+  );
+});
+
 test('redundant rooms: stream and copies merge into one order, each event once; posts also go up as copies', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server, { name: 'ann', copies: 2, copySpacingMs: 2 });

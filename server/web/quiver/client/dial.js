@@ -58,6 +58,10 @@ export function transportOptions(options) {
   // Infinity (never give up) and anything past what setTimeout takes (2^31 - 1 ms, about 24.8 days) are that: a
   // browser fires a longer timer at once, and every connect failed on the spot.
   out.connectTimeoutMs = Math.min(connectMs, 2 ** 31 - 1);
+  const dead = out.deadServerAfterMs;
+  if (dead !== undefined && (typeof dead !== 'number' || Number.isNaN(dead) || dead < 0)) {
+    throw new TypeError(`deadServerAfterMs must be a number of ms, at least 0 (0: never), got ${String(dead)}`);
+  }
   const most = out.connectTimeoutMs / 2;
   out.fallbackTimeoutMs = Math.min(ms, most, 2 ** 31 - 1); // setTimeout takes at most 2^31 - 1
   out.certHashes = out.certHash ? [{ algorithm: 'sha-256', value: certHashBytes(out.certHash) }] : null;

@@ -20,6 +20,14 @@ export const KEEP_ALIVE_MS = 10_000;
 /** Over the WebSocket: the connection is lost after this long without receiving anything (`idleTimeoutMs`). */
 export const IDLE_TIMEOUT_MS = 30_000;
 
+/**
+ * Over WebTransport: the connection is lost after this long without receiving anything (`deadServerAfterMs`; 0:
+ * never), a Ping having gone out after two thirds of it: the Rust client's `dead_server_after` (12 s, its
+ * keep-alive 8 s). The browser's QUIC keep-alives are invisible to JS, and its idle timeout (30 s) was what noticed
+ * a dead node before.
+ */
+export const DEAD_SERVER_AFTER_MS = 12_000;
+
 /** A transport error that carries the code the connection was closed with (the server closed it before Welcome). */
 function withCloseCode(err) {
   if (err instanceof QuiverError || err instanceof QuiverDecodeError || typeof err?.closeCode !== 'number') return err;
@@ -124,9 +132,10 @@ export class Session {
             { refused: true },
           );
         }
-        const keepAlive = {
-          pingMs: options.keepAliveMs ?? KEEP_ALIVE_MS, timeoutMs: options.idleTimeoutMs ?? IDLE_TIMEOUT_MS,
-        };
+        const dead = options.deadServerAfterMs ?? DEAD_SERVER_AFTER_MS;
+        const keepAlive = typeof link.wt.receivedAt === 'number'
+          ? { pingMs: options.keepAliveMs ?? KEEP_ALIVE_MS, timeoutMs: options.idleTimeoutMs ?? IDLE_TIMEOUT_MS }
+          : dead > 0 && Number.isFinite(dead) && { pingMs: (dead * 2) / 3, timeoutMs: dead };
         return new Session(link, writer, reader, frames, rest, reply.result.Ok.Welcome, hooks, keepAlive);
       }
     };
@@ -186,7 +195,9 @@ export class Session {
     this.readControl(reader, frames, leftover);
     this.acceptRoomStreams();
     this.readDatagrams();
-    if (typeof wt.receivedAt === 'number' && keepAlive) this.#keepAlive(keepAlive);
+    /** When anything last arrived (`heard`): the control stream, a room stream, a datagram. */
+    this.heardAt = performance.now();
+    if (keepAlive) this.#keepAlive(keepAlive);
     wt.closed.then(
       (info) => this.lost({ code: info?.closeCode ?? ErrorCode.NoError, reason: info?.reason || 'connection closed' }),
       (err) => this.lost({ code: ErrorCode.Internal, reason: `connection lost: ${err?.message ?? err}` }),
@@ -234,13 +245,23 @@ export class Session {
     }
   }
 
+  /** Something arrived from the server now. */
+  heard() {
+    this.heardAt = performance.now();
+  }
+
+  /** When anything last arrived: the WebSocket's own `receivedAt` (its pings and pongs too), else `heardAt`. */
+  #lastHeard() {
+    return typeof this.wt.receivedAt === 'number' ? this.wt.receivedAt : this.heardAt;
+  }
+
   /**
-   * Over the WebSocket (whose `receivedAt` says when it last received anything): the browser answers the server's
-   * pings without telling JS, so a connection that died quietly (a network change, a NAT timeout, sleep) would look
-   * idle for ever. After `pingMs` without receiving anything a Ping goes on the control stream; once nothing has
-   * arrived for `timeoutMs`, the Ping included, the connection is lost (and the client reconnects). Whatever arrives
-   * puts both off. A Ping always gets `timeoutMs - pingMs` to be answered: a timer that fired late (a background
-   * tab's may wait a minute) is not taken for a dead connection.
+   * The browser answers the server's WebSocket pings and QUIC's keep-alives without telling JS, so a connection
+   * that died quietly (a network change, a NAT timeout, sleep, a node gone) would look idle until the transport's
+   * own timeout, if any. After `pingMs` without receiving anything a Ping goes on the control stream; once nothing
+   * has arrived for `timeoutMs`, the Ping included, the connection is lost (and the client reconnects). Whatever
+   * arrives puts both off. A Ping always gets `timeoutMs - pingMs` to be answered: a timer that fired late (a
+   * background tab's may wait a minute) is not taken for a dead connection.
    */
   #keepAlive({ pingMs, timeoutMs }) {
     let pingAt = null; // when the keep-alive Ping now unanswered went out
@@ -249,8 +270,9 @@ export class Session {
       this.keepAliveTimer = null;
       if (this.closedWhy) return;
       const now = performance.now();
-      if (pingAt !== null && this.wt.receivedAt >= pingAt) pingAt = null; // something came since
-      const idle = now - this.wt.receivedAt;
+      const heardAt = this.#lastHeard();
+      if (pingAt !== null && heardAt >= pingAt) pingAt = null; // something came since
+      const idle = now - heardAt;
       if (idle < pingMs) {
         this.keepAliveTimer = setTimeout(check, pingMs - idle);
         return;
@@ -353,6 +375,7 @@ export class Session {
           this.wt.closed.then(() => clearTimeout(grace), () => clearTimeout(grace));
           return undefined;
         }
+        this.heard();
         for (const body of frames.push(value)) this.dispatch(wire.ServerMsg.decode(body));
       }
     } catch (err) {
@@ -401,6 +424,7 @@ export class Session {
       for (;;) {
         const { done, value } = await datagrams.read();
         if (done) return;
+        this.heard();
         if (isProbe(value)) continue; // a tail-loss probe: it only elicits an ACK
         if (isCopy(value)) {
           let copy;

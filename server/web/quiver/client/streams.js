@@ -16,7 +16,7 @@ import { callBack } from './values.js';
  * reason: the room could not go on from it, and would otherwise wait for good.
  */
 export async function readRoomStream(rooms, session, stream, order) {
-  const frames = roomFrames(stream, session.maxFrame, session.unfinished);
+  const frames = roomFrames(stream, session.maxFrame, session.unfinished, () => session.heard?.());
   const broken = (code, reason) => {
     frames.cancel();
     session.lost({ code, reason });
@@ -85,9 +85,10 @@ export const UNFINISHED_FRAME_BYTES = 64 * 1024 * 1024;
 /**
  * Reads one room stream frame by frame: `next()` resolves to a RoomFrame value, or null at the stream's end.
  * `unfinished` (`{ held }`, one per session) counts the bytes of unfinished frames its room streams hold together;
- * `next()` throws a QuiverDecodeError past UNFINISHED_FRAME_BYTES.
+ * `next()` throws a QuiverDecodeError past UNFINISHED_FRAME_BYTES. `heard()`, if given, is told of every chunk (the
+ * session's dead-server watchdog).
  */
-export function roomFrames(stream, maxFrame, unfinished = { held: 0 }) {
+export function roomFrames(stream, maxFrame, unfinished = { held: 0 }, heard = null) {
   const reader = stream.getReader();
   const frames = new FrameReader(maxFrame);
   const queue = [];
@@ -107,6 +108,7 @@ export function roomFrames(stream, maxFrame, unfinished = { held: 0 }) {
             hold(0);
             return null;
           }
+          heard?.();
           // (Not `push(...frames)`: a chunk of many tiny frames would pass more arguments than a call takes.)
           for (const body of frames.push(value)) queue.push(body);
           hold(frames.pending);

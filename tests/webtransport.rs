@@ -230,3 +230,18 @@ async fn datagrams_before_a_connect_are_dropped_as_they_come() {
     conn.close(0u32.into(), b"done");
     server.stop().await;
 }
+
+/// A connection on the browsers' ALPN that never sends its CONNECT is closed at `handshake_timeout_ms` and counted
+/// as a silent native connection is (`handshake_timeouts`): it was counted nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_lane_connection_that_never_connects_is_counted_as_a_handshake_timeout() {
+    let server = TestServer::start(Limits { handshake_timeout_ms: 300, ..Limits::default() });
+    let config = quiver_client::quinn_client_config(&server.trust(), server.addr, quiver_proto::ALPN_H3).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(server.addr, "localhost").unwrap().await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("closed by the server");
+    assert!(matches!(closed, quinn::ConnectionError::ApplicationClosed(_)), "{closed:?}");
+    assert_eq!(server.stats.snapshot().handshake_timeouts, 1);
+    server.stop().await;
+}

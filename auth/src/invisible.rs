@@ -7,8 +7,8 @@
 /// ZWNJ, the combining grapheme joiner, variation selectors) anywhere but where they change a character's form:
 /// a selector once after what it selects a form of ([`selects`]: an emoji, a CJK ideograph, ...), a joiner between
 /// two letters of a script whose letters it joins or parts ([`joins`]) or in an emoji sequence (a ZWJ may also
-/// follow an emoji's U+FE0F: 🏳️‍🌈); and tag characters anywhere but in a flag's tag sequence (U+1F3F4, tags, the
-/// cancel tag). `alice` followed by any of them reads as
+/// follow an emoji's U+FE0F: 🏳️‍🌈); and tag characters anywhere but in the three flags drawn as such (England,
+/// Scotland, Wales: U+1F3F4, their tags, the cancel tag). `alice` followed by any of them reads as
 /// `alice`; 👩‍💻, ❤️, 🏴󠁧󠁢󠁳󠁣󠁴󠁿 and Persian names spelled with ZWNJ stay names, and so do two sequences whose
 /// invisible part changes how the letters around it are drawn: a keycap (`1` U+FE0F U+20E3: 1️⃣; the same without
 /// U+FE0F, drawn alike by emoji fonts, is refused) and the Mongolian vowel separator (U+180E) before the final a or
@@ -16,9 +16,16 @@
 /// U+0D4D, a ZWJ) is refused: it reads as the atomic chillu (U+0D7A–U+0D7F), the spelling to use.
 pub(crate) fn has_invisible(sub: &str) -> bool {
     let (mut before, mut before2): (Option<char>, Option<char>) = (None, None);
-    let mut chars = sub.chars().peekable();
-    while let Some(c) = chars.next() {
-        let next = chars.peek().copied();
+    // Where the tags of a flag drawn as such end (a char index), once its U+1F3F4 has been seen.
+    let mut in_flag: Option<usize> = None;
+    let mut chars = sub.char_indices().peekable();
+    let mut i = 0usize;
+    while let Some((at, c)) = chars.next() {
+        i += 1;
+        let next = chars.peek().map(|&(_, n)| n);
+        if c == '\u{1F3F4}' {
+            in_flag = flag_tags(&sub[at + c.len_utf8()..]).map(|tags| i + tags);
+        }
         let shown = match c {
             // A keycap: a digit, `#` or `*`, U+FE0F, then the enclosing keycap (without U+FE0F it reads the same).
             '\u{FE0F}' if before.is_some_and(is_keycap_base) && next == Some('\u{20E3}') => true,
@@ -70,12 +77,10 @@ pub(crate) fn has_invisible(sub: &str) -> bool {
                 let after = before.is_some_and(|b| joins(b) || is_emoji(b)) || selected_emoji;
                 after && next.is_some_and(|n| joins(n) || is_emoji(n))
             }
-            // Tags: only in a flag's sequence (U+1F3F4, then tags, then the cancel tag U+E007F that ends it).
-            '\u{E0020}'..='\u{E007E}' => {
-                before.is_some_and(|b| b == '\u{1F3F4}' || ('\u{E0020}'..='\u{E007E}').contains(&b))
-                    && next.is_some_and(|n| ('\u{E0020}'..='\u{E007F}').contains(&n))
-            }
-            '\u{E007F}' => before.is_some_and(|b| ('\u{E0020}'..='\u{E007E}').contains(&b)),
+            // Tags: only as one of the three flags drawn as such (England, Scotland, Wales: U+1F3F4, the tags of
+            // `gbeng`, `gbsct` or `gbwls`, the cancel tag). Any other tag sequence is drawn as a plain 🏴, so
+            // `ann🏴` with tags of its own choosing would read as `ann🏴`.
+            '\u{E0020}'..='\u{E007F}' => in_flag.is_some_and(|end| i <= end),
             _ => true,
         };
         if !shown {
@@ -85,6 +90,19 @@ pub(crate) fn has_invisible(sub: &str) -> bool {
     }
     // A joiner or selector last joins nothing.
     before.is_some_and(|last| matches!(last, '\u{200C}'..='\u{200D}' | '\u{034F}'))
+}
+
+/// How many characters of tags follow a U+1F3F4 at the start of `rest` when they make one of the three flags drawn
+/// as such (Unicode's recommended emoji tag sequences: England, Scotland, Wales), cancel tag included.
+fn flag_tags(rest: &str) -> Option<usize> {
+    const FLAGS: [&str; 3] = ["gbeng", "gbsct", "gbwls"];
+    let tags: String = rest
+        .chars()
+        .take_while(|c| ('\u{E0020}'..='\u{E007E}').contains(c))
+        .filter_map(|c| char::from_u32(u32::from(c) - 0xE0000))
+        .collect();
+    let cancelled = rest.chars().nth(tags.chars().count()) == Some('\u{E007F}');
+    (cancelled && FLAGS.contains(&tags.as_str())).then(|| tags.chars().count() + 1)
 }
 
 /// The six Malayalam consonants with an atomic chillu (ക ണ ന ര ല ള).
@@ -129,7 +147,7 @@ fn is_emoji(c: char) -> bool {
 }
 
 /// Whether selector `c` selects a form of `b`: the emoji and text presentation selectors (U+FE0E, U+FE0F) after
-/// an emoji; the standardized variation selectors (U+FE00–U+FE0D) after a CJK ideograph, an emoji, a mathematical
+/// an emoji; the standardized variation selectors (U+FE00–U+FE0D) after a CJK ideograph, a mathematical
 /// operator or a letter of the scripts that define sequences with them (Myanmar, Phags-pa, Manichaean, Egyptian
 /// hieroglyphs); ideographic variation selectors (U+E0100–U+E01EF) after a CJK ideograph; Mongolian's free
 /// variation selectors after a Mongolian letter. The combining grapheme joiner (U+034F) selects nothing visible.
@@ -139,7 +157,6 @@ fn selects(c: char, b: char) -> bool {
         '\u{FE0E}' | '\u{FE0F}' => is_emoji(b),
         '\u{FE00}'..='\u{FE0D}' => {
             cjk(b)
-                || is_emoji(b)
                 || matches!(
                     b,
                     '\u{2200}'..='\u{22FF}'

@@ -307,7 +307,7 @@ impl ControlSession {
                 // The identity rule is quiver-auth's, the one tokens' subjects follow.
                 quiver_auth::check_subject(name)
                     .map_err(|err| Failure::new(ErrorCode::BadRequest, format!("name: {err}")))?;
-                name.clone()
+                quiver_auth::identity(name).into_owned()
             }
             (None, None) => format!("anon-{:016x}", self.session_id),
         };

@@ -165,32 +165,43 @@ fn is_host_name(host: &str) -> bool {
             .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
 }
 
-/// Why `origin` can never equal a browser's `Origin` header (`scheme://host[:port]`, the scheme's default port left
-/// out), which the allow-list is compared with as a string; `None` when it can.
 /// Why `path` cannot be `web.path`, if it cannot: the WebTransport lane compares it with the request URL's path as
-/// the URL parser normalises it (dot segments resolved, a space or a non-ASCII letter percent-encoded), the
-/// WebSocket lane with the request line's target as sent, so a path either would rewrite never matched, with no
-/// error at start. A plain path is the same in both: `/` and segments of RFC 3986's unreserved characters and
-/// sub-delimiters, `:` and `@`, none of them `.` or `..` or empty, and no `%`, `?` or `#`.
+/// the URL parser normalises it (dot segments resolved, `%2e` among them; a space, a quote or a non-ASCII letter
+/// percent-encoded, in upper-case hex), the WebSocket lane with the request line's target as sent, so a path either
+/// would rewrite never matched, with no error at start. A path both lanes see as written: `/` and segments (empty
+/// ones too: a trailing `/`, `//`) of RFC 3986's unreserved characters and sub-delimiters, `:`, `@` and
+/// percent-encodings in upper-case hex (`/caf%C3%A9`, which a browser sends for `/café`), none of them `.` or `..`.
 fn not_a_plain_path(path: &str) -> Option<&'static str> {
     let Some(rest) = path.strip_prefix('/') else {
         return Some("must start with /");
     };
-    if rest.is_empty() {
-        return None; // "/" itself
-    }
     let plain = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@".contains(c);
+    let upper_hex = |c: u8| c.is_ascii_digit() || (b'A'..=b'F').contains(&c);
     for segment in rest.split('/') {
-        if segment.is_empty() || segment == "." || segment == ".." {
-            return Some("has an empty, . or .. segment (a URL parser rewrites those: it would never match)");
+        let dots = segment.to_ascii_lowercase().replace("%2e", ".");
+        if dots == "." || dots == ".." {
+            return Some("has a . or .. segment (a URL parser resolves those: it would never match)");
         }
-        if !segment.chars().all(plain) {
-            return Some("has a character a URL would percent-encode, or %, ? or # (it would never match)");
+        let bytes = segment.as_bytes();
+        let mut at = 0;
+        while at < bytes.len() {
+            match bytes[at] {
+                b'%' if bytes.get(at + 1..at + 3).is_some_and(|hex| hex.iter().all(|&h| upper_hex(h))) => at += 3,
+                b if b.is_ascii() && plain(char::from(b)) => at += 1,
+                _ => {
+                    return Some(
+                        "has a character a URL would percent-encode, a % not followed by two upper-case hex digits, \
+                         or a ? or # (it would never match; write /café as /caf%C3%A9)",
+                    )
+                }
+            }
         }
     }
     None
 }
 
+/// Why `origin` can never equal a browser's `Origin` header (`scheme://host[:port]`, the scheme's default port left
+/// out), which the allow-list is compared with as a string; `None` when it can.
 fn not_an_origin(origin: &str) -> Option<&'static str> {
     let Some((scheme, rest)) = origin.split_once("://") else {
         return Some("is not an origin (https://host[:port])");

@@ -78,3 +78,44 @@ async fn at_the_backlog_bound_posts_are_refused_until_the_store_catches_up() {
     let page = hub.history("r", None, 1_000, usize::MAX, 20).await.unwrap();
     assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=taken + 1).collect::<Vec<_>>());
 }
+
+/// During a stall a room takes more posts than its dedupe window holds (`dedupe_max_entries`); a retry of the first,
+/// still waiting for its commit, is still known: it gets its original's seq once the store moves, and is stored
+/// once. The count bound forgot it before, and the retry was sequenced anew and stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_a_post_waiting_past_the_dedupe_count_is_still_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { dedupe_max_entries: 2, ..Limits::default() };
+    let hub = Arc::new(open(dir.path(), limits, Budget::default()));
+    let post = |hub: &Arc<LocalRooms>, client_msg_id| {
+        let hub = Arc::clone(hub);
+        async move {
+            let body = Bytes::from(format!("post {client_msg_id}"));
+            hub.post(PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id, body, now_us: 10 }).await
+        }
+    };
+    post(&hub, 1).await.expect("the room made and stored").1.flush();
+    let store = hub.store().unwrap().clone();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    drop(store.submit(crate::store::Op::Hold(std::sync::Mutex::new(wait), std::sync::Mutex::new(None))));
+    let mut waiting = Vec::new();
+    for id in 2..=6 {
+        let before = store.backlog().bytes();
+        waiting.push(tokio::spawn(post(&hub, id)));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while store.backlog().bytes() == before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    // Post 2 is seq 2, waiting; four more came after it, past the window's two.
+    let retry = tokio::spawn(post(&hub, 2));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    go.send(()).unwrap();
+    for post in waiting {
+        post.await.unwrap().expect("stored once the store moved").1.flush();
+    }
+    let (retried, _) = retry.await.unwrap().expect("the retry answered");
+    assert_eq!(retried, Posted { seq: 2, duplicate: true });
+    let page = hub.history("r", None, 1_000, usize::MAX, 20).await.unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>(), "stored once");
+}

@@ -56,8 +56,12 @@ impl DedupeWindow {
         self.seq_of(identity, client_msg_id)
     }
 
-    /// Remembers that this post got `seq` at `now_us`.
-    pub fn record(&mut self, identity: &str, client_msg_id: u64, seq: u64, now_us: u64) {
+    /// Remembers that this post got `seq` at `now_us`. The count bound forgets the oldest posts, but none after seq
+    /// `delivered` (sequenced, not stored yet, as [`DedupeWindow::expire`]): during a disk stall a busy room took
+    /// more than `max_entries` posts, forgot the first while they waited, and a retry of one of them (its poster
+    /// reconnected) was sequenced anew and stored twice. The window then holds more than `max_entries` until the
+    /// store catches up, bounded by the store's backlog (`budget.store_backlog_bytes`).
+    pub fn record(&mut self, identity: &str, client_msg_id: u64, seq: u64, now_us: u64, delivered: u64) {
         let shared = match self.seqs.get_key_value(identity) {
             Some((shared, _)) => Arc::clone(shared),
             None => {
@@ -71,7 +75,13 @@ impl DedupeWindow {
         }
         self.bytes += ENTRY_COST;
         self.order.push_back((shared, client_msg_id, seq, now_us));
-        while self.order.len() > self.max_entries {
+        self.bound(delivered);
+    }
+
+    /// Forgets the oldest posts beyond `max_entries`, but none after seq `delivered`.
+    fn bound(&mut self, delivered: u64) {
+        while self.order.len() > self.max_entries && self.order.front().is_some_and(|(_, _, seq, _)| *seq <= delivered)
+        {
             self.forget_oldest();
         }
     }
@@ -126,6 +136,7 @@ impl DedupeWindow {
         {
             self.forget_oldest();
         }
+        self.bound(delivered); // what the count bound kept while it waited for its commit
         if self.order.is_empty() && self.order.capacity() > 0 {
             self.order = VecDeque::new();
             self.seqs = HashMap::new();
@@ -148,7 +159,7 @@ mod tests {
     #[test]
     fn remembers_within_the_window_only() {
         let mut d = DedupeWindow::new(1_000, 100);
-        d.record("alice", 7, 42, 0);
+        d.record("alice", 7, 42, 0, u64::MAX);
         assert_eq!(d.lookup("alice", 7, 1_000, u64::MAX), Some(42));
         assert_eq!(d.lookup("bob", 7, 1_000, u64::MAX), None, "keys are per identity");
         assert_eq!(d.lookup("alice", 7, 1_001, u64::MAX), None);
@@ -160,7 +171,7 @@ mod tests {
     #[test]
     fn a_post_not_stored_yet_is_remembered_past_the_window() {
         let mut d = DedupeWindow::new(1_000, 100);
-        d.record("alice", 7, 42, 0);
+        d.record("alice", 7, 42, 0, u64::MAX);
         assert_eq!(d.lookup("alice", 7, 5_000, 41), Some(42), "42 waits for its commit");
         assert_eq!(d.lookup("alice", 7, 5_000, 42), None, "stored: the window applies");
     }
@@ -168,10 +179,10 @@ mod tests {
     #[test]
     fn memory_is_counted_and_returned() {
         let mut d = DedupeWindow::new(u64::MAX, 100);
-        d.record("ann", 1, 1, 0);
-        d.record("ann", 1, 1, 0);
-        d.record("bo", 2, 2, 0);
-        d.record("bo", 3, 3, 0);
+        d.record("ann", 1, 1, 0, u64::MAX);
+        d.record("ann", 1, 1, 0, u64::MAX);
+        d.record("bo", 2, 2, 0, u64::MAX);
+        d.record("bo", 3, 3, 0, u64::MAX);
         let bo = identity_cost("bo") + 2 * ENTRY_COST;
         assert_eq!(d.bytes(), identity_cost("ann") + ENTRY_COST + bo, "a key recorded twice counts once");
         assert!(d.forget_oldest());
@@ -186,7 +197,7 @@ mod tests {
     fn the_posts_remembered_in_a_seq_range_are_read_oldest_first_without_the_forgotten() {
         let mut d = DedupeWindow::new(u64::MAX, 100);
         for seq in 1..=6 {
-            d.record("ann", 100 + seq, seq, seq);
+            d.record("ann", 100 + seq, seq, seq, u64::MAX);
         }
         let seqs = |d: &DedupeWindow, from, before| d.remembered(from, before).map(|e| e.2).collect::<Vec<_>>();
         assert_eq!(seqs(&d, 2, 6), [2, 3, 4, 5]);
@@ -196,7 +207,7 @@ mod tests {
         // Posts 5 and 6 never stored: forgotten, and their seqs given to other posts.
         d.forget_from(5);
         assert_eq!((d.lookup("ann", 105, 6, u64::MAX), d.lookup("ann", 104, 6, u64::MAX)), (None, Some(4)));
-        d.record("bo", 1, 5, 7);
+        d.record("bo", 1, 5, 7, u64::MAX);
         assert_eq!(seqs(&d, 0, u64::MAX), [1, 2, 3, 4, 5], "still in seq order");
         assert_eq!(d.bytes(), identity_cost("ann") + identity_cost("bo") + 5 * ENTRY_COST);
     }
@@ -205,9 +216,23 @@ mod tests {
     fn bounded_in_count() {
         let mut d = DedupeWindow::new(u64::MAX, 2);
         for id in 1..=3 {
-            d.record("a", id, id, 0);
+            d.record("a", id, id, 0, u64::MAX);
         }
         assert_eq!(d.lookup("a", 1, 0, u64::MAX), None);
         assert_eq!(d.lookup("a", 3, 0, u64::MAX), Some(3));
+    }
+
+    /// The count bound forgets no post that waits for its commit (a seq after `delivered`): a retry of one forgotten
+    /// was sequenced anew and stored twice. Once they are stored, the bound applies again.
+    #[test]
+    fn the_count_bound_keeps_posts_not_stored_yet() {
+        let mut d = DedupeWindow::new(u64::MAX, 2);
+        for id in 1..=5 {
+            d.record("a", id, id, 0, 0); // a stalled disk: nothing stored
+        }
+        assert_eq!(d.lookup("a", 1, 0, 0), Some(1), "post 1 waits for its commit: remembered");
+        assert_eq!(d.lookup("a", 5, 0, 3), Some(5));
+        assert_eq!(d.lookup("a", 1, 0, 3), None, "1 to 3 stored: the bound keeps the newest two of what it may forget");
+        assert_eq!((d.lookup("a", 3, 0, 3), d.lookup("a", 4, 0, 3)), (None, Some(4)));
     }
 }

@@ -355,7 +355,9 @@ impl Room {
         })?;
         let frame = frame.freeze();
         self.sequenced_seq = seq;
-        self.dedupe.record(identity, client_msg_id, seq, now_us);
+        // (In memory the post is delivered below, under this lock: it counts as delivered.)
+        let delivered = if self.disk.is_some() { self.delivered_seq } else { seq };
+        self.dedupe.record(identity, client_msg_id, seq, now_us, delivered);
         let posted = Posted { seq, duplicate: false };
         if let Some(disk) = &mut self.disk {
             let mut commit = disk.append(seq, now_us, frame);

@@ -99,7 +99,7 @@ impl Room {
         room.sequenced_seq = stored.last_seq;
         room.delivered_seq = stored.last_seq;
         for (identity, client_msg_id, seq, time_us) in &stored.dedupe {
-            room.dedupe.record(identity, *client_msg_id, *seq, *time_us);
+            room.dedupe.record(identity, *client_msg_id, *seq, *time_us, stored.last_seq);
         }
         // From 0: entries below the loaded window (expired, or past `max_entries`) are deleted by the first trim.
         let dedupe_trimmed = 0;

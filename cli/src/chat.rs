@@ -115,6 +115,12 @@ pub(crate) fn terminal_text(body: &[u8]) -> String {
     text.chars().map(|c| if acted_on(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
+/// Text of this program's own that may carry the server's words (an error, a refusal's reason), line by line as
+/// [`terminal_text`] shows a body: its own line breaks kept, everything else a terminal would act on escaped.
+pub(crate) fn terminal_lines(text: &str) -> String {
+    text.split('\n').map(|line| terminal_text(line.as_bytes())).collect::<Vec<_>>().join("\n")
+}
+
 /// A name from the server (a sender, a member, this session's identity) as [`terminal_text`] shows a body: servers
 /// refuse control characters in identities, but the server is not to be trusted with the reader's terminal.
 pub(crate) fn terminal_name(name: &str) -> String {
@@ -196,7 +202,7 @@ impl Out {
             };
             return self.json(&ChatLine::State { state: name, detail: state.to_string() });
         }
-        crate::err!("* {state}");
+        crate::err!("* {}", terminal_lines(&state.to_string()));
     }
 
     fn posted(&self, line: u64, result: Result<u64, quiver_client::RequestError>, epoch: Option<u64>, text: &str) {
@@ -204,7 +210,9 @@ impl Out {
             (Ok(seq), true) => self.json(&ChatLine::Ack { room: &self.room, line, seq, epoch }),
             (Ok(_), false) => {}
             (Err(err), true) => self.json(&ChatLine::PostFailed { room: &self.room, line, error: err.to_string() }),
-            (Err(err), false) => crate::err!("* post of line {line} failed ({err}): {text}"),
+            (Err(err), false) => {
+                crate::err!("* post of line {line} failed ({}): {text}", terminal_lines(&err.to_string()))
+            }
         }
     }
 }
@@ -451,5 +459,6 @@ mod tests {
         assert_eq!(terminal_name("\u{202E}nimda"), "\\u{202e}nimda");
         assert_eq!(terminal_name("ann\u{1b}[31m"), "ann\\u{1b}[31m");
         assert_eq!(terminal_name("Zoë"), "Zoë");
+        assert_eq!(terminal_lines("refused: \u{1b}]52;c;x\u{7}\nhint"), "refused: \\u{1b}]52;c;x\\u{7}\nhint");
     }
 }

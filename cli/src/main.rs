@@ -70,10 +70,10 @@ pub(crate) struct TrustArgs {
     data_dir: PathBuf,
     /// Access token (JWT), e.g. from `quiver-server token --sub NAME`. Prefer `QUIVER_TOKEN` or --token-file: a
     /// command line is readable by every user of the machine (`ps`) for as long as the command runs.
-    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// A file holding the access token (surrounding whitespace ignored), read again at every connect, so that a
-    /// token renewed in place is used at the next reconnect.
+    /// token renewed in place is used at the next reconnect. Taken over --token and `QUIVER_TOKEN`.
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
 }
@@ -258,7 +258,8 @@ fn main() -> ExitCode {
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) => {
-            crate::err!("error: {err}");
+            // (The server's words may be in it: a refusal's reason, a close's.)
+            crate::err!("error: {}", chat::terminal_lines(&err.to_string()));
             ExitCode::FAILURE
         }
         Err(join) => {
@@ -300,7 +301,7 @@ mod tests {
     }
 
     /// --token-file is read at every connect (a token renewed in place is used at the next), and a missing or empty
-    /// file is an error naming it; --token and --token-file together are refused.
+    /// file is an error naming it; it is taken over --token (or `QUIVER_TOKEN`).
     #[tokio::test]
     async fn a_token_file_is_read_at_every_connect() {
         let dir = tempfile::tempdir().unwrap();
@@ -323,8 +324,11 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         let missing = provider.token().await.unwrap_err().to_string();
         assert!(missing.contains(&file.display().to_string()), "{missing}");
-        let both = ["quiver", "ping", "--token", "t", "--token-file", "f"];
-        assert!(Cli::try_parse_from(both).is_err(), "--token and --token-file together");
+        // With a token given too (QUIVER_TOKEN exported, say), the file is the one taken.
+        std::fs::write(&file, "from.file").unwrap();
+        let both = TrustArgs { token: Some("given".into()), ..trust };
+        let provider = both.token_provider(None, "192.0.2.1:4433").unwrap();
+        assert_eq!(provider.token().await.unwrap(), "from.file");
     }
 
     /// A loopback port that leads elsewhere (`ssh -L 4433:prod:4433`, trusted with prod's pin or a CA) gets no dev

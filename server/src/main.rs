@@ -176,15 +176,16 @@ impl clap::builder::TypedValueParser for Utf8Path {
     }
 }
 
-/// The process's environment as the settings read it. A `QUIVER_…` variable that is not UTF-8 is an error naming
-/// it: before, it was left out in silence (a `QUIVER_DATA_DIR` so dropped started the server on `.quiver`, while
-/// the `quiver` CLI, reading it as a path, looked in the directory meant).
+/// The process's environment as the settings read it. A variable naming a setting that is not UTF-8 is an error
+/// naming it: before, it was left out in silence (a `QUIVER_DATA_DIR` so dropped started the server on `.quiver`,
+/// while the `quiver` CLI, reading it as a path, looked in the directory meant). Others (`QUIVER_CONFIG`, a path
+/// read on its own; other programs' `QUIVER_…`) are left to their readers.
 fn environment() -> Result<Vec<(String, String)>, settings::SettingsError> {
     let mut out = Vec::new();
     for (key, value) in std::env::vars_os() {
         match (key.into_string(), value.into_string()) {
             (Ok(key), Ok(value)) => out.push((key, value)),
-            (Ok(key), Err(_)) if key.starts_with("QUIVER_") => {
+            (Ok(key), Err(_)) if settings::names_a_setting(&key) => {
                 return Err(settings::SettingsError::Override { origin: key, message: "not UTF-8 text".into() });
             }
             _ => {} // not a setting

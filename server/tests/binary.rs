@@ -164,6 +164,10 @@ fn paths_and_variables_that_are_not_utf8_or_empty_are_refused_naming_them() {
     assert!(!started && stderr.contains("QUIVER_DATA_DIR") && stderr.contains("UTF-8"), "{stderr}");
     let (started, stderr) = run(&[], Some("".as_ref()));
     assert!(!started && stderr.contains("data_dir") && stderr.contains("empty"), "{stderr}");
+    // A QUIVER_ variable that is no setting is its own reader's: QUIVER_CONFIG is a path, read as one.
+    let output = server().current_dir(dir.path()).env("QUIVER_CONFIG", &bad).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && !stderr.contains("UTF-8") && stderr.contains("caf"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no data directory was made: {stderr}");
 }
 

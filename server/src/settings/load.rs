@@ -201,6 +201,12 @@ pub fn keys() -> Vec<String> {
     keys
 }
 
+/// Whether environment variable `var` is read as a setting (or refused as naming a section's missing key), as
+/// [`load`] reads the environment: other programs' `QUIVER_…` variables (and `QUIVER_CONFIG`) are not.
+pub fn names_a_setting(var: &str) -> bool {
+    env_key(var, &keys()).is_some()
+}
+
 /// The setting an environment variable names: `None` when it names no section or top-level key (other programs'
 /// `QUIVER_…` variables), an error when it names a section but no key of it.
 fn env_key(var: &str, keys: &[String]) -> Option<Result<String, SettingsError>> {

@@ -26,7 +26,7 @@ use crate::{
     store::Durability,
     ServerConfig, TlsSource,
 };
-pub use load::{keys, load, Layers, Override, SettingsError, ENV_PREFIX};
+pub use load::{keys, load, names_a_setting, Layers, Override, SettingsError, ENV_PREFIX};
 pub use web::WebSettings;
 
 /// `quiver-server config init`: the configuration file with every key at its default, commented.

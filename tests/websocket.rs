@@ -278,6 +278,24 @@ async fn auto_keeps_a_slow_quic_handshake_where_no_websocket_answers() {
     client.post("r", "over a slow QUIC path").await.unwrap();
 }
 
+/// A HEAD to the WebSocket listener (a load balancer's check of the port) is answered without a body, its refusal
+/// too: the 404 carried one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_to_the_websocket_listener_gets_no_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(Limits::default());
+    let addr = server.websocket.expect("a WebSocket listener");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"HEAD /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
+    assert!(head.starts_with("HTTP/1.1 404"), "{answer}");
+    assert_eq!(body, "", "{answer}");
+    server.stop().await;
+}
+
 /// A shutdown does not wait for connections to the WebSocket listener that are still upgrading (half a request
 /// head here): the drain used to wait for them until the handshake timeout (60 s in this test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -381,6 +381,9 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
         },
         Err(response) => response,
     };
+    // A HEAD is answered without a body, refusals included (RFC 9110 §9.3.2; a load balancer's check of this port).
+    let mut response = response;
+    response.head_only |= crate::http::parse_request(&head).is_ok_and(|(head_only, ..)| head_only);
     // The places are held until the answer is written (at most 5 s): a peer that does not read its answers (the
     // page's, a refusal's) holds the listener's bounds, not more than they allow.
     answer(stream, response, &shutdown).await;

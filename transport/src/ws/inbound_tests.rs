@@ -240,3 +240,28 @@ async fn empty_and_tiny_chunks_cannot_grow_a_room_streams_queue_past_its_bound()
     });
     assert_eq!(within(sending).await.unwrap(), (2, ErrorCode::SlowConsumer));
 }
+
+/// Datagrams nobody reads yet are bounded in bytes, and the oldest go past the bound (latest wins, as QUIC's
+/// receive buffer): the newest were dropped, so a reader behind read stale ticks and never the latest.
+#[tokio::test]
+async fn datagrams_waiting_for_their_reader_keep_the_newest() {
+    let (mut server, client) = hostile_server().await;
+    let datagram = |n: u16| {
+        let mut bytes = vec![0u8; 1000];
+        bytes[..2].copy_from_slice(&n.to_be_bytes());
+        Message::Binary(WsMessage::Datagram(Bytes::from(bytes)).encode().to_vec())
+    };
+    for n in 1..=200 {
+        server.send(datagram(n)).await.unwrap();
+    }
+    // The last one queued before any is read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut read = Vec::new();
+    while read.last() != Some(&200) {
+        let bytes = within(client.read_datagram()).await.unwrap();
+        read.push(u16::from_be_bytes([bytes[0], bytes[1]]));
+    }
+    assert!(read[0] > 1, "the oldest were dropped: {read:?}");
+    assert!(read.windows(2).all(|w| w[1] == w[0] + 1), "the newest kept, in order: {read:?}");
+    assert!(read.len() * 1032 <= super::datagrams_in::INBOUND_DATAGRAM_BYTES, "{} waited", read.len());
+}

@@ -28,7 +28,6 @@ use super::{
 
 pub(super) struct Senders {
     pub(super) control: mpsc::Sender<Inbound>,
-    pub(super) datagrams: mpsc::Sender<Bytes>,
     pub(super) streams: mpsc::UnboundedSender<PendingStream>,
 }
 
@@ -232,7 +231,7 @@ async fn read_messages<S: AsyncRead + AsyncWrite + Unpin>(
                 return shared.refuse(ErrorCode::DatagramTooLarge, &reason);
             }
             WsMessage::Datagram(datagram) => {
-                let _ = inbound.datagrams.try_send(datagram);
+                shared.datagrams_in.push(datagram);
             }
             WsMessage::Close { code, reason } => return shared.finished(code, reason),
             WsMessage::Stop { id, code } if role == Role::Server => shared.stop_stream(id, code),

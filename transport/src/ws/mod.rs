@@ -16,6 +16,7 @@
 mod close_tests;
 #[cfg(test)]
 mod control_in_tests;
+mod datagrams_in;
 #[cfg(test)]
 mod inbound_tests;
 mod io;
@@ -185,8 +186,6 @@ pub(super) const INBOUND_CONNECTION_BYTES: usize = 16 * 1024 * 1024;
 /// allows more rooms ([`WsSession::set_max_inbound_streams`]); a server opening more is broken or hostile, and the
 /// connection is closed (`ProtocolViolation`).
 pub const MAX_INBOUND_STREAMS: usize = 4096;
-/// Datagrams waiting for their reader; more are dropped (as QUIC's receive buffer does).
-const INBOUND_DATAGRAMS: usize = 256;
 
 impl WsSession {
     /// Runs the connection over `ws` (an accepted or connected WebSocket, opened with [`WsConfig::websocket`]),
@@ -197,7 +196,6 @@ impl WsSession {
     {
         let (control_tx, control_rx) = mpsc::channel(INBOUND_MESSAGES);
         let control_room = tokio::sync::Semaphore::new(config.control_window.max(1));
-        let (datagrams_tx, datagrams_rx) = mpsc::channel(INBOUND_DATAGRAMS);
         let (streams_tx, streams_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             role,
@@ -209,7 +207,8 @@ impl WsSession {
             ended: Notify::new(),
             control_in: tokio::sync::Mutex::new(Some(control_rx)),
             control_room,
-            datagrams_in: tokio::sync::Mutex::new(datagrams_rx),
+            datagrams_in: Default::default(),
+            datagram_reader: tokio::sync::Mutex::new(()),
             streams_in: tokio::sync::Mutex::new(streams_rx),
             handle: std::sync::OnceLock::new(),
             received: Default::default(),
@@ -218,7 +217,7 @@ impl WsSession {
         let handle = Arc::new(Handle(shared.clone()));
         let _ = shared.handle.set(Arc::downgrade(&handle));
         let (sink, stream) = ws.split();
-        let inbound = io::Senders { control: control_tx, datagrams: datagrams_tx, streams: streams_tx };
+        let inbound = io::Senders { control: control_tx, streams: streams_tx };
         tokio::spawn(io::write_loop(sink, shared.clone()));
         tokio::spawn(io::read_loop(stream, shared.clone(), inbound));
         WsSession { handle }
@@ -374,9 +373,10 @@ impl WsSession {
 
     /// The next datagram from the peer.
     pub async fn read_datagram(&self) -> Result<Bytes, WsError> {
-        let mut datagrams = self.shared().datagrams_in.lock().await;
+        let shared = self.shared();
+        let _one_reader = shared.datagram_reader.lock().await;
         tokio::select! {
-            Some(datagram) = datagrams.recv() => Ok(datagram),
+            datagram = shared.datagrams_in.pop() => Ok(datagram),
             err = self.closed() => Err(err),
         }
     }

@@ -91,7 +91,10 @@ pub(super) struct Shared {
     /// Bytes the control stream may still receive before its reader takes some ([`super::WsConfig::control_window`]):
     /// taken by the read loop for each message it queues, given back as the reader takes them.
     pub(super) control_room: tokio::sync::Semaphore,
-    pub(super) datagrams_in: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
+    /// Datagrams received and not read yet (latest wins: the oldest dropped past its bound).
+    pub(super) datagrams_in: super::datagrams_in::DatagramsIn,
+    /// Held by the one reader of `datagrams_in` at a time.
+    pub(super) datagram_reader: tokio::sync::Mutex<()>,
     /// Room streams the server opened, until accepted (no handle inside: queued streams keep nothing alive).
     pub(super) streams_in: tokio::sync::Mutex<mpsc::UnboundedReceiver<PendingStream>>,
     /// Messages received so far (pings and pongs too): a peer that sends nothing is dead.

@@ -18,16 +18,28 @@ async fn left_in_grace(outbox: &StreamOutbox, stop: &CancellationToken) -> bool 
 /// presence and a rejoin refused `AlreadyJoined`); `None` once the stream or the connection ended. Pending while a
 /// flush holds the stream (it wakes the pump when it puts the stream back: `stop_watch_waits`) and for WebSocket
 /// streams (their stop signal tells).
+///
+/// Polled off the queue's lock, the stream taken out meanwhile as a flush takes it: quinn's stream calls take its
+/// connection's lock, and a room's fan-out takes the queue's lock under the room's, so a post to the room waited on
+/// one member's connection (its driver busy with a packet) while this held the queue. A flush that finds the
+/// stream taken wakes the pump, which writes what it queued.
 fn parked_stop(outbox: &StreamOutbox) -> impl Future<Output = Option<u32>> + '_ {
     std::future::poll_fn(move |cx| {
-        let mut queue = lock(&outbox.queue);
-        match queue.send.as_mut() {
-            Some(send) => send.poll_stopped(cx),
-            None => {
-                queue.stop_watch_waits = true;
-                Poll::Pending
+        let mut send = {
+            let mut queue = lock(&outbox.queue);
+            match queue.send.take() {
+                Some(send) => send,
+                None => {
+                    queue.stop_watch_waits = true;
+                    return Poll::Pending;
+                }
             }
-        }
+        };
+        let polled = send.poll_stopped(cx);
+        let mut queue = lock(&outbox.queue);
+        queue.send = Some(send);
+        outbox.notify_if_drained(&queue); // (a paged replay waiting saw the stream taken)
+        polled
     })
 }
 
@@ -50,10 +62,10 @@ enum Next {
     Drain(VecDeque<Bytes>, SendStream),
     /// Reset the stream: the subscriber fell behind.
     Reset(SendStream),
+    /// Finish the stream (the room was left and everything is written), then done.
+    Finish(SendStream),
     /// Nothing to do until woken (or a flush is writing and will wake the pump when it is done).
     Wait,
-    /// The room was left and everything is written, or the stream is gone.
-    Done,
 }
 
 fn next(outbox: &StreamOutbox) -> Next {
@@ -65,11 +77,8 @@ fn next(outbox: &StreamOutbox) -> Next {
         if !queue.closed {
             return Next::Wait;
         }
-        if let Some(mut send) = queue.send.take() {
-            send.finish();
-            return Next::Done;
-        }
-        return Next::Wait;
+        // Finished off the lock (as every quinn call: see `parked_stop`).
+        return queue.send.take().map_or(Next::Wait, Next::Finish);
     }
     let Some(send) = queue.send.take() else { return Next::Wait };
     queue.in_flight = std::mem::take(&mut queue.bytes);
@@ -199,7 +208,10 @@ pub(crate) async fn pump(
                     }
                 }
             }
-            Next::Done => return,
+            Next::Finish(mut send) => {
+                send.finish();
+                return;
+            }
         }
     }
 }

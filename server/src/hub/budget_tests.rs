@@ -391,6 +391,34 @@ async fn refused_new_rooms_do_not_each_scan_every_room() {
     assert_eq!(hub.usage().rooms_refused, 1_001);
 }
 
+/// At `max_rooms`, a room without members whose post waits for its commit is evictable a moment later: a new room
+/// refused meanwhile does not have the next ones refused without a scan for 100 ms (no leave or sweep tells that
+/// it became free, so the scan's throttle held them off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_settling_at_max_rooms_does_not_hold_new_rooms_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub =
+        Arc::new(crate::hub::durable_tests::open(dir.path(), Limits::default(), Budget { max_rooms: 2, ..budget() }));
+    let body = Bytes::from_static(b"x");
+    let _member = join(&hub, "a", None, 1).await;
+    post(&hub, "b", 1, &body, 2).await.expect("b made and stored");
+    let store = hub.store().unwrap().clone();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    drop(store.submit(crate::store::Op::Hold(std::sync::Mutex::new(wait), std::sync::Mutex::new(None))));
+    let waiting = {
+        let (hub, body) = (hub.clone(), body.clone());
+        tokio::spawn(async move { post(&hub, "b", 2, &body, 3).await })
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.backlog().bytes() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(post(&hub, "c", 1, &body, 10).await, Err(ErrorCode::ServerFull), "b waits for its commit");
+    go.send(()).unwrap();
+    assert_eq!(waiting.await.unwrap(), Ok(2));
+    assert_eq!(post(&hub, "c", 1, &body, 11).await, Ok(1), "b settled: evicted for c at once, not 100 ms later");
+}
+
 /// Rooms loaded by History reads (a durable hub after a restart) take memory without a post, and no post comes to
 /// shed it: the sweep sheds then (it used to leave the hub over its budget until the next post).
 #[tokio::test]

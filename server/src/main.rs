@@ -11,7 +11,7 @@ use quiver_server::{
     settings::{self, DiskDurability, Layers, LogFormat, LogSettings, Override, Settings, StoreKind},
     signals::{self, Reread, Served, Signals},
     store::Durability,
-    token::{Signer, TokenCommandError, TokenRequest},
+    token::TokenArgs,
     Server,
 };
 use tokio_util::sync::CancellationToken;
@@ -221,79 +221,6 @@ enum ConfigCommand {
     },
     /// Print the effective settings (--config FILE, environment, flags) as TOML, secrets redacted.
     Print,
-}
-
-/// `quiver-server token`: without --room or --channel the token grants every right on every room and channel.
-#[derive(Debug, Clone, clap::Args)]
-struct TokenArgs {
-    /// The subject: the identity the client gets.
-    #[arg(long)]
-    sub: String,
-    /// A room pattern the token may join (dot-separated; `*` one segment, final `**` the rest). Repeatable.
-    #[arg(long = "room", value_name = "PATTERN")]
-    rooms: Vec<String>,
-    /// Also allow posting to the --room patterns.
-    #[arg(long)]
-    post: bool,
-    /// A channel pattern the token may subscribe to. Repeatable.
-    #[arg(long = "channel", value_name = "PATTERN")]
-    channels: Vec<String>,
-    /// Also allow publishing on the --channel patterns.
-    #[arg(long)]
-    publish: bool,
-    /// Validity, e.g. 90s, 30m, 1h, 7d.
-    #[arg(long, default_value = "1h")]
-    ttl: String,
-    /// The server's data directory (its dev key signs the token). Default: the server's own, from its
-    /// configuration (--config, QUIVER_CONFIG, QUIVER_DATA_DIR, the --data-dir before `token`), else .quiver.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Create the dev key in --data-dir if there is none (said on stderr): servers started on that directory from
-    /// then on accept the token. Without it, a missing dev key is an error.
-    #[arg(long, conflicts_with_all = ["hs256_key", "ed25519_private_key"])]
-    init_key: bool,
-    /// Sign with the HS256 secret in this file (hex, at least 64 digits: a server's --hs256-key) instead of the dev
-    /// key.
-    #[arg(long, value_name = "FILE", conflicts_with = "ed25519_private_key")]
-    hs256_key: Option<PathBuf>,
-    /// Sign with this Ed25519 private key (PKCS#8 PEM) instead of the dev key.
-    #[arg(long, value_name = "FILE")]
-    ed25519_private_key: Option<PathBuf>,
-}
-
-impl TokenArgs {
-    /// What to mint: signed with the key given, else with what the server's configuration (`settings`) verifies
-    /// tokens with: its HS256 secret or first HS256 key file, else the dev key in its data directory. A token no
-    /// such server would accept is refused here, not printed.
-    fn request(
-        self,
-        settings: impl FnOnce() -> Result<Settings, TokenCommandError>,
-    ) -> Result<TokenRequest, TokenCommandError> {
-        let explicit = match (self.hs256_key.clone(), self.ed25519_private_key.clone(), self.data_dir.clone()) {
-            (Some(path), _, _) => Some(Signer::Hs256Key(path)),
-            (None, Some(path), _) => Some(Signer::Ed25519PrivateKey(path)),
-            (None, None, Some(data_dir)) => Some(Signer::DevKey { data_dir, create: self.init_key }),
-            (None, None, None) => None,
-        };
-        // The configuration is read only when nothing says what to sign with (it may be unreadable to whoever
-        // mints with a key file of their own).
-        let signer = match explicit {
-            Some(signer) => signer,
-            None => {
-                let settings = settings()?;
-                quiver_server::token::configured_signer(&settings.auth, &settings.data_dir, self.init_key)?
-            }
-        };
-        Ok(TokenRequest {
-            sub: self.sub,
-            rooms: self.rooms,
-            post: self.post,
-            channels: self.channels,
-            publish: self.publish,
-            ttl: self.ttl,
-            signer,
-        })
-    }
 }
 
 fn main() -> ExitCode {

@@ -12,9 +12,8 @@ import {
 } from './client/handles.js';
 import { sendPosts } from './client/posts.js';
 import { RefusalWindow, Signal, Timers, Turns, acrossReconnects, oneRejoinAtATime, restore } from './client/waiting.js';
-import {
-  REFUSED_FOR_NOW, callBack, clientDefaults, expectReply, leftAnyway, toBytes, unixUs,
-} from './client/values.js';
+import { REFUSED_FOR_NOW, callBack, clientDefaults, expectReply } from './client/values.js';
+import { leftAnyway, toBytes, unixUs } from './client/values.js';
 
 /**
  * A Quiver session over WebTransport (or a WebSocket) that survives connection loss: it reconnects with jittered
@@ -55,26 +54,25 @@ export class QuiverClient {
 
   /**
    * Connects to `url` (e.g. "https://127.0.0.1:4433/quiver"; an array of URLs: the nodes of a cluster, raced: the next
-   * one tried alongside 250 ms later or as soon as one fails, the first to answer used, and after a lost connection
-   * the node after it first) and opens the session. Options: `certHash` (64 hex digits of the
-   * server certificate's SHA-256, for `serverCertificateHashes`; null to rely on the browser's trust), `name` and
-   * `token` (sent in Hello; without a name the client picks `guest-` and 16 random hex digits, kept across
-   * reconnects), `reconnect` (default true), `onStatus(status, detail)`, `onNotice(notice)` (server
+   * 250 ms after the one before or once it fails, the node after a lost one first) and opens the session. Options:
+   * `certHash` (64 hex digits of the server certificate's SHA-256, for `serverCertificateHashes`; null to rely on the
+   * browser's trust), `name` and `token` (sent in Hello; without a name the client picks `guest-` and 16 random hex
+   * digits, kept across reconnects), `reconnect` (default true), `onStatus(status, detail)`, `onNotice(notice)` (server
    * pushes: `{type: 'goaway'|'kicked'|'error', code, reason, room?}`, and rooms that could not be rejoined),
    * `onAttempt({attempt, lastError, nextTryMs})` (while reconnecting, before each attempt: which one, why the link is
    * down or the last attempt failed, and when the next starts; the same object is `client.reconnecting`),
-   * `connectTimeoutMs` (10000), `reconnectDelayMs` (50), `reconnectMaxDelayMs` (5000), `copies` (2) and
-   * `copySpacingMs` (5) (redundant rooms: datagram copies per post and the time between them; QUIC only), `transport`
-   * ('auto': WebTransport, joined by the WebSocket when it fails or is not ready within `fallbackTimeoutMs` (2000, at
-   * most half of connectTimeoutMs), the first one ready used; once the WebSocket won, reconnects try both at once;
+   * `connectTimeoutMs` (10000), `reconnectDelayMs` (50), `reconnectMaxDelayMs` (5000), `copies` (2) and `copySpacingMs`
+   * (5) (redundant rooms: datagram copies per post and the time between them; QUIC only), `transport` ('auto':
+   * WebTransport, joined by the WebSocket when it fails or is not ready within `fallbackTimeoutMs` (2000, at most half
+   * of connectTimeoutMs), the first one ready used; once the WebSocket won, reconnects try both at once;
    * 'webtransport'; 'websocket'), `websocketUrl` (default: the URL with `wss:`; an array: one per URL),
-   * `onTransport(transport, fallback)` (at the first connection and on a change: 'webtransport' or 'websocket', and
-   * why WebTransport was not used, else null), `keepAliveMs` (10000) and `idleTimeoutMs` (30000) (over the WebSocket:
-   * a Ping after that long without receiving anything, the connection lost after this long), `deadServerAfterMs`
-   * (12000; 0: never) (over WebTransport: the connection lost after this long without receiving anything, a Ping
-   * having gone out after two thirds of it, as the Rust client's `dead_server_after`), `webTransport` and
-   * `webSocket` (the constructors; replaceable for tests; a function as `transport` is taken as `webTransport`,
-   * WebTransport only), `maxQueuedPosts` (10000; 0: none; see `post`). The first connection must succeed.
+   * `onTransport(transport, fallback)` (at the first connection and on a change: 'webtransport' or 'websocket', and why
+   * WebTransport was not used, else null), `keepAliveMs` (10000) and `idleTimeoutMs` (30000) (over the WebSocket: a
+   * Ping after that long without receiving anything, the connection lost after this long), `deadServerAfterMs` (12000;
+   * 0: never) (over WebTransport: lost after this long without receiving anything while no request waits, a Ping sent
+   * at two thirds of it), `webTransport` and `webSocket` (the constructors; replaceable for tests; a function as
+   * `transport` is taken as `webTransport`, WebTransport only), `maxQueuedPosts` (10000; 0: none; see `post`). The
+   * first connection must succeed.
    */
   static async connect(url, options = {}) {
     const client = new QuiverClient(url, options);

@@ -362,7 +362,8 @@ export class FakeServer {
       }
       case 'Ping':
         if (this.dropOnPing) return conn.kill('lost during setup');
-        if (this.ignorePings) return undefined; // a server wedged past the QUIC level: no Pong, ever
+        // A server wedged past the QUIC level (or this connection's part of it): no Pong, ever.
+        if (this.ignorePings || conn.ignorePings) return undefined;
         return ok({ Pong: { client_time_us: body.client_time_us, server_time_us: nowUs() } });
       case 'History': {
         const room = this.rooms.get(body.room);

@@ -23,8 +23,8 @@ export const IDLE_TIMEOUT_MS = 30_000;
 /**
  * Over WebTransport: the connection is lost after this long without receiving anything (`deadServerAfterMs`; 0:
  * never), a Ping having gone out after two thirds of it: the Rust client's `dead_server_after` (12 s, its
- * keep-alive 8 s). The browser's QUIC keep-alives are invisible to JS, and its idle timeout (30 s) was what noticed
- * a dead node before.
+ * keep-alive 8 s), while no request of the session's waits for its reply. The browser's QUIC keep-alives are
+ * invisible to JS, and its idle timeout (30 s) was what noticed a dead node before.
  */
 export const DEAD_SERVER_AFTER_MS = 12_000;
 
@@ -132,10 +132,11 @@ export class Session {
             { refused: true },
           );
         }
+        // (Past what setTimeout takes, 2^31 - 1 ms, is never: a longer timer fires at once.)
         const dead = options.deadServerAfterMs ?? DEAD_SERVER_AFTER_MS;
         const keepAlive = typeof link.wt.receivedAt === 'number'
           ? { pingMs: options.keepAliveMs ?? KEEP_ALIVE_MS, timeoutMs: options.idleTimeoutMs ?? IDLE_TIMEOUT_MS }
-          : dead > 0 && Number.isFinite(dead) && { pingMs: (dead * 2) / 3, timeoutMs: dead };
+          : dead > 0 && dead < 2 ** 31 - 1 && { pingMs: (dead * 2) / 3, timeoutMs: dead, patientWhileBusy: true };
         return new Session(link, writer, reader, frames, rest, reply.result.Ok.Welcome, hooks, keepAlive);
       }
     };
@@ -261,9 +262,12 @@ export class Session {
    * own timeout, if any. After `pingMs` without receiving anything a Ping goes on the control stream; once nothing
    * has arrived for `timeoutMs`, the Ping included, the connection is lost (and the client reconnects). Whatever
    * arrives puts both off. A Ping always gets `timeoutMs - pingMs` to be answered: a timer that fired late (a
-   * background tab's may wait a minute) is not taken for a dead connection.
+   * background tab's may wait a minute) is not taken for a dead connection. `patientWhileBusy` (WebTransport): while
+   * other requests wait for their replies the session is not given up here, since the server answers in request
+   * order and a live server whose room store is behind holds the Pong behind the posts it has not stored yet; QUIC's
+   * own idle timeout (30 s) still ends a session whose server is gone.
    */
-  #keepAlive({ pingMs, timeoutMs }) {
+  #keepAlive({ pingMs, timeoutMs, patientWhileBusy = false }) {
     let pingAt = null; // when the keep-alive Ping now unanswered went out
     const check = () => {
       clearTimeout(this.keepAliveTimer);
@@ -282,11 +286,13 @@ export class Session {
         this.request({ Ping: { client_time_us: BigInt(Math.round(unixUs())) } }).then(check, () => {});
       }
       const grace = timeoutMs - pingMs;
-      if (idle >= timeoutMs && now - pingAt >= grace) {
+      const busy = patientWhileBusy && this.requests.size > 1; // (the keep-alive Ping is one)
+      if (idle >= timeoutMs && now - pingAt >= grace && !busy) {
         this.lost({ code: ErrorCode.Internal, reason: `connection lost: nothing received for ${timeoutMs} ms` });
         return;
       }
-      this.keepAliveTimer = setTimeout(check, Math.max(timeoutMs - idle, grace - (now - pingAt)));
+      // (Busy past the deadline: looked at again a grace later, not spun on.)
+      this.keepAliveTimer = setTimeout(check, Math.max(timeoutMs - idle, grace - (now - pingAt), busy ? grace : 0));
     };
     this.keepAliveTimer = setTimeout(check, pingMs);
   }

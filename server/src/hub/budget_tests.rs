@@ -391,7 +391,7 @@ async fn refused_new_rooms_do_not_each_scan_every_room() {
     assert_eq!(hub.usage().rooms_refused, 1_001);
 }
 
-/// At `max_rooms`, a room without members whose post waits for its commit is evictable a moment later: a new room
+/// At `max_rooms`, a room without members whose post waits for its commit is evictable once it is stored: a new room
 /// refused meanwhile does not have the next ones refused without a scan for 100 ms (no leave or sweep tells that
 /// it became free, so the scan's throttle held them off).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,20 +11,29 @@ use super::{
 };
 use crate::store::Commit;
 
+/// The hub's counts a post waiting for its commit updates once it settles.
+#[derive(Clone)]
+pub(super) struct Counts {
+    /// Retained bytes (a failed post gives its dedupe entry back).
+    pub(super) retained: Arc<AtomicU64>,
+    /// Rooms that may have become evictable (a room without members once its last post is stored): a new room
+    /// refused at `max_rooms` meanwhile looks again at once, not after the refusal's throttle.
+    pub(super) freed: Arc<AtomicU64>,
+}
+
 /// A sequenced post waiting for its commit.
 pub(super) struct Release {
     shared: Shared,
     posted: Posted,
     now_us: u64,
-    /// The hub's count of retained bytes (a failed post gives its dedupe entry back).
-    retained: Arc<AtomicU64>,
+    counts: Counts,
     /// Taken when waited for to the end; still here when dropped early.
     commit: Option<Commit>,
 }
 
 impl Release {
-    fn new(shared: Shared, posted: Posted, (commit, retained): (Commit, Arc<AtomicU64>), now_us: u64) -> Release {
-        Release { shared, posted, now_us, retained, commit: Some(commit) }
+    fn new(shared: Shared, posted: Posted, (commit, counts): (Commit, Counts), now_us: u64) -> Release {
+        Release { shared, posted, now_us, counts, commit: Some(commit) }
     }
 
     /// A sequenced post's progress once its room's lock is let go: under `os` it is written now (the room's other
@@ -33,14 +42,14 @@ impl Release {
     pub(super) fn progress(
         shared: Shared,
         posted: Posted,
-        (mut commit, retained): (Commit, Arc<AtomicU64>),
+        (mut commit, counts): (Commit, Counts),
         now_us: u64,
     ) -> Result<PostProgress, quiver_proto::Failure> {
         commit.write_queued();
         if let Some(outcome) = commit.outcome() {
-            return settle(&shared, posted, outcome, (now_us, &retained)).map(PostProgress::Done);
+            return settle(&shared, posted, outcome, (now_us, &counts)).map(PostProgress::Done);
         }
-        Ok(PostProgress::Committing(Release::new(shared, posted, (commit, retained), now_us).wait()))
+        Ok(PostProgress::Committing(Release::new(shared, posted, (commit, counts), now_us).wait()))
     }
 
     /// Waits for the commit; then the post (and any before it) is delivered, or on a store failure dropped.
@@ -51,7 +60,7 @@ impl Release {
                 None => Ok(()),
             };
             self.commit = None; // waited for to the end: nothing left for `drop`
-            settle(&self.shared, self.posted, outcome, (self.now_us, &self.retained))
+            settle(&self.shared, self.posted, outcome, (self.now_us, &self.counts))
         })
     }
 }
@@ -59,12 +68,12 @@ impl Release {
 impl Drop for Release {
     fn drop(&mut self) {
         let Some(commit) = self.commit.take() else { return };
-        let (shared, posted, now_us, retained) =
-            (Arc::clone(&self.shared), self.posted, self.now_us, self.retained.clone());
+        let (shared, posted, now_us, counts) =
+            (Arc::clone(&self.shared), self.posted, self.now_us, self.counts.clone());
         // Outside a runtime (a test's teardown) there is nothing left to deliver to.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Ok((_, delivery)) = settle(&shared, posted, commit.wait().await, (now_us, &retained)) {
+                if let Ok((_, delivery)) = settle(&shared, posted, commit.wait().await, (now_us, &counts)) {
                     delivery.flush();
                 }
             });
@@ -77,10 +86,18 @@ fn settle(
     shared: &Shared,
     posted: Posted,
     outcome: Result<(), crate::store::StoreFailed>,
-    (now_us, retained): (u64, &AtomicU64),
+    (now_us, counts): (u64, &Counts),
 ) -> Result<(Posted, super::Delivery), quiver_proto::Failure> {
+    let retained = &*counts.retained;
     match outcome {
-        Ok(()) => Ok((posted, lock(shared).room.release(posted.seq, now_us))),
+        Ok(()) => {
+            let mut slot = lock(shared);
+            let delivery = slot.room.release(posted.seq, now_us);
+            if slot.room.evictable() {
+                counts.freed.fetch_add(1, std::sync::atomic::Ordering::Release);
+            }
+            Ok((posted, delivery))
+        }
         Err(failed) => {
             // A retry waited for its original's commit, which may have been stored in an earlier batch: the
             // original's own settle aborts it if it failed.
@@ -91,6 +108,9 @@ fn settle(
                 // (A room removed meanwhile gave all its bytes back when it was.)
                 if !slot.removed {
                     super::rooms::account(retained, before, slot.room.retained_bytes());
+                }
+                if slot.room.evictable() {
+                    counts.freed.fetch_add(1, std::sync::atomic::Ordering::Release);
                 }
             }
             Err(store_failure(failed))

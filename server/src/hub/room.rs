@@ -166,12 +166,6 @@ impl Room {
         self.subscribers.is_empty() && self.disk.as_mut().is_none_or(durable::DiskRoom::settled)
     }
 
-    /// Without members, and evictable once what it waits for is stored (a post's commit, a retention deletion, its
-    /// creation): a moment from now, without a leave or a sweep to say so.
-    pub fn settling(&mut self) -> bool {
-        self.subscribers.is_empty() && !self.evictable()
-    }
-
     /// The room's epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch

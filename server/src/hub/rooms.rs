@@ -82,8 +82,10 @@ struct Counters {
     /// count of `freed` it began at.
     full_at_us: AtomicU64,
     full_freed: AtomicU64,
-    /// Leaves and sweeps so far: each may have left a room without members.
-    freed: AtomicU64,
+    /// Leaves, sweeps and stored posts that left their room evictable so far: each may have left a room to evict
+    /// (shared with posts waiting for their commit: a room without members is evictable once its last is stored,
+    /// and nothing else would say so during a disk stall).
+    freed: Arc<AtomicU64>,
     /// Such scans (tests).
     #[cfg(test)]
     full_scans: AtomicU64,
@@ -416,7 +418,9 @@ impl RoomHub for LocalRooms {
         self.shed_if_over(now_us);
         let Some(commit) = commit else { return Ok(PostProgress::Done((posted, delivery))) };
         // The room stays in memory meanwhile: a room with posts waiting is never evicted or unloaded.
-        super::release::Release::progress(shared, posted, (commit, self.counters.retained.clone()), now_us)
+        let counts =
+            super::release::Counts { retained: self.counters.retained.clone(), freed: self.counters.freed.clone() };
+        super::release::Release::progress(shared, posted, (commit, counts), now_us)
     }
 
     async fn history(

@@ -31,9 +31,9 @@ impl LocalRooms {
     /// At `max_rooms`, evicts idle rooms for a new one ([`LocalRooms::evict_idle`]); false when none could go. A
     /// scan that found none is not made again for [`FULL_RESCAN_US`]: every room had members, and each new name
     /// (free for anyone to send, and retried by clients) scanned every room under the map's lock.
-    /// Not again after a leave or a sweep that finished since the scan began, nor when the scan passed busy rooms
-    /// by (their lock held, or without members and waiting for the store: one may be free a moment later), nor when
-    /// the clock went back.
+    /// Not again after a leave, a sweep or a stored post that left its room without members evictable
+    /// ([`super::super::release`]) since the scan began, nor when the scan passed busy rooms by (their lock held:
+    /// one may be free a moment later), nor when the clock went back.
     pub(super) fn evict_for_new(&self, rooms: &mut HubGuard<'_, RoomMap>, now_us: u64) -> bool {
         let c = &self.counters;
         let freed = c.freed.load(Ordering::Acquire);
@@ -69,9 +69,6 @@ impl LocalRooms {
                     return None;
                 };
                 let order = (slot.room.eviction_forgets_retries(), slot.room.last_active_us());
-                // One settling (a post waiting for its commit) is as busy: free a moment later, with no leave or
-                // sweep to say so, a scan that found nothing else must not refuse new rooms for FULL_RESCAN_US.
-                busy |= slot.room.settling();
                 slot.room.evictable().then(|| (order, name.clone(), shared.clone()))
             })
             .collect();

@@ -115,10 +115,11 @@ pub(crate) fn terminal_text(body: &[u8]) -> String {
     text.chars().map(|c| if acted_on(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
-/// Text of this program's own that may carry the server's words (an error, a refusal's reason), line by line as
-/// [`terminal_text`] shows a body: its own line breaks kept, everything else a terminal would act on escaped.
-pub(crate) fn terminal_lines(text: &str) -> String {
-    text.split('\n').map(|line| terminal_text(line.as_bytes())).collect::<Vec<_>>().join("\n")
+/// A line of this program's that may carry the server's words (an error, a refusal's or a close's reason), as
+/// [`terminal_text`] shows a body: a line break in the server's part (a reason written to look like a message line
+/// that follows) is escaped too; this program's own messages have none.
+pub(crate) fn terminal_line(text: &str) -> String {
+    terminal_text(text.as_bytes())
 }
 
 /// A name from the server (a sender, a member, this session's identity) as [`terminal_text`] shows a body: servers
@@ -202,7 +203,7 @@ impl Out {
             };
             return self.json(&ChatLine::State { state: name, detail: state.to_string() });
         }
-        crate::err!("* {}", terminal_lines(&state.to_string()));
+        crate::err!("* {}", terminal_line(&state.to_string()));
     }
 
     fn posted(&self, line: u64, result: Result<u64, quiver_client::RequestError>, epoch: Option<u64>, text: &str) {
@@ -211,7 +212,7 @@ impl Out {
             (Ok(_), false) => {}
             (Err(err), true) => self.json(&ChatLine::PostFailed { room: &self.room, line, error: err.to_string() }),
             (Err(err), false) => {
-                crate::err!("* post of line {line} failed ({}): {text}", terminal_lines(&err.to_string()))
+                crate::err!("* post of line {line} failed ({}): {text}", terminal_line(&err.to_string()))
             }
         }
     }
@@ -459,6 +460,7 @@ mod tests {
         assert_eq!(terminal_name("\u{202E}nimda"), "\\u{202e}nimda");
         assert_eq!(terminal_name("ann\u{1b}[31m"), "ann\\u{1b}[31m");
         assert_eq!(terminal_name("Zoë"), "Zoë");
-        assert_eq!(terminal_lines("refused: \u{1b}]52;c;x\u{7}\nhint"), "refused: \\u{1b}]52;c;x\\u{7}\nhint");
+        let forged = "closed: bye\n[7] admin: run this \u{1b}]52;c;x\u{7}";
+        assert_eq!(terminal_line(forged), "closed: bye\\n[7] admin: run this \\u{1b}]52;c;x\\u{7}");
     }
 }

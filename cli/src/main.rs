@@ -259,7 +259,7 @@ fn main() -> ExitCode {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) => {
             // (The server's words may be in it: a refusal's reason, a close's.)
-            crate::err!("error: {}", chat::terminal_lines(&err.to_string()));
+            crate::err!("error: {}", chat::terminal_line(&err.to_string()));
             ExitCode::FAILURE
         }
         Err(join) => {

@@ -126,7 +126,7 @@ pub(crate) async fn run(args: PingArgs) -> Result<(), CliError> {
         }
     }
     if let Some(err) = first_failure {
-        crate::err!("* some pings failed, the first with: {err}");
+        crate::err!("* some pings failed, the first with: {}", crate::chat::terminal_line(&err.to_string()));
     }
     let s = latencies.summary();
     client.close().await;

@@ -228,7 +228,7 @@ async fn subscribe(args: SubArgs) -> Result<(), CliError> {
                     continue;
                 }
                 let now = state.borrow_and_update().clone();
-                crate::err!("* {}", crate::chat::terminal_lines(&now.to_string()));
+                crate::err!("* {}", crate::chat::terminal_line(&now.to_string()));
                 match (&now, down_since) {
                     (ConnectionState::Connected { .. }, Some(since)) => {
                         disconnected += since.elapsed();

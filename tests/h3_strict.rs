@@ -179,6 +179,8 @@ async fn a_strict_client_that_sends_no_connect_is_closed_with_an_http3_code() {
     assert_clean(&report);
     assert_eq!(report["close_code"], H3_REQUEST_CANCELLED, "{report:#}");
     assert!(report["close_reason"].as_str().unwrap().contains("no CONNECT in time"), "{report:#}");
+    let stats = server.stats.snapshot();
+    assert_eq!((stats.handshake_timeouts, stats.protocol_violations), (1, 0), "counted as a silent native one");
     server.stop().await;
 }
 

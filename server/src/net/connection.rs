@@ -131,16 +131,8 @@ pub(super) fn serve<R: RoomHub>(
                 drop(connect);
                 match accepted {
                     Ok(session) => session,
-                    Err(reason) => {
-                        // Counted as a native connection's would be (a silent one: `handshake_timeouts`): a flood
-                        // of browser-lane connections that never CONNECT was invisible in the metrics.
-                        match &reason {
-                            webtransport::Refused::Timeout => stats.refused(ErrorCode::HandshakeTimeout),
-                            webtransport::Refused::Handshake(_) => stats.refused(ErrorCode::ProtocolViolation),
-                            _ => {}
-                        }
-                        return tracing::info!(%reason, "WebTransport session refused");
-                    }
+                    // (Counted where refused: `webtransport::accept`.)
+                    Err(reason) => return tracing::info!(%reason, "WebTransport session refused"),
                 }
             } else {
                 Session::raw(conn)

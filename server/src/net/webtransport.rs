@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use web_transport_quinn::{http::StatusCode, Request, Session};
 
+use quiver_proto::ErrorCode;
+
 use crate::{config::WebConfig, stats::ServerStats};
 
 /// How long a refused browser has to read the refusal before the connection is closed.
@@ -78,13 +80,21 @@ pub(super) async fn accept(
     };
     tokio::select! {
         biased;
-        accepted = accept_connect(conn.clone(), web, deadline) => accepted,
+        accepted = accept_connect(conn.clone(), web, deadline, stats) => accepted,
         () = drain => unreachable!("pends for ever once the connection is gone"),
     }
 }
 
 /// [`accept`]'s handshake and CONNECT.
-async fn accept_connect(conn: quinn::Connection, web: &WebConfig, deadline: Instant) -> Result<Session, Refused> {
+/// A connection that never sends its CONNECT in time is counted as a silent native connection is
+/// (`handshake_timeouts`), and one whose HTTP/3 handshake breaks the protocol as a protocol violation, each before
+/// its close (as the native lane counts); a peer that went away mid-handshake (a browser's race given up) is not.
+async fn accept_connect(
+    conn: quinn::Connection,
+    web: &WebConfig,
+    deadline: Instant,
+    stats: &ServerStats,
+) -> Result<Session, Refused> {
     // Pinned here rather than dropped by a timeout: a half-done handshake holds the control streams, and must only
     // be dropped (on return) once the connection is closed.
     let handshake = Request::accept(conn.clone());
@@ -93,12 +103,16 @@ async fn accept_connect(conn: quinn::Connection, web: &WebConfig, deadline: Inst
         accepted = &mut handshake => match accepted {
             Ok(request) => request,
             Err(err) => {
+                if broke_the_protocol(&err) {
+                    stats.refused(ErrorCode::ProtocolViolation);
+                }
                 // The crate has dropped its half-done streams by now; at least the close says why.
                 conn.close(H3_GENERAL_PROTOCOL_ERROR, b"HTTP/3 handshake failed");
                 return Err(Refused::Handshake(err));
             }
         },
         () = tokio::time::sleep_until(deadline) => {
+            stats.refused(ErrorCode::HandshakeTimeout);
             conn.close(H3_REQUEST_CANCELLED, b"no CONNECT in time");
             return Err(Refused::Timeout);
         }
@@ -128,9 +142,26 @@ async fn accept_connect(conn: quinn::Connection, web: &WebConfig, deadline: Inst
             Refused::Answer(err)
         }),
         () = tokio::time::sleep_until(deadline) => {
+            stats.refused(ErrorCode::HandshakeTimeout);
             conn.close(H3_REQUEST_CANCELLED, b"the CONNECT's answer was not taken in time");
             Err(Refused::Timeout)
         }
+    }
+}
+
+/// Whether an HTTP/3 handshake failed on what the peer sent (malformed SETTINGS or CONNECT, no WebTransport), not
+/// on the connection going away (a browser giving an attempt up, a race lost to another node or the WebSocket).
+fn broke_the_protocol(err: &web_transport_quinn::ServerError) -> bool {
+    use web_transport_quinn::{ConnectError, ServerError};
+    match err {
+        ServerError::ConnectError(ConnectError::ProtoError(_)) => true,
+        // (The crate does not export its settings error: told apart by what it says, its `ProtoError` and
+        // `WebTransportUnsupported`.)
+        ServerError::SettingsError(settings) => {
+            let said = settings.to_string();
+            said.starts_with("protocol error") || said == "WebTransport is not supported"
+        }
+        _ => false,
     }
 }
 

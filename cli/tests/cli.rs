@@ -94,7 +94,7 @@ async fn quiver_tick_sub_fails_when_its_server_is_gone_at_the_end() {
     use tokio::io::AsyncBufReadExt;
     let server = TestServer::start(Limits::default());
     let mut sub = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"));
-    sub.args(["tick", "sub", "--channel", "prices", "--duration", "8", "--json", "--server"]);
+    sub.args(["tick", "sub", "--channel", "prices", "--duration", "10", "--json", "--server"]);
     sub.arg(server.addr.to_string()).arg("--data-dir").arg(server.data_dir.path());
     sub.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut sub = sub.kill_on_drop(true).spawn().unwrap();

@@ -107,9 +107,15 @@ async fn a_retry_of_a_post_waiting_past_the_dedupe_count_is_still_known() {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
-    // Post 2 is seq 2, waiting; four more came after it, past the window's two.
+    // Post 2 is seq 2, waiting; four more came after it, past the window's two. Its retry waits for the same
+    // commit (a barrier in the store's queue, counted in the backlog) before the store moves.
+    let before = store.backlog().bytes();
     let retry = tokio::spawn(post(&hub, 2));
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.backlog().bytes() == before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(store.backlog().bytes(), before + 256, "the retry waits for its original's commit");
     go.send(()).unwrap();
     for post in waiting {
         post.await.unwrap().expect("stored once the store moved").1.flush();

@@ -251,11 +251,14 @@ async fn datagrams_waiting_for_their_reader_keep_the_newest() {
         bytes[..2].copy_from_slice(&n.to_be_bytes());
         Message::Binary(WsMessage::Datagram(Bytes::from(bytes)).encode().to_vec())
     };
+    let (_send, mut control) = client.open_bi().unwrap();
     for n in 1..=200 {
         server.send(datagram(n)).await.unwrap();
     }
-    // The last one queued before any is read.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The last one queued before any is read: the read loop takes messages in order, so once a control message
+    // sent after them is read, every datagram was queued.
+    server.send(Message::Binary(WsMessage::Control(Bytes::from_static(b"after")).encode().to_vec())).await.unwrap();
+    assert_eq!(&within(control.read_chunk()).await.unwrap().unwrap()[..], b"after");
     let mut read = Vec::new();
     while read.last() != Some(&200) {
         let bytes = within(client.read_datagram()).await.unwrap();

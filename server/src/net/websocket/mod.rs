@@ -309,11 +309,12 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
             let trusted = &shared.config.web.trusted_proxies;
             let client = crate::forwarded::client_address(trusted, peer.ip(), upgrade::forwarded_for(&head));
             let Some(mut admitted) = admit_tcp(client, &shared.admission, &shared.stats) else {
-                let refused = Response::error(
+                let mut refused = Response::error(
                     429,
                     "not admitted now: over the server's limits on new connections (from your address, or in all); \
                      try again later",
                 );
+                refused.head_only = head_only(&head);
                 answer(stream, refused, &shutdown).await;
                 return drop(upgrading);
             };
@@ -383,11 +384,16 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
     };
     // A HEAD is answered without a body, refusals included (RFC 9110 §9.3.2; a load balancer's check of this port).
     let mut response = response;
-    response.head_only |= crate::http::parse_request(&head).is_ok_and(|(head_only, ..)| head_only);
+    response.head_only |= head_only(&head);
     // The places are held until the answer is written (at most 5 s): a peer that does not read its answers (the
     // page's, a refusal's) holds the listener's bounds, not more than they allow.
     answer(stream, response, &shutdown).await;
     drop((upgrading, admitted));
+}
+
+/// Whether `head` is a HEAD request (answered without a body, whatever the answer: RFC 9110 §9.3.2).
+fn head_only(head: &[u8]) -> bool {
+    crate::http::parse_request(head).is_ok_and(|(head_only, ..)| head_only)
 }
 
 /// `step` of a connection not served yet, until `deadline`; `None` when it timed out, or when the server began

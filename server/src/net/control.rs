@@ -118,6 +118,7 @@ pub(super) fn control<'a, R: RoomHub>(
                     // already taken are answered (within the frame timeout), which could take seconds.
                     Box::pin(connection.close(now_us(), frame_timeout)).await;
                     replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
+                    answer_deferred(deferred.take(), (&codec, stats), &mut outbound, "the access token expired");
                     // Flushed even when nothing is left to encode: replies written just before (a Join refused at the
                     // expiry) would otherwise be dropped by the close.
                     let reason = "the access token expired; reconnect with a fresh one";
@@ -133,6 +134,8 @@ pub(super) fn control<'a, R: RoomHub>(
                         stats.refused(failure.code);
                         Box::pin(connection.close(now_us(), frame_timeout)).await;
                         replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
+                        let why = "the key of this session's token is no longer trusted";
+                        answer_deferred(deferred.take(), (&codec, stats), &mut outbound, why);
                         flush_and_close(conn, &mut send, &outbound, failure.code, &failure.message).await;
                         return failure.message;
                     }
@@ -205,6 +208,8 @@ pub(super) fn control<'a, R: RoomHub>(
                     // branch, ready too, lost the draw), a stream been opened beside or the keys reloaded. The copy is
                     // dropped then; its request is served (or refused) as the session stands after those branches.
                     if !(copies_gated(&violated, &keys, reloadable) || expires && expiry.is_elapsed()) {
+                        // (The frame being received is not read meanwhile: its timer is put off by the wait.)
+                        let began = Instant::now();
                         let room = POSTS_IN_FLIGHT.saturating_sub(replies.posts_in_flight() + post_copies.early());
                         let flood =
                             copies::on_post_copy(connection, &mut session, &mut throttle, &mut post_copies, copy, room);
@@ -213,8 +218,18 @@ pub(super) fn control<'a, R: RoomHub>(
                         if wrote {
                             connection.probe().sent();
                         }
+                        if let Some(since) = partial_since.as_mut() {
+                            *since += began.elapsed();
+                        }
                         if let Some((code, reason)) = flood {
-                            return refuse(conn, stats, code, reason);
+                            // Closed as a flood on the stream is: the replies waiting (posts of earlier copies,
+                            // sequenced and delivered) answered first, then the close with its reason (the refused
+                            // copy's own request has not come in on the stream: no reply of its own). They were
+                            // dropped by a close at once.
+                            stats.refused(code);
+                            replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
+                            flush_and_close(conn, &mut send, &outbound, code, &reason).await;
+                            return format!("refused: {reason}");
                         }
                     }
                 }
@@ -223,6 +238,7 @@ pub(super) fn control<'a, R: RoomHub>(
                         return make_room(conn, config, stats, slot);
                     }
                     replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
+                    answer_deferred(deferred.take(), (&codec, stats), &mut outbound, "the server is shutting down");
                     return Box::pin(going_away(conn, Some((&mut send, outbound)))).await;
                 }
             }
@@ -392,6 +408,23 @@ pub(super) fn control<'a, R: RoomHub>(
 const KEPT_BUFFER: usize = 8 * 1024;
 
 /// Lets go of `buf`'s memory when it is empty and holds more than [`KEPT_BUFFER`].
+/// The request held back (`deferred`) as the connection ends (the server's shutdown, the token's expiry, a key
+/// reload): a reply it has already is sent, and a room or tick request not served yet is refused `Unavailable`
+/// (`why`; clients retry it once reconnected), as a request still waiting inside the connection is
+/// (`dispatch::ending`). It got no reply before: only the replies waiting for their commits were answered.
+fn answer_deferred(deferred: Option<Step>, (codec, stats): (&FrameCodec, &ServerStats), out: &mut BytesMut, why: &str) {
+    let msg = match deferred {
+        None => return,
+        Some(Step::Reply(msg) | Step::ReplyAndClose(msg, ..)) => msg,
+        Some(Step::Room { req_id, .. } | Step::Tick { req_id, .. }) => {
+            let failure = quiver_proto::Failure::new(ErrorCode::Unavailable, format!("{why}; retry once reconnected"));
+            ServerMsg::Reply { req_id, result: Err(failure) }
+        }
+    };
+    stats.reply(&msg);
+    encode(codec, &msg, out);
+}
+
 fn shrink_if_empty(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > KEPT_BUFFER {
         *buf = BytesMut::new();

@@ -43,6 +43,20 @@ async fn quiver_ping_explains_a_missing_dev_certificate() {
     server.stop().await;
 }
 
+/// Reads `quiver tick sub`'s stderr until it says it subscribed to `channel` (within 10 s).
+async fn subscribed(said: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>, channel: &str) {
+    let wanted = format!("subscribed to {channel}");
+    let reading = async {
+        while let Some(line) = said.next_line().await.unwrap() {
+            if line.contains(&wanted) {
+                return;
+            }
+        }
+        panic!("quiver tick sub ended before it subscribed");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), reading).await.expect("subscribed within 10 s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiver_tick_sub_json_reports_what_quiver_tick_pub_sent() {
     let server = TestServer::start(Limits::default());
@@ -59,15 +73,7 @@ async fn quiver_tick_sub_json_reports_what_quiver_tick_pub_sent() {
     // Publishing once the subscription is there (a fixed wait lost ticks on a busy machine), and counting against
     // what the publisher says it sent (its --duration includes connecting).
     let mut said = tokio::io::BufReader::new(sub.stderr.take().unwrap()).lines();
-    let subscribed = async {
-        while let Some(line) = said.next_line().await.unwrap() {
-            if line.contains("subscribed to prices") {
-                return;
-            }
-        }
-        panic!("quiver tick sub ended before it subscribed");
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), subscribed).await.expect("subscribed within 10 s");
+    subscribed(&mut said, "prices").await;
     let publish = common("pub").args(["--rate", "500", "--size", "64", "--duration", "1.5"]).output().await.unwrap();
     assert!(publish.status.success(), "{}", String::from_utf8_lossy(&publish.stderr));
     let published = String::from_utf8_lossy(&publish.stdout).into_owned();
@@ -99,15 +105,7 @@ async fn quiver_tick_sub_fails_when_its_server_is_gone_at_the_end() {
     sub.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut sub = sub.kill_on_drop(true).spawn().unwrap();
     let mut said = tokio::io::BufReader::new(sub.stderr.take().unwrap()).lines();
-    let subscribed = async {
-        while let Some(line) = said.next_line().await.unwrap() {
-            if line.contains("subscribed to prices") {
-                return;
-            }
-        }
-        panic!("quiver tick sub ended before it subscribed");
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), subscribed).await.expect("subscribed within 10 s");
+    subscribed(&mut said, "prices").await;
     // Gone (its data directory kept: the dev token the reconnects mint comes from its key).
     let TestServer { data_dir, shutdown, task, .. } = server;
     shutdown.cancel();

@@ -9,6 +9,30 @@ use quiver_proto::{ErrorCode, Limits};
 use super::{durable_tests::open, *};
 use crate::Budget;
 
+/// Bob's post `client_msg_id` to room `r`, as a future of its own (to spawn).
+fn post(hub: &Arc<LocalRooms>, client_msg_id: u64) -> impl Future<Output = Result<(Posted, Delivery), Failure>> {
+    let hub = Arc::clone(hub);
+    async move {
+        let body = Bytes::from(format!("post {client_msg_id}"));
+        hub.post(PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id, body, now_us: 10 }).await
+    }
+}
+
+/// Holds `store`'s writer (a stalled disk) until the sender returned is sent to.
+fn stall(store: &crate::store::Store) -> std::sync::mpsc::Sender<()> {
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    drop(store.submit(crate::store::Op::Hold(std::sync::Mutex::new(wait), std::sync::Mutex::new(None))));
+    go
+}
+
+/// Waits (at most 5 s) until `store`'s backlog is no longer `before` bytes: what was handed to the writer is there.
+async fn backlog_moved(store: &crate::store::Store, before: u64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.backlog().bytes() == before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 /// Posts wait for a stalled store until the backlog reaches its bound; then new posts are refused `Unavailable`
 /// (nothing sequenced: no seq taken, nothing stored), and so are retries of posts still waiting (each a barrier in
 /// the store's queue, counted in the backlog: retries during a stall queued barriers without a bound). Once the
@@ -18,17 +42,9 @@ async fn at_the_backlog_bound_posts_are_refused_until_the_store_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let budget = Budget { store_backlog_bytes: 1_500, ..Budget::default() };
     let hub = Arc::new(open(dir.path(), Limits::default(), budget));
-    let post = |hub: &Arc<LocalRooms>, client_msg_id| {
-        let hub = Arc::clone(hub);
-        async move {
-            let body = Bytes::from(format!("post {client_msg_id}"));
-            hub.post(PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id, body, now_us: 10 }).await
-        }
-    };
     post(&hub, 1).await.expect("the room made and stored").1.flush();
     let store = hub.store().unwrap().clone();
-    let (go, wait) = std::sync::mpsc::channel::<()>();
-    drop(store.submit(crate::store::Op::Hold(std::sync::Mutex::new(wait), std::sync::Mutex::new(None))));
+    let go = stall(&store);
     let mut waiting = Vec::new();
     let mut id = 1;
     while store.backlog().bytes() < 1_500 && id < 100 {
@@ -36,10 +52,7 @@ async fn at_the_backlog_bound_posts_are_refused_until_the_store_catches_up() {
         let before = store.backlog().bytes();
         waiting.push(tokio::spawn(post(&hub, id)));
         // Each post handed to the (stalled) writer before the next is made.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while store.backlog().bytes() == before && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        backlog_moved(&store, before).await;
     }
     let taken = id;
     assert!((3..100).contains(&taken), "the bound was reached after {taken} posts");
@@ -55,10 +68,7 @@ async fn at_the_backlog_bound_posts_are_refused_until_the_store_catches_up() {
     store.backlog().set_limit(0);
     let before = store.backlog().bytes();
     let waiting_retry = tokio::spawn(post(&hub, taken));
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while store.backlog().bytes() == before && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    backlog_moved(&store, before).await;
     assert_eq!(store.backlog().bytes(), before + 256, "a retry's barrier is counted");
     store.backlog().set_limit(1_500);
     let refused = post(&hub, taken).await.expect_err("a waiting post's retry refused at the bound");
@@ -87,34 +97,20 @@ async fn a_retry_of_a_post_waiting_past_the_dedupe_count_is_still_known() {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits { dedupe_max_entries: 2, ..Limits::default() };
     let hub = Arc::new(open(dir.path(), limits, Budget::default()));
-    let post = |hub: &Arc<LocalRooms>, client_msg_id| {
-        let hub = Arc::clone(hub);
-        async move {
-            let body = Bytes::from(format!("post {client_msg_id}"));
-            hub.post(PostMessage { fenced: None, room: "r", identity: "bob", client_msg_id, body, now_us: 10 }).await
-        }
-    };
     post(&hub, 1).await.expect("the room made and stored").1.flush();
     let store = hub.store().unwrap().clone();
-    let (go, wait) = std::sync::mpsc::channel::<()>();
-    drop(store.submit(crate::store::Op::Hold(std::sync::Mutex::new(wait), std::sync::Mutex::new(None))));
+    let go = stall(&store);
     let mut waiting = Vec::new();
     for id in 2..=6 {
         let before = store.backlog().bytes();
         waiting.push(tokio::spawn(post(&hub, id)));
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while store.backlog().bytes() == before && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        backlog_moved(&store, before).await;
     }
     // Post 2 is seq 2, waiting; four more came after it, past the window's two. Its retry waits for the same
     // commit (a barrier in the store's queue, counted in the backlog) before the store moves.
     let before = store.backlog().bytes();
     let retry = tokio::spawn(post(&hub, 2));
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while store.backlog().bytes() == before && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    backlog_moved(&store, before).await;
     assert_eq!(store.backlog().bytes(), before + 256, "the retry waits for its original's commit");
     go.send(()).unwrap();
     for post in waiting {

@@ -12,6 +12,7 @@ import {
   ErrorCode, MAX_INBOUND_STREAMS, QuiverDecodeError, QuiverEncodeError, WS_MAX_CHUNK, WS_MAX_MESSAGE, WS_MAX_REASON, WebSocketTransport,
   WsKind, decodeWsMessage, encodeTick, encodeWsMessage, tickChannel, websocketUrlOf,
 } from '../quiver/index.js';
+import { INBOUND_DATAGRAM_BYTES } from '../quiver/client/websocket.js';
 
 const vectorsFile = JSON.parse(readFileSync(new URL('./vectors.json', import.meta.url), 'utf8'));
 const wsVectors = vectorsFile.vectors.filter((v) => v.kind === 'WsMessage');
@@ -375,6 +376,30 @@ test('adapter: datagrams both ways; too large ones are dropped as WebTransport d
   await writer.write(new Uint8Array(1200));
   assert.deepEqual(socket.sent.map((m) => m.Datagram.length), [tick.length, 1200]);
   assert.deepEqual(socket.sent[0], { Datagram: tick });
+});
+
+test('adapter: datagrams nobody reads yet keep the newest: past INBOUND_DATAGRAM_BYTES the oldest go', async () => {
+  const { wt, socket } = await open();
+  const datagram = (n) => Uint8Array.of(n >> 8, n & 0xff, ...new Uint8Array(998));
+  for (let n = 1; n <= 200; n++) socket.receive({ Datagram: datagram(n) });
+  const reader = wt.datagrams.readable.getReader();
+  const read = [];
+  while (read.at(-1) !== 200) {
+    const { value } = await reader.read();
+    read.push((value[0] << 8) | value[1]);
+  }
+  assert.ok(read[0] > 1, `the oldest were dropped: ${read}`);
+  assert.ok(read.every((n, i) => i === 0 || n === read[i - 1] + 1), `the newest kept, in order: ${read}`);
+  assert.ok(read.length * 1032 <= INBOUND_DATAGRAM_BYTES, `${read.length} waited`);
+  // Read as they come once the reader keeps up; the connection's end ends the reads.
+  socket.receive({ Datagram: datagram(201) });
+  assert.equal((await reader.read()).value[1], 201);
+  const next = reader.read();
+  socket.receive({ Datagram: datagram(202) });
+  assert.equal((await next).value[1], 202);
+  const ending = reader.read();
+  wt.close({ closeCode: 0, reason: 'done' });
+  await assert.rejects(ending);
 });
 
 test('adapter: a datagram from the server over 1,200 bytes closes with DatagramTooLarge, as the Rust lane does', async () => {

@@ -28,8 +28,13 @@ export const DATAGRAM_BUFFER = 4 * 1024;
  */
 export const MAX_INBOUND_STREAMS = 4096;
 
-/** Datagrams received and not read yet; more are dropped (as QUIC's receive buffer drops them). */
-const INBOUND_DATAGRAMS = 256;
+/**
+ * Bytes of datagrams received and not read yet, each counted with 32 bytes more; past it the oldest go (latest wins,
+ * as quinn's receive buffer and the Rust lane: `transport/src/ws/datagrams_in.rs`). Until 2026-12-06, 256 datagrams,
+ * the newest dropped: a reader behind read stale ticks and never the latest.
+ */
+export const INBOUND_DATAGRAM_BYTES = 64 * 1024;
+const DATAGRAM_OVERHEAD = 32;
 
 /** How often a backed-up socket is looked at again (WebSocket has no "drained" event). */
 const DRAIN_POLL_MS = 4;
@@ -75,6 +80,51 @@ function feed(strategy) {
   };
 }
 
+/**
+ * A readable of datagrams that keeps at most `limit` bytes waiting for its reader, dropping the oldest past it (a
+ * ReadableStream's own queue can only refuse the newest). `enqueue`, `close` and `error` as `feed`'s.
+ */
+function latestFeed(limit) {
+  const waiting = [];
+  let bytes = 0;
+  let controller;
+  let wake = null; // a read waiting for the next datagram
+  let ended = false;
+  const cost = (datagram) => datagram.length + DATAGRAM_OVERHEAD;
+  const give = () => {
+    if (ended || waiting.length === 0) return;
+    const datagram = waiting.shift();
+    bytes -= cost(datagram);
+    try { controller.enqueue(datagram); } catch { /* cancelled by its reader */ }
+  };
+  const readable = new ReadableStream({
+    start: (c) => { controller = c; },
+    // Asked for one when a read waits (no queue of the stream's own: highWaterMark 0).
+    pull: () => (waiting.length > 0 ? give() : new Promise((resolve) => { wake = resolve; }).then(give)),
+  }, { highWaterMark: 0 });
+  const end = (fn) => {
+    if (ended) return;
+    ended = true;
+    waiting.length = 0;
+    try { fn(); } catch { /* cancelled by its reader */ }
+    wake?.();
+  };
+  return {
+    readable,
+    enqueue(datagram) {
+      if (ended) return;
+      waiting.push(datagram);
+      bytes += cost(datagram);
+      while (bytes > limit && waiting.length > 1) bytes -= cost(waiting.shift());
+      const woken = wake;
+      wake = null;
+      woken?.();
+    },
+    close: () => end(() => controller.close()),
+    error: (err) => end(() => controller.error(err)),
+  };
+}
+
 /** A Quiver connection over one WebSocket, shaped like a WebTransport session (see the top of this file). */
 export class WebSocketTransport {
   /** Over WebSockets the server sends no datagram copies and takes none: a Session sends no post copies. */
@@ -91,7 +141,7 @@ export class WebSocketTransport {
   #streams = new Map(); // open room streams by id (BigInt) -> feed
   #lastStream = 0n;
   #incoming = feed();
-  #datagramsIn = feed(new CountQueuingStrategy({ highWaterMark: INBOUND_DATAGRAMS }));
+  #datagramsIn = latestFeed(INBOUND_DATAGRAM_BYTES);
   #waiting = new Map(); // datagrams waiting for the socket: channel (BigInt) or a unique key -> bytes
   #waitingBytes = 0;
   #drainTimer = null;
@@ -206,8 +256,8 @@ export class WebSocketTransport {
         this.#fail(ErrorCode.DatagramTooLarge, what);
         return;
       }
-      // Dropped when the reader is far behind (as QUIC's receive buffer drops datagrams).
-      if (this.#datagramsIn.desiredSize > 0) this.#datagramsIn.enqueue(message.Datagram);
+      // The oldest dropped when the reader is far behind (as QUIC's receive buffer drops datagrams).
+      this.#datagramsIn.enqueue(message.Datagram);
     } else if (message.Stream) {
       const stream = this.#stream(message.Stream.id);
       if (stream && message.Stream.bytes.length > 0) stream.enqueue(message.Stream.bytes);

@@ -19,7 +19,7 @@ pub(crate) struct ChatArgs {
     #[arg(long)]
     room: String,
     /// Name to be known by in the room (default: a new one each run, `dev-` and 8 hex digits with a dev token,
-    /// `guest-` and 16 on an anonymous server; with --token, the token's subject where the server reads tokens). Pass one to
+    /// `guest-` and 16 on an anonymous server; with a token, the token's subject where the server reads tokens). Pass one to
     /// be recognised across runs.
     #[arg(long)]
     name: Option<String>,
@@ -46,11 +46,11 @@ pub(crate) struct PostArgs {
     /// Room to post to.
     #[arg(long)]
     room: String,
-    /// Name to post as (default: a new one each run, as `chat`'s; with --token, the token's subject where the
+    /// Name to post as (default: a new one each run, as `chat`'s; with a token, the token's subject where the
     /// server reads tokens).
     #[arg(long)]
     name: Option<String>,
-    /// Idempotency key: running the command again with the same key (and the same --name or --token) gets the
+    /// Idempotency key: running the command again with the same key (and the same --name or token) gets the
     /// original seq back instead of posting twice, while the server remembers it (`dedupe_window_s`, 600 s by
     /// default). Any text; it is hashed to the post's client_msg_id.
     #[arg(long, value_name = "KEY")]

@@ -64,7 +64,7 @@ pub(crate) struct TrustArgs {
     #[arg(long)]
     ca: Option<PathBuf>,
     /// The server's data directory: for a server on this machine, its dev certificate is trusted and, without
-    /// --token (and without --ca, or --cert-hash other than the dev certificate's), a dev token is minted with its
+    /// a token (--token-file, QUIVER_TOKEN or --token) (and without --ca, or --cert-hash other than the dev certificate's), a dev token is minted with its
     /// dev key. Default: `QUIVER_DATA_DIR` (what the server's image and unit set), else `.quiver`.
     #[arg(long, env = "QUIVER_DATA_DIR", default_value = ".quiver")]
     data_dir: PathBuf,
@@ -92,7 +92,7 @@ impl TrustArgs {
     /// certificate (no --ca; no --cert-hash, or the dev certificate's): a token signed with the local dev key has
     /// every right on the local dev server, so it is never sent to another machine, which could use it there,
     /// nor to a loopback port that leads elsewhere (`ssh -L`, `kubectl port-forward`: a server with another
-    /// certificate). Elsewhere, pass --token.
+    /// certificate). Elsewhere, give a token (--token-file, QUIVER_TOKEN or --token).
     pub(crate) fn token_provider(&self, name: Option<&str>, servers: &str) -> Option<quiver_client::TokenProvider> {
         if let Some(path) = &self.token_file {
             let path = path.clone();
@@ -190,7 +190,7 @@ impl ServerArgs {
     pub(crate) fn options(&self, name: Option<String>) -> Result<ConnectOptions, CliError> {
         if name.is_some() && self.has_token() {
             eprintln!(
-                "note: with --token a server knows this client by the token's subject; --name counts only on a server \
+                "note: with a token a server knows this client by the token's subject; --name counts only on a server \
                  that reads no tokens (anonymous)"
             );
         }

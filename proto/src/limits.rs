@@ -47,7 +47,8 @@ pub struct Limits {
     /// Seconds a `(identity, client_msg_id)` is remembered per room so a retried post is not delivered twice.
     /// Default 600.
     pub dedupe_window_s: u32,
-    /// `(identity, client_msg_id)` entries remembered per room at most (oldest forgotten first). Default 10,000.
+    /// `(identity, client_msg_id)` entries remembered per room, of posts stored (oldest forgotten first; a server
+    /// keeps the posts still waiting for its store's commit past it). Default 10,000.
     pub dedupe_max_entries: u32,
     /// Connections the server serves at once (handshakes in progress included); one more is accepted and closed
     /// at once with `TooManyConnections`. Default 10,000.

@@ -50,8 +50,9 @@ counters! {
     ticks_expired,
     /// Ticks that did not fit a subscriber's path (its max datagram size is smaller than the publisher's).
     ticks_too_large,
-    /// Ticks a publisher sent larger than every path carries (`TickHeader::MAX_PORTABLE_PAYLOAD`): dropped on
-    /// arrival, before a seq is taken for them (fanned out, each subscriber's path refused them one by one).
+    /// Ticks a publisher sent whose payload, with the longest header (`TickHeader::MAX_LEN`), exceeds the server's
+    /// own path to it (at least `MAX_PORTABLE_DATAGRAM`): dropped on arrival, before a seq is taken for them
+    /// (fanned out, each subscriber's path refused them one by one).
     ticks_too_large_in,
     /// Ticks dropped because their publisher sent more than `ticks_per_s`.
     ticks_rate_limited,

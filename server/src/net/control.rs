@@ -118,7 +118,7 @@ pub(super) fn control<'a, R: RoomHub>(
                     // already taken are answered (within the frame timeout), which could take seconds.
                     Box::pin(connection.close(now_us(), frame_timeout)).await;
                     replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
-                    answer_deferred(deferred.take(), (&codec, stats), &mut outbound, "the access token expired");
+                    answer_deferred(deferred.take(), &replies, (&codec, stats), &mut outbound, "the access token expired");
                     // Flushed even when nothing is left to encode: replies written just before (a Join refused at the
                     // expiry) would otherwise be dropped by the close.
                     let reason = "the access token expired; reconnect with a fresh one";
@@ -135,7 +135,7 @@ pub(super) fn control<'a, R: RoomHub>(
                         Box::pin(connection.close(now_us(), frame_timeout)).await;
                         replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
                         let why = "the key of this session's token is no longer trusted";
-                        answer_deferred(deferred.take(), (&codec, stats), &mut outbound, why);
+                        answer_deferred(deferred.take(), &replies, (&codec, stats), &mut outbound, why);
                         flush_and_close(conn, &mut send, &outbound, failure.code, &failure.message).await;
                         return failure.message;
                     }
@@ -238,7 +238,7 @@ pub(super) fn control<'a, R: RoomHub>(
                         return make_room(conn, config, stats, slot);
                     }
                     replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
-                    answer_deferred(deferred.take(), (&codec, stats), &mut outbound, "the server is shutting down");
+                    answer_deferred(deferred.take(), &replies, (&codec, stats), &mut outbound, "the server is shutting down");
                     return Box::pin(going_away(conn, Some((&mut send, outbound)))).await;
                 }
             }
@@ -407,12 +407,22 @@ pub(super) fn control<'a, R: RoomHub>(
 /// that anyone could leave behind with one frame (a review's find).
 const KEPT_BUFFER: usize = 8 * 1024;
 
-/// Lets go of `buf`'s memory when it is empty and holds more than [`KEPT_BUFFER`].
 /// The request held back (`deferred`) as the connection ends (the server's shutdown, the token's expiry, a key
 /// reload): a reply it has already is sent, and a room or tick request not served yet is refused `Unavailable`
 /// (`why`; clients retry it once reconnected), as a request still waiting inside the connection is
-/// (`dispatch::ending`). It got no reply before: only the replies waiting for their commits were answered.
-fn answer_deferred(deferred: Option<Step>, (codec, stats): (&FrameCodec, &ServerStats), out: &mut BytesMut, why: &str) {
+/// (`dispatch::ending`). It got no reply before: only the replies waiting for their commits were answered. Not when
+/// some of those are still unanswered (`replies.finish` gave up on a stalled store): replies go in request order,
+/// and a later one before them would break it.
+fn answer_deferred(
+    deferred: Option<Step>,
+    replies: &Replies,
+    (codec, stats): (&FrameCodec, &ServerStats),
+    out: &mut BytesMut,
+    why: &str,
+) {
+    if replies.waiting() {
+        return;
+    }
     let msg = match deferred {
         None => return,
         Some(Step::Reply(msg) | Step::ReplyAndClose(msg, ..)) => msg,
@@ -425,6 +435,7 @@ fn answer_deferred(deferred: Option<Step>, (codec, stats): (&FrameCodec, &Server
     encode(codec, &msg, out);
 }
 
+/// Lets go of `buf`'s memory when it is empty and holds more than [`KEPT_BUFFER`].
 fn shrink_if_empty(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > KEPT_BUFFER {
         *buf = BytesMut::new();

@@ -111,6 +111,12 @@ export class RequestTable {
     return id;
   }
 
+  /** Whether a request of the application's waits for its reply (not a probe: the session's own Pings). */
+  waitingForReplies() {
+    for (const waiter of this.waiting.values()) if (!waiter.probe) return true;
+    return false;
+  }
+
   /** The waiter of `reqId`, now no longer outstanding; undefined for an id not outstanding. */
   complete(reqId) {
     const waiter = this.waiting.get(reqId);

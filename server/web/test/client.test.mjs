@@ -476,7 +476,7 @@ test('a server that answers no clock Ping holds neither a reconnect past the con
 
 test('over WebTransport a server gone quiet is noticed after deadServerAfterMs, a Ping sent first; traffic puts it off', async (t) => {
   const server = new FakeServer();
-  const ann = await connect(t, server, { name: 'ann', deadServerAfterMs: 600 });
+  const ann = await connect(t, server, { name: 'ann', deadServerAfterMs: 600, connectTimeoutMs: 1000 });
   const [first] = server.live;
   // Anything arriving puts the Ping off: ticks on a channel, every 100 ms for 1.2 s, and no Ping goes out.
   await ann.subscribe('prices');
@@ -505,6 +505,16 @@ test('over WebTransport a server gone quiet is noticed after deadServerAfterMs, 
   await until('the quiet connection is given up', () => !second.alive, 3000);
   assert.match(second.closedBy.reason, /nothing received for 600 ms/);
   await until('reconnected again', () => ann.status === 'connected' && server.live.length === 1, 3000);
+  // A server answering no Ping at all (its QUIC up): the clock estimate gives its Pings up at connectTimeoutMs and
+  // leaves them unanswered; they are the session's own, not requests waiting, so it is still given up.
+  server.ignorePings = true;
+  const third = server.live[0];
+  third.kill();
+  const later = () => server.connections.slice(server.connections.indexOf(third) + 1);
+  const givenUp = () => later().find((c) => /nothing received for 600 ms/.test(c.closedBy?.reason ?? ''));
+  await until('a session whose clock Pings went unanswered is given up too', givenUp, 5000);
+  server.ignorePings = false;
+  await until('reconnected a third time', () => ann.status === 'connected' && server.live.length === 1, 5000);
   await assert.rejects(
     QuiverClient.connect(URL_, { transport: server.transport, deadServerAfterMs: -1 }),
     /deadServerAfterMs must be a number/,

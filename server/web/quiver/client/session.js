@@ -209,14 +209,15 @@ export class Session {
    * Sends one request; resolves with the reply's Ok value, rejects with a QuiverError (or QuiverEncodeError).
    * `noted(reqId)`, if given, hears the request's id before it is written (a Join's stream names it).
    * `answered(ok, err)`, if given, hears the reply instead, synchronously as its frame is read (the promise then
-   * settles only if the request fails otherwise: not written, or the session lost).
+   * settles only if the request fails otherwise: not written, or the session lost). `probe`: one of the session's
+   * own Pings, not a request the dead-server watchdog waits for.
    */
-  request(body, noted = null, answered = null) {
+  request(body, noted = null, answered = null, probe = false) {
     return new Promise((resolve, reject) => {
       let reqId;
       let frame;
       try {
-        reqId = this.requests.start({ resolve, reject, answered });
+        reqId = this.requests.start({ resolve, reject, answered, probe });
         frame = encodeFrame(wire.Request, { req_id: reqId, body }, this.maxFrame);
         noted?.(reqId);
       } catch (err) {
@@ -283,10 +284,12 @@ export class Session {
       }
       if (pingAt === null) {
         pingAt = now;
-        this.request({ Ping: { client_time_us: BigInt(Math.round(unixUs())) } }).then(check, () => {});
+        const ping = { Ping: { client_time_us: BigInt(Math.round(unixUs())) } };
+        this.request(ping, null, null, true).then(check, () => {});
       }
       const grace = timeoutMs - pingMs;
-      const busy = patientWhileBusy && this.requests.size > 1; // (the keep-alive Ping is one)
+      // (Not the session's own Pings: this one, one given up by the clock estimate, one an answer overtook.)
+      const busy = patientWhileBusy && this.requests.waitingForReplies();
       if (idle >= timeoutMs && now - pingAt >= grace && !busy) {
         this.lost({ code: ErrorCode.Internal, reason: `connection lost: nothing received for ${timeoutMs} ms` });
         return;
@@ -309,7 +312,7 @@ export class Session {
       const clientTimeUs = unixUs();
       const started = performance.now();
       try {
-        const ping = this.request({ Ping: { client_time_us: BigInt(Math.round(clientTimeUs)) } });
+        const ping = this.request({ Ping: { client_time_us: BigInt(Math.round(clientTimeUs)) } }, null, null, true);
         const reply = await within(ping, deadline - performance.now(), signal);
         if (reply === undefined) break; // out of time, or the client closed
         const serverTimeUs = Number(expectReply(reply, 'Pong').server_time_us);

@@ -117,7 +117,7 @@ pub(crate) fn terminal_text(body: &[u8]) -> String {
 
 /// A line of this program's that may carry the server's words (an error, a refusal's or a close's reason), as
 /// [`terminal_text`] shows a body: a line break in the server's part (a reason written to look like a message line
-/// that follows) is escaped too; this program's own messages have none.
+/// that follows) is escaped too (for lines known to carry the server's words: [`crate::error::CliError::carries_server_words`]).
 pub(crate) fn terminal_line(text: &str) -> String {
     terminal_text(text.as_bytes())
 }

@@ -53,7 +53,8 @@ pub(crate) async fn run(args: ChurnArgs) -> Result<(), CliError> {
     let errors: u64 = {
         let errors = counters.errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for (what, count) in errors.iter() {
-            crate::out!("  {count} × {what}");
+            // (A refusal's or a close's reason is the server's: escaped.)
+            crate::out!("  {count} × {}", crate::chat::terminal_line(what));
         }
         errors.values().sum()
     };

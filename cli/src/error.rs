@@ -188,3 +188,22 @@ pub(crate) enum CliError {
     #[error(transparent)]
     Task(#[from] tokio::task::JoinError),
 }
+
+impl CliError {
+    /// Whether this error carries the server's words (a refusal's or a close's reason, its Display): printed with
+    /// them escaped whole, line breaks included ([`crate::chat::terminal_line`]). The others are this program's
+    /// own, some of them over several lines (a TOML error's snippet, `ip`'s stderr).
+    pub(crate) fn carries_server_words(&self) -> bool {
+        matches!(
+            self,
+            CliError::Connect { .. }
+                | CliError::Join { .. }
+                | CliError::Post(_)
+                | CliError::History(_)
+                | CliError::Publish(_)
+                | CliError::Subscribe(_)
+                | CliError::TicksEnded { .. }
+                | CliError::Tick(_)
+        )
+    }
+}

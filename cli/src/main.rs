@@ -259,7 +259,10 @@ fn main() -> ExitCode {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) => {
             // (The server's words may be in it: a refusal's reason, a close's.)
-            crate::err!("error: {}", chat::terminal_line(&err.to_string()));
+            match err.carries_server_words() {
+                true => crate::err!("error: {}", chat::terminal_line(&err.to_string())),
+                false => crate::err!("error: {err}"),
+            }
             ExitCode::FAILURE
         }
         Err(join) => {

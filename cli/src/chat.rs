@@ -122,6 +122,12 @@ pub(crate) fn terminal_line(text: &str) -> String {
     terminal_text(text.as_bytes())
 }
 
+/// This program's own text over several lines (a TOML error's snippet, `ip`'s stderr), line by line as
+/// [`terminal_text`] shows a body: its line breaks kept, anything else a terminal would act on escaped.
+pub(crate) fn terminal_lines(text: &str) -> String {
+    text.split('\n').map(|line| terminal_text(line.as_bytes())).collect::<Vec<_>>().join("\n")
+}
+
 /// A name from the server (a sender, a member, this session's identity) as [`terminal_text`] shows a body: servers
 /// refuse control characters in identities, but the server is not to be trusted with the reader's terminal.
 pub(crate) fn terminal_name(name: &str) -> String {

@@ -204,6 +204,29 @@ impl CliError {
                 | CliError::Subscribe(_)
                 | CliError::TicksEnded { .. }
                 | CliError::Tick(_)
+                | CliError::Bench(
+                    BenchError::Connect(_)
+                        | BenchError::Request { .. }
+                        | BenchError::Unanswered { .. }
+                        | BenchError::QuinnConnection(_)
+                        | BenchError::WebSocket(_)
+                )
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The errors that carry the server's words (a refusal's or a close's reason) are told apart from the CLI's own,
+    /// a bench's against an external server's among them.
+    #[test]
+    fn errors_with_the_servers_words_are_told_apart() {
+        let timeout = || ConnectError::Timeout(std::time::Duration::from_secs(1));
+        assert!(CliError::Connect { server: "s".into(), source: timeout() }.carries_server_words());
+        assert!(CliError::Bench(BenchError::Connect(timeout())).carries_server_words());
+        assert!(!CliError::RoomEnded.carries_server_words());
+        assert!(!CliError::Bench(BenchError::NeedsLinux).carries_server_words());
     }
 }

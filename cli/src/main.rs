@@ -259,9 +259,11 @@ fn main() -> ExitCode {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) => {
             // (The server's words may be in it: a refusal's reason, a close's.)
+            // Escaped whole when it carries the server's words; else line by line (its own breaks kept, what a
+            // terminal would act on escaped all the same).
             match err.carries_server_words() {
                 true => crate::err!("error: {}", chat::terminal_line(&err.to_string())),
-                false => crate::err!("error: {err}"),
+                false => crate::err!("error: {}", chat::terminal_lines(&err.to_string())),
             }
             ExitCode::FAILURE
         }

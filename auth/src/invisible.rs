@@ -152,7 +152,15 @@ fn is_emoji(c: char) -> bool {
 /// hieroglyphs); ideographic variation selectors (U+E0100–U+E01EF) after a CJK ideograph; Mongolian's free
 /// variation selectors after a Mongolian letter. The combining grapheme joiner (U+034F) selects nothing visible.
 fn selects(c: char, b: char) -> bool {
-    let cjk = |b: char| matches!(b, '\u{3400}'..='\u{4DBF}' | '\u{4E00}'..='\u{9FFF}' | '\u{F900}'..='\u{FAFF}' | '\u{20000}'..='\u{3FFFF}');
+    let cjk = |b: char| {
+        matches!(
+            b,
+            '\u{3400}'..='\u{4DBF}'
+                | '\u{4E00}'..='\u{9FFF}'
+                | '\u{F900}'..='\u{FAFF}'
+                | '\u{20000}'..='\u{3FFFF}'
+        )
+    };
     match c {
         '\u{FE0E}' | '\u{FE0F}' => is_emoji(b),
         '\u{FE00}'..='\u{FE0D}' => {

@@ -19,8 +19,8 @@ pub(crate) struct ChatArgs {
     #[arg(long)]
     room: String,
     /// Name to be known by in the room (default: a new one each run, `dev-` and 8 hex digits with a dev token,
-    /// `guest-` and 16 on an anonymous server; with a token, the token's subject where the server reads tokens). Pass one to
-    /// be recognised across runs.
+    /// `guest-` and 16 on an anonymous server; with a token, the token's subject where the server reads tokens).
+    /// Pass one to be recognised across runs.
     #[arg(long)]
     name: Option<String>,
     /// Resume from a position a previous run printed (`EPOCH:SEQ`, e.g. from a `message` line's epoch and seq):
@@ -117,7 +117,8 @@ pub(crate) fn terminal_text(body: &[u8]) -> String {
 
 /// A line of this program's that may carry the server's words (an error, a refusal's or a close's reason), as
 /// [`terminal_text`] shows a body: a line break in the server's part (a reason written to look like a message line
-/// that follows) is escaped too (for lines known to carry the server's words: [`crate::error::CliError::carries_server_words`]).
+/// that follows) is escaped too (for lines known to carry the server's words:
+/// [`crate::error::CliError::carries_server_words`]).
 pub(crate) fn terminal_line(text: &str) -> String {
     terminal_text(text.as_bytes())
 }

@@ -40,8 +40,8 @@ pub(crate) enum CliError {
     #[error("--modes: {0}")]
     Modes(#[from] quiver_lab::bench::UnknownDurability),
     #[error(
-        "--id needs the same identity every time: give --name (or a token, --token-file or QUIVER_TOKEN, on a server that requires tokens: one \
-         that admits anonymous sessions ignores tokens)"
+        "--id needs the same identity every time: give --name (or a token, --token-file or QUIVER_TOKEN, on a \
+         server that requires tokens: one that admits anonymous sessions ignores tokens)"
     )]
     IdWithoutIdentity,
     /// `quiver churn` met errors, or made no connection at all.

@@ -64,8 +64,9 @@ pub(crate) struct TrustArgs {
     #[arg(long)]
     ca: Option<PathBuf>,
     /// The server's data directory: for a server on this machine, its dev certificate is trusted and, without
-    /// a token (--token-file, QUIVER_TOKEN or --token) (and without --ca, or --cert-hash other than the dev certificate's), a dev token is minted with its
-    /// dev key. Default: `QUIVER_DATA_DIR` (what the server's image and unit set), else `.quiver`.
+    /// a token (--token-file, QUIVER_TOKEN or --token) (and without --ca, or --cert-hash other than the dev
+    /// certificate's), a dev token is minted with its dev key. Default: `QUIVER_DATA_DIR` (what the server's image
+    /// and unit set), else `.quiver`.
     #[arg(long, env = "QUIVER_DATA_DIR", default_value = ".quiver")]
     data_dir: PathBuf,
     /// Access token (JWT), e.g. from `quiver-server token --sub NAME`. Prefer `QUIVER_TOKEN` or --token-file: a

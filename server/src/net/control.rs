@@ -118,7 +118,8 @@ pub(super) fn control<'a, R: RoomHub>(
                     // already taken are answered (within the frame timeout), which could take seconds.
                     Box::pin(connection.close(now_us(), frame_timeout)).await;
                     replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
-                    answer_deferred(deferred.take(), &replies, (&codec, stats), &mut outbound, "the access token expired");
+                    let why = "the access token expired";
+                    answer_deferred(deferred.take(), &replies, (&codec, stats), &mut outbound, why);
                     // Flushed even when nothing is left to encode: replies written just before (a Join refused at the
                     // expiry) would otherwise be dropped by the close.
                     let reason = "the access token expired; reconnect with a fresh one";
@@ -238,7 +239,8 @@ pub(super) fn control<'a, R: RoomHub>(
                         return make_room(conn, config, stats, slot);
                     }
                     replies.finish(&codec, stats, &mut outbound, frame_timeout).await;
-                    answer_deferred(deferred.take(), &replies, (&codec, stats), &mut outbound, "the server is shutting down");
+                    let why = "the server is shutting down";
+                    answer_deferred(deferred.take(), &replies, (&codec, stats), &mut outbound, why);
                     return Box::pin(going_away(conn, Some((&mut send, outbound)))).await;
                 }
             }

@@ -56,11 +56,11 @@ impl Settings {
         if self.drain_timeout_ms > MAX_DRAIN_TIMEOUT_MS {
             return Err(Invalid::new("drain_timeout_ms", format!("at most {MAX_DRAIN_TIMEOUT_MS} (10 minutes)")));
         }
-        // The ranges a program embedding the server is held to as well (`ServerConfig::check`).
         if self.data_dir.as_os_str().is_empty() {
             // (`QUIVER_DATA_DIR=` passed the check and failed the start with a path of nothing.)
             return Err(Invalid::new("data_dir", "must not be empty (the default is .quiver)"));
         }
+        // The ranges a program embedding the server is held to as well (`ServerConfig::check`).
         crate::config::check_values(&self.limits, &self.budget, &self.transport.tuning())
             .map_err(|(key, why)| Invalid::new(key, why))?;
         self.web_config()?; // its ranges and addresses: `config check` must refuse what the server would

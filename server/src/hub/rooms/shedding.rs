@@ -32,7 +32,8 @@ impl LocalRooms {
     /// scan that found none is not made again for [`FULL_RESCAN_US`]: every room had members, and each new name
     /// (free for anyone to send, and retried by clients) scanned every room under the map's lock.
     /// Not again after a leave, a sweep or a stored post that left its room without members evictable
-    /// ([`super::super::release`]) since the scan began, nor when the scan passed busy rooms by (their lock held:
+    /// ([`super::super::release`]; a room still storing a retention deletion or its creation counts at the next
+    /// sweep) since the scan began, nor when the scan passed busy rooms by (their lock held:
     /// one may be free a moment later), nor when the clock went back.
     pub(super) fn evict_for_new(&self, rooms: &mut HubGuard<'_, RoomMap>, now_us: u64) -> bool {
         let c = &self.counters;

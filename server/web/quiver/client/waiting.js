@@ -52,7 +52,7 @@ export class RefusalWindow {
     this.tries = 0;
   }
 
-  /** A failed attempt (`err`, thrown by openFirst, client/race.js) at `now`: the refusal to end with, or null to go on. */
+  /** A failed attempt (`err`, thrown by client/race.js' openFirst) at `now`: the refusal to end with, or null. */
   failed(err, now) {
     if (err?.refused && !err.othersLeft) return err;
     if (err?.refused && !this.refusal) [this.refusal, this.since] = [err, now];

@@ -295,8 +295,10 @@ async fn read_ticks(
         // it, one by one, and the channel's seq taken for it would read as a lost tick everywhere. Measured with the
         // longest header, not the publisher's: the server sends it on with each subscriber's channel id and the
         // channel's seq (8 bytes from 2^30), so a short header that fit would not (a 1,148-byte datagram passed the
-        // WebSocket lane's check before and left it at up to 1,163).
-        if payload.len() + TickHeader::MAX_LEN > conn.tick_datagram_max() {
+        // WebSocket lane's check before and left it at up to 1,163). A portable payload always fits (the path's size,
+        // behind quinn's connection lock, is looked up only for a larger one: not on every tick).
+        let portable = payload.len() <= TickHeader::MAX_PORTABLE_PAYLOAD;
+        if !portable && payload.len() + TickHeader::MAX_LEN > conn.tick_datagram_max() {
             bump(&stats.ticks_too_large_in);
             continue;
         }

@@ -35,7 +35,7 @@ const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One connection's rooms and ticks: its protocol state and the IO behind it.
 #[derive(Debug)]
-pub(super) struct Connection<R> {
+pub(super) struct Connection<R: RoomHub> {
     conn: Wire,
     state: ConnectionState<Arc<StreamOutbox>>,
     rooms: Arc<R>,
@@ -482,3 +482,49 @@ impl<R: RoomHub> Connection<R> {
         let _ = tokio::time::timeout(commit_wait, self.commits.wait()).await;
     }
 }
+
+/// A connection whose task ends without [`Connection::close`] (a panic unwinding it, its future dropped) still
+/// leaves nothing behind: its tick tasks and room pumps stop, the peer is told, its subscriptions and claims are
+/// released, and its rooms are left on a task of their own (a room's members and presence would otherwise keep it
+/// for as long as the server runs). After a close this does nothing.
+impl<R: RoomHub> Drop for Connection<R> {
+    fn drop(&mut self) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        self.stop.cancel();
+        self.datagrams.cancel();
+        self.conn.close(ErrorCode::Internal, "the server's task for this connection ended");
+        let release = self.state.close();
+        for (channel, subscriber) in release.subscriptions {
+            ServerStats::add(&self.stats.subscriptions, -1);
+            self.ticks.unsubscribe(&channel, subscriber);
+        }
+        for (channel, max_age_us) in release.claims {
+            self.ticks.release(&channel, max_age_us);
+        }
+        let mut rooms = Vec::with_capacity(release.rooms.len());
+        for (room, joined) in release.rooms {
+            ServerStats::add(&self.stats.room_members, -1);
+            joined.outbox.close();
+            rooms.push((room, joined.subscriber));
+        }
+        tracing::warn!(rooms = rooms.len(), "a connection's task ended without closing it; released what it held");
+        if rooms.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime left to leave them on: the server is gone with its rooms
+        };
+        let hub = self.rooms.clone();
+        runtime.spawn(async move {
+            for (room, subscriber) in rooms {
+                hub.leave(&room, subscriber, super::now_us()).await.flush();
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+#[path = "dispatch_tests.rs"]
+mod tests;

@@ -323,7 +323,7 @@ async fn read_ticks(
 pub(crate) struct ConnectionTicks {
     pub(crate) sink: Arc<DatagramSink>,
     claims: watch::Sender<Arc<ClaimTable>>,
-    tasks: TaskTracker,
+    pub(super) tasks: TaskTracker,
     stop: CancellationToken,
 }
 
@@ -358,10 +358,15 @@ impl ConnectionTicks {
         self.claims.send_replace(claims);
     }
 
-    /// Stops the connection's tick tasks.
-    pub(crate) async fn stop(&self) {
+    /// Tells the connection's tick tasks to stop, without waiting for them.
+    pub(crate) fn cancel(&self) {
         self.stop.cancel();
         self.tasks.close();
+    }
+
+    /// Stops the connection's tick tasks.
+    pub(crate) async fn stop(&self) {
+        self.cancel();
         self.tasks.wait().await;
     }
 }

@@ -1,0 +1,61 @@
+//! A connection's state against real hubs and a real QUIC connection on loopback.
+
+use std::sync::{atomic::Ordering, Arc};
+
+use quiver_proto::{Join, Limits};
+use quiver_transport::TailProbe;
+use tokio_util::sync::CancellationToken;
+
+use super::Connection;
+use crate::{
+    hub::{
+        ticks::{LocalTicks, TickHub},
+        LocalRooms, RoomHub,
+    },
+    net::{now_us, wire::Wire},
+    session::{RoomRequest, TickRequest},
+    stats::ServerStats,
+};
+
+/// A connection whose task ends without its close (a panic unwinding it) leaves its rooms, its subscriptions and
+/// its tick task all the same, and tells the peer. Before, its membership kept the room (and its presence) for as
+/// long as the server ran, and its tick task ran on.
+#[tokio::test]
+async fn a_connection_dropped_without_its_close_still_leaves_its_rooms() {
+    let (server_conn, client_conn, _client, _dir) = crate::net::test_quic::loopback_pair().await;
+    let wire = Wire::Quic(Arc::new(web_transport_quinn::Session::raw(server_conn)));
+    let limits = Limits::default();
+    let rooms = Arc::new(LocalRooms::new(limits.clone(), crate::Budget::default()));
+    let ticks = Arc::new(LocalTicks::default());
+    let hubs = (rooms.clone(), ticks.clone() as Arc<dyn TickHub>);
+    let stats = Arc::new(ServerStats::default());
+    let counted = (stats.clone(), None);
+    let mut connection =
+        Connection::start(&wire, &limits, hubs, TailProbe::disabled(), None, counted, CancellationToken::new());
+    let join = Join { room: "lobby".into(), since: None, redundant: false };
+    connection.room("alice", (1, RoomRequest::Join(join)), now_us()).await.expect("joined");
+    let subscribe = TickRequest::Subscribe { channel: "prices".into() };
+    connection.tick(subscribe).expect("subscribed");
+    assert_eq!(stats.room_members.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.subscriptions.load(Ordering::Relaxed), 1);
+    assert_eq!((rooms.usage().rooms, ticks.channels()), (1, 1));
+    let tick_task = connection.datagrams.tasks.clone();
+
+    drop(connection);
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        rooms.sweep(now_us()).await; // removes a room without members or history
+        if rooms.usage().rooms == 0 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(rooms.usage().rooms, 0, "the room kept a member whose connection is gone");
+    assert_eq!(stats.room_members.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.subscriptions.load(Ordering::Relaxed), 0);
+    assert_eq!(ticks.channels(), 0, "the channel kept a subscriber whose connection is gone");
+    tokio::time::timeout(std::time::Duration::from_secs(5), tick_task.wait()).await.expect("the tick task stopped");
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), client_conn.closed()).await;
+    assert!(closed.is_ok(), "the peer was not told");
+}

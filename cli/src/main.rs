@@ -117,11 +117,41 @@ impl TrustArgs {
 }
 
 /// The token in the file at `path`, without surrounding whitespace; an error names the file (never its content).
+/// A file other users of the machine may read is used, with a warning once per process (a Kubernetes secret's
+/// volume is 0644 by default, so refusing would break those; ssh refuses such key files).
 fn read_token_file(path: &std::path::Path) -> Result<String, quiver_client::TokenError> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some(warning) = token_file_exposure(path) {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("warning: {warning}");
+        }
+    }
     let text = std::fs::read_to_string(path).map_err(|err| format!("--token-file {}: {err}", path.display()))?;
     match text.trim() {
         "" => Err(format!("--token-file {}: the file is empty", path.display()).into()),
         token => Ok(token.to_string()),
+    }
+}
+
+/// A warning when the token file at `path` (followed through links) may be read by users other than its owner:
+/// its group or everyone. `None` when it may not, or cannot be read at all (reading it says why).
+fn token_file_exposure(path: &std::path::Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o044 != 0).then(|| {
+            format!(
+                "--token-file {}: other users of this machine may read the token (mode {mode:04o}); \
+                 `chmod 600` it",
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
     }
 }
 
@@ -335,6 +365,26 @@ mod tests {
         let both = TrustArgs { token: Some("given".into()), ..trust };
         let provider = both.token_provider(None, "192.0.2.1:4433").unwrap();
         assert_eq!(provider.token().await.unwrap(), "from.file");
+    }
+
+    /// A token file its group or everyone may read is named in a warning (with its mode); one only its owner may
+    /// read is not.
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_may_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "t").unwrap();
+        for (mode, exposed) in [(0o600, false), (0o400, false), (0o640, true), (0o604, true), (0o644, true)] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let warning = token_file_exposure(&file);
+            assert_eq!(warning.is_some(), exposed, "{mode:o}: {warning:?}");
+            if let Some(warning) = warning {
+                assert!(warning.contains(&file.display().to_string()) && warning.contains(&format!("{mode:04o}")));
+            }
+        }
+        assert_eq!(token_file_exposure(&dir.path().join("missing")), None, "reading it says why");
     }
 
     /// A loopback port that leads elsewhere (`ssh -L 4433:prod:4433`, trusted with prod's pin or a CA) gets no dev

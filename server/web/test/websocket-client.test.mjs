@@ -303,6 +303,38 @@ test('websocket keep-alive: a Ping after keepAliveMs of silence; a connection th
   assert.ok(isWebSocket(server.connections[1]) && server.connections[1].alive);
 });
 
+test('websocket: a server gone quiet is given up after deadServerAfterMs while no request waits, after idleTimeoutMs while one does', async (t) => {
+  const server = new FakeServer();
+  const statuses = [];
+  const { client } = await connectAuto(t, server, {
+    transport: 'websocket', deadServerAfterMs: 300, idleTimeoutMs: 1500,
+    onStatus: (status, why) => statuses.push([status, why]),
+  });
+  const [first] = server.connections;
+  // A post held behind a slow room store (replies come in request order: the Pong behind it), the server otherwise
+  // quiet: the session is kept past deadServerAfterMs, and over the WebSocket (no QUIC idle timeout behind it)
+  // given up at idleTimeoutMs.
+  server.holdPostReplies = true;
+  first.ignorePings = true;
+  const posted = client.post('lobby', 'held').catch(() => {});
+  const quietFrom = Date.now();
+  await until('lost while a post waits', () => statuses.length > 1, 4000);
+  assert.ok(Date.now() - quietFrom >= 1400, `given up after ${Date.now() - quietFrom} ms, before idleTimeoutMs`);
+  assert.deepEqual(statuses[1][1], { code: ErrorCode.Internal, reason: 'connection lost: nothing received for 1500 ms' });
+  server.holdPostReplies = false;
+  await until('reconnected', () => client.status === 'connected' && server.live.length === 1, 3000);
+  await posted;
+  // Quiet with nothing outstanding: given up after deadServerAfterMs (a Ping at two thirds of it), not idleTimeoutMs.
+  const second = server.live[0];
+  const seen = statuses.length;
+  second.silence();
+  const silentFrom = Date.now();
+  await until('lost again', () => statuses.length > seen, 3000);
+  assert.ok(Date.now() - silentFrom < 1400, `given up after ${Date.now() - silentFrom} ms, not deadServerAfterMs`);
+  assert.deepEqual(statuses[seen][1], { code: ErrorCode.Internal, reason: 'connection lost: nothing received for 300 ms' });
+  assert.deepEqual(second.unanswered.map((body) => Object.keys(body)[0]), ['Ping']);
+});
+
 test('keep-alive: a late timer (a background tab\'s) is not a dead connection; a dead one is still noticed', async (t) => {
   const server = new FakeServer();
   const realSet = globalThis.setTimeout;
@@ -349,7 +381,9 @@ test('keep-alive: none over WebTransport; its timers end with the session, lost 
     realClear(handle);
   };
   try {
-    const { client } = await connectAuto(t, server, { transport: 'websocket', keepAliveMs: 55_555, idleTimeoutMs: 99_999 });
+    const { client } = await connectAuto(t, server, {
+      transport: 'websocket', keepAliveMs: 55_555, idleTimeoutMs: 99_999, deadServerAfterMs: 0,
+    });
     assert.equal(made.size, 1);
     server.connections.at(-1).kill();
     await until('reconnected', () => client.status === 'connected' && made.size === 2);

@@ -14,16 +14,22 @@ import { expectReply, unixUs } from './values.js';
 /** Sent in Hello as the client's software and version. */
 export const AGENT = 'quiver-web/0.1';
 
-/** Over the WebSocket: a Ping after this long without receiving anything (option `keepAliveMs`). */
+/**
+ * Over the WebSocket: a Ping after this long without receiving anything (option `keepAliveMs`), at most two thirds of
+ * the time after which the session is lost.
+ */
 export const KEEP_ALIVE_MS = 10_000;
 
-/** Over the WebSocket: the connection is lost after this long without receiving anything (`idleTimeoutMs`). */
+/**
+ * Over the WebSocket: the connection is lost after this long without receiving anything (`idleTimeoutMs`), requests
+ * waiting for replies or not; sooner, after `deadServerAfterMs`, while none waits.
+ */
 export const IDLE_TIMEOUT_MS = 30_000;
 
 /**
- * Over WebTransport: the connection is lost after this long without receiving anything (`deadServerAfterMs`; 0:
- * never), a Ping having gone out after two thirds of it: the Rust client's `dead_server_after` (12 s, its
- * keep-alive 8 s), while no request of the session's waits for its reply. The browser's QUIC keep-alives are
+ * The connection is lost after this long without receiving anything (`deadServerAfterMs`; 0: never), a Ping having
+ * gone out after two thirds of it: the Rust client's `dead_server_after` (12 s, its keep-alive 8 s), while no
+ * request of the session's waits for its reply (over the WebSocket, at most `idleTimeoutMs`). The browser's QUIC keep-alives are
  * invisible to JS, and its idle timeout (30 s) was what noticed a dead node before.
  */
 export const DEAD_SERVER_AFTER_MS = 12_000;
@@ -134,9 +140,16 @@ export class Session {
         }
         // (Past what setTimeout takes, 2^31 - 1 ms, is never: a longer timer fires at once.)
         const dead = options.deadServerAfterMs ?? DEAD_SERVER_AFTER_MS;
-        const keepAlive = typeof link.wt.receivedAt === 'number'
-          ? { pingMs: options.keepAliveMs ?? KEEP_ALIVE_MS, timeoutMs: options.idleTimeoutMs ?? IDLE_TIMEOUT_MS }
-          : dead > 0 && dead < 2 ** 31 - 1 && { pingMs: (dead * 2) / 3, timeoutMs: dead, patientWhileBusy: true };
+        const watched = dead > 0 && dead < 2 ** 31 - 1;
+        let keepAlive = watched && { pingMs: (dead * 2) / 3, timeoutMs: dead, busyTimeoutMs: Infinity };
+        if (typeof link.wt.receivedAt === 'number') {
+          // Over the WebSocket no transport timeout JS can see ends a session whose server is gone (TCP may wait
+          // for minutes): `idleTimeoutMs` does, requests waiting or not; `deadServerAfterMs` sooner while none waits.
+          const idle = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
+          const quiet = watched ? Math.min(dead, idle) : idle;
+          const pingMs = Math.min(options.keepAliveMs ?? KEEP_ALIVE_MS, (quiet * 2) / 3);
+          keepAlive = { pingMs, timeoutMs: quiet, busyTimeoutMs: idle };
+        }
         return new Session(link, writer, reader, frames, rest, reply.result.Ok.Welcome, hooks, keepAlive);
       }
     };
@@ -263,12 +276,12 @@ export class Session {
    * own timeout, if any. After `pingMs` without receiving anything a Ping goes on the control stream; once nothing
    * has arrived for `timeoutMs`, the Ping included, the connection is lost (and the client reconnects). Whatever
    * arrives puts both off. A Ping always gets `timeoutMs - pingMs` to be answered: a timer that fired late (a
-   * background tab's may wait a minute) is not taken for a dead connection. `patientWhileBusy` (WebTransport): while
-   * other requests wait for their replies the session is not given up here, since the server answers in request
-   * order and a live server whose room store is behind holds the Pong behind the posts it has not stored yet; QUIC's
-   * own idle timeout (30 s) still ends a session whose server is gone.
+   * background tab's may wait a minute) is not taken for a dead connection. While other requests wait for their
+   * replies the limit is `busyTimeoutMs` instead, since the server answers in request order and a live server whose
+   * room store is behind holds the Pong behind the posts it has not stored yet: Infinity over WebTransport (QUIC's
+   * own idle timeout, 30 s, still ends a session whose server is gone), `idleTimeoutMs` over the WebSocket.
    */
-  #keepAlive({ pingMs, timeoutMs, patientWhileBusy = false }) {
+  #keepAlive({ pingMs, timeoutMs, busyTimeoutMs }) {
     let pingAt = null; // when the keep-alive Ping now unanswered went out
     const check = () => {
       clearTimeout(this.keepAliveTimer);
@@ -289,13 +302,15 @@ export class Session {
       }
       const grace = timeoutMs - pingMs;
       // (Not the session's own Pings: this one, one given up by the clock estimate, one an answer overtook.)
-      const busy = patientWhileBusy && this.requests.waitingForReplies();
-      if (idle >= timeoutMs && now - pingAt >= grace && !busy) {
-        this.lost({ code: ErrorCode.Internal, reason: `connection lost: nothing received for ${timeoutMs} ms` });
+      const busy = this.requests.waitingForReplies();
+      const limit = busy ? busyTimeoutMs : timeoutMs;
+      if (idle >= limit && now - pingAt >= grace) {
+        this.lost({ code: ErrorCode.Internal, reason: `connection lost: nothing received for ${limit} ms` });
         return;
       }
-      // (Busy past the deadline: looked at again a grace later, not spun on.)
-      this.keepAliveTimer = setTimeout(check, Math.max(timeoutMs - idle, grace - (now - pingAt), busy ? grace : 0));
+      const due = Math.max(limit - idle, grace - (now - pingAt));
+      // (Busy: looked at again a grace later at most, as its requests may end meanwhile; not spun on.)
+      this.keepAliveTimer = setTimeout(check, busy ? Math.min(due, grace) : due);
     };
     this.keepAliveTimer = setTimeout(check, pingMs);
   }

@@ -13,7 +13,7 @@ use quiver_tests::{hostile::named, states_until, TestServer};
 
 use quiver_tests::fakes::{
     broken_room_stream, drops_each_first_request, fake_endpoint, kicked_with_its_join, late_first_stream,
-    mute_after_welcome, unfinished_frames, Seen,
+    mute_after_welcome, unfinished_frames, Dropped, Seen,
 };
 
 /// A room joined while the client reconnects is joined once: the application's Join goes to the new connection, and
@@ -272,21 +272,28 @@ async fn a_kick_right_behind_the_joins_reply_is_not_lost() {
 /// connection and succeeds there, instead of failing with `Closed` while the client reconnects on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_whose_connection_drops_before_the_answer_go_again_on_the_next_connection() {
-    calls_go_again_on_the_next_connection(false).await;
+    calls_go_again_on_the_next_connection(Dropped::Unanswered).await;
 }
 
 /// The same when each connection goes as a draining server's does (GoAway and the control stream finished a moment
 /// before the close): the calls fail on the finished stream while the connection is not closed yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_whose_server_drains_before_the_answer_go_again_on_the_next_connection() {
-    calls_go_again_on_the_next_connection(true).await;
+    calls_go_again_on_the_next_connection(Dropped::Draining).await;
 }
 
-async fn calls_go_again_on_the_next_connection(graceful: bool) {
+/// The same when the draining server refuses each call `Unavailable` ("retry once reconnected") before it closes,
+/// as a server shutting down does with the requests it still holds: before, the application got the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_a_draining_server_refuses_unavailable_go_again_on_the_next_connection() {
+    calls_go_again_on_the_next_connection(Dropped::Refused).await;
+}
+
+async fn calls_go_again_on_the_next_connection(how: Dropped) {
     use quiver_proto::RequestBody;
     let (dir, endpoint, addr) = fake_endpoint();
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let server = tokio::spawn(drops_each_first_request(endpoint, seen_tx, graceful));
+    let server = tokio::spawn(drops_each_first_request(endpoint, seen_tx, how));
     let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
     let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
     let calls = async {

@@ -122,7 +122,15 @@ async fn a_subscription_ends_for_its_readers_when_unsubscribed_or_when_the_clien
     assert_eq!(tick.map(|t| t.payload), Some("after".into()));
 
     assert_eq!(other.end_reason(), None);
+    let publisher = client.publisher("other").await.unwrap();
+    assert_eq!(publisher.end_reason(), None);
     client.close().await;
+    // A publisher of a closed client is done, with the client's reason: not `NotConnected` (reconnecting), which a
+    // publisher's loop retries for ever.
+    let sent = publisher.send("after the close");
+    assert!(matches!(sent, Err(TickError::Ended { code: ErrorCode::NoError, .. })), "{sent:?}");
+    assert!(matches!(publisher.max_payload(), Err(TickError::Ended { .. })));
+    assert_eq!(publisher.end_reason().map(|(code, _)| code), Some(ErrorCode::NoError));
     let tick = tokio::time::timeout(Duration::from_secs(5), other.next()).await;
     assert!(matches!(tick, Ok(None)), "a closed client's subscription reader gets None: {tick:?}");
     assert!(again.next_batch().await.is_none());

@@ -270,6 +270,9 @@ impl<H: Handler> Connection<H> {
 /// A written request's reply, to come.
 pub(crate) type Pending = oneshot::Receiver<Result<Reply, RequestError>>;
 
+/// A written request's reply, to come, and the connection it was written on.
+pub(crate) type Written<H> = (Pending, Arc<Connection<H>>);
+
 /// The reply to a request [`Connection::send`] wrote.
 pub(crate) async fn reply(rx: Pending) -> Result<Reply, RequestError> {
     rx.await.unwrap_or_else(|_| Err(RequestError::closed((ErrorCode::Internal, "reply reader stopped".into()))))

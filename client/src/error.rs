@@ -219,7 +219,8 @@ pub enum TickError {
     #[error("the connection does not carry datagrams")]
     Unsupported,
     /// The server refused to take the claim back after a reconnect (e.g. `PermissionDenied` under a renewed token
-    /// that no longer grants the channel): this publisher is done; [`crate::Client::publisher`] claims anew.
+    /// that no longer grants the channel), or the client ended (the client's end reason): this publisher is done;
+    /// [`crate::Client::publisher`] claims anew.
     #[error("the claim of this channel ended: {reason} ({code})")]
     Ended {
         /// Why, as the server refused it.

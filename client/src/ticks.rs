@@ -140,15 +140,19 @@ impl TickPublisher {
 
     /// Sends one tick; returns the publisher's own seq for it. Never waits: if quinn's datagram buffer is full,
     /// its oldest datagram makes room (latest wins). [`TickError::Ended`] once the server refused to take the claim
-    /// back after a reconnect.
+    /// back after a reconnect, or once the client ended.
     pub fn send(&self, payload: impl Into<Bytes>) -> Result<u64, TickError> {
         self.handle.driver.send_tick(&self.entry, payload.into())
     }
 
-    /// Why the claim ended (the server refused to take it back after a reconnect, or it was unpublished), once it
-    /// did.
+    /// Why the claim ended (the server refused to take it back after a reconnect, or it was unpublished; or the
+    /// client ended: the client's end reason), once it did.
     pub fn end_reason(&self) -> Option<(ErrorCode, String)> {
-        self.entry.end_reason()
+        match self.entry.end_reason() {
+            Some(why) => Some(why),
+            None if self.handle.driver.stop.is_cancelled() => Some(self.handle.driver.end_reason()),
+            None => None,
+        }
     }
 
     /// Gives the claim up on the server (Unpublish), for every publisher of the channel sharing it (their sends

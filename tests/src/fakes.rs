@@ -326,12 +326,11 @@ pub async fn kicked_with_its_join(endpoint: quinn::Endpoint, joins: tokio::sync:
 /// History it is sent (each closes the connection it came on, unanswered, as a server that crashed); those sent
 /// again, on the next connections, are answered: a Join with a stream carrying one message, `after the drop`, a
 /// History with that message. Every request but Hello and Ping goes to `seen`, with the number of the connection
-/// it came on (from 0). With `graceful`, a connection goes as a draining server's does instead: GoAway, its control
-/// stream finished, and the connection closed 300 ms later.
+/// it came on (from 0). How the connection goes: [`Dropped`].
 pub async fn drops_each_first_request(
     endpoint: quinn::Endpoint,
     seen: tokio::sync::mpsc::UnboundedSender<(usize, quiver_proto::RequestBody)>,
-    graceful: bool,
+    how: Dropped,
 ) {
     use std::sync::{Arc, Mutex};
 
@@ -357,7 +356,14 @@ pub async fn drops_each_first_request(
                     let _ = seen.send((number, body.clone()));
                     let kind = std::mem::discriminant(&body);
                     if dropped.lock().unwrap().insert(kind) {
-                        if graceful {
+                        if how == Dropped::Refused {
+                            let code = quiver_proto::ErrorCode::Unavailable;
+                            let why = "the server is shutting down; retry once reconnected";
+                            let failure = quiver_proto::Failure::new(code, why);
+                            let refused = ServerMsg::Reply { req_id, result: Err(failure) };
+                            let _ = send.write_all(&codec.encode_to_vec(&refused).unwrap()).await;
+                        }
+                        if how != Dropped::Unanswered {
                             let code = quiver_proto::ErrorCode::GoingAway;
                             let away = ServerMsg::GoAway { code, reason: "draining".into() };
                             let _ = send.write_all(&codec.encode_to_vec(&away).unwrap()).await;
@@ -394,6 +400,18 @@ pub async fn drops_each_first_request(
             }
         });
     }
+}
+
+/// How [`drops_each_first_request`] lets a connection go under a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Closed, the request unanswered, as by a server that crashed.
+    Unanswered,
+    /// As a draining server's: GoAway, its control stream finished, and the connection closed 300 ms later.
+    Draining,
+    /// As a draining server's that still held the request: refused `Unavailable` ("retry once reconnected"), then
+    /// as [`Dropped::Draining`].
+    Refused,
 }
 
 /// A server whose connections are numbered from 0, each welcomed with that number plus one as its session id:

@@ -57,7 +57,7 @@ impl Driver {
     }
 
     /// Runs `attempt` on the current connection; if that connection is lost before the attempt is answered (its
-    /// `Closed`), runs it again on the next one, up to [`TRIES_ACROSS_RECONNECTS`] connections in all. For what
+    /// `Closed`, or `Unavailable` from a server that then closes it: [`ends_soon`]), runs it again on the next one, up to [`TRIES_ACROSS_RECONNECTS`] connections in all. For what
     /// the server may take twice without harm, and what a lost connection undoes anyway (a Join or Subscribe of a
     /// connection that is gone holds nothing), so a reconnect of a moment does not fail the application's call.
     /// Once the client ends, the caller gives up (`given_up`), or no connection comes back within `connect_timeout`,
@@ -73,14 +73,16 @@ impl Driver {
         let mut live = self.live().await?;
         let mut tries = 1;
         loop {
-            match attempt(live.clone()).await {
-                Err(err @ RequestError::Closed { .. })
-                    if tries < TRIES_ACROSS_RECONNECTS
-                        && live.is_done()
-                        && !self.stop.is_cancelled()
-                        && !given_up() =>
-                {
-                    tracing::debug!(%err, "the connection was lost under a request; sending it again on the next one");
+            let done = attempt(live.clone()).await;
+            let lost = match &done {
+                Err(RequestError::Closed { .. }) => live.is_done(),
+                // A draining server (its shutdown, the token's expiry) refuses what it holds so, then closes.
+                Err(RequestError::Failed(failure)) if failure.code == ErrorCode::Unavailable => ends_soon(&live).await,
+                _ => false,
+            };
+            match done {
+                Err(err) if lost && tries < TRIES_ACROSS_RECONNECTS && !self.stop.is_cancelled() && !given_up() => {
+                    tracing::debug!(%err, "the connection went under a request; sending it again on the next one");
                     live = self.live().await.map_err(|_| err)?;
                     tries += 1;
                 }
@@ -194,7 +196,7 @@ impl Driver {
                 () = tokio::time::sleep(UNPUBLISH_GRACE) => {}
             }
             let current = || driver.current.borrow().clone();
-            if let Ok(Some(sent)) = driver.ticks.unpublish_unheld(current, &entry).await {
+            if let Ok(Some((sent, _))) = driver.ticks.unpublish_unheld(current, &entry).await {
                 drop(crate::connection::reply(sent).await);
             }
         });
@@ -216,7 +218,7 @@ impl Driver {
         let Some(driver) = driver else { return };
         let entry = entry.clone();
         self.spawn(async move {
-            if let Ok(Some(sent)) = driver.write_unsubscribe(&entry, true).await {
+            if let Ok(Some((sent, _))) = driver.write_unsubscribe(&entry, true).await {
                 drop(crate::connection::reply(sent).await);
             }
         });
@@ -228,7 +230,7 @@ impl Driver {
         &self,
         entry: &Arc<SubEntry>,
         if_unheld: bool,
-    ) -> Result<Option<crate::connection::Pending>, RequestError> {
+    ) -> Result<Option<crate::connection::Written<Driver>>, RequestError> {
         // Ordered with the entry's subscribes and resubscribes (`SubEntry::order`), which count its handles.
         let _order = entry.order.lock().await;
         let held = if_unheld && entry.handles.load(std::sync::atomic::Ordering::Acquire) > 0;
@@ -245,7 +247,10 @@ impl Driver {
         // write under this lock): nothing to write or wait for.
         let live = self.current.borrow().clone().filter(|live| live.close_reason().is_none());
         let sent = match live {
-            Some(live) => live.send(RequestBody::Unsubscribe { channel: entry.channel.clone() }).await.map(Some),
+            Some(live) => {
+                let sent = live.send(RequestBody::Unsubscribe { channel: entry.channel.clone() }).await;
+                sent.map(|sent| Some((sent, live)))
+            }
             None => Ok(None),
         };
         // Forgotten once its Unsubscribe is written: a subscribe of the channel meanwhile found it (ended) and
@@ -255,22 +260,42 @@ impl Driver {
     }
 }
 
-/// A Leave's or an Unsubscribe's outcome (`sent`: the reply to wait for, if one was written; `answered`: the reply
-/// expected). Never fails for the connection's sake: a connection lost under it ends what it let go with it, and
+/// How long a connection whose server refused a request `Unavailable` is given to close before the refusal is
+/// taken as the answer ([`ends_soon`]): a draining server closes right after its last replies.
+const ENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// True when `live`, whose server refused a request `Unavailable`, is gone or goes within [`ENDING_WAIT`]: a server
+/// shutting down (or a session whose token expired) refuses the requests it still holds so, "retry once
+/// reconnected", and closes; the request then belongs on the next connection. A refusal on a connection that stays
+/// (the server's broker or room store unreachable for now) is the answer.
+async fn ends_soon(live: &Live) -> bool {
+    if !live.is_done() {
+        let _ = tokio::time::timeout(ENDING_WAIT, live.link.closed()).await;
+    }
+    live.is_done()
+}
+
+/// A Leave's or an Unsubscribe's outcome (`sent`: the reply to wait for, if one was written, and the connection it
+/// was written on; `answered`: the reply expected). Never fails for the connection's sake: a connection lost under
+/// it ends what it let go with it (so does one whose draining server refused it `Unavailable` and closed it), and
 /// `NotJoined` means the server had let it go already (a reconnect that did not take it back).
 pub(crate) async fn let_go(
-    sent: Result<Option<crate::connection::Pending>, RequestError>,
+    sent: Result<Option<crate::connection::Written<Driver>>, RequestError>,
     answered: fn(&Reply) -> bool,
 ) -> Result<(), RequestError> {
-    let reply = match sent {
-        Ok(Some(sent)) => crate::connection::reply(sent).await,
+    let (reply, live) = match sent {
+        Ok(Some((sent, live))) => (crate::connection::reply(sent).await, Some(live)),
         Ok(None) => return Ok(()),
-        Err(err) => Err(err),
+        Err(err) => (Err(err), None),
     };
     match reply {
         Ok(reply) if answered(&reply) => Ok(()),
         Err(RequestError::Closed { .. }) => Ok(()),
         Err(RequestError::Failed(failure)) if failure.code == ErrorCode::NotJoined => Ok(()),
+        Err(RequestError::Failed(failure)) if failure.code == ErrorCode::Unavailable => match live {
+            Some(live) if ends_soon(&live).await => Ok(()),
+            _ => Err(RequestError::Failed(failure)),
+        },
         Ok(other) => Err(RequestError::unexpected(other)),
         Err(err) => Err(err),
     }

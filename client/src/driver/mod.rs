@@ -310,6 +310,7 @@ impl Driver {
 
     /// The largest tick payload that fits one datagram on the current connection.
     pub(crate) fn max_payload(&self) -> Result<usize, TickError> {
+        self.ended_tick_error()?;
         let link = self.current.borrow().as_ref().map(|c| c.link.clone());
         ticks::max_payload(&link.ok_or(TickError::NotConnected)?)
     }
@@ -319,8 +320,20 @@ impl Driver {
         if let Some((code, reason)) = publisher.end_reason() {
             return Err(TickError::Ended { code, reason });
         }
+        self.ended_tick_error()?;
         let connection = self.current.borrow().clone().ok_or(TickError::NotConnected)?;
         ticks::send_tick(&connection, publisher, payload, self.server_clock_us())
+    }
+
+    /// [`TickError::Ended`] with the client's end reason once the client ended (closed, or given up reconnecting):
+    /// its last connection, closed, still names the publisher's claim, and a send on it said `NotConnected`, which a
+    /// publisher retries for ever.
+    fn ended_tick_error(&self) -> Result<(), TickError> {
+        if !self.stop.is_cancelled() {
+            return Ok(());
+        }
+        let (code, reason) = self.end_reason();
+        Err(TickError::Ended { code, reason })
     }
 
     /// The clock offset of the fastest round trip in `samples`, if any.

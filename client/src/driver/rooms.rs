@@ -380,7 +380,7 @@ impl super::Driver {
         };
         let entry = entry.clone();
         self.spawn(async move {
-            if let Ok(Some(sent)) = driver.write_leave(&entry).await {
+            if let Ok(Some((sent, _))) = driver.write_leave(&entry).await {
                 drop(crate::connection::reply(sent).await);
             }
         });
@@ -395,7 +395,10 @@ impl super::Driver {
 
     /// Ends `entry`, writes its Leave (unless it had ended: nothing of it is on the server) and forgets it; the
     /// Leave's reply to wait for, if one was written.
-    async fn write_leave(&self, entry: &Arc<RoomEntry>) -> Result<Option<crate::connection::Pending>, RequestError> {
+    async fn write_leave(
+        &self,
+        entry: &Arc<RoomEntry>,
+    ) -> Result<Option<crate::connection::Written<super::Driver>>, RequestError> {
         let room = entry.name.as_str();
         // Ordered with a rejoin of the entry (`RoomEntry::order`): its Join goes before this Leave, or not at all.
         let _order = entry.order.lock().await;
@@ -414,7 +417,10 @@ impl super::Driver {
         // and this holds the order lock a rejoin writes under), so there is nothing to write or wait for.
         let live = self.current.borrow().clone().filter(|live| live.close_reason().is_none());
         let sent = match live {
-            Some(live) => live.send(RequestBody::Leave { room: room.to_string() }).await.map(Some),
+            Some(live) => {
+                let sent = live.send(RequestBody::Leave { room: room.to_string() }).await;
+                sent.map(|sent| Some((sent, live)))
+            }
             None => Ok(None),
         };
         self.rooms.remove(entry);

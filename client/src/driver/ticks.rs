@@ -282,7 +282,7 @@ impl Ticks {
         &self,
         current: impl FnOnce() -> Option<Arc<Connection<H>>>,
         entry: &Arc<PubEntry>,
-    ) -> Result<Option<crate::connection::Pending>, RequestError> {
+    ) -> Result<Option<crate::connection::Written<H>>, RequestError> {
         let _turn = self.claim_order.turn(&entry.channel).await;
         self.unpublish_in_turn(current, entry).await
     }
@@ -293,7 +293,7 @@ impl Ticks {
         &self,
         current: impl FnOnce() -> Option<Arc<Connection<H>>>,
         entry: &Arc<PubEntry>,
-    ) -> Result<Option<crate::connection::Pending>, RequestError> {
+    ) -> Result<Option<crate::connection::Written<H>>, RequestError> {
         let _turn = self.claim_order.turn(&entry.channel).await;
         let unheld = {
             let publishers = lock(&self.publishers);
@@ -310,7 +310,7 @@ impl Ticks {
         &self,
         current: impl FnOnce() -> Option<Arc<Connection<H>>>,
         entry: &Arc<PubEntry>,
-    ) -> Result<Option<crate::connection::Pending>, RequestError> {
+    ) -> Result<Option<crate::connection::Written<H>>, RequestError> {
         // Read in the turn: a reconnect's claim on a new connection that came first is answered by now.
         let connection = current();
         {
@@ -331,11 +331,13 @@ impl Ticks {
         // the connection ends, as a dropped publisher's does.
         let claimed_on = lock(&entry.claim).map(|(on, _)| on);
         match connection
-            .as_deref()
             .filter(|live| live.close_reason().is_none() && claimed_on == Some(live.id))
             .filter(|live| live.welcome.version >= 5)
         {
-            Some(live) => live.send(RequestBody::Unpublish { channel: entry.channel.clone() }).await.map(Some),
+            Some(live) => {
+                let sent = live.send(RequestBody::Unpublish { channel: entry.channel.clone() }).await;
+                sent.map(|sent| Some((sent, live)))
+            }
             None => Ok(None),
         }
     }

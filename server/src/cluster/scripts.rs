@@ -121,7 +121,10 @@ if max_age > 0 and seq % 8 == 0 then
   local cutoff = tonumber(now[1]) * 1000000 + tonumber(now[2]) - max_age
   for i = 1, 16 do
     local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
-    if not first or tonumber(first[2][4]) >= cutoff then break end
+    -- (An entry without a time, damaged or not written here, stops the walk: raising an error after the writes
+    -- above would refuse a post stored already, and deleting what cannot be read is not this script's to do.)
+    local t = first and tonumber(first[2][4] or '')
+    if not t or t >= cutoff then break end
     redis.call('XDEL', log, first[1])
   end
 end

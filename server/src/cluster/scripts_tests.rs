@@ -183,6 +183,41 @@ fn post_fresh(redis: &mut Redis, keys: &RoomKeys, id: u64, time_us: u64, max_ent
     (seq, duplicate == 1)
 }
 
+/// A stream whose oldest entry has no readable time (damaged, or not written by a node) does not make every 8th
+/// post fail after it was stored (the age trim compared a nil): the trim stops at that entry, and the post is
+/// answered and published.
+#[test]
+fn an_entry_without_a_time_stops_the_age_trim_and_fails_no_post() {
+    let Some(mut redis) = redis("an_entry_without_a_time_stops_the_age_trim_and_fails_no_post") else { return };
+    let keys = RoomKeys::new("damaged");
+    assert_eq!(post(&mut redis, &keys, 1, 1_000), (1, false));
+    let _: () = redis::cmd("XDEL").arg(&keys.log).arg("1-0").query(&mut redis.conn).unwrap();
+    let fields = ["o", "1", "t", "not a time", "p", "x"];
+    let _: String = redis::cmd("XADD").arg(&keys.log).arg("1-1").arg(&fields).query(&mut redis.conn).unwrap();
+    for id in 2..=9u64 {
+        let posted: (String, u64, u8) = POST_SCRIPT
+            .key(&keys.meta)
+            .key(&keys.log)
+            .key(&keys.members)
+            .key(keys.dedupe("poster", id))
+            .key(keys.dedupe_ring())
+            .arg("17")
+            .arg(1_000 + id)
+            .arg(format!("body {id}"))
+            .arg(60_000)
+            .arg(1_000)
+            .arg(1) // every message is past a 1 µs age limit
+            .arg(0)
+            .arg(&keys.events)
+            .arg(10_000)
+            .invoke(&mut redis.conn)
+            .unwrap_or_else(|err| panic!("post {id} refused: {err}"));
+        assert_eq!((posted.1, posted.2), (id, 0));
+    }
+    let left: u64 = redis::cmd("XLEN").arg(&keys.log).query(&mut redis.conn).unwrap();
+    assert_eq!(left, 9, "nothing deleted past the entry that cannot be read");
+}
+
 /// A room's dedupe keys are bounded by count (`dedupe_max_entries`, and 64 between trims), not only by the window:
 /// a key per post for the whole window let one client at its post rate fill Redis. The newest are remembered (a
 /// retry gets its seq back); the oldest are forgotten, as on one node.

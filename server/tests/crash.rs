@@ -106,14 +106,15 @@ fn start(dir: &Path, port: u16, durability: &str) -> Running {
 /// What the writers were told: `(room, body) → seq`.
 type Acked = Arc<Mutex<HashMap<(String, String), u64>>>;
 
-/// Posts until `stop`, then waits for what is in flight; returns how many posts were never answered.
+/// Posts until `stop`, then waits for what is in flight; returns how many posts were never answered, and the posts
+/// that failed (each is retried until acknowledged, so none should).
 async fn writer(
     server: String,
     dir: std::path::PathBuf,
     w: usize,
     acked: Acked,
     stop: Arc<tokio::sync::Notify>,
-) -> usize {
+) -> (usize, Vec<String>) {
     let options = ConnectOptions {
         trust: TrustOptions::Auto { data_dir: dir },
         name: Some(format!("writer-{w}")),
@@ -127,6 +128,7 @@ async fn writer(
     let stopped = stop.notified();
     tokio::pin!(stopped);
     let mut n = 0u64;
+    let mut failed = Vec::new();
     loop {
         while posts.len() < IN_FLIGHT {
             n += 1;
@@ -134,23 +136,29 @@ async fn writer(
             let post = client.post(room, body.clone());
             let acked = acked.clone();
             posts.spawn(async move {
-                if let Ok(seq) = post.await {
-                    acked.lock().unwrap().insert((room.to_string(), body), seq);
-                }
+                // Retried across reconnects until acknowledged: an error here is a post given up.
+                let seq = post.await.map_err(|err| format!("{body}: {err}"))?;
+                acked.lock().unwrap().insert((room.to_string(), body), seq);
+                Ok::<(), String>(())
             });
         }
         tokio::select! {
-            _ = posts.join_next() => {}
+            joined = posts.join_next() => failed.extend(joined.and_then(|j| j.expect("a post's task").err())),
             () = &mut stopped => break,
         }
     }
     // What is in flight is retried across reconnects until acknowledged; give it time, then stop.
     let in_flight = posts.len();
     let waited = Instant::now();
-    let _ = tokio::time::timeout(Duration::from_secs(20), async { while posts.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(joined) = posts.join_next().await {
+            failed.extend(joined.expect("a post's task").err());
+        }
+    })
+    .await;
     eprintln!("writer {w}: {in_flight} in flight at the stop, {} left after {:?}", posts.len(), waited.elapsed());
     client.close().await;
-    posts.len()
+    (posts.len(), failed)
 }
 
 #[test]
@@ -237,7 +245,9 @@ fn kills_and_restarts(durability: &str) {
     std::thread::sleep(Duration::from_millis(500));
     stop.notify_waiters();
     for writer in writers {
-        assert_eq!(runtime.block_on(writer).unwrap(), 0, "every post in flight was answered after the restarts");
+        let (unanswered, failed) = runtime.block_on(writer).unwrap();
+        assert_eq!(unanswered, 0, "every post in flight was answered after the restarts");
+        assert!(failed.is_empty(), "posts failed instead of being retried until acknowledged: {failed:?}");
     }
     eprintln!("acknowledged posts at each restart: {progress:?}");
 

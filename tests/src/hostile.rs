@@ -116,6 +116,8 @@ struct Seen {
     ticks: Vec<Instant>,
     /// Other room events that mean the connection was disturbed (`Resumed`).
     resumed: Vec<RoomEvent>,
+    /// The tick subscription ended.
+    ticks_ended: bool,
 }
 
 /// A well-behaved pair of clients: `feeder` posts to the room every 10 ms and publishes a tick every 5 ms;
@@ -149,9 +151,14 @@ impl Bystander {
         let watching = {
             let (seen, stop) = (seen.clone(), stop_watching.clone());
             tokio::spawn(async move {
+                let mut ticks_ended = false;
                 loop {
                     tokio::select! {
-                        _ = ticks.next() => seen.lock().unwrap().ticks.push(Instant::now()),
+                        // (An ended subscription answers `None` at once, again and again: not a tick.)
+                        tick = ticks.next(), if !ticks_ended => match tick {
+                            Some(_) => seen.lock().unwrap().ticks.push(Instant::now()),
+                            None => (ticks_ended, seen.lock().unwrap().ticks_ended) = (true, true),
+                        },
                         event = room.next() => match event {
                             Some(RoomEvent::Message(m)) => seen.lock().unwrap().messages.push((m.seq, Instant::now())),
                             Some(resumed @ RoomEvent::Resumed { .. }) => seen.lock().unwrap().resumed.push(resumed),
@@ -216,6 +223,7 @@ impl Bystander {
         let seqs: Vec<u64> = seen.messages.iter().map(|(seq, _)| *seq).collect();
         assert_eq!(seqs, (1..=posted).collect::<Vec<_>>(), "room messages in order, no gap, no duplicate");
         assert!(seen.resumed.is_empty(), "the bystander's connection was disturbed: {:?}", seen.resumed);
+        assert!(!seen.ticks_ended, "the bystander's tick subscription ended");
         let count = |from: Instant, to: Instant| seen.ticks.iter().filter(|t| **t >= from && **t <= to).count();
         let during = count(started, ended);
         let after = count(ended, finished);

@@ -45,7 +45,8 @@ async fn metrics_move_by_exactly_the_traffic() {
     let again = client.subscribe("prices").await.unwrap();
     let mut posts = 0;
     while posts < 3 {
-        if let Some(quiver_client::RoomEvent::Message(_)) = room.next().await {
+        let event = tokio::time::timeout(Duration::from_secs(10), room.next()).await.expect("the posts arrive");
+        if let quiver_client::RoomEvent::Message(_) = event.expect("the room ended") {
             posts += 1;
         }
     }

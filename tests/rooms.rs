@@ -104,8 +104,9 @@ async fn history_overflow_is_surfaced_as_recovered_false() {
     let server = TestServer::start(Limits { history_max_messages: 10, gap_replay: 5, ..Limits::default() });
     let slow_reconnect = ConnectOptions {
         name: Some("away".into()),
-        reconnect_delay: Duration::from_millis(800),
-        reconnect_max_delay: Duration::from_millis(800),
+        // (Jittered down to half: the 50 posts below, each stored with its fsync, must be in before it reconnects.)
+        reconnect_delay: Duration::from_secs(3),
+        reconnect_max_delay: Duration::from_secs(3),
         ..ConnectOptions::default()
     };
     let away = server.client_with(slow_reconnect).await.unwrap();
@@ -114,9 +115,9 @@ async fn history_overflow_is_surfaced_as_recovered_false() {
     writer.post("busy", "first").await.unwrap();
     messages(&mut room, 1).await;
     away.connection().unwrap().close(0u32.into(), b"test drops the connection");
-    for i in 0..50 {
-        writer.post("busy", format!("{i}")).await.unwrap();
-    }
+    // All 50 in flight at once (one client's posts keep their order): a few group commits, not 50 fsyncs in a row.
+    let posts = futures_util::future::join_all((0..50).map(|i| writer.post("busy", format!("{i}")))).await;
+    assert_eq!(posts.into_iter().map(Result::unwrap).collect::<Vec<_>>(), (2..=51).collect::<Vec<u64>>());
     let (replayed, events) = messages(&mut room, 5).await;
     assert!(
         events.iter().any(|e| matches!(e, RoomEvent::Resumed { recovered: false, .. })),

@@ -121,9 +121,14 @@ test('only a refusal forgets the page key: a busy server or a network error fail
   assert.equal(token, 't1');
   assert.equal(pageKey(null, stored), 'k1');
   // Rate-limited, unavailable, or no answer at all: thrown (the client tries again), the key still kept.
-  for (const fetchFn of [answer(429, 'slow down'), answer(503, 'busy'), async () => { throw new TypeError('offline'); }]) {
+  const failures = [
+    [answer(429, 'slow down'), /config\.json: HTTP 429/],
+    [answer(503, 'busy'), /config\.json: HTTP 503/],
+    [async () => { throw new TypeError('offline'); }, /offline/],
+  ];
+  for (const [fetchFn, why] of failures) {
     stored = kept();
-    await assert.rejects(fetchDevToken(fetchFn, query(''), 'k1', stored, hint));
+    await assert.rejects(fetchDevToken(fetchFn, query(''), 'k1', stored, hint), why);
     assert.equal(pageKey(null, stored), 'k1', 'a passing failure does not forget the key');
   }
   // No config.json (a page served elsewhere, pointed at a server by ?url=): no token, nothing thrown.

@@ -143,6 +143,9 @@ pub(super) struct NodeState {
     pub(super) generation: u64,
     /// Counts Pub/Sub reconnects' catch-ups: one still retrying its read gives way to a later one.
     pub(super) catch_ups: u64,
+    /// Delivering what a gap fill read from the stream, or the events held behind it: the subscribers are behind on
+    /// them through no fault of their own, and get them outside the live bound ([`Outbox::push_catch_up`]).
+    pub(super) catching_up: bool,
 }
 
 /// What an event means for where the node stands in the room's order.
@@ -270,7 +273,11 @@ impl NodeRoom {
             if sub.after_op >= op {
                 continue;
             }
-            if !sub.outbox.push(frame.clone()) {
+            let pushed = match state.catching_up {
+                true => sub.outbox.push_catch_up(frame.clone()),
+                false => sub.outbox.push(frame.clone()),
+            };
+            if !pushed {
                 overflowed.push(*id);
             }
             delivery.add(sub.outbox.clone());
@@ -360,6 +367,7 @@ impl NodeRoom {
                     return;
                 }
                 // Still a gap after the fill: the stream could not close it.
+                state.catching_up = true;
                 if state.live && self.apply(&mut state, published, &mut delivery).is_some() {
                     delivery.extend(self.reset(&mut state, "a gap the stream could not fill"));
                 }
@@ -375,14 +383,17 @@ impl NodeRoom {
 
     /// Applies the events held during a fill, in order, up to the first that needs a fill of its own (returned:
     /// `filling` stays set for it); with none, the room's fill slot is free again.
+    /// They arrived while the room waited for the fill: caught up on outside the live bound.
     fn apply_held(&self, state: &mut NodeState, delivery: &mut Delivery) -> Option<(u64, Published)> {
         let mut next = None;
+        state.catching_up = true;
         while let Some(held) = state.held.pop_front() {
             if let Some(fill) = self.apply(state, held, delivery) {
                 next = Some(fill);
                 break;
             }
         }
+        state.catching_up = false;
         state.filling = next.is_some();
         next
     }

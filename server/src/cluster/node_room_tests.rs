@@ -57,15 +57,26 @@ fn the_old_epochs_last_events_after_a_switch_are_stragglers() {
 struct Recorded {
     frames: Mutex<Vec<Bytes>>,
     kicked: std::sync::atomic::AtomicBool,
+    /// Live frames it takes before it overflows (0: no bound), as `room_queue_bytes` would.
+    live_bound: std::sync::atomic::AtomicUsize,
 }
 
 impl Outbox for Recorded {
     fn push(&self, frame: Bytes) -> bool {
+        let bound = self.live_bound.load(std::sync::atomic::Ordering::SeqCst);
+        let mut frames = self.frames.lock().unwrap();
+        if bound > 0 && frames.len() >= bound {
+            return false;
+        }
+        frames.push(frame);
+        true
+    }
+    fn push_catch_up(&self, frame: Bytes) -> bool {
         self.frames.lock().unwrap().push(frame);
         true
     }
     fn push_replay(&self, frame: Bytes) {
-        self.push(frame);
+        self.frames.lock().unwrap().push(frame);
     }
     fn kick(&self) {
         self.kicked.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -203,4 +214,42 @@ async fn a_catch_up_waits_for_a_slow_fill_instead_of_resetting_the_room() {
     let state = lock(&room.state);
     assert_eq!((state.last_seq, state.last_op, state.filling), (3, 4, false));
     assert_eq!(outbox.frames.lock().unwrap().len(), 3, "messages 2 and 3, then bob's join");
+}
+
+/// A gap larger than a member's live bound (`room_queue_bytes`) is delivered in full: the fill's messages and the
+/// event that waited for them are caught up on outside it. Before, every member's queue overflowed part way through
+/// the fill and the room's members here were all dropped as slow at once (a leave and a rejoin each, seen on every
+/// node), for a gap that was Pub/Sub's, not theirs.
+#[tokio::test]
+async fn a_gap_larger_than_the_live_bound_drops_no_member() {
+    let Some(mut redis) = super::super::scripts::tests::redis("a_gap_larger_than_the_live_bound_drops_no_member")
+    else {
+        return;
+    };
+    // Redis holds messages 1 to 40 (ops 1 to 40); the node delivered none of them.
+    let keys = RoomKeys::new("r");
+    let meta = ["epoch", "7", "seq", "40", "op", "40"];
+    let _: () = redis::cmd("HSET").arg(&keys.meta).arg(&meta).query(&mut redis.conn).unwrap();
+    for n in 1..=40u64 {
+        let payload = super::event::message_payload("a", n, &Bytes::from(vec![b'x'; 1_000]));
+        let mut add = redis::cmd("XADD");
+        add.arg(&keys.log).arg(format!("{n}-0")).arg("o").arg(n).arg("t").arg(n).arg("p").arg(payload);
+        let _: String = add.query(&mut redis.conn).unwrap();
+    }
+    let state = NodeState { live: true, epoch: 7, filling: true, ..NodeState::default() };
+    let (room, outbox) = room_on(&redis.url, state);
+    outbox.live_bound.store(4, std::sync::atomic::Ordering::SeqCst);
+    let next = Published { epoch: 7, ..message(41, 41) };
+    room.clone().fill_then_apply(40, next, 0).await;
+    assert!(!outbox.kicked.load(std::sync::atomic::Ordering::SeqCst), "the room was reset");
+    let state = lock(&room.state);
+    assert_eq!(state.subscribers.len(), 1, "the member was dropped as slow");
+    assert_eq!((state.last_seq, state.filling, state.catching_up), (41, false, false));
+    drop(state);
+    assert_eq!(outbox.frames.lock().unwrap().len(), 41, "messages 1 to 40, then 41");
+    // Live again: the bound applies.
+    let mut live = b"7 42 42 0 M".to_vec();
+    live.extend_from_slice(&super::super::event::message_payload("bob", 42, &Bytes::new()));
+    room.clone().on_event(live);
+    assert_eq!(lock(&room.state).subscribers.len(), 0, "a live event past the bound still drops a slow member");
 }

@@ -15,6 +15,14 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     /// what the client asked to catch up on, bounded by the history limits, and must not reset the stream before
     /// it starts. The live bound applies to what comes after.
     fn push_replay(&self, frame: Bytes);
+    /// Enqueues a live frame the subscriber is behind on through no fault of its own: a message a cluster node's
+    /// gap fill read back from the room's stream (Pub/Sub lost it), and the events that waited for the fill. Outside
+    /// the live bound, as a replay is (a fill reads at most the room's history): a gap larger than
+    /// `room_queue_bytes` overflowed every member of the room at once. Behind a paged replay ([`Outbox::hold`]) it
+    /// waits as a live frame does, bound and all. False as [`Outbox::push`]. The default: [`Outbox::push`].
+    fn push_catch_up(&self, frame: Bytes) -> bool {
+        self.push(frame)
+    }
     /// Ends the subscription as if it had overflowed: the next [`Outbox::flush`] resets the stream with
     /// `SlowConsumer` and the client rejoins from its last position (an engine that lost the room's thread: a gap
     /// it cannot fill, a new epoch).

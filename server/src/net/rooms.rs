@@ -200,6 +200,45 @@ impl StreamOutbox {
         }
     }
 
+    /// [`Outbox::push`], or (`catching_up`) [`Outbox::push_catch_up`]: outside the live bound unless held.
+    fn enqueue(&self, frame: Bytes, catching_up: bool) -> bool {
+        if self.overflow.is_cancelled() {
+            return false;
+        }
+        let mut queue = lock(&self.queue);
+        if queue.closed {
+            return true; // left already; not an overflow
+        }
+        let bounded = !catching_up || queue.held.is_some();
+        if bounded && queue.bytes + queue.in_flight + queue.held_bytes + frame.len() > self.bound {
+            drop(queue);
+            self.overflow.cancel();
+            return false;
+        }
+        let queue = &mut *queue;
+        ServerStats::add(&self.stats.outbox_bytes, frame.len() as i64);
+        bump(&self.stats.room_deliveries);
+        match &mut queue.held {
+            // Held behind a paged replay: its position is known only once the replay is queued; no copies.
+            Some(held) => {
+                queue.held_bytes += frame.len();
+                held.push_back(frame);
+            }
+            None => {
+                if let Some(copies) = &self.copies {
+                    // Held until written: a copy never leaves before its frame, nor in the frame's packet.
+                    lock(&copies.queue).push(CopyTarget::Room(copies.slot), queue.position, frame.clone(), None);
+                }
+                queue.position += 1;
+                if bounded {
+                    queue.bytes += frame.len();
+                }
+                queue.frames.push_back(frame);
+            }
+        }
+        true
+    }
+
     /// No more frames: the pump finishes the stream once the queue is written.
     pub(crate) fn close(&self) {
         lock(&self.queue).closed = true;
@@ -242,38 +281,11 @@ impl Drop for PumpGone {
 
 impl Outbox for StreamOutbox {
     fn push(&self, frame: Bytes) -> bool {
-        if self.overflow.is_cancelled() {
-            return false;
-        }
-        let mut queue = lock(&self.queue);
-        if queue.closed {
-            return true; // left already; not an overflow
-        }
-        if queue.bytes + queue.in_flight + queue.held_bytes + frame.len() > self.bound {
-            drop(queue);
-            self.overflow.cancel();
-            return false;
-        }
-        let queue = &mut *queue;
-        ServerStats::add(&self.stats.outbox_bytes, frame.len() as i64);
-        bump(&self.stats.room_deliveries);
-        match &mut queue.held {
-            // Held behind a paged replay: its position is known only once the replay is queued; no copies.
-            Some(held) => {
-                queue.held_bytes += frame.len();
-                held.push_back(frame);
-            }
-            None => {
-                if let Some(copies) = &self.copies {
-                    // Held until written: a copy never leaves before its frame, nor in the frame's packet.
-                    lock(&copies.queue).push(CopyTarget::Room(copies.slot), queue.position, frame.clone(), None);
-                }
-                queue.position += 1;
-                queue.bytes += frame.len();
-                queue.frames.push_back(frame);
-            }
-        }
-        true
+        self.enqueue(frame, false)
+    }
+
+    fn push_catch_up(&self, frame: Bytes) -> bool {
+        self.enqueue(frame, true)
     }
 
     fn kick(&self) {

@@ -123,3 +123,24 @@ async fn a_replay_page_counts_as_drained_once_written_not_once_taken() {
     stop.cancel();
     let _ = pump.await;
 }
+
+/// Frames a cluster node catches up on (a gap fill read from the room's stream, and the events held behind it) go
+/// outside the live bound, as a replay's do: a gap larger than `room_queue_bytes` is not a slow reader. Live frames
+/// after them are bound by their own bytes; behind a paged replay (held) a catch-up frame is bound as a live one is.
+#[tokio::test]
+async fn catch_up_frames_are_outside_the_live_bound_unless_held() {
+    let (send, _client, _conn, _dir) = unread_stream().await;
+    let stats = Arc::new(ServerStats::default());
+    let probe = quiver_transport::TailProbe::disabled();
+    let bound = 64 * 1024;
+    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), bound, (probe, None), stats.clone());
+    let frame = Bytes::from(vec![b'x'; 16 * 1024]);
+    for k in 0..10 {
+        assert!(outbox.push_catch_up(frame.clone()), "catch-up frame {k} overflowed the live bound");
+    }
+    assert!(outbox.push(frame.clone()), "a live frame counted the catch-up's bytes");
+    assert_eq!(stats.room_deliveries.load(std::sync::atomic::Ordering::Relaxed), 11);
+    outbox.hold();
+    let held = (0..10).take_while(|_| outbox.push_catch_up(frame.clone())).count();
+    assert!(held < 10, "held behind a paged replay, catch-up frames are bound as live ones are");
+}

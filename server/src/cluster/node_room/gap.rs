@@ -5,8 +5,8 @@ use super::{stream, Delivery, Entry, NodeRoom, GAP_READ_RETRY_LAST};
 use crate::hub::lock::lock;
 
 impl NodeRoom {
-    /// Reads the messages after the node's last seq up to `upto` from the stream and delivers them; every one
-    /// must follow on (ops too: a hole between them is a presence event missed). Resets the room's subscriptions
+    /// Reads the messages after the node's last seq up to `upto` from the stream and delivers them (outside the
+    /// live bound: [`crate::hub::Outbox::push_catch_up`]); every one must follow on (ops too: a hole between them is a presence event missed). Resets the room's subscriptions
     /// when that cannot be done.
     pub(super) async fn fill(&self, upto: u64) {
         let (after, epoch, generation) = {
@@ -31,12 +31,15 @@ impl NodeRoom {
                 return;
             }
             let from = state.last_seq;
+            // (Outside the live bound: a gap larger than `room_queue_bytes` overflowed every member at once.)
+            state.catching_up = true;
             for Entry { op, event, .. } in read.unwrap_or_default().into_iter().filter(|e| e.event.seq > from) {
                 if event.seq != state.last_seq + 1 || op != state.last_op + 1 {
                     break;
                 }
                 self.deliver(&mut state, op, event, &mut delivery);
             }
+            state.catching_up = false;
             if state.last_seq == upto {
                 tracing::debug!(room = %self.name, from = after + 1, upto, "gap filled from the stream");
             } else {

@@ -67,10 +67,11 @@ impl Ctx {
     }
 
     /// Ends subscription `sub` of this node in the room's members (idempotent; a subscription not counted gets a
-    /// tombstone for [`TOMBSTONE_MS`], so that its join, if it runs later, counts nothing), retrying for as long as Redis is
-    /// unreachable and the node runs: a member left behind would look present to everyone, and keep the room from
-    /// expiring, for good (nothing else ends it while this node beats). A node that stops is buried instead, which
-    /// ends all its subscriptions.
+    /// tombstone for [`TOMBSTONE_MS`], so that its join, if it runs later, counts nothing), retrying for as long as
+    /// Redis is unreachable and the node runs: a member left behind would look present to everyone, and keep the
+    /// room from expiring, for good (nothing else ends it while this node beats). A node that stops is buried
+    /// instead, which ends all its subscriptions. A refusal of the script itself (a damaged key's `WRONGTYPE`) is
+    /// logged and given up: no retry mends it.
     pub(super) async fn leave(self: Arc<Self>, room: String, sub: SubscriberId) {
         let keys = RoomKeys::new(&room);
         let node = self.broker.node().to_string();
@@ -94,6 +95,11 @@ impl Ctx {
                 .await;
             match done {
                 Ok(_) => return,
+                // (Tried again for as long as the node ran, one task per subscription, before 2026-12-06.)
+                Err(err) if !super::membership::connection_trouble(&err) => {
+                    tracing::error!(%room, sub, %err, "a leave the broker refuses (a damaged room key?): given up");
+                    return;
+                }
                 Err(err) => {
                     if attempt % 20 == 19 {
                         tracing::warn!(%room, sub, %err, attempt, "still cannot record a leave at the broker; retrying");

@@ -253,3 +253,18 @@ async fn a_gap_larger_than_the_live_bound_drops_no_member() {
     room.clone().on_event(live);
     assert_eq!(lock(&room.state).subscribers.len(), 0, "a live event past the bound still drops a slow member");
 }
+
+/// A leave the broker refuses for good (the node's holders key of the room damaged: `WRONGTYPE`) is given up, not retried for as
+/// long as the node runs (one task per subscription).
+#[tokio::test]
+async fn a_leave_refused_for_good_is_given_up() {
+    let Some(mut redis) = super::super::scripts::tests::redis("a_leave_refused_for_good_is_given_up") else {
+        return;
+    };
+    let keys = RoomKeys::new("r");
+    let (room, _outbox) = room_on(&redis.url, NodeState::default());
+    let holders = keys.holders(room.ctx.broker.node());
+    let _: () = redis::cmd("SET").arg(holders).arg("not a hash").query(&mut redis.conn).unwrap();
+    let leave = room.ctx.clone().leave("r".into(), 1);
+    tokio::time::timeout(std::time::Duration::from_secs(10), leave).await.expect("the leave gave up");
+}

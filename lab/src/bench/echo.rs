@@ -5,6 +5,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
+    time::Duration,
 };
 
 use quiver_certs::CertKey;
@@ -43,7 +44,16 @@ pub(crate) async fn websocket_echo(ip: IpAddr, stop: CancellationToken) -> std::
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(err) => {
+                        // Out of descriptors and the like (a head-to-head with many clients): do not spin on the
+                        // cores being measured.
+                        tracing::warn!(%err, "WebSocket echo: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
                 () = stop.cancelled() => return,
             };
             let stop = stop.clone();

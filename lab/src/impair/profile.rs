@@ -151,6 +151,12 @@ impl DirectionProfile {
                 return Err(FieldError::OutOfRange { field, value, expected: "at most 60000 (a minute)" });
             }
         }
+        // A rate under 1 kbit/s (0: none) puts a packet's departure past what the link's clock holds: below it,
+        // a 1,200-byte packet waits almost three hours.
+        if self.rate_kbps > 0.0 && self.rate_kbps < 1.0 {
+            let value = self.rate_kbps;
+            return Err(FieldError::OutOfRange { field: "rate_kbps", value, expected: "0 (no limit) or at least 1" });
+        }
         if self.burst_len > 1.0 && self.loss_pct / 100.0 > self.burst_len / (self.burst_len + 1.0) {
             return Err(FieldError::BurstWithoutDelivery { burst_len: self.burst_len, loss_pct: self.loss_pct });
         }
@@ -382,6 +388,11 @@ mod tests {
         let err = short.check().unwrap_err();
         assert!(err.to_string().contains("at most 60.0 % loss"), "{err}");
         DirectionProfile { burst_len: 1.5, loss_pct: 60.0, ..DirectionProfile::default() }.check().unwrap();
+        // A rate too small for the link's clock (a packet's departure overflowed it) is refused; 0 is no limit.
+        for (rate, ok) in [(1e-15, false), (0.5, false), (0.0, true), (1.0, true)] {
+            let link = DirectionProfile { rate_kbps: rate, ..DirectionProfile::default() };
+            assert_eq!(link.check().is_ok(), ok, "rate_kbps {rate}");
+        }
         let missing = ImpairmentProfile::from_file(&dir.path().join("missing.toml")).unwrap_err();
         assert!(matches!(missing, ProfileError::Read { .. }), "{missing:?}");
     }

@@ -233,7 +233,9 @@ impl FanoutReport {
                 continue;
             };
             let per_core = side.deliveries_per_core_s().unwrap_or(f64::NAN);
-            let vs = raw.map(|raw| format!("{:.2}", raw / us)).unwrap_or_default();
+            // (Only where the load is raw UDP's, ticks only: a chat delivery costs the server otherwise.)
+            let like = side.chat_sent == 0;
+            let vs = raw.filter(|_| like).map_or_else(|| "–".to_string(), |raw| format!("{:.2}", raw / us));
             out += &format!(
                 "{:<23} {:>11} {:>8.2} {:>12.2} {:>16.0} {:>13} {:>14.2}\n",
                 side.name,

@@ -27,7 +27,8 @@ pub(super) struct Targets {
     websocket: SocketAddr,
     _relays: Vec<Relay>,
     _data_dir: tempfile::TempDir,
-    stop: CancellationToken,
+    /// Cancelled when the targets are dropped, however the run ends (an error, Ctrl-C), not only at [`Targets::stop`].
+    stop: tokio_util::sync::DropGuard,
 }
 
 /// What the series need to know about the targets.
@@ -47,6 +48,8 @@ impl Targets {
     /// Starts the servers, bound to `ip`, and the relays in front of them when the profile asks for them.
     pub(super) async fn start(config: &RttConfig, ip: IpAddr) -> Result<Targets, BenchError> {
         let stop = CancellationToken::new();
+        // A server or echo started before a later one failed stops with it.
+        let guard = stop.clone().drop_guard();
         let data_dir = crate::bench::private_tempdir(None).map_err(BenchError::io("temporary directory"))?;
         let (cert, _) = quiver_certs::dev::load_or_generate(data_dir.path(), std::time::SystemTime::now())?;
         let quinn_pin = cert.fingerprint();
@@ -70,7 +73,7 @@ impl Targets {
             websocket,
             _relays: [quiver_relay, udp_relay, quinn_relay].into_iter().flatten().collect(),
             _data_dir: data_dir,
-            stop,
+            stop: guard,
         })
     }
 
@@ -89,7 +92,7 @@ impl Targets {
 
     /// Stops the servers and removes the relays and the servers' data directory.
     pub(super) fn stop(self) {
-        self.stop.cancel();
+        drop(self.stop);
     }
 }
 

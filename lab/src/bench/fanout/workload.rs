@@ -41,6 +41,10 @@ pub(super) struct Recorder {
     /// does not drop copies) counts once, so delivered % never passes 100 nor hides a loss, and a delivery is
     /// counted for CPU per delivery once.
     seen: std::collections::HashSet<(u32, Kind, u64)>,
+    /// The newest tick (by publish index) each subscriber got: one older arriving after it is stale, in every
+    /// series alike (a Quiver subscription drops such a tick before the bench sees it; raw UDP and bare quinn
+    /// handed it on, and it was measured, the slowest arrivals in their percentiles only).
+    newest_tick: HashMap<u32, u64>,
 }
 
 pub(super) type SharedRecorder = Arc<Mutex<Recorder>>;
@@ -66,7 +70,15 @@ impl Recorder {
             return;
         }
         r.arrivals += 1;
-        r.tick_arrivals += u64::from(kind == Kind::Tick);
+        if kind == Kind::Tick {
+            let newest = r.newest_tick.entry(who).or_insert(i);
+            if i < *newest {
+                r.stale += 1; // arrived after a newer one: paid for by the server, not measured
+                return;
+            }
+            *newest = i;
+            r.tick_arrivals += 1;
+        }
         let (origins, latency, count) = match kind {
             Kind::Tick => (&r.tick_origins, &mut r.tick_latency, &mut r.ticks),
             Kind::Chat => (&r.chat_origins, &mut r.chat_latency, &mut r.chat),
@@ -77,14 +89,20 @@ impl Recorder {
         }
     }
 
-    /// `count` ticks a subscriber dropped as stale (after a newer one).
+    /// `count` ticks a subscriber dropped as stale (after a newer one): deliveries the server paid for, as a
+    /// baseline's stale arrivals are.
     pub(super) fn stale_dropped(recorder: &SharedRecorder, count: u64) {
-        lock(recorder).stale += count;
+        let mut r = lock(recorder);
+        r.stale += count;
+        r.arrivals += count;
     }
 
-    /// `count` ticks a subscription's backlog let go of, its reader behind: neither delivered nor measured.
+    /// `count` ticks a subscription's backlog let go of, its reader behind: neither delivered nor measured, but
+    /// sent (the server's CPU per delivery counts them).
     pub(super) fn superseded(recorder: &SharedRecorder, count: u64) {
-        lock(recorder).superseded += count;
+        let mut r = lock(recorder);
+        r.superseded += count;
+        r.arrivals += count;
     }
 
     /// Every chat message (and, when they are reliable, every tick) reached every subscriber.
@@ -256,6 +274,28 @@ mod tests {
         let side = Recorder::side(&recorder, "x", 1, Spent::default());
         assert_eq!(side.ticks_sent, 50, "the measured ticks of the schedule, sent or not");
         assert_eq!(side.delivered_pct, 0.0);
+    }
+
+    /// A tick that arrives after a newer one is stale in every series, raw UDP's and bare quinn's as Quiver's (whose
+    /// subscription drops it): not measured, counted stale, and a delivery the server paid for. Before, the
+    /// baselines measured it (their slowest arrivals) and showed 0 % stale on a link that reordered.
+    #[test]
+    fn a_tick_older_than_one_received_is_stale_in_every_series() {
+        let recorder = SharedRecorder::default();
+        for i in 0..3 {
+            lock(&recorder).tick_origins.insert(i, Instant::now());
+        }
+        for i in [0, 2, 1] {
+            Recorder::received(&recorder, 0, Kind::Tick, &payload(0, i, 64));
+        }
+        Recorder::received(&recorder, 1, Kind::Tick, &payload(0, 1, 64)); // another subscriber's own order
+        let side = Recorder::side(&recorder, "x", 2, Spent::default());
+        assert_eq!(side.tick_latency.count, 3, "measured: 0 and 2 of the first, 1 of the second");
+        assert_eq!(side.deliveries, 4);
+        assert_eq!(side.stale_pct, 25.0, "1 stale of 4 arrivals");
+        Recorder::stale_dropped(&recorder, 2);
+        Recorder::superseded(&recorder, 1);
+        assert_eq!(Recorder::side(&recorder, "x", 2, Spent::default()).deliveries, 7, "sent and paid for");
     }
 
     /// The stale share compares like with like: the subscriptions count stale ticks from their start, warm-up

@@ -53,8 +53,11 @@ pub(super) async fn own_ticks(
                 batch = subscription.next_batch() => match batch {
                     Some(ticks) => {
                         for tick in ticks {
+                            // (By the sender's index, as the echoes judge theirs: a tick the uplink reordered
+                            // gets the newer seq at the server and is taken, and would be measured here where the
+                            // echoes' copy of it is stale.)
                             if let Some((w, i)) = parse(&tick.payload) {
-                                Tally::received(&tally, w, i);
+                                Tally::received_latest(&tally, w, i);
                             }
                         }
                     }

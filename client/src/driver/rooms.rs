@@ -469,7 +469,11 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
             Err(RequestError::Failed(failure)) if failure.code == ErrorCode::AlreadyJoined => {}
             Err(RequestError::Failed(failure)) if refused_for_now(failure.code) => {
                 tracing::info!(room = %entry.name, reason = %failure.message, ?delay, "rejoin refused for now; retrying");
-                tokio::time::sleep(delay).await;
+                // (The connection gone meanwhile, or the client closed: the supervisor rejoins on the next one.)
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = connection.link.closed() => return,
+                }
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
                 continue;
             }

@@ -19,7 +19,7 @@ use crate::{
 /// rejoin retries), it is tried again with the same backoff.
 pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entry: &Arc<SubEntry>) -> bool {
     lock(&entry.state).resync(connection.id);
-    let refused = retried(&entry.channel, "subscription", || async {
+    let refused = retried(&entry.channel, "subscription", connection, || async {
         let _order = entry.order.lock().await;
         if entry.ended.is_cancelled() {
             return None; // unsubscribed meanwhile: nothing to put back
@@ -37,7 +37,7 @@ pub(crate) async fn resubscribe<H: TickHandler>(connection: &Connection<H>, entr
 /// publisher of the channel claims it anew. Before, a refused claim was only logged, and its publisher's ticks
 /// failed with `NotConnected` for good.
 pub(crate) async fn reclaim<H: Handler>(connection: &Connection<H>, entry: &PubEntry, order: &Arc<ClaimOrder>) {
-    let refused = retried(&entry.channel, "claim", || async {
+    let refused = retried(&entry.channel, "claim", connection, || async {
         let _turn = order.turn(&entry.channel).await;
         if entry.end_reason().is_some() {
             return None; // another reclaim of it ended it, or it was unpublished: nothing to put back
@@ -56,20 +56,31 @@ pub(crate) async fn reclaim<H: Handler>(connection: &Connection<H>, entry: &PubE
 
 /// Runs `attempt` (a request putting `what` of `channel` back) until it is done, retrying a refusal for now (the
 /// codes a rejoin retries) with the rejoins' backoff. The refusal for good (after the last try, an `Unavailable`
-/// one), or `None`: done, the connection went again (the supervisor puts it back once it is back), or `attempt`
-/// found nothing to put back (`None`).
-async fn retried<F, Fut>(channel: &str, what: &str, mut attempt: F) -> Option<(ErrorCode, String)>
+/// one), or `None`: done, the connection went again (the supervisor puts it back once it is back; a pause between
+/// tries ends with it), or `attempt` found nothing to put back (`None`).
+async fn retried<F, Fut, H: Handler>(
+    channel: &str,
+    what: &str,
+    connection: &Connection<H>,
+    mut attempt: F,
+) -> Option<(ErrorCode, String)>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<Result<(), RequestError>>>,
 {
+    // (A pause ends with the connection: a client closed, or a connection lost, does not keep this task.)
+    let closed = connection.link.closed();
+    tokio::pin!(closed);
     let mut delay = std::time::Duration::from_millis(50);
     for _ in 0..crate::driver::rooms::RETRIED_REJOINS {
         match attempt().await? {
             Ok(()) | Err(RequestError::Closed { .. }) => return None,
             Err(RequestError::Failed(failure)) if crate::driver::rooms::refused_for_now(failure.code) => {
                 tracing::info!(%channel, reason = %failure.message, ?delay, "{what} refused for now; retrying");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = &mut closed => return None,
+                }
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
             }
             Err(RequestError::Failed(failure)) => return Some((failure.code, failure.message)),

@@ -57,8 +57,8 @@ mod wire;
 
 pub use client::{Client, Pong};
 pub use connection::CONTROL_GONE_GRACE;
-pub use driver::EVENT_BUFFER;
 pub use driver::STABLE_CONNECTION;
+pub use driver::{EVENT_BUFFER, EVENT_BUFFER_BYTES};
 pub use error::{ConnectError, ProtocolError, RequestError, TickError, TokenError};
 pub use link::ConnectionState;
 pub use options::{ConnectOptions, JoinOptions, TokenFuture, TokenProvider, Transport, UnknownTransport};

@@ -45,6 +45,9 @@ impl Room {
 
     /// `event` goes to the application: a message moves [`Room::position`].
     fn handed_out(&mut self, event: Option<RoomEvent>) -> Option<RoomEvent> {
+        if let Some(event) = &event {
+            self.entry.taken(event);
+        }
         if let Some(RoomEvent::Message(message)) = &event {
             self.read = Some(Position { epoch: message.epoch, seq: message.seq });
         }
@@ -68,7 +71,8 @@ impl Room {
         self.handed_out(event)
     }
 
-    /// Events received and waiting to be read (up to [`crate::EVENT_BUFFER`]: past that, the room falls behind
+    /// Events received and waiting to be read (up to [`crate::EVENT_BUFFER`], and [`crate::EVENT_BUFFER_BYTES`] of
+    /// them: past that, the room falls behind
     /// and the server resets it as a slow consumer; the client joins it again once there is room).
     pub fn pending(&self) -> usize {
         self.events.len()

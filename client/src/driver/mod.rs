@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub(crate) use rooms::RoomEntry;
-pub use rooms::EVENT_BUFFER;
+pub use rooms::{EVENT_BUFFER, EVENT_BUFFER_BYTES};
 pub(crate) use ticks::{PubEntry, SubEntry};
 
 use crate::{

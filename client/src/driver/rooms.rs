@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
 };
@@ -24,6 +24,22 @@ use crate::{
 /// Events buffered per room before its stream's reader stops reading (and the server, after `room_queue_bytes`
 /// more, resets the stream as a slow consumer).
 pub const EVENT_BUFFER: usize = 1024;
+
+/// Bytes of events (their bodies, and 64 for the rest of each) a room holds for the application before its stream's
+/// reader stops reading, as at [`EVENT_BUFFER`] events (one event past it still goes in). Without it a room could
+/// hold 1,024 events of up to the Welcome's `max_frame` each: 64 MiB at the default 64 KiB, 16 GiB under a server
+/// announcing the 16 MiB the client accepts.
+pub const EVENT_BUFFER_BYTES: usize = 8 << 20;
+
+/// What `event` counts toward [`EVENT_BUFFER_BYTES`].
+fn held_bytes(event: &RoomEvent) -> usize {
+    const REST: usize = 64;
+    REST + match event {
+        RoomEvent::Message(message) => message.body.len() + message.sender.len(),
+        RoomEvent::MemberJoined { member } | RoomEvent::MemberLeft { member } => member.len(),
+        RoomEvent::Resumed { .. } => 0,
+    }
+}
 
 /// What the client keeps per joined room.
 #[derive(Debug)]
@@ -60,9 +76,38 @@ pub(crate) struct RoomEntry {
     /// The connection on which a rejoin for a `Kicked` runs, and whether another kick came meanwhile
     /// ([`RoomEntry::kick_rejoin`]).
     kick_rejoining: Mutex<Option<(usize, bool)>>,
+    /// Bytes of the events in `events` ([`EVENT_BUFFER_BYTES`]), and told when the application takes one.
+    pub(super) held: AtomicUsize,
+    taken: tokio::sync::Notify,
 }
 
 impl RoomEntry {
+    /// Hands `event` to the application in the place `permit` holds, counting its bytes.
+    pub(super) fn hand_out(&self, permit: mpsc::Permit<'_, RoomEvent>, event: RoomEvent) {
+        self.held.fetch_add(held_bytes(&event), Ordering::AcqRel);
+        permit.send(event);
+    }
+
+    /// The application took `event` from the room's channel.
+    pub(crate) fn taken(&self, event: &RoomEvent) {
+        let bytes = held_bytes(event);
+        let _ = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| Some(held.saturating_sub(bytes)));
+        self.taken.notify_waiters();
+    }
+
+    /// Completes once the room holds less than [`EVENT_BUFFER_BYTES`] for the application.
+    pub(super) async fn below_byte_budget(&self) {
+        loop {
+            let taken = self.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            if self.held.load(Ordering::Acquire) < EVENT_BUFFER_BYTES {
+                return;
+            }
+            taken.await;
+        }
+    }
+
     /// The Join's reply.
     /// Returns whether a `Kicked` for the room came before it ([`RoomEntry::kicked`]): the room must be joined
     /// again.
@@ -215,6 +260,8 @@ impl Rooms {
             gone: CancellationToken::new(),
             copies_waiting: AtomicBool::new(false),
             kick_rejoining: Mutex::new(None),
+            held: AtomicUsize::new(0),
+            taken: tokio::sync::Notify::new(),
         });
         rooms.insert(room.to_string(), entry.clone());
         Ok(Added::New(entry, received))

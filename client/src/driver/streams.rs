@@ -71,6 +71,14 @@ async fn reserve<'a>(
     link: &Link,
     stop: &CancellationToken,
 ) -> Option<mpsc::Permit<'a, RoomEvent>> {
+    // Bytes first: a room holding `EVENT_BUFFER_BYTES` for the application reads no more until it takes some.
+    tokio::select! {
+        biased;
+        () = entry.below_byte_budget() => {}
+        () = entry.ended.cancelled() => return None,
+        () = stop.cancelled() => return None,
+        () = link.closed() => return None,
+    }
     match entry.events.try_reserve() {
         Ok(permit) => Some(permit),
         Err(mpsc::error::TrySendError::Closed(())) => None,
@@ -92,7 +100,7 @@ fn hand_out_copies(entry: &RoomEntry, state: &mut RoomState) {
     while state.has_ready() {
         let Ok(permit) = entry.events.try_reserve() else { return };
         match state.ready() {
-            Some(Some(event)) => permit.send(event),
+            Some(Some(event)) => entry.hand_out(permit, event),
             Some(None) => {}
             None => return,
         }
@@ -140,7 +148,7 @@ async fn hand_out_when_read(entry: Arc<RoomEntry>, stop: CancellationToken) {
         let mut state = lock(&entry.state);
         if let Some(permit) = permit {
             if let Some(Some(event)) = state.ready() {
-                permit.send(event);
+                entry.hand_out(permit, event);
             }
             hand_out_copies(&entry, &mut state);
             if state.has_ready() {
@@ -194,7 +202,7 @@ pub(crate) async fn read_stream(
         let mut state = lock(&entry.state);
         match state.open((connection, stream), &open) {
             Opened::Current(Some(resumed)) => {
-                permit.send(resumed);
+                entry.hand_out(permit, resumed);
                 false
             }
             // (The place reserved goes back now: held for the stream's life, it took one of the room's.)
@@ -221,7 +229,7 @@ pub(crate) async fn read_stream(
                 };
                 let mut state = lock(&entry.state);
                 match state.stream_event(stream, position, event) {
-                    Some(event) => permit.send(event),
+                    Some(event) => entry.hand_out(permit, event),
                     None if !state.is_current(stream) => return Ok(()), // replaced by a rejoin
                     None => {}                                          // delivered before a resume, or by its copy
                 }
@@ -407,6 +415,25 @@ mod tests {
             self.stop.cancel();
             self.reading.abort(); // (its stream is still open: it would read on)
         }
+    }
+
+    /// A room holding [`EVENT_BUFFER_BYTES`] for the application reads no more from its stream until the
+    /// application takes some, room in its channel or not: the count alone let a room hold 1,024 events of up to
+    /// `max_frame` each (16 GiB under a server announcing the 16 MiB frames the client accepts).
+    #[tokio::test]
+    async fn a_room_holding_its_byte_budget_reads_no_more_until_the_application_takes_some() {
+        use crate::driver::rooms::EVENT_BUFFER_BYTES;
+        let mut room = FullRoom::open().await;
+        while room.received.try_recv().is_ok() {} // room in the channel
+        room.entry.held.store(EVENT_BUFFER_BYTES, std::sync::atomic::Ordering::SeqCst);
+        room.send.write_all(&room.framed(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(room.received.try_recv().is_err(), "read past the byte budget");
+        // The application takes an event: under the budget again, the reader goes on.
+        room.entry.taken(&filler());
+        let seqs = room.messages(1).await.expect("read on once under the byte budget");
+        assert_eq!(seqs, [1]);
+        room.end();
     }
 
     fn filler() -> crate::state::room::RoomEvent {

@@ -80,7 +80,14 @@ pub(super) async fn plan(
 }
 
 /// The pages of a replay after the first, read once the joiner's stream took the previous one.
-pub(super) async fn replay_rest(ctx: Arc<Ctx>, log: String, mut after: u64, upto: u64, outbox: Arc<dyn Outbox>) {
+/// Read in the join's epoch only: a room that lost its history meanwhile (and started a new epoch under the same
+/// seqs) ends the replay, and the member rejoins.
+pub(super) async fn replay_rest(
+    ctx: Arc<Ctx>,
+    (meta, log, epoch): (String, String, u64),
+    (mut after, upto): (u64, u64),
+    outbox: Arc<dyn Outbox>,
+) {
     // Entries read at a time: a page's worth of the last page's size (with large messages, 256 a read fetched and
     // decoded up to 4 MiB to keep 256 KiB, and read most of it again for the next page).
     let mut count = stream::PAGE;
@@ -91,13 +98,17 @@ pub(super) async fn replay_rest(ctx: Arc<Ctx>, log: String, mut after: u64, upto
             return;
         }
         let mut conn = ctx.broker.conn();
-        let read = stream::range(&mut conn, &log, after, upto, count, &ctx.codec).await.map(|mut page| {
-            // (Cut before the gap check: a gap past the cut is the next page's, not a reason to end this one.)
-            within_page_bytes(&mut page);
-            page
+        let keys = (meta.as_str(), log.as_str());
+        let read = stream::range_in_epoch(&mut conn, keys, epoch, (after, upto, count), &ctx.codec).await;
+        let read = read.map(|page| {
+            page.map(|mut page| {
+                // (Cut before the gap check: a gap past the cut is the next page's, not a reason to end this one.)
+                within_page_bytes(&mut page);
+                page
+            })
         });
         match read {
-            Ok(page) if !page.is_empty() && contiguous(after, &page) => {
+            Ok(Some(page)) if !page.is_empty() && contiguous(after, &page) => {
                 count = (page.len() * 2).clamp(8, stream::PAGE);
                 after = page.last().map_or(upto, Entry::seq);
                 for entry in page {
@@ -109,7 +120,7 @@ pub(super) async fn replay_rest(ctx: Arc<Ctx>, log: String, mut after: u64, upto
                 if let Err(err) = outcome {
                     ctx.broker.failed(&err);
                 }
-                // Trimmed meanwhile, or unreadable: the member rejoins from where it got to.
+                // Trimmed meanwhile, unreadable, or another epoch: the member rejoins from where it got to.
                 outbox.kick_replay();
                 outbox.release_hold();
                 outbox.flush();

@@ -257,8 +257,8 @@ impl RoomHub for RedisRooms {
         if catch_up {
             tokio::spawn(room.clone().on_resubscribed());
         }
-        let replay =
-            plan.rest.map(|(after, upto)| Replay::new(replay_rest(ctx.clone(), keys.log.clone(), after, upto, outbox)));
+        let read = (keys.meta.clone(), keys.log.clone(), joined.epoch);
+        let replay = plan.rest.map(|rest| Replay::new(replay_rest(ctx.clone(), read, rest, outbox)));
         dropped.armed = false;
         Ok(Joining { joined, subscriber, delivery, replay })
     }

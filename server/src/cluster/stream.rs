@@ -100,6 +100,30 @@ pub(super) async fn range_read(
     Ok((decode_all(reply, log, codec), read))
 }
 
+/// [`range`], read only while the room's epoch (in `meta`) is `epoch`: `None` when it is another (the room's
+/// history was lost and it started anew: the same seqs are other messages now).
+pub(super) async fn range_in_epoch(
+    conn: &mut ConnectionManager,
+    (meta, log): (&str, &str),
+    epoch: u64,
+    (after, upto, count): (u64, u64, usize),
+    codec: &FrameCodec,
+) -> RedisResult<Option<Vec<Entry>>> {
+    if after >= upto || count == 0 {
+        return Ok(Some(Vec::new()));
+    }
+    let reply: Option<StreamRangeReply> = super::scripts::RANGE_IN_EPOCH_SCRIPT
+        .key(meta)
+        .key(log)
+        .arg(epoch.to_string())
+        .arg(format!("{}-0", after + 1))
+        .arg(format!("{upto}-0"))
+        .arg(count)
+        .invoke_async(conn)
+        .await?;
+    Ok(reply.map(|reply| decode_all(reply, log, codec)))
+}
+
 /// The newest `count` messages with seq at most `upto`, oldest first.
 pub(super) async fn latest(
     conn: &mut ConnectionManager,

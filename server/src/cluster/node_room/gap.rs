@@ -18,7 +18,7 @@ impl NodeRoom {
         }
         let missing = (upto - after) as usize;
         let read = match missing <= self.ctx.limits.history_max_messages as usize {
-            true => self.read_gap((after, upto), missing, generation).await,
+            true => self.read_gap((after, upto), missing, (epoch, generation)).await,
             false => None,
         };
         let mut delivery = Delivery::default();
@@ -51,13 +51,24 @@ impl NodeRoom {
 
     /// The stream's messages after `after` up to `upto`, read again (after 100, 200 and 400 ms) while Redis fails: a
     /// passing error (a blip, a failover) reset every member of the room, although the stream held the gap. `None`
-    /// once it keeps failing, or when the room was reset meanwhile.
-    async fn read_gap(&self, (after, upto): (u64, u64), missing: usize, generation: u64) -> Option<Vec<Entry>> {
+    /// once it keeps failing, when the room was reset meanwhile, or when the room is in another epoch than the
+    /// node's (the same seqs are other messages then).
+    async fn read_gap(
+        &self,
+        (after, upto): (u64, u64),
+        missing: usize,
+        (epoch, generation): (u64, u64),
+    ) -> Option<Vec<Entry>> {
         let mut pause = std::time::Duration::from_millis(100);
+        let keys = (self.keys.meta.as_str(), self.keys.log.as_str());
         loop {
             let mut conn = self.ctx.broker.conn();
-            match stream::range(&mut conn, &self.keys.log, after, upto, missing, &self.ctx.codec).await {
-                Ok(read) => return Some(read),
+            match stream::range_in_epoch(&mut conn, keys, epoch, (after, upto, missing), &self.ctx.codec).await {
+                Ok(Some(read)) => return Some(read),
+                Ok(None) => {
+                    tracing::info!(room = %self.name, "the room's epoch changed under a gap read");
+                    return None;
+                }
                 Err(err) if pause <= GAP_READ_RETRY_LAST => {
                     tracing::debug!(room = %self.name, %err, "a gap read failed; trying again");
                 }

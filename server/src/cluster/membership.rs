@@ -229,7 +229,7 @@ enum Gave {
 
 /// An error worth trying again: the connection's, or Redis' own for now (`LOADING` a snapshot just after its
 /// restart, `MASTERDOWN`, `TRYAGAIN`, `READONLY`: what redis-rs would retry), not a refusal of the call.
-pub(super) fn connection_trouble(err: &redis::RedisError) -> bool {
+fn connection_trouble(err: &redis::RedisError) -> bool {
     use redis::RetryMethod;
     let for_now =
         !matches!(err.retry_method(), RetryMethod::NoRetry | RetryMethod::AskRedirect | RetryMethod::MovedRedirect);

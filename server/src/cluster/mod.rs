@@ -36,3 +36,10 @@ pub use ticks::ClusterTicks;
 pub fn post_script_source() -> &'static str {
     &scripts::POST_SOURCE
 }
+
+/// The SHA-1 of the script that reads a room's stream for a gap fill or a paged replay (its `EVALSHA` names it):
+/// for tests that stage a failed or held read.
+#[doc(hidden)]
+pub fn stream_read_script_sha() -> &'static str {
+    scripts::RANGE_IN_EPOCH_SCRIPT.get_hash()
+}

@@ -70,8 +70,8 @@ impl Ctx {
     /// tombstone for [`TOMBSTONE_MS`], so that its join, if it runs later, counts nothing), retrying for as long as
     /// Redis is unreachable and the node runs: a member left behind would look present to everyone, and keep the
     /// room from expiring, for good (nothing else ends it while this node beats). A node that stops is buried
-    /// instead, which ends all its subscriptions. A refusal of the script itself (a damaged key's `WRONGTYPE`) is
-    /// logged and given up: no retry mends it.
+    /// instead, which ends all its subscriptions. A damaged key's `WRONGTYPE` is logged and given up: no retry mends
+    /// it.
     pub(super) async fn leave(self: Arc<Self>, room: String, sub: SubscriberId) {
         let keys = RoomKeys::new(&room);
         let node = self.broker.node().to_string();
@@ -96,7 +96,9 @@ impl Ctx {
             match done {
                 Ok(_) => return,
                 // (Tried again for as long as the node ran, one task per subscription, before 2026-12-06.)
-                Err(err) if !super::membership::connection_trouble(&err) => {
+                // (Only a damaged key's WRONGTYPE: NOSCRIPT, BUSY, OOM and MISCONF pass, and redis-rs calls them
+                // no-retry too.)
+                Err(err) if err.code() == Some("WRONGTYPE") => {
                     tracing::error!(%room, sub, %err, "a leave the broker refuses (a damaged room key?): given up");
                     return;
                 }

@@ -15,8 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::harness::*;
 
 /// A TCP relay to Redis for one node that can lose one Pub/Sub message (the next one whose bytes hold `DROP-`:
-/// Pub/Sub is at-most-once), hold the node's stream reads (`XRANGE`: Redis slow to answer them) until released, and
-/// make the next few of them fail (sent as a command Redis does not know, so that its error comes back in order).
+/// Pub/Sub is at-most-once), hold the node's stream reads (the epoch-checked `XRANGE` script's `EVALSHA`: Redis
+/// slow to answer them) until released, and make the next few of them fail (sent as a command Redis does not know,
+/// so that its error comes back in order).
 #[derive(Clone)]
 struct Relay {
     addr: std::net::SocketAddr,
@@ -62,18 +63,22 @@ impl Relay {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            if flags.hold_reads.load(Ordering::SeqCst) && contains(&buf[..n], b"XRANGE") {
+            // A read of the stream is the epoch-checked script's EVALSHA (whose source, in a SCRIPT LOAD, is left
+            // alone: changed, Redis would load another script).
+            let sha = quiver_server::cluster::stream_read_script_sha().as_bytes();
+            let read = contains(&buf[..n], sha) && contains(&buf[..n], b"EVALSHA");
+            if flags.hold_reads.load(Ordering::SeqCst) && read {
                 flags.holding.store(true, Ordering::SeqCst);
                 while flags.hold_reads.load(Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 flags.holding.store(false, Ordering::SeqCst);
             }
-            if let Some(at) = find(&buf[..n], b"XRANGE") {
+            if let Some(at) = find(&buf[..n], b"EVALSHA").filter(|_| read) {
                 let fail =
                     flags.fail_reads.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1));
                 if fail.is_ok() {
-                    buf[at + 5] = b'X'; // "XRANGX": an unknown command, answered with an error
+                    buf[at + 6] = b'X'; // "EVALSHX": an unknown command, answered with an error
                     flags.failed_reads.fetch_add(1, Ordering::SeqCst);
                 }
             }

@@ -71,6 +71,9 @@ pub(super) struct Connection<R: RoomHub> {
     /// The server's shutdown, and when the session's token expires: a Join waiting for a stream stops at either.
     shutdown: CancellationToken,
     expires_at: Option<tokio::time::Instant>,
+    /// Rooms [`Connection::close`] took from the state and has not left yet: a close cut short (its future dropped
+    /// at a leave) leaves them to [`Drop`].
+    leaving: Vec<(String, crate::hub::SubscriberId)>,
 }
 
 /// Post copies waiting for the control loop, at most (more are dropped: the requests carry the posts anyway).
@@ -125,6 +128,7 @@ impl<R: RoomHub> Connection<R> {
             post_copies: Some(post_copies),
             shutdown,
             expires_at: None,
+            leaving: Vec::new(),
         }
     }
 
@@ -471,7 +475,11 @@ impl<R: RoomHub> Connection<R> {
         for (room, joined) in release.rooms {
             ServerStats::add(&self.stats.room_members, -1);
             joined.outbox.close();
-            self.rooms.leave(&room, joined.subscriber, now_us).await.flush();
+            self.leaving.push((room, joined.subscriber));
+        }
+        while let Some((room, subscriber)) = self.leaving.last() {
+            self.rooms.leave(room, *subscriber, now_us).await.flush();
+            self.leaving.pop();
         }
         self.stop.cancel();
         self.pumps.close();
@@ -503,13 +511,24 @@ impl<R: RoomHub> Drop for Connection<R> {
         for (channel, max_age_us) in release.claims {
             self.ticks.release(&channel, max_age_us);
         }
-        let mut rooms = Vec::with_capacity(release.rooms.len());
+        let mut rooms = std::mem::take(&mut self.leaving);
         for (room, joined) in release.rooms {
             ServerStats::add(&self.stats.room_members, -1);
             joined.outbox.close();
             rooms.push((room, joined.subscriber));
         }
-        tracing::warn!(rooms = rooms.len(), "a connection's task ended without closing it; released what it held");
+        match self.shutdown.is_cancelled() {
+            // (A connection still open after the drain timeout, its task dropped with the runtime.)
+            true => {
+                tracing::debug!(rooms = rooms.len(), "a connection's task ended at shutdown; released what it held")
+            }
+            false => {
+                tracing::warn!(
+                    rooms = rooms.len(),
+                    "a connection's task ended without closing it; released what it held"
+                )
+            }
+        }
         if rooms.is_empty() {
             return;
         }

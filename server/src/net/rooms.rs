@@ -58,6 +58,9 @@ struct Queue {
     /// Live frames held behind a paged replay (`Outbox::hold`), and their bytes.
     held: Option<VecDeque<Bytes>>,
     held_bytes: usize,
+    /// Bytes of catch-up frames ([`Outbox::push_catch_up`]) queued since the queue was last written out: at most
+    /// [`CATCH_UP_BOUNDS`] times the live bound.
+    catch_up: usize,
     /// The pump is gone (the stream ended): nothing queued will be written any more.
     gone: bool,
     /// Position of the next frame to enter `frames` (frames before it on the stream).
@@ -210,10 +213,22 @@ impl StreamOutbox {
             return true; // left already; not an overflow
         }
         let bounded = !catching_up || queue.held.is_some();
-        if bounded && queue.bytes + queue.in_flight + queue.held_bytes + frame.len() > self.bound {
+        if !bounded && queue.written_out() {
+            queue.catch_up = 0; // everything before was handed to the transport: a reader that reads
+        }
+        let over = match bounded {
+            true => queue.bytes + queue.in_flight + queue.held_bytes + frame.len() > self.bound,
+            // (A member that reads nothing while most of the room comes by gap fills, Pub/Sub losing messages
+            // again and again, is still found slow.)
+            false => queue.catch_up + frame.len() > self.bound.saturating_mul(CATCH_UP_BOUNDS),
+        };
+        if over {
             drop(queue);
             self.overflow.cancel();
             return false;
+        }
+        if !bounded {
+            queue.catch_up += frame.len();
         }
         let queue = &mut *queue;
         ServerStats::add(&self.stats.outbox_bytes, frame.len() as i64);
@@ -225,7 +240,9 @@ impl StreamOutbox {
                 held.push_back(frame);
             }
             None => {
-                if let Some(copies) = &self.copies {
+                // (No copies of catch-up frames, as of a replay's: a fill's many would push other rooms' copies
+                // out of the connection's copy queue.)
+                if let Some(copies) = self.copies.as_ref().filter(|_| bounded) {
                     // Held until written: a copy never leaves before its frame, nor in the frame's packet.
                     lock(&copies.queue).push(CopyTarget::Room(copies.slot), queue.position, frame.clone(), None);
                 }
@@ -255,6 +272,11 @@ impl StreamOutbox {
         }
     }
 }
+
+/// Catch-up frames a queue may hold at once, in multiples of its live bound (`room_queue_bytes`): 4 MiB at the
+/// default 256 KiB. A larger gap fill is a slow consumer's reset, as any gap over the live bound was before
+/// 2026-12-06.
+const CATCH_UP_BOUNDS: usize = 16;
 
 /// Takes `bytes` off the queued-bytes gauge (written to the stream, or dropped with it).
 fn dequeued(stats: &ServerStats, bytes: usize) {

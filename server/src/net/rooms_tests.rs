@@ -144,3 +144,17 @@ async fn catch_up_frames_are_outside_the_live_bound_unless_held() {
     let held = (0..10).take_while(|_| outbox.push_catch_up(frame.clone())).count();
     assert!(held < 10, "held behind a paged replay, catch-up frames are bound as live ones are");
 }
+
+/// Catch-up frames are bounded too, apart from the live bound: at most 16 times it queued since the queue was last
+/// written out, so a member that reads nothing while most of its room comes by gap fills is still found slow.
+#[tokio::test]
+async fn catch_up_frames_a_reader_never_takes_are_bounded() {
+    let (send, _client, _conn, _dir) = unread_stream().await;
+    let stats = Arc::new(ServerStats::default());
+    let probe = quiver_transport::TailProbe::disabled();
+    let bound = 64 * 1024;
+    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), bound, (probe, None), stats.clone());
+    let frame = Bytes::from(vec![b'x'; 16 * 1024]);
+    let taken = (0..1_000).take_while(|_| outbox.push_catch_up(frame.clone())).count();
+    assert_eq!(taken, 16 * bound / frame.len(), "catch-up frames queued before the outbox overflowed");
+}

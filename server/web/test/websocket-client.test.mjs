@@ -426,3 +426,16 @@ test('auto: after a fallback, a reconnect whose WebSocket is gone goes back to W
   assert.equal(transports.at(-1)[0], 'webtransport');
   assert.equal(transports.at(-1)[1], null, 'no fallback any more');
 });
+
+test('keep-alive options: idleTimeoutMs 0 is never (a live session is kept); odd values are refused', async (t) => {
+  const server = new FakeServer();
+  const { client } = await connectAuto(t, server, { transport: 'websocket', idleTimeoutMs: 0, deadServerAfterMs: 0 });
+  await sleep(200);
+  assert.equal(client.status, 'connected');
+  assert.equal(server.connections.length, 1, 'kept: 0 is never, not at once');
+  const options = { transport: 'websocket', webSocket: server.webSocket };
+  for (const [name, bad] of [['idleTimeoutMs', NaN], ['idleTimeoutMs', -1], ['idleTimeoutMs', '5'], ['keepAliveMs', 0],
+    ['keepAliveMs', NaN], ['keepAliveMs', -5]]) {
+    assert.throws(() => new QuiverClient(URL_, { ...options, [name]: bad }), new RegExp(`${name} must be`), `${name} ${bad}`);
+  }
+});

@@ -62,6 +62,14 @@ export function transportOptions(options) {
   if (dead !== undefined && (typeof dead !== 'number' || Number.isNaN(dead) || dead < 0)) {
     throw new TypeError(`deadServerAfterMs must be a number of ms, at least 0 (0: never), got ${String(dead)}`);
   }
+  const idle = out.idleTimeoutMs;
+  if (idle !== undefined && (typeof idle !== 'number' || Number.isNaN(idle) || idle < 0)) {
+    throw new TypeError(`idleTimeoutMs must be a number of ms, at least 0 (0: never), got ${String(idle)}`);
+  }
+  const ping = out.keepAliveMs;
+  if (ping !== undefined && (typeof ping !== 'number' || Number.isNaN(ping) || ping < 1)) {
+    throw new TypeError(`keepAliveMs must be a number of ms, at least 1, got ${String(ping)}`);
+  }
   const most = out.connectTimeoutMs / 2;
   out.fallbackTimeoutMs = Math.min(ms, most, 2 ** 31 - 1); // setTimeout takes at most 2^31 - 1
   out.certHashes = out.certHash ? [{ algorithm: 'sha-256', value: certHashBytes(out.certHash) }] : null;

@@ -29,8 +29,8 @@ export const IDLE_TIMEOUT_MS = 30_000;
 /**
  * The connection is lost after this long without receiving anything (`deadServerAfterMs`; 0: never), a Ping having
  * gone out after two thirds of it: the Rust client's `dead_server_after` (12 s, its keep-alive 8 s), while no
- * request of the session's waits for its reply (over the WebSocket, at most `idleTimeoutMs`). The browser's QUIC keep-alives are
- * invisible to JS, and its idle timeout (30 s) was what noticed a dead node before.
+ * request of the session's waits for its reply (over the WebSocket, at most `idleTimeoutMs`). The browser's QUIC
+ * keep-alives are invisible to JS, and its idle timeout (30 s) was what noticed a dead node before.
  */
 export const DEAD_SERVER_AFTER_MS = 12_000;
 
@@ -145,10 +145,12 @@ export class Session {
         if (typeof link.wt.receivedAt === 'number') {
           // Over the WebSocket no transport timeout JS can see ends a session whose server is gone (TCP may wait
           // for minutes): `idleTimeoutMs` does, requests waiting or not; `deadServerAfterMs` sooner while none waits.
-          const idle = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
+          // (0, or past what setTimeout takes, is never.)
+          const idleMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
+          const idle = idleMs > 0 && idleMs < 2 ** 31 - 1 ? idleMs : Infinity;
           const quiet = watched ? Math.min(dead, idle) : idle;
           const pingMs = Math.min(options.keepAliveMs ?? KEEP_ALIVE_MS, (quiet * 2) / 3);
-          keepAlive = { pingMs, timeoutMs: quiet, busyTimeoutMs: idle };
+          keepAlive = quiet !== Infinity && { pingMs, timeoutMs: quiet, busyTimeoutMs: idle };
         }
         return new Session(link, writer, reader, frames, rest, reply.result.Ok.Welcome, hooks, keepAlive);
       }

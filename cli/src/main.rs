@@ -123,7 +123,7 @@ fn read_token_file(path: &std::path::Path) -> Result<String, quiver_client::Toke
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if let Some(warning) = token_file_exposure(path) {
         if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            eprintln!("warning: {warning}");
+            crate::err!("warning: {warning}");
         }
     }
     let text = std::fs::read_to_string(path).map_err(|err| format!("--token-file {}: {err}", path.display()))?;

@@ -74,14 +74,17 @@ impl Driver {
         let mut tries = 1;
         loop {
             let done = attempt(live.clone()).await;
+            let may_retry = || tries < TRIES_ACROSS_RECONNECTS && !self.stop.is_cancelled() && !given_up();
             let lost = match &done {
                 Err(RequestError::Closed { .. }) => live.is_done(),
                 // A draining server (its shutdown, the token's expiry) refuses what it holds so, then closes.
-                Err(RequestError::Failed(failure)) if failure.code == ErrorCode::Unavailable => ends_soon(&live).await,
+                Err(RequestError::Failed(failure)) if failure.code == ErrorCode::Unavailable && may_retry() => {
+                    ends_soon(&live).await
+                }
                 _ => false,
             };
             match done {
-                Err(err) if lost && tries < TRIES_ACROSS_RECONNECTS && !self.stop.is_cancelled() && !given_up() => {
+                Err(err) if lost && may_retry() => {
                     tracing::debug!(%err, "the connection went under a request; sending it again on the next one");
                     live = self.live().await.map_err(|_| err)?;
                     tries += 1;
@@ -261,8 +264,10 @@ impl Driver {
 }
 
 /// How long a connection whose server refused a request `Unavailable` is given to close before the refusal is
-/// taken as the answer ([`ends_soon`]): a draining server closes right after its last replies.
-const ENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// taken as the answer ([`ends_soon`]): a draining server closes once the posts it took are answered, which it waits
+/// for up to its `frame_timeout_ms` (5 s by default) when its room store is behind. A refusal that stands (the
+/// server's broker unreachable) reaches the application this much later.
+const ENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// True when `live`, whose server refused a request `Unavailable`, is gone or goes within [`ENDING_WAIT`]: a server
 /// shutting down (or a session whose token expired) refuses the requests it still holds so, "retry once

@@ -138,7 +138,8 @@ impl Link {
             self.free_at_us = start + len as f64 * 8_000.0 / self.profile.rate_kbps;
             departs_us = self.free_at_us.ceil() as u64;
         }
-        let mut at_us = departs_us + delay_us.round() as u64;
+        // (Saturating: a profile's limits keep these far from overflow, but a link's clock must not wrap.)
+        let mut at_us = departs_us.saturating_add(delay_us.round() as u64);
         if !self.profile.jitter_reorders && !skip_delay {
             // A single path: no packet overtakes one sent before it.
             at_us = at_us.max(self.last_delivery_us);

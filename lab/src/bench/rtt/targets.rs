@@ -20,6 +20,9 @@ use crate::{
 
 /// The servers of a run, and what keeps them running until [`Targets::stop`].
 pub(super) struct Targets {
+    /// Cancelled when the targets are dropped, however the run ends (an error, Ctrl-C), not only at [`Targets::stop`];
+    /// first, so that the servers stop before their data directory goes.
+    stop: tokio_util::sync::DropGuard,
     quiver: QuiverServer,
     udp: SocketAddr,
     quinn: SocketAddr,
@@ -27,8 +30,6 @@ pub(super) struct Targets {
     websocket: SocketAddr,
     _relays: Vec<Relay>,
     _data_dir: tempfile::TempDir,
-    /// Cancelled when the targets are dropped, however the run ends (an error, Ctrl-C), not only at [`Targets::stop`].
-    stop: tokio_util::sync::DropGuard,
 }
 
 /// What the series need to know about the targets.
@@ -48,9 +49,9 @@ impl Targets {
     /// Starts the servers, bound to `ip`, and the relays in front of them when the profile asks for them.
     pub(super) async fn start(config: &RttConfig, ip: IpAddr) -> Result<Targets, BenchError> {
         let stop = CancellationToken::new();
-        // A server or echo started before a later one failed stops with it.
-        let guard = stop.clone().drop_guard();
         let data_dir = crate::bench::private_tempdir(None).map_err(BenchError::io("temporary directory"))?;
+        // A server or echo started before a later one failed stops with it (dropped before the data directory).
+        let guard = stop.clone().drop_guard();
         let (cert, _) = quiver_certs::dev::load_or_generate(data_dir.path(), std::time::SystemTime::now())?;
         let quinn_pin = cert.fingerprint();
         let (server, token) = (config.server.as_ref(), config.token.as_ref());
@@ -66,6 +67,7 @@ impl Targets {
         let (udp, udp_relay) = through_relay(profile, udp, max_clients)?;
         let (quinn, quinn_relay) = through_relay(profile, quinn, max_clients)?;
         Ok(Targets {
+            stop: guard,
             quiver: quiver.reached_at(quiver_addr)?,
             udp,
             quinn,
@@ -73,7 +75,6 @@ impl Targets {
             websocket,
             _relays: [quiver_relay, udp_relay, quinn_relay].into_iter().flatten().collect(),
             _data_dir: data_dir,
-            stop: guard,
         })
     }
 

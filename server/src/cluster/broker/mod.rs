@@ -24,6 +24,7 @@ use super::error::{BrokerError, Unreachable};
 use crate::hub::lock::lock;
 
 mod heartbeat;
+mod info;
 
 /// A boxed future, as handlers and hooks return them.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -110,6 +111,8 @@ pub struct Broker {
     failures: AtomicU64,
     /// Pub/Sub connections made so far (each may have missed what was published before it).
     pubsub_connections: AtomicU64,
+    /// Channels subscribed with nothing routing them, being unsubscribed ([`Broker::unsubscribe_orphan`]).
+    orphans: Mutex<std::collections::HashSet<String>>,
     stop: CancellationToken,
 }
 
@@ -165,6 +168,7 @@ impl Broker {
             burying: Mutex::new(std::collections::HashSet::new()),
             failures: AtomicU64::new(0),
             pubsub_connections: AtomicU64::new(0),
+            orphans: Mutex::new(std::collections::HashSet::new()),
             stop: CancellationToken::new(),
         });
         Ok(broker)
@@ -376,15 +380,43 @@ impl Broker {
                     () = self.stop.cancelled() => return,
                 };
                 let Some(message) = message else { break };
-                let handler = lock(&self.handlers).get(message.get_channel_name()).cloned();
-                if let Some(handler) = handler {
-                    handler.message(message.get_payload_bytes().to_vec());
+                let channel = message.get_channel_name();
+                let handler = lock(&self.handlers).get(channel).cloned();
+                match handler {
+                    Some(handler) => handler.message(message.get_payload_bytes().to_vec()),
+                    None => self.clone().unsubscribe_orphan(channel, sink.clone()),
                 }
             }
             self.pubsub_up.store(false, Ordering::Relaxed);
             *lock(&self.sink) = None;
             tracing::warn!("lost the broker's Pub/Sub connection; reconnecting");
         }
+    }
+
+    /// A message came on `channel`, which nothing here routes: a subscription left behind (a join given up while
+    /// its SUBSCRIBE was on its way, a sweep's UNSUBSCRIBE that found no connection while a reconnect's list had the
+    /// channel). Until 2026-12-06 it stayed, Redis sending the room's every event to this node for nothing, until
+    /// the next Pub/Sub reconnect. Unsubscribed now, once at a time per channel; a handler routed meanwhile, whose
+    /// SUBSCRIBE this may have undone, is subscribed again and told (a room catches up from its stream).
+    fn unsubscribe_orphan(self: Arc<Self>, channel: &str, mut sink: PubSubSink) {
+        if !lock(&self.orphans).insert(channel.to_string()) {
+            return;
+        }
+        let channel = channel.to_string();
+        tokio::spawn(async move {
+            let timeout = self.config.request_timeout;
+            let _ = tokio::time::timeout(timeout, sink.unsubscribe(&channel)).await;
+            let handler = lock(&self.handlers).get(&channel).cloned();
+            if let Some(handler) = handler {
+                tracing::debug!(%channel, "a channel routed while its stray subscription ended: subscribed again");
+                match tokio::time::timeout(timeout, sink.subscribe(&channel)).await {
+                    Ok(Ok(())) => handler.resubscribed().await,
+                    // Made again: every routed channel subscribed, every handler told.
+                    _ => lock(&self.pubsub_stale).cancel(),
+                }
+            }
+            lock(&self.orphans).remove(&channel);
+        });
     }
 
     /// Subscribes to `channels` on a new connection, within the request timeout.
@@ -398,75 +430,6 @@ impl Broker {
             Err(_) => {
                 tracing::warn!("the broker did not confirm the subscriptions in time");
                 false
-            }
-        }
-    }
-
-    /// What `INFO` says of the Redis reached, at every heartbeat (off the beat's path): a version older than 7.0
-    /// (every post would fail: not ready, logged), and whether it may evict keys. With a `maxmemory` and any
-    /// `maxmemory-policy` but `noeviction`, the dedupe keys (the only ones with a TTL while a room has members, so
-    /// the first to go under the `volatile-*` policies) can vanish, and a post retried after a lost reply is then
-    /// stored twice; meta, log or member keys evicted lose a room's epoch or presence. The node reports itself not
-    /// ready meanwhile (`CONFIG SET` changes it at run time), and also while Redis refuses `INFO` (an ACL without
-    /// it: unknown is not safe), unless `broker.allow_eviction` is set. Each state clears when `INFO` says so: a
-    /// node started against Redis 6 is ready once Redis is upgraded in place (the version was checked once, at the
-    /// first beat, and a "too old" stayed for the process's life; a refused `INFO` left the node ready).
-    async fn check_broker(&self) {
-        let mut conn = self.conn();
-        let info = match redis::cmd("INFO").query_async::<String>(&mut conn).await {
-            Ok(info) => info,
-            // Answered with an error (NOPERM: an ACL that leaves INFO out; a proxy that does not pass it on; a busy
-            // script): whether Redis may evict keys is unknown, which is not safe. Until INFO answers again.
-            // (Any answer that is not INFO's: an error reply, or a reply of another kind, from a proxy.)
-            Err(err) if !(err.is_io_error() || err.is_timeout() || err.is_connection_dropped()) => {
-                if !self.info_refused.swap(true, Ordering::Relaxed) {
-                    match self.config.allow_eviction {
-                        false => tracing::error!(%err, "the broker answers INFO with an error: whether it may evict \
-                            keys cannot be checked; not ready until it answers (an ACL needs +info) or \
-                            broker.allow_eviction is set"),
-                        true => tracing::warn!(%err, "the broker answers INFO with an error: whether it may evict \
-                            keys cannot be checked (allowed by broker.allow_eviction)"),
-                    }
-                }
-                return;
-            }
-            // No answer at all: the heartbeat says so, and this is tried again at the next beat.
-            Err(_) => return,
-        };
-        if self.info_refused.swap(false, Ordering::Relaxed) {
-            tracing::info!("the broker answers INFO again");
-        }
-        let field = |name: &str| info.lines().find_map(|line| line.strip_prefix(name)).map(str::trim);
-        let version = field("redis_version:").unwrap_or("");
-        let major: u32 = version.split('.').next().and_then(|m| m.trim().parse().ok()).unwrap_or(0);
-        let too_old = major < 7;
-        if self.too_old.swap(too_old, Ordering::Relaxed) != too_old {
-            match too_old {
-                true => tracing::error!(
-                    version,
-                    "the broker is older than Redis 7.0: posts cannot be sequenced (SET … NX GET); not ready"
-                ),
-                false => tracing::info!(version, "the broker is Redis 7.0 or newer again"),
-            }
-        }
-        let maxmemory: u64 = field("maxmemory:").and_then(|m| m.parse().ok()).unwrap_or(0);
-        let policy = field("maxmemory_policy:").unwrap_or("noeviction");
-        let evicting = maxmemory > 0 && policy != "noeviction";
-        if self.evicting.swap(evicting, Ordering::Relaxed) != evicting {
-            match (evicting, self.config.allow_eviction) {
-                (true, false) => tracing::error!(
-                    maxmemory,
-                    policy,
-                    "the broker may evict keys: not ready until its maxmemory-policy is noeviction \
-                     (or broker.allow_eviction is set)"
-                ),
-                (true, true) => tracing::warn!(
-                    maxmemory,
-                    policy,
-                    "the broker may evict keys (allowed by broker.allow_eviction): a post retried after its dedupe \
-                     key was evicted is stored twice"
-                ),
-                (false, _) => tracing::info!(policy, "the broker no longer evicts keys"),
             }
         }
     }
@@ -490,3 +453,6 @@ impl Broker {
         *delay = (*delay * 2).min(Duration::from_secs(2));
     }
 }
+
+#[cfg(test)]
+mod tests;

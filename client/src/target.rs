@@ -214,7 +214,19 @@ impl Target {
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        Err(fatal.or(first_error.map(|(_, err)| err)).unwrap_or(ConnectError::Timeout(timeout)))
+        let first_error = first_error.map(|(_, err)| err);
+        Err(match (fatal, first_error) {
+            // A certificate not the pinned one from one address, while another failed for now (down, restarting):
+            // not the answer, whose error ends a reconnecting client for good, until no address is left that
+            // could still serve (the supervisor tries them again). The failure for now is.
+            (Some(fatal @ ConnectError::PinMismatch { .. }), Some(for_now)) => {
+                tracing::warn!(%fatal, "an address presented another certificate; the others failed for now");
+                for_now
+            }
+            (Some(fatal), _) => fatal,
+            (None, Some(for_now)) => for_now,
+            (None, None) => ConnectError::Timeout(timeout),
+        })
     }
 
     /// The QUIC handshake, with a pin mismatch reported as such.
@@ -325,5 +337,43 @@ impl Target {
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two addresses answering as `answers` does (by port): what the race reports.
+    async fn race_of(answers: fn(u16) -> Result<(), ConnectError>) -> Result<(), ConnectError> {
+        let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
+        let options = ConnectOptions { trust: crate::TrustOptions::Pin(pin), ..ConnectOptions::default() };
+        let targets = Target::resolve_all("127.0.0.1:1,127.0.0.1:2", &options).await.unwrap();
+        let attempt = move |target: Target| async move {
+            let result = answers(target.addr.port());
+            (target, result)
+        };
+        Target::race_with(targets, Duration::from_secs(5), attempt).await.map(|_| ())
+    }
+
+    fn mismatch() -> ConnectError {
+        let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
+        ConnectError::PinMismatch { expected: pin, presented: "cd".repeat(32).parse().unwrap() }
+    }
+
+    /// One node presenting another certificate while the other is down for now (restarting) is not the race's
+    /// answer: that would end a reconnecting client for good, though the other node comes back. Every node
+    /// presenting it is.
+    #[tokio::test]
+    async fn a_certificate_mismatch_is_the_answer_only_when_no_address_failed_for_now() {
+        let one_down = race_of(|port| match port {
+            1 => Err(mismatch()),
+            _ => Err(ConnectError::Timeout(Duration::from_secs(1))),
+        });
+        let err = one_down.await.unwrap_err();
+        assert!(matches!(err, ConnectError::Timeout(_)), "{err:?}");
+        assert!(!err.is_fatal());
+        let every = race_of(|_| Err(mismatch())).await.unwrap_err();
+        assert!(matches!(every, ConnectError::PinMismatch { .. }), "{every:?}");
     }
 }

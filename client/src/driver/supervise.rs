@@ -139,7 +139,9 @@ impl Driver {
                         tracing::info!(code = %why.0, reason = %why.1, "connection lost while its clock was measured");
                         last_error = format!("{}: {}", why.0, why.1);
                     }
-                    // (A certificate mismatch comes only once every address was raced: none is left then.)
+                    // (A certificate mismatch comes only once every address was raced and none failed for now
+                    // (down, restarting): none is left then. Until 2026-12-06 one node's ended the client while
+                    // the others were restarting.)
                     Ok(Err(err))
                         if err.is_fatal()
                             && !matches!(err, ConnectError::PinMismatch { .. })

@@ -155,7 +155,7 @@ async fn a_pin_mismatch_after_a_restart_ends_the_client_naming_both_hashes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn localhost_reaches_a_server_bound_to_ipv6_loopback_and_the_port_defaults() {
+async fn localhost_reaches_a_server_bound_to_ipv6_loopback() {
     let data_dir = tempfile::tempdir().unwrap();
     let config = ServerConfig::dev("[::1]:0".parse().unwrap(), data_dir.path().into());
     let server = match quiver_server::Server::bind(config) {
@@ -178,32 +178,8 @@ async fn localhost_reaches_a_server_bound_to_ipv6_loopback_and_the_port_defaults
     assert!(client.server_addr().is_ipv6(), "{}", client.server_addr());
     client.ping().await.unwrap();
     client.close().await;
-    // Without a port: quiver-server's default, 4433, is dialled (seen by a socket there, where the port is free).
-    let listener = tokio::net::UdpSocket::bind("127.0.0.1:4433").await.ok();
-    let connecting = Client::connect_with(
-        "127.0.0.1",
-        ConnectOptions { trust, connect_timeout: Duration::from_millis(300), ..ConnectOptions::default() },
-    );
-    let dialled = async {
-        let mut buf = vec![0u8; 2048];
-        match &listener {
-            Some(socket) => tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await.ok()?.ok(),
-            None => None,
-        }
-    };
-    let (err, dialled) = tokio::join!(connecting, dialled);
-    if let Err(quiver_client::ConnectError::Resolve { server, .. }) = &err {
-        panic!("{server} did not resolve with the default port");
-    }
-    match listener {
-        // A QUIC Initial: padded to at least 1,200 bytes.
-        Some(_) => assert!(dialled.is_some_and(|n| n >= 1200), "nothing reached 127.0.0.1:4433: {dialled:?}"),
-        // Said loudly (it was an `eprintln!` the harness swallows), and a failure under QUIVER_REQUIRE_ALL=1.
-        None => quiver_tests::skip(
-            "localhost_reaches_a_server_bound_to_ipv6_loopback_and_the_port_defaults",
-            "127.0.0.1:4433 is in use here: the default port's dialling was not observed",
-        ),
-    }
+    // (Without a port, quiver-server's default is dialled: `quiver_client`'s `target` tests, with no socket on
+    // the default port, which a server on this machine may hold.)
     shutdown.cancel();
     task.await.unwrap();
 }

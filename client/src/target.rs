@@ -356,6 +356,23 @@ mod tests {
         Target::race_with(targets, Duration::from_secs(5), attempt).await.map(|_| ())
     }
 
+    /// A server named without a port is dialled at quiver-server's default, [`DEFAULT_PORT`]; with one, at it.
+    #[tokio::test]
+    async fn a_server_without_a_port_is_dialled_at_the_default_port() {
+        let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
+        let options = ConnectOptions { trust: crate::TrustOptions::Pin(pin), ..ConnectOptions::default() };
+        let addrs = |server: &'static str| {
+            let options = options.clone();
+            async move {
+                let targets = Target::resolve_all(server, &options).await.unwrap();
+                targets.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(addrs("127.0.0.1").await, ["127.0.0.1:4433"]);
+        assert_eq!(addrs("127.0.0.1:9,127.0.0.2").await, ["127.0.0.1:9", "127.0.0.2:4433"]);
+        assert_eq!(DEFAULT_PORT, 4433, "the README's and quiver-server's");
+    }
+
     fn mismatch() -> ConnectError {
         let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
         ConnectError::PinMismatch { expected: pin, presented: "cd".repeat(32).parse().unwrap() }

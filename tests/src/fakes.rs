@@ -149,7 +149,7 @@ pub async fn late_first_stream(endpoint: quinn::Endpoint) {
 
 /// A server that answers Hello and then nothing (a hung process that still holds its connections), or, with
 /// `pings`, nothing but Pings (a server whose store or broker hangs); `welcomed` is told once the Welcome is
-/// written. Returns when the client closes the connection.
+/// written. Returns when the connection is closed.
 pub async fn mute_after_welcome(endpoint: quinn::Endpoint, welcomed: tokio::sync::oneshot::Sender<()>, pings: bool) {
     use quiver_proto::{FrameCodec, Reply, Request, RequestBody, ServerMsg, Welcome, PROTOCOL_VERSION};
     let Some(incoming) = endpoint.accept().await else { return };
@@ -179,7 +179,9 @@ pub async fn mute_after_welcome(endpoint: quinn::Endpoint, welcomed: tokio::sync
             Some(_) => {} // never answered
             None => match recv.read_chunk(usize::MAX, true).await {
                 Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
-                _ => return,
+                // (The connection's close, not its control stream's end: a client that only reset the stream and
+                // kept the connection would hold it, which is what the tests using this look for.)
+                _ => return drop(conn.closed().await),
             },
         }
     }

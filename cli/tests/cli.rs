@@ -251,6 +251,7 @@ async fn a_closed_stdout_ends_a_command_quietly() {
         .arg(server.data_dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     drop(child.stdout.take());

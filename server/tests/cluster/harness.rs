@@ -109,12 +109,14 @@ impl Redis {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let redis = Redis { process: Running(child), port };
+        let mut redis = Redis { process: Running(child), port };
         let started = Instant::now();
         while redis.query::<String>(&mut redis::cmd("PING")).is_err() {
             assert!(started.elapsed() < Duration::from_secs(10), "redis-server does not answer");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // (Its own, not another process's on the port: one that could not bind it has exited.)
+        assert!(redis.process.0.try_wait().unwrap().is_none(), "redis-server on port {port} exited (port taken?)");
         redis
     }
 

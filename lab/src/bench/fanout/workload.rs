@@ -39,8 +39,9 @@ pub(super) struct Recorder {
     tick_arrivals: u64,
     /// The messages each subscriber received (warm-up's too): a copy (the link emulator's `duplicate_pct`; raw UDP
     /// does not drop copies) counts once, so delivered % never passes 100 nor hides a loss, and a delivery is
-    /// counted for CPU per delivery once.
-    seen: std::collections::HashSet<(u32, Kind, u64)>,
+    /// counted for CPU per delivery once. A bit per message index and subscriber: a set of every delivery (its
+    /// rehash, at half a million of them, under this lock every receiver takes) grew past a gigabyte in a long run.
+    seen: HashMap<(u32, Kind), Vec<u64>>,
     /// The newest tick (by publish index) each subscriber got: one older arriving after it is stale, in every
     /// series alike (a Quiver subscription drops such a tick before the bench sees it; raw UDP and bare quinn
     /// handed it on, and it was measured, the slowest arrivals in their percentiles only).
@@ -66,7 +67,7 @@ impl Recorder {
         // A copy (the link emulator duplicates after the server sent: raw UDP's receivers see it, quinn drops it)
         // is not a delivery the server paid for: counted once, so raw UDP's CPU per delivery is not divided by more
         // deliveries than it made.
-        if !r.seen.insert((who, kind, i)) {
+        if !first_time(r.seen.entry((who, kind)).or_default(), i) {
             return;
         }
         r.arrivals += 1;
@@ -142,6 +143,20 @@ impl Recorder {
             server_ticks: None,
         }
     }
+}
+
+/// Sets bit `i` of `bits`; false when it was set already (or `i` is past any run's messages: not this bench's).
+fn first_time(bits: &mut Vec<u64>, i: u64) -> bool {
+    if i >= 1 << 32 {
+        return false;
+    }
+    let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+    if word >= bits.len() {
+        bits.resize(word + 1, 0);
+    }
+    let first = bits[word] & bit == 0;
+    bits[word] |= bit;
+    first
 }
 
 /// Sends ticks (`publish`) and chat messages (`post(poster, payload)`, the subscribers in turn) on schedule,

@@ -105,11 +105,11 @@ pub(super) async fn measure(
     pin: &TrustOptions,
     progress: &Progress,
 ) -> Result<FanoutSide, BenchError> {
-    progress(&format!("{name}: connecting subscribers"));
     let recorder = SharedRecorder::default();
     let stop = CancellationToken::new();
     let mut connections = Vec::new();
     for who in 0..config.subscribers {
+        super::connecting(progress, name, who, config.subscribers);
         let conn = connect(server, pin).await?;
         let (reader, recorder) = (conn.clone(), recorder.clone());
         until_stopped(&stop, async move {

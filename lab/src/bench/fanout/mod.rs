@@ -164,6 +164,14 @@ struct Sides {
 /// Each side in turn, so no two load the machine at once. Raw UDP goes right before the Quiver run it is the
 /// throughput goal's baseline for (ticks only): this VM's speed drifts over minutes (raw UDP's cost per delivery
 /// moved 3.7 → 6.8 µs between periods), and sides taken minutes apart carried that drift into the ratio.
+/// Says how far `series` is with connecting its subscribers (every 100th, and the first): over an emulated path a
+/// thousand connections take minutes, which the progress bar otherwise spent at one line.
+pub(super) fn connecting(progress: &Progress, series: &str, who: u32, subscribers: u32) {
+    if who.is_multiple_of(100) {
+        progress(&format!("{series}: connecting subscribers ({who} of {subscribers})"));
+    }
+}
+
 async fn measure_sides(config: &FanoutConfig, servers: &Servers, progress: &Progress) -> Result<Sides, BenchError> {
     let mut baselines = Vec::new();
     if let Some(b) = &servers.baselines {

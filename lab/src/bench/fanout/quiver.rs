@@ -28,11 +28,11 @@ pub(super) async fn measure(
     let run_id = rand::random::<u32>();
     let channel = format!("bench.fanout.{run_id:08x}");
     let chat_room = format!("bench.fanout.{run_id:08x}.chat");
-    progress("quiver: connecting subscribers");
     let recorder = SharedRecorder::default();
     let stop = CancellationToken::new();
     let mut subscribers = Vec::new();
     for who in 0..config.subscribers {
+        super::connecting(progress, "quiver", who, config.subscribers);
         let client = connect().await?;
         let mut subscription = BenchError::answered("subscribe", client.subscribe(&channel)).await?;
         // Ticks only: no room, as the baselines' receivers have none (a subscriber that also waits on a room pays

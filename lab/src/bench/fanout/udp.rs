@@ -152,10 +152,10 @@ pub(super) async fn measure(
     server: SocketAddr,
     progress: &Progress,
 ) -> Result<FanoutSide, BenchError> {
-    progress(&format!("{name}: connecting subscribers"));
     let recorder = SharedRecorder::default();
     let stop = CancellationToken::new();
     for who in 0..config.subscribers {
+        super::connecting(progress, name, who, config.subscribers);
         let socket = subscribe(server).await?;
         let recorder = recorder.clone();
         until_stopped(&stop, async move {

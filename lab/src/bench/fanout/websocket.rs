@@ -29,11 +29,11 @@ pub(super) async fn measure(
     hub: SocketAddr,
     progress: &Progress,
 ) -> Result<FanoutSide, BenchError> {
-    progress("websocket: connecting subscribers");
     let recorder = SharedRecorder::default();
     let stop = CancellationToken::new();
     let mut posters = Vec::new();
     for who in 0..config.subscribers {
+        super::connecting(progress, "websocket", who, config.subscribers);
         let (queue, mut incoming) = websocket::connect(hub, &stop).await?;
         let recorder = recorder.clone();
         until_stopped(&stop, async move {

@@ -137,8 +137,9 @@ impl RoomHub for RedisRooms {
         // stale, and the room set live from it would be reset again at the next event.
         let started = lock(&room.state).generation;
         // A Pub/Sub reconnect from here until the room is live here loses what was published meanwhile, and the
-        // reconnect's own catch-up skips a room that is not live yet: the join catches up instead.
-        let pubsub_connections = ctx.broker.pubsub_connections();
+        // reconnect's own catch-up skips a room that is not live yet: the join catches up instead. So does a stray
+        // subscription's end (its UNSUBSCRIBE may land after this join's SUBSCRIBE: `Broker::unsubscribe_orphan`).
+        let pubsub_connections = ctx.broker.pubsub_generation();
         let mut catch_up = false;
         let keys = &room.keys;
         let subscriber = ctx.next_subscriber.fetch_add(1, Ordering::Relaxed);
@@ -221,7 +222,7 @@ impl RoomHub for RedisRooms {
                     last_message,
                     ..std::mem::take(&mut *state)
                 };
-                catch_up = ctx.broker.pubsub_connections() != pubsub_connections;
+                catch_up = ctx.broker.pubsub_generation() != pubsub_connections;
             }
             if let Ok(open) = ctx.codec.encode_to_vec(&RoomFrame::Open(joined.clone())) {
                 outbox.push_replay(open.freeze());

@@ -343,7 +343,7 @@ return ARGV[4]
 /// new epoch under the same seqs, handed a gap fill or a paged replay under way the new epoch's messages as the old
 /// one's (`recovered` and all). KEYS: meta, log. Nil on another epoch (or none).
 const RANGE_IN_EPOCH: &str = r#"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return false end
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return nil end
 return redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
 "#;
 

@@ -65,16 +65,18 @@ impl Relay {
             };
             // A read of the stream is the epoch-checked script's EVALSHA (whose source, in a SCRIPT LOAD, is left
             // alone: changed, Redis would load another script).
-            let sha = quiver_server::cluster::stream_read_script_sha().as_bytes();
-            let read = contains(&buf[..n], sha) && contains(&buf[..n], b"EVALSHA");
-            if flags.hold_reads.load(Ordering::SeqCst) && read {
+            // (The command and the script's SHA as one RESP sequence: another EVALSHA in the same read, a
+            // heartbeat's, is not it.)
+            let call = format!("EVALSHA\r\n$40\r\n{}", quiver_server::cluster::stream_read_script_sha());
+            let read = find(&buf[..n], call.as_bytes());
+            if flags.hold_reads.load(Ordering::SeqCst) && read.is_some() {
                 flags.holding.store(true, Ordering::SeqCst);
                 while flags.hold_reads.load(Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 flags.holding.store(false, Ordering::SeqCst);
             }
-            if let Some(at) = find(&buf[..n], b"EVALSHA").filter(|_| read) {
+            if let Some(at) = read {
                 let fail =
                     flags.fail_reads.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1));
                 if fail.is_ok() {

@@ -109,14 +109,17 @@ impl Redis {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut redis = Redis { process: Running(child), port };
+        let redis = Redis { process: Running(child), port };
         let started = Instant::now();
         while redis.query::<String>(&mut redis::cmd("PING")).is_err() {
             assert!(started.elapsed() < Duration::from_secs(10), "redis-server does not answer");
             std::thread::sleep(Duration::from_millis(20));
         }
-        // (Its own, not another process's on the port: one that could not bind it has exited.)
-        assert!(redis.process.0.try_wait().unwrap().is_none(), "redis-server on port {port} exited (port taken?)");
+        // Its own, not another process's on the port (which answered the PING before this one could fail to bind).
+        let info: String = redis.query(&mut redis::cmd("INFO").arg("server").clone()).unwrap();
+        let pid = info.lines().find_map(|line| line.strip_prefix("process_id:")).map(str::trim);
+        let own = redis.process.0.id().to_string();
+        assert_eq!(pid, Some(own.as_str()), "another process's redis-server answers on port {port}");
         redis
     }
 

@@ -113,12 +113,27 @@ pub struct Broker {
     pubsub_connections: AtomicU64,
     /// Channels subscribed with nothing routing them, being unsubscribed ([`Broker::unsubscribe_orphan`]).
     orphans: Mutex<std::collections::HashSet<String>>,
+    /// Stray subscriptions ended so far (each may have undone a join's SUBSCRIBE for a moment).
+    orphans_ended: AtomicU64,
     stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker").field("node", &self.node).field("ready", &self.ready().is_ok()).finish()
+    }
+}
+
+/// A stray subscription being ended ([`Broker::unsubscribe_orphan`]): its channel leaves the broker's list when
+/// this is dropped, however the task ends.
+struct Orphan {
+    broker: Arc<Broker>,
+    channel: String,
+}
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        lock(&self.broker.orphans).remove(&self.channel);
     }
 }
 
@@ -169,6 +184,7 @@ impl Broker {
             failures: AtomicU64::new(0),
             pubsub_connections: AtomicU64::new(0),
             orphans: Mutex::new(std::collections::HashSet::new()),
+            orphans_ended: AtomicU64::new(0),
             stop: CancellationToken::new(),
         });
         Ok(broker)
@@ -216,6 +232,13 @@ impl Broker {
     /// Pub/Sub connections made so far: a change means events published meanwhile may not have reached this node.
     pub(crate) fn pubsub_connections(&self) -> u64 {
         self.pubsub_connections.load(Ordering::Acquire)
+    }
+
+    /// [`Broker::pubsub_connections`], and the stray subscriptions ended so far: a change means a channel routed
+    /// meanwhile may have missed what was published (a join compares them from before its SUBSCRIBE until its
+    /// room is live, and catches up).
+    pub(crate) fn pubsub_generation(&self) -> (u64, u64) {
+        (self.pubsub_connections(), self.orphans_ended.load(Ordering::Acquire))
     }
 
     /// True once the broker is retired (the node is shutting down).
@@ -384,7 +407,7 @@ impl Broker {
                 let handler = lock(&self.handlers).get(channel).cloned();
                 match handler {
                     Some(handler) => handler.message(message.get_payload_bytes().to_vec()),
-                    None => self.clone().unsubscribe_orphan(channel, sink.clone()),
+                    None => self.clone().unsubscribe_orphan(channel, sink.clone(), stale.clone()),
                 }
             }
             self.pubsub_up.store(false, Ordering::Relaxed);
@@ -398,24 +421,27 @@ impl Broker {
     /// channel). Until 2026-12-06 it stayed, Redis sending the room's every event to this node for nothing, until
     /// the next Pub/Sub reconnect. Unsubscribed now, once at a time per channel; a handler routed meanwhile, whose
     /// SUBSCRIBE this may have undone, is subscribed again and told (a room catches up from its stream).
-    fn unsubscribe_orphan(self: Arc<Self>, channel: &str, mut sink: PubSubSink) {
+    /// `stale`: the Pub/Sub connection's own (made again if the subscription cannot be put back: not a newer one).
+    fn unsubscribe_orphan(self: Arc<Self>, channel: &str, mut sink: PubSubSink, stale: CancellationToken) {
         if !lock(&self.orphans).insert(channel.to_string()) {
             return;
         }
-        let channel = channel.to_string();
+        let orphan = Orphan { broker: self, channel: channel.to_string() };
         tokio::spawn(async move {
-            let timeout = self.config.request_timeout;
-            let _ = tokio::time::timeout(timeout, sink.unsubscribe(&channel)).await;
-            let handler = lock(&self.handlers).get(&channel).cloned();
+            let (broker, channel) = (&orphan.broker, &orphan.channel);
+            let timeout = broker.config.request_timeout;
+            // Before the UNSUBSCRIBE: a join under way whose SUBSCRIBE it undoes catches up once its room is live.
+            broker.orphans_ended.fetch_add(1, Ordering::AcqRel);
+            let _ = tokio::time::timeout(timeout, sink.unsubscribe(channel)).await;
+            let handler = lock(&broker.handlers).get(channel).cloned();
             if let Some(handler) = handler {
                 tracing::debug!(%channel, "a channel routed while its stray subscription ended: subscribed again");
-                match tokio::time::timeout(timeout, sink.subscribe(&channel)).await {
+                match tokio::time::timeout(timeout, sink.subscribe(channel)).await {
                     Ok(Ok(())) => handler.resubscribed().await,
                     // Made again: every routed channel subscribed, every handler told.
-                    _ => lock(&self.pubsub_stale).cancel(),
+                    _ => stale.cancel(),
                 }
             }
-            lock(&self.orphans).remove(&channel);
         });
     }
 

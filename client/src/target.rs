@@ -215,7 +215,14 @@ impl Target {
             }
         }
         let first_error = first_error.map(|(_, err)| err);
+        // An address still being tried at the deadline, or not tried at all (a node down: quinn hears no ICMP, so
+        // its handshake fails only at the idle timeout): not every address answered.
+        let unanswered = !attempts.is_empty() || !pending.is_empty();
         Err(match (fatal, first_error) {
+            (Some(fatal @ ConnectError::PinMismatch { .. }), _) if unanswered => {
+                tracing::warn!(%fatal, "an address presented another certificate; another did not answer");
+                ConnectError::Timeout(timeout)
+            }
             // A certificate not the pinned one from one address, while another failed for now (down, restarting):
             // not the answer, whose error ends a reconnecting client for good, until no address is left that
             // could still serve (the supervisor tries them again). The failure for now is.
@@ -345,15 +352,19 @@ mod tests {
     use super::*;
 
     /// Two addresses answering as `answers` does (by port): what the race reports.
-    async fn race_of(answers: fn(u16) -> Result<(), ConnectError>) -> Result<(), ConnectError> {
+    /// (`None`: that address never answers.)
+    async fn race_of(answers: fn(u16) -> Option<Result<(), ConnectError>>) -> Result<(), ConnectError> {
         let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
         let options = ConnectOptions { trust: crate::TrustOptions::Pin(pin), ..ConnectOptions::default() };
         let targets = Target::resolve_all("127.0.0.1:1,127.0.0.1:2", &options).await.unwrap();
         let attempt = move |target: Target| async move {
-            let result = answers(target.addr.port());
+            let result = match answers(target.addr.port()) {
+                Some(result) => result,
+                None => std::future::pending().await,
+            };
             (target, result)
         };
-        Target::race_with(targets, Duration::from_secs(5), attempt).await.map(|_| ())
+        Target::race_with(targets, Duration::from_millis(500), attempt).await.map(|_| ())
     }
 
     /// A server named without a port is dialled at quiver-server's default, [`DEFAULT_PORT`]; with one, at it.
@@ -384,13 +395,20 @@ mod tests {
     #[tokio::test]
     async fn a_certificate_mismatch_is_the_answer_only_when_no_address_failed_for_now() {
         let one_down = race_of(|port| match port {
-            1 => Err(mismatch()),
-            _ => Err(ConnectError::Timeout(Duration::from_secs(1))),
+            1 => Some(Err(mismatch())),
+            _ => Some(Err(ConnectError::Timeout(Duration::from_secs(1)))),
         });
         let err = one_down.await.unwrap_err();
         assert!(matches!(err, ConnectError::Timeout(_)), "{err:?}");
         assert!(!err.is_fatal());
-        let every = race_of(|_| Err(mismatch())).await.unwrap_err();
+        // The same when the other never answers at all (its handshake still running at the deadline).
+        let silent = race_of(|port| match port {
+            1 => Some(Err(mismatch())),
+            _ => None,
+        });
+        let err = silent.await.unwrap_err();
+        assert!(matches!(err, ConnectError::Timeout(_)), "{err:?}");
+        let every = race_of(|_| Some(Err(mismatch()))).await.unwrap_err();
         assert!(matches!(every, ConnectError::PinMismatch { .. }), "{every:?}");
     }
 }

@@ -192,7 +192,8 @@ impl RoomEntry {
         lock(&self.end_reason).clone()
     }
 
-    /// Waits until the application has read from the room's full channel (false if the room, the client or the
+    /// Waits until the application has read from the room's full channel, and holds less than
+    /// [`EVENT_BUFFER_BYTES`] (false if the room, the client or the
     /// kicked connection (`closed`) ended first). A stream's reader that waits for room in it is served before this
     /// (the channel's waiters queue), so it reads on and finds its stream's end. Not past its connection: the next
     /// connection rejoins the room itself, and a wait that outlived its connection kept it (and everything it holds)
@@ -202,8 +203,17 @@ impl RoomEntry {
         stop: &CancellationToken,
         closed: impl std::future::Future<Output = ()>,
     ) -> bool {
+        // (Room by bytes too: with a place free but the byte budget spent, the rejoin's stream would stop at once
+        // and be reset as slow again, a rejoin per kick while the room has traffic.)
+        let room = async {
+            let placed = self.events.reserve().await.is_ok(); // dropped at once: the place stays free
+            if placed {
+                self.below_byte_budget().await;
+            }
+            placed
+        };
         tokio::select! {
-            permit = self.events.reserve() => permit.is_ok(), // dropped at once: the place stays free
+            placed = room => placed,
             () = self.ended.cancelled() => false,
             () = stop.cancelled() => false,
             () = closed => false,

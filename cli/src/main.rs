@@ -74,7 +74,8 @@ pub(crate) struct TrustArgs {
     #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// A file holding the access token (surrounding whitespace ignored), read again at every connect, so that a
-    /// token renewed in place is used at the next reconnect. Taken over --token and `QUIVER_TOKEN`.
+    /// token renewed in place is used at the next reconnect. Taken over --token and `QUIVER_TOKEN`. One its group or
+    /// everyone may read is used with a warning (`chmod 600` it).
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
 }

@@ -219,13 +219,13 @@ pub enum TickError {
     #[error("the connection does not carry datagrams")]
     Unsupported,
     /// The server refused to take the claim back after a reconnect (e.g. `PermissionDenied` under a renewed token
-    /// that no longer grants the channel), or the client ended (the client's end reason): this publisher is done;
-    /// [`crate::Client::publisher`] claims anew.
+    /// that no longer grants the channel), or the client ended (the client's end reason): this publisher is done
+    /// ([`crate::Client::publisher`] claims anew, on a client that goes on).
     #[error("the claim of this channel ended: {reason} ({code})")]
     Ended {
-        /// Why, as the server refused it.
+        /// Why: the server's refusal, or the client's end (`NoError` once closed).
         code: quiver_proto::ErrorCode,
-        /// The server's reason.
+        /// The server's reason, or why the client ended.
         reason: String,
     },
 }

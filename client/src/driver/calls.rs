@@ -57,7 +57,8 @@ impl Driver {
     }
 
     /// Runs `attempt` on the current connection; if that connection is lost before the attempt is answered (its
-    /// `Closed`, or `Unavailable` from a server that then closes it: [`ends_soon`]), runs it again on the next one, up to [`TRIES_ACROSS_RECONNECTS`] connections in all. For what
+    /// `Closed`, or `Unavailable` from a server that then closes it: [`ends_soon`]), runs it again on the next one, up
+    /// to [`TRIES_ACROSS_RECONNECTS`] connections in all. For what
     /// the server may take twice without harm, and what a lost connection undoes anyway (a Join or Subscribe of a
     /// connection that is gone holds nothing), so a reconnect of a moment does not fail the application's call.
     /// Once the client ends, the caller gives up (`given_up`), or no connection comes back within `connect_timeout`,

@@ -21,8 +21,8 @@ use crate::{
     sync::lock,
 };
 
-/// Events buffered per room before its stream's reader stops reading (and the server, after `room_queue_bytes`
-/// more, resets the stream as a slow consumer).
+/// Events buffered per room before its stream's reader stops reading (or [`EVENT_BUFFER_BYTES`] of them, whichever
+/// comes first; the server, after `room_queue_bytes` more, resets the stream as a slow consumer).
 pub const EVENT_BUFFER: usize = 1024;
 
 /// Bytes of events (their bodies, and 64 for the rest of each) a room holds for the application before its stream's

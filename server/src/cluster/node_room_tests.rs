@@ -254,7 +254,8 @@ async fn a_gap_larger_than_the_live_bound_drops_no_member() {
     assert_eq!(lock(&room.state).subscribers.len(), 0, "a live event past the bound still drops a slow member");
 }
 
-/// A leave the broker refuses for good (the node's holders key of the room damaged: `WRONGTYPE`) is given up, not retried for as
+/// A leave the broker refuses for good (the node's holders key of the room damaged: `WRONGTYPE`) is given up, not
+/// retried for as
 /// long as the node runs (one task per subscription).
 #[tokio::test]
 async fn a_leave_refused_for_good_is_given_up() {

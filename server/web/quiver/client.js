@@ -68,9 +68,10 @@ export class QuiverClient {
    * 'webtransport'; 'websocket'), `websocketUrl` (default: the URL with `wss:`; an array: one per URL),
    * `onTransport(transport, fallback)` (at the first connection and on a change: 'webtransport' or 'websocket', and why
    * WebTransport was not used, else null), `keepAliveMs` (10000) and `idleTimeoutMs` (30000) (over the WebSocket: a
-   * Ping after that long without receiving anything, at most two thirds of the time below; the connection lost after
-   * idleTimeoutMs without receiving anything, requests waiting or not; 0: never), `deadServerAfterMs` (12000; 0:
-   * never) (lost after this long without receiving anything while no request waits, a Ping sent at two thirds of
+   * Ping after that long without receiving anything, at most two thirds of the shorter of the two timeouts below;
+   * at least 1; the connection lost after idleTimeoutMs without receiving anything, requests waiting or not; 0:
+   * never), `deadServerAfterMs` (12000; 0: never) (lost after this long without receiving anything while no request
+   * waits, a Ping sent at two thirds of
    * it; over the WebSocket at most idleTimeoutMs), `webTransport` and `webSocket` (the constructors; replaceable
    * for tests; a function as `transport` is taken as `webTransport`, WebTransport only), `maxQueuedPosts` (10000; 0:
    * none; see `post`). The first connection must succeed.

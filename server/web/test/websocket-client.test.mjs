@@ -320,7 +320,8 @@ test('websocket: a server gone quiet is given up after deadServerAfterMs while n
   const quietFrom = Date.now();
   await until('lost while a post waits', () => statuses.length > 1, 4000);
   assert.ok(Date.now() - quietFrom >= 1400, `given up after ${Date.now() - quietFrom} ms, before idleTimeoutMs`);
-  assert.deepEqual(statuses[1][1], { code: ErrorCode.Internal, reason: 'connection lost: nothing received for 1500 ms' });
+  const lost = { code: ErrorCode.Internal, reason: 'connection lost: nothing received for 1500 ms' };
+  assert.deepEqual(statuses[1][1], lost);
   server.holdPostReplies = false;
   await until('reconnected', () => client.status === 'connected' && server.live.length === 1, 3000);
   await posted;
@@ -331,7 +332,8 @@ test('websocket: a server gone quiet is given up after deadServerAfterMs while n
   const silentFrom = Date.now();
   await until('lost again', () => statuses.length > seen, 3000);
   assert.ok(Date.now() - silentFrom < 1400, `given up after ${Date.now() - silentFrom} ms, not deadServerAfterMs`);
-  assert.deepEqual(statuses[seen][1], { code: ErrorCode.Internal, reason: 'connection lost: nothing received for 300 ms' });
+  const quiet = { code: ErrorCode.Internal, reason: 'connection lost: nothing received for 300 ms' };
+  assert.deepEqual(statuses[seen][1], quiet);
   assert.deepEqual(second.unanswered.map((body) => Object.keys(body)[0]), ['Ping']);
 });
 
@@ -436,6 +438,7 @@ test('keep-alive options: idleTimeoutMs 0 is never (a live session is kept); odd
   const options = { transport: 'websocket', webSocket: server.webSocket };
   for (const [name, bad] of [['idleTimeoutMs', NaN], ['idleTimeoutMs', -1], ['idleTimeoutMs', '5'], ['keepAliveMs', 0],
     ['keepAliveMs', NaN], ['keepAliveMs', -5]]) {
-    assert.throws(() => new QuiverClient(URL_, { ...options, [name]: bad }), new RegExp(`${name} must be`), `${name} ${bad}`);
+    const make = () => new QuiverClient(URL_, { ...options, [name]: bad });
+    assert.throws(make, new RegExp(`${name} must be`), `${name} ${bad}`);
   }
 });

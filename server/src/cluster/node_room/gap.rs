@@ -6,7 +6,8 @@ use crate::hub::lock::lock;
 
 impl NodeRoom {
     /// Reads the messages after the node's last seq up to `upto` from the stream and delivers them (outside the
-    /// live bound: [`crate::hub::Outbox::push_catch_up`]); every one must follow on (ops too: a hole between them is a presence event missed). Resets the room's subscriptions
+    /// live bound: [`crate::hub::Outbox::push_catch_up`]); every one must follow on (ops too: a hole between them is a
+    /// presence event missed). Resets the room's subscriptions
     /// when that cannot be done.
     pub(super) async fn fill(&self, upto: u64) {
         let (after, epoch, generation) = {

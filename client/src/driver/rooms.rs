@@ -25,8 +25,8 @@ use crate::{
 /// comes first; the server, after `room_queue_bytes` more, resets the stream as a slow consumer).
 pub const EVENT_BUFFER: usize = 1024;
 
-/// Bytes of events (their bodies, and 64 for the rest of each) a room holds for the application before its stream's
-/// reader stops reading, as at [`EVENT_BUFFER`] events (one event past it still goes in). Without it a room could
+/// Bytes of events (a message's body and sender, a presence event's member, and 64 for the rest of each) a room
+/// holds for the application before its stream's reader stops reading, as at [`EVENT_BUFFER`] events (one event past it still goes in). Without it a room could
 /// hold 1,024 events of up to the Welcome's `max_frame` each: 64 MiB at the default 64 KiB, 16 GiB under a server
 /// announcing the 16 MiB the client accepts.
 pub const EVENT_BUFFER_BYTES: usize = 8 << 20;

@@ -456,14 +456,9 @@ impl<R: RoomHub> Connection<R> {
         Some(ServerMsg::Kicked { room: Some(room.to_string()), code: ErrorCode::SlowConsumer, reason })
     }
 
-    /// Leaves every room and ends every subscription (the connection is ending), and stops the tasks. Once: a
-    /// session closed early (its token expired, its key removed) is not closed again at the connection's end (that
-    /// waited a second frame timeout for commits, holding the task and its admission slot).
-    pub(super) async fn close(&mut self, now_us: u64, commit_wait: std::time::Duration) {
-        if self.stop.is_cancelled() {
-            return;
-        }
-        self.datagrams.stop().await;
+    /// Takes everything the connection holds from its state: its subscriptions and claims are released at once, its
+    /// rooms' streams closed and the rooms listed in `leaving`, to be left (the hub's leave is async).
+    fn release(&mut self) {
         let release = self.state.close();
         for (channel, subscriber) in release.subscriptions {
             ServerStats::add(&self.stats.subscriptions, -1);
@@ -477,6 +472,17 @@ impl<R: RoomHub> Connection<R> {
             joined.outbox.close();
             self.leaving.push((room, joined.subscriber));
         }
+    }
+
+    /// Leaves every room and ends every subscription (the connection is ending), and stops the tasks. Once: a
+    /// session closed early (its token expired, its key removed) is not closed again at the connection's end (that
+    /// waited a second frame timeout for commits, holding the task and its admission slot).
+    pub(super) async fn close(&mut self, now_us: u64, commit_wait: std::time::Duration) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        self.datagrams.stop().await;
+        self.release();
         while let Some((room, subscriber)) = self.leaving.last() {
             self.rooms.leave(room, *subscriber, now_us).await.flush();
             self.leaving.pop();
@@ -503,20 +509,8 @@ impl<R: RoomHub> Drop for Connection<R> {
         self.stop.cancel();
         self.datagrams.cancel();
         self.conn.close(ErrorCode::Internal, "the server's task for this connection ended");
-        let release = self.state.close();
-        for (channel, subscriber) in release.subscriptions {
-            ServerStats::add(&self.stats.subscriptions, -1);
-            self.ticks.unsubscribe(&channel, subscriber);
-        }
-        for (channel, max_age_us) in release.claims {
-            self.ticks.release(&channel, max_age_us);
-        }
-        let mut rooms = std::mem::take(&mut self.leaving);
-        for (room, joined) in release.rooms {
-            ServerStats::add(&self.stats.room_members, -1);
-            joined.outbox.close();
-            rooms.push((room, joined.subscriber));
-        }
+        self.release();
+        let rooms = std::mem::take(&mut self.leaving);
         match self.shutdown.is_cancelled() {
             // (A connection still open after the drain timeout, its task dropped with the runtime.)
             true => {

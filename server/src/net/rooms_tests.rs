@@ -15,17 +15,24 @@ async fn unread_stream() -> (web_transport_quinn::SendStream, quinn::Endpoint, q
     (send, client, client_conn, dir)
 }
 
+/// An outbox of 64 KiB (its bound, returned) on a stream the client never reads, its counters, and what keeps the
+/// stream open.
+async fn unread_outbox() -> (Arc<StreamOutbox>, Arc<ServerStats>, usize, impl Sized) {
+    let (send, client, conn, dir) = unread_stream().await;
+    let stats = Arc::new(ServerStats::default());
+    let probe = quiver_transport::TailProbe::disabled();
+    let bound = 64 * 1024;
+    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), bound, (probe, None), stats.clone());
+    (outbox, stats, bound, (client, conn, dir))
+}
+
 /// An outbox whose pump has not run yet (it is not even started here) is flushed after every push. Once the
 /// stream stops taking bytes (the client does not read), the frames a flush could not write stay queued and
 /// count toward the bound: the outbox overflows instead of growing. Before, each flush reset the count to 0 and
 /// put the frames back uncounted, so the queue grew by a frame per push without end.
 #[tokio::test]
 async fn frames_a_flush_could_not_write_still_count_toward_the_bound() {
-    let (send, _client, _conn, _dir) = unread_stream().await;
-    let stats = Arc::new(ServerStats::default());
-    let probe = quiver_transport::TailProbe::disabled();
-    let bound = 64 * 1024;
-    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), bound, (probe, None), stats.clone());
+    let (outbox, stats, bound, _kept) = unread_outbox().await;
     let frame = Bytes::from(vec![b'x'; 16 * 1024]);
     // quinn's stream window (1.25 MB by default) takes the first frames at once; then the bound applies.
     let mut pushed = 0;
@@ -44,11 +51,7 @@ async fn frames_a_flush_could_not_write_still_count_toward_the_bound() {
 /// uncounted, plus a full queue behind it).
 #[tokio::test]
 async fn the_batch_the_pump_is_writing_counts_toward_the_bound() {
-    let (send, _client, _conn, _dir) = unread_stream().await;
-    let stats = Arc::new(ServerStats::default());
-    let probe = quiver_transport::TailProbe::disabled();
-    let bound = 64 * 1024;
-    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), bound, (probe, None), stats.clone());
+    let (outbox, stats, bound, _kept) = unread_outbox().await;
     let kicked = crate::net::mailbox::Mailbox::new(4);
     let stop = tokio_util::sync::CancellationToken::new();
     let pump = tokio::spawn(super::pump(outbox.clone(), kicked, stop.clone(), stats.clone()));
@@ -129,11 +132,7 @@ async fn a_replay_page_counts_as_drained_once_written_not_once_taken() {
 /// after them are bound by their own bytes; behind a paged replay (held) a catch-up frame is bound as a live one is.
 #[tokio::test]
 async fn catch_up_frames_are_outside_the_live_bound_unless_held() {
-    let (send, _client, _conn, _dir) = unread_stream().await;
-    let stats = Arc::new(ServerStats::default());
-    let probe = quiver_transport::TailProbe::disabled();
-    let bound = 64 * 1024;
-    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), bound, (probe, None), stats.clone());
+    let (outbox, stats, _bound, _kept) = unread_outbox().await;
     let frame = Bytes::from(vec![b'x'; 16 * 1024]);
     for k in 0..10 {
         assert!(outbox.push_catch_up(frame.clone()), "catch-up frame {k} overflowed the live bound");
@@ -149,11 +148,7 @@ async fn catch_up_frames_are_outside_the_live_bound_unless_held() {
 /// written out, so a member that reads nothing while most of its room comes by gap fills is still found slow.
 #[tokio::test]
 async fn catch_up_frames_a_reader_never_takes_are_bounded() {
-    let (send, _client, _conn, _dir) = unread_stream().await;
-    let stats = Arc::new(ServerStats::default());
-    let probe = quiver_transport::TailProbe::disabled();
-    let bound = 64 * 1024;
-    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), bound, (probe, None), stats.clone());
+    let (outbox, _stats, bound, _kept) = unread_outbox().await;
     let frame = Bytes::from(vec![b'x'; 16 * 1024]);
     let taken = (0..1_000).take_while(|_| outbox.push_catch_up(frame.clone())).count();
     assert_eq!(taken, 16 * bound / frame.len(), "catch-up frames queued before the outbox overflowed");

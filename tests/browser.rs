@@ -200,10 +200,20 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
+/// Every address of this machine, port 0: IPv6's wildcard (dual-stack: `localhost` may be `::1` for Chromium), or
+/// IPv4's on a machine without IPv6 (where binding `[::]` failed the tests instead of running them).
+fn wildcard() -> std::net::SocketAddr {
+    let v6 = "[::]:0".parse().unwrap();
+    match std::net::UdpSocket::bind(v6) {
+        Ok(_) => v6,
+        Err(_) => "0.0.0.0:0".parse().unwrap(),
+    }
+}
+
 async fn setup(chromium: &PathBuf, room_name: &str, query: impl Fn(u16, u16) -> String) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let web = WebConfig { http: Some("[::]:0".parse().unwrap()), ..WebConfig::default() };
-    let config = ServerConfig { web, ..ServerConfig::dev("[::]:0".parse().unwrap(), dir.path().into()) };
+    let web = WebConfig { http: Some(wildcard()), ..WebConfig::default() };
+    let config = ServerConfig { web, ..ServerConfig::dev(wildcard(), dir.path().into()) };
     let server = Server::bind(config).unwrap();
     let (udp, page) = (server.local_addr().port(), server.page_addr().unwrap().port());
     let ws = server.websocket_addr().unwrap().port();
@@ -317,7 +327,7 @@ async fn chromium_falls_back_to_the_websocket_when_udp_is_blocked() {
     };
     // WebTransport is pointed at a UDP port that never answers (bound and never read: UDP dropped, as by a
     // firewall); the page's WebSocket URL is the server's own.
-    let blackhole = std::net::UdpSocket::bind("[::]:0").unwrap();
+    let blackhole = std::net::UdpSocket::bind(wildcard()).unwrap();
     let dead = blackhole.local_addr().unwrap().port();
     const FALLBACK_MS: u64 = 1500;
     let started = Instant::now();

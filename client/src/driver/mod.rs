@@ -10,6 +10,7 @@ mod calls;
 mod connect;
 mod handler;
 mod posts;
+mod rejoin;
 mod rooms;
 mod streams;
 mod supervise;

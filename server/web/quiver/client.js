@@ -13,7 +13,7 @@ import {
 import { sendPosts } from './client/posts.js';
 import { RefusalWindow, Signal, Timers, Turns, acrossReconnects, oneRejoinAtATime, restore } from './client/waiting.js';
 import { REFUSED_FOR_NOW, callBack, clientDefaults, expectReply } from './client/values.js';
-import { leftAnyway, toBytes, unixUs } from './client/values.js';
+import { errorNotice, leftAnyway, toBytes, unixUs } from './client/values.js';
 
 /**
  * A Quiver session over WebTransport (or a WebSocket) that survives connection loss: it reconnects with jittered
@@ -68,13 +68,12 @@ export class QuiverClient {
    * 'webtransport'; 'websocket'), `websocketUrl` (default: the URL with `wss:`; an array: one per URL),
    * `onTransport(transport, fallback)` (at the first connection and on a change: 'webtransport' or 'websocket', and why
    * WebTransport was not used, else null), `keepAliveMs` (10000) and `idleTimeoutMs` (30000) (over the WebSocket: a
-   * Ping after that long without receiving anything, at most two thirds of the shorter of the two timeouts below;
-   * at least 1; the connection lost after idleTimeoutMs without receiving anything, requests waiting or not; 0:
-   * never), `deadServerAfterMs` (12000; 0: never) (lost after this long without receiving anything while no request
-   * waits, a Ping sent at two thirds of
-   * it; over the WebSocket at most idleTimeoutMs), `webTransport` and `webSocket` (the constructors; replaceable
-   * for tests; a function as `transport` is taken as `webTransport`, WebTransport only), `maxQueuedPosts` (10000; 0:
-   * none; see `post`). The first connection must succeed.
+   * Ping after that long without receiving anything, at most two thirds of the shorter timeout, at least 1; lost after
+   * idleTimeoutMs without receiving anything, requests waiting or not; 0: never), `deadServerAfterMs` (12000; 0: never)
+   * (lost after this long without receiving anything while no request waits, a Ping sent at two thirds of it; over the
+   * WebSocket at most idleTimeoutMs), `webTransport` and `webSocket` (the constructors; replaceable for tests; a
+   * function as `transport` is taken as `webTransport`, WebTransport only), `maxQueuedPosts` (10000; 0: none; see
+   * `post`). The first connection must succeed.
    */
   static async connect(url, options = {}) {
     const client = new QuiverClient(url, options);
@@ -443,9 +442,8 @@ export class QuiverClient {
 
   /** A request made on the client's own behalf failed: tell the application, unless the connection went. */
   #failed(err, where) {
-    if (err?.closed) return; // the next connection retries
-    const notice = { type: 'error', code: err?.code ?? ErrorCode.Internal, reason: err?.message ?? String(err) };
-    callBack(this.#options.onNotice, { ...notice, ...where });
+    const notice = errorNotice(err, where); // (none when the connection went: the next one retries)
+    if (notice) callBack(this.#options.onNotice, notice);
   }
 
   // ── rooms ──

@@ -63,3 +63,12 @@ export function callBack(fn, ...args) {
     });
   }
 }
+
+/**
+ * The notice for a request the client made on its own behalf that failed (`where`: its room or channel), or null
+ * when its connection went (the next connection makes it again).
+ */
+export function errorNotice(err, where) {
+  if (err?.closed) return null;
+  return { type: 'error', code: err?.code ?? ErrorCode.Internal, reason: err?.message ?? String(err), ...where };
+}

@@ -11,6 +11,7 @@
 mod broker;
 mod error;
 mod event;
+mod history;
 mod interest;
 pub mod keys;
 mod membership;

@@ -269,3 +269,46 @@ async fn a_leave_refused_for_good_is_given_up() {
     let leave = room.ctx.clone().leave("r".into(), 1);
     tokio::time::timeout(std::time::Duration::from_secs(10), leave).await.expect("the leave gave up");
 }
+
+/// A join's replay reads the room's stream only in the epoch its script read: a Redis restarted empty whose room
+/// started anew under the same seqs between the two gives the join nothing to replay (it is tried again), where the
+/// first page was read with `XRANGE` alone and handed the new epoch's messages out as the old one's, `recovered` and
+/// all. The same for a join that is not recovered (the newest messages).
+#[tokio::test]
+async fn a_joins_replay_reads_only_the_epoch_its_script_read() {
+    let Some(mut redis) = super::super::scripts::tests::redis("a_joins_replay_reads_only_the_epoch_its_script_read")
+    else {
+        return;
+    };
+    let keys = RoomKeys::new("r");
+    let meta = ["epoch", "41", "seq", "3", "op", "3"];
+    let _: () = redis::cmd("HSET").arg(&keys.meta).arg(&meta).query(&mut redis.conn).unwrap();
+    for n in 1..=3u64 {
+        let payload = super::event::message_payload("a", n, &Bytes::new());
+        let mut add = redis::cmd("XADD");
+        add.arg(&keys.log).arg(format!("{n}-0")).arg("o").arg(n).arg("t").arg(n).arg("p").arg(payload);
+        let _: String = add.query(&mut redis.conn).unwrap();
+    }
+    let (room, _outbox) = room_on(&redis.url, NodeState::default());
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let conn = client.get_connection_manager().await.unwrap();
+    let read = (keys.meta.as_str(), keys.log.as_str());
+    let plan = |epoch, since_epoch| {
+        let (ctx, mut conn) = (room.ctx.clone(), conn.clone());
+        async move {
+            let since = Some(quiver_proto::Position { epoch: since_epoch, seq: 1 });
+            super::super::replay::plan(&ctx, &mut conn, (read, epoch, 3), since, 10).await.unwrap()
+        }
+    };
+    let own = plan(41, 41).await.expect("the room's own epoch");
+    assert!(own.recovered);
+    assert_eq!(own.first.iter().map(Entry::seq).collect::<Vec<_>>(), [2, 3]);
+    assert!(plan(40, 40).await.is_none(), "a resume got another epoch's messages");
+    let fresh = plan(41, 39).await.expect("the room's own epoch");
+    assert!(!fresh.recovered);
+    assert_eq!(fresh.first.iter().map(Entry::seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(plan(40, 39).await.is_none(), "a join not recovered got another epoch's messages");
+    let page = super::super::history::page(&room.ctx, "r", Some(1), (10, 1 << 20), 10).await.unwrap();
+    assert_eq!((page.epoch, page.messages.len(), page.more), (41, 2, false));
+    drop(conn);
+}

@@ -52,31 +52,40 @@ pub(super) fn aged(ctx: &Ctx, entry: &Entry, now_us: u64) -> bool {
     ctx.limits.history_max_age_us().is_some_and(|max_age| entry.event.time_us.saturating_add(max_age) < now_us)
 }
 
+/// What a join that read the room at `(epoch, seq)` replays for `since`; `None` when the room is in another epoch
+/// by now (its history was lost and it started anew between the join's script and this read: the same seqs are
+/// other messages, and the join is tried again).
 pub(super) async fn plan(
     ctx: &Ctx,
     conn: &mut redis::aio::ConnectionManager,
-    (log, epoch, seq): (&str, u64, u64),
+    (keys, epoch, seq): ((&str, &str), u64, u64),
     since: Option<Position>,
     now_us: u64,
-) -> redis::RedisResult<Plan> {
-    let Some(since) = since else { return Ok(Plan { recovered: true, first: Vec::new(), rest: None }) };
+) -> redis::RedisResult<Option<Plan>> {
+    let Some(since) = since else { return Ok(Some(Plan { recovered: true, first: Vec::new(), rest: None })) };
     if since.epoch == epoch && since.seq <= seq {
         if since.seq == seq {
-            return Ok(Plan { recovered: true, first: Vec::new(), rest: None });
+            return Ok(Some(Plan { recovered: true, first: Vec::new(), rest: None }));
         }
-        let mut first = stream::range(conn, log, since.seq, seq, stream::PAGE, &ctx.codec).await?;
+        let bounds = (since.seq, seq, stream::PAGE);
+        let Some(mut first) = stream::range_in_epoch(conn, keys, epoch, bounds, &ctx.codec).await? else {
+            return Ok(None);
+        };
         within_page_bytes(&mut first);
         // (The entries after a retained one are newer: retained too.)
         let retained = first.first().is_some_and(|e| !aged(ctx, e, now_us));
         if retained && !first.is_empty() && contiguous(since.seq, &first) {
             let last = first.last().map_or(seq, Entry::seq);
             let rest = (last < seq).then_some((last, seq));
-            return Ok(Plan { recovered: true, first, rest });
+            return Ok(Some(Plan { recovered: true, first, rest }));
         }
     }
-    let mut first = stream::latest(conn, log, seq, ctx.limits.gap_replay as usize, &ctx.codec).await?;
+    let newest = (seq, ctx.limits.gap_replay as usize);
+    let Some(mut first) = stream::latest_in_epoch(conn, keys, epoch, newest, &ctx.codec).await? else {
+        return Ok(None);
+    };
     first.retain(|e| !aged(ctx, e, now_us));
-    Ok(Plan { recovered: false, first, rest: None })
+    Ok(Some(Plan { recovered: false, first, rest: None }))
 }
 
 /// The pages of a replay after the first, read once the joiner's stream took the previous one.

@@ -25,9 +25,9 @@ use super::{
     membership::{announce, bury, join_script, list_room, reconcile},
     node_room::{new_epoch, Channel, Ctx, NodeRoom, NodeState, Sub},
     posts::{FenceNote, PostQueues},
-    replay::{aged, plan, replay_rest},
+    replay::{plan, replay_rest},
     scripts,
-    stream::{self, Entry},
+    stream::Entry,
 };
 use crate::hub::{
     lock::lock, Delivery, Fenced, JoinRoom, Joining, PostMessage, PostProgress, Posted, Replay, RoomHub, RoomUsage,
@@ -153,8 +153,12 @@ impl RoomHub for RedisRooms {
             join_script(ctx, keys, &identity, subscriber, now_us).await.map_err(|err| ctx.unavailable(err))?;
         let mut conn = ctx.broker.conn();
         let epoch: u64 = epoch.parse().map_err(|_| Failure::new(ErrorCode::Internal, "unreadable room epoch"))?;
-        let plan =
-            plan(ctx, &mut conn, (&keys.log, epoch, seq), since, now_us).await.map_err(|err| ctx.unavailable(err))?;
+        let read = (keys.meta.as_str(), keys.log.as_str());
+        let plan = plan(ctx, &mut conn, (read, epoch, seq), since, now_us).await.map_err(|err| ctx.unavailable(err))?;
+        let Some(plan) = plan else {
+            let why = format!("room {name} started a new epoch while this join was under way; retry");
+            return Err(Failure::new(ErrorCode::Unavailable, why));
+        };
         members.sort();
         let mut joined = Joined {
             room: name.clone(),
@@ -326,64 +330,7 @@ impl RoomHub for RedisRooms {
         budget: usize,
         now_us: u64,
     ) -> Result<HistoryPage, Failure> {
-        let ctx = &self.ctx;
-        let keys = RoomKeys::new(room);
-        let mut conn = ctx.broker.conn();
-        let meta: (Option<String>, Option<u64>) = redis::cmd("HMGET")
-            .arg(&keys.meta)
-            .arg("epoch")
-            .arg("seq")
-            .query_async(&mut conn)
-            .await
-            .map_err(|err| ctx.unavailable(err))?;
-        let (Some(epoch), Some(seq)) = meta else {
-            return Ok(HistoryPage { room: room.to_string(), epoch: 0, messages: Vec::new(), more: false });
-        };
-        let epoch = epoch.parse().map_err(|_| Failure::new(ErrorCode::Internal, "unreadable room epoch"))?;
-        // One more than asked tells whether there is more; a page never reads more than 1,024 entries.
-        let count = (limit as usize).saturating_add(1).min(stream::MAX_READ);
-        let read_from = |from: u64, count: usize| {
-            let (mut conn, log) = (conn.clone(), keys.log.clone());
-            async move { stream::range_read(&mut conn, &log, from, seq, count, &ctx.codec).await }
-        };
-        let (mut entries, mut read) = read_from(since.unwrap_or(0), count).await.map_err(|err| ctx.unavailable(err))?;
-        if entries.first().is_some_and(|e| aged(ctx, e, now_us)) {
-            // Aged messages first (a room gone quiet after many, its stream not trimmed since): past them in reads
-            // of 1,024, as many as the stream can hold, then the page from the first retained one.
-            let mut from = since.unwrap_or(0);
-            let most_reads = ctx.limits.history_max_messages as usize / stream::MAX_READ + 2;
-            for _ in 0..most_reads {
-                let (skipped, read) = read_from(from, stream::MAX_READ).await.map_err(|err| ctx.unavailable(err))?;
-                match (skipped.iter().position(|e| !aged(ctx, e, now_us)), skipped.last()) {
-                    (Some(0), _) => break,
-                    (Some(i), _) => {
-                        from = skipped[i - 1].seq();
-                        break;
-                    }
-                    (None, Some(last)) if read == stream::MAX_READ && from < last.seq() => from = last.seq(),
-                    (None, _) => {
-                        from = seq; // every one aged
-                        break;
-                    }
-                }
-            }
-            (entries, read) = read_from(from, count).await.map_err(|err| ctx.unavailable(err))?;
-        }
-        // A full read (cut short by `limit` + 1 or by the 1,024 cap) may leave more unread, also when some of its
-        // entries did not decode and were skipped.
-        let (mut messages, mut used, mut more) = (Vec::new(), 0, read == count);
-        // Aged messages are no longer retained ([`aged`]): left out, and not counted against `limit`.
-        for (i, entry) in entries.into_iter().filter(|e| !aged(ctx, e, now_us)).enumerate() {
-            if i == limit as usize || used + entry.frame.len() > budget {
-                more = true;
-                break;
-            }
-            used += entry.frame.len();
-            messages.push(entry.event);
-        }
-        // A page with nothing in it that says there is more would have its reader ask for the same page again.
-        more &= !messages.is_empty();
-        Ok(HistoryPage { room: room.to_string(), epoch, messages, more })
+        super::history::page(&self.ctx, room, since, (limit, budget), now_us).await
     }
 
     async fn sweep(&self, _now_us: u64) {

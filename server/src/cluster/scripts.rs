@@ -341,14 +341,25 @@ return ARGV[4]
 /// A room's stream entries from ARGV[2] to ARGV[3] (at most ARGV[4] of them), read only while the room's epoch is
 /// ARGV[1]: `XRANGE` alone cannot tell which epoch it reads, and a Redis restarted empty, whose room then started a
 /// new epoch under the same seqs, handed a gap fill or a paged replay under way the new epoch's messages as the old
-/// one's (`recovered` and all). KEYS: meta, log. Nil on another epoch (or none).
+/// one's (`recovered` and all); a join's first page and a History read too. KEYS: meta, log. Nil on another epoch
+/// (or none).
 const RANGE_IN_EPOCH: &str = r#"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return nil end
 return redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
 "#;
 
+/// A room's newest stream entries from ARGV[2] down (at most ARGV[3] of them, newest first), read only while the
+/// room's epoch is ARGV[1], as [`RANGE_IN_EPOCH`]: a join that is not recovered replays these. KEYS: meta, log. Nil
+/// on another epoch (or none).
+const LATEST_IN_EPOCH: &str = r#"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return nil end
+return redis.call('XREVRANGE', KEYS[2], ARGV[2], '-', 'COUNT', ARGV[3])
+"#;
+
 /// The epoch-checked stream read.
 pub(super) static RANGE_IN_EPOCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RANGE_IN_EPOCH));
+/// The epoch-checked read of the newest entries.
+pub(super) static LATEST_IN_EPOCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LATEST_IN_EPOCH));
 /// The rollback script.
 pub(super) static ROLLED_BACK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ROLLED_BACK));
 /// The end of a burial.

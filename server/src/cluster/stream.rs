@@ -7,7 +7,7 @@ use quiver_proto::{FrameCodec, RoomEvent, RoomFrame};
 use redis::{
     aio::ConnectionManager,
     streams::{StreamId, StreamRangeReply},
-    AsyncCommands, RedisResult, Value,
+    RedisResult, Value,
 };
 
 use super::event;
@@ -69,48 +69,31 @@ fn decode_all(reply: StreamRangeReply, log: &str, codec: &FrameCodec) -> Vec<Ent
         .collect()
 }
 
-/// Messages with seq in `after + 1 ..= upto`, oldest first, at most `count`.
-pub(super) async fn range(
-    conn: &mut ConnectionManager,
-    log: &str,
-    after: u64,
-    upto: u64,
-    count: usize,
-    codec: &FrameCodec,
-) -> RedisResult<Vec<Entry>> {
-    Ok(range_read(conn, log, after, upto, count, codec).await?.0)
-}
-
-/// [`range`], and how many entries Redis returned (entries that do not decode are skipped, so there may be fewer):
-/// `count` of them means there may be more.
-pub(super) async fn range_read(
-    conn: &mut ConnectionManager,
-    log: &str,
-    after: u64,
-    upto: u64,
-    count: usize,
-    codec: &FrameCodec,
-) -> RedisResult<(Vec<Entry>, usize)> {
-    if after >= upto || count == 0 {
-        return Ok((Vec::new(), 0));
-    }
-    let reply: StreamRangeReply =
-        conn.xrange_count(log, format!("{}-0", after + 1), format!("{upto}-0"), count).await?;
-    let read = reply.ids.len();
-    Ok((decode_all(reply, log, codec), read))
-}
-
-/// [`range`], read only while the room's epoch (in `meta`) is `epoch`: `None` when it is another (the room's
-/// history was lost and it started anew: the same seqs are other messages now).
+/// Messages with seq in `after + 1 ..= upto`, oldest first, at most `count`, read only while the room's epoch (in
+/// `meta`) is `epoch`: `None` when it is another (the room's history was lost and it started anew: the same seqs
+/// are other messages now). `XRANGE` alone cannot tell which epoch it reads: every read of a room's messages goes
+/// through here or [`latest_in_epoch`].
 pub(super) async fn range_in_epoch(
+    conn: &mut ConnectionManager,
+    keys: (&str, &str),
+    epoch: u64,
+    bounds: (u64, u64, usize),
+    codec: &FrameCodec,
+) -> RedisResult<Option<Vec<Entry>>> {
+    Ok(range_read_in_epoch(conn, keys, epoch, bounds, codec).await?.map(|(entries, _)| entries))
+}
+
+/// [`range_in_epoch`], and how many entries Redis returned (entries that do not decode are skipped, so there may be
+/// fewer): `count` of them means there may be more.
+pub(super) async fn range_read_in_epoch(
     conn: &mut ConnectionManager,
     (meta, log): (&str, &str),
     epoch: u64,
     (after, upto, count): (u64, u64, usize),
     codec: &FrameCodec,
-) -> RedisResult<Option<Vec<Entry>>> {
+) -> RedisResult<Option<(Vec<Entry>, usize)>> {
     if after >= upto || count == 0 {
-        return Ok(Some(Vec::new()));
+        return Ok(Some((Vec::new(), 0)));
     }
     let reply: Option<StreamRangeReply> = super::scripts::RANGE_IN_EPOCH_SCRIPT
         .key(meta)
@@ -121,22 +104,35 @@ pub(super) async fn range_in_epoch(
         .arg(count)
         .invoke_async(conn)
         .await?;
-    Ok(reply.map(|reply| decode_all(reply, log, codec)))
+    Ok(reply.map(|reply| {
+        let read = reply.ids.len();
+        (decode_all(reply, log, codec), read)
+    }))
 }
 
-/// The newest `count` messages with seq at most `upto`, oldest first.
-pub(super) async fn latest(
+/// The newest `count` messages with seq at most `upto`, oldest first, read only in `epoch` as [`range_in_epoch`]:
+/// `None` when the room is in another.
+pub(super) async fn latest_in_epoch(
     conn: &mut ConnectionManager,
-    log: &str,
-    upto: u64,
-    count: usize,
+    (meta, log): (&str, &str),
+    epoch: u64,
+    (upto, count): (u64, usize),
     codec: &FrameCodec,
-) -> RedisResult<Vec<Entry>> {
+) -> RedisResult<Option<Vec<Entry>>> {
     if upto == 0 || count == 0 {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
-    let reply: StreamRangeReply = conn.xrevrange_count(log, format!("{upto}-0"), "-", count).await?;
-    let mut entries = decode_all(reply, log, codec);
-    entries.reverse();
-    Ok(entries)
+    let reply: Option<StreamRangeReply> = super::scripts::LATEST_IN_EPOCH_SCRIPT
+        .key(meta)
+        .key(log)
+        .arg(epoch.to_string())
+        .arg(format!("{upto}-0"))
+        .arg(count)
+        .invoke_async(conn)
+        .await?;
+    Ok(reply.map(|reply| {
+        let mut entries = decode_all(reply, log, codec);
+        entries.reverse();
+        entries
+    }))
 }

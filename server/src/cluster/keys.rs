@@ -105,6 +105,12 @@ impl RoomKeys {
         format!("{}gone:{node}:{subscription}", self.prefix)
     }
 
+    /// `q:{room}:buried:<node>`: the mark of `node`'s burial in the room, which keeps a join of the node's that
+    /// runs late from counting a member nobody would take out.
+    pub fn buried(&self, node: &str) -> String {
+        format!("{}buried:{node}", self.prefix)
+    }
+
     /// `q:{room}:d:<identity>:<client_msg_id>`.
     pub fn dedupe(&self, identity: &str, client_msg_id: u64) -> String {
         format!("{}d:{identity}:{client_msg_id}", self.prefix)
@@ -147,7 +153,7 @@ mod tests {
         for key in
             [&keys.log, &keys.members, &keys.events, &keys.holders("n1"), &keys.dedupe("x}{", 7), &keys.gone("n1", 3)]
                 .into_iter()
-                .chain([&keys.dedupe_ring()])
+                .chain([&keys.dedupe_ring(), &keys.buried("n1")])
         {
             // Redis Cluster hashes the text between the first `{` and the first `}` after it.
             let open = key.find('{').unwrap();

@@ -34,9 +34,11 @@ pub(super) async fn bury(ctx: Arc<Ctx>, node: String) -> bool {
             .key(&keys.log)
             .key(&keys.members)
             .key(keys.holders(&node))
+            .key(keys.buried(&node))
             .arg(crate::now_us().to_string())
             .arg(&keys.events)
             .arg(ctx.room_ttl_ms)
+            .arg(BURIAL_MARK_MS)
             .invoke_async(&mut conn)
             .await;
         match dropped {
@@ -63,7 +65,14 @@ pub(super) async fn list_room(ctx: &Ctx, room: &str) -> Result<(), Failure> {
     listed.map_err(|err| ctx.unavailable(err))
 }
 
-/// Counts subscription `sub` of `identity` in `room` (idempotent per subscription).
+/// How long a room keeps the mark of a dead node's burial ([`scripts`]' NODE_GONE): longer than a join the node
+/// sent before it died can take to reach Redis (a kernel retransmits what a dead process left in a socket's send
+/// buffer for about 15 minutes by default, `tcp_retries2`).
+pub(super) const BURIAL_MARK_MS: u64 = 60 * 60 * 1000;
+
+/// Counts subscription `sub` of `identity` in `room` (idempotent per subscription). In a room where this node was
+/// buried (cut off from Redis for longer than the presence expiry), the script counts nothing until asked again:
+/// this node is alive, so it asks (a join of a dead one's that runs late never does).
 pub(super) async fn join_script(
     ctx: &Ctx,
     keys: &RoomKeys,
@@ -72,19 +81,31 @@ pub(super) async fn join_script(
     now_us: u64,
 ) -> redis::RedisResult<(String, u64, u64, Vec<String>)> {
     let mut conn = ctx.broker.conn();
-    scripts::JOIN_SCRIPT
-        .key(&keys.meta)
-        .key(&keys.log)
-        .key(&keys.members)
-        .key(keys.holders(ctx.broker.node()))
-        .key(keys.gone(ctx.broker.node(), sub))
-        .arg(new_epoch())
-        .arg(identity)
-        .arg(now_us.to_string())
-        .arg(&keys.events)
-        .arg(sub)
-        .invoke_async(&mut conn)
-        .await
+    let node = ctx.broker.node();
+    let fresh = new_epoch();
+    let mut revive = "0";
+    loop {
+        let (epoch, seq, op, members, buried): (String, u64, u64, Vec<String>, u8) = scripts::JOIN_SCRIPT
+            .key(&keys.meta)
+            .key(&keys.log)
+            .key(&keys.members)
+            .key(keys.holders(node))
+            .key(keys.gone(node, sub))
+            .key(keys.buried(node))
+            .arg(fresh)
+            .arg(identity)
+            .arg(now_us.to_string())
+            .arg(&keys.events)
+            .arg(sub)
+            .arg(revive)
+            .invoke_async(&mut conn)
+            .await?;
+        if buried == 0 || revive == "1" {
+            return Ok((epoch, seq, op, members));
+        }
+        tracing::info!(%node, room = %keys.meta, "this node was buried in the room meanwhile: its join is counted anew");
+        revive = "1";
+    }
 }
 
 /// This node was buried while cut off from Redis: its subscriptions are counted again (idempotent per

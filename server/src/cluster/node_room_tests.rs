@@ -312,3 +312,22 @@ async fn a_joins_replay_reads_only_the_epoch_its_script_read() {
     assert_eq!((page.epoch, page.messages.len(), page.more), (41, 2, false));
     drop(conn);
 }
+
+/// A node buried while alive (cut off from Redis for longer than the presence expiry) finds its burial's mark at its
+/// next join in the room and asks again: its member is counted, and the mark is gone.
+#[tokio::test]
+async fn a_live_node_buried_in_a_room_is_counted_at_its_next_join() {
+    let Some(mut redis) =
+        super::super::scripts::tests::redis("a_live_node_buried_in_a_room_is_counted_at_its_next_join")
+    else {
+        return;
+    };
+    let (room, _outbox) = room_on(&redis.url, NodeState::default());
+    let keys = RoomKeys::new("r");
+    let mark = keys.buried(room.ctx.broker.node());
+    let _: () = redis::cmd("SET").arg(&mark).arg("1").arg("PX").arg(60_000).query(&mut redis.conn).unwrap();
+    let joined = super::super::membership::join_script(&room.ctx, &keys, "ann", 5, 10).await.unwrap();
+    assert_eq!(joined.3, ["ann"], "the live node's member was not counted");
+    let marked: u64 = redis::cmd("EXISTS").arg(&mark).query(&mut redis.conn).unwrap();
+    assert_eq!(marked, 0);
+}

@@ -133,16 +133,28 @@ publish(ARGV[8], epoch, seq, op, ARGV[2], 'M' .. ARGV[3])
 return {epoch, seq, 0}
 "#;
 
-/// KEYS: meta, log, members, this node's holders, the subscription's tombstone. ARGV: fresh epoch, identity, time
-/// µs, events channel, the subscription's id on this node. Idempotent per subscription (a retry, or a node
-/// announcing its members again, counts it once), and never counts a subscription whose leave ran first (its
-/// tombstone: a join whose reply was lost is undone by a leave, and the join, late on a replaced connection, may run
-/// after it). Returns {epoch, seq, op before this join's event, members}.
+/// KEYS: meta, log, members, this node's holders, the subscription's tombstone, this node's burial mark in the room.
+/// ARGV: fresh epoch, identity, time µs, events channel, the subscription's id on this node, `1` to count it even
+/// though this node was buried. Idempotent per subscription (a retry, or a node announcing its members again,
+/// counts it once), and never counts a subscription whose leave ran first (its tombstone: a join whose reply was
+/// lost is undone by a leave, and the join, late on a replaced connection, may run after it), nor, unless asked to,
+/// one of a node buried in this room ([`NODE_GONE`]'s mark: a dead node's join still on its way, in a kernel's send
+/// buffer across a partition, counted a member after the burial that nobody would ever take out; the node itself,
+/// alive, asks again to be counted). Returns {epoch, seq, op before this join's event, members, 1 when refused for
+/// the mark}.
 const JOIN: &str = r#"
 if redis.call('EXISTS', KEYS[5]) == 1 then
   -- Left already: nothing is written (a room gone meanwhile is not made again, nor kept from expiring).
   local fields = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'op')
-  return {fields[1] or ARGV[1], tonumber(fields[2] or '0'), tonumber(fields[3] or '0'), redis.call('HKEYS', KEYS[3])}
+  return {fields[1] or ARGV[1], tonumber(fields[2] or '0'), tonumber(fields[3] or '0'), redis.call('HKEYS', KEYS[3]), 0}
+end
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  if ARGV[6] ~= '1' then
+    local fields = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'op')
+    local members = redis.call('HKEYS', KEYS[3])
+    return {fields[1] or ARGV[1], tonumber(fields[2] or '0'), tonumber(fields[3] or '0'), members, 1}
+  end
+  redis.call('DEL', KEYS[6])
 end
 local epoch, seq, op = room(KEYS[1], KEYS[2], ARGV[1])
 redis.call('PERSIST', KEYS[1])
@@ -154,7 +166,7 @@ if redis.call('HSETNX', KEYS[4], ARGV[5], ARGV[2]) == 1 then
     publish(ARGV[4], epoch, seq, op, ARGV[3], 'J' .. ARGV[2])
   end
 end
-return {epoch, seq, before, redis.call('HKEYS', KEYS[3])}
+return {epoch, seq, before, redis.call('HKEYS', KEYS[3]), 0}
 "#;
 
 /// Ends one subscription of one node (its identity's last one publishes the leave). Idempotent: a subscription
@@ -188,9 +200,12 @@ const LEAVE: &str = r#"
 return leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], KEYS[5], ARGV[5])
 "#;
 
-/// Every subscription a dead node held in the room ends. KEYS: meta, log, members, the dead node's holders. ARGV:
-/// time µs, events channel, room TTL ms. Returns the subscriptions ended.
+/// Every subscription a dead node held in the room ends, and the room keeps a mark of the burial for ARGV[4] ms, so
+/// that a join of the node's that runs later counts nothing ([`JOIN`]). KEYS: meta, log, members, the dead node's
+/// holders, its burial mark in the room. ARGV: time µs, events channel, room TTL ms, the mark's TTL ms. Returns the
+/// subscriptions ended.
 const NODE_GONE: &str = r#"
+redis.call('SET', KEYS[5], '1', 'PX', ARGV[4])
 local held = redis.call('HKEYS', KEYS[4])
 for _, sub in ipairs(held) do
   leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], sub, ARGV[1], ARGV[2], ARGV[3], nil, nil)

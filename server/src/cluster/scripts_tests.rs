@@ -65,20 +65,65 @@ pub(in crate::cluster) fn redis(test: &str) -> Option<Redis> {
 const NODE: &str = "n1";
 
 fn join(redis: &mut Redis, keys: &RoomKeys, identity: &str, sub: u64) -> Vec<String> {
-    let (_epoch, _seq, _op, members): (String, u64, u64, Vec<String>) = JOIN_SCRIPT
+    join_as(redis, keys, (identity, sub), "0").0
+}
+
+/// [`join`], asking to be counted in a room where the node was buried (`revive` `1`) or not: the members, and
+/// whether the script refused for the burial's mark.
+fn join_as(redis: &mut Redis, keys: &RoomKeys, (identity, sub): (&str, u64), revive: &str) -> (Vec<String>, bool) {
+    let (_epoch, _seq, _op, members, buried): (String, u64, u64, Vec<String>, u8) = JOIN_SCRIPT
         .key(&keys.meta)
         .key(&keys.log)
         .key(&keys.members)
         .key(keys.holders(NODE))
         .key(keys.gone(NODE, sub))
+        .key(keys.buried(NODE))
         .arg("17")
         .arg(identity)
         .arg("1000")
         .arg(&keys.events)
         .arg(sub)
+        .arg(revive)
         .invoke(&mut redis.conn)
         .unwrap();
-    members
+    (members, buried == 1)
+}
+
+/// A dead node's join that reaches Redis only after the node was buried (sent before it died, held in its kernel's
+/// send buffer across a partition) counts no member: the burial left a mark in each of its rooms. Before, it
+/// counted one that nobody would ever take out (the node, no longer listed, is never buried again). The node
+/// itself, alive after all, asks again and is counted, which clears the mark.
+#[test]
+fn a_join_that_runs_after_its_nodes_burial_counts_no_member() {
+    let Some(mut redis) = redis("a_join_that_runs_after_its_nodes_burial_counts_no_member") else { return };
+    let keys = RoomKeys::new("buried");
+    assert_eq!(join(&mut redis, &keys, "alice", 1), ["alice"]);
+    let ended: u64 = NODE_GONE_SCRIPT
+        .key(&keys.meta)
+        .key(&keys.log)
+        .key(&keys.members)
+        .key(keys.holders(NODE))
+        .key(keys.buried(NODE))
+        .arg("2000")
+        .arg(&keys.events)
+        .arg(0)
+        .arg(60_000)
+        .invoke(&mut redis.conn)
+        .unwrap();
+    assert_eq!(ended, 1);
+    let ttl: i64 = redis::cmd("PTTL").arg(keys.buried(NODE)).query(&mut redis.conn).unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "the mark expires ({ttl} ms)");
+    let (seen, refused) = join_as(&mut redis, &keys, ("ghost", 2), "0");
+    assert!(refused && seen.is_empty(), "{seen:?}");
+    assert!(members(&mut redis, &keys).is_empty(), "a dead node's late join counted a member");
+    let (seen, refused) = join_as(&mut redis, &keys, ("bob", 3), "1");
+    assert!(!refused);
+    assert_eq!(seen, ["bob"], "the node, alive, is counted when it asks again");
+    let marked: u64 = redis::cmd("EXISTS").arg(keys.buried(NODE)).query(&mut redis.conn).unwrap();
+    assert_eq!(marked, 0, "its next joins are counted at once");
+    let (mut seen, refused) = join_as(&mut redis, &keys, ("carol", 4), "0");
+    seen.sort();
+    assert_eq!((seen, refused), (vec!["bob".to_string(), "carol".to_string()], false));
 }
 
 fn leave(redis: &mut Redis, keys: &RoomKeys, sub: u64) -> u64 {

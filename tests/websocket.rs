@@ -320,6 +320,36 @@ async fn a_shutdown_does_not_wait_for_connections_still_upgrading() {
     drop(half);
 }
 
+/// A connection to the WebSocket listener whose request head does not complete within `handshake_timeout_ms` is
+/// counted as a `HandshakeTimeout` refusal, as the QUIC lanes count theirs (it was counted nowhere). A head too large,
+/// sent in one write, is answered 431, not reset by a close with the rest of it unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_head_is_counted_and_a_head_too_large_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(Limits { handshake_timeout_ms: 300, ..Limits::default() });
+    let addr = server.websocket.expect("a WebSocket listener");
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /quiver HTTP/1.1\r\n").await.unwrap();
+    let timeouts = || server.stats.refusals(ErrorCode::HandshakeTimeout);
+    let waiting = std::time::Instant::now();
+    while timeouts() == 0 {
+        assert!(waiting.elapsed() < Duration::from_secs(10), "a stalled head was counted nowhere");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(timeouts(), 1);
+    let mut big = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = b"GET / HTTP/1.1\r\nHost: localhost\r\nCookie: ".to_vec();
+    head.extend(std::iter::repeat_n(b'c', 16 * 1024));
+    head.extend_from_slice(b"\r\n\r\n");
+    big.write_all(&head).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), big.read_to_end(&mut answer)).await.unwrap();
+    read.expect("answered, not reset");
+    assert!(answer.starts_with(b"HTTP/1.1 431"), "{}", String::from_utf8_lossy(&answer));
+    server.stop().await;
+    drop(half);
+}
+
 /// The WebSocket to several addresses is raced like QUIC's handshakes: a first address that accepts TCP and then
 /// never answers (a hung node) does not take the whole connect timeout while the next one is up. (They were tried
 /// one after another under one deadline: every attempt, the first connect and each reconnect, timed out on it.)

@@ -21,6 +21,13 @@ pub(crate) const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time a client has to send its request and take the response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a request in service has left once the server stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// What is read (and dropped) of what a peer still sends after its answer, and for how long at most, before the
+/// socket is closed: closed with bytes unread, a socket resets, and the peer may lose the answer to the reset (a
+/// 431 for a head too large, which the peer was still sending).
+const LINGER_BYTES: usize = 64 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(1);
 /// Connections kept for loopback peers (a local health check, scraper or the developer's browser) on top of
 /// [`HttpBounds::max_connections`], so that peers elsewhere cannot take every one.
 const LOOPBACK_RESERVE: usize = 16;
@@ -186,10 +193,21 @@ pub(crate) async fn serve_http(
             refuse(stream, Response::error(429, "too many connections from this address or network in service"));
             continue; // the stream and the permit are dropped: closed, and the slot free again
         };
-        let respond = respond.clone();
+        let (respond, stopping) = (respond.clone(), shutdown.clone());
         tasks.spawn(async move {
-            if let Err(err) = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, peer.ip(), &*respond)).await {
-                tracing::debug!(%peer, %err, "HTTP request timed out");
+            // Once the server stops, a request has `SHUTDOWN_GRACE` left: a peer that says nothing (a browser's
+            // preconnect) or reads nothing held the server's drain for the head or request timeout, up to 10 s.
+            let given_up = async {
+                stopping.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            };
+            tokio::select! {
+                done = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, peer.ip(), &*respond)) => {
+                    if let Err(err) = done {
+                        tracing::debug!(%peer, %err, "HTTP request timed out");
+                    }
+                }
+                () = given_up => tracing::debug!(%peer, "HTTP request given up: the server stops"),
             }
             drop((permit, peer_slot));
         });
@@ -244,8 +262,9 @@ async fn handle(mut stream: TcpStream, peer: IpAddr, respond: &(impl Fn(&[u8], I
                 Ok(0) | Err(_) => break None,
                 Ok(n) => head.extend_from_slice(&buf[..n]),
             }
-            if head_end(&head, searched).is_some() {
-                break Some(true);
+            if let Some(end) = head_end(&head, searched) {
+                // (A head read whole in its last read may end past the bound too.)
+                break Some(end + 4 <= MAX_REQUEST_HEAD);
             }
         }
     };
@@ -254,7 +273,8 @@ async fn handle(mut stream: TcpStream, peer: IpAddr, respond: &(impl Fn(&[u8], I
         Ok(None) => return,
         Err(_) => {
             refuse_now(&stream, Response::error(408, "no complete request head in time"));
-            return;
+            let _ = stream.shutdown().await;
+            return linger(&mut stream).await;
         }
     };
     let response = match complete {
@@ -263,6 +283,23 @@ async fn handle(mut stream: TcpStream, peer: IpAddr, respond: &(impl Fn(&[u8], I
     };
     let _ = stream.write_all(&response.to_bytes()).await;
     let _ = stream.shutdown().await;
+    linger(&mut stream).await;
+}
+
+/// Reads what the peer still sends after its answer (and the write side's shutdown), until it closes, at most
+/// [`LINGER_BYTES`] within [`LINGER_TIME`], so that the socket is not closed with bytes unread, which resets it.
+pub(crate) async fn linger<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
+    let mut buf = [0u8; 1024];
+    let mut left = LINGER_BYTES;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 /// One HTTP response.
@@ -418,6 +455,48 @@ mod tests {
         shutdown.cancel();
         drop(held);
         server.await.unwrap();
+    }
+
+    /// A stop does not wait for a request that says nothing (a browser's preconnect) until its head timeout: the
+    /// server's drain waited for it (3 s; 10 s for a peer that reads no answer). And a head too large, sent in one
+    /// write, is answered 431 rather than reset by a close with the rest of it unread; one that ends a little past
+    /// the bound within its last read is refused too.
+    #[tokio::test]
+    async fn a_stop_does_not_wait_for_silent_requests_and_a_head_too_large_is_answered() {
+        let listener = TcpListener::from_std(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let bounds = HttpBounds::default();
+        let server = tokio::spawn(serve_http(listener, (shutdown.clone(), bounds), |_, _| Response::error(404, "no")));
+        let answer = |head: Vec<u8>| async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(&head).await.unwrap();
+            let mut text = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut text)).await.unwrap();
+            read.expect("answered, not reset");
+            String::from_utf8_lossy(&text).into_owned()
+        };
+        let mut big = b"GET / HTTP/1.1\r\nCookie: ".to_vec();
+        big.extend(std::iter::repeat_n(b'c', 16 * 1024));
+        big.extend_from_slice(b"\r\n\r\n");
+        let refused = answer(big).await;
+        assert!(refused.starts_with("HTTP/1.1 431 "), "{refused}");
+        let mut over = b"GET / HTTP/1.1\r\nCookie: ".to_vec();
+        over.extend(std::iter::repeat_n(b'c', MAX_REQUEST_HEAD + 200 - over.len()));
+        over.extend_from_slice(b"\r\n\r\n");
+        let refused = answer(over).await;
+        assert!(refused.starts_with("HTTP/1.1 431 "), "{refused}");
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        silent.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stopping = tokio::time::Instant::now();
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), server)
+            .await
+            .expect("the stop waited for the silent one")
+            .unwrap();
+        assert!(stopping.elapsed() < HEAD_TIMEOUT);
+        drop(silent);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod upgrade;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use quiver_proto::ErrorCode;
 use quiver_transport::ws::{Role, WsConfig, WsSession};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -237,6 +238,16 @@ impl Drop for Upgrading {
 /// A connection that ended before its upgrade (its deadline, the server's shutdown, or closed to make room for a
 /// newer one: `budget.max_awaiting_hello`, `max_connections`): counted with the connections not welcomed yet closed
 /// to make room when that is why. (Nothing is told: before the upgrade there is no protocol to say it in.)
+/// A connection whose TLS handshake or request head did not complete: past its `handshake_timeout_ms` (the server
+/// neither stops nor closed it to make room) it is counted as the QUIC lanes count theirs, a `HandshakeTimeout`
+/// refusal (it was counted nowhere: a slow-head flood showed only in the upgrading gauge).
+fn stalled_before_upgrade(admitted: &Option<Admitted>, stats: &ServerStats, shutdown: &CancellationToken) {
+    match shutdown.is_cancelled() {
+        true => ended_before_upgrade(admitted, stats),
+        false => stats.refused(ErrorCode::HandshakeTimeout),
+    }
+}
+
 fn ended_before_upgrade(admitted: &Option<Admitted>, stats: &ServerStats) {
     if let Some(Admitted::Serve(slot)) = admitted {
         if slot.made_room() {
@@ -275,7 +286,7 @@ async fn connection<R: RoomHub>(
             }
             Some(Err(err)) => tracing::debug!(%remote, %err, "WebSocket listener: TLS handshake failed"),
             None => {
-                ended_before_upgrade(&permit.1, &shared.stats);
+                stalled_before_upgrade(&permit.1, &shared.stats, &shutdown);
                 tracing::debug!(%remote, "WebSocket listener: TLS handshake timed out, closed to make room, or the server stops");
             }
         }
@@ -300,7 +311,7 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
             answer(stream, response, &shutdown).await;
             return drop((upgrading, admitted)); // (held until answered, as below)
         }
-        None => return ended_before_upgrade(&admitted, &shared.stats),
+        None => return stalled_before_upgrade(&admitted, &shared.stats, &shutdown),
     };
     // From a trusted proxy: admitted now, as the client its head names.
     let (remote, admitted) = match admitted {
@@ -419,6 +430,9 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, Resp
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
         if let Some(end) = crate::http::head_end(&head, searched) {
+            if end + 4 > MAX_REQUEST_HEAD {
+                return Err(Response::error(431, "request head too large"));
+            }
             if end + 4 != head.len() {
                 return Err(Response::error(400, "bytes after the request head, before the answer"));
             }
@@ -429,10 +443,12 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, Resp
 
 /// Writes `response` and shuts the stream down, within 5 s, or until `stop` (the server stops, or the connection
 /// was closed to make room among those upgrading: its place is free already, so it must go now).
-async fn answer<S: AsyncWrite + Unpin>(mut stream: S, response: Response, stop: &CancellationToken) {
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, response: Response, stop: &CancellationToken) {
     let write = async {
         let _ = stream.write_all(&response.to_bytes()).await;
         let _ = stream.shutdown().await;
+        // (Not closed with the peer's bytes unread, which resets the socket: the peer may lose the answer to it.)
+        crate::http::linger(&mut stream).await;
     };
     let _ = before(Instant::now() + Duration::from_secs(5), stop, write).await;
 }

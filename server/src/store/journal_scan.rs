@@ -208,29 +208,63 @@ fn break_with_batches_after(journal: &[u8]) -> Option<(usize, usize)> {
     let mut from = cut + 1;
     while let Some(start) = next_nonzero(journal, from) {
         if journal[start] == START && batch_at(journal, start).is_some() {
-            return (!looks_torn(&journal[cut..start], cut)).then_some((cut, start));
+            let torn = looks_torn(&journal[cut..start], cut, parsed_to(journal, cut).saturating_sub(cut));
+            return (!torn).then_some((cut, start));
         }
         from = start + 1;
     }
     None
 }
 
-/// Whether the bytes between a break (at `cut`) and the whole batch after it hold a page the disk never wrote.
-/// Batches written but not synced when the power went (a retention deletion, written without a sync of its own,
-/// before a post whose sync did not finish; or anything under `os`) may come back with an earlier page lost and a
-/// later one kept: that is a torn write, nothing acknowledged after it under `fsync`, and fjall's cut is right. A
-/// lost page reads as it was before: zeros after the last batch synced in it (from `cut` to the page's end), or
-/// zeros all through (a page of the journal's preallocated hole). Bit rot or a bad copy seldom leaves either (one
-/// that does is taken for a torn write too, as fjall alone takes every break).
-fn looks_torn(between: &[u8], cut: usize) -> bool {
+/// Whether the bytes between a break (at `cut`) and the whole batch after it hold a page the disk never wrote, where
+/// that page can be what broke the batch at `cut`: one that begins no later than `reach` bytes after `cut`, where
+/// that batch stops making sense ([`parsed_to`]). Batches written but not synced when the power went (a retention
+/// deletion, written without a sync of its own, before a post whose sync did not finish; or anything under `os`)
+/// may come back with an earlier page lost and a later one kept: that is a torn write, nothing acknowledged after it
+/// under `fsync`, and fjall's cut is right. A lost page reads as it was before: zeros after the last batch synced in
+/// it (from `cut` to the page's end), or zeros all through (a page of the journal's preallocated hole). Bit rot or a
+/// bad copy seldom leaves either (one that does is taken for a torn write too, as fjall alone takes every break).
+/// A page of zeros past `reach` (a post's body of 8 KiB of zeros in a later batch, after a flipped Start tag) did
+/// not break anything: it was taken for a torn write, and the damage before it went unreported (a review's find).
+fn looks_torn(between: &[u8], cut: usize, reach: usize) -> bool {
     const PAGE: usize = 4096;
     let zeros = |bytes: &[u8]| !bytes.is_empty() && bytes.iter().all(|b| *b == 0);
-    let first_page_end = (cut / PAGE + 1) * PAGE - cut;
-    if first_page_end <= between.len() && zeros(&between[..first_page_end]) {
+    // Zeros from `from` (bytes after `cut`) to the end of that page: a page lost after what was synced in it.
+    let zeros_to_page_end = |from: usize| {
+        let end = ((cut + from) / PAGE + 1) * PAGE - cut;
+        end <= between.len() && zeros(&between[from..end])
+    };
+    // From the cut, or from where the batch stops making sense (it read into the lost page).
+    if zeros_to_page_end(0) || (reach < between.len() && zeros_to_page_end(reach)) {
         return true;
     }
-    // Whole pages inside `between`.
-    (first_page_end..between.len()).step_by(PAGE).any(|start| between.get(start..start + PAGE).is_some_and(zeros))
+    let first_page_end = (cut / PAGE + 1) * PAGE - cut;
+    // Whole pages inside `between`, beginning within the broken batch's reach.
+    (first_page_end..between.len())
+        .step_by(PAGE)
+        .take_while(|&start| start <= reach)
+        .any(|start| between.get(start..start + PAGE).is_some_and(zeros))
+}
+
+/// How far the batch that begins at `at` makes sense: where its Start tag, an item, or its End trailer does not
+/// parse; its end, if it is whole and only its checksum fails (a lost page anywhere in it explains that).
+fn parsed_to(journal: &[u8], at: usize) -> usize {
+    let Some(rest) = journal.get(at..) else { return at };
+    if rest.first() != Some(&START) || rest.len() < 13 {
+        return at;
+    }
+    let count = u32::from_le_bytes([rest[1], rest[2], rest[3], rest[4]]);
+    let mut pos = at + 13; // tag, count (u32), seqno (u64)
+    for _ in 0..count {
+        match item_end(journal, pos) {
+            Some(end) => pos = end,
+            None => return pos,
+        }
+    }
+    match batch_shape_at(journal, at) {
+        Some((end, _)) => end,
+        None => pos,
+    }
 }
 
 /// The first byte at or after `from` that is not zero.
@@ -397,6 +431,17 @@ mod tests {
             damaged[at] = byte;
             assert_eq!(break_with_batches_after(&damaged), Some((starts[4], starts[5])), "{what}");
         }
+        // A Start tag broken in front of a post whose body holds a page of zeros (9,000 zero bytes): damage, not a
+        // torn write (the zeros are the post's, past where the broken batch stopped making sense). It was taken for
+        // a torn write, and the batches after it were dropped without a word.
+        let (mut zero_body, mut at) = (Vec::new(), Vec::new());
+        for i in 0..10u8 {
+            at.push(zero_body.len());
+            let value = if i == 4 { vec![0; 9000] } else { vec![i; 20] };
+            zero_body.extend(batch(u64::from(i), &[(b"key", &value)]));
+        }
+        zero_body[at[4]] = 9;
+        assert_eq!(break_with_batches_after(&zero_body), Some((at[4], at[5])), "a Start tag before zeros");
         // Sixteen bytes overwritten across two batches: the cut is before the first, the batch after the second.
         let mut damaged = whole.clone();
         damaged[starts[2] - 8..starts[2] + 8].fill(0x5a);

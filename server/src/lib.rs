@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod net;
 #[cfg(unix)]
 pub mod notify;
+pub mod open_files;
 pub mod post_copies;
 pub mod rate;
 pub mod session;

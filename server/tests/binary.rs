@@ -87,6 +87,50 @@ fn listening(dir: &std::path::Path) -> Guarded {
     child
 }
 
+/// A server started with a low soft limit of open files (a shell's or a container's 1,024; 256 here) raises it to
+/// its hard limit: Rust keeps the limit it inherits, and each WebSocket and HTTP connection and much of the store
+/// take a descriptor. With the hard limit low too, it warns, naming the settings.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_raises_its_soft_limit_of_open_files_to_the_hard_one() {
+    let limits = |pid: u32| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = text.lines().find(|line| line.starts_with("Max open files")).unwrap().to_string();
+        let numbers: Vec<String> = line.split_whitespace().skip(3).take(2).map(str::to_string).collect();
+        (numbers[0].clone(), numbers[1].clone())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -Sn 256 && exec {} --listen 127.0.0.1:0 --no-web --data-dir {}",
+        env!("CARGO_BIN_EXE_quiver-server"),
+        dir.path().display()
+    );
+    let mut child =
+        Guarded(Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("listening on "), "the server did not start");
+    std::thread::spawn(move || for _ in lines {});
+    let (soft, hard) = limits(child.id());
+    assert_eq!(soft, hard, "the soft limit was left where the shell put it");
+    terminate(&child);
+    let _ = child.wait();
+    // Both limits low: it starts, and says why it may fail.
+    let script = format!(
+        "ulimit -n 300 && exec {} --listen 127.0.0.1:0 --no-web --data-dir {}",
+        env!("CARGO_BIN_EXE_quiver-server"),
+        dir.path().display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Guarded(out);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("listening on "), "the server did not start");
+    std::thread::spawn(move || for _ in lines {});
+    terminate(&child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("limits.max_connections") && stderr.contains("LimitNOFILE"), "{stderr}");
+}
+
 #[cfg(unix)]
 #[test]
 fn a_second_server_on_the_same_data_directory_exits_naming_the_first() {

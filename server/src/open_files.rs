@@ -1,0 +1,50 @@
+//! The process's limit of open files. Rust keeps the soft limit it inherits, often 1,024 (a login shell's, a
+//! container's under Docker Engine 29), where each WebSocket and HTTP connection, each journal and many of the
+//! store's tables take a descriptor: far below what the default limits admit. The server raises its soft limit to
+//! its hard limit at start, as Go's runtime does for every program, and warns when even that is short.
+
+/// Descriptors the server needs beside its connections: the store's tables and journals (fjall keeps up to 900
+/// open), listeners, sockets to Redis.
+pub const BESIDE_CONNECTIONS: u64 = 1_024;
+
+/// Raises the soft limit of open files to the hard limit (or to the largest the kernel takes under it); returns
+/// the soft limit now and the hard limit, `None` where they cannot be read.
+#[cfg(unix)]
+pub fn raise() -> Option<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
+        return Some((soft, hard));
+    }
+    // An unlimited hard limit is more than Linux takes for files (`fs.nr_open`, 1,048,576 by default) and macOS
+    // (`OPEN_MAX`): the largest of these it takes.
+    for target in [hard, 1 << 20, 1 << 16, 10_240].into_iter().filter(|&target| target > soft && target <= hard) {
+        if setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
+            return Some((target, hard));
+        }
+    }
+    Some((soft, hard))
+}
+
+#[cfg(not(unix))]
+pub fn raise() -> Option<(u64, u64)> {
+    None
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    /// After the raise the soft limit is the hard limit (or the largest under it the kernel takes), and a second
+    /// raise changes nothing. (Not lowered first: the other tests of this process run meanwhile. A shell's soft
+    /// limit, 1,024 here, is usually below its hard one.)
+    #[test]
+    fn the_soft_limit_is_raised_to_the_hard_one() {
+        use nix::sys::resource::{getrlimit, Resource};
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let (raised, told_hard) = super::raise().unwrap();
+        assert_eq!(told_hard, hard);
+        assert!(raised >= soft);
+        assert!(raised == hard || (hard > 1 << 20 && raised >= 10_240), "not raised: {raised} of {hard}");
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (raised, hard));
+        assert_eq!(super::raise(), Some((raised, hard)));
+    }
+}

@@ -198,6 +198,22 @@ fn check_qlog(dir: &std::path::Path) {
     assert!(names.contains(&"transport:packet_sent") && names.contains(&"transport:packet_received"), "{names:?}");
 }
 
+/// The deployment files keep the demo page off (where the server signs with its dev key, the page hands a token
+/// with every right to whoever brings its key, which the start prints, to the journal under systemd) and run the
+/// image as a numeric user (Kubernetes' `runAsNonRoot` cannot check a name).
+#[test]
+fn the_deployment_files_turn_the_page_off_and_run_as_a_numeric_user() {
+    let read =
+        |name: &str| std::fs::read_to_string(format!("{}/../deploy/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let (unit, image) = (read("quiver.service"), read("Dockerfile"));
+    assert!(unit.lines().any(|line| line == "Environment=QUIVER_WEB_PAGE=off"), "deploy/quiver.service");
+    assert!(image.contains("QUIVER_WEB_PAGE=off"), "deploy/Dockerfile");
+    assert!(unit.lines().any(|line| line.starts_with("LimitNOFILE=")), "deploy/quiver.service");
+    let user = image.lines().find(|line| line.starts_with("USER ")).expect("a USER line");
+    let id = user.trim_start_matches("USER ").split(':').next().unwrap_or("");
+    assert!(id.parse::<u32>().is_ok_and(|id| id > 0), "{user}: not a numeric non-root user");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_operations_lists_every_metric() {
     let server = with_admin(Limits::default());

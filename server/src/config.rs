@@ -173,6 +173,17 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
             return Err((key, "must be at least 1".into()));
         }
     }
+    // One address is in one network: a per-address bound above the network's could never be reached (the address
+    // would be refused at the network's bound, counted as a per-address refusal).
+    if limits.max_connections_per_ip > budget.max_connections_per_network {
+        return Err((
+            "limits.max_connections_per_ip",
+            format!(
+                "at most budget.max_connections_per_network ({}): an address is refused at its network's bound first",
+                budget.max_connections_per_network
+            ),
+        ));
+    }
     if budget.sweep_interval_ms < 10 {
         return Err(("budget.sweep_interval_ms", "at least 10 (each sweep walks every room)".into()));
     }

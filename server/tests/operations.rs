@@ -406,6 +406,20 @@ fn config_check_names_the_line_and_print_redacts_the_secret() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("tls.cert") && stderr.contains("none.pem"), "{stderr}");
+    // A relative path is read from the working directory, the server's too (not from the file's directory): said,
+    // with the path it reads here (it passed here and the service, started elsewhere, refused to start).
+    let relative = dir.path().join("relative.toml");
+    std::fs::write(&relative, "data_dir = \"/tmp/q\"\n[tls]\ncert = \"chain.pem\"\nkey = \"key.pem\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver-server"))
+        .args(["config", "check"])
+        .arg(&relative)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let read_as = format!("read here as {}", dir.path().join("chain.pem").display());
+    assert!(stderr.contains("note: tls.cert = chain.pem is relative") && stderr.contains(&read_as), "{stderr}");
+    assert!(stderr.contains("note: tls.key = key.pem") && !stderr.contains("note: data_dir"), "{stderr}");
     // With the environment the server would start with: a bad variable (in a service's environment) is named now,
     // not at the next start.
     let out = Command::new(env!("CARGO_BIN_EXE_quiver-server"))

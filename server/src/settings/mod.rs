@@ -464,6 +464,21 @@ impl Settings {
         Ok(())
     }
 
+    /// The paths these settings name that are relative, by key: read from the server's working directory (a
+    /// service's, `/var/lib/quiver` in the systemd unit), not from the configuration file's, so `config check` run
+    /// elsewhere reads other files than the server will (`config check` says so).
+    pub fn relative_paths(&self) -> Vec<(&'static str, &Path)> {
+        let mut named: Vec<(&'static str, &Path)> =
+            vec![("data_dir", &self.data_dir), ("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)];
+        named.extend(self.auth.hs256_key_files.iter().map(|path| ("auth.hs256_key_files", path.as_path())));
+        named.extend(
+            self.auth.ed25519_public_key_files.iter().map(|path| ("auth.ed25519_public_key_files", path.as_path())),
+        );
+        named.push(("log.qlog_dir", &self.log.qlog_dir));
+        named.retain(|(_, path)| !path.as_os_str().is_empty() && path.is_relative());
+        named
+    }
+
     /// The settings as TOML, with secrets replaced by `<redacted>` (`config print`).
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();

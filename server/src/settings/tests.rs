@@ -273,6 +273,8 @@ fn values_that_undo_the_servers_safety_are_refused() {
         ("[budget]\nhttp_max_connections = 0\n", "budget.http_max_connections"),
         ("[budget]\nhttp_max_connections_per_ip = 0\n", "budget.http_max_connections_per_ip"),
         ("[budget]\nmax_connections_per_network = 0\n", "budget.max_connections_per_network"),
+        // One address is in one network: a bound above the network's is never reached.
+        ("[limits]\nmax_connections_per_ip = 2561\n", "limits.max_connections_per_ip"),
         // A room event carries names: a long max_name outgrows the frame, and max_name is what moved.
         ("[limits]\nmax_name = 60000\n", "limits.max_name"),
     ] {

@@ -358,8 +358,40 @@ async fn unpublish_on_a_version_4_session_ends_the_publishers_without_asking_the
     let client = server.client_with(options).await.unwrap();
     let publisher = client.publisher("match.1").await.unwrap();
     let sharing = client.publisher("match.1").await.unwrap();
+    let watcher = server.client().await;
+    let mut subscription = watcher.subscribe("match.1").await.unwrap();
+    // Ticks numbered up to 300 taken by the server, which keeps the claim (no Unpublish on version 4) with that
+    // numbering until the connection ends.
+    let arrived = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let seq = publisher.send(b"first".to_vec()).unwrap();
+            if seq >= 300 {
+                if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await {
+                    return;
+                }
+            }
+        }
+    });
+    arrived.await.expect("the first publisher's ticks");
     publisher.unpublish().await.expect("not refused");
     assert!(matches!(sharing.send(b"late".to_vec()), Err(TickError::Ended { .. })), "ended for both");
+    // A new publisher of the channel numbers on: numbered from 1 again, its ticks were dropped by the server as
+    // older than the claim's newest (reordered), every one of the first 300, and `send` said nothing.
+    let again = client.publisher("match.1").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            again.send(b"again".to_vec()).unwrap();
+            if let Ok(Some(tick)) = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await {
+                if &tick.payload[..] == b"again" {
+                    return tick;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the new publisher's ticks get through");
+    assert_eq!(&got.payload[..], b"again");
+    assert_eq!(server.stats.snapshot().ticks_reordered_in, 0);
     server.stop().await;
 }
 
@@ -402,8 +434,8 @@ async fn a_publisher_that_unpublishes_goes_through_more_channels_than_its_limit(
     .await
     .expect("a tick of the new claim");
     assert_eq!(&got.payload[..], b"rematch");
-    // A channel the publishing connection also subscribes to: the new claim numbers from 1 again, and its ticks are
-    // not taken for late ones of the old claim (a claim given up never hands its id on).
+    // A channel the publishing connection also subscribes to: the new claim's ticks are not taken for late ones of
+    // the old claim (a claim given up never hands its id on).
     again.unpublish().await.unwrap();
     let mut own = publisher_client.subscribe("match.20").await.unwrap();
     let first = publisher_client.publisher("match.20").await.unwrap();
@@ -420,7 +452,7 @@ async fn a_publisher_that_unpublishes_goes_through_more_channels_than_its_limit(
     let second = publisher_client.publisher("match.20").await.unwrap();
     let fresh = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            assert!(second.send(b"fresh".to_vec()).unwrap() < 1_000, "numbered from 1");
+            assert!(second.send(b"fresh".to_vec()).unwrap() < 1_000, "numbered on from the first claim's");
             if let Ok(Some(tick)) = tokio::time::timeout(Duration::from_millis(50), own.next()).await {
                 if &tick.payload[..] == b"fresh" {
                     return tick;

@@ -155,6 +155,10 @@ impl<H: Handler<Route = Arc<SubEntry>>> TickHandler for H {}
 pub(crate) struct Ticks {
     subscriptions: Mutex<HashMap<String, Arc<SubEntry>>>,
     publishers: Mutex<HashMap<String, Arc<PubEntry>>>,
+    /// The next tick number of each channel unpublished: a new publisher numbers on from it. A version-4 session has
+    /// no Unpublish, so the server holds the claim (its channel id, and the newest tick number it took on it) until
+    /// the connection ends; numbered from 1 again, the new publisher's ticks were dropped there as reordered.
+    unpublished: Mutex<HashMap<String, u64>>,
     /// Each channel's claims and unpublishes, one at a time.
     claim_order: Arc<ClaimOrder>,
 }
@@ -241,7 +245,10 @@ impl Ticks {
             // with this publisher's max age, numbered on from the old one's (the server drops a tick numbered
             // below the newest it took on the channel from this connection, as reordered).
             Some(unheld) => Arc::new(PubEntry::new(channel, max_age_ms, None, unheld.next_seq.load(Ordering::Relaxed))),
-            None => Arc::new(PubEntry::new(channel, max_age_ms, None, 1)),
+            None => {
+                let next_seq = lock(&self.unpublished).get(channel).copied().unwrap_or(1);
+                Arc::new(PubEntry::new(channel, max_age_ms, None, next_seq))
+            }
         };
         claim_on(connection, &entry).await?;
         let entry = match entry.end_reason() {
@@ -325,6 +332,12 @@ impl Ticks {
             if publishers.get(&entry.channel).is_some_and(|held| Arc::ptr_eq(held, entry)) {
                 publishers.remove(&entry.channel);
             }
+        }
+        {
+            let next_seq = entry.next_seq.load(Ordering::Relaxed);
+            let mut unpublished = lock(&self.unpublished);
+            let numbered = unpublished.entry(entry.channel.clone()).or_insert(next_seq);
+            *numbered = (*numbered).max(next_seq);
         }
         // Claimed on another connection (gone: nothing of it is on a server) or not at all: nothing to write. Nor on
         // a version-4 session, which has no Unpublish (the server refuses it `Unsupported`): the claim stays until

@@ -42,6 +42,31 @@ async fn datagrams_with_random_content() {
     .await;
 }
 
+/// A post copy whose frame is not a post (garbage, or another request) is dropped and counted as a malformed
+/// datagram, as docs/protocol.md says (it was dropped in silence), and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_copy_that_holds_no_post_is_counted_as_malformed() {
+    bounded(async {
+        let server = TestServer::start(Limits::default());
+        let mut control = Control::open(&server).await;
+        let before = server.stats.snapshot().datagrams_malformed;
+        // Whole frames (a length, then its bytes) that are no request, twice (the first or the second is due).
+        let garbage = bytes::Bytes::from_static(&[3, 0xff, 0xff, 0xff]);
+        let mut datagram = BytesMut::new();
+        quiver_proto::copies::encode_posts(1, &[garbage.clone(), garbage], &mut datagram).unwrap();
+        control.conn.send_datagram(datagram.freeze()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats.snapshot().datagrams_malformed == before {
+            assert!(Instant::now() < deadline, "a post copy holding garbage was counted nowhere");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        control.ping(1).await;
+        assert!(control.conn.close_reason().is_none());
+        server.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_over_its_tick_rate() {
     bounded(async {

@@ -63,7 +63,12 @@ pub(super) async fn on_post_copy<R: RoomHub>(
     }
     // At most `room` of them: the posts in flight stay within the stream's bound (the rest come by stream).
     for index in copies.due(first, frames.len()).take(room) {
-        let Ok(request) = frame::decode_body::<Request>(&frames[index]) else { return None };
+        // A copy of something other than a post, or of nothing a request decodes to: dropped, counted as the
+        // malformed datagram it is (it was dropped in silence: docs/protocol.md, "Copy datagrams").
+        let Some(request) = frame::decode_body::<Request>(&frames[index]).ok().filter(|r| is_post(&r.body)) else {
+            bump(&connection.stats().datagrams_malformed);
+            return None;
+        };
         let RequestBody::Post(post) = &request.body else { return None };
         let post = post.clone();
         // The same order as a request's (`next_step`): the throttle, then the session's checks.
@@ -101,4 +106,8 @@ pub(super) async fn on_post_copy<R: RoomHub>(
         copies.handled_copy(post, outcome);
     }
     None
+}
+
+fn is_post(body: &RequestBody) -> bool {
+    matches!(body, RequestBody::Post(_))
 }

@@ -98,10 +98,13 @@ impl Driver {
     /// Stream `stream` of `entry`'s room, on connection `connection`, has datagram copies with `slot`: route them
     /// to it, and copy the room's posts on that connection.
     pub(crate) fn copies_opened(&self, connection: usize, slot: u64, entry: &Arc<RoomEntry>, stream: StreamNumber) {
+        // Checked under the routes' lock: checked before it, an older stream's reader held up between the check and
+        // the lock replaced the newer stream's route (the room then went without redundancy until its next rejoin).
+        // (Nothing takes the routes' lock while it holds a room's state.)
+        let mut slots = lock(&self.copy_slots);
         if !lock(&entry.state).is_current(stream) {
             return; // an older stream of the room, read late: the newer one's slot stays
         }
-        let mut slots = lock(&self.copy_slots);
         // Slots of connections that are gone, and the room's older streams, route nothing any more.
         let current = self.current.borrow().as_ref().map(|c| c.id);
         slots.retain(|(on, _), (room, _)| Some(*on) == current && !Arc::ptr_eq(room, entry));

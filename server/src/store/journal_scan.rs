@@ -246,8 +246,9 @@ fn looks_torn(between: &[u8], cut: usize, reach: usize) -> bool {
         .any(|start| between.get(start..start + PAGE).is_some_and(zeros))
 }
 
-/// How far the batch that begins at `at` makes sense: where its Start tag, an item, or its End trailer does not
-/// parse; its end, if it is whole and only its checksum fails (a lost page anywhere in it explains that).
+/// How far the batch that begins at `at` makes sense: where its Start tag or an item does not parse; the end of
+/// its End entry, if only that entry does not (a page lost from anywhere inside it zeroes its magic), or if it is
+/// whole and only its checksum fails (a lost page anywhere in it explains that).
 fn parsed_to(journal: &[u8], at: usize) -> usize {
     let Some(rest) = journal.get(at..) else { return at };
     if rest.first() != Some(&START) || rest.len() < 13 {
@@ -263,7 +264,7 @@ fn parsed_to(journal: &[u8], at: usize) -> usize {
     }
     match batch_shape_at(journal, at) {
         Some((end, _)) => end,
-        None => pos,
+        None => pos + 13, // its End entry: tag, checksum (u64), magic
     }
 }
 
@@ -409,6 +410,16 @@ mod tests {
         lost_first.extend(&whole[starts[9] + 3..starts[9] + 40]);
         lost_first.extend(&whole[starts[8]..starts[9]]);
         assert_eq!(break_with_batches_after(&lost_first), None);
+        // The page lost begins inside the broken batch's End entry (its items whole, its magic zeros), a later
+        // page kept with a whole batch: torn, not damage (the scan stopped looking at the End entry's start).
+        for into_end in 1..13 {
+            let end_entry = starts[9] - 13;
+            let mut lost_in_end = whole[..end_entry + into_end].to_vec();
+            lost_in_end.resize(lost_in_end.len().next_multiple_of(4096) + 4096, 0);
+            lost_in_end.extend(&whole[starts[8]..starts[9]]);
+            // (The break is at batch 8, whose End entry the lost page cut; batch 9 went with the lost pages.)
+            assert_eq!(break_with_batches_after(&lost_in_end), None, "lost from {into_end} bytes into the End entry");
+        }
         // The last batch with a byte of an item wrong (a torn write of its middle): fjall's checksum, not a break
         // with batches after it.
         let mut torn = whole.clone();

@@ -434,8 +434,8 @@ async fn a_publisher_that_unpublishes_goes_through_more_channels_than_its_limit(
     .await
     .expect("a tick of the new claim");
     assert_eq!(&got.payload[..], b"rematch");
-    // A channel the publishing connection also subscribes to: the new claim's ticks are not taken for late ones of
-    // the old claim (a claim given up never hands its id on).
+    // A channel the publishing connection also subscribes to: the new claim numbers from 1 again, and its ticks are
+    // not taken for late ones of the old claim (a claim given up never hands its id on).
     again.unpublish().await.unwrap();
     let mut own = publisher_client.subscribe("match.20").await.unwrap();
     let first = publisher_client.publisher("match.20").await.unwrap();
@@ -452,7 +452,7 @@ async fn a_publisher_that_unpublishes_goes_through_more_channels_than_its_limit(
     let second = publisher_client.publisher("match.20").await.unwrap();
     let fresh = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            assert!(second.send(b"fresh".to_vec()).unwrap() < 1_000, "numbered on from the first claim's");
+            assert!(second.send(b"fresh".to_vec()).unwrap() < 1_000, "numbered from 1");
             if let Ok(Some(tick)) = tokio::time::timeout(Duration::from_millis(50), own.next()).await {
                 if &tick.payload[..] == b"fresh" {
                     return tick;

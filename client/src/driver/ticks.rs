@@ -155,10 +155,12 @@ impl<H: Handler<Route = Arc<SubEntry>>> TickHandler for H {}
 pub(crate) struct Ticks {
     subscriptions: Mutex<HashMap<String, Arc<SubEntry>>>,
     publishers: Mutex<HashMap<String, Arc<PubEntry>>>,
-    /// The next tick number of each channel unpublished: a new publisher numbers on from it. A version-4 session has
-    /// no Unpublish, so the server holds the claim (its channel id, and the newest tick number it took on it) until
-    /// the connection ends; numbered from 1 again, the new publisher's ticks were dropped there as reordered.
-    unpublished: Mutex<HashMap<String, u64>>,
+    /// The next tick number of each channel unpublished on a version-4 session, and that connection's id: a new
+    /// publisher on the same connection numbers on from it. Version 4 has no Unpublish, so the server holds the
+    /// claim (its channel id, and the newest tick number it took on it) until the connection ends; numbered from 1
+    /// again, the new publisher's ticks were dropped there as reordered. Only the current connection's are kept
+    /// (the server holds at most `max_publish_channels` of them), each until a publisher of its channel takes it.
+    unpublished: Mutex<HashMap<String, (usize, u64)>>,
     /// Each channel's claims and unpublishes, one at a time.
     claim_order: Arc<ClaimOrder>,
 }
@@ -246,8 +248,8 @@ impl Ticks {
             // below the newest it took on the channel from this connection, as reordered).
             Some(unheld) => Arc::new(PubEntry::new(channel, max_age_ms, None, unheld.next_seq.load(Ordering::Relaxed))),
             None => {
-                let next_seq = lock(&self.unpublished).get(channel).copied().unwrap_or(1);
-                Arc::new(PubEntry::new(channel, max_age_ms, None, next_seq))
+                let held = lock(&self.unpublished).remove(channel).filter(|(on, _)| *on == connection.id);
+                Arc::new(PubEntry::new(channel, max_age_ms, None, held.map_or(1, |(_, next_seq)| next_seq)))
             }
         };
         claim_on(connection, &entry).await?;
@@ -333,23 +335,22 @@ impl Ticks {
                 publishers.remove(&entry.channel);
             }
         }
-        {
-            let next_seq = entry.next_seq.load(Ordering::Relaxed);
-            let mut unpublished = lock(&self.unpublished);
-            let numbered = unpublished.entry(entry.channel.clone()).or_insert(next_seq);
-            *numbered = (*numbered).max(next_seq);
-        }
         // Claimed on another connection (gone: nothing of it is on a server) or not at all: nothing to write. Nor on
         // a version-4 session, which has no Unpublish (the server refuses it `Unsupported`): the claim stays until
         // the connection ends, as a dropped publisher's does.
         let claimed_on = lock(&entry.claim).map(|(on, _)| on);
-        match connection
-            .filter(|live| live.close_reason().is_none() && claimed_on == Some(live.id))
-            .filter(|live| live.welcome.version >= 5)
-        {
-            Some(live) => {
+        match connection.filter(|live| live.close_reason().is_none() && claimed_on == Some(live.id)) {
+            Some(live) if live.welcome.version >= 5 => {
                 let sent = live.send(RequestBody::Unpublish { channel: entry.channel.clone() }).await;
                 sent.map(|sent| Some((sent, live)))
+            }
+            Some(live) => {
+                // Held on by the server: a publisher of the channel on this connection numbers on.
+                let next_seq = entry.next_seq.load(Ordering::Relaxed);
+                let mut unpublished = lock(&self.unpublished);
+                unpublished.retain(|_, (on, _)| *on == live.id);
+                unpublished.insert(entry.channel.clone(), (live.id, next_seq));
+                Ok(None)
             }
             None => Ok(None),
         }

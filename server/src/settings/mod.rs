@@ -468,8 +468,10 @@ impl Settings {
     /// service's, `/var/lib/quiver` in the systemd unit), not from the configuration file's, so `config check` run
     /// elsewhere reads other files than the server will (`config check` says so).
     pub fn relative_paths(&self) -> Vec<(&'static str, &Path)> {
-        let mut named: Vec<(&'static str, &Path)> =
-            vec![("data_dir", &self.data_dir), ("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)];
+        // (The default data directory, `.quiver`, is the working directory's by design: a service sets its own.)
+        let data_dir = (self.data_dir != Path::new(ServerConfig::DEFAULT_DATA_DIR)).then_some(&self.data_dir);
+        let mut named: Vec<(&'static str, &Path)> = vec![("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)];
+        named.extend(data_dir.map(|path| ("data_dir", path.as_path())));
         named.extend(self.auth.hs256_key_files.iter().map(|path| ("auth.hs256_key_files", path.as_path())));
         named.extend(
             self.auth.ed25519_public_key_files.iter().map(|path| ("auth.ed25519_public_key_files", path.as_path())),

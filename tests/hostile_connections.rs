@@ -281,6 +281,42 @@ async fn connections_awaiting_hello_are_bounded_and_the_oldest_silent_one_makes_
     .await;
 }
 
+/// Initials that never finish their handshake (from forged addresses) do not enter the connections awaiting Hello:
+/// with the table full, each closed the one waiting longest (a real client in its handshake or before its Hello),
+/// freed its own place among the unvalidated handshakes when the next one closed it, and counted the close as a
+/// `max_awaiting_hello` breach. Handshakes from addresses not validated are bounded by
+/// `budget.max_unvalidated_handshakes` instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_initials_close_no_connection_awaiting_hello() {
+    use quiver_server::{Budget, ServerConfig};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+        let budget = Budget { max_awaiting_hello: 2, ..Budget::default() };
+        let server = TestServer::start_with(ServerConfig { budget, ..dev }, dir);
+        let silent = [server.try_raw().await.unwrap(), server.try_raw().await.unwrap()];
+        let mut forged = Vec::new();
+        for _ in 0..2 {
+            let initial = an_initial_for(&server).await;
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket.send_to(&initial, server.addr).await.unwrap();
+            let mut buf = vec![0u8; 2048];
+            // (Answered: the server took the Initial and began its handshake.)
+            tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf)).await.unwrap().unwrap();
+            forged.push(socket);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(silent.iter().all(|conn| conn.close_reason().is_none()), "a forged Initial closed a connection");
+        assert_eq!(server.stats.snapshot().connections_closed_awaiting_hello, 0);
+        // A real newcomer still makes room, as before.
+        let control = Control::open(&server).await;
+        assert_eq!(closed_with(&silent[0]).await.0, ErrorCode::TooManyConnections);
+        drop(control);
+        server.stop().await;
+    })
+    .await;
+}
+
 /// `max_connections` set below `budget.max_awaiting_hello` (a small box, a public deployment lowering it): silent
 /// connections never filled the awaiting table, so none was closed to make room, and they held every slot of
 /// `max_connections` for as long as they were renewed. A validated newcomer at `max_connections` now takes the place

@@ -71,8 +71,11 @@ pub(super) fn serve<R: RoomHub>(
         };
         let mut admitted = admitted;
         // From now on it awaits Hello (over a count: never closed to make room, bounded by `max_over_limit_handshakes`);
-        // a newer connection that it has to make room for cancels its `shutdown`.
-        if let Admitted::Serve(slot) = &mut admitted {
+        // a newer connection that it has to make room for cancels its `shutdown`. From an address not validated
+        // only once its handshake completes: an Initial anyone can forge (bounded by `max_unvalidated_handshakes`)
+        // entered the table too, and with it full closed a real client awaiting Hello to make room, freed its own
+        // handshake's place when the next forged one closed it, and counted the closes as limit breaches.
+        if let (Admitted::Serve(slot), true) = (&mut admitted, validated) {
             slot.await_hello(&shutdown);
         }
         let conn = tokio::select! {
@@ -99,6 +102,7 @@ pub(super) fn serve<R: RoomHub>(
         };
         if let Admitted::Serve(slot) = &mut admitted {
             slot.handshaken();
+            slot.await_hello(&shutdown);
         }
         let span = tracing::info_span!(
             "conn",

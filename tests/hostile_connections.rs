@@ -232,7 +232,9 @@ async fn initials_forged_with_a_real_clients_address_do_not_lock_it_out() {
         // The real client: made to validate, then served (Hello, Welcome, a Ping answered).
         let mut control = Control::open(&server).await;
         control.ping(1).await;
-        assert_eq!(retries(&server), 2, "the third forged Initial and the real client's first got a Retry");
+        // (Unvalidated attempts hold at most half of an address's count: one of its three here, so the second and
+        // third forged Initials got a Retry, as did the real client's first.)
+        assert_eq!(retries(&server), 3, "the second and third forged Initials and the real client's first");
         server.stop().await;
     })
     .await;

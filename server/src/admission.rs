@@ -131,8 +131,9 @@ pub struct Admission {
     over_limit: u32,
     bounds: HandshakeBounds,
     sources: HashMap<SourceKey, Source>,
-    /// Admitted connections by network ([`Group`]: an IPv4 /24, an IPv6 /48), entries only while some are open.
-    networks: HashMap<Group, u32>,
+    /// Admitted connections by network ([`Group`]: an IPv4 /24, an IPv6 /48), and of them those from addresses not
+    /// validated still in their handshake; entries only while some are open.
+    networks: HashMap<Group, (u32, u32)>,
     last_sweep: Instant,
     /// Admitted connections not welcomed yet, each with the token that closes it.
     awaiting: AwaitingHello<CancellationToken>,
@@ -197,7 +198,8 @@ impl Admission {
             return Decision::Retry(Overload::Handshakes);
         }
         let network = Group::of(ip);
-        let network_full = self.networks.get(&network).is_some_and(|&n| n >= self.bounds.per_network);
+        let (in_network, unvalidated_in_network) = self.networks.get(&network).copied().unwrap_or_default();
+        let network_full = in_network >= self.bounds.per_network;
         let over = if self.total >= self.max_total {
             Some((Overload::Total, format!("the server is at max_connections ({})", self.max_total)))
         } else if open >= self.max_per_source {
@@ -211,6 +213,19 @@ impl Admission {
         if let (Some((overload, _)), false) = (&over, validated) {
             // Nothing is stored for an unvalidated attempt over a count: spoofed addresses cannot grow the table.
             return Decision::Retry(*overload);
+        }
+        // Unvalidated attempts hold at most half of the address's count, and of its network's: with
+        // `max_connections_per_ip` at or below `unvalidated_per_ip` (4), Initials forged with a client's address took
+        // every place it had, and the client, validated by its Retry, was refused `TooManyConnections` for as long
+        // as they were renewed (a packet per address every `handshake_timeout_ms`); the same for a network at
+        // `budget.max_connections_per_network`. Beyond half, an attempt validates first (a Retry: one round trip).
+        // (Never binding at the defaults: 4 of 256, 256 in all of 2,560.)
+        let half_taken = |unvalidated: u32, bound: u32| (u64::from(unvalidated) + 1) * 2 > u64::from(bound);
+        if !validated
+            && (half_taken(unvalidated, self.max_per_source)
+                || half_taken(unvalidated_in_network, self.bounds.per_network))
+        {
+            return Decision::Retry(Overload::Handshakes);
         }
         let rate = self.rate;
         let source = self.sources.entry(key).or_insert_with(|| Source {
@@ -256,10 +271,12 @@ impl Admission {
         }
         source.open += 1;
         self.total += 1;
-        *self.networks.entry(network).or_insert(0) += 1;
+        let counted = self.networks.entry(network).or_insert((0, 0));
+        counted.0 += 1;
         if !validated {
             source.unvalidated += 1;
             self.unvalidated += 1;
+            counted.1 += 1;
         }
         Decision::Admit
     }
@@ -270,6 +287,9 @@ impl Admission {
         self.unvalidated = self.unvalidated.saturating_sub(1);
         if let Some(source) = self.sources.get_mut(&SourceKey::of(ip)) {
             source.unvalidated = source.unvalidated.saturating_sub(1);
+        }
+        if let Some((_, unvalidated)) = self.networks.get_mut(&Group::of(ip)) {
+            *unvalidated = unvalidated.saturating_sub(1);
         }
     }
 
@@ -295,7 +315,7 @@ impl Admission {
                 source.open -= 1;
                 self.total = self.total.saturating_sub(1);
                 let network = Group::of(ip);
-                if let Some(open) = self.networks.get_mut(&network) {
+                if let Some((open, _)) = self.networks.get_mut(&network) {
                     *open = open.saturating_sub(1);
                     if *open == 0 {
                         self.networks.remove(&network);

@@ -40,7 +40,9 @@ fn per_source_and_total_counts() {
     let t0 = Instant::now();
     let mut admission = Admission::new(&limits(3, 2, 1000), bounds(1000), t0);
     assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Admit);
-    assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Admit);
+    // Unvalidated attempts hold at most half an address's count: the second validates first.
+    assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Retry(Overload::Handshakes));
+    assert_eq!(admission.decide(ip("10.0.0.1"), true, t0), Decision::Admit);
     // The third from one address: first proven real, then told why.
     assert_eq!(admission.decide(ip("10.0.0.1"), false, t0), Decision::Retry(Overload::PerIp));
     let Decision::TooMany(Overload::PerIp, reason) = admission.decide(ip("10.0.0.1"), true, t0) else {
@@ -149,7 +151,7 @@ fn idle_entries_are_swept_and_refused_attempts_store_nothing() {
     assert_eq!(admission.tracked_sources(), 2, "only the addresses with open connections");
     // At the total limit, unvalidated attempts from new addresses leave no entry behind.
     let mut full = Admission::new(&limits(1, 1, 10), bounds(1000), t0);
-    full.decide(ip("10.0.0.1"), false, t0);
+    full.decide(ip("10.0.0.1"), true, t0);
     for i in 0..200u8 {
         assert_eq!(full.decide(IpAddr::from([10, 1, 0, i]), false, t0), Decision::Retry(Overload::Total));
     }
@@ -162,7 +164,7 @@ fn attempts_closed_for_a_count_take_from_the_rate() {
     let t0 = Instant::now();
     let mut admission = Admission::new(&limits(1000, 1, 5), bounds(1000), t0); // burst 10
     let a = ip("198.51.100.1");
-    assert_eq!(admission.decide(a, false, t0), Decision::Admit);
+    assert_eq!(admission.decide(a, true, t0), Decision::Admit);
     for _ in 0..9 {
         assert!(matches!(admission.decide(a, true, t0), Decision::TooMany(Overload::PerIp, _)));
     }
@@ -210,6 +212,42 @@ fn initials_forged_with_a_real_address_do_not_lock_it_out() {
     assert_eq!(admission.decide(ip("203.0.113.10"), false, now), Decision::Admit);
 }
 
+/// With `max_connections_per_ip` at or below `unvalidated_per_ip`, Initials forged with a client's address hold at
+/// most half of its count (and of its network's): the client, validated by its Retry, still gets in. Before, four
+/// forged Initials took all four places of an address at `max_connections_per_ip = 4`, renewed every handshake
+/// timeout, and the client was refused `TooManyConnections` for as long.
+#[test]
+fn forged_initials_hold_at_most_half_an_address_or_networks_count() {
+    let t0 = Instant::now();
+    let bounds = HandshakeBounds {
+        unvalidated: 256,
+        unvalidated_per_ip: 4,
+        over_limit: 64,
+        awaiting_hello: 1024,
+        per_network: 8,
+    };
+    let mut admission = Admission::new(&limits(10_000, 4, 100), bounds, t0);
+    let victim = ip("203.0.113.9");
+    for _ in 0..2 {
+        assert_eq!(admission.decide(victim, false, t0), Decision::Admit);
+    }
+    for _ in 0..10 {
+        assert_eq!(admission.decide(victim, false, t0), Decision::Retry(Overload::Handshakes));
+    }
+    assert_eq!(admission.decide(victim, true, t0), Decision::Admit, "the real client, validated, gets in");
+    assert_eq!(admission.decide(victim, true, t0), Decision::Admit);
+    // A network's count: forged Initials spread over its addresses hold at most half of it (two more here, then
+    // four in all of its eight), and real clients of the network still get in.
+    assert_eq!(admission.decide(ip("203.0.113.10"), false, t0), Decision::Admit);
+    assert_eq!(admission.decide(ip("203.0.113.11"), false, t0), Decision::Admit);
+    assert_eq!(admission.decide(ip("203.0.113.12"), false, t0), Decision::Retry(Overload::Handshakes));
+    assert_eq!(admission.decide(ip("203.0.113.12"), true, t0), Decision::Admit);
+    // A forged handshake that times out gives its place back.
+    admission.handshake_done(ip("203.0.113.10"));
+    admission.release(ip("203.0.113.10"));
+    assert_eq!(admission.decide(ip("203.0.113.13"), false, t0), Decision::Admit);
+}
+
 /// Connections over a count are admitted only to be closed with `TooManyConnections` once their handshake is
 /// done, holding no slot meanwhile: at most `over_limit` such handshakes run at once, the rest are refused.
 #[test]
@@ -224,7 +262,7 @@ fn handshakes_over_a_count_are_bounded_in_all() {
     };
     let mut admission = Admission::new(&limits(1_000, 1, 1_000), bounds, t0);
     let a = ip("198.51.100.1");
-    assert_eq!(admission.decide(a, false, t0), Decision::Admit);
+    assert_eq!(admission.decide(a, true, t0), Decision::Admit);
     for _ in 0..2 {
         assert!(matches!(admission.decide(a, true, t0), Decision::TooMany(Overload::PerIp, _)));
     }

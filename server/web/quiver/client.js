@@ -8,7 +8,7 @@ import { openFirst } from './client/race.js';
 import { readRoomStream, roomCopy } from './client/streams.js';
 import { Dialer, transportOptions } from './client/dial.js';
 import {
-  Publisher, Room, Subscription, claimOn, deliverTick, sendTick, subscribeOn, unclaimOn,
+  Publisher, Room, Subscription, claimOn, deliverTick, numberedOn, sendTick, subscribeOn, unclaimOn,
 } from './client/handles.js';
 import { sendPosts } from './client/posts.js';
 import { RefusalWindow, Signal, Timers, Turns, acrossReconnects, oneRejoinAtATime, restore } from './client/waiting.js';
@@ -219,7 +219,7 @@ export class QuiverClient {
     // The session is awaited outside the turn: an unpublish needs no connection, and need not wait for one.
     const entry = await this.#acrossReconnects((session) => this.#claimTurns.run(channel, async () => {
       if (attached?.ended) return attached;
-      let entry = attached ?? this.#publishers.get(channel) ?? made;
+      let entry = attached ?? this.#publishers.get(channel) ?? numberedOn(session, made);
       attached = entry;
       await claimOn(session, entry);
       if (entry.ended) entry = { ...entry, onEnd: [], ended: null }; // ended while this claim was on its way

@@ -45,6 +45,14 @@ test('a version-4 session has no Unpublish: unpublish ends the publishers and le
   assert.deepEqual(server.requestsOf('Unpublish'), []);
   assert.deepEqual(publisher.ended, { code: ErrorCode.NoError, reason: 'unpublished' });
   assert.equal(publisher.send('late'), null);
+  // The server keeps the claim and the newest tick number it took: a new publisher numbers on (from 1 again, its
+  // ticks were dropped there as reordered).
+  const again = await ann.publisher('match.1');
+  assert.equal(again.send('x'), 1n, 'nothing sent before the unpublish: numbered from 1');
+  assert.equal(again.send('y'), 2n);
+  await again.unpublish();
+  const third = await ann.publisher('match.1');
+  assert.equal(third.send('z'), 3n, 'numbered on from the unpublished claim');
 });
 
 test('unpublish gives the claim up for every publisher sharing it; a later publisher claims the channel anew', async (t) => {

@@ -129,8 +129,26 @@ export async function subscribeOn(session, entry, subscriptions) {
  *  the claim stays until the connection ends). */
 export async function unclaimOn(session, entry) {
   const held = Boolean(session) && entry.claim?.session === session && !session.closedWhy;
-  if (!held || Number(session.welcome.version) < 5) return;
+  if (!held) return;
+  if (Number(session.welcome.version) < 5) {
+    // No Unpublish in version 4: the server holds the claim, and the newest tick number it took on it, until the
+    // connection ends, and a new publisher of the channel numbering from 1 again had its ticks dropped there as
+    // reordered (as the Rust client's did): it numbers on (`numberedOn`).
+    session.unpublished.set(entry.channel, entry.nextSeq);
+    return;
+  }
   await leftAnyway(session.request({ Unpublish: { channel: entry.channel } }), 'Unpublished', entry);
+}
+
+/**
+ * A new publisher `made` of a channel about to be claimed on `session`, numbered on from a claim of the channel
+ * unpublished on that version-4 session (`unclaimOn`); `made`.
+ */
+export function numberedOn(session, made) {
+  const kept = session.unpublished.get(made.channel);
+  session.unpublished.delete(made.channel);
+  if (kept !== undefined) made.nextSeq = kept;
+  return made;
 }
 
 /** Claims `entry`'s channel for publishing on `session` (in the channel's turn: `Client#inTurn`). */

@@ -198,6 +198,8 @@ export class Session {
     this.requests = new RequestTable(1n);
     /** Subscriptions by their channel id on this connection (BigInt keys). */
     this.channels = new Map();
+    /** Channel -> the next tick number of a claim unpublished on this version-4 session (`unclaimOn`). */
+    this.unpublished = new Map();
     this.datagramWriter = null;
     /** Requests written after Hello so far: a post copy names its post by this number (the server counts alike). */
     this.written = 0n;

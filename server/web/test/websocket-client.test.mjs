@@ -163,6 +163,19 @@ test('transport options: checked, and the older `transport` constructor still me
   assert.throws(() => new QuiverClient(URL_, { transport: 'quic' }), /transport must be one of auto, webtransport, websocket/);
   assert.throws(() => new QuiverClient(URL_, { transport: 'websocket', webSocket: null }), /no WebSocket/);
   assert.throws(() => new QuiverClient(URL_, { webTransport: null, webSocket: null }), /neither WebTransport nor WebSocket/);
+  // As the Rust client's: no zero, NaN or negative backoff (a reconnect on a 0 ms timer, hundreds a second), no
+  // connect timeout of 0 (every connect failed at once), copies the server's bound allows.
+  for (const [options, why] of [
+    [{ reconnectDelayMs: 0 }, /reconnectDelayMs must be a finite number of ms, at least 1, got 0/],
+    [{ reconnectDelayMs: NaN }, /reconnectDelayMs must be/],
+    [{ reconnectMaxDelayMs: -5 }, /reconnectMaxDelayMs must be/],
+    [{ connectTimeoutMs: 0 }, /connectTimeoutMs must be a number of ms, at least 1, got 0/],
+    [{ copies: 9 }, /copies must be a whole number from 0 to 8, got 9/],
+    [{ copies: 1.5 }, /copies must be a whole number/],
+    [{ copySpacingMs: Infinity }, /copySpacingMs must be/],
+  ]) {
+    assert.throws(() => new QuiverClient(URL_, { transport: server.transport, ...options }), why);
+  }
   server.webTransportDown = true;
   const legacy = { transport: server.transport, webSocket: server.webSocket };
   await assert.rejects(QuiverClient.connect(URL_, legacy), /connection refused/);

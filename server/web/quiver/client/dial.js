@@ -8,6 +8,8 @@ import { WebSocketTransport } from './websocket.js';
 
 /** The values of the `transport` option. */
 export const TRANSPORTS = Object.freeze(['auto', 'webtransport', 'websocket']);
+/** Datagram copies per post at most (`copies`): the server's own bound on `transport.copies`. */
+const MAX_COPIES = 8;
 
 /** The 32 bytes of a SHA-256 given as 64 hex digits (colons and spaces allowed). */
 function certHashBytes(hex) {
@@ -52,8 +54,25 @@ export function transportOptions(options) {
     throw new TypeError(`fallbackTimeoutMs must be a finite number of ms, at least 0, got ${String(ms)}`);
   }
   const connectMs = out.connectTimeoutMs;
-  if (typeof connectMs !== 'number' || Number.isNaN(connectMs) || connectMs < 0) {
-    throw new TypeError(`connectTimeoutMs must be a number of ms, at least 0, got ${String(connectMs)}`);
+  if (typeof connectMs !== 'number' || Number.isNaN(connectMs) || connectMs < 1) {
+    // (0 failed every connect at once: "no Welcome within 0 ms".)
+    throw new TypeError(`connectTimeoutMs must be a number of ms, at least 1, got ${String(connectMs)}`);
+  }
+  // The reconnect's backoff, as the Rust client's: more than zero (0 or NaN reconnected on a 0 ms timer, hundreds of
+  // attempts a second against a server that refuses at once).
+  for (const key of ['reconnectDelayMs', 'reconnectMaxDelayMs']) {
+    const value = out[key];
+    if (typeof value !== 'number' || !Number.isFinite(value) || value < 1) {
+      throw new TypeError(`${key} must be a finite number of ms, at least 1, got ${String(value)}`);
+    }
+  }
+  const copies = out.copies;
+  if (!Number.isInteger(copies) || copies < 0 || copies > MAX_COPIES) {
+    throw new TypeError(`copies must be a whole number from 0 to ${MAX_COPIES}, got ${String(copies)}`);
+  }
+  const spacing = out.copySpacingMs;
+  if (typeof spacing !== 'number' || !Number.isFinite(spacing) || spacing < 0) {
+    throw new TypeError(`copySpacingMs must be a finite number of ms, at least 0, got ${String(spacing)}`);
   }
   // Infinity (never give up) and anything past what setTimeout takes (2^31 - 1 ms, about 24.8 days) are that: a
   // browser fires a longer timer at once, and every connect failed on the spot.

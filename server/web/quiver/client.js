@@ -415,7 +415,7 @@ export class QuiverClient {
       if (this.#isLive()) return this.#session;
       const left = deadline - performance.now();
       if (left <= 0) throw new QuiverError(ErrorCode.Internal, 'not connected (reconnecting)', { closed: true });
-      await Promise.race([this.#sessionChanged.next(), this.#timers.sleep(left)]);
+      await this.#sessionChanged.nextWithin(this.#timers.sleep(left));
     }
   }
 

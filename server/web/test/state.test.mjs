@@ -291,3 +291,15 @@ test('Turns: tasks of a key run one at a time in order, a rejection does not sto
   await new Promise((resolve) => setTimeout(resolve, 0));
   assert.equal(turns.size, 0);
 });
+
+test('Signal: a wait that times out leaves no waiter behind; a notify still wakes the ones waiting', async () => {
+  const { Signal } = await import('../quiver/client/waiting.js');
+  const signal = new Signal();
+  for (let i = 0; i < 10; i++) await signal.nextWithin(new Promise((resolve) => setTimeout(resolve, 1)));
+  assert.equal(signal.waiters.length, 0, 'each timed-out wait left its waiter (kept until the next notify)');
+  const woken = signal.nextWithin(new Promise(() => {}));
+  assert.equal(signal.waiters.length, 1);
+  signal.notify();
+  await woken;
+  assert.equal(signal.waiters.length, 0);
+});

@@ -73,6 +73,25 @@ export class Signal {
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 
+  /**
+   * Resolves at the next `notify` or once `timeout` (a promise) settles, whichever comes first, and leaves no waiter
+   * behind: a caller that timed out each time (a request waiting for a connection through a long outage) left one
+   * each, kept until the next connect.
+   */
+  async nextWithin(timeout) {
+    let wake;
+    const notified = new Promise((resolve) => {
+      wake = resolve;
+      this.waiters.push(resolve);
+    });
+    try {
+      await Promise.race([notified, timeout]);
+    } finally {
+      const at = this.waiters.indexOf(wake);
+      if (at >= 0) this.waiters.splice(at, 1);
+    }
+  }
+
   notify() {
     const waiters = this.waiters;
     this.waiters = [];

@@ -150,7 +150,7 @@ export class QuiverClient {
     if (entry && !this.#isLive()) return;
     const session = await this.#live();
     session.copyRooms.delete(name);
-    await leftAnyway(session.request({ Leave: { room: name } }), 'Left', entry);
+    await leftAnyway(session.request({ Leave: { room: name } }), 'Left', entry, session);
   }
 
   /**
@@ -202,7 +202,7 @@ export class QuiverClient {
     if (entry && !this.#isLive()) return; // as in `leave`
     const session = await this.#live();
     for (const [id, sub] of session.channels) if (sub === entry) session.channels.delete(id);
-    await leftAnyway(session.request({ Unsubscribe: { channel } }), 'Unsubscribed', entry);
+    await leftAnyway(session.request({ Unsubscribe: { channel } }), 'Unsubscribed', entry, session);
   }
 
   /**

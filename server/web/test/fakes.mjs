@@ -212,6 +212,9 @@ export class FakeServer {
     this.dropOnPing = false; // lose the connection on its first Ping
     this.ignorePings = false; // answer no Ping (the connection stays up)
     this.dropOnFirst = new Set(); // request kinds ('Join', 'Subscribe', ...): the first of each loses its connection
+    // Request kinds whose first is refused Unavailable ("retry once reconnected") by a server that then closes the
+    // connection 20 ms later, as one shutting down (or whose token expired) does.
+    this.drainOnFirst = new Set();
     this.webTransportDown = false; // WebTransport connections fail before they open (the WebSocket gets through)
     this.webTransportHangs = false; // WebTransport connections never become ready (UDP silently dropped)
     this.webTransportDelayMs = 0; // WebTransport connections become ready this long after they are made
@@ -255,6 +258,10 @@ export class FakeServer {
     const fail = (code, message) => reply({ Err: { code, message } });
     const [tag, body] = Object.entries(req.body)[0];
     if (this.dropOnFirst.delete(tag)) return conn.kill('lost under a request');
+    if (this.drainOnFirst.delete(tag)) {
+      setTimeout(() => conn.close({ closeCode: ErrorCode.TokenExpired, reason: 'the access token expired' }), 20);
+      return fail(ErrorCode.Unavailable, 'the access token expired; retry once reconnected');
+    }
     switch (tag) {
       case 'Hello':
         if (this.closeAtHello) return conn.close(this.closeAtHello);

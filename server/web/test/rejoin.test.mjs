@@ -130,6 +130,33 @@ test('a join, subscribe or history whose connection is lost before the answer go
   }
 });
 
+test('calls a closing server refuses Unavailable go again on the next connection; leaves so refused are done', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  // Refused "retry once reconnected", then the connection closes: as the Rust client, the call goes again (it
+  // failed with Unavailable).
+  for (const kind of ['Join', 'Subscribe', 'History', 'Publish']) server.drainOnFirst.add(kind);
+  await ann.join('lobby', { onEvent: () => {} });
+  await ann.subscribe('ticks');
+  await ann.history('lobby');
+  await ann.publisher('prices');
+  assert.equal(server.drainOnFirst.size, 0, 'each was refused once');
+  for (const kind of ['Join', 'Subscribe', 'History', 'Publish']) {
+    const on = server.requests.filter((r) => kind in r.req.body).map((r) => r.conn);
+    // (Rooms are rejoined at each reconnect too: the later drains add Joins.)
+    assert.ok(on.length >= 2 && on[0] !== on[1] && !on[0].alive, `${kind}: again on another connection`);
+  }
+  // A Leave or Unsubscribe so refused counts as done: the server lets the room go with the connection.
+  // (Each on a live connection: one given up while the client reconnects writes nothing, as nothing is held.)
+  await until('connected again', () => ann.status === 'connected');
+  server.drainOnFirst.add('Leave');
+  await ann.leave('lobby');
+  await until('connected again', () => ann.status === 'connected');
+  server.drainOnFirst.add('Unsubscribe');
+  await ann.unsubscribe('ticks');
+  assert.equal(server.drainOnFirst.size, 0, 'each was refused');
+});
+
 test('a publisher whose claim lost its connection before the answer claims on the next one', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server, { name: 'ann' });

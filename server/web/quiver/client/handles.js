@@ -137,7 +137,7 @@ export async function unclaimOn(session, entry) {
     session.unpublished.set(entry.channel, entry.nextSeq);
     return;
   }
-  await leftAnyway(session.request({ Unpublish: { channel: entry.channel } }), 'Unpublished', entry);
+  await leftAnyway(session.request({ Unpublish: { channel: entry.channel } }), 'Unpublished', entry, session);
 }
 
 /**

@@ -208,6 +208,7 @@ export class Session {
     this.copyRounds = hooks.copies ?? { copies: 2, spacingMs: 5 };
     this.goAway = null;
     this.closedWhy = null;
+    this.ended = new Promise((resolve) => { this.markEnded = resolve; }); // resolved at `lost`
     this.keepAliveTimer = null;
     frames.maxFrame = this.maxFrame;
     this.readControl(reader, frames, leftover);
@@ -376,6 +377,7 @@ export class Session {
     this.keepAliveTimer = null;
     this.closedWhy = this.goAway && why.code === ErrorCode.NoError ? this.goAway : why;
     for (const waiter of this.requests.close(this.closedWhy)) waiter.reject(QuiverError.closed(this.closedWhy));
+    this.markEnded();
     this.close(why.code, why.reason);
     this.hooks.onLost(this, this.closedWhy);
   }

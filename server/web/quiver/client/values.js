@@ -40,15 +40,34 @@ export function expectReply(reply, name) {
 }
 
 /**
- * Awaits a Leave's or Unsubscribe's reply (`name`, as `expectReply`). When the client held the room or channel
- * (`entry`, no longer listed), NotJoined and a lost connection count as done: the server let it go already, or
- * does with the connection, and no reconnect takes it back.
+ * How long a call refused `Unavailable` waits for its session to end (a server that is shutting down, or whose token
+ * expired, refuses what it still holds "retry once reconnected" and closes): the server's frame timeout, as the Rust
+ * client's `ENDING_WAIT`.
  */
-export async function leftAnyway(request, name, entry) {
+export const ENDING_WAIT_MS = 5000;
+
+/** Whether `session` ends within `ENDING_WAIT_MS` (at once if it has). */
+export async function endsSoon(session) {
+  let timer;
+  await Promise.race([session.ended, new Promise((resolve) => { timer = setTimeout(resolve, ENDING_WAIT_MS); })]);
+  clearTimeout(timer);
+  return Boolean(session.closedWhy);
+}
+
+/**
+ * Awaits a Leave's, Unsubscribe's or Unpublish's reply (`name`, as `expectReply`) on `session`. When the client held
+ * the room or channel (`entry`, no longer listed), NotJoined and a lost connection count as done: the server let it
+ * go already, or does with the connection, and no reconnect takes it back; so does an `Unavailable` refusal from a
+ * session that then ends (`endsSoon`), as in the Rust client.
+ */
+export async function leftAnyway(request, name, entry, session) {
   try {
     expectReply(await request, name);
   } catch (err) {
-    if (!entry || !(err?.code === ErrorCode.NotJoined || err?.closed)) throw err;
+    if (!entry) throw err;
+    if (err?.code === ErrorCode.NotJoined || err?.closed) return;
+    if (err?.code === ErrorCode.Unavailable && session && await endsSoon(session)) return;
+    throw err;
   }
 }
 

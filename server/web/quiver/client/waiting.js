@@ -4,6 +4,7 @@
 // again on the next session when its own is lost before the answer.
 
 import { ErrorCode, QuiverError } from '../wire/errors.js';
+import { endsSoon } from './values.js';
 
 /** Sleeps that all end when the client ends. */
 export class Timers {
@@ -165,7 +166,11 @@ export async function acrossReconnects(live, attempt, givenUp, ended) {
     try {
       return await attempt(session);
     } catch (err) {
-      const lost = err instanceof QuiverError && err.closed && Boolean(session.closedWhy);
+      let lost = err instanceof QuiverError && err.closed && Boolean(session.closedWhy);
+      // Refused "retry once reconnected" by a server about to close (shutting down, a token expired): tried again on
+      // the next session if this one ends soon, as the Rust client does (the call failed with Unavailable).
+      const refused = err instanceof QuiverError && err.code === ErrorCode.Unavailable && !err.closed;
+      if (refused && tries < RECONNECT_TRIES && !ended() && !givenUp()) lost = await endsSoon(session);
       if (!lost || tries >= RECONNECT_TRIES || ended() || givenUp()) throw err;
       try {
         session = await live();

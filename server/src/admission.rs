@@ -187,8 +187,10 @@ impl Admission {
         if now.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
             self.sweep(now);
         }
-        if !validated && self.unvalidated >= self.bounds.unvalidated {
-            // Before anything is stored: forged addresses cannot grow the table either.
+        if !validated && (self.unvalidated >= self.bounds.unvalidated || self.awaiting.is_full()) {
+            // Before anything is stored: forged addresses cannot grow the table either. Nor take a place among the
+            // connections awaiting Hello from a full table (they would close one to make room) or hold one outside
+            // it (where no validated newcomer could take it back at `max_connections`).
             return Decision::Retry(Overload::Handshakes);
         }
         let key = SourceKey::of(ip);

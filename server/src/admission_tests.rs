@@ -317,3 +317,18 @@ fn a_tcp_connection_before_its_upgrade_makes_no_room() {
     assert!(matches!(tcp, Decision::TooMany(Overload::Total, _)), "{tcp:?}");
     assert!(!waiting.is_cancelled(), "the QUIC client in its handshake stays");
 }
+
+/// While the connections awaiting Hello fill their table, an attempt from an address not validated (an Initial
+/// anyone can forge) gets a Retry: admitted, it would close one of them to make room, or hold a slot of
+/// `max_connections` outside the table, where no validated newcomer could take it back. A validated one is admitted.
+#[test]
+fn unvalidated_attempts_get_a_retry_while_the_awaiting_table_is_full() {
+    let t0 = Instant::now();
+    let bounds = HandshakeBounds { awaiting_hello: 1, ..bounds(1000) };
+    let mut admission = Admission::new(&limits(100, 100, 1000), bounds, t0);
+    let (_ticket, evicted) = admission.awaiting_hello().enter(ip("10.0.0.1"), CancellationToken::new());
+    assert!(evicted.is_none());
+    assert_eq!(admission.decide(ip("10.0.0.2"), false, t0), Decision::Retry(Overload::Handshakes));
+    assert_eq!(admission.decide(ip("10.0.0.2"), true, t0), Decision::Admit);
+    assert!(admission.awaiting_hello().enter_if_room(ip("10.0.0.3"), CancellationToken::new()).is_none());
+}

@@ -111,6 +111,18 @@ impl<H> AwaitingHello<H> {
         self.waiting.contains_key(&ticket)
     }
 
+    /// A connection from `ip` now awaits Hello if the table has room for it, closing nobody (a handshake from an
+    /// address not validated, which may be forged: it can be closed to make room, never make room itself); `None`
+    /// when full.
+    pub fn enter_if_room(&mut self, ip: IpAddr, handle: H) -> Option<Ticket> {
+        (!self.is_full()).then(|| self.enter(ip, handle).0)
+    }
+
+    /// True when the table holds its most.
+    pub fn is_full(&self) -> bool {
+        self.waiting.len() >= self.max
+    }
+
     /// Connections awaiting Hello.
     pub fn len(&self) -> usize {
         self.waiting.len()

@@ -71,6 +71,15 @@ impl Slot {
         self.awaiting = Some(ticket);
     }
 
+    /// [`Slot::await_hello`] for a handshake from an address not validated, which may be forged: it enters the table
+    /// only where there is room, closing nobody, so that a validated newcomer can close it in turn (at
+    /// `max_connections` too); else it enters once its handshake completes (its address validated then).
+    pub(super) fn await_hello_if_room(&mut self, shutdown: &CancellationToken) {
+        if self.awaiting.is_none() {
+            self.awaiting = lock(&self.admission).awaiting_hello().enter_if_room(self.ip, shutdown.clone());
+        }
+    }
+
     /// Whether the connection's shutdown token was cancelled to make room for a newer one awaiting Hello (rather
     /// than by the server's shutdown): it awaits Hello and has left the table without being welcomed.
     pub(super) fn made_room(&self) -> bool {

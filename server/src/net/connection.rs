@@ -72,11 +72,15 @@ pub(super) fn serve<R: RoomHub>(
         let mut admitted = admitted;
         // From now on it awaits Hello (over a count: never closed to make room, bounded by `max_over_limit_handshakes`);
         // a newer connection that it has to make room for cancels its `shutdown`. From an address not validated
-        // only once its handshake completes: an Initial anyone can forge (bounded by `max_unvalidated_handshakes`)
-        // entered the table too, and with it full closed a real client awaiting Hello to make room, freed its own
-        // handshake's place when the next forged one closed it, and counted the closes as limit breaches.
-        if let (Admitted::Serve(slot), true) = (&mut admitted, validated) {
-            slot.await_hello(&shutdown);
+        // only where the table has room (admission gives such an attempt a Retry when it is full): an Initial anyone
+        // can forge entered a full table too, closed a real client awaiting Hello to make room, freed its own
+        // handshake's place when the next forged one closed it, and counted the closes as limit breaches. In the
+        // table it can still be closed to make room for a validated newcomer, also at `max_connections`.
+        if let Admitted::Serve(slot) = &mut admitted {
+            match validated {
+                true => slot.await_hello(&shutdown),
+                false => slot.await_hello_if_room(&shutdown),
+            }
         }
         let conn = tokio::select! {
             handshake = tokio::time::timeout_at(deadline, connecting) => match handshake {

@@ -62,9 +62,10 @@ export function transportOptions(options) {
   // attempts a second against a server that refuses at once).
   for (const key of ['reconnectDelayMs', 'reconnectMaxDelayMs']) {
     const value = out[key];
-    if (typeof value !== 'number' || !Number.isFinite(value) || value < 1) {
-      throw new TypeError(`${key} must be a finite number of ms, at least 1, got ${String(value)}`);
+    if (typeof value !== 'number' || Number.isNaN(value) || value < 1) {
+      throw new TypeError(`${key} must be a number of ms, at least 1, got ${String(value)}`);
     }
+    out[key] = Math.min(value, 2 ** 31 - 1); // a longer timer fires at once: a reconnect loop without a pause
   }
   const copies = out.copies;
   if (!Number.isInteger(copies) || copies < 0 || copies > MAX_COPIES) {

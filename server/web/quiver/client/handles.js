@@ -134,7 +134,8 @@ export async function unclaimOn(session, entry) {
     // No Unpublish in version 4: the server holds the claim, and the newest tick number it took on it, until the
     // connection ends, and a new publisher of the channel numbering from 1 again had its ticks dropped there as
     // reordered (as the Rust client's did): it numbers on (`numberedOn`).
-    session.unpublished.set(entry.channel, entry.nextSeq);
+    const kept = session.unpublished.get(entry.channel);
+    session.unpublished.set(entry.channel, kept !== undefined && kept > entry.nextSeq ? kept : entry.nextSeq);
     return;
   }
   await leftAnyway(session.request({ Unpublish: { channel: entry.channel } }), 'Unpublished', entry, session);
@@ -145,9 +146,9 @@ export async function unclaimOn(session, entry) {
  * unpublished on that version-4 session (`unclaimOn`); `made`.
  */
 export function numberedOn(session, made) {
+  // Kept (not taken): the server holds the number until the connection ends, also when this claim is refused.
   const kept = session.unpublished.get(made.channel);
-  session.unpublished.delete(made.channel);
-  if (kept !== undefined) made.nextSeq = kept;
+  if (kept !== undefined && kept > made.nextSeq) made.nextSeq = kept;
   return made;
 }
 

@@ -43,6 +43,10 @@ async fn messages(room: &mut Room, count: usize) -> Vec<Message> {
     messages
 }
 
+/// The listener before the upgrade.
+#[path = "websocket/listener.rs"]
+mod listener;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_and_a_quic_client_see_one_order() {
     let server = TestServer::start(Limits { history_max_messages: 5_000, ..Limits::default() });
@@ -276,82 +280,6 @@ async fn auto_keeps_a_slow_quic_handshake_where_no_websocket_answers() {
     let client = Client::connect_with(&relay.local_addr().to_string(), options).await.unwrap();
     assert_eq!(client.transport(), Some(TransportKind::Quic));
     client.post("r", "over a slow QUIC path").await.unwrap();
-}
-
-/// A HEAD to the WebSocket listener (a load balancer's check of the port) is answered without a body, its refusal
-/// too: the 404 carried one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_head_request_to_the_websocket_listener_gets_no_body() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = TestServer::start(Limits::default());
-    let addr = server.websocket.expect("a WebSocket listener");
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"HEAD /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await.unwrap().unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
-    assert!(head.starts_with("HTTP/1.1 404"), "{answer}");
-    assert_eq!(body, "", "{answer}");
-    server.stop().await;
-}
-
-/// A shutdown does not wait for connections to the WebSocket listener that are still upgrading (half a request
-/// head here): the drain used to wait for them until the handshake timeout (60 s in this test).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shutdown_does_not_wait_for_connections_still_upgrading() {
-    use tokio::io::AsyncWriteExt;
-    let server = TestServer::start(Limits { handshake_timeout_ms: 60_000, ..Limits::default() });
-    let addr = server.websocket.expect("a WebSocket listener");
-    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
-    half.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
-    // Accepted and upgrading before the stop (not accepted, it would only be dropped with the listener).
-    let stats = server.stats.clone();
-    let upgrading = || stats.websocket_upgrading.load(std::sync::atomic::Ordering::Relaxed);
-    let waiting = std::time::Instant::now();
-    while upgrading() != 1 {
-        assert!(waiting.elapsed() < Duration::from_secs(10), "the connection was never taken up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let stopping = std::time::Instant::now();
-    server.stop().await; // at most 10 s
-    assert!(stopping.elapsed() < Duration::from_secs(5), "the drain waited {:?}", stopping.elapsed());
-    assert_eq!(upgrading(), 0, "the upgrade ended with the stop");
-    drop(half);
-}
-
-/// A connection to the WebSocket listener whose request head does not complete within `handshake_timeout_ms` is
-/// counted as a `HandshakeTimeout` refusal, as the QUIC lanes count theirs (it was counted nowhere). A head too large,
-/// sent in one write, is answered 431, not reset by a close with the rest of it unread.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_request_head_is_counted_and_a_head_too_large_answered() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = TestServer::start(Limits { handshake_timeout_ms: 300, ..Limits::default() });
-    let addr = server.websocket.expect("a WebSocket listener");
-    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
-    half.write_all(b"GET /quiver HTTP/1.1\r\n").await.unwrap();
-    let timeouts = || server.stats.refusals(ErrorCode::HandshakeTimeout);
-    let waiting = std::time::Instant::now();
-    while timeouts() == 0 {
-        assert!(waiting.elapsed() < Duration::from_secs(10), "a stalled head was counted nowhere");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(timeouts(), 1);
-    server.stop().await;
-    drop(half);
-    // (On a server with the default handshake timeout: 300 ms could pass before a loaded machine reads 16 KiB.)
-    let server = TestServer::start(Limits::default());
-    let addr = server.websocket.expect("a WebSocket listener");
-    let mut big = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut head = b"GET / HTTP/1.1\r\nHost: localhost\r\nCookie: ".to_vec();
-    head.extend(std::iter::repeat_n(b'c', 16 * 1024));
-    head.extend_from_slice(b"\r\n\r\n");
-    big.write_all(&head).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), big.read_to_end(&mut answer)).await.unwrap();
-    read.expect("answered, not reset");
-    assert!(answer.starts_with(b"HTTP/1.1 431"), "{}", String::from_utf8_lossy(&answer));
-    server.stop().await;
 }
 
 /// The WebSocket to several addresses is raced like QUIC's handshakes: a first address that accepts TCP and then

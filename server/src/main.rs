@@ -373,7 +373,7 @@ async fn serve(reread: Reread, layers: Layers) -> ExitCode {
         Err(invalid) => return fail(&layers.error(invalid)),
     };
     let (auth_mode, data_dir, durability) = (config.auth.clone(), config.data_dir.clone(), config.durability);
-    open_files(&config);
+    quiver_server::open_files::raise_for(&config);
     // Before the store opens (which can take a while after a crash): a SIGTERM meanwhile makes the server drain
     // as soon as it runs, a second one exits at once (the store is safe to stop anywhere, as a crash is), and a
     // SIGHUP is held until there is a server to reload.
@@ -427,26 +427,6 @@ async fn serve(reread: Reread, layers: Layers) -> ExitCode {
     // Its members leave their rooms now rather than after the presence expiry.
     broker.retire().await;
     code
-}
-
-/// Raises the limit of open files to the hard limit, and warns where even that is short of what the limits admit
-/// (each WebSocket and HTTP connection takes a descriptor; the store many more).
-fn open_files(config: &quiver_server::ServerConfig) {
-    let Some((soft, hard)) = quiver_server::open_files::raise() else { return };
-    let needed = u64::from(config.limits.max_connections)
-        + u64::from(config.budget.http_max_connections)
-        + quiver_server::open_files::BESIDE_CONNECTIONS;
-    match soft < needed {
-        true => tracing::warn!(
-            open_files = soft,
-            hard_limit = hard,
-            needed,
-            "the limit of open files is below what limits.max_connections and budget.http_max_connections admit: \
-             connections and the store may fail with \"too many open files\"; raise it (systemd: LimitNOFILE; \
-             docker: --ulimit nofile=65536:65536)"
-        ),
-        false => tracing::debug!(open_files = soft, hard_limit = hard, "limit of open files"),
-    }
 }
 
 /// Prints where the server listens and runs it until a signal.

@@ -7,6 +7,25 @@
 /// open), listeners, sockets to Redis.
 pub const BESIDE_CONNECTIONS: u64 = 1_024;
 
+/// Raises the limit of open files to the hard limit, and warns where even that is short of what the limits admit
+/// (each WebSocket and HTTP connection takes a descriptor; the store many more).
+pub fn raise_for(config: &crate::ServerConfig) {
+    let Some((soft, hard)) = raise() else { return };
+    let needed =
+        u64::from(config.limits.max_connections) + u64::from(config.budget.http_max_connections) + BESIDE_CONNECTIONS;
+    match soft < needed {
+        true => tracing::warn!(
+            open_files = soft,
+            hard_limit = hard,
+            needed,
+            "the limit of open files is below what limits.max_connections and budget.http_max_connections admit: \
+             connections and the store may fail with \"too many open files\"; raise it (systemd: LimitNOFILE; \
+             docker: --ulimit nofile=65536:65536)"
+        ),
+        false => tracing::debug!(open_files = soft, hard_limit = hard, "limit of open files"),
+    }
+}
+
 /// Raises the soft limit of open files to the hard limit (or to the largest the kernel takes under it); returns
 /// the soft limit now and the hard limit, `None` where they cannot be read.
 #[cfg(unix)]

@@ -479,35 +479,3 @@ fn a_late_reconcile_neither_counts_a_left_subscription_nor_ends_a_newer_one() {
     present.sort();
     assert_eq!(present, ["cyd", "zed"]);
 }
-
-/// A read of a room's stream for a gap fill or a paged replay gets its entries only in the epoch it reads for: a
-/// Redis restarted empty whose room started anew under the same seqs answers nothing (the caller resets the room's
-/// members or ends the replay), where `XRANGE` alone handed the new epoch's messages out as the old one's.
-#[tokio::test]
-async fn a_stream_read_for_an_epoch_gets_nothing_in_another() {
-    let Some(mut redis) = redis("a_stream_read_for_an_epoch_gets_nothing_in_another") else { return };
-    let keys = RoomKeys::new("anew");
-    let meta = ["epoch", "41", "seq", "3", "op", "3"];
-    let _: () = redis::cmd("HSET").arg(&keys.meta).arg(&meta).query(&mut redis.conn).unwrap();
-    for n in 1..=3u64 {
-        let payload = super::super::event::message_payload("a", n, &bytes::Bytes::new());
-        let mut add = redis::cmd("XADD");
-        add.arg(&keys.log).arg(format!("{n}-0")).arg("o").arg(n).arg("t").arg(n).arg("p").arg(payload);
-        let _: String = add.query(&mut redis.conn).unwrap();
-    }
-    let client = redis::Client::open(redis.url.as_str()).unwrap();
-    let mut conn = client.get_connection_manager().await.unwrap();
-    let codec = quiver_proto::FrameCodec::new(64 * 1024);
-    let read = |epoch| {
-        let (mut conn, codec, keys) = (conn.clone(), codec, keys.clone());
-        async move {
-            let keys = (keys.meta.as_str(), keys.log.as_str());
-            super::super::stream::range_in_epoch(&mut conn, keys, epoch, (1, 3, 10), &codec).await.unwrap()
-        }
-    };
-    let seqs = read(41).await.expect("the room's own epoch").iter().map(|e| e.seq()).collect::<Vec<_>>();
-    assert_eq!(seqs, [2, 3]);
-    assert!(read(40).await.is_none(), "another epoch's read got this one's messages");
-    let none = super::super::stream::range_in_epoch(&mut conn, (&keys.meta, &keys.log), 41, (3, 3, 10), &codec);
-    assert_eq!(none.await.unwrap().map(|page| page.len()), Some(0));
-}

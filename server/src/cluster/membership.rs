@@ -103,7 +103,8 @@ pub(super) async fn join_script(
         if buried == 0 || revive == "1" {
             return Ok((epoch, seq, op, members));
         }
-        tracing::info!(%node, room = %keys.meta, "this node was buried in the room meanwhile: its join is counted anew");
+        let room = &keys.meta;
+        tracing::info!(%node, %room, "this node was buried in the room meanwhile: its join is counted anew");
         revive = "1";
     }
 }

@@ -130,7 +130,8 @@ test('a join, subscribe or history whose connection is lost before the answer go
   }
 });
 
-test('calls a closing server refuses Unavailable go again on the next connection; leaves so refused are done', async (t) => {
+test('calls a closing server refuses Unavailable go again on the next connection; leaves so refused are done',
+  async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server, { name: 'ann' });
   // Refused "retry once reconnected", then the connection closes: as the Rust client, the call goes again (it

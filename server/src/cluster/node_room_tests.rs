@@ -124,6 +124,18 @@ fn room_on(url: &str, state: NodeState) -> (Arc<NodeRoom>, Arc<Recorded>) {
     (Arc::new(room), outbox)
 }
 
+/// Redis holds room `keys` at `epoch`, with messages 1 to `count` (op = seq, time = seq) of `body`.
+fn seed(redis: &mut super::super::scripts::tests::Redis, keys: &RoomKeys, epoch: u64, count: u64, body: &Bytes) {
+    let meta = [("epoch", epoch), ("seq", count), ("op", count)];
+    let _: () = redis::cmd("HSET").arg(&keys.meta).arg(&meta).query(&mut redis.conn).unwrap();
+    for n in 1..=count {
+        let payload = super::event::message_payload("a", n, body);
+        let mut add = redis::cmd("XADD");
+        add.arg(&keys.log).arg(format!("{n}-0")).arg("o").arg(n).arg("t").arg(n).arg("p").arg(payload);
+        let _: String = add.query(&mut redis.conn).unwrap();
+    }
+}
+
 /// The old epoch's last events, brought by Pub/Sub after a join set the room live in the new one, neither reset
 /// the room nor reach its members; the new epoch's next event does.
 #[tokio::test]
@@ -228,14 +240,7 @@ async fn a_gap_larger_than_the_live_bound_drops_no_member() {
     };
     // Redis holds messages 1 to 40 (ops 1 to 40); the node delivered none of them.
     let keys = RoomKeys::new("r");
-    let meta = ["epoch", "7", "seq", "40", "op", "40"];
-    let _: () = redis::cmd("HSET").arg(&keys.meta).arg(&meta).query(&mut redis.conn).unwrap();
-    for n in 1..=40u64 {
-        let payload = super::event::message_payload("a", n, &Bytes::from(vec![b'x'; 1_000]));
-        let mut add = redis::cmd("XADD");
-        add.arg(&keys.log).arg(format!("{n}-0")).arg("o").arg(n).arg("t").arg(n).arg("p").arg(payload);
-        let _: String = add.query(&mut redis.conn).unwrap();
-    }
+    seed(&mut redis, &keys, 7, 40, &Bytes::from(vec![b'x'; 1_000]));
     let state = NodeState { live: true, epoch: 7, filling: true, ..NodeState::default() };
     let (room, outbox) = room_on(&redis.url, state);
     outbox.live_bound.store(4, std::sync::atomic::Ordering::SeqCst);
@@ -281,14 +286,7 @@ async fn a_joins_replay_reads_only_the_epoch_its_script_read() {
         return;
     };
     let keys = RoomKeys::new("r");
-    let meta = ["epoch", "41", "seq", "3", "op", "3"];
-    let _: () = redis::cmd("HSET").arg(&keys.meta).arg(&meta).query(&mut redis.conn).unwrap();
-    for n in 1..=3u64 {
-        let payload = super::event::message_payload("a", n, &Bytes::new());
-        let mut add = redis::cmd("XADD");
-        add.arg(&keys.log).arg(format!("{n}-0")).arg("o").arg(n).arg("t").arg(n).arg("p").arg(payload);
-        let _: String = add.query(&mut redis.conn).unwrap();
-    }
+    seed(&mut redis, &keys, 41, 3, &Bytes::new());
     let (room, _outbox) = room_on(&redis.url, NodeState::default());
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let conn = client.get_connection_manager().await.unwrap();
@@ -342,14 +340,7 @@ async fn a_stream_read_for_an_epoch_gets_nothing_in_another() {
         return;
     };
     let keys = RoomKeys::new("anew");
-    let meta = ["epoch", "41", "seq", "3", "op", "3"];
-    let _: () = redis::cmd("HSET").arg(&keys.meta).arg(&meta).query(&mut redis.conn).unwrap();
-    for n in 1..=3u64 {
-        let payload = super::super::event::message_payload("a", n, &bytes::Bytes::new());
-        let mut add = redis::cmd("XADD");
-        add.arg(&keys.log).arg(format!("{n}-0")).arg("o").arg(n).arg("t").arg(n).arg("p").arg(payload);
-        let _: String = add.query(&mut redis.conn).unwrap();
-    }
+    seed(&mut redis, &keys, 41, 3, &Bytes::new());
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut conn = client.get_connection_manager().await.unwrap();
     let codec = quiver_proto::FrameCodec::new(64 * 1024);

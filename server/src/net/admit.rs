@@ -71,15 +71,6 @@ impl Slot {
         self.awaiting = Some(ticket);
     }
 
-    /// [`Slot::await_hello`] for a handshake from an address not validated, which may be forged: it enters the table
-    /// only where there is room, closing nobody, so that a validated newcomer can close it in turn (at
-    /// `max_connections` too); else it enters once its handshake completes (its address validated then).
-    pub(super) fn await_hello_if_room(&mut self, shutdown: &CancellationToken) {
-        if self.awaiting.is_none() {
-            self.awaiting = lock(&self.admission).awaiting_hello().enter_if_room(self.ip, shutdown.clone());
-        }
-    }
-
     /// Whether the connection's shutdown token was cancelled to make room for a newer one awaiting Hello (rather
     /// than by the server's shutdown): it awaits Hello and has left the table without being welcomed.
     pub(super) fn made_room(&self) -> bool {
@@ -130,17 +121,32 @@ impl Drop for Slot {
     }
 }
 
-/// Decides about `incoming`. `None`: it was answered with a Retry or refused, nothing more to do.
+/// Decides about `incoming`, whose connection `shutdown` closes. `None`: it was answered with a Retry or refused,
+/// nothing more to do. One from an address not validated enters the connections awaiting Hello at once, under the
+/// lock its decision was taken with (the decision found the table not full): entered later, on its own task, a burst
+/// of them admitted together found the table full then and waited outside it, where no validated newcomer could
+/// close them to make room (the diff review's find).
 pub(super) fn admit(
     incoming: quinn::Incoming,
     admission: &Arc<Mutex<Admission>>,
     stats: &ServerStats,
+    shutdown: &CancellationToken,
 ) -> Option<(quinn::Incoming, Admitted)> {
     let ip = incoming.remote_address().ip();
     let validated = incoming.remote_address_validated();
-    let decision = lock(admission).decide(ip, validated, Instant::now());
+    let mut table = lock(admission);
+    let decision = table.decide(ip, validated, Instant::now());
+    let entered = match (&decision, validated) {
+        (Decision::Admit, false) => table.awaiting_hello().enter_if_room(ip, shutdown.clone()),
+        _ => None,
+    };
+    drop(table);
     match decision {
-        Decision::Admit => Some((incoming, Admitted::Serve(Slot::new(admission, ip, !validated)))),
+        Decision::Admit => {
+            let mut slot = Slot::new(admission, ip, !validated);
+            slot.awaiting = entered;
+            Some((incoming, Admitted::Serve(slot)))
+        }
         Decision::Retry(overload) => {
             // Only unvalidated attempts are asked to retry, and those always may be; refuse if quinn disagrees
             // (then no Retry was sent, and none is counted).
@@ -234,6 +240,12 @@ pub(super) fn make_room(
 /// (counted here) or the server's shutdown. The code and reason to close it with.
 pub(super) fn ended_early(admitted: &Admitted, max: u32, ip: IpAddr, stats: &ServerStats) -> (ErrorCode, String) {
     match admitted {
+        // A handshake from an address not validated (an Initial anyone can forge) closed to make room: counted as
+        // abandoned, as one that times out is, not as a limit breach, which forged packets must not be able to raise.
+        Admitted::Serve(slot) if slot.made_room() && slot.handshaking => {
+            bump(&stats.tls_handshakes_abandoned);
+            (ErrorCode::TooManyConnections, evicted_reason(max, ip))
+        }
         Admitted::Serve(slot) if slot.made_room() => {
             bump(&stats.connections_closed_awaiting_hello);
             (ErrorCode::TooManyConnections, evicted_reason(max, ip))

@@ -71,16 +71,14 @@ pub(super) fn serve<R: RoomHub>(
         };
         let mut admitted = admitted;
         // From now on it awaits Hello (over a count: never closed to make room, bounded by `max_over_limit_handshakes`);
-        // a newer connection that it has to make room for cancels its `shutdown`. From an address not validated
-        // only where the table has room (admission gives such an attempt a Retry when it is full): an Initial anyone
-        // can forge entered a full table too, closed a real client awaiting Hello to make room, freed its own
-        // handshake's place when the next forged one closed it, and counted the closes as limit breaches. In the
-        // table it can still be closed to make room for a validated newcomer, also at `max_connections`.
+        // a newer connection that it has to make room for cancels its `shutdown`. From an address not validated it is
+        // in the table already (`admit`: only where the table has room, and such an attempt gets a Retry while it is
+        // full): an Initial anyone can forge entered a full table too, closed a real client awaiting Hello to make
+        // room, freed its own handshake's place when the next forged one closed it, and counted the closes as limit
+        // breaches. In the table it can still be closed to make room for a validated newcomer, at `max_connections`
+        // too.
         if let Admitted::Serve(slot) = &mut admitted {
-            match validated {
-                true => slot.await_hello(&shutdown),
-                false => slot.await_hello_if_room(&shutdown),
-            }
+            slot.await_hello(&shutdown);
         }
         let conn = tokio::select! {
             handshake = tokio::time::timeout_at(deadline, connecting) => match handshake {

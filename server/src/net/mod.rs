@@ -404,11 +404,13 @@ impl<R: RoomHub> Server<R> {
                         break;
                     };
                     // Retries and refusals are answered here, without a task.
-                    let Some((incoming, admitted)) = admit::admit(incoming, &self.admission, &self.stats) else {
+                    let connection_shutdown = shutdown.child_token();
+                    let admitted = admit::admit(incoming, &self.admission, &self.stats, &connection_shutdown);
+                    let Some((incoming, admitted)) = admitted else {
                         continue;
                     };
                     let config = self.config.clone();
-                    let shutdown = shutdown.child_token();
+                    let shutdown = connection_shutdown;
                     let (quic, auth) = {
                         let current = self.current.read().unwrap_or_else(|p| p.into_inner());
                         (current.quic.clone(), current.auth())

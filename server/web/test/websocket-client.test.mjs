@@ -176,6 +176,11 @@ test('transport options: checked, and the older `transport` constructor still me
   ]) {
     assert.throws(() => new QuiverClient(URL_, { transport: server.transport, ...options }), why);
   }
+  // Longer than a timer takes (a browser fires it at once): taken as the longest one that does.
+  const { transportOptions } = await import('../quiver/client/dial.js');
+  const { clientDefaults } = await import('../quiver/client/values.js');
+  const capped = transportOptions({ ...clientDefaults(), transport: server.transport, reconnectMaxDelayMs: Infinity });
+  assert.equal(capped.reconnectMaxDelayMs, 2 ** 31 - 1);
   server.webTransportDown = true;
   const legacy = { transport: server.transport, webSocket: server.webSocket };
   await assert.rejects(QuiverClient.connect(URL_, legacy), /connection refused/);

@@ -79,7 +79,17 @@ impl Reloader {
     pub fn renew_dev_if_due(&self, now: std::time::SystemTime) -> Result<Option<Fingerprint>, ServerError> {
         let mut not_after = self.not_after.lock().unwrap_or_else(|p| p.into_inner()); // (as `reload`'s)
         let due = not_after.duration_since(now).map_or(true, |left| left <= quiver_certs::dev::RENEW_BEFORE);
-        if !matches!(self.config.tls, crate::config::TlsSource::Dev) || !due {
+        if !matches!(self.config.tls, crate::config::TlsSource::Dev) {
+            return Ok(None);
+        }
+        // Not valid yet either (made while the clock ran ahead, corrected since, or a VM's snapshot restored): as at a
+        // start, which makes one anew. Browsers check the dates; they refused the server until its next restart.
+        let not_yet = || {
+            let cert = quiver_certs::dev::read(&self.config.data_dir).ok()?;
+            let path = self.config.data_dir.join(quiver_certs::dev::CERT_FILE);
+            quiver_certs::dev::validity(&cert, &path).ok().map(|(not_before, _)| not_before > now)
+        };
+        if !due && not_yet() != Some(true) {
             return Ok(None);
         }
         let certified = endpoint::server_config(&self.config, &self.tickets, now, |_| true)?;

@@ -83,6 +83,12 @@ async fn a_running_dev_server_renews_its_certificate_when_due() {
     assert_ne!(renewed, first);
     assert_eq!(server.fingerprint.get(), renewed, "the demo page hands out the new hash");
     assert_eq!(reloader.renew_dev_if_due(later).unwrap(), None, "once");
+    // The clock set back (a VM's snapshot restored, a clock that ran ahead corrected): the certificate is not valid
+    // yet, and browsers check the dates. Renewed as a start would, once (the watcher looked at the expiry alone).
+    let back = SystemTime::now() - Duration::from_secs(3 * 3600);
+    let again = reloader.renew_dev_if_due(back).unwrap().expect("renewed: not valid yet");
+    assert_ne!(again, renewed);
+    assert_eq!(reloader.renew_dev_if_due(back).unwrap(), None, "valid from then on");
 }
 
 /// A reload that would replace the certificate in use with one that has expired is refused with its date, and the

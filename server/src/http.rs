@@ -34,7 +34,7 @@ const LOOPBACK_RESERVE: usize = 16;
 
 /// How many connections an HTTP listener serves at once (`budget.http_max_connections` and
 /// `budget.http_max_connections_per_ip`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct HttpBounds {
     /// Connections served at once from peers other than loopback (each holds a task and at most
     /// [`MAX_REQUEST_HEAD`] bytes); one more is answered 503 and closed at once.
@@ -44,6 +44,8 @@ pub(crate) struct HttpBounds {
     /// for [`REQUEST_TIMEOUT`] after another, and the page (or the admin's `/metrics` and `/readyz`) with them.
     /// Loopback peers are not limited: a local reverse proxy or scraper speaks for many.
     pub(crate) max_per_peer: usize,
+    /// Where the connections answered 503 or 429 are counted (`quiver_http_refused_total`), if anywhere.
+    pub(crate) counted: Option<std::sync::Arc<crate::stats::ServerStats>>,
 }
 
 impl HttpBounds {
@@ -52,7 +54,13 @@ impl HttpBounds {
         HttpBounds {
             max_connections: budget.http_max_connections as usize,
             max_per_peer: budget.http_max_connections_per_ip as usize,
+            counted: None,
         }
+    }
+
+    /// These bounds, their refusals counted in `stats`.
+    pub(crate) fn counted(self, stats: &std::sync::Arc<crate::stats::ServerStats>) -> HttpBounds {
+        HttpBounds { counted: Some(stats.clone()), ..self }
     }
 
     /// Connections served at once from one network (an IPv4 /24 or an IPv6 /48, what one party commonly holds:
@@ -152,6 +160,12 @@ pub(crate) async fn serve_http(
     let tasks = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(bounds.max_connections));
     let reserve = Arc::new(tokio::sync::Semaphore::new(LOOPBACK_RESERVE));
+    let counted = bounds.counted.clone();
+    let count = |refused: fn(&crate::stats::ServerStats) -> &std::sync::atomic::AtomicU64| {
+        if let Some(stats) = &counted {
+            crate::stats::bump(refused(stats));
+        }
+    };
     let peers = Arc::new(PeerSlots(Mutex::default(), bounds));
     let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     let refuse = |stream: TcpStream, response: Response| match refusals.clone().try_acquire_owned() {
@@ -185,11 +199,13 @@ pub(crate) async fn serve_http(
         };
         let Ok(permit) = permit else {
             tracing::debug!(%peer, "HTTP connection refused: every connection slot is in service");
+            count(|stats| &stats.http_refused_busy);
             refuse(stream, Response::error(503, "too many connections in service; try again"));
             continue;
         };
         let Some(peer_slot) = peers.take(peer.ip()) else {
             tracing::debug!(%peer, "HTTP connection refused: too many from this address or network in service already");
+            count(|stats| &stats.http_refused_per_address);
             refuse(stream, Response::error(429, "too many connections from this address or network in service"));
             continue; // the stream and the permit are dropped: closed, and the slot free again
         };

@@ -32,12 +32,15 @@ async fn a_full_server_answers_503_at_once_and_silent_connections_408_after_the_
     let listener = TcpListener::from_std(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let bounds = HttpBounds::default();
+    // Counted (`quiver_http_refused_total`): a flood of the page's or the admin's listener showed in no metric.
+    let stats = Arc::new(crate::stats::ServerStats::default());
+    let bounds = HttpBounds::default().counted(&stats);
+    let most = bounds.max_connections;
     let server =
         tokio::spawn(serve_http(listener, (shutdown.clone(), bounds), |_, _| Response::error(404, "not here")));
     let started = tokio::time::Instant::now();
     let mut held = Vec::new();
-    for _ in 0..bounds.max_connections + LOOPBACK_RESERVE {
+    for _ in 0..most + LOOPBACK_RESERVE {
         held.push(TcpStream::connect(addr).await.unwrap());
     }
     let answer = |mut stream: TcpStream| async move {
@@ -50,6 +53,7 @@ async fn a_full_server_answers_503_at_once_and_silent_connections_408_after_the_
     extra.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     let refused = tokio::time::timeout(Duration::from_secs(2), answer(extra)).await.expect("answered at once");
     assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    assert_eq!((stats.snapshot().http_refused_busy, stats.snapshot().http_refused_per_address), (1, 0));
     let silent = tokio::time::timeout(HEAD_TIMEOUT + Duration::from_secs(2), answer(held.remove(0))).await;
     let silent = silent.expect("closed within the head timeout");
     assert!(silent.starts_with("HTTP/1.1 408 "), "{silent}");

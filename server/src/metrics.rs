@@ -334,13 +334,21 @@ impl Collector for ServerMetrics {
             &mut e,
             "retries_sent",
             "QUIC Retry packets sent, by reason (rate: over new_connections_per_s_per_ip; limit: at a connection limit; \
-             handshakes: at max_unvalidated_handshakes)",
+             handshakes: at max_unvalidated_handshakes or its bounds per address and network, or max_awaiting_hello full)",
             "reason",
             &[
                 ("rate".into(), c.retries_over_rate),
                 ("limit".into(), c.retries_over_limit),
                 ("handshakes".into(), c.retries_over_handshakes),
             ],
+        )?;
+        labelled_counters(
+            &mut e,
+            "http_refused",
+            "HTTP connections (demo page, admin) answered at once and closed, by reason (busy: 503, every slot of \
+             http_max_connections in service; per_address: 429, the address's or its network's most in service)",
+            "reason",
+            &[("busy".into(), c.http_refused_busy), ("per_address".into(), c.http_refused_per_address)],
         )?;
         counter(&mut e, "posts", "Posts acknowledged with a new seq", c.posts)?;
         counter(&mut e, "posts_duplicate", "Retried posts answered with their original seq", c.posts_duplicate)?;

@@ -155,6 +155,12 @@ counters! {
     accepted_webtransport,
     /// WebSocket connections served (past the upgrade and the connection limits).
     accepted_websocket,
+    /// HTTP connections (the demo page's listener, the admin's) answered 503 and closed at once: every slot of
+    /// `budget.http_max_connections` in service.
+    http_refused_busy,
+    /// HTTP connections answered 429 and closed at once: their address (`budget.http_max_connections_per_ip`) or
+    /// network (an eighth of `budget.http_max_connections`) had its most in service.
+    http_refused_per_address,
 }
 
 /// Slots of [`ServerStats::refusals`], by error code value (codes above the last slot share it).

@@ -120,7 +120,7 @@ impl Early {
     fn start(config: &ServerConfig) -> Result<Early, ServerError> {
         let stats = Arc::new(ServerStats::default());
         let metrics = Arc::new(crate::metrics::ServerMetrics::new(stats.clone()));
-        let bounds = crate::http::HttpBounds::of(&config.budget);
+        let bounds = crate::http::HttpBounds::of(&config.budget).counted(&stats);
         let admin = Admin::start(config.admin, &config.admin_hosts, &metrics, bounds)?;
         Ok(Early { stats, metrics, admin })
     }
@@ -354,7 +354,7 @@ impl<R: RoomHub> Server<R> {
         if let Some(listener) = self.page.take() {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    let bounds = crate::http::HttpBounds::of(&self.config.budget);
+                    let bounds = crate::http::HttpBounds::of(&self.config.budget).counted(&self.stats);
                     tasks.spawn(crate::web::serve(listener, page.clone(), (shutdown.clone(), bounds)));
                 }
                 Err(err) => tracing::error!(%err, "demo page: cannot use its listener"),

@@ -363,8 +363,8 @@ impl Collector for ServerMetrics {
         counter(
             &mut e,
             "tls_handshakes_abandoned",
-            "TLS handshakes from addresses not validated by a Retry that did not complete in time (forgeable: not a \
-             limit breach)",
+            "TLS handshakes from addresses not validated by a Retry that did not complete in time, or were closed to \
+             make room for a validated newcomer (forgeable: not a limit breach)",
             c.tls_handshakes_abandoned,
         )?;
         counter(&mut e, "ticks_received", "Ticks accepted from publishers", c.ticks_published)?;

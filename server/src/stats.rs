@@ -66,8 +66,9 @@ counters! {
     /// Connections not welcomed yet closed with `TooManyConnections` to make room for a newer one
     /// (`budget.max_awaiting_hello`).
     connections_closed_awaiting_hello,
-    /// TLS handshakes from addresses not validated by a Retry that did not complete within `handshake_timeout_ms`
-    /// (a forged Initial's look like this): not counted as a limit breach.
+    /// TLS handshakes from addresses not validated by a Retry that did not complete within `handshake_timeout_ms`, or
+    /// were closed to make room for a validated newcomer (a forged Initial's look like this): not counted as a limit
+    /// breach.
     tls_handshakes_abandoned,
     /// TCP connections the WebSocket listener closed before their upgrade to make room for a newer one:
     /// `budget.websocket_max_upgrading` were upgrading.

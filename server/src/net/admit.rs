@@ -121,33 +121,35 @@ impl Drop for Slot {
     }
 }
 
-/// Decides about `incoming`, whose connection `shutdown` closes. `None`: it was answered with a Retry or refused,
-/// nothing more to do. One from an address not validated enters the connections awaiting Hello at once, under the
-/// lock its decision was taken with (the decision found the table not full): entered later, on its own task, a burst
-/// of them admitted together found the table full then and waited outside it, where no validated newcomer could
-/// close them to make room (the diff review's find).
+/// Decides about `incoming`; what it is served with, and its connection's shutdown token (a child of `shutdown`,
+/// which a newer connection cancels to make room). `None`: it was answered with a Retry or refused, nothing more to
+/// do (and no token made for it). One from an address not validated enters the connections awaiting Hello at once,
+/// under the lock its decision was taken with (the decision found the table not full): entered later, on its own
+/// task, a burst of them admitted together found the table full then and waited outside it, where no validated
+/// newcomer could close them to make room (the diff review's find).
 pub(super) fn admit(
     incoming: quinn::Incoming,
     admission: &Arc<Mutex<Admission>>,
     stats: &ServerStats,
     shutdown: &CancellationToken,
-) -> Option<(quinn::Incoming, Admitted)> {
+) -> Option<(quinn::Incoming, Admitted, CancellationToken)> {
     let ip = incoming.remote_address().ip();
     let validated = incoming.remote_address_validated();
     let mut table = lock(admission);
     let decision = table.decide(ip, validated, Instant::now());
-    let entered = match (&decision, validated) {
-        (Decision::Admit, false) => table.awaiting_hello().enter_if_room(ip, shutdown.clone()),
+    let own = matches!(decision, Decision::Admit | Decision::TooMany(..)).then(|| shutdown.child_token());
+    let entered = match (&decision, validated, &own) {
+        (Decision::Admit, false, Some(own)) => table.awaiting_hello().enter_if_room(ip, own.clone()),
         _ => None,
     };
     drop(table);
-    match decision {
-        Decision::Admit => {
+    match (decision, own) {
+        (Decision::Admit, Some(own)) => {
             let mut slot = Slot::new(admission, ip, !validated);
             slot.awaiting = entered;
-            Some((incoming, Admitted::Serve(slot)))
+            Some((incoming, Admitted::Serve(slot), own))
         }
-        Decision::Retry(overload) => {
+        (Decision::Retry(overload), _) => {
             // Only unvalidated attempts are asked to retry, and those always may be; refuse if quinn disagrees
             // (then no Retry was sent, and none is counted).
             match incoming.retry() {
@@ -163,12 +165,16 @@ pub(super) fn admit(
             }
             None
         }
-        Decision::Refuse(overload) => {
+        (Decision::Refuse(overload), _) => {
             refused(overload, ip, stats);
             incoming.refuse();
             None
         }
-        Decision::TooMany(overload, reason) => Some((incoming, too_many(overload, reason, admission, stats))),
+        (Decision::TooMany(overload, reason), Some(own)) => {
+            Some((incoming, too_many(overload, reason, admission, stats), own))
+        }
+        // (A token is made for each of the two above.)
+        (Decision::Admit | Decision::TooMany(..), None) => None,
     }
 }
 

@@ -58,6 +58,13 @@ pub(super) fn serve<R: RoomHub>(
     let Shared { config, rooms, ticks, stats, auth } = shared;
     async move {
         let remote = incoming.remote_address();
+        if shutdown.is_cancelled() {
+            // Closed before its task ran (to make room, or the server stops): no TLS server flight for it (a
+            // certificate signature, sent to an address that may be forged), no qlog file.
+            let (_, reason) = ended_early(&admitted, config.budget.max_awaiting_hello, remote.ip(), &stats);
+            incoming.ignore();
+            return tracing::debug!(%remote, %reason, "closed before its handshake began");
+        }
         let started = std::time::Instant::now();
         let deadline = Instant::now() + Duration::from_millis(u64::from(config.limits.handshake_timeout_ms));
         let quic = match (&config.qlog_dir, &admitted) {
@@ -104,7 +111,6 @@ pub(super) fn serve<R: RoomHub>(
         };
         if let Admitted::Serve(slot) = &mut admitted {
             slot.handshaken();
-            slot.await_hello(&shutdown);
         }
         let span = tracing::info_span!(
             "conn",

@@ -404,13 +404,11 @@ impl<R: RoomHub> Server<R> {
                         break;
                     };
                     // Retries and refusals are answered here, without a task.
-                    let connection_shutdown = shutdown.child_token();
-                    let admitted = admit::admit(incoming, &self.admission, &self.stats, &connection_shutdown);
-                    let Some((incoming, admitted)) = admitted else {
+                    let admitted = admit::admit(incoming, &self.admission, &self.stats, &shutdown);
+                    let Some((incoming, admitted, shutdown)) = admitted else {
                         continue;
                     };
                     let config = self.config.clone();
-                    let shutdown = connection_shutdown;
                     let (quic, auth) = {
                         let current = self.current.read().unwrap_or_else(|p| p.into_inner());
                         (current.quic.clone(), current.auth())

@@ -58,6 +58,9 @@ pub struct AwaitingHello<H> {
     next: u64,
     waiting: BTreeMap<Ticket, (Group, H)>,
     per_group: HashMap<Group, BTreeSet<Ticket>>,
+    /// Those still in a handshake from an address not validated ([`AwaitingHello::enter_if_room`]): closed first
+    /// to make room, so that Initials anyone can forge get real clients closed only once none of them is left.
+    unvalidated: BTreeSet<Ticket>,
 }
 
 /// A connection closed to make room: its handle, and what to tell it.
@@ -73,7 +76,8 @@ impl<H> AwaitingHello<H> {
     /// An empty table holding at most `max` connections (at least 1).
     pub fn new(max: u32) -> AwaitingHello<H> {
         let max = max.max(1) as usize;
-        AwaitingHello { max, share: (max / 16).max(1), next: 0, waiting: BTreeMap::new(), per_group: HashMap::new() }
+        let (waiting, per_group, unvalidated) = (BTreeMap::new(), HashMap::new(), BTreeSet::new());
+        AwaitingHello { max, share: (max / 16).max(1), next: 0, waiting, per_group, unvalidated }
     }
 
     /// A connection from `ip` now awaits Hello. Returns its ticket and, when the table was full, the connection
@@ -93,9 +97,13 @@ impl<H> AwaitingHello<H> {
     }
 
     /// Takes one connection out of the table to make room for a newcomer from `ip` (the table is full, or the
-    /// server is at `max_connections`): the longest waiting of the newcomer's group if that group holds more than
-    /// its share, else the longest waiting of all. `None` when the table is empty.
+    /// server is at `max_connections`): the longest waiting of those still in a handshake from an address not
+    /// validated, if any (they may be forged); else the longest waiting of the newcomer's group if that group holds
+    /// more than its share, else the longest waiting of all. `None` when the table is empty.
     pub fn make_room(&mut self, ip: IpAddr) -> Option<Evicted<H>> {
+        if let Some(&forgeable) = self.unvalidated.first() {
+            return self.take(forgeable);
+        }
         let own = self.per_group.get(&Group::of(ip)).filter(|own| own.len() > self.share);
         let oldest = own.and_then(|own| own.first()).or_else(|| self.waiting.keys().next());
         oldest.copied().and_then(|ticket| self.take(ticket))
@@ -115,7 +123,15 @@ impl<H> AwaitingHello<H> {
     /// address not validated, which may be forged: it can be closed to make room, never make room itself); `None`
     /// when full.
     pub fn enter_if_room(&mut self, ip: IpAddr, handle: H) -> Option<Ticket> {
-        (!self.is_full()).then(|| self.enter(ip, handle).0)
+        let ticket = (!self.is_full()).then(|| self.enter(ip, handle).0)?;
+        self.unvalidated.insert(ticket);
+        Some(ticket)
+    }
+
+    /// The handshake of `ticket` (entered by [`AwaitingHello::enter_if_room`]) completed: its address is validated,
+    /// and it is closed to make room as any other is from now on.
+    pub fn validated(&mut self, ticket: Ticket) {
+        self.unvalidated.remove(&ticket);
     }
 
     /// True when the table holds its most.
@@ -136,6 +152,7 @@ impl<H> AwaitingHello<H> {
     /// Takes `ticket` out of the table.
     fn take(&mut self, ticket: Ticket) -> Option<Evicted<H>> {
         let (group, handle) = self.waiting.remove(&ticket)?;
+        self.unvalidated.remove(&ticket);
         if let Some(tickets) = self.per_group.get_mut(&group) {
             tickets.remove(&ticket);
             if tickets.is_empty() {
@@ -250,5 +267,21 @@ mod tests {
             let counted: usize = table.per_group.values().map(BTreeSet::len).sum();
             assert_eq!(counted, table.len());
         }
+    }
+
+    /// Handshakes from addresses not validated (which may be forged) are closed to make room first, the oldest of
+    /// them, even when a validated connection has waited longer; once validated, one is closed as any other.
+    #[test]
+    fn unvalidated_handshakes_are_closed_to_make_room_first() {
+        let mut table = AwaitingHello::new(3);
+        let (real, _) = table.enter(ip("198.51.100.1"), "real");
+        let forged = table.enter_if_room(ip("203.0.113.1"), "forged").unwrap();
+        let proven = table.enter_if_room(ip("203.0.113.2"), "proven").unwrap();
+        table.validated(proven);
+        assert!(table.enter_if_room(ip("203.0.113.3"), "full").is_none(), "no room: nobody closed");
+        assert_eq!(table.make_room(ip("192.0.2.1")).unwrap().handle, "forged");
+        assert!(!table.contains(forged) && table.contains(real));
+        assert_eq!(table.make_room(ip("192.0.2.1")).unwrap().handle, "real", "then the longest waiting");
+        assert!(table.contains(proven));
     }
 }

@@ -85,7 +85,11 @@ impl Slot {
     /// The QUIC handshake completed: the address is validated.
     pub(super) fn handshaken(&mut self) {
         if std::mem::take(&mut self.handshaking) {
-            lock(&self.admission).handshake_done(self.ip);
+            let mut admission = lock(&self.admission);
+            admission.handshake_done(self.ip);
+            if let Some(ticket) = self.awaiting {
+                admission.awaiting_hello().validated(ticket);
+            }
         }
     }
 

@@ -6,6 +6,8 @@
 //! answer to a SYN flood):
 //! - if the newcomer's source group already holds more than its share (a sixteenth of the bound), **that group's**
 //!   longest waiting: a flood from a few networks closes its own connections, not a real client's;
+//! - otherwise the longest waiting handshake from an address not validated, if any: it may be forged (anyone can
+//!   send an Initial with another's address), so forged ones are closed before real clients;
 //! - otherwise the longest waiting of all: a flood spread over many networks must open as many connections as the
 //!   bound within the time a real client takes to say Hello (a round trip or two) to close it, and each of those
 //!   costs it a handshake the server's rate limits and CPU bound.
@@ -81,8 +83,7 @@ impl<H> AwaitingHello<H> {
     }
 
     /// A connection from `ip` now awaits Hello. Returns its ticket and, when the table was full, the connection
-    /// that left it to make room (never this one): the longest waiting of the newcomer's group if that group holds
-    /// more than its share, else the longest waiting of all.
+    /// that left it to make room (never this one), as [`AwaitingHello::make_room`] picks it.
     pub fn enter(&mut self, ip: IpAddr, handle: H) -> (Ticket, Option<Evicted<H>>) {
         let group = Group::of(ip);
         let evicted = match self.waiting.len() >= self.max {
@@ -97,15 +98,14 @@ impl<H> AwaitingHello<H> {
     }
 
     /// Takes one connection out of the table to make room for a newcomer from `ip` (the table is full, or the
-    /// server is at `max_connections`): the longest waiting of those still in a handshake from an address not
-    /// validated, if any (they may be forged); else the longest waiting of the newcomer's group if that group holds
-    /// more than its share, else the longest waiting of all. `None` when the table is empty.
+    /// server is at `max_connections`): the longest waiting of the newcomer's group if that group holds more than its
+    /// share (a flood from a few networks closes its own); else the longest waiting of those still in a handshake
+    /// from an address not validated, if any (they may be forged); else the longest waiting of all. `None` when the
+    /// table is empty.
     pub fn make_room(&mut self, ip: IpAddr) -> Option<Evicted<H>> {
-        if let Some(&forgeable) = self.unvalidated.first() {
-            return self.take(forgeable);
-        }
         let own = self.per_group.get(&Group::of(ip)).filter(|own| own.len() > self.share);
-        let oldest = own.and_then(|own| own.first()).or_else(|| self.waiting.keys().next());
+        let oldest = own.and_then(|own| own.first()).or_else(|| self.unvalidated.first());
+        let oldest = oldest.or_else(|| self.waiting.keys().next());
         oldest.copied().and_then(|ticket| self.take(ticket))
     }
 
@@ -283,5 +283,12 @@ mod tests {
         assert!(!table.contains(forged) && table.contains(real));
         assert_eq!(table.make_room(ip("192.0.2.1")).unwrap().handle, "real", "then the longest waiting");
         assert!(table.contains(proven));
+        // A newcomer whose network holds more than its share closes its own network's first, unvalidated or not.
+        let mut table = AwaitingHello::new(16); // a share of 1
+        let (own, _) = table.enter(ip("198.51.100.1"), "own");
+        table.enter(ip("198.51.100.2"), "own too");
+        table.enter_if_room(ip("203.0.113.1"), "forged").unwrap();
+        assert_eq!(table.make_room(ip("198.51.100.3")).unwrap().handle, "own");
+        assert!(!table.contains(own));
     }
 }

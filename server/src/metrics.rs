@@ -345,8 +345,9 @@ impl Collector for ServerMetrics {
         labelled_counters(
             &mut e,
             "http_refused",
-            "HTTP connections (demo page, admin) answered at once and closed, by reason (busy: 503, every slot of \
-             http_max_connections in service; per_address: 429, the address's or its network's most in service)",
+            "HTTP connections (demo page on a port of its own, admin) answered at once and closed, by reason (busy: \
+             503, every slot of http_max_connections in service; per_address: 429, the address's or its network's \
+             most in service)",
             "reason",
             &[("busy".into(), c.http_refused_busy), ("per_address".into(), c.http_refused_per_address)],
         )?;

@@ -45,7 +45,8 @@ pub(super) struct Slot {
     admission: Arc<Mutex<Admission>>,
     ip: IpAddr,
     handshaking: bool,
-    /// Its place among the connections awaiting Hello, from [`Slot::await_hello`] to [`Slot::welcomed`].
+    /// Its place among the connections awaiting Hello, from [`admit`] (an address not validated) or
+    /// [`Slot::await_hello`] to [`Slot::welcomed`].
     awaiting: Option<Ticket>,
     /// Closed to make room before [`Slot::welcomed`] took it out of the table (its shutdown token is cancelled).
     made_room: bool,
@@ -140,20 +141,20 @@ pub(super) fn admit(
     let ip = incoming.remote_address().ip();
     let validated = incoming.remote_address_validated();
     let mut table = lock(admission);
-    let decision = table.decide(ip, validated, Instant::now());
-    let own = matches!(decision, Decision::Admit | Decision::TooMany(..)).then(|| shutdown.child_token());
-    let entered = match (&decision, validated, &own) {
-        (Decision::Admit, false, Some(own)) => table.awaiting_hello().enter_if_room(ip, own.clone()),
-        _ => None,
-    };
-    drop(table);
-    match (decision, own) {
-        (Decision::Admit, Some(own)) => {
+    match table.decide(ip, validated, Instant::now()) {
+        Decision::Admit => {
+            let own = shutdown.child_token();
+            let entered = match validated {
+                false => table.awaiting_hello().enter_if_room(ip, own.clone()),
+                true => None,
+            };
+            drop(table);
             let mut slot = Slot::new(admission, ip, !validated);
             slot.awaiting = entered;
             Some((incoming, Admitted::Serve(slot), own))
         }
-        (Decision::Retry(overload), _) => {
+        Decision::Retry(overload) => {
+            drop(table);
             // Only unvalidated attempts are asked to retry, and those always may be; refuse if quinn disagrees
             // (then no Retry was sent, and none is counted).
             match incoming.retry() {
@@ -169,16 +170,16 @@ pub(super) fn admit(
             }
             None
         }
-        (Decision::Refuse(overload), _) => {
+        Decision::Refuse(overload) => {
+            drop(table);
             refused(overload, ip, stats);
             incoming.refuse();
             None
         }
-        (Decision::TooMany(overload, reason), Some(own)) => {
-            Some((incoming, too_many(overload, reason, admission, stats), own))
+        Decision::TooMany(overload, reason) => {
+            drop(table); // (`too_many` takes the lock)
+            Some((incoming, too_many(overload, reason, admission, stats), shutdown.child_token()))
         }
-        // (A token is made for each of the two above.)
-        (Decision::Admit | Decision::TooMany(..), None) => None,
     }
 }
 

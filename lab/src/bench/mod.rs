@@ -49,3 +49,52 @@ pub(crate) fn private_tempdir(within: Option<&std::path::Path>) -> std::io::Resu
         None => builder.tempdir(),
     }
 }
+
+/// One closed loop of the post benches: in-flight slot `slot` of poster `poster`, of `posters` posters keeping
+/// `in_flight` posts each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PostLoop {
+    pub poster: u32,
+    pub slot: u32,
+    pub posters: u32,
+    pub in_flight: u32,
+}
+
+impl PostLoop {
+    /// Which of `rooms` rooms this loop's post `n` goes to: with as many posters as rooms or more, poster `p` always
+    /// posts to room `p % rooms` (its loops together); with fewer, the loops take turns over the rooms, never two on
+    /// one room at a time, so that every room gets posts (a cell of 1 poster and 100 rooms posted into one room, and
+    /// was reported as 100, until 2026-12-06).
+    pub(crate) fn room(&self, n: u64, rooms: u32) -> u32 {
+        let turn = u64::from(self.slot) + n * u64::from(self.in_flight.max(1));
+        ((u64::from(self.poster) + turn * u64::from(self.posters)) % u64::from(rooms.max(1))) as u32
+    }
+}
+
+#[cfg(test)]
+mod post_loop_tests {
+    use super::PostLoop;
+
+    /// Every room of a cell gets posts, whatever its posters and in-flight count, and the loops in flight at once
+    /// (post `n` of each) post to as many different rooms as there are rooms; as many posters as rooms keep one room
+    /// each.
+    #[test]
+    fn the_loops_of_a_cell_cover_every_room() {
+        for (posters, in_flight, rooms) in
+            [(1, 1, 100), (1, 8, 100), (10, 8, 100), (100, 8, 100), (100, 1, 1), (3, 2, 4)]
+        {
+            let loops: Vec<PostLoop> = (0..posters)
+                .flat_map(|poster| (0..in_flight).map(move |slot| PostLoop { poster, slot, posters, in_flight }))
+                .collect();
+            let mut used = std::collections::BTreeSet::new();
+            for n in 0..200 {
+                let at_once: std::collections::BTreeSet<u32> = loops.iter().map(|l| l.room(n, rooms)).collect();
+                assert_eq!(at_once.len(), loops.len().min(rooms as usize), "{posters} x {in_flight} into {rooms}");
+                used.extend(at_once);
+            }
+            assert_eq!(used.len(), rooms as usize, "{posters} x {in_flight} into {rooms}");
+        }
+        let poster_7 = PostLoop { poster: 7, slot: 5, posters: 100, in_flight: 8 };
+        assert!((0..50).all(|n| poster_7.room(n, 100) == 7), "a poster per room keeps its room");
+    }
+}

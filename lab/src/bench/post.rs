@@ -32,7 +32,7 @@ pub struct PostConfig {
     pub posters: Vec<u32>,
     /// Posts each poster keeps in flight, per cell (1: the next post once the previous is acknowledged).
     pub in_flight: Vec<u32>,
-    /// Rooms the posters spread over per cell (poster `i` posts to room `i % rooms`).
+    /// Rooms the posters spread over per cell (every room gets posts: `super::PostLoop::room`).
     pub rooms: Vec<u32>,
     /// Durability modes, one in-process server each.
     pub modes: Vec<Durability>,
@@ -238,21 +238,25 @@ async fn cell(
     let body = bytes::Bytes::from(vec![b'x'; config.size]);
     let mut posters = tokio::task::JoinSet::new();
     // Each of a poster's `in_flight` loops posts on the poster's one connection: the client library pipelines them.
-    for (i, client) in clients.iter().enumerate().flat_map(|c| std::iter::repeat_n(c, in_flight as usize)) {
-        let (client, body) = (client.clone(), body.clone());
-        let room = format!("bench-post-{}", i as u32 % rooms);
+    let names: std::sync::Arc<Vec<String>> =
+        std::sync::Arc::new((0..rooms).map(|r| format!("bench-post-{r}")).collect());
+    let loops = (0..clients.len() as u32).flat_map(|poster| (0..in_flight).map(move |slot| (poster, slot)));
+    for (poster, slot) in loops {
+        let (client, body, names) = (clients[poster as usize].clone(), body.clone(), names.clone());
+        let post_loop = super::PostLoop { poster, slot, posters: clients.len() as u32, in_flight };
         posters.spawn(async move {
             let mut latency = LatencyRecorder::default();
             let (mut count, mut errors) = (0u64, 0u64);
-            loop {
+            for n in 0.. {
                 let sent = Instant::now();
                 if sent >= end {
                     break;
                 }
+                let room = &names[post_loop.room(n, rooms) as usize];
                 // (A server that stops answering must not hold the bench: a post unanswered long after the
                 // window is an error, and this loop's end.)
                 let Ok(posted) =
-                    tokio::time::timeout_at((end + POST_OVERTIME).into(), client.post(&room, body.clone())).await
+                    tokio::time::timeout_at((end + POST_OVERTIME).into(), client.post(room, body.clone())).await
                 else {
                     errors += 1;
                     break;

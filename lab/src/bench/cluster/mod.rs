@@ -282,18 +282,24 @@ async fn throughput(
     let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, client) in clients.iter().enumerate() {
-        for _ in 0..config.in_flight {
+    let names: Arc<Vec<String>> = Arc::new((0..config.rooms).map(|r| format!("{prefix}-{r}")).collect());
+    let (posters, in_flight, rooms) = (config.posters, config.in_flight, config.rooms);
+    for (poster, client) in (0..posters).zip(&clients) {
+        for slot in 0..in_flight {
             let (client, counted, counting, stop) = (client.clone(), counted.clone(), counting.clone(), stop.clone());
-            let failed = failed.clone();
-            let room = format!("{prefix}-{}", i % config.rooms as usize);
+            let (failed, names) = (failed.clone(), names.clone());
+            let post_loop = crate::bench::PostLoop { poster, slot, posters, in_flight };
             let body = vec![b'p'; config.size];
             tasks.spawn(async move {
-                while !stop.is_cancelled() {
+                for n in 0.. {
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    let room = &names[post_loop.room(n, rooms) as usize];
                     // Ended with the run: a node or Redis that stops answering (the client retries a post until it
                     // is acknowledged) must not hold the bench for ever.
                     let posted = tokio::select! {
-                        posted = client.post(&room, body.clone()) => posted,
+                        posted = client.post(room, body.clone()) => posted,
                         () = stop.cancelled() => return,
                     };
                     let counter = if posted.is_ok() { &counted } else { &failed };

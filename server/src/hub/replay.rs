@@ -98,10 +98,11 @@ async fn from_store(
             return; // the stream is gone
         }
         // On the blocking pool: a page not in the cache is read from disk (up to 256 KiB), which must not hold up
-        // the runtime's threads (every connection's tasks).
+        // the runtime's threads (every connection's tasks); at most `READS_AT_ONCE` at once, a replay given up
+        // (its joiner gone) while its read is stuck holding its turn.
         let read = || {
             let reading = store.clone();
-            tokio::task::spawn_blocking(move || reading.page(room_id, after, upto, PAGE_MESSAGES, PAGE_BYTES))
+            store.read_off_runtime(move || reading.page(room_id, after, upto, PAGE_MESSAGES, PAGE_BYTES))
         };
         // Tried twice (a moment apart): the history is taken for unreadable, until the room is loaded again, only
         // when reading fails again, not at a passing error.

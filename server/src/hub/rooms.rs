@@ -435,12 +435,11 @@ impl RoomHub for LocalRooms {
         // `max_rooms` with every room in use, `ServerFull`; a store read that failed, `Internal`), not "empty".
         match self.with_room(room, false, now_us, |r| r.history(since, limit as usize, budget, now_us)).await? {
             Some((_, HistoryRead::Page(page))) => Ok(page),
-            // Read outside the room's lock (posts and joins of the room go on meanwhile), on the blocking pool.
-            Some((_, HistoryRead::Disk(read))) => {
-                tokio::task::spawn_blocking(move || read.read()).await.map_err(|err| {
-                    Failure::new(ErrorCode::Internal, format!("the history of room {room} could not be read: {err}"))
-                })?
-            }
+            // Read outside the room's lock (posts and joins of the room go on meanwhile), on the blocking pool, at
+            // most `READS_AT_ONCE` at once.
+            Some((_, HistoryRead::Disk(read))) => read.read_off_runtime().await.map_err(|err| {
+                Failure::new(ErrorCode::Internal, format!("the history of room {room} could not be read: {err}"))
+            })?,
             None => Ok(HistoryPage { room: room.to_string(), epoch: 0, messages: Vec::new(), more: false }),
         }
     }

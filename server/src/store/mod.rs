@@ -243,9 +243,18 @@ pub struct Store {
     pub(crate) loaded_on: std::sync::Mutex<Vec<std::thread::ThreadId>>,
     #[cfg(test)]
     pub(crate) planned_on: std::sync::Mutex<Vec<std::thread::ThreadId>>,
+    /// Turns of the reads of History and replay pages ([`Store::read_off_runtime`]), [`READS_AT_ONCE`] of them.
+    reads: Arc<tokio::sync::Semaphore>,
+    /// Tests: stops [`Store::page`] until opened, counting the reads stopped there.
+    #[cfg(test)]
+    pub(crate) read_gate: test_hooks::ReadGate,
     /// Set once everything above is dropped (the store closed cleanly): last, for [`Store::closed_flag`].
     closed: Closed,
 }
+
+/// Reads of History and replay pages on the blocking pool at once, at most ([`Store::read_off_runtime`]). A page
+/// in the cache takes microseconds, one from disk up to 256 KiB of reading; what the bound is for is a stalled disk.
+pub(crate) const READS_AT_ONCE: usize = 8;
 
 /// Set when the store has closed (its last field dropped).
 #[derive(Debug, Default)]
@@ -317,6 +326,24 @@ fn read_err(err: fjall::Error) -> StoreError {
 }
 
 impl Store {
+    /// Runs `read` (a History page or a replay page: [`Store::page`]) on the blocking pool, at most
+    /// [`READS_AT_ONCE`] at once. The turn is held by the read itself, on its thread: a request given up while its
+    /// read is stuck (a stalled disk, its connection ended) does not let another start beside it. Before, each such
+    /// read kept one of the blocking pool's 512 threads however many were stuck: a client asking for History and
+    /// closing, again and again, took them all on a stalled disk, and room loads, the sweep's checks and reads of
+    /// pages in the cache waited behind them (a review's find; room loads had their bound already, `LOADS_AT_ONCE`).
+    pub(crate) async fn read_off_runtime<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let turn = self.reads.clone().acquire_owned().await.ok(); // (never closed)
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            read()
+        })
+        .await
+    }
+
     /// The store's directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -385,6 +412,8 @@ impl Store {
     /// A room's stored seqs are contiguous, but the read takes no snapshot: a retention deletion applied while it
     /// runs can show it the seqs past the cut with some of those before it already gone.
     pub fn page(&self, id: u64, after: u64, upto: u64, limit: usize, budget: usize) -> Result<Page, StoreError> {
+        #[cfg(test)]
+        let _stopped = self.read_gate.pass();
         let mut page = Page::default();
         if after >= upto {
             return Ok(page);

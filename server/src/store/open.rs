@@ -232,6 +232,9 @@ impl Store {
             loaded_on: std::sync::Mutex::default(),
             #[cfg(test)]
             planned_on: std::sync::Mutex::default(),
+            reads: Arc::new(tokio::sync::Semaphore::new(super::READS_AT_ONCE)),
+            #[cfg(test)]
+            read_gate: super::test_hooks::ReadGate::default(),
             closed: Closed::default(),
         }))
     }

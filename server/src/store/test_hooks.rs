@@ -30,3 +30,44 @@ impl Store {
         self.writer.retention_barrier()
     }
 }
+
+/// Tests: a gate [`Store::page`] stops at while it is closed, counting the reads stopped there (a stalled disk).
+#[derive(Debug, Default)]
+pub(crate) struct ReadGate {
+    /// Closed, and the reads stopped at it now.
+    state: std::sync::Mutex<(bool, usize)>,
+    changed: std::sync::Condvar,
+}
+
+/// A read stopped at (or passed through) the gate: no longer counted once dropped.
+pub(crate) struct Passed<'a>(&'a ReadGate);
+
+impl ReadGate {
+    /// Closes or opens the gate.
+    pub(crate) fn set_closed(&self, closed: bool) {
+        self.state.lock().unwrap().0 = closed;
+        self.changed.notify_all();
+    }
+
+    /// Reads in [`Store::page`] now (stopped at the gate, or on their way).
+    pub(crate) fn reading(&self) -> usize {
+        self.state.lock().unwrap().1
+    }
+
+    /// Waits while the gate is closed; counted as reading until the returned guard is dropped.
+    pub(crate) fn pass(&self) -> Passed<'_> {
+        let mut state = self.state.lock().unwrap();
+        state.1 += 1;
+        self.changed.notify_all();
+        while state.0 {
+            state = self.changed.wait(state).unwrap();
+        }
+        Passed(self)
+    }
+}
+
+impl Drop for Passed<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap().1 -= 1;
+    }
+}

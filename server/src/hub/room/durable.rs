@@ -402,6 +402,13 @@ pub struct DiskHistory {
 }
 
 impl DiskHistory {
+    /// [`DiskHistory::read`] on the blocking pool, taking one of the store's turns to read
+    /// ([`Store::read_off_runtime`]).
+    pub async fn read_off_runtime(self) -> Result<Result<quiver_proto::HistoryPage, Failure>, tokio::task::JoinError> {
+        let store = self.store.clone();
+        store.read_off_runtime(move || self.read()).await
+    }
+
     /// Reads the page (blocking: the store's read).
     pub fn read(self) -> Result<quiver_proto::HistoryPage, Failure> {
         let DiskHistory { store, id, name, codec, epoch, after, delivered, limit, budget } = self;

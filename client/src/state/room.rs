@@ -173,9 +173,12 @@ impl RoomState {
             // First stream, or the room's history was lost: seqs count from this stream's replay.
             self.epoch = Some(open.epoch);
             self.last_seq = open.replay_from.saturating_sub(1);
-        } else if !open.recovered {
-            // A position the room cannot resume from in its own epoch (one ahead of what it holds, say): the
-            // replay is the latest messages, and they are delivered.
+        } else if !open.recovered && open.last_seq < self.last_seq {
+            // A position ahead of what the room holds in its own epoch (a store that lost its tail, a typo): the
+            // replay is the latest messages, and they are delivered. Only then: a rejoin not recovered because the
+            // messages after the position it asked from were trimmed, while the replaced stream still handed out
+            // some of those after it (a slow reader's reset, its buffered frames read on), replays messages this
+            // room delivered already, and they are dropped as any replay's are (they were delivered twice).
             self.last_seq = self.last_seq.min(open.replay_from.saturating_sub(1));
         }
         self.members = open.members.iter().cloned().collect();
@@ -356,6 +359,28 @@ mod tests {
         assert_eq!(resumed, Opened::Current(Some(RoomEvent::Resumed { recovered: false, epoch: 7 })));
         assert_eq!(seq(room.event(1, message(5))), Some(5));
         assert_eq!(seq(room.event(1, message(10))), Some(10));
+    }
+
+    /// A rejoin not recovered (messages after its position were trimmed) whose replay starts at messages the replaced
+    /// stream handed out after the Join was written (a slow reader's reset: the old stream's buffered frames are
+    /// read on) delivers each of them once.
+    #[test]
+    fn a_rejoin_not_recovered_delivers_nothing_the_replaced_stream_already_did() {
+        let mut room = joined();
+        room.open((0, 1), &open(7, true, 1, 0, &[]));
+        for s in 1..=8 {
+            assert_eq!(seq(room.event(1, message(s))), Some(s));
+        }
+        let position = room.rejoin_position(); // written with the rejoin: (7, 8)
+        assert_eq!(position, Some(Position { epoch: 7, seq: 8 }));
+        for s in 9..=10 {
+            assert_eq!(seq(room.event(1, message(s))), Some(s), "the old stream reads on");
+        }
+        // 9 was trimmed meanwhile: not recovered, the replay from 10.
+        let resumed = room.open((0, 2), &open(7, false, 10, 12, &[]));
+        assert_eq!(resumed, Opened::Current(Some(RoomEvent::Resumed { recovered: false, epoch: 7 })));
+        assert_eq!(seq(room.event(2, message(10))), None, "delivered by the old stream");
+        assert_eq!(seq(room.event(2, message(11))), Some(11));
     }
 
     #[test]

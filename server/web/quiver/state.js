@@ -209,9 +209,11 @@ export class RoomState {
     if (!sameEpoch) {
       this.epoch = joined.epoch;
       this.lastSeq = before(joined.replay_from);
-    } else if (!joined.recovered && before(joined.replay_from) < this.lastSeq) {
+    } else if (!joined.recovered && joined.last_seq < this.lastSeq && before(joined.replay_from) < this.lastSeq) {
       // A position the room cannot resume from in its own epoch, ahead of what it holds (a store that lost its
-      // tail): the seqs from `replay_from` on are new messages, and they are delivered.
+      // tail): the seqs from `replay_from` on are new messages, and they are delivered. Only then: a rejoin not
+      // recovered because messages after its position were trimmed, while the replaced stream handed out some after
+      // it (read on after a slow reader's reset), replays messages delivered already (they went out twice).
       this.lastSeq = before(joined.replay_from);
     }
     this.members = new Set(joined.members);

@@ -128,6 +128,11 @@ test('RoomState: recovered false, and a new epoch, are announced as not recovere
   assert.equal(room.open(joined({ epoch: 7n, recovered: false, replay_from: 50n, last_seq: 52n }))[0].recovered, false);
   assert.equal(room.event(message(50n)).seq, 50n);
   assert.equal(room.event(message(52n)).seq, 52n);
+  // Same epoch, not recovered (trimmed after the position the rejoin asked from), the replay starting at messages
+  // the replaced stream handed out after the rejoin was written (52 came on the old stream): each goes out once.
+  assert.equal(room.open(joined({ epoch: 7n, recovered: false, replay_from: 52n, last_seq: 60n }))[0].recovered, false);
+  assert.equal(room.event(message(52n)), null, 'delivered by the replaced stream');
+  assert.equal(room.event(message(53n)).seq, 53n);
   // The server lost the room: a new epoch; seqs start over and nothing old counts.
   const [resumed] = room.open(joined({ epoch: 99n, recovered: true, replay_from: 1n, last_seq: 2n }));
   assert.deepEqual(resumed, { type: 'resumed', room: 'lobby', recovered: false, epoch: 99n });

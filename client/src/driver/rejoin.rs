@@ -19,10 +19,13 @@ pub(crate) fn refused_for_now(code: ErrorCode) -> bool {
 }
 
 /// Joins a room again from its position (after a reconnect, or a slow-consumer kick). A rejoin the server refuses
-/// for good (or for longer than [`RETRIED_REJOINS`] tries) ends the room: its reader gets `None` and the reason,
-/// instead of waiting for events that will never come.
+/// for good (or for longer than [`RETRIED_REJOINS`] tries: with the last refusal's code) ends the room: its reader
+/// gets `None` and the reason, instead of waiting for events that will never come.
 pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomEntry) {
     let mut delay = std::time::Duration::from_millis(50);
+    // The last refusal for now: the room ends with its code once the tries are used up (it ended `Unavailable`
+    // whatever the server said, a `ServerFull` read as a broker down; a review's find).
+    let mut last = (ErrorCode::Unavailable, String::new());
     for _ in 0..RETRIED_REJOINS {
         let sent = {
             let _order = entry.order.lock().await;
@@ -56,6 +59,7 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
                     () = connection.link.closed() => return,
                 }
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                last = (failure.code, failure.message);
                 continue;
             }
             Err(RequestError::Failed(failure)) => entry.end(failure.code, failure.message),
@@ -63,5 +67,6 @@ pub(crate) async fn rejoin<H: Handler>(connection: &Connection<H>, entry: &RoomE
         }
         return;
     }
-    entry.end(ErrorCode::Unavailable, format!("the server refused to take the room back {RETRIED_REJOINS} times"));
+    let (code, why) = last;
+    entry.end(code, format!("the server refused to take the room back {RETRIED_REJOINS} times, the last: {why}"));
 }

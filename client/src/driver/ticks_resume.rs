@@ -55,8 +55,8 @@ pub(crate) async fn reclaim<H: Handler>(connection: &Connection<H>, entry: &PubE
 }
 
 /// Runs `attempt` (a request putting `what` of `channel` back) until it is done, retrying a refusal for now (the
-/// codes a rejoin retries) with the rejoins' backoff. The refusal for good (after the last try, an `Unavailable`
-/// one), or `None`: done, the connection went again (the supervisor puts it back once it is back; a pause between
+/// codes a rejoin retries) with the rejoins' backoff. The refusal for good (after the last try, the last refusal's
+/// code), or `None`: done, the connection went again (the supervisor puts it back once it is back; a pause between
 /// tries ends with it), or `attempt` found nothing to put back (`None`).
 async fn retried<F, Fut, H: Handler>(
     channel: &str,
@@ -72,6 +72,7 @@ where
     let closed = connection.link.closed();
     tokio::pin!(closed);
     let mut delay = std::time::Duration::from_millis(50);
+    let mut last = (ErrorCode::Unavailable, String::new()); // (the last refusal for now: what it ends with)
     for _ in 0..crate::driver::rooms::RETRIED_REJOINS {
         match attempt().await? {
             Ok(()) | Err(RequestError::Closed { .. }) => return None,
@@ -82,13 +83,15 @@ where
                     () = &mut closed => return None,
                 }
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                last = (failure.code, failure.message);
             }
             Err(RequestError::Failed(failure)) => return Some((failure.code, failure.message)),
             Err(err) => return Some((ErrorCode::Internal, err.to_string())),
         }
     }
     let times = crate::driver::rooms::RETRIED_REJOINS;
-    Some((ErrorCode::Unavailable, format!("the server refused to take the {what} back {times} times")))
+    let (code, why) = last;
+    Some((code, format!("the server refused to take the {what} back {times} times, the last: {why}")))
 }
 
 /// Ends `entry`, refused on `connection`, unless that connection is gone meanwhile: a newer one puts it back. True

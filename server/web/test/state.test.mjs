@@ -297,6 +297,21 @@ test('Turns: tasks of a key run one at a time in order, a rejection does not sto
   assert.equal(turns.size, 0);
 });
 
+test('restore: refusals for now are tried RESTORE_TRIES times, then end with the last one\'s code', async () => {
+  const { restore, RESTORE_TRIES } = await import('../quiver/client/waiting.js');
+  const refusedForNow = [ErrorCode.Unavailable, ErrorCode.ServerFull];
+  const options = (what) => ({ still: () => true, sleep: async () => {}, delay: () => 0, refusedForNow, what });
+  let tries = 0;
+  const full = () => { tries++; throw new QuiverError(ErrorCode.ServerFull, 'max_rooms'); };
+  const ended = await restore(full, options('the room'));
+  assert.equal(tries, RESTORE_TRIES);
+  assert.equal(ended.code, ErrorCode.ServerFull, 'the server said full, not unavailable');
+  assert.match(ended.message, /40 times, the last: max_rooms/);
+  const denied = await restore(() => { throw new QuiverError(ErrorCode.PermissionDenied, 'no'); }, options('it'));
+  assert.equal(denied.code, ErrorCode.PermissionDenied);
+  assert.equal(await restore(async () => {}, options('it')), null);
+});
+
 test('Signal: a wait that times out leaves no waiter behind; a notify still wakes the ones waiting', async () => {
   const { Signal } = await import('../quiver/client/waiting.js');
   const signal = new Signal();

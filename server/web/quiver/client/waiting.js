@@ -107,10 +107,12 @@ export const RESTORE_TRIES = 40;
  * Restores something the server held for the application after a reconnect (a room, a subscription, a claim):
  * runs `request()` until it succeeds, is refused for good, or `still()` turns false (left meanwhile, or the
  * connection went: the next one restores it). A refusal for now is tried again, `RESTORE_TRIES` times, `delay(n)`
- * apart. Resolves to the QuiverError that refused it for good (after the last try, an Unavailable one), or to null.
+ * apart. Resolves to the QuiverError that refused it for good (after the last try, with the last refusal's code), or
+ * to null.
  * `done(err)`: a refusal that means there is nothing to restore (e.g. AlreadyJoined).
  */
 export async function restore(request, { still, sleep, delay, refusedForNow, done = () => false, what }) {
+  let last = null; // the last refusal for now: its code is what the tries end with
   for (let attempt = 0; attempt < RESTORE_TRIES; attempt++) {
     if (!still()) return null;
     try {
@@ -121,11 +123,12 @@ export async function restore(request, { still, sleep, delay, refusedForNow, don
       if (!refusedForNow.includes(err?.code)) {
         return new QuiverError(err?.code ?? ErrorCode.Internal, err?.message ?? String(err));
       }
+      last = err;
       if (attempt + 1 < RESTORE_TRIES) await sleep(delay(attempt));
     }
   }
-  const why = `the server refused to take ${what} back ${RESTORE_TRIES} times`;
-  return still() ? new QuiverError(ErrorCode.Unavailable, why) : null;
+  const why = `the server refused to take ${what} back ${RESTORE_TRIES} times, the last: ${last?.message ?? ''}`;
+  return still() ? new QuiverError(last?.code ?? ErrorCode.Unavailable, why) : null;
 }
 
 /** Runs tasks one at a time per key, in the order they were asked for; a key nobody waits on is forgotten. */

@@ -150,6 +150,10 @@ pub(crate) enum CliError {
     #[cfg(target_os = "linux")]
     #[error("server command: {0}")]
     ServerCommand(io::Error),
+    /// `quiver impair --netns --server-cmd` exited on its own before the run ended, failing.
+    #[cfg(target_os = "linux")]
+    #[error("the server command exited with {0} before the run ended")]
+    ServerFailed(std::process::ExitStatus),
     /// `quiver impair --netns --client-cmd` could not be run.
     #[cfg(target_os = "linux")]
     #[error("client command: {0}")]

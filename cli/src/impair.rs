@@ -213,7 +213,7 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
     let end = run_ends(args.duration);
     tokio::pin!(end);
     let mut server = match &args.server_cmd {
-        Some(cmd) => Some(shell(Side::Server, cmd).spawn().map_err(CliError::ServerCommand)?),
+        Some(cmd) => Some(Group::spawn(&mut shell(Side::Server, cmd)).map_err(CliError::ServerCommand)?),
         None => {
             crate::err!("run programs inside with: ip netns exec {srv} <server>   and   ip netns exec {cli} <client>");
             None
@@ -224,11 +224,11 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
             // Give the server a moment to bind.
             tokio::time::sleep(Duration::from_millis(500)).await;
             // (A command that cannot start is an outcome like the others: the cleanup below still runs.)
-            match shell(Side::Client, cmd).spawn() {
+            match Group::spawn(&mut shell(Side::Client, cmd)) {
                 Err(err) => Err(CliError::ClientCommand(err)),
                 Ok(mut client) => {
                     let outcome = tokio::select! {
-                        status = client.wait() => match status.map_err(CliError::ClientCommand) {
+                        status = client.child.wait() => match status.map_err(CliError::ClientCommand) {
                             Ok(status) if status.success() => Ok(()),
                             Ok(status) => Err(CliError::ClientFailed(status)),
                             Err(err) => Err(err),
@@ -238,7 +238,7 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
                         () = &mut end => Err(CliError::ClientCutOff(args.duration.unwrap_or_default())),
                         () = stop.requested() => Err(CliError::Interrupted),
                     };
-                    stop_group(&mut client).await;
+                    client.stop().await;
                     outcome
                 }
             }
@@ -259,9 +259,17 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
             Ok(())
         }
     };
+    // A server command that exited on its own before the end, failing (it could not bind, say), fails the run too:
+    // what was measured had no server (its status was not looked at; a review's find).
+    let server_failed =
+        server.as_mut().and_then(|server| server.child.try_wait().ok().flatten()).filter(|s| !s.success());
     if let Some(server) = server.as_mut() {
-        stop_group(server).await;
+        server.stop().await;
     }
+    let outcome = match (outcome, server_failed) {
+        (Ok(()), Some(status)) => Err(CliError::ServerFailed(status)),
+        (outcome, _) => outcome,
+    };
     let stats = tokio::task::spawn_blocking(move || link.stop()).await?.map_err(CliError::NetnsCleanup)?;
     if counted {
         crate::out!("total:");
@@ -279,21 +287,48 @@ async fn run_ends(duration: Option<f64>) {
     }
 }
 
-/// Stops `child`'s process group (SIGTERM, then SIGKILL after 2 s) and waits for `child`.
+/// A command run in a process group of its own ([`Group::spawn`]), with the group's id kept: once the command's
+/// shell has exited and been waited for, its id is gone from the `Child`, and what it started in the background
+/// (`tcpdump … &`) still runs in its group.
 #[cfg(target_os = "linux")]
-async fn stop_group(child: &mut tokio::process::Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
+struct Group {
+    child: tokio::process::Child,
+    id: Option<nix::unistd::Pid>,
+}
+
+#[cfg(target_os = "linux")]
+impl Group {
+    fn spawn(command: &mut tokio::process::Command) -> std::io::Result<Group> {
+        let child = command.spawn()?;
+        let id = child.id().and_then(|pid| i32::try_from(pid).ok()).map(nix::unistd::Pid::from_raw);
+        Ok(Group { child, id })
     }
-    let Some(pid) = child.id() else { return };
-    let Ok(group) = i32::try_from(pid).map(nix::unistd::Pid::from_raw) else { return };
-    let signal = |signal| {
-        let _ = nix::sys::signal::killpg(group, signal);
-    };
-    signal(nix::sys::signal::Signal::SIGTERM);
-    if tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_err() {
-        signal(nix::sys::signal::Signal::SIGKILL);
-        let _ = child.wait().await;
+
+    /// True while any process of the group is left.
+    fn alive(&self) -> bool {
+        self.id.is_some_and(|group| nix::sys::signal::killpg(group, None).is_ok())
+    }
+
+    /// Stops the whole group, whether or not the command itself has exited: SIGTERM, then SIGKILL to what is left
+    /// after 2 s; waits for the command. (It signalled the group only while the command's shell ran: a finished
+    /// command left what it put in the background running, in a namespace then removed; a review's find.)
+    async fn stop(&mut self) {
+        let Some(group) = self.id else {
+            let _ = self.child.wait().await;
+            return;
+        };
+        if self.alive() {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while self.alive() && tokio::time::Instant::now() < deadline {
+                let _ = self.child.try_wait(); // (reaps the shell, so that it does not count as alive)
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if self.alive() {
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        let _ = self.child.wait().await;
     }
 }
 

@@ -205,3 +205,53 @@ fn impairs_commands_are_stopped_with_everything_they_started() {
     }
     assert!(left.is_empty(), "left running: {left:?}");
 }
+
+/// Processes whose command line is `sleep MARKER` (from /proc: no pgrep needed), killed, so that a failed check
+/// leaves none behind.
+fn sleeps_left(marker: &str) -> Vec<u32> {
+    let wanted = format!("sleep\0{marker}\0");
+    let left: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| cmd == wanted.as_bytes()))
+        .collect();
+    for pid in &left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+    left
+}
+
+/// What `quiver impair --netns`'s commands put in the background is stopped with them also when the commands
+/// themselves have exited (it was signalled only while a command's shell still ran), and a server command that
+/// fails before the run ends fails the run, naming it (its status was not looked at: the run exited 0).
+#[test]
+fn impairs_commands_background_processes_are_stopped_and_a_failing_server_command_fails_the_run() {
+    if skip() {
+        return;
+    }
+    let _one_at_a_time = IMPAIR_NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let marker = format!("{}", 4000 + std::process::id() % 1000);
+    let background = format!("sleep {marker} & true");
+    // (No pipes: a background process left running would hold them open, and the test with them.)
+    let status = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["impair", "--netns", "--profile", "clean", "--duration", "20"])
+        .args(["--server-cmd", &background, "--client-cmd", &background])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let left = sleeps_left(&marker);
+    assert!(left.is_empty(), "left running: {left:?}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["impair", "--netns", "--profile", "clean", "--duration", "20"])
+        .args(["--server-cmd", "exit 3", "--client-cmd", "sleep 1"])
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("the server command exited with exit status: 3"), "{stderr}");
+    assert_removed("quiver-");
+}

@@ -13,7 +13,7 @@ mod cluster;
 mod connections;
 mod post;
 
-pub(crate) use args::{bench_seconds, payload_size, MAX_BENCH_SECONDS};
+pub(crate) use args::{bench_seconds, body_size, payload_size, MAX_BENCH_SECONDS};
 
 use quiver_lab::impair::Backend;
 

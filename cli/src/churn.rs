@@ -18,8 +18,8 @@ pub(crate) struct ChurnArgs {
     /// Seconds to churn (at most 3600).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     duration: u64,
-    /// Bytes of each post's body.
-    #[arg(long, default_value_t = 8192)]
+    /// Bytes of each post's body (at most 16 MiB).
+    #[arg(long, default_value_t = 8192, value_parser = crate::bench::body_size)]
     body_bytes: usize,
     /// Each worker opens at most one connection per this many ms.
     #[arg(long, default_value_t = 100)]

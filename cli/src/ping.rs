@@ -13,8 +13,8 @@ use crate::{error::CliError, ServerArgs};
 pub(crate) struct PingArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// Number of pings.
-    #[arg(long, default_value_t = 100)]
+    /// Number of pings (at least 1: none would report zeros as a measurement).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     count: u64,
     /// Time between scheduled sends, in ms; latency counts from the scheduled time, not the actual send.
     #[arg(long, default_value_t = 10)]

@@ -224,6 +224,8 @@ async fn values_a_command_cannot_run_with_are_refused_up_front() {
     for (args, wanted) in [
         (&["tick", "pub", "--channel", "c", "--rate", "1e-20"][..], "--rate must be from 0.01"),
         (&["ping", "--timeout-ms", "0"][..], "--timeout-ms"),
+        (&["ping", "--count", "0"][..], "--count"),
+        (&["churn", "--body-bytes", "1000000000000"][..], "from 1 to 16777216"),
     ] {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
             .args(args)
@@ -235,6 +237,11 @@ async fn values_a_command_cannot_run_with_are_refused_up_front() {
         assert!(!output.status.success() && stderr.contains(wanted), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    // (A bench runs its own server: no --server.)
+    let args = ["bench", "post", "--size", "1000000000000"];
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver")).args(args).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("from 1 to 16777216"), "{args:?}: {stderr}");
 }
 
 #[cfg(unix)]

@@ -33,3 +33,17 @@ pub(crate) fn bench_seconds(flag: &'static str, value: f64) -> Result<Duration, 
 pub(crate) fn payload_size(s: &str) -> Result<usize, BadSize> {
     s.parse::<usize>().ok().filter(|size| (MIN_SIZE..=MAX_SIZE).contains(size)).ok_or(BadSize)
 }
+
+/// The largest post body the benches and `quiver churn` send: more than any server's `max_body` is sensible for
+/// (16 MiB), and an allocation that cannot fail the process (a size of a terabyte aborted it).
+pub(crate) const MAX_BODY: usize = 16 << 20;
+
+/// A body size that is not a byte count from 1 to [`MAX_BODY`].
+#[derive(Debug, thiserror::Error)]
+#[error("expected a byte count from 1 to {MAX_BODY} (16 MiB)")]
+pub(crate) struct BadBody;
+
+/// A post body's size (`bench post --size`, `churn --body-bytes`): from 1 to [`MAX_BODY`].
+pub(crate) fn body_size(s: &str) -> Result<usize, BadBody> {
+    s.parse::<usize>().ok().filter(|size| (1..=MAX_BODY).contains(size)).ok_or(BadBody)
+}

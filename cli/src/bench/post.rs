@@ -23,8 +23,8 @@ pub(crate) struct PostArgs {
     /// client library pipelines them), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1u32])]
     in_flight: Vec<u32>,
-    /// Post body bytes.
-    #[arg(long, default_value_t = 64)]
+    /// Post body bytes (at most 16 MiB).
+    #[arg(long, default_value_t = 64, value_parser = super::body_size)]
     size: usize,
     /// Measured seconds per cell.
     #[arg(long, default_value_t = 2.0)]

@@ -268,7 +268,12 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
     }
     let outcome = match (outcome, server_failed) {
         (Ok(()), Some(status)) => Err(CliError::ServerFailed(status)),
-        (outcome, _) => outcome,
+        (outcome, Some(status)) => {
+            // (Said too: the client command may have failed for it.)
+            crate::err!("the server command exited with {status} before the run ended");
+            outcome
+        }
+        (outcome, None) => outcome,
     };
     let stats = tokio::task::spawn_blocking(move || link.stop()).await?.map_err(CliError::NetnsCleanup)?;
     if counted {

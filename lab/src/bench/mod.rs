@@ -62,12 +62,16 @@ pub(crate) struct PostLoop {
 
 impl PostLoop {
     /// Which of `rooms` rooms this loop's post `n` goes to: with as many posters as rooms or more, poster `p` always
-    /// posts to room `p % rooms` (its loops together); with fewer, the loops take turns over the rooms, never two on
-    /// one room at a time, so that every room gets posts (a cell of 1 poster and 100 rooms posted into one room, and
-    /// was reported as 100, until 2026-12-06).
+    /// posts to room `p % rooms` (its loops together); with fewer, the loops take turns over the rooms (the loops'
+    /// `n`th posts go to different rooms, as many as there are loops), so that every room gets posts (a cell of 1
+    /// poster and 100 rooms posted into one room, and was reported as 100, until 2026-12-06).
     pub(crate) fn room(&self, n: u64, rooms: u32) -> u32 {
+        let rooms = u64::from(rooms.max(1));
+        if u64::from(self.posters) >= rooms {
+            return (u64::from(self.poster) % rooms) as u32;
+        }
         let turn = u64::from(self.slot) + n * u64::from(self.in_flight.max(1));
-        ((u64::from(self.poster) + turn * u64::from(self.posters)) % u64::from(rooms.max(1))) as u32
+        ((u64::from(self.poster) + turn * u64::from(self.posters)) % rooms) as u32
     }
 }
 
@@ -80,9 +84,8 @@ mod post_loop_tests {
     /// each.
     #[test]
     fn the_loops_of_a_cell_cover_every_room() {
-        for (posters, in_flight, rooms) in
-            [(1, 1, 100), (1, 8, 100), (10, 8, 100), (100, 8, 100), (100, 1, 1), (3, 2, 4)]
-        {
+        let cells = [(1, 1, 100), (1, 8, 100), (10, 8, 100), (100, 8, 100), (100, 1, 1), (3, 2, 4), (150, 2, 100)];
+        for (posters, in_flight, rooms) in cells {
             let loops: Vec<PostLoop> = (0..posters)
                 .flat_map(|poster| (0..in_flight).map(move |slot| PostLoop { poster, slot, posters, in_flight }))
                 .collect();
@@ -96,5 +99,7 @@ mod post_loop_tests {
         }
         let poster_7 = PostLoop { poster: 7, slot: 5, posters: 100, in_flight: 8 };
         assert!((0..50).all(|n| poster_7.room(n, 100) == 7), "a poster per room keeps its room");
+        let poster_107 = PostLoop { poster: 107, slot: 1, posters: 150, in_flight: 2 };
+        assert!((0..50).all(|n| poster_107.room(n, 100) == 7), "more posters than rooms: each keeps one");
     }
 }

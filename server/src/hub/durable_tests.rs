@@ -165,7 +165,12 @@ async fn history_reads_given_up_on_a_stalled_disk_hold_at_most_their_bound_of_th
             tokio::time::timeout(Duration::from_millis(20), hub.history("r", None, 10, usize::MAX, 20)).await;
         assert!(given_up.is_err(), "the disk is stalled");
     }
-    tokio::time::sleep(Duration::from_millis(200)).await; // (any read let through would have reached the gate)
+    // Every read let through reaches the gate: once 8 are there, any more would follow within a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gate().reading() < crate::store::READS_AT_ONCE && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let stuck = gate().reading();
     gate().set_closed(false); // (before asserting: the test's runtime waits for its blocking threads at its end)
     assert_eq!(stuck, crate::store::READS_AT_ONCE, "reads stuck at once");

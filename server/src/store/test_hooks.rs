@@ -1,5 +1,5 @@
 //! Hooks the store's and the hub's tests use: a commit held until told to go on, a damaged record, a barrier
-//! behind the retention thread.
+//! behind the retention thread, a gate that stops page reads (a stalled disk).
 
 use super::{key, u64_at, Commit, Op, Store};
 

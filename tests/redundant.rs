@@ -47,6 +47,7 @@ async fn every_message_arrives_once_in_order_through_twenty_percent_loss() {
         upstream: server.addr,
         profile: ImpairmentProfile { seed: 20, ..ImpairmentProfile::symmetric(lossy) },
         max_clients: 8,
+        client_idle: quiver_lab::impair::CLIENT_IDLE,
     })
     .unwrap();
     let connect = || async {

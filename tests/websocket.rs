@@ -269,6 +269,7 @@ async fn auto_keeps_a_slow_quic_handshake_where_no_websocket_answers() {
         upstream: server.addr,
         profile: ImpairmentProfile::symmetric(slow),
         max_clients: 2,
+        client_idle: quiver_lab::impair::CLIENT_IDLE,
     })
     .unwrap();
     let options = ConnectOptions {

@@ -151,7 +151,13 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
     let (Some(listen), Some(upstream)) = (args.listen, args.upstream) else {
         return Err(CliError::RelayAddresses);
     };
-    let config = RelayConfig { listen, upstream, profile, max_clients: args.max_clients };
+    let config = RelayConfig {
+        listen,
+        upstream,
+        profile,
+        max_clients: args.max_clients,
+        client_idle: quiver_lab::impair::CLIENT_IDLE,
+    };
     // Before the relay runs: a signal from here on ends the run below (and prints its totals).
     let mut stop = crate::output::Stop::new();
     let relay = Relay::start(config.clone()).map_err(|source| CliError::Relay { listen, source })?;
@@ -173,7 +179,15 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
         }
     };
     let stats = tokio::task::spawn_blocking(move || relay.stop()).await?;
-    crate::out!("total ({} clients{}):", stats.clients, if stats.refused > 0 { ", some refused" } else { "" });
+    let refused = match stats.refused {
+        0 => String::new(),
+        n => format!(", {n} packets of new clients refused at --max-clients"),
+    };
+    let expired = match stats.expired {
+        0 => String::new(),
+        n => format!(", {n} forgotten after a minute idle"),
+    };
+    crate::out!("total ({} clients{refused}{expired}):", stats.clients);
     print(&stats);
     match failed {
         Some(why) => Err(CliError::RelayStopped(why)),

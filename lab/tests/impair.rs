@@ -38,8 +38,14 @@ fn relay_applies_delay_each_way_and_loss_on_one() {
         up: DirectionProfile { delay_ms: 10.0, loss_pct: 10.0, ..DirectionProfile::default() },
         down: DirectionProfile { delay_ms: 10.0, ..DirectionProfile::default() },
     };
-    let relay = Relay::start(RelayConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream, profile, max_clients: 4 })
-        .unwrap();
+    let relay = Relay::start(RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream,
+        profile,
+        max_clients: 4,
+        client_idle: quiver_lab::impair::CLIENT_IDLE,
+    })
+    .unwrap();
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.connect(relay.local_addr()).unwrap();
     client.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
@@ -95,9 +101,14 @@ fn the_same_seed_drops_the_same_packets() {
             up: DirectionProfile { loss_pct: 30.0, ..DirectionProfile::default() },
             down: DirectionProfile::default(),
         };
-        let relay =
-            Relay::start(RelayConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream, profile, max_clients: 1 })
-                .unwrap();
+        let relay = Relay::start(RelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream,
+            profile,
+            max_clients: 1,
+            client_idle: quiver_lab::impair::CLIENT_IDLE,
+        })
+        .unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.connect(relay.local_addr()).unwrap();
         client.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
@@ -130,6 +141,7 @@ fn relay_refuses_clients_beyond_its_limit() {
         upstream,
         profile: ImpairmentProfile::default(),
         max_clients: 1,
+        client_idle: quiver_lab::impair::CLIENT_IDLE,
     })
     .unwrap();
     let a = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -144,10 +156,42 @@ fn relay_refuses_clients_beyond_its_limit() {
     echo.join().unwrap();
 }
 
-/// The voluntary context switches of this process's threads named `prefix…` so far.
+/// At `max_clients`, a client silent for `client_idle` gives its place to a new one (its thread ended, its socket
+/// closed): a long-running relay served its first `max_clients` addresses for ever, and dropped everyone after.
+#[test]
+fn an_idle_client_gives_its_place_to_a_new_one() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (upstream, echo) = echo_server(stop.clone());
+    let relay = Relay::start(RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream,
+        profile: ImpairmentProfile::default(),
+        max_clients: 1,
+        client_idle: Duration::from_millis(300),
+    })
+    .unwrap();
+    let echoed = |socket: &UdpSocket, what: &[u8]| {
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        socket.send_to(what, relay.local_addr()).unwrap();
+        let mut buf = [0u8; 8];
+        socket.recv(&mut buf).map(|n| buf[..n].to_vec()).ok()
+    };
+    let (a, b) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
+    assert_eq!(echoed(&a, b"a").as_deref(), Some(&b"a"[..]));
+    b.send_to(b"early", relay.local_addr()).unwrap(); // a is not idle yet: refused
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(echoed(&b, b"b").as_deref(), Some(&b"b"[..]), "a new client once the old one was idle");
+    let stats = relay.stop();
+    assert_eq!((stats.clients, stats.refused, stats.expired), (2, 1, 1));
+    stop.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
+}
+
+/// The voluntary context switches so far of each of this process's threads named `prefix…`, by thread id (other
+/// tests' relays start and stop threads of the same names meanwhile: only threads seen at both readings compare).
 #[cfg(target_os = "linux")]
-fn switches_of(prefix: &str) -> u64 {
-    let mut total = 0;
+fn switches_of(prefix: &str) -> std::collections::HashMap<String, u64> {
+    let mut each = std::collections::HashMap::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if !comm.starts_with(prefix) {
@@ -155,9 +199,10 @@ fn switches_of(prefix: &str) -> u64 {
         }
         let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
         let switches = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"));
-        total += switches.and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+        let switches = switches.and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+        each.insert(task.file_name().to_string_lossy().into_owned(), switches);
     }
-    total
+    each
 }
 
 /// An idle client's thread in the relay sleeps until a packet or the relay's stop: 50 of them idle for half a second
@@ -173,6 +218,7 @@ fn idle_clients_threads_do_not_poll_and_the_relay_still_stops() {
         upstream,
         profile: ImpairmentProfile::default(),
         max_clients: 100,
+        client_idle: quiver_lab::impair::CLIENT_IDLE,
     })
     .unwrap();
     let clients: Vec<UdpSocket> = (0..50).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
@@ -185,7 +231,8 @@ fn idle_clients_threads_do_not_poll_and_the_relay_still_stops() {
     assert_eq!(relay.stats().clients, 50);
     let before = switches_of("impair-down-");
     std::thread::sleep(Duration::from_millis(500));
-    let woke = switches_of("impair-down-") - before;
+    let after = switches_of("impair-down-");
+    let woke: u64 = after.iter().filter_map(|(tid, n)| Some(n.saturating_sub(*before.get(tid)?))).sum();
     assert!(woke < 50, "50 idle clients' threads woke {woke} times in 500 ms");
     let stopping = Instant::now();
     relay.stop();

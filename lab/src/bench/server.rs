@@ -117,6 +117,7 @@ pub(crate) fn through_relay(
         upstream,
         profile: profile.clone(),
         max_clients,
+        client_idle: crate::impair::CLIENT_IDLE,
     })
     .map_err(BenchError::io("relay"))?;
     Ok((relay.local_addr(), Some(relay)))

@@ -11,7 +11,7 @@ mod schedule;
 
 pub use link::{DropReason, Fate, Link, LinkStats};
 pub use profile::{DirectionProfile, FieldError, ImpairmentProfile, ProfileError, PRESETS};
-pub use relay::{Relay, RelayConfig, RelayStats};
+pub use relay::{Relay, RelayConfig, RelayStats, CLIENT_IDLE};
 
 /// What carries packets between the two network namespaces of the [`netns`] emulator (Linux).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

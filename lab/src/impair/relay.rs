@@ -11,7 +11,7 @@ use std::{
         mpsc, Arc, Mutex,
     },
     thread::JoinHandle,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use super::{
@@ -32,9 +32,18 @@ pub struct RelayStats {
     pub down: LinkStats,
     /// Client addresses seen.
     pub clients: usize,
-    /// Packets from new clients refused because `max_clients` was reached.
+    /// Packets from new clients refused because `max_clients` were served, none of them idle (`client_idle`).
     pub refused: u64,
+    /// Clients forgotten after `client_idle` without a packet, to make room for a new one.
+    pub expired: u64,
 }
+
+/// The default of [`RelayConfig::client_idle`]: a client that sent nothing for this long is forgotten when a new one
+/// needs its place at `max_clients` (its socket
+/// closed, its thread ended; it is a new client if it comes back). Longer than QUIC's idle timeouts (Quiver's 30 s),
+/// so no live connection loses its path. Before, a long-running relay served its first `max_clients` addresses for
+/// ever and dropped everyone after, after 256 runs of `quiver ping` (a review's find).
+pub const CLIENT_IDLE: Duration = std::time::Duration::from_secs(60);
 
 /// Where a scheduled packet goes.
 #[derive(Debug)]
@@ -74,6 +83,8 @@ pub struct RelayConfig {
     pub profile: ImpairmentProfile,
     /// Client addresses served at most (each costs a socket and a thread).
     pub max_clients: usize,
+    /// A client silent this long gives its place to a new one at `max_clients` ([`CLIENT_IDLE`]).
+    pub client_idle: Duration,
 }
 
 /// A seed for one direction of the `index`-th client: reproducible for the same order of clients.
@@ -179,11 +190,16 @@ fn listen_loop(
     struct Client {
         upstream: Arc<UdpSocket>,
         link: Link,
+        last_seen: Instant,
+        /// Set when it is forgotten: its thread's wait ends then.
+        retired: Arc<AtomicBool>,
+        down: Option<JoinHandle<()>>,
     }
     let mut clients: HashMap<SocketAddr, Client> = HashMap::new();
     let mut buf = vec![0u8; MAX_PACKET];
     let mut order = 0u64;
-    let mut downstream = Vec::new();
+    // Clients ever served: each one's seeds (a client back after being forgotten is a new one).
+    let mut next_index = 0usize;
     while !stop.load(Ordering::Relaxed) {
         let (len, from) = match listen.recv_from(&mut buf) {
             Ok(received) => received,
@@ -192,16 +208,39 @@ fn listen_loop(
             Err(err) => return Err(err),
         };
         if !clients.contains_key(&from) {
-            if clients.len() >= config.max_clients {
-                let mut stats = lock(stats.as_ref());
-                if stats.refused == 0 {
-                    // (Said, not only counted: a client the relay drops cannot connect, and a run fails on it.)
-                    tracing::warn!(%from, max = config.max_clients, "relay: a new client over max_clients dropped");
+            let idlest =
+                clients.iter().min_by_key(|(_, client)| client.last_seen).map(|(addr, c)| (*addr, c.last_seen));
+            match idlest {
+                _ if clients.len() < config.max_clients => {}
+                Some((addr, last_seen)) if last_seen.elapsed() >= config.client_idle => {
+                    if let Some(mut gone) = clients.remove(&addr) {
+                        gone.retired.store(true, Ordering::Relaxed);
+                        #[cfg(target_os = "linux")]
+                        {
+                            use std::os::fd::AsRawFd;
+                            let read = nix::sys::socket::Shutdown::Read;
+                            let _ = nix::sys::socket::shutdown(gone.upstream.as_raw_fd(), read);
+                        }
+                        if let Some(thread) = gone.down.take() {
+                            let _ = thread.join();
+                        }
+                        lock(upstreams.as_ref()).retain(|socket| !Arc::ptr_eq(socket, &gone.upstream));
+                        lock(stats.as_ref()).expired += 1;
+                        tracing::debug!(%addr, "relay: an idle client forgotten to make room");
+                    }
                 }
-                stats.refused += 1;
-                continue;
+                _ => {
+                    let mut stats = lock(stats.as_ref());
+                    if stats.refused == 0 {
+                        // (Said, not only counted: a client the relay drops cannot connect, and a run fails on it.)
+                        tracing::warn!(%from, max = config.max_clients, "relay: a new client over max_clients dropped");
+                    }
+                    stats.refused += 1;
+                    continue;
+                }
             }
-            let index = clients.len();
+            let index = next_index;
+            next_index += 1;
             let bind: SocketAddr = if config.upstream.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
                 .parse()
                 .map_err(|_| io::Error::other("wildcard address"))?;
@@ -216,22 +255,26 @@ fn listen_loop(
                 break;
             }
             let down = Link::new(config.profile.down.clone(), seed(config.profile.seed, index, true));
-            let (socket, schedule, stop, totals) = (upstream.clone(), schedule.clone(), stop.clone(), stats.clone());
-            downstream.push(std::thread::Builder::new().name(format!("impair-down-{index}")).spawn(move || {
-                down_loop(&socket, from, down, epoch, &schedule, &stop, &totals);
-            })?);
+            let (socket, schedule, totals) = (upstream.clone(), schedule.clone(), stats.clone());
+            let retired = Arc::new(AtomicBool::new(false));
+            let ends = (stop.clone(), retired.clone());
+            let thread = std::thread::Builder::new().name(format!("impair-down-{index}")).spawn(move || {
+                down_loop(&socket, from, down, epoch, &schedule, (&ends.0, &ends.1), &totals);
+            })?;
             let link = Link::new(config.profile.up.clone(), seed(config.profile.seed, index, false));
-            clients.insert(from, Client { upstream, link });
-            lock(stats.as_ref()).clients = clients.len();
+            let last_seen = Instant::now();
+            clients.insert(from, Client { upstream, link, last_seen, retired, down: Some(thread) });
+            lock(stats.as_ref()).clients = next_index;
         }
         let Some(client) = clients.get_mut(&from) else { continue };
+        client.last_seen = Instant::now();
         let before = client.link.stats();
         let upstream = client.upstream.clone();
         let packet = (&buf[..len], udp_headers(from));
         admit(&mut client.link, epoch, packet, || Out::Upstream(upstream.clone()), schedule, &mut order);
         add_delta(&mut lock(stats.as_ref()).up, &before, &client.link.stats());
     }
-    for thread in downstream {
+    for thread in clients.into_values().filter_map(|mut client| client.down.take()) {
         let _ = thread.join();
     }
     Ok(())
@@ -252,16 +295,17 @@ fn down_loop(
     mut link: Link,
     epoch: Instant,
     schedule: &mpsc::Sender<Scheduled<Out>>,
-    stop: &AtomicBool,
+    (stop, retired): (&AtomicBool, &AtomicBool),
     stats: &Mutex<RelayStats>,
 ) {
     let mut buf = vec![0u8; MAX_PACKET];
     // Orders only break ties between equal delivery times; this direction counts from 2^63 so the two never collide.
     let mut order = 1u64 << 63;
-    while !stop.load(Ordering::Relaxed) {
+    let ended = || stop.load(Ordering::Relaxed) || retired.load(Ordering::Relaxed);
+    while !ended() {
         let len = match upstream.recv(&mut buf) {
-            // The relay's stop shut the socket down, which ends the wait with nothing read.
-            Ok(0) if stop.load(Ordering::Relaxed) => break,
+            // The relay's stop (or this client's expiry) shut the socket down, which ends the wait with nothing read.
+            Ok(0) if ended() => break,
             Ok(len) => len,
             Err(err) if nothing_yet(&err) => continue,
             Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => continue,

@@ -182,27 +182,21 @@ fn impairs_commands_are_stopped_with_everything_they_started() {
     let _one_at_a_time = IMPAIR_NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let marker = format!("{}", 3000 + std::process::id() % 1000);
     let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_quiver"))
+    // Its stderr to a file, not a pipe: a process left running would hold a pipe open, and the test with it.
+    let errors = tempfile::NamedTempFile::new().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_quiver"))
         .args(["impair", "--netns", "--profile", "lossy-5", "--duration", "1"])
         .args(["--server-cmd", &format!("sleep {marker}; true"), "--client-cmd", &format!("sleep {marker}; true")])
         .stdout(std::process::Stdio::null())
-        .output()
+        .stderr(errors.reopen().unwrap())
+        .status()
         .unwrap();
     // A client command cut off by --duration did not finish: the run fails saying so (it exited 0, as if it had).
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("still running after --duration 1 s"), "{stderr}");
+    let stderr = std::fs::read_to_string(errors.path()).unwrap();
+    assert!(!status.success() && stderr.contains("still running after --duration 1 s"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(15), "--duration did not bound the client command");
     std::thread::sleep(Duration::from_millis(300));
-    // Processes whose command line is `sleep MARKER` (from /proc: no pgrep needed).
-    let wanted = format!("sleep\0{marker}\0");
-    let left: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| cmd == wanted.as_bytes()))
-        .collect();
-    for pid in &left {
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-    }
+    let left = sleeps_left(&marker);
     assert!(left.is_empty(), "left running: {left:?}");
 }
 

@@ -193,7 +193,14 @@ fn netem_backend_shapes_the_link_or_says_the_kernel_lacks_sch_netem() {
             let message = err.to_string();
             assert!(matches!(err, netns::NetnsError::NoNetem { .. }), "{err:?}");
             assert!(message.contains("sch_netem"), "unclear error: {message}");
-            eprintln!("netem backend unavailable, as reported: {message}");
+            // Said loudly (the harness captures `eprintln!` of passing tests), not failed under QUIVER_REQUIRE_ALL: a
+            // kernel module is not something CI can install (this machine's kernel has none).
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr().lock(),
+                format_args!(
+                    "\n!!! netem backend unavailable, as reported (its shaping is not tested here): {message}\n\n"
+                ),
+            );
             assert_removed(&name);
         }
         Ok(link) => {

@@ -350,8 +350,14 @@ mod tests {
                 text.contains("belongs to another user (uid 54321") && text.contains("run the server as uid 54321"),
                 "{text}"
             );
+        } else if std::env::var("QUIVER_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+            panic!("QUIVER_REQUIRE_ALL=1 but not root: the check of another user's data directory cannot run");
         } else {
-            eprintln!("not root: the check of another user's data directory is not tested here");
+            // (The stderr handle: `eprintln!` is captured by the test harness for passing tests.)
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr().lock(),
+                format_args!("\n!!! SKIPPED (not root): the check of another user's data directory\n\n"),
+            );
         }
     }
 }

@@ -111,6 +111,7 @@ async fn new_connections_over_the_rate_are_retried_then_refused() {
         let server = TestServer::start(Limits { new_connections_per_s_per_ip: 5, ..Limits::default() });
         // (From before the bystander: the bucket refills 5 a second while this machine's handshakes take their time.)
         let started = std::time::Instant::now();
+        let all_admitted = std::sync::atomic::AtomicBool::new(false);
         beside_a_bystander(&server, async {
             let mut outcomes = Vec::new();
             for _ in 0..12 {
@@ -119,6 +120,7 @@ async fn new_connections_over_the_rate_are_retried_then_refused() {
             let admitted = outcomes.iter().filter(|o| o.is_ok()).count();
             let refilled = (5.0 * started.elapsed().as_secs_f64()).ceil() as usize;
             assert!((8..=(8 + refilled).clamp(11, 12)).contains(&admitted), "{admitted} admitted, {refilled} refilled");
+            all_admitted.store(admitted == 12, std::sync::atomic::Ordering::Relaxed);
             for err in outcomes.iter().filter_map(|o| o.as_ref().err()) {
                 assert!(is_refused(err), "{err}");
             }
@@ -131,7 +133,11 @@ async fn new_connections_over_the_rate_are_retried_then_refused() {
         })
         .await;
         let stats = server.stats.snapshot();
-        assert!(stats.retries_over_rate >= 1 && stats.connections_refused_over_rate >= 1, "{stats:?}");
+        // (Every one admitted, on a machine slow enough to refill the bucket meanwhile, is a run the range above
+        // allows: none refused then.)
+        let refused =
+            stats.connections_refused_over_rate >= 1 || all_admitted.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(stats.retries_over_rate >= 1 && refused, "{stats:?}");
         server.stop().await;
     })
     .await;

@@ -241,7 +241,15 @@ async fn ping_exits_non_zero_when_pings_are_lost() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Stopped once `quiver ping` is connected and pinging (after a fixed second, a slow start of the debug binary
+    // found no server and printed no report), and a moment later.
+    let connected = tokio::time::timeout(Duration::from_secs(20), async {
+        while server.stats.connections_native.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    connected.await.expect("quiver ping connected");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     server.stop().await;
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -465,10 +465,15 @@ async fn run<R: RoomHub>(
     }
     #[cfg(unix)]
     if let Some(notifier) = quiver_server::notify::Notifier::from_env().map(Arc::new) {
-        // (Serving from the run's first step; a SIGTERM meanwhile drains it at once.)
-        notifier.send("READY=1");
-        let (metrics, pinger) = (server.metrics(), notifier.clone());
-        tokio::spawn(async move { pinger.keep_alive(|| metrics.alive()).await });
+        // (Serving from the run's first step; a SIGTERM meanwhile drains it at once, and then it is never ready.)
+        if !shutdown.is_cancelled() {
+            notifier.send("READY=1");
+        }
+        // Weakly: the metrics hold the hubs and the store, which must close with the server, not when the runtime
+        // ends (a task holding them kept the store open past "server stopped" under the shipped unit's watchdog, and
+        // its last commit and seal ran in the runtime's teardown, a second SIGTERM no longer heard; a review's find).
+        let (metrics, pinger) = (Arc::downgrade(&server.metrics()), notifier.clone());
+        tokio::spawn(async move { pinger.keep_alive(|| metrics.upgrade().map(|metrics| metrics.alive())).await });
         let stopping = shutdown.clone();
         tokio::spawn(async move {
             stopping.cancelled().await;

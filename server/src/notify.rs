@@ -85,12 +85,13 @@ impl Notifier {
     }
 
     /// Sends `WATCHDOG=1` every [`Notifier::watchdog`] interval while `alive` says so; once it does not, says why
-    /// (once) and sends nothing more until it does again. Returns at once without a watchdog.
-    pub async fn keep_alive(&self, alive: impl Fn() -> Result<(), &'static str>) {
+    /// (once) and sends nothing more until it does again. Returns at once without a watchdog, and once `alive` says
+    /// `None` (the server is gone: what it asks must not keep the server's parts, its store, alive past its end).
+    pub async fn keep_alive(&self, alive: impl Fn() -> Option<Result<(), &'static str>>) {
         let Some(every) = self.watchdog else { return };
         let mut failing = false;
-        loop {
-            match alive() {
+        while let Some(alive) = alive() {
+            match alive {
                 Ok(()) => {
                     failing = false;
                     self.send("WATCHDOG=1");
@@ -129,6 +130,27 @@ mod tests {
         assert_eq!(watchdog_interval(None, None, 7), None);
     }
 
+    /// Once the server is gone (`alive` says `None`), the pings end and so does the task holding what `alive` reads:
+    /// it held the server's metrics, hubs and store for the runtime's life.
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_pings_end_with_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let _systemd = UnixDatagram::bind(&path).unwrap();
+        let notifier = Notifier {
+            socket: UnixDatagram::unbound().unwrap(),
+            target: Target::Path(path),
+            watchdog: Some(Duration::from_secs(1)),
+        };
+        let server = std::sync::Arc::new(());
+        let weak = std::sync::Arc::downgrade(&server);
+        let pings = tokio::spawn(async move { notifier.keep_alive(|| weak.upgrade().map(|_| Ok(()))).await });
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert!(!pings.is_finished());
+        drop(server);
+        tokio::time::timeout(Duration::from_secs(2), pings).await.expect("ended with the server").unwrap();
+    }
+
     /// `WATCHDOG=1` goes while alive, stops while not (a failed store), and goes again once alive.
     #[tokio::test(start_paused = true)]
     async fn watchdog_pings_stop_while_the_server_is_not_alive() {
@@ -146,8 +168,8 @@ mod tests {
         let pings = async {
             notifier
                 .keep_alive(|| match flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    true => Ok(()),
-                    false => Err("the store failed"),
+                    true => Some(Ok(())),
+                    false => Some(Err("the store failed")),
                 })
                 .await
         };

@@ -243,6 +243,16 @@ impl Collector for ServerMetrics {
         gauge(&mut e, expiry.0, expiry.1, load(&s.certificate_expiry_s))?;
         let retained = ("retained_history_bytes", "Bytes of history and dedupe memory rooms retain");
         gauge(&mut e, retained.0, retained.1, rooms.retained_bytes as i64)?;
+        // The room budget's work (docs/security.md names them; they were kept and never served: a review's find).
+        let evicted = ("rooms_evicted", "Idle rooms evicted with their history to make place at budget.max_rooms");
+        counter(&mut e, evicted.0, evicted.1, rooms.rooms_evicted)?;
+        let refused = ("rooms_refused", "New rooms refused ServerFull at budget.max_rooms, every room with members");
+        counter(&mut e, refused.0, refused.1, rooms.rooms_refused)?;
+        let removed = ("rooms_removed", "Rooms removed with no members and nothing retained");
+        counter(&mut e, removed.0, removed.1, rooms.rooms_removed)?;
+        let shed =
+            ("history_shed_bytes", "Bytes of history and dedupe memory shed to stay within budget.retained_bytes");
+        counter(&mut e, shed.0, shed.1, rooms.bytes_shed)?;
         let queued = ("outbox_queued_bytes", "Bytes of room events queued toward clients' room streams");
         gauge(&mut e, queued.0, queued.1, load(&s.outbox_bytes))?;
         {

@@ -237,6 +237,9 @@ fn the_deployment_files_turn_the_page_off_and_run_as_a_numeric_user() {
     let user = image.lines().find(|line| line.starts_with("USER ")).expect("a USER line");
     let id = user.trim_start_matches("USER ").split(':').next().unwrap_or("");
     assert!(id.parse::<u32>().is_ok_and(|id| id > 0), "{user}: not a numeric non-root user");
+    // The admin port is not exposed: `docker run -P` would publish it on every address of the host.
+    let exposed = image.lines().filter(|line| line.starts_with("EXPOSE ")).collect::<Vec<_>>();
+    assert!(!exposed.is_empty() && exposed.iter().all(|line| !line.contains("9433")), "{exposed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,6 +190,14 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
     if tuning.initial_rtt > std::time::Duration::from_secs(10) {
         return Err(("transport.initial_rtt_ms", "at most 10000".into()));
     }
+    // quinn asks a peer for at most its RTT (25 ms at least) whatever is configured, while the tail probe waits the
+    // configured delay: 1,000 asked for 20 ms on a 20 ms path and put the probe a second late (and u32::MAX turned
+    // it off), without a word (a review's find).
+    if tuning.max_ack_delay.is_some_and(|delay| delay > quiver_transport::tuning::QUINN_MAX_ACK_DELAY) {
+        let most = quiver_transport::tuning::QUINN_MAX_ACK_DELAY.as_millis();
+        let why = format!("at most {most} (quinn asks peers for no more than the path's RTT, {most} ms at least)");
+        return Err(("transport.max_ack_delay_ms", why));
+    }
     for (key, value, max, why) in [
         (
             "limits.handshake_timeout_ms",

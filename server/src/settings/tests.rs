@@ -260,6 +260,8 @@ fn values_that_undo_the_servers_safety_are_refused() {
     for (text, key) in [
         ("[limits]\nhandshake_timeout_ms = 60001\n", "limits.handshake_timeout_ms"),
         ("[transport]\ncopies = 9\n", "transport.copies"),
+        ("[transport]\nmax_ack_delay_ms = 4294967295\n", "transport.max_ack_delay_ms"),
+        ("[transport]\nmax_ack_delay_ms = 26\n", "transport.max_ack_delay_ms"),
         ("[transport]\ncongestion_floor = 120001\n", "transport.congestion_floor"),
         ("[transport]\ndatagram_send_buffer = 1048577\n", "transport.datagram_send_buffer"),
         ("[limits]\ndedupe_window_s = 0\n", "limits.dedupe_window_s"),

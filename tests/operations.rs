@@ -209,6 +209,20 @@ async fn qlog_dir_gets_one_parseable_qlog_file_per_connection() {
     check_qlog(client_qlogs.path());
 }
 
+/// A qlog directory the server cannot write is refused at start, naming `log.qlog_dir` (found at each connection
+/// before, each one a warning and no qlog).
+#[test]
+fn a_qlog_dir_that_cannot_be_written_is_refused_at_start() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let file = data_dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().join("data"));
+    let Err(refused) = Server::bind(ServerConfig { qlog_dir: Some(file.join("qlogs")), ..dev }) else {
+        panic!("started with a qlog directory it cannot write")
+    };
+    assert!(refused.to_string().starts_with("log.qlog_dir: cannot write qlog files in"), "{refused}");
+}
+
 /// The one qlog file in `dir` parses and has packets both ways.
 fn check_qlog(dir: &std::path::Path) {
     let files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();

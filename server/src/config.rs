@@ -296,6 +296,21 @@ impl ServerConfig {
             .map_err(|(key, why)| crate::ServerError::Config { key, why })
     }
 
+    /// The qlog directory, when one is asked for, made and written to once (a file made and removed): one the server
+    /// cannot write was found at each connection, each warning in the log (a line any peer could have repeated at
+    /// will) and no qlog written, while the server started as if all was well (a review's find).
+    pub(crate) fn prepare_qlog_dir(&self) -> Result<(), crate::ServerError> {
+        let Some(dir) = &self.qlog_dir else { return Ok(()) };
+        let probe = dir.join(format!(".quiver-qlog-check-{}", std::process::id()));
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&probe, b""))
+            .and_then(|()| std::fs::remove_file(&probe));
+        written.map_err(|err| crate::ServerError::Config {
+            key: "log.qlog_dir",
+            why: format!("cannot write qlog files in {}: {err}", dir.display()),
+        })
+    }
+
     /// The default address: all interfaces, IPv4 and IPv6, UDP port 4433.
     pub const DEFAULT_LISTEN: &'static str = "[::]:4433";
     /// The default data directory, relative to the working directory.

@@ -167,6 +167,7 @@ impl Server<LocalRooms> {
     pub fn bind(config: ServerConfig) -> Result<Server<LocalRooms>, ServerError> {
         // A configuration that cannot run is refused before the store is opened (a recovery may take long).
         config.check()?;
+        config.prepare_qlog_dir()?;
         // Before anything in the directory is read or written.
         let data_dir = Arc::new(crate::datadir::DataDirLock::acquire(&config.data_dir)?);
         let early = Early::start(&config)?;
@@ -188,6 +189,7 @@ impl<R: RoomHub> Server<R> {
     /// memory).
     pub fn bind_with(config: ServerConfig, rooms: Arc<R>, ticks: Arc<dyn TickHub>) -> Result<Server<R>, ServerError> {
         config.check()?;
+        config.prepare_qlog_dir()?;
         let data_dir = Arc::new(crate::datadir::DataDirLock::acquire(&config.data_dir)?);
         let early = Early::start(&config)?;
         Server::bind_locked(config, data_dir, early, rooms, ticks)

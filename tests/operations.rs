@@ -223,6 +223,20 @@ fn a_qlog_dir_that_cannot_be_written_is_refused_at_start() {
     assert!(refused.to_string().starts_with("log.qlog_dir: cannot write qlog files in"), "{refused}");
 }
 
+/// A disk floor the data directory's filesystem can never clear (at or above its size) is refused at start, naming
+/// `budget.disk_min_free_bytes`: it refused every post from the first while the server said it was ready.
+#[test]
+fn a_disk_floor_above_the_disks_size_is_refused_at_start() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let dev = ServerConfig::dev("127.0.0.1:0".parse().unwrap(), data_dir.path().join("data"));
+    let budget = quiver_server::Budget { disk_min_free_bytes: 1 << 60, ..dev.budget.clone() };
+    let Err(refused) = Server::bind(ServerConfig { budget, ..dev }) else {
+        panic!("started with a disk floor above the disk's size")
+    };
+    assert!(refused.to_string().starts_with("budget.disk_min_free_bytes: "), "{refused}");
+    assert!(refused.to_string().contains("not below the size of the data directory's filesystem"), "{refused}");
+}
+
 /// The one qlog file in `dir` parses and has packets both ways.
 fn check_qlog(dir: &std::path::Path) {
     let files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();

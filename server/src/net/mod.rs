@@ -174,6 +174,9 @@ impl Server<LocalRooms> {
         let rooms = match config.durability {
             crate::store::Durability::Memory => LocalRooms::new(config.limits.clone(), config.budget.clone()),
             durability => {
+                let floor = config.budget.disk_min_free_bytes;
+                crate::store::disk::floor_fits(&config.data_dir, floor)
+                    .map_err(|why| ServerError::Config { key: "budget.disk_min_free_bytes", why })?;
                 let store = crate::store::Store::open_locked(data_dir.clone(), durability)?;
                 tracing::info!(store = %store.path().display(), durability = durability.name(), "room store open");
                 LocalRooms::durable(config.limits.clone(), config.budget.clone(), store)

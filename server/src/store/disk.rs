@@ -158,6 +158,30 @@ impl Store {
     }
 }
 
+/// Whether a disk floor of `floor` bytes can ever be cleared on the filesystem holding `path`: one at or above the
+/// filesystem's whole size (a 1 GiB volume under the default 1 GiB floor) refused every post from the first, while
+/// the server reported itself ready (a review's find). `Err`: why not, for the operator. A size that cannot be read
+/// passes (the floor then does not apply either).
+pub(crate) fn floor_fits(path: &Path, floor: u64) -> Result<(), String> {
+    #[cfg(unix)]
+    if floor > 0 {
+        if let Ok(stat) = nix::sys::statvfs::statvfs(path) {
+            #[allow(clippy::useless_conversion)] // the field types differ between platforms
+            let size = u64::from(stat.blocks()).saturating_mul(u64::from(stat.fragment_size()));
+            if size > 0 && floor >= size {
+                return Err(format!(
+                    "{} MiB is not below the size of the data directory's filesystem ({} MiB): every post would be \
+                     refused; set it lower, or 0 to turn the floor off",
+                    floor >> 20,
+                    size >> 20
+                ));
+            }
+        }
+    }
+    let _ = (path, floor);
+    Ok(())
+}
+
 /// Bytes an unprivileged process may still write on the filesystem holding `path`.
 #[cfg(unix)]
 fn free_bytes(path: &Path) -> std::io::Result<u64> {

@@ -30,7 +30,7 @@ pub(crate) const MAX_SEQ: u64 = 1 << 62;
 mod backlog;
 mod batch;
 mod cold;
-mod disk;
+pub(crate) mod disk;
 mod inbox;
 mod inline;
 mod journal;

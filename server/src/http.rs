@@ -30,7 +30,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(1);
 /// Connections kept for loopback peers (a local health check, scraper or the developer's browser) on top of
 /// [`HttpBounds::max_connections`], so that peers elsewhere cannot take every one.
-const LOOPBACK_RESERVE: usize = 16;
+pub(crate) const LOOPBACK_RESERVE: usize = 16;
 
 /// How many connections an HTTP listener serves at once (`budget.http_max_connections` and
 /// `budget.http_max_connections_per_ip`).
@@ -81,7 +81,7 @@ impl Default for HttpBounds {
 /// Refusals (503, 429) answered at once, each on a short task of its own that reads what the peer sent and closes
 /// gracefully (a socket closed with unread bytes resets, and the peer sees "connection reset", not the status);
 /// beyond them, a refused connection gets the status written without waiting and is dropped.
-const MAX_REFUSALS: usize = 64;
+pub(crate) const MAX_REFUSALS: usize = 64;
 /// Time a refusal's task takes at most.
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 

@@ -11,19 +11,31 @@ pub const BESIDE_CONNECTIONS: u64 = 1_024;
 /// (each WebSocket and HTTP connection takes a descriptor; the store many more).
 pub fn raise_for(config: &crate::ServerConfig) {
     let Some((soft, hard)) = raise() else { return };
-    let needed =
-        u64::from(config.limits.max_connections) + u64::from(config.budget.http_max_connections) + BESIDE_CONNECTIONS;
+    let needed = needed(config);
     match soft < needed {
         true => tracing::warn!(
             open_files = soft,
             hard_limit = hard,
             needed,
-            "the limit of open files is below what limits.max_connections and budget.http_max_connections admit: \
-             connections and the store may fail with \"too many open files\"; raise it (systemd: LimitNOFILE; \
-             docker: --ulimit nofile=65536:65536)"
+            "the limit of open files is below what limits.max_connections, budget.websocket_max_upgrading and \
+             budget.http_max_connections admit: connections and the store may fail with \"too many open files\"; \
+             raise it (systemd: LimitNOFILE; docker: --ulimit nofile=65536:65536)"
         ),
         false => tracing::debug!(open_files = soft, hard_limit = hard, "limit of open files"),
     }
+}
+
+/// Descriptors the limits admit at once: every connection a WebSocket (a TCP socket each), as many more TCP
+/// connections not upgraded yet, each HTTP listener's (the demo page's and the admin's) connections with their
+/// loopback reserve and their refusals in flight, and the store's and the rest (it counted connections and one HTTP
+/// listener's, and a `websocket_max_upgrading` of 100,000 under a limit of 65,536 was not warned of; a review's find).
+pub fn needed(config: &crate::ServerConfig) -> u64 {
+    let http = u64::from(config.budget.http_max_connections)
+        + (crate::http::LOOPBACK_RESERVE + crate::http::MAX_REFUSALS) as u64;
+    u64::from(config.limits.max_connections)
+        + u64::from(config.budget.websocket_max_upgrading)
+        + 2 * http
+        + BESIDE_CONNECTIONS
 }
 
 /// Raises the soft limit of open files to the hard limit (or to the largest the kernel takes under it); returns
@@ -65,5 +77,21 @@ mod tests {
         assert!(raised == hard || (hard > 1 << 20 && raised >= 10_240), "not raised: {raised} of {hard}");
         assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (raised, hard));
         assert_eq!(super::raise(), Some((raised, hard)));
+    }
+
+    /// The estimate counts what each limit admits: a larger `websocket_max_upgrading` or HTTP bound needs more.
+    #[test]
+    fn what_the_limits_admit_is_counted_in_full() {
+        let config = crate::ServerConfig::dev("127.0.0.1:0".parse().unwrap(), "/nonexistent".into());
+        let base = super::needed(&config);
+        let (limits, budget) = (&config.limits, &config.budget);
+        let at_least = u64::from(limits.max_connections)
+            + u64::from(budget.websocket_max_upgrading)
+            + 2 * u64::from(budget.http_max_connections)
+            + super::BESIDE_CONNECTIONS;
+        assert!(base >= at_least, "{base} < {at_least}");
+        let upgrading = crate::Budget { websocket_max_upgrading: 100_000, ..config.budget.clone() };
+        let more = crate::ServerConfig { budget: upgrading, ..config };
+        assert!(super::needed(&more) >= base + 100_000 - 1_024);
     }
 }

@@ -164,6 +164,8 @@ pub trait RoomHub: Send + Sync + 'static {
 #[cfg(test)]
 mod backlog_tests;
 #[cfg(test)]
+mod durable_read_tests;
+#[cfg(test)]
 mod durable_tests;
 #[cfg(test)]
 mod os_tests;

@@ -166,17 +166,14 @@ impl Server<LocalRooms> {
     /// accepted until [`Server::run`].
     pub fn bind(config: ServerConfig) -> Result<Server<LocalRooms>, ServerError> {
         // A configuration that cannot run is refused before the store is opened (a recovery may take long).
-        config.check()?;
-        config.prepare_qlog_dir()?;
+        config.check_and_prepare()?;
         // Before anything in the directory is read or written.
         let data_dir = Arc::new(crate::datadir::DataDirLock::acquire(&config.data_dir)?);
         let early = Early::start(&config)?;
         let rooms = match config.durability {
             crate::store::Durability::Memory => LocalRooms::new(config.limits.clone(), config.budget.clone()),
             durability => {
-                let floor = config.budget.disk_min_free_bytes;
-                crate::store::disk::floor_fits(&config.data_dir, floor)
-                    .map_err(|why| ServerError::Config { key: "budget.disk_min_free_bytes", why })?;
+                crate::store::disk::check_floor(&config.data_dir, config.budget.disk_min_free_bytes)?;
                 let store = crate::store::Store::open_locked(data_dir.clone(), durability)?;
                 tracing::info!(store = %store.path().display(), durability = durability.name(), "room store open");
                 LocalRooms::durable(config.limits.clone(), config.budget.clone(), store)
@@ -191,8 +188,7 @@ impl<R: RoomHub> Server<R> {
     /// Like [`Server::bind`], with rooms and ticks behind the given hubs (another engine than this process's
     /// memory).
     pub fn bind_with(config: ServerConfig, rooms: Arc<R>, ticks: Arc<dyn TickHub>) -> Result<Server<R>, ServerError> {
-        config.check()?;
-        config.prepare_qlog_dir()?;
+        config.check_and_prepare()?;
         let data_dir = Arc::new(crate::datadir::DataDirLock::acquire(&config.data_dir)?);
         let early = Early::start(&config)?;
         Server::bind_locked(config, data_dir, early, rooms, ticks)

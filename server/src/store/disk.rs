@@ -158,11 +158,15 @@ impl Store {
     }
 }
 
-/// Whether a disk floor of `floor` bytes can ever be cleared on the filesystem holding `path`: one at or above the
+/// Refuses a disk floor of `floor` bytes that can never be cleared on the filesystem holding `path`: one at or above the
 /// filesystem's whole size (a 1 GiB volume under the default 1 GiB floor) refused every post from the first, while
 /// the server reported itself ready (a review's find). `Err`: why not, for the operator. A size that cannot be read
 /// passes (the floor then does not apply either).
-pub(crate) fn floor_fits(path: &Path, floor: u64) -> Result<(), String> {
+pub(crate) fn check_floor(path: &Path, floor: u64) -> Result<(), crate::ServerError> {
+    floor_fits(path, floor).map_err(|why| crate::ServerError::Config { key: "budget.disk_min_free_bytes", why })
+}
+
+fn floor_fits(path: &Path, floor: u64) -> Result<(), String> {
     #[cfg(unix)]
     if floor > 0 {
         if let Ok(stat) = nix::sys::statvfs::statvfs(path) {

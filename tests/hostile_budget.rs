@@ -150,8 +150,19 @@ async fn posting_into_a_room_needs_no_join() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_disk_floor_posts_are_refused_with_server_full_and_the_connection_goes_on() {
     bounded(async {
-        // A floor above any disk's free space: the server's store is "full" from the start.
-        let server = TestServer::start_with_budget(Budget { disk_min_free_bytes: u64::MAX, ..Budget::default() });
+        // A floor above the disk's free space, and just under the most it could ever have free (a floor beyond that
+        // is refused at start): the server's store is "full" from the start.
+        let stat = nix::sys::statvfs::statvfs(&std::env::temp_dir()).unwrap();
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)] // the field types differ between platforms
+        let (blocks, free, available, fragment) = (
+            u64::from(stat.blocks()),
+            u64::from(stat.blocks_free()),
+            u64::from(stat.blocks_available()),
+            u64::from(stat.fragment_size()),
+        );
+        let floor = (available + blocks - free) * fragment - 1;
+        assert!(floor > available * fragment, "a disk with nothing in use");
+        let server = TestServer::start_with_budget(Budget { disk_min_free_bytes: floor, ..Budget::default() });
         let mut control = Control::open(&server).await;
         let post = Post { room: "notices".into(), client_msg_id: 1, body: Bytes::from_static(b"deploy at 5") };
         let refused = control.request(1, RequestBody::Post(post)).await.unwrap_err();

@@ -223,8 +223,9 @@ fn a_qlog_dir_that_cannot_be_written_is_refused_at_start() {
     assert!(refused.to_string().starts_with("log.qlog_dir: cannot write qlog files in"), "{refused}");
 }
 
-/// A disk floor the data directory's filesystem can never clear (at or above its size) is refused at start, naming
-/// `budget.disk_min_free_bytes`: it refused every post from the first while the server said it was ready.
+/// A disk floor the store's filesystem can never clear (at or above the most it could have free) is refused at
+/// start, naming `budget.disk_min_free_bytes`: it refused every post from the first while the server said it was
+/// ready.
 #[test]
 fn a_disk_floor_above_the_disks_size_is_refused_at_start() {
     let data_dir = tempfile::tempdir().unwrap();
@@ -234,7 +235,10 @@ fn a_disk_floor_above_the_disks_size_is_refused_at_start() {
         panic!("started with a disk floor above the disk's size")
     };
     assert!(refused.to_string().starts_with("budget.disk_min_free_bytes: "), "{refused}");
-    assert!(refused.to_string().contains("not below the size of the data directory's filesystem"), "{refused}");
+    assert!(
+        refused.to_string().contains("not below the most the store's filesystem could ever have free"),
+        "{refused}"
+    );
 }
 
 /// The one qlog file in `dir` parses and has packets both ways.

@@ -14,6 +14,14 @@ use std::{
 use quiver_lab::impair::{DirectionProfile, ImpairmentProfile, Relay, RelayConfig};
 
 /// A UDP echo server on 127.0.0.1 until `stop`.
+/// The tests of this file one at a time: the idle-threads test counts the wake-ups of every relay thread of the
+/// process, and another test's relay busy meanwhile would count (threads of one name in every relay).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn echo_server(stop: Arc<AtomicBool>) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
@@ -31,6 +39,7 @@ fn echo_server(stop: Arc<AtomicBool>) -> (std::net::SocketAddr, std::thread::Joi
 
 #[test]
 fn relay_applies_delay_each_way_and_loss_on_one() {
+    let _one = one_at_a_time();
     let stop = Arc::new(AtomicBool::new(false));
     let (upstream, echo) = echo_server(stop.clone());
     let profile = ImpairmentProfile {
@@ -93,6 +102,7 @@ fn relay_applies_delay_each_way_and_loss_on_one() {
 
 #[test]
 fn the_same_seed_drops_the_same_packets() {
+    let _one = one_at_a_time();
     let run = || {
         let stop = Arc::new(AtomicBool::new(false));
         let (upstream, echo) = echo_server(stop.clone());
@@ -134,6 +144,7 @@ fn the_same_seed_drops_the_same_packets() {
 
 #[test]
 fn relay_refuses_clients_beyond_its_limit() {
+    let _one = one_at_a_time();
     let stop = Arc::new(AtomicBool::new(false));
     let (upstream, echo) = echo_server(stop.clone());
     let relay = Relay::start(RelayConfig {
@@ -160,6 +171,7 @@ fn relay_refuses_clients_beyond_its_limit() {
 /// closed): a long-running relay served its first `max_clients` addresses for ever, and dropped everyone after.
 #[test]
 fn an_idle_client_gives_its_place_to_a_new_one() {
+    let _one = one_at_a_time();
     let stop = Arc::new(AtomicBool::new(false));
     let (upstream, echo) = echo_server(stop.clone());
     let relay = Relay::start(RelayConfig {
@@ -167,7 +179,7 @@ fn an_idle_client_gives_its_place_to_a_new_one() {
         upstream,
         profile: ImpairmentProfile::default(),
         max_clients: 1,
-        client_idle: Duration::from_millis(300),
+        client_idle: Duration::from_secs(1),
     })
     .unwrap();
     let echoed = |socket: &UdpSocket, what: &[u8]| {
@@ -179,7 +191,12 @@ fn an_idle_client_gives_its_place_to_a_new_one() {
     let (a, b) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
     assert_eq!(echoed(&a, b"a").as_deref(), Some(&b"a"[..]));
     b.send_to(b"early", relay.local_addr()).unwrap(); // a is not idle yet: refused
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay.stats().refused == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(relay.stats().refused, 1, "refused while the first client was not idle");
+    std::thread::sleep(Duration::from_millis(1_200));
     assert_eq!(echoed(&b, b"b").as_deref(), Some(&b"b"[..]), "a new client once the old one was idle");
     let stats = relay.stop();
     assert_eq!((stats.clients, stats.refused, stats.expired), (2, 1, 1));
@@ -211,6 +228,7 @@ fn switches_of(prefix: &str) -> std::collections::HashMap<String, u64> {
 #[cfg(target_os = "linux")]
 #[test]
 fn idle_clients_threads_do_not_poll_and_the_relay_still_stops() {
+    let _one = one_at_a_time();
     let stop = Arc::new(AtomicBool::new(false));
     let (upstream, echo) = echo_server(stop.clone());
     let relay = Relay::start(RelayConfig {

@@ -296,12 +296,6 @@ impl ServerConfig {
             .map_err(|(key, why)| crate::ServerError::Config { key, why })
     }
 
-    /// [`ServerConfig::check`], then the qlog directory made and probed ([`ServerConfig::prepare_qlog_dir`]).
-    pub(crate) fn check_and_prepare(&self) -> Result<(), crate::ServerError> {
-        self.check()?;
-        self.prepare_qlog_dir()
-    }
-
     /// The qlog directory, when one is asked for, made and written to once (a file made and removed): one the server
     /// cannot write was found at each connection, each warning in the log (a line any peer could have repeated at
     /// will) and no qlog written, while the server started as if all was well (a review's find).

@@ -39,11 +39,11 @@ pub struct RelayStats {
 }
 
 /// The default of [`RelayConfig::client_idle`]: a client that sent nothing for this long is forgotten when a new one
-/// needs its place at `max_clients` (its socket
-/// closed, its thread ended; it is a new client if it comes back). Longer than QUIC's idle timeouts (Quiver's 30 s),
-/// so no live connection loses its path. Before, a long-running relay served its first `max_clients` addresses for
-/// ever and dropped everyone after, after 256 runs of `quiver ping` (a review's find).
-pub const CLIENT_IDLE: Duration = std::time::Duration::from_secs(60);
+/// needs its place at `max_clients` (its socket closed, its thread ended; it is a new client if it comes back). Longer
+/// than QUIC's idle timeouts (Quiver's 30 s), so no live connection loses its path. Before, a long-running relay
+/// served its first `max_clients` addresses for ever and dropped everyone after, after 256 runs of `quiver ping` (a
+/// review's find).
+pub const CLIENT_IDLE: Duration = Duration::from_secs(60);
 
 /// Where a scheduled packet goes.
 #[derive(Debug)]
@@ -208,10 +208,13 @@ fn listen_loop(
             Err(err) => return Err(err),
         };
         if !clients.contains_key(&from) {
-            let idlest =
-                clients.iter().min_by_key(|(_, client)| client.last_seen).map(|(addr, c)| (*addr, c.last_seen));
+            // (Looked for only when full: a scan of every client per new one made connecting them quadratic.)
+            let full = clients.len() >= config.max_clients;
+            let idlest = full
+                .then(|| clients.iter().min_by_key(|(_, client)| client.last_seen).map(|(a, c)| (*a, c.last_seen)))
+                .flatten();
             match idlest {
-                _ if clients.len() < config.max_clients => {}
+                _ if !full => {}
                 Some((addr, last_seen)) if last_seen.elapsed() >= config.client_idle => {
                     if let Some(mut gone) = clients.remove(&addr) {
                         gone.retired.store(true, Ordering::Relaxed);

@@ -7,6 +7,7 @@ mod connection;
 mod control;
 mod copies;
 mod dispatch;
+mod early;
 mod endpoint;
 mod mailbox;
 mod open;
@@ -37,6 +38,7 @@ use crate::{
     stats::ServerStats,
     ServerConfig,
 };
+use early::{Admin, Early};
 pub use endpoint::ServerError;
 pub use reload::Reloader;
 use reload::{watch_certificate, Current};
@@ -68,63 +70,6 @@ pub fn tick_clock_us() -> u64 {
 
 /// After the drain, how long the CONNECTION_CLOSE frames get to leave before the socket goes.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// The admin listener's task.
-#[derive(Debug)]
-struct Admin {
-    addr: SocketAddr,
-    /// Stops the listener when dropped: also when the server's bind fails after the admin listener started (a
-    /// program embedding the server, retrying, found the port still answering `/healthz`).
-    stop: tokio_util::sync::DropGuard,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Admin {
-    /// Binds `addr` and serves `metrics` there until stopped.
-    fn start(
-        addr: Option<SocketAddr>,
-        hosts: &[String],
-        metrics: &Arc<crate::metrics::ServerMetrics>,
-        bounds: crate::http::HttpBounds,
-    ) -> Result<Option<Admin>, ServerError> {
-        let Some(addr) = addr else { return Ok(None) };
-        let listener = crate::http::bind(addr).map_err(|err| ServerError::Admin(addr, err))?;
-        let addr = listener.local_addr().map_err(|err| ServerError::Admin(addr, err))?;
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(|err| ServerError::Admin(addr, err))?;
-        if !addr.ip().is_loopback() {
-            // (Meant for a private network or a container's own interface; its Host check admits any IP literal,
-            // so it is no protection once the port is reachable from the internet.)
-            tracing::warn!(
-                %addr,
-                "the admin listener (/metrics, /healthz, /readyz) is bound beyond loopback: keep its port off the \
-                 public internet (a firewall, or a private network only)"
-            );
-        }
-        let stop = CancellationToken::new();
-        let hosts = Arc::new(hosts.to_vec());
-        let task = tokio::spawn(crate::admin::serve(listener, metrics.clone(), hosts, (stop.clone(), bounds)));
-        Ok(Some(Admin { addr, stop: stop.drop_guard(), task }))
-    }
-}
-
-/// What a server has before its hubs: counters, metrics and the admin listener, started first so that `/healthz`
-/// and `/readyz` answer while the store opens.
-#[derive(Debug)]
-struct Early {
-    stats: Arc<ServerStats>,
-    metrics: Arc<crate::metrics::ServerMetrics>,
-    admin: Option<Admin>,
-}
-
-impl Early {
-    fn start(config: &ServerConfig) -> Result<Early, ServerError> {
-        let stats = Arc::new(ServerStats::default());
-        let metrics = Arc::new(crate::metrics::ServerMetrics::new(stats.clone()));
-        let bounds = crate::http::HttpBounds::of(&config.budget).counted(&stats);
-        let admin = Admin::start(config.admin, &config.admin_hosts, &metrics, bounds)?;
-        Ok(Early { stats, metrics, admin })
-    }
-}
 
 /// A bound server, ready to [`run`](Server::run), with its rooms behind `R`.
 #[derive(Debug)]
@@ -166,7 +111,7 @@ impl Server<LocalRooms> {
     /// accepted until [`Server::run`].
     pub fn bind(config: ServerConfig) -> Result<Server<LocalRooms>, ServerError> {
         // A configuration that cannot run is refused before the store is opened (a recovery may take long).
-        config.check_and_prepare()?;
+        config.check()?;
         // Before anything in the directory is read or written.
         let data_dir = Arc::new(crate::datadir::DataDirLock::acquire(&config.data_dir)?);
         let early = Early::start(&config)?;
@@ -188,7 +133,7 @@ impl<R: RoomHub> Server<R> {
     /// Like [`Server::bind`], with rooms and ticks behind the given hubs (another engine than this process's
     /// memory).
     pub fn bind_with(config: ServerConfig, rooms: Arc<R>, ticks: Arc<dyn TickHub>) -> Result<Server<R>, ServerError> {
-        config.check_and_prepare()?;
+        config.check()?;
         let data_dir = Arc::new(crate::datadir::DataDirLock::acquire(&config.data_dir)?);
         let early = Early::start(&config)?;
         Server::bind_locked(config, data_dir, early, rooms, ticks)

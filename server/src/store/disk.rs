@@ -158,32 +158,43 @@ impl Store {
     }
 }
 
-/// Refuses a disk floor of `floor` bytes that can never be cleared on the filesystem holding `path`: one at or above the
-/// filesystem's whole size (a 1 GiB volume under the default 1 GiB floor) refused every post from the first, while
-/// the server reported itself ready (a review's find). `Err`: why not, for the operator. A size that cannot be read
-/// passes (the floor then does not apply either).
-pub(crate) fn check_floor(path: &Path, floor: u64) -> Result<(), crate::ServerError> {
-    floor_fits(path, floor).map_err(|why| crate::ServerError::Config { key: "budget.disk_min_free_bytes", why })
+/// Refuses a disk floor of `floor` bytes that can never be cleared on the filesystem of the store in `data_dir` (its
+/// `store` directory, where the sweep measures, else the data directory): one at or above the most an unprivileged
+/// process could ever have free there (all it may write, with every used byte freed: a 1 GiB volume under the default
+/// 1 GiB floor) refused every post from the first, while the server reported itself ready (a review's find). A size
+/// that cannot be read passes (the floor then does not apply either).
+pub(crate) fn check_floor(data_dir: &Path, floor: u64) -> Result<(), crate::ServerError> {
+    let store = data_dir.join(super::STORE_DIR);
+    let path = if store.is_dir() { store.as_path() } else { data_dir };
+    match most_free(path) {
+        Some(most) if floor > 0 && floor >= most => Err(crate::ServerError::Config {
+            key: "budget.disk_min_free_bytes",
+            why: format!(
+                "{} MiB is not below the most the store's filesystem could ever have free ({} MiB): every post would \
+                 be refused; set it lower, or 0 to turn the floor off",
+                floor >> 20,
+                most >> 20
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
-fn floor_fits(path: &Path, floor: u64) -> Result<(), String> {
-    #[cfg(unix)]
-    if floor > 0 {
-        if let Ok(stat) = nix::sys::statvfs::statvfs(path) {
-            #[allow(clippy::useless_conversion)] // the field types differ between platforms
-            let size = u64::from(stat.blocks()).saturating_mul(u64::from(stat.fragment_size()));
-            if size > 0 && floor >= size {
-                return Err(format!(
-                    "{} MiB is not below the size of the data directory's filesystem ({} MiB): every post would be \
-                     refused; set it lower, or 0 to turn the floor off",
-                    floor >> 20,
-                    size >> 20
-                ));
-            }
-        }
-    }
-    let _ = (path, floor);
-    Ok(())
+/// The most an unprivileged process could have free on the filesystem holding `path`: what it may write now and
+/// every byte in use (the root reserve left out). `None` when unknown.
+#[cfg(unix)]
+#[allow(clippy::useless_conversion)] // the field types differ between platforms
+fn most_free(path: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    let (blocks, free, available) =
+        (u64::from(stat.blocks()), u64::from(stat.blocks_free()), u64::from(stat.blocks_available()));
+    let most = available.saturating_add(blocks.saturating_sub(free));
+    Some(most.saturating_mul(u64::from(stat.fragment_size()))).filter(|&most| most > 0)
+}
+
+#[cfg(not(unix))]
+fn most_free(_path: &Path) -> Option<u64> {
+    None
 }
 
 /// Bytes an unprivileged process may still write on the filesystem holding `path`.

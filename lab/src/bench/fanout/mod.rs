@@ -231,7 +231,8 @@ async fn start_servers(config: &FanoutConfig, ip: IpAddr) -> Result<Servers, Ben
             QuiverServer::start(server.as_ref(), token.as_ref(), &tuning, ip, &dir, &quiver_stop).await
         })
         .await??;
-    // Every client has a socket of its own, and the relay never forgets one: Quiver's relay carries two runs
+    // Every client has a socket of its own, and the relay forgets none within a run (a minute idle at the least):
+    // Quiver's relay carries two runs
     // (with chat, then ticks only) of `subscribers` + 2 clients each.
     let (profile, max_clients) = (config.profile.as_ref(), 2 * (config.subscribers as usize + 4));
     let mut relays = Vec::new();

@@ -312,12 +312,11 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     let mut posts = tokio::task::JoinSet::new();
     let mut input_open = true;
     let mut line_no = 0u64;
-    let mut last_acked = 0u64;
     // The newest of the room's messages printed (the room's position moves when they are queued for us, not
     // when we print them).
     let mut printed = 0u64;
     let mut interrupted = false;
-    let (mut answered, mut failed) = (0u64, 0u64);
+    let mut acks = Acks::default();
     // While posts wait and none is acknowledged (input ended, or stalled behind `OUTSTANDING` of them): until when
     // (a server gone for good would otherwise keep the command reconnecting forever). Each acknowledgement starts
     // the wait again.
@@ -344,14 +343,7 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
             },
             Some(done) = posts.join_next(), if !posts.is_empty() => {
                 last_ack = tokio::time::Instant::now();
-                if let Ok((line, result, text)) = done {
-                    answered += 1;
-                    match &result {
-                        Ok(seq) => last_acked = last_acked.max(*seq),
-                        Err(_) => failed += 1,
-                    }
-                    out.posted(line, result, room.position().map(|p| p.epoch), &text);
-                }
+                acks.take(&out, room.position().map(|p| p.epoch), done);
             }
             changed = state.changed() => {
                 if changed.is_err() {
@@ -369,7 +361,6 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
             },
             () = stop.requested() => {
                 interrupted = true;
-                unacknowledged = posts.len();
                 break;
             }
             () = async {
@@ -387,6 +378,22 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
             break;
         }
     }
+    if interrupted {
+        // Posts answered by now (or within a moment: their acknowledgement on its way as the signal came) are not
+        // in flight: they were counted unacknowledged, those finished but not yet taken from the set too, and a
+        // Ctrl-C right after a post's event printed failed the command (a flaky test's find).
+        let grace = tokio::time::sleep(INTERRUPT_GRACE);
+        tokio::pin!(grace);
+        while !posts.is_empty() {
+            tokio::select! {
+                biased;
+                Some(done) = posts.join_next() => acks.take(&out, room.position().map(|p| p.epoch), done),
+                () = &mut grace => break,
+            }
+        }
+        unacknowledged = posts.len();
+    }
+    let last_acked = acks.last_acked;
     if !interrupted && unacknowledged == 0 {
         // End of input: the room's copies of our own posts may still be on their way (the room stream and the
         // acknowledgements are separate streams); print them before leaving.
@@ -412,9 +419,40 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
         (left, false, Some(after)) => return Err(CliError::PostsUnacknowledged { left, after }),
         (_, false, None) => {}
     }
-    match failed {
+    match acks.failed {
         0 => Ok(()),
-        failed => Err(CliError::PostsFailed { failed, posted: answered }),
+        failed => Err(CliError::PostsFailed { failed, posted: acks.answered }),
+    }
+}
+
+/// How long an interrupted chat waits for the posts in flight to be acknowledged before it ends, failing for those
+/// left.
+const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
+
+/// The posts answered so far: how many, how many of them failed, the newest seq acknowledged.
+#[derive(Debug, Default)]
+struct Acks {
+    answered: u64,
+    failed: u64,
+    last_acked: u64,
+}
+
+impl Acks {
+    /// A post's task done: its answer counted and printed.
+    fn take(
+        &mut self,
+        out: &Out,
+        epoch: Option<u64>,
+        done: Result<(u64, Result<u64, quiver_client::RequestError>, String), tokio::task::JoinError>,
+    ) {
+        if let Ok((line, result, text)) = done {
+            self.answered += 1;
+            match &result {
+                Ok(seq) => self.last_acked = self.last_acked.max(*seq),
+                Err(_) => self.failed += 1,
+            }
+            out.posted(line, result, epoch, &text);
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod chat_out;
 mod churn;
 mod error;
 mod history;

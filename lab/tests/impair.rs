@@ -22,6 +22,17 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A relay on a port of its own in front of `upstream`.
+fn relay(
+    upstream: std::net::SocketAddr,
+    profile: ImpairmentProfile,
+    max_clients: usize,
+    client_idle: Duration,
+) -> Relay {
+    let listen = "127.0.0.1:0".parse().unwrap();
+    Relay::start(RelayConfig { listen, upstream, profile, max_clients, client_idle }).unwrap()
+}
+
 fn echo_server(stop: Arc<AtomicBool>) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
@@ -47,14 +58,7 @@ fn relay_applies_delay_each_way_and_loss_on_one() {
         up: DirectionProfile { delay_ms: 10.0, loss_pct: 10.0, ..DirectionProfile::default() },
         down: DirectionProfile { delay_ms: 10.0, ..DirectionProfile::default() },
     };
-    let relay = Relay::start(RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream,
-        profile,
-        max_clients: 4,
-        client_idle: quiver_lab::impair::CLIENT_IDLE,
-    })
-    .unwrap();
+    let relay = relay(upstream, profile, 4, quiver_lab::impair::CLIENT_IDLE);
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.connect(relay.local_addr()).unwrap();
     client.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
@@ -111,14 +115,7 @@ fn the_same_seed_drops_the_same_packets() {
             up: DirectionProfile { loss_pct: 30.0, ..DirectionProfile::default() },
             down: DirectionProfile::default(),
         };
-        let relay = Relay::start(RelayConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            upstream,
-            profile,
-            max_clients: 1,
-            client_idle: quiver_lab::impair::CLIENT_IDLE,
-        })
-        .unwrap();
+        let relay = relay(upstream, profile, 1, quiver_lab::impair::CLIENT_IDLE);
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.connect(relay.local_addr()).unwrap();
         client.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
@@ -147,14 +144,7 @@ fn relay_refuses_clients_beyond_its_limit() {
     let _one = one_at_a_time();
     let stop = Arc::new(AtomicBool::new(false));
     let (upstream, echo) = echo_server(stop.clone());
-    let relay = Relay::start(RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream,
-        profile: ImpairmentProfile::default(),
-        max_clients: 1,
-        client_idle: quiver_lab::impair::CLIENT_IDLE,
-    })
-    .unwrap();
+    let relay = relay(upstream, ImpairmentProfile::default(), 1, quiver_lab::impair::CLIENT_IDLE);
     let a = UdpSocket::bind("127.0.0.1:0").unwrap();
     let b = UdpSocket::bind("127.0.0.1:0").unwrap();
     a.send_to(b"a", relay.local_addr()).unwrap();
@@ -174,14 +164,7 @@ fn an_idle_client_gives_its_place_to_a_new_one() {
     let _one = one_at_a_time();
     let stop = Arc::new(AtomicBool::new(false));
     let (upstream, echo) = echo_server(stop.clone());
-    let relay = Relay::start(RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream,
-        profile: ImpairmentProfile::default(),
-        max_clients: 1,
-        client_idle: Duration::from_secs(1),
-    })
-    .unwrap();
+    let relay = relay(upstream, ImpairmentProfile::default(), 1, Duration::from_secs(1));
     let echoed = |socket: &UdpSocket, what: &[u8]| {
         socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         socket.send_to(what, relay.local_addr()).unwrap();
@@ -231,14 +214,7 @@ fn idle_clients_threads_do_not_poll_and_the_relay_still_stops() {
     let _one = one_at_a_time();
     let stop = Arc::new(AtomicBool::new(false));
     let (upstream, echo) = echo_server(stop.clone());
-    let relay = Relay::start(RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream,
-        profile: ImpairmentProfile::default(),
-        max_clients: 100,
-        client_idle: quiver_lab::impair::CLIENT_IDLE,
-    })
-    .unwrap();
+    let relay = relay(upstream, ImpairmentProfile::default(), 100, quiver_lab::impair::CLIENT_IDLE);
     let clients: Vec<UdpSocket> = (0..50).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
     for client in &clients {
         client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

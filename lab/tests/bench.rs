@@ -221,6 +221,45 @@ async fn fanout_measures_an_external_server() {
     stop.cancel();
 }
 
+/// A run in rounds: every series runs once per round, the order reversed in every other round, and each series'
+/// rounds come back as one result (the messages of both rounds, in the list's order), not one row per round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtt_in_rounds_alternates_the_order_and_merges_each_series() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let config = RttConfig { clients: 1, rounds: 2, duration: Duration::from_millis(800), ..config(None) };
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let progress = {
+        let heard = heard.clone();
+        move |what: &str| heard.lock().unwrap().push(what.to_string())
+    };
+    let report = run_rtt(config, progress).await.unwrap();
+    let names: Vec<&str> = report.series.iter().map(|s| s.name.as_str()).collect();
+    let layers = [
+        "udp echo",
+        "quinn datagram echo",
+        "quiver datagram",
+        "quinn stream echo",
+        "quiver stream",
+        "quiver stream redundant",
+    ];
+    assert_eq!(names, layers);
+    let mut order: Vec<String> = layers.iter().map(|n| format!("{n} (round 1 of 2)")).collect();
+    order.extend(layers.iter().rev().map(|n| format!("{n} (round 2 of 2)")));
+    assert_eq!(*heard.lock().unwrap(), order);
+    for s in &report.series {
+        // 200/s × 0.4 s in each of two rounds; a later round's room is its own (no history handed to it).
+        assert_eq!(s.sent, 160, "{} sent", s.name);
+        if s.name.contains("stream") {
+            assert_eq!(s.lost, 0, "{}: a reliable stream lost messages", s.name);
+        }
+        assert!(s.lost + s.stale < 8, "{}: {} lost, {} stale on a clean loopback", s.name, s.lost, s.stale);
+        let measured = s.sent - s.lost - s.stale - s.superseded;
+        assert_eq!(s.latency.count, measured, "{}: both rounds' samples in the percentiles", s.name);
+    }
+    assert_eq!(report.series[5].baseline.as_deref(), Some("quinn datagram echo"));
+    assert_eq!(serde_json::to_value(&report).unwrap()["config"]["rounds"], 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtt_runs_the_websocket_head_to_head_on_a_clean_link() {
     let _one = ONE_AT_A_TIME.lock().await;

@@ -20,9 +20,14 @@ pub(crate) struct RttArgs {
     /// Payload bytes per message (12 to 1,024).
     #[arg(long, default_value_t = 64, value_parser = payload_size)]
     size: usize,
-    /// Measured seconds per series.
+    /// Measured seconds per series (over all its rounds).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Run the series in this many rounds, each measuring duration / rounds per series, the series' order
+    /// alternating forward and backward, so that a slow stretch of a noisy machine falls on every series alike;
+    /// each series' rounds are merged (1 to 100).
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// Seconds per series before measuring.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
@@ -72,6 +77,7 @@ pub(super) async fn rtt(args: RttArgs) -> Result<(), CliError> {
         rate: args.rate,
         size: args.size,
         duration: bench_seconds("duration", args.duration)?,
+        rounds: args.rounds,
         warmup: bench_seconds("warmup", args.warmup)?,
         profile: (!profile.is_clean()).then_some(profile),
         token: args.server.as_deref().and_then(|server| args.trust.token_provider(None, server)),
@@ -88,7 +94,8 @@ pub(super) async fn rtt(args: RttArgs) -> Result<(), CliError> {
         chat_rate: args.chat_rate,
         netns: args.netns.backend()?,
     };
-    let per_series = config.warmup + config.duration;
+    config.check()?;
+    let per_series = config.warmup + config.round_duration();
     let runs = if config.compare_websocket { 3 } else { 6 };
     let link = args.netns.describe(config.netns, config.profile.is_some());
     let what = if config.compare_websocket {
@@ -99,8 +106,12 @@ pub(super) async fn rtt(args: RttArgs) -> Result<(), CliError> {
     } else {
         format!("{}/s per sender", config.rate)
     };
+    let rounds = match config.rounds {
+        1 => String::new(),
+        n => format!(" x {n} rounds"),
+    };
     crate::err!(
-        "{runs} runs x {:.0} s, {} sender(s), {what}, {} B{link}",
+        "{runs} runs{rounds} x {:.0} s, {} sender(s), {what}, {} B{link}",
         per_series.as_secs_f64() + 1.2,
         config.clients,
         config.size,
@@ -122,7 +133,7 @@ pub(super) async fn rtt(args: RttArgs) -> Result<(), CliError> {
     );
     check_outputs(args.json.as_deref(), args.plot.as_deref())?;
     let mut stop = crate::output::Stop::new();
-    let expected = runs * (per_series + Duration::from_millis(1200));
+    let expected = (runs * config.rounds) * (per_series + Duration::from_millis(1200));
     crate::err!("expected run time: about {} s", expected.as_secs().max(1));
     let bar = progress_bar(expected);
     let shown = bar.clone();

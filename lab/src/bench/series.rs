@@ -202,6 +202,7 @@ impl Tally {
             wire_bytes_per_msg: t.wire.and_then(|(b, m)| (m > 0).then(|| b as f64 / m as f64)),
             latency: t.latencies.summary(),
             curve: t.latencies.curve(),
+            samples: Some(t.latencies.clone()),
         }
     }
 }
@@ -260,6 +261,42 @@ pub struct SeriesResult {
     pub latency: LatencySummary,
     /// `(quantile, µs)` points for a percentile plot.
     pub curve: Vec<(f64, u64)>,
+    /// Every measured latency, where the series kept them (a round of a run in rounds, to be merged with the
+    /// series' other rounds).
+    #[serde(skip)]
+    pub samples: Option<LatencyRecorder>,
+}
+
+impl SeriesResult {
+    /// Adds `other`, another round of the same series, to this one: messages and losses summed, percentiles over
+    /// the samples of both, bytes per message weighted by measured messages. A round without its samples cannot
+    /// be merged into percentiles: the merged result keeps the summary of the round with more samples and drops
+    /// the samples, so that no later round claims a merge either.
+    pub fn absorb(&mut self, other: SeriesResult) {
+        let weighted = |s: &SeriesResult| s.wire_bytes_per_msg.map(|b| (b * s.sent as f64, s.sent));
+        self.wire_bytes_per_msg = match (weighted(self), weighted(&other)) {
+            (Some((a, n)), Some((b, m))) if n + m > 0 => Some((a + b) / (n + m) as f64),
+            (mine, theirs) => mine.or(theirs).map(|(bytes, n)| if n == 0 { 0.0 } else { bytes / n as f64 }),
+        };
+        self.sent += other.sent;
+        self.lost += other.lost;
+        self.stale += other.stale;
+        self.superseded += other.superseded;
+        match (self.samples.as_mut(), other.samples) {
+            (Some(mine), Some(theirs)) => {
+                mine.merge(&theirs);
+                self.latency = mine.summary();
+                self.curve = mine.curve();
+            }
+            (_, _) => {
+                tracing::warn!(series = %self.name, "a round without its samples: its percentiles are not merged");
+                if other.latency.count > self.latency.count {
+                    (self.latency, self.curve) = (other.latency, other.curve);
+                }
+                self.samples = None;
+            }
+        }
+    }
 }
 
 /// A whole run: its settings and every series.

@@ -111,3 +111,43 @@ async fn a_sender_held_up_counts_from_the_schedule() {
     assert!(Instant::now() >= start + Duration::from_millis(10), "the sender was held up");
     busy.await.unwrap();
 }
+
+/// Rounds of one series merge into one result: counts summed, percentiles over every sample of both rounds (not an
+/// average of the rounds' percentiles), bytes per message weighted by messages.
+#[test]
+fn rounds_of_a_series_merge_over_all_their_samples() {
+    let round = |from: u64, to: u64, bytes: f64| {
+        let mut samples = LatencyRecorder::default();
+        for us in from..=to {
+            samples.record(Duration::from_micros(us));
+        }
+        let sent = to - from + 1 + 10;
+        SeriesResult {
+            name: "x".into(),
+            baseline: None,
+            sent,
+            lost: 10,
+            stale: 1,
+            superseded: 0,
+            wire_bytes_per_msg: Some(bytes),
+            latency: samples.summary(),
+            curve: samples.curve(),
+            samples: Some(samples),
+        }
+    };
+    let mut merged = round(1, 900, 100.0);
+    merged.absorb(round(901, 1000, 200.0));
+    assert_eq!((merged.sent, merged.lost, merged.stale), (1020, 20, 2));
+    let l = merged.latency;
+    assert_eq!((l.count, l.p50_us, l.p99_us, l.max_us), (1000, 500, 990, 1000));
+    assert_eq!(merged.curve.last(), Some(&(1.0, 1000)));
+    let bytes = merged.wire_bytes_per_msg.unwrap();
+    assert!((bytes - (100.0 * 910.0 + 200.0 * 110.0) / 1020.0).abs() < 1e-9, "{bytes}");
+    // A round without its samples (a fan-out's series): no percentiles are made up; the larger round's stand, and
+    // no later round merges into them as if they were samples.
+    let mut merged = round(1, 100, 100.0);
+    merged.absorb(SeriesResult { samples: None, ..round(1, 1000, 100.0) });
+    assert_eq!((merged.latency.count, merged.samples.is_none()), (1000, true));
+    merged.absorb(round(1, 10, 100.0));
+    assert_eq!(merged.latency.count, 1000);
+}

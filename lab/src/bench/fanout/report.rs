@@ -122,6 +122,7 @@ impl FanoutReport {
                 wire_bytes_per_msg: None,
                 latency,
                 curve: curve.clone(),
+                samples: None,
             }
         };
         let mut out = Vec::new();

@@ -79,7 +79,7 @@ pub(super) async fn quiver_mixed_series(
                 false => targets.quiver_client().await?,
                 true => targets.quiver_ws_client().await?,
             };
-            let name = format!("bench.h2h.{who}.{}.{websocket}", std::process::id());
+            let name = quiver::fresh_name("h2h", who, websocket);
             let (publisher, dropped) = quiver::own_ticks(&client, &name, lanes.tally(0), &stop).await?;
             quiver::own_chat(&client, &name, lanes.tally(1), &stop, false).await?;
             let (ticks, chat) = lanes.start_two().await;

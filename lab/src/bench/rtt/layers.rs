@@ -134,7 +134,7 @@ pub(super) async fn quiver_datagram_series(
         let targets = targets.clone();
         async move {
             let client = targets.quiver_client().await?;
-            let channel = format!("bench.rtt.{who}.{}", std::process::id());
+            let channel = quiver::fresh_name("rtt", who, "ticks");
             let (publisher, dropped) = quiver::own_ticks(&client, &channel, lanes.tally(0), &stop).await?;
             let lane = lanes.start_one().await;
             let before = wire_bytes(&client);
@@ -169,7 +169,7 @@ pub(super) async fn quiver_stream_series(
         let targets = targets.clone();
         async move {
             let client = targets.quiver_client().await?;
-            let room = format!("bench.rtt.{who}.{}.{redundant}", std::process::id());
+            let room = quiver::fresh_name("rtt", who, redundant);
             quiver::own_chat(&client, &room, lanes.tally(0), &stop, redundant).await?;
             let lane = lanes.start_one().await;
             let before = wire_bytes(&client);

@@ -43,8 +43,12 @@ pub struct RttConfig {
     pub rate: f64,
     /// Payload bytes per message (at least 12).
     pub size: usize,
-    /// Measured time per series.
+    /// Measured time per series (over all its rounds).
     pub duration: Duration,
+    /// Rounds the series run in (at least 1): each series measures `duration / rounds` per round, and the rounds
+    /// alternate the series' order (forward, then backward), so that a slow stretch of a noisy machine falls on
+    /// every series alike rather than on whichever ran then. A series' rounds are merged into one result.
+    pub rounds: u32,
     /// Time per series before measuring starts.
     pub warmup: Duration,
     /// Impairment applied to every transport (through one relay per target), if any.
@@ -77,6 +81,7 @@ impl RttConfig {
             rate: 200.0,
             size: 64,
             duration: Duration::from_secs(10),
+            rounds: 1,
             warmup: Duration::from_secs(1),
             profile: None,
             server: None,
@@ -105,13 +110,26 @@ impl RttConfig {
             return Err(BenchError::BadConfig { field: "chat_rate", value: self.chat_rate, expected: RATE_RANGE });
         }
         above_zero("duration", self.duration.as_secs_f64())?;
-        if (self.duration.as_secs_f64() * self.rate).round() < 1.0 {
-            let expected = "a rate and duration that make at least one measured message";
+        if !(1..=MAX_ROUNDS).contains(&self.rounds) {
+            let expected = ROUNDS_RANGE;
+            return Err(BenchError::BadConfig { field: "rounds", value: f64::from(self.rounds), expected });
+        }
+        if (self.round_duration().as_secs_f64() * self.rate).round() < 1.0 {
+            let expected = "a rate and duration that make at least one measured message per round";
             return Err(BenchError::BadConfig { field: "rate", value: self.rate, expected });
         }
         Ok(())
     }
+
+    /// The measured time of each round of a series.
+    pub fn round_duration(&self) -> Duration {
+        self.duration / self.rounds.max(1)
+    }
 }
+
+/// The most rounds a run is split into.
+pub(crate) const MAX_ROUNDS: u32 = 100;
+const ROUNDS_RANGE: &str = "from 1 to 100";
 
 impl Default for RttConfig {
     fn default() -> Self {
@@ -156,6 +174,7 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str) + Send + Sync + 
         "chat_rate_per_client": config.compare_websocket.then_some(config.chat_rate),
         "size": config.size,
         "duration_s": config.duration.as_secs_f64(),
+        "rounds": config.rounds,
         "warmup_s": config.warmup.as_secs_f64(),
         "profile": config.profile,
         "tuning": config.tuning.name,
@@ -173,7 +192,7 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str) + Send + Sync + 
 type Runner = fn(RttConfig, Arc<TargetsView>) -> BoxedSeries;
 type SingleRunner = fn(&'static str, RttConfig, Arc<TargetsView>) -> SingleSeries;
 
-/// The series of a run, one after the other.
+/// The series of a run, one after the other, in rounds ([`RttConfig::rounds`]).
 async fn run_series(config: RttConfig, view: TargetsView, progress: Progress) -> Result<Vec<SeriesResult>, BenchError> {
     let view = Arc::new(view);
     let layers: [(&'static str, Option<&str>, SingleRunner); 6] = [
@@ -187,26 +206,66 @@ async fn run_series(config: RttConfig, view: TargetsView, progress: Progress) ->
             Box::pin(layers::quiver_stream_series(n, c, t, true))
         }),
     ];
-    let mut series = Vec::new();
-    if config.compare_websocket {
-        let head_to_head: [(&str, Runner); 3] = [
-            ("quiver tick + chat", |c, t| Box::pin(head_to_head::quiver_mixed_series(c, t, false))),
-            ("websocket tick + chat", |c, t| Box::pin(head_to_head::websocket_mixed_series(c, t))),
-            ("quiver over websocket tick + chat", |c, t| Box::pin(head_to_head::quiver_mixed_series(c, t, true))),
-        ];
-        for (name, runner) in head_to_head {
-            progress(name);
-            series.extend(runner(config.clone(), view.clone()).await?);
+    let head_to_head: [(&'static str, Runner); 3] = [
+        ("quiver tick + chat", |c, t| Box::pin(head_to_head::quiver_mixed_series(c, t, false))),
+        ("websocket tick + chat", |c, t| Box::pin(head_to_head::websocket_mixed_series(c, t))),
+        ("quiver over websocket tick + chat", |c, t| Box::pin(head_to_head::quiver_mixed_series(c, t, true))),
+    ];
+    let count = if config.compare_websocket { head_to_head.len() } else { layers.len() };
+    let rounds = config.rounds.max(1);
+    let round = RttConfig { duration: config.round_duration(), ..config.clone() };
+    let mut merged = Merged::default();
+    for r in 0..rounds {
+        for k in round_order(count, r) {
+            let name = if config.compare_websocket { head_to_head[k].0 } else { layers[k].0 };
+            match rounds {
+                1 => progress(name),
+                _ => progress(&format!("{name} (round {} of {rounds})", r + 1)),
+            }
+            if config.compare_websocket {
+                for result in (head_to_head[k].1)(round.clone(), view.clone()).await? {
+                    merged.add(k, result);
+                }
+            } else {
+                let (name, baseline, runner) = layers[k];
+                let mut result = runner(name, round.clone(), view.clone()).await?;
+                result.baseline = compared_with(&config, baseline);
+                merged.add(k, result);
+            }
         }
-        return Ok(series);
     }
-    for (name, baseline, runner) in layers {
-        progress(name);
-        let mut result = runner(name, config.clone(), view.clone()).await?;
-        result.baseline = compared_with(&config, baseline);
-        series.push(result);
+    Ok(merged.into_series())
+}
+
+/// The order of the series in round `r` of a run: forward in even rounds, backward in odd ones.
+fn round_order(count: usize, r: u32) -> Vec<usize> {
+    match r % 2 {
+        0 => (0..count).collect(),
+        _ => (0..count).rev().collect(),
     }
-    Ok(series)
+}
+
+/// A run's results as its rounds come in: each series' rounds merged, in the order of the series' list (the
+/// runner's index, then the order a runner gave its results in).
+#[derive(Default)]
+struct Merged {
+    series: Vec<(usize, SeriesResult)>,
+}
+
+impl Merged {
+    fn add(&mut self, runner: usize, result: SeriesResult) {
+        match self.series.iter_mut().find(|(_, s)| s.name == result.name) {
+            Some((_, known)) => known.absorb(result),
+            None => {
+                let at = self.series.iter().take_while(|(k, _)| *k <= runner).count();
+                self.series.insert(at, (runner, result));
+            }
+        }
+    }
+
+    fn into_series(self) -> Vec<SeriesResult> {
+        self.series.into_iter().map(|(_, s)| s).collect()
+    }
 }
 
 /// The series a Quiver series' ratios are taken against: none for an external server (`--server`), whose path is
@@ -227,6 +286,7 @@ pub fn write_json(report: &impl serde::Serialize, path: &Path) -> Result<(), Ben
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::series::{Schedule, Tally};
 
     #[test]
     fn an_external_server_is_not_compared_with_the_local_baselines() {
@@ -235,6 +295,42 @@ mod tests {
         let external =
             RttConfig { server: Some(("quiver.example:4433".into(), TrustOptions::CaFile("ca.pem".into()))), ..local };
         assert_eq!(compared_with(&external, Some("quinn datagram echo")), None);
+    }
+
+    #[test]
+    fn rounds_alternate_the_order_and_merge_each_series_in_the_lists_order() {
+        assert_eq!(round_order(3, 0), [0, 1, 2]);
+        assert_eq!(round_order(3, 1), [2, 1, 0]);
+        assert_eq!(round_order(3, 2), [0, 1, 2]);
+        let result = |name: &str, us: u64| {
+            let tally = Tally::shared();
+            let plan = Schedule { start: tokio::time::Instant::now(), interval: Duration::ZERO, count: 1, warmup: 0 };
+            Tally::sent(&tally, &plan, 0, 0, tokio::time::Instant::now() - Duration::from_micros(us));
+            Tally::received(&tally, 0, 0);
+            Tally::result(&tally, name, None)
+        };
+        let mut merged = Merged::default();
+        // Round 1 forward (runner 1 gives two results), round 2 backward.
+        merged.add(0, result("a", 100));
+        merged.add(1, result("b", 200));
+        merged.add(1, result("b2", 300));
+        merged.add(2, result("c", 400));
+        merged.add(2, result("c", 4000));
+        merged.add(1, result("b", 2000));
+        merged.add(1, result("b2", 3000));
+        merged.add(0, result("a", 1000));
+        let series = merged.into_series();
+        let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "b2", "c"]);
+        assert!(series.iter().all(|s| s.sent == 2 && s.latency.count == 2), "{series:?}");
+        assert!(series[3].latency.max_us >= 3990, "the second round's sample: {:?}", series[3].latency);
+        // A series first heard of in a later round still takes its place in the list.
+        let mut merged = Merged::default();
+        merged.add(2, result("c", 1));
+        merged.add(0, result("a", 1));
+        merged.add(1, result("b", 1));
+        let names: Vec<String> = merged.into_series().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["a", "b", "c"]);
     }
 
     #[tokio::test]
@@ -246,6 +342,15 @@ mod tests {
             let err = RttConfig { rate, ..RttConfig::new() }.check().unwrap_err();
             assert!(matches!(err, BenchError::BadConfig { field: "rate", .. }), "{rate}: {err:?}");
         }
+        for rounds in [0, MAX_ROUNDS + 1] {
+            let err = RttConfig { rounds, ..RttConfig::new() }.check().unwrap_err();
+            assert!(matches!(err, BenchError::BadConfig { field: "rounds", .. }), "{rounds}: {err:?}");
+        }
+        // 10 s at 0.2/s is two messages: one round can hold them, five (0.4 each) cannot.
+        let sparse = RttConfig { rate: 0.2, ..RttConfig::new() };
+        assert!(RttConfig { rounds: 1, ..sparse.clone() }.check().is_ok());
+        let err = RttConfig { rounds: 5, ..sparse }.check().unwrap_err();
+        assert!(err.to_string().contains("per round"), "{err}");
         let err = RttConfig { clients: 0, ..RttConfig::new() }.check().unwrap_err();
         assert!(matches!(err, BenchError::BadConfig { field: "clients", .. }), "{err:?}");
         let head_to_head = RttConfig { compare_websocket: true, chat_rate: f64::NAN, ..RttConfig::new() };

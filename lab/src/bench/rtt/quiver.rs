@@ -139,6 +139,14 @@ pub(super) fn post(client: &Client, room: &str, payload: Vec<u8>) {
     drop(client.post(room, payload));
 }
 
+/// A room or channel name for sender `who` that no earlier series of this process used: a series' later round
+/// must not join its earlier round's room (whose history it would be handed) or share its channel.
+pub(super) fn fresh_name(kind: &str, who: u32, tag: impl std::fmt::Display) -> String {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("bench.{kind}.{who}.{}.{tag}.{n}", std::process::id())
+}
+
 /// Keeps `client` connected through the drain, then closes it.
 pub(super) fn close_after(stop: &CancellationToken, client: Client) {
     let stop = stop.clone();

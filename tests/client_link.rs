@@ -13,7 +13,7 @@ use quiver_tests::{hostile::named, states_until, TestServer};
 
 use quiver_tests::fakes::{
     broken_room_stream, drops_each_first_request, fake_endpoint, kicked_with_its_join, late_first_stream,
-    mute_after_welcome, unfinished_frames, Dropped, Seen,
+    mute_after_welcome, next_request, unfinished_frames, welcome, Dropped, Seen,
 };
 
 /// A room joined while the client reconnects is joined once: the application's Join goes to the new connection, and
@@ -159,6 +159,64 @@ async fn a_welcome_in_another_protocol_version_is_refused() {
     let refused = tokio::time::timeout(Duration::from_secs(10), Client::connect_with(&addr, options)).await;
     let err = refused.expect("connect returns").map(|_| ()).unwrap_err();
     assert!(err.to_string().contains("protocol version 5") && err.to_string().contains("asked for 4"), "{err}");
+    server.abort();
+}
+
+/// A reconnect welcomed in another protocol version than its Hello asked for ends the client with
+/// `ProtocolViolation` (the server broke the protocol), as the browser client does; before, with `Internal`,
+/// "something failed inside the server". The fake's first connection is welcomed in the Hello's version and
+/// closed 300 ms later; every later one is welcomed in another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_welcomed_in_another_version_ends_the_client_as_a_protocol_violation() {
+    use quiver_proto::{FrameCodec, Reply, RequestBody, ServerMsg, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
+    let (dir, endpoint, addr) = fake_endpoint();
+    let server = tokio::spawn(async move {
+        let mut connections = 0u32..;
+        while let Some(incoming) = endpoint.accept().await {
+            let first = connections.next() == Some(0);
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+                let codec = FrameCodec::new(Limits::default().max_frame as usize);
+                let closing = conn.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    closing.close(0u32.into(), b"crashed");
+                });
+                let mut inbound = bytes::BytesMut::new();
+                while let Some(request) = next_request(&codec, &mut inbound, &mut recv).await {
+                    let reply = match request.body {
+                        RequestBody::Hello(hello) => {
+                            let Reply::Welcome(mut welcome) = welcome("ann") else { unreachable!() };
+                            welcome.version = match (first, hello.version == PROTOCOL_VERSION) {
+                                (true, _) => hello.version,
+                                (false, true) => OLDEST_PROTOCOL_VERSION,
+                                (false, false) => PROTOCOL_VERSION,
+                            };
+                            Reply::Welcome(welcome)
+                        }
+                        RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
+                        _ => continue,
+                    };
+                    let reply = ServerMsg::Reply { req_id: request.req_id, result: Ok(reply) };
+                    if send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let options = ConnectOptions {
+        trust: TrustOptions::Auto { data_dir: dir.path().to_owned() },
+        reconnect_delay: Duration::from_millis(20),
+        connect_timeout: Duration::from_secs(2),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(&addr, options).await.expect("welcomed in the Hello's version");
+    let seen = states_until(client.state(), |s| matches!(s, ConnectionState::Closed { .. })).await;
+    let Some(ConnectionState::Closed { code, reason }) = seen.last() else { unreachable!() };
+    assert_eq!(*code, ErrorCode::ProtocolViolation, "{seen:?}");
+    assert!(reason.contains("protocol version"), "{reason}");
     server.abort();
 }
 

@@ -459,7 +459,7 @@ pub async fn closes_at_a_clock_ping(endpoint: quinn::Endpoint) {
 
 /// The next request on a fake's control stream (`inbound` keeps what was read past it); `None` once the stream
 /// ends or fails.
-async fn next_request(
+pub async fn next_request(
     codec: &quiver_proto::FrameCodec,
     inbound: &mut bytes::BytesMut,
     recv: &mut quinn::RecvStream,
@@ -489,7 +489,7 @@ fn joined_empty(room: &str, req_id: u64) -> quiver_proto::Joined {
 }
 
 /// A Welcome for `identity`, with the default limits.
-fn welcome(identity: &str) -> quiver_proto::Reply {
+pub fn welcome(identity: &str) -> quiver_proto::Reply {
     quiver_proto::Reply::Welcome(quiver_proto::Welcome {
         version: quiver_proto::PROTOCOL_VERSION,
         session_id: 1,

@@ -12,10 +12,15 @@ use crate::{error::ConnectError, state::backoff::Backoff, sync::lock, target::Ta
 /// too): another node restarting (its drain, 10 s by default, and its start) has that long to come back.
 const OTHERS_TRIES: u32 = 3;
 
-/// The code a refusal ends the client with: the server's, for a session it refused.
+/// The code a fatal reconnect failure ([`ConnectError::is_fatal`]) ends the client with: the server's, for a
+/// session it refused; `ProtocolViolation` for a Welcome in another protocol version than Hello asked for (the
+/// server broke the protocol: it refuses a version it does not speak with `UnsupportedVersion`; the browser client
+/// says the same). Before, the latter ended the client with `Internal`, "something failed inside the server".
+/// `Internal` stays for a certificate that is not the pinned one: no code names a server the client refuses.
 fn refusal_code(err: &ConnectError) -> ErrorCode {
     match err {
         ConnectError::Refused(failure) => failure.code,
+        ConnectError::Protocol(_) => ErrorCode::ProtocolViolation,
         _ => ErrorCode::Internal,
     }
 }

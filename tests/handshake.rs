@@ -252,3 +252,44 @@ async fn the_server_sends_no_tail_probe_for_a_reply_already_acknowledged() {
     let probes = control.conn.stats().frame_rx.datagram - before;
     assert!(probes <= PINGS / 6, "{probes} probes for {PINGS} acknowledged replies");
 }
+
+/// A client's reconnect resumes its TLS session (the server opens the ticket it issued: no signature, no
+/// certificate chain sent), and so does another client with the same trust; a client pinning another certificate
+/// does not present those tickets. Before, every attempt built a TLS configuration with an empty ticket cache of
+/// its own, and no reconnect ever resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_resumes_its_tls_session() {
+    let server = TestServer::start(Limits::default());
+    let resumed = || server.stats.tls_tickets_accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let options = ConnectOptions { reconnect_delay: Duration::from_millis(20), ..ConnectOptions::default() };
+    let client = server.client_with(options.clone()).await.unwrap();
+    assert_eq!(resumed(), 0, "a first connection has no ticket");
+    client.ping().await.unwrap(); // (the tickets come after the handshake)
+    let first = client.connection().unwrap();
+    first.close(0u32.into(), b"test: reconnect");
+    let mut again = client.connection();
+    for _ in 0..500 {
+        client.ping().await.unwrap();
+        again = client.connection();
+        if again.as_ref().is_some_and(|conn| conn.stable_id() != first.stable_id()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(again.is_some_and(|conn| conn.stable_id() != first.stable_id()), "reconnected");
+    assert_eq!(resumed(), 1, "the reconnect resumed");
+    let other = server.client_with(options.clone()).await.unwrap();
+    assert_eq!(resumed(), 2, "another client with the same trust resumes too");
+    other.close().await;
+    // Another pin (here a certificate the server does not have): its handshake is a full one, so it fails the pin,
+    // where a resumption of the same server's session would have skipped the check.
+    let elsewhere = ConnectOptions {
+        trust: TrustOptions::Pin(quiver_certs::Fingerprint([7; 32])),
+        first_connect_retry: None,
+        ..options
+    };
+    let refused = Client::connect_with(&server.addr.to_string(), elsewhere).await.map(|_| ()).unwrap_err();
+    assert!(matches!(refused, ConnectError::PinMismatch { .. }), "{refused:?}");
+    assert_eq!(resumed(), 2);
+    client.close().await;
+}

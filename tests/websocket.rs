@@ -442,3 +442,31 @@ async fn clients_behind_a_trusted_proxy_are_admitted_by_their_own_address() {
     reaches(2).await; // two from 127.0.0.2 share its one place, whatever they say
     drop((first, second, again, untrusted));
 }
+
+/// Over the WebSocket, a pin the server's certificate does not match fails as a pin mismatch naming the certificate
+/// presented (the pin verifier's error, read back from the TLS error), and TLS sessions resume: a second client
+/// with the same trust presents a ticket the first was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_clients_name_a_pin_mismatch_and_resume_tls_sessions() {
+    let server = TestServer::start(Limits::default());
+    let resumed = || server.stats.tls_tickets_accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let first = server.ws_client_with(named("first")).await.unwrap();
+    first.ping().await.unwrap(); // (its tickets come after the handshake)
+    let before = resumed();
+    let second = server.ws_client_with(named("second")).await.unwrap();
+    assert_eq!(second.transport(), Some(TransportKind::WebSocket));
+    assert_eq!(resumed(), before + 1, "the second client resumed a session of the first's");
+    let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
+    let wrong = ConnectOptions {
+        trust: quiver_client::TrustOptions::Pin(pin),
+        transport: Transport::WebSocket,
+        websocket_port: server.websocket.map(|ws| ws.port()),
+        ..named("wrong")
+    };
+    let err = Client::connect_with(&server.addr.to_string(), wrong).await.map(|_| ()).unwrap_err();
+    let quiver_client::ConnectError::PinMismatch { expected, presented } = &err else { panic!("{err}") };
+    let real = quiver_certs::sha256(&quiver_certs::dev::read(server.data_dir.path()).unwrap());
+    assert_eq!((*expected, *presented), (pin, real));
+    first.close().await;
+    second.close().await;
+}

@@ -46,6 +46,7 @@ pub mod latency;
 mod link;
 mod options;
 pub mod room;
+mod sessions;
 pub mod state;
 mod sync;
 mod target;

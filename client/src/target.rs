@@ -6,11 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use quiver_proto::ALPN_QUIVER;
 
-use crate::{
-    trust::{self, PinReport},
-    wire::Link,
-    ConnectError, ConnectOptions, Transport,
-};
+use crate::{trust, wire::Link, ConnectError, ConnectOptions, Transport};
 
 /// The port `quiver-server` listens on by default, used when the server is given without one.
 pub const DEFAULT_PORT: u16 = 4433;
@@ -40,7 +36,7 @@ pub(crate) struct Target {
     pub(crate) host: String,
     pub(crate) endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
-    pin: Option<(quiver_certs::Fingerprint, PinReport)>,
+    pin: Option<quiver_certs::Fingerprint>,
     /// The WebSocket fallback's TLS (ALPN http/1.1, the same trust), and its pin's report.
     #[cfg(feature = "websocket")]
     pub(crate) ws: crate::websocket::WsTls,
@@ -114,7 +110,7 @@ impl Target {
     }
 
     fn new(addr: SocketAddr, host: &str, options: &ConnectOptions) -> Result<Target, ConnectError> {
-        let (tls, pin) = trust::tls_config(&options.trust, addr, ALPN_QUIVER)?;
+        let (tls, pin) = trust::tls_config(&options.trust, addr, ALPN_QUIVER, true)?;
         let config = quiver_transport::tls::client_config(tls, &options.tuning).map_err(trust::TrustError::from)?;
         let bind: SocketAddr = if addr.is_ipv6() {
             SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
@@ -247,9 +243,14 @@ impl Target {
         }
         let connecting = self.endpoint.connect_with(config, self.addr, &self.host)?;
         connecting.await.map_err(|err| {
-            match self.pin.as_ref().and_then(|(expected, report)| Some((*expected, report.mismatch()?))) {
-                Some((expected, presented)) => ConnectError::PinMismatch { expected, presented },
-                None => ConnectError::Connection(err),
+            // (Only this client's own TLS error, never a peer's close reason, says what was presented.)
+            let ours = match &err {
+                quinn::ConnectionError::TransportError(ours) => Some(ours.reason.as_str()),
+                _ => None,
+            };
+            match (self.pin, ours.and_then(trust::presented_in)) {
+                (Some(expected), Some(presented)) => ConnectError::PinMismatch { expected, presented },
+                _ => ConnectError::Connection(err),
             }
         })
     }

@@ -1,12 +1,9 @@
 //! How a client decides to trust the server's certificate: a pinned SHA-256, a CA file, or (for a server on this
 //! machine) the dev certificate the server keeps in its data directory.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
+use crate::sessions::Trusted;
 use quiver_certs::{CertError, Fingerprint};
 use quiver_transport::{tls::TlsError, TransportTuning};
 use rustls::{
@@ -63,14 +60,35 @@ pub enum TrustError {
     Quic(#[from] TlsError),
 }
 
-/// Records the fingerprint a pinned server presented when it did not match, so the connect error can say so.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct PinReport(Arc<Mutex<Option<Fingerprint>>>);
+/// What the pin verifier's error says, before the fingerprint the server presented ([`presented_in`]).
+const PRESENTED: &str = "the server presented sha256 ";
 
-impl PinReport {
-    pub(crate) fn mismatch(&self) -> Option<Fingerprint> {
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The certificate a pinned server presented instead of the pinned one: the pin verifier's error, carried by
+/// rustls in the handshake's error (its text, as quinn and tokio-rustls report it), from which the connect error is
+/// made. (The verifier is shared by every attempt under one pin, [`crate::sessions`], so it cannot keep the
+/// presented certificate for an attempt of its own.)
+struct Presented(Fingerprint);
+
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{PRESENTED}{}", self.0)
     }
+}
+
+impl std::fmt::Display for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::error::Error for Presented {}
+
+/// The certificate a pinned server presented, from the text of a handshake that failed on it: only ever read from
+/// this client's own TLS errors (a QUIC connection's locally made transport error, a TLS stream's error), never
+/// from a peer's close reason.
+pub(crate) fn presented_in(error_text: &str) -> Option<Fingerprint> {
+    let at = error_text.find(PRESENTED)? + PRESENTED.len();
+    error_text.get(at..at + 64)?.parse().ok()
 }
 
 /// A quinn client configuration for `server` with Quiver's transport settings and `alpn`, for code that drives quinn
@@ -80,40 +98,57 @@ pub fn quinn_client_config(
     server: SocketAddr,
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig, TrustError> {
-    Ok(quiver_transport::tls::client_config(tls_config(trust, server, alpn)?.0, &TransportTuning::quiver())?)
+    // Tickets of its own (rustls' default): code that makes one configuration per connection, as one per process
+    // (`quiver bench connections`' full handshakes), must not resume another's session.
+    Ok(quiver_transport::tls::client_config(tls_config(trust, server, alpn, false)?.0, &TransportTuning::quiver())?)
 }
 
-/// A rustls client configuration (ring, TLS 1.3) for `server`, and where pin mismatches are reported.
+/// A rustls client configuration (ring, TLS 1.3) for `server`, and the pin it checks (if it pins). With `resume`,
+/// the configuration is the one kept for this certificate check, with the ticket store of this ALPN
+/// ([`crate::sessions`]): a client's reconnect resumes its session. Without, it has a verifier and tickets of its own.
 pub(crate) fn tls_config(
     trust: &TrustOptions,
     server: SocketAddr,
     alpn: &[u8],
-) -> Result<(rustls::ClientConfig, Option<(Fingerprint, PinReport)>), TrustError> {
-    let provider = quiver_transport::tls::provider();
-    let builder = quiver_transport::tls::client_builder()?;
-    let pinned = |pin: Fingerprint| {
-        let report = PinReport::default();
-        let verifier = PinVerifier { pin, report: report.clone(), provider: provider.clone() };
-        let config =
-            builder.clone().dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth();
-        (config, Some((pin, report)))
-    };
-    let (mut config, pin) = match trust {
-        TrustOptions::Pin(pin) => pinned(*pin),
+    resume: bool,
+) -> Result<(rustls::ClientConfig, Option<Fingerprint>), TrustError> {
+    let (trusted, roots) = match trust {
+        TrustOptions::Pin(pin) => (Trusted::Pin(*pin), Vec::new()),
         TrustOptions::Auto { data_dir } if server.ip().is_loopback() => {
             let cert = quiver_certs::dev::read(data_dir).map_err(TrustError::NoDevCert)?;
-            pinned(quiver_certs::sha256(&cert))
+            (Trusted::Pin(quiver_certs::sha256(&cert)), Vec::new())
         }
         TrustOptions::Auto { .. } => return Err(TrustError::NotLoopback(server)),
         TrustOptions::CaFile(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in quiver_certs::pem::load_chain(path).map_err(TrustError::Ca)? {
-                roots.add(cert)?;
-            }
-            (builder.with_root_certificates(roots).with_no_client_auth(), None)
+            let certs = quiver_certs::pem::load_chain(path).map_err(TrustError::Ca)?;
+            (Trusted::roots(certs.iter().map(|cert| cert.as_ref())), certs)
         }
     };
+    let make = || -> Result<rustls::ClientConfig, TrustError> {
+        let builder = quiver_transport::tls::client_builder()?;
+        Ok(match trusted {
+            Trusted::Pin(pin) => {
+                let verifier = PinVerifier { pin, provider: quiver_transport::tls::provider() };
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+            }
+            Trusted::Roots(_) => {
+                let mut store = rustls::RootCertStore::empty();
+                for cert in roots {
+                    store.add(cert)?;
+                }
+                builder.with_root_certificates(store).with_no_client_auth()
+            }
+        })
+    };
+    let mut config = match resume {
+        true => crate::sessions::config(trusted, alpn, make)?,
+        false => make()?,
+    };
     config.alpn_protocols = vec![alpn.to_vec()];
+    let pin = match trusted {
+        Trusted::Pin(pin) => Some(pin),
+        Trusted::Roots(_) => None,
+    };
     Ok((config, pin))
 }
 
@@ -121,7 +156,6 @@ pub(crate) fn tls_config(
 #[derive(Debug)]
 struct PinVerifier {
     pin: Fingerprint,
-    report: PinReport,
     provider: Arc<CryptoProvider>,
 }
 
@@ -138,8 +172,8 @@ impl ServerCertVerifier for PinVerifier {
         if presented == self.pin {
             return Ok(ServerCertVerified::assertion());
         }
-        *self.report.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(presented);
-        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        let presented = rustls::OtherError(Arc::new(Presented(presented)));
+        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(presented)))
     }
 
     fn verify_tls12_signature(
@@ -162,5 +196,25 @@ impl ServerCertVerifier for PinVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The certificate a pinned server presented comes back out of the handshake's error text, as quinn and
+    /// tokio-rustls word it (rustls' own Display of the verifier's error); other text names none.
+    #[test]
+    fn the_presented_certificate_is_read_back_from_the_handshakes_error() {
+        let presented = Fingerprint([0xcd; 32]);
+        let err = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+            Presented(presented),
+        ))));
+        assert_eq!(presented_in(&err.to_string()), Some(presented), "{err}");
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
+        assert_eq!(presented_in(&io.to_string()), Some(presented), "{io}");
+        assert_eq!(presented_in("invalid peer certificate: UnknownIssuer"), None);
+        assert_eq!(presented_in(&format!("{PRESENTED}{}", "ab".repeat(31))), None, "cut short");
     }
 }

@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use quiver_certs::Fingerprint;
 use rustls::client::{ClientSessionMemoryCache, Resumption};
 
-/// Certificate checks whose configuration and tickets are kept at once; the least recently used goes first.
-const STORES: usize = 16;
+/// Certificate checks whose configuration and tickets are kept at once; the least recently used goes first (a
+/// test binary's servers each have a certificate of their own: room for those running at once on a large machine).
+const STORES: usize = 64;
 
 /// Server names per ticket store (rustls keeps a few tickets for each).
 const NAMES_PER_STORE: usize = 64;

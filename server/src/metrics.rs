@@ -270,7 +270,8 @@ impl Collector for ServerMetrics {
         counter(
             &mut e,
             "tls_tickets_accepted",
-            "TLS session tickets this server issued that returning clients presented and it could open (resumptions)",
+            "TLS session tickets this server issued that returning clients presented and it could open (resumption \
+             attempts; one issued under a certificate no longer served is then refused)",
             c.tls_tickets_accepted,
         )?;
         labelled_counters(

@@ -86,6 +86,7 @@ fn server_tls(
     tickets: Arc<dyn ProducesTickets>,
     alpn: Vec<Vec<u8>>,
 ) -> Result<rustls::ServerConfig, TlsError> {
+    let leaf = chain.first().map(|leaf| ring::digest::digest(&ring::digest::SHA256, leaf.as_ref()));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -94,8 +95,50 @@ fn server_tls(
     tls.max_early_data_size = 0;
     // Stateless tickets: no per-session memory on the server (rustls' default cache holds 256 sessions in all,
     // useless at ten thousand clients), and a reconnect skips the certificate signature.
-    tls.ticketer = tickets;
+    let mut certificate = [0; 32];
+    certificate.copy_from_slice(leaf.as_ref().map_or(&[0; 32][..], |leaf| leaf.as_ref()));
+    tls.ticketer = Arc::new(BoundTickets { inner: tickets, certificate });
     Ok(tls)
+}
+
+/// Session tickets that resume only under the certificate they were issued under (the SHA-256 of the leaf, inside
+/// the ticket's encryption): a resumed handshake checks no certificate, so after a reload onto another certificate
+/// a client must run the full handshake and check the new one (a pinned client then learns that its pin no longer
+/// matches, instead of resuming on for the tickets' 6 hours). A reload that keeps the certificate keeps resuming.
+/// The tickets' keys and lifetime are the shared ones inside ([`session_tickets`], one per server), whose count of
+/// opened tickets includes those refused here (resumption attempts).
+struct BoundTickets {
+    inner: Arc<dyn ProducesTickets>,
+    certificate: [u8; 32],
+}
+
+impl std::fmt::Debug for BoundTickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundTickets").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl ProducesTickets for BoundTickets {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let mut bound = Vec::with_capacity(self.certificate.len() + plain.len());
+        bound.extend_from_slice(&self.certificate);
+        bound.extend_from_slice(plain);
+        self.inner.encrypt(&bound)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let bound = self.inner.decrypt(cipher)?;
+        let (certificate, plain) = bound.split_first_chunk::<32>()?;
+        (*certificate == self.certificate).then(|| plain.to_vec())
+    }
 }
 
 /// TLS 1.3 session tickets for [`server_config`]: stateless (rustls' ring `Ticketer`: ChaCha20-Poly1305 under
@@ -230,6 +273,25 @@ mod tests {
         assert_eq!(tickets.decrypt(&ticket), None, "past its lifetime");
         assert_eq!(resumed.load(std::sync::atomic::Ordering::Relaxed), 2);
         assert_eq!(tickets.decrypt(b"not a ticket"), None);
+    }
+
+    /// A ticket resumes only under the certificate it was issued under: a configuration made for another
+    /// certificate (a reload onto it) opens it and refuses it; one made again for the same certificate takes it.
+    #[test]
+    fn a_ticket_resumes_only_under_its_certificate() {
+        let cert = |name: &str| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap().self_signed(&key).unwrap();
+            (vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        };
+        let tickets = session_tickets(|| {}).unwrap();
+        let ((first, first_key), (second, second_key)) = (cert("localhost"), cert("localhost"));
+        let issuing = server_tcp_config(first.clone(), first_key.clone_key(), tickets.clone()).unwrap();
+        let ticket = issuing.ticketer.encrypt(b"session").unwrap();
+        let reloaded_same = server_tcp_config(first, first_key, tickets.clone()).unwrap();
+        assert_eq!(reloaded_same.ticketer.decrypt(&ticket).as_deref(), Some(&b"session"[..]));
+        let reloaded_other = server_tcp_config(second, second_key, tickets).unwrap();
+        assert_eq!(reloaded_other.ticketer.decrypt(&ticket), None, "issued under another certificate");
     }
 
     /// Runs a TLS handshake in memory; the suite the server chose.

@@ -273,10 +273,12 @@ impl SeriesResult {
     /// be merged into percentiles: the merged result keeps the summary of the round with more samples and drops
     /// the samples, so that no later round claims a merge either.
     pub fn absorb(&mut self, other: SeriesResult) {
-        let weighted = |s: &SeriesResult| s.wire_bytes_per_msg.map(|b| (b * s.sent as f64, s.sent));
-        self.wire_bytes_per_msg = match (weighted(self), weighted(&other)) {
-            (Some((a, n)), Some((b, m))) if n + m > 0 => Some((a + b) / (n + m) as f64),
-            (mine, theirs) => mine.or(theirs).map(|(bytes, n)| if n == 0 { 0.0 } else { bytes / n as f64 }),
+        // (Rounds are alike, so weighting by measured messages is near enough to the totals' own ratio.)
+        self.wire_bytes_per_msg = match (self.wire_bytes_per_msg, other.wire_bytes_per_msg) {
+            (Some(mine), Some(theirs)) if self.sent + other.sent > 0 => {
+                Some((mine * self.sent as f64 + theirs * other.sent as f64) / (self.sent + other.sent) as f64)
+            }
+            (mine, theirs) => mine.or(theirs),
         };
         self.sent += other.sent;
         self.lost += other.lost;

@@ -59,10 +59,12 @@ impl Targets {
         let udp = echo::udp_echo(ip, stop.clone()).await.map_err(BenchError::io("UDP echo"))?;
         let quinn = echo::quinn_echo(ip, cert, stop.clone())?;
         let websocket = echo::websocket_echo(ip, stop.clone()).await.map_err(BenchError::io("WebSocket echo"))?;
-        // A relay keeps each client address it has seen for the run: the Quiver relay serves three series (datagram,
-        // stream, stream redundant), each with new clients on sockets of their own, so it needs 3× the clients
-        // (more than that leaves room for a socket a client opens again); the others need fewer.
-        let (profile, max_clients) = (config.profile.as_ref(), config.clients as usize * 6 + 8);
+        // A relay keeps each client address it has seen until it has been idle a minute (`CLIENT_IDLE`): the Quiver
+        // relay serves three series (datagram, stream, stream redundant) in every round, each with new clients on
+        // sockets of their own, so it needs 3× the clients per round (more than that leaves room for a socket a
+        // client opens again); the others need fewer. Every round's counted: a round can take less than the minute.
+        let per_round = config.clients as usize * 6 + 8;
+        let (profile, max_clients) = (config.profile.as_ref(), per_round * config.rounds.max(1) as usize);
         let (quiver_addr, quiver_relay) = through_relay(profile, quiver.addr, max_clients)?;
         let (udp, udp_relay) = through_relay(profile, udp, max_clients)?;
         let (quinn, quinn_relay) = through_relay(profile, quinn, max_clients)?;

@@ -270,8 +270,8 @@ impl Collector for ServerMetrics {
         counter(
             &mut e,
             "tls_tickets_accepted",
-            "TLS session tickets this server issued that returning clients presented and it could open (resumption \
-             attempts; one issued under a certificate no longer served is then refused)",
+            "TLS session tickets this server issued under the certificate it serves that returning clients presented \
+             and it could open (resumptions)",
             c.tls_tickets_accepted,
         )?;
         labelled_counters(

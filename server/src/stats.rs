@@ -147,9 +147,8 @@ counters! {
     post_copies_used,
     /// Sessions admitted (Hello answered with Welcome).
     handshakes,
-    /// TLS session tickets presented by returning clients that this server issued and could open: resumption
-    /// attempts (one issued under a certificate no longer served is then refused; rustls checks the ticket's binder,
-    /// cipher suite and server name).
+    /// TLS session tickets presented by returning clients that this server issued, under the certificate it serves,
+    /// and could open: resumption attempts (rustls then checks the ticket's binder, cipher suite and server name).
     tls_tickets_accepted,
     /// Native QUIC connections served (past the handshake and the connection limits).
     accepted_native,

@@ -81,7 +81,7 @@ pub fn fake_endpoint() -> (tempfile::TempDir, quinn::Endpoint, String) {
     let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
     let tuning = quiver_transport::TransportTuning::default();
     let config =
-        quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, tickets).unwrap();
+        quiver_transport::tls::server_config(cert.chain, cert.key, &Limits::default(), &tuning, &tickets).unwrap();
     let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap().to_string();
     (dir, endpoint, addr)

@@ -51,7 +51,7 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     limits: &Limits,
     tuning: &TransportTuning,
-    tickets: Arc<dyn ProducesTickets>,
+    tickets: &SessionTickets,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let tls = server_tls(chain, key, tickets, vec![ALPN_QUIVER.to_vec(), ALPN_H3.to_vec()])?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|_| TlsError::NoTls13)?;
@@ -65,7 +65,7 @@ pub fn server_config(
 pub fn server_tcp_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    tickets: Arc<dyn ProducesTickets>,
+    tickets: &SessionTickets,
 ) -> Result<rustls::ServerConfig, TlsError> {
     server_tls(chain, key, tickets, vec![b"http/1.1".to_vec()])
 }
@@ -83,10 +83,14 @@ pub fn check_server_cert(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer
 fn server_tls(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    tickets: Arc<dyn ProducesTickets>,
+    tickets: &SessionTickets,
     alpn: Vec<Vec<u8>>,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let leaf = chain.first().map(|leaf| ring::digest::digest(&ring::digest::SHA256, leaf.as_ref()));
+    // The served leaf's SHA-256, which the tickets are bound to (a chain without one is refused just below).
+    let mut certificate = [0; 32];
+    if let Some(leaf) = chain.first() {
+        certificate.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, leaf.as_ref()).as_ref());
+    }
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -95,65 +99,44 @@ fn server_tls(
     tls.max_early_data_size = 0;
     // Stateless tickets: no per-session memory on the server (rustls' default cache holds 256 sessions in all,
     // useless at ten thousand clients), and a reconnect skips the certificate signature.
-    let mut certificate = [0; 32];
-    certificate.copy_from_slice(leaf.as_ref().map_or(&[0; 32][..], |leaf| leaf.as_ref()));
-    tls.ticketer = Arc::new(BoundTickets { inner: tickets, certificate });
+    tls.ticketer = Arc::new(CountedTickets { tickets: tickets.clone(), certificate });
     Ok(tls)
-}
-
-/// Session tickets that resume only under the certificate they were issued under (the SHA-256 of the leaf, inside
-/// the ticket's encryption): a resumed handshake checks no certificate, so after a reload onto another certificate
-/// a client must run the full handshake and check the new one (a pinned client then learns that its pin no longer
-/// matches, instead of resuming on for the tickets' 6 hours). A reload that keeps the certificate keeps resuming.
-/// The tickets' keys and lifetime are the shared ones inside ([`session_tickets`], one per server), whose count of
-/// opened tickets includes those refused here (resumption attempts).
-struct BoundTickets {
-    inner: Arc<dyn ProducesTickets>,
-    certificate: [u8; 32],
-}
-
-impl std::fmt::Debug for BoundTickets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BoundTickets").field("inner", &self.inner).finish_non_exhaustive()
-    }
-}
-
-impl ProducesTickets for BoundTickets {
-    fn enabled(&self) -> bool {
-        self.inner.enabled()
-    }
-
-    fn lifetime(&self) -> u32 {
-        self.inner.lifetime()
-    }
-
-    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        let mut bound = Vec::with_capacity(self.certificate.len() + plain.len());
-        bound.extend_from_slice(&self.certificate);
-        bound.extend_from_slice(plain);
-        self.inner.encrypt(&bound)
-    }
-
-    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        let bound = self.inner.decrypt(cipher)?;
-        let (certificate, plain) = bound.split_first_chunk::<32>()?;
-        (*certificate == self.certificate).then(|| plain.to_vec())
-    }
 }
 
 /// TLS 1.3 session tickets for [`server_config`]: stateless (rustls' ring `Ticketer`: ChaCha20-Poly1305 under
 /// random keys rotated every 6 hours, held in memory only), so resuming costs the server no memory per session. A
 /// resumed handshake still runs a fresh ECDHE (forward secrecy holds) and never carries 0-RTT data. Make one per
 /// server and keep it across certificate reloads, or tickets issued before a reload stop resuming.
-/// `on_resumed` is called for every ticket a returning client presents that decrypts: a resumption attempt, which
-/// rustls then checks further (the ticket's binder, cipher suite and server name).
+/// `on_resumed` is called for every ticket a returning client presents that decrypts, within its lifetime and under
+/// the certificate now served: a resumption attempt, which rustls then checks further (the ticket's binder, cipher
+/// suite and server name).
 ///
 /// A ticket resumes for its lifetime (6 hours) and no longer: each carries the second it was issued, inside its
 /// encryption. (rustls rolls its keys only when a ticket is made or read, and checks no ticket's age, so on a
-/// server left idle for days a ticket from before the idle stretch still resumed.)
-pub fn session_tickets(on_resumed: impl Fn() + Send + Sync + 'static) -> Result<Arc<dyn ProducesTickets>, TlsError> {
+/// server left idle for days a ticket from before the idle stretch still resumed.) And only under the certificate
+/// it was issued under (the SHA-256 of the leaf, inside its encryption too): a resumed handshake checks no
+/// certificate, so after a reload onto another certificate a client must run the full handshake and check the new
+/// one (a pinned client then learns that its pin no longer matches, instead of resuming on for 6 hours). A reload
+/// that keeps the certificate keeps resuming.
+pub fn session_tickets(on_resumed: impl Fn() + Send + Sync + 'static) -> Result<SessionTickets, TlsError> {
     let inner = rustls::crypto::ring::Ticketer::new()?;
-    Ok(Arc::new(CountedTickets { inner, on_resumed: Box::new(on_resumed), clock: Box::new(unix_seconds) }))
+    Ok(SessionTickets { inner, on_resumed: Arc::new(on_resumed), clock: Arc::new(unix_seconds) })
+}
+
+/// A server's session tickets ([`session_tickets`]): their keys and count, shared by every configuration made for the
+/// server, each of which binds them to its certificate.
+#[derive(Clone)]
+pub struct SessionTickets {
+    inner: Arc<dyn ProducesTickets>,
+    on_resumed: Arc<dyn Fn() + Send + Sync>,
+    /// Seconds since the Unix epoch.
+    clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for SessionTickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTickets").field("inner", &self.inner).finish_non_exhaustive()
+    }
 }
 
 /// Seconds since the Unix epoch (0 for a clock before it).
@@ -164,45 +147,47 @@ fn unix_seconds() -> u64 {
 /// How long a session ticket resumes: 6 hours, rustls' key rotation.
 pub const TICKET_LIFETIME_S: u32 = 6 * 60 * 60;
 
+/// A configuration's tickets: the server's, stamped with the second of issue and the certificate served.
 struct CountedTickets {
-    inner: Arc<dyn ProducesTickets>,
-    on_resumed: Box<dyn Fn() + Send + Sync>,
-    /// Seconds since the Unix epoch.
-    clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    tickets: SessionTickets,
+    /// The SHA-256 of the leaf certificate this configuration serves.
+    certificate: [u8; 32],
 }
 
 impl std::fmt::Debug for CountedTickets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CountedTickets").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("CountedTickets").field("tickets", &self.tickets).finish_non_exhaustive()
     }
 }
 
 impl ProducesTickets for CountedTickets {
     fn enabled(&self) -> bool {
-        self.inner.enabled()
+        self.tickets.inner.enabled()
     }
 
     fn lifetime(&self) -> u32 {
         // (rustls' ticketer reports twice its key rotation, 12 h: a ticket made just before a rotation is still
         // decrypted with the previous key for that long.)
-        self.inner.lifetime().min(TICKET_LIFETIME_S)
+        self.tickets.inner.lifetime().min(TICKET_LIFETIME_S)
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        let mut stamped = Vec::with_capacity(8 + plain.len());
-        stamped.extend_from_slice(&(self.clock)().to_be_bytes());
+        let mut stamped = Vec::with_capacity(8 + 32 + plain.len());
+        stamped.extend_from_slice(&(self.tickets.clock)().to_be_bytes());
+        stamped.extend_from_slice(&self.certificate);
         stamped.extend_from_slice(plain);
-        self.inner.encrypt(&stamped)
+        self.tickets.inner.encrypt(&stamped)
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        let stamped = self.inner.decrypt(cipher)?;
-        let (issued, plain) = stamped.split_first_chunk::<8>()?;
-        let age = (self.clock)().saturating_sub(u64::from_be_bytes(*issued));
-        if age > u64::from(self.lifetime()) {
+        let stamped = self.tickets.inner.decrypt(cipher)?;
+        let (issued, rest) = stamped.split_first_chunk::<8>()?;
+        let (certificate, plain) = rest.split_first_chunk::<32>()?;
+        let age = (self.tickets.clock)().saturating_sub(u64::from_be_bytes(*issued));
+        if age > u64::from(self.lifetime()) || *certificate != self.certificate {
             return None;
         }
-        (self.on_resumed)();
+        (self.tickets.on_resumed)();
         Some(plain.to_vec())
     }
 }
@@ -234,7 +219,7 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         let chain = vec![cert.der().clone()];
         let private = PrivateKeyDer::Pkcs8(key.serialize_der().into());
-        let server = Arc::new(server_tcp_config(chain.clone(), private, session_tickets(|| {}).unwrap()).unwrap());
+        let server = Arc::new(server_tcp_config(chain.clone(), private, &session_tickets(|| {}).unwrap()).unwrap());
         let mut roots = RootCertStore::empty();
         roots.add(chain[0].clone()).unwrap();
         let quiver = client_builder().unwrap().with_root_certificates(roots.clone()).with_no_client_auth();
@@ -257,11 +242,14 @@ mod tests {
         let resumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (clock, counted) = (now.clone(), resumed.clone());
         let tickets = CountedTickets {
-            inner: rustls::crypto::ring::Ticketer::new().unwrap(),
-            on_resumed: Box::new(move || {
-                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }),
-            clock: Box::new(move || clock.load(std::sync::atomic::Ordering::Relaxed)),
+            tickets: SessionTickets {
+                inner: rustls::crypto::ring::Ticketer::new().unwrap(),
+                on_resumed: Arc::new(move || {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }),
+                clock: Arc::new(move || clock.load(std::sync::atomic::Ordering::Relaxed)),
+            },
+            certificate: [7; 32],
         };
         let lifetime = u64::from(tickets.lifetime());
         assert_eq!(lifetime, 6 * 3_600, "the documented 6 hours (rustls' ticketer says 12)");
@@ -276,7 +264,8 @@ mod tests {
     }
 
     /// A ticket resumes only under the certificate it was issued under: a configuration made for another
-    /// certificate (a reload onto it) opens it and refuses it; one made again for the same certificate takes it.
+    /// certificate (a reload onto it) refuses it, and does not count it; one made again for the same certificate
+    /// takes it.
     #[test]
     fn a_ticket_resumes_only_under_its_certificate() {
         let cert = |name: &str| {
@@ -284,14 +273,21 @@ mod tests {
             let cert = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap().self_signed(&key).unwrap();
             (vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
         };
-        let tickets = session_tickets(|| {}).unwrap();
+        let resumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = resumed.clone();
+        let tickets = session_tickets(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
         let ((first, first_key), (second, second_key)) = (cert("localhost"), cert("localhost"));
-        let issuing = server_tcp_config(first.clone(), first_key.clone_key(), tickets.clone()).unwrap();
+        let issuing = server_tcp_config(first.clone(), first_key.clone_key(), &tickets).unwrap();
         let ticket = issuing.ticketer.encrypt(b"session").unwrap();
-        let reloaded_same = server_tcp_config(first, first_key, tickets.clone()).unwrap();
-        assert_eq!(reloaded_same.ticketer.decrypt(&ticket).as_deref(), Some(&b"session"[..]));
-        let reloaded_other = server_tcp_config(second, second_key, tickets).unwrap();
+        let reloaded_other = server_tcp_config(second, second_key, &tickets).unwrap();
         assert_eq!(reloaded_other.ticketer.decrypt(&ticket), None, "issued under another certificate");
+        assert_eq!(resumed.load(std::sync::atomic::Ordering::Relaxed), 0, "a refused ticket is not counted");
+        let reloaded_same = server_tcp_config(first, first_key, &tickets).unwrap();
+        assert_eq!(reloaded_same.ticketer.decrypt(&ticket).as_deref(), Some(&b"session"[..]));
+        assert_eq!(resumed.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     /// Runs a TLS handshake in memory; the suite the server chose.

@@ -86,7 +86,7 @@ pub(super) struct Certified {
 /// NEW_TOKEN tokens a connection is given for its client's next one).
 #[derive(Clone)]
 pub(super) struct Tickets {
-    pub(super) tls: std::sync::Arc<dyn quiver_transport::tls::ProducesTickets>,
+    pub(super) tls: quiver_transport::tls::SessionTickets,
     /// Derived from the data directory's secret (`datadir::reset_key`), so that a returning client's token holds
     /// across reloads and restarts: the endpoint checks every token with the configuration it was bound with, and
     /// quinn's default (a random key per configuration) made the tokens of connections accepted after a reload
@@ -106,7 +106,7 @@ pub(super) const VALIDATION_TOKEN_LIFETIME: std::time::Duration = std::time::Dur
 
 impl Tickets {
     pub(super) fn new(
-        tls: std::sync::Arc<dyn quiver_transport::tls::ProducesTickets>,
+        tls: quiver_transport::tls::SessionTickets,
         data_dir: &std::path::Path,
     ) -> Result<Tickets, ServerError> {
         let secret = crate::datadir::reset_key(data_dir)?;
@@ -152,14 +152,9 @@ pub(super) fn server_config(
             quiver_certs::dev::validity(&cert.chain[0], &path)?.1
         }
     };
-    let tcp = quiver_transport::tls::server_tcp_config(cert.chain.clone(), cert.key.clone_key(), tickets.tls.clone())?;
-    let mut quic = quiver_transport::tls::server_config(
-        cert.chain,
-        cert.key,
-        &config.limits,
-        &config.tuning,
-        tickets.tls.clone(),
-    )?;
+    let tcp = quiver_transport::tls::server_tcp_config(cert.chain.clone(), cert.key.clone_key(), &tickets.tls)?;
+    let mut quic =
+        quiver_transport::tls::server_config(cert.chain, cert.key, &config.limits, &config.tuning, &tickets.tls)?;
     quic.token_key(tickets.tokens.clone()).validation_token_config(tickets.validation.clone());
     Ok(Certified { quic, tcp: std::sync::Arc::new(tcp), fingerprint, not_after })
 }

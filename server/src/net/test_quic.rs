@@ -8,7 +8,7 @@ pub(crate) async fn loopback_pair() -> (quinn::Connection, quinn::Connection, qu
     let tickets = quiver_transport::tls::session_tickets(|| {}).unwrap();
     let tuning = quiver_transport::TransportTuning::default();
     let limits = quiver_proto::Limits::default();
-    let config = quiver_transport::tls::server_config(cert.chain, cert.key, &limits, &tuning, tickets).unwrap();
+    let config = quiver_transport::tls::server_config(cert.chain, cert.key, &limits, &tuning, &tickets).unwrap();
     let server = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = server.local_addr().unwrap();
     let trust = quiver_client::TrustOptions::Auto { data_dir: dir.path().to_owned() };

@@ -271,7 +271,7 @@ impl Collector for ServerMetrics {
             &mut e,
             "tls_tickets_accepted",
             "TLS session tickets this server issued under the certificate it serves that returning clients presented \
-             and it could open (resumptions)",
+             and it could open within their 6 hours (resumption attempts)",
             c.tls_tickets_accepted,
         )?;
         labelled_counters(

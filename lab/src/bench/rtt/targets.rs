@@ -15,7 +15,7 @@ use crate::{
         server::{through_relay, QuiverServer},
         BenchError,
     },
-    impair::Relay,
+    impair::{Relay, CLIENT_IDLE},
 };
 
 /// The servers of a run, and what keeps them running until [`Targets::stop`].
@@ -59,12 +59,17 @@ impl Targets {
         let udp = echo::udp_echo(ip, stop.clone()).await.map_err(BenchError::io("UDP echo"))?;
         let quinn = echo::quinn_echo(ip, cert, stop.clone())?;
         let websocket = echo::websocket_echo(ip, stop.clone()).await.map_err(BenchError::io("WebSocket echo"))?;
-        // A relay keeps each client address it has seen until it has been idle a minute (`CLIENT_IDLE`): the Quiver
-        // relay serves three series (datagram, stream, stream redundant) in every round, each with new clients on
-        // sockets of their own, so it needs 3× the clients per round (more than that leaves room for a socket a
-        // client opens again); the others need fewer. Every round's counted: a round can take less than the minute.
+        // A relay keeps each client address it has seen until it has been idle a minute (`CLIENT_IDLE`), with a socket
+        // and a thread each: the Quiver relay serves three series (datagram, stream, stream redundant) in every
+        // round, each with new clients on sockets of their own, so it needs 3× the clients per round (more than that
+        // leaves room for a socket a client opens again); the others need fewer. Rounds are counted as many as can
+        // fall within the minute (a round runs at least three series, each its warm-up and measured time), not all
+        // of them: a full relay lets an idle client go, and a cap of every round's clients held sockets for nothing.
         let per_round = config.clients as usize * 6 + 8;
-        let (profile, max_clients) = (config.profile.as_ref(), per_round * config.rounds.max(1) as usize);
+        let round = (config.warmup + config.round_duration()) * 3;
+        let within_idle = (CLIENT_IDLE.as_secs_f64() / round.as_secs_f64().max(0.001)).ceil() as usize + 1;
+        let rounds = (config.rounds.max(1) as usize).min(within_idle);
+        let (profile, max_clients) = (config.profile.as_ref(), per_round * rounds);
         let (quiver_addr, quiver_relay) = through_relay(profile, quiver.addr, max_clients)?;
         let (udp, udp_relay) = through_relay(profile, udp, max_clients)?;
         let (quinn, quinn_relay) = through_relay(profile, quinn, max_clients)?;

@@ -203,7 +203,9 @@ export class FakeServer {
     this.refusedJoins = 0; // refuse this many joins with `refuseJoinsWith`
     this.refuseJoinsWith = ErrorCode.RateLimited;
     this.refusedTicks = { Subscribe: [], Publish: [] }; // codes to refuse the next subscribes / claims with, in order
-    this.holdPostReplies = false; // accept posts but never answer them (their answers are lost with the connection)
+    // Accept posts but never answer them (their answers are lost with the connection); a connection's own
+    // `holdPostReplies` holds only its posts, so a reconnect quicker than the test's next step is answered.
+    this.holdPostReplies = false;
     this.heldClaims = null; // an array: Publish replies wait in it (call each to send) instead of going out at once
     this.openBeforeReply = true; // send a room stream's Open (and replay) before the Join reply
     this.replayOverlap = 0n; // replay this many already-seen messages on a resume (the client must drop them)
@@ -340,7 +342,7 @@ export class FakeServer {
           this.dedupe.set(key, seq);
           this.broadcast(room, event);
         }
-        if (this.holdPostReplies) return;
+        if (this.holdPostReplies || conn.holdPostReplies) return;
         return ok({ Posted: { room: body.room, seq, duplicate } });
       }
       case 'Subscribe': {

@@ -98,14 +98,14 @@ test('over WebTransport a server gone quiet is noticed after deadServerAfterMs, 
   assert.equal(ann.status, 'connected');
   // While a request waits for its reply (a post behind a slow room store: replies come in request order, the
   // Pong behind it), the session is not given up: QUIC's own idle timeout ends it if the server is gone.
-  server.holdPostReplies = true;
+  // (Held on this connection only: a post sent again on a reconnect would be answered.)
+  first.holdPostReplies = true;
   const posted = ann.post('lobby', 'held').catch(() => {});
   first.ignorePings = true;
   await sleep(1500);
   assert.ok(first.alive, 'kept while a post waits for its reply');
   assert.ok(server.requestsOf('Ping').length > pings, 'a Ping went out');
   // Quiet with nothing outstanding (its QUIC still up, so the browser would notice nothing for 30 s): lost.
-  server.holdPostReplies = false;
   first.kill('the held post is lost with it');
   await until('reconnected', () => ann.status === 'connected' && server.live.length === 1, 3000);
   await posted;

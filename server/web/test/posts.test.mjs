@@ -126,7 +126,6 @@ test('the pacer: half the burst, 95 % of the rate, the lower of the post and req
 
 test('a post answered in the same chunk as a push that closes the client resolves to its seq', async (t) => {
   const server = new FakeServer();
-  server.holdPostReplies = true; // stored, answered below by the test
   let client = null;
   client = await connect(t, server, {
     name: 'ann',
@@ -134,6 +133,7 @@ test('a post answered in the same chunk as a push that closes the client resolve
       if (notice.type === 'goaway') client.close();
     },
   });
+  server.connections[0].holdPostReplies = true; // stored, answered below by the test (on this connection only)
   const post = client.post('lobby', 'hi');
   await until('the post reached the server', () => server.requestsOf('Post').length === 1);
   const reqId = server.requests.find((r) => 'Post' in r.req.body).req.req_id;

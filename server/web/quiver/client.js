@@ -45,8 +45,9 @@ export class QuiverClient {
   #roomStreams = 0; // room streams accepted so far, over every session: a later stream is a newer one
   #subscriptions = new Map(); // channel -> {channel, onTick, ticks: LatestWins, latest, handle}
   #publishers = new Map(); // channel -> {channel, maxAgeMs, claim: {session, channelId} | null, nextSeq}
-  // Each channel's claims (a publisher's, a reconnect's) and unpublishes, one at a time until its reply is in: an
-  // Unpublish never takes back a claim the client counts on, and no claim is left for an entry given up meanwhile.
+  // Each channel's claims (a publisher's, a reconnect's) and unpublishes, one at a time (a claim until its reply is
+  // in, an Unpublish until it is written): an Unpublish never takes back a claim the client counts on, and no claim
+  // is left for an entry given up meanwhile.
   #claimTurns = new Turns();
   #posts;
   #nextMsgId;
@@ -237,13 +238,14 @@ export class QuiverClient {
    * says `unpublished` from now on): the channel no longer counts against the connection's `max_publish_channels`.
    * A later `publisher()` of the channel claims it anew. Resolves at once if the claim ended already.
    */
-  #unpublish(entry) {
-    return this.#claimTurns.run(entry.channel, async () => {
-      if (entry.ended) return;
+  async #unpublish(entry) {
+    const replied = await this.#claimTurns.run(entry.channel, async () => {
+      if (entry.ended) return null;
       entry.ended = { code: ErrorCode.NoError, reason: 'unpublished' };
       if (this.#publishers.get(entry.channel) === entry) this.#publishers.delete(entry.channel);
-      await unclaimOn(this.#session, entry);
+      return unclaimOn(this.#session, entry);
     });
+    await replied?.();
   }
 
   /** One Ping/Pong round trip on the control stream; resolves to the round-trip time in ms. */

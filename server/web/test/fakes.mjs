@@ -202,7 +202,8 @@ export class FakeServer {
     this.unavailablePosts = 0; // refuse this many posts with Unavailable (a broker unreachable), sequencing nothing
     this.refusedJoins = 0; // refuse this many joins with `refuseJoinsWith`
     this.refuseJoinsWith = ErrorCode.RateLimited;
-    this.refusedTicks = { Subscribe: [], Publish: [] }; // codes to refuse the next subscribes / claims with, in order
+    // Codes to refuse the next subscribes / claims / unpublishes with, in order.
+    this.refusedTicks = { Subscribe: [], Publish: [], Unpublish: [] };
     // Accept posts but never answer them (their answers are lost with the connection); a connection's own
     // `holdPostReplies` holds only its posts, so a reconnect quicker than the test's next step is answered.
     this.holdPostReplies = false;
@@ -364,6 +365,7 @@ export class FakeServer {
         return this.heldClaims ? void this.heldClaims.push(answer) : answer();
       }
       case 'Unpublish': {
+        if (this.refusedTicks.Unpublish?.length) return fail(this.refusedTicks.Unpublish.shift(), 'refused by the test');
         const claimed = [...conn.claims].filter(([, channel]) => channel === body.channel);
         if (!claimed.length) return fail(ErrorCode.NotJoined, 'not publishing');
         for (const [id] of claimed) conn.claims.delete(id);

@@ -95,6 +95,27 @@ test('unpublish gives the claim up for every publisher sharing it; a later publi
   assert.deepEqual([...server.live[0].claims.values()], ['match.1']);
 });
 
+test('an unpublish refused Unavailable waits for the session to end outside the channel\'s turn: a claim goes on', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server);
+  const old = await ann.publisher('match.2');
+  // A server shutting down refuses the Unpublish `Unavailable` and closes a moment later (here: when the test says).
+  server.refusedTicks.Unpublish = [ErrorCode.Unavailable];
+  let settled = null;
+  const unpublished = old.unpublish().then(() => { settled = 'resolved'; }, (err) => { settled = err; });
+  await until('the Unpublish refused', () => server.requestsOf('Unpublish').length === 1);
+  // The unpublish now waits (up to 5 s) for the session to end; a new publisher of the channel is not held by it.
+  const next = await ann.publisher('match.2');
+  assert.equal(settled, null, 'claimed while the unpublish still waits');
+  assert.equal(next.ended, null);
+  assert.equal(old.ended?.reason, 'unpublished');
+  server.dropAll(); // the session ends: the refused unpublish counts as done
+  await unpublished;
+  assert.equal(settled, 'resolved', `${settled}`);
+  await until('claimed again on the next session', () => server.live.length === 1 && server.live[0].claims.size === 1);
+  assert.equal(next.ended, null);
+});
+
 test('a max age below a millisecond asks for one (the server refuses 0)', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server);

@@ -126,19 +126,24 @@ export async function subscribeOn(session, entry, subscriptions) {
 
 /** Gives `entry`'s claim up on `session` (in the channel's turn, so `claim` says where the server holds it):
  *  nothing to write where it is not held, or on a version-4 session, which has no Unpublish (refused Unsupported:
- *  the claim stays until the connection ends). */
-export async function unclaimOn(session, entry) {
+ *  the claim stays until the connection ends). Writes the Unpublish and returns the wait for its reply
+ *  (`leftAnyway`), or null: the caller waits outside the turn, as the Rust client does. Requests are taken in the
+ *  order written, so a claim written after it is not taken back; and a refusal `Unavailable` (a server shutting
+ *  down) waits up to `ENDING_WAIT_MS` for the session to end, which held every claim of the channel that long. */
+export function unclaimOn(session, entry) {
   const held = Boolean(session) && entry.claim?.session === session && !session.closedWhy;
-  if (!held) return;
+  if (!held) return null;
   if (Number(session.welcome.version) < 5) {
     // No Unpublish in version 4: the server holds the claim, and the newest tick number it took on it, until the
     // connection ends, and a new publisher of the channel numbering from 1 again had its ticks dropped there as
     // reordered (as the Rust client's did): it numbers on (`numberedOn`).
     const kept = session.unpublished.get(entry.channel);
     session.unpublished.set(entry.channel, kept !== undefined && kept > entry.nextSeq ? kept : entry.nextSeq);
-    return;
+    return null;
   }
-  await leftAnyway(session.request({ Unpublish: { channel: entry.channel } }), 'Unpublished', entry, session);
+  const reply = session.request({ Unpublish: { channel: entry.channel } });
+  reply.catch(() => {}); // awaited by the caller once out of the turn: not an unhandled rejection meanwhile
+  return () => leftAnyway(reply, 'Unpublished', entry, session);
 }
 
 /**

@@ -266,7 +266,9 @@ async fn chat_and_ticks(setup: &mut Setup, room_name: &str) {
     let room = &mut setup.room;
     let from_browser = tokio::time::timeout(WAIT, async {
         loop {
-            if let Some(RoomEvent::Message(m)) = room.next().await {
+            // (An ended room answers None at once, for good: a loop on it would never let its timeout fire.)
+            let Some(event) = room.next().await else { panic!("the room ended: {:?}", room.end_reason()) };
+            if let RoomEvent::Message(m) = event {
                 if &m.body[..] == b"hello from chromium" {
                     return m;
                 }

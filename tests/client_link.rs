@@ -31,7 +31,9 @@ async fn a_room_joined_while_the_client_reconnects_is_joined_once() {
         client.post(&name, "hi").await.unwrap();
         let got = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                if let Some(quiver_client::RoomEvent::Message(m)) = room.next().await {
+                // (An ended room answers None at once, for good: a loop on it would never let its timeout fire.)
+                let Some(event) = room.next().await else { panic!("the room ended: {:?}", room.end_reason()) };
+                if let quiver_client::RoomEvent::Message(m) = event {
                     return m.body;
                 }
             }

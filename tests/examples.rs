@@ -149,7 +149,9 @@ async fn the_chat_bot_answers_once_and_resumes_from_its_stored_position() {
     // Wait for the bot to be in the room before asking.
     let bot_joined = async {
         loop {
-            if let Some(quiver_client::RoomEvent::MemberJoined { member }) = room.next().await {
+            // (An ended room answers None at once, for good: a loop on it would never let its timeout fire.)
+            let Some(event) = room.next().await else { panic!("the room ended: {:?}", room.end_reason()) };
+            if let quiver_client::RoomEvent::MemberJoined { member } = event {
                 if member == "bot" {
                     break;
                 }

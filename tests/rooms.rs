@@ -304,24 +304,33 @@ async fn a_reset_room_stream_is_announced_on_the_control_stream_and_the_rejoin_r
         panic!("not joined")
     };
     // The room stream is accepted but never read: it falls behind.
-    let mut stalled = conn.accept_uni().await.unwrap();
+    // (Every wait on the raw connection bounded: a reply or stream that never comes fails the test, not hangs it.)
+    let mut stalled = tokio::time::timeout(WAIT, conn.accept_uni()).await.expect("the room stream").unwrap();
     let writer = named(&server, "writer").await;
     let mut last = 0;
-    let kicked = loop {
-        tokio::select! {
-            msg = quiver_tests::read_msg(&mut recv, &mut buf) => break msg.expect("a push"),
-            posted = writer.post("flood", vec![b'x'; 2000]) => last = posted.unwrap(),
+    let kicked = tokio::time::timeout(WAIT, async {
+        loop {
+            tokio::select! {
+                msg = quiver_tests::read_msg(&mut recv, &mut buf) => break msg.expect("a push"),
+                posted = writer.post("flood", vec![b'x'; 2000]) => last = posted.unwrap(),
+            }
         }
-    };
+    })
+    .await
+    .expect("kicked as a slow consumer");
     let ServerMsg::Kicked { room, code, .. } = kicked else { panic!("{kicked:?}") };
     assert_eq!((room.as_deref(), code), (Some("flood"), ErrorCode::SlowConsumer));
     // Its stream ends in a reset with the same code.
-    let reset = loop {
-        match stalled.read_chunk(usize::MAX, true).await {
-            Ok(Some(_)) => continue,
-            other => break other,
+    let reset = tokio::time::timeout(WAIT, async {
+        loop {
+            match stalled.read_chunk(usize::MAX, true).await {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
         }
-    };
+    })
+    .await
+    .expect("the stream ends");
     let Err(quinn::ReadError::Reset(code)) = reset else { panic!("{reset:?}") };
     assert_eq!(quiver_transport::close::from_quic_code(code), ErrorCode::SlowConsumer);
     // Rejoining from the start replays everything retained: the new stream describes itself.
@@ -331,14 +340,14 @@ async fn a_reset_room_stream_is_announced_on_the_control_stream_and_the_rejoin_r
         body: RequestBody::Join(Join { room: "flood".into(), since, redundant: false }),
     });
     send.write_all(&out.unwrap()).await.unwrap();
-    let mut fresh = conn.accept_uni().await.unwrap();
+    let mut fresh = tokio::time::timeout(WAIT, conn.accept_uni()).await.expect("the new room stream").unwrap();
     let mut room_buf = BytesMut::new();
     let open = loop {
         if let Some(frame) = codec.decode::<RoomFrame>(&mut room_buf).unwrap() {
             break frame;
         }
-        let chunk = fresh.read_chunk(usize::MAX, true).await.unwrap().unwrap();
-        room_buf.extend_from_slice(&chunk.bytes);
+        let chunk = tokio::time::timeout(WAIT, fresh.read_chunk(usize::MAX, true)).await.expect("its Open");
+        room_buf.extend_from_slice(&chunk.unwrap().unwrap().bytes);
     };
     let RoomFrame::Open(open) = open else { panic!("{open:?}") };
     assert_eq!((open.room.as_str(), open.epoch, open.recovered, open.replay_from), ("flood", joined.epoch, true, 1));

@@ -77,11 +77,15 @@ async fn a_subscriber_that_pauses_gets_the_newest_tick_not_the_backlog() {
         let last = publish(&publisher, 1500, Duration::from_millis(1)).await;
         (publisher, last)
     });
-    let first = subscription.next().await.unwrap();
+    async fn next(subscription: &mut quiver_client::TickSubscription) -> quiver_client::Tick {
+        let tick = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await;
+        tick.expect("a tick within 10 s").expect("the subscription goes on")
+    }
+    let first = next(&mut subscription).await;
     // Stop reading for a while; the publisher goes on at 1 kHz.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let latest_now = subscription.latest().unwrap().seq;
-    let after_pause = subscription.next().await.unwrap();
+    let after_pause = next(&mut subscription).await;
     assert!(after_pause.seq > first.seq + 300, "a backlog was delivered: {} after {}", after_pause.seq, first.seq);
     // The first after the pause is the newest there was when it was asked for (or newer): the backlog was
     // replaced, tick by tick, not queued (superseded here, or replaced at the server: lost).
@@ -277,7 +281,10 @@ async fn dropping_the_last_handle_of_a_subscription_unsubscribes() {
     let tick = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             publisher.send("x").unwrap();
-            if let Ok(Some(tick)) = tokio::time::timeout(Duration::from_millis(50), held.next()).await {
+            let polled = tokio::time::timeout(Duration::from_millis(50), held.next()).await;
+            // (An ended subscription answers None at once: a loop on it would never let its timeout fire.)
+            assert!(!matches!(polled, Ok(None)), "the subscription ended: {:?}", held.end_reason());
+            if let Ok(Some(tick)) = polled {
                 break tick;
             }
         }
@@ -366,7 +373,10 @@ async fn unpublish_on_a_version_4_session_ends_the_publishers_without_asking_the
         loop {
             let seq = publisher.send(b"first".to_vec()).unwrap();
             if seq >= 300 {
-                if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await {
+                let polled = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
+                // (An ended subscription answers None at once: a loop on it would never let its timeout fire.)
+                assert!(!matches!(polled, Ok(None)), "the subscription ended: {:?}", subscription.end_reason());
+                if let Ok(Some(_)) = polled {
                     return;
                 }
             }
@@ -381,7 +391,10 @@ async fn unpublish_on_a_version_4_session_ends_the_publishers_without_asking_the
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             again.send(b"again".to_vec()).unwrap();
-            if let Ok(Some(tick)) = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await {
+            let polled = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
+            // (An ended subscription answers None at once: a loop on it would never let its timeout fire.)
+            assert!(!matches!(polled, Ok(None)), "the subscription ended: {:?}", subscription.end_reason());
+            if let Ok(Some(tick)) = polled {
                 if &tick.payload[..] == b"again" {
                     return tick;
                 }
@@ -426,7 +439,10 @@ async fn a_publisher_that_unpublishes_goes_through_more_channels_than_its_limit(
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             again.send(b"rematch".to_vec()).unwrap();
-            if let Ok(Some(tick)) = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await {
+            let polled = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
+            // (An ended subscription answers None at once: a loop on it would never let its timeout fire.)
+            assert!(!matches!(polled, Ok(None)), "the subscription ended: {:?}", subscription.end_reason());
+            if let Ok(Some(tick)) = polled {
                 return tick;
             }
         }
@@ -453,7 +469,10 @@ async fn a_publisher_that_unpublishes_goes_through_more_channels_than_its_limit(
     let fresh = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             assert!(second.send(b"fresh".to_vec()).unwrap() < 1_000, "numbered from 1");
-            if let Ok(Some(tick)) = tokio::time::timeout(Duration::from_millis(50), own.next()).await {
+            let polled = tokio::time::timeout(Duration::from_millis(50), own.next()).await;
+            // (An ended subscription answers None at once: a loop on it would never let its timeout fire.)
+            assert!(!matches!(polled, Ok(None)), "the subscription ended: {:?}", own.end_reason());
+            if let Ok(Some(tick)) = polled {
                 if &tick.payload[..] == b"fresh" {
                     return tick;
                 }

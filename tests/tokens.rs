@@ -148,7 +148,9 @@ async fn an_expiring_token_ends_the_connection_and_a_provider_renews_it() {
     assert!(minted.load(std::sync::atomic::Ordering::Relaxed) >= 2, "a second token was minted");
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if let Some(quiver_client::RoomEvent::Message(m)) = room.next().await {
+            // (An ended room answers None at once, for good: a loop on it would never let its timeout fire.)
+            let Some(event) = room.next().await else { panic!("the room ended: {:?}", room.end_reason()) };
+            if let quiver_client::RoomEvent::Message(m) = event {
                 return m;
             }
         }
@@ -271,7 +273,9 @@ async fn a_room_refused_at_the_rejoin_ends_for_its_reader_with_the_reason() {
     client.post("open.hall", "after").await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if let Some(quiver_client::RoomEvent::Message(m)) = hall.next().await {
+            // (An ended room answers None at once, for good: a loop on it would never let its timeout fire.)
+            let Some(event) = hall.next().await else { panic!("the room ended: {:?}", hall.end_reason()) };
+            if let quiver_client::RoomEvent::Message(m) = event {
                 if &m.body[..] == b"after" {
                     return;
                 }

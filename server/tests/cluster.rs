@@ -107,7 +107,9 @@ fn members_on_three_nodes_chat_in_one_order_through_the_sigkill_of_a_node() {
         let killed = Instant::now();
         let mut clients = Vec::new();
         for chatter in chatters {
-            clients.push(chatter.await.unwrap());
+            // (Bounded: a post never acknowledged fails the test here instead of holding it.)
+            let chatted = tokio::time::timeout(Duration::from_secs(60), chatter).await;
+            clients.push(chatted.expect("every chatter's posts acknowledged").unwrap());
         }
         for (i, client) in clients.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
             assert_ne!(client.server_addr().to_string(), nodes[0].addr, "chatter {i} moved to a live node");
@@ -295,7 +297,9 @@ fn a_room_whose_stream_redis_lost_starts_a_new_epoch_and_its_members_resume_unre
         assert_eq!(resumed, (false, page.epoch));
         let next = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                if let Some(RoomEvent::Message(m)) = room.next().await {
+                // (An ended room answers None at once, for good: a loop on it would never let its timeout fire.)
+                let Some(event) = room.next().await else { panic!("the room ended: {:?}", room.end_reason()) };
+                if let RoomEvent::Message(m) = event {
                     break m;
                 }
             }

@@ -122,11 +122,13 @@ async fn writer(
         reconnect_max_delay: Duration::from_millis(200),
         ..ConnectOptions::default()
     };
+    // Made before the first connect: `notify_waiters` reaches only the waits that exist by then, and a connect slow
+    // enough to span the restarts would have missed the stop and posted for good.
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
     let client = Client::connect_with(&server, options).await.expect("first connect");
     let room = ROOMS[w % ROOMS.len()];
     let mut posts = tokio::task::JoinSet::new();
-    let stopped = stop.notified();
-    tokio::pin!(stopped);
     let mut n = 0u64;
     let mut failed = Vec::new();
     loop {

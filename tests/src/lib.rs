@@ -238,7 +238,9 @@ pub async fn posts_across_a_dropped_connection(poster: &Client, room: &str, coun
         }
     }
     let mut acked = std::collections::BTreeSet::new();
-    while let Some(posted) = posts.join_next().await {
+    // (Bounded: a post that is never acknowledged fails the test here instead of holding it.)
+    let answered = Duration::from_secs(60);
+    while let Some(posted) = tokio::time::timeout(answered, posts.join_next()).await.expect("every post answered") {
         assert!(acked.insert(posted.unwrap().unwrap()), "two posts acknowledged with one seq");
     }
     acked.into_iter().collect()

@@ -251,7 +251,9 @@ async fn a_post_waiting_for_its_rooms_load_does_not_hold_back_earlier_posts() {
     let second = tokio::spawn(poster.post("cold", "second"));
     let delivered = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Some(quiver_client::RoomEvent::Message(message)) = lobby.next().await {
+            // (An ended room answers None at once, for good: a loop on it would never let its timeout fire.)
+            let Some(event) = lobby.next().await else { panic!("the room ended: {:?}", lobby.end_reason()) };
+            if let quiver_client::RoomEvent::Message(message) = event {
                 return message.body;
             }
         }

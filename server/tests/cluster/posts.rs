@@ -41,7 +41,8 @@ fn pipelined_posts_keep_their_order_also_when_redis_forgot_the_script() {
             let expected: Vec<u64> = (next_seq..next_seq + 200).collect();
             assert_eq!(seqs, expected, "round {round}: seqs in the order the posts were made");
             next_seq += 200;
-            for seq in futures_util::future::join_all(others).await {
+            let others = tokio::time::timeout(Duration::from_secs(30), futures_util::future::join_all(others)).await;
+            for seq in others.expect("the other room's posts answered") {
                 seq.unwrap();
             }
             if round > 0 {
@@ -436,20 +437,24 @@ fn posts_while_redis_is_unreachable_are_refused_as_unavailable_and_nothing_ackno
         redis.process.signal("CONT");
         // The refused post, retried with its client_msg_id, is sequenced once (the stopped Redis may have run the
         // first attempt after all: then the retry gets that seq back).
-        let retried = loop {
-            match probe.request(post(7)).await {
-                Ok(Reply::Posted { seq, .. }) => break seq,
-                Err(RequestError::Failed(f)) if f.code == ErrorCode::Unavailable => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
+        let retrying = async {
+            loop {
+                match probe.request(post(7)).await {
+                    Ok(Reply::Posted { seq, .. }) => break seq,
+                    Err(RequestError::Failed(f)) if f.code == ErrorCode::Unavailable => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    other => panic!("the retried post: {other:?}"),
                 }
-                other => panic!("the retried post: {other:?}"),
             }
         };
+        let retried = tokio::time::timeout(Duration::from_secs(30), retrying).await.expect("taken once Redis is back");
         let again = probe.request(post(7)).await.unwrap();
         assert!(matches!(again, Reply::Posted { seq, duplicate: true, .. } if seq == retried), "{again:?}");
         acked.lock().unwrap().insert(retried, "probe".into());
         for writer in writers {
-            writer.await.unwrap();
+            // (Their posts are retried until acknowledged: bounded, so that one never taken fails the test.)
+            tokio::time::timeout(Duration::from_secs(60), writer).await.expect("the writers' posts answered").unwrap();
         }
         wait_for("readyz reports ready again", Duration::from_secs(5), || {
             admin_status(nodes[0].admin, "/readyz") == 200

@@ -128,8 +128,8 @@ export async function subscribeOn(session, entry, subscriptions) {
  *  nothing to write where it is not held, or on a version-4 session, which has no Unpublish (refused Unsupported:
  *  the claim stays until the connection ends). Writes the Unpublish and returns the wait for its reply
  *  (`leftAnyway`), or null: the caller waits outside the turn, as the Rust client does. Requests are taken in the
- *  order written, so a claim written after it is not taken back; and a refusal `Unavailable` (a server shutting
- *  down) waits up to `ENDING_WAIT_MS` for the session to end, which held every claim of the channel that long. */
+ *  order written, so a claim written after it is not taken back; and the wait of a refusal `Unavailable` (a server
+ *  shutting down) for the session to end, up to `ENDING_WAIT_MS`, no longer holds the channel's claims. */
 export function unclaimOn(session, entry) {
   const held = Boolean(session) && entry.claim?.session === session && !session.closedWhy;
   if (!held) return null;

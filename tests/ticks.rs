@@ -9,7 +9,7 @@ use quiver_client::{TickError, TickPublisher};
 use quiver_proto::{
     ErrorCode, FrameCodec, Hello, Limits, Reply, Request, RequestBody, ServerMsg, TickHeader, PROTOCOL_VERSION,
 };
-use quiver_tests::{read_msg, TestServer};
+use quiver_tests::{read_msg, tick_within, TestServer};
 use tokio::time::Instant;
 
 /// Publishes `count` ticks, one every `interval`; returns the publisher's last seq.
@@ -77,15 +77,11 @@ async fn a_subscriber_that_pauses_gets_the_newest_tick_not_the_backlog() {
         let last = publish(&publisher, 1500, Duration::from_millis(1)).await;
         (publisher, last)
     });
-    async fn next(subscription: &mut quiver_client::TickSubscription) -> quiver_client::Tick {
-        let tick = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await;
-        tick.expect("a tick within 10 s").expect("the subscription goes on")
-    }
-    let first = next(&mut subscription).await;
+    let first = tick_within(&mut subscription, Duration::from_secs(10)).await.expect("a tick");
     // Stop reading for a while; the publisher goes on at 1 kHz.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let latest_now = subscription.latest().unwrap().seq;
-    let after_pause = next(&mut subscription).await;
+    let after_pause = tick_within(&mut subscription, Duration::from_secs(10)).await.expect("a tick");
     assert!(after_pause.seq > first.seq + 300, "a backlog was delivered: {} after {}", after_pause.seq, first.seq);
     // The first after the pause is the newest there was when it was asked for (or newer): the backlog was
     // replaced, tick by tick, not queued (superseded here, or replaced at the server: lost).
@@ -281,10 +277,7 @@ async fn dropping_the_last_handle_of_a_subscription_unsubscribes() {
     let tick = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             publisher.send("x").unwrap();
-            let polled = tokio::time::timeout(Duration::from_millis(50), held.next()).await;
-            // (An ended subscription answers None at once: a loop on it would never let its timeout fire.)
-            assert!(!matches!(polled, Ok(None)), "the subscription ended: {:?}", held.end_reason());
-            if let Ok(Some(tick)) = polled {
+            if let Some(tick) = tick_within(&mut held, Duration::from_millis(50)).await {
                 break tick;
             }
         }
@@ -372,13 +365,8 @@ async fn unpublish_on_a_version_4_session_ends_the_publishers_without_asking_the
     let arrived = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let seq = publisher.send(b"first".to_vec()).unwrap();
-            if seq >= 300 {
-                let polled = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
-                // (An ended subscription answers None at once: a loop on it would never let its timeout fire.)
-                assert!(!matches!(polled, Ok(None)), "the subscription ended: {:?}", subscription.end_reason());
-                if let Ok(Some(_)) = polled {
-                    return;
-                }
+            if seq >= 300 && tick_within(&mut subscription, Duration::from_millis(50)).await.is_some() {
+                return;
             }
         }
     });
@@ -391,10 +379,7 @@ async fn unpublish_on_a_version_4_session_ends_the_publishers_without_asking_the
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             again.send(b"again".to_vec()).unwrap();
-            let polled = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
-            // (An ended subscription answers None at once: a loop on it would never let its timeout fire.)
-            assert!(!matches!(polled, Ok(None)), "the subscription ended: {:?}", subscription.end_reason());
-            if let Ok(Some(tick)) = polled {
+            if let Some(tick) = tick_within(&mut subscription, Duration::from_millis(50)).await {
                 if &tick.payload[..] == b"again" {
                     return tick;
                 }
@@ -439,10 +424,7 @@ async fn a_publisher_that_unpublishes_goes_through_more_channels_than_its_limit(
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             again.send(b"rematch".to_vec()).unwrap();
-            let polled = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
-            // (An ended subscription answers None at once: a loop on it would never let its timeout fire.)
-            assert!(!matches!(polled, Ok(None)), "the subscription ended: {:?}", subscription.end_reason());
-            if let Ok(Some(tick)) = polled {
+            if let Some(tick) = tick_within(&mut subscription, Duration::from_millis(50)).await {
                 return tick;
             }
         }
@@ -469,10 +451,7 @@ async fn a_publisher_that_unpublishes_goes_through_more_channels_than_its_limit(
     let fresh = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             assert!(second.send(b"fresh".to_vec()).unwrap() < 1_000, "numbered from 1");
-            let polled = tokio::time::timeout(Duration::from_millis(50), own.next()).await;
-            // (An ended subscription answers None at once: a loop on it would never let its timeout fire.)
-            assert!(!matches!(polled, Ok(None)), "the subscription ended: {:?}", own.end_reason());
-            if let Ok(Some(tick)) = polled {
+            if let Some(tick) = tick_within(&mut own, Duration::from_millis(50)).await {
                 if &tick.payload[..] == b"fresh" {
                     return tick;
                 }

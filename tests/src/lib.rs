@@ -10,7 +10,7 @@ pub mod ports;
 use std::{io::Write, net::SocketAddr, time::Duration};
 
 use bytes::BytesMut;
-use quiver_client::{Client, ConnectOptions, Message, Room, RoomEvent, TrustOptions};
+use quiver_client::{Client, ConnectOptions, Message, Room, RoomEvent, Tick, TickSubscription, TrustOptions};
 use quiver_proto::{FrameCodec, Limits, ServerMsg};
 use quiver_server::{Server, ServerConfig, WebConfig};
 use tokio_util::sync::CancellationToken;
@@ -329,6 +329,16 @@ pub async fn messages(room: &mut Room, count: usize) -> (Vec<Message>, Vec<RoomE
     .await
     .unwrap_or_else(|_| panic!("only {} of {count} messages within {ROOM_WAIT:?}", messages.len()));
     (messages, events)
+}
+
+/// The next tick of `subscription` within `wait`, `None` if none came. Panics if the subscription ended: an ended one
+/// answers `None` at once, for good, and a loop asking again would never let its own timeout fire.
+pub async fn tick_within(subscription: &mut TickSubscription, wait: Duration) -> Option<Tick> {
+    match tokio::time::timeout(wait, subscription.next()).await {
+        Ok(None) => panic!("the subscription ended: {:?}", subscription.end_reason()),
+        Ok(tick) => tick,
+        Err(_) => None,
+    }
 }
 
 /// The seqs of `messages`.

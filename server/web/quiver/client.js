@@ -233,11 +233,9 @@ export class QuiverClient {
     return new Publisher(channel, send, () => entry.ended, () => this.#unpublish(entry));
   }
 
-  /**
-   * Gives up `entry`'s claim on the server, for every publisher sharing it (their `send` returns null and `ended`
-   * says `unpublished` from now on): the channel no longer counts against the connection's `max_publish_channels`.
-   * A later `publisher()` of the channel claims it anew. Resolves at once if the claim ended already.
-   */
+  /** Gives up `entry`'s claim on the server, for every publisher sharing it (their `send` returns null and `ended`
+   *  says `unpublished` from now on): the channel no longer counts against the connection's `max_publish_channels`.
+   *  A later `publisher()` of the channel claims it anew. Resolves at once if the claim ended already. */
   async #unpublish(entry) {
     const replied = await this.#claimTurns.run(entry.channel, async () => {
       if (entry.ended) return null;

@@ -365,7 +365,8 @@ export class FakeServer {
         return this.heldClaims ? void this.heldClaims.push(answer) : answer();
       }
       case 'Unpublish': {
-        if (this.refusedTicks.Unpublish?.length) return fail(this.refusedTicks.Unpublish.shift(), 'refused by the test');
+        const refused = this.refusedTicks.Unpublish?.shift();
+        if (refused !== undefined) return fail(refused, 'refused by the test');
         const claimed = [...conn.claims].filter(([, channel]) => channel === body.channel);
         if (!claimed.length) return fail(ErrorCode.NotJoined, 'not publishing');
         for (const [id] of claimed) conn.claims.delete(id);

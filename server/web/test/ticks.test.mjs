@@ -95,7 +95,7 @@ test('unpublish gives the claim up for every publisher sharing it; a later publi
   assert.deepEqual([...server.live[0].claims.values()], ['match.1']);
 });
 
-test('an unpublish refused Unavailable waits for the session to end outside the channel\'s turn: a claim goes on', async (t) => {
+test('an unpublish refused Unavailable waits for the session to end outside the claim turn', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server);
   const old = await ann.publisher('match.2');

@@ -263,7 +263,8 @@ async fn a_server_in_a_crash_loop_gets_growing_reconnect_delays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_outage_counts_its_reconnect_attempts_from_zero() {
     let (dir, endpoint, addr) = fake_endpoint();
-    let server = tokio::spawn(quiver_tests::fakes::welcomes_then_closes(endpoint, Duration::from_millis(150)));
+    // (Each connection lives 400 ms: the client's connect, Hello and clock Pings fit even on a loaded machine.)
+    let server = tokio::spawn(quiver_tests::fakes::welcomes_then_closes(endpoint, Duration::from_millis(400)));
     let options = ConnectOptions {
         trust: TrustOptions::Auto { data_dir: dir.path().to_owned() },
         reconnect_delay: Duration::from_millis(50),

@@ -264,16 +264,9 @@ async fn chat_and_ticks(setup: &mut Setup, room_name: &str) {
         )
         .await;
     let room = &mut setup.room;
-    let from_browser = tokio::time::timeout(WAIT, async {
-        loop {
-            // (An ended room answers None at once, for good: a loop on it would never let its timeout fire.)
-            let Some(event) = room.next().await else { panic!("the room ended: {:?}", room.end_reason()) };
-            if let RoomEvent::Message(m) = event {
-                if &m.body[..] == b"hello from chromium" {
-                    return m;
-                }
-            }
-        }
+    let from_browser = quiver_tests::first_event(room, WAIT, |event| match event {
+        RoomEvent::Message(m) if &m.body[..] == b"hello from chromium" => Some(m),
+        _ => None,
     })
     .await
     .expect("the browser's post reaches the native client");

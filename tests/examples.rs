@@ -147,18 +147,11 @@ async fn the_chat_bot_answers_once_and_resumes_from_its_stored_position() {
     // First run: it joins at the room's head, so the earlier !ping is not its business; a new one is.
     let mut bot = run(&server, "chat_bot", &["--name", "bot", "--state", state_arg, "--seconds", "3"]).spawn().unwrap();
     // Wait for the bot to be in the room before asking.
-    let bot_joined = async {
-        loop {
-            // (An ended room answers None at once, for good: a loop on it would never let its timeout fire.)
-            let Some(event) = room.next().await else { panic!("the room ended: {:?}", room.end_reason()) };
-            if let quiver_client::RoomEvent::MemberJoined { member } = event {
-                if member == "bot" {
-                    break;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), bot_joined).await.expect("the bot joins");
+    let bot_joined = quiver_tests::first_event(&mut room, Duration::from_secs(20), |event| match event {
+        quiver_client::RoomEvent::MemberJoined { member } if member == "bot" => Some(()),
+        _ => None,
+    });
+    bot_joined.await.expect("the bot joins");
     client.post("lobby", "!ping").await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(20), bot.wait()).await.expect("the bot ends").unwrap();
     assert!(status.success());

@@ -146,14 +146,9 @@ async fn an_expiring_token_ends_the_connection_and_a_provider_renews_it() {
     let seq = tokio::time::timeout(Duration::from_secs(10), renewing.post("expiry", "after renewal")).await.unwrap();
     seq.unwrap();
     assert!(minted.load(std::sync::atomic::Ordering::Relaxed) >= 2, "a second token was minted");
-    let got = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            // (An ended room answers None at once, for good: a loop on it would never let its timeout fire.)
-            let Some(event) = room.next().await else { panic!("the room ended: {:?}", room.end_reason()) };
-            if let quiver_client::RoomEvent::Message(m) = event {
-                return m;
-            }
-        }
+    let got = quiver_tests::first_event(&mut room, Duration::from_secs(10), |event| match event {
+        quiver_client::RoomEvent::Message(m) => Some(m),
+        _ => None,
     })
     .await
     .unwrap();
@@ -271,19 +266,12 @@ async fn a_room_refused_at_the_rejoin_ends_for_its_reader_with_the_reason() {
 
     // The client and its granted room go on; the ended room is joined again like any room (and denied here).
     client.post("open.hall", "after").await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            // (An ended room answers None at once, for good: a loop on it would never let its timeout fire.)
-            let Some(event) = hall.next().await else { panic!("the room ended: {:?}", hall.end_reason()) };
-            if let quiver_client::RoomEvent::Message(m) = event {
-                if &m.body[..] == b"after" {
-                    return;
-                }
-            }
-        }
+    let got = quiver_tests::first_event(&mut hall, Duration::from_secs(10), |event| match event {
+        quiver_client::RoomEvent::Message(m) if &m.body[..] == b"after" => Some(()),
+        _ => None,
     })
     .await;
-    assert!(got.is_ok(), "the granted room was rejoined");
+    assert!(got.is_some(), "the granted room was rejoined");
     assert!(denied(client.join("secret").await.map(|_| ())).contains("join room secret"));
 
     // A client that ends ends its rooms' readers.

@@ -134,7 +134,10 @@ async fn quiver_tick_sub_fails_when_its_server_is_gone_at_the_end() {
         rest
     });
     let mut stdout = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut sub.stdout.take().unwrap(), &mut stdout).await.unwrap();
+    let mut out = sub.stdout.take().unwrap();
+    let read = tokio::io::AsyncReadExt::read_to_string(&mut out, &mut stdout);
+    // (Bounded: a run that Ctrl-C does not end keeps its stdout open for good.)
+    tokio::time::timeout(std::time::Duration::from_secs(20), read).await.expect("ended by Ctrl-C").unwrap();
     let status = tokio::time::timeout(std::time::Duration::from_secs(20), sub.wait()).await.unwrap().unwrap();
     stderr.extend(rest.await.unwrap());
     let stderr = stderr.join("\n");

@@ -217,9 +217,13 @@ async fn chat_json_prints_messages_acks_presence_disconnects_and_an_unrecovered_
     // was lost.
     let server = server.restart_with(memory).await;
     let mut seen = Vec::new();
-    while !seen.iter().any(|v: &serde_json::Value| v["type"] == "resumed") {
-        seen.push(next(&mut lines).await);
-    }
+    let resumed = async {
+        while !seen.iter().any(|v: &serde_json::Value| v["type"] == "resumed") {
+            seen.push(next(&mut lines).await);
+        }
+    };
+    // (Bounded as a whole too: a chat reconnecting for good prints lines that never say "resumed".)
+    tokio::time::timeout(Duration::from_secs(60), resumed).await.expect("resumed within 60 s");
     let states: Vec<&str> = seen.iter().filter_map(|v| v["state"].as_str()).collect();
     assert!(states.contains(&"reconnecting") && states.contains(&"connected"), "{seen:?}");
     let resumed = seen.iter().find(|v| v["type"] == "resumed").unwrap();

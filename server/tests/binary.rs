@@ -3,7 +3,8 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -34,6 +35,57 @@ impl std::ops::DerefMut for Guarded {
     }
 }
 
+/// How long a test waits for the server's next line, or for a command that should end at once: bounded, so that a
+/// server that neither prints nor exits (the regression a test guards) fails the test instead of holding the run.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The lines `child` prints on stdout, read by a thread of their own until the pipe closes (reading on keeps a
+/// server's later prints from failing on a closed pipe).
+fn stdout_lines(child: &mut Guarded) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (send, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = send.send(line);
+        }
+    });
+    lines
+}
+
+/// The next line of `lines` ([`stdout_lines`]), within [`WAIT`].
+fn next_line(lines: &mpsc::Receiver<String>) -> String {
+    lines.recv_timeout(WAIT).unwrap_or_else(|err| panic!("no line from the server within {WAIT:?}: {err}"))
+}
+
+/// Runs `command` to its end as `Command::output` does, but kills it and fails the test if it has not ended within
+/// [`WAIT`] (a refusal that became a start, a command that waits for input).
+fn output_within(command: &mut Command) -> Output {
+    let mut child =
+        Guarded(command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let (stdout, stderr) = (read(Box::new(child.stdout.take().unwrap())), read(Box::new(child.stderr.take().unwrap())));
+    let status = exit_within(&mut child, WAIT);
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+/// `child`'s exit status, once it has exited; fails the test (the guard kills it) if it has not within `wait`.
+fn exit_within(child: &mut Guarded, wait: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < wait, "still running after {wait:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn prints_address_and_hash_then_stops_cleanly_on_sigterm() {
@@ -47,26 +99,19 @@ fn prints_address_and_hash_then_stops_cleanly_on_sigterm() {
             .spawn()
             .unwrap(),
     );
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let listening = lines.next().unwrap().unwrap();
+    let lines = stdout_lines(&mut child);
+    let listening = next_line(&lines);
     let addr: std::net::SocketAddr = listening.strip_prefix("listening on ").unwrap().parse().unwrap();
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
     assert_ne!(addr.port(), 0, "the bound port is printed, not 0");
-    let hash_line = lines.next().unwrap().unwrap();
+    let hash_line = next_line(&lines);
     let hash = hash_line.strip_prefix("certificate sha256 ").unwrap();
     let stored = quiver_certs::dev::read(dir.path()).unwrap();
     assert_eq!(hash, quiver_certs::sha256(&stored).to_string());
 
     terminate(&child);
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "did not exit within 5 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = exit_within(&mut child, Duration::from_secs(5));
+    assert!(status.success(), "exit status {status}");
 }
 
 /// A server on `dir` that has printed its address (so it holds the directory).
@@ -80,10 +125,8 @@ fn listening(dir: &std::path::Path) -> Guarded {
             .spawn()
             .unwrap(),
     );
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.next().unwrap().unwrap().starts_with("listening on "), "the server did not start");
-    // Keep reading: the server prints more lines, and a closed pipe would fail its later prints.
-    std::thread::spawn(move || for _ in lines {});
+    let lines = stdout_lines(&mut child);
+    assert!(next_line(&lines).starts_with("listening on "), "the server did not start");
     child
 }
 
@@ -107,13 +150,12 @@ fn the_server_raises_its_soft_limit_of_open_files_to_the_hard_one() {
     );
     let mut child =
         Guarded(Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.next().unwrap().unwrap().starts_with("listening on "), "the server did not start");
-    std::thread::spawn(move || for _ in lines {});
+    let lines = stdout_lines(&mut child);
+    assert!(next_line(&lines).starts_with("listening on "), "the server did not start");
     let (soft, hard) = limits(child.id());
     assert_eq!(soft, hard, "the soft limit was left where the shell put it");
     terminate(&child);
-    let _ = child.wait();
+    exit_within(&mut child, WAIT);
     // Both limits low: it starts, and says why it may fail.
     let script = format!(
         "ulimit -n 300 && exec {} --listen 127.0.0.1:0 --no-web --data-dir {}",
@@ -122,10 +164,10 @@ fn the_server_raises_its_soft_limit_of_open_files_to_the_hard_one() {
     );
     let out = Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut child = Guarded(out);
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.next().unwrap().unwrap().starts_with("listening on "), "the server did not start");
-    std::thread::spawn(move || for _ in lines {});
+    let lines = stdout_lines(&mut child);
+    assert!(next_line(&lines).starts_with("listening on "), "the server did not start");
     terminate(&child);
+    exit_within(&mut child, WAIT);
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("limits.max_connections") && stderr.contains("LimitNOFILE"), "{stderr}");
@@ -136,7 +178,7 @@ fn the_server_raises_its_soft_limit_of_open_files_to_the_hard_one() {
 fn a_second_server_on_the_same_data_directory_exits_naming_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = listening(dir.path());
-    let second = server().args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let second = output_within(server().args(["--listen", "127.0.0.1:0", "--no-web", "--data-dir"]).arg(dir.path()));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "the second server ran: {stderr}");
     assert!(stderr.contains(&format!("in use by another quiver-server (pid {})", first.id())), "{stderr}");
@@ -151,15 +193,15 @@ fn a_second_server_on_the_same_data_directory_exits_naming_the_first() {
 #[test]
 fn missing_certificate_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let output = server()
+    let output = &mut server();
+    output
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .arg("--cert")
         .arg(dir.path().join("cert.pem"))
         .arg("--key")
-        .arg(dir.path().join("key.pem"))
-        .output()
-        .unwrap();
+        .arg(dir.path().join("key.pem"));
+    let output = output_within(output);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cert.pem: no such file"), "{stderr}");
@@ -171,15 +213,15 @@ fn key_that_does_not_match_the_certificate_is_refused() {
     let b = tempfile::tempdir().unwrap();
     quiver_certs::dev::load_or_generate(a.path(), std::time::SystemTime::now()).unwrap();
     quiver_certs::dev::load_or_generate(b.path(), std::time::SystemTime::now()).unwrap();
-    let output = server()
+    let output = &mut server();
+    output
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(b.path())
         .arg("--cert")
         .arg(a.path().join(quiver_certs::dev::CERT_FILE))
         .arg("--key")
-        .arg(b.path().join(quiver_certs::dev::KEY_FILE))
-        .output()
-        .unwrap();
+        .arg(b.path().join(quiver_certs::dev::KEY_FILE));
+    let output = output_within(output);
     assert!(!output.status.success(), "a mismatched key must not start a server");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("TLS configuration"), "{stderr}");
@@ -199,7 +241,7 @@ fn paths_and_variables_that_are_not_utf8_or_empty_are_refused_naming_them() {
         if let Some(value) = env {
             command.env("QUIVER_DATA_DIR", value);
         }
-        let output = command.output().unwrap();
+        let output = output_within(&mut command);
         (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
     };
     let (started, stderr) = run(&["--data-dir".as_ref(), bad.as_os_str()], None);
@@ -209,7 +251,7 @@ fn paths_and_variables_that_are_not_utf8_or_empty_are_refused_naming_them() {
     let (started, stderr) = run(&[], Some("".as_ref()));
     assert!(!started && stderr.contains("data_dir") && stderr.contains("empty"), "{stderr}");
     // A QUIVER_ variable that is no setting is its own reader's: QUIVER_CONFIG is a path, read as one.
-    let output = server().current_dir(dir.path()).env("QUIVER_CONFIG", &bad).output().unwrap();
+    let output = output_within(server().current_dir(dir.path()).env("QUIVER_CONFIG", &bad));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && !stderr.contains("UTF-8") && stderr.contains("caf"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no data directory was made: {stderr}");
@@ -221,8 +263,8 @@ fn paths_and_variables_that_are_not_utf8_or_empty_are_refused_naming_them() {
 fn a_relative_data_directory_inside_another_is_refused_naming_both() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("lock"), b"1\n").unwrap(); // a server ran here
-    let output = server().current_dir(dir.path()).args(["--listen", "127.0.0.1:0", "--data-dir", "node-b"]).output();
-    let output = output.unwrap();
+    let output =
+        output_within(server().current_dir(dir.path()).args(["--listen", "127.0.0.1:0", "--data-dir", "node-b"]));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let whole = dir.path().canonicalize().unwrap();
     assert!(!output.status.success(), "{stderr}");
@@ -232,7 +274,7 @@ fn a_relative_data_directory_inside_another_is_refused_naming_both() {
 
 #[test]
 fn cert_without_key_is_a_usage_error() {
-    let output = server().args(["--cert", "x.pem"]).output().unwrap();
+    let output = output_within(server().args(["--cert", "x.pem"]));
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--key"));
 }
@@ -244,11 +286,11 @@ fn now_s() -> u64 {
 #[test]
 fn token_subcommand_mints_tokens_the_server_accepts() {
     let dir = tempfile::tempdir().unwrap();
-    let out = server()
-        .args(["token", "--sub", "alice", "--room", "lobby", "--post", "--ttl", "2h", "--init-key", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = output_within(
+        server()
+            .args(["token", "--sub", "alice", "--room", "lobby", "--post", "--ttl", "2h", "--init-key", "--data-dir"])
+            .arg(dir.path()),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let key = dir.path().join(quiver_server::auth::DEV_KEY_FILE);
@@ -262,11 +304,11 @@ fn token_subcommand_mints_tokens_the_server_accepts() {
     assert!(claims.may_room("lobby", quiver_server::auth::RoomRight::Post));
     assert!(!claims.may_room("other", quiver_server::auth::RoomRight::Join));
     assert!(!claims.may_channel("prices", quiver_server::auth::ChannelRight::Subscribe));
-    let bad = server().args(["token", "--sub", "x", "--ttl", "5y", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let bad = output_within(server().args(["token", "--sub", "x", "--ttl", "5y", "--data-dir"]).arg(dir.path()));
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown unit"), "a clear error");
     // The key exists now: no --init-key needed, and nothing said about creating it.
-    let again = server().args(["token", "--sub", "bob", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let again = output_within(server().args(["token", "--sub", "bob", "--data-dir"]).arg(dir.path()));
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     assert!(again.stderr.is_empty(), "{}", String::from_utf8_lossy(&again.stderr));
 }
@@ -274,7 +316,7 @@ fn token_subcommand_mints_tokens_the_server_accepts() {
 #[test]
 fn token_subcommand_without_a_dev_key_refuses_naming_the_key_file() {
     let dir = tempfile::tempdir().unwrap();
-    let out = server().args(["token", "--sub", "alice", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = output_within(server().args(["token", "--sub", "alice", "--data-dir"]).arg(dir.path()));
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "no token printed");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -290,7 +332,7 @@ fn token_subcommand_signs_with_an_hs256_key_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("secret.hex");
     std::fs::write(&file, "c3".repeat(32)).unwrap();
-    let out = server().args(["token", "--sub", "svc", "--hs256-key"]).arg(&file).output().unwrap();
+    let out = output_within(server().args(["token", "--sub", "svc", "--hs256-key"]).arg(&file));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8(out.stdout).unwrap();
     // What the server does with `--hs256-key FILE`.
@@ -298,7 +340,7 @@ fn token_subcommand_signs_with_an_hs256_key_file() {
     let config = quiver_server::auth::AuthConfig::Keys(vec![key]);
     let auth = quiver_server::auth::Auth::from_config(&config, dir.path()).unwrap();
     assert_eq!(auth.verify(Some(token.trim()), now_s()).unwrap().unwrap().sub, "svc");
-    let both = server().args(["token", "--sub", "svc", "--init-key", "--hs256-key"]).arg(&file).output().unwrap();
+    let both = output_within(server().args(["token", "--sub", "svc", "--init-key", "--hs256-key"]).arg(&file));
     assert!(!both.status.success(), "--init-key is for the dev key only");
 }
 
@@ -309,10 +351,10 @@ fn token_subcommand_signs_with_an_hs256_key_file() {
 #[test]
 fn token_subcommand_follows_the_servers_configuration() {
     let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let init = server().args(["token", "--sub", "x", "--init-key", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let init = output_within(server().args(["token", "--sub", "x", "--init-key", "--data-dir"]).arg(dir.path()));
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let token = |cmd: &mut Command| {
-        let out = cmd.current_dir(elsewhere.path()).env_remove("QUIVER_CONFIG").output().unwrap();
+        let out = output_within(cmd.current_dir(elsewhere.path()).env_remove("QUIVER_CONFIG"));
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -339,7 +381,7 @@ fn token_subcommand_follows_the_servers_configuration() {
     // A key given on the command line needs no configuration (which may be unreadable to whoever mints).
     let mut minting = server();
     minting.env("QUIVER_CONFIG", "/nonexistent/quiver.toml").args(["token", "--sub", "svc", "--hs256-key"]);
-    let out = minting.arg(&file).output().unwrap();
+    let out = output_within(minting.arg(&file));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     std::fs::write(&config, "[auth]\ned25519_public_key_files = [\"public.pem\"]\n").unwrap();
@@ -353,7 +395,7 @@ fn token_subcommand_follows_the_servers_configuration() {
 fn token_subcommand_refuses_subjects_servers_refuse_naming_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let long = "x".repeat(quiver_proto::Limits::MAX_IDENTITY as usize + 1);
-    let out = server().args(["token", "--init-key", "--sub", &long, "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = output_within(server().args(["token", "--init-key", "--sub", &long, "--data-dir"]).arg(dir.path()));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--sub: the subject is 129 bytes; identities are at most 128 bytes"), "{stderr}");

@@ -261,17 +261,35 @@ async fn a_sighup_while_the_server_starts_is_held_for_it_not_its_end() {
     // Opening the FIFO to write returns once the server has opened it to read: it is in `main`, reading its
     // settings, before any handler is registered.
     const CONFIG: &[u8] = b"[limits]\nmax_rooms = 7\n";
-    let mut opened = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let mut opened = open_to_write(&fifo);
     server.signal("HUP");
     std::thread::sleep(Duration::from_millis(100)); // (the signal's default action, if any, had ended it by now)
     opened.write_all(CONFIG).expect("the server is gone: ended by the SIGHUP");
     drop(opened);
     server.wait_listening();
     // The held reload reads the settings again: from the FIFO, once more.
-    std::fs::OpenOptions::new().write(true).open(&fifo).unwrap().write_all(CONFIG).unwrap();
+    open_to_write(&fifo).write_all(CONFIG).unwrap();
     let reloaded = server.line_starting("reloaded: ");
     assert!(reloaded.starts_with("reloaded: certificate sha256 "), "{reloaded}");
     assert!(server.child.try_wait().unwrap().is_none(), "the server exited");
+}
+
+/// `fifo` opened to write once the server has opened it to read, within 10 s. A plain open would wait for good on a
+/// server that never reads its configuration (again): the regression the test guards would hold the run.
+fn open_to_write(fifo: &Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let started = Instant::now();
+    loop {
+        // Without a reader, a non-blocking open to write fails with ENXIO instead of waiting.
+        match std::fs::OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(fifo) {
+            Ok(file) => return file,
+            Err(err) if err.raw_os_error() == Some(nix::libc::ENXIO) => {
+                assert!(started.elapsed() < Duration::from_secs(10), "the server did not read its configuration");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(err) => panic!("cannot open {}: {err}", fifo.display()),
+        }
+    }
 }
 
 /// SIGHUP reads the configuration file again: a key taken out of `auth.hs256_key_files` is no longer trusted (its

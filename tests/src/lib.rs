@@ -319,7 +319,7 @@ pub async fn messages(room: &mut Room, count: usize) -> (Vec<Message>, Vec<RoomE
     let mut events = Vec::new();
     tokio::time::timeout(ROOM_WAIT, async {
         while messages.len() < count {
-            let event = room.next().await.expect("room stream ended");
+            let Some(event) = room.next().await else { panic!("the room ended: {:?}", room.end_reason()) };
             if let RoomEvent::Message(m) = &event {
                 messages.push(m.clone());
             }
@@ -329,6 +329,25 @@ pub async fn messages(room: &mut Room, count: usize) -> (Vec<Message>, Vec<RoomE
     .await
     .unwrap_or_else(|_| panic!("only {} of {count} messages within {ROOM_WAIT:?}", messages.len()));
     (messages, events)
+}
+
+/// The first event of `room` that `pick` takes (answers `Some` for) within `wait`, `None` if none came. Panics if the
+/// room ended: an ended room answers `None` at once, for good, and a loop asking again would never let its own
+/// timeout fire.
+pub async fn first_event<T>(
+    room: &mut Room,
+    wait: Duration,
+    mut pick: impl FnMut(RoomEvent) -> Option<T>,
+) -> Option<T> {
+    let found = async {
+        loop {
+            let Some(event) = room.next().await else { panic!("the room ended: {:?}", room.end_reason()) };
+            if let Some(found) = pick(event) {
+                return found;
+            }
+        }
+    };
+    tokio::time::timeout(wait, found).await.ok()
 }
 
 /// The next tick of `subscription` within `wait`, `None` if none came. Panics if the subscription ended: an ended one

@@ -40,7 +40,7 @@ const RESUBSCRIBE_GRACE: std::time::Duration = std::time::Duration::from_secs(1)
 pub(super) const TOMBSTONE_MS: u64 = 15 * 60 * 1_000;
 
 /// Longest pause between two tries of a catch-up's read while Redis does not answer.
-const CATCH_UP_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(8);
+pub(super) const CATCH_UP_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(8);
 /// The last pause before a failed gap read is tried again (100, 200, 400 ms: four reads in all).
 const GAP_READ_RETRY_LAST: std::time::Duration = std::time::Duration::from_millis(400);
 

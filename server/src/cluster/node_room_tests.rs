@@ -357,3 +357,41 @@ async fn a_stream_read_for_an_epoch_gets_nothing_in_another() {
     let none = super::super::stream::range_in_epoch(&mut conn, (&keys.meta, &keys.log), 41, (3, 3, 10), &codec);
     assert_eq!(none.await.unwrap().map(|page| page.len()), Some(0));
 }
+
+/// A rollback check that fails (here: scripts refused by an ACL, as a demoted primary refuses them with `READONLY`
+/// after a failover, while the catch-up's read works) is tried again until Redis answers it, and a room that went
+/// back is then reset. Before, the check gave up after three tries in 750 ms and the rollback went unnoticed for
+/// good: the posts given the same seqs again were skipped as delivered, and the members were told nothing.
+#[tokio::test]
+async fn a_failed_rollback_check_is_tried_until_it_answers() {
+    let Some(mut redis) = super::super::scripts::tests::redis("a_failed_rollback_check_is_tried_until_it_answers")
+    else {
+        return;
+    };
+    // Redis went back to message 3; the node had delivered up to message 5 in the same epoch.
+    let keys = RoomKeys::new("r");
+    seed(&mut redis, &keys, 7, 3, &Bytes::new());
+    let state = NodeState {
+        live: true,
+        epoch: 7,
+        last_op: 5,
+        last_seq: 5,
+        last_message: Some((5, 5)),
+        ..NodeState::default()
+    };
+    let (room, outbox) = room_on(&redis.url, state);
+    let mut acl = |rule: &str| redis::cmd("ACL").arg("SETUSER").arg("default").arg(rule).query::<()>(&mut redis.conn);
+    acl("-@scripting").unwrap();
+    room.clone().on_resubscribed().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let kicked = || outbox.kicked.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(!kicked(), "reset without a check");
+    acl("+@all").unwrap();
+    let started = std::time::Instant::now();
+    while !kicked() && started.elapsed() < std::time::Duration::from_secs(20) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(kicked(), "the room went back and its members were not told");
+    let epoch: String = redis::cmd("HGET").arg(&keys.meta).arg("epoch").query(&mut redis.conn).unwrap();
+    assert_ne!(epoch, "7", "the room is in a new epoch");
+}

@@ -9,25 +9,34 @@
 //! are told `recovered: false`.
 
 use super::{
-    node_room::{new_epoch, NodeRoom},
+    node_room::{new_epoch, NodeRoom, NodeState, CATCH_UP_RETRY_MAX},
     scripts,
 };
 use crate::hub::{lock::lock, Delivery};
 
-/// Tries of the check (Redis just answered the catch-up's read), and the pause between two.
-const TRIES: usize = 3;
+/// The first pause between two tries of the check; it doubles up to [`CATCH_UP_RETRY_MAX`].
 const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// True when the room's epoch in Redis is no longer the one this node delivered in (moved by this check, or
 /// found moved): its subscriptions here were reset (unless reset meanwhile: `generation`). False when Redis holds
-/// what the node delivered (events published since are the catch-up's to follow), or the check failed.
-pub(super) async fn check(room: &NodeRoom, generation: u64) -> bool {
+/// what the node delivered (events published since are the catch-up's to follow), or the check stopped mattering:
+/// the node stopping, or `current` (the catch-up's own test: the room live in `generation`, with members here, and
+/// no later catch-up) no longer true.
+///
+/// A check that fails is tried again until Redis answers it. Until 2026-12-07 it gave up after three tries (750
+/// ms), and a rollback then went unnoticed for good: a script that writes can fail where the catch-up's read
+/// worked (`READONLY` from a demoted primary the node's address still reaches after a failover, `NOPERM`, `BUSY`),
+/// the very failover the check is for, and the posts given seqs and ops again were skipped here as delivered, the
+/// members told nothing. Events meanwhile are still skipped, but the check that answers at last sees the room gone
+/// back (Redis behind, or another message at the node's last seq) and resets it: members rejoin and are told
+/// `recovered: false`.
+pub(super) async fn check(room: &NodeRoom, generation: u64, current: impl Fn(&NodeState) -> bool) -> bool {
     let delivered = {
         let state = lock(&room.state);
         // An unknown message (the room went live through a join after it) is not compared: "" (the script skips it).
         let (op, time_us) =
             state.last_message.map_or((String::new(), String::new()), |(op, t)| (op.to_string(), t.to_string()));
-        (state.live && state.generation == generation).then_some((
+        (state.live && state.generation == generation && current(&state)).then_some((
             state.epoch,
             state.last_seq,
             state.last_op,
@@ -36,13 +45,10 @@ pub(super) async fn check(room: &NodeRoom, generation: u64) -> bool {
         ))
     };
     let Some((old, last_seq, last_op, message_op, message_time)) = delivered else { return false };
-    let mut checked: redis::RedisResult<Option<String>> = Ok(None);
-    for attempt in 0..TRIES {
-        if attempt > 0 {
-            tokio::time::sleep(RETRY).await;
-        }
+    let mut retry = RETRY;
+    let checked: Option<String> = loop {
         let mut conn = room.ctx.broker.conn();
-        checked = scripts::ROLLED_BACK_SCRIPT
+        let checked = scripts::ROLLED_BACK_SCRIPT
             .key(&room.keys.meta)
             .key(&room.keys.log)
             .arg(old.to_string())
@@ -53,22 +59,28 @@ pub(super) async fn check(room: &NodeRoom, generation: u64) -> bool {
             .arg(&message_time)
             .invoke_async(&mut conn)
             .await;
-        if checked.is_ok() || room.ctx.broker.stopped() {
-            break;
+        let err = match checked {
+            Ok(checked) => break checked,
+            Err(err) => err,
+        };
+        room.ctx.broker.failed(&err);
+        match retry == RETRY {
+            true => tracing::warn!(room = %room.name, %err, "could not check the broker's copy of the room after a \
+                reconnect; trying again until it answers"),
+            false => tracing::debug!(room = %room.name, %err, "the room's rollback check failed again"),
         }
-    }
-    let epoch = match checked {
-        Ok(Some(epoch)) => epoch,
-        // The room's meta is gone (flushed, expired): the catch-up resets the room as for a new epoch.
-        Ok(None) => return false,
-        Err(err) => {
-            // A rollback, if there was one, goes unnoticed here: the members keep the old epoch, and a client
-            // resuming from a seq given again may miss the message given it.
-            room.ctx.broker.failed(&err);
-            tracing::warn!(room = %room.name, %err, "could not check the broker's copy of the room after a reconnect");
+        if room.ctx.broker.stopped() {
+            return false;
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(CATCH_UP_RETRY_MAX);
+        let state = lock(&room.state);
+        if !(state.live && state.generation == generation && current(&state)) {
             return false;
         }
     };
+    // The room's meta is gone (flushed, expired): the catch-up resets the room as for a new epoch.
+    let Some(epoch) = checked else { return false };
     if epoch == old.to_string() {
         return false;
     }

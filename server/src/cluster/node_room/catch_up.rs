@@ -51,7 +51,7 @@ impl NodeRoom {
                 (Some(epoch), Some(seq), Some(op)) => (epoch.parse::<u64>().ok(), seq, op),
                 _ => (None, 0, 0),
             };
-            if crate::cluster::rollback::check(&self, generation).await {
+            if crate::cluster::rollback::check(&self, generation, current).await {
                 return;
             }
             tokio::time::sleep(RESUBSCRIBE_GRACE).await;

@@ -437,7 +437,13 @@ impl Broker {
             if let Some(handler) = handler {
                 tracing::debug!(%channel, "a channel routed while its stray subscription ended: subscribed again");
                 match tokio::time::timeout(timeout, sink.subscribe(channel)).await {
-                    Ok(Ok(())) => handler.resubscribed().await,
+                    // Counted again once subscribed: a join that read the count after the first one (its SUBSCRIBE
+                    // confirmed before this UNSUBSCRIBE landed) and goes live after this, when the handler's catch-up
+                    // finds its room not live yet, would see no change and miss what came in between.
+                    Ok(Ok(())) => {
+                        broker.orphans_ended.fetch_add(1, Ordering::AcqRel);
+                        handler.resubscribed().await;
+                    }
                     // Made again: every routed channel subscribed, every handler told.
                     _ => stale.cancel(),
                 }

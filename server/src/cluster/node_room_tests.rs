@@ -371,14 +371,8 @@ async fn a_failed_rollback_check_is_tried_until_it_answers() {
     // Redis went back to message 3; the node had delivered up to message 5 in the same epoch.
     let keys = RoomKeys::new("r");
     seed(&mut redis, &keys, 7, 3, &Bytes::new());
-    let state = NodeState {
-        live: true,
-        epoch: 7,
-        last_op: 5,
-        last_seq: 5,
-        last_message: Some((5, 5)),
-        ..NodeState::default()
-    };
+    let state =
+        NodeState { live: true, epoch: 7, last_op: 5, last_seq: 5, last_message: Some((5, 5)), ..NodeState::default() };
     let (room, outbox) = room_on(&redis.url, state);
     let mut acl = |rule: &str| redis::cmd("ACL").arg("SETUSER").arg("default").arg(rule).query::<()>(&mut redis.conn);
     acl("-@scripting").unwrap();

@@ -104,16 +104,22 @@ impl BrokerSettings {
         if self.request_timeout_ms == 0 {
             return Err(("broker.request_timeout_ms", "must be at least 1".into()));
         }
-        // A beat waits for Redis up to the request timeout, so a live node on a slow Redis can go a heartbeat and a
-        // request timeout between beats: an expiry within that buries live nodes.
-        let longest_gap = u64::from(self.heartbeat_ms) + u64::from(self.request_timeout_ms);
+        // A beat waits for Redis up to the request timeout, and the next one is sent a heartbeat after it was, or at
+        // once when its reply took longer; that one's stamp can come a request timeout later again. So a live node's
+        // stamps on a slow Redis can be a request timeout and the larger of a heartbeat and a request timeout apart:
+        // an expiry within that buries live nodes. (The check was against a heartbeat and a request timeout until
+        // 2026-12-07: with the request timeout the longer, a node on a slow Redis could be buried, live.)
+        let (heartbeat, timeout) = (u64::from(self.heartbeat_ms), u64::from(self.request_timeout_ms));
+        let longest_gap = heartbeat.max(timeout) + timeout;
         if u64::from(self.presence_expiry_ms) <= longest_gap {
             return Err((
                 "broker.presence_expiry_ms",
                 format!(
-                    "{} is not more than broker.heartbeat_ms + broker.request_timeout_ms ({} + {}): a live node \
-                     waiting on a slow Redis would be declared dead",
-                    self.presence_expiry_ms, self.heartbeat_ms, self.request_timeout_ms
+                    "{} is not more than broker.request_timeout_ms + the larger of broker.heartbeat_ms and \
+                     broker.request_timeout_ms ({timeout} + {}): a live node waiting on a slow Redis would be \
+                     declared dead",
+                    self.presence_expiry_ms,
+                    heartbeat.max(timeout)
                 ),
             ));
         }
@@ -160,7 +166,15 @@ mod tests {
         let (key, why) = waits.check().unwrap_err();
         assert_eq!(key, "broker.presence_expiry_ms");
         assert!(why.contains("request_timeout_ms"), "{why}");
-        assert!(BrokerSettings { request_timeout_ms: 1_999, ..waits }.check().is_ok());
+        // A beat whose reply took the whole request timeout is followed at once by one that can take it again: with
+        // the request timeout longer than the heartbeat, two request timeouts (accepted before 2026-12-07).
+        assert!(BrokerSettings { presence_expiry_ms: 3_100, request_timeout_ms: 2_000, ..waits.clone() }
+            .check()
+            .is_err());
+        assert!(BrokerSettings { request_timeout_ms: 1_499, ..waits.clone() }.check().is_ok());
+        assert!(BrokerSettings { request_timeout_ms: 1_500, ..waits.clone() }.check().is_err());
+        assert!(BrokerSettings { heartbeat_ms: 1_900, request_timeout_ms: 1_000, ..waits.clone() }.check().is_err());
+        assert!(BrokerSettings { heartbeat_ms: 1_500, request_timeout_ms: 1_000, ..waits.clone() }.check().is_ok());
         assert!(format!("{:?}", with("redis://u:pw@h:1")).contains("<redacted>"));
     }
 }

@@ -19,10 +19,11 @@ use super::{
 };
 
 /// Presence expiry and heartbeat the nodes run with here (short, so that a dead node is noticed quickly), and a
-/// request timeout that keeps the expiry above a heartbeat and a request timeout (the server refuses less).
+/// request timeout that keeps the expiry above two request timeouts (the longest a live node's beats can be apart
+/// on a slow Redis, with the request timeout longer than a heartbeat: the server refuses less).
 pub(crate) const EXPIRY_MS: u64 = 2_000;
 pub(crate) const HEARTBEAT_MS: u64 = 250;
-pub(crate) const REQUEST_TIMEOUT_MS: u64 = 1_000;
+pub(crate) const REQUEST_TIMEOUT_MS: u64 = 900;
 
 pub(crate) fn server_bin() -> String {
     std::env::var("QUIVER_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quiver-server").to_string())

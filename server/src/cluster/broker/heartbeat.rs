@@ -47,6 +47,7 @@ impl Broker {
         let mut last_beat_at: Option<tokio::time::Instant> = None;
         let slack = self.config.heartbeat + self.config.request_timeout;
         let checking_pubsub = Arc::new(AtomicBool::new(false));
+        let looking = Arc::new(AtomicBool::new(false));
         let mut interval = tokio::time::interval(self.config.heartbeat);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -142,28 +143,42 @@ impl Broker {
             if beating_since.elapsed() < self.config.presence_expiry {
                 continue;
             }
-            let expiry_ms = self.config.presence_expiry.as_millis() as u64;
-            // Redis' own clock: nodes' clocks may disagree.
-            let mut conn = self.conn();
-            let silent = conn.zrangebyscore(keys::NODES, "-inf", now_ms.saturating_sub(expiry_ms));
-            let dead: Vec<String> = match tokio::time::timeout(self.config.request_timeout, silent).await {
-                Ok(Ok(dead)) => dead,
-                Ok(Err(err)) => {
-                    self.failed(&err);
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            // Each on its own task: a dead node with many rooms must not hold up this node's own heartbeat.
-            for node in dead.into_iter().filter(|n| *n != self.node) {
-                if lock(&self.burying).insert(node.clone()) {
-                    tracing::info!(%node, "a node stopped beating: its members leave their rooms");
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        me.bury(node.clone()).await;
-                        lock(&me.burying).remove(&node);
-                    });
-                }
+            // Off the beat's path too: the query waits up to the request timeout, and the next beat waited behind
+            // it, so that a live node's stamps on a slow Redis could be three request timeouts and more apart, past
+            // an expiry the settings accept (a review's find). One query at a time.
+            if !looking.swap(true, Ordering::AcqRel) {
+                let (me, flag) = (self.clone(), looking.clone());
+                tokio::spawn(async move {
+                    me.bury_silent(now_ms).await;
+                    flag.store(false, Ordering::Release);
+                });
+            }
+        }
+    }
+
+    /// Buries the nodes whose stamps are older than `presence_expiry` at Redis' time `now_ms` (a beat's), each on a
+    /// task of its own (a dead node with many rooms must not hold up the next query), and not this node.
+    async fn bury_silent(self: Arc<Self>, now_ms: u64) {
+        let expiry_ms = self.config.presence_expiry.as_millis() as u64;
+        // Redis' own clock: nodes' clocks may disagree.
+        let mut conn = self.conn();
+        let silent = conn.zrangebyscore(keys::NODES, "-inf", now_ms.saturating_sub(expiry_ms));
+        let dead: Vec<String> = match tokio::time::timeout(self.config.request_timeout, silent).await {
+            Ok(Ok(dead)) => dead,
+            Ok(Err(err)) => return self.failed(&err),
+            Err(_) => return,
+        };
+        if self.stop.is_cancelled() {
+            return;
+        }
+        for node in dead.into_iter().filter(|n| *n != self.node) {
+            if lock(&self.burying).insert(node.clone()) {
+                tracing::info!(%node, "a node stopped beating: its members leave their rooms");
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.bury(node.clone()).await;
+                    lock(&me.burying).remove(&node);
+                });
             }
         }
     }

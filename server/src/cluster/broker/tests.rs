@@ -94,3 +94,75 @@ async fn a_stray_subscriptions_end_is_counted_again_once_its_channel_is_subscrib
     assert!(at.1 > before.1 + 1, "{before:?} -> {at:?}");
     broker.retire().await;
 }
+
+/// A TCP relay to the Redis at `upstream` whose replies each arrive `delay` late (a slow or congested link to
+/// Redis); its address.
+async fn slow_replies(upstream: &str, delay: Duration) -> String {
+    let upstream = upstream.trim_start_matches("redis://").to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+            let ((mut client_read, mut client_write), (mut server_read, mut server_write)) =
+                (client.into_split(), server.into_split());
+            tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut server_write).await });
+            let (late, mut replies) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = tokio::io::AsyncReadExt::read(&mut server_read, &mut buf).await {
+                    let _ = late.send((tokio::time::Instant::now() + delay, buf[..n].to_vec()));
+                }
+            });
+            tokio::spawn(async move {
+                while let Some((due, bytes)) = replies.recv().await {
+                    tokio::time::sleep_until(due).await;
+                    if tokio::io::AsyncWriteExt::write_all(&mut client_write, &bytes).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("redis://{addr}")
+}
+
+/// On a slow link to Redis a live node's beats follow each other at the pace of one reply, not two: the query for
+/// silent nodes (each heartbeat, once the node has beaten for an expiry) runs beside the beats. Before, the next beat
+/// waited for it, so that a node's stamps were two replies apart and more, past what the settings' check allows for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_slow_link_the_beats_do_not_wait_for_the_query_for_silent_nodes() {
+    let test = "on_a_slow_link_the_beats_do_not_wait_for_the_query_for_silent_nodes";
+    let Some(mut redis) = super::super::scripts::tests::redis(test) else { return };
+    let delay = Duration::from_millis(500);
+    let config = BrokerConfig {
+        url: slow_replies(&redis.url, delay).await,
+        presence_expiry: Duration::from_millis(800),
+        heartbeat: Duration::from_millis(100),
+        request_timeout: Duration::from_secs(5),
+        allow_eviction: false,
+    };
+    let broker = Broker::new(config).unwrap();
+    broker.connect();
+    let node = broker.node().to_string();
+    // The node's stamps as they change, read straight from Redis, from past the first expiry of beats on.
+    let (mut last, mut changed, mut gaps) = (None, None, Vec::new());
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let stamp: Option<u64> =
+            redis::cmd("ZSCORE").arg(crate::cluster::keys::NODES).arg(&node).query(&mut redis.conn).unwrap();
+        if stamp.is_some() && stamp != last {
+            let now = tokio::time::Instant::now();
+            if let Some(before) = changed.filter(|_| start.elapsed() > Duration::from_secs(2)) {
+                gaps.push(now.duration_since(before));
+            }
+            (last, changed) = (stamp, Some(now));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let longest = gaps.iter().max().copied();
+    assert!(gaps.len() >= 4, "too few beats to judge: {gaps:?}");
+    // One reply apart (500 ms) and this machine's slack; two replies apart is 1 s.
+    assert!(longest < Some(delay * 3 / 2), "the beats waited for the query: {gaps:?}");
+    broker.retire().await;
+}

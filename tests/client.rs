@@ -9,7 +9,9 @@ use quiver_proto::Limits;
 use quiver_server::ServerConfig;
 use quiver_tests::{states_until, TestServer};
 
-use quiver_tests::fakes::{closes_at_a_clock_ping, fake_endpoint, fake_server, garbage_after_welcome};
+use quiver_tests::fakes::{
+    closes_at_a_clock_ping, fake_endpoint, fake_server, garbage_after_welcome, refuses_the_first_leave,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_watch_goes_reconnecting_then_connected_across_a_server_restart() {
@@ -444,4 +446,31 @@ async fn posts_made_faster_than_the_servers_post_rate_wait_in_the_client_and_all
     let stats = server.stats.snapshot();
     assert_eq!((stats.posts_rate_limited, stats.requests_rate_limited, stats.floods_closed), (0, 0, 0), "{stats:?}");
     server.stop().await;
+}
+
+/// A Leave refused `RateLimited` (over the server's rate of joins and leaves: nothing done) is sent again after a
+/// pause, and a join of the room meanwhile waits for it. Before, `leave()` returned the refusal with the room already
+/// forgotten (its `Room` consumed: nothing to try again with), the server kept the membership until the connection
+/// ended, and the application's next join of the room was refused `AlreadyJoined`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_refused_for_its_rate_is_sent_again() {
+    use std::sync::{atomic::Ordering, Arc};
+    let (dir, endpoint, addr) = fake_endpoint();
+    let (leaves, joins) = (Arc::new(std::sync::atomic::AtomicUsize::new(0)), Arc::new(Default::default()));
+    tokio::spawn(refuses_the_first_leave(endpoint, leaves.clone(), Arc::clone(&joins)));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
+    let room = client.join("r").await.unwrap();
+    let left = tokio::time::timeout(Duration::from_secs(10), room.leave()).await.expect("the leave is answered");
+    assert!(left.is_ok(), "{left:?}");
+    assert_eq!(leaves.load(Ordering::SeqCst), 2, "refused once, then sent again");
+    // Dropped instead of left: the background Leave goes again too, and a join of the room waits for it.
+    let room = client.join("r").await.unwrap();
+    leaves.store(0, Ordering::SeqCst);
+    drop(room);
+    let again = tokio::time::timeout(Duration::from_secs(10), client.join("r")).await.expect("joined again");
+    assert!(again.is_ok(), "{again:?}");
+    assert_eq!(leaves.load(Ordering::SeqCst), 2, "the Join went after the Leave was taken");
+    assert_eq!(joins.load(Ordering::SeqCst), 3);
+    client.close().await;
 }

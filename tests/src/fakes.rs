@@ -9,10 +9,12 @@ use quiver_proto::Limits;
 mod clock;
 mod flapping;
 mod hostile;
+mod leave;
 mod stopped;
 pub use clock::slow_clock_pongs;
 pub use flapping::welcomes_then_closes;
 pub use hostile::{garbage_after_welcome, unfinished_frames};
+pub use leave::refuses_the_first_leave;
 pub use stopped::stops_reading_after_welcome;
 
 /// A server that answers each connection's Hello with a Welcome, then finishes the control stream and leaves the
@@ -476,7 +478,7 @@ pub async fn next_request(
 }
 
 /// The reply to Join `req_id` of an empty room (epoch 1, no message yet) where `ann` is.
-fn joined_empty(room: &str, req_id: u64) -> quiver_proto::Joined {
+pub(crate) fn joined_empty(room: &str, req_id: u64) -> quiver_proto::Joined {
     quiver_proto::Joined {
         room: room.into(),
         epoch: 1,

@@ -294,6 +294,15 @@ pub(crate) async fn let_go(
         Ok(None) => return Ok(()),
         Err(err) => (Err(err), None),
     };
+    let_go_replied(reply, live, answered).await
+}
+
+/// [`let_go`] with the reply in hand (and the connection it came on).
+pub(crate) async fn let_go_replied(
+    reply: Result<Reply, RequestError>,
+    live: Option<Arc<Live>>,
+    answered: fn(&Reply) -> bool,
+) -> Result<(), RequestError> {
     match reply {
         Ok(reply) if answered(&reply) => Ok(()),
         Err(RequestError::Closed { .. }) => Ok(()),
@@ -304,5 +313,35 @@ pub(crate) async fn let_go(
         },
         Ok(other) => Err(RequestError::unexpected(other)),
         Err(err) => Err(err),
+    }
+}
+
+/// The first pause before a request refused `RateLimited` goes again ([`sent_until_taken`]); it doubles up to
+/// [`RATE_LIMITED_MAX_PAUSE`].
+const RATE_LIMITED_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+const RATE_LIMITED_MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sends `body` on `live` and waits for its reply; while the server refuses it `RateLimited` (over a rate on this
+/// connection: nothing was done) and the connection stays, sends it again after a pause. For a Leave, which the
+/// client acts on before its reply: refused so and given up, the server kept the membership (presence listing the
+/// member, `AlreadyJoined` at the application's next join of the room) until the connection ended.
+pub(crate) async fn sent_until_taken(live: &Arc<Live>, body: RequestBody) -> Result<Reply, RequestError> {
+    let mut pause = RATE_LIMITED_PAUSE;
+    loop {
+        let reply = match live.send(body.clone()).await {
+            Ok(pending) => crate::connection::reply(pending).await,
+            Err(err) => return Err(err),
+        };
+        match reply {
+            Err(RequestError::Failed(failure)) if failure.code == ErrorCode::RateLimited && !live.is_done() => {
+                tracing::debug!(?failure, "a request refused for its rate, sent again after {pause:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = live.link.closed() => return Err(RequestError::Failed(failure)),
+                }
+                pause = (pause * 2).min(RATE_LIMITED_MAX_PAUSE);
+            }
+            other => return other,
+        }
     }
 }

@@ -277,7 +277,7 @@ impl Rooms {
     }
 
     /// Rooms the server may still hold for this client (joined, joining, or being left: listed until its Leave is
-    /// written), and one being left (the `gone` of its entry), if any.
+    /// answered), and one being left (the `gone` of its entry), if any.
     fn census(&self) -> (usize, Option<CancellationToken>) {
         let rooms = lock(&self.0);
         let being_left = |entry: &&Arc<RoomEntry>| entry.leaving.is_cancelled() && !entry.gone.is_cancelled();
@@ -419,8 +419,12 @@ impl super::Driver {
             return Ok(());
         }
         let entry = entry.clone();
-        let sent = self.detached(move |driver| async move { driver.write_leave(&entry).await }).await;
-        super::calls::let_go(sent, |reply| matches!(reply, Reply::Left { .. })).await
+        let left = match self.detached(move |driver| async move { driver.write_leave(&entry).await }).await {
+            Ok(Some((reply, live))) => (reply, Some(live)),
+            Ok(None) => return Ok(()),
+            Err(err) => (Err(err), None),
+        };
+        super::calls::let_go_replied(left.0, left.1, |reply| matches!(reply, Reply::Left { .. })).await
     }
 
     /// Leaves `entry`'s room in the background (its `Room` was dropped), unless a leave was started already or the
@@ -435,11 +439,7 @@ impl super::Driver {
             return;
         };
         let entry = entry.clone();
-        self.spawn(async move {
-            if let Ok(Some((sent, _))) = driver.write_leave(&entry).await {
-                drop(crate::connection::reply(sent).await);
-            }
-        });
+        self.spawn(async move { drop(driver.write_leave(&entry).await) });
     }
 
     /// Forgets an ended `entry`: a join of its name goes on, and no copy slot routes to it any more (a redundant room
@@ -449,12 +449,10 @@ impl super::Driver {
         self.rooms.remove(entry);
     }
 
-    /// Ends `entry`, writes its Leave (unless it had ended: nothing of it is on the server) and forgets it; the
-    /// Leave's reply to wait for, if one was written.
-    async fn write_leave(
-        &self,
-        entry: &Arc<RoomEntry>,
-    ) -> Result<Option<crate::connection::Written<super::Driver>>, RequestError> {
+    /// Ends `entry`, writes its Leave (unless it had ended: nothing of it is on the server) and forgets it once the
+    /// Leave is answered; the reply and its connection, if one was written. A Leave refused `RateLimited` goes again
+    /// ([`super::calls::sent_until_taken`]), the entry listed meanwhile so that a join of its room waits for it.
+    async fn write_leave(&self, entry: &Arc<RoomEntry>) -> Result<Option<Left>, RequestError> {
         let room = entry.name.as_str();
         // Ordered with a rejoin of the entry (`RoomEntry::order`): its Join goes before this Leave, or not at all.
         let _order = entry.order.lock().await;
@@ -462,7 +460,7 @@ impl super::Driver {
             self.forget_room(entry);
             return Ok(None); // ended meanwhile (its rejoin refused): nothing of it on the server
         }
-        // Ended now (its reader stops, a rejoin gives up), listed until its Leave is written: a join of the room
+        // Ended now (its reader stops, a rejoin gives up), listed until its Leave is answered: a join of the room
         // meanwhile waits until it is gone.
         entry.ended.cancel();
         lock(&self.copy_slots).retain(|_, (held, _)| !Arc::ptr_eq(held, entry));
@@ -472,17 +470,20 @@ impl super::Driver {
         // No connection up now: nothing of the room is on a server (a reconnect does not take an ended room back,
         // and this holds the order lock a rejoin writes under), so there is nothing to write or wait for.
         let live = self.current.borrow().clone().filter(|live| live.close_reason().is_none());
-        let sent = match live {
+        let left = match live {
             Some(live) => {
-                let sent = live.send(RequestBody::Leave { room: room.to_string() }).await;
-                sent.map(|sent| Some((sent, live)))
+                let reply = super::calls::sent_until_taken(&live, RequestBody::Leave { room: room.to_string() }).await;
+                Some((reply, live))
             }
-            None => Ok(None),
+            None => None,
         };
         self.rooms.remove(entry);
-        sent
+        Ok(left)
     }
 }
+
+/// A Leave's reply, and the connection it came on.
+type Left = (Result<Reply, RequestError>, Arc<super::Live>);
 
 pub(crate) use super::rejoin::{refused_for_now, rejoin, RETRIED_REJOINS};
 

@@ -13,7 +13,7 @@ import {
 import { sendPosts } from './client/posts.js';
 import { RefusalWindow, Signal, Timers, Turns, acrossReconnects, oneRejoinAtATime, restore } from './client/waiting.js';
 import { REFUSED_FOR_NOW, callBack, clientDefaults, expectReply } from './client/values.js';
-import { errorNotice, leftAnyway, toBytes, unixUs } from './client/values.js';
+import { Leaves, leftAnyway, notifyFailed, toBytes, unixUs } from './client/values.js';
 
 /**
  * A Quiver session over WebTransport (or a WebSocket) that survives connection loss: it reconnects with jittered
@@ -42,6 +42,7 @@ export class QuiverClient {
   #closing = new AbortController(); // aborted when the client ends: a connect under way gives up
   #backoff;
   #rooms = new Map(); // name -> {state: RoomState, onEvent, handle: Room, joining: Promise, stream, rejoining?}
+  #leaves = new Leaves(); // until answered (sent again while refused for their rate): a join of the room waits
   #roomStreams = 0; // room streams accepted so far, over every session: a later stream is a newer one
   #subscriptions = new Map(); // channel -> {channel, onTick, ticks: LatestWins, latest, handle}
   #publishers = new Map(); // channel -> {channel, maxAgeMs, claim: {session, channelId} | null, nextSeq}
@@ -115,6 +116,7 @@ export class QuiverClient {
    * session (three in all), as are a Subscribe and a History.
    */
   async join(room, { onEvent, redundant = false } = {}) {
+    if (this.#leaves.has(room)) await this.#leaves.before(room);
     if (this.#rooms.has(room)) throw new QuiverError(ErrorCode.AlreadyJoined, `already in room ${room}`);
     const entry = { state: new RoomState(room), onEvent, handle: null, joining: null, stream: 0, redundant };
     entry.handle = new Room(this, entry.state);
@@ -139,7 +141,7 @@ export class QuiverClient {
   /**
    * Leaves `room` (a name, or a Room: nothing to do if that Room's room ended or was left already). A joined room
    * the server no longer holds (left over a reconnect: not rejoined) counts as left; a name never joined rejects
-   * with NotJoined.
+   * with NotJoined. A Leave refused for its rate goes again after a pause; a join of the room waits for it.
    */
   async leave(room) {
     const name = typeof room === 'string' ? room : room.name;
@@ -149,9 +151,7 @@ export class QuiverClient {
     // No session now: no server holds the room (a Join of it written went with its session, and no reconnect takes
     // it back; a join still waiting for a session, or to be sent again, gives up once it has one).
     if (entry && !this.#isLive()) return;
-    const session = await this.#live();
-    session.copyRooms.delete(name);
-    await leftAnyway(session.request({ Leave: { room: name } }), 'Left', entry, session);
+    await this.#leaves.leave(this.#live(), name, entry, (session) => session.copyRooms.delete(name));
   }
 
   /**
@@ -440,12 +440,6 @@ export class QuiverClient {
     callBack(entry.onEvent, { type: 'kicked', room, code, reason });
   }
 
-  /** A request made on the client's own behalf failed: tell the application, unless the connection went. */
-  #failed(err, where) {
-    const notice = errorNotice(err, where); // (none when the connection went: the next one retries)
-    if (notice) callBack(this.#options.onNotice, notice);
-  }
-
   // ── rooms ──
 
   /** Joins a room again from its last position (after a reconnect, or a Kicked for falling behind). */
@@ -462,7 +456,7 @@ export class QuiverClient {
     });
     // Refused for good: the room ends, as a kicked one.
     if (!refused || this.#session !== session || this.#rooms.get(room) !== entry) return;
-    this.#failed(refused, { room });
+    notifyFailed(this.#options.onNotice, refused, { room });
     this.#endRoom(entry, { code: refused.code, reason: refused.message });
   }
 
@@ -494,7 +488,7 @@ export class QuiverClient {
     if (!refused || !held() || session !== this.#session || entry.claim?.session === session) return;
     map.delete(entry.channel);
     entry.ended = { code: refused.code, reason: refused.message };
-    this.#failed(refused, { channel: entry.channel });
+    notifyFailed(this.#options.onNotice, refused, { channel: entry.channel });
     for (const onEnd of entry.onEnd) callBack(onEnd, entry.ended);
   }
 }

@@ -202,6 +202,8 @@ export class FakeServer {
     this.unavailablePosts = 0; // refuse this many posts with Unavailable (a broker unreachable), sequencing nothing
     this.refusedJoins = 0; // refuse this many joins with `refuseJoinsWith`
     this.refuseJoinsWith = ErrorCode.RateLimited;
+    this.refusedLeaves = 0; // refuse this many leaves with RateLimited (nothing done: the membership stays)
+    this.leaves = 0; // Leaves received
     // Codes to refuse the next subscribes / claims / unpublishes with, in order.
     this.refusedTicks = { Subscribe: [], Publish: [], Unpublish: [] };
     // Accept posts but never answer them (their answers are lost with the connection); a connection's own
@@ -318,6 +320,8 @@ export class FakeServer {
         return this.broadcast(room, presence(last, 'MemberJoined', conn.identity), conn);
       }
       case 'Leave': {
+        this.leaves += 1;
+        if (this.refusedLeaves > 0 && this.refusedLeaves--) return fail(ErrorCode.RateLimited, 'refused by the test');
         const room = this.rooms.get(body.room);
         const stream = room?.members.get(conn);
         if (!stream) return fail(ErrorCode.NotJoined, `not in room ${body.room}`);

@@ -253,3 +253,19 @@ test('a room stream read of a million empty frames ends the session as a protoco
   await bob.post('lobby', 'after');
   await until('the room delivers again', () => lobby.messages().some((m) => m.text === 'after'));
 });
+
+test('a leave refused for its rate goes again, and a join of the room waits for it', async (t) => {
+  // Before, leave() rejected with the room already forgotten, the server kept the membership (presence listed the
+  // member) until the connection ended, and the next join of the room was refused AlreadyJoined.
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  await ann.join('lobby', { onEvent: () => {} });
+  server.refusedLeaves = 2;
+  const leaving = ann.leave('lobby');
+  const again = ann.join('lobby', { onEvent: () => {} }); // written only once the leave is answered
+  await leaving;
+  assert.equal(server.leaves, 3, 'refused twice, then taken');
+  await again;
+  const room = server.rooms.get('lobby');
+  assert.equal(room.members.size, 1, 'one membership: the join after the leave');
+});

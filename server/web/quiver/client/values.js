@@ -71,6 +71,64 @@ export async function leftAnyway(request, name, entry, session) {
   }
 }
 
+/**
+ * Leaves under way, by room, until answered: a join of the room waits for its leave. A Leave the server refuses
+ * RateLimited (over a rate: nothing done) goes again after a pause while its session stays. Given up, the server
+ * kept the membership the client had forgotten (presence listed the member, and the next join of the room was
+ * refused AlreadyJoined) until the connection ended; as the Rust client (`sent_until_taken`).
+ */
+export class Leaves {
+  #pending = new Map(); // room -> the leave's promise
+
+  /**
+   * Leaves `room` on the session `session` (a promise) resolves to, `prepare(session)` first (`entry`: the client
+   * held it, as `leftAnyway`); resolves once answered. Listed at once: a join of the room made right after waits. (No
+   * step more than before between the session and the Leave's write: a join of another room made right after, at
+   * `max_rooms`, is written after it.)
+   */
+  leave(session, room, entry, prepare) {
+    const leaving = (async () => {
+      const live = await session;
+      prepare(live);
+      return this.#untilTaken(live, room, entry);
+    })().finally(() => {
+      if (this.#pending.get(room) === leaving) this.#pending.delete(room);
+    });
+    this.#pending.set(room, leaving);
+    return leaving;
+  }
+
+  /** True while a leave of `room` is under way ([`Leaves.before`] waits for it). */
+  has(room) {
+    return this.#pending.has(room);
+  }
+
+  /** Resolves once no leave of `room` is under way. */
+  async before(room) {
+    while (this.#pending.has(room)) await this.#pending.get(room).catch(() => {});
+  }
+
+  async #untilTaken(session, room, entry) {
+    for (let pauseMs = 100; ; pauseMs = Math.min(pauseMs * 2, 2000)) {
+      try {
+        return await leftAnyway(session.request({ Leave: { room } }), 'Left', entry, session);
+      } catch (err) {
+        if (err?.code !== ErrorCode.RateLimited || !entry) throw err;
+        let timer;
+        await Promise.race([session.ended, new Promise((resolve) => { timer = setTimeout(resolve, pauseMs); })]);
+        clearTimeout(timer);
+        if (session.closedWhy) return; // the membership went with the session
+      }
+    }
+  }
+}
+
+/** Tells the application (`onNotice`) that a request made on its behalf failed, unless its connection went. */
+export function notifyFailed(onNotice, err, where) {
+  const notice = errorNotice(err, where); // (none when the connection went: the next one retries)
+  if (notice) callBack(onNotice, notice);
+}
+
 /** Calls an application callback; an exception in it is reported, not allowed to break the client. */
 export function callBack(fn, ...args) {
   if (typeof fn !== 'function') return;

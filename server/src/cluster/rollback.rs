@@ -20,8 +20,9 @@ const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 /// True when the room's epoch in Redis is no longer the one this node delivered in (moved by this check, or
 /// found moved): its subscriptions here were reset (unless reset meanwhile: `generation`). False when Redis holds
 /// what the node delivered (events published since are the catch-up's to follow), or the check stopped mattering:
-/// the node stopping, or `current` (the catch-up's own test: the room live in `generation`, with members here, and
-/// no later catch-up) no longer true.
+/// the node stopping, the room no longer live in `generation`, or `current` (the catch-up's: no later catch-up
+/// took over) no longer true. Not the room's members here: a live room its last member left stays live, and its
+/// next join goes on from the node's position.
 ///
 /// A check that fails is tried again until Redis answers it. Until 2026-12-07 it gave up after three tries (750
 /// ms), and a rollback then went unnoticed for good: a script that writes can fail where the catch-up's read

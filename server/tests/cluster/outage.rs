@@ -139,7 +139,7 @@ fn a_member_joined_before_its_nodes_first_beat_on_an_emptied_redis_is_buried_wit
     if !redis_available("a_member_joined_before_its_nodes_first_beat_on_an_emptied_redis_is_buried_with_its_node") {
         return;
     }
-    // Beats 900 ms apart (within the expiry's bound: 2 s > 0.9 s + the 1 s request timeout): the join below, a few
+    // Beats 900 ms apart (within the expiry's bound: 2 s > the 0.9 s request timeout + 0.9 s): the join below, a few
     // milliseconds after the flush, comes before the node's next beat in all but about one run in a hundred.
     const BEAT_MS: u64 = 900;
     let Cluster { redis, dirs, nodes, runtime, _tmp } = cluster(2, &[("QUIVER_BROKER_HEARTBEAT_MS", "900")]);

@@ -51,7 +51,11 @@ impl NodeRoom {
                 (Some(epoch), Some(seq), Some(op)) => (epoch.parse::<u64>().ok(), seq, op),
                 _ => (None, 0, 0),
             };
-            if crate::cluster::rollback::check(&self, generation, current).await {
+            // The check is for the room as long as it is live in this generation, members here or not: a live room
+            // left by its last member stays live (until the sweep drops it), and the next join goes on from the
+            // position the node delivered, which a rollback made wrong.
+            let checking = |state: &NodeState| state.generation == generation && state.catch_ups == mine;
+            if crate::cluster::rollback::check(&self, generation, checking).await {
                 return;
             }
             tokio::time::sleep(RESUBSCRIBE_GRACE).await;

@@ -457,7 +457,7 @@ async fn a_leave_refused_for_its_rate_is_sent_again() {
     use std::sync::{atomic::Ordering, Arc};
     let (dir, endpoint, addr) = fake_endpoint();
     let (leaves, joins) = (Arc::new(std::sync::atomic::AtomicUsize::new(0)), Arc::new(Default::default()));
-    tokio::spawn(refuses_the_first_leave(endpoint, leaves.clone(), Arc::clone(&joins)));
+    tokio::spawn(refuses_the_first_leave(endpoint, leaves.clone(), Arc::clone(&joins), false));
     let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
     let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
     let room = client.join("r").await.unwrap();
@@ -473,4 +473,21 @@ async fn a_leave_refused_for_its_rate_is_sent_again() {
     assert_eq!(leaves.load(Ordering::SeqCst), 2, "the Join went after the Leave was taken");
     assert_eq!(joins.load(Ordering::SeqCst), 3);
     client.close().await;
+}
+
+/// A Leave refused for its rate on a connection that then ends is done (the membership went with the connection):
+/// `leave()` answers `Ok`, as for any Leave whose connection ends under it, not the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_refused_for_its_rate_on_a_connection_that_ends_is_done() {
+    use std::sync::{atomic::Ordering, Arc};
+    let (dir, endpoint, addr) = fake_endpoint();
+    let (leaves, joins) = (Arc::new(std::sync::atomic::AtomicUsize::new(0)), Arc::new(Default::default()));
+    tokio::spawn(refuses_the_first_leave(endpoint, leaves.clone(), joins, true));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let options = ConnectOptions { trust, reconnect: false, ..ConnectOptions::default() };
+    let client = Client::connect_with(&addr, options).await.unwrap();
+    let room = client.join("r").await.unwrap();
+    let left = tokio::time::timeout(Duration::from_secs(10), room.leave()).await.expect("the leave is answered");
+    assert!(left.is_ok(), "{left:?}");
+    assert_eq!(leaves.load(Ordering::SeqCst), 1);
 }

@@ -332,12 +332,21 @@ pub(crate) async fn sent_until_taken(live: &Arc<Live>, body: RequestBody) -> Res
             Ok(pending) => crate::connection::reply(pending).await,
             Err(err) => return Err(err),
         };
+        // A connection that ends (or is ending: its control stream done) takes what the request let go with it:
+        // `Closed`, which a Leave's caller takes for done, as for any Leave its connection ends under.
+        let gone = || {
+            let why = (ErrorCode::GoingAway, "the connection ended while the request waited for its rate".into());
+            Err(RequestError::closed(live.close_reason().unwrap_or(why)))
+        };
         match reply {
-            Err(RequestError::Failed(failure)) if failure.code == ErrorCode::RateLimited && !live.is_done() => {
+            Err(RequestError::Failed(failure)) if failure.code == ErrorCode::RateLimited => {
+                if live.is_done() {
+                    return gone();
+                }
                 tracing::debug!(?failure, "a request refused for its rate, sent again after {pause:?}");
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
-                    _ = live.link.closed() => return Err(RequestError::Failed(failure)),
+                    _ = live.link.closed() => return gone(),
                 }
                 pause = (pause * 2).min(RATE_LIMITED_MAX_PAUSE);
             }

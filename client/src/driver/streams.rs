@@ -119,7 +119,11 @@ pub(crate) fn on_copy(
     for (position, body) in (first..).zip(frames) {
         match frame::decode_body::<RoomFrame>(body) {
             Ok(RoomFrame::Event(event)) => state.copy(stream, position, event),
-            other => return tracing::debug!(?other, "a room copy that is not an event"),
+            // (The events before it are handed out all the same: they are the stream's, and ready.)
+            other => {
+                tracing::debug!(?other, "a room copy that is not an event");
+                break;
+            }
         }
     }
     hand_out_copies(entry, &mut state);

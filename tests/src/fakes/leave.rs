@@ -8,9 +8,15 @@ use std::sync::{
 use quiver_proto::{ErrorCode, Failure, FrameCodec, Limits, Reply, RequestBody, RoomFrame, ServerMsg};
 
 /// Welcomes the client, answers its Joins (an empty room, its stream opened) and Pings, and refuses its first
-/// Leave `RateLimited` (over a rate: nothing done, the membership kept), answering the later ones `Left`. Counts
-/// the Leaves in `leaves` and the Joins in `joins`.
-pub async fn refuses_the_first_leave(endpoint: quinn::Endpoint, leaves: Arc<AtomicUsize>, joins: Arc<AtomicUsize>) {
+/// Leave `RateLimited` (over a rate: nothing done, the membership kept), answering the later ones `Left`; with
+/// `then_close`, closes the connection right after that refusal instead. Counts the Leaves in `leaves` and the Joins
+/// in `joins`.
+pub async fn refuses_the_first_leave(
+    endpoint: quinn::Endpoint,
+    leaves: Arc<AtomicUsize>,
+    joins: Arc<AtomicUsize>,
+    then_close: bool,
+) {
     let Some(incoming) = endpoint.accept().await else { return };
     let Ok(conn) = incoming.await else { return };
     let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
@@ -39,9 +45,14 @@ pub async fn refuses_the_first_leave(endpoint: quinn::Endpoint, leaves: Arc<Atom
             },
             other => Err(Failure::new(ErrorCode::Unsupported, format!("not in this fake: {other:?}"))),
         };
+        let refused = result.is_err();
         let reply = ServerMsg::Reply { req_id, result };
         if send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.is_err() {
             return;
+        }
+        if refused && then_close {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await; // (the refusal read first)
+            return conn.close(0u32.into(), b"test: the server went");
         }
     }
 }

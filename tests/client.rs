@@ -10,7 +10,7 @@ use quiver_server::ServerConfig;
 use quiver_tests::{states_until, TestServer};
 
 use quiver_tests::fakes::{
-    closes_at_a_clock_ping, fake_endpoint, fake_server, garbage_after_welcome, refuses_the_first_leave,
+    closes_at_a_clock_ping, fake_endpoint, fake_server, garbage_after_welcome, refuses_each_first_release,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,30 +448,35 @@ async fn posts_made_faster_than_the_servers_post_rate_wait_in_the_client_and_all
     server.stop().await;
 }
 
-/// A Leave refused `RateLimited` (over the server's rate of joins and leaves: nothing done) is sent again after a
-/// pause, and a join of the room meanwhile waits for it. Before, `leave()` returned the refusal with the room already
-/// forgotten (its `Room` consumed: nothing to try again with), the server kept the membership until the connection
-/// ended, and the application's next join of the room was refused `AlreadyJoined`.
+/// A Leave, an Unsubscribe and an Unpublish refused `RateLimited` (over the server's rate: nothing done) are sent
+/// again after a pause, and a join of the room (a subscribe, a claim of the channel) meanwhile waits for them. Before,
+/// the client forgot the room (the subscription, the claim) at once and the call returned the refusal (a dropped
+/// handle's: nothing), while the server kept it until the connection ended: presence listing the member and the next
+/// join refused `AlreadyJoined`; a subscription or claim counted against the connection's limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leave_refused_for_its_rate_is_sent_again() {
-    use std::sync::{atomic::Ordering, Arc};
+async fn what_lets_go_refused_for_its_rate_is_sent_again() {
     let (dir, endpoint, addr) = fake_endpoint();
-    let (leaves, joins) = (Arc::new(std::sync::atomic::AtomicUsize::new(0)), Arc::new(Default::default()));
-    tokio::spawn(refuses_the_first_leave(endpoint, leaves.clone(), Arc::clone(&joins), false));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    tokio::spawn(refuses_each_first_release(endpoint, seen.clone(), false));
     let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
     let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
+    let wait = Duration::from_secs(10);
     let room = client.join("r").await.unwrap();
-    let left = tokio::time::timeout(Duration::from_secs(10), room.leave()).await.expect("the leave is answered");
+    let left = tokio::time::timeout(wait, room.leave()).await.expect("the leave is answered");
     assert!(left.is_ok(), "{left:?}");
-    assert_eq!(leaves.load(Ordering::SeqCst), 2, "refused once, then sent again");
-    // Dropped instead of left: the background Leave goes again too, and a join of the room waits for it.
-    let room = client.join("r").await.unwrap();
-    leaves.store(0, Ordering::SeqCst);
-    drop(room);
-    let again = tokio::time::timeout(Duration::from_secs(10), client.join("r")).await.expect("joined again");
+    let subscription = client.subscribe("c").await.unwrap();
+    let unsubscribed = tokio::time::timeout(wait, subscription.unsubscribe()).await.expect("answered");
+    assert!(unsubscribed.is_ok(), "{unsubscribed:?}");
+    let publisher = client.publisher("p").await.unwrap();
+    let unpublished = tokio::time::timeout(wait, publisher.unpublish()).await.expect("answered");
+    assert!(unpublished.is_ok(), "{unpublished:?}");
+    // Dropped instead: the background Leave goes again too, and a join of the room waits for it.
+    drop(client.join("r").await.unwrap());
+    let again = tokio::time::timeout(wait, client.join("r")).await.expect("joined again");
     assert!(again.is_ok(), "{again:?}");
-    assert_eq!(leaves.load(Ordering::SeqCst), 2, "the Join went after the Leave was taken");
-    assert_eq!(joins.load(Ordering::SeqCst), 3);
+    let seen = seen.lock().unwrap().iter().filter(|k| **k != "other").copied().collect::<Vec<_>>();
+    let expected = ["join", "leave", "leave", "subscribe", "unsubscribe", "unsubscribe", "publish", "unpublish"];
+    assert_eq!(seen, [&expected[..], &["unpublish", "join", "leave", "join"]].concat());
     client.close().await;
 }
 
@@ -479,15 +484,14 @@ async fn a_leave_refused_for_its_rate_is_sent_again() {
 /// `leave()` answers `Ok`, as for any Leave whose connection ends under it, not the refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_refused_for_its_rate_on_a_connection_that_ends_is_done() {
-    use std::sync::{atomic::Ordering, Arc};
     let (dir, endpoint, addr) = fake_endpoint();
-    let (leaves, joins) = (Arc::new(std::sync::atomic::AtomicUsize::new(0)), Arc::new(Default::default()));
-    tokio::spawn(refuses_the_first_leave(endpoint, leaves.clone(), joins, true));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    tokio::spawn(refuses_each_first_release(endpoint, seen.clone(), true));
     let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
     let options = ConnectOptions { trust, reconnect: false, ..ConnectOptions::default() };
     let client = Client::connect_with(&addr, options).await.unwrap();
     let room = client.join("r").await.unwrap();
     let left = tokio::time::timeout(Duration::from_secs(10), room.leave()).await.expect("the leave is answered");
     assert!(left.is_ok(), "{left:?}");
-    assert_eq!(leaves.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.lock().unwrap().iter().filter(|k| **k == "leave").count(), 1);
 }

@@ -270,13 +270,57 @@ impl<H: Handler> Connection<H> {
 /// A written request's reply, to come.
 pub(crate) type Pending = oneshot::Receiver<Result<Reply, RequestError>>;
 
-/// A written request's reply, to come, and the connection it was written on.
-pub(crate) type Written<H> = (Pending, Arc<Connection<H>>);
-
 /// The reply to a request [`Connection::send`] wrote.
 pub(crate) async fn reply(rx: Pending) -> Result<Reply, RequestError> {
     rx.await.unwrap_or_else(|_| Err(RequestError::closed((ErrorCode::Internal, "reply reader stopped".into()))))
 }
+
+/// The first pause before a request refused `RateLimited` goes again ([`until_taken`]); it doubles up to
+/// [`RATE_LIMITED_MAX_PAUSE`].
+const RATE_LIMITED_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+const RATE_LIMITED_MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sends `body` on `live` and waits for its reply; while the server refuses it `RateLimited` (over a rate on this
+/// connection: nothing was done) and the connection stays, sends it again after a pause. For the requests that let
+/// go (Leave, Unsubscribe, Unpublish), which the client acts on before their reply: refused so and given up, the
+/// server kept what the client had forgotten until the connection ended (a Leave's membership: presence listing
+/// the member, `AlreadyJoined` at the application's next join of the room; a subscription or a claim: counted
+/// against `max_subscriptions` or `max_publish_channels`).
+pub(crate) async fn until_taken<H: Handler>(
+    live: &Arc<Connection<H>>,
+    body: RequestBody,
+) -> Result<Reply, RequestError> {
+    let mut pause = RATE_LIMITED_PAUSE;
+    loop {
+        let reply = match live.send(body.clone()).await {
+            Ok(pending) => reply(pending).await,
+            Err(err) => return Err(err),
+        };
+        // A connection that ends (or is ending: its control stream done) takes what the request let go with it:
+        // `Closed`, which a Leave's caller takes for done, as for any Leave its connection ends under.
+        let gone = || {
+            let why = (ErrorCode::GoingAway, "the connection ended while the request waited for its rate".into());
+            Err(RequestError::closed(live.close_reason().unwrap_or(why)))
+        };
+        match reply {
+            Err(RequestError::Failed(failure)) if failure.code == ErrorCode::RateLimited => {
+                if live.is_done() {
+                    return gone();
+                }
+                tracing::debug!(?failure, "a request refused for its rate, sent again after {pause:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = live.link.closed() => return gone(),
+                }
+                pause = (pause * 2).min(RATE_LIMITED_MAX_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A reply awaited already, and the connection it came on.
+pub(crate) type Answered<H> = (Result<Reply, RequestError>, Arc<Connection<H>>);
 
 /// How long a connection whose control stream ended may stay open before the client closes it itself
 /// (the control stream reader does): many round trips, so that a server's own close, with its reason, comes first.

@@ -14,7 +14,7 @@ mod stopped;
 pub use clock::slow_clock_pongs;
 pub use flapping::welcomes_then_closes;
 pub use hostile::{garbage_after_welcome, unfinished_frames};
-pub use leave::refuses_the_first_leave;
+pub use leave::refuses_each_first_release;
 pub use stopped::stops_reading_after_welcome;
 
 /// A server that answers each connection's Hello with a Welcome, then finishes the control stream and leaves the

@@ -200,9 +200,7 @@ impl Driver {
                 () = tokio::time::sleep(UNPUBLISH_GRACE) => {}
             }
             let current = || driver.current.borrow().clone();
-            if let Ok(Some((sent, _))) = driver.ticks.unpublish_unheld(current, &entry).await {
-                drop(crate::connection::reply(sent).await);
-            }
+            drop(driver.ticks.unpublish_unheld(current, &entry).await);
         });
     }
 
@@ -221,20 +219,17 @@ impl Driver {
         let driver = self.me.upgrade().filter(|_| last && !entry.ended.is_cancelled() && !self.stop.is_cancelled());
         let Some(driver) = driver else { return };
         let entry = entry.clone();
-        self.spawn(async move {
-            if let Ok(Some((sent, _))) = driver.write_unsubscribe(&entry, true).await {
-                drop(crate::connection::reply(sent).await);
-            }
-        });
+        self.spawn(async move { drop(driver.write_unsubscribe(&entry, true).await) });
     }
 
     /// Ends `entry` and writes its Unsubscribe (unless it had ended, or, `if_unheld`, a subscribe handed out a new
-    /// handle of it meanwhile); the reply to wait for, if one was written.
+    /// handle of it meanwhile); its reply, if one was written. Refused `RateLimited`, it goes again
+    /// ([`crate::connection::until_taken`]), a subscribe of the channel meanwhile waiting for it.
     async fn write_unsubscribe(
         &self,
         entry: &Arc<SubEntry>,
         if_unheld: bool,
-    ) -> Result<Option<crate::connection::Written<Driver>>, RequestError> {
+    ) -> Result<Option<crate::connection::Answered<Driver>>, RequestError> {
         // Ordered with the entry's subscribes and resubscribes (`SubEntry::order`), which count its handles.
         let _order = entry.order.lock().await;
         let held = if_unheld && entry.handles.load(std::sync::atomic::Ordering::Acquire) > 0;
@@ -250,17 +245,17 @@ impl Driver {
         // No connection up now: nothing of it is on a server, and no resubscribe takes an ended entry back (they
         // write under this lock): nothing to write or wait for.
         let live = self.current.borrow().clone().filter(|live| live.close_reason().is_none());
-        let sent = match live {
+        let answered = match live {
             Some(live) => {
-                let sent = live.send(RequestBody::Unsubscribe { channel: entry.channel.clone() }).await;
-                sent.map(|sent| Some((sent, live)))
+                let body = RequestBody::Unsubscribe { channel: entry.channel.clone() };
+                Some((crate::connection::until_taken(&live, body).await, live))
             }
-            None => Ok(None),
+            None => None,
         };
-        // Forgotten once its Unsubscribe is written: a subscribe of the channel meanwhile found it (ended) and
+        // Forgotten once its Unsubscribe is answered: a subscribe of the channel meanwhile found it (ended) and
         // waits for this lock, so that its Subscribe comes after.
         self.ticks.forget(entry);
-        sent
+        Ok(answered)
     }
 }
 
@@ -281,28 +276,20 @@ async fn ends_soon(live: &Live) -> bool {
     live.is_done()
 }
 
-/// A Leave's or an Unsubscribe's outcome (`sent`: the reply to wait for, if one was written, and the connection it
-/// was written on; `answered`: the reply expected). Never fails for the connection's sake: a connection lost under
-/// it ends what it let go with it (so does one whose draining server refused it `Unavailable` and closed it), and
-/// `NotJoined` means the server had let it go already (a reconnect that did not take it back).
+/// A Leave's, an Unsubscribe's or an Unpublish's outcome (`answer`: its reply, if one was written, and the
+/// connection it came on: [`crate::connection::until_taken`]; `answered`: the reply expected). Never fails for the
+/// connection's sake: a connection lost under it ends what it let go with it (so does one whose draining server
+/// refused it `Unavailable` and closed it), and `NotJoined` means the server had let it go already (a reconnect that
+/// did not take it back).
 pub(crate) async fn let_go(
-    sent: Result<Option<crate::connection::Written<Driver>>, RequestError>,
+    answer: Result<Option<crate::connection::Answered<Driver>>, RequestError>,
     answered: fn(&Reply) -> bool,
 ) -> Result<(), RequestError> {
-    let (reply, live) = match sent {
-        Ok(Some((sent, live))) => (crate::connection::reply(sent).await, Some(live)),
+    let (reply, live) = match answer {
+        Ok(Some((reply, live))) => (reply, Some(live)),
         Ok(None) => return Ok(()),
         Err(err) => (Err(err), None),
     };
-    let_go_replied(reply, live, answered).await
-}
-
-/// [`let_go`] with the reply in hand (and the connection it came on).
-pub(crate) async fn let_go_replied(
-    reply: Result<Reply, RequestError>,
-    live: Option<Arc<Live>>,
-    answered: fn(&Reply) -> bool,
-) -> Result<(), RequestError> {
     match reply {
         Ok(reply) if answered(&reply) => Ok(()),
         Err(RequestError::Closed { .. }) => Ok(()),
@@ -313,44 +300,5 @@ pub(crate) async fn let_go_replied(
         },
         Ok(other) => Err(RequestError::unexpected(other)),
         Err(err) => Err(err),
-    }
-}
-
-/// The first pause before a request refused `RateLimited` goes again ([`sent_until_taken`]); it doubles up to
-/// [`RATE_LIMITED_MAX_PAUSE`].
-const RATE_LIMITED_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
-const RATE_LIMITED_MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Sends `body` on `live` and waits for its reply; while the server refuses it `RateLimited` (over a rate on this
-/// connection: nothing was done) and the connection stays, sends it again after a pause. For a Leave, which the
-/// client acts on before its reply: refused so and given up, the server kept the membership (presence listing the
-/// member, `AlreadyJoined` at the application's next join of the room) until the connection ended.
-pub(crate) async fn sent_until_taken(live: &Arc<Live>, body: RequestBody) -> Result<Reply, RequestError> {
-    let mut pause = RATE_LIMITED_PAUSE;
-    loop {
-        let reply = match live.send(body.clone()).await {
-            Ok(pending) => crate::connection::reply(pending).await,
-            Err(err) => return Err(err),
-        };
-        // A connection that ends (or is ending: its control stream done) takes what the request let go with it:
-        // `Closed`, which a Leave's caller takes for done, as for any Leave its connection ends under.
-        let gone = || {
-            let why = (ErrorCode::GoingAway, "the connection ended while the request waited for its rate".into());
-            Err(RequestError::closed(live.close_reason().unwrap_or(why)))
-        };
-        match reply {
-            Err(RequestError::Failed(failure)) if failure.code == ErrorCode::RateLimited => {
-                if live.is_done() {
-                    return gone();
-                }
-                tracing::debug!(?failure, "a request refused for its rate, sent again after {pause:?}");
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    _ = live.link.closed() => return gone(),
-                }
-                pause = (pause * 2).min(RATE_LIMITED_MAX_PAUSE);
-            }
-            other => return other,
-        }
     }
 }

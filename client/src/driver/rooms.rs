@@ -419,12 +419,8 @@ impl super::Driver {
             return Ok(());
         }
         let entry = entry.clone();
-        let left = match self.detached(move |driver| async move { driver.write_leave(&entry).await }).await {
-            Ok(Some((reply, live))) => (reply, Some(live)),
-            Ok(None) => return Ok(()),
-            Err(err) => (Err(err), None),
-        };
-        super::calls::let_go_replied(left.0, left.1, |reply| matches!(reply, Reply::Left { .. })).await
+        let left = self.detached(move |driver| async move { driver.write_leave(&entry).await }).await;
+        super::calls::let_go(left, |reply| matches!(reply, Reply::Left { .. })).await
     }
 
     /// Leaves `entry`'s room in the background (its `Room` was dropped), unless a leave was started already or the
@@ -451,8 +447,11 @@ impl super::Driver {
 
     /// Ends `entry`, writes its Leave (unless it had ended: nothing of it is on the server) and forgets it once the
     /// Leave is answered; the reply and its connection, if one was written. A Leave refused `RateLimited` goes again
-    /// ([`super::calls::sent_until_taken`]), the entry listed meanwhile so that a join of its room waits for it.
-    async fn write_leave(&self, entry: &Arc<RoomEntry>) -> Result<Option<Left>, RequestError> {
+    /// ([`crate::connection::until_taken`]), the entry listed meanwhile so that a join of its room waits for it.
+    async fn write_leave(
+        &self,
+        entry: &Arc<RoomEntry>,
+    ) -> Result<Option<crate::connection::Answered<super::Driver>>, RequestError> {
         let room = entry.name.as_str();
         // Ordered with a rejoin of the entry (`RoomEntry::order`): its Join goes before this Leave, or not at all.
         let _order = entry.order.lock().await;
@@ -472,7 +471,7 @@ impl super::Driver {
         let live = self.current.borrow().clone().filter(|live| live.close_reason().is_none());
         let left = match live {
             Some(live) => {
-                let reply = super::calls::sent_until_taken(&live, RequestBody::Leave { room: room.to_string() }).await;
+                let reply = crate::connection::until_taken(&live, RequestBody::Leave { room: room.to_string() }).await;
                 Some((reply, live))
             }
             None => None,
@@ -481,9 +480,6 @@ impl super::Driver {
         Ok(left)
     }
 }
-
-/// A Leave's reply, and the connection it came on.
-type Left = (Result<Reply, RequestError>, Arc<super::Live>);
 
 pub(crate) use super::rejoin::{refused_for_now, rejoin, RETRIED_REJOINS};
 

@@ -110,8 +110,8 @@ impl PubEntry {
 const UNPUBLISHED: &str = "unpublished";
 
 /// Claims and unpublishes of a channel, one at a time: a claim holds its channel's turn from before it looks up its
-/// entry until its reply is in, a reclaim after a reconnect likewise, an unpublish while it ends its entry and
-/// writes its Unpublish. So an Unpublish never takes back a claim the client still counts on (the server keeps one
+/// entry until its reply is in, a reclaim after a reconnect likewise, an unpublish while it ends its entry, writes
+/// its Unpublish and waits for the reply (sent again while refused for its rate). So an Unpublish never takes back a claim the client still counts on (the server keeps one
 /// claim per channel and connection), and a claim is never left on the server for an entry given up meanwhile.
 /// A channel's turn is forgotten when nobody holds or waits for it.
 #[derive(Debug, Default)]
@@ -289,14 +289,15 @@ impl Ticks {
     }
 
     /// Gives up `entry`'s claim for all its publishers (their sends fail with `TickError::Ended` from now on):
-    /// ends it, forgets it and writes its Unpublish on the `current` connection if the claim was made there; the reply to wait
-    /// for, if one was written. Nothing if it had ended already. (In the channel's turn: every claim of the entry
-    /// made before is answered, so its claim says where it is held; none is made after.)
+    /// ends it, forgets it and writes its Unpublish on the `current` connection if the claim was made there; its
+    /// reply, if one was written. Nothing if it had ended already. (In the channel's turn: every claim of the entry
+    /// made before is answered, so its claim says where it is held; none is made after. The reply is awaited in it
+    /// too, sent again while refused for its rate.)
     pub(crate) async fn unpublish<H: Handler>(
         &self,
         current: impl FnOnce() -> Option<Arc<Connection<H>>>,
         entry: &Arc<PubEntry>,
-    ) -> Result<Option<crate::connection::Written<H>>, RequestError> {
+    ) -> Result<Option<crate::connection::Answered<H>>, RequestError> {
         let _turn = self.claim_order.turn(&entry.channel).await;
         self.unpublish_in_turn(current, entry).await
     }
@@ -307,7 +308,7 @@ impl Ticks {
         &self,
         current: impl FnOnce() -> Option<Arc<Connection<H>>>,
         entry: &Arc<PubEntry>,
-    ) -> Result<Option<crate::connection::Written<H>>, RequestError> {
+    ) -> Result<Option<crate::connection::Answered<H>>, RequestError> {
         let _turn = self.claim_order.turn(&entry.channel).await;
         let unheld = {
             let publishers = lock(&self.publishers);
@@ -324,7 +325,7 @@ impl Ticks {
         &self,
         current: impl FnOnce() -> Option<Arc<Connection<H>>>,
         entry: &Arc<PubEntry>,
-    ) -> Result<Option<crate::connection::Written<H>>, RequestError> {
+    ) -> Result<Option<crate::connection::Answered<H>>, RequestError> {
         // Read in the turn: a reconnect's claim on a new connection that came first is answered by now.
         let connection = current();
         {
@@ -346,8 +347,9 @@ impl Ticks {
         let claimed_on = lock(&entry.claim).map(|(on, _)| on);
         match connection.filter(|live| live.close_reason().is_none() && claimed_on == Some(live.id)) {
             Some(live) if live.welcome.version >= 5 => {
-                let sent = live.send(RequestBody::Unpublish { channel: entry.channel.clone() }).await;
-                sent.map(|sent| Some((sent, live)))
+                // Answered in the turn when refused for its rate (sent again): a claim after it must come after.
+                let body = RequestBody::Unpublish { channel: entry.channel.clone() };
+                Ok(Some((crate::connection::until_taken(&live, body).await, live)))
             }
             Some(live) => {
                 // Held on by the server: a publisher of the channel on this connection numbers on.

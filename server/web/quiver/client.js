@@ -13,7 +13,7 @@ import {
 import { sendPosts } from './client/posts.js';
 import { RefusalWindow, Signal, Timers, Turns, acrossReconnects, oneRejoinAtATime, restore } from './client/waiting.js';
 import { REFUSED_FOR_NOW, callBack, clientDefaults, expectReply } from './client/values.js';
-import { Leaves, leftAnyway, notifyFailed, toBytes, unixUs } from './client/values.js';
+import { Releases, notifyFailed, toBytes, unixUs } from './client/values.js';
 
 /**
  * A Quiver session over WebTransport (or a WebSocket) that survives connection loss: it reconnects with jittered
@@ -42,7 +42,7 @@ export class QuiverClient {
   #closing = new AbortController(); // aborted when the client ends: a connect under way gives up
   #backoff;
   #rooms = new Map(); // name -> {state: RoomState, onEvent, handle: Room, joining: Promise, stream, rejoining?}
-  #leaves = new Leaves(); // until answered (sent again while refused for their rate): a join of the room waits
+  #releases = new Releases(); // Leaves, Unsubscribes until answered: a join, subscribe of theirs waits for them
   #roomStreams = 0; // room streams accepted so far, over every session: a later stream is a newer one
   #subscriptions = new Map(); // channel -> {channel, onTick, ticks: LatestWins, latest, handle}
   #publishers = new Map(); // channel -> {channel, maxAgeMs, claim: {session, channelId} | null, nextSeq}
@@ -116,7 +116,7 @@ export class QuiverClient {
    * session (three in all), as are a Subscribe and a History.
    */
   async join(room, { onEvent, redundant = false } = {}) {
-    if (this.#leaves.has(room)) await this.#leaves.before(room);
+    if (this.#releases.has(`room ${room}`)) await this.#releases.before(`room ${room}`);
     if (this.#rooms.has(room)) throw new QuiverError(ErrorCode.AlreadyJoined, `already in room ${room}`);
     const entry = { state: new RoomState(room), onEvent, handle: null, joining: null, stream: 0, redundant };
     entry.handle = new Room(this, entry.state);
@@ -151,7 +151,8 @@ export class QuiverClient {
     // No session now: no server holds the room (a Join of it written went with its session, and no reconnect takes
     // it back; a join still waiting for a session, or to be sent again, gives up once it has one).
     if (entry && !this.#isLive()) return;
-    await this.#leaves.leave(this.#live(), name, entry, (session) => session.copyRooms.delete(name));
+    const [body, prepare] = [{ Leave: { room: name } }, (session) => session.copyRooms.delete(name)];
+    await this.#releases.release(`room ${name}`, this.#live(), { body, name: 'Left', entry, prepare });
   }
 
   /**
@@ -177,6 +178,7 @@ export class QuiverClient {
    * reason})` is called and the Subscription's `ended` set (a refusal for now is retried like a rejoin).
    */
   async subscribe(channel, { onTick, onEnd } = {}) {
+    if (this.#releases.has(`channel ${channel}`)) await this.#releases.before(`channel ${channel}`);
     if (this.#subscriptions.has(channel)) {
       throw new QuiverError(ErrorCode.AlreadyJoined, `already subscribed to ${channel}`);
     }
@@ -201,9 +203,9 @@ export class QuiverClient {
     if (handle && entry !== handle) return; // that handle's subscription ended, or was unsubscribed, already
     this.#subscriptions.delete(channel);
     if (entry && !this.#isLive()) return; // as in `leave`
-    const session = await this.#live();
-    for (const [id, sub] of session.channels) if (sub === entry) session.channels.delete(id);
-    await leftAnyway(session.request({ Unsubscribe: { channel } }), 'Unsubscribed', entry, session);
+    const body = { Unsubscribe: { channel } };
+    const prepare = ({ channels }) => [...channels].forEach(([id, sub]) => sub === entry && channels.delete(id));
+    await this.#releases.release(`channel ${channel}`, this.#live(), { body, name: 'Unsubscribed', entry, prepare });
   }
 
   /**

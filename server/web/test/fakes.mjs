@@ -204,8 +204,8 @@ export class FakeServer {
     this.refuseJoinsWith = ErrorCode.RateLimited;
     this.refusedLeaves = 0; // refuse this many leaves with RateLimited (nothing done: the membership stays)
     this.leaves = 0; // Leaves received
-    // Codes to refuse the next subscribes / claims / unpublishes with, in order.
-    this.refusedTicks = { Subscribe: [], Publish: [], Unpublish: [] };
+    // Codes to refuse the next subscribes / unsubscribes / claims / unpublishes with, in order.
+    this.refusedTicks = { Subscribe: [], Unsubscribe: [], Publish: [], Unpublish: [] };
     // Accept posts but never answer them (their answers are lost with the connection); a connection's own
     // `holdPostReplies` holds only its posts, so a reconnect quicker than the test's next step is answered.
     this.holdPostReplies = false;
@@ -357,6 +357,8 @@ export class FakeServer {
         return ok({ Subscribed: { channel: body.channel, channel_id: id } });
       }
       case 'Unsubscribe':
+        const refusedNow = this.refusedTicks.Unsubscribe.shift();
+        if (refusedNow !== undefined) return fail(refusedNow, 'refused by the test');
         if (!conn.channels.delete(body.channel)) return fail(ErrorCode.NotJoined, 'not subscribed');
         return ok({ Unsubscribed: { channel: body.channel } });
       case 'Publish': {

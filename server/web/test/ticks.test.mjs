@@ -179,3 +179,25 @@ test('ticks: latest wins with loss and staleness counted; resubscribed and re-cl
   assert.equal(ticks.length, 5, 'nothing after unsubscribing');
   await assert.rejects(ann.subscribe('x').then(() => ann.subscribe('x')), (err) => err.code === ErrorCode.AlreadyJoined);
 });
+
+test('ticks: an unsubscribe or unpublish refused for its rate goes again; the channel\'s next one waits', async (t) => {
+  // Before, each rejected with the channel already forgotten, while the server kept the subscription or claim
+  // (counted against the connection's limits) until the connection ended.
+  const server = new FakeServer();
+  const ann = await connect(t, server);
+  const kinds = (...tags) => server.requests.map((r) => Object.keys(r.req.body)[0]).filter((k) => tags.includes(k));
+  const sub = await ann.subscribe('a');
+  server.refusedTicks.Unsubscribe.push(ErrorCode.RateLimited);
+  const unsubscribing = sub.unsubscribe();
+  const again = ann.subscribe('a'); // written once the unsubscribe is answered
+  await unsubscribing;
+  await again;
+  assert.deepEqual(kinds('Subscribe', 'Unsubscribe'), ['Subscribe', 'Unsubscribe', 'Unsubscribe', 'Subscribe']);
+  const publisher = await ann.publisher('p');
+  server.refusedTicks.Unpublish.push(ErrorCode.RateLimited);
+  const unpublishing = publisher.unpublish();
+  const claim = ann.publisher('p'); // in the channel's turn, after the unpublish's
+  await unpublishing;
+  await claim;
+  assert.deepEqual(kinds('Publish', 'Unpublish'), ['Publish', 'Unpublish', 'Unpublish', 'Publish']);
+});

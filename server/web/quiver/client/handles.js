@@ -3,7 +3,7 @@
 // them and leave from them.
 
 import { encodeTick } from '../wire/ticks.js';
-import { callBack, expectReply, leftAnyway } from './values.js';
+import { callBack, expectReply, leftAnyway, untilTaken } from './values.js';
 
 /** A joined room: its name, members and position; post to it or leave it. Made by `QuiverClient.join`. */
 export class Room {
@@ -126,11 +126,11 @@ export async function subscribeOn(session, entry, subscriptions) {
 
 /** Gives `entry`'s claim up on `session` (in the channel's turn, so `claim` says where the server holds it):
  *  nothing to write where it is not held, or on a version-4 session, which has no Unpublish (refused Unsupported:
- *  the claim stays until the connection ends). Writes the Unpublish and returns the wait for its reply
- *  (`leftAnyway`), or null: the caller waits outside the turn, as the Rust client does. Requests are taken in the
- *  order written, so a claim written after it is not taken back; and the wait of a refusal `Unavailable` (a server
- *  shutting down) for the session to end, up to `ENDING_WAIT_MS`, no longer holds the channel's claims. */
-export function unclaimOn(session, entry) {
+ *  the claim stays until the connection ends). Writes the Unpublish, waits for its reply (sent again while refused
+ *  for its rate, `untilTaken`: in the turn, so that no claim goes before it) and returns what is left of the wait
+ *  (`leftAnyway`), or null: the caller does it outside the turn, as the Rust client does. So the wait of a refusal
+ *  `Unavailable` (a server shutting down) for the session to end, up to `ENDING_WAIT_MS`, holds no claim up. */
+export async function unclaimOn(session, entry) {
   const held = Boolean(session) && entry.claim?.session === session && !session.closedWhy;
   if (!held) return null;
   if (Number(session.welcome.version) < 5) {
@@ -141,8 +141,8 @@ export function unclaimOn(session, entry) {
     session.unpublished.set(entry.channel, kept !== undefined && kept > entry.nextSeq ? kept : entry.nextSeq);
     return null;
   }
-  const reply = session.request({ Unpublish: { channel: entry.channel } });
-  reply.catch(() => {}); // awaited by the caller once out of the turn: not an unhandled rejection meanwhile
+  const reply = untilTaken(session, { Unpublish: { channel: entry.channel } });
+  await reply.catch(() => {}); // (judged by the caller once out of the turn)
   return () => leftAnyway(reply, 'Unpublished', entry, session);
 }
 

@@ -72,54 +72,62 @@ export async function leftAnyway(request, name, entry, session) {
 }
 
 /**
- * Leaves under way, by room, until answered: a join of the room waits for its leave. A Leave the server refuses
- * RateLimited (over a rate: nothing done) goes again after a pause while its session stays. Given up, the server
- * kept the membership the client had forgotten (presence listed the member, and the next join of the room was
- * refused AlreadyJoined) until the connection ended; as the Rust client (`sent_until_taken`).
+ * `session.request(body)`, sent again after a pause (100 ms doubling to 2 s) while the server refuses it RateLimited
+ * (over a rate: nothing done) and the session stays; rejects as closed if the session ends meanwhile. For the
+ * requests that let go (Leave, Unsubscribe, Unpublish), which the client acts on before their reply: given up, the
+ * server kept what the client had forgotten until the connection ended (a membership: presence listed the member,
+ * and the next join of the room was refused AlreadyJoined; a subscription or a claim: counted against the
+ * connection's limits); as the Rust client (`until_taken`).
  */
-export class Leaves {
-  #pending = new Map(); // room -> the leave's promise
-
-  /**
-   * Leaves `room` on the session `session` (a promise) resolves to, `prepare(session)` first (`entry`: the client
-   * held it, as `leftAnyway`); resolves once answered. Listed at once: a join of the room made right after waits. (No
-   * step more than before between the session and the Leave's write: a join of another room made right after, at
-   * `max_rooms`, is written after it.)
-   */
-  leave(session, room, entry, prepare) {
-    const leaving = (async () => {
-      const live = await session;
-      prepare(live);
-      return this.#untilTaken(live, room, entry);
-    })().finally(() => {
-      if (this.#pending.get(room) === leaving) this.#pending.delete(room);
-    });
-    this.#pending.set(room, leaving);
-    return leaving;
-  }
-
-  /** True while a leave of `room` is under way ([`Leaves.before`] waits for it). */
-  has(room) {
-    return this.#pending.has(room);
-  }
-
-  /** Resolves once no leave of `room` is under way. */
-  async before(room) {
-    while (this.#pending.has(room)) await this.#pending.get(room).catch(() => {});
-  }
-
-  async #untilTaken(session, room, entry) {
-    for (let pauseMs = 100; ; pauseMs = Math.min(pauseMs * 2, 2000)) {
-      try {
-        return await leftAnyway(session.request({ Leave: { room } }), 'Left', entry, session);
-      } catch (err) {
-        if (err?.code !== ErrorCode.RateLimited || !entry) throw err;
+export async function untilTaken(session, body) {
+  for (let pauseMs = 100; ; pauseMs = Math.min(pauseMs * 2, 2000)) {
+    try {
+      return await session.request(body);
+    } catch (err) {
+      if (err?.code !== ErrorCode.RateLimited) throw err;
+      if (!session.closedWhy) {
         let timer;
         await Promise.race([session.ended, new Promise((resolve) => { timer = setTimeout(resolve, pauseMs); })]);
         clearTimeout(timer);
-        if (session.closedWhy) return; // the membership went with the session
       }
+      if (session.closedWhy) throw QuiverError.closed(session.closedWhy); // what it let go went with the session
     }
+  }
+}
+
+/**
+ * Leaves and Unsubscribes under way (by a key: the room's, the channel's), until answered ([`untilTaken`]): a join
+ * of the room, a subscribe of the channel, waits for them.
+ */
+export class Releases {
+  #pending = new Map(); // key -> the promise of its release
+
+  /**
+   * Sends `body` on the session `session` (a promise) resolves to, `prepare(session)` first, and waits for its reply
+   * `name` (`leftAnyway`; `entry`: the client held it). Listed at once: a join or subscribe made right after waits.
+   * (No step more than before between the session and the write: a join of another room made right after, at
+   * `max_rooms`, is written after it.)
+   */
+  release(key, session, { body, name, entry, prepare }) {
+    const releasing = (async () => {
+      const live = await session;
+      prepare(live);
+      return leftAnyway(untilTaken(live, body), name, entry, live);
+    })().finally(() => {
+      if (this.#pending.get(key) === releasing) this.#pending.delete(key);
+    });
+    this.#pending.set(key, releasing);
+    return releasing;
+  }
+
+  /** True while a release of `key` is under way ([`Releases.before`] waits for it). */
+  has(key) {
+    return this.#pending.has(key);
+  }
+
+  /** Resolves once no release of `key` is under way. */
+  async before(key) {
+    while (this.#pending.has(key)) await this.#pending.get(key).catch(() => {});
   }
 }
 

@@ -465,11 +465,10 @@ fn config_check_names_the_line_and_print_redacts_the_secret() {
     assert!(printed.contains("posts_per_s = 20") && printed.contains("listen = \"off\""), "{printed}");
 }
 
-/// A second signal exits at once, without the drain and the store's clean close; under `os` the store is sealed
-/// first (synced, its open mark removed: `Store::seal_for_exit`), so that a reboot of the machine afterwards is
-/// not taken for its crash. The two signals go back to back (a SIGTERM and a SIGINT: two of one kind may be taken
-/// as one), so the second comes while the first's drain still runs, most times: a run whose drain won is tried
-/// again.
+/// A second signal exits at once, without the drain and the store's clean close; under `os` the store is sealed first
+/// (synced, its open mark removed: `Store::seal_for_exit`), so that a reboot of the machine afterwards is not taken for
+/// its crash. The two signals go back to back (a SIGTERM and a SIGINT: two of one kind may be taken as one), so the
+/// second comes while the first's drain still runs, most times: a run whose drain won is tried again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_seals_an_os_store_before_exiting() {
     let mut exits = Vec::new();

@@ -11,15 +11,18 @@ mod flapping;
 mod hostile;
 mod leave;
 mod stopped;
+mod wire;
 pub use clock::slow_clock_pongs;
 pub use flapping::welcomes_then_closes;
 pub use hostile::{garbage_after_welcome, unfinished_frames};
 pub use leave::refuses_each_first_release;
 pub use stopped::stops_reading_after_welcome;
+use wire::joined_empty;
+pub use wire::{next_request, welcome};
 
 /// A server that answers each connection's Hello with a Welcome, then finishes the control stream and leaves the
-/// connection open: what a graceful close looks like until the server's close arrives, and, here, forever. Counts
-/// the connections it accepted.
+/// connection open: what a graceful close looks like until the server's close arrives, and, here, forever. Counts the
+/// connections it accepted.
 ///
 /// With `close`, each connection is closed 20 ms after its Welcome instead, as by a server in a crash loop.
 async fn after_welcome(
@@ -457,46 +460,4 @@ pub async fn closes_at_a_clock_ping(endpoint: quinn::Endpoint) {
             }
         });
     }
-}
-
-/// The next request on a fake's control stream (`inbound` keeps what was read past it); `None` once the stream
-/// ends or fails.
-pub async fn next_request(
-    codec: &quiver_proto::FrameCodec,
-    inbound: &mut bytes::BytesMut,
-    recv: &mut quinn::RecvStream,
-) -> Option<quiver_proto::Request> {
-    loop {
-        if let Some(request) = codec.decode::<quiver_proto::Request>(inbound).unwrap() {
-            return Some(request);
-        }
-        match recv.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
-            _ => return None,
-        }
-    }
-}
-
-/// The reply to Join `req_id` of an empty room (epoch 1, no message yet) where `ann` is.
-pub(crate) fn joined_empty(room: &str, req_id: u64) -> quiver_proto::Joined {
-    quiver_proto::Joined {
-        room: room.into(),
-        epoch: 1,
-        recovered: true,
-        replay_from: 1,
-        last_seq: 0,
-        members: vec!["ann".into()],
-        req_id,
-    }
-}
-
-/// A Welcome for `identity`, with the default limits.
-pub fn welcome(identity: &str) -> quiver_proto::Reply {
-    quiver_proto::Reply::Welcome(quiver_proto::Welcome {
-        version: quiver_proto::PROTOCOL_VERSION,
-        session_id: 1,
-        server_time_us: 0,
-        identity: identity.into(),
-        limits: Limits::default(),
-    })
 }

@@ -110,9 +110,10 @@ impl PubEntry {
 const UNPUBLISHED: &str = "unpublished";
 
 /// Claims and unpublishes of a channel, one at a time: a claim holds its channel's turn from before it looks up its
-/// entry until its reply is in, a reclaim after a reconnect likewise, an unpublish while it ends its entry, writes
-/// its Unpublish and waits for the reply (sent again while refused for its rate). So an Unpublish never takes back a claim the client still counts on (the server keeps one
-/// claim per channel and connection), and a claim is never left on the server for an entry given up meanwhile.
+/// entry until its reply is in, a reclaim after a reconnect likewise, an unpublish while it ends its entry, writes its
+/// Unpublish and waits for the reply (sent again while refused for its rate). So an Unpublish never takes back a claim
+/// the client still counts on (the server keeps one claim per channel and connection), and a claim is never left on the
+/// server for an entry given up meanwhile.
 /// A channel's turn is forgotten when nobody holds or waits for it.
 #[derive(Debug, Default)]
 pub(crate) struct ClaimOrder(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);

@@ -358,6 +358,17 @@ async fn a_stream_read_for_an_epoch_gets_nothing_in_another() {
     assert_eq!(none.await.unwrap().map(|page| page.len()), Some(0));
 }
 
+/// Room `r` on a node that delivered up to message 5 of epoch 7, where Redis went back to message 3 of it: its keys,
+/// the room, its subscriber's outbox.
+fn gone_back(redis: &mut super::super::scripts::tests::Redis) -> (RoomKeys, Arc<NodeRoom>, Arc<Recorded>) {
+    let keys = RoomKeys::new("r");
+    seed(redis, &keys, 7, 3, &Bytes::new());
+    let state =
+        NodeState { live: true, epoch: 7, last_op: 5, last_seq: 5, last_message: Some((5, 5)), ..NodeState::default() };
+    let (room, outbox) = room_on(&redis.url, state);
+    (keys, room, outbox)
+}
+
 /// A rollback check that fails (here: scripts refused by an ACL, as a demoted primary refuses them with `READONLY`
 /// after a failover, while the catch-up's read works) is tried again until Redis answers it, and a room that went
 /// back is then reset. Before, the check gave up after three tries in 750 ms and the rollback went unnoticed for
@@ -368,12 +379,7 @@ async fn a_failed_rollback_check_is_tried_until_it_answers() {
     else {
         return;
     };
-    // Redis went back to message 3; the node had delivered up to message 5 in the same epoch.
-    let keys = RoomKeys::new("r");
-    seed(&mut redis, &keys, 7, 3, &Bytes::new());
-    let state =
-        NodeState { live: true, epoch: 7, last_op: 5, last_seq: 5, last_message: Some((5, 5)), ..NodeState::default() };
-    let (room, outbox) = room_on(&redis.url, state);
+    let (keys, room, outbox) = gone_back(&mut redis);
     let mut acl = |rule: &str| redis::cmd("ACL").arg("SETUSER").arg("default").arg(rule).query::<()>(&mut redis.conn);
     acl("-@scripting").unwrap();
     room.clone().on_resubscribed().await;
@@ -400,11 +406,7 @@ async fn a_rollback_is_found_in_a_live_room_its_last_member_left() {
     else {
         return;
     };
-    let keys = RoomKeys::new("r");
-    seed(&mut redis, &keys, 7, 3, &Bytes::new());
-    let state =
-        NodeState { live: true, epoch: 7, last_op: 5, last_seq: 5, last_message: Some((5, 5)), ..NodeState::default() };
-    let (room, _) = room_on(&redis.url, state);
+    let (keys, room, _) = gone_back(&mut redis);
     lock(&room.state).subscribers.clear();
     room.clone().on_resubscribed().await;
     let started = std::time::Instant::now();

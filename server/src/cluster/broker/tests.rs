@@ -4,15 +4,11 @@ use std::time::Duration;
 
 use super::*;
 
-/// A subscription nothing on this node routes (a join given up while its SUBSCRIBE was on its way) is ended when
-/// its first message comes; before, Redis sent the room's every event to the node for nothing until the next
-/// Pub/Sub reconnect, days away in a healthy cluster.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscription_nothing_routes_ends_at_its_first_message() {
-    let test = "a_subscription_nothing_routes_ends_at_its_first_message";
-    let Some(mut redis) = super::super::scripts::tests::redis(test) else { return };
+/// A broker on the Redis at `url` (30 s expiry, 1 s heartbeat, 2 s request timeout), once its Pub/Sub connection
+/// is up; and that connection.
+async fn connected(url: &str) -> (Arc<Broker>, PubSubSink) {
     let config = BrokerConfig {
-        url: redis.url.clone(),
+        url: url.to_string(),
         presence_expiry: Duration::from_secs(30),
         heartbeat: Duration::from_secs(1),
         request_timeout: Duration::from_secs(2),
@@ -21,13 +17,25 @@ async fn a_subscription_nothing_routes_ends_at_its_first_message() {
     let broker = Broker::new(config).unwrap();
     broker.connect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut sink = loop {
-        if let Some(sink) = lock(&broker.sink).clone() {
-            break sink;
+    loop {
+        let sink = lock(&broker.sink).clone();
+        if let Some(sink) = sink {
+            return (broker, sink);
         }
         assert!(tokio::time::Instant::now() < deadline, "no Pub/Sub connection");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    }
+}
+
+/// A subscription nothing on this node routes (a join given up while its SUBSCRIBE was on its way) is ended when
+/// its first message comes; before, Redis sent the room's every event to the node for nothing until the next
+/// Pub/Sub reconnect, days away in a healthy cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_nothing_routes_ends_at_its_first_message() {
+    let test = "a_subscription_nothing_routes_ends_at_its_first_message";
+    let Some(mut redis) = super::super::scripts::tests::redis(test) else { return };
+    let (broker, mut sink) = connected(&redis.url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let channel = "q:{stray}:events";
     sink.subscribe(channel).await.unwrap();
     let mut subscribers = move || -> i64 {
@@ -54,23 +62,7 @@ async fn a_subscription_nothing_routes_ends_at_its_first_message() {
 async fn a_stray_subscriptions_end_is_counted_again_once_its_channel_is_subscribed_again() {
     let test = "a_stray_subscriptions_end_is_counted_again_once_its_channel_is_subscribed_again";
     let Some(redis) = super::super::scripts::tests::redis(test) else { return };
-    let config = BrokerConfig {
-        url: redis.url.clone(),
-        presence_expiry: Duration::from_secs(30),
-        heartbeat: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(2),
-        allow_eviction: false,
-    };
-    let broker = Broker::new(config).unwrap();
-    broker.connect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let sink = loop {
-        if let Some(sink) = lock(&broker.sink).clone() {
-            break sink;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no Pub/Sub connection");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (broker, sink) = connected(&redis.url).await;
     /// Records the count a join compares as it stood when the handler was told.
     struct Told(std::sync::Weak<Broker>, tokio::sync::mpsc::UnboundedSender<(u64, u64)>);
     impl ChannelHandler for Told {

@@ -9,9 +9,10 @@ use quiver_proto::Limits;
 use quiver_server::ServerConfig;
 use quiver_tests::{states_until, TestServer};
 
-use quiver_tests::fakes::{
-    closes_at_a_clock_ping, fake_endpoint, fake_server, garbage_after_welcome, refuses_each_first_release,
-};
+use quiver_tests::fakes::{closes_at_a_clock_ping, fake_endpoint, fake_server, garbage_after_welcome};
+
+#[path = "client/releases.rs"]
+mod releases;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_watch_goes_reconnecting_then_connected_across_a_server_restart() {
@@ -446,52 +447,4 @@ async fn posts_made_faster_than_the_servers_post_rate_wait_in_the_client_and_all
     let stats = server.stats.snapshot();
     assert_eq!((stats.posts_rate_limited, stats.requests_rate_limited, stats.floods_closed), (0, 0, 0), "{stats:?}");
     server.stop().await;
-}
-
-/// A Leave, an Unsubscribe and an Unpublish refused `RateLimited` (over the server's rate: nothing done) are sent
-/// again after a pause, and a join of the room (a subscribe, a claim of the channel) meanwhile waits for them. Before,
-/// the client forgot the room (the subscription, the claim) at once and the call returned the refusal (a dropped
-/// handle's: nothing), while the server kept it until the connection ended: presence listing the member and the next
-/// join refused `AlreadyJoined`; a subscription or claim counted against the connection's limits.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_lets_go_refused_for_its_rate_is_sent_again() {
-    let (dir, endpoint, addr) = fake_endpoint();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    tokio::spawn(refuses_each_first_release(endpoint, seen.clone(), false));
-    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
-    let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
-    let wait = Duration::from_secs(10);
-    let room = client.join("r").await.unwrap();
-    let left = tokio::time::timeout(wait, room.leave()).await.expect("the leave is answered");
-    assert!(left.is_ok(), "{left:?}");
-    let subscription = client.subscribe("c").await.unwrap();
-    let unsubscribed = tokio::time::timeout(wait, subscription.unsubscribe()).await.expect("answered");
-    assert!(unsubscribed.is_ok(), "{unsubscribed:?}");
-    let publisher = client.publisher("p").await.unwrap();
-    let unpublished = tokio::time::timeout(wait, publisher.unpublish()).await.expect("answered");
-    assert!(unpublished.is_ok(), "{unpublished:?}");
-    // Dropped instead: the background Leave goes again too, and a join of the room waits for it.
-    drop(client.join("r").await.unwrap());
-    let again = tokio::time::timeout(wait, client.join("r")).await.expect("joined again");
-    assert!(again.is_ok(), "{again:?}");
-    let seen = seen.lock().unwrap().iter().filter(|k| **k != "other").copied().collect::<Vec<_>>();
-    let expected = ["join", "leave", "leave", "subscribe", "unsubscribe", "unsubscribe", "publish", "unpublish"];
-    assert_eq!(seen, [&expected[..], &["unpublish", "join", "leave", "join"]].concat());
-    client.close().await;
-}
-
-/// A Leave refused for its rate on a connection that then ends is done (the membership went with the connection):
-/// `leave()` answers `Ok`, as for any Leave whose connection ends under it, not the refusal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leave_refused_for_its_rate_on_a_connection_that_ends_is_done() {
-    let (dir, endpoint, addr) = fake_endpoint();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    tokio::spawn(refuses_each_first_release(endpoint, seen.clone(), true));
-    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
-    let options = ConnectOptions { trust, reconnect: false, ..ConnectOptions::default() };
-    let client = Client::connect_with(&addr, options).await.unwrap();
-    let room = client.join("r").await.unwrap();
-    let left = tokio::time::timeout(Duration::from_secs(10), room.leave()).await.expect("the leave is answered");
-    assert!(left.is_ok(), "{left:?}");
-    assert_eq!(seen.lock().unwrap().iter().filter(|k| **k == "leave").count(), 1);
 }

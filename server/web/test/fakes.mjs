@@ -356,11 +356,12 @@ export class FakeServer {
         conn.channels.set(body.channel, id);
         return ok({ Subscribed: { channel: body.channel, channel_id: id } });
       }
-      case 'Unsubscribe':
-        const refusedNow = this.refusedTicks.Unsubscribe.shift();
-        if (refusedNow !== undefined) return fail(refusedNow, 'refused by the test');
+      case 'Unsubscribe': {
+        const refused = this.refusedTicks.Unsubscribe?.shift();
+        if (refused !== undefined) return fail(refused, 'refused by the test');
         if (!conn.channels.delete(body.channel)) return fail(ErrorCode.NotJoined, 'not subscribed');
         return ok({ Unsubscribed: { channel: body.channel } });
+      }
       case 'Publish': {
         if (this.refusedTicks.Publish.length) return fail(this.refusedTicks.Publish.shift(), 'refused by the test');
         // Idempotent, as the server's: a repeated claim answers the same id.

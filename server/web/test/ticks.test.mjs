@@ -18,7 +18,8 @@ test('ticks: a resubscribe or claim refused for now is retried; refused for good
   const publisher = await ann.publisher('a', { onEnd: (why) => ended.push(['claim', why.code]) });
   const { PermissionDenied, RateLimited, Unavailable } = ErrorCode;
   // After the reconnect: 'a' refused for good; 'b' refused for now twice, then taken; the claim refused for good.
-  server.refusedTicks = { Subscribe: [PermissionDenied, RateLimited, Unavailable], Publish: [PermissionDenied] };
+  server.refusedTicks.Subscribe = [PermissionDenied, RateLimited, Unavailable];
+  server.refusedTicks.Publish = [PermissionDenied];
   server.dropAll();
   await until('b resubscribed', () => server.live[0]?.channels.has('b'));
   await until('both ended', () => ended.length === 2);
@@ -200,4 +201,19 @@ test('ticks: an unsubscribe or unpublish refused for its rate goes again; the ch
   await unpublishing;
   await claim;
   assert.deepEqual(kinds('Publish', 'Unpublish'), ['Publish', 'Unpublish', 'Unpublish', 'Publish']);
+});
+
+test('ticks: an unsubscribe by name while one is sent again shares its outcome; a subscribe after waits for both', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server);
+  await ann.subscribe('a');
+  server.refusedTicks.Unsubscribe.push(ErrorCode.RateLimited, ErrorCode.RateLimited);
+  const first = ann.unsubscribe('a');
+  await until('refused once', () => server.requestsOf('Unsubscribe').length === 1);
+  const second = ann.unsubscribe('a'); // a name no longer held: nothing more is sent
+  const again = ann.subscribe('a');
+  await Promise.all([first, second, again]);
+  const kinds = server.requests.map((r) => Object.keys(r.req.body)[0]).filter((k) => /^(Uns|S)ubscribe$/.test(k));
+  assert.deepEqual(kinds, ['Subscribe', 'Unsubscribe', 'Unsubscribe', 'Unsubscribe', 'Subscribe']);
+  assert.ok(server.live[0].channels.has('a'), 'subscribed after the unsubscribe was taken');
 });

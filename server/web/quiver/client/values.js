@@ -109,6 +109,9 @@ export class Releases {
    * `max_rooms`, is written after it.)
    */
   release(key, session, { body, name, entry, prepare }) {
+    // One at a time per key: a second release of a name no longer held (a leave by name while one is sent again)
+    // shares the first's outcome, and sends nothing after it that a join waiting for the first would not wait for.
+    if (this.#pending.has(key)) return this.#pending.get(key);
     const releasing = (async () => {
       const live = await session;
       prepare(live);

@@ -56,6 +56,26 @@ async fn a_restart_keeps_epoch_seq_history_and_dedupe() {
     assert_eq!((page.epoch, page.messages.iter().map(|m| m.seq).collect::<Vec<_>>()), (epoch, vec![5, 6]));
 }
 
+/// A post that waited for its room is sequenced after one read later, and is stamped no earlier than it: a restart
+/// walks the dedupe window newest first and stops at the first message older than the window, and with the stamps
+/// out of seq order it forgot the earlier seqs, still inside the window (post 1 here: its retry got a new seq).
+#[tokio::test]
+async fn posts_are_stamped_in_seq_order_and_a_restart_remembers_every_one_in_the_window() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { dedupe_window_s: 100, ..Limits::default() };
+    let hub = open(dir.path(), limits.clone(), Budget::default());
+    assert_eq!(post(&hub, "r", "bob", 1, 200 * S).await.0.seq, 1);
+    assert_eq!(post(&hub, "r", "bob", 2, 50 * S).await.0.seq, 2, "read at 50 s, sequenced after post 1");
+    let page = hub.history("r", None, 10, usize::MAX, 200 * S).await.unwrap();
+    let times: Vec<u64> = page.messages.iter().map(|m| m.time_us).collect();
+    assert_eq!(times, [200 * S, 200 * S], "stamped in seq order");
+    drop(hub);
+    let hub = open(dir.path(), limits, Budget::default());
+    let (retry, _) = post(&hub, "r", "bob", 1, 250 * S).await;
+    assert_eq!(retry, Posted { seq: 1, duplicate: true }, "post 1 is 50 s old: inside the 100 s window");
+}
+
 #[tokio::test]
 async fn a_paged_replay_comes_before_live_frames() {
     let dir = tempfile::tempdir().unwrap();

@@ -50,6 +50,8 @@ pub struct Room {
     /// Seq of the newest message delivered (and acknowledged). Equal to `sequenced_seq` in memory; behind it by the
     /// posts waiting for the store.
     delivered_seq: u64,
+    /// Time of the newest message sequenced: messages are stamped in seq order ([`Room::post`]).
+    last_time_us: u64,
     /// The room's part of the durable store; `None` in memory (`history` holds everything then).
     disk: Option<durable::DiskRoom>,
 }
@@ -114,6 +116,7 @@ impl Room {
             name,
             epoch,
             sequenced_seq: 0,
+            last_time_us: 0,
             members: BTreeMap::new(),
             subscribers: HashMap::new(),
             history,
@@ -345,11 +348,14 @@ impl Room {
         let Some(seq) = self.sequenced_seq.checked_add(1) else {
             return Err(Failure::new(ErrorCode::Internal, "the room's seqs are exhausted"));
         };
-        let event = RoomEvent {
-            seq,
-            time_us: now_us,
-            kind: EventKind::Message { sender: identity.to_string(), client_msg_id, body },
-        };
+        // Stamped no earlier than the message sequenced before it: a post's time is taken when its request is read,
+        // and one that waited for its room (a load, a creation being stored) is sequenced after later ones. A
+        // restart's newest-first walk of the dedupe window stops at the first message older than the window, and
+        // forgot every message sequenced before it, inside the window or not (a review's find).
+        let time_us = now_us.max(self.last_time_us);
+        self.last_time_us = time_us;
+        let event =
+            RoomEvent { seq, time_us, kind: EventKind::Message { sender: identity.to_string(), client_msg_id, body } };
         let frame = self.codec.encode_to_vec(&RoomFrame::Event(event.clone())).map_err(|err| {
             Failure::new(ErrorCode::BodyTooLarge, format!("message does not fit a room frame: {err}"))
         })?;
@@ -357,10 +363,10 @@ impl Room {
         self.sequenced_seq = seq;
         // (In memory the post is delivered below, under this lock: it counts as delivered.)
         let delivered = if self.disk.is_some() { self.delivered_seq } else { seq };
-        self.dedupe.record(identity, client_msg_id, seq, now_us, delivered);
+        self.dedupe.record(identity, client_msg_id, seq, time_us, delivered);
         let posted = Posted { seq, duplicate: false };
         if let Some(disk) = &mut self.disk {
-            let mut commit = disk.append(seq, now_us, frame);
+            let mut commit = disk.append(seq, time_us, frame);
             // Under `os` the post is only queued here: its poster writes it once it let go of this room's lock
             // (`Commit::write_queued`), and delivers it then.
             return match commit.outcome() {

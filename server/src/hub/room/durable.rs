@@ -101,6 +101,7 @@ impl Room {
         for (identity, client_msg_id, seq, time_us) in &stored.dedupe {
             room.dedupe.record(identity, *client_msg_id, *seq, *time_us, stored.last_seq);
         }
+        room.last_time_us = stored.dedupe.iter().map(|entry| entry.3).max().unwrap_or(0);
         // From 0: entries below the loaded window (expired, or past `max_entries`) are deleted by the first trim.
         let dedupe_trimmed = 0;
         room.disk = Some(DiskRoom {

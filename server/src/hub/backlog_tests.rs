@@ -6,7 +6,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use quiver_proto::{ErrorCode, Limits};
 
-use super::{durable_tests::open, *};
+use super::{
+    durable_tests::{open, written},
+    *,
+};
 use crate::Budget;
 
 /// Bob's post `client_msg_id` to room `r`, as a future of its own (to spawn).
@@ -120,4 +123,47 @@ async fn a_retry_of_a_post_waiting_past_the_dedupe_count_is_still_known() {
     assert_eq!(retried, Posted { seq: 2, duplicate: true });
     let page = hub.history("r", None, 1_000, usize::MAX, 20).await.unwrap();
     assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>(), "stored once");
+}
+
+/// While the store stalls, a room just made stays unsettled (its creation not stored), and each request to it waits
+/// for the creation behind a barrier in the store's queue: counted in the backlog, and past its bound refused
+/// `Unavailable` at once. Before, these barriers were not counted: clients that gave up, reconnected and asked again
+/// queued one each, without a bound, for as long as the stall lasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_a_rooms_creation_count_in_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = Budget { store_backlog_bytes: 1_500, ..Budget::default() };
+    let hub = Arc::new(open(dir.path(), Limits::default(), budget));
+    post(&hub, 1).await.expect("the store works").1.flush();
+    let store = hub.store().unwrap().clone();
+    let go = stall(&store);
+    let post_new = |hub: &Arc<LocalRooms>, client_msg_id: u64| {
+        let hub = Arc::clone(hub);
+        async move {
+            let body = Bytes::from_static(b"hi");
+            hub.post(PostMessage { fenced: None, room: "new", identity: "bob", client_msg_id, body, now_us: 10 }).await
+        }
+    };
+    // Each post to the new room waits for its creation, given up after a moment (a client that went).
+    let mut asked = 0;
+    let refused = loop {
+        asked += 1;
+        assert!(asked < 100, "never refused: {} bytes of backlog", store.backlog().bytes());
+        match tokio::time::timeout(std::time::Duration::from_millis(20), post_new(&hub, asked)).await {
+            Err(_) => continue,
+            Ok(Err(refused)) => break refused,
+            Ok(Ok(posted)) => panic!("answered while the store stalls: {:?}", posted.0),
+        }
+    };
+    assert_eq!(refused.code, ErrorCode::Unavailable, "{refused:?}");
+    assert!(refused.message.contains("store_backlog_bytes"), "{}", refused.message);
+    assert!((3..100).contains(&asked), "refused after {asked} waits");
+    go.send(()).unwrap();
+    written(&store).await; // (the waits given up leave with the writer's next batch)
+    let posted = tokio::time::timeout(std::time::Duration::from_secs(5), post_new(&hub, 1_000)).await;
+    let (posted, delivery) = posted.expect("answered").expect("taken once the store moved");
+    delivery.flush();
+    assert_eq!(posted, Posted { seq: 1, duplicate: false }, "the posts given up took no seq");
+    written(&store).await;
+    assert_eq!(store.backlog().bytes(), 0, "every wait given back");
 }

@@ -313,6 +313,7 @@ impl LocalRooms {
             // A room whose creation may not be stored yet: nobody learns its epoch before it is (whoever comes
             // first waits; a waiter that gives up leaves it to the next).
             let unsettled = lock(&shared).room.unsettled();
+            let unsettled = unsettled.map_err(|why| Failure::new(ErrorCode::Unavailable, why))?;
             if let Some(stored) = unsettled {
                 let created = stored.wait().await;
                 created.map_err(|failed| {

@@ -74,7 +74,9 @@ pub(super) fn commit<'a>(
                 writes += remove(&mut batch, &ks.dedupe, *id, *from, *before);
                 note(&mut rooms, *id, room);
             }
-            Op::Barrier | Op::RetryWait => {}
+            Op::RetryWait => {}
+            #[cfg(test)]
+            Op::Barrier => {}
             #[cfg(test)]
             Op::Hold(..) => {}
         }

@@ -88,10 +88,12 @@ pub(crate) enum Op {
     /// Deletes a room's dedupe runs whose last seq is in `from..before` (the window moved on past all of their
     /// entries), writing `room`.
     TrimDedupe { id: u64, from: u64, before: u64, room: Record },
-    /// Writes nothing: completes once everything handed over before it is stored.
+    /// Tests: writes nothing; completes once everything handed over before it is stored.
+    #[cfg(test)]
     Barrier,
-    /// A [`Op::Barrier`] for a retried post that waits for its original's commit: counted in the backlog
-    /// (`budget.store_backlog_bytes`), as the posts are, where the barriers of rooms being created are not.
+    /// Writes nothing: completes once everything handed over before it is stored. For a retried post that waits for
+    /// its original's commit, or a request that waits for its room's creation: counted in the backlog
+    /// (`budget.store_backlog_bytes`), as the posts are.
     RetryWait,
     /// Tests: the writer thread stops here until told to go on (or the sender is dropped), holding every commit
     /// after it; says so first on the second channel, if any (a test then knows the hold is reached, where it slept

@@ -203,7 +203,7 @@ test('ticks: an unsubscribe or unpublish refused for its rate goes again; the ch
   assert.deepEqual(kinds('Publish', 'Unpublish'), ['Publish', 'Unpublish', 'Unpublish', 'Publish']);
 });
 
-test('ticks: an unsubscribe by name while one is sent again shares its outcome; a subscribe after waits for both', async (t) => {
+test('ticks: an unsubscribe by name while one is sent again shares its outcome; a subscribe waits', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server);
   await ann.subscribe('a');

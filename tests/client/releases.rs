@@ -5,6 +5,20 @@ use std::time::Duration;
 use quiver_client::{Client, ConnectOptions, TrustOptions};
 use quiver_tests::fakes::{fake_endpoint, refuses_each_first_release};
 
+/// What the fake saw, by request kind.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>;
+
+/// A client of [`refuses_each_first_release`] (`then_close`: see there; the client then does not reconnect), what
+/// the fake saw, and the data directory the client's trust is in.
+async fn client_of_a_refusing_server(then_close: bool) -> (Client, Seen, tempfile::TempDir) {
+    let (dir, endpoint, addr) = fake_endpoint();
+    let seen = Seen::default();
+    tokio::spawn(refuses_each_first_release(endpoint, seen.clone(), then_close));
+    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
+    let options = ConnectOptions { trust, reconnect: !then_close, ..ConnectOptions::default() };
+    (Client::connect_with(&addr, options).await.unwrap(), seen, dir)
+}
+
 /// A Leave, an Unsubscribe and an Unpublish refused `RateLimited` (over the server's rate: nothing done) are sent
 /// again after a pause, and a join of the room (a subscribe, a claim of the channel) meanwhile waits for them. Before,
 /// the client forgot the room (the subscription, the claim) at once and the call returned the refusal (a dropped
@@ -12,11 +26,7 @@ use quiver_tests::fakes::{fake_endpoint, refuses_each_first_release};
 /// join refused `AlreadyJoined`; a subscription or claim counted against the connection's limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_lets_go_refused_for_its_rate_is_sent_again() {
-    let (dir, endpoint, addr) = fake_endpoint();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    tokio::spawn(refuses_each_first_release(endpoint, seen.clone(), false));
-    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
-    let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
+    let (client, seen, _dir) = client_of_a_refusing_server(false).await;
     let calls = async {
         let left = client.join("r").await.unwrap().leave().await;
         assert!(left.is_ok(), "{left:?}");
@@ -51,12 +61,7 @@ async fn what_lets_go_refused_for_its_rate_is_sent_again() {
 /// `leave()` answers `Ok`, as for any Leave whose connection ends under it, not the refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_refused_for_its_rate_on_a_connection_that_ends_is_done() {
-    let (dir, endpoint, addr) = fake_endpoint();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    tokio::spawn(refuses_each_first_release(endpoint, seen.clone(), true));
-    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
-    let options = ConnectOptions { trust, reconnect: false, ..ConnectOptions::default() };
-    let client = Client::connect_with(&addr, options).await.unwrap();
+    let (client, seen, _dir) = client_of_a_refusing_server(true).await;
     let room = client.join("r").await.unwrap();
     let left = tokio::time::timeout(Duration::from_secs(10), room.leave()).await.expect("the leave is answered");
     assert!(left.is_ok(), "{left:?}");

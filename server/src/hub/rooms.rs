@@ -312,8 +312,7 @@ impl LocalRooms {
             let Some(shared) = self.room(name, create, now_us).await? else { return Ok(None) };
             // A room whose creation may not be stored yet: nobody learns its epoch before it is (whoever comes
             // first waits; a waiter that gives up leaves it to the next).
-            let unsettled = lock(&shared).room.unsettled();
-            let unsettled = unsettled.map_err(|why| Failure::new(ErrorCode::Unavailable, why))?;
+            let unsettled = lock(&shared).room.unsettled()?;
             if let Some(stored) = unsettled {
                 let created = stored.wait().await;
                 created.map_err(|failed| {

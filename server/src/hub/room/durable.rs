@@ -191,13 +191,13 @@ impl Room {
     /// When the room's creation may not be stored yet: a commit to wait for before anyone learns the room's epoch,
     /// or before the room may leave memory (a deletion in flight keeps it in memory by itself: `settled()`). Under
     /// `os` only queued: the caller holds the room's lock, and the wait writes it once let go. Counted in the store's
-    /// backlog as a retry's wait is, and past its bound refused (`Err`: why, for an `Unavailable`): while a disk
+    /// backlog as a retry's wait is, and past its bound refused `Unavailable`: while a disk
     /// stalls, a room's creation does not complete, and every request to it queued a barrier, without a bound for
     /// clients that gave up, reconnected and asked again (until 2026-12-07, a review's find).
-    pub fn unsettled(&self) -> Result<Option<Commit>, String> {
+    pub fn unsettled(&self) -> Result<Option<Commit>, Failure> {
         let Some(disk) = self.disk.as_ref().filter(|disk| !disk.settled) else { return Ok(None) };
         match disk.refuse_backlog() {
-            Some(why) => Err(why),
+            Some(why) => Err(Failure::new(ErrorCode::Unavailable, why)),
             None => Ok(Some(disk.store.submit_queued(Op::RetryWait))),
         }
     }

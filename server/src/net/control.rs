@@ -110,8 +110,17 @@ pub(super) fn control<'a, R: RoomHub>(
             let awaiting_hello = session.identity().is_none();
             let partial_deadline = partial_since.map_or(hello_deadline, |since| since + frame_timeout);
             let expires = connection.arm_expiry(&session, expiry.as_mut());
+            // On the wall clock, as `exp` is: the timer's runs behind it after the machine slept (`EXPIRY_LOOK`).
+            let expired = connection.token_expired();
             tokio::select! {
-                () = &mut expiry, if expires => {
+                () = async { if !expired { expiry.as_mut().await } }, if expires => {
+                    if !connection.token_expired() {
+                        // The timer only looked at the wall clock: it looks again later.
+                        if let Some(at) = connection.next_expiry_look() {
+                            expiry.as_mut().reset(at);
+                        }
+                        continue;
+                    }
                     bump(&stats.sessions_expired);
                     // Nothing more is delivered or taken from here on (rooms left, subscriptions and claims ended, the
                     // datagram and room-stream tasks stopped): a session does not outlive its token while the posts
@@ -203,12 +212,12 @@ pub(super) fn control<'a, R: RoomHub>(
                 // own branches closed or checked the session again (as for the stream's requests).
                 Some(copy) = async { Some(copied.as_ref()?.pop().await) },
                     if !awaiting_hello && deferred.is_none()
-                        && !(copies_gated(&violated, &keys, reloadable) || expires && expiry.is_elapsed())
+                        && !(copies_gated(&violated, &keys, reloadable) || connection.token_expired())
                         && replies.posts_in_flight() + post_copies.early() < POSTS_IN_FLIGHT => {
                     // The precondition was checked when the `select!` began: the expiry may have passed since (its
                     // branch, ready too, lost the draw), a stream been opened beside or the keys reloaded. The copy is
                     // dropped then; its request is served (or refused) as the session stands after those branches.
-                    if !(copies_gated(&violated, &keys, reloadable) || expires && expiry.is_elapsed()) {
+                    if !(copies_gated(&violated, &keys, reloadable) || connection.token_expired()) {
                         // (The frame being received is not read meanwhile: its timer is put off by the wait.)
                         let began = Instant::now();
                         let room = POSTS_IN_FLIGHT.saturating_sub(replies.posts_in_flight() + post_copies.early());
@@ -271,8 +280,8 @@ pub(super) fn control<'a, R: RoomHub>(
                     break;
                 }
                 // Armed as soon as Hello is served (a Join in Hello's own chunk stops at the expiry too). Nothing more is
-                // served once the expiry's timer fired: the loop's expiry branch, ready then, closes.
-                if connection.arm_expiry(&session, expiry.as_mut()) && expiry.is_elapsed() {
+                // served once the token expired on the wall clock: the loop's expiry branch, ready then, closes.
+                if connection.arm_expiry(&session, expiry.as_mut()) && connection.token_expired() {
                     more_inbound = !inbound.is_empty() || deferred.is_some();
                     break;
                 }

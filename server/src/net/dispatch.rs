@@ -68,9 +68,10 @@ pub(super) struct Connection<R: RoomHub> {
     slots: u64,
     /// Post copies read by the datagram reader, until the control loop takes them.
     post_copies: Option<Arc<Mailbox<PostCopy>>>,
-    /// The server's shutdown, and when the session's token expires: a Join waiting for a stream stops at either.
+    /// The server's shutdown, and when the session's token expires (µs since the Unix epoch: the wall clock, as
+    /// `exp` is): a Join waiting for a stream stops at either.
     shutdown: CancellationToken,
-    expires_at: Option<tokio::time::Instant>,
+    expires_us: Option<u64>,
     /// Rooms [`Connection::close`] took from the state and has not left yet: a close cut short (its future dropped
     /// at a leave) leaves them to [`Drop`].
     leaving: Vec<(String, crate::hub::SubscriberId)>,
@@ -78,6 +79,27 @@ pub(super) struct Connection<R: RoomHub> {
 
 /// Post copies waiting for the control loop, at most (more are dropped: the requests carry the posts anyway).
 const POST_COPY_QUEUE: usize = 16;
+
+/// How long a session's timer waits, at most, before it looks at the wall clock again for its token's expiry. The
+/// timer's clock (monotonic) stops while the machine sleeps and does not follow a step of the wall clock, on which
+/// `exp` is: a timer armed once for the whole lifetime let a session outlive its token by as long as the machine
+/// slept (a laptop's dev server) or the clock was stepped forward. Requests are checked against the wall clock
+/// itself, so this bounds what is delivered to such a session, not what it may do.
+pub(super) const EXPIRY_LOOK: Duration = Duration::from_secs(60);
+
+/// When to look at the wall clock next for a token that expires at `exp_us`: then, on the timer's clock as it runs
+/// now, or within [`EXPIRY_LOOK`].
+pub(super) fn next_expiry_look(exp_us: u64) -> tokio::time::Instant {
+    let left = Duration::from_micros(exp_us.saturating_sub(super::now_us()));
+    tokio::time::Instant::now() + left.min(EXPIRY_LOOK)
+}
+
+/// Completes once the wall clock reached `exp_us` (looked at every [`EXPIRY_LOOK`] at most).
+pub(super) async fn until_expired(exp_us: u64) {
+    while super::now_us() < exp_us {
+        tokio::time::sleep_until(next_expiry_look(exp_us)).await;
+    }
+}
 
 /// A post's reply: now, or once its commit completes.
 pub(super) enum Answer {
@@ -127,24 +149,34 @@ impl<R: RoomHub> Connection<R> {
             slots: 0,
             post_copies: Some(post_copies),
             shutdown,
-            expires_at: None,
+            expires_us: None,
             leaving: Vec::new(),
         }
     }
 
     /// Arms the token's expiry once the session knows it (after Hello): `timer`, the control loop's (which ends the
-    /// connection then), and the connection's own (a Join waiting for a stream stops at it). True once armed.
+    /// connection then, once [`Self::token_expired`] agrees), and the connection's own (a Join waiting for a stream
+    /// stops at it). True once armed.
     pub(super) fn arm_expiry(
         &mut self,
         session: &ControlSession,
         timer: std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> bool {
-        if let (None, Some(exp)) = (self.expires_at, session.expires_us()) {
-            let at = tokio::time::Instant::now() + Duration::from_micros(exp.saturating_sub(super::now_us()));
-            timer.reset(at);
-            self.expires_at = Some(at);
+        if let (None, Some(exp)) = (self.expires_us, session.expires_us()) {
+            timer.reset(next_expiry_look(exp));
+            self.expires_us = Some(exp);
         }
-        self.expires_at.is_some()
+        self.expires_us.is_some()
+    }
+
+    /// Whether the session's token expired, on the wall clock (not on the timer's: see [`next_expiry_look`]).
+    pub(super) fn token_expired(&self) -> bool {
+        self.expires_us.is_some_and(|exp| super::now_us() >= exp)
+    }
+
+    /// When the control loop's timer looks at the wall clock again for a token that has not expired yet.
+    pub(super) fn next_expiry_look(&self) -> Option<tokio::time::Instant> {
+        self.expires_us.map(next_expiry_look)
     }
 
     /// Completes when the connection is about to end (the server shuts down, the token expires, or the connection
@@ -154,8 +186,8 @@ impl<R: RoomHub> Connection<R> {
     /// among its address's connections and its memberships until the wait ended.
     async fn ending(&self) -> Failure {
         let expired = async {
-            match self.expires_at {
-                Some(at) => tokio::time::sleep_until(at).await,
+            match self.expires_us {
+                Some(exp) => until_expired(exp).await,
                 None => std::future::pending().await,
             }
         };

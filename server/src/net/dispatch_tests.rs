@@ -59,3 +59,20 @@ async fn a_connection_dropped_without_its_close_still_leaves_its_rooms() {
     let closed = tokio::time::timeout(std::time::Duration::from_secs(5), client_conn.closed()).await;
     assert!(closed.is_ok(), "the peer was not told");
 }
+
+/// A session's expiry timer looks at the wall clock within `EXPIRY_LOOK` however far its token's `exp` is, and the
+/// wait for it ends on the wall clock: here the wall clock passes `exp` while the timers' clock is held (a paused
+/// clock does not move while a blocking task runs), as after a machine's sleep.
+#[tokio::test(start_paused = true)]
+async fn a_tokens_expiry_is_looked_for_on_the_wall_clock() {
+    use std::time::Duration;
+    let in_an_hour = now_us() + 3_600_000_000;
+    assert!(super::next_expiry_look(in_an_hour) <= tokio::time::Instant::now() + super::EXPIRY_LOOK);
+    let soon = now_us() + 200_000;
+    let start = tokio::time::Instant::now();
+    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(300))).await.unwrap();
+    tokio::time::timeout(Duration::from_millis(1), super::until_expired(soon))
+        .await
+        .expect("expired on the wall clock");
+    assert_eq!(tokio::time::Instant::now(), start, "the timers' clock stood still");
+}

@@ -11,6 +11,8 @@ use quiver_tests::{states_until, TestServer};
 
 use quiver_tests::fakes::{closes_at_a_clock_ping, fake_endpoint, fake_server, garbage_after_welcome};
 
+#[path = "client/early_ticks.rs"]
+mod early_ticks;
 #[path = "client/releases.rs"]
 mod releases;
 

@@ -24,9 +24,19 @@ use crate::{
     error::ProtocolError,
     state::requests::Outstanding,
     sync::lock,
+    unrouted::Unrouted,
     wire::{Link, LinkRecv, LinkSend, ReadError},
     ConnectError, ConnectOptions, RequestError,
 };
+
+/// A Subscribe unanswered ([`Connection::subscribing`]).
+pub(crate) struct Subscribing<'a, H: Handler>(&'a Connection<H>);
+
+impl<H: Handler> Drop for Subscribing<'_, H> {
+    fn drop(&mut self) {
+        lock(&self.0.unrouted).ended();
+    }
+}
 
 /// Numbers connections, so that what was set up on one (a publish claim) is not used on the next.
 static CONNECTION_IDS: AtomicUsize = AtomicUsize::new(1);
@@ -63,6 +73,10 @@ pub(crate) struct Connection<H: Handler> {
     probe: Arc<TailProbe>,
     /// Subscriptions by their channel id on this connection.
     routes: Mutex<HashMap<u64, H::Route>>,
+    /// Tick datagrams for channel ids not routed yet, held while a Subscribe is unanswered (taken under `routes`).
+    unrouted: Mutex<Unrouted>,
+    /// Where routes' held ticks go ([`Connection::route`]), as the datagram reader's do.
+    handler: Weak<H>,
     /// Requests written after Hello so far (the server numbers them the same way: a post copy names its post by its
     /// number, and the server takes it only once every earlier request was served).
     requests: AtomicU64,
@@ -163,6 +177,8 @@ impl<H: Handler> Connection<H> {
             outstanding: Arc::new(Mutex::new(Outstanding::new(1))),
             probe,
             routes: Mutex::default(),
+            unrouted: Mutex::default(),
+            handler: handler.clone(),
             requests: AtomicU64::new(0),
             copy_rooms: Mutex::default(),
             copies,
@@ -245,9 +261,25 @@ impl<H: Handler> Connection<H> {
         reply(self.send(body).await?).await
     }
 
-    /// Tick datagrams with `channel_id` go to `route` from now on.
+    /// Tick datagrams with `channel_id` go to `route` from now on, those held for it first ([`Unrouted`]: they
+    /// arrived before the Subscribe's answer). Under the routes' lock, which the datagram reader takes to look a
+    /// route up, so nothing newer reaches the route before them.
     pub(crate) fn route(&self, channel_id: u64, route: H::Route) {
-        lock(&self.routes).insert(channel_id, route);
+        let mut routes = lock(&self.routes);
+        let held = lock(&self.unrouted).take(channel_id);
+        if let (false, Some(handler)) = (held.is_empty(), self.handler.upgrade()) {
+            for (header, payload) in held {
+                handler.tick(self.id, &route, header, payload);
+            }
+        }
+        routes.insert(channel_id, route);
+    }
+
+    /// Counts a Subscribe as unanswered until the guard is dropped (after its route is made, or it failed or was
+    /// given up): meanwhile tick datagrams for channel ids with no route are held for it ([`Unrouted`]).
+    pub(crate) fn subscribing(&self) -> Subscribing<'_, H> {
+        lock(&self.unrouted).began();
+        Subscribing(self)
     }
 
     /// Tick datagrams stop going to the routes `matches` picks (their channel was unsubscribed).
@@ -346,11 +378,16 @@ async fn read_datagrams<H: Handler>(connection: Weak<Connection<H>>, link: Link,
             continue;
         };
         let (Some(connection), Some(handler)) = (connection.upgrade(), handler.upgrade()) else { return };
-        let route = lock(&connection.routes).get(&header.channel_id).cloned();
-        match route {
-            Some(route) => handler.tick(connection.id, &route, header, payload),
-            None => tracing::debug!(channel_id = header.channel_id, "datagram for no subscription dropped"),
-        }
+        let routes = lock(&connection.routes);
+        let Some(route) = routes.get(&header.channel_id).cloned() else {
+            // Its Subscribe's answer may be behind it: held for the route that answer makes, while one is unanswered.
+            if !lock(&connection.unrouted).hold(header, payload) {
+                tracing::debug!(channel_id = header.channel_id, "datagram for no subscription dropped");
+            }
+            continue;
+        };
+        drop(routes);
+        handler.tick(connection.id, &route, header, payload);
     }
 }
 

@@ -52,6 +52,7 @@ mod sync;
 mod target;
 pub mod ticks;
 pub mod trust;
+mod unrouted;
 #[cfg(feature = "websocket")]
 mod websocket;
 mod wire;

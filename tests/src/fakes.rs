@@ -7,12 +7,14 @@ use std::time::Duration;
 use quiver_proto::Limits;
 
 mod clock;
+mod early_tick;
 mod flapping;
 mod hostile;
 mod leave;
 mod stopped;
 mod wire;
 pub use clock::slow_clock_pongs;
+pub use early_tick::tick_before_subscribed;
 pub use flapping::welcomes_then_closes;
 pub use hostile::{garbage_after_welcome, unfinished_frames};
 pub use leave::refuses_each_first_release;

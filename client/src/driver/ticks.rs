@@ -439,6 +439,8 @@ pub(super) async fn subscribe_on<H: TickHandler>(
     connection: &Connection<H>,
     entry: &Arc<SubEntry>,
 ) -> Result<(), RequestError> {
+    // Ticks that overtake the answer are held for the route it makes (`Connection::route`).
+    let _subscribing = connection.subscribing();
     match connection.request(RequestBody::Subscribe { channel: entry.channel.clone() }).await? {
         Reply::Subscribed { channel_id, .. } => {
             connection.route(channel_id, entry.clone());

@@ -210,6 +210,7 @@ export class FakeServer {
     // `holdPostReplies` holds only its posts, so a reconnect quicker than the test's next step is answered.
     this.holdPostReplies = false;
     this.heldClaims = null; // an array: Publish replies wait in it (call each to send) instead of going out at once
+    this.ticksBeforeSubscribed = null; // a Map: channel -> payloads sent as ticks (seq 7 on) 20 ms before Subscribed
     this.openBeforeReply = true; // send a room stream's Open (and replay) before the Join reply
     this.replayOverlap = 0n; // replay this many already-seen messages on a resume (the client must drop them)
     this.channelIdBase = 1n; // first channel id handed out on each connection (1: 0 is a copy datagram's)
@@ -354,7 +355,10 @@ export class FakeServer {
         if (this.refusedTicks.Subscribe.length) return fail(this.refusedTicks.Subscribe.shift(), 'refused by the test');
         const id = conn.nextChannelId++;
         conn.channels.set(body.channel, id);
-        return ok({ Subscribed: { channel: body.channel, channel_id: id } });
+        const early = this.ticksBeforeSubscribed?.get(body.channel) ?? [];
+        early.forEach((payload, i) => conn.sendTick({ channel_id: id, seq: 7n + BigInt(i), sent_time_us: nowUs(), payload }));
+        const answer = () => ok({ Subscribed: { channel: body.channel, channel_id: id } });
+        return early.length ? void setTimeout(answer, 20) : answer();
       }
       case 'Unsubscribe': {
         const refused = this.refusedTicks.Unsubscribe?.shift();

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 
 import { ErrorCode } from '../quiver/index.js';
 import { FakeServer, connect, sleep, text, until } from './fakes.mjs';
+import { UNROUTED_HELD, Unrouted } from '../quiver/client/values.js';
 
 test('ticks: a resubscribe or claim refused for now is retried; refused for good, it ends', async (t) => {
   const server = new FakeServer();
@@ -216,4 +217,33 @@ test('ticks: an unsubscribe by name while one is sent again shares its outcome; 
   const kinds = server.requests.map((r) => Object.keys(r.req.body)[0]).filter((k) => /^(Uns|S)ubscribe$/.test(k));
   assert.deepEqual(kinds, ['Subscribe', 'Unsubscribe', 'Unsubscribe', 'Unsubscribe', 'Subscribe']);
   assert.ok(server.live[0].channels.has('a'), 'subscribed after the unsubscribe was taken');
+});
+
+test('ticks that overtake their Subscribe\'s answer are the subscription\'s first, not dropped', async (t) => {
+  // A live channel's fan-out starts as the server answers: a datagram may come before the answer. Before, the
+  // client found no route for its channel id and dropped it, counted nowhere.
+  const server = new FakeServer();
+  server.ticksBeforeSubscribed = new Map([['prices', [text('first'), text('second')]]]);
+  const ann = await connect(t, server);
+  const sub = await ann.subscribe('prices');
+  await until('the early ticks delivered', () => sub.stats.received === 2);
+  assert.deepEqual(sub.stats, { received: 2, lost: 0, stale: 0 });
+  assert.equal(sub.latest.seq, 8n);
+  assert.equal(new TextDecoder().decode(sub.latest.payload), 'second');
+});
+
+test('Unrouted holds ticks only while a Subscribe is unanswered, at most UNROUTED_HELD, handed out by channel', () => {
+  const unrouted = new Unrouted();
+  assert.equal(unrouted.hold({ channel_id: 1n, seq: 1n }), false, 'no Subscribe unanswered: dropped');
+  const answered = unrouted.began();
+  for (let seq = 1n; seq <= BigInt(UNROUTED_HELD) + 2n; seq++) assert.ok(unrouted.hold({ channel_id: 1n, seq }));
+  assert.ok(unrouted.hold({ channel_id: 2n, seq: 9n }));
+  const taken = unrouted.take(1n);
+  assert.equal(taken.length, UNROUTED_HELD - 1, 'the oldest dropped first');
+  assert.equal(taken[0].seq, 4n);
+  assert.deepEqual(unrouted.take(1n), [], 'taken once');
+  answered();
+  answered(); // (twice is once)
+  assert.deepEqual(unrouted.take(2n), [], 'none held once no Subscribe is unanswered');
+  assert.equal(unrouted.hold({ channel_id: 2n, seq: 10n }), false);
 });

@@ -120,8 +120,16 @@ export class Publisher {
 
 /** Subscribes `entry` on `session`; its ticks are routed to it while it is the one in `subscriptions`. */
 export async function subscribeOn(session, entry, subscriptions) {
-  const { channel_id } = expectReply(await session.request({ Subscribe: { channel: entry.channel } }), 'Subscribed');
-  if (subscriptions.get(entry.channel) === entry) session.channels.set(channel_id, entry);
+  const answered = session.unrouted.began(); // ticks that overtake the answer are held for its route (Unrouted)
+  try {
+    const { channel_id } = expectReply(await session.request({ Subscribe: { channel: entry.channel } }), 'Subscribed');
+    const held = session.unrouted.take(channel_id);
+    if (subscriptions.get(entry.channel) !== entry) return;
+    session.channels.set(channel_id, entry);
+    for (const tick of held) session.hooks.onTick(entry, tick);
+  } finally {
+    answered();
+  }
 }
 
 /** Gives `entry`'s claim up on `session` (in the channel's turn, so `claim` says where the server holds it):

@@ -9,7 +9,7 @@ import { wire } from '../wire/messages.js';
 import { MAX_PORTABLE_DATAGRAM, TICK_HEADER_MAX_LEN, decodeTick, isProbe } from '../wire/ticks.js';
 import { decodeCopy, encodePostCopy, isCopy } from '../wire/copies.js';
 import { RequestTable } from '../state.js';
-import { expectReply, unixUs } from './values.js';
+import { Unrouted, expectReply, unixUs } from './values.js';
 
 /** Sent in Hello as the client's software and version. */
 export const AGENT = 'quiver-web/0.1';
@@ -196,8 +196,9 @@ export class Session {
       wt.maxInboundStreams = Math.max(wt.maxInboundStreams, 2 * (rooms + 1));
     }
     this.requests = new RequestTable(1n);
-    /** Subscriptions by their channel id on this connection (BigInt keys). */
+    /** Subscriptions by their channel id (BigInt keys); `unrouted`: ticks that overtook their Subscribe's answer. */
     this.channels = new Map();
+    this.unrouted = new Unrouted();
     /** Channel -> the next tick number of a claim unpublished on this version-4 session (`unclaimOn`). */
     this.unpublished = new Map();
     this.datagramWriter = null;
@@ -474,6 +475,7 @@ export class Session {
         }
         const subscription = this.channels.get(tick.channel_id);
         if (subscription) this.hooks.onTick(subscription, tick);
+        else this.unrouted.hold(tick); // its Subscribe's answer may be behind it: held for the route it makes
       }
     } catch { /* the connection is gone */ }
   }

@@ -6,6 +6,48 @@ import { PROTOCOL_VERSION } from '../wire/messages.js';
 /** The refusals a rejoin tries again (as the Rust client's `refused_for_now`): the server may take it back later. */
 export const REFUSED_FOR_NOW = [ErrorCode.Unavailable, ErrorCode.RateLimited, ErrorCode.ServerFull, ErrorCode.Internal];
 
+/** Tick datagrams held at most, across channels, while Subscribes are unanswered (the oldest dropped first). */
+export const UNROUTED_HELD = 64;
+
+/**
+ * Ticks that arrive before their subscription's route (as the Rust client's `Unrouted`): the server starts a
+ * subscription's ticks as it answers the Subscribe, and a tick datagram can overtake the answer. Dropped, such a tick
+ * was neither delivered nor counted lost: a channel published only when it changes showed no value until the next
+ * change. While a Subscribe is unanswered, a tick for a channel id with no route is held, and handed to the route
+ * the answer makes before anything after it.
+ */
+export class Unrouted {
+  #subscribing = 0;
+  #held = [];
+
+  /** A Subscribe is about to be written; call what is returned once it was answered (its route made) or failed. */
+  began() {
+    this.#subscribing += 1;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.#subscribing -= 1;
+      if (this.#subscribing === 0) this.#held = [];
+    };
+  }
+
+  /** Holds `tick` while a Subscribe is unanswered; false (dropped) when none is. */
+  hold(tick) {
+    if (this.#subscribing === 0) return false;
+    if (this.#held.length >= UNROUTED_HELD) this.#held.shift();
+    this.#held.push(tick);
+    return true;
+  }
+
+  /** Takes the ticks held for `channelId`, in the order they arrived. */
+  take(channelId) {
+    const taken = this.#held.filter((tick) => tick.channel_id === channelId);
+    if (taken.length) this.#held = this.#held.filter((tick) => tick.channel_id !== channelId);
+    return taken;
+  }
+}
+
 /** `QuiverClient.connect`'s options when not given (documented there). */
 export function clientDefaults() {
   return {

@@ -67,7 +67,7 @@ fn respond(head: &[u8], metrics: &Arc<ServerMetrics>, hosts: &[String]) -> Respo
         Ok(request) => request,
         Err(response) => return response,
     };
-    // A HEAD is answered without a body, refusals included (RFC 9110 §9.3.2).
+    // A HEAD is answered without a body, refusals included (RFC 9110 §9.3.2; `parse_request`'s too).
     let error = |status, why: &str| Response { head_only, ..Response::error(status, why) };
     if !host_allowed(crate::web::host_header(lines), hosts) {
         return error(
@@ -146,6 +146,7 @@ mod tests {
             ("HEAD /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", 200),
             ("HEAD /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
             ("HEAD /metrics HTTP/1.1\r\nHost: attacker.example\r\n\r\n", 403),
+            ("HEAD / HTTP/2.0\r\n\r\n", 400),
         ] {
             let response = respond(head.as_bytes(), &metrics, &[]);
             assert_eq!((response.status, response.head_only), (status, true), "{head}");

@@ -104,8 +104,9 @@ pub fn trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
 
 /// The address to admit a request from `peer` as: `peer` itself unless it is a trusted proxy; else the rightmost
 /// address of `forwarded_for` (every `X-Forwarded-For` value of the request, in order) that is not a trusted
-/// proxy, or, when each one is, the leftmost. `peer` when the header is missing or its rightmost untrusted entry
-/// is not an address.
+/// proxy, or, when each one is, the leftmost. An entry that is not an address (`unknown`, which some proxies
+/// write) ends the walk there: the address is the trusted proxy's that wrote it (the last one read; `peer` when the
+/// header is missing or its rightmost entry is unreadable), whose own budget then holds the clients it cannot name.
 pub fn client_address<'a>(
     trusted_proxies: &[Cidr],
     peer: IpAddr,
@@ -192,6 +193,8 @@ mod tests {
         assert_eq!(from("127.0.0.1", &["10.0.0.5, 10.1.2.3"]), ip("10.0.0.5"), "all trusted: the leftmost");
         assert_eq!(from("127.0.0.1", &[]), ip("127.0.0.1"), "the proxy's own request");
         assert_eq!(from("127.0.0.1", &["203.0.113.7, nonsense"]), ip("127.0.0.1"), "an unreadable last hop");
+        let unnamed = from("127.0.0.1", &["unknown, 10.1.2.3"]);
+        assert_eq!(unnamed, ip("10.1.2.3"), "an unreadable hop: the trusted proxy that wrote it");
         assert_eq!(from("127.0.0.1", &["[2001:db8::7]:4711"]), ip("2001:db8::7"));
         assert_eq!(from("127.0.0.1", &["203.0.113.7:4711"]), ip("203.0.113.7"));
         assert_eq!(from("::ffff:127.0.0.1", &["203.0.113.7"]), ip("203.0.113.7"), "a dual-stack listener's peer");

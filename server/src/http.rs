@@ -380,14 +380,14 @@ pub(crate) fn parse_request(head: &[u8]) -> Result<(bool, &str, std::str::Split<
     else {
         return Err(Response::error(400, "malformed request line"));
     };
+    // (A HEAD's refusal too is answered without a body: RFC 9110 §9.3.2.)
+    let head_only = method == "HEAD";
     if !version.starts_with("HTTP/1.") {
-        return Err(Response::error(400, "HTTP/1.x only"));
+        return Err(Response { head_only, ..Response::error(400, "HTTP/1.x only") });
     }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Err(Response::error(405, "GET or HEAD only")),
-    };
+    if !matches!(method, "GET" | "HEAD") {
+        return Err(Response::error(405, "GET or HEAD only"));
+    }
     Ok((head_only, target, lines))
 }
 

@@ -170,7 +170,7 @@ async fn connections_awaiting_hello_are_bounded_and_the_oldest_silent_one_makes_
             let (code, reason) = closed_with(&silent[0]).await;
             assert_eq!(code, ErrorCode::TooManyConnections, "{reason}");
             assert!(reason.contains("budget.max_awaiting_hello (3)"), "{reason}");
-            assert!(reason.contains("127.0.0.0/24 holds the most"), "{reason}");
+            assert!(reason.contains("from 127.0.0.0/24, had waited longest"), "{reason}");
             assert!(started.elapsed() < Duration::from_secs(5), "closed at once, not at the handshake timeout");
             for _ in 0..5 {
                 silent.push(server.try_raw().await.unwrap());

@@ -174,16 +174,12 @@ impl Admission {
         self.shares.as_ref().map(|shares| shares.of(ip))
     }
 
-    /// Decides about a connection attempt from `ip`; `validated` is true when it carries a valid Retry token. An
-    /// unvalidated attempt admitted counts as a handshake in progress until [`Admission::handshake_done`].
+    /// Decides about a connection attempt from `ip`; `validated` is true when it carries a valid Retry token (a TCP
+    /// connection's handshake validates its address too). An unvalidated attempt admitted counts as a handshake in
+    /// progress until [`Admission::handshake_done`]. At `max_connections` a validated attempt makes room by closing
+    /// a connection not welcomed yet: each enters the table of those awaiting Hello as it is admitted (a TCP
+    /// connection to the WebSocket listener at its accept), so that a newer one can close it in turn.
     pub fn decide(&mut self, ip: IpAddr, validated: bool, now: Instant) -> Decision {
-        self.decide_as(ip, (validated, validated), now)
-    }
-
-    /// [`Admission::decide`], for an attempt that `may_make_room` at `max_connections` (by closing a connection not
-    /// welcomed yet): a validated QUIC attempt and a TCP connection to the WebSocket listener, each of which enters
-    /// the table of those awaiting Hello as it is admitted (so that a newer one can close it in turn), may.
-    pub fn decide_as(&mut self, ip: IpAddr, (validated, may_make_room): (bool, bool), now: Instant) -> Decision {
         if now.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
             self.sweep(now);
         }
@@ -255,7 +251,7 @@ impl Admission {
         // that bound when `max_connections` is set lower, would hold every slot for as long as they are renewed.
         // (The closed one gives its slot back once it is gone: the count is over the bound by as many meanwhile.)
         let over = over.filter(|(overload, _)| {
-            *overload != Overload::Total || !may_make_room || open >= self.max_per_source || network_full || {
+            *overload != Overload::Total || !validated || open >= self.max_per_source || network_full || {
                 let evicted = self.awaiting.make_room(ip);
                 if let Some(evicted) = &evicted {
                     tracing::debug!(group = %evicted.group, "closing a connection awaiting Hello: max_connections");

@@ -302,22 +302,6 @@ fn at_max_connections_a_validated_newcomer_takes_the_place_of_one_not_welcomed()
     assert!(!silent[1].is_cancelled() && !silent[2].is_cancelled());
 }
 
-/// A TCP connection to the WebSocket listener at `max_connections` closes nobody: it enters the table of those
-/// awaiting Hello only after its upgrade, so silent TCP connections would close real clients' handshakes while
-/// nothing could close them.
-#[test]
-fn a_tcp_connection_before_its_upgrade_makes_no_room() {
-    let t0 = Instant::now();
-    let mut admission = Admission::new(&limits(1, 1, 1_000), bounds(1_000), t0);
-    let waiting = CancellationToken::new();
-    let quic = ip("198.51.100.1");
-    assert_eq!(admission.decide(quic, true, t0), Decision::Admit);
-    admission.awaiting_hello().enter(quic, waiting.clone());
-    let tcp = admission.decide_as(ip("203.0.113.7"), (true, false), t0);
-    assert!(matches!(tcp, Decision::TooMany(Overload::Total, _)), "{tcp:?}");
-    assert!(!waiting.is_cancelled(), "the QUIC client in its handshake stays");
-}
-
 /// While the connections awaiting Hello fill their table, an attempt from an address not validated (an Initial
 /// anyone can forge) gets a Retry: admitted, it would close one of them to make room, or hold a slot of
 /// `max_connections` outside the table, where no validated newcomer could take it back. A validated one is admitted.

@@ -179,8 +179,9 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
         return Err((
             "limits.max_connections_per_ip",
             format!(
-                "at most budget.max_connections_per_network ({}): an address is refused at its network's bound first",
-                budget.max_connections_per_network
+                "limits.max_connections_per_ip ({}) must be at most budget.max_connections_per_network ({}): an \
+                 address is refused at its network's bound first",
+                limits.max_connections_per_ip, budget.max_connections_per_network
             ),
         ));
     }
@@ -279,9 +280,14 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
     // ceiling), with quinn's overhead per datagram: a smaller buffer refuses every datagram that large.
     let largest = usize::from(tuning.mtu_discovery.unwrap_or(1200)) + DATAGRAM_BUFFER_OVERHEAD;
     if tuning.datagram_send_buffer < largest {
+        let mtu = tuning.mtu_discovery.map_or_else(|| "off: 1200".into(), |mtu| mtu.to_string());
         return Err((
             "transport.datagram_send_buffer",
-            format!("at least {largest} (the largest datagram this path may carry, and {DATAGRAM_BUFFER_OVERHEAD} bytes quinn counts with each)"),
+            format!(
+                "transport.datagram_send_buffer ({}) must be at least {largest}: the largest datagram this path may \
+                 carry (transport.mtu_discovery: {mtu}), and {DATAGRAM_BUFFER_OVERHEAD} bytes quinn counts with each",
+                tuning.datagram_send_buffer
+            ),
         ));
     }
     Ok(())

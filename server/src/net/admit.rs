@@ -105,10 +105,13 @@ impl Slot {
 }
 
 /// What a connection from `ip` closed to make room is told (with `TooManyConnections`), `max` the bound.
+/// (Which of the three rules of `crate::awaiting` picked it is not known here: the reason names them all, and the
+/// connection's network, without claiming it holds the most.)
 pub(super) fn evicted_reason(max: u32, ip: IpAddr) -> String {
     format!(
         "closed before Hello to make room: the server is at budget.max_awaiting_hello ({max}) connections not \
-         welcomed yet, or at max_connections, and {} holds the most of them",
+         welcomed yet, or at max_connections; this one, from {}, had waited longest of those closed first (a \
+         newcomer's network's over their share, else handshakes not validated, else all)",
         crate::awaiting::Group::of(ip)
     )
 }
@@ -190,7 +193,7 @@ pub(super) fn admit_tcp(ip: IpAddr, admission: &Arc<Mutex<Admission>>, stats: &S
     // among those awaiting Hello at once (`Slot::await_hello`), upgrade and all, so that it can be made to make
     // room in turn. Until 2026-12-06 it entered that table only after its upgrade: silent TCP connections to the
     // WebSocket listener held places of max_connections that no newcomer could take back.
-    let decision = lock(admission).decide_as(ip, (true, true), Instant::now());
+    let decision = lock(admission).decide(ip, true, Instant::now());
     match decision {
         Decision::Admit => Some(Admitted::Serve(Slot::new(admission, ip, false))),
         Decision::Retry(_) => {

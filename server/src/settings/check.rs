@@ -7,6 +7,29 @@ use super::*;
 pub const MAX_DRAIN_TIMEOUT_MS: u32 = 600_000;
 
 impl Settings {
+    /// Of a check between two settings that failed on `key`, the key to name: the other one when only that one was
+    /// moved from its default (the operator's file set it, and the location then points at its line; the message
+    /// names both). Before, a file setting only `transport.mtu_discovery` was told `default:
+    /// transport.datagram_send_buffer`, a key it never wrote.
+    fn moved_of_a_pair(&self, key: &'static str) -> &'static str {
+        let d = Settings::default();
+        let (t, dt) = (&self.transport, &d.transport);
+        match key {
+            "limits.max_connections_per_ip"
+                if self.limits.max_connections_per_ip == d.limits.max_connections_per_ip
+                    && self.budget.max_connections_per_network != d.budget.max_connections_per_network =>
+            {
+                "budget.max_connections_per_network"
+            }
+            "transport.datagram_send_buffer"
+                if t.datagram_send_buffer == dt.datagram_send_buffer && t.mtu_discovery != dt.mtu_discovery =>
+            {
+                "transport.mtu_discovery"
+            }
+            _ => key,
+        }
+    }
+
     /// Checks values no type can: ranges, pairs and addresses. The first problem found.
     pub fn check(&self) -> Result<(), Invalid> {
         self.limits.check().map_err(|err| {
@@ -62,7 +85,7 @@ impl Settings {
         }
         // The ranges a program embedding the server is held to as well (`ServerConfig::check`).
         crate::config::check_values(&self.limits, &self.budget, &self.transport.tuning())
-            .map_err(|(key, why)| Invalid::new(key, why))?;
+            .map_err(|(key, why)| Invalid::new(self.moved_of_a_pair(key), why))?;
         self.web_config()?; // its ranges and addresses: `config check` must refuse what the server would
         match (self.tls.cert.as_os_str().is_empty(), self.tls.key.as_os_str().is_empty()) {
             (false, true) => return Err(Invalid::new("tls.key", "tls.cert is set, so tls.key must be too")),

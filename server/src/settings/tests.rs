@@ -385,6 +385,10 @@ fn ranges_that_quietly_broke_a_guarantee_and_a_shared_tcp_port_are_refused() {
         ("[budget]\nsweep_interval_ms = 9\n", "budget.sweep_interval_ms"),
         ("[transport]\ndatagram_send_buffer = 1000\n", "transport.datagram_send_buffer"),
         ("[transport]\nmtu_discovery = 1452\ndatagram_send_buffer = 1400\n", "transport.datagram_send_buffer"),
+        // Of a pair, the key the file set is named, at its line (the message names both).
+        ("[transport]\nmtu_discovery = 65527\n", "line 2: transport.mtu_discovery: transport.datagram_send_buffer"),
+        ("[budget]\nmax_connections_per_network = 100\n", "line 2: budget.max_connections_per_network"),
+        ("[limits]\nmax_connections_per_ip = 9999\n", "line 2: limits.max_connections_per_ip"),
         ("listen = \"[::]:4433\"\n[admin]\nlisten = \"[::]:4433\"\n", "admin.listen"),
         ("listen = \"[::]:4433\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n[web]\npage = \"off\"\nwebsocket = \"0.0.0.0:8080\"\n", "admin.listen"),
         ("[web]\nwebsocket = \"127.0.0.1:9433\"\n", "web.websocket"),

@@ -154,13 +154,16 @@ impl Room {
     }
 
     /// True when the room holds nothing worth keeping: no subscribers, no history, no dedupe memory. Dropping it
-    /// loses nothing; a later join starts a new epoch.
+    /// loses nothing; a later join starts a new epoch. A durable room: no subscribers, nothing waiting for the store,
+    /// and unused for a minute (everything is in the store, and a later use loads it again, same epoch, reading its
+    /// retained messages' extent: up to `room_history_bytes`). Until then one whose dedupe window was empty left at
+    /// the next sweep, and a client paging a quiet room's history, or joining and leaving it, had it read back
+    /// from the store at every page or join.
     pub fn is_idle_and_empty(&mut self, now_us: u64) -> bool {
         let evictable = self.evictable();
         match &self.disk {
             None => self.subscribers.is_empty() && self.history.first_seq().is_none() && self.dedupe.is_empty(),
-            // Durable: everything is in the store, and a later use loads it again (same epoch).
-            Some(disk) => evictable && (self.dedupe.is_empty() || disk.idle_long_enough(self.last_active_us, now_us)),
+            Some(disk) => evictable && disk.idle_long_enough(self.last_active_us, now_us),
         }
     }
 

@@ -310,6 +310,13 @@ async fn a_close_of_the_clients_own_keeps_its_code_and_reason() {
     server.abort();
 }
 
+/// The default tuning, changed by `change`.
+fn tuned(change: impl FnOnce(&mut quiver_transport::TransportTuning)) -> quiver_transport::TransportTuning {
+    let mut tuning = ConnectOptions::default().tuning;
+    change(&mut tuning);
+    tuning
+}
+
 /// Options that cannot work are refused before anything is tried: a zero `dead_server_after` dropped every
 /// connection at once, a zero `reconnect_delay` reconnected in a busy loop, a `Duration::MAX` panicked.
 #[tokio::test]
@@ -323,6 +330,10 @@ async fn options_that_cannot_work_are_refused_up_front() {
         ConnectOptions { connect_timeout: Duration::MAX, ..ConnectOptions::default() },
         ConnectOptions { first_connect_retry: Some(Duration::MAX), ..ConnectOptions::default() },
         ConnectOptions { dead_server_after: Some(Duration::MAX), ..ConnectOptions::default() },
+        // (These panicked in quinn's driver or the tail probe's task, once connected.)
+        ConnectOptions { tuning: tuned(|t| t.keep_alive = Some(Duration::MAX)), ..ConnectOptions::default() },
+        ConnectOptions { tuning: tuned(|t| t.tail_probe = Some(Duration::MAX)), ..ConnectOptions::default() },
+        ConnectOptions { tuning: tuned(|t| t.copy_spacing = Duration::MAX), ..ConnectOptions::default() },
     ];
     for options in tries {
         let options = ConnectOptions { trust: server.trust(), token: Some(server.token("a")), ..options };

@@ -47,8 +47,9 @@ type Waiter = oneshot::Sender<Result<Reply, RequestError>>;
 pub(crate) trait Handler: Send + Sync + 'static {
     /// What a subscription's channel id on this connection leads to.
     type Route: Clone + Send + Sync + 'static;
-    /// A tick datagram for a subscription, arrived on connection `connection`.
-    fn tick(&self, connection: usize, route: &Self::Route, header: TickHeader, payload: Bytes);
+    /// A tick datagram for a subscription, arrived on connection `connection` `ago` (zero but for one held until
+    /// its route was made: [`Unrouted`]).
+    fn tick(&self, connection: usize, route: &Self::Route, header: TickHeader, payload: Bytes, ago: Duration);
     /// The server opened a room stream on connection `connection` (`link`, whose frames are at most `max_frame`
     /// bytes); `unfinished` counts the bytes of
     /// unfinished frames the connection's room streams hold together (`streams::Unfinished`).
@@ -267,10 +268,8 @@ impl<H: Handler> Connection<H> {
     pub(crate) fn route(&self, channel_id: u64, route: H::Route) {
         let mut routes = lock(&self.routes);
         let held = lock(&self.unrouted).take(channel_id);
-        if let (false, Some(handler)) = (held.is_empty(), self.handler.upgrade()) {
-            for (header, payload) in held {
-                handler.tick(self.id, &route, header, payload);
-            }
+        if let (Some((header, payload, ago)), Some(handler)) = (held, self.handler.upgrade()) {
+            handler.tick(self.id, &route, header, payload, ago);
         }
         routes.insert(channel_id, route);
     }
@@ -387,7 +386,7 @@ async fn read_datagrams<H: Handler>(connection: Weak<Connection<H>>, link: Link,
             continue;
         };
         drop(routes);
-        handler.tick(connection.id, &route, header, payload);
+        handler.tick(connection.id, &route, header, payload, Duration::ZERO);
     }
 }
 

@@ -80,8 +80,9 @@ pub struct Budget {
     /// Connections admitted and not welcomed yet (in their TLS handshake, a browser's CONNECT, or before Hello), in
     /// all. When one more arrives, one is closed with `TooManyConnections` to make room: the longest waiting of the
     /// newcomer's source group (IPv4 /24, IPv6 /48) if that group holds more than a sixteenth of this, else the
-    /// longest waiting handshake from an address not validated, if any, else the longest waiting of all. Silent connections cannot fill `max_connections` for `handshake_timeout_ms` at a time
-    /// (`crate::awaiting`). Default 1,024.
+    /// longest waiting handshake from an address not validated, if any, else the longest waiting of all. Silent
+    /// connections cannot fill `max_connections` for `handshake_timeout_ms` at a time (`crate::awaiting`). Default
+    /// 1,024.
     pub max_awaiting_hello: u32,
     /// Connections from one network (an IPv4 /24, an IPv6 /48) at once, welcomed or not; one more is closed with
     /// `TooManyConnections` like one over `max_connections_per_ip`. Without it a party holding an IPv6 /48 (free

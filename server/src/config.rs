@@ -143,6 +143,9 @@ pub const MAX_WEBSOCKET_UPGRADING: u64 = 1_000_000;
 /// `budget.http_max_connections` at most: a file descriptor and a task each.
 pub const MAX_HTTP_CONNECTIONS: u64 = 100_000;
 
+/// The longest keep-alive, tail probe, copy spacing or ACK delay [`check_values`] takes: a day.
+pub const MAX_TUNING_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The ranges of `budget`, `tuning` and the handshake timeout that no type can make, however the server is
 /// configured (a file, or [`ServerConfig`] built by a program that embeds it): the first problem, as the
 /// configuration file's key and why. Zero where it would stop the server working, and bounds that keep it safe for
@@ -172,6 +175,18 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
         if value == 0 {
             return Err((key, "must be at least 1".into()));
         }
+    }
+    // Durations past a day mean "never" to whoever wrote them (a program embedding the server; the file's are u32
+    // milliseconds, 49.7 days at most): added to a clock reading or doubled, `Duration::MAX` panicked in quinn's
+    // driver or in `server_keep_alive`.
+    let durations = [
+        ("transport.keep_alive_ms", tuning.keep_alive),
+        ("transport.tail_probe_ms", tuning.tail_probe),
+        ("transport.copy_spacing_ms", Some(tuning.copy_spacing)),
+        ("transport.max_ack_delay_ms", tuning.max_ack_delay),
+    ];
+    if let Some((key, _)) = durations.iter().find(|(_, d)| d.is_some_and(|d| d > MAX_TUNING_DURATION)) {
+        return Err((key, format!("at most {} (a day)", MAX_TUNING_DURATION.as_millis())));
     }
     // One address is in one network: a per-address bound above the network's could never be reached (the address
     // would be refused at the network's bound, counted as a per-address refusal).

@@ -271,7 +271,7 @@ pub const SERVER_KEEP_ALIVE_MAX: Duration = Duration::from_secs(10);
 /// tuning): both ends keep those as given.
 pub fn server_keep_alive(keep_alive: Option<Duration>) -> Option<Duration> {
     keep_alive.map(|k| match k >= Duration::from_secs(1) {
-        true => (k * 2).min(SERVER_KEEP_ALIVE_MAX).max(k).min(IDLE_TIMEOUT / 2),
+        true => k.saturating_mul(2).min(SERVER_KEEP_ALIVE_MAX).max(k).min(IDLE_TIMEOUT / 2),
         false => k,
     })
 }

@@ -49,6 +49,12 @@ impl Driver {
             ("first_connect_retry", options.first_connect_retry),
             ("dead_server_after", options.dead_server_after),
             ("fallback_after", Some(options.fallback_after)),
+            // (quinn adds its keep-alive to a clock reading, the tail probe its delay to the last write's.)
+            ("tuning.keep_alive", options.tuning.keep_alive),
+            ("tuning.tail_probe", options.tuning.tail_probe),
+            ("tuning.copy_spacing", Some(options.tuning.copy_spacing)),
+            ("tuning.max_ack_delay", options.tuning.max_ack_delay),
+            ("tuning.initial_rtt", Some(options.tuning.initial_rtt)),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_some_and(|d| d > MAX_OPTION_DURATION)) {
             return Err(ConnectError::Options(format!(

@@ -18,8 +18,9 @@ use crate::{connection::Handler, state::room::StreamNumber, sync::lock};
 impl Handler for Driver {
     type Route = Arc<SubEntry>;
 
-    fn tick(&self, connection: usize, route: &Arc<SubEntry>, header: TickHeader, payload: Bytes) {
-        ticks::on_tick(route, connection, header, payload, self.server_clock_us());
+    fn tick(&self, connection: usize, route: &Arc<SubEntry>, header: TickHeader, payload: Bytes, ago: Duration) {
+        let arrived_us = self.server_clock_us().saturating_sub(u64::try_from(ago.as_micros()).unwrap_or(u64::MAX));
+        ticks::on_tick(route, connection, header, payload, arrived_us);
     }
 
     fn room_stream(

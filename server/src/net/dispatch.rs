@@ -83,8 +83,9 @@ const POST_COPY_QUEUE: usize = 16;
 /// How long a session's timer waits, at most, before it looks at the wall clock again for its token's expiry. The
 /// timer's clock (monotonic) stops while the machine sleeps and does not follow a step of the wall clock, on which
 /// `exp` is: a timer armed once for the whole lifetime let a session outlive its token by as long as the machine
-/// slept (a laptop's dev server) or the clock was stepped forward. Requests are checked against the wall clock
-/// itself, so this bounds what is delivered to such a session, not what it may do.
+/// slept (a laptop's dev server) or the clock was stepped forward. Requests (and post copies) are checked against
+/// the wall clock itself; this bounds what is delivered to such a session, and the ticks it may still publish (tick
+/// datagrams are not requests), after the machine woke: a minute at most.
 pub(super) const EXPIRY_LOOK: Duration = Duration::from_secs(60);
 
 /// When to look at the wall clock next for a token that expires at `exp_us`: then, on the timer's clock as it runs

@@ -148,6 +148,12 @@ async fn a_server_config_out_of_range_is_refused_naming_its_key() {
     assert!(refused(ServerConfig { budget, ..dev() }).starts_with("budget.websocket_max_upgrading_per_ip"));
     let tuning = quiver_transport::TransportTuning { copies: 200, ..quiver_transport::TransportTuning::quiver() };
     assert!(refused(ServerConfig { tuning, ..dev() }).starts_with("transport.copies: at most 8"));
+    // ("Never", as a program embedding the server may write it, panicked in `server_transport`.)
+    let never = Some(Duration::MAX);
+    let tuning = quiver_transport::TransportTuning { keep_alive: never, ..quiver_transport::TransportTuning::quiver() };
+    assert!(refused(ServerConfig { tuning, ..dev() }).starts_with("transport.keep_alive_ms: at most 86400000"));
+    let tuning = quiver_transport::TransportTuning { tail_probe: never, ..quiver_transport::TransportTuning::quiver() };
+    assert!(refused(ServerConfig { tuning, ..dev() }).starts_with("transport.tail_probe_ms: at most"));
     let limits = quiver_proto::Limits { handshake_timeout_ms: 3_600_000, ..quiver_proto::Limits::default() };
     assert!(refused(ServerConfig { limits, ..dev() }).starts_with("limits.handshake_timeout_ms: at most 60000"));
     drop(Server::bind(dev()).expect("the defaults are in range"));
@@ -224,9 +230,9 @@ fn a_session_ends_at_its_tokens_expiry_on_the_wall_clock_though_the_timers_clock
     let client = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (closed, replies) = client.block_on(async {
         let now_s = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-        // A token good for 2 s (`exp` is whole seconds: 1 to 2 s from now).
-        let exp = (now_s() as u64 + 2) as f64;
+        // A token good for 2 s (`exp` is whole seconds, minted in the call: at most 2 s after it returns).
         let (conn, codec, mut send, mut recv) = hello_and_join_a_new_room(dir.path(), addr, 2).await;
+        let exp = (now_s() as u64 + 2) as f64;
         let (mut inbound, mut replies) = (bytes::BytesMut::new(), Vec::new());
         let joined = |replies: &Vec<ServerMsg>| {
             replies.iter().any(|m| matches!(m, ServerMsg::Reply { req_id: 1, result: Ok(Reply::Joined(_)) }))

@@ -295,7 +295,7 @@ export class QuiverClient {
       onLost: (session, why) => this.#lost(session, why),
       onPush: (push) => this.#push(push),
       onRoomStream: (session, stream) => readRoomStream(this.#rooms, session, stream, ++this.#roomStreams),
-      onTick: (entry, tick) => deliverTick(entry, tick, this.serverClockUs()),
+      onTick: (entry, tick, agoUs = 0) => deliverTick(entry, tick, this.serverClockUs() - agoUs),
       onRoomCopy: (session, copy) => roomCopy(this.#rooms, session, copy),
       closing: this.#closing.signal,
       copies: { copies: this.#options.copies, spacingMs: this.#options.copySpacingMs }, // for post copies

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 
 import { ErrorCode } from '../quiver/index.js';
 import { FakeServer, connect, sleep, text, until } from './fakes.mjs';
-import { UNROUTED_HELD, Unrouted } from '../quiver/client/values.js';
+import { UNROUTED_IDS, Unrouted } from '../quiver/client/values.js';
 
 test('ticks: a resubscribe or claim refused for now is retried; refused for good, it ends', async (t) => {
   const server = new FakeServer();
@@ -226,24 +226,26 @@ test('ticks that overtake their Subscribe\'s answer are the subscription\'s firs
   server.ticksBeforeSubscribed = new Map([['prices', [text('first'), text('second')]]]);
   const ann = await connect(t, server);
   const sub = await ann.subscribe('prices');
-  await until('the early ticks delivered', () => sub.stats.received === 2);
-  assert.deepEqual(sub.stats, { received: 2, lost: 0, stale: 0 });
+  await until('the early tick delivered', () => sub.stats.received === 1);
+  assert.deepEqual(sub.stats, { received: 1, lost: 0, stale: 0 }, 'the newest held (latest wins)');
   assert.equal(sub.latest.seq, 8n);
   assert.equal(new TextDecoder().decode(sub.latest.payload), 'second');
 });
 
-test('Unrouted holds ticks only while a Subscribe is unanswered, at most UNROUTED_HELD, handed out by channel', () => {
+test('Unrouted holds the newest tick of each channel while a Subscribe is unanswered, at most UNROUTED_IDS', () => {
   const unrouted = new Unrouted();
   assert.equal(unrouted.hold({ channel_id: 1n, seq: 1n }), false, 'no Subscribe unanswered: dropped');
   const answered = unrouted.began();
-  for (let seq = 1n; seq <= BigInt(UNROUTED_HELD) + 2n; seq++) assert.ok(unrouted.hold({ channel_id: 1n, seq }));
-  assert.ok(unrouted.hold({ channel_id: 2n, seq: 9n }));
-  const taken = unrouted.take(1n);
-  assert.equal(taken.length, UNROUTED_HELD - 1, 'the oldest dropped first');
-  assert.equal(taken[0].seq, 4n);
-  assert.deepEqual(unrouted.take(1n), [], 'taken once');
+  assert.ok(unrouted.hold({ channel_id: 0n, seq: 1n }), 'a quiet channel');
+  for (let seq = 1n; seq <= 1000n; seq++) assert.ok(unrouted.hold({ channel_id: 1n, seq }), 'a busy one');
+  assert.equal(unrouted.hold({ channel_id: 1n, seq: 5n }), false, 'older than the one held');
+  for (let id = 2n; id < BigInt(UNROUTED_IDS); id++) assert.ok(unrouted.hold({ channel_id: id, seq: 1n }));
+  assert.equal(unrouted.hold({ channel_id: 9999n, seq: 1n }), false, 'one channel more: dropped');
+  assert.equal(unrouted.take(0n).tick.seq, 1n, 'the quiet one kept');
+  assert.equal(unrouted.take(1n).tick.seq, 1000n);
+  assert.equal(unrouted.take(1n), null, 'taken once');
   answered();
   answered(); // (twice is once)
-  assert.deepEqual(unrouted.take(2n), [], 'none held once no Subscribe is unanswered');
+  assert.equal(unrouted.take(2n), null, 'none held once no Subscribe is unanswered');
   assert.equal(unrouted.hold({ channel_id: 2n, seq: 10n }), false);
 });

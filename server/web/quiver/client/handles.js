@@ -3,7 +3,7 @@
 // them and leave from them.
 
 import { encodeTick } from '../wire/ticks.js';
-import { callBack, expectReply, leftAnyway, untilTaken } from './values.js';
+import { callBack, expectReply, leftAnyway, unixUs, untilTaken } from './values.js';
 
 /** A joined room: its name, members and position; post to it or leave it. Made by `QuiverClient.join`. */
 export class Room {
@@ -126,7 +126,7 @@ export async function subscribeOn(session, entry, subscriptions) {
     const held = session.unrouted.take(channel_id);
     if (subscriptions.get(entry.channel) !== entry) return;
     session.channels.set(channel_id, entry);
-    for (const tick of held) session.hooks.onTick(entry, tick);
+    if (held) session.hooks.onTick(entry, held.tick, unixUs() - held.at); // (its latency from its arrival)
   } finally {
     answered();
   }

@@ -6,19 +6,19 @@ import { PROTOCOL_VERSION } from '../wire/messages.js';
 /** The refusals a rejoin tries again (as the Rust client's `refused_for_now`): the server may take it back later. */
 export const REFUSED_FOR_NOW = [ErrorCode.Unavailable, ErrorCode.RateLimited, ErrorCode.ServerFull, ErrorCode.Internal];
 
-/** Tick datagrams held at most, across channels, while Subscribes are unanswered (the oldest dropped first). */
-export const UNROUTED_HELD = 64;
+/** Channel ids whose tick is held at most while Subscribes are unanswered: a tick for one more is dropped. */
+export const UNROUTED_IDS = 256;
 
 /**
  * Ticks that arrive before their subscription's route (as the Rust client's `Unrouted`): the server starts a
  * subscription's ticks as it answers the Subscribe, and a tick datagram can overtake the answer. Dropped, such a tick
  * was neither delivered nor counted lost: a channel published only when it changes showed no value until the next
- * change. While a Subscribe is unanswered, a tick for a channel id with no route is held, and handed to the route
- * the answer makes before anything after it.
+ * change. While a Subscribe is unanswered, the newest tick of each channel id with no route is held (latest wins, so
+ * a busy channel cannot push a quiet one's out), and handed to the route the answer makes before anything after it.
  */
 export class Unrouted {
   #subscribing = 0;
-  #held = [];
+  #held = new Map(); // channel id -> { tick, at: unixUs() when it arrived }
 
   /** A Subscribe is about to be written; call what is returned once it was answered (its route made) or failed. */
   began() {
@@ -28,23 +28,25 @@ export class Unrouted {
       if (done) return;
       done = true;
       this.#subscribing -= 1;
-      if (this.#subscribing === 0) this.#held = [];
+      if (this.#subscribing === 0) this.#held = new Map();
     };
   }
 
-  /** Holds `tick` while a Subscribe is unanswered; false (dropped) when none is. */
+  /** Holds `tick` while a Subscribe is unanswered, in place of an older one of its channel id; false (dropped) when
+   *  none is, when it is older than the one held, or when UNROUTED_IDS other ids are held. */
   hold(tick) {
     if (this.#subscribing === 0) return false;
-    if (this.#held.length >= UNROUTED_HELD) this.#held.shift();
-    this.#held.push(tick);
+    const held = this.#held.get(tick.channel_id);
+    if (held ? held.tick.seq >= tick.seq : this.#held.size >= UNROUTED_IDS) return false;
+    this.#held.set(tick.channel_id, { tick, at: unixUs() });
     return true;
   }
 
-  /** Takes the ticks held for `channelId`, in the order they arrived. */
+  /** Takes the tick held for `channelId` and when it arrived (`{ tick, at }`), or null. */
   take(channelId) {
-    const taken = this.#held.filter((tick) => tick.channel_id === channelId);
-    if (taken.length) this.#held = this.#held.filter((tick) => tick.channel_id !== channelId);
-    return taken;
+    const held = this.#held.get(channelId) ?? null;
+    this.#held.delete(channelId);
+    return held;
   }
 }
 

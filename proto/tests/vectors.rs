@@ -2,8 +2,9 @@
 //! them in its node tests): every variant of every wire type with edge values, each as
 //! `{ name, kind, hex, value }`.
 //!
-//! - `kind`: `Request`, `ServerMsg`, `RoomFrame` (stream frames), `Tick` (a datagram) or `WsMessage` (a message of
-//!   the WebSocket mapping, `quiver_proto::ws`).
+//! - `kind`: `Request`, `ServerMsg`, `RoomFrame` (stream frames), `Tick` (a datagram), `RoomCopy` (a room copy
+//!   datagram of redundant delivery, `quiver_proto::copies`; its value `{ slot, first, frames }`, each frame's value
+//!   as a `RoomFrame`'s) or `WsMessage` (a message of the WebSocket mapping, `quiver_proto::ws`).
 //! - `hex`: the whole stream frame as [`FrameCodec`] writes it (QUIC varint length ‖ postcard body), or the whole
 //!   tick datagram (header ‖ payload).
 //! - `value`: `serde_json::to_value` of the message (externally tagged enums, `null` for `None`, byte strings as
@@ -137,6 +138,27 @@ impl Vectors {
         self.push("Tick", name, &datagram, stringify_numbers(value));
     }
 
+    /// A room copy datagram of `frames`, at positions from `first` of the room stream with `slot`.
+    fn room_copy(&mut self, name: &str, slot: u64, first: u64, frames: Vec<RoomFrame>) {
+        let wire: Vec<Bytes> = frames
+            .iter()
+            .map(|frame| codec().encode_to_vec(frame).unwrap_or_else(|err| panic!("{name}: {err}")).freeze())
+            .collect();
+        let mut datagram = Vec::new();
+        quiver_proto::copies::encode_room(slot, first, &wire, &mut datagram)
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        let decoded =
+            quiver_proto::copies::Copy::decode(&Bytes::from(datagram.clone()), Limits::default().max_frame as usize)
+                .unwrap_or_else(|err| panic!("{name}: does not decode: {err}"));
+        let quiver_proto::copies::Copy::Room { slot: s, first: f, frames: bodies } = decoded else {
+            panic!("{name}: decodes to a post copy")
+        };
+        assert_eq!((s, f, bodies.len()), (slot, first, frames.len()), "{name}");
+        let values: Vec<Value> = frames.iter().map(|frame| serde_json::to_value(frame).unwrap_or_default()).collect();
+        let value = serde_json::json!({ "slot": slot, "first": first, "frames": values });
+        self.push("RoomCopy", name, &datagram, stringify_numbers(value));
+    }
+
     fn push(&mut self, kind: &'static str, name: &str, wire: &[u8], value: Value) {
         assert!(!self.0.iter().any(|v| v.name == name), "two vectors named {name}");
         self.0.push(Vector { name: name.to_string(), kind, hex: hex(wire), value });
@@ -154,6 +176,7 @@ fn generate() -> String {
     pushes(&mut v);
     room_frames(&mut v);
     ticks(&mut v);
+    cases::room_copies(&mut v);
     websocket(&mut v);
     let file = VectorFile {
         generated_by: "proto/tests/vectors.rs (QUIVER_WRITE_VECTORS=1 cargo test -p quiver-proto --test vectors)",

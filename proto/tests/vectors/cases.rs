@@ -240,6 +240,16 @@ pub(super) fn room_frames(v: &mut Vectors) {
     v.room("member_joined_non_ascii", presence(0, EventKind::MemberJoined { member: NON_ASCII.into() }));
     v.room("member_left", presence(u64::MAX, EventKind::MemberLeft { member: "bob".into() }));
     v.room("member_left_empty", presence(16383, EventKind::MemberLeft { member: String::new() }));
+    v.room("copies", RoomFrame::Copies { slot: 1 });
+    v.room("copies_slot_max", RoomFrame::Copies { slot: u64::MAX });
+}
+
+pub(super) fn room_copies(v: &mut Vectors) {
+    let event = |seq| RoomFrame::Event(message(seq, 1_767_225_600_000_000, "ann", seq, body(b"hi")));
+    v.room_copy("room_copy_one", 1, 2, vec![event(1)]);
+    v.room_copy("room_copy_three", 63, 16_383, vec![event(7), event(8), event(9)]);
+    let max = varint::MAX;
+    v.room_copy("room_copy_max_slot_and_position", max, max, vec![event(u64::MAX)]);
 }
 
 pub(super) fn ticks(v: &mut Vectors) {

@@ -112,7 +112,9 @@ fn server_tls(
 /// suite and server name).
 ///
 /// A ticket resumes for its lifetime (6 hours) and no longer: each carries the second it was issued, inside its
-/// encryption. (rustls rolls its keys only when a ticket is made or read, and checks no ticket's age, so on a
+/// encryption, on the wall clock and on a monotonic one (its age is the larger: the wall clock counts a machine's
+/// sleep, and the monotonic one a wall clock stepped back, which made a ticket's stamp lie ahead of it and its age
+/// 0 until the clock caught up). (rustls rolls its keys only when a ticket is made or read, and checks no ticket's age, so on a
 /// server left idle for days a ticket from before the idle stretch still resumed.) And only under the certificate
 /// it was issued under (the SHA-256 of the leaf, inside its encryption too): a resumed handshake checks no
 /// certificate, so after a reload onto another certificate a client must run the full handshake and check the new
@@ -120,7 +122,10 @@ fn server_tls(
 /// that keeps the certificate keeps resuming.
 pub fn session_tickets(on_resumed: impl Fn() + Send + Sync + 'static) -> Result<SessionTickets, TlsError> {
     let inner = rustls::crypto::ring::Ticketer::new()?;
-    Ok(SessionTickets { inner, on_resumed: Arc::new(on_resumed), clock: Arc::new(unix_seconds) })
+    // (The keys live in this process only, and so do its tickets: seconds since now are a monotonic stamp.)
+    let made = std::time::Instant::now();
+    let clock = Arc::new(move || [unix_seconds(), made.elapsed().as_secs()]);
+    Ok(SessionTickets { inner, on_resumed: Arc::new(on_resumed), clock })
 }
 
 /// A server's session tickets ([`session_tickets`]): their keys and count, shared by every configuration made for the
@@ -129,8 +134,8 @@ pub fn session_tickets(on_resumed: impl Fn() + Send + Sync + 'static) -> Result<
 pub struct SessionTickets {
     inner: Arc<dyn ProducesTickets>,
     on_resumed: Arc<dyn Fn() + Send + Sync>,
-    /// Seconds since the Unix epoch.
-    clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Seconds since the Unix epoch, and since the tickets were made (monotonic).
+    clock: Arc<dyn Fn() -> [u64; 2] + Send + Sync>,
 }
 
 impl std::fmt::Debug for SessionTickets {
@@ -172,8 +177,10 @@ impl ProducesTickets for CountedTickets {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        let mut stamped = Vec::with_capacity(8 + 32 + plain.len());
-        stamped.extend_from_slice(&(self.tickets.clock)().to_be_bytes());
+        let mut stamped = Vec::with_capacity(16 + 32 + plain.len());
+        for seconds in (self.tickets.clock)() {
+            stamped.extend_from_slice(&seconds.to_be_bytes());
+        }
         stamped.extend_from_slice(&self.certificate);
         stamped.extend_from_slice(plain);
         self.tickets.inner.encrypt(&stamped)
@@ -181,9 +188,13 @@ impl ProducesTickets for CountedTickets {
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
         let stamped = self.tickets.inner.decrypt(cipher)?;
-        let (issued, rest) = stamped.split_first_chunk::<8>()?;
+        let (wall, rest) = stamped.split_first_chunk::<8>()?;
+        let (monotonic, rest) = rest.split_first_chunk::<8>()?;
         let (certificate, plain) = rest.split_first_chunk::<32>()?;
-        let age = (self.tickets.clock)().saturating_sub(u64::from_be_bytes(*issued));
+        let [wall_now, monotonic_now] = (self.tickets.clock)();
+        let age = wall_now
+            .saturating_sub(u64::from_be_bytes(*wall))
+            .max(monotonic_now.saturating_sub(u64::from_be_bytes(*monotonic)));
         if age > u64::from(self.lifetime()) || *certificate != self.certificate {
             return None;
         }
@@ -247,7 +258,7 @@ mod tests {
                 on_resumed: Arc::new(move || {
                     counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }),
-                clock: Arc::new(move || clock.load(std::sync::atomic::Ordering::Relaxed)),
+                clock: Arc::new(move || [clock.load(std::sync::atomic::Ordering::Relaxed); 2]),
             },
             certificate: [7; 32],
         };
@@ -261,6 +272,32 @@ mod tests {
         assert_eq!(tickets.decrypt(&ticket), None, "past its lifetime");
         assert_eq!(resumed.load(std::sync::atomic::Ordering::Relaxed), 2);
         assert_eq!(tickets.decrypt(b"not a ticket"), None);
+    }
+
+    /// A ticket's age is the larger of its wall-clock and its monotonic age: the wall clock stepped back (a ticket
+    /// stamped ahead of it) or a machine's sleep (the monotonic clock stopped) do not stretch its lifetime.
+    #[test]
+    fn a_ticket_ages_on_both_clocks() {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        let (wall, monotonic) = (Arc::new(AtomicU64::new(1_000_000)), Arc::new(AtomicU64::new(0)));
+        let (w, m) = (wall.clone(), monotonic.clone());
+        let tickets = CountedTickets {
+            tickets: SessionTickets {
+                inner: rustls::crypto::ring::Ticketer::new().unwrap(),
+                on_resumed: Arc::new(|| {}),
+                clock: Arc::new(move || [w.load(Relaxed), m.load(Relaxed)]),
+            },
+            certificate: [7; 32],
+        };
+        let lifetime = u64::from(tickets.lifetime());
+        let ticket = tickets.encrypt(b"session").unwrap();
+        wall.fetch_sub(10_000, Relaxed); // stepped back
+        monotonic.fetch_add(lifetime + 1, Relaxed);
+        wall.fetch_add(lifetime + 1, Relaxed);
+        assert_eq!(tickets.decrypt(&ticket), None, "past its lifetime on the monotonic clock");
+        let ticket = tickets.encrypt(b"session").unwrap();
+        wall.fetch_add(lifetime + 1, Relaxed); // a sleep: the monotonic clock stood still
+        assert_eq!(tickets.decrypt(&ticket), None, "past its lifetime on the wall clock");
     }
 
     /// A ticket resumes only under the certificate it was issued under: a configuration made for another

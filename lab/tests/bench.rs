@@ -265,7 +265,7 @@ async fn rtt_runs_the_websocket_head_to_head_on_a_clean_link() {
     let _one = ONE_AT_A_TIME.lock().await;
     let h2h =
         RttConfig { compare_websocket: true, duration: Duration::from_millis(1000), chat_rate: 50.0, ..config(None) };
-    let report = run_rtt(h2h, |_| {}).await.unwrap();
+    let mut report = run_rtt(h2h, |_| {}).await.unwrap();
     let names: Vec<&str> = report.series.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
@@ -287,6 +287,10 @@ async fn rtt_runs_the_websocket_head_to_head_on_a_clean_link() {
     let markdown = report.head_to_head_markdown("clean", true);
     assert_eq!(markdown.lines().count(), 4, "{markdown}");
     assert!(markdown.contains("| clean | tick |") && markdown.contains("| clean | chat |"), "{markdown}");
+    // Arrivals left out of the percentiles (stale, superseded) are shown beside the lost.
+    (report.series[0].stale, report.series[0].superseded) = (0, 40);
+    let markdown = report.head_to_head_markdown("clean", false);
+    assert!(markdown.contains("(+10.00 %)"), "{markdown}");
     assert_eq!(report.config["emulator"]["kind"], "none (loopback)");
     // TCP cannot pass the UDP relay: an impaired head-to-head without the netns emulator is refused.
     let lossy = ImpairmentProfile::symmetric(DirectionProfile { loss_pct: 1.0, ..DirectionProfile::default() });

@@ -409,7 +409,7 @@ impl Report {
         if header {
             out += "| link | traffic | Quiver/QUIC p50 / p99 / p99.9 (ms) | Quiver/WebSocket p50 / p99 / p99.9 (ms) \
                     | bare WebSocket p50 / p99 / p99.9 (ms) | ÷ bare WebSocket p50 / p99: QUIC, Quiver/WS \
-                    | lost: QUIC / Quiver/WS / WebSocket |\n";
+                    | lost (+ stale or superseded: arrived, out of the percentiles): QUIC / Quiver/WS / WebSocket |\n";
             out += "|---|---|---|---|---|---|---|\n";
         }
         let find = |name: &str| self.series.iter().find(|s| s.name == name);
@@ -419,8 +419,16 @@ impl Report {
             }
             _ => "–".to_string(),
         };
+        // Stale and superseded arrivals are left out of the percentiles (a series' slowest, often): shown beside
+        // the lost, or the table read as if every other message were in its percentiles.
         let lost = |s: Option<&SeriesResult>| match s {
-            Some(s) if s.sent > 0 => format!("{:.2} %", 100.0 * s.lost as f64 / s.sent as f64),
+            Some(s) if s.sent > 0 => {
+                let pct = |n: u64| 100.0 * n as f64 / s.sent as f64;
+                match s.stale + s.superseded {
+                    0 => format!("{:.2} %", pct(s.lost)),
+                    out => format!("{:.2} % (+{:.2} %)", pct(s.lost), pct(out)),
+                }
+            }
             _ => "–".to_string(),
         };
         for kind in ["tick", "chat"] {

@@ -61,13 +61,13 @@ impl ClusterReport {
             }
         }
         out.push_str(&format!(
-            "goal: cross-node echo p50 {:.2} ms <= one-node p50 + 2 x Redis RTT = {:.2} ms: {}\n",
+            "goal: cross-node echo p50 {:.3} ms <= one-node p50 + 2 x Redis RTT = {:.3} ms: {}\n",
             ms(c.p50_us),
             ms(p50_goal),
             verdict(c.p50_us <= p50_goal)
         ));
         out.push_str(&format!(
-            "goal: cross-node echo p99 {:.2} ms <= 3 x one-node p99 = {:.2} ms: {}\n",
+            "goal: cross-node echo p99 {:.3} ms <= 3 x one-node p99 = {:.3} ms: {}\n",
             ms(c.p99_us),
             ms(p99_goal),
             verdict(c.p99_us <= p99_goal)

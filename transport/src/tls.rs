@@ -114,12 +114,12 @@ fn server_tls(
 /// A ticket resumes for its lifetime (6 hours) and no longer: each carries the second it was issued, inside its
 /// encryption, on the wall clock and on a monotonic one (its age is the larger: the wall clock counts a machine's
 /// sleep, and the monotonic one a wall clock stepped back, which made a ticket's stamp lie ahead of it and its age
-/// 0 until the clock caught up). (rustls rolls its keys only when a ticket is made or read, and checks no ticket's age, so on a
-/// server left idle for days a ticket from before the idle stretch still resumed.) And only under the certificate
-/// it was issued under (the SHA-256 of the leaf, inside its encryption too): a resumed handshake checks no
-/// certificate, so after a reload onto another certificate a client must run the full handshake and check the new
-/// one (a pinned client then learns that its pin no longer matches, instead of resuming on for 6 hours). A reload
-/// that keeps the certificate keeps resuming.
+/// 0 until the clock caught up). (rustls rolls its keys only when a ticket is made or read, and checks no ticket's
+/// age, so on a server left idle for days a ticket from before the idle stretch still resumed.) And only under the
+/// certificate it was issued under (the SHA-256 of the leaf, inside its encryption too): a resumed handshake checks
+/// no certificate, so after a reload onto another certificate a client must run the full handshake and check the
+/// new one (a pinned client then learns that its pin no longer matches, instead of resuming on for 6 hours). A
+/// reload that keeps the certificate keeps resuming.
 pub fn session_tickets(on_resumed: impl Fn() + Send + Sync + 'static) -> Result<SessionTickets, TlsError> {
     let inner = rustls::crypto::ring::Ticketer::new()?;
     // (The keys live in this process only, and so do its tickets: seconds since now are a monotonic stamp.)

@@ -202,31 +202,26 @@ async fn a_room_whose_deletion_is_stored_can_be_evicted_before_the_sweep() {
 /// sweep took a room never joined or posted to for idle since 1970.
 #[tokio::test]
 async fn a_room_read_through_history_stays_loaded_between_pages() {
-    const S: u64 = 1_000_000;
-    let dir = tempfile::tempdir().unwrap();
-    let hub = open(dir.path(), Limits::default(), Budget::default());
-    post(&hub, "r", "bob", 1, 990 * S).await.1.flush(); // its dedupe entry is in the window at 1,000 s
-    drop(hub);
-    let hub = open(dir.path(), Limits::default(), Budget::default());
-    assert_eq!(hub.usage().rooms, 0);
-    hub.history("r", None, 10, usize::MAX, 1_000 * S).await.unwrap();
-    assert_eq!(hub.usage().rooms, 1, "loaded to be read");
-    hub.sweep(1_001 * S).await;
-    assert_eq!(hub.usage().rooms, 1, "read a second ago: not idle");
-    hub.sweep(1_100 * S).await;
-    assert_eq!(hub.usage().rooms, 0, "idle for 100 s: unloaded");
+    read_through_history_after_a_post_at(990).await; // its dedupe entry is in the window at 1,000 s
 }
 
 /// The same for a quiet room, whose dedupe window is empty (its last post older than the window): it left memory at
 /// the next sweep, a second after it was read, and every page read it back from the store.
 #[tokio::test]
 async fn a_quiet_room_read_through_history_stays_loaded_between_pages() {
+    read_through_history_after_a_post_at(0).await; // out of the dedupe window by 1,000 s
+}
+
+/// A room posted to at `posted_s`, read through History at 1,000 s after a restart: loaded, kept a second later,
+/// unloaded once idle for 100 s.
+async fn read_through_history_after_a_post_at(posted_s: u64) {
     const S: u64 = 1_000_000;
     let dir = tempfile::tempdir().unwrap();
     let hub = open(dir.path(), Limits::default(), Budget::default());
-    post(&hub, "r", "bob", 1, 0).await.1.flush(); // out of the dedupe window by 1,000 s
+    post(&hub, "r", "bob", 1, posted_s * S).await.1.flush();
     drop(hub);
     let hub = open(dir.path(), Limits::default(), Budget::default());
+    assert_eq!(hub.usage().rooms, 0);
     hub.history("r", None, 10, usize::MAX, 1_000 * S).await.unwrap();
     assert_eq!(hub.usage().rooms, 1, "loaded to be read");
     hub.sweep(1_001 * S).await;

@@ -356,7 +356,9 @@ export class FakeServer {
         const id = conn.nextChannelId++;
         conn.channels.set(body.channel, id);
         const early = this.ticksBeforeSubscribed?.get(body.channel) ?? [];
-        early.forEach((payload, i) => conn.sendTick({ channel_id: id, seq: 7n + BigInt(i), sent_time_us: nowUs(), payload }));
+        early.forEach((payload, i) => {
+          conn.sendTick({ channel_id: id, seq: 7n + BigInt(i), sent_time_us: nowUs(), payload });
+        });
         const answer = () => ok({ Subscribed: { channel: body.channel, channel_id: id } });
         return early.length ? void setTimeout(answer, 20) : answer();
       }

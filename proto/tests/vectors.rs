@@ -276,6 +276,7 @@ fn every_variant_has_a_vector() {
         // RoomFrame and EventKind
         "Open",
         "Event",
+        "Copies",
         "Message",
         "MemberJoined",
         "MemberLeft",
@@ -283,5 +284,6 @@ fn every_variant_has_a_vector() {
     for tag in expected {
         assert!(tags.iter().any(|t| t == tag), "no vector for {tag}");
     }
+    assert!(vectors.iter().any(|v| v["kind"] == "RoomCopy"), "no room copy vector");
     assert!(vectors.iter().any(|v| v["kind"] == "Tick"), "no tick vector");
 }

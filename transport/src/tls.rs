@@ -152,7 +152,8 @@ fn unix_seconds() -> u64 {
 /// How long a session ticket resumes: 6 hours, rustls' key rotation.
 pub const TICKET_LIFETIME_S: u32 = 6 * 60 * 60;
 
-/// A configuration's tickets: the server's, stamped with the second of issue and the certificate served.
+/// A configuration's tickets: the server's, stamped with the second of issue (on the wall clock and on a monotonic
+/// one) and the certificate served.
 struct CountedTickets {
     tickets: SessionTickets,
     /// The SHA-256 of the leaf certificate this configuration serves.
@@ -290,13 +291,17 @@ mod tests {
             certificate: [7; 32],
         };
         let lifetime = u64::from(tickets.lifetime());
+        let session = Some(&b"session"[..]);
         let ticket = tickets.encrypt(b"session").unwrap();
-        wall.fetch_sub(10_000, Relaxed); // stepped back
-        monotonic.fetch_add(lifetime + 1, Relaxed);
-        wall.fetch_add(lifetime + 1, Relaxed);
+        wall.fetch_sub(10_000, Relaxed); // stepped back: its stamp lies ahead of the wall clock
+        monotonic.fetch_add(lifetime, Relaxed);
+        assert_eq!(tickets.decrypt(&ticket).as_deref(), session, "at the end of its lifetime on both clocks");
+        monotonic.fetch_add(1, Relaxed);
         assert_eq!(tickets.decrypt(&ticket), None, "past its lifetime on the monotonic clock");
         let ticket = tickets.encrypt(b"session").unwrap();
-        wall.fetch_add(lifetime + 1, Relaxed); // a sleep: the monotonic clock stood still
+        wall.fetch_add(lifetime, Relaxed); // a sleep: the monotonic clock stood still
+        assert_eq!(tickets.decrypt(&ticket).as_deref(), session, "at the end of its lifetime on the wall clock");
+        wall.fetch_add(1, Relaxed);
         assert_eq!(tickets.decrypt(&ticket), None, "past its lifetime on the wall clock");
     }
 

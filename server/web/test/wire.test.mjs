@@ -238,6 +238,11 @@ test('random bytes and mutated vectors never throw anything but QuiverDecodeErro
       assert.ok(err instanceof QuiverDecodeError, `${what} as a WebSocket message: ${err}`);
     }
     try {
+      decodeCopy(bytes, 300);
+    } catch (err) {
+      assert.ok(err instanceof QuiverDecodeError, `${what} as a copy datagram: ${err}`);
+    }
+    try {
       new FrameReader(300).push(bytes);
     } catch (err) {
       assert.ok(err instanceof QuiverDecodeError, `${what} as frames: ${err}`);

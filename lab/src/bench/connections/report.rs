@@ -151,9 +151,15 @@ impl ConnectionsReport {
             self.first_failure.as_deref().map(|e| format!("; first: {e}")).unwrap_or_default()
         );
         out += &format!("time to connect all        {:>10.2} s\n", self.connect_s);
+        // Figures beside a goal are rounded so that one near the bound reads as its verdict does: down for "≥" and
+        // "<", up for "≤" (to nearest, 28.004 KB read "28.00 KB ... NOT met", 4.996 % "5.00 % ... met").
+        let (down, up) = (
+            |v: f64, d: i32| (v * 10f64.powi(d)).floor() / 10f64.powi(d),
+            |v: f64, d: i32| (v * 10f64.powi(d)).ceil() / 10f64.powi(d),
+        );
         out += &format!(
             "full handshakes/s          {:>10.1}   goal ≥ {GOAL_HANDSHAKES_PER_S:.0}: {}\n",
-            self.full_handshakes_per_s,
+            down(self.full_handshakes_per_s, 1),
             met(Some(self.full_handshakes_per_s >= GOAL_HANDSHAKES_PER_S))
         );
         out += &format!("server CPU per handshake   {:>10}\n", opt(self.server_cpu_per_handshake_us, " µs"));
@@ -164,14 +170,14 @@ impl ConnectionsReport {
         out += &format!(
             "server memory/connection   {:>10}   goal ≤ 28 KB (moonshot 20 KB): {}  (RSS {} → {} MB)\n",
             // (Digits enough that a verdict at the bound shows why: 28.04 read "28.0 KB ... NOT met".)
-            kb.map_or("n/a".to_string(), |kb| format!("{kb:.2} KB")),
+            kb.map_or("n/a".to_string(), |kb| format!("{:.2} KB", up(kb, 2))),
             met(self.bytes_per_connection.map(|b| b <= GOAL_BYTES_PER_CONNECTION)),
             opt(self.rss_before_bytes.map(|b| b as f64 / 1e6), ""),
             opt(self.rss_after_bytes.map(|b| b as f64 / 1e6), "")
         );
         out += &format!(
             "server idle CPU            {:>10}   goal < {GOAL_IDLE_CPU_PCT:.0} % of a core: {}  (over {:.0} s)\n",
-            self.idle_cpu_pct.map_or("n/a".to_string(), |p| format!("{p:.2} %")),
+            self.idle_cpu_pct.map_or("n/a".to_string(), |p| format!("{:.2} %", down(p, 2))),
             met(self.idle_cpu_pct.map(|p| p < GOAL_IDLE_CPU_PCT)),
             self.idle_s
         );
@@ -210,9 +216,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn goals_are_judged_only_when_every_connection_opened() {
-        let config = ConnectionsConfig {
+    /// A run of 100 connections over one socket.
+    fn hundred() -> ConnectionsConfig {
+        ConnectionsConfig {
             count: 100,
             sockets: 1,
             in_flight: 1,
@@ -220,7 +226,23 @@ mod tests {
             idle: Duration::from_secs(1),
             server_program: "quiver".into(),
             server_args: Vec::new(),
-        };
+        }
+    }
+
+    /// A figure near its goal's bound is printed as its verdict reads (to nearest, 28.004 KB read "28.00 KB ... NOT
+    /// met" and 4.996 % "5.00 % ... met").
+    #[test]
+    fn a_figure_near_its_bound_reads_as_its_verdict() {
+        let mut report = ConnectionsReport::new(measured(&hundred(), 100));
+        (report.bytes_per_connection, report.idle_cpu_pct, report.full_handshakes_per_s) =
+            (Some(28_004.0), Some(4.996), 1_999.96);
+        let table = report.table();
+        assert!(table.contains("28.01 KB") && table.contains("4.99 %") && table.contains("1999.9 "), "{table}");
+    }
+
+    #[test]
+    fn goals_are_judged_only_when_every_connection_opened() {
+        let config = hundred();
         let all = ConnectionsReport::new(measured(&config, 100)).table();
         assert!(all.contains("goal ≤ 28 KB (moonshot 20 KB): met"), "{all}");
         assert!(all.contains("of a core: met"), "{all}");

@@ -28,6 +28,20 @@ fn stall(store: &crate::store::Store) -> std::sync::mpsc::Sender<()> {
     go
 }
 
+/// A hub on `dir` with `limits` and `budget`, room `r` made and stored by Bob's post 1, then its store stalled: the
+/// hub, its store and the sender that lets the store go.
+async fn stalled_after_a_post(
+    dir: &std::path::Path,
+    limits: Limits,
+    budget: Budget,
+) -> (Arc<LocalRooms>, Arc<crate::store::Store>, std::sync::mpsc::Sender<()>) {
+    let hub = Arc::new(open(dir, limits, budget));
+    post(&hub, 1).await.expect("the room made and stored").1.flush();
+    let store = hub.store().unwrap().clone();
+    let go = stall(&store);
+    (hub, store, go)
+}
+
 /// Waits (at most 5 s) until `store`'s backlog is no longer `before` bytes: what was handed to the writer is there.
 async fn backlog_moved(store: &crate::store::Store, before: u64) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -44,10 +58,7 @@ async fn backlog_moved(store: &crate::store::Store, before: u64) {
 async fn at_the_backlog_bound_posts_are_refused_until_the_store_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let budget = Budget { store_backlog_bytes: 1_500, ..Budget::default() };
-    let hub = Arc::new(open(dir.path(), Limits::default(), budget));
-    post(&hub, 1).await.expect("the room made and stored").1.flush();
-    let store = hub.store().unwrap().clone();
-    let go = stall(&store);
+    let (hub, store, go) = stalled_after_a_post(dir.path(), Limits::default(), budget).await;
     let mut waiting = Vec::new();
     let mut id = 1;
     while store.backlog().bytes() < 1_500 && id < 100 {
@@ -99,10 +110,7 @@ async fn at_the_backlog_bound_posts_are_refused_until_the_store_catches_up() {
 async fn a_retry_of_a_post_waiting_past_the_dedupe_count_is_still_known() {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits { dedupe_max_entries: 2, ..Limits::default() };
-    let hub = Arc::new(open(dir.path(), limits, Budget::default()));
-    post(&hub, 1).await.expect("the room made and stored").1.flush();
-    let store = hub.store().unwrap().clone();
-    let go = stall(&store);
+    let (hub, store, go) = stalled_after_a_post(dir.path(), limits, Budget::default()).await;
     let mut waiting = Vec::new();
     for id in 2..=6 {
         let before = store.backlog().bytes();
@@ -133,10 +141,7 @@ async fn a_retry_of_a_post_waiting_past_the_dedupe_count_is_still_known() {
 async fn requests_waiting_for_a_rooms_creation_count_in_the_backlog() {
     let dir = tempfile::tempdir().unwrap();
     let budget = Budget { store_backlog_bytes: 1_500, ..Budget::default() };
-    let hub = Arc::new(open(dir.path(), Limits::default(), budget));
-    post(&hub, 1).await.expect("the store works").1.flush();
-    let store = hub.store().unwrap().clone();
-    let go = stall(&store);
+    let (hub, store, go) = stalled_after_a_post(dir.path(), Limits::default(), budget).await;
     let post_new = |hub: &Arc<LocalRooms>, client_msg_id: u64| {
         let hub = Arc::clone(hub);
         async move {

@@ -6,6 +6,15 @@ use super::*;
 /// Longest drain the server accepts (10 minutes).
 pub const MAX_DRAIN_TIMEOUT_MS: u32 = 600_000;
 
+/// Of two settings that contradict each other, the one moved from its default is named (the second, when both or
+/// neither were).
+fn moved_of(first: &'static str, moved: bool, second: &'static str, second_moved: bool) -> &'static str {
+    match moved && !second_moved {
+        true => first,
+        false => second,
+    }
+}
+
 impl Settings {
     /// Of a check between two settings that failed on `key`, the key to name: the other one when only that one was
     /// moved from its default (the operator's file set it, and the location then points at its line; the message
@@ -15,17 +24,18 @@ impl Settings {
         let d = Settings::default();
         let (t, dt) = (&self.transport, &d.transport);
         match key {
-            "limits.max_connections_per_ip"
-                if self.limits.max_connections_per_ip == d.limits.max_connections_per_ip
-                    && self.budget.max_connections_per_network != d.budget.max_connections_per_network =>
-            {
-                "budget.max_connections_per_network"
-            }
-            "transport.datagram_send_buffer"
-                if t.datagram_send_buffer == dt.datagram_send_buffer && t.mtu_discovery != dt.mtu_discovery =>
-            {
-                "transport.mtu_discovery"
-            }
+            "limits.max_connections_per_ip" => moved_of(
+                "budget.max_connections_per_network",
+                self.budget.max_connections_per_network != d.budget.max_connections_per_network,
+                key,
+                self.limits.max_connections_per_ip != d.limits.max_connections_per_ip,
+            ),
+            "transport.datagram_send_buffer" => moved_of(
+                "transport.mtu_discovery",
+                t.mtu_discovery != dt.mtu_discovery,
+                key,
+                t.datagram_send_buffer != dt.datagram_send_buffer,
+            ),
             _ => key,
         }
     }
@@ -35,14 +45,6 @@ impl Settings {
         self.limits.check().map_err(|err| {
             use quiver_proto::LimitsError as E;
             let (l, d) = (&self.limits, Limits::default());
-            // Of two settings that contradict each other, the one moved from its default is named (the second, when
-            // both or neither were).
-            let pick = |first: &'static str, moved: bool, second: &'static str, second_moved: bool| match moved
-                && !second_moved
-            {
-                true => first,
-                false => second,
-            };
             let key = match &err {
                 // (`max_name` counts too: a room event carries the sender's and the room's names.)
                 E::FrameTooSmall { .. }
@@ -51,9 +53,9 @@ impl Settings {
                     "max_name"
                 }
                 E::FrameTooSmall { .. } => {
-                    pick("max_body", l.max_body != d.max_body, "max_frame", l.max_frame != d.max_frame)
+                    moved_of("max_body", l.max_body != d.max_body, "max_frame", l.max_frame != d.max_frame)
                 }
-                E::QueueTooSmall { .. } => pick(
+                E::QueueTooSmall { .. } => moved_of(
                     "max_frame",
                     l.max_frame != d.max_frame,
                     "room_queue_bytes",
@@ -62,7 +64,7 @@ impl Settings {
                 E::FrameTooLarge { .. } => "max_frame",
                 E::RoomsAboveCeiling { .. } => "max_rooms",
                 E::Zero { name } => name,
-                E::PerIpAboveTotal { .. } => pick(
+                E::PerIpAboveTotal { .. } => moved_of(
                     "max_connections",
                     l.max_connections != d.max_connections,
                     "max_connections_per_ip",

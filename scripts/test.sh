@@ -10,7 +10,8 @@ export QUIVER_SERVER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/quiver-server
 # Runs a step bounded to $1 seconds where nobody is at a terminal to stop it (CI): a test that hangs then fails the
 # run, with what did finish printed (and cargo naming a test "running for over 60 seconds"), instead of holding CI
 # to its own limit. At a terminal the step runs as it is, so that Ctrl-C reaches it (timeout(1) puts it in a process
-# group of its own). (A browser test's Chromium, in a process group of its own too, may outlive a timed-out run.)
+# group of its own). (A browser test's Chromium, in a process group of its own too, is killed by a watchdog shell
+# when the test process goes: tests/browser.rs.)
 bounded() {
     local seconds=$1 status=0
     shift

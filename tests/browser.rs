@@ -40,9 +40,14 @@ fn find_chromium() -> Option<PathBuf> {
 }
 
 /// A page of a headless Chromium, driven over the DevTools protocol. Chromium runs in its own process group,
-/// killed as a whole on drop: its renderer and GPU processes outlive a killed browser process otherwise.
+/// killed as a whole on drop: its renderer and GPU processes outlive a killed browser process otherwise. The
+/// group's leader is a shell that waits for its stdin, a pipe from this process, to close and then kills the
+/// group: so Chromium goes with this test also when the test is killed (the suite's bound in scripts/test.sh) and
+/// nothing is dropped.
 struct Browser {
     process: tokio::process::Child,
+    /// The watchdog shell's stdin: closed (by this process' drop or death), the group is killed.
+    _lifeline: Option<tokio::process::ChildStdin>,
     _profile: tempfile::TempDir,
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
     next_id: u64,
@@ -51,7 +56,12 @@ struct Browser {
 impl Browser {
     async fn open(chromium: &PathBuf, url: &str) -> Browser {
         let profile = tempfile::tempdir().unwrap();
-        let mut process = tokio::process::Command::new(chromium)
+        // `kill -KILL 0`: the shell's own process group, which Chromium's processes share.
+        let watchdog = r#"("$0" "$@" </dev/null; echo "watchdog: Chromium exited with status $?" >&2) &
+            read -r _; kill -KILL 0"#;
+        let mut process = tokio::process::Command::new("sh")
+            .args(["-c", watchdog])
+            .arg(chromium)
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -64,6 +74,7 @@ impl Browser {
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(url)
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -71,12 +82,14 @@ impl Browser {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromium.display()));
         // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID"
+        let lifeline = process.stdin.take();
         let mut lines = BufReader::new(process.stderr.take().unwrap()).lines();
         let port = tokio::time::timeout(WAIT, async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
                     return rest.split('/').next().unwrap().parse::<u16>().unwrap();
                 }
+                assert!(!line.starts_with("watchdog: "), "no DevTools address: {line}");
             }
             panic!("Chromium exited without a DevTools address");
         })
@@ -97,7 +110,7 @@ impl Browser {
         .await
         .expect("the page target appears");
         let (ws, _) = tokio_tungstenite::connect_async(page_ws).await.unwrap();
-        Browser { process, _profile: profile, ws, next_id: 1 }
+        Browser { process, _lifeline: lifeline, _profile: profile, ws, next_id: 1 }
     }
 
     async fn call(&mut self, method: &str, params: Value) -> Value {
@@ -149,7 +162,7 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if let Some(pid) = self.process.id() {
-            // The group's id is the browser's pid (process_group(0)).
+            // The group's id is the watchdog shell's pid (process_group(0)).
             if let Ok(group) = i32::try_from(pid).map(nix::unistd::Pid::from_raw) {
                 let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             }

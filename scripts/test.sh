@@ -28,6 +28,9 @@ bounded() {
 
 # (Builds and all, about 12 minutes here.)
 bounded 2700 cargo test --workspace --locked "$@"
+# The client library as a game links it: the workspace's build unifies features, and other crates turn on its
+# `websocket` feature, so its default build is tested on its own too (its unit tests: about 15 s with the build).
+bounded 600 cargo test -p quiver-client --locked --lib
 
 # The browser client's codec and state machines, against the vectors quiver-proto generates (node's own runner).
 if command -v node >/dev/null 2>&1; then

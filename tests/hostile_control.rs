@@ -261,19 +261,24 @@ async fn a_client_that_stops_reading_its_replies_is_closed_within_the_frame_time
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_make_the_server_buffer_more_than_two_frames_it_has_not_read() {
     bounded(async {
-        let (server, _conn, mut send, _recv) = reading_little(3_000, "hoarder").await;
+        let (server, conn, mut send, _recv) = reading_little(3_000, "hoarder").await;
         // Replies it never reads, until the server waits to write one and stops reading.
         let pings: Vec<u8> = (1..=100).flat_map(|id| frame(id, RequestBody::Ping { client_time_us: 1 })).collect();
         send.write_all(&pings).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        // Then as much as the server's flow control lets it send.
-        let flood = vec![0u8; 4 << 20];
+        // Then as much as the server's flow control lets it send: well-formed requests (a server that went on
+        // reading would take them, not close the connection for a malformed frame).
+        let flood: Vec<u8> =
+            (101..).flat_map(|id| frame(id, RequestBody::Ping { client_time_us: 1 })).take(4 << 20).collect();
         let mut accepted = 0;
         while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), send.write(&flood[accepted..])).await {
             accepted += n;
         }
         let window = quiver_transport::tuning::server_receive_windows(&Limits::default()).0 as usize;
         assert!(accepted <= window + pings.len(), "the client got {accepted} bytes into the server unread");
+        // (Not refused outright: the window was there to fill.)
+        assert!(accepted >= window / 2, "only {accepted} bytes of a {window}-byte window went in");
+        assert!(conn.close_reason().is_none(), "the connection is still open: {:?}", conn.close_reason());
         server.stop().await;
     })
     .await;

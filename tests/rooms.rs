@@ -266,6 +266,8 @@ async fn dropping_every_handle_closes_the_connection() {
     let mut room = ann.join("lobby").await.unwrap();
     let bob = named(&server, "bob").await;
     let bob_room = bob.join("lobby").await.unwrap();
+    let native = || server.stats.connections_native.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(native(), 2);
     drop(bob_room);
     drop(bob);
     let left = tokio::time::timeout(WAIT, async {
@@ -276,8 +278,16 @@ async fn dropping_every_handle_closes_the_connection() {
         }
     })
     .await
-    .expect("bob's connection was not closed when its client was dropped");
+    .expect("bob never left");
     assert_eq!(left, "bob");
+    // (Dropping the room alone sends a Leave: the connection's end is what the server counts.)
+    tokio::time::timeout(WAIT, async {
+        while native() != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("bob's connection was not closed when its client was dropped");
     server.stop().await;
 }
 

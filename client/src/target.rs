@@ -412,4 +412,23 @@ mod tests {
         let every = race_of(|_| Some(Err(mismatch()))).await.unwrap_err();
         assert!(matches!(every, ConnectError::PinMismatch { .. }), "{every:?}");
     }
+
+    /// The client as a game links it (no `websocket` feature; `scripts/test.sh` runs these tests so too): `Auto` is
+    /// QUIC alone, and asking for the WebSocket says what the build lacks.
+    #[cfg(not(feature = "websocket"))]
+    #[tokio::test]
+    async fn without_the_websocket_feature_auto_is_quic_and_the_websocket_is_refused_by_name() {
+        let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
+        let at = |transport| ConnectOptions { trust: crate::TrustOptions::Pin(pin), transport, ..Default::default() };
+        // (Nothing answers on port 1: QUIC's race runs to its deadline.)
+        let targets = Target::resolve_all("127.0.0.1:1", &at(Transport::Auto)).await.unwrap();
+        let timeout = Duration::from_millis(200);
+        let auto = Target::connect(targets.clone(), &at(Transport::Auto), timeout, true).await;
+        assert!(matches!(auto, Err(ConnectError::Timeout(_))), "{:?}", auto.err());
+        let websocket = Target::connect(targets, &at(Transport::WebSocket), timeout, false).await;
+        match websocket {
+            Err(ConnectError::WebSocket(why)) => assert!(why.contains("without its `websocket` feature"), "{why}"),
+            other => panic!("{:?}", other.err()),
+        }
+    }
 }

@@ -224,6 +224,8 @@ fn idle_clients_threads_do_not_poll_and_the_relay_still_stops() {
     }
     assert_eq!(relay.stats().clients, 50);
     let before = switches_of("impair-down-");
+    // (Found by name, or nothing below is counted.)
+    assert_eq!(before.len(), 50, "the clients' threads, by name: {before:?}");
     std::thread::sleep(Duration::from_millis(500));
     let after = switches_of("impair-down-");
     let woke: u64 = after.iter().filter_map(|(tid, n)| Some(n.saturating_sub(*before.get(tid)?))).sum();

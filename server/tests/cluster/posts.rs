@@ -171,6 +171,14 @@ fn pipelined_posts_refused_while_redis_stalls_keep_their_order_once_retried() {
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs in the order the posts were made: {seqs:?}");
         let bodies: Vec<String> = history(&client, "stalled").await.into_iter().map(|(_, body)| body).collect();
         assert_eq!(bodies, (0..600).map(|k| k.to_string()).collect::<Vec<_>>(), "history: each post once, in order");
+        // (Refused and retried: else the stalls tested nothing but the order of posts Redis took as they came.)
+        let metrics = admin_get(nodes[0].admin, "/metrics");
+        let refused: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("quiver_refusals_total{code=\"Unavailable\"} "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(refused >= 1, "no post was refused while Redis stalled");
         client.close().await;
     });
 }

@@ -98,7 +98,9 @@ async fn room_streams_nobody_reads_are_bounded_together() {
     }
     let quiet = async {
         loop {
-            let Some(Ok(Message::Binary(bytes))) = server.next().await else { continue };
+            let Ok(Message::Binary(bytes)) = server.next().await.expect("the client closed the connection") else {
+                continue;
+            };
             if let Ok(WsMessage::Stop { id, .. }) = WsMessage::decode(Bytes::from(bytes)) {
                 return id;
             }
@@ -107,6 +109,27 @@ async fn room_streams_nobody_reads_are_bounded_together() {
     if let Ok(id) = tokio::time::timeout(Duration::from_millis(300), quiet).await {
         assert_ne!(id, next, "1 MiB freed, 1 MiB more fits");
     }
+    // And the new stream's bytes are all there to read (the full streams before it handed out first, dropped).
+    let received = within(async {
+        loop {
+            let mut recv = client.accept_uni().await.expect("the new stream is handed out");
+            // (The stream stopped at the bound reads as reset.)
+            let Ok(Some(chunk)) = recv.read_chunk().await else { continue };
+            if chunk.first() != Some(&8) {
+                continue;
+            }
+            let mut received = chunk.len();
+            while let Some(chunk) = recv.read_chunk().await.expect("readable to the end of what came") {
+                received += chunk.len();
+                if received >= INBOUND_STREAM_BYTES {
+                    return received;
+                }
+            }
+            return received;
+        }
+    })
+    .await;
+    assert_eq!(received, INBOUND_STREAM_BYTES / MAX_CHUNK * MAX_CHUNK, "stream {next}'s bytes, all of them");
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ pub use flapping::welcomes_then_closes;
 pub use hostile::{garbage_after_welcome, unfinished_frames};
 pub use leave::refuses_each_first_release;
 pub use stopped::stops_reading_after_welcome;
-use wire::joined_empty;
+use wire::{joined_empty, violation};
 pub use wire::{next_request, welcome};
 
 /// A server that answers each connection's Hello with a Welcome, then finishes the control stream and leaves the
@@ -42,9 +42,12 @@ async fn after_welcome(
             let codec = FrameCodec::new(Limits::default().max_frame as usize);
             let mut inbound = bytes::BytesMut::new();
             let req_id = loop {
-                match codec.decode::<Request>(&mut inbound).unwrap() {
+                match codec
+                    .decode::<Request>(&mut inbound)
+                    .unwrap_or_else(|err| violation(format!("a malformed request: {err}")))
+                {
                     Some(Request { req_id, body: RequestBody::Hello(_) }) => break req_id,
-                    Some(other) => panic!("expected a Hello first: {other:?}"),
+                    Some(other) => violation(format!("expected a Hello first: {other:?}")),
                     None => match recv.read_chunk(usize::MAX, true).await {
                         Ok(Some(chunk)) => inbound.extend_from_slice(&chunk.bytes),
                         _ => return,
@@ -147,7 +150,7 @@ pub async fn late_first_stream(endpoint: quinn::Endpoint) {
                 }
                 continue;
             }
-            other => panic!("unexpected request {other:?}"),
+            other => violation(format!("unexpected request {other:?}")),
         };
         let reply = ServerMsg::Reply { req_id, result: Ok(reply) };
         send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
@@ -165,7 +168,10 @@ pub async fn mute_after_welcome(endpoint: quinn::Endpoint, welcomed: tokio::sync
     let codec = FrameCodec::new(Limits::default().max_frame as usize);
     let (mut inbound, mut welcomed) = (bytes::BytesMut::new(), Some(welcomed));
     loop {
-        match codec.decode::<Request>(&mut inbound).unwrap() {
+        match codec
+            .decode::<Request>(&mut inbound)
+            .unwrap_or_else(|err| violation(format!("a malformed request: {err}")))
+        {
             Some(Request { req_id, body: RequestBody::Hello(_) }) => {
                 let limits = Limits::default();
                 let welcome = Welcome {
@@ -272,7 +278,7 @@ async fn broken_room_stream_connection(
                 }
                 Reply::Joined(joined)
             }
-            other => panic!("unexpected request {other:?}"),
+            other => violation(format!("unexpected request {other:?}")),
         };
         let reply = ServerMsg::Reply { req_id, result: Ok(reply) };
         send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.unwrap();
@@ -325,7 +331,7 @@ pub async fn kicked_with_its_join(endpoint: quinn::Endpoint, joins: tokio::sync:
                 }
                 continue;
             }
-            other => panic!("unexpected request {other:?}"),
+            other => violation(format!("unexpected request {other:?}")),
         };
         send.write_all(&encode(&ServerMsg::Reply { req_id, result: Ok(reply) })).await.unwrap();
     }
@@ -400,7 +406,7 @@ pub async fn drops_each_first_request(
                     RequestBody::History { room, .. } => {
                         Reply::History(HistoryPage { room, epoch: 1, messages: vec![message.clone()], more: false })
                     }
-                    other => panic!("unexpected request {other:?}"),
+                    other => violation(format!("unexpected request {other:?}")),
                 };
                 let reply = ServerMsg::Reply { req_id, result: Ok(reply) };
                 if send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.is_err() {
@@ -453,7 +459,7 @@ pub async fn closes_at_a_clock_ping(endpoint: quinn::Endpoint) {
                     }
                     RequestBody::Ping { .. } if number == 1 => return conn.close(0u32.into(), b"crashed at a ping"),
                     RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
-                    other => panic!("unexpected request {other:?}"),
+                    other => violation(format!("unexpected request {other:?}")),
                 };
                 let reply = ServerMsg::Reply { req_id, result: Ok(reply) };
                 if send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.is_err() {

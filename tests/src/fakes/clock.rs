@@ -39,7 +39,7 @@ pub async fn slow_clock_pongs(
                 answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Reply::Pong { client_time_us, server_time_us }
             }
-            other => panic!("unexpected request {other:?}"),
+            other => super::violation(format!("unexpected request {other:?}")),
         };
         let reply = ServerMsg::Reply { req_id, result: Ok(reply) };
         if send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.is_err() {

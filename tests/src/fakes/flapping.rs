@@ -21,7 +21,7 @@ pub async fn welcomes_then_closes(endpoint: quinn::Endpoint, after: Duration) {
                         RequestBody::Ping { client_time_us } => {
                             Reply::Pong { client_time_us, server_time_us: client_time_us }
                         }
-                        other => panic!("unexpected request {other:?}"),
+                        other => super::violation(format!("unexpected request {other:?}")),
                     };
                     let reply = ServerMsg::Reply { req_id: request.req_id, result: Ok(reply) };
                     if send.write_all(&codec.encode_to_vec(&reply).unwrap()).await.is_err() {

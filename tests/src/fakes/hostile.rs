@@ -26,7 +26,7 @@ pub async fn unfinished_frames(endpoint: quinn::Endpoint, streams: usize, per_st
                 limits: limits.clone(),
             }),
             RequestBody::Ping { client_time_us } => Reply::Pong { client_time_us, server_time_us: 0 },
-            other => panic!("unexpected request {other:?}"),
+            other => super::violation(format!("unexpected request {other:?}")),
         };
         let hello = matches!(reply, Reply::Welcome(_));
         let msg = ServerMsg::Reply { req_id: request.req_id, result: Ok(reply) };

@@ -51,7 +51,7 @@ fn reply(codec: &quiver_proto::FrameCodec, request: quiver_proto::Request, seq: 
             *seq += 1;
             Reply::Posted { room: post.room, seq: *seq, duplicate: false }
         }
-        other => panic!("unexpected request {other:?}"),
+        other => super::violation(format!("unexpected request {other:?}")),
     };
     codec.encode_to_vec(&ServerMsg::Reply { req_id: request.req_id, result: Ok(reply) }).unwrap()
 }

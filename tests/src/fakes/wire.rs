@@ -10,7 +10,8 @@ pub async fn next_request(
     recv: &mut quinn::RecvStream,
 ) -> Option<quiver_proto::Request> {
     loop {
-        if let Some(request) = codec.decode::<quiver_proto::Request>(inbound).unwrap() {
+        let decoded = codec.decode::<quiver_proto::Request>(inbound);
+        if let Some(request) = decoded.unwrap_or_else(|err| violation(format!("a malformed request: {err}"))) {
             return Some(request);
         }
         match recv.read_chunk(usize::MAX, true).await {
@@ -18,6 +19,14 @@ pub async fn next_request(
             _ => return None,
         }
     }
+}
+
+/// A client that broke what a fake expects of it (a request it did not expect, a malformed frame). The fakes run
+/// in tasks nobody joins, where a panic only dropped the fake's connection, which the client's tests take for the
+/// faults they inject: so the test process ends instead, loudly, and the suite fails.
+pub(super) fn violation(what: impl std::fmt::Display) -> ! {
+    eprintln!("!!!! a fake server found the client breaking the protocol: {what}");
+    std::process::abort()
 }
 
 /// The reply to Join `req_id` of an empty room (epoch 1, no message yet) where `ann` is.

@@ -127,6 +127,7 @@ export class QuiverClient {
       const noted = (reqId) => entry.state.joining(session, reqId);
       const join = { Join: { room, since: entry.state.position(), redundant } };
       entry.state.replied(expectReply(await session.request(join, noted), 'Joined'));
+      if (this.#rooms.get(room) !== entry) throw QuiverError.closed({ code: ErrorCode.NoError, reason: 'left' });
     }, () => this.#rooms.get(room) !== entry);
     entry.joining = joining.catch(() => {});
     try {
@@ -148,11 +149,13 @@ export class QuiverClient {
     const entry = this.#rooms.get(name);
     if (typeof room !== 'string' && entry?.handle !== room) return; // not a newer join of the name
     this.#rooms.delete(name);
-    // No session now: no server holds the room (a Join of it written went with its session, and no reconnect takes
-    // it back; a join still waiting for a session, or to be sent again, gives up once it has one).
+    // No session now: no server holds the room (a Join written went with its session; a join waiting for a session
+    // gives up once it has one). A name never held is NotJoined at once, as from a server (not Internal, later).
     if (entry && !this.#isLive()) return;
+    const unheld = !this.#isLive() && this.status !== 'closed' && !this.#releases.has(`room ${name}`);
+    if (unheld) throw new QuiverError(ErrorCode.NotJoined, `not in room ${name} (the client holds no such room)`);
     const [body, prepare] = [{ Leave: { room: name } }, (session) => session.copyRooms.delete(name)];
-    await this.#releases.release(`room ${name}`, this.#live(), { body, name: 'Left', entry, prepare });
+    await this.#releases.release(`room ${name}`, () => this.#live(), { body, name: 'Left', entry, prepare });
   }
 
   /**
@@ -205,7 +208,8 @@ export class QuiverClient {
     if (entry && !this.#isLive()) return; // as in `leave`
     const body = { Unsubscribe: { channel } };
     const prepare = ({ channels }) => [...channels].forEach(([id, sub]) => sub === entry && channels.delete(id));
-    await this.#releases.release(`channel ${channel}`, this.#live(), { body, name: 'Unsubscribed', entry, prepare });
+    const release = { body, name: 'Unsubscribed', entry, prepare };
+    await this.#releases.release(`channel ${channel}`, () => this.#live(), release);
   }
 
   /**

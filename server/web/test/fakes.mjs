@@ -218,6 +218,7 @@ export class FakeServer {
     this.dropOnPing = false; // lose the connection on its first Ping
     this.ignorePings = false; // answer no Ping (the connection stays up)
     this.dropOnFirst = new Set(); // request kinds ('Join', 'Subscribe', ...): the first of each loses its connection
+    this.heldReplies = new Map(); // request kind ('Join', ...) -> an array its replies wait in (call each to send)
     // Request kinds whose first is refused Unavailable ("retry once reconnected") by a server that then closes the
     // connection 20 ms later, as one shutting down (or whose token expired) does.
     this.drainOnFirst = new Set();
@@ -259,10 +260,11 @@ export class FakeServer {
 
   handle(conn, req) {
     this.requests.push({ conn, req });
-    const reply = (result) => conn.send({ Reply: { req_id: req.req_id, result } });
+    const [tag, body] = Object.entries(req.body)[0];
+    const send = (result) => conn.send({ Reply: { req_id: req.req_id, result } });
+    const reply = (result) => this.heldReplies.get(tag)?.push(() => send(result)) ?? send(result);
     const ok = (value) => reply({ Ok: value });
     const fail = (code, message) => reply({ Err: { code, message } });
-    const [tag, body] = Object.entries(req.body)[0];
     if (this.dropOnFirst.delete(tag)) return conn.kill('lost under a request');
     if (this.drainOnFirst.delete(tag)) {
       setTimeout(() => conn.close({ closeCode: ErrorCode.TokenExpired, reason: 'the access token expired' }), 20);

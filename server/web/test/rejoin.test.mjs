@@ -269,3 +269,43 @@ test('a leave refused for its rate goes again, and a join of the room waits for 
   const room = server.rooms.get('lobby');
   assert.equal(room.members.size, 1, 'one membership: the join after the leave');
 });
+
+test('a leave of a name never held, while reconnecting, rejects NotJoined at once', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  server.down = true;
+  server.dropAll();
+  await until('reconnecting', () => ann.status === 'reconnecting');
+  const started = Date.now();
+  await assert.rejects(ann.leave('never'), (err) => err.code === ErrorCode.NotJoined && !err.closed);
+  assert.ok(Date.now() - started < 1000, 'not a wait for the next session');
+});
+
+test('a leave sharing one under way when the client closes leaves no unhandled rejection behind', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  server.heldReplies.set('Leave', []); // never answered
+  const first = ann.leave('x');
+  await until('the Leave was sent', () => server.requestsOf('Leave').length === 1);
+  const unhandled = [];
+  const note = (err) => unhandled.push(err);
+  process.on('unhandledRejection', note);
+  t.after(() => process.off('unhandledRejection', note));
+  ann.close();
+  const second = ann.leave('x'); // shares the first's outcome
+  await Promise.allSettled([first, second]);
+  await sleep(50);
+  assert.deepEqual(unhandled, []);
+});
+
+test('a join whose room is left before its answer rejects as closed: no Room of a left room', async (t) => {
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  server.heldReplies.set('Join', []);
+  const joined = ann.join('r', { onEvent: () => {} });
+  await until('the Join was sent', () => server.requestsOf('Join').length === 1);
+  await ann.leave('r');
+  server.heldReplies.get('Join').forEach((send) => send());
+  await assert.rejects(joined, (err) => err.closed && err.code === ErrorCode.NoError);
+  assert.deepEqual(server.requestsOf('Leave').length, 1);
+});

@@ -147,17 +147,18 @@ export class Releases {
   #pending = new Map(); // key -> the promise of its release
 
   /**
-   * Sends `body` on the session `session` (a promise) resolves to, `prepare(session)` first, and waits for its reply
-   * `name` (`leftAnyway`; `entry`: the client held it). Listed at once: a join or subscribe made right after waits.
-   * (No step more than before between the session and the write: a join of another room made right after, at
-   * `max_rooms`, is written after it.)
+   * Sends `body` on the session `session()` (a function returning a promise) resolves to, `prepare(session)` first,
+   * and waits for its reply `name` (`leftAnyway`; `entry`: the client held it). Listed at once: a join or subscribe
+   * made right after waits. (No step more than before between the session and the write: a join of another room made
+   * right after, at `max_rooms`, is written after it.) `session` is called only when this release goes: a promise
+   * made for a release that joined another one's would reject (the client closed) with nobody to handle it.
    */
   release(key, session, { body, name, entry, prepare }) {
     // One at a time per key: a second release of a name no longer held (a leave by name while one is sent again)
     // shares the first's outcome, and sends nothing after it that a join waiting for the first would not wait for.
     if (this.#pending.has(key)) return this.#pending.get(key);
     const releasing = (async () => {
-      const live = await session;
+      const live = await session();
       prepare(live);
       return leftAnyway(untilTaken(live, body), name, entry, live);
     })().finally(() => {

@@ -55,3 +55,14 @@ test('a connect timeout of Infinity (never give up) connects, and one that is no
     (err) => err instanceof TypeError && /connectTimeoutMs/.test(err.message),
   );
 });
+
+test('a Welcome in another protocol version: the client closes with ProtocolViolation, not NoError', async () => {
+  const server = new FakeServer();
+  server.welcomeVersion = 99;
+  await assert.rejects(
+    QuiverClient.connect(URL_, { transport: 'webtransport', webTransport: server.transport, reconnect: false }),
+    (err) => err instanceof QuiverError && err.code === ErrorCode.ProtocolViolation,
+  );
+  await until('closed', () => server.connections[0]?.closedBy);
+  assert.equal(server.connections[0].closedBy.closeCode, ErrorCode.ProtocolViolation);
+});

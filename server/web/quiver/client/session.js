@@ -159,10 +159,10 @@ export class Session {
       return await Promise.race([handshake(), timeout]);
     } catch (caught) {
       const err = withCloseCode(caught);
-      const code = err instanceof QuiverDecodeError ? err.code : ErrorCode.NoError;
+      const broke = err instanceof QuiverDecodeError || (err.code === ErrorCode.ProtocolViolation && !err.closed);
+      const code = broke ? err.code : ErrorCode.NoError; // (a server that broke the protocol is told so)
       const reason = err.refused ? 'refused' : String(err.message ?? err).slice(0, 100);
-      // A connection still being opened is closed by the dial (and a fallback it started is not remembered); one
-      // that is open is closed here.
+      // A connection still being opened is closed by the dial (a fallback it started forgotten); an open one here.
       giveUp.abort(err);
       dialing.then(({ wt }) => {
         try {

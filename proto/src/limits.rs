@@ -100,6 +100,11 @@ impl Limits {
     /// few bytes each.
     pub const MAX_ROOMS_CEILING: u32 = 4096;
 
+    /// Largest `max_name` a server may be configured with: 65,535 bytes. A room's name is a key of the server's
+    /// embedded store, whose keys are at most that long (a longer one made the store panic at every Join, Post and
+    /// History of such a room, each answered `Internal`).
+    pub const MAX_NAME_CEILING: u32 = 65_535;
+
     /// The rooms per connection a client allows from a Welcome: the server's `max_rooms`, at most
     /// [`Limits::MAX_ROOMS_CEILING`].
     pub fn client_max_rooms(&self) -> u32 {
@@ -134,6 +139,9 @@ impl Limits {
         }
         if self.max_rooms > Self::MAX_ROOMS_CEILING {
             return Err(LimitsError::RoomsAboveCeiling { max_rooms: self.max_rooms, ceiling: Self::MAX_ROOMS_CEILING });
+        }
+        if self.max_name > Self::MAX_NAME_CEILING {
+            return Err(LimitsError::NameAboveCeiling { max_name: self.max_name, ceiling: Self::MAX_NAME_CEILING });
         }
         if self.max_frame < Self::MIN_FRAME {
             return Err(LimitsError::FrameBelowFloor { max_frame: self.max_frame, floor: Self::MIN_FRAME });
@@ -216,6 +224,14 @@ pub enum LimitsError {
         /// `max_rooms`.
         max_rooms: u32,
         /// [`Limits::MAX_ROOMS_CEILING`].
+        ceiling: u32,
+    },
+    /// `max_name` above what the server's store keeps ([`Limits::MAX_NAME_CEILING`]).
+    #[error("max_name {max_name} is above the ceiling of {ceiling} bytes (a room's name is a key of the store)")]
+    NameAboveCeiling {
+        /// `max_name`.
+        max_name: u32,
+        /// [`Limits::MAX_NAME_CEILING`].
         ceiling: u32,
     },
     /// A room stream's queue could not hold one frame.
@@ -312,6 +328,11 @@ mod tests {
         assert!(tight.max_body + tight.event_overhead() <= tight.max_frame);
         let err = tight.check().unwrap_err().to_string();
         assert!(err.contains(&format!("too small for max_body {}", fits + 1)), "{err}");
+        // Names are store keys: at most 65,535 bytes, however large the frames.
+        let big = Limits { max_frame: 1 << 20, room_queue_bytes: 1 << 20, ..Limits::default() };
+        Limits { max_name: Limits::MAX_NAME_CEILING, ..big.clone() }.check().unwrap();
+        let err = Limits { max_name: 100_000, ..big }.check().unwrap_err().to_string();
+        assert!(err.contains("max_name 100000 is above the ceiling of 65535 bytes"), "{err}");
         // Long names leave less of the frame to the page.
         let named = Limits { max_name: 4096, max_body: fits, ..Limits::default() };
         assert!(named.check().unwrap_err().to_string().contains("too small"));

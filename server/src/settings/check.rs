@@ -63,6 +63,7 @@ impl Settings {
                 ),
                 E::FrameTooLarge { .. } => "max_frame",
                 E::RoomsAboveCeiling { .. } => "max_rooms",
+                E::NameAboveCeiling { .. } => "max_name",
                 E::Zero { name } => name,
                 E::PerIpAboveTotal { .. } => moved_of(
                     "max_connections",

@@ -238,6 +238,8 @@ fn values_that_would_lock_every_client_out_are_refused() {
         ("[web]\norigins = [\"https://bücher.example\"]\n", "web.origins"),
         // A post of max_body could be stored but never paged through History.
         ("[limits]\nmax_body = 65200\n", "limits.max_body"),
+        // A room name longer than a store key: every request of such a room failed inside the store.
+        ("[limits]\nmax_frame = 1048576\nroom_queue_bytes = 1048576\nmax_name = 70000\n", "limits.max_name"),
         // Names the admin listener could never match (Prometheus' target form, a URL).
         ("[admin]\nhosts = [\"quiver:9433\"]\n", "admin.hosts"),
         ("[admin]\nhosts = [\"http://quiver\"]\n", "admin.hosts"),

@@ -327,3 +327,26 @@ async fn a_sweep_plan_read_while_posts_are_stored_still_cuts() {
     let stored = store.load_room("r", 0, 0, 0).unwrap().unwrap();
     assert_eq!((stored.first_seq, stored.extent.messages), (11, 3), "the aged ten cut, the three since kept");
 }
+
+/// Two rooms with aged history that one sweep's walk loads at `max_rooms`: each is trimmed as it is loaded. Loaded
+/// for retention a room is not touched (idle since 1970), and the second load evicted the first, untrimmed, every
+/// round, though an idle room of users' stood beside it; now the first's deletion in flight keeps it in memory.
+#[tokio::test]
+async fn aged_rooms_loaded_at_max_rooms_are_each_trimmed() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_age_s: 100, ..Limits::default() };
+    let budget = Budget { max_rooms: 2, ..Budget::default() };
+    let hub = open(dir.path(), limits.clone(), budget.clone());
+    for room in ["a", "b"] {
+        let _ = post(&hub, room, "bob", 1, 10 * S).await;
+    }
+    drop(hub);
+    let hub = open(dir.path(), limits, budget);
+    let _ = post(&hub, "c", "bob", 1, 150 * S).await; // a room in memory, idle and younger
+    hub.sweep(200 * S).await;
+    let store = hub.store().unwrap().clone();
+    written(&store).await;
+    let stored = |name: &str| store.load_room(name, 0, 0, 0).unwrap().unwrap().extent.messages;
+    assert_eq!((stored("a"), stored("b"), stored("c")), (0, 0, 1), "both aged rooms trimmed in one sweep");
+}

@@ -463,18 +463,7 @@ impl RoomHub for LocalRooms {
         let names: Vec<String> = lock(&self.rooms).keys().cloned().collect();
         let mut emptied = Vec::new();
         for name in names {
-            // A retention cut's plan reads the store: off the room's lock, on the blocking pool (under it, a slow
-            // disk held every post and join of the room, and with two of them both runtime threads).
-            if let Some(Some(input)) = self.with_loaded(&name, |r| r.trim_input(now_us)) {
-                if let Ok(Some(plan)) = tokio::task::spawn_blocking(move || input.plan()).await {
-                    self.with_loaded(&name, |r| r.planned(plan));
-                }
-            }
-            let trimmed = self.with_loaded(&name, |r| {
-                r.trim_with(now_us, false);
-                r.is_idle_and_empty(now_us)
-            });
-            if trimmed == Some(true) {
+            if self.trim_room(&name, now_us).await == Some(true) {
                 emptied.push(name);
             }
         }

@@ -68,8 +68,28 @@ impl LocalRooms {
                 // Every room in memory has members: this one waits for the walk's next round.
                 Err(err) if err.code == ErrorCode::ServerFull => tracing::debug!(room = %name, %err, "retention"),
                 Err(err) => tracing::warn!(room = %name, %err, "retention: cannot load a room with aged history"),
-                Ok(_) => {}
+                // Trimmed at once: its deletion in flight keeps it from being evicted by the next one's load
+                // (untouched, it was the idlest room in memory: at `max_rooms` the second load evicted the first,
+                // untrimmed, every round).
+                Ok(_) => {
+                    self.trim_room(name, now_us).await;
+                }
             }
         }
+    }
+
+    /// One room's retention step in a sweep: its cut planned (reading the store, off the room's lock, on the
+    /// blocking pool: under it a slow disk held every post and join of the room, and with two of them both runtime
+    /// threads), then made. Whether it is idle and empty after (`None`: not in memory).
+    pub(super) async fn trim_room(&self, name: &str, now_us: u64) -> Option<bool> {
+        if let Some(Some(input)) = self.with_loaded(name, |r| r.trim_input(now_us)) {
+            if let Ok(Some(plan)) = tokio::task::spawn_blocking(move || input.plan()).await {
+                self.with_loaded(name, |r| r.planned(plan));
+            }
+        }
+        self.with_loaded(name, |r| {
+            r.trim_with(now_us, false);
+            r.is_idle_and_empty(now_us)
+        })
     }
 }

@@ -208,7 +208,9 @@ pub fn names_a_setting(var: &str) -> bool {
 }
 
 /// The setting an environment variable names: `None` when it names no section or top-level key (other programs'
-/// `QUIVER_…` variables), an error when it names a section but no key of it.
+/// `QUIVER_…` variables), an error when it names a section but no key of it, a section alone (`QUIVER_STORE`, after
+/// the flag `--store`), or a key but for its underscores or its end (`QUIVER_DATADIR`, `QUIVER_DRAIN_TIMEOUT`):
+/// such a typo, silently passed over, started the server on its defaults (a data directory of `.quiver`).
 fn env_key(var: &str, keys: &[String]) -> Option<Result<String, SettingsError>> {
     let rest = var.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
     if keys.iter().any(|k| *k == rest && !k.contains('.')) {
@@ -216,15 +218,39 @@ fn env_key(var: &str, keys: &[String]) -> Option<Result<String, SettingsError>> 
     }
     let mut sections: Vec<&str> = keys.iter().filter_map(|k| k.split_once('.').map(|(s, _)| s)).collect();
     sections.dedup();
-    let section = sections.into_iter().find(|s| rest.starts_with(&format!("{s}_")))?;
+    let refused = |message: String| Some(Err(SettingsError::Override { origin: var.into(), message }));
+    let meant = suggestion(&rest, keys);
+    if sections.contains(&rest.as_str()) {
+        let in_it: Vec<String> =
+            keys.iter().filter(|k| k.starts_with(&format!("{rest}."))).map(|k| env_name(k)).collect();
+        return refused(format!("names the section [{rest}], not a setting: its settings are {}", in_it.join(", ")));
+    }
+    let Some(section) = sections.into_iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
+        return meant.and_then(|key| refused(format!("there is no such setting; did you mean {}?", env_name(&key))));
+    };
     let key = format!("{section}.{}", &rest[section.len() + 1..]);
-    Some(match keys.contains(&key) {
-        true => Ok(key),
-        false => Err(SettingsError::Override {
-            origin: var.into(),
-            message: format!("there is no setting {key} (quiver-server config init lists them all)"),
-        }),
-    })
+    match keys.contains(&key) {
+        true => Some(Ok(key)),
+        false => {
+            let hint = meant.map(|k| format!("; did you mean {}?", env_name(&k))).unwrap_or_default();
+            refused(format!("there is no setting {key} (quiver-server config init lists them all){hint}"))
+        }
+    }
+}
+
+/// The environment variable of setting `key`.
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// The setting `rest` (a variable's name past `QUIVER_`, in lower case) most likely meant: one that reads the same
+/// without its underscores and dots, or that begins so (a unit left off: `drain_timeout` for `drain_timeout_ms`).
+fn suggestion(rest: &str, keys: &[String]) -> Option<String> {
+    let squash = |s: &str| s.chars().filter(|c| *c != '_' && *c != '.').collect::<String>();
+    let given = squash(rest);
+    let same = keys.iter().find(|k| squash(k) == given);
+    let longer = || keys.iter().find(|k| k.replace('.', "_").starts_with(&format!("{rest}_")));
+    same.or_else(longer).cloned()
 }
 
 /// Sets `key` in `table` (creating its section).

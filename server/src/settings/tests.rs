@@ -110,6 +110,21 @@ fn environment_overrides_the_file_and_flags_override_both() {
 fn bad_overrides_name_their_variable_or_flag() {
     let err = load_text("", &[("QUIVER_LIMITS_POSTS_PER_SEC", "5")], vec![]).unwrap_err().to_string();
     assert!(err.starts_with("QUIVER_LIMITS_POSTS_PER_SEC: there is no setting limits.posts_per_sec"), "{err}");
+    // A section alone (named after a flag), or a key but for its underscores or its unit: refused, with the name
+    // meant (passed over, they started the server on its defaults).
+    let err = load_text("", &[("QUIVER_STORE", "memory")], vec![]).unwrap_err().to_string();
+    assert!(err.starts_with("QUIVER_STORE: names the section [store], not a setting"), "{err}");
+    assert!(err.ends_with("QUIVER_STORE_DURABILITY, QUIVER_STORE_KIND"), "{err}");
+    let err = load_text("", &[("QUIVER_DATADIR", "/srv")], vec![]).unwrap_err().to_string();
+    assert!(err.starts_with("QUIVER_DATADIR: there is no such setting; did you mean QUIVER_DATA_DIR?"), "{err}");
+    let err = load_text("", &[("QUIVER_DRAIN_TIMEOUT", "5")], vec![]).unwrap_err().to_string();
+    assert!(err.contains("did you mean QUIVER_DRAIN_TIMEOUT_MS?"), "{err}");
+    let err = load_text("", &[("QUIVER_BROKER_HEARTBEAT", "5")], vec![]).unwrap_err().to_string();
+    assert!(err.contains("no setting broker.heartbeat (") && err.contains("mean QUIVER_BROKER_HEARTBEAT_MS?"), "{err}");
+    // Other programs' variables are theirs.
+    for var in ["QUIVER_TOKEN", "QUIVER_KEY", "QUIVER_SERVER_BIN", "QUIVER_REQUIRE_ALL", "QUIVER_NODE_LOG"] {
+        load_text("", &[(var, "x")], vec![]).unwrap_or_else(|err| panic!("{var}: {err}"));
+    }
     let err = load_text("", &[("QUIVER_LIMITS_POSTS_PER_S", "lots")], vec![]).unwrap_err().to_string();
     assert!(err.starts_with("QUIVER_LIMITS_POSTS_PER_S: limits.posts_per_s"), "{err}");
     let err = load_text("", &[("QUIVER_LIMITS_POSTS_PER_S", "0")], vec![]).unwrap_err().to_string();

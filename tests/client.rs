@@ -13,6 +13,8 @@ use quiver_tests::fakes::{closes_at_a_clock_ping, fake_endpoint, fake_server, ga
 
 #[path = "client/early_ticks.rs"]
 mod early_ticks;
+#[path = "client/handshake.rs"]
+mod handshake;
 #[path = "client/releases.rs"]
 mod releases;
 

@@ -114,7 +114,10 @@ impl<H: Handler> Connection<H> {
         })?;
         let mut inbound = BytesMut::new();
         let welcome = loop {
-            match codec.decode::<ServerMsg>(&mut inbound).map_err(ProtocolError::from)? {
+            // A server that broke the protocol is told so (the caller's close, or a dropped link's, said NoError).
+            let decoded =
+                codec.decode::<ServerMsg>(&mut inbound).inspect_err(|err| link.close(err.code(), "undecodable"));
+            match decoded.map_err(ProtocolError::from)? {
                 Some(ServerMsg::Reply { req_id: 0, result: Ok(Reply::Welcome(welcome)) })
                     if welcome.version != options.protocol_version =>
                 {
@@ -130,7 +133,10 @@ impl<H: Handler> Connection<H> {
                 // A server going away (or reporting an error) before Welcome: its code, as a close's.
                 Some(ServerMsg::GoAway { code, reason }) => return Err(ConnectError::Closed(code, reason)),
                 Some(ServerMsg::Error(failure)) => return Err(ConnectError::Closed(failure.code, failure.message)),
-                Some(other) => return Err(ProtocolError::NotWelcome(Box::new(other)).into()),
+                Some(other) => {
+                    link.close(ErrorCode::ProtocolViolation, "Hello answered with something other than Welcome");
+                    return Err(ProtocolError::NotWelcome(Box::new(other)).into());
+                }
                 None => match recv.read_chunk().await {
                     Ok(Some(chunk)) => inbound.extend_from_slice(&chunk),
                     Ok(None) => return Err(ProtocolError::Finished.into()),

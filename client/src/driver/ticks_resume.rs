@@ -86,6 +86,11 @@ where
                 last = (failure.code, failure.message);
             }
             Err(RequestError::Failed(failure)) => return Some((failure.code, failure.message)),
+            // The server broke the protocol, as for a rejoin answered so (before: `Internal`, "something failed
+            // inside the server").
+            Err(err @ RequestError::UnexpectedReply(_)) => {
+                return Some((ErrorCode::ProtocolViolation, err.to_string()))
+            }
             Err(err) => return Some((ErrorCode::Internal, err.to_string())),
         }
     }

@@ -50,8 +50,9 @@ pub(crate) struct PostArgs {
     #[arg(long)]
     name: Option<String>,
     /// Idempotency key: running the command again with the same key (and the same --name or token) gets the
-    /// original seq back instead of posting twice, while the server remembers it (`dedupe_window_s`, 600 s by
-    /// default). Any text; it is hashed to the post's client_msg_id.
+    /// original seq back instead of posting twice, while the server remembers it: for `dedupe_window_s` (600 s by
+    /// default) and among the room's last `dedupe_max_entries` posts (10,000), whichever ends first. Any text; it
+    /// is hashed to the post's client_msg_id.
     #[arg(long, value_name = "KEY")]
     id: Option<String>,
     /// Seconds to wait for the post's acknowledgement (reconnects and retries included); 0: no limit. On expiry

@@ -268,7 +268,7 @@ fn main() -> ExitCode {
     if let Err(err) = signals::hold_reloads() {
         return fail(&format!("cannot hold SIGHUP until the server's handlers are registered: {err}"));
     }
-    let file = args.config.clone().or_else(|| std::env::var_os("QUIVER_CONFIG").map(PathBuf::from));
+    let file = config_file(args.config.as_ref());
     let env = match environment() {
         Ok(env) => env,
         Err(err) => return fail(&err),
@@ -334,12 +334,18 @@ fn init_logging(log: &LogSettings) {
     }
 }
 
+/// The configuration file: `--config`, else `QUIVER_CONFIG` (empty: none, as a compose file's way to unset it; it
+/// was read as the path "", and the server refused to start with ": No such file or directory").
+fn config_file(flag: Option<&PathBuf>) -> Option<PathBuf> {
+    flag.cloned().or_else(|| std::env::var_os("QUIVER_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
+}
+
 /// `quiver-server token`, with the server's configuration (file, environment, flags) read as `serve` reads it: the
 /// token is signed with what that server verifies tokens with.
 fn mint(token: &TokenArgs, args: &Args) -> ExitCode {
     init_logging(&LogSettings::default());
     let settings = || {
-        let file = args.config.clone().or_else(|| std::env::var_os("QUIVER_CONFIG").map(PathBuf::from));
+        let file = config_file(args.config.as_ref());
         let env = environment().map_err(Box::new)?;
         settings::load(file.as_deref(), env, args.overrides())
             .map(|(settings, _)| settings)

@@ -8,6 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "binary/config.rs"]
+mod config;
+
 fn server() -> Command {
     Command::new(env!("CARGO_BIN_EXE_quiver-server"))
 }
@@ -231,36 +234,6 @@ fn key_that_does_not_match_the_certificate_is_refused() {
     assert!(!output.status.success(), "a mismatched key must not start a server");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("TLS configuration"), "{stderr}");
-}
-
-/// A path or a `QUIVER_…` variable that is not UTF-8 is refused, naming it; an empty data directory too. Before,
-/// `--data-dir` was turned into another path (U+FFFD in place of the byte), where the server made a fresh data
-/// directory, and such a variable was left out in silence (the server started on `.quiver`).
-#[test]
-fn paths_and_variables_that_are_not_utf8_or_empty_are_refused_naming_them() {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
-    let run = |flags: &[&std::ffi::OsStr], env: Option<&std::ffi::OsStr>| {
-        let mut command = server();
-        command.current_dir(dir.path()).args(["--listen", "127.0.0.1:0"]).args(flags);
-        if let Some(value) = env {
-            command.env("QUIVER_DATA_DIR", value);
-        }
-        let output = output_within(&mut command);
-        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
-    };
-    let (started, stderr) = run(&["--data-dir".as_ref(), bad.as_os_str()], None);
-    assert!(!started && stderr.contains("--data-dir") && stderr.contains("UTF-8"), "{stderr}");
-    let (started, stderr) = run(&[], Some(bad.as_os_str()));
-    assert!(!started && stderr.contains("QUIVER_DATA_DIR") && stderr.contains("UTF-8"), "{stderr}");
-    let (started, stderr) = run(&[], Some("".as_ref()));
-    assert!(!started && stderr.contains("data_dir") && stderr.contains("empty"), "{stderr}");
-    // A QUIVER_ variable that is no setting is its own reader's: QUIVER_CONFIG is a path, read as one.
-    let output = output_within(server().current_dir(dir.path()).env("QUIVER_CONFIG", &bad));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && !stderr.contains("UTF-8") && stderr.contains("caf"), "{stderr}");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no data directory was made: {stderr}");
 }
 
 /// A relative `--data-dir` to be made inside another data directory (the working directory, here) is refused naming

@@ -55,7 +55,12 @@ pub(super) fn bind(config: &ServerConfig, tickets: &Tickets) -> Result<(quinn::E
     config.check()?;
     let certified = server_config(config, tickets, std::time::SystemTime::now(), |_| false)?;
     let server_config = certified.quic.clone();
-    let socket = udp_socket(config.listen).map_err(ServerError::Bind)?;
+    // (The address and the setting named: "Address already in use" alone, or a host without IPv6's "Address family
+    // not supported" for the default [::]:4433, left the operator to guess which listener.)
+    let socket = udp_socket(config.listen).map_err(|err| {
+        let hint = "set listen, or --listen ADDR: 0.0.0.0:4433 on a host without IPv6";
+        ServerError::Bind(std::io::Error::new(err.kind(), format!("{}: {err} ({hint})", config.listen)))
+    })?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ServerError::Bind(std::io::Error::other("no async runtime (call from within tokio)")))?;
     // Stateless resets that a restarted server can still send (docs/durability.md): the reset key and the key

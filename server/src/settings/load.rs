@@ -16,7 +16,7 @@ pub const ENV_PREFIX: &str = "QUIVER_";
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// The file cannot be read.
-    #[error("{}: {source}", path.display())]
+    #[error("configuration file {} (--config or QUIVER_CONFIG): {source}", path.display())]
     Read {
         /// The file.
         path: PathBuf,

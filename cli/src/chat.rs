@@ -55,8 +55,9 @@ pub(crate) struct PostArgs {
     /// is hashed to the post's client_msg_id.
     #[arg(long, value_name = "KEY")]
     id: Option<String>,
-    /// Seconds to wait for the post's acknowledgement (reconnects and retries included); 0: no limit. On expiry
-    /// the command fails, and the post may still have been stored (run it again with the same --id).
+    /// Seconds to wait for the connection and the post's acknowledgement (reconnects and retries included); 0: no
+    /// limit. On expiry the command fails: if connected, the post may still have been stored (run it again with the
+    /// same --id).
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     timeout: f64,
     /// The message.
@@ -257,13 +258,19 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
                 }
                 let now = state.borrow_and_update().clone();
                 out.state(&now);
-                if let ConnectionState::Closed { .. } = now {
-                    return Err(CliError::RoomEnded);
+                if let ConnectionState::Closed { code, reason } = now {
+                    return Err(CliError::RoomEnded { room: args.room.clone(), code, reason });
                 }
             }
             event = room.next() => match event {
                 Some(event) => printed = printed.max(out.event(&event)),
-                None => return Err(CliError::RoomEnded),
+                None => {
+                    // (Why: the server's refusal to take the room back, or the client's end, which the state's
+                    // change may not have shown yet.)
+                    let unknown = || (quiver_proto::ErrorCode::Internal, "no reason given".to_string());
+                    let (code, reason) = room.end_reason().unwrap_or_else(unknown);
+                    return Err(CliError::RoomEnded { room: args.room.clone(), code, reason });
+                }
             },
             () = stop.requested() => {
                 interrupted = true;
@@ -370,7 +377,16 @@ pub(crate) async fn post(args: PostArgs) -> Result<(), CliError> {
     // 0, or beyond what the clock can count: no limit.
     let deadline = (!limit.is_zero()).then(|| tokio::time::Instant::now().checked_add(limit)).flatten();
     let named = args.name.is_some();
-    let client = args.server.connect_as(args.name).await?;
+    // The connect within the limit too (before, the client's own 10 s bounded it, and a slow one, a fallback to the
+    // WebSocket, used up the limit and the post failed at once as unanswered, though it may have been sent).
+    let connecting = args.server.connect_as(args.name);
+    let client = match deadline {
+        Some(at) => tokio::time::timeout_at(at, connecting).await.map_err(|_| CliError::Connect {
+            server: args.server.server.clone(),
+            source: quiver_client::ConnectError::Timeout(limit),
+        })??,
+        None => connecting.await?,
+    };
     // A token on a server that admits anonymous sessions is ignored: the identity is the name the client chose for
     // itself, new each run, and the id could not recognise a re-run.
     let welcome = client.welcome();

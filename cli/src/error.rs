@@ -53,9 +53,17 @@ pub(crate) enum CliError {
     /// `quiver chat`: joining the room.
     #[error("cannot join {room}: {source}")]
     Join { room: String, source: RequestError },
-    /// `quiver chat`: the room's events stopped.
-    #[error("the room's event stream ended")]
-    RoomEnded,
+    /// `quiver chat`: the room ended (the client ended, or the server would not take the room back after a
+    /// reconnect), with why.
+    #[error("room {room}: ended ({code:?}: {reason})")]
+    RoomEnded {
+        /// The room.
+        room: String,
+        /// Why, as the server or the client said.
+        code: quiver_proto::ErrorCode,
+        /// The reason.
+        reason: String,
+    },
     /// `quiver tick`: the subscription or the claim ended (the client gave up: a refused reconnect, an expired
     /// token), so no tick would flow any more.
     #[error("channel {channel}: ended ({code:?}: {reason})")]
@@ -176,7 +184,7 @@ pub(crate) enum CliError {
     /// `quiver bench rtt --plot`.
     #[error(transparent)]
     Plot(#[from] PlotError),
-    /// `quiver tick sub` whose client was reconnecting when the run ended.
+    /// `quiver tick sub` or `tick pub` whose client was reconnecting when the run ended.
     #[error("not connected at the end of the run (the server went away?): the figures for {0} are partial")]
     NotConnectedAtEnd(String),
     /// Ctrl-C during a benchmark.
@@ -207,6 +215,7 @@ impl CliError {
                 | CliError::Publish(_)
                 | CliError::Subscribe(_)
                 | CliError::TicksEnded { .. }
+                | CliError::RoomEnded { .. }
                 | CliError::Tick(_)
                 | CliError::Bench(
                     BenchError::Connect(_)
@@ -230,7 +239,12 @@ mod tests {
         let timeout = || ConnectError::Timeout(std::time::Duration::from_secs(1));
         assert!(CliError::Connect { server: "s".into(), source: timeout() }.carries_server_words());
         assert!(CliError::Bench(BenchError::Connect(timeout())).carries_server_words());
-        assert!(!CliError::RoomEnded.carries_server_words());
+        assert!(!CliError::SinceNeedsEpoch.carries_server_words());
+        // A chat's room that ended says why (it said only "the room's event stream ended").
+        let code = quiver_proto::ErrorCode::PermissionDenied;
+        let ended = CliError::RoomEnded { room: "town".into(), code, reason: "not for this token".into() };
+        assert!(ended.carries_server_words());
+        assert_eq!(ended.to_string(), "room town: ended (PermissionDenied: not for this token)");
         assert!(!CliError::Bench(BenchError::NeedsLinux).carries_server_words());
     }
 }

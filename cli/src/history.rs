@@ -26,7 +26,8 @@ pub(crate) struct HistoryArgs {
     /// One JSON object per line: room, epoch, seq, sender, client_msg_id, body (UTF-8, invalid bytes replaced).
     #[arg(long)]
     json: bool,
-    /// Seconds to wait for each page of history (reconnects included); 0: no limit. On expiry the command fails.
+    /// Seconds to wait for the connection, and for each page of history (reconnects included); 0: no limit. On
+    /// expiry the command fails.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     timeout: f64,
 }
@@ -43,7 +44,15 @@ struct HistoryLine<'a> {
 
 pub(crate) async fn history(args: HistoryArgs) -> Result<(), CliError> {
     let limit = crate::seconds("timeout", args.timeout)?;
-    let client = args.server.connect().await?;
+    // (The connect within the limit too: the client's own 10 s bounded it.)
+    let connecting = args.server.connect();
+    let client = match limit.is_zero() {
+        true => connecting.await?,
+        false => tokio::time::timeout(limit, connecting).await.map_err(|_| CliError::Connect {
+            server: args.server.server.clone(),
+            source: quiver_client::ConnectError::Timeout(limit),
+        })??,
+    };
     // One page, within --timeout (a server that keeps the connection alive but never answers must not hold a
     // script for ever).
     let page_of = |since: Option<u64>, left: u32| {

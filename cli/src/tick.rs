@@ -156,12 +156,17 @@ async fn publish(args: PubArgs) -> Result<(), CliError> {
         }
     }
     crate::out!("sent {sent} ticks in {:.1} s ({unsent} not sent while reconnecting)", start.elapsed().as_secs_f64());
+    let connected_at_end = client.state().borrow().is_connected();
     // Closing drops datagrams quinn has not sent yet: give the last ticks a moment to leave.
     tokio::time::sleep(Duration::from_millis(50)).await;
     client.close().await;
     if sent == 0 && unsent > 0 {
         // Connected throughout the run's end, it would have sent some: a script must not take this for success.
         return Err(CliError::TicksNotSent(unsent));
+    }
+    if !connected_at_end {
+        // As `tick sub` does: the server went away mid-run (it exited 0 then, having sent some).
+        return Err(CliError::NotConnectedAtEnd(args.channel));
     }
     Ok(())
 }

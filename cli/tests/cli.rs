@@ -362,6 +362,26 @@ async fn quiver_tick_exits_non_zero_once_its_token_expired() {
     server.stop().await;
 }
 
+/// `tick pub` whose server went away mid-run exits non-zero, as `tick sub` does (it exited 0, having sent some).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiver_tick_pub_exits_non_zero_when_its_server_went_away() {
+    let server = TestServer::start(Limits::default());
+    let publish = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["tick", "pub", "--channel", "c", "--server", &server.addr.to_string(), "--duration", "3"])
+        .arg("--data-dir")
+        .arg(server.data_dir.path())
+        .kill_on_drop(true)
+        .output();
+    let stopping = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        server.stop().await;
+    };
+    let (output, ()) = tokio::join!(publish, stopping);
+    let output = output.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("not connected at the end"), "{stderr}");
+}
+
 /// `quiver ARGS --server ADDR --data-dir DIR` against a server that answers Hello (and pings) but no request: it
 /// must end within 10 s, failing, and saying `expected` on stderr.
 async fn gives_up_on_a_mute_server(args: &[&str], expected: &str) {

@@ -155,3 +155,24 @@ async fn history_since_a_position_says_when_history_was_trimmed_or_lost() {
     client.close().await;
     server.stop().await;
 }
+
+/// `--timeout` bounds the connect too, for `post` and `history`: against a server that never answers they give up
+/// within it, saying they could not connect (they waited the client's own 10 s connect timeout).
+#[tokio::test]
+async fn post_and_history_give_up_within_their_timeout_on_a_server_that_never_answers() {
+    let (dir, _endpoint, _) = quiver_tests::fakes::fake_endpoint(); // (its data directory: a certificate to trust)
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    for command in [&["post", "--room", "log", "--name", "cli", "hello"][..], &["history", "--room", "log"]] {
+        let started = std::time::Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(command)
+            .args(["--timeout", "1", "--transport", "quic", "--server", &addr, "--data-dir"])
+            .arg(dir.path())
+            .output();
+        let output = tokio::time::timeout(std::time::Duration::from_secs(20), output).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains("cannot connect to"), "{command:?}: {stderr}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{command:?}: {:?}", started.elapsed());
+    }
+}

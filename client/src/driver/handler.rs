@@ -39,7 +39,8 @@ impl Handler for Driver {
         self.tasks.spawn(async move {
             let copies = |slot, entry: &Arc<RoomEntry>| me.copies_opened(connection, slot, entry, stream);
             let frames: (usize, streams::Unfinished, streams::CopiesOpened<'_>) = (max_frame, unfinished, &copies);
-            let read = streams::read_stream(&me.rooms, (connection, stream, &link), recv, frames, &me.stop);
+            let running = (&me.stop, &me.tasks);
+            let read = streams::read_stream(&me.rooms, (connection, stream, &link), recv, frames, running);
             if let Err((code, why)) = read.await {
                 // The room cannot go on from this stream: the connection goes, and the reconnect resumes every room
                 // from its position.
@@ -54,7 +55,7 @@ impl Handler for Driver {
     fn room_copy(&self, connection: usize, slot: u64, first: u64, frames: Vec<Bytes>) {
         let found = lock(&self.copy_slots).get(&(connection, slot)).cloned();
         if let Some((entry, stream)) = found {
-            streams::on_copy(&entry, stream, first, &frames, &self.stop);
+            streams::on_copy(&entry, stream, first, &frames, (&self.stop, &self.tasks));
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::{
 use bytes::{Bytes, BytesMut};
 use quiver_proto::{frame, ErrorCode, FrameCodec, RoomFrame};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::rooms::{RoomEntry, Rooms};
 use crate::{
@@ -113,7 +113,7 @@ pub(crate) fn on_copy(
     stream: StreamNumber,
     first: u64,
     frames: &[Bytes],
-    stop: &CancellationToken,
+    (stop, tasks): (&CancellationToken, &TaskTracker),
 ) {
     let mut state = lock(&entry.state);
     for (position, body) in (first..).zip(frames) {
@@ -127,15 +127,16 @@ pub(crate) fn on_copy(
         }
     }
     hand_out_copies(entry, &mut state);
-    wait_for_room(entry, &state, stop);
+    wait_for_room(entry, &state, (stop, tasks));
 }
 
 /// Where `entry`'s channel is full (the application is behind) with events copies brought ready behind it: they go
 /// out as soon as the application reads, not when the stream's next frame or copy comes (for a lost packet, its
 /// retransmission: the wait copies are for). One task per room at a time, started and ended under the state's lock.
-fn wait_for_room(entry: &Arc<RoomEntry>, state: &RoomState, stop: &CancellationToken) {
+fn wait_for_room(entry: &Arc<RoomEntry>, state: &RoomState, (stop, tasks): (&CancellationToken, &TaskTracker)) {
     if state.has_ready() && !entry.copies_waiting.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tokio::spawn(hand_out_when_read(entry.clone(), stop.clone()));
+        // (On the client's tracker: waited for when it closes, as its other tasks.)
+        tasks.spawn(hand_out_when_read(entry.clone(), stop.clone()));
     }
 }
 
@@ -182,7 +183,7 @@ pub(crate) async fn read_stream(
     (connection, stream, link): (usize, StreamNumber, &Link),
     mut recv: LinkRecv,
     (max_frame, mut unfinished, copies): (usize, Unfinished, CopiesOpened<'_>),
-    stop: &CancellationToken,
+    (stop, tasks): (&CancellationToken, &TaskTracker),
 ) -> Result<(), Violation> {
     let codec = FrameCodec::new(max_frame);
     let mut buf = BytesMut::new();
@@ -240,7 +241,7 @@ pub(crate) async fn read_stream(
                 hand_out_copies(&entry, &mut state);
                 // Its event took the place the application made: copies behind it that found no room wait for the
                 // next (before, they waited for the stream's next frame, for a lost packet its retransmission).
-                wait_for_room(&entry, &state, stop);
+                wait_for_room(&entry, &state, (stop, tasks));
             }
             Ok(Some(RoomFrame::Copies { slot })) => {
                 lock(&entry.state).copies(stream, position + 1);
@@ -373,7 +374,8 @@ mod tests {
                 async move {
                     let copies = |_: u64, _: &Arc<RoomEntry>| {};
                     let unfinished = Unfinished::new(Arc::default());
-                    read_stream(&rooms, (0, 0, &link), recv, (64 * 1024, unfinished, &copies), &stop).await
+                    let running = (&stop, &TaskTracker::new());
+                    read_stream(&rooms, (0, 0, &link), recv, (64 * 1024, unfinished, &copies), running).await
                 }
             });
             // The Open and the Copies frame are read (the Open's place given back), then the channel is filled.
@@ -451,7 +453,7 @@ mod tests {
     async fn copies_that_found_the_room_full_go_out_once_the_application_reads() {
         let mut room = FullRoom::open().await;
         // Copies of positions 2 and 3 (messages 1 and 2), the stream silent: they wait for room.
-        on_copy(&room.entry, 0, 2, &[room.message(1), room.message(2)], &room.stop);
+        on_copy(&room.entry, 0, 2, &[room.message(1), room.message(2)], (&room.stop, &TaskTracker::new()));
         // The application reads: the copies follow at once, with no stream frame to wake the reader.
         let seqs = room.messages(2).await.expect("the copies were handed out once there was room");
         assert_eq!(seqs, [1, 2]);
@@ -467,7 +469,7 @@ mod tests {
         let mut room = FullRoom::open().await;
         room.send.write_all(&room.framed(1)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await; // the reader waits for room with message 1
-        on_copy(&room.entry, 0, 3, &[room.message(2), room.message(3)], &room.stop);
+        on_copy(&room.entry, 0, 3, &[room.message(2), room.message(3)], (&room.stop, &TaskTracker::new()));
         // One event read: the reader takes its place for message 1, and the channel is full again.
         room.received.recv().await.expect("a filler");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -13,12 +13,9 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use quiver_proto::{
-    ErrorCode, EventKind, Failure, Limits, Reply, Request, RequestBody, RoomFrame, ServerMsg, TickHeader,
-};
-use serde::de::DeserializeOwned;
+use quiver_proto::{ErrorCode, Limits, TickHeader};
 use serde_json::Value;
-use serde_reflection::{ContainerFormat, Format, Named, Registry, Tracer, TracerConfig, VariantFormat};
+use serde_reflection::{ContainerFormat, Format, Named, Registry, VariantFormat};
 
 const REGENERATE: &str = "QUIVER_WRITE_DOCS=1 cargo test -p quiver-proto --test docs";
 const STRUCT: &str = "(struct)";
@@ -100,24 +97,9 @@ struct Shape {
     rows: Vec<[String; 3]>,
 }
 
-fn trace<T: DeserializeOwned>(tracer: &mut Tracer) {
-    let name = std::any::type_name::<T>();
-    tracer.trace_simple_type::<T>().unwrap_or_else(|e| panic!("tracing {name}: {e}"));
-}
-
-/// Every type reachable from the three stream messages. Tracing a type explores only its own variants, so every
-/// enum is traced itself: a new nested enum fails `registry()` with `MissingVariants` naming it (add it here).
-fn registry() -> Registry {
-    let mut tracer = Tracer::new(TracerConfig::default());
-    trace::<Request>(&mut tracer);
-    trace::<RequestBody>(&mut tracer);
-    trace::<ServerMsg>(&mut tracer);
-    trace::<Result<Reply, Failure>>(&mut tracer);
-    trace::<Reply>(&mut tracer);
-    trace::<RoomFrame>(&mut tracer);
-    trace::<EventKind>(&mut tracer);
-    tracer.registry().unwrap_or_else(|e| panic!("{e}: trace that enum in proto/tests/docs.rs `registry()`"))
-}
+#[path = "shared/registry.rs"]
+mod shared_registry;
+use shared_registry::registry;
 
 /// `Result` keeps its type parameters in the document (the registry names it without them).
 fn type_name(registry: &Registry, name: &str) -> String {

@@ -56,8 +56,8 @@ counters! {
     ticks_too_large_in,
     /// Ticks dropped because their publisher sent more than `ticks_per_s`.
     ticks_rate_limited,
-    /// Ticks dropped because their publisher's seq was not above the last one taken from it on the channel
-    /// (reordered on the way up, or repeated): the newer value was already published.
+    /// Ticks dropped because their publisher's seq was below the last one taken from it on the channel, by at most
+    /// 1,024 (reordered on the way up): the newer value was already published. An equal seq is taken.
     ticks_reordered_in,
     /// Connections closed with `TooManyConnections` because the server was at `max_connections`.
     connections_over_total,

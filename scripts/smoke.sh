@@ -3,8 +3,11 @@
 # `quiver ping --count 200 --json` against it, which must answer every ping. Builds the release binaries first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --workspace --release --locked
-bin="${CARGO_TARGET_DIR:-$PWD/target}/release"
+# (The directory cargo says it put them in: a target directory set in cargo's configuration is not ./target.)
+server=$(cargo build --workspace --release --locked --message-format=json-render-diagnostics \
+    | sed -n 's/.*"executable":"\([^"]*\/quiver-server\)".*/\1/p' | tail -1)
+[ -x "$server" ] || { echo "cargo reported no release quiver-server executable" >&2; exit 1; }
+bin=$(dirname "$server")
 dir=$(mktemp -d)
 out="$dir/server.out"
 pid=""

@@ -4,8 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The crash test (server/tests/crash.rs) SIGKILLs a real server process under load: it uses the release build.
-cargo build --release --locked -p quiver-server
-export QUIVER_SERVER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/quiver-server"
+# (Where cargo says it put it: a target directory set in cargo's configuration, or a relative CARGO_TARGET_DIR, is
+# not ./target.)
+QUIVER_SERVER_BIN=$(cargo build --release --locked -p quiver-server --message-format=json-render-diagnostics \
+    | sed -n 's/.*"executable":"\([^"]*\/quiver-server\)".*/\1/p' | tail -1)
+[ -x "$QUIVER_SERVER_BIN" ] || { echo "cargo reported no release quiver-server executable" >&2; exit 1; }
+export QUIVER_SERVER_BIN
 
 # Runs a step bounded to $1 seconds where nobody is at a terminal to stop it (CI): a test that hangs then fails the
 # run, with what did finish printed (and cargo naming a test "running for over 60 seconds"), instead of holding CI

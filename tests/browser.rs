@@ -67,6 +67,12 @@ impl Browser {
                 "--no-sandbox",
                 "--disable-gpu",
                 "--no-first-run",
+                // Nothing but the test's own page and server: no update checks, syncs or lookups of Google's hosts
+                // (the machine's rules allow loopback only; full `chromium` makes more of them than the shell).
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-default-apps",
                 "--disable-dev-shm-usage",
                 "--window-size=1100,760",
                 "--remote-debugging-address=127.0.0.1",

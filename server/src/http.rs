@@ -391,13 +391,35 @@ pub(crate) fn parse_request(head: &[u8]) -> Result<(bool, &str, std::str::Split<
     Ok((head_only, target, lines))
 }
 
+/// For a listener on every IPv6 address (`[::]`, the default's) on a host without IPv6 (booted with
+/// `ipv6.disable=1`: no IPv6 socket can be made), every IPv4 address at the same port, with a warning: the README's
+/// first command failed there ("Address family not supported"). Any other address, or error: `None`.
+pub(crate) fn ipv4_instead(addr: SocketAddr, err: &std::io::Error) -> Option<SocketAddr> {
+    #[cfg(unix)]
+    let no_ipv6 = err.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32);
+    #[cfg(not(unix))]
+    let no_ipv6 = false;
+    let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+    (no_ipv6 && addr.ip() == std::net::Ipv6Addr::UNSPECIFIED).then(|| {
+        tracing::warn!(%addr, instead = %v4, "this host has no IPv6: listening on every IPv4 address instead");
+        v4
+    })
+}
+
 /// A TCP listener on `addr` (the page's, the admin's, the WebSocket listener's), non-blocking. An IPv6 address
 /// takes IPv4 too (`IPV6_V6ONLY` off, whatever `net.ipv6.bindv6only` says): `[::]` then holds both loopback
 /// addresses, so no other local user can take `127.0.0.1` at the same port and receive what a browser sends to
 /// `localhost` there (the page's key, a dev token).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let new = |addr| Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP));
+    let (socket, addr) = match new(addr) {
+        Ok(socket) => (socket, addr),
+        Err(err) => match ipv4_instead(addr, &err) {
+            Some(v4) => (new(v4)?, v4),
+            None => return Err(err),
+        },
+    };
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }

@@ -149,3 +149,16 @@ fn per_network(bounds: HttpBounds) {
     assert_eq!(from_24.len(), max_per_group, "one /24's connections");
     assert!(peers.take(ip("198.51.101.1".into())).is_some(), "another /24");
 }
+
+/// A host without IPv6: `[::]` (the default listen address) becomes `0.0.0.0` at the same port; an IPv6 address of
+/// its own, or another error, does not.
+#[cfg(unix)]
+#[test]
+fn every_ipv6_address_on_a_host_without_ipv6_is_every_ipv4_address() {
+    let no_ipv6 = std::io::Error::from_raw_os_error(nix::errno::Errno::EAFNOSUPPORT as i32);
+    let any: SocketAddr = "[::]:4433".parse().unwrap();
+    assert_eq!(ipv4_instead(any, &no_ipv6), Some("0.0.0.0:4433".parse().unwrap()));
+    assert_eq!(ipv4_instead("[::1]:4433".parse().unwrap(), &no_ipv6), None, "an address asked for by name");
+    let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+    assert_eq!(ipv4_instead(any, &in_use), None);
+}

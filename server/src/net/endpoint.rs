@@ -182,7 +182,14 @@ pub(super) fn with_qlog(
 /// A UDP socket on `addr`; an IPv6 wildcard is dual-stack so IPv4 clients reach it too.
 fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let new = |addr| Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP));
+    let (socket, addr) = match new(addr) {
+        Ok(socket) => (socket, addr),
+        Err(err) => match crate::http::ipv4_instead(addr, &err) {
+            Some(v4) => (new(v4)?, v4),
+            None => return Err(err),
+        },
+    };
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }

@@ -100,8 +100,7 @@ fn ctrl_c_during_a_netns_bench_removes_its_namespaces() {
     }
     // Measuring by now (or about to): interrupt it as Ctrl-C would.
     std::thread::sleep(Duration::from_millis(1500));
-    let status = Command::new("kill").args(["-INT", &bench.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    signal(bench.id(), nix::sys::signal::Signal::SIGINT);
     let deadline = Instant::now() + Duration::from_secs(15);
     let exit = loop {
         if let Some(exit) = bench.try_wait().unwrap() {
@@ -136,7 +135,7 @@ fn sigterm_while_impairs_client_command_runs_removes_its_namespaces_and_a_second
             .spawn()
             .unwrap(),
     );
-    let running = || Command::new("pgrep").args(["-fx", "sleep 29.5"]).output().unwrap().status.success();
+    let running = || sleeps_running("29.5");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !running() {
         assert!(Instant::now() < deadline, "the client command never ran in quiver-cli");
@@ -153,8 +152,7 @@ fn sigterm_while_impairs_client_command_runs_removes_its_namespaces_and_a_second
     assert!(namespaces.contains("quiver-srv") && namespaces.contains("quiver-cli"), "{namespaces}");
     assert!(running(), "the first run's client command was stopped by the second run");
 
-    let status = Command::new("kill").args(["-TERM", &impair.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    signal(impair.id(), nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(15);
     let exit = loop {
         if let Some(exit) = impair.try_wait().unwrap() {
@@ -200,15 +198,31 @@ fn impairs_commands_are_stopped_with_everything_they_started() {
     assert!(left.is_empty(), "left running: {left:?}");
 }
 
-/// Processes whose command line is `sleep MARKER` (from /proc: no pgrep needed), killed, so that a failed check
-/// leaves none behind.
-fn sleeps_left(marker: &str) -> Vec<u32> {
+/// Sends `signal` to process `pid` (through nix: procps' `kill` and `pgrep` are not on every machine).
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, signal).unwrap_or_else(|err| panic!("{signal} to {pid}: {err}"));
+}
+
+/// Processes whose command line is `sleep MARKER`, from /proc.
+fn sleeps_of(marker: &str) -> Vec<u32> {
     let wanted = format!("sleep\0{marker}\0");
-    let left: Vec<u32> = std::fs::read_dir("/proc")
+    std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| cmd == wanted.as_bytes()))
-        .collect();
+        .collect()
+}
+
+/// Whether a `sleep MARKER` runs.
+fn sleeps_running(marker: &str) -> bool {
+    !sleeps_of(marker).is_empty()
+}
+
+/// Processes whose command line is `sleep MARKER` (from /proc: no pgrep needed), killed, so that a failed check
+/// leaves none behind.
+fn sleeps_left(marker: &str) -> Vec<u32> {
+    let left = sleeps_of(marker);
     for pid in &left {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
     }

@@ -16,6 +16,9 @@ pub enum NetnsError {
     /// `ip` cannot be run.
     #[error("`ip` (iproute2) is not installed")]
     IpMissing,
+    /// Root, but no namespace can be made here (a container without CAP_SYS_ADMIN, say).
+    #[error("no network namespace can be made here (`ip netns add` failed: {0})")]
+    NoNamespaces(String),
     /// `tc` cannot be run (the netem backend needs it).
     #[error("the netem backend needs `tc` (iproute2)")]
     TcMissing,

@@ -185,7 +185,7 @@ pub(crate) enum CliError {
     #[error(transparent)]
     Plot(#[from] PlotError),
     /// `quiver tick sub` or `tick pub` whose client was reconnecting when the run ended.
-    #[error("not connected at the end of the run (the server went away?): the figures for {0} are partial")]
+    #[error("channel {0}: not connected at the end of the run (the server went away?); what it printed is partial")]
     NotConnectedAtEnd(String),
     /// Ctrl-C during a benchmark.
     #[error("interrupted")]

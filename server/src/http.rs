@@ -395,15 +395,19 @@ pub(crate) fn parse_request(head: &[u8]) -> Result<(bool, &str, std::str::Split<
 /// `ipv6.disable=1`: no IPv6 socket can be made), every IPv4 address at the same port, with a warning: the README's
 /// first command failed there ("Address family not supported"). Any other address, or error: `None`.
 pub(crate) fn ipv4_instead(addr: SocketAddr, err: &std::io::Error) -> Option<SocketAddr> {
-    #[cfg(unix)]
-    let no_ipv6 = err.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32);
-    #[cfg(not(unix))]
-    let no_ipv6 = false;
     let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
-    (no_ipv6 && addr.ip() == std::net::Ipv6Addr::UNSPECIFIED).then(|| {
+    (no_ipv6(err) && addr.ip() == std::net::Ipv6Addr::UNSPECIFIED).then(|| {
         tracing::warn!(%addr, instead = %v4, "this host has no IPv6: listening on every IPv4 address instead");
         v4
     })
+}
+
+/// Whether `err` says this host has no IPv6 (no IPv6 socket can be made: `EAFNOSUPPORT`).
+pub(crate) fn no_ipv6(err: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    return err.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32);
+    #[cfg(not(unix))]
+    return false;
 }
 
 /// A TCP listener on `addr` (the page's, the admin's, the WebSocket listener's), non-blocking. An IPv6 address

@@ -275,6 +275,10 @@ fn main() -> ExitCode {
     };
     let (settings, layers) = match settings::load(file.as_deref(), env.clone(), args.overrides()) {
         Ok(loaded) => loaded,
+        // (A file nobody named on the command line: where its name came from.)
+        Err(err @ settings::SettingsError::Read { .. }) if args.config.is_none() => {
+            return fail(&format!("{err} (named by QUIVER_CONFIG)"));
+        }
         Err(err) => return fail(&err),
     };
     if let Some(Command::Config(ConfigCommand::Print)) = args.command {

@@ -58,7 +58,10 @@ pub(super) fn bind(config: &ServerConfig, tickets: &Tickets) -> Result<(quinn::E
     // (The address and the setting named: "Address already in use" alone, or a host without IPv6's "Address family
     // not supported" for the default [::]:4433, left the operator to guess which listener.)
     let socket = udp_socket(config.listen).map_err(|err| {
-        let hint = "set listen, or --listen ADDR: 0.0.0.0:4433 on a host without IPv6";
+        let hint = match crate::http::no_ipv6(&err) {
+            true => format!("this host has no IPv6: set listen, or --listen ADDR, to 0.0.0.0:{}", config.listen.port()),
+            false => "set listen, or --listen ADDR".to_string(),
+        };
         ServerError::Bind(std::io::Error::new(err.kind(), format!("{}: {err} ({hint})", config.listen)))
     })?;
     let runtime = quinn::default_runtime()

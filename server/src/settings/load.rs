@@ -16,7 +16,7 @@ pub const ENV_PREFIX: &str = "QUIVER_";
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// The file cannot be read.
-    #[error("configuration file {} (--config or QUIVER_CONFIG): {source}", path.display())]
+    #[error("configuration file {}: {source}", path.display())]
     Read {
         /// The file.
         path: PathBuf,

@@ -379,14 +379,7 @@ pub(crate) async fn post(args: PostArgs) -> Result<(), CliError> {
     let named = args.name.is_some();
     // The connect within the limit too (before, the client's own 10 s bounded it, and a slow one, a fallback to the
     // WebSocket, used up the limit and the post failed at once as unanswered, though it may have been sent).
-    let connecting = args.server.connect_as(args.name);
-    let client = match deadline {
-        Some(at) => tokio::time::timeout_at(at, connecting).await.map_err(|_| CliError::Connect {
-            server: args.server.server.clone(),
-            source: quiver_client::ConnectError::Timeout(limit),
-        })??,
-        None => connecting.await?,
-    };
+    let client = args.server.connect_within(args.name, limit).await?;
     // A token on a server that admits anonymous sessions is ignored: the identity is the name the client chose for
     // itself, new each run, and the id could not recognise a re-run.
     let welcome = client.welcome();

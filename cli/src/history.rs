@@ -45,14 +45,7 @@ struct HistoryLine<'a> {
 pub(crate) async fn history(args: HistoryArgs) -> Result<(), CliError> {
     let limit = crate::seconds("timeout", args.timeout)?;
     // (The connect within the limit too: the client's own 10 s bounded it.)
-    let connecting = args.server.connect();
-    let client = match limit.is_zero() {
-        true => connecting.await?,
-        false => tokio::time::timeout(limit, connecting).await.map_err(|_| CliError::Connect {
-            server: args.server.server.clone(),
-            source: quiver_client::ConnectError::Timeout(limit),
-        })??,
-    };
+    let client = args.server.connect_within(None, limit).await?;
     // One page, within --timeout (a server that keeps the connection alive but never answers must not hold a
     // script for ever).
     let page_of = |since: Option<u64>, left: u32| {

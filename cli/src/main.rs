@@ -219,6 +219,18 @@ impl ServerArgs {
         self.connect_as(None).await
     }
 
+    /// [`ServerArgs::connect_as`] within `limit` (0: the client's own connect timeout alone): a command's
+    /// `--timeout` bounds its connect too.
+    pub(crate) async fn connect_within(&self, name: Option<String>, limit: Duration) -> Result<Client, CliError> {
+        if limit.is_zero() {
+            return self.connect_as(name).await;
+        }
+        tokio::time::timeout(limit, self.connect_as(name)).await.map_err(|_| CliError::Connect {
+            server: self.server.clone(),
+            source: quiver_client::ConnectError::Timeout(limit),
+        })?
+    }
+
     /// The connect options these flags say, for a client named `name`.
     pub(crate) fn options(&self, name: Option<String>) -> Result<ConnectOptions, CliError> {
         if name.is_some() && self.has_token() {

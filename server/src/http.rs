@@ -394,12 +394,34 @@ pub(crate) fn parse_request(head: &[u8]) -> Result<(bool, &str, std::str::Split<
 /// For a listener on every IPv6 address (`[::]`, the default's) on a host without IPv6 (booted with
 /// `ipv6.disable=1`: no IPv6 socket can be made), every IPv4 address at the same port, with a warning: the README's
 /// first command failed there ("Address family not supported"). Any other address, or error: `None`.
-pub(crate) fn ipv4_instead(addr: SocketAddr, err: &std::io::Error) -> Option<SocketAddr> {
+fn ipv4_instead(addr: SocketAddr, err: &std::io::Error) -> Option<SocketAddr> {
     let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
     (no_ipv6(err) && addr.ip() == std::net::Ipv6Addr::UNSPECIFIED).then(|| {
         tracing::warn!(%addr, instead = %v4, "this host has no IPv6: listening on every IPv4 address instead");
         v4
     })
+}
+
+/// A socket of type `ty` for `addr`, and the address to bind it to: `addr`, or every IPv4 address where `addr` is
+/// `[::]` on a host without IPv6 ([`ipv4_instead`]). An IPv6 socket takes IPv4 too (`IPV6_V6ONLY` off). For the
+/// QUIC endpoint's UDP socket and the TCP listeners alike.
+pub(crate) fn socket_for(
+    addr: SocketAddr,
+    ty: socket2::Type,
+    protocol: socket2::Protocol,
+) -> std::io::Result<(socket2::Socket, SocketAddr)> {
+    let new = |addr| socket2::Socket::new(socket2::Domain::for_address(addr), ty, Some(protocol));
+    let (socket, addr) = match new(addr) {
+        Ok(socket) => (socket, addr),
+        Err(err) => match ipv4_instead(addr, &err) {
+            Some(v4) => (new(v4)?, v4),
+            None => return Err(err),
+        },
+    };
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    Ok((socket, addr))
 }
 
 /// Whether `err` says this host has no IPv6 (no IPv6 socket can be made: `EAFNOSUPPORT`).
@@ -415,18 +437,7 @@ pub(crate) fn no_ipv6(err: &std::io::Error) -> bool {
 /// addresses, so no other local user can take `127.0.0.1` at the same port and receive what a browser sends to
 /// `localhost` there (the page's key, a dev token).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let new = |addr| Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP));
-    let (socket, addr) = match new(addr) {
-        Ok(socket) => (socket, addr),
-        Err(err) => match ipv4_instead(addr, &err) {
-            Some(v4) => (new(v4)?, v4),
-            None => return Err(err),
-        },
-    };
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
+    let (socket, addr) = socket_for(addr, socket2::Type::STREAM, socket2::Protocol::TCP)?;
     // (As std's `TcpListener::bind`: a restarted server binds again while its old connections wait in TIME_WAIT.)
     #[cfg(unix)]
     socket.set_reuse_address(true)?;

@@ -184,18 +184,7 @@ pub(super) fn with_qlog(
 }
 /// A UDP socket on `addr`; an IPv6 wildcard is dual-stack so IPv4 clients reach it too.
 fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let new = |addr| Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP));
-    let (socket, addr) = match new(addr) {
-        Ok(socket) => (socket, addr),
-        Err(err) => match crate::http::ipv4_instead(addr, &err) {
-            Some(v4) => (new(v4)?, v4),
-            None => return Err(err),
-        },
-    };
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
+    let (socket, addr) = crate::http::socket_for(addr, socket2::Type::DGRAM, socket2::Protocol::UDP)?;
     for (what, result) in
         [("receive", socket.set_recv_buffer_size(SOCKET_BUFFER)), ("send", socket.set_send_buffer_size(SOCKET_BUFFER))]
     {

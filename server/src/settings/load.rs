@@ -219,20 +219,20 @@ fn env_key(var: &str, keys: &[String]) -> Option<Result<String, SettingsError>> 
     let mut sections: Vec<&str> = keys.iter().filter_map(|k| k.split_once('.').map(|(s, _)| s)).collect();
     sections.dedup();
     let refused = |message: String| Some(Err(SettingsError::Override { origin: var.into(), message }));
-    let meant = suggestion(&rest, keys);
     if sections.contains(&rest.as_str()) {
         let in_it: Vec<String> =
             keys.iter().filter(|k| k.starts_with(&format!("{rest}."))).map(|k| env_name(k)).collect();
         return refused(format!("names the section [{rest}], not a setting: its settings are {}", in_it.join(", ")));
     }
     let Some(section) = sections.into_iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
-        return meant.and_then(|key| refused(format!("there is no such setting; did you mean {}?", env_name(&key))));
+        let meant = suggestion(&rest, keys)?;
+        return refused(format!("there is no such setting; did you mean {}?", env_name(&meant)));
     };
     let key = format!("{section}.{}", &rest[section.len() + 1..]);
     match keys.contains(&key) {
         true => Some(Ok(key)),
         false => {
-            let hint = meant.map(|k| format!("; did you mean {}?", env_name(&k))).unwrap_or_default();
+            let hint = suggestion(&rest, keys).map(|k| format!("; did you mean {}?", env_name(&k))).unwrap_or_default();
             refused(format!("there is no setting {key} (quiver-server config init lists them all){hint}"))
         }
     }

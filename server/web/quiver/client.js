@@ -288,7 +288,7 @@ export class QuiverClient {
       const session = await this.#open();
       if (!(await this.#connected(session))) throw new Error(session.closedWhy?.reason ?? 'the connection was lost');
     } catch (err) {
-      this.#end({ code: err.code ?? ErrorCode.NoError, reason: `cannot connect: ${err.message ?? err}` });
+      this.#end({ code: err.code ?? ErrorCode.Internal, reason: `cannot connect: ${err.message ?? err}` });
       throw err;
     }
   }

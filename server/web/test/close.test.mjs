@@ -1,6 +1,7 @@
 // close() while the client reconnects: the attempt under way is given up at once (no token fetched, no Hello, the
 // connection being opened closed; with several URLs, no next one tried), and nothing connects afterwards. And a
-// close by the server before Welcome reaches the application with its code.
+// close by the server before Welcome reaches the application with its code; a first connect that times out ends
+// Internal, not as a close of the application's own.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -65,4 +66,25 @@ test('a Welcome in another protocol version: the client closes with ProtocolViol
   );
   await until('closed', () => server.connections[0]?.closedBy);
   assert.equal(server.connections[0].closedBy.closeCode, ErrorCode.ProtocolViolation);
+});
+
+test('a first connect that times out, or fails without a code, ends Internal, not NoError (close()\'s)', async () => {
+  const server = new FakeServer();
+  const ends = [];
+  const onStatus = (status, why) => status === 'closed' && ends.push(why);
+  // No Welcome within the connect timeout (WebTransport never ready): the close reason and the error say Internal.
+  server.webTransportHangs = true;
+  const options = { transport: server.transport, connectTimeoutMs: 50, onStatus };
+  const err = await QuiverClient.connect(URL_, options).then(() => assert.fail('connected'), (caught) => caught);
+  assert.equal(ends.length, 1);
+  assert.equal(ends[0].code, ErrorCode.Internal, `${ends[0].code}: ${ends[0].reason}`);
+  assert.match(ends[0].reason, /^cannot connect: no Welcome from .* within 50 ms$/);
+  assert.ok(err instanceof QuiverError && err.code === ErrorCode.Internal, `${err.code}: ${err}`);
+  assert.match(err.message, /no Welcome from .* within 50 ms/);
+  // A connection refused (an error without a code of the server's): Internal too, as a reconnect's failed attempt.
+  server.webTransportHangs = false;
+  server.down = true;
+  await assert.rejects(QuiverClient.connect(URL_, { transport: server.transport, onStatus }), /connection refused/);
+  assert.equal(ends.length, 2);
+  assert.equal(ends[1].code, ErrorCode.Internal, `${ends[1].code}: ${ends[1].reason}`);
 });

@@ -97,6 +97,11 @@ export class FakeWebSocketConnection {
       else this.server.datagrams.push({ conn: this, ...decodeTick(d) });
     } else if (message.Close) {
       this.closedBy = { closeCode: message.Close.code, reason: message.Close.reason };
+    } else if (message.Stop) {
+      // The client stopped a room stream (its reader cancelled it): nothing more is written to it.
+      const stream = this.roomStreams.find((s) => s.id === message.Stop.id);
+      if (!stream) throw new Error(`a client stopped stream ${message.Stop.id}, which the server never opened`);
+      stream.stops.push(message.Stop.code);
     } else {
       throw new Error(`a client sent ${Object.keys(message)[0]}`);
     }
@@ -121,13 +126,17 @@ export class FakeWebSocketConnection {
     const id = this.nextStream++;
     let stalled = false;
     let ended = false;
-    const live = () => this.alive && !stalled && !ended;
+    const live = () => this.alive && !stalled && !ended && !stream.cancelled;
     const stream = {
+      id,
       write: (frame) => live() && this.deliver({ Stream: { id, bytes: encodeFrame(wire.RoomFrame, frame) } }),
       stall: () => { stalled = true; },
       finish: () => { if (!ended && this.alive) this.deliver({ Finish: { id } }); ended = true; },
       reset: (code) => { if (!ended && this.alive) this.deliver({ Reset: { id, code } }); ended = true; },
-      cancelled: false, // a WebSocket stream is only dropped by its reader: the server is not told
+      stops: [], // the codes of the client's Stops of this stream (kind 6), one each
+      get cancelled() {
+        return stream.stops.length > 0;
+      },
     };
     this.roomStreams.push(stream);
     return stream;

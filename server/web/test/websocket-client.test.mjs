@@ -1,13 +1,13 @@
 // QuiverClient over the WebSocket fallback, against the stand-ins of fakes.mjs: the transport modes, 'auto' (a race
 // of WebTransport and the WebSocket, the first ready used), giving up a connection attempt, the keep-alive that
-// notices a dead WebSocket, and the server's close code.
+// notices a dead WebSocket, the server's close code, and the Stop of a room stream the client gave up.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { ErrorCode, PROTOCOL_VERSION, QuiverClient, QuiverError } from '../quiver/index.js';
 import {
-  FakeServer, URL_, connect, connectAuto, isWebSocket, joinCollecting, sleep, text, until,
+  FakeServer, URL_, connect, connectAuto, isWebSocket, joinCollecting, presence, sleep, slowConsumerKick, text, until,
 } from './fakes.mjs';
 
 test('auto: WebTransport not ready in time falls back to the WebSocket, which serves everything; reconnects stay on it', async (t) => {
@@ -460,4 +460,26 @@ test('keep-alive options: idleTimeoutMs 0 is never (a live session is kept); odd
     const make = () => new QuiverClient(URL_, { ...options, [name]: bad });
     assert.throws(make, new RegExp(`${name} must be`), `${name} ${bad}`);
   }
+});
+
+test('websocket: a room stream the client gives up (a rejoin\'s took over) is stopped: one Stop, its id', async (t) => {
+  const server = new FakeServer();
+  const { client: ann } = await connectAuto(t, server, { transport: 'websocket', name: 'ann' });
+  const bob = await connect(t, server, { name: 'bob' });
+  const a = await joinCollecting(ann, 'lobby');
+  await joinCollecting(bob, 'lobby');
+  // The server drops ann as a slow consumer without resetting her stream; she rejoins on a new one.
+  const conn = server.connections.find(isWebSocket);
+  const room = server.rooms.get('lobby');
+  const old = room.members.get(conn);
+  room.members.delete(conn);
+  conn.send(slowConsumerKick('lobby'));
+  await until('rejoined', () => server.requestsOf('Join', conn).length === 2 && room.members.has(conn));
+  old.write({ Event: presence(0n, 'MemberJoined', 'cy') }); // read on the old stream: given up
+  await until('the old stream is stopped', () => old.cancelled);
+  assert.deepEqual(old.stops, [ErrorCode.NoError], 'one Stop, with the code of a cancel without a reason');
+  assert.deepEqual(conn.received.filter((m) => m.Stop), [{ Stop: { id: old.id, code: ErrorCode.NoError } }]);
+  await bob.post('lobby', 'after');
+  await until('ann has it on the new stream', () => a.messages().length === 1);
+  assert.equal(room.members.get(conn).cancelled, false);
 });

@@ -1,7 +1,8 @@
 // The WebSocket fallback's WebTransport-shaped adapter (quiver/client/websocket.js) against a scripted in-memory
-// WebSocket: the control stream both ways, room streams opened, fed, finished and reset by id, datagrams both ways
-// (latest wins while the reader is behind), the close (ours, the server's, a lost connection), refusals of bytes that
-// are not the protocol, and latest-wins ticks while the socket is backed up. The codec: ws.test.mjs.
+// WebSocket: the control stream both ways, room streams opened, fed, finished and reset by id (and stopped when their
+// reader cancels them), datagrams both ways (latest wins while the reader is behind), the close (ours, the server's, a
+// lost connection), refusals of bytes that are not the protocol, and latest-wins ticks while the socket is backed up.
+// The codec: ws.test.mjs.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -175,6 +176,45 @@ test('adapter: room streams open at a new id, carry their bytes, finish, and res
   socket.drop();
   await assert.rejects(last.read(), (err) => err.source === 'session' && err.closeCode === null);
   await assert.rejects(streams.read());
+});
+
+test('adapter: a room stream its reader cancels is stopped once, by id; not after it or the socket ended', async () => {
+  const { wt, socket } = await open();
+  const streams = wt.incomingUnidirectionalStreams.getReader();
+  const next = async () => (await streams.read()).value;
+  socket.receive({ Stream: { id: 1n, bytes: Uint8Array.of(1) } });
+  socket.receive({ Stream: { id: 2n, bytes: Uint8Array.of(2) } });
+  const one = (await next()).getReader();
+  const two = await next();
+  assert.deepEqual((await one.read()).value, Uint8Array.of(1));
+  // Cancelled without a reason, as the client cancels a room stream: NoError, as a browser's STOP_SENDING.
+  await one.cancel();
+  await one.cancel(); // (the stream ended with the first: nothing more to tell)
+  assert.deepEqual(socket.sent, [{ Stop: { id: 1n, code: ErrorCode.NoError } }]);
+  // What the server sent before it read the stop, and its answer (a reset with the code), open nothing again.
+  socket.receive({ Stream: { id: 1n, bytes: Uint8Array.of(3) } });
+  socket.receive({ Reset: { id: 1n, code: ErrorCode.NoError } });
+  // A reason with a stream error code (as a WebTransportError has) is the stop's code.
+  await two.cancel(Object.assign(new Error('too slow'), { streamErrorCode: ErrorCode.SlowConsumer }));
+  assert.deepEqual(socket.sent.slice(1), [{ Stop: { id: 2n, code: ErrorCode.SlowConsumer } }]);
+
+  // A stream the server finished, its bytes not all read: it ended, no stop.
+  socket.receive({ Stream: { id: 3n, bytes: Uint8Array.of(4) } });
+  socket.receive({ Finish: { id: 3n } });
+  await (await next()).cancel();
+  // A socket closed under the adapter (its close event not in yet): nothing sent, nothing thrown.
+  socket.receive({ Stream: { id: 4n, bytes: Uint8Array.of(5) } });
+  const four = await next();
+  socket.readyState = 3;
+  await four.cancel();
+  assert.equal(socket.raw.length, 2, 'a stop each, for streams 1 and 2 only');
+  // The connection ended: its streams failed with it, and cancelling one sends nothing.
+  socket.readyState = 1;
+  socket.receive({ Stream: { id: 5n, bytes: Uint8Array.of(6) } });
+  const five = await next();
+  socket.drop();
+  await assert.rejects(five.cancel(), (err) => err.source === 'session');
+  assert.equal(socket.raw.length, 2);
 });
 
 test('adapter: a server with more than MAX_INBOUND_STREAMS room streams open at once is closed', async () => {

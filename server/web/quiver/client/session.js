@@ -10,6 +10,7 @@ import { MAX_PORTABLE_DATAGRAM, TICK_HEADER_MAX_LEN, decodeTick, isProbe } from 
 import { decodeCopy, encodePostCopy, isCopy } from '../wire/copies.js';
 import { RequestTable } from '../state.js';
 import { Unrouted, expectReply, unixUs } from './values.js';
+import { within } from './waiting.js';
 
 /** Sent in Hello as the client's software and version. */
 export const AGENT = 'quiver-web/0.1';
@@ -86,7 +87,10 @@ export class Session {
     let onCancel;
     const timeout = new Promise((_, reject) => {
       const ms = options.connectTimeoutMs;
-      timer = setTimeout(() => reject(new Error(`no Welcome from ${url} within ${ms} ms`)), ms);
+      // Internal, as the client's other ways of finding a server gone (a reconnect's failed attempt, a silent
+      // connection): a timeout must not read as the application's own close (NoError).
+      const late = () => new QuiverError(ErrorCode.Internal, `no Welcome from ${url} within ${ms} ms`);
+      timer = setTimeout(() => reject(late()), ms);
       onClosing = () => reject(hooks.closing.reason);
       onCancel = () => reject(cancel.reason);
       if (hooks.closing?.aborted) onClosing();
@@ -479,22 +483,4 @@ export class Session {
       }
     } catch { /* the connection is gone */ }
   }
-}
-
-/** `promise`'s outcome, or `undefined` once `ms` passed or `signal` aborted (whichever comes first). */
-function within(promise, ms, signal) {
-  if (signal?.aborted || ms <= 0) return Promise.resolve(undefined);
-  return new Promise((resolve, reject) => {
-    // (Timers past 2^31 - 1 ms fire at once: longer is never.)
-    const timer = ms < 2 ** 31 - 1 ? setTimeout(() => finish(undefined), ms) : null;
-    const aborted = () => finish(undefined);
-    function finish(value, err) {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', aborted);
-      if (err === undefined) resolve(value);
-      else reject(err);
-    }
-    signal?.addEventListener('abort', aborted, { once: true });
-    promise.then((value) => finish(value), (err) => finish(undefined, err ?? new Error('request failed')));
-  });
 }

@@ -1,7 +1,8 @@
 // Waiting that ends with the client: `Timers`, whose sleeps all resolve at once when the client closes (so no
 // reconnect loop or request is left sleeping), `Signal`, which wakes whoever waits for a change, `restore`, which
-// retries what a reconnect restores while the server refuses it for now, and `acrossReconnects`, which makes a call
-// again on the next session when its own is lost before the answer.
+// retries what a reconnect restores while the server refuses it for now, `acrossReconnects`, which makes a call
+// again on the next session when its own is lost before the answer, and `within`, a promise waited for until a time
+// or an abort.
 
 import { ErrorCode, QuiverError } from '../wire/errors.js';
 import { endsSoon } from './values.js';
@@ -205,4 +206,22 @@ export async function oneRejoinAtATime(entry, session, rejoin, still) {
   } finally {
     if (entry.rejoining === session) entry.rejoining = null;
   }
+}
+
+/** `promise`'s outcome, or `undefined` once `ms` passed or `signal` aborted (whichever comes first). */
+export function within(promise, ms, signal) {
+  if (signal?.aborted || ms <= 0) return Promise.resolve(undefined);
+  return new Promise((resolve, reject) => {
+    // (Timers past 2^31 - 1 ms fire at once: longer is never.)
+    const timer = ms < 2 ** 31 - 1 ? setTimeout(() => finish(undefined), ms) : null;
+    const aborted = () => finish(undefined);
+    function finish(value, err) {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', aborted);
+      if (err === undefined) resolve(value);
+      else reject(err);
+    }
+    signal?.addEventListener('abort', aborted, { once: true });
+    promise.then((value) => finish(value), (err) => finish(undefined, err ?? new Error('request failed')));
+  });
 }

@@ -1,7 +1,8 @@
 // The WebSocket fallback with the shape of a WebTransport session: exactly what client/session.js uses of
-// WebTransport (`ready`, `closed`, `close`, one bidirectional control stream, server-opened room streams,
-// datagrams), over one WebSocket that speaks the protocol's WebSocket mapping (wire/ws.js). A Session cannot tell
-// the two apart, except that this one says `copies: false` (no datagram copies over TCP).
+// WebTransport (`ready`, `closed`, `close`, one bidirectional control stream, server-opened room streams, stopped
+// when their reader cancels them, datagrams), over one WebSocket that speaks the protocol's WebSocket mapping
+// (wire/ws.js). A Session cannot tell the two apart, except that this one says `copies: false` (no datagram copies
+// over TCP).
 //
 // Outgoing ticks stay latest-wins over TCP: while the socket is backed up (`bufferedAmount` above a few KiB), at
 // most one tick per channel waits here (a newer one replaces it in place) and the waiting ones go when it drains:
@@ -57,11 +58,19 @@ export class WebSocketTransportError extends Error {
   }
 }
 
-/** A ReadableStream and its controller, which ignores calls once the stream ended. */
-function feed(strategy) {
+/**
+ * A ReadableStream and its controller, which ignores calls once the stream ended. `onCancel(reason)`, if given, hears
+ * its reader cancel it before it ended (not after a close whose chunks were still unread: the stream had ended).
+ */
+function feed(strategy, onCancel = null) {
   let controller;
   let ended = false;
-  const readable = new ReadableStream({ start: (c) => { controller = c; } }, strategy);
+  const cancel = (reason) => {
+    if (ended) return;
+    ended = true;
+    onCancel?.(reason);
+  };
+  const readable = new ReadableStream({ start: (c) => { controller = c; }, cancel }, strategy);
   const once = (fn) => {
     if (ended) return;
     ended = true;
@@ -285,16 +294,31 @@ export class WebSocketTransport {
   #stream(id) {
     const open = this.#streams.get(id);
     if (open) return open;
-    if (id <= this.#lastStream) return null; // ended before: its late bytes are dropped
+    if (id <= this.#lastStream) return null; // ended or stopped before: its late bytes are dropped
     if (this.#streams.size >= this.maxInboundStreams) {
       this.#fail(ErrorCode.ProtocolViolation, `the server opened more than ${this.maxInboundStreams} room streams at once`);
       return null;
     }
     this.#lastStream = id;
-    const stream = feed();
+    const stream = feed(undefined, (reason) => this.#stop(id, reason));
     this.#streams.set(id, stream);
     this.#incoming.enqueue(stream.readable);
     return stream;
+  }
+
+  /**
+   * Room stream `id`'s reader cancelled it (its room left, or a rejoin's stream took over): the server is told to stop
+   * sending it (kind 6), as WebTransport's cancel sends STOP_SENDING, with the reason's `streamErrorCode` or else
+   * NoError, as a browser's: else the server would go on sending it, over the socket every room shares, for nobody.
+   * The stream no longer counts as open. Nothing is sent once the stream or the connection ended.
+   */
+  #stop(id, reason) {
+    if (!this.#streams.delete(id) || this.#ended || this.#ws.readyState !== OPEN) return;
+    const given = reason?.streamErrorCode;
+    const code = Number.isInteger(given) && given >= 0 && given <= 0xffff_ffff ? given : ErrorCode.NoError;
+    try {
+      this.#ws.send(encodeWsMessage({ Stop: { id, code } }));
+    } catch { /* the socket is going: the stream goes with the connection */ }
   }
 
   /** The socket closed (`event`), or failed (null): without a Close message first, the connection is lost. */

@@ -28,7 +28,8 @@ use crate::{
     ServerConfig,
 };
 
-/// The token verifier, watched for reloads.
+/// The token verifier, watched for reloads, and for steps of the wall clock (`clock::watch_sessions`): either makes
+/// the session check itself again, its token's expiry included.
 type Keys = tokio::sync::watch::Receiver<Arc<crate::auth::Auth>>;
 
 /// Serves the control stream; returns why the connection ended (for the log). The connection is closed on return.
@@ -148,6 +149,11 @@ pub(super) fn control<'a, R: RoomHub>(
                         answer_deferred(deferred.take(), &replies, (&codec, stats), &mut outbound, why);
                         flush_and_close(conn, &mut send, &outbound, failure.code, &failure.message).await;
                         return failure.message;
+                    }
+                    // Or the wall clock stepped: the timer, on the monotonic clock, looks at it again from now (at the
+                    // loop's top, a token the step expired is found expired, and the expiry branch closes at once).
+                    if let Some(at) = connection.next_expiry_look() {
+                        expiry.as_mut().reset(at);
                     }
                 }
                 () = violated.cancelled() => {}

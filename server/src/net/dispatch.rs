@@ -83,22 +83,27 @@ const POST_COPY_QUEUE: usize = 16;
 /// How long a session's timer waits, at most, before it looks at the wall clock again for its token's expiry. The
 /// timer's clock (monotonic) stops while the machine sleeps and does not follow a step of the wall clock, on which
 /// `exp` is: a timer armed once for the whole lifetime let a session outlive its token by as long as the machine
-/// slept (a laptop's dev server) or the clock was stepped forward. Requests (and post copies) are checked against
-/// the wall clock itself; this bounds what is delivered to such a session, and the ticks it may still publish (tick
-/// datagrams are not requests), after the machine woke: a minute at most.
-pub(super) const EXPIRY_LOOK: Duration = Duration::from_secs(60);
+/// slept (a laptop's dev server) or the clock was stepped forward. Such steps are caught by one watch for the whole
+/// server (`clock::watch_sessions`: every session checks itself again within about a second of one); this bounds
+/// what the two clocks' slow drift (NTP's slewing, at most 500 ppm) can add to a long-lived token. Requests (and
+/// post copies) are checked against the wall clock itself.
+pub(super) const EXPIRY_LOOK: Duration = Duration::from_secs(3600);
+
+/// The same for a request that waits (a Join for a stalled store, say), during which the session's control loop
+/// does not see the clock's watch: its wait ends within a minute of a step past the token's `exp`.
+pub(super) const WAIT_EXPIRY_LOOK: Duration = Duration::from_secs(60);
 
 /// When to look at the wall clock next for a token that expires at `exp_us`: then, on the timer's clock as it runs
-/// now, or within [`EXPIRY_LOOK`].
-pub(super) fn next_expiry_look(exp_us: u64) -> tokio::time::Instant {
+/// now, or within `look`.
+pub(super) fn next_expiry_look(exp_us: u64, look: Duration) -> tokio::time::Instant {
     let left = Duration::from_micros(exp_us.saturating_sub(super::now_us()));
-    tokio::time::Instant::now() + left.min(EXPIRY_LOOK)
+    tokio::time::Instant::now() + left.min(look)
 }
 
-/// Completes once the wall clock reached `exp_us` (looked at every [`EXPIRY_LOOK`] at most).
+/// Completes once the wall clock reached `exp_us` (looked at every [`WAIT_EXPIRY_LOOK`] at most).
 pub(super) async fn until_expired(exp_us: u64) {
     while super::now_us() < exp_us {
-        tokio::time::sleep_until(next_expiry_look(exp_us)).await;
+        tokio::time::sleep_until(next_expiry_look(exp_us, WAIT_EXPIRY_LOOK)).await;
     }
 }
 
@@ -164,7 +169,7 @@ impl<R: RoomHub> Connection<R> {
         timer: std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> bool {
         if let (None, Some(exp)) = (self.expires_us, session.expires_us()) {
-            timer.reset(next_expiry_look(exp));
+            timer.reset(next_expiry_look(exp, EXPIRY_LOOK));
             self.expires_us = Some(exp);
         }
         self.expires_us.is_some()
@@ -177,7 +182,7 @@ impl<R: RoomHub> Connection<R> {
 
     /// When the control loop's timer looks at the wall clock again for a token that has not expired yet.
     pub(super) fn next_expiry_look(&self) -> Option<tokio::time::Instant> {
-        self.expires_us.map(next_expiry_look)
+        self.expires_us.map(|exp| next_expiry_look(exp, EXPIRY_LOOK))
     }
 
     /// Completes when the connection is about to end (the server shuts down, the token expires, or the connection

@@ -2,6 +2,7 @@
 //! room streams and datagrams carrying out what the hub returns, and closing with the right code.
 
 mod admit;
+mod clock;
 mod close;
 mod connection;
 mod control;
@@ -328,6 +329,8 @@ impl<R: RoomHub> Server<R> {
         }
         tasks.spawn(sweep(self.rooms.clone(), self.config.budget.sweep_interval(), shutdown.clone()));
         tasks.spawn(watch_certificate(self.reloader(), shutdown.clone()));
+        let keys = self.current.read().unwrap_or_else(|p| p.into_inner()).keys.clone();
+        tasks.spawn(clock::watch_sessions(keys, shutdown.clone()));
         // A SIGTERM while the store opened cancelled `shutdown` already: then the server is never ready and takes
         // no connection (it was marked serving, and the unbiased loop below took about every other handshake queued
         // meanwhile before it saw the shutdown: a load balancer could add a node that was stopping).
@@ -443,3 +446,7 @@ async fn sweep<R: RoomHub>(rooms: Arc<R>, interval: Duration, shutdown: Cancella
 #[cfg(test)]
 #[path = "server_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "expiry_tests.rs"]
+mod expiry_tests;

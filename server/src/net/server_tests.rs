@@ -202,77 +202,6 @@ async fn a_join_waiting_for_a_stalled_store_ends_at_the_tokens_expiry() {
     let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
 }
 
-/// A session does not outlive its token when the timers' clock falls behind the wall clock, on which `exp` is (a
-/// machine that slept: the monotonic clock stops meanwhile; a clock stepped forward). The server runs here on a
-/// runtime whose clock is paused and held (no timer of its fires) while the wall clock passes the token's `exp`; a
-/// post after that is not taken, and the connection is closed `TokenExpired`. Before, a timer armed at Hello was
-/// the session's only look at the clock: the post was taken and the session went on.
-#[test]
-fn a_session_ends_at_its_tokens_expiry_on_the_wall_clock_though_the_timers_clock_stood_still() {
-    use quiver_proto::{Post, Reply, Request, RequestBody, ServerMsg};
-    let dir = tempfile::tempdir().unwrap();
-    let (path, (ready, addr), (release, held)) =
-        (dir.path().to_owned(), std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
-    let server = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
-        runtime.block_on(async move {
-            let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), path)).unwrap();
-            ready.send(server.local_addr()).unwrap();
-            let shutdown = CancellationToken::new();
-            let run = tokio::spawn(server.run(shutdown.clone()));
-            // A paused clock is not moved on while a blocking task runs: it stands still until the test is done.
-            tokio::task::spawn_blocking(move || held.recv()).await.unwrap().ok();
-            shutdown.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
-        });
-    });
-    let addr = addr.recv_timeout(Duration::from_secs(30)).unwrap();
-    let client = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let (closed, replies) = client.block_on(async {
-        let now_s = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-        // A token good for 2 s (`exp` is whole seconds, minted in the call: at most 2 s after it returns).
-        let (conn, codec, mut send, mut recv) = hello_and_join_a_new_room(dir.path(), addr, 2).await;
-        let exp = (now_s() as u64 + 2) as f64;
-        let (mut inbound, mut replies) = (bytes::BytesMut::new(), Vec::new());
-        let joined = |replies: &Vec<ServerMsg>| {
-            replies.iter().any(|m| matches!(m, ServerMsg::Reply { req_id: 1, result: Ok(Reply::Joined(_)) }))
-        };
-        let read = async {
-            while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
-                inbound.extend_from_slice(&chunk.bytes);
-                while let Some(msg) = codec.decode::<ServerMsg>(&mut inbound).unwrap() {
-                    replies.push(msg);
-                }
-                if joined(&replies) {
-                    break;
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), read).await.expect("joined");
-        assert!(joined(&replies), "welcomed and joined before the expiry: {replies:?}");
-        tokio::time::sleep(Duration::from_secs_f64(exp - now_s() + 0.2)).await;
-        let post = Post { room: "new".into(), client_msg_id: 1, body: bytes::Bytes::from_static(b"late") };
-        let chunk = codec.encode_to_vec(&Request { req_id: 2, body: RequestBody::Post(post) }).unwrap();
-        send.write_all(&chunk).await.unwrap();
-        let read = async {
-            while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
-                inbound.extend_from_slice(&chunk.bytes);
-                while let Some(msg) = codec.decode::<ServerMsg>(&mut inbound).unwrap() {
-                    replies.push(msg);
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(3), read).await;
-        (tokio::time::timeout(Duration::from_secs(1), conn.closed()).await, replies)
-    });
-    release.send(()).unwrap();
-    server.join().unwrap();
-    let taken = replies.iter().any(|m| matches!(m, ServerMsg::Reply { req_id: 2, result: Ok(_) }));
-    assert!(!taken, "a post after the token's expiry was taken: {replies:?}");
-    let closed = closed.expect("the session outlived its token: the connection is still open");
-    assert!(format!("{closed:?}").contains("token expired"), "{closed:?}");
-}
-
 /// A client gone while its Join waits for a stalled store: its task ends at once (its slot among its address's
 /// connections, its memberships, its subscriptions let go), not when the store moves again. Before, nothing
 /// watched the connection during the wait, so a client reconnecting in a loop against a stalled disk held a slot
@@ -442,7 +371,7 @@ fn with_a_stalled_store(dir: &std::path::Path) -> (Server, std::sync::mpsc::Send
 
 /// A raw connection to the dev server at `addr` that sends Hello (a dev token good for `lifetime_s`) and a Join of
 /// a room not made yet, in one chunk.
-async fn hello_and_join_a_new_room(
+pub(super) async fn hello_and_join_a_new_room(
     dir: &std::path::Path,
     addr: std::net::SocketAddr,
     lifetime_s: u64,

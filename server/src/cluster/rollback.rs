@@ -17,6 +17,30 @@ use crate::hub::{lock::lock, Delivery};
 /// The first pause between two tries of the check; it doubles up to [`CATCH_UP_RETRY_MAX`].
 const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// What a node had delivered of a room when its Pub/Sub connection came back: the position the rollback check
+/// compares Redis with. Taken before the node handles any event of the new connection
+/// ([`NodeRoom::on_resubscribed`], called before the Pub/Sub loop reads on): until 2026-12-07 the check read the
+/// node's position when it ran, after the catch-up's first read, and events delivered meanwhile moved it. A post
+/// given a lost seq again then looked delivered (skipped), the next post's seq was the node's last + 1 (delivered),
+/// and the check compared Redis with that last one, which Redis held: the rollback went unnoticed for good.
+#[derive(Debug, Clone)]
+pub(super) struct Delivered {
+    epoch: u64,
+    last_seq: u64,
+    last_op: u64,
+    /// The op and time of the message at `last_seq`: "" each when unknown (the room went live through a join after
+    /// it: the script then compares seqs and ops only).
+    message: (String, String),
+}
+
+impl Delivered {
+    pub(super) fn of(state: &NodeState) -> Delivered {
+        let message =
+            state.last_message.map_or((String::new(), String::new()), |(op, t)| (op.to_string(), t.to_string()));
+        Delivered { epoch: state.epoch, last_seq: state.last_seq, last_op: state.last_op, message }
+    }
+}
+
 /// True when the room's epoch in Redis is no longer the one this node delivered in (moved by this check, or
 /// found moved): its subscriptions here were reset (unless reset meanwhile: `generation`). False when Redis holds
 /// what the node delivered (events published since are the catch-up's to follow), or the check stopped mattering:
@@ -31,21 +55,17 @@ const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 /// members told nothing. Events meanwhile are still skipped, but the check that answers at last sees the room gone
 /// back (Redis behind, or another message at the node's last seq) and resets it: members rejoin and are told
 /// `recovered: false`.
-pub(super) async fn check(room: &NodeRoom, generation: u64, current: impl Fn(&NodeState) -> bool) -> bool {
-    let delivered = {
-        let state = lock(&room.state);
-        // An unknown message (the room went live through a join after it) is not compared: "" (the script skips it).
-        let (op, time_us) =
-            state.last_message.map_or((String::new(), String::new()), |(op, t)| (op.to_string(), t.to_string()));
-        (state.live && state.generation == generation && current(&state)).then_some((
-            state.epoch,
-            state.last_seq,
-            state.last_op,
-            op,
-            time_us,
-        ))
-    };
-    let Some((old, last_seq, last_op, message_op, message_time)) = delivered else { return false };
+pub(super) async fn check(
+    room: &NodeRoom,
+    generation: u64,
+    delivered: Delivered,
+    current: impl Fn(&NodeState) -> bool,
+) -> bool {
+    let live = |state: &NodeState| state.live && state.generation == generation && current(state);
+    if !live(&lock(&room.state)) {
+        return false;
+    }
+    let Delivered { epoch: old, last_seq, last_op, message: (message_op, message_time) } = delivered;
     let mut retry = RETRY;
     let checked: Option<String> = loop {
         let mut conn = room.ctx.broker.conn();
@@ -75,8 +95,7 @@ pub(super) async fn check(room: &NodeRoom, generation: u64, current: impl Fn(&No
         }
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(CATCH_UP_RETRY_MAX);
-        let state = lock(&room.state);
-        if !(state.live && state.generation == generation && current(&state)) {
+        if !live(&lock(&room.state)) {
             return false;
         }
     };

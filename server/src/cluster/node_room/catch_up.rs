@@ -4,29 +4,45 @@
 use std::sync::Arc;
 
 use super::{NodeRoom, NodeState, CATCH_UP_RETRY_MAX, RESUBSCRIBE_GRACE};
-use crate::hub::{lock::lock, Delivery};
+use crate::{
+    cluster::rollback::Delivered,
+    hub::{lock::lock, Delivery},
+};
 
 impl NodeRoom {
     /// After a Pub/Sub reconnect: events published while the node was not subscribed are lost to it. What Redis
     /// queued before the reconnect arrives first; after a grace period, what is still missing (the room's `op`
     /// beyond the node's) is filled from the stream, and if presence events are among it, the room's subscriptions
     /// are reset.
-    pub(in crate::cluster) async fn on_resubscribed(self: Arc<Self>) {
-        let (generation, mine) = match &mut *lock(&self.state) {
+    ///
+    /// Not an `async fn`: the node's position (what the rollback check compares Redis with) is taken when this is
+    /// called, before the Pub/Sub loop handles any event of the new connection, not when the returned future
+    /// first runs.
+    pub(in crate::cluster) fn on_resubscribed(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send {
+        let started = match &mut *lock(&self.state) {
             state if state.live => {
                 state.catch_ups += 1;
-                (state.generation, state.catch_ups)
+                Some((state.generation, state.catch_ups, Delivered::of(state)))
             }
-            _ => return,
+            _ => None,
         };
-        // On a task of its own: the Pub/Sub loop goes on to what Redis queued meanwhile.
+        async move {
+            if let Some(started) = started {
+                self.catch_up(started);
+            }
+        }
+    }
+
+    /// The catch-up of [`Self::on_resubscribed`], on a task of its own: the Pub/Sub loop goes on to what Redis
+    /// queued meanwhile.
+    fn catch_up(self: Arc<Self>, (generation, mine, delivered): (u64, u64, Delivered)) {
         tokio::spawn(async move {
             // Read until it is read (the events lost meanwhile may be a quiet room's last: no later event would
-            // show the gap), or until it no longer matters: the node stopping, the room reset or without members
-            // here (the next join sets its position afresh), or a later reconnect's catch-up taking over.
-            let current = |state: &NodeState| {
-                state.live && !state.subscribers.is_empty() && state.generation == generation && state.catch_ups == mine
-            };
+            // show the gap), or until it no longer matters: the node stopping, the room reset, or a later
+            // reconnect's catch-up taking over. Members here or not: a live room its last member left stays live,
+            // and its next join goes on from the node's position (until 2026-12-07 one failed read gave up the
+            // catch-up and the rollback check of such a room, where a read that worked went on to both).
+            let current = |state: &NodeState| state.live && state.generation == generation && state.catch_ups == mine;
             let mut retry = RESUBSCRIBE_GRACE / 4;
             let meta = loop {
                 let mut conn = self.ctx.broker.conn();
@@ -55,7 +71,7 @@ impl NodeRoom {
             // left by its last member stays live (until the sweep drops it), and the next join goes on from the
             // position the node delivered, which a rollback made wrong.
             let checking = |state: &NodeState| state.generation == generation && state.catch_ups == mine;
-            if crate::cluster::rollback::check(&self, generation, checking).await {
+            if crate::cluster::rollback::check(&self, generation, delivered, checking).await {
                 return;
             }
             tokio::time::sleep(RESUBSCRIBE_GRACE).await;

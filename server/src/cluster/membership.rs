@@ -142,17 +142,20 @@ pub(super) async fn announce(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc
     done
 }
 
-/// Tries of each of reconcile's calls, and the first pause between two (doubling): it runs just as Redis comes
-/// back, when the command connection may still hold the dead socket.
-const RECONCILE_TRIES: u32 = 6;
+/// The first pause between two tries of one of reconcile's calls, and the longest (doubling from the first): it
+/// runs just as Redis comes back, when the command connection may still hold the dead socket, or Redis still loads
+/// its snapshot (`LOADING`, for as long as the snapshot takes).
 const RECONCILE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+const RECONCILE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Redis' count of this node's members made to agree with the node's own, in every room Redis lists for it and every
 /// room where it holds members (run at each Pub/Sub connection: Redis may be back from a snapshot that still counts
 /// subscriptions ended since, which would look present until this node died, or lacks ones taken since). Each room's call runs under its join lock, so that no join is counted
 /// meanwhile (the lock is let go between tries); a room this node does not have is looked at through a room made
-/// for it (the sweep takes it away again). A call the connection fails is tried [`RECONCILE_TRIES`] times, then this
-/// reconcile stops (the next connection starts another); one Redis refuses is skipped. A newer Pub/Sub connection
+/// for it (the sweep takes it away again). A call the connection fails (or Redis, for now) is tried until it answers
+/// (until 2026-12-07, six times in 3 s: a Redis loading a larger snapshot outlasted them, and the snapshot's
+/// presence stayed for the node's life, since a Pub/Sub connection made during the load was the last one); one
+/// Redis refuses is skipped. A newer Pub/Sub connection
 /// (and its own reconcile) takes over at the next room.
 pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc<NodeRoom>>>>) {
     let (node, connection) = (ctx.broker.node().to_string(), ctx.broker.pubsub_connections());
@@ -258,8 +261,8 @@ fn connection_trouble(err: &redis::RedisError) -> bool {
     for_now || err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout()
 }
 
-/// `call` on the broker's command connection until it answers, [`RECONCILE_TRIES`] times at most while the
-/// connection fails it.
+/// `call` on the broker's command connection until it answers, tried again while the connection (or Redis, for
+/// now) fails it, until the node stops or a newer Pub/Sub connection takes over.
 async fn retried<T, F>(
     ctx: &Ctx,
     connection: u64,
@@ -269,21 +272,61 @@ where
     F: std::future::Future<Output = redis::RedisResult<T>>,
 {
     let mut pause = RECONCILE_RETRY;
-    let mut attempt = 0;
     loop {
-        attempt += 1;
         let err = match call(ctx.broker.conn()).await {
             Ok(answer) => return Ok(answer),
             Err(err) => err,
         };
         ctx.broker.failed(&err);
-        if attempt >= RECONCILE_TRIES || !connection_trouble(&err) {
+        if !connection_trouble(&err) {
             return Err(Gave::Failed(err));
         }
         if ctx.broker.stopped() || ctx.broker.pubsub_connections() != connection {
             return Err(Gave::Up);
         }
         tokio::time::sleep(pause).await;
-        pause *= 2;
+        pause = (pause * 2).min(RECONCILE_RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{atomic::AtomicU64, Arc};
+
+    use super::*;
+
+    /// One of reconcile's calls that Redis answers `LOADING` (it loads a snapshot) for longer than six tries is
+    /// tried until it answers: before, it gave up after six tries in 3 s, and the snapshot's presence stayed.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_redis_answers_loading_is_tried_until_it_answers() {
+        let config = crate::cluster::broker::BrokerConfig {
+            url: "redis://127.0.0.1:1".into(),
+            presence_expiry: std::time::Duration::from_secs(30),
+            heartbeat: std::time::Duration::from_secs(1),
+            request_timeout: std::time::Duration::from_secs(1),
+            allow_eviction: false,
+        };
+        let limits = quiver_proto::Limits::default();
+        let ctx = Ctx {
+            broker: crate::cluster::broker::Broker::new(config).unwrap(),
+            codec: quiver_proto::FrameCodec::new(limits.max_frame as usize),
+            limits,
+            room_ttl_ms: 0,
+            next_subscriber: AtomicU64::new(1),
+        };
+        let calls = Arc::new(AtomicU64::new(0));
+        let counted = calls.clone();
+        let started = tokio::time::Instant::now();
+        let answer = retried(&ctx, ctx.broker.pubsub_connections(), move |_| {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                match n < 20 {
+                    true => Err(redis::RedisError::from((redis::ServerErrorKind::BusyLoading.into(), "LOADING"))),
+                    false => Ok(n),
+                }
+            }
+        });
+        assert_eq!(answer.await.ok(), Some(20), "given up while Redis loaded");
+        assert!(started.elapsed() < std::time::Duration::from_secs(40), "pauses of 2 s at most");
     }
 }

@@ -158,6 +158,10 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// How long a Pub/Sub connection must have held for its loss to be met by a reconnect at once (the backoff starts
+/// over); one lost sooner is made again after the backoff's pause.
+const PUBSUB_HELD: Duration = Duration::from_secs(5);
+
 impl Broker {
     /// A broker client for `config` (nothing is connected before [`Broker::connect`]; the hubs route their
     /// channels first).
@@ -386,7 +390,7 @@ impl Broker {
             let stale = CancellationToken::new();
             *lock(&self.pubsub_stale) = stale.clone();
             self.pubsub_up.store(true, Ordering::Relaxed);
-            delay = Duration::from_millis(100);
+            let up_since = tokio::time::Instant::now();
             tracing::info!(channels = channels.len() + late.len(), "broker Pub/Sub connected");
             self.pubsub_connections.fetch_add(1, Ordering::AcqRel);
             let handlers: Vec<_> = lock(&self.handlers).values().cloned().collect();
@@ -412,7 +416,13 @@ impl Broker {
             }
             self.pubsub_up.store(false, Ordering::Relaxed);
             *lock(&self.sink) = None;
-            tracing::warn!("lost the broker's Pub/Sub connection; reconnecting");
+            tracing::warn!(held_ms = up_since.elapsed().as_millis() as u64, "lost the broker's Pub/Sub connection");
+            // (Each connection starts a catch-up per live room and a presence repair: one lost soon after it was made,
+            // `CLIENT KILL TYPE pubsub` or an output buffer limit hit again, was made again at once, in a loop.)
+            match up_since.elapsed() >= PUBSUB_HELD {
+                true => delay = Duration::from_millis(100),
+                false => self.backoff(&mut delay).await,
+            }
         }
     }
 

@@ -154,3 +154,34 @@ async fn on_a_slow_link_the_beats_do_not_wait_for_the_query_for_silent_nodes() {
     assert!(gaps.iter().all(|gap| *gap < 1_500), "the beats waited for the query: gaps of {gaps:?} ms");
     broker.retire().await;
 }
+
+/// A Pub/Sub connection closed soon after it was made is made again after the backoff's pause, not at once: each
+/// one starts a catch-up per live room and a presence repair. Here Redis closes every Pub/Sub connection for 3 s
+/// (`CLIENT KILL TYPE pubsub` every 5 ms, as an output buffer limit a slow node hits again does); before, the node
+/// reconnected hundreds of times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubsub_connection_lost_soon_after_it_was_made_is_made_again_after_a_pause() {
+    let test = "a_pubsub_connection_lost_soon_after_it_was_made_is_made_again_after_a_pause";
+    let Some(mut redis) = super::super::scripts::tests::redis(test) else { return };
+    let (broker, _sink) = connected(&redis.url).await;
+    struct Quiet;
+    impl ChannelHandler for Quiet {
+        fn message(self: Arc<Self>, _: Vec<u8>) {}
+        fn resubscribed(self: Arc<Self>) -> BoxFuture<'static, ()> {
+            Box::pin(async {})
+        }
+    }
+    // (A connection with no channel subscribed is not one of the Pub/Sub clients the kills name.)
+    broker.subscribe("q:{kept}:events", Arc::new(Quiet)).await.unwrap();
+    let before = broker.pubsub_connections();
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut redis.conn).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let made = broker.pubsub_connections() - before;
+    // 100 ms doubling to 2 s: about 5 in 3 s, and a few more for the connections the kills missed.
+    assert!(made <= 12, "{made} Pub/Sub connections made in 3 s of kills");
+    assert!(made >= 2, "{made}: the kills were not seen");
+    broker.retire().await;
+}

@@ -206,7 +206,7 @@ fn a_hundred_thousand_refused_subscribes_allocate_nothing() {
     }
     assert_eq!(refused, 100_000);
     assert_eq!(
-        (hub.channels(), conn.channel_names(), conn.claims().lookup(101)),
+        (hub.channels(), conn.channel_names(), conn.claims().lookup(101, std::time::Instant::now())),
         (100, 100, { crate::hub::connection::ClaimLookup::Unknown })
     );
     // Churn: subscribe and unsubscribe 100,000 more names; nothing stays behind.

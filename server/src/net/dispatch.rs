@@ -452,10 +452,15 @@ impl<R: RoomHub> Connection<R> {
                 Ok(Reply::Publishing { channel, channel_id: claim.channel_id })
             }
             TickRequest::Unpublish { channel } => {
-                let (_, max_age_us) = self.state.unclaim(&channel)?;
-                // The reader drops the channel's datagrams from now on, then the hub lets the claim go.
+                let (_, max_age_us) = self.state.unclaim(&channel, std::time::Instant::now())?;
+                // The reader takes the channel's datagrams for the grace (ticks sent before the Unpublish, read
+                // after it), then drops them; the hub lets the claim go once it ends, whatever the connection does.
                 self.datagrams.set_claims(self.state.claims());
-                self.ticks.release(&channel, max_age_us);
+                let (ticks, released) = (self.ticks.clone(), channel.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(crate::hub::connection::UNPUBLISH_GRACE).await;
+                    ticks.release(&released, max_age_us);
+                });
                 Ok(Reply::Unpublished { channel })
             }
         }

@@ -77,3 +77,56 @@ async fn a_tokens_expiry_is_looked_for_on_the_wall_clock() {
         .expect("expired on the wall clock");
     assert_eq!(tokio::time::Instant::now(), start, "the timers' clock stood still");
 }
+
+/// A tick the client sent before its Unpublish and the server reads after it (the datagram reader is another task
+/// than the control stream's) is published all the same, for a grace: before, it was dropped as unclaimed, though
+/// the client's `send` had returned its seq (a match's last score, sent before unpublishing). After the grace the
+/// claim's datagrams are dropped and the hub lets the claim go.
+#[tokio::test]
+async fn a_tick_read_after_its_claims_unpublish_is_published_within_the_grace() {
+    use quiver_proto::{Reply, TickHeader};
+    let (server_conn, client_conn, _client, _dir) = crate::net::test_quic::loopback_pair().await;
+    let wire = Wire::Quic(Arc::new(web_transport_quinn::Session::raw(server_conn)));
+    let limits = Limits::default();
+    let rooms = Arc::new(LocalRooms::new(limits.clone(), crate::Budget::default()));
+    let ticks = Arc::new(LocalTicks::default());
+    let stats = Arc::new(ServerStats::default());
+    let hubs = (rooms as Arc<LocalRooms>, ticks.clone() as Arc<dyn TickHub>);
+    let mut connection = Connection::start(
+        &wire,
+        &limits,
+        hubs,
+        TailProbe::disabled(),
+        None,
+        (stats.clone(), None),
+        CancellationToken::new(),
+    );
+    let publish = TickRequest::Publish { channel: "score".into(), max_age_ms: None };
+    let Ok(Reply::Publishing { channel_id, .. }) = connection.tick(publish) else { panic!("not claimed") };
+    let tick = |seq: u64| {
+        let mut datagram = bytes::BytesMut::new();
+        TickHeader { channel_id, seq, sent_time_us: now_us() }.encode(&mut datagram).unwrap();
+        datagram.extend_from_slice(b"final");
+        datagram.freeze()
+    };
+    // Sent, then unpublished without a yield (this runtime has one thread): the server reads the tick after.
+    client_conn.send_datagram(tick(1)).unwrap();
+    connection.tick(TickRequest::Unpublish { channel: "score".into() }).expect("unpublished");
+    let counts = || {
+        let s = stats.snapshot();
+        (s.ticks_published, s.datagrams_unclaimed)
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while counts() == (0, 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(counts(), (1, 0), "(published, dropped as unclaimed)");
+    tokio::time::sleep(crate::hub::connection::UNPUBLISH_GRACE + std::time::Duration::from_millis(100)).await;
+    assert_eq!(ticks.channels(), 0, "the hub let the claim go after the grace");
+    client_conn.send_datagram(tick(2)).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while counts() == (1, 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(counts(), (1, 1), "after the grace its datagrams are dropped");
+}

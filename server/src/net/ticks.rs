@@ -279,7 +279,7 @@ async fn read_ticks(
             let table = claims.borrow_and_update();
             newest.retain(|channel_id, _| table.is_claimed(*channel_id));
         }
-        let lookup = claims.borrow().lookup(header.channel_id);
+        let lookup = claims.borrow().lookup(header.channel_id, Instant::now());
         let channel = match lookup {
             ClaimLookup::Claimed(channel) => channel,
             ClaimLookup::NotClaimed => {

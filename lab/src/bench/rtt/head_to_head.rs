@@ -80,7 +80,8 @@ pub(super) async fn quiver_mixed_series(
                 true => targets.quiver_ws_client().await?,
             };
             let name = quiver::fresh_name("h2h", who, websocket);
-            let (publisher, dropped) = quiver::own_ticks(&client, &name, lanes.tally(0), &stop).await?;
+            let server = targets.quiver.stats.clone().filter(|_| who == 0);
+            let (publisher, dropped) = quiver::own_ticks(&client, &name, lanes.tally(0), &stop, server).await?;
             quiver::own_chat(&client, &name, lanes.tally(1), &stop, false).await?;
             let (ticks, chat) = lanes.start_two().await;
             // Ticks reordered and dropped as stale are not lost (the WebSocket's, over TCP, never are).

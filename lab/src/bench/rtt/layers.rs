@@ -135,7 +135,8 @@ pub(super) async fn quiver_datagram_series(
         async move {
             let client = targets.quiver_client().await?;
             let channel = quiver::fresh_name("rtt", who, "ticks");
-            let (publisher, dropped) = quiver::own_ticks(&client, &channel, lanes.tally(0), &stop).await?;
+            let server = targets.quiver.stats.clone().filter(|_| who == 0);
+            let (publisher, dropped) = quiver::own_ticks(&client, &channel, lanes.tally(0), &stop, server).await?;
             let lane = lanes.start_one().await;
             let before = wire_bytes(&client);
             let sent = lane

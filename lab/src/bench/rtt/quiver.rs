@@ -33,11 +33,17 @@ impl Dropped {
 
 /// Subscribes `client` to tick channel `channel`, tallies every tick that comes back until `stop`, and returns a
 /// publisher on the channel and the counts of the ticks the subscription did not hand on.
+///
+/// `server`: the in-process server's counters, for one sender of a series: the ticks it dropped for arriving after
+/// a newer one of their publisher (reordered on the way up, `ticks_reordered_in`) count as stale too, as the echoes
+/// count theirs wherever the path reordered them (until 2026-12-07 they counted as lost, and Quiver's stale column
+/// missed the uplink's share).
 pub(super) async fn own_ticks(
     client: &Client,
     channel: &str,
     tally: SharedTally,
     stop: &CancellationToken,
+    server: Option<Arc<quiver_server::stats::ServerStats>>,
 ) -> Result<(TickPublisher, Dropped), BenchError> {
     let mut subscription = BenchError::answered("subscribe", client.subscribe(channel)).await?;
     let publisher = BenchError::answered("publish", client.publisher(channel)).await?;
@@ -53,9 +59,8 @@ pub(super) async fn own_ticks(
                 batch = subscription.next_batch() => match batch {
                     Some(ticks) => {
                         for tick in ticks {
-                            // (By the sender's index, as the echoes judge theirs: a tick the uplink reordered
-                            // gets the newer seq at the server and is taken, and would be measured here where the
-                            // echoes' copy of it is stale.)
+                            // (By the sender's index, as the echoes judge theirs: the server drops a tick the
+                            // uplink reordered, `server` above, and one reordered on the way down is stale here.)
                             if let Some((w, i)) = parse(&tick.payload) {
                                 Tally::received_latest(&tally, w, i);
                             }
@@ -66,7 +71,8 @@ pub(super) async fn own_ticks(
                 _ = refresh.tick() => {}
             }
             let stats = subscription.stats();
-            seen.stale.store(stats.stale_dropped, Ordering::Relaxed);
+            let uplink = server.as_ref().map_or(0, |server| server.snapshot().ticks_reordered_in);
+            seen.stale.store(stats.stale_dropped + uplink, Ordering::Relaxed);
             seen.superseded.store(stats.superseded, Ordering::Relaxed);
         }
     });

@@ -141,6 +141,8 @@ async fn an_expiring_token_ends_the_connection_and_a_provider_renews_it() {
     let (code, reason) = tokio::time::timeout(Duration::from_secs(10), stuck.closed()).await.expect("ended");
     assert_eq!(code, ErrorCode::TokenExpired, "{reason}");
     assert!(server.stats.snapshot().sessions_expired >= 2, "both expiries counted");
+    // Among the refusals by code too: the two sessions it ended, and the fixed token's Hello at the reconnect.
+    assert!(server.stats.refusals(ErrorCode::TokenExpired) >= 3, "{}", server.stats.refusals(ErrorCode::TokenExpired));
 
     // The renewing client is back, with a fresh token, in its room.
     let seq = tokio::time::timeout(Duration::from_secs(10), renewing.post("expiry", "after renewal")).await.unwrap();

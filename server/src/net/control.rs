@@ -123,6 +123,9 @@ pub(super) fn control<'a, R: RoomHub>(
                         continue;
                     }
                     bump(&stats.sessions_expired);
+                    // A close with a code, as every refusal (`quiver_refusals_total{code="TokenExpired"}` counted only
+                    // the Hellos refused for it until 2026-12-07, not the sessions it ended).
+                    stats.refused(ErrorCode::TokenExpired);
                     // Nothing more is delivered or taken from here on (rooms left, subscriptions and claims ended, the
                     // datagram and room-stream tasks stopped): a session does not outlive its token while the posts
                     // already taken are answered (within the frame timeout), which could take seconds.

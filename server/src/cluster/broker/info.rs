@@ -72,5 +72,34 @@ impl Broker {
                 (false, _) => tracing::info!(policy, "the broker no longer evicts keys"),
             }
         }
+        self.info_read.store(true, Ordering::Relaxed);
+    }
+
+    /// Ready when INFO was read and allows it, and both connections to Redis work.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        let allow_eviction = self.config.allow_eviction;
+        if self.too_old.load(Ordering::Relaxed) {
+            return Err("the broker is older than Redis 7.0, which the room scripts need");
+        }
+        if self.evicting.load(Ordering::Relaxed) && !allow_eviction {
+            return Err("the broker may evict keys (maxmemory-policy is not noeviction): a retried post could be \
+                        stored twice once its dedupe key is evicted");
+        }
+        if self.info_refused.load(Ordering::Relaxed) && !allow_eviction {
+            return Err("the broker answers INFO with an error (an ACL that leaves it out refuses INFO: grant the \
+                        user +info), so whether it may evict keys cannot be checked; or set broker.allow_eviction");
+        }
+        // (Until 2026-12-07 a node was ready from its first beat, before INFO said whether Redis may evict keys.)
+        let unread_allowed = self.info_refused.load(Ordering::Relaxed) && allow_eviction;
+        if !(self.info_read.load(Ordering::Relaxed) || unread_allowed) {
+            return Err("the broker's INFO (its version and eviction policy) has not been read yet");
+        }
+        if !self.pubsub_up.load(Ordering::Relaxed) {
+            return Err("the broker's Pub/Sub connection is down (Redis unreachable)");
+        }
+        if !self.heartbeat_ok.load(Ordering::Relaxed) {
+            return Err("the broker's heartbeat fails (Redis unreachable)");
+        }
+        Ok(())
     }
 }

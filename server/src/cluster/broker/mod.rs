@@ -102,6 +102,8 @@ pub struct Broker {
     evicting: AtomicBool,
     /// The Redis reached refuses `INFO` (a user whose ACL leaves it out): whether it may evict keys is unknown.
     info_refused: AtomicBool,
+    /// `INFO` was read once (the version and eviction flags above are known): not ready before.
+    info_read: AtomicBool,
     hooks: Mutex<Hooks>,
     /// Cancelled when the current Pub/Sub connection stops answering PING: it is dropped and made again.
     pubsub_stale: Mutex<CancellationToken>,
@@ -182,6 +184,7 @@ impl Broker {
             too_old: AtomicBool::new(false),
             evicting: AtomicBool::new(false),
             info_refused: AtomicBool::new(false),
+            info_read: AtomicBool::new(false),
             hooks: Mutex::new(Hooks::default()),
             pubsub_stale: Mutex::new(CancellationToken::new()),
             burying: Mutex::new(std::collections::HashSet::new()),
@@ -258,28 +261,6 @@ impl Broker {
     /// Requests that failed so far.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
-    }
-
-    /// Ready when both connections to Redis work.
-    pub fn ready(&self) -> Result<(), &'static str> {
-        if self.too_old.load(Ordering::Relaxed) {
-            return Err("the broker is older than Redis 7.0, which the room scripts need");
-        }
-        if self.evicting.load(Ordering::Relaxed) && !self.config.allow_eviction {
-            return Err("the broker may evict keys (maxmemory-policy is not noeviction): a retried post could be \
-                        stored twice once its dedupe key is evicted");
-        }
-        if self.info_refused.load(Ordering::Relaxed) && !self.config.allow_eviction {
-            return Err("the broker answers INFO with an error (an ACL that leaves it out refuses INFO: grant the \
-                        user +info), so whether it may evict keys cannot be checked; or set broker.allow_eviction");
-        }
-        if !self.pubsub_up.load(Ordering::Relaxed) {
-            return Err("the broker's Pub/Sub connection is down (Redis unreachable)");
-        }
-        if !self.heartbeat_ok.load(Ordering::Relaxed) {
-            return Err("the broker's heartbeat fails (Redis unreachable)");
-        }
-        Ok(())
     }
 
     /// Runs `hook` with the id of every node found dead (before its entries are deleted).

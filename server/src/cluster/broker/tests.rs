@@ -185,3 +185,34 @@ async fn a_pubsub_connection_lost_soon_after_it_was_made_is_made_again_after_a_p
     assert!(made >= 2, "{made}: the kills were not seen");
     broker.retire().await;
 }
+
+/// A node is not ready before it has read INFO: a Redis that may evict keys is never reported ready, not even
+/// between the first beat and the INFO check that follows it (on this slow link, two replies of 300 ms). Before,
+/// `/readyz` answered 200 in that window, and a load balancer could add the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_not_ready_before_it_has_read_info() {
+    let test = "a_node_is_not_ready_before_it_has_read_info";
+    let Some(mut redis) = super::super::scripts::tests::redis(test) else { return };
+    let mut set =
+        |key: &str, value: &str| redis::cmd("CONFIG").arg("SET").arg(key).arg(value).query::<()>(&mut redis.conn);
+    set("maxmemory", "100mb").unwrap();
+    set("maxmemory-policy", "allkeys-lru").unwrap();
+    let config = BrokerConfig {
+        url: slow_replies(&redis.url, Duration::from_millis(300)).await,
+        presence_expiry: Duration::from_secs(30),
+        heartbeat: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(5),
+        allow_eviction: false,
+    };
+    let broker = Broker::new(config).unwrap();
+    broker.connect();
+    let start = tokio::time::Instant::now();
+    let mut last = Ok(());
+    while start.elapsed() < Duration::from_secs(4) {
+        last = broker.ready();
+        assert!(last.is_err(), "ready against a Redis that may evict keys, {:?} in", start.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(last.is_err_and(|why| why.contains("evict")), "{last:?}");
+    broker.retire().await;
+}

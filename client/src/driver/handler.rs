@@ -107,6 +107,10 @@ impl Driver {
         if !lock(&entry.state).is_current(stream) {
             return; // an older stream of the room, read late: the newer one's slot stays
         }
+        // Nor for a room left since (its Leave let go of its routes under this lock, and turned post copies off).
+        if entry.ended.is_cancelled() {
+            return;
+        }
         // Slots of connections that are gone, and the room's older streams, route nothing any more.
         let current = self.current.borrow().as_ref().map(|c| c.id);
         slots.retain(|(on, _), (room, _)| Some(*on) == current && !Arc::ptr_eq(room, entry));

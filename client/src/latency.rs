@@ -65,6 +65,11 @@ impl LatencyRecorder {
         points
     }
 
+    /// The summary of nothing recorded (every field 0).
+    pub fn default_summary() -> LatencySummary {
+        LatencySummary { count: 0, p50_us: 0, p90_us: 0, p99_us: 0, p999_us: 0, max_us: 0, mean_us: 0, stdev_us: 0 }
+    }
+
     /// The summary of everything recorded.
     pub fn summary(&self) -> LatencySummary {
         let h = &self.histogram;

@@ -140,14 +140,19 @@ impl LatestWins {
         self.pending.drain(..).collect()
     }
 
-    /// Counters and latency so far.
+    /// Counters and latency so far (the latency summary walks the histogram: tens of µs).
     pub fn stats(&self) -> TickStats {
+        TickStats { latency: self.latency.summary(), ..self.counts() }
+    }
+
+    /// The counters alone, the latency left empty: a few loads.
+    pub fn counts(&self) -> TickStats {
         TickStats {
             received: self.received,
             lost: self.lost,
             stale_dropped: self.stale_dropped,
             superseded: self.superseded,
-            latency: self.latency.summary(),
+            latency: crate::latency::LatencyRecorder::default_summary(),
         }
     }
 }
@@ -176,6 +181,9 @@ mod tests {
         assert!(sub.take_all().is_empty());
         let stats = sub.stats();
         assert_eq!((stats.received, stats.lost, stats.stale_dropped, stats.superseded), (5, 1, 1, 2));
+        assert_eq!(stats.latency.count, 5);
+        let counts = sub.counts();
+        assert_eq!(counts, TickStats { latency: crate::latency::LatencyRecorder::default_summary(), ..stats });
         sub.resync(2);
         assert!(!sub.on_tick(1, header(7), Bytes::new(), 10), "a late tick of the earlier connection");
         assert!(sub.on_tick(2, header(1), Bytes::new(), 10), "after a resubscribe seqs may start over");

@@ -370,7 +370,7 @@ async fn fanout(publisher_node: &Node, nodes: &[&Node], config: &ClusterConfig) 
             // the run says so: they are neither delivered nor in the percentiles.)
             let mut let_go = 0;
             'batches: while let Some(ticks) = subscription.next_batch().await {
-                let now = subscription.stats().superseded;
+                let now = subscription.counts().superseded;
                 superseded.fetch_add(now.saturating_sub(let_go), Ordering::Relaxed);
                 let_go = now;
                 for tick in ticks {

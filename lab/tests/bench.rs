@@ -102,7 +102,14 @@ async fn fanout_delivers_ticks_and_chat_to_every_subscriber() {
         netns: None,
         baselines: true,
     };
-    let report = run_fanout(config, |_| {}).await.unwrap();
+    let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let saying = said.clone();
+    let report = run_fanout(config, move |line: &str| saying.lock().unwrap().push(line.to_string())).await.unwrap();
+    // Each side a ratio to raw UDP is printed for is measured next to raw UDP's run (this VM drifts over minutes):
+    // bare quinn right before it, Quiver's ticks-only run right after.
+    let measured: Vec<String> =
+        said.lock().unwrap().iter().filter_map(|l| l.strip_suffix(": measuring")).map(String::from).collect();
+    assert_eq!(measured, ["raw udp sendmmsg", "bare quinn", "raw udp", "quiver", "quiver", "websocket"]);
     for (side, reliable_ticks) in [(&report.quiver, false), (report.websocket.as_ref().unwrap(), true)] {
         assert_eq!(side.ticks_sent, 75);
         assert_eq!(side.chat_sent, 15);

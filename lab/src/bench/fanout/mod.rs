@@ -161,9 +161,11 @@ struct Sides {
     websocket: Option<FanoutSide>,
 }
 
-/// Each side in turn, so no two load the machine at once. Raw UDP goes right before the Quiver run it is the
-/// throughput goal's baseline for (ticks only): this VM's speed drifts over minutes (raw UDP's cost per delivery
-/// moved 3.7 → 6.8 µs between periods), and sides taken minutes apart carried that drift into the ratio.
+/// Each side in turn, so no two load the machine at once. Raw UDP goes between the other baselines and the Quiver
+/// run it is the throughput goal's baseline for (ticks only), each ratio printed against it taken next to it: this
+/// VM's speed drifts over minutes (raw UDP's cost per delivery moved 3.7 → 6.8 µs between periods), and sides taken
+/// minutes apart carried that drift into the ratio (until 2026-12-07 the chat run came between bare quinn and raw UDP,
+/// so that bare quinn's and `sendmmsg`'s ratios divided by a raw UDP run taken minutes after them).
 /// Says how far `series` is with connecting its subscribers (every 100th, and the first): over an emulated path a
 /// thousand connections take minutes, which the progress bar otherwise spent at one line.
 pub(super) fn connecting(progress: &Progress, series: &str, who: u32, subscribers: u32) {
@@ -174,30 +176,19 @@ pub(super) fn connecting(progress: &Progress, series: &str, who: u32, subscriber
 
 async fn measure_sides(config: &FanoutConfig, servers: &Servers, progress: &Progress) -> Result<Sides, BenchError> {
     let mut baselines = Vec::new();
+    let mut quiver_no_chat = None;
     if let Some(b) = &servers.baselines {
         baselines.push(udp::measure("raw udp sendmmsg", config, b.udp_batched, progress).await?);
         baselines.push(bare_quinn::measure("bare quinn", config, b.quinn, &b.quinn_trust, progress).await?);
-    }
-    let mut quiver = None;
-    if config.chat_rate > 0.0 || servers.baselines.is_none() {
-        quiver = Some(quiver::measure(config, &servers.quiver, progress).await?);
-    }
-    if let Some(b) = &servers.baselines {
         baselines.insert(0, udp::measure(report::RAW_UDP, config, b.udp, progress).await?);
-    }
-    let quiver_no_chat = match quiver {
-        Some(_) if servers.baselines.is_some() => {
-            progress("quiver again, ticks only (the baselines' load)");
+        if config.chat_rate > 0.0 {
+            progress("quiver ticks only (the baselines' load)");
             let ticks_only = FanoutConfig { chat_rate: 0.0, ..config.clone() };
             let side = quiver::measure(&ticks_only, &servers.quiver, progress).await?;
-            Some(FanoutSide { name: report::QUIVER_NO_CHAT.into(), ..side })
+            quiver_no_chat = Some(FanoutSide { name: report::QUIVER_NO_CHAT.into(), ..side });
         }
-        _ => None,
-    };
-    let quiver = match quiver {
-        Some(quiver) => quiver,
-        None => quiver::measure(config, &servers.quiver, progress).await?,
-    };
+    }
+    let quiver = quiver::measure(config, &servers.quiver, progress).await?;
     let websocket = match servers.websocket {
         Some(hub) => Some(websocket::measure(config, hub, progress).await?),
         None => None,

@@ -236,9 +236,6 @@ pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Ar
                 "the broker's count of this node's members was not this node's (Redis back from older data?); mended"
             ),
             Err(Gave::Up) => return tracing::debug!("reconcile: taken over by a newer connection, or the node stops"),
-            Err(Gave::Failed(err)) if connection_trouble(&err) => {
-                return tracing::warn!(room = %name, %err, "could not check this node's members on the broker; stopped")
-            }
             Err(Gave::Failed(err)) => tracing::warn!(room = %name, %err, "could not check this node's members here"),
         }
     }
@@ -248,7 +245,7 @@ pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Ar
 enum Gave {
     /// The node stops, or a newer Pub/Sub connection took over.
     Up,
-    /// The last error: a refusal by Redis (not tried again), or the connection's after every try.
+    /// A refusal by Redis (not tried again: trouble of the connection, or Redis' own for now, is).
     Failed(redis::RedisError),
 }
 
@@ -272,6 +269,7 @@ where
     F: std::future::Future<Output = redis::RedisResult<T>>,
 {
     let mut pause = RECONCILE_RETRY;
+    let mut tries = 0u32;
     loop {
         let err = match call(ctx.broker.conn()).await {
             Ok(answer) => return Ok(answer),
@@ -280,6 +278,12 @@ where
         ctx.broker.failed(&err);
         if !connection_trouble(&err) {
             return Err(Gave::Failed(err));
+        }
+        // Said now and then (a demoted primary answering READONLY to every write holds the repair up until the next
+        // Pub/Sub connection): not in silence, nor at every try.
+        tries += 1;
+        if tries.is_power_of_two() && tries >= 8 {
+            tracing::warn!(%err, tries, "the broker still fails this node's presence repair; trying again");
         }
         if ctx.broker.stopped() || ctx.broker.pubsub_connections() != connection {
             return Err(Gave::Up);

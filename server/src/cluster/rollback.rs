@@ -19,7 +19,9 @@ const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What a node had delivered of a room when its Pub/Sub connection came back: the position the rollback check
 /// compares Redis with. Taken before the node handles any event of the new connection
-/// ([`NodeRoom::on_resubscribed`], called before the Pub/Sub loop reads on): until 2026-12-07 the check read the
+/// ([`NodeRoom::on_resubscribed`], called before the Pub/Sub loop reads on; for a channel subscribed again after a
+/// stray subscription's end, once its SUBSCRIBE is confirmed, on the same connection, where Redis cannot have gone
+/// back meanwhile): until 2026-12-07 the check read the
 /// node's position when it ran, after the catch-up's first read, and events delivered meanwhile moved it. A post
 /// given a lost seq again then looked delivered (skipped), the next post's seq was the node's last + 1 (delivered),
 /// and the check compared Redis with that last one, which Redis held: the rollback went unnoticed for good.

@@ -387,6 +387,33 @@ impl ChannelHandler for Incoming {
     }
 }
 
+impl ClusterTicks {
+    /// `fanout` of a tick published here, queued for the other nodes too where one of them has subscribers.
+    fn relay_out(&self, channel: &str, fanout: Fanout, sent_time_us: u64, received_us: u64) -> Fanout {
+        if self.inner.any_remote.load(Ordering::Relaxed) {
+            let remote = self.inner.remote.read().unwrap_or_else(|p| p.into_inner()).contains(channel);
+            if remote {
+                let tick = Relayed {
+                    origin: self.inner.broker.node().to_string(),
+                    sent_time_us,
+                    received_us,
+                    max_age_us: fanout.max_age_us,
+                    payload: fanout.tick.payload.to_vec(),
+                };
+                let mut outgoing = lock(&self.inner.outgoing);
+                let slot = outgoing.entry(channel.to_string()).or_default();
+                let stamp = (fanout.incarnation, fanout.tick.seq);
+                if stamp > slot.stamp {
+                    (slot.stamp, slot.tick) = (stamp, Some(tick));
+                    drop(outgoing);
+                    self.inner.wake.notify_one();
+                }
+            }
+        }
+        fanout
+    }
+}
+
 impl TickHub for ClusterTicks {
     fn subscribe(&self, channel: &str, channel_id: u64, sink: Arc<dyn TickSink>) -> Result<TickSubscriberId, Failure> {
         let id = self.inner.local.subscribe(channel, channel_id, sink)?;
@@ -429,27 +456,12 @@ impl TickHub for ClusterTicks {
 
     fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout> {
         let fanout = self.inner.local.publish(channel, sent_time_us, received_us, payload)?;
-        if self.inner.any_remote.load(Ordering::Relaxed) {
-            let remote = self.inner.remote.read().unwrap_or_else(|p| p.into_inner()).contains(channel);
-            if remote {
-                let tick = Relayed {
-                    origin: self.inner.broker.node().to_string(),
-                    sent_time_us,
-                    received_us,
-                    max_age_us: fanout.max_age_us,
-                    payload: fanout.tick.payload.to_vec(),
-                };
-                let mut outgoing = lock(&self.inner.outgoing);
-                let slot = outgoing.entry(channel.to_string()).or_default();
-                let stamp = (fanout.incarnation, fanout.tick.seq);
-                if stamp > slot.stamp {
-                    (slot.stamp, slot.tick) = (stamp, Some(tick));
-                    drop(outgoing);
-                    self.inner.wake.notify_one();
-                }
-            }
-        }
-        Some(fanout)
+        Some(self.relay_out(channel, fanout, sent_time_us, received_us))
+    }
+
+    fn publish_given_up(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout> {
+        let fanout = self.inner.local.publish_given_up(channel, sent_time_us, received_us, payload)?;
+        Some(self.relay_out(channel, fanout, sent_time_us, received_us))
     }
 
     fn channels(&self) -> usize {

@@ -42,6 +42,9 @@ pub struct Claim {
 pub enum ClaimLookup {
     /// A channel this connection claimed: publish on it.
     Claimed(Arc<str>),
+    /// A channel this connection gave up within [`UNPUBLISH_GRACE`]: its claim is released, and a tick still goes to
+    /// the channel's subscribers (`TickHub::publish_given_up`).
+    GivenUp(Arc<str>),
     /// A channel id this connection has (it subscribed) but did not claim.
     NotClaimed,
     /// An id this connection was never given.
@@ -53,7 +56,8 @@ pub enum ClaimLookup {
 #[derive(Debug, Clone)]
 pub struct ClaimTable {
     claimed: HashMap<u64, Arc<str>>,
-    /// Claims given up (Unpublish) less than [`UNPUBLISH_GRACE`] ago, and when that ends: still published on.
+    /// Claims given up (Unpublish) less than [`UNPUBLISH_GRACE`] ago, and when that ends: still published on (their
+    /// claims released), at most `max_publish_channels` of them (the oldest give way).
     released: Vec<(u64, Arc<str>, Instant)>,
     /// Ids below this one have been given out (ids start at 1: 0 marks copy datagrams, `quiver_proto::copies`).
     allocated: u64,
@@ -61,7 +65,8 @@ pub struct ClaimTable {
 
 /// How long a claim given up (Unpublish) is still published on: a tick the client sent before its Unpublish may be
 /// read after it (the datagram reader is another task than the control stream's; a path may reorder them), and was
-/// dropped as unclaimed though `send` had returned its seq. The hub lets the claim go after it too.
+/// dropped as unclaimed though `send` had returned its seq. The claim itself is released at once (its place under
+/// `max_publish_channels`, in the network's share and in the hub).
 pub const UNPUBLISH_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Default for ClaimTable {
@@ -79,7 +84,10 @@ impl ClaimTable {
     /// What `channel_id` means on this connection at `now`.
     pub fn lookup(&self, channel_id: u64, now: Instant) -> ClaimLookup {
         let released = || self.released.iter().find(|(id, _, until)| *id == channel_id && now < *until);
-        match self.claimed.get(&channel_id).or_else(|| released().map(|(_, channel, _)| channel)) {
+        if let (None, Some((_, channel, _))) = (self.claimed.get(&channel_id), released()) {
+            return ClaimLookup::GivenUp(channel.clone());
+        }
+        match self.claimed.get(&channel_id) {
             Some(channel) => ClaimLookup::Claimed(channel.clone()),
             None if (quiver_proto::copies::COPY_CHANNEL + 1..self.allocated).contains(&channel_id) => {
                 ClaimLookup::NotClaimed
@@ -295,14 +303,18 @@ impl<O> ConnectionState<O> {
     }
 
     /// Gives up the claim on `channel` (Unpublish) at `now`: its id, and the max age the claim held, to release in
-    /// the tick hub after [`UNPUBLISH_GRACE`]. `NotJoined` if it is not claimed. Datagrams with its id are dropped
-    /// once the grace ends (a later claim of the channel gets a new id).
+    /// the tick hub. `NotJoined` if it is not claimed. Datagrams with its id still go to the channel's subscribers
+    /// until [`UNPUBLISH_GRACE`] has passed, then are dropped (a later claim of the channel gets a new id).
     pub fn unclaim(&mut self, channel: &str, now: Instant) -> Result<(u64, Option<u64>), Failure> {
         let not_claimed = || Failure::new(ErrorCode::NotJoined, format!("not publishing on {channel}"));
         let id = self.claim_ids.remove(channel).ok_or_else(not_claimed)?;
+        let max = (self.limits.max_publish_channels as usize).max(1);
         let claims = Arc::make_mut(&mut self.claims);
         claims.released.retain(|(_, _, until)| now < *until);
         if let Some(name) = claims.claimed.remove(&id) {
+            if claims.released.len() >= max {
+                claims.released.remove(0);
+            }
             claims.released.push((id, name, now + UNPUBLISH_GRACE));
         }
         self.channel_holds.remove(&(id, true));

@@ -163,22 +163,30 @@ fn a_version_4_session_shares_a_channels_id_between_subscription_and_claim() {
     assert_eq!(s.subscribe("prices", Ok), Ok(1), "claimed: the name keeps its id, as in version 4");
 }
 
-/// A claim given up is still published on for [`UNPUBLISH_GRACE`] (a tick sent before the Unpublish may be read
-/// after it), then not; it no longer counts against `max_publish_channels`, and a claim of the channel again gets a
-/// new id. Before, a tick read after the Unpublish was dropped as unclaimed at once.
+/// A claim given up still takes ticks for [`UNPUBLISH_GRACE`] (a tick sent before the Unpublish may be read after
+/// it), for the channel's subscribers alone (the claim is released: `GivenUp`), then not; its place under
+/// `max_publish_channels` is free at once, a claim of the channel again gets a new id, and at most
+/// `max_publish_channels` given-up claims are kept (the oldest give way). Before, a tick read after the Unpublish was
+/// dropped as unclaimed at once.
 #[test]
-fn a_claim_given_up_is_published_on_for_its_grace_only() {
+fn a_claim_given_up_takes_ticks_for_its_grace_only() {
     let mut s = state(Limits { max_publish_channels: 1, ..Limits::default() });
     let id = s.claim("prices", None, |_| Ok(())).unwrap().channel_id;
     let at = Instant::now();
     assert_eq!(s.unclaim("prices", at), Ok((id, None)));
     let claims = s.claims();
-    assert_eq!(claims.lookup(id, at + UNPUBLISH_GRACE / 2), ClaimLookup::Claimed(Arc::from("prices")));
+    assert_eq!(claims.lookup(id, at + UNPUBLISH_GRACE / 2), ClaimLookup::GivenUp(Arc::from("prices")));
     assert_eq!(claims.lookup(id, at + UNPUBLISH_GRACE), ClaimLookup::NotClaimed);
     assert!(claims.is_claimed(id), "its newest seq is kept while it may still be read");
-    let again = s.claim("prices", None, |_| Ok(())).expect("the slot is free at once");
+    let again = s.claim("prices", None, |_| Ok(())).expect("its place is free at once");
     assert_ne!(again.channel_id, id, "a new id");
-    assert_eq!(s.unclaim("prices", at + UNPUBLISH_GRACE), Ok((again.channel_id, None)));
-    assert!(!s.claims().is_claimed(id), "a later change lets the expired grace go");
-    assert_eq!(code(s.unclaim("prices", at)), ErrorCode::NotJoined);
+    assert_eq!(s.claims().lookup(again.channel_id, at), ClaimLookup::Claimed(Arc::from("prices")));
+    assert_eq!(s.unclaim("prices", at), Ok((again.channel_id, None)));
+    let claims = s.claims();
+    assert_eq!(claims.lookup(id, at), ClaimLookup::NotClaimed, "the oldest gave way: one kept at most");
+    assert_eq!(claims.lookup(again.channel_id, at), ClaimLookup::GivenUp(Arc::from("prices")));
+    s.claim("other", None, |_| Ok(())).unwrap();
+    assert_eq!(s.unclaim("other", at + UNPUBLISH_GRACE).map(|(id, _)| s.claims().is_claimed(id)), Ok(true));
+    assert!(!s.claims().is_claimed(again.channel_id), "a later change lets the expired grace go");
+    assert_eq!(code(s.unclaim("never", at)), ErrorCode::NotJoined);
 }

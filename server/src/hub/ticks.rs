@@ -166,6 +166,12 @@ pub trait TickHub: Send + Sync + std::fmt::Debug + 'static {
     /// Stamps the channel's next seq on a tick; returns it with the subscribers to offer it to (`None` when the
     /// channel has no publisher: the claim that let the tick in was released).
     fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout>;
+    /// [`TickHub::publish`] for a claim given up within its grace (`hub::connection::UNPUBLISH_GRACE`: a tick sent
+    /// before the Unpublish, read after it): the claim is released already, so the channel may have no publisher
+    /// left; the tick still goes to its subscribers, if it has any.
+    fn publish_given_up(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout> {
+        self.publish(channel, sent_time_us, received_us, payload)
+    }
     /// Channels in use now.
     fn channels(&self) -> usize;
 
@@ -393,8 +399,29 @@ impl TickHub for LocalTicks {
     }
 
     fn publish(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout> {
+        self.stamp(channel, (sent_time_us, received_us), payload, false)
+    }
+
+    fn publish_given_up(&self, channel: &str, sent_time_us: u64, received_us: u64, payload: Bytes) -> Option<Fanout> {
+        self.stamp(channel, (sent_time_us, received_us), payload, true)
+    }
+
+    fn channels(&self) -> usize {
+        self.channels.load(Ordering::Relaxed)
+    }
+}
+
+impl LocalTicks {
+    /// [`TickHub::publish`]; on a channel without publishers too when `given_up`.
+    fn stamp(
+        &self,
+        channel: &str,
+        (sent_time_us, received_us): (u64, u64),
+        payload: Bytes,
+        given_up: bool,
+    ) -> Option<Fanout> {
         let mut shard = self.shard(channel);
-        let c = shard.get_mut(channel).filter(|c| c.publishers > 0)?;
+        let c = shard.get_mut(channel).filter(|c| given_up || c.publishers > 0)?;
         c.last_seq += 1;
         Some(Fanout {
             tick: Tick { seq: c.last_seq, sent_time_us, received_us, payload },
@@ -402,10 +429,6 @@ impl TickHub for LocalTicks {
             subscribers: c.members.snapshot(),
             incarnation: c.incarnation,
         })
-    }
-
-    fn channels(&self) -> usize {
-        self.channels.load(Ordering::Relaxed)
     }
 }
 

@@ -18,6 +18,7 @@ use crate::{
         RoomHub,
     },
     net::{
+        clock::{next_expiry_look, until_expired, EXPIRY_LOOK},
         mailbox::Mailbox,
         rooms::{pump, Kicked, OutboxCopies, StreamOutbox},
         ticks::ConnectionTicks,
@@ -79,33 +80,6 @@ pub(super) struct Connection<R: RoomHub> {
 
 /// Post copies waiting for the control loop, at most (more are dropped: the requests carry the posts anyway).
 const POST_COPY_QUEUE: usize = 16;
-
-/// How long a session's timer waits, at most, before it looks at the wall clock again for its token's expiry. The
-/// timer's clock (monotonic) stops while the machine sleeps and does not follow a step of the wall clock, on which
-/// `exp` is: a timer armed once for the whole lifetime let a session outlive its token by as long as the machine
-/// slept (a laptop's dev server) or the clock was stepped forward. Such steps are caught by one watch for the whole
-/// server (`clock::watch_sessions`: every session checks itself again within about a second of one); this bounds
-/// what the two clocks' slow drift (NTP's slewing, at most 500 ppm) can add to a long-lived token. Requests (and
-/// post copies) are checked against the wall clock itself.
-pub(super) const EXPIRY_LOOK: Duration = Duration::from_secs(3600);
-
-/// The same for a request that waits (a Join for a stalled store, say), during which the session's control loop
-/// does not see the clock's watch: its wait ends within a minute of a step past the token's `exp`.
-pub(super) const WAIT_EXPIRY_LOOK: Duration = Duration::from_secs(60);
-
-/// When to look at the wall clock next for a token that expires at `exp_us`: then, on the timer's clock as it runs
-/// now, or within `look`.
-pub(super) fn next_expiry_look(exp_us: u64, look: Duration) -> tokio::time::Instant {
-    let left = Duration::from_micros(exp_us.saturating_sub(super::now_us()));
-    tokio::time::Instant::now() + left.min(look)
-}
-
-/// Completes once the wall clock reached `exp_us` (looked at every [`WAIT_EXPIRY_LOOK`] at most).
-pub(super) async fn until_expired(exp_us: u64) {
-    while super::now_us() < exp_us {
-        tokio::time::sleep_until(next_expiry_look(exp_us, WAIT_EXPIRY_LOOK)).await;
-    }
-}
 
 /// A post's reply: now, or once its commit completes.
 pub(super) enum Answer {
@@ -453,14 +427,10 @@ impl<R: RoomHub> Connection<R> {
             }
             TickRequest::Unpublish { channel } => {
                 let (_, max_age_us) = self.state.unclaim(&channel, std::time::Instant::now())?;
-                // The reader takes the channel's datagrams for the grace (ticks sent before the Unpublish, read
-                // after it), then drops them; the hub lets the claim go once it ends, whatever the connection does.
+                // The reader still takes the channel's datagrams for a grace (ticks sent before the Unpublish, read
+                // after it: `UNPUBLISH_GRACE`), for the channel's subscribers; the claim itself goes now.
                 self.datagrams.set_claims(self.state.claims());
-                let (ticks, released) = (self.ticks.clone(), channel.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(crate::hub::connection::UNPUBLISH_GRACE).await;
-                    ticks.release(&released, max_age_us);
-                });
+                self.ticks.release(&channel, max_age_us);
                 Ok(Reply::Unpublished { channel })
             }
         }

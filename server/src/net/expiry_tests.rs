@@ -127,3 +127,47 @@ fn a_step_of_the_wall_clock_ends_the_idle_sessions_it_expired_and_only_those() {
     assert!(format!("{expired:?}").contains("token expired"), "{expired:?}");
     assert!(lasting.is_none(), "a session whose token is good was closed: {lasting:?}");
 }
+
+/// The server's own watch of the wall clock (`clock::watch_sessions`, started by `run`) sees a step and re-arms
+/// every session's expiry timer from the wall clock: here the server's wall clock steps forward by 3,598 s, so that
+/// a token good for an hour has 1 to 2 s left, and its idle session ends then, not an hour of timer later; a token
+/// good for two hours goes on. (The server's runtime runs on one thread, whose wall clock alone is stepped.)
+#[test]
+fn the_servers_watch_re_arms_the_expiry_of_idle_sessions_at_a_step_of_the_wall_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, (ready, up)) = (dir.path().to_owned(), std::sync::mpsc::channel());
+    let (steps, mut stepped) = tokio::sync::mpsc::unbounded_channel::<Option<i64>>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let server = Server::bind(ServerConfig::dev("127.0.0.1:0".parse().unwrap(), path)).unwrap();
+            ready.send(server.local_addr()).unwrap();
+            let shutdown = CancellationToken::new();
+            let run = tokio::spawn(server.run(shutdown.clone()));
+            while let Some(Some(us)) = stepped.recv().await {
+                crate::net::test_clock::step(us);
+            }
+            shutdown.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
+        });
+    });
+    let addr = up.recv_timeout(Duration::from_secs(30)).unwrap();
+    let client = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (ended, lasting) = client.block_on(async {
+        let (hour, codec, _send, mut recv) = hello_and_join_a_new_room(dir.path(), addr, 3_600).await;
+        let (two_hours, _, _two_send, mut two_recv) = hello_and_join_a_new_room(dir.path(), addr, 7_200).await;
+        for recv in [&mut recv, &mut two_recv] {
+            let mut replies = Vec::new();
+            let read = read_until(recv, &codec, &mut replies, joined);
+            tokio::time::timeout(Duration::from_secs(10), read).await.expect("joined");
+        }
+        steps.send(Some(3_598_000_000)).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(8), hour.closed()).await;
+        (ended, two_hours.close_reason())
+    });
+    steps.send(None).unwrap();
+    server.join().unwrap();
+    let ended = ended.expect("the session outlived its token by the timer's hour: the connection is still open");
+    assert!(format!("{ended:?}").contains("token expired"), "{ended:?}");
+    assert!(lasting.is_none(), "a session whose token is good was closed: {lasting:?}");
+}

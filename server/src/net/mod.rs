@@ -54,7 +54,26 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
 
 /// Server time, µs since the Unix epoch (the time the hub is fed with).
 pub fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    #[cfg(test)]
+    let now = now.saturating_add_signed(test_clock::step_us());
+    now
+}
+
+/// Tests: a step of the wall clock ([`now_us`]) on one thread (a server on a runtime of one thread there), as NTP,
+/// an operator or a machine's sleep makes one; the monotonic clock does not move with it.
+#[cfg(test)]
+pub(crate) mod test_clock {
+    thread_local! { static STEP_US: std::cell::Cell<i64> = const { std::cell::Cell::new(0) }; }
+
+    /// Moves this thread's wall clock by `us`.
+    pub(crate) fn step(us: i64) {
+        STEP_US.with(|step| step.set(step.get() + us));
+    }
+
+    pub(super) fn step_us() -> i64 {
+        STEP_US.with(std::cell::Cell::get)
+    }
 }
 
 /// The tick path's clock, µs: monotonic, counted from this process's first reading plus 10^12 (11.6 days: no

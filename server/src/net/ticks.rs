@@ -280,8 +280,9 @@ async fn read_ticks(
             newest.retain(|channel_id, _| table.is_claimed(*channel_id));
         }
         let lookup = claims.borrow().lookup(header.channel_id, Instant::now());
-        let channel = match lookup {
-            ClaimLookup::Claimed(channel) => channel,
+        let (channel, given_up) = match lookup {
+            ClaimLookup::Claimed(channel) => (channel, false),
+            ClaimLookup::GivenUp(channel) => (channel, true),
             ClaimLookup::NotClaimed => {
                 bump(&stats.datagrams_unclaimed);
                 continue;
@@ -311,7 +312,11 @@ async fn read_ticks(
             continue;
         }
         newest.insert(header.channel_id, header.seq);
-        if let Some(fanout) = hub.publish(&channel, header.sent_time_us, tick_clock_us(), payload) {
+        let published = match given_up {
+            false => hub.publish(&channel, header.sent_time_us, tick_clock_us(), payload),
+            true => hub.publish_given_up(&channel, header.sent_time_us, tick_clock_us(), payload),
+        };
+        if let Some(fanout) = published {
             deliver(fanout);
             bump(&stats.ticks_published);
         }

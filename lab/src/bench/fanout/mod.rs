@@ -161,11 +161,6 @@ struct Sides {
     websocket: Option<FanoutSide>,
 }
 
-/// Each side in turn, so no two load the machine at once. Raw UDP goes between the other baselines and the Quiver
-/// run it is the throughput goal's baseline for (ticks only), each ratio printed against it taken next to it: this
-/// VM's speed drifts over minutes (raw UDP's cost per delivery moved 3.7 → 6.8 µs between periods), and sides taken
-/// minutes apart carried that drift into the ratio (until 2026-12-07 the chat run came between bare quinn and raw UDP,
-/// so that bare quinn's and `sendmmsg`'s ratios divided by a raw UDP run taken minutes after them).
 /// Says how far `series` is with connecting its subscribers (every 100th, and the first): over an emulated path a
 /// thousand connections take minutes, which the progress bar otherwise spent at one line.
 pub(super) fn connecting(progress: &Progress, series: &str, who: u32, subscribers: u32) {
@@ -174,6 +169,11 @@ pub(super) fn connecting(progress: &Progress, series: &str, who: u32, subscriber
     }
 }
 
+/// Each side in turn, so no two load the machine at once. Raw UDP goes between the other baselines (bare quinn
+/// right before it, `sendmmsg` before that) and the Quiver run it is the throughput goal's baseline for (ticks
+/// only), so that the ratios printed against it are taken close to it: this VM's speed drifts over minutes (raw
+/// UDP's cost per delivery moved 3.7 → 6.8 µs between periods), and sides taken minutes apart carried that drift
+/// into the ratio (until 2026-12-07 the chat run came between bare quinn and raw UDP).
 async fn measure_sides(config: &FanoutConfig, servers: &Servers, progress: &Progress) -> Result<Sides, BenchError> {
     let mut baselines = Vec::new();
     let mut quiver_no_chat = None;

@@ -89,9 +89,9 @@ impl Broker {
             return Err("the broker answers INFO with an error (an ACL that leaves it out refuses INFO: grant the \
                         user +info), so whether it may evict keys cannot be checked; or set broker.allow_eviction");
         }
-        // (Until 2026-12-07 a node was ready from its first beat, before INFO said whether Redis may evict keys.)
-        let unread_allowed = self.info_refused.load(Ordering::Relaxed) && allow_eviction;
-        if !(self.info_read.load(Ordering::Relaxed) || unread_allowed) {
+        // (Until 2026-12-07 a node was ready from its first beat, before INFO said whether Redis may evict keys. An
+        // operator who allows eviction is not held up by an INFO that never answers.)
+        if !(self.info_read.load(Ordering::Relaxed) || allow_eviction) {
             return Err("the broker's INFO (its version and eviction policy) has not been read yet");
         }
         if !self.pubsub_up.load(Ordering::Relaxed) {

@@ -68,12 +68,6 @@ pub(super) async fn until_expired(exp_us: u64) {
     }
 }
 
-/// The monotonic clock, µs since this process's first reading (as the tick path's, without its offset).
-fn mono_us() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    u64::try_from(START.get_or_init(std::time::Instant::now).elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
 /// Every [`CLOCK_CHECK`] until `shutdown`: reads both clocks (`clocks`: the wall clock's µs and the monotonic
 /// one's) and calls `stepped` with the step whenever the wall clock stepped.
 pub(super) async fn watch(
@@ -106,7 +100,8 @@ pub(super) async fn watch_sessions(
         tracing::info!(way, ms, "the wall clock stepped; sessions look at their tokens' expiry again");
         keys.send_modify(|_| {});
     };
-    watch(|| (super::now_us(), mono_us()), stepped, shutdown).await;
+    // (The monotonic clock: the tick path's, whose readings' differences are all that is compared.)
+    watch(|| (super::now_us(), super::tick_clock_us()), stepped, shutdown).await;
 }
 
 #[cfg(test)]

@@ -17,12 +17,19 @@ use crate::{
     stats::ServerStats,
 };
 
-/// A connection whose task ends without its close (a panic unwinding it) leaves its rooms, its subscriptions and
-/// its tick task all the same, and tells the peer. Before, its membership kept the room (and its presence) for as
-/// long as the server ran, and its tick task ran on.
-#[tokio::test]
-async fn a_connection_dropped_without_its_close_still_leaves_its_rooms() {
-    let (server_conn, client_conn, _client, _dir) = crate::net::test_quic::loopback_pair().await;
+/// A connection on a real QUIC connection on loopback, with hubs of its own: the connection, the client's end (and
+/// what keeps it open), the hubs and the counters.
+struct OnLoopback {
+    connection: Connection<LocalRooms>,
+    client_conn: quinn::Connection,
+    _client: (quinn::Endpoint, tempfile::TempDir),
+    rooms: Arc<LocalRooms>,
+    ticks: Arc<LocalTicks>,
+    stats: Arc<ServerStats>,
+}
+
+async fn on_loopback() -> OnLoopback {
+    let (server_conn, client_conn, endpoint, dir) = crate::net::test_quic::loopback_pair().await;
     let wire = Wire::Quic(Arc::new(web_transport_quinn::Session::raw(server_conn)));
     let limits = Limits::default();
     let rooms = Arc::new(LocalRooms::new(limits.clone(), crate::Budget::default()));
@@ -30,8 +37,17 @@ async fn a_connection_dropped_without_its_close_still_leaves_its_rooms() {
     let hubs = (rooms.clone(), ticks.clone() as Arc<dyn TickHub>);
     let stats = Arc::new(ServerStats::default());
     let counted = (stats.clone(), None);
-    let mut connection =
+    let connection =
         Connection::start(&wire, &limits, hubs, TailProbe::disabled(), None, counted, CancellationToken::new());
+    OnLoopback { connection, client_conn, _client: (endpoint, dir), rooms, ticks, stats }
+}
+
+/// A connection whose task ends without its close (a panic unwinding it) leaves its rooms, its subscriptions and
+/// its tick task all the same, and tells the peer. Before, its membership kept the room (and its presence) for as
+/// long as the server ran, and its tick task ran on.
+#[tokio::test]
+async fn a_connection_dropped_without_its_close_still_leaves_its_rooms() {
+    let OnLoopback { mut connection, client_conn, _client, rooms, ticks, stats } = on_loopback().await;
     let join = Join { room: "lobby".into(), since: None, redundant: false };
     connection.room("alice", (1, RoomRequest::Join(join)), now_us()).await.expect("joined");
     let subscribe = TickRequest::Subscribe { channel: "prices".into() };
@@ -85,22 +101,7 @@ async fn a_tokens_expiry_is_looked_for_on_the_wall_clock() {
 #[tokio::test]
 async fn a_tick_read_after_its_claims_unpublish_is_published_within_the_grace() {
     use quiver_proto::{Reply, TickHeader};
-    let (server_conn, client_conn, _client, _dir) = crate::net::test_quic::loopback_pair().await;
-    let wire = Wire::Quic(Arc::new(web_transport_quinn::Session::raw(server_conn)));
-    let limits = Limits::default();
-    let rooms = Arc::new(LocalRooms::new(limits.clone(), crate::Budget::default()));
-    let ticks = Arc::new(LocalTicks::default());
-    let stats = Arc::new(ServerStats::default());
-    let hubs = (rooms as Arc<LocalRooms>, ticks.clone() as Arc<dyn TickHub>);
-    let mut connection = Connection::start(
-        &wire,
-        &limits,
-        hubs,
-        TailProbe::disabled(),
-        None,
-        (stats.clone(), None),
-        CancellationToken::new(),
-    );
+    let OnLoopback { mut connection, client_conn, _client, stats, .. } = on_loopback().await;
     // A subscriber of the channel: this connection itself (its ticks come back to it).
     let Ok(Reply::Subscribed { channel_id: back, .. }) =
         connection.tick(TickRequest::Subscribe { channel: "score".into() })

@@ -279,7 +279,9 @@ async fn read_ticks(
             let table = claims.borrow_and_update();
             newest.retain(|channel_id, _| table.is_claimed(*channel_id));
         }
-        let lookup = claims.borrow().lookup(header.channel_id, Instant::now());
+        // One reading of the clock per datagram: for a given-up claim's grace and for the rate.
+        let now = Instant::now();
+        let lookup = claims.borrow().lookup(header.channel_id, now);
         let (channel, given_up) = match lookup {
             ClaimLookup::Claimed(channel) => (channel, false),
             ClaimLookup::GivenUp(channel) => (channel, true),
@@ -307,7 +309,7 @@ async fn read_ticks(
             bump(&stats.ticks_reordered_in);
             continue;
         }
-        if !rate.try_take(Instant::now()) {
+        if !rate.try_take(now) {
             bump(&stats.ticks_rate_limited);
             continue;
         }

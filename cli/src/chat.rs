@@ -226,7 +226,8 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
     let mut acks = Acks::default();
     // While posts wait and none is acknowledged (input ended, or stalled behind `OUTSTANDING` of them): until when
     // (a server gone for good would otherwise keep the command reconnecting forever). Each acknowledgement starts
-    // the wait again.
+    // the wait again, and so does a post into an empty set: the wait is for posts, and a quiet stretch before a
+    // burst was counted against the burst's first 1,000 (the chat gave up at once, the rest of its input unposted).
     let mut last_ack = tokio::time::Instant::now();
     let mut unacknowledged = 0usize;
     loop {
@@ -240,6 +241,9 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<(), CliError> {
                     // Queued now, in input order; acknowledged whenever.
                     let text = String::from_utf8_lossy(&line).into_owned();
                     let posted = room.post(line);
+                    if posts.is_empty() {
+                        last_ack = tokio::time::Instant::now();
+                    }
                     posts.spawn(async move { (line_no, posted.await, text) });
                 }
                 Some(Ok(None)) | None => {

@@ -178,6 +178,9 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
             () = stop.requested() => break None,
         }
     };
+    // A failure after the last look (the run's last second, a run under a second, a signal in its first): the run
+    // failed all the same (it ended 0).
+    let failed = failed.or_else(|| relay.failed());
     let stats = tokio::task::spawn_blocking(move || relay.stop()).await?;
     let refused = match stats.refused {
         0 => String::new(),

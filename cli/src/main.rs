@@ -72,7 +72,7 @@ pub(crate) struct TrustArgs {
     data_dir: PathBuf,
     /// Access token (JWT), e.g. from `quiver-server token --sub NAME`. Prefer `QUIVER_TOKEN` or --token-file: a
     /// command line is readable by every user of the machine (`ps`) for as long as the command runs.
-    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true, value_parser = token_value)]
     token: Option<String>,
     /// A file holding the access token (surrounding whitespace ignored), read again at every connect, so that a
     /// token renewed in place is used at the next reconnect. Taken over --token and `QUIVER_TOKEN`. One its group or
@@ -115,6 +115,17 @@ impl TrustArgs {
             }
             None => None,
         }
+    }
+}
+
+/// A token given by --token or `QUIVER_TOKEN`, without surrounding whitespace; an empty one is refused (a variable
+/// set to nothing, `QUIVER_TOKEN=${UNSET}`, was sent as the token and refused by the server as malformed).
+fn token_value(value: &str) -> Result<String, String> {
+    match value.trim() {
+        "" => Err("the token is empty: give one, or unset QUIVER_TOKEN (and leave out --token) for the local dev \
+                   server's dev token"
+            .to_string()),
+        token => Ok(token.to_string()),
     }
 }
 

@@ -267,7 +267,23 @@ async fn ping_exits_non_zero_when_pings_are_lost() {
 /// 1,000 lines are unacknowledged, so it never meets the client's `max_queued_posts` (10,000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_posts_every_line_of_a_long_piped_file_even_while_the_server_is_away() {
-    const LINES: u64 = 12_000;
+    // Time for the chat to read all it will while nobody acknowledges (and for the old socket to be released).
+    piped_while_the_server_is_away(12_000, &[], Duration::ZERO, Duration::from_millis(1500)).await;
+}
+
+/// `--timeout` counts from when posts began to wait, not from the last acknowledgement before a quiet stretch: a
+/// burst of input after a stretch longer than the limit, its first 1,000 lines unanswered for a moment (the server
+/// away), is posted whole. The wait counted from the join: the chat gave up at once, the lines after the first
+/// 1,000 never posted, "1000 posts not acknowledged: none was for 2s".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chats_timeout_counts_from_when_posts_began_to_wait_not_from_a_quiet_stretch_before() {
+    let quiet = Duration::from_millis(2500);
+    piped_while_the_server_is_away(1_200, &["--timeout", "2"], quiet, Duration::from_millis(200)).await;
+}
+
+/// `quiver chat --json` joins, is quiet for `quiet`, then its server goes away, `count` lines come in, and `away`
+/// later the server is back (same address and data directory): every line is acknowledged, the chat exits 0.
+async fn piped_while_the_server_is_away(count: u64, extra: &[&str], quiet: Duration, away: Duration) {
     let config = |dir: &std::path::Path, addr| quiver_server::ServerConfig {
         durability: quiver_server::store::Durability::Memory,
         limits: Limits { posts_per_s: 1_000_000, requests_per_s: 1_000_000, ..Limits::default() },
@@ -275,20 +291,20 @@ async fn chat_posts_every_line_of_a_long_piped_file_even_while_the_server_is_awa
     };
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(config(dir.path(), "127.0.0.1:0".parse().unwrap()), dir);
-    let (mut child, mut lines) = chat_process(&server, &["--name", "ann", "--json"]);
+    let (mut child, mut lines) = chat_process(&server, &[&["--name", "ann", "--json"], extra].concat());
     assert_eq!(next(&mut lines).await["state"], "connected");
-    // The server goes away, the whole file comes in, then the server is back (same address and data directory).
+    tokio::time::sleep(quiet).await;
+    // The server goes away, the whole file comes in, then the server is back.
     let TestServer { addr, data_dir, shutdown, task, .. } = server;
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let input: String = (1..=LINES).map(|i| format!("line {i}\n")).collect();
+    let input: String = (1..=count).map(|i| format!("line {i}\n")).collect();
     let writer = tokio::spawn(async move {
         stdin.write_all(input.as_bytes()).await.unwrap();
         // Dropped: end of input; the chat ends once every line is acknowledged.
     });
-    // Time for the chat to read all it will while nobody acknowledges (and for the old socket to be released).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(away).await;
     let server = TestServer::start_with(config(data_dir.path(), addr), data_dir);
     let (mut acks, mut failed) = (0u64, Vec::new());
     while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap() {
@@ -302,7 +318,7 @@ async fn chat_posts_every_line_of_a_long_piped_file_even_while_the_server_is_awa
     writer.await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
-    assert_eq!((acks, failed.len()), (LINES, 0), "first failures: {:?}", &failed[..failed.len().min(3)]);
+    assert_eq!((acks, failed.len()), (count, 0), "first failures: {:?}", &failed[..failed.len().min(3)]);
     server.stop().await;
 }
 

@@ -9,9 +9,25 @@ use super::*;
 /// Refuses a store with a keyspace folder that holds tables but lost its `current` file (a partial copy or
 /// restore): fjall takes such a folder for one whose creation was cut short and deletes it at open, tables and
 /// all, before anything here could refuse the store; checked first, so that the refusal changes nothing.
+///
+/// And a store whose keyspace 0 (fjall's own, its map of keyspace names to folders) lost its `current` file or is
+/// gone while other keyspaces are there: fjall opens it as a new, empty map, finds every other keyspace
+/// unreferenced and deletes it, and the store opened empty (a review's find). fjall makes keyspace 0 before any
+/// other, so no creation cut short leaves it so.
 fn refuse_half_there_keyspaces(path: &Path) -> Result<(), StoreError> {
     let Ok(folders) = std::fs::read_dir(path.join("keyspaces")) else { return Ok(()) };
-    for folder in folders.flatten() {
+    let folders: Vec<_> = folders.flatten().collect();
+    let map = path.join("keyspaces").join("0");
+    let others = folders.iter().any(|folder| folder.file_name() != "0" && folder.path().is_dir());
+    if others && !map.join("current").exists() {
+        let detail = format!(
+            "{} (the map of keyspace names) is missing or has no `current` file while other keyspaces are there \
+             (a partial copy or restore?)",
+            map.display()
+        );
+        return Err(damaged(path, detail));
+    }
+    for folder in folders {
         let dir = folder.path();
         if !dir.is_dir() || dir.join("current").exists() {
             continue;

@@ -295,8 +295,16 @@ fn tables(store: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_truncated_or_lost_file_is_refused_not_wiped() {
-    let damages =
-        ["truncated table", "lost journal", "journal overwritten", "lost version", "lost keyspace", "lost current"];
+    let damages = [
+        "truncated table",
+        "lost journal",
+        "journal overwritten",
+        "lost version",
+        "lost keyspace",
+        "lost current",
+        "lost map",
+        "lost map's current",
+    ];
     for damage in damages {
         let dir = tempfile::tempdir().unwrap();
         flushed(dir.path());
@@ -325,6 +333,10 @@ fn a_truncated_or_lost_file_is_refused_not_wiped() {
                 let table = tables(store).into_iter().max_by_key(|t| t.metadata().unwrap().len()).unwrap();
                 std::fs::remove_file(table.parent().unwrap().parent().unwrap().join("current")).unwrap();
             }
+            // fjall's own keyspace (0), its map of keyspace names to folders: without it every other keyspace is
+            // unreferenced, and fjall deleted them all at open (the store then opened empty).
+            "lost map" => std::fs::remove_dir_all(store.join("keyspaces/0")).unwrap(),
+            "lost map's current" => std::fs::remove_file(store.join("keyspaces/0/current")).unwrap(),
             _ => std::fs::write(store.join("version"), b"").unwrap(),
         });
         assert!(message.contains("damaged") && message.contains("mv "), "{damage}: {message}");
@@ -333,7 +345,7 @@ fn a_truncated_or_lost_file_is_refused_not_wiped() {
         // that would let it open.
         let again = refused(dir.path(), |_| ());
         assert!(again.contains("damaged"), "{damage}, started again: {again}");
-        if damage == "lost current" {
+        if ["lost current", "lost map", "lost map's current"].contains(&damage) {
             let largest = tables(&dir.path().join(STORE_DIR)).into_iter().map(|t| t.metadata().unwrap().len()).max();
             assert_eq!(largest, Some(messages_table), "the messages' table is still there: {message}");
         }

@@ -12,9 +12,13 @@ use quiver_server::ServerConfig;
 use quiver_tests::{hostile::named, states_until, TestServer};
 
 use quiver_tests::fakes::{
-    broken_room_stream, drops_each_first_request, fake_endpoint, kicked_with_its_join, late_first_stream,
-    mute_after_welcome, next_request, unfinished_frames, welcome, Dropped, Seen,
+    broken_room_stream, drops_each_first_request, fake_endpoint, late_first_stream, mute_after_welcome, next_request,
+    unfinished_frames, welcome, Dropped, Seen,
 };
+
+/// Kicks from a room: rejoined (`SlowConsumer`), or the room's end.
+#[path = "client_link/kicks.rs"]
+mod kicks;
 
 /// A room joined while the client reconnects is joined once: the application's Join goes to the new connection, and
 /// the reconnect does not rejoin the room beside it (the two raced, and the loser's AlreadyJoined failed the
@@ -288,34 +292,6 @@ async fn a_room_stream_that_breaks_the_protocol_is_resumed_on_a_new_connection()
     assert_eq!(closed, violation, "the first connection closed for the violation: {events:?}");
     let resumed = quiver_proto::Position { epoch: 7, seq: 1 };
     assert!(events.iter().any(|e| matches!(e, Seen::Join(2, Some(since)) if *since == resumed)), "{events:?}");
-    client.close().await;
-    server.abort();
-}
-
-/// A `Kicked` (`SlowConsumer`) that arrives right behind its room's Join reply, before the join has taken the
-/// reply, still makes the client rejoin: the room goes on. Before, the kick was dropped as one for a join still
-/// on its way, and the room stayed silent (its stream reset) until the next reconnect.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kick_right_behind_the_joins_reply_is_not_lost() {
-    let (dir, endpoint, addr) = fake_endpoint();
-    let (joins_tx, mut joins) = tokio::sync::mpsc::unbounded_channel();
-    let server = tokio::spawn(kicked_with_its_join(endpoint, joins_tx));
-    let trust = TrustOptions::Auto { data_dir: dir.path().to_owned() };
-    let client = Client::connect_with(&addr, ConnectOptions { trust, ..ConnectOptions::default() }).await.unwrap();
-    let mut room = client.join("r").await.unwrap();
-    let message = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match room.next().await {
-                Some(quiver_client::RoomEvent::Message(m)) => break m.body,
-                Some(_) => {}
-                None => panic!("the room ended"),
-            }
-        }
-    })
-    .await
-    .expect("the room rejoined after the kick");
-    assert_eq!(message, bytes::Bytes::from("after the kick"));
-    assert_eq!((joins.recv().await.is_some(), joins.recv().await.is_some()), (true, true), "joined, then rejoined");
     client.close().await;
     server.abort();
 }

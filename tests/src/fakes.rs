@@ -285,10 +285,15 @@ async fn broken_room_stream_connection(
     }
 }
 
-/// A server whose first Join of room `r` is answered together with a `Kicked` for it (`SlowConsumer`), both in one
-/// write, its stream reset: the kick arrives before the client's join has taken its reply. Later Joins are answered
-/// with a stream carrying one message, `after the kick`. Each Join's `req_id` goes to `joins`.
-pub async fn kicked_with_its_join(endpoint: quinn::Endpoint, joins: tokio::sync::mpsc::UnboundedSender<u64>) {
+/// A server whose first Join of room `r` is answered together with a `Kicked` for it with `code`, its stream reset
+/// with it: for `SlowConsumer` both in one write (the kick arrives before the client's join has taken its reply),
+/// for another code 200 ms after the reply. Later Joins are answered with a stream carrying one message, `after the
+/// kick`. Each Join's `req_id` goes to `joins`.
+pub async fn kicked_with_its_join(
+    endpoint: quinn::Endpoint,
+    joins: tokio::sync::mpsc::UnboundedSender<u64>,
+    code: quiver_proto::ErrorCode,
+) {
     use quiver_proto::{
         ErrorCode, EventKind, FrameCodec, Reply, Request, RequestBody, RoomEvent, RoomFrame, ServerMsg,
     };
@@ -312,15 +317,17 @@ pub async fn kicked_with_its_join(endpoint: quinn::Endpoint, joins: tokio::sync:
                 stream.write_all(&codec.encode_to_vec(&RoomFrame::Open(joined(req_id))).unwrap()).await.unwrap();
                 let reply = ServerMsg::Reply { req_id, result: Ok(Reply::Joined(joined(req_id))) };
                 if std::mem::take(&mut first) {
-                    let kicked = ServerMsg::Kicked {
-                        room: Some("r".into()),
-                        code: ErrorCode::SlowConsumer,
-                        reason: "fell behind".into(),
-                    };
+                    let kicked = ServerMsg::Kicked { room: Some("r".into()), code, reason: "dropped".into() };
                     let mut both = encode(&reply);
+                    if code != ErrorCode::SlowConsumer {
+                        // (Another kick comes once the join is answered.)
+                        send.write_all(&both).await.unwrap();
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        both.clear();
+                    }
                     both.extend_from_slice(&encode(&kicked));
                     send.write_all(&both).await.unwrap();
-                    let _ = stream.reset(ErrorCode::SlowConsumer.to_u32().into());
+                    let _ = stream.reset(code.to_u32().into());
                 } else {
                     send.write_all(&encode(&reply)).await.unwrap();
                     let kind =

@@ -88,7 +88,18 @@ impl Handler for Driver {
                     }
                 });
             }
-            ServerMsg::Kicked { room, code, reason } => tracing::warn!(?room, %code, %reason, "kicked"),
+            // Dropped from the room for another reason (no code but `SlowConsumer` is defined for a room's kick
+            // today; its stream is reset or finished with it): the room ends here with the server's reason. Only
+            // logged before, and the room's reader waited for ever on a stream that had ended.
+            ServerMsg::Kicked { room: Some(room), code, reason } => {
+                tracing::warn!(%room, %code, %reason, "kicked from a room");
+                if self.current.borrow().as_ref().is_some_and(|c| c.id == connection) {
+                    if let Some(entry) = self.rooms.get(&room) {
+                        entry.end(code, reason);
+                    }
+                }
+            }
+            ServerMsg::Kicked { room: None, code, reason } => tracing::warn!(%code, %reason, "kicked"),
             ServerMsg::GoAway { code, reason } => tracing::info!(%code, %reason, "server is going away"),
             ServerMsg::Error(failure) => tracing::warn!(%failure, "server error"),
             ServerMsg::Reply { .. } => {}

@@ -3,12 +3,12 @@
 // for: rooms (resumed from their position), posts (re-sent until acknowledged), tick subscriptions and claims.
 
 import { ErrorCode, QuiverError } from './wire/errors.js';
-import { Backoff, LatestWins, PostQueue, RoomState, clockOffsetUs, messageEvent } from './state.js';
+import { Backoff, PostQueue, clockOffsetUs, messageEvent } from './state.js';
 import { openFirst } from './client/race.js';
 import { readRoomStream, roomCopy } from './client/streams.js';
 import { Dialer, transportOptions } from './client/dial.js';
 import {
-  Publisher, Room, Subscription, claimOn, deliverTick, numberedOn, sendTick, subscribeOn, unclaimOn,
+  Publisher, claimOn, deliverTick, endHeld, listRoom, listSubscription, numberedOn, sendTick, subscribeOn, unpublish,
 } from './client/handles.js';
 import { sendPosts } from './client/posts.js';
 import { RefusalWindow, Signal, Timers, Turns, acrossReconnects, oneRejoinAtATime, restore } from './client/waiting.js';
@@ -116,22 +116,24 @@ export class QuiverClient {
    * session (three in all), as are a Subscribe and a History.
    */
   async join(room, { onEvent, redundant = false } = {}) {
-    if (this.#releases.has(`room ${room}`)) await this.#releases.before(`room ${room}`);
-    if (this.#rooms.has(room)) throw new QuiverError(ErrorCode.AlreadyJoined, `already in room ${room}`);
-    const entry = { state: new RoomState(room), onEvent, handle: null, joining: null, stream: 0, redundant };
-    entry.handle = new Room(this, entry.state);
-    this.#rooms.set(room, entry);
+    const list = () => listRoom(this, this.#rooms, room, { onEvent, redundant });
+    // After a Leave of the room under way (given up if the room is left by name meanwhile).
+    const entry = this.#releases.has(`room ${room}`) ? await this.#releases.after(`room ${room}`, list) : list();
     // Sent again on the next session if the session is lost before the reply (its membership went with it): from
     // what a stream of the lost session delivered, if one opened, as a rejoin.
     const joining = this.#acrossReconnects(async (session) => {
       const noted = (reqId) => entry.state.joining(session, reqId);
       const join = { Join: { room, since: entry.state.position(), redundant } };
       entry.state.replied(expectReply(await session.request(join, noted), 'Joined'));
-      if (this.#rooms.get(room) !== entry) throw QuiverError.closed({ code: ErrorCode.NoError, reason: 'left' });
+      const left = { code: ErrorCode.NoError, reason: 'left' };
+      if (this.#rooms.get(room) !== entry) throw QuiverError.closed(this.closeReason ?? left);
     }, () => this.#rooms.get(room) !== entry);
     entry.joining = joining.catch(() => {});
     try {
       await joining;
+      // The client's end tells the rooms joined by then (`#end`); one that ended since the answer rejects instead.
+      if (this.status === 'closed') throw QuiverError.closed(this.closeReason);
+      entry.joined = true;
       return entry.handle;
     } catch (err) {
       if (this.#rooms.get(room) === entry) this.#rooms.delete(room);
@@ -142,13 +144,16 @@ export class QuiverClient {
   /**
    * Leaves `room` (a name, or a Room: nothing to do if that Room's room ended or was left already). A joined room
    * the server no longer holds (left over a reconnect: not rejoined) counts as left; a name never joined rejects
-   * with NotJoined. A Leave refused for its rate goes again after a pause; a join of the room waits for it.
+   * with NotJoined. A Leave refused for its rate goes again after a pause; a join of the room waits for it, and a
+   * leave by name meanwhile gives that join up (it rejects as closed).
    */
   async leave(room) {
     const name = typeof room === 'string' ? room : room.name;
     const entry = this.#rooms.get(name);
     if (typeof room !== 'string' && entry?.handle !== room) return; // not a newer join of the name
     this.#rooms.delete(name);
+    // By name, the application's last word on the room: a join of it waiting for a Leave under way is given up.
+    if (typeof room === 'string' && this.#releases.giveUp(`room ${name}`) && !entry) return; // (it was all there was)
     // No session now: no server holds the room (a Join written went with its session; a join waiting for a session
     // gives up once it has one). A name never held is NotJoined at once, as from a server (not Internal, later).
     if (entry && !this.#isLive()) return;
@@ -181,17 +186,13 @@ export class QuiverClient {
    * reason})` is called and the Subscription's `ended` set (a refusal for now is retried like a rejoin).
    */
   async subscribe(channel, { onTick, onEnd } = {}) {
-    if (this.#releases.has(`channel ${channel}`)) await this.#releases.before(`channel ${channel}`);
-    if (this.#subscriptions.has(channel)) {
-      throw new QuiverError(ErrorCode.AlreadyJoined, `already subscribed to ${channel}`);
-    }
-    // Until answered (`confirmed`), a reconnect leaves it to this call, which would subscribe it a second time.
-    const entry = { channel, onTick, onEnd: [onEnd], ticks: new LatestWins(), latest: null, confirmed: false };
-    entry.handle = new Subscription(this, entry);
-    this.#subscriptions.set(channel, entry);
+    const list = () => listSubscription(this, this.#subscriptions, channel, { onTick, onEnd });
+    const key = `channel ${channel}`; // (after an Unsubscribe under way, as a join after a Leave)
+    const entry = this.#releases.has(key) ? await this.#releases.after(key, list) : list();
     try {
       const givenUp = () => this.#subscriptions.get(channel) !== entry;
       await this.#acrossReconnects((session) => subscribeOn(session, entry, this.#subscriptions), givenUp);
+      if (this.status === 'closed') throw QuiverError.closed(this.closeReason); // (as in `join`)
       entry.confirmed = true;
       return entry.handle;
     } catch (err) {
@@ -205,7 +206,8 @@ export class QuiverClient {
     const entry = this.#subscriptions.get(channel);
     if (handle && entry !== handle) return; // that handle's subscription ended, or was unsubscribed, already
     this.#subscriptions.delete(channel);
-    if (entry && !this.#isLive()) return; // as in `leave`
+    if (!handle && this.#releases.giveUp(`channel ${channel}`) && !entry) return; // as in `leave`
+    if (entry && !this.#isLive()) return;
     const body = { Unsubscribe: { channel } };
     const prepare = ({ channels }) => [...channels].forEach(([id, sub]) => sub === entry && channels.delete(id));
     const release = { body, name: 'Unsubscribed', entry, prepare };
@@ -234,22 +236,11 @@ export class QuiverClient {
       this.#publishers.set(channel, entry);
       return entry;
     }));
+    if (this.status === 'closed') throw QuiverError.closed(this.closeReason); // (as in `join`)
     entry.onEnd.push(onEnd);
     const send = (payload) => sendTick(this.#session, entry, toBytes(payload), this.serverClockUs());
-    return new Publisher(channel, send, () => entry.ended, () => this.#unpublish(entry));
-  }
-
-  /** Gives up `entry`'s claim on the server, for every publisher sharing it (their `send` returns null and `ended`
-   *  says `unpublished` from now on): the channel no longer counts against the connection's `max_publish_channels`.
-   *  A later `publisher()` of the channel claims it anew. Resolves at once if the claim ended already. */
-  async #unpublish(entry) {
-    const replied = await this.#claimTurns.run(entry.channel, async () => {
-      if (entry.ended) return null;
-      entry.ended = { code: ErrorCode.NoError, reason: 'unpublished' };
-      if (this.#publishers.get(entry.channel) === entry) this.#publishers.delete(entry.channel);
-      return unclaimOn(this.#session, entry);
-    });
-    await replied?.();
+    const held = { turns: this.#claimTurns, publishers: this.#publishers, session: () => this.#session };
+    return new Publisher(channel, send, () => entry.ended, () => unpublish(entry, held));
   }
 
   /** One Ping/Pong round trip on the control stream; resolves to the round-trip time in ms. */
@@ -286,7 +277,11 @@ export class QuiverClient {
   async #start() {
     try {
       const session = await this.#open();
-      if (!(await this.#connected(session))) throw new Error(session.closedWhy?.reason ?? 'the connection was lost');
+      if (!(await this.#connected(session))) {
+        // Closed by the server before the clock Pings were done (GoingAway, TokenExpired, ServerFull...): its code.
+        const { code = ErrorCode.NoError, reason = 'the connection was lost' } = session.closedWhy ?? {};
+        throw code === ErrorCode.NoError ? new Error(reason) : new QuiverError(code, reason);
+      }
     } catch (err) {
       this.#end({ code: err.code ?? ErrorCode.Internal, reason: `cannot connect: ${err.message ?? err}` });
       throw err;
@@ -393,6 +388,8 @@ export class QuiverClient {
     session?.lost(why);
     this.#sessionChanged.notify();
     for (const job of this.#posts.drain()) job.reject(QuiverError.closed(why));
+    // What the application holds ends with the client, with its reason (as the Rust client's handles).
+    endHeld(this.#rooms, this.#subscriptions, this.#publishers, why, (entry) => this.#endRoom(entry, why));
   }
 
   #setStatus(status, detail) {

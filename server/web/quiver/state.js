@@ -417,10 +417,16 @@ export class LatestWins {
 
 /**
  * The clock offset (server minus local, µs) from Ping samples `{rttUs, clientTimeUs, serverTimeUs}`: the fastest
- * round trip's midpoint is the best guess of when the server read its clock. Null without samples.
+ * round trip's midpoint is the best guess of when the server read its clock. Null without samples. A sample whose
+ * server time is no clock's (negative, or past 2^53 µs, the year 2255: more than a Number holds exactly) is left
+ * out: a hostile Pong's 2^63 put the client's clock past the QUIC varint range ticks are stamped in, and every
+ * `send` of a publisher threw.
  */
 export function clockOffsetUs(samples) {
   let best = null;
-  for (const s of samples) if (best === null || s.rttUs < best.rttUs) best = s;
+  for (const s of samples) {
+    if (!Number.isSafeInteger(s.serverTimeUs) || s.serverTimeUs < 0) continue;
+    if (best === null || s.rttUs < best.rttUs) best = s;
+  }
   return best === null ? null : best.serverTimeUs - (best.clientTimeUs + best.rttUs / 2);
 }

@@ -1,13 +1,14 @@
 // close() while the client reconnects: the attempt under way is given up at once (no token fetched, no Hello, the
 // connection being opened closed; with several URLs, no next one tried), and nothing connects afterwards. And a
-// close by the server before Welcome reaches the application with its code; a first connect that times out ends
-// Internal, not as a close of the application's own.
+// close by the server before Welcome (or before the first connect's clock Pings are done) reaches the application
+// with its code; a first connect that times out ends Internal, not as a close of the application's own. A client
+// that ends ends the rooms, subscriptions and publishers it holds with its reason.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { ErrorCode, QuiverClient, QuiverError } from '../quiver/index.js';
-import { FakeServer, URL_, connect, sleep, until } from './fakes.mjs';
+import { FakeServer, URL_, connect, joinCollecting, sleep, until } from './fakes.mjs';
 
 test('close() while reconnecting gives the connect under way up: no token, no Hello, no further dial', async (t) => {
   const server = new FakeServer();
@@ -87,4 +88,59 @@ test('a first connect that times out, or fails without a code, ends Internal, no
   await assert.rejects(QuiverClient.connect(URL_, { transport: server.transport, onStatus }), /connection refused/);
   assert.equal(ends.length, 2);
   assert.equal(ends[1].code, ErrorCode.Internal, `${ends[1].code}: ${ends[1].reason}`);
+});
+
+test('a first connect closed by the server with a code during its clock Pings ends with that code', async () => {
+  // Before, the connect rejected with a plain Error and the client ended Internal, whatever the server had said.
+  for (const [code, reason] of [[ErrorCode.GoingAway, 'shutting down'], [ErrorCode.TokenExpired, 'token expired']]) {
+    const server = new FakeServer();
+    server.ignorePings = true; // the connect waits in its clock Pings
+    const ends = [];
+    const onStatus = (status, why) => status === 'closed' && ends.push(why);
+    const connecting = QuiverClient.connect(URL_, { transport: server.transport, onStatus });
+    await until('a clock Ping', () => server.requestsOf('Ping').length === 1);
+    server.connections[0].close({ closeCode: code, reason });
+    const err = await connecting.then(() => assert.fail('connected'), (caught) => caught);
+    assert.ok(err instanceof QuiverError && err.code === code, `${err.code}: ${err}`);
+    assert.equal(err.message, reason);
+    assert.deepEqual(ends, [{ code, reason: `cannot connect: ${reason}` }]);
+  }
+});
+
+test('a client that ends ends its rooms, subscriptions and publishers with its reason; later calls reject closed',
+  async (t) => {
+  // Before, they stayed as if live (`ended` null, no `onEnd`, no last event) and a join of a room joined before the
+  // close was refused AlreadyJoined.
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const bob = await connect(t, server, { name: 'bob' });
+  const held = async (client) => {
+    const ends = [];
+    const room = await joinCollecting(client, 'lobby');
+    const sub = await client.subscribe('prices', { onEnd: (why) => ends.push(['sub', why]) });
+    const pub = await client.publisher('quotes', { onEnd: (why) => ends.push(['pub', why]) });
+    const kicked = () => room.events.filter((e) => e.type === 'kicked');
+    return { ends, room, sub, pub, kicked };
+  };
+  const closed = await held(ann);
+  const refused = await held(bob);
+  ann.close();
+  const why = { code: ErrorCode.NoError, reason: 'closed by the application' };
+  assert.deepEqual(closed.kicked(), [{ type: 'kicked', room: 'lobby', ...why }], 'the room\'s last event');
+  assert.deepEqual([closed.sub.ended, closed.pub.ended], [why, why]);
+  assert.deepEqual(closed.ends, [['sub', why], ['pub', why]]);
+  assert.equal(closed.pub.send('tick'), null);
+  const calls = [() => ann.join('lobby'), () => ann.subscribe('prices'), () => ann.publisher('quotes')];
+  for (const call of calls) await assert.rejects(call(), (err) => err.closed && err.code === ErrorCode.NoError);
+  await Promise.all([closed.room.handle.leave(), closed.sub.unsubscribe(), closed.pub.unpublish()]); // nothing to do
+  assert.equal(closed.ends.length, 2, 'each ended once');
+  // A reconnect refused for good ends the client, and what it holds, with the refusal.
+  server.refuse = { code: ErrorCode.PermissionDenied, message: 'no longer allowed' };
+  server.dropAll();
+  await until('bob ended', () => bob.status === 'closed');
+  const { code, reason } = bob.closeReason;
+  assert.equal(code, ErrorCode.PermissionDenied);
+  assert.deepEqual(refused.kicked(), [{ type: 'kicked', room: 'lobby', code, reason }]);
+  assert.deepEqual([refused.sub.ended, refused.pub.ended], [{ code, reason }, { code, reason }]);
+  assert.deepEqual(refused.ends.map(([what, end]) => [what, end.code]), [['sub', code], ['pub', code]]);
 });

@@ -309,3 +309,34 @@ test('a join whose room is left before its answer rejects as closed: no Room of 
   await assert.rejects(joined, (err) => err.closed && err.code === ErrorCode.NoError);
   assert.deepEqual(server.requestsOf('Leave').length, 1);
 });
+
+test('a leave (unsubscribe) by name gives up a join (subscribe) waiting for an earlier one: it ends out', async (t) => {
+  // Before, the second leave found no room (the join had none listed yet), shared the first's outcome, and the
+  // join went on once the Leave was answered: the application's last call was the leave, and it ended in the room.
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const kinds = [
+    ['Leave', 'Join', (n) => ann.join(n, { onEvent: () => {} }), (n) => ann.leave(n)],
+    ['Unsubscribe', 'Subscribe', (n) => ann.subscribe(n), (n) => ann.unsubscribe(n)],
+  ];
+  for (const [release, take, taken, let_] of kinds) {
+    await taken('x');
+    server.heldReplies.set(release, []);
+    const first = let_('x');
+    await until(`the ${release} was sent`, () => server.requestsOf(release).length === 1);
+    const again = taken('x'); // waits for the first's answer
+    const second = let_('x'); // the application's last word
+    server.heldReplies.get(release).forEach((send) => send());
+    server.heldReplies.delete(release);
+    await Promise.all([first, second]);
+    await assert.rejects(again, (err) => err.closed && err.code === ErrorCode.NoError, `${take}: given up`);
+    await sleep(20);
+    assert.equal(server.requestsOf(take).length, 1, `no second ${take}`);
+    assert.equal(server.requestsOf(release).length, 1, `one ${release}`);
+  }
+  const conn = server.connections[0];
+  assert.equal(server.rooms.get('x').members.has(conn), false, 'out of the room');
+  assert.equal(conn.channels.has('x'), false, 'not subscribed');
+  await ann.join('x', { onEvent: () => {} }); // later, neither is refused AlreadyJoined
+  await ann.subscribe('x');
+});

@@ -248,6 +248,13 @@ test('clockOffsetUs: the fastest round trip wins', () => {
   assert.equal(offset, 500);
 });
 
+test('clockOffsetUs: a server time no clock shows (past 2^53 µs, a hostile Pong\'s 2^63) is left out', () => {
+  const good = { rttUs: 300, clientTimeUs: 1000, serverTimeUs: 2150 };
+  const hostile = { rttUs: 100, clientTimeUs: 1000, serverTimeUs: Number(2n ** 63n) };
+  assert.equal(clockOffsetUs([hostile, good]), 1000, 'the slower plausible sample wins');
+  assert.equal(clockOffsetUs([hostile, { ...hostile, serverTimeUs: 2 ** 53 }]), null);
+});
+
 test('Merge: stream and copies under seeded loss, duplication and reordering give each position once, in order', () => {
   let state = 5;
   const random = () => ((state = (state * 1103515245 + 12345) % 2147483648) / 2147483648);

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { ErrorCode } from '../quiver/index.js';
+import { ErrorCode, QuiverEncodeError } from '../quiver/index.js';
 import { FakeServer, connect, sleep, text, until } from './fakes.mjs';
 import { UNROUTED_IDS, Unrouted } from '../quiver/client/values.js';
 
@@ -217,6 +217,44 @@ test('ticks: an unsubscribe by name while one is sent again shares its outcome; 
   const kinds = server.requests.map((r) => Object.keys(r.req.body)[0]).filter((k) => /^(Uns|S)ubscribe$/.test(k));
   assert.deepEqual(kinds, ['Subscribe', 'Unsubscribe', 'Unsubscribe', 'Unsubscribe', 'Subscribe']);
   assert.ok(server.live[0].channels.has('a'), 'subscribed after the unsubscribe was taken');
+});
+
+test('a Pong whose server time no clock shows is left out of the clock: publishers\' sends do not throw', async (t) => {
+  // Before, a server time of 2^63 put the client's clock past the QUIC varint range, and every send threw.
+  const server = new FakeServer();
+  const handle = server.handle.bind(server);
+  server.handle = (conn, req) => {
+    if (!('Ping' in req.body)) return handle(conn, req);
+    const pong = { client_time_us: req.body.Ping.client_time_us, server_time_us: 2n ** 63n };
+    return conn.send({ Reply: { req_id: req.req_id, result: { Ok: { Pong: pong } } } });
+  };
+  const ann = await connect(t, server);
+  const publisher = await ann.publisher('p');
+  assert.equal(publisher.send('tick'), 1n);
+  await until('the tick reached the server', () => server.datagrams.length === 1);
+  const offsetS = (ann.serverClockUs() - Date.now() * 1000) / 1e6;
+  assert.ok(Math.abs(offsetS) < 60, `the server's clock is ${offsetS} s off this one's`);
+});
+
+test('a tick that cannot be encoded takes no seq: the next one sent is numbered as if it had not been', async (t) => {
+  // A hostile server's channel id past the QUIC varint range: the send throws. Before, it took a seq even so.
+  const server = new FakeServer();
+  const handle = server.handle.bind(server);
+  let hostile = true;
+  server.handle = (conn, req) => {
+    if (!('Publish' in req.body) || !hostile) return handle(conn, req);
+    hostile = false;
+    const publishing = { channel: req.body.Publish.channel, channel_id: 2n ** 62n };
+    return conn.send({ Reply: { req_id: req.req_id, result: { Ok: { Publishing: publishing } } } });
+  };
+  const ann = await connect(t, server);
+  const publisher = await ann.publisher('p');
+  assert.throws(() => publisher.send('tick'), QuiverEncodeError);
+  server.dropAll(); // claimed again on the next connection, with an id that fits
+  await until('claimed again', () => server.live[0]?.claims.size === 1);
+  await until('sent', () => publisher.send('tick') !== null);
+  await until('the tick reached the server', () => server.datagrams.length === 1);
+  assert.equal(server.datagrams[0].seq, 1n);
 });
 
 test('ticks that overtake their Subscribe\'s answer are the subscription\'s first, not dropped', async (t) => {

@@ -2,7 +2,9 @@
 // handles over the QuiverClient that made them, which keeps their state across reconnects; and how ticks reach
 // them and leave from them.
 
+import { ErrorCode, QuiverError } from '../wire/errors.js';
 import { encodeTick } from '../wire/ticks.js';
+import { LatestWins, RoomState } from '../state.js';
 import { callBack, expectReply, leftAnyway, unixUs, untilTaken } from './values.js';
 
 /** A joined room: its name, members and position; post to it or leave it. Made by `QuiverClient.join`. */
@@ -118,6 +120,25 @@ export class Publisher {
   }
 }
 
+/** A join's entry of `room`, listed in the client's `rooms`; AlreadyJoined while one is. (`joined` once answered.) */
+export function listRoom(client, rooms, room, { onEvent, redundant }) {
+  if (rooms.has(room)) throw new QuiverError(ErrorCode.AlreadyJoined, `already in room ${room}`);
+  const entry = { state: new RoomState(room), onEvent, handle: null, joining: null, stream: 0, redundant };
+  entry.handle = new Room(client, entry.state);
+  rooms.set(room, entry);
+  return entry;
+}
+
+/** A subscribe's entry of `channel`, listed in the client's `subscriptions`; AlreadyJoined while one is. */
+export function listSubscription(client, subscriptions, channel, { onTick, onEnd }) {
+  if (subscriptions.has(channel)) throw new QuiverError(ErrorCode.AlreadyJoined, `already subscribed to ${channel}`);
+  // Until answered (`confirmed`), a reconnect leaves it to this call, which would subscribe it a second time.
+  const entry = { channel, onTick, onEnd: [onEnd], ticks: new LatestWins(), latest: null, confirmed: false };
+  entry.handle = new Subscription(client, entry);
+  subscriptions.set(channel, entry);
+  return entry;
+}
+
 /** Subscribes `entry` on `session`; its ticks are routed to it while it is the one in `subscriptions`. */
 export async function subscribeOn(session, entry, subscriptions) {
   const answered = session.unrouted.began(); // ticks that overtake the answer are held for its route (Unrouted)
@@ -186,8 +207,46 @@ export function deliverTick(entry, tick, nowUs) {
 export function sendTick(session, entry, payload, nowUs) {
   if (!session || session.closedWhy || entry.ended || entry.claim?.session !== session) return null;
   session.checkTickPayload(payload);
-  const seq = entry.nextSeq++;
+  const seq = entry.nextSeq;
   const sentTimeUs = BigInt(Math.round(nowUs));
-  session.sendDatagram(encodeTick({ channel_id: entry.claim.channelId, seq, sent_time_us: sentTimeUs, payload }));
+  const datagram = encodeTick({ channel_id: entry.claim.channelId, seq, sent_time_us: sentTimeUs, payload });
+  // Numbered once encoded: a tick that throws takes no seq (its subscribers would count it lost, and a send of a
+  // publisher that retries it would skip one each time).
+  entry.nextSeq = seq + 1n;
+  session.sendDatagram(datagram);
   return seq;
+}
+
+/**
+ * The client ended (`why`): what the application holds ends with it, as the Rust client's handles do: a joined room
+ * as one kicked (`endRoom(entry)`: its last event `{type: 'kicked', code, reason}`), a subscription or publisher with
+ * its `ended` set and its `onEnd` called (once; a publisher unpublished already is left as it is). The client's maps
+ * are emptied: a later join, subscribe or claim of the name rejects as closed (before, a join was refused
+ * AlreadyJoined, and the handles stayed as if live). A join or subscribe not answered yet is not told: it rejects as
+ * closed.
+ */
+export function endHeld(rooms, subscriptions, publishers, why, endRoom) {
+  for (const entry of [...rooms.values()]) if (entry.joined) endRoom(entry);
+  const ticks = [...subscriptions.values()].filter((entry) => entry.confirmed).concat([...publishers.values()]);
+  for (const held of [rooms, subscriptions, publishers]) held.clear();
+  for (const entry of ticks.filter((held) => !held.ended)) {
+    entry.ended = why;
+    for (const onEnd of entry.onEnd) callBack(onEnd, why);
+  }
+}
+
+/**
+ * Gives up `entry`'s claim on the server, for every publisher sharing it (their `send` returns null and `ended`
+ * says `unpublished` from now on): the channel no longer counts against the connection's `max_publish_channels`.
+ * A later `publisher()` of the channel claims it anew. Resolves at once if the claim ended already. In the channel's
+ * claim turn (`turns`); `publishers`: the client's; `session()`: its current session.
+ */
+export async function unpublish(entry, { turns, publishers, session }) {
+  const replied = await turns.run(entry.channel, async () => {
+    if (entry.ended) return null;
+    entry.ended = { code: ErrorCode.NoError, reason: 'unpublished' };
+    if (publishers.get(entry.channel) === entry) publishers.delete(entry.channel);
+    return unclaimOn(session(), entry);
+  });
+  await replied?.();
 }

@@ -141,10 +141,11 @@ export async function untilTaken(session, body) {
 
 /**
  * Leaves and Unsubscribes under way (by a key: the room's, the channel's), until answered ([`untilTaken`]): a join
- * of the room, a subscribe of the channel, waits for them.
+ * of the room, a subscribe of the channel, waits for them; a leave or unsubscribe by name meanwhile gives it up.
  */
 export class Releases {
   #pending = new Map(); // key -> the promise of its release
+  #waiting = new Map(); // key -> the joins, subscribes waiting in `after` for its release: {given, giveUp}
 
   /**
    * Sends `body` on the session `session()` (a function returning a promise) resolves to, `prepare(session)` first,
@@ -173,9 +174,48 @@ export class Releases {
     return this.#pending.has(key);
   }
 
-  /** Resolves once no release of `key` is under way. */
-  async before(key) {
-    while (this.#pending.has(key)) await this.#pending.get(key).catch(() => {});
+  /**
+   * For a join or subscribe of `key` made while a release of it is under way: once none is, `list()` (which lists the
+   * caller's entry, so that a leave from then on finds it) in the same turn, and its result. Until then a leave or
+   * unsubscribe by name (`giveUp`) gives it up: it rejects as closed, nothing listed or written. (Before, that leave
+   * found no entry and shared the release under way, and the join went on once it was answered: the application's
+   * last call was the leave, and the client ended in the room.)
+   */
+  async after(key, list) {
+    const waiter = { given: null };
+    const givenUp = new Promise((_, reject) => {
+      waiter.giveUp = (why) => {
+        waiter.given = why;
+        reject(why);
+      };
+    });
+    givenUp.catch(() => {}); // (raced below while it waits; given up later, no one hears it)
+    if (!this.#waiting.has(key)) this.#waiting.set(key, new Set());
+    this.#waiting.get(key).add(waiter);
+    try {
+      while (this.#pending.has(key) && !waiter.given) {
+        await Promise.race([this.#pending.get(key).catch(() => {}), givenUp]);
+      }
+      if (waiter.given) throw waiter.given; // (given up as the release's end woke it)
+      return list();
+    } finally {
+      const waiting = this.#waiting.get(key);
+      if (waiting?.delete(waiter) && waiting.size === 0) this.#waiting.delete(key);
+    }
+  }
+
+  /**
+   * Gives up the joins or subscribes of `key` waiting in `after` (each rejects as closed). True when there were any
+   * and no release of `key` is under way (woken by its end, they had not looked yet): the leave giving them up has
+   * nothing else to do (without a release to share, it would write one for a name the server does not hold).
+   */
+  giveUp(key) {
+    const waiting = this.#waiting.get(key);
+    this.#waiting.delete(key);
+    for (const waiter of waiting ?? []) {
+      waiter.giveUp(QuiverError.closed({ code: ErrorCode.NoError, reason: 'given up before it was sent' }));
+    }
+    return Boolean(waiting) && !this.#pending.has(key);
   }
 }
 

@@ -420,6 +420,11 @@ pub(crate) fn send_tick<H: Handler>(
     if payload.len() > max_payload {
         return Err(TickError::TooLarge { size: payload.len(), max_payload });
     }
+    // Numbered once it is known to encode: a tick that cannot be (a channel id or clock past the varint range, a
+    // hostile server's) takes no seq, which the channel's subscribers would count lost.
+    if channel_id > quiver_proto::varint::MAX || now_us > quiver_proto::varint::MAX {
+        return Err(TickError::Unsupported);
+    }
     let seq = publisher.next_seq.fetch_add(1, Ordering::Relaxed);
     let header = TickHeader { channel_id, seq, sent_time_us: now_us };
     let mut datagram = BytesMut::with_capacity(header.encoded_len() + payload.len());

@@ -15,9 +15,15 @@ pub struct ClockSample {
     pub server_us: u64,
 }
 
-/// Server clock minus this machine's clock, in µs, from the fastest sample; `None` without samples.
+/// The latest server clock taken for one (µs since the Unix epoch): 2^53, the year 2255, as the browser client's
+/// (where a Number stops holding it exactly). A Pong past it is a hostile or broken server's: its 2^63 put the
+/// client's server clock past the QUIC varint range that ticks are stamped in, and every tick failed to encode.
+pub const MAX_SERVER_CLOCK_US: u64 = 1 << 53;
+
+/// Server clock minus this machine's clock, in µs, from the fastest sample whose server clock is one
+/// ([`MAX_SERVER_CLOCK_US`]); `None` without such samples.
 pub fn offset_us(samples: &[ClockSample]) -> Option<i64> {
-    let best = samples.iter().min_by_key(|s| s.rtt)?;
+    let best = samples.iter().filter(|s| s.server_us <= MAX_SERVER_CLOCK_US).min_by_key(|s| s.rtt)?;
     let midpoint = best.sent_us.saturating_add(u64::try_from(best.rtt.as_micros() / 2).unwrap_or(u64::MAX));
     // Any u64 from the server: the difference is taken wide and clamped, never overflowing.
     let offset = i128::from(best.server_us) - i128::from(midpoint);
@@ -36,8 +42,11 @@ mod tests {
         // Server 1,000 µs ahead; the slow sample's asymmetry would say otherwise.
         let samples = [sample(10_000, 5_000, 14_500), sample(20_000, 100, 21_050)];
         assert_eq!(offset_us(&samples), Some(1_000));
-        // A server's clock at any u64 is clamped, not overflowed (a panic in debug builds before).
-        assert_eq!(offset_us(&[sample(0, 0, u64::MAX)]), Some(i64::MAX));
+        // A local clock at any u64 is clamped, not overflowed (a panic in debug builds before).
         assert_eq!(offset_us(&[sample(u64::MAX, 0, 0)]), Some(i64::MIN));
+        // A server's clock no clock shows is left out, the fastest sample or not.
+        assert_eq!(offset_us(&[sample(0, 0, u64::MAX)]), None);
+        assert_eq!(offset_us(&[sample(0, 0, 1 << 63), sample(20_000, 100, 21_050)]), Some(1_000));
+        assert_eq!(offset_us(&[sample(0, 0, MAX_SERVER_CLOCK_US)]), Some(1 << 53));
     }
 }

@@ -72,10 +72,14 @@ pub(crate) fn has_invisible(sub: &str) -> bool {
             // scripts, ...) or of an emoji sequence, not after another joiner, and after a selector only as in an
             // emoji sequence (🏳️‍🌈: ZWJ after U+FE0F after an emoji; `José` FE0F ZWJ x reads as `Joséx`). Between
             // Latin letters (`Bjö` ZWNJ `rn`) they draw nothing.
+            // Only a ZWJ continues an emoji sequence (a ZWNJ between two emoji draws nothing), and neither joins a
+            // digit or a script's punctuation (between two Persian digits a ZWNJ reads as nothing).
             c if is_joiner(c) => {
-                let selected_emoji = before == Some('\u{FE0F}') && c == '\u{200D}' && before2.is_some_and(is_emoji);
-                let after = before.is_some_and(|b| joins(b) || is_emoji(b)) || selected_emoji;
-                after && next.is_some_and(|n| joins(n) || is_emoji(n))
+                let zwj = c == '\u{200D}';
+                let emoji = |e: char| zwj && is_emoji(e);
+                let selected_emoji = before == Some('\u{FE0F}') && zwj && before2.is_some_and(is_emoji);
+                let after = before.is_some_and(|b| joins_letter(b) || emoji(b)) || selected_emoji;
+                after && next.is_some_and(|n| joins_letter(n) || emoji(n))
             }
             // Tags: only as one of the three flags drawn as such (England, Scotland, Wales: U+1F3F4, the tags of
             // `gbeng`, `gbsct` or `gbwls`, the cancel tag). Any other tag sequence is drawn as a plain 🏴, so
@@ -202,6 +206,32 @@ fn joins(c: char) -> bool {
             | '\u{11000}'..='\u{11FFF}'
             | '\u{1E900}'..='\u{1E95F}'
     )
+}
+
+/// [`joins`], and not a digit or a punctuation mark of those scripts (Arabic's comma, semicolon, question mark,
+/// full stop and percent sign, the Indic dandas, ...), which no joiner changes.
+fn joins_letter(c: char) -> bool {
+    joins(c)
+        && !c.is_numeric()
+        && !matches!(
+            c,
+            '\u{0609}'..='\u{060F}'
+                | '\u{061B}'
+                | '\u{061D}'..='\u{061F}'
+                | '\u{066A}'..='\u{066D}'
+                | '\u{06D4}'
+                | '\u{06DE}'
+                | '\u{06E9}'
+                | '\u{06FD}'..='\u{06FE}'
+                | '\u{0964}'..='\u{0965}'
+                | '\u{0970}'
+                | '\u{0DF4}'
+                | '\u{0F04}'..='\u{0F14}'
+                | '\u{104A}'..='\u{104F}'
+                | '\u{17D4}'..='\u{17DA}'
+                | '\u{1800}'..='\u{180A}'
+                | '\u{FD3E}'..='\u{FD3F}'
+        )
 }
 
 /// A variation selector or the combining grapheme joiner (shows nothing of its own).

@@ -237,6 +237,13 @@ fn subjects_are_limited_to_max_identity_bytes() {
         "alice❤\u{FE00}",
         "é\u{E0100}",
         "ی\u{200C}x",
+        // A ZWNJ in an emoji sequence, a joiner between digits or after a script's punctuation: drawn as nothing.
+        "bob😀\u{200C}😀",
+        "۱\u{200C}۲",
+        "علی۱\u{200C}۲",
+        "ی\u{200D}١",
+        "ی،\u{200C}ی",
+        "क।\u{200D}क",
     ] {
         assert_eq!(check_subject(spoof), Err(SubjectError::Invisible), "{spoof:?}");
     }

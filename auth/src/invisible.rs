@@ -151,7 +151,7 @@ fn is_emoji(c: char) -> bool {
 }
 
 /// Whether selector `c` selects a form of `b`: the emoji and text presentation selectors (U+FE0E, U+FE0F) after
-/// an emoji; the standardized variation selectors (U+FE00–U+FE0D) after a CJK ideograph, a mathematical
+/// an emoji with both forms ([`super::variation::has_variation`]); the standardized variation selectors (U+FE00–U+FE0D) after a CJK ideograph, a mathematical
 /// operator or a letter of the scripts that define sequences with them (Myanmar, Phags-pa, Manichaean, Egyptian
 /// hieroglyphs); ideographic variation selectors (U+E0100–U+E01EF) after a CJK ideograph; Mongolian's free
 /// variation selectors after a Mongolian letter. The combining grapheme joiner (U+034F) selects nothing visible.
@@ -166,7 +166,8 @@ fn selects(c: char, b: char) -> bool {
         )
     };
     match c {
-        '\u{FE0E}' | '\u{FE0F}' => is_emoji(b),
+        // (Only what has both forms: 😀 with U+FE0F reads as 😀.)
+        '\u{FE0E}' | '\u{FE0F}' => super::variation::has_variation(b),
         '\u{FE00}'..='\u{FE0D}' => {
             cjk(b)
                 || matches!(

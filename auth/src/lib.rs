@@ -16,6 +16,7 @@
 mod invisible;
 mod key;
 mod keys;
+mod variation;
 
 use std::{
     collections::BTreeMap,

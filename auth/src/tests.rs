@@ -244,6 +244,10 @@ fn subjects_are_limited_to_max_identity_bytes() {
         "ی\u{200D}١",
         "ی،\u{200C}ی",
         "क।\u{200D}क",
+        // A presentation selector after what has one form only: drawn as nothing.
+        "bob😀\u{FE0F}",
+        "bob●\u{FE0F}",
+        "bob🚀\u{FE0E}",
     ] {
         assert_eq!(check_subject(spoof), Err(SubjectError::Invisible), "{spoof:?}");
     }

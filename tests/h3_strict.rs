@@ -207,3 +207,22 @@ async fn a_browser_closing_its_session_is_no_refusal() {
     assert_eq!(server.stats.snapshot().control_streams_closed, 0, "a browser's close counted as a refusal");
     server.stop().await;
 }
+
+/// A client that resets and stops its control stream with WT_SESSION_GONE but keeps its session (no close capsule)
+/// has refused its control stream, as with any other code: closed `ControlStreamClosed` and counted, about a second
+/// later. Before, the code alone was taken for the session's end: closed `NoError`, uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_stream_gone_while_its_session_stays_is_refused() {
+    if !aioquic_available("the strict HTTP/3 client's session-gone test") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dev = quiver_server::ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+    let config = quiver_server::ServerConfig { auth: quiver_auth::AuthConfig::Anonymous, ..dev };
+    let server = TestServer::start_with(config, dir);
+    let report = StrictClient::start(&server, "/quiver", "http://localhost", 200, "session-gone-stream").result().await;
+    assert_eq!(report["h3_errors"], serde_json::json!([]), "{report:#}");
+    assert_eq!(report["closed_by"], "server", "{report:#}");
+    assert_eq!(server.stats.snapshot().control_streams_closed, 1, "{report:#}");
+    server.stop().await;
+}

@@ -12,7 +12,9 @@ After the response, the client waits for the server to close the connection (a r
 shuts down), having first, with --then:
   wait-close   done nothing more;
   open-stream  opened a WebTransport stream (Quiver's control stream) without writing to it;
-  garbage      opened one and written bytes that are not a Quiver frame.
+  garbage      opened one and written bytes that are not a Quiver frame;
+  client-close sent Hello on one, then closed the session as Chromium does (WT_SESSION_GONE, the close capsule);
+  session-gone-stream  the same without the capsule: the control stream's WT_SESSION_GONE alone.
 
 Output: `{"kind": "accepted", ...}` once a 200 arrives (so a test can act on an open session), then exactly one
 `{"kind": "result", ...}` line: the status, the WebTransport close capsule (code, reason) if any, who closed the
@@ -167,11 +169,14 @@ class StrictClient(QuicConnectionProtocol):
         self.transmit()
         return stream
 
-    def close_session(self, stream):
+    def close_session(self, stream, capsule=True):
         # As Chromium closes a session: its streams reset and stopped with WT_SESSION_GONE, then the close capsule
-        # (code 0, no reason) on the CONNECT stream, which ends.
+        # (code 0, no reason) on the CONNECT stream, which ends. Without the capsule: the stream's code alone.
         self._quic.reset_stream(stream, WT_SESSION_GONE)
         self._quic.stop_stream(stream, WT_SESSION_GONE)
+        if not capsule:
+            self.transmit()
+            return
         capsule = Buffer(capacity=16)
         capsule.push_uint_var(CLOSE_WEBTRANSPORT_SESSION)
         capsule.push_uint_var(4)
@@ -209,14 +214,14 @@ async def run(args):
             elif args.then == "garbage":
                 # A Quiver frame is `varint length || body`: an 8-byte varint of 2^62 - 1 is over any frame limit.
                 client.open_stream(b"\xff" * 8)
-            elif args.then == "client-close":
+            elif args.then in ("client-close", "session-gone-stream"):
                 # Hello, then the close once the Welcome came: the server is then serving the control stream.
                 stream = client.open_stream(HELLO)
                 for _ in range(500):
                     if client.report["stream_bytes"] > 0 or client.report["closed_by"] is not None:
                         break
                     await asyncio.sleep(0.01)
-                client.close_session(stream)
+                client.close_session(stream, capsule=args.then == "client-close")
             emit({"kind": "accepted"})
         # Whatever was asked for, the server is the one to end the connection: wait for it.
         await client.terminated
@@ -265,7 +270,8 @@ def main():
     trust.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
     parser.add_argument("--expect-status", type=int, required=True)
     parser.add_argument(
-        "--then", choices=["wait-close", "open-stream", "garbage", "no-connect", "client-close"], default="wait-close"
+        "--then", choices=["wait-close", "open-stream", "garbage", "no-connect", "client-close", "session-gone-stream"],
+        default="wait-close",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds before giving up (default 10)")
     args = parser.parse_args()

@@ -8,7 +8,10 @@ use quiver_proto::ErrorCode;
 use quiver_transport::close::{describe, truncate_utf8};
 use web_transport_quinn::{Session, SessionError, WebTransportError};
 
-use crate::{net::wire::Wire, stats::ServerStats};
+use crate::{
+    net::wire::{Wire, WireError},
+    stats::ServerStats,
+};
 
 /// Closes a session with `code`, giving `reason` (truncated to fit a packet) to the peer.
 pub(crate) fn close_session(session: &Session, code: ErrorCode, reason: &str) {
@@ -50,6 +53,22 @@ pub(crate) fn describe_session(error: &SessionError) -> (ErrorCode, String) {
 /// stream; returns the reason (for the log).
 pub(super) fn control_stream_closed(conn: &Wire, stats: &ServerStats, reason: String) -> String {
     refuse(conn, stats, ErrorCode::ControlStreamClosed, reason)
+}
+
+/// How long a session whose control stream the client reset or stopped with `WT_SESSION_GONE` has to end: Chromium
+/// sends it on its session's streams as it closes the session, the close capsule right behind.
+const SESSION_GONE_GRACE: Duration = Duration::from_secs(1);
+
+/// The control stream ended with `err`, the connection's end or a browser's `WT_SESSION_GONE` ([`WireError::
+/// SessionGone`]); returns the reason (for the log). A `WT_SESSION_GONE` on the control stream of a session that does
+/// not end within [`SESSION_GONE_GRACE`] was a peer's reset of that stream alone, refused `ControlStreamClosed` as any
+/// other (it closed the session `NoError`, uncounted: a review's find).
+pub(super) async fn control_stream_gone(conn: &Wire, stats: &ServerStats, err: WireError) -> String {
+    if matches!(err, WireError::SessionGone) && tokio::time::timeout(SESSION_GONE_GRACE, conn.closed()).await.is_err() {
+        let reason = "the client reset or stopped its control stream with WT_SESSION_GONE and kept its session";
+        return control_stream_closed(conn, stats, reason.to_string());
+    }
+    err.to_string()
 }
 
 /// Counts a refusal with `code`, closes the connection with it and `reason`; returns the reason (for the log).

@@ -13,7 +13,7 @@ use crate::{
     hub::RoomHub,
     net::{
         admit::{make_room, Slot},
-        close::{control_stream_closed, refuse},
+        close::{control_stream_closed, control_stream_gone, refuse},
         copies,
         dispatch::{Answer, Connection},
         now_us,
@@ -180,7 +180,9 @@ pub(super) fn control<'a, R: RoomHub>(
                         );
                         return control_stream_closed(conn, stats, reason);
                     }
-                    Err(err @ (WireError::Closed(..) | WireError::SessionGone)) => return err.to_string(),
+                    Err(err @ (WireError::Closed(..) | WireError::SessionGone)) => {
+                        return Box::pin(control_stream_gone(conn, stats, err)).await;
+                    }
                     Err(WireError::Stream(code)) => {
                         let reason = format!("the client reset its control stream (code {code})");
                         return control_stream_closed(conn, stats, reason);
@@ -191,7 +193,7 @@ pub(super) fn control<'a, R: RoomHub>(
                     let reason = match stopped {
                         Ok(Some(code)) => format!("the client stopped reading its control stream (code {code})"),
                         Ok(None) => "the control stream ended".to_string(),
-                        Err(err) => return err.to_string(),
+                        Err(err) => return Box::pin(control_stream_gone(conn, stats, err)).await,
                     };
                     return control_stream_closed(conn, stats, reason);
                 }
@@ -408,7 +410,9 @@ pub(super) fn control<'a, R: RoomHub>(
                 };
                 match written {
                     Ok(()) => {}
-                    Err(err @ (WireError::Closed(..) | WireError::SessionGone)) => return err.to_string(),
+                    Err(err @ (WireError::Closed(..) | WireError::SessionGone)) => {
+                        return Box::pin(control_stream_gone(conn, stats, err)).await;
+                    }
                     Err(err) => {
                         let reason = format!("the client stopped reading its control stream ({err})");
                         return control_stream_closed(conn, stats, reason);

@@ -107,7 +107,7 @@ impl From<WsError> for WireError {
 }
 
 /// The code a stop with an unrepresentable code is reported with (no application code is this large).
-const INVALID_STOP: u32 = u32::MAX;
+pub(crate) const INVALID_STOP: u32 = u32::MAX;
 
 /// WebTransport's `WT_SESSION_GONE` (draft-ietf-webtrans-http3): the code a browser resets and stops its session's
 /// streams with as it closes the session (Chromium, before the close capsule).

@@ -125,6 +125,12 @@ pub(crate) async fn pump(
                             Err(err) => {
                                 let kicked = match err {
                                     WireError::Stream(code) => stopped_by_peer(&outbox, code, &stop).await,
+                                    // A browser's WT_SESSION_GONE: a stop like any other; if its session is closing,
+                                    // the connection's end comes within the grace (it was taken for that end, and a
+                                    // peer stopping this stream alone with it stayed in the room, fed nothing).
+                                    WireError::SessionGone => {
+                                        stopped_by_peer(&outbox, crate::net::wire::INVALID_STOP, &stop).await
+                                    }
                                     _ => false, // the connection ended
                                 };
                                 if !kicked {

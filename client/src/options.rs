@@ -10,8 +10,8 @@ use crate::{error::TokenError, TrustOptions};
 
 /// How a client connects and reconnects. (Its `Debug` hides the token: an application that logs its client's
 /// options must not log a bearer token.) Its durations are at most a year, and `connect_timeout`, `reconnect_delay`,
-/// `reconnect_max_delay` and `dead_server_after` more than zero ([`crate::ConnectError::Options`] otherwise; `None`,
-/// where an option takes it, means never).
+/// `reconnect_max_delay`, `dead_server_after` and `tuning.initial_rtt` more than zero, `tuning.max_ack_delay` at
+/// most quinn's 25 ms ([`crate::ConnectError::Options`] otherwise; `None`, where an option takes it, means never).
 #[derive(Clone)]
 pub struct ConnectOptions {
     /// Which certificate to accept.

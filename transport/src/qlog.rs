@@ -64,17 +64,26 @@ impl<W: Write> Capped<W> {
         Capped { out, record: Vec::new(), written: 0, max, total }
     }
 
-    /// Writes the gathered record if both bounds leave room for it.
+    /// Writes the gathered record if both bounds leave room for it. Only what was written counts against them: a
+    /// record dropped at the shared bound, or whose write failed, is given back (a failed write counted its record,
+    /// kept it, and counted it again with the next one: after a full disk, the shared budget ran out unwritten and
+    /// qlog stayed off for the process; a review's find).
     fn commit(&mut self) -> std::io::Result<()> {
         let len = self.record.len() as u64;
         let (total, total_max) = self.total;
-        let fits = len > 0 && self.written + len <= self.max;
-        if fits && total.fetch_add(len, Ordering::Relaxed) + len <= total_max {
-            self.written += len;
-            self.out.write_all(&self.record)?;
+        let mut written = Ok(());
+        if len > 0 && self.written + len <= self.max {
+            let reserved = total.fetch_add(len, Ordering::Relaxed) + len <= total_max;
+            if reserved {
+                written = self.out.write_all(&self.record);
+            }
+            match (reserved, &written) {
+                (true, Ok(())) => self.written += len,
+                _ => drop(total.fetch_sub(len, Ordering::Relaxed)),
+            }
         }
         self.record.clear();
-        Ok(())
+        written
     }
 }
 
@@ -117,5 +126,30 @@ mod tests {
         }
         second.flush().unwrap();
         assert_eq!(second.out.len(), 45, "whole records within the rest of the shared budget (150 - 99 = 51)");
+    }
+
+    /// A failed write counts nothing against either bound, and the record is not written again with the next one.
+    #[test]
+    fn a_failed_write_counts_nothing_and_leaves_nothing_behind() {
+        struct FailsOnce(Vec<u8>, bool);
+        impl Write for FailsOnce {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if std::mem::replace(&mut self.1, false) {
+                    return Err(std::io::Error::other("disk full"));
+                }
+                self.0.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        static TOTAL: AtomicU64 = AtomicU64::new(0);
+        let mut out = Capped::new(FailsOnce(Vec::new(), true), 100, (&TOTAL, 100));
+        assert!(out.write_all(b"first\n").is_err());
+        out.write_all(b"second\n").unwrap();
+        out.flush().unwrap();
+        assert_eq!(out.out.0, b"second\n");
+        assert_eq!((out.written, TOTAL.load(Ordering::Relaxed)), (7, 7));
     }
 }

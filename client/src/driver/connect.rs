@@ -62,6 +62,17 @@ impl Driver {
                 MAX_OPTION_DURATION.as_secs()
             )));
         }
+        // As the server refuses them (`transport.max_ack_delay_ms`, `transport.initial_rtt_ms`): quinn asks the server
+        // for at most the path's RTT (25 ms at least) whatever is configured, while the tail probe waited what was,
+        // and a zero initial RTT starts quinn's probe timeout at a millisecond (a burst of repeated Initials).
+        let most = quiver_transport::tuning::QUINN_MAX_ACK_DELAY;
+        if options.tuning.max_ack_delay.is_some_and(|delay| delay > most) {
+            let why = format!("tuning.max_ack_delay is more than {most:?} (quinn asks the peer for no more)");
+            return Err(ConnectError::Options(why));
+        }
+        if options.tuning.initial_rtt.is_zero() {
+            return Err(ConnectError::Options("tuning.initial_rtt must be more than zero".into()));
+        }
         let options = options.with_dev_tokens().with_stable_name();
         let timeout = options.connect_timeout;
         let started = tokio::time::Instant::now();

@@ -35,8 +35,12 @@ pub struct FlooredCubic {
     /// quinn transmitted since that ACK (true until the first ACK).
     sent_since_ack: bool,
     /// At that ACK, quinn's last look for something to send found nothing left (`app_limited`: not blocked by the
-    /// congestion window or pacing with data waiting).
+    /// congestion window or pacing with data waiting), and no loss declared since put data back to send.
     drained: bool,
+    /// quinn declared bytes lost (their data queued again) and has not transmitted since: its `app_limited` is
+    /// from before the loss (an ACK processed in the same batch, right after the loss it revealed, took the write
+    /// in the lost packet for drained and acknowledged; a review's find).
+    lost_unsent: bool,
 }
 
 impl std::fmt::Debug for FlooredCubic {
@@ -47,7 +51,7 @@ impl std::fmt::Debug for FlooredCubic {
 
 impl Controller for FlooredCubic {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
-        (self.last_sent, self.sent_since_ack) = (Some(now), true);
+        (self.last_sent, self.sent_since_ack, self.lost_unsent) = (Some(now), true, false);
         self.inner.on_sent(now, bytes, last_packet_number);
     }
 
@@ -57,11 +61,14 @@ impl Controller for FlooredCubic {
 
     fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, largest_acked: Option<u64>) {
         (self.in_flight_at_ack, self.covered_until) = (in_flight, self.last_sent);
-        (self.sent_since_ack, self.drained) = (false, app_limited);
+        (self.sent_since_ack, self.drained) = (false, app_limited && !self.lost_unsent);
         self.inner.on_end_acks(now, in_flight, app_limited, largest_acked);
     }
 
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, lost_bytes: u64) {
+        if lost_bytes > 0 {
+            (self.lost_unsent, self.drained) = (true, false);
+        }
         self.inner.on_congestion_event(now, sent, persistent, lost_bytes);
     }
 
@@ -118,6 +125,7 @@ impl ControllerFactory for FlooredCubicFactory {
             covered_until,
             sent_since_ack,
             drained,
+            lost_unsent: false,
         })
     }
 }
@@ -195,5 +203,29 @@ mod tests {
         assert!(!unacked(cubic.clone_box(), at(1)), "ACK-only transmits since do not count");
         assert!(unacked(cubic.clone_box(), at(5)), "a write sent after that ACK is not covered by it");
         assert_eq!(cubic.window(), build().window(), "floor 0: plain Cubic");
+    }
+
+    /// A loss declared between two ACKs of one batch (the first ACK reveals it, the second leaves nothing in flight
+    /// while quinn's `app_limited` is from before the loss): the write in the lost packet stays unacknowledged until
+    /// its data is sent again and an ACK after that leaves nothing in flight.
+    #[test]
+    fn a_write_in_a_lost_packet_stays_unacknowledged_until_resent_and_acknowledged() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        let mut cubic = Arc::new(FlooredCubicFactory::new(0)).build(t0, 1200);
+        let unacked = |controller: &dyn Controller, written| {
+            controller.clone_box().into_any().downcast::<FlooredCubic>().map(|c| c.unacknowledged(written)).unwrap()
+        };
+        cubic.on_sent(at(2), 100, 1); // P, carrying the write of 1 ms
+        cubic.on_sent(at(3), 100, 2); // Q1
+        cubic.on_sent(at(4), 100, 3); // Q2
+        cubic.on_end_acks(at(10), 200, true, Some(2)); // ACK(Q1): P and Q2 in flight
+        cubic.on_congestion_event(at(10), at(2), false, 100); // P declared lost, its data queued again
+        cubic.on_end_acks(at(10), 0, true, Some(3)); // ACK(Q2): nothing in flight, app_limited from before
+        assert!(unacked(&*cubic, at(1)), "the write's data waits to be sent again");
+        cubic.on_sent(at(11), 100, 4); // R, the write's data again
+        assert!(unacked(&*cubic, at(1)), "sent again, not acknowledged");
+        cubic.on_end_acks(at(20), 0, true, Some(4));
+        assert!(!unacked(&*cubic, at(1)), "acknowledged");
     }
 }

@@ -170,9 +170,6 @@ fn broke_the_protocol(err: &web_transport_quinn::ServerError) -> bool {
     }
 }
 
-/// Answers the CONNECT with `status` alone and closes the connection once the client has read it (it closes
-/// itself then) or after [`REFUSAL_LINGER`]. The critical streams are untouched until the connection is closed: the
-/// answered session, which holds them, is dropped only on return.
 /// Bytes of a peer's path or origin a refusal (and so the log) repeats.
 const CLIPPED: usize = 200;
 
@@ -184,6 +181,11 @@ fn clipped(text: &str) -> String {
     }
 }
 
+/// Answers the CONNECT with `status` alone and closes the connection once the client has read it (it closes
+/// itself then) or after [`REFUSAL_LINGER`]. The critical streams are untouched until the connection is closed: the
+/// answered session, which holds them, is dropped only on return. (A client that finishes or resets its CONNECT
+/// stream after reading the status gets the connection closed by web-transport-quinn's session, with its own code
+/// and no reason, before this close: the status says why.)
 async fn refuse(conn: &quinn::Connection, request: Request, status: StatusCode, refused: &Refused) {
     let linger = tokio::time::sleep(REFUSAL_LINGER);
     tokio::pin!(linger);

@@ -193,11 +193,7 @@ async fn a_browser_closing_its_session_is_no_refusal() {
     if !aioquic_available("the strict HTTP/3 client's client-close test") {
         return;
     }
-    // Anonymous: the script's Hello carries no token, and its Welcome says the control stream is being served.
-    let dir = tempfile::tempdir().unwrap();
-    let dev = quiver_server::ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
-    let config = quiver_server::ServerConfig { auth: quiver_auth::AuthConfig::Anonymous, ..dev };
-    let server = TestServer::start_with(config, dir);
+    let server = anonymous_server();
     for _ in 0..5 {
         let report = StrictClient::start(&server, "/quiver", "http://localhost", 200, "client-close").result().await;
         assert_eq!(report["status"], 200, "{report:#}");
@@ -216,13 +212,19 @@ async fn a_control_stream_gone_while_its_session_stays_is_refused() {
     if !aioquic_available("the strict HTTP/3 client's session-gone test") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let dev = quiver_server::ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
-    let config = quiver_server::ServerConfig { auth: quiver_auth::AuthConfig::Anonymous, ..dev };
-    let server = TestServer::start_with(config, dir);
+    let server = anonymous_server();
     let report = StrictClient::start(&server, "/quiver", "http://localhost", 200, "session-gone-stream").result().await;
     assert_eq!(report["h3_errors"], serde_json::json!([]), "{report:#}");
     assert_eq!(report["closed_by"], "server", "{report:#}");
     assert_eq!(server.stats.snapshot().control_streams_closed, 1, "{report:#}");
     server.stop().await;
+}
+
+/// A server that takes Hellos without a token: the script's Hello carries none, and its Welcome says the control
+/// stream is being served.
+fn anonymous_server() -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = quiver_server::ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().into());
+    let config = quiver_server::ServerConfig { auth: quiver_auth::AuthConfig::Anonymous, ..dev };
+    TestServer::start_with(config, dir)
 }

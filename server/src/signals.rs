@@ -126,27 +126,54 @@ impl Signals {
         mut self,
         shutdown: CancellationToken,
         mut served: tokio::sync::oneshot::Receiver<Served>,
-        mut settings: Reread,
+        settings: Reread,
     ) {
         let mut ready: Option<Reloader> = None;
         let mut store: Option<(Weak<Store>, Arc<AtomicBool>)> = None;
         let mut held_reload = false;
+        // A reload runs on a blocking thread, the settings with it, while this loop still hears SIGTERM and SIGINT:
+        // run here, a configuration or key file on a mount that stalls (a hung NFS, a FIFO) kept the drain and the
+        // second signal's exit from ever running, only SIGKILL ended the process (a review's find). SIGHUPs during a
+        // reload make one more after it.
+        let mut settings = Some(settings);
+        let mut reloading: Option<tokio::task::JoinHandle<Reread>> = None;
         loop {
+            if held_reload && reloading.is_none() && ready.is_some() {
+                if let (Some(reloader), Some(mut reread)) = (ready.clone(), settings.take()) {
+                    held_reload = false;
+                    reloading = Some(tokio::task::spawn_blocking(move || {
+                        let reloaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            reload(&reloader, &mut reread);
+                        }));
+                        if reloaded.is_err() {
+                            tracing::error!("reload: failed unexpectedly (a panic); nothing more was changed");
+                        }
+                        reread
+                    }));
+                }
+            }
             tokio::select! {
                 _ = self.terminate.recv() => {}
                 _ = self.interrupt.recv() => {}
                 _ = self.hangup.recv() => {
-                    match &ready {
-                        Some(reloader) => reload(reloader, &mut settings),
-                        None => held_reload = true,
+                    held_reload = true;
+                    continue;
+                }
+                reread = async {
+                    match reloading.as_mut() {
+                        Some(task) => task.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    reloading = None;
+                    match reread {
+                        Ok(reread) => settings = Some(reread),
+                        Err(err) => tracing::error!(%err, "reload: its task ended; further reloads cannot run"),
                     }
                     continue;
                 }
                 set = &mut served, if ready.is_none() => {
                     let Ok(set) = set else { return }; // the server did not start: the process is ending
-                    if std::mem::take(&mut held_reload) {
-                        reload(&set.reloader, &mut settings);
-                    }
                     (ready, store) = (Some(set.reloader), set.store);
                     continue;
                 }

@@ -95,6 +95,10 @@ impl Drop for Running {
     }
 }
 
+/// A configuration file that is a FIFO: a SIGHUP while the server starts, or while a reload is stuck reading it.
+#[path = "operations/fifo.rs"]
+mod fifo;
+
 fn options(trust: TrustOptions) -> ConnectOptions {
     ConnectOptions { trust, name: Some("ops".into()), reconnect: false, ..ConnectOptions::default() }
 }
@@ -237,59 +241,6 @@ async fn sighup_reloads_the_certificate_while_live_connections_stay() {
     assert!(server.line_starting("reload failed: ").contains("(nothing changed)"));
     let again = Client::connect_with(&server.addr, options(TrustOptions::Pin(second))).await;
     assert!(again.is_ok(), "the failed reload took the certificate away");
-}
-
-/// A SIGHUP while the server is still starting (here: reading its configuration file, a FIFO the test writes only
-/// after the signal) is held and acted on once the server is up. It ended the process before (the default action
-/// of a signal whose handler was not registered yet).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sighup_while_the_server_starts_is_held_for_it_not_its_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("quiver.toml");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR).unwrap();
-    let data = dir.path().join("data");
-    let args = [
-        "--config",
-        fifo.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--no-web",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    let mut server = Running::spawn(&args, &[], Stdio::null());
-    // Opening the FIFO to write returns once the server has opened it to read: it is in `main`, reading its
-    // settings, before any handler is registered.
-    const CONFIG: &[u8] = b"[limits]\nmax_rooms = 7\n";
-    let mut opened = open_to_write(&fifo);
-    server.signal("HUP");
-    std::thread::sleep(Duration::from_millis(100)); // (the signal's default action, if any, had ended it by now)
-    opened.write_all(CONFIG).expect("the server is gone: ended by the SIGHUP");
-    drop(opened);
-    server.wait_listening();
-    // The held reload reads the settings again: from the FIFO, once more.
-    open_to_write(&fifo).write_all(CONFIG).unwrap();
-    let reloaded = server.line_starting("reloaded: ");
-    assert!(reloaded.starts_with("reloaded: certificate sha256 "), "{reloaded}");
-    assert!(server.child.try_wait().unwrap().is_none(), "the server exited");
-}
-
-/// `fifo` opened to write once the server has opened it to read, within 10 s. A plain open would wait for good on a
-/// server that never reads its configuration (again): the regression the test guards would hold the run.
-fn open_to_write(fifo: &Path) -> std::fs::File {
-    use std::os::unix::fs::OpenOptionsExt;
-    let started = Instant::now();
-    loop {
-        // Without a reader, a non-blocking open to write fails with ENXIO instead of waiting.
-        match std::fs::OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(fifo) {
-            Ok(file) => return file,
-            Err(err) if err.raw_os_error() == Some(nix::libc::ENXIO) => {
-                assert!(started.elapsed() < Duration::from_secs(10), "the server did not read its configuration");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(err) => panic!("cannot open {}: {err}", fifo.display()),
-        }
-    }
 }
 
 /// SIGHUP reads the configuration file again: a key taken out of `auth.hs256_key_files` is no longer trusted (its

@@ -76,6 +76,21 @@ async fn a_connection_dropped_without_its_close_still_leaves_its_rooms() {
     assert!(closed.is_ok(), "the peer was not told");
 }
 
+/// A quiet room's stream parked in its outbox when the connection is lost goes with the pump, not with the room's
+/// member, which is dropped under the room's lock at the close (a debug assertion in the outbox's drop: quinn's
+/// stream drop takes its connection's lock, which a room's posts, joins and leaves then waited on).
+#[tokio::test]
+async fn a_lost_connections_parked_room_stream_is_not_dropped_under_the_rooms_lock() {
+    let OnLoopback { mut connection, client_conn, _client, rooms, .. } = on_loopback().await;
+    let join = Join { room: "lobby".into(), since: None, redundant: false };
+    connection.room("alice", (1, RoomRequest::Join(join)), now_us()).await.expect("joined");
+    client_conn.close(0u32.into(), b"gone");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await; // (the pump sees its stream's end, and ends)
+    connection.close(now_us(), std::time::Duration::from_millis(100)).await;
+    rooms.sweep(now_us()).await;
+    assert_eq!(rooms.usage().rooms, 0, "left");
+}
+
 /// A session's expiry timer looks at the wall clock within `EXPIRY_LOOK` however far its token's `exp` is, and a
 /// request's wait for it ends on the wall clock: here the wall clock passes `exp` while the timers' clock is held (a
 /// paused clock does not move while a blocking task runs), as after a machine's sleep.

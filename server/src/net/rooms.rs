@@ -288,16 +288,28 @@ impl Drop for StreamOutbox {
         let queue = lock(&self.queue);
         let left: usize = queue.frames.iter().chain(queue.held.iter().flatten()).map(Bytes::len).sum();
         dequeued(&self.stats, left);
+        // An outbox goes with its room's member, under the room's lock: its stream must have gone with its pump.
+        if queue.send.is_some() && !std::thread::panicking() {
+            crate::hub::assert_unlocked("a room stream's drop");
+        }
     }
 }
 
-/// Marks the outbox gone when its pump ends, however it ends.
+/// Marks the outbox gone when its pump ends, however it ends, and lets its stream go (off every lock: quinn's
+/// stream takes its connection's lock as it is dropped). A stream left parked in the outbox went with the outbox,
+/// dropped with the room's member under the room's lock (a connection lost while its room was quiet, then closed: a
+/// review's find), where every post, join and leave of the room waited on another connection's quinn lock.
 struct PumpGone(Arc<StreamOutbox>);
 
 impl Drop for PumpGone {
     fn drop(&mut self) {
-        lock(&self.0.queue).gone = true;
+        let send = {
+            let mut queue = lock(&self.0.queue);
+            queue.gone = true;
+            queue.send.take()
+        };
         self.0.drained.notify_waiters();
+        drop(send);
     }
 }
 

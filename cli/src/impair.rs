@@ -190,7 +190,11 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
         0 => String::new(),
         n => format!(", {n} forgotten after a minute idle"),
     };
-    crate::out!("total ({} clients{refused}{expired}):", stats.clients);
+    let unserved = match stats.setup_failed {
+        0 => String::new(),
+        n => format!(", {n} packets of new clients dropped: no socket or thread could be made for them"),
+    };
+    crate::out!("total ({} clients{refused}{expired}{unserved}):", stats.clients);
     print(&stats);
     match failed {
         Some(why) => Err(CliError::RelayStopped(why)),

@@ -366,3 +366,29 @@ fn bench_fanout_compares_with_a_websocket_hub_across_the_emulated_link() {
     assert_eq!(report.config["emulator"]["kind"], "netns (tun)");
     assert_removed(report.config["emulator"]["name"].as_str().unwrap());
 }
+
+/// A link nobody sends on carries nothing: the kernel's own IPv6 traffic on its devices (router solicitations, MLD
+/// reports) drew from the seeded generator and counted as the run's. And a profile the link would apply otherwise
+/// than it says is refused, as the relay refuses it.
+#[test]
+fn an_idle_link_carries_nothing_and_a_profile_it_cannot_apply_is_refused() {
+    let clamped = ImpairmentProfile {
+        seed: 1,
+        ..ImpairmentProfile::symmetric(DirectionProfile {
+            loss_pct: 90.0,
+            burst_len: 1.5,
+            ..DirectionProfile::default()
+        })
+    };
+    let refused = NetnsLink::start("qbad", &clamped).map(|_| ()).unwrap_err();
+    assert!(matches!(refused, netns::NetnsError::Profile(_)), "{refused:?}");
+    if skip() {
+        return;
+    }
+    let name = format!("qi{:05x}", std::process::id() & 0xfffff);
+    let link = NetnsLink::start(&name, &profile(1.0, 10.0)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let stats = link.stop().unwrap();
+    assert_eq!(stats, netns::NetnsStats::default(), "packets nobody sent");
+    assert_removed(&name);
+}

@@ -53,6 +53,9 @@ pub enum BenchError {
         /// The address given.
         server: String,
     },
+    /// A relay in front of a series did not carry every client's packets (stopped, or dropped new clients').
+    #[error("the link emulator: {0}; the run's loss figures would include it")]
+    Relay(String),
     /// The in-process Quiver server did not start.
     #[error("the in-process Quiver server: {0}")]
     Server(#[from] quiver_server::ServerError),

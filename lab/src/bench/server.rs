@@ -123,6 +123,15 @@ pub(crate) fn through_relay(
     Ok((relay.local_addr(), Some(relay)))
 }
 
+/// Fails a run whose relays did not carry every client's packets ([`Relay::trouble`]): the loss they caused would
+/// be counted as the link's.
+pub(crate) fn relays_sound(relays: &[Relay]) -> Result<(), BenchError> {
+    match relays.iter().find_map(Relay::trouble) {
+        Some(trouble) => Err(BenchError::Relay(trouble)),
+        None => Ok(()),
+    }
+}
+
 /// The first address `server` resolves to.
 async fn resolve(server: &str) -> Result<SocketAddr, BenchError> {
     tokio::net::lookup_host(server)

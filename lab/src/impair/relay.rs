@@ -23,6 +23,9 @@ use crate::sync::lock;
 /// Largest UDP payload relayed.
 const MAX_PACKET: usize = 65_536;
 
+/// The socket buffers the listening socket asks for, each way.
+const LISTEN_BUFFER: usize = 4 << 20;
+
 /// Counters of a relay, per direction, over all clients.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayStats {
@@ -36,6 +39,9 @@ pub struct RelayStats {
     pub refused: u64,
     /// Clients forgotten after `client_idle` without a packet, to make room for a new one.
     pub expired: u64,
+    /// Packets from new clients dropped because the relay could not make their upstream socket or thread (out of
+    /// file descriptors or threads): the client is not served, the others are.
+    pub setup_failed: u64,
 }
 
 /// The default of [`RelayConfig::client_idle`]: a client that sent nothing for this long is forgotten when a new one
@@ -98,6 +104,11 @@ impl Relay {
         config.profile.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listen = Arc::new(UdpSocket::bind(config.listen)?);
         listen.set_read_timeout(Some(POLL))?;
+        // Every client's packets arrive on this one socket: with the kernel's default buffer (208 KiB) a burst (a
+        // fan-out's ACKs, a fast sender) overflowed it, dropped before the link's counters saw them. As the server's
+        // (what the kernel grants, up to its `rmem_max`).
+        let _ = socket2::SockRef::from(&*listen).set_recv_buffer_size(LISTEN_BUFFER);
+        let _ = socket2::SockRef::from(&*listen).set_send_buffer_size(LISTEN_BUFFER);
         let local_addr = listen.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(RelayStats::default()));
@@ -147,6 +158,27 @@ impl Relay {
     /// Counters so far.
     pub fn stats(&self) -> RelayStats {
         *lock(&self.stats)
+    }
+
+    /// What kept the relay from carrying every client's packets, if anything did: it stopped (a socket error), or
+    /// it dropped new clients' packets (`max_clients` full, or their socket or thread not made). A measurement
+    /// behind it would count those packets as the link's loss.
+    pub fn trouble(&self) -> Option<String> {
+        if let Some(failed) = self.failed() {
+            return Some(format!("the relay stopped: {failed}"));
+        }
+        let stats = self.stats();
+        let mut said = Vec::new();
+        if stats.refused > 0 {
+            said.push(format!("{} packets of new clients dropped at max_clients", stats.refused));
+        }
+        if stats.setup_failed > 0 {
+            said.push(format!(
+                "{} packets of new clients it could not make a socket or thread for",
+                stats.setup_failed
+            ));
+        }
+        (!said.is_empty()).then(|| format!("the relay dropped {}", said.join(" and ")))
     }
 
     /// Stops every thread and returns the final counters.
@@ -243,16 +275,16 @@ fn listen_loop(
                 }
             }
             let index = next_index;
-            next_index += 1;
-            let bind: SocketAddr = if config.upstream.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-                .parse()
-                .map_err(|_| io::Error::other("wildcard address"))?;
-            let upstream = Arc::new(UdpSocket::bind(bind)?);
-            upstream.connect(config.upstream)?;
-            // (Elsewhere than Linux a shutdown may not wake a waiting receive: polled then.)
-            #[cfg(not(target_os = "linux"))]
-            upstream.set_read_timeout(Some(POLL))?;
-            lock(upstreams.as_ref()).push(upstream.clone());
+            // One client's socket or thread that cannot be made (out of descriptors or threads) drops that client's
+            // packet, counted, and the relay goes on serving the others: it stopped for every client (a review's
+            // find), and a bench's series behind it counted its messages as the link's loss.
+            let upstream = match upstream_for(config.upstream) {
+                Ok(upstream) => Arc::new(upstream),
+                Err(err) => {
+                    setup_failed(stats, from, &err);
+                    continue;
+                }
+            };
             // (Stopping meanwhile: the relay's shutdown of the sockets may have passed this one by.)
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -261,9 +293,18 @@ fn listen_loop(
             let (socket, schedule, totals) = (upstream.clone(), schedule.clone(), stats.clone());
             let retired = Arc::new(AtomicBool::new(false));
             let ends = (stop.clone(), retired.clone());
-            let thread = std::thread::Builder::new().name(format!("impair-down-{index}")).spawn(move || {
+            let spawned = std::thread::Builder::new().name(format!("impair-down-{index}")).spawn(move || {
                 down_loop(&socket, from, down, epoch, &schedule, (&ends.0, &ends.1), &totals);
-            })?;
+            });
+            let thread = match spawned {
+                Ok(thread) => thread,
+                Err(err) => {
+                    setup_failed(stats, from, &err);
+                    continue;
+                }
+            };
+            next_index += 1;
+            lock(upstreams.as_ref()).push(upstream.clone());
             let link = Link::new(config.profile.up.clone(), seed(config.profile.seed, index, false));
             let last_seen = Instant::now();
             clients.insert(from, Client { upstream, link, last_seen, retired, down: Some(thread) });
@@ -281,6 +322,28 @@ fn listen_loop(
         let _ = thread.join();
     }
     Ok(())
+}
+
+/// A socket for a new client, connected to `upstream`.
+fn upstream_for(upstream: SocketAddr) -> io::Result<UdpSocket> {
+    let bind: SocketAddr = if upstream.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|_| io::Error::other("wildcard address"))?;
+    let socket = UdpSocket::bind(bind)?;
+    socket.connect(upstream)?;
+    // (Elsewhere than Linux a shutdown may not wake a waiting receive: polled then.)
+    #[cfg(not(target_os = "linux"))]
+    socket.set_read_timeout(Some(POLL))?;
+    Ok(socket)
+}
+
+/// A new client's packet dropped: its socket or thread could not be made (said once, counted each time).
+fn setup_failed(stats: &Mutex<RelayStats>, from: SocketAddr, err: &io::Error) {
+    let mut stats = lock(stats);
+    if stats.setup_failed == 0 {
+        tracing::warn!(%from, %err, "relay: a new client cannot be served (its socket or thread)");
+    }
+    stats.setup_failed += 1;
 }
 
 fn add_delta(total: &mut LinkStats, before: &LinkStats, after: &LinkStats) {

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     namespaces::{self, Progress},
-    server::{through_relay, QuiverServer},
+    server::{relays_sound, through_relay, QuiverServer},
     BenchError,
 };
 use crate::impair::{Backend, ImpairmentProfile, Relay};
@@ -90,7 +90,7 @@ struct Servers {
     quiver: QuiverServer,
     baselines: Option<Baselines>,
     websocket: Option<SocketAddr>,
-    _relays: Vec<Relay>,
+    relays: Vec<Relay>,
     _data_dir: tempfile::TempDir,
     _stop: tokio_util::sync::DropGuard,
     // Last: shut down once the stop token has ended the servers' tasks.
@@ -193,6 +193,7 @@ async fn measure_sides(config: &FanoutConfig, servers: &Servers, progress: &Prog
         Some(hub) => Some(websocket::measure(config, hub, progress).await?),
         None => None,
     };
+    relays_sound(&servers.relays)?;
     Ok(Sides { quiver, quiver_no_chat, baselines, websocket })
 }
 
@@ -264,7 +265,7 @@ async fn start_servers(config: &FanoutConfig, ip: IpAddr) -> Result<Servers, Ben
         quiver,
         baselines,
         websocket,
-        _relays: relays,
+        relays,
         _data_dir: data_dir,
         _stop: stop.drop_guard(),
         _runtime: runtime,

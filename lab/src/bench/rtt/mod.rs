@@ -147,8 +147,8 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str) + Send + Sync + 
             let targets = Targets::start(&config, IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
             let view = targets.view(&config, IpAddr::V4(Ipv4Addr::LOCALHOST));
             let series = run_series(config.clone(), view, progress).await;
-            targets.stop();
-            (series?, namespaces::loopback(config.profile.as_ref()))
+            let sound = targets.stop();
+            (series.and_then(|series| sound.map(|()| series))?, namespaces::loopback(config.profile.as_ref()))
         }
         Some(backend) => {
             // The link impairs; no relay in the servers' namespace.
@@ -161,8 +161,8 @@ pub async fn run_rtt(config: RttConfig, progress: impl Fn(&str) + Send + Sync + 
                 move |targets: Targets| async move {
                     let view = targets.view(&client_config, namespaces::CLIENT_BIND);
                     let series = run_series(client_config, view, progress).await;
-                    targets.stop();
-                    series
+                    let sound = targets.stop();
+                    series.and_then(|series| sound.map(|()| series))
                 },
             )
             .await?

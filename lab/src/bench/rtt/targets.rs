@@ -12,7 +12,7 @@ use super::RttConfig;
 use crate::{
     bench::{
         echo,
-        server::{through_relay, QuiverServer},
+        server::{relays_sound, through_relay, QuiverServer},
         BenchError,
     },
     impair::{Relay, CLIENT_IDLE},
@@ -28,7 +28,7 @@ pub(super) struct Targets {
     quinn: SocketAddr,
     quinn_pin: Fingerprint,
     websocket: SocketAddr,
-    _relays: Vec<Relay>,
+    relays: Vec<Relay>,
     _data_dir: tempfile::TempDir,
 }
 
@@ -80,7 +80,7 @@ impl Targets {
             quinn,
             quinn_pin,
             websocket,
-            _relays: [quiver_relay, udp_relay, quinn_relay].into_iter().flatten().collect(),
+            relays: [quiver_relay, udp_relay, quinn_relay].into_iter().flatten().collect(),
             _data_dir: data_dir,
         })
     }
@@ -98,9 +98,12 @@ impl Targets {
         }
     }
 
-    /// Stops the servers and removes the relays and the servers' data directory.
-    pub(super) fn stop(self) {
+    /// Stops the servers and removes the relays and the servers' data directory; an error if a relay did not carry
+    /// every client's packets ([`relays_sound`]).
+    pub(super) fn stop(self) -> Result<(), BenchError> {
+        let sound = relays_sound(&self.relays);
         drop(self.stop);
+        sound
     }
 }
 

@@ -33,6 +33,9 @@ pub enum NetnsError {
         /// Why.
         source: io::Error,
     },
+    /// The impairment profile is not one the link can apply ([`crate::impair::ImpairmentProfile::check`]).
+    #[error("impairment profile: {0}")]
+    Profile(String),
     /// A command ran and failed.
     #[error("{command}: {stderr}")]
     Failed {

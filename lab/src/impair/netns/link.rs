@@ -54,6 +54,9 @@ impl NetnsLink {
         if name.is_empty() || name.len() > 8 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
             return Err(NetnsError::BadName(name.to_string()));
         }
+        // As the relay checks its profile: one the link would apply otherwise than it says (a burst length under 1
+        // at a high loss, clamped) is refused, not run under a report that names it.
+        profile.check().map_err(|err| NetnsError::Profile(err.to_string()))?;
         let mut link = NetnsLink {
             name: name.to_string(),
             backend,

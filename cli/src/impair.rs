@@ -226,9 +226,16 @@ async fn netns(args: ImpairArgs, profile: ImpairmentProfile) -> Result<(), CliEr
     );
     // Each command in a process group of its own: what it starts (`cd dir && quiver-server …`, a pipeline) is
     // stopped with it, not left running in a namespace that is then removed.
+    // A group of its own is not the terminal's foreground: one that read a terminal stdin was stopped (SIGTTIN),
+    // and the run hung until `--duration` without a word (a review's find). From a terminal, the commands' stdin is
+    // nothing; piped into `impair`, they share the pipe as before.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
     let shell = |side: Side, cmd: &str| {
         let mut command = tokio::process::Command::from(link.command(side, "sh"));
         command.args(["-c", cmd]).kill_on_drop(true).process_group(0);
+        if terminal {
+            command.stdin(std::process::Stdio::null());
+        }
         command
     };
     let end = run_ends(args.duration);

@@ -125,33 +125,57 @@ impl Link {
             let jitter = self.profile.jitter_ms * 1000.0;
             delay_us = (delay_us + self.rng.gen_range(-jitter..=jitter)).max(0.0);
         }
-        let duplicate = self.chance(self.profile.duplicate_pct);
-        // Rate limit: the packet leaves the bottleneck once everything queued before it has been sent.
+        let mut duplicate = self.chance(self.profile.duplicate_pct);
+        // Rate limit: the packet leaves the bottleneck once everything queued before it has been sent; its duplicate
+        // (made before the bottleneck, as netem re-enqueues one) right behind it, or dropped if the queue is full.
+        // Until 2026-12-07 a duplicate took no time at the bottleneck: at 50 % duplicates a link carried 1.5× its
+        // rate (a review's find).
         let mut departs_us = now_us;
+        let mut duplicate_departs_us = now_us;
         if self.profile.rate_kbps > 0.0 {
-            let start = self.free_at_us.max(now_us as f64);
-            let backlog_bytes = (start - now_us as f64) * self.profile.rate_kbps / 8_000.0;
-            if backlog_bytes + len as f64 > self.profile.queue_bytes as f64 {
+            if !self.queue(now_us, len) {
                 self.stats.queue_dropped += 1;
                 return Fate::Drop(DropReason::Queue);
             }
-            self.free_at_us = start + len as f64 * 8_000.0 / self.profile.rate_kbps;
             departs_us = self.free_at_us.ceil() as u64;
+            if duplicate {
+                duplicate = self.queue(now_us, len);
+                duplicate_departs_us = self.free_at_us.ceil() as u64;
+            }
         }
         // (Saturating: a profile's limits keep these far from overflow, but a link's clock must not wrap.)
-        let mut at_us = departs_us.saturating_add(delay_us.round() as u64);
+        let delay_us = delay_us.round() as u64;
+        let mut at_us = departs_us.saturating_add(delay_us);
         if !self.profile.jitter_reorders && !skip_delay {
             // A single path: no packet overtakes one sent before it.
             at_us = at_us.max(self.last_delivery_us);
         }
         let reordered = at_us < self.last_delivery_us;
         self.last_delivery_us = self.last_delivery_us.max(at_us);
-        let duplicate_at_us = duplicate.then_some(at_us);
+        let duplicate_at_us = duplicate.then(|| {
+            let at = duplicate_departs_us.saturating_add(delay_us).max(at_us);
+            self.last_delivery_us = self.last_delivery_us.max(at);
+            at
+        });
         self.stats.passed += 1;
         self.stats.reordered += u64::from(reordered);
         self.stats.duplicated += u64::from(duplicate_at_us.is_some());
         self.stats.delayed += u64::from(at_us > now_us);
         Fate::Deliver { at_us, duplicate_at_us, reordered }
+    }
+}
+
+impl Link {
+    /// Queues `len` bytes at the bottleneck at `now_us` (`free_at_us` moves past them): false, and nothing queued,
+    /// when its queue has no room.
+    fn queue(&mut self, now_us: u64, len: usize) -> bool {
+        let start = self.free_at_us.max(now_us as f64);
+        let backlog_bytes = (start - now_us as f64) * self.profile.rate_kbps / 8_000.0;
+        if backlog_bytes + len as f64 > self.profile.queue_bytes as f64 {
+            return false;
+        }
+        self.free_at_us = start + len as f64 * 8_000.0 / self.profile.rate_kbps;
+        true
     }
 }
 
@@ -317,5 +341,28 @@ mod tests {
     fn the_same_seed_gives_the_same_run() {
         let profile = DirectionProfile { loss_pct: 10.0, jitter_ms: 3.0, delay_ms: 5.0, ..DirectionProfile::default() };
         assert_eq!(run(profile.clone(), 100).0, run(profile, 100).0);
+    }
+
+    /// A duplicate goes through the bottleneck too: at 50 % duplicates and twice the rate offered, the link carries
+    /// its rate (a packet of 100 B a millisecond at 800 kbit/s), not 1.5× it.
+    #[test]
+    fn duplicates_take_their_time_at_the_bottleneck() {
+        let profile = DirectionProfile {
+            rate_kbps: 800.0,
+            duplicate_pct: 50.0,
+            queue_bytes: 10_000,
+            ..DirectionProfile::default()
+        };
+        let mut link = Link::new(profile, 5);
+        let mut copies = Vec::new();
+        for i in 0..20_000u64 {
+            if let Fate::Deliver { at_us, duplicate_at_us, .. } = link.on_packet(i * 500, 100) {
+                copies.push(at_us);
+                copies.extend(duplicate_at_us);
+            }
+        }
+        // Between 2 s and 8 s, past the queue's filling: one copy a millisecond.
+        let carried = copies.iter().filter(|at| (2_000_000..8_000_000).contains(*at)).count();
+        assert!((5_900..=6_100).contains(&carried), "{carried} copies in 6 s");
     }
 }

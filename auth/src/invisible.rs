@@ -150,11 +150,12 @@ fn is_emoji(c: char) -> bool {
     )
 }
 
-/// Whether selector `c` selects a form of `b`: the emoji and text presentation selectors (U+FE0E, U+FE0F) after
-/// an emoji with both forms ([`super::variation::has_variation`]); the standardized variation selectors (U+FE00–U+FE0D) after a CJK ideograph, a mathematical
-/// operator or a letter of the scripts that define sequences with them (Myanmar, Phags-pa, Manichaean, Egyptian
-/// hieroglyphs); ideographic variation selectors (U+E0100–U+E01EF) after a CJK ideograph; Mongolian's free
-/// variation selectors after a Mongolian letter. The combining grapheme joiner (U+034F) selects nothing visible.
+/// Whether selector `c` selects a form of `b`: the emoji and text presentation selectors (U+FE0E, U+FE0F) after an
+/// emoji with both forms ([`super::variation::has_variation`]); the standardized variation selectors
+/// (U+FE00–U+FE0D) after a CJK ideograph, a mathematical operator or a letter of the scripts that define sequences
+/// with them (Myanmar, Phags-pa, Manichaean, Egyptian hieroglyphs); ideographic variation selectors
+/// (U+E0100–U+E01EF) after a CJK ideograph; Mongolian's free variation selectors after a Mongolian letter. The
+/// combining grapheme joiner (U+034F) selects nothing visible.
 fn selects(c: char, b: char) -> bool {
     let cjk = |b: char| {
         matches!(

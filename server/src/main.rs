@@ -296,15 +296,8 @@ fn main() -> ExitCode {
     // (The process's environment does not change after start: the variables read then.)
     let again =
         Box::new(move || settings::load(file.as_deref(), env.clone(), overrides.clone()).map(|(settings, _)| settings));
-    let code = runtime.block_on(serve(Reread::new(settings, again), layers));
-    // A reload stuck reading a file on a mount that stalls runs on a blocking thread the runtime's drop would wait
-    // for, for ever, after the server has stopped: it is given this long, then the process exits without it.
-    runtime.shutdown_timeout(BLOCKING_AT_EXIT);
-    code
+    signals::run_to_end(runtime, serve(Reread::new(settings, again), layers))
 }
-
-/// How long the process waits at exit for work left on the runtime's blocking threads ([`main`]).
-const BLOCKING_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Prints a line on stdout; a closed stdout is not worth a panic (the server keeps serving).
 fn say(line: &str) {

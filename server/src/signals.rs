@@ -18,6 +18,18 @@ use crate::{
 /// hangs must not keep it from exiting).
 const SEAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long the process waits at exit for work left on the runtime's blocking threads ([`run_to_end`]).
+const BLOCKING_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `serve` on `runtime` to its end, then shuts the runtime down, waiting at most [`BLOCKING_AT_EXIT`] for its
+/// blocking threads: a reload stuck reading a file on a mount that stalls runs on one, which the runtime's drop
+/// would wait for, for ever, after the server has stopped.
+pub fn run_to_end<T>(runtime: tokio::runtime::Runtime, serve: impl std::future::Future<Output = T>) -> T {
+    let outcome = runtime.block_on(serve);
+    runtime.shutdown_timeout(BLOCKING_AT_EXIT);
+    outcome
+}
+
 /// A SIGHUP before the server's handlers are registered ([`Signals::install`]; a `systemctl reload` just after a
 /// start, or a configuration file that is slow to read) ended the process by its default action. Called first in
 /// `main`, before any other thread starts: it is blocked from then on in this thread, and so in every thread started

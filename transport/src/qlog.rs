@@ -64,10 +64,10 @@ impl<W: Write> Capped<W> {
         Capped { out, record: Vec::new(), written: 0, max, total }
     }
 
-    /// Writes the gathered record if both bounds leave room for it. Only what was written counts against them: a
-    /// record dropped at the shared bound, or whose write failed, is given back (a failed write counted its record,
-    /// kept it, and counted it again with the next one: after a full disk, the shared budget ran out unwritten and
-    /// qlog stayed off for the process; a review's find).
+    /// Writes the gathered record if both bounds leave room for it. A record whose write failed counts against
+    /// neither and is let go of (it was counted, kept, and counted again with the next one: after a full disk the
+    /// shared budget ran out unwritten and qlog stayed off for the process; a review's find). One turned away at the
+    /// shared bound stays counted: the budget is spent, and [`stream`] makes no new file.
     fn commit(&mut self) -> std::io::Result<()> {
         let len = self.record.len() as u64;
         let (total, total_max) = self.total;
@@ -79,7 +79,9 @@ impl<W: Write> Capped<W> {
             }
             match (reserved, &written) {
                 (true, Ok(())) => self.written += len,
-                _ => drop(total.fetch_sub(len, Ordering::Relaxed)),
+                (true, Err(_)) => drop(total.fetch_sub(len, Ordering::Relaxed)),
+                // Kept counted: the shared budget is then spent, and no new file is made (`stream`).
+                (false, _) => {}
             }
         }
         self.record.clear();
@@ -151,5 +153,12 @@ mod tests {
         out.flush().unwrap();
         assert_eq!(out.out.0, b"second\n");
         assert_eq!((out.written, TOTAL.load(Ordering::Relaxed)), (7, 7));
+        // A record turned away at the shared bound (another file's, which has room of its own) stays counted: the
+        // budget is spent, and no new file is made.
+        let mut other = Capped::new(Vec::new(), 1_000, (&TOTAL, 100));
+        other.write_all(&[b'x'; 99]).unwrap();
+        other.write_all(b"\n").unwrap();
+        assert!(other.out.is_empty());
+        assert!(TOTAL.load(Ordering::Relaxed) >= 100, "the shared budget is spent");
     }
 }

@@ -285,7 +285,9 @@ fn listen_loop(
                     continue;
                 }
             };
-            // (Stopping meanwhile: the relay's shutdown of the sockets may have passed this one by.)
+            // Listed before the look at `stop`: the relay's shutdown of the listed sockets, if it has passed, is
+            // seen here, and one after this finds it listed (its down thread's wait must be woken).
+            lock(upstreams.as_ref()).push(upstream.clone());
             if stop.load(Ordering::Relaxed) {
                 break;
             }
@@ -299,12 +301,12 @@ fn listen_loop(
             let thread = match spawned {
                 Ok(thread) => thread,
                 Err(err) => {
+                    lock(upstreams.as_ref()).retain(|socket| !Arc::ptr_eq(socket, &upstream));
                     setup_failed(stats, from, &err);
                     continue;
                 }
             };
             next_index += 1;
-            lock(upstreams.as_ref()).push(upstream.clone());
             let link = Link::new(config.profile.up.clone(), seed(config.profile.seed, index, false));
             let last_seen = Instant::now();
             clients.insert(from, Client { upstream, link, last_seen, retired, down: Some(thread) });

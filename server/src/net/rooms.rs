@@ -409,6 +409,13 @@ impl Outbox for StreamOutbox {
             let (written, rest) = write_now(&mut send, frames);
             dequeued(&self.stats, written);
             let mut queue = lock(&self.queue);
+            if queue.gone {
+                // The pump ended while this flush held the stream: nobody writes it any more, and parked it would go
+                // with the room's member, under the room's lock (`PumpGone`).
+                drop(queue);
+                drop(send);
+                return;
+            }
             queue.send = Some(send);
             let pending = !rest.is_empty() || std::mem::take(&mut queue.stop_watch_waits);
             // Queued again, so counted again (as far as they were live frames: the unwritten are the last ones):

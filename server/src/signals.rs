@@ -21,7 +21,7 @@ const SEAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long the process waits at exit for work left on the runtime's blocking threads ([`run_to_end`]).
 const BLOCKING_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs `serve` on `runtime` to its end, then shuts the runtime down, waiting at most [`BLOCKING_AT_EXIT`] for its
+/// Runs `serve` on `runtime` to its end, then shuts the runtime down, waiting at most 5 s (`BLOCKING_AT_EXIT`) for its
 /// blocking threads: a reload stuck reading a file on a mount that stalls runs on one, which the runtime's drop
 /// would wait for, for ever, after the server has stopped.
 pub fn run_to_end<T>(runtime: tokio::runtime::Runtime, serve: impl std::future::Future<Output = T>) -> T {

@@ -107,6 +107,27 @@ test('a first connect closed by the server with a code during its clock Pings en
   }
 });
 
+test('a GoAway or Error pushed before Welcome ends the connect with its code, not as a protocol violation',
+  async () => {
+  // Before, it was "expected Welcome, got GoAway": the client closed with ProtocolViolation, blaming the server.
+  for (const push of [{ GoAway: { code: ErrorCode.GoingAway, reason: 'draining' } },
+    { Error: { code: ErrorCode.Internal, message: 'draining' } }]) {
+    const server = new FakeServer();
+    const handle = server.handle.bind(server);
+    server.handle = (conn, req) => {
+      if (!('Hello' in req.body)) return handle(conn, req);
+      conn.send(push);
+      setTimeout(() => conn.close({ closeCode: ErrorCode.GoingAway, reason: 'draining' }), 20);
+    };
+    const connecting = QuiverClient.connect(URL_, { transport: server.transport, reconnect: false });
+    const err = await connecting.then(() => assert.fail('connected'), (caught) => caught);
+    const code = (push.GoAway ?? push.Error).code;
+    assert.ok(err instanceof QuiverError && err.code === code, `${err.code}: ${err}`);
+    assert.equal(err.message, 'draining');
+    assert.notEqual(server.connections[0].closedBy?.closeCode, ErrorCode.ProtocolViolation);
+  }
+});
+
 test('a client that ends ends its rooms, subscriptions and publishers with its reason; later calls reject closed',
   async (t) => {
   // Before, they stayed as if live (`ended` null, no `onEnd`, no last event) and a join of a room joined before the

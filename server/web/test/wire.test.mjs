@@ -410,3 +410,9 @@ test('copy datagrams: a post copy round-trips; malformed copies are QuiverDecode
     assert.throws(() => decodeCopy(Uint8Array.from(bad), 16), QuiverDecodeError, `${bad}`);
   }
 });
+
+test('decodeCopy has a default frame limit', () => {
+  // Before, decodeCopy without a limit threw a TypeError (BigInt(undefined)), not a QuiverDecodeError.
+  const copy = decodeCopy(Uint8Array.of(0, 0, 1, 0, 1, 7));
+  assert.deepEqual([copy.kind, copy.frames.length], ['room', 1]);
+});

@@ -130,6 +130,12 @@ export class Session {
           const { code, message } = reply.result.Err;
           throw new QuiverError(code, message, { refused: true });
         }
+        if (msg.GoAway || msg.Error) {
+          // A push before Welcome (a server draining as the Hello came): the server's code and reason, as the Rust
+          // client's `ConnectError::Closed`; it was taken for a protocol violation, and the server blamed for it.
+          const { code, reason, message } = msg.GoAway ?? msg.Error;
+          throw new QuiverError(code, reason ?? message, { closed: true });
+        }
         if (reply?.req_id !== 0n || !reply.result.Ok?.Welcome) {
           throw new QuiverError(ErrorCode.ProtocolViolation, `expected Welcome, got ${Object.keys(msg)[0]}`);
         }

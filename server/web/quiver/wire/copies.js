@@ -4,6 +4,7 @@
 
 import { QuiverDecodeError, malformed } from './errors.js';
 import { concatBytes, decodeVarint, encodeVarint } from './varint.js';
+import { DEFAULT_MAX_FRAME } from './frames.js';
 
 /** Most frames one copy datagram carries. */
 export const MAX_COPY_FRAMES = 16;
@@ -22,7 +23,7 @@ export function encodePostCopy(first, frames) {
  * Decodes a copy datagram: `{kind: 'room', slot, first, frames}` or `{kind: 'posts', first, frames}`, frames their
  * bodies (BigInt slot and positions). Throws QuiverDecodeError on anything malformed.
  */
-export function decodeCopy(datagram, maxFrame) {
+export function decodeCopy(datagram, maxFrame = DEFAULT_MAX_FRAME) {
   let at = 0;
   const field = (what) => {
     const v = decodeVarint(datagram, at);

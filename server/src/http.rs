@@ -388,6 +388,15 @@ pub(crate) fn parse_request(head: &[u8]) -> Result<(bool, &str, std::str::Split<
     if !matches!(method, "GET" | "HEAD") {
         return Err(Response::error(405, "GET or HEAD only"));
     }
+    // Header lines are `name: value`, the name without whitespace: RFC 9112 §5.1 has a server reject whitespace
+    // before the colon (and §5.2 a line folded onto the one before) with 400. Taken, `X-Forwarded-For : forged`
+    // passed on by a lenient proxy as a header of its own was read as the proxy's (a review's find).
+    for line in lines.clone().take_while(|line| !line.is_empty()) {
+        let name = line.split_once(':').map(|(name, _)| name);
+        if name.is_none_or(|name| name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20)) {
+            return Err(Response { head_only, ..Response::error(400, "malformed header line (RFC 9112 §5.1)") });
+        }
+    }
     Ok((head_only, target, lines))
 }
 

@@ -127,6 +127,11 @@ mod tests {
         assert_eq!(classify_str(&UPGRADE.replace("Sec-WebSocket-Key", "X-Key"), &web), Err(400));
         assert_eq!(classify_str(&UPGRADE.replace("keep-alive, Upgrade", "keep-alive"), &web), Err(400));
         assert_eq!(classify_str(&UPGRADE.replace("GET", "POST"), &web), Err(405));
+        // Whitespace before a header's colon, or a folded line (RFC 9112 §5.1, §5.2), and no forwarded address
+        // read from such a head.
+        let forged = UPGRADE.replace("Origin:", "X-Forwarded-For : 6.6.6.6\r\nOrigin:");
+        assert_eq!((classify_str(&forged, &web), forwarded_for(forged.as_bytes())), (Err(400), vec![]));
+        assert_eq!(classify_str(&UPGRADE.replace("\r\nOrigin:", "\r\n Origin:"), &web), Err(400));
         let strict = WebConfig { allowed_origins: vec!["https://app.example".into()], ..WebConfig::default() };
         assert_eq!(classify_str(UPGRADE, &strict), Err(403));
         let app = UPGRADE.replace("http://localhost:4433", "https://app.example");

@@ -120,14 +120,19 @@ impl TrustArgs {
 
 /// A token given by --token or `QUIVER_TOKEN`, without surrounding whitespace; an empty one is refused (a variable
 /// set to nothing, `QUIVER_TOKEN=${UNSET}`, was sent as the token and refused by the server as malformed).
-fn token_value(value: &str) -> Result<String, String> {
+fn token_value(value: &str) -> Result<String, EmptyToken> {
     match value.trim() {
-        "" => Err("the token is empty: give one, or unset QUIVER_TOKEN (and leave out --token) for the local dev \
-                   server's dev token"
-            .to_string()),
+        "" => Err(EmptyToken),
         token => Ok(token.to_string()),
     }
 }
+
+/// An empty --token or `QUIVER_TOKEN` ([`token_value`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the token is empty: give one, or unset QUIVER_TOKEN (and leave out --token) for the local dev server's dev token"
+)]
+struct EmptyToken;
 
 /// The token in the file at `path`, without surrounding whitespace; an error names the file (never its content).
 /// A file other users of the machine may read is used, with a warning once per process (a Kubernetes secret's

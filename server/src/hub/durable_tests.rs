@@ -332,6 +332,7 @@ async fn posts_whose_messages_were_deleted_are_recognised_after_a_restart_from_t
     for id in 1..=3_000 {
         let who = if id % 2 == 0 { "ann" } else { "bob" };
         assert_eq!(post(&hub, "r", who, id, 10).await.0.seq, id);
+        plans_made(&hub, "r").await;
     }
     written(hub.store().unwrap()).await;
     let stored = hub.store().unwrap().load_room("r", 10, u64::MAX, usize::MAX).unwrap().unwrap();
@@ -437,6 +438,18 @@ fn hold_the_writer(hub: &LocalRooms) -> std::sync::mpsc::Sender<()> {
 pub(super) async fn written(store: &crate::store::Store) {
     store.submit(crate::store::Op::Barrier).wait().await.unwrap();
     store.retention_barrier().wait().await.unwrap();
+}
+
+/// Waits (up to 10 s) until no retention cut of room `name` is being planned: a post past the room's bound plans it
+/// on the blocking pool, which a test posting back to back on one thread does not yield to.
+pub(super) async fn plans_made(hub: &LocalRooms, name: &str) {
+    for _ in 0..1_000 {
+        if !hub.with_loaded(name, |room| room.due_planning()).unwrap_or(false) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("room {name}'s retention plan was not made");
 }
 
 /// History that cannot be read back is an error, not an empty or endless page: a client paging from its last seq

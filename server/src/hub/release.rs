@@ -9,7 +9,7 @@ use super::{
     rooms::{store_failure, Shared},
     PostCommit, PostProgress, Posted,
 };
-use crate::store::Commit;
+use crate::{hub::room::TrimInput, store::Commit};
 
 /// The hub's counts a post waiting for its commit updates once it settles.
 #[derive(Clone)]
@@ -96,6 +96,9 @@ fn settle(
             if slot.room.evictable() {
                 counts.freed.fetch_add(1, std::sync::atomic::Ordering::Release);
             }
+            let due = slot.room.take_due_plan();
+            drop(slot);
+            plan_due(shared, due, now_us);
             Ok((posted, delivery))
         }
         Err(failed) => {
@@ -115,5 +118,25 @@ fn settle(
             }
             Err(store_failure(failed))
         }
+    }
+}
+
+/// A retention cut a post's delivery found due ([`crate::hub::Room::take_due_plan`]), planned on the blocking pool
+/// (off the room's lock and the runtime's threads: the plan reads the store), then made under the lock. Outside a
+/// runtime (a test's teardown) planned here. A room removed meanwhile is left alone: it is not the room in memory.
+pub(super) fn plan_due(shared: &Shared, due: Option<TrimInput>, now_us: u64) {
+    let Some(input) = due else { return };
+    let shared = Arc::clone(shared);
+    let apply = move |plan| {
+        let mut slot = lock(&shared);
+        if !slot.removed {
+            slot.room.due_planned(plan, now_us);
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn(async move {
+            apply(tokio::task::spawn_blocking(move || input.plan()).await.ok().flatten());
+        })),
+        Err(_) => apply(input.plan()),
     }
 }

@@ -56,7 +56,7 @@ async fn retention_trims_as_the_room_passes_its_bound_and_stays_trimmed_after_a_
     written(&store).await;
     assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (1, 11), "within the slack of 1/8");
     let _ = post(&hub, "r", "bob", 12, 10).await;
-    written(&store).await;
+    trimmed_to(&store, "r", 3).await;
     assert_eq!((stored(&store).first_seq, stored(&store).extent.messages), (3, 10), "past it: deleted at once");
     let deletions = store.retention_stats().commits.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(deletions, 1, "by the retention thread (the metric quiver_store_deletions_total)");
@@ -228,6 +228,44 @@ async fn read_through_history_after_a_post_at(posted_s: u64) {
     assert_eq!(hub.usage().rooms, 1, "read a second ago: not idle");
     hub.sweep(1_100 * S).await;
     assert_eq!(hub.usage().rooms, 0, "idle for 100 s: unloaded");
+}
+
+/// Waits (up to 10 s) until room `name`'s oldest stored message is `first_seq`: a post's retention cut is planned
+/// on the blocking pool and made after.
+async fn trimmed_to(store: &Store, name: &str, first_seq: u64) {
+    for _ in 0..1_000 {
+        written(store).await;
+        if store.load_room(name, 0, 0, 0).unwrap().is_some_and(|room| room.first_seq == first_seq) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("room {name} was not trimmed to {first_seq}");
+}
+
+/// A post that takes its room past its bound has the retention cut planned on the blocking pool, off the room's
+/// lock: the plan reads the store, and under the lock, on the runtime's thread (the poster's), a slow disk held
+/// every post and join of the room, and the thread, for as long as the read took. Posts meanwhile are taken.
+#[tokio::test]
+async fn a_posts_retention_read_is_made_off_the_runtimes_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_messages: 8, ..Limits::default() };
+    let hub = open(dir.path(), limits, Budget::default());
+    let store = hub.store().unwrap().clone();
+    for id in 1..=9 {
+        post(&hub, "r", "bob", id, 10).await.1.flush();
+    }
+    written(&store).await;
+    store.planned_on.lock().unwrap().clear();
+    for id in 10..=11 {
+        post(&hub, "r", "bob", id, 10).await.1.flush(); // 10 is past the bound's slack (8 + 1)
+    }
+    trimmed_to(&store, "r", 3).await;
+    let planned_on = store.planned_on.lock().unwrap().clone();
+    assert_eq!(planned_on.len(), 1, "one plan for the cut: {planned_on:?}");
+    assert!(!planned_on.contains(&std::thread::current().id()), "planned on the runtime's thread, under the lock");
+    let page = hub.history("r", None, 100, usize::MAX, 10).await.unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (4..=11).collect::<Vec<_>>(), "the newest 8");
 }
 
 /// A new durable room whose first user gave up waiting for its creation to be stored (its connection ended)

@@ -24,7 +24,7 @@ mod durable;
 mod plan;
 mod retention;
 
-pub(super) use plan::{plan_at_load, TrimPlan};
+pub(super) use plan::{plan_at_load, TrimInput, TrimPlan};
 
 #[derive(Debug)]
 struct Subscriber {

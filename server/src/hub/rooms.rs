@@ -412,8 +412,10 @@ impl RoomHub for LocalRooms {
 
     async fn sequence_post(&self, post: PostMessage<'_>) -> Result<PostProgress, Failure> {
         let PostMessage { room, identity, client_msg_id, body, now_us, .. } = post;
-        let posting = self.with_room(room, true, now_us, |r| r.post(identity, client_msg_id, body, now_us)).await?;
-        let (shared, posting) = posting.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?;
+        let post = |r: &mut Room| (r.post(identity, client_msg_id, body, now_us), r.take_due_plan());
+        let posting = self.with_room(room, true, now_us, post).await?;
+        let (shared, (posting, due)) = posting.ok_or_else(|| Failure::new(ErrorCode::Internal, "room vanished"))?;
+        super::release::plan_due(&shared, due, now_us);
         let Posting { posted, delivery, commit } = posting?;
         self.shed_if_over(now_us);
         let Some(commit) = commit else { return Ok(PostProgress::Done((posted, delivery))) };

@@ -58,6 +58,9 @@ pub(super) struct DiskRoom {
     trimming: Option<Commit>,
     /// The last deletion's plan could not read the store: the sweep tries again, not every post.
     plan_failed: bool,
+    /// A post's delivery found a cut due and none planned: what to read for it, taken by the caller
+    /// ([`Room::take_due_plan`]) to plan off the room's lock, and whether that plan is being made.
+    due: (Option<TrimInput>, bool),
     /// A cut planned off the lock, as the room was loaded or by the sweep: used while the room's oldest message is
     /// still the one it started from ([`TrimPlan`]).
     planned: Option<TrimPlan>,
@@ -81,6 +84,33 @@ impl Room {
         if let Some(disk) = &mut self.disk {
             disk.planned = Some(plan);
             disk.plan_failed = false;
+        }
+    }
+
+    /// The store read a post's delivery found due ([`Room::release`]): the caller plans it on the blocking pool,
+    /// off the room's lock, and hands the plan back to [`Room::due_planned`].
+    pub(crate) fn take_due_plan(&mut self) -> Option<TrimInput> {
+        self.disk.as_mut()?.due.0.take()
+    }
+
+    /// Tests: a plan of [`Room::take_due_plan`]'s is being made.
+    #[cfg(test)]
+    pub(crate) fn due_planning(&self) -> bool {
+        self.disk.as_ref().is_some_and(|disk| disk.due.1)
+    }
+
+    /// The plan of [`Room::take_due_plan`]'s read (`None`: the read failed, and the sweep tries again, not every
+    /// post), and the cut made from it.
+    pub(crate) fn due_planned(&mut self, plan: Option<TrimPlan>, now_us: u64) {
+        let (epoch, delivered) = (self.epoch, self.delivered_seq);
+        let Some(disk) = &mut self.disk else { return };
+        disk.due.1 = false;
+        match plan {
+            Some(plan) => {
+                (disk.planned, disk.plan_failed) = (Some(plan), false);
+                disk.trim(now_us, &self.dedupe, epoch, delivered, false);
+            }
+            None => disk.plan_failed = true,
         }
     }
 
@@ -118,6 +148,7 @@ impl Room {
             dedupe_trimmed,
             trimming: None,
             plan_failed: false,
+            due: (None, false),
             planned,
             unreadable_through: 0,
             codec: quiver_proto::FrameCodec::new(limits.max_frame as usize),
@@ -159,8 +190,8 @@ impl Room {
             disk.first_time_us.get_or_insert(now_us);
             frames.push((post.seq, post.frame));
         }
-        // A busy room is trimmed as it passes its bounds, a run at a time, rather than by the sweep only: the plan
-        // reads what it deletes under the room's lock, a second's worth of posts at once otherwise.
+        // A busy room is trimmed as it passes its bounds, a run at a time, rather than by the sweep only (a
+        // second's worth of posts at once otherwise); the plan's read is made off the lock (`take_due_plan`).
         if let Some(&(last, _)) = frames.last() {
             disk.trim_if_over(now_us, &self.dedupe, self.epoch, last);
         }
@@ -359,11 +390,18 @@ impl DiskRoom {
         }
     }
 
-    /// [`DiskRoom::trim`] if the room is past its count or bytes bound by the slack (and its last plan did not
-    /// fail): a post's delivery calls it.
+    /// [`DiskRoom::trim`] from a plan at hand if the room is past its count or bytes bound by the slack (and its
+    /// last plan did not fail): a post's delivery calls it. Without a plan, what to read for one is left in `due`
+    /// for the caller to read off the room's lock: read under it, on a runtime thread, a slow disk held every
+    /// post and join of the room, and the thread, for as long as the read took (until 2026-12-07).
     pub(super) fn trim_if_over(&mut self, now_us: u64, dedupe: &DedupeWindow, epoch: u64, last_seq: u64) {
-        if !self.plan_failed && self.over_retention() {
-            self.trim(now_us, dedupe, epoch, last_seq, true);
+        if self.plan_failed || self.due.1 || !self.over_retention() {
+            return;
+        }
+        self.trim(now_us, dedupe, epoch, last_seq, false);
+        if self.trimming.is_none() && self.over_retention() {
+            self.due.0 = self.trim_input(now_us, last_seq);
+            self.due.1 = self.due.0.is_some();
         }
     }
 

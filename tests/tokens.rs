@@ -143,6 +143,10 @@ async fn an_expiring_token_ends_the_connection_and_a_provider_renews_it() {
     assert!(server.stats.snapshot().sessions_expired >= 2, "both expiries counted");
     // Among the refusals by code too: the two sessions it ended, and the fixed token's Hello at the reconnect.
     assert!(server.stats.refusals(ErrorCode::TokenExpired) >= 3, "{}", server.stats.refusals(ErrorCode::TokenExpired));
+    // The tokens refused are the Hellos' only: the sessions ended at exp are not (an operator's alert on forged or
+    // bad tokens fired on every short-lived token's normal end).
+    let (snapshot, by_code) = (server.stats.snapshot(), server.stats.refusals(ErrorCode::TokenExpired));
+    assert_eq!(snapshot.tokens_refused, by_code - snapshot.sessions_expired, "{snapshot:?}");
 
     // The renewing client is back, with a fresh token, in its room.
     let seq = tokio::time::timeout(Duration::from_secs(10), renewing.post("expiry", "after renewal")).await.unwrap();

@@ -138,6 +138,18 @@ mod tests {
         }
     }
 
+    /// The certificate's expiry is served once the server has one, never as 0 (1970) before: the store opens
+    /// before the certificate is loaded, and an alert on `expiry - time()` paged on every slow start.
+    #[test]
+    fn the_certificate_expiry_is_served_only_once_known() {
+        let stats = Arc::new(crate::stats::ServerStats::default());
+        let metrics = Arc::new(ServerMetrics::new(stats.clone()));
+        let name = "quiver_tls_certificate_expiry_timestamp_seconds";
+        assert!(!metrics.render().contains(name), "before the certificate is loaded");
+        stats.certificate_expires(std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000_000));
+        assert!(metrics.render().contains(&format!("\n{name} 2000000000\n")), "{}", metrics.render());
+    }
+
     /// A HEAD gets no body, whatever the status (a refusal's and a 404's carried theirs).
     #[test]
     fn a_head_request_gets_no_body() {

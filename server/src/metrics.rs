@@ -239,8 +239,13 @@ impl Collector for ServerMetrics {
         gauge(&mut e, "room_members", "Room memberships (joins) of connected clients", load(&s.room_members))?;
         gauge(&mut e, "channels", "Tick channels in use", channels as i64)?;
         gauge(&mut e, "subscriptions", "Tick subscriptions of connected clients", load(&s.subscriptions))?;
+        // Not served before the server has a certificate (its store opened first, which can take a while): a 0
+        // there (1970) fired every `expiry - time() < 7d` alert on every slow start (until 2026-12-07).
         let expiry = ("tls_certificate_expiry_timestamp_seconds", "When the served certificate expires (Unix time)");
-        gauge(&mut e, expiry.0, expiry.1, load(&s.certificate_expiry_s))?;
+        match load(&s.certificate_expiry_s) {
+            0 => {}
+            at => gauge(&mut e, expiry.0, expiry.1, at)?,
+        }
         let retained = ("retained_history_bytes", "Bytes of history and dedupe memory rooms retain");
         gauge(&mut e, retained.0, retained.1, rooms.retained_bytes as i64)?;
         // The room budget's work (docs/security.md names them; they were kept and never served: a review's find).

@@ -252,6 +252,12 @@ impl ServerStats {
         bump(counter);
     }
 
+    /// Counts a close with `code` among the refusals by code only: a session ended at its token's expiry is counted
+    /// as `sessions_expired`, not among the tokens refused (a Hello's, or a reload's that removed the key).
+    pub fn closed_with(&self, code: ErrorCode) {
+        bump(&self.refusals[(code.to_u32() as usize).min(CODE_SLOTS - 1)]);
+    }
+
     /// Failure replies and closes sent with `code` so far (every code passed to [`ServerStats::refused`]).
     pub fn refusals(&self, code: ErrorCode) -> u64 {
         self.refusals[(code.to_u32() as usize).min(CODE_SLOTS - 1)].load(Ordering::Relaxed)

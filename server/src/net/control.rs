@@ -124,8 +124,9 @@ pub(super) fn control<'a, R: RoomHub>(
                     }
                     bump(&stats.sessions_expired);
                     // A close with a code, as every refusal (`quiver_refusals_total{code="TokenExpired"}` counted only
-                    // the Hellos refused for it until 2026-12-07, not the sessions it ended).
-                    stats.refused(ErrorCode::TokenExpired);
+                    // the Hellos refused for it until 2026-12-07, not the sessions it ended), but not a token refused
+                    // (`quiver_tokens_refused_total`: the Hellos', counted once more as a session's end until then).
+                    stats.closed_with(ErrorCode::TokenExpired);
                     // Nothing more is delivered or taken from here on (rooms left, subscriptions and claims ended, the
                     // datagram and room-stream tasks stopped): a session does not outlive its token while the posts
                     // already taken are answered (within the frame timeout), which could take seconds.

@@ -111,6 +111,9 @@ impl LatestWins {
         }
         self.last_seq = Some(header.seq);
         self.received += 1;
+        // A copy of its own: `payload` is cut from the buffer quinn read a batch of datagrams into (up to ~64 KiB with
+        // GRO), which a tick kept in the backlog, or by the application, held whole (until 2026-12-07).
+        let payload = Bytes::copy_from_slice(&payload);
         let tick = Tick { seq: header.seq, sent_time_us: header.sent_time_us, received_time_us: now_us, payload };
         self.latency.record(tick.latency());
         if self.pending.len() >= TICK_BACKLOG {
@@ -192,6 +195,17 @@ mod tests {
         sub.resync(2);
         assert!(!sub.on_tick(2, header(3), Bytes::new(), 10), "subscribed again on the same connection: still older");
         assert_eq!(sub.latest().map(|t| t.seq), Some(5));
+    }
+
+    /// A tick kept (in the backlog, or by the application) holds its payload alone, not the buffer it was cut from:
+    /// quinn reads a batch of datagrams (GRO, up to ~64 KiB) into one allocation, which every kept tick held whole.
+    #[test]
+    fn a_kept_tick_holds_its_payload_not_the_buffer_it_was_read_from() {
+        let mut sub = LatestWins::default();
+        let batch = Bytes::from(vec![7u8; 65_536]);
+        assert!(sub.on_tick(1, header(1), batch.slice(100..112), 10));
+        assert_eq!(sub.latest().map(|t| t.payload.clone()), Some(batch.slice(100..112)));
+        assert!(batch.is_unique(), "the batch is held by the kept tick");
     }
 
     /// A tick overtaken on the way (1, 3, 2) counted lost when 3 came, then stale when it came itself: one of the

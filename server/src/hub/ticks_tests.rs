@@ -50,6 +50,28 @@ fn a_fanouts_datagrams_share_one_allocation_and_decode_to_the_tick() {
     assert_eq!(new_buffers, 100 / TickDatagrams::PER_BUFFER, "a new buffer every PER_BUFFER datagrams");
 }
 
+/// A tick kept by a subscriber (waiting in its conflation slot, or in flight) holds its payload alone, not the
+/// buffer it was read from: quinn reads a batch of datagrams (GRO, up to ~64 KiB) into one allocation, and a tick cut
+/// from it kept the whole batch alive for as long as it waited.
+#[test]
+fn a_kept_tick_holds_its_payload_not_the_buffer_it_was_read_from() {
+    #[derive(Debug, Default)]
+    struct Keep(Mutex<Vec<Tick>>);
+    impl TickSink for Keep {
+        fn offer(&self, _: u64, tick: Tick, _: Option<u64>, _: &mut TickDatagrams) {
+            self.0.lock().unwrap().push(tick);
+        }
+    }
+    let hub = LocalTicks::default();
+    let keep = Arc::new(Keep::default());
+    hub.subscribe("prices", 1, keep.clone()).unwrap();
+    hub.claim("prices", None).unwrap();
+    let batch = Bytes::from(vec![7u8; 65_536]);
+    offer(hub.publish("prices", 0, 0, batch.slice(100..112)));
+    assert_eq!(keep.0.lock().unwrap()[0].payload, batch.slice(100..112));
+    assert!(batch.is_unique(), "the batch is held by the waiting tick");
+}
+
 #[test]
 fn seqs_are_per_channel_and_every_subscriber_gets_each_tick() {
     let hub = LocalTicks::default();

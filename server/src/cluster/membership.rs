@@ -210,6 +210,7 @@ pub(super) async fn reconcile(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Ar
             let last = ctx.next_subscriber.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1);
             let mut call = scripts::RECONCILE_SCRIPT.prepare_invoke();
             call.key(&room.keys.meta).key(&room.keys.log).key(&room.keys.members).key(room.keys.holders(node));
+            call.key(room.keys.buried(node));
             for (id, _) in &held {
                 call.key(room.keys.gone(node, *id));
             }

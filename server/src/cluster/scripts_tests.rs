@@ -116,6 +116,9 @@ fn a_join_that_runs_after_its_nodes_burial_counts_no_member() {
     let (seen, refused) = join_as(&mut redis, &keys, ("ghost", 2), "0");
     assert!(refused && seen.is_empty(), "{seen:?}");
     assert!(members(&mut redis, &keys).is_empty(), "a dead node's late join counted a member");
+    // A reconcile of the node's that runs late (its call stalled across the burial) counts nobody either.
+    assert_eq!(reconcile(&mut redis, &keys, 2, &[(1, "alice")]), (0, 0));
+    assert!(members(&mut redis, &keys).is_empty(), "a dead node's late reconcile counted a member");
     let (seen, refused) = join_as(&mut redis, &keys, ("bob", 3), "1");
     assert!(!refused);
     assert_eq!(seen, ["bob"], "the node, alive, is counted when it asks again");
@@ -440,7 +443,7 @@ fn a_beat_after_redis_clock_stepped_back_stamps_redis_time() {
 /// `RECONCILE` with `held` (subscription id, identity) read when the node's last subscription id was `last`.
 fn reconcile(redis: &mut Redis, keys: &RoomKeys, last: u64, held: &[(u64, &str)]) -> (u64, u64) {
     let mut call = RECONCILE_SCRIPT.prepare_invoke();
-    call.key(&keys.meta).key(&keys.log).key(&keys.members).key(keys.holders(NODE));
+    call.key(&keys.meta).key(&keys.log).key(&keys.members).key(keys.holders(NODE)).key(keys.buried(NODE));
     for (id, _) in held {
         call.key(keys.gone(NODE, *id));
     }

@@ -459,12 +459,17 @@ impl Broker {
 
     /// PINGs the Pub/Sub connection: one that does not answer (half-open: a failover behind a virtual address, a
     /// NAT that forgot it) would otherwise deliver nothing, silently, for ever.
+    /// An error reply (`-LOADING`, `-NOPERM`) is an answer: read as a `Value`, it is `Ok`.
     async fn check_pubsub(&self) {
         let Some(mut sink) = lock(&self.sink).clone() else { return };
+        // The connection PINGed is the one given up, not the one there when the PING timed out: made again
+        // meanwhile (the old one ended), a healthy new one was dropped (until 2026-12-07, a review's find). Taken
+        // after the sink: a new sink is set before its token, so this may be the old one's, already ended.
+        let stale = lock(&self.pubsub_stale).clone();
         let answered = tokio::time::timeout(self.config.request_timeout, sink.ping::<redis::Value>()).await;
         if !matches!(answered, Ok(Ok(_))) {
             tracing::warn!("the broker's Pub/Sub connection does not answer PING; making it again");
-            lock(&self.pubsub_stale).cancel();
+            stale.cancel();
         }
     }
 

@@ -216,3 +216,32 @@ async fn a_node_is_not_ready_before_it_has_read_info() {
     assert!(last.is_err_and(|why| why.contains("evict")), "{last:?}");
     broker.retire().await;
 }
+
+/// A PING the broker answers with an error (`-LOADING` while Redis loads a snapshot, `-NOPERM` under an ACL) shows
+/// the Pub/Sub connection alive: it is kept (taken for dead, each beat would make it again, every room's catch-up
+/// and presence repair with it, for as long as the load lasted). A guard: it holds because the PING's reply is read
+/// as a `Value`, where an error reply is `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubsub_ping_answered_with_an_error_keeps_the_connection() {
+    let test = "a_pubsub_ping_answered_with_an_error_keeps_the_connection";
+    let Some(mut redis) = super::super::scripts::tests::redis(test) else { return };
+    redis::cmd("ACL").arg("SETUSER").arg("default").arg("-ping").query::<()>(&mut redis.conn).unwrap();
+    let config = BrokerConfig {
+        url: redis.url.clone(),
+        presence_expiry: Duration::from_secs(30),
+        heartbeat: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(2),
+        allow_eviction: false,
+    };
+    let broker = Broker::new(config).unwrap();
+    broker.connect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while lock(&broker.sink).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no Pub/Sub connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = broker.pubsub_connections();
+    tokio::time::sleep(Duration::from_secs(1)).await; // five beats, each with its PING
+    assert_eq!(broker.pubsub_connections(), before, "the Pub/Sub connection was made again");
+    broker.retire().await;
+}

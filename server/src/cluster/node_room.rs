@@ -151,6 +151,9 @@ pub(super) struct NodeState {
     pub(super) generation: u64,
     /// Counts Pub/Sub reconnects' catch-ups: one still retrying its read gives way to a later one.
     pub(super) catch_ups: u64,
+    /// The position the last catch-up's rollback check compares Redis with, until Redis answered it: a later
+    /// catch-up takes it over (its own position may hold what was delivered after Redis went back).
+    pub(super) unchecked: Option<crate::cluster::rollback::Delivered>,
     /// Delivering what a gap fill read from the stream, or the events held behind it: the subscribers are behind on
     /// them through no fault of their own, and get them outside the live bound ([`Outbox::push_catch_up`]).
     pub(super) catching_up: bool,

@@ -36,19 +36,36 @@ pub(super) struct Delivered {
 }
 
 impl Delivered {
-    pub(super) fn of(state: &NodeState) -> Delivered {
+    fn of(state: &NodeState) -> Delivered {
         let message =
             state.last_message.map_or((String::new(), String::new()), |(op, t)| (op.to_string(), t.to_string()));
         Delivered { epoch: state.epoch, last_seq: state.last_seq, last_op: state.last_op, message }
     }
+
+    /// The position a reconnect's check compares Redis with: an earlier catch-up's not answered yet in the room's
+    /// epoch, taken over (the node may have delivered since what Redis gave the seqs it lost: a later reconnect's
+    /// own position then matched Redis, and the rollback went unnoticed; until 2026-12-07, a review's find), else
+    /// the node's now. Kept in `state` until Redis answers.
+    pub(super) fn at_reconnect(state: &mut NodeState) -> Delivered {
+        let delivered = match state.unchecked.take() {
+            Some(earlier) if earlier.epoch == state.epoch => earlier,
+            _ => Delivered::of(state),
+        };
+        state.unchecked = Some(delivered.clone());
+        delivered
+    }
 }
 
 /// True when the room's epoch in Redis is no longer the one this node delivered in (moved by this check, or
-/// found moved): its subscriptions here were reset (unless reset meanwhile: `generation`). False when Redis holds
+/// found moved): its subscriptions here were reset if the room is live in that epoch still. False when Redis holds
 /// what the node delivered (events published since are the catch-up's to follow), or the check stopped mattering:
-/// the node stopping, the room no longer live in `generation`, or `current` (the catch-up's: no later catch-up
-/// took over) no longer true. Not the room's members here: a live room its last member left stays live, and its
-/// next join goes on from the node's position.
+/// the node stopping, or `current` (the catch-up's: no later catch-up took over, with this position) no longer
+/// true. Not the room's members here, nor its liveness: a live room its last member left stays live, and its next
+/// join goes on from the node's position; and a room reset meanwhile (the events that follow a rollback are out of
+/// line: the first resets the room, before the check's first read can answer) is still in the epoch that went
+/// back, whose members rejoin from their positions and are told `recovered: true` over the posts that took their
+/// seqs. Until 2026-12-07 a reset ended the check (a review's find): the epoch stayed, and the rollback went
+/// unnoticed for good.
 ///
 /// A check that fails is tried again until Redis answers it. Until 2026-12-07 it gave up after three tries (750
 /// ms), and a rollback then went unnoticed for good: a script that writes can fail where the catch-up's read
@@ -57,14 +74,8 @@ impl Delivered {
 /// members told nothing. Events meanwhile are still skipped, but the check that answers at last sees the room gone
 /// back (Redis behind, or another message at the node's last seq) and resets it: members rejoin and are told
 /// `recovered: false`.
-pub(super) async fn check(
-    room: &NodeRoom,
-    generation: u64,
-    delivered: Delivered,
-    current: impl Fn(&NodeState) -> bool,
-) -> bool {
-    let live = |state: &NodeState| state.live && state.generation == generation && current(state);
-    if !live(&lock(&room.state)) {
+pub(super) async fn check(room: &NodeRoom, delivered: Delivered, current: impl Fn(&NodeState) -> bool) -> bool {
+    if !current(&lock(&room.state)) {
         return false;
     }
     let Delivered { epoch: old, last_seq, last_op, message: (message_op, message_time) } = delivered;
@@ -97,10 +108,16 @@ pub(super) async fn check(
         }
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(CATCH_UP_RETRY_MAX);
-        if !live(&lock(&room.state)) {
+        if !current(&lock(&room.state)) {
             return false;
         }
     };
+    {
+        let mut state = lock(&room.state);
+        if current(&state) {
+            state.unchecked = None; // answered
+        }
+    }
     // The room's meta is gone (flushed, expired): the catch-up resets the room as for a new epoch.
     let Some(epoch) = checked else { return false };
     if epoch == old.to_string() {
@@ -110,7 +127,7 @@ pub(super) async fn check(
     tracing::warn!(room = %room.name, last_seq, last_op, %epoch, "{why}: the room is in a new epoch");
     let delivery = {
         let mut state = lock(&room.state);
-        match state.live && state.generation == generation {
+        match state.live && state.epoch == old {
             true => room.reset(&mut state, why),
             false => Delivery::default(),
         }

@@ -22,7 +22,7 @@ impl NodeRoom {
         let started = match &mut *lock(&self.state) {
             state if state.live => {
                 state.catch_ups += 1;
-                Some((state.generation, state.catch_ups, Delivered::of(state)))
+                Some((state.generation, state.catch_ups, Delivered::at_reconnect(state)))
             }
             _ => None,
         };
@@ -44,6 +44,7 @@ impl NodeRoom {
             // catch-up and the rollback check of such a room, where a read that worked went on to both).
             let current = |state: &NodeState| state.live && state.generation == generation && state.catch_ups == mine;
             let mut retry = RESUBSCRIBE_GRACE / 4;
+            // `None`: reset meanwhile, nothing left to fill; the rollback check still runs.
             let meta = loop {
                 let mut conn = self.ctx.broker.conn();
                 let read: redis::RedisResult<(Option<String>, Option<u64>, Option<u64>)> = redis::cmd("HMGET")
@@ -54,26 +55,29 @@ impl NodeRoom {
                     .query_async(&mut conn)
                     .await;
                 match read {
-                    Ok(read) => break read,
+                    Ok(read) => break Some(read),
                     Err(err) => self.ctx.broker.failed(&err),
                 }
-                if self.ctx.broker.stopped() || !current(&lock(&self.state)) {
-                    return;
+                if self.ctx.broker.stopped() || lock(&self.state).catch_ups != mine {
+                    return; // a later catch-up takes over, with this one's check
+                }
+                if !current(&lock(&self.state)) {
+                    break None;
                 }
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(CATCH_UP_RETRY_MAX);
             };
+            // The check is for the room whatever became of it here (members, liveness, resets: see `check`), until
+            // a later catch-up takes it over.
+            let checking = |state: &NodeState| state.catch_ups == mine;
+            if crate::cluster::rollback::check(&self, delivered, checking).await {
+                return;
+            }
+            let Some(meta) = meta else { return };
             let (epoch, seq, op) = match meta {
                 (Some(epoch), Some(seq), Some(op)) => (epoch.parse::<u64>().ok(), seq, op),
                 _ => (None, 0, 0),
             };
-            // The check is for the room as long as it is live in this generation, members here or not: a live room
-            // left by its last member stays live (until the sweep drops it), and the next join goes on from the
-            // position the node delivered, which a rollback made wrong.
-            let checking = |state: &NodeState| state.generation == generation && state.catch_ups == mine;
-            if crate::cluster::rollback::check(&self, generation, delivered, checking).await {
-                return;
-            }
             tokio::time::sleep(RESUBSCRIBE_GRACE).await;
             // Reset meanwhile: the next join sets the room's position afresh, after this reconnect.
             let behind = |state: &NodeState| {

@@ -13,7 +13,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use quiver_proto::{
-    copies::{self, Copy, CopyQueue, CopyTarget},
+    copies::{self, CopyQueue, CopyTarget},
     ErrorCode, FrameCodec, Hello, Reply, Request, RequestBody, ServerMsg, TickHeader, Welcome,
 };
 use quiver_transport::TailProbe;
@@ -372,9 +372,9 @@ async fn read_datagrams<H: Handler>(connection: Weak<Connection<H>>, link: Link,
         }
         if copies::is_copy(&datagram) {
             let (Some(connection), Some(handler)) = (connection.upgrade(), handler.upgrade()) else { return };
-            match Copy::decode(&datagram, connection.codec.max_frame()) {
-                Ok(Copy::Room { slot, first, frames }) => handler.room_copy(connection.id, slot, first, frames),
-                Ok(Copy::Posts { .. }) | Err(_) => tracing::debug!("undecodable copy datagram dropped"),
+            match crate::copies::room_copy(&datagram, connection.codec.max_frame()) {
+                Some((slot, first, frames)) => handler.room_copy(connection.id, slot, first, frames),
+                None => tracing::debug!("undecodable copy datagram dropped"),
             }
             continue;
         }

@@ -25,3 +25,36 @@ pub(crate) fn send_round(
     let probe_helps = || quiver_transport::probe_helps(quic, probe);
     quiver_transport::copy_round(path_loss, queue, probe_helps, max_size, space, send).0
 }
+
+/// A server's room copy, read from `datagram` (`None`: not a room copy, or malformed), its frames cut from a copy of
+/// the datagram's own: the datagram is a slice of the buffer quinn read a batch of datagrams into (up to ~64 KiB
+/// with GRO), which copies kept ahead of a room stream's position (up to `merge::AHEAD` of them) held whole (until
+/// 2026-12-07).
+pub(crate) fn room_copy(datagram: &[u8], max_frame: usize) -> Option<(u64, u64, Vec<bytes::Bytes>)> {
+    match quiver_proto::copies::Copy::decode(&bytes::Bytes::copy_from_slice(datagram), max_frame) {
+        Ok(quiver_proto::copies::Copy::Room { slot, first, frames }) => Some((slot, first, frames)),
+        Ok(quiver_proto::copies::Copy::Posts { .. }) | Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    /// A room copy kept ahead of its stream holds its own bytes, not the receive buffer it was cut from.
+    #[test]
+    fn a_room_copy_holds_its_own_bytes_not_the_buffer_it_was_read_from() {
+        let body = Bytes::from_static(b"a room event's frame");
+        let frame = Bytes::from([&[body.len() as u8][..], &body[..]].concat()); // length prefix included
+        let mut datagram = bytes::BytesMut::new();
+        quiver_proto::copies::encode_room(2, 9, &[frame], &mut datagram).unwrap();
+        let mut batch = vec![0u8; 65_536];
+        batch[..datagram.len()].copy_from_slice(&datagram);
+        let batch = Bytes::from(batch);
+        let (slot, first, frames) = super::room_copy(&batch.slice(..datagram.len()), 1_024).expect("a room copy");
+        assert_eq!((slot, first, &frames), (2, 9, &vec![body]));
+        assert!(batch.is_unique(), "the batch is held by the copy's frames");
+        drop(frames);
+        assert_eq!(super::room_copy(&batch.slice(..3), 1_024), None, "truncated");
+    }
+}

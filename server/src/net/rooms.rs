@@ -411,9 +411,11 @@ impl Outbox for StreamOutbox {
             let mut queue = lock(&self.queue);
             if queue.gone {
                 // The pump ended while this flush held the stream: nobody writes it any more, and parked it would go
-                // with the room's member, under the room's lock (`PumpGone`).
+                // with the room's member, under the room's lock (`PumpGone`). What it could not write goes too, out
+                // of the gauge (until 2026-12-07 it stayed counted for good).
                 drop(queue);
                 drop(send);
+                dequeued(&self.stats, rest.iter().map(Bytes::len).sum());
                 return;
             }
             queue.send = Some(send);

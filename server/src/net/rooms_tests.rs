@@ -153,3 +153,17 @@ async fn catch_up_frames_a_reader_never_takes_are_bounded() {
     let taken = (0..1_000).take_while(|_| outbox.push_catch_up(frame.clone())).count();
     assert_eq!(taken, 16 * bound / frame.len(), "catch-up frames queued before the outbox overflowed");
 }
+
+/// A flush that finds the pump gone once it wrote what the stream took gives back the bytes it could not write:
+/// they leave with it, and the `quiver_outbox_bytes` gauge kept them for good (a review's find, 2026-12-07).
+#[tokio::test]
+async fn a_flush_that_finds_the_pump_gone_gives_back_what_it_could_not_write() {
+    let (outbox, stats, _bound, _kept) = unread_outbox().await;
+    for _ in 0..256 {
+        outbox.push_replay(Bytes::from(vec![b'x'; 16 * 1024])); // 4 MiB: past what quinn takes for this reader
+    }
+    crate::net::lock(&outbox.queue).gone = true; // the pump ended while the flush wrote
+    outbox.flush();
+    drop(outbox);
+    assert_eq!(stats.outbox_bytes.load(std::sync::atomic::Ordering::Relaxed), 0);
+}

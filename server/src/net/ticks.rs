@@ -11,10 +11,7 @@ use std::{
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
-use quiver_proto::{
-    copies::{self, Copy},
-    Limits, TickHeader,
-};
+use quiver_proto::{copies, Limits, TickHeader};
 use tokio::sync::{watch, Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -261,11 +258,9 @@ async fn read_ticks(
             continue; // a tail-loss probe (quiver_transport::probe): it only elicits an ACK
         }
         if copies::is_copy(&datagram) {
-            match Copy::decode(&datagram, max_frame) {
-                Ok(Copy::Posts { first, frames }) => {
-                    let _ = post_copies.push((first, frames));
-                }
-                Ok(Copy::Room { .. }) | Err(_) => bump(&stats.datagrams_malformed),
+            match super::copies::post_copy(&datagram, max_frame) {
+                Some(copy) => drop(post_copies.push(copy)),
+                None => bump(&stats.datagrams_malformed),
             }
             continue;
         }

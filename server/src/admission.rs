@@ -16,7 +16,9 @@
 //! `max_connections` until `handshake_timeout_ms`, until real clients were closed `TooManyConnections`. They are
 //! bounded per address too (`max_unvalidated_handshakes_per_ip`): Initials forged with a real client's address
 //! would otherwise each be charged to that address (a slot in its count, a token of its rate) until they time out,
-//! and locked it out.
+//! and locked it out. And they are bounded a second (`max_unvalidated_handshakes_per_s`), in all: an Initial that
+//! ends itself at once gives its place back as soon as it took it. Unvalidated attempts take an address's rate down
+//! to half its burst, no further: the rest is for attempts the address validated.
 //!
 //! Handshakes of connections over a count, admitted only to be closed with `TooManyConnections`, are bounded in all
 //! (`max_over_limit_handshakes`): above it such attempts are refused at once. They hold no slot in the counts, so a
@@ -87,6 +89,8 @@ pub struct HandshakeBounds {
     pub unvalidated: u32,
     /// From one unvalidated source address (`max_unvalidated_handshakes_per_ip`).
     pub unvalidated_per_ip: u32,
+    /// Begun a second, in all, from unvalidated addresses (`max_unvalidated_handshakes_per_s`).
+    pub unvalidated_per_s: u32,
     /// Of connections over a count, to be closed with `TooManyConnections` (`max_over_limit_handshakes`).
     pub over_limit: u32,
     /// Admitted connections not welcomed yet, in all (`max_awaiting_hello`; `crate::awaiting`).
@@ -127,6 +131,9 @@ pub struct Admission {
     total: u32,
     /// Admitted attempts from unvalidated addresses whose handshake has not completed yet.
     unvalidated: u32,
+    /// Unvalidated attempts admitted a second, in all (a burst of one second's): handshakes that end at once (an
+    /// Initial that closes itself) give their place in `unvalidated` back as soon as they took it.
+    unvalidated_rate: TokenBucket,
     /// Attempts over a count in their handshake, to be closed.
     over_limit: u32,
     bounds: HandshakeBounds,
@@ -153,6 +160,7 @@ impl Admission {
             rate: limits.new_connections_per_s_per_ip,
             total: 0,
             unvalidated: 0,
+            unvalidated_rate: TokenBucket::new(bounds.unvalidated_per_s, bounds.unvalidated_per_s, now),
             over_limit: 0,
             bounds,
             sources: HashMap::new(),
@@ -225,6 +233,13 @@ impl Admission {
         {
             return Decision::Retry(Overload::Handshakes);
         }
+        // Handshakes in progress bound the work only of those that last: an Initial that ends itself (a
+        // CONNECTION_CLOSE, or a frame not allowed, after its ClientHello), from a forged address each, had the
+        // server sign a TLS flight and give the place back at once, as fast as they came, and no Retry was ever
+        // sent (until 2026-12-07, a review's find). So they are bounded a second too.
+        if !validated && (self.bounds.unvalidated_per_s == 0 || !self.unvalidated_rate.try_take(now)) {
+            return Decision::Retry(Overload::Handshakes);
+        }
         let rate = self.rate;
         let source = self.sources.entry(key).or_insert_with(|| Source {
             open: 0,
@@ -238,13 +253,17 @@ impl Admission {
         if source.validating && !validated {
             return Decision::Retry(Overload::Rate);
         }
-        // Every attempt that will cost a handshake takes from the rate, those to be closed for a count too.
-        if !source.new_connections.try_take(now) {
-            if validated {
-                return Decision::Refuse(Overload::Rate);
-            }
+        // Unvalidated attempts take the address's rate down to half its burst, no further: the rest is for its
+        // validated ones. Initials forged with a client's address (ending at once, each gave its place among the
+        // address's unvalidated handshakes back) spent its whole burst, and the client, validated, was refused
+        // (until 2026-12-07, a review's find).
+        if !validated && !source.new_connections.try_take_leaving(source.new_connections.burst() / 2, now) {
             source.validating = true;
             return Decision::Retry(Overload::Rate);
+        }
+        // Every attempt that will cost a handshake takes from the rate, those to be closed for a count too.
+        if validated && !source.new_connections.try_take(now) {
+            return Decision::Refuse(Overload::Rate);
         }
         // At max_connections, a validated newcomer (forged addresses cannot) closes one connection not welcomed yet
         // to take its place, as one more over `max_awaiting_hello` does: otherwise silent connections, fewer than

@@ -16,6 +16,7 @@ fn bounds(unvalidated: u32) -> HandshakeBounds {
     HandshakeBounds {
         unvalidated,
         unvalidated_per_ip: u32::MAX,
+        unvalidated_per_s: u32::MAX,
         over_limit: u32::MAX,
         awaiting_hello: u32::MAX,
         per_network: u32::MAX,
@@ -114,15 +115,20 @@ fn handshakes_from_unvalidated_addresses_are_bounded_in_all() {
     assert_eq!(admission.unvalidated_handshakes(), 0);
 }
 
+/// Unvalidated attempts take an address's rate down to half its burst; beyond, they get a Retry, and validated ones
+/// take the rest. Before, unvalidated attempts (which anyone can forge with the address) could take it all.
 #[test]
 fn over_the_rate_unvalidated_attempts_get_a_retry_and_validated_ones_take_what_is_left() {
     let t0 = Instant::now();
     let mut admission = Admission::new(&limits(1000, 1000, 10), bounds(1000), t0); // burst 20
     let a = ip("192.0.2.7");
-    for _ in 0..20 {
+    for _ in 0..10 {
         assert_eq!(admission.decide(a, false, t0), Decision::Admit);
     }
-    assert_eq!(admission.decide(a, false, t0), Decision::Retry(Overload::Rate));
+    assert_eq!(admission.decide(a, false, t0), Decision::Retry(Overload::Rate), "half the burst is for validated");
+    for _ in 0..10 {
+        assert_eq!(admission.decide(a, true, t0), Decision::Admit);
+    }
     assert_eq!(admission.decide(a, true, t0), Decision::Refuse(Overload::Rate), "validated, but nothing left");
     // A spoofed flood of unvalidated attempts does not use up the refill...
     for i in 0..1000 {
@@ -182,6 +188,7 @@ fn initials_forged_with_a_real_address_do_not_lock_it_out() {
     let bounds = HandshakeBounds {
         unvalidated: 256,
         unvalidated_per_ip: 4,
+        unvalidated_per_s: 500,
         over_limit: 64,
         awaiting_hello: 1024,
         per_network: u32::MAX,
@@ -203,11 +210,14 @@ fn initials_forged_with_a_real_address_do_not_lock_it_out() {
         assert_eq!(admission.decide(victim, true, now), Decision::Admit);
     }
     assert_eq!((admission.open(), admission.unvalidated_handshakes()), (16, 4));
-    // A forged handshake that times out makes room for one more unvalidated attempt from there.
+    // A forged handshake that times out makes room for one more unvalidated attempt from there (once the rate
+    // has refilled past half its burst: below it, unvalidated attempts validate first).
     admission.handshake_done(victim);
     admission.release(victim);
-    assert_eq!(admission.decide(victim, false, now), Decision::Admit);
-    assert_eq!(admission.decide(victim, false, now), Decision::Retry(Overload::Handshakes));
+    assert_eq!(admission.decide(victim, false, now), Decision::Retry(Overload::Rate), "8 of 20 tokens left");
+    let later = now + Duration::from_secs(2);
+    assert_eq!(admission.decide(victim, false, later), Decision::Admit);
+    assert_eq!(admission.decide(victim, false, later), Decision::Retry(Overload::Handshakes));
     // Other addresses are not affected.
     assert_eq!(admission.decide(ip("203.0.113.10"), false, now), Decision::Admit);
 }
@@ -222,6 +232,7 @@ fn forged_initials_hold_at_most_half_an_address_or_networks_count() {
     let bounds = HandshakeBounds {
         unvalidated: 256,
         unvalidated_per_ip: 4,
+        unvalidated_per_s: 500,
         over_limit: 64,
         awaiting_hello: 1024,
         per_network: 8,
@@ -256,6 +267,7 @@ fn handshakes_over_a_count_are_bounded_in_all() {
     let bounds = HandshakeBounds {
         unvalidated: 256,
         unvalidated_per_ip: 4,
+        unvalidated_per_s: 500,
         over_limit: 2,
         awaiting_hello: 1024,
         per_network: u32::MAX,
@@ -315,4 +327,50 @@ fn unvalidated_attempts_get_a_retry_while_the_awaiting_table_is_full() {
     assert_eq!(admission.decide(ip("10.0.0.2"), false, t0), Decision::Retry(Overload::Handshakes));
     assert_eq!(admission.decide(ip("10.0.0.2"), true, t0), Decision::Admit);
     assert!(admission.awaiting_hello().enter_if_room(ip("10.0.0.3"), CancellationToken::new()).is_none());
+}
+
+/// Unvalidated handshakes that end at once (an Initial from a forged address that closes itself after its
+/// ClientHello) give their place back as soon as they took it: bounded in progress only, they were admitted as fast
+/// as they came, each a TLS flight signed, and no Retry was sent. At most `unvalidated_per_s` begin a second.
+#[test]
+fn unvalidated_handshakes_that_end_at_once_are_bounded_a_second() {
+    let t0 = Instant::now();
+    let bounds = HandshakeBounds { unvalidated_per_s: 100, ..bounds(3) };
+    let mut admission = Admission::new(&limits(100_000, 100, 100), bounds, t0);
+    let forged = |i: u32| IpAddr::from((0xc633_6400u32 + i).to_be_bytes()); // 198.51.100.0 and on
+    let mut admitted = 0;
+    for i in 0..10_000 {
+        if admission.decide(forged(i), false, t0) == Decision::Admit {
+            admitted += 1;
+            admission.handshake_done(forged(i));
+            admission.release(forged(i));
+        }
+    }
+    assert_eq!(admitted, 100, "one second's burst, then a Retry each");
+    assert_eq!(admission.decide(ip("192.0.2.1"), true, t0), Decision::Admit, "validated: not bounded by it");
+    let later = t0 + Duration::from_millis(100);
+    assert_eq!(admission.decide(forged(20_000), false, later), Decision::Admit, "refilled: 10 in 100 ms");
+    let none = HandshakeBounds { unvalidated_per_s: 0, ..bounds };
+    let mut admission = Admission::new(&limits(100_000, 100, 100), none, t0);
+    assert_eq!(admission.decide(forged(0), false, t0), Decision::Retry(Overload::Handshakes), "0: always validate");
+}
+
+/// Initials forged with a client's address that end at once (each gives its place among the address's unvalidated
+/// handshakes back) take at most half the address's rate: the client, validated, is served. Before, they spent its
+/// whole burst and the client was refused.
+#[test]
+fn forged_initials_that_end_at_once_leave_half_an_addresss_rate() {
+    let t0 = Instant::now();
+    let mut admission = Admission::new(&limits(100_000, 100, 100), bounds(3), t0); // burst 200
+    let victim = ip("203.0.113.9");
+    let mut admitted = 0;
+    for _ in 0..1_000 {
+        if admission.decide(victim, false, t0) == Decision::Admit {
+            admitted += 1;
+            admission.handshake_done(victim);
+            admission.release(victim);
+        }
+    }
+    assert_eq!(admitted, 100);
+    assert_eq!(admission.decide(victim, true, t0), Decision::Admit, "the client, validated");
 }

@@ -72,6 +72,13 @@ pub struct Budget {
     /// `handshake_timeout_ms`), instead of locking it out. Clients behind one NAT that connect at the same moment
     /// take one round trip more beyond it. 0: every new connection validates first. Default 4.
     pub max_unvalidated_handshakes_per_ip: u32,
+    /// QUIC handshakes begun a second, in all, from addresses not validated yet (a burst of one second's). Above it
+    /// every unvalidated attempt gets a Retry. `max_unvalidated_handshakes` bounds the handshakes that last; this
+    /// bounds those that end at once (an Initial from a forged address that closes itself after its ClientHello
+    /// has the server sign a TLS flight, then gives its place back), each of which costs the server about half a
+    /// millisecond of CPU. Clients connecting faster than this from new addresses (a mass reconnect after a
+    /// restart) take one round trip more beyond it. 0: every new connection validates first. Default 500.
+    pub max_unvalidated_handshakes_per_s: u32,
     /// QUIC handshakes in progress at once, in all, of connections over `max_connections` or
     /// `max_connections_per_ip` (completed only to be closed with `TooManyConnections`, so that the client sees
     /// why). Above it such attempts are refused at the QUIC level at once (CONNECTION_REFUSED, without the
@@ -132,6 +139,7 @@ impl Default for Budget {
             sweep_interval_ms: 1_000,
             max_unvalidated_handshakes: 256,
             max_unvalidated_handshakes_per_ip: 4,
+            max_unvalidated_handshakes_per_s: 500,
             max_over_limit_handshakes: 64,
             max_awaiting_hello: 1_024,
             max_connections_per_network: 2_560,

@@ -283,8 +283,8 @@ impl Collector for ServerMetrics {
             &mut e,
             "retries_sent",
             "QUIC Retry packets sent, by reason (rate: over new_connections_per_s_per_ip; limit: at a connection limit; \
-             handshakes: at max_unvalidated_handshakes or its bounds per address and network, or max_awaiting_hello \
-             full)",
+             handshakes: at max_unvalidated_handshakes or its bounds per address, network and second, or \
+             max_awaiting_hello full)",
             "reason",
             &[
                 ("rate".into(), c.retries_over_rate),

@@ -48,6 +48,18 @@ impl TokenBucket {
         }
     }
 
+    /// Takes one token if more than `reserve` tokens are left: what is kept back is for others to take (an
+    /// address's validated attempts, beside the unvalidated ones anyone can forge with it).
+    pub fn try_take_leaving(&mut self, reserve: u32, now: Instant) -> bool {
+        self.refill(now);
+        if self.units >= UNIT * (u128::from(reserve) + 1) {
+            self.units -= UNIT;
+            true
+        } else {
+            false
+        }
+    }
+
     /// True when the bucket has refilled completely: it behaves as a new one would.
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);

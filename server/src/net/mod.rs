@@ -209,6 +209,7 @@ impl<R: RoomHub> Server<R> {
         let handshakes = crate::admission::HandshakeBounds {
             unvalidated: config.budget.max_unvalidated_handshakes,
             unvalidated_per_ip: config.budget.max_unvalidated_handshakes_per_ip,
+            unvalidated_per_s: config.budget.max_unvalidated_handshakes_per_s,
             over_limit: config.budget.max_over_limit_handshakes,
             awaiting_hello: config.budget.max_awaiting_hello,
             per_network: config.budget.max_connections_per_network,

@@ -88,11 +88,11 @@ async fn too_many_connections_from_one_ip() {
         assert_eq!(stats.retries_over_limit, 4, "each was made to validate its address first: {stats:?}");
         server.stop().await;
 
-        // The server-wide limit.
+        // The server-wide limit, from another address (127.0.0.1 is at its own limit too now: told of that first).
         let server = TestServer::start(Limits { max_connections: 4, max_connections_per_ip: 4, ..Limits::default() });
         beside_a_bystander(&server, async {
             let _held = [Control::open(&server).await, Control::open(&server).await];
-            let conn = server.try_raw().await.unwrap();
+            let conn = server.try_raw_from([127, 0, 0, 2].into()).await.unwrap();
             let (code, reason) = closed_with(&conn).await;
             assert_eq!(code, ErrorCode::TooManyConnections, "{reason}");
             assert!(reason.contains("max_connections (4)"), "{reason}");
@@ -179,7 +179,9 @@ async fn connections_awaiting_hello_are_bounded_and_the_oldest_silent_one_makes_
             control.ping(1).await;
         })
         .await;
-        assert!(server.stats.snapshot().connections_closed_awaiting_hello >= 5);
+        let closed = server.stats.snapshot().connections_closed_awaiting_hello;
+        assert!(closed >= 5);
+        assert_eq!(server.stats.refusals(ErrorCode::TooManyConnections), closed, "among the refusals by code");
         server.stop().await;
     })
     .await;

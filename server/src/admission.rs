@@ -206,13 +206,16 @@ impl Admission {
         let network = Group::of(ip);
         let (in_network, unvalidated_in_network) = self.networks.get(&network).copied().unwrap_or_default();
         let network_full = in_network >= self.bounds.per_network;
-        let over = if self.total >= self.max_total {
-            Some((Overload::Total, format!("the server is at max_connections ({})", self.max_total)))
-        } else if open >= self.max_per_source {
+        // The address's own count first, then its network's, then the server's: an address at its own limit is told
+        // so (and counted so) whether or not the server is full too (until 2026-12-07 it was blamed on
+        // `max_connections`, which an operator might raise for nothing).
+        let over = if open >= self.max_per_source {
             Some((Overload::PerIp, format!("{key} is at max_connections_per_ip ({})", self.max_per_source)))
         } else if network_full {
             let max = self.bounds.per_network;
             Some((Overload::PerIp, format!("{network} is at budget.max_connections_per_network ({max})")))
+        } else if self.total >= self.max_total {
+            Some((Overload::Total, format!("the server is at max_connections ({})", self.max_total)))
         } else {
             None
         };

@@ -374,3 +374,22 @@ fn forged_initials_that_end_at_once_leave_half_an_addresss_rate() {
     assert_eq!(admitted, 100);
     assert_eq!(admission.decide(victim, true, t0), Decision::Admit, "the client, validated");
 }
+
+/// An address at its own count is told so when the server is at `max_connections` too: the reason (and the counter)
+/// is `max_connections_per_ip`, not `max_connections`, which an operator might otherwise raise for nothing.
+#[test]
+fn an_address_at_its_own_count_is_blamed_on_it_when_the_server_is_full_too() {
+    let t0 = Instant::now();
+    let mut admission = Admission::new(&limits(2, 1, 100), bounds(1000), t0);
+    let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+    assert_eq!(admission.decide(a, true, t0), Decision::Admit);
+    assert_eq!(admission.decide(b, true, t0), Decision::Admit);
+    match admission.decide(a, true, t0) {
+        Decision::TooMany(Overload::PerIp, reason) => assert!(reason.contains("max_connections_per_ip"), "{reason}"),
+        other => panic!("expected the address's own count, got {other:?}"),
+    }
+    match admission.decide(ip("192.0.3.1"), true, t0) {
+        Decision::TooMany(Overload::Total, reason) => assert!(reason.contains("max_connections (2)"), "{reason}"),
+        other => panic!("expected the server's count, got {other:?}"),
+    }
+}

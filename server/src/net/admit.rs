@@ -236,6 +236,13 @@ fn over_count(overload: Overload, stats: &ServerStats) -> &std::sync::atomic::At
     }
 }
 
+/// Counts a connection not welcomed yet closed `TooManyConnections` to make room: among the refusals by code too, as
+/// every close with a code (`quiver_refusals_total{code="TooManyConnections"}` missed them until 2026-12-07).
+fn closed_to_make_room(stats: &ServerStats) {
+    bump(&stats.connections_closed_awaiting_hello);
+    stats.closed_with(ErrorCode::TooManyConnections);
+}
+
 /// Closes a connection not welcomed yet to make room for a newer one (`budget.max_awaiting_hello`), and counts it.
 /// Returns why, for the log.
 pub(super) fn make_room(
@@ -244,7 +251,7 @@ pub(super) fn make_room(
     stats: &ServerStats,
     slot: &Slot,
 ) -> String {
-    bump(&stats.connections_closed_awaiting_hello);
+    closed_to_make_room(stats);
     let reason = evicted_reason(config.budget.max_awaiting_hello, slot.ip);
     conn.close(ErrorCode::TooManyConnections, &reason);
     reason
@@ -261,7 +268,7 @@ pub(super) fn ended_early(admitted: &Admitted, max: u32, ip: IpAddr, stats: &Ser
             (ErrorCode::TooManyConnections, evicted_reason(max, ip))
         }
         Admitted::Serve(slot) if slot.made_room() => {
-            bump(&stats.connections_closed_awaiting_hello);
+            closed_to_make_room(stats);
             (ErrorCode::TooManyConnections, evicted_reason(max, ip))
         }
         _ => (ErrorCode::GoingAway, "the server is shutting down".to_string()),

@@ -393,3 +393,18 @@ fn an_address_at_its_own_count_is_blamed_on_it_when_the_server_is_full_too() {
         other => panic!("expected the server's count, got {other:?}"),
     }
 }
+
+/// An attempt refused for anything else (here: its address over the part of its rate unvalidated attempts may take)
+/// takes nothing of the second's budget for unvalidated handshakes: one address's flood does not send every
+/// newcomer elsewhere a Retry.
+#[test]
+fn attempts_refused_otherwise_take_none_of_the_seconds_unvalidated_handshakes() {
+    let t0 = Instant::now();
+    let bounds = HandshakeBounds { unvalidated_per_s: 10, ..bounds(1000) };
+    let mut admission = Admission::new(&limits(1000, 1000, 2), bounds, t0); // burst 4: 2 for unvalidated
+    let a = ip("192.0.2.7");
+    let admitted = (0..100).filter(|_| admission.decide(a, false, t0) == Decision::Admit).count();
+    assert_eq!(admitted, 2);
+    let others = (0..20u8).filter(|i| admission.decide(IpAddr::from([198, 51, 100, *i]), false, t0) == Decision::Admit);
+    assert_eq!(others.count(), 8, "the second's 10, less the address's 2");
+}

@@ -135,7 +135,7 @@ pub(super) fn plan_due(shared: &Shared, due: Option<TrimInput>, now_us: u64) {
     };
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => drop(runtime.spawn(async move {
-            apply(tokio::task::spawn_blocking(move || input.plan()).await.ok().flatten());
+            apply(input.plan_off_runtime().await);
         })),
         Err(_) => apply(input.plan()),
     }

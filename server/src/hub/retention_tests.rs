@@ -4,7 +4,7 @@
 use quiver_proto::{Limits, Position};
 
 use super::{
-    durable_tests::{join, open, post, written},
+    durable_tests::{join, open, plans_made, post, written},
     tests::Collect,
     *,
 };
@@ -33,6 +33,7 @@ async fn retention_overtaking_a_recovered_replay_ends_the_subscription_instead_o
     for id in 9..=10 {
         post(&hub, "r", "bob", id, 10).await.1.flush();
     }
+    plans_made(&hub, "r").await; // (the cut is planned on the blocking pool, then made)
     written(hub.store().unwrap()).await;
     assert_eq!(hub.history("r", None, 100, usize::MAX, 10).await.unwrap().messages[0].seq, 3, "1 and 2 deleted");
     resumed.replay.expect("a replay").run().await;
@@ -189,6 +190,7 @@ async fn a_room_whose_deletion_is_stored_can_be_evicted_before_the_sweep() {
     for id in 1..=6 {
         post(&hub, "trimmed", "bob", id, 10).await.1.flush();
     }
+    plans_made(&hub, "trimmed").await;
     written(hub.store().unwrap()).await;
     let member = Collect::new(usize::MAX);
     let _joined = join(&hub, "busy", None, &member).await;

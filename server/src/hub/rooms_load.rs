@@ -83,7 +83,7 @@ impl LocalRooms {
     /// threads), then made. Whether it is idle and empty after (`None`: not in memory).
     pub(super) async fn trim_room(&self, name: &str, now_us: u64) -> Option<bool> {
         if let Some(Some(input)) = self.with_loaded(name, |r| r.trim_input(now_us)) {
-            if let Ok(Some(plan)) = tokio::task::spawn_blocking(move || input.plan()).await {
+            if let Some(plan) = input.plan_off_runtime().await {
                 self.with_loaded(name, |r| r.planned(plan));
             }
         }

@@ -236,8 +236,9 @@ fn over_count(overload: Overload, stats: &ServerStats) -> &std::sync::atomic::At
     }
 }
 
-/// Counts a connection not welcomed yet closed `TooManyConnections` to make room: among the refusals by code too, as
-/// every close with a code (`quiver_refusals_total{code="TooManyConnections"}` missed them until 2026-12-07).
+/// Counts a connection not welcomed yet closed `TooManyConnections` to make room, once its session began: among the
+/// refusals by code too, as every close with a code (`quiver_refusals_total{code="TooManyConnections"}` missed them
+/// until 2026-12-07).
 fn closed_to_make_room(stats: &ServerStats) {
     bump(&stats.connections_closed_awaiting_hello);
     stats.closed_with(ErrorCode::TooManyConnections);
@@ -267,8 +268,9 @@ pub(super) fn ended_early(admitted: &Admitted, max: u32, ip: IpAddr, stats: &Ser
             bump(&stats.tls_handshakes_abandoned);
             (ErrorCode::TooManyConnections, evicted_reason(max, ip))
         }
+        // (Before its session: no Quiver code reaches the client, so not among the refusals by code.)
         Admitted::Serve(slot) if slot.made_room() => {
-            closed_to_make_room(stats);
+            bump(&stats.connections_closed_awaiting_hello);
             (ErrorCode::TooManyConnections, evicted_reason(max, ip))
         }
         _ => (ErrorCode::GoingAway, "the server is shutting down".to_string()),

@@ -101,6 +101,14 @@ impl TrimInput {
     pub(crate) fn plan(self) -> Option<TrimPlan> {
         plan(&self.store, self.id, (self.from, self.upto), self.extent, &self.retention, self.now_us)
     }
+
+    /// [`TrimInput::plan`] on the blocking pool, taking one of the store's turns to read
+    /// ([`Store::read_off_runtime`]: posts' plans of many rooms at once, on a slow disk, do not take every blocking
+    /// thread). `None` when the read failed.
+    pub(crate) async fn plan_off_runtime(self) -> Option<TrimPlan> {
+        let store = self.store.clone();
+        store.read_off_runtime(move || self.plan()).await.ok().flatten()
+    }
 }
 
 #[cfg(test)]

@@ -52,13 +52,17 @@ impl LatencyRecorder {
         let _ = self.histogram.add(&other.histogram);
     }
 
-    /// Latency at the quantiles of a percentile plot (50 % … 99.99 %, then the maximum), as `(quantile, µs)`.
+    /// Latency at the quantiles of a percentile plot (50 % … 99.99 %, then the maximum), as `(quantile, µs)`: only
+    /// those the samples resolve (a sample beyond each: 99.99 % needs 10,000), the others being the maximum drawn
+    /// again under another name (until 2026-12-07 every plot of fewer samples drew its max as "99.99").
     pub fn curve(&self) -> Vec<(f64, u64)> {
         if self.histogram.is_empty() {
             return Vec::new();
         }
+        let n = self.histogram.len() as f64;
         let mut points: Vec<(f64, u64)> = [0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999]
             .iter()
+            .filter(|&&q| n * (1.0 - q) >= 1.0 - 1e-9)
             .map(|&q| (q, self.histogram.value_at_quantile(q)))
             .collect();
         points.push((1.0, self.histogram.max()));
@@ -90,6 +94,20 @@ impl LatencyRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plot's curve has only the quantiles its samples resolve: of 900 samples no 99.9 % or 99.99 % point (each
+    /// would be the maximum again); of 10,000, all of them.
+    #[test]
+    fn a_curve_has_only_the_quantiles_its_samples_resolve() {
+        let curve = |n: u64| {
+            let mut recorder = LatencyRecorder::default();
+            (1..=n).for_each(|us| recorder.record(Duration::from_micros(us)));
+            recorder.curve().into_iter().map(|(q, _)| q).collect::<Vec<_>>()
+        };
+        assert_eq!(curve(900), [0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 1.0]);
+        assert_eq!(curve(1_000).len(), 8, "99.9 % from 1,000");
+        assert_eq!(curve(10_000).len(), 9, "and 99.99 % from 10,000");
+    }
 
     #[test]
     fn percentiles_of_a_known_set() {

@@ -359,14 +359,24 @@ impl Report {
     }
 }
 
+/// Samples below which a p99.9 is not shown: with fewer, it is the maximum or one of the few slowest samples, one
+/// draw, not a percentile (until 2026-12-07 the tables printed it, a review's find; the JSON keeps the figure).
+pub(crate) const P999_MIN_SAMPLES: u64 = 1_000;
+
+/// `l`'s p99.9, when it has the samples for one ([`P999_MIN_SAMPLES`]).
+pub(crate) fn p999(l: &LatencySummary) -> Option<u64> {
+    (l.count >= P999_MIN_SAMPLES).then_some(l.p999_us)
+}
+
 /// p50, p90, p99, p99.9, max and "mean ± sd" of `l` for a table: "–" for a series that measured nothing (every
-/// message lost), whose summary says 0 µs and would read as the fastest.
+/// message lost), whose summary says 0 µs and would read as the fastest, and for a p99.9 of too few samples.
 pub(crate) fn cells(l: &LatencySummary) -> [String; 6] {
     if l.count == 0 {
         return std::array::from_fn(|_| "–".to_string());
     }
     let us = |us: u64| us.to_string();
-    [us(l.p50_us), us(l.p90_us), us(l.p99_us), us(l.p999_us), us(l.max_us), format!("{} ± {}", l.mean_us, l.stdev_us)]
+    let p999 = p999(l).map_or("–".to_string(), us);
+    [us(l.p50_us), us(l.p90_us), us(l.p99_us), p999, us(l.max_us), format!("{} ± {}", l.mean_us, l.stdev_us)]
 }
 
 /// `l`'s p50 and p99 over `baseline`'s; NaN (shown as "–") when either measured nothing.
@@ -415,7 +425,8 @@ impl Report {
         let find = |name: &str| self.series.iter().find(|s| s.name == name);
         let three = |s: Option<&SeriesResult>| match s {
             Some(s) if s.latency.count > 0 => {
-                format!("{} / {} / {}", ms(s.latency.p50_us), ms(s.latency.p99_us), ms(s.latency.p999_us))
+                let p999 = p999(&s.latency).map_or("–".to_string(), ms);
+                format!("{} / {} / {}", ms(s.latency.p50_us), ms(s.latency.p99_us), p999)
             }
             _ => "–".to_string(),
         };

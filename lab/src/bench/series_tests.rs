@@ -151,3 +151,20 @@ fn rounds_of_a_series_merge_over_all_their_samples() {
     merged.absorb(round(1, 10, 100.0));
     assert_eq!(merged.latency.count, 1000);
 }
+
+/// A p99.9 of fewer than 1,000 samples is its maximum or one of the few slowest: the tables show "–" for it (the
+/// cluster's default 900 echoes printed the max twice, as p99.9 and max).
+#[test]
+fn a_p999_of_too_few_samples_is_not_shown() {
+    let samples = |n: u64| {
+        let mut recorder = LatencyRecorder::default();
+        (1..=n).for_each(|us| recorder.record(Duration::from_micros(us)));
+        recorder.summary()
+    };
+    let few = samples(900);
+    assert_eq!((few.p999_us, few.max_us, p999(&few)), (900, 900, None));
+    assert_eq!(cells(&few)[3], "–");
+    let enough = samples(1_000);
+    assert_eq!(p999(&enough), Some(999));
+    assert_eq!(cells(&enough)[3], "999");
+}

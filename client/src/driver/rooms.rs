@@ -336,7 +336,7 @@ impl super::Driver {
         }
         // At `max_rooms` with a room being left (a dropped `Room`'s Leave is written in the background): this Join
         // waits for the Leave's answer, or it could reach the server first and be refused `TooManyRooms`.
-        let max_rooms = self.welcome().limits.max_rooms as usize;
+        let max_rooms = self.welcome().limits.client_max_rooms() as usize;
         while let (held, Some(gone)) = self.rooms.census() {
             if held <= max_rooms {
                 break;

@@ -63,7 +63,9 @@ async fn retention_trims_as_the_room_passes_its_bound_and_stays_trimmed_after_a_
     assert_eq!(deletions, 1, "by the retention thread (the metric quiver_store_deletions_total)");
     for id in 13..=30 {
         let _ = post(&hub, "r", "bob", id, 10).await;
-        // One deletion per room in flight: the next is planned only once this one is written.
+        // One deletion per room in flight: the next is planned only once this one is written (and planned on the
+        // blocking pool: made, then written).
+        plans_made(&hub, "r").await;
         written(&store).await;
     }
     let seqs = |page: HistoryPage| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();

@@ -344,6 +344,8 @@ async fn options_that_cannot_work_are_refused_up_front() {
             ..ConnectOptions::default()
         },
         ConnectOptions { tuning: tuned(|t| t.initial_rtt = Duration::ZERO), ..ConnectOptions::default() },
+        // (The backoff caps its delays at the longest: the first was ignored in silence.)
+        ConnectOptions { reconnect_delay: Duration::from_secs(10), ..ConnectOptions::default() },
     ];
     for options in tries {
         let options = ConnectOptions { trust: server.trust(), token: Some(server.token("a")), ..options };
@@ -351,6 +353,17 @@ async fn options_that_cannot_work_are_refused_up_front() {
         assert!(matches!(refused, Some(quiver_client::ConnectError::Options(_))), "{refused:?}");
     }
     server.stop().await;
+}
+
+/// Trust options that cannot work (`TrustOptions::Auto` for a server not on this machine) end the connect at once,
+/// `first_connect_retry` or not: before, they were retried for its whole window (a minute here) and only then said.
+#[tokio::test]
+async fn trust_options_that_cannot_work_are_not_retried() {
+    let options = ConnectOptions { first_connect_retry: Some(Duration::from_secs(60)), ..ConnectOptions::default() };
+    let connect = Client::connect_with("192.0.2.1:4433", options);
+    let refused = tokio::time::timeout(Duration::from_secs(5), connect).await.expect("retried").err();
+    use quiver_client::{ConnectError, TrustError};
+    assert!(matches!(refused, Some(ConnectError::Trust(TrustError::NotLoopback(_)))), "{refused:?}");
 }
 
 /// A connect waits for the clock's first Ping only: the other four refine the server clock's offset after it

@@ -29,8 +29,9 @@ pub struct ConnectOptions {
     /// `exp`). When neither `token` nor this is set and `trust` is `TrustOptions::Auto` with a data directory that
     /// holds the server's dev key, a dev token is minted from it (same machine, development).
     pub token_provider: Option<TokenProvider>,
-    /// Time allowed for the QUIC handshake, and again for Hello/Welcome (the first connect, failing over to the
-    /// other addresses included, takes at most twice this unless `first_connect_retry` allows more), then for the
+    /// Time allowed for the QUIC handshake (each server name resolved within half of it, all at once), and again for
+    /// Hello/Welcome (the first connect, failing over to the other addresses included, takes at most twice this
+    /// unless `first_connect_retry` allows more; a handshake that completes then gets this for Hello too), then for the
     /// first clock Ping's answer (a connect to a server that welcomes and then hangs returns after up to three
     /// times this); and how long a request waits for a connection while the client reconnects.
     pub connect_timeout: Duration,
@@ -40,7 +41,7 @@ pub struct ConnectOptions {
     /// starts over only after a connection that lasted [`crate::STABLE_CONNECTION`] (10 s): after one lost sooner
     /// (a server that accepts and then fails), the delays go on growing.
     pub reconnect_delay: Duration,
-    /// The longest delay between reconnect attempts.
+    /// The longest delay between reconnect attempts (at least `reconnect_delay`).
     pub reconnect_max_delay: Duration,
     /// The protocol version announced in Hello. Leave at [`PROTOCOL_VERSION`]; other values exist to test
     /// servers' version negotiation.

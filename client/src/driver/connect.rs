@@ -40,6 +40,12 @@ impl Driver {
                 "reconnect_delay, reconnect_max_delay and connect_timeout must be more than zero".into(),
             ));
         }
+        // (The backoff caps its delays at the longest: a first delay above it was ignored in silence.)
+        if options.reconnect_delay > options.reconnect_max_delay {
+            let (first, most) = (options.reconnect_delay, options.reconnect_max_delay);
+            let why = format!("reconnect_delay ({first:?}) is more than reconnect_max_delay ({most:?})");
+            return Err(ConnectError::Options(why));
+        }
         // Durations past a year mean "no limit" to whoever wrote them; added to a clock reading or doubled, the
         // largest ones overflowed and panicked here (`Duration::MAX`).
         let durations = [
@@ -128,7 +134,11 @@ impl Driver {
         let mut fatal = None;
         let left = || budget.saturating_duration_since(tokio::time::Instant::now()).min(timeout);
         let connection = loop {
-            let opened = tokio::time::timeout(left(), driver.open(link.clone())).await;
+            // With `first_connect_retry`, a handshake that completed gets its `connect_timeout` for Hello/Welcome
+            // whenever it completed: near the deadline, `left()` gave it nothing, and a server that had just
+            // answered was reported as no answer at all (until 2026-12-07, a review's find).
+            let opening = if deadline.is_some() { timeout } else { left() };
+            let opened = tokio::time::timeout(opening, driver.open(link.clone())).await;
             let err = match opened {
                 Ok(Ok(connection)) => break connection,
                 Ok(Err(err)) => err,

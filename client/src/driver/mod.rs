@@ -183,7 +183,9 @@ impl Driver {
     async fn connected(&self, connection: Arc<Live>, reconnect: bool) -> bool {
         let mut samples = Vec::with_capacity(CLOCK_PINGS);
         self.clock_samples(&connection, 1, &mut samples, true).await;
-        if reconnect && connection.is_done() {
+        // (Closed by the application meanwhile: `end` found no connection to close, and published now, the
+        // supervisor would rejoin its rooms on it before it saw the end; until 2026-12-07, a review's find.)
+        if reconnect && (connection.is_done() || self.stop.is_cancelled()) {
             return false;
         }
         *lock(&self.welcome) = connection.welcome.clone();

@@ -55,7 +55,7 @@ impl Target {
     pub(crate) async fn resolve_all(servers: &str, options: &ConnectOptions) -> Result<Vec<Target>, ConnectError> {
         let bound = options.connect_timeout / 2;
         let names: Vec<&str> = servers.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-        let resolved = join_all(names.iter().map(|&server| async move {
+        let resolved = crate::sync::join_all(names.iter().map(|&server| async move {
             match tokio::time::timeout(bound, Target::resolve(server, options)).await {
                 Ok(resolved) => resolved,
                 Err(_) => Err(ConnectError::Resolve {
@@ -369,28 +369,6 @@ impl Target {
             _ => false,
         }
     }
-}
-
-/// Every future of `futures` run at once on this task; their outputs in their order.
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()).filter(|(_, output)| output.is_none()) {
-            match future.as_mut().poll(cx) {
-                std::task::Poll::Ready(done) => *output = Some(done),
-                std::task::Poll::Pending => pending = true,
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 #[cfg(test)]

@@ -219,11 +219,11 @@ return #held
 /// every one it holds that Redis does not count is counted (taken after the snapshot: a member that looked absent,
 /// and whose identity's other subscription's leave would have published it gone, though still there), as a join
 /// counts it. KEYS: meta, log, members, the node's holders, its burial mark in the room, then the tombstone of every
-/// subscription the node holds in the room. ARGV: time µs, events channel, room TTL ms, the node's last subscription
-/// id when it read them, then the id and identity of every one. Run late (its call's connection stalled and was replaced), it neither counts a
-/// subscription whose leave ran meanwhile (its tombstone, as JOIN) nor ends one joined since (an id above the last
-/// one read). (A subscription whose leave found it counted leaves no tombstone, one key per leave for 15 minutes:
-/// a reconcile that read it and runs after that leave counts it again, until the node's next reconcile or
+/// subscription the node holds in the room. ARGV: time µs, events channel, room TTL ms, the node's last subscription id
+/// when it read them, then the id and identity of every one. Run late (its call's connection stalled and was replaced),
+/// it neither counts a subscription whose leave ran meanwhile (its tombstone, as JOIN) nor ends one joined since (an id
+/// above the last one read). (A subscription whose leave found it counted leaves no tombstone, one key per leave for 15
+/// minutes: a reconcile that read it and runs after that leave counts it again, until the node's next reconcile or
 /// burial.) Nor does it count any while the node's burial mark is there ([`NODE_GONE`]): run late, after the node was
 /// buried, it counted a dead node's members for good, as a late join did (the node, alive, is counted again by its
 /// `announce`, whose joins clear the mark; until 2026-12-07, a review's find). Returns {subscriptions ended, counted}.

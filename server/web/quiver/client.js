@@ -64,10 +64,11 @@ export class QuiverClient {
    * `onAttempt({attempt, lastError, nextTryMs})` (while reconnecting, before each attempt: which one, why the link is
    * down or the last attempt failed, and when the next starts; the same object is `client.reconnecting`),
    * `connectTimeoutMs` (10000), `reconnectDelayMs` (50), `reconnectMaxDelayMs` (5000; at least reconnectDelayMs),
-   * `copies` (2) and `copySpacingMs` (5) (redundant rooms: datagram copies per post and the time between them; QUIC only), `transport` ('auto':
-   * WebTransport, joined by the WebSocket when it fails or is not ready within `fallbackTimeoutMs` (2000, at most half
-   * of connectTimeoutMs), the first one ready used; once the WebSocket won, reconnects try both at once;
-   * 'webtransport'; 'websocket'), `websocketUrl` (default: the URL with `wss:`; an array: one per URL),
+   * `copies` (2) and `copySpacingMs` (5) (redundant rooms: datagram copies per post and the time between them; QUIC
+   * only), `transport` ('auto': WebTransport, joined by the WebSocket when it fails or is not ready within
+   * `fallbackTimeoutMs` (2000, at most half of connectTimeoutMs), the first one ready used; once the WebSocket won,
+   * reconnects try both at once; 'webtransport'; 'websocket'), `websocketUrl` (default: the URL with `wss:`; an
+   * array: one per URL),
    * `onTransport(transport, fallback)` (at the first connection and on a change: 'webtransport' or 'websocket', and why
    * WebTransport was not used, else null), `keepAliveMs` (10000) and `idleTimeoutMs` (30000) (over the WebSocket: a
    * Ping after that long without receiving anything, at most two thirds of the shorter timeout, at least 1; lost after

@@ -69,7 +69,8 @@ export function transportOptions(options) {
   }
   // (The backoff caps its delays at the longest: a first delay above it was ignored in silence.)
   if (out.reconnectDelayMs > out.reconnectMaxDelayMs) {
-    throw new TypeError(`reconnectDelayMs (${out.reconnectDelayMs}) is more than reconnectMaxDelayMs (${out.reconnectMaxDelayMs})`);
+    const { reconnectDelayMs: first, reconnectMaxDelayMs: most } = out;
+    throw new TypeError(`reconnectDelayMs (${first}) is more than reconnectMaxDelayMs (${most})`);
   }
   const copies = out.copies;
   if (!Number.isInteger(copies) || copies < 0 || copies > MAX_COPIES) {

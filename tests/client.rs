@@ -11,6 +11,8 @@ use quiver_tests::{states_until, TestServer};
 
 use quiver_tests::fakes::{closes_at_a_clock_ping, fake_endpoint, fake_server, garbage_after_welcome};
 
+#[path = "client/closing.rs"]
+mod closing;
 #[path = "client/early_ticks.rs"]
 mod early_ticks;
 #[path = "client/handshake.rs"]
@@ -344,8 +346,6 @@ async fn options_that_cannot_work_are_refused_up_front() {
             ..ConnectOptions::default()
         },
         ConnectOptions { tuning: tuned(|t| t.initial_rtt = Duration::ZERO), ..ConnectOptions::default() },
-        // (The backoff caps its delays at the longest: the first was ignored in silence.)
-        ConnectOptions { reconnect_delay: Duration::from_secs(10), ..ConnectOptions::default() },
     ];
     for options in tries {
         let options = ConnectOptions { trust: server.trust(), token: Some(server.token("a")), ..options };

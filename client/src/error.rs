@@ -102,21 +102,16 @@ impl ConnectError {
     /// True when trying again cannot help: the server refused the session (a token, the protocol version), or
     /// its certificate is not the pinned one. A reconnecting client ends on these instead of retrying in silence,
     /// once no other address of the server takes the session (a refusing node is passed over for the others).
-    /// Nor can trust options that cannot work (`TrustOptions::Auto` for a server not on this machine, a CA file that
-    /// does not load): they are fatal too (with `first_connect_retry` they were retried for its whole window, until
-    /// 2026-12-07). Trust options that find no dev certificate yet are not: the server may still be starting.
+    /// Nor can `TrustOptions::Auto` for a server not on this machine: fatal too (with `first_connect_retry` it was
+    /// retried for its whole window, until 2026-12-07). Trust options that find no dev certificate yet, or a CA file
+    /// that does not load, are not: the server may still be starting, the file being rotated.
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
             ConnectError::Refused(_)
                 | ConnectError::PinMismatch { .. }
                 | ConnectError::Protocol(ProtocolError::VersionMismatch { .. })
-                | ConnectError::Trust(
-                    crate::trust::TrustError::NotLoopback(_)
-                        | crate::trust::TrustError::Ca(_)
-                        | crate::trust::TrustError::Tls(_)
-                        | crate::trust::TrustError::Quic(_)
-                )
+                | ConnectError::Trust(crate::trust::TrustError::NotLoopback(_))
         )
     }
 }

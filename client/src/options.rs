@@ -41,7 +41,7 @@ pub struct ConnectOptions {
     /// starts over only after a connection that lasted [`crate::STABLE_CONNECTION`] (10 s): after one lost sooner
     /// (a server that accepts and then fails), the delays go on growing.
     pub reconnect_delay: Duration,
-    /// The longest delay between reconnect attempts (at least `reconnect_delay`).
+    /// The longest delay between reconnect attempts (a `reconnect_delay` above it starts at it).
     pub reconnect_max_delay: Duration,
     /// The protocol version announced in Hello. Leave at [`PROTOCOL_VERSION`]; other values exist to test
     /// servers' version negotiation.
@@ -52,7 +52,7 @@ pub struct ConnectOptions {
     pub qlog_dir: Option<std::path::PathBuf>,
     /// Keep trying the first connect (with the reconnect backoff) for up to this long, for a client that may
     /// start before its server; `None`: one attempt. Fatal refusals (a token, the version, a pin) end it once no
-    /// other address takes the session.
+    /// other address takes the session, and so does `TrustOptions::Auto` for a server not on this machine.
     pub first_connect_retry: Option<Duration>,
     /// A server that sends nothing for this long is taken for dead: the connection is dropped and the client
     /// reconnects (to another node of a cluster when given several). QUIC itself only notices at its 30 s idle

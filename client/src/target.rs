@@ -49,18 +49,35 @@ impl Target {
     /// nodes of a cluster) to every address they name, each with its own endpoint, in the order given and the
     /// resolver's order. A name that does not resolve is skipped while another does.
     ///
-    /// Every name is resolved at once, each for at most half of `connect_timeout`: one after the other, a name
-    /// whose DNS server does not answer (glibc waits 5 s a try) held back every other, and the connect timed out
-    /// with healthy nodes listed, even one listed first (until 2026-12-07, a review's find).
+    /// Every name is resolved at once, and once one has resolved the others have a quarter of `connect_timeout`
+    /// more: one after the other, a name whose DNS server does not answer (glibc waits 5 s a try) held back every
+    /// other, and the connect timed out with healthy nodes listed, even one listed first (until 2026-12-07, a
+    /// review's find). A single name, or names none of which has resolved yet, take as long as they take (the
+    /// connect's own timeout bounds them).
     pub(crate) async fn resolve_all(servers: &str, options: &ConnectOptions) -> Result<Vec<Target>, ConnectError> {
-        let bound = options.connect_timeout / 2;
+        let grace = options.connect_timeout / 4;
         let names: Vec<&str> = servers.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let (resolved_one, _) = tokio::sync::watch::channel(false);
+        let resolved_one = &resolved_one;
         let resolved = crate::sync::join_all(names.iter().map(|&server| async move {
-            match tokio::time::timeout(bound, Target::resolve(server, options)).await {
-                Ok(resolved) => resolved,
-                Err(_) => Err(ConnectError::Resolve {
+            let mut others = resolved_one.subscribe();
+            let late = async {
+                let _ = others.wait_for(|resolved| *resolved).await;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                resolved = Target::resolve(server, options) => {
+                    if resolved.is_ok() {
+                        resolved_one.send_replace(true);
+                    }
+                    resolved
+                }
+                () = late => Err(ConnectError::Resolve {
                     server: server.to_string(),
-                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {bound:?}")),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {grace:?} of another name's"),
+                    ),
                 }),
             }
         }))
@@ -102,12 +119,10 @@ impl Target {
                 SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), port),
             ],
             None => {
-                // Tests: a name whose resolver never answers.
                 #[cfg(test)]
-                if host.ends_with(".hang.test") {
-                    std::future::pending::<()>().await;
-                }
-                tokio::net::lookup_host(&with_port).await.map_err(resolve_err)?.collect()
+                let with_port = test_resolver(&host, with_port).await;
+                let found = tokio::net::lookup_host(&with_port).await.map_err(resolve_err)?;
+                found.collect()
             }
         };
         if addrs.is_empty() {
@@ -371,111 +386,20 @@ impl Target {
     }
 }
 
+/// Tests: a name whose resolver never answers (`*.hang.test`), and one that answers as 127.0.0.1 after 300 ms
+/// (`*.slow.test`).
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Two addresses answering as `answers` does (by port): what the race reports.
-    /// (`None`: that address never answers.)
-    async fn race_of(answers: fn(u16) -> Option<Result<(), ConnectError>>) -> Result<(), ConnectError> {
-        let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
-        let options = ConnectOptions { trust: crate::TrustOptions::Pin(pin), ..ConnectOptions::default() };
-        let targets = Target::resolve_all("127.0.0.1:1,127.0.0.1:2", &options).await.unwrap();
-        let attempt = move |target: Target| async move {
-            let result = match answers(target.addr.port()) {
-                Some(result) => result,
-                None => std::future::pending().await,
-            };
-            (target, result)
-        };
-        Target::race_with(targets, Duration::from_millis(500), attempt).await.map(|_| ())
+async fn test_resolver(host: &str, with_port: String) -> String {
+    if host.ends_with(".hang.test") {
+        std::future::pending::<()>().await;
     }
-
-    /// Names are resolved at once, each for at most half of `connect_timeout`: one whose resolver never answers
-    /// (here a test name) is skipped, listed first or last, and the others are not held back by it. Before, the
-    /// names were resolved one after the other and the connect timed out with a healthy node listed.
-    #[tokio::test]
-    async fn a_name_whose_resolver_never_answers_holds_back_no_other() {
-        let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
-        let trust = crate::TrustOptions::Pin(pin);
-        let options =
-            ConnectOptions { trust, connect_timeout: Duration::from_millis(400), ..ConnectOptions::default() };
-        for servers in ["127.0.0.1:1,node-b.hang.test:1", "node-b.hang.test:1,127.0.0.1:2"] {
-            let started = std::time::Instant::now();
-            let resolved = tokio::time::timeout(Duration::from_secs(2), Target::resolve_all(servers, &options));
-            let targets = resolved.await.expect("held back by the name that never resolves").unwrap();
-            assert_eq!(targets.len(), 1, "{servers}");
-            assert!(started.elapsed() < Duration::from_millis(390), "{servers}: {:?}", started.elapsed());
-        }
-        match Target::resolve_all("a.hang.test:1,b.hang.test:1", &options).await {
-            Err(ConnectError::Resolve { server, source }) => {
-                assert_eq!((server.as_str(), source.kind()), ("a.hang.test:1", std::io::ErrorKind::TimedOut));
-            }
-            other => panic!("expected a resolver timeout, got {other:?}"),
-        }
+    if !host.ends_with(".slow.test") {
+        return with_port;
     }
-
-    /// A server named without a port is dialled at quiver-server's default, [`DEFAULT_PORT`]; with one, at it.
-    #[tokio::test]
-    async fn a_server_without_a_port_is_dialled_at_the_default_port() {
-        let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
-        let options = ConnectOptions { trust: crate::TrustOptions::Pin(pin), ..ConnectOptions::default() };
-        let addrs = |server: &'static str| {
-            let options = options.clone();
-            async move {
-                let targets = Target::resolve_all(server, &options).await.unwrap();
-                targets.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>()
-            }
-        };
-        assert_eq!(addrs("127.0.0.1").await, ["127.0.0.1:4433"]);
-        assert_eq!(addrs("127.0.0.1:9,127.0.0.2").await, ["127.0.0.1:9", "127.0.0.2:4433"]);
-        assert_eq!(DEFAULT_PORT, 4433, "the README's and quiver-server's");
-    }
-
-    fn mismatch() -> ConnectError {
-        let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
-        ConnectError::PinMismatch { expected: pin, presented: "cd".repeat(32).parse().unwrap() }
-    }
-
-    /// One node presenting another certificate while the other is down for now (restarting) is not the race's
-    /// answer: that would end a reconnecting client for good, though the other node comes back. Every node
-    /// presenting it is.
-    #[tokio::test]
-    async fn a_certificate_mismatch_is_the_answer_only_when_no_address_failed_for_now() {
-        let one_down = race_of(|port| match port {
-            1 => Some(Err(mismatch())),
-            _ => Some(Err(ConnectError::Timeout(Duration::from_secs(1)))),
-        });
-        let err = one_down.await.unwrap_err();
-        assert!(matches!(err, ConnectError::Timeout(_)), "{err:?}");
-        assert!(!err.is_fatal());
-        // The same when the other never answers at all (its handshake still running at the deadline).
-        let silent = race_of(|port| match port {
-            1 => Some(Err(mismatch())),
-            _ => None,
-        });
-        let err = silent.await.unwrap_err();
-        assert!(matches!(err, ConnectError::Timeout(_)), "{err:?}");
-        let every = race_of(|_| Some(Err(mismatch()))).await.unwrap_err();
-        assert!(matches!(every, ConnectError::PinMismatch { .. }), "{every:?}");
-    }
-
-    /// The client as a game links it (no `websocket` feature; `scripts/test.sh` runs these tests so too): `Auto` is
-    /// QUIC alone, and asking for the WebSocket says what the build lacks.
-    #[cfg(not(feature = "websocket"))]
-    #[tokio::test]
-    async fn without_the_websocket_feature_auto_is_quic_and_the_websocket_is_refused_by_name() {
-        let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
-        let at = |transport| ConnectOptions { trust: crate::TrustOptions::Pin(pin), transport, ..Default::default() };
-        // (Nothing answers on port 1: QUIC's race runs to its deadline.)
-        let targets = Target::resolve_all("127.0.0.1:1", &at(Transport::Auto)).await.unwrap();
-        let timeout = Duration::from_millis(200);
-        let auto = Target::connect(targets.clone(), &at(Transport::Auto), timeout, true).await;
-        assert!(matches!(auto, Err(ConnectError::Timeout(_))), "{:?}", auto.err());
-        let websocket = Target::connect(targets, &at(Transport::WebSocket), timeout, false).await;
-        match websocket {
-            Err(ConnectError::WebSocket(why)) => assert!(why.contains("without its `websocket` feature"), "{why}"),
-            other => panic!("{:?}", other.err()),
-        }
-    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    with_port.replacen(host, "127.0.0.1", 1)
 }
+
+#[cfg(test)]
+#[path = "target_tests.rs"]
+mod tests;

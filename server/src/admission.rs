@@ -236,6 +236,15 @@ impl Admission {
         {
             return Decision::Retry(Overload::Handshakes);
         }
+        // Handshakes in progress bound the work only of those that last: an Initial that ends itself (a
+        // CONNECTION_CLOSE, or a frame not allowed, after its ClientHello), from a forged address each, had the
+        // server sign a TLS flight and give the place back at once, as fast as they came, and no Retry was ever
+        // sent (until 2026-12-07, a review's find). So they are bounded a second too: looked at here, before
+        // anything is stored (forged addresses cannot grow the table), and taken last (an attempt refused anything
+        // else takes none).
+        if !validated && (self.bounds.unvalidated_per_s == 0 || !self.unvalidated_rate.has_token(now)) {
+            return Decision::Retry(Overload::Handshakes);
+        }
         let rate = self.rate;
         let source = self.sources.entry(key).or_insert_with(|| Source {
             open: 0,
@@ -256,14 +265,6 @@ impl Admission {
         if !validated && !source.new_connections.try_take_leaving(source.new_connections.burst() / 2, now) {
             source.validating = true;
             return Decision::Retry(Overload::Rate);
-        }
-        // Handshakes in progress bound the work only of those that last: an Initial that ends itself (a
-        // CONNECTION_CLOSE, or a frame not allowed, after its ClientHello), from a forged address each, had the
-        // server sign a TLS flight and give the place back at once, as fast as they came, and no Retry was ever
-        // sent (until 2026-12-07, a review's find). So they are bounded a second too (taken last: an attempt
-        // refused anything else takes none).
-        if !validated && (self.bounds.unvalidated_per_s == 0 || !self.unvalidated_rate.try_take(now)) {
-            return Decision::Retry(Overload::Handshakes);
         }
         // Every attempt that will cost a handshake takes from the rate, those to be closed for a count too.
         if validated && !source.new_connections.try_take(now) {
@@ -289,6 +290,10 @@ impl Admission {
             }
             self.over_limit += 1;
             return Decision::TooMany(overload, reason);
+        }
+        if !validated {
+            // (There since the look above: nothing took one meanwhile, and the bucket only refills.)
+            self.unvalidated_rate.try_take(now);
         }
         source.open += 1;
         self.total += 1;

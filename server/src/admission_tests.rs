@@ -347,6 +347,7 @@ fn unvalidated_handshakes_that_end_at_once_are_bounded_a_second() {
         }
     }
     assert_eq!(admitted, 100, "one second's burst, then a Retry each");
+    assert_eq!(admission.tracked_sources(), 100, "nothing stored for the attempts over it");
     assert_eq!(admission.decide(ip("192.0.2.1"), true, t0), Decision::Admit, "validated: not bounded by it");
     let later = t0 + Duration::from_millis(100);
     assert_eq!(admission.decide(forged(20_000), false, later), Decision::Admit, "refilled: 10 in 100 ms");

@@ -60,6 +60,12 @@ impl TokenBucket {
         }
     }
 
+    /// True when a token could be taken now (none is).
+    pub fn has_token(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.units >= UNIT
+    }
+
     /// True when the bucket has refilled completely: it behaves as a new one would.
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);

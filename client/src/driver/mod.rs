@@ -183,9 +183,15 @@ impl Driver {
     async fn connected(&self, connection: Arc<Live>, reconnect: bool) -> bool {
         let mut samples = Vec::with_capacity(CLOCK_PINGS);
         self.clock_samples(&connection, 1, &mut samples, true).await;
-        // (Closed by the application meanwhile: `end` found no connection to close, and published now, the
-        // supervisor would rejoin its rooms on it before it saw the end; until 2026-12-07, a review's find.)
-        if reconnect && (connection.is_done() || self.stop.is_cancelled()) {
+        if reconnect && connection.is_done() {
+            return false;
+        }
+        // Closed by the application meanwhile: `end` found no connection to close, and published now, the supervisor
+        // would rejoin its rooms on it before it saw the end (until 2026-12-07, a review's find). Closed here, with
+        // the client's end, or nobody would: its reader tasks hold it.
+        if reconnect && self.stop.is_cancelled() {
+            let why = lock(&self.ended).clone().unwrap_or((ErrorCode::NoError, "the client closed".into()));
+            connection.link.close(why.0, &why.1);
             return false;
         }
         *lock(&self.welcome) = connection.welcome.clone();

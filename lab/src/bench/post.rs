@@ -164,8 +164,14 @@ pub async fn run_post(config: PostConfig, progress: impl Fn(&str)) -> Result<Pos
                 let store = server.store.as_ref();
                 let commits = || store.map_or(0, |s| s.writer_stats().commits.load(Ordering::Relaxed));
                 let clients = &server.clients[..posters as usize];
+                // (Measured in the conditions the cell's own syncs meet: after the cell before it, whose writes the
+                // disk may still be taking; off the runtime's threads, where the servers run.)
                 let fsync = match server.mode {
-                    Durability::Fsync => Some(measure_fsync(scratch.path()).map_err(BenchError::io("fsync"))?),
+                    Durability::Fsync => {
+                        let dir = scratch.path().to_owned();
+                        let probe = tokio::task::spawn_blocking(move || measure_fsync(&dir)).await;
+                        Some(probe.map_err(std::io::Error::other).and_then(|m| m).map_err(BenchError::io("fsync"))?)
+                    }
                     _ => None,
                 };
                 let (posts, ack, commits, errors) = cell(clients, rooms, in_flight, &config, commits).await;

@@ -63,7 +63,7 @@ export class QuiverClient {
    * pushes: `{type: 'goaway'|'kicked'|'error', code, reason, room?}`, and rooms that could not be rejoined),
    * `onAttempt({attempt, lastError, nextTryMs})` (while reconnecting, before each attempt: which one, why the link is
    * down or the last attempt failed, and when the next starts; the same object is `client.reconnecting`),
-   * `connectTimeoutMs` (10000), `reconnectDelayMs` (50), `reconnectMaxDelayMs` (5000; at least reconnectDelayMs),
+   * `connectTimeoutMs` (10000), `reconnectDelayMs` (50), `reconnectMaxDelayMs` (5000),
    * `copies` (2) and `copySpacingMs` (5) (redundant rooms: datagram copies per post and the time between them; QUIC
    * only), `transport` ('auto': WebTransport, joined by the WebSocket when it fails or is not ready within
    * `fallbackTimeoutMs` (2000, at most half of connectTimeoutMs), the first one ready used; once the WebSocket won,

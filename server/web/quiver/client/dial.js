@@ -67,11 +67,6 @@ export function transportOptions(options) {
     }
     out[key] = Math.min(value, 2 ** 31 - 1); // a longer timer fires at once: a reconnect loop without a pause
   }
-  // (The backoff caps its delays at the longest: a first delay above it was ignored in silence.)
-  if (out.reconnectDelayMs > out.reconnectMaxDelayMs) {
-    const { reconnectDelayMs: first, reconnectMaxDelayMs: most } = out;
-    throw new TypeError(`reconnectDelayMs (${first}) is more than reconnectMaxDelayMs (${most})`);
-  }
   const copies = out.copies;
   if (!Number.isInteger(copies) || copies < 0 || copies > MAX_COPIES) {
     throw new TypeError(`copies must be a whole number from 0 to ${MAX_COPIES}, got ${String(copies)}`);

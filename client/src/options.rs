@@ -30,10 +30,11 @@ pub struct ConnectOptions {
     /// holds the server's dev key, a dev token is minted from it (same machine, development).
     pub token_provider: Option<TokenProvider>,
     /// Time allowed for the QUIC handshake (server names resolved at once; once one has, the others have a quarter
-    /// of it more), and again for Hello/Welcome (the first connect, failing over to the other addresses included, takes at most twice this
-    /// unless `first_connect_retry` allows more; a handshake that completes then gets this for Hello too), then for the
-    /// first clock Ping's answer (a connect to a server that welcomes and then hangs returns after up to three
-    /// times this); and how long a request waits for a connection while the client reconnects.
+    /// of it more), and again for Hello/Welcome (the first connect, failing over to the other addresses included,
+    /// takes at most twice this unless `first_connect_retry` allows more; a handshake that completes then gets this
+    /// for Hello too), then for the first clock Ping's answer (a connect to a server that welcomes and then hangs
+    /// returns after up to three times this); and how long a request waits for a connection while the client
+    /// reconnects.
     pub connect_timeout: Duration,
     /// Reconnect after losing the connection (true by default). When false, a lost connection ends the client.
     pub reconnect: bool,

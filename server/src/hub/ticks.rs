@@ -420,13 +420,14 @@ impl LocalTicks {
         payload: Bytes,
         given_up: bool,
     ) -> Option<Fanout> {
+        // A copy of its own (one per tick published, not per delivery; made before the shard's lock is taken):
+        // `payload` is cut from the buffer quinn read a batch of datagrams into (up to ~64 KiB with GRO), which a tick
+        // waiting for a slow subscriber (its slot, or in flight) held whole: ~60 KiB for a 1-byte tick, per channel
+        // waiting (until 2026-12-07).
+        let payload = Bytes::copy_from_slice(&payload);
         let mut shard = self.shard(channel);
         let c = shard.get_mut(channel).filter(|c| given_up || c.publishers > 0)?;
         c.last_seq += 1;
-        // A copy of its own (one per tick published, not per delivery): `payload` is cut from the buffer quinn read a
-        // batch of datagrams into (up to ~64 KiB with GRO), which a tick waiting for a slow subscriber (its slot, or
-        // in flight) held whole: ~60 KiB for a 1-byte tick, per channel waiting (until 2026-12-07).
-        let payload = Bytes::copy_from_slice(&payload);
         Some(Fanout {
             tick: Tick { seq: c.last_seq, sent_time_us, received_us, payload },
             max_age_us: c.max_age_us(),

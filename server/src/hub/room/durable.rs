@@ -58,9 +58,8 @@ pub(super) struct DiskRoom {
     trimming: Option<Commit>,
     /// The last deletion's plan could not read the store: the sweep tries again, not every post.
     plan_failed: bool,
-    /// A post's delivery found a cut due and none planned: what to read for it, taken by the caller
-    /// ([`Room::take_due_plan`]) to plan off the room's lock, and whether that plan is being made.
-    due: (Option<TrimInput>, bool),
+    /// A cut a post's delivery found due with none planned, until its plan is made ([`Room::take_due_plan`]).
+    due: Due,
     /// A cut planned off the lock, as the room was loaded or by the sweep: used while the room's oldest message is
     /// still the one it started from ([`TrimPlan`]).
     planned: Option<TrimPlan>,
@@ -68,6 +67,17 @@ pub(super) struct DiskRoom {
     /// in memory only, until the room is loaded again).
     unreadable_through: u64,
     codec: quiver_proto::FrameCodec,
+}
+
+/// Where a cut found due in a post's delivery stands ([`DiskRoom::trim_if_over`]).
+#[derive(Debug)]
+enum Due {
+    /// None found, or its plan made.
+    Idle,
+    /// What to read for it, for the caller to take ([`Room::take_due_plan`]) and plan off the room's lock.
+    Read(TrimInput),
+    /// Taken: its plan is being made.
+    Planning,
 }
 
 impl Room {
@@ -90,13 +100,20 @@ impl Room {
     /// The store read a post's delivery found due ([`Room::release`]): the caller plans it on the blocking pool,
     /// off the room's lock, and hands the plan back to [`Room::due_planned`].
     pub(crate) fn take_due_plan(&mut self) -> Option<TrimInput> {
-        self.disk.as_mut()?.due.0.take()
+        let disk = self.disk.as_mut()?;
+        match std::mem::replace(&mut disk.due, Due::Planning) {
+            Due::Read(input) => Some(input),
+            other => {
+                disk.due = other;
+                None
+            }
+        }
     }
 
     /// Tests: a plan of [`Room::take_due_plan`]'s is being made.
     #[cfg(test)]
     pub(crate) fn due_planning(&self) -> bool {
-        self.disk.as_ref().is_some_and(|disk| disk.due.1)
+        self.disk.as_ref().is_some_and(|disk| !matches!(disk.due, Due::Idle))
     }
 
     /// The plan of [`Room::take_due_plan`]'s read (`None`: the read failed, and the sweep tries again, not every
@@ -104,7 +121,7 @@ impl Room {
     pub(crate) fn due_planned(&mut self, plan: Option<TrimPlan>, now_us: u64) {
         let (epoch, delivered) = (self.epoch, self.delivered_seq);
         let Some(disk) = &mut self.disk else { return };
-        disk.due.1 = false;
+        disk.due = Due::Idle;
         match plan {
             Some(plan) => {
                 (disk.planned, disk.plan_failed) = (Some(plan), false);
@@ -148,7 +165,7 @@ impl Room {
             dedupe_trimmed,
             trimming: None,
             plan_failed: false,
-            due: (None, false),
+            due: Due::Idle,
             planned,
             unreadable_through: 0,
             codec: quiver_proto::FrameCodec::new(limits.max_frame as usize),
@@ -395,13 +412,14 @@ impl DiskRoom {
     /// for the caller to read off the room's lock: read under it, on a runtime thread, a slow disk held every
     /// post and join of the room, and the thread, for as long as the read took (until 2026-12-07).
     pub(super) fn trim_if_over(&mut self, now_us: u64, dedupe: &DedupeWindow, epoch: u64, last_seq: u64) {
-        if self.plan_failed || self.due.1 || !self.over_retention() {
+        if self.plan_failed || !matches!(self.due, Due::Idle) || !self.over_retention() {
             return;
         }
         self.trim(now_us, dedupe, epoch, last_seq, false);
         if self.trimming.is_none() && self.over_retention() {
-            self.due.0 = self.trim_input(now_us, last_seq);
-            self.due.1 = self.due.0.is_some();
+            if let Some(input) = self.trim_input(now_us, last_seq) {
+                self.due = Due::Read(input);
+            }
         }
     }
 

@@ -72,6 +72,15 @@ pub enum ConnectError {
     /// No Welcome within the connect timeout.
     #[error("no answer from the server within {0:?}")]
     Timeout(std::time::Duration),
+    /// `Transport::Auto`: neither QUIC nor the WebSocket connected, and neither was refused for good; each one's
+    /// error (a QUIC that timed out where UDP is blocked says less than the WebSocket's 403 or unknown issuer).
+    #[error("neither transport connected; QUIC: {quic}; the fallback: {websocket}")]
+    Transports {
+        /// QUIC's.
+        quic: Box<ConnectError>,
+        /// The WebSocket's.
+        websocket: Box<ConnectError>,
+    },
 }
 
 impl ConnectError {
@@ -95,6 +104,7 @@ impl ConnectError {
             ConnectError::Connection(quinn::ConnectionError::ApplicationClosed(close)) => {
                 Some(quiver_transport::close::from_quic_code(close.error_code))
             }
+            ConnectError::Transports { quic, websocket } => quic.code().or_else(|| websocket.code()),
             _ => None,
         }
     }

@@ -104,3 +104,38 @@ async fn without_the_websocket_feature_auto_is_quic_and_the_websocket_is_refused
         other => panic!("{:?}", other.err()),
     }
 }
+
+/// `Auto` where neither transport connects and neither refuses for good: both errors are reported. Here QUIC's
+/// address never answers (a timeout, as where UDP is blocked) and the WebSocket's drops every TCP connection at
+/// once (its own, telling error). Until 2026-12-08 QUIC's timeout alone was reported, the WebSocket's hidden.
+#[cfg(feature = "websocket")]
+#[tokio::test]
+async fn auto_with_neither_transport_through_reports_both_errors() {
+    let blackhole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dropper = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_port = dropper.local_addr().unwrap().port();
+    let drops = tokio::spawn(async move {
+        while let Ok((stream, _)) = dropper.accept().await {
+            drop(stream);
+        }
+    });
+    let pin: quiver_certs::Fingerprint = "ab".repeat(32).parse().unwrap();
+    let options = ConnectOptions {
+        trust: crate::TrustOptions::Pin(pin),
+        transport: Transport::Auto,
+        websocket_port: Some(ws_port),
+        fallback_after: Duration::from_millis(50),
+        ..ConnectOptions::default()
+    };
+    let server = blackhole.local_addr().unwrap().to_string();
+    for websocket_first in [false, true] {
+        let targets = Target::resolve_all(&server, &options).await.unwrap();
+        let err = Target::connect(targets, &options, Duration::from_millis(400), websocket_first).await.unwrap_err();
+        let ConnectError::Transports { quic, websocket } = &err else { panic!("{err:?}") };
+        assert!(matches!(**quic, ConnectError::Timeout(_)), "{quic:?}");
+        assert!(matches!(**websocket, ConnectError::WebSocket(_)), "{websocket:?}");
+        assert!(err.to_string().contains("; the fallback: WebSocket: "), "{err}");
+        assert!(!err.is_fatal());
+    }
+    drops.abort();
+}

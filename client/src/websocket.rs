@@ -26,7 +26,7 @@ impl Target {
     /// `Auto`: QUIC for the whole `timeout`, and the WebSocket too from `options.fallback_after` (at most half the
     /// timeout) or as soon as QUIC fails; the first through wins and the other attempt is dropped. A QUIC that is
     /// merely slow (a lossy first handshake) still wins where the server has no WebSocket. When both fail: a
-    /// refusal or pin mismatch over the WebSocket, else QUIC's error.
+    /// refusal or pin mismatch over either, else both errors ([`Target::both_failed`]).
     pub(crate) async fn quic_then_websocket(
         targets: Vec<Target>,
         options: &ConnectOptions,
@@ -39,14 +39,14 @@ impl Target {
             Target::one_then_other(Target::race_quic(targets, timeout), websocket, delay, timeout).await;
         match (quic, websocket) {
             (Ok(found), _) | (_, Ok(found)) => Ok(found),
-            (Err(quic), Err(websocket)) => Err(if websocket.is_fatal() { websocket } else { quic }),
+            (Err(quic), Err(websocket)) => Err(Target::both_failed(quic, websocket)),
         }
     }
 
     /// `Auto` once the WebSocket won the last time (QUIC blocked on that network): the WebSocket and QUIC at once,
     /// the first through wins: no `fallback_after` spent on a QUIC that was blocked, and none kept from a QUIC
     /// that works again (a blocked moment passed, a WebSocket port or proxy gone, a node that serves none). When
-    /// both fail: a refusal or pin mismatch over the WebSocket, else QUIC's error.
+    /// both fail: a refusal or pin mismatch over either, else both errors ([`Target::both_failed`]).
     pub(crate) async fn websocket_then_quic(
         targets: Vec<Target>,
         options: &ConnectOptions,
@@ -58,7 +58,18 @@ impl Target {
             Target::one_then_other(Target::race_ws(targets, options, timeout), quic, Duration::ZERO, timeout).await;
         match (websocket, quic) {
             (Ok(found), _) | (_, Ok(found)) => Ok(found),
-            (Err(websocket), Err(quic)) => Err(if websocket.is_fatal() { websocket } else { quic }),
+            (Err(websocket), Err(quic)) => Err(Target::both_failed(quic, websocket)),
+        }
+    }
+
+    /// Both transports failed: one refused for good (a refusal, a pin mismatch) is the answer, else both errors
+    /// together. (QUIC's alone was reported until 2026-12-08: where UDP is blocked, its timeout, 8 s after the
+    /// WebSocket's own error, a 403 from a proxy or an unknown issuer, which said what was wrong.)
+    fn both_failed(quic: ConnectError, websocket: ConnectError) -> ConnectError {
+        match (quic.is_fatal(), websocket.is_fatal()) {
+            (_, true) => websocket,
+            (true, false) => quic,
+            (false, false) => ConnectError::Transports { quic: Box::new(quic), websocket: Box::new(websocket) },
         }
     }
 

@@ -160,7 +160,16 @@ pub(super) fn server_config(
             quiver_certs::dev::validity(&cert.chain[0], &path)?.1
         }
     };
-    let tcp = quiver_transport::tls::server_tcp_config(cert.chain.clone(), cert.key.clone_key(), &tickets.tls)?;
+    // The operator's files named (as `config check` does): rustls' words alone ("the private key does not match")
+    // said nothing of which files, at a start or in a reload's log.
+    let named = |err: quiver_transport::tls::TlsError| match &config.tls {
+        TlsSource::Pem { cert, key } => {
+            ServerError::Config { key: "tls.key", why: format!("{err} ({} with {})", cert.display(), key.display()) }
+        }
+        TlsSource::Dev => ServerError::Tls(err),
+    };
+    let tcp = quiver_transport::tls::server_tcp_config(cert.chain.clone(), cert.key.clone_key(), &tickets.tls)
+        .map_err(named)?;
     let mut quic =
         quiver_transport::tls::server_config(cert.chain, cert.key, &config.limits, &config.tuning, &tickets.tls)?;
     quic.token_key(tickets.tokens.clone()).validation_token_config(tickets.validation.clone());

@@ -78,6 +78,15 @@ impl Reloader {
     /// keys. `Some(fingerprint)` when it renewed.
     pub fn renew_dev_if_due(&self, now: std::time::SystemTime) -> Result<Option<Fingerprint>, ServerError> {
         let mut not_after = self.not_after.lock().unwrap_or_else(|p| p.into_inner()); // (as `reload`'s)
+        self.renew_dev_locked(&mut not_after, now)
+    }
+
+    /// [`Reloader::renew_dev_if_due`] with `not_after`'s lock held by the caller.
+    fn renew_dev_locked(
+        &self,
+        not_after: &mut std::time::SystemTime,
+        now: std::time::SystemTime,
+    ) -> Result<Option<Fingerprint>, ServerError> {
         let due = not_after.duration_since(now).map_or(true, |left| left <= quiver_certs::dev::RENEW_BEFORE);
         if !matches!(self.config.tls, crate::config::TlsSource::Dev) {
             return Ok(None);
@@ -93,7 +102,7 @@ impl Reloader {
             return Ok(None);
         }
         let certified = endpoint::server_config(&self.config, &self.tickets, now, |_| true)?;
-        Ok(Some(self.install(&mut not_after, certified, None)))
+        Ok(Some(self.install(not_after, certified, None)))
     }
 
     /// Makes `certified` (and `auth`, if given) what new connections are accepted with, its expiry `not_after`
@@ -125,30 +134,53 @@ const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(7 * 2
 /// Every [`CERTIFICATE_CHECK`] until `shutdown`: renews the dev certificate when due; warns (once per
 /// [`WARNING_EVERY`]) when the operator's certificate has less than [`EXPIRY_WARNING`] left, or has expired (a renewal
 /// hook that stopped runs unseen until clients start failing; `quiver_tls_certificate_expiry_timestamp_seconds`
-/// charts it too).
+/// charts it too). Each look runs on the blocking pool (it reads the dev certificate's file, and may write a new
+/// one), and is skipped while a reload holds the certificate's lock: a SIGHUP reload stuck reading files on a mount
+/// that hangs holds it for as long (until 2026-12-08 this task then blocked its runtime thread on the lock for
+/// good, and a drain waited for it to its timeout; with one worker thread, the whole server stopped).
 pub(super) async fn watch_certificate(reloader: Reloader, shutdown: CancellationToken) {
-    let dev = matches!(reloader.config.tls, crate::config::TlsSource::Dev);
     let mut warned = None;
     loop {
-        let now = std::time::SystemTime::now();
-        if dev {
-            match reloader.renew_dev_if_due(now) {
-                Ok(Some(fingerprint)) => tracing::info!(%fingerprint, "renewed the dev certificate"),
-                Ok(None) => {}
-                Err(err) if repeat_due(&mut warned, now) => {
-                    tracing::warn!(%err, "cannot renew the dev certificate; trying again every minute")
-                }
-                Err(_) => {}
-            }
-        } else if let Some(warning) = expiry_warning(*reloader.not_after.lock().unwrap_or_else(|p| p.into_inner()), now)
-        {
-            if repeat_due(&mut warned, now) {
-                tracing::warn!("{warning}");
-            }
+        let look = {
+            let reloader = reloader.clone();
+            tokio::task::spawn_blocking(move || {
+                look_at_certificate(&reloader, std::time::SystemTime::now(), &mut warned);
+                warned
+            })
+        };
+        tokio::select! {
+            looked = look => if let Ok(looked) = looked { warned = looked },
+            () = shutdown.cancelled() => return,
         }
         tokio::select! {
             () = tokio::time::sleep(CERTIFICATE_CHECK) => {}
             () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One look of [`watch_certificate`]'s at `now`, unless a reload holds the lock (the next look is a minute away).
+fn look_at_certificate(reloader: &Reloader, now: std::time::SystemTime, warned: &mut Option<std::time::SystemTime>) {
+    let mut not_after = match reloader.not_after.try_lock() {
+        Ok(held) => held,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            tracing::debug!("a reload holds the certificate: its expiry is looked at again in a minute");
+            return;
+        }
+    };
+    if matches!(reloader.config.tls, crate::config::TlsSource::Dev) {
+        match reloader.renew_dev_locked(&mut not_after, now) {
+            Ok(Some(fingerprint)) => tracing::info!(%fingerprint, "renewed the dev certificate"),
+            Ok(None) => {}
+            Err(err) if repeat_due(warned, now) => {
+                tracing::warn!(%err, "cannot renew the dev certificate; trying again every minute")
+            }
+            Err(_) => {}
+        }
+    } else if let Some(warning) = expiry_warning(*not_after, now) {
+        if repeat_due(warned, now) {
+            tracing::warn!("{warning}");
         }
     }
 }

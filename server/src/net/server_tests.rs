@@ -91,6 +91,44 @@ async fn a_running_dev_server_renews_its_certificate_when_due() {
     assert_eq!(reloader.renew_dev_if_due(back).unwrap(), None, "valid from then on");
 }
 
+/// A SIGHUP reload stuck reading its files (a mount that hangs) holds the certificate's lock for as long: the
+/// periodic look at the certificate skips it rather than block a runtime thread on it. Until 2026-12-08 it blocked
+/// the thread for good: here the runtime's only worker, so nothing else ran and the shutdown was never seen.
+#[test]
+fn the_certificate_watcher_does_not_wait_for_a_stuck_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        durability: crate::store::Durability::Memory,
+        ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let server = {
+        let _in = runtime.enter();
+        Server::bind(config).unwrap()
+    };
+    let reloader = server.reloader();
+    let not_after = reloader.not_after.clone();
+    let held = not_after.lock().unwrap(); // the stuck reload's
+    let (done, ended) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || {
+        let _server = server;
+        runtime.block_on(async {
+            let shutdown = CancellationToken::new();
+            let watch = tokio::spawn(super::reload::watch_certificate(reloader, shutdown.clone()));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let other = tokio::spawn(async { "ran" });
+            let other = other.await.unwrap();
+            shutdown.cancel();
+            watch.await.unwrap();
+            done.send(other).unwrap();
+        });
+    });
+    let result = ended.recv_timeout(Duration::from_secs(5));
+    drop(held);
+    assert_eq!(result, Ok("ran"), "the watcher blocked the runtime");
+    watcher.join().unwrap();
+}
+
 /// A reload that would replace the certificate in use with one that has expired is refused with its date, and the
 /// one in use stays (an old file restored). A server started on an expired certificate serves it, with a warning:
 /// clients that pin it by its hash do not check dates.
@@ -129,6 +167,26 @@ async fn a_reload_to_an_expired_pem_certificate_is_refused() {
     assert_ne!(expired_in_use, in_use, "a start serves the expired one, warning");
     // A reload of the certificate in use (for the token keys) is not refused for its dates.
     assert_eq!(started.reloader().reload(config.auth.clone()).unwrap(), expired_in_use);
+}
+
+/// A key of another certificate (a renewal half done) is refused naming the setting and both files, at a start as
+/// `config check` names them (rustls' words alone named neither).
+#[tokio::test]
+async fn a_key_of_another_certificate_is_refused_naming_both_files() {
+    let (one, two, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for made in [&one, &two] {
+        quiver_certs::dev::load_or_generate(made.path(), std::time::SystemTime::now()).unwrap();
+    }
+    let (cert, key) = (one.path().join(quiver_certs::dev::CERT_FILE), two.path().join(quiver_certs::dev::KEY_FILE));
+    let config = ServerConfig {
+        durability: crate::store::Durability::Memory,
+        tls: crate::config::TlsSource::Pem { cert: cert.clone(), key: key.clone() },
+        ..ServerConfig::dev("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())
+    };
+    let Err(err) = Server::bind(config).map(drop) else { panic!("a key of another certificate was taken") };
+    let err = err.to_string();
+    assert!(err.starts_with("tls.key: "), "{err}");
+    assert!(err.contains(&*cert.to_string_lossy()) && err.contains(&*key.to_string_lossy()), "{err}");
 }
 
 /// A program that embeds the server (a `ServerConfig` of its own, no configuration file) is held to the ranges a

@@ -143,3 +143,30 @@ test('a post answered in the same chunk as a push that closes the client resolve
   server.connections[0].control.enqueue(chunk); // one read: the reply, then the push
   assert.equal(await post, 1n, 'stored and answered: resolved, not rejected as closed');
 });
+
+test('a post keeps its bytes as they were when posted: a resend after a lost connection carries them, not what the caller wrote into its buffer since', async (t) => {
+  const server = new FakeServer();
+  const client = await connect(t, server);
+  await client.join('lobby');
+  server.dropOnFirst.add('Post'); // the first Post loses its connection: the post is sent again on the next
+  const buf = new Uint8Array([1, 2, 3]);
+  const posted = client.post('lobby', buf);
+  buf.fill(0x42); // the caller's buffer, reused for its next input
+  await posted;
+  const bodies = server.requestsOf('Post').map((p) => [...p.body]);
+  assert.equal(bodies.length, 2, 'sent, and sent again');
+  for (const body of bodies) assert.deepEqual(body, [1, 2, 3]);
+  // A view into a larger buffer, and an ArrayBuffer, the same.
+  const backing = new Uint8Array([9, 4, 5, 6, 9]);
+  const view = new DataView(backing.buffer, 1, 3);
+  const whole = new Uint8Array([7, 8]).buffer;
+  server.dropOnFirst.add('Post');
+  const both = Promise.all([client.post('lobby', view), client.post('lobby', whole)]);
+  backing.fill(0);
+  new Uint8Array(whole).fill(0);
+  await both;
+  const later = server.requestsOf('Post').slice(2).map((p) => [...p.body]);
+  assert.deepEqual(later.filter((b) => b.length === 3), later.filter((b) => b.length === 3).map(() => [4, 5, 6]));
+  assert.deepEqual(later.filter((b) => b.length === 2), later.filter((b) => b.length === 2).map(() => [7, 8]));
+  assert.ok(later.length >= 3, `${later.length} Posts`);
+});

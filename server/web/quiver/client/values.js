@@ -67,12 +67,16 @@ export function unixUs() {
   return (performance.timeOrigin + performance.now()) * 1000;
 }
 
-/** Bytes of a post body or tick payload: a string is UTF-8 encoded. */
+/**
+ * Bytes of a post body or tick payload, the client's own: a string is UTF-8 encoded, bytes are copied. A post may be
+ * encoded later than it was made (paced, paused, made while reconnecting) and again after a lost connection, and a
+ * tick waits in its channel's slot: the caller's buffer, reused for its next input, changed what went (until
+ * 2026-12-08; the Rust client takes `Bytes`, which cannot change, and `WebSocket.send` copies too).
+ */
 export function toBytes(data) {
   if (typeof data === 'string') return utf8Encoder.encode(data);
-  if (data instanceof Uint8Array) return data;
-  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice();
+  if (data instanceof ArrayBuffer) return new Uint8Array(data.slice(0));
   throw new TypeError(`expected a string or bytes, got ${describe(data)}`);
 }
 

@@ -316,7 +316,7 @@ fn main() -> ExitCode {
             Command::Churn(args) => tokio::spawn(churn::run(args)).await,
         }
     });
-    match outcome {
+    let status = match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) => {
             // (The server's words may be in it: a refusal's reason, a close's.)
@@ -332,6 +332,14 @@ fn main() -> ExitCode {
             crate::err!("error: {join}");
             ExitCode::FAILURE
         }
+    };
+    // Output that could not be written (a full disk) fails the command, whatever it did.
+    match output::write_failure() {
+        Some(err) => {
+            crate::err!("error: writing the output: {err}");
+            ExitCode::FAILURE
+        }
+        None => status,
     }
 }
 

@@ -13,8 +13,13 @@ fn stdout_gone() -> &'static CancellationToken {
     GONE.get_or_init(CancellationToken::new)
 }
 
+/// The first write to stdout that failed for another reason than its reader going away (a full disk, an I/O error):
+/// the command's status says so at its end ([`write_failure`]).
+static WRITE_FAILED: OnceLock<std::io::Error> = OnceLock::new();
+
 /// Writes a line to stdout; once the reader is gone (a broken pipe), nothing more is written and [`Stop`] fires.
-/// Other write errors are ignored.
+/// Another write error (`quiver history --json > dump.jsonl` on a full disk) is kept for the command's status and
+/// also ends output: until 2026-12-08 it was ignored, and a script read a truncated file after status 0.
 pub(crate) fn line(args: std::fmt::Arguments<'_>) {
     let gone = stdout_gone();
     if gone.is_cancelled() {
@@ -22,10 +27,16 @@ pub(crate) fn line(args: std::fmt::Arguments<'_>) {
     }
     let mut stdout = std::io::stdout().lock();
     if let Err(err) = stdout.write_fmt(format_args!("{args}\n")).and_then(|()| stdout.flush()) {
-        if err.kind() == std::io::ErrorKind::BrokenPipe {
-            gone.cancel();
+        if err.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = WRITE_FAILED.set(err);
         }
+        gone.cancel();
     }
+}
+
+/// Why the command's output could not all be written (not a reader that went away, which is a normal end).
+pub(crate) fn write_failure() -> Option<&'static std::io::Error> {
+    WRITE_FAILED.get()
 }
 
 /// Writes a line to stderr, ignoring errors (a closed stderr is no reason to fail).

@@ -176,3 +176,30 @@ async fn post_and_history_give_up_within_their_timeout_on_a_server_that_never_an
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "{command:?}: {:?}", started.elapsed());
     }
 }
+
+/// Output that cannot be written for another reason than its reader going (`> /dev/full`: a full disk) fails the
+/// command, named: until 2026-12-08 it was ignored, and a script read a truncated dump after status 0.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_that_cannot_be_written_fails_the_command() {
+    let server = TestServer::start(Limits::default());
+    let client = server.client().await;
+    client.post("town", "a line").await.unwrap();
+    for args in [&["history", "--room", "town"][..], &["post", "--room", "town", "another"]] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(args)
+            .args(["--server", &server.addr.to_string(), "--data-dir"])
+            .arg(server.data_dir.path())
+            .stdout(full)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = child.wait_with_output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("writing the output: No space left on device"), "{args:?}: {stderr}");
+    }
+    client.close().await;
+    server.stop().await;
+}

@@ -108,8 +108,8 @@ pub(crate) enum BenchCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct RestartArgs {
-    /// MiB of message bodies to store before restarting.
-    #[arg(long, default_value_t = 1024)]
+    /// MiB of message bodies to store before restarting (1 to 1,048,576: a TiB; larger counts overflowed).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     mib: u64,
     /// Rooms they are spread over.
     #[arg(long, default_value_t = 100)]

@@ -109,8 +109,8 @@ pub(crate) struct ImpairArgs {
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long)]
     duration: Option<f64>,
-    /// Client addresses served at most.
-    #[arg(long, default_value_t = 256)]
+    /// Client addresses served at most (1 to 65,536; 0 relayed nothing, and the run still ended with status 0).
+    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     max_clients: usize,
     /// List the presets and exit.
     #[arg(long)]

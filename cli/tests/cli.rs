@@ -238,13 +238,33 @@ async fn values_a_command_cannot_run_with_are_refused_up_front() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && stderr.contains(wanted), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("unexpected argument"), "{args:?}: {stderr}");
     }
     // (A bench runs its own server: no --server.)
-    let args = ["bench", "post", "--size", "1000000000000"];
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver")).args(args).output().await.unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("from 1 to 16777216"), "{args:?}: {stderr}");
+    for (args, wanted) in [
+        (&["bench", "post", "--size", "1000000000000"][..], "from 1 to 16777216"),
+        (&["bench", "cluster", "--echo-interval-ms", "18446744073709551615"], "--echo-interval-ms"),
+        (&["bench", "restart", "--mib", "17592186044417"], "--mib"),
+        (
+            &[
+                "impair",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:9",
+                "--max-clients",
+                "0",
+                "--duration",
+                "0.1",
+            ],
+            "--max-clients",
+        ),
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver")).args(args).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(wanted), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("unexpected argument"), "{args:?}: {stderr}");
+    }
 }
 
 #[cfg(unix)]

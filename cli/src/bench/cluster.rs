@@ -13,8 +13,8 @@ pub(crate) struct ClusterArgs {
     /// Echoed messages per echo series (the first tenth is warm-up).
     #[arg(long, default_value_t = 1000)]
     echoes: u32,
-    /// Milliseconds between echoed messages.
-    #[arg(long, default_value_t = 5)]
+    /// Milliseconds between echoed messages (at most 60,000: a larger one overflowed the run's expected time).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     echo_interval_ms: u64,
     /// Posting connections in the posts/s series (spread over the nodes).
     #[arg(long, default_value_t = 100)]

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::Args;
+use clap::{builder::RangedU64ValueParser, Args};
 use quiver_lab::impair::{ImpairmentProfile, LinkStats, Relay, RelayConfig, RelayStats, PRESETS};
 
 use crate::error::CliError;
@@ -110,7 +110,7 @@ pub(crate) struct ImpairArgs {
     #[arg(long)]
     duration: Option<f64>,
     /// Client addresses served at most (1 to 65,536; 0 relayed nothing, and the run still ended with status 0).
-    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    #[arg(long, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     max_clients: usize,
     /// List the presets and exit.
     #[arg(long)]

@@ -144,7 +144,7 @@ test('a post answered in the same chunk as a push that closes the client resolve
   assert.equal(await post, 1n, 'stored and answered: resolved, not rejected as closed');
 });
 
-test('a post keeps its bytes as they were when posted: a resend after a lost connection carries them, not what the caller wrote into its buffer since', async (t) => {
+test('a post keeps its bytes as posted: a resend carries them, not what the caller wrote since', async (t) => {
   const server = new FakeServer();
   const client = await connect(t, server);
   await client.join('lobby');

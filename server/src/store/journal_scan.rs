@@ -21,7 +21,9 @@
 //! deletion, written without a sync of its own, before a post whose sync did not finish; anything under `os`) may
 //! come back with an earlier page lost and a later one kept. A lost page reads as it was before, so a break
 //! followed by zeros to the end of its page, or by a whole page of zeros, is taken for that torn write, and fjall's
-//! cut is right (nothing acknowledged under `fsync` is after it). Not told apart: damage that zeroes such a run (taken for
+//! cut is right (nothing acknowledged under `fsync` is after it); but a batch at the break whose entries are whole and
+//! only its checksum fails (a page lost inside a large value) fjall refuses rather than cuts, so that cut is named
+//! (`After::ChecksumThenBatches`). Not told apart: damage that zeroes such a run (taken for
 //! a torn write, as fjall takes every break), and a torn batch whose item bytes happen to hold a complete batch of
 //! their own (a post's body made to look like one: refused as damage).
 
@@ -56,6 +58,11 @@ pub(super) struct Damage {
 pub(super) enum After {
     /// A complete batch, beginning at this byte of the same journal.
     Batch(u64),
+    /// The batch at the cut is whole but fails its checksum, and a complete batch begins at this byte after it:
+    /// fjall refuses a checksum that fails wherever it is, with no word of where to cut. A power cut can leave that
+    /// (a page inside the batch lost, a later page kept: no sync had finished since it was written, so under `fsync`
+    /// neither it nor the batches after it were acknowledged); so can damage.
+    ChecksumThenBatches(u64),
     /// A later journal: fjall syncs a journal whole before it begins the next, so a sealed journal that cannot be
     /// read to its end was damaged after it was written. Cut there, it would be replayed without its last batches
     /// and the later journals with theirs: a hole in the rooms' messages.
@@ -76,6 +83,14 @@ impl std::fmt::Display for Damage {
                  {batch_after} (of {}): damage in its middle, not a crash's torn tail, where a replay stops. To start \
                  with what comes before the damage (the batches after it are lost), cut the journal there: \
                  `truncate -s {cut} {journal}`",
+                self.len
+            ),
+            After::ChecksumThenBatches(batch_after) => write!(
+                f,
+                "the batch of the journal {journal} from byte {cut} fails its checksum, and complete batches follow it \
+                 from byte {batch_after} (of {}): a write a power cut tore (no sync had finished since: under fsync \
+                 neither it nor those after it were acknowledged), or damage. To start without it and the batches \
+                 after it, cut the journal there: `truncate -s {cut} {journal}`",
                 self.len
             ),
             After::LastChecksum => write!(
@@ -127,7 +142,11 @@ pub(super) fn damaged_journal(store: &Path) -> std::io::Result<Option<Damage>> {
             return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::Journal(next.clone()), len }));
         }
         if let Some((cut_at, batch_after)) = break_with_batches_after(&bytes) {
-            return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::Batch(batch_after as u64), len }));
+            let after = match batch_shape_at(&bytes, cut_at) {
+                Some((_, false)) => After::ChecksumThenBatches(batch_after as u64),
+                _ => After::Batch(batch_after as u64),
+            };
+            return Ok(Some(Damage { journal, cut_at: cut_at as u64, after, len }));
         }
         if let Some(cut_at) = unread_tail(&bytes).filter(|&cut| last_batch_fails_its_checksum(&bytes, cut)) {
             return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::LastChecksum, len }));
@@ -194,7 +213,10 @@ fn written_end(_file: &std::fs::File) -> Option<u64> {
 }
 
 /// Where a replay stops reading `journal` (the end of its last complete batch) and where a complete batch begins
-/// after that, if one does.
+/// after that, if one does: not if what lies between looks like a torn write ([`looks_torn`]), whose cut fjall
+/// makes itself, unless the batch at the cut is whole and only its checksum fails, which fjall refuses (until
+/// 2026-12-08 that was let through, and the store refused to start with fjall's bare "ChecksumMismatch", no cut
+/// named: a review's find).
 fn break_with_batches_after(journal: &[u8]) -> Option<(usize, usize)> {
     let mut at = 0;
     while at < journal.len() {
@@ -209,7 +231,8 @@ fn break_with_batches_after(journal: &[u8]) -> Option<(usize, usize)> {
     while let Some(start) = next_nonzero(journal, from) {
         if journal[start] == START && batch_at(journal, start).is_some() {
             let torn = looks_torn(&journal[cut..start], cut, parsed_to(journal, cut).saturating_sub(cut));
-            return (!torn).then_some((cut, start));
+            let refused_by_fjall = matches!(batch_shape_at(journal, cut), Some((_, false)));
+            return (!torn || refused_by_fjall).then_some((cut, start));
         }
         from = start + 1;
     }

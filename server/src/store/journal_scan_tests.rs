@@ -177,3 +177,27 @@ fn hostile_lengths_end_the_batch_and_never_panic() {
         let _ = break_with_batches_after(&bytes[..len]);
     }
 }
+
+/// A power cut's torn write inside a batch with a large value: a whole page of the value lost (zeros), a later
+/// batch kept. The batch's entries are whole and only its checksum fails, which fjall refuses wherever it is (it
+/// cuts only at what it cannot decode): the cut is named. Before, the zero page was taken for a torn write whose cut
+/// fjall makes itself, and the store refused to start with fjall's bare "ChecksumMismatch" (a review's find).
+#[test]
+fn a_torn_page_inside_a_whole_batch_with_batches_after_names_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut bytes, _) = journal(4);
+    let big = bytes.len();
+    bytes.extend(batch(4, &[(b"key", &[7; 12 * 1024])]));
+    let after = bytes.len();
+    bytes.extend(batch(5, &[(b"key", b"after")]));
+    bytes.extend(batch(6, &[(b"key", b"after that")]));
+    // A 4096-aligned page wholly inside the big value, zeroed.
+    let page = (big + 13 + ITEM_HEAD + 3).next_multiple_of(4096);
+    assert!(page + 4096 <= after - 13, "inside the value");
+    bytes[page..page + 4096].fill(0);
+    std::fs::write(dir.path().join("0.jnl"), &bytes).unwrap();
+    let damage = damaged_journal(dir.path()).unwrap().expect("named");
+    assert_eq!((damage.after.clone(), damage.cut_at), (After::ChecksumThenBatches(after as u64), big as u64));
+    let said = damage.to_string();
+    assert!(said.contains("fails its checksum") && said.contains(&format!("truncate -s {big}")), "{said}");
+}

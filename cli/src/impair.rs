@@ -194,7 +194,15 @@ pub(crate) async fn run(args: ImpairArgs) -> Result<(), CliError> {
         0 => String::new(),
         n => format!(", {n} packets of new clients dropped: no socket or thread could be made for them"),
     };
-    crate::out!("total ({} clients{refused}{expired}{unserved}):", stats.clients);
+    let unreachable = match stats.upstream_unreachable {
+        0 => String::new(),
+        n => format!(", {n} ICMP errors from upstream"),
+    };
+    let lost = match stats.upstream_failed {
+        0 => String::new(),
+        n => format!(", {n} clients' replies dropped: their upstream socket failed"),
+    };
+    crate::out!("total ({} clients{refused}{expired}{unserved}{unreachable}{lost}):", stats.clients);
     print(&stats);
     match failed {
         Some(why) => Err(CliError::RelayStopped(why)),

@@ -42,6 +42,12 @@ pub struct RelayStats {
     /// Packets from new clients dropped because the relay could not make their upstream socket or thread (out of
     /// file descriptors or threads): the client is not served, the others are.
     pub setup_failed: u64,
+    /// ICMP errors an upstream socket reported (port or host unreachable, administratively prohibited: the
+    /// upstream's firewall rejecting for a moment, its server restarting): passed over, the client still served.
+    pub upstream_unreachable: u64,
+    /// Clients no longer served upstream → client because their upstream socket failed otherwise: their replies
+    /// are dropped from then on (a measurement behind would count them as the link's loss).
+    pub upstream_failed: u64,
 }
 
 /// The default of [`RelayConfig::client_idle`]: a client that sent nothing for this long is forgotten when a new one
@@ -178,6 +184,9 @@ impl Relay {
                 stats.setup_failed
             ));
         }
+        if stats.upstream_failed > 0 {
+            said.push(format!("the replies to {} clients whose upstream socket failed", stats.upstream_failed));
+        }
         (!said.is_empty()).then(|| format!("the relay dropped {}", said.join(" and ")))
     }
 
@@ -211,6 +220,14 @@ impl Drop for Relay {
 /// (SIGSTOP/SIGCONT, Ctrl-Z and `fg`) interrupted it.
 fn nothing_yet(err: &io::Error) -> bool {
     matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
+}
+
+/// An ICMP error a connected UDP socket reports on a read (Linux: port unreachable `ECONNREFUSED`, host or network
+/// unreachable or prohibited `EHOSTUNREACH`/`ENETUNREACH`, IPv6's administratively prohibited `EACCES`): the socket
+/// is still good.
+fn unreachable(err: &io::Error) -> bool {
+    use io::ErrorKind::{ConnectionRefused, ConnectionReset, HostUnreachable, NetworkUnreachable, PermissionDenied};
+    matches!(err.kind(), ConnectionRefused | HostUnreachable | NetworkUnreachable | PermissionDenied | ConnectionReset)
 }
 
 fn listen_loop(
@@ -376,14 +393,41 @@ fn down_loop(
             Ok(0) if ended() => break,
             Ok(len) => len,
             Err(err) if nothing_yet(&err) => continue,
-            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => continue,
+            // An ICMP error the connected socket reports once (a port closed while the server restarts, a firewall
+            // rejecting for a moment): the next read goes on. Until 2026-12-08 only a closed port was, and a host
+            // or network unreachable or prohibited ended this thread: the client's uplink still worked, its entry
+            // never expired, and its replies were dropped for good without a word.
+            Err(err) if unreachable(&err) => {
+                lock(stats).upstream_unreachable += 1;
+                continue;
+            }
             Err(err) => {
-                tracing::warn!(%err, %client, "upstream socket failed");
+                tracing::warn!(%err, %client, "upstream socket failed: this client's replies are dropped from now on");
+                lock(stats).upstream_failed += 1;
                 return;
             }
         };
         let before = link.stats();
         admit(&mut link, epoch, (&buf[..len], udp_headers(client)), || Out::Client(client), schedule, &mut order);
         add_delta(&mut lock(stats).down, &before, &link.stats());
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The errors Linux reports on a connected UDP socket's read for an ICMP error leave the client served: port
+    /// unreachable (`ECONNREFUSED` 111), host or network unreachable or prohibited (`EHOSTUNREACH` 113,
+    /// `ENETUNREACH` 101: firewalld's default `icmp-host-prohibited`), IPv6's administratively prohibited (`EACCES`
+    /// 13). Until 2026-12-08 all but the first ended the client's thread. A socket's own failure does not.
+    #[test]
+    fn icmp_errors_on_an_upstream_read_are_passed_over() {
+        for errno in [111, 113, 101, 13, 104] {
+            assert!(unreachable(&io::Error::from_raw_os_error(errno)), "errno {errno}");
+        }
+        for errno in [9, 22, 14] {
+            assert!(!unreachable(&io::Error::from_raw_os_error(errno)), "errno {errno}");
+        }
     }
 }

@@ -194,6 +194,9 @@ export class QuiverClient {
       const givenUp = () => this.#subscriptions.get(channel) !== entry;
       await this.#acrossReconnects((session) => subscribeOn(session, entry, this.#subscriptions), givenUp);
       if (this.status === 'closed') throw QuiverError.closed(this.closeReason); // (as in `join`)
+      // Unsubscribed by name before the answer: no Subscription of a channel given up (as a join's Room; until
+      // 2026-12-08 one resolved that never got a tick and never ended).
+      if (givenUp()) throw QuiverError.closed({ code: ErrorCode.NoError, reason: 'unsubscribed' });
       entry.confirmed = true;
       return entry.handle;
     } catch (err) {
@@ -202,13 +205,20 @@ export class QuiverClient {
     }
   }
 
-  /** Stops receiving `channel`. */
+  /**
+   * Stops receiving `channel`; a subscribe of it not answered yet rejects as closed. A name never subscribed rejects
+   * with NotJoined (at once while reconnecting, as `leave`).
+   */
   async unsubscribe(channel, handle = undefined) {
     const entry = this.#subscriptions.get(channel);
     if (handle && entry !== handle) return; // that handle's subscription ended, or was unsubscribed, already
     this.#subscriptions.delete(channel);
     if (!handle && this.#releases.giveUp(`channel ${channel}`) && !entry) return; // as in `leave`
     if (entry && !this.#isLive()) return;
+    // A name never held, while reconnecting: NotJoined at once, as `leave`'s (it waited for the next session).
+    const unheld = !entry && !this.#isLive() && this.status !== 'closed' && !this.#releases.has(`channel ${channel}`);
+    const why = `not subscribed to ${channel} (the client holds no such channel)`;
+    if (unheld) throw new QuiverError(ErrorCode.NotJoined, why);
     const body = { Unsubscribe: { channel } };
     const prepare = ({ channels }) => [...channels].forEach(([id, sub]) => sub === entry && channels.delete(id));
     const release = { body, name: 'Unsubscribed', entry, prepare };

@@ -270,15 +270,17 @@ test('a leave refused for its rate goes again, and a join of the room waits for 
   assert.equal(room.members.size, 1, 'one membership: the join after the leave');
 });
 
-test('a leave of a name never held, while reconnecting, rejects NotJoined at once', async (t) => {
+test('a leave (unsubscribe) of a name never held, while reconnecting, rejects NotJoined at once', async (t) => {
   const server = new FakeServer();
-  const ann = await connect(t, server, { name: 'ann' });
+  const ann = await connect(t, server, { name: 'ann', connectTimeoutMs: 3000 });
   server.down = true;
   server.dropAll();
   await until('reconnecting', () => ann.status === 'reconnecting');
-  const started = Date.now();
-  await assert.rejects(ann.leave('never'), (err) => err.code === ErrorCode.NotJoined && !err.closed);
-  assert.ok(Date.now() - started < 1000, 'not a wait for the next session');
+  for (const release of [() => ann.leave('never'), () => ann.unsubscribe('never')]) {
+    const started = Date.now();
+    await assert.rejects(release(), (err) => err.code === ErrorCode.NotJoined && !err.closed);
+    assert.ok(Date.now() - started < 1000, 'not a wait for the next session');
+  }
 });
 
 test('a leave sharing one under way when the client closes leaves no unhandled rejection behind', async (t) => {
@@ -298,16 +300,22 @@ test('a leave sharing one under way when the client closes leaves no unhandled r
   assert.deepEqual(unhandled, []);
 });
 
-test('a join whose room is left before its answer rejects as closed: no Room of a left room', async (t) => {
+test('a join (subscribe) left (unsubscribed) before its answer rejects as closed: no handle of it', async (t) => {
   const server = new FakeServer();
   const ann = await connect(t, server, { name: 'ann' });
-  server.heldReplies.set('Join', []);
-  const joined = ann.join('r', { onEvent: () => {} });
-  await until('the Join was sent', () => server.requestsOf('Join').length === 1);
-  await ann.leave('r');
-  server.heldReplies.get('Join').forEach((send) => send());
-  await assert.rejects(joined, (err) => err.closed && err.code === ErrorCode.NoError);
-  assert.deepEqual(server.requestsOf('Leave').length, 1);
+  const kinds = [
+    ['Join', 'Leave', () => ann.join('r', { onEvent: () => {} }), () => ann.leave('r')],
+    ['Subscribe', 'Unsubscribe', () => ann.subscribe('x'), () => ann.unsubscribe('x')],
+  ];
+  for (const [take, release, taken, let_] of kinds) {
+    server.heldReplies.set(take, []);
+    const joined = taken();
+    await until(`the ${take} was sent`, () => server.requestsOf(take).length === 1);
+    await let_();
+    server.heldReplies.get(take).forEach((send) => send());
+    await assert.rejects(joined, (err) => err.closed && err.code === ErrorCode.NoError, take);
+    assert.deepEqual(server.requestsOf(release).length, 1);
+  }
 });
 
 test('a leave (unsubscribe) by name gives up a join (subscribe) waiting for an earlier one: it ends out', async (t) => {

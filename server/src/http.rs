@@ -347,6 +347,7 @@ impl Response {
             405 => "Method Not Allowed",
             408 => "Request Timeout",
             429 => "Too Many Requests",
+            426 => "Upgrade Required",
             431 => "Request Header Fields Too Large",
             _ => "Error",
         };
@@ -361,6 +362,10 @@ impl Response {
         .into_bytes();
         if self.status == 405 {
             out.extend_from_slice(b"Allow: GET, HEAD\r\n");
+        }
+        if self.status == 426 {
+            // (Only the WebSocket upgrade answers 426: a version other than 13, RFC 6455 §4.2.2.)
+            out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\n");
         }
         out.extend_from_slice(b"\r\n");
         if !self.head_only {

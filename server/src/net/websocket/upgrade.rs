@@ -44,8 +44,10 @@ pub(super) fn classify(head: &[u8], web: &WebConfig, plain: bool) -> Result<Requ
     if head_only || !has_token(header(&lines, "connection"), "upgrade") {
         return Err(Response::error(400, "a WebSocket upgrade is a GET with Connection: Upgrade"));
     }
+    // RFC 6455 §4.2.2: 426 with the versions this server speaks (`Sec-WebSocket-Version: 13`, added by
+    // `Response::to_bytes`), so that a client can ask again (until 2026-12-08 a bare 400).
     if header(&lines, "sec-websocket-version") != Some("13") {
-        return Err(Response::error(400, "WebSocket version 13 only"));
+        return Err(Response::error(426, "WebSocket version 13 only"));
     }
     let Some(key) = header(&lines, "sec-websocket-key").filter(|k| !k.is_empty() && k.len() <= 64) else {
         return Err(Response::error(400, "missing Sec-WebSocket-Key"));
@@ -122,7 +124,10 @@ mod tests {
     fn bad_upgrades_get_their_http_error() {
         let web = WebConfig::default();
         assert_eq!(classify_str(&UPGRADE.replace("GET /quiver", "GET /other"), &web), Err(404));
-        assert_eq!(classify_str(&UPGRADE.replace("Version: 13", "Version: 8"), &web), Err(400));
+        let old_version = classify(UPGRADE.replace("Version: 13", "Version: 8").as_bytes(), &web, false).unwrap_err();
+        let answer = String::from_utf8(old_version.to_bytes()).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{answer}");
+        assert!(answer.contains("\r\nSec-WebSocket-Version: 13\r\n"), "the version it speaks: {answer}");
         assert_eq!(classify_str(&UPGRADE.replace("Protocol: quiver", "Protocol: chat"), &web), Err(400));
         assert_eq!(classify_str(&UPGRADE.replace("Sec-WebSocket-Key", "X-Key"), &web), Err(400));
         assert_eq!(classify_str(&UPGRADE.replace("keep-alive, Upgrade", "keep-alive"), &web), Err(400));

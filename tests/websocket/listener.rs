@@ -81,3 +81,33 @@ async fn a_stalled_request_head_is_counted_and_a_head_too_large_answered() {
     assert!(answer.starts_with(b"HTTP/1.1 431"), "{}", String::from_utf8_lossy(&answer));
     server.stop().await;
 }
+
+/// A request head that does not parse (a POST, bytes that are not UTF-8), passed on by a trusted proxy, names no
+/// client: it is answered without being admitted as anyone. It was admitted as the proxy's own address, and enough of
+/// them in a second took the proxy's new-connection rate: its own upgrades (health checks, clients whose header is
+/// missing) were refused 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_that_do_not_parse_from_a_trusted_proxy_take_nobodys_rate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let web = quiver_server::WebConfig {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..quiver_server::WebConfig::default()
+    };
+    let server = TestServer::start_web(Limits { new_connections_per_s_per_ip: 2, ..Limits::default() }, web);
+    let addr = server.websocket.expect("a WebSocket listener");
+    let ask = |head: &'static [u8]| async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(head).await.unwrap();
+        let mut answer = [0u8; 12];
+        tcp.read_exact(&mut answer).await.unwrap();
+        (String::from_utf8_lossy(&answer[9..12]).into_owned(), tcp)
+    };
+    for _ in 0..10 {
+        assert_eq!(ask(b"POST /quiver HTTP/1.1\r\nHost: localhost\r\n\r\n").await.0, "405");
+        assert_eq!(ask(b"GET /quiver HTTP/1.1\r\nHost: \xff\r\n\r\n").await.0, "400");
+    }
+    let upgrade = b"GET /quiver HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Protocol: quiver\r\n\r\n";
+    assert_eq!(ask(upgrade).await.0, "101", "the proxy's own upgrade is not refused for the heads before it");
+}

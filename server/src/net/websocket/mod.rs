@@ -313,9 +313,18 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
         }
         None => return stalled_before_upgrade(&admitted, &shared.stats, &shutdown),
     };
-    // From a trusted proxy: admitted now, as the client its head names.
+    // From a trusted proxy: admitted now, as the client its head names. A head that does not parse names no
+    // client: answered without admitting anyone (until 2026-12-08 it was admitted as the proxy, whose own upgrades
+    // were refused 429 once enough of them came in a second).
     let (remote, admitted) = match admitted {
         Some(admitted) => (peer, admitted),
+        None if crate::http::parse_request(&head).is_err() => {
+            let refused = upgrade::classify(&head, &shared.config.web, !secure)
+                .err()
+                .unwrap_or_else(|| crate::http::Response::error(400, "malformed request"));
+            answer(stream, refused, &shutdown).await;
+            return drop(upgrading);
+        }
         None => {
             let trusted = &shared.config.web.trusted_proxies;
             let client = crate::forwarded::client_address(trusted, peer.ip(), upgrade::forwarded_for(&head));

@@ -232,23 +232,29 @@ pub(crate) async fn serve_http(
     tasks.wait().await;
 }
 
-/// Reads the request head the peer sent (what is unread when a socket closes makes it reset), answers `response`
-/// and closes the connection.
+/// Reads the request head the peer sent (what is unread when a socket closes makes it reset) for at most half of
+/// [`REFUSAL_TIME`], answers `response`, closes its side and reads what the peer still sends ([`linger`]) for the
+/// rest. Until 2026-12-08 a peer whose head took longer got nothing (the refusal's time ran out before the write),
+/// and one still sending past 8 KiB a reset, which could lose the status.
 async fn refuse_gracefully(mut stream: TcpStream, response: Response) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while head.len() <= MAX_REQUEST_HEAD {
-        let searched = head.len();
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+    let read_head = async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while head.len() <= MAX_REQUEST_HEAD {
+            let searched = head.len();
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+            if head_end(&head, searched).is_some() {
+                break;
+            }
         }
-        if head_end(&head, searched).is_some() {
-            break;
-        }
-    }
+    };
+    let _ = tokio::time::timeout(REFUSAL_TIME / 2, read_head).await;
     let _ = stream.write_all(&response.to_bytes()).await;
     let _ = stream.shutdown().await;
+    linger(&mut stream).await; // (cut short by the caller's `REFUSAL_TIME`)
 }
 
 /// Where the blank line that ends a request head begins in `head`, looking only where bytes after the first

@@ -63,6 +63,42 @@ async fn a_full_server_answers_503_at_once_and_silent_connections_408_after_the_
     server.await.unwrap();
 }
 
+/// A refused peer gets its status whatever it sends: one still sending its head (over 8 KiB, and more after) reads
+/// it rather than a reset from bytes left unread, and one that has not finished its head within the refusal's time
+/// gets it too (it got nothing: the refusal's time ran out before the write).
+#[tokio::test]
+async fn a_refusal_is_read_by_a_peer_still_sending_and_by_one_that_is_slow() {
+    let listener = TcpListener::from_std(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let bounds = HttpBounds::default();
+    let most = bounds.max_connections;
+    let server =
+        tokio::spawn(serve_http(listener, (shutdown.clone(), bounds), |_, _| Response::error(404, "not here")));
+    let mut held = Vec::new();
+    for _ in 0..most + LOOPBACK_RESERVE {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let answer = |mut stream: TcpStream| async move {
+        let mut text = Vec::new();
+        let _ = stream.read_to_end(&mut text).await;
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    let mut large = TcpStream::connect(addr).await.unwrap();
+    let mut head = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Filler: ".to_vec();
+    head.resize(30 * 1024, b'a');
+    large.write_all(&head).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(3), answer(large)).await.expect("answered");
+    assert!(refused.starts_with("HTTP/1.1 503 "), "still sending: {refused:?}");
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap(); // and no more
+    let refused = tokio::time::timeout(Duration::from_secs(3), answer(slow)).await.expect("answered");
+    assert!(refused.starts_with("HTTP/1.1 503 "), "slow: {refused:?}");
+    shutdown.cancel();
+    drop(held);
+    server.await.unwrap();
+}
+
 /// A stop does not wait for a request that says nothing (a browser's preconnect) until its head timeout: the
 /// server's drain waited for it (3 s; 10 s for a peer that reads no answer). And a head too large, sent in one
 /// write, is answered 431 rather than reset by a close with the rest of it unread; one that ends a little past

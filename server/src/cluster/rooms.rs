@@ -169,7 +169,7 @@ impl RoomHub for RedisRooms {
             members,
             req_id,
         };
-        crate::hub::fit_members(&mut joined, ctx.codec.max_frame());
+        crate::hub::fit_members(&mut joined, &identity, ctx.codec.max_frame());
         let mut delivery = Delivery::default();
         {
             let mut state = lock(&room.state);

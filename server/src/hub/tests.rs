@@ -364,15 +364,22 @@ fn a_member_list_too_long_for_a_frame_is_cut_to_fit_the_reply_and_the_open_frame
         req_id: u64::MAX,
     };
     let mut crowded = joined(3_000);
-    fit_members(&mut crowded, max_frame);
+    fit_members(&mut crowded, &name(0), max_frame);
     assert!(crowded.members.len() > 400 && crowded.members.len() < 3_000, "{}", crowded.members.len());
     assert_eq!(crowded.members, joined(crowded.members.len()).members, "the first ones, in order");
+    // A joiner that sorts past the cut is listed all the same ("this client included"), in its place: the last.
+    let mut late = joined(3_000);
+    fit_members(&mut late, &name(2_999), max_frame);
+    assert_eq!(late.members.len(), crowded.members.len(), "in the place of the last that fitted");
+    assert_eq!(late.members.last(), Some(&name(2_999)));
+    assert_eq!(late.members[..late.members.len() - 1], joined(late.members.len() - 1).members[..], "the first ones");
+    codec.encode_to_vec(&RoomFrame::Open(late)).expect("fits");
     codec.encode_to_vec(&RoomFrame::Open(crowded.clone())).expect("the Open frame fits");
     let reply =
         quiver_proto::ServerMsg::Reply { req_id: u64::MAX >> 2, result: Ok(quiver_proto::Reply::Joined(crowded)) };
     codec.encode_to_vec(&reply).expect("the Join's reply fits");
     let mut small = joined(10);
-    fit_members(&mut small, max_frame);
+    fit_members(&mut small, &name(3), max_frame);
     assert_eq!(small, joined(10), "a list that fits is untouched");
 }
 

@@ -302,14 +302,19 @@ impl Drop for StreamOutbox {
 struct PumpGone(Arc<StreamOutbox>);
 
 impl Drop for PumpGone {
+    /// The stream parked here is reset if frames were left unwritten (the first maybe written in part by a flush):
+    /// dropped, quinn finishes it, and a finish inside a frame reads as a protocol violation to the client, which
+    /// could hide the close that follows (as the pump's own stop resets; until 2026-12-08 this drop finished it).
     fn drop(&mut self) {
-        let send = {
+        let (send, unwritten) = {
             let mut queue = lock(&self.0.queue);
             queue.gone = true;
-            queue.send.take()
+            (queue.send.take(), !queue.frames.is_empty())
         };
         self.0.drained.notify_waiters();
-        drop(send);
+        if let (Some(mut send), true) = (send, unwritten) {
+            send.reset(ErrorCode::NoError);
+        }
     }
 }
 

@@ -167,3 +167,26 @@ async fn a_flush_that_finds_the_pump_gone_gives_back_what_it_could_not_write() {
     drop(outbox);
     assert_eq!(stats.outbox_bytes.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
+
+/// A pump that ends (the connection stops) while its parked stream holds the rest of a frame a flush wrote in part
+/// resets the stream: dropped, quinn finished it, a finish inside a frame that the client reads as a protocol
+/// violation, which could hide the close that follows (its token expired: reconnect with a fresh one). The
+/// pump's Drain branch reset it; its Wait branch left it to the drop (a review's find, 2026-12-08).
+#[tokio::test]
+async fn a_stream_given_up_inside_a_frame_is_reset_not_finished() {
+    let (server_conn, conn, _client, _dir) = crate::net::test_quic::loopback_pair().await;
+    // (The connection kept open by its handle here, as a server's is by its connection task.)
+    let send = web_transport_quinn::Session::raw(server_conn.clone()).open_uni().await.unwrap();
+    let (stats, probe) = (Arc::new(ServerStats::default()), quiver_transport::TailProbe::disabled());
+    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), 64 * 1024, (probe, None), stats);
+    for _ in 0..400 {
+        outbox.push_replay(Bytes::from(vec![b'x'; 10_000])); // 4 MB: past what quinn takes for this reader
+    }
+    outbox.flush(); // writes what quinn takes, the last frame in part, and parks the stream with the rest
+    assert!(!crate::net::lock(&outbox.queue).frames.is_empty(), "frames left unwritten");
+    drop(super::PumpGone(outbox.clone()));
+    let mut recv = conn.accept_uni().await.unwrap();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), recv.read_to_end(64 << 20)).await.unwrap();
+    let reset = matches!(read, Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(_))));
+    assert!(reset, "{:?}", read.map(|bytes| bytes.len()));
+}

@@ -256,7 +256,7 @@ async fn stopped_without_leave(server: &TestServer, room: &str, code: u64, write
     let kicked = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the connection stays") {
-                ServerMsg::Kicked { room, code, .. } => return (room, code),
+                ServerMsg::Kicked { room, code, reason } => return (room, code, reason),
                 ServerMsg::Reply { result: Ok(_), .. } => {}
                 other => panic!("{other:?}"),
             }
@@ -267,7 +267,11 @@ async fn stopped_without_leave(server: &TestServer, room: &str, code: u64, write
     if let Some(posting) = posting {
         posting.abort();
     }
+    let (kicked, why) = ((kicked.0, kicked.1), kicked.2);
     assert_eq!(kicked, (Some(room.to_string()), ErrorCode::SlowConsumer));
+    // Told why, and not counted as a slow consumer: it was told "fell behind" (a review's find, 2026-12-08).
+    assert!(why.contains("stopped the room's stream") && !why.contains("fell behind"), "{why}");
+    assert_eq!(server.stats.snapshot().slow_consumer_resets, 0);
     send.write_all(&frame(2, join)).await.unwrap();
     let again = quiver_tests::read_msg(&mut recv, &mut buf).await.expect("the Join's reply");
     assert!(matches!(again, ServerMsg::Reply { req_id: 2, result: Ok(Reply::Joined(_)) }), "{again:?}");

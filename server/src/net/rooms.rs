@@ -142,6 +142,9 @@ pub(crate) struct StreamOutbox {
     overflow: CancellationToken,
     /// The overflow is a join's replay that could not deliver its range ([`Outbox::kick_replay`]), not a slow reader.
     pub(crate) replay_cut_short: std::sync::atomic::AtomicBool,
+    /// The overflow is the client's stop of the stream (not for `SlowConsumer`) with no Leave within
+    /// [`LEFT_STREAM_GRACE`], not a slow reader: told so, and not counted as one.
+    pub(crate) stopped_by_client: std::sync::atomic::AtomicBool,
     /// Cancelled when the room is left: the pump then has [`LEFT_STREAM_GRACE`] to finish the stream.
     left: CancellationToken,
     bound: usize,
@@ -181,6 +184,7 @@ impl StreamOutbox {
             drained: Notify::new(),
             overflow: CancellationToken::new(),
             replay_cut_short: std::sync::atomic::AtomicBool::new(false),
+            stopped_by_client: std::sync::atomic::AtomicBool::new(false),
             left: CancellationToken::new(),
             bound,
         })

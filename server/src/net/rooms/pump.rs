@@ -49,8 +49,11 @@ fn parked_stop(outbox: &StreamOutbox) -> impl Future<Output = Option<u32>> + '_ 
 /// stay joined with nothing delivered: in the room's presence, refusing a rejoin. True when it was kicked (the
 /// pump resets the stream); false when the room was left (or the connection ends): nothing more goes to the stream.
 async fn stopped_by_peer(outbox: &StreamOutbox, code: u32, stop: &CancellationToken) -> bool {
-    let kick = code == ErrorCode::SlowConsumer.to_u32() || !left_in_grace(outbox, stop).await;
+    let slow = code == ErrorCode::SlowConsumer.to_u32();
+    let kick = slow || !left_in_grace(outbox, stop).await;
     if kick {
+        // (Until 2026-12-08 a stop without a Leave was told "fell behind" and counted as a slow consumer.)
+        outbox.stopped_by_client.store(!slow, std::sync::atomic::Ordering::Relaxed);
         outbox.kick();
     }
     kick
@@ -178,8 +181,10 @@ pub(crate) async fn pump(
                 outbox.notify_if_drained(&queue);
             }
             Next::Reset(mut send) => {
+                let stopped = outbox.stopped_by_client.load(std::sync::atomic::Ordering::Relaxed);
                 match outbox.replay_cut_short.load(std::sync::atomic::Ordering::Relaxed) {
                     true => bump(&stats.replays_cut_short),
+                    false if stopped => {} // (the client's own doing: no slow reader)
                     false => bump(&stats.slow_consumer_resets),
                 }
                 send.reset(ErrorCode::SlowConsumer);

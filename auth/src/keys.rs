@@ -40,6 +40,30 @@ pub fn read_hs256_key(path: &Path) -> Result<Vec<u8>, AuthError> {
     })
 }
 
+/// What to say of a token signing key file other users of the machine may read (a umask's 0644, a container's
+/// secret volume): any of them can mint tokens with every right. Warned of, not refused (a secret volume may be
+/// shared with this server's user alone in its container), as the dev key's own mode is made 0600 (since
+/// 2026-12-08: read in silence before). `None` where the file (its target, for a link) is private.
+pub fn exposed_key(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o044 != 0).then(|| {
+            format!(
+                "{} is readable by other users (mode {mode:03o}): any of them can mint tokens with every right; make \
+                 it private (chmod 600, owned by the server's user)",
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// An HS256 secret written as hex (surrounding whitespace ignored), if it is one of at least [`MIN_HS256_SECRET`]
 /// bytes: the format of key files, and of a secret given inline in the server's configuration.
 pub fn parse_hs256_secret(text: &str) -> Option<Vec<u8>> {
@@ -253,5 +277,23 @@ mod tests {
         assert!(parse_hs256_secret(&"+0".repeat(32)).is_none(), "signs are not hex digits");
         let missing = read_hs256_key(&dir.path().join("none")).unwrap_err();
         assert!(matches!(missing, AuthError::Io { .. }), "{missing}");
+    }
+
+    /// An operator's signing key file others may read is warned of (it was read in silence); a private one is not.
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_may_read_is_warned_of() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.hex");
+        std::fs::write(&path, "ab".repeat(32)).unwrap();
+        for (mode, warned) in [(0o644, true), (0o640, true), (0o604, true), (0o600, false), (0o400, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let warning = exposed_key(&path);
+            assert_eq!(warning.is_some(), warned, "mode {mode:o}: {warning:?}");
+            if let Some(warning) = warning {
+                assert!(warning.contains("secret.hex") && warning.contains("chmod 600"), "{warning}");
+            }
+        }
     }
 }

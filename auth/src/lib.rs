@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use key::{KeyId, TokenKey};
 pub use keys::{
-    dev_key_exists, load_or_generate_dev_key, parse_hs256_secret, read_hs256_key, AuthError, DEV_KEY_FILE,
+    dev_key_exists, exposed_key, load_or_generate_dev_key, parse_hs256_secret, read_hs256_key, AuthError, DEV_KEY_FILE,
     MIN_HS256_SECRET,
 };
 

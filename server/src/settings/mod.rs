@@ -391,7 +391,10 @@ impl Settings {
         }
         for path in &self.auth.hs256_key_files {
             match crate::auth::read_hs256_key(path) {
-                Ok(secret) => keys.push(TokenKey::Hs256(secret)),
+                Ok(secret) => {
+                    let _ = crate::auth::exposed_key(path).inspect(|why| tracing::warn!("auth.hs256_key_files: {why}"));
+                    keys.push(TokenKey::Hs256(secret))
+                }
                 Err(crate::auth::AuthError::Io { source, .. }) if is_gone(path, &source) => {}
                 Err(err) => return Err(Invalid::new("auth.hs256_key_files", err.to_string())),
             }

@@ -45,6 +45,10 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(mut sink: Sink
     let quiet = keepalive.min(shared.config.idle_timeout / 3);
     let later = |after: Duration| Instant::now().checked_add(after);
     let (mut check_at, mut received, mut wrote) = (later(quiet), shared.received.load(Ordering::Relaxed), false);
+    // The keep-alive counts from the last write. (Slept anew each time round the loop until 2026-12-08: the check
+    // above, firing first, restarted it, and an idle ping went up to twice the keep-alive after the last write, past
+    // a Rust client's 12 s `dead_server_after`, which dropped a healthy idle connection every 13 s.)
+    let mut last_write = Instant::now();
     loop {
         let wake = shared.wake_writer.notified();
         tokio::pin!(wake);
@@ -90,11 +94,11 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(mut sink: Sink
                 tokio::select! {
                     () = wake => continue,
                     () = check, if wrote => continue,
-                    () = tokio::time::sleep(keepalive) => Message::Ping(Vec::new()),
+                    () = sleep_until_after(last_write, keepalive) => Message::Ping(Vec::new()),
                 }
             }
         };
-        wrote = true;
+        (wrote, last_write) = (true, Instant::now());
         // Every write races the end: a close asked for while the socket is full goes at once (what waits is
         // discarded anyway), and a connection that ended (the peer's close, a dead socket) stops the writer even
         // when the peer no longer reads.
@@ -120,6 +124,14 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(mut sink: Sink
         }
         super::shared::lock(&shared.state).writing = None;
         shared.changed.notify_waiters();
+    }
+}
+
+/// Sleeps until `after` past `from` (for ever, where that is past what the clock holds).
+async fn sleep_until_after(from: Instant, after: Duration) {
+    match from.checked_add(after) {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -20,6 +20,8 @@ mod datagrams_in;
 #[cfg(test)]
 mod inbound_tests;
 mod io;
+#[cfg(test)]
+mod keepalive_tests;
 mod lane;
 mod recv;
 mod room_in;

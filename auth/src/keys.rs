@@ -82,6 +82,14 @@ pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<Vec<u8>, AuthError> {
         keep_private(&path)?;
         return read_hs256_key(&path);
     }
+    // A link whose target is gone (a data directory restored without the secret it linked to): said so, not
+    // replaced (the link was made on purpose) and not reported as the file missing (until 2026-12-08: "No such file
+    // or directory", after a key was generated and could not be linked into place).
+    if std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        let target = std::fs::read_link(&path).map_or_else(|_| "?".into(), |t| t.display().to_string());
+        let reason = format!("a link to {target}, which does not exist: restore it, or remove the link for a new key");
+        return Err(AuthError::BadKey { path, reason });
+    }
     std::fs::create_dir_all(data_dir).map_err(|source| AuthError::Io { path: data_dir.into(), source })?;
     let secret: [u8; MIN_HS256_SECRET] = rand::random();
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
@@ -277,6 +285,16 @@ mod tests {
         assert!(parse_hs256_secret(&"+0".repeat(32)).is_none(), "signs are not hex digits");
         let missing = read_hs256_key(&dir.path().join("none")).unwrap_err();
         assert!(matches!(missing, AuthError::Io { .. }), "{missing}");
+    }
+
+    /// A dev key that is a link to a file that is gone is named as such (it was "No such file or directory").
+    #[cfg(unix)]
+    #[test]
+    fn a_dev_key_linked_to_a_file_that_is_gone_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join(DEV_KEY_FILE)).unwrap();
+        let err = load_or_generate_dev_key(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("which does not exist") && err.contains("gone"), "{err}");
     }
 
     /// An operator's signing key file others may read is warned of (it was read in silence); a private one is not.

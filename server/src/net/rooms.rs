@@ -421,8 +421,13 @@ impl Outbox for StreamOutbox {
             if queue.gone {
                 // The pump ended while this flush held the stream: nobody writes it any more, and parked it would go
                 // with the room's member, under the room's lock (`PumpGone`). What it could not write goes too, out
-                // of the gauge (until 2026-12-07 it stayed counted for good).
+                // of the gauge (until 2026-12-07 it stayed counted for good). Reset if anything is left unwritten,
+                // as `PumpGone` does: dropped, the stream is finished, maybe inside a frame (until 2026-12-08).
+                let unwritten = !rest.is_empty() || !queue.frames.is_empty();
                 drop(queue);
+                if unwritten {
+                    send.reset(ErrorCode::NoError);
+                }
                 drop(send);
                 dequeued(&self.stats, rest.iter().map(Bytes::len).sum());
                 return;

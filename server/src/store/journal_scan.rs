@@ -67,9 +67,10 @@ pub(super) enum After {
     /// read to its end was damaged after it was written. Cut there, it would be replayed without its last batches
     /// and the later journals with theirs: a hole in the rooms' messages.
     Journal(PathBuf),
-    /// Nothing: the newest journal's last batch is whole but fails its checksum, which fjall refuses rather than
-    /// cuts. A power cut can leave that (the batch's end reached the disk, a page of its middle did not: its sync
-    /// had not finished, so under `fsync` it was not acknowledged); so can damage.
+    /// No whole batch: the newest journal's batch at the cut is whole but fails its checksum (which fjall refuses
+    /// rather than cuts), and zeros or a batch cut short follow. A power cut can leave that (the batch's end reached
+    /// the disk, a page of its middle did not: its sync had not finished, so under `fsync` neither it nor what
+    /// follows was acknowledged); so can damage.
     LastChecksum,
 }
 
@@ -95,9 +96,10 @@ impl std::fmt::Display for Damage {
             ),
             After::LastChecksum => write!(
                 f,
-                "the last batch of the journal {journal} (from byte {cut} to its end, {}) fails its checksum: a write a \
-                 power cut tore (its sync had not finished: under fsync it was not acknowledged), or damage. To start \
-                 without that batch, cut the journal there: `truncate -s {cut} {journal}`",
+                "the last whole batch of the journal {journal} (from byte {cut}; the file is {}) fails its checksum: a \
+                 write a power cut tore (its sync had not finished: under fsync it was not acknowledged, nor anything \
+                 after it), or damage. To start without that batch, cut the journal there: \
+                 `truncate -s {cut} {journal}`",
                 self.len
             ),
             After::Journal(next) => write!(
@@ -148,16 +150,18 @@ pub(super) fn damaged_journal(store: &Path) -> std::io::Result<Option<Damage>> {
             };
             return Ok(Some(Damage { journal, cut_at: cut_at as u64, after, len }));
         }
-        if let Some(cut_at) = unread_tail(&bytes).filter(|&cut| last_batch_fails_its_checksum(&bytes, cut)) {
+        if let Some(cut_at) = unread_tail(&bytes).filter(|&cut| fails_its_checksum(&bytes, cut)) {
             return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::LastChecksum, len }));
         }
     }
     Ok(None)
 }
 
-/// Whether the bytes from `cut` (where a replay stops) are one whole batch that fails its checksum, and zeros after.
-fn last_batch_fails_its_checksum(journal: &[u8], cut: usize) -> bool {
-    matches!(batch_shape_at(journal, cut), Some((end, false)) if next_nonzero(journal, end).is_none())
+/// Whether the bytes from `cut` (where a replay stops) begin with a whole batch that fails its checksum, whatever
+/// follows (zeros, or a batch cut short: until 2026-12-08 only zeros, and fjall's bare `ChecksumMismatch` was all a
+/// start said of the other; the diff review's find).
+fn fails_its_checksum(journal: &[u8], cut: usize) -> bool {
+    matches!(batch_shape_at(journal, cut), Some((_, false)))
 }
 
 /// Where a replay stops reading `journal`, if bytes other than zeros follow (a torn tail in the newest journal,

@@ -200,4 +200,10 @@ fn a_torn_page_inside_a_whole_batch_with_batches_after_names_the_cut() {
     assert_eq!((damage.after.clone(), damage.cut_at), (After::ChecksumThenBatches(after as u64), big as u64));
     let said = damage.to_string();
     assert!(said.contains("fails its checksum") && said.contains(&format!("truncate -s {big}")), "{said}");
+    // The batches after it cut short (no whole one): the same cut named.
+    let cut_short = &bytes[..bytes.len() - 5 - batch(6, &[(b"key", b"after that")]).len()];
+    std::fs::write(dir.path().join("0.jnl"), cut_short).unwrap();
+    let damage = damaged_journal(dir.path()).unwrap().expect("named");
+    assert_eq!((damage.after.clone(), damage.cut_at), (After::LastChecksum, big as u64));
+    assert!(damage.to_string().contains(&format!("truncate -s {big}")), "{damage}");
 }

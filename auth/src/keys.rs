@@ -64,6 +64,13 @@ pub fn exposed_key(path: &Path) -> Option<String> {
     }
 }
 
+/// Warns of each of `files` (the setting `key` names) that other users may read ([`exposed_key`]).
+pub fn warn_exposed(key: &str, files: &[std::path::PathBuf]) {
+    for why in files.iter().filter_map(|path| exposed_key(path)) {
+        tracing::warn!("{key}: {why}");
+    }
+}
+
 /// An HS256 secret written as hex (surrounding whitespace ignored), if it is one of at least [`MIN_HS256_SECRET`]
 /// bytes: the format of key files, and of a secret given inline in the server's configuration.
 pub fn parse_hs256_secret(text: &str) -> Option<Vec<u8>> {

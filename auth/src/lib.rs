@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 pub use key::{KeyId, TokenKey};
 pub use keys::{
-    dev_key_exists, exposed_key, load_or_generate_dev_key, parse_hs256_secret, read_hs256_key, AuthError, DEV_KEY_FILE,
-    MIN_HS256_SECRET,
+    dev_key_exists, exposed_key, load_or_generate_dev_key, parse_hs256_secret, read_hs256_key, warn_exposed, AuthError,
+    DEV_KEY_FILE, MIN_HS256_SECRET,
 };
 
 /// A room right a token can grant.

@@ -371,7 +371,8 @@ impl Response {
         }
         if self.status == 426 {
             // (Only the WebSocket upgrade answers 426: a version other than 13, RFC 6455 §4.2.2.)
-            out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\n");
+            out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n");
+            // (RFC 9110 §15.5.22)
         }
         out.extend_from_slice(b"\r\n");
         if !self.head_only {

@@ -338,6 +338,7 @@ impl Settings {
 
     /// How clients are admitted; reads the key files (each one must be there).
     pub fn auth_config(&self) -> Result<AuthConfig, Invalid> {
+        crate::auth::warn_exposed("auth.hs256_key_files", &self.auth.hs256_key_files); // (at a start, once)
         self.read_auth(&|_| false).map(|(auth, _)| auth)
     }
 
@@ -356,6 +357,7 @@ impl Settings {
             let auth = &before.auth;
             auth.hs256_key_files.iter().chain(&auth.ed25519_public_key_files).any(|was| was == path)
         };
+        crate::auth::warn_exposed("auth.hs256_key_files", &self.auth.hs256_key_files); // (the settings applied)
         self.reload_auth(&listed)
     }
 
@@ -391,10 +393,7 @@ impl Settings {
         }
         for path in &self.auth.hs256_key_files {
             match crate::auth::read_hs256_key(path) {
-                Ok(secret) => {
-                    let _ = crate::auth::exposed_key(path).inspect(|why| tracing::warn!("auth.hs256_key_files: {why}"));
-                    keys.push(TokenKey::Hs256(secret))
-                }
+                Ok(secret) => keys.push(TokenKey::Hs256(secret)),
                 Err(crate::auth::AuthError::Io { source, .. }) if is_gone(path, &source) => {}
                 Err(err) => return Err(Invalid::new("auth.hs256_key_files", err.to_string())),
             }

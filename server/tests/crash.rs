@@ -74,7 +74,8 @@ fn start(dir: &Path, port: u16, durability: &str) -> Running {
     let started = Instant::now();
     loop {
         let mut child = Command::new(server_bin())
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--no-web"])
+            // (No admin listener: its default, 127.0.0.1:9433, is taken wherever a dev server runs beside the tests.)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--no-web", "--admin", "off"])
             // Everything posted stays in history and in the dedupe window: a writer held up for seconds (its
             // retries wait for a reconnect) must still be recognised after the others posted 10,000 more.
             .args(["--history-max-messages", "1000000", "--dedupe-max-entries", "1000000"])

@@ -40,7 +40,9 @@ fn paths_and_variables_that_are_not_utf8_or_empty_are_refused_naming_them() {
     // A UDP address in use: the error names it and the setting.
     let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let taken = held.local_addr().unwrap().to_string();
-    let output = output_within(server().current_dir(dir.path()).args(["--listen", &taken, "--data-dir", "d"]));
+    // (`--admin off`: the admin listener's default port is taken wherever a dev server runs beside the tests.)
+    let listen = ["--listen", &taken, "--data-dir", "d", "--admin", "off"];
+    let output = output_within(server().current_dir(dir.path()).args(listen));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success()

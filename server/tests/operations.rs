@@ -285,7 +285,8 @@ async fn sighup_reads_the_configuration_again_and_a_key_taken_out_of_it_is_no_lo
     let (code, reason) = tokio::time::timeout(Duration::from_secs(10), revoked.closed()).await.expect("closed");
     assert_eq!(code, ErrorCode::TokenInvalid, "{reason}");
     let refused = connect(&leaked).await.map(|_| ()).unwrap_err();
-    assert!(refused.to_string().contains("TokenInvalid") || refused.to_string().contains("token"), "{refused}");
+    // (By its code: any refusal that mentioned a token passed before.)
+    assert_eq!(refused.code(), Some(ErrorCode::TokenInvalid), "{refused}");
     connect(&kept).await.unwrap().join("lobby").await.unwrap();
 
     // A configuration that no longer reads (a typo staged for the next restart) does not hold up the certificate:
@@ -330,7 +331,7 @@ async fn sighup_turns_anonymous_access_off() {
     let (code, reason) = tokio::time::timeout(Duration::from_secs(10), anonymous.closed()).await.expect("closed");
     assert_eq!(code, ErrorCode::TokenRequired, "{reason}");
     let refused = Client::connect_with(&server.addr, options).await.map(|_| ()).unwrap_err();
-    assert!(refused.to_string().contains("TokenRequired") || refused.to_string().contains("token"), "{refused}");
+    assert_eq!(refused.code(), Some(ErrorCode::TokenRequired), "{refused}");
     // Turned on again: said as loudly as at a start (it was applied with no more than "reloaded").
     write_config(true);
     server.signal("HUP");

@@ -194,8 +194,7 @@ export class QuiverClient {
       const givenUp = () => this.#subscriptions.get(channel) !== entry;
       await this.#acrossReconnects((session) => subscribeOn(session, entry, this.#subscriptions), givenUp);
       if (this.status === 'closed') throw QuiverError.closed(this.closeReason); // (as in `join`)
-      // Unsubscribed by name before the answer: no Subscription of a channel given up (as a join's Room; until
-      // 2026-12-08 one resolved that never got a tick and never ended).
+      // Unsubscribed by name before the answer, as a join's (until 2026-12-08 it resolved, to get no tick).
       if (givenUp()) throw QuiverError.closed({ code: ErrorCode.NoError, reason: 'unsubscribed' });
       entry.confirmed = true;
       return entry.handle;
@@ -205,20 +204,15 @@ export class QuiverClient {
     }
   }
 
-  /**
-   * Stops receiving `channel`; a subscribe of it not answered yet rejects as closed. A name never subscribed rejects
-   * with NotJoined (at once while reconnecting, as `leave`).
-   */
+  /** Stops receiving `channel` (a subscribe not answered yet rejects as closed); one never held: NotJoined, at once. */
   async unsubscribe(channel, handle = undefined) {
     const entry = this.#subscriptions.get(channel);
     if (handle && entry !== handle) return; // that handle's subscription ended, or was unsubscribed, already
     this.#subscriptions.delete(channel);
     if (!handle && this.#releases.giveUp(`channel ${channel}`) && !entry) return; // as in `leave`
     if (entry && !this.#isLive()) return;
-    // A name never held, while reconnecting: NotJoined at once, as `leave`'s (it waited for the next session).
     const unheld = !entry && !this.#isLive() && this.status !== 'closed' && !this.#releases.has(`channel ${channel}`);
-    const why = `not subscribed to ${channel} (the client holds no such channel)`;
-    if (unheld) throw new QuiverError(ErrorCode.NotJoined, why);
+    if (unheld) throw new QuiverError(ErrorCode.NotJoined, `not subscribed to ${channel} (held nowhere: reconnecting)`);
     const body = { Unsubscribe: { channel } };
     const prepare = ({ channels }) => [...channels].forEach(([id, sub]) => sub === entry && channels.delete(id));
     const release = { body, name: 'Unsubscribed', entry, prepare };
@@ -262,10 +256,8 @@ export class QuiverClient {
     return performance.now() - started;
   }
 
-  /**
-   * A room's retained messages after seq `since` (null: from the oldest), at most `limit`:
-   * `{room, epoch, more, messages}` with messages shaped like `onEvent`'s.
-   */
+  /** A room's retained messages after seq `since` (null: from the oldest), at most `limit`: `{room, epoch, more,
+   *  messages}`, messages shaped like `onEvent`'s. */
   async history(room, since = null, limit = 100) {
     const request = { History: { room, since: since === null ? null : BigInt(since), limit } };
     const page = await this.#acrossReconnects(async (session) => expectReply(await session.request(request), 'History'));

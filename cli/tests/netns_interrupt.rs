@@ -182,13 +182,13 @@ fn impairs_commands_are_stopped_with_everything_they_started() {
     let started = Instant::now();
     // Its stderr to a file, not a pipe: a process left running would hold a pipe open, and the test with it.
     let errors = tempfile::NamedTempFile::new().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_quiver"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+    command
         .args(["impair", "--netns", "--profile", "lossy-5", "--duration", "1"])
         .args(["--server-cmd", &format!("sleep {marker}; true"), "--client-cmd", &format!("sleep {marker}; true")])
         .stdout(std::process::Stdio::null())
-        .stderr(errors.reopen().unwrap())
-        .status()
-        .unwrap();
+        .stderr(errors.reopen().unwrap());
+    let status = status_within(&mut command, Duration::from_secs(30), &marker);
     // A client command cut off by --duration did not finish: the run fails saying so (it exited 0, as if it had).
     let stderr = std::fs::read_to_string(errors.path()).unwrap();
     assert!(!status.success() && stderr.contains("still running after --duration 1 s"), "{stderr}");
@@ -196,6 +196,30 @@ fn impairs_commands_are_stopped_with_everything_they_started() {
     std::thread::sleep(Duration::from_millis(300));
     let left = sleeps_left(&marker);
     assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// `command`'s exit status, if it ends within `limit`; else it is stopped (SIGTERM: its namespaces removed; then
+/// SIGKILL), the `sleep MARKER`s it left are killed, and the test fails naming the wait. (Waited for without a
+/// bound, a regression of `--duration` held the test for the `sleep`'s hour, past the suite's own bound, which then
+/// killed everything without a word of which test.)
+fn status_within(command: &mut Command, limit: Duration, marker: &str) -> std::process::ExitStatus {
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+    let stopping = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < stopping && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let left = sleeps_left(marker);
+    panic!("quiver impair still ran after {limit:?} (stopped; left running and killed: {left:?})");
 }
 
 /// Sends `signal` to process `pid` (through nix: procps' `kill` and `pgrep` are not on every machine).
@@ -241,13 +265,13 @@ fn impairs_commands_background_processes_are_stopped_and_a_failing_server_comman
     let marker = format!("{}", 4000 + std::process::id() % 1000);
     let background = format!("sleep {marker} & true");
     // (No pipes: a background process left running would hold them open, and the test with them.)
-    let status = Command::new(env!("CARGO_BIN_EXE_quiver"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+    command
         .args(["impair", "--netns", "--profile", "clean", "--duration", "20"])
         .args(["--server-cmd", &background, "--client-cmd", &background])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
+        .stderr(std::process::Stdio::null());
+    let status = status_within(&mut command, Duration::from_secs(60), &marker);
     assert!(status.success());
     std::thread::sleep(Duration::from_millis(300));
     let left = sleeps_left(&marker);

@@ -45,7 +45,9 @@ fn find_chromium() -> Option<PathBuf> {
 /// group: so Chromium goes with this test also when the test is killed (the suite's bound in scripts/test.sh) and
 /// nothing is dropped.
 struct Browser {
-    process: tokio::process::Child,
+    /// First: the group is killed before the shell is (its kill-on-drop).
+    _group: GroupKiller,
+    _process: tokio::process::Child,
     /// The watchdog shell's stdin: closed (by this process' drop or death), the group is killed.
     _lifeline: Option<tokio::process::ChildStdin>,
     _profile: tempfile::TempDir,
@@ -87,6 +89,9 @@ impl Browser {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromium.display()));
+        // From here on: a panic while opening (no DevTools address, a timeout) drops the locals, and the shell's
+        // kill-on-drop raced its own `kill -KILL 0`, leaving Chromium running for the rest of the suite.
+        let group = GroupKiller(process.id().and_then(|pid| i32::try_from(pid).ok()).map(nix::unistd::Pid::from_raw));
         // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID"
         let lifeline = process.stdin.take();
         let mut lines = BufReader::new(process.stderr.take().unwrap()).lines();
@@ -116,7 +121,7 @@ impl Browser {
         .await
         .expect("the page target appears");
         let (ws, _) = tokio_tungstenite::connect_async(page_ws).await.unwrap();
-        Browser { process, _lifeline: lifeline, _profile: profile, ws, next_id: 1 }
+        Browser { _group: group, _process: process, _lifeline: lifeline, _profile: profile, ws, next_id: 1 }
     }
 
     async fn call(&mut self, method: &str, params: Value) -> Value {
@@ -165,13 +170,13 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
+/// Kills Chromium's process group when dropped (its id is the watchdog shell's pid: `process_group(0)`).
+struct GroupKiller(Option<nix::unistd::Pid>);
+
+impl Drop for GroupKiller {
     fn drop(&mut self) {
-        if let Some(pid) = self.process.id() {
-            // The group's id is the watchdog shell's pid (process_group(0)).
-            if let Ok(group) = i32::try_from(pid).map(nix::unistd::Pid::from_raw) {
-                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-            }
+        if let Some(group) = self.0 {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

@@ -174,14 +174,7 @@ async fn a_flush_that_finds_the_pump_gone_gives_back_what_it_could_not_write() {
 /// pump's Drain branch reset it; its Wait branch left it to the drop (a review's find, 2026-12-08).
 #[tokio::test]
 async fn a_stream_given_up_inside_a_frame_is_reset_not_finished() {
-    let (server_conn, conn, _client, _dir) = crate::net::test_quic::loopback_pair().await;
-    // (The connection kept open by its handle here, as a server's is by its connection task.)
-    let send = web_transport_quinn::Session::raw(server_conn.clone()).open_uni().await.unwrap();
-    let (stats, probe) = (Arc::new(ServerStats::default()), quiver_transport::TailProbe::disabled());
-    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), 64 * 1024, (probe, None), stats);
-    for _ in 0..400 {
-        outbox.push_replay(Bytes::from(vec![b'x'; 10_000])); // 4 MB: past what quinn takes for this reader
-    }
+    let (outbox, conn, _kept) = overfull_outbox().await;
     outbox.flush(); // writes what quinn takes, the last frame in part, and parks the stream with the rest
     assert!(!crate::net::lock(&outbox.queue).frames.is_empty(), "frames left unwritten");
     drop(super::PumpGone(outbox.clone()));
@@ -192,16 +185,24 @@ async fn a_stream_given_up_inside_a_frame_is_reset_not_finished() {
 /// wrote a frame of in part (it dropped it: finished inside the frame; the diff review's find, 2026-12-08).
 #[tokio::test]
 async fn a_flush_that_finds_the_pump_gone_inside_a_frame_resets_the_stream() {
-    let (server_conn, conn, _client, _dir) = crate::net::test_quic::loopback_pair().await;
+    let (outbox, conn, _kept) = overfull_outbox().await;
+    crate::net::lock(&outbox.queue).gone = true; // the pump ended while the flush wrote
+    outbox.flush();
+    assert!(reset_at_the_client(&conn).await);
+}
+
+/// An outbox on a stream the client does not read yet, 4 MB of 10,000-byte frames queued (past what quinn takes
+/// for it: a flush writes the last frame it can in part), the client's connection, and what keeps it all open (the
+/// server's connection by its handle, as a server's is by its connection task).
+async fn overfull_outbox() -> (Arc<StreamOutbox>, quinn::Connection, impl Sized) {
+    let (server_conn, conn, client, dir) = crate::net::test_quic::loopback_pair().await;
     let send = web_transport_quinn::Session::raw(server_conn.clone()).open_uni().await.unwrap();
     let (stats, probe) = (Arc::new(ServerStats::default()), quiver_transport::TailProbe::disabled());
     let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), 64 * 1024, (probe, None), stats);
     for _ in 0..400 {
         outbox.push_replay(Bytes::from(vec![b'x'; 10_000]));
     }
-    crate::net::lock(&outbox.queue).gone = true; // the pump ended while the flush wrote
-    outbox.flush();
-    assert!(reset_at_the_client(&conn).await);
+    (outbox, conn, (server_conn, client, dir))
 }
 
 /// Whether the first stream the server opened on `conn` ends, read to its end, with a reset (not a finish).

@@ -309,6 +309,20 @@ fn next_nonzero(journal: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// Whether `stored` decompresses (an lz4 block, as fjall writes a journal value of 4 KiB or more) to exactly `len`
+/// bytes. fjall's reader decodes each item as it reads it and cuts the journal at one that does not decode (a lost
+/// page inside a compressed value), as at any entry it cannot decode: its batch is no whole batch (until 2026-12-08
+/// the scan read only its length, took such a batch for whole with a failing checksum, and refused a store fjall
+/// would open as after any crash; the second diff review's find).
+fn lz4_decodes(stored: &[u8], len: usize) -> bool {
+    // (lz4 expands at most about 255 times: a longer length does not decode, and is not allocated.)
+    if len > stored.len().saturating_mul(255).saturating_add(64) {
+        return false;
+    }
+    let mut value = vec![0u8; len];
+    matches!(lz4_flex::decompress_into(stored, &mut value), Ok(size) if size == len)
+}
+
 /// Tests: where each complete batch of `journal` begins, up to the first that is not one.
 #[cfg(test)]
 pub(super) fn batch_starts(journal: &[u8]) -> Vec<usize> {
@@ -357,9 +371,11 @@ fn item_end(journal: &[u8], at: usize) -> Option<usize> {
                 return None;
             }
             let key = usize::from(u16::from_le_bytes([head[11], head[12]]));
+            let len = u32::from_le_bytes(head[13..17].try_into().ok()?) as usize;
             let stored = u32::from_le_bytes(head[17..21].try_into().ok()?) as usize;
             let end = at.checked_add(ITEM_HEAD)?.checked_add(key)?.checked_add(stored)?;
-            (end <= journal.len()).then_some(end)
+            let value = journal.get(end - stored..end)?;
+            (head[2] == 0 || lz4_decodes(value, len)).then_some(end)
         }
         _ => None,
     }

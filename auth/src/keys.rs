@@ -92,7 +92,8 @@ pub fn load_or_generate_dev_key(data_dir: &Path) -> Result<Vec<u8>, AuthError> {
     // A link whose target is gone (a data directory restored without the secret it linked to): said so, not
     // replaced (the link was made on purpose) and not reported as the file missing (until 2026-12-08: "No such file
     // or directory", after a key was generated and could not be linked into place).
-    if std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+    let dangling = std::fs::metadata(&path).is_err_and(|err| err.kind() == std::io::ErrorKind::NotFound);
+    if dangling && std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_symlink()) {
         let target = std::fs::read_link(&path).map_or_else(|_| "?".into(), |t| t.display().to_string());
         let reason = format!("a link to {target}, which does not exist: restore it, or remove the link for a new key");
         return Err(AuthError::BadKey { path, reason });
@@ -302,6 +303,11 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join(DEV_KEY_FILE)).unwrap();
         let err = load_or_generate_dev_key(dir.path()).unwrap_err().to_string();
         assert!(err.contains("which does not exist") && err.contains("gone"), "{err}");
+        // A link to what exists but is no key file (a directory): its own error, not "does not exist".
+        std::fs::remove_file(dir.path().join(DEV_KEY_FILE)).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join(DEV_KEY_FILE)).unwrap();
+        let err = load_or_generate_dev_key(dir.path()).unwrap_err().to_string();
+        assert!(!err.contains("does not exist"), "{err}");
     }
 
     /// An operator's signing key file others may read is warned of (it was read in silence); a private one is not.

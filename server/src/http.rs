@@ -360,10 +360,12 @@ impl Response {
         let mut out = format!(
             "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\
              X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\nContent-Security-Policy: \
-             frame-ancestors 'none'\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n",
+             frame-ancestors 'none'\r\nReferrer-Policy: no-referrer\r\nConnection: {}\r\n",
             self.status,
             self.content_type,
-            self.body.len()
+            self.body.len(),
+            // (A 426's `Upgrade` header is named among the connection's options too: RFC 9110 §7.8.)
+            if self.status == 426 { "upgrade, close" } else { "close" }
         )
         .into_bytes();
         if self.status == 405 {

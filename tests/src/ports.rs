@@ -41,8 +41,10 @@ pub fn restartable_port() -> u16 {
 /// The ports picked from: [`LOWEST`] up to the ephemeral range, or the thousand below it where it starts lower
 /// (until 2026-12-08 the thousand above `LOWEST`, inside such a range: the race this module is for).
 fn below_ephemeral() -> (u16, u16) {
-    let end = ephemeral_start().max(2_048);
-    (LOWEST.min(end - 1_000).max(1_024), end)
+    let end = ephemeral_start();
+    let low = LOWEST.min(end.saturating_sub(1_000)).max(1_024);
+    assert!(low < end, "the kernel's ephemeral ports start at {end}: no port below them (and above 1024) to pick");
+    (low, end)
 }
 
 /// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).

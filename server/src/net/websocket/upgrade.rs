@@ -129,6 +129,7 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{answer}");
         assert!(answer.contains("\r\nSec-WebSocket-Version: 13\r\n"), "the version it speaks: {answer}");
         assert!(answer.contains("\r\nUpgrade: websocket\r\n"), "what to upgrade to: {answer}");
+        assert!(answer.contains("\r\nConnection: upgrade, close\r\n"), "{answer}");
         assert_eq!(classify_str(&UPGRADE.replace("Protocol: quiver", "Protocol: chat"), &web), Err(400));
         assert_eq!(classify_str(&UPGRADE.replace("Sec-WebSocket-Key", "X-Key"), &web), Err(400));
         assert_eq!(classify_str(&UPGRADE.replace("keep-alive, Upgrade", "keep-alive"), &web), Err(400));

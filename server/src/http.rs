@@ -372,9 +372,9 @@ impl Response {
             out.extend_from_slice(b"Allow: GET, HEAD\r\n");
         }
         if self.status == 426 {
-            // (Only the WebSocket upgrade answers 426: a version other than 13, RFC 6455 §4.2.2.)
+            // (Only the WebSocket upgrade answers 426: a version other than 13. The versions it speaks, RFC 6455
+            // §4.2.2, and what to upgrade to, RFC 9110 §15.5.22.)
             out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n");
-            // (RFC 9110 §15.5.22)
         }
         out.extend_from_slice(b"\r\n");
         if !self.head_only {

@@ -458,19 +458,20 @@ impl<R: RoomHub> Connection<R> {
         ServerStats::add(&self.stats.room_members, -1);
         // The room dropped the subscription when it overflowed; leaving again is a no-op kept for other hubs.
         self.rooms.leave(&room, gone.subscriber, now_us).await.flush();
-        let stopped = outbox.stopped_by_client.load(std::sync::atomic::Ordering::Relaxed);
-        let reason = match outbox.replay_cut_short.load(std::sync::atomic::Ordering::Relaxed) {
-            false if stopped => format!(
+        let reason = match outbox.overflow_cause() {
+            crate::net::rooms::Overflow::StoppedByClient => format!(
                 "room {room}: this client stopped the room's stream and sent no Leave within {} s; rejoin from your \
                  last seq",
                 crate::net::rooms::LEFT_STREAM_GRACE.as_secs()
             ),
-            true => format!(
+            crate::net::rooms::Overflow::ReplayCutShort => format!(
                 "room {room}: messages cannot be delivered on this stream (the history your join asked to catch up on \
                  is no longer readable: deleted by retention meanwhile, or the store could not read it; or a message \
                  is over this node's max_frame); rejoin from your last seq: you will be told messages were missed"
             ),
-            false => format!("room {room} fell behind by more than room_queue_bytes; rejoin from your last seq"),
+            crate::net::rooms::Overflow::SlowReader => {
+                format!("room {room} fell behind by more than room_queue_bytes; rejoin from your last seq")
+            }
         };
         Some(ServerMsg::Kicked { room: Some(room.to_string()), code: ErrorCode::SlowConsumer, reason })
     }

@@ -486,7 +486,7 @@ fn write_now(send: &mut SendStream, mut frames: VecDeque<Bytes>) -> (usize, VecD
 pub(crate) const LEFT_STREAM_GRACE: Duration = Duration::from_secs(5);
 
 mod pump;
-pub(crate) use pump::pump;
+pub(crate) use pump::{pump, Overflow};
 
 #[cfg(test)]
 #[path = "rooms_tests.rs"]

@@ -144,9 +144,9 @@ pub(super) fn damaged_journal(store: &Path) -> std::io::Result<Option<Damage>> {
             return Ok(Some(Damage { journal, cut_at: cut_at as u64, after: After::Journal(next.clone()), len }));
         }
         if let Some((cut_at, batch_after)) = break_with_batches_after(&bytes) {
-            let after = match batch_shape_at(&bytes, cut_at) {
-                Some((_, false)) => After::ChecksumThenBatches(batch_after as u64),
-                _ => After::Batch(batch_after as u64),
+            let after = match fails_its_checksum(&bytes, cut_at) {
+                true => After::ChecksumThenBatches(batch_after as u64),
+                false => After::Batch(batch_after as u64),
             };
             return Ok(Some(Damage { journal, cut_at: cut_at as u64, after, len }));
         }
@@ -235,8 +235,8 @@ fn break_with_batches_after(journal: &[u8]) -> Option<(usize, usize)> {
     while let Some(start) = next_nonzero(journal, from) {
         if journal[start] == START && batch_at(journal, start).is_some() {
             let torn = looks_torn(&journal[cut..start], cut, parsed_to(journal, cut).saturating_sub(cut));
-            let refused_by_fjall = matches!(batch_shape_at(journal, cut), Some((_, false)));
-            return (!torn || refused_by_fjall).then_some((cut, start));
+            return (!torn || fails_its_checksum(journal, cut)).then_some((cut, start));
+            // (fjall refuses that)
         }
         from = start + 1;
     }

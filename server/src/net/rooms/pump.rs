@@ -59,6 +59,29 @@ async fn stopped_by_peer(outbox: &StreamOutbox, code: u32, stop: &CancellationTo
     kick
 }
 
+/// Why a room stream's outbox overflowed (its subscription ended, the stream reset with `SlowConsumer`): told the
+/// client in `Kicked`, and counted by cause.
+pub(crate) enum Overflow {
+    /// The reader fell `room_queue_bytes` behind (or stopped the stream saying `SlowConsumer`).
+    SlowReader,
+    /// A join's replay could not deliver its range ([`Outbox::kick_replay`]).
+    ReplayCutShort,
+    /// The client stopped the stream (another code) and sent no Leave within [`LEFT_STREAM_GRACE`].
+    StoppedByClient,
+}
+
+impl StreamOutbox {
+    /// Why this outbox overflowed (read once it did).
+    pub(crate) fn overflow_cause(&self) -> Overflow {
+        use std::sync::atomic::Ordering::Relaxed;
+        match (self.replay_cut_short.load(Relaxed), self.stopped_by_client.load(Relaxed)) {
+            (true, _) => Overflow::ReplayCutShort,
+            (false, true) => Overflow::StoppedByClient,
+            (false, false) => Overflow::SlowReader,
+        }
+    }
+}
+
 /// What the pump does next, decided under the queue's lock.
 enum Next {
     /// Write this backlog (the stream is taken from the outbox meanwhile).
@@ -181,11 +204,10 @@ pub(crate) async fn pump(
                 outbox.notify_if_drained(&queue);
             }
             Next::Reset(mut send) => {
-                let stopped = outbox.stopped_by_client.load(std::sync::atomic::Ordering::Relaxed);
-                match outbox.replay_cut_short.load(std::sync::atomic::Ordering::Relaxed) {
-                    true => bump(&stats.replays_cut_short),
-                    false if stopped => {} // (the client's own doing: no slow reader)
-                    false => bump(&stats.slow_consumer_resets),
+                match outbox.overflow_cause() {
+                    Overflow::ReplayCutShort => bump(&stats.replays_cut_short),
+                    Overflow::StoppedByClient => {} // (the client's own doing: no slow reader)
+                    Overflow::SlowReader => bump(&stats.slow_consumer_resets),
                 }
                 send.reset(ErrorCode::SlowConsumer);
                 let _ = kicked.push((outbox.room.clone(), outbox.clone()));

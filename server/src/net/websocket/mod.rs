@@ -318,14 +318,11 @@ async fn request<R: RoomHub, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>
     // were refused 429 once enough of them came in a second).
     let (remote, admitted) = match admitted {
         Some(admitted) => (peer, admitted),
-        None if crate::http::parse_request(&head).is_err() => {
-            let refused = upgrade::classify(&head, &shared.config.web, !secure)
-                .err()
-                .unwrap_or_else(|| crate::http::Response::error(400, "malformed request"));
-            answer(stream, refused, &shutdown).await;
-            return drop(upgrading);
-        }
         None => {
+            if let Err(refused) = crate::http::parse_request(&head) {
+                answer(stream, refused, &shutdown).await;
+                return drop(upgrading);
+            }
             let trusted = &shared.config.web.trusted_proxies;
             let client = crate::forwarded::client_address(trusted, peer.ip(), upgrade::forwarded_for(&head));
             let Some(mut admitted) = admit_tcp(client, &shared.admission, &shared.stats) else {

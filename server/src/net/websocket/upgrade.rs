@@ -16,16 +16,34 @@ pub(super) enum Request {
     Http,
 }
 
-fn header<'a>(lines: &[&'a str], name: &str) -> Option<&'a str> {
+/// Every value of the header `name`, in order.
+fn values<'a, 'b>(lines: &'b [&'a str], name: &'b str) -> impl Iterator<Item = &'a str> + 'b {
     lines
         .iter()
         .filter_map(|line| line.split_once(':'))
-        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .filter(move |(n, _)| n.trim().eq_ignore_ascii_case(name))
         .map(|(_, value)| value.trim())
 }
 
-fn has_token(value: Option<&str>, token: &str) -> bool {
-    value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+/// The header `name`'s one value: `None` when it is missing or repeated (RFC 6455 §4.1 has the key and the
+/// version appear once).
+fn header<'a>(lines: &[&'a str], name: &str) -> Option<&'a str> {
+    let mut all = values(lines, name);
+    all.next().filter(|_| all.next().is_none())
+}
+
+/// Whether the list header `name` has `token` in any of its lines: a list may be split over several lines of the
+/// same name (RFC 9110 §5.3), as a proxy may pass on `Sec-WebSocket-Protocol` (until 2026-12-08 only the first
+/// line was read).
+fn has_token(lines: &[&str], name: &str, token: &str) -> bool {
+    values(lines, name).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether the request line's version is HTTP/1.1 or later (`parse_request` took `HTTP/1.x`): RFC 6455 §4.1
+/// asks for 1.1 at least, and an HTTP/1.0 intermediary does not know `Upgrade` (until 2026-12-08 taken).
+fn http_1_1_or_later(head: &[u8]) -> bool {
+    let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    !request_line.ends_with(b" HTTP/1.0")
 }
 
 /// Reads a request head (up to and including its blank line).
@@ -33,16 +51,18 @@ fn has_token(value: Option<&str>, token: &str) -> bool {
 pub(super) fn classify(head: &[u8], web: &WebConfig, plain: bool) -> Result<Request, Response> {
     let (head_only, target, lines) = crate::http::parse_request(head)?;
     let lines: Vec<&str> = lines.take_while(|line| !line.is_empty()).collect();
-    let upgrade = header(&lines, "upgrade");
-    if !has_token(upgrade, "websocket") {
+    if !has_token(&lines, "upgrade", "websocket") {
         return Ok(Request::Http);
     }
     let path = target.split(['?', '#']).next().unwrap_or("");
     if path != web.path {
         return Err(Response::error(404, &format!("no WebSocket endpoint here; Quiver's is at {}", web.path)));
     }
-    if head_only || !has_token(header(&lines, "connection"), "upgrade") {
+    if head_only || !has_token(&lines, "connection", "upgrade") {
         return Err(Response::error(400, "a WebSocket upgrade is a GET with Connection: Upgrade"));
+    }
+    if !http_1_1_or_later(head) {
+        return Err(Response::error(400, "a WebSocket upgrade needs HTTP/1.1 (RFC 6455 §4.1)"));
     }
     // RFC 6455 §4.2.2: 426 with the versions this server speaks (`Sec-WebSocket-Version: 13`, added by
     // `Response::to_bytes`), so that a client can ask again (until 2026-12-08 a bare 400).
@@ -50,14 +70,19 @@ pub(super) fn classify(head: &[u8], web: &WebConfig, plain: bool) -> Result<Requ
         return Err(Response::error(426, "WebSocket version 13 only"));
     }
     let Some(key) = header(&lines, "sec-websocket-key").filter(|k| !k.is_empty() && k.len() <= 64) else {
-        return Err(Response::error(400, "missing Sec-WebSocket-Key"));
+        return Err(Response::error(400, "missing (or repeated) Sec-WebSocket-Key"));
     };
-    if !has_token(header(&lines, "sec-websocket-protocol"), SUBPROTOCOL) {
+    if !has_token(&lines, "sec-websocket-protocol", SUBPROTOCOL) {
         return Err(Response::error(400, &format!("ask for the WebSocket subprotocol {SUBPROTOCOL:?}")));
     }
     // Browsers always send Origin on a WebSocket; native clients (no page, no ambient credentials) send none and
     // are not what an origin list is about.
-    let origin = header(&lines, "origin");
+    // (One Origin: a second would otherwise read as none, a native client's, past the origin list.)
+    let mut origins = values(&lines, "origin");
+    let origin = origins.next();
+    if origins.next().is_some() {
+        return Err(Response::error(400, "more than one Origin"));
+    }
     if origin.is_some() && !web.origin_allowed(origin) {
         return Err(Response::error(403, "origin not allowed (web.origins)"));
     }
@@ -145,6 +170,23 @@ mod tests {
         assert!(matches!(classify_str(&app, &strict), Ok(Request::Upgrade { .. })));
         let native = UPGRADE.replace("Origin: http://localhost:4433\r\n", "");
         assert!(matches!(classify_str(&native, &strict), Ok(Request::Upgrade { .. })), "no Origin: not a browser");
+        let twice = UPGRADE.replace("Origin:", "Origin: https://app.example\r\nOrigin:");
+        assert_eq!(classify_str(&twice, &strict), Err(400), "two origins are not none");
+    }
+
+    /// RFC 6455 §4.1: an upgrade is HTTP/1.1 or later, and its key appears once; a list header may come in several
+    /// lines (RFC 9110 §5.3), the subprotocol's among them.
+    #[test]
+    fn an_upgrade_is_http_1_1_with_one_key_and_its_lists_in_any_line() {
+        let web = WebConfig::default();
+        assert_eq!(classify_str(&UPGRADE.replace("HTTP/1.1", "HTTP/1.0"), &web), Err(400));
+        let second_key = "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Version:";
+        let two_keys = UPGRADE.replace("Sec-WebSocket-Version:", second_key);
+        assert_eq!(classify_str(&two_keys, &web), Err(400));
+        let split = UPGRADE.replace("Protocol: quiver", "Protocol: chat\r\nSec-WebSocket-Protocol: quiver, other");
+        assert!(matches!(classify_str(&split, &web), Ok(Request::Upgrade { .. })), "the list's second line");
+        let split = UPGRADE.replace("Connection: keep-alive, Upgrade", "Connection: keep-alive\r\nConnection: Upgrade");
+        assert!(matches!(classify_str(&split, &web), Ok(Request::Upgrade { .. })), "Connection in two lines");
     }
 
     /// Plain ws:// without an origin list takes this machine's pages only (and native clients, which send no

@@ -63,12 +63,11 @@ export class QuiverClient {
    * pushes: `{type: 'goaway'|'kicked'|'error', code, reason, room?}`, and rooms that could not be rejoined),
    * `onAttempt({attempt, lastError, nextTryMs})` (while reconnecting, before each attempt: which one, why the link is
    * down or the last attempt failed, and when the next starts; the same object is `client.reconnecting`),
-   * `connectTimeoutMs` (10000), `reconnectDelayMs` (50), `reconnectMaxDelayMs` (5000),
-   * `copies` (2) and `copySpacingMs` (5) (redundant rooms: datagram copies per post and the time between them; QUIC
-   * only), `transport` ('auto': WebTransport, joined by the WebSocket when it fails or is not ready within
-   * `fallbackTimeoutMs` (2000, at most half of connectTimeoutMs), the first one ready used; once the WebSocket won,
-   * reconnects try both at once; 'webtransport'; 'websocket'), `websocketUrl` (default: the URL with `wss:`; an
-   * array: one per URL),
+   * `connectTimeoutMs` (10000), `reconnectDelayMs` (50), `reconnectMaxDelayMs` (5000), `copies` (2) and `copySpacingMs`
+   * (5) (redundant rooms: datagram copies per post and the time between them; QUIC only), `transport` ('auto':
+   * WebTransport, joined by the WebSocket when it fails or is not ready within `fallbackTimeoutMs` (2000, at most half
+   * of connectTimeoutMs), the first one ready used; once the WebSocket won, reconnects try both at once;
+   * 'webtransport'; 'websocket'), `websocketUrl` (default: the URL with `wss:`; an array: one per URL),
    * `onTransport(transport, fallback)` (at the first connection and on a change: 'webtransport' or 'websocket', and why
    * WebTransport was not used, else null), `keepAliveMs` (10000) and `idleTimeoutMs` (30000) (over the WebSocket: a
    * Ping after that long without receiving anything, at most two thirds of the shorter timeout, at least 1; lost after
@@ -126,8 +125,8 @@ export class QuiverClient {
       const noted = (reqId) => entry.state.joining(session, reqId);
       const join = { Join: { room, since: entry.state.position(), redundant } };
       entry.state.replied(expectReply(await session.request(join, noted), 'Joined'));
-      const left = { code: ErrorCode.NoError, reason: 'left' };
-      if (this.#rooms.get(room) !== entry) throw QuiverError.closed(this.closeReason ?? left);
+      const left = entry.ended ?? this.closeReason ?? { code: ErrorCode.NoError, reason: 'left' }; // (or kicked)
+      if (this.#rooms.get(room) !== entry) throw new QuiverError(left.code, left.reason, { closed: !entry.ended });
     }, () => this.#rooms.get(room) !== entry);
     entry.joining = joining.catch(() => {});
     try {
@@ -443,6 +442,7 @@ export class QuiverClient {
     const room = entry.state.name;
     if (this.#rooms.get(room) !== entry) return; // left, or ended already
     this.#rooms.delete(room);
+    entry.ended = { code, reason };
     callBack(entry.onEvent, { type: 'kicked', room, code, reason });
   }
 

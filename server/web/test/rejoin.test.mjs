@@ -348,3 +348,25 @@ test('a leave (unsubscribe) by name gives up a join (subscribe) waiting for an e
   await ann.join('x', { onEvent: () => {} }); // later, neither is refused AlreadyJoined
   await ann.subscribe('x');
 });
+
+test('a join whose room is kicked in the read of its answer rejects with the kick\'s code, not as left', async (t) => {
+  // Before, the kick ended the room before join() took its answer, and the join rejected "closed: left" (NoError):
+  // a retry loop took the permission refusal for a leave of its own.
+  const server = new FakeServer();
+  const ann = await connect(t, server, { name: 'ann' });
+  const events = [];
+  server.heldReplies.set('Join', []);
+  const joined = ann.join('lobby', { onEvent: (e) => events.push(e) });
+  await until('the Join was sent', () => server.requestsOf('Join').length === 1);
+  const [conn] = server.connections;
+  // The answer and the kick in one chunk (one read).
+  const chunks = [];
+  const push = conn.control.push;
+  conn.control.push = (bytes) => chunks.push(bytes);
+  server.heldReplies.get('Join').forEach((send) => send());
+  conn.send({ Kicked: { room: 'lobby', code: ErrorCode.PermissionDenied, reason: 'banned' } });
+  conn.control.push = push;
+  push(Uint8Array.from(chunks.flatMap((bytes) => [...bytes])));
+  await assert.rejects(joined, (err) => !err.closed && err.code === ErrorCode.PermissionDenied && err.message === 'banned');
+  assert.deepEqual(events.at(-1), { type: 'kicked', room: 'lobby', code: ErrorCode.PermissionDenied, reason: 'banned' });
+});

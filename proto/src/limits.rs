@@ -50,14 +50,19 @@ pub struct Limits {
     /// `(identity, client_msg_id)` entries remembered per room, of posts stored (oldest forgotten first; a server
     /// keeps the posts still waiting for its store's commit past it). Default 10,000.
     pub dedupe_max_entries: u32,
-    /// Connections the server serves at once (handshakes in progress included); one more is accepted and closed
-    /// at once with `TooManyConnections`. Default 10,000.
+    /// Connections the server serves at once (handshakes in progress included). One more from an address not
+    /// validated yet gets a QUIC Retry; a validated one closes a connection that has not sent its Hello yet to take
+    /// its place if there is one, else it is accepted and closed at once with `TooManyConnections` (refused without
+    /// a reason while `budget.max_over_limit_handshakes` such closes are under way: docs/security.md). Default
+    /// 10,000.
     pub max_connections: u32,
-    /// Connections one source address (an IPv4 address, or an IPv6 /64) may have at once; one more is accepted
-    /// and closed at once with `TooManyConnections`. Default 256.
+    /// Connections one source address (an IPv4 address, or an IPv6 /64) may have at once; one more is treated as
+    /// one over `max_connections` (a Retry first; then closed with `TooManyConnections`, or refused without a
+    /// reason), but never makes room. Default 256.
     pub max_connections_per_ip: u32,
-    /// New connections per second from one source address. Above it, an attempt whose address is not validated
-    /// yet gets a QUIC Retry; a validated one over the rate is refused. Default 100.
+    /// New connections per second from one source address. An attempt whose address is not validated yet gets a
+    /// QUIC Retry once the address has used half of a second's burst (and until its bucket is full again); a
+    /// validated one over the rate is refused. Default 100.
     pub new_connections_per_s_per_ip: u32,
     /// Control requests per second per connection. One over the rate is answered `RateLimited` and the connection
     /// stays; a connection that keeps going ([`Limits::FLOOD_BURSTS`] bursts refused within a second) is closed

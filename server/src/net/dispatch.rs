@@ -469,6 +469,10 @@ impl<R: RoomHub> Connection<R> {
                  is no longer readable: deleted by retention meanwhile, or the store could not read it; or a message \
                  is over this node's max_frame); rejoin from your last seq: you will be told messages were missed"
             ),
+            crate::net::rooms::Overflow::RoomReset => format!(
+                "room {room}: the server lost this room's thread (a new epoch, or events it could not fill in); \
+                 rejoin from your last seq: you will be told whether messages were missed"
+            ),
             crate::net::rooms::Overflow::SlowReader => {
                 format!("room {room} fell behind by more than room_queue_bytes; rejoin from your last seq")
             }

@@ -140,11 +140,9 @@ pub(crate) struct StreamOutbox {
     /// Wakes a paged replay: the queue was written out (or the stream is gone).
     drained: Notify,
     overflow: CancellationToken,
-    /// The overflow is a join's replay that could not deliver its range ([`Outbox::kick_replay`]), not a slow reader.
-    pub(crate) replay_cut_short: std::sync::atomic::AtomicBool,
-    /// The overflow is the client's stop of the stream (not for `SlowConsumer`) with no Leave within
-    /// [`LEFT_STREAM_GRACE`], not a slow reader: told so, and not counted as one.
-    pub(crate) stopped_by_client: std::sync::atomic::AtomicBool,
+    /// Why it overflowed when not for a slow reader (an [`Overflow`] as a byte; [`Overflow::SlowReader`] until set,
+    /// the first cause set wins): told the client, and counted, apart from a slow reader.
+    pub(crate) cause: std::sync::atomic::AtomicU8,
     /// Cancelled when the room is left: the pump then has [`LEFT_STREAM_GRACE`] to finish the stream.
     left: CancellationToken,
     bound: usize,
@@ -183,8 +181,7 @@ impl StreamOutbox {
             wake: Notify::new(),
             drained: Notify::new(),
             overflow: CancellationToken::new(),
-            replay_cut_short: std::sync::atomic::AtomicBool::new(false),
-            stopped_by_client: std::sync::atomic::AtomicBool::new(false),
+            cause: std::sync::atomic::AtomicU8::new(Overflow::SlowReader as u8),
             left: CancellationToken::new(),
             bound,
         })
@@ -332,13 +329,11 @@ impl Outbox for StreamOutbox {
     }
 
     fn kick(&self) {
-        self.overflow.cancel();
-        self.wake.notify_one();
+        self.overflow_for(Overflow::RoomReset);
     }
 
     fn kick_replay(&self) {
-        self.replay_cut_short.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.kick();
+        self.overflow_for(Overflow::ReplayCutShort);
     }
 
     fn push_replay(&self, frame: Bytes) {

@@ -98,6 +98,28 @@ async fn a_replay_cut_short_is_not_counted_as_a_slow_consumer() {
     let _ = pump.await;
 }
 
+/// A room's engine that lost the room's thread (a cluster room's new epoch, a gap it cannot fill) ends every
+/// member's stream the same way, but no reader fell behind: before, each was counted as a slow-consumer reset (a
+/// `room_queue_bytes` breach per member at every Redis incident) and told it fell behind.
+#[tokio::test]
+async fn a_room_reset_is_not_counted_as_a_slow_consumer() {
+    let (send, _client, _conn, _dir) = unread_stream().await;
+    let stats = Arc::new(ServerStats::default());
+    let probe = quiver_transport::TailProbe::disabled();
+    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), 64 * 1024, (probe, None), stats.clone());
+    let kicked = crate::net::mailbox::Mailbox::new(4);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pump = tokio::spawn(super::pump(outbox.clone(), kicked.clone(), stop.clone(), stats.clone()));
+    outbox.kick();
+    outbox.kick_replay(); // (a later cause does not replace the first)
+    let (room, _) = tokio::time::timeout(std::time::Duration::from_secs(5), kicked.pop()).await.expect("reset");
+    assert_eq!((&*room, outbox.overflow_cause()), ("r", super::Overflow::RoomReset));
+    let s = stats.snapshot();
+    assert_eq!((s.replays_cut_short, s.slow_consumer_resets), (0, 0), "{s:?}");
+    stop.cancel();
+    let _ = pump.await;
+}
+
 /// A paged replay reads its next page only once the last one was handed to the stream, not as soon as the pump took
 /// it: a reader that takes nothing holds one page per room (before, one in the pump's hands and the next queued).
 #[tokio::test]

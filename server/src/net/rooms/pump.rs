@@ -53,14 +53,14 @@ async fn stopped_by_peer(outbox: &StreamOutbox, code: u32, stop: &CancellationTo
     let kick = slow || !left_in_grace(outbox, stop).await;
     if kick {
         // (Until 2026-12-08 a stop without a Leave was told "fell behind" and counted as a slow consumer.)
-        outbox.stopped_by_client.store(!slow, std::sync::atomic::Ordering::Relaxed);
-        outbox.kick();
+        outbox.overflow_for(if slow { Overflow::SlowReader } else { Overflow::StoppedByClient });
     }
     kick
 }
 
 /// Why a room stream's outbox overflowed (its subscription ended, the stream reset with `SlowConsumer`): told the
 /// client in `Kicked`, and counted by cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Overflow {
     /// The reader fell `room_queue_bytes` behind (or stopped the stream saying `SlowConsumer`).
     SlowReader,
@@ -68,17 +68,30 @@ pub(crate) enum Overflow {
     ReplayCutShort,
     /// The client stopped the stream (another code) and sent no Leave within [`LEFT_STREAM_GRACE`].
     StoppedByClient,
+    /// The room's engine lost its thread ([`Outbox::kick`]: a cluster room's new epoch, or a gap it cannot fill),
+    /// every member at once: no reader's doing (until 2026-12-08 told "fell behind" and counted as a slow reader).
+    RoomReset,
 }
 
 impl StreamOutbox {
     /// Why this outbox overflowed (read once it did).
     pub(crate) fn overflow_cause(&self) -> Overflow {
+        let cause = self.cause.load(std::sync::atomic::Ordering::Relaxed);
+        [Overflow::ReplayCutShort, Overflow::StoppedByClient, Overflow::RoomReset]
+            .into_iter()
+            .find(|c| *c as u8 == cause)
+            .unwrap_or(Overflow::SlowReader)
+    }
+
+    /// Overflows for `cause` (the first cause given wins; an overflow for a slow reader sets none) and wakes the
+    /// pump to reset the stream.
+    pub(crate) fn overflow_for(&self, cause: Overflow) {
         use std::sync::atomic::Ordering::Relaxed;
-        match (self.replay_cut_short.load(Relaxed), self.stopped_by_client.load(Relaxed)) {
-            (true, _) => Overflow::ReplayCutShort,
-            (false, true) => Overflow::StoppedByClient,
-            (false, false) => Overflow::SlowReader,
+        if !self.overflow.is_cancelled() {
+            let _ = self.cause.compare_exchange(Overflow::SlowReader as u8, cause as u8, Relaxed, Relaxed);
         }
+        self.overflow.cancel();
+        self.wake.notify_one();
     }
 }
 
@@ -206,7 +219,8 @@ pub(crate) async fn pump(
             Next::Reset(mut send) => {
                 match outbox.overflow_cause() {
                     Overflow::ReplayCutShort => bump(&stats.replays_cut_short),
-                    Overflow::StoppedByClient => {} // (the client's own doing: no slow reader)
+                    // (The client's own doing, or the room's engine's: no slow reader.)
+                    Overflow::StoppedByClient | Overflow::RoomReset => {}
                     Overflow::SlowReader => bump(&stats.slow_consumer_resets),
                 }
                 send.reset(ErrorCode::SlowConsumer);

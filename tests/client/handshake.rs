@@ -101,3 +101,56 @@ async fn a_resubscribe_answered_with_the_wrong_reply_ends_as_a_protocol_violatio
     client.close().await;
     server.abort();
 }
+
+/// A reconnect has `connect_timeout` for its handshake and again for Hello/Welcome, as the first connect has: on
+/// a path of a second's round trip whose token comes from a slow auth service, the first connect worked and every
+/// reconnect timed out (one `connect_timeout` for all of it, until 2026-12-08), retried for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_has_the_connect_timeout_for_its_handshake_and_again_for_hello() {
+    use quiver_lab::impair::{DirectionProfile, ImpairmentProfile, Relay, RelayConfig};
+    use std::sync::{atomic::AtomicU32, atomic::Ordering, Arc};
+    let server = quiver_tests::TestServer::start(Limits::default());
+    let slow = DirectionProfile { delay_ms: 500.0, ..DirectionProfile::default() };
+    let relay = Relay::start(RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: server.addr,
+        profile: ImpairmentProfile::symmetric(slow),
+        max_clients: 4,
+        client_idle: quiver_lab::impair::CLIENT_IDLE,
+    })
+    .unwrap();
+    // Tokens at once for the first connect; then after 1.5 s (with the Hello's round trip, 2.5 s of the 3).
+    let (dev, calls) = (quiver_client::TokenProvider::dev(server.data_dir.path().into(), "far".into()), Arc::default());
+    let counted: Arc<AtomicU32> = Arc::clone(&calls);
+    let provider = quiver_client::TokenProvider::new_async(move || {
+        let (dev, first) = (dev.clone(), counted.fetch_add(1, Ordering::Relaxed) == 0);
+        async move {
+            if !first {
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+            }
+            dev.token().await
+        }
+    });
+    let options = ConnectOptions {
+        trust: server.trust(),
+        token_provider: Some(provider),
+        connect_timeout: Duration::from_secs(3),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(&relay.local_addr().to_string(), options).await.unwrap();
+    let first = client.connection().unwrap();
+    first.close(0u32.into(), b"lost");
+    let back = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if client.connection().is_some_and(|c| c.stable_id() != first.stable_id()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let tried = || calls.load(Ordering::Relaxed);
+    back.await.unwrap_or_else(|_| panic!("not reconnected in 30 s ({} tokens asked for)", tried()));
+    client.ping().await.unwrap();
+    drop((client, relay));
+    server.stop().await;
+}

@@ -27,8 +27,17 @@ fn refusal_code(err: &ConnectError) -> ErrorCode {
 
 impl Driver {
     /// A reconnect: the servers resolved again and raced (the address just lost last, so that another node of a
-    /// cluster is tried first), then the winner's session opened.
+    /// cluster is tried first), then the winner's session opened. As a first connect: `connect_timeout` for the
+    /// names and the handshake, and again for Hello/Welcome (until 2026-12-08 one `connect_timeout` for all: on a
+    /// path whose handshake takes most of it, every reconnect timed out while the first connect had worked).
     async fn reopen(&self, avoid: &[std::net::SocketAddr]) -> Result<Arc<Live>, ConnectError> {
+        let timeout = self.options.connect_timeout;
+        let link = tokio::time::timeout(timeout, self.link(avoid)).await.map_err(|_| ConnectError::Timeout(timeout))?;
+        tokio::time::timeout(timeout, self.open(link?)).await.map_err(|_| ConnectError::Timeout(timeout))?
+    }
+
+    /// A reconnect's link: see [`Driver::reopen`].
+    async fn link(&self, avoid: &[std::net::SocketAddr]) -> Result<crate::wire::Link, ConnectError> {
         let lost = self.target().addr;
         let mut targets = Target::resolve_all(&self.server, &self.options).await?;
         // Not those that refused the session in this outage, while another is left.
@@ -43,7 +52,7 @@ impl Driver {
         let (target, link) =
             Target::connect(targets, &self.options, self.options.connect_timeout, websocket_first).await?;
         *lock(&self.target) = Arc::new(target);
-        self.open(link).await
+        Ok(link)
     }
 
     /// The addresses `server` names now, with their trust.
@@ -131,8 +140,10 @@ impl Driver {
                     () = tokio::time::sleep(delay) => {}
                     () = self.stop.cancelled() => return self.end((ErrorCode::NoError, "client dropped".into())),
                 }
+                // (Each of its two steps has `connect_timeout`: this bounds them together.)
+                let bound = 2 * self.options.connect_timeout;
                 let attempt = tokio::select! {
-                    attempt = tokio::time::timeout(self.options.connect_timeout, self.reopen(&refused_by)) => attempt,
+                    attempt = tokio::time::timeout(bound, self.reopen(&refused_by)) => attempt,
                     () = self.stop.cancelled() => return self.end((ErrorCode::NoError, "client dropped".into())),
                 };
                 match attempt {

@@ -245,3 +245,43 @@ async fn a_pubsub_ping_answered_with_an_error_keeps_the_connection() {
     assert_eq!(broker.pubsub_connections(), before, "the Pub/Sub connection was made again");
     broker.retire().await;
 }
+
+/// Redis that lost this node's latest beats (a failover to a lagging replica behind an address that keeps the
+/// Pub/Sub connection's session) has the Pub/Sub connection made again: a new one is what runs each live room's
+/// rollback check, catch-up and presence repair. Before, only the burials were put off, and a rollback that
+/// dropped no connection went unnoticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_heartbeat_makes_the_pubsub_connection_again() {
+    let test = "a_lost_heartbeat_makes_the_pubsub_connection_again";
+    let Some(mut redis) = super::super::scripts::tests::redis(test) else { return };
+    let (broker, _sink) = connected(&redis.url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let stamp = |redis: &mut super::super::scripts::tests::Redis| -> Option<u64> {
+        redis::cmd("ZSCORE").arg(crate::cluster::keys::NODES).arg(&broker.node).query(&mut redis.conn).unwrap()
+    };
+    // Two beats in: the second one knows the first's time.
+    let first = loop {
+        if let Some(first) = stamp(&mut redis) {
+            break first;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no beat");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    while stamp(&mut redis) == Some(first) {
+        assert!(tokio::time::Instant::now() < deadline, "no second beat");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connections = broker.pubsub_connections();
+    // Redis "back from older data": the node's stamp as it was a minute before.
+    let _: i64 = redis::cmd("ZADD")
+        .arg(crate::cluster::keys::NODES)
+        .arg(first - 60_000)
+        .arg(&broker.node)
+        .query(&mut redis.conn)
+        .unwrap();
+    while broker.pubsub_connections() == connections {
+        assert!(tokio::time::Instant::now() < deadline, "the Pub/Sub connection was kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker.retire().await;
+}

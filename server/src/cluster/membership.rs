@@ -72,13 +72,14 @@ pub(super) const BURIAL_MARK_MS: u64 = 60 * 60 * 1000;
 
 /// Counts subscription `sub` of `identity` in `room` (idempotent per subscription). In a room where this node was
 /// buried (cut off from Redis for longer than the presence expiry), the script counts nothing until asked again:
-/// this node is alive, so it asks (a join of a dead one's that runs late never does).
+/// this node is alive, so it asks (a join of a dead one's that runs late never does). At most `most_members`
+/// member names come back (the joiner's among them, when the room holds more; 0: none).
 pub(super) async fn join_script(
     ctx: &Ctx,
     keys: &RoomKeys,
-    identity: &str,
-    sub: SubscriberId,
+    (identity, sub): (&str, SubscriberId),
     now_us: u64,
+    most_members: usize,
 ) -> redis::RedisResult<(String, u64, u64, Vec<String>)> {
     let mut conn = ctx.broker.conn();
     let node = ctx.broker.node();
@@ -98,6 +99,7 @@ pub(super) async fn join_script(
             .arg(&keys.events)
             .arg(sub)
             .arg(revive)
+            .arg(most_members)
             .invoke_async(&mut conn)
             .await?;
         if buried == 0 || revive == "1" {
@@ -130,7 +132,8 @@ pub(super) async fn announce(ctx: Arc<Ctx>, rooms: Arc<Mutex<HashMap<String, Arc
             continue;
         }
         for (id, identity) in subs {
-            if let Err(err) = join_script(&ctx, &room.keys, &identity, id, crate::now_us()).await {
+            // (No member list: nothing here reads it.)
+            if let Err(err) = join_script(&ctx, &room.keys, (&identity, id), crate::now_us(), 0).await {
                 ctx.broker.failed(&err);
                 done = false;
             }

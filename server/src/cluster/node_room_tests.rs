@@ -324,7 +324,7 @@ async fn a_live_node_buried_in_a_room_is_counted_at_its_next_join() {
     let keys = RoomKeys::new("r");
     let mark = keys.buried(room.ctx.broker.node());
     let _: () = redis::cmd("SET").arg(&mark).arg("1").arg("PX").arg(60_000).query(&mut redis.conn).unwrap();
-    let joined = super::super::membership::join_script(&room.ctx, &keys, "ann", 5, 10).await.unwrap();
+    let joined = super::super::membership::join_script(&room.ctx, &keys, ("ann", 5), 10, 100).await.unwrap();
     assert_eq!(joined.3, ["ann"], "the live node's member was not counted");
     let marked: u64 = redis::cmd("EXISTS").arg(&mark).query(&mut redis.conn).unwrap();
     assert_eq!(marked, 0);

@@ -112,6 +112,12 @@ impl Drop for UndoOnDrop {
     }
 }
 
+/// The most member names a join asks Redis for: more than fit one `max_frame` (`hub::fit_members` counts each name
+/// at 3 bytes more than its own) are cut off anyway.
+fn most_members(max_frame: usize) -> usize {
+    max_frame / 3
+}
+
 pub(super) fn node_room(ctx: &Arc<Ctx>, rooms: &Mutex<HashMap<String, Arc<NodeRoom>>>, name: &str) -> Arc<NodeRoom> {
     lock(rooms)
         .entry(name.to_string())
@@ -150,7 +156,9 @@ impl RoomHub for RedisRooms {
         // this armed.
         let mut dropped = UndoOnDrop { ctx: ctx.clone(), room: name.clone(), subscriber, armed: true };
         let (epoch, seq, op_before, mut members) =
-            join_script(ctx, keys, &identity, subscriber, now_us).await.map_err(|err| ctx.unavailable(err))?;
+            join_script(ctx, keys, (&identity, subscriber), now_us, most_members(ctx.codec.max_frame()))
+                .await
+                .map_err(|err| ctx.unavailable(err))?;
         let mut conn = ctx.broker.conn();
         let epoch: u64 = epoch.parse().map_err(|_| Failure::new(ErrorCode::Internal, "unreadable room epoch"))?;
         let read = (keys.meta.as_str(), keys.log.as_str());

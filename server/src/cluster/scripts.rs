@@ -135,7 +135,10 @@ return {epoch, seq, 0}
 
 /// KEYS: meta, log, members, this node's holders, the subscription's tombstone, this node's burial mark in the room.
 /// ARGV: fresh epoch, identity, time µs, events channel, the subscription's id on this node, `1` to count it even
-/// though this node was buried. Idempotent per subscription (a retry, or a node announcing its members again,
+/// though this node was buried, the most member names to return (`0`: none; a room holding more gives that many,
+/// the joiner's among them: until 2026-12-08 every join read the whole list, O(members) in Redis' one thread, and a
+/// node announcing its members again after a burial, which reads none, had each of its joins read it).
+/// Idempotent per subscription (a retry, or a node announcing its members again,
 /// counts it once), and never counts a subscription whose leave ran first (its tombstone: a join whose reply was
 /// lost is undone by a leave, and the join, late on a replaced connection, may run after it), nor, unless asked to,
 /// one of a node buried in this room ([`NODE_GONE`]'s mark: a dead node's join still on its way, in a kernel's send
@@ -143,15 +146,28 @@ return {epoch, seq, 0}
 /// alive, asks again to be counted). Returns {epoch, seq, op before this join's event, members, 1 when refused for
 /// the mark}.
 const JOIN: &str = r#"
+local function listed(members, identity, most)
+  if most <= 0 then return {} end
+  if redis.call('HLEN', members) <= most then return redis.call('HKEYS', members) end
+  local some = redis.call('HRANDFIELD', members, most)
+  if redis.call('HEXISTS', members, identity) == 0 then return some end
+  for _, member in ipairs(some) do
+    if member == identity then return some end
+  end
+  some[#some] = identity
+  return some
+end
+local most = tonumber(ARGV[7])
 if redis.call('EXISTS', KEYS[5]) == 1 then
   -- Left already: nothing is written (a room gone meanwhile is not made again, nor kept from expiring).
   local fields = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'op')
-  return {fields[1] or ARGV[1], tonumber(fields[2] or '0'), tonumber(fields[3] or '0'), redis.call('HKEYS', KEYS[3]), 0}
+  local members = listed(KEYS[3], ARGV[2], most)
+  return {fields[1] or ARGV[1], tonumber(fields[2] or '0'), tonumber(fields[3] or '0'), members, 0}
 end
 if redis.call('EXISTS', KEYS[6]) == 1 then
   if ARGV[6] ~= '1' then
     local fields = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'op')
-    local members = redis.call('HKEYS', KEYS[3])
+    local members = listed(KEYS[3], ARGV[2], most)
     return {fields[1] or ARGV[1], tonumber(fields[2] or '0'), tonumber(fields[3] or '0'), members, 1}
   end
   redis.call('DEL', KEYS[6])
@@ -166,7 +182,7 @@ if redis.call('HSETNX', KEYS[4], ARGV[5], ARGV[2]) == 1 then
     publish(ARGV[4], epoch, seq, op, ARGV[3], 'J' .. ARGV[2])
   end
 end
-return {epoch, seq, before, redis.call('HKEYS', KEYS[3]), 0}
+return {epoch, seq, before, listed(KEYS[3], ARGV[2], most), 0}
 "#;
 
 /// Ends one subscription of one node (its identity's last one publishes the leave). Idempotent: a subscription

@@ -266,8 +266,14 @@ impl StreamOutbox {
         self.drained.notify_waiters();
     }
 
-    /// Tells a waiting replay when everything queued was handed to the stream.
-    fn notify_if_drained(&self, queue: &Queue) {
+    /// Tells a waiting replay when everything queued was handed to the stream, and counts catch-up frames afresh
+    /// then: a writer that put the stream back with nothing queued (until 2026-12-08 only a catch-up push that found
+    /// the stream parked did, so gap fills that each came while the pump wrote added up, over any length of time,
+    /// to a reset of a reader that kept up: a review's find).
+    fn notify_if_drained(&self, queue: &mut Queue) {
+        if queue.written_out() {
+            queue.catch_up = 0;
+        }
         if queue.written_out() || queue.gone {
             self.drained.notify_waiters();
         }
@@ -397,7 +403,7 @@ impl Outbox for StreamOutbox {
             let (mut send, frames, counted) = {
                 let mut queue = lock(&self.queue);
                 if queue.frames.is_empty() {
-                    self.notify_if_drained(&queue);
+                    self.notify_if_drained(&mut queue);
                     return;
                 }
                 let Some(send) = queue.send.take() else {
@@ -439,7 +445,7 @@ impl Outbox for StreamOutbox {
             if leaving {
                 // The stream is parked again and this flush returns without looking at the queue once more (where
                 // it tells a waiting paged replay): tell it here, or it waits for the next event.
-                self.notify_if_drained(&queue);
+                self.notify_if_drained(&mut queue);
             }
             drop(queue);
             if written > 0 {

@@ -237,3 +237,40 @@ async fn reset_at_the_client(conn: &quinn::Connection) -> bool {
     }
     reset
 }
+
+/// Catch-up frames count toward their bound only until the queue is written out, by whoever writes it: gap fills
+/// that each arrive while a writer holds the stream (the pump writing a backlog) of a reader that reads everything
+/// never overflow. Before, only a catch-up push that found the stream parked started the count afresh, and such
+/// fills added up, over any length of time, to a reset of a member that kept up.
+#[tokio::test]
+async fn catch_up_frames_count_only_until_the_queue_is_written_out() {
+    let (server_conn, client_conn, _client, _dir) = crate::net::test_quic::loopback_pair().await;
+    let send = web_transport_quinn::Session::raw(server_conn).open_uni().await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut recv = client_conn.accept_uni().await.unwrap();
+        while let Ok(Some(_)) = recv.read_chunk(usize::MAX, true).await {}
+    });
+    let stats = Arc::new(ServerStats::default());
+    let probe = quiver_transport::TailProbe::disabled();
+    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), 64 * 1024, (probe, None), stats.clone());
+    let frame = Bytes::from(vec![b'x'; 16 * 1024]);
+    // 200 fills of 16 KiB (3.2 MB, three times the catch-up bound of 16 × 64 KiB), each pushed while a writer has
+    // the stream, which then writes it out.
+    for fill in 0..200 {
+        let taken = crate::net::lock(&outbox.queue).send.take();
+        assert!(outbox.push_catch_up(frame.clone()), "fill {fill} overflowed a reader that reads everything");
+        crate::net::lock(&outbox.queue).send = taken;
+        // (A flush writes what the stream's window takes now: again until it took everything.)
+        let mut flushes = 0;
+        loop {
+            outbox.flush();
+            let written = tokio::time::timeout(std::time::Duration::from_millis(20), outbox.drained()).await;
+            if written == Ok(true) {
+                break;
+            }
+            flushes += 1;
+            assert!(flushes < 250, "fill {fill} was not written out in 5 s");
+        }
+    }
+    reader.abort();
+}

@@ -38,7 +38,7 @@ fn parked_stop(outbox: &StreamOutbox) -> impl Future<Output = Option<u32>> + '_ 
         let polled = send.poll_stopped(cx);
         let mut queue = lock(&outbox.queue);
         queue.send = Some(send);
-        outbox.notify_if_drained(&queue); // (a paged replay waiting saw the stream taken)
+        outbox.notify_if_drained(&mut queue); // (a paged replay waiting saw the stream taken)
         polled
     })
 }
@@ -214,7 +214,7 @@ pub(crate) async fn pump(
                 queue.in_flight = 0;
                 queue.send = Some(send);
                 queue.put_back(batch);
-                outbox.notify_if_drained(&queue);
+                outbox.notify_if_drained(&mut queue);
             }
             Next::Reset(mut send) => {
                 match outbox.overflow_cause() {

@@ -85,8 +85,13 @@ pub struct RoomState {
     current: Option<StreamNumber>,
     /// The first Join written for the room on the connection of its latest Join: streams of Joins from it on open.
     join: Option<JoinId>,
-    /// Joined from a stored position: the first stream says (with `Resumed`) whether it was recovered.
+    /// A rejoin's position is pending: the latest Join's first stream says (with `Resumed`) whether it was
+    /// recovered.
     resuming: bool,
+    /// Joined from a stored position ([`RoomState::resume_from`]): the first stream says, with `Resumed`, whether
+    /// it was recovered, whichever Join it answers (until 2026-12-08 only the latest's could: a kick's rejoin
+    /// written before it opened hid a `recovered: false`).
+    from_position: bool,
     /// The latest Join written: only its stream takes `resuming` (an earlier Join's stream on the same connection,
     /// read after a kick's rejoin was written, said `Resumed` for a rejoin that had not happened, then the rejoin's
     /// stream said it again).
@@ -108,7 +113,7 @@ impl RoomState {
     pub fn resume_from(&mut self, position: Position) {
         self.epoch = Some(position.epoch);
         self.last_seq = position.seq;
-        self.resuming = true;
+        self.from_position = true;
     }
 
     /// Where the room's first stream started (its events, delivered or waiting to be read, are after it), once
@@ -174,7 +179,9 @@ impl RoomState {
             return Opened::Stale;
         }
         let latest = self.latest == Some((connection, open.req_id));
-        let rejoin = self.current.replace(stream).is_some() || (latest && std::mem::take(&mut self.resuming));
+        let first = self.current.replace(stream).is_none();
+        let asked = first && std::mem::take(&mut self.from_position);
+        let rejoin = !first || (latest && std::mem::take(&mut self.resuming)) || asked;
         if self.epoch != Some(open.epoch) {
             // First stream, or the room's history was lost: seqs count from this stream's replay.
             self.epoch = Some(open.epoch);

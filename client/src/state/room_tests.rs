@@ -221,6 +221,25 @@ fn presence_follows_the_current_stream() {
     assert_eq!(room.members(), ["me"]);
 }
 
+/// A join from a stored position whose room is kicked (slow consumer) before its first stream opened: that stream
+/// still says `Resumed` with its answer (messages were missed), then the kick's rejoin's says its own. Before, only
+/// the latest Join's stream could say it, and the first stream's replay came after an unannounced gap.
+#[test]
+fn a_join_from_a_position_says_its_answer_even_after_a_kicks_rejoin_was_written() {
+    let mut room = RoomState::new();
+    room.resume_from(Position { epoch: 7, seq: 3 });
+    room.joining((0, 5));
+    room.replied(&open(7, false, 41, 50, &[]));
+    assert_eq!(room.rejoin_position(), Some(Position { epoch: 7, seq: 3 }));
+    room.joining((0, 9));
+    let first = Joined { req_id: 5, ..open(7, false, 41, 50, &[]) };
+    let missed = Opened::Current(Some(RoomEvent::Resumed { recovered: false, epoch: 7 }));
+    assert_eq!(room.open((0, 1), &first), missed, "the application's resume: messages were missed");
+    let second = Joined { req_id: 9, ..open(7, true, 51, 50, &[]) };
+    let resumed = Opened::Current(Some(RoomEvent::Resumed { recovered: true, epoch: 7 }));
+    assert_eq!(room.open((0, 2), &second), resumed);
+}
+
 /// A kick's rejoin written between the Join's reply and its stream's Open (same connection): the first stream
 /// opens without `Resumed` (no rejoin had happened), the rejoin's stream says it once. Before, each said it.
 #[test]

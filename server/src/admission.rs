@@ -1,7 +1,8 @@
 //! Which new connections the server takes, without sockets or clocks: at most `max_connections` in all,
 //! `max_connections_per_ip` per source address and `budget.max_connections_per_network` per network (an IPv4 /24, an
-//! IPv6 /48), and at most `new_connections_per_s_per_ip` new ones a second per source address. The endpoint asks
-//! [`Admission::decide`] for each incoming connection and carries out the answer.
+//! IPv6 /48), and at most `new_connections_per_s_per_ip` new ones a second per source address and
+//! `budget.new_connections_per_s_per_network` per network. The endpoint asks [`Admission::decide`] for each
+//! incoming connection and carries out the answer.
 //!
 //! An address over its rate is made to prove it is real: attempts that are not validated yet get a QUIC Retry
 //! (stateless, costs the server one small packet) and do not use up the rate; validated ones (they came back with
@@ -97,12 +98,14 @@ pub struct HandshakeBounds {
     pub awaiting_hello: u32,
     /// Admitted connections from one network, an IPv4 /24 or an IPv6 /48 (`max_connections_per_network`).
     pub per_network: u32,
+    /// New connections a second from one network (`new_connections_per_s_per_network`).
+    pub per_network_per_s: u32,
 }
 
 /// Which limit an attempt ran into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overload {
-    /// `new_connections_per_s_per_ip`.
+    /// `new_connections_per_s_per_ip`, or its network's `new_connections_per_s_per_network`.
     Rate,
     /// `max_connections`.
     Total,
@@ -122,6 +125,15 @@ struct Source {
     validating: bool,
 }
 
+/// One network's admitted connections ([`Group`]: an IPv4 /24, an IPv6 /48), of them those from addresses not
+/// validated still in their handshake, and its rate of new ones.
+#[derive(Debug)]
+struct Network {
+    open: u32,
+    unvalidated: u32,
+    new_connections: TokenBucket,
+}
+
 /// Open connections per source address and in all, and each address's rate of new ones.
 #[derive(Debug)]
 pub struct Admission {
@@ -138,9 +150,9 @@ pub struct Admission {
     over_limit: u32,
     bounds: HandshakeBounds,
     sources: HashMap<SourceKey, Source>,
-    /// Admitted connections by network ([`Group`]: an IPv4 /24, an IPv6 /48), and of them those from addresses not
-    /// validated still in their handshake; entries only while some are open.
-    networks: HashMap<Group, (u32, u32)>,
+    /// Connections and rates by network: entries only while some are open or a bucket is refilling (as
+    /// `sources`).
+    networks: HashMap<Group, Network>,
     last_sweep: Instant,
     /// Admitted connections not welcomed yet, each with the token that closes it.
     awaiting: AwaitingHello<CancellationToken>,
@@ -204,7 +216,8 @@ impl Admission {
             return Decision::Retry(Overload::Handshakes);
         }
         let network = Group::of(ip);
-        let (in_network, unvalidated_in_network) = self.networks.get(&network).copied().unwrap_or_default();
+        let (in_network, unvalidated_in_network) =
+            self.networks.get(&network).map_or((0, 0), |n| (n.open, n.unvalidated));
         let network_full = in_network >= self.bounds.per_network;
         // The address's own count first, then its network's, then the server's: an address at its own limit is told
         // so (and counted so) whether or not the server is full too (until 2026-12-07 it was blamed on
@@ -245,6 +258,19 @@ impl Admission {
         if !validated && (self.bounds.unvalidated_per_s == 0 || !self.unvalidated_rate.has_token(now)) {
             return Decision::Retry(Overload::Handshakes);
         }
+        // The network's rate: a party holding an IPv6 /48 (65,536 /64s, each with a rate of its own) had the server
+        // run handshakes as fast as it could make them (until 2026-12-08). Looked at before the address's, taken
+        // with it; unvalidated attempts leave half its burst to the validated, as an address's do.
+        let per_network_per_s = self.bounds.per_network_per_s;
+        let counted = self.networks.entry(network).or_insert_with(|| Network {
+            open: 0,
+            unvalidated: 0,
+            new_connections: TokenBucket::per_second(per_network_per_s, now),
+        });
+        let reserve = if validated { 0 } else { counted.new_connections.burst() / 2 };
+        if !counted.new_connections.can_take_leaving(reserve, now) {
+            return if validated { Decision::Refuse(Overload::Rate) } else { Decision::Retry(Overload::Rate) };
+        }
         let rate = self.rate;
         let source = self.sources.entry(key).or_insert_with(|| Source {
             open: 0,
@@ -269,6 +295,9 @@ impl Admission {
         // Every attempt that will cost a handshake takes from the rate, those to be closed for a count too.
         if validated && !source.new_connections.try_take(now) {
             return Decision::Refuse(Overload::Rate);
+        }
+        if let Some(counted) = self.networks.get_mut(&network) {
+            counted.new_connections.try_take(now); // (there: looked at above)
         }
         // At max_connections, a validated newcomer (forged addresses cannot) closes one connection not welcomed yet
         // to take its place, as one more over `max_awaiting_hello` does: otherwise silent connections, fewer than
@@ -297,12 +326,13 @@ impl Admission {
         }
         source.open += 1;
         self.total += 1;
-        let counted = self.networks.entry(network).or_insert((0, 0));
-        counted.0 += 1;
+        if let Some(counted) = self.networks.get_mut(&network) {
+            counted.open += 1;
+            counted.unvalidated += u32::from(!validated);
+        }
         if !validated {
             source.unvalidated += 1;
             self.unvalidated += 1;
-            counted.1 += 1;
         }
         Decision::Admit
     }
@@ -314,8 +344,8 @@ impl Admission {
         if let Some(source) = self.sources.get_mut(&SourceKey::of(ip)) {
             source.unvalidated = source.unvalidated.saturating_sub(1);
         }
-        if let Some((_, unvalidated)) = self.networks.get_mut(&Group::of(ip)) {
-            *unvalidated = unvalidated.saturating_sub(1);
+        if let Some(network) = self.networks.get_mut(&Group::of(ip)) {
+            network.unvalidated = network.unvalidated.saturating_sub(1);
         }
     }
 
@@ -340,12 +370,8 @@ impl Admission {
             if source.open > 0 {
                 source.open -= 1;
                 self.total = self.total.saturating_sub(1);
-                let network = Group::of(ip);
-                if let Some((open, _)) = self.networks.get_mut(&network) {
-                    *open = open.saturating_sub(1);
-                    if *open == 0 {
-                        self.networks.remove(&network);
-                    }
+                if let Some(network) = self.networks.get_mut(&Group::of(ip)) {
+                    network.open = network.open.saturating_sub(1);
                 }
             }
         }
@@ -370,6 +396,7 @@ impl Admission {
     /// Drops entries that hold nothing a fresh entry would not: no open connection and a full bucket.
     fn sweep(&mut self, now: Instant) {
         self.sources.retain(|_, source| source.open > 0 || !source.new_connections.is_full(now));
+        self.networks.retain(|_, network| network.open > 0 || !network.new_connections.is_full(now));
         self.last_sweep = now;
     }
 }

@@ -20,6 +20,7 @@ fn bounds(unvalidated: u32) -> HandshakeBounds {
         over_limit: u32::MAX,
         awaiting_hello: u32::MAX,
         per_network: u32::MAX,
+        per_network_per_s: u32::MAX,
     }
 }
 
@@ -86,6 +87,37 @@ fn one_network_holds_at_most_its_share() {
     assert_eq!(admission.decide(ip("203.0.113.1"), true, t0), Decision::Admit, "an IPv4 network");
     admission.release(host(3));
     assert_eq!(admission.decide(host(41), true, t0), Decision::Admit, "its place given back");
+}
+
+/// One network (an IPv6 /48, each attempt from a /64 of its own, under every per-address rate) begins at most
+/// `new_connections_per_s_per_network` connections a second (a burst of two seconds'): beyond it validated
+/// attempts are refused and unvalidated ones, which leave half the burst to the validated, get a Retry. Before, a
+/// /48's 65,536 /64s each had a rate of their own: the server ran handshakes as fast as they were asked for.
+#[test]
+fn one_network_begins_at_most_its_rate_of_connections() {
+    let t0 = Instant::now();
+    let bounds = HandshakeBounds { per_network_per_s: 10, ..bounds(1000) };
+    let mut admission = Admission::new(&limits(10_000, 256, 1000), bounds, t0);
+    let host = |net: u32, n: u32| ip(&format!("2001:db8:{net:x}:{n:x}::1"));
+    for n in 0..20 {
+        assert_eq!(admission.decide(host(7, n), true, t0), Decision::Admit, "{n}");
+    }
+    assert_eq!(admission.decide(host(7, 20), true, t0), Decision::Refuse(Overload::Rate), "the burst is spent");
+    assert_eq!(admission.decide(host(7, 21), false, t0), Decision::Retry(Overload::Rate));
+    assert_eq!(admission.decide(host(8, 0), true, t0), Decision::Admit, "another /48");
+    let t1 = t0 + Duration::from_secs(1);
+    for n in 30..40 {
+        assert_eq!(admission.decide(host(7, n), true, t1), Decision::Admit, "a second later: {n}");
+    }
+    assert_eq!(admission.decide(host(7, 40), true, t1), Decision::Refuse(Overload::Rate));
+    // Unvalidated attempts (forgeable) take a network's rate down to half its burst, no further.
+    for n in 0..10 {
+        assert_eq!(admission.decide(host(9, n), false, t0), Decision::Admit, "{n}");
+    }
+    assert_eq!(admission.decide(host(9, 10), false, t0), Decision::Retry(Overload::Rate));
+    for n in 11..21 {
+        assert_eq!(admission.decide(host(9, n), true, t0), Decision::Admit, "validated: {n}");
+    }
 }
 
 /// Forged addresses, each new (under every per-address limit): at most `max_unvalidated` of their handshakes
@@ -192,6 +224,7 @@ fn initials_forged_with_a_real_address_do_not_lock_it_out() {
         over_limit: 64,
         awaiting_hello: 1024,
         per_network: u32::MAX,
+        per_network_per_s: u32::MAX,
     };
     let mut admission = Admission::new(&limits(10_000, 16, 10), bounds, t0); // burst 20
     let victim = ip("203.0.113.9");
@@ -236,6 +269,7 @@ fn forged_initials_hold_at_most_half_an_address_or_networks_count() {
         over_limit: 64,
         awaiting_hello: 1024,
         per_network: 8,
+        per_network_per_s: u32::MAX,
     };
     let mut admission = Admission::new(&limits(10_000, 4, 100), bounds, t0);
     let victim = ip("203.0.113.9");
@@ -271,6 +305,7 @@ fn handshakes_over_a_count_are_bounded_in_all() {
         over_limit: 2,
         awaiting_hello: 1024,
         per_network: u32::MAX,
+        per_network_per_s: u32::MAX,
     };
     let mut admission = Admission::new(&limits(1_000, 1, 1_000), bounds, t0);
     let a = ip("198.51.100.1");

@@ -97,6 +97,13 @@ pub struct Budget {
     /// `max_connections`. Raise it for clients behind one carrier's address pool (CGNAT). Default 2,560 (a quarter
     /// of the default `max_connections`).
     pub max_connections_per_network: u32,
+    /// New connections a second from one network (an IPv4 /24, an IPv6 /48), with a burst of two seconds' worth:
+    /// beyond it an attempt from an address not validated yet gets a QUIC Retry (once half the burst is used), a
+    /// validated one is refused, as over `new_connections_per_s_per_ip` (and counted so). Without it a party
+    /// holding an IPv6 /48 (65,536 /64s, each with a rate of its own) could have the server run handshakes as fast
+    /// as it made them. At least `limits.new_connections_per_s_per_ip`. Default 1,000 (a network's whole
+    /// `max_connections_per_network` reconnects within two seconds).
+    pub new_connections_per_s_per_network: u32,
     /// Distinct rooms the connections from one network (an IPv4 /24, an IPv6 /48) are members of at once; a Join
     /// of one more is refused with `TooManyRooms`, naming the network and this setting. Rooms with members are never
     /// evicted, so without it one address under every per-connection limit (157 connections × 64 rooms) could hold
@@ -143,6 +150,7 @@ impl Default for Budget {
             max_over_limit_handshakes: 64,
             max_awaiting_hello: 1_024,
             max_connections_per_network: 2_560,
+            new_connections_per_s_per_network: 1_000,
             max_rooms_per_network: 2_500,
             max_channels_per_network: 2_500,
             websocket_max_upgrading: 1_024,

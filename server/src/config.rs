@@ -160,6 +160,7 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
         ("budget.sweep_interval_ms", u64::from(budget.sweep_interval_ms)),
         ("budget.max_awaiting_hello", u64::from(budget.max_awaiting_hello)),
         ("budget.max_connections_per_network", u64::from(budget.max_connections_per_network)),
+        ("budget.new_connections_per_s_per_network", u64::from(budget.new_connections_per_s_per_network)),
         ("budget.max_rooms_per_network", u64::from(budget.max_rooms_per_network)),
         ("budget.max_channels_per_network", u64::from(budget.max_channels_per_network)),
         ("budget.websocket_max_upgrading", u64::from(budget.websocket_max_upgrading)),
@@ -197,6 +198,16 @@ pub fn check_values(limits: &Limits, budget: &Budget, tuning: &TransportTuning) 
                 "limits.max_connections_per_ip ({}) must be at most budget.max_connections_per_network ({}): an \
                  address is refused at its network's bound first",
                 limits.max_connections_per_ip, budget.max_connections_per_network
+            ),
+        ));
+    }
+    if limits.new_connections_per_s_per_ip > budget.new_connections_per_s_per_network {
+        return Err((
+            "limits.new_connections_per_s_per_ip",
+            format!(
+                "limits.new_connections_per_s_per_ip ({}) must be at most budget.new_connections_per_s_per_network \
+                 ({}): an address is refused at its network's rate first",
+                limits.new_connections_per_s_per_ip, budget.new_connections_per_s_per_network
             ),
         ));
     }

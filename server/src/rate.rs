@@ -60,6 +60,12 @@ impl TokenBucket {
         }
     }
 
+    /// True when [`TokenBucket::try_take_leaving`] would take one now (none is).
+    pub fn can_take_leaving(&mut self, reserve: u32, now: Instant) -> bool {
+        self.refill(now);
+        self.units >= UNIT * (u128::from(reserve) + 1)
+    }
+
     /// True when a token could be taken now (none is).
     pub fn has_token(&mut self, now: Instant) -> bool {
         self.refill(now);

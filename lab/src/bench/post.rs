@@ -115,6 +115,7 @@ pub(super) fn raised_budget() -> quiver_server::Budget {
         max_awaiting_hello: 100_000,
         // (All from 127.0.0.0/24: one network.)
         max_connections_per_network: 100_000,
+        new_connections_per_s_per_network: 100_000,
         max_rooms_per_network: 100_000,
         max_channels_per_network: 100_000,
         ..default

@@ -220,7 +220,7 @@ fn refused(overload: Overload, ip: IpAddr, stats: &ServerStats) {
     match overload {
         Overload::Rate | Overload::Handshakes => {
             bump(&stats.connections_refused_over_rate);
-            tracing::debug!(%ip, "refused: over new_connections_per_s_per_ip");
+            tracing::debug!(%ip, "refused: over new_connections_per_s_per_ip (or its network's rate)");
         }
         Overload::Total | Overload::PerIp => {
             bump(over_count(overload, stats));

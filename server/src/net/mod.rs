@@ -213,6 +213,7 @@ impl<R: RoomHub> Server<R> {
             over_limit: config.budget.max_over_limit_handshakes,
             awaiting_hello: config.budget.max_awaiting_hello,
             per_network: config.budget.max_connections_per_network,
+            per_network_per_s: config.budget.new_connections_per_s_per_network,
         };
         let shares = crate::shares::Shares::new(
             config.budget.max_rooms_per_network,

@@ -30,6 +30,12 @@ impl Settings {
                 key,
                 self.limits.max_connections_per_ip != d.limits.max_connections_per_ip,
             ),
+            "limits.new_connections_per_s_per_ip" => moved_of(
+                "budget.new_connections_per_s_per_network",
+                self.budget.new_connections_per_s_per_network != d.budget.new_connections_per_s_per_network,
+                key,
+                self.limits.new_connections_per_s_per_ip != d.limits.new_connections_per_s_per_ip,
+            ),
             "transport.datagram_send_buffer" => moved_of(
                 "transport.mtu_discovery",
                 t.mtu_discovery != dt.mtu_discovery,

@@ -292,6 +292,7 @@ fn values_that_undo_the_servers_safety_are_refused() {
         ("[budget]\nhttp_max_connections = 0\n", "budget.http_max_connections"),
         ("[budget]\nhttp_max_connections_per_ip = 0\n", "budget.http_max_connections_per_ip"),
         ("[budget]\nmax_connections_per_network = 0\n", "budget.max_connections_per_network"),
+        ("[budget]\nnew_connections_per_s_per_network = 0\n", "budget.new_connections_per_s_per_network"),
         // One address is in one network: a bound above the network's is never reached.
         ("[limits]\nmax_connections_per_ip = 2561\n", "limits.max_connections_per_ip"),
         // A room event carries names: a long max_name outgrows the frame, and max_name is what moved.
@@ -406,6 +407,8 @@ fn ranges_that_quietly_broke_a_guarantee_and_a_shared_tcp_port_are_refused() {
         ("[transport]\nmtu_discovery = 65527\n", "line 2: transport.mtu_discovery: transport.datagram_send_buffer"),
         ("[budget]\nmax_connections_per_network = 100\n", "line 2: budget.max_connections_per_network"),
         ("[limits]\nmax_connections_per_ip = 9999\n", "line 2: limits.max_connections_per_ip"),
+        ("[budget]\nnew_connections_per_s_per_network = 50\n", "line 2: budget.new_connections_per_s_per_network"),
+        ("[limits]\nnew_connections_per_s_per_ip = 5000\n", "line 2: limits.new_connections_per_s_per_ip"),
         ("listen = \"[::]:4433\"\n[admin]\nlisten = \"[::]:4433\"\n", "admin.listen"),
         ("listen = \"[::]:4433\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n[web]\npage = \"off\"\nwebsocket = \"0.0.0.0:8080\"\n", "admin.listen"),
         ("[web]\nwebsocket = \"127.0.0.1:9433\"\n", "web.websocket"),

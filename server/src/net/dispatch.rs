@@ -430,7 +430,14 @@ impl<R: RoomHub> Connection<R> {
                 // The reader still takes the channel's datagrams for a grace (ticks sent before the Unpublish, read
                 // after it: `UNPUBLISH_GRACE`), for the channel's subscribers; the claim itself goes now.
                 self.datagrams.set_claims(self.state.claims());
-                self.ticks.release(&channel, max_age_us);
+                // The hub's claim goes once the grace is over: within it such a tick is stamped on the channel. (A
+                // channel without subscribers here was removed at once, and its ticks for subscribers on other
+                // nodes never left this one: until 2026-12-08, a review's find.)
+                let (ticks, name) = (self.ticks.clone(), channel.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(crate::hub::connection::UNPUBLISH_GRACE).await;
+                    ticks.release(&name, max_age_us);
+                });
                 Ok(Reply::Unpublished { channel })
             }
         }

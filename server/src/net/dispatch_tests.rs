@@ -154,3 +154,19 @@ async fn a_tick_read_after_its_claims_unpublish_is_published_within_the_grace() 
     }
     assert_eq!(counts(), (1, 1), "after the grace its datagrams are dropped");
 }
+
+/// A channel whose only publisher unpublished, with no subscriber on this node, is kept for the grace: a tick read
+/// after the Unpublish is still stamped (a cluster relays it to other nodes' subscribers from there). Before, the
+/// channel was removed at once and such ticks were dropped without a count.
+#[tokio::test]
+async fn a_channel_unpublished_stays_for_the_grace_without_subscribers_here() {
+    use quiver_proto::Reply;
+    let OnLoopback { mut connection, ticks, .. } = on_loopback().await;
+    let publish = TickRequest::Publish { channel: "elsewhere".into(), max_age_ms: None };
+    let Ok(Reply::Publishing { .. }) = connection.tick(publish) else { panic!("not claimed") };
+    connection.tick(TickRequest::Unpublish { channel: "elsewhere".into() }).expect("unpublished");
+    let late = ticks.publish_given_up("elsewhere", now_us(), now_us(), bytes::Bytes::from_static(b"final"));
+    assert_eq!(late.map(|fanout| fanout.tick.seq), Some(1), "a tick within the grace is stamped");
+    tokio::time::sleep(crate::hub::connection::UNPUBLISH_GRACE + std::time::Duration::from_millis(100)).await;
+    assert_eq!(ticks.channels(), 0, "released once the grace is over");
+}

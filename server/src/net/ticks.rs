@@ -313,9 +313,13 @@ async fn read_ticks(
             false => hub.publish(&channel, header.sent_time_us, tick_clock_us(), payload),
             true => hub.publish_given_up(&channel, header.sent_time_us, tick_clock_us(), payload),
         };
-        if let Some(fanout) = published {
-            deliver(fanout);
-            bump(&stats.ticks_published);
+        match published {
+            Some(fanout) => {
+                deliver(fanout);
+                bump(&stats.ticks_published);
+            }
+            // Its claim went in the hub meanwhile (at the grace's end): counted as unclaimed, not lost unseen.
+            None => bump(&stats.datagrams_unclaimed),
         }
     }
 }

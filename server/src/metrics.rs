@@ -282,7 +282,8 @@ impl Collector for ServerMetrics {
         labelled_counters(
             &mut e,
             "retries_sent",
-            "QUIC Retry packets sent, by reason (rate: over new_connections_per_s_per_ip; limit: at a connection limit; \
+            "QUIC Retry packets sent, by reason (rate: over new_connections_per_s_per_ip or its network's \
+             new_connections_per_s_per_network; limit: at a connection limit; \
              handshakes: at max_unvalidated_handshakes or its bounds per address, network and second, or \
              max_awaiting_hello full)",
             "reason",

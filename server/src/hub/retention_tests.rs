@@ -392,3 +392,33 @@ async fn aged_rooms_loaded_at_max_rooms_are_each_trimmed() {
     let stored = |name: &str| store.load_room(name, 0, 0, 0).unwrap().unwrap().extent.messages;
     assert_eq!((stored("a"), stored("b"), stored("c")), (0, 0, 1), "both aged rooms trimmed in one sweep");
 }
+
+/// A room the sweep's walk loads from the store for its aged history is trimmed there, off its lock: its first user
+/// does not plan a cut again under the room's lock, on a runtime thread. Before, the room stayed marked untrimmed,
+/// and a join or post after the sweep read up to a deletion's worth of messages (4 MiB) there.
+#[tokio::test]
+async fn a_room_the_walk_loaded_is_not_planned_again_under_its_lock_at_first_use() {
+    const S: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { history_max_age_s: 100, history_max_messages: 20_000, ..Limits::default() };
+    let aged = crate::store::MAX_TRIM_MESSAGES + 50;
+    {
+        let store = Store::open(dir.path(), crate::store::Durability::Os).unwrap();
+        let hub = LocalRooms::durable(limits.clone(), Budget::default(), store.clone());
+        for id in 1..=aged {
+            let _ = post(&hub, "old", "bob", id, 10 * S).await;
+        }
+        written(&store).await;
+    }
+    // Restarted: the room is in the store only, and the walk finds it.
+    let store = Store::open(dir.path(), crate::store::Durability::Os).unwrap();
+    let hub = LocalRooms::durable(limits, Budget::default(), store.clone());
+    hub.sweep(200 * S).await;
+    written(&store).await;
+    let stored = store.load_room("old", 0, 0, 0).unwrap().unwrap().extent.messages;
+    assert_eq!(stored, aged - crate::store::MAX_TRIM_MESSAGES, "the walk loaded it and cut one deletion's worth");
+    store.planned_on.lock().unwrap().clear();
+    let _ = post(&hub, "old", "bob", aged + 1, 200 * S).await;
+    let planned_on = store.planned_on.lock().unwrap().clone();
+    assert!(!planned_on.contains(&std::thread::current().id()), "planned under the room's lock: {planned_on:?}");
+}

@@ -343,13 +343,18 @@ impl LocalRooms {
 
     /// Runs `f` on the room named `name` if it is in memory (never loads or creates it).
     pub(super) fn with_loaded<T>(&self, name: &str, f: impl FnOnce(&mut Room) -> T) -> Option<T> {
+        self.with_slot(name, |slot| f(&mut slot.room))
+    }
+
+    /// [`LocalRooms::with_loaded`], with the room's slot.
+    fn with_slot<T>(&self, name: &str, f: impl FnOnce(&mut Slot) -> T) -> Option<T> {
         let shared = self.existing(name)?;
         let mut slot = lock(&shared);
         if slot.removed {
             return None;
         }
         let before = slot.room.retained_bytes();
-        let out = f(&mut slot.room);
+        let out = f(&mut slot);
         self.account(before, slot.room.retained_bytes());
         Some(out)
     }

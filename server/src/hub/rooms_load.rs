@@ -87,9 +87,12 @@ impl LocalRooms {
                 self.with_loaded(name, |r| r.planned(plan));
             }
         }
-        self.with_loaded(name, |r| {
-            r.trim_with(now_us, false);
-            r.is_idle_and_empty(now_us)
+        // Trimmed here, off the lock: a room loaded from the store (by the walk over aged rooms) is not planned again
+        // under its lock, on a runtime thread, at its first use (until 2026-12-08 it was: a review's find).
+        self.with_slot(name, |slot| {
+            slot.untrimmed = false;
+            slot.room.trim_with(now_us, false);
+            slot.room.is_idle_and_empty(now_us)
         })
     }
 }

@@ -306,6 +306,13 @@ impl<O> ConnectionState<O> {
     /// the tick hub. `NotJoined` if it is not claimed. Datagrams with its id still go to the channel's subscribers
     /// until [`UNPUBLISH_GRACE`] has passed, then are dropped (a later claim of the channel gets a new id).
     pub fn unclaim(&mut self, channel: &str, now: Instant) -> Result<(u64, Option<u64>), Failure> {
+        self.unclaim_held(channel, now).map(|(id, max_age_us, _)| (id, max_age_us))
+    }
+
+    /// [`ConnectionState::unclaim`], with the claim's place in the network's share: the caller keeps it for as
+    /// long as the hub holds the channel for the grace (given back at once, a client unpublishing new channels in
+    /// a loop held `max_channels` with channels no share counted).
+    pub fn unclaim_held(&mut self, channel: &str, now: Instant) -> Result<(u64, Option<u64>, Option<Hold>), Failure> {
         let not_claimed = || Failure::new(ErrorCode::NotJoined, format!("not publishing on {channel}"));
         let id = self.claim_ids.remove(channel).ok_or_else(not_claimed)?;
         let max = (self.limits.max_publish_channels as usize).max(1);
@@ -317,8 +324,8 @@ impl<O> ConnectionState<O> {
             }
             claims.released.push((id, name, now + UNPUBLISH_GRACE));
         }
-        self.channel_holds.remove(&(id, true));
-        Ok((id, self.claim_ages.remove(&id).flatten()))
+        let hold = self.channel_holds.remove(&(id, true));
+        Ok((id, self.claim_ages.remove(&id).flatten(), hold))
     }
 
     /// The claims as they stand, for the datagram reader.

@@ -426,17 +426,19 @@ impl<R: RoomHub> Connection<R> {
                 Ok(Reply::Publishing { channel, channel_id: claim.channel_id })
             }
             TickRequest::Unpublish { channel } => {
-                let (_, max_age_us) = self.state.unclaim(&channel, std::time::Instant::now())?;
+                let (_, max_age_us, hold) = self.state.unclaim_held(&channel, std::time::Instant::now())?;
                 // The reader still takes the channel's datagrams for a grace (ticks sent before the Unpublish, read
                 // after it: `UNPUBLISH_GRACE`), for the channel's subscribers; the claim itself goes now.
                 self.datagrams.set_claims(self.state.claims());
                 // The hub's claim goes once the grace is over: within it such a tick is stamped on the channel. (A
                 // channel without subscribers here was removed at once, and its ticks for subscribers on other
-                // nodes never left this one: until 2026-12-08, a review's find.)
+                // nodes never left this one: until 2026-12-08, a review's find.) Its place in the network's share
+                // goes with it, so that channels lingering for their grace are bounded as held ones are.
                 let (ticks, name) = (self.ticks.clone(), channel.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(crate::hub::connection::UNPUBLISH_GRACE).await;
                     ticks.release(&name, max_age_us);
+                    drop(hold);
                 });
                 Ok(Reply::Unpublished { channel })
             }

@@ -170,3 +170,40 @@ async fn a_channel_unpublished_stays_for_the_grace_without_subscribers_here() {
     tokio::time::sleep(crate::hub::connection::UNPUBLISH_GRACE + std::time::Duration::from_millis(100)).await;
     assert_eq!(ticks.channels(), 0, "released once the grace is over");
 }
+
+/// A channel unpublished keeps its place in the network's share while the hub holds it for the grace: a client
+/// claiming and unpublishing new channels in a loop holds no more of `max_channels` than its network's share. When
+/// the place went back at once, such channels, each lingering 250 ms, were bounded only by the request rate (16
+/// connections held all 10,000 of the defaults).
+#[tokio::test]
+async fn channels_lingering_for_their_grace_count_in_the_networks_share() {
+    use quiver_proto::Reply;
+    let (server_conn, _client_conn, endpoint, _dir) = crate::net::test_quic::loopback_pair().await;
+    let wire = Wire::Quic(Arc::new(web_transport_quinn::Session::raw(server_conn)));
+    let limits = Limits::default();
+    let rooms = Arc::new(LocalRooms::new(limits.clone(), crate::Budget::default()));
+    let ticks = Arc::new(LocalTicks::default());
+    let share = crate::shares::Shares::new(100, 3, None).of("203.0.113.7".parse().unwrap());
+    let hubs = (rooms, ticks.clone() as Arc<dyn TickHub>);
+    let counted = (Arc::new(ServerStats::default()), Some(share));
+    let mut connection =
+        Connection::start(&wire, &limits, hubs, TailProbe::disabled(), None, counted, CancellationToken::new());
+    let mut claimed = 0;
+    for n in 0..6 {
+        let publish = TickRequest::Publish { channel: format!("c{n}"), max_age_ms: None };
+        match connection.tick(publish) {
+            Ok(Reply::Publishing { .. }) => claimed += 1,
+            Err(refused) => {
+                assert_eq!(refused.code, quiver_proto::ErrorCode::TooManyChannels, "{refused:?}");
+                break;
+            }
+            Ok(other) => panic!("{other:?}"),
+        }
+        connection.tick(TickRequest::Unpublish { channel: format!("c{n}") }).expect("unpublished");
+    }
+    assert_eq!(claimed, 3, "the network's share of three channels, lingering ones included");
+    tokio::time::sleep(crate::hub::connection::UNPUBLISH_GRACE + std::time::Duration::from_millis(100)).await;
+    let publish = TickRequest::Publish { channel: "after".into(), max_age_ms: None };
+    assert!(matches!(connection.tick(publish), Ok(Reply::Publishing { .. })), "places back after the grace");
+    drop(endpoint);
+}

@@ -2,8 +2,9 @@
 //! `appendfsync everysec`, or failed over to a replica that had not received the latest writes. Within the same
 //! epoch the room's seq and op went back: the next posts would get seqs members have seen with other messages, the
 //! node would skip them as delivered, and a client resuming from such a seq would be told it missed nothing. Such an
-//! event drops the nodes' connections (or the heartbeat, finding its stamp gone back, drops the Pub/Sub one: a
-//! failover behind an address that keeps sessions drops none), so a live room checks at its Pub/Sub catch-up
+//! event drops the nodes' connections (or the heartbeat drops the Pub/Sub one, finding its stamp gone back or
+//! `INFO` naming another Redis: a failover behind an address that keeps sessions drops none), so a live room checks
+//! at its Pub/Sub catch-up
 //! ([`NodeRoom::on_resubscribed`]): Redis, in one script, compares its copy with what the node delivered (behind in
 //! seq or op, or another message at the node's last seq) and starts a new epoch if so (compare and set: the first
 //! node to notice wins); the room's subscriptions here are then reset, so members rejoin from their position and

@@ -42,9 +42,12 @@ pub(in crate::cluster) fn redis(test: &str) -> Option<Redis> {
     // A port outside the kernel's ephemeral range (`ports::restartable_port`, the end-to-end harness's): no
     // outgoing socket of another process is given it meanwhile, as a port found free at 0 and let go could be.
     let port = ports::restartable_port();
+    // (Replication, which a test may start, over the socket both ways: no RDB file written in the working directory.)
+    let diskless = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0", "--repl-diskless-load", "swapdb"];
     let mut process = Process(
         Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(diskless)
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),

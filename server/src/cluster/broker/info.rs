@@ -72,6 +72,16 @@ impl Broker {
                 (false, _) => tracing::info!(policy, "the broker no longer evicts keys"),
             }
         }
+        let identity = format!("{} {}", field("run_id:").unwrap_or(""), field("master_replid:").unwrap_or(""));
+        let before = crate::hub::lock::lock(&self.identity).replace(identity.clone());
+        if before.is_some_and(|before| before != identity) {
+            // A restart or a failover (a replica promoted, the old primary demoted: its replication id changes
+            // with either) that left this node's connections open (an address that keeps sessions): its rooms'
+            // rollback check, catch-up and presence repair run at a new Pub/Sub connection. The heartbeat notices
+            // only a rollback that lost this node's own latest beat (a failover within a beat of lag does not).
+            tracing::warn!(%identity, "the broker is another Redis than at the last heartbeat (restarted, or failed over): the Pub/Sub connection is made again");
+            crate::hub::lock::lock(&self.pubsub_stale).cancel();
+        }
         self.info_read.store(true, Ordering::Relaxed);
     }
 

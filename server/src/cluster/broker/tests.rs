@@ -285,3 +285,37 @@ async fn a_lost_heartbeat_makes_the_pubsub_connection_again() {
     }
     broker.retire().await;
 }
+
+/// The Redis reached becomes another one without dropping this node's connections (a failover behind an address
+/// that keeps sessions: here the same Redis made a replica of another and promoted again, its replication id
+/// changed): the Pub/Sub connection is made again, for the rooms' rollback checks, whether or not this node's
+/// latest beat was lost. Before, only a lost beat did it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_redis_behind_the_same_connection_makes_the_pubsub_connection_again() {
+    let test = "another_redis_behind_the_same_connection_makes_the_pubsub_connection_again";
+    let Some(mut redis) = super::super::scripts::tests::redis(test) else { return };
+    let Some(other) = super::super::scripts::tests::redis(test) else { return };
+    let (broker, _sink) = connected(&redis.url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while crate::hub::lock::lock(&broker.identity).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "INFO never read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connections = broker.pubsub_connections();
+    let port = other.url.rsplit(':').next().unwrap().to_string();
+    let _: () = redis::cmd("REPLICAOF").arg("127.0.0.1").arg(&port).query(&mut redis.conn).unwrap();
+    loop {
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut redis.conn).unwrap();
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never synced: {info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _: () = redis::cmd("REPLICAOF").arg("NO").arg("ONE").query(&mut redis.conn).unwrap();
+    while broker.pubsub_connections() == connections {
+        assert!(tokio::time::Instant::now() < deadline, "the Pub/Sub connection was kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker.retire().await;
+}

@@ -60,9 +60,10 @@ pub struct Limits {
     /// one over `max_connections` (a Retry first; then closed with `TooManyConnections`, or refused without a
     /// reason), but never makes room. Default 256.
     pub max_connections_per_ip: u32,
-    /// New connections per second from one source address. An attempt whose address is not validated yet gets a
-    /// QUIC Retry once the address has used half of a second's burst (and until its bucket is full again); a
-    /// validated one over the rate is refused. Default 100.
+    /// New connections per second from one source address (a burst of two seconds' worth). An attempt whose
+    /// address is not validated yet gets a QUIC Retry once the address has used half its burst (and until its
+    /// bucket is full again); a validated one over the rate is refused. Its network (an IPv4 /24, an IPv6 /48) has a
+    /// rate of its own, the server's `budget.new_connections_per_s_per_network`. Default 100.
     pub new_connections_per_s_per_ip: u32,
     /// Control requests per second per connection. One over the rate is answered `RateLimited` and the connection
     /// stays; a connection that keeps going ([`Limits::FLOOD_BURSTS`] bursts refused within a second) is closed

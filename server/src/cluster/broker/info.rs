@@ -79,6 +79,8 @@ impl Broker {
             // with either) that left this node's connections open (an address that keeps sessions): its rooms'
             // rollback check, catch-up and presence repair run at a new Pub/Sub connection. The heartbeat notices
             // only a rollback that lost this node's own latest beat (a failover within a beat of lag does not).
+            // After a restart that dropped the connections this makes a second one: one made since the last look
+            // may have come before the change, and is not taken for covering it.
             tracing::warn!(%identity, "the broker is another Redis than at the last heartbeat (restarted, or failed over): the Pub/Sub connection is made again");
             crate::hub::lock::lock(&self.pubsub_stale).cancel();
         }

@@ -230,12 +230,29 @@ async fn one_network_holds_at_most_its_share_of_rooms_and_channels() {
             "the second connection's claim still holds p"
         );
         assert!(second.request(8, RequestBody::Unpublish { channel: "p".into() }).await.is_ok());
-        assert!(second.request(9, RequestBody::Subscribe { channel: "q".into() }).await.is_ok());
+        // Its place comes back once the hub lets the channel go, a grace (250 ms) after the Unpublish: a tick sent
+        // before it may still be read and relayed meanwhile.
+        let (unpublished, mut req_id) = (Instant::now(), 9);
+        loop {
+            match second.request(req_id, RequestBody::Subscribe { channel: "q".into() }).await {
+                Ok(_) => break,
+                Err(refused)
+                    if refused.code == ErrorCode::TooManySubscriptions
+                        && unpublished.elapsed() < Duration::from_secs(5) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(refused) => panic!("the unpublished channel's place was not given back: {refused:?}"),
+            }
+            req_id += 1;
+        }
+        assert!(unpublished.elapsed() >= Duration::from_millis(200), "given back before the grace was over");
         // Counted apart from the per-connection bounds (the joins of "d" refused until the close took effect too).
         let counted = server.stats.snapshot();
         assert!(counted.rooms_over_network_share >= 2);
         assert_eq!(counted.rooms_over_network_share, counted.too_many_rooms, "every refused join was the share's");
-        assert_eq!((counted.subscriptions_over_network_share, counted.claims_over_network_share), (2, 1));
+        assert!(counted.subscriptions_over_network_share >= 3, "{counted:?}"); // (refused during the grace too)
+        assert_eq!(counted.claims_over_network_share, 1);
         server.stop().await;
     })
     .await;

@@ -65,8 +65,9 @@ pub struct ClaimTable {
 
 /// How long a claim given up (Unpublish) is still published on: a tick the client sent before its Unpublish may be
 /// read after it (the datagram reader is another task than the control stream's; a path may reorder them), and was
-/// dropped as unclaimed though `send` had returned its seq. The claim itself is released at once (its place under
-/// `max_publish_channels`, in the network's share and in the hub).
+/// dropped as unclaimed though `send` had returned its seq. The claim's place under `max_publish_channels` is given
+/// back at once; the hub's claim and the place in the network's share when the grace ends (the dispatcher's
+/// Unpublish: the channel stays for a tick relayed to other nodes, and counts meanwhile).
 pub const UNPUBLISH_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Default for ClaimTable {

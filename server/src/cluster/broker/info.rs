@@ -72,16 +72,21 @@ impl Broker {
                 (false, _) => tracing::info!(policy, "the broker no longer evicts keys"),
             }
         }
-        let identity = format!("{} {}", field("run_id:").unwrap_or(""), field("master_replid:").unwrap_or(""));
-        let before = crate::hub::lock::lock(&self.identity).replace(identity.clone());
-        if before.is_some_and(|before| before != identity) {
-            // A restart or a failover (a replica promoted, the old primary demoted: its replication id changes
-            // with either) that left this node's connections open (an address that keeps sessions): its rooms'
-            // rollback check, catch-up and presence repair run at a new Pub/Sub connection. The heartbeat notices
-            // only a rollback that lost this node's own latest beat (a failover within a beat of lag does not).
-            // After a restart that dropped the connections this makes a second one: one made since the last look
-            // may have come before the change, and is not taken for covering it.
-            tracing::warn!(%identity, "the broker is another Redis than at the last heartbeat (restarted, or failed over): the Pub/Sub connection is made again");
+        let seen = Identity {
+            run_id: field("run_id:").unwrap_or("").to_string(),
+            role: field("role:").unwrap_or("").to_string(),
+            replid: field("master_replid:").unwrap_or("").to_string(),
+        };
+        // A promotion keeps the replication id it had as the second one; a primary that makes or frees its backlog
+        // (a first replica, an hour without one) gets a new id and a second one of zeros: not another Redis.
+        let promoted = field("master_replid2:").is_some_and(|id| id.bytes().any(|b| b != b'0'));
+        if crate::hub::lock::lock(&self.identity).look(seen, promoted) {
+            // A restart or a failover that left this node's connections open (an address that keeps sessions):
+            // its rooms' rollback check, catch-up and presence repair run at a new Pub/Sub connection. The
+            // heartbeat notices only a rollback that lost this node's own latest beat (a failover within a beat of
+            // lag does not). After a restart that dropped the connections this makes a second one: one made since
+            // the last look may have come before the change, and is not taken for covering it.
+            tracing::warn!("the broker is another Redis than before (restarted, or failed over): the Pub/Sub connection is made again");
             crate::hub::lock::lock(&self.pubsub_stale).cancel();
         }
         self.info_read.store(true, Ordering::Relaxed);
@@ -113,5 +118,88 @@ impl Broker {
             return Err("the broker's heartbeat fails (Redis unreachable)");
         }
         Ok(())
+    }
+}
+
+/// Which Redis `INFO` names: its run id (a new process), role and replication id.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Identity {
+    run_id: String,
+    role: String,
+    replid: String,
+}
+
+/// The Redis a node has been reaching ([`Broker::check_broker`]), and one another `INFO` named, seen once.
+#[derive(Debug, Default)]
+pub(super) struct IdentityWatch {
+    accepted: Option<Identity>,
+    pending: Option<Identity>,
+    unnamed: bool,
+}
+
+impl IdentityWatch {
+    /// `INFO` named `seen` (`promoted`: its replication id is a promotion's). True when it is another Redis than the
+    /// one reached so far (restarted, or a replica promoted, or a primary demoted), seen at two looks in a row (a
+    /// proxy answering from several processes would otherwise have every node reconnect at every heartbeat).
+    pub(super) fn look(&mut self, seen: Identity, promoted: bool) -> bool {
+        if seen.run_id.is_empty() && seen.replid.is_empty() {
+            if !std::mem::replace(&mut self.unnamed, true) {
+                tracing::warn!("the broker's INFO names no run_id or master_replid (a proxy?): a failover that keeps this node's connections cannot be noticed from it");
+            }
+            return false;
+        }
+        let Some(accepted) = &self.accepted else {
+            self.accepted = Some(seen);
+            return false;
+        };
+        let another = seen.run_id != accepted.run_id
+            || seen.role != accepted.role
+            || (seen.replid != accepted.replid && promoted);
+        if !another {
+            (self.accepted, self.pending) = (Some(seen), None);
+            return false;
+        }
+        if self.pending.as_ref() == Some(&seen) {
+            (self.accepted, self.pending) = (Some(seen), None);
+            return true;
+        }
+        self.pending = Some(seen);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Identity, IdentityWatch};
+
+    fn redis(run_id: &str, role: &str, replid: &str) -> Identity {
+        Identity { run_id: run_id.into(), role: role.into(), replid: replid.into() }
+    }
+
+    /// Another Redis counts once seen twice in a row: a restart (run id), a promotion (a new replication id kept
+    /// with the old as the second), a demotion (role). A backlog made or freed (a new id, the second of zeros) and
+    /// a proxy's mix of answers do not.
+    #[test]
+    fn another_redis_is_a_restart_a_promotion_or_a_demotion_seen_twice() {
+        let mut watch = IdentityWatch::default();
+        assert!(!watch.look(redis("a", "master", "r1"), false), "the first look");
+        assert!(!watch.look(redis("a", "master", "r2"), false), "a backlog made: a new id, the second zeros");
+        let promoted = redis("a", "master", "r3");
+        assert!(!watch.look(promoted.clone(), true), "seen once");
+        assert!(watch.look(promoted, true), "a promotion, seen twice");
+        let restarted = redis("b", "master", "r3");
+        assert!(!watch.look(restarted.clone(), false), "seen once");
+        assert!(watch.look(restarted, false), "a restart, seen twice");
+        let demoted = redis("b", "slave", "r4");
+        assert!(!watch.look(demoted.clone(), false));
+        assert!(watch.look(demoted, false), "a demotion");
+        // A proxy answering from two processes in turn: never the same other one twice in a row.
+        let mut watch = IdentityWatch::default();
+        watch.look(redis("p", "master", "r"), false);
+        for _ in 0..10 {
+            assert!(!watch.look(redis("q", "master", "r"), false));
+            assert!(!watch.look(redis("p", "master", "r"), false));
+        }
+        assert!(!watch.look(redis("", "", ""), false), "nothing named: nothing noticed");
     }
 }

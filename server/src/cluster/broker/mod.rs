@@ -106,7 +106,7 @@ pub struct Broker {
     info_read: AtomicBool,
     /// The Redis reached, as `INFO` last named it (its run id and replication id): another one is a restart or a
     /// failover, whose data may be older than what this node delivered.
-    identity: Mutex<Option<String>>,
+    identity: Mutex<info::IdentityWatch>,
     hooks: Mutex<Hooks>,
     /// Cancelled when the current Pub/Sub connection stops answering PING: it is dropped and made again.
     pubsub_stale: Mutex<CancellationToken>,
@@ -188,7 +188,7 @@ impl Broker {
             evicting: AtomicBool::new(false),
             info_refused: AtomicBool::new(false),
             info_read: AtomicBool::new(false),
-            identity: Mutex::new(None),
+            identity: Mutex::new(info::IdentityWatch::default()),
             hooks: Mutex::new(Hooks::default()),
             pubsub_stale: Mutex::new(CancellationToken::new()),
             burying: Mutex::new(std::collections::HashSet::new()),

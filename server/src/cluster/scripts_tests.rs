@@ -67,7 +67,10 @@ pub(in crate::cluster) fn redis(test: &str) -> Option<Redis> {
 
 const NODE: &str = "n1";
 
-fn join(redis: &mut Redis, keys: &RoomKeys, identity: &str, sub: u64) -> Vec<String> {
+/// The members a join script returned, and whether it refused for the burial's mark.
+type Joined = (Vec<String>, bool);
+
+pub(super) fn join(redis: &mut Redis, keys: &RoomKeys, identity: &str, sub: u64) -> Vec<String> {
     join_as(redis, keys, (identity, sub), "0").0
 }
 
@@ -78,13 +81,8 @@ fn join_as(redis: &mut Redis, keys: &RoomKeys, who: (&str, u64), revive: &str) -
 }
 
 /// [`join_as`], with at most `most` member names back.
-fn join_listing(
-    redis: &mut Redis,
-    keys: &RoomKeys,
-    (identity, sub): (&str, u64),
-    revive: &str,
-    most: usize,
-) -> (Vec<String>, bool) {
+pub(super) fn join_listing(redis: &mut Redis, keys: &RoomKeys, who: (&str, u64), revive: &str, most: usize) -> Joined {
+    let (identity, sub) = who;
     let (_epoch, _seq, _op, members, buried): (String, u64, u64, Vec<String>, u8) = JOIN_SCRIPT
         .key(&keys.meta)
         .key(&keys.log)
@@ -102,27 +100,6 @@ fn join_listing(
         .invoke(&mut redis.conn)
         .unwrap();
     (members, buried == 1)
-}
-
-/// A join reads at most the member names asked for, the joiner's among them, and none when asked for none (a node
-/// announcing its members again): before, every join read the room's whole list, O(members) in Redis' one thread.
-#[test]
-fn a_join_reads_at_most_the_member_names_asked_for() {
-    let Some(mut redis) = redis("a_join_reads_at_most_the_member_names_asked_for") else { return };
-    let keys = RoomKeys::new("crowded");
-    for n in 0..50 {
-        join(&mut redis, &keys, &format!("m{n:02}"), n);
-    }
-    for n in 50..60 {
-        let me = format!("m{n:02}");
-        let (members, _) = join_listing(&mut redis, &keys, (&me, n), "0", 5);
-        assert_eq!(members.len(), 5, "{members:?}");
-        assert!(members.contains(&me), "the joiner {me} among {members:?}");
-        let unique: std::collections::HashSet<&String> = members.iter().collect();
-        assert_eq!(unique.len(), 5, "{members:?}");
-    }
-    assert_eq!(join_listing(&mut redis, &keys, ("m00", 0), "0", 0).0, Vec::<String>::new(), "none asked for");
-    assert_eq!(join(&mut redis, &keys, "m61", 61).len(), 61, "all of them, when they are fewer than asked for");
 }
 
 /// A dead node's join that reaches Redis only after the node was buried (sent before it died, held in its kernel's
@@ -518,3 +495,6 @@ fn a_late_reconcile_neither_counts_a_left_subscription_nor_ends_a_newer_one() {
     present.sort();
     assert_eq!(present, ["cyd", "zed"]);
 }
+
+#[path = "scripts_members_tests.rs"]
+mod members;

@@ -88,7 +88,11 @@ impl Broker {
             if last_beat_ms.replace(now_ms).is_some_and(|last| stamped_ms < last) {
                 // (No stamp at all: this node was buried meanwhile, which it says below.)
                 if stamped_ms > 0 {
-                    tracing::warn!(node = %self.node, "the broker lost this node's latest heartbeats (Redis back from older data?): no node is buried for a whole expiry; the Pub/Sub connection is made again");
+                    tracing::warn!(
+                        node = %self.node,
+                        "the broker lost this node's latest heartbeats (Redis back from older data?): no node is \
+                         buried for a whole expiry; the Pub/Sub connection is made again"
+                    );
                     // Its rooms' rollback check, catch-up and presence repair run at a new Pub/Sub connection: a
                     // failover behind an address that keeps sessions (a demoted primary answers the old Pub/Sub
                     // connection still) dropped none, and a rollback went unnoticed (until 2026-12-08, a review's

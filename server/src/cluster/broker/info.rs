@@ -86,7 +86,10 @@ impl Broker {
             // heartbeat notices only a rollback that lost this node's own latest beat (a failover within a beat of
             // lag does not). After a restart that dropped the connections this makes a second one: one made since
             // the last look may have come before the change, and is not taken for covering it.
-            tracing::warn!("the broker is another Redis than before (restarted, or failed over): the Pub/Sub connection is made again");
+            tracing::warn!(
+                "the broker is another Redis than before (restarted, or failed over): the Pub/Sub connection is made \
+                 again"
+            );
             crate::hub::lock::lock(&self.pubsub_stale).cancel();
         }
         self.info_read.store(true, Ordering::Relaxed);
@@ -144,7 +147,10 @@ impl IdentityWatch {
     pub(super) fn look(&mut self, seen: Identity, promoted: bool) -> bool {
         if seen.run_id.is_empty() && seen.replid.is_empty() {
             if !std::mem::replace(&mut self.unnamed, true) {
-                tracing::warn!("the broker's INFO names no run_id or master_replid (a proxy?): a failover that keeps this node's connections cannot be noticed from it");
+                tracing::warn!(
+                    "the broker's INFO names no run_id or master_replid (a proxy?): a failover that keeps this node's \
+                     connections cannot be noticed from it"
+                );
             }
             return false;
         }

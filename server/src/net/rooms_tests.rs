@@ -77,11 +77,9 @@ async fn the_batch_the_pump_is_writing_counts_toward_the_bound() {
     let _ = pump.await;
 }
 
-/// A join's replay that cannot deliver its range ends the stream as a slow reader's overflow does (the client
-/// rejoins and is told it missed messages), but is counted apart: before, it counted as a slow-consumer reset and
-/// the client was told it "fell behind by more than room_queue_bytes".
-#[tokio::test]
-async fn a_replay_cut_short_is_not_counted_as_a_slow_consumer() {
+/// An outbox on a stream the client never reads, its pump running, overflowed by `overflow`: the stream is reset
+/// (its room told the connection); its cause, and the counts.
+async fn reset_by(overflow: impl FnOnce(&StreamOutbox)) -> (super::Overflow, crate::stats::StatsSnapshot) {
     let (send, _client, _conn, _dir) = unread_stream().await;
     let stats = Arc::new(ServerStats::default());
     let probe = quiver_transport::TailProbe::disabled();
@@ -89,13 +87,22 @@ async fn a_replay_cut_short_is_not_counted_as_a_slow_consumer() {
     let kicked = crate::net::mailbox::Mailbox::new(4);
     let stop = tokio_util::sync::CancellationToken::new();
     let pump = tokio::spawn(super::pump(outbox.clone(), kicked.clone(), stop.clone(), stats.clone()));
-    outbox.kick_replay();
+    overflow(&outbox);
     let (room, _) = tokio::time::timeout(std::time::Duration::from_secs(5), kicked.pop()).await.expect("reset");
     assert_eq!(&*room, "r");
-    let s = stats.snapshot();
-    assert_eq!((s.replays_cut_short, s.slow_consumer_resets), (1, 0), "{s:?}");
     stop.cancel();
     let _ = pump.await;
+    (outbox.overflow_cause(), stats.snapshot())
+}
+
+/// A join's replay that cannot deliver its range ends the stream as a slow reader's overflow does (the client
+/// rejoins and is told it missed messages), but is counted apart: before, it counted as a slow-consumer reset and
+/// the client was told it "fell behind by more than room_queue_bytes".
+#[tokio::test]
+async fn a_replay_cut_short_is_not_counted_as_a_slow_consumer() {
+    let (cause, s) = reset_by(|outbox| outbox.kick_replay()).await;
+    assert_eq!(cause, super::Overflow::ReplayCutShort);
+    assert_eq!((s.replays_cut_short, s.slow_consumer_resets), (1, 0), "{s:?}");
 }
 
 /// A room's engine that lost the room's thread (a cluster room's new epoch, a gap it cannot fill) ends every
@@ -103,21 +110,13 @@ async fn a_replay_cut_short_is_not_counted_as_a_slow_consumer() {
 /// `room_queue_bytes` breach per member at every Redis incident) and told it fell behind.
 #[tokio::test]
 async fn a_room_reset_is_not_counted_as_a_slow_consumer() {
-    let (send, _client, _conn, _dir) = unread_stream().await;
-    let stats = Arc::new(ServerStats::default());
-    let probe = quiver_transport::TailProbe::disabled();
-    let outbox = StreamOutbox::new("r".into(), WireSend::Quic(send), 64 * 1024, (probe, None), stats.clone());
-    let kicked = crate::net::mailbox::Mailbox::new(4);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let pump = tokio::spawn(super::pump(outbox.clone(), kicked.clone(), stop.clone(), stats.clone()));
-    outbox.kick();
-    outbox.kick_replay(); // (a later cause does not replace the first)
-    let (room, _) = tokio::time::timeout(std::time::Duration::from_secs(5), kicked.pop()).await.expect("reset");
-    assert_eq!((&*room, outbox.overflow_cause()), ("r", super::Overflow::RoomReset));
-    let s = stats.snapshot();
+    let (cause, s) = reset_by(|outbox| {
+        outbox.kick();
+        outbox.kick_replay(); // (a later cause does not replace the first)
+    })
+    .await;
+    assert_eq!(cause, super::Overflow::RoomReset);
     assert_eq!((s.replays_cut_short, s.slow_consumer_resets), (0, 0), "{s:?}");
-    stop.cancel();
-    let _ = pump.await;
 }
 
 /// A paged replay reads its next page only once the last one was handed to the stream, not as soon as the pump took

@@ -7,7 +7,7 @@
 use std::{sync::atomic::Ordering, time::Duration};
 
 use quiver_client::{Client, ConnectOptions, JoinOptions, Room, RoomEvent};
-use quiver_lab::impair::{DirectionProfile, ImpairmentProfile, Relay, RelayConfig};
+use quiver_lab::impair::{DirectionProfile, ImpairmentProfile};
 use quiver_proto::Limits;
 use quiver_tests::TestServer;
 
@@ -42,14 +42,7 @@ async fn every_message_arrives_once_in_order_through_twenty_percent_loss() {
         jitter_reorders: true,
         ..DirectionProfile::default()
     };
-    let relay = Relay::start(RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: server.addr,
-        profile: ImpairmentProfile { seed: 20, ..ImpairmentProfile::symmetric(lossy) },
-        max_clients: 8,
-        client_idle: quiver_lab::impair::CLIENT_IDLE,
-    })
-    .unwrap();
+    let relay = server.relay(ImpairmentProfile { seed: 20, ..ImpairmentProfile::symmetric(lossy) }, 8);
     let connect = || async {
         let options = ConnectOptions { trust: server.trust(), ..ConnectOptions::default() };
         Client::connect_with(&relay.local_addr().to_string(), options).await.unwrap()

@@ -259,19 +259,12 @@ async fn native_clients_reach_a_server_that_lists_browser_origins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_keeps_a_slow_quic_handshake_where_no_websocket_answers() {
-    use quiver_lab::impair::{DirectionProfile, ImpairmentProfile, Relay, RelayConfig};
+    use quiver_lab::impair::{DirectionProfile, ImpairmentProfile};
     let server = TestServer::start(Limits::default());
     // A slow UDP path (300 ms each way) and no TCP listener behind the relay's address: the WebSocket attempt,
     // started after 200 ms, fails, and the QUIC handshake, still going, wins.
     let slow = DirectionProfile { delay_ms: 300.0, ..DirectionProfile::default() };
-    let relay = Relay::start(RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: server.addr,
-        profile: ImpairmentProfile::symmetric(slow),
-        max_clients: 2,
-        client_idle: quiver_lab::impair::CLIENT_IDLE,
-    })
-    .unwrap();
+    let relay = server.relay(ImpairmentProfile::symmetric(slow), 2);
     let options = ConnectOptions {
         trust: server.trust(),
         transport: Transport::Auto,

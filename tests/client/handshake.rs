@@ -107,18 +107,11 @@ async fn a_resubscribe_answered_with_the_wrong_reply_ends_as_a_protocol_violatio
 /// reconnect timed out (one `connect_timeout` for all of it, until 2026-12-08), retried for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_has_the_connect_timeout_for_its_handshake_and_again_for_hello() {
-    use quiver_lab::impair::{DirectionProfile, ImpairmentProfile, Relay, RelayConfig};
+    use quiver_lab::impair::{DirectionProfile, ImpairmentProfile};
     use std::sync::{atomic::AtomicU32, atomic::Ordering, Arc};
     let server = quiver_tests::TestServer::start(Limits::default());
     let slow = DirectionProfile { delay_ms: 500.0, ..DirectionProfile::default() };
-    let relay = Relay::start(RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: server.addr,
-        profile: ImpairmentProfile::symmetric(slow),
-        max_clients: 4,
-        client_idle: quiver_lab::impair::CLIENT_IDLE,
-    })
-    .unwrap();
+    let relay = server.relay(ImpairmentProfile::symmetric(slow), 4);
     // Tokens at once for the first connect; then after 1.5 s (with the Hello's round trip, 2.5 s of the 3).
     let (dev, calls) = (quiver_client::TokenProvider::dev(server.data_dir.path().into(), "far".into()), Arc::default());
     let counted: Arc<AtomicU32> = Arc::clone(&calls);

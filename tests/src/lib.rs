@@ -119,6 +119,23 @@ impl TestServer {
         TrustOptions::Auto { data_dir: self.data_dir.path().to_owned() }
     }
 
+    /// The link emulator's relay on 127.0.0.1 in front of this server, shaping both ways with `profile`, for at
+    /// most `max_clients` clients.
+    pub fn relay(
+        &self,
+        profile: quiver_lab::impair::ImpairmentProfile,
+        max_clients: usize,
+    ) -> quiver_lab::impair::Relay {
+        quiver_lab::impair::Relay::start(quiver_lab::impair::RelayConfig {
+            listen: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            upstream: self.addr,
+            profile,
+            max_clients,
+            client_idle: quiver_lab::impair::CLIENT_IDLE,
+        })
+        .expect("the relay starts")
+    }
+
     /// A token for `sub` with every right, signed with this server's dev key.
     pub fn token(&self, sub: &str) -> String {
         dev_token(self.data_dir.path(), sub)

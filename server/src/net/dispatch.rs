@@ -428,7 +428,7 @@ impl<R: RoomHub> Connection<R> {
             TickRequest::Unpublish { channel } => {
                 let (_, max_age_us, hold) = self.state.unclaim_held(&channel, std::time::Instant::now())?;
                 // The reader still takes the channel's datagrams for a grace (ticks sent before the Unpublish, read
-                // after it: `UNPUBLISH_GRACE`), for the channel's subscribers; the claim itself goes now.
+                // after it: `UNPUBLISH_GRACE`), for the channel's subscribers; the connection's claim goes now.
                 self.datagrams.set_claims(self.state.claims());
                 // The hub's claim goes once the grace is over: within it such a tick is stamped on the channel. (A
                 // channel without subscribers here was removed at once, and its ticks for subscribers on other
